@@ -1,0 +1,89 @@
+// HDF5 checkpoints (DESIGN.md §5): one file per checkpoint, written collectively by all ranks
+// of `comm` with MPI-IO through parallel HDF5. Every parameter is stored at its full,
+// unsharded shape in fp32 under /model/<name>; optimizer state under /optimizer/<slot>/<name>.
+// A file is written as <path>.partial and renamed to <path> only once complete (attribute
+// complete = 1 written last); a file without it is never loaded.
+#pragma once
+
+#include <mpi.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace triad {
+
+// A tensor held in host memory by this rank. For now every rank holds whole tensors (one
+// rank, or DP replicas); `offset`/`count` along the first dim make room for sharded owners.
+struct TensorRef {
+  std::string name;             // e.g. "h/0/attn/c_attn/weight"
+  std::vector<int64_t> shape;   // full, unsharded shape
+  float* data = nullptr;        // host buffer with prod(shape) floats
+  // Rows of the first dim at or beyond valid_rows are padding (wte's padded vocabulary):
+  // a file whose first dim differs is accepted, rows < valid_rows are read and the rest
+  // zero-filled. -1: the shape must match exactly.
+  int64_t valid_rows = -1;
+};
+
+// A named group of tensors: "model", "optimizer/m", "optimizer/v", "optimizer/momentum".
+struct TensorGroup {
+  std::string path;
+  std::vector<TensorRef> tensors;
+};
+
+struct ModelShape {
+  int64_t n_layer = 0, n_head = 0, n_embd = 0, seq_len = 0, vocab_size = 0,
+          padded_vocab_size = 0;
+};
+
+struct CheckpointState {
+  int64_t step = 0;           // optimizer updates applied
+  int64_t tokens_seen = 0;
+  int64_t next_sequence = 0;  // global sequence index for the loader
+  int64_t epoch = 0;
+  std::string config;         // resolved INI text
+  std::string grid;           // e.g. "dp=1 pp=1 tp=1" (informational)
+  ModelShape model;
+};
+
+// Writes `path` atomically (via path + ".partial"). Collective over comm. Each dataset carries
+// a `checksum` attribute (CRC-32 of its bytes) checked on load. Throws triad::Error (with
+// the path) on any failure, e.g. a full disk; the .partial file is then removed and nothing
+// named `path` is created.
+void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointState& state,
+                     const std::vector<TensorGroup>& groups);
+
+// Reads and validates the root attributes: format "triad-checkpoint", format_version 1,
+// complete = 1, the /model attributes. Throws triad::Error naming the file and the problem
+// for a missing, truncated, foreign or incomplete file.
+CheckpointState read_checkpoint_state(MPI_Comm comm, const std::string& path);
+
+// Fills every tensor of every group from the file; checks that each dataset exists, has the
+// expected shape (see TensorRef::valid_rows) and matches its checksum. Throws triad::Error
+// naming the file and the dataset otherwise.
+void load_checkpoint_tensors(MPI_Comm comm, const std::string& path,
+                             const std::vector<TensorGroup>& groups);
+
+// True if the file holds group `path` (e.g. "optimizer/m").
+bool checkpoint_has_group(MPI_Comm comm, const std::string& file, const std::string& path);
+
+// ---- the checkpoint directory: ckpt/step_XXXXXXXX.h5 and ckpt/latest --------------------------
+
+// "step_00000120.h5" for step 120.
+std::string checkpoint_file_name(int64_t step);
+
+// Complete checkpoints (name matches, no .partial) in dir, sorted by step ascending. Missing
+// dir: empty list.
+std::vector<std::string> list_checkpoints(const std::string& dir);
+
+// After a successful save: writes dir/latest (atomically, via a temp file + rename) with the
+// file name, then deletes the oldest checkpoints so that at most `keep` remain (keep <= 0:
+// keep all). Call on one rank only.
+void publish_checkpoint(const std::string& dir, const std::string& file_name, int keep);
+
+// The checkpoint `--resume auto` should load: the file named in dir/latest if it is valid
+// (read_checkpoint_state succeeds), else the newest valid one in list_checkpoints, skipping
+// damaged ones with a warning on stderr. Empty string: none. Collective over comm.
+std::string find_resume_checkpoint(MPI_Comm comm, const std::string& dir);
+
+}  // namespace triad

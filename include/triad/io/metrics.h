@@ -1,0 +1,53 @@
+// metrics.h5 (DESIGN.md §5): training curves written by rank 0. Groups /train and /val hold
+// 1-D chunked, extendible datasets of equal length within each group:
+//   /train/{step, loss, lr, grad_norm, tokens_per_sec, mfu, step_ms, tokens}
+//   /val/{step, loss, accuracy}
+// step and tokens are int64, the rest float64. Root attributes: config, grid, n_params,
+// flops_per_token, peak_flops.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace triad {
+
+struct TrainRow {
+  int64_t step = 0;  // 0-based index of the step whose batch gave `loss`
+  double loss = 0, lr = 0, grad_norm = 0, tokens_per_sec = 0, mfu = 0, step_ms = 0;
+  int64_t tokens = 0;  // tokens seen after this step
+};
+
+struct ValRow {
+  int64_t step = 0;  // updates applied when the evaluation ran
+  double loss = 0, accuracy = 0;
+};
+
+struct MetricsAttributes {
+  std::string config, grid;
+  int64_t n_params = 0;
+  double flops_per_token = 0, peak_flops = 0;
+};
+
+class MetricsWriter {
+ public:
+  // Opens (creating if needed) path. On resume at `resume_step` (updates applied), rows of
+  // /train and /val with step >= resume_step are dropped (datasets shrunk), so a resumed run,
+  // which re-evaluates at resume_step when that is an evaluation step, continues the curves
+  // without duplicates. A fresh run (resume_step < 0)
+  // replaces any existing file. Attributes are (re)written. Throws triad::Error.
+  MetricsWriter(const std::string& path, const MetricsAttributes& attrs, int64_t resume_step);
+  ~MetricsWriter();
+  MetricsWriter(const MetricsWriter&) = delete;
+  MetricsWriter& operator=(const MetricsWriter&) = delete;
+
+  void append(const TrainRow& row);
+  void append(const ValRow& row);
+  void flush();  // H5Fflush; called at least every evaluation
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace triad

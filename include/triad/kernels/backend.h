@@ -1,0 +1,97 @@
+// The op set of the GPT model behind one interface (DESIGN.md §2). The CPU backend (fp32,
+// OpenMP, BLAS sgemm) is the reference; the CUDA backend implements the same calls on
+// device pointers.
+//
+// Conventions (all ops):
+//  - Shapes are row-major. N = B*T rows of width C. Linear weights are [OC, IC] (y = x·Wᵀ + b).
+//  - Every *backward* op ACCUMULATES (+=) into all of its gradient outputs (input gradients
+//    and parameter gradients alike); the caller zeroes them when a new accumulation starts.
+//    This makes micro-batch accumulation and residual branches free.
+//  - Pointers may be nullptr only where a comment says so (e.g. a missing bias).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+namespace triad {
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const char* name() const = 0;
+
+  // ---- memory: device-resident buffers (host memory for the CPU backend) -------------------
+  virtual float* alloc(size_t n_floats) = 0;  // zero-filled, 64-byte aligned
+  virtual void free(float* p) = 0;
+  virtual void zero(float* p, size_t n) = 0;
+  virtual void copy_to_host(float* host, const float* dev, size_t n) = 0;
+  virtual void copy_from_host(float* dev, const float* host, size_t n) = 0;
+  virtual void synchronize() = 0;
+
+  // ---- embedding: out[n,:] = wte[tok[n],:] + wpe[n % T,:] ------------------------------------
+  virtual void encoder_forward(float* out, const int32_t* tokens, const float* wte,
+                               const float* wpe, int B, int T, int C) = 0;
+  virtual void encoder_backward(float* dwte, float* dwpe, const float* dout,
+                                const int32_t* tokens, int B, int T, int C) = 0;
+
+  // ---- LayerNorm over the last dim, eps 1e-5; mean/rstd [N] saved for backward ------------
+  virtual void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
+                                 const float* weight, const float* bias, int N, int C) = 0;
+  virtual void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                                  const float* inp, const float* weight, const float* mean,
+                                  const float* rstd, int N, int C) = 0;
+
+  // ---- linear: out[N,OC] = inp[N,IC] · weight[OC,IC]ᵀ + bias[OC] (bias may be nullptr) -------
+  virtual void matmul_forward(float* out, const float* inp, const float* weight,
+                              const float* bias, int N, int IC, int OC) = 0;
+  // dinp may be nullptr (not needed); dbias may be nullptr (no bias).
+  virtual void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                               const float* inp, const float* weight, int N, int IC, int OC) = 0;
+
+  // ---- causal self-attention -----------------------------------------------------------------
+  // qkv [B,T,3C]: per row, q | k | v, each C wide and head-major (head h at h*hd .. (h+1)*hd).
+  // out [B,T,C] (head-major). att [B,NH,T,T] keeps the softmax probabilities for backward
+  // (entries above the diagonal are unspecified). Scale 1/sqrt(hd).
+  virtual void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C,
+                                 int NH) = 0;
+  // dqkv [B,T,3C] (+=); scratch is B*NH*T*T floats the op may overwrite.
+  virtual void attention_backward(float* dqkv, float* scratch, const float* dout,
+                                  const float* qkv, const float* att, int B, int T, int C,
+                                  int NH) = 0;
+
+  // ---- GELU, tanh approximation -------------------------------------------------------------
+  virtual void gelu_forward(float* out, const float* inp, size_t n) = 0;
+  virtual void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) = 0;
+
+  // ---- out = a + b (residual); its backward is two accumulate() calls -----------------------
+  virtual void add(float* out, const float* a, const float* b, size_t n) = 0;
+  virtual void accumulate(float* dst, const float* src, size_t n) = 0;  // dst += src
+
+  // ---- fused softmax + cross-entropy over the first V of Vp logits per row ------------------
+  // logits [N,Vp] is overwritten by dloss/dlogits = (softmax − onehot(target)) · dloss_scale,
+  // with zeros in the padded columns V..Vp. losses[N] gets −log p[target];
+  // correct[N] (may be nullptr) gets 1.0f where argmax over the first V equals the target.
+  // Targets outside [0,V) are a caller error (checked by the data loader).
+  virtual void crossentropy_forward_backward(float* logits, float* losses, float* correct,
+                                             const int32_t* targets, int N, int V, int Vp,
+                                             float dloss_scale) = 0;
+
+  // ---- reductions and optimizer updates ------------------------------------------------------
+  virtual double sum_squares(const float* x, size_t n) = 0;  // accumulated in double
+  virtual void scale(float* x, float s, size_t n) = 0;       // x *= s
+  // AdamW (PyTorch semantics; bias corrections precomputed by the caller):
+  //   m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g²;
+  //   p -= lr * (wd * p + (m / bc1) / (sqrt(v / bc2) + eps))
+  virtual void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float lr,
+                            float beta1, float beta2, float eps, float wd, float bc1,
+                            float bc2) = 0;
+  // SGD with momentum (PyTorch semantics, dampening 0, decoupled-free L2 as PyTorch):
+  //   g' = g + wd p;  buf = mu buf + g';  p -= lr buf
+  virtual void sgd_update(float* p, const float* g, float* buf, size_t n, float lr,
+                          float momentum, float wd) = 0;
+};
+
+std::unique_ptr<Backend> make_cpu_backend();
+
+}  // namespace triad

@@ -1,0 +1,2 @@
+// triad::Error is header-only; this file gives the core library a translation unit.
+#include "triad/core/error.h"
