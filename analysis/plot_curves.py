@@ -1,0 +1,195 @@
+"""Plot training curves of one or more triad runs.
+
+    python -m analysis.plot_curves runs/quick [runs/other/metrics.h5 ...] --out curves.png
+
+Each argument is a run directory (holding metrics.h5) or a metrics.h5 file. The figure has
+six panels: loss (train raw, train smoothed, val), val accuracy, learning rate, gradient
+norm, tokens/s and MFU, against the step (default) or the tokens seen (--x tokens). Several
+runs are overlaid, one colour per run. Prints the path written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+from .metrics import Metrics, MetricsError, load_metrics  # noqa: E402
+
+
+def ema(y: np.ndarray, window: float) -> np.ndarray:
+    """Bias-corrected exponential moving average with span `window` (trailing, so it never
+    looks ahead). window <= 1 returns y unchanged. NaNs/infs are skipped."""
+    y = np.asarray(y, dtype=np.float64)
+    if window <= 1 or len(y) == 0:
+        return y.copy()
+    a = 2.0 / (window + 1.0)
+    out = np.empty_like(y)
+    m = 0.0
+    w = 0.0
+    for i, v in enumerate(y):
+        if np.isfinite(v):
+            m = (1 - a) * m + a * v
+            w = (1 - a) * w + a
+        out[i] = m / w if w > 0 else np.nan
+    return out
+
+
+def auto_window(n: int) -> float:
+    return float(min(200, max(1, n // 40)))
+
+
+def _label_runs(runs: list[Metrics]) -> list[str]:
+    labels = [r.name for r in runs]
+    if len(set(labels)) < len(labels):  # ambiguous: fall back to paths
+        labels = [str(r.path.parent if r.path.name == "metrics.h5" else r.path) for r in runs]
+    return labels
+
+
+def plot_runs(runs: list[Metrics], out: str | Path, x: str = "step", smooth: float | None = None,
+              title: str | None = None, log_loss: bool = False, dpi: int = 120) -> Path:
+    """Draw the figure for `runs` into `out` (format from the suffix, e.g. .png/.pdf/.svg)."""
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5), constrained_layout=True)
+    ax_loss, ax_acc, ax_lr, ax_gn, ax_tps, ax_mfu = axes.ravel()
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    xlabel = "tokens seen" if x == "tokens" else "step"
+    labels = _label_runs(runs)
+    run_handles = []
+
+    for k, (r, label) in enumerate(zip(runs, labels)):
+        c = colors[k % len(colors)]
+        tr, va = r.train, r.val
+        if x == "tokens":
+            tx = tr["tokens"].astype(np.float64)
+            vx = r.val_tokens()
+        else:
+            tx = tr["step"].astype(np.float64)
+            vx = va["step"].astype(np.float64)
+        n = len(tx)
+        if n:
+            win = auto_window(n) if smooth is None else smooth
+            ax_loss.plot(tx, tr["loss"], color=c, alpha=0.25, lw=0.8)
+            ax_loss.plot(tx, ema(tr["loss"], win), color=c, lw=1.6)
+            ax_lr.plot(tx, tr["lr"], color=c, lw=1.4)
+            gn = tr["grad_norm"]
+            ax_gn.plot(tx, gn, color=c, alpha=0.3, lw=0.8)
+            ax_gn.plot(tx, ema(gn, win), color=c, lw=1.4)
+            tps = tr["tokens_per_sec"]
+            ax_tps.plot(tx, tps, color=c, alpha=0.3, lw=0.8)
+            ax_tps.plot(tx, ema(tps, win), color=c, lw=1.4)
+            mfu = tr["mfu"]
+            # MFU is stored as a fraction of peak; values above 1.5 are taken as percent
+            mfu_pct = mfu if np.nanmax(np.abs(mfu), initial=0) > 1.5 else 100.0 * mfu
+            ax_mfu.plot(tx, mfu_pct, color=c, alpha=0.3, lw=0.8)
+            ax_mfu.plot(tx, ema(mfu_pct, win), color=c, lw=1.4)
+        if len(vx):
+            ax_loss.plot(vx, va["loss"], color=c, ls="--", marker="o", ms=3.5, lw=1.2)
+            ax_acc.plot(vx, 100.0 * va["accuracy"], color=c, ls="--", marker="o", ms=3.5)
+        extra = ""
+        if n:
+            win = auto_window(n) if smooth is None else smooth
+            extra = f" (train {ema(tr['loss'], win)[-1]:.3f}"
+            extra += f", val {va['loss'][-1]:.3f})" if len(vx) else ")"
+        run_handles.append(Line2D([], [], color=c, lw=2, label=label + extra))
+
+    ax_loss.set_title("loss (nats/token)")
+    if log_loss:
+        ax_loss.set_yscale("log")
+    style = [Line2D([], [], color="0.4", alpha=0.35, lw=1, label="train (raw)"),
+             Line2D([], [], color="0.4", lw=1.6, label="train (smoothed)"),
+             Line2D([], [], color="0.4", ls="--", marker="o", ms=3.5, label="val")]
+    leg = ax_loss.legend(handles=style, loc="upper right", fontsize=8)
+    ax_loss.add_artist(leg)
+    ax_loss.legend(handles=run_handles, loc="lower left", fontsize=8)
+    # zoom on the interesting part: ignore the first few % of the curve for the y-range
+    all_loss = [r.train["loss"][len(r.train["loss"]) // 20:] for r in runs if r.n_train] + \
+               [r.val["loss"] for r in runs if r.n_val]
+    vals = np.concatenate(all_loss) if all_loss else np.array([])
+    vals = vals[np.isfinite(vals)]
+    if vals.size and not log_loss:
+        lo, hi = float(vals.min()), float(np.percentile(vals, 99.5))
+        pad = 0.05 * (hi - lo if hi > lo else max(abs(hi), 1.0))
+        ax_loss.set_ylim(lo - pad, hi + pad)
+
+    ax_acc.set_title("val top-1 accuracy (%)")
+    ax_lr.set_title("learning rate")
+    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    ax_gn.set_title("gradient norm (before clipping)")
+    if any(r.n_train and np.nanmin(r.train["grad_norm"]) > 0 for r in runs):
+        ax_gn.set_yscale("log")
+    ax_tps.set_title("tokens / s")
+    ax_mfu.set_title("MFU (%)")
+    for ax in (ax_tps, ax_mfu, ax_acc):
+        ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+    for ax in axes.ravel():
+        ax.set_xlabel(xlabel)
+        ax.grid(True, alpha=0.3)
+    if len(runs) > 1:
+        ax_acc.legend(handles=[Line2D([], [], color=h.get_color(), lw=2, label=l)
+                               for h, l in zip(run_handles, labels)], fontsize=8)
+
+    if title is None:
+        if len(runs) == 1:
+            r = runs[0]
+            bits = [r.name]
+            if r.attrs.get("grid"):
+                bits.append(str(r.attrs["grid"]))
+            if r.attrs.get("n_params"):
+                bits.append(f"{int(r.attrs['n_params']) / 1e6:.2f}M params")
+            title = " | ".join(bits)
+        else:
+            title = f"{len(runs)} runs"
+    fig.suptitle(title)
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m analysis.plot_curves",
+                                 description="Plot training curves of triad runs.")
+    ap.add_argument("runs", nargs="+", help="run directories or metrics.h5 files")
+    ap.add_argument("--out", "-o", default="curves.png",
+                    help="output image (.png, .pdf, .svg; default curves.png)")
+    ap.add_argument("--x", choices=["step", "tokens"], default="step", help="x axis")
+    ap.add_argument("--smooth", type=float, default=None,
+                    help="EMA span in steps for the smoothed curves (default: n/40, max 200; "
+                         "1 = none)")
+    ap.add_argument("--title", default=None)
+    ap.add_argument("--log-loss", action="store_true", help="log-scale loss axis")
+    ap.add_argument("--dpi", type=int, default=120)
+    ap.add_argument("--allow-partial", action="store_true",
+                    help="accept datasets of unequal length (a file being written) by "
+                         "truncating to the shortest")
+    a = ap.parse_args(argv)
+
+    runs = []
+    try:
+        for p in a.runs:
+            with warnings.catch_warnings():
+                warnings.simplefilter("always")
+                runs.append(load_metrics(p, strict=not a.allow_partial))
+    except MetricsError as e:
+        print(f"plot_curves: error: {e}", file=sys.stderr)
+        return 1
+    for r in runs:
+        print(f"  {r.summary()}", file=sys.stderr)
+    out = plot_runs(runs, a.out, x=a.x, smooth=a.smooth, title=a.title,
+                    log_loss=a.log_loss, dpi=a.dpi)
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

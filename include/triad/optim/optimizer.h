@@ -1,0 +1,50 @@
+// Optimizers, LR schedules and gradient clipping with the exact semantics of DESIGN.md §4.
+// State lives in contiguous buffers shaped like the parameter buffer, so a checkpoint stores
+// it per parameter name and a ZeRO shard is a contiguous slice.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "triad/kernels/backend.h"
+#include "triad/model/gpt.h"
+#include "triad/train/config.h"
+
+namespace triad {
+
+// Learning rate of 0-based step s (warmup, then train.schedule).
+double lr_at(const TrainConfig& t, int64_t step);
+
+// Global L2 norm of the gradient buffer; if above clip (> 0), scales it by
+// clip / (norm + 1e-6). Returns the norm before clipping.
+double clip_grad_norm(Backend& be, float* grads, size_t n, double clip);
+
+class Optimizer {
+ public:
+  Optimizer(const OptimConfig& cfg, const std::vector<ParamSpec>& specs, size_t n_floats,
+            Backend& be);
+  ~Optimizer();
+  Optimizer(const Optimizer&) = delete;
+  Optimizer& operator=(const Optimizer&) = delete;
+
+  // Applies one update with learning rate lr; `step` counts updates including this one
+  // (1-based, for Adam's bias correction).
+  void update(float* params, const float* grads, double lr, int64_t step);
+
+  // The state slots as stored in checkpoints: {"m", "v"} (AdamW) or {"momentum"} (SGD), each
+  // a buffer shaped like the parameter buffer.
+  std::vector<std::string> slot_names() const;
+  float* slot(size_t i) { return slots_[i]; }
+  size_t state_bytes() const { return slots_.size() * n_floats_ * sizeof(float); }
+  void reset();  // zero the state (fresh optimizer)
+
+ private:
+  OptimConfig cfg_;
+  const std::vector<ParamSpec>& specs_;
+  size_t n_floats_;
+  Backend& be_;
+  std::vector<float*> slots_;
+};
+
+}  // namespace triad

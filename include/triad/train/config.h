@@ -1,0 +1,118 @@
+// The run configuration (DESIGN.md §4): INI sections and keys, `[train] lr = 6e-4` being the
+// same as `--train.lr 6e-4` on the command line. Config files (--config, repeatable) are
+// applied in order and the command line overrides them all. Unknown keys and invalid values
+// are errors that name the key and, for files, the file.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace triad {
+
+struct ModelConfig {
+  int n_layer = 12, n_head = 12, n_embd = 768, seq_len = 1024, vocab_size = 50257;
+};
+
+struct TrainConfig {
+  int64_t steps = 1000;
+  int batch_size = 8, micro_batch_size = 8;
+  double lr = 6e-4;
+  int64_t warmup_steps = 0;
+  std::string schedule = "cosine";  // cosine | linear | constant | wsd
+  double min_lr_ratio = 0.1;
+  double decay_fraction = 0.2;      // wsd: fraction of steps in the final linear decay
+  double grad_clip = 1.0;           // <= 0 disables clipping
+  int64_t seed = 1337;
+  int64_t log_every = 1;
+};
+
+struct OptimConfig {
+  std::string name = "adamw";  // adamw | sgd
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
+  double momentum = 0.9;       // sgd
+};
+
+struct DataConfig {
+  std::string train, val;  // file globs
+  bool shuffle = false;
+  std::string vocab = "data/vocab/gpt2.tiktoken";  // BPE ranks, for samples and prompts
+};
+
+struct EvalConfig {
+  int64_t every = 100;     // 0: only before and after training
+  int64_t sequences = 64;  // first N sequences of the val shards
+};
+
+struct CheckpointConfig {
+  std::string dir;  // default run.dir/run.name/ckpt
+  int64_t every = 0;  // 0: only after the last step (and on preemption)
+  int keep = 3;       // 0: keep all
+  bool at_start = false;
+};
+
+struct RunConfig {
+  std::string name = "run", dir = "runs";
+  std::string backend = "cpu";
+  int threads = 0;           // OpenMP/BLAS threads; 0: the library default
+  double peak_tflops = 0;    // for MFU; 0: measured (CPU sgemm) or the device's datasheet
+};
+
+struct ParallelConfig {
+  int tp = 1, pp = 1, zero = 0;
+  std::string schedule = "1f1b";
+  int virtual_stages = 1;
+};
+
+struct SampleConfig {
+  int64_t length = 0;  // tokens generated into samples.txt at each evaluation; 0: none
+  double temperature = 1.0;
+  int top_k = 40;
+  std::string prompt;   // empty: start from <|endoftext|>
+};
+
+struct Config {
+  ModelConfig model;
+  TrainConfig train;
+  OptimConfig optim;
+  DataConfig data;
+  EvalConfig eval;
+  CheckpointConfig checkpoint;
+  RunConfig run;
+  ParallelConfig parallel;
+  SampleConfig sample;
+
+  std::string run_path() const { return run.dir + "/" + run.name; }
+  std::string checkpoint_dir() const {
+    return checkpoint.dir.empty() ? run_path() + "/ckpt" : checkpoint.dir;
+  }
+  int padded_vocab_size() const;  // vocab_size rounded up to a multiple of 128·tp
+};
+
+// Options that are not config keys, for the executables.
+struct CommandLine {
+  Config config;
+  std::vector<std::string> config_files;
+  std::string resume = "auto";  // auto | none | PATH
+  std::string init_from;        // checkpoint whose weights start a new run
+  bool eval_only = false;
+  bool help = false;
+  std::string help_text;
+};
+
+// Parses triad-train's command line (argv without MPI's arguments). Throws triad::Error.
+CommandLine parse_train_command_line(int argc, const char* const* argv);
+
+// Parses INI text (as stored in a checkpoint's `config` attribute) into a Config; `origin`
+// names the source in error messages.
+Config parse_config_text(const std::string& ini_text, const std::string& origin);
+
+// Checks every value and cross-key constraint (heads divide the width, batch divisibility,
+// positive sizes, known names...). Throws triad::Error naming the key.
+void validate(const Config& c, int world_size);
+
+// The resolved config as INI text (every key, in a fixed order); parse_config_text of it
+// gives back the same Config.
+std::string to_ini(const Config& c);
+
+}  // namespace triad

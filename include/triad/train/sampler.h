@@ -1,0 +1,24 @@
+// Sampling a continuation from the model: temperature and top-k over the first vocab_size
+// logits, with a seeded RNG so that a seed reproduces a sample.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "triad/core/rng.h"
+#include "triad/model/gpt.h"
+
+namespace triad {
+
+struct SampleOptions {
+  int64_t length = 64;
+  double temperature = 1.0;
+  int top_k = 40;  // 0: the whole vocabulary
+};
+
+// Appends `length` sampled tokens to `tokens` (which must be non-empty) and returns them.
+// The context is the last seq_len tokens.
+std::vector<int32_t> sample_continuation(Gpt& model, std::vector<int32_t> tokens,
+                                         const SampleOptions& opt, Rng& rng);
+
+}  // namespace triad

@@ -1,0 +1,42 @@
+// The training loop of DESIGN.md §4: set-up (grid, backend, model, optimizer, data, run
+// directory), resume or init-from, the step loop with accumulation, clipping and the LR
+// schedule, evaluation, progress lines, metrics.h5, checkpoints and preemption signals.
+#pragma once
+
+#include <mpi.h>
+
+#include <memory>
+#include <string>
+
+#include "triad/train/config.h"
+
+namespace triad {
+
+struct EvalResult {
+  double loss = 0, accuracy = 0;
+  int64_t sequences = 0;
+};
+
+struct TrainOutcome {
+  int64_t steps_done = 0;
+  bool preempted = false;
+  EvalResult last_eval;
+};
+
+class Trainer {
+ public:
+  Trainer(MPI_Comm world, const CommandLine& cl);
+  ~Trainer();
+  TrainOutcome run();            // train to train.steps (or a preemption signal)
+  EvalResult evaluate_only();    // --eval-only
+
+ private:
+  struct State;
+  std::unique_ptr<State> s_;
+};
+
+// Installs SIGUSR1/SIGTERM handlers that request a checkpoint-and-exit at the next step
+// boundary (DESIGN.md §5).
+void install_preemption_handlers();
+
+}  // namespace triad

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Configures and builds triad (Release) into build/. CUDA parts are built where nvcc exists.
+# Usage: jobs/build.sh [extra cmake configure args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+jobs=$(nproc 2>/dev/null || echo 2)
+if [[ ! -f build/CMakeCache.txt ]]; then
+  cmake --preset release "$@"
+elif [[ $# -gt 0 ]]; then
+  cmake -S . -B build "$@"
+fi
+cmake --build build -j"$jobs"

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The test command: set-up if needed, build, then every test (CTest: GoogleTest suites; pytest:
+# tokenizer vs tiktoken, model vs PyTorch, CLI errors, resume, analysis). CI runs this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+jobs/setup.sh
+jobs/build.sh
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export OMPI_MCA_ess_singleton_isolated=1
+export TRIAD_BUILD_DIR="$PWD/build"
+echo "== ctest"
+ctest --test-dir build --output-on-failure -j"$(nproc 2>/dev/null || echo 2)"
+echo "== pytest"
+.venv/bin/python -m pytest -q tests/python
+echo "== all tests passed"

@@ -1,0 +1,211 @@
+// triad-tokenize: GPT-2 BPE on the command line.
+//   triad-tokenize encode --vocab FILE            text (bytes) on stdin -> ids, one per line
+//   triad-tokenize decode --vocab FILE            ids (whitespace-separated) on stdin -> bytes
+//   triad-tokenize shards --vocab FILE --out DIR [--prefix NAME] [--val-fraction F]
+//                         [--shard-tokens N] [--threads N] FILE...
+// Every error: one line "triad-tokenize: error: ..." on stderr and exit code 1.
+#include <mpi.h>
+
+#include <boost/program_options.hpp>
+#include <charconv>
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "triad/core/error.h"
+#include "triad/data/shard_writer.h"
+#include "triad/data/tokenizer.h"
+#include "triad/train/app_main.h"
+
+namespace po = boost::program_options;
+
+namespace {
+
+constexpr const char* kProg = "triad-tokenize";
+
+constexpr const char* kUsage =
+    "usage: triad-tokenize COMMAND [OPTIONS]\n"
+    "GPT-2 byte-level BPE (tiktoken's ranks file; <|endoftext|> is the id after the last rank).\n"
+    "\n"
+    "commands:\n"
+    "  encode --vocab FILE     read text (any bytes) on stdin, write token ids, one per line\n"
+    "  decode --vocab FILE     read token ids (whitespace-separated) on stdin, write the bytes\n"
+    "  shards --vocab FILE --out DIR [--prefix NAME] [--val-fraction F] [--shard-tokens N]\n"
+    "         [--threads N] FILE...\n"
+    "                          tokenize text files (one document each, <|endoftext|> before\n"
+    "                          each) into llm.c token shards DIR/NAME_{train,val}_NNNNNN.bin\n"
+    "\n"
+    "'triad-tokenize COMMAND --help' lists a command's options.\n";
+
+std::string read_stdin() {
+  std::string data;
+  char buf[1 << 16];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof(buf), stdin)) > 0) data.append(buf, n);
+  TRIAD_CHECK(!std::ferror(stdin), "cannot read standard input");
+  return data;
+}
+
+void write_stdout(std::string_view data) {
+  if (!data.empty())
+    TRIAD_CHECK(std::fwrite(data.data(), 1, data.size(), stdout) == data.size(),
+                "cannot write standard output");
+  TRIAD_CHECK(std::fflush(stdout) == 0, "cannot write standard output");
+}
+
+// Parses args (the command's arguments) into vm; prints help and returns false on --help.
+// hidden: options not shown in the help (the positional input files).
+bool parse(const char* command, const std::vector<std::string>& args, po::options_description& desc,
+           const po::options_description* hidden,
+           const po::positional_options_description* positional, po::variables_map& vm) {
+  desc.add_options()("help,h", "show this help");
+  po::options_description all;
+  all.add(desc);
+  if (hidden) all.add(*hidden);
+  try {
+    po::command_line_parser parser(args);
+    parser.options(all);
+    if (positional) parser.positional(*positional);
+    po::store(parser.run(), vm);
+    if (vm.count("help")) {
+      std::ostringstream os;
+      os << "usage: triad-tokenize " << command << " [OPTIONS]"
+         << (positional ? " FILE..." : "") << "\n"
+         << desc;
+      write_stdout(os.str());
+      return false;
+    }
+    po::notify(vm);
+  } catch (const po::error& e) {
+    triad::fail(command, ": ", e.what(), " (see 'triad-tokenize ", command, " --help')");
+  }
+  return true;
+}
+
+int cmd_encode(const std::vector<std::string>& args) {
+  po::options_description desc("encode options");
+  std::string vocab;
+  int threads = 0;
+  desc.add_options()("vocab", po::value(&vocab)->required(), "ranks file (gpt2.tiktoken)")(
+      "threads", po::value(&threads)->default_value(0), "encoding threads (0: one per core)");
+  po::variables_map vm;
+  if (!parse("encode", args, desc, nullptr, nullptr, vm)) return 0;
+  const auto tok = triad::Tokenizer::from_file(vocab);
+  const std::string text = read_stdin();
+  const std::vector<int32_t> ids = triad::encode_parallel(tok, text, threads);
+  std::string out;
+  out.reserve(ids.size() * 6);
+  char num[16];
+  for (const int32_t id : ids) {
+    const auto r = std::to_chars(num, num + sizeof(num), id);
+    out.append(num, r.ptr);
+    out.push_back('\n');
+  }
+  write_stdout(out);
+  return 0;
+}
+
+int cmd_decode(const std::vector<std::string>& args) {
+  po::options_description desc("decode options");
+  std::string vocab;
+  desc.add_options()("vocab", po::value(&vocab)->required(), "ranks file (gpt2.tiktoken)");
+  po::variables_map vm;
+  if (!parse("decode", args, desc, nullptr, nullptr, vm)) return 0;
+  const auto tok = triad::Tokenizer::from_file(vocab);
+  const std::string text = read_stdin();
+  std::vector<int32_t> ids;
+  auto is_space = [](char c) { return c == ' ' || c == '\n' || c == '\t' || c == '\r' ||
+                                      c == '\v' || c == '\f'; };
+  for (size_t p = 0; p < text.size();) {
+    if (is_space(text[p])) {
+      ++p;
+      continue;
+    }
+    size_t q = p;
+    while (q < text.size() && !is_space(text[q])) ++q;
+    const std::string_view word(text.data() + p, q - p);
+    int64_t id = 0;
+    const auto r = std::from_chars(word.data(), word.data() + word.size(), id);
+    const std::string shown(word.substr(0, 40));
+    TRIAD_CHECK(r.ec == std::errc() && r.ptr == word.data() + word.size(), "decode: '", shown,
+                "' (item ", ids.size() + 1, " on stdin) is not a token id");
+    TRIAD_CHECK(id >= 0 && id < tok.vocab_size(), "decode: token id ", shown, " (item ",
+                ids.size() + 1, " on stdin) is out of range: ids run from 0 to ",
+                tok.vocab_size() - 1);
+    ids.push_back(int32_t(id));
+    p = q;
+  }
+  write_stdout(tok.decode(ids));
+  return 0;
+}
+
+int cmd_shards(const std::vector<std::string>& args) {
+  po::options_description desc("shards options");
+  std::string vocab;
+  std::vector<std::string> files;
+  triad::ShardWriterOptions o;
+  desc.add_options()("vocab", po::value(&vocab)->required(), "ranks file (gpt2.tiktoken)")(
+      "out", po::value(&o.out_dir)->required(), "output directory (created if needed)")(
+      "prefix", po::value(&o.prefix)->default_value(o.prefix),
+      "shard names: PREFIX_train_NNNNNN.bin, PREFIX_val_NNNNNN.bin")(
+      "val-fraction", po::value(&o.val_fraction)->default_value(o.val_fraction, "0.05"),
+      "fraction of all tokens, taken from the end of the token stream, for validation")(
+      "shard-tokens", po::value(&o.shard_tokens)->default_value(o.shard_tokens),
+      "tokens per shard at most")("threads", po::value(&o.threads)->default_value(0),
+                                  "encoding threads (0: one per core)");
+  po::options_description hidden;
+  hidden.add_options()("input", po::value(&files), "text files, one document each");
+  po::positional_options_description pos;
+  pos.add("input", -1);
+  po::variables_map vm;
+  if (!parse("shards", args, desc, &hidden, &pos, vm)) return 0;
+  TRIAD_CHECK(!files.empty(), "shards: no input files given (see 'triad-tokenize shards --help')");
+  const auto tok = triad::Tokenizer::from_file(vocab);
+  const triad::ShardSummary s = triad::write_shards(tok, files, o);
+  std::ostringstream os;
+  os.setf(std::ios::fixed);
+  os.precision(2);
+  const double secs = std::max(s.encode_seconds, 1e-9);
+  os << "documents:    " << s.documents << " (" << double(s.bytes) / 1e6 << " MB)\n"
+     << "tokens:       " << s.tokens << " (eot before each document)\n"
+     << "train:        " << s.train_tokens << " tokens in " << s.train_files.size()
+     << " shard(s)\n";
+  for (const auto& f : s.train_files) os << "              " << f << "\n";
+  os << "val:          " << s.val_tokens << " tokens in " << s.val_files.size() << " shard(s)\n";
+  for (const auto& f : s.val_files) os << "              " << f << "\n";
+  if (!s.removed_files.empty()) {
+    os << "removed:      " << s.removed_files.size() << " stale shard(s) of an earlier run\n";
+    for (const auto& f : s.removed_files) os << "              " << f << "\n";
+  }
+  os << "speed:        " << double(s.tokens) / secs / 1e6 << " M tokens/s, "
+     << double(s.bytes) / secs / 1e6 << " MB/s on " << s.threads << " thread(s) (encode "
+     << s.encode_seconds << " s, total " << s.seconds << " s)\n";
+  write_stdout(os.str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  return triad::run_main(argc, argv, kProg, [&](MPI_Comm world) {
+    int size = 1;
+    MPI_Comm_size(world, &size);
+    TRIAD_CHECK(size == 1, "triad-tokenize runs as one process, but was started with ", size,
+                " MPI ranks; run it without mpirun (it uses threads: --threads)");
+    TRIAD_CHECK(argc >= 2,
+                "no command given: encode, decode or shards (see 'triad-tokenize --help')");
+    const std::string command = argv[1];
+    const std::vector<std::string> args(argv + 2, argv + argc);
+    if (command == "--help" || command == "-h" || command == "help") {
+      write_stdout(kUsage);
+      return 0;
+    }
+    if (command == "encode") return cmd_encode(args);
+    if (command == "decode") return cmd_decode(args);
+    if (command == "shards") return cmd_shards(args);
+    triad::fail("unknown command '", command,
+                "': expected encode, decode or shards (see 'triad-tokenize --help')");
+  });
+}

@@ -1,0 +1,26 @@
+// triad-train: pretraining, resuming, fine-tuning (--init-from) and evaluation (--eval-only).
+#include <iostream>
+
+#include "triad/train/app_main.h"
+#include "triad/train/config.h"
+#include "triad/train/trainer.h"
+
+int main(int argc, char** argv) {
+  return triad::run_main(argc, argv, "triad-train", [&](MPI_Comm world) {
+    const triad::CommandLine cl = triad::parse_train_command_line(argc, argv);
+    int rank = 0;
+    MPI_Comm_rank(world, &rank);
+    if (cl.help) {
+      if (rank == 0) std::cout << cl.help_text;
+      return 0;
+    }
+    triad::Trainer trainer(world, cl);
+    if (cl.eval_only) {
+      trainer.evaluate_only();
+      return 0;
+    }
+    triad::install_preemption_handlers();
+    trainer.run();
+    return 0;
+  });
+}

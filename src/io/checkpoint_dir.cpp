@@ -1,0 +1,169 @@
+// The checkpoint directory (DESIGN.md §5): ckpt/step_XXXXXXXX.h5 and ckpt/latest.
+#include <algorithm>
+#include <cctype>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <optional>
+#include <sstream>
+#include <utility>
+
+#include "collective.h"
+#include "triad/io/checkpoint.h"
+
+namespace triad {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr int kDigits = 8;
+constexpr const char* kPrefix = "step_";
+constexpr const char* kSuffix = ".h5";
+
+// The step of a name "step_XXXXXXXX.h5" (exactly 8 digits), else nullopt.
+std::optional<int64_t> parse_checkpoint_name(const std::string& name) {
+  const std::string prefix = kPrefix, suffix = kSuffix;
+  if (name.size() != prefix.size() + kDigits + suffix.size()) return std::nullopt;
+  if (name.compare(0, prefix.size(), prefix) != 0) return std::nullopt;
+  if (name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0) return std::nullopt;
+  int64_t step = 0;
+  for (size_t i = prefix.size(); i < prefix.size() + kDigits; ++i) {
+    if (!std::isdigit(static_cast<unsigned char>(name[i]))) return std::nullopt;
+    step = step * 10 + (name[i] - '0');
+  }
+  return step;
+}
+
+std::string trim(const std::string& s) {
+  const auto space = [](unsigned char c) { return std::isspace(c) != 0; };
+  auto b = std::find_if_not(s.begin(), s.end(), space);
+  auto e = std::find_if_not(s.rbegin(), s.rend(), space).base();
+  return b < e ? std::string(b, e) : std::string();
+}
+
+// The content of dir/latest, trimmed; nullopt when there is no such file.
+std::optional<std::string> read_latest(const fs::path& dir) {
+  const fs::path p = dir / "latest";
+  std::error_code ec;
+  if (!fs::is_regular_file(p, ec)) return std::nullopt;
+  std::ifstream in(p);
+  if (!in) return std::nullopt;
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return trim(ss.str());
+}
+
+// Empty string when `path` is a loadable checkpoint, else the reason.
+std::string check_loadable(const std::string& path) {
+  try {
+    read_checkpoint_state(MPI_COMM_SELF, path);
+    return "";
+  } catch (const Error& e) {
+    return e.what();
+  }
+}
+
+}  // namespace
+
+std::string checkpoint_file_name(int64_t step) {
+  TRIAD_CHECK(step >= 0 && step <= 99999999, "checkpoint step ", step,
+              " does not fit the 8-digit file name step_XXXXXXXX.h5");
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%s%08lld%s", kPrefix, static_cast<long long>(step), kSuffix);
+  return buf;
+}
+
+std::vector<std::string> list_checkpoints(const std::string& dir) {
+  std::vector<std::pair<int64_t, std::string>> found;
+  std::error_code ec;
+  fs::directory_iterator it(dir, ec), end;
+  if (ec) return {};
+  for (; it != end; it.increment(ec)) {
+    if (ec) break;
+    const std::string name = it->path().filename().string();
+    const std::optional<int64_t> step = parse_checkpoint_name(name);
+    std::error_code ec2;
+    if (step && it->is_regular_file(ec2)) found.emplace_back(*step, name);
+  }
+  std::sort(found.begin(), found.end());
+  std::vector<std::string> names;
+  names.reserve(found.size());
+  for (auto& f : found) names.push_back(std::move(f.second));
+  return names;
+}
+
+void publish_checkpoint(const std::string& dir, const std::string& file_name, int keep) {
+  const fs::path d(dir);
+  std::error_code ec;
+  TRIAD_CHECK(fs::is_regular_file(d / file_name, ec), "checkpoint directory ", dir,
+              ": cannot publish ", file_name, ", which does not exist there");
+
+  // latest: written to a temporary file, then renamed over the old one.
+  const fs::path latest = d / "latest", tmp = d / "latest.tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << file_name << '\n';
+    out.flush();
+    TRIAD_CHECK(out.good(), "checkpoint directory ", dir, ": cannot write ", tmp.string());
+  }
+  fs::rename(tmp, latest, ec);
+  if (ec) {
+    fs::remove(tmp, ec);
+    fail("checkpoint directory ", dir, ": cannot rename ", tmp.string(), " to ",
+         latest.string(), ": ", ec.message());
+  }
+
+  if (keep <= 0) return;
+  std::vector<std::string> all = list_checkpoints(dir);
+  size_t remaining = all.size();
+  for (const std::string& name : all) {  // oldest first
+    if (remaining <= static_cast<size_t>(keep)) break;
+    if (name == file_name) continue;
+    fs::remove(d / name, ec);
+    TRIAD_CHECK(!ec, "checkpoint directory ", dir, ": cannot delete old checkpoint ", name, ": ",
+                ec.message());
+    --remaining;
+  }
+}
+
+std::string find_resume_checkpoint(MPI_Comm comm, const std::string& dir) {
+  int rank = 0;
+  MPI_Comm_rank(comm, &rank);
+  std::string chosen;
+  // Rank 0 decides (validating each candidate on its own) and tells the others.
+  io::collective_phase(comm, [&] {
+    if (rank != 0) return;
+    const fs::path d(dir);
+    std::string tried;
+    if (const std::optional<std::string> latest = read_latest(d); latest && !latest->empty()) {
+      const std::string path = (d / *latest).string();
+      const std::string why = check_loadable(path);
+      if (why.empty()) {
+        chosen = path;
+        return;
+      }
+      tried = *latest;
+      std::cerr << "warning: " << (d / "latest").string() << " names " << *latest
+                << ", which cannot be loaded (" << why << "); looking for an older checkpoint\n";
+    }
+    std::vector<std::string> names = list_checkpoints(dir);
+    for (auto it = names.rbegin(); it != names.rend(); ++it) {
+      if (*it == tried) continue;
+      const std::string path = (d / *it).string();
+      const std::string why = check_loadable(path);
+      if (why.empty()) {
+        chosen = path;
+        return;
+      }
+      std::cerr << "warning: skipping damaged checkpoint: " << why << "\n";
+    }
+  });
+  int len = static_cast<int>(chosen.size());
+  MPI_Bcast(&len, 1, MPI_INT, 0, comm);
+  chosen.resize(len);
+  if (len > 0) MPI_Bcast(chosen.data(), len, MPI_CHAR, 0, comm);
+  return chosen;
+}
+
+}  // namespace triad

@@ -1,0 +1,48 @@
+// Internal: agreement on failure across the ranks of a communicator, so that an error on one
+// rank (a full disk, a damaged file) makes every rank throw the same triad::Error instead of
+// leaving the others waiting in the next collective HDF5 call.
+#pragma once
+
+#include <mpi.h>
+
+#include <exception>
+#include <string>
+#include <utility>
+
+#include "triad/core/error.h"
+
+namespace triad::io {
+
+// Collective over comm (and a barrier). If any rank passes failed = true, every rank throws
+// triad::Error with the message of the lowest failing rank.
+inline void agree(MPI_Comm comm, bool failed, const std::string& message) {
+  int rank = 0, size = 1;
+  MPI_Comm_rank(comm, &rank);
+  MPI_Comm_size(comm, &size);
+  int first = failed ? rank : size;
+  MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, comm);
+  if (first == size) return;
+  std::string msg = rank == first ? message : std::string();
+  int len = static_cast<int>(msg.size());
+  MPI_Bcast(&len, 1, MPI_INT, first, comm);
+  msg.resize(len);
+  if (len > 0) MPI_Bcast(msg.data(), len, MPI_CHAR, first, comm);
+  throw Error(msg);
+}
+
+// Runs fn() on every rank, then agrees: all ranks return or all throw. fn must not call
+// collective operations after a point where it may throw on some ranks only.
+template <typename F>
+void collective_phase(MPI_Comm comm, F&& fn) {
+  bool failed = false;
+  std::string message;
+  try {
+    std::forward<F>(fn)();
+  } catch (const std::exception& e) {
+    failed = true;
+    message = e.what();
+  }
+  agree(comm, failed, message);
+}
+
+}  // namespace triad::io

@@ -1,0 +1,272 @@
+// metrics.h5 (DESIGN.md §5), written by rank 0 only with the default (sec2) driver. Rows are
+// buffered in memory and written by flush(): each column is extended once and written with
+// one H5Dwrite, then H5Fflush makes them visible to a reader (h5py) that opens the file
+// afterwards. File locking is off so such a reader can open the file while it is held here.
+#include "triad/io/metrics.h"
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <iostream>
+#include <limits>
+#include <vector>
+
+#include "hdf5_handle.h"
+
+namespace triad {
+namespace {
+
+namespace fs = std::filesystem;
+using io::H5Id;
+using io::h5check;
+
+constexpr hsize_t kChunkRows = 1024;
+constexpr size_t kAutoFlushRows = 4096;  // bound the buffer if the caller rarely flushes
+
+// One 1-D column: an int64 or a float64 dataset and its rows not yet written.
+struct Column {
+  std::string name;
+  bool is_int = false;
+  H5Id dset;
+  std::vector<int64_t> ints;
+  std::vector<double> doubles;
+
+  size_t buffered() const { return is_int ? ints.size() : doubles.size(); }
+  hid_t file_type() const { return is_int ? H5T_STD_I64LE : H5T_IEEE_F64LE; }
+  hid_t mem_type() const { return is_int ? H5T_NATIVE_INT64 : H5T_NATIVE_DOUBLE; }
+  const void* data() const {
+    return is_int ? static_cast<const void*>(ints.data()) : doubles.data();
+  }
+  void clear() {
+    ints.clear();
+    doubles.clear();
+  }
+};
+
+// A group of equal-length columns; column 0 is `step`.
+struct Table {
+  std::string group;
+  std::vector<Column> cols;
+  hsize_t rows_in_file = 0;
+
+  Column& col(size_t i) { return cols[i]; }
+};
+
+Table make_table(const std::string& group, const std::vector<std::pair<const char*, bool>>& spec) {
+  Table t;
+  t.group = group;
+  for (const auto& [name, is_int] : spec) {
+    Column c;
+    c.name = name;
+    c.is_int = is_int;
+    t.cols.push_back(std::move(c));
+  }
+  return t;
+}
+
+}  // namespace
+
+struct MetricsWriter::Impl {
+  std::string path;
+  H5Id file;
+  Table train = make_table("train", {{"step", true},
+                                     {"loss", false},
+                                     {"lr", false},
+                                     {"grad_norm", false},
+                                     {"tokens_per_sec", false},
+                                     {"mfu", false},
+                                     {"step_ms", false},
+                                     {"tokens", true}});
+  Table val = make_table("val", {{"step", true}, {"loss", false}, {"accuracy", false}});
+
+  [[noreturn]] void fail_here(const std::string& what) const {
+    fail("metrics file ", path, ": ", what);
+  }
+
+  void create_file() {
+    std::error_code ec;
+    fs::remove(path, ec);  // a reader holding the old file keeps a consistent copy
+    H5Id fapl = io::make_fapl(MPI_COMM_NULL, /*for_create=*/true);
+    file = io::own_file(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl),
+                        "cannot create the file");
+  }
+
+  bool try_open_file() {
+    H5Id fapl = io::make_fapl(MPI_COMM_NULL, /*for_create=*/true);
+    const hid_t id = H5Fopen(path.c_str(), H5F_ACC_RDWR, fapl);
+    if (id < 0) return false;
+    file = H5Id(id, H5Fclose);
+    return true;
+  }
+
+  // Opens or creates the group and its datasets; rows_in_file = the shortest column.
+  void open_table(Table& t) {
+    H5Id lcpl = io::make_plist(H5P_LINK_CREATE);
+    h5check(H5Pset_create_intermediate_group(lcpl, 1), "cannot set up link creation");
+    const std::string gwhat = "cannot create group /" + t.group;
+    H5Id group = io::link_exists(file, t.group)
+                     ? io::own_group(H5Gopen2(file, t.group.c_str(), H5P_DEFAULT), gwhat)
+                     : io::own_group(
+                           H5Gcreate2(file, t.group.c_str(), lcpl, H5P_DEFAULT, H5P_DEFAULT),
+                           gwhat);
+    hsize_t rows = std::numeric_limits<hsize_t>::max();
+    for (size_t i = 0; i < t.cols.size(); ++i) {
+      Column& c = t.cols[i];
+      const std::string what = "cannot open dataset /" + t.group + "/" + c.name;
+      if (io::link_exists(group, c.name)) {
+        c.dset = io::own_dataset(H5Dopen2(group, c.name.c_str(), H5P_DEFAULT), what);
+        const std::vector<hsize_t> dims = io::dataset_dims(c.dset);
+        TRIAD_CHECK(dims.size() == 1, "dataset /", t.group, "/", c.name, " is not 1-D");
+        rows = std::min(rows, dims[0]);
+      } else {
+        const hsize_t zero = 0, unlimited = H5S_UNLIMITED;
+        H5Id space = io::own_dataspace(H5Screate_simple(1, &zero, &unlimited), what);
+        H5Id dcpl = io::make_plist(H5P_DATASET_CREATE);
+        h5check(H5Pset_chunk(dcpl, 1, &kChunkRows), what);
+        if (!c.is_int) {  // rows of a column added to an older file read as NaN
+          const double nan = std::numeric_limits<double>::quiet_NaN();
+          h5check(H5Pset_fill_value(dcpl, H5T_NATIVE_DOUBLE, &nan), what);
+        }
+        c.dset = io::own_dataset(H5Dcreate2(group, c.name.c_str(), c.file_type(), space, lcpl,
+                                            dcpl, H5P_DEFAULT),
+                                 what);
+      }
+    }
+    if (rows == std::numeric_limits<hsize_t>::max()) rows = 0;
+    t.rows_in_file = rows;
+  }
+
+  // Keeps the leading rows with step < resume_step (and equal lengths in the group).
+  void truncate_table(Table& t, int64_t resume_step) {
+    hsize_t keep = t.rows_in_file;
+    if (keep > 0) {
+      const std::string what = "cannot read /" + t.group + "/step";
+      std::vector<int64_t> steps(keep);
+      H5Id fspace = io::own_dataspace(H5Dget_space(t.cols[0].dset), what);
+      const hsize_t start = 0;
+      h5check(H5Sselect_hyperslab(fspace, H5S_SELECT_SET, &start, nullptr, &keep, nullptr), what);
+      H5Id mspace = io::own_dataspace(H5Screate_simple(1, &keep, nullptr), what);
+      h5check(H5Dread(t.cols[0].dset, H5T_NATIVE_INT64, mspace, fspace, H5P_DEFAULT,
+                      steps.data()),
+              what);
+      keep = std::find_if(steps.begin(), steps.end(),
+                          [&](int64_t s) { return s >= resume_step; }) -
+             steps.begin();
+    }
+    set_rows(t, keep);
+  }
+
+  void set_rows(Table& t, hsize_t rows) {
+    for (Column& c : t.cols) {
+      h5check(H5Dset_extent(c.dset, &rows),
+              "cannot resize dataset /" + t.group + "/" + c.name);
+    }
+    t.rows_in_file = rows;
+  }
+
+  void write_attributes(const MetricsAttributes& a) {
+    io::write_string_attr(file, "config", a.config);
+    io::write_string_attr(file, "grid", a.grid);
+    io::write_int64_attr(file, "n_params", a.n_params);
+    io::write_double_attr(file, "flops_per_token", a.flops_per_token);
+    io::write_double_attr(file, "peak_flops", a.peak_flops);
+  }
+
+  void write_buffered(Table& t) {
+    const hsize_t n = t.cols[0].buffered();
+    if (n == 0) return;
+    const hsize_t start = t.rows_in_file, total = start + n;
+    for (Column& c : t.cols) {
+      const std::string what = "cannot append to dataset /" + t.group + "/" + c.name;
+      h5check(H5Dset_extent(c.dset, &total), what);
+      H5Id fspace = io::own_dataspace(H5Dget_space(c.dset), what);
+      h5check(H5Sselect_hyperslab(fspace, H5S_SELECT_SET, &start, nullptr, &n, nullptr), what);
+      H5Id mspace = io::own_dataspace(H5Screate_simple(1, &n, nullptr), what);
+      h5check(H5Dwrite(c.dset, c.mem_type(), mspace, fspace, H5P_DEFAULT, c.data()), what);
+      c.clear();
+    }
+    t.rows_in_file = total;
+  }
+
+  void flush() {
+    write_buffered(train);
+    write_buffered(val);
+    h5check(H5Fflush(file, H5F_SCOPE_GLOBAL), "cannot flush the file");
+  }
+};
+
+MetricsWriter::MetricsWriter(const std::string& path, const MetricsAttributes& attrs,
+                             int64_t resume_step)
+    : impl_(std::make_unique<Impl>()) {
+  io::silence_hdf5_errors();
+  Impl& m = *impl_;
+  m.path = path;
+  try {
+    std::error_code ec;
+    const bool resume = resume_step >= 0 && fs::exists(path, ec);
+    if (resume && !m.try_open_file()) {
+      // A file damaged by a crash between flushes: keep it aside, start a new one.
+      const std::string aside = path + ".damaged";
+      fs::rename(path, aside, ec);
+      std::cerr << "warning: metrics file " << path << " cannot be opened ("
+                << io::hdf5_error_detail() << "); moved to " << aside
+                << " and starting a new one\n";
+    }
+    if (!m.file.valid()) m.create_file();
+    m.write_attributes(attrs);
+    m.open_table(m.train);
+    m.open_table(m.val);
+    if (resume) {
+      m.truncate_table(m.train, resume_step);
+      m.truncate_table(m.val, resume_step);
+    }
+    h5check(H5Fflush(m.file, H5F_SCOPE_GLOBAL), "cannot flush the file");
+  } catch (const Error& e) {
+    m.fail_here(e.what());
+  }
+}
+
+MetricsWriter::~MetricsWriter() {
+  if (!impl_ || !impl_->file.valid()) return;
+  try {
+    impl_->flush();
+  } catch (const Error& e) {
+    std::cerr << "warning: " << e.what() << "\n";
+  }
+  // Close datasets before the file.
+  for (Table* t : {&impl_->train, &impl_->val}) {
+    for (Column& c : t->cols) c.dset.reset();
+  }
+  impl_->file.reset();
+}
+
+void MetricsWriter::append(const TrainRow& r) {
+  Table& t = impl_->train;
+  t.col(0).ints.push_back(r.step);
+  t.col(1).doubles.push_back(r.loss);
+  t.col(2).doubles.push_back(r.lr);
+  t.col(3).doubles.push_back(r.grad_norm);
+  t.col(4).doubles.push_back(r.tokens_per_sec);
+  t.col(5).doubles.push_back(r.mfu);
+  t.col(6).doubles.push_back(r.step_ms);
+  t.col(7).ints.push_back(r.tokens);
+  if (t.col(0).buffered() >= kAutoFlushRows) flush();
+}
+
+void MetricsWriter::append(const ValRow& r) {
+  Table& t = impl_->val;
+  t.col(0).ints.push_back(r.step);
+  t.col(1).doubles.push_back(r.loss);
+  t.col(2).doubles.push_back(r.accuracy);
+  if (t.col(0).buffered() >= kAutoFlushRows) flush();
+}
+
+void MetricsWriter::flush() {
+  try {
+    impl_->flush();
+  } catch (const Error& e) {
+    impl_->fail_here(e.what());
+  }
+}
+
+}  // namespace triad

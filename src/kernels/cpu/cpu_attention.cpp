@@ -1,0 +1,159 @@
+// Causal self-attention, one (batch, head) at a time:
+//   S = scale · Q Kᵀ,  P = causal_softmax(S),  O = P V
+// Q, K and V are strided views into qkv (leading dimension 3C), O a strided view into out
+// (leading dimension C), so BLAS reads and writes them in place without any transposes.
+//
+// Causality: the T query rows are processed in blocks of kBlock rows; block [i0, i1) only needs
+// keys 0 .. i1-1, so every product skips the blocks above the diagonal (about 40% fewer flops
+// at T = 256 than full T×T products, more for longer sequences).
+//
+// Threading: the (batch, head) pairs are independent, so they are spread over OpenMP threads
+// with OpenBLAS single-threaded inside (see SingleThreadedBlas). The per-head gemms are small
+// (e.g. 64×256×64), where splitting each over threads costs more than it gains, and one thread
+// keeps a head's P and dP blocks in its own cache between the gemms and the softmax.
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "cpu_math.h"
+#include "cpu_ops.h"
+
+namespace triad::cpu {
+namespace {
+
+constexpr int kBlock = 64;
+
+// The shape of one attention call and the strides of its views.
+struct Dims {
+  int T;
+  int hd;      // head dimension C / NH
+  int ld_qkv;  // 3C
+  int ld_out;  // C
+  float scale;
+};
+
+// Row i of S → row i of P over keys 0..i; keys i+1 .. end-1 (the rest of the diagonal block,
+// which the P·V product reads) are set to 0. Keys beyond end are left untouched.
+void causal_softmax_row(float* row, int i, int end) {
+  float max_val = row[0];
+#pragma omp simd reduction(max : max_val)
+  for (int j = 0; j <= i; ++j) max_val = std::max(max_val, row[j]);
+  exp_shifted_inplace(row, size_t(i) + 1, max_val);
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int j = 0; j <= i; ++j) sum += row[j];
+  const float inv = 1.0f / sum;
+#pragma omp simd
+  for (int j = 0; j <= i; ++j) row[j] *= inv;
+  std::fill(row + i + 1, row + end, 0.0f);
+}
+
+// Softmax backward for row i: dS_j = P_j·(dP_j − Σ_k P_k dP_k) over keys 0..i, in place over
+// dP; keys i+1 .. end-1 are set to 0 (the dQ and dK products read them).
+void causal_softmax_backward_row(float* ds, const float* p, int i, int end) {
+  float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+  for (int j = 0; j <= i; ++j) dot += p[j] * ds[j];
+#pragma omp simd
+  for (int j = 0; j <= i; ++j) ds[j] = p[j] * (ds[j] - dot);
+  std::fill(ds + i + 1, ds + end, 0.0f);
+}
+
+void head_forward(float* out, float* att, const float* q, const float* k, const float* v,
+                  const Dims& d) {
+  const int T = d.T;
+  for (int i0 = 0; i0 < T; i0 += kBlock) {
+    const int i1 = std::min(T, i0 + kBlock);
+    // S[i0:i1, 0:i1] = scale · Q[i0:i1] · K[0:i1]ᵀ
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i1 - i0, i1, d.hd, d.scale,
+                q + size_t(i0) * d.ld_qkv, d.ld_qkv, k, d.ld_qkv, 0.0f, att + size_t(i0) * T, T);
+    for (int i = i0; i < i1; ++i) causal_softmax_row(att + size_t(i) * T, i, i1);
+    // O[i0:i1] = P[i0:i1, 0:i1] · V[0:i1]
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i1 - i0, d.hd, i1, 1.0f,
+                att + size_t(i0) * T, T, v, d.ld_qkv, 0.0f, out + size_t(i0) * d.ld_out, d.ld_out);
+  }
+}
+
+void head_backward(float* dq, float* dk, float* dv, float* ds, const float* dout, const float* q,
+                   const float* k, const float* v, const float* att, const Dims& d) {
+  const int T = d.T;
+  // Row blocks: dP = dO·Vᵀ, dS = softmax_backward(P, dP), dQ += scale · dS·K.
+  for (int i0 = 0; i0 < T; i0 += kBlock) {
+    const int i1 = std::min(T, i0 + kBlock);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i1 - i0, i1, d.hd, 1.0f,
+                dout + size_t(i0) * d.ld_out, d.ld_out, v, d.ld_qkv, 0.0f, ds + size_t(i0) * T, T);
+    for (int i = i0; i < i1; ++i) {
+      causal_softmax_backward_row(ds + size_t(i) * T, att + size_t(i) * T, i, i1);
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i1 - i0, d.hd, i1, d.scale,
+                ds + size_t(i0) * T, T, k, d.ld_qkv, 1.0f, dq + size_t(i0) * d.ld_qkv, d.ld_qkv);
+  }
+  // Key blocks [j0, j1) receive from the queries i >= j0 only:
+  //   dK[j0:j1] += scale · dS[j0:T, j0:j1]ᵀ · Q[j0:T],   dV[j0:j1] += P[j0:T, j0:j1]ᵀ · dO[j0:T]
+  // dS is zero above the diagonal within its diagonal blocks (we wrote it). P above the
+  // diagonal is unspecified by the interface, so its diagonal block is copied with the upper
+  // triangle zeroed and the rows below the block are taken from att directly.
+  float p_diag[kBlock * kBlock];
+  for (int j0 = 0; j0 < T; j0 += kBlock) {
+    const int j1 = std::min(T, j0 + kBlock);
+    const int w = j1 - j0;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, w, d.hd, T - j0, d.scale,
+                ds + size_t(j0) * T + j0, T, q + size_t(j0) * d.ld_qkv, d.ld_qkv, 1.0f,
+                dk + size_t(j0) * d.ld_qkv, d.ld_qkv);
+    for (int r = 0; r < w; ++r) {
+      const float* src = att + size_t(j0 + r) * T + j0;
+      float* dst = p_diag + r * kBlock;
+      std::copy(src, src + r + 1, dst);
+      std::fill(dst + r + 1, dst + w, 0.0f);
+    }
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, w, d.hd, w, 1.0f, p_diag, kBlock,
+                dout + size_t(j0) * d.ld_out, d.ld_out, 1.0f, dv + size_t(j0) * d.ld_qkv, d.ld_qkv);
+    if (j1 < T) {
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, w, d.hd, T - j1, 1.0f,
+                  att + size_t(j1) * T + j0, T, dout + size_t(j1) * d.ld_out, d.ld_out, 1.0f,
+                  dv + size_t(j0) * d.ld_qkv, d.ld_qkv);
+    }
+  }
+}
+
+Dims make_dims(int T, int C, int NH) {
+  const int hd = C / NH;
+  return Dims{T, hd, 3 * C, C, float(1.0 / std::sqrt(double(hd)))};
+}
+
+}  // namespace
+
+void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH) {
+  const Dims d = make_dims(T, C, NH);
+  const int hd = d.hd;
+  SingleThreadedBlas serial_blas;
+#pragma omp parallel for schedule(static)
+  for (int bh = 0; bh < B * NH; ++bh) {
+    const int b = bh / NH;
+    const int h = bh % NH;
+    const float* q = qkv + size_t(b) * T * 3 * C + size_t(h) * hd;
+    head_forward(out + size_t(b) * T * C + size_t(h) * hd, att + size_t(bh) * T * T, q, q + C,
+                 q + 2 * C, d);
+  }
+}
+
+void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
+                        const float* att, int B, int T, int C, int NH) {
+  const Dims d = make_dims(T, C, NH);
+  const int hd = d.hd;
+  SingleThreadedBlas serial_blas;
+#pragma omp parallel for schedule(static)
+  for (int bh = 0; bh < B * NH; ++bh) {
+    const int b = bh / NH;
+    const int h = bh % NH;
+    const size_t qkv_offset = size_t(b) * T * 3 * C + size_t(h) * hd;
+    const float* q = qkv + qkv_offset;
+    float* dq = dqkv + qkv_offset;
+    head_backward(dq, dq + C, dq + 2 * C, scratch + size_t(bh) * T * T,
+                  dout + size_t(b) * T * C + size_t(h) * hd, q, q + C, q + 2 * C,
+                  att + size_t(bh) * T * T, d);
+  }
+}
+
+}  // namespace triad::cpu

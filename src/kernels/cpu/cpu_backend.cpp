@@ -1,0 +1,109 @@
+// CpuBackend: the fp32 reference implementation of Backend. Memory is ordinary host memory;
+// every op forwards to a kernel in cpu_ops.h (one file per concern next to this one).
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+
+#include "cpu_ops.h"
+#include "triad/core/error.h"
+#include "triad/kernels/backend.h"
+
+namespace triad {
+namespace {
+
+// 64 bytes: one cache line and one AVX-512 register, so no vector load straddles two lines.
+constexpr size_t kAlignment = 64;
+
+class CpuBackend final : public Backend {
+ public:
+  CpuBackend() { cpu::configure_blas(); }
+
+  const char* name() const override { return "cpu"; }
+
+  // ---- memory ------------------------------------------------------------------------------
+  float* alloc(size_t n_floats) override {
+    // aligned_alloc wants a size that is a multiple of the alignment (and non-zero).
+    size_t bytes = n_floats * sizeof(float);
+    bytes = (bytes + kAlignment - 1) / kAlignment * kAlignment;
+    if (bytes == 0) bytes = kAlignment;
+    void* p = std::aligned_alloc(kAlignment, bytes);
+    TRIAD_CHECK(p != nullptr, "cpu backend: out of memory allocating ", bytes, " bytes");
+    std::memset(p, 0, bytes);
+    return static_cast<float*>(p);
+  }
+  void free(float* p) override { std::free(p); }
+  void zero(float* p, size_t n) override { std::memset(p, 0, n * sizeof(float)); }
+  void copy_to_host(float* host, const float* dev, size_t n) override {
+    if (host != dev) std::memcpy(host, dev, n * sizeof(float));
+  }
+  void copy_from_host(float* dev, const float* host, size_t n) override {
+    if (host != dev) std::memcpy(dev, host, n * sizeof(float));
+  }
+  void synchronize() override {}  // every op has finished when it returns
+
+  // ---- ops ---------------------------------------------------------------------------------
+  void encoder_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B,
+                       int T, int C) override {
+    cpu::encoder_forward(out, tokens, wte, wpe, B, T, C);
+  }
+  void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens, int B,
+                        int T, int C) override {
+    cpu::encoder_backward(dwte, dwpe, dout, tokens, B, T, C);
+  }
+  void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
+                         const float* weight, const float* bias, int N, int C) override {
+    cpu::layernorm_forward(out, mean, rstd, inp, weight, bias, N, C);
+  }
+  void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                          const float* inp, const float* weight, const float* mean,
+                          const float* rstd, int N, int C) override {
+    cpu::layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C);
+  }
+  void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N,
+                      int IC, int OC) override {
+    cpu::matmul_forward(out, inp, weight, bias, N, IC, OC);
+  }
+  void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                       const float* inp, const float* weight, int N, int IC, int OC) override {
+    cpu::matmul_backward(dinp, dweight, dbias, dout, inp, weight, N, IC, OC);
+  }
+  void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C,
+                         int NH) override {
+    cpu::attention_forward(out, att, qkv, B, T, C, NH);
+  }
+  void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
+                          const float* att, int B, int T, int C, int NH) override {
+    cpu::attention_backward(dqkv, scratch, dout, qkv, att, B, T, C, NH);
+  }
+  void gelu_forward(float* out, const float* inp, size_t n) override {
+    cpu::gelu_forward(out, inp, n);
+  }
+  void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) override {
+    cpu::gelu_backward(dinp, inp, dout, n);
+  }
+  void add(float* out, const float* a, const float* b, size_t n) override {
+    cpu::add(out, a, b, n);
+  }
+  void accumulate(float* dst, const float* src, size_t n) override { cpu::accumulate(dst, src, n); }
+  void crossentropy_forward_backward(float* logits, float* losses, float* correct,
+                                     const int32_t* targets, int N, int V, int Vp,
+                                     float dloss_scale) override {
+    cpu::crossentropy_forward_backward(logits, losses, correct, targets, N, V, Vp, dloss_scale);
+  }
+  double sum_squares(const float* x, size_t n) override { return cpu::sum_squares(x, n); }
+  void scale(float* x, float s, size_t n) override { cpu::scale(x, s, n); }
+  void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float lr, float beta1,
+                    float beta2, float eps, float wd, float bc1, float bc2) override {
+    cpu::adamw_update(p, g, m, v, n, lr, beta1, beta2, eps, wd, bc1, bc2);
+  }
+  void sgd_update(float* p, const float* g, float* buf, size_t n, float lr, float momentum,
+                  float wd) override {
+    cpu::sgd_update(p, g, buf, n, lr, momentum, wd);
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+
+}  // namespace triad

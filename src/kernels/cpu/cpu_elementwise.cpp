@@ -1,0 +1,81 @@
+// Elementwise ops (GELU, residual add, accumulate, scale) and the sum of squares used by
+// gradient clipping. All are memory-bound: one parallel, vectorized pass each.
+#include <vector>
+
+#include "cpu_math.h"
+#include "cpu_ops.h"
+
+namespace triad::cpu {
+namespace {
+
+constexpr float kSqrt2OverPi = 0.7978845608028654f;
+constexpr float kGeluCubic = 0.044715f;
+
+// gelu(x) = ½·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))
+inline f32x8 gelu8(f32x8 x) {
+  const f32x8 t = tanh8(kSqrt2OverPi * (x + kGeluCubic * x * x * x));
+  return 0.5f * x * (1.0f + t);
+}
+
+// d gelu/dx = ½(1 + t) + ½·x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²)
+inline f32x8 gelu_grad8(f32x8 x) {
+  const f32x8 t = tanh8(kSqrt2OverPi * (x + kGeluCubic * x * x * x));
+  const f32x8 du_dx = kSqrt2OverPi * (1.0f + 3.0f * kGeluCubic * x * x);
+  return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du_dx;
+}
+
+}  // namespace
+
+void gelu_forward(float* out, const float* inp, size_t n) {
+  const size_t n8 = n / 8;
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (size_t b = 0; b < n8; ++b) store8(out + 8 * b, gelu8(load8(inp + 8 * b)));
+  for (size_t i = 8 * n8; i < n; ++i) out[i] = gelu8(splat8(inp[i]))[0];
+}
+
+void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) {
+  const size_t n8 = n / 8;
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (size_t b = 0; b < n8; ++b) {
+    const size_t i = 8 * b;
+    store8(dinp + i, load8(dinp + i) + gelu_grad8(load8(inp + i)) * load8(dout + i));
+  }
+  for (size_t i = 8 * n8; i < n; ++i) dinp[i] += gelu_grad8(splat8(inp[i]))[0] * dout[i];
+}
+
+void add(float* out, const float* a, const float* b, size_t n) {
+#pragma omp parallel for simd schedule(static) if (n >= kParallelMin)
+  for (size_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
+}
+
+void accumulate(float* dst, const float* src, size_t n) {
+#pragma omp parallel for simd schedule(static) if (n >= kParallelMin)
+  for (size_t i = 0; i < n; ++i) dst[i] += src[i];
+}
+
+void scale(float* x, float s, size_t n) {
+#pragma omp parallel for simd schedule(static) if (n >= kParallelMin)
+  for (size_t i = 0; i < n; ++i) x[i] *= s;
+}
+
+// Fixed-size chunks summed independently, then combined in chunk order: the result does not
+// depend on the thread count. Within a chunk the simd reduction order is fixed at compile time.
+double sum_squares(const float* x, size_t n) {
+  constexpr size_t kChunk = size_t{1} << 16;
+  const size_t n_chunks = (n + kChunk - 1) / kChunk;
+  std::vector<double> partial(n_chunks, 0.0);
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (size_t c = 0; c < n_chunks; ++c) {
+    const size_t begin = c * kChunk;
+    const size_t end = begin + kChunk < n ? begin + kChunk : n;
+    double s = 0.0;
+#pragma omp simd reduction(+ : s)
+    for (size_t i = begin; i < end; ++i) s += double(x[i]) * double(x[i]);
+    partial[c] = s;
+  }
+  double total = 0.0;
+  for (double s : partial) total += s;
+  return total;
+}
+
+}  // namespace triad::cpu

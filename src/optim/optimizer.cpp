@@ -1,0 +1,73 @@
+#include "triad/optim/optimizer.h"
+
+#include <cmath>
+
+#include "triad/core/error.h"
+
+namespace triad {
+
+double lr_at(const TrainConfig& t, int64_t s) {
+  const double lr = t.lr, min_lr = t.lr * t.min_lr_ratio;
+  if (s < t.warmup_steps) return lr * double(s + 1) / double(t.warmup_steps);
+  const int64_t decay_steps = t.steps - t.warmup_steps;
+  if (t.schedule == "constant" || decay_steps <= 0) return lr;
+  const double progress = std::min(1.0, double(s - t.warmup_steps) / double(decay_steps));
+  if (t.schedule == "cosine") return min_lr + 0.5 * (lr - min_lr) * (1.0 + std::cos(M_PI * progress));
+  if (t.schedule == "linear") return lr - (lr - min_lr) * progress;
+  if (t.schedule == "wsd") {
+    // Warmup-stable-decay: constant, then linear to min_lr over the last decay_fraction of
+    // all steps.
+    const double decay_len = t.decay_fraction * double(t.steps);
+    const double decay_start = double(t.steps) - decay_len;
+    if (double(s) < decay_start || decay_len <= 0) return lr;
+    return lr - (lr - min_lr) * std::min(1.0, (double(s) - decay_start) / decay_len);
+  }
+  fail("internal error: unknown schedule ", t.schedule);
+}
+
+double clip_grad_norm(Backend& be, float* grads, size_t n, double clip) {
+  const double norm = std::sqrt(be.sum_squares(grads, n));
+  if (clip > 0 && norm > clip) be.scale(grads, float(clip / (norm + 1e-6)), n);
+  return norm;
+}
+
+Optimizer::Optimizer(const OptimConfig& cfg, const std::vector<ParamSpec>& specs,
+                     size_t n_floats, Backend& be)
+    : cfg_(cfg), specs_(specs), n_floats_(n_floats), be_(be) {
+  const size_t n_slots = cfg.name == "adamw" ? 2 : 1;
+  for (size_t i = 0; i < n_slots; ++i) slots_.push_back(be_.alloc(n_floats_));
+}
+
+Optimizer::~Optimizer() {
+  for (float* p : slots_) be_.free(p);
+}
+
+std::vector<std::string> Optimizer::slot_names() const {
+  if (cfg_.name == "adamw") return {"m", "v"};
+  return {"momentum"};
+}
+
+void Optimizer::reset() {
+  for (float* p : slots_) be_.zero(p, n_floats_);
+}
+
+void Optimizer::update(float* params, const float* grads, double lr, int64_t step) {
+  TRIAD_ASSERT(step >= 1);
+  for (const auto& s : specs_) {
+    // Weight decay only on matrices (wte, wpe, linear weights), as DESIGN.md §4 says.
+    const float wd = s.decay ? float(cfg_.weight_decay) : 0.0f;
+    float* p = params + s.offset;
+    const float* g = grads + s.offset;
+    if (cfg_.name == "adamw") {
+      const double bc1 = 1.0 - std::pow(cfg_.beta1, double(step));
+      const double bc2 = 1.0 - std::pow(cfg_.beta2, double(step));
+      be_.adamw_update(p, g, slots_[0] + s.offset, slots_[1] + s.offset, s.numel, float(lr),
+                       float(cfg_.beta1), float(cfg_.beta2), float(cfg_.eps), wd, float(bc1),
+                       float(bc2));
+    } else {
+      be_.sgd_update(p, g, slots_[0] + s.offset, s.numel, float(lr), float(cfg_.momentum), wd);
+    }
+  }
+}
+
+}  // namespace triad

@@ -1,0 +1,262 @@
+#include "triad/train/config.h"
+
+#include <boost/program_options.hpp>
+#include <cmath>
+#include <fstream>
+#include <functional>
+#include <iomanip>
+#include <map>
+#include <sstream>
+
+#include "triad/core/error.h"
+
+namespace po = boost::program_options;
+
+namespace triad {
+namespace {
+
+// Every config key once: bound to its Config field for parsing, printed back for to_ini.
+// Keeping both in one table is what keeps --help, parsing and the resolved config in sync.
+class KeyTable {
+ public:
+  explicit KeyTable(Config& c) : desc_("Config keys (INI [section] key = value, or --section.key value)") {
+    add("model.n_layer", c.model.n_layer, "transformer layers");
+    add("model.n_head", c.model.n_head, "attention heads (must divide n_embd)");
+    add("model.n_embd", c.model.n_embd, "model width C");
+    add("model.seq_len", c.model.seq_len, "sequence length T");
+    add("model.vocab_size", c.model.vocab_size, "vocabulary size (GPT-2: 50257)");
+    add("train.steps", c.train.steps, "optimizer steps");
+    add("train.batch_size", c.train.batch_size, "sequences per optimizer step (global)");
+    add("train.micro_batch_size", c.train.micro_batch_size, "sequences per micro-batch per rank");
+    add("train.lr", c.train.lr, "peak learning rate");
+    add("train.warmup_steps", c.train.warmup_steps, "linear warmup steps");
+    add("train.schedule", c.train.schedule, "cosine | linear | constant | wsd");
+    add("train.min_lr_ratio", c.train.min_lr_ratio, "final lr / peak lr");
+    add("train.decay_fraction", c.train.decay_fraction, "wsd: fraction of steps in the decay");
+    add("train.grad_clip", c.train.grad_clip, "global grad-norm clip (0: off)");
+    add("train.seed", c.train.seed, "seed of the initialization and data shuffling");
+    add("train.log_every", c.train.log_every, "progress line every N steps");
+    add("optim.name", c.optim.name, "adamw | sgd");
+    add("optim.beta1", c.optim.beta1, "AdamW beta1");
+    add("optim.beta2", c.optim.beta2, "AdamW beta2");
+    add("optim.eps", c.optim.eps, "AdamW eps");
+    add("optim.weight_decay", c.optim.weight_decay, "weight decay (matrices only)");
+    add("optim.momentum", c.optim.momentum, "SGD momentum");
+    add("data.train", c.data.train, "train shard glob");
+    add("data.val", c.data.val, "validation shard glob");
+    add("data.shuffle", c.data.shuffle, "seeded per-epoch permutation of the sequences");
+    add("data.vocab", c.data.vocab, "GPT-2 BPE ranks file (tiktoken format) for samples");
+    add("eval.every", c.eval.every, "evaluate every N steps (0: start and end only)");
+    add("eval.sequences", c.eval.sequences, "validation sequences per evaluation");
+    add("checkpoint.dir", c.checkpoint.dir, "checkpoint directory (default RUN/ckpt)");
+    add("checkpoint.every", c.checkpoint.every, "checkpoint every N steps (0: end only)");
+    add("checkpoint.keep", c.checkpoint.keep, "keep the newest K checkpoints (0: all)");
+    add("checkpoint.at_start", c.checkpoint.at_start, "write step 0 before training");
+    add("run.name", c.run.name, "run name (directory under run.dir)");
+    add("run.dir", c.run.dir, "directory of runs");
+    add("run.backend", c.run.backend, "cpu (cuda when built with it)");
+    add("run.threads", c.run.threads, "CPU threads (0: OpenMP default)");
+    add("run.peak_tflops", c.run.peak_tflops, "peak TFLOP/s for MFU (0: measure / datasheet)");
+    add("parallel.tp", c.parallel.tp, "tensor-parallel size");
+    add("parallel.pp", c.parallel.pp, "pipeline-parallel size");
+    add("parallel.zero", c.parallel.zero, "ZeRO stage (0 or 1)");
+    add("parallel.schedule", c.parallel.schedule, "pipeline schedule (1f1b | gpipe | interleaved)");
+    add("parallel.virtual_stages", c.parallel.virtual_stages, "virtual stages per pipeline rank");
+    add("sample.length", c.sample.length, "tokens sampled into samples.txt at each eval (0: off)");
+    add("sample.temperature", c.sample.temperature, "sampling temperature");
+    add("sample.top_k", c.sample.top_k, "top-k sampling (0: all)");
+    add("sample.prompt", c.sample.prompt, "sample prompt (empty: <|endoftext|>)");
+  }
+  const po::options_description& desc() const { return desc_; }
+  std::string ini() const {
+    std::ostringstream os;
+    std::string section;
+    for (const auto& [key, print] : printers_) {
+      const auto dot = key.find('.');
+      const std::string s = key.substr(0, dot);
+      if (s != section) {
+        os << (section.empty() ? "" : "\n") << "[" << s << "]\n";
+        section = s;
+      }
+      os << key.substr(dot + 1) << " = " << print() << "\n";
+    }
+    return os.str();
+  }
+
+ private:
+  template <typename T>
+  void add(const char* key, T& field, const char* help) {
+    std::string shown = format(field);
+    desc_.add_options()(key, po::value<T>(&field)->default_value(field, shown), help);
+    printers_.emplace_back(key, [&field] { return format(field); });
+  }
+  template <typename T>
+  static std::string format(const T& v) {
+    std::ostringstream os;
+    if constexpr (std::is_same_v<T, bool>) {
+      os << (v ? "true" : "false");
+    } else if constexpr (std::is_floating_point_v<T>) {
+      os << std::setprecision(17) << v;  // round-trips exactly
+    } else {
+      os << v;
+    }
+    return os.str();
+  }
+
+  po::options_description desc_;
+  std::vector<std::pair<std::string, std::function<std::string()>>> printers_;
+};
+
+// Boost's messages name the option as "--train.lr" or "train.lr"; prefix where it came from.
+[[noreturn]] void rethrow(const std::exception& e, const std::string& origin) {
+  fail(origin, ": ", e.what());
+}
+
+void check(bool ok, const std::string& key, const std::string& problem) {
+  TRIAD_CHECK(ok, "config: ", key, " ", problem);
+}
+
+}  // namespace
+
+int Config::padded_vocab_size() const {
+  const int m = 128 * parallel.tp;
+  return (model.vocab_size + m - 1) / m * m;
+}
+
+CommandLine parse_train_command_line(int argc, const char* const* argv) {
+  CommandLine cl;
+  KeyTable keys(cl.config);
+  po::options_description general("triad-train options");
+  general.add_options()("help,h", "print this help")(
+      "config", po::value<std::vector<std::string>>(&cl.config_files)->composing(),
+      "INI config file (repeatable; later files and command-line keys override earlier)")(
+      "resume", po::value<std::string>(&cl.resume)->default_value("auto"),
+      "auto (newest complete checkpoint of the run, if any) | none | PATH")(
+      "init-from", po::value<std::string>(&cl.init_from),
+      "start a new run from this checkpoint's weights (fresh optimizer), e.g. fine-tuning")(
+      "eval-only", po::bool_switch(&cl.eval_only),
+      "evaluate a checkpoint (--resume PATH / --init-from PATH / the run's newest) and exit");
+  po::options_description all;
+  all.add(general).add(keys.desc());
+  std::ostringstream help;
+  help << "usage: triad-train --config FILE [--section.key value]...\n\n" << all;
+  cl.help_text = help.str();
+
+  po::variables_map vm;
+  try {
+    // Boost keeps the first value stored for a key: store the command line first, then the
+    // config files from last to first, so later sources override earlier ones.
+    po::store(po::command_line_parser(argc, argv).options(all).run(), vm);
+    if (vm.count("help")) {
+      cl.help = true;
+      return cl;
+    }
+  } catch (const po::error& e) {
+    rethrow(e, "command line");
+  }
+  std::vector<std::string> files;
+  if (vm.count("config")) files = vm["config"].as<std::vector<std::string>>();
+  for (auto it = files.rbegin(); it != files.rend(); ++it) {
+    std::ifstream in(*it);
+    TRIAD_CHECK(in.is_open(), "config file ", *it, ": cannot open (missing or unreadable)");
+    try {
+      po::store(po::parse_config_file(in, keys.desc(), false), vm);
+    } catch (const po::error& e) {
+      rethrow(e, "config file " + *it);
+    }
+  }
+  try {
+    po::notify(vm);
+  } catch (const po::error& e) {
+    rethrow(e, "command line");
+  }
+  return cl;
+}
+
+Config parse_config_text(const std::string& ini_text, const std::string& origin) {
+  Config c;
+  KeyTable keys(c);
+  po::variables_map vm;
+  try {
+    std::istringstream in(ini_text);
+    po::store(po::parse_config_file(in, keys.desc(), false), vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    rethrow(e, origin);
+  }
+  return c;
+}
+
+std::string to_ini(const Config& c) {
+  Config copy = c;
+  return KeyTable(copy).ini();
+}
+
+void validate(const Config& c, int world_size) {
+  const auto& m = c.model;
+  check(m.n_layer >= 1, "model.n_layer", "must be >= 1 (got " + std::to_string(m.n_layer) + ")");
+  check(m.n_head >= 1, "model.n_head", "must be >= 1 (got " + std::to_string(m.n_head) + ")");
+  check(m.n_embd >= 1, "model.n_embd", "must be >= 1 (got " + std::to_string(m.n_embd) + ")");
+  check(m.n_embd % m.n_head == 0, "model.n_head",
+        "(" + std::to_string(m.n_head) + ") must divide model.n_embd (" +
+            std::to_string(m.n_embd) + ")");
+  check(m.seq_len >= 1, "model.seq_len", "must be >= 1 (got " + std::to_string(m.seq_len) + ")");
+  check(m.vocab_size >= 2 && m.vocab_size <= 65536, "model.vocab_size",
+        "must be in [2, 65536] (token shards store uint16; got " + std::to_string(m.vocab_size) +
+            ")");
+  const auto& t = c.train;
+  check(t.steps >= 0, "train.steps", "must be >= 0 (got " + std::to_string(t.steps) + ")");
+  check(t.batch_size >= 1, "train.batch_size",
+        "must be >= 1 (got " + std::to_string(t.batch_size) + ")");
+  check(t.micro_batch_size >= 1, "train.micro_batch_size",
+        "must be >= 1 (got " + std::to_string(t.micro_batch_size) + ")");
+  const int dp = world_size / std::max(1, c.parallel.tp * c.parallel.pp);
+  check(t.batch_size % (t.micro_batch_size * std::max(1, dp)) == 0, "train.batch_size",
+        "(" + std::to_string(t.batch_size) + ") must be divisible by micro_batch_size · dp (" +
+            std::to_string(t.micro_batch_size) + " · " + std::to_string(dp) + ")");
+  check(std::isfinite(t.lr) && t.lr >= 0, "train.lr", "must be a finite number >= 0");
+  check(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0");
+  check(t.schedule == "cosine" || t.schedule == "linear" || t.schedule == "constant" ||
+            t.schedule == "wsd",
+        "train.schedule", "must be cosine, linear, constant or wsd (got '" + t.schedule + "')");
+  check(t.min_lr_ratio >= 0 && t.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]");
+  check(t.decay_fraction >= 0 && t.decay_fraction <= 1, "train.decay_fraction",
+        "must be in [0, 1]");
+  check(std::isfinite(t.grad_clip) && t.grad_clip >= 0, "train.grad_clip",
+        "must be >= 0 (0 disables clipping)");
+  check(t.log_every >= 1, "train.log_every", "must be >= 1");
+  check(t.seed >= 0, "train.seed", "must be >= 0");
+  const auto& o = c.optim;
+  check(o.name == "adamw" || o.name == "sgd", "optim.name",
+        "must be adamw or sgd (got '" + o.name + "')");
+  check(o.beta1 >= 0 && o.beta1 < 1, "optim.beta1", "must be in [0, 1)");
+  check(o.beta2 >= 0 && o.beta2 < 1, "optim.beta2", "must be in [0, 1)");
+  check(o.eps > 0, "optim.eps", "must be > 0");
+  check(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0");
+  check(o.momentum >= 0 && o.momentum < 1, "optim.momentum", "must be in [0, 1)");
+  check(c.eval.every >= 0, "eval.every", "must be >= 0");
+  check(c.eval.sequences >= 0, "eval.sequences", "must be >= 0");
+  check(c.checkpoint.every >= 0, "checkpoint.every", "must be >= 0");
+  check(c.checkpoint.keep >= 0, "checkpoint.keep", "must be >= 0 (0 keeps all)");
+  check(!c.run.name.empty() && c.run.name.find('/') == std::string::npos, "run.name",
+        "must be a non-empty name without '/'");
+  check(!c.run.dir.empty(), "run.dir", "must not be empty");
+  check(c.run.backend == "cpu", "run.backend",
+        "'" + c.run.backend + "' is not available in this version (use cpu)");
+  check(c.run.threads >= 0, "run.threads", "must be >= 0");
+  check(c.run.peak_tflops >= 0, "run.peak_tflops", "must be >= 0");
+  check(c.parallel.tp >= 1, "parallel.tp", "must be >= 1");
+  check(c.parallel.pp >= 1, "parallel.pp", "must be >= 1");
+  check(c.parallel.zero == 0 || c.parallel.zero == 1, "parallel.zero", "must be 0 or 1");
+  check(c.parallel.zero == 0, "parallel.zero",
+        "= 1 (ZeRO-1) is not implemented in this version (use 0)");
+  check(c.parallel.schedule == "1f1b" || c.parallel.schedule == "gpipe" ||
+            c.parallel.schedule == "interleaved",
+        "parallel.schedule", "must be 1f1b, gpipe or interleaved");
+  check(c.parallel.virtual_stages >= 1, "parallel.virtual_stages", "must be >= 1");
+  check(c.sample.length >= 0, "sample.length", "must be >= 0");
+  check(c.sample.temperature > 0, "sample.temperature", "must be > 0");
+  check(c.sample.top_k >= 0, "sample.top_k", "must be >= 0");
+}
+
+}  // namespace triad

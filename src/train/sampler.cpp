@@ -1,0 +1,48 @@
+#include "triad/train/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "triad/core/error.h"
+
+namespace triad {
+
+std::vector<int32_t> sample_continuation(Gpt& model, std::vector<int32_t> tokens,
+                                         const SampleOptions& opt, Rng& rng) {
+  TRIAD_CHECK(!tokens.empty(), "sampling needs at least one prompt token");
+  const int T = model.shape().seq_len, V = model.shape().vocab_size;
+  std::vector<int32_t> out;
+  std::vector<int> order(static_cast<size_t>(V));
+  std::vector<double> prob(static_cast<size_t>(V));
+  for (int64_t n = 0; n < opt.length; ++n) {
+    const int len = int(std::min<size_t>(tokens.size(), size_t(T)));
+    const float* logits = model.next_token_logits(tokens.data() + tokens.size() - size_t(len), len);
+    // Candidates: the top-k logits (all of them when top_k is 0 or >= V).
+    const int k = (opt.top_k <= 0 || opt.top_k >= V) ? V : opt.top_k;
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int a, int b) {
+      return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+    });
+    const double mx = logits[order[0]];
+    double z = 0;
+    for (int i = 0; i < k; ++i) {
+      prob[size_t(i)] = std::exp((double(logits[order[size_t(i)]]) - mx) / opt.temperature);
+      z += prob[size_t(i)];
+    }
+    double u = rng.uniform() * z;
+    int pick = order[size_t(k - 1)];
+    for (int i = 0; i < k; ++i) {
+      u -= prob[size_t(i)];
+      if (u <= 0) {
+        pick = order[size_t(i)];
+        break;
+      }
+    }
+    tokens.push_back(pick);
+    out.push_back(pick);
+  }
+  return out;
+}
+
+}  // namespace triad

@@ -1,0 +1,408 @@
+#include "triad/train/trainer.h"
+
+#include <omp.h>
+#include <cblas.h>
+
+#include <atomic>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+
+#include "triad/core/error.h"
+#include "triad/core/rng.h"
+#include "triad/core/timer.h"
+#include "triad/data/loader.h"
+#include "triad/data/tokenizer.h"
+#include "triad/io/checkpoint.h"
+#include "triad/io/metrics.h"
+#include "triad/kernels/backend.h"
+#include "triad/kernels/peak_flops.h"
+#include "triad/model/gpt.h"
+#include "triad/optim/optimizer.h"
+#include "triad/parallel/process_grid.h"
+#include "triad/train/sampler.h"
+
+namespace fs = std::filesystem;
+
+namespace triad {
+namespace {
+
+std::atomic<int> g_preempt_signal{0};
+
+extern "C" void on_preempt_signal(int sig) { g_preempt_signal.store(sig); }
+
+std::string format_duration(double s) {
+  const int64_t t = int64_t(std::max(0.0, s));
+  std::ostringstream os;
+  if (t >= 3600) os << t / 3600 << "h";
+  if (t >= 60) os << (t % 3600) / 60 << "m";
+  os << t % 60 << "s";
+  return os.str();
+}
+
+}  // namespace
+
+void install_preemption_handlers() {
+  std::signal(SIGUSR1, on_preempt_signal);
+  std::signal(SIGTERM, on_preempt_signal);
+}
+
+struct Trainer::State {
+  CommandLine cl;
+  Config cfg;
+  ProcessGrid grid;
+  std::unique_ptr<Backend> be;
+  std::unique_ptr<Gpt> model;
+  std::unique_ptr<Optimizer> opt;
+  std::unique_ptr<SequenceSource> train_src, val_src;
+  std::unique_ptr<DataLoader> train_loader;
+  std::unique_ptr<MetricsWriter> metrics;
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::ofstream log;
+  int64_t step = 0;      // updates applied
+  int64_t position = 0;  // absolute position of the next training sequence
+  double peak_flops = 0;
+  std::vector<int32_t> inputs, targets;
+
+  State(MPI_Comm world, const CommandLine& c)
+      : cl(c), cfg(c.config), grid(world, c.config.parallel.tp, c.config.parallel.pp) {}
+
+  bool root() const { return grid.is_root(); }
+
+  void say(const std::string& line) {
+    if (!root()) return;
+    std::cout << line << std::endl;
+    if (log.is_open()) log << line << std::endl;
+  }
+
+  void setup_backend() {
+    if (cfg.run.threads > 0) {
+      omp_set_num_threads(cfg.run.threads);
+      openblas_set_num_threads(cfg.run.threads);
+    }
+    be = make_cpu_backend();
+  }
+
+  GptShape model_shape() const {
+    return GptShape{cfg.model.n_layer,   cfg.model.n_head,     cfg.model.n_embd,
+                    cfg.model.seq_len,   cfg.model.vocab_size, cfg.padded_vocab_size()};
+  }
+
+  void setup_model() {
+    model = std::make_unique<Gpt>(model_shape(), cfg.train.micro_batch_size, *be);
+    opt = std::make_unique<Optimizer>(cfg.optim, model->specs(), model->num_floats(), *be);
+    inputs.resize(size_t(cfg.train.micro_batch_size) * cfg.model.seq_len);
+    targets.resize(inputs.size());
+  }
+
+  // ---- checkpoints --------------------------------------------------------------------------
+  std::vector<TensorGroup> groups(bool with_optimizer) {
+    auto refs = [this](float* base) {
+      std::vector<TensorRef> r;
+      for (const auto& p : model->specs()) {
+        TensorRef t{p.name, p.shape, base + p.offset, -1};
+        if (p.name == "wte/weight") t.valid_rows = cfg.model.vocab_size;
+        r.push_back(std::move(t));
+      }
+      return r;
+    };
+    std::vector<TensorGroup> g{{"model", refs(model->params())}};
+    if (with_optimizer) {
+      const auto names = opt->slot_names();
+      for (size_t i = 0; i < names.size(); ++i)
+        g.push_back({"optimizer/" + names[i], refs(opt->slot(i))});
+    }
+    return g;
+  }
+
+  CheckpointState checkpoint_state() const {
+    CheckpointState st;
+    st.step = step;
+    st.tokens_seen = step * int64_t(cfg.train.batch_size) * cfg.model.seq_len;
+    const int64_t n = train_src ? train_src->num_sequences() : 1;
+    st.next_sequence = position % n;
+    st.epoch = position / n;
+    st.config = to_ini(cfg);
+    st.grid = grid.describe();
+    st.model = ModelShape{cfg.model.n_layer, cfg.model.n_head,     cfg.model.n_embd,
+                          cfg.model.seq_len, cfg.model.vocab_size, cfg.padded_vocab_size()};
+    return st;
+  }
+
+  void save_checkpoint() {
+    const std::string dir = cfg.checkpoint_dir();
+    const std::string name = checkpoint_file_name(step);
+    const std::string path = dir + "/" + name;
+    if (fs::exists(path)) return;  // this exact state is already saved; never overwrite it
+    if (root()) fs::create_directories(dir);
+    MPI_Barrier(grid.world());
+    Timer t;
+    triad::save_checkpoint(grid.world(), path, checkpoint_state(), groups(true));
+    if (root()) publish_checkpoint(dir, name, cfg.checkpoint.keep);
+    MPI_Barrier(grid.world());
+    std::ostringstream os;
+    os << "checkpoint " << path << " (" << std::fixed << std::setprecision(2) << t.seconds()
+       << " s)";
+    say(os.str());
+  }
+
+  void check_model_shape(const CheckpointState& st, const std::string& path) const {
+    const auto& m = st.model;
+    const auto& c = cfg.model;
+    if (m.n_layer != c.n_layer || m.n_head != c.n_head || m.n_embd != c.n_embd ||
+        m.seq_len != c.seq_len || m.vocab_size != c.vocab_size) {
+      fail("checkpoint ", path, " holds a model with n_layer=", m.n_layer, " n_head=", m.n_head,
+           " n_embd=", m.n_embd, " seq_len=", m.seq_len, " vocab_size=", m.vocab_size,
+           " but the config asks for n_layer=", c.n_layer, " n_head=", c.n_head,
+           " n_embd=", c.n_embd, " seq_len=", c.seq_len, " vocab_size=", c.vocab_size);
+    }
+  }
+
+  // Loads weights (and optimizer state and loader position when resuming).
+  void load_from(const std::string& path, bool resume) {
+    const CheckpointState st = read_checkpoint_state(grid.world(), path);
+    check_model_shape(st, path);
+    if (resume) {
+      const std::string slot = "optimizer/" + opt->slot_names()[0];
+      TRIAD_CHECK(checkpoint_has_group(grid.world(), path, slot), "checkpoint ", path,
+                  " has no /", slot, " state for optim.name = ", cfg.optim.name,
+                  " (resume with the optimizer it was saved with, or use --init-from)");
+      load_checkpoint_tensors(grid.world(), path, groups(true));
+      step = st.step;
+      const int64_t n = train_src->num_sequences();
+      TRIAD_CHECK(st.next_sequence >= 0 && st.epoch >= 0, "checkpoint ", path,
+                  ": negative loader position");
+      position = st.epoch * n + st.next_sequence;
+      say("resumed from " + path + " at step " + std::to_string(step));
+    } else {
+      load_checkpoint_tensors(grid.world(), path, groups(false));
+      opt->reset();
+      say("initialized weights from " + path + " (fresh optimizer)");
+    }
+  }
+
+  // ---- evaluation ---------------------------------------------------------------------------
+  EvalResult evaluate() {
+    EvalResult r;
+    if (!val_src || cfg.eval.sequences == 0) return r;
+    const int64_t n = cfg.eval.sequences;
+    const int B = cfg.train.micro_batch_size, T = cfg.model.seq_len;
+    double loss = 0;
+    int64_t correct = 0, tokens = 0;
+    for (int64_t i = 0; i < n; i += B) {
+      const int b = int(std::min<int64_t>(B, n - i));
+      for (int k = 0; k < b; ++k)
+        val_src->read(i + k, inputs.data() + size_t(k) * T, targets.data() + size_t(k) * T);
+      const ForwardStats st = model->evaluate(inputs.data(), targets.data(), b);
+      loss += st.loss_sum;
+      correct += st.correct;
+      tokens += st.tokens;
+    }
+    r.loss = loss / double(tokens);
+    r.accuracy = double(correct) / double(tokens);
+    r.sequences = n;
+    return r;
+  }
+
+  void write_sample() {
+    if (cfg.sample.length <= 0 || !tokenizer || !root()) return;
+    std::vector<int32_t> prompt = {tokenizer->eot()};
+    if (!cfg.sample.prompt.empty()) prompt = tokenizer->encode(cfg.sample.prompt);
+    Rng rng(uint64_t(cfg.train.seed) * 31 + uint64_t(step));
+    SampleOptions o{cfg.sample.length, cfg.sample.temperature, cfg.sample.top_k};
+    const auto ids = sample_continuation(*model, prompt, o, rng);
+    std::string text = cfg.sample.prompt + tokenizer->decode(ids);
+    std::ofstream f(cfg.run_path() + "/samples.txt", std::ios::app);
+    f << "=== step " << step << " ===\n" << text << "\n\n";
+  }
+
+  void run_eval() {
+    const EvalResult r = evaluate();
+    if (r.sequences > 0) {
+      std::ostringstream os;
+      os << "eval step " << step << " | val loss " << std::fixed << std::setprecision(4) << r.loss
+         << " | val accuracy " << std::setprecision(4) << r.accuracy;
+      say(os.str());
+      if (metrics) {
+        metrics->append(ValRow{step, r.loss, r.accuracy});
+        metrics->flush();
+      }
+    }
+    write_sample();
+    last_eval = r;
+  }
+  EvalResult last_eval;
+};
+
+Trainer::Trainer(MPI_Comm world, const CommandLine& cl) : s_(std::make_unique<State>(world, cl)) {
+  auto& s = *s_;
+  validate(s.cfg, s.grid.world_size());
+  s.setup_backend();
+  s.setup_model();
+}
+
+Trainer::~Trainer() = default;
+
+EvalResult Trainer::evaluate_only() {
+  auto& s = *s_;
+  TRIAD_CHECK(!s.cfg.data.val.empty(), "config: data.val is empty; --eval-only needs validation "
+                                        "shards");
+  s.val_src = std::make_unique<SequenceSource>(s.cfg.data.val, "data.val", s.cfg.model.seq_len,
+                                               s.cfg.model.vocab_size);
+  TRIAD_CHECK(s.val_src->num_sequences() >= s.cfg.eval.sequences, "config: data.val holds ",
+              s.val_src->num_sequences(), " sequences of seq_len ", s.cfg.model.seq_len,
+              ", fewer than eval.sequences = ", s.cfg.eval.sequences);
+  std::string path;
+  if (!s.cl.init_from.empty()) {
+    path = s.cl.init_from;
+  } else if (s.cl.resume != "auto" && s.cl.resume != "none") {
+    path = s.cl.resume;
+  } else {
+    path = find_resume_checkpoint(s.grid.world(), s.cfg.checkpoint_dir());
+    TRIAD_CHECK(!path.empty(), "--eval-only: no checkpoint given (--resume PATH or --init-from "
+                               "PATH) and none found in ", s.cfg.checkpoint_dir());
+  }
+  const CheckpointState st = read_checkpoint_state(s.grid.world(), path);
+  s.check_model_shape(st, path);
+  load_checkpoint_tensors(s.grid.world(), path, s.groups(false));
+  const EvalResult r = s.evaluate();
+  if (s.root()) {
+    std::cout << std::fixed << std::setprecision(6) << "checkpoint " << path << " (step "
+              << st.step << ") | val loss " << r.loss << " | val accuracy " << r.accuracy
+              << " | " << r.sequences << " sequences" << std::endl;
+  }
+  return r;
+}
+
+TrainOutcome Trainer::run() {
+  auto& s = *s_;
+  const auto& cfg = s.cfg;
+  const int T = cfg.model.seq_len, mbs = cfg.train.micro_batch_size;
+  s.train_src = std::make_unique<SequenceSource>(cfg.data.train, "data.train", T,
+                                                 cfg.model.vocab_size);
+  if (!cfg.data.val.empty()) {
+    s.val_src = std::make_unique<SequenceSource>(cfg.data.val, "data.val", T, cfg.model.vocab_size);
+    TRIAD_CHECK(s.val_src->num_sequences() >= cfg.eval.sequences, "config: data.val holds ",
+                s.val_src->num_sequences(), " sequences of seq_len ", T,
+                ", fewer than eval.sequences = ", cfg.eval.sequences);
+  }
+  s.train_loader = std::make_unique<DataLoader>(*s.train_src, cfg.data.shuffle,
+                                                uint64_t(cfg.train.seed));
+  if (cfg.sample.length > 0) s.tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_file(cfg.data.vocab));
+
+  // Where do we start? --resume auto|PATH|none, then --init-from, else a seeded init.
+  std::string resume_path;
+  if (s.cl.resume == "auto") {
+    resume_path = find_resume_checkpoint(s.grid.world(), cfg.checkpoint_dir());
+  } else if (s.cl.resume != "none") {
+    resume_path = s.cl.resume;
+  }
+  s.model->init(uint64_t(cfg.train.seed));
+  if (!resume_path.empty()) {
+    s.load_from(resume_path, true);
+  } else if (!s.cl.init_from.empty()) {
+    s.load_from(s.cl.init_from, false);
+  }
+  const bool resumed = !resume_path.empty();
+
+  const std::string run_path = cfg.run_path();
+  if (s.root()) {
+    fs::create_directories(run_path);
+    std::ofstream(run_path + "/config.ini") << to_ini(cfg);
+    s.log.open(run_path + "/log.txt", resumed ? std::ios::app : std::ios::trunc);
+    if (!resumed) std::ofstream(run_path + "/samples.txt", std::ios::trunc);
+  }
+  s.peak_flops = cfg.run.peak_tflops > 0 ? cfg.run.peak_tflops * 1e12 : measure_peak_flops(*s.be);
+  if (s.root()) {
+    MetricsAttributes a{to_ini(cfg), s.grid.describe(), s.model->num_parameters(),
+                        s.model->flops_per_token(), s.peak_flops};
+    s.metrics = std::make_unique<MetricsWriter>(run_path + "/metrics.h5", a,
+                                                resumed ? s.step : int64_t(-1));
+  }
+  const int accum = cfg.train.batch_size / (mbs * s.grid.shape().dp);
+  {
+    std::ostringstream os;
+    os << "triad: " << s.grid.describe() << " | backend " << s.be->name() << " ("
+       << omp_get_max_threads() << " threads) | " << s.model->num_parameters() << " parameters | "
+       << "optimizer state " << std::fixed << std::setprecision(1)
+       << double(s.opt->state_bytes()) / 1e6 << " MB | batch " << cfg.train.batch_size << " x "
+       << T << " tokens, " << accum << " micro-batches of " << mbs << " | train "
+       << s.train_src->num_sequences() << " sequences | peak " << std::setprecision(1)
+       << s.peak_flops / 1e9 << " GFLOP/s";
+    s.say(os.str());
+  }
+
+  TrainOutcome out;
+  const bool eval_now_at_start = s.step == 0 || (cfg.eval.every > 0 && s.step % cfg.eval.every == 0);
+  if (s.step < cfg.train.steps && eval_now_at_start) s.run_eval();
+  if (cfg.checkpoint.at_start && s.step == 0) s.save_checkpoint();
+
+  const double tokens_per_step = double(cfg.train.batch_size) * T;
+  const float dloss_scale = float(1.0 / tokens_per_step);
+  Timer run_timer;
+  const int64_t first_step = s.step;
+  while (s.step < cfg.train.steps) {
+    Timer step_timer;
+    const int64_t st = s.step;
+    const double lr = lr_at(cfg.train, st);
+    s.model->zero_grads();
+    double loss_sum = 0;
+    // This rank's share of the global batch: sequences [dp_rank·B/dp, (dp_rank+1)·B/dp).
+    const int64_t base = s.position;
+    for (int m = 0; m < accum; ++m) {
+      s.train_loader->fill(base + int64_t(m) * mbs, mbs, s.inputs.data(), s.targets.data());
+      loss_sum += s.model->forward_backward(s.inputs.data(), s.targets.data(), mbs, dloss_scale)
+                      .loss_sum;
+    }
+    const double loss = loss_sum / tokens_per_step;
+    const double norm = clip_grad_norm(*s.be, s.model->grads(), s.model->num_floats(),
+                                       cfg.train.grad_clip);
+    s.opt->update(s.model->params(), s.model->grads(), lr, st + 1);
+    s.position += cfg.train.batch_size;
+    s.step = st + 1;
+    s.be->synchronize();
+    const double dt = step_timer.seconds();
+    const double tps = tokens_per_step / dt;
+    const double mfu = tps * s.model->flops_per_token() / s.peak_flops;
+    if (s.metrics)
+      s.metrics->append(TrainRow{st, loss, lr, norm, tps, mfu, dt * 1e3,
+                                 s.step * int64_t(tokens_per_step)});
+    TRIAD_CHECK(std::isfinite(loss), "training diverged: loss is ", loss, " at step ", st,
+                " (lower train.lr or check the data)");
+    if (st % cfg.train.log_every == 0 || s.step == cfg.train.steps) {
+      const double per_step = run_timer.seconds() / double(s.step - first_step);
+      std::ostringstream os;
+      os << "step " << std::setw(5) << s.step << "/" << cfg.train.steps << " | loss " << std::fixed
+         << std::setprecision(4) << loss << " | lr " << std::scientific << std::setprecision(2)
+         << lr << " | norm " << std::fixed << std::setprecision(3) << norm << " | "
+         << std::setprecision(0) << tps << " tok/s | MFU " << std::setprecision(1) << mfu * 100
+         << "% | " << std::setprecision(0) << dt * 1e3 << " ms | ETA "
+         << format_duration(per_step * double(cfg.train.steps - s.step));
+      s.say(os.str());
+    }
+    const bool last = s.step == cfg.train.steps;
+    if (last || (cfg.eval.every > 0 && s.step % cfg.eval.every == 0)) s.run_eval();
+    if (last || (cfg.checkpoint.every > 0 && s.step % cfg.checkpoint.every == 0))
+      s.save_checkpoint();
+    // Preemption: every rank learns of a signal on any rank at the same step boundary.
+    int sig = g_preempt_signal.load(), any = 0;
+    MPI_Allreduce(&sig, &any, 1, MPI_INT, MPI_MAX, s.grid.world());
+    if (any != 0 && !last) {
+      s.save_checkpoint();
+      s.say("preempted at step " + std::to_string(s.step));
+      out.preempted = true;
+      break;
+    }
+  }
+  if (s.metrics) s.metrics->flush();
+  out.steps_done = s.step;
+  out.last_eval = s.last_eval;
+  return out;
+}
+
+}  // namespace triad

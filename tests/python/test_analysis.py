@@ -1,0 +1,263 @@
+"""Tests of analysis/: the metrics loader, the plot CLI and the checkpoint inspector, on
+synthetic files written with h5py following DESIGN.md §5."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from analysis.inspect_checkpoint import expected_shapes, inspect
+from analysis.metrics import MetricsError, load_metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+CONFIG = """[model]
+n_layer = 2
+n_head = 2
+n_embd = 8
+seq_len = 16
+vocab_size = 50
+
+[train]
+lr = 6e-4
+steps = 60
+
+[run]
+name = synth
+dir = runs
+"""
+
+
+def run_cli(module: str, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MPLBACKEND="Agg")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def write_metrics(path: Path, n_train: int = 60, evals=(0, 20, 40, 60), name: str = "synth",
+                  chunked: bool = True) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    steps = np.arange(n_train, dtype=np.int64)
+    loss = 10.8 * np.exp(-steps / 25.0) + 3.0 + 0.1 * rng.standard_normal(n_train)
+    train = {
+        "step": steps,
+        "loss": loss,
+        "lr": np.minimum(6e-4 * (steps + 1) / 10, 6e-4),
+        "grad_norm": 1.0 + rng.random(n_train),
+        "tokens_per_sec": 1000.0 + 10 * rng.standard_normal(n_train),
+        "mfu": np.full(n_train, 0.31),
+        "step_ms": np.full(n_train, 512.0),
+        "tokens": (steps + 1) * 512,
+    }
+    ev = np.asarray(evals, dtype=np.int64)
+    val = {"step": ev, "loss": 10.8 * np.exp(-ev / 25.0) + 3.1,
+           "accuracy": np.linspace(0.0, 0.3, len(ev))}
+    with h5py.File(path, "w") as f:
+        for gname, cols in (("train", train), ("val", val)):
+            g = f.create_group(gname)
+            for k, v in cols.items():
+                if chunked:
+                    g.create_dataset(k, data=v, maxshape=(None,), chunks=(64,))
+                else:
+                    g.create_dataset(k, data=v)
+        f.attrs["config"] = CONFIG.replace("name = synth", f"name = {name}")
+        f.attrs["grid"] = "dp=1 pp=1 tp=1"
+        f.attrs["n_params"] = np.int64(12345)
+        f.attrs["flops_per_token"] = 6.0 * 12345
+        f.attrs["peak_flops"] = 1.9e11
+    return path
+
+
+# ---- metrics loader -------------------------------------------------------------------------
+
+def test_load_metrics_file_and_run_dir(tmp_path):
+    p = write_metrics(tmp_path / "run1" / "metrics.h5")
+    for arg in (p, tmp_path / "run1", str(p)):
+        m = load_metrics(arg)
+        assert m.path == p
+        assert m.n_train == 60 and m.n_val == 4
+        assert m.train["step"].dtype == np.int64 and m.train["tokens"].dtype == np.int64
+        assert m.train["loss"].dtype == np.float64
+        assert set(m.train) >= {"step", "loss", "lr", "grad_norm", "tokens_per_sec", "mfu",
+                                 "step_ms", "tokens"}
+        assert set(m.val) >= {"step", "loss", "accuracy"}
+        assert m.attrs["grid"] == "dp=1 pp=1 tp=1"
+        assert m.attrs["n_params"] == 12345
+        assert m.config("train.lr") == "6e-4"
+        assert m.name == "synth"
+    # tokens at each evaluation: v updates applied -> tokens after train step v-1
+    np.testing.assert_array_equal(m.val_tokens(), [0, 20 * 512, 40 * 512, 60 * 512])
+
+
+def test_load_metrics_empty_groups(tmp_path):
+    p = write_metrics(tmp_path / "metrics.h5", n_train=0, evals=())
+    m = load_metrics(p)
+    assert m.n_train == 0 and m.n_val == 0
+
+
+def test_unequal_lengths_is_an_error(tmp_path):
+    p = write_metrics(tmp_path / "bad" / "metrics.h5")
+    with h5py.File(p, "a") as f:
+        f["train/loss"].resize((59,))
+    with pytest.raises(MetricsError) as e:
+        load_metrics(p)
+    assert str(p) in str(e.value) and "unequal" in str(e.value)
+    with pytest.warns(UserWarning):
+        m = load_metrics(p, strict=False)
+    assert m.n_train == 59
+
+
+def test_missing_group_and_dataset(tmp_path):
+    p = write_metrics(tmp_path / "nog" / "metrics.h5")
+    with h5py.File(p, "a") as f:
+        del f["val"]
+    with pytest.raises(MetricsError, match="missing group /val") as e:
+        load_metrics(p)
+    assert str(p) in str(e.value)
+
+    q = write_metrics(tmp_path / "nods" / "metrics.h5")
+    with h5py.File(q, "a") as f:
+        del f["train/grad_norm"]
+    with pytest.raises(MetricsError, match="grad_norm"):
+        load_metrics(q)
+
+
+def test_not_hdf5_and_missing_file(tmp_path):
+    p = tmp_path / "metrics.h5"
+    p.write_text("not hdf5")
+    with pytest.raises(MetricsError, match="cannot open") as e:
+        load_metrics(p)
+    assert str(p) in str(e.value)
+    with pytest.raises(MetricsError, match="no such file"):
+        load_metrics(tmp_path / "nowhere")
+
+
+# ---- plot CLI -------------------------------------------------------------------------------
+
+def test_plot_cli_single_and_overlay(tmp_path):
+    a = write_metrics(tmp_path / "a" / "metrics.h5", name="run_a")
+    write_metrics(tmp_path / "b" / "metrics.h5", n_train=40, evals=(0, 20, 40), name="run_b",
+                  chunked=False)
+    out = tmp_path / "figs" / "curves.png"
+    r = run_cli("analysis.plot_curves", str(a), str(tmp_path / "b"), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == str(out)
+    data = out.read_bytes()
+    assert len(data) > 10_000 and data[:8] == PNG_MAGIC
+
+    out2 = tmp_path / "tokens.png"
+    r = run_cli("analysis.plot_curves", str(a), "--x", "tokens", "--smooth", "5", "--out",
+                str(out2))
+    assert r.returncode == 0, r.stderr
+    assert out2.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_plot_cli_bad_files(tmp_path):
+    p = write_metrics(tmp_path / "r" / "metrics.h5")
+    with h5py.File(p, "a") as f:
+        f["val/accuracy"].resize((2,))
+    out = tmp_path / "x.png"
+    r = run_cli("analysis.plot_curves", str(p), "--out", str(out))
+    assert r.returncode != 0
+    assert str(p) in r.stderr and "unequal" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not out.exists()
+    r = run_cli("analysis.plot_curves", str(p), "--allow-partial", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes()[:8] == PNG_MAGIC
+
+    q = write_metrics(tmp_path / "q" / "metrics.h5")
+    with h5py.File(q, "a") as f:
+        del f["train"]
+    r = run_cli("analysis.plot_curves", str(q), "--out", str(out))
+    assert r.returncode != 0 and str(q) in r.stderr and "/train" in r.stderr
+
+
+# ---- checkpoint inspector -------------------------------------------------------------------
+
+MODEL = {"n_layer": 2, "n_head": 2, "n_embd": 8, "seq_len": 16, "vocab_size": 50,
+         "padded_vocab_size": 128}
+
+
+def write_checkpoint(path: Path, complete: bool = True, slots=("m", "v")) -> Path:
+    import zlib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    shapes = expected_shapes(MODEL)
+    with h5py.File(path, "w") as f:
+        for group in ["model"] + [f"optimizer/{s}" for s in slots]:
+            g = f.require_group(group)
+            for name, shape in shapes.items():
+                a = (0.02 * rng.standard_normal(shape)).astype(np.float32)
+                ds = g.create_dataset(name, data=a)
+                ds.attrs["checksum"] = np.uint32(zlib.crc32(a.astype("<f4").tobytes()))
+        for k, v in MODEL.items():
+            f["model"].attrs[k] = np.int64(v)
+        f.attrs["format"] = "triad-checkpoint"
+        f.attrs["format_version"] = np.int64(1)
+        f.attrs["step"] = np.int64(100)
+        f.attrs["tokens_seen"] = np.int64(100 * 512)
+        f.attrs["next_sequence"] = np.int64(400)
+        f.attrs["epoch"] = np.int64(0)
+        f.attrs["config"] = CONFIG
+        f.attrs["grid"] = "dp=2 pp=1 tp=1"
+        if complete:
+            f.attrs["complete"] = np.int64(1)
+    return path
+
+
+def test_inspect_checkpoint_ok(tmp_path):
+    run = tmp_path / "run"
+    p = write_checkpoint(run / "ckpt" / "step_00000100.h5")
+    (run / "ckpt" / "latest").write_text("step_00000100.h5\n")
+    rep = inspect(p, stats=True, verify=True)
+    assert rep.ok, rep.problems
+    assert rep.datasets["model/wte/weight"][0] == (128, 8)
+    for arg in (str(p), str(run), str(run / "ckpt")):
+        r = run_cli("analysis.inspect_checkpoint", arg, "--stats", "--verify")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "/model/h/1/mlp/c_fc/weight" in r.stdout and "[32, 8]" in r.stdout
+        assert "step = 100" in r.stdout and "status: OK" in r.stdout
+
+
+def test_inspect_checkpoint_incomplete(tmp_path):
+    p = write_checkpoint(tmp_path / "step_00000005.h5", complete=False)
+    r = run_cli("analysis.inspect_checkpoint", str(p))
+    assert r.returncode != 0
+    assert "complete" in r.stdout and str(p) in r.stdout + r.stderr
+
+
+def test_inspect_checkpoint_inconsistent(tmp_path):
+    p = write_checkpoint(tmp_path / "c.h5")
+    with h5py.File(p, "a") as f:
+        del f["optimizer/v/h/0/ln_1/bias"]
+        del f["model/ln_f/bias"]
+        f["model/ln_f/bias"] = np.zeros(9, np.float32)
+        ds = f["optimizer/m/wpe/weight"]
+        ds[0, 0] = 123.0  # checksum now stale
+    rep = inspect(p, verify=True)
+    text = "\n".join(rep.problems)
+    assert "optimizer/v/h/0/ln_1/bias is missing" in text
+    assert "/model/ln_f/bias has shape (9,)" in text
+    assert "optimizer/m/wpe/weight: checksum mismatch" in text
+    r = run_cli("analysis.inspect_checkpoint", str(p))
+    assert r.returncode != 0 and str(p) in r.stdout
+
+
+def test_inspect_not_a_checkpoint(tmp_path):
+    p = tmp_path / "junk.h5"
+    p.write_bytes(b"\0" * 100)
+    r = run_cli("analysis.inspect_checkpoint", str(p))
+    assert r.returncode != 0 and str(p) in r.stdout and "Traceback" not in r.stderr
+    r = run_cli("analysis.inspect_checkpoint", str(tmp_path / "missing.h5"))
+    assert r.returncode != 0 and "missing.h5" in r.stdout

@@ -1,0 +1,158 @@
+"""triad-train end to end on a tiny model: bad inputs, resume, fine-tuning, evaluation."""
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from triad_run import (ENV, VOCAB, assert_clean_error, exe, run, tiny_config, train,
+                       write_shard)
+
+
+def losses(run_dir):
+    with h5py.File(run_dir / "metrics.h5", "r") as f:
+        return f["train/step"][:], f["train/loss"][:]
+
+
+def weights(path):
+    with h5py.File(path, "r") as f:
+        out = {}
+        f["model"].visititems(lambda n, d: out.__setitem__(n, d[:]) if isinstance(d, h5py.Dataset) else None)
+        return out
+
+
+def test_help_lists_every_key_with_defaults():
+    p = train("--help", check=True)
+    for key in ["model.n_layer", "train.lr", "train.micro_batch_size", "optim.beta2", "data.train",
+                "eval.sequences", "checkpoint.at_start", "run.dir", "parallel.virtual_stages",
+                "--resume", "--init-from", "--eval-only"]:
+        assert key in p.stdout, key
+    assert "(=0.00059999999999999995)" in p.stdout or "6e-04" in p.stdout or "0.0006" in p.stdout
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--train.bogus", "1"], ["train.bogus"]),
+    (["--model.n_head", "3"], ["model.n_head", "divide"]),
+    (["--train.batch_size", "6"], ["train.batch_size", "divisible"]),
+    (["--train.lr", "-0.1"], ["train.lr"]),
+    (["--train.steps", "ten"], ["train.steps"]),
+    (["--model.n_layer", "-2"], ["model.n_layer"]),
+    (["--optim.name", "lamb"], ["optim.name"]),
+    (["--resume", "/nonexistent/ckpt.h5"], ["/nonexistent/ckpt.h5"]),
+])
+def test_bad_config_values(tmp_path, args, needles):
+    cfg = tiny_config(tmp_path)
+    assert_clean_error(train("--config", cfg, *args), *needles)
+
+
+def test_bad_config_file(tmp_path):
+    bad = tmp_path / "bad.ini"
+    bad.write_text("[model]\nn_layer = 2\nwidth = 3\n")
+    assert_clean_error(train("--config", bad), "width", str(bad))
+    assert_clean_error(train("--config", tmp_path / "missing.ini"), "missing.ini")
+
+
+def test_bad_data(tmp_path):
+    cfg = tiny_config(tmp_path)
+    d = tmp_path / "bad"
+    d.mkdir()
+    assert_clean_error(train("--config", cfg, "--data.train", f"{d}/none_*.bin"), "matches no files")
+    write_shard(d / "magic.bin", np.arange(100), magic=1234)
+    assert_clean_error(train("--config", cfg, "--data.train", d / "magic.bin"), "magic.bin", "magic")
+    write_shard(d / "short.bin", np.arange(100), count=500)
+    assert_clean_error(train("--config", cfg, "--data.train", d / "short.bin"), "short.bin")
+    write_shard(d / "empty.bin", [])
+    assert_clean_error(train("--config", cfg, "--data.train", d / "empty.bin"), "no complete sequence")
+    write_shard(d / "ids.bin", np.full(100, 600))
+    assert_clean_error(train("--config", cfg, "--data.train", d / "ids.bin"), "ids.bin", "vocab_size")
+
+
+def test_more_than_one_rank_is_refused(tmp_path):
+    cfg = tiny_config(tmp_path)
+    mpirun = shutil.which("mpirun")
+    assert mpirun, "mpirun not found"
+    p = run([mpirun, "--oversubscribe", "-np", "2", exe("triad-train"), "--config", cfg], timeout=60)
+    assert p.returncode != 0
+    assert "one rank" in p.stderr, p.stderr
+
+
+def test_resume_after_interruption_matches_uninterrupted(tmp_path):
+    straight = tiny_config(tmp_path, name="straight")
+    train("--config", straight, check=True)
+    # The interrupted run: the same config; its newest checkpoints after step 10 are removed,
+    # as if the job had died right after writing step 10.
+    part = tiny_config(tmp_path, name="part")
+    train("--config", part, check=True)
+    ckpt = tmp_path / "runs" / "part" / "ckpt"
+    for step in (15, 20):
+        (ckpt / f"step_{step:08d}.h5").unlink()
+    (ckpt / "latest").write_text("step_00000010.h5\n")
+    p = train("--config", part, check=True)  # --resume auto
+    assert "resumed from" in p.stdout and "step 10" in p.stdout, p.stdout
+    s1, l1 = losses(tmp_path / "runs" / "straight")
+    s2, l2 = losses(tmp_path / "runs" / "part")
+    assert list(s1) == list(range(20)) and list(s2) == list(range(20))
+    assert np.array_equal(l1, l2), (l1, l2)  # bit-identical
+    w1 = weights(tmp_path / "runs" / "straight" / "ckpt" / "step_00000020.h5")
+    w2 = weights(ckpt / "step_00000020.h5")
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        assert np.array_equal(w1[k], w2[k]), k
+
+
+def test_damaged_checkpoints(tmp_path):
+    cfg = tiny_config(tmp_path, name="a")
+    train("--config", cfg, "--train.steps", "5", check=True)
+    good = tmp_path / "runs" / "a" / "ckpt" / "step_00000005.h5"
+    assert good.exists()
+    truncated = tmp_path / "truncated.h5"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    assert_clean_error(train("--config", cfg, "--resume", truncated), "truncated.h5")
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["x"] = np.zeros(3)
+    assert_clean_error(train("--config", cfg, "--resume", foreign), "foreign.h5")
+    shard = tmp_path / "data" / "train_000.bin"
+    assert_clean_error(train("--config", cfg, "--init-from", shard), "train_000.bin")
+    # Shapes that do not match the config.
+    assert_clean_error(train("--config", cfg, "--resume", good, "--model.n_embd", "64",
+                             "--run.name", "b"), "n_embd")
+    assert_clean_error(train("--config", cfg, "--eval-only", "--resume", good,
+                             "--model.n_layer", "3"), "n_layer")
+
+
+def test_init_from_eval_only_and_generate(tmp_path):
+    cfg = tiny_config(tmp_path, name="pre")
+    train("--config", cfg, "--train.steps", "10", check=True)
+    ckpt = tmp_path / "runs" / "pre" / "ckpt" / "step_00000010.h5"
+    # Fine-tune on other data: a fresh optimizer, steps counted from 0.
+    rng = np.random.default_rng(5)
+    write_shard(tmp_path / "ft.bin", rng.integers(0, 100, 3000))
+    p = train("--config", cfg, "--init-from", ckpt, "--run.name", "ft", "--data.train",
+              tmp_path / "ft.bin", "--train.steps", "5", check=True)
+    assert "initialized weights from" in p.stdout
+    steps, ft_losses = losses(tmp_path / "runs" / "ft")
+    assert list(steps) == list(range(5))
+    p = train("--config", cfg, "--eval-only", "--resume", ckpt, check=True)
+    assert "val loss" in p.stdout and "val accuracy" in p.stdout
+    val = float(p.stdout.split("val loss")[1].split()[0])
+    with h5py.File(tmp_path / "runs" / "pre" / "metrics.h5", "r") as f:
+        assert abs(f["val/loss"][-1] - val) < 1e-5
+
+
+def test_preemption_signal_checkpoints_and_exits_zero(tmp_path):
+    cfg = tiny_config(tmp_path, name="pre")
+    proc = subprocess.Popen([exe("triad-train"), "--config", cfg, "--train.steps", "100000",
+                             "--checkpoint.every", "0", "--eval.every", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    time.sleep(3)
+    proc.send_signal(signal.SIGUSR1)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "preempted at step" in out, out
+    step = int(out.split("preempted at step")[1].split()[0])
+    assert (tmp_path / "runs" / "pre" / "ckpt" / f"step_{step:08d}.h5").exists()

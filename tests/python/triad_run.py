@@ -1,0 +1,83 @@
+"""Helpers for tests that drive the triad executables: paths, tiny configs, token shards."""
+import os
+import pathlib
+import signal
+import subprocess
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+BUILD = pathlib.Path(os.environ.get("TRIAD_BUILD_DIR", REPO / "build"))
+VOCAB = REPO / "data" / "vocab" / "gpt2.tiktoken"
+
+ENV = dict(os.environ, OMPI_MCA_ess_singleton_isolated="1", OMP_NUM_THREADS="2",
+           OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+
+
+def exe(name):
+    path = BUILD / name
+    assert path.exists(), f"{path} is missing: build first (jobs/build.sh)"
+    return str(path)
+
+
+def write_shard(path, tokens, magic=20240520, version=1, count=None):
+    tokens = np.asarray(tokens, dtype=np.uint16)
+    header = np.zeros(256, dtype=np.int32)
+    header[0], header[1] = magic, version
+    header[2] = len(tokens) if count is None else count
+    with open(path, "wb") as f:
+        f.write(header.tobytes())
+        f.write(tokens.tobytes())
+    return str(path)
+
+
+def tiny_config(tmp, name="run", vocab=512, **overrides):
+    """A model small enough that a step takes milliseconds, on random token shards."""
+    rng = np.random.default_rng(0)
+    data = tmp / "data"
+    data.mkdir(exist_ok=True)
+    if not (data / "train_000.bin").exists():
+        write_shard(data / "train_000.bin", rng.integers(0, vocab, 6000))
+        write_shard(data / "train_001.bin", rng.integers(0, vocab, 3000))
+        write_shard(data / "val_000.bin", rng.integers(0, vocab, 2000))
+    cfg = {
+        "model": dict(n_layer=2, n_head=2, n_embd=32, seq_len=16, vocab_size=vocab),
+        "train": dict(steps=20, batch_size=8, micro_batch_size=4, lr=3e-3, warmup_steps=3,
+                      schedule="cosine", grad_clip=1.0, seed=7),
+        "data": dict(train=f"{data}/train_*.bin", val=f"{data}/val_*.bin", shuffle="true"),
+        "eval": dict(every=5, sequences=16),
+        "checkpoint": dict(every=5, keep=0),
+        "run": dict(name=name, dir=str(tmp / "runs"), peak_tflops=0.1),
+    }
+    for key, value in overrides.items():
+        section, k = key.split("__")
+        cfg.setdefault(section, {})[k] = value
+    path = tmp / f"{name}.ini"
+    with open(path, "w") as f:
+        for section, values in cfg.items():
+            f.write(f"[{section}]\n")
+            for k, v in values.items():
+                f.write(f"{k} = {v}\n")
+    return str(path)
+
+
+def run(args, timeout=120, check=False, **kw):
+    p = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=timeout, **kw)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{args} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def train(*args, **kw):
+    return run([exe("triad-train"), *map(str, args)], **kw)
+
+
+def assert_clean_error(p, *needles):
+    """A bad input must end with exit code 1 (not a crash signal) and one clear message."""
+    assert p.returncode == 1, f"exit {p.returncode} (negative = killed by signal)\n{p.stdout}\n{p.stderr}"
+    assert p.returncode != -signal.SIGSEGV
+    err = p.stderr
+    assert "error:" in err, err
+    for n in needles:
+        assert n in err, f"{n!r} not in: {err}"
+    assert "terminate called" not in err and "Segmentation" not in err, err

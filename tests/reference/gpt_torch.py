@@ -1,0 +1,399 @@
+"""An independent PyTorch reference of triad's GPT-2 (DESIGN.md §3) and writers/readers for
+triad's file formats (DESIGN.md §5): checkpoints (h5py), token shards (llm.c format) and
+metrics.
+
+Written plainly on purpose — explicit LayerNorm, tanh-GELU, masked softmax attention — so that
+it shares no code or library kernels with triad beyond matrix products. Works with PyTorch 1.13
+(Debian's python3-torch) and newer.
+
+The model is a dict name -> tensor with the names and shapes of DESIGN.md §3:
+
+    wte/weight [padded_vocab_size, C]   wpe/weight [seq_len, C]
+    h/{i}/ln_1/{weight,bias} [C]
+    h/{i}/attn/c_attn/weight [3C, C]    h/{i}/attn/c_attn/bias [3C]   (rows q | k | v,
+                                                                       each head-major)
+    h/{i}/attn/c_proj/weight [C, C]     h/{i}/attn/c_proj/bias [C]
+    h/{i}/ln_2/{weight,bias} [C]
+    h/{i}/mlp/c_fc/weight [4C, C]       h/{i}/mlp/c_fc/bias [4C]
+    h/{i}/mlp/c_proj/weight [C, 4C]     h/{i}/mlp/c_proj/bias [C]
+    ln_f/{weight,bias} [C]
+
+Linear weights are [out, in]: y = x @ W.T + b.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+LN_EPS = 1e-5
+SHARD_MAGIC = 20240520
+SHARD_VERSION = 1
+SHARD_HEADER_INTS = 256
+
+
+# ---- configuration -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GptConfig:
+    n_layer: int
+    n_head: int
+    n_embd: int
+    seq_len: int
+    vocab_size: int
+    tp: int = 1  # only for the padding rule
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = 128 * self.tp
+        return (self.vocab_size + m - 1) // m * m
+
+    @property
+    def head_dim(self) -> int:
+        assert self.n_embd % self.n_head == 0
+        return self.n_embd // self.n_head
+
+
+def param_shapes(cfg: GptConfig) -> Dict[str, tuple]:
+    """Names and shapes of every parameter, in DESIGN.md §3 order."""
+    C, Vp, T = cfg.n_embd, cfg.padded_vocab_size, cfg.seq_len
+    shapes = {"wte/weight": (Vp, C), "wpe/weight": (T, C)}
+    for i in range(cfg.n_layer):
+        p = f"h/{i}/"
+        shapes[p + "ln_1/weight"] = (C,)
+        shapes[p + "ln_1/bias"] = (C,)
+        shapes[p + "attn/c_attn/weight"] = (3 * C, C)
+        shapes[p + "attn/c_attn/bias"] = (3 * C,)
+        shapes[p + "attn/c_proj/weight"] = (C, C)
+        shapes[p + "attn/c_proj/bias"] = (C,)
+        shapes[p + "ln_2/weight"] = (C,)
+        shapes[p + "ln_2/bias"] = (C,)
+        shapes[p + "mlp/c_fc/weight"] = (4 * C, C)
+        shapes[p + "mlp/c_fc/bias"] = (4 * C,)
+        shapes[p + "mlp/c_proj/weight"] = (C, 4 * C)
+        shapes[p + "mlp/c_proj/bias"] = (C,)
+    shapes["ln_f/weight"] = (C,)
+    shapes["ln_f/bias"] = (C,)
+    return shapes
+
+
+def random_weights(cfg: GptConfig, seed: int, perturb: bool = True,
+                   dtype=torch.float32) -> Dict[str, torch.Tensor]:
+    """Seeded weights. perturb=False: DESIGN.md §3's init (N(0, 0.02), residual projections
+    N(0, 0.02/sqrt(2L)), biases 0, LN weight 1). perturb=True additionally makes biases and LN
+    parameters nonzero / non-unit so every term of the backward pass is exercised. Rows of wte
+    at or beyond vocab_size are zero (padding)."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    resid_std = 0.02 / math.sqrt(2 * cfg.n_layer)
+    for name, shape in param_shapes(cfg).items():
+        if name.endswith("ln_1/weight") or name.endswith("ln_2/weight") or name == "ln_f/weight":
+            t = torch.ones(shape, dtype=torch.float64)
+            if perturb:
+                t += 0.1 * torch.randn(shape, generator=g, dtype=torch.float64)
+        elif len(shape) == 1:
+            t = torch.zeros(shape, dtype=torch.float64)
+            if perturb:
+                t += 0.02 * torch.randn(shape, generator=g, dtype=torch.float64)
+        else:
+            std = resid_std if name.endswith("c_proj/weight") else 0.02
+            t = std * torch.randn(shape, generator=g, dtype=torch.float64)
+        if name == "wte/weight":
+            t[cfg.vocab_size:] = 0
+        out[name] = t.to(dtype).contiguous()
+    return out
+
+
+# ---- the model -----------------------------------------------------------------------------
+
+
+def layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    mean = x.mean(dim=-1, keepdim=True)
+    xc = x - mean
+    var = (xc * xc).mean(dim=-1, keepdim=True)  # biased variance, as GPT-2 / PyTorch
+    return xc * torch.rsqrt(var + LN_EPS) * w + b
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.matmul(x, w.t()) + b
+
+
+def attention(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Causal self-attention on x [B, T, C]: c_attn rows are q | k | v, each head-major."""
+    B, T, C = x.shape
+    hd = C // n_head
+    qkv = linear(x, w, b)  # [B, T, 3C]
+    q, k, v = qkv.split(C, dim=-1)
+    # [B, T, C] -> [B, nh, T, hd]; head j = columns j*hd .. (j+1)*hd of its block
+    q = q.reshape(B, T, n_head, hd).transpose(1, 2)
+    k = k.reshape(B, T, n_head, hd).transpose(1, 2)
+    v = v.reshape(B, T, n_head, hd).transpose(1, 2)
+    att = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(hd))  # [B, nh, T, T]
+    mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+    att = att.masked_fill(~mask, float("-inf"))
+    att = att - att.max(dim=-1, keepdim=True).values.detach()
+    e = torch.exp(att)
+    att = e / e.sum(dim=-1, keepdim=True)
+    y = torch.matmul(att, v)  # [B, nh, T, hd]
+    return y.transpose(1, 2).reshape(B, T, C)
+
+
+def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor) -> torch.Tensor:
+    """Logits [B, T, vocab_size] (the padded columns are dropped) for token ids idx [B, T]."""
+    B, T = idx.shape
+    assert T <= cfg.seq_len
+    x = params["wte/weight"][idx] + params["wpe/weight"][:T]
+    for i in range(cfg.n_layer):
+        p = f"h/{i}/"
+        h = layer_norm(x, params[p + "ln_1/weight"], params[p + "ln_1/bias"])
+        x = x + linear(attention(h, params[p + "attn/c_attn/weight"],
+                                 params[p + "attn/c_attn/bias"], cfg.n_head),
+                       params[p + "attn/c_proj/weight"], params[p + "attn/c_proj/bias"])
+        h = layer_norm(x, params[p + "ln_2/weight"], params[p + "ln_2/bias"])
+        h = gelu_tanh(linear(h, params[p + "mlp/c_fc/weight"], params[p + "mlp/c_fc/bias"]))
+        x = x + linear(h, params[p + "mlp/c_proj/weight"], params[p + "mlp/c_proj/bias"])
+    x = layer_norm(x, params["ln_f/weight"], params["ln_f/bias"])
+    logits = torch.matmul(x, params["wte/weight"].t())  # [B, T, Vp] (tied head)
+    return logits[..., : cfg.vocab_size]
+
+
+def cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Sum over tokens of -log softmax(logits)[target] (log-sum-exp written out)."""
+    m = logits.max(dim=-1, keepdim=True).values.detach()
+    lse = (logits - m).exp().sum(dim=-1).log() + m.squeeze(-1)
+    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return (lse - picked).sum()
+
+
+def loss_fn(params, cfg: GptConfig, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean token cross-entropy in nats."""
+    return cross_entropy_sum(forward(params, cfg, idx), targets) / targets.numel()
+
+
+class Gpt(torch.nn.Module):
+    """nn.Module wrapper (for optimizers): parameters keyed by triad names ('/' -> '.')."""
+
+    def __init__(self, cfg: GptConfig, weights: Dict[str, torch.Tensor], dtype=None):
+        super().__init__()
+        self.cfg = cfg
+        self.names = list(param_shapes(cfg).keys())
+        self.p = torch.nn.ParameterDict()
+        for name in self.names:
+            t = weights[name].detach().clone()
+            if dtype is not None:
+                t = t.to(dtype)
+            assert tuple(t.shape) == param_shapes(cfg)[name], (name, t.shape)
+            self.p[name.replace("/", ".")] = torch.nn.Parameter(t)
+
+    def tensors(self) -> Dict[str, torch.Tensor]:
+        return {n: self.p[n.replace("/", ".")] for n in self.names}
+
+    def forward(self, idx, targets=None):
+        logits = forward(self.tensors(), self.cfg, idx)
+        if targets is None:
+            return logits, None
+        return logits, cross_entropy_sum(logits, targets) / targets.numel()
+
+    def param_groups(self, weight_decay: float) -> List[dict]:
+        """Two groups as DESIGN.md §4: weight decay only on parameters of rank >= 2."""
+        t = self.tensors()
+        decay = [t[n] for n in self.names if t[n].dim() >= 2]
+        no_decay = [t[n] for n in self.names if t[n].dim() < 2]
+        return [{"params": decay, "weight_decay": weight_decay},
+                {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_model(weights: Dict[str, torch.Tensor], cfg: GptConfig, dtype=None) -> Gpt:
+    return Gpt(cfg, weights, dtype)
+
+
+# ---- training semantics (DESIGN.md §4) ------------------------------------------------------
+
+
+def lr_at(step: int, lr: float, warmup_steps: int, steps: int, schedule: str = "cosine",
+          min_lr_ratio: float = 0.1, decay_fraction: float = 0.2) -> float:
+    """Learning rate of 0-based step `step`, from DESIGN.md §4's formula."""
+    min_lr = lr * min_lr_ratio
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    if schedule == "constant" or steps - warmup_steps <= 0:
+        return lr
+    frac = min(1.0, (step - warmup_steps) / (steps - warmup_steps))
+    if schedule == "cosine":
+        return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * frac))
+    if schedule == "linear":
+        return lr - (lr - min_lr) * frac
+    if schedule == "wsd":
+        decay_len = decay_fraction * steps
+        start = steps - decay_len
+        if step < start or decay_len <= 0:
+            return lr
+        return lr - (lr - min_lr) * min(1.0, (step - start) / decay_len)
+    raise ValueError(schedule)
+
+
+def clip_grad_norm_(params: Iterable[torch.Tensor], clip: float) -> float:
+    """Global L2 norm; if above clip (> 0) scale by clip / (norm + 1e-6). Returns the norm."""
+    params = [p for p in params if p.grad is not None]
+    norm = math.sqrt(sum(float((p.grad.double() ** 2).sum()) for p in params))
+    if clip > 0 and norm > clip:
+        s = clip / (norm + 1e-6)
+        for p in params:
+            p.grad.mul_(s)
+    return norm
+
+
+# ---- files (DESIGN.md §5) -------------------------------------------------------------------
+
+
+def write_token_shard(path, tokens) -> None:
+    """llm.c format: 256 little-endian int32 header (magic, version, count), uint16 tokens."""
+    tokens = np.asarray(tokens)
+    assert tokens.ndim == 1 and (tokens.size == 0 or (tokens.min() >= 0 and tokens.max() < 65536))
+    header = np.zeros(SHARD_HEADER_INTS, dtype="<i4")
+    header[0], header[1], header[2] = SHARD_MAGIC, SHARD_VERSION, tokens.size
+    with open(path, "wb") as f:
+        f.write(header.tobytes())
+        f.write(tokens.astype("<u2").tobytes())
+
+
+def read_token_shard(path) -> np.ndarray:
+    with open(path, "rb") as f:
+        header = np.frombuffer(f.read(SHARD_HEADER_INTS * 4), dtype="<i4")
+        assert header[0] == SHARD_MAGIC and header[1] == SHARD_VERSION, path
+        tokens = np.frombuffer(f.read(), dtype="<u2")
+    assert tokens.size == header[2], path
+    return tokens
+
+
+def sequence(tokens: np.ndarray, k: int, T: int):
+    """Sequence k of a shard: tokens [kT, kT+T], inputs the first T, targets shifted by 1."""
+    chunk = np.asarray(tokens[k * T: k * T + T + 1], dtype=np.int64)
+    assert chunk.size == T + 1
+    return chunk[:-1], chunk[1:]
+
+
+def batch(tokens: np.ndarray, first: int, count: int, T: int):
+    """Global sequences first .. first+count-1 of one shard as (inputs, targets) [count, T]
+    int64 tensors, wrapping at the shard's end (one shard = the whole sequence list)."""
+    n = (tokens.size - 1) // T
+    xs, ys = zip(*(sequence(tokens, (first + i) % n, T) for i in range(count)))
+    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+
+
+def _string_attr(obj, name: str, value: str) -> None:
+    """A scalar fixed-length, NUL-terminated ASCII string attribute (as triad writes)."""
+    import h5py
+
+    data = value.encode("ascii")
+    tid = h5py.h5t.C_S1.copy()
+    tid.set_size(len(data) + 1)
+    tid.set_strpad(h5py.h5t.STR_NULLTERM)
+    obj.attrs.create(name, np.array(data, dtype=f"S{len(data) + 1}"), dtype=h5py.Datatype(tid))
+
+
+def fp32_checksum(a: np.ndarray) -> int:
+    """CRC-32 (zlib) of the little-endian fp32 bytes, triad's per-dataset `checksum`."""
+    return zlib.crc32(np.ascontiguousarray(a, dtype="<f4").tobytes()) & 0xFFFFFFFF
+
+
+def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, step: int = 0,
+                     tokens_seen: int = 0, next_sequence: int = 0, epoch: int = 0,
+                     config_text: str = "", grid: str = "dp=1 pp=1 tp=1",
+                     optimizer: Optional[Dict[str, Dict[str, torch.Tensor]]] = None) -> None:
+    """A triad checkpoint per DESIGN.md §5 (root attrs, /model attrs, /model/<name> fp32 with a
+    uint32 `checksum` attribute each, optional /optimizer/<slot>/<name>, `complete` last)."""
+    import h5py
+
+    i64 = np.int64
+    with h5py.File(path, "w") as f:
+        _string_attr(f, "format", "triad-checkpoint")
+        f.attrs.create("format_version", i64(1), dtype="<i8")
+        f.attrs.create("step", i64(step), dtype="<i8")
+        f.attrs.create("tokens_seen", i64(tokens_seen), dtype="<i8")
+        f.attrs.create("next_sequence", i64(next_sequence), dtype="<i8")
+        f.attrs.create("epoch", i64(epoch), dtype="<i8")
+        _string_attr(f, "config", config_text)
+        _string_attr(f, "grid", grid)
+        m = f.create_group("model")
+        for key, val in (("n_layer", cfg.n_layer), ("n_head", cfg.n_head),
+                         ("n_embd", cfg.n_embd), ("seq_len", cfg.seq_len),
+                         ("vocab_size", cfg.vocab_size),
+                         ("padded_vocab_size", cfg.padded_vocab_size)):
+            m.attrs.create(key, i64(val), dtype="<i8")
+        groups = {"model": weights}
+        for slot, tensors in (optimizer or {}).items():
+            groups["optimizer/" + slot] = tensors
+        shapes = param_shapes(cfg)
+        for gpath, tensors in groups.items():
+            for name, shape in shapes.items():
+                a = tensors[name].detach().cpu().numpy().astype("<f4")
+                assert a.shape == shape, (name, a.shape, shape)
+                d = f.create_dataset(f"{gpath}/{name}", data=a, dtype="<f4")
+                d.attrs.create("checksum", np.uint32(fp32_checksum(a)), dtype="<u4")
+        f.flush()
+        f.attrs.create("complete", i64(1), dtype="<i8")
+
+
+def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, torch.Tensor]]:
+    """Reads /model of a triad checkpoint: (config, name -> tensor). Verifies checksums."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        assert int(f.attrs["complete"]) == 1, f"{path}: incomplete checkpoint"
+        a = f["model"].attrs
+        cfg = GptConfig(int(a["n_layer"]), int(a["n_head"]), int(a["n_embd"]),
+                        int(a["seq_len"]), int(a["vocab_size"]))
+        out = {}
+        for name, shape in param_shapes(cfg).items():
+            d = f["model/" + name]
+            arr = d[...].astype("<f4")
+            if "checksum" in d.attrs:
+                assert fp32_checksum(arr) == int(d.attrs["checksum"]), f"{name}: bad checksum"
+            if name == "wte/weight" and arr.shape[0] != shape[0]:
+                pad = np.zeros(shape, dtype="<f4")
+                rows = min(shape[0], arr.shape[0])
+                pad[:rows] = arr[:rows]
+                pad[cfg.vocab_size:] = 0
+                arr = pad
+            out[name] = torch.from_numpy(arr.copy()).to(dtype)
+    return cfg, out
+
+
+def read_metrics(path) -> Dict[str, np.ndarray]:
+    """metrics.h5 as {'train/loss': array, ..., 'val/loss': ...}."""
+    import h5py
+
+    out = {}
+    with h5py.File(path, "r") as f:
+        for g in ("train", "val"):
+            if g in f:
+                for k, d in f[g].items():
+                    out[f"{g}/{k}"] = d[...]
+    return out
+
+
+def write_config(path, sections: Dict[str, Dict[str, object]]) -> str:
+    """An INI file from {section: {key: value}}; returns its text."""
+    lines = []
+    for s, kv in sections.items():
+        lines.append(f"[{s}]")
+        for k, v in kv.items():
+            if isinstance(v, bool):
+                v = "true" if v else "false"
+            lines.append(f"{k} = {v}")
+        lines.append("")
+    text = "\n".join(lines)
+    with open(path, "w") as f:
+        f.write(text)
+    return text

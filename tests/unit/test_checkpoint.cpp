@@ -1,0 +1,724 @@
+// Checkpoint files and the checkpoint directory (DESIGN.md §5). Runs as a singleton; the
+// tests are also written to pass under `mpirun -np 2` (file edits happen on rank 0).
+#include <gtest/gtest.h>
+#include <hdf5.h>
+#include <mpi.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <csignal>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "../../src/io/crc32.h"
+#include "triad/core/error.h"
+#include "triad/io/checkpoint.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+class MpiEnv : public ::testing::Environment {
+ public:
+  void SetUp() override {
+    int init = 0;
+    MPI_Initialized(&init);
+    if (!init) MPI_Init(nullptr, nullptr);
+  }
+  void TearDown() override {
+    int fin = 0;
+    MPI_Finalized(&fin);
+    if (!fin) MPI_Finalize();
+  }
+};
+[[maybe_unused]] ::testing::Environment* const kMpiEnv =
+    ::testing::AddGlobalTestEnvironment(new MpiEnv);
+
+int world_rank() {
+  int r = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  return r;
+}
+
+// Runs fn on rank 0 only, then synchronizes.
+void on_root(const std::function<void()>& fn) {
+  if (world_rank() == 0) fn();
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
+// The message of the triad::Error fn throws ("" and a test failure if none).
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const triad::Error& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "expected triad::Error, got another exception: " << e.what();
+    return e.what();
+  }
+  ADD_FAILURE() << "expected a triad::Error";
+  return "";
+}
+
+#define EXPECT_CONTAINS(str, sub) \
+  EXPECT_NE(std::string(str).find(sub), std::string::npos) << "message: " << (str)
+
+// A set of tensors with their storage.
+struct Tensors {
+  std::vector<std::vector<float>> storage;
+  std::vector<triad::TensorGroup> groups;
+
+  triad::TensorRef& find(const std::string& group, const std::string& name) {
+    for (auto& g : groups) {
+      if (g.path != group) continue;
+      for (auto& t : g.tensors) {
+        if (t.name == name) return t;
+      }
+    }
+    throw std::runtime_error("no tensor " + group + "/" + name);
+  }
+};
+
+struct Spec {
+  std::string name;
+  std::vector<int64_t> shape;
+  int64_t valid_rows = -1;
+};
+
+const std::vector<Spec> kModelSpecs = {
+    {"wte", {256, 8}},
+    {"wpe", {16, 8}},
+    {"h/0/ln_1/weight", {8}},
+    {"h/0/attn/c_attn/weight", {8, 24}},
+    {"h/0/attn/c_attn/bias", {24}},
+    {"h/1/mlp/c_fc/weight", {8, 32}},
+    {"ln_f/weight", {8}},
+};
+
+// Groups `paths`, each with tensors `specs`; values random (seed) or zero.
+Tensors make_tensors(const std::vector<std::string>& paths, const std::vector<Spec>& specs,
+                     uint32_t seed, bool zero = false) {
+  Tensors ts;
+  size_t total = 0;
+  for (size_t p = 0; p < paths.size(); ++p) total += specs.size();
+  ts.storage.reserve(total);
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  for (const std::string& path : paths) {
+    triad::TensorGroup g;
+    g.path = path;
+    for (const Spec& s : specs) {
+      size_t n = 1;
+      for (int64_t d : s.shape) n *= static_cast<size_t>(d);
+      std::vector<float> v(n, 0.0f);
+      if (!zero) {
+        for (float& x : v) x = dist(rng);
+      }
+      ts.storage.push_back(std::move(v));
+      g.tensors.push_back({s.name, s.shape, ts.storage.back().data(), s.valid_rows});
+    }
+    ts.groups.push_back(std::move(g));
+  }
+  return ts;
+}
+
+const std::vector<std::string> kAdamGroups = {"model", "optimizer/m", "optimizer/v"};
+
+triad::CheckpointState make_state(int64_t step) {
+  triad::CheckpointState s;
+  s.step = step;
+  s.tokens_seen = step * 4096 + 7;
+  s.next_sequence = step * 8 + 3;
+  s.epoch = 2;
+  s.config = "[model]\nn_layer = 2\nn_embd = 8\n\n[train]\nlr = 6e-4  ; comment\n";
+  s.grid = "dp=1 pp=1 tp=1";
+  s.model = {2, 2, 8, 16, 200, 256};
+  return s;
+}
+
+// The tests' temporary directory, created on rank 0 and shared by name.
+class CheckpointTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    static int counter = 0;
+    std::string name;
+    if (world_rank() == 0) {
+      const auto ticks = std::chrono::steady_clock::now().time_since_epoch().count();
+      dir_ = fs::temp_directory_path() / ("triad_test_ckpt_" + std::to_string(getpid()) + "_" +
+                                          std::to_string(ticks) + "_" +
+                                          std::to_string(counter++));
+      fs::create_directories(dir_);
+      name = dir_.string();
+    }
+    int len = static_cast<int>(name.size());
+    MPI_Bcast(&len, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    name.resize(len);
+    MPI_Bcast(name.data(), len, MPI_CHAR, 0, MPI_COMM_WORLD);
+    dir_ = name;
+  }
+  void TearDown() override {
+    on_root([&] {
+      std::error_code ec;
+      fs::permissions(dir_, fs::perms::owner_all, fs::perm_options::add, ec);
+      fs::remove_all(dir_, ec);
+    });
+  }
+
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+
+  // Saves a valid Adam checkpoint for `step`; returns its path.
+  std::string save_valid(int64_t step, const std::string& name = "") {
+    const std::string p = path(name.empty() ? triad::checkpoint_file_name(step) : name);
+    Tensors ts = make_tensors(kAdamGroups, kModelSpecs, 1234 + static_cast<uint32_t>(step));
+    triad::save_checkpoint(MPI_COMM_WORLD, p, make_state(step), ts.groups);
+    return p;
+  }
+
+  fs::path dir_;
+};
+
+// ---- HDF5 helpers for the tests (serial access, rank 0) ----------------------------------------
+
+void set_int64_attr(const std::string& file, const std::string& name, int64_t value) {
+  hid_t f = H5Fopen(file.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  ASSERT_GE(f, 0);
+  if (H5Aexists(f, name.c_str()) > 0) H5Adelete(f, name.c_str());
+  hid_t space = H5Screate(H5S_SCALAR);
+  hid_t a = H5Acreate2(f, name.c_str(), H5T_STD_I64LE, space, H5P_DEFAULT, H5P_DEFAULT);
+  ASSERT_GE(a, 0);
+  ASSERT_GE(H5Awrite(a, H5T_NATIVE_INT64, &value), 0);
+  H5Aclose(a);
+  H5Sclose(space);
+  H5Fclose(f);
+}
+
+void delete_attr(const std::string& file, const std::string& name) {
+  hid_t f = H5Fopen(file.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  ASSERT_GE(f, 0);
+  ASSERT_GE(H5Adelete(f, name.c_str()), 0);
+  H5Fclose(f);
+}
+
+haddr_t dataset_offset(const std::string& file, const std::string& dset) {
+  hid_t f = H5Fopen(file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  EXPECT_GE(f, 0);
+  hid_t d = H5Dopen2(f, dset.c_str(), H5P_DEFAULT);
+  EXPECT_GE(d, 0);
+  const haddr_t off = H5Dget_offset(d);
+  H5Dclose(d);
+  H5Fclose(f);
+  return off;
+}
+
+void write_bytes(const std::string& file, const std::vector<char>& bytes) {
+  std::ofstream out(file, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+// ---- round trip ---------------------------------------------------------------------------------
+
+TEST(Crc32, KnownValues) {
+  const char* s = "123456789";
+  EXPECT_EQ(triad::io::crc32(s, 9), 0xCBF43926u);
+  EXPECT_EQ(triad::io::crc32(s, 0), 0u);
+  // Continuation over any split equals the whole (exercises the 8-byte and tail paths).
+  std::vector<unsigned char> data(1000);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<unsigned char>(i * 7 + 3);
+  const uint32_t whole = triad::io::crc32(data.data(), data.size());
+  for (size_t cut : {0, 1, 5, 8, 13, 512, 999, 1000}) {
+    const uint32_t a = triad::io::crc32(data.data(), cut);
+    EXPECT_EQ(triad::io::crc32(data.data() + cut, data.size() - cut, a), whole) << cut;
+  }
+}
+
+TEST(CheckpointName, EightDigits) {
+  EXPECT_EQ(triad::checkpoint_file_name(0), "step_00000000.h5");
+  EXPECT_EQ(triad::checkpoint_file_name(120), "step_00000120.h5");
+  EXPECT_EQ(triad::checkpoint_file_name(99999999), "step_99999999.h5");
+  EXPECT_THROW(triad::checkpoint_file_name(100000000), triad::Error);
+  EXPECT_THROW(triad::checkpoint_file_name(-1), triad::Error);
+}
+
+TEST_F(CheckpointTest, RoundTripIsBitExact) {
+  const std::string p = path("step_00000042.h5");
+  Tensors saved = make_tensors(kAdamGroups, kModelSpecs, 7);
+  const triad::CheckpointState state = make_state(42);
+  triad::save_checkpoint(MPI_COMM_WORLD, p, state, saved.groups);
+  EXPECT_TRUE(fs::exists(p));
+  EXPECT_FALSE(fs::exists(p + ".partial"));
+
+  const triad::CheckpointState got = triad::read_checkpoint_state(MPI_COMM_WORLD, p);
+  EXPECT_EQ(got.step, 42);
+  EXPECT_EQ(got.tokens_seen, state.tokens_seen);
+  EXPECT_EQ(got.next_sequence, state.next_sequence);
+  EXPECT_EQ(got.epoch, state.epoch);
+  EXPECT_EQ(got.config, state.config);
+  EXPECT_EQ(got.grid, state.grid);
+  EXPECT_EQ(got.model.n_layer, 2);
+  EXPECT_EQ(got.model.n_head, 2);
+  EXPECT_EQ(got.model.n_embd, 8);
+  EXPECT_EQ(got.model.seq_len, 16);
+  EXPECT_EQ(got.model.vocab_size, 200);
+  EXPECT_EQ(got.model.padded_vocab_size, 256);
+
+  Tensors loaded = make_tensors(kAdamGroups, kModelSpecs, 0, /*zero=*/true);
+  triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, loaded.groups);
+  ASSERT_EQ(loaded.storage.size(), saved.storage.size());
+  for (size_t i = 0; i < saved.storage.size(); ++i) {
+    ASSERT_EQ(loaded.storage[i].size(), saved.storage[i].size());
+    EXPECT_EQ(std::memcmp(loaded.storage[i].data(), saved.storage[i].data(),
+                          saved.storage[i].size() * sizeof(float)),
+              0)
+        << "tensor " << i;
+  }
+
+  EXPECT_TRUE(triad::checkpoint_has_group(MPI_COMM_WORLD, p, "model"));
+  EXPECT_TRUE(triad::checkpoint_has_group(MPI_COMM_WORLD, p, "optimizer/m"));
+  EXPECT_TRUE(triad::checkpoint_has_group(MPI_COMM_WORLD, p, "optimizer/v"));
+  EXPECT_FALSE(triad::checkpoint_has_group(MPI_COMM_WORLD, p, "optimizer/momentum"));
+  EXPECT_FALSE(triad::checkpoint_has_group(MPI_COMM_WORLD, p, "model/wte"));  // a dataset
+}
+
+// What h5py / h5dump see: standard types, contiguous datasets, checksums of the fp32 bytes.
+TEST_F(CheckpointTest, FileLayoutIsPlainHdf5) {
+  const std::string p = path("step_00000001.h5");
+  Tensors saved = make_tensors(kAdamGroups, kModelSpecs, 11);
+  triad::save_checkpoint(MPI_COMM_WORLD, p, make_state(1), saved.groups);
+  on_root([&] {
+    hid_t f = H5Fopen(p.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+    ASSERT_GE(f, 0);
+    // format: fixed-length null-terminated string
+    hid_t a = H5Aopen(f, "format", H5P_DEFAULT);
+    ASSERT_GE(a, 0);
+    hid_t t = H5Aget_type(a);
+    EXPECT_EQ(H5Tget_class(t), H5T_STRING);
+    EXPECT_EQ(H5Tis_variable_str(t), 0);
+    std::string buf(H5Tget_size(t), '\0');
+    H5Aread(a, t, buf.data());
+    EXPECT_STREQ(buf.c_str(), "triad-checkpoint");
+    H5Tclose(t);
+    H5Aclose(a);
+    for (const char* name : {"format_version", "step", "complete"}) {
+      a = H5Aopen(f, name, H5P_DEFAULT);
+      ASSERT_GE(a, 0) << name;
+      t = H5Aget_type(a);
+      EXPECT_TRUE(H5Tequal(t, H5T_STD_I64LE) > 0) << name;
+      H5Tclose(t);
+      H5Aclose(a);
+    }
+    const triad::TensorRef& ref = saved.find("optimizer/m", "h/0/attn/c_attn/weight");
+    hid_t d = H5Dopen2(f, "/optimizer/m/h/0/attn/c_attn/weight", H5P_DEFAULT);
+    ASSERT_GE(d, 0);
+    t = H5Dget_type(d);
+    EXPECT_TRUE(H5Tequal(t, H5T_IEEE_F32LE) > 0);
+    H5Tclose(t);
+    hid_t dcpl = H5Dget_create_plist(d);
+    EXPECT_EQ(H5Pget_layout(dcpl), H5D_CONTIGUOUS);
+    H5Pclose(dcpl);
+    a = H5Aopen(d, "checksum", H5P_DEFAULT);
+    ASSERT_GE(a, 0);
+    int64_t crc = -1;
+    H5Aread(a, H5T_NATIVE_INT64, &crc);
+    EXPECT_EQ(crc, triad::io::crc32(ref.data, 8 * 24 * sizeof(float)));
+    H5Aclose(a);
+    std::vector<float> data(8 * 24);
+    H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data.data());
+    EXPECT_EQ(std::memcmp(data.data(), ref.data, data.size() * sizeof(float)), 0);
+    H5Dclose(d);
+    H5Fclose(f);
+  });
+}
+
+TEST_F(CheckpointTest, LargeConfigAttribute) {
+  triad::CheckpointState state = make_state(3);
+  state.config.clear();
+  for (int i = 0; state.config.size() < 200000; ++i) {
+    state.config += "key_" + std::to_string(i) + " = value\n";
+  }
+  const std::string p = path("step_00000003.h5");
+  Tensors ts = make_tensors({"model"}, kModelSpecs, 3);
+  triad::save_checkpoint(MPI_COMM_WORLD, p, state, ts.groups);
+  EXPECT_EQ(triad::read_checkpoint_state(MPI_COMM_WORLD, p).config, state.config);
+}
+
+TEST_F(CheckpointTest, SgdMomentumGroupAndOverwrite) {
+  const std::string p = path("step_00000005.h5");
+  Tensors a = make_tensors({"model", "optimizer/momentum"}, kModelSpecs, 1);
+  triad::save_checkpoint(MPI_COMM_WORLD, p, make_state(5), a.groups);
+  // Saving again over an existing checkpoint and a stale .partial replaces both.
+  on_root([&] { write_bytes(p + ".partial", std::vector<char>(100, 'x')); });
+  Tensors b = make_tensors({"model", "optimizer/momentum"}, kModelSpecs, 2);
+  triad::save_checkpoint(MPI_COMM_WORLD, p, make_state(5), b.groups);
+  EXPECT_FALSE(fs::exists(p + ".partial"));
+  EXPECT_TRUE(triad::checkpoint_has_group(MPI_COMM_WORLD, p, "optimizer/momentum"));
+  EXPECT_FALSE(triad::checkpoint_has_group(MPI_COMM_WORLD, p, "optimizer/m"));
+  Tensors c = make_tensors({"model", "optimizer/momentum"}, kModelSpecs, 0, true);
+  triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, c.groups);
+  EXPECT_EQ(c.storage, b.storage);
+}
+
+// ---- padded vocabulary rows ----------------------------------------------------------------------
+
+TEST_F(CheckpointTest, PaddedRowsAreZeroFilled) {
+  const std::string p = path("step_00000002.h5");
+  Tensors saved = make_tensors({"model", "optimizer/m"}, {{"wte", {256, 8}}, {"ln_f/weight", {8}}},
+                               5);
+  triad::save_checkpoint(MPI_COMM_WORLD, p, make_state(2), saved.groups);
+  const float* src = saved.find("model", "wte").data;
+
+  for (int64_t rows : {384, 256}) {
+    SCOPED_TRACE(rows);
+    Tensors loaded = make_tensors({"model", "optimizer/m"},
+                                  {{"wte", {rows, 8}, 200}, {"ln_f/weight", {8}}}, 99);
+    triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, loaded.groups);
+    for (const char* g : {"model", "optimizer/m"}) {
+      const triad::TensorRef& t = loaded.find(g, "wte");
+      const float* want = saved.find(g, "wte").data;
+      EXPECT_EQ(std::memcmp(t.data, want, 200 * 8 * sizeof(float)), 0);
+      for (int64_t i = 200 * 8; i < rows * 8; ++i) ASSERT_EQ(t.data[i], 0.0f) << i;
+    }
+    (void)src;
+  }
+  // Fewer rows in the model than the file (smaller padding) also works.
+  Tensors smaller = make_tensors({"model"}, {{"wte", {208, 8}, 200}}, 1);
+  triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, smaller.groups);
+  EXPECT_EQ(std::memcmp(smaller.storage[0].data(), src, 200 * 8 * sizeof(float)), 0);
+  for (int i = 200 * 8; i < 208 * 8; ++i) ASSERT_EQ(smaller.storage[0][i], 0.0f);
+
+  // Without valid_rows the shape must match exactly.
+  Tensors exact = make_tensors({"model"}, {{"wte", {384, 8}}}, 1);
+  const std::string msg =
+      error_of([&] { triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, exact.groups); });
+  EXPECT_CONTAINS(msg, p);
+  EXPECT_CONTAINS(msg, "dataset /model/wte has shape [256, 8] but the model expects [384, 8]");
+}
+
+TEST_F(CheckpointTest, TooFewRowsForValidRows) {
+  const std::string p = path("step_00000002.h5");
+  Tensors saved = make_tensors({"model"}, {{"wte", {150, 8}}}, 5);
+  triad::save_checkpoint(MPI_COMM_WORLD, p, make_state(2), saved.groups);
+  Tensors loaded = make_tensors({"model"}, {{"wte", {256, 8}, 200}}, 1);
+  const std::string msg =
+      error_of([&] { triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, loaded.groups); });
+  EXPECT_CONTAINS(msg, p);
+  EXPECT_CONTAINS(msg, "/model/wte has shape [150, 8]");
+  EXPECT_CONTAINS(msg, "at least 200 rows");
+  // Different trailing dims are an error too.
+  Tensors wide = make_tensors({"model"}, {{"wte", {256, 16}, 100}}, 1);
+  EXPECT_CONTAINS(
+      error_of([&] { triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, wide.groups); }),
+      "has shape [150, 8]");
+}
+
+// ---- bad files ----------------------------------------------------------------------------------
+
+TEST_F(CheckpointTest, MissingFile) {
+  const std::string p = path("step_00000009.h5");
+  std::string msg = error_of([&] { triad::read_checkpoint_state(MPI_COMM_WORLD, p); });
+  EXPECT_CONTAINS(msg, p);
+  EXPECT_CONTAINS(msg, "does not exist");
+  Tensors ts = make_tensors({"model"}, kModelSpecs, 1);
+  msg = error_of([&] { triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, ts.groups); });
+  EXPECT_CONTAINS(msg, "does not exist");
+  msg = error_of([&] { triad::checkpoint_has_group(MPI_COMM_WORLD, p, "model"); });
+  EXPECT_CONTAINS(msg, p);
+}
+
+TEST_F(CheckpointTest, NotAnHdf5File) {
+  const std::string random = path("random.h5"), shard = path("shard.bin"), empty = path("e.h5");
+  on_root([&] {
+    std::mt19937 rng(1);
+    std::vector<char> bytes(4096);
+    for (char& c : bytes) c = static_cast<char>(rng());
+    write_bytes(random, bytes);
+    // A token shard: 256 int32 header (magic 20240520, version 1, count) + uint16 tokens.
+    std::vector<int32_t> header(256, 0);
+    header[0] = 20240520;
+    header[1] = 1;
+    header[2] = 1000;
+    std::vector<char> s(reinterpret_cast<char*>(header.data()),
+                        reinterpret_cast<char*>(header.data()) + 1024);
+    s.resize(1024 + 2000, 'a');
+    write_bytes(shard, s);
+    write_bytes(empty, {});
+  });
+  for (const std::string& p : {random, shard, empty}) {
+    const std::string msg = error_of([&] { triad::read_checkpoint_state(MPI_COMM_WORLD, p); });
+    EXPECT_CONTAINS(msg, p);
+    EXPECT_CONTAINS(msg, "not an HDF5 file");
+  }
+}
+
+TEST_F(CheckpointTest, TruncatedFile) {
+  const std::string p = save_valid(10);
+  on_root([&] { fs::resize_file(p, fs::file_size(p) / 2); });
+  const std::string msg = error_of([&] {
+    triad::read_checkpoint_state(MPI_COMM_WORLD, p);
+    Tensors ts = make_tensors(kAdamGroups, kModelSpecs, 0, true);
+    triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, ts.groups);
+  });
+  EXPECT_CONTAINS(msg, p);
+  EXPECT_CONTAINS(msg, "truncated");
+}
+
+TEST_F(CheckpointTest, ForeignHdf5File) {
+  const std::string p = path("other.h5");
+  on_root([&] {
+    hid_t f = H5Fcreate(p.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t g = H5Gcreate2(f, "model", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    H5Gclose(g);
+    H5Fclose(f);
+  });
+  const std::string msg = error_of([&] { triad::read_checkpoint_state(MPI_COMM_WORLD, p); });
+  EXPECT_CONTAINS(msg, p);
+  EXPECT_CONTAINS(msg, "not a triad checkpoint");
+  Tensors ts = make_tensors({"model"}, kModelSpecs, 1);
+  EXPECT_CONTAINS(
+      error_of([&] { triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, ts.groups); }),
+      "not a triad checkpoint");
+}
+
+TEST_F(CheckpointTest, WrongFormatVersion) {
+  const std::string p = save_valid(10);
+  on_root([&] { set_int64_attr(p, "format_version", 2); });
+  const std::string msg = error_of([&] { triad::read_checkpoint_state(MPI_COMM_WORLD, p); });
+  EXPECT_CONTAINS(msg, p);
+  EXPECT_CONTAINS(msg, "unsupported format_version 2");
+}
+
+TEST_F(CheckpointTest, IncompleteFile) {
+  const std::string p = save_valid(10);
+  on_root([&] { set_int64_attr(p, "complete", 0); });
+  std::string msg = error_of([&] { triad::read_checkpoint_state(MPI_COMM_WORLD, p); });
+  EXPECT_CONTAINS(msg, p);
+  EXPECT_CONTAINS(msg, "incomplete checkpoint (attribute complete is 0");
+  Tensors ts = make_tensors(kAdamGroups, kModelSpecs, 0, true);
+  msg = error_of([&] { triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, ts.groups); });
+  EXPECT_CONTAINS(msg, "incomplete checkpoint");
+
+  on_root([&] { delete_attr(p, "complete"); });
+  msg = error_of([&] { triad::read_checkpoint_state(MPI_COMM_WORLD, p); });
+  EXPECT_CONTAINS(msg, "incomplete checkpoint (attribute complete is missing");
+}
+
+TEST_F(CheckpointTest, MissingDataset) {
+  const std::string p = save_valid(10);
+  std::vector<Spec> specs = kModelSpecs;
+  specs.push_back({"h/1/attn/c_proj/weight", {8, 8}});
+  Tensors ts = make_tensors(kAdamGroups, specs, 0, true);
+  std::string msg =
+      error_of([&] { triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, ts.groups); });
+  EXPECT_CONTAINS(msg, p);
+  EXPECT_CONTAINS(msg, "dataset /model/h/1/attn/c_proj/weight is missing");
+  // A whole optimizer group missing.
+  Tensors sgd = make_tensors({"model", "optimizer/momentum"}, kModelSpecs, 0, true);
+  msg = error_of([&] { triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, sgd.groups); });
+  EXPECT_CONTAINS(msg, "dataset /optimizer/momentum/wte is missing");
+  // A group where a dataset is expected.
+  Tensors grp = make_tensors({"model"}, {{"h/0", {8}}}, 0, true);
+  msg = error_of([&] { triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, grp.groups); });
+  EXPECT_CONTAINS(msg, "/model/h/0 is not a dataset");
+}
+
+TEST_F(CheckpointTest, WrongShape) {
+  const std::string p = save_valid(10);
+  std::vector<Spec> specs = kModelSpecs;
+  specs[2].shape = {16};  // h/0/ln_1/weight
+  Tensors ts = make_tensors(kAdamGroups, specs, 0, true);
+  const std::string msg =
+      error_of([&] { triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, ts.groups); });
+  EXPECT_CONTAINS(msg, "checkpoint " + p +
+                           ": dataset /model/h/0/ln_1/weight has shape [8] but the model "
+                           "expects [16]");
+}
+
+TEST_F(CheckpointTest, ChecksumMismatch) {
+  const std::string p = save_valid(10);
+  const std::string dset = "/optimizer/v/h/0/attn/c_attn/weight";
+  on_root([&] {
+    const haddr_t off = dataset_offset(p, dset);
+    ASSERT_NE(off, HADDR_UNDEF);
+    std::fstream f(p, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(static_cast<std::streamoff>(off + 40));
+    char c = 0;
+    f.read(&c, 1);
+    c = static_cast<char>(c ^ 0x5A);
+    f.seekp(static_cast<std::streamoff>(off + 40));
+    f.write(&c, 1);
+  });
+  // The metadata is intact: the state reads fine.
+  EXPECT_EQ(triad::read_checkpoint_state(MPI_COMM_WORLD, p).step, 10);
+  Tensors ts = make_tensors(kAdamGroups, kModelSpecs, 0, true);
+  const std::string msg =
+      error_of([&] { triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, ts.groups); });
+  EXPECT_CONTAINS(msg, p);
+  EXPECT_CONTAINS(msg, "dataset " + dset + " fails its checksum");
+}
+
+TEST_F(CheckpointTest, InvalidTensorListsAreRejected) {
+  const std::string p = path("step_00000001.h5");
+  Tensors dup = make_tensors({"model"}, {{"a", {2}}, {"a", {2}}}, 1);
+  std::string msg =
+      error_of([&] { triad::save_checkpoint(MPI_COMM_WORLD, p, make_state(1), dup.groups); });
+  EXPECT_CONTAINS(msg, p);
+  EXPECT_CONTAINS(msg, "listed twice");
+  Tensors bad = make_tensors({"model"}, {{"h//x", {2}}}, 1);
+  msg = error_of([&] { triad::save_checkpoint(MPI_COMM_WORLD, p, make_state(1), bad.groups); });
+  EXPECT_CONTAINS(msg, "invalid tensor name 'h//x'");
+  EXPECT_FALSE(fs::exists(p));
+  EXPECT_FALSE(fs::exists(p + ".partial"));
+}
+
+// ---- atomic saves --------------------------------------------------------------------------------
+
+TEST_F(CheckpointTest, SaveIntoMissingDirectoryFails) {
+  const std::string p = path("no/such/dir/step_00000010.h5");
+  Tensors ts = make_tensors(kAdamGroups, kModelSpecs, 1);
+  const std::string msg =
+      error_of([&] { triad::save_checkpoint(MPI_COMM_WORLD, p, make_state(10), ts.groups); });
+  EXPECT_CONTAINS(msg, "checkpoint " + p + ":");
+  EXPECT_CONTAINS(msg, "does not exist");
+  EXPECT_FALSE(fs::exists(p));
+  EXPECT_FALSE(fs::exists(p + ".partial"));
+}
+
+TEST_F(CheckpointTest, SaveIntoReadOnlyDirectoryFails) {
+  const fs::path ro = dir_ / "ro";
+  on_root([&] {
+    fs::create_directories(ro);
+    fs::permissions(ro, fs::perms::owner_read | fs::perms::owner_exec);
+  });
+  // root ignores permission bits: check whether this process can still write there.
+  int writable = 0;
+  on_root([&] { writable = access(ro.c_str(), W_OK) == 0; });
+  MPI_Bcast(&writable, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  if (writable) GTEST_SKIP() << "running with permissions that ignore a read-only directory";
+  const std::string p = (ro / "step_00000010.h5").string();
+  Tensors ts = make_tensors(kAdamGroups, kModelSpecs, 1);
+  const std::string msg =
+      error_of([&] { triad::save_checkpoint(MPI_COMM_WORLD, p, make_state(10), ts.groups); });
+  EXPECT_CONTAINS(msg, "checkpoint " + p + ":");
+  EXPECT_FALSE(fs::exists(p));
+  EXPECT_FALSE(fs::exists(p + ".partial"));
+  EXPECT_TRUE(triad::list_checkpoints(ro.string()).empty());
+}
+
+// A full disk, simulated with a file-size limit: writes beyond it fail with EFBIG.
+TEST_F(CheckpointTest, SaveOnFullDiskFailsCleanly) {
+  const std::string p = path("step_00000010.h5");
+  Tensors ts = make_tensors(kAdamGroups, {{"wte", {256, 256}}, {"wpe", {64, 256}}}, 1);
+  std::string msg;
+  {
+    struct rlimit old {};
+    getrlimit(RLIMIT_FSIZE, &old);
+    auto old_handler = std::signal(SIGXFSZ, SIG_IGN);
+    struct rlimit lim = old;
+    lim.rlim_cur = 200 * 1024;  // the checkpoint needs ~1.2 MB
+    ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    msg = error_of([&] { triad::save_checkpoint(MPI_COMM_WORLD, p, make_state(10), ts.groups); });
+    setrlimit(RLIMIT_FSIZE, &old);
+    std::signal(SIGXFSZ, old_handler);
+  }
+  EXPECT_CONTAINS(msg, "checkpoint " + p + ":");
+  std::cerr << "DEBUG " << msg << "\n";
+  EXPECT_FALSE(fs::exists(p));
+  EXPECT_FALSE(fs::exists(p + ".partial"));
+  EXPECT_TRUE(triad::list_checkpoints(dir_.string()).empty());
+  // And the next save, with room again, works.
+  triad::save_checkpoint(MPI_COMM_WORLD, p, make_state(10), ts.groups);
+  EXPECT_EQ(triad::read_checkpoint_state(MPI_COMM_WORLD, p).step, 10);
+}
+
+// ---- the checkpoint directory --------------------------------------------------------------------
+
+TEST_F(CheckpointTest, ListCheckpoints) {
+  EXPECT_TRUE(triad::list_checkpoints((dir_ / "missing").string()).empty());
+  on_root([&] {
+    for (const char* name :
+         {"step_00000010.h5", "step_00000002.h5", "step_00000100.h5", "step_00000005.h5.partial",
+          "step_00000200.h5.partial", "step_1.h5", "step_000000001.h5", "step_0000000x.h5",
+          "latest", "notes.txt", "xstep_00000003.h5", "step_00000004.h5.bak"}) {
+      write_bytes(path(name), {'x'});
+    }
+    fs::create_directories(dir_ / "step_00000007.h5");  // a directory, not a checkpoint
+  });
+  EXPECT_EQ(triad::list_checkpoints(dir_.string()),
+            (std::vector<std::string>{"step_00000002.h5", "step_00000010.h5", "step_00000100.h5"}));
+}
+
+std::string read_text(const fs::path& p) {
+  std::ifstream in(p);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+TEST_F(CheckpointTest, PublishWritesLatestAndPrunes) {
+  if (world_rank() != 0) GTEST_SKIP() << "single-rank function";
+  for (int s = 1; s <= 5; ++s) write_bytes(path(triad::checkpoint_file_name(s)), {'x'});
+  triad::publish_checkpoint(dir_.string(), "step_00000005.h5", 2);
+  EXPECT_EQ(read_text(dir_ / "latest"), "step_00000005.h5\n");
+  EXPECT_FALSE(fs::exists(dir_ / "latest.tmp"));
+  EXPECT_EQ(triad::list_checkpoints(dir_.string()),
+            (std::vector<std::string>{"step_00000004.h5", "step_00000005.h5"}));
+
+  // keep <= 0 keeps everything.
+  write_bytes(path("step_00000006.h5"), {'x'});
+  triad::publish_checkpoint(dir_.string(), "step_00000006.h5", 0);
+  EXPECT_EQ(triad::list_checkpoints(dir_.string()).size(), 3u);
+  EXPECT_EQ(read_text(dir_ / "latest"), "step_00000006.h5\n");
+
+  // The checkpoint just published is never deleted, even when it is the oldest.
+  write_bytes(path("step_00000001.h5"), {'x'});
+  triad::publish_checkpoint(dir_.string(), "step_00000001.h5", 1);
+  EXPECT_EQ(triad::list_checkpoints(dir_.string()),
+            (std::vector<std::string>{"step_00000001.h5"}));
+
+  // Publishing a file that is not there is an error naming it.
+  const std::string msg =
+      error_of([&] { triad::publish_checkpoint(dir_.string(), "step_00000009.h5", 1); });
+  EXPECT_CONTAINS(msg, "step_00000009.h5");
+  EXPECT_CONTAINS(msg, dir_.string());
+}
+
+TEST_F(CheckpointTest, FindResumeCheckpoint) {
+  const std::string d = dir_.string();
+  EXPECT_EQ(triad::find_resume_checkpoint(MPI_COMM_WORLD, (dir_ / "missing").string()), "");
+  EXPECT_EQ(triad::find_resume_checkpoint(MPI_COMM_WORLD, d), "");
+
+  save_valid(10);
+  save_valid(20);
+  const std::string p30 = save_valid(30);
+  // Without `latest`: the newest valid one.
+  EXPECT_EQ(triad::find_resume_checkpoint(MPI_COMM_WORLD, d), p30);
+
+  // `latest` wins when valid, even if it is not the newest.
+  on_root([&] { triad::publish_checkpoint(d, "step_00000020.h5", 0); });
+  EXPECT_EQ(triad::find_resume_checkpoint(MPI_COMM_WORLD, d), path("step_00000020.h5"));
+
+  // The newest is damaged and named by latest: fall back to the next valid one.
+  on_root([&] {
+    triad::publish_checkpoint(d, "step_00000030.h5", 0);
+    fs::resize_file(p30, fs::file_size(p30) / 2);
+    // A newer .partial is never considered.
+    write_bytes(path("step_00000040.h5.partial"), {'x'});
+  });
+  EXPECT_EQ(triad::find_resume_checkpoint(MPI_COMM_WORLD, d), path("step_00000020.h5"));
+
+  // `latest` names a file that does not exist; an incomplete newest one is skipped too.
+  on_root([&] {
+    std::ofstream(dir_ / "latest") << "step_00000050.h5\n";
+    set_int64_attr(path("step_00000020.h5"), "complete", 0);
+  });
+  EXPECT_EQ(triad::find_resume_checkpoint(MPI_COMM_WORLD, d), path("step_00000010.h5"));
+
+  // Nothing valid left.
+  on_root([&] { fs::remove(path("step_00000010.h5")); });
+  EXPECT_EQ(triad::find_resume_checkpoint(MPI_COMM_WORLD, d), "");
+}
+
+}  // namespace

@@ -1,0 +1,112 @@
+// Config parsing and validation: every bad value gets a triad::Error naming the key.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <fstream>
+
+#include "triad/core/error.h"
+#include "triad/train/config.h"
+
+namespace triad {
+namespace {
+
+CommandLine parse(std::vector<std::string> args) {
+  std::vector<const char*> argv{"triad-train"};
+  for (auto& a : args) argv.push_back(a.c_str());
+  return parse_train_command_line(int(argv.size()), argv.data());
+}
+
+std::string error_of(std::vector<std::string> args, int world = 1) {
+  try {
+    const auto cl = parse(args);
+    validate(cl.config, world);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+std::string write_file(const std::string& name, const std::string& text) {
+  const std::string path = ::testing::TempDir() + name;
+  std::ofstream(path) << text;
+  return path;
+}
+
+TEST(Config, DefaultsAreValid) { EXPECT_EQ(error_of({}), ""); }
+
+TEST(Config, CommandLineOverridesFilesAndLaterFilesOverrideEarlier) {
+  const auto a = write_file("a.ini", "[train]\nlr = 0.1\nsteps = 7\n[model]\nn_layer = 3\n");
+  const auto b = write_file("b.ini", "[train]\nlr = 0.2\n");
+  const auto cl = parse({"--config", a, "--config", b, "--model.n_layer", "5"});
+  EXPECT_DOUBLE_EQ(cl.config.train.lr, 0.2);
+  EXPECT_EQ(cl.config.train.steps, 7);
+  EXPECT_EQ(cl.config.model.n_layer, 5);
+}
+
+TEST(Config, IniRoundTrip) {
+  const auto cl = parse({"--train.lr", "0.000123456789", "--data.train", "x/*.bin",
+                         "--data.shuffle", "true", "--sample.prompt", "In the beginning"});
+  const Config back = parse_config_text(to_ini(cl.config), "round trip");
+  EXPECT_EQ(to_ini(back), to_ini(cl.config));
+  EXPECT_DOUBLE_EQ(back.train.lr, 0.000123456789);
+  EXPECT_TRUE(back.data.shuffle);
+  EXPECT_EQ(back.sample.prompt, "In the beginning");
+}
+
+TEST(Config, UnknownKeysAreErrors) {
+  EXPECT_NE(error_of({"--train.learning_rate", "1"}).find("train.learning_rate"),
+            std::string::npos);
+  const auto f = write_file("unknown.ini", "[model]\nn_layers = 3\n");
+  const std::string e = error_of({"--config", f});
+  EXPECT_NE(e.find("n_layers"), std::string::npos) << e;
+  EXPECT_NE(e.find(f), std::string::npos) << e;
+}
+
+TEST(Config, MissingConfigFileIsAnError) {
+  EXPECT_NE(error_of({"--config", "/nonexistent/x.ini"}).find("/nonexistent/x.ini"),
+            std::string::npos);
+}
+
+TEST(Config, NonNumericAndNegativeValuesAreErrors) {
+  EXPECT_NE(error_of({"--train.lr", "fast"}).find("train.lr"), std::string::npos);
+  EXPECT_NE(error_of({"--model.n_layer", "two"}).find("n_layer"), std::string::npos);
+  EXPECT_NE(error_of({"--train.steps", "-5"}).find("train.steps"), std::string::npos);
+  EXPECT_NE(error_of({"--train.lr", "-1e-3"}).find("train.lr"), std::string::npos);
+  EXPECT_NE(error_of({"--model.n_embd", "0"}).find("n_embd"), std::string::npos);
+  EXPECT_NE(error_of({"--train.seed", "-3"}).find("train.seed"), std::string::npos);
+  EXPECT_NE(error_of({"--model.n_layer", "3.5"}).find("n_layer"), std::string::npos);
+}
+
+TEST(Config, CrossKeyConstraints) {
+  const std::string heads = error_of({"--model.n_embd", "100", "--model.n_head", "12"});
+  EXPECT_NE(heads.find("model.n_head"), std::string::npos) << heads;
+  EXPECT_NE(heads.find("divide"), std::string::npos) << heads;
+  const std::string batch =
+      error_of({"--train.batch_size", "10", "--train.micro_batch_size", "4"});
+  EXPECT_NE(batch.find("train.batch_size"), std::string::npos) << batch;
+  // Divisibility counts the data-parallel ranks too: 8 / (4 · 4) does not divide.
+  EXPECT_NE(error_of({"--train.batch_size", "8", "--train.micro_batch_size", "4"}, 4)
+                .find("train.batch_size"),
+            std::string::npos);
+}
+
+TEST(Config, UnknownNamesAndUnbuiltModesAreRefused) {
+  EXPECT_NE(error_of({"--train.schedule", "exp"}).find("train.schedule"), std::string::npos);
+  EXPECT_NE(error_of({"--optim.name", "lion"}).find("optim.name"), std::string::npos);
+  EXPECT_NE(error_of({"--parallel.zero", "1"}).find("not implemented"), std::string::npos);
+  EXPECT_NE(error_of({"--run.backend", "cuda"}).find("run.backend"), std::string::npos);
+  EXPECT_NE(error_of({"--data.shuffle", "maybe"}).find("data.shuffle"), std::string::npos);
+}
+
+TEST(Config, PaddedVocab) {
+  Config c;
+  EXPECT_EQ(c.padded_vocab_size(), 50304);
+  c.model.vocab_size = 300;
+  EXPECT_EQ(c.padded_vocab_size(), 384);
+  c.parallel.tp = 2;
+  c.model.vocab_size = 50257;
+  EXPECT_EQ(c.padded_vocab_size(), 50432);
+}
+
+}  // namespace
+}  // namespace triad

@@ -1,0 +1,492 @@
+// CPU backend ops against straightforward double-precision implementations written here:
+// forwards are compared with the naive forward, backwards with central finite differences of
+// the naive forward (in double, so the differences are accurate to ~1e-9 and the tolerance
+// only has to cover the backend's float rounding). Each backward is also checked to
+// accumulate (+=) into gradients that already hold values.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "triad/kernels/backend.h"
+
+namespace triad {
+namespace {
+
+using Vec = std::vector<float>;
+using DVec = std::vector<double>;
+
+Vec random_vec(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  Vec v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+DVec to_double(const Vec& v) { return DVec(v.begin(), v.end()); }
+
+double dot(const DVec& a, const Vec& b) {
+  double s = 0.0;
+  for (size_t i = 0; i < a.size(); ++i) s += a[i] * double(b[i]);
+  return s;
+}
+
+// Central differences of loss() with respect to x, at every stride-th coordinate (the others
+// are left 0 and skipped by expect_close_at). x is restored afterwards.
+DVec finite_diff(DVec& x, const std::function<double()>& loss, size_t stride = 1) {
+  constexpr double h = 1e-6;
+  DVec g(x.size(), 0.0);
+  for (size_t i = 0; i < x.size(); i += stride) {
+    const double saved = x[i];
+    x[i] = saved + h;
+    const double plus = loss();
+    x[i] = saved - h;
+    const double minus = loss();
+    x[i] = saved;
+    g[i] = (plus - minus) / (2 * h);
+  }
+  return g;
+}
+
+// |got − want| <= tol · max|want| at every stride-th element (a norm-relative tolerance: a
+// gradient is as accurate as its largest entries, small entries are cancellations).
+void expect_close(const Vec& got, const DVec& want, double tol, const char* what,
+                  size_t stride = 1) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  double scale = 0.0;
+  for (size_t i = 0; i < want.size(); i += stride) scale = std::max(scale, std::abs(want[i]));
+  ASSERT_GT(scale, 0.0) << what << ": reference is all zero";
+  for (size_t i = 0; i < want.size(); i += stride) {
+    ASSERT_NEAR(got[i], want[i], tol * scale) << what << " at " << i;
+  }
+}
+
+void expect_close(const Vec& got, const Vec& want, double tol, const char* what) {
+  expect_close(got, to_double(want), tol, what);
+}
+
+// got − before ≈ want: the op added its gradient to what was already there.
+void expect_accumulated(const Vec& got, const Vec& before, const Vec& want, const char* what) {
+  Vec diff(got.size());
+  for (size_t i = 0; i < got.size(); ++i) diff[i] = got[i] - before[i];
+  expect_close(diff, want, 1e-5, what);
+}
+
+class CpuKernels : public ::testing::Test {
+ protected:
+  std::unique_ptr<Backend> be = make_cpu_backend();
+};
+
+// ---- naive double-precision forwards -----------------------------------------------------
+
+DVec naive_matmul(const DVec& inp, const DVec& w, const DVec* bias, int N, int IC, int OC) {
+  DVec out(size_t(N) * OC);
+  for (int n = 0; n < N; ++n) {
+    for (int o = 0; o < OC; ++o) {
+      double s = bias ? (*bias)[o] : 0.0;
+      for (int i = 0; i < IC; ++i) s += inp[size_t(n) * IC + i] * w[size_t(o) * IC + i];
+      out[size_t(n) * OC + o] = s;
+    }
+  }
+  return out;
+}
+
+DVec naive_layernorm(const DVec& inp, const DVec& w, const DVec& b, int N, int C) {
+  DVec out(inp.size());
+  for (int n = 0; n < N; ++n) {
+    const double* x = &inp[size_t(n) * C];
+    double mean = 0.0, var = 0.0;
+    for (int c = 0; c < C; ++c) mean += x[c];
+    mean /= C;
+    for (int c = 0; c < C; ++c) var += (x[c] - mean) * (x[c] - mean);
+    var /= C;
+    const double rstd = 1.0 / std::sqrt(var + 1e-5);
+    for (int c = 0; c < C; ++c) out[size_t(n) * C + c] = (x[c] - mean) * rstd * w[c] + b[c];
+  }
+  return out;
+}
+
+double naive_gelu(double x) {
+  return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
+}
+
+// Returns out [B,T,C]; fills probs [B,NH,T,T] (0 above the diagonal) when given.
+DVec naive_attention(const DVec& qkv, int B, int T, int C, int NH, DVec* probs = nullptr) {
+  const int hd = C / NH;
+  const double scale = 1.0 / std::sqrt(double(hd));
+  DVec out(size_t(B) * T * C, 0.0);
+  if (probs) probs->assign(size_t(B) * NH * T * T, 0.0);
+  std::vector<double> p(T);
+  for (int b = 0; b < B; ++b) {
+    for (int h = 0; h < NH; ++h) {
+      for (int i = 0; i < T; ++i) {
+        const double* q = &qkv[(size_t(b) * T + i) * 3 * C + h * hd];
+        double mx = -std::numeric_limits<double>::infinity();
+        for (int j = 0; j <= i; ++j) {
+          const double* k = &qkv[(size_t(b) * T + j) * 3 * C + C + h * hd];
+          double s = 0.0;
+          for (int e = 0; e < hd; ++e) s += q[e] * k[e];
+          p[j] = s * scale;
+          mx = std::max(mx, p[j]);
+        }
+        double sum = 0.0;
+        for (int j = 0; j <= i; ++j) sum += (p[j] = std::exp(p[j] - mx));
+        for (int j = 0; j <= i; ++j) {
+          p[j] /= sum;
+          if (probs) (*probs)[((size_t(b) * NH + h) * T + i) * T + j] = p[j];
+          const double* v = &qkv[(size_t(b) * T + j) * 3 * C + 2 * C + h * hd];
+          for (int e = 0; e < hd; ++e) out[(size_t(b) * T + i) * C + h * hd + e] += p[j] * v[e];
+        }
+      }
+    }
+  }
+  return out;
+}
+
+// ---- memory --------------------------------------------------------------------------------
+
+TEST_F(CpuKernels, AllocIsAlignedAndZeroed) {
+  for (size_t n : {size_t{1}, size_t{3}, size_t{17}, size_t{1000}, size_t{0}}) {
+    float* p = be->alloc(n);
+    ASSERT_NE(p, nullptr);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % 64, 0u);
+    for (size_t i = 0; i < n; ++i) EXPECT_EQ(p[i], 0.0f);
+    be->free(p);
+  }
+  float* p = be->alloc(5);
+  const float host[5] = {1, 2, 3, 4, 5};
+  be->copy_from_host(p, host, 5);
+  float back[5] = {};
+  be->copy_to_host(back, p, 5);
+  EXPECT_EQ(back[4], 5.0f);
+  be->zero(p, 5);
+  EXPECT_EQ(p[2], 0.0f);
+  be->synchronize();
+  be->free(p);
+  EXPECT_STREQ(be->name(), "cpu");
+}
+
+// ---- encoder -------------------------------------------------------------------------------
+
+TEST_F(CpuKernels, EncoderForwardBackward) {
+  const int B = 2, T = 5, C = 12, V = 7;
+  // Few distinct tokens, so that several positions share a row of dwte.
+  const std::vector<int32_t> tokens = {3, 1, 3, 6, 0, 1, 1, 5, 3, 2};
+  const Vec wte = random_vec(size_t(V) * C, 1), wpe = random_vec(size_t(T) * C, 2);
+  Vec out(size_t(B) * T * C);
+  be->encoder_forward(out.data(), tokens.data(), wte.data(), wpe.data(), B, T, C);
+  DVec dwte_d = to_double(wte), dwpe_d = to_double(wpe);
+  auto forward = [&] {
+    DVec o(size_t(B) * T * C);
+    for (int n = 0; n < B * T; ++n)
+      for (int c = 0; c < C; ++c)
+        o[size_t(n) * C + c] = dwte_d[size_t(tokens[n]) * C + c] + dwpe_d[size_t(n % T) * C + c];
+    return o;
+  };
+  expect_close(out, forward(), 1e-7, "out");
+
+  const Vec R = random_vec(out.size(), 3);
+  auto loss = [&] {
+    const DVec o = forward();
+    return dot(o, R);
+  };
+  const DVec g_wte = finite_diff(dwte_d, loss), g_wpe = finite_diff(dwpe_d, loss);
+  Vec dwte(wte.size(), 0.0f), dwpe(wpe.size(), 0.0f);
+  be->encoder_backward(dwte.data(), dwpe.data(), R.data(), tokens.data(), B, T, C);
+  expect_close(dwte, g_wte, 1e-5, "dwte");
+  expect_close(dwpe, g_wpe, 1e-5, "dwpe");
+
+  Vec dwte2 = random_vec(wte.size(), 4), dwpe2 = random_vec(wpe.size(), 5);
+  const Vec dwte0 = dwte2, dwpe0 = dwpe2;
+  be->encoder_backward(dwte2.data(), dwpe2.data(), R.data(), tokens.data(), B, T, C);
+  expect_accumulated(dwte2, dwte0, dwte, "dwte +=");
+  expect_accumulated(dwpe2, dwpe0, dwpe, "dwpe +=");
+}
+
+// ---- layernorm -----------------------------------------------------------------------------
+
+TEST_F(CpuKernels, LayerNormForwardBackward) {
+  const int N = 10, C = 12;
+  const Vec inp = random_vec(size_t(N) * C, 11, -2.0f, 3.0f);
+  const Vec w = random_vec(C, 12, 0.5f, 1.5f), b = random_vec(C, 13);
+  Vec out(inp.size()), mean(N), rstd(N);
+  be->layernorm_forward(out.data(), mean.data(), rstd.data(), inp.data(), w.data(), b.data(), N, C);
+  DVec x = to_double(inp), wd = to_double(w), bd = to_double(b);
+  expect_close(out, naive_layernorm(x, wd, bd, N, C), 1e-6, "out");
+  for (int n = 0; n < N; ++n) {
+    double m = 0.0, v = 0.0;
+    for (int c = 0; c < C; ++c) m += x[size_t(n) * C + c];
+    m /= C;
+    for (int c = 0; c < C; ++c) v += std::pow(x[size_t(n) * C + c] - m, 2);
+    EXPECT_NEAR(mean[n], m, 1e-6);
+    EXPECT_NEAR(rstd[n], 1.0 / std::sqrt(v / C + 1e-5), 1e-5 / std::sqrt(v / C));
+  }
+
+  const Vec R = random_vec(out.size(), 14);
+  auto loss = [&] { return dot(naive_layernorm(x, wd, bd, N, C), R); };
+  const DVec g_x = finite_diff(x, loss), g_w = finite_diff(wd, loss), g_b = finite_diff(bd, loss);
+  Vec dx(inp.size(), 0.0f), dw(C, 0.0f), db(C, 0.0f);
+  be->layernorm_backward(dx.data(), dw.data(), db.data(), R.data(), inp.data(), w.data(),
+                         mean.data(), rstd.data(), N, C);
+  expect_close(dx, g_x, 1e-4, "dinp");
+  expect_close(dw, g_w, 1e-5, "dweight");
+  expect_close(db, g_b, 1e-5, "dbias");
+
+  Vec dx2 = random_vec(dx.size(), 15), dw2 = random_vec(C, 16), db2 = random_vec(C, 17);
+  const Vec dx0 = dx2, dw0 = dw2, db0 = db2;
+  be->layernorm_backward(dx2.data(), dw2.data(), db2.data(), R.data(), inp.data(), w.data(),
+                         mean.data(), rstd.data(), N, C);
+  expect_accumulated(dx2, dx0, dx, "dinp +=");
+  expect_accumulated(dw2, dw0, dw, "dweight +=");
+  expect_accumulated(db2, db0, db, "dbias +=");
+}
+
+// ---- matmul --------------------------------------------------------------------------------
+
+void check_matmul(Backend& be, bool with_bias, bool with_dinp) {
+  const int N = 10, IC = 12, OC = 37;
+  const Vec inp = random_vec(size_t(N) * IC, 21), w = random_vec(size_t(OC) * IC, 22);
+  const Vec bias = random_vec(OC, 23);
+  Vec out(size_t(N) * OC, 123.0f);  // garbage: forward must overwrite, not accumulate
+  be.matmul_forward(out.data(), inp.data(), w.data(), with_bias ? bias.data() : nullptr, N, IC, OC);
+  DVec x = to_double(inp), wd = to_double(w), bd = to_double(bias);
+  auto forward = [&] { return naive_matmul(x, wd, with_bias ? &bd : nullptr, N, IC, OC); };
+  expect_close(out, forward(), 1e-6, "out");
+
+  const Vec R = random_vec(out.size(), 24);
+  auto loss = [&] { return dot(forward(), R); };
+  const DVec g_x = finite_diff(x, loss), g_w = finite_diff(wd, loss), g_b = finite_diff(bd, loss);
+  Vec dx(inp.size(), 0.0f), dw(w.size(), 0.0f), db(OC, 0.0f);
+  be.matmul_backward(with_dinp ? dx.data() : nullptr, dw.data(), with_bias ? db.data() : nullptr,
+                     R.data(), inp.data(), w.data(), N, IC, OC);
+  if (with_dinp) expect_close(dx, g_x, 1e-5, "dinp");
+  expect_close(dw, g_w, 1e-5, "dweight");
+  if (with_bias) expect_close(db, g_b, 1e-5, "dbias");
+
+  Vec dx2 = random_vec(dx.size(), 25), dw2 = random_vec(dw.size(), 26), db2 = random_vec(OC, 27);
+  const Vec dx0 = dx2, dw0 = dw2, db0 = db2;
+  be.matmul_backward(with_dinp ? dx2.data() : nullptr, dw2.data(), with_bias ? db2.data() : nullptr,
+                     R.data(), inp.data(), w.data(), N, IC, OC);
+  if (with_dinp)
+    expect_accumulated(dx2, dx0, dx, "dinp +=");
+  else
+    EXPECT_EQ(dx2, dx0);
+  expect_accumulated(dw2, dw0, dw, "dweight +=");
+  if (with_bias)
+    expect_accumulated(db2, db0, db, "dbias +=");
+  else
+    EXPECT_EQ(db2, db0);
+}
+
+TEST_F(CpuKernels, MatmulWithBias) { check_matmul(*be, true, true); }
+TEST_F(CpuKernels, MatmulWithoutBias) { check_matmul(*be, false, true); }
+TEST_F(CpuKernels, MatmulWithoutDinp) { check_matmul(*be, true, false); }
+
+// ---- attention -----------------------------------------------------------------------------
+
+// stride > 1 checks only every stride-th coordinate of dqkv (for the longer sequence).
+void check_attention(Backend& be, int B, int T, int C, int NH, size_t stride) {
+  const Vec qkv = random_vec(size_t(B) * T * 3 * C, 31, -2.0f, 2.0f);
+  Vec out(size_t(B) * T * C), att(size_t(B) * NH * T * T, 7.0f);
+  be.attention_forward(out.data(), att.data(), qkv.data(), B, T, C, NH);
+  DVec x = to_double(qkv), probs;
+  expect_close(out, naive_attention(x, B, T, C, NH, &probs), 1e-5, "out");
+  for (int bh = 0; bh < B * NH; ++bh)
+    for (int i = 0; i < T; ++i)
+      for (int j = 0; j <= i; ++j) {
+        const size_t k = (size_t(bh) * T + i) * T + j;
+        ASSERT_NEAR(att[k], probs[k], 1e-6) << "att at bh=" << bh << " i=" << i << " j=" << j;
+      }
+
+  const Vec R = random_vec(out.size(), 32);
+  auto loss = [&] { return dot(naive_attention(x, B, T, C, NH), R); };
+  const DVec g = finite_diff(x, loss, stride);
+  // Garbage above the diagonal of att must not matter to the backward (it is unspecified).
+  for (int bh = 0; bh < B * NH; ++bh)
+    for (int i = 0; i < T; ++i)
+      for (int j = i + 1; j < T; ++j) att[(size_t(bh) * T + i) * T + j] = 1e3f;
+  Vec dqkv(qkv.size(), 0.0f), scratch(att.size(), 5.0f);
+  be.attention_backward(dqkv.data(), scratch.data(), R.data(), qkv.data(), att.data(), B, T, C, NH);
+  expect_close(dqkv, g, 1e-4, "dqkv", stride);
+
+  Vec dqkv2 = random_vec(qkv.size(), 33);
+  const Vec dqkv0 = dqkv2;
+  be.attention_backward(dqkv2.data(), scratch.data(), R.data(), qkv.data(), att.data(), B, T, C,
+                        NH);
+  expect_accumulated(dqkv2, dqkv0, dqkv, "dqkv +=");
+}
+
+TEST_F(CpuKernels, AttentionSmall) { check_attention(*be, 2, 5, 12, 3, 1); }
+TEST_F(CpuKernels, AttentionSingleToken) { check_attention(*be, 2, 1, 8, 2, 1); }
+// Longer than the kernel's 64-row causal blocks, with a partial last block.
+TEST_F(CpuKernels, AttentionSeveralCausalBlocks) { check_attention(*be, 1, 150, 6, 2, 7); }
+
+// ---- GELU ----------------------------------------------------------------------------------
+
+TEST_F(CpuKernels, GeluForwardBackward) {
+  const size_t n = 37;
+  const Vec inp = random_vec(n, 41, -4.0f, 4.0f);
+  Vec out(n);
+  be->gelu_forward(out.data(), inp.data(), n);
+  DVec x = to_double(inp);
+  DVec want(n);
+  for (size_t i = 0; i < n; ++i) want[i] = naive_gelu(x[i]);
+  expect_close(out, want, 1e-6, "out");
+
+  const Vec R = random_vec(n, 42);
+  auto loss = [&] {
+    double s = 0.0;
+    for (size_t i = 0; i < n; ++i) s += naive_gelu(x[i]) * R[i];
+    return s;
+  };
+  const DVec g = finite_diff(x, loss);
+  Vec dx(n, 0.0f);
+  be->gelu_backward(dx.data(), inp.data(), R.data(), n);
+  expect_close(dx, g, 1e-5, "dinp");
+
+  Vec dx2 = random_vec(n, 43);
+  const Vec dx0 = dx2;
+  be->gelu_backward(dx2.data(), inp.data(), R.data(), n);
+  expect_accumulated(dx2, dx0, dx, "dinp +=");
+}
+
+// Dense sweep (vector body and scalar tail, saturated tails included): the fast tanh inside
+// is accurate to ~1e-7 absolute, so gelu is within a few float ulps of the exact value.
+TEST_F(CpuKernels, GeluAccurateOverWideRange) {
+  const size_t n = 240003;
+  Vec inp(n), out(n), grad(n, 0.0f), ones(n, 1.0f);
+  for (size_t i = 0; i < n; ++i) inp[i] = -12.0f + 24.0f * float(i) / float(n - 1);
+  be->gelu_forward(out.data(), inp.data(), n);
+  be->gelu_backward(grad.data(), inp.data(), ones.data(), n);
+  for (size_t i = 0; i < n; ++i) {
+    const double x = inp[i];
+    ASSERT_NEAR(out[i], naive_gelu(x), 4e-7 * (1.0 + std::abs(x))) << "x=" << x;
+    const double h = 1e-6;
+    const double slope = (naive_gelu(x + h) - naive_gelu(x - h)) / (2 * h);
+    ASSERT_NEAR(grad[i], slope, 2e-6 * (1.0 + std::abs(x))) << "x=" << x;
+  }
+}
+
+// ---- add / accumulate / scale ----------------------------------------------------------------
+
+TEST_F(CpuKernels, AddAccumulateScale) {
+  for (size_t n : {size_t{13}, size_t{70001}}) {  // serial and parallel paths
+    const Vec a = random_vec(n, 51), b = random_vec(n, 52);
+    Vec out(n);
+    be->add(out.data(), a.data(), b.data(), n);
+    for (size_t i = 0; i < n; ++i) ASSERT_EQ(out[i], a[i] + b[i]);
+    Vec acc = a;
+    be->accumulate(acc.data(), b.data(), n);
+    for (size_t i = 0; i < n; ++i) ASSERT_EQ(acc[i], a[i] + b[i]);
+    be->scale(acc.data(), 0.37f, n);
+    for (size_t i = 0; i < n; ++i) ASSERT_EQ(acc[i], (a[i] + b[i]) * 0.37f);
+  }
+}
+
+// ---- cross-entropy ---------------------------------------------------------------------------
+
+DVec naive_losses(const DVec& logits, const std::vector<int32_t>& targets, int N, int V, int Vp) {
+  DVec losses(N);
+  for (int n = 0; n < N; ++n) {
+    const double* row = &logits[size_t(n) * Vp];
+    const double mx = *std::max_element(row, row + V);
+    double sum = 0.0;
+    for (int j = 0; j < V; ++j) sum += std::exp(row[j] - mx);
+    losses[n] = mx + std::log(sum) - row[targets[n]];
+  }
+  return losses;
+}
+
+TEST_F(CpuKernels, CrossEntropyLossGradientAndPadding) {
+  const int N = 10, V = 37, Vp = 64;
+  const float dloss_scale = 1.0f / N;
+  Vec logits = random_vec(size_t(N) * Vp, 61, -4.0f, 4.0f);
+  for (int n = 0; n < N; ++n)  // padding must be ignored, whatever it holds
+    for (int j = V; j < Vp; ++j)
+      logits[size_t(n) * Vp + j] = std::numeric_limits<float>::quiet_NaN();
+  std::vector<int32_t> targets(N);
+  std::mt19937 rng(62);
+  for (int32_t& t : targets) t = int32_t(rng() % V);
+  targets[3] = V - 1;
+
+  DVec x = to_double(logits);
+  const DVec want_losses = naive_losses(x, targets, N, V, Vp);
+  auto loss = [&] {
+    double s = 0.0;
+    for (double l : naive_losses(x, targets, N, V, Vp)) s += l;
+    return s * dloss_scale;
+  };
+  DVec g = finite_diff(x, loss);
+  for (int n = 0; n < N; ++n)
+    for (int j = V; j < Vp; ++j) g[size_t(n) * Vp + j] = 0.0;  // NaN - NaN in the padding
+
+  Vec losses(N), correct(N);
+  be->crossentropy_forward_backward(logits.data(), losses.data(), correct.data(), targets.data(), N,
+                                    V, Vp, dloss_scale);
+  expect_close(losses, want_losses, 1e-6, "losses");
+  expect_close(logits, g, 1e-5, "dlogits");
+  for (int n = 0; n < N; ++n)
+    for (int j = V; j < Vp; ++j) ASSERT_EQ(logits[size_t(n) * Vp + j], 0.0f) << n << "," << j;
+}
+
+TEST_F(CpuKernels, CrossEntropyAccuracyFlags) {
+  const int N = 5, V = 10, Vp = 16;
+  Vec logits(size_t(N) * Vp, 0.0f);
+  auto row = [&](int n) { return logits.data() + size_t(n) * Vp; };
+  // row 0: clear argmax 4, target 4 -> correct
+  row(0)[4] = 2.0f;
+  // row 1: clear argmax 4, target 5 -> wrong
+  row(1)[4] = 2.0f;
+  // row 2: tie between 2 and 7, target 2 -> correct (first maximum wins, as torch.argmax)
+  row(2)[2] = row(2)[7] = 3.0f;
+  // row 3: the same tie, target 7 -> wrong
+  row(3)[2] = row(3)[7] = 3.0f;
+  // row 4: the largest value sits in the padding (huge), argmax over V is 9 = target
+  row(4)[9] = 1.0f;
+  row(4)[12] = 100.0f;
+  const std::vector<int32_t> targets = {4, 5, 2, 7, 9};
+  Vec losses(N), correct(N, -1.0f);
+  Vec copy = logits;
+  be->crossentropy_forward_backward(logits.data(), losses.data(), correct.data(), targets.data(), N,
+                                    V, Vp, 1.0f);
+  EXPECT_EQ(correct, (Vec{1.0f, 0.0f, 1.0f, 0.0f, 1.0f}));
+  // correct may be nullptr
+  Vec losses2(N);
+  be->crossentropy_forward_backward(copy.data(), losses2.data(), nullptr, targets.data(), N, V, Vp,
+                                    1.0f);
+  EXPECT_EQ(losses, losses2);
+}
+
+// A GPT-2-sized vocabulary with a wide logit range: the loss stays accurate (the exponentials
+// and their sum run through the backend's own exp).
+TEST_F(CpuKernels, CrossEntropyLargeVocabulary) {
+  const int N = 2, V = 50257, Vp = 50304;
+  Vec logits = random_vec(size_t(N) * Vp, 71, -30.0f, 30.0f);
+  const std::vector<int32_t> targets = {17, 50256};
+  const DVec want = naive_losses(to_double(logits), targets, N, V, Vp);
+  DVec x = to_double(logits);
+  Vec losses(N);
+  be->crossentropy_forward_backward(logits.data(), losses.data(), nullptr, targets.data(), N, V, Vp,
+                                    1.0f);
+  for (int n = 0; n < N; ++n) EXPECT_NEAR(losses[n], want[n], 1e-5 * std::abs(want[n]));
+  // dlogits of row 0 sum to 0 (softmax minus one-hot) and match the probabilities.
+  double sum = 0.0;
+  const double mx = *std::max_element(x.begin(), x.begin() + V);
+  double z = 0.0;
+  for (int j = 0; j < V; ++j) z += std::exp(x[j] - mx);
+  for (int j = 0; j < V; ++j) {
+    const double p = std::exp(x[j] - mx) / z - (j == targets[0] ? 1.0 : 0.0);
+    ASSERT_NEAR(logits[j], p, 1e-6 * std::max(1.0, std::abs(p)) + 1e-12) << j;
+    sum += logits[j];
+  }
+  EXPECT_NEAR(sum, 0.0, 1e-5);
+}
+
+}  // namespace
+}  // namespace triad

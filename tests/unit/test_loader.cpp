@@ -1,0 +1,132 @@
+// The data order of DESIGN.md §4 and the checks on token shards.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <numeric>
+#include <set>
+
+#include "triad/core/error.h"
+#include "triad/data/loader.h"
+#include "triad/data/token_shard.h"
+
+namespace triad {
+namespace {
+
+namespace fs = std::filesystem;
+
+class LoaderTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::path(::testing::TempDir()) /
+           ("loader_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  std::string shard(const std::string& name, std::vector<uint16_t> tokens) {
+    const std::string p = (dir_ / name).string();
+    write_token_shard(p, tokens);
+    return p;
+  }
+  std::string error_of(const std::string& glob, int T = 4, int V = 1000) {
+    try {
+      SequenceSource s(glob, "data.train", T, V);
+      std::vector<int32_t> in(static_cast<size_t>(T)), tg(static_cast<size_t>(T));
+      for (int64_t i = 0; i < s.num_sequences(); ++i) s.read(i, in.data(), tg.data());
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  }
+  fs::path dir_;
+};
+
+std::vector<uint16_t> iota(int n, int start) {
+  std::vector<uint16_t> v(static_cast<size_t>(n));
+  std::iota(v.begin(), v.end(), uint16_t(start));
+  return v;
+}
+
+TEST_F(LoaderTest, SequencesFollowTheContract) {
+  // Shard b (10 tokens) sorts before c (14 tokens) whatever the creation order.
+  shard("c.bin", iota(14, 100));
+  shard("b.bin", iota(10, 0));
+  SequenceSource src((dir_ / "*.bin").string(), "data.train", 4, 1000);
+  // floor((10-1)/4) = 2 and floor((14-1)/4) = 3 sequences.
+  ASSERT_EQ(src.num_sequences(), 5);
+  std::vector<int32_t> in(4), tg(4);
+  src.read(1, in.data(), tg.data());  // shard b, sequence 1: tokens [4, 8]
+  EXPECT_EQ(in, (std::vector<int32_t>{4, 5, 6, 7}));
+  EXPECT_EQ(tg, (std::vector<int32_t>{5, 6, 7, 8}));
+  src.read(4, in.data(), tg.data());  // shard c, sequence 2: tokens [8, 12]
+  EXPECT_EQ(in, (std::vector<int32_t>{108, 109, 110, 111}));
+  EXPECT_EQ(tg, (std::vector<int32_t>{109, 110, 111, 112}));
+}
+
+TEST_F(LoaderTest, PositionsWrapToTheNextEpoch) {
+  shard("a.bin", iota(21, 0));  // 5 sequences of 4
+  SequenceSource src((dir_ / "*.bin").string(), "data.train", 4, 1000);
+  DataLoader plain(src, false, 1);
+  EXPECT_EQ(plain.sequence_at(3), 3);
+  EXPECT_EQ(plain.sequence_at(5), 0);
+  EXPECT_EQ(plain.sequence_at(12), 2);
+  DataLoader shuffled(src, true, 7), again(src, true, 7), other(src, true, 8);
+  std::set<int64_t> epoch0, epoch1;
+  bool differs = false, differs_seed = false;
+  for (int p = 0; p < 5; ++p) {
+    epoch0.insert(shuffled.sequence_at(p));
+    epoch1.insert(shuffled.sequence_at(p + 5));
+    differs |= shuffled.sequence_at(p) != shuffled.sequence_at(p + 5);
+    differs_seed |= shuffled.sequence_at(p) != other.sequence_at(p);
+    EXPECT_EQ(shuffled.sequence_at(p + 5), again.sequence_at(p + 5));  // seeded
+  }
+  EXPECT_EQ(epoch0.size(), 5u);  // a permutation
+  EXPECT_EQ(epoch1.size(), 5u);
+  EXPECT_TRUE(differs);
+  EXPECT_TRUE(differs_seed);
+}
+
+TEST_F(LoaderTest, BadShardsAreRefusedWithTheirName) {
+  const std::string bad_magic = shard("m.bin", iota(20, 0));
+  {
+    std::fstream f(bad_magic, std::ios::in | std::ios::out | std::ios::binary);
+    const int32_t wrong = 12345;
+    f.write(reinterpret_cast<const char*>(&wrong), 4);
+  }
+  std::string e = error_of(bad_magic);
+  EXPECT_NE(e.find("m.bin"), std::string::npos) << e;
+  EXPECT_NE(e.find("magic"), std::string::npos) << e;
+
+  const std::string truncated = shard("t.bin", iota(20, 0));
+  fs::resize_file(truncated, fs::file_size(truncated) - 6);
+  e = error_of(truncated);
+  EXPECT_NE(e.find("t.bin"), std::string::npos) << e;
+  EXPECT_NE(e.find("truncated"), std::string::npos) << e;
+
+  const std::string tiny = (dir_ / "tiny.bin").string();
+  std::ofstream(tiny) << "abc";
+  e = error_of(tiny);
+  EXPECT_NE(e.find("header"), std::string::npos) << e;
+
+  const std::string big_ids = shard("v.bin", {1, 2, 3, 999, 1000, 5, 6, 7, 8});
+  e = error_of(big_ids, 4, 1000);
+  EXPECT_NE(e.find("v.bin"), std::string::npos) << e;
+  EXPECT_NE(e.find("1000"), std::string::npos) << e;
+  EXPECT_NE(e.find("vocab_size"), std::string::npos) << e;
+}
+
+TEST_F(LoaderTest, MissingEmptyAndTooShortDataAreRefused) {
+  std::string e = error_of((dir_ / "nothing_*.bin").string());
+  EXPECT_NE(e.find("matches no files"), std::string::npos) << e;
+  e = error_of("");
+  EXPECT_NE(e.find("data.train"), std::string::npos) << e;
+  shard("empty.bin", {});
+  e = error_of((dir_ / "empty.bin").string());
+  EXPECT_NE(e.find("no complete sequence"), std::string::npos) << e;
+  shard("short.bin", iota(4, 0));  // 4 tokens: not enough for T=4 plus the shifted target
+  e = error_of((dir_ / "short.bin").string());
+  EXPECT_NE(e.find("no complete sequence"), std::string::npos) << e;
+}
+
+}  // namespace
+}  // namespace triad

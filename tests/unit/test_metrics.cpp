@@ -1,0 +1,316 @@
+// metrics.h5 (DESIGN.md §5): MetricsWriter, read back with the HDF5 C API.
+#include <gtest/gtest.h>
+#include <hdf5.h>
+#include <mpi.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "triad/core/error.h"
+#include "triad/io/metrics.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+class MpiEnv : public ::testing::Environment {
+ public:
+  void SetUp() override {
+    int init = 0;
+    MPI_Initialized(&init);
+    if (!init) MPI_Init(nullptr, nullptr);
+  }
+  void TearDown() override {
+    int fin = 0;
+    MPI_Finalized(&fin);
+    if (!fin) MPI_Finalize();
+  }
+};
+[[maybe_unused]] ::testing::Environment* const kMpiEnv =
+    ::testing::AddGlobalTestEnvironment(new MpiEnv);
+
+#define EXPECT_CONTAINS(str, sub) \
+  EXPECT_NE(std::string(str).find(sub), std::string::npos) << "message: " << (str)
+
+class MetricsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    int rank = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    if (rank != 0) GTEST_SKIP() << "metrics are written by rank 0 only";
+    static int counter = 0;
+    const auto ticks = std::chrono::steady_clock::now().time_since_epoch().count();
+    dir_ = fs::temp_directory_path() / ("triad_test_metrics_" + std::to_string(getpid()) + "_" +
+                                        std::to_string(ticks) + "_" + std::to_string(counter++));
+    fs::create_directories(dir_);
+    path_ = (dir_ / "metrics.h5").string();
+  }
+  void TearDown() override {
+    std::error_code ec;
+    if (!dir_.empty()) fs::remove_all(dir_, ec);
+  }
+
+  fs::path dir_;
+  std::string path_;
+};
+
+triad::MetricsAttributes attrs(const std::string& tag = "a") {
+  triad::MetricsAttributes a;
+  a.config = "[run]\nname = " + tag + "\n";
+  a.grid = "dp=1 pp=1 tp=1";
+  a.n_params = 124439808;
+  a.flops_per_token = 7.5e8;
+  a.peak_flops = 1.9e11;
+  return a;
+}
+
+triad::TrainRow train_row(int64_t step) {
+  triad::TrainRow r;
+  r.step = step;
+  r.loss = 10.0 - 0.01 * static_cast<double>(step);
+  r.lr = 6e-4 * static_cast<double>(step + 1);
+  r.grad_norm = 1.5 + static_cast<double>(step);
+  r.tokens_per_sec = 1000.0 + static_cast<double>(step);
+  r.mfu = 0.001 * static_cast<double>(step);
+  r.step_ms = 250.0 + static_cast<double>(step);
+  r.tokens = (step + 1) * 4096;
+  return r;
+}
+
+triad::ValRow val_row(int64_t step) {
+  return {step, 9.0 - 0.1 * static_cast<double>(step), 0.01 * static_cast<double>(step)};
+}
+
+// Reads a whole 1-D dataset with the serial C API.
+template <typename T>
+std::vector<T> read_column(const std::string& file, const std::string& dset) {
+  hid_t f = H5Fopen(file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  EXPECT_GE(f, 0) << file;
+  if (f < 0) return {};
+  hid_t d = H5Dopen2(f, dset.c_str(), H5P_DEFAULT);
+  EXPECT_GE(d, 0) << dset;
+  hid_t s = H5Dget_space(d);
+  hsize_t n = 0;
+  EXPECT_EQ(H5Sget_simple_extent_ndims(s), 1);
+  H5Sget_simple_extent_dims(s, &n, nullptr);
+  std::vector<T> v(n);
+  const hid_t mem = std::is_same_v<T, int64_t> ? H5T_NATIVE_INT64 : H5T_NATIVE_DOUBLE;
+  if (n > 0) EXPECT_GE(H5Dread(d, mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data()), 0);
+  H5Sclose(s);
+  H5Dclose(d);
+  H5Fclose(f);
+  return v;
+}
+
+const std::vector<std::string> kTrainCols = {"step",           "loss", "lr",      "grad_norm",
+                                             "tokens_per_sec", "mfu",  "step_ms", "tokens"};
+const std::vector<std::string> kValCols = {"step", "loss", "accuracy"};
+
+size_t column_length(const std::string& file, const std::string& dset) {
+  return read_column<double>(file, dset).size();
+}
+
+void expect_train_rows(const std::string& file, const std::vector<int64_t>& steps) {
+  EXPECT_EQ(read_column<int64_t>(file, "/train/step"), steps);
+  for (const std::string& c : kTrainCols) {
+    EXPECT_EQ(column_length(file, "/train/" + c), steps.size()) << c;
+  }
+  const auto loss = read_column<double>(file, "/train/loss");
+  const auto lr = read_column<double>(file, "/train/lr");
+  const auto gn = read_column<double>(file, "/train/grad_norm");
+  const auto tps = read_column<double>(file, "/train/tokens_per_sec");
+  const auto mfu = read_column<double>(file, "/train/mfu");
+  const auto ms = read_column<double>(file, "/train/step_ms");
+  const auto tokens = read_column<int64_t>(file, "/train/tokens");
+  for (size_t i = 0; i < steps.size() && i < loss.size(); ++i) {
+    const triad::TrainRow r = train_row(steps[i]);
+    EXPECT_EQ(loss[i], r.loss);
+    EXPECT_EQ(lr[i], r.lr);
+    EXPECT_EQ(gn[i], r.grad_norm);
+    EXPECT_EQ(tps[i], r.tokens_per_sec);
+    EXPECT_EQ(mfu[i], r.mfu);
+    EXPECT_EQ(ms[i], r.step_ms);
+    EXPECT_EQ(tokens[i], r.tokens);
+  }
+}
+
+void expect_val_rows(const std::string& file, const std::vector<int64_t>& steps) {
+  EXPECT_EQ(read_column<int64_t>(file, "/val/step"), steps);
+  const auto loss = read_column<double>(file, "/val/loss");
+  const auto acc = read_column<double>(file, "/val/accuracy");
+  ASSERT_EQ(loss.size(), steps.size());
+  ASSERT_EQ(acc.size(), steps.size());
+  for (size_t i = 0; i < steps.size(); ++i) {
+    EXPECT_EQ(loss[i], val_row(steps[i]).loss);
+    EXPECT_EQ(acc[i], val_row(steps[i]).accuracy);
+  }
+}
+
+std::string read_string_attr(const std::string& file, const char* name) {
+  hid_t f = H5Fopen(file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  hid_t a = H5Aopen(f, name, H5P_DEFAULT);
+  hid_t t = H5Aget_type(a);
+  std::string s(H5Tget_size(t), '\0');
+  H5Aread(a, t, s.data());
+  H5Tclose(t);
+  H5Aclose(a);
+  H5Fclose(f);
+  return s.c_str();
+}
+
+template <typename T>
+T read_num_attr(const std::string& file, const char* name) {
+  hid_t f = H5Fopen(file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  hid_t a = H5Aopen(f, name, H5P_DEFAULT);
+  T v{};
+  H5Aread(a, std::is_same_v<T, int64_t> ? H5T_NATIVE_INT64 : H5T_NATIVE_DOUBLE, &v);
+  H5Aclose(a);
+  H5Fclose(f);
+  return v;
+}
+
+std::vector<int64_t> range(int64_t a, int64_t b) {
+  std::vector<int64_t> v;
+  for (int64_t i = a; i < b; ++i) v.push_back(i);
+  return v;
+}
+
+TEST_F(MetricsTest, AppendFlushAndReadBack) {
+  {
+    triad::MetricsWriter w(path_, attrs(), -1);
+    for (int64_t s = 0; s < 5; ++s) w.append(train_row(s));
+    w.append(val_row(0));
+    w.append(val_row(4));
+    w.flush();
+    // Visible to another reader while the writer still holds the file open.
+    expect_train_rows(path_, range(0, 5));
+    expect_val_rows(path_, {0, 4});
+    // ... including another process (h5dump) when it is installed.
+    if (std::system("command -v h5dump > /dev/null 2>&1") == 0) {
+      const std::string out = (dir_ / "dump.txt").string();
+      const std::string cmd = "h5dump -d /train/tokens " + path_ + " > " + out + " 2>&1";
+      EXPECT_EQ(std::system(cmd.c_str()), 0);
+      std::ifstream in(out);
+      const std::string text((std::istreambuf_iterator<char>(in)), {});
+      EXPECT_CONTAINS(text, "4096, 8192, 12288, 16384, 20480");
+    }
+    w.append(train_row(5));
+  }  // the destructor flushes
+  expect_train_rows(path_, range(0, 6));
+
+  EXPECT_EQ(read_string_attr(path_, "config"), attrs().config);
+  EXPECT_EQ(read_string_attr(path_, "grid"), "dp=1 pp=1 tp=1");
+  EXPECT_EQ(read_num_attr<int64_t>(path_, "n_params"), 124439808);
+  EXPECT_EQ(read_num_attr<double>(path_, "flops_per_token"), 7.5e8);
+  EXPECT_EQ(read_num_attr<double>(path_, "peak_flops"), 1.9e11);
+
+  // Chunked, unlimited, typed as documented.
+  hid_t f = H5Fopen(path_.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  for (const char* name : {"/train/step", "/train/loss", "/val/accuracy"}) {
+    hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
+    hid_t dcpl = H5Dget_create_plist(d);
+    EXPECT_EQ(H5Pget_layout(dcpl), H5D_CHUNKED) << name;
+    hid_t s = H5Dget_space(d);
+    hsize_t dims = 0, maxdims = 0;
+    H5Sget_simple_extent_dims(s, &dims, &maxdims);
+    EXPECT_EQ(maxdims, H5S_UNLIMITED) << name;
+    hid_t t = H5Dget_type(d);
+    const bool is_step = std::string(name).ends_with("step");
+    EXPECT_TRUE(H5Tequal(t, is_step ? H5T_STD_I64LE : H5T_IEEE_F64LE) > 0) << name;
+    H5Tclose(t);
+    H5Sclose(s);
+    H5Pclose(dcpl);
+    H5Dclose(d);
+  }
+  H5Fclose(f);
+}
+
+TEST_F(MetricsTest, ResumeTruncatesRowsAtOrAfterResumeStep) {
+  {
+    triad::MetricsWriter w(path_, attrs("first"), -1);
+    for (int64_t s = 0; s < 10; ++s) w.append(train_row(s));
+    for (int64_t s : {0, 5, 10}) w.append(val_row(s));
+  }
+  {
+    // Resume from a checkpoint with 5 updates applied: train rows 0..4 and the val row at 0
+    // survive; the run re-evaluates at 5 and continues from step 5.
+    triad::MetricsWriter w(path_, attrs("second"), 5);
+    expect_train_rows(path_, range(0, 5));
+    expect_val_rows(path_, {0});
+    w.append(val_row(5));
+    for (int64_t s = 5; s < 7; ++s) w.append(train_row(s));
+    w.flush();
+  }
+  expect_train_rows(path_, range(0, 7));
+  expect_val_rows(path_, {0, 5});
+  EXPECT_EQ(read_string_attr(path_, "config"), attrs("second").config);
+
+  // Resume at 0 keeps nothing; resume past the end keeps everything.
+  { triad::MetricsWriter w(path_, attrs(), 100); }
+  expect_train_rows(path_, range(0, 7));
+  { triad::MetricsWriter w(path_, attrs(), 0); }
+  expect_train_rows(path_, {});
+  expect_val_rows(path_, {});
+}
+
+TEST_F(MetricsTest, FreshRunReplacesTheFile) {
+  {
+    triad::MetricsWriter w(path_, attrs("old"), -1);
+    for (int64_t s = 0; s < 10; ++s) w.append(train_row(s));
+  }
+  {
+    triad::MetricsWriter w(path_, attrs("new"), -1);
+    w.append(train_row(0));
+  }
+  expect_train_rows(path_, {0});
+  expect_val_rows(path_, {});
+  EXPECT_EQ(read_string_attr(path_, "config"), attrs("new").config);
+}
+
+TEST_F(MetricsTest, ResumeWithoutFileCreatesIt) {
+  {
+    triad::MetricsWriter w(path_, attrs(), 50);
+    w.append(train_row(50));
+  }
+  expect_train_rows(path_, {50});
+}
+
+TEST_F(MetricsTest, ManyRowsWithoutExplicitFlush) {
+  {
+    triad::MetricsWriter w(path_, attrs(), -1);
+    for (int64_t s = 0; s < 5000; ++s) w.append(train_row(s));
+  }
+  expect_train_rows(path_, range(0, 5000));
+}
+
+TEST_F(MetricsTest, DamagedFileOnResumeIsSetAside) {
+  {
+    std::ofstream out(path_, std::ios::binary);
+    out << "this is not an HDF5 file";
+  }
+  {
+    triad::MetricsWriter w(path_, attrs(), 5);
+    w.append(train_row(5));
+  }
+  expect_train_rows(path_, {5});
+  EXPECT_TRUE(fs::exists(path_ + ".damaged"));
+}
+
+TEST_F(MetricsTest, UnwritableLocationIsAnError) {
+  const std::string p = (dir_ / "no" / "such" / "metrics.h5").string();
+  try {
+    triad::MetricsWriter w(p, attrs(), -1);
+    ADD_FAILURE() << "expected a triad::Error";
+  } catch (const triad::Error& e) {
+    EXPECT_CONTAINS(e.what(), "metrics file " + p);
+  }
+}
+
+}  // namespace
