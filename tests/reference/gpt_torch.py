@@ -193,10 +193,10 @@ class Gpt(torch.nn.Module):
             if dtype is not None:
                 t = t.to(dtype)
             assert tuple(t.shape) == param_shapes(cfg)[name], (name, t.shape)
-            self.p[name.replace("/", ".")] = torch.nn.Parameter(t)
+            self.p[name.replace("/", "__")] = torch.nn.Parameter(t)
 
     def tensors(self) -> Dict[str, torch.Tensor]:
-        return {n: self.p[n.replace("/", ".")] for n in self.names}
+        return {n: self.p[n.replace("/", "__")] for n in self.names}
 
     def forward(self, idx, targets=None):
         logits = forward(self.tensors(), self.cfg, idx)

@@ -1,0 +1,422 @@
+// GPT-2 BPE tokenizer, pre-tokenizer and shard writer. Ids checked here were produced by
+// tiktoken (encode_ordinary) on the same ranks file; tests/python/test_tokenizer_tiktoken.py
+// compares against tiktoken on many more strings and on the corpus.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "triad/core/error.h"
+#include "triad/data/pretokenize.h"
+#include "triad/data/shard_writer.h"
+#include "triad/data/token_shard.h"
+#include "triad/data/tokenizer.h"
+
+namespace fs = std::filesystem;
+using ::testing::ElementsAre;
+using ::testing::ElementsAreArray;
+using ::testing::HasSubstr;
+
+namespace {
+
+const std::string kVocab = TRIAD_SOURCE_DIR "/data/vocab/gpt2.tiktoken";
+
+// The GPT-2 tokenizer, loaded once; fails the test if the ranks file is absent.
+const triad::Tokenizer* gpt2() {
+  static const triad::Tokenizer* tok = [] {
+    if (!fs::exists(kVocab)) return static_cast<triad::Tokenizer*>(nullptr);
+    return new triad::Tokenizer(triad::Tokenizer::from_file(kVocab));
+  }();
+  return tok;
+}
+
+#define REQUIRE_GPT2()                                                                      \
+  ASSERT_NE(gpt2(), nullptr) << "missing " << kVocab                                        \
+                             << ": the setup script puts GPT-2's ranks there (see "         \
+                                "ENVIRONMENT.md 'Real data, offline'); run it before tests"
+
+// A fresh directory under the build tree, removed when the test ends.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& name) {
+    path_ = fs::path(TRIAD_BINARY_DIR) / "test_tmp" /
+            (name + "_" + std::to_string(std::random_device{}()));
+    fs::remove_all(path_);
+    fs::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  std::string file(const std::string& name, const std::string& contents) const {
+    const std::string p = (path_ / name).string();
+    std::ofstream(p, std::ios::binary) << contents;
+    return p;
+  }
+  std::string path(const std::string& name = "") const { return (path_ / name).string(); }
+
+ private:
+  fs::path path_;
+};
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::vector<std::string> pieces(std::string_view text) {
+  std::vector<std::string> out;
+  for (auto p : triad::pretok::split(text)) out.emplace_back(p);
+  return out;
+}
+
+std::string base64(std::string_view bytes) {
+  static const char* a = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  size_t i = 0;
+  for (; i + 3 <= bytes.size(); i += 3) {
+    const uint32_t v = uint32_t(uint8_t(bytes[i])) << 16 | uint32_t(uint8_t(bytes[i + 1])) << 8 |
+                       uint8_t(bytes[i + 2]);
+    for (int k = 18; k >= 0; k -= 6) out += a[(v >> k) & 63];
+  }
+  if (bytes.size() - i == 1) {
+    const uint32_t v = uint32_t(uint8_t(bytes[i])) << 16;
+    out += a[v >> 18];
+    out += a[(v >> 12) & 63];
+    out += "==";
+  } else if (bytes.size() - i == 2) {
+    const uint32_t v = uint32_t(uint8_t(bytes[i])) << 16 | uint32_t(uint8_t(bytes[i + 1])) << 8;
+    out += a[v >> 18];
+    out += a[(v >> 12) & 63];
+    out += a[(v >> 6) & 63];
+    out += '=';
+  }
+  return out;
+}
+
+// A small valid ranks file: the 256 bytes (rank = byte value), then merges.
+std::string small_ranks(const std::vector<std::string>& merges = {"ab", "abab", "cd"}) {
+  std::string s;
+  int r = 0;
+  for (int b = 0; b < 256; ++b) s += base64(std::string(1, char(b))) + " " + std::to_string(r++) + "\n";
+  for (const auto& m : merges) s += base64(m) + " " + std::to_string(r++) + "\n";
+  return s;
+}
+
+// Text with a bit of everything: prose, code-like whitespace, Unicode, invalid bytes.
+std::string mixed_text(std::mt19937& rng, size_t n) {
+  static const std::vector<std::string> parts = {
+      "The ",   "quick ",   "brown ", "fox's ",  "jumps",     " over",  "  ",      "\n",
+      "\n\n",   "\t",       "    ",   "don't",   "I'll",      "12345",  " 3.14",   "!!",
+      "?! ",    "(x)",      "naïve",  " café",   "日本語",    " 中文",  "\xc2\xa0", "\xe3\x80\x80",
+      "😀",     "👍🏽",      " \n ",   "\r\n",    "'S",        "\xff",   "\xc3",    "\xed\xa0\x80",
+      "a",      " b",       "--",     "\"q\"",   "Ⅻ",         "٣٤",     "x\xe2\x80\xa8y"};
+  std::string s;
+  while (s.size() < n) s += parts[rng() % parts.size()];
+  return s;
+}
+
+}  // namespace
+
+TEST(Tokenizer, LoadsGpt2Ranks) {
+  REQUIRE_GPT2();
+  const auto& t = *gpt2();
+  EXPECT_EQ(t.vocab_size(), 50257);
+  EXPECT_EQ(t.eot(), 50256);
+  EXPECT_EQ(t.token_bytes(15496), "Hello");
+  EXPECT_EQ(t.token_bytes(995), " world");
+  EXPECT_EQ(t.token_bytes(0), "!");
+  EXPECT_EQ(t.token_bytes(50256), "<|endoftext|>");
+  EXPECT_THROW(t.token_bytes(50257), triad::Error);
+  EXPECT_THROW(t.token_bytes(-1), triad::Error);
+}
+
+TEST(Tokenizer, KnownIdsFromTiktoken) {
+  REQUIRE_GPT2();
+  const auto& t = *gpt2();
+  EXPECT_THAT(t.encode("Hello world"), ElementsAre(15496, 995));
+  EXPECT_THAT(t.encode(" hello"), ElementsAre(23748));
+  EXPECT_THAT(t.encode("hello"), ElementsAre(31373));
+  EXPECT_THAT(t.encode("I'm"), ElementsAre(40, 1101));
+  EXPECT_THAT(t.encode("they'll've"), ElementsAre(9930, 1183, 1053));
+  EXPECT_THAT(t.encode("DON'T"), ElementsAre(41173, 6, 51));
+  EXPECT_THAT(t.encode("  leading"), ElementsAre(220, 3756));
+  EXPECT_THAT(t.encode("trailing  "), ElementsAre(9535, 4386, 220, 220));
+  EXPECT_THAT(t.encode("x\n\n\ny"), ElementsAre(87, 628, 198, 88));
+  EXPECT_THAT(t.encode("12345678"), ElementsAre(10163, 2231, 30924));
+  EXPECT_THAT(t.encode("naïve café"), ElementsAre(2616, 38776, 40304));
+  EXPECT_THAT(t.encode("日本語"), ElementsAre(33768, 98, 17312, 105, 45739, 252));
+  EXPECT_THAT(t.encode("<|endoftext|>"), ElementsAre(27, 91, 437, 1659, 5239, 91, 29));
+  EXPECT_THAT(t.encode("emoji 👍🏽!"), ElementsAre(368, 31370, 50169, 235, 8582, 237, 121, 0));
+  EXPECT_THAT(t.encode("\u00a0x\u3000y"), ElementsAre(1849, 87, 5099, 222, 88));
+  EXPECT_THAT(t.encode("a\tb"), ElementsAre(64, 197, 65));
+  EXPECT_THAT(t.encode("     "), ElementsAre(220, 220, 220, 220, 220));
+  EXPECT_TRUE(t.encode("").empty());
+}
+
+TEST(Pretokenize, SplitsLikeGpt2Regex) {
+  // Expected pieces from Python: regex.findall(GPT-2 pattern, s).
+  EXPECT_THAT(pieces("Hello world"), ElementsAre("Hello", " world"));
+  EXPECT_THAT(pieces("they'll've"), ElementsAre("they", "'ll", "'ve"));
+  EXPECT_THAT(pieces("DON'T 's"), ElementsAre("DON", "'", "T", " '", "s"));
+  EXPECT_THAT(pieces("x\n\n\ny"), ElementsAre("x", "\n\n", "\n", "y"));
+  EXPECT_THAT(pieces("a   b"), ElementsAre("a", "  ", " b"));
+  EXPECT_THAT(pieces("a \t b"), ElementsAre("a", " \t", " b"));
+  EXPECT_THAT(pieces("a\t\tb"), ElementsAre("a", "\t", "\t", "b"));
+  EXPECT_THAT(pieces("end  "), ElementsAre("end", "  "));
+  EXPECT_THAT(pieces(" 123abc!!?"), ElementsAre(" 123", "abc", "!!?"));
+  EXPECT_THAT(pieces("''s"), ElementsAre("''", "s"));
+  EXPECT_THAT(pieces("naïve café"), ElementsAre("naïve", " café"));
+  EXPECT_THAT(pieces("\u00a0x\u3000y"), ElementsAre("\u00a0", "x", "\u3000", "y"));
+  EXPECT_THAT(pieces("emoji 👍🏽!"), ElementsAre("emoji", " 👍🏽!"));
+  // U+001C..U+001F are not White_Space (Python's str.isspace says they are).
+  EXPECT_THAT(pieces("a\x1c b"), ElementsAre("a", "\x1c", " b"));
+  // Invalid bytes are 'other' characters of their own.
+  EXPECT_THAT(pieces("a\xff!b \xc3"), ElementsAre("a", "\xff!", "b", " \xc3"));
+  EXPECT_TRUE(pieces("").empty());
+}
+
+TEST(Pretokenize, Utf8DecoderRejectsIllFormed) {
+  auto len = [](std::string_view s) {
+    uint32_t cp;
+    const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+    const int n = triad::pretok::decode_utf8(p, p + s.size(), cp);
+    return std::make_pair(n, cp);
+  };
+  EXPECT_EQ(len("\xc3\xa9"), std::make_pair(2, 0xE9u));
+  EXPECT_EQ(len("\xe2\x82\xac"), std::make_pair(3, 0x20ACu));
+  EXPECT_EQ(len("\xf0\x9f\x98\x80"), std::make_pair(4, 0x1F600u));
+  const uint32_t bad = triad::pretok::kInvalidCodePoint;
+  for (std::string_view s : {"\x80", "\xc0\xaf", "\xc1\xbf", "\xe0\x80\xaf", "\xed\xa0\x80",
+                             "\xf0\x80\x80\xaf", "\xf4\x90\x80\x80", "\xf5\x80\x80\x80", "\xff",
+                             "\xc3", "\xe2\x82", "\xf0\x9f\x98"})
+    EXPECT_EQ(len(s), std::make_pair(1, bad)) << testing::PrintToString(s);
+  EXPECT_EQ(triad::pretok::char_class('a'), triad::pretok::kLetter);
+  EXPECT_EQ(triad::pretok::char_class(0x4E2D), triad::pretok::kLetter);   // 中
+  EXPECT_EQ(triad::pretok::char_class(0x1C89), triad::pretok::kLetter);   // Unicode 16
+  EXPECT_EQ(triad::pretok::char_class(0x0663), triad::pretok::kNumber);   // ٣
+  EXPECT_EQ(triad::pretok::char_class(0x216B), triad::pretok::kNumber);   // Ⅻ
+  EXPECT_EQ(triad::pretok::char_class(0x3000), triad::pretok::kSpace);
+  EXPECT_EQ(triad::pretok::char_class(0x0301), triad::pretok::kOther);    // combining acute
+  EXPECT_EQ(triad::pretok::char_class(0x1F600), triad::pretok::kOther);   // 😀
+  EXPECT_EQ(triad::pretok::char_class(0x10FFFF), triad::pretok::kOther);
+}
+
+TEST(Tokenizer, RoundTripsAnyBytes) {
+  REQUIRE_GPT2();
+  const auto& t = *gpt2();
+  std::mt19937 rng(1234);
+  for (int i = 0; i < 3000; ++i) {
+    std::string s(rng() % 200, '\0');
+    if (i % 3 == 0) {
+      for (auto& c : s) c = char(rng());  // uniform bytes: mostly invalid UTF-8
+    } else if (i % 3 == 1) {
+      for (auto& c : s) c = " \t\n\r'sS0aé\x80\xff\xc3"[rng() % 15];  // short runs of everything
+    } else {
+      s = mixed_text(rng, s.size());
+    }
+    const std::vector<int32_t> ids = t.encode(s);
+    for (const int32_t id : ids) ASSERT_TRUE(id >= 0 && id < t.eot()) << id;
+    ASSERT_EQ(t.decode(ids), s) << "case " << i;
+  }
+  // Long pieces take the heap-based merge path.
+  for (const std::string unit : {"1", " ", "!", "a", "\xff", "é", "ab", "\n "}) {
+    std::string s;
+    for (int k = 0; k < 3000; ++k) s += unit;
+    const auto ids = t.encode(s);
+    EXPECT_EQ(t.decode(ids), s);
+  }
+}
+
+TEST(Tokenizer, DecodeRejectsBadIds) {
+  REQUIRE_GPT2();
+  const auto& t = *gpt2();
+  EXPECT_EQ(t.decode(std::vector<int32_t>{15496, 995, 50256}), "Hello world<|endoftext|>");
+  try {
+    t.decode(std::vector<int32_t>{15496, 50257});
+    FAIL() << "no error";
+  } catch (const triad::Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("50257"));
+    EXPECT_THAT(e.what(), HasSubstr("position 1"));
+  }
+  EXPECT_THROW(t.decode(std::vector<int32_t>{-1}), triad::Error);
+}
+
+TEST(Tokenizer, SmallVocabularyMerges) {
+  TempDir dir("tok_small");
+  const auto t = triad::Tokenizer::from_file(dir.file("small.tiktoken", small_ranks()));
+  EXPECT_EQ(t.vocab_size(), 260);
+  EXPECT_EQ(t.eot(), 259);
+  EXPECT_THAT(t.encode("abab"), ElementsAre(257));        // whole piece is a token
+  EXPECT_THAT(t.encode("ababab"), ElementsAre(257, 256));  // leftmost merges first
+  EXPECT_THAT(t.encode("abcd"), ElementsAre(256, 258));
+  EXPECT_THAT(t.encode("xab"), ElementsAre('x', 256));
+  EXPECT_EQ(t.decode(t.encode("ab abab\xff")), "ab abab\xff");
+}
+
+TEST(Tokenizer, MalformedRanksFilesAreClearErrors) {
+  TempDir dir("tok_bad");
+  auto expect_error = [&](const std::string& name, const std::string& contents,
+                          const std::vector<std::string>& parts) {
+    const std::string path = contents == "<missing>" ? dir.path(name) : dir.file(name, contents);
+    try {
+      triad::Tokenizer::from_file(path);
+      ADD_FAILURE() << name << ": no error";
+    } catch (const triad::Error& e) {
+      EXPECT_THAT(e.what(), HasSubstr(path)) << name;
+      for (const auto& p : parts) EXPECT_THAT(e.what(), HasSubstr(p)) << name;
+    }
+  };
+  const std::string good = small_ranks();
+  expect_error("missing", "<missing>", {"cannot open"});
+  expect_error("empty", "", {"empty"});
+  expect_error("blank", "\n\n\n", {"empty"});
+  expect_error("no_rank", good + "YWI=\n", {"line 260", "expected"});
+  expect_error("rank_missing", good + "YWI= \n", {"line 260", "no rank"});
+  expect_error("bad_b64", good + "Y!I= 259\n", {"line 260", "base64"});
+  expect_error("bad_b64_len", good + "YWI 259\n", {"line 260", "base64"});
+  expect_error("bad_pad", good + "Y=I= 259\n", {"line 260", "base64"});
+  expect_error("not_int", good + "eHk= 25x\n", {"line 260", "not a non-negative integer"});
+  expect_error("negative", good + "eHk= -3\n", {"line 260", "not a non-negative integer"});
+  expect_error("huge", good + "eHk= 99999999999\n", {"line 260", "too large"});
+  expect_error("dup_rank", good + "eHk= 12\n", {"line 260", "rank 12", "line 13"});
+  expect_error("gap", good + "eHk= 300\n", {"line 260", "out of range"});
+  expect_error("dup_bytes", good + base64("ab") + " 259\n", {"line 260", "same token bytes",
+                                                              "line 257"});
+  std::string no_byte;  // byte 0x41 missing: ranks 0..254 for the other bytes
+  for (int b = 0, r = 0; b < 256; ++b)
+    if (b != 0x41) no_byte += base64(std::string(1, char(b))) + " " + std::to_string(r++) + "\n";
+  expect_error("no_byte", no_byte, {"byte 0x41"});
+  // CRLF line ends and blank lines are accepted, as tiktoken's loader does.
+  std::string crlf;
+  for (char c : good) crlf += c == '\n' ? std::string("\r\n") : std::string(1, c);
+  EXPECT_EQ(triad::Tokenizer::from_file(dir.file("crlf", crlf + "\r\n")).vocab_size(), 260);
+}
+
+TEST(ShardWriter, ParallelEncodeEqualsEncode) {
+  REQUIRE_GPT2();
+  const auto& t = *gpt2();
+  std::mt19937 rng(7);
+  for (int i = 0; i < 30; ++i) {
+    const std::string s = mixed_text(rng, 2000 + rng() % 20000);
+    const auto whole = t.encode(s);
+    for (const size_t chunk : {size_t(1), size_t(17), size_t(500)})
+      for (const int threads : {1, 2, 3})
+        ASSERT_EQ(triad::encode_parallel(t, s, threads, chunk), whole)
+            << "case " << i << " chunk " << chunk << " threads " << threads;
+  }
+}
+
+TEST(ShardWriter, DeterministicAcrossThreadCounts) {
+  REQUIRE_GPT2();
+  const auto& t = *gpt2();
+  TempDir dir("shards");
+  std::mt19937 rng(11);
+  std::vector<std::string> files;
+  files.push_back(dir.file("a.txt", mixed_text(rng, 50000)));
+  files.push_back(dir.file("empty.txt", ""));
+  files.push_back(dir.file("b.txt", "Hello world"));
+  files.push_back(dir.file("c.txt", mixed_text(rng, 120000)));
+
+  // The expected stream: eot before each document, each document encoded whole.
+  std::vector<uint16_t> expect;
+  for (const auto& f : files) {
+    expect.push_back(uint16_t(t.eot()));
+    for (const int32_t id : t.encode(read_bytes(f))) expect.push_back(uint16_t(id));
+  }
+  const int64_t n = int64_t(expect.size());
+  const int64_t n_val = std::llround(0.1 * double(n));
+
+  std::vector<std::vector<std::string>> contents;
+  for (const auto& [threads, chunk] : std::vector<std::pair<int, size_t>>{
+           {1, size_t(1) << 20}, {2, 1000}, {3, 64}, {2, size_t(1) << 20}}) {
+    triad::ShardWriterOptions o;
+    o.out_dir = dir.path("out_" + std::to_string(threads) + "_" + std::to_string(chunk));
+    o.prefix = "test";
+    o.val_fraction = 0.1;
+    o.shard_tokens = 10000;
+    o.threads = threads;
+    o.chunk_bytes = chunk;
+    const triad::ShardSummary s = triad::write_shards(t, files, o);
+    EXPECT_EQ(s.documents, 4);
+    EXPECT_EQ(s.tokens, n);
+    EXPECT_EQ(s.val_tokens, n_val);
+    EXPECT_EQ(s.train_tokens, n - n_val);
+    ASSERT_EQ(int64_t(s.train_files.size()), (n - n_val + 9999) / 10000);
+    ASSERT_EQ(int64_t(s.val_files.size()), (n_val + 9999) / 10000);
+    EXPECT_EQ(s.train_files[0], o.out_dir + "/test_train_000000.bin");
+    EXPECT_EQ(s.val_files[0], o.out_dir + "/test_val_000000.bin");
+    // Read back: train then val is the whole stream, every shard full but the last.
+    std::vector<uint16_t> got;
+    std::vector<std::string> bytes;
+    for (const auto* split : {&s.train_files, &s.val_files}) {
+      for (size_t i = 0; i < split->size(); ++i) {
+        const auto tokens = triad::read_token_shard((*split)[i]);
+        if (i + 1 < split->size()) EXPECT_EQ(tokens.size(), 10000u);
+        got.insert(got.end(), tokens.begin(), tokens.end());
+        bytes.push_back(read_bytes((*split)[i]));
+      }
+    }
+    ASSERT_EQ(got, expect) << threads << " threads, chunk " << chunk;
+    contents.push_back(bytes);
+  }
+  for (size_t i = 1; i < contents.size(); ++i) EXPECT_EQ(contents[i], contents[0]);
+}
+
+TEST(ShardWriter, RemovesStaleShardsAndChecksOptions) {
+  REQUIRE_GPT2();
+  const auto& t = *gpt2();
+  TempDir dir("shards_opts");
+  const std::string doc = dir.file("doc.txt", std::string(3000, 'x') + " the end");
+  triad::ShardWriterOptions o;
+  o.out_dir = dir.path("out");
+  o.prefix = "p";
+  fs::create_directories(o.out_dir);
+  dir.file("out/p_train_000042.bin", "old");
+  dir.file("out/p_val_000007.bin", "old");
+  dir.file("out/other_train_000042.bin", "keep");
+  dir.file("out/p_train_notes.txt", "keep");
+  o.val_fraction = 0.25;
+  const auto s = triad::write_shards(t, {doc}, o);
+  EXPECT_EQ(s.removed_files.size(), 2u);
+  EXPECT_FALSE(fs::exists(dir.path("out/p_train_000042.bin")));
+  EXPECT_FALSE(fs::exists(dir.path("out/p_val_000007.bin")));
+  EXPECT_TRUE(fs::exists(dir.path("out/other_train_000042.bin")));
+  EXPECT_TRUE(fs::exists(dir.path("out/p_train_notes.txt")));
+
+  o.val_fraction = 0;  // no validation shard
+  const auto s0 = triad::write_shards(t, {doc}, o);
+  EXPECT_TRUE(s0.val_files.empty());
+  EXPECT_FALSE(fs::exists(dir.path("out/p_val_000000.bin")));
+
+  auto expect_error = [&](triad::ShardWriterOptions bad, std::vector<std::string> files,
+                          const std::string& part) {
+    try {
+      triad::write_shards(t, files, bad);
+      ADD_FAILURE() << "no error for " << part;
+    } catch (const triad::Error& e) {
+      EXPECT_THAT(e.what(), HasSubstr(part));
+    }
+  };
+  auto with = [&](auto change) {
+    triad::ShardWriterOptions x = o;
+    change(x);
+    return x;
+  };
+  expect_error(o, {}, "no input files");
+  expect_error(o, {dir.path("nope.txt")}, "nope.txt");
+  expect_error(o, {dir.path()}, "not a regular file");
+  expect_error(with([](auto& x) { x.val_fraction = 1.0; }), {doc}, "--val-fraction");
+  expect_error(with([](auto& x) { x.val_fraction = -0.1; }), {doc}, "--val-fraction");
+  expect_error(with([](auto& x) { x.val_fraction = 1e-9; }), {doc}, "no validation tokens");
+  expect_error(with([](auto& x) { x.shard_tokens = 0; }), {doc}, "--shard-tokens");
+  expect_error(with([](auto& x) { x.prefix = "a/b"; }), {doc}, "--prefix");
+  expect_error(with([](auto& x) { x.out_dir = doc; }), {doc}, "output directory");
+}
