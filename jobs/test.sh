@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 jobs/setup.sh
 jobs/build.sh
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export OMPI_MCA_ess_singleton_isolated=1
+export OMPI_MCA_ess_singleton_isolated=1 OMPI_MCA_pml=ob1 OMPI_MCA_btl=self,vader
 export TRIAD_BUILD_DIR="$PWD/build"
 echo "== ctest"
 ctest --test-dir build --output-on-failure -j"$(nproc 2>/dev/null || echo 2)"

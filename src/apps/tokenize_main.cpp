@@ -71,8 +71,8 @@ bool parse(const char* command, const std::vector<std::string>& args, po::option
     po::store(parser.run(), vm);
     if (vm.count("help")) {
       std::ostringstream os;
-      os << "usage: triad-tokenize " << command << " [OPTIONS]"
-         << (positional ? " FILE..." : "") << "\n"
+      os << "usage: triad-tokenize " << command << " [OPTIONS]" << (positional ? " FILE..." : "")
+         << "\n"
          << desc;
       write_stdout(os.str());
       return false;
@@ -116,8 +116,9 @@ int cmd_decode(const std::vector<std::string>& args) {
   const auto tok = triad::Tokenizer::from_file(vocab);
   const std::string text = read_stdin();
   std::vector<int32_t> ids;
-  auto is_space = [](char c) { return c == ' ' || c == '\n' || c == '\t' || c == '\r' ||
-                                      c == '\v' || c == '\f'; };
+  auto is_space = [](char c) {
+    return c == ' ' || c == '\n' || c == '\t' || c == '\r' || c == '\v' || c == '\f';
+  };
   for (size_t p = 0; p < text.size();) {
     if (is_space(text[p])) {
       ++p;
@@ -192,7 +193,7 @@ int main(int argc, char** argv) {
   return triad::run_main(argc, argv, kProg, [&](MPI_Comm world) {
     int size = 1;
     MPI_Comm_size(world, &size);
-    TRIAD_CHECK(size == 1, "triad-tokenize runs as one process, but was started with ", size,
+    TRIAD_CHECK(size == 1, "this program runs as one process, but was started with ", size,
                 " MPI ranks; run it without mpirun (it uses threads: --threads)");
     TRIAD_CHECK(argc >= 2,
                 "no command given: encode, decode or shards (see 'triad-tokenize --help')");

@@ -7,8 +7,14 @@
 // needs (read) — owned_block / needed_block are the only places that decide this, so sharded
 // owners (ZeRO, tensor-parallel slices) change only those selections. After each phase the
 // ranks agree on failure (collective.h), so an error on one rank makes all throw.
+#include "triad/io/checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <bit>
-#include <cstdio>
+#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <set>
@@ -16,15 +22,14 @@
 #include "collective.h"
 #include "crc32.h"
 #include "hdf5_handle.h"
-#include "triad/io/checkpoint.h"
 
 namespace triad {
 namespace {
 
 namespace fs = std::filesystem;
 using io::collective_phase;
-using io::H5Id;
 using io::h5check;
+using io::H5Id;
 
 static_assert(std::endian::native == std::endian::little,
               "checksums are defined over little-endian fp32 bytes");
@@ -151,13 +156,47 @@ H5Id collective_dxpl() {
   return dxpl;
 }
 
-// Opens (or, for_create, creates with intermediate groups) group `path` below the root.
+// Opens group `path` below the root, creating it (and missing parents) if needed.
 H5Id open_or_create_group(hid_t file, const std::string& path, hid_t lcpl) {
   const std::string what = "cannot create group /" + path;
   if (io::path_exists(file, path)) {
     return io::own_group(H5Gopen2(file, path.c_str(), H5P_DEFAULT), what);
   }
   return io::own_group(H5Gcreate2(file, path.c_str(), lcpl, H5P_DEFAULT, H5P_DEFAULT), what);
+}
+
+// Reserves `bytes` for `file` with fallocate(2), then removes it again. A full disk (or a
+// quota, or a file-size limit) fails here, before HDF5 writes anything: HDF5 1.10 cannot close
+// a file whose metadata it fails to write (H5Fclose fails and leaves a dangling identifier
+// that crashes the library at exit), so a checkpoint that does not fit must be refused up
+// front. File systems without fallocate skip the check.
+void reserve_space(const std::string& file, uint64_t bytes) {
+#ifdef __linux__
+  const int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  TRIAD_CHECK(fd >= 0, "cannot create ", file, ": ", std::strerror(errno));
+  int err = 0;
+  if (bytes > 0 && ::fallocate(fd, 0, 0, static_cast<off_t>(bytes)) != 0) err = errno;
+  ::close(fd);
+  ::unlink(file.c_str());
+  const bool unsupported = err == EOPNOTSUPP || err == ENOSYS || err == EINVAL;
+  TRIAD_CHECK(err == 0 || unsupported, "not enough space for the checkpoint (", bytes,
+              " bytes) at ", file, ": ", std::strerror(err));
+#else
+  (void)file;
+  (void)bytes;
+#endif
+}
+
+// An upper bound of the file size: the data plus generous room for the metadata.
+uint64_t estimated_file_bytes(const CheckpointState& state,
+                              const std::vector<TensorGroup>& groups) {
+  uint64_t bytes = (1u << 20) + 2 * (state.config.size() + state.grid.size());
+  for (const TensorGroup& g : groups) {
+    for (const TensorRef& t : g.tensors) {
+      bytes += element_count(to_dims(t.shape)) * sizeof(float) + 4096;
+    }
+  }
+  return bytes;
 }
 
 // ---- reading ----------------------------------------------------------------------------------
@@ -195,17 +234,16 @@ int64_t require_int64(hid_t loc, const std::string& where, const std::string& na
 CheckpointState read_state(hid_t file) {
   const std::optional<std::string> format = io::read_string_attr(file, "format");
   TRIAD_CHECK(format.has_value(), "not a triad checkpoint (no 'format' attribute)");
-  TRIAD_CHECK(*format == kFormat, "not a triad checkpoint (format is '", *format,
-              "', expected '", kFormat, "')");
+  TRIAD_CHECK(*format == kFormat, "not a triad checkpoint (format is '", *format, "', expected '",
+              kFormat, "')");
   const std::optional<int64_t> version = io::read_int64_attr(file, "format_version");
   TRIAD_CHECK(version.has_value(), "attribute format_version is missing");
   TRIAD_CHECK(*version == kFormatVersion, "unsupported format_version ", *version,
               " (this build reads version ", kFormatVersion, ")");
   const std::optional<int64_t> complete = io::read_int64_attr(file, "complete");
-  TRIAD_CHECK(complete.has_value() && *complete == 1,
-              "incomplete checkpoint (attribute complete is ",
-              complete ? std::to_string(*complete) : std::string("missing"),
-              "; the save did not finish)");
+  TRIAD_CHECK(
+      complete.has_value() && *complete == 1, "incomplete checkpoint (attribute complete is ",
+      complete ? std::to_string(*complete) : std::string("missing"), "; the save did not finish)");
 
   CheckpointState s;
   s.step = require_int64(file, "/", "step");
@@ -228,13 +266,16 @@ CheckpointState read_state(hid_t file) {
   return s;
 }
 
-// A dataset to load: its handle, file shape and stored checksum.
+// A dataset to load: its handle, file shape, stored checksum and where its data is read to
+// (the tensor itself, or `temp` when the file's first dim differs from the model's).
 struct LoadItem {
   const TensorRef* tensor = nullptr;
   std::string path;
   H5Id dset;
   std::vector<hsize_t> file_dims;
   std::optional<int64_t> checksum;
+  std::vector<float> temp;
+  float* buffer = nullptr;
 };
 
 LoadItem open_for_load(hid_t file, const TensorGroup& g, const TensorRef& t) {
@@ -244,16 +285,14 @@ LoadItem open_for_load(hid_t file, const TensorGroup& g, const TensorRef& t) {
   const std::string rel = it.path.substr(1);
   TRIAD_CHECK(io::path_exists(file, rel), "dataset ", it.path, " is missing");
   {
-    H5Id obj(h5check(H5Oopen(file, rel.c_str(), H5P_DEFAULT), "cannot open " + it.path),
-             H5Oclose);
+    H5Id obj(h5check(H5Oopen(file, rel.c_str(), H5P_DEFAULT), "cannot open " + it.path), H5Oclose);
     TRIAD_CHECK(H5Iget_type(obj) == H5I_DATASET, it.path, " is not a dataset");
   }
-  it.dset = io::own_dataset(H5Dopen2(file, rel.c_str(), H5P_DEFAULT),
-                            "cannot open dataset " + it.path);
+  it.dset =
+      io::own_dataset(H5Dopen2(file, rel.c_str(), H5P_DEFAULT), "cannot open dataset " + it.path);
   {
     H5Id type = io::own_datatype(H5Dget_type(it.dset), "cannot read the type of " + it.path);
-    TRIAD_CHECK(H5Tget_class(type) == H5T_FLOAT, "dataset ", it.path,
-                " is not floating point");
+    TRIAD_CHECK(H5Tget_class(type) == H5T_FLOAT, "dataset ", it.path, " is not floating point");
   }
   it.file_dims = io::dataset_dims(it.dset);
   const std::vector<hsize_t> want = to_dims(t.shape);
@@ -265,39 +304,53 @@ LoadItem open_for_load(hid_t file, const TensorGroup& g, const TensorRef& t) {
     const bool same_tail =
         same_rank && std::equal(want.begin() + 1, want.end(), it.file_dims.begin() + 1);
     TRIAD_CHECK(same_tail && it.file_dims[0] >= static_cast<hsize_t>(t.valid_rows), "dataset ",
-                it.path, " has shape ", io::shape_string(it.file_dims),
-                " but the model expects ", io::shape_string(want), " with at least ",
-                t.valid_rows, " rows stored");
+                it.path, " has shape ", io::shape_string(it.file_dims), " but the model expects ",
+                io::shape_string(want), " with at least ", t.valid_rows, " rows stored");
   }
   it.checksum = io::read_int64_attr(it.dset, "checksum");
   return it;
 }
 
-// Reads one dataset (collective), checks its checksum, fills the tensor (padding rows zero).
-void load_item(const LoadItem& it, hid_t dxpl) {
+// Reads one dataset (collective) into it.buffer.
+void read_item(LoadItem& it, hid_t dxpl) {
   const TensorRef& t = *it.tensor;
-  const std::vector<hsize_t> want = to_dims(t.shape);
-  const hsize_t file_n = element_count(it.file_dims);
-  std::vector<float> temp;
-  float* buf = t.data;
-  if (it.file_dims != want) {
-    temp.resize(file_n);
-    buf = temp.data();
+  it.buffer = t.data;
+  if (it.file_dims != to_dims(t.shape)) {
+    it.temp.resize(element_count(it.file_dims));
+    it.buffer = it.temp.data();
   }
-  transfer_block(it.dset, needed_block(it.file_dims, buf), dxpl, Direction::kRead,
+  transfer_block(it.dset, needed_block(it.file_dims, it.buffer), dxpl, Direction::kRead,
                  "cannot read dataset " + it.path);
-  if (it.checksum.has_value()) {
-    const uint32_t crc = io::crc32(buf, file_n * sizeof(float));
-    TRIAD_CHECK(static_cast<int64_t>(crc) == *it.checksum, "dataset ", it.path,
-                " fails its checksum (stored ", *it.checksum, ", computed ", crc,
-                "): the file is damaged");
+}
+
+// Checks the checksums of all read items (in parallel; every rank holds whole tensors).
+void verify_items(const std::vector<LoadItem>& items) {
+  std::vector<int64_t> computed(items.size(), -1);
+#pragma omp parallel for schedule(dynamic, 1)
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (items[i].checksum.has_value()) {
+      computed[i] = io::crc32(items[i].buffer, element_count(items[i].file_dims) * sizeof(float));
+    }
   }
+  for (size_t i = 0; i < items.size(); ++i) {
+    const LoadItem& it = items[i];
+    TRIAD_CHECK(!it.checksum.has_value() || computed[i] == *it.checksum, "dataset ", it.path,
+                " fails its checksum (stored ", it.checksum.value_or(-1), ", computed ",
+                computed[i], "): the file is damaged");
+  }
+}
+
+// Copies rows < valid_rows from a temporary buffer and zero-fills the padding rows.
+void finish_item(LoadItem& it) {
+  const TensorRef& t = *it.tensor;
   if (t.valid_rows >= 0) {
+    const std::vector<hsize_t> want = to_dims(t.shape);
     const size_t row = element_count(want) / std::max<hsize_t>(want[0], 1);
     const size_t valid = static_cast<size_t>(t.valid_rows) * row;
-    if (buf != t.data && valid > 0) std::memcpy(t.data, buf, valid * sizeof(float));
+    if (it.buffer != t.data && valid > 0) std::memcpy(t.data, it.buffer, valid * sizeof(float));
     std::fill(t.data + valid, t.data + element_count(want), 0.0f);
   }
+  it.temp = std::vector<float>();
 }
 
 }  // namespace
@@ -318,17 +371,23 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
                   " does not exist");
     });
 
+    collective_phase(comm, [&] {
+      if (rank == 0) reserve_space(partial, estimated_file_bytes(state, groups));
+    });
+
     // Checksums of the full tensors, computed by rank 0 (which holds them) and shared: every
     // rank must write identical attribute values.
     size_t n_tensors = 0;
     for (const TensorGroup& g : groups) n_tensors += g.tensors.size();
     std::vector<uint32_t> crcs(n_tensors, 0);
     if (rank == 0) {
-      size_t i = 0;
+      std::vector<const TensorRef*> flat;
       for (const TensorGroup& g : groups) {
-        for (const TensorRef& t : g.tensors) {
-          crcs[i++] = io::crc32(t.data, element_count(to_dims(t.shape)) * sizeof(float));
-        }
+        for (const TensorRef& t : g.tensors) flat.push_back(&t);
+      }
+#pragma omp parallel for schedule(dynamic, 1)
+      for (size_t i = 0; i < flat.size(); ++i) {
+        crcs[i] = io::crc32(flat[i]->data, element_count(to_dims(flat[i]->shape)) * sizeof(float));
       }
     }
     if (n_tensors > 0) {
@@ -422,7 +481,6 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
     });
   } catch (const Error& e) {
     // Every rank is here (the phases agree); the HDF5 handles are closed.
-    fprintf(stderr, "DBG open objects %ld files %ld\n", (long)H5Fget_obj_count(H5F_OBJ_ALL, H5F_OBJ_ALL), (long)H5Fget_obj_count(H5F_OBJ_ALL, H5F_OBJ_FILE));
     if (rank == 0) {
       std::error_code ec;
       fs::remove(partial, ec);
@@ -460,9 +518,13 @@ void load_checkpoint_tensors(MPI_Comm comm, const std::string& path,
       }
       dxpl = collective_dxpl();
     });
-    for (const LoadItem& it : items) {
-      collective_phase(comm, [&] { load_item(it, dxpl); });
+    for (LoadItem& it : items) {
+      collective_phase(comm, [&] { read_item(it, dxpl); });
     }
+    collective_phase(comm, [&] {
+      verify_items(items);
+      for (LoadItem& it : items) finish_item(it);
+    });
   } catch (const Error& e) {
     fail("checkpoint ", path, ": ", e.what());
   }
@@ -476,8 +538,7 @@ bool checkpoint_has_group(MPI_Comm comm, const std::string& file, const std::str
     collective_phase(comm, [&] {
       check_name(path, "group");
       if (!io::path_exists(f, path)) return;
-      H5Id obj(h5check(H5Oopen(f, path.c_str(), H5P_DEFAULT), "cannot open /" + path),
-               H5Oclose);
+      H5Id obj(h5check(H5Oopen(f, path.c_str(), H5P_DEFAULT), "cannot open /" + path), H5Oclose);
       found = H5Iget_type(obj) == H5I_GROUP;
     });
     return found;

@@ -110,8 +110,8 @@ void publish_checkpoint(const std::string& dir, const std::string& file_name, in
   fs::rename(tmp, latest, ec);
   if (ec) {
     fs::remove(tmp, ec);
-    fail("checkpoint directory ", dir, ": cannot rename ", tmp.string(), " to ",
-         latest.string(), ": ", ec.message());
+    fail("checkpoint directory ", dir, ": cannot rename ", tmp.string(), " to ", latest.string(),
+         ": ", ec.message());
   }
 
   if (keep <= 0) return;

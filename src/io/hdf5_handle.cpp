@@ -33,18 +33,10 @@ void fail_hdf5(const std::string& what) {
 
 H5Id own_file(hid_t id, const std::string& what) { return H5Id(h5check(id, what), H5Fclose); }
 H5Id own_group(hid_t id, const std::string& what) { return H5Id(h5check(id, what), H5Gclose); }
-H5Id own_dataset(hid_t id, const std::string& what) {
-  return H5Id(h5check(id, what), H5Dclose);
-}
-H5Id own_dataspace(hid_t id, const std::string& what) {
-  return H5Id(h5check(id, what), H5Sclose);
-}
-H5Id own_datatype(hid_t id, const std::string& what) {
-  return H5Id(h5check(id, what), H5Tclose);
-}
-H5Id own_attribute(hid_t id, const std::string& what) {
-  return H5Id(h5check(id, what), H5Aclose);
-}
+H5Id own_dataset(hid_t id, const std::string& what) { return H5Id(h5check(id, what), H5Dclose); }
+H5Id own_dataspace(hid_t id, const std::string& what) { return H5Id(h5check(id, what), H5Sclose); }
+H5Id own_datatype(hid_t id, const std::string& what) { return H5Id(h5check(id, what), H5Tclose); }
+H5Id own_attribute(hid_t id, const std::string& what) { return H5Id(h5check(id, what), H5Aclose); }
 H5Id own_plist(hid_t id, const std::string& what) { return H5Id(h5check(id, what), H5Pclose); }
 
 H5Id make_plist(hid_t cls) { return own_plist(H5Pcreate(cls), "cannot create a property list"); }
@@ -54,7 +46,8 @@ H5Id make_fapl(MPI_Comm comm, bool for_create) {
   if (comm != MPI_COMM_NULL) {
     h5check(H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL), "cannot select the MPI-IO driver");
   }
-#if H5_VERSION_GE(1, 10, 7)
+// H5Pset_file_locking: HDF5 1.10.7+ and 1.12.1+.
+#if (H5_VERSION_GE(1, 10, 7) && !H5_VERSION_GE(1, 11, 0)) || H5_VERSION_GE(1, 12, 1)
   h5check(H5Pset_file_locking(fapl, false, true), "cannot disable file locking");
 #endif
   if (for_create) {
@@ -65,8 +58,7 @@ H5Id make_fapl(MPI_Comm comm, bool for_create) {
 }
 
 bool link_exists(hid_t loc, const std::string& name) {
-  return h5check(H5Lexists(loc, name.c_str(), H5P_DEFAULT),
-                 "cannot look up link " + name) > 0;
+  return h5check(H5Lexists(loc, name.c_str(), H5P_DEFAULT), "cannot look up link " + name) > 0;
 }
 
 bool path_exists(hid_t loc, const std::string& path) {
@@ -169,8 +161,7 @@ std::optional<std::string> read_string_attr(hid_t loc, const std::string& name) 
 std::optional<int64_t> read_int64_attr(hid_t loc, const std::string& name) {
   std::optional<H5Id> attr = open_scalar_attr(loc, name);
   if (!attr) return std::nullopt;
-  TRIAD_CHECK(attr_class(*attr, name) == H5T_INTEGER, "attribute ", name,
-              " is not an integer");
+  TRIAD_CHECK(attr_class(*attr, name) == H5T_INTEGER, "attribute ", name, " is not an integer");
   int64_t v = 0;
   h5check(H5Aread(*attr, H5T_NATIVE_INT64, &v), "cannot read attribute " + name);
   return v;

@@ -8,7 +8,6 @@
 #include <mpi.h>
 
 #include <cstdint>
-#include <cstdio>
 #include <optional>
 #include <string>
 #include <utility>
@@ -62,7 +61,7 @@ class H5Id {
 
   // Closes now, ignoring failure (cleanup paths).
   void reset() {
-    if (id_ >= 0 && closer_ != nullptr) { herr_t r = closer_(id_); if (r < 0) { fprintf(stderr, "DBG close failed %s valid %d\n", hdf5_error_detail().c_str(), H5Iis_valid(id_)); r = closer_(id_); fprintf(stderr, "DBG retry %d %s valid %d\n", r, hdf5_error_detail().c_str(), H5Iis_valid(id_)); } }
+    if (id_ >= 0 && closer_ != nullptr) closer_(id_);
     id_ = H5I_INVALID_HID;
   }
   // Closes now and reports failure (H5Fclose flushes: a full disk shows up here).

@@ -17,8 +17,8 @@ namespace triad {
 namespace {
 
 namespace fs = std::filesystem;
-using io::H5Id;
 using io::h5check;
+using io::H5Id;
 
 constexpr hsize_t kChunkRows = 1024;
 constexpr size_t kAutoFlushRows = 4096;  // bound the buffer if the caller rarely flushes
@@ -91,12 +91,16 @@ struct MetricsWriter::Impl {
                         "cannot create the file");
   }
 
-  bool try_open_file() {
+  // Empty string on success, else why the file cannot be opened.
+  std::string try_open_file() {
     H5Id fapl = io::make_fapl(MPI_COMM_NULL, /*for_create=*/true);
     const hid_t id = H5Fopen(path.c_str(), H5F_ACC_RDWR, fapl);
-    if (id < 0) return false;
+    if (id < 0) {
+      const std::string detail = io::hdf5_error_detail();
+      return detail.empty() ? "unknown error" : detail;
+    }
     file = H5Id(id, H5Fclose);
-    return true;
+    return "";
   }
 
   // Opens or creates the group and its datasets; rows_in_file = the shortest column.
@@ -104,11 +108,11 @@ struct MetricsWriter::Impl {
     H5Id lcpl = io::make_plist(H5P_LINK_CREATE);
     h5check(H5Pset_create_intermediate_group(lcpl, 1), "cannot set up link creation");
     const std::string gwhat = "cannot create group /" + t.group;
-    H5Id group = io::link_exists(file, t.group)
-                     ? io::own_group(H5Gopen2(file, t.group.c_str(), H5P_DEFAULT), gwhat)
-                     : io::own_group(
-                           H5Gcreate2(file, t.group.c_str(), lcpl, H5P_DEFAULT, H5P_DEFAULT),
-                           gwhat);
+    H5Id group =
+        io::link_exists(file, t.group)
+            ? io::own_group(H5Gopen2(file, t.group.c_str(), H5P_DEFAULT), gwhat)
+            : io::own_group(H5Gcreate2(file, t.group.c_str(), lcpl, H5P_DEFAULT, H5P_DEFAULT),
+                            gwhat);
     hsize_t rows = std::numeric_limits<hsize_t>::max();
     for (size_t i = 0; i < t.cols.size(); ++i) {
       Column& c = t.cols[i];
@@ -127,9 +131,8 @@ struct MetricsWriter::Impl {
           const double nan = std::numeric_limits<double>::quiet_NaN();
           h5check(H5Pset_fill_value(dcpl, H5T_NATIVE_DOUBLE, &nan), what);
         }
-        c.dset = io::own_dataset(H5Dcreate2(group, c.name.c_str(), c.file_type(), space, lcpl,
-                                            dcpl, H5P_DEFAULT),
-                                 what);
+        c.dset = io::own_dataset(
+            H5Dcreate2(group, c.name.c_str(), c.file_type(), space, lcpl, dcpl, H5P_DEFAULT), what);
       }
     }
     if (rows == std::numeric_limits<hsize_t>::max()) rows = 0;
@@ -146,11 +149,9 @@ struct MetricsWriter::Impl {
       const hsize_t start = 0;
       h5check(H5Sselect_hyperslab(fspace, H5S_SELECT_SET, &start, nullptr, &keep, nullptr), what);
       H5Id mspace = io::own_dataspace(H5Screate_simple(1, &keep, nullptr), what);
-      h5check(H5Dread(t.cols[0].dset, H5T_NATIVE_INT64, mspace, fspace, H5P_DEFAULT,
-                      steps.data()),
+      h5check(H5Dread(t.cols[0].dset, H5T_NATIVE_INT64, mspace, fspace, H5P_DEFAULT, steps.data()),
               what);
-      keep = std::find_if(steps.begin(), steps.end(),
-                          [&](int64_t s) { return s >= resume_step; }) -
+      keep = std::find_if(steps.begin(), steps.end(), [&](int64_t s) { return s >= resume_step; }) -
              steps.begin();
     }
     set_rows(t, keep);
@@ -158,8 +159,7 @@ struct MetricsWriter::Impl {
 
   void set_rows(Table& t, hsize_t rows) {
     for (Column& c : t.cols) {
-      h5check(H5Dset_extent(c.dset, &rows),
-              "cannot resize dataset /" + t.group + "/" + c.name);
+      h5check(H5Dset_extent(c.dset, &rows), "cannot resize dataset /" + t.group + "/" + c.name);
     }
     t.rows_in_file = rows;
   }
@@ -204,13 +204,16 @@ MetricsWriter::MetricsWriter(const std::string& path, const MetricsAttributes& a
   try {
     std::error_code ec;
     const bool resume = resume_step >= 0 && fs::exists(path, ec);
-    if (resume && !m.try_open_file()) {
-      // A file damaged by a crash between flushes: keep it aside, start a new one.
-      const std::string aside = path + ".damaged";
-      fs::rename(path, aside, ec);
-      std::cerr << "warning: metrics file " << path << " cannot be opened ("
-                << io::hdf5_error_detail() << "); moved to " << aside
-                << " and starting a new one\n";
+    if (resume) {
+      if (const std::string why = m.try_open_file(); !why.empty()) {
+        // A file damaged by a crash between flushes: keep it aside, start a new one.
+        const std::string aside = path + ".damaged";
+        fs::rename(path, aside, ec);
+        TRIAD_CHECK(!ec, "cannot be opened (", why, ") nor moved aside to ", aside, ": ",
+                    ec.message());
+        std::cerr << "warning: metrics file " << path << " cannot be opened (" << why
+                  << "); moved to " << aside << " and starting a new one\n";
+      }
     }
     if (!m.file.valid()) m.create_file();
     m.write_attributes(attrs);

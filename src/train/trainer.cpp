@@ -302,14 +302,7 @@ TrainOutcome Trainer::run() {
   } else if (s.cl.resume != "none") {
     resume_path = s.cl.resume;
   }
-  s.model->init(uint64_t(cfg.train.seed));
-  if (!resume_path.empty()) {
-    s.load_from(resume_path, true);
-  } else if (!s.cl.init_from.empty()) {
-    s.load_from(s.cl.init_from, false);
-  }
   const bool resumed = !resume_path.empty();
-
   const std::string run_path = cfg.run_path();
   if (s.root()) {
     fs::create_directories(run_path);
@@ -317,6 +310,21 @@ TrainOutcome Trainer::run() {
     s.log.open(run_path + "/log.txt", resumed ? std::ios::app : std::ios::trunc);
     if (!resumed) std::ofstream(run_path + "/samples.txt", std::ios::trunc);
   }
+  s.model->init(uint64_t(cfg.train.seed));
+  // A requeued fine-tuning job resumes its own checkpoints; the --init-from file is still
+  // checked so that a wrong path is reported, not silently ignored.
+  if (!s.cl.init_from.empty()) {
+    const CheckpointState st = read_checkpoint_state(s.grid.world(), s.cl.init_from);
+    s.check_model_shape(st, s.cl.init_from);
+    if (!resume_path.empty())
+      s.say("--init-from " + s.cl.init_from + " ignored: the run resumes from its own checkpoint");
+  }
+  if (!resume_path.empty()) {
+    s.load_from(resume_path, true);
+  } else if (!s.cl.init_from.empty()) {
+    s.load_from(s.cl.init_from, false);
+  }
+
   s.peak_flops = cfg.run.peak_tflops > 0 ? cfg.run.peak_tflops * 1e12 : measure_peak_flops(*s.be);
   if (s.root()) {
     MetricsAttributes a{to_ini(cfg), s.grid.describe(), s.model->num_parameters(),

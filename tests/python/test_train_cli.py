@@ -117,6 +117,8 @@ def test_damaged_checkpoints(tmp_path):
         f["x"] = np.zeros(3)
     assert_clean_error(train("--config", cfg, "--resume", foreign), "foreign.h5")
     shard = tmp_path / "data" / "train_000.bin"
+    assert_clean_error(train("--config", cfg, "--init-from", shard, "--run.name", "c"),
+                       "train_000.bin")
     assert_clean_error(train("--config", cfg, "--init-from", shard), "train_000.bin")
     # Shapes that do not match the config.
     assert_clean_error(train("--config", cfg, "--resume", good, "--model.n_embd", "64",

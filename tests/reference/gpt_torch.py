@@ -167,6 +167,39 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor) 
     return logits[..., : cfg.vocab_size]
 
 
+def forward_fast(params: Dict[str, torch.Tensor], cfg: GptConfig,
+                 idx: torch.Tensor) -> torch.Tensor:
+    """The same model with PyTorch's own fused ops (F.layer_norm, F.gelu(approximate='tanh'),
+    F.softmax) — what a nanoGPT-style training script runs on a CPU without flash attention.
+    For the speed benchmark; forward() is the reference. Logits [B, T, vocab_size]."""
+    import torch.nn.functional as F
+
+    B, T = idx.shape
+    C, nh = cfg.n_embd, cfg.n_head
+    hd = C // nh
+    mask = torch.ones(T, T, dtype=torch.bool).tril()
+    x = F.embedding(idx, params["wte/weight"]) + params["wpe/weight"][:T]
+    for i in range(cfg.n_layer):
+        p = f"h/{i}/"
+        h = F.layer_norm(x, (C,), params[p + "ln_1/weight"], params[p + "ln_1/bias"], LN_EPS)
+        qkv = F.linear(h, params[p + "attn/c_attn/weight"], params[p + "attn/c_attn/bias"])
+        q, k, v = qkv.split(C, dim=2)
+        q = q.view(B, T, nh, hd).transpose(1, 2)
+        k = k.view(B, T, nh, hd).transpose(1, 2)
+        v = v.view(B, T, nh, hd).transpose(1, 2)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hd))
+        att = F.softmax(att.masked_fill(~mask, float("-inf")), dim=-1)
+        y = (att @ v).transpose(1, 2).contiguous().view(B, T, C)
+        x = x + F.linear(y, params[p + "attn/c_proj/weight"], params[p + "attn/c_proj/bias"])
+        h = F.layer_norm(x, (C,), params[p + "ln_2/weight"], params[p + "ln_2/bias"], LN_EPS)
+        h = F.gelu(F.linear(h, params[p + "mlp/c_fc/weight"], params[p + "mlp/c_fc/bias"]),
+                   approximate="tanh")
+        x = x + F.linear(h, params[p + "mlp/c_proj/weight"], params[p + "mlp/c_proj/bias"])
+    x = F.layer_norm(x, (C,), params["ln_f/weight"], params["ln_f/bias"], LN_EPS)
+    # Only the first vocab_size rows of the tied head enter the softmax (DESIGN.md §3).
+    return F.linear(x, params["wte/weight"][: cfg.vocab_size])
+
+
 def cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Sum over tokens of -log softmax(logits)[target] (log-sum-exp written out)."""
     m = logits.max(dim=-1, keepdim=True).values.detach()
@@ -183,9 +216,11 @@ def loss_fn(params, cfg: GptConfig, idx: torch.Tensor, targets: torch.Tensor) ->
 class Gpt(torch.nn.Module):
     """nn.Module wrapper (for optimizers): parameters keyed by triad names ('/' -> '.')."""
 
-    def __init__(self, cfg: GptConfig, weights: Dict[str, torch.Tensor], dtype=None):
+    def __init__(self, cfg: GptConfig, weights: Dict[str, torch.Tensor], dtype=None,
+                 fast: bool = False):
         super().__init__()
         self.cfg = cfg
+        self.fast = fast  # forward_fast (PyTorch's fused ops) instead of the plain reference
         self.names = list(param_shapes(cfg).keys())
         self.p = torch.nn.ParameterDict()
         for name in self.names:
@@ -199,6 +234,13 @@ class Gpt(torch.nn.Module):
         return {n: self.p[n.replace("/", "__")] for n in self.names}
 
     def forward(self, idx, targets=None):
+        if self.fast:
+            import torch.nn.functional as F
+
+            logits = forward_fast(self.tensors(), self.cfg, idx)
+            if targets is None:
+                return logits, None
+            return logits, F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
         logits = forward(self.tensors(), self.cfg, idx)
         if targets is None:
             return logits, None
@@ -213,8 +255,9 @@ class Gpt(torch.nn.Module):
                 {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_model(weights: Dict[str, torch.Tensor], cfg: GptConfig, dtype=None) -> Gpt:
-    return Gpt(cfg, weights, dtype)
+def build_model(weights: Dict[str, torch.Tensor], cfg: GptConfig, dtype=None,
+                fast: bool = False) -> Gpt:
+    return Gpt(cfg, weights, dtype, fast)
 
 
 # ---- training semantics (DESIGN.md §4) ------------------------------------------------------

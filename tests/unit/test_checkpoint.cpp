@@ -151,8 +151,7 @@ class CheckpointTest : public ::testing::Test {
     if (world_rank() == 0) {
       const auto ticks = std::chrono::steady_clock::now().time_since_epoch().count();
       dir_ = fs::temp_directory_path() / ("triad_test_ckpt_" + std::to_string(getpid()) + "_" +
-                                          std::to_string(ticks) + "_" +
-                                          std::to_string(counter++));
+                                          std::to_string(ticks) + "_" + std::to_string(counter++));
       fs::create_directories(dir_);
       name = dir_.string();
     }
@@ -363,19 +362,20 @@ TEST_F(CheckpointTest, SgdMomentumGroupAndOverwrite) {
   EXPECT_EQ(c.storage, b.storage);
 }
 
-// ---- padded vocabulary rows ----------------------------------------------------------------------
+// ---- padded vocabulary rows
+// ----------------------------------------------------------------------
 
 TEST_F(CheckpointTest, PaddedRowsAreZeroFilled) {
   const std::string p = path("step_00000002.h5");
-  Tensors saved = make_tensors({"model", "optimizer/m"}, {{"wte", {256, 8}}, {"ln_f/weight", {8}}},
-                               5);
+  Tensors saved =
+      make_tensors({"model", "optimizer/m"}, {{"wte", {256, 8}}, {"ln_f/weight", {8}}}, 5);
   triad::save_checkpoint(MPI_COMM_WORLD, p, make_state(2), saved.groups);
   const float* src = saved.find("model", "wte").data;
 
   for (int64_t rows : {384, 256}) {
     SCOPED_TRACE(rows);
-    Tensors loaded = make_tensors({"model", "optimizer/m"},
-                                  {{"wte", {rows, 8}, 200}, {"ln_f/weight", {8}}}, 99);
+    Tensors loaded =
+        make_tensors({"model", "optimizer/m"}, {{"wte", {rows, 8}, 200}, {"ln_f/weight", {8}}}, 99);
     triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, loaded.groups);
     for (const char* g : {"model", "optimizer/m"}) {
       const triad::TensorRef& t = loaded.find(g, "wte");
@@ -411,9 +411,8 @@ TEST_F(CheckpointTest, TooFewRowsForValidRows) {
   EXPECT_CONTAINS(msg, "at least 200 rows");
   // Different trailing dims are an error too.
   Tensors wide = make_tensors({"model"}, {{"wte", {256, 16}, 100}}, 1);
-  EXPECT_CONTAINS(
-      error_of([&] { triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, wide.groups); }),
-      "has shape [150, 8]");
+  EXPECT_CONTAINS(error_of([&] { triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, wide.groups); }),
+                  "has shape [150, 8]");
 }
 
 // ---- bad files ----------------------------------------------------------------------------------
@@ -442,9 +441,8 @@ TEST_F(CheckpointTest, NotAnHdf5File) {
     header[0] = 20240520;
     header[1] = 1;
     header[2] = 1000;
-    std::vector<char> s(reinterpret_cast<char*>(header.data()),
-                        reinterpret_cast<char*>(header.data()) + 1024);
-    s.resize(1024 + 2000, 'a');
+    std::vector<char> s(1024 + 2000, 'a');
+    std::memcpy(s.data(), header.data(), 1024);
     write_bytes(shard, s);
     write_bytes(empty, {});
   });
@@ -479,9 +477,8 @@ TEST_F(CheckpointTest, ForeignHdf5File) {
   EXPECT_CONTAINS(msg, p);
   EXPECT_CONTAINS(msg, "not a triad checkpoint");
   Tensors ts = make_tensors({"model"}, kModelSpecs, 1);
-  EXPECT_CONTAINS(
-      error_of([&] { triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, ts.groups); }),
-      "not a triad checkpoint");
+  EXPECT_CONTAINS(error_of([&] { triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, ts.groups); }),
+                  "not a triad checkpoint");
 }
 
 TEST_F(CheckpointTest, WrongFormatVersion) {
@@ -512,8 +509,7 @@ TEST_F(CheckpointTest, MissingDataset) {
   std::vector<Spec> specs = kModelSpecs;
   specs.push_back({"h/1/attn/c_proj/weight", {8, 8}});
   Tensors ts = make_tensors(kAdamGroups, specs, 0, true);
-  std::string msg =
-      error_of([&] { triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, ts.groups); });
+  std::string msg = error_of([&] { triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, ts.groups); });
   EXPECT_CONTAINS(msg, p);
   EXPECT_CONTAINS(msg, "dataset /model/h/1/attn/c_proj/weight is missing");
   // A whole optimizer group missing.
@@ -575,7 +571,25 @@ TEST_F(CheckpointTest, InvalidTensorListsAreRejected) {
   EXPECT_FALSE(fs::exists(p + ".partial"));
 }
 
-// ---- atomic saves --------------------------------------------------------------------------------
+// An error on one rank only (here the last one) makes every rank throw the same error instead
+// of leaving the others waiting in a collective call.
+TEST_F(CheckpointTest, ErrorOnOneRankThrowsOnAllRanks) {
+  int size = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  const std::string p = path("step_00000001.h5");
+  const bool bad = world_rank() == size - 1;
+  Tensors ts = make_tensors(
+      {"model"},
+      bad ? std::vector<Spec>{{"a", {2}}, {"a", {2}}} : std::vector<Spec>{{"a", {2}}, {"b", {2}}},
+      1);
+  const std::string msg =
+      error_of([&] { triad::save_checkpoint(MPI_COMM_WORLD, p, make_state(1), ts.groups); });
+  EXPECT_CONTAINS(msg, "checkpoint " + p + ": tensor /model/a is listed twice");
+  EXPECT_FALSE(fs::exists(p));
+}
+
+// ---- atomic saves
+// --------------------------------------------------------------------------------
 
 TEST_F(CheckpointTest, SaveIntoMissingDirectoryFails) {
   const std::string p = path("no/such/dir/step_00000010.h5");
@@ -626,7 +640,6 @@ TEST_F(CheckpointTest, SaveOnFullDiskFailsCleanly) {
     std::signal(SIGXFSZ, old_handler);
   }
   EXPECT_CONTAINS(msg, "checkpoint " + p + ":");
-  std::cerr << "DEBUG " << msg << "\n";
   EXPECT_FALSE(fs::exists(p));
   EXPECT_FALSE(fs::exists(p + ".partial"));
   EXPECT_TRUE(triad::list_checkpoints(dir_.string()).empty());
@@ -635,7 +648,8 @@ TEST_F(CheckpointTest, SaveOnFullDiskFailsCleanly) {
   EXPECT_EQ(triad::read_checkpoint_state(MPI_COMM_WORLD, p).step, 10);
 }
 
-// ---- the checkpoint directory --------------------------------------------------------------------
+// ---- the checkpoint directory
+// --------------------------------------------------------------------
 
 TEST_F(CheckpointTest, ListCheckpoints) {
   EXPECT_TRUE(triad::list_checkpoints((dir_ / "missing").string()).empty());
@@ -675,8 +689,7 @@ TEST_F(CheckpointTest, PublishWritesLatestAndPrunes) {
   // The checkpoint just published is never deleted, even when it is the oldest.
   write_bytes(path("step_00000001.h5"), {'x'});
   triad::publish_checkpoint(dir_.string(), "step_00000001.h5", 1);
-  EXPECT_EQ(triad::list_checkpoints(dir_.string()),
-            (std::vector<std::string>{"step_00000001.h5"}));
+  EXPECT_EQ(triad::list_checkpoints(dir_.string()), (std::vector<std::string>{"step_00000001.h5"}));
 
   // Publishing a file that is not there is an error naming it.
   const std::string msg =

@@ -91,7 +91,12 @@ triad::ValRow val_row(int64_t step) {
 // Reads a whole 1-D dataset with the serial C API.
 template <typename T>
 std::vector<T> read_column(const std::string& file, const std::string& dset) {
-  hid_t f = H5Fopen(file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  // In this process the file may still be open in the writer, which disables file locking;
+  // HDF5 shares an open file within a process only when the locking flags match.
+  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+  H5Pset_file_locking(fapl, false, true);
+  hid_t f = H5Fopen(file.c_str(), H5F_ACC_RDONLY, fapl);
+  H5Pclose(fapl);
   EXPECT_GE(f, 0) << file;
   if (f < 0) return {};
   hid_t d = H5Dopen2(f, dset.c_str(), H5P_DEFAULT);
@@ -102,7 +107,9 @@ std::vector<T> read_column(const std::string& file, const std::string& dset) {
   H5Sget_simple_extent_dims(s, &n, nullptr);
   std::vector<T> v(n);
   const hid_t mem = std::is_same_v<T, int64_t> ? H5T_NATIVE_INT64 : H5T_NATIVE_DOUBLE;
-  if (n > 0) EXPECT_GE(H5Dread(d, mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data()), 0);
+  if (n > 0) {
+    EXPECT_GE(H5Dread(d, mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data()), 0);
+  }
   H5Sclose(s);
   H5Dclose(d);
   H5Fclose(f);

@@ -35,9 +35,9 @@ const triad::Tokenizer* gpt2() {
   return tok;
 }
 
-#define REQUIRE_GPT2()                                                                      \
-  ASSERT_NE(gpt2(), nullptr) << "missing " << kVocab                                        \
-                             << ": the setup script puts GPT-2's ranks there (see "         \
+#define REQUIRE_GPT2()                                                              \
+  ASSERT_NE(gpt2(), nullptr) << "missing " << kVocab                                \
+                             << ": the setup script puts GPT-2's ranks there (see " \
                                 "ENVIRONMENT.md 'Real data, offline'); run it before tests"
 
 // A fresh directory under the build tree, removed when the test ends.
@@ -105,19 +105,27 @@ std::string base64(std::string_view bytes) {
 std::string small_ranks(const std::vector<std::string>& merges = {"ab", "abab", "cd"}) {
   std::string s;
   int r = 0;
-  for (int b = 0; b < 256; ++b) s += base64(std::string(1, char(b))) + " " + std::to_string(r++) + "\n";
+  for (int b = 0; b < 256; ++b)
+    s += base64(std::string(1, char(b))) + " " + std::to_string(r++) + "\n";
   for (const auto& m : merges) s += base64(m) + " " + std::to_string(r++) + "\n";
   return s;
 }
 
 // Text with a bit of everything: prose, code-like whitespace, Unicode, invalid bytes.
 std::string mixed_text(std::mt19937& rng, size_t n) {
-  static const std::vector<std::string> parts = {
-      "The ",   "quick ",   "brown ", "fox's ",  "jumps",     " over",  "  ",      "\n",
-      "\n\n",   "\t",       "    ",   "don't",   "I'll",      "12345",  " 3.14",   "!!",
-      "?! ",    "(x)",      "naïve",  " café",   "日本語",    " 中文",  "\xc2\xa0", "\xe3\x80\x80",
-      "😀",     "👍🏽",      " \n ",   "\r\n",    "'S",        "\xff",   "\xc3",    "\xed\xa0\x80",
-      "a",      " b",       "--",     "\"q\"",   "Ⅻ",         "٣٤",     "x\xe2\x80\xa8y"};
+  static const std::vector<std::string> parts = {"The ",   "quick ",       "brown ",
+                                                 "fox's ", "jumps",        " over",
+                                                 "  ",     "\n",           "\n\n",
+                                                 "\t",     "    ",         "don't",
+                                                 "I'll",   "12345",        " 3.14",
+                                                 "!!",     "?! ",          "(x)",
+                                                 "naïve",  " café",        "日本語",
+                                                 " 中文",  "\xc2\xa0",     "\xe3\x80\x80",
+                                                 "😀",      "👍🏽",     " \n ",
+                                                 "\r\n",   "'S",           "\xff",
+                                                 "\xc3",   "\xed\xa0\x80", "a",
+                                                 " b",     "--",           "\"q\"",
+                                                 "Ⅻ",      "٣٤",           "x\xe2\x80\xa8y"};
   std::string s;
   while (s.size() < n) s += parts[rng() % parts.size()];
   return s;
@@ -194,18 +202,18 @@ TEST(Pretokenize, Utf8DecoderRejectsIllFormed) {
   EXPECT_EQ(len("\xe2\x82\xac"), std::make_pair(3, 0x20ACu));
   EXPECT_EQ(len("\xf0\x9f\x98\x80"), std::make_pair(4, 0x1F600u));
   const uint32_t bad = triad::pretok::kInvalidCodePoint;
-  for (std::string_view s : {"\x80", "\xc0\xaf", "\xc1\xbf", "\xe0\x80\xaf", "\xed\xa0\x80",
-                             "\xf0\x80\x80\xaf", "\xf4\x90\x80\x80", "\xf5\x80\x80\x80", "\xff",
-                             "\xc3", "\xe2\x82", "\xf0\x9f\x98"})
+  for (std::string_view s :
+       {"\x80", "\xc0\xaf", "\xc1\xbf", "\xe0\x80\xaf", "\xed\xa0\x80", "\xf0\x80\x80\xaf",
+        "\xf4\x90\x80\x80", "\xf5\x80\x80\x80", "\xff", "\xc3", "\xe2\x82", "\xf0\x9f\x98"})
     EXPECT_EQ(len(s), std::make_pair(1, bad)) << testing::PrintToString(s);
   EXPECT_EQ(triad::pretok::char_class('a'), triad::pretok::kLetter);
-  EXPECT_EQ(triad::pretok::char_class(0x4E2D), triad::pretok::kLetter);   // 中
-  EXPECT_EQ(triad::pretok::char_class(0x1C89), triad::pretok::kLetter);   // Unicode 16
-  EXPECT_EQ(triad::pretok::char_class(0x0663), triad::pretok::kNumber);   // ٣
-  EXPECT_EQ(triad::pretok::char_class(0x216B), triad::pretok::kNumber);   // Ⅻ
+  EXPECT_EQ(triad::pretok::char_class(0x4E2D), triad::pretok::kLetter);  // 中
+  EXPECT_EQ(triad::pretok::char_class(0x1C89), triad::pretok::kLetter);  // Unicode 16
+  EXPECT_EQ(triad::pretok::char_class(0x0663), triad::pretok::kNumber);  // ٣
+  EXPECT_EQ(triad::pretok::char_class(0x216B), triad::pretok::kNumber);  // Ⅻ
   EXPECT_EQ(triad::pretok::char_class(0x3000), triad::pretok::kSpace);
-  EXPECT_EQ(triad::pretok::char_class(0x0301), triad::pretok::kOther);    // combining acute
-  EXPECT_EQ(triad::pretok::char_class(0x1F600), triad::pretok::kOther);   // 😀
+  EXPECT_EQ(triad::pretok::char_class(0x0301), triad::pretok::kOther);   // combining acute
+  EXPECT_EQ(triad::pretok::char_class(0x1F600), triad::pretok::kOther);  // 😀
   EXPECT_EQ(triad::pretok::char_class(0x10FFFF), triad::pretok::kOther);
 }
 
@@ -251,10 +259,10 @@ TEST(Tokenizer, DecodeRejectsBadIds) {
 
 TEST(Tokenizer, SmallVocabularyMerges) {
   TempDir dir("tok_small");
-  const auto t = triad::Tokenizer::from_file(dir.file("small.tiktoken", small_ranks()));
+  const auto t = triad::Tokenizer::from_file(dir.file("small.tiktoken", small_ranks()), 0);
   EXPECT_EQ(t.vocab_size(), 260);
   EXPECT_EQ(t.eot(), 259);
-  EXPECT_THAT(t.encode("abab"), ElementsAre(257));        // whole piece is a token
+  EXPECT_THAT(t.encode("abab"), ElementsAre(257));         // whole piece is a token
   EXPECT_THAT(t.encode("ababab"), ElementsAre(257, 256));  // leftmost merges first
   EXPECT_THAT(t.encode("abcd"), ElementsAre(256, 258));
   EXPECT_THAT(t.encode("xab"), ElementsAre('x', 256));
@@ -267,7 +275,7 @@ TEST(Tokenizer, MalformedRanksFilesAreClearErrors) {
                           const std::vector<std::string>& parts) {
     const std::string path = contents == "<missing>" ? dir.path(name) : dir.file(name, contents);
     try {
-      triad::Tokenizer::from_file(path);
+      triad::Tokenizer::from_file(path, 0);
       ADD_FAILURE() << name << ": no error";
     } catch (const triad::Error& e) {
       EXPECT_THAT(e.what(), HasSubstr(path)) << name;
@@ -288,8 +296,8 @@ TEST(Tokenizer, MalformedRanksFilesAreClearErrors) {
   expect_error("huge", good + "eHk= 99999999999\n", {"line 260", "too large"});
   expect_error("dup_rank", good + "eHk= 12\n", {"line 260", "rank 12", "line 13"});
   expect_error("gap", good + "eHk= 300\n", {"line 260", "out of range"});
-  expect_error("dup_bytes", good + base64("ab") + " 259\n", {"line 260", "same token bytes",
-                                                              "line 257"});
+  expect_error("dup_bytes", good + base64("ab") + " 259\n",
+               {"line 260", "same token bytes", "line 257"});
   std::string no_byte;  // byte 0x41 missing: ranks 0..254 for the other bytes
   for (int b = 0, r = 0; b < 256; ++b)
     if (b != 0x41) no_byte += base64(std::string(1, char(b))) + " " + std::to_string(r++) + "\n";
@@ -297,7 +305,15 @@ TEST(Tokenizer, MalformedRanksFilesAreClearErrors) {
   // CRLF line ends and blank lines are accepted, as tiktoken's loader does.
   std::string crlf;
   for (char c : good) crlf += c == '\n' ? std::string("\r\n") : std::string(1, c);
-  EXPECT_EQ(triad::Tokenizer::from_file(dir.file("crlf", crlf + "\r\n")).vocab_size(), 260);
+  EXPECT_EQ(triad::Tokenizer::from_file(dir.file("crlf", crlf + "\r\n"), 0).vocab_size(), 260);
+  // By default the file must hold GPT-2's 50256 ranks: a file cut at a line end is an error.
+  try {
+    triad::Tokenizer::from_file(dir.file("cut.tiktoken", good));
+    ADD_FAILURE() << "no error for a short file";
+  } catch (const triad::Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("has 259 tokens, expected 50256"));
+  }
+  EXPECT_EQ(triad::Tokenizer::from_file(dir.file("cut.tiktoken", good), 259).vocab_size(), 260);
 }
 
 TEST(ShardWriter, ParallelEncodeEqualsEncode) {
@@ -359,7 +375,9 @@ TEST(ShardWriter, DeterministicAcrossThreadCounts) {
     for (const auto* split : {&s.train_files, &s.val_files}) {
       for (size_t i = 0; i < split->size(); ++i) {
         const auto tokens = triad::read_token_shard((*split)[i]);
-        if (i + 1 < split->size()) EXPECT_EQ(tokens.size(), 10000u);
+        if (i + 1 < split->size()) {
+          EXPECT_EQ(tokens.size(), 10000u);
+        }
         got.insert(got.end(), tokens.begin(), tokens.end());
         bytes.push_back(read_bytes((*split)[i]));
       }
@@ -418,5 +436,5 @@ TEST(ShardWriter, RemovesStaleShardsAndChecksOptions) {
   expect_error(with([](auto& x) { x.val_fraction = 1e-9; }), {doc}, "no validation tokens");
   expect_error(with([](auto& x) { x.shard_tokens = 0; }), {doc}, "--shard-tokens");
   expect_error(with([](auto& x) { x.prefix = "a/b"; }), {doc}, "--prefix");
-  expect_error(with([](auto& x) { x.out_dir = doc; }), {doc}, "output directory");
+  expect_error(with([&](auto& x) { x.out_dir = doc; }), {doc}, "output directory");
 }

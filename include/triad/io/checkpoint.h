@@ -46,25 +46,32 @@ struct CheckpointState {
   ModelShape model;
 };
 
-// Writes `path` atomically (via path + ".partial"). Collective over comm. Each dataset carries
-// a `checksum` attribute (CRC-32 of its bytes) checked on load. Throws triad::Error (with
-// the path) on any failure, e.g. a full disk; the .partial file is then removed and nothing
-// named `path` is created.
+// Writes `path` atomically (via path + ".partial"). Collective over comm: every rank passes
+// the same groups (names and shapes); for now every rank holds whole tensors and rank 0 writes
+// the data. Each dataset carries a `checksum` attribute (uint32 CRC-32 of its little-endian
+// fp32 bytes, as zlib.crc32 computes it) checked on load. Throws triad::Error (with the path)
+// on any failure, on every rank; the .partial file is then removed and nothing named `path` is
+// created. Space for the whole file is reserved (fallocate) before writing, so a full disk
+// is reported up front ("not enough space for the checkpoint").
 void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointState& state,
                      const std::vector<TensorGroup>& groups);
 
 // Reads and validates the root attributes: format "triad-checkpoint", format_version 1,
 // complete = 1, the /model attributes. Throws triad::Error naming the file and the problem
-// for a missing, truncated, foreign or incomplete file.
+// for a missing, truncated, foreign or incomplete file. Collective over comm (any comm,
+// e.g. MPI_COMM_SELF to check a file on one rank).
 CheckpointState read_checkpoint_state(MPI_Comm comm, const std::string& path);
 
-// Fills every tensor of every group from the file; checks that each dataset exists, has the
-// expected shape (see TensorRef::valid_rows) and matches its checksum. Throws triad::Error
-// naming the file and the dataset otherwise.
+// Fills every tensor of every group from the file; checks the root attributes as
+// read_checkpoint_state does, and that each dataset exists, has the expected shape (see
+// TensorRef::valid_rows) and matches its checksum (when it has one: a file written by another
+// tool without checksums loads unchecked). Throws triad::Error naming the file and the dataset
+// otherwise, before any tensor is modified for a missing dataset or a wrong shape (a checksum
+// failure is found after the data are read). Collective over comm.
 void load_checkpoint_tensors(MPI_Comm comm, const std::string& path,
                              const std::vector<TensorGroup>& groups);
 
-// True if the file holds group `path` (e.g. "optimizer/m").
+// True if the file holds group `path` (e.g. "optimizer/m"). Collective over comm.
 bool checkpoint_has_group(MPI_Comm comm, const std::string& file, const std::string& path);
 
 // ---- the checkpoint directory: ckpt/step_XXXXXXXX.h5 and ckpt/latest --------------------------
@@ -72,18 +79,20 @@ bool checkpoint_has_group(MPI_Comm comm, const std::string& file, const std::str
 // "step_00000120.h5" for step 120.
 std::string checkpoint_file_name(int64_t step);
 
-// Complete checkpoints (name matches, no .partial) in dir, sorted by step ascending. Missing
-// dir: empty list.
+// File names (not paths) of the checkpoints in dir: regular files named exactly
+// step_XXXXXXXX.h5 (8 digits; .partial and other files ignored; contents not checked), sorted
+// by step ascending. Missing dir: empty list.
 std::vector<std::string> list_checkpoints(const std::string& dir);
 
 // After a successful save: writes dir/latest (atomically, via a temp file + rename) with the
-// file name, then deletes the oldest checkpoints so that at most `keep` remain (keep <= 0:
-// keep all). Call on one rank only.
+// file name and a newline, then deletes the oldest checkpoints so that at most `keep` remain
+// (keep <= 0: keep all); file_name itself is never deleted. Call on one rank only.
 void publish_checkpoint(const std::string& dir, const std::string& file_name, int keep);
 
-// The checkpoint `--resume auto` should load: the file named in dir/latest if it is valid
-// (read_checkpoint_state succeeds), else the newest valid one in list_checkpoints, skipping
-// damaged ones with a warning on stderr. Empty string: none. Collective over comm.
+// The checkpoint `--resume auto` should load, as a path (dir/name): the file named in
+// dir/latest if it is valid (read_checkpoint_state succeeds), else the newest valid one in
+// list_checkpoints, skipping damaged ones with a warning on stderr (rank 0 checks the files and
+// warns; all ranks get the answer). Empty string: none. Collective over comm.
 std::string find_resume_checkpoint(MPI_Comm comm, const std::string& dir);
 
 }  // namespace triad

@@ -34,8 +34,13 @@ class MetricsWriter {
   // Opens (creating if needed) path. On resume at `resume_step` (updates applied), rows of
   // /train and /val with step >= resume_step are dropped (datasets shrunk), so a resumed run,
   // which re-evaluates at resume_step when that is an evaluation step, continues the curves
-  // without duplicates. A fresh run (resume_step < 0)
-  // replaces any existing file. Attributes are (re)written. Throws triad::Error.
+  // without duplicates. A fresh run (resume_step < 0) replaces any existing file. On resume, a
+  // file HDF5 cannot open (damaged by a crash between flushes) is renamed to path + ".damaged"
+  // with a warning on stderr and a new file is started. Attributes are (re)written. Strings
+  // are fixed-length (h5py returns bytes: .decode()). Throws triad::Error naming the file.
+  // Rows are buffered: append() only stores them (writing every 4096 rows), flush() and the
+  // destructor write them and H5Fflush, after which a reader (h5py) sees them. The file is
+  // not locked, so readers may open it meanwhile (they see the state of the last flush).
   MetricsWriter(const std::string& path, const MetricsAttributes& attrs, int64_t resume_step);
   ~MetricsWriter();
   MetricsWriter(const MetricsWriter&) = delete;

@@ -1,0 +1,77 @@
+// Text files to token shards (the format of triad/data/token_shard.h), as `triad-tokenize
+// shards` does.
+//
+// Documents: each input file is one document, its raw bytes encoded as ordinary text (a
+// "<|endoftext|>" inside a file is text, not the special token). The token stream is, for the
+// files in the order given, eot (50256) followed by the file's tokens — the separator comes
+// BEFORE each document, as in llm.c's and nanoGPT's data preparation.
+//
+// Split: the last round(val_fraction · N) tokens of the stream of N tokens are the validation
+// split and the rest is the training split. The cut is at a token, not a document boundary
+// (so a corpus of one big file splits too); the validation tokens are the end of the last
+// documents, text the training split never sees.
+//
+// Files: <out>/<prefix>_train_000000.bin, _000001.bin, ... and <out>/<prefix>_val_000000.bin,
+// ..., each at most shard_tokens tokens, in stream order (every shard full but the last of
+// its split). Each is written atomically; the output directory is created if needed, and
+// files of an earlier run with the same prefix and split that this run did not write (e.g.
+// <prefix>_train_000007.bin) are removed, so that the loader's globs see this run only.
+//
+// Threads: large files are cut into chunks of about chunk_bytes at positions where the
+// pre-tokenization is known not to change (an ASCII non-space byte followed by an ASCII
+// space byte), chunks are encoded in parallel, and results are joined in order: the output is
+// the same for every thread count and chunk size, and equals encoding each file whole.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "triad/data/tokenizer.h"
+
+namespace triad {
+
+struct ShardWriterOptions {
+  std::string out_dir;
+  std::string prefix = "tokens";
+  double val_fraction = 0.05;          // in [0, 1); 0 writes no validation shard
+  int64_t shard_tokens = 100'000'000;  // tokens per shard at most, 1 .. 2^31 - 1
+  int threads = 0;                     // 0: std::thread::hardware_concurrency()
+  size_t chunk_bytes = size_t(1) << 20;
+};
+
+struct ShardSummary {
+  int64_t documents = 0;
+  int64_t bytes = 0;   // input bytes
+  int64_t tokens = 0;  // all tokens, eot separators included
+  int64_t train_tokens = 0;
+  int64_t val_tokens = 0;
+  std::vector<std::string> train_files, val_files;  // written, in order
+  std::vector<std::string> removed_files;           // stale shards of an earlier run
+  double encode_seconds = 0;                        // reading and encoding
+  double seconds = 0;                               // everything
+  int threads = 1;
+};
+
+// Encodes text with `threads` threads (0: hardware concurrency); the same ids as
+// tokenizer.encode(text).
+std::vector<int32_t> encode_parallel(const Tokenizer& tokenizer, std::string_view text,
+                                     int threads = 0, size_t chunk_bytes = size_t(1) << 20);
+
+// The token stream of the documents (see above), as uint16. Throws triad::Error naming a file
+// that cannot be read, or if the vocabulary does not fit uint16. Fills summary's documents,
+// bytes, tokens, encode_seconds and threads when given.
+std::vector<uint16_t> tokenize_documents(const Tokenizer& tokenizer,
+                                         const std::vector<std::string>& files, int threads = 0,
+                                         size_t chunk_bytes = size_t(1) << 20,
+                                         ShardSummary* summary = nullptr);
+
+// Tokenizes the files and writes the shards. Throws triad::Error for bad options (naming the
+// option), unreadable inputs, no input files, a split that leaves the training or (with
+// val_fraction > 0) the validation split empty, or an output directory that cannot be written.
+ShardSummary write_shards(const Tokenizer& tokenizer, const std::vector<std::string>& files,
+                          const ShardWriterOptions& options);
+
+}  // namespace triad

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# CPU speed benchmark: triad's CPU backend and the PyTorch reference train the same GPT
+# (inputs/runs/bench-cpu.ini: 4 layers, C=256, T=256, GPT-2 vocabulary, batch 8 = 2 x 4) with
+# the same thread count, back to back, on a random token shard (data does not change speed).
+# Prints both median tokens/s (first 2 steps left out as warm-up) and the ratio.
+#
+#   jobs/bench-cpu.sh [--threads N] [--steps N] [--section.key value ...]
+#
+# N defaults to nproc. Extra --section.key options go to triad-train only (change the model in
+# the INI instead, so that both sides run the same one). Builds triad-train if needed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+threads=$(nproc 2>/dev/null || echo 2)
+steps=10
+config=inputs/runs/bench-cpu.ini
+extra=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --threads) threads=$2; shift 2 ;;
+    --steps) steps=$2; shift 2 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) extra+=("$1"); shift ;;
+  esac
+done
+
+py=.venv/bin/python
+[[ -x $py ]] || py=python3
+if ! "$py" -c 'import torch, h5py, numpy' 2>/dev/null; then
+  echo "bench-cpu: $py lacks torch/h5py/numpy (run jobs/setup.sh)" >&2
+  exit 1
+fi
+
+# Build (incremental; configures with the release preset on first use).
+if [[ ! -f build/CMakeCache.txt ]]; then
+  cmake --preset release
+fi
+cmake --build build -j"$(nproc 2>/dev/null || echo 2)" --target triad-train
+
+export OMPI_MCA_ess_singleton_isolated=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/triad-bench-cpu.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+
+# A random shard large enough for every step without wrapping.
+"$py" - "$tmp" "$config" "$steps" <<'EOF'
+import configparser, sys
+import numpy as np
+sys.path.insert(0, "tests/reference")
+import gpt_torch as ref
+tmp, config, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+cp = configparser.ConfigParser(inline_comment_prefixes=("#",))
+cp.read(config)
+T = cp.getint("model", "seq_len")
+V = cp.getint("model", "vocab_size")
+B = cp.getint("train", "batch_size")
+rng = np.random.default_rng(0)
+ref.write_token_shard(f"{tmp}/bench_train_000.bin", rng.integers(0, V, steps * B * T + 1))
+EOF
+
+echo "== machine: $(nproc) cores, benchmark threads $threads"
+grep -m1 'model name' /proc/cpuinfo 2>/dev/null | sed 's/^.*: /   cpu: /' || true
+if command -v update-alternatives >/dev/null 2>&1; then
+  blas=$(update-alternatives --query libblas.so.3-x86_64-linux-gnu 2>/dev/null |
+         sed -n 's/^Value: //p' || true)
+  echo "   libblas.so.3 alternative (the BLAS Debian's torch calls): ${blas:-unknown}"
+fi
+echo "   triad-train links: $(ldd build/triad-train | grep -oE 'lib(open)?blas[^ ]*|libmkl[^ ]*' | sort -u | tr '\n' ' ')"
+
+echo "== triad ($config, $steps steps, $threads threads)"
+build/triad-train --config "$config" --data.train "$tmp/bench_train_*.bin" \
+  --run.dir "$tmp" --run.name bench --run.threads "$threads" --train.steps "$steps" \
+  --resume none "${extra[@]}"
+
+echo "== pytorch"
+"$py" tests/reference/bench_torch.py --config "$config" --threads "$threads" --steps "$steps" \
+  --triad-metrics "$tmp/bench/metrics.h5" --triad-log "$tmp/bench/log.txt"

@@ -1,0 +1,109 @@
+#include "triad/data/loader.h"
+
+#include <fcntl.h>
+#include <glob.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "triad/core/error.h"
+#include "triad/core/rng.h"
+#include "triad/data/token_shard.h"
+
+namespace triad {
+
+// A read-only memory map of one validated shard: large corpora are paged in on demand
+// instead of read up front.
+struct SequenceSource::Shard {
+  std::string path;
+  int64_t n_tokens = 0;
+  void* map = nullptr;
+  size_t map_bytes = 0;
+  const uint16_t* tokens = nullptr;
+
+  explicit Shard(const std::string& p) : path(p) {
+    n_tokens = read_token_shard_count(p);  // validates magic, version and size
+    map_bytes = kShardHeaderInts * 4 + size_t(n_tokens) * 2;
+    const int fd = ::open(p.c_str(), O_RDONLY);
+    TRIAD_CHECK(fd >= 0, "token shard ", p, ": cannot open (", std::strerror(errno), ")");
+    map = ::mmap(nullptr, map_bytes, PROT_READ, MAP_PRIVATE, fd, 0);
+    ::close(fd);
+    TRIAD_CHECK(map != MAP_FAILED, "token shard ", p, ": cannot map (", std::strerror(errno),
+                ")");
+    tokens = reinterpret_cast<const uint16_t*>(static_cast<const char*>(map) +
+                                               kShardHeaderInts * 4);
+  }
+  ~Shard() {
+    if (map && map != MAP_FAILED) ::munmap(map, map_bytes);
+  }
+};
+
+SequenceSource::SequenceSource(const std::string& pattern, const std::string& key, int seq_len,
+                               int vocab_size)
+    : key_(key), seq_len_(seq_len), vocab_size_(vocab_size) {
+  TRIAD_CHECK(!pattern.empty(), "config: ", key, " is empty; set it to a glob of token shards");
+  glob_t g{};
+  const int rc = ::glob(pattern.c_str(), 0, nullptr, &g);
+  if (rc == 0)
+    for (size_t i = 0; i < g.gl_pathc; ++i) files_.emplace_back(g.gl_pathv[i]);
+  ::globfree(&g);
+  TRIAD_CHECK(!files_.empty(), "config: ", key, " = '", pattern, "' matches no files");
+  std::sort(files_.begin(), files_.end());  // lexicographic order (DESIGN.md §4)
+  for (const auto& f : files_) {
+    shards_.push_back(std::make_unique<Shard>(f));
+    first_.push_back(total_);
+    const int64_t n = shards_.back()->n_tokens;
+    total_ += n > 0 ? (n - 1) / seq_len : 0;
+  }
+  TRIAD_CHECK(total_ > 0, "config: ", key, " = '", pattern, "': its ", files_.size(),
+              " shard(s) hold no complete sequence of seq_len ", seq_len, " + 1 tokens");
+}
+
+SequenceSource::~SequenceSource() = default;
+
+void SequenceSource::read(int64_t index, int32_t* inputs, int32_t* targets) const {
+  TRIAD_ASSERT(index >= 0 && index < total_);
+  const size_t j = size_t(std::upper_bound(first_.begin(), first_.end(), index) -
+                          first_.begin() - 1);
+  const Shard& s = *shards_[j];
+  const int64_t start = (index - first_[j]) * seq_len_;
+  const uint16_t* t = s.tokens + start;
+  for (int i = 0; i <= seq_len_; ++i) {
+    if (t[i] >= vocab_size_)
+      fail("token shard ", s.path, ": token id ", t[i], " at position ", start + i,
+           " is >= model.vocab_size (", vocab_size_, ")");
+  }
+  for (int i = 0; i < seq_len_; ++i) {
+    inputs[i] = t[i];
+    targets[i] = t[i + 1];
+  }
+}
+
+DataLoader::DataLoader(const SequenceSource& source, bool shuffle, uint64_t seed)
+    : source_(source), shuffle_(shuffle), seed_(seed) {}
+
+int64_t DataLoader::sequence_at(int64_t position) {
+  const int64_t n = source_.num_sequences();
+  const int64_t epoch = position / n, i = position % n;
+  if (!shuffle_) return i;
+  if (epoch != perm_epoch_) {
+    // Fisher-Yates with a stream seeded by (seed, epoch): the order of an epoch depends on
+    // nothing but these two numbers.
+    perm_.resize(size_t(n));
+    for (int64_t k = 0; k < n; ++k) perm_[size_t(k)] = k;
+    Rng rng(seed_ * 0x9E3779B97F4A7C15ull + uint64_t(epoch) + 1);
+    for (int64_t k = n - 1; k > 0; --k) std::swap(perm_[size_t(k)], perm_[rng.below(uint64_t(k + 1))]);
+    perm_epoch_ = epoch;
+  }
+  return perm_[size_t(i)];
+}
+
+void DataLoader::fill(int64_t position, int count, int32_t* inputs, int32_t* targets) {
+  const size_t T = size_t(source_.seq_len());
+  for (int b = 0; b < count; ++b)
+    source_.read(sequence_at(position + b), inputs + size_t(b) * T, targets + size_t(b) * T);
+}
+
+}  // namespace triad

@@ -1,0 +1,60 @@
+#include "triad/data/pretokenize.h"
+
+#include <algorithm>
+
+namespace triad::pretok {
+
+CharClass char_class(uint32_t cp) {
+  const UnicodeRange* const first = kUnicodeRanges;
+  const UnicodeRange* const last = kUnicodeRanges + kUnicodeRangeCount;
+  // The first range whose end is >= cp.
+  const UnicodeRange* r = std::lower_bound(
+      first, last, cp, [](const UnicodeRange& a, uint32_t v) { return a.last < v; });
+  return (r != last && r->first <= cp) ? r->cls : kOther;
+}
+
+int decode_utf8(const unsigned char* p, const unsigned char* end, uint32_t& cp) {
+  // Well-formed sequences (Unicode Table 3-7); anything else is one invalid byte.
+  const unsigned char b0 = p[0];
+  const ptrdiff_t avail = end - p;
+  auto cont = [](unsigned char b) { return (b & 0xC0) == 0x80; };
+  if (b0 < 0x80) {
+    cp = b0;
+    return 1;
+  }
+  if (b0 >= 0xC2 && b0 <= 0xDF) {
+    if (avail >= 2 && cont(p[1])) {
+      cp = (uint32_t(b0 & 0x1F) << 6) | (p[1] & 0x3F);
+      return 2;
+    }
+  } else if (b0 >= 0xE0 && b0 <= 0xEF) {
+    if (avail >= 3 && cont(p[1]) && cont(p[2])) {
+      const unsigned char lo = b0 == 0xE0 ? 0xA0 : 0x80;  // no overlong forms
+      const unsigned char hi = b0 == 0xED ? 0x9F : 0xBF;  // no surrogates
+      if (p[1] >= lo && p[1] <= hi) {
+        cp = (uint32_t(b0 & 0x0F) << 12) | (uint32_t(p[1] & 0x3F) << 6) | (p[2] & 0x3F);
+        return 3;
+      }
+    }
+  } else if (b0 >= 0xF0 && b0 <= 0xF4) {
+    if (avail >= 4 && cont(p[1]) && cont(p[2]) && cont(p[3])) {
+      const unsigned char lo = b0 == 0xF0 ? 0x90 : 0x80;  // no overlong forms
+      const unsigned char hi = b0 == 0xF4 ? 0x8F : 0xBF;  // nothing above U+10FFFF
+      if (p[1] >= lo && p[1] <= hi) {
+        cp = (uint32_t(b0 & 0x07) << 18) | (uint32_t(p[1] & 0x3F) << 12) |
+             (uint32_t(p[2] & 0x3F) << 6) | (p[3] & 0x3F);
+        return 4;
+      }
+    }
+  }
+  cp = kInvalidCodePoint;
+  return 1;
+}
+
+std::vector<std::string_view> split(std::string_view text) {
+  std::vector<std::string_view> out;
+  for_each_piece(text, [&](std::string_view s) { out.push_back(s); });
+  return out;
+}
+
+}  // namespace triad::pretok

@@ -1,0 +1,256 @@
+#include "triad/data/shard_writer.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <exception>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "triad/core/error.h"
+#include "triad/data/token_shard.h"
+
+namespace triad {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+// Files are read and encoded in batches of about this many bytes (a larger file is a batch of
+// its own), which bounds the text held in memory.
+constexpr size_t kBatchBytes = size_t(256) << 20;
+
+int resolve_threads(int threads) {
+  TRIAD_CHECK(threads >= 0, "threads must be >= 0 (0: one per core), got ", threads);
+  if (threads == 0) threads = int(std::max(1u, std::thread::hardware_concurrency()));
+  return threads;
+}
+
+bool ascii_space(unsigned char c) { return c == ' ' || (c >= 0x09 && c <= 0x0D); }
+
+// A position p where GPT-2's pre-tokenization of text equals that of text[..p) followed by
+// that of text[p..): text[p-1] is a non-space character and text[p] a space character. Then
+// the piece holding text[p-1] ends at p (pieces that hold a non-space never extend over a
+// space after it) and decided so by seeing a space, as the end of text[..p) would; a match
+// at p never looks behind p. ASCII bytes are always characters of their own in UTF-8 (and
+// in the pre-tokenizer's handling of invalid bytes), so bytes are enough to check.
+bool safe_cut(std::string_view text, size_t p) {
+  const auto a = static_cast<unsigned char>(text[p - 1]);
+  const auto b = static_cast<unsigned char>(text[p]);
+  return a < 0x80 && !ascii_space(a) && ascii_space(b);
+}
+
+// Cuts [0, text.size()) into chunks of about chunk_bytes at safe positions.
+void cut_chunks(std::string_view text, size_t chunk_bytes, std::vector<std::string_view>& out) {
+  chunk_bytes = std::max<size_t>(chunk_bytes, 1);
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t p = pos + chunk_bytes;
+    while (p < text.size() && !safe_cut(text, p)) ++p;
+    if (p > text.size()) p = text.size();
+    out.push_back(text.substr(pos, p - pos));
+    pos = p;
+  }
+}
+
+// Runs fn(i) for i in [0, n) on `threads` threads; rethrows the first exception.
+template <typename F>
+void parallel_for(size_t n, int threads, F&& fn) {
+  const size_t workers = std::min<size_t>(size_t(threads), n);
+  if (workers <= 1) {
+    for (size_t i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  std::atomic<size_t> next{0};
+  std::exception_ptr error;
+  std::mutex error_mutex;
+  auto work = [&] {
+    for (size_t i; (i = next.fetch_add(1)) < n;) {
+      try {
+        fn(i);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(error_mutex);
+        if (!error) error = std::current_exception();
+        next = n;
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  for (size_t t = 1; t < workers; ++t) pool.emplace_back(work);
+  work();
+  for (auto& t : pool) t.join();
+  if (error) std::rethrow_exception(error);
+}
+
+std::string read_file(const std::string& path) {
+  std::error_code ec;
+  TRIAD_CHECK(fs::exists(path, ec), "input file ", path, ": does not exist");
+  TRIAD_CHECK(fs::is_regular_file(path, ec), "input file ", path, ": not a regular file");
+  std::ifstream in(path, std::ios::binary);
+  TRIAD_CHECK(in.is_open(), "input file ", path, ": cannot open (unreadable?)");
+  const auto size = fs::file_size(path, ec);
+  TRIAD_CHECK(!ec, "input file ", path, ": cannot read its size (", ec.message(), ")");
+  std::string text(size_t(size), '\0');
+  in.read(text.data(), std::streamsize(size));
+  TRIAD_CHECK(in.gcount() == std::streamsize(size), "input file ", path, ": read error");
+  return text;
+}
+
+std::string shard_name(const ShardWriterOptions& o, const char* split, size_t index) {
+  char num[32];
+  std::snprintf(num, sizeof(num), "%06zu", index);
+  return (fs::path(o.out_dir) / (o.prefix + "_" + split + "_" + num + ".bin")).string();
+}
+
+// Whether name is <prefix>_train_NNNNNN.bin or <prefix>_val_NNNNNN.bin.
+bool is_shard_name(std::string_view name, std::string_view prefix) {
+  if (name.substr(0, prefix.size()) != prefix) return false;
+  name.remove_prefix(prefix.size());
+  if (name.starts_with("_train_"))
+    name.remove_prefix(7);
+  else if (name.starts_with("_val_"))
+    name.remove_prefix(5);
+  else
+    return false;
+  if (name.size() != 10 || !name.ends_with(".bin")) return false;
+  return std::all_of(name.begin(), name.begin() + 6, [](char c) { return c >= '0' && c <= '9'; });
+}
+
+}  // namespace
+
+std::vector<int32_t> encode_parallel(const Tokenizer& tokenizer, std::string_view text, int threads,
+                                     size_t chunk_bytes) {
+  threads = resolve_threads(threads);
+  if (threads == 1 || text.size() <= chunk_bytes) return tokenizer.encode(text);
+  std::vector<std::string_view> chunks;
+  cut_chunks(text, chunk_bytes, chunks);
+  std::vector<std::vector<int32_t>> parts(chunks.size());
+  parallel_for(chunks.size(), threads, [&](size_t i) { parts[i] = tokenizer.encode(chunks[i]); });
+  size_t total = 0;
+  for (const auto& p : parts) total += p.size();
+  std::vector<int32_t> out;
+  out.reserve(total);
+  for (const auto& p : parts) out.insert(out.end(), p.begin(), p.end());
+  return out;
+}
+
+std::vector<uint16_t> tokenize_documents(const Tokenizer& tokenizer,
+                                         const std::vector<std::string>& files, int threads,
+                                         size_t chunk_bytes, ShardSummary* summary) {
+  const auto t0 = Clock::now();
+  threads = resolve_threads(threads);
+  TRIAD_CHECK(tokenizer.vocab_size() <= 65536, "vocabulary ", tokenizer.path(), " has ",
+              tokenizer.vocab_size(), " tokens; token shards store uint16 ids (at most 65536)");
+  const auto eot = uint16_t(tokenizer.eot());
+  std::vector<uint16_t> stream;
+  int64_t bytes = 0;
+  for (size_t first = 0; first < files.size();) {
+    // A batch: files [first, last) of about kBatchBytes in all, read in parallel.
+    size_t last = first, batch_bytes = 0;
+    while (last < files.size() && (last == first || batch_bytes < kBatchBytes)) {
+      std::error_code ec;
+      const auto size = fs::file_size(files[last], ec);
+      batch_bytes += ec ? 0 : size_t(size);  // read_file reports the error
+      ++last;
+    }
+    std::vector<std::string> texts(last - first);
+    parallel_for(texts.size(), threads, [&](size_t i) { texts[i] = read_file(files[first + i]); });
+    struct Chunk {
+      size_t doc;
+      std::string_view text;
+    };
+    std::vector<Chunk> chunks;
+    for (size_t d = 0; d < texts.size(); ++d) {
+      std::vector<std::string_view> cut;
+      cut_chunks(texts[d], chunk_bytes, cut);
+      if (cut.empty()) chunks.push_back({d, std::string_view()});
+      for (auto c : cut) chunks.push_back({d, c});
+      bytes += int64_t(texts[d].size());
+    }
+    std::vector<std::vector<int32_t>> ids(chunks.size());
+    parallel_for(chunks.size(), threads,
+                 [&](size_t i) { ids[i] = tokenizer.encode(chunks[i].text); });
+    size_t n = texts.size();
+    for (const auto& v : ids) n += v.size();
+    stream.reserve(stream.size() + n);
+    for (size_t i = 0; i < chunks.size(); ++i) {
+      if (i == 0 || chunks[i].doc != chunks[i - 1].doc) stream.push_back(eot);
+      for (const int32_t id : ids[i]) stream.push_back(uint16_t(id));
+    }
+    first = last;
+  }
+  if (summary) {
+    summary->documents = int64_t(files.size());
+    summary->bytes = bytes;
+    summary->tokens = int64_t(stream.size());
+    summary->encode_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    summary->threads = threads;
+  }
+  return stream;
+}
+
+ShardSummary write_shards(const Tokenizer& tokenizer, const std::vector<std::string>& files,
+                          const ShardWriterOptions& o) {
+  const auto t0 = Clock::now();
+  TRIAD_CHECK(!files.empty(), "no input files given");
+  TRIAD_CHECK(!o.out_dir.empty(), "no output directory given");
+  TRIAD_CHECK(!o.prefix.empty() && o.prefix.find('/') == std::string::npos,
+              "--prefix must be a non-empty file name prefix without '/', got '", o.prefix, "'");
+  TRIAD_CHECK(o.val_fraction >= 0 && o.val_fraction < 1, "--val-fraction must be in [0, 1), got ",
+              o.val_fraction);
+  TRIAD_CHECK(o.shard_tokens >= 1 && o.shard_tokens <= INT32_MAX,
+              "--shard-tokens must be in [1, 2147483647], got ", o.shard_tokens);
+
+  ShardSummary s;
+  const std::vector<uint16_t> stream =
+      tokenize_documents(tokenizer, files, o.threads, o.chunk_bytes, &s);
+  const auto total = int64_t(stream.size());
+  s.val_tokens = std::llround(o.val_fraction * double(total));
+  s.train_tokens = total - s.val_tokens;
+  TRIAD_CHECK(o.val_fraction == 0 || s.val_tokens > 0, "--val-fraction ", o.val_fraction, " of ",
+              total, " tokens leaves no validation tokens (use --val-fraction 0 for none)");
+  TRIAD_CHECK(s.train_tokens > 0, "--val-fraction ", o.val_fraction, " of ", total,
+              " tokens leaves no training tokens");
+
+  std::error_code ec;
+  fs::create_directories(o.out_dir, ec);
+  TRIAD_CHECK(!ec && fs::is_directory(o.out_dir), "output directory ", o.out_dir,
+              ": cannot create (", ec ? ec.message() : "not a directory", ")");
+  auto write_split = [&](const char* split, int64_t begin, int64_t count,
+                         std::vector<std::string>& written) {
+    for (int64_t off = 0, i = 0; off < count; off += o.shard_tokens, ++i) {
+      const int64_t n = std::min(o.shard_tokens, count - off);
+      written.push_back(shard_name(o, split, size_t(i)));
+      write_token_shard(written.back(),
+                        std::span<const uint16_t>(stream.data() + begin + off, size_t(n)));
+    }
+  };
+  write_split("train", 0, s.train_tokens, s.train_files);
+  write_split("val", s.train_tokens, s.val_tokens, s.val_files);
+
+  // Remove shards of an earlier run with this prefix that this run did not write.
+  std::set<std::string> written;
+  for (const auto& f : s.train_files) written.insert(fs::path(f).filename().string());
+  for (const auto& f : s.val_files) written.insert(fs::path(f).filename().string());
+  std::vector<std::string> stale;
+  for (const auto& entry : fs::directory_iterator(o.out_dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (is_shard_name(name, o.prefix) && !written.count(name))
+      stale.push_back(entry.path().string());
+  }
+  std::sort(stale.begin(), stale.end());
+  for (const auto& path : stale) {
+    fs::remove(path, ec);
+    TRIAD_CHECK(!ec, "cannot remove the stale shard ", path, " (", ec.message(), ")");
+    s.removed_files.push_back(path);
+  }
+  s.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  return s;
+}
+
+}  // namespace triad

@@ -1,0 +1,351 @@
+#include "triad/data/tokenizer.h"
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <iomanip>
+#include <limits>
+#include <queue>
+#include <sstream>
+#include <unordered_map>
+
+#include "triad/core/error.h"
+#include "triad/data/pretokenize.h"
+
+namespace triad {
+namespace {
+
+constexpr std::string_view kEotText = "<|endoftext|>";
+constexpr int32_t kNoRank = std::numeric_limits<int32_t>::max();
+// Pieces up to this many bytes use the quadratic merge loop (fastest for short pieces);
+// longer ones (long digit, space or punctuation runs) use a heap, O(n log n).
+constexpr size_t kShortPiece = 128;
+
+uint64_t hash_bytes(const char* p, size_t n) {
+  uint64_t h = 0x9E3779B97F4A7C15ull ^ (uint64_t(n) * 0xFF51AFD7ED558CCDull);
+  while (n >= 8) {
+    uint64_t v;
+    std::memcpy(&v, p, 8);
+    h = (h ^ v) * 0x9E3779B97F4A7C15ull;
+    h ^= h >> 29;
+    p += 8;
+    n -= 8;
+  }
+  uint64_t v = 0;
+  std::memcpy(&v, p, n);
+  h = (h ^ v) * 0xBF58476D1CE4E5B9ull;
+  h ^= h >> 31;
+  h *= 0x94D049BB133111EBull;
+  h ^= h >> 32;
+  return h;
+}
+
+// Strict base64 (standard alphabet, '=' padding to a multiple of 4). False if malformed.
+bool base64_decode(std::string_view s, std::string& out) {
+  static constexpr auto table = [] {
+    struct T {
+      int8_t v[256];
+    } t{};
+    for (int i = 0; i < 256; ++i) t.v[i] = -1;
+    const char* a = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for (int i = 0; i < 64; ++i) t.v[static_cast<unsigned char>(a[i])] = int8_t(i);
+    return t;
+  }();
+  out.clear();
+  if (s.empty() || s.size() % 4 != 0) return false;
+  size_t pad = 0;
+  if (s.back() == '=') pad = s[s.size() - 2] == '=' ? 2 : 1;
+  for (size_t i = 0; i < s.size(); i += 4) {
+    const bool last = i + 4 == s.size();
+    uint32_t acc = 0;
+    for (size_t j = 0; j < 4; ++j) {
+      const unsigned char c = static_cast<unsigned char>(s[i + j]);
+      int v;
+      if (last && j >= 4 - pad) {
+        v = 0;  // a padding position ('=' checked above for the final one or two)
+        if (c != '=') return false;
+      } else {
+        v = table.v[c];
+        if (v < 0) return false;
+      }
+      acc = (acc << 6) | uint32_t(v);
+    }
+    out.push_back(char(acc >> 16));
+    if (!(last && pad == 2)) out.push_back(char((acc >> 8) & 0xFF));
+    if (!(last && pad >= 1)) out.push_back(char(acc & 0xFF));
+  }
+  return true;
+}
+
+std::string excerpt(std::string_view line) {
+  std::string s(line.substr(0, 60));
+  if (line.size() > 60) s += "...";
+  return s;
+}
+
+struct Entry {
+  std::string bytes;
+  int64_t rank;
+  int64_t line;
+};
+
+}  // namespace
+
+Tokenizer Tokenizer::from_file(const std::string& ranks_path, int32_t expect_ranks) {
+  const std::string where = "vocabulary file " + ranks_path;
+  std::ifstream in(ranks_path, std::ios::binary);
+  TRIAD_CHECK(in.is_open(), where, ": cannot open (missing or unreadable)");
+  std::stringstream buf;
+  buf << in.rdbuf();
+  TRIAD_CHECK(!in.bad(), where, ": read error");
+  const std::string text = buf.str();
+
+  // Parse every line: `base64 rank`, blank lines skipped (as tiktoken does).
+  std::vector<Entry> entries;
+  std::string decoded;
+  int64_t line_no = 0;
+  for (size_t pos = 0; pos < text.size();) {
+    size_t nl = text.find('\n', pos);
+    if (nl == std::string::npos) nl = text.size();
+    std::string_view line(text.data() + pos, nl - pos);
+    pos = nl + 1;
+    ++line_no;
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (line.empty()) continue;
+    const size_t sp = line.find_first_of(" \t");
+    TRIAD_CHECK(sp != std::string_view::npos && sp > 0, where, ", line ", line_no,
+                ": expected 'base64(token bytes) rank', got '", excerpt(line), "'");
+    const std::string_view b64 = line.substr(0, sp);
+    std::string_view num = line.substr(sp);
+    while (!num.empty() && (num.front() == ' ' || num.front() == '\t')) num.remove_prefix(1);
+    TRIAD_CHECK(base64_decode(b64, decoded), where, ", line ", line_no, ": '", excerpt(b64),
+                "' is not valid base64");
+    TRIAD_CHECK(!num.empty(), where, ", line ", line_no, ": no rank after the token");
+    int64_t rank = 0;
+    for (const char c : num) {
+      TRIAD_CHECK(c >= '0' && c <= '9', where, ", line ", line_no, ": rank '", excerpt(num),
+                  "' is not a non-negative integer");
+      rank = rank * 10 + (c - '0');
+      TRIAD_CHECK(rank < std::numeric_limits<int32_t>::max(), where, ", line ", line_no, ": rank '",
+                  excerpt(num), "' is too large");
+    }
+    entries.push_back(Entry{decoded, rank, line_no});
+  }
+  TRIAD_CHECK(!entries.empty(), where,
+              ": empty (expected one 'base64(token bytes) rank' line per token)");
+  const int64_t n = int64_t(entries.size());
+  TRIAD_CHECK(n < std::numeric_limits<int32_t>::max(), where, ": too many tokens");
+  TRIAD_CHECK(expect_ranks <= 0 || n == expect_ranks, where, ": has ", n, " tokens, expected ",
+              expect_ranks, expect_ranks == kGpt2Ranks ? " (GPT-2's gpt2.tiktoken)" : "",
+              "; truncated or the wrong file?");
+
+  // Ranks must be exactly 0..n-1.
+  std::vector<int64_t> line_of_rank(size_t(n), 0);
+  for (const Entry& e : entries) {
+    TRIAD_CHECK(e.rank < n, where, ", line ", e.line, ": rank ", e.rank,
+                " is out of range: the file has ", n, " tokens, so ranks must be 0..", n - 1);
+    TRIAD_CHECK(line_of_rank[size_t(e.rank)] == 0, where, ", line ", e.line, ": rank ", e.rank,
+                " was already given on line ", line_of_rank[size_t(e.rank)]);
+    line_of_rank[size_t(e.rank)] = e.line;
+  }
+  std::vector<const Entry*> by_rank(static_cast<size_t>(n));
+  for (const Entry& e : entries) by_rank[size_t(e.rank)] = &e;
+
+  Tokenizer t;
+  t.path_ = ranks_path;
+  t.n_ranks_ = int32_t(n);
+  t.offsets_.reserve(size_t(n) + 1);
+  t.offsets_.push_back(0);
+  for (const Entry* e : by_rank) {
+    t.bytes_ += e->bytes;
+    TRIAD_CHECK(t.bytes_.size() < std::numeric_limits<uint32_t>::max(), where,
+                ": token bytes too large");
+    t.offsets_.push_back(uint32_t(t.bytes_.size()));
+    t.max_token_len_ = std::max(t.max_token_len_, e->bytes.size());
+  }
+  size_t cap = 1024;
+  while (cap < size_t(n) * 2) cap *= 2;
+  t.slots_.assign(cap, Slot{0, -1});
+  t.mask_ = cap - 1;
+  for (int32_t r = 0; r < n; ++r) {
+    const Entry& e = *by_rank[size_t(r)];
+    const int32_t prev = t.lookup(e.bytes.data(), e.bytes.size());
+    TRIAD_CHECK(prev < 0, where, ", line ", e.line, ": the same token bytes were already given ",
+                "rank ", prev, " on line ", line_of_rank[size_t(prev)]);
+    t.insert(r);
+  }
+  for (int b = 0; b < 256; ++b) {
+    const char c = char(b);
+    t.byte_rank_[b] = t.lookup(&c, 1);
+    if (t.byte_rank_[b] < 0) {
+      std::ostringstream os;
+      os << std::hex << std::setw(2) << std::setfill('0') << b;
+      fail(where, ": byte 0x", os.str(),
+           " has no token (a byte-level BPE vocabulary needs all 256 single bytes)");
+    }
+  }
+  return t;
+}
+
+int32_t Tokenizer::lookup(const char* p, size_t n) const {
+  if (n > max_token_len_) return -1;
+  const uint64_t h = hash_bytes(p, n);
+  const uint32_t tag = uint32_t(h >> 32);
+  for (size_t i = size_t(h) & mask_;; i = (i + 1) & mask_) {
+    const Slot& s = slots_[i];
+    if (s.rank < 0) return -1;
+    if (s.tag == tag) {
+      const uint32_t off = offsets_[size_t(s.rank)];
+      if (offsets_[size_t(s.rank) + 1] - off == n && std::memcmp(bytes_.data() + off, p, n) == 0)
+        return s.rank;
+    }
+  }
+}
+
+void Tokenizer::insert(int32_t rank) {
+  const uint32_t off = offsets_[size_t(rank)];
+  const size_t n = offsets_[size_t(rank) + 1] - off;
+  const uint64_t h = hash_bytes(bytes_.data() + off, n);
+  size_t i = size_t(h) & mask_;
+  while (slots_[i].rank >= 0) i = (i + 1) & mask_;
+  slots_[i] = Slot{uint32_t(h >> 32), rank};
+}
+
+// Merges the leftmost lowest-rank adjacent pair until no pair is a token (tiktoken's rule).
+void Tokenizer::bpe(const char* p, size_t n, std::vector<int32_t>& out) const {
+  if (n > kShortPiece) return bpe_long(p, n, out);
+  // Part i is bytes [start[i], start[i + 1]) with token id[i]; pair[i] is the rank of parts
+  // i and i + 1 joined (kNoRank if not a token).
+  uint32_t start[kShortPiece + 1];
+  int32_t id[kShortPiece];
+  int32_t pair[kShortPiece];
+  size_t m = n;
+  for (size_t i = 0; i < n; ++i) {
+    start[i] = uint32_t(i);
+    id[i] = byte_rank_[static_cast<unsigned char>(p[i])];
+  }
+  start[n] = uint32_t(n);
+  auto pair_rank = [&](size_t i) {  // parts i, i+1 (i + 1 < m)
+    const int32_t r = lookup(p + start[i], start[i + 2] - start[i]);
+    return r < 0 ? kNoRank : r;
+  };
+  for (size_t i = 0; i + 1 < m; ++i) pair[i] = pair_rank(i);
+  while (m > 1) {
+    size_t best = 0;
+    for (size_t i = 1; i + 1 < m; ++i)
+      if (pair[i] < pair[best]) best = i;
+    if (pair[best] == kNoRank) break;
+    id[best] = pair[best];
+    // Remove part best + 1 (its start boundary, its id and the pair it began).
+    for (size_t i = best + 1; i < m; ++i) start[i] = start[i + 1];
+    for (size_t i = best + 1; i + 1 < m; ++i) id[i] = id[i + 1];
+    for (size_t i = best + 1; i + 2 < m; ++i) pair[i] = pair[i + 1];
+    --m;
+    if (best + 1 < m) pair[best] = pair_rank(best);
+    if (best > 0) pair[best - 1] = pair_rank(best - 1);
+  }
+  out.insert(out.end(), id, id + m);
+}
+
+// The same rule with a heap of candidate pairs keyed by (rank, start), stale entries skipped.
+void Tokenizer::bpe_long(const char* p, size_t n, std::vector<int32_t>& out) const {
+  // Parts are named by their first byte; next[s] is the start of the following part (n at
+  // the end), prev[s] the start of the preceding one; alive[s] whether s starts a part.
+  std::vector<uint32_t> next(n), prev(n);
+  std::vector<int32_t> id(n);
+  std::vector<char> alive(n, 1);
+  for (size_t i = 0; i < n; ++i) {
+    next[i] = uint32_t(i + 1);
+    prev[i] = uint32_t(i == 0 ? 0 : i - 1);
+    id[i] = byte_rank_[static_cast<unsigned char>(p[i])];
+  }
+  struct Cand {
+    int32_t rank;
+    uint32_t left, mid, end;  // parts [left, mid) and [mid, end)
+    bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : left > o.left; }
+  };
+  std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> heap;
+  auto push = [&](uint32_t left) {
+    const uint32_t mid = next[left];
+    if (mid >= n) return;
+    const uint32_t end = next[mid];
+    const int32_t r = lookup(p + left, end - left);
+    if (r >= 0) heap.push(Cand{r, left, mid, end});
+  };
+  for (uint32_t i = 0; i + 1 < n; ++i) push(i);
+  while (!heap.empty()) {
+    const Cand c = heap.top();
+    heap.pop();
+    if (!alive[c.left] || next[c.left] != c.mid || !alive[c.mid] || next[c.mid] != c.end)
+      continue;  // stale: one of the two parts has changed since
+    alive[c.mid] = 0;
+    next[c.left] = c.end;
+    if (c.end < n) prev[c.end] = c.left;
+    id[c.left] = c.rank;
+    if (c.left > 0) push(prev[c.left]);
+    push(c.left);
+  }
+  for (uint32_t s = 0; s < n; s = next[s]) out.push_back(id[s]);
+}
+
+void Tokenizer::encode_append(std::string_view text, std::vector<int32_t>& out) const {
+  // Pieces that need merging recur (names, rare words): their ids are cached for this call,
+  // keyed by views into text.
+  struct Hash {
+    size_t operator()(std::string_view s) const { return size_t(hash_bytes(s.data(), s.size())); }
+  };
+  std::unordered_map<std::string_view, std::pair<uint32_t, uint32_t>, Hash> cache;
+  std::vector<int32_t> cached;  // the cache's ids: [first, first + count)
+  pretok::for_each_piece(text, [&](std::string_view piece) {
+    const int32_t r = lookup(piece.data(), piece.size());
+    if (r >= 0) {
+      out.push_back(r);
+      return;
+    }
+    if (piece.size() > kShortPiece) return bpe(piece.data(), piece.size(), out);
+    const auto it = cache.find(piece);
+    if (it != cache.end()) {
+      const int32_t* ids = cached.data() + it->second.first;
+      out.insert(out.end(), ids, ids + it->second.second);
+      return;
+    }
+    const size_t before = out.size();
+    bpe(piece.data(), piece.size(), out);
+    cache.emplace(piece, std::make_pair(uint32_t(cached.size()), uint32_t(out.size() - before)));
+    cached.insert(cached.end(), out.begin() + std::ptrdiff_t(before), out.end());
+  });
+}
+
+std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
+  std::vector<int32_t> out;
+  out.reserve(text.size() / 4 + 16);
+  encode_append(text, out);
+  return out;
+}
+
+std::string Tokenizer::token_bytes(int32_t id) const {
+  TRIAD_CHECK(id >= 0 && id < vocab_size(), "token id ", id, " is out of range: ids run from 0 to ",
+              vocab_size() - 1);
+  if (id == eot()) return std::string(kEotText);
+  const uint32_t off = offsets_[size_t(id)];
+  return bytes_.substr(off, offsets_[size_t(id) + 1] - off);
+}
+
+std::string Tokenizer::decode(std::span<const int32_t> ids) const {
+  std::string out;
+  out.reserve(ids.size() * 4);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const int32_t id = ids[i];
+    TRIAD_CHECK(id >= 0 && id < vocab_size(), "cannot decode token id ", id, " (position ", i,
+                "): ids run from 0 to ", vocab_size() - 1);
+    if (id == eot()) {
+      out += kEotText;
+    } else {
+      const uint32_t off = offsets_[size_t(id)];
+      out.append(bytes_, off, offsets_[size_t(id) + 1] - off);
+    }
+  }
+  return out;
+}
+
+}  // namespace triad
