@@ -38,7 +38,8 @@ fi
 cmake --build build -j"$(nproc 2>/dev/null || echo 2)" --target triad-train
 
 export OMPI_MCA_ess_singleton_isolated=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads
+# Thread counts: triad-train gets --run.threads (it manages OpenMP and OpenBLAS itself);
+# bench_torch.py sets OMP_NUM_THREADS / OPENBLAS_NUM_THREADS and torch.set_num_threads.
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/triad-bench-cpu.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT

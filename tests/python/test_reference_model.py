@@ -317,7 +317,7 @@ def compare_training(p: Prepared, tmp_path: Path, sections: dict, label: str):
     cfg_path = tmp_path / f"{label}.ini"
     ref.write_config(cfg_path, sections)
     run_dir = tmp_path / "runs"
-    stdout = run([train_bin, "--config", cfg_path, "--init-from", p.ckpt, "--resume", "none",
+    run([train_bin, "--config", cfg_path, "--init-from", p.ckpt, "--resume", "none",
                   "--run.dir", run_dir, "--run.name", "ref"])
     m = ref.read_metrics(run_dir / "ref" / "metrics.h5")
     losses, lrs, norms, val, final = torch_train(p, sections)

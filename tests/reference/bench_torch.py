@@ -4,8 +4,10 @@
 Trains the model of a triad run config (same model, batch, micro-batch, optimizer settings)
 in float32 with a nanoGPT-style step — per micro-batch forward + loss + backward, then
 clip_grad_norm_, AdamW step, zero_grad — on random tokens, with the given thread count, and
-reports the median tokens/s over the steps after the warm-up. With --triad-metrics it also
-reads triad's /train/tokens_per_sec from metrics.h5 and prints both and the ratio.
+reports the median tokens/s over the steps after the warm-up. The peer gets the same OpenBLAS
+kernels as triad (see main) and runs under two thread settings, the faster one counting. With
+--triad-metrics it also reads triad's /train/tokens_per_sec from metrics.h5 and prints both and
+the ratio.
 
   bench_torch.py --config inputs/runs/bench-cpu.ini --threads 2 [--steps 10] [--warmup 2]
                  [--triad-metrics RUN/metrics.h5] [--triad-log RUN/log.txt]
@@ -32,6 +34,8 @@ def parse_args():
     ap.add_argument("--triad-metrics", help="triad's metrics.h5 of the same benchmark")
     ap.add_argument("--triad-log", help="triad's log.txt (for its measured sgemm peak)")
     ap.add_argument("--sgemm-size", type=int, default=2048)
+    ap.add_argument("--no-single-intra-op", action="store_true",
+                    help="skip the run with torch.set_num_threads(1) + N OpenBLAS threads")
     return ap.parse_args()
 
 
@@ -55,6 +59,57 @@ def blas_in_use():
     return sorted(libs)
 
 
+PRE_AVX2_CORES = {"Unknown", "Katmai", "Coppermine", "Northwood", "Prescott", "Banias", "Atom",
+                  "Core2", "Penryn", "Dunnington", "Nehalem", "Sandybridge"}
+
+
+def best_openblas_core():
+    """The OpenBLAS kernel set triad's CPU backend selects for this CPU (cpu_blas.cpp)."""
+    try:
+        flags = set()
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        return None
+    if {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd"} <= flags:
+        return "SkylakeX"
+    if {"avx2", "fma"} <= flags:
+        return "Haswell"
+    return None
+
+
+def openblas_core():
+    """(library, kernel set) of the system OpenBLAS that torch's matmuls run on, or None."""
+    import ctypes
+
+    for path in blas_in_use():
+        if "openblas" in os.path.basename(path) and "numpy" not in path:
+            try:
+                lib = ctypes.CDLL(path)
+                lib.openblas_get_corename.restype = ctypes.c_char_p
+                return path, lib.openblas_get_corename().decode()
+            except (OSError, AttributeError):
+                continue
+    return None
+
+
+def openblas_thread_setter(path):
+    """A function setting OpenBLAS's thread count at run time (no-op without OpenBLAS)."""
+    import ctypes
+
+    if path:
+        try:
+            fn = ctypes.CDLL(path).openblas_set_num_threads
+            fn.argtypes = [ctypes.c_int]
+            return fn
+        except (OSError, AttributeError):
+            pass
+    return lambda n: None
+
+
 def main():
     args = parse_args()
     # Thread counts before torch starts its pools: OpenMP (ATen) and OpenBLAS's own threads.
@@ -62,6 +117,24 @@ def main():
         os.environ[var] = str(args.threads)
     import numpy as np
     import torch
+
+    # OpenBLAS (DYNAMIC_ARCH) picks its kernels from cpuid at load time; 0.3.21 does not know
+    # recent Xeons and falls back to the SSE3 "Prescott" kernels (~3x slower sgemm). triad's
+    # CPU backend then selects SkylakeX/Haswell itself; give the PyTorch peer the same kernels
+    # (OPENBLAS_CORETYPE is read at load time: re-run this script with it set).
+    torch.ones(64, 64) @ torch.ones(64, 64)
+    core = openblas_core()
+    core_note = ""
+    if core and core[1] in PRE_AVX2_CORES and "OPENBLAS_CORETYPE" not in os.environ:
+        better = best_openblas_core()
+        if better:
+            os.environ["OPENBLAS_CORETYPE"] = better
+            os.environ["TRIAD_BENCH_OPENBLAS_DETECTED"] = core[1]
+            sys.stdout.flush()
+            os.execv(sys.executable, [sys.executable] + sys.argv)
+    if "TRIAD_BENCH_OPENBLAS_DETECTED" in os.environ:
+        core_note = (f" (selected as triad does; OpenBLAS detected "
+                     f"{os.environ['TRIAD_BENCH_OPENBLAS_DETECTED']})")
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import gpt_torch as ref
@@ -88,41 +161,64 @@ def main():
     assert B % mbs == 0, "batch_size must be a multiple of micro_batch_size"
     accum, T = B // mbs, cfg.seq_len
 
-    # Machine line: fp32 sgemm rate through torch (the BLAS both sides use).
+    # Machine line: fp32 sgemm rate through torch (the BLAS both sides use), median of runs.
     n = args.sgemm_size
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
-    reps, t0 = 0, time.perf_counter()
-    while reps < 3 or time.perf_counter() - t0 < 1.0:
-        a @ b
-        reps += 1
-    sgemm_gflops = 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
-
-    torch.manual_seed(0)
-    model = ref.build_model(ref.random_weights(cfg, seed=0, perturb=False), cfg, fast=True)
-    model.train()
-    opt = torch.optim.AdamW(model.param_groups(wd), lr=lr, betas=betas, eps=eps)
-    gen = torch.Generator().manual_seed(1)
-    data = torch.randint(0, cfg.vocab_size, (steps * B + 1, T + 1), generator=gen)
-
-    times = []
-    for s in range(steps):
+    runs, t_end = [], time.perf_counter() + 1.5
+    while len(runs) < 3 or time.perf_counter() < t_end:
         t0 = time.perf_counter()
-        for m in range(accum):
-            chunk = data[s * B + m * mbs: s * B + (m + 1) * mbs]
-            x, y = chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
-            _, loss = model(x, y)
-            (loss / accum).backward()
-        if clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        dt = time.perf_counter() - t0
-        times.append(dt)
-        print(f"torch step {s:3d} | loss {loss.item():.4f} | {B * T / dt:8.0f} tok/s | "
-              f"{dt * 1e3:.0f} ms", flush=True)
-    tps = [B * T / t for t in times[args.warmup:]] or [B * T / t for t in times]
-    torch_tps = statistics.median(tps)
+        a @ b
+        runs.append(time.perf_counter() - t0)
+    sgemm_gflops = 2 * n ** 3 / statistics.median(runs) / 1e9
+
+    set_blas_threads = openblas_thread_setter(core[0] if core else None)
+
+    def train(intra_op_threads: int):
+        """Times `steps` nanoGPT-style training steps; returns the step times (s)."""
+        torch.set_num_threads(intra_op_threads)
+        set_blas_threads(args.threads)
+        torch.manual_seed(0)
+        model = ref.build_model(ref.random_weights(cfg, seed=0, perturb=False), cfg, fast=True)
+        model.train()
+        opt = torch.optim.AdamW(model.param_groups(wd), lr=lr, betas=betas, eps=eps)
+        gen = torch.Generator().manual_seed(1)
+        data = torch.randint(0, cfg.vocab_size, (steps * B, T + 1), generator=gen)
+        times = []
+        for s in range(steps):
+            t0 = time.perf_counter()
+            for m in range(accum):
+                chunk = data[s * B + m * mbs: s * B + (m + 1) * mbs]
+                x, y = chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
+                _, loss = model(x, y)
+                (loss / accum).backward()
+            if clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            dt = time.perf_counter() - t0
+            times.append(dt)
+            print(f"torch step {s:3d} | loss {loss.item():.4f} | {B * T / dt:8.0f} tok/s | "
+                  f"{dt * 1e3:.0f} ms", flush=True)
+        return times
+
+    def summary(times):
+        kept = times[args.warmup:] or times
+        return statistics.median(B * T / t for t in kept), statistics.median(kept)
+
+    # PyTorch's OpenMP pool and OpenBLAS's pthread pool both spin after their work and fight
+    # over the cores when they alternate (triad avoids this by running OpenBLAS inside its own
+    # OpenMP threads). So the peer runs twice and the faster one counts: (a) the usual setting,
+    # torch.set_num_threads(N) and OpenBLAS N threads; (b) torch's own ops on 1 thread, OpenBLAS
+    # N threads.
+    configs = [(f"pytorch, {args.threads} torch + {args.threads} BLAS threads", args.threads)]
+    if args.threads > 1 and not args.no_single_intra_op:
+        configs.append((f"pytorch, 1 torch + {args.threads} BLAS threads", 1))
+    torch_rows = []
+    for label, intra in configs:
+        print(f"== {label}", flush=True)
+        torch_rows.append((label,) + summary(train(intra)))
+    best = max(torch_rows, key=lambda r: r[1])
 
     blas_line = next((ln.strip() for ln in torch.__config__.show().splitlines()
                       if "BLAS_INFO" in ln), "")
@@ -134,18 +230,18 @@ def main():
           f"{steps - 1} | threads {args.threads}")
     print(f"torch {torch.__version__}: BLAS_INFO={m.group(1) if m else '?'}; BLAS libraries "
           f"loaded: {', '.join(blas_in_use()) or '?'}")
-    print(f"torch threads: {torch.get_num_threads()} (OMP_NUM_THREADS="
-          f"{os.environ['OMP_NUM_THREADS']}, OPENBLAS_NUM_THREADS="
-          f"{os.environ['OPENBLAS_NUM_THREADS']})")
-    print(f"sgemm fp32 {n}^3 via torch: {sgemm_gflops:.1f} GFLOP/s")
+    if core:
+        print(f"OpenBLAS kernels used by torch: {core[1]}{core_note} [{core[0]}]")
+    print(f"sgemm fp32 {n}^3 via torch ({args.threads} BLAS threads): {sgemm_gflops:.1f} GFLOP/s")
     if args.triad_log and Path(args.triad_log).is_file():
         for line in Path(args.triad_log).read_text().splitlines():
             pk = re.search(r"peak ([0-9.]+) GFLOP/s", line)
             if pk:
-                print(f"sgemm peak measured by triad-train: {pk.group(1)} GFLOP/s")
+                print(f"sgemm peak measured by triad-train (1024^3, best of 3): {pk.group(1)} "
+                      f"GFLOP/s")
                 break
 
-    rows = [("pytorch (float32, AdamW)", torch_tps, statistics.median(times[args.warmup:] or times))]
+    rows = list(torch_rows)
     triad_tps = None
     if args.triad_metrics:
         import h5py
@@ -155,13 +251,15 @@ def main():
             t_ms = np.asarray(f["train/step_ms"][...], dtype=float)
         sel = slice(args.warmup, None) if t_tps.size > args.warmup else slice(None)
         triad_tps = float(np.median(t_tps[sel]))
-        rows.insert(0, ("triad (cpu backend, fp32)", triad_tps, float(np.median(t_ms[sel])) / 1e3))
+        rows.insert(0, (f"triad, {args.threads} threads", triad_tps,
+                        float(np.median(t_ms[sel])) / 1e3))
     print()
-    print(f"{'':28s} {'tokens/s':>10s} {'step ms':>10s}")
+    print(f"{'':44s} {'tokens/s':>10s} {'step ms':>10s}")
     for name, v, t in rows:
-        print(f"{name:28s} {v:10.0f} {t * 1e3:10.0f}")
+        print(f"{name:44s} {v:10.0f} {t * 1e3:10.0f}")
     if triad_tps is not None:
-        print(f"ratio triad/pytorch = {triad_tps / torch_tps:.2f}")
+        print(f"ratio triad/pytorch = {triad_tps / best[1]:.2f}   (pytorch = the faster: "
+              f"{best[0]})")
 
 
 if __name__ == "__main__":
