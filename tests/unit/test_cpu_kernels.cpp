@@ -288,6 +288,36 @@ TEST_F(CpuKernels, MatmulWithBias) { check_matmul(*be, true, true); }
 TEST_F(CpuKernels, MatmulWithoutBias) { check_matmul(*be, false, true); }
 TEST_F(CpuKernels, MatmulWithoutDinp) { check_matmul(*be, true, false); }
 
+// Shapes large enough for the products to be split over threads, once along rows and once
+// along columns of each product (forward, dinp and dweight use all four split/transpose
+// combinations between them); checked against the analytic gradients in double.
+void check_matmul_split(Backend& be, int N, int IC, int OC) {
+  const Vec inp = random_vec(size_t(N) * IC, 81), w = random_vec(size_t(OC) * IC, 82);
+  const Vec bias = random_vec(OC, 83), dout = random_vec(size_t(N) * OC, 84);
+  Vec out(size_t(N) * OC);
+  be.matmul_forward(out.data(), inp.data(), w.data(), bias.data(), N, IC, OC);
+  const DVec x = to_double(inp), wd = to_double(w), bd = to_double(bias), dy = to_double(dout);
+  expect_close(out, naive_matmul(x, wd, &bd, N, IC, OC), 1e-6, "out");
+  DVec dx(inp.size(), 0.0), dw(w.size(), 0.0), db(OC, 0.0);
+  for (int n = 0; n < N; ++n)
+    for (int o = 0; o < OC; ++o) {
+      const double d = dy[size_t(n) * OC + o];
+      db[o] += d;
+      for (int i = 0; i < IC; ++i) {
+        dx[size_t(n) * IC + i] += d * wd[size_t(o) * IC + i];
+        dw[size_t(o) * IC + i] += d * x[size_t(n) * IC + i];
+      }
+    }
+  Vec gx(inp.size(), 0.0f), gw(w.size(), 0.0f), gb(OC, 0.0f);
+  be.matmul_backward(gx.data(), gw.data(), gb.data(), dout.data(), inp.data(), w.data(), N, IC, OC);
+  expect_close(gx, dx, 1e-5, "dinp");
+  expect_close(gw, dw, 1e-5, "dweight");
+  expect_close(gb, db, 1e-5, "dbias");
+}
+
+TEST_F(CpuKernels, MatmulSplitOverThreadsTallOutput) { check_matmul_split(*be, 300, 200, 130); }
+TEST_F(CpuKernels, MatmulSplitOverThreadsWideOutput) { check_matmul_split(*be, 40, 200, 300); }
+
 // ---- attention -----------------------------------------------------------------------------
 
 // stride > 1 checks only every stride-th coordinate of dqkv (for the longer sequence).
@@ -324,6 +354,25 @@ void check_attention(Backend& be, int B, int T, int C, int NH, size_t stride) {
 
 TEST_F(CpuKernels, AttentionSmall) { check_attention(*be, 2, 5, 12, 3, 1); }
 TEST_F(CpuKernels, AttentionSingleToken) { check_attention(*be, 2, 1, 8, 2, 1); }
+// Logits spanning a range of ~200: probabilities underflow (the kernel flushes those below
+// 1e-30 to 0), yet outputs and gradients stay accurate and free of NaN and denormals.
+TEST_F(CpuKernels, AttentionExtremeLogits) {
+  const int B = 1, T = 9, C = 8, NH = 2;
+  Vec qkv = random_vec(size_t(B) * T * 3 * C, 91, -7.0f, 7.0f);
+  Vec out(size_t(B) * T * C), att(size_t(B) * NH * T * T);
+  be->attention_forward(out.data(), att.data(), qkv.data(), B, T, C, NH);
+  DVec x = to_double(qkv);
+  expect_close(out, naive_attention(x, B, T, C, NH), 1e-5, "out");
+  const Vec R = random_vec(out.size(), 92);
+  const DVec g = finite_diff(x, [&] { return dot(naive_attention(x, B, T, C, NH), R); });
+  Vec dqkv(qkv.size(), 0.0f), scratch(att.size());
+  be->attention_backward(dqkv.data(), scratch.data(), R.data(), qkv.data(), att.data(), B, T, C,
+                         NH);
+  expect_close(dqkv, g, 1e-4, "dqkv");
+  for (float v : att) EXPECT_NE(std::fpclassify(v), FP_SUBNORMAL);
+  for (float v : dqkv) EXPECT_TRUE(std::isfinite(v));
+}
+
 // Longer than the kernel's 64-row causal blocks, with a partial last block.
 TEST_F(CpuKernels, AttentionSeveralCausalBlocks) { check_attention(*be, 1, 150, 6, 2, 7); }
 

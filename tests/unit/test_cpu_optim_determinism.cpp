@@ -1,6 +1,7 @@
 // CPU backend: optimizer updates against PyTorch's formulas written out as scalar loops,
 // the sum of squares, and reproducibility (bit-identical results run to run, and for the
 // ops that do not go through BLAS, for any number of OpenMP threads).
+#include <cblas.h>
 #include <gtest/gtest.h>
 #include <omp.h>
 
@@ -198,6 +199,21 @@ TEST_F(CpuOptim, OpenMpKernelsIndependentOfThreadCount) {
   three.run(*be, false);
   omp_set_num_threads(saved);
   EXPECT_TRUE(bit_identical(one.outputs, three.outputs));
+}
+
+// The backend parallelizes with OpenMP and keeps OpenBLAS single-threaded, even when someone
+// raised OpenBLAS's thread count in between (a threaded OpenBLAS inside OpenMP teams would
+// oversubscribe the cores); the results do not change.
+TEST_F(CpuOptim, KeepsOpenBlasSingleThreaded) {
+  EXPECT_EQ(openblas_get_num_threads(), 1);
+  const int N = 200, IC = 96, OC = 160;
+  const Vec x = random_vec(size_t(N) * IC, 11), w = random_vec(size_t(OC) * IC, 12);
+  Vec a(size_t(N) * OC), b(a.size());
+  be->matmul_forward(a.data(), x.data(), w.data(), nullptr, N, IC, OC);
+  openblas_set_num_threads(2);
+  be->matmul_forward(b.data(), x.data(), w.data(), nullptr, N, IC, OC);
+  EXPECT_EQ(openblas_get_num_threads(), 1);
+  EXPECT_TRUE(bit_identical(a, b));
 }
 
 }  // namespace

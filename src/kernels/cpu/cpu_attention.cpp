@@ -7,10 +7,11 @@
 // keys 0 .. i1-1, so every product skips the blocks above the diagonal (about 40% fewer flops
 // at T = 256 than full T×T products, more for longer sequences).
 //
-// Threading: the (batch, head) pairs are independent, so they are spread over OpenMP threads
-// with OpenBLAS single-threaded inside (see SingleThreadedBlas). The per-head gemms are small
-// (e.g. 64×256×64), where splitting each over threads costs more than it gains, and one thread
-// keeps a head's P and dP blocks in its own cache between the gemms and the softmax.
+// Threading: the (batch, head) pairs are independent, so they are spread over OpenMP threads,
+// each calling (single-threaded, see cpu_blas.cpp) sgemm for its own head. The per-head gemms
+// are small (e.g. 64×256×64), where splitting each over threads costs more than it gains
+// (measured: 5-10x slower attention), and one thread keeps a head's P and dP blocks in its own
+// cache between the gemms and the softmax.
 #include <cblas.h>
 
 #include <algorithm>
@@ -33,8 +34,9 @@ struct Dims {
   float scale;
 };
 
-// Row i of S → row i of P over keys 0..i; keys i+1 .. end-1 (the rest of the diagonal block,
-// which the P·V product reads) are set to 0. Keys beyond end are left untouched.
+// Row i of S → row i of P over keys 0..i (tiny probabilities flushed to 0, see kFlushBelow).
+// Keys i+1 .. end-1 (the rest of the diagonal block, which the P·V product reads) are set to 0;
+// keys beyond end are left untouched.
 void causal_softmax_row(float* row, int i, int end) {
   float max_val = row[0];
 #pragma omp simd reduction(max : max_val)
@@ -43,20 +45,20 @@ void causal_softmax_row(float* row, int i, int end) {
   float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
   for (int j = 0; j <= i; ++j) sum += row[j];
-  const float inv = 1.0f / sum;
-#pragma omp simd
-  for (int j = 0; j <= i; ++j) row[j] *= inv;
+  scale_flush_inplace(row, size_t(i) + 1, 1.0f / sum);
   std::fill(row + i + 1, row + end, 0.0f);
 }
 
 // Softmax backward for row i: dS_j = P_j·(dP_j − Σ_k P_k dP_k) over keys 0..i, in place over
-// dP; keys i+1 .. end-1 are set to 0 (the dQ and dK products read them).
+// dP (tiny values flushed to 0). Keys i+1 .. end-1 are set to 0: the dQ and dK products read
+// them.
 void causal_softmax_backward_row(float* ds, const float* p, int i, int end) {
   float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
   for (int j = 0; j <= i; ++j) dot += p[j] * ds[j];
 #pragma omp simd
   for (int j = 0; j <= i; ++j) ds[j] = p[j] * (ds[j] - dot);
+  scale_flush_inplace(ds, size_t(i) + 1, 1.0f);
   std::fill(ds + i + 1, ds + end, 0.0f);
 }
 
@@ -127,7 +129,7 @@ Dims make_dims(int T, int C, int NH) {
 void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH) {
   const Dims d = make_dims(T, C, NH);
   const int hd = d.hd;
-  SingleThreadedBlas serial_blas;
+  ensure_single_threaded_blas();
 #pragma omp parallel for schedule(static)
   for (int bh = 0; bh < B * NH; ++bh) {
     const int b = bh / NH;
@@ -142,7 +144,7 @@ void attention_backward(float* dqkv, float* scratch, const float* dout, const fl
                         const float* att, int B, int T, int C, int NH) {
   const Dims d = make_dims(T, C, NH);
   const int hd = d.hd;
-  SingleThreadedBlas serial_blas;
+  ensure_single_threaded_blas();
 #pragma omp parallel for schedule(static)
   for (int bh = 0; bh < B * NH; ++bh) {
     const int b = bh / NH;

@@ -33,9 +33,9 @@ void crossentropy_forward_backward(float* logits, float* losses, float* correct,
     // loss = logsumexp − logit[target] = log(Σ e) − (logit[target] − max)
     losses[n] = float(std::log(sum) - double(target_logit - max_val));
 
-    const float inv = float(double(dloss_scale) / sum);
-#pragma omp simd
-    for (int j = 0; j < V; ++j) row[j] *= inv;
+    // dlogits = softmax · scale (tiny values flushed to 0: they feed the LM-head gemms, see
+    // kFlushBelow), minus scale at the target.
+    scale_flush_inplace(row, size_t(V), float(double(dloss_scale) / sum));
     row[target] -= dloss_scale;
     for (int j = V; j < Vp; ++j) row[j] = 0.0f;
   }

@@ -1,9 +1,8 @@
 // Linear layers through OpenBLAS sgemm (row-major, weight [OC, IC]):
 //   forward   out   = inp · Wᵀ + b
 //   backward  dinp += dout · W,   dW += doutᵀ · inp,   db += Σ_rows dout
-// sgemm runs on OpenBLAS's own threads; the bias passes use OpenMP.
-#include <cblas.h>
-
+// The products go through parallel_sgemm (OpenMP over blocks of the output); the bias
+// passes are OpenMP loops.
 #include <algorithm>
 
 #include "cpu_math.h"
@@ -21,18 +20,15 @@ void matmul_forward(float* out, const float* inp, const float* weight, const flo
     for (int n = 0; n < N; ++n) std::copy(bias, bias + OC, out + size_t(n) * OC);
     beta = 1.0f;
   }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, IC, 1.0f, inp, IC, weight, IC, beta,
-              out, OC);
+  parallel_sgemm(false, true, N, OC, IC, 1.0f, inp, IC, weight, IC, beta, out, OC);
 }
 
 void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                      const float* weight, int N, int IC, int OC) {
   if (dinp != nullptr) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, IC, OC, 1.0f, dout, OC, weight, IC,
-                1.0f, dinp, IC);
+    parallel_sgemm(false, false, N, IC, OC, 1.0f, dout, OC, weight, IC, 1.0f, dinp, IC);
   }
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, IC, N, 1.0f, dout, OC, inp, IC, 1.0f,
-              dweight, IC);
+  parallel_sgemm(true, false, OC, IC, N, 1.0f, dout, OC, inp, IC, 1.0f, dweight, IC);
   if (dbias != nullptr) {
     // Column sums, parallel over column slices with each column summed serially over the rows
     // (deterministic, and every row access is a contiguous slice).

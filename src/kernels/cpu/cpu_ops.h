@@ -4,8 +4,8 @@
 //
 // Determinism: every reduction here has a fixed order that does not depend on the number of
 // OpenMP threads (columns are summed serially over rows, chunks are combined in index order),
-// so results are bit-identical run to run. OpenBLAS sgemm never splits the k dimension over
-// threads, so matmuls are reproducible for a fixed OpenBLAS thread count.
+// so results are bit-identical run to run. Matmuls are split over threads along rows or columns
+// of the output, never along k, so they are reproducible for a fixed thread count.
 #pragma once
 
 #include <cstddef>
@@ -13,23 +13,22 @@
 
 namespace triad::cpu {
 
-// ---- BLAS setup (cpu_blas.cpp) ------------------------------------------------------------
-// Called once when a CpuBackend is created: replaces OpenBLAS's kernel set when its cpuid
-// detection fell back to generic kernels on a CPU it does not know (see cpu_blas.cpp).
+// ---- BLAS (cpu_blas.cpp) ------------------------------------------------------------------
+// Called when a CpuBackend is created: makes OpenBLAS single-threaded (all parallelism comes
+// from OpenMP, see parallel_sgemm) and, the first time, replaces its kernel set when its cpuid
+// detection fell back to generic kernels on a CPU it does not know.
 void configure_blas();
 
-// While alive, OpenBLAS runs single-threaded, so that sgemm can be called from inside an
-// OpenMP parallel region (one small gemm per thread) without oversubscribing the cores.
-class SingleThreadedBlas {
- public:
-  SingleThreadedBlas();
-  ~SingleThreadedBlas();
-  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
-  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
+// Puts OpenBLAS back to one thread if someone (e.g. openblas_set_num_threads in an app) raised
+// it: every BLAS call here runs inside an OpenMP team, where a threaded OpenBLAS would
+// oversubscribe the cores. Cheap (reads a global); called before each product.
+void ensure_single_threaded_blas();
 
- private:
-  int saved_threads_;
-};
+// Row-major C[M,N] = alpha·op(A)·op(B) + beta·C, split over the OpenMP threads along the
+// larger of M and N; each thread runs single-threaded OpenBLAS on its block. k is never split,
+// so every element is one serial dot product (deterministic for a given thread count).
+void parallel_sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
+                    int lda, const float* B, int ldb, float beta, float* C, int ldc);
 
 // ---- ops -----------------------------------------------------------------------------------
 void encoder_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B,
