@@ -9,8 +9,9 @@
 
 namespace triad {
 
-Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend)
+Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards)
     : shape_(shape), max_batch_(max_batch), be_(backend) {
+  TRIAD_ASSERT(shards >= 1);
   TRIAD_ASSERT(shape.n_embd % shape.n_head == 0 && max_batch >= 1);
   TRIAD_ASSERT(shape.padded_vocab_size >= shape.vocab_size);
   const int64_t C = shape.n_embd, Vp = shape.padded_vocab_size, T = shape.seq_len;
@@ -45,8 +46,10 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend)
   }
   add("ln_f/weight", {C});
   add("ln_f/bias", {C});
-  params_ = be_.alloc(n_floats_);
-  grads_ = be_.alloc(n_floats_);
+  const size_t quantum = 16 * size_t(shards);
+  buffer_floats_ = (n_floats_ + quantum - 1) / quantum * quantum;
+  params_ = be_.alloc(buffer_floats_);
+  grads_ = be_.alloc(buffer_floats_);
   acts_ = new Activations(shape_, max_batch_, be_);
   host_scratch_.resize(size_t(shape_.padded_vocab_size));
 }
@@ -78,7 +81,7 @@ double Gpt::flops_per_token() const {
 void Gpt::init(uint64_t seed) {
   // Initialize on the host in layout order with one seeded stream, then upload: the same seed
   // gives the same weights on every backend and grid.
-  std::vector<float> host(n_floats_, 0.0f);
+  std::vector<float> host(buffer_floats_, 0.0f);
   Rng rng(seed);
   const double residual_std = 0.02 / std::sqrt(2.0 * shape_.n_layer);
   for (const auto& s : specs_) {
@@ -97,10 +100,10 @@ void Gpt::init(uint64_t seed) {
       for (size_t i = 0; i < n; ++i) p[i] = float(std * rng.normal());
     }
   }
-  be_.copy_from_host(params_, host.data(), n_floats_);
+  be_.copy_from_host(params_, host.data(), buffer_floats_);
   zero_grads();
 }
 
-void Gpt::zero_grads() { be_.zero(grads_, n_floats_); }
+void Gpt::zero_grads() { be_.zero(grads_, buffer_floats_); }
 
 }  // namespace triad

@@ -86,6 +86,9 @@ void Gpt::backward(const int32_t* inputs, int B, int T) {
   be_.layernorm_backward(a.dresidual, grads_ + sp[sp.size() - 2].offset,
                          grads_ + sp[sp.size() - 1].offset, a.dln, x_last,
                          params_ + sp[sp.size() - 2].offset, a.lnf_mean, a.lnf_rstd, N, C);
+  const size_t layer0 = sp[2].offset, lnf = sp[sp.size() - 2].offset;
+  auto layer_begin = [&](int l) { return l < shape_.n_layer ? sp[2 + size_t(l) * 12].offset : lnf; };
+  if (grad_hook_) grad_hook_(lnf, n_floats_ - lnf);
   for (int l = shape_.n_layer - 1; l >= 0; --l) {
     auto& L = a.layers[size_t(l)];
     const LayerTensors w = layer_tensors(params_, specs_, l);
@@ -110,9 +113,11 @@ void Gpt::backward(const int32_t* inputs, int B, int T) {
     be_.matmul_backward(a.dln, g.qkvw, g.qkvb, a.dqkv, L.ln1, w.qkvw, N, C, 3 * C);
     be_.layernorm_backward(a.dresidual, g.ln1w, g.ln1b, a.dln, x_in, w.ln1w, L.ln1_mean,
                            L.ln1_rstd, N, C);
+    if (grad_hook_) grad_hook_(layer_begin(l), layer_begin(l + 1) - layer_begin(l));
   }
   be_.encoder_backward(grads_ + sp[0].offset, grads_ + sp[1].offset, a.dresidual, inputs, B, T,
                        C);
+  if (grad_hook_) grad_hook_(0, layer0);
 }
 
 ForwardStats Gpt::forward_backward(const int32_t* inputs, const int32_t* targets, int B,

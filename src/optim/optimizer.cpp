@@ -1,5 +1,6 @@
 #include "triad/optim/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "triad/core/error.h"
@@ -31,11 +32,12 @@ double clip_grad_norm(Backend& be, float* grads, size_t n, double clip) {
   return norm;
 }
 
-Optimizer::Optimizer(const OptimConfig& cfg, const std::vector<ParamSpec>& specs,
-                     size_t n_floats, Backend& be)
-    : cfg_(cfg), specs_(specs), n_floats_(n_floats), be_(be) {
+Optimizer::Optimizer(const OptimConfig& cfg, const std::vector<ParamSpec>& specs, size_t begin,
+                     size_t end, Backend& be)
+    : cfg_(cfg), specs_(specs), begin_(begin), end_(end), be_(be) {
+  TRIAD_ASSERT(begin <= end);
   const size_t n_slots = cfg.name == "adamw" ? 2 : 1;
-  for (size_t i = 0; i < n_slots; ++i) slots_.push_back(be_.alloc(n_floats_));
+  for (size_t i = 0; i < n_slots; ++i) slots_.push_back(be_.alloc(std::max<size_t>(1, end - begin)));
 }
 
 Optimizer::~Optimizer() {
@@ -48,24 +50,27 @@ std::vector<std::string> Optimizer::slot_names() const {
 }
 
 void Optimizer::reset() {
-  for (float* p : slots_) be_.zero(p, n_floats_);
+  for (float* p : slots_) be_.zero(p, std::max<size_t>(1, end_ - begin_));
 }
 
 void Optimizer::update(float* params, const float* grads, double lr, int64_t step) {
   TRIAD_ASSERT(step >= 1);
+  const double bc1 = 1.0 - std::pow(cfg_.beta1, double(step));
+  const double bc2 = 1.0 - std::pow(cfg_.beta2, double(step));
   for (const auto& s : specs_) {
+    // The part of this tensor inside [begin, end); element-wise updates make any cut exact.
+    const size_t lo = std::max(begin_, s.offset), hi = std::min(end_, s.offset + s.numel);
+    if (lo >= hi) continue;
     // Weight decay only on matrices (wte, wpe, linear weights), as DESIGN.md §4 says.
     const float wd = s.decay ? float(cfg_.weight_decay) : 0.0f;
-    float* p = params + s.offset;
-    const float* g = grads + s.offset;
+    float* p = params + lo;
+    const float* g = grads + (lo - begin_);
     if (cfg_.name == "adamw") {
-      const double bc1 = 1.0 - std::pow(cfg_.beta1, double(step));
-      const double bc2 = 1.0 - std::pow(cfg_.beta2, double(step));
-      be_.adamw_update(p, g, slots_[0] + s.offset, slots_[1] + s.offset, s.numel, float(lr),
-                       float(cfg_.beta1), float(cfg_.beta2), float(cfg_.eps), wd, float(bc1),
-                       float(bc2));
+      be_.adamw_update(p, g, slots_[0] + (lo - begin_), slots_[1] + (lo - begin_), hi - lo,
+                       float(lr), float(cfg_.beta1), float(cfg_.beta2), float(cfg_.eps), wd,
+                       float(bc1), float(bc2));
     } else {
-      be_.sgd_update(p, g, slots_[0] + s.offset, s.numel, float(lr), float(cfg_.momentum), wd);
+      be_.sgd_update(p, g, slots_[0] + (lo - begin_), hi - lo, float(lr), float(cfg_.momentum), wd);
     }
   }
 }

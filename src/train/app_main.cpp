@@ -1,6 +1,7 @@
 #include "triad/train/app_main.h"
 
 #include <chrono>
+#include <cstdlib>
 #include <cstdio>
 #include <exception>
 #include <thread>
@@ -10,7 +11,13 @@
 namespace triad {
 
 int run_main(int argc, char** argv, const char* prog, const std::function<int(MPI_Comm)>& body) {
+  // Open MPI's shared-memory shared-file-pointer component prints spurious errors when several
+  // singletons share a temp directory; triad never uses shared file pointers.
+  setenv("OMPI_MCA_sharedfp", "^sm", 0);
   MPI_Init(&argc, &argv);
+  // Report MPI failures as errors (TRIAD_MPI_CHECK names the call, rank and site) instead of
+  // aborting inside the library.
+  MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
   int rank = 0, size = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);

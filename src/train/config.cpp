@@ -248,8 +248,6 @@ void validate(const Config& c, int world_size) {
   check(c.parallel.tp >= 1, "parallel.tp", "must be >= 1");
   check(c.parallel.pp >= 1, "parallel.pp", "must be >= 1");
   check(c.parallel.zero == 0 || c.parallel.zero == 1, "parallel.zero", "must be 0 or 1");
-  check(c.parallel.zero == 0, "parallel.zero",
-        "= 1 (ZeRO-1) is not implemented in this version (use 0)");
   check(c.parallel.schedule == "1f1b" || c.parallel.schedule == "gpipe" ||
             c.parallel.schedule == "interleaved",
         "parallel.schedule", "must be 1f1b, gpipe or interleaved");

@@ -1,7 +1,6 @@
 #include "triad/train/trainer.h"
 
 #include <omp.h>
-#include <cblas.h>
 
 #include <atomic>
 #include <cmath>
@@ -21,6 +20,7 @@
 #include "triad/io/checkpoint.h"
 #include "triad/io/metrics.h"
 #include "triad/kernels/backend.h"
+#include "triad/kernels/cpu_backend.h"
 #include "triad/kernels/peak_flops.h"
 #include "triad/model/gpt.h"
 #include "triad/optim/optimizer.h"
@@ -66,6 +66,12 @@ struct Trainer::State {
   std::ofstream log;
   int64_t step = 0;      // updates applied
   int64_t position = 0;  // absolute position of the next training sequence
+  // Data parallelism: this rank's slice [shard_lo, shard_hi) of the flat parameter buffer is
+  // what it updates under ZeRO-1 and what it writes into checkpoints (always).
+  int dp = 1, dp_rank = 0;
+  size_t shard_lo = 0, shard_hi = 0;
+  float* grad_shard = nullptr;  // ZeRO-1: the reduce-scattered gradient of the slice
+  std::vector<CommRequest> pending;
   double peak_flops = 0;
   std::vector<int32_t> inputs, targets;
 
@@ -81,10 +87,9 @@ struct Trainer::State {
   }
 
   void setup_backend() {
-    if (cfg.run.threads > 0) {
-      omp_set_num_threads(cfg.run.threads);
-      openblas_set_num_threads(cfg.run.threads);
-    }
+    // The CPU backend runs every op, matmuls included, on OpenMP threads (OpenBLAS itself
+    // single-threaded inside them), so the OpenMP thread count is the one knob.
+    if (cfg.run.threads > 0) omp_set_num_threads(cfg.run.threads);
     be = make_cpu_backend();
   }
 
@@ -94,28 +99,66 @@ struct Trainer::State {
   }
 
   void setup_model() {
-    model = std::make_unique<Gpt>(model_shape(), cfg.train.micro_batch_size, *be);
-    opt = std::make_unique<Optimizer>(cfg.optim, model->specs(), model->num_floats(), *be);
+    dp = grid.shape().dp;
+    dp_rank = grid.dp_rank();
+    model = std::make_unique<Gpt>(model_shape(), cfg.train.micro_batch_size, *be, dp);
+    const size_t S = model->buffer_floats() / size_t(dp);
+    shard_lo = size_t(dp_rank) * S;
+    shard_hi = shard_lo + S;
+    if (cfg.parallel.zero == 1) {
+      opt = std::make_unique<Optimizer>(cfg.optim, model->specs(), shard_lo, shard_hi, *be);
+      grad_shard = be->alloc(S);
+    } else {
+      opt = std::make_unique<Optimizer>(cfg.optim, model->specs(), 0, model->buffer_floats(), *be);
+    }
     inputs.resize(size_t(cfg.train.micro_batch_size) * cfg.model.seq_len);
     targets.resize(inputs.size());
   }
+  ~State() {
+    if (grad_shard) be->free(grad_shard);
+  }
 
   // ---- checkpoints --------------------------------------------------------------------------
-  std::vector<TensorGroup> groups(bool with_optimizer) {
-    auto refs = [this](float* base) {
-      std::vector<TensorRef> r;
-      for (const auto& p : model->specs()) {
-        TensorRef t{p.name, p.shape, base + p.offset, -1};
-        if (p.name == "wte/weight") t.valid_rows = cfg.model.vocab_size;
-        r.push_back(std::move(t));
+  // The tensors of a checkpoint as this rank holds them. `base` is a buffer laid out like the
+  // parameter buffer whose element `first` sits at base[0]; a rank holding everything
+  // (first = 0, whole = true) reads full tensors, and every rank writes only the part of each
+  // tensor inside its slice [shard_lo, shard_hi), so each element is written once.
+  std::vector<TensorRef> tensor_refs(float* base, size_t first, bool whole) const {
+    std::vector<TensorRef> r;
+    for (const auto& p : model->specs()) {
+      TensorRef t;
+      t.name = p.name;
+      t.shape = p.shape;
+      if (p.name == "wte/weight") t.valid_rows = cfg.model.vocab_size;
+      if (whole) {
+        t.data = base + (p.offset - first);
+      } else {
+        const size_t lo = std::max(shard_lo, p.offset), hi = std::min(shard_hi, p.offset + p.numel);
+        if (lo < hi) {
+          t.begin = int64_t(lo - p.offset);
+          t.end = int64_t(hi - p.offset);
+          t.data = base + (lo - first);
+        } else {
+          t.begin = t.end = 0;  // nothing of this tensor here; still joins the collectives
+          t.data = base;
+        }
       }
-      return r;
-    };
-    std::vector<TensorGroup> g{{"model", refs(model->params())}};
+      r.push_back(std::move(t));
+    }
+    return r;
+  }
+
+  // for_save: slices (each element written once); loading: full parameters everywhere and the
+  // optimizer state this rank keeps (its slice under ZeRO-1, everything otherwise).
+  std::vector<TensorGroup> groups(bool with_optimizer, bool for_save) {
+    std::vector<TensorGroup> g{{"model", tensor_refs(model->params(), 0, !for_save)}};
     if (with_optimizer) {
+      const bool zero = cfg.parallel.zero == 1;
       const auto names = opt->slot_names();
-      for (size_t i = 0; i < names.size(); ++i)
-        g.push_back({"optimizer/" + names[i], refs(opt->slot(i))});
+      for (size_t i = 0; i < names.size(); ++i) {
+        const size_t first = zero ? shard_lo : 0;
+        g.push_back({"optimizer/" + names[i], tensor_refs(opt->slot(i), first, !for_save && !zero)});
+      }
     }
     return g;
   }
@@ -142,7 +185,7 @@ struct Trainer::State {
     if (root()) fs::create_directories(dir);
     MPI_Barrier(grid.world());
     Timer t;
-    triad::save_checkpoint(grid.world(), path, checkpoint_state(), groups(true));
+    triad::save_checkpoint(grid.world(), path, checkpoint_state(), groups(true, true));
     if (root()) publish_checkpoint(dir, name, cfg.checkpoint.keep);
     MPI_Barrier(grid.world());
     std::ostringstream os;
@@ -172,7 +215,7 @@ struct Trainer::State {
       TRIAD_CHECK(checkpoint_has_group(grid.world(), path, slot), "checkpoint ", path,
                   " has no /", slot, " state for optim.name = ", cfg.optim.name,
                   " (resume with the optimizer it was saved with, or use --init-from)");
-      load_checkpoint_tensors(grid.world(), path, groups(true));
+      load_checkpoint_tensors(grid.world(), path, groups(true, false));
       step = st.step;
       const int64_t n = train_src->num_sequences();
       TRIAD_CHECK(st.next_sequence >= 0 && st.epoch >= 0, "checkpoint ", path,
@@ -180,7 +223,7 @@ struct Trainer::State {
       position = st.epoch * n + st.next_sequence;
       say("resumed from " + path + " at step " + std::to_string(step));
     } else {
-      load_checkpoint_tensors(grid.world(), path, groups(false));
+      load_checkpoint_tensors(grid.world(), path, groups(false, false));
       opt->reset();
       say("initialized weights from " + path + " (fresh optimizer)");
     }
@@ -194,7 +237,8 @@ struct Trainer::State {
     const int B = cfg.train.micro_batch_size, T = cfg.model.seq_len;
     double loss = 0;
     int64_t correct = 0, tokens = 0;
-    for (int64_t i = 0; i < n; i += B) {
+    // Micro-batch k of the validation sequences goes to data-parallel rank k mod dp.
+    for (int64_t i = int64_t(dp_rank) * B; i < n; i += int64_t(dp) * B) {
       const int b = int(std::min<int64_t>(B, n - i));
       for (int k = 0; k < b; ++k)
         val_src->read(i + k, inputs.data() + size_t(k) * T, targets.data() + size_t(k) * T);
@@ -203,6 +247,9 @@ struct Trainer::State {
       correct += st.correct;
       tokens += st.tokens;
     }
+    loss = grid.dp().all_reduce_sum(loss);
+    correct = int64_t(grid.dp().all_reduce_sum(double(correct)));
+    tokens = int64_t(grid.dp().all_reduce_sum(double(tokens)));
     r.loss = loss / double(tokens);
     r.accuracy = double(correct) / double(tokens);
     r.sequences = n;
@@ -269,7 +316,7 @@ EvalResult Trainer::evaluate_only() {
   }
   const CheckpointState st = read_checkpoint_state(s.grid.world(), path);
   s.check_model_shape(st, path);
-  load_checkpoint_tensors(s.grid.world(), path, s.groups(false));
+  load_checkpoint_tensors(s.grid.world(), path, s.groups(false, false));
   const EvalResult r = s.evaluate();
   if (s.root()) {
     std::cout << std::fixed << std::setprecision(6) << "checkpoint " << path << " (step "
@@ -277,6 +324,15 @@ EvalResult Trainer::evaluate_only() {
               << " | " << r.sequences << " sequences" << std::endl;
   }
   return r;
+}
+
+std::vector<float> Trainer::parameters() const {
+  const auto& s = *s_;
+  std::vector<float> all(s.model->num_floats()), out;
+  s.be->copy_to_host(all.data(), const_cast<Gpt&>(*s.model).params(), all.size());
+  for (const auto& p : s.model->specs())
+    out.insert(out.end(), all.begin() + long(p.offset), all.begin() + long(p.offset + p.numel));
+  return out;
 }
 
 TrainOutcome Trainer::run() {
@@ -338,11 +394,12 @@ TrainOutcome Trainer::run() {
     os << "triad: " << s.grid.describe() << " | backend " << s.be->name() << " ("
        << omp_get_max_threads() << " threads) | " << s.model->num_parameters() << " parameters | "
        << "optimizer state " << std::fixed << std::setprecision(1)
-       << double(s.opt->state_bytes()) / 1e6 << " MB | batch " << cfg.train.batch_size << " x "
+       << double(s.opt->state_bytes()) / 1e6 << " MB per rank | batch " << cfg.train.batch_size << " x "
        << T << " tokens, " << accum << " micro-batches of " << mbs << " | train "
        << s.train_src->num_sequences() << " sequences | peak " << std::setprecision(1)
        << s.peak_flops / 1e9 << " GFLOP/s";
     s.say(os.str());
+    s.say("blas: " + cpu_blas_description());
   }
 
   TrainOutcome out;
@@ -360,23 +417,50 @@ TrainOutcome Trainer::run() {
     const double lr = lr_at(cfg.train, st);
     s.model->zero_grads();
     double loss_sum = 0;
-    // This rank's share of the global batch: sequences [dp_rank·B/dp, (dp_rank+1)·B/dp).
-    const int64_t base = s.position;
+    // This rank's share of the global batch: sequences [dp_rank·B/dp, (dp_rank+1)·B/dp) of
+    // the step, in micro-batches; the gradient is the sum over ranks of the local sums, each
+    // token weighted 1/(B·T), i.e. exactly the global mean.
+    const int64_t base = s.position + int64_t(s.dp_rank) * (cfg.train.batch_size / s.dp);
+    const bool zero = cfg.parallel.zero == 1;
     for (int m = 0; m < accum; ++m) {
+      // Without ZeRO, the last micro-batch's backward hands each finished bucket (ln_f, every
+      // layer, the embeddings) to a non-blocking all-reduce while it computes the next one.
+      if (m == accum - 1 && s.dp > 1 && !zero) {
+        s.model->set_grad_ready_hook([&s](size_t off, size_t n) {
+          s.pending.push_back(s.grid.dp().iall_reduce_sum(s.model->grads() + off, n));
+        });
+      }
       s.train_loader->fill(base + int64_t(m) * mbs, mbs, s.inputs.data(), s.targets.data());
       loss_sum += s.model->forward_backward(s.inputs.data(), s.targets.data(), mbs, dloss_scale)
                       .loss_sum;
+      s.model->set_grad_ready_hook(nullptr);
     }
-    const double loss = loss_sum / tokens_per_step;
-    const double norm = clip_grad_norm(*s.be, s.model->grads(), s.model->num_floats(),
-                                       cfg.train.grad_clip);
-    s.opt->update(s.model->params(), s.model->grads(), lr, st + 1);
+    for (auto& r : s.pending) r.wait();
+    s.pending.clear();
+    const double loss = s.grid.dp().all_reduce_sum(loss_sum) / tokens_per_step;
+    out.losses.push_back(loss);
+    double norm = 0;
+    if (zero) {
+      // ZeRO-1: reduce-scatter the gradient, clip by the global norm of the slices, update
+      // this rank's slice of the weights, all-gather the weights.
+      const size_t S = s.shard_hi - s.shard_lo;
+      s.grid.dp().reduce_scatter_sum(s.model->grads(), s.grad_shard, S);
+      norm = std::sqrt(s.grid.dp().all_reduce_sum(s.be->sum_squares(s.grad_shard, S)));
+      if (cfg.train.grad_clip > 0 && norm > cfg.train.grad_clip)
+        s.be->scale(s.grad_shard, float(cfg.train.grad_clip / (norm + 1e-6)), S);
+      s.opt->update(s.model->params(), s.grad_shard, lr, st + 1);
+      s.grid.dp().all_gather(s.model->params() + s.shard_lo, s.model->params(), S);
+    } else {
+      norm = clip_grad_norm(*s.be, s.model->grads(), s.model->num_floats(), cfg.train.grad_clip);
+      s.opt->update(s.model->params(), s.model->grads(), lr, st + 1);
+    }
     s.position += cfg.train.batch_size;
     s.step = st + 1;
     s.be->synchronize();
     const double dt = step_timer.seconds();
     const double tps = tokens_per_step / dt;
-    const double mfu = tps * s.model->flops_per_token() / s.peak_flops;
+    // MFU per device: the achieved rate of one rank over its peak.
+    const double mfu = tps / s.grid.world_size() * s.model->flops_per_token() / s.peak_flops;
     if (s.metrics)
       s.metrics->append(TrainRow{st, loss, lr, norm, tps, mfu, dt * 1e3,
                                  s.step * int64_t(tokens_per_step)});

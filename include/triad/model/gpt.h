@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -33,7 +34,9 @@ class Gpt {
  public:
   // Plans parameters, gradients and activations for micro-batches of up to max_batch
   // sequences of shape.seq_len tokens; all memory is allocated here, none in the step loop.
-  Gpt(const GptShape& shape, int max_batch, Backend& backend);
+  // The parameter and gradient buffers are padded to a multiple of 16·shards floats so that
+  // ZeRO can cut them into `shards` equal contiguous slices.
+  Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards = 1);
   ~Gpt();
   Gpt(const Gpt&) = delete;
   Gpt& operator=(const Gpt&) = delete;
@@ -41,13 +44,20 @@ class Gpt {
   const GptShape& shape() const { return shape_; }
   const std::vector<ParamSpec>& specs() const { return specs_; }
   const ParamSpec& param(const std::string& name) const;
-  size_t num_floats() const { return n_floats_; }  // size of the parameter buffer
+  size_t num_floats() const { return n_floats_; }        // floats holding parameters
+  size_t buffer_floats() const { return buffer_floats_; }  // allocated, padded for sharding
   // Parameters counted as in DESIGN.md §5 (MFU): every tensor once, wte's padding excluded.
   int64_t num_parameters() const;
   double flops_per_token() const;  // 6·N + 6·n_layer·C·T
 
   float* params() { return params_; }
   float* grads() { return grads_; }
+
+  // Called during backward with (offset, count) of a contiguous range of the gradient buffer
+  // as soon as its gradients are final for this micro-batch (ln_f, then each layer from the
+  // last to the first, then wte/wpe), so data-parallel reduction can overlap the backward.
+  using GradReadyHook = std::function<void(size_t offset, size_t count)>;
+  void set_grad_ready_hook(GradReadyHook hook) { grad_hook_ = std::move(hook); }
 
   // Seeded init (DESIGN.md §3): N(0, 0.02) weights, residual projections
   // N(0, 0.02/sqrt(2·n_layer)), zero biases, LayerNorm weight 1; wte padding rows zero.
@@ -77,7 +87,8 @@ class Gpt {
   int max_batch_;
   Backend& be_;
   std::vector<ParamSpec> specs_;
-  size_t n_floats_ = 0;
+  size_t n_floats_ = 0, buffer_floats_ = 0;
+  GradReadyHook grad_hook_;
   float* params_ = nullptr;
   float* grads_ = nullptr;
   Activations* acts_ = nullptr;

@@ -20,29 +20,35 @@ double lr_at(const TrainConfig& t, int64_t step);
 // clip / (norm + 1e-6). Returns the norm before clipping.
 double clip_grad_norm(Backend& be, float* grads, size_t n, double clip);
 
+// Updates the parameters of the flat range [begin, end) of the parameter buffer: the whole
+// buffer without ZeRO, this data-parallel rank's slice with ZeRO-1 (then the optimizer state
+// exists only for that slice, and shrinks as 1/dp).
 class Optimizer {
  public:
-  Optimizer(const OptimConfig& cfg, const std::vector<ParamSpec>& specs, size_t n_floats,
+  Optimizer(const OptimConfig& cfg, const std::vector<ParamSpec>& specs, size_t begin, size_t end,
             Backend& be);
   ~Optimizer();
   Optimizer(const Optimizer&) = delete;
   Optimizer& operator=(const Optimizer&) = delete;
 
-  // Applies one update with learning rate lr; `step` counts updates including this one
+  // Applies one update with learning rate lr to params[begin, end), from grads holding the
+  // gradient of that range at grads[0 .. end-begin); `step` counts updates including this one
   // (1-based, for Adam's bias correction).
   void update(float* params, const float* grads, double lr, int64_t step);
 
   // The state slots as stored in checkpoints: {"m", "v"} (AdamW) or {"momentum"} (SGD), each
-  // a buffer shaped like the parameter buffer.
+  // holding the range [begin, end) of a parameter-shaped buffer.
   std::vector<std::string> slot_names() const;
   float* slot(size_t i) { return slots_[i]; }
-  size_t state_bytes() const { return slots_.size() * n_floats_ * sizeof(float); }
+  size_t begin() const { return begin_; }
+  size_t end() const { return end_; }
+  size_t state_bytes() const { return slots_.size() * (end_ - begin_) * sizeof(float); }
   void reset();  // zero the state (fresh optimizer)
 
  private:
   OptimConfig cfg_;
   const std::vector<ParamSpec>& specs_;
-  size_t n_floats_;
+  size_t begin_, end_;
   Backend& be_;
   std::vector<float*> slots_;
 };

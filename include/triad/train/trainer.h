@@ -7,6 +7,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "triad/train/config.h"
 
@@ -21,6 +22,7 @@ struct TrainOutcome {
   int64_t steps_done = 0;
   bool preempted = false;
   EvalResult last_eval;
+  std::vector<double> losses;  // the loss of every step this call ran (identical on all ranks)
 };
 
 class Trainer {
@@ -29,6 +31,8 @@ class Trainer {
   ~Trainer();
   TrainOutcome run();            // train to train.steps (or a preemption signal)
   EvalResult evaluate_only();    // --eval-only
+  // The full parameters (every tensor of DESIGN.md §3, layout order, no padding) on the host.
+  std::vector<float> parameters() const;
 
  private:
   struct State;

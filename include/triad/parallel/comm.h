@@ -1,0 +1,63 @@
+// Communication between ranks (DESIGN.md §2): one interface for the collectives and
+// point-to-point calls the parallel modes need, implemented over MPI on host buffers (a NCCL
+// implementation on device buffers comes with the CUDA backend). Layers and the optimizer are
+// handed the Comm of their group by the ProcessGrid; none of them touches MPI_COMM_WORLD.
+//
+// Every call's error is checked and reported with the rank, the call and its site.
+#pragma once
+
+#include <mpi.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace triad {
+
+// A pending non-blocking operation; wait() completes it (and is idempotent).
+class CommRequest {
+ public:
+  CommRequest() = default;
+  explicit CommRequest(MPI_Request r) : req_(r) {}
+  void wait();
+  bool pending() const { return req_ != MPI_REQUEST_NULL; }
+
+ private:
+  MPI_Request req_ = MPI_REQUEST_NULL;
+};
+
+class Comm {
+ public:
+  virtual ~Comm() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual std::string name() const = 0;  // e.g. "dp"
+
+  // In-place sum over the group.
+  virtual void all_reduce_sum(float* buf, size_t n) = 0;
+  virtual CommRequest iall_reduce_sum(float* buf, size_t n) = 0;
+  virtual double all_reduce_sum(double x) = 0;
+  virtual int64_t all_reduce_max(int64_t x) = 0;
+  // send holds size()·count floats; rank r receives the sum of the r-th blocks.
+  virtual void reduce_scatter_sum(const float* send, float* recv, size_t count) = 0;
+  virtual CommRequest ireduce_scatter_sum(const float* send, float* recv, size_t count) = 0;
+  // Every rank contributes count floats; recv gets size()·count in rank order.
+  virtual void all_gather(const float* send, float* recv, size_t count) = 0;
+  virtual void broadcast(float* buf, size_t n, int root) = 0;
+  virtual void send(const float* buf, size_t n, int dst, int tag) = 0;
+  virtual void recv(float* buf, size_t n, int src, int tag) = 0;
+  virtual CommRequest isend(const float* buf, size_t n, int dst, int tag) = 0;
+  virtual CommRequest irecv(float* buf, size_t n, int src, int tag) = 0;
+  virtual void barrier() = 0;
+};
+
+// A Comm over an MPI communicator (which it frees on destruction when it owns it).
+std::unique_ptr<Comm> make_mpi_comm(MPI_Comm comm, std::string name, bool owns);
+
+// Throws triad::Error "MPI call <what> failed on rank R at file:line: <MPI message>".
+void check_mpi(int rc, const char* what, const char* file, int line);
+
+}  // namespace triad
+
+#define TRIAD_MPI_CHECK(call) ::triad::check_mpi((call), #call, __FILE__, __LINE__)

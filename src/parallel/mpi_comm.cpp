@@ -1,0 +1,129 @@
+#include <climits>
+
+#include "triad/core/error.h"
+#include "triad/parallel/comm.h"
+
+namespace triad {
+
+void check_mpi(int rc, const char* what, const char* file, int line) {
+  if (rc == MPI_SUCCESS) return;
+  char msg[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(rc, msg, &len);
+  int rank = -1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  fail("MPI call ", what, " failed on rank ", rank, " at ", file, ":", line, ": ",
+       std::string(msg, size_t(len)));
+}
+
+void CommRequest::wait() {
+  if (req_ == MPI_REQUEST_NULL) return;
+  TRIAD_MPI_CHECK(MPI_Wait(&req_, MPI_STATUS_IGNORE));
+}
+
+namespace {
+
+// MPI counts are int: larger buffers would need derived datatypes. 2^31 floats is 8 GB per
+// call, far beyond any buffer triad reduces in one piece; refuse rather than truncate.
+int count_of(size_t n) {
+  TRIAD_CHECK(n <= size_t(INT_MAX), "internal error: MPI message of ", n, " elements");
+  return int(n);
+}
+
+class MpiComm final : public Comm {
+ public:
+  MpiComm(MPI_Comm c, std::string name, bool owns) : comm_(c), name_(std::move(name)), owns_(owns) {
+    TRIAD_MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
+    TRIAD_MPI_CHECK(MPI_Comm_size(comm_, &size_));
+  }
+  ~MpiComm() override {
+    if (owns_ && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+  }
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string name() const override { return name_; }
+
+  void all_reduce_sum(float* buf, size_t n) override {
+    if (size_ == 1) return;
+    TRIAD_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf, count_of(n), MPI_FLOAT, MPI_SUM, comm_));
+  }
+  CommRequest iall_reduce_sum(float* buf, size_t n) override {
+    if (size_ == 1) return {};
+    MPI_Request r;
+    TRIAD_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, buf, count_of(n), MPI_FLOAT, MPI_SUM, comm_, &r));
+    return CommRequest(r);
+  }
+  double all_reduce_sum(double x) override {
+    double y = x;
+    if (size_ > 1) TRIAD_MPI_CHECK(MPI_Allreduce(&x, &y, 1, MPI_DOUBLE, MPI_SUM, comm_));
+    return y;
+  }
+  int64_t all_reduce_max(int64_t x) override {
+    int64_t y = x;
+    if (size_ > 1) TRIAD_MPI_CHECK(MPI_Allreduce(&x, &y, 1, MPI_INT64_T, MPI_MAX, comm_));
+    return y;
+  }
+  void reduce_scatter_sum(const float* send, float* recv, size_t count) override {
+    if (size_ == 1) {
+      if (send != recv) std::copy(send, send + count, recv);
+      return;
+    }
+    TRIAD_MPI_CHECK(
+        MPI_Reduce_scatter_block(send, recv, count_of(count), MPI_FLOAT, MPI_SUM, comm_));
+  }
+  CommRequest ireduce_scatter_sum(const float* send, float* recv, size_t count) override {
+    if (size_ == 1) {
+      if (send != recv) std::copy(send, send + count, recv);
+      return {};
+    }
+    MPI_Request r;
+    TRIAD_MPI_CHECK(
+        MPI_Ireduce_scatter_block(send, recv, count_of(count), MPI_FLOAT, MPI_SUM, comm_, &r));
+    return CommRequest(r);
+  }
+  void all_gather(const float* send, float* recv, size_t count) override {
+    if (size_ == 1) {
+      if (send != recv) std::copy(send, send + count, recv);
+      return;
+    }
+    // In place when send is this rank's block of recv.
+    const void* s = send == recv + size_t(rank_) * count ? MPI_IN_PLACE : send;
+    TRIAD_MPI_CHECK(MPI_Allgather(s, count_of(count), MPI_FLOAT, recv, count_of(count),
+                                  MPI_FLOAT, comm_));
+  }
+  void broadcast(float* buf, size_t n, int root) override {
+    if (size_ == 1) return;
+    TRIAD_MPI_CHECK(MPI_Bcast(buf, count_of(n), MPI_FLOAT, root, comm_));
+  }
+  void send(const float* buf, size_t n, int dst, int tag) override {
+    TRIAD_MPI_CHECK(MPI_Send(buf, count_of(n), MPI_FLOAT, dst, tag, comm_));
+  }
+  void recv(float* buf, size_t n, int src, int tag) override {
+    TRIAD_MPI_CHECK(MPI_Recv(buf, count_of(n), MPI_FLOAT, src, tag, comm_, MPI_STATUS_IGNORE));
+  }
+  CommRequest isend(const float* buf, size_t n, int dst, int tag) override {
+    MPI_Request r;
+    TRIAD_MPI_CHECK(MPI_Isend(buf, count_of(n), MPI_FLOAT, dst, tag, comm_, &r));
+    return CommRequest(r);
+  }
+  CommRequest irecv(float* buf, size_t n, int src, int tag) override {
+    MPI_Request r;
+    TRIAD_MPI_CHECK(MPI_Irecv(buf, count_of(n), MPI_FLOAT, src, tag, comm_, &r));
+    return CommRequest(r);
+  }
+  void barrier() override { TRIAD_MPI_CHECK(MPI_Barrier(comm_)); }
+
+ private:
+  MPI_Comm comm_;
+  std::string name_;
+  bool owns_;
+  int rank_ = 0, size_ = 1;
+};
+
+}  // namespace
+
+std::unique_ptr<Comm> make_mpi_comm(MPI_Comm comm, std::string name, bool owns) {
+  return std::make_unique<MpiComm>(comm, std::move(name), owns);
+}
+
+}  // namespace triad
