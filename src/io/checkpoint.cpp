@@ -3,9 +3,12 @@
 //
 // Parallel structure: every HDF5 metadata operation (file create/open/close, groups,
 // datasets, attributes) is made by all ranks of comm with identical arguments; tensor data
-// moves with collective transfers in which each rank selects the block it owns (write) or
-// needs (read) — owned_block / needed_block are the only places that decide this, so sharded
-// owners (ZeRO, tensor-parallel slices) change only those selections. After each phase the
+// moves with one collective transfer per tensor in which each rank selects the flat range of
+// the tensor it writes or reads (TensorRef::begin/end; the union of at most three hyperslabs
+// in 2-D). Saving: the ranks exchange their ranges, plan_writes picks the writers (checking
+// that they partition each tensor), and each writer's CRC of its range is combined into the
+// full tensor's checksum (crc32_combine). Loading: plan_verification splits each tensor among
+// the ranks for checksumming, preferring pieces a rank has read anyway. After each phase the
 // ranks agree on failure (collective.h), so an error on one rank makes all throw.
 #include "triad/io/checkpoint.h"
 
@@ -25,6 +28,7 @@
 
 namespace triad {
 namespace {
+struct Prof { double t0 = MPI_Wtime(); const char* fn; explicit Prof(const char* f): fn(f) {} void mark(const char* what) { if (!getenv("TRIAD_CKPT_PROFILE")) return; int r; MPI_Comm_rank(MPI_COMM_WORLD,&r); if (r==0) fprintf(stderr, "PROF %s %-20s %.3f\n", fn, what, MPI_Wtime()-t0); t0 = MPI_Wtime(); } };
 
 namespace fs = std::filesystem;
 using io::collective_phase;
@@ -72,6 +76,19 @@ void check_name(const std::string& name, const char* what) {
   }
 }
 
+// Elements [begin, end) in the row-major order of a tensor.
+struct FlatRange {
+  hsize_t begin = 0, end = 0;
+  hsize_t size() const { return end > begin ? end - begin : 0; }
+  bool empty() const { return end <= begin; }
+};
+
+// The range this rank holds of t (validated by validate_groups).
+FlatRange held_range(const TensorRef& t) {
+  if (t.end < 0) return {0, element_count(to_dims(t.shape))};
+  return {static_cast<hsize_t>(t.begin), static_cast<hsize_t>(t.end)};
+}
+
 void validate_groups(const std::vector<TensorGroup>& groups) {
   std::set<std::string> group_paths;
   for (const TensorGroup& g : groups) {
@@ -84,65 +101,114 @@ void validate_groups(const std::vector<TensorGroup>& groups) {
       TRIAD_CHECK(names.insert(t.name).second, "tensor ", p, " is listed twice");
       TRIAD_CHECK(!t.shape.empty(), "tensor ", p, " has no dimensions");
       for (int64_t d : t.shape) TRIAD_CHECK(d >= 0, "tensor ", p, " has a negative dimension");
-      TRIAD_CHECK(t.data != nullptr || element_count(to_dims(t.shape)) == 0, "tensor ", p,
-                  " has no data buffer");
+      const int64_t numel = static_cast<int64_t>(element_count(to_dims(t.shape)));
+      if (t.end < 0) {
+        TRIAD_CHECK(t.begin == 0, "tensor ", p, " has begin ", t.begin,
+                    " with end < 0 (the whole tensor)");
+      } else {
+        TRIAD_CHECK(t.begin >= 0 && t.begin <= t.end && t.end <= numel, "tensor ", p,
+                    " has the range [", t.begin, ", ", t.end, ") outside [0, ", numel, "]");
+      }
+      TRIAD_CHECK(t.data != nullptr || held_range(t).empty(), "tensor ", p, " has no data buffer");
       TRIAD_CHECK(t.valid_rows >= -1 && t.valid_rows <= t.shape[0], "tensor ", p,
                   " has valid_rows ", t.valid_rows, " outside [-1, ", t.shape[0], "]");
     }
   }
 }
 
-// ---- selections: the only code that decides who writes / reads what ----------------------------
+// ---- flat ranges and their selections -----------------------------------------------------------
+//
+// Every transfer moves flat (row-major) element ranges of a dataset to or from a contiguous
+// host buffer. Who writes / reads which range is decided by plan_writes (saving) and by the
+// TensorRef ranges plus plan_verification (loading); everything else just moves ranges.
 
-// A block [start, start + count) of a dataset and the contiguous host buffer holding it.
-// count all zero (or empty) = this rank selects nothing but still joins the collective call.
-struct Block {
+// An N-D box of a dataset: start and count per dimension.
+struct Box {
   std::vector<hsize_t> start, count;
-  float* data = nullptr;
 };
 
-// Every element is written once: for now every rank holds whole tensors and rank 0 writes
-// them. With sharded owners this returns the rank's own slice.
-Block owned_block(const TensorRef& t, int rank) {
-  const std::vector<hsize_t> dims = to_dims(t.shape);
-  Block b;
-  b.start.assign(dims.size(), 0);
-  b.count = rank == 0 ? dims : std::vector<hsize_t>(dims.size(), 0);
-  b.data = t.data;
-  return b;
+// Appends the boxes covering the flat elements [b, e) of the sub-array dims[axis..] whose
+// coordinates in the dimensions before `axis` are origin[0 .. axis): in 2-D [R, C], a partial
+// first row, a block of full rows and a partial last row (at most 2·(N-1)+1 boxes in N-D), in
+// increasing flat order.
+void flat_range_boxes(const std::vector<hsize_t>& dims, size_t axis, std::vector<hsize_t>& origin,
+                      hsize_t b, hsize_t e, std::vector<Box>& out) {
+  if (b >= e) return;
+  const size_t nd = dims.size();
+  if (axis + 1 == nd) {
+    Box box{origin, std::vector<hsize_t>(nd, 1)};
+    box.start[axis] = b;
+    box.count[axis] = e - b;
+    out.push_back(std::move(box));
+    return;
+  }
+  hsize_t stride = 1;  // elements per index of this axis; > 0 since the range is not empty
+  for (size_t k = axis + 1; k < nd; ++k) stride *= dims[k];
+  const hsize_t first = b / stride, last = (e - 1) / stride;
+  auto partial = [&](hsize_t row, hsize_t lo, hsize_t hi) {
+    origin[axis] = row;
+    flat_range_boxes(dims, axis + 1, origin, lo, hi, out);
+    origin[axis] = 0;
+  };
+  if (first == last) {
+    partial(first, b - first * stride, e - first * stride);
+    return;
+  }
+  hsize_t full_begin = first;
+  if (b % stride != 0) {
+    partial(first, b % stride, stride);
+    full_begin = first + 1;
+  }
+  const hsize_t full_end = e / stride;  // rows [full_begin, full_end) are whole
+  if (full_end > full_begin) {
+    Box box{origin, std::vector<hsize_t>(nd, 1)};
+    box.start[axis] = full_begin;
+    box.count[axis] = full_end - full_begin;
+    for (size_t k = axis + 1; k < nd; ++k) box.count[k] = dims[k];
+    out.push_back(std::move(box));
+  }
+  if (e % stride != 0) partial(full_end, 0, e % stride);
 }
 
-// On load every rank reads the whole dataset (file_dims), into `buffer`.
-Block needed_block(const std::vector<hsize_t>& file_dims, float* buffer) {
-  Block b;
-  b.start.assign(file_dims.size(), 0);
-  b.count = file_dims;
-  b.data = buffer;
-  return b;
+// Selects in `space` (a dataspace of shape dims) the union of the ranges (disjoint, increasing),
+// or nothing. HDF5 visits a selection in row-major order, which is the order of the ranges, so
+// the selected elements map in order onto a contiguous buffer.
+void select_flat_ranges(hid_t space, const std::vector<hsize_t>& dims,
+                        const std::vector<FlatRange>& ranges, const std::string& what) {
+  std::vector<Box> boxes;
+  std::vector<hsize_t> origin(dims.size(), 0);
+  for (const FlatRange& r : ranges) flat_range_boxes(dims, 0, origin, r.begin, r.end, boxes);
+  if (boxes.empty()) {
+    h5check(H5Sselect_none(space), what);
+    return;
+  }
+  for (size_t i = 0; i < boxes.size(); ++i) {
+    h5check(H5Sselect_hyperslab(space, i == 0 ? H5S_SELECT_SET : H5S_SELECT_OR,
+                                boxes[i].start.data(), nullptr, boxes[i].count.data(), nullptr),
+            what);
+  }
 }
 
 enum class Direction { kWrite, kRead };
 
-// One collective H5Dwrite / H5Dread of block b of dataset dset (fp32 in memory).
-void transfer_block(hid_t dset, const Block& b, hid_t dxpl, Direction dir,
-                    const std::string& what) {
+// One collective H5Dwrite / H5Dread moving the union of `ranges` (flat, disjoint, increasing) of
+// dataset dset to / from the contiguous fp32 buffer `data`. No ranges (or empty ones): this
+// rank selects nothing but still joins the collective call.
+void transfer_ranges(hid_t dset, const std::vector<hsize_t>& file_dims,
+                     const std::vector<FlatRange>& ranges, float* data, hid_t dxpl, Direction dir,
+                     const std::string& what) {
+  // A dataset without elements has no storage (HDF5 fails on any transfer); every rank sees
+  // the same shape, so all skip the call.
+  if (element_count(file_dims) == 0) return;
   H5Id fspace = io::own_dataspace(H5Dget_space(dset), what);
-  const hsize_t n = element_count(b.count);
-  H5Id mspace;
-  if (n == 0) {
-    h5check(H5Sselect_none(fspace), what);
-    const hsize_t one = 1;
-    mspace = io::own_dataspace(H5Screate_simple(1, &one, nullptr), what);
-    h5check(H5Sselect_none(mspace), what);
-  } else {
-    h5check(H5Sselect_hyperslab(fspace, H5S_SELECT_SET, b.start.data(), nullptr, b.count.data(),
-                                nullptr),
-            what);
-    mspace = io::own_dataspace(
-        H5Screate_simple(static_cast<int>(b.count.size()), b.count.data(), nullptr), what);
-  }
+  select_flat_ranges(fspace, file_dims, ranges, what);
+  hsize_t n = 0;
+  for (const FlatRange& r : ranges) n += r.size();
+  const hsize_t mem_dim = std::max<hsize_t>(n, 1);
+  H5Id mspace = io::own_dataspace(H5Screate_simple(1, &mem_dim, nullptr), what);
+  if (n == 0) h5check(H5Sselect_none(mspace), what);
   float dummy = 0;  // HDF5 wants a buffer even for an empty selection
-  float* buf = b.data != nullptr ? b.data : &dummy;
+  float* buf = n > 0 && data != nullptr ? data : &dummy;
   if (dir == Direction::kWrite) {
     h5check(H5Dwrite(dset, H5T_NATIVE_FLOAT, mspace, fspace, dxpl, buf), what);
   } else {
@@ -150,9 +216,143 @@ void transfer_block(hid_t dset, const Block& b, hid_t dxpl, Direction dir,
   }
 }
 
+// ---- agreement on the tensor lists and on who writes / verifies what -------------------------
+
+// Throws (on every rank: the values are the same everywhere) when the ranks pass different
+// numbers of tensors; checked before any exchange whose size depends on that number.
+void check_same_tensor_count(MPI_Comm comm, size_t n) {
+  int64_t lo = static_cast<int64_t>(n), hi = lo;
+  MPI_Allreduce(MPI_IN_PLACE, &lo, 1, MPI_INT64_T, MPI_MIN, comm);
+  MPI_Allreduce(MPI_IN_PLACE, &hi, 1, MPI_INT64_T, MPI_MAX, comm);
+  TRIAD_CHECK(lo == hi, "the ranks pass different numbers of tensors (", lo, " to ", hi, ")");
+}
+
+// Every rank's `fields` int64 values per tensor: result[(r * n + i) * fields + f].
+std::vector<int64_t> allgather_int64(MPI_Comm comm, const std::vector<int64_t>& local) {
+  int size = 1;
+  MPI_Comm_size(comm, &size);
+  std::vector<int64_t> all(local.size() * static_cast<size_t>(size));
+  if (!local.empty()) {
+    MPI_Allgather(local.data(), static_cast<int>(local.size()), MPI_INT64_T, all.data(),
+                  static_cast<int>(local.size()), MPI_INT64_T, comm);
+  }
+  return all;
+}
+
+// A piece [begin, end) of a tensor handled by one rank: written by it (saving), or checksummed
+// by it (loading; `extra`: from a second read because no rank asked for those elements).
+struct Tile {
+  int rank = 0;
+  hsize_t begin = 0, end = 0;
+  bool extra = false;
+};
+
+// What each rank announces about each tensor before a save.
+constexpr int kSaveFields = 4;  // numel, begin, end, flags
+constexpr int64_t kFlagWrite = 1, kFlagWhole = 2;
+
+// The writers of each tensor, sorted by begin, from every rank's announcement: ranks with
+// write = true and a non-empty range; of several whole-tensor (end < 0) writers only the lowest
+// rank. Checks that the writers tile [0, numel) exactly and that all ranks agree on the shape.
+std::vector<std::vector<Tile>> plan_writes(const std::vector<int64_t>& all, int size,
+                                           const std::vector<std::string>& names) {
+  const size_t n = names.size();
+  std::vector<std::vector<Tile>> plan(n);
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t numel = all[i * kSaveFields];
+    bool whole_taken = false;
+    for (int r = 0; r < size; ++r) {
+      const int64_t* f = &all[(static_cast<size_t>(r) * n + i) * kSaveFields];
+      TRIAD_CHECK(f[0] == numel, "tensor ", names[i], " has ", numel, " elements on rank 0 but ",
+                  f[0], " on rank ", r, " (the ranks must pass the same shapes)");
+      if (!(f[3] & kFlagWrite) || f[2] <= f[1]) continue;
+      if (f[3] & kFlagWhole) {
+        if (whole_taken) continue;  // a replica of the whole tensor: the lowest rank writes
+        whole_taken = true;
+      }
+      plan[i].push_back({r, static_cast<hsize_t>(f[1]), static_cast<hsize_t>(f[2])});
+    }
+    std::sort(plan[i].begin(), plan[i].end(),
+              [](const Tile& a, const Tile& b) { return a.begin < b.begin; });
+    hsize_t pos = 0;
+    for (const Tile& t : plan[i]) {
+      TRIAD_CHECK(t.begin == pos, "internal error: the ranges the ranks write of tensor ",
+                  names[i], " do not partition it: ",
+                  t.begin < pos ? "overlap at element " : "nothing written at element ",
+                  std::min(t.begin, pos), " (rank ", t.rank, " writes [", t.begin, ", ", t.end,
+                  "))");
+      pos = t.end;
+    }
+    TRIAD_CHECK(pos == static_cast<hsize_t>(numel), "internal error: the ranges the ranks write ",
+                "of tensor ", names[i], " do not partition it: nothing written from element ", pos,
+                " of ", numel);
+  }
+  return plan;
+}
+
+// Who checksums which piece of a tensor of nf elements on load, given the range each rank
+// reads (readable[r], within [0, nf)). The tensor is split evenly into one piece per rank; a
+// part of rank k's piece that k reads anyway is checksummed by k, else by the least loaded rank
+// that reads it, else (nobody reads it) by k after a second read (extra). Deterministic: every
+// rank computes the same tiles from the same inputs.
+std::vector<Tile> plan_verification(hsize_t nf, const std::vector<FlatRange>& readable) {
+  const int size = static_cast<int>(readable.size());
+  auto split = [&](int k) { return static_cast<hsize_t>(k) * nf / static_cast<hsize_t>(size); };
+  std::vector<hsize_t> cuts = {0, nf};
+  std::vector<int> readers;
+  for (int k = 1; k < size; ++k) cuts.push_back(split(k));
+  for (int r = 0; r < size; ++r) {
+    if (readable[r].empty()) continue;
+    readers.push_back(r);
+    cuts.push_back(readable[r].begin);
+    cuts.push_back(readable[r].end);
+  }
+  std::sort(cuts.begin(), cuts.end());
+  cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
+  std::vector<hsize_t> load(size, 0);
+  std::vector<Tile> tiles;
+  int k = 0;  // the rank whose even piece holds the current part
+  for (size_t c = 0; c + 1 < cuts.size(); ++c) {
+    const hsize_t x = cuts[c], y = cuts[c + 1];
+    while (k + 1 < size && split(k + 1) <= x) ++k;
+    auto covers = [&](int r) { return readable[r].begin <= x && y <= readable[r].end; };
+    int who = covers(k) ? k : -1;
+    if (who < 0) {
+      for (int r : readers) {
+        if (covers(r) && (who < 0 || load[r] < load[who])) who = r;
+      }
+    }
+    const bool extra = who < 0;
+    if (extra) who = k;
+    load[who] += y - x;
+    if (!tiles.empty() && tiles.back().rank == who && tiles.back().extra == extra &&
+        tiles.back().end == x) {
+      tiles.back().end = y;
+    } else {
+      tiles.push_back({who, x, y, extra});
+    }
+  }
+  return tiles;
+}
+
+// Writes: collective MPI-IO (the ranks write disjoint ranges; aggregation helps parallel file
+// systems).
 H5Id collective_dxpl() {
   H5Id dxpl = io::make_plist(H5P_DATASET_XFER);
   h5check(H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE), "cannot select collective transfers");
+  return dxpl;
+}
+
+// Reads: every rank still calls H5Dread for every dataset (as for writes), but each reads its
+// own ranges with independent MPI-IO. The ranges of different ranks overlap on load (full
+// parameters on every rank next to sliced optimizer state), and Open MPI 4.1's OMPIO returns
+// wrong data for collective reads of such overlapping, differently shaped selections (its
+// read data sieving, open-mpi/ompi#10546, fixed in 4.1.5; Debian 12 ships 4.1.4): the test
+// MpiCheckpoint.OverlappingRandomRanges reads zeros there. Independent reads of contiguous
+// ranges avoid the aggregation layer altogether and are as fast for large blocks.
+H5Id read_dxpl() {
+  H5Id dxpl = io::make_plist(H5P_DATASET_XFER);
+  h5check(H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_INDEPENDENT), "cannot select independent transfers");
   return dxpl;
 }
 
@@ -266,16 +466,60 @@ CheckpointState read_state(hid_t file) {
   return s;
 }
 
-// A dataset to load: its handle, file shape, stored checksum and where its data is read to
-// (the tensor itself, or `temp` when the file's first dim differs from the model's).
+// CRC-32s of many buffers (pointer, float count), computed in parallel in chunks of at most
+// 16 MiB that are then combined, so that one large tensor does not serialize the work.
+std::vector<uint32_t> crc32_many(const std::vector<std::pair<const float*, size_t>>& spans) {
+  constexpr size_t kChunk = size_t{4} << 20;  // floats
+  struct Chunk {
+    size_t span;
+    const float* data;
+    size_t count;
+  };
+  std::vector<Chunk> chunks;
+  for (size_t i = 0; i < spans.size(); ++i) {
+    const auto [data, count] = spans[i];
+    for (size_t off = 0; off < count; off += kChunk) {
+      chunks.push_back({i, data + off, std::min(kChunk, count - off)});
+    }
+  }
+  std::vector<uint32_t> part(chunks.size());
+#pragma omp parallel for schedule(dynamic, 1)
+  for (size_t c = 0; c < chunks.size(); ++c) {
+    part[c] = io::crc32(chunks[c].data, chunks[c].count * sizeof(float));
+  }
+  std::vector<uint32_t> crcs(spans.size(), 0);
+  std::vector<bool> started(spans.size(), false);
+  for (size_t c = 0; c < chunks.size(); ++c) {
+    const size_t i = chunks[c].span;
+    crcs[i] = started[i] ? io::crc32_combine(crcs[i], part[c], chunks[c].count * sizeof(float))
+                         : part[c];
+    started[i] = true;
+  }
+  return crcs;
+}
+
+// The CRC-32 of a whole tensor from the CRCs of its tiles (in order, tiling it).
+uint32_t combine_tiles(const std::vector<Tile>& tiles, const uint32_t* crcs) {
+  uint32_t crc = 0;
+  for (size_t j = 0; j < tiles.size(); ++j) {
+    crc = io::crc32_combine(crc, crcs[j], (tiles[j].end - tiles[j].begin) * sizeof(float));
+  }
+  return crc;
+}
+
+// A dataset to load: its handle, file shape and stored checksum, the range this rank asks for
+// (held) and the part of it stored in the file (readable: rows < valid_rows; the rest of held is
+// zero-filled), and who checksums which piece of it (tiles, when it has a checksum).
 struct LoadItem {
   const TensorRef* tensor = nullptr;
   std::string path;
   H5Id dset;
   std::vector<hsize_t> file_dims;
   std::optional<int64_t> checksum;
-  std::vector<float> temp;
-  float* buffer = nullptr;
+  FlatRange held, readable;
+  std::vector<Tile> tiles;
+  size_t first_tile = 0;  // index of tiles[0] in the vector of all tiles' CRCs
+  bool has_extra = false;  // some tile needs a second read
 };
 
 LoadItem open_for_load(hid_t file, const TensorGroup& g, const TensorRef& t) {
@@ -296,6 +540,7 @@ LoadItem open_for_load(hid_t file, const TensorGroup& g, const TensorRef& t) {
   }
   it.file_dims = io::dataset_dims(it.dset);
   const std::vector<hsize_t> want = to_dims(t.shape);
+  hsize_t limit = element_count(want);  // flat elements below it are stored in the file
   if (t.valid_rows < 0) {
     TRIAD_CHECK(it.file_dims == want, "dataset ", it.path, " has shape ",
                 io::shape_string(it.file_dims), " but the model expects ", io::shape_string(want));
@@ -306,51 +551,75 @@ LoadItem open_for_load(hid_t file, const TensorGroup& g, const TensorRef& t) {
     TRIAD_CHECK(same_tail && it.file_dims[0] >= static_cast<hsize_t>(t.valid_rows), "dataset ",
                 it.path, " has shape ", io::shape_string(it.file_dims), " but the model expects ",
                 io::shape_string(want), " with at least ", t.valid_rows, " rows stored");
+    // Same row length in the file and the model: flat index e is the same element in both.
+    limit = static_cast<hsize_t>(t.valid_rows) * element_count({want.begin() + 1, want.end()});
   }
+  it.held = held_range(t);
+  it.readable = {std::min(it.held.begin, limit), std::min(it.held.end, limit)};
   it.checksum = io::read_int64_attr(it.dset, "checksum");
   return it;
 }
 
-// Reads one dataset (collective) into it.buffer.
+// Reads the readable part of the rank's range (collective) and zero-fills the rest.
 void read_item(LoadItem& it, hid_t dxpl) {
-  const TensorRef& t = *it.tensor;
-  it.buffer = t.data;
-  if (it.file_dims != to_dims(t.shape)) {
-    it.temp.resize(element_count(it.file_dims));
-    it.buffer = it.temp.data();
+  float* data = it.tensor->data;
+  transfer_ranges(it.dset, it.file_dims, {it.readable}, data, dxpl, Direction::kRead,
+                  "cannot read dataset " + it.path);
+  const hsize_t zero_from = std::max(it.held.begin, it.readable.end);
+  if (zero_from < it.held.end) {
+    std::fill(data + (zero_from - it.held.begin), data + (it.held.end - it.held.begin), 0.0f);
   }
-  transfer_block(it.dset, needed_block(it.file_dims, it.buffer), dxpl, Direction::kRead,
-                 "cannot read dataset " + it.path);
 }
 
-// Checks the checksums of all read items (in parallel; every rank holds whole tensors).
-void verify_items(const std::vector<LoadItem>& items) {
-  std::vector<int64_t> computed(items.size(), -1);
-#pragma omp parallel for schedule(dynamic, 1)
-  for (size_t i = 0; i < items.size(); ++i) {
-    if (items[i].checksum.has_value()) {
-      computed[i] = io::crc32(items[i].buffer, element_count(items[i].file_dims) * sizeof(float));
+// Reads the tiles nobody asked for that this rank checksums (collective over the ranks: every
+// rank calls it for the same items) and stores their CRCs.
+void read_extra_tiles(LoadItem& it, hid_t dxpl, int rank, std::vector<uint32_t>& crcs) {
+  std::vector<FlatRange> ranges;
+  hsize_t n = 0;
+  for (const Tile& t : it.tiles) {
+    if (t.extra && t.rank == rank) {
+      ranges.push_back({t.begin, t.end});
+      n += t.end - t.begin;
     }
   }
-  for (size_t i = 0; i < items.size(); ++i) {
-    const LoadItem& it = items[i];
-    TRIAD_CHECK(!it.checksum.has_value() || computed[i] == *it.checksum, "dataset ", it.path,
-                " fails its checksum (stored ", it.checksum.value_or(-1), ", computed ",
-                computed[i], "): the file is damaged");
+  std::vector<float> buffer(n);
+  transfer_ranges(it.dset, it.file_dims, ranges, buffer.data(), dxpl, Direction::kRead,
+                  "cannot read dataset " + it.path);
+  hsize_t off = 0;
+  for (size_t j = 0; j < it.tiles.size(); ++j) {
+    const Tile& t = it.tiles[j];
+    if (!t.extra || t.rank != rank) continue;
+    crcs[it.first_tile + j] = io::crc32(buffer.data() + off, (t.end - t.begin) * sizeof(float));
+    off += t.end - t.begin;
   }
 }
 
-// Copies rows < valid_rows from a temporary buffer and zero-fills the padding rows.
-void finish_item(LoadItem& it) {
-  const TensorRef& t = *it.tensor;
-  if (t.valid_rows >= 0) {
-    const std::vector<hsize_t> want = to_dims(t.shape);
-    const size_t row = element_count(want) / std::max<hsize_t>(want[0], 1);
-    const size_t valid = static_cast<size_t>(t.valid_rows) * row;
-    if (it.buffer != t.data && valid > 0) std::memcpy(t.data, it.buffer, valid * sizeof(float));
-    std::fill(t.data + valid, t.data + element_count(want), 0.0f);
+// The CRCs of the tiles this rank checksums from what it has read (in its tensors' buffers).
+void checksum_read_tiles(const std::vector<LoadItem>& items, int rank, std::vector<uint32_t>& crcs) {
+  std::vector<std::pair<const float*, size_t>> spans;
+  std::vector<size_t> where;
+  for (const LoadItem& it : items) {
+    for (size_t j = 0; j < it.tiles.size(); ++j) {
+      const Tile& t = it.tiles[j];
+      if (t.extra || t.rank != rank) continue;
+      TRIAD_ASSERT(it.readable.begin <= t.begin && t.end <= it.readable.end);
+      spans.emplace_back(it.tensor->data + (t.begin - it.held.begin), t.end - t.begin);
+      where.push_back(it.first_tile + j);
+    }
   }
-  it.temp = std::vector<float>();
+  const std::vector<uint32_t> got = crc32_many(spans);
+  for (size_t k = 0; k < got.size(); ++k) crcs[where[k]] = got[k];
+}
+
+// Compares each dataset's stored checksum with the one combined from the tiles' CRCs (the same
+// values on every rank, so every rank reaches the same verdict).
+void verify_items(const std::vector<LoadItem>& items, const std::vector<uint32_t>& crcs) {
+  for (const LoadItem& it : items) {
+    if (!it.checksum.has_value()) continue;
+    const int64_t computed = combine_tiles(it.tiles, crcs.data() + it.first_tile);
+    TRIAD_CHECK(computed == *it.checksum, "dataset ", it.path, " fails its checksum (stored ",
+                *it.checksum, ", computed ", computed, "): the file is damaged");
+  }
 }
 
 }  // namespace
@@ -362,6 +631,9 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
   io::silence_hdf5_errors();
   const std::string partial = path + ".partial";
   const int rank = comm_rank(comm);
+  int size = 1;
+  MPI_Comm_size(comm, &size);
+  Prof prof("save");
   try {
     collective_phase(comm, [&] {
       validate_groups(groups);
@@ -371,27 +643,62 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
                   " does not exist");
     });
 
+    // Who writes what: every rank announces its range of each tensor; all ranks derive the
+    // same writers (plan_writes) and the checksums of the full tensors from the writers' CRCs
+    // of their ranges (every rank must write identical attribute values).
+    std::vector<const TensorRef*> flat;
+    std::vector<std::string> names;
+    for (const TensorGroup& g : groups) {
+      for (const TensorRef& t : g.tensors) {
+        flat.push_back(&t);
+        names.push_back(dataset_path(g, t));
+      }
+    }
+    const size_t n = flat.size();
+    collective_phase(comm, [&] { check_same_tensor_count(comm, n); });
+    std::vector<int64_t> announce(n * kSaveFields);
+    for (size_t i = 0; i < n; ++i) {
+      const FlatRange r = held_range(*flat[i]);
+      int64_t* f = &announce[i * kSaveFields];
+      f[0] = static_cast<int64_t>(element_count(to_dims(flat[i]->shape)));
+      f[1] = static_cast<int64_t>(r.begin);
+      f[2] = static_cast<int64_t>(r.end);
+      f[3] = (flat[i]->write ? kFlagWrite : 0) | (flat[i]->end < 0 ? kFlagWhole : 0);
+    }
+    const std::vector<int64_t> announced = allgather_int64(comm, announce);
+    std::vector<std::vector<Tile>> plan;
+    collective_phase(comm, [&] { plan = plan_writes(announced, size, names); });
+    // This rank's write range of each tensor (empty if it writes nothing of it).
+    std::vector<FlatRange> mine(n);
+    for (size_t i = 0; i < n; ++i) {
+      for (const Tile& t : plan[i]) {
+        if (t.rank == rank) mine[i] = {t.begin, t.end};
+      }
+    }
+
+    prof.mark("plan");
     collective_phase(comm, [&] {
       if (rank == 0) reserve_space(partial, estimated_file_bytes(state, groups));
     });
+    prof.mark("reserve");
 
-    // Checksums of the full tensors, computed by rank 0 (which holds them) and shared: every
-    // rank must write identical attribute values.
-    size_t n_tensors = 0;
-    for (const TensorGroup& g : groups) n_tensors += g.tensors.size();
-    std::vector<uint32_t> crcs(n_tensors, 0);
-    if (rank == 0) {
-      std::vector<const TensorRef*> flat;
-      for (const TensorGroup& g : groups) {
-        for (const TensorRef& t : g.tensors) flat.push_back(&t);
+    std::vector<uint32_t> crcs(n, 0);
+    {
+      std::vector<std::pair<const float*, size_t>> spans(n, {nullptr, 0});
+      for (size_t i = 0; i < n; ++i) {
+        if (!mine[i].empty()) spans[i] = {flat[i]->data, mine[i].size()};
       }
-#pragma omp parallel for schedule(dynamic, 1)
-      for (size_t i = 0; i < flat.size(); ++i) {
-        crcs[i] = io::crc32(flat[i]->data, element_count(to_dims(flat[i]->shape)) * sizeof(float));
+      const std::vector<uint32_t> local = crc32_many(spans);
+      std::vector<uint32_t> all(n * static_cast<size_t>(size));
+      if (n > 0) {
+        MPI_Allgather(local.data(), static_cast<int>(n), MPI_UINT32_T, all.data(),
+                      static_cast<int>(n), MPI_UINT32_T, comm);
       }
-    }
-    if (n_tensors > 0) {
-      MPI_Bcast(crcs.data(), static_cast<int>(n_tensors), MPI_UINT32_T, 0, comm);
+      for (size_t i = 0; i < n; ++i) {
+        std::vector<uint32_t> tile_crcs;
+        for (const Tile& t : plan[i]) tile_crcs.push_back(all[static_cast<size_t>(t.rank) * n + i]);
+        crcs[i] = combine_tiles(plan[i], tile_crcs.data());
+      }
     }
 
     {
@@ -452,18 +759,16 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
         }
       });
 
-      // Data: one collective write per tensor.
-      size_t i = 0;
-      for (const TensorGroup& g : groups) {
-        for (const TensorRef& t : g.tensors) {
-          collective_phase(comm, [&] {
-            transfer_block(dsets[i], owned_block(t, rank), dxpl, Direction::kWrite,
-                           "cannot write dataset " + dataset_path(g, t) + " to " + partial);
-          });
-          ++i;
-        }
+      prof.mark("crc+create+meta");
+      // Data: one collective write per tensor, each rank selecting its own range.
+      for (size_t i = 0; i < n; ++i) {
+        collective_phase(comm, [&] {
+          transfer_ranges(dsets[i], to_dims(flat[i]->shape), {mine[i]}, flat[i]->data, dxpl,
+                          Direction::kWrite, "cannot write dataset " + names[i] + " to " + partial);
+        });
       }
 
+      prof.mark("writes");
       // `complete` last, then flush and close (a full disk may surface only here).
       collective_phase(comm, [&] {
         for (H5Id& d : dsets) d.close("cannot close a dataset of " + partial);
@@ -473,6 +778,7 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
       });
     }
 
+    prof.mark("close");
     collective_phase(comm, [&] {
       if (rank != 0) return;
       std::error_code ec;
@@ -516,15 +822,57 @@ void load_checkpoint_tensors(MPI_Comm comm, const std::string& path,
       for (const TensorGroup& g : groups) {
         for (const TensorRef& t : g.tensors) items.push_back(open_for_load(file, g, t));
       }
-      dxpl = collective_dxpl();
+      dxpl = read_dxpl();
     });
+    Prof prof("load");
+    collective_phase(comm, [&] { check_same_tensor_count(comm, items.size()); });
+
+    // Who checksums which piece of each tensor, from the ranges every rank reads.
+    const int rank = comm_rank(comm);
+    int size = 1;
+    MPI_Comm_size(comm, &size);
+    std::vector<int64_t> local(2 * items.size());
+    for (size_t i = 0; i < items.size(); ++i) {
+      local[2 * i] = static_cast<int64_t>(items[i].readable.begin);
+      local[2 * i + 1] = static_cast<int64_t>(items[i].readable.end);
+    }
+    const std::vector<int64_t> all = allgather_int64(comm, local);
+    size_t n_tiles = 0;
+    collective_phase(comm, [&] {
+      for (size_t i = 0; i < items.size(); ++i) {
+        LoadItem& it = items[i];
+        if (!it.checksum.has_value()) continue;
+        std::vector<FlatRange> readable(size);
+        for (int r = 0; r < size; ++r) {
+          const int64_t* f = &all[(static_cast<size_t>(r) * items.size() + i) * 2];
+          readable[r] = {static_cast<hsize_t>(f[0]), static_cast<hsize_t>(f[1])};
+        }
+        it.tiles = plan_verification(element_count(it.file_dims), readable);
+        it.first_tile = n_tiles;
+        n_tiles += it.tiles.size();
+        it.has_extra = std::any_of(it.tiles.begin(), it.tiles.end(),
+                                   [](const Tile& t) { return t.extra; });
+      }
+    });
+    std::vector<uint32_t> crcs(n_tiles, 0);
+
+    prof.mark("open+plan");
     for (LoadItem& it : items) {
       collective_phase(comm, [&] { read_item(it, dxpl); });
     }
-    collective_phase(comm, [&] {
-      verify_items(items);
-      for (LoadItem& it : items) finish_item(it);
-    });
+    prof.mark("reads");
+    for (LoadItem& it : items) {
+      if (!it.has_extra) continue;
+      collective_phase(comm, [&] { read_extra_tiles(it, dxpl, rank, crcs); });
+    }
+    prof.mark("extra reads");
+    collective_phase(comm, [&] { checksum_read_tiles(items, rank, crcs); });
+    prof.mark("crc");
+    if (n_tiles > 0) {
+      MPI_Allreduce(MPI_IN_PLACE, crcs.data(), static_cast<int>(n_tiles), MPI_UINT32_T, MPI_BXOR,
+                    comm);
+    }
+    collective_phase(comm, [&] { verify_items(items, crcs); });
   } catch (const Error& e) {
     fail("checkpoint ", path, ": ", e.what());
   }

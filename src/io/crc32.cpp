@@ -48,4 +48,46 @@ uint32_t crc32(const void* data, size_t n, uint32_t crc) {
   return ~c;
 }
 
+namespace {
+
+// A 32x32 matrix over GF(2): column i (a uint32) is the image of bit i.
+using Gf2Matrix = std::array<uint32_t, 32>;
+
+uint32_t gf2_times(const Gf2Matrix& mat, uint32_t vec) {
+  uint32_t sum = 0;
+  for (int i = 0; vec != 0; ++i, vec >>= 1) {
+    if (vec & 1) sum ^= mat[i];
+  }
+  return sum;
+}
+
+// square = mat * mat
+void gf2_square(Gf2Matrix& square, const Gf2Matrix& mat) {
+  for (int i = 0; i < 32; ++i) square[i] = gf2_times(mat, mat[i]);
+}
+
+}  // namespace
+
+uint32_t crc32_combine(uint32_t crc1, uint32_t crc2, uint64_t len2) {
+  if (len2 == 0) return crc1;
+  // The operator for one zero bit: a CRC register shifted right once through the polynomial.
+  Gf2Matrix odd, even;
+  odd[0] = 0xEDB88320u;
+  for (int i = 1; i < 32; ++i) odd[i] = 1u << (i - 1);
+  gf2_square(even, odd);  // two zero bits
+  gf2_square(odd, even);  // four zero bits
+  // Apply len2 zero bytes to crc1: square the operator (first to one zero byte = 8 bits) and
+  // apply it for each set bit of len2.
+  do {
+    gf2_square(even, odd);
+    if (len2 & 1) crc1 = gf2_times(even, crc1);
+    len2 >>= 1;
+    if (len2 == 0) break;
+    gf2_square(odd, even);
+    if (len2 & 1) crc1 = gf2_times(odd, crc1);
+    len2 >>= 1;
+  } while (len2 != 0);
+  return crc1 ^ crc2;
+}
+
 }  // namespace triad::io

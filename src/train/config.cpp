@@ -1,6 +1,7 @@
 #include "triad/train/config.h"
 
 #include <boost/program_options.hpp>
+#include <charconv>
 #include <cmath>
 #include <fstream>
 #include <functional>
@@ -96,7 +97,10 @@ class KeyTable {
     if constexpr (std::is_same_v<T, bool>) {
       os << (v ? "true" : "false");
     } else if constexpr (std::is_floating_point_v<T>) {
-      os << std::setprecision(17) << v;  // round-trips exactly
+      // The shortest text that reads back as the same double (6e-4, not 0.000599999...).
+      char buf[64];
+      const auto r = std::to_chars(buf, buf + sizeof(buf), v);
+      os << std::string(buf, r.ptr);
     } else {
       os << v;
     }

@@ -236,6 +236,60 @@ TEST(Crc32, KnownValues) {
   }
 }
 
+TEST(Crc32, CombineEqualsCrcOfConcatenation) {
+  // "123456789" split anywhere.
+  const char* s = "123456789";
+  for (size_t cut = 0; cut <= 9; ++cut) {
+    EXPECT_EQ(triad::io::crc32_combine(triad::io::crc32(s, cut), triad::io::crc32(s + cut, 9 - cut),
+                                       9 - cut),
+              0xCBF43926u)
+        << cut;
+  }
+  std::mt19937 rng(42);
+  std::vector<unsigned char> data(3 << 20);
+  for (auto& c : data) c = static_cast<unsigned char>(rng());
+  const uint32_t whole = triad::io::crc32(data.data(), data.size());
+  for (size_t cut : {size_t{0}, size_t{1}, size_t{3}, size_t{4096}, size_t{1} << 20,
+                     data.size() - 7, data.size() - 1, data.size()}) {
+    const uint32_t a = triad::io::crc32(data.data(), cut);
+    const uint32_t b = triad::io::crc32(data.data() + cut, data.size() - cut);
+    EXPECT_EQ(triad::io::crc32_combine(a, b, data.size() - cut), whole) << cut;
+  }
+  // Many pieces of random lengths, combined left to right.
+  for (int trial = 0; trial < 20; ++trial) {
+    uint32_t crc = 0;
+    size_t pos = 0;
+    while (pos < data.size()) {
+      const size_t len = std::min<size_t>(data.size() - pos, rng() % (1u << (rng() % 20)));
+      crc = triad::io::crc32_combine(crc, triad::io::crc32(data.data() + pos, len), len);
+      pos += len;
+    }
+    ASSERT_EQ(crc, whole) << trial;
+  }
+  // A piece of zero length changes nothing; lengths beyond 4 GiB (zeros: crc32 of n zero bytes
+  // continued from crc c equals combining c with the crc of the zeros).
+  EXPECT_EQ(triad::io::crc32_combine(0x12345678u, 0, 0), 0x12345678u);
+  std::vector<unsigned char> zeros(1 << 16, 0);
+  const uint32_t z = triad::io::crc32(zeros.data(), zeros.size());
+  EXPECT_EQ(triad::io::crc32_combine(whole, z, zeros.size()),
+            triad::io::crc32(zeros.data(), zeros.size(), whole));
+  // 2^32 + 2^16 zero bytes: combine(crc(2^32 zeros), crc(2^16 zeros)) == combine of the halves.
+  const uint64_t big = uint64_t{1} << 32;
+  uint32_t zbig = 0;  // crc32 of 2^32 zero bytes, from 2^16 blocks of 2^16
+  {
+    uint32_t c = z;
+    uint64_t len = zeros.size();
+    while (len < big) {
+      c = triad::io::crc32_combine(c, c, len);
+      len *= 2;
+    }
+    zbig = c;
+  }
+  EXPECT_EQ(triad::io::crc32_combine(triad::io::crc32_combine(7u, zbig, big), z, zeros.size()),
+            triad::io::crc32_combine(7u, triad::io::crc32_combine(zbig, z, zeros.size()),
+                                     big + zeros.size()));
+}
+
 TEST(CheckpointName, EightDigits) {
   EXPECT_EQ(triad::checkpoint_file_name(0), "step_00000000.h5");
   EXPECT_EQ(triad::checkpoint_file_name(120), "step_00000120.h5");
@@ -397,6 +451,196 @@ TEST_F(CheckpointTest, PaddedRowsAreZeroFilled) {
       error_of([&] { triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, exact.groups); });
   EXPECT_CONTAINS(msg, p);
   EXPECT_CONTAINS(msg, "dataset /model/wte has shape [256, 8] but the model expects [384, 8]");
+}
+
+// ---- ranges
+// ------------------------------------------------------------------------------------------
+
+// A TensorRef for elements [begin, end) of tensor (group, name) of `from`, into `buf`.
+triad::TensorRef range_ref(const triad::TensorRef& like, int64_t begin, int64_t end,
+                           std::vector<float>& buf, int64_t valid_rows = -1) {
+  buf.assign(static_cast<size_t>(std::max<int64_t>(end - begin, 1)), -7.0f);
+  triad::TensorRef t{like.name, like.shape, buf.data(), valid_rows};
+  t.begin = begin;
+  t.end = end;
+  return t;
+}
+
+// Loads ranges of saved tensors, including ranges starting and ending mid-row, single rows,
+// ranges within one row, single elements and empty ranges.
+TEST_F(CheckpointTest, LoadRanges) {
+  const std::string p = path("step_00000004.h5");
+  Tensors saved = make_tensors(kAdamGroups, kModelSpecs, 17);
+  triad::save_checkpoint(MPI_COMM_WORLD, p, make_state(4), saved.groups);
+
+  const triad::TensorRef& w = saved.find("optimizer/v", "h/0/attn/c_attn/weight");  // [8, 24]
+  const triad::TensorRef& b = saved.find("model", "h/0/attn/c_attn/bias");          // [24]
+  const std::vector<std::pair<int64_t, int64_t>> ranges2d = {
+      {0, 192}, {5, 100}, {24, 48}, {30, 40}, {0, 1}, {191, 192}, {23, 25}, {47, 168}, {0, 0},
+      {192, 192}, {24, 192}, {0, 168}, {100, 100}};
+  const std::vector<std::pair<int64_t, int64_t>> ranges1d = {{0, 24}, {3, 17}, {0, 0}, {23, 24}};
+  for (const auto& [lo, hi] : ranges2d) {
+    for (const auto& [lo1, hi1] : ranges1d) {
+      SCOPED_TRACE(std::to_string(lo) + ".." + std::to_string(hi) + " / " + std::to_string(lo1) +
+                   ".." + std::to_string(hi1));
+      std::vector<float> bw, bb;
+      triad::TensorGroup v{"optimizer/v", {range_ref(w, lo, hi, bw)}};
+      triad::TensorGroup m{"model", {range_ref(b, lo1, hi1, bb)}};
+      triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, {m, v});
+      EXPECT_EQ(std::memcmp(bw.data(), w.data + lo, (hi - lo) * sizeof(float)), 0);
+      EXPECT_EQ(std::memcmp(bb.data(), b.data + lo1, (hi1 - lo1) * sizeof(float)), 0);
+      if (hi == lo) {
+        EXPECT_EQ(bw[0], -7.0f);  // an empty range touches nothing
+      }
+    }
+  }
+  // Whole tensors and ranges mixed in one call; an empty range with no buffer at all.
+  Tensors loaded = make_tensors(kAdamGroups, kModelSpecs, 0, /*zero=*/true);
+  std::vector<float> part;
+  triad::TensorRef& lw = loaded.find("model", "wte");
+  const triad::TensorRef& sw = saved.find("model", "wte");
+  lw = range_ref(sw, 1001, 1999, part);
+  triad::TensorRef& ln = loaded.find("optimizer/m", "ln_f/weight");
+  ln.data = nullptr;
+  ln.begin = ln.end = 3;
+  triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, loaded.groups);
+  EXPECT_EQ(std::memcmp(part.data(), sw.data + 1001, 998 * sizeof(float)), 0);
+  const triad::TensorRef& fc = saved.find("optimizer/m", "h/1/mlp/c_fc/weight");
+  EXPECT_EQ(std::memcmp(loaded.find("optimizer/m", "h/1/mlp/c_fc/weight").data, fc.data,
+                        8 * 32 * sizeof(float)),
+            0);
+
+  // Invalid ranges are refused before anything is read.
+  for (const auto& [lo, hi] : std::vector<std::pair<int64_t, int64_t>>{{5, 4}, {-1, 3}, {0, 193}}) {
+    std::vector<float> buf(200);
+    triad::TensorRef t{w.name, w.shape, buf.data()};
+    t.begin = lo;
+    t.end = hi;
+    const std::string msg = error_of([&] {
+      triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, {{"optimizer/v", {t}}});
+    });
+    EXPECT_CONTAINS(msg, p);
+    EXPECT_CONTAINS(msg, "tensor /optimizer/v/h/0/attn/c_attn/weight has the range [");
+  }
+  std::vector<float> buf(200);
+  triad::TensorRef t{w.name, w.shape, buf.data()};
+  t.begin = 2;  // with end < 0
+  EXPECT_CONTAINS(error_of([&] {
+                    triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, {{"optimizer/v", {t}}});
+                  }),
+                  "has begin 2 with end < 0");
+  t.begin = 0;
+  t.end = 10;
+  t.data = nullptr;
+  EXPECT_CONTAINS(error_of([&] {
+                    triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, {{"optimizer/v", {t}}});
+                  }),
+                  "has no data buffer");
+}
+
+// valid_rows with ranges: elements of rows >= valid_rows are zero-filled, the file's row count
+// may be larger or smaller than the model's.
+TEST_F(CheckpointTest, LoadRangesWithPaddedRows) {
+  const std::string p = path("step_00000002.h5");
+  Tensors saved = make_tensors({"model"}, {{"wte", {256, 8}}}, 5);
+  triad::save_checkpoint(MPI_COMM_WORLD, p, make_state(2), saved.groups);
+  const triad::TensorRef& sw = saved.find("model", "wte");
+  const int64_t valid = 200 * 8;
+  for (int64_t rows : {384, 256, 208}) {
+    for (const auto& [lo, hi] : std::vector<std::pair<int64_t, int64_t>>{
+             {0, rows * 8}, {1590, 1700}, {1603, 1605}, {1600, rows * 8}, {2000, 2001}, {5, 13},
+             {1599, 1600}, {rows * 8, rows * 8}}) {
+      if (hi > rows * 8) continue;
+      SCOPED_TRACE(std::to_string(rows) + " rows, " + std::to_string(lo) + ".." +
+                   std::to_string(hi));
+      std::vector<float> buf;
+      triad::TensorRef t = range_ref(sw, lo, hi, buf, 200);
+      t.shape = {rows, 8};
+      triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, {{"model", {t}}});
+      for (int64_t e = lo; e < hi; ++e) {
+        ASSERT_EQ(buf[e - lo], e < valid ? sw.data[e] : 0.0f) << e;
+      }
+    }
+  }
+}
+
+// A range-reading rank still verifies the whole tensor: damage outside every requested range is
+// found (the unrequested part is read once more for the checksum).
+TEST_F(CheckpointTest, ChecksumMismatchOutsideTheRangeRead) {
+  const std::string p = save_valid(10);
+  const std::string dset = "/model/h/1/mlp/c_fc/weight";  // [8, 32]
+  on_root([&] {
+    const haddr_t off = dataset_offset(p, dset);
+    ASSERT_NE(off, HADDR_UNDEF);
+    std::fstream f(p, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(static_cast<std::streamoff>(off + 4 * 200));  // element 200
+    char c = 0;
+    f.read(&c, 1);
+    c = static_cast<char>(c ^ 0x01);
+    f.seekp(static_cast<std::streamoff>(off + 4 * 200));
+    f.write(&c, 1);
+  });
+  std::vector<float> buf;
+  Tensors saved = make_tensors(kAdamGroups, kModelSpecs, 1234 + 10);
+  triad::TensorRef t = range_ref(saved.find("model", "h/1/mlp/c_fc/weight"), 10, 50, buf);
+  const std::string msg =
+      error_of([&] { triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, {{"model", {t}}}); });
+  EXPECT_CONTAINS(msg, p);
+  EXPECT_CONTAINS(msg, "dataset " + dset + " fails its checksum");
+  // The range itself was read (intact) before the check failed.
+  EXPECT_EQ(std::memcmp(buf.data(), saved.find("model", "h/1/mlp/c_fc/weight").data + 10,
+                        40 * sizeof(float)),
+            0);
+  // Without the checksum attribute (a file from another tool) the data load unchecked.
+  on_root([&] {
+    hid_t f = H5Fopen(p.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    ASSERT_GE(f, 0);
+    hid_t d = H5Dopen2(f, dset.c_str(), H5P_DEFAULT);
+    ASSERT_GE(H5Adelete(d, "checksum"), 0);
+    H5Dclose(d);
+    H5Fclose(f);
+  });
+  triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, {{"model", {t}}});
+  EXPECT_EQ(std::memcmp(buf.data(), saved.find("model", "h/1/mlp/c_fc/weight").data + 10,
+                        40 * sizeof(float)),
+            0);
+}
+
+// Saving with explicit ranges: one rank's ranges must cover each tensor exactly; write = false
+// writes nothing. (tests/mpi/test_checkpoint_mpi.cpp covers several writers.)
+TEST_F(CheckpointTest, SaveRangesMustPartitionTheTensor) {
+  int size = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  const std::string p = path("step_00000006.h5");
+  Tensors saved = make_tensors({"model"}, {{"w", {8, 24}}, {"b", {24}}}, 3);
+  triad::TensorRef& w = saved.find("model", "w");
+  // The whole tensor as an explicit range, written by rank 0 alone.
+  w.begin = 0;
+  w.end = 192;
+  w.write = world_rank() == 0;
+  triad::save_checkpoint(MPI_COMM_WORLD, p, make_state(6), saved.groups);
+  Tensors loaded = make_tensors({"model"}, {{"w", {8, 24}}, {"b", {24}}}, 0, true);
+  triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, loaded.groups);
+  EXPECT_EQ(loaded.storage, saved.storage);
+
+  // A gap, an overlap, nobody writing: internal errors on every rank, nothing saved.
+  const std::string q = path("step_00000007.h5");
+  w.end = 191;
+  std::string msg =
+      error_of([&] { triad::save_checkpoint(MPI_COMM_WORLD, q, make_state(7), saved.groups); });
+  EXPECT_CONTAINS(msg, "checkpoint " + q + ": internal error: the ranges the ranks write of tensor "
+                       "/model/w do not partition it: nothing written from element 191 of 192");
+  w.end = 192;
+  w.write = false;
+  msg = error_of([&] { triad::save_checkpoint(MPI_COMM_WORLD, q, make_state(7), saved.groups); });
+  EXPECT_CONTAINS(msg, "do not partition it: nothing written from element 0 of 192");
+  if (size > 1) {
+    w.write = true;  // every rank writes everything: an overlap
+    msg = error_of([&] { triad::save_checkpoint(MPI_COMM_WORLD, q, make_state(7), saved.groups); });
+    EXPECT_CONTAINS(msg, "do not partition it: overlap at element 0");
+  }
+  EXPECT_FALSE(fs::exists(q));
+  EXPECT_FALSE(fs::exists(q + ".partial"));
 }
 
 TEST_F(CheckpointTest, TooFewRowsForValidRows) {

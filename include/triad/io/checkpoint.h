@@ -13,16 +13,28 @@
 
 namespace triad {
 
-// A tensor held in host memory by this rank. For now every rank holds whole tensors (one
-// rank, or DP replicas); `offset`/`count` along the first dim make room for sharded owners.
+// A tensor, or a flat range of it, held in host memory by this rank. Every rank of the
+// communicator passes the same tensors (names and shapes) in the same order; what each rank
+// holds (begin, end) and writes (write) may differ.
 struct TensorRef {
   std::string name;             // e.g. "h/0/attn/c_attn/weight"
   std::vector<int64_t> shape;   // full, unsharded shape
-  float* data = nullptr;        // host buffer with prod(shape) floats
+  float* data = nullptr;        // host buffer with the elements [begin, end) (see below)
   // Rows of the first dim at or beyond valid_rows are padding (wte's padded vocabulary):
   // a file whose first dim differs is accepted, rows < valid_rows are read and the rest
-  // zero-filled. -1: the shape must match exactly.
+  // zero-filled. -1: the shape must match exactly. Only loading looks at it.
   int64_t valid_rows = -1;
+  // This rank holds only the flat (row-major) elements [begin, end) of the full tensor, stored
+  // contiguously at data[0 .. end-begin). end < 0: the whole tensor (begin must be 0).
+  // begin == end: nothing (data may be anything); the rank still joins the collective calls.
+  int64_t begin = 0, end = -1;
+  // Saving: false marks a replica whose elements another rank writes; it joins the collective
+  // calls with an empty selection. Each element of the file must be written by exactly one rank
+  // (the caller guarantees the owned ranges of all ranks with write=true partition the tensor;
+  // a save whose ranges leave a gap or overlap fails on every rank). One exception keeps
+  // replicated whole tensors simple: when several ranks pass the whole tensor (end < 0) with
+  // write = true, the lowest of them writes it.
+  bool write = true;
 };
 
 // A named group of tensors: "model", "optimizer/m", "optimizer/v", "optimizer/momentum".
@@ -47,12 +59,14 @@ struct CheckpointState {
 };
 
 // Writes `path` atomically (via path + ".partial"). Collective over comm: every rank passes
-// the same groups (names and shapes); for now every rank holds whole tensors and rank 0 writes
-// the data. Each dataset carries a `checksum` attribute (uint32 CRC-32 of its little-endian
-// fp32 bytes, as zlib.crc32 computes it) checked on load. Throws triad::Error (with the path)
-// on any failure, on every rank; the .partial file is then removed and nothing named `path` is
-// created. Space for the whole file is reserved (fallocate) before writing, so a full disk
-// is reported up front ("not enough space for the checkpoint").
+// the same groups (names and shapes) and writes the range it owns of each tensor (TensorRef::
+// begin/end/write), with one collective MPI-IO write per tensor. Each dataset carries a
+// `checksum` attribute (uint32 CRC-32 of the full tensor's little-endian fp32 bytes, as
+// zlib.crc32 computes it, whoever wrote which part: each writer checksums its range and the
+// pieces are combined) checked on load. Throws triad::Error (with the path) on any failure, on
+// every rank; the .partial file is then removed and nothing named `path` is created. Space for
+// the whole file is reserved (fallocate) before writing, so a full disk is reported up front
+// ("not enough space for the checkpoint"). The file is closed but not fsync'ed.
 void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointState& state,
                      const std::vector<TensorGroup>& groups);
 
@@ -62,12 +76,18 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
 // e.g. MPI_COMM_SELF to check a file on one rank).
 CheckpointState read_checkpoint_state(MPI_Comm comm, const std::string& path);
 
-// Fills every tensor of every group from the file; checks the root attributes as
+// Fills every tensor of every group from the file: each rank reads the range [begin, end) it
+// asks for (ranges of different ranks may overlap or leave parts unread; the file may have been
+// written by any number of ranks with any ranges). Checks the root attributes as
 // read_checkpoint_state does, and that each dataset exists, has the expected shape (see
-// TensorRef::valid_rows) and matches its checksum (when it has one: a file written by another
-// tool without checksums loads unchecked). Throws triad::Error naming the file and the dataset
-// otherwise, before any tensor is modified for a missing dataset or a wrong shape (a checksum
-// failure is found after the data are read). Collective over comm.
+// TensorRef::valid_rows; elements in rows >= valid_rows are zero-filled) and matches its
+// checksum (when it has one: a file written by another tool without checksums loads
+// unchecked). The checksum of each full tensor is verified collectively: its elements are
+// split among the ranks, each checksums a piece it has read anyway where possible (parts no
+// rank asked for are read once more, by one rank), and the pieces are combined. Throws
+// triad::Error naming the file and the dataset otherwise, on every rank, before any tensor is
+// modified for a missing dataset or a wrong shape (a checksum failure is found after the data
+// are read). Collective over comm.
 void load_checkpoint_tensors(MPI_Comm comm, const std::string& path,
                              const std::vector<TensorGroup>& groups);
 

@@ -1,0 +1,422 @@
+// triad-bench: benchmarks of triad's parts, one subcommand each.
+//   triad-bench checkpoint [--dir DIR] [--model NAME] [--repeat N] [--keep]
+//       write and read a checkpoint of a GPT-2-sized model (parameters + AdamW m and v, the
+//       tensor names and shapes of DESIGN.md §3) with the ZeRO-1 partition over the ranks of
+//       the job, beside a plain sequential write + read of the same byte count by rank 0.
+// Every error: one line "triad-bench: error: ..." on stderr and exit code 1.
+#include <fcntl.h>
+#include <mpi.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <boost/program_options.hpp>
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "triad/core/error.h"
+#include "triad/io/checkpoint.h"
+#include "triad/train/app_main.h"
+
+namespace po = boost::program_options;
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kProg = "triad-bench";
+
+constexpr const char* kUsage =
+    "usage: triad-bench COMMAND [OPTIONS]\n"
+    "Benchmarks of triad's parts (run under mpirun for several ranks where a command says so).\n"
+    "\n"
+    "commands:\n"
+    "  checkpoint [--dir DIR] [--model NAME] [--repeat N] [--keep]\n"
+    "                  write and read a checkpoint (parameters + AdamW m, v) of a GPT-2 model\n"
+    "                  with every rank owning its ZeRO-1 slice, next to a plain sequential\n"
+    "                  write + read of the same bytes by rank 0; reports GB/s\n"
+    "\n"
+    "'triad-bench COMMAND --help' lists a command's options.\n";
+
+int world_rank(MPI_Comm c) {
+  int r = 0;
+  MPI_Comm_rank(c, &r);
+  return r;
+}
+
+int world_size(MPI_Comm c) {
+  int s = 1;
+  MPI_Comm_size(c, &s);
+  return s;
+}
+
+// Parses args into vm; prints help (rank 0) and returns false on --help.
+bool parse(MPI_Comm world, const char* command, const std::vector<std::string>& args,
+           po::options_description& desc, po::variables_map& vm) {
+  desc.add_options()("help,h", "show this help");
+  try {
+    po::store(po::command_line_parser(args).options(desc).run(), vm);
+    if (vm.count("help")) {
+      if (world_rank(world) == 0) {
+        std::cout << "usage: triad-bench " << command << " [OPTIONS]\n" << desc;
+      }
+      return false;
+    }
+    po::notify(vm);
+  } catch (const po::error& e) {
+    triad::fail(command, ": ", e.what(), " (see 'triad-bench ", command, " --help')");
+  }
+  return true;
+}
+
+// ---- checkpoint ---------------------------------------------------------------------------------
+
+struct ModelSize {
+  const char* name;
+  int64_t n_layer, n_head, n_embd, seq_len, vocab_size;
+};
+
+constexpr ModelSize kModels[] = {
+    {"gpt2-124m", 12, 12, 768, 1024, 50257},
+    {"gpt2-350m", 24, 16, 1024, 1024, 50257},
+    {"gpt2-tiny", 2, 4, 64, 256, 50257},  // for a quick check of the command
+};
+
+struct Param {
+  std::string name;
+  std::vector<int64_t> shape;
+  int64_t offset = 0, numel = 0;  // in the flat parameter buffer
+};
+
+// The parameters of DESIGN.md §3 in one flat buffer, in the order listed there.
+std::vector<Param> gpt_params(const ModelSize& m, int64_t padded_vocab) {
+  const int64_t C = m.n_embd;
+  std::vector<Param> p;
+  auto add = [&](const std::string& name, std::vector<int64_t> shape) {
+    Param q{name, std::move(shape)};
+    q.numel = 1;
+    for (int64_t d : q.shape) q.numel *= d;
+    q.offset = p.empty() ? 0 : p.back().offset + p.back().numel;
+    p.push_back(std::move(q));
+  };
+  add("wte/weight", {padded_vocab, C});
+  add("wpe/weight", {m.seq_len, C});
+  for (int64_t i = 0; i < m.n_layer; ++i) {
+    const std::string h = "h/" + std::to_string(i) + "/";
+    add(h + "ln_1/weight", {C});
+    add(h + "ln_1/bias", {C});
+    add(h + "attn/c_attn/weight", {3 * C, C});
+    add(h + "attn/c_attn/bias", {3 * C});
+    add(h + "attn/c_proj/weight", {C, C});
+    add(h + "attn/c_proj/bias", {C});
+    add(h + "ln_2/weight", {C});
+    add(h + "ln_2/bias", {C});
+    add(h + "mlp/c_fc/weight", {4 * C, C});
+    add(h + "mlp/c_fc/bias", {4 * C});
+    add(h + "mlp/c_proj/weight", {C, 4 * C});
+    add(h + "mlp/c_proj/bias", {C});
+  }
+  add("ln_f/weight", {C});
+  add("ln_f/bias", {C});
+  return p;
+}
+
+// Deterministic pseudo-random value of element i of group g (any rank computes the same).
+inline float value_at(uint64_t g, uint64_t i) {
+  uint64_t x = (g << 58) ^ i;
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  x ^= x >> 31;
+  return static_cast<float>(static_cast<int32_t>(x >> 32)) * 0x1p-33f;
+}
+
+// TensorRefs of one group for a rank holding the elements [lo, hi) of the flat buffer at
+// base[0 ..] (whole = true: every tensor in full, base = the whole buffer).
+std::vector<triad::TensorRef> refs(const std::vector<Param>& params, float* base, int64_t lo,
+                                   int64_t hi, bool whole, int64_t vocab) {
+  std::vector<triad::TensorRef> r;
+  for (const Param& p : params) {
+    triad::TensorRef t;
+    t.name = p.name;
+    t.shape = p.shape;
+    if (p.name == "wte/weight") t.valid_rows = vocab;
+    if (whole) {
+      t.data = base + p.offset;
+    } else {
+      const int64_t a = std::max(lo, p.offset), b = std::min(hi, p.offset + p.numel);
+      if (a < b) {
+        t.begin = a - p.offset;
+        t.end = b - p.offset;
+        t.data = base + (a - lo);
+      } else {
+        t.begin = t.end = 0;
+        t.data = base;
+      }
+    }
+    r.push_back(std::move(t));
+  }
+  return r;
+}
+
+// Tries to drop the page cache (needs root and a writable /proc/sys); true on success.
+bool drop_caches() {
+  ::sync();
+  const int fd = ::open("/proc/sys/vm/drop_caches", O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  const bool ok = ::write(fd, "3\n", 2) == 2;
+  ::close(fd);
+  return ok;
+}
+
+void fsync_path(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  TRIAD_CHECK(fd >= 0, "cannot open ", path, ": ", std::strerror(errno));
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  TRIAD_CHECK(rc == 0, "cannot fsync ", path, ": ", std::strerror(err));
+}
+
+// Rank 0 alone: writes `bytes` to path in 64 MiB write(2) calls, fsync, close. Seconds.
+double plain_write(const std::string& path, uint64_t bytes) {
+  std::vector<char> buf(size_t{64} << 20);
+  for (size_t i = 0; i < buf.size(); ++i) buf[i] = static_cast<char>(i * 131 + (i >> 12));
+  const double t0 = MPI_Wtime();
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  TRIAD_CHECK(fd >= 0, "cannot create ", path, ": ", std::strerror(errno));
+  uint64_t done = 0;
+  while (done < bytes) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), bytes - done));
+    const ssize_t w = ::write(fd, buf.data(), n);
+    if (w < 0 && errno == EINTR) continue;
+    TRIAD_CHECK(w > 0, "cannot write ", path, ": ", std::strerror(errno));
+    done += static_cast<uint64_t>(w);
+  }
+  TRIAD_CHECK(::fsync(fd) == 0, "cannot fsync ", path, ": ", std::strerror(errno));
+  TRIAD_CHECK(::close(fd) == 0, "cannot close ", path, ": ", std::strerror(errno));
+  return MPI_Wtime() - t0;
+}
+
+// Rank 0 alone: reads path to the end in 64 MiB read(2) calls. Seconds.
+double plain_read(const std::string& path, uint64_t bytes) {
+  std::vector<char> buf(size_t{64} << 20);
+  const double t0 = MPI_Wtime();
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  TRIAD_CHECK(fd >= 0, "cannot open ", path, ": ", std::strerror(errno));
+  uint64_t done = 0;
+  while (true) {
+    const ssize_t r = ::read(fd, buf.data(), buf.size());
+    if (r < 0 && errno == EINTR) continue;
+    TRIAD_CHECK(r >= 0, "cannot read ", path, ": ", std::strerror(errno));
+    if (r == 0) break;
+    done += static_cast<uint64_t>(r);
+  }
+  ::close(fd);
+  TRIAD_CHECK(done == bytes, "read ", done, " bytes of ", path, ", expected ", bytes);
+  return MPI_Wtime() - t0;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+int cmd_checkpoint(MPI_Comm world, const std::vector<std::string>& args) {
+  po::options_description desc("checkpoint options");
+  std::string dir, model_name;
+  int repeat = 3;
+  desc.add_options()("dir", po::value(&dir)->default_value("."),
+                     "directory for the files (the file system to measure)")(
+      "model", po::value(&model_name)->default_value("gpt2-124m"),
+      "gpt2-124m, gpt2-350m or gpt2-tiny")(
+      "repeat", po::value(&repeat)->default_value(3), "measurements of each kind (median)")(
+      "keep", "keep the files (default: delete them at the end)");
+  po::variables_map vm;
+  if (!parse(world, "checkpoint", args, desc, vm)) return 0;
+  TRIAD_CHECK(repeat >= 1, "checkpoint: --repeat must be at least 1");
+  const ModelSize* model = nullptr;
+  for (const ModelSize& m : kModels) {
+    if (model_name == m.name) model = &m;
+  }
+  TRIAD_CHECK(model != nullptr, "checkpoint: unknown --model '", model_name,
+              "' (gpt2-124m, gpt2-350m or gpt2-tiny)");
+  std::error_code ec;
+  TRIAD_CHECK(fs::is_directory(dir, ec), "checkpoint: --dir ", dir, " is not a directory");
+
+  const int rank = world_rank(world), size = world_size(world);
+  const int64_t padded_vocab = (model->vocab_size + 127) / 128 * 128;
+  const std::vector<Param> params = gpt_params(*model, padded_vocab);
+  const int64_t n_params = params.back().offset + params.back().numel;
+  // ZeRO-1: the flat buffer, padded to a multiple of the rank count, split evenly.
+  const int64_t shard = (n_params + size - 1) / size;
+  const int64_t lo = std::min<int64_t>(n_params, int64_t(rank) * shard);
+  const int64_t hi = std::min<int64_t>(n_params, lo + shard);
+  const std::vector<std::string> group_names = {"model", "optimizer/m", "optimizer/v"};
+  const uint64_t bytes = uint64_t(n_params) * group_names.size() * sizeof(float);
+
+  // Each rank's slice of every group, filled deterministically.
+  std::vector<std::vector<float>> slices(group_names.size(),
+                                         std::vector<float>(std::max<int64_t>(hi - lo, 1)));
+  for (size_t g = 0; g < slices.size(); ++g) {
+    float* s = slices[g].data();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = lo; i < hi; ++i) s[i - lo] = value_at(g, uint64_t(i));
+  }
+  auto sliced_groups = [&](std::vector<std::vector<float>>& bufs) {
+    std::vector<triad::TensorGroup> gs;
+    for (size_t g = 0; g < group_names.size(); ++g) {
+      gs.push_back({group_names[g],
+                    refs(params, bufs[g].data(), lo, hi, false, model->vocab_size)});
+    }
+    return gs;
+  };
+  const std::vector<triad::TensorGroup> save_groups = sliced_groups(slices);
+
+  triad::CheckpointState state;
+  state.step = 1000;
+  state.config = std::string("[model]\nn_layer = ") + std::to_string(model->n_layer) + "\n";
+  state.grid = "dp=" + std::to_string(size) + " pp=1 tp=1";
+  state.model = {model->n_layer, model->n_head,     model->n_embd,
+                 model->seq_len, model->vocab_size, padded_vocab};
+
+  const std::string base = (fs::path(dir) / ("triad_bench_ckpt_np" + std::to_string(size))).string();
+  const std::string ckpt = base + ".h5", plain = base + ".plain";
+  double t;
+  std::vector<double> w_ckpt, w_plain, r_ckpt, r_plain, r_resume;
+  int dropped = 1;
+  auto drop = [&] {
+    int ok = 0;
+    if (rank == 0) ok = drop_caches() ? 1 : 0;
+    MPI_Bcast(&ok, 1, MPI_INT, 0, world);
+    dropped = dropped && ok;
+  };
+
+  if (rank == 0) {
+    std::printf("triad-bench checkpoint: %s, %lld parameters (wte padded to %lld rows), "
+                "%d rank(s), %.3f GB of tensor data per checkpoint, %s\n",
+                model->name, static_cast<long long>(n_params),
+                static_cast<long long>(padded_vocab), size, double(bytes) / 1e9, ckpt.c_str());
+    std::fflush(stdout);
+  }
+  bool verified = true;
+  for (int it = 0; it < repeat; ++it) {
+    // Plain write by rank 0 (+ fsync); the checkpoint write by all (+ fsync by every rank:
+    // on a local file system the first flushes everything, the rest cost nothing).
+    MPI_Barrier(world);
+    t = 0;
+    if (rank == 0) t = plain_write(plain, bytes);
+    MPI_Bcast(&t, 1, MPI_DOUBLE, 0, world);
+    w_plain.push_back(t);
+
+    MPI_Barrier(world);
+    double t0 = MPI_Wtime();
+    triad::save_checkpoint(world, ckpt, state, save_groups);
+    fsync_path(ckpt);
+    MPI_Barrier(world);
+    w_ckpt.push_back(MPI_Wtime() - t0);
+
+    // Reads after dropping the page cache where possible.
+    drop();
+    MPI_Barrier(world);
+    t = 0;
+    if (rank == 0) t = plain_read(plain, bytes);
+    MPI_Bcast(&t, 1, MPI_DOUBLE, 0, world);
+    r_plain.push_back(t);
+
+    // The ZeRO-1 read: every rank its slice of every group.
+    std::vector<std::vector<float>> back(group_names.size(),
+                                         std::vector<float>(std::max<int64_t>(hi - lo, 1)));
+    std::vector<triad::TensorGroup> load_groups = sliced_groups(back);
+    drop();
+    MPI_Barrier(world);
+    t0 = MPI_Wtime();
+    triad::load_checkpoint_tensors(world, ckpt, load_groups);
+    MPI_Barrier(world);
+    r_ckpt.push_back(MPI_Wtime() - t0);
+    // Bit-exact, except the padded wte rows (zero-filled on load).
+    const int64_t wte_valid = model->vocab_size * model->n_embd;
+    for (size_t g = 0; g < back.size(); ++g) {
+      for (int64_t i = lo; i < hi; ++i) {
+        const float want = i >= wte_valid && i < params[0].numel ? 0.0f : slices[g][i - lo];
+        if (std::memcmp(&back[g][i - lo], &want, sizeof(float)) != 0) {
+          verified = false;
+          break;
+        }
+      }
+    }
+    back.clear();
+
+    // The trainer's resume: full parameters on every rank, the optimizer state in slices.
+    {
+      std::vector<float> full(static_cast<size_t>(n_params));
+      std::vector<std::vector<float>> opt(2, std::vector<float>(std::max<int64_t>(hi - lo, 1)));
+      std::vector<triad::TensorGroup> gs = {
+          {"model", refs(params, full.data(), 0, n_params, true, model->vocab_size)},
+          {"optimizer/m", refs(params, opt[0].data(), lo, hi, false, model->vocab_size)},
+          {"optimizer/v", refs(params, opt[1].data(), lo, hi, false, model->vocab_size)}};
+      drop();
+      MPI_Barrier(world);
+      t0 = MPI_Wtime();
+      triad::load_checkpoint_tensors(world, ckpt, gs);
+      MPI_Barrier(world);
+      r_resume.push_back(MPI_Wtime() - t0);
+    }
+    if (rank == 0) {
+      std::printf("  run %d: write %.2f s (plain %.2f s), read %.2f s (plain %.2f s), resume "
+                  "read %.2f s\n",
+                  it + 1, w_ckpt.back(), w_plain.back(), r_ckpt.back(), r_plain.back(),
+                  r_resume.back());
+      std::fflush(stdout);
+    }
+  }
+  int ok = verified ? 1 : 0;
+  MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, world);
+  TRIAD_CHECK(ok == 1, "checkpoint: the data read back differ from the data written");
+
+  if (rank == 0 && !vm.count("keep")) {
+    fs::remove(ckpt, ec);
+    fs::remove(plain, ec);
+  }
+  if (rank == 0) {
+    const double gb = double(bytes) / 1e9;
+    const double wc = median(w_ckpt), wp = median(w_plain), rc = median(r_ckpt),
+                 rp = median(r_plain), rr = median(r_resume);
+    std::printf("  median of %d: write %.2f GB/s (plain %.2f GB/s, ratio %.2f), read %.2f GB/s "
+                "(plain %.2f GB/s, ratio %.2f), resume read %.2f s; reads %s; data verified\n",
+                repeat, gb / wc, gb / wp, wp / wc, gb / rc, gb / rp, rp / rc, rr,
+                dropped ? "after dropping the page cache" : "from the page cache (drop_caches "
+                                                            "not permitted)");
+    // One line for scripts.
+    std::printf("RESULT model=%s ranks=%d bytes=%llu write_s=%.4f plain_write_s=%.4f "
+                "read_s=%.4f plain_read_s=%.4f resume_read_s=%.4f cache=%s\n",
+                model->name, size, static_cast<unsigned long long>(bytes), wc, wp, rc, rp, rr,
+                dropped ? "dropped" : "cached");
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  return triad::run_main(argc, argv, kProg, [&](MPI_Comm world) {
+    TRIAD_CHECK(argc >= 2, "no command given: checkpoint (see 'triad-bench --help')");
+    const std::string command = argv[1];
+    const std::vector<std::string> args(argv + 2, argv + argc);
+    if (command == "--help" || command == "-h" || command == "help") {
+      if (world_rank(world) == 0) std::cout << kUsage;
+      return 0;
+    }
+    if (command == "checkpoint") return cmd_checkpoint(world, args);
+    triad::fail("unknown command '", command,
+                "': expected checkpoint (see 'triad-bench --help')");
+  });
+}

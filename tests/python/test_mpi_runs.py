@@ -1,0 +1,125 @@
+"""triad-train on several ranks (mpirun): preemption, a rank killed while checkpointing, grids
+that do not fit. The loss/weight equivalence of grids is tests/mpi/test_data_parallel.cpp."""
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from triad_run import ENV, exe, tiny_config, train
+
+MPIRUN = shutil.which("mpirun")
+MPI_ENV = dict(ENV, OMP_NUM_THREADS="1", OMPI_MCA_pml="ob1", OMPI_MCA_btl="self,vader")
+
+
+def mpirun(n, *args):
+    assert MPIRUN, "mpirun not found"
+    return [MPIRUN, "--oversubscribe", "-np", str(n), exe("triad-train"), *map(str, args)]
+
+
+def run(n, *args, timeout=120):
+    return subprocess.run(mpirun(n, *args), capture_output=True, text=True, env=MPI_ENV,
+                          timeout=timeout)
+
+
+def metrics(run_dir):
+    with h5py.File(run_dir / "metrics.h5", "r") as f:
+        return f["train/step"][:], f["train/loss"][:]
+
+
+def model(path):
+    out = {}
+    with h5py.File(path, "r") as f:
+        f["model"].visititems(lambda n, d: out.__setitem__(n, d[:]) if isinstance(d, h5py.Dataset) else None)
+    return out
+
+
+def rank_pids(mpirun_pid):
+    """The triad-train processes started by this mpirun."""
+    out = subprocess.run(["pgrep", "-P", str(mpirun_pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+@pytest.mark.parametrize("n,args,needle", [
+    (3, [], "train.batch_size"),                        # 8 sequences do not split over 3 ranks
+    (3, ["--parallel.tp", "2"], "not a multiple"),       # 3 ranks cannot hold tp = 2
+    (2, ["--parallel.pp", "2"], "pipeline parallelism"),
+])
+def test_grid_that_does_not_fit_fails_on_every_rank(tmp_path, n, args, needle):
+    cfg = tiny_config(tmp_path)
+    t = time.time()
+    p = run(n, "--config", cfg, *args, timeout=60)
+    assert p.returncode != 0
+    assert needle in p.stderr, p.stderr
+    assert p.stderr.count("triad-train: error") == 1, p.stderr  # one message, not one per rank
+    assert time.time() - t < 30
+
+
+def test_preemption_on_one_rank_stops_all_and_resumes_bit_exactly(tmp_path):
+    # A constant LR makes the schedule independent of train.steps, so the interrupted run can be
+    # launched "forever" and the uninterrupted one sized afterwards.
+    common = ["--checkpoint.every", 0, "--eval.every", 0, "--parallel.zero", 1,
+              "--train.schedule", "constant", "--train.warmup_steps", 0]
+    pre = tiny_config(tmp_path, name="pre")
+    proc = subprocess.Popen(mpirun(2, "--config", pre, "--train.steps", 10**6, *common),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=MPI_ENV)
+    time.sleep(3)
+    pids = rank_pids(proc.pid)
+    assert len(pids) == 2, pids
+    os.kill(pids[-1], signal.SIGUSR1)  # one rank only, as a scheduler's signal may arrive
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "preempted at step" in out, out
+    step = int(out.split("preempted at step")[1].split()[0])
+    assert (tmp_path / "runs" / "pre" / "ckpt" / f"step_{step:08d}.h5").exists()
+    total = step + 15
+    p = run(2, "--config", pre, "--train.steps", total, *common)  # --resume auto
+    assert p.returncode == 0, p.stderr
+    assert f"resumed from" in p.stdout
+    straight = tiny_config(tmp_path, name="straight")
+    p = run(2, "--config", straight, "--train.steps", total, *common)
+    assert p.returncode == 0, p.stderr
+    s1, l1 = metrics(tmp_path / "runs" / "straight")
+    s2, l2 = metrics(tmp_path / "runs" / "pre")
+    assert list(s2) == list(range(total))
+    assert np.array_equal(l1, l2)
+    w1 = model(tmp_path / "runs" / "straight" / "ckpt" / f"step_{total:08d}.h5")
+    w2 = model(tmp_path / "runs" / "pre" / "ckpt" / f"step_{total:08d}.h5")
+    for k in w1:
+        assert np.array_equal(w1[k], w2[k]), k
+
+
+def test_rank_killed_during_checkpoint_leaves_previous_one_loadable(tmp_path):
+    # A model whose checkpoint takes long enough to be caught in the middle of writing.
+    cfg = tiny_config(tmp_path, name="kill", model__n_embd=256, model__n_head=4,
+                      model__n_layer=4, model__vocab_size=512)
+    proc = subprocess.Popen(mpirun(2, "--config", cfg, "--train.steps", 100000,
+                                   "--checkpoint.every", 1, "--checkpoint.keep", 3,
+                                   "--eval.every", 0),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=MPI_ENV)
+    ckpt = tmp_path / "runs" / "kill" / "ckpt"
+    deadline = time.time() + 60
+    # Wait until two checkpoints are complete and the next one is being written.
+    while time.time() < deadline and not (len(list(ckpt.glob("step_*.h5"))) >= 2
+                                          and list(ckpt.glob("*.partial"))):
+        time.sleep(0.005)
+    assert time.time() < deadline, "no checkpoint was being written"
+    partial = list(ckpt.glob("*.partial"))
+    pids = rank_pids(proc.pid)
+    os.kill(pids[-1], signal.SIGKILL)
+    try:
+        proc.communicate(timeout=60)  # the job must end: no rank waits forever
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the job did not end after a rank was killed")
+    assert proc.returncode != 0
+    # The newest complete checkpoint loads; an unfinished one is never picked.
+    p = train("--config", cfg, "--train.steps", 0, "--eval-only")
+    assert p.returncode == 0, p.stderr
+    assert "val loss" in p.stdout
+    loaded = p.stdout.split("checkpoint ")[1].split()[0]
+    assert not loaded.endswith(".partial") and os.path.basename(loaded) != partial[0].name
