@@ -375,7 +375,31 @@ TrainOutcome Trainer::run() {
     if (!resume_path.empty())
       s.say("--init-from " + s.cl.init_from + " ignored: the run resumes from its own checkpoint");
   }
-  if (!resume_path.empty()) {
+  if (!resume_path.empty() && s.cl.resume == "auto") {
+    // --resume auto: the newest checkpoint that loads. One whose data fails its checksum (or
+    // shapes) is reported and the previous one tried; every rank sees the same failure.
+    std::vector<std::string> candidates{resume_path};
+    const auto all = list_checkpoints(cfg.checkpoint_dir());
+    for (auto it = all.rbegin(); it != all.rend(); ++it) {
+      const std::string p = cfg.checkpoint_dir() + "/" + *it;
+      if (p != resume_path && fs::path(*it).filename() < fs::path(resume_path).filename())
+        candidates.push_back(p);
+    }
+    std::string failures;
+    bool loaded = false;
+    for (const auto& c : candidates) {
+      try {
+        s.load_from(c, true);
+        loaded = true;
+        break;
+      } catch (const Error& e) {
+        s.say(std::string("warning: ") + e.what() + "; trying the previous checkpoint");
+        failures += std::string("\n  ") + e.what();
+      }
+    }
+    TRIAD_CHECK(loaded, "--resume auto: no checkpoint in ", cfg.checkpoint_dir(),
+                " could be loaded:", failures);
+  } else if (!resume_path.empty()) {
     s.load_from(resume_path, true);
   } else if (!s.cl.init_from.empty()) {
     s.load_from(s.cl.init_from, false);

@@ -123,3 +123,33 @@ def test_rank_killed_during_checkpoint_leaves_previous_one_loadable(tmp_path):
     assert "val loss" in p.stdout
     loaded = p.stdout.split("checkpoint ")[1].split()[0]
     assert not loaded.endswith(".partial") and os.path.basename(loaded) != partial[0].name
+
+
+def test_init_from_across_rank_counts(tmp_path):
+    cfg = tiny_config(tmp_path, name="one")
+    assert train("--config", cfg, "--train.steps", 5).returncode == 0
+    ckpt = tmp_path / "runs" / "one" / "ckpt" / "step_00000005.h5"
+    p = run(4, "--config", cfg, "--init-from", ckpt, "--run.name", "four", "--train.steps", 3,
+            "--parallel.zero", 1, "--train.micro_batch_size", 2)
+    assert p.returncode == 0, p.stderr
+    assert "initialized weights from" in p.stdout
+    steps, _ = metrics(tmp_path / "runs" / "four")
+    assert list(steps) == [0, 1, 2]
+
+
+def test_resume_auto_falls_back_past_a_damaged_checkpoint(tmp_path):
+    cfg = tiny_config(tmp_path, name="fb")
+    p = run(2, "--config", cfg, "--train.steps", 10, "--checkpoint.every", 5,
+            "--parallel.zero", 1)
+    assert p.returncode == 0, p.stderr
+    ckpt = tmp_path / "runs" / "fb" / "ckpt"
+    newest = ckpt / "step_00000010.h5"
+    data = bytearray(newest.read_bytes())
+    with h5py.File(newest, "r") as f:
+        offset = f["model/h/0/mlp/c_fc/weight"].id.get_offset()
+    data[offset:offset + 64] = bytes(64)  # damage the data of one tensor
+    newest.write_bytes(bytes(data))
+    p = run(2, "--config", cfg, "--train.steps", 12, "--checkpoint.every", 5,
+            "--parallel.zero", 1)
+    assert p.returncode == 0, p.stderr
+    assert "step_00000005.h5 at step 5" in p.stdout, p.stdout + p.stderr

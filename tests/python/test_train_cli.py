@@ -31,7 +31,7 @@ def test_help_lists_every_key_with_defaults():
                 "eval.sequences", "checkpoint.at_start", "run.dir", "parallel.virtual_stages",
                 "--resume", "--init-from", "--eval-only"]:
         assert key in p.stdout, key
-    assert "--train.lr arg (=0.0006)" in p.stdout
+    assert "--train.lr arg (=6e-04)" in p.stdout
 
 
 @pytest.mark.parametrize("args,needles", [
@@ -69,15 +69,6 @@ def test_bad_data(tmp_path):
     assert_clean_error(train("--config", cfg, "--data.train", d / "empty.bin"), "no complete sequence")
     write_shard(d / "ids.bin", np.full(100, 600))
     assert_clean_error(train("--config", cfg, "--data.train", d / "ids.bin"), "ids.bin", "vocab_size")
-
-
-def test_more_than_one_rank_is_refused(tmp_path):
-    cfg = tiny_config(tmp_path)
-    mpirun = shutil.which("mpirun")
-    assert mpirun, "mpirun not found"
-    p = run([mpirun, "--oversubscribe", "-np", "2", exe("triad-train"), "--config", cfg], timeout=60)
-    assert p.returncode != 0
-    assert "one rank" in p.stderr, p.stderr
 
 
 def test_resume_after_interruption_matches_uninterrupted(tmp_path):
