@@ -10,14 +10,14 @@
 #include <random>
 #include <vector>
 
-#define CHECK(call)                                                                         \
-  do {                                                                                      \
-    cudaError_t e_ = (call);                                                                \
-    if (e_ != cudaSuccess) {                                                                \
-      std::printf("smoke: FAIL %s: %s (%s)\n", #call, cudaGetErrorString(e_),               \
-                  cudaGetErrorName(e_));                                                    \
-      return 1;                                                                             \
-    }                                                                                       \
+#define CHECK(call)                                                           \
+  do {                                                                        \
+    cudaError_t e_ = (call);                                                  \
+    if (e_ != cudaSuccess) {                                                  \
+      std::printf("smoke: FAIL %s: %s (%s)\n", #call, cudaGetErrorString(e_), \
+                  cudaGetErrorName(e_));                                      \
+      return 1;                                                               \
+    }                                                                         \
   } while (0)
 
 // y[i] = a*x[i] + y[i]; one block also sums x with warp shuffles (out[0]) and records the
@@ -54,10 +54,11 @@ int main() {
   int rt = 0, drv = 0;
   CHECK(cudaRuntimeGetVersion(&rt));
   CHECK(cudaDriverGetVersion(&drv));
-  std::printf("smoke: %d device(s); %s cc %d.%d, %d SMs, L2 %d MB, smem/block optin %zu KB; "
-              "runtime %d driver %d\n",
-              ndev, p.name, p.major, p.minor, p.multiProcessorCount, p.l2CacheSize >> 20,
-              p.sharedMemPerBlockOptin >> 10, rt, drv);
+  std::printf(
+      "smoke: %d device(s); %s cc %d.%d, %d SMs, L2 %d MB, smem/block optin %zu KB; "
+      "runtime %d driver %d\n",
+      ndev, p.name, p.major, p.minor, p.multiProcessorCount, p.l2CacheSize >> 20,
+      p.sharedMemPerBlockOptin >> 10, rt, drv);
 
   const int n = 1 << 20;
   std::mt19937 rng(std::random_device{}());

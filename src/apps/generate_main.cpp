@@ -20,12 +20,13 @@ int main(int argc, char** argv) {
     double temperature = 0;
     int top_k = 0;
     po::options_description desc("usage: triad-generate (--checkpoint FILE | --run DIR) [options]");
-    desc.add_options()("help,h", "print this help")(
-        "checkpoint", po::value(&checkpoint), "checkpoint file (.h5)")(
-        "run", po::value(&run_dir), "run directory: use the newest complete checkpoint of RUN/ckpt")(
+    desc.add_options()("help,h", "print this help")("checkpoint", po::value(&checkpoint),
+                                                    "checkpoint file (.h5)")(
+        "run", po::value(&run_dir),
+        "run directory: use the newest complete checkpoint of RUN/ckpt")(
         "vocab", po::value(&vocab)->default_value("data/vocab/gpt2.tiktoken"),
-        "GPT-2 BPE ranks file (tiktoken format)")(
-        "prompt", po::value(&prompt)->default_value(""), "prompt text (empty: <|endoftext|>)")(
+        "GPT-2 BPE ranks file (tiktoken format)")("prompt", po::value(&prompt)->default_value(""),
+                                                  "prompt text (empty: <|endoftext|>)")(
         "length", po::value(&length)->default_value(128), "tokens to generate")(
         "temperature", po::value(&temperature)->default_value(0.8), "sampling temperature")(
         "top-k", po::value(&top_k)->default_value(40), "sample among the k likeliest (0: all)")(
@@ -68,7 +69,8 @@ int main(int argc, char** argv) {
       refs.push_back(std::move(r));
     }
     triad::load_checkpoint_tensors(world, checkpoint, {{"model", refs}});
-    std::vector<int32_t> ids = prompt.empty() ? std::vector<int32_t>{tok.eot()} : tok.encode(prompt);
+    std::vector<int32_t> ids =
+        prompt.empty() ? std::vector<int32_t>{tok.eot()} : tok.encode(prompt);
     triad::Rng rng(static_cast<uint64_t>(seed));
     const auto out = triad::sample_continuation(model, ids, {length, temperature, top_k}, rng);
     std::cout << prompt << tok.decode(out) << std::endl;

@@ -30,10 +30,9 @@ struct SequenceSource::Shard {
     TRIAD_CHECK(fd >= 0, "token shard ", p, ": cannot open (", std::strerror(errno), ")");
     map = ::mmap(nullptr, map_bytes, PROT_READ, MAP_PRIVATE, fd, 0);
     ::close(fd);
-    TRIAD_CHECK(map != MAP_FAILED, "token shard ", p, ": cannot map (", std::strerror(errno),
-                ")");
-    tokens = reinterpret_cast<const uint16_t*>(static_cast<const char*>(map) +
-                                               kShardHeaderInts * 4);
+    TRIAD_CHECK(map != MAP_FAILED, "token shard ", p, ": cannot map (", std::strerror(errno), ")");
+    tokens =
+        reinterpret_cast<const uint16_t*>(static_cast<const char*>(map) + kShardHeaderInts * 4);
   }
   ~Shard() {
     if (map && map != MAP_FAILED) ::munmap(map, map_bytes);
@@ -65,8 +64,8 @@ SequenceSource::~SequenceSource() = default;
 
 void SequenceSource::read(int64_t index, int32_t* inputs, int32_t* targets) const {
   TRIAD_ASSERT(index >= 0 && index < total_);
-  const size_t j = size_t(std::upper_bound(first_.begin(), first_.end(), index) -
-                          first_.begin() - 1);
+  const size_t j =
+      size_t(std::upper_bound(first_.begin(), first_.end(), index) - first_.begin() - 1);
   const Shard& s = *shards_[j];
   const int64_t start = (index - first_[j]) * seq_len_;
   const uint16_t* t = s.tokens + start;
@@ -94,7 +93,8 @@ int64_t DataLoader::sequence_at(int64_t position) {
     perm_.resize(size_t(n));
     for (int64_t k = 0; k < n; ++k) perm_[size_t(k)] = k;
     Rng rng(seed_ * 0x9E3779B97F4A7C15ull + uint64_t(epoch) + 1);
-    for (int64_t k = n - 1; k > 0; --k) std::swap(perm_[size_t(k)], perm_[rng.below(uint64_t(k + 1))]);
+    for (int64_t k = n - 1; k > 0; --k)
+      std::swap(perm_[size_t(k)], perm_[rng.below(uint64_t(k + 1))]);
     perm_epoch_ = epoch;
   }
   return perm_[size_t(i)];

@@ -29,8 +29,8 @@ Header read_header(std::ifstream& in, const std::string& path) {
               " (expected ", kShardVersion, ")");
   TRIAD_CHECK(h[2] >= 0, "token shard ", path, ": negative token count ", h[2]);
   const uint64_t expect = header_bytes + uint64_t(h[2]) * sizeof(uint16_t);
-  TRIAD_CHECK(size == expect, "token shard ", path, ": header says ", h[2], " tokens (",
-              expect, " bytes) but the file has ", size, " bytes (truncated or damaged)");
+  TRIAD_CHECK(size == expect, "token shard ", path, ": header says ", h[2], " tokens (", expect,
+              " bytes) but the file has ", size, " bytes (truncated or damaged)");
   return Header{h[2]};
 }
 

@@ -28,7 +28,6 @@
 
 namespace triad {
 namespace {
-struct Prof { double t0 = MPI_Wtime(); const char* fn; explicit Prof(const char* f): fn(f) {} void mark(const char* what) { if (!getenv("TRIAD_CKPT_PROFILE")) return; int r; MPI_Comm_rank(MPI_COMM_WORLD,&r); if (r==0) fprintf(stderr, "PROF %s %-20s %.3f\n", fn, what, MPI_Wtime()-t0); t0 = MPI_Wtime(); } };
 
 namespace fs = std::filesystem;
 using io::collective_phase;
@@ -340,7 +339,6 @@ std::vector<Tile> plan_verification(hsize_t nf, const std::vector<FlatRange>& re
 H5Id collective_dxpl() {
   H5Id dxpl = io::make_plist(H5P_DATASET_XFER);
   h5check(H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE), "cannot select collective transfers");
-  if (getenv("TRIAD_INDIV")) H5Pset_dxpl_mpio_collective_opt(dxpl, H5FD_MPIO_INDIVIDUAL_IO);
   return dxpl;
 }
 
@@ -634,8 +632,6 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
   const int rank = comm_rank(comm);
   int size = 1;
   MPI_Comm_size(comm, &size);
-  if (getenv("TRIAD_SETENV")) { setenv("OMPI_MCA_fbtl_posix_write_datasieving", "0", 0); setenv("OMPI_MCA_fbtl_posix_read_datasieving", "0", 0); }
-  Prof prof("save");
   try {
     collective_phase(comm, [&] {
       validate_groups(groups);
@@ -678,11 +674,9 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
       }
     }
 
-    prof.mark("plan");
     collective_phase(comm, [&] {
       if (rank == 0) reserve_space(partial, estimated_file_bytes(state, groups));
     });
-    prof.mark("reserve");
 
     std::vector<uint32_t> crcs(n, 0);
     {
@@ -761,7 +755,6 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
         }
       });
 
-      prof.mark("crc+create+meta");
       // Data: one collective write per tensor, each rank selecting its own range.
       for (size_t i = 0; i < n; ++i) {
         collective_phase(comm, [&] {
@@ -770,7 +763,6 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
         });
       }
 
-      prof.mark("writes");
       // `complete` last, then flush and close (a full disk may surface only here).
       collective_phase(comm, [&] {
         for (H5Id& d : dsets) d.close("cannot close a dataset of " + partial);
@@ -780,7 +772,6 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
       });
     }
 
-    prof.mark("close");
     collective_phase(comm, [&] {
       if (rank != 0) return;
       std::error_code ec;
@@ -826,7 +817,6 @@ void load_checkpoint_tensors(MPI_Comm comm, const std::string& path,
       }
       dxpl = read_dxpl();
     });
-    Prof prof("load");
     collective_phase(comm, [&] { check_same_tensor_count(comm, items.size()); });
 
     // Who checksums which piece of each tensor, from the ranges every rank reads.
@@ -858,18 +848,14 @@ void load_checkpoint_tensors(MPI_Comm comm, const std::string& path,
     });
     std::vector<uint32_t> crcs(n_tiles, 0);
 
-    prof.mark("open+plan");
     for (LoadItem& it : items) {
       collective_phase(comm, [&] { read_item(it, dxpl); });
     }
-    prof.mark("reads");
     for (LoadItem& it : items) {
       if (!it.has_extra) continue;
       collective_phase(comm, [&] { read_extra_tiles(it, dxpl, rank, crcs); });
     }
-    prof.mark("extra reads");
     collective_phase(comm, [&] { checksum_read_tiles(items, rank, crcs); });
-    prof.mark("crc");
     if (n_tiles > 0) {
       MPI_Allreduce(MPI_IN_PLACE, crcs.data(), static_cast<int>(n_tiles), MPI_UINT32_T, MPI_BXOR,
                     comm);

@@ -4,6 +4,11 @@
 #include <bit>
 #include <cstring>
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define TRIAD_CRC32_PCLMUL 1
+#endif
+
 namespace triad::io {
 namespace {
 
@@ -24,12 +29,106 @@ constexpr Tables make_tables() {
 
 constexpr Tables kTables = make_tables();
 
+#ifdef TRIAD_CRC32_PCLMUL
+
+// CRC-32 by folding with carry-less multiplication (Intel, "Fast CRC Computation for Generic
+// Polynomials Using PCLMULQDQ Instruction", 2009; the bit-reflected constants of its appendix,
+// as in zlib's and Linux's crc32 for x86): four 128-bit lanes folded 64 bytes at a time, then
+// into one lane, then 128 -> 64 -> 32 bits and a Barrett reduction. Takes and returns the
+// register (the pre-inverted CRC, as c in crc32() below); n >= 64 and a multiple of 16.
+// ~10x faster than slicing-by-8 (checkpoints checksum every byte on save and load).
+// acc folded over 128 bits (by the constants in k) and xored into next.
+__attribute__((target("pclmul,sse4.1"))) inline __m128i fold128(__m128i acc, __m128i next,
+                                                                 __m128i k) {
+  const __m128i lo = _mm_clmulepi64_si128(acc, k, 0x00);
+  const __m128i hi = _mm_clmulepi64_si128(acc, k, 0x11);
+  return _mm_xor_si128(_mm_xor_si128(hi, next), lo);
+}
+
+__attribute__((target("pclmul,sse4.1"))) uint32_t crc32_fold_pclmul(const unsigned char* p,
+                                                                     size_t n, uint32_t c) {
+  alignas(16) static const uint64_t k1k2[2] = {0x0154442bd4, 0x01c6e41596};
+  alignas(16) static const uint64_t k3k4[2] = {0x01751997d0, 0x00ccaa009e};
+  alignas(16) static const uint64_t k5k0[2] = {0x0163cd6124, 0x0000000000};
+  alignas(16) static const uint64_t poly[2] = {0x01db710641, 0x01f7011641};
+  auto load = [](const unsigned char* q) {
+    return _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
+  };
+
+  __m128i x1 = load(p), x2 = load(p + 16), x3 = load(p + 32), x4 = load(p + 48);
+  x1 = _mm_xor_si128(x1, _mm_cvtsi32_si128(static_cast<int>(c)));
+  __m128i x0 = _mm_load_si128(reinterpret_cast<const __m128i*>(k1k2));
+  p += 64;
+  n -= 64;
+  while (n >= 64) {
+    const __m128i x5 = _mm_clmulepi64_si128(x1, x0, 0x00);
+    const __m128i x6 = _mm_clmulepi64_si128(x2, x0, 0x00);
+    const __m128i x7 = _mm_clmulepi64_si128(x3, x0, 0x00);
+    const __m128i x8 = _mm_clmulepi64_si128(x4, x0, 0x00);
+    x1 = _mm_clmulepi64_si128(x1, x0, 0x11);
+    x2 = _mm_clmulepi64_si128(x2, x0, 0x11);
+    x3 = _mm_clmulepi64_si128(x3, x0, 0x11);
+    x4 = _mm_clmulepi64_si128(x4, x0, 0x11);
+    x1 = _mm_xor_si128(_mm_xor_si128(x1, x5), load(p));
+    x2 = _mm_xor_si128(_mm_xor_si128(x2, x6), load(p + 16));
+    x3 = _mm_xor_si128(_mm_xor_si128(x3, x7), load(p + 32));
+    x4 = _mm_xor_si128(_mm_xor_si128(x4, x8), load(p + 48));
+    p += 64;
+    n -= 64;
+  }
+
+  // Fold the four lanes into one, then the remaining 16-byte blocks.
+  x0 = _mm_load_si128(reinterpret_cast<const __m128i*>(k3k4));
+  x1 = fold128(x1, x2, x0);
+  x1 = fold128(x1, x3, x0);
+  x1 = fold128(x1, x4, x0);
+  while (n >= 16) {
+    x1 = fold128(x1, load(p), x0);
+    p += 16;
+    n -= 16;
+  }
+
+  // 128 -> 64 bits.
+  x2 = _mm_clmulepi64_si128(x1, x0, 0x10);
+  const __m128i mask32 = _mm_setr_epi32(~0, 0, ~0, 0);
+  x1 = _mm_xor_si128(_mm_srli_si128(x1, 8), x2);
+  // 64 -> 32 bits.
+  x0 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(k5k0));
+  x2 = _mm_srli_si128(x1, 4);
+  x1 = _mm_and_si128(x1, mask32);
+  x1 = _mm_clmulepi64_si128(x1, x0, 0x00);
+  x1 = _mm_xor_si128(x1, x2);
+  // Barrett reduction to the 32-bit remainder.
+  x0 = _mm_load_si128(reinterpret_cast<const __m128i*>(poly));
+  x2 = _mm_and_si128(x1, mask32);
+  x2 = _mm_clmulepi64_si128(x2, x0, 0x10);
+  x2 = _mm_and_si128(x2, mask32);
+  x2 = _mm_clmulepi64_si128(x2, x0, 0x00);
+  x1 = _mm_xor_si128(x1, x2);
+  return static_cast<uint32_t>(_mm_extract_epi32(x1, 1));
+}
+
+bool have_pclmul() {
+  static const bool yes = __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
+  return yes;
+}
+
+#endif  // TRIAD_CRC32_PCLMUL
+
 }  // namespace
 
 uint32_t crc32(const void* data, size_t n, uint32_t crc) {
   const auto* p = static_cast<const unsigned char*>(data);
   const auto& t = kTables;
   uint32_t c = ~crc;
+#ifdef TRIAD_CRC32_PCLMUL
+  if (n >= 64 && have_pclmul()) {
+    const size_t bulk = n & ~size_t{15};
+    c = crc32_fold_pclmul(p, bulk, c);
+    p += bulk;
+    n -= bulk;
+  }
+#endif
   while (n >= 8) {
     uint32_t lo, hi;
     std::memcpy(&lo, p, 4);

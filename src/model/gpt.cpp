@@ -1,11 +1,12 @@
 // Parameter layout and initialization of the GPT; forward/backward live in gpt_step.cpp.
+#include "triad/model/gpt.h"
+
 #include <cmath>
 #include <cstring>
 
+#include "gpt_activations.h"
 #include "triad/core/error.h"
 #include "triad/core/rng.h"
-#include "triad/model/gpt.h"
-#include "gpt_activations.h"
 
 namespace triad {
 

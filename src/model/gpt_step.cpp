@@ -58,8 +58,7 @@ ForwardStats Gpt::classifier(const int32_t* targets, int B, int T, float dloss_s
   auto& a = *acts_;
   const float* wte = params_ + specs_[0].offset;
   be_.matmul_forward(a.logits, a.lnf, wte, nullptr, N, C, Vp);
-  be_.crossentropy_forward_backward(a.logits, a.losses, a.correct, targets, N, V, Vp,
-                                    dloss_scale);
+  be_.crossentropy_forward_backward(a.logits, a.losses, a.correct, targets, N, V, Vp, dloss_scale);
   // Sum on the host in a fixed order (deterministic, independent of threads).
   std::vector<float> host(size_t(N) * 2);
   be_.copy_to_host(host.data(), a.losses, size_t(N));
@@ -87,7 +86,9 @@ void Gpt::backward(const int32_t* inputs, int B, int T) {
                          grads_ + sp[sp.size() - 1].offset, a.dln, x_last,
                          params_ + sp[sp.size() - 2].offset, a.lnf_mean, a.lnf_rstd, N, C);
   const size_t layer0 = sp[2].offset, lnf = sp[sp.size() - 2].offset;
-  auto layer_begin = [&](int l) { return l < shape_.n_layer ? sp[2 + size_t(l) * 12].offset : lnf; };
+  auto layer_begin = [&](int l) {
+    return l < shape_.n_layer ? sp[2 + size_t(l) * 12].offset : lnf;
+  };
   if (grad_hook_) grad_hook_(lnf, n_floats_ - lnf);
   for (int l = shape_.n_layer - 1; l >= 0; --l) {
     auto& L = a.layers[size_t(l)];
@@ -96,8 +97,8 @@ void Gpt::backward(const int32_t* inputs, int B, int T) {
     const float* x_in = l == 0 ? a.encoded : a.layers[size_t(l - 1)].residual3;
     // MLP branch: residual3 = residual2 + c_proj(gelu(c_fc(ln_2(residual2)))).
     be_.zero(a.dfch_gelu, NC * 4);
-    be_.matmul_backward(a.dfch_gelu, g.fcprojw, g.fcprojb, a.dresidual, L.fch_gelu, w.fcprojw,
-                        N, 4 * C, C);
+    be_.matmul_backward(a.dfch_gelu, g.fcprojw, g.fcprojb, a.dresidual, L.fch_gelu, w.fcprojw, N,
+                        4 * C, C);
     be_.zero(a.dfch, NC * 4);
     be_.gelu_backward(a.dfch, L.fch, a.dfch_gelu, NC * 4);
     be_.zero(a.dln, NC);
@@ -111,12 +112,11 @@ void Gpt::backward(const int32_t* inputs, int B, int T) {
     be_.attention_backward(a.dqkv, a.datt_scratch, a.datty, L.qkv, L.att, B, T, C, NH);
     be_.zero(a.dln, NC);
     be_.matmul_backward(a.dln, g.qkvw, g.qkvb, a.dqkv, L.ln1, w.qkvw, N, C, 3 * C);
-    be_.layernorm_backward(a.dresidual, g.ln1w, g.ln1b, a.dln, x_in, w.ln1w, L.ln1_mean,
-                           L.ln1_rstd, N, C);
+    be_.layernorm_backward(a.dresidual, g.ln1w, g.ln1b, a.dln, x_in, w.ln1w, L.ln1_mean, L.ln1_rstd,
+                           N, C);
     if (grad_hook_) grad_hook_(layer_begin(l), layer_begin(l + 1) - layer_begin(l));
   }
-  be_.encoder_backward(grads_ + sp[0].offset, grads_ + sp[1].offset, a.dresidual, inputs, B, T,
-                       C);
+  be_.encoder_backward(grads_ + sp[0].offset, grads_ + sp[1].offset, a.dresidual, inputs, B, T, C);
   if (grad_hook_) grad_hook_(0, layer0);
 }
 
@@ -143,8 +143,7 @@ void Gpt::forward_logits(const int32_t* inputs, int B, float* host_out) {
   be_.matmul_forward(a.logits, a.lnf, params_ + specs_[0].offset, nullptr, B * T, C, Vp);
   std::vector<float> row(size_t(B) * T * Vp);
   be_.copy_to_host(row.data(), a.logits, row.size());
-  for (size_t i = 0; i < size_t(B) * T; ++i)
-    std::copy_n(row.data() + i * Vp, V, host_out + i * V);
+  for (size_t i = 0; i < size_t(B) * T; ++i) std::copy_n(row.data() + i * Vp, V, host_out + i * V);
 }
 
 const float* Gpt::next_token_logits(const int32_t* tokens, int len) {
@@ -153,8 +152,8 @@ const float* Gpt::next_token_logits(const int32_t* tokens, int len) {
   const int C = shape_.n_embd, Vp = shape_.padded_vocab_size;
   auto& a = *acts_;
   // Only the last position's logits are needed: one row of the classifier.
-  be_.matmul_forward(a.logits, a.lnf + size_t(len - 1) * C, params_ + specs_[0].offset, nullptr,
-                     1, C, Vp);
+  be_.matmul_forward(a.logits, a.lnf + size_t(len - 1) * C, params_ + specs_[0].offset, nullptr, 1,
+                     C, Vp);
   be_.copy_to_host(host_scratch_.data(), a.logits, size_t(Vp));
   return host_scratch_.data();
 }

@@ -13,7 +13,8 @@ double lr_at(const TrainConfig& t, int64_t s) {
   const int64_t decay_steps = t.steps - t.warmup_steps;
   if (t.schedule == "constant" || decay_steps <= 0) return lr;
   const double progress = std::min(1.0, double(s - t.warmup_steps) / double(decay_steps));
-  if (t.schedule == "cosine") return min_lr + 0.5 * (lr - min_lr) * (1.0 + std::cos(M_PI * progress));
+  if (t.schedule == "cosine")
+    return min_lr + 0.5 * (lr - min_lr) * (1.0 + std::cos(M_PI * progress));
   if (t.schedule == "linear") return lr - (lr - min_lr) * progress;
   if (t.schedule == "wsd") {
     // Warmup-stable-decay: constant, then linear to min_lr over the last decay_fraction of
@@ -37,7 +38,8 @@ Optimizer::Optimizer(const OptimConfig& cfg, const std::vector<ParamSpec>& specs
     : cfg_(cfg), specs_(specs), begin_(begin), end_(end), be_(be) {
   TRIAD_ASSERT(begin <= end);
   const size_t n_slots = cfg.name == "adamw" ? 2 : 1;
-  for (size_t i = 0; i < n_slots; ++i) slots_.push_back(be_.alloc(std::max<size_t>(1, end - begin)));
+  for (size_t i = 0; i < n_slots; ++i)
+    slots_.push_back(be_.alloc(std::max<size_t>(1, end - begin)));
 }
 
 Optimizer::~Optimizer() {

@@ -88,8 +88,8 @@ class MpiComm final : public Comm {
     }
     // In place when send is this rank's block of recv.
     const void* s = send == recv + size_t(rank_) * count ? MPI_IN_PLACE : send;
-    TRIAD_MPI_CHECK(MPI_Allgather(s, count_of(count), MPI_FLOAT, recv, count_of(count),
-                                  MPI_FLOAT, comm_));
+    TRIAD_MPI_CHECK(
+        MPI_Allgather(s, count_of(count), MPI_FLOAT, recv, count_of(count), MPI_FLOAT, comm_));
   }
   void broadcast(float* buf, size_t n, int root) override {
     if (size_ == 1) return;

@@ -1,8 +1,8 @@
 #include "triad/train/app_main.h"
 
 #include <chrono>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <thread>
 
@@ -46,8 +46,7 @@ int run_main(int argc, char** argv, const char* prog, const std::function<int(MP
   // collective error is printed once, then report theirs. MPI_Abort ends every rank.
   if (rank != 0) std::this_thread::sleep_for(std::chrono::seconds(2));
   std::fprintf(stderr, "%s: error%s: %s\n", prog,
-               rank == 0 ? "" : (" (rank " + std::to_string(rank) + ")").c_str(),
-               message.c_str());
+               rank == 0 ? "" : (" (rank " + std::to_string(rank) + ")").c_str(), message.c_str());
   std::fflush(stderr);
   MPI_Abort(MPI_COMM_WORLD, 1);
   return 1;

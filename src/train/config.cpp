@@ -20,7 +20,8 @@ namespace {
 // Keeping both in one table is what keeps --help, parsing and the resolved config in sync.
 class KeyTable {
  public:
-  explicit KeyTable(Config& c) : desc_("Config keys (INI [section] key = value, or --section.key value)") {
+  explicit KeyTable(Config& c)
+      : desc_("Config keys (INI [section] key = value, or --section.key value)") {
     add("model.n_layer", c.model.n_layer, "transformer layers");
     add("model.n_head", c.model.n_head, "attention heads (must divide n_embd)");
     add("model.n_embd", c.model.n_embd, "model width C");
@@ -202,8 +203,8 @@ void validate(const Config& c, int world_size) {
   check(m.n_head >= 1, "model.n_head", "must be >= 1 (got " + std::to_string(m.n_head) + ")");
   check(m.n_embd >= 1, "model.n_embd", "must be >= 1 (got " + std::to_string(m.n_embd) + ")");
   check(m.n_embd % m.n_head == 0, "model.n_head",
-        "(" + std::to_string(m.n_head) + ") must divide model.n_embd (" +
-            std::to_string(m.n_embd) + ")");
+        "(" + std::to_string(m.n_head) + ") must divide model.n_embd (" + std::to_string(m.n_embd) +
+            ")");
   check(m.seq_len >= 1, "model.seq_len", "must be >= 1 (got " + std::to_string(m.seq_len) + ")");
   check(m.vocab_size >= 2 && m.vocab_size <= 65536, "model.vocab_size",
         "must be in [2, 65536] (token shards store uint16; got " + std::to_string(m.vocab_size) +

@@ -94,8 +94,8 @@ struct Trainer::State {
   }
 
   GptShape model_shape() const {
-    return GptShape{cfg.model.n_layer,   cfg.model.n_head,     cfg.model.n_embd,
-                    cfg.model.seq_len,   cfg.model.vocab_size, cfg.padded_vocab_size()};
+    return GptShape{cfg.model.n_layer, cfg.model.n_head,     cfg.model.n_embd,
+                    cfg.model.seq_len, cfg.model.vocab_size, cfg.padded_vocab_size()};
   }
 
   void setup_model() {
@@ -157,7 +157,8 @@ struct Trainer::State {
       const auto names = opt->slot_names();
       for (size_t i = 0; i < names.size(); ++i) {
         const size_t first = zero ? shard_lo : 0;
-        g.push_back({"optimizer/" + names[i], tensor_refs(opt->slot(i), first, !for_save && !zero)});
+        g.push_back(
+            {"optimizer/" + names[i], tensor_refs(opt->slot(i), first, !for_save && !zero)});
       }
     }
     return g;
@@ -212,8 +213,8 @@ struct Trainer::State {
     check_model_shape(st, path);
     if (resume) {
       const std::string slot = "optimizer/" + opt->slot_names()[0];
-      TRIAD_CHECK(checkpoint_has_group(grid.world(), path, slot), "checkpoint ", path,
-                  " has no /", slot, " state for optim.name = ", cfg.optim.name,
+      TRIAD_CHECK(checkpoint_has_group(grid.world(), path, slot), "checkpoint ", path, " has no /",
+                  slot, " state for optim.name = ", cfg.optim.name,
                   " (resume with the optimizer it was saved with, or use --init-from)");
       load_checkpoint_tensors(grid.world(), path, groups(true, false));
       step = st.step;
@@ -297,8 +298,9 @@ Trainer::~Trainer() = default;
 
 EvalResult Trainer::evaluate_only() {
   auto& s = *s_;
-  TRIAD_CHECK(!s.cfg.data.val.empty(), "config: data.val is empty; --eval-only needs validation "
-                                        "shards");
+  TRIAD_CHECK(!s.cfg.data.val.empty(),
+              "config: data.val is empty; --eval-only needs validation "
+              "shards");
   s.val_src = std::make_unique<SequenceSource>(s.cfg.data.val, "data.val", s.cfg.model.seq_len,
                                                s.cfg.model.vocab_size);
   TRIAD_CHECK(s.val_src->num_sequences() >= s.cfg.eval.sequences, "config: data.val holds ",
@@ -311,17 +313,19 @@ EvalResult Trainer::evaluate_only() {
     path = s.cl.resume;
   } else {
     path = find_resume_checkpoint(s.grid.world(), s.cfg.checkpoint_dir());
-    TRIAD_CHECK(!path.empty(), "--eval-only: no checkpoint given (--resume PATH or --init-from "
-                               "PATH) and none found in ", s.cfg.checkpoint_dir());
+    TRIAD_CHECK(!path.empty(),
+                "--eval-only: no checkpoint given (--resume PATH or --init-from "
+                "PATH) and none found in ",
+                s.cfg.checkpoint_dir());
   }
   const CheckpointState st = read_checkpoint_state(s.grid.world(), path);
   s.check_model_shape(st, path);
   load_checkpoint_tensors(s.grid.world(), path, s.groups(false, false));
   const EvalResult r = s.evaluate();
   if (s.root()) {
-    std::cout << std::fixed << std::setprecision(6) << "checkpoint " << path << " (step "
-              << st.step << ") | val loss " << r.loss << " | val accuracy " << r.accuracy
-              << " | " << r.sequences << " sequences" << std::endl;
+    std::cout << std::fixed << std::setprecision(6) << "checkpoint " << path << " (step " << st.step
+              << ") | val loss " << r.loss << " | val accuracy " << r.accuracy << " | "
+              << r.sequences << " sequences" << std::endl;
   }
   return r;
 }
@@ -339,17 +343,18 @@ TrainOutcome Trainer::run() {
   auto& s = *s_;
   const auto& cfg = s.cfg;
   const int T = cfg.model.seq_len, mbs = cfg.train.micro_batch_size;
-  s.train_src = std::make_unique<SequenceSource>(cfg.data.train, "data.train", T,
-                                                 cfg.model.vocab_size);
+  s.train_src =
+      std::make_unique<SequenceSource>(cfg.data.train, "data.train", T, cfg.model.vocab_size);
   if (!cfg.data.val.empty()) {
     s.val_src = std::make_unique<SequenceSource>(cfg.data.val, "data.val", T, cfg.model.vocab_size);
     TRIAD_CHECK(s.val_src->num_sequences() >= cfg.eval.sequences, "config: data.val holds ",
                 s.val_src->num_sequences(), " sequences of seq_len ", T,
                 ", fewer than eval.sequences = ", cfg.eval.sequences);
   }
-  s.train_loader = std::make_unique<DataLoader>(*s.train_src, cfg.data.shuffle,
-                                                uint64_t(cfg.train.seed));
-  if (cfg.sample.length > 0) s.tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_file(cfg.data.vocab));
+  s.train_loader =
+      std::make_unique<DataLoader>(*s.train_src, cfg.data.shuffle, uint64_t(cfg.train.seed));
+  if (cfg.sample.length > 0)
+    s.tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_file(cfg.data.vocab));
 
   // Where do we start? --resume auto|PATH|none, then --init-from, else a seeded init.
   std::string resume_path;
@@ -418,8 +423,8 @@ TrainOutcome Trainer::run() {
     os << "triad: " << s.grid.describe() << " | backend " << s.be->name() << " ("
        << omp_get_max_threads() << " threads) | " << s.model->num_parameters() << " parameters | "
        << "optimizer state " << std::fixed << std::setprecision(1)
-       << double(s.opt->state_bytes()) / 1e6 << " MB per rank | batch " << cfg.train.batch_size << " x "
-       << T << " tokens, " << accum << " micro-batches of " << mbs << " | train "
+       << double(s.opt->state_bytes()) / 1e6 << " MB per rank | batch " << cfg.train.batch_size
+       << " x " << T << " tokens, " << accum << " micro-batches of " << mbs << " | train "
        << s.train_src->num_sequences() << " sequences | peak " << std::setprecision(1)
        << s.peak_flops / 1e9 << " GFLOP/s";
     s.say(os.str());
@@ -427,7 +432,8 @@ TrainOutcome Trainer::run() {
   }
 
   TrainOutcome out;
-  const bool eval_now_at_start = s.step == 0 || (cfg.eval.every > 0 && s.step % cfg.eval.every == 0);
+  const bool eval_now_at_start =
+      s.step == 0 || (cfg.eval.every > 0 && s.step % cfg.eval.every == 0);
   if (s.step < cfg.train.steps && eval_now_at_start) s.run_eval();
   if (cfg.checkpoint.at_start && s.step == 0) s.save_checkpoint();
 
@@ -455,8 +461,8 @@ TrainOutcome Trainer::run() {
         });
       }
       s.train_loader->fill(base + int64_t(m) * mbs, mbs, s.inputs.data(), s.targets.data());
-      loss_sum += s.model->forward_backward(s.inputs.data(), s.targets.data(), mbs, dloss_scale)
-                      .loss_sum;
+      loss_sum +=
+          s.model->forward_backward(s.inputs.data(), s.targets.data(), mbs, dloss_scale).loss_sum;
       s.model->set_grad_ready_hook(nullptr);
     }
     for (auto& r : s.pending) r.wait();
@@ -486,8 +492,8 @@ TrainOutcome Trainer::run() {
     // MFU per device: the achieved rate of one rank over its peak.
     const double mfu = tps / s.grid.world_size() * s.model->flops_per_token() / s.peak_flops;
     if (s.metrics)
-      s.metrics->append(TrainRow{st, loss, lr, norm, tps, mfu, dt * 1e3,
-                                 s.step * int64_t(tokens_per_step)});
+      s.metrics->append(
+          TrainRow{st, loss, lr, norm, tps, mfu, dt * 1e3, s.step * int64_t(tokens_per_step)});
     TRIAD_CHECK(std::isfinite(loss), "training diverged: loss is ", loss, " at step ", st,
                 " (lower train.lr or check the data)");
     if (st % cfg.train.log_every == 0 || s.step == cfg.train.steps) {

@@ -61,15 +61,51 @@ Result run(const std::string& dir, const std::string& name, int dp, int zero, in
   MPI_Comm_split(MPI_COMM_WORLD, rank < dp ? 0 : MPI_UNDEFINED, rank, &comm);
   if (comm != MPI_COMM_NULL) {
     const int batch = 16;
-    std::vector<std::string> args = {
-        "triad-train", "--model.n_layer", "2", "--model.n_head", "2", "--model.n_embd", "32",
-        "--model.seq_len", "16", "--model.vocab_size", "256", "--train.steps", "6",
-        "--train.batch_size", std::to_string(batch), "--train.micro_batch_size",
-        std::to_string(batch / (dp * accum)), "--train.lr", "3e-3", "--train.warmup_steps", "2",
-        "--train.grad_clip", "0.5", "--data.train", dir + "/train_*.bin", "--data.val",
-        dir + "/val_*.bin", "--data.shuffle", "true", "--eval.every", "3", "--eval.sequences",
-        "20", "--checkpoint.every", "3", "--checkpoint.keep", "0", "--run.dir", dir + "/runs",
-        "--run.name", name, "--run.peak_tflops", "1", "--parallel.zero", std::to_string(zero)};
+    std::vector<std::string> args = {"triad-train",
+                                     "--model.n_layer",
+                                     "2",
+                                     "--model.n_head",
+                                     "2",
+                                     "--model.n_embd",
+                                     "32",
+                                     "--model.seq_len",
+                                     "16",
+                                     "--model.vocab_size",
+                                     "256",
+                                     "--train.steps",
+                                     "6",
+                                     "--train.batch_size",
+                                     std::to_string(batch),
+                                     "--train.micro_batch_size",
+                                     std::to_string(batch / (dp * accum)),
+                                     "--train.lr",
+                                     "3e-3",
+                                     "--train.warmup_steps",
+                                     "2",
+                                     "--train.grad_clip",
+                                     "0.5",
+                                     "--data.train",
+                                     dir + "/train_*.bin",
+                                     "--data.val",
+                                     dir + "/val_*.bin",
+                                     "--data.shuffle",
+                                     "true",
+                                     "--eval.every",
+                                     "3",
+                                     "--eval.sequences",
+                                     "20",
+                                     "--checkpoint.every",
+                                     "3",
+                                     "--checkpoint.keep",
+                                     "0",
+                                     "--run.dir",
+                                     dir + "/runs",
+                                     "--run.name",
+                                     name,
+                                     "--run.peak_tflops",
+                                     "1",
+                                     "--parallel.zero",
+                                     std::to_string(zero)};
     if (extra.empty()) extra = {"--resume", "none"};
     args.insert(args.end(), extra.begin(), extra.end());
     std::vector<const char*> argv;
@@ -141,8 +177,8 @@ TEST(DataParallel, CheckpointsResumeOnOtherGrids) {
   };
   for (auto [dp, zero] : std::vector<std::pair<int, int>>{{big, 1}, {2, 0}, {1, 0}, {1, 1}}) {
     if (dp > world_size()) continue;
-    const std::string name = "from" + std::to_string(big) + "_dp" + std::to_string(dp) + "_z" +
-                             std::to_string(zero);
+    const std::string name =
+        "from" + std::to_string(big) + "_dp" + std::to_string(dp) + "_z" + std::to_string(zero);
     const Result r = resumed(name, dp, zero);
     ASSERT_EQ(r.losses.size(), 3u) << name;  // steps 3, 4, 5
     Result tail = full;
@@ -157,8 +193,8 @@ TEST(DataParallel, CheckpointsResumeOnOtherGrids) {
   }
   // And the reverse: saved on one rank without ZeRO, resumed on the big grid with ZeRO-1.
   const Result one = run(dir, "one", 1, 0, 1);
-  const Result back = run(dir, "back", big, 1, 1,
-                          {"--resume", dir + "/runs/one/ckpt/step_00000003.h5"});
+  const Result back =
+      run(dir, "back", big, 1, 1, {"--resume", dir + "/runs/one/ckpt/step_00000003.h5"});
   Result tail = one;
   tail.losses.erase(tail.losses.begin(), tail.losses.begin() + 3);
   expect_close(back, tail, "from1_to_big");

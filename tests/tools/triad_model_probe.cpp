@@ -20,8 +20,8 @@
 
 namespace {
 
-void write(hid_t file, const std::string& name, const std::vector<hsize_t>& dims,
-           hid_t type, const void* data) {
+void write(hid_t file, const std::string& name, const std::vector<hsize_t>& dims, hid_t type,
+           const void* data) {
   hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
   H5Pset_create_intermediate_group(lcpl, 1);
   hid_t space = H5Screate_simple(int(dims.size()), dims.data(), nullptr);
@@ -40,10 +40,14 @@ int main(int argc, char** argv) {
     std::string cfg_path, ckpt, out;
     for (int i = 1; i + 1 < argc; i += 2) {
       const std::string k = argv[i];
-      if (k == "--config") cfg_path = argv[i + 1];
-      else if (k == "--checkpoint") ckpt = argv[i + 1];
-      else if (k == "--out") out = argv[i + 1];
-      else triad::fail("unknown option ", k);
+      if (k == "--config")
+        cfg_path = argv[i + 1];
+      else if (k == "--checkpoint")
+        ckpt = argv[i + 1];
+      else if (k == "--out")
+        out = argv[i + 1];
+      else
+        triad::fail("unknown option ", k);
     }
     TRIAD_CHECK(!cfg_path.empty() && !ckpt.empty() && !out.empty(),
                 "usage: triad_model_probe --config CFG --checkpoint CKPT --out OUT.h5");
@@ -51,8 +55,8 @@ int main(int argc, char** argv) {
     const triad::Config cfg = triad::parse_train_command_line(3, args).config;
     triad::validate(cfg, 1);
     const int B = cfg.train.micro_batch_size, T = cfg.model.seq_len, V = cfg.model.vocab_size;
-    triad::GptShape shape{cfg.model.n_layer, cfg.model.n_head,     cfg.model.n_embd,
-                          T,                 cfg.model.vocab_size, cfg.padded_vocab_size()};
+    triad::GptShape shape{cfg.model.n_layer,    cfg.model.n_head,       cfg.model.n_embd, T,
+                          cfg.model.vocab_size, cfg.padded_vocab_size()};
     auto be = triad::make_cpu_backend();
     triad::Gpt model(shape, B, *be);
     std::vector<triad::TensorRef> refs;

@@ -81,8 +81,7 @@ TEST(Config, CrossKeyConstraints) {
   const std::string heads = error_of({"--model.n_embd", "100", "--model.n_head", "12"});
   EXPECT_NE(heads.find("model.n_head"), std::string::npos) << heads;
   EXPECT_NE(heads.find("divide"), std::string::npos) << heads;
-  const std::string batch =
-      error_of({"--train.batch_size", "10", "--train.micro_batch_size", "4"});
+  const std::string batch = error_of({"--train.batch_size", "10", "--train.micro_batch_size", "4"});
   EXPECT_NE(batch.find("train.batch_size"), std::string::npos) << batch;
   // Divisibility counts the data-parallel ranks too: 8 / (4 · 4) does not divide.
   EXPECT_NE(error_of({"--train.batch_size", "8", "--train.micro_batch_size", "4"}, 4)

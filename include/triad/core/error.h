@@ -32,14 +32,13 @@ template <typename... Args>
 }  // namespace triad
 
 // TRIAD_CHECK(cond, parts...): throws triad::Error("parts...") when cond is false.
-#define TRIAD_CHECK(cond, ...)                  \
-  do {                                          \
-    if (!(cond)) ::triad::fail(__VA_ARGS__);    \
+#define TRIAD_CHECK(cond, ...)               \
+  do {                                       \
+    if (!(cond)) ::triad::fail(__VA_ARGS__); \
   } while (0)
 
 // TRIAD_ASSERT(cond): an internal invariant; reports file:line, never a user error.
-#define TRIAD_ASSERT(cond)                                                              \
-  do {                                                                                  \
-    if (!(cond))                                                                        \
-      ::triad::fail("internal error: ", #cond, " failed at ", __FILE__, ":", __LINE__); \
+#define TRIAD_ASSERT(cond)                                                                         \
+  do {                                                                                             \
+    if (!(cond)) ::triad::fail("internal error: ", #cond, " failed at ", __FILE__, ":", __LINE__); \
   } while (0)

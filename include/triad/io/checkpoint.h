@@ -17,9 +17,9 @@ namespace triad {
 // communicator passes the same tensors (names and shapes) in the same order; what each rank
 // holds (begin, end) and writes (write) may differ.
 struct TensorRef {
-  std::string name;             // e.g. "h/0/attn/c_attn/weight"
-  std::vector<int64_t> shape;   // full, unsharded shape
-  float* data = nullptr;        // host buffer with the elements [begin, end) (see below)
+  std::string name;            // e.g. "h/0/attn/c_attn/weight"
+  std::vector<int64_t> shape;  // full, unsharded shape
+  float* data = nullptr;       // host buffer with the elements [begin, end) (see below)
   // Rows of the first dim at or beyond valid_rows are padding (wte's padded vocabulary):
   // a file whose first dim differs is accepted, rows < valid_rows are read and the rest
   // zero-filled. -1: the shape must match exactly. Only loading looks at it.
@@ -44,17 +44,16 @@ struct TensorGroup {
 };
 
 struct ModelShape {
-  int64_t n_layer = 0, n_head = 0, n_embd = 0, seq_len = 0, vocab_size = 0,
-          padded_vocab_size = 0;
+  int64_t n_layer = 0, n_head = 0, n_embd = 0, seq_len = 0, vocab_size = 0, padded_vocab_size = 0;
 };
 
 struct CheckpointState {
-  int64_t step = 0;           // optimizer updates applied
+  int64_t step = 0;  // optimizer updates applied
   int64_t tokens_seen = 0;
   int64_t next_sequence = 0;  // global sequence index for the loader
   int64_t epoch = 0;
-  std::string config;         // resolved INI text
-  std::string grid;           // e.g. "dp=1 pp=1 tp=1" (informational)
+  std::string config;  // resolved INI text
+  std::string grid;    // e.g. "dp=1 pp=1 tp=1" (informational)
   ModelShape model;
 };
 

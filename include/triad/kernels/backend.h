@@ -32,8 +32,8 @@ class Backend {
   // ---- embedding: out[n,:] = wte[tok[n],:] + wpe[n % T,:] ------------------------------------
   virtual void encoder_forward(float* out, const int32_t* tokens, const float* wte,
                                const float* wpe, int B, int T, int C) = 0;
-  virtual void encoder_backward(float* dwte, float* dwpe, const float* dout,
-                                const int32_t* tokens, int B, int T, int C) = 0;
+  virtual void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens,
+                                int B, int T, int C) = 0;
 
   // ---- LayerNorm over the last dim, eps 1e-5; mean/rstd [N] saved for backward ------------
   virtual void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
@@ -43,8 +43,8 @@ class Backend {
                                   const float* rstd, int N, int C) = 0;
 
   // ---- linear: out[N,OC] = inp[N,IC] · weight[OC,IC]ᵀ + bias[OC] (bias may be nullptr) -------
-  virtual void matmul_forward(float* out, const float* inp, const float* weight,
-                              const float* bias, int N, int IC, int OC) = 0;
+  virtual void matmul_forward(float* out, const float* inp, const float* weight, const float* bias,
+                              int N, int IC, int OC) = 0;
   // dinp may be nullptr (not needed); dbias may be nullptr (no bias).
   virtual void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                                const float* inp, const float* weight, int N, int IC, int OC) = 0;
@@ -56,9 +56,8 @@ class Backend {
   virtual void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C,
                                  int NH) = 0;
   // dqkv [B,T,3C] (+=); scratch is B*NH*T*T floats the op may overwrite.
-  virtual void attention_backward(float* dqkv, float* scratch, const float* dout,
-                                  const float* qkv, const float* att, int B, int T, int C,
-                                  int NH) = 0;
+  virtual void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
+                                  const float* att, int B, int T, int C, int NH) = 0;
 
   // ---- GELU, tanh approximation -------------------------------------------------------------
   virtual void gelu_forward(float* out, const float* inp, size_t n) = 0;
@@ -88,8 +87,8 @@ class Backend {
                             float bc2) = 0;
   // SGD with momentum (PyTorch semantics, dampening 0, decoupled-free L2 as PyTorch):
   //   g' = g + wd p;  buf = mu buf + g';  p -= lr buf
-  virtual void sgd_update(float* p, const float* g, float* buf, size_t n, float lr,
-                          float momentum, float wd) = 0;
+  virtual void sgd_update(float* p, const float* g, float* buf, size_t n, float lr, float momentum,
+                          float wd) = 0;
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

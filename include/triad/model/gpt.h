@@ -21,7 +21,7 @@ struct ParamSpec {
   std::vector<int64_t> shape;  // full shape
   size_t offset = 0;           // into the parameter buffer, in floats
   size_t numel = 0;
-  bool decay = false;          // weight decay applies (rank >= 2)
+  bool decay = false;  // weight decay applies (rank >= 2)
 };
 
 struct ForwardStats {
@@ -44,7 +44,7 @@ class Gpt {
   const GptShape& shape() const { return shape_; }
   const std::vector<ParamSpec>& specs() const { return specs_; }
   const ParamSpec& param(const std::string& name) const;
-  size_t num_floats() const { return n_floats_; }        // floats holding parameters
+  size_t num_floats() const { return n_floats_; }          // floats holding parameters
   size_t buffer_floats() const { return buffer_floats_; }  // allocated, padded for sharding
   // Parameters counted as in DESIGN.md §5 (MFU): every tensor once, wte's padding excluded.
   int64_t num_parameters() const;

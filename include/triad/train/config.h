@@ -21,8 +21,8 @@ struct TrainConfig {
   int64_t warmup_steps = 0;
   std::string schedule = "cosine";  // cosine | linear | constant | wsd
   double min_lr_ratio = 0.1;
-  double decay_fraction = 0.2;      // wsd: fraction of steps in the final linear decay
-  double grad_clip = 1.0;           // <= 0 disables clipping
+  double decay_fraction = 0.2;  // wsd: fraction of steps in the final linear decay
+  double grad_clip = 1.0;       // <= 0 disables clipping
   int64_t seed = 1337;
   int64_t log_every = 1;
 };
@@ -30,7 +30,7 @@ struct TrainConfig {
 struct OptimConfig {
   std::string name = "adamw";  // adamw | sgd
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
-  double momentum = 0.9;       // sgd
+  double momentum = 0.9;  // sgd
 };
 
 struct DataConfig {
@@ -45,7 +45,7 @@ struct EvalConfig {
 };
 
 struct CheckpointConfig {
-  std::string dir;  // default run.dir/run.name/ckpt
+  std::string dir;    // default run.dir/run.name/ckpt
   int64_t every = 0;  // 0: only after the last step (and on preemption)
   int keep = 3;       // 0: keep all
   bool at_start = false;
@@ -54,8 +54,8 @@ struct CheckpointConfig {
 struct RunConfig {
   std::string name = "run", dir = "runs";
   std::string backend = "cpu";
-  int threads = 0;           // OpenMP/BLAS threads; 0: the library default
-  double peak_tflops = 0;    // for MFU; 0: measured (CPU sgemm) or the device's datasheet
+  int threads = 0;         // OpenMP/BLAS threads; 0: the library default
+  double peak_tflops = 0;  // for MFU; 0: measured (CPU sgemm) or the device's datasheet
 };
 
 struct ParallelConfig {
@@ -68,7 +68,7 @@ struct SampleConfig {
   int64_t length = 0;  // tokens generated into samples.txt at each evaluation; 0: none
   double temperature = 1.0;
   int top_k = 40;
-  std::string prompt;   // empty: start from <|endoftext|>
+  std::string prompt;  // empty: start from <|endoftext|>
 };
 
 struct Config {

@@ -29,8 +29,8 @@ class Trainer {
  public:
   Trainer(MPI_Comm world, const CommandLine& cl);
   ~Trainer();
-  TrainOutcome run();            // train to train.steps (or a preemption signal)
-  EvalResult evaluate_only();    // --eval-only
+  TrainOutcome run();          // train to train.steps (or a preemption signal)
+  EvalResult evaluate_only();  // --eval-only
   // The full parameters (every tensor of DESIGN.md §3, layout order, no padding) on the host.
   std::vector<float> parameters() const;
 
