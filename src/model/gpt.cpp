@@ -10,23 +10,21 @@
 
 namespace triad {
 
-Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards)
-    : shape_(shape), max_batch_(max_batch), be_(backend) {
-  TRIAD_ASSERT(shards >= 1);
-  TRIAD_ASSERT(shape.n_embd % shape.n_head == 0 && max_batch >= 1);
-  TRIAD_ASSERT(shape.padded_vocab_size >= shape.vocab_size);
+std::vector<ParamSpec> gpt_parameter_layout(const GptShape& shape) {
+  std::vector<ParamSpec> specs;
+  size_t n_floats = 0;
   const int64_t C = shape.n_embd, Vp = shape.padded_vocab_size, T = shape.seq_len;
-  auto add = [this](std::string name, std::vector<int64_t> shp) {
+  auto add = [&](std::string name, std::vector<int64_t> shp) {
     ParamSpec s;
     s.name = std::move(name);
     s.shape = std::move(shp);
     s.numel = 1;
     for (auto d : s.shape) s.numel *= size_t(d);
-    s.offset = n_floats_;
+    s.offset = n_floats;
     s.decay = s.shape.size() >= 2;
     // Keep every tensor 16-float (64-byte) aligned for vector loads.
-    n_floats_ += (s.numel + 15) / 16 * 16;
-    specs_.push_back(std::move(s));
+    n_floats += (s.numel + 15) / 16 * 16;
+    specs.push_back(std::move(s));
   };
   add("wte/weight", {Vp, C});
   add("wpe/weight", {T, C});
@@ -47,6 +45,16 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards)
   }
   add("ln_f/weight", {C});
   add("ln_f/bias", {C});
+  return specs;
+}
+
+Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards)
+    : shape_(shape), max_batch_(max_batch), be_(backend) {
+  TRIAD_ASSERT(shards >= 1);
+  TRIAD_ASSERT(shape.n_embd % shape.n_head == 0 && max_batch >= 1);
+  TRIAD_ASSERT(shape.padded_vocab_size >= shape.vocab_size);
+  specs_ = gpt_parameter_layout(shape);
+  n_floats_ = specs_.back().offset + (specs_.back().numel + 15) / 16 * 16;
   const size_t quantum = 16 * size_t(shards);
   buffer_floats_ = (n_floats_ + quantum - 1) / quantum * quantum;
   params_ = be_.alloc(buffer_floats_);

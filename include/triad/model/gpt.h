@@ -24,6 +24,10 @@ struct ParamSpec {
   bool decay = false;  // weight decay applies (rank >= 2)
 };
 
+// The parameter layout of DESIGN.md §3 in buffer order (wte, wpe, 12 tensors per layer, ln_f),
+// each tensor 16-float aligned. Tools that need names and shapes without a model use it too.
+std::vector<ParamSpec> gpt_parameter_layout(const GptShape& shape);
+
 struct ForwardStats {
   double loss_sum = 0;  // sum of token cross-entropies (nats)
   int64_t correct = 0;  // top-1 hits among the first vocab_size logits
