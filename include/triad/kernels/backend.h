@@ -12,6 +12,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <memory>
 
 namespace triad {
@@ -28,6 +30,17 @@ class Backend {
   virtual void copy_to_host(float* host, const float* dev, size_t n) = 0;
   virtual void copy_from_host(float* dev, const float* host, size_t n) = 0;
   virtual void synchronize() = 0;
+
+  // ---- int32 buffers (token ids, targets) on the backend's memory ---------------------------
+  // The token and target arguments of the ops below are buffers of this kind. The defaults use
+  // host memory (right for the CPU backend); the CUDA backend overrides them with device memory.
+  virtual int32_t* alloc_ints(size_t n) {  // zero-filled
+    return static_cast<int32_t*>(std::calloc(n, sizeof(int32_t)));
+  }
+  virtual void free_ints(int32_t* p) { std::free(p); }
+  virtual void copy_ints_from_host(int32_t* dev, const int32_t* host, size_t n) {
+    std::memcpy(dev, host, n * sizeof(int32_t));
+  }
 
   // ---- embedding: out[n,:] = wte[tok[n],:] + wpe[n % T,:] ------------------------------------
   virtual void encoder_forward(float* out, const int32_t* tokens, const float* wte,

@@ -1,0 +1,58 @@
+// The CUDA backend (DESIGN.md §2): the ops of backend.h on device pointers, one CUDA stream,
+// cuBLAS for the products. This is its fp32 reference path (cublasSgemm with TF32 disabled,
+// simple deterministic kernels); the bf16 / fused kernels build on top of it.
+//
+// This header compiles without the CUDA headers: the CPU-only build includes it too, and there
+// make_cuda_backend() throws and cuda_device_available() returns false (src/kernels/cuda_stub.cpp).
+//
+// Memory: every float* and int32_t* argument of the backend's ops is device memory from its
+// alloc() / alloc_ints() — token ids and targets included (upload them with
+// copy_ints_from_host()).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "triad/kernels/backend.h"
+
+namespace triad {
+
+// A CUDA backend on GPU `device` (cudaSetDevice is called for it). Throws triad::Error with a
+// clear message when this build has no CUDA, when no CUDA device (or driver) is usable, or
+// when `device` is out of range.
+std::unique_ptr<Backend> make_cuda_backend(int device = 0);
+
+// True when this build has CUDA and at least one device is usable (driver present).
+bool cuda_device_available();
+
+// One line for logs, e.g. "NVIDIA H200, sm_90, 132 SMs, 139.8 GiB, driver 13.0, runtime 13.0",
+// or why there is none ("no CUDA device: ...", "built without CUDA").
+std::string cuda_device_description();
+
+namespace cuda_detail {
+// Throw triad::Error naming the failed call, file:line and the CUDA / cuBLAS error string.
+// Defined in the CUDA backend (and in the stub, which has no error strings).
+[[noreturn]] void throw_cuda_error(int code, const char* call, const char* file, int line);
+[[noreturn]] void throw_cublas_error(int code, const char* call, const char* file, int line);
+}  // namespace cuda_detail
+
+}  // namespace triad
+
+// TRIAD_CUDA_CHECK(cudaMalloc(...)): throws triad::Error when a CUDA runtime call fails.
+// TRIAD_CUBLAS_CHECK(cublasSgemm(...)): the same for cuBLAS. Both success codes are 0, which
+// lets these macros live here without the CUDA headers.
+#define TRIAD_CUDA_CHECK(call)                                                            \
+  do {                                                                                    \
+    const int triad_cuda_err_ = static_cast<int>(call);                                   \
+    if (triad_cuda_err_ != 0) {                                                           \
+      ::triad::cuda_detail::throw_cuda_error(triad_cuda_err_, #call, __FILE__, __LINE__); \
+    }                                                                                     \
+  } while (0)
+
+#define TRIAD_CUBLAS_CHECK(call)                                                              \
+  do {                                                                                        \
+    const int triad_cublas_err_ = static_cast<int>(call);                                     \
+    if (triad_cublas_err_ != 0) {                                                             \
+      ::triad::cuda_detail::throw_cublas_error(triad_cublas_err_, #call, __FILE__, __LINE__); \
+    }                                                                                         \
+  } while (0)

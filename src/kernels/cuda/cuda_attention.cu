@@ -1,0 +1,219 @@
+// Causal self-attention, fp32 reference path:
+//   S = scale · Q Kᵀ,  P = causal_softmax(S) (stored in att),  O = P V
+// q, k and v are first copied out of qkv [B,T,3C] into contiguous [B,NH,T,hd] buffers (the
+// backend's workspace), so that every product is one plain strided-batched sgemm over the
+// B·NH heads with contiguous, non-interleaved matrices; O is copied back into out [B,T,C].
+// The products are full T×T (no causal skipping): the softmax writes exact zeros above the
+// diagonal, so those entries add nothing.
+//
+// Backward, per head (dO = dout):
+//   dV = Pᵀ dO  (P with its upper triangle zeroed: att is unspecified there by the interface)
+//   dP = dO Vᵀ,  dS = P ⊙ (dP − rowsum(dP ⊙ P)),  dQ = scale · dS K,  dK = scale · dSᵀ Q
+// and dq/dk/dv are added into dqkv.
+//
+// Row-major ↔ column-major: a row-major [T, w] matrix with leading dimension w is a
+// column-major w×T one. For row-major X[T,a] = A[T,k]·B[k,a] cuBLAS computes Xᵀ = Bᵀ·Aᵀ, i.e.
+// sgemm(opB, opA, m=a, n=T, k, B, A, X); the four shapes used are spelled out below.
+#include <cmath>
+
+#include "cuda_ops.cuh"
+
+namespace triad::cuda {
+namespace {
+
+constexpr int kSoftmaxBlock = 128;  // threads per attention row
+
+// Index helpers for the [B,NH,T,hd] ↔ [B,T,NH·hd] permutations: idx runs over [B,NH,T,hd];
+// returns the offset of the same element in a [B,T,width] row-major tensor whose head h starts
+// at column h·hd.
+struct HeadLayout {
+  int NH, T, hd;
+  __device__ size_t row_offset(size_t idx, size_t width) const {
+    const size_t d = idx % hd;
+    const size_t t = (idx / hd) % T;
+    const size_t h = (idx / (size_t(hd) * T)) % NH;
+    const size_t b = idx / (size_t(hd) * T * NH);
+    return (b * T + t) * width + h * hd + d;
+  }
+};
+
+// q/k/v [B,NH,T,hd] ← qkv [B,T,3C]
+__global__ void split_qkv_kernel(float* q, float* k, float* v, const float* qkv, HeadLayout L,
+                                 int C, size_t total) {
+  TRIAD_GRID_STRIDE_LOOP(i, total) {
+    const size_t src = L.row_offset(i, size_t(3) * C);
+    q[i] = qkv[src];
+    k[i] = qkv[src + C];
+    v[i] = qkv[src + 2 * size_t(C)];
+  }
+}
+
+// dst [B,NH,T,hd] ← src [B,T,C]
+__global__ void to_heads_kernel(float* dst, const float* src, HeadLayout L, int C, size_t total) {
+  TRIAD_GRID_STRIDE_LOOP(i, total) { dst[i] = src[L.row_offset(i, C)]; }
+}
+
+// dst [B,T,C] ← src [B,NH,T,hd]
+__global__ void from_heads_kernel(float* dst, const float* src, HeadLayout L, int C, size_t total) {
+  TRIAD_GRID_STRIDE_LOOP(i, total) { dst[L.row_offset(i, C)] = src[i]; }
+}
+
+// dqkv [B,T,3C] += dq | dk | dv [B,NH,T,hd]
+__global__ void accumulate_dqkv_kernel(float* dqkv, const float* dq, const float* dk,
+                                       const float* dv, HeadLayout L, int C, size_t total) {
+  TRIAD_GRID_STRIDE_LOOP(i, total) {
+    const size_t dst = L.row_offset(i, size_t(3) * C);
+    dqkv[dst] += dq[i];
+    dqkv[dst + C] += dk[i];
+    dqkv[dst + 2 * size_t(C)] += dv[i];
+  }
+}
+
+// One block per row r of att [B·NH·T, T]; query position i = r mod T. In place: S → P over keys
+// 0..i, exact zeros for keys i+1..T-1. Each thread touches the same j's in every loop.
+__global__ void causal_softmax_kernel(float* att, int T) {
+  const size_t r = blockIdx.x;
+  const int i = int(r % size_t(T));
+  float* row = att + r * T;
+  float max_val = -INFINITY;
+  for (int j = threadIdx.x; j <= i; j += blockDim.x) max_val = fmaxf(max_val, row[j]);
+  max_val = block_reduce(max_val, MaxOp{}, -INFINITY);
+  float sum = 0.0f;
+  for (int j = threadIdx.x; j <= i; j += blockDim.x) {
+    const float e = expf(row[j] - max_val);
+    row[j] = e;
+    sum += e;
+  }
+  sum = block_reduce(sum, SumOp{}, 0.0f);
+  const float inv = 1.0f / sum;
+  for (int j = threadIdx.x; j < T; j += blockDim.x) row[j] = j <= i ? row[j] * inv : 0.0f;
+}
+
+// dst[r, j] = j <= (r mod T) ? att[r, j] : 0 over B·NH·T·T entries.
+__global__ void causal_mask_copy_kernel(float* dst, const float* att, int T, size_t total) {
+  TRIAD_GRID_STRIDE_LOOP(idx, total) {
+    const size_t j = idx % size_t(T);
+    const size_t i = (idx / size_t(T)) % size_t(T);
+    dst[idx] = j <= i ? att[idx] : 0.0f;
+  }
+}
+
+// One block per row: dS = P ⊙ (dP − Σ_j P dP) over keys 0..i, in place over dP; zeros above the
+// diagonal (the dQ and dK products read the full rows). Reads att only at j <= i.
+__global__ void causal_softmax_backward_kernel(float* ds, const float* att, int T) {
+  const size_t r = blockIdx.x;
+  const int i = int(r % size_t(T));
+  float* drow = ds + r * T;
+  const float* prow = att + r * T;
+  float dot = 0.0f;
+  for (int j = threadIdx.x; j <= i; j += blockDim.x) dot += prow[j] * drow[j];
+  dot = block_reduce(dot, SumOp{}, 0.0f);
+  for (int j = threadIdx.x; j < T; j += blockDim.x) {
+    drow[j] = j <= i ? prow[j] * (drow[j] - dot) : 0.0f;
+  }
+}
+
+// Strided-batched sgemm over `batch` heads (all matrices contiguous per head).
+void gemm_batched(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                  float alpha, const float* A, int lda, long long sA, const float* B, int ldb,
+                  long long sB, float beta, float* Cm, int ldc, long long sC, int batch) {
+  TRIAD_CUBLAS_CHECK(cublasSgemmStridedBatched(h, ta, tb, m, n, k, &alpha, A, lda, sA, B, ldb, sB,
+                                               &beta, Cm, ldc, sC, batch));
+}
+
+struct Views {
+  float* q;
+  float* k;
+  float* v;
+  float* o;  // forward: the output heads; backward: dO in head layout
+  float* dq;
+  float* dk;
+  float* dv;
+};
+
+Views carve(float* workspace, int B, int T, int C) {
+  const size_t n = size_t(B) * T * C;
+  return Views{workspace,         workspace + n,     workspace + 2 * n, workspace + 3 * n,
+               workspace + 4 * n, workspace + 5 * n, workspace + 6 * n};
+}
+
+void check_shape(int B, int T, int C, int NH) {
+  TRIAD_CHECK(NH > 0 && C % NH == 0, "cuda attention: C = ", C, " is not a multiple of NH = ", NH);
+  TRIAD_CHECK(B > 0 && T > 0, "cuda attention: empty batch (B = ", B, ", T = ", T, ")");
+}
+
+}  // namespace
+
+size_t attention_workspace_floats(int B, int T, int C) { return size_t(7) * B * T * C; }
+
+void attention_forward(cudaStream_t s, cublasHandle_t h, float* workspace, float* out, float* att,
+                       const float* qkv, int B, int T, int C, int NH) {
+  check_shape(B, T, C, NH);
+  const int hd = C / NH;
+  const int batch = B * NH;
+  const float scale = float(1.0 / std::sqrt(double(hd)));
+  const long long head = (long long)T * hd;  // stride between heads in q/k/v/o
+  const long long tt = (long long)T * T;     // stride between heads in att
+  const size_t total = size_t(B) * T * C;
+  const HeadLayout L{NH, T, hd};
+  const Views w = carve(workspace, B, T, C);
+
+  split_qkv_kernel<<<grid_for(total), kBlock, 0, s>>>(w.q, w.k, w.v, qkv, L, C, total);
+  TRIAD_CUDA_CHECK_LAUNCH();
+  // S[T,T] = scale · Q[T,hd] · K[T,hd]ᵀ  ⇔  Sᵀ = K (hd×T col-major, transposed) · Qᵀ (hd×T)
+  gemm_batched(h, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, scale, w.k, hd, head, w.q, hd, head, 0.0f,
+               att, T, tt, batch);
+  causal_softmax_kernel<<<unsigned(size_t(batch) * T), kSoftmaxBlock, 0, s>>>(att, T);
+  TRIAD_CUDA_CHECK_LAUNCH();
+  // O[T,hd] = P[T,T] · V[T,hd]  ⇔  Oᵀ (hd×T) = Vᵀ (hd×T col-major) · Pᵀ (T×T col-major)
+  gemm_batched(h, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, 1.0f, w.v, hd, head, att, T, tt, 0.0f, w.o,
+               hd, head, batch);
+  from_heads_kernel<<<grid_for(total), kBlock, 0, s>>>(out, w.o, L, C, total);
+  TRIAD_CUDA_CHECK_LAUNCH();
+}
+
+void attention_backward(cudaStream_t s, cublasHandle_t h, float* workspace, float* dqkv,
+                        float* scratch, const float* dout, const float* qkv, const float* att,
+                        int B, int T, int C, int NH) {
+  check_shape(B, T, C, NH);
+  const int hd = C / NH;
+  const int batch = B * NH;
+  const float scale = float(1.0 / std::sqrt(double(hd)));
+  const long long head = (long long)T * hd;
+  const long long tt = (long long)T * T;
+  const size_t total = size_t(B) * T * C;
+  const size_t att_total = size_t(batch) * T * T;
+  const HeadLayout L{NH, T, hd};
+  const Views w = carve(workspace, B, T, C);
+
+  split_qkv_kernel<<<grid_for(total), kBlock, 0, s>>>(w.q, w.k, w.v, qkv, L, C, total);
+  TRIAD_CUDA_CHECK_LAUNCH();
+  to_heads_kernel<<<grid_for(total), kBlock, 0, s>>>(w.o, dout, L, C, total);  // dO
+  TRIAD_CUDA_CHECK_LAUNCH();
+
+  // dV[T,hd] = Pᵀ[T,T] · dO[T,hd] with P lower-triangular (masked copy in scratch)
+  //   ⇔ dVᵀ (hd×T) = dOᵀ (hd×T col-major) · P (Pᵀ col-major, transposed)
+  causal_mask_copy_kernel<<<grid_for(att_total), kBlock, 0, s>>>(scratch, att, T, att_total);
+  TRIAD_CUDA_CHECK_LAUNCH();
+  gemm_batched(h, CUBLAS_OP_N, CUBLAS_OP_T, hd, T, T, 1.0f, w.o, hd, head, scratch, T, tt, 0.0f,
+               w.dv, hd, head, batch);
+
+  // dP[T,T] = dO[T,hd] · V[T,hd]ᵀ  (same form as S = Q Kᵀ), into scratch
+  gemm_batched(h, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, 1.0f, w.v, hd, head, w.o, hd, head, 0.0f,
+               scratch, T, tt, batch);
+  causal_softmax_backward_kernel<<<unsigned(size_t(batch) * T), kSoftmaxBlock, 0, s>>>(scratch, att,
+                                                                                       T);
+  TRIAD_CUDA_CHECK_LAUNCH();
+
+  // dQ[T,hd] = scale · dS[T,T] · K[T,hd]  (same form as O = P V)
+  gemm_batched(h, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, scale, w.k, hd, head, scratch, T, tt, 0.0f,
+               w.dq, hd, head, batch);
+  // dK[T,hd] = scale · dSᵀ[T,T] · Q[T,hd]  (same form as dV = Pᵀ dO)
+  gemm_batched(h, CUBLAS_OP_N, CUBLAS_OP_T, hd, T, T, scale, w.q, hd, head, scratch, T, tt, 0.0f,
+               w.dk, hd, head, batch);
+
+  accumulate_dqkv_kernel<<<grid_for(total), kBlock, 0, s>>>(dqkv, w.dq, w.dk, w.dv, L, C, total);
+  TRIAD_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace triad::cuda

@@ -1,0 +1,263 @@
+// CudaBackend: the Backend ops on device memory, fp32 reference path. One CUDA stream carries
+// every op in order (ops return without waiting; synchronize() waits), and one cuBLAS handle is
+// bound to it with the pedantic math mode (plain fp32 sgemm: no TF32, no BF16x9 emulation,
+// whatever NVIDIA_TF32_OVERRIDE or CUBLAS_EMULATE_* say). The ops themselves live in one .cu
+// file per concern next to this one (cuda_ops.cuh).
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+
+#include "cuda_ops.cuh"
+#include "triad/core/error.h"
+#include "triad/kernels/cuda_backend.h"
+
+namespace triad {
+
+namespace cuda_detail {
+
+void throw_cuda_error(int code, const char* call, const char* file, int line) {
+  const auto err = static_cast<cudaError_t>(code);
+  fail("CUDA error ", code, " (", cudaGetErrorName(err), ": ", cudaGetErrorString(err), ") in ",
+       call, " at ", file, ":", line);
+}
+
+void throw_cublas_error(int code, const char* call, const char* file, int line) {
+  const auto status = static_cast<cublasStatus_t>(code);
+  fail("cuBLAS error ", code, " (", cublasGetStatusName(status), ": ",
+       cublasGetStatusString(status), ") in ", call, " at ", file, ":", line);
+}
+
+}  // namespace cuda_detail
+
+namespace {
+
+// Device count, or the error that prevents using any device (no driver, no device, ...).
+cudaError_t device_count(int* count) {
+  *count = 0;
+  const cudaError_t err = cudaGetDeviceCount(count);
+  if (err != cudaSuccess) {
+    *count = 0;
+    cudaGetLastError();  // clear it (not a sticky error) so later calls do not report it
+  }
+  return err;
+}
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device) : device_(device) {
+    TRIAD_CUDA_CHECK(cudaSetDevice(device_));
+    TRIAD_CUDA_CHECK(cudaStreamCreate(&stream_));
+    TRIAD_CUBLAS_CHECK(cublasCreate(&cublas_));
+    TRIAD_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+    TRIAD_CUBLAS_CHECK(cublasSetMathMode(cublas_, CUBLAS_PEDANTIC_MATH));
+    TRIAD_CUBLAS_CHECK(cublasSetAtomicsMode(cublas_, CUBLAS_ATOMICS_NOT_ALLOWED));
+    TRIAD_CUDA_CHECK(cudaMalloc(&partials_, (cuda::kSumSquaresPartials + 1) * sizeof(double)));
+  }
+
+  ~CudaBackend() override {
+    // No throwing here: errors at teardown are ignored.
+    cudaStreamSynchronize(stream_);
+    if (workspace_ != nullptr) cudaFree(workspace_);
+    if (partials_ != nullptr) cudaFree(partials_);
+    if (cublas_ != nullptr) cublasDestroy(cublas_);
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  }
+
+  CudaBackend(const CudaBackend&) = delete;
+  CudaBackend& operator=(const CudaBackend&) = delete;
+
+  const char* name() const override { return "cuda"; }
+
+  // ---- memory ------------------------------------------------------------------------------
+  float* alloc(size_t n_floats) override {
+    return static_cast<float*>(alloc_bytes(n_floats * sizeof(float)));
+  }
+  void free(float* p) override { free_bytes(p); }
+  void zero(float* p, size_t n) override {
+    if (n == 0) return;
+    TRIAD_CUDA_CHECK(cudaMemsetAsync(p, 0, n * sizeof(float), stream_));
+  }
+  void copy_to_host(float* host, const float* dev, size_t n) override {
+    if (n == 0) return;
+    TRIAD_CUDA_CHECK(
+        cudaMemcpyAsync(host, dev, n * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    TRIAD_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  void copy_from_host(float* dev, const float* host, size_t n) override {
+    if (n == 0) return;
+    TRIAD_CUDA_CHECK(
+        cudaMemcpyAsync(dev, host, n * sizeof(float), cudaMemcpyHostToDevice, stream_));
+    TRIAD_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  void synchronize() override { TRIAD_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+  int32_t* alloc_ints(size_t n) override {
+    return static_cast<int32_t*>(alloc_bytes(n * sizeof(int32_t)));
+  }
+  void free_ints(int32_t* p) override { free_bytes(p); }
+  void copy_ints_from_host(int32_t* dev, const int32_t* host, size_t n) override {
+    if (n == 0) return;
+    TRIAD_CUDA_CHECK(
+        cudaMemcpyAsync(dev, host, n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+    TRIAD_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+  // ---- ops ---------------------------------------------------------------------------------
+  void encoder_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B,
+                       int T, int C) override {
+    cuda::encoder_forward(stream_, out, tokens, wte, wpe, B, T, C);
+  }
+  void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens, int B,
+                        int T, int C) override {
+    cuda::encoder_backward(stream_, dwte, dwpe, dout, tokens, B, T, C);
+  }
+  void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
+                         const float* weight, const float* bias, int N, int C) override {
+    cuda::layernorm_forward(stream_, out, mean, rstd, inp, weight, bias, N, C);
+  }
+  void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                          const float* inp, const float* weight, const float* mean,
+                          const float* rstd, int N, int C) override {
+    cuda::layernorm_backward(stream_, dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C);
+  }
+  void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N,
+                      int IC, int OC) override {
+    cuda::matmul_forward(stream_, cublas_, out, inp, weight, bias, N, IC, OC);
+  }
+  void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                       const float* inp, const float* weight, int N, int IC, int OC) override {
+    cuda::matmul_backward(stream_, cublas_, dinp, dweight, dbias, dout, inp, weight, N, IC, OC);
+  }
+  void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C,
+                         int NH) override {
+    float* ws = workspace(cuda::attention_workspace_floats(B, T, C));
+    cuda::attention_forward(stream_, cublas_, ws, out, att, qkv, B, T, C, NH);
+  }
+  void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
+                          const float* att, int B, int T, int C, int NH) override {
+    float* ws = workspace(cuda::attention_workspace_floats(B, T, C));
+    cuda::attention_backward(stream_, cublas_, ws, dqkv, scratch, dout, qkv, att, B, T, C, NH);
+  }
+  void gelu_forward(float* out, const float* inp, size_t n) override {
+    cuda::gelu_forward(stream_, out, inp, n);
+  }
+  void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) override {
+    cuda::gelu_backward(stream_, dinp, inp, dout, n);
+  }
+  void add(float* out, const float* a, const float* b, size_t n) override {
+    cuda::add(stream_, out, a, b, n);
+  }
+  void accumulate(float* dst, const float* src, size_t n) override {
+    cuda::accumulate(stream_, dst, src, n);
+  }
+  void crossentropy_forward_backward(float* logits, float* losses, float* correct,
+                                     const int32_t* targets, int N, int V, int Vp,
+                                     float dloss_scale) override {
+    cuda::crossentropy_forward_backward(stream_, logits, losses, correct, targets, N, V, Vp,
+                                        dloss_scale);
+  }
+  double sum_squares(const float* x, size_t n) override {
+    return cuda::sum_squares(stream_, partials_, x, n);
+  }
+  void scale(float* x, float s, size_t n) override { cuda::scale(stream_, x, s, n); }
+  void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float lr, float beta1,
+                    float beta2, float eps, float wd, float bc1, float bc2) override {
+    cuda::adamw_update(stream_, p, g, m, v, n, lr, beta1, beta2, eps, wd, bc1, bc2);
+  }
+  void sgd_update(float* p, const float* g, float* buf, size_t n, float lr, float momentum,
+                  float wd) override {
+    cuda::sgd_update(stream_, p, g, buf, n, lr, momentum, wd);
+  }
+
+ private:
+  // Zero-filled device memory (cudaMalloc aligns to 256 bytes, above the 64 the interface asks).
+  void* alloc_bytes(size_t bytes) {
+    if (bytes == 0) bytes = 256;  // a valid, distinct pointer even for empty buffers
+    void* p = nullptr;
+    const cudaError_t err = cudaMalloc(&p, bytes);
+    if (err != cudaSuccess) {
+      cudaGetLastError();
+      size_t free_b = 0, total_b = 0;
+      cudaMemGetInfo(&free_b, &total_b);
+      fail("cuda backend: cannot allocate ", bytes, " bytes on device ", device_, " (",
+           cudaGetErrorString(err), "; ", free_b >> 20, " MiB free of ", total_b >> 20, " MiB)");
+    }
+    TRIAD_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream_));
+    TRIAD_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return p;
+  }
+
+  void free_bytes(void* p) {
+    if (p == nullptr) return;
+    // Work queued on the stream may still use p.
+    TRIAD_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    TRIAD_CUDA_CHECK(cudaFree(p));
+  }
+
+  // The attention workspace, grown on demand (in practice once, at the first step).
+  float* workspace(size_t n_floats) {
+    if (n_floats > workspace_floats_) {
+      TRIAD_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      if (workspace_ != nullptr) TRIAD_CUDA_CHECK(cudaFree(workspace_));
+      workspace_ = nullptr;
+      workspace_floats_ = 0;
+      TRIAD_CUDA_CHECK(cudaMalloc(&workspace_, n_floats * sizeof(float)));
+      workspace_floats_ = n_floats;
+    }
+    return workspace_;
+  }
+
+  int device_ = 0;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  double* partials_ = nullptr;  // sum_squares: kSumSquaresPartials partial sums + the result
+  float* workspace_ = nullptr;  // attention: q, k, v, o, dq, dk, dv in head layout
+  size_t workspace_floats_ = 0;
+};
+
+}  // namespace
+
+bool cuda_device_available() {
+  int count = 0;
+  return device_count(&count) == cudaSuccess && count > 0;
+}
+
+std::string cuda_device_description() {
+  int count = 0;
+  const cudaError_t err = device_count(&count);
+  if (err != cudaSuccess || count == 0) {
+    return std::string("no CUDA device (") +
+           (err != cudaSuccess ? cudaGetErrorString(err) : "no device found") + ")";
+  }
+  int device = 0;
+  cudaGetDevice(&device);
+  cudaDeviceProp prop{};
+  if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) {
+    cudaGetLastError();
+    return "CUDA device " + std::to_string(device) + " (properties unavailable)";
+  }
+  int driver = 0, runtime = 0;
+  cudaDriverGetVersion(&driver);
+  cudaRuntimeGetVersion(&runtime);
+  char buf[512];
+  std::snprintf(buf, sizeof buf,
+                "%s, sm_%d%d, %d SMs, %.1f GiB, device %d of %d, driver %d.%d, runtime %d.%d",
+                prop.name, prop.major, prop.minor, prop.multiProcessorCount,
+                double(prop.totalGlobalMem) / double(1ull << 30), device, count, driver / 1000,
+                (driver % 1000) / 10, runtime / 1000, (runtime % 1000) / 10);
+  return buf;
+}
+
+std::unique_ptr<Backend> make_cuda_backend(int device) {
+  int count = 0;
+  const cudaError_t err = device_count(&count);
+  TRIAD_CHECK(err == cudaSuccess && count > 0, "cuda backend: no CUDA device available (",
+              err != cudaSuccess ? cudaGetErrorString(err) : "no device found",
+              "); use run.backend = cpu");
+  TRIAD_CHECK(device >= 0 && device < count, "cuda backend: device ", device,
+              " does not exist (this machine has ", count, " CUDA device(s))");
+  return std::make_unique<CudaBackend>(device);
+}
+
+}  // namespace triad

@@ -1,0 +1,97 @@
+// Fused softmax + cross-entropy over the first V of Vp logits per row, one block per row; the
+// logits are replaced by dloss/dlogits in place (zeros in the padded columns V..Vp).
+//   loss = log Σ_j e^{x_j − max} − (x_target − max)   (the sum in double)
+//   dlogits = softmax · dloss_scale − dloss_scale · onehot(target)
+// correct = 1 where the first index holding the maximum (torch.argmax) equals the target.
+#include <climits>
+
+#include "cuda_ops.cuh"
+
+namespace triad::cuda {
+namespace {
+
+constexpr int kRowBlock = 512;
+
+struct ArgMax {
+  float val;
+  int idx;
+};
+
+// The larger value; on equal values the smaller index (the first maximum).
+__device__ ArgMax better(ArgMax a, ArgMax b) {
+  if (b.val > a.val || (b.val == a.val && b.idx < a.idx)) return b;
+  return a;
+}
+
+__device__ ArgMax block_argmax(ArgMax v) {
+  __shared__ ArgMax partial[32];
+  const int lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
+  const int n_warps = blockDim.x / 32;
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    ArgMax o{__shfl_xor_sync(0xffffffffu, v.val, offset),
+             __shfl_xor_sync(0xffffffffu, v.idx, offset)};
+    v = better(v, o);
+  }
+  __syncthreads();
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  ArgMax r = lane < n_warps ? partial[lane] : ArgMax{-INFINITY, INT_MAX};
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    ArgMax o{__shfl_xor_sync(0xffffffffu, r.val, offset),
+             __shfl_xor_sync(0xffffffffu, r.idx, offset)};
+    r = better(r, o);
+  }
+  return r;
+}
+
+__global__ void crossentropy_kernel(float* logits, float* losses, float* correct,
+                                    const int32_t* targets, int V, int Vp, float dloss_scale) {
+  const size_t n = blockIdx.x;
+  float* row = logits + n * Vp;
+  const int target = targets[n];
+  const float target_logit = row[target];  // read by every thread before any write below
+
+  ArgMax best{-INFINITY, INT_MAX};
+  for (int j = threadIdx.x; j < V; j += blockDim.x) {
+    const float x = row[j];
+    if (x > best.val) best = ArgMax{x, j};  // j increases: keeps this thread's first maximum
+  }
+  best = block_argmax(best);
+  const float max_val = best.val;
+
+  double sum = 0.0;
+  for (int j = threadIdx.x; j < V; j += blockDim.x) sum += double(expf(row[j] - max_val));
+  sum = block_reduce(sum, SumOp{}, 0.0);  // its __syncthreads order every read before the writes
+
+  const float factor = float(double(dloss_scale) / sum);
+  for (int j = threadIdx.x; j < V; j += blockDim.x) {
+    float g = expf(row[j] - max_val) * factor;
+    if (j == target) g -= dloss_scale;
+    row[j] = g;
+  }
+  for (int j = V + threadIdx.x; j < Vp; j += blockDim.x) row[j] = 0.0f;
+  if (threadIdx.x == 0) {
+    losses[n] = float(log(sum) - double(target_logit - max_val));
+    if (correct != nullptr) {
+      const int argmax = best.idx == INT_MAX ? 0 : best.idx;  // all −inf (or NaN): index 0
+      correct[n] = argmax == target ? 1.0f : 0.0f;
+    }
+  }
+}
+
+}  // namespace
+
+void crossentropy_forward_backward(cudaStream_t s, float* logits, float* losses, float* correct,
+                                   const int32_t* targets, int N, int V, int Vp,
+                                   float dloss_scale) {
+  if (N <= 0) return;
+  TRIAD_CHECK(V > 0 && V <= Vp, "cuda cross-entropy: need 0 < V <= Vp (V = ", V, ", Vp = ", Vp,
+              ")");
+  crossentropy_kernel<<<N, kRowBlock, 0, s>>>(logits, losses, correct, targets, V, Vp, dloss_scale);
+  TRIAD_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace triad::cuda

@@ -1,0 +1,32 @@
+// The CUDA entry points of a build without CUDA (no nvcc at configure time, or
+// -DTRIAD_ENABLE_CUDA=OFF): asking for the CUDA backend is a clear error, not a link failure.
+// With CUDA, src/kernels/cuda/cuda_backend.cu defines these instead.
+#ifndef TRIAD_HAVE_CUDA
+
+#include <string>
+
+#include "triad/core/error.h"
+#include "triad/kernels/cuda_backend.h"
+
+namespace triad {
+
+std::unique_ptr<Backend> make_cuda_backend(int /*device*/) {
+  throw Error("this triad was built without CUDA (no nvcc found at configure time)");
+}
+
+bool cuda_device_available() { return false; }
+
+std::string cuda_device_description() { return "built without CUDA"; }
+
+namespace cuda_detail {
+void throw_cuda_error(int code, const char* call, const char* file, int line) {
+  fail("CUDA error ", code, " in ", call, " at ", file, ":", line, " (built without CUDA)");
+}
+void throw_cublas_error(int code, const char* call, const char* file, int line) {
+  fail("cuBLAS error ", code, " in ", call, " at ", file, ":", line, " (built without CUDA)");
+}
+}  // namespace cuda_detail
+
+}  // namespace triad
+
+#endif  // TRIAD_HAVE_CUDA

@@ -1,0 +1,622 @@
+// CUDA backend ops against the CPU reference backend (itself checked against naive double
+// forwards and finite differences in test_cpu_kernels.cpp): the same random inputs go through
+// both, the CUDA results are copied back and compared.
+//  - Backward ops start from gradient buffers that already hold random values, so a kernel
+//    that overwrites instead of accumulating (+=) fails.
+//  - Tolerances: |got − want| <= rtol·|want| + ntol·max|want|. Elementwise, LayerNorm,
+//    encoder and optimizer ops: rtol 1e-5; matmul and attention: rtol 1e-4 (fp32 sums in a
+//    different order). TF32 would be ~1e-3 off; MatmulIsPlainFp32 catches it exactly.
+//  - Determinism: the ops with reductions run twice and must agree bit for bit.
+// Every test skips when no CUDA device is usable (and in builds without CUDA, where this file
+// compiles against the public headers only).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "triad/core/error.h"
+#include "triad/kernels/backend.h"
+#include "triad/kernels/cuda_backend.h"
+
+namespace triad {
+namespace {
+
+using Vec = std::vector<float>;
+using IVec = std::vector<int32_t>;
+
+Vec random_vec(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  Vec v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+IVec random_ints(size_t n, uint32_t seed, int lo, int hi) {  // in [lo, hi)
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> dist(lo, hi - 1);
+  IVec v(n);
+  for (int32_t& x : v) x = dist(rng);
+  return v;
+}
+
+// |got[i] − want[i]| <= rtol·|want[i]| + ntol·max|want| for every i.
+::testing::AssertionResult close(const Vec& got, const Vec& want, double rtol, double ntol) {
+  if (got.size() != want.size()) {
+    return ::testing::AssertionFailure() << "size " << got.size() << " != " << want.size();
+  }
+  double scale = 0.0;
+  for (float w : want) scale = std::max(scale, std::abs(double(w)));
+  size_t bad = 0, first = 0;
+  double worst = 0.0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double err = std::abs(double(got[i]) - double(want[i]));
+    const double bound = rtol * std::abs(double(want[i])) + ntol * scale;
+    if (!(err <= bound)) {  // also catches NaN
+      if (bad == 0) first = i;
+      ++bad;
+      worst = std::max(worst, err);
+    }
+  }
+  if (bad == 0) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure()
+         << bad << " of " << want.size() << " elements differ; first at " << first << ": got "
+         << got[first] << ", want " << want[first] << " (max|want| " << scale << ", worst error "
+         << worst << ")";
+}
+
+::testing::AssertionResult bit_equal(const Vec& a, const Vec& b) {
+  if (a.size() != b.size()) return ::testing::AssertionFailure() << "sizes differ";
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (std::memcmp(&a[i], &b[i], sizeof(float)) != 0) {
+      return ::testing::AssertionFailure()
+             << "first difference at " << i << ": " << a[i] << " vs " << b[i];
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// The lower triangle (j <= i) of every T×T matrix of an [M, T, T] tensor.
+Vec lower_triangle(const Vec& att, size_t M, int T) {
+  Vec out;
+  for (size_t m = 0; m < M; ++m)
+    for (int i = 0; i < T; ++i)
+      for (int j = 0; j <= i; ++j) out.push_back(att[(m * T + i) * T + j]);
+  return out;
+}
+
+constexpr double kElemTol = 1e-5;  // elementwise, LayerNorm, encoder, optimizer
+constexpr double kGemmTol = 1e-4;  // matmul, attention
+
+TEST(CudaBackendNoDevice, MakeThrowsClearErrorWithoutDevice) {
+  if (cuda_device_available()) GTEST_SKIP() << "a CUDA device is available";
+  EXPECT_THROW(make_cuda_backend(), Error);
+  EXPECT_FALSE(cuda_device_description().empty());
+}
+
+class CudaBackendTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!cuda_device_available()) GTEST_SKIP() << "no CUDA device";
+    gpu = make_cuda_backend();
+    cpu = make_cpu_backend();
+  }
+
+  void TearDown() override {
+    if (!gpu) return;
+    for (float* p : bufs_) gpu->free(p);
+    for (int32_t* p : ibufs_) gpu->free_ints(p);
+  }
+
+  // A device copy of h (freed at the end of the test).
+  float* dev(const Vec& h) {
+    float* d = gpu->alloc(h.size());
+    bufs_.push_back(d);
+    gpu->copy_from_host(d, h.data(), h.size());
+    return d;
+  }
+  float* dev_zeros(size_t n) {
+    float* d = gpu->alloc(n);
+    bufs_.push_back(d);
+    return d;
+  }
+  int32_t* dev_ints(const IVec& h) {
+    int32_t* d = gpu->alloc_ints(h.size());
+    ibufs_.push_back(d);
+    gpu->copy_ints_from_host(d, h.data(), h.size());
+    return d;
+  }
+  Vec host(const float* d, size_t n) {
+    Vec h(n);
+    gpu->copy_to_host(h.data(), d, n);
+    return h;
+  }
+
+  std::unique_ptr<Backend> gpu;
+  std::unique_ptr<Backend> cpu;
+
+ private:
+  std::vector<float*> bufs_;
+  std::vector<int32_t*> ibufs_;
+};
+
+// ---- memory, errors ------------------------------------------------------------------------
+
+TEST_F(CudaBackendTest, DescribesDeviceAndRejectsBadDevice) {
+  EXPECT_STREQ(gpu->name(), "cuda");
+  const std::string desc = cuda_device_description();
+  EXPECT_NE(desc.find("sm_"), std::string::npos) << desc;
+  EXPECT_THROW(make_cuda_backend(1000), Error);
+  EXPECT_THROW(make_cuda_backend(-1), Error);
+}
+
+TEST_F(CudaBackendTest, AllocZeroedCopyRoundTripAndZero) {
+  for (size_t n : {size_t{0}, size_t{1}, size_t{17}, size_t{1000003}}) {
+    float* d = gpu->alloc(n);
+    ASSERT_NE(d, nullptr);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(d) % 64, 0u);
+    const Vec back = host(d, n);
+    EXPECT_TRUE(std::all_of(back.begin(), back.end(), [](float x) { return x == 0.0f; }));
+    const Vec v = random_vec(n, 7);
+    gpu->copy_from_host(d, v.data(), n);
+    EXPECT_TRUE(bit_equal(host(d, n), v));
+    if (n > 3) {
+      gpu->zero(d + 1, n - 2);
+      const Vec z = host(d, n);
+      EXPECT_EQ(z[0], v[0]);
+      EXPECT_EQ(z[n - 1], v[n - 1]);
+      EXPECT_TRUE(std::all_of(z.begin() + 1, z.end() - 1, [](float x) { return x == 0.0f; }));
+    }
+    gpu->synchronize();
+    gpu->free(d);
+  }
+  // int buffers: zero-filled, and uploads land (read back through encoder_forward with
+  // wte[v, 0] = v, wpe = 0).
+  const int V = 50, N = 9;
+  int32_t* zeros = dev_ints(IVec(N, 0));
+  int32_t* fresh = gpu->alloc_ints(N);
+  ASSERT_NE(fresh, nullptr);
+  Vec wte(V);
+  for (int v = 0; v < V; ++v) wte[v] = float(v);
+  float* d_wte = dev(wte);
+  float* d_wpe = dev_zeros(N);
+  float* d_out = dev_zeros(N);
+  gpu->encoder_forward(d_out, fresh, d_wte, d_wpe, 1, N, 1);
+  EXPECT_TRUE(bit_equal(host(d_out, N), Vec(N, 0.0f)));
+  const IVec ids = {3, 49, 0, 7, 7, 12, 1, 48, 25};
+  gpu->copy_ints_from_host(zeros, ids.data(), N);
+  gpu->encoder_forward(d_out, zeros, d_wte, d_wpe, 1, N, 1);
+  const Vec got = host(d_out, N);
+  for (int n = 0; n < N; ++n) EXPECT_EQ(got[n], float(ids[n])) << n;
+  gpu->free_ints(fresh);
+}
+
+// ---- encoder -------------------------------------------------------------------------------
+
+struct EncShape {
+  int B, T, C, V;
+};
+const EncShape kEncShapes[] = {{2, 5, 12, 7}, {4, 64, 768, 100}, {3, 33, 130, 50304}};
+
+TEST_F(CudaBackendTest, EncoderForward) {
+  for (const EncShape& s : kEncShapes) {
+    SCOPED_TRACE(::testing::Message() << "B=" << s.B << " T=" << s.T << " C=" << s.C);
+    const size_t N = size_t(s.B) * s.T;
+    const IVec tokens = random_ints(N, 1, 0, s.V);
+    const Vec wte = random_vec(size_t(s.V) * s.C, 2), wpe = random_vec(size_t(s.T) * s.C, 3);
+    Vec want(N * s.C);
+    cpu->encoder_forward(want.data(), tokens.data(), wte.data(), wpe.data(), s.B, s.T, s.C);
+    float* out = dev_zeros(N * s.C);
+    gpu->encoder_forward(out, dev_ints(tokens), dev(wte), dev(wpe), s.B, s.T, s.C);
+    EXPECT_TRUE(close(host(out, N * s.C), want, kElemTol, 0.0));
+  }
+}
+
+TEST_F(CudaBackendTest, EncoderBackwardAccumulatesDeterministically) {
+  for (const EncShape& s : kEncShapes) {
+    SCOPED_TRACE(::testing::Message() << "B=" << s.B << " T=" << s.T << " C=" << s.C);
+    const size_t N = size_t(s.B) * s.T;
+    const IVec tokens = random_ints(N, 4, 0, s.V);  // small V: many repeated tokens
+    const Vec dout = random_vec(N * s.C, 5);
+    const Vec dwte0 = random_vec(size_t(s.V) * s.C, 6), dwpe0 = random_vec(size_t(s.T) * s.C, 7);
+    Vec dwte = dwte0, dwpe = dwpe0;
+    cpu->encoder_backward(dwte.data(), dwpe.data(), dout.data(), tokens.data(), s.B, s.T, s.C);
+    int32_t* d_tok = dev_ints(tokens);
+    float* d_dout = dev(dout);
+    Vec first_wte, first_wpe;
+    for (int run = 0; run < 2; ++run) {
+      float* g_wte = dev(dwte0);
+      float* g_wpe = dev(dwpe0);
+      gpu->encoder_backward(g_wte, g_wpe, d_dout, d_tok, s.B, s.T, s.C);
+      const Vec got_wte = host(g_wte, dwte0.size()), got_wpe = host(g_wpe, dwpe0.size());
+      if (run == 0) {
+        EXPECT_TRUE(close(got_wte, dwte, kElemTol, 1e-7)) << "dwte";
+        EXPECT_TRUE(close(got_wpe, dwpe, kElemTol, 1e-7)) << "dwpe";
+        first_wte = got_wte;
+        first_wpe = got_wpe;
+      } else {
+        EXPECT_TRUE(bit_equal(got_wte, first_wte)) << "dwte not deterministic";
+        EXPECT_TRUE(bit_equal(got_wpe, first_wpe)) << "dwpe not deterministic";
+      }
+    }
+  }
+}
+
+// ---- layernorm -----------------------------------------------------------------------------
+
+struct NCShape {
+  int N, C;
+};
+const NCShape kLnShapes[] = {{10, 12}, {256, 768}, {333, 1000}, {5, 1600}, {1030, 97}};
+
+TEST_F(CudaBackendTest, LayerNormForward) {
+  for (const NCShape& s : kLnShapes) {
+    SCOPED_TRACE(::testing::Message() << "N=" << s.N << " C=" << s.C);
+    const size_t NC = size_t(s.N) * s.C;
+    const Vec inp = random_vec(NC, 10, -2.0f, 3.0f);
+    const Vec w = random_vec(s.C, 11, 0.5f, 1.5f), b = random_vec(s.C, 12);
+    Vec out(NC), mean(s.N), rstd(s.N);
+    cpu->layernorm_forward(out.data(), mean.data(), rstd.data(), inp.data(), w.data(), b.data(),
+                           s.N, s.C);
+    float* g_out = dev_zeros(NC);
+    float* g_mean = dev_zeros(s.N);
+    float* g_rstd = dev_zeros(s.N);
+    gpu->layernorm_forward(g_out, g_mean, g_rstd, dev(inp), dev(w), dev(b), s.N, s.C);
+    EXPECT_TRUE(close(host(g_out, NC), out, kElemTol, 1e-6)) << "out";
+    EXPECT_TRUE(close(host(g_mean, s.N), mean, kElemTol, 1e-6)) << "mean";
+    EXPECT_TRUE(close(host(g_rstd, s.N), rstd, kElemTol, 0.0)) << "rstd";
+  }
+}
+
+TEST_F(CudaBackendTest, LayerNormBackwardAccumulatesDeterministically) {
+  for (const NCShape& s : kLnShapes) {
+    SCOPED_TRACE(::testing::Message() << "N=" << s.N << " C=" << s.C);
+    const size_t NC = size_t(s.N) * s.C;
+    const Vec inp = random_vec(NC, 20, -2.0f, 3.0f);
+    const Vec w = random_vec(s.C, 21, 0.5f, 1.5f), b = random_vec(s.C, 22);
+    const Vec dout = random_vec(NC, 23);
+    Vec out(NC), mean(s.N), rstd(s.N);
+    cpu->layernorm_forward(out.data(), mean.data(), rstd.data(), inp.data(), w.data(), b.data(),
+                           s.N, s.C);
+    const Vec dinp0 = random_vec(NC, 24), dw0 = random_vec(s.C, 25), db0 = random_vec(s.C, 26);
+    Vec dinp = dinp0, dw = dw0, db = db0;
+    cpu->layernorm_backward(dinp.data(), dw.data(), db.data(), dout.data(), inp.data(), w.data(),
+                            mean.data(), rstd.data(), s.N, s.C);
+    float *d_dout = dev(dout), *d_inp = dev(inp), *d_w = dev(w);
+    float *d_mean = dev(mean), *d_rstd = dev(rstd);
+    Vec first[3];
+    for (int run = 0; run < 2; ++run) {
+      float *g_dinp = dev(dinp0), *g_dw = dev(dw0), *g_db = dev(db0);
+      gpu->layernorm_backward(g_dinp, g_dw, g_db, d_dout, d_inp, d_w, d_mean, d_rstd, s.N, s.C);
+      const Vec got[3] = {host(g_dinp, NC), host(g_dw, s.C), host(g_db, s.C)};
+      if (run == 0) {
+        EXPECT_TRUE(close(got[0], dinp, kElemTol, 1e-6)) << "dinp";
+        // Column sums over N rows in another order: norm-relative 1e-5.
+        EXPECT_TRUE(close(got[1], dw, kElemTol, 1e-5)) << "dweight";
+        EXPECT_TRUE(close(got[2], db, kElemTol, 1e-5)) << "dbias";
+        for (int k = 0; k < 3; ++k) first[k] = got[k];
+      } else {
+        for (int k = 0; k < 3; ++k) EXPECT_TRUE(bit_equal(got[k], first[k])) << "output " << k;
+      }
+    }
+  }
+}
+
+// ---- matmul --------------------------------------------------------------------------------
+
+struct MmShape {
+  int N, IC, OC;
+};
+const MmShape kMmShapes[] = {
+    {10, 12, 36}, {333, 77, 129}, {256, 768, 2304}, {128, 3072, 768}, {1, 5, 3}};
+
+TEST_F(CudaBackendTest, MatmulForward) {
+  for (const MmShape& s : kMmShapes) {
+    for (bool with_bias : {true, false}) {
+      SCOPED_TRACE(::testing::Message()
+                   << "N=" << s.N << " IC=" << s.IC << " OC=" << s.OC << " bias=" << with_bias);
+      const Vec inp = random_vec(size_t(s.N) * s.IC, 30), w = random_vec(size_t(s.OC) * s.IC, 31);
+      const Vec b = random_vec(s.OC, 32);
+      Vec out(size_t(s.N) * s.OC);
+      cpu->matmul_forward(out.data(), inp.data(), w.data(), with_bias ? b.data() : nullptr, s.N,
+                          s.IC, s.OC);
+      // Garbage in the output buffer: forward overwrites.
+      float* g_out = dev(random_vec(out.size(), 33, 100.0f, 200.0f));
+      gpu->matmul_forward(g_out, dev(inp), dev(w), with_bias ? dev(b) : nullptr, s.N, s.IC, s.OC);
+      EXPECT_TRUE(close(host(g_out, out.size()), out, kGemmTol, 1e-5));
+    }
+  }
+}
+
+TEST_F(CudaBackendTest, MatmulBackwardAccumulatesDeterministically) {
+  for (const MmShape& s : kMmShapes) {
+    for (int variant = 0; variant < 3; ++variant) {  // 0: all, 1: no dinp, 2: no dbias
+      const bool with_dinp = variant != 1, with_dbias = variant != 2;
+      SCOPED_TRACE(::testing::Message() << "N=" << s.N << " IC=" << s.IC << " OC=" << s.OC
+                                        << " dinp=" << with_dinp << " dbias=" << with_dbias);
+      const size_t nin = size_t(s.N) * s.IC, nw = size_t(s.OC) * s.IC, nout = size_t(s.N) * s.OC;
+      const Vec inp = random_vec(nin, 40), w = random_vec(nw, 41), dout = random_vec(nout, 42);
+      const Vec dinp0 = random_vec(nin, 43), dw0 = random_vec(nw, 44), db0 = random_vec(s.OC, 45);
+      Vec dinp = dinp0, dw = dw0, db = db0;
+      cpu->matmul_backward(with_dinp ? dinp.data() : nullptr, dw.data(),
+                           with_dbias ? db.data() : nullptr, dout.data(), inp.data(), w.data(), s.N,
+                           s.IC, s.OC);
+      float *d_inp = dev(inp), *d_w = dev(w), *d_dout = dev(dout);
+      Vec first[3];
+      for (int run = 0; run < 2; ++run) {
+        float *g_dinp = dev(dinp0), *g_dw = dev(dw0), *g_db = dev(db0);
+        gpu->matmul_backward(with_dinp ? g_dinp : nullptr, g_dw, with_dbias ? g_db : nullptr,
+                             d_dout, d_inp, d_w, s.N, s.IC, s.OC);
+        const Vec got[3] = {host(g_dinp, nin), host(g_dw, nw), host(g_db, s.OC)};
+        if (run == 0) {
+          EXPECT_TRUE(close(got[0], dinp, kGemmTol, 1e-5)) << "dinp";
+          EXPECT_TRUE(close(got[1], dw, kGemmTol, 1e-5)) << "dweight";
+          EXPECT_TRUE(close(got[2], db, kElemTol, 1e-5)) << "dbias";  // column sums
+          for (int k = 0; k < 3; ++k) first[k] = got[k];
+        } else {
+          for (int k = 0; k < 3; ++k) EXPECT_TRUE(bit_equal(got[k], first[k])) << "output " << k;
+        }
+      }
+    }
+  }
+}
+
+// 1 + 2⁻¹² has 12 significant mantissa bits: TF32 (10 bits) rounds it to 1, fp32 keeps it, and
+// every partial sum of these products is exact in fp32. So an fp32 sgemm gives exactly
+// 64·(1 + 2⁻¹²) = 64.015625 and a TF32 one 64.
+TEST_F(CudaBackendTest, MatmulIsPlainFp32) {
+  const int N = 32, IC = 64, OC = 48;
+  const float x = 1.0f + std::ldexp(1.0f, -12);
+  const Vec inp(size_t(N) * IC, x), w(size_t(OC) * IC, 1.0f);
+  float* g_out = dev_zeros(size_t(N) * OC);
+  gpu->matmul_forward(g_out, dev(inp), dev(w), nullptr, N, IC, OC);
+  const Vec out = host(g_out, size_t(N) * OC);
+  EXPECT_TRUE(bit_equal(out, Vec(out.size(), 64.015625f)));
+  // dinp = dout · W with dout = x, W = 1: Σ over OC = 48 → 48·x, exact in fp32.
+  const Vec dout(size_t(N) * OC, x);
+  float* g_dinp = dev_zeros(size_t(N) * IC);
+  float* g_dw = dev_zeros(size_t(OC) * IC);
+  gpu->matmul_backward(g_dinp, g_dw, nullptr, dev(dout), dev(Vec(size_t(N) * IC, 1.0f)), dev(w), N,
+                       IC, OC);
+  EXPECT_TRUE(bit_equal(host(g_dinp, size_t(N) * IC), Vec(size_t(N) * IC, 48.0f * x)));
+  EXPECT_TRUE(bit_equal(host(g_dw, size_t(OC) * IC), Vec(size_t(OC) * IC, 32.0f * x)));
+}
+
+// ---- attention -----------------------------------------------------------------------------
+
+struct AttShape {
+  int B, T, C, NH;
+};
+const AttShape kAttShapes[] = {
+    {2, 5, 12, 3}, {1, 64, 768, 12}, {3, 100, 96, 4}, {2, 256, 768, 12}, {1, 1, 8, 2}};
+
+TEST_F(CudaBackendTest, AttentionForward) {
+  for (const AttShape& s : kAttShapes) {
+    SCOPED_TRACE(::testing::Message()
+                 << "B=" << s.B << " T=" << s.T << " C=" << s.C << " NH=" << s.NH);
+    const size_t nqkv = size_t(s.B) * s.T * 3 * s.C, nout = size_t(s.B) * s.T * s.C;
+    const size_t M = size_t(s.B) * s.NH, natt = M * s.T * s.T;
+    const Vec qkv = random_vec(nqkv, 50, -2.0f, 2.0f);
+    Vec out(nout), att(natt, 0.0f);
+    cpu->attention_forward(out.data(), att.data(), qkv.data(), s.B, s.T, s.C, s.NH);
+    float* g_out = dev(random_vec(nout, 51));  // garbage: forward overwrites
+    float* g_att = dev(random_vec(natt, 52));
+    gpu->attention_forward(g_out, g_att, dev(qkv), s.B, s.T, s.C, s.NH);
+    EXPECT_TRUE(close(host(g_out, nout), out, kGemmTol, 1e-5)) << "out";
+    EXPECT_TRUE(close(lower_triangle(host(g_att, natt), M, s.T), lower_triangle(att, M, s.T),
+                      kGemmTol, 1e-6))
+        << "att";
+  }
+}
+
+TEST_F(CudaBackendTest, AttentionBackwardAccumulatesDeterministically) {
+  for (const AttShape& s : kAttShapes) {
+    SCOPED_TRACE(::testing::Message()
+                 << "B=" << s.B << " T=" << s.T << " C=" << s.C << " NH=" << s.NH);
+    const size_t nqkv = size_t(s.B) * s.T * 3 * s.C, nout = size_t(s.B) * s.T * s.C;
+    const size_t M = size_t(s.B) * s.NH, natt = M * s.T * s.T;
+    const Vec qkv = random_vec(nqkv, 60, -2.0f, 2.0f), dout = random_vec(nout, 61);
+    const Vec dqkv0 = random_vec(nqkv, 62);
+    // CPU: its own forward probabilities.
+    Vec out(nout), att(natt, 0.0f), scratch(natt, 0.0f), dqkv = dqkv0;
+    cpu->attention_forward(out.data(), att.data(), qkv.data(), s.B, s.T, s.C, s.NH);
+    cpu->attention_backward(dqkv.data(), scratch.data(), dout.data(), qkv.data(), att.data(), s.B,
+                            s.T, s.C, s.NH);
+    // GPU: its own forward probabilities, with NaN above the diagonal (unspecified there by the
+    // interface: backward must not read them).
+    float* d_qkv = dev(qkv);
+    float* g_out = dev_zeros(nout);
+    float* g_att = dev_zeros(natt);
+    gpu->attention_forward(g_out, g_att, d_qkv, s.B, s.T, s.C, s.NH);
+    Vec poisoned = host(g_att, natt);
+    for (size_t m = 0; m < M; ++m)
+      for (int i = 0; i < s.T; ++i)
+        for (int j = i + 1; j < s.T; ++j)
+          poisoned[(m * s.T + i) * s.T + j] = std::numeric_limits<float>::quiet_NaN();
+    gpu->copy_from_host(g_att, poisoned.data(), natt);
+    float* d_dout = dev(dout);
+    Vec first;
+    for (int run = 0; run < 2; ++run) {
+      float* g_dqkv = dev(dqkv0);
+      float* g_scratch = dev(random_vec(natt, 63));  // garbage: the op may overwrite it
+      gpu->attention_backward(g_dqkv, g_scratch, d_dout, d_qkv, g_att, s.B, s.T, s.C, s.NH);
+      const Vec got = host(g_dqkv, nqkv);
+      if (run == 0) {
+        EXPECT_TRUE(close(got, dqkv, kGemmTol, 1e-5)) << "dqkv";
+        first = got;
+      } else {
+        EXPECT_TRUE(bit_equal(got, first)) << "dqkv not deterministic";
+      }
+    }
+  }
+}
+
+// ---- elementwise ---------------------------------------------------------------------------
+
+const size_t kElemSizes[] = {1, 1000, (size_t{1} << 20) + 3};
+
+TEST_F(CudaBackendTest, GeluForwardBackward) {
+  for (size_t n : kElemSizes) {
+    SCOPED_TRACE(::testing::Message() << "n=" << n);
+    const Vec inp = random_vec(n, 70, -5.0f, 5.0f), dout = random_vec(n, 71);
+    const Vec dinp0 = random_vec(n, 72);
+    Vec out(n), dinp = dinp0;
+    cpu->gelu_forward(out.data(), inp.data(), n);
+    cpu->gelu_backward(dinp.data(), inp.data(), dout.data(), n);
+    float* d_inp = dev(inp);
+    float* g_out = dev_zeros(n);
+    float* g_dinp = dev(dinp0);
+    gpu->gelu_forward(g_out, d_inp, n);
+    gpu->gelu_backward(g_dinp, d_inp, dev(dout), n);
+    // The CPU's tanh has an absolute error of ~1e-7; in the backward it is multiplied by up to
+    // |x·du/dx| ≈ 20 where 1 − t² is tiny, hence the absolute floors.
+    EXPECT_TRUE(close(host(g_out, n), out, kElemTol, 1e-6)) << "out";
+    EXPECT_TRUE(close(host(g_dinp, n), dinp, kElemTol, 1e-5)) << "dinp";
+  }
+}
+
+TEST_F(CudaBackendTest, AddAccumulateScale) {
+  for (size_t n : kElemSizes) {
+    SCOPED_TRACE(::testing::Message() << "n=" << n);
+    const Vec a = random_vec(n, 80), b = random_vec(n, 81);
+    Vec sum(n), acc = a, scaled = b;
+    cpu->add(sum.data(), a.data(), b.data(), n);
+    cpu->accumulate(acc.data(), b.data(), n);
+    cpu->scale(scaled.data(), 0.37f, n);
+    float *d_a = dev(a), *d_b = dev(b);
+    float* g_sum = dev_zeros(n);
+    gpu->add(g_sum, d_a, d_b, n);
+    gpu->accumulate(d_a, d_b, n);  // a += b
+    gpu->scale(d_b, 0.37f, n);
+    EXPECT_TRUE(close(host(g_sum, n), sum, kElemTol, 0.0)) << "add";
+    EXPECT_TRUE(close(host(d_a, n), acc, kElemTol, 0.0)) << "accumulate";
+    EXPECT_TRUE(close(host(d_b, n), scaled, kElemTol, 0.0)) << "scale";
+  }
+}
+
+// ---- cross-entropy -------------------------------------------------------------------------
+
+struct CeShape {
+  int N, V, Vp;
+};
+const CeShape kCeShapes[] = {{5, 37, 64}, {64, 50257, 50304}, {7, 128, 128}, {33, 1000, 1024}};
+
+TEST_F(CudaBackendTest, CrossEntropyForwardBackward) {
+  for (const CeShape& s : kCeShapes) {
+    for (bool with_correct : {true, false}) {
+      SCOPED_TRACE(::testing::Message()
+                   << "N=" << s.N << " V=" << s.V << " Vp=" << s.Vp << " correct=" << with_correct);
+      const size_t total = size_t(s.N) * s.Vp;
+      Vec logits = random_vec(total, 90, -4.0f, 4.0f);  // padded columns hold garbage
+      IVec targets = random_ints(s.N, 91, 0, s.V);
+      // Every other row: the target is the clear maximum (correct = 1).
+      for (int n = 0; n < s.N; n += 2) logits[size_t(n) * s.Vp + targets[n]] += 10.0f;
+      // Ties: row 1 has its maximum at two columns and the target at the first (correct = 1),
+      // row 3 at two columns and the target at the second (correct = 0).
+      for (int n : {1, 3}) {
+        if (n >= s.N) continue;
+        float* row = logits.data() + size_t(n) * s.Vp;
+        const int a = s.V / 3, b = s.V / 3 + 5;
+        row[a] = row[b] = 20.0f;
+        targets[n] = n == 1 ? a : b;
+      }
+      const float dloss_scale = 1.0f / float(s.N);
+      Vec want = logits, losses(s.N), correct(s.N, -1.0f);
+      cpu->crossentropy_forward_backward(want.data(), losses.data(),
+                                         with_correct ? correct.data() : nullptr, targets.data(),
+                                         s.N, s.V, s.Vp, dloss_scale);
+      float* g_logits = dev(logits);
+      float* g_losses = dev_zeros(s.N);
+      float* g_correct = dev(Vec(s.N, -1.0f));
+      int32_t* g_targets = dev_ints(targets);
+      gpu->crossentropy_forward_backward(g_logits, g_losses, with_correct ? g_correct : nullptr,
+                                         g_targets, s.N, s.V, s.Vp, dloss_scale);
+      const Vec got = host(g_logits, total);
+      EXPECT_TRUE(close(host(g_losses, s.N), losses, kElemTol, 1e-7)) << "losses";
+      // Absolute floor: 1e-7 of the largest gradient (dloss_scale at the targets).
+      EXPECT_TRUE(close(got, want, kElemTol, 1e-7)) << "dlogits";
+      for (int n = 0; n < s.N; ++n)
+        for (int j = s.V; j < s.Vp; ++j)
+          ASSERT_EQ(got[size_t(n) * s.Vp + j], 0.0f) << n << "," << j;
+      const Vec got_correct = host(g_correct, s.N);
+      if (with_correct) {
+        EXPECT_TRUE(bit_equal(got_correct, correct)) << "correct";
+        for (int n = 0; n < s.N; n += 2) EXPECT_EQ(got_correct[n], 1.0f) << n;
+        if (s.N > 3) {
+          EXPECT_EQ(got_correct[1], 1.0f);
+          EXPECT_EQ(got_correct[3], 0.0f);
+        }
+      } else {
+        EXPECT_TRUE(bit_equal(got_correct, Vec(s.N, -1.0f))) << "correct written though null";
+      }
+      // Determinism.
+      float* g_logits2 = dev(logits);
+      float* g_losses2 = dev_zeros(s.N);
+      gpu->crossentropy_forward_backward(g_logits2, g_losses2, nullptr, g_targets, s.N, s.V, s.Vp,
+                                         dloss_scale);
+      EXPECT_TRUE(bit_equal(host(g_logits2, total), got));
+      EXPECT_TRUE(bit_equal(host(g_losses2, s.N), host(g_losses, s.N)));
+    }
+  }
+}
+
+// ---- reductions and optimizers -------------------------------------------------------------
+
+TEST_F(CudaBackendTest, SumSquaresDeterministic) {
+  EXPECT_EQ(gpu->sum_squares(dev_zeros(1), 0), 0.0);
+  for (size_t n : {size_t{1}, size_t{1000}, size_t{255}, size_t{257}, (size_t{1} << 24) + 5}) {
+    SCOPED_TRACE(::testing::Message() << "n=" << n);
+    const Vec x = random_vec(n, 100, -3.0f, 3.0f);
+    const double want = cpu->sum_squares(x.data(), n);
+    float* d_x = dev(x);
+    const double got = gpu->sum_squares(d_x, n);
+    EXPECT_NEAR(got, want, 1e-12 * want);
+    EXPECT_EQ(gpu->sum_squares(d_x, n), got);  // bit-identical (== on doubles)
+  }
+}
+
+TEST_F(CudaBackendTest, AdamWUpdate) {
+  for (size_t n : {size_t{1}, size_t{1000003}}) {
+    SCOPED_TRACE(::testing::Message() << "n=" << n);
+    Vec p = random_vec(n, 110), m = random_vec(n, 111, -1e-2f, 1e-2f);
+    Vec v = random_vec(n, 112, 0.0f, 1e-3f);
+    float *g_p = dev(p), *g_m = dev(m), *g_v = dev(v);
+    for (int step = 1; step <= 3; ++step) {
+      const Vec g = random_vec(n, 113 + step, -0.1f, 0.1f);
+      const float b1 = 0.9f, b2 = 0.95f;
+      const float bc1 = 1.0f - std::pow(b1, float(step)), bc2 = 1.0f - std::pow(b2, float(step));
+      cpu->adamw_update(p.data(), g.data(), m.data(), v.data(), n, 6e-4f, b1, b2, 1e-8f, 0.1f, bc1,
+                        bc2);
+      gpu->adamw_update(g_p, dev(g), g_m, g_v, n, 6e-4f, b1, b2, 1e-8f, 0.1f, bc1, bc2);
+    }
+    EXPECT_TRUE(close(host(g_p, n), p, kElemTol, 1e-7)) << "p";
+    EXPECT_TRUE(close(host(g_m, n), m, kElemTol, 1e-7)) << "m";
+    EXPECT_TRUE(close(host(g_v, n), v, kElemTol, 1e-7)) << "v";
+  }
+}
+
+TEST_F(CudaBackendTest, SgdUpdate) {
+  for (size_t n : {size_t{1}, size_t{1000003}}) {
+    SCOPED_TRACE(::testing::Message() << "n=" << n);
+    Vec p = random_vec(n, 120), buf = random_vec(n, 121, -0.1f, 0.1f);
+    float *g_p = dev(p), *g_buf = dev(buf);
+    for (int step = 1; step <= 3; ++step) {
+      const Vec g = random_vec(n, 122 + step, -0.1f, 0.1f);
+      cpu->sgd_update(p.data(), g.data(), buf.data(), n, 0.05f, 0.9f, 1e-4f);
+      gpu->sgd_update(g_p, dev(g), g_buf, n, 0.05f, 0.9f, 1e-4f);
+    }
+    EXPECT_TRUE(close(host(g_p, n), p, kElemTol, 1e-7)) << "p";
+    EXPECT_TRUE(close(host(g_buf, n), buf, kElemTol, 1e-7)) << "buf";
+  }
+}
+
+}  // namespace
+}  // namespace triad
