@@ -236,8 +236,8 @@ int cmd_checkpoint(MPI_Comm world, const std::vector<std::string>& args) {
   desc.add_options()("dir", po::value(&dir)->default_value("."),
                      "directory for the files (the file system to measure)")(
       "model", po::value(&model_name)->default_value("gpt2-124m"),
-      "gpt2-124m, gpt2-350m or gpt2-tiny")(
-      "repeat", po::value(&repeat)->default_value(3), "measurements of each kind (median)")(
+      "gpt2-124m, gpt2-350m or gpt2-tiny")("repeat", po::value(&repeat)->default_value(3),
+                                           "measurements of each kind (median)")(
       "keep", "keep the files (default: delete them at the end)");
   po::variables_map vm;
   if (!parse(world, "checkpoint", args, desc, vm)) return 0;
@@ -273,8 +273,8 @@ int cmd_checkpoint(MPI_Comm world, const std::vector<std::string>& args) {
   auto sliced_groups = [&](std::vector<std::vector<float>>& bufs) {
     std::vector<triad::TensorGroup> gs;
     for (size_t g = 0; g < group_names.size(); ++g) {
-      gs.push_back({group_names[g],
-                    refs(params, bufs[g].data(), lo, hi, false, model->vocab_size)});
+      gs.push_back(
+          {group_names[g], refs(params, bufs[g].data(), lo, hi, false, model->vocab_size)});
     }
     return gs;
   };
@@ -287,10 +287,11 @@ int cmd_checkpoint(MPI_Comm world, const std::vector<std::string>& args) {
   state.model = {model->n_layer, model->n_head,     model->n_embd,
                  model->seq_len, model->vocab_size, padded_vocab};
 
-  const std::string base = (fs::path(dir) / ("triad_bench_ckpt_np" + std::to_string(size))).string();
+  const std::string base =
+      (fs::path(dir) / ("triad_bench_ckpt_np" + std::to_string(size))).string();
   const std::string ckpt = base + ".h5", plain = base + ".plain";
   double t;
-  std::vector<double> w_ckpt, w_plain, r_ckpt, r_plain, r_resume;
+  std::vector<double> w_ckpt, w_save, w_plain, r_ckpt, r_plain, r_resume, w_ratio, r_ratio;
   int dropped = 1;
   auto drop = [&] {
     int ok = 0;
@@ -300,10 +301,11 @@ int cmd_checkpoint(MPI_Comm world, const std::vector<std::string>& args) {
   };
 
   if (rank == 0) {
-    std::printf("triad-bench checkpoint: %s, %lld parameters (wte padded to %lld rows), "
-                "%d rank(s), %.3f GB of tensor data per checkpoint, %s\n",
-                model->name, static_cast<long long>(n_params),
-                static_cast<long long>(padded_vocab), size, double(bytes) / 1e9, ckpt.c_str());
+    std::printf(
+        "triad-bench checkpoint: %s, %lld parameters (wte padded to %lld rows), "
+        "%d rank(s), %.3f GB of tensor data per checkpoint, %s\n",
+        model->name, static_cast<long long>(n_params), static_cast<long long>(padded_vocab), size,
+        double(bytes) / 1e9, ckpt.c_str());
     std::fflush(stdout);
   }
   bool verified = true;
@@ -319,9 +321,12 @@ int cmd_checkpoint(MPI_Comm world, const std::vector<std::string>& args) {
     MPI_Barrier(world);
     double t0 = MPI_Wtime();
     triad::save_checkpoint(world, ckpt, state, save_groups);
+    MPI_Barrier(world);
+    w_save.push_back(MPI_Wtime() - t0);
     fsync_path(ckpt);
     MPI_Barrier(world);
     w_ckpt.push_back(MPI_Wtime() - t0);
+    w_ratio.push_back(w_plain.back() / w_ckpt.back());
 
     // Reads after dropping the page cache where possible.
     drop();
@@ -341,6 +346,7 @@ int cmd_checkpoint(MPI_Comm world, const std::vector<std::string>& args) {
     triad::load_checkpoint_tensors(world, ckpt, load_groups);
     MPI_Barrier(world);
     r_ckpt.push_back(MPI_Wtime() - t0);
+    r_ratio.push_back(r_plain.back() / r_ckpt.back());
     // Bit-exact, except the padded wte rows (zero-filled on load).
     const int64_t wte_valid = model->vocab_size * model->n_embd;
     for (size_t g = 0; g < back.size(); ++g) {
@@ -370,10 +376,11 @@ int cmd_checkpoint(MPI_Comm world, const std::vector<std::string>& args) {
       r_resume.push_back(MPI_Wtime() - t0);
     }
     if (rank == 0) {
-      std::printf("  run %d: write %.2f s (plain %.2f s), read %.2f s (plain %.2f s), resume "
-                  "read %.2f s\n",
-                  it + 1, w_ckpt.back(), w_plain.back(), r_ckpt.back(), r_plain.back(),
-                  r_resume.back());
+      std::printf(
+          "  run %d: write %.2f s (save %.2f s + fsync; plain %.2f s), read %.2f s "
+          "(plain %.2f s), resume read %.2f s\n",
+          it + 1, w_ckpt.back(), w_save.back(), w_plain.back(), r_ckpt.back(), r_plain.back(),
+          r_resume.back());
       std::fflush(stdout);
     }
   }
@@ -387,18 +394,26 @@ int cmd_checkpoint(MPI_Comm world, const std::vector<std::string>& args) {
   }
   if (rank == 0) {
     const double gb = double(bytes) / 1e9;
-    const double wc = median(w_ckpt), wp = median(w_plain), rc = median(r_ckpt),
-                 rp = median(r_plain), rr = median(r_resume);
-    std::printf("  median of %d: write %.2f GB/s (plain %.2f GB/s, ratio %.2f), read %.2f GB/s "
-                "(plain %.2f GB/s, ratio %.2f), resume read %.2f s; reads %s; data verified\n",
-                repeat, gb / wc, gb / wp, wp / wc, gb / rc, gb / rp, rp / rc, rr,
-                dropped ? "after dropping the page cache" : "from the page cache (drop_caches "
-                                                            "not permitted)");
+    const double wc = median(w_ckpt), ws = median(w_save), wp = median(w_plain),
+                 rc = median(r_ckpt), rp = median(r_plain), rr = median(r_resume),
+                 wr = median(w_ratio), rq = median(r_ratio);
+    // Ratios: medians of each run's ratio (the runs pair a checkpoint and a plain transfer made
+    // back to back, which cancels slow drifts of a shared disk).
+    std::printf(
+        "  median of %d: write %.2f GB/s (save call alone %.2f GB/s; plain %.2f GB/s, "
+        "ratio %.2f), read %.2f GB/s (plain %.2f GB/s, ratio %.2f), resume read %.2f s; "
+        "reads %s; data verified\n",
+        repeat, gb / wc, gb / ws, gb / wp, wr, gb / rc, gb / rp, rq, rr,
+        dropped ? "after dropping the page cache"
+                : "from the page cache (drop_caches "
+                  "not permitted)");
     // One line for scripts.
-    std::printf("RESULT model=%s ranks=%d bytes=%llu write_s=%.4f plain_write_s=%.4f "
-                "read_s=%.4f plain_read_s=%.4f resume_read_s=%.4f cache=%s\n",
-                model->name, size, static_cast<unsigned long long>(bytes), wc, wp, rc, rp, rr,
-                dropped ? "dropped" : "cached");
+    std::printf(
+        "RESULT model=%s ranks=%d bytes=%llu write_s=%.4f save_s=%.4f "
+        "plain_write_s=%.4f write_ratio=%.4f read_s=%.4f plain_read_s=%.4f "
+        "read_ratio=%.4f resume_read_s=%.4f cache=%s\n",
+        model->name, size, static_cast<unsigned long long>(bytes), wc, ws, wp, wr, rc, rp, rq, rr,
+        dropped ? "dropped" : "cached");
     std::fflush(stdout);
   }
   return 0;
@@ -416,7 +431,6 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (command == "checkpoint") return cmd_checkpoint(world, args);
-    triad::fail("unknown command '", command,
-                "': expected checkpoint (see 'triad-bench --help')");
+    triad::fail("unknown command '", command, "': expected checkpoint (see 'triad-bench --help')");
   });
 }

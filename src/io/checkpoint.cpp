@@ -2,14 +2,15 @@
 // load_checkpoint_tensors, checkpoint_has_group. The directory logic is in checkpoint_dir.cpp.
 //
 // Parallel structure: every HDF5 metadata operation (file create/open/close, groups,
-// datasets, attributes) is made by all ranks of comm with identical arguments; tensor data
-// moves with one collective transfer per tensor in which each rank selects the flat range of
-// the tensor it writes or reads (TensorRef::begin/end; the union of at most three hyperslabs
-// in 2-D). Saving: the ranks exchange their ranges, plan_writes picks the writers (checking
-// that they partition each tensor), and each writer's CRC of its range is combined into the
-// full tensor's checksum (crc32_combine). Loading: plan_verification splits each tensor among
-// the ranks for checksumming, preferring pieces a rank has read anyway. After each phase the
-// ranks agree on failure (collective.h), so an error on one rank makes all throw.
+// datasets, attributes) is made by all ranks of comm with identical arguments. Tensor data move
+// as flat ranges of each tensor (TensorRef::begin/end; in the file the union of at most three
+// hyperslabs in 2-D). Saving: the ranks exchange their ranges, plan_writes picks the writers
+// (checking that they partition each tensor), each writer's CRC of its range is combined into
+// the full tensor's checksum (crc32_combine), and each tensor is written with one collective
+// H5Dwrite. Loading: each rank reads its ranges with independent I/O (see read_dxpl), and
+// plan_verification splits each tensor among the ranks for checksumming, preferring pieces a
+// rank has read anyway. After each phase the ranks agree on failure (collective.h), so an
+// error on one rank makes all throw.
 #include "triad/io/checkpoint.h"
 
 #include <fcntl.h>
@@ -190,9 +191,9 @@ void select_flat_ranges(hid_t space, const std::vector<hsize_t>& dims,
 
 enum class Direction { kWrite, kRead };
 
-// One collective H5Dwrite / H5Dread moving the union of `ranges` (flat, disjoint, increasing) of
-// dataset dset to / from the contiguous fp32 buffer `data`. No ranges (or empty ones): this
-// rank selects nothing but still joins the collective call.
+// One H5Dwrite / H5Dread (collective or independent, as dxpl says) moving the union of `ranges`
+// (flat, disjoint, increasing) of dataset dset to / from the contiguous fp32 buffer `data`. No
+// ranges (or empty ones): this rank selects nothing but still joins a collective call.
 void transfer_ranges(hid_t dset, const std::vector<hsize_t>& file_dims,
                      const std::vector<FlatRange>& ranges, float* data, hid_t dxpl, Direction dir,
                      const std::string& what) {
@@ -275,8 +276,8 @@ std::vector<std::vector<Tile>> plan_writes(const std::vector<int64_t>& all, int 
               [](const Tile& a, const Tile& b) { return a.begin < b.begin; });
     hsize_t pos = 0;
     for (const Tile& t : plan[i]) {
-      TRIAD_CHECK(t.begin == pos, "internal error: the ranges the ranks write of tensor ",
-                  names[i], " do not partition it: ",
+      TRIAD_CHECK(t.begin == pos, "internal error: the ranges the ranks write of tensor ", names[i],
+                  " do not partition it: ",
                   t.begin < pos ? "overlap at element " : "nothing written at element ",
                   std::min(t.begin, pos), " (rank ", t.rank, " writes [", t.begin, ", ", t.end,
                   "))");
@@ -342,11 +343,12 @@ H5Id collective_dxpl() {
   return dxpl;
 }
 
-// Reads: every rank still calls H5Dread for every dataset (as for writes), but each reads its
-// own ranges with independent MPI-IO. The ranges of different ranks overlap on load (full
+// Reads: independent MPI-IO; each rank reads its own ranges, when it likes (a rank with nothing
+// to read of a dataset makes no call), and the ranks agree on errors once after all reads.
+// Collective reads are also wrong here: the ranges of different ranks overlap on load (full
 // parameters on every rank next to sliced optimizer state), and Open MPI 4.1's OMPIO returns
-// wrong data for collective reads of such overlapping, differently shaped selections (its
-// read data sieving, open-mpi/ompi#10546, fixed in 4.1.5; Debian 12 ships 4.1.4): the test
+// wrong data for collective reads of such overlapping, differently shaped selections (its read
+// data sieving, open-mpi/ompi#10546, fixed in 4.1.5; Debian 12 ships 4.1.4): the test
 // MpiCheckpoint.OverlappingRandomRanges reads zeros there. Independent reads of contiguous
 // ranges avoid the aggregation layer altogether and are as fast for large blocks.
 H5Id read_dxpl() {
@@ -490,8 +492,8 @@ std::vector<uint32_t> crc32_many(const std::vector<std::pair<const float*, size_
   std::vector<bool> started(spans.size(), false);
   for (size_t c = 0; c < chunks.size(); ++c) {
     const size_t i = chunks[c].span;
-    crcs[i] = started[i] ? io::crc32_combine(crcs[i], part[c], chunks[c].count * sizeof(float))
-                         : part[c];
+    crcs[i] =
+        started[i] ? io::crc32_combine(crcs[i], part[c], chunks[c].count * sizeof(float)) : part[c];
     started[i] = true;
   }
   return crcs;
@@ -517,7 +519,7 @@ struct LoadItem {
   std::optional<int64_t> checksum;
   FlatRange held, readable;
   std::vector<Tile> tiles;
-  size_t first_tile = 0;  // index of tiles[0] in the vector of all tiles' CRCs
+  size_t first_tile = 0;   // index of tiles[0] in the vector of all tiles' CRCs
   bool has_extra = false;  // some tile needs a second read
 };
 
@@ -559,19 +561,21 @@ LoadItem open_for_load(hid_t file, const TensorGroup& g, const TensorRef& t) {
   return it;
 }
 
-// Reads the readable part of the rank's range (collective) and zero-fills the rest.
+// Reads the readable part of the rank's range (independent I/O) and zero-fills the rest.
 void read_item(LoadItem& it, hid_t dxpl) {
   float* data = it.tensor->data;
-  transfer_ranges(it.dset, it.file_dims, {it.readable}, data, dxpl, Direction::kRead,
-                  "cannot read dataset " + it.path);
+  if (!it.readable.empty()) {
+    transfer_ranges(it.dset, it.file_dims, {it.readable}, data, dxpl, Direction::kRead,
+                    "cannot read dataset " + it.path);
+  }
   const hsize_t zero_from = std::max(it.held.begin, it.readable.end);
   if (zero_from < it.held.end) {
     std::fill(data + (zero_from - it.held.begin), data + (it.held.end - it.held.begin), 0.0f);
   }
 }
 
-// Reads the tiles nobody asked for that this rank checksums (collective over the ranks: every
-// rank calls it for the same items) and stores their CRCs.
+// Reads the tiles nobody asked for that this rank checksums (independent I/O) and stores their
+// CRCs.
 void read_extra_tiles(LoadItem& it, hid_t dxpl, int rank, std::vector<uint32_t>& crcs) {
   std::vector<FlatRange> ranges;
   hsize_t n = 0;
@@ -581,6 +585,7 @@ void read_extra_tiles(LoadItem& it, hid_t dxpl, int rank, std::vector<uint32_t>&
       n += t.end - t.begin;
     }
   }
+  if (n == 0) return;
   std::vector<float> buffer(n);
   transfer_ranges(it.dset, it.file_dims, ranges, buffer.data(), dxpl, Direction::kRead,
                   "cannot read dataset " + it.path);
@@ -594,7 +599,8 @@ void read_extra_tiles(LoadItem& it, hid_t dxpl, int rank, std::vector<uint32_t>&
 }
 
 // The CRCs of the tiles this rank checksums from what it has read (in its tensors' buffers).
-void checksum_read_tiles(const std::vector<LoadItem>& items, int rank, std::vector<uint32_t>& crcs) {
+void checksum_read_tiles(const std::vector<LoadItem>& items, int rank,
+                         std::vector<uint32_t>& crcs) {
   std::vector<std::pair<const float*, size_t>> spans;
   std::vector<size_t> where;
   for (const LoadItem& it : items) {
@@ -842,20 +848,20 @@ void load_checkpoint_tensors(MPI_Comm comm, const std::string& path,
         it.tiles = plan_verification(element_count(it.file_dims), readable);
         it.first_tile = n_tiles;
         n_tiles += it.tiles.size();
-        it.has_extra = std::any_of(it.tiles.begin(), it.tiles.end(),
-                                   [](const Tile& t) { return t.extra; });
+        it.has_extra =
+            std::any_of(it.tiles.begin(), it.tiles.end(), [](const Tile& t) { return t.extra; });
       }
     });
     std::vector<uint32_t> crcs(n_tiles, 0);
 
-    for (LoadItem& it : items) {
-      collective_phase(comm, [&] { read_item(it, dxpl); });
-    }
-    for (LoadItem& it : items) {
-      if (!it.has_extra) continue;
-      collective_phase(comm, [&] { read_extra_tiles(it, dxpl, rank, crcs); });
-    }
-    collective_phase(comm, [&] { checksum_read_tiles(items, rank, crcs); });
+    // The data: independent reads (read_dxpl), so the ranks agree once, after all of them.
+    collective_phase(comm, [&] {
+      for (LoadItem& it : items) read_item(it, dxpl);
+      for (LoadItem& it : items) {
+        if (it.has_extra) read_extra_tiles(it, dxpl, rank, crcs);
+      }
+      checksum_read_tiles(items, rank, crcs);
+    });
     if (n_tiles > 0) {
       MPI_Allreduce(MPI_IN_PLACE, crcs.data(), static_cast<int>(n_tiles), MPI_UINT32_T, MPI_BXOR,
                     comm);

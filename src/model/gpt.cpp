@@ -60,10 +60,14 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards)
   params_ = be_.alloc(buffer_floats_);
   grads_ = be_.alloc(buffer_floats_);
   acts_ = new Activations(shape_, max_batch_, be_);
+  d_inputs_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
+  d_targets_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
   host_scratch_.resize(size_t(shape_.padded_vocab_size));
 }
 
 Gpt::~Gpt() {
+  be_.free_ints(d_targets_);
+  be_.free_ints(d_inputs_);
   delete acts_;
   be_.free(grads_);
   be_.free(params_);

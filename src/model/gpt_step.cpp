@@ -123,22 +123,29 @@ void Gpt::backward(const int32_t* inputs, int B, int T) {
 ForwardStats Gpt::forward_backward(const int32_t* inputs, const int32_t* targets, int B,
                                    float dloss_scale) {
   const int T = shape_.seq_len;
-  forward(inputs, B, T);
-  ForwardStats st = classifier(targets, B, T, dloss_scale);
-  backward(inputs, B, T);
+  TRIAD_ASSERT(B >= 1 && B <= max_batch_);
+  be_.copy_ints_from_host(d_inputs_, inputs, size_t(B) * T);
+  be_.copy_ints_from_host(d_targets_, targets, size_t(B) * T);
+  forward(d_inputs_, B, T);
+  ForwardStats st = classifier(d_targets_, B, T, dloss_scale);
+  backward(d_inputs_, B, T);
   return st;
 }
 
 ForwardStats Gpt::evaluate(const int32_t* inputs, const int32_t* targets, int B) {
   const int T = shape_.seq_len;
-  forward(inputs, B, T);
-  return classifier(targets, B, T, 0.0f);
+  TRIAD_ASSERT(B >= 1 && B <= max_batch_);
+  be_.copy_ints_from_host(d_inputs_, inputs, size_t(B) * T);
+  be_.copy_ints_from_host(d_targets_, targets, size_t(B) * T);
+  forward(d_inputs_, B, T);
+  return classifier(d_targets_, B, T, 0.0f);
 }
 
 void Gpt::forward_logits(const int32_t* inputs, int B, float* host_out) {
   const int T = shape_.seq_len, C = shape_.n_embd, V = shape_.vocab_size;
   const int Vp = shape_.padded_vocab_size;
-  forward(inputs, B, T);
+  be_.copy_ints_from_host(d_inputs_, inputs, size_t(B) * T);
+  forward(d_inputs_, B, T);
   auto& a = *acts_;
   be_.matmul_forward(a.logits, a.lnf, params_ + specs_[0].offset, nullptr, B * T, C, Vp);
   std::vector<float> row(size_t(B) * T * Vp);
@@ -148,7 +155,8 @@ void Gpt::forward_logits(const int32_t* inputs, int B, float* host_out) {
 
 const float* Gpt::next_token_logits(const int32_t* tokens, int len) {
   TRIAD_ASSERT(len >= 1 && len <= shape_.seq_len);
-  forward(tokens, 1, len);
+  be_.copy_ints_from_host(d_inputs_, tokens, size_t(len));
+  forward(d_inputs_, 1, len);
   const int C = shape_.n_embd, Vp = shape_.padded_vocab_size;
   auto& a = *acts_;
   // Only the last position's logits are needed: one row of the classifier.

@@ -246,8 +246,8 @@ void validate(const Config& c, int world_size) {
   check(!c.run.name.empty() && c.run.name.find('/') == std::string::npos, "run.name",
         "must be a non-empty name without '/'");
   check(!c.run.dir.empty(), "run.dir", "must not be empty");
-  check(c.run.backend == "cpu", "run.backend",
-        "'" + c.run.backend + "' is not available in this version (use cpu)");
+  check(c.run.backend == "cpu" || c.run.backend == "cuda", "run.backend",
+        "must be cpu or cuda (got '" + c.run.backend + "')");
   check(c.run.threads >= 0, "run.threads", "must be >= 0");
   check(c.run.peak_tflops >= 0, "run.peak_tflops", "must be >= 0");
   check(c.parallel.tp >= 1, "parallel.tp", "must be >= 1");

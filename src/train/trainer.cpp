@@ -21,6 +21,7 @@
 #include "triad/io/metrics.h"
 #include "triad/kernels/backend.h"
 #include "triad/kernels/cpu_backend.h"
+#include "triad/kernels/cuda_backend.h"
 #include "triad/kernels/peak_flops.h"
 #include "triad/model/gpt.h"
 #include "triad/optim/optimizer.h"
@@ -71,6 +72,10 @@ struct Trainer::State {
   int dp = 1, dp_rank = 0;
   size_t shard_lo = 0, shard_hi = 0;
   float* grad_shard = nullptr;  // ZeRO-1: the reduce-scattered gradient of the slice
+  // A device backend's parameters and optimizer state pass through host copies for I/O.
+  bool on_device = false;
+  std::vector<float> host_params;
+  std::vector<std::vector<float>> host_slots;
   std::vector<CommRequest> pending;
   double peak_flops = 0;
   std::vector<int32_t> inputs, targets;
@@ -90,7 +95,17 @@ struct Trainer::State {
     // The CPU backend runs every op, matmuls included, on OpenMP threads (OpenBLAS itself
     // single-threaded inside them), so the OpenMP thread count is the one knob.
     if (cfg.run.threads > 0) omp_set_num_threads(cfg.run.threads);
-    be = make_cpu_backend();
+    if (cfg.run.backend == "cuda") {
+      // Until the NCCL Comm exists, gradients and ZeRO shards live on one GPU only.
+      TRIAD_CHECK(grid.world_size() == 1, "run.backend = cuda runs on one rank in this version (",
+                  "got ", grid.world_size(), "; multi-GPU needs the NCCL communicator)");
+      TRIAD_CHECK(cfg.parallel.zero == 0, "run.backend = cuda: parallel.zero = 1 needs several ",
+                  "ranks; use 0");
+      be = make_cuda_backend(0);
+      on_device = true;
+    } else {
+      be = make_cpu_backend();
+    }
   }
 
   GptShape model_shape() const {
@@ -148,17 +163,43 @@ struct Trainer::State {
     return r;
   }
 
+  // Host-addressable parameter / optimizer-state buffers (mirrors for a device backend).
+  float* param_base() {
+    if (!on_device) return model->params();
+    host_params.resize(model->buffer_floats());
+    return host_params.data();
+  }
+  float* slot_base(size_t i) {
+    if (!on_device) return opt->slot(i);
+    host_slots.resize(opt->slot_names().size());
+    host_slots[i].resize(opt->end() - opt->begin());
+    return host_slots[i].data();
+  }
+  void stage_to_host() {
+    if (!on_device) return;
+    be->copy_to_host(param_base(), model->params(), model->buffer_floats());
+    for (size_t i = 0; i < opt->slot_names().size(); ++i)
+      be->copy_to_host(slot_base(i), opt->slot(i), opt->end() - opt->begin());
+  }
+  void stage_to_device(bool with_optimizer) {
+    if (!on_device) return;
+    be->copy_from_host(model->params(), param_base(), model->buffer_floats());
+    if (with_optimizer)
+      for (size_t i = 0; i < opt->slot_names().size(); ++i)
+        be->copy_from_host(opt->slot(i), slot_base(i), opt->end() - opt->begin());
+  }
+
   // for_save: slices (each element written once); loading: full parameters everywhere and the
   // optimizer state this rank keeps (its slice under ZeRO-1, everything otherwise).
   std::vector<TensorGroup> groups(bool with_optimizer, bool for_save) {
-    std::vector<TensorGroup> g{{"model", tensor_refs(model->params(), 0, !for_save)}};
+    std::vector<TensorGroup> g{{"model", tensor_refs(param_base(), 0, !for_save)}};
     if (with_optimizer) {
       const bool zero = cfg.parallel.zero == 1;
       const auto names = opt->slot_names();
       for (size_t i = 0; i < names.size(); ++i) {
         const size_t first = zero ? shard_lo : 0;
         g.push_back(
-            {"optimizer/" + names[i], tensor_refs(opt->slot(i), first, !for_save && !zero)});
+            {"optimizer/" + names[i], tensor_refs(slot_base(i), first, !for_save && !zero)});
       }
     }
     return g;
@@ -186,6 +227,7 @@ struct Trainer::State {
     if (root()) fs::create_directories(dir);
     MPI_Barrier(grid.world());
     Timer t;
+    stage_to_host();
     triad::save_checkpoint(grid.world(), path, checkpoint_state(), groups(true, true));
     if (root()) publish_checkpoint(dir, name, cfg.checkpoint.keep);
     MPI_Barrier(grid.world());
@@ -216,7 +258,9 @@ struct Trainer::State {
       TRIAD_CHECK(checkpoint_has_group(grid.world(), path, slot), "checkpoint ", path, " has no /",
                   slot, " state for optim.name = ", cfg.optim.name,
                   " (resume with the optimizer it was saved with, or use --init-from)");
+      stage_to_host();  // so that wte's padding rows keep their (zero) values
       load_checkpoint_tensors(grid.world(), path, groups(true, false));
+      stage_to_device(true);
       step = st.step;
       const int64_t n = train_src->num_sequences();
       TRIAD_CHECK(st.next_sequence >= 0 && st.epoch >= 0, "checkpoint ", path,
@@ -224,7 +268,9 @@ struct Trainer::State {
       position = st.epoch * n + st.next_sequence;
       say("resumed from " + path + " at step " + std::to_string(step));
     } else {
+      stage_to_host();
       load_checkpoint_tensors(grid.world(), path, groups(false, false));
+      stage_to_device(false);
       opt->reset();
       say("initialized weights from " + path + " (fresh optimizer)");
     }
@@ -320,7 +366,9 @@ EvalResult Trainer::evaluate_only() {
   }
   const CheckpointState st = read_checkpoint_state(s.grid.world(), path);
   s.check_model_shape(st, path);
+  s.stage_to_host();
   load_checkpoint_tensors(s.grid.world(), path, s.groups(false, false));
+  s.stage_to_device(false);
   const EvalResult r = s.evaluate();
   if (s.root()) {
     std::cout << std::fixed << std::setprecision(6) << "checkpoint " << path << " (step " << st.step
@@ -428,7 +476,7 @@ TrainOutcome Trainer::run() {
        << s.train_src->num_sequences() << " sequences | peak " << std::setprecision(1)
        << s.peak_flops / 1e9 << " GFLOP/s";
     s.say(os.str());
-    s.say("blas: " + cpu_blas_description());
+    s.say(s.on_device ? "device: " + cuda_device_description() : "blas: " + cpu_blas_description());
   }
 
   TrainOutcome out;

@@ -218,8 +218,8 @@ Held hold_full(const Model& m, bool fill, bool valid,
       if (fill) {
         for (int64_t e = 0; e < n; ++e) d[e] = ref_value(gi, i, e);
       }
-      g.tensors.push_back({m.specs[i].name, m.specs[i].shape, d,
-                           valid && m.specs[i].name == "wte" ? kVocab : -1});
+      g.tensors.push_back(
+          {m.specs[i].name, m.specs[i].shape, d, valid && m.specs[i].name == "wte" ? kVocab : -1});
     }
     h.groups.push_back(std::move(g));
   }
@@ -246,8 +246,8 @@ void expect_reference(const Held& h, const std::string& where) {
         const float want = zero ? 0.0f : ref_value(gi, i, k);
         const float got = t.data[k - b];
         if (std::memcmp(&want, &got, sizeof(float)) != 0 && bad++ == 0) {
-          first = g.path + "/" + t.name + "[" + std::to_string(k) + "] = " +
-                  std::to_string(got) + ", expected " + std::to_string(want);
+          first = g.path + "/" + t.name + "[" + std::to_string(k) + "] = " + std::to_string(got) +
+                  ", expected " + std::to_string(want);
         }
       }
     }
@@ -263,8 +263,8 @@ void expect_reference(const Held& h, const std::string& where) {
     }
     for (size_t e = 0; e < buf.size(); ++e) {
       if (!used[e] && buf[e] != kSentinel && bad++ == 0) {
-        first = "a gap of the " + h.groups[k].path + " buffer was overwritten at " +
-                std::to_string(e);
+        first =
+            "a gap of the " + h.groups[k].path + " buffer was overwritten at " + std::to_string(e);
       }
     }
   }
@@ -272,7 +272,8 @@ void expect_reference(const Held& h, const std::string& where) {
                     << ", first: " << first;
 }
 
-// ---- serial HDF5 access to a saved file (rank 0) -------------------------------------------------
+// ---- serial HDF5 access to a saved file (rank 0)
+// -------------------------------------------------
 
 struct DatasetInfo {
   int64_t checksum = -1;
@@ -380,9 +381,9 @@ class MpiCheckpoint : public ::testing::Test {
     std::string name;
     if (world_rank() == 0) {
       const auto ticks = std::chrono::steady_clock::now().time_since_epoch().count();
-      fs::path d = fs::temp_directory_path() /
-                   ("triad_test_ckpt_mpi_" + std::to_string(getpid()) + "_" +
-                    std::to_string(ticks) + "_" + std::to_string(counter++));
+      fs::path d =
+          fs::temp_directory_path() / ("triad_test_ckpt_mpi_" + std::to_string(getpid()) + "_" +
+                                       std::to_string(ticks) + "_" + std::to_string(counter++));
       fs::create_directories(d);
       name = d.string();
     }
@@ -399,7 +400,8 @@ class MpiCheckpoint : public ::testing::Test {
   fs::path dir_;
 };
 
-// ---- tests ---------------------------------------------------------------------------------------
+// ---- tests
+// ---------------------------------------------------------------------------------------
 
 TEST(MpiSlices, PartitionCoversTheBuffer) {
   for (int parts : {1, 2, 3, 4, 8}) {
@@ -457,8 +459,7 @@ TEST_F(MpiCheckpoint, ReshardBetweenRankCounts) {
     const std::string file = path("reshard_" + std::to_string(S) + ".h5");
     MPI_Comm sc = first_ranks(S);
     if (sc != MPI_COMM_NULL) {
-      Held h = hold_slice(saved_model, partition(saved_model.total, S)[comm_rank(sc)], true,
-                          false);
+      Held h = hold_slice(saved_model, partition(saved_model.total, S)[comm_rank(sc)], true, false);
       triad::save_checkpoint(sc, file, make_state(S), h.groups);
       MPI_Comm_free(&sc);
     }
@@ -590,8 +591,8 @@ TEST_F(MpiCheckpoint, DamagedDatasetIsRefusedOnAllRanks) {
   damage(file, dset, 4 * kC * kC - 1);  // its last element
   for (bool full : {false, true}) {
     SCOPED_TRACE(full ? "full tensors" : "slices");
-    Held h = full ? hold_full(m, false, true) : hold_slice(m, partition(m.total, P)[rank], false,
-                                                           true);
+    Held h =
+        full ? hold_full(m, false, true) : hold_slice(m, partition(m.total, P)[rank], false, true);
     const std::string msg =
         error_of([&] { triad::load_checkpoint_tensors(MPI_COMM_WORLD, file, h.groups); });
     EXPECT_CONTAINS(msg, "checkpoint " + file + ": dataset " + dset + " fails its checksum");
@@ -606,8 +607,8 @@ TEST_F(MpiCheckpoint, DamagedDatasetIsRefusedOnAllRanks) {
   damage(file, "/model/wte", 95 * kC + 3);
   for (bool full : {false, true}) {
     SCOPED_TRACE(full ? "full tensors" : "slices");
-    Held h = full ? hold_full(m, false, true) : hold_slice(m, partition(m.total, P)[rank], false,
-                                                           true);
+    Held h =
+        full ? hold_full(m, false, true) : hold_slice(m, partition(m.total, P)[rank], false, true);
     const std::string msg =
         error_of([&] { triad::load_checkpoint_tensors(MPI_COMM_WORLD, file, h.groups); });
     EXPECT_CONTAINS(msg, "checkpoint " + file + ": dataset /model/wte fails its checksum");

@@ -42,11 +42,20 @@ def test_help_lists_every_key_with_defaults():
     (["--train.steps", "ten"], ["train.steps"]),
     (["--model.n_layer", "-2"], ["model.n_layer"]),
     (["--optim.name", "lamb"], ["optim.name"]),
+    (["--run.backend", "tpu"], ["run.backend"]),
     (["--resume", "/nonexistent/ckpt.h5"], ["/nonexistent/ckpt.h5"]),
 ])
 def test_bad_config_values(tmp_path, args, needles):
     cfg = tiny_config(tmp_path)
     assert_clean_error(train("--config", cfg, *args), *needles)
+
+
+def test_cuda_backend_without_a_gpu_is_a_clear_error(tmp_path):
+    import subprocess as sp
+    if sp.run(["nvidia-smi"], capture_output=True).returncode == 0 if shutil.which("nvidia-smi") else False:
+        pytest.skip("a GPU is present")
+    cfg = tiny_config(tmp_path)
+    assert_clean_error(train("--config", cfg, "--run.backend", "cuda"), "CUDA")
 
 
 def test_bad_config_file(tmp_path):

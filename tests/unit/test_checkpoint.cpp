@@ -502,8 +502,8 @@ TEST_F(CheckpointTest, LoadRanges) {
   const triad::TensorRef& w = saved.find("optimizer/v", "h/0/attn/c_attn/weight");  // [8, 24]
   const triad::TensorRef& b = saved.find("model", "h/0/attn/c_attn/bias");          // [24]
   const std::vector<std::pair<int64_t, int64_t>> ranges2d = {
-      {0, 192}, {5, 100}, {24, 48}, {30, 40}, {0, 1}, {191, 192}, {23, 25}, {47, 168}, {0, 0},
-      {192, 192}, {24, 192}, {0, 168}, {100, 100}};
+      {0, 192},  {5, 100}, {24, 48},   {30, 40},  {0, 1},   {191, 192}, {23, 25},
+      {47, 168}, {0, 0},   {192, 192}, {24, 192}, {0, 168}, {100, 100}};
   const std::vector<std::pair<int64_t, int64_t>> ranges1d = {{0, 24}, {3, 17}, {0, 0}, {23, 24}};
   for (const auto& [lo, hi] : ranges2d) {
     for (const auto& [lo1, hi1] : ranges1d) {
@@ -573,9 +573,14 @@ TEST_F(CheckpointTest, LoadRangesWithPaddedRows) {
   const triad::TensorRef& sw = saved.find("model", "wte");
   const int64_t valid = 200 * 8;
   for (int64_t rows : {384, 256, 208}) {
-    for (const auto& [lo, hi] : std::vector<std::pair<int64_t, int64_t>>{
-             {0, rows * 8}, {1590, 1700}, {1603, 1605}, {1600, rows * 8}, {2000, 2001}, {5, 13},
-             {1599, 1600}, {rows * 8, rows * 8}}) {
+    for (const auto& [lo, hi] : std::vector<std::pair<int64_t, int64_t>>{{0, rows * 8},
+                                                                         {1590, 1700},
+                                                                         {1603, 1605},
+                                                                         {1600, rows * 8},
+                                                                         {2000, 2001},
+                                                                         {5, 13},
+                                                                         {1599, 1600},
+                                                                         {rows * 8, rows * 8}}) {
       if (hi > rows * 8) continue;
       SCOPED_TRACE(std::to_string(rows) + " rows, " + std::to_string(lo) + ".." +
                    std::to_string(hi));
@@ -609,8 +614,9 @@ TEST_F(CheckpointTest, ChecksumMismatchOutsideTheRangeRead) {
   std::vector<float> buf;
   Tensors saved = make_tensors(kAdamGroups, kModelSpecs, 1234 + 10);
   triad::TensorRef t = range_ref(saved.find("model", "h/1/mlp/c_fc/weight"), 10, 50, buf);
-  const std::string msg =
-      error_of([&] { triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, {{"model", {t}}}); });
+  const std::string msg = error_of([&] {
+    triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, {{"model", {t}}});
+  });
   EXPECT_CONTAINS(msg, p);
   EXPECT_CONTAINS(msg, "dataset " + dset + " fails its checksum");
   // The range itself was read (intact) before the check failed.
@@ -654,8 +660,9 @@ TEST_F(CheckpointTest, SaveRangesMustPartitionTheTensor) {
   w.end = 191;
   std::string msg =
       error_of([&] { triad::save_checkpoint(MPI_COMM_WORLD, q, make_state(7), saved.groups); });
-  EXPECT_CONTAINS(msg, "checkpoint " + q + ": internal error: the ranges the ranks write of tensor "
-                       "/model/w do not partition it: nothing written from element 191 of 192");
+  EXPECT_CONTAINS(msg, "checkpoint " + q +
+                           ": internal error: the ranges the ranks write of tensor "
+                           "/model/w do not partition it: nothing written from element 191 of 192");
   w.end = 192;
   w.write = false;
   msg = error_of([&] { triad::save_checkpoint(MPI_COMM_WORLD, q, make_state(7), saved.groups); });

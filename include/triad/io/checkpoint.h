@@ -65,7 +65,8 @@ struct CheckpointState {
 // pieces are combined) checked on load. Throws triad::Error (with the path) on any failure, on
 // every rank; the .partial file is then removed and nothing named `path` is created. Space for
 // the whole file is reserved (fallocate) before writing, so a full disk is reported up front
-// ("not enough space for the checkpoint"). The file is closed but not fsync'ed.
+// ("not enough space for the checkpoint"). The data reach the disk before the rename (HDF5's
+// flush of an MPI-IO file is an MPI_File_sync); the rename itself is not synced.
 void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointState& state,
                      const std::vector<TensorGroup>& groups);
 
