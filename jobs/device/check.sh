@@ -218,6 +218,68 @@ fi
 res "carried build runs" "$CARRIED"
 res "carried gtests" "${TESTS:-not run}"
 
+# ============ 2b. the CUDA backend (fp32 reference path) in training ==========================
+hdr "2b. CUDA backend: checkpoint loss CPU vs GPU, 50 steps GPU vs CPU, GPT-2 124M fp32 speed"
+GPU_EVAL=""; GPU_CURVE=""; GPU_124M=""
+if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]; then
+  (
+    # shellcheck disable=SC1091
+    source "$DEV/env.sh"
+    export OMP_NUM_THREADS=8
+    B=$RUN/bin; W=$RUN/work; C=$W/runs/tiny/ckpt/step_00000030.h5
+    for be in cpu cuda; do
+      timeout "$(tmo 60 120)" "$B/triad-train" --config "$W/tiny.ini" --eval-only --resume "$C" \
+        --run.backend $be >"$RUN/eval_$be.txt" 2>&1 || tail -5 "$RUN/eval_$be.txt"
+      echo "eval $be: $(grep -o 'val loss [0-9.]*' "$RUN/eval_$be.txt")"
+    done
+    for be in cpu cuda; do
+      timeout "$(tmo 90 120)" "$B/triad-train" --config "$W/tiny.ini" --run.backend $be --resume none \
+        --run.name curve_$be --train.steps 50 --checkpoint.every 0 >"$RUN/curve_$be.txt" 2>&1 || tail -8 "$RUN/curve_$be.txt"
+    done
+    "$PY" - "$RUN" "$W" <<'EOF'
+import sys, re, pathlib
+run, w = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+def val(be):
+    m = re.search(r"val loss ([0-9.]+)", (run / f"eval_{be}.txt").read_text())
+    return float(m.group(1)) if m else None
+a, b = val("cpu"), val("cuda")
+if a and b:
+    print(f"RESULT_EVAL cpu {a:.6f} gpu {b:.6f} rel {abs(a-b)/a:.2e}")
+try:
+    import h5py, numpy as np
+    l = {}
+    for be in ("cpu", "cuda"):
+        with h5py.File(w / "runs" / f"curve_{be}" / "metrics.h5", "r") as f:
+            l[be] = f["train/loss"][:]
+    d = np.abs(l["cpu"] - l["cuda"]) / np.abs(l["cpu"])
+    print(f"RESULT_CURVE {len(l['cuda'])} steps, max rel diff {d.max():.2e}, final cpu {l['cpu'][-1]:.5f} gpu {l['cuda'][-1]:.5f}")
+except Exception as e:
+    print("RESULT_CURVE failed:", e)
+EOF
+    echo "-- GPT-2 124M, fp32 CUDA backend (cuBLAS sgemm, no TF32), B=8 T=1024, 8 steps"
+    "$PY" - "$W" <<'EOF'
+import sys, pathlib, numpy as np
+w = pathlib.Path(sys.argv[1]); d = w / "data124"; d.mkdir(exist_ok=True)
+n = 8 * 1025 * 10
+h = np.zeros(256, dtype=np.int32); h[0], h[1], h[2] = 20240520, 1, n
+(d / "train_000.bin").write_bytes(h.tobytes() + np.random.default_rng(0).integers(0, 50257, n).astype(np.uint16).tobytes())
+EOF
+    timeout "$(tmo 150 60)" "$B/triad-train" --model.n_layer 12 --model.n_head 12 --model.n_embd 768 \
+      --model.seq_len 1024 --train.steps 8 --train.batch_size 8 --train.micro_batch_size 8 \
+      --train.warmup_steps 1 --data.train "$W/data124/train_*.bin" --eval.sequences 0 \
+      --checkpoint.every 0 --run.dir "$W/runs" --run.name gpt124 --run.backend cuda --resume none \
+      >"$RUN/gpt124.txt" 2>&1; rc=$?
+    grep -E '^triad:|^device:|^step' "$RUN/gpt124.txt" | head -12; [[ $rc == 0 ]] || tail -8 "$RUN/gpt124.txt"
+    tps=$(grep -E '^step +[5-8]/' "$RUN/gpt124.txt" | sed -n 's/.*| \([0-9]*\) tok\/s.*/\1/p' | sort -n | sed -n '2p')
+    echo "RESULT_124M ${tps:-failed} tok/s (2nd lowest of steps 5-8, fp32)"
+  ) 2>&1 | tee "$RUN/gpu.txt"
+  GPU_EVAL=$(sed -n 's/^RESULT_EVAL //p' "$RUN/gpu.txt"); GPU_CURVE=$(sed -n 's/^RESULT_CURVE //p' "$RUN/gpu.txt")
+  GPU_124M=$(sed -n 's/^RESULT_124M //p' "$RUN/gpu.txt")
+fi
+res "ckpt val loss CPU vs GPU" "${GPU_EVAL:-failed}"
+res "50 steps GPU vs CPU" "${GPU_CURVE:-failed}"
+res "triad 124M fp32 GPU" "${GPU_124M:-failed}"
+
 # ============ 3. does a source build configure there? ============================================
 hdr "3. source build: cmake configure (60 s max)"
 if have cmake; then
