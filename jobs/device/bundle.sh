@@ -79,7 +79,9 @@ done
 log "staged ${#exes[@]} executables"
 
 # ---- 3. shared libraries: whatever ldd resolves outside glibc/libstdc++/libgcc_s ------------
-SYSTEM_OK='^(linux-vdso|ld-linux-x86-64|libc|libm|libdl|libpthread|librt|libutil|libresolv|libanl|libstdc\+\+|libgcc_s)\.so'
+# The CUDA libraries (cuBLAS 517 MB, NCCL 208 MB) are far too large to carry: the GPU machine has
+# its own (/usr/local/cuda/lib64, torch's nvidia wheels); env.sh puts them on the path.
+SYSTEM_OK='^(linux-vdso|ld-linux-x86-64|libc|libm|libdl|libpthread|librt|libutil|libresolv|libanl|libstdc\+\+|libgcc_s|libcublas|libcublasLt|libcudart|libcuda|libnccl)\.so'
 copy_deps() {  # copy_deps FILE...: copy their non-system shared libraries into .device/lib
   local f line name path
   for f in "$@"; do
@@ -174,6 +176,10 @@ export PMIX_MCA_mca_base_component_show_load_errors=0
 # hwloc's optional plugins (GL, OpenCL, PCI, libxml2) are not carried: look for none
 export HWLOC_PLUGINS_PATH=$TRIAD_DEVICE/mpi/lib/hwloc
 export LD_LIBRARY_PATH=$TRIAD_DEVICE/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+for d in /usr/local/cuda/lib64 /usr/local/cuda-13.0/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+  [[ -d $d ]] && LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$d
+done
+export LD_LIBRARY_PATH
 export PATH=$TRIAD_DEVICE/mpi/bin:$PATH
 export OMPI_MCA_ess_singleton_isolated=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 EOF
