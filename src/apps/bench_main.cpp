@@ -24,6 +24,7 @@
 
 #include "triad/core/error.h"
 #include "triad/io/checkpoint.h"
+#include "triad/model/gpt.h"
 #include "triad/train/app_main.h"
 
 namespace po = boost::program_options;
@@ -95,36 +96,13 @@ struct Param {
   int64_t offset = 0, numel = 0;  // in the flat parameter buffer
 };
 
-// The parameters of DESIGN.md §3 in one flat buffer, in the order listed there.
+// The parameters of DESIGN.md §3 in one flat buffer, laid out as the model lays them out.
 std::vector<Param> gpt_params(const ModelSize& m, int64_t padded_vocab) {
-  const int64_t C = m.n_embd;
+  const triad::GptShape shape{int(m.n_layer), int(m.n_head),     int(m.n_embd),
+                              int(m.seq_len), int(m.vocab_size), int(padded_vocab)};
   std::vector<Param> p;
-  auto add = [&](const std::string& name, std::vector<int64_t> shape) {
-    Param q{name, std::move(shape)};
-    q.numel = 1;
-    for (int64_t d : q.shape) q.numel *= d;
-    q.offset = p.empty() ? 0 : p.back().offset + p.back().numel;
-    p.push_back(std::move(q));
-  };
-  add("wte/weight", {padded_vocab, C});
-  add("wpe/weight", {m.seq_len, C});
-  for (int64_t i = 0; i < m.n_layer; ++i) {
-    const std::string h = "h/" + std::to_string(i) + "/";
-    add(h + "ln_1/weight", {C});
-    add(h + "ln_1/bias", {C});
-    add(h + "attn/c_attn/weight", {3 * C, C});
-    add(h + "attn/c_attn/bias", {3 * C});
-    add(h + "attn/c_proj/weight", {C, C});
-    add(h + "attn/c_proj/bias", {C});
-    add(h + "ln_2/weight", {C});
-    add(h + "ln_2/bias", {C});
-    add(h + "mlp/c_fc/weight", {4 * C, C});
-    add(h + "mlp/c_fc/bias", {4 * C});
-    add(h + "mlp/c_proj/weight", {C, 4 * C});
-    add(h + "mlp/c_proj/bias", {C});
-  }
-  add("ln_f/weight", {C});
-  add("ln_f/bias", {C});
+  for (const auto& s : triad::gpt_parameter_layout(shape))
+    p.push_back(Param{s.name, s.shape, int64_t(s.offset), int64_t(s.numel)});
   return p;
 }
 
