@@ -17,28 +17,13 @@
 #include <vector>
 
 #include "../../src/io/crc32.h"
+#include "../support/mpi_environment.h"
 #include "triad/core/error.h"
 #include "triad/io/checkpoint.h"
 
 namespace fs = std::filesystem;
 
 namespace {
-
-class MpiEnv : public ::testing::Environment {
- public:
-  void SetUp() override {
-    int init = 0;
-    MPI_Initialized(&init);
-    if (!init) MPI_Init(nullptr, nullptr);
-  }
-  void TearDown() override {
-    int fin = 0;
-    MPI_Finalized(&fin);
-    if (!fin) MPI_Finalize();
-  }
-};
-[[maybe_unused]] ::testing::Environment* const kMpiEnv =
-    ::testing::AddGlobalTestEnvironment(new MpiEnv);
 
 int world_rank() {
   int r = 0;

@@ -13,6 +13,7 @@
 #include <random>
 #include <vector>
 
+#include "../support/random_data.h"
 #include "triad/kernels/backend.h"
 
 namespace triad {
@@ -21,13 +22,7 @@ namespace {
 using Vec = std::vector<float>;
 using DVec = std::vector<double>;
 
-Vec random_vec(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  Vec v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
+using triad::testing::random_vec;
 
 DVec to_double(const Vec& v) { return DVec(v.begin(), v.end()); }
 

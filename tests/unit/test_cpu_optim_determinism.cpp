@@ -11,6 +11,7 @@
 #include <random>
 #include <vector>
 
+#include "../support/random_data.h"
 #include "triad/kernels/backend.h"
 
 namespace triad {
@@ -18,13 +19,7 @@ namespace {
 
 using Vec = std::vector<float>;
 
-Vec random_vec(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  Vec v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
+using triad::testing::random_vec;
 
 class CpuOptim : public ::testing::Test {
  protected:

@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "../support/random_data.h"
 #include "triad/core/error.h"
 #include "triad/kernels/backend.h"
 #include "triad/kernels/cuda_backend.h"
@@ -32,13 +33,7 @@ namespace {
 using Vec = std::vector<float>;
 using IVec = std::vector<int32_t>;
 
-Vec random_vec(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  Vec v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
+using triad::testing::random_vec;
 
 IVec random_ints(size_t n, uint32_t seed, int lo, int hi) {  // in [lo, hi)
   std::mt19937 rng(seed);

@@ -13,28 +13,13 @@
 #include <string>
 #include <vector>
 
+#include "../support/mpi_environment.h"
 #include "triad/core/error.h"
 #include "triad/io/metrics.h"
 
 namespace fs = std::filesystem;
 
 namespace {
-
-class MpiEnv : public ::testing::Environment {
- public:
-  void SetUp() override {
-    int init = 0;
-    MPI_Initialized(&init);
-    if (!init) MPI_Init(nullptr, nullptr);
-  }
-  void TearDown() override {
-    int fin = 0;
-    MPI_Finalized(&fin);
-    if (!fin) MPI_Finalize();
-  }
-};
-[[maybe_unused]] ::testing::Environment* const kMpiEnv =
-    ::testing::AddGlobalTestEnvironment(new MpiEnv);
 
 #define EXPECT_CONTAINS(str, sub) \
   EXPECT_NE(std::string(str).find(sub), std::string::npos) << "message: " << (str)

@@ -1,0 +1,28 @@
+// For single-process gtest executables that call MPI (checkpoint and metrics I/O): a global
+// test environment that initializes MPI once before the tests and finalizes it after.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+namespace triad::testing {
+
+class MpiEnvironment : public ::testing::Environment {
+ public:
+  void SetUp() override {
+    int init = 0;
+    MPI_Initialized(&init);
+    if (!init) MPI_Init(nullptr, nullptr);
+  }
+  void TearDown() override {
+    int fin = 0;
+    MPI_Finalized(&fin);
+    if (!fin) MPI_Finalize();
+  }
+};
+
+// Registered by including this header (once per executable).
+[[maybe_unused]] inline ::testing::Environment* const kMpiEnvironment =
+    ::testing::AddGlobalTestEnvironment(new MpiEnvironment);
+
+}  // namespace triad::testing

@@ -1,0 +1,18 @@
+// Seeded random inputs shared by the kernel tests (CPU and CUDA backends).
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <vector>
+
+namespace triad::testing {
+
+inline std::vector<float> random_vec(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+}  // namespace triad::testing
