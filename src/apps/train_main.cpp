@@ -6,7 +6,11 @@
 #include "triad/train/trainer.h"
 
 int main(int argc, char** argv) {
+  // Before anything slow (MPI start-up, data mapping): a SIGTERM/SIGUSR1 that arrives early is
+  // remembered and honoured at the first step boundary instead of killing the process.
+  triad::install_preemption_handlers();
   return triad::run_main(argc, argv, "triad-train", [&](MPI_Comm world) {
+    triad::install_preemption_handlers();  // again, in case MPI_Init replaced them
     const triad::CommandLine cl = triad::parse_train_command_line(argc, argv);
     int rank = 0;
     MPI_Comm_rank(world, &rank);
@@ -19,7 +23,6 @@ int main(int argc, char** argv) {
       trainer.evaluate_only();
       return 0;
     }
-    triad::install_preemption_handlers();
     trainer.run();
     return 0;
   });
