@@ -280,6 +280,19 @@ res "ckpt val loss CPU vs GPU" "${GPU_EVAL:-failed}"
 res "50 steps GPU vs CPU" "${GPU_CURVE:-failed}"
 res "triad 124M fp32 GPU" "${GPU_124M:-failed}"
 
+# ============ 2c. fused flash attention (bf16) vs PyTorch SDPA's numbers in step 4 ===========
+hdr "2c. triad-bench attention (B=16 NH=12 T=1024 hd=64, causal, bf16)"
+FA_ROW=""
+if [[ -x $RUN/bin/triad-bench ]]; then
+  (
+    # shellcheck disable=SC1091
+    source "$DEV/env.sh"
+    timeout "$(tmo 60 100)" "$RUN/bin/triad-bench" attention --B 16 --T 1024 --NH 12 --hd 64 2>&1 | tail -6
+  ) | tee "$RUN/fa.txt"
+  FA_ROW=$(grep -iE 'fwd\+bwd|forward\+backward' "$RUN/fa.txt" | tail -1)
+fi
+res "triad flash attention" "${FA_ROW:-not available}"
+
 # ============ 3. does a source build configure there? ============================================
 hdr "3. source build: cmake configure (60 s max)"
 if have cmake; then

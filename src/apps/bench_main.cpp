@@ -3,6 +3,9 @@
 //       write and read a checkpoint of a GPT-2-sized model (parameters + AdamW m and v, the
 //       tensor names and shapes of DESIGN.md §3) with the ZeRO-1 partition over the ranks of
 //       the job, beside a plain sequential write + read of the same byte count by rank 0.
+//   triad-bench attention [--B N] [--T N] [--NH N] [--hd 64|128] [--repeat N]
+//       the fused bf16 causal flash attention (src/kernels/cuda/flash_attention.cu) on GPU 0:
+//       forward and forward + backward, CUDA-event times (median), TFLOP/s. CUDA builds only.
 // Every error: one line "triad-bench: error: ..." on stderr and exit code 1.
 #include <fcntl.h>
 #include <mpi.h>
@@ -26,6 +29,15 @@
 #include "triad/io/checkpoint.h"
 #include "triad/model/gpt.h"
 #include "triad/train/app_main.h"
+
+#ifdef TRIAD_HAVE_CUDA
+#include <cuda_runtime.h>
+
+#include <random>
+
+#include "../kernels/cuda/flash_attention.cuh"
+#include "triad/kernels/cuda_backend.h"
+#endif
 
 namespace po = boost::program_options;
 namespace fs = std::filesystem;
@@ -397,11 +409,102 @@ int cmd_checkpoint(MPI_Comm world, const std::vector<std::string>& args) {
   return 0;
 }
 
+// ---- attention ----------------------------------------------------------------------------------
+
+int cmd_attention(MPI_Comm world, const std::vector<std::string>& args) {
+  po::options_description desc("attention options");
+  int B = 16, T = 1024, NH = 12, hd = 64, repeat = 20;
+  desc.add_options()("B", po::value(&B)->default_value(16), "batch size")(
+      "T", po::value(&T)->default_value(1024), "sequence length")(
+      "NH", po::value(&NH)->default_value(12), "heads")("hd", po::value(&hd)->default_value(64),
+                                                        "head dimension (64 or 128)")(
+      "repeat", po::value(&repeat)->default_value(20), "timed runs of each kind (median)");
+  po::variables_map vm;
+  if (!parse(world, "attention", args, desc, vm)) return 0;
+#ifdef TRIAD_HAVE_CUDA
+  TRIAD_CHECK(B >= 1 && T >= 1 && NH >= 1, "attention: --B, --T and --NH must be at least 1");
+  TRIAD_CHECK(hd == 64 || hd == 128, "attention: --hd must be 64 or 128");
+  TRIAD_CHECK(repeat >= 1, "attention: --repeat must be at least 1");
+  TRIAD_CHECK(triad::cuda_device_available(), "attention: ", triad::cuda_device_description());
+  if (world_rank(world) != 0) return 0;
+  namespace tc = triad::cuda;
+  TRIAD_CUDA_CHECK(cudaSetDevice(0));
+  const int C = NH * hd;
+  const size_t n_qkv = size_t(B) * T * 3 * C, n_out = size_t(B) * T * C;
+  std::vector<uint16_t> h_qkv(n_qkv), h_dout(n_out);
+  std::mt19937 rng(42);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  for (uint16_t& x : h_qkv) x = tc::float_to_bf16_bits(dist(rng));
+  for (uint16_t& x : h_dout) x = tc::float_to_bf16_bits(dist(rng));
+  tc::bf16 *qkv = nullptr, *out = nullptr, *dout = nullptr, *dqkv = nullptr;
+  float *lse = nullptr, *ws = nullptr;
+  TRIAD_CUDA_CHECK(cudaMalloc(&qkv, n_qkv * 2));
+  TRIAD_CUDA_CHECK(cudaMalloc(&dqkv, n_qkv * 2));
+  TRIAD_CUDA_CHECK(cudaMalloc(&out, n_out * 2));
+  TRIAD_CUDA_CHECK(cudaMalloc(&dout, n_out * 2));
+  TRIAD_CUDA_CHECK(cudaMalloc(&lse, size_t(B) * NH * T * sizeof(float)));
+  TRIAD_CUDA_CHECK(
+      cudaMalloc(&ws, tc::flash_attention_workspace_floats(B, T, C, NH) * sizeof(float)));
+  TRIAD_CUDA_CHECK(cudaMemcpy(qkv, h_qkv.data(), n_qkv * 2, cudaMemcpyHostToDevice));
+  TRIAD_CUDA_CHECK(cudaMemcpy(dout, h_dout.data(), n_out * 2, cudaMemcpyHostToDevice));
+  cudaStream_t s = nullptr;
+  TRIAD_CUDA_CHECK(cudaStreamCreate(&s));
+  cudaEvent_t e0, e1;
+  TRIAD_CUDA_CHECK(cudaEventCreate(&e0));
+  TRIAD_CUDA_CHECK(cudaEventCreate(&e1));
+  auto fwd = [&] { tc::flash_attention_forward(out, lse, qkv, B, T, C, NH, s); };
+  auto fwd_bwd = [&] {
+    fwd();
+    tc::flash_attention_backward(dqkv, dout, qkv, out, lse, ws, B, T, C, NH, s);
+  };
+  auto time_ms = [&](auto&& f) {
+    for (int w = 0; w < 3; ++w) f();  // warm-up
+    std::vector<double> ms;
+    for (int r = 0; r < repeat; ++r) {
+      TRIAD_CUDA_CHECK(cudaEventRecord(e0, s));
+      f();
+      TRIAD_CUDA_CHECK(cudaEventRecord(e1, s));
+      TRIAD_CUDA_CHECK(cudaEventSynchronize(e1));
+      float t = 0.0f;
+      TRIAD_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
+      ms.push_back(t);
+    }
+    return median(ms);
+  };
+  const double f_ms = time_ms(fwd), fb_ms = time_ms(fwd_bwd);
+  // Causal FLOPs: forward 4·B·NH·T²·hd / 2 (two products over half the T×T scores); the
+  // backward counts as 2.5 forwards (its five products), whatever the kernels recompute.
+  const double fwd_flops = 4.0 * B * NH * double(T) * T * hd / 2.0;
+  const double fb_flops = fwd_flops * 3.5;
+  std::printf(
+      "triad-bench attention: %s; B=%d T=%d NH=%d hd=%d, bf16, causal, median of %d\n"
+      "  forward            %.4f ms  %.1f TFLOP/s\n"
+      "  forward + backward %.4f ms  %.1f TFLOP/s\n",
+      triad::cuda_device_description().c_str(), B, T, NH, hd, repeat, f_ms,
+      fwd_flops / (f_ms * 1e-3) / 1e12, fb_ms, fb_flops / (fb_ms * 1e-3) / 1e12);
+  std::printf(
+      "RESULT B=%d T=%d NH=%d hd=%d fwd_ms=%.4f fwd_bwd_ms=%.4f fwd_tflops=%.2f "
+      "fwd_bwd_tflops=%.2f\n",
+      B, T, NH, hd, f_ms, fb_ms, fwd_flops / (f_ms * 1e-3) / 1e12,
+      fb_flops / (fb_ms * 1e-3) / 1e12);
+  std::fflush(stdout);
+  TRIAD_CUDA_CHECK(cudaEventDestroy(e0));
+  TRIAD_CUDA_CHECK(cudaEventDestroy(e1));
+  TRIAD_CUDA_CHECK(cudaStreamDestroy(s));
+  for (void* p : {static_cast<void*>(qkv), static_cast<void*>(dqkv), static_cast<void*>(out),
+                  static_cast<void*>(dout), static_cast<void*>(lse), static_cast<void*>(ws)})
+    TRIAD_CUDA_CHECK(cudaFree(p));
+  return 0;
+#else
+  triad::fail("attention: this triad-bench was built without CUDA");
+#endif
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   return triad::run_main(argc, argv, kProg, [&](MPI_Comm world) {
-    TRIAD_CHECK(argc >= 2, "no command given: checkpoint (see 'triad-bench --help')");
+    TRIAD_CHECK(argc >= 2, "no command given: checkpoint or attention (see 'triad-bench --help')");
     const std::string command = argv[1];
     const std::vector<std::string> args(argv + 2, argv + argc);
     if (command == "--help" || command == "-h" || command == "help") {
@@ -409,6 +512,8 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (command == "checkpoint") return cmd_checkpoint(world, args);
-    triad::fail("unknown command '", command, "': expected checkpoint (see 'triad-bench --help')");
+    if (command == "attention") return cmd_attention(world, args);
+    triad::fail("unknown command '", command,
+                "': expected checkpoint or attention (see 'triad-bench --help')");
   });
 }

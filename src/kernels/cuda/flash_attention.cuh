@@ -1,0 +1,59 @@
+// Fused causal flash attention (FlashAttention-2 style) in bf16 with fp32 accumulation, on the
+// tensor cores through nvcuda::wmma (m16n16k16 bf16 fragments; sm_80 and later).
+//
+// Layouts (those of the fp32 attention of backend.h, in bf16):
+//   qkv  [B,T,3C]  per row q | k | v, each head-major (head h at columns h·hd .. h·hd+hd-1)
+//   out  [B,T,C]
+//   lse  [B,NH,T]  fp32, natural log of Σ_j exp(scale · q_i·k_j) over the keys j <= i
+//   dqkv [B,T,3C]  overwritten (not accumulated)
+// scale = 1/sqrt(hd), hd = C/NH ∈ {64, 128}; any T >= 1. No T×T matrix in global memory.
+//
+// Backward is deterministic (no atomics): one kernel per key block computes dK, dV; a second
+// per query block computes dQ (recomputing P and dP); the workspace holds D = rowsum(dO ∘ O).
+//
+// This header compiles with the host compiler too (the launchers are ordinary functions).
+// Errors (bad shapes, launch failures) throw triad::Error.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+namespace triad::cuda {
+
+using bf16 = __nv_bfloat16;
+
+// Floats of workspace flash_attention_backward needs (B·NH·T).
+size_t flash_attention_workspace_floats(int B, int T, int C, int NH);
+
+// out [B,T,C] bf16 and lse [B,NH,T] fp32 from qkv [B,T,3C] bf16 (device pointers), on stream s.
+void flash_attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH,
+                             cudaStream_t s);
+
+// dqkv [B,T,3C] (overwritten) from dout [B,T,C], the forward's qkv, out and lse; workspace holds
+// flash_attention_workspace_floats(B, T, C, NH) floats. Device pointers, stream s.
+void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out,
+                              const float* lse, float* workspace, int B, int T, int C, int NH,
+                              cudaStream_t s);
+
+// Host helpers for tests and benchmarks: float ↔ bf16 bit patterns (round to nearest even;
+// NaN stays NaN).
+inline uint16_t float_to_bf16_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return uint16_t(u >> 16);
+}
+
+inline float bf16_bits_to_float(uint16_t b) {
+  const uint32_t u = uint32_t(b) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+}  // namespace triad::cuda
