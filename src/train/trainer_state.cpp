@@ -1,0 +1,249 @@
+// The operations of a training run's state (see trainer_state.h).
+#include "trainer_state.h"
+
+namespace fs = std::filesystem;
+
+namespace triad {
+
+Trainer::State::State(MPI_Comm world, const CommandLine& c)
+    : cl(c), cfg(c.config), grid(world, c.config.parallel.tp, c.config.parallel.pp) {}
+
+void Trainer::State::say(const std::string& line) {
+  if (!root()) return;
+  std::cout << line << std::endl;
+  if (log.is_open()) log << line << std::endl;
+}
+
+void Trainer::State::setup_backend() {
+  // The CPU backend runs every op, matmuls included, on OpenMP threads (OpenBLAS itself
+  // single-threaded inside them), so the OpenMP thread count is the one knob.
+  if (cfg.run.threads > 0) omp_set_num_threads(cfg.run.threads);
+  if (cfg.run.backend == "cuda") {
+    // Until the NCCL Comm exists, gradients and ZeRO shards live on one GPU only.
+    TRIAD_CHECK(grid.world_size() == 1, "run.backend = cuda runs on one rank in this version (",
+                "got ", grid.world_size(), "; multi-GPU needs the NCCL communicator)");
+    TRIAD_CHECK(cfg.parallel.zero == 0, "run.backend = cuda: parallel.zero = 1 needs several ",
+                "ranks; use 0");
+    be = make_cuda_backend(0);
+    on_device = true;
+  } else {
+    be = make_cpu_backend();
+  }
+}
+
+GptShape Trainer::State::model_shape() const {
+  return GptShape{cfg.model.n_layer, cfg.model.n_head,     cfg.model.n_embd,
+                  cfg.model.seq_len, cfg.model.vocab_size, cfg.padded_vocab_size()};
+}
+
+void Trainer::State::setup_model() {
+  dp = grid.shape().dp;
+  dp_rank = grid.dp_rank();
+  model = std::make_unique<Gpt>(model_shape(), cfg.train.micro_batch_size, *be, dp);
+  const size_t S = model->buffer_floats() / size_t(dp);
+  shard_lo = size_t(dp_rank) * S;
+  shard_hi = shard_lo + S;
+  if (cfg.parallel.zero == 1) {
+    opt = std::make_unique<Optimizer>(cfg.optim, model->specs(), shard_lo, shard_hi, *be);
+    grad_shard = be->alloc(S);
+  } else {
+    opt = std::make_unique<Optimizer>(cfg.optim, model->specs(), 0, model->buffer_floats(), *be);
+  }
+  inputs.resize(size_t(cfg.train.micro_batch_size) * cfg.model.seq_len);
+  targets.resize(inputs.size());
+}
+
+Trainer::State::~State() {
+  if (grad_shard) be->free(grad_shard);
+}
+
+std::vector<TensorRef> Trainer::State::tensor_refs(float* base, size_t first, bool whole) const {
+  std::vector<TensorRef> r;
+  for (const auto& p : model->specs()) {
+    TensorRef t;
+    t.name = p.name;
+    t.shape = p.shape;
+    if (p.name == "wte/weight") t.valid_rows = cfg.model.vocab_size;
+    if (whole) {
+      t.data = base + (p.offset - first);
+    } else {
+      const size_t lo = std::max(shard_lo, p.offset), hi = std::min(shard_hi, p.offset + p.numel);
+      if (lo < hi) {
+        t.begin = int64_t(lo - p.offset);
+        t.end = int64_t(hi - p.offset);
+        t.data = base + (lo - first);
+      } else {
+        t.begin = t.end = 0;  // nothing of this tensor here; still joins the collectives
+        t.data = base;
+      }
+    }
+    r.push_back(std::move(t));
+  }
+  return r;
+}
+
+float* Trainer::State::param_base() {
+  if (!on_device) return model->params();
+  host_params.resize(model->buffer_floats());
+  return host_params.data();
+}
+
+float* Trainer::State::slot_base(size_t i) {
+  if (!on_device) return opt->slot(i);
+  host_slots.resize(opt->slot_names().size());
+  host_slots[i].resize(opt->end() - opt->begin());
+  return host_slots[i].data();
+}
+
+void Trainer::State::stage_to_host() {
+  if (!on_device) return;
+  be->copy_to_host(param_base(), model->params(), model->buffer_floats());
+  for (size_t i = 0; i < opt->slot_names().size(); ++i)
+    be->copy_to_host(slot_base(i), opt->slot(i), opt->end() - opt->begin());
+}
+
+void Trainer::State::stage_to_device(bool with_optimizer) {
+  if (!on_device) return;
+  be->copy_from_host(model->params(), param_base(), model->buffer_floats());
+  if (with_optimizer)
+    for (size_t i = 0; i < opt->slot_names().size(); ++i)
+      be->copy_from_host(opt->slot(i), slot_base(i), opt->end() - opt->begin());
+}
+
+std::vector<TensorGroup> Trainer::State::groups(bool with_optimizer, bool for_save) {
+  std::vector<TensorGroup> g{{"model", tensor_refs(param_base(), 0, !for_save)}};
+  if (with_optimizer) {
+    const bool zero = cfg.parallel.zero == 1;
+    const auto names = opt->slot_names();
+    for (size_t i = 0; i < names.size(); ++i) {
+      const size_t first = zero ? shard_lo : 0;
+      g.push_back({"optimizer/" + names[i], tensor_refs(slot_base(i), first, !for_save && !zero)});
+    }
+  }
+  return g;
+}
+
+CheckpointState Trainer::State::checkpoint_state() const {
+  CheckpointState st;
+  st.step = step;
+  st.tokens_seen = step * int64_t(cfg.train.batch_size) * cfg.model.seq_len;
+  const int64_t n = train_src ? train_src->num_sequences() : 1;
+  st.next_sequence = position % n;
+  st.epoch = position / n;
+  st.config = to_ini(cfg);
+  st.grid = grid.describe();
+  st.model = ModelShape{cfg.model.n_layer, cfg.model.n_head,     cfg.model.n_embd,
+                        cfg.model.seq_len, cfg.model.vocab_size, cfg.padded_vocab_size()};
+  return st;
+}
+
+void Trainer::State::save_checkpoint() {
+  const std::string dir = cfg.checkpoint_dir();
+  const std::string name = checkpoint_file_name(step);
+  const std::string path = dir + "/" + name;
+  if (fs::exists(path)) return;  // this exact state is already saved; never overwrite it
+  if (root()) fs::create_directories(dir);
+  MPI_Barrier(grid.world());
+  Timer t;
+  stage_to_host();
+  triad::save_checkpoint(grid.world(), path, checkpoint_state(), groups(true, true));
+  if (root()) publish_checkpoint(dir, name, cfg.checkpoint.keep);
+  MPI_Barrier(grid.world());
+  std::ostringstream os;
+  os << "checkpoint " << path << " (" << std::fixed << std::setprecision(2) << t.seconds() << " s)";
+  say(os.str());
+}
+
+void Trainer::State::check_model_shape(const CheckpointState& st, const std::string& path) const {
+  const auto& m = st.model;
+  const auto& c = cfg.model;
+  if (m.n_layer != c.n_layer || m.n_head != c.n_head || m.n_embd != c.n_embd ||
+      m.seq_len != c.seq_len || m.vocab_size != c.vocab_size) {
+    fail("checkpoint ", path, " holds a model with n_layer=", m.n_layer, " n_head=", m.n_head,
+         " n_embd=", m.n_embd, " seq_len=", m.seq_len, " vocab_size=", m.vocab_size,
+         " but the config asks for n_layer=", c.n_layer, " n_head=", c.n_head, " n_embd=", c.n_embd,
+         " seq_len=", c.seq_len, " vocab_size=", c.vocab_size);
+  }
+}
+
+void Trainer::State::load_from(const std::string& path, bool resume) {
+  const CheckpointState st = read_checkpoint_state(grid.world(), path);
+  check_model_shape(st, path);
+  if (resume) {
+    const std::string slot = "optimizer/" + opt->slot_names()[0];
+    TRIAD_CHECK(checkpoint_has_group(grid.world(), path, slot), "checkpoint ", path, " has no /",
+                slot, " state for optim.name = ", cfg.optim.name,
+                " (resume with the optimizer it was saved with, or use --init-from)");
+    stage_to_host();  // so that wte's padding rows keep their (zero) values
+    load_checkpoint_tensors(grid.world(), path, groups(true, false));
+    stage_to_device(true);
+    step = st.step;
+    const int64_t n = train_src->num_sequences();
+    TRIAD_CHECK(st.next_sequence >= 0 && st.epoch >= 0, "checkpoint ", path,
+                ": negative loader position");
+    position = st.epoch * n + st.next_sequence;
+    say("resumed from " + path + " at step " + std::to_string(step));
+  } else {
+    stage_to_host();
+    load_checkpoint_tensors(grid.world(), path, groups(false, false));
+    stage_to_device(false);
+    opt->reset();
+    say("initialized weights from " + path + " (fresh optimizer)");
+  }
+}
+
+EvalResult Trainer::State::evaluate() {
+  EvalResult r;
+  if (!val_src || cfg.eval.sequences == 0) return r;
+  const int64_t n = cfg.eval.sequences;
+  const int B = cfg.train.micro_batch_size, T = cfg.model.seq_len;
+  double loss = 0;
+  int64_t correct = 0, tokens = 0;
+  // Micro-batch k of the validation sequences goes to data-parallel rank k mod dp.
+  for (int64_t i = int64_t(dp_rank) * B; i < n; i += int64_t(dp) * B) {
+    const int b = int(std::min<int64_t>(B, n - i));
+    for (int k = 0; k < b; ++k)
+      val_src->read(i + k, inputs.data() + size_t(k) * T, targets.data() + size_t(k) * T);
+    const ForwardStats st = model->evaluate(inputs.data(), targets.data(), b);
+    loss += st.loss_sum;
+    correct += st.correct;
+    tokens += st.tokens;
+  }
+  loss = grid.dp().all_reduce_sum(loss);
+  correct = int64_t(grid.dp().all_reduce_sum(double(correct)));
+  tokens = int64_t(grid.dp().all_reduce_sum(double(tokens)));
+  r.loss = loss / double(tokens);
+  r.accuracy = double(correct) / double(tokens);
+  r.sequences = n;
+  return r;
+}
+
+void Trainer::State::write_sample() {
+  if (cfg.sample.length <= 0 || !tokenizer || !root()) return;
+  std::vector<int32_t> prompt = {tokenizer->eot()};
+  if (!cfg.sample.prompt.empty()) prompt = tokenizer->encode(cfg.sample.prompt);
+  Rng rng(uint64_t(cfg.train.seed) * 31 + uint64_t(step));
+  SampleOptions o{cfg.sample.length, cfg.sample.temperature, cfg.sample.top_k};
+  const auto ids = sample_continuation(*model, prompt, o, rng);
+  std::string text = cfg.sample.prompt + tokenizer->decode(ids);
+  std::ofstream f(cfg.run_path() + "/samples.txt", std::ios::app);
+  f << "=== step " << step << " ===\n" << text << "\n\n";
+}
+
+void Trainer::State::run_eval() {
+  const EvalResult r = evaluate();
+  if (r.sequences > 0) {
+    std::ostringstream os;
+    os << "eval step " << step << " | val loss " << std::fixed << std::setprecision(4) << r.loss
+       << " | val accuracy " << std::setprecision(4) << r.accuracy;
+    say(os.str());
+    if (metrics) {
+      metrics->append(ValRow{step, r.loss, r.accuracy});
+      metrics->flush();
+    }
+  }
+  write_sample();
+  last_eval = r;
+}
+
+}  // namespace triad

@@ -1,0 +1,109 @@
+// The state of a training run and the operations the loop is built from (private to
+// src/train): set-up of backend, model and optimizer; checkpoint groups, staging and
+// save/load; evaluation and samples. trainer.cpp holds the loop itself.
+#pragma once
+
+#include <omp.h>
+
+#include <atomic>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+
+#include "triad/core/error.h"
+#include "triad/core/rng.h"
+#include "triad/core/timer.h"
+#include "triad/data/loader.h"
+#include "triad/data/tokenizer.h"
+#include "triad/io/checkpoint.h"
+#include "triad/io/metrics.h"
+#include "triad/kernels/backend.h"
+#include "triad/kernels/cpu_backend.h"
+#include "triad/kernels/cuda_backend.h"
+#include "triad/kernels/peak_flops.h"
+#include "triad/model/gpt.h"
+#include "triad/optim/optimizer.h"
+#include "triad/parallel/process_grid.h"
+#include "triad/train/sampler.h"
+#include "triad/train/trainer.h"
+
+namespace triad {
+
+struct Trainer::State {
+  CommandLine cl;
+  Config cfg;
+  ProcessGrid grid;
+  std::unique_ptr<Backend> be;
+  std::unique_ptr<Gpt> model;
+  std::unique_ptr<Optimizer> opt;
+  std::unique_ptr<SequenceSource> train_src, val_src;
+  std::unique_ptr<DataLoader> train_loader;
+  std::unique_ptr<MetricsWriter> metrics;
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::ofstream log;
+  int64_t step = 0;      // updates applied
+  int64_t position = 0;  // absolute position of the next training sequence
+  // Data parallelism: this rank's slice [shard_lo, shard_hi) of the flat parameter buffer is
+  // what it updates under ZeRO-1 and what it writes into checkpoints (always).
+  int dp = 1, dp_rank = 0;
+  size_t shard_lo = 0, shard_hi = 0;
+  float* grad_shard = nullptr;  // ZeRO-1: the reduce-scattered gradient of the slice
+  // A device backend's parameters and optimizer state pass through host copies for I/O.
+  bool on_device = false;
+  std::vector<float> host_params;
+  std::vector<std::vector<float>> host_slots;
+  std::vector<CommRequest> pending;
+  double peak_flops = 0;
+  std::vector<int32_t> inputs, targets;
+
+  State(MPI_Comm world, const CommandLine& c);
+
+  bool root() const { return grid.is_root(); }
+
+  void say(const std::string& line);  // rank 0: stdout and log.txt
+  void setup_backend();
+  GptShape model_shape() const;
+  void setup_model();
+  ~State();
+
+  // ---- checkpoints --------------------------------------------------------------------------
+  // The tensors of a checkpoint as this rank holds them. `base` is a buffer laid out like the
+  // parameter buffer whose element `first` sits at base[0]; a rank holding everything
+  // (first = 0, whole = true) reads full tensors, and every rank writes only the part of each
+  // tensor inside its slice [shard_lo, shard_hi), so each element is written once.
+  std::vector<TensorRef> tensor_refs(float* base, size_t first, bool whole) const;
+
+  // Host-addressable parameter / optimizer-state buffers (mirrors for a device backend).
+  float* param_base();
+  float* slot_base(size_t i);
+  void stage_to_host();
+  void stage_to_device(bool with_optimizer);
+
+  // for_save: slices (each element written once); loading: full parameters everywhere and the
+  // optimizer state this rank keeps (its slice under ZeRO-1, everything otherwise).
+  std::vector<TensorGroup> groups(bool with_optimizer, bool for_save);
+
+  CheckpointState checkpoint_state() const;
+
+  void save_checkpoint();
+
+  void check_model_shape(const CheckpointState& st, const std::string& path) const;
+
+  // Loads weights (and optimizer state and loader position when resuming).
+  void load_from(const std::string& path, bool resume);
+
+  // ---- evaluation ---------------------------------------------------------------------------
+  EvalResult evaluate();
+
+  void write_sample();
+
+  void run_eval();
+  EvalResult last_eval;
+};
+
+}  // namespace triad
