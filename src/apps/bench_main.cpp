@@ -6,6 +6,9 @@
 //   triad-bench attention [--B N] [--T N] [--NH N] [--hd 64|128] [--repeat N]
 //       the fused bf16 causal flash attention (src/kernels/cuda/flash_attention.cu) on GPU 0:
 //       forward and forward + backward, CUDA-event times (median), TFLOP/s. CUDA builds only.
+//   triad-bench schedule [--pp N] [--m N] [--v N] [--timeline]
+//       the pipeline schedules (gpipe, 1f1b, interleaved) simulated with t_bwd = 2·t_fwd: bubble
+//       against theory, peak live micro-batches per stage, optionally a timeline. No MPI needed.
 // Every error: one line "triad-bench: error: ..." on stderr and exit code 1.
 #include <fcntl.h>
 #include <mpi.h>
@@ -28,6 +31,7 @@
 #include "triad/core/error.h"
 #include "triad/io/checkpoint.h"
 #include "triad/model/gpt.h"
+#include "triad/parallel/pipeline_schedule.h"
 #include "triad/train/app_main.h"
 
 #ifdef TRIAD_HAVE_CUDA
@@ -55,6 +59,11 @@ constexpr const char* kUsage =
     "                  write and read a checkpoint (parameters + AdamW m, v) of a GPT-2 model\n"
     "                  with every rank owning its ZeRO-1 slice, next to a plain sequential\n"
     "                  write + read of the same bytes by rank 0; reports GB/s\n"
+    "  attention [--B N] [--T N] [--NH N] [--hd 64|128] [--repeat N]\n"
+    "                  the fused bf16 causal flash attention on GPU 0 (CUDA builds only)\n"
+    "  schedule [--pp N] [--m N] [--v N] [--timeline]\n"
+    "                  simulate the pipeline schedules gpipe, 1f1b and interleaved: bubble\n"
+    "                  against theory, peak live micro-batches per stage\n"
     "\n"
     "'triad-bench COMMAND --help' lists a command's options.\n";
 
@@ -500,11 +509,99 @@ int cmd_attention(MPI_Comm world, const std::vector<std::string>& args) {
 #endif
 }
 
+// ---- schedule -----------------------------------------------------------------------------------
+
+// One row per stage; one cell (2 characters) per t_fwd / v of time: the micro-batch in base 36
+// after F / B for chunk 0, f / b for chunk 1, G / C for chunk 2; ".." idle.
+void print_timeline(const triad::SimResult& r, int v, double t_fwd) {
+  const double cell = t_fwd / v;
+  const char* fwd = "FfG";
+  const char* bwd = "BbC";
+  const char* digits = "0123456789abcdefghijklmnopqrstuvwxyz";
+  const int n_cells = int(r.makespan / cell + 0.5);
+  for (size_t s = 0; s < r.timeline.size(); ++s) {
+    std::string row(size_t(2 * n_cells), '.');
+    for (const triad::ComputeInterval& c : r.timeline[s]) {
+      const bool f = c.kind == triad::ActionKind::Forward;
+      for (int k = int(c.start / cell + 0.5); k < int(c.end / cell + 0.5) && k < n_cells; ++k) {
+        row[2 * k] = (f ? fwd : bwd)[c.chunk % 3];
+        row[2 * k + 1] = digits[c.microbatch % 36];
+      }
+    }
+    std::printf("    stage %zu |%s|\n", s, row.c_str());
+  }
+}
+
+int cmd_schedule(MPI_Comm world, const std::vector<std::string>& args) {
+  po::options_description desc("schedule options");
+  int pp = 4, m = 8, v = 2;
+  double t_fwd = 1.0, t_bwd = 2.0;
+  desc.add_options()("pp", po::value(&pp)->default_value(4), "pipeline stages")(
+      "m", po::value(&m)->default_value(8), "micro-batches per step")(
+      "v", po::value(&v)->default_value(2), "virtual stages per rank for interleaved")(
+      "t-fwd", po::value(&t_fwd)->default_value(1.0), "forward time of one stage")(
+      "t-bwd", po::value(&t_bwd)->default_value(2.0), "backward time of one stage")(
+      "timeline", "print each schedule's timeline per stage");
+  po::variables_map vm;
+  if (!parse(world, "schedule", args, desc, vm)) return 0;
+  TRIAD_CHECK(pp >= 1 && m >= 1 && v >= 1, "schedule: --pp, --m and --v must be at least 1");
+  TRIAD_CHECK(t_fwd > 0 && t_bwd > 0, "schedule: --t-fwd and --t-bwd must be positive");
+  if (world_rank(world) != 0) return 0;
+  std::printf(
+      "triad-bench schedule: pp=%d m=%d v=%d, t_fwd=%g t_bwd=%g per stage (a chunk: 1/v of it)\n"
+      "  bubble = idle / (idle + busy) over all stages; theory (pp-1)/(m+pp-1), interleaved "
+      "(pp-1)/(v*m+pp-1)\n"
+      "  %-12s %2s %9s %10s %8s %9s  %s\n",
+      pp, m, v, t_fwd, t_bwd, "schedule", "v", "makespan", "sim bubble", "theory", "sim/theo",
+      "peak live (micro-batch, chunk) pairs per stage");
+  struct Run {
+    triad::ScheduleKind kind;
+    int v;
+    triad::SimResult r;
+  };
+  std::vector<Run> runs;
+  for (triad::ScheduleKind kind : {triad::ScheduleKind::GPipe, triad::ScheduleKind::OneFOneB,
+                                   triad::ScheduleKind::Interleaved}) {
+    const int kv = kind == triad::ScheduleKind::Interleaved ? v : 1;
+    const char* name = triad::schedule_kind_name(kind);
+    triad::PipelineSchedule s;
+    try {
+      s = triad::make_schedule(kind, pp, m, kv);
+    } catch (const triad::Error& e) {
+      std::printf("  %-12s %2d  n/a: %s\n", name, kv, e.what());
+      continue;
+    }
+    triad::check_schedule(s, pp, m, kv);
+    const triad::SimResult r = triad::simulate(s, pp, m, kv, t_fwd, t_bwd);
+    const double theory = triad::theoretical_bubble(kind, pp, m, kv);
+    std::string peaks;
+    for (int p : r.peak_live) {
+      if (!peaks.empty()) peaks += ' ';
+      peaks += std::to_string(p);
+    }
+    std::printf("  %-12s %2d %9.3f %10.4f %8.4f %9.4f  %s\n", name, kv, r.makespan, r.bubble,
+                theory, theory > 0 ? r.bubble / theory : 1.0, peaks.c_str());
+    std::printf("RESULT schedule=%s pp=%d m=%d v=%d makespan=%.6f bubble=%.6f theory=%.6f\n", name,
+                pp, m, kv, r.makespan, r.bubble, theory);
+    runs.push_back({kind, kv, r});
+  }
+  if (vm.count("timeline")) {
+    for (const Run& run : runs) {
+      std::printf("  %s (v=%d): F/B chunk 0, f/b chunk 1, G/C chunk 2, then the micro-batch\n",
+                  triad::schedule_kind_name(run.kind), run.v);
+      print_timeline(run.r, run.v, t_fwd);
+    }
+  }
+  std::fflush(stdout);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   return triad::run_main(argc, argv, kProg, [&](MPI_Comm world) {
-    TRIAD_CHECK(argc >= 2, "no command given: checkpoint or attention (see 'triad-bench --help')");
+    TRIAD_CHECK(argc >= 2,
+                "no command given: checkpoint, attention or schedule (see 'triad-bench --help')");
     const std::string command = argv[1];
     const std::vector<std::string> args(argv + 2, argv + argc);
     if (command == "--help" || command == "-h" || command == "help") {
@@ -513,7 +610,8 @@ int main(int argc, char** argv) {
     }
     if (command == "checkpoint") return cmd_checkpoint(world, args);
     if (command == "attention") return cmd_attention(world, args);
+    if (command == "schedule") return cmd_schedule(world, args);
     triad::fail("unknown command '", command,
-                "': expected checkpoint or attention (see 'triad-bench --help')");
+                "': expected checkpoint, attention or schedule (see 'triad-bench --help')");
   });
 }

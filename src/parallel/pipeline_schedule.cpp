@@ -1,0 +1,355 @@
+// Pipeline schedules: the compute order of each rank is built first (GPipe, 1F1B, Megatron's
+// interleaved 1F1B), then the transfers are wrapped around each computation, so that the three
+// kinds share one rule for where a send or a receive goes.
+#include "triad/parallel/pipeline_schedule.h"
+
+#include <algorithm>
+#include <deque>
+#include <map>
+#include <set>
+#include <tuple>
+#include <utility>
+
+#include "triad/core/error.h"
+
+namespace triad {
+
+ScheduleKind parse_schedule_kind(const std::string& name) {
+  if (name == "gpipe") return ScheduleKind::GPipe;
+  if (name == "1f1b") return ScheduleKind::OneFOneB;
+  if (name == "interleaved") return ScheduleKind::Interleaved;
+  fail("parallel.schedule: unknown pipeline schedule '", name,
+       "' (expected gpipe, 1f1b or interleaved)");
+}
+
+const char* schedule_kind_name(ScheduleKind kind) {
+  switch (kind) {
+    case ScheduleKind::GPipe:
+      return "gpipe";
+    case ScheduleKind::OneFOneB:
+      return "1f1b";
+    case ScheduleKind::Interleaved:
+      return "interleaved";
+  }
+  return "?";
+}
+
+const char* action_kind_name(ActionKind kind) {
+  switch (kind) {
+    case ActionKind::Forward:
+      return "Forward";
+    case ActionKind::Backward:
+      return "Backward";
+    case ActionKind::SendActivation:
+      return "SendActivation";
+    case ActionKind::RecvActivation:
+      return "RecvActivation";
+    case ActionKind::SendGrad:
+      return "SendGrad";
+    case ActionKind::RecvGrad:
+      return "RecvGrad";
+  }
+  return "?";
+}
+
+void validate_schedule_shape(ScheduleKind kind, int pp, int m, int v) {
+  const char* name = schedule_kind_name(kind);
+  TRIAD_CHECK(pp >= 1, "pipeline schedule ", name, ": pp must be at least 1, got ", pp);
+  TRIAD_CHECK(m >= 1, "pipeline schedule ", name,
+              ": the number of micro-batches must be at least 1, got ", m);
+  if (kind == ScheduleKind::Interleaved) {
+    TRIAD_CHECK(
+        v >= 2,
+        "pipeline schedule interleaved: needs at least 2 virtual stages per rank, got v = ", v);
+    TRIAD_CHECK(m % pp == 0, "pipeline schedule interleaved: the number of micro-batches (", m,
+                ") must be a multiple of pp (", pp, ")");
+  } else {
+    TRIAD_CHECK(v == 1, "pipeline schedule ", name,
+                ": takes one chunk per rank (v = 1), got v = ", v, " (use interleaved for v > 1)");
+  }
+}
+
+namespace {
+
+struct Compute {
+  bool forward;
+  int microbatch, chunk;
+};
+
+// Megatron's interleaved order (schedules.py, forward_backward_pipelining_with_interleaving):
+// the k-th forward (backward) of a rank runs chunk (k mod pp·v) / pp (reversed for backward) on
+// micro-batch (k / (pp·v))·pp + k mod pp; warm-up is 2·(pp−s−1) + (v−1)·pp forwards, or all of
+// them when m = pp.
+std::vector<Compute> interleaved_order(int pp, int s, int m, int v) {
+  const int total = m * v;
+  auto unit = [&](int k, bool forward) {
+    const int in_group = k % (pp * v);
+    int chunk = in_group / pp;
+    if (!forward) chunk = v - 1 - chunk;
+    return Compute{forward, (k / (pp * v)) * pp + in_group % pp, chunk};
+  };
+  const int warmup = m == pp ? total : std::min(total, 2 * (pp - s - 1) + (v - 1) * pp);
+  std::vector<Compute> order;
+  for (int k = 0; k < warmup; ++k) order.push_back(unit(k, true));
+  for (int k = 0; k < total - warmup; ++k) {
+    order.push_back(unit(warmup + k, true));
+    order.push_back(unit(k, false));
+  }
+  for (int k = total - warmup; k < total; ++k) order.push_back(unit(k, false));
+  return order;
+}
+
+std::vector<Compute> compute_order(ScheduleKind kind, int pp, int s, int m, int v) {
+  std::vector<Compute> order;
+  switch (kind) {
+    case ScheduleKind::GPipe:
+      for (int i = 0; i < m; ++i) order.push_back({true, i, 0});
+      for (int i = 0; i < m; ++i) order.push_back({false, i, 0});
+      break;
+    case ScheduleKind::OneFOneB: {
+      // Stage s keeps at most pp − s micro-batches in flight: pp − s − 1 warm-up forwards,
+      // then one forward / one backward, then the remaining backwards.
+      const int warmup = std::min(pp - s - 1, m);
+      for (int i = 0; i < warmup; ++i) order.push_back({true, i, 0});
+      for (int i = 0; i < m - warmup; ++i) {
+        order.push_back({true, warmup + i, 0});
+        order.push_back({false, i, 0});
+      }
+      for (int i = m - warmup; i < m; ++i) order.push_back({false, i, 0});
+      break;
+    }
+    case ScheduleKind::Interleaved:
+      order = interleaved_order(pp, s, m, v);
+      break;
+  }
+  return order;
+}
+
+}  // namespace
+
+PipelineSchedule make_schedule(ScheduleKind kind, int pp, int m, int v) {
+  validate_schedule_shape(kind, pp, m, v);
+  const int last = pp * v - 1;  // the global chunk that computes the loss
+  PipelineSchedule schedule(pp);
+  for (int s = 0; s < pp; ++s) {
+    std::vector<Action>& a = schedule[s];
+    for (const Compute& c : compute_order(kind, pp, s, m, v)) {
+      const int g = c.chunk * pp + s;
+      const int prev_rank = (g - 1 + pp) % pp, next_rank = (g + 1) % pp;
+      if (c.forward) {
+        if (g > 0) a.push_back({ActionKind::RecvActivation, c.microbatch, c.chunk, prev_rank});
+        a.push_back({ActionKind::Forward, c.microbatch, c.chunk, -1});
+        if (g < last) a.push_back({ActionKind::SendActivation, c.microbatch, c.chunk, next_rank});
+      } else {
+        if (g < last) a.push_back({ActionKind::RecvGrad, c.microbatch, c.chunk, next_rank});
+        a.push_back({ActionKind::Backward, c.microbatch, c.chunk, -1});
+        if (g > 0) a.push_back({ActionKind::SendGrad, c.microbatch, c.chunk, prev_rank});
+      }
+    }
+  }
+  return schedule;
+}
+
+namespace {
+
+bool is_send(ActionKind k) { return k == ActionKind::SendActivation || k == ActionKind::SendGrad; }
+bool is_recv(ActionKind k) { return k == ActionKind::RecvActivation || k == ActionKind::RecvGrad; }
+bool is_activation(ActionKind k) {
+  return k == ActionKind::SendActivation || k == ActionKind::RecvActivation;
+}
+
+// The global chunk at the other end of a transfer made by global chunk g.
+int partner_chunk(ActionKind k, int g) {
+  switch (k) {
+    case ActionKind::SendActivation:
+    case ActionKind::RecvGrad:
+      return g + 1;
+    default:
+      return g - 1;
+  }
+}
+
+std::string where(int rank, size_t step, const Action& a, int pp) {
+  return detail::concat("rank ", rank, " step ", step, " (", action_kind_name(a.kind),
+                        " micro-batch ", a.microbatch, " chunk ", a.chunk, " = global chunk ",
+                        a.chunk * pp + rank, a.peer >= 0 ? " peer " : "",
+                        a.peer >= 0 ? std::to_string(a.peer) : std::string(), ")");
+}
+
+// (sender, receiver, activation?) → the transfers in program order, as (micro-batch, global
+// chunk of the sender).
+using Channel = std::tuple<int, int, bool>;
+
+}  // namespace
+
+void check_schedule(const PipelineSchedule& schedule, int pp, int m, int v) {
+  TRIAD_CHECK(pp >= 1 && m >= 1 && v >= 1, "check_schedule: bad shape pp=", pp, " m=", m, " v=", v);
+  TRIAD_CHECK(int(schedule.size()) == pp, "check_schedule: ", schedule.size(),
+              " ranks, expected pp = ", pp);
+  const int last = pp * v - 1;
+  std::map<Channel, std::vector<std::pair<int, int>>> sends, recvs;
+  for (int s = 0; s < pp; ++s) {
+    // Per (micro-batch, local chunk) on this rank: what has happened so far.
+    std::set<std::pair<int, int>> fwd, bwd, act_in, act_out, grad_in, grad_out;
+    for (size_t i = 0; i < schedule[s].size(); ++i) {
+      const Action& a = schedule[s][i];
+      TRIAD_CHECK(a.microbatch >= 0 && a.microbatch < m && a.chunk >= 0 && a.chunk < v,
+                  "check_schedule: ", where(s, i, a, pp), ": micro-batch or chunk out of range");
+      const std::pair<int, int> key{a.microbatch, a.chunk};
+      const int g = a.chunk * pp + s;
+      switch (a.kind) {
+        case ActionKind::Forward:
+          TRIAD_CHECK(fwd.insert(key).second, "check_schedule: ", where(s, i, a, pp),
+                      ": second forward");
+          TRIAD_CHECK(g == 0 || act_in.count(key), "check_schedule: ", where(s, i, a, pp),
+                      ": forward before its activation was received");
+          break;
+        case ActionKind::Backward:
+          TRIAD_CHECK(fwd.count(key), "check_schedule: ", where(s, i, a, pp),
+                      ": backward before its forward");
+          TRIAD_CHECK(bwd.insert(key).second, "check_schedule: ", where(s, i, a, pp),
+                      ": second backward");
+          TRIAD_CHECK(g == last || grad_in.count(key), "check_schedule: ", where(s, i, a, pp),
+                      ": backward before its gradient was received");
+          break;
+        default: {
+          const int other = partner_chunk(a.kind, g);
+          TRIAD_CHECK(other >= 0 && other <= last, "check_schedule: ", where(s, i, a, pp),
+                      ": global chunk ", g, " has no neighbour to transfer this with");
+          TRIAD_CHECK(a.peer == other % pp, "check_schedule: ", where(s, i, a, pp),
+                      ": peer should be rank ", other % pp, ", which holds global chunk ", other);
+          std::set<std::pair<int, int>>& seen = a.kind == ActionKind::SendActivation   ? act_out
+                                                : a.kind == ActionKind::RecvActivation ? act_in
+                                                : a.kind == ActionKind::SendGrad       ? grad_out
+                                                                                       : grad_in;
+          TRIAD_CHECK(seen.insert(key).second, "check_schedule: ", where(s, i, a, pp),
+                      ": repeated transfer");
+          if (a.kind == ActionKind::SendActivation)
+            TRIAD_CHECK(fwd.count(key), "check_schedule: ", where(s, i, a, pp),
+                        ": sent before its forward");
+          if (a.kind == ActionKind::SendGrad)
+            TRIAD_CHECK(bwd.count(key), "check_schedule: ", where(s, i, a, pp),
+                        ": sent before its backward");
+          const bool act = is_activation(a.kind);
+          if (is_send(a.kind)) {
+            sends[{s, a.peer, act}].push_back({a.microbatch, g});
+          } else {
+            recvs[{a.peer, s, act}].push_back({a.microbatch, other});  // as the sender names it
+          }
+        }
+      }
+    }
+    // Everything computed on this rank, and sent on where it has a consumer.
+    for (int c = 0; c < v; ++c) {
+      const int g = c * pp + s;
+      for (int mb = 0; mb < m; ++mb) {
+        const std::pair<int, int> key{mb, c};
+        const auto what = detail::concat("check_schedule: rank ", s, " micro-batch ", mb, " chunk ",
+                                         c, " (global chunk ", g, ")");
+        TRIAD_CHECK(fwd.count(key), what, ": no forward");
+        TRIAD_CHECK(bwd.count(key), what, ": no backward");
+        TRIAD_CHECK(g == last || act_out.count(key), what, ": activation never sent");
+        TRIAD_CHECK(g == 0 || grad_out.count(key), what, ": gradient never sent");
+      }
+    }
+  }
+  // FIFO matching per channel: the k-th receive on a channel must take the k-th send.
+  auto check_channels = [&](const auto& from, const auto& to, const char* missing) {
+    for (const auto& [ch, list] : from) {
+      const auto it = to.find(ch);
+      const size_t n = it == to.end() ? 0 : it->second.size();
+      for (size_t k = 0; k < list.size(); ++k) {
+        const auto& [src, dst, act] = ch;
+        const auto describe =
+            detail::concat("check_schedule: ", act ? "activation" : "gradient", " channel rank ",
+                           src, " -> rank ", dst, ", transfer ", k, " (micro-batch ", list[k].first,
+                           " from global chunk ", list[k].second, ")");
+        TRIAD_CHECK(k < n, describe, missing);
+        TRIAD_CHECK(it->second[k] == list[k], describe, ": the other side has micro-batch ",
+                    it->second[k].first, " from global chunk ", it->second[k].second,
+                    " at this position (out of order)");
+      }
+    }
+  };
+  check_channels(sends, recvs, ": sent but never received");
+  check_channels(recvs, sends, ": received but never sent");
+}
+
+SimResult simulate(const PipelineSchedule& schedule, int pp, int m, int v, double t_fwd,
+                   double t_bwd) {
+  TRIAD_CHECK(int(schedule.size()) == pp, "simulate: ", schedule.size(),
+              " ranks, expected pp = ", pp);
+  TRIAD_CHECK(m >= 1 && v >= 1 && t_fwd > 0 && t_bwd > 0, "simulate: bad shape or times");
+  const double tf = t_fwd / v, tb = t_bwd / v;
+  struct Message {
+    int microbatch, global_chunk;
+    double time;
+  };
+  std::map<Channel, std::deque<Message>> in_flight;
+  std::vector<size_t> pc(pp, 0);
+  std::vector<double> clock(pp, 0.0);
+  std::vector<int> live(pp, 0);
+  SimResult r;
+  r.busy.assign(pp, 0.0);
+  r.peak_live.assign(pp, 0);
+  r.timeline.resize(pp);
+  size_t left = 0;
+  for (const auto& a : schedule) left += a.size();
+  // Each rank runs ahead until it blocks on a receive; since sends never block, the times a
+  // rank reaches do not depend on the order the ranks are visited in.
+  while (left > 0) {
+    bool progressed = false;
+    for (int s = 0; s < pp; ++s) {
+      while (pc[s] < schedule[s].size()) {
+        const Action& a = schedule[s][pc[s]];
+        const int g = a.chunk * pp + s;
+        if (a.kind == ActionKind::Forward || a.kind == ActionKind::Backward) {
+          const bool f = a.kind == ActionKind::Forward;
+          const double t = f ? tf : tb;
+          r.timeline[s].push_back({a.kind, a.microbatch, a.chunk, clock[s], clock[s] + t});
+          clock[s] += t;
+          r.busy[s] += t;
+          live[s] += f ? 1 : -1;
+          r.peak_live[s] = std::max(r.peak_live[s], live[s]);
+        } else if (is_send(a.kind)) {
+          in_flight[{s, a.peer, is_activation(a.kind)}].push_back({a.microbatch, g, clock[s]});
+        } else {
+          TRIAD_ASSERT(is_recv(a.kind));
+          auto& q = in_flight[{a.peer, s, is_activation(a.kind)}];
+          if (q.empty()) break;  // blocked
+          const Message msg = q.front();
+          TRIAD_CHECK(
+              msg.microbatch == a.microbatch && msg.global_chunk == partner_chunk(a.kind, g),
+              "simulate: ", where(s, pc[s], a, pp), " received micro-batch ", msg.microbatch,
+              " from global chunk ", msg.global_chunk, " instead");
+          q.pop_front();
+          clock[s] = std::max(clock[s], msg.time);
+        }
+        ++pc[s];
+        --left;
+        progressed = true;
+      }
+    }
+    if (!progressed) {
+      std::string blocked;
+      for (int s = 0; s < pp; ++s) {
+        if (pc[s] < schedule[s].size()) blocked += "\n  " + where(s, pc[s], schedule[s][pc[s]], pp);
+      }
+      fail("simulate: deadlock: no rank can progress; blocked at", blocked);
+    }
+  }
+  for (int s = 0; s < pp; ++s) r.makespan = std::max(r.makespan, clock[s]);
+  double busy = 0;
+  for (double b : r.busy) busy += b;
+  r.bubble = r.makespan > 0 ? 1.0 - busy / (pp * r.makespan) : 0.0;
+  return r;
+}
+
+double theoretical_bubble(ScheduleKind kind, int pp, int m, int v) {
+  validate_schedule_shape(kind, pp, m, v);
+  const double p1 = pp - 1;
+  if (kind == ScheduleKind::Interleaved) return p1 / (double(v) * m + p1);
+  return p1 / (m + p1);
+}
+
+}  // namespace triad
