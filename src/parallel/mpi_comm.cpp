@@ -44,26 +44,31 @@ class MpiComm final : public Comm {
   std::string name() const override { return name_; }
 
   void all_reduce_sum(float* buf, size_t n) override {
+    stats_.add(CommStats::kAllReduce, n * sizeof(float));
     if (size_ == 1) return;
     TRIAD_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf, count_of(n), MPI_FLOAT, MPI_SUM, comm_));
   }
   CommRequest iall_reduce_sum(float* buf, size_t n) override {
+    stats_.add(CommStats::kAllReduce, n * sizeof(float));
     if (size_ == 1) return {};
     MPI_Request r;
     TRIAD_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, buf, count_of(n), MPI_FLOAT, MPI_SUM, comm_, &r));
     return CommRequest(r);
   }
   double all_reduce_sum(double x) override {
+    stats_.add(CommStats::kScalar, sizeof(double));
     double y = x;
     if (size_ > 1) TRIAD_MPI_CHECK(MPI_Allreduce(&x, &y, 1, MPI_DOUBLE, MPI_SUM, comm_));
     return y;
   }
   int64_t all_reduce_max(int64_t x) override {
+    stats_.add(CommStats::kScalar, sizeof(int64_t));
     int64_t y = x;
     if (size_ > 1) TRIAD_MPI_CHECK(MPI_Allreduce(&x, &y, 1, MPI_INT64_T, MPI_MAX, comm_));
     return y;
   }
   void reduce_scatter_sum(const float* send, float* recv, size_t count) override {
+    stats_.add(CommStats::kReduceScatter, size_t(size_) * count * sizeof(float));
     if (size_ == 1) {
       if (send != recv) std::copy(send, send + count, recv);
       return;
@@ -72,6 +77,7 @@ class MpiComm final : public Comm {
         MPI_Reduce_scatter_block(send, recv, count_of(count), MPI_FLOAT, MPI_SUM, comm_));
   }
   CommRequest ireduce_scatter_sum(const float* send, float* recv, size_t count) override {
+    stats_.add(CommStats::kReduceScatter, size_t(size_) * count * sizeof(float));
     if (size_ == 1) {
       if (send != recv) std::copy(send, send + count, recv);
       return {};
@@ -82,6 +88,7 @@ class MpiComm final : public Comm {
     return CommRequest(r);
   }
   void all_gather(const float* send, float* recv, size_t count) override {
+    stats_.add(CommStats::kAllGather, count * sizeof(float));
     if (size_ == 1) {
       if (send != recv) std::copy(send, send + count, recv);
       return;
@@ -92,21 +99,26 @@ class MpiComm final : public Comm {
         MPI_Allgather(s, count_of(count), MPI_FLOAT, recv, count_of(count), MPI_FLOAT, comm_));
   }
   void broadcast(float* buf, size_t n, int root) override {
+    stats_.add(CommStats::kBroadcast, n * sizeof(float));
     if (size_ == 1) return;
     TRIAD_MPI_CHECK(MPI_Bcast(buf, count_of(n), MPI_FLOAT, root, comm_));
   }
   void send(const float* buf, size_t n, int dst, int tag) override {
+    stats_.add(CommStats::kSend, n * sizeof(float));
     TRIAD_MPI_CHECK(MPI_Send(buf, count_of(n), MPI_FLOAT, dst, tag, comm_));
   }
   void recv(float* buf, size_t n, int src, int tag) override {
+    stats_.add(CommStats::kRecv, n * sizeof(float));
     TRIAD_MPI_CHECK(MPI_Recv(buf, count_of(n), MPI_FLOAT, src, tag, comm_, MPI_STATUS_IGNORE));
   }
   CommRequest isend(const float* buf, size_t n, int dst, int tag) override {
+    stats_.add(CommStats::kSend, n * sizeof(float));
     MPI_Request r;
     TRIAD_MPI_CHECK(MPI_Isend(buf, count_of(n), MPI_FLOAT, dst, tag, comm_, &r));
     return CommRequest(r);
   }
   CommRequest irecv(float* buf, size_t n, int src, int tag) override {
+    stats_.add(CommStats::kRecv, n * sizeof(float));
     MPI_Request r;
     TRIAD_MPI_CHECK(MPI_Irecv(buf, count_of(n), MPI_FLOAT, src, tag, comm_, &r));
     return CommRequest(r);

@@ -210,6 +210,7 @@ TrainOutcome Trainer::run() {
   const float dloss_scale = float(1.0 / tokens_per_step);
   Timer run_timer;
   const int64_t first_step = s.step;
+  s.grid.dp().reset_stats();
   while (s.step < cfg.train.steps) {
     Timer step_timer;
     const int64_t st = s.step;
@@ -292,6 +293,9 @@ TrainOutcome Trainer::run() {
   }
   if (s.metrics) s.metrics->flush();
   out.steps_done = s.step;
+  out.dp_traffic = s.grid.dp().stats();
+  out.param_floats = s.model->num_floats();
+  out.buffer_floats = s.model->buffer_floats();
   out.last_eval = s.last_eval;
   return out;
 }

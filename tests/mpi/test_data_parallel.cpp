@@ -47,6 +47,7 @@ std::string shared_dir(const std::string& name) {
 }
 
 struct Result {
+  TrainOutcome out;
   std::vector<double> losses;
   std::vector<float> params;
   double val_loss = 0;
@@ -113,6 +114,7 @@ Result run(const std::string& dir, const std::string& name, int dp, int zero, in
     const CommandLine cl = parse_train_command_line(int(argv.size()), argv.data());
     Trainer trainer(comm, cl);
     const TrainOutcome out = trainer.run();
+    res.out = out;
     res.losses = out.losses;
     res.params = trainer.parameters();
     res.val_loss = out.last_eval.loss;
@@ -163,6 +165,33 @@ TEST(DataParallel, EveryGridMatchesOneRank) {
             "dp" + std::to_string(dp) + "_z" + std::to_string(zero) + "_a" + std::to_string(accum);
         expect_close(run(dir, name, dp, zero, accum), ref, name);
       }
+  }
+}
+
+// The traffic of the data-parallel communicator per step, as docs/parallelism.md states it:
+// without ZeRO one all-reduce of the whole gradient (in per-layer buckets); with ZeRO-1 one
+// reduce-scatter of the padded gradient buffer and one all-gather of this rank's slice.
+TEST(DataParallel, CommunicationVolumeMatchesTheFormulas) {
+  if (world_size() < 2) GTEST_SKIP() << "needs 2 ranks";
+  const std::string dir = shared_dir("traffic");
+  const int steps = 6, dp = 2;
+  for (int zero : {0, 1}) {
+    const Result r = run(dir, "traffic_z" + std::to_string(zero), dp, zero, 2);
+    if (world_rank() != 0) continue;  // the result struct's traffic is rank 0's
+    const CommStats& t = r.out.dp_traffic;
+    const uint64_t grad = r.out.param_floats * 4, buffer = r.out.buffer_floats * 4;
+    if (zero == 0) {
+      EXPECT_EQ(t.bytes[CommStats::kAllReduce], steps * grad);
+      // buckets: ln_f, 2 layers, embeddings
+      EXPECT_EQ(t.calls[CommStats::kAllReduce], uint64_t(steps * 4));
+      EXPECT_EQ(t.bytes[CommStats::kReduceScatter], 0u);
+      EXPECT_EQ(t.bytes[CommStats::kAllGather], 0u);
+    } else {
+      EXPECT_EQ(t.bytes[CommStats::kAllReduce], 0u);
+      EXPECT_EQ(t.bytes[CommStats::kReduceScatter], steps * buffer);
+      EXPECT_EQ(t.bytes[CommStats::kAllGather], steps * buffer / dp);
+    }
+    EXPECT_EQ(t.bytes[CommStats::kSend] + t.bytes[CommStats::kRecv], 0u);
   }
 }
 

@@ -27,9 +27,25 @@ class CommRequest {
   MPI_Request req_ = MPI_REQUEST_NULL;
 };
 
+// What a Comm has moved, per kind of call: the number of calls and the bytes of the tensor
+// payload this rank handed in (all-reduce: the buffer; reduce-scatter: the whole input; all-gather:
+// this rank's block; broadcast, send, recv: the buffer). Scalar reductions (loss, norms, flags)
+// are counted apart. docs/parallelism.md turns these into wire volumes.
+struct CommStats {
+  enum Kind { kAllReduce, kReduceScatter, kAllGather, kBroadcast, kSend, kRecv, kScalar, kKinds };
+  uint64_t calls[kKinds] = {};
+  uint64_t bytes[kKinds] = {};
+  void add(Kind k, uint64_t b) {
+    calls[k] += 1;
+    bytes[k] += b;
+  }
+};
+
 class Comm {
  public:
   virtual ~Comm() = default;
+  const CommStats& stats() const { return stats_; }
+  void reset_stats() { stats_ = CommStats{}; }
   virtual int rank() const = 0;
   virtual int size() const = 0;
   virtual std::string name() const = 0;  // e.g. "dp"
@@ -50,6 +66,9 @@ class Comm {
   virtual CommRequest isend(const float* buf, size_t n, int dst, int tag) = 0;
   virtual CommRequest irecv(float* buf, size_t n, int src, int tag) = 0;
   virtual void barrier() = 0;
+
+ protected:
+  CommStats stats_;
 };
 
 // A Comm over an MPI communicator (which it frees on destruction when it owns it).

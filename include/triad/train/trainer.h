@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "triad/parallel/comm.h"
 #include "triad/train/config.h"
 
 namespace triad {
@@ -23,6 +24,10 @@ struct TrainOutcome {
   bool preempted = false;
   EvalResult last_eval;
   std::vector<double> losses;  // the loss of every step this call ran (identical on all ranks)
+  // What the data-parallel communicator moved during the training steps (evaluations
+  // included), and the sizes it follows from (docs/parallelism.md, "Communication volume").
+  CommStats dp_traffic;
+  size_t param_floats = 0, buffer_floats = 0;
 };
 
 class Trainer {
