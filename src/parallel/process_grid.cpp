@@ -13,15 +13,18 @@ ProcessGrid::ProcessGrid(MPI_Comm world, int tp, int pp) : world_(world) {
               " ranks, which is not a multiple of parallel.tp · parallel.pp = ", tp, " · ", pp,
               " = ", tp * pp);
   shape_ = GridShape{size_ / (tp * pp), pp, tp};
-  TRIAD_CHECK(tp == 1, "parallel.tp = ", tp,
-              ": tensor parallelism is not implemented in this version (use 1)");
-  TRIAD_CHECK(pp == 1, "parallel.pp = ", pp,
-              ": pipeline parallelism is not implemented in this version (use 1)");
-  // With tp = pp = 1 every rank is its own (tp, pp) coordinate and the dp group is the world.
-  MPI_Comm dp = MPI_COMM_NULL, all = MPI_COMM_NULL;
-  TRIAD_MPI_CHECK(MPI_Comm_dup(world, &dp));
+  // One split per group: the colour is the coordinates the group shares, the key the
+  // coordinate that varies inside it (so a group's rank equals that coordinate).
+  auto split = [&](int color, int key, const char* name) {
+    MPI_Comm c = MPI_COMM_NULL;
+    TRIAD_MPI_CHECK(MPI_Comm_split(world, color, key, &c));
+    return make_mpi_comm(c, name, true);
+  };
+  dp_ = split(pp_rank() * tp + tp_rank(), dp_rank(), "dp");
+  pp_ = split(dp_rank() * tp + tp_rank(), pp_rank(), "pp");
+  tp_ = split(dp_rank() * pp + pp_rank(), tp_rank(), "tp");
+  MPI_Comm all = MPI_COMM_NULL;
   TRIAD_MPI_CHECK(MPI_Comm_dup(world, &all));
-  dp_ = make_mpi_comm(dp, "dp", true);
   all_ = make_mpi_comm(all, "world", true);
 }
 

@@ -56,6 +56,11 @@ void install_preemption_handlers() {
 
 Trainer::Trainer(MPI_Comm world, const CommandLine& cl) : s_(std::make_unique<State>(world, cl)) {
   auto& s = *s_;
+  const auto& par = s.cfg.parallel;
+  TRIAD_CHECK(par.tp == 1, "parallel.tp = ", par.tp,
+              ": tensor parallelism is not implemented in this version (use 1)");
+  TRIAD_CHECK(par.pp == 1, "parallel.pp = ", par.pp,
+              ": pipeline parallelism is not implemented in this version (use 1)");
   validate(s.cfg, s.grid.world_size());
   s.setup_backend();
   s.setup_model();

@@ -1,7 +1,8 @@
 // The dp × pp × tp grid of ranks (DESIGN.md §1). Layers never talk to MPI directly: they are
 // handed the communicators (Comm) of their groups from here. Rank layout: tp innermost, then
 // pp, then dp (world rank = (dp_rank·pp + pp_rank)·tp + tp_rank), as in Megatron, so that a
-// tensor-parallel group shares a node. This version builds dp groups; tp and pp must be 1.
+// tensor-parallel group shares a node. The grid builds all three groups; the training loop
+// itself supports dp only so far and refuses tp or pp > 1.
 #pragma once
 
 #include <mpi.h>
@@ -20,8 +21,7 @@ struct GridShape {
 class ProcessGrid {
  public:
   // Builds the grid over `world` for the requested tp × pp (dp = world size / (tp·pp)).
-  // Throws triad::Error (on every rank alike) if the world size is not a multiple of tp·pp,
-  // or if the shape asks for a parallel mode this build does not implement yet.
+  // Throws triad::Error (on every rank alike) if the world size is not a multiple of tp·pp.
   ProcessGrid(MPI_Comm world, int tp, int pp);
   ~ProcessGrid();
 
@@ -30,8 +30,12 @@ class ProcessGrid {
   int world_size() const { return size_; }
   const GridShape& shape() const { return shape_; }
   bool is_root() const { return rank_ == 0; }
-  int dp_rank() const { return dp_->rank(); }
-  Comm& dp() { return *dp_; }
+  int dp_rank() const { return rank_ / (shape_.tp * shape_.pp); }
+  int pp_rank() const { return (rank_ / shape_.tp) % shape_.pp; }
+  int tp_rank() const { return rank_ % shape_.tp; }
+  Comm& dp() { return *dp_; }  // same (pp, tp) coordinates, ordered by dp rank
+  Comm& pp() { return *pp_; }  // same (dp, tp): the stages of one pipeline, in stage order
+  Comm& tp() { return *tp_; }  // same (dp, pp): one tensor-parallel group
   Comm& all() { return *all_; }
   std::string describe() const;  // "dp=2 pp=1 tp=1"
 
@@ -39,7 +43,7 @@ class ProcessGrid {
   MPI_Comm world_;
   int rank_ = 0, size_ = 1;
   GridShape shape_;
-  std::unique_ptr<Comm> dp_, all_;
+  std::unique_ptr<Comm> dp_, pp_, tp_, all_;
 };
 
 }  // namespace triad

@@ -1,0 +1,83 @@
+// The dp × pp × tp grid (run under mpiexec -np 4): coordinates follow the Megatron layout (tp
+// fastest), and each group holds exactly the ranks that share its other coordinates.
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include "triad/core/error.h"
+#include "triad/parallel/process_grid.h"
+
+namespace triad {
+namespace {
+
+int world_size() {
+  int n = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &n);
+  return n;
+}
+
+// The sum of the world ranks in a group, computed from the layout alone.
+int expected_sum(const ProcessGrid& g, char which) {
+  const auto& s = g.shape();
+  int sum = 0;
+  for (int r = 0; r < g.world_size(); ++r) {
+    const int tp = r % s.tp, pp = (r / s.tp) % s.pp, dp = r / (s.tp * s.pp);
+    const bool same = which == 'd'   ? (pp == g.pp_rank() && tp == g.tp_rank())
+                      : which == 'p' ? (dp == g.dp_rank() && tp == g.tp_rank())
+                                     : (dp == g.dp_rank() && pp == g.pp_rank());
+    if (same) sum += r;
+  }
+  return sum;
+}
+
+TEST(ProcessGrid, GroupsFollowTheLayout) {
+  const int n = world_size();
+  for (int tp = 1; tp <= n; ++tp)
+    for (int pp = 1; tp * pp <= n; ++pp) {
+      if (n % (tp * pp) != 0) continue;
+      ProcessGrid g(MPI_COMM_WORLD, tp, pp);
+      const std::string what = g.describe();
+      EXPECT_EQ(g.shape().dp * tp * pp, n) << what;
+      const int r = g.world_rank();
+      EXPECT_EQ(r, (g.dp_rank() * pp + g.pp_rank()) * tp + g.tp_rank()) << what;
+      EXPECT_EQ(g.dp().size(), g.shape().dp) << what;
+      EXPECT_EQ(g.pp().size(), pp) << what;
+      EXPECT_EQ(g.tp().size(), tp) << what;
+      EXPECT_EQ(g.dp().rank(), g.dp_rank()) << what;
+      EXPECT_EQ(g.pp().rank(), g.pp_rank()) << what;
+      EXPECT_EQ(g.tp().rank(), g.tp_rank()) << what;
+      // Membership: the sum of the members' world ranks, through each group's all-reduce.
+      for (char which : {'d', 'p', 't'}) {
+        Comm& c = which == 'd' ? g.dp() : which == 'p' ? g.pp() : g.tp();
+        EXPECT_EQ(int(c.all_reduce_sum(double(r))), expected_sum(g, which)) << what << " " << which;
+      }
+    }
+}
+
+TEST(ProcessGrid, WorldNotDivisibleIsAClearError) {
+  const int n = world_size();
+  try {
+    ProcessGrid g(MPI_COMM_WORLD, n + 1, 1);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("not a multiple"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace triad
+
+int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  ::testing::InitGoogleTest(&argc, argv);
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  if (rank != 0) {
+    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
+    delete listeners.Release(listeners.default_result_printer());
+  }
+  const int rc = RUN_ALL_TESTS();
+  int any = rc;
+  MPI_Allreduce(&rc, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  MPI_Finalize();
+  return any;
+}
