@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "../support/mpi_test_main.h"
 #include "triad/core/rng.h"
 #include "triad/data/token_shard.h"
 #include "triad/train/config.h"
@@ -232,17 +233,4 @@ TEST(DataParallel, CheckpointsResumeOnOtherGrids) {
 }  // namespace
 }  // namespace triad
 
-int main(int argc, char** argv) {
-  MPI_Init(&argc, &argv);
-  ::testing::InitGoogleTest(&argc, argv);
-  // Only rank 0 prints results; every rank runs every test (the runs are collective).
-  if (triad::world_rank() != 0) {
-    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-  }
-  const int rc = RUN_ALL_TESTS();
-  int any = rc;
-  MPI_Allreduce(&rc, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  MPI_Finalize();
-  return any;
-}
+int main(int argc, char** argv) { return triad::testing::run_mpi_tests(argc, argv); }
