@@ -69,8 +69,8 @@ class Gpt {
   void zero_grads();
 
   // One micro-batch: forward, loss, and backward with gradients ACCUMULATED into grads().
-  // inputs/targets are B×T token ids in host memory (uploaded to the backend here). dloss_scale weights each token's loss in the
-  // gradient (1 / tokens of the global batch gives the mean).
+  // inputs/targets are B×T token ids in host memory (uploaded to the backend here). dloss_scale
+  // weights each token's loss in the gradient (1 / tokens of the global batch gives the mean).
   ForwardStats forward_backward(const int32_t* inputs, const int32_t* targets, int B,
                                 float dloss_scale);
   // Forward and loss only (evaluation).
@@ -93,7 +93,7 @@ class Gpt {
   std::vector<ParamSpec> specs_;
   size_t n_floats_ = 0, buffer_floats_ = 0;
   GradReadyHook grad_hook_;
-  int32_t* d_inputs_ = nullptr;   // token ids on the backend's device
+  int32_t* d_inputs_ = nullptr;  // token ids on the backend's device
   int32_t* d_targets_ = nullptr;
   float* params_ = nullptr;
   float* grads_ = nullptr;
