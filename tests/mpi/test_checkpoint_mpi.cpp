@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "../../src/io/crc32.h"
+#include "../support/mpi_test_helpers.h"
 #include "triad/core/error.h"
 #include "triad/io/checkpoint.h"
 
@@ -26,36 +27,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
-int world_rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
-
-int world_size() {
-  int s = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &s);
-  return s;
-}
-
-void on_root(const std::function<void()>& fn) {
-  if (world_rank() == 0) fn();
-  MPI_Barrier(MPI_COMM_WORLD);
-}
-
-// The message of the triad::Error fn throws ("" and a test failure if none).
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const triad::Error& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected triad::Error, got another exception: " << e.what();
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a triad::Error";
-  return "";
-}
+using triad::testing::error_of;
+using triad::testing::on_root;
+using triad::testing::world_rank;
+using triad::testing::world_size;
 
 std::string bcast_string(std::string s, int root, MPI_Comm comm) {
   int len = static_cast<int>(s.size());
@@ -69,9 +44,6 @@ std::string bcast_string(std::string s, int root, MPI_Comm comm) {
 void expect_same_on_all_ranks(const std::string& msg, MPI_Comm comm) {
   EXPECT_EQ(msg, bcast_string(msg, 0, comm)) << "the ranks report different errors";
 }
-
-#define EXPECT_CONTAINS(str, sub) \
-  EXPECT_NE(std::string(str).find(sub), std::string::npos) << "message: " << (str)
 
 // ---- the model: tensors of a small GPT, laid out in one flat buffer ----------------------------
 

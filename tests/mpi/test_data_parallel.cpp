@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "../support/mpi_test_helpers.h"
 #include "../support/mpi_test_main.h"
 #include "triad/core/rng.h"
 #include "triad/data/token_shard.h"
@@ -17,18 +18,10 @@
 namespace triad {
 namespace {
 
-namespace fs = std::filesystem;
+using triad::testing::world_rank;
+using triad::testing::world_size;
 
-int world_rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
-int world_size() {
-  int n = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &n);
-  return n;
-}
+namespace fs = std::filesystem;
 
 // A directory shared by all ranks (same machine), made fresh by rank 0.
 std::string shared_dir(const std::string& name) {

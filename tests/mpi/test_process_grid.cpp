@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include "../support/mpi_test_helpers.h"
 #include "../support/mpi_test_main.h"
 #include "triad/core/error.h"
 #include "triad/parallel/process_grid.h"
@@ -10,11 +11,7 @@
 namespace triad {
 namespace {
 
-int world_size() {
-  int n = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &n);
-  return n;
-}
+using triad::testing::world_size;
 
 // The sum of the world ranks in a group, computed from the layout alone.
 int expected_sum(const ProcessGrid& g, char which) {

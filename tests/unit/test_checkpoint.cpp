@@ -18,6 +18,7 @@
 
 #include "../../src/io/crc32.h"
 #include "../support/mpi_environment.h"
+#include "../support/mpi_test_helpers.h"
 #include "triad/core/error.h"
 #include "triad/io/checkpoint.h"
 
@@ -25,34 +26,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-int world_rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
-
-// Runs fn on rank 0 only, then synchronizes.
-void on_root(const std::function<void()>& fn) {
-  if (world_rank() == 0) fn();
-  MPI_Barrier(MPI_COMM_WORLD);
-}
-
-// The message of the triad::Error fn throws ("" and a test failure if none).
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const triad::Error& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected triad::Error, got another exception: " << e.what();
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a triad::Error";
-  return "";
-}
-
-#define EXPECT_CONTAINS(str, sub) \
-  EXPECT_NE(std::string(str).find(sub), std::string::npos) << "message: " << (str)
+using triad::testing::error_of;
+using triad::testing::on_root;
+using triad::testing::world_rank;
 
 // A set of tensors with their storage.
 struct Tensors {

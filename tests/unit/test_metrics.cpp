@@ -14,15 +14,13 @@
 #include <vector>
 
 #include "../support/mpi_environment.h"
+#include "../support/mpi_test_helpers.h"
 #include "triad/core/error.h"
 #include "triad/io/metrics.h"
 
 namespace fs = std::filesystem;
 
 namespace {
-
-#define EXPECT_CONTAINS(str, sub) \
-  EXPECT_NE(std::string(str).find(sub), std::string::npos) << "message: " << (str)
 
 class MetricsTest : public ::testing::Test {
  protected:
