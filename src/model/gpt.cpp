@@ -1,6 +1,7 @@
 // Parameter layout and initialization of the GPT; forward/backward live in gpt_step.cpp.
 #include "triad/model/gpt.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -62,7 +63,10 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards)
   acts_ = new Activations(shape_, max_batch_, be_);
   d_inputs_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
   d_targets_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
-  host_scratch_.resize(size_t(shape_.padded_vocab_size));
+  // Host scratch for one row of logits (sampling) or the per-token losses and hits of a
+  // micro-batch (the loss sum), whichever is larger.
+  host_scratch_.resize(
+      std::max(size_t(shape_.padded_vocab_size), 2 * size_t(max_batch_) * shape_.seq_len));
 }
 
 Gpt::~Gpt() {

@@ -60,9 +60,9 @@ ForwardStats Gpt::classifier(const int32_t* targets, int B, int T, float dloss_s
   be_.matmul_forward(a.logits, a.lnf, wte, nullptr, N, C, Vp);
   be_.crossentropy_forward_backward(a.logits, a.losses, a.correct, targets, N, V, Vp, dloss_scale);
   // Sum on the host in a fixed order (deterministic, independent of threads).
-  std::vector<float> host(size_t(N) * 2);
-  be_.copy_to_host(host.data(), a.losses, size_t(N));
-  be_.copy_to_host(host.data() + N, a.correct, size_t(N));
+  float* host = host_scratch_.data();  // planned in the constructor: no allocation per step
+  be_.copy_to_host(host, a.losses, size_t(N));
+  be_.copy_to_host(host + N, a.correct, size_t(N));
   ForwardStats st;
   for (int i = 0; i < N; ++i) st.loss_sum += host[size_t(i)];
   for (int i = 0; i < N; ++i) st.correct += host[size_t(N + i)] > 0.5f ? 1 : 0;
