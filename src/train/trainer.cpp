@@ -73,11 +73,7 @@ EvalResult Trainer::evaluate_only() {
   TRIAD_CHECK(!s.cfg.data.val.empty(),
               "config: data.val is empty; --eval-only needs validation "
               "shards");
-  s.val_src = std::make_unique<SequenceSource>(s.cfg.data.val, "data.val", s.cfg.model.seq_len,
-                                               s.cfg.model.vocab_size);
-  TRIAD_CHECK(s.val_src->num_sequences() >= s.cfg.eval.sequences, "config: data.val holds ",
-              s.val_src->num_sequences(), " sequences of seq_len ", s.cfg.model.seq_len,
-              ", fewer than eval.sequences = ", s.cfg.eval.sequences);
+  s.open_val();
   std::string path;
   if (!s.cl.init_from.empty()) {
     path = s.cl.init_from;
@@ -90,11 +86,7 @@ EvalResult Trainer::evaluate_only() {
                 "PATH) and none found in ",
                 s.cfg.checkpoint_dir());
   }
-  const CheckpointState st = read_checkpoint_state(s.grid.world(), path);
-  s.check_model_shape(st, path);
-  s.stage_to_host();
-  load_checkpoint_tensors(s.grid.world(), path, s.groups(false, false));
-  s.stage_to_device(false);
+  const CheckpointState st = s.load_weights(path);
   const EvalResult r = s.evaluate();
   if (s.root()) {
     std::cout << std::fixed << std::setprecision(6) << "checkpoint " << path << " (step " << st.step
@@ -119,12 +111,7 @@ TrainOutcome Trainer::run() {
   const int T = cfg.model.seq_len, mbs = cfg.train.micro_batch_size;
   s.train_src =
       std::make_unique<SequenceSource>(cfg.data.train, "data.train", T, cfg.model.vocab_size);
-  if (!cfg.data.val.empty()) {
-    s.val_src = std::make_unique<SequenceSource>(cfg.data.val, "data.val", T, cfg.model.vocab_size);
-    TRIAD_CHECK(s.val_src->num_sequences() >= cfg.eval.sequences, "config: data.val holds ",
-                s.val_src->num_sequences(), " sequences of seq_len ", T,
-                ", fewer than eval.sequences = ", cfg.eval.sequences);
-  }
+  if (!cfg.data.val.empty()) s.open_val();
   s.train_loader =
       std::make_unique<DataLoader>(*s.train_src, cfg.data.shuffle, uint64_t(cfg.train.seed));
   if (cfg.sample.length > 0)

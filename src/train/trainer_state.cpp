@@ -166,30 +166,44 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
   }
 }
 
-void Trainer::State::load_from(const std::string& path, bool resume) {
+CheckpointState Trainer::State::load_weights(const std::string& path) {
   const CheckpointState st = read_checkpoint_state(grid.world(), path);
   check_model_shape(st, path);
-  if (resume) {
-    const std::string slot = "optimizer/" + opt->slot_names()[0];
-    TRIAD_CHECK(checkpoint_has_group(grid.world(), path, slot), "checkpoint ", path, " has no /",
-                slot, " state for optim.name = ", cfg.optim.name,
-                " (resume with the optimizer it was saved with, or use --init-from)");
-    stage_to_host();  // so that wte's padding rows keep their (zero) values
-    load_checkpoint_tensors(grid.world(), path, groups(true, false));
-    stage_to_device(true);
-    step = st.step;
-    const int64_t n = train_src->num_sequences();
-    TRIAD_CHECK(st.next_sequence >= 0 && st.epoch >= 0, "checkpoint ", path,
-                ": negative loader position");
-    position = st.epoch * n + st.next_sequence;
-    say("resumed from " + path + " at step " + std::to_string(step));
-  } else {
-    stage_to_host();
-    load_checkpoint_tensors(grid.world(), path, groups(false, false));
-    stage_to_device(false);
+  // The load fills every tensor, wte's padding rows with zeros, so nothing needs staging first.
+  load_checkpoint_tensors(grid.world(), path, groups(false, false));
+  stage_to_device(false);
+  return st;
+}
+
+void Trainer::State::load_from(const std::string& path, bool resume) {
+  if (!resume) {
+    load_weights(path);
     opt->reset();
     say("initialized weights from " + path + " (fresh optimizer)");
+    return;
   }
+  const CheckpointState st = read_checkpoint_state(grid.world(), path);
+  check_model_shape(st, path);
+  const std::string slot = "optimizer/" + opt->slot_names()[0];
+  TRIAD_CHECK(checkpoint_has_group(grid.world(), path, slot), "checkpoint ", path, " has no /",
+              slot, " state for optim.name = ", cfg.optim.name,
+              " (resume with the optimizer it was saved with, or use --init-from)");
+  load_checkpoint_tensors(grid.world(), path, groups(true, false));
+  stage_to_device(true);
+  step = st.step;
+  const int64_t n = train_src->num_sequences();
+  TRIAD_CHECK(st.next_sequence >= 0 && st.epoch >= 0, "checkpoint ", path,
+              ": negative loader position");
+  position = st.epoch * n + st.next_sequence;
+  say("resumed from " + path + " at step " + std::to_string(step));
+}
+
+void Trainer::State::open_val() {
+  val_src = std::make_unique<SequenceSource>(cfg.data.val, "data.val", cfg.model.seq_len,
+                                             cfg.model.vocab_size);
+  TRIAD_CHECK(val_src->num_sequences() >= cfg.eval.sequences, "config: data.val holds ",
+              val_src->num_sequences(), " sequences of seq_len ", cfg.model.seq_len,
+              ", fewer than eval.sequences = ", cfg.eval.sequences);
 }
 
 EvalResult Trainer::State::evaluate() {

@@ -96,6 +96,10 @@ struct Trainer::State {
 
   // Loads weights (and optimizer state and loader position when resuming).
   void load_from(const std::string& path, bool resume);
+  // Weights only (evaluation, --init-from): checks the shapes, returns the file's state.
+  CheckpointState load_weights(const std::string& path);
+  // Opens data.val and checks it holds eval.sequences sequences.
+  void open_val();
 
   // ---- evaluation ---------------------------------------------------------------------------
   EvalResult evaluate();
