@@ -158,3 +158,29 @@ def test_preemption_signal_checkpoints_and_exits_zero(tmp_path):
     assert "preempted at step" in out, out
     step = int(out.split("preempted at step")[1].split()[0])
     assert (tmp_path / "runs" / "pre" / "ckpt" / f"step_{step:08d}.h5").exists()
+
+
+def test_generate_samples_and_refuses_bad_input(tmp_path):
+    cfg = tiny_config(tmp_path, name="gen", vocab=50257)
+    train("--config", cfg, "--train.steps", 2, check=True)
+    ckpt = tmp_path / "runs" / "gen" / "ckpt" / "step_00000002.h5"
+
+    def gen(*args, **kw):
+        return run([exe("triad-generate"), *map(str, args)], **kw)
+
+    p = gen("--checkpoint", ckpt, "--vocab", VOCAB, "--prompt", "Hello", "--length", 5,
+             "--seed", 3, check=True)
+    assert p.stdout.startswith("Hello")
+    again = gen("--checkpoint", ckpt, "--vocab", VOCAB, "--prompt", "Hello", "--length", 5,
+                 "--seed", 3, check=True)
+    assert again.stdout == p.stdout  # the seed reproduces the sample
+    assert_clean_error(gen("--checkpoint", tmp_path / "none.h5", "--vocab", VOCAB),
+                       "none.h5")
+    assert_clean_error(gen("--checkpoint", ckpt, "--vocab", VOCAB, "--temperature", "0"),
+                       "--temperature")
+    assert_clean_error(gen("--checkpoint", ckpt, "--vocab", VOCAB, "--top-k", "-1"),
+                       "--top-k")
+    bad_vocab = tmp_path / "bad.tiktoken"
+    bad_vocab.write_text("not base64 at all\n")
+    assert_clean_error(gen("--checkpoint", ckpt, "--vocab", bad_vocab), "bad.tiktoken")
+    assert_clean_error(gen("--vocab", VOCAB), "--checkpoint")
