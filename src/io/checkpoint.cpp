@@ -1,16 +1,19 @@
 // Checkpoint files (DESIGN.md §5): save_checkpoint, read_checkpoint_state,
-// load_checkpoint_tensors, checkpoint_has_group. The directory logic is in checkpoint_dir.cpp.
+// load_checkpoint_tensors, checkpoint_has_group. The directory logic is in checkpoint_dir.cpp;
+// the geometry of shards and the placed CRCs are in shard.h.
 //
 // Parallel structure: every HDF5 metadata operation (file create/open/close, groups,
 // datasets, attributes) is made by all ranks of comm with identical arguments. Tensor data move
-// as flat ranges of each tensor (TensorRef::begin/end; in the file the union of at most three
-// hyperslabs in 2-D). Saving: the ranks exchange their ranges, plan_writes picks the writers
-// (checking that they partition each tensor), each writer's CRC of its range is combined into
-// the full tensor's checksum (crc32_combine), and each tensor is written with one collective
-// H5Dwrite. Loading: each rank reads its ranges with independent I/O (see read_dxpl), and
-// plan_verification splits each tensor among the ranks for checksumming, preferring pieces a
-// rank has read anyway. After each phase the ranks agree on failure (collective.h), so an
-// error on one rank makes all throw.
+// as flat ranges of each rank's local tensor (TensorRef::begin/end of the full tensor or of a
+// tensor-parallel shard, TensorRef::split_*); in the file a range is a union of a few
+// hyperslab boxes (Shard::boxes). Saving: the ranks exchange their ranges and splits,
+// plan_writes picks the writers (checking that they partition each tensor), each writer
+// checksums its pieces at their positions in the full tensor and the XOR of all ranks' terms
+// is the full tensor's CRC-32 (shard.h, "placed CRCs"); each tensor is written with one
+// collective H5Dwrite. Loading: each rank reads its ranges with independent I/O (see
+// read_dxpl), and plan_verification splits each tensor among the ranks for checksumming,
+// preferring pieces a rank has read anyway; again the XOR of the ranks' terms is the CRC. After
+// each phase the ranks agree on failure (collective.h), so an error on one rank makes all throw.
 #include "triad/io/checkpoint.h"
 
 #include <fcntl.h>
@@ -24,16 +27,20 @@
 #include <set>
 
 #include "collective.h"
-#include "crc32.h"
 #include "hdf5_handle.h"
+#include "shard.h"
 
 namespace triad {
 namespace {
 
 namespace fs = std::filesystem;
+using io::Box;
 using io::collective_phase;
+using io::CrcPiece;
+using io::FlatRange;
 using io::h5check;
 using io::H5Id;
+using io::Shard;
 
 static_assert(std::endian::native == std::endian::little,
               "checksums are defined over little-endian fp32 bytes");
@@ -45,6 +52,12 @@ int comm_rank(MPI_Comm comm) {
   int rank = 0;
   MPI_Comm_rank(comm, &rank);
   return rank;
+}
+
+int comm_size(MPI_Comm comm) {
+  int size = 1;
+  MPI_Comm_size(comm, &size);
+  return size;
 }
 
 hsize_t element_count(const std::vector<hsize_t>& dims) {
@@ -76,17 +89,70 @@ void check_name(const std::string& name, const char* what) {
   }
 }
 
-// Elements [begin, end) in the row-major order of a tensor.
-struct FlatRange {
-  hsize_t begin = 0, end = 0;
-  hsize_t size() const { return end > begin ? end - begin : 0; }
-  bool empty() const { return end <= begin; }
+// ---- the local tensor of a rank
+// -------------------------------------------------------------------
+
+// A rank's split, normalized: no split (or one part) is axis -1, 1 block, 1 part, part 0.
+struct SplitKey {
+  int64_t axis = -1, blocks = 1, parts = 1, part = 0;
+  bool same_family(const SplitKey& o) const {
+    return axis == o.axis && blocks == o.blocks && parts == o.parts;
+  }
+  bool operator==(const SplitKey&) const = default;
 };
 
-// The range this rank holds of t (validated by validate_groups).
-FlatRange held_range(const TensorRef& t) {
-  if (t.end < 0) return {0, element_count(to_dims(t.shape))};
+SplitKey split_key(const TensorRef& t) {
+  if (t.split_axis < 0 || t.split_parts == 1) return {};
+  return {t.split_axis, t.split_blocks, t.split_parts, t.split_part};
+}
+
+// The local tensor of `dims` under split k.
+Shard make_shard(std::vector<hsize_t> dims, const SplitKey& k) {
+  return Shard(std::move(dims), static_cast<int>(k.axis), static_cast<hsize_t>(k.blocks),
+               static_cast<hsize_t>(k.parts), static_cast<hsize_t>(k.part));
+}
+
+// The local tensor of t (validated by validate_groups).
+Shard shard_of(const TensorRef& t) { return make_shard(to_dims(t.shape), split_key(t)); }
+
+// "part 1 of 2 along axis 0"
+std::string split_string(const SplitKey& k) {
+  return "part " + std::to_string(k.part) + " of " + std::to_string(k.parts) + " along axis " +
+         std::to_string(k.axis) +
+         (k.blocks > 1 ? " in each of " + std::to_string(k.blocks) + " blocks" : "");
+}
+
+// The range of its local tensor this rank holds of t (validated by validate_groups).
+FlatRange held_range(const TensorRef& t, hsize_t local_numel) {
+  if (t.end < 0) return {0, local_numel};
   return {static_cast<hsize_t>(t.begin), static_cast<hsize_t>(t.end)};
+}
+
+FlatRange held_range(const TensorRef& t) { return held_range(t, shard_of(t).local_numel()); }
+
+// The split fields of t (path p): a valid axis, blocks, parts and part, and a dimension that
+// divides into blocks * parts.
+void validate_split(const TensorRef& t, const std::string& p) {
+  if (t.split_axis < 0) {
+    TRIAD_CHECK(t.split_parts == 1 && t.split_part == 0, "tensor ", p, " has split_parts ",
+                t.split_parts, " and split_part ", t.split_part, " but no split axis (split_axis ",
+                t.split_axis, ")");
+    return;
+  }
+  const int nd = static_cast<int>(t.shape.size());
+  TRIAD_CHECK(t.split_axis < nd, "tensor ", p, " has split_axis ", t.split_axis, " but only ", nd,
+              nd == 1 ? " dimension" : " dimensions");
+  TRIAD_CHECK(t.split_blocks >= 1, "tensor ", p, " has split_blocks ", t.split_blocks,
+              " (must be at least 1)");
+  TRIAD_CHECK(t.split_parts >= 1, "tensor ", p, " has split_parts ", t.split_parts,
+              " (must be at least 1)");
+  TRIAD_CHECK(t.split_part >= 0 && t.split_part < t.split_parts, "tensor ", p, " has split_part ",
+              t.split_part, " outside [0, ", t.split_parts, ")");
+  const int64_t dim = t.shape[t.split_axis];
+  TRIAD_CHECK(dim % t.split_blocks == 0 && (dim / t.split_blocks) % t.split_parts == 0, "tensor ",
+              p, " cannot be split: dimension ", t.split_axis, " has size ", dim,
+              ", not divisible by split_blocks * split_parts = ", t.split_blocks, " * ",
+              t.split_parts);
 }
 
 void validate_groups(const std::vector<TensorGroup>& groups) {
@@ -101,13 +167,16 @@ void validate_groups(const std::vector<TensorGroup>& groups) {
       TRIAD_CHECK(names.insert(t.name).second, "tensor ", p, " is listed twice");
       TRIAD_CHECK(!t.shape.empty(), "tensor ", p, " has no dimensions");
       for (int64_t d : t.shape) TRIAD_CHECK(d >= 0, "tensor ", p, " has a negative dimension");
-      const int64_t numel = static_cast<int64_t>(element_count(to_dims(t.shape)));
+      validate_split(t, p);
+      const SplitKey key = split_key(t);
+      const int64_t numel = static_cast<int64_t>(element_count(to_dims(t.shape))) / key.parts;
       if (t.end < 0) {
         TRIAD_CHECK(t.begin == 0, "tensor ", p, " has begin ", t.begin,
                     " with end < 0 (the whole tensor)");
       } else {
         TRIAD_CHECK(t.begin >= 0 && t.begin <= t.end && t.end <= numel, "tensor ", p,
-                    " has the range [", t.begin, ", ", t.end, ") outside [0, ", numel, "]");
+                    " has the range [", t.begin, ", ", t.end, ") outside [0, ", numel, "]",
+                    key.parts > 1 ? " (the elements of its local " + split_string(key) + ")" : "");
       }
       TRIAD_CHECK(t.data != nullptr || held_range(t).empty(), "tensor ", p, " has no data buffer");
       TRIAD_CHECK(t.valid_rows >= -1 && t.valid_rows <= t.shape[0], "tensor ", p,
@@ -116,68 +185,15 @@ void validate_groups(const std::vector<TensorGroup>& groups) {
   }
 }
 
-// ---- flat ranges and their selections -----------------------------------------------------------
+// ---- selections ---------------------------------------------------------------------------------
 //
-// Every transfer moves flat (row-major) element ranges of a dataset to or from a contiguous
-// host buffer. Who writes / reads which range is decided by plan_writes (saving) and by the
-// TensorRef ranges plus plan_verification (loading); everything else just moves ranges.
+// Every transfer moves the elements of a union of boxes of a dataset (a flat range of a rank's
+// local tensor, Shard::boxes) to or from flat ranges of a host buffer. HDF5 visits a selection
+// in row-major order, which is the local tensor's order (shard.h), so the selected elements map
+// in order onto the buffer's ranges.
 
-// An N-D box of a dataset: start and count per dimension.
-struct Box {
-  std::vector<hsize_t> start, count;
-};
-
-// Appends the boxes covering the flat elements [b, e) of the sub-array dims[axis..] whose
-// coordinates in the dimensions before `axis` are origin[0 .. axis): in 2-D [R, C], a partial
-// first row, a block of full rows and a partial last row (at most 2·(N-1)+1 boxes in N-D), in
-// increasing flat order.
-void flat_range_boxes(const std::vector<hsize_t>& dims, size_t axis, std::vector<hsize_t>& origin,
-                      hsize_t b, hsize_t e, std::vector<Box>& out) {
-  if (b >= e) return;
-  const size_t nd = dims.size();
-  if (axis + 1 == nd) {
-    Box box{origin, std::vector<hsize_t>(nd, 1)};
-    box.start[axis] = b;
-    box.count[axis] = e - b;
-    out.push_back(std::move(box));
-    return;
-  }
-  hsize_t stride = 1;  // elements per index of this axis; > 0 since the range is not empty
-  for (size_t k = axis + 1; k < nd; ++k) stride *= dims[k];
-  const hsize_t first = b / stride, last = (e - 1) / stride;
-  auto partial = [&](hsize_t row, hsize_t lo, hsize_t hi) {
-    origin[axis] = row;
-    flat_range_boxes(dims, axis + 1, origin, lo, hi, out);
-    origin[axis] = 0;
-  };
-  if (first == last) {
-    partial(first, b - first * stride, e - first * stride);
-    return;
-  }
-  hsize_t full_begin = first;
-  if (b % stride != 0) {
-    partial(first, b % stride, stride);
-    full_begin = first + 1;
-  }
-  const hsize_t full_end = e / stride;  // rows [full_begin, full_end) are whole
-  if (full_end > full_begin) {
-    Box box{origin, std::vector<hsize_t>(nd, 1)};
-    box.start[axis] = full_begin;
-    box.count[axis] = full_end - full_begin;
-    for (size_t k = axis + 1; k < nd; ++k) box.count[k] = dims[k];
-    out.push_back(std::move(box));
-  }
-  if (e % stride != 0) partial(full_end, 0, e % stride);
-}
-
-// Selects in `space` (a dataspace of shape dims) the union of the ranges (disjoint, increasing),
-// or nothing. HDF5 visits a selection in row-major order, which is the order of the ranges, so
-// the selected elements map in order onto a contiguous buffer.
-void select_flat_ranges(hid_t space, const std::vector<hsize_t>& dims,
-                        const std::vector<FlatRange>& ranges, const std::string& what) {
-  std::vector<Box> boxes;
-  std::vector<hsize_t> origin(dims.size(), 0);
-  for (const FlatRange& r : ranges) flat_range_boxes(dims, 0, origin, r.begin, r.end, boxes);
+// Selects in `space` the union of the boxes (disjoint), or nothing.
+void select_boxes(hid_t space, const std::vector<Box>& boxes, const std::string& what) {
   if (boxes.empty()) {
     h5check(H5Sselect_none(space), what);
     return;
@@ -191,22 +207,36 @@ void select_flat_ranges(hid_t space, const std::vector<hsize_t>& dims,
 
 enum class Direction { kWrite, kRead };
 
-// One H5Dwrite / H5Dread (collective or independent, as dxpl says) moving the union of `ranges`
-// (flat, disjoint, increasing) of dataset dset to / from the contiguous fp32 buffer `data`. No
-// ranges (or empty ones): this rank selects nothing but still joins a collective call.
-void transfer_ranges(hid_t dset, const std::vector<hsize_t>& file_dims,
-                     const std::vector<FlatRange>& ranges, float* data, hid_t dxpl, Direction dir,
-                     const std::string& what) {
+// One H5Dwrite / H5Dread (collective or independent, as dxpl says) moving the elements of
+// dataset dset selected by `boxes` to / from the elements `mem` (disjoint, increasing flat
+// ranges within [0, mem_len)) of the fp32 buffer `data`. No boxes: this rank selects nothing but
+// still joins a collective call.
+void transfer(hid_t dset, const std::vector<hsize_t>& file_dims, const std::vector<Box>& boxes,
+              hsize_t mem_len, const std::vector<FlatRange>& mem, float* data, hid_t dxpl,
+              Direction dir, const std::string& what) {
   // A dataset without elements has no storage (HDF5 fails on any transfer); every rank sees
   // the same shape, so all skip the call.
   if (element_count(file_dims) == 0) return;
   H5Id fspace = io::own_dataspace(H5Dget_space(dset), what);
-  select_flat_ranges(fspace, file_dims, ranges, what);
+  select_boxes(fspace, boxes, what);
   hsize_t n = 0;
-  for (const FlatRange& r : ranges) n += r.size();
-  const hsize_t mem_dim = std::max<hsize_t>(n, 1);
+  for (const FlatRange& r : mem) n += r.size();
+  const hsize_t mem_dim = std::max<hsize_t>(mem_len, 1);
   H5Id mspace = io::own_dataspace(H5Screate_simple(1, &mem_dim, nullptr), what);
-  if (n == 0) h5check(H5Sselect_none(mspace), what);
+  if (n == 0) {
+    h5check(H5Sselect_none(mspace), what);
+  } else if (n != mem_len) {
+    bool first = true;
+    for (const FlatRange& r : mem) {
+      if (r.empty()) continue;
+      const hsize_t start = r.begin, count = r.size();
+      h5check(H5Sselect_hyperslab(mspace, first ? H5S_SELECT_SET : H5S_SELECT_OR, &start, nullptr,
+                                  &count, nullptr),
+              what);
+      first = false;
+    }
+  }
+  TRIAD_ASSERT(H5Sget_select_npoints(fspace) == static_cast<hssize_t>(n));
   float dummy = 0;  // HDF5 wants a buffer even for an empty selection
   float* buf = n > 0 && data != nullptr ? data : &dummy;
   if (dir == Direction::kWrite) {
@@ -214,6 +244,13 @@ void transfer_ranges(hid_t dset, const std::vector<hsize_t>& file_dims,
   } else {
     h5check(H5Dread(dset, H5T_NATIVE_FLOAT, mspace, fspace, dxpl, buf), what);
   }
+}
+
+// The boxes of the local ranges of a shard.
+std::vector<Box> shard_boxes(const Shard& s, const std::vector<FlatRange>& ranges) {
+  std::vector<Box> boxes;
+  for (const FlatRange& r : ranges) s.boxes(r.begin, r.end, boxes);
+  return boxes;
 }
 
 // ---- agreement on the tensor lists and on who writes / verifies what -------------------------
@@ -229,8 +266,7 @@ void check_same_tensor_count(MPI_Comm comm, size_t n) {
 
 // Every rank's `fields` int64 values per tensor: result[(r * n + i) * fields + f].
 std::vector<int64_t> allgather_int64(MPI_Comm comm, const std::vector<int64_t>& local) {
-  int size = 1;
-  MPI_Comm_size(comm, &size);
+  const int size = comm_size(comm);
   std::vector<int64_t> all(local.size() * static_cast<size_t>(size));
   if (!local.empty()) {
     MPI_Allgather(local.data(), static_cast<int>(local.size()), MPI_INT64_T, all.data(),
@@ -239,97 +275,205 @@ std::vector<int64_t> allgather_int64(MPI_Comm comm, const std::vector<int64_t>& 
   return all;
 }
 
-// A piece [begin, end) of a tensor handled by one rank: written by it (saving), or checksummed
-// by it (loading; `extra`: from a second read because no rank asked for those elements).
-struct Tile {
+// The XOR over the ranks of each tensor's checksum term (shard.h, placed CRCs).
+void allreduce_xor(MPI_Comm comm, std::vector<uint32_t>& terms) {
+  if (terms.empty()) return;
+  MPI_Allreduce(MPI_IN_PLACE, terms.data(), static_cast<int>(terms.size()), MPI_UINT32_T, MPI_BXOR,
+                comm);
+}
+
+// A hash of a shape, to check that the ranks agree on it.
+int64_t shape_hash(const std::vector<int64_t>& shape) {
+  uint64_t h = 1469598103934665603ull;
+  for (int64_t d : shape) h = (h ^ static_cast<uint64_t>(d)) * 1099511628211ull;
+  return static_cast<int64_t>(h ^ shape.size());
+}
+
+// ---- saving: who writes what
+// ----------------------------------------------------------------------
+
+// What each rank announces about each tensor before a save.
+enum SaveField { kNumel, kShape, kAxis, kBlocks, kParts, kPart, kBegin, kEnd, kFlags, kSaveFields };
+constexpr int64_t kFlagWrite = 1, kFlagWhole = 2;
+
+// A rank writing the range `range` of its local tensor (split `key`).
+struct Writer {
+  int rank = 0;
+  SplitKey key;
+  FlatRange range;
+};
+
+// A range [begin, end) of a tensor (or of a part) written by `rank`.
+struct WriteTile {
+  int rank = 0;
+  hsize_t begin = 0, end = 0;
+};
+
+// Checks that the tiles partition [0, total) of `what` ("tensor X", "part 1 of 2 ... of tensor
+// X"), whose elements are called `unit`.
+void check_tiling(std::vector<WriteTile> tiles, hsize_t total, const std::string& what,
+                  const char* unit) {
+  std::sort(tiles.begin(), tiles.end(),
+            [](const WriteTile& a, const WriteTile& b) { return a.begin < b.begin; });
+  hsize_t pos = 0;
+  for (const WriteTile& t : tiles) {
+    TRIAD_CHECK(t.begin == pos, "internal error: the ranges the ranks write of ", what,
+                " do not partition it: ", t.begin < pos ? "overlap at " : "nothing written at ",
+                unit, " ", std::min(t.begin, pos), " (rank ", t.rank, " writes [", t.begin, ", ",
+                t.end, "))");
+    pos = t.end;
+  }
+  TRIAD_CHECK(pos == total, "internal error: the ranges the ranks write of ", what,
+              " do not partition it: nothing written from ", unit, " ", pos, " of ", total);
+}
+
+// The writers of each tensor from every rank's announcement: ranks with write = true and a
+// non-empty range; of several ranks passing the same whole local tensor (end < 0, the same
+// split and part) only the lowest. Checks that all ranks agree on the shape and that the
+// writers' elements partition the tensor: when all writers split the tensor the same way, each
+// part's local ranges must partition that part (plain ranges when nobody splits); writers with
+// different splits are checked by their runs in the full tensor.
+std::vector<std::vector<Writer>> plan_writes(const std::vector<int64_t>& all, int size,
+                                             const std::vector<const TensorRef*>& tensors,
+                                             const std::vector<std::string>& names) {
+  const size_t n = names.size();
+  std::vector<std::vector<Writer>> plan(n);
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t* f0 = &all[i * kSaveFields];
+    std::vector<SplitKey> whole_taken;
+    std::vector<Writer>& writers = plan[i];
+    for (int r = 0; r < size; ++r) {
+      const int64_t* f = &all[(static_cast<size_t>(r) * n + i) * kSaveFields];
+      TRIAD_CHECK(f[kNumel] == f0[kNumel], "tensor ", names[i], " has ", f0[kNumel],
+                  " elements on rank 0 but ", f[kNumel], " on rank ", r,
+                  " (the ranks must pass the same shapes)");
+      TRIAD_CHECK(f[kShape] == f0[kShape], "tensor ", names[i], " has another shape on rank ", r,
+                  " than on rank 0 (the ranks must pass the same shapes)");
+      if (!(f[kFlags] & kFlagWrite) || f[kEnd] <= f[kBegin]) continue;
+      const SplitKey key{f[kAxis], f[kBlocks], f[kParts], f[kPart]};
+      if (f[kFlags] & kFlagWhole) {
+        // A replica of the whole local tensor: the lowest rank writes.
+        if (std::find(whole_taken.begin(), whole_taken.end(), key) != whole_taken.end()) continue;
+        whole_taken.push_back(key);
+      }
+      writers.push_back({r, key, {static_cast<hsize_t>(f[kBegin]), static_cast<hsize_t>(f[kEnd])}});
+    }
+
+    const std::vector<hsize_t> dims = to_dims(tensors[i]->shape);
+    const hsize_t numel = element_count(dims);
+    const bool same = std::all_of(writers.begin(), writers.end(), [&](const Writer& w) {
+      return w.key.same_family(writers.front().key);
+    });
+    std::vector<WriteTile> tiles;
+    if (writers.empty() || (same && writers.front().key.parts == 1)) {
+      for (const Writer& w : writers) tiles.push_back({w.rank, w.range.begin, w.range.end});
+      check_tiling(tiles, numel, "tensor " + names[i], "element");
+    } else if (same) {
+      for (int64_t q = 0; q < writers.front().key.parts; ++q) {
+        SplitKey key = writers.front().key;
+        key.part = q;
+        tiles.clear();
+        for (const Writer& w : writers) {
+          if (w.key.part == q) tiles.push_back({w.rank, w.range.begin, w.range.end});
+        }
+        check_tiling(tiles, make_shard(dims, key).local_numel(),
+                     split_string(key) + " of tensor " + names[i], "local element");
+      }
+    } else {
+      for (const Writer& w : writers) {
+        make_shard(dims, w.key)
+            .for_each_run(w.range.begin, w.range.end, [&](hsize_t, hsize_t full, hsize_t count) {
+              tiles.push_back({w.rank, full, full + count});
+            });
+      }
+      check_tiling(tiles, numel, "tensor " + names[i] + " (split differently on different ranks)",
+                   "element");
+    }
+  }
+  return plan;
+}
+
+// ---- loading: who verifies what
+// -------------------------------------------------------------------
+
+// What each rank announces about each tensor before a load: its split (SplitKey), the first
+// dimension of its model shape, the range of its local tensor it asks for, and the number of
+// full rows it loads from the file (valid_rows, or all).
+enum LoadField {
+  kLAxis,
+  kLBlocks,
+  kLParts,
+  kLPart,
+  kLRows0,
+  kLBegin,
+  kLEnd,
+  kLLoaded,
+  kLoadFields
+};
+
+// A piece [begin, end) of a part's local tensor checksummed by `rank` on load; extra: read once
+// more for that, because the rank has not read it.
+struct VerifyTile {
   int rank = 0;
   hsize_t begin = 0, end = 0;
   bool extra = false;
 };
 
-// What each rank announces about each tensor before a save.
-constexpr int kSaveFields = 4;  // numel, begin, end, flags
-constexpr int64_t kFlagWrite = 1, kFlagWhole = 2;
+// A reader of a part: a rank and the range of the part's local tensor it reads.
+struct Reader {
+  int rank = 0;
+  FlatRange range;
+};
 
-// The writers of each tensor, sorted by begin, from every rank's announcement: ranks with
-// write = true and a non-empty range; of several whole-tensor (end < 0) writers only the lowest
-// rank. Checks that the writers tile [0, numel) exactly and that all ranks agree on the shape.
-std::vector<std::vector<Tile>> plan_writes(const std::vector<int64_t>& all, int size,
-                                           const std::vector<std::string>& names) {
-  const size_t n = names.size();
-  std::vector<std::vector<Tile>> plan(n);
-  for (size_t i = 0; i < n; ++i) {
-    const int64_t numel = all[i * kSaveFields];
-    bool whole_taken = false;
-    for (int r = 0; r < size; ++r) {
-      const int64_t* f = &all[(static_cast<size_t>(r) * n + i) * kSaveFields];
-      TRIAD_CHECK(f[0] == numel, "tensor ", names[i], " has ", numel, " elements on rank 0 but ",
-                  f[0], " on rank ", r, " (the ranks must pass the same shapes)");
-      if (!(f[3] & kFlagWrite) || f[2] <= f[1]) continue;
-      if (f[3] & kFlagWhole) {
-        if (whole_taken) continue;  // a replica of the whole tensor: the lowest rank writes
-        whole_taken = true;
-      }
-      plan[i].push_back({r, static_cast<hsize_t>(f[1]), static_cast<hsize_t>(f[2])});
-    }
-    std::sort(plan[i].begin(), plan[i].end(),
-              [](const Tile& a, const Tile& b) { return a.begin < b.begin; });
-    hsize_t pos = 0;
-    for (const Tile& t : plan[i]) {
-      TRIAD_CHECK(t.begin == pos, "internal error: the ranges the ranks write of tensor ", names[i],
-                  " do not partition it: ",
-                  t.begin < pos ? "overlap at element " : "nothing written at element ",
-                  std::min(t.begin, pos), " (rank ", t.rank, " writes [", t.begin, ", ", t.end,
-                  "))");
-      pos = t.end;
-    }
-    TRIAD_CHECK(pos == static_cast<hsize_t>(numel), "internal error: the ranges the ranks write ",
-                "of tensor ", names[i], " do not partition it: nothing written from element ", pos,
-                " of ", numel);
+// Who checksums which piece of the elements `domain` of a part's local tensor of nl elements,
+// given the readers of that part (in rank order; every reader reads domain ∩ its range). The
+// part is split evenly among its readers (among all `size` ranks when it has none); a piece of
+// reader k's share that k reads is checksummed by k, else by the least loaded reader that reads
+// it, else (nobody reads it) by k after a second read (extra). Deterministic: every rank
+// computes the same tiles from the same inputs.
+std::vector<VerifyTile> plan_verification(hsize_t nl, FlatRange domain,
+                                          const std::vector<Reader>& readers, int size) {
+  std::vector<int> owners;
+  for (const Reader& r : readers) owners.push_back(r.rank);
+  if (owners.empty()) {
+    for (int r = 0; r < size; ++r) owners.push_back(r);
   }
-  return plan;
-}
-
-// Who checksums which piece of a tensor of nf elements on load, given the range each rank
-// reads (readable[r], within [0, nf)). The tensor is split evenly into one piece per rank; a
-// part of rank k's piece that k reads anyway is checksummed by k, else by the least loaded rank
-// that reads it, else (nobody reads it) by k after a second read (extra). Deterministic: every
-// rank computes the same tiles from the same inputs.
-std::vector<Tile> plan_verification(hsize_t nf, const std::vector<FlatRange>& readable) {
-  const int size = static_cast<int>(readable.size());
-  auto split = [&](int k) { return static_cast<hsize_t>(k) * nf / static_cast<hsize_t>(size); };
-  std::vector<hsize_t> cuts = {0, nf};
-  std::vector<int> readers;
-  for (int k = 1; k < size; ++k) cuts.push_back(split(k));
-  for (int r = 0; r < size; ++r) {
-    if (readable[r].empty()) continue;
-    readers.push_back(r);
-    cuts.push_back(readable[r].begin);
-    cuts.push_back(readable[r].end);
+  const hsize_t m = owners.size();
+  auto split = [&](hsize_t j) { return j * nl / m; };
+  std::vector<hsize_t> cuts = {0, nl, domain.begin, domain.end};
+  for (hsize_t j = 1; j < m; ++j) cuts.push_back(split(j));
+  for (const Reader& r : readers) {
+    cuts.push_back(std::min(r.range.begin, nl));
+    cuts.push_back(std::min(r.range.end, nl));
   }
   std::sort(cuts.begin(), cuts.end());
   cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
-  std::vector<hsize_t> load(size, 0);
-  std::vector<Tile> tiles;
-  int k = 0;  // the rank whose even piece holds the current part
+  std::vector<hsize_t> load(readers.size(), 0);
+  std::vector<VerifyTile> tiles;
+  hsize_t j = 0;  // the owner whose even share holds the current piece
   for (size_t c = 0; c + 1 < cuts.size(); ++c) {
     const hsize_t x = cuts[c], y = cuts[c + 1];
-    while (k + 1 < size && split(k + 1) <= x) ++k;
-    auto covers = [&](int r) { return readable[r].begin <= x && y <= readable[r].end; };
-    int who = covers(k) ? k : -1;
-    if (who < 0) {
-      for (int r : readers) {
-        if (covers(r) && (who < 0 || load[r] < load[who])) who = r;
+    if (x < domain.begin || y > domain.end) continue;
+    while (j + 1 < m && split(j + 1) <= x) ++j;
+    auto covers = [&](size_t k) {
+      return readers[k].range.begin <= x && y <= readers[k].range.end;
+    };
+    int who = -1;  // index into readers
+    if (!readers.empty() && covers(j)) {
+      who = static_cast<int>(j);
+    } else {
+      for (size_t k = 0; k < readers.size(); ++k) {
+        if (covers(k) && (who < 0 || load[k] < load[who])) who = static_cast<int>(k);
       }
     }
     const bool extra = who < 0;
-    if (extra) who = k;
-    load[who] += y - x;
-    if (!tiles.empty() && tiles.back().rank == who && tiles.back().extra == extra &&
+    const int rank = extra ? owners[j] : readers[who].rank;
+    if (!extra) load[who] += y - x;
+    if (!tiles.empty() && tiles.back().rank == rank && tiles.back().extra == extra &&
         tiles.back().end == x) {
       tiles.back().end = y;
     } else {
-      tiles.push_back({who, x, y, extra});
+      tiles.push_back({rank, x, y, extra});
     }
   }
   return tiles;
@@ -467,60 +611,38 @@ CheckpointState read_state(hid_t file) {
   return s;
 }
 
-// CRC-32s of many buffers (pointer, float count), computed in parallel in chunks of at most
-// 16 MiB that are then combined, so that one large tensor does not serialize the work.
-std::vector<uint32_t> crc32_many(const std::vector<std::pair<const float*, size_t>>& spans) {
-  constexpr size_t kChunk = size_t{4} << 20;  // floats
-  struct Chunk {
-    size_t span;
-    const float* data;
-    size_t count;
-  };
-  std::vector<Chunk> chunks;
-  for (size_t i = 0; i < spans.size(); ++i) {
-    const auto [data, count] = spans[i];
-    for (size_t off = 0; off < count; off += kChunk) {
-      chunks.push_back({i, data + off, std::min(kChunk, count - off)});
-    }
-  }
-  std::vector<uint32_t> part(chunks.size());
-#pragma omp parallel for schedule(dynamic, 1)
-  for (size_t c = 0; c < chunks.size(); ++c) {
-    part[c] = io::crc32(chunks[c].data, chunks[c].count * sizeof(float));
-  }
-  std::vector<uint32_t> crcs(spans.size(), 0);
-  std::vector<bool> started(spans.size(), false);
-  for (size_t c = 0; c < chunks.size(); ++c) {
-    const size_t i = chunks[c].span;
-    crcs[i] =
-        started[i] ? io::crc32_combine(crcs[i], part[c], chunks[c].count * sizeof(float)) : part[c];
-    started[i] = true;
-  }
-  return crcs;
+// The pieces of a flat range [b, e) of a shard's local tensor whose elements are at
+// data[0 .. e - b), at their positions in the full tensor.
+void append_pieces(const Shard& s, hsize_t b, hsize_t e, const float* data,
+                   std::vector<CrcPiece>& out) {
+  s.for_each_run(b, e, [&](hsize_t local, hsize_t full, hsize_t count) {
+    out.push_back({data + (local - b), count, full + count});
+  });
 }
 
-// The CRC-32 of a whole tensor from the CRCs of its tiles (in order, tiling it).
-uint32_t combine_tiles(const std::vector<Tile>& tiles, const uint32_t* crcs) {
-  uint32_t crc = 0;
-  for (size_t j = 0; j < tiles.size(); ++j) {
-    crc = io::crc32_combine(crc, crcs[j], (tiles[j].end - tiles[j].begin) * sizeof(float));
-  }
-  return crc;
-}
+// This rank's checksumming of a dataset on load: tiles of the local tensors of the parts of
+// the split chosen for it (plan_load_verification), and a share of the rows that nobody loads.
+struct VerifyPart {
+  Shard shard;
+  std::vector<VerifyTile> tiles;  // this rank's tiles of that part
+};
 
-// A dataset to load: its handle, file shape and stored checksum, the range this rank asks for
-// (held) and the part of it stored in the file (readable: rows < valid_rows; the rest of held is
-// zero-filled), and who checksums which piece of it (tiles, when it has a checksum).
+// A dataset to load: its handle, file shape and stored checksum; this rank's local tensor
+// (shard), the range of it asked for (held), the full rows loaded from the file (rows:
+// valid_rows, or all) and the part of held in those rows (readable; the rest of held is
+// zero-filled); and what this rank checksums of it.
 struct LoadItem {
   const TensorRef* tensor = nullptr;
   std::string path;
   H5Id dset;
   std::vector<hsize_t> file_dims;
   std::optional<int64_t> checksum;
-  FlatRange held, readable;
-  std::vector<Tile> tiles;
-  size_t first_tile = 0;   // index of tiles[0] in the vector of all tiles' CRCs
-  bool has_extra = false;  // some tile needs a second read
+  Shard shard;
+  FlatRange held;
+  hsize_t rows = 0;
+  FlatRange readable;
+  std::vector<VerifyPart> verify;
+  FlatRange unloaded;  // flat elements of the file, in rows nobody loads
 };
 
 LoadItem open_for_load(hid_t file, const TensorGroup& g, const TensorRef& t) {
@@ -541,10 +663,10 @@ LoadItem open_for_load(hid_t file, const TensorGroup& g, const TensorRef& t) {
   }
   it.file_dims = io::dataset_dims(it.dset);
   const std::vector<hsize_t> want = to_dims(t.shape);
-  hsize_t limit = element_count(want);  // flat elements below it are stored in the file
   if (t.valid_rows < 0) {
     TRIAD_CHECK(it.file_dims == want, "dataset ", it.path, " has shape ",
                 io::shape_string(it.file_dims), " but the model expects ", io::shape_string(want));
+    it.rows = want[0];
   } else {
     const bool same_rank = it.file_dims.size() == want.size();
     const bool same_tail =
@@ -552,21 +674,90 @@ LoadItem open_for_load(hid_t file, const TensorGroup& g, const TensorRef& t) {
     TRIAD_CHECK(same_tail && it.file_dims[0] >= static_cast<hsize_t>(t.valid_rows), "dataset ",
                 it.path, " has shape ", io::shape_string(it.file_dims), " but the model expects ",
                 io::shape_string(want), " with at least ", t.valid_rows, " rows stored");
-    // Same row length in the file and the model: flat index e is the same element in both.
-    limit = static_cast<hsize_t>(t.valid_rows) * element_count({want.begin() + 1, want.end()});
+    // Same row length in the file and the model: a full row index is the same row in both.
+    it.rows = static_cast<hsize_t>(t.valid_rows);
   }
-  it.held = held_range(t);
-  it.readable = {std::min(it.held.begin, limit), std::min(it.held.end, limit)};
+  it.shard = shard_of(t);
+  it.held = held_range(t, it.shard.local_numel());
+  const FlatRange loaded = it.shard.rows_below(it.rows);
+  it.readable = {std::min(it.held.begin, loaded.end), std::min(it.held.end, loaded.end)};
   it.checksum = io::read_int64_attr(it.dset, "checksum");
   return it;
 }
 
-// Reads the readable part of the rank's range (independent I/O) and zero-fills the rest.
+// Who checksums what of item `it` (index i of n), from every rank's announcement (all): the
+// elements in the rows every rank loads are checksummed in the local tensors of one split (the
+// one under which the ranks ask for the most elements; its parts' readers checksum what they
+// read, plan_verification), the rows beyond them (padding) are split evenly among the ranks and
+// read once more. Stores this rank's share in it.verify and it.unloaded.
+void plan_load_verification(LoadItem& it, size_t i, size_t n, const std::vector<int64_t>& all,
+                            int size, int rank) {
+  auto field = [&](int r, int f) {
+    return all[(static_cast<size_t>(r) * n + i) * kLoadFields + f];
+  };
+  // The rows every rank loads.
+  hsize_t rows = it.file_dims[0];
+  for (int r = 0; r < size; ++r) rows = std::min(rows, static_cast<hsize_t>(field(r, kLLoaded)));
+  // The split (and model row count, which may differ with valid_rows) with the most elements
+  // asked for; ties: the lowest rank's.
+  struct Family {
+    SplitKey key;  // part unused
+    int64_t rows0;
+    hsize_t volume;
+  };
+  std::vector<Family> families;
+  for (int r = 0; r < size; ++r) {
+    const SplitKey key{field(r, kLAxis), field(r, kLBlocks), field(r, kLParts), 0};
+    const hsize_t volume =
+        static_cast<hsize_t>(std::max<int64_t>(field(r, kLEnd) - field(r, kLBegin), 0));
+    auto f = std::find_if(families.begin(), families.end(), [&](const Family& x) {
+      return x.key.same_family(key) && x.rows0 == field(r, kLRows0);
+    });
+    if (f == families.end()) {
+      families.push_back({key, field(r, kLRows0), volume});
+    } else {
+      f->volume += volume;
+    }
+  }
+  const Family* best = &families.front();
+  for (const Family& f : families) {
+    if (f.volume > best->volume) best = &f;
+  }
+  std::vector<hsize_t> dims = to_dims(it.tensor->shape);  // the trailing dims are the file's
+  dims[0] = static_cast<hsize_t>(best->rows0);
+  for (int64_t q = 0; q < best->key.parts; ++q) {
+    SplitKey key = best->key;
+    key.part = q;
+    Shard s = make_shard(dims, key);
+    std::vector<Reader> readers;
+    for (int r = 0; r < size; ++r) {
+      const SplitKey k{field(r, kLAxis), field(r, kLBlocks), field(r, kLParts), field(r, kLPart)};
+      if (k == key && field(r, kLRows0) == best->rows0 && field(r, kLEnd) > field(r, kLBegin)) {
+        readers.push_back(
+            {r, {static_cast<hsize_t>(field(r, kLBegin)), static_cast<hsize_t>(field(r, kLEnd))}});
+      }
+    }
+    std::vector<VerifyTile> mine;
+    for (const VerifyTile& t :
+         plan_verification(s.local_numel(), s.rows_below(rows), readers, size)) {
+      if (t.rank == rank) mine.push_back(t);
+    }
+    if (!mine.empty()) it.verify.push_back({std::move(s), std::move(mine)});
+  }
+  const hsize_t nf = element_count(it.file_dims);
+  const hsize_t from = it.file_dims[0] == 0 ? 0 : rows * (nf / it.file_dims[0]);
+  const hsize_t np = nf - from, ranks = static_cast<hsize_t>(size), me = static_cast<hsize_t>(rank);
+  it.unloaded = {from + np * me / ranks, from + np * (me + 1) / ranks};
+}
+
+// Reads the readable part of the rank's range (independent I/O: one H5Dread) and zero-fills
+// the rest.
 void read_item(LoadItem& it, hid_t dxpl) {
   float* data = it.tensor->data;
   if (!it.readable.empty()) {
-    transfer_ranges(it.dset, it.file_dims, {it.readable}, data, dxpl, Direction::kRead,
-                    "cannot read dataset " + it.path);
+    transfer(it.dset, it.file_dims, shard_boxes(it.shard, {it.readable}), it.held.size(),
+             {{0, it.readable.size()}}, data, dxpl, Direction::kRead,
+             "cannot read dataset " + it.path);
   }
   const hsize_t zero_from = std::max(it.held.begin, it.readable.end);
   if (zero_from < it.held.end) {
@@ -574,57 +765,37 @@ void read_item(LoadItem& it, hid_t dxpl) {
   }
 }
 
-// Reads the tiles nobody asked for that this rank checksums (independent I/O) and stores their
-// CRCs.
-void read_extra_tiles(LoadItem& it, hid_t dxpl, int rank, std::vector<uint32_t>& crcs) {
-  std::vector<FlatRange> ranges;
-  hsize_t n = 0;
-  for (const Tile& t : it.tiles) {
-    if (t.extra && t.rank == rank) {
-      ranges.push_back({t.begin, t.end});
-      n += t.end - t.begin;
+// This rank's checksum term of item it: its tiles, from what it has read (in the tensor's
+// buffer) or read once more (extra tiles, its share of the unloaded rows; independent I/O).
+uint32_t verify_term(const LoadItem& it, hid_t dxpl) {
+  std::vector<CrcPiece> pieces;
+  std::vector<std::vector<float>> buffers;
+  const std::string what = "cannot read dataset " + it.path;
+  for (const VerifyPart& part : it.verify) {
+    for (const VerifyTile& t : part.tiles) {
+      const float* data = nullptr;
+      if (t.extra) {
+        std::vector<float>& buf = buffers.emplace_back(t.end - t.begin);
+        transfer(it.dset, it.file_dims, shard_boxes(part.shard, {{t.begin, t.end}}), buf.size(),
+                 {{0, buf.size()}}, buf.data(), dxpl, Direction::kRead, what);
+        data = buf.data();
+      } else {
+        // A piece of the rank's own readable range, in its own local tensor (the same shard).
+        TRIAD_ASSERT(it.held.begin <= t.begin && t.end <= it.held.end);
+        data = it.tensor->data + (t.begin - it.held.begin);
+      }
+      append_pieces(part.shard, t.begin, t.end, data, pieces);
     }
   }
-  if (n == 0) return;
-  std::vector<float> buffer(n);
-  transfer_ranges(it.dset, it.file_dims, ranges, buffer.data(), dxpl, Direction::kRead,
-                  "cannot read dataset " + it.path);
-  hsize_t off = 0;
-  for (size_t j = 0; j < it.tiles.size(); ++j) {
-    const Tile& t = it.tiles[j];
-    if (!t.extra || t.rank != rank) continue;
-    crcs[it.first_tile + j] = io::crc32(buffer.data() + off, (t.end - t.begin) * sizeof(float));
-    off += t.end - t.begin;
+  if (!it.unloaded.empty()) {
+    std::vector<float>& buf = buffers.emplace_back(it.unloaded.size());
+    std::vector<Box> boxes;
+    io::flat_range_boxes(it.file_dims, it.unloaded.begin, it.unloaded.end, boxes);
+    transfer(it.dset, it.file_dims, boxes, buf.size(), {{0, buf.size()}}, buf.data(), dxpl,
+             Direction::kRead, what);
+    pieces.push_back({buf.data(), buf.size(), it.unloaded.end});
   }
-}
-
-// The CRCs of the tiles this rank checksums from what it has read (in its tensors' buffers).
-void checksum_read_tiles(const std::vector<LoadItem>& items, int rank,
-                         std::vector<uint32_t>& crcs) {
-  std::vector<std::pair<const float*, size_t>> spans;
-  std::vector<size_t> where;
-  for (const LoadItem& it : items) {
-    for (size_t j = 0; j < it.tiles.size(); ++j) {
-      const Tile& t = it.tiles[j];
-      if (t.extra || t.rank != rank) continue;
-      TRIAD_ASSERT(it.readable.begin <= t.begin && t.end <= it.readable.end);
-      spans.emplace_back(it.tensor->data + (t.begin - it.held.begin), t.end - t.begin);
-      where.push_back(it.first_tile + j);
-    }
-  }
-  const std::vector<uint32_t> got = crc32_many(spans);
-  for (size_t k = 0; k < got.size(); ++k) crcs[where[k]] = got[k];
-}
-
-// Compares each dataset's stored checksum with the one combined from the tiles' CRCs (the same
-// values on every rank, so every rank reaches the same verdict).
-void verify_items(const std::vector<LoadItem>& items, const std::vector<uint32_t>& crcs) {
-  for (const LoadItem& it : items) {
-    if (!it.checksum.has_value()) continue;
-    const int64_t computed = combine_tiles(it.tiles, crcs.data() + it.first_tile);
-    TRIAD_CHECK(computed == *it.checksum, "dataset ", it.path, " fails its checksum (stored ",
-                *it.checksum, ", computed ", computed, "): the file is damaged");
-  }
+  return io::placed_crc(std::move(pieces), element_count(it.file_dims));
 }
 
 }  // namespace
@@ -636,8 +807,7 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
   io::silence_hdf5_errors();
   const std::string partial = path + ".partial";
   const int rank = comm_rank(comm);
-  int size = 1;
-  MPI_Comm_size(comm, &size);
+  const int size = comm_size(comm);
   try {
     collective_phase(comm, [&] {
       validate_groups(groups);
@@ -647,9 +817,9 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
                   " does not exist");
     });
 
-    // Who writes what: every rank announces its range of each tensor; all ranks derive the
-    // same writers (plan_writes) and the checksums of the full tensors from the writers' CRCs
-    // of their ranges (every rank must write identical attribute values).
+    // Who writes what: every rank announces its split and range of each tensor; all ranks
+    // derive the same writers (plan_writes) and the checksums of the full tensors from the
+    // writers' placed CRCs of their pieces (every rank must write identical attribute values).
     std::vector<const TensorRef*> flat;
     std::vector<std::string> names;
     for (const TensorGroup& g : groups) {
@@ -662,21 +832,28 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
     collective_phase(comm, [&] { check_same_tensor_count(comm, n); });
     std::vector<int64_t> announce(n * kSaveFields);
     for (size_t i = 0; i < n; ++i) {
-      const FlatRange r = held_range(*flat[i]);
+      const TensorRef& t = *flat[i];
+      const FlatRange r = held_range(t);
+      const SplitKey key = split_key(t);
       int64_t* f = &announce[i * kSaveFields];
-      f[0] = static_cast<int64_t>(element_count(to_dims(flat[i]->shape)));
-      f[1] = static_cast<int64_t>(r.begin);
-      f[2] = static_cast<int64_t>(r.end);
-      f[3] = (flat[i]->write ? kFlagWrite : 0) | (flat[i]->end < 0 ? kFlagWhole : 0);
+      f[kNumel] = static_cast<int64_t>(element_count(to_dims(t.shape)));
+      f[kShape] = shape_hash(t.shape);
+      f[kAxis] = key.axis;
+      f[kBlocks] = key.blocks;
+      f[kParts] = key.parts;
+      f[kPart] = key.part;
+      f[kBegin] = static_cast<int64_t>(r.begin);
+      f[kEnd] = static_cast<int64_t>(r.end);
+      f[kFlags] = (t.write ? kFlagWrite : 0) | (t.end < 0 ? kFlagWhole : 0);
     }
     const std::vector<int64_t> announced = allgather_int64(comm, announce);
-    std::vector<std::vector<Tile>> plan;
-    collective_phase(comm, [&] { plan = plan_writes(announced, size, names); });
-    // This rank's write range of each tensor (empty if it writes nothing of it).
+    std::vector<std::vector<Writer>> plan;
+    collective_phase(comm, [&] { plan = plan_writes(announced, size, flat, names); });
+    // This rank's write range of each tensor's local tensor (empty if it writes nothing of it).
     std::vector<FlatRange> mine(n);
     for (size_t i = 0; i < n; ++i) {
-      for (const Tile& t : plan[i]) {
-        if (t.rank == rank) mine[i] = {t.begin, t.end};
+      for (const Writer& w : plan[i]) {
+        if (w.rank == rank) mine[i] = w.range;
       }
     }
 
@@ -684,24 +861,16 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
       if (rank == 0) reserve_space(partial, estimated_file_bytes(state, groups));
     });
 
+    std::vector<Shard> shards;
+    for (const TensorRef* t : flat) shards.push_back(shard_of(*t));
     std::vector<uint32_t> crcs(n, 0);
-    {
-      std::vector<std::pair<const float*, size_t>> spans(n, {nullptr, 0});
-      for (size_t i = 0; i < n; ++i) {
-        if (!mine[i].empty()) spans[i] = {flat[i]->data, mine[i].size()};
-      }
-      const std::vector<uint32_t> local = crc32_many(spans);
-      std::vector<uint32_t> all(n * static_cast<size_t>(size));
-      if (n > 0) {
-        MPI_Allgather(local.data(), static_cast<int>(n), MPI_UINT32_T, all.data(),
-                      static_cast<int>(n), MPI_UINT32_T, comm);
-      }
-      for (size_t i = 0; i < n; ++i) {
-        std::vector<uint32_t> tile_crcs;
-        for (const Tile& t : plan[i]) tile_crcs.push_back(all[static_cast<size_t>(t.rank) * n + i]);
-        crcs[i] = combine_tiles(plan[i], tile_crcs.data());
-      }
+    for (size_t i = 0; i < n; ++i) {
+      if (mine[i].empty()) continue;
+      std::vector<CrcPiece> pieces;
+      append_pieces(shards[i], mine[i].begin, mine[i].end, flat[i]->data, pieces);
+      crcs[i] = io::placed_crc(std::move(pieces), shards[i].full_numel());
     }
+    allreduce_xor(comm, crcs);
 
     {
       // Declared before the datasets so that it is closed after them on every exit path.
@@ -761,11 +930,12 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
         }
       });
 
-      // Data: one collective write per tensor, each rank selecting its own range.
+      // Data: one collective write per tensor, each rank selecting its own range (a few boxes).
       for (size_t i = 0; i < n; ++i) {
         collective_phase(comm, [&] {
-          transfer_ranges(dsets[i], to_dims(flat[i]->shape), {mine[i]}, flat[i]->data, dxpl,
-                          Direction::kWrite, "cannot write dataset " + names[i] + " to " + partial);
+          transfer(dsets[i], shards[i].full_dims(), shard_boxes(shards[i], {mine[i]}),
+                   mine[i].size(), {{0, mine[i].size()}}, flat[i]->data, dxpl, Direction::kWrite,
+                   "cannot write dataset " + names[i] + " to " + partial);
         });
       }
 
@@ -825,48 +995,53 @@ void load_checkpoint_tensors(MPI_Comm comm, const std::string& path,
     });
     collective_phase(comm, [&] { check_same_tensor_count(comm, items.size()); });
 
-    // Who checksums which piece of each tensor, from the ranges every rank reads.
+    // Who checksums which piece of each tensor, from the splits and ranges every rank reads.
     const int rank = comm_rank(comm);
-    int size = 1;
-    MPI_Comm_size(comm, &size);
-    std::vector<int64_t> local(2 * items.size());
-    for (size_t i = 0; i < items.size(); ++i) {
-      local[2 * i] = static_cast<int64_t>(items[i].readable.begin);
-      local[2 * i + 1] = static_cast<int64_t>(items[i].readable.end);
+    const int size = comm_size(comm);
+    const size_t n = items.size();
+    std::vector<int64_t> local(n * kLoadFields);
+    for (size_t i = 0; i < n; ++i) {
+      const LoadItem& it = items[i];
+      const SplitKey key = split_key(*it.tensor);
+      int64_t* f = &local[i * kLoadFields];
+      f[kLAxis] = key.axis;
+      f[kLBlocks] = key.blocks;
+      f[kLParts] = key.parts;
+      f[kLPart] = key.part;
+      f[kLRows0] = it.tensor->shape[0];
+      f[kLBegin] = static_cast<int64_t>(it.held.begin);
+      f[kLEnd] = static_cast<int64_t>(it.held.end);
+      f[kLLoaded] = static_cast<int64_t>(it.rows);
     }
     const std::vector<int64_t> all = allgather_int64(comm, local);
-    size_t n_tiles = 0;
     collective_phase(comm, [&] {
-      for (size_t i = 0; i < items.size(); ++i) {
-        LoadItem& it = items[i];
-        if (!it.checksum.has_value()) continue;
-        std::vector<FlatRange> readable(size);
-        for (int r = 0; r < size; ++r) {
-          const int64_t* f = &all[(static_cast<size_t>(r) * items.size() + i) * 2];
-          readable[r] = {static_cast<hsize_t>(f[0]), static_cast<hsize_t>(f[1])};
+      for (size_t i = 0; i < n; ++i) {
+        if (items[i].checksum.has_value() && element_count(items[i].file_dims) > 0) {
+          plan_load_verification(items[i], i, n, all, size, rank);
         }
-        it.tiles = plan_verification(element_count(it.file_dims), readable);
-        it.first_tile = n_tiles;
-        n_tiles += it.tiles.size();
-        it.has_extra =
-            std::any_of(it.tiles.begin(), it.tiles.end(), [](const Tile& t) { return t.extra; });
       }
     });
-    std::vector<uint32_t> crcs(n_tiles, 0);
 
-    // The data: independent reads (read_dxpl), so the ranks agree once, after all of them.
+    // The data, then the checksum terms: independent reads (read_dxpl), so the ranks agree
+    // once, after all of them.
+    std::vector<uint32_t> terms(n, 0);
     collective_phase(comm, [&] {
       for (LoadItem& it : items) read_item(it, dxpl);
-      for (LoadItem& it : items) {
-        if (it.has_extra) read_extra_tiles(it, dxpl, rank, crcs);
+      for (size_t i = 0; i < n; ++i) {
+        if (items[i].checksum.has_value()) terms[i] = verify_term(items[i], dxpl);
       }
-      checksum_read_tiles(items, rank, crcs);
     });
-    if (n_tiles > 0) {
-      MPI_Allreduce(MPI_IN_PLACE, crcs.data(), static_cast<int>(n_tiles), MPI_UINT32_T, MPI_BXOR,
-                    comm);
-    }
-    collective_phase(comm, [&] { verify_items(items, crcs); });
+    allreduce_xor(comm, terms);
+    // The same values on every rank, so every rank reaches the same verdict.
+    collective_phase(comm, [&] {
+      for (size_t i = 0; i < n; ++i) {
+        const LoadItem& it = items[i];
+        if (!it.checksum.has_value()) continue;
+        const int64_t computed = terms[i];
+        TRIAD_CHECK(computed == *it.checksum, "dataset ", it.path, " fails its checksum (stored ",
+                    *it.checksum, ", computed ", computed, "): the file is damaged");
+      }
+    });
   } catch (const Error& e) {
     fail("checkpoint ", path, ": ", e.what());
   }

@@ -1,4 +1,5 @@
-// Parameter layout and initialization of the GPT; forward/backward live in gpt_step.cpp.
+// Parameter layout and initialization of the GPT; forward/backward live in gpt_step.cpp, the
+// pipeline executor in gpt_pipeline.cpp.
 #include "triad/model/gpt.h"
 
 #include <algorithm>
@@ -10,82 +11,193 @@
 #include "triad/core/rng.h"
 
 namespace triad {
+namespace {
 
-std::vector<ParamSpec> gpt_parameter_layout(const GptShape& shape) {
-  std::vector<ParamSpec> specs;
-  size_t n_floats = 0;
-  const int64_t C = shape.n_embd, Vp = shape.padded_vocab_size, T = shape.seq_len;
-  auto add = [&](std::string name, std::vector<int64_t> shp) {
-    ParamSpec s;
-    s.name = std::move(name);
-    s.shape = std::move(shp);
-    s.numel = 1;
-    for (auto d : s.shape) s.numel *= size_t(d);
-    s.offset = n_floats;
-    s.decay = s.shape.size() >= 2;
-    // Keep every tensor 16-float (64-byte) aligned for vector loads.
-    n_floats += (s.numel + 15) / 16 * 16;
-    specs.push_back(std::move(s));
-  };
-  add("wte/weight", {Vp, C});
-  add("wpe/weight", {T, C});
-  for (int l = 0; l < shape.n_layer; ++l) {
-    const std::string p = "h/" + std::to_string(l) + "/";
-    add(p + "ln_1/weight", {C});
-    add(p + "ln_1/bias", {C});
-    add(p + "attn/c_attn/weight", {3 * C, C});
-    add(p + "attn/c_attn/bias", {3 * C});
-    add(p + "attn/c_proj/weight", {C, C});
-    add(p + "attn/c_proj/bias", {C});
-    add(p + "ln_2/weight", {C});
-    add(p + "ln_2/bias", {C});
-    add(p + "mlp/c_fc/weight", {4 * C, C});
-    add(p + "mlp/c_fc/bias", {4 * C});
-    add(p + "mlp/c_proj/weight", {C, 4 * C});
-    add(p + "mlp/c_proj/bias", {C});
-  }
-  add("ln_f/weight", {C});
-  add("ln_f/bias", {C});
-  return specs;
+size_t aligned(size_t n) { return (n + 15) / 16 * 16; }  // 64-byte aligned tensors
+
+// The 12 tensors of layer l in buffer order, as (name suffix, shape, split axis, blocks);
+// axis -1 = replicated over the tensor-parallel group (DESIGN.md §3 splits).
+struct LayerTensor {
+  const char* name;
+  std::vector<int64_t> shape;
+  int axis, blocks;
+};
+std::vector<LayerTensor> layer_tensor_list(int64_t C) {
+  return {{"ln_1/weight", {C}, -1, 1},
+          {"ln_1/bias", {C}, -1, 1},
+          {"attn/c_attn/weight", {3 * C, C}, 0, 3},  // by heads within each of q, k, v
+          {"attn/c_attn/bias", {3 * C}, 0, 3},
+          {"attn/c_proj/weight", {C, C}, 1, 1},  // row-parallel: input columns
+          {"attn/c_proj/bias", {C}, -1, 1},      // added once, after the all-reduce
+          {"ln_2/weight", {C}, -1, 1},
+          {"ln_2/bias", {C}, -1, 1},
+          {"mlp/c_fc/weight", {4 * C, C}, 0, 1},
+          {"mlp/c_fc/bias", {4 * C}, 0, 1},
+          {"mlp/c_proj/weight", {C, 4 * C}, 1, 1},
+          {"mlp/c_proj/bias", {C}, -1, 1}};
 }
 
-Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards)
-    : shape_(shape), max_batch_(max_batch), be_(backend) {
+class LayoutBuilder {
+ public:
+  explicit LayoutBuilder(int tp, int tp_rank) : tp_(tp), tp_rank_(tp_rank) {}
+  void add(std::string name, std::vector<int64_t> shape, int axis, int blocks, bool replica) {
+    ParamSpec s;
+    s.name = std::move(name);
+    s.shape = std::move(shape);
+    s.local = s.shape;
+    if (tp_ > 1 && axis >= 0) {
+      s.local[size_t(axis)] /= tp_;
+      s.split_axis = axis;
+      s.split_blocks = blocks;
+    }
+    s.replica = replica || (tp_ > 1 && axis < 0 && tp_rank_ > 0);
+    s.numel = 1;
+    for (auto d : s.local) s.numel *= size_t(d);
+    s.offset = n_floats_;
+    s.decay = s.shape.size() >= 2;
+    n_floats_ += aligned(s.numel);
+    specs_.push_back(std::move(s));
+  }
+  std::vector<ParamSpec> take() { return std::move(specs_); }
+
+ private:
+  int tp_, tp_rank_;
+  size_t n_floats_ = 0;
+  std::vector<ParamSpec> specs_;
+};
+
+}  // namespace
+
+// Calls f(full_offset, local_offset, count) for each contiguous run of the shard.
+template <class F>
+void for_each_shard_run(const ParamSpec& s, int tp, int tp_rank, F f) {
+  if (s.split_axis < 0) {
+    f(size_t(0), size_t(0), s.numel);
+    return;
+  }
+  // View the tensor as [outer, dim, inner] around the split axis.
+  size_t outer = 1, inner = 1;
+  for (int d = 0; d < s.split_axis; ++d) outer *= size_t(s.shape[size_t(d)]);
+  for (size_t d = size_t(s.split_axis) + 1; d < s.shape.size(); ++d) inner *= size_t(s.shape[d]);
+  const size_t dim = size_t(s.shape[size_t(s.split_axis)]);
+  const size_t block = dim / size_t(s.split_blocks), part = block / size_t(tp);
+  size_t local = 0;
+  for (size_t o = 0; o < outer; ++o)
+    for (size_t b = 0; b < size_t(s.split_blocks); ++b) {
+      f((o * dim + b * block + size_t(tp_rank) * part) * inner, local, part * inner);
+      local += part * inner;
+    }
+}
+
+void extract_shard(const ParamSpec& s, int tp, int tp_rank, const float* full, float* local) {
+  for_each_shard_run(s, tp, tp_rank, [&](size_t f, size_t l, size_t n) {
+    std::memcpy(local + l, full + f, n * sizeof(float));
+  });
+}
+
+void insert_shard(const ParamSpec& s, int tp, int tp_rank, const float* local, float* full) {
+  for_each_shard_run(s, tp, tp_rank, [&](size_t f, size_t l, size_t n) {
+    std::memcpy(full + f, local + l, n * sizeof(float));
+  });
+}
+
+std::vector<ParamSpec> gpt_parameter_layout(const GptShape& shape) {
+  return gpt_rank_layout(shape, ModelParallel{});
+}
+
+std::vector<ParamSpec> gpt_rank_layout(const GptShape& shape, const ModelParallel& mp) {
+  const int64_t C = shape.n_embd, Vp = shape.padded_vocab_size, T = shape.seq_len;
+  LayoutBuilder b(mp.tp, mp.tp_rank);
+  if (mp.first_stage()) {
+    b.add("wte/weight", {Vp, C}, 0, 1, false);
+    b.add("wpe/weight", {T, C}, -1, 1, false);
+  }
+  const int per_chunk = mp.layers_per_chunk(shape.n_layer);
+  for (int c = 0; c < mp.virtual_stages; ++c) {
+    const int g = mp.global_chunk(c);
+    for (int l = g * per_chunk; l < (g + 1) * per_chunk; ++l)
+      for (const auto& t : layer_tensor_list(C))
+        b.add("h/" + std::to_string(l) + "/" + t.name, t.shape, t.axis, t.blocks, false);
+  }
+  if (mp.last_stage()) {
+    b.add("ln_f/weight", {C}, -1, 1, false);
+    b.add("ln_f/bias", {C}, -1, 1, false);
+    // The tied head's copy of wte: the first stage owns the values.
+    if (!mp.first_stage()) b.add("wte/weight", {Vp, C}, 0, 1, true);
+  }
+  return b.take();
+}
+
+Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
+         const ModelParallel& mp, const PipelineSchedule* schedule)
+    : shape_(shape), max_batch_(max_batch), be_(backend), mp_(mp) {
   TRIAD_ASSERT(shards >= 1);
   TRIAD_ASSERT(shape.n_embd % shape.n_head == 0 && max_batch >= 1);
   TRIAD_ASSERT(shape.padded_vocab_size >= shape.vocab_size);
-  specs_ = gpt_parameter_layout(shape);
-  n_floats_ = specs_.back().offset + (specs_.back().numel + 15) / 16 * 16;
+  TRIAD_ASSERT(mp.tp >= 1 && shape.n_head % mp.tp == 0 && shape.padded_vocab_size % mp.tp == 0);
+  TRIAD_ASSERT(mp.pp >= 1 && mp.virtual_stages >= 1 && shape.n_layer % mp.chunks() == 0);
+  TRIAD_ASSERT(mp.tp == 1 || mp.tp_comm != nullptr);
+  TRIAD_ASSERT(mp.pp == 1 || (mp.pp_comm != nullptr && schedule != nullptr));
+  specs_ = gpt_rank_layout(shape, mp);
+  layer_.assign(size_t(shape.n_layer), -1);
+  for (size_t i = 0; i < specs_.size(); ++i) {
+    const auto& n = specs_[i].name;
+    if (n == "wte/weight") (specs_[i].replica && mp.pp > 1 ? head_ : wte_) = int(i);
+    if (n == "wpe/weight") wpe_ = int(i);
+    if (n == "ln_f/weight") lnf_ = int(i);
+    if (n.starts_with("h/") && n.ends_with("/ln_1/weight"))
+      layer_[size_t(std::stoi(n.substr(2)))] = int(i);
+  }
+  if (mp.pp == 1) head_ = wte_;
+  n_floats_ = specs_.back().offset + aligned(specs_.back().numel);
   const size_t quantum = 16 * size_t(shards);
   buffer_floats_ = (n_floats_ + quantum - 1) / quantum * quantum;
   params_ = be_.alloc(buffer_floats_);
   grads_ = be_.alloc(buffer_floats_);
-  acts_ = new Activations(shape_, max_batch_, be_);
+  vocab_local_ = shape.padded_vocab_size / mp.tp;
+  vocab_begin_ = mp.tp_rank * vocab_local_;
+  vocab_valid_ = std::clamp(shape.vocab_size - vocab_begin_, 0, vocab_local_);
+
+  // Activation sets per chunk: the most micro-batches the schedule keeps in flight on it.
+  std::vector<int> slots(size_t(mp.virtual_stages), 1);
+  int grad_sends = 0;
+  if (schedule != nullptr && mp.pp > 1) {
+    schedule_ = *schedule;
+    std::vector<int> live(slots.size(), 0);
+    for (const Action& a : schedule_[size_t(mp.pp_rank)]) {
+      if (a.kind == ActionKind::Forward)
+        slots[size_t(a.chunk)] = std::max(slots[size_t(a.chunk)], ++live[size_t(a.chunk)]);
+      if (a.kind == ActionKind::Backward) --live[size_t(a.chunk)];
+      if (a.kind == ActionKind::SendGrad) ++grad_sends;
+    }
+  }
+  acts_ = new Activations(shape_, mp_, max_batch_, slots, grad_sends, be_);
+  if (mp.pp > 1 && (mp.first_stage() || mp.last_stage()))
+    tied_scratch_ = be_.alloc(size_t(vocab_local_) * shape.n_embd);
   d_inputs_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
   d_targets_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
-  // Host scratch for one row of logits (sampling) or the per-token losses and hits of a
-  // micro-batch (the loss sum), whichever is larger.
+  host_ids_.resize(size_t(max_batch_) * shape_.seq_len);
+  host_candidates_.resize(host_ids_.size());
+  // Host scratch: one row of logits and its local slice (sampling), or the per-token losses and
+  // hits of a micro-batch, or the vocabulary-parallel row statistics, whichever is largest.
   host_scratch_.resize(
-      std::max(size_t(shape_.padded_vocab_size), 2 * size_t(max_batch_) * shape_.seq_len));
+      std::max(2 * size_t(shape_.padded_vocab_size), 4 * size_t(max_batch_) * shape_.seq_len));
 }
 
 Gpt::~Gpt() {
   be_.free_ints(d_targets_);
   be_.free_ints(d_inputs_);
+  if (tied_scratch_) be_.free(tied_scratch_);
   delete acts_;
   be_.free(grads_);
   be_.free(params_);
 }
 
-const ParamSpec& Gpt::param(const std::string& name) const {
-  for (const auto& s : specs_)
-    if (s.name == name) return s;
-  fail("internal error: no parameter named ", name);
-}
+size_t Gpt::activation_bytes() const { return acts_->bytes(); }
 
 int64_t Gpt::num_parameters() const {
   int64_t n = 0;
-  for (const auto& s : specs_) n += int64_t(s.numel);
+  for (const auto& s : gpt_parameter_layout(shape_)) n += int64_t(s.numel);
   // wte's padding rows are not parameters of the model.
   return n - int64_t(shape_.padded_vocab_size - shape_.vocab_size) * shape_.n_embd;
 }
@@ -96,26 +208,26 @@ double Gpt::flops_per_token() const {
 }
 
 void Gpt::init(uint64_t seed) {
-  // Initialize on the host in layout order with one seeded stream, then upload: the same seed
-  // gives the same weights on every backend and grid.
-  std::vector<float> host(buffer_floats_, 0.0f);
+  // Draw the whole model in layout order from one seeded stream on the host, keeping this
+  // rank's shards: the same seed gives the same weights on every backend and grid.
+  std::vector<float> host(buffer_floats_, 0.0f), full;
   Rng rng(seed);
   const double residual_std = 0.02 / std::sqrt(2.0 * shape_.n_layer);
-  for (const auto& s : specs_) {
-    float* p = host.data() + s.offset;
-    const bool is_bias = s.name.ends_with("/bias");
-    const bool is_norm = s.name.find("ln_") != std::string::npos;
+  for (const auto& t : gpt_parameter_layout(shape_)) {
+    full.assign(t.numel, 0.0f);
+    const bool is_bias = t.name.ends_with("/bias");
+    const bool is_norm = t.name.find("ln_") != std::string::npos;
     if (is_norm && !is_bias) {
-      std::fill(p, p + s.numel, 1.0f);
-    } else if (is_bias) {
-      // zero
-    } else {
-      const bool residual = s.name.ends_with("c_proj/weight");
+      std::fill(full.begin(), full.end(), 1.0f);
+    } else if (!is_bias) {
+      const bool residual = t.name.ends_with("c_proj/weight");
       const double std = residual ? residual_std : 0.02;
-      size_t n = s.numel;
-      if (s.name == "wte/weight") n = size_t(shape_.vocab_size) * shape_.n_embd;  // padding 0
-      for (size_t i = 0; i < n; ++i) p[i] = float(std * rng.normal());
+      size_t n = t.numel;
+      if (t.name == "wte/weight") n = size_t(shape_.vocab_size) * shape_.n_embd;  // padding 0
+      for (size_t i = 0; i < n; ++i) full[i] = float(std * rng.normal());
     }
+    for (const auto& s : specs_)  // wte may be held twice (embedding and head)
+      if (s.name == t.name) extract_shard(s, mp_.tp, mp_.tp_rank, full.data(), &host[s.offset]);
   }
   be_.copy_from_host(params_, host.data(), buffer_floats_);
   zero_grads();

@@ -1,7 +1,13 @@
-// Forward and backward of the GPT as a sequence of Backend ops (DESIGN.md §3). Backward ops
-// accumulate into their outputs, so the residual-stream gradient flows through one buffer
-// (dresidual) that each layer's branches add into.
+// Forward and backward of the GPT as a sequence of Backend ops (DESIGN.md §3), for the chunk
+// of layers a rank holds, with Megatron's tensor parallelism: c_attn and c_fc column-parallel
+// (local heads / hidden units), attn.c_proj and mlp.c_proj row-parallel (partial sums
+// all-reduced over the tensor-parallel group, bias added once), so each layer all-reduces two
+// activations in forward and two input gradients in backward. Embedding and cross-entropy are
+// vocabulary-parallel. Backward ops accumulate into their outputs, so the residual-stream
+// gradient flows through one buffer (dresidual) that each layer's branches add into.
 #include <algorithm>
+#include <cmath>
+#include <limits>
 
 #include "gpt_activations.h"
 #include "triad/core/error.h"
@@ -15,155 +21,278 @@ struct LayerTensors {
   float *ln1w, *ln1b, *qkvw, *qkvb, *projw, *projb, *ln2w, *ln2b, *fcw, *fcb, *fcprojw, *fcprojb;
 };
 
-LayerTensors layer_tensors(float* base, const std::vector<ParamSpec>& specs, int l) {
-  // Layout: wte, wpe, then 12 tensors per layer in the order of the constructor.
-  const size_t i = 2 + size_t(l) * 12;
-  auto at = [&](size_t k) { return base + specs[i + k].offset; };
+LayerTensors layer_tensors(float* base, const std::vector<ParamSpec>& specs, int first) {
+  auto at = [&](size_t k) { return base + specs[size_t(first) + k].offset; };
   return {at(0), at(1), at(2), at(3), at(4), at(5), at(6), at(7), at(8), at(9), at(10), at(11)};
 }
 
 }  // namespace
 
-void Gpt::forward(const int32_t* inputs, int B, int T) {
-  TRIAD_ASSERT(B >= 1 && B <= max_batch_ && T >= 1 && T <= shape_.seq_len);
-  const int C = shape_.n_embd, NH = shape_.n_head;
-  const int N = B * T;
-  auto& a = *acts_;
-  float* wte = params_ + specs_[0].offset;
-  float* wpe = params_ + specs_[1].offset;
-  be_.encoder_forward(a.encoded, inputs, wte, wpe, B, T, C);
-  const float* x = a.encoded;
-  for (int l = 0; l < shape_.n_layer; ++l) {
-    auto& L = a.layers[size_t(l)];
-    const LayerTensors w = layer_tensors(params_, specs_, l);
-    be_.layernorm_forward(L.ln1, L.ln1_mean, L.ln1_rstd, x, w.ln1w, w.ln1b, N, C);
-    be_.matmul_forward(L.qkv, L.ln1, w.qkvw, w.qkvb, N, C, 3 * C);
-    be_.attention_forward(L.atty, L.att, L.qkv, B, T, C, NH);
-    be_.matmul_forward(L.attproj, L.atty, w.projw, w.projb, N, C, C);
-    be_.add(L.residual2, x, L.attproj, size_t(N) * C);
-    be_.layernorm_forward(L.ln2, L.ln2_mean, L.ln2_rstd, L.residual2, w.ln2w, w.ln2b, N, C);
-    be_.matmul_forward(L.fch, L.ln2, w.fcw, w.fcb, N, C, 4 * C);
-    be_.gelu_forward(L.fch_gelu, L.fch, size_t(N) * 4 * C);
-    be_.matmul_forward(L.fcproj, L.fch_gelu, w.fcprojw, w.fcprojb, N, 4 * C, C);
-    be_.add(L.residual3, L.residual2, L.fcproj, size_t(N) * C);
-    x = L.residual3;
-  }
-  const float* lnfw = params_ + specs_[specs_.size() - 2].offset;
-  const float* lnfb = params_ + specs_[specs_.size() - 1].offset;
-  be_.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, x, lnfw, lnfb, N, C);
+void Gpt::tp_all_reduce(float* x, size_t n) {
+  if (mp_.tp > 1) mp_.tp_comm->all_reduce_sum(x, n);
 }
 
-ForwardStats Gpt::classifier(const int32_t* targets, int B, int T, float dloss_scale) {
-  const int N = B * T, C = shape_.n_embd, V = shape_.vocab_size, Vp = shape_.padded_vocab_size;
-  auto& a = *acts_;
-  const float* wte = params_ + specs_[0].offset;
-  be_.matmul_forward(a.logits, a.lnf, wte, nullptr, N, C, Vp);
-  be_.crossentropy_forward_backward(a.logits, a.losses, a.correct, targets, N, V, Vp, dloss_scale);
-  // Sum on the host in a fixed order (deterministic, independent of threads).
+// The rows this rank holds of a micro-batch of N rows: all of them, or 1/tp under sequence
+// parallelism.
+int Gpt::local_rows(int N) const { return mp_.split_rows() ? N / mp_.tp : N; }
+
+// Partial sums over all N rows (src) → this rank's rows, complete (dst): a reduce-scatter under
+// sequence parallelism, else an all-reduce (src == dst).
+void Gpt::reduce_rows(float* src, float* dst, int N) {
+  const size_t C = size_t(shape_.n_embd);
+  if (mp_.split_rows()) {
+    mp_.tp_comm->reduce_scatter_sum(src, dst, size_t(local_rows(N)) * C);
+  } else {
+    TRIAD_ASSERT(src == dst);
+    tp_all_reduce(dst, size_t(N) * C);
+  }
+}
+
+// This rank's rows (src) → all N rows (dst) under sequence parallelism; else src itself.
+const float* Gpt::gather_rows(const float* src, float* dst, int N) {
+  if (!mp_.split_rows()) return src;
+  mp_.tp_comm->all_gather(src, dst, size_t(local_rows(N)) * shape_.n_embd);
+  return dst;
+}
+
+// LayerNorm backward on this rank's rows. Under sequence parallelism its weight and bias
+// gradients are partial sums over the group's rows: they are formed apart, all-reduced and
+// then accumulated, so that accumulation over micro-batches counts each once.
+void Gpt::layernorm_backward(float* dinp, float* dw, float* db, const float* dout, const float* inp,
+                             const float* w, const float* mean, const float* rstd, int rows) {
+  const int C = shape_.n_embd;
+  if (!mp_.split_rows()) {
+    be_.layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, rows, C);
+    return;
+  }
+  float* g = acts_->ln_grads;
+  be_.zero(g, 2 * size_t(C));
+  be_.layernorm_backward(dinp, g, g + C, dout, inp, w, mean, rstd, rows, C);
+  tp_all_reduce(g, 2 * size_t(C));
+  be_.accumulate(dw, g, size_t(C));
+  be_.accumulate(db, g + C, size_t(C));
+}
+
+// Token ids as this rank's slice of the vocabulary sees them: id − vocab_begin inside the
+// slice, −1 (held by another rank) outside. With tp = 1 they are the ids themselves.
+void Gpt::upload_ids(const int32_t* inputs, const int32_t* targets, int N) {
+  auto local = [&](const int32_t* ids, int32_t* dev) {
+    for (int i = 0; i < N; ++i) {
+      const int32_t t = ids[i] - vocab_begin_;
+      host_ids_[size_t(i)] = t >= 0 && t < vocab_valid_ ? t : -1;
+    }
+    be_.copy_ints_from_host(dev, host_ids_.data(), size_t(N));
+  };
+  if (inputs) local(inputs, d_inputs_);
+  if (targets) local(targets, d_targets_);
+}
+
+void Gpt::forward_chunk(int chunk, Set& S, int B, int T) {
+  TRIAD_ASSERT(B >= 1 && B <= max_batch_ && T >= 1 && T <= shape_.seq_len);
+  const int C = shape_.n_embd, Cl = C / mp_.tp, NHl = shape_.n_head / mp_.tp;
+  const int N = B * T, n = local_rows(N);  // rows of the micro-batch, and of them held here
+  const size_t nC = size_t(n) * C;
+  const bool sp = mp_.split_rows();
+  float* full = acts_->full;  // sequence parallel: partial sums over all rows
+  const int g = mp_.global_chunk(chunk), per_chunk = mp_.layers_per_chunk(shape_.n_layer);
+  if (g == 0) {
+    // Vocabulary-parallel embedding: each rank adds the rows it holds (zero elsewhere), one
+    // rank adds wpe, and the reduction completes wte[tok] + wpe[pos].
+    const float* wpe = mp_.tp_rank == 0 ? params_ + specs_[size_t(wpe_)].offset : nullptr;
+    float* out = sp ? full : S.input;
+    be_.encoder_forward(out, d_inputs_, params_ + specs_[size_t(wte_)].offset, wpe, B, T, C);
+    reduce_rows(out, S.input, N);
+  }
+  const float* x = S.input;
+  for (int i = 0; i < per_chunk; ++i) {
+    auto& L = S.layers[size_t(i)];
+    const LayerTensors w = layer_tensors(params_, specs_, layer_[size_t(g * per_chunk + i)]);
+    const float* projb = mp_.tp_rank == 0 ? w.projb : nullptr;  // bias added once
+    const float* fcprojb = mp_.tp_rank == 0 ? w.fcprojb : nullptr;
+    be_.layernorm_forward(L.ln1, L.ln1_mean, L.ln1_rstd, x, w.ln1w, w.ln1b, n, C);
+    const float* ln1 = gather_rows(L.ln1, L.ln1g, N);
+    be_.matmul_forward(L.qkv, ln1, w.qkvw, w.qkvb, N, C, 3 * Cl);
+    be_.attention_forward(L.atty, L.att, L.qkv, B, T, Cl, NHl);
+    float* attproj = sp ? full : L.attproj;
+    be_.matmul_forward(attproj, L.atty, w.projw, projb, N, Cl, C);
+    reduce_rows(attproj, L.attproj, N);
+    be_.add(L.residual2, x, L.attproj, nC);
+    be_.layernorm_forward(L.ln2, L.ln2_mean, L.ln2_rstd, L.residual2, w.ln2w, w.ln2b, n, C);
+    const float* ln2 = gather_rows(L.ln2, L.ln2g, N);
+    be_.matmul_forward(L.fch, ln2, w.fcw, w.fcb, N, C, 4 * Cl);
+    be_.gelu_forward(L.fch_gelu, L.fch, size_t(N) * 4 * Cl);
+    float* fcproj = sp ? full : L.fcproj;
+    be_.matmul_forward(fcproj, L.fch_gelu, w.fcprojw, fcprojb, N, 4 * Cl, C);
+    reduce_rows(fcproj, L.fcproj, N);
+    be_.add(L.residual3, L.residual2, L.fcproj, nC);
+    x = L.residual3;
+  }
+  if (g == mp_.chunks() - 1) {
+    const float* lnfw = params_ + specs_[size_t(lnf_)].offset;
+    const float* lnfb = params_ + specs_[size_t(lnf_) + 1].offset;
+    be_.layernorm_forward(S.lnf, S.lnf_mean, S.lnf_rstd, x, lnfw, lnfb, n, C);
+    gather_rows(S.lnf, S.lnfg, N);
+  }
+}
+
+// The tied head and the loss of the last chunk. d_targets_ holds this rank's local target ids
+// (upload_ids); host_targets the global ones. with_grad leaves dlogits in S.logits.
+ForwardStats Gpt::classifier(Set& S, const int32_t* host_targets, int B, int T, float dloss_scale,
+                             bool with_grad) {
+  const int N = B * T, C = shape_.n_embd, Vl = vocab_local_;
+  be_.matmul_forward(S.logits, S.lnfg, head_weight(), nullptr, N, C, Vl);
   float* host = host_scratch_.data();  // planned in the constructor: no allocation per step
-  be_.copy_to_host(host, a.losses, size_t(N));
-  be_.copy_to_host(host + N, a.correct, size_t(N));
   ForwardStats st;
-  for (int i = 0; i < N; ++i) st.loss_sum += host[size_t(i)];
-  for (int i = 0; i < N; ++i) st.correct += host[size_t(N + i)] > 0.5f ? 1 : 0;
   st.tokens = N;
+  if (mp_.tp == 1) {
+    be_.crossentropy_forward_backward(S.logits, S.losses, S.correct, d_targets_, N,
+                                      shape_.vocab_size, Vl, dloss_scale);
+    // Sum on the host in a fixed order (deterministic, independent of threads).
+    be_.copy_to_host(host, S.losses, size_t(N));
+    be_.copy_to_host(host + N, S.correct, size_t(N));
+    for (int i = 0; i < N; ++i) st.loss_sum += host[size_t(i)];
+    for (int i = 0; i < N; ++i) st.correct += host[size_t(N + i)] > 0.5f ? 1 : 0;
+    return st;
+  }
+  // Vocabulary-parallel cross-entropy: only [N] row statistics cross the group, never logits.
+  float* stats = acts_->ce_stats;  // row max | argmax | sum exp | target logit
+  float *hmax = host, *harg = host + N, *hsum = host + 2 * N, *htgt = host + 3 * N;
+  be_.logits_row_max(stats, stats + N, S.logits, N, vocab_valid_, Vl);
+  be_.copy_to_host(host, stats, 2 * size_t(N));
+  // Global argmax = the smallest global column holding the global max: each rank offers its
+  // first local column where its max is the global one, as −column, and the group takes the max.
+  std::vector<float>& cand = host_candidates_;
+  for (int i = 0; i < N; ++i) cand[size_t(i)] = hmax[i];
+  mp_.tp_comm->all_reduce_max(cand.data(), size_t(N));
+  for (int i = 0; i < N; ++i) {
+    const bool mine = harg[i] >= 0 && hmax[i] == cand[size_t(i)];
+    hmax[i] = cand[size_t(i)];
+    harg[i] = mine ? -float(vocab_begin_ + int(harg[i])) : -std::numeric_limits<float>::infinity();
+  }
+  mp_.tp_comm->all_reduce_max(harg, size_t(N));
+  be_.copy_from_host(stats, hmax, size_t(N));
+  be_.softmax_partial_sums(stats + 2 * N, stats + 3 * N, S.logits, stats, d_targets_, N,
+                           vocab_valid_, Vl);
+  be_.copy_to_host(hsum, stats + 2 * N, 2 * size_t(N));
+  mp_.tp_comm->all_reduce_sum(hsum, 2 * size_t(N));  // sums and target logits
+  if (with_grad) {
+    be_.copy_from_host(stats + 2 * N, hsum, size_t(N));
+    be_.crossentropy_backward_partial(S.logits, stats, stats + 2 * N, d_targets_, N, vocab_valid_,
+                                      Vl, dloss_scale);
+  }
+  for (int i = 0; i < N; ++i) {
+    st.loss_sum += std::log(double(hsum[i])) + double(hmax[i]) - double(htgt[i]);
+    st.correct += int(-harg[i]) == host_targets[i] ? 1 : 0;
+  }
   return st;
 }
 
-void Gpt::backward(const int32_t* inputs, int B, int T) {
-  const int C = shape_.n_embd, NH = shape_.n_head, Vp = shape_.padded_vocab_size;
-  const int N = B * T;
+void Gpt::backward_chunk(int chunk, Set& S, int B, int T) {
+  const int C = shape_.n_embd, Cl = C / mp_.tp, NHl = shape_.n_head / mp_.tp;
+  const int N = B * T, n = local_rows(N);
   const size_t NC = size_t(N) * C;
   auto& a = *acts_;
   const auto& sp = specs_;
-  // Classifier (tied head): dlogits already sit in a.logits.
-  be_.zero(a.dln, NC);
-  be_.matmul_backward(a.dln, grads_ + sp[0].offset, nullptr, a.logits, a.lnf,
-                      params_ + sp[0].offset, N, C, Vp);
-  const float* x_last = shape_.n_layer > 0 ? a.layers.back().residual3 : a.encoded;
-  be_.zero(a.dresidual, NC);
-  be_.layernorm_backward(a.dresidual, grads_ + sp[sp.size() - 2].offset,
-                         grads_ + sp[sp.size() - 1].offset, a.dln, x_last,
-                         params_ + sp[sp.size() - 2].offset, a.lnf_mean, a.lnf_rstd, N, C);
-  const size_t layer0 = sp[2].offset, lnf = sp[sp.size() - 2].offset;
-  auto layer_begin = [&](int l) {
-    return l < shape_.n_layer ? sp[2 + size_t(l) * 12].offset : lnf;
-  };
-  if (grad_hook_) grad_hook_(lnf, n_floats_ - lnf);
-  for (int l = shape_.n_layer - 1; l >= 0; --l) {
-    auto& L = a.layers[size_t(l)];
-    const LayerTensors w = layer_tensors(params_, specs_, l);
-    const LayerTensors g = layer_tensors(grads_, specs_, l);
-    const float* x_in = l == 0 ? a.encoded : a.layers[size_t(l - 1)].residual3;
-    // MLP branch: residual3 = residual2 + c_proj(gelu(c_fc(ln_2(residual2)))).
-    be_.zero(a.dfch_gelu, NC * 4);
-    be_.matmul_backward(a.dfch_gelu, g.fcprojw, g.fcprojb, a.dresidual, L.fch_gelu, w.fcprojw, N,
-                        4 * C, C);
-    be_.zero(a.dfch, NC * 4);
-    be_.gelu_backward(a.dfch, L.fch, a.dfch_gelu, NC * 4);
-    be_.zero(a.dln, NC);
-    be_.matmul_backward(a.dln, g.fcw, g.fcb, a.dfch, L.ln2, w.fcw, N, C, 4 * C);
-    be_.layernorm_backward(a.dresidual, g.ln2w, g.ln2b, a.dln, L.residual2, w.ln2w, L.ln2_mean,
-                           L.ln2_rstd, N, C);
-    // Attention branch: residual2 = x + c_proj(attn(c_attn(ln_1(x)))).
-    be_.zero(a.datty, NC);
-    be_.matmul_backward(a.datty, g.projw, g.projb, a.dresidual, L.atty, w.projw, N, C, C);
-    be_.zero(a.dqkv, NC * 3);
-    be_.attention_backward(a.dqkv, a.datt_scratch, a.datty, L.qkv, L.att, B, T, C, NH);
-    be_.zero(a.dln, NC);
-    be_.matmul_backward(a.dln, g.qkvw, g.qkvb, a.dqkv, L.ln1, w.qkvw, N, C, 3 * C);
-    be_.layernorm_backward(a.dresidual, g.ln1w, g.ln1b, a.dln, x_in, w.ln1w, L.ln1_mean, L.ln1_rstd,
-                           N, C);
-    if (grad_hook_) grad_hook_(layer_begin(l), layer_begin(l + 1) - layer_begin(l));
+  const bool seq = mp_.split_rows();
+  // Input gradients of column-parallel layers are partial sums over all rows: formed in
+  // `dpart` (dln itself without sequence parallelism), then reduced into this rank's dln rows.
+  float* dpart = seq ? a.full : a.dln;
+  const int g = mp_.global_chunk(chunk), per_chunk = mp_.layers_per_chunk(shape_.n_layer);
+  if (g == mp_.chunks() - 1) {
+    // Classifier (tied head): dlogits already sit in S.logits. The head is column-parallel
+    // over the vocabulary, so its input gradient is a partial sum over the group.
+    be_.zero(dpart, NC);
+    be_.matmul_backward(dpart, grads_ + sp[size_t(head_)].offset, nullptr, S.logits, S.lnfg,
+                        head_weight(), N, C, vocab_local_);
+    reduce_rows(dpart, a.dln, N);
+    be_.zero(a.dresidual, size_t(n) * C);
+    layernorm_backward(a.dresidual, grads_ + sp[size_t(lnf_)].offset,
+                       grads_ + sp[size_t(lnf_) + 1].offset, a.dln, S.output(),
+                       params_ + sp[size_t(lnf_)].offset, S.lnf_mean, S.lnf_rstd, n);
+    if (grad_hook_) grad_hook_(sp[size_t(lnf_)].offset, n_floats_ - sp[size_t(lnf_)].offset);
   }
-  be_.encoder_backward(grads_ + sp[0].offset, grads_ + sp[1].offset, a.dresidual, inputs, B, T, C);
-  if (grad_hook_) grad_hook_(0, layer0);
+  // Otherwise the caller has put the gradient of the chunk's output into dresidual.
+  for (int i = per_chunk - 1; i >= 0; --i) {
+    auto& L = S.layers[size_t(i)];
+    const int first = layer_[size_t(g * per_chunk + i)];
+    const LayerTensors w = layer_tensors(params_, specs_, first);
+    const LayerTensors gr = layer_tensors(grads_, specs_, first);
+    const float* x_in = i == 0 ? S.input : S.layers[size_t(i - 1)].residual3;
+    // MLP branch: residual3 = residual2 + c_proj(gelu(c_fc(ln_2(residual2)))). The
+    // row-parallel c_proj sees the gradient of all rows, so its bias gradient is complete.
+    const float* dres = gather_rows(a.dresidual, a.full, N);
+    be_.zero(a.dfch_gelu, size_t(N) * 4 * Cl);
+    be_.matmul_backward(a.dfch_gelu, gr.fcprojw, gr.fcprojb, dres, L.fch_gelu, w.fcprojw, N, 4 * Cl,
+                        C);
+    be_.zero(a.dfch, size_t(N) * 4 * Cl);
+    be_.gelu_backward(a.dfch, L.fch, a.dfch_gelu, size_t(N) * 4 * Cl);
+    be_.zero(dpart, NC);
+    be_.matmul_backward(dpart, gr.fcw, gr.fcb, a.dfch, L.ln2g, w.fcw, N, C, 4 * Cl);
+    reduce_rows(dpart, a.dln, N);
+    layernorm_backward(a.dresidual, gr.ln2w, gr.ln2b, a.dln, L.residual2, w.ln2w, L.ln2_mean,
+                       L.ln2_rstd, n);
+    // Attention branch: residual2 = x + c_proj(attn(c_attn(ln_1(x)))).
+    dres = gather_rows(a.dresidual, a.full, N);
+    be_.zero(a.datty, size_t(N) * Cl);
+    be_.matmul_backward(a.datty, gr.projw, gr.projb, dres, L.atty, w.projw, N, Cl, C);
+    be_.zero(a.dqkv, size_t(N) * 3 * Cl);
+    be_.attention_backward(a.dqkv, a.datt_scratch, a.datty, L.qkv, L.att, B, T, Cl, NHl);
+    be_.zero(dpart, NC);
+    be_.matmul_backward(dpart, gr.qkvw, gr.qkvb, a.dqkv, L.ln1g, w.qkvw, N, C, 3 * Cl);
+    reduce_rows(dpart, a.dln, N);
+    layernorm_backward(a.dresidual, gr.ln1w, gr.ln1b, a.dln, x_in, w.ln1w, L.ln1_mean, L.ln1_rstd,
+                       n);
+    if (grad_hook_) {
+      const size_t lo = sp[size_t(first)].offset;
+      const size_t hi = size_t(first) + 12 < sp.size() ? sp[size_t(first) + 12].offset : n_floats_;
+      grad_hook_(lo, hi - lo);
+    }
+  }
+  if (g == 0) {
+    // wpe is replicated: every rank accumulates the same gradient (of all rows); wte rows
+    // only for the ids this rank holds.
+    const float* dres = gather_rows(a.dresidual, a.full, N);
+    be_.encoder_backward(grads_ + sp[size_t(wte_)].offset, grads_ + sp[size_t(wpe_)].offset, dres,
+                         d_inputs_, B, T, C);
+    if (grad_hook_) grad_hook_(0, sp[size_t(wpe_) + 1].offset);  // wte, wpe
+  }
 }
 
 ForwardStats Gpt::forward_backward(const int32_t* inputs, const int32_t* targets, int B,
                                    float dloss_scale) {
+  TRIAD_CHECK(mp_.pp == 1, "internal error: forward_backward with pp > 1 (use pipeline_step)");
   const int T = shape_.seq_len;
   TRIAD_ASSERT(B >= 1 && B <= max_batch_);
-  be_.copy_ints_from_host(d_inputs_, inputs, size_t(B) * T);
-  be_.copy_ints_from_host(d_targets_, targets, size_t(B) * T);
-  forward(d_inputs_, B, T);
-  ForwardStats st = classifier(d_targets_, B, T, dloss_scale);
-  backward(d_inputs_, B, T);
+  Set& S = acts_->sets[0][0];
+  upload_ids(inputs, targets, B * T);
+  forward_chunk(0, S, B, T);
+  ForwardStats st = classifier(S, targets, B, T, dloss_scale, true);
+  backward_chunk(0, S, B, T);
   return st;
 }
 
 ForwardStats Gpt::evaluate(const int32_t* inputs, const int32_t* targets, int B) {
-  const int T = shape_.seq_len;
   TRIAD_ASSERT(B >= 1 && B <= max_batch_);
-  be_.copy_ints_from_host(d_inputs_, inputs, size_t(B) * T);
-  be_.copy_ints_from_host(d_targets_, targets, size_t(B) * T);
-  forward(d_inputs_, B, T);
-  return classifier(d_targets_, B, T, 0.0f);
+  const int T = shape_.seq_len;
+  ForwardStats st;
+  if (Set* last = forward_pipeline(inputs, B, T)) {
+    upload_ids(nullptr, targets, B * T);
+    st = classifier(*last, targets, B, T, 0.0f, false);
+  }
+  return share_from_last_stage(st);
 }
 
 void Gpt::forward_logits(const int32_t* inputs, int B, float* host_out) {
+  TRIAD_CHECK(mp_.tp == 1 && mp_.pp == 1, "forward_logits needs the whole model on one rank");
   const int T = shape_.seq_len, C = shape_.n_embd, V = shape_.vocab_size;
   const int Vp = shape_.padded_vocab_size;
-  be_.copy_ints_from_host(d_inputs_, inputs, size_t(B) * T);
-  forward(d_inputs_, B, T);
-  auto& a = *acts_;
-  be_.matmul_forward(a.logits, a.lnf, params_ + specs_[0].offset, nullptr, B * T, C, Vp);
+  Set& S = acts_->sets[0][0];
+  upload_ids(inputs, nullptr, B * T);
+  forward_chunk(0, S, B, T);
+  be_.matmul_forward(S.logits, S.lnf, head_weight(), nullptr, B * T, C, Vp);
   std::vector<float> row(size_t(B) * T * Vp);
-  be_.copy_to_host(row.data(), a.logits, row.size());
+  be_.copy_to_host(row.data(), S.logits, row.size());
   for (size_t i = 0; i < size_t(B) * T; ++i) std::copy_n(row.data() + i * Vp, V, host_out + i * V);
-}
-
-const float* Gpt::next_token_logits(const int32_t* tokens, int len) {
-  TRIAD_ASSERT(len >= 1 && len <= shape_.seq_len);
-  be_.copy_ints_from_host(d_inputs_, tokens, size_t(len));
-  forward(d_inputs_, 1, len);
-  const int C = shape_.n_embd, Vp = shape_.padded_vocab_size;
-  auto& a = *acts_;
-  // Only the last position's logits are needed: one row of the classifier.
-  be_.matmul_forward(a.logits, a.lnf + size_t(len - 1) * C, params_ + specs_[0].offset, nullptr, 1,
-                     C, Vp);
-  be_.copy_to_host(host_scratch_.data(), a.logits, size_t(Vp));
-  return host_scratch_.data();
 }
 
 }  // namespace triad

@@ -55,6 +55,11 @@ class MpiComm final : public Comm {
     TRIAD_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, buf, count_of(n), MPI_FLOAT, MPI_SUM, comm_, &r));
     return CommRequest(r);
   }
+  void all_reduce_max(float* buf, size_t n) override {
+    stats_.add(CommStats::kAllReduce, n * sizeof(float));
+    if (size_ == 1) return;
+    TRIAD_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf, count_of(n), MPI_FLOAT, MPI_MAX, comm_));
+  }
   double all_reduce_sum(double x) override {
     stats_.add(CommStats::kScalar, sizeof(double));
     double y = x;

@@ -64,6 +64,8 @@ class KeyTable {
     add("parallel.zero", c.parallel.zero, "ZeRO stage (0 or 1)");
     add("parallel.schedule", c.parallel.schedule, "pipeline schedule (1f1b | gpipe | interleaved)");
     add("parallel.virtual_stages", c.parallel.virtual_stages, "virtual stages per pipeline rank");
+    add("parallel.sequence_parallel", c.parallel.sequence_parallel,
+        "split LayerNorm/residual regions by sequence over the tensor-parallel group");
     add("sample.length", c.sample.length, "tokens sampled into samples.txt at each eval (0: off)");
     add("sample.temperature", c.sample.temperature, "sampling temperature");
     add("sample.top_k", c.sample.top_k, "top-k sampling (0: all)");
@@ -257,6 +259,38 @@ void validate(const Config& c, int world_size) {
             c.parallel.schedule == "interleaved",
         "parallel.schedule", "must be 1f1b, gpipe or interleaved");
   check(c.parallel.virtual_stages >= 1, "parallel.virtual_stages", "must be >= 1");
+  // The grid must fit the job and the model (DESIGN.md §3 splits, §4 dp = world / (tp·pp)).
+  const auto& par = c.parallel;
+  check(world_size % std::max(1, par.tp * par.pp) == 0, "parallel.tp",
+        "· parallel.pp (" + std::to_string(par.tp) + " · " + std::to_string(par.pp) +
+            ") must divide the number of ranks (" + std::to_string(world_size) + ")");
+  check(m.n_head % std::max(1, par.tp) == 0, "parallel.tp",
+        "(" + std::to_string(par.tp) + ") must divide model.n_head (" + std::to_string(m.n_head) +
+            "): attention is split by heads");
+  check(par.pp <= m.n_layer, "parallel.pp",
+        "(" + std::to_string(par.pp) + ") must not exceed model.n_layer (" +
+            std::to_string(m.n_layer) + "): every stage needs a layer");
+  const int chunks = std::max(1, par.pp * par.virtual_stages);
+  check(m.n_layer % chunks == 0, "model.n_layer",
+        "(" + std::to_string(m.n_layer) + ") must be divisible by parallel.pp · " +
+            "parallel.virtual_stages (" + std::to_string(par.pp) + " · " +
+            std::to_string(par.virtual_stages) + "): every pipeline chunk holds as many layers");
+  check(!par.sequence_parallel || m.seq_len % std::max(1, par.tp) == 0,
+        "parallel.sequence_parallel",
+        "needs model.seq_len (" + std::to_string(m.seq_len) + ") divisible by parallel.tp (" +
+            std::to_string(par.tp) + ")");
+  if (par.schedule == "interleaved") {
+    check(par.pp >= 2, "parallel.schedule", "interleaved needs parallel.pp >= 2");
+    check(par.virtual_stages >= 2, "parallel.virtual_stages",
+          "must be >= 2 for parallel.schedule = interleaved");
+    const int accum = t.batch_size / std::max(1, t.micro_batch_size * std::max(1, dp));
+    check(accum % par.pp == 0, "train.batch_size",
+          "gives " + std::to_string(accum) + " micro-batches per step, which interleaved needs " +
+              "to be a multiple of parallel.pp (" + std::to_string(par.pp) + ")");
+  } else {
+    check(par.virtual_stages == 1, "parallel.virtual_stages",
+          "must be 1 for parallel.schedule = " + par.schedule + " (use interleaved)");
+  }
   check(c.sample.length >= 0, "sample.length", "must be >= 0");
   check(c.sample.temperature > 0, "sample.temperature", "must be > 0");
   check(c.sample.top_k >= 0, "sample.top_k", "must be >= 0");

@@ -56,11 +56,6 @@ void install_preemption_handlers() {
 
 Trainer::Trainer(MPI_Comm world, const CommandLine& cl) : s_(std::make_unique<State>(world, cl)) {
   auto& s = *s_;
-  const auto& par = s.cfg.parallel;
-  TRIAD_CHECK(par.tp == 1, "parallel.tp = ", par.tp,
-              ": tensor parallelism is not implemented in this version (use 1)");
-  TRIAD_CHECK(par.pp == 1, "parallel.pp = ", par.pp,
-              ": pipeline parallelism is not implemented in this version (use 1)");
   validate(s.cfg, s.grid.world_size());
   s.setup_backend();
   s.setup_model();
@@ -97,11 +92,33 @@ EvalResult Trainer::evaluate_only() {
 }
 
 std::vector<float> Trainer::parameters() const {
-  const auto& s = *s_;
-  std::vector<float> all(s.model->num_floats()), out;
-  s.be->copy_to_host(all.data(), const_cast<Gpt&>(*s.model).params(), all.size());
-  for (const auto& p : s.model->specs())
-    out.insert(out.end(), all.begin() + long(p.offset), all.begin() + long(p.offset + p.numel));
+  // Each tensor's owner (dp rank 0, not a replica) places its shard in a full-model vector;
+  // the sum over all ranks assembles the model (x + 0 is exact).
+  auto& s = *s_;
+  const auto& mp = s.model->parallel();
+  std::vector<float> local(s.model->num_floats());
+  s.be->copy_to_host(local.data(), s.model->params(), local.size());
+  std::vector<ParamSpec> full = gpt_parameter_layout(s.model_shape());
+  std::vector<size_t> at(full.size());
+  size_t n = 0;
+  for (size_t i = 0; i < full.size(); ++i) {
+    at[i] = n;
+    n += full[i].numel;
+  }
+  std::vector<float> out(n, 0.0f);
+  if (s.dp_rank == 0) {
+    for (const auto& p : s.model->specs()) {
+      if (p.replica) continue;
+      size_t i = 0;
+      while (full[i].name != p.name) ++i;
+      insert_shard(p, mp.tp, mp.tp_rank, local.data() + p.offset, out.data() + at[i]);
+    }
+  }
+  s.grid.all().all_reduce_sum(out.data(), out.size());
+  // wte's padding rows (their number depends on tp) are not parameters: drop them.
+  const size_t pad =
+      size_t(s.cfg.padded_vocab_size() - s.cfg.model.vocab_size) * s.cfg.model.n_embd;
+  out.erase(out.begin() + long(full[0].numel - pad), out.begin() + long(full[0].numel));
   return out;
 }
 
@@ -183,8 +200,10 @@ TrainOutcome Trainer::run() {
     std::ostringstream os;
     os << "triad: " << s.grid.describe() << " | backend " << s.be->name() << " ("
        << omp_get_max_threads() << " threads) | " << s.model->num_parameters() << " parameters | "
-       << "optimizer state " << std::fixed << std::setprecision(1)
-       << double(s.opt->state_bytes()) / 1e6 << " MB per rank | batch " << cfg.train.batch_size
+       << "per rank: parameters " << std::fixed << std::setprecision(1)
+       << double(s.model->num_floats()) * 4 / 1e6 << " MB, optimizer state "
+       << double(s.opt->state_bytes()) / 1e6 << " MB, activations "
+       << double(s.model->activation_bytes()) / 1e6 << " MB | batch " << cfg.train.batch_size
        << " x " << T << " tokens, " << accum << " micro-batches of " << mbs << " | train "
        << s.train_src->num_sequences() << " sequences | peak " << std::setprecision(1)
        << s.peak_flops / 1e9 << " GFLOP/s";
@@ -203,6 +222,8 @@ TrainOutcome Trainer::run() {
   Timer run_timer;
   const int64_t first_step = s.step;
   s.grid.dp().reset_stats();
+  s.grid.tp().reset_stats();
+  s.grid.pp().reset_stats();
   while (s.step < cfg.train.steps) {
     Timer step_timer;
     const int64_t st = s.step;
@@ -214,7 +235,17 @@ TrainOutcome Trainer::run() {
     // token weighted 1/(B·T), i.e. exactly the global mean.
     const int64_t base = s.position + int64_t(s.dp_rank) * (cfg.train.batch_size / s.dp);
     const bool zero = cfg.parallel.zero == 1;
-    for (int m = 0; m < accum; ++m) {
+    if (s.grid.shape().pp > 1) {
+      // The pipeline runs all micro-batches of the step by the schedule; every stage reads
+      // the same sequences (the first stage needs the inputs, the last the targets).
+      for (int m = 0; m < accum; ++m)
+        s.train_loader->fill(base + int64_t(m) * mbs, mbs, s.inputs.data() + size_t(m) * mbs * T,
+                             s.targets.data() + size_t(m) * mbs * T);
+      loss_sum = s.model->pipeline_step(s.inputs.data(), s.targets.data(), accum, mbs, dloss_scale)
+                     .loss_sum;
+      if (s.dp > 1 && !zero) s.grid.dp().all_reduce_sum(s.model->grads(), s.model->num_floats());
+    }
+    for (int m = 0; s.grid.shape().pp == 1 && m < accum; ++m) {
       // Without ZeRO, the last micro-batch's backward hands each finished bucket (ln_f, every
       // layer, the embeddings) to a non-blocking all-reduce while it computes the next one.
       if (m == accum - 1 && s.dp > 1 && !zero) {
@@ -237,13 +268,16 @@ TrainOutcome Trainer::run() {
       // this rank's slice of the weights, all-gather the weights.
       const size_t S = s.shard_hi - s.shard_lo;
       s.grid.dp().reduce_scatter_sum(s.model->grads(), s.grad_shard, S);
-      norm = std::sqrt(s.grid.dp().all_reduce_sum(s.be->sum_squares(s.grad_shard, S)));
+      norm = s.grad_norm(s.grad_shard, s.shard_lo, s.shard_hi);
       if (cfg.train.grad_clip > 0 && norm > cfg.train.grad_clip)
         s.be->scale(s.grad_shard, float(cfg.train.grad_clip / (norm + 1e-6)), S);
       s.opt->update(s.model->params(), s.grad_shard, lr, st + 1);
       s.grid.dp().all_gather(s.model->params() + s.shard_lo, s.model->params(), S);
     } else {
-      norm = clip_grad_norm(*s.be, s.model->grads(), s.model->num_floats(), cfg.train.grad_clip);
+      const size_t n = s.model->num_floats();
+      norm = s.grad_norm(s.model->grads(), 0, n);
+      if (cfg.train.grad_clip > 0 && norm > cfg.train.grad_clip)
+        s.be->scale(s.model->grads(), float(cfg.train.grad_clip / (norm + 1e-6)), n);
       s.opt->update(s.model->params(), s.model->grads(), lr, st + 1);
     }
     s.position += cfg.train.batch_size;
@@ -286,8 +320,11 @@ TrainOutcome Trainer::run() {
   if (s.metrics) s.metrics->flush();
   out.steps_done = s.step;
   out.dp_traffic = s.grid.dp().stats();
+  out.tp_traffic = s.grid.tp().stats();
+  out.pp_traffic = s.grid.pp().stats();
   out.param_floats = s.model->num_floats();
   out.buffer_floats = s.model->buffer_floats();
+  out.optimizer_floats = s.opt->state_bytes() / sizeof(float);
   out.last_eval = s.last_eval;
   return out;
 }

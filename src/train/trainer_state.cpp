@@ -1,6 +1,8 @@
 // The operations of a training run's state (see trainer_state.h).
 #include "trainer_state.h"
 
+#include <map>
+
 namespace fs = std::filesystem;
 
 namespace triad {
@@ -39,7 +41,24 @@ GptShape Trainer::State::model_shape() const {
 void Trainer::State::setup_model() {
   dp = grid.shape().dp;
   dp_rank = grid.dp_rank();
-  model = std::make_unique<Gpt>(model_shape(), cfg.train.micro_batch_size, *be, dp);
+  const int mbs = cfg.train.micro_batch_size;
+  const int accum = cfg.train.batch_size / (mbs * dp);
+  ModelParallel mp;
+  mp.tp = grid.shape().tp;
+  mp.tp_rank = grid.tp_rank();
+  mp.pp = grid.shape().pp;
+  mp.pp_rank = grid.pp_rank();
+  mp.virtual_stages = cfg.parallel.virtual_stages;
+  mp.sequence_parallel = cfg.parallel.sequence_parallel;
+  mp.tp_comm = &grid.tp();
+  mp.pp_comm = &grid.pp();
+  PipelineSchedule schedule;
+  if (mp.pp > 1) {
+    const ScheduleKind kind = parse_schedule_kind(cfg.parallel.schedule);
+    schedule = make_schedule(kind, mp.pp, accum, mp.virtual_stages);
+    check_schedule(schedule, mp.pp, accum, mp.virtual_stages);
+  }
+  model = std::make_unique<Gpt>(model_shape(), mbs, *be, dp, mp, mp.pp > 1 ? &schedule : nullptr);
   const size_t S = model->buffer_floats() / size_t(dp);
   shard_lo = size_t(dp_rank) * S;
   shard_hi = shard_lo + S;
@@ -49,8 +68,35 @@ void Trainer::State::setup_model() {
   } else {
     opt = std::make_unique<Optimizer>(cfg.optim, model->specs(), 0, model->buffer_floats(), *be);
   }
-  inputs.resize(size_t(cfg.train.micro_batch_size) * cfg.model.seq_len);
+  // The gradient norm counts each parameter once: not the tensor-parallel replicas, not the
+  // head's copy of wte. Adjacent counted tensors merge into one range (alignment gaps hold 0).
+  const auto& sp = model->specs();
+  for (size_t i = 0; i < sp.size(); ++i) {
+    if (sp[i].replica) continue;
+    const size_t lo = sp[i].offset, hi = i + 1 < sp.size() ? sp[i + 1].offset : model->num_floats();
+    if (!counted.empty() && counted.back().second == lo) {
+      counted.back().second = hi;
+    } else {
+      counted.emplace_back(lo, hi);
+    }
+  }
+  // Host token buffers: one micro-batch, or all of a step's for the pipeline.
+  inputs.resize(size_t(mp.pp > 1 ? accum : 1) * mbs * cfg.model.seq_len);
   targets.resize(inputs.size());
+}
+
+double Trainer::State::grad_norm(const float* g, size_t lo, size_t hi) {
+  // The squares of this rank's counted gradients in [lo, hi) (g points at element lo), summed
+  // over the world. Without ZeRO every data-parallel replica holds the whole reduced gradient,
+  // so only dp rank 0 contributes; with ZeRO each rank holds a disjoint slice.
+  double sq = 0;
+  if (cfg.parallel.zero == 1 || dp_rank == 0)
+    for (const auto& [a, b] : counted) {
+      const size_t x = std::max(a, lo), y = std::min(b, hi);
+      if (x < y) sq += be->sum_squares(g + (x - lo), y - x);
+    }
+  if (grid.world_size() > 1) sq = grid.all().all_reduce_sum(sq);
+  return std::sqrt(sq);
 }
 
 Trainer::State::~State() {
@@ -58,12 +104,30 @@ Trainer::State::~State() {
 }
 
 std::vector<TensorRef> Trainer::State::tensor_refs(float* base, size_t first, bool whole) const {
+  // Every rank passes every tensor of the model, in layout order; one it does not hold (another
+  // pipeline stage's) is an empty range that still joins the collective calls.
+  std::map<std::string, const ParamSpec*> held;
+  for (const auto& p : model->specs()) held[p.name] = &p;
   std::vector<TensorRef> r;
-  for (const auto& p : model->specs()) {
+  for (const auto& full : gpt_parameter_layout(model_shape())) {
     TensorRef t;
-    t.name = p.name;
-    t.shape = p.shape;
-    if (p.name == "wte/weight") t.valid_rows = cfg.model.vocab_size;
+    t.name = full.name;
+    t.shape = full.shape;
+    if (full.name == "wte/weight") t.valid_rows = cfg.model.vocab_size;
+    const auto it = held.find(full.name);
+    if (it == held.end()) {
+      t.begin = t.end = 0;
+      t.data = base;
+      t.write = false;
+      r.push_back(std::move(t));
+      continue;
+    }
+    const ParamSpec& p = *it->second;
+    t.split_axis = p.split_axis;
+    t.split_blocks = p.split_blocks;
+    t.split_parts = p.split_axis >= 0 ? grid.shape().tp : 1;
+    t.split_part = p.split_axis >= 0 ? grid.tp_rank() : 0;
+    t.write = !p.replica;  // another rank writes a replica's values
     if (whole) {
       t.data = base + (p.offset - first);
     } else {
@@ -233,12 +297,16 @@ EvalResult Trainer::State::evaluate() {
 }
 
 void Trainer::State::write_sample() {
-  if (cfg.sample.length <= 0 || !tokenizer || !root()) return;
+  // Sampling is collective over the model's tensor and pipeline groups: the ranks of data-
+  // parallel replica 0 take part (all draw the same tokens); rank 0 writes.
+  const bool whole = grid.shape().tp * grid.shape().pp == 1;
+  if (cfg.sample.length <= 0 || !tokenizer || dp_rank != 0 || (whole && !root())) return;
   std::vector<int32_t> prompt = {tokenizer->eot()};
   if (!cfg.sample.prompt.empty()) prompt = tokenizer->encode(cfg.sample.prompt);
   Rng rng(uint64_t(cfg.train.seed) * 31 + uint64_t(step));
   SampleOptions o{cfg.sample.length, cfg.sample.temperature, cfg.sample.top_k};
   const auto ids = sample_continuation(*model, prompt, o, rng);
+  if (!root()) return;
   std::string text = cfg.sample.prompt + tokenizer->decode(ids);
   std::ofstream f(cfg.run_path() + "/samples.txt", std::ios::app);
   f << "=== step " << step << " ===\n" << text << "\n\n";

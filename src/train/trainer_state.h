@@ -53,6 +53,8 @@ struct Trainer::State {
   int dp = 1, dp_rank = 0;
   size_t shard_lo = 0, shard_hi = 0;
   float* grad_shard = nullptr;  // ZeRO-1: the reduce-scattered gradient of the slice
+  // Ranges of the parameter buffer whose gradients count in the global norm (see setup_model).
+  std::vector<std::pair<size_t, size_t>> counted;
   // A device backend's parameters and optimizer state pass through host copies for I/O.
   bool on_device = false;
   std::vector<float> host_params;
@@ -69,6 +71,8 @@ struct Trainer::State {
   void setup_backend();
   GptShape model_shape() const;
   void setup_model();
+  // Global L2 norm of the gradient, from the part [lo, hi) of the buffer this rank holds at g.
+  double grad_norm(const float* g, size_t lo, size_t hi);
   ~State();
 
   // ---- checkpoints --------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 // Checkpoints written and read by several ranks with sharded tensors (TensorRef ranges; DESIGN.md
-// §5, ZeRO-1): run as `mpiexec -np 4 test_checkpoint_mpi` (also passes with 1 and 2 ranks; the
-// tests use the world size). Every rank generates the same deterministic reference data, so
-// each can check what it reads bit-exactly.
+// §5, ZeRO-1; tensor-parallel splits, TensorRef::split_*): run as `mpiexec -np 4
+// test_checkpoint_mpi` (also passes with 1 and 2 ranks; the tests use the world size, the
+// tensor-parallel ones need 4 ranks and are skipped otherwise). Every rank generates the same
+// deterministic reference data, so each can check what it reads bit-exactly.
 #include <gtest/gtest.h>
 #include <hdf5.h>
 #include <mpi.h>
@@ -664,6 +665,404 @@ TEST_F(MpiCheckpoint, BadRangesFailOnAllRanks) {
     expect_same_on_all_ranks(msg2, MPI_COMM_WORLD);
     on_root([&] { fs::remove(file); });
   }
+  EXPECT_FALSE(fs::exists(file));
+  EXPECT_FALSE(fs::exists(file + ".partial"));
+}
+
+// ---- tensor-parallel shards (TensorRef::split_*)
+// -------------------------------------------------
+//
+// A GPT layer's tensors split as Megatron splits them, saved and loaded on grids of 4 ranks
+// (these tests are skipped on other rank counts). Each rank checks every element it loads
+// against the reference value of the full tensor's element, found from coordinates here
+// (independently of src/io).
+
+struct TpSpec {
+  std::string name;
+  std::vector<int64_t> shape;
+  int axis = -1;  // split axis under tensor parallelism; -1: replicated
+  int64_t blocks = 1;
+};
+
+std::vector<TpSpec> tp_specs(int64_t wte_rows) {
+  return {
+      {"wte", {wte_rows, kC}, 0, 1},
+      {"h/0/ln_1/weight", {kC}},
+      {"h/0/attn/c_attn/weight", {3 * kC, kC}, 0, 3},
+      {"h/0/attn/c_attn/bias", {3 * kC}, 0, 3},
+      {"h/0/attn/c_proj/weight", {kC, kC}, 1, 1},
+      {"h/0/attn/c_proj/bias", {kC}},
+      {"h/0/mlp/c_fc/weight", {4 * kC, kC}, 0, 1},
+      {"h/0/mlp/c_fc/bias", {4 * kC}, 0, 1},
+      {"h/0/mlp/c_proj/weight", {kC, 4 * kC}, 1, 1},
+      {"x3d", {3, 8, 5}, 1, 2},  // a split in the middle of three dimensions, two blocks
+  };
+}
+
+Model tp_model(int64_t wte_rows) {
+  Model m;
+  for (const TpSpec& s : tp_specs(wte_rows)) m.specs.push_back({s.name, s.shape});
+  return m;
+}
+
+// The full tensor's flat index of element x of part `part` of `parts` of tensor s (its local
+// row-major order), from coordinates.
+int64_t full_index(const TpSpec& s, int parts, int part, int64_t x) {
+  if (s.axis < 0 || parts == 1) return x;
+  const size_t nd = s.shape.size();
+  std::vector<int64_t> local = s.shape;
+  local[s.axis] /= parts;
+  std::vector<int64_t> idx(nd);
+  for (size_t k = nd; k-- > 0;) {
+    idx[k] = x % local[k];
+    x /= local[k];
+  }
+  const int64_t per_part = local[s.axis] / s.blocks, per_block = s.shape[s.axis] / s.blocks;
+  idx[s.axis] = idx[s.axis] / per_part * per_block + part * per_part + idx[s.axis] % per_part;
+  int64_t e = 0;
+  for (size_t k = 0; k < nd; ++k) e = e * s.shape[k] + idx[k];
+  return e;
+}
+
+// How one rank holds one group: tensor-parallel part `part` of `tp` of the split tensors (the
+// replicated ones whole), and of each local tensor the ZeRO-like slice dp_rank of dp (dp == 1:
+// the whole local tensor, end = -1). write: TensorRef::write per tensor.
+struct TpView {
+  std::string group;
+  int tp = 1, part = 0, dp = 1, dp_rank = 0;
+  std::function<bool(const TpSpec&)> write = [](const TpSpec&) { return true; };
+};
+
+// Slice r of n of [0, numel): even cuts moved by one element (so that they fall mid-row).
+Slice zero_slice(int64_t numel, int r, int n) {
+  auto cut = [&](int k) {
+    return k == n ? numel : std::min(numel, numel * k / n + (k > 0 ? 1 : 0));
+  };
+  return {cut(r), cut(r + 1)};
+}
+
+struct TpHeld {
+  std::vector<std::vector<float>> storage;
+  std::vector<triad::TensorGroup> groups;
+  std::vector<TpSpec> specs;
+};
+
+// The tensors of `specs` held as the views say; filled with the reference values (non-writers
+// with garbage, which would show in the file), or the sentinel. valid: wte's valid_rows.
+TpHeld hold_tp(const std::vector<TpSpec>& specs, const std::vector<TpView>& views, bool fill,
+               bool valid) {
+  TpHeld h;
+  h.specs = specs;
+  h.storage.reserve(specs.size() * views.size());
+  for (const TpView& v : views) {
+    const size_t gi = group_index(v.group);
+    triad::TensorGroup g;
+    g.path = v.group;
+    for (size_t i = 0; i < specs.size(); ++i) {
+      const TpSpec& s = specs[i];
+      triad::TensorRef t{s.name, s.shape, nullptr, valid && s.name == "wte" ? kVocab : -1};
+      const bool split = s.axis >= 0 && v.tp > 1;
+      if (split) {
+        t.split_axis = s.axis;
+        t.split_blocks = s.blocks;
+        t.split_parts = v.tp;
+        t.split_part = v.part;
+      }
+      const int64_t local = numel(s.shape) / (split ? v.tp : 1);
+      Slice r{0, local};
+      if (v.dp > 1) {
+        r = zero_slice(local, v.dp_rank, v.dp);
+        t.begin = r.first;
+        t.end = r.second;
+      }
+      h.storage.emplace_back(std::max<int64_t>(r.second - r.first, 1), kSentinel);
+      t.data = h.storage.back().data();
+      t.write = v.write(s);
+      if (fill) {
+        for (int64_t x = r.first; x < r.second; ++x) {
+          t.data[x - r.first] =
+              t.write ? ref_value(gi, i, full_index(s, t.split_parts, t.split_part, x)) : -1.0f;
+        }
+      }
+      g.tensors.push_back(std::move(t));
+    }
+    h.groups.push_back(std::move(g));
+  }
+  return h;
+}
+
+// Every held element equals the reference value of its full element (0 in wte rows >=
+// valid_rows). Reports the first mismatch.
+void expect_tp_reference(const TpHeld& h, const std::string& where) {
+  int64_t bad = 0, checked = 0;
+  std::string first;
+  for (const triad::TensorGroup& g : h.groups) {
+    const size_t gi = group_index(g.path);
+    for (size_t i = 0; i < g.tensors.size(); ++i) {
+      const triad::TensorRef& t = g.tensors[i];
+      const TpSpec& s = h.specs[i];
+      const int parts = t.split_axis >= 0 ? t.split_parts : 1;
+      const int64_t row = numel(s.shape) / s.shape[0];
+      const int64_t b = t.begin, e = t.end < 0 ? numel(s.shape) / parts : t.end;
+      for (int64_t x = b; x < e; ++x) {
+        const int64_t full = full_index(s, parts, t.split_part, x);
+        const bool zero = t.valid_rows >= 0 && full / row >= t.valid_rows;
+        const float want = zero ? 0.0f : ref_value(gi, i, full);
+        const float got = t.data[x - b];
+        ++checked;
+        if (std::memcmp(&want, &got, sizeof(float)) != 0 && bad++ == 0) {
+          first = g.path + "/" + t.name + " local [" + std::to_string(x) + "] (full " +
+                  std::to_string(full) + ") = " + std::to_string(got) + ", expected " +
+                  std::to_string(want);
+        }
+      }
+    }
+  }
+  EXPECT_EQ(bad, 0) << where << ": " << bad << " of " << checked << " elements wrong on rank "
+                    << world_rank() << ", first: " << first;
+}
+
+bool replicated(const TpSpec& s) { return s.axis < 0; }
+
+// tp = 2 x dp = 2 (rank = 2 * dp_rank + part): the parameters as whole local tensors, written by
+// the first dp replica (replicated ones by rank 0 alone; the others pass write = false); the
+// optimizer state in ZeRO-like slices of the local tensors over dp (replicated tensors' slices
+// written by tp part 0). swap_dp: the dp ranks of optimizer/m reversed.
+std::vector<TpView> grid_tp2_dp2(int rank, bool swap_dp = false) {
+  const int part = rank % 2, dpr = rank / 2, mdp = swap_dp ? 1 - dpr : dpr;
+  auto opt_write = [part](const TpSpec& s) { return !replicated(s) || part == 0; };
+  return {
+      {"model", 2, part, 1, 0,
+       [part, dpr](const TpSpec& s) { return dpr == 0 && (!replicated(s) || part == 0); }},
+      {"optimizer/m", 2, part, 2, mdp, opt_write},
+      {"optimizer/v", 2, part, 2, 1 - mdp, opt_write},
+  };
+}
+
+// tp = 4: whole local tensors, every rank passing write = true (replicated tensors: the lowest
+// rank writes them).
+std::vector<TpView> grid_tp4(int rank) {
+  return {{"model", 4, rank}, {"optimizer/m", 4, rank}, {"optimizer/v", 4, rank}};
+}
+
+std::vector<TpView> grid_single() { return {{"model"}, {"optimizer/m"}, {"optimizer/v"}}; }
+
+// Every loading layout, each on all ranks of `comm` (a sub-communicator for fewer ranks): loads
+// `file` with the tensors of wte_rows rows and checks every element.
+void load_everywhere(const std::string& file, int64_t wte_rows, uint32_t seed) {
+  const int rank = world_rank();
+  const std::vector<TpSpec> specs = tp_specs(wte_rows);
+  const std::string rows = std::to_string(wte_rows) + " wte rows";
+  // One rank, no split.
+  if (MPI_Comm one = first_ranks(1); one != MPI_COMM_NULL) {
+    TpHeld h = hold_tp(specs, grid_single(), false, true);
+    triad::load_checkpoint_tensors(one, file, h.groups);
+    expect_tp_reference(h, "1 rank, full tensors, " + rows);
+    MPI_Comm_free(&one);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  // Two ranks, tp = 2, whole local tensors.
+  if (MPI_Comm two = first_ranks(2); two != MPI_COMM_NULL) {
+    TpHeld h = hold_tp(specs, {{"model", 2, rank}, {"optimizer/m", 2, rank}}, false, true);
+    triad::load_checkpoint_tensors(two, file, h.groups);
+    expect_tp_reference(h, "2 ranks, tp = 2, " + rows);
+    MPI_Comm_free(&two);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  // tp = 2 x dp = 2 with ZeRO-like slices (dp ranks swapped).
+  {
+    TpHeld h = hold_tp(specs, grid_tp2_dp2(rank, /*swap_dp=*/true), false, true);
+    triad::load_checkpoint_tensors(MPI_COMM_WORLD, file, h.groups);
+    expect_tp_reference(h, "tp = 2 x dp = 2, " + rows);
+  }
+  // tp = 4: whole local parameters, random (possibly empty) ranges of the optimizer state.
+  {
+    TpHeld h = hold_tp(specs, grid_tp4(rank), false, true);
+    std::mt19937 rng(seed + rank);
+    for (size_t g = 1; g < h.groups.size(); ++g) {
+      for (triad::TensorRef& t : h.groups[g].tensors) {
+        const int64_t local = numel(t.shape) / (t.split_axis >= 0 ? t.split_parts : 1);
+        int64_t a = rng() % (local + 1), b = rng() % (local + 1);
+        if (a > b) std::swap(a, b);
+        t.begin = a;
+        t.end = b;
+        t.data += a;  // the buffer holds the whole local tensor
+      }
+    }
+    triad::load_checkpoint_tensors(MPI_COMM_WORLD, file, h.groups);
+    expect_tp_reference(h, "tp = 4, random ranges, " + rows);
+  }
+  // Mixed on one communicator: ranks 0 and 1 tp = 2 with whole local tensors, ranks 2 and 3
+  // unsplit tensors in slices over dp = 2.
+  {
+    std::vector<TpView> views = grid_single();
+    for (TpView& v : views) {
+      if (rank < 2) {
+        v.tp = 2;
+        v.part = rank;
+      } else {
+        v.dp = 2;
+        v.dp_rank = rank - 2;
+      }
+    }
+    TpHeld h = hold_tp(specs, views, false, true);
+    triad::load_checkpoint_tensors(MPI_COMM_WORLD, file, h.groups);
+    expect_tp_reference(h, "mixed splits, " + rows);
+  }
+}
+
+// Saved on tp = 2 x dp = 2 and on tp = 4, with wte padded to 256 or 128 rows, a file holds the
+// full tensors with the CRC-32 of each full host array as its checksum, and loads on every layout
+// (1 rank unsplit, 2 ranks tp = 2, tp = 2 x dp = 2, tp = 4 with random ranges, mixed splits),
+// with the other padding too.
+TEST_F(MpiCheckpoint, TensorParallelShardsLoadOnAnyGrid) {
+  if (world_size() != 4) GTEST_SKIP() << "needs 4 ranks";
+  const int rank = world_rank();
+  uint32_t seed = 1;
+  for (int64_t saved_rows : {256, 128}) {
+    for (bool tp4 : {false, true}) {
+      const std::string grid = tp4 ? "tp4" : "tp2_dp2";
+      SCOPED_TRACE("saved on " + grid + " with " + std::to_string(saved_rows) + " wte rows");
+      const std::string file = path(grid + "_" + std::to_string(saved_rows) + ".h5");
+      TpHeld h =
+          hold_tp(tp_specs(saved_rows), tp4 ? grid_tp4(rank) : grid_tp2_dp2(rank), true, false);
+      triad::save_checkpoint(MPI_COMM_WORLD, file, make_state(1), h.groups);
+      expect_file_holds_reference(tp_model(saved_rows), file);
+      for (int64_t loaded_rows : {256, 128}) load_everywhere(file, loaded_rows, seed++);
+    }
+  }
+}
+
+// The file of a tp = 2 x dp = 2 save equals that of a single-rank save of the full tensors.
+TEST_F(MpiCheckpoint, TensorParallelSaveEqualsSingleRankSave) {
+  if (world_size() != 4) GTEST_SKIP() << "needs 4 ranks";
+  const std::string sharded = path("sharded.h5"), single = path("single.h5");
+  TpHeld h = hold_tp(tp_specs(256), grid_tp2_dp2(world_rank()), true, false);
+  triad::save_checkpoint(MPI_COMM_WORLD, sharded, make_state(5), h.groups);
+  if (world_rank() == 0) {
+    TpHeld full = hold_tp(tp_specs(256), grid_single(), true, false);
+    triad::save_checkpoint(MPI_COMM_SELF, single, make_state(5), full.groups);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  expect_file_holds_reference(tp_model(256), sharded, single);
+}
+
+// Damage is found on every rank with the same message, wherever it lies: in elements the ranks
+// load, in wte's padding rows (loaded by nobody), in elements of a part nobody asks for.
+TEST_F(MpiCheckpoint, TensorParallelDamageIsFoundOnAllRanks) {
+  if (world_size() != 4) GTEST_SKIP() << "needs 4 ranks";
+  const int rank = world_rank();
+  const std::string file = path("damaged.h5");
+  TpHeld saved = hold_tp(tp_specs(256), grid_tp2_dp2(rank), true, false);
+  triad::save_checkpoint(MPI_COMM_WORLD, file, make_state(4), saved.groups);
+  // tp = 4 whole local tensors, but each rank asks only for the first half of its part of
+  // c_attn's weight (so rows 24..26 of part 0's third block are read by nobody).
+  auto half_attn = [&](int64_t rows) {
+    TpHeld h = hold_tp(tp_specs(rows), grid_tp4(rank), false, true);
+    for (triad::TensorGroup& g : h.groups) {
+      triad::TensorRef& t = g.tensors[2];
+      t.begin = 0;
+      t.end = numel(t.shape) / 4 / 2;
+    }
+    return h;
+  };
+  const std::vector<std::pair<std::string, int64_t>> damages = {
+      {"/optimizer/v/h/0/mlp/c_proj/weight", 5 * 4 * kC + 37},  // loaded by some rank
+      {"/model/wte", 100 * kC + 7},                             // a padding row
+      {"/optimizer/m/h/0/attn/c_attn/weight", 25 * kC + 5},     // asked for by nobody
+  };
+  for (const auto& [dset, element] : damages) {
+    SCOPED_TRACE(dset);
+    damage(file, dset, element);
+    for (int layout = 0; layout < 4; ++layout) {
+      SCOPED_TRACE(layout);
+      TpHeld h = layout == 0   ? hold_tp(tp_specs(256), grid_tp2_dp2(rank, true), false, true)
+                 : layout == 1 ? hold_tp(tp_specs(128), grid_tp4(rank), false, true)
+                 : layout == 2 ? half_attn(256)
+                               : hold_tp(tp_specs(128), grid_tp2_dp2(rank), false, true);
+      const std::string msg =
+          error_of([&] { triad::load_checkpoint_tensors(MPI_COMM_WORLD, file, h.groups); });
+      EXPECT_CONTAINS(msg, "checkpoint " + file + ": dataset " + dset + " fails its checksum");
+      expect_same_on_all_ranks(msg, MPI_COMM_WORLD);
+    }
+    damage(file, dset, element);  // undo
+    TpHeld ok = half_attn(128);
+    triad::load_checkpoint_tensors(MPI_COMM_WORLD, file, ok.groups);
+    expect_tp_reference(ok, "after undoing the damage");
+  }
+}
+
+// The writers' elements must partition each tensor across splits: ranks with different splits
+// may share the work; a gap or an overlap within a part or between splits fails on every rank.
+TEST_F(MpiCheckpoint, SplitWritersMustPartitionTheTensor) {
+  if (world_size() != 4) GTEST_SKIP() << "needs 4 ranks";
+  const int rank = world_rank();
+  const TpSpec fc = tp_specs(256)[6];  // h/0/mlp/c_fc/weight [48, 12], split along axis 0
+  const std::string file = path("bad.h5");
+  const std::string name = "/model/" + fc.name;
+  auto save = [&](const std::vector<TpView>& views,
+                  const std::function<void(triad::TensorRef&)>& edit) {
+    TpHeld h = hold_tp({fc}, views, true, false);
+    edit(h.groups[0].tensors[0]);
+    return error_of([&] { triad::save_checkpoint(MPI_COMM_WORLD, file, make_state(1), h.groups); });
+  };
+  // Valid, with two splits: rank 0 writes part 0 of 2 (rows 0..23), rank 1 the unsplit flat
+  // range of rows 24..47, ranks 2 and 3 (unsplit) nothing.
+  {
+    std::vector<TpView> views = {rank == 0 ? TpView{"model", 2, 0} : TpView{"model"}};
+    views[0].write = [rank](const TpSpec&) { return rank < 2; };
+    TpHeld h = hold_tp({fc}, views, true, false);
+    if (rank == 1) {
+      triad::TensorRef& t = h.groups[0].tensors[0];
+      t.begin = 24 * kC;
+      t.end = 48 * kC;
+      t.data += t.begin;  // the buffer holds the whole tensor
+    }
+    triad::save_checkpoint(MPI_COMM_WORLD, path("mixed.h5"), make_state(1), h.groups);
+    on_root([&] {
+      const DatasetInfo got = read_dataset(path("mixed.h5"), name);
+      std::vector<float> want(48 * kC);
+      for (int64_t e = 0; e < 48 * kC; ++e) want[e] = ref_value(0, 0, e);
+      EXPECT_EQ(got.data, want);
+      EXPECT_EQ(got.checksum, triad::io::crc32(want.data(), want.size() * sizeof(float)));
+    });
+  }
+  // A gap within a part: the last rank (part 1, second dp slice) drops its last element.
+  std::string msg = save({{"model", 2, rank % 2, 2, rank / 2}}, [&](triad::TensorRef& t) {
+    if (rank == 3) t.end -= 1;
+  });
+  EXPECT_CONTAINS(msg,
+                  "internal error: the ranges the ranks write of part 1 of 2 along axis 0 "
+                  "of tensor " +
+                      name +
+                      " do not partition it: nothing written from local "
+                      "element 287 of 288");
+  expect_same_on_all_ranks(msg, MPI_COMM_WORLD);
+  // An overlap within a part: both dp replicas of part 0 write their whole local tensor as an
+  // explicit range.
+  msg = save({{"model", 2, rank % 2}}, [&](triad::TensorRef& t) {
+    t.begin = 0;
+    t.end = 24 * kC;
+  });
+  EXPECT_CONTAINS(msg, "of part 0 of 2 along axis 0 of tensor " + name +
+                           " do not partition it: overlap at local element 0");
+  expect_same_on_all_ranks(msg, MPI_COMM_WORLD);
+  // An overlap between splits: ranks 0 and 1 write the two parts, rank 2 also elements 0..9
+  // unsplit.
+  {
+    std::vector<TpView> views = {rank < 2 ? TpView{"model", 2, rank} : TpView{"model"}};
+    views[0].write = [rank](const TpSpec&) { return rank < 3; };
+    msg = save(views, [&](triad::TensorRef& t) {
+      if (rank == 2) {
+        t.begin = 0;
+        t.end = 10;
+      }
+    });
+  }
+  EXPECT_CONTAINS(msg, "tensor " + name +
+                           " (split differently on different ranks) do not partition it: "
+                           "overlap at element 0");
+  expect_same_on_all_ranks(msg, MPI_COMM_WORLD);
   EXPECT_FALSE(fs::exists(file));
   EXPECT_FALSE(fs::exists(file + ".partial"));
 }

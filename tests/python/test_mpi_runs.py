@@ -1,5 +1,6 @@
 """triad-train on several ranks (mpirun): preemption, a rank killed while checkpointing, grids
-that do not fit. The loss/weight equivalence of grids is tests/mpi/test_data_parallel.cpp."""
+that do not fit, sampling and generation across tensor/pipeline grids. The loss/weight
+equivalence of grids is tests/mpi/test_data_parallel.cpp and tests/mpi/test_model_parallel.cpp."""
 import os
 import shutil
 import signal
@@ -10,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from triad_run import ENV, exe, tiny_config, train
+from triad_run import ENV, VOCAB, exe, tiny_config, train
 
 MPIRUN = shutil.which("mpirun")
 MPI_ENV = dict(ENV, OMP_NUM_THREADS="1", OMPI_MCA_pml="ob1", OMPI_MCA_btl="self,vader")
@@ -47,7 +48,10 @@ def rank_pids(mpirun_pid):
 @pytest.mark.parametrize("n,args,needle", [
     (3, [], "train.batch_size"),                        # 8 sequences do not split over 3 ranks
     (3, ["--parallel.tp", "2"], "not a multiple"),       # 3 ranks cannot hold tp = 2
-    (2, ["--parallel.pp", "2"], "pipeline parallelism"),
+    (4, ["--parallel.tp", "4"], "must divide model.n_head"),  # 2 heads
+    (4, ["--parallel.pp", "4"], "must not exceed model.n_layer"),  # 2 layers
+    (2, ["--parallel.pp", "2", "--model.n_layer", "3"], "must be divisible"),
+    (2, ["--parallel.pp", "2", "--parallel.schedule", "interleaved"], "parallel.virtual_stages"),
 ])
 def test_grid_that_does_not_fit_fails_on_every_rank(tmp_path, n, args, needle):
     cfg = tiny_config(tmp_path)
@@ -59,17 +63,21 @@ def test_grid_that_does_not_fit_fails_on_every_rank(tmp_path, n, args, needle):
     assert time.time() - t < 30
 
 
-def test_preemption_on_one_rank_stops_all_and_resumes_bit_exactly(tmp_path):
+@pytest.mark.parametrize("n,grid", [
+    (2, []),
+    (4, ["--parallel.tp", 2, "--parallel.pp", 2, "--train.micro_batch_size", 2]),
+])
+def test_preemption_on_one_rank_stops_all_and_resumes_bit_exactly(tmp_path, n, grid):
     # A constant LR makes the schedule independent of train.steps, so the interrupted run can be
     # launched "forever" and the uninterrupted one sized afterwards.
     common = ["--checkpoint.every", 0, "--eval.every", 0, "--parallel.zero", 1,
-              "--train.schedule", "constant", "--train.warmup_steps", 0]
+              "--train.schedule", "constant", "--train.warmup_steps", 0, *grid]
     pre = tiny_config(tmp_path, name="pre")
-    proc = subprocess.Popen(mpirun(2, "--config", pre, "--train.steps", 10**6, *common),
+    proc = subprocess.Popen(mpirun(n, "--config", pre, "--train.steps", 10**6, *common),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=MPI_ENV)
     time.sleep(3)
     pids = rank_pids(proc.pid)
-    assert len(pids) == 2, pids
+    assert len(pids) == n, pids
     os.kill(pids[-1], signal.SIGUSR1)  # one rank only, as a scheduler's signal may arrive
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
@@ -77,11 +85,11 @@ def test_preemption_on_one_rank_stops_all_and_resumes_bit_exactly(tmp_path):
     step = int(out.split("preempted at step")[1].split()[0])
     assert (tmp_path / "runs" / "pre" / "ckpt" / f"step_{step:08d}.h5").exists()
     total = step + 15
-    p = run(2, "--config", pre, "--train.steps", total, *common)  # --resume auto
+    p = run(n, "--config", pre, "--train.steps", total, *common)  # --resume auto
     assert p.returncode == 0, p.stderr
     assert f"resumed from" in p.stdout
     straight = tiny_config(tmp_path, name="straight")
-    p = run(2, "--config", straight, "--train.steps", total, *common)
+    p = run(n, "--config", straight, "--train.steps", total, *common)
     assert p.returncode == 0, p.stderr
     s1, l1 = metrics(tmp_path / "runs" / "straight")
     s2, l2 = metrics(tmp_path / "runs" / "pre")
@@ -153,3 +161,31 @@ def test_resume_auto_falls_back_past_a_damaged_checkpoint(tmp_path):
             "--parallel.zero", 1)
     assert p.returncode == 0, p.stderr
     assert "step_00000005.h5 at step 5" in p.stdout, p.stdout + p.stderr
+
+
+def test_sampling_and_generation_across_tensor_and_pipeline_grids(tmp_path):
+    """In-training samples are drawn collectively by the tensor and pipeline ranks: greedy
+    samples of a 2×2 (tp × pp) run equal the single rank's; its checkpoint generates on one."""
+    common = ["--train.steps", 4, "--eval.every", 2, "--sample.length", 12, "--sample.top_k", 1,
+              "--data.vocab", VOCAB, "--train.micro_batch_size", 2]
+    cfg = tiny_config(tmp_path, name="g1", vocab=50257)
+    assert train("--config", cfg, *common).returncode == 0
+    p = run(4, "--config", cfg, "--run.name", "g4", "--parallel.tp", 2, "--parallel.pp", 2,
+            *common)
+    assert p.returncode == 0, p.stderr
+    one = (tmp_path / "runs" / "g1" / "samples.txt").read_text()
+    four = (tmp_path / "runs" / "g4" / "samples.txt").read_text()
+    assert one.count("=== step") == 3 and one == four
+    ckpt = tmp_path / "runs" / "g4" / "ckpt" / "step_00000004.h5"
+    g = subprocess.run([exe("triad-generate"), "--checkpoint", str(ckpt), "--vocab", str(VOCAB),
+                        "--prompt", "Hello", "--length", "5"], capture_output=True, text=True,
+                       env=ENV, timeout=120)
+    assert g.returncode == 0, g.stderr
+    assert g.stdout.startswith("Hello")
+    # The 2×2 run's weights equal the single rank's to fp32 rounding.
+    w1 = model(tmp_path / "runs" / "g1" / "ckpt" / "step_00000004.h5")
+    w4 = model(ckpt)
+    assert set(w1) == set(w4)
+    for k in w1:  # wte is padded to 50304 rows at tp = 1, 50432 at tp = 2
+        a, b = (w4[k][:50257], w1[k][:50257]) if k == "wte/weight" else (w4[k], w1[k])
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-4, err_msg=k)

@@ -6,6 +6,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cstring>
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "../../src/io/crc32.h"
+#include "../../src/io/shard.h"
 #include "../support/mpi_environment.h"
 #include "../support/mpi_test_helpers.h"
 #include "triad/core/error.h"
@@ -275,6 +277,181 @@ TEST(Crc32, CombineEqualsCrcOfConcatenation) {
   EXPECT_EQ(triad::io::crc32_combine(triad::io::crc32_combine(7u, zbig, big), z, zeros.size()),
             triad::io::crc32_combine(7u, triad::io::crc32_combine(zbig, z, zeros.size()),
                                      big + zeros.size()));
+}
+
+// ---- shards and placed CRCs (src/io/shard.h) ---------------------------------------------------
+
+// The full flat index of local element x of part `part` of `parts` of `blocks` blocks along
+// `axis` of a tensor of shape `full`, from coordinates (independently of Shard).
+int64_t full_index(const std::vector<int64_t>& full, int axis, int64_t blocks, int64_t parts,
+                   int64_t part, int64_t x) {
+  if (axis < 0 || parts == 1) return x;
+  const size_t nd = full.size();
+  std::vector<int64_t> local = full;
+  local[axis] /= parts;
+  std::vector<int64_t> idx(nd);
+  for (size_t k = nd; k-- > 0;) {
+    idx[k] = x % local[k];
+    x /= local[k];
+  }
+  const int64_t per_part = local[axis] / blocks, per_block = full[axis] / blocks;
+  idx[axis] = idx[axis] / per_part * per_block + part * per_part + idx[axis] % per_part;
+  int64_t e = 0;
+  for (size_t k = 0; k < nd; ++k) e = e * full[k] + idx[k];
+  return e;
+}
+
+// The full flat indices the boxes select, increasing.
+std::vector<int64_t> box_elements(const std::vector<int64_t>& full,
+                                  const std::vector<triad::io::Box>& boxes) {
+  std::vector<int64_t> out;
+  const size_t nd = full.size();
+  for (const triad::io::Box& b : boxes) {
+    std::vector<hsize_t> idx(nd, 0);
+    while (true) {
+      int64_t e = 0;
+      for (size_t k = 0; k < nd; ++k) e = e * full[k] + static_cast<int64_t>(b.start[k] + idx[k]);
+      out.push_back(e);
+      size_t k = nd;
+      while (k-- > 0 && ++idx[k] == b.count[k]) idx[k] = 0;
+      if (k == static_cast<size_t>(-1)) break;
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// For every split of some small tensors and every (or a sample of) local range: the boxes select
+// exactly the range's elements (no overlap), to_full and for_each_run agree with the
+// coordinates, and in 2-D there are at most 3 boxes per block.
+TEST(Shard, BoxesAndRunsMatchTheCoordinates) {
+  struct Case {
+    std::vector<int64_t> shape;
+    int axis;
+    int64_t blocks, parts;
+  };
+  const std::vector<Case> cases = {
+      {{12, 5}, -1, 1, 1}, {{12, 5}, 0, 1, 2}, {{12, 5}, 0, 3, 2},   {{12, 6}, 1, 1, 3},
+      {{6, 12}, 1, 2, 2},  {{24}, 0, 3, 4},    {{3, 8, 5}, 1, 2, 2}, {{2, 3, 4}, 2, 1, 4},
+      {{4, 6}, 0, 1, 1},   {{0, 4}, 0, 1, 2},
+  };
+  std::mt19937 rng(5);
+  for (const Case& c : cases) {
+    int64_t n = 1;
+    for (int64_t d : c.shape) n *= d;
+    for (int64_t part = 0; part < c.parts; ++part) {
+      const triad::io::Shard s(std::vector<hsize_t>(c.shape.begin(), c.shape.end()), c.axis,
+                               c.blocks, c.parts, part);
+      const int64_t local = n / c.parts;
+      ASSERT_EQ(s.local_numel(), static_cast<hsize_t>(local));
+      for (int trial = 0; trial < 40; ++trial) {
+        int64_t b = local == 0 ? 0 : rng() % (local + 1), e = local == 0 ? 0 : rng() % (local + 1);
+        if (trial == 0) b = 0, e = local;
+        if (b > e) std::swap(b, e);
+        SCOPED_TRACE(::testing::Message()
+                     << "shape " << c.shape.size() << "-D axis " << c.axis << " blocks " << c.blocks
+                     << " part " << part << "/" << c.parts << " range " << b << ".." << e);
+        std::vector<int64_t> want;
+        for (int64_t x = b; x < e; ++x) {
+          want.push_back(full_index(c.shape, c.axis, c.blocks, c.parts, part, x));
+          ASSERT_EQ(s.to_full(x), static_cast<hsize_t>(want.back()));
+        }
+        std::vector<triad::io::Box> boxes;
+        s.boxes(b, e, boxes);
+        EXPECT_EQ(box_elements(c.shape, boxes), want);
+        if (c.shape.size() == 2) {
+          EXPECT_LE(boxes.size(), 3u * c.blocks);
+        }
+        std::vector<int64_t> runs;
+        hsize_t next = b;
+        s.for_each_run(b, e, [&](hsize_t l, hsize_t f, hsize_t count) {
+          EXPECT_EQ(l, next);
+          next = l + count;
+          for (hsize_t k = 0; k < count; ++k) runs.push_back(static_cast<int64_t>(f + k));
+        });
+        EXPECT_EQ(runs, want);
+      }
+    }
+  }
+}
+
+// The shapes of a 124M GPT: a flat range of a shard is a handful of boxes, never one per row.
+TEST(Shard, LargeMatricesNeedFewBoxes) {
+  struct Case {
+    std::vector<hsize_t> shape;
+    int axis;
+    hsize_t blocks, parts;
+    size_t max_boxes;
+  };
+  for (const Case& c : std::vector<Case>{{{768, 3072}, 1, 1, 2, 3},  // mlp.c_proj
+                                         {{768, 768}, 1, 1, 4, 3},   // attn.c_proj
+                                         {{2304, 768}, 0, 3, 4, 5},  // c_attn: 3 blocks
+                                         {{3072, 768}, 0, 1, 8, 3},  // mlp.c_fc
+                                         {{50304, 768}, 0, 1, 2, 3}}) {
+    for (hsize_t part = 0; part < c.parts; ++part) {
+      const triad::io::Shard s(c.shape, c.axis, c.blocks, c.parts, part);
+      const hsize_t local = s.local_numel();
+      // ZeRO-like slices of the local tensor over dp = 3, cut mid-row.
+      for (hsize_t r = 0; r < 3; ++r) {
+        std::vector<triad::io::Box> boxes;
+        s.boxes(local * r / 3 + (r ? 5 : 0), r == 2 ? local : local * (r + 1) / 3 + 5, boxes);
+        EXPECT_LE(boxes.size(), c.max_boxes)
+            << c.shape[0] << "x" << c.shape[1] << " part " << part << " slice " << r;
+      }
+    }
+  }
+}
+
+TEST(Shard, RowsBelow) {
+  using R = std::pair<hsize_t, hsize_t>;
+  auto rows = [](const triad::io::Shard& s, hsize_t n) {
+    const triad::io::FlatRange r = s.rows_below(n);
+    return R{r.begin, r.end};
+  };
+  // wte [256, 4] in 2 parts along axis 0: part 1 is rows 128..255.
+  EXPECT_EQ(rows(triad::io::Shard({256, 4}, 0, 1, 2, 0), 90), R(0, 360));
+  EXPECT_EQ(rows(triad::io::Shard({256, 4}, 0, 1, 2, 1), 90), R(0, 0));
+  EXPECT_EQ(rows(triad::io::Shard({256, 4}, 0, 1, 2, 1), 130), R(0, 8));
+  EXPECT_EQ(rows(triad::io::Shard({256, 4}, 0, 1, 2, 1), 256), R(0, 512));
+  EXPECT_EQ(rows(triad::io::Shard({256, 4}, -1, 1, 1, 0), 90), R(0, 360));
+  // Split along axis 1: local rows are full rows.
+  EXPECT_EQ(rows(triad::io::Shard({10, 4}, 1, 1, 2, 1), 3), R(0, 6));
+  // 3 blocks of 4 rows, 2 parts: part 0 holds rows 0-1, 4-5, 8-9, part 1 rows 2-3, 6-7, 10-11.
+  EXPECT_EQ(rows(triad::io::Shard({12, 1}, 0, 3, 2, 1), 7), R(0, 3));
+  EXPECT_EQ(rows(triad::io::Shard({12, 1}, 0, 3, 2, 0), 7), R(0, 4));
+  EXPECT_EQ(rows(triad::io::Shard({12, 1}, 0, 3, 2, 0), 9), R(0, 5));
+  EXPECT_EQ(rows(triad::io::Shard({12, 1}, 0, 3, 2, 1), 12), R(0, 6));
+  EXPECT_EQ(rows(triad::io::Shard({12, 1}, 0, 3, 2, 0), 0), R(0, 0));
+}
+
+// Pieces checksummed anywhere (any order, on any "rank") and XORed give the CRC-32 of the whole.
+TEST(Crc32, PlacedPiecesCombineToTheWhole) {
+  std::mt19937 rng(11);
+  for (uint64_t n : {uint64_t{0}, uint64_t{1}, uint64_t{5}, uint64_t{4096}, uint64_t{1} << 33,
+                     (uint64_t{1} << 40) + 12345}) {
+    const uint32_t c = static_cast<uint32_t>(rng());
+    EXPECT_EQ(triad::io::crc32_apply(triad::io::crc32_zeros_operator(n), c),
+              triad::io::crc32_combine(c, 0, n))
+        << n;
+  }
+  std::vector<float> data(100000);
+  for (float& x : data) x = static_cast<float>(static_cast<int32_t>(rng())) * 1e-9f;
+  const uint32_t whole = triad::io::crc32(data.data(), data.size() * sizeof(float));
+  for (int trial = 0; trial < 20; ++trial) {
+    std::vector<std::vector<triad::io::CrcPiece>> ranks(3);
+    for (size_t pos = 0; pos < data.size();) {
+      const size_t len = std::min<size_t>(data.size() - pos, rng() % 3000);
+      ranks[rng() % 3].push_back({data.data() + pos, len, pos + len});
+      pos += len;
+    }
+    uint32_t crc = 0;
+    for (auto& pieces : ranks) {
+      std::shuffle(pieces.begin(), pieces.end(), rng);
+      crc ^= triad::io::placed_crc(pieces, data.size());
+    }
+    ASSERT_EQ(crc, whole) << trial;
+  }
+  EXPECT_EQ(triad::io::placed_crc({}, 0), 0u);
 }
 
 TEST(CheckpointName, EightDigits) {
@@ -651,6 +828,145 @@ TEST_F(CheckpointTest, TooFewRowsForValidRows) {
   Tensors wide = make_tensors({"model"}, {{"wte", {256, 16}, 100}}, 1);
   EXPECT_CONTAINS(error_of([&] { triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, wide.groups); }),
                   "has shape [150, 8]");
+}
+
+// ---- tensor-parallel splits ---------------------------------------------------------------------
+
+// Every part of several splits of saved tensors loads element by element (whole local tensors
+// and ranges of them), also with padded rows (valid_rows) and a file with another row count.
+TEST_F(CheckpointTest, LoadSplitsOfAFullSave) {
+  const std::string p = path("step_00000005.h5");
+  Tensors saved = make_tensors({"model"}, {{"w", {12, 6}}, {"wte", {16, 3}}}, 21);
+  triad::save_checkpoint(MPI_COMM_WORLD, p, make_state(5), saved.groups);
+  const triad::TensorRef& sw = saved.find("model", "w");
+  const triad::TensorRef& se = saved.find("model", "wte");
+  struct Split {
+    int axis;
+    int64_t blocks;
+    int parts;
+  };
+  const std::vector<Split> w_splits = {{0, 1, 2}, {0, 3, 2}, {0, 2, 3}, {0, 1, 4}, {1, 1, 2},
+                                       {1, 3, 2}, {1, 1, 3}, {1, 1, 6}, {1, 2, 1}};
+  for (const Split& s : w_splits) {
+    for (int part = 0; part < s.parts; ++part) {
+      const int64_t local = 72 / s.parts;
+      for (const auto& [lo, hi] : std::vector<std::pair<int64_t, int64_t>>{
+               {0, -1}, {1, local - 2}, {local / 2, local / 2}, {5, 6}, {0, local}}) {
+        SCOPED_TRACE(::testing::Message()
+                     << "axis " << s.axis << " blocks " << s.blocks << " part " << part << "/"
+                     << s.parts << " range " << lo << ".." << hi);
+        std::vector<float> buf(73, -7.0f);
+        triad::TensorRef t{"w", {12, 6}, buf.data()};
+        t.split_axis = s.axis;
+        t.split_blocks = s.blocks;
+        t.split_parts = s.parts;
+        t.split_part = part;
+        t.begin = lo;
+        t.end = hi;
+        triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, {{"model", {t}}});
+        const int64_t b = lo, e = hi < 0 ? local : hi;
+        for (int64_t x = b; x < e; ++x) {
+          ASSERT_EQ(buf[x - b], sw.data[full_index({12, 6}, s.axis, s.blocks, s.parts, part, x)])
+              << x;
+        }
+        EXPECT_EQ(buf[e - b], -7.0f);  // nothing beyond the range
+      }
+    }
+  }
+  // wte: 10 valid rows of 16 in the file; models with 8, 16 and 24 rows in 2 or 4 parts.
+  for (int64_t rows : {8, 16, 24}) {
+    for (int parts : {2, 4}) {
+      for (int part = 0; part < parts; ++part) {
+        SCOPED_TRACE(::testing::Message() << rows << " rows, part " << part << "/" << parts);
+        const int64_t local = rows * 3 / parts;
+        std::vector<float> buf(local, -7.0f);
+        triad::TensorRef t{"wte", {rows, 3}, buf.data(), std::min<int64_t>(rows, 10)};
+        t.split_axis = 0;
+        t.split_parts = parts;
+        t.split_part = part;
+        triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, {{"model", {t}}});
+        for (int64_t x = 0; x < local; ++x) {
+          const int64_t full = full_index({rows, 3}, 0, 1, parts, part, x);
+          ASSERT_EQ(buf[x], full / 3 < 10 ? se.data[full] : 0.0f) << x;
+        }
+      }
+    }
+  }
+}
+
+// Invalid split fields are refused, naming the tensor, on save and on load, before anything is
+// written or read.
+TEST_F(CheckpointTest, InvalidSplitFieldsAreRejected) {
+  const std::string p = path("step_00000003.h5"), q = path("step_00000004.h5");
+  const std::vector<Spec> specs = {{"w", {8, 24}}, {"b", {24}}};
+  Tensors saved = make_tensors({"model"}, specs, 3);
+  triad::save_checkpoint(MPI_COMM_WORLD, p, make_state(3), saved.groups);
+  struct Bad {
+    std::function<void(triad::TensorRef&)> edit;
+    std::string message;
+  };
+  const std::vector<Bad> bad = {
+      {[](triad::TensorRef& t) { t.split_axis = 2, t.split_parts = 2; },
+       "tensor /model/w has split_axis 2 but only 2 dimensions"},
+      {[](triad::TensorRef& t) { t.split_axis = 0, t.split_blocks = 0, t.split_parts = 2; },
+       "tensor /model/w has split_blocks 0 (must be at least 1)"},
+      {[](triad::TensorRef& t) { t.split_axis = 0, t.split_parts = 0; },
+       "tensor /model/w has split_parts 0 (must be at least 1)"},
+      {[](triad::TensorRef& t) { t.split_axis = 1, t.split_parts = 2, t.split_part = 2; },
+       "tensor /model/w has split_part 2 outside [0, 2)"},
+      {[](triad::TensorRef& t) { t.split_axis = 1, t.split_parts = 2, t.split_part = -1; },
+       "tensor /model/w has split_part -1 outside [0, 2)"},
+      {[](triad::TensorRef& t) { t.split_parts = 2, t.split_part = 1; },
+       "tensor /model/w has split_parts 2 and split_part 1 but no split axis (split_axis -1)"},
+      {[](triad::TensorRef& t) { t.split_axis = 0, t.split_blocks = 3, t.split_parts = 2; },
+       "tensor /model/w cannot be split: dimension 0 has size 8, not divisible by split_blocks * "
+       "split_parts = 3 * 2"},
+      {[](triad::TensorRef& t) { t.split_axis = 1, t.split_blocks = 5; },
+       "tensor /model/w cannot be split: dimension 1 has size 24, not divisible by "
+       "split_blocks * split_parts = 5 * 1"},
+      {[](triad::TensorRef& t) { t.split_axis = 1, t.split_parts = 2, t.begin = 0, t.end = 100; },
+       "tensor /model/w has the range [0, 100) outside [0, 96] (the elements of its local part 0 "
+       "of 2 along axis 1)"},
+      {[](triad::TensorRef& t) {
+         t.split_axis = 0, t.split_blocks = 2, t.split_parts = 4, t.split_part = 3;
+         t.begin = 20, t.end = 50;
+       },
+       "tensor /model/w has the range [20, 50) outside [0, 48] (the elements of its local part 3 "
+       "of 4 along axis 0 in each of 2 blocks)"},
+  };
+  for (const Bad& b : bad) {
+    SCOPED_TRACE(b.message);
+    Tensors ts = make_tensors({"model"}, specs, 3);
+    b.edit(ts.find("model", "w"));
+    std::string msg =
+        error_of([&] { triad::save_checkpoint(MPI_COMM_WORLD, q, make_state(4), ts.groups); });
+    EXPECT_CONTAINS(msg, "checkpoint " + q + ": " + b.message);
+    EXPECT_FALSE(fs::exists(q));
+    EXPECT_FALSE(fs::exists(q + ".partial"));
+    Tensors loaded = make_tensors({"model"}, specs, 0, /*zero=*/true);
+    b.edit(loaded.find("model", "w"));
+    msg = error_of([&] { triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, loaded.groups); });
+    EXPECT_CONTAINS(msg, "checkpoint " + p + ": " + b.message);
+    EXPECT_EQ(loaded.storage[0], std::vector<float>(192, 0.0f));  // nothing read
+  }
+}
+
+// A save of one part of a split tensor leaves the other parts unwritten: refused.
+// (tests/mpi/test_checkpoint_mpi.cpp saves with splits on several ranks.)
+TEST_F(CheckpointTest, SplitSaveMustCoverEveryPart) {
+  const std::string p = path("step_00000006.h5");
+  Tensors ts = make_tensors({"model"}, {{"w", {8, 24}}}, 3);
+  triad::TensorRef& w = ts.find("model", "w");
+  w.split_axis = 1;
+  w.split_parts = 2;
+  const std::string msg =
+      error_of([&] { triad::save_checkpoint(MPI_COMM_WORLD, p, make_state(6), ts.groups); });
+  EXPECT_CONTAINS(msg, "checkpoint " + p +
+                           ": internal error: the ranges the ranks write of part 1 of 2 along "
+                           "axis 1 of tensor /model/w do not partition it: nothing written from "
+                           "local element 0 of 96");
+  EXPECT_FALSE(fs::exists(p));
+  EXPECT_FALSE(fs::exists(p + ".partial"));
 }
 
 // ---- bad files ----------------------------------------------------------------------------------

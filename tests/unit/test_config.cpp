@@ -89,6 +89,37 @@ TEST(Config, CrossKeyConstraints) {
             std::string::npos);
 }
 
+// Grids that do not fit the job or the model (defaults: 12 layers, 12 heads, batch 8 of 1).
+TEST(Config, InvalidGridsAreRefused) {
+  auto expect = [](const std::string& err, const std::string& key, const std::string& what) {
+    EXPECT_NE(err.find(key), std::string::npos) << err;
+    EXPECT_NE(err.find(what), std::string::npos) << err;
+  };
+  expect(error_of({"--parallel.tp", "5"}, 5), "parallel.tp", "must divide model.n_head");
+  expect(error_of({"--parallel.tp", "2"}, 3), "parallel.tp", "must divide the number of ranks");
+  expect(error_of({"--parallel.pp", "2", "--parallel.tp", "2"}, 6), "parallel.tp",
+         "must divide the number of ranks");
+  expect(error_of({"--parallel.pp", "16"}, 16), "parallel.pp", "must not exceed model.n_layer");
+  expect(error_of({"--parallel.pp", "5"}, 5), "model.n_layer", "must be divisible");
+  expect(error_of({"--parallel.virtual_stages", "2", "--parallel.pp", "2"}, 2),
+         "parallel.virtual_stages", "must be 1 for parallel.schedule = 1f1b");
+  expect(error_of({"--parallel.schedule", "interleaved", "--parallel.pp", "2"}, 2),
+         "parallel.virtual_stages", "must be >= 2");
+  expect(error_of({"--parallel.schedule", "interleaved", "--parallel.virtual_stages", "2"}, 1),
+         "parallel.schedule", "needs parallel.pp >= 2");
+  // 8 sequences in micro-batches of 1 over 2 data-parallel ranks: 4 micro-batches, not a
+  // multiple of pp = 3 (12 layers = 3 · 2 · 2 chunks).
+  expect(error_of({"--parallel.schedule", "interleaved", "--parallel.virtual_stages", "2",
+                   "--parallel.pp", "3", "--train.micro_batch_size", "1"},
+                  6),
+         "train.batch_size", "multiple of parallel.pp");
+  EXPECT_EQ(error_of({"--parallel.tp", "4", "--parallel.pp", "2"}, 8), "");
+  EXPECT_EQ(error_of({"--parallel.schedule", "interleaved", "--parallel.virtual_stages", "2",
+                      "--parallel.pp", "2", "--train.micro_batch_size", "1"},
+                     2),
+            "");
+}
+
 TEST(Config, UnknownNamesAndUnbuiltModesAreRefused) {
   EXPECT_NE(error_of({"--train.schedule", "exp"}).find("train.schedule"), std::string::npos);
   EXPECT_NE(error_of({"--optim.name", "lion"}).find("optim.name"), std::string::npos);

@@ -204,6 +204,85 @@ TEST_F(CpuKernels, EncoderForwardBackward) {
   expect_accumulated(dwpe2, dwpe0, dwpe, "dwpe +=");
 }
 
+// Vocabulary-parallel form: tokens < 0 (held by another rank) add a zero row and no dwte;
+// wpe / dwpe == nullptr leave out the position term. The reference is computed in float in the
+// kernel's order (one add per term, positions in order), so the comparison is exact.
+TEST_F(CpuKernels, EncoderNegativeTokensAndNullPositions) {
+  const int B = 2, T = 5, C = 70, V = 7;  // C > 64: several channel slices in backward
+  const std::vector<int32_t> tokens = {3, -1, 3, 6, -7, 1, -1, 5, 3, 0};
+  const Vec wte = random_vec(size_t(V) * C, 11), wpe = random_vec(size_t(T) * C, 12);
+  const Vec dout = random_vec(size_t(B) * T * C, 13);
+  for (bool with_pos : {true, false}) {
+    SCOPED_TRACE(with_pos ? "with wpe" : "wpe == nullptr");
+    const float* pos = with_pos ? wpe.data() : nullptr;
+    Vec out(size_t(B) * T * C, 42.0f);  // overwritten everywhere
+    be->encoder_forward(out.data(), tokens.data(), wte.data(), pos, B, T, C);
+    for (int n = 0; n < B * T; ++n) {
+      for (int c = 0; c < C; ++c) {
+        const float tok = tokens[n] >= 0 ? wte[size_t(tokens[n]) * C + c] : 0.0f;
+        const float want = with_pos ? tok + wpe[size_t(n % T) * C + c] : tok;
+        ASSERT_EQ(out[size_t(n) * C + c], want) << n << "," << c;
+      }
+    }
+
+    const Vec dwte0 = random_vec(wte.size(), 14), dwpe0 = random_vec(wpe.size(), 15);
+    Vec dwte = dwte0, dwpe = dwpe0, want_wte = dwte0, want_wpe = dwpe0;
+    be->encoder_backward(dwte.data(), with_pos ? dwpe.data() : nullptr, dout.data(), tokens.data(),
+                         B, T, C);
+    for (int n = 0; n < B * T; ++n) {
+      for (int c = 0; c < C; ++c) {
+        const float d = dout[size_t(n) * C + c];
+        if (tokens[n] >= 0) want_wte[size_t(tokens[n]) * C + c] += d;
+        if (with_pos) want_wpe[size_t(n % T) * C + c] += d;
+      }
+    }
+    EXPECT_EQ(dwte, want_wte);
+    EXPECT_EQ(dwpe, want_wpe);  // untouched when dwpe == nullptr
+  }
+  // Every token held elsewhere and no position term: zeros, and no gradient at all.
+  const std::vector<int32_t> none(size_t(B) * T, -1);
+  Vec out(size_t(B) * T * C, 42.0f);
+  be->encoder_forward(out.data(), none.data(), wte.data(), nullptr, B, T, C);
+  EXPECT_EQ(out, Vec(out.size(), 0.0f));
+  Vec dwte = wte;
+  be->encoder_backward(dwte.data(), nullptr, dout.data(), none.data(), B, T, C);
+  EXPECT_EQ(dwte, wte);
+}
+
+// Two ranks each hold a slice of wte; tokens are mapped to local ids (or -1), and only rank 0
+// adds wpe. The sum of the two outputs is the unsplit output bit for bit, and each slice's dwte
+// rows (and rank 0's dwpe) are the unsplit gradients bit for bit.
+TEST_F(CpuKernels, EncoderVocabSplitEqualsUnsplit) {
+  const int B = 3, T = 4, C = 80, V = 10, V0 = 6;  // slice 0: ids 0..5, slice 1: ids 6..9
+  const std::vector<int32_t> tokens = {0, 7, 9, 5, 5, 6, 2, 9, 1, 1, 8, 3};
+  const Vec wte = random_vec(size_t(V) * C, 21), wpe = random_vec(size_t(T) * C, 22);
+  const Vec dout = random_vec(size_t(B) * T * C, 23);
+  const size_t NC = size_t(B) * T * C;
+
+  Vec full(NC), dwte(wte.size(), 0.0f), dwpe(wpe.size(), 0.0f);
+  be->encoder_forward(full.data(), tokens.data(), wte.data(), wpe.data(), B, T, C);
+  be->encoder_backward(dwte.data(), dwpe.data(), dout.data(), tokens.data(), B, T, C);
+
+  std::vector<int32_t> tok0(tokens.size()), tok1(tokens.size());
+  for (size_t n = 0; n < tokens.size(); ++n) {
+    tok0[n] = tokens[n] < V0 ? tokens[n] : -1;
+    tok1[n] = tokens[n] >= V0 ? tokens[n] - V0 : -1;
+  }
+  const Vec wte0(wte.begin(), wte.begin() + size_t(V0) * C);
+  const Vec wte1(wte.begin() + size_t(V0) * C, wte.end());
+  Vec out0(NC), out1(NC);
+  be->encoder_forward(out0.data(), tok0.data(), wte0.data(), wpe.data(), B, T, C);
+  be->encoder_forward(out1.data(), tok1.data(), wte1.data(), nullptr, B, T, C);
+  for (size_t i = 0; i < NC; ++i) ASSERT_EQ(out0[i] + out1[i], full[i]) << i;
+
+  Vec dwte0(wte0.size(), 0.0f), dwte1(wte1.size(), 0.0f), dwpe0(wpe.size(), 0.0f);
+  be->encoder_backward(dwte0.data(), dwpe0.data(), dout.data(), tok0.data(), B, T, C);
+  be->encoder_backward(dwte1.data(), nullptr, dout.data(), tok1.data(), B, T, C);
+  EXPECT_EQ(dwte0, Vec(dwte.begin(), dwte.begin() + size_t(V0) * C));
+  EXPECT_EQ(dwte1, Vec(dwte.begin() + size_t(V0) * C, dwte.end()));
+  EXPECT_EQ(dwpe0, dwpe);
+}
+
 // ---- layernorm -----------------------------------------------------------------------------
 
 TEST_F(CpuKernels, LayerNormForwardBackward) {
@@ -530,6 +609,225 @@ TEST_F(CpuKernels, CrossEntropyLargeVocabulary) {
     sum += logits[j];
   }
   EXPECT_NEAR(sum, 0.0, 1e-5);
+}
+
+// ---- vocabulary-parallel cross-entropy -----------------------------------------------------
+
+// (V, Vp) slices: padding, no padding, a slice holding only padding (V = 0), tiny slices, a
+// width that is not a multiple of the 8-wide exp vectors.
+struct SliceShape {
+  int V, Vp;
+};
+const SliceShape kSliceShapes[] = {{37, 64}, {64, 64}, {0, 16}, {1, 8}, {13, 13}, {300, 301}};
+
+// Random logits [N, Vp] with huge values (which the ops must ignore) in the padding.
+Vec slice_logits(int N, const SliceShape& s, uint32_t seed) {
+  Vec logits = random_vec(size_t(N) * s.Vp, seed, -4.0f, 4.0f);
+  for (int n = 0; n < N; ++n)
+    for (int j = s.V; j < s.Vp; ++j) logits[size_t(n) * s.Vp + j] = 1000.0f;
+  return logits;
+}
+
+TEST_F(CpuKernels, LogitsRowMaxMatchesNaive) {
+  const int N = 6;
+  for (const SliceShape& s : kSliceShapes) {
+    SCOPED_TRACE(::testing::Message() << "V=" << s.V << " Vp=" << s.Vp);
+    Vec logits = slice_logits(N, s, 31);
+    auto row = [&](int n) { return logits.data() + size_t(n) * s.Vp; };
+    if (s.V >= 2) {
+      row(1)[s.V / 2] = row(1)[s.V - 1] = 9.0f;  // tie: the first column wins
+      row(2)[s.V - 1] = row(2)[0] = 9.0f;        // tie: column 0 wins
+      std::fill(row(3), row(3) + s.V, -2.5f);    // constant row: column 0
+    }
+    Vec row_max(N, 7.0f), argmax(N, 7.0f);
+    be->logits_row_max(row_max.data(), argmax.data(), logits.data(), N, s.V, s.Vp);
+    for (int n = 0; n < N; ++n) {
+      if (s.V == 0) {
+        EXPECT_EQ(row_max[n], -std::numeric_limits<float>::infinity()) << n;
+        EXPECT_EQ(argmax[n], -1.0f) << n;
+        continue;
+      }
+      double mx = -std::numeric_limits<double>::infinity();
+      int first = -1;
+      for (int j = 0; j < s.V; ++j) {
+        if (double(row(n)[j]) > mx) {
+          mx = row(n)[j];
+          first = j;
+        }
+      }
+      EXPECT_EQ(double(row_max[n]), mx) << n;
+      EXPECT_EQ(argmax[n], float(first)) << n;
+    }
+    if (s.V >= 2) {
+      EXPECT_EQ(argmax[1], float(s.V / 2));
+      EXPECT_EQ(argmax[2], 0.0f);
+      EXPECT_EQ(argmax[3], 0.0f);
+    }
+  }
+}
+
+// The shift is a global maximum (>= the local one, as after the all-reduce); targets are in
+// the slice, held elsewhere (-1) or beyond the slice's real columns.
+TEST_F(CpuKernels, SoftmaxPartialSumsMatchesNaive) {
+  const int N = 6;
+  for (const SliceShape& s : kSliceShapes) {
+    SCOPED_TRACE(::testing::Message() << "V=" << s.V << " Vp=" << s.Vp);
+    const Vec logits = slice_logits(N, s, 41);
+    Vec row_max(N);
+    std::vector<int32_t> targets(N);
+    for (int n = 0; n < N; ++n) {
+      const float* row = logits.data() + size_t(n) * s.Vp;
+      const float local = s.V > 0 ? *std::max_element(row, row + s.V) : -3.0f;
+      row_max[n] = local + 0.75f * float(n % 3);  // n % 3 == 0: the local max itself
+      targets[n] = n % 3 == 1 || s.V == 0 ? -1 : (n == 5 ? s.V : (7 * n) % s.V);
+    }
+    Vec sum_exp(N, 7.0f), target_logit(N, 7.0f);
+    be->softmax_partial_sums(sum_exp.data(), target_logit.data(), logits.data(), row_max.data(),
+                             targets.data(), N, s.V, s.Vp);
+    for (int n = 0; n < N; ++n) {
+      const float* row = logits.data() + size_t(n) * s.Vp;
+      double want = 0.0;
+      for (int j = 0; j < s.V; ++j) want += std::exp(double(row[j]) - double(row_max[n]));
+      EXPECT_NEAR(sum_exp[n], want, 1e-6 * want) << n;
+      if (s.V == 0) {
+        EXPECT_EQ(sum_exp[n], 0.0f) << n;
+      }
+      const bool held = targets[n] >= 0 && targets[n] < s.V;
+      EXPECT_EQ(target_logit[n], held ? row[targets[n]] : 0.0f) << n;
+    }
+  }
+}
+
+TEST_F(CpuKernels, CrossEntropyBackwardPartialMatchesNaive) {
+  const int N = 6;
+  const float dloss_scale = 1.0f / N;
+  for (const SliceShape& s : kSliceShapes) {
+    SCOPED_TRACE(::testing::Message() << "V=" << s.V << " Vp=" << s.Vp);
+    Vec logits = slice_logits(N, s, 51);
+    Vec row_max(N), sum_exp(N);
+    std::vector<int32_t> targets(N);
+    for (int n = 0; n < N; ++n) {
+      const float* row = logits.data() + size_t(n) * s.Vp;
+      const float local = s.V > 0 ? *std::max_element(row, row + s.V) : -3.0f;
+      row_max[n] = local + 0.5f * float(n % 2);
+      double sum = 0.0;
+      for (int j = 0; j < s.V; ++j) sum += std::exp(double(row[j]) - double(row_max[n]));
+      sum_exp[n] = float(sum + 0.3 * n + (s.V == 0 ? 1.0 : 0.0));  // + other ranks' terms
+      targets[n] = n % 3 == 1 || s.V == 0 ? -1 : (5 * n) % s.V;
+    }
+    const Vec x = logits;
+    be->crossentropy_backward_partial(logits.data(), row_max.data(), sum_exp.data(), targets.data(),
+                                      N, s.V, s.Vp, dloss_scale);
+    for (int n = 0; n < N; ++n) {
+      for (int j = 0; j < s.Vp; ++j) {
+        const float got = logits[size_t(n) * s.Vp + j];
+        if (j >= s.V) {
+          ASSERT_EQ(got, 0.0f) << n << "," << j;
+          continue;
+        }
+        const double p =
+            std::exp(double(x[size_t(n) * s.Vp + j]) - double(row_max[n])) / double(sum_exp[n]);
+        const double want = (p - (j == targets[n] ? 1.0 : 0.0)) * dloss_scale;
+        ASSERT_NEAR(got, want, 1e-6 * dloss_scale) << n << "," << j;
+      }
+    }
+  }
+}
+
+// The three ops on 1, 2 and 3 slices of a padded vocabulary, combined across the slices on the
+// host as a tensor-parallel caller does, give the fused op's losses, accuracy flags and dlogits.
+TEST_F(CpuKernels, VocabParallelSplitEqualsFused) {
+  const int N = 9;
+  const float dloss_scale = 1.0f / N;
+  // (V, Vp): with 3 slices of 24 columns, V = 40 leaves the last slice only padding; the last
+  // shape is large enough for the ops to run on several OpenMP threads.
+  for (const SliceShape& full :
+       {SliceShape{40, 72}, SliceShape{71, 72}, SliceShape{300, 312}, SliceShape{5000, 6000}}) {
+    const int V = full.V, Vp = full.Vp;
+    Vec logits = random_vec(size_t(N) * Vp, 81, -4.0f, 4.0f);
+    std::vector<int32_t> targets(N);
+    std::mt19937 rng(82);
+    for (int32_t& t : targets) t = int32_t(rng() % V);
+    auto row = [&](int n) { return logits.data() + size_t(n) * Vp; };
+    for (int n = 0; n < N; ++n)
+      for (int j = V; j < Vp; ++j) row(n)[j] = 1000.0f;  // padding: ignored
+    row(0)[targets[0]] += 10.0f;                         // a clear, correct maximum
+    // Ties across slices: the first (smallest global column) wins.
+    const int a = 3, b = V - 2;
+    row(1)[a] = row(1)[b] = 20.0f;
+    targets[1] = a;  // correct
+    row(2)[a] = row(2)[b] = 20.0f;
+    targets[2] = b;  // wrong
+    targets[3] = V - 1;
+    targets[4] = 0;
+
+    Vec fused = logits, losses(N), correct(N);
+    be->crossentropy_forward_backward(fused.data(), losses.data(), correct.data(), targets.data(),
+                                      N, V, Vp, dloss_scale);
+    EXPECT_EQ(correct[1], 1.0f);
+    EXPECT_EQ(correct[2], 0.0f);
+
+    for (int S : {1, 2, 3}) {
+      SCOPED_TRACE(::testing::Message() << "V=" << V << " Vp=" << Vp << " slices=" << S);
+      ASSERT_EQ(Vp % S, 0);
+      const int W = Vp / S;
+      std::vector<Vec> slice(S), row_max(S, Vec(N)), argmax(S, Vec(N)), sum_exp(S, Vec(N)),
+          target_logit(S, Vec(N));
+      std::vector<std::vector<int32_t>> local_targets(S, std::vector<int32_t>(N));
+      std::vector<int> local_V(S);
+      for (int r = 0; r < S; ++r) {
+        local_V[r] = std::clamp(V - r * W, 0, W);
+        slice[r].resize(size_t(N) * W);
+        for (int n = 0; n < N; ++n) {
+          std::copy(row(n) + r * W, row(n) + (r + 1) * W, slice[r].data() + size_t(n) * W);
+          const int t = targets[n] - r * W;
+          local_targets[r][n] = t >= 0 && t < local_V[r] ? t : -1;
+        }
+      }
+      if (S == 3 && V == 40) {
+        ASSERT_EQ(local_V[2], 0);
+      }
+
+      // 1. local maxima, combined (all-reduce max; first global column among the maxima).
+      for (int r = 0; r < S; ++r)
+        be->logits_row_max(row_max[r].data(), argmax[r].data(), slice[r].data(), N, local_V[r], W);
+      Vec gmax(N, -std::numeric_limits<float>::infinity());
+      std::vector<int> gargmax(N, -1);
+      for (int n = 0; n < N; ++n) {
+        for (int r = 0; r < S; ++r) gmax[n] = std::max(gmax[n], row_max[r][n]);
+        for (int r = 0; r < S && gargmax[n] < 0; ++r)
+          if (argmax[r][n] >= 0.0f && row_max[r][n] == gmax[n])
+            gargmax[n] = r * W + int(argmax[r][n]);
+      }
+      // 2. partial sums with the global max, combined (all-reduce sum, rank order).
+      for (int r = 0; r < S; ++r)
+        be->softmax_partial_sums(sum_exp[r].data(), target_logit[r].data(), slice[r].data(),
+                                 gmax.data(), local_targets[r].data(), N, local_V[r], W);
+      Vec gsum(N, 0.0f), gtarget(N, 0.0f);
+      for (int r = 0; r < S; ++r) {
+        for (int n = 0; n < N; ++n) {
+          gsum[n] += sum_exp[r][n];
+          gtarget[n] += target_logit[r][n];
+        }
+      }
+      for (int n = 0; n < N; ++n) {
+        const double loss = std::log(double(gsum[n])) + double(gmax[n]) - double(gtarget[n]);
+        EXPECT_NEAR(loss, losses[n], 1e-6 * std::max(1.0, std::abs(double(losses[n])))) << n;
+        EXPECT_EQ(gargmax[n] == targets[n] ? 1.0f : 0.0f, correct[n]) << n;
+      }
+      // 3. backward per slice, gathered back into full rows.
+      Vec dlogits(size_t(N) * Vp, 7.0f);
+      for (int r = 0; r < S; ++r) {
+        be->crossentropy_backward_partial(slice[r].data(), gmax.data(), gsum.data(),
+                                          local_targets[r].data(), N, local_V[r], W, dloss_scale);
+        for (int n = 0; n < N; ++n)
+          std::copy(slice[r].data() + size_t(n) * W, slice[r].data() + size_t(n + 1) * W,
+                    dlogits.data() + size_t(n) * Vp + r * W);
+      }
+      for (size_t i = 0; i < dlogits.size(); ++i)
+        ASSERT_NEAR(dlogits[i], fused[i], 1e-7) << "dlogits at " << i / Vp << "," << i % Vp;
+    }
+  }
 }
 
 }  // namespace

@@ -245,6 +245,40 @@ TEST_F(CudaBackendTest, EncoderBackwardAccumulatesDeterministically) {
   }
 }
 
+// Vocabulary-parallel form: tokens < 0 (another rank's ids) add nothing; wpe / dwpe may be null.
+TEST_F(CudaBackendTest, EncoderNegativeTokensAndNullPositions) {
+  for (const EncShape& s : kEncShapes) {
+    const size_t N = size_t(s.B) * s.T;
+    const IVec tokens = random_ints(N, 8, -s.V / 2 - 1, s.V);  // about a third held elsewhere
+    const Vec wte = random_vec(size_t(s.V) * s.C, 9), wpe = random_vec(size_t(s.T) * s.C, 10);
+    const Vec dout = random_vec(N * s.C, 11);
+    const Vec dwte0 = random_vec(wte.size(), 12), dwpe0 = random_vec(wpe.size(), 13);
+    int32_t* d_tok = dev_ints(tokens);
+    float *d_wte = dev(wte), *d_wpe = dev(wpe), *d_dout = dev(dout);
+    for (bool with_pos : {true, false}) {
+      SCOPED_TRACE(::testing::Message() << "B=" << s.B << " T=" << s.T << " C=" << s.C
+                                        << (with_pos ? " wpe" : " wpe == nullptr"));
+      Vec want(N * s.C);
+      cpu->encoder_forward(want.data(), tokens.data(), wte.data(), with_pos ? wpe.data() : nullptr,
+                           s.B, s.T, s.C);
+      float* out = dev(Vec(N * s.C, 42.0f));
+      gpu->encoder_forward(out, d_tok, d_wte, with_pos ? d_wpe : nullptr, s.B, s.T, s.C);
+      EXPECT_TRUE(close(host(out, N * s.C), want, kElemTol, 0.0)) << "out";
+
+      Vec dwte = dwte0, dwpe = dwpe0;
+      cpu->encoder_backward(dwte.data(), with_pos ? dwpe.data() : nullptr, dout.data(),
+                            tokens.data(), s.B, s.T, s.C);
+      float *g_wte = dev(dwte0), *g_wpe = dev(dwpe0);
+      gpu->encoder_backward(g_wte, with_pos ? g_wpe : nullptr, d_dout, d_tok, s.B, s.T, s.C);
+      EXPECT_TRUE(close(host(g_wte, dwte0.size()), dwte, kElemTol, 1e-7)) << "dwte";
+      EXPECT_TRUE(close(host(g_wpe, dwpe0.size()), dwpe, kElemTol, 1e-7)) << "dwpe";
+      if (!with_pos) {
+        EXPECT_TRUE(bit_equal(host(g_wpe, dwpe0.size()), dwpe0)) << "dwpe touched";
+      }
+    }
+  }
+}
+
 // ---- layernorm -----------------------------------------------------------------------------
 
 struct NCShape {
@@ -561,6 +595,132 @@ TEST_F(CudaBackendTest, CrossEntropyForwardBackward) {
       EXPECT_TRUE(bit_equal(host(g_losses2, s.N), host(g_losses, s.N)));
     }
   }
+}
+
+// ---- vocabulary-parallel cross-entropy -----------------------------------------------------
+
+// Per-rank slices [N, Vp] with V real columns: padding, none, a slice of only padding (V = 0),
+// a GPT-2 vocabulary split over two ranks.
+const CeShape kSliceShapes[] = {{5, 37, 64}, {7, 128, 128},    {6, 0, 16},
+                                {3, 1, 8},   {33, 1000, 1024}, {16, 25152, 25152}};
+
+// Random logits with garbage (1000) in the padding, ties in rows 1 and 2; targets in the
+// slice, held elsewhere (-1) or past the real columns; the shift is the local max plus an
+// offset (a global max from another rank).
+struct SliceInputs {
+  Vec logits, row_max;
+  IVec targets;
+};
+SliceInputs slice_inputs(const CeShape& s, uint32_t seed) {
+  SliceInputs in;
+  in.logits = random_vec(size_t(s.N) * s.Vp, seed, -4.0f, 4.0f);
+  in.targets = random_ints(s.N, seed + 1, 0, std::max(s.V, 1));
+  in.row_max.resize(s.N);
+  for (int n = 0; n < s.N; ++n) {
+    float* row = in.logits.data() + size_t(n) * s.Vp;
+    for (int j = s.V; j < s.Vp; ++j) row[j] = 1000.0f;
+    if (s.V >= 2 && (n == 1 || n == 2)) row[s.V / 3] = row[s.V - 1] = 9.0f;
+    if (s.V == 0 || n % 3 == 1) in.targets[n] = -1;
+    if (n == 5) in.targets[n] = s.V;
+    const float local = s.V > 0 ? *std::max_element(row, row + s.V) : -3.0f;
+    in.row_max[n] = local + 0.5f * float(n % 2);
+  }
+  return in;
+}
+
+TEST_F(CudaBackendTest, LogitsRowMax) {
+  for (const CeShape& s : kSliceShapes) {
+    SCOPED_TRACE(::testing::Message() << "N=" << s.N << " V=" << s.V << " Vp=" << s.Vp);
+    const SliceInputs in = slice_inputs(s, 130);
+    Vec row_max(s.N), argmax(s.N);
+    cpu->logits_row_max(row_max.data(), argmax.data(), in.logits.data(), s.N, s.V, s.Vp);
+    float *g_max = dev(Vec(s.N, 7.0f)), *g_arg = dev(Vec(s.N, 7.0f));
+    gpu->logits_row_max(g_max, g_arg, dev(in.logits), s.N, s.V, s.Vp);
+    EXPECT_TRUE(bit_equal(host(g_max, s.N), row_max)) << "row_max";
+    EXPECT_TRUE(bit_equal(host(g_arg, s.N), argmax)) << "argmax";
+    if (s.V >= 2 && s.N > 2) {
+      EXPECT_EQ(host(g_arg, s.N)[1], float(s.V / 3));  // a tie: the first column
+    }
+  }
+}
+
+TEST_F(CudaBackendTest, SoftmaxPartialSums) {
+  for (const CeShape& s : kSliceShapes) {
+    SCOPED_TRACE(::testing::Message() << "N=" << s.N << " V=" << s.V << " Vp=" << s.Vp);
+    const SliceInputs in = slice_inputs(s, 140);
+    Vec sum_exp(s.N), target_logit(s.N);
+    cpu->softmax_partial_sums(sum_exp.data(), target_logit.data(), in.logits.data(),
+                              in.row_max.data(), in.targets.data(), s.N, s.V, s.Vp);
+    float *g_sum = dev(Vec(s.N, 7.0f)), *g_tl = dev(Vec(s.N, 7.0f));
+    const float* g_logits = dev(in.logits);
+    const float* g_max = dev(in.row_max);
+    const int32_t* g_targets = dev_ints(in.targets);
+    gpu->softmax_partial_sums(g_sum, g_tl, g_logits, g_max, g_targets, s.N, s.V, s.Vp);
+    const Vec got = host(g_sum, s.N);
+    EXPECT_TRUE(close(got, sum_exp, kElemTol, 0.0)) << "sum_exp";
+    EXPECT_TRUE(bit_equal(host(g_tl, s.N), target_logit)) << "target_logit";
+    // Determinism.
+    gpu->softmax_partial_sums(g_sum, g_tl, g_logits, g_max, g_targets, s.N, s.V, s.Vp);
+    EXPECT_TRUE(bit_equal(host(g_sum, s.N), got));
+  }
+}
+
+TEST_F(CudaBackendTest, CrossEntropyBackwardPartial) {
+  for (const CeShape& s : kSliceShapes) {
+    SCOPED_TRACE(::testing::Message() << "N=" << s.N << " V=" << s.V << " Vp=" << s.Vp);
+    const SliceInputs in = slice_inputs(s, 150);
+    // Global sums: this slice's terms plus other ranks' (1.0 + 0.3 n).
+    Vec sum_exp(s.N), target_logit(s.N);
+    cpu->softmax_partial_sums(sum_exp.data(), target_logit.data(), in.logits.data(),
+                              in.row_max.data(), in.targets.data(), s.N, s.V, s.Vp);
+    for (int n = 0; n < s.N; ++n) sum_exp[n] += 1.0f + 0.3f * float(n);
+    const float dloss_scale = 1.0f / float(s.N);
+    Vec want = in.logits;
+    cpu->crossentropy_backward_partial(want.data(), in.row_max.data(), sum_exp.data(),
+                                       in.targets.data(), s.N, s.V, s.Vp, dloss_scale);
+    const size_t total = size_t(s.N) * s.Vp;
+    float* g_logits = dev(in.logits);
+    const float* g_max = dev(in.row_max);
+    const float* g_sum = dev(sum_exp);
+    const int32_t* g_targets = dev_ints(in.targets);
+    gpu->crossentropy_backward_partial(g_logits, g_max, g_sum, g_targets, s.N, s.V, s.Vp,
+                                       dloss_scale);
+    const Vec got = host(g_logits, total);
+    EXPECT_TRUE(close(got, want, kElemTol, 1e-7)) << "dlogits";
+    for (int n = 0; n < s.N; ++n)
+      for (int j = s.V; j < s.Vp; ++j) ASSERT_EQ(got[size_t(n) * s.Vp + j], 0.0f) << n << "," << j;
+    // Determinism.
+    float* g_logits2 = dev(in.logits);
+    gpu->crossentropy_backward_partial(g_logits2, g_max, g_sum, g_targets, s.N, s.V, s.Vp,
+                                       dloss_scale);
+    EXPECT_TRUE(bit_equal(host(g_logits2, total), got));
+  }
+}
+
+// One slice holding the whole vocabulary: the three ops give the fused op's loss and dlogits.
+TEST_F(CudaBackendTest, SingleSliceMatchesFusedCrossEntropy) {
+  const int N = 8, V = 50257, Vp = 50304;
+  const Vec logits = random_vec(size_t(N) * Vp, 160, -4.0f, 4.0f);
+  const IVec targets = random_ints(N, 161, 0, V);
+  const float dloss_scale = 1.0f / N;
+  float* fused = dev(logits);
+  float* losses = dev_zeros(N);
+  int32_t* g_targets = dev_ints(targets);
+  gpu->crossentropy_forward_backward(fused, losses, nullptr, g_targets, N, V, Vp, dloss_scale);
+
+  float* split = dev(logits);
+  float *row_max = dev_zeros(N), *argmax = dev_zeros(N), *sum_exp = dev_zeros(N),
+        *target_logit = dev_zeros(N);
+  gpu->logits_row_max(row_max, argmax, split, N, V, Vp);
+  gpu->softmax_partial_sums(sum_exp, target_logit, split, row_max, g_targets, N, V, Vp);
+  gpu->crossentropy_backward_partial(split, row_max, sum_exp, g_targets, N, V, Vp, dloss_scale);
+  const Vec mx = host(row_max, N), sum = host(sum_exp, N), tl = host(target_logit, N);
+  Vec split_losses(N);
+  for (int n = 0; n < N; ++n)
+    split_losses[n] = float(std::log(double(sum[n])) + double(mx[n]) - double(tl[n]));
+  EXPECT_TRUE(close(split_losses, host(losses, N), 1e-6, 0.0)) << "losses";
+  EXPECT_TRUE(close(host(split, size_t(N) * Vp), host(fused, size_t(N) * Vp), kElemTol, 1e-7))
+      << "dlogits";
 }
 
 // ---- reductions and optimizers -------------------------------------------------------------

@@ -30,11 +30,28 @@ struct TensorRef {
   int64_t begin = 0, end = -1;
   // Saving: false marks a replica whose elements another rank writes; it joins the collective
   // calls with an empty selection. Each element of the file must be written by exactly one rank
-  // (the caller guarantees the owned ranges of all ranks with write=true partition the tensor;
-  // a save whose ranges leave a gap or overlap fails on every rank). One exception keeps
-  // replicated whole tensors simple: when several ranks pass the whole tensor (end < 0) with
-  // write = true, the lowest of them writes it.
+  // (the caller guarantees the owned ranges of all ranks with write=true partition the tensor,
+  // whatever their splits; a save whose ranges leave a gap or overlap fails on every rank). One
+  // exception keeps replicated whole tensors simple: when several ranks pass the whole local
+  // tensor (end < 0) with the same split (or none) and write = true, the lowest of them writes it.
   bool write = true;
+  // Tensor-parallel shard (DESIGN.md §3 splits). split_axis < 0: the rank's local tensor is the
+  // full tensor. Otherwise dimension split_axis of the full tensor consists of split_blocks equal
+  // consecutive blocks, each cut into split_parts equal parts, and the local tensor is part
+  // split_part of every block, concatenated in block order: its shape is the full shape with
+  // that dimension divided by split_parts. Examples at tp = 2, rank 1: c_attn weight [3C, C]
+  // (axis 0, 3 blocks) holds rows [C/2, C), [3C/2, 2C), [5C/2, 3C); mlp.c_proj weight [C, 4C]
+  // (axis 1, 1 block) holds columns [2C, 4C) of every row; wte [Vp, C] (axis 0, 1 block) holds
+  // rows [Vp/2, Vp). begin/end and data then refer to the LOCAL tensor's row-major flat order,
+  // while valid_rows still counts rows of the full tensor (a local row whose full row is at or
+  // beyond valid_rows is padding: zero-filled on load). Validated on save and load: split_axis
+  // < rank of shape, split_blocks >= 1, 0 <= split_part < split_parts, shape[split_axis]
+  // divisible by split_blocks * split_parts, [begin, end) within the local tensor; without an
+  // axis (split_axis < 0) split_parts must be 1 and split_part 0 (split_blocks is ignored).
+  // The file never depends on the splits: any split, or none, saves and loads the same file.
+  int split_axis = -1;
+  int64_t split_blocks = 1;
+  int split_parts = 1, split_part = 0;
 };
 
 // A named group of tensors: "model", "optimizer/m", "optimizer/v", "optimizer/momentum".
@@ -59,10 +76,14 @@ struct CheckpointState {
 
 // Writes `path` atomically (via path + ".partial"). Collective over comm: every rank passes
 // the same groups (names and shapes) and writes the range it owns of each tensor (TensorRef::
-// begin/end/write), with one collective MPI-IO write per tensor. Each dataset carries a
-// `checksum` attribute (uint32 CRC-32 of the full tensor's little-endian fp32 bytes, as
-// zlib.crc32 computes it, whoever wrote which part: each writer checksums its range and the
-// pieces are combined) checked on load. Throws triad::Error (with the path) on any failure, on
+// begin/end/write, of its local tensor when split), with one collective MPI-IO write per tensor
+// (each rank selecting a few hyperslab boxes: per block of a split, at most a partial first
+// row, whole rows and a partial last row). Each dataset carries a `checksum` attribute (uint32
+// CRC-32 of the full tensor's little-endian fp32 bytes, as zlib.crc32 computes it, whoever
+// wrote which part with whatever splits: each writer checksums its contiguous runs of the full
+// tensor, shifts each CRC to its position in the tensor with crc32_combine's zero operator, and
+// the XOR over all ranks of these terms is the CRC of the whole; one uint32 per tensor is
+// reduced) checked on load. Throws triad::Error (with the path) on any failure, on
 // every rank; the .partial file is then removed and nothing named `path` is created. Space for
 // the whole file is reserved (fallocate) before writing, so a full disk is reported up front
 // ("not enough space for the checkpoint"). The data reach the disk before the rename (HDF5's
@@ -76,18 +97,25 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
 // e.g. MPI_COMM_SELF to check a file on one rank).
 CheckpointState read_checkpoint_state(MPI_Comm comm, const std::string& path);
 
-// Fills every tensor of every group from the file: each rank reads the range [begin, end) it
-// asks for (ranges of different ranks may overlap or leave parts unread; the file may have been
-// written by any number of ranks with any ranges). Checks the root attributes as
+// Fills every tensor of every group from the file: each rank reads only the range [begin, end)
+// of its local tensor it asks for (one independent MPI-IO read of a few boxes per tensor;
+// ranges of different ranks may overlap or leave parts unread; the file may have been written
+// by any number of ranks with any ranges and splits). Checks the root attributes as
 // read_checkpoint_state does, and that each dataset exists, has the expected shape (see
 // TensorRef::valid_rows; elements in rows >= valid_rows are zero-filled) and matches its
 // checksum (when it has one: a file written by another tool without checksums loads
-// unchecked). The checksum of each full tensor is verified collectively: its elements are
-// split among the ranks, each checksums a piece it has read anyway where possible (parts no
-// rank asked for are read once more, by one rank), and the pieces are combined. Throws
-// triad::Error naming the file and the dataset otherwise, on every rank, before any tensor is
-// modified for a missing dataset or a wrong shape (a checksum failure is found after the data
-// are read). Collective over comm.
+// unchecked). The checksum of each full tensor is verified collectively, every element of the
+// file exactly once: the elements in the rows every rank loads are split among the ranks in the
+// local tensors of one split (the one under which the ranks ask for the most elements, usually
+// the only one); each part's readers checksum what they have read anyway, and parts of it no
+// reader of that split asked for (unrequested ranges, or elements read only by ranks with
+// another split) are read once more, spread over its readers. The rows beyond (padding nobody
+// loads, e.g. wte rows >= valid_rows) are read once more, split evenly among all ranks. So the
+// extra reads amount to the elements not covered by the chosen split's ranges, once in total;
+// none when the ranks together ask for every loaded element with one split. The pieces' CRCs are
+// combined as on save (one uint32 per tensor reduced). Throws triad::Error naming the file and
+// the dataset otherwise, on every rank, before any tensor is modified for a missing dataset or a
+// wrong shape (a checksum failure is found after the data are read). Collective over comm.
 void load_checkpoint_tensors(MPI_Comm comm, const std::string& path,
                              const std::vector<TensorGroup>& groups);
 

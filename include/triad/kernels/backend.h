@@ -43,6 +43,9 @@ class Backend {
   }
 
   // ---- embedding: out[n,:] = wte[tok[n],:] + wpe[n % T,:] ------------------------------------
+  // Vocabulary-parallel form (tensor parallelism): a token < 0 is an id another rank holds; it
+  // contributes a zero row (forward) and nothing to dwte (backward). wpe == nullptr: no position
+  // term; dwpe == nullptr: no position gradient (a rank that is not the one adding wpe).
   virtual void encoder_forward(float* out, const int32_t* tokens, const float* wte,
                                const float* wpe, int B, int T, int C) = 0;
   virtual void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens,
@@ -88,6 +91,28 @@ class Backend {
   virtual void crossentropy_forward_backward(float* logits, float* losses, float* correct,
                                              const int32_t* targets, int N, int V, int Vp,
                                              float dloss_scale) = 0;
+
+  // ---- vocabulary-parallel softmax cross-entropy (tensor parallelism) -----------------------
+  // Each rank holds logits [N,Vp] for its slice of the vocabulary, of which the first V columns
+  // are real (V may be 0 on a rank holding only padding rows); targets[n] is the target's column
+  // in this slice, or < 0 when another rank holds it. The caller combines the per-row results
+  // over the tensor-parallel group between the calls:
+  //  1. logits_row_max: row_max[n] = max_{j<V} logits[n,j] (-inf when V = 0); argmax[n] = the
+  //     first j attaining it, as a float (-1 when V = 0).   Caller: all-reduce max of row_max.
+  //  2. softmax_partial_sums (row_max now global): sum_exp[n] = Σ_{j<V} exp(logits[n,j] −
+  //     row_max[n]) (0 when V = 0); target_logit[n] = logits[n, targets[n]] when
+  //     0 <= targets[n] < V, else 0.   Caller: all-reduce sums; loss = log(sum) + max − target.
+  //  3. crossentropy_backward_partial: in place, logits[n,j] = (exp(logits[n,j] − row_max[n]) /
+  //     sum_exp[n] − [j == targets[n]]) · dloss_scale for j < V, and 0 for V <= j < Vp.
+  // All row vectors are [N] floats in the backend's memory.
+  virtual void logits_row_max(float* row_max, float* argmax, const float* logits, int N, int V,
+                              int Vp) = 0;
+  virtual void softmax_partial_sums(float* sum_exp, float* target_logit, const float* logits,
+                                    const float* row_max, const int32_t* targets, int N, int V,
+                                    int Vp) = 0;
+  virtual void crossentropy_backward_partial(float* logits, const float* row_max,
+                                             const float* sum_exp, const int32_t* targets, int N,
+                                             int V, int Vp, float dloss_scale) = 0;
 
   // ---- reductions and optimizer updates ------------------------------------------------------
   virtual double sum_squares(const float* x, size_t n) = 0;  // accumulated in double

@@ -9,6 +9,8 @@
 #include <vector>
 
 #include "triad/kernels/backend.h"
+#include "triad/parallel/comm.h"
+#include "triad/parallel/pipeline_schedule.h"
 
 namespace triad {
 
@@ -16,17 +18,58 @@ struct GptShape {
   int n_layer = 0, n_head = 0, n_embd = 0, seq_len = 0, vocab_size = 0, padded_vocab_size = 0;
 };
 
+// How this rank's part of the model is cut (DESIGN.md §3): its tensor-parallel coordinate and
+// its pipeline stage. Layers receive the communicators from here; the defaults are one rank
+// holding the whole model. The pipeline cuts the n_layer layers into pp·virtual_stages equal
+// chunks; rank s holds chunks s, s + pp, s + 2·pp, ... (Megatron's interleaved assignment,
+// one chunk per rank when virtual_stages = 1). Global chunk 0 also holds the embeddings, the
+// last global chunk the final LayerNorm and the tied head (a copy of wte when pp > 1).
+struct ModelParallel {
+  int tp = 1, tp_rank = 0;
+  int pp = 1, pp_rank = 0, virtual_stages = 1;
+  // Sequence parallelism (tp > 1): the residual stream, LayerNorms and the chunk boundaries
+  // hold this rank's 1/tp of the micro-batch's rows; all-gathers and reduce-scatters replace the
+  // tensor-parallel all-reduces (Megatron's sequence parallelism).
+  bool sequence_parallel = false;
+  Comm* tp_comm = nullptr;  // needed when tp > 1
+  Comm* pp_comm = nullptr;  // needed when pp > 1
+  int chunks() const { return pp * virtual_stages; }
+  bool split_rows() const { return sequence_parallel && tp > 1; }
+  int layers_per_chunk(int n_layer) const { return n_layer / chunks(); }
+  int global_chunk(int local_chunk) const { return local_chunk * pp + pp_rank; }
+  bool first_stage() const { return pp_rank == 0; }
+  bool last_stage() const { return pp_rank == pp - 1; }
+};
+
 struct ParamSpec {
   std::string name;            // DESIGN.md §3, e.g. "h/3/mlp/c_fc/weight"
   std::vector<int64_t> shape;  // full shape
+  std::vector<int64_t> local;  // the shape this rank holds (its tensor-parallel shard)
   size_t offset = 0;           // into the parameter buffer, in floats
-  size_t numel = 0;
-  bool decay = false;  // weight decay applies (rank >= 2)
+  size_t numel = 0;            // local elements
+  bool decay = false;          // weight decay applies (rank >= 2)
+  // Tensor-parallel split (see TensorRef in io/checkpoint.h): dimension split_axis of the
+  // full tensor is split_blocks blocks, each cut into tp parts; this rank holds part tp_rank
+  // of every block. -1: the tensor is whole (replicated over the tensor-parallel group).
+  int split_axis = -1;
+  int split_blocks = 1;
+  // Another rank owns this tensor's values for checkpoints and the gradient norm: a copy of a
+  // tensor replicated over the tensor-parallel group (tp_rank > 0), or the last stage's copy of
+  // the tied wte when pp > 1.
+  bool replica = false;
 };
 
 // The parameter layout of DESIGN.md §3 in buffer order (wte, wpe, 12 tensors per layer, ln_f),
 // each tensor 16-float aligned. Tools that need names and shapes without a model use it too.
 std::vector<ParamSpec> gpt_parameter_layout(const GptShape& shape);
+// The tensors one rank holds under tensor and pipeline parallelism, in its buffer order:
+// [wte, wpe] on the first stage, its chunks' layers, [ln_f] and the head's wte (when not the
+// first stage) on the last stage; local shapes are the Megatron shards of §3.
+std::vector<ParamSpec> gpt_rank_layout(const GptShape& shape, const ModelParallel& mp);
+
+// Copies a rank's shard of a tensor (spec from gpt_rank_layout) out of / into the full tensor.
+void extract_shard(const ParamSpec& s, int tp, int tp_rank, const float* full, float* local);
+void insert_shard(const ParamSpec& s, int tp, int tp_rank, const float* local, float* full);
 
 struct ForwardStats {
   double loss_sum = 0;  // sum of token cross-entropies (nats)
@@ -39,18 +82,24 @@ class Gpt {
   // Plans parameters, gradients and activations for micro-batches of up to max_batch
   // sequences of shape.seq_len tokens; all memory is allocated here, none in the step loop.
   // The parameter and gradient buffers are padded to a multiple of 16·shards floats so that
-  // ZeRO can cut them into `shards` equal contiguous slices.
-  Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards = 1);
+  // ZeRO can cut them into `shards` equal contiguous slices. `mp` says which part of the model
+  // this rank holds. `schedule` (pp > 1) is the pipeline schedule pipeline_step() will run: it
+  // sizes the activation sets (one per micro-batch a chunk keeps in flight) and the buffers of
+  // outgoing gradients; without one, each chunk gets one activation set.
+  Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards = 1,
+      const ModelParallel& mp = {}, const PipelineSchedule* schedule = nullptr);
   ~Gpt();
   Gpt(const Gpt&) = delete;
   Gpt& operator=(const Gpt&) = delete;
 
   const GptShape& shape() const { return shape_; }
+  const ModelParallel& parallel() const { return mp_; }
   const std::vector<ParamSpec>& specs() const { return specs_; }
-  const ParamSpec& param(const std::string& name) const;
   size_t num_floats() const { return n_floats_; }          // floats holding parameters
   size_t buffer_floats() const { return buffer_floats_; }  // allocated, padded for sharding
-  // Parameters counted as in DESIGN.md §5 (MFU): every tensor once, wte's padding excluded.
+  size_t activation_bytes() const;
+  // Parameters of the whole model counted as in DESIGN.md §5 (MFU): every tensor once, wte's
+  // padding excluded, whatever part this rank holds.
   int64_t num_parameters() const;
   double flops_per_token() const;  // 6·N + 6·n_layer·C·T
 
@@ -60,45 +109,82 @@ class Gpt {
   // Called during backward with (offset, count) of a contiguous range of the gradient buffer
   // as soon as its gradients are final for this micro-batch (ln_f, then each layer from the
   // last to the first, then wte/wpe), so data-parallel reduction can overlap the backward.
+  // Used by forward_backward() (pp = 1) only.
   using GradReadyHook = std::function<void(size_t offset, size_t count)>;
   void set_grad_ready_hook(GradReadyHook hook) { grad_hook_ = std::move(hook); }
 
   // Seeded init (DESIGN.md §3): N(0, 0.02) weights, residual projections
-  // N(0, 0.02/sqrt(2·n_layer)), zero biases, LayerNorm weight 1; wte padding rows zero.
+  // N(0, 0.02/sqrt(2·n_layer)), zero biases, LayerNorm weight 1; wte padding rows zero. Every
+  // rank draws the whole model's stream and keeps its shard, so any grid gets the same weights.
   void init(uint64_t seed);
   void zero_grads();
 
-  // One micro-batch: forward, loss, and backward with gradients ACCUMULATED into grads().
-  // inputs/targets are B×T token ids in host memory (uploaded to the backend here). dloss_scale
-  // weights each token's loss in the gradient (1 / tokens of the global batch gives the mean).
+  // One micro-batch (pp = 1): forward, loss, and backward with gradients ACCUMULATED into
+  // grads(). inputs/targets are B×T token ids in host memory. dloss_scale weights each token's
+  // loss in the gradient (1 / tokens of the global batch gives the mean). Collective over the
+  // tensor-parallel group.
   ForwardStats forward_backward(const int32_t* inputs, const int32_t* targets, int B,
                                 float dloss_scale);
-  // Forward and loss only (evaluation).
+  // One optimizer step's m micro-batches of B sequences (inputs/targets: m·B·T host ids) run
+  // by the schedule given to the constructor: forwards, backwards and the transfers between
+  // stages; then the tied wte gradient is summed between the first and the last stage.
+  // Collective over the pipeline and tensor-parallel groups; the returned loss statistics are
+  // those of all m micro-batches, on every rank.
+  ForwardStats pipeline_step(const int32_t* inputs, const int32_t* targets, int m, int B,
+                             float dloss_scale);
+  // Forward and loss only (evaluation); collective over the pipeline and tensor-parallel
+  // groups, the result on every rank.
   ForwardStats evaluate(const int32_t* inputs, const int32_t* targets, int B);
   // Forward only; copies the logits (first vocab_size of each row) to host_out [B, T, V].
+  // One rank holding the whole model only.
   void forward_logits(const int32_t* inputs, int B, float* host_out);
   // Logits (first vocab_size) of the last of `len` tokens of one sequence (generation);
-  // len <= seq_len. Returns a host pointer valid until the next call.
+  // len <= seq_len. Collective like evaluate(); every rank gets the logits. Returns a host
+  // pointer valid until the next call.
   const float* next_token_logits(const int32_t* tokens, int len);
 
  private:
-  void forward(const int32_t* inputs, int B, int T);
-  void backward(const int32_t* inputs, int B, int T);
-  ForwardStats classifier(const int32_t* targets, int B, int T, float dloss_scale);
-
   struct Activations;
+  struct Set;
+  void upload_ids(const int32_t* inputs, const int32_t* targets, int N);
+  void forward_chunk(int chunk, Set& S, int B, int T);
+  void backward_chunk(int chunk, Set& S, int B, int T);
+  ForwardStats classifier(Set& S, const int32_t* host_targets, int B, int T, float dloss_scale,
+                          bool with_grad);
+  // Forward of one micro-batch through every chunk in order (no pipelining: evaluation and
+  // generation); returns the last chunk's activation set on the ranks holding it, else null.
+  Set* forward_pipeline(const int32_t* inputs, int B, int T);
+  ForwardStats share_from_last_stage(ForwardStats st);
+  void sum_tied_embedding_grads();
+  void tp_all_reduce(float* x, size_t n);
+  int local_rows(int N) const;
+  void reduce_rows(float* src, float* dst, int N);
+  const float* gather_rows(const float* src, float* dst, int N);
+  void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, const float* inp,
+                          const float* w, const float* mean, const float* rstd, int rows);
+  const float* head_weight() const { return params_ + specs_[size_t(head_)].offset; }
+
   GptShape shape_;
   int max_batch_;
   Backend& be_;
+  ModelParallel mp_;
   std::vector<ParamSpec> specs_;
   size_t n_floats_ = 0, buffer_floats_ = 0;
+  // Indices into specs_ (-1: not held): wte (embedding), wpe, ln_f, the head's wte, and the
+  // first of the 12 tensors of each global layer.
+  int wte_ = -1, wpe_ = -1, lnf_ = -1, head_ = -1;
+  std::vector<int> layer_;
+  int vocab_begin_ = 0, vocab_local_ = 0, vocab_valid_ = 0;  // this rank's slice of wte rows
   GradReadyHook grad_hook_;
-  int32_t* d_inputs_ = nullptr;  // token ids on the backend's device
+  int32_t* d_inputs_ = nullptr;  // this rank's local token ids on the backend's device
   int32_t* d_targets_ = nullptr;
+  std::vector<int32_t> host_ids_, padded_;
   float* params_ = nullptr;
   float* grads_ = nullptr;
   Activations* acts_ = nullptr;
-  std::vector<float> host_scratch_;
+  PipelineSchedule schedule_;
+  float* tied_scratch_ = nullptr;  // the other stage's wte gradient (pp > 1)
+  std::vector<float> host_scratch_, host_candidates_;
 };
 
 }  // namespace triad

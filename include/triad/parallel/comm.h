@@ -53,6 +53,8 @@ class Comm {
   // In-place sum over the group.
   virtual void all_reduce_sum(float* buf, size_t n) = 0;
   virtual CommRequest iall_reduce_sum(float* buf, size_t n) = 0;
+  // In-place element-wise maximum over the group (vocabulary-parallel softmax statistics).
+  virtual void all_reduce_max(float* buf, size_t n) = 0;
   virtual double all_reduce_sum(double x) = 0;
   virtual int64_t all_reduce_max(int64_t x) = 0;
   // send holds size()·count floats; rank r receives the sum of the r-th blocks.

@@ -62,6 +62,7 @@ struct ParallelConfig {
   int tp = 1, pp = 1, zero = 0;
   std::string schedule = "1f1b";
   int virtual_stages = 1;
+  bool sequence_parallel = false;  // LayerNorm regions split by sequence over the tp group
 };
 
 struct SampleConfig {

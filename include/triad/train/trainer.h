@@ -27,7 +27,9 @@ struct TrainOutcome {
   // What the data-parallel communicator moved during the training steps (evaluations
   // included), and the sizes it follows from (docs/parallelism.md, "Communication volume").
   CommStats dp_traffic;
-  size_t param_floats = 0, buffer_floats = 0;
+  CommStats tp_traffic, pp_traffic;            // the tensor- and pipeline-parallel groups, likewise
+  size_t param_floats = 0, buffer_floats = 0;  // this rank's part of the model
+  size_t optimizer_floats = 0;                 // this rank's optimizer state
 };
 
 class Trainer {
@@ -36,7 +38,8 @@ class Trainer {
   ~Trainer();
   TrainOutcome run();          // train to train.steps (or a preemption signal)
   EvalResult evaluate_only();  // --eval-only
-  // The full parameters (every tensor of DESIGN.md §3, layout order, no padding) on the host.
+  // The full parameters (every tensor of DESIGN.md §3, layout order, without wte's padding
+  // rows) on the host of every rank, assembled from all ranks' shards (collective).
   std::vector<float> parameters() const;
 
  private:

@@ -90,6 +90,20 @@ class CpuBackend final : public Backend {
                                      float dloss_scale) override {
     cpu::crossentropy_forward_backward(logits, losses, correct, targets, N, V, Vp, dloss_scale);
   }
+  void logits_row_max(float* row_max, float* argmax, const float* logits, int N, int V,
+                      int Vp) override {
+    cpu::logits_row_max(row_max, argmax, logits, N, V, Vp);
+  }
+  void softmax_partial_sums(float* sum_exp, float* target_logit, const float* logits,
+                            const float* row_max, const int32_t* targets, int N, int V,
+                            int Vp) override {
+    cpu::softmax_partial_sums(sum_exp, target_logit, logits, row_max, targets, N, V, Vp);
+  }
+  void crossentropy_backward_partial(float* logits, const float* row_max, const float* sum_exp,
+                                     const int32_t* targets, int N, int V, int Vp,
+                                     float dloss_scale) override {
+    cpu::crossentropy_backward_partial(logits, row_max, sum_exp, targets, N, V, Vp, dloss_scale);
+  }
   double sum_squares(const float* x, size_t n) override { return cpu::sum_squares(x, n); }
   void scale(float* x, float s, size_t n) override { cpu::scale(x, s, n); }
   void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float lr, float beta1,

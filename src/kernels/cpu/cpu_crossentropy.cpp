@@ -1,11 +1,40 @@
 // Fused softmax + cross-entropy over the first V of Vp logits per row; the logits are replaced
 // by dloss/dlogits in place, which saves a [N, Vp] buffer (the largest activation).
+//
+// The vocabulary-parallel form splits the same computation into three per-row passes (row max,
+// partial sums, backward) between which the caller reduces over the tensor-parallel ranks; it
+// uses the same exp and flush helpers, so one slice holding the whole vocabulary gives the
+// fused op's dlogits up to the rounding of the float sum_exp it is handed.
+#include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "cpu_math.h"
 #include "cpu_ops.h"
 
 namespace triad::cpu {
+namespace {
+
+using f64x4 = double __attribute__((vector_size(32)));
+
+// Σ_{j<n} exp_approx(x[j] − shift) in double, x left untouched. Eight lanes (two vectors of
+// four doubles) in index order, combined in a fixed tree, then the tail: deterministic and
+// independent of the thread count.
+double sum_exp_shifted(const float* x, int n, float shift) {
+  f64x4 lo = {}, hi = {};
+  const int n8 = n / 8 * 8;
+  for (int j = 0; j < n8; j += 8) {
+    const f32x8 e = exp8(load8(x + j) - shift);
+    lo += __builtin_convertvector(__builtin_shufflevector(e, e, 0, 1, 2, 3), f64x4);
+    hi += __builtin_convertvector(__builtin_shufflevector(e, e, 4, 5, 6, 7), f64x4);
+  }
+  const f64x4 v = lo + hi;
+  double sum = (v[0] + v[1]) + (v[2] + v[3]);
+  for (int j = n8; j < n; ++j) sum += double(exp_approx(x[j] - shift));
+  return sum;
+}
+
+}  // namespace
 
 void crossentropy_forward_backward(float* logits, float* losses, float* correct,
                                    const int32_t* targets, int N, int V, int Vp,
@@ -38,6 +67,54 @@ void crossentropy_forward_backward(float* logits, float* losses, float* correct,
     scale_flush_inplace(row, size_t(V), float(double(dloss_scale) / sum));
     row[target] -= dloss_scale;
     for (int j = V; j < Vp; ++j) row[j] = 0.0f;
+  }
+}
+
+void logits_row_max(float* row_max, float* argmax, const float* logits, int N, int V, int Vp) {
+#pragma omp parallel for schedule(static) if (size_t(N) * V >= kParallelMin)
+  for (int n = 0; n < N; ++n) {
+    if (V <= 0) {
+      row_max[n] = -std::numeric_limits<float>::infinity();
+      argmax[n] = -1.0f;
+      continue;
+    }
+    const float* row = logits + size_t(n) * Vp;
+    float max_val = row[0];  // as crossentropy_forward_backward
+#pragma omp simd reduction(max : max_val)
+    for (int j = 0; j < V; ++j) max_val = std::max(max_val, row[j]);
+    int first = 0;  // the first index holding the maximum, as torch.argmax
+    while (first < V - 1 && row[first] != max_val) ++first;  // bounded if NaN
+    row_max[n] = max_val;
+    argmax[n] = float(first);
+  }
+}
+
+void softmax_partial_sums(float* sum_exp, float* target_logit, const float* logits,
+                          const float* row_max, const int32_t* targets, int N, int V, int Vp) {
+#pragma omp parallel for schedule(static) if (size_t(N) * V >= kParallelMin)
+  for (int n = 0; n < N; ++n) {
+    const float* row = logits + size_t(n) * Vp;
+    sum_exp[n] = V > 0 ? float(sum_exp_shifted(row, V, row_max[n])) : 0.0f;
+    const int32_t target = targets[n];
+    target_logit[n] = target >= 0 && target < V ? row[target] : 0.0f;
+  }
+}
+
+void crossentropy_backward_partial(float* logits, const float* row_max, const float* sum_exp,
+                                   const int32_t* targets, int N, int V, int Vp,
+                                   float dloss_scale) {
+#pragma omp parallel for schedule(static) if (size_t(N) * Vp >= kParallelMin)
+  for (int n = 0; n < N; ++n) {
+    float* row = logits + size_t(n) * Vp;
+    if (V > 0) {
+      // As crossentropy_forward_backward: softmax · scale with tiny values flushed to 0, minus
+      // scale at the target (when this slice holds it).
+      exp_shifted_inplace(row, size_t(V), row_max[n]);
+      scale_flush_inplace(row, size_t(V), float(double(dloss_scale) / double(sum_exp[n])));
+      const int32_t target = targets[n];
+      if (target >= 0 && target < V) row[target] -= dloss_scale;
+    }
+    for (int j = std::max(V, 0); j < Vp; ++j) row[j] = 0.0f;
   }
 }
 

@@ -1,4 +1,9 @@
 // Token + position embedding.
+//
+// Vocabulary-parallel form (backend.h): a token < 0 belongs to another rank's slice of wte and
+// contributes nothing here (a zero row forward, no dwte update backward); wpe / dwpe ==
+// nullptr leave out the position term. Valid tokens with a position table take the same
+// arithmetic as before (bit-identical results).
 #include <algorithm>
 
 #include "cpu_math.h"
@@ -11,11 +16,24 @@ void encoder_forward(float* out, const int32_t* tokens, const float* wte, const 
   const int N = B * T;
 #pragma omp parallel for schedule(static) if (size_t(N) * C >= kParallelMin)
   for (int n = 0; n < N; ++n) {
-    const float* tok_row = wte + size_t(tokens[n]) * C;
-    const float* pos_row = wpe + size_t(n % T) * C;
+    const int32_t tok = tokens[n];
     float* o = out + size_t(n) * C;
+    const float* pos_row = wpe != nullptr ? wpe + size_t(n % T) * C : nullptr;
+    if (tok >= 0) {
+      const float* tok_row = wte + size_t(tok) * C;
+      if (pos_row != nullptr) {
 #pragma omp simd
-    for (int c = 0; c < C; ++c) o[c] = tok_row[c] + pos_row[c];
+        for (int c = 0; c < C; ++c) o[c] = tok_row[c] + pos_row[c];
+      } else {
+#pragma omp simd
+        for (int c = 0; c < C; ++c) o[c] = tok_row[c];
+      }
+    } else if (pos_row != nullptr) {
+#pragma omp simd
+      for (int c = 0; c < C; ++c) o[c] = 0.0f + pos_row[c];  // a zero token row + position
+    } else {
+      std::fill(o, o + C, 0.0f);
+    }
   }
 }
 
@@ -34,12 +52,23 @@ void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t
       for (int t = 0; t < T; ++t) {
         const size_t n = size_t(b) * T + t;
         const float* d = dout + n * C;
-        float* wte_row = dwte + size_t(tokens[n]) * C;
-        float* wpe_row = dwpe + size_t(t) * C;
+        const int32_t tok = tokens[n];
+        if (tok >= 0 && dwpe != nullptr) {
+          float* wte_row = dwte + size_t(tok) * C;
+          float* wpe_row = dwpe + size_t(t) * C;
 #pragma omp simd
-        for (int c = c0; c < c1; ++c) {
-          wte_row[c] += d[c];
-          wpe_row[c] += d[c];
+          for (int c = c0; c < c1; ++c) {
+            wte_row[c] += d[c];
+            wpe_row[c] += d[c];
+          }
+        } else if (tok >= 0) {
+          float* wte_row = dwte + size_t(tok) * C;
+#pragma omp simd
+          for (int c = c0; c < c1; ++c) wte_row[c] += d[c];
+        } else if (dwpe != nullptr) {
+          float* wpe_row = dwpe + size_t(t) * C;
+#pragma omp simd
+          for (int c = c0; c < c1; ++c) wpe_row[c] += d[c];
         }
       }
     }

@@ -60,6 +60,12 @@ double sum_squares(const float* x, size_t n);
 
 void crossentropy_forward_backward(float* logits, float* losses, float* correct,
                                    const int32_t* targets, int N, int V, int Vp, float dloss_scale);
+// Vocabulary-parallel cross-entropy (backend.h): row max, partial sums, backward.
+void logits_row_max(float* row_max, float* argmax, const float* logits, int N, int V, int Vp);
+void softmax_partial_sums(float* sum_exp, float* target_logit, const float* logits,
+                          const float* row_max, const int32_t* targets, int N, int V, int Vp);
+void crossentropy_backward_partial(float* logits, const float* row_max, const float* sum_exp,
+                                   const int32_t* targets, int N, int V, int Vp, float dloss_scale);
 
 void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float lr, float beta1,
                   float beta2, float eps, float wd, float bc1, float bc2);

@@ -157,6 +157,21 @@ class CudaBackend final : public Backend {
     cuda::crossentropy_forward_backward(stream_, logits, losses, correct, targets, N, V, Vp,
                                         dloss_scale);
   }
+  void logits_row_max(float* row_max, float* argmax, const float* logits, int N, int V,
+                      int Vp) override {
+    cuda::logits_row_max(stream_, row_max, argmax, logits, N, V, Vp);
+  }
+  void softmax_partial_sums(float* sum_exp, float* target_logit, const float* logits,
+                            const float* row_max, const int32_t* targets, int N, int V,
+                            int Vp) override {
+    cuda::softmax_partial_sums(stream_, sum_exp, target_logit, logits, row_max, targets, N, V, Vp);
+  }
+  void crossentropy_backward_partial(float* logits, const float* row_max, const float* sum_exp,
+                                     const int32_t* targets, int N, int V, int Vp,
+                                     float dloss_scale) override {
+    cuda::crossentropy_backward_partial(stream_, logits, row_max, sum_exp, targets, N, V, Vp,
+                                        dloss_scale);
+  }
   double sum_squares(const float* x, size_t n) override {
     return cuda::sum_squares(stream_, partials_, x, n);
   }

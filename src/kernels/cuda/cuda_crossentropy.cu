@@ -3,6 +3,10 @@
 //   loss = log Σ_j e^{x_j − max} − (x_target − max)   (the sum in double)
 //   dlogits = softmax · dloss_scale − dloss_scale · onehot(target)
 // correct = 1 where the first index holding the maximum (torch.argmax) equals the target.
+//
+// The vocabulary-parallel form (backend.h) splits it into three per-row kernels, one block per
+// row as well (row max and first argmax; Σ exp in double and the target logit; the backward),
+// with the same arithmetic, between which the caller reduces over the tensor-parallel ranks.
 #include <climits>
 
 #include "cuda_ops.cuh"
@@ -82,7 +86,91 @@ __global__ void crossentropy_kernel(float* logits, float* losses, float* correct
   }
 }
 
+// One block per row. V = 0: row_max −inf, argmax −1.
+__global__ void logits_row_max_kernel(float* row_max, float* argmax, const float* logits, int V,
+                                      int Vp) {
+  const size_t n = blockIdx.x;
+  const float* row = logits + n * Vp;
+  ArgMax best{-INFINITY, INT_MAX};
+  for (int j = threadIdx.x; j < V; j += blockDim.x) {
+    const float x = row[j];
+    if (x > best.val) best = ArgMax{x, j};
+  }
+  best = block_argmax(best);
+  if (threadIdx.x == 0) {
+    row_max[n] = best.val;
+    if (V <= 0) {
+      argmax[n] = -1.0f;
+    } else {
+      argmax[n] = float(best.idx == INT_MAX ? 0 : best.idx);  // all −inf (or NaN): index 0
+    }
+  }
+}
+
+__global__ void softmax_partial_sums_kernel(float* sum_exp, float* target_logit,
+                                            const float* logits, const float* row_max,
+                                            const int32_t* targets, int V, int Vp) {
+  const size_t n = blockIdx.x;
+  const float* row = logits + n * Vp;
+  const float max_val = row_max[n];
+  double sum = 0.0;
+  for (int j = threadIdx.x; j < V; j += blockDim.x) sum += double(expf(row[j] - max_val));
+  sum = block_reduce(sum, SumOp{}, 0.0);
+  if (threadIdx.x == 0) {
+    sum_exp[n] = float(sum);
+    const int target = targets[n];
+    target_logit[n] = target >= 0 && target < V ? row[target] : 0.0f;
+  }
+}
+
+__global__ void crossentropy_backward_partial_kernel(float* logits, const float* row_max,
+                                                     const float* sum_exp, const int32_t* targets,
+                                                     int V, int Vp, float dloss_scale) {
+  const size_t n = blockIdx.x;
+  float* row = logits + n * Vp;
+  const float max_val = row_max[n];
+  const int target = targets[n];
+  const float factor = float(double(dloss_scale) / double(sum_exp[n]));
+  for (int j = threadIdx.x; j < V; j += blockDim.x) {
+    float g = expf(row[j] - max_val) * factor;
+    if (j == target) g -= dloss_scale;
+    row[j] = g;
+  }
+  for (int j = max(V, 0) + threadIdx.x; j < Vp; j += blockDim.x) row[j] = 0.0f;
+}
+
+void check_slice(const char* op, int V, int Vp) {
+  TRIAD_CHECK(V >= 0 && V <= Vp, "cuda ", op, ": need 0 <= V <= Vp (V = ", V, ", Vp = ", Vp, ")");
+}
+
 }  // namespace
+
+void logits_row_max(cudaStream_t s, float* row_max, float* argmax, const float* logits, int N,
+                    int V, int Vp) {
+  if (N <= 0) return;
+  check_slice("logits_row_max", V, Vp);
+  logits_row_max_kernel<<<N, kRowBlock, 0, s>>>(row_max, argmax, logits, V, Vp);
+  TRIAD_CUDA_CHECK_LAUNCH();
+}
+
+void softmax_partial_sums(cudaStream_t s, float* sum_exp, float* target_logit, const float* logits,
+                          const float* row_max, const int32_t* targets, int N, int V, int Vp) {
+  if (N <= 0) return;
+  check_slice("softmax_partial_sums", V, Vp);
+  softmax_partial_sums_kernel<<<N, kRowBlock, 0, s>>>(sum_exp, target_logit, logits, row_max,
+                                                      targets, V, Vp);
+  TRIAD_CUDA_CHECK_LAUNCH();
+}
+
+void crossentropy_backward_partial(cudaStream_t s, float* logits, const float* row_max,
+                                   const float* sum_exp, const int32_t* targets, int N, int V,
+                                   int Vp, float dloss_scale) {
+  if (N <= 0) return;
+  check_slice("crossentropy_backward_partial", V, Vp);
+  crossentropy_backward_partial_kernel<<<N, kRowBlock, 0, s>>>(logits, row_max, sum_exp, targets, V,
+                                                               Vp, dloss_scale);
+  TRIAD_CUDA_CHECK_LAUNCH();
+}
 
 void crossentropy_forward_backward(cudaStream_t s, float* logits, float* losses, float* correct,
                                    const int32_t* targets, int N, int V, int Vp,

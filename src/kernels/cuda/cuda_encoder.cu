@@ -1,4 +1,6 @@
-// Token + position embedding. tokens is a device buffer of B·T ids in [0, Vp).
+// Token + position embedding. tokens is a device buffer of B·T ids in [0, Vp), or < 0 for an id
+// another rank's slice of the vocabulary holds (vocabulary parallelism): such a token adds a zero
+// row forward and nothing to dwte backward. wpe / dwpe == nullptr: no position term / gradient.
 //
 // Backward without atomics: several positions may hold the same token, so a row of dwte gets
 // several contributions. Thread (c, bucket) owns channel c of every vocabulary row whose id is
@@ -22,7 +24,13 @@ __global__ void encoder_forward_kernel(float* out, const int32_t* tokens, const 
     const size_t n = i / size_t(C);
     const size_t c = i % size_t(C);
     const size_t t = n % size_t(T);
-    out[i] = wte[size_t(tokens[n]) * C + c] + wpe[t * C + c];
+    const int32_t tok = tokens[n];
+    if (tok >= 0) {
+      const float x = wte[size_t(tok) * C + c];
+      out[i] = wpe != nullptr ? x + wpe[t * C + c] : x;
+    } else {
+      out[i] = wpe != nullptr ? 0.0f + wpe[t * C + c] : 0.0f;  // a zero token row
+    }
   }
 }
 
@@ -34,7 +42,7 @@ __global__ void encoder_backward_wte_kernel(float* dwte, const float* dout, cons
   if (c >= C) return;
   for (int n = 0; n < N; ++n) {
     const int tok = tokens[n];
-    if (tok % kBuckets == bucket) dwte[size_t(tok) * C + c] += dout[size_t(n) * C + c];
+    if (tok >= 0 && tok % kBuckets == bucket) dwte[size_t(tok) * C + c] += dout[size_t(n) * C + c];
   }
 }
 
@@ -63,6 +71,7 @@ void encoder_backward(cudaStream_t s, float* dwte, float* dwpe, const float* dou
   const dim3 grid((C + kChannelBlock - 1) / kChannelBlock, kBuckets);
   encoder_backward_wte_kernel<<<grid, kChannelBlock, 0, s>>>(dwte, dout, tokens, B * T, C);
   TRIAD_CUDA_CHECK_LAUNCH();
+  if (dwpe == nullptr) return;
   encoder_backward_wpe_kernel<<<grid_for(size_t(T) * C), kBlock, 0, s>>>(dwpe, dout, B, T, C);
   TRIAD_CUDA_CHECK_LAUNCH();
 }

@@ -47,6 +47,14 @@ void scale(cudaStream_t s, float* x, float factor, size_t n);
 // ---- cross-entropy (cuda_crossentropy.cu) --------------------------------------------------
 void crossentropy_forward_backward(cudaStream_t s, float* logits, float* losses, float* correct,
                                    const int32_t* targets, int N, int V, int Vp, float dloss_scale);
+// Vocabulary-parallel cross-entropy (backend.h): row max, partial sums, backward.
+void logits_row_max(cudaStream_t s, float* row_max, float* argmax, const float* logits, int N,
+                    int V, int Vp);
+void softmax_partial_sums(cudaStream_t s, float* sum_exp, float* target_logit, const float* logits,
+                          const float* row_max, const int32_t* targets, int N, int V, int Vp);
+void crossentropy_backward_partial(cudaStream_t s, float* logits, const float* row_max,
+                                   const float* sum_exp, const int32_t* targets, int N, int V,
+                                   int Vp, float dloss_scale);
 
 // ---- reductions (cuda_reduce.cu) -----------------------------------------------------------
 // dst[c] += Σ_n src[n, c] over the N rows of a row-major [N, C] matrix (deterministic).

@@ -1,0 +1,187 @@
+// Pipeline parallelism: the executor that runs a schedule's actions (pipeline_schedule.h) on
+// this rank's chunks, the plain forward chain used by evaluation and generation, and the sum
+// of the tied embedding's gradient between the first and the last stage.
+//
+// Transfers: receives block (each sits right before the computation that needs it); sends are
+// non-blocking, as the schedule simulator assumes, so no schedule that passes check_schedule
+// can deadlock. An activation is sent straight from the activation set that keeps it for the
+// backward pass (the request is completed before the set is reused); a gradient is copied to
+// one of the buffers planned for the step's sends.
+#include <algorithm>
+
+#include "gpt_activations.h"
+#include "triad/core/error.h"
+#include "triad/model/gpt.h"
+
+namespace triad {
+namespace {
+constexpr int kTagActivation = 101, kTagGrad = 102, kTagTied = 103;
+}
+
+ForwardStats Gpt::pipeline_step(const int32_t* inputs, const int32_t* targets, int m, int B,
+                                float dloss_scale) {
+  TRIAD_CHECK(!schedule_.empty(), "internal error: pipeline_step without a schedule");
+  const int T = shape_.seq_len, N = B * T, G = mp_.chunks();
+  TRIAD_ASSERT(B >= 1 && B <= max_batch_ && m >= 1);
+  // A chunk boundary carries this rank's rows of the residual stream (1/tp of them under
+  // sequence parallelism).
+  const size_t NC = size_t(local_rows(N)) * shape_.n_embd, per_mb = size_t(N);
+  auto& a = *acts_;
+  Comm& pp = *mp_.pp_comm;
+  const size_t v = size_t(mp_.virtual_stages);
+  // Which activation set holds (chunk, micro-batch); free sets; pending sends per set.
+  std::vector<std::vector<int>> slot(v, std::vector<int>(size_t(m), -1)), free_sets(v);
+  std::vector<std::vector<CommRequest>> act_sends(v);
+  for (size_t c = 0; c < v; ++c) {
+    for (int k = int(a.sets[c].size()) - 1; k >= 0; --k) free_sets[c].push_back(k);
+    act_sends[c].resize(a.sets[c].size());
+  }
+  std::vector<CommRequest> grad_sends(a.grad_sends.size());
+  size_t next_grad = 0;
+  auto set_of = [&](int c, int mb) -> Set& {
+    int& s = slot[size_t(c)][size_t(mb)];
+    if (s < 0) {
+      TRIAD_CHECK(!free_sets[size_t(c)].empty(), "internal error: pipeline chunk ", c,
+                  " has no free activation set for micro-batch ", mb);
+      s = free_sets[size_t(c)].back();
+      free_sets[size_t(c)].pop_back();
+      act_sends[size_t(c)][size_t(s)].wait();  // its previous activation has been received
+    }
+    return a.sets[size_t(c)][size_t(s)];
+  };
+  ForwardStats st;
+  for (const Action& x : schedule_[size_t(mp_.pp_rank)]) {
+    const int c = x.chunk, mb = x.microbatch, g = mp_.global_chunk(c);
+    TRIAD_ASSERT(mb < m);
+    const int32_t* in = inputs + size_t(mb) * per_mb;
+    const int32_t* tg = targets + size_t(mb) * per_mb;
+    switch (x.kind) {
+      case ActionKind::RecvActivation:
+        pp.recv(set_of(c, mb).input, NC, x.peer, kTagActivation);
+        break;
+      case ActionKind::Forward: {
+        Set& S = set_of(c, mb);
+        if (g == 0) upload_ids(in, nullptr, N);
+        forward_chunk(c, S, B, T);
+        if (g == G - 1) {
+          upload_ids(nullptr, tg, N);
+          const ForwardStats f = classifier(S, tg, B, T, dloss_scale, true);
+          st.loss_sum += f.loss_sum;
+          st.correct += f.correct;
+          st.tokens += f.tokens;
+        }
+        break;
+      }
+      case ActionKind::SendActivation: {
+        const int s = slot[size_t(c)][size_t(mb)];
+        TRIAD_ASSERT(s >= 0);
+        act_sends[size_t(c)][size_t(s)] =
+            pp.isend(a.sets[size_t(c)][size_t(s)].output(), NC, x.peer, kTagActivation);
+        break;
+      }
+      case ActionKind::RecvGrad:
+        pp.recv(a.dresidual, NC, x.peer, kTagGrad);
+        break;
+      case ActionKind::Backward: {
+        int& s = slot[size_t(c)][size_t(mb)];
+        TRIAD_ASSERT(s >= 0);
+        if (g == 0) upload_ids(in, nullptr, N);
+        backward_chunk(c, a.sets[size_t(c)][size_t(s)], B, T);
+        free_sets[size_t(c)].push_back(s);
+        s = -1;
+        break;
+      }
+      case ActionKind::SendGrad: {
+        TRIAD_ASSERT(next_grad < a.grad_sends.size());
+        float* buf = a.grad_sends[next_grad];
+        be_.zero(buf, NC);
+        be_.accumulate(buf, a.dresidual, NC);
+        grad_sends[next_grad++] = pp.isend(buf, NC, x.peer, kTagGrad);
+        break;
+      }
+    }
+  }
+  for (auto& sends : act_sends)
+    for (auto& r : sends) r.wait();
+  for (auto& r : grad_sends) r.wait();
+  sum_tied_embedding_grads();
+  return share_from_last_stage(st);
+}
+
+Gpt::Set* Gpt::forward_pipeline(const int32_t* inputs, int B, int T) {
+  const int G = mp_.chunks(), N = B * T;
+  const size_t NC = size_t(local_rows(N)) * shape_.n_embd;
+  TRIAD_CHECK(mp_.pp > 1 || G == 1, "internal error: virtual stages need pp > 1");
+  Set* last = nullptr;
+  for (int g = mp_.pp_rank; g < G; g += mp_.pp) {
+    const int c = g / mp_.pp;
+    Set& S = acts_->sets[size_t(c)][0];  // no step is in flight: the first set is free
+    if (g == 0) {
+      upload_ids(inputs, nullptr, N);
+    } else {
+      mp_.pp_comm->recv(S.input, NC, (g - 1) % mp_.pp, kTagActivation);
+    }
+    forward_chunk(c, S, B, T);
+    if (g < G - 1) {
+      // Blocking is safe: the next chunk's owner waits for exactly this message.
+      mp_.pp_comm->send(S.output(), NC, (g + 1) % mp_.pp, kTagActivation);
+    } else {
+      last = &S;
+    }
+  }
+  return last;
+}
+
+ForwardStats Gpt::share_from_last_stage(ForwardStats st) {
+  if (mp_.pp == 1) return st;
+  // Only the last stage holds the statistics; the others add zeros.
+  Comm& pp = *mp_.pp_comm;
+  st.loss_sum = pp.all_reduce_sum(st.loss_sum);
+  st.correct = int64_t(pp.all_reduce_sum(double(st.correct)));
+  st.tokens = int64_t(pp.all_reduce_sum(double(st.tokens)));
+  return st;
+}
+
+const float* Gpt::next_token_logits(const int32_t* tokens, int len) {
+  TRIAD_ASSERT(len >= 1 && len <= shape_.seq_len);
+  const int C = shape_.n_embd, Vl = vocab_local_, Vp = shape_.padded_vocab_size;
+  float* out = host_scratch_.data();  // Vp floats, then room for this rank's Vl
+  // Sequence parallelism cuts the rows into tp equal parts: pad the sequence at its end (the
+  // attention is causal, so later positions do not change the logits of position len − 1).
+  int rows = len;
+  if (mp_.split_rows()) {
+    rows = (len + mp_.tp - 1) / mp_.tp * mp_.tp;
+    padded_.assign(tokens, tokens + len);
+    padded_.resize(size_t(rows), 0);
+    tokens = padded_.data();
+  }
+  if (Set* last = forward_pipeline(tokens, 1, rows)) {
+    // Only the last position's logits are needed: one row of the classifier.
+    be_.matmul_forward(last->logits, last->lnfg + size_t(len - 1) * C, head_weight(), nullptr, 1, C,
+                       Vl);
+    if (mp_.tp == 1) {
+      be_.copy_to_host(out, last->logits, size_t(Vl));
+    } else {
+      // The slices in tensor-parallel rank order are the padded vocabulary in order.
+      be_.copy_to_host(out + Vp, last->logits, size_t(Vl));
+      mp_.tp_comm->all_gather(out + Vp, out, size_t(Vl));
+    }
+  }
+  if (mp_.pp > 1) mp_.pp_comm->broadcast(out, size_t(Vp), mp_.pp - 1);
+  return out;
+}
+
+void Gpt::sum_tied_embedding_grads() {
+  if (mp_.pp == 1 || !(mp_.first_stage() || mp_.last_stage())) return;
+  // wte's gradient from the embedding (first stage) plus the head's (last stage), on both:
+  // a + b on one and b + a on the other are the same float, so the copies stay identical.
+  const ParamSpec& s = specs_[size_t(mp_.first_stage() ? wte_ : head_)];
+  const int peer = mp_.first_stage() ? mp_.pp - 1 : 0;
+  float* g = grads_ + s.offset;
+  CommRequest req = mp_.pp_comm->isend(g, s.numel, peer, kTagTied);
+  mp_.pp_comm->recv(tied_scratch_, s.numel, peer, kTagTied);
+  req.wait();
+  be_.accumulate(g, tied_scratch_, s.numel);
+}
+
+}  // namespace triad

@@ -1,0 +1,330 @@
+// Tensor and pipeline parallelism against one rank (run under mpiexec -np 8): every grid
+// dp×tp×pp from 1×1×1 to 2×2×2, with ZeRO-1, accumulation and each pipeline schedule, gives the
+// per-step losses and final weights of the single-rank run to fp32 rounding; checkpoints saved
+// on one grid resume on another; the tensor- and pipeline-parallel traffic of a step follows
+// the formulas of docs/parallelism.md; per-rank memory shrinks with the grid.
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+
+#include "../support/mpi_test_helpers.h"
+#include "../support/mpi_test_main.h"
+#include "triad/core/rng.h"
+#include "triad/data/token_shard.h"
+#include "triad/train/config.h"
+#include "triad/train/trainer.h"
+
+namespace triad {
+namespace {
+
+using triad::testing::world_rank;
+using triad::testing::world_size;
+
+namespace fs = std::filesystem;
+
+// Model: 4 layers (pp up to 4, or 2 × 2 virtual stages), 4 heads (tp up to 4), and a vocabulary
+// of 300 padded to 384 (tp 1), 512 (tp 2, 4): at tp = 4 the last rank holds only padding.
+constexpr int kLayers = 4, kHeads = 4, kEmbd = 32, kSeq = 16, kVocab = 300, kBatch = 16;
+
+std::string shared_dir(const std::string& name) {
+  const std::string d = ::testing::TempDir() + "triad_mp_" + name;
+  if (world_rank() == 0) {
+    fs::remove_all(d);
+    fs::create_directories(d);
+    Rng rng(5);
+    std::vector<uint16_t> t(6000);
+    for (auto& x : t) x = uint16_t(rng.below(kVocab));
+    write_token_shard(d + "/train_000.bin", t);
+    for (auto& x : t) x = uint16_t(rng.below(kVocab));
+    write_token_shard(d + "/val_000.bin", t);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  return d;
+}
+
+struct Grid {
+  int dp = 1, tp = 1, pp = 1;
+  int zero = 0, accum = 1;
+  std::string schedule = "1f1b";
+  int v = 1;
+  bool sp = false;  // sequence parallelism
+  std::string name() const {
+    return std::to_string(dp) + "x" + std::to_string(tp) + "x" + std::to_string(pp) + "_z" +
+           std::to_string(zero) + "_a" + std::to_string(accum) + "_" + schedule +
+           (v > 1 ? "_v" + std::to_string(v) : "") + (sp ? "_sp" : "");
+  }
+  int ranks() const { return dp * tp * pp; }
+};
+
+struct Result {
+  TrainOutcome out;
+  std::vector<double> losses;
+  std::vector<float> params;
+  double val_loss = 0;
+};
+
+// Runs triad-train's loop on the first g.ranks() ranks of the world; the others wait.
+Result run(const std::string& dir, const std::string& name, const Grid& g,
+           std::vector<std::string> extra = {}) {
+  Result res;
+  const int rank = world_rank();
+  MPI_Comm comm;
+  MPI_Comm_split(MPI_COMM_WORLD, rank < g.ranks() ? 0 : MPI_UNDEFINED, rank, &comm);
+  if (comm != MPI_COMM_NULL) {
+    std::vector<std::string> args = {"triad-train",
+                                     "--model.n_layer",
+                                     std::to_string(kLayers),
+                                     "--model.n_head",
+                                     std::to_string(kHeads),
+                                     "--model.n_embd",
+                                     std::to_string(kEmbd),
+                                     "--model.seq_len",
+                                     std::to_string(kSeq),
+                                     "--model.vocab_size",
+                                     std::to_string(kVocab),
+                                     "--train.steps",
+                                     "6",
+                                     "--train.batch_size",
+                                     std::to_string(kBatch),
+                                     "--train.micro_batch_size",
+                                     std::to_string(kBatch / (g.dp * g.accum)),
+                                     "--train.lr",
+                                     "3e-3",
+                                     "--train.warmup_steps",
+                                     "2",
+                                     "--train.grad_clip",
+                                     "0.5",
+                                     "--data.train",
+                                     dir + "/train_*.bin",
+                                     "--data.val",
+                                     dir + "/val_*.bin",
+                                     "--data.shuffle",
+                                     "true",
+                                     "--eval.every",
+                                     "3",
+                                     "--eval.sequences",
+                                     "20",
+                                     "--checkpoint.every",
+                                     "3",
+                                     "--checkpoint.keep",
+                                     "0",
+                                     "--run.dir",
+                                     dir + "/runs",
+                                     "--run.name",
+                                     name,
+                                     "--run.peak_tflops",
+                                     "1",
+                                     "--run.threads",
+                                     "1",
+                                     "--parallel.zero",
+                                     std::to_string(g.zero),
+                                     "--parallel.tp",
+                                     std::to_string(g.tp),
+                                     "--parallel.pp",
+                                     std::to_string(g.pp),
+                                     "--parallel.schedule",
+                                     g.schedule,
+                                     "--parallel.virtual_stages",
+                                     std::to_string(g.v),
+                                     "--parallel.sequence_parallel",
+                                     g.sp ? "true" : "false"};
+    if (extra.empty()) extra = {"--resume", "none"};
+    // Extra "--key value" pairs replace the defaults above or add to them.
+    for (size_t i = 0; i + 1 < extra.size(); i += 2) {
+      auto it = std::find(args.begin(), args.end(), extra[i]);
+      if (it != args.end()) {
+        *(it + 1) = extra[i + 1];
+      } else {
+        args.push_back(extra[i]);
+        args.push_back(extra[i + 1]);
+      }
+    }
+    std::vector<const char*> argv;
+    for (auto& a : args) argv.push_back(a.c_str());
+    const CommandLine cl = parse_train_command_line(int(argv.size()), argv.data());
+    Trainer trainer(comm, cl);
+    res.out = trainer.run();
+    res.losses = res.out.losses;
+    res.params = trainer.parameters();
+    res.val_loss = res.out.last_eval.loss;
+    MPI_Comm_free(&comm);
+  }
+  // Rank 0 took part in every run; share its result so every rank checks the same thing.
+  int n = int(res.losses.size()), m = int(res.params.size());
+  MPI_Bcast(&n, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  MPI_Bcast(&m, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  res.losses.resize(size_t(n));
+  res.params.resize(size_t(m));
+  MPI_Bcast(res.losses.data(), n, MPI_DOUBLE, 0, MPI_COMM_WORLD);
+  MPI_Bcast(res.params.data(), m, MPI_FLOAT, 0, MPI_COMM_WORLD);
+  MPI_Bcast(&res.val_loss, 1, MPI_DOUBLE, 0, MPI_COMM_WORLD);
+  return res;
+}
+
+void expect_close(const Result& a, const Result& b, const std::string& what) {
+  ASSERT_EQ(a.losses.size(), b.losses.size()) << what;
+  for (size_t i = 0; i < a.losses.size(); ++i)
+    EXPECT_NEAR(a.losses[i], b.losses[i], 2e-6 * std::abs(b.losses[i])) << what << " step " << i;
+  ASSERT_EQ(a.params.size(), b.params.size()) << what;
+  double worst = 0, mean = 0;
+  for (size_t i = 0; i < a.params.size(); ++i) {
+    const double d = std::abs(double(a.params[i]) - double(b.params[i]));
+    worst = std::max(worst, d);
+    mean += d / double(a.params.size());
+  }
+  // As in test_data_parallel: differently ordered fp32 sums differ in the last bits, and Adam
+  // amplifies that for the few weights whose gradient is nearly zero.
+  EXPECT_LT(worst, 2e-4) << what << ": largest weight difference";
+  EXPECT_LT(mean, 1e-6) << what << ": mean weight difference";
+  EXPECT_NEAR(a.val_loss, b.val_loss, 2e-6 * std::abs(b.val_loss)) << what;
+}
+
+TEST(ModelParallel, EveryGridMatchesOneRank) {
+  const std::string dir = shared_dir("grid");
+  const Result ref = run(dir, "ref", Grid{});
+  ASSERT_EQ(ref.losses.size(), 6u);
+  // dp, tp, pp, zero, accum, schedule, v
+  const std::vector<Grid> grids = {
+      {2, 1, 1, 1, 2, "1f1b", 1},
+      {1, 2, 1, 0, 1, "1f1b", 1},
+      {1, 2, 1, 1, 2, "1f1b", 1},
+      {1, 4, 1, 0, 2, "1f1b", 1},
+      {1, 1, 2, 0, 4, "1f1b", 1},
+      {1, 1, 2, 0, 4, "gpipe", 1},
+      {1, 1, 2, 1, 4, "interleaved", 2},
+      {1, 1, 4, 0, 4, "1f1b", 1},
+      {1, 1, 4, 1, 4, "gpipe", 1},
+      {2, 2, 1, 1, 2, "1f1b", 1},
+      {2, 1, 2, 1, 2, "1f1b", 1},
+      {2, 1, 2, 0, 2, "gpipe", 1},
+      {1, 2, 2, 0, 2, "1f1b", 1},
+      {1, 2, 2, 1, 2, "interleaved", 2},
+      {2, 2, 2, 1, 2, "1f1b", 1},
+      {2, 2, 2, 0, 4, "gpipe", 1},
+      {2, 2, 2, 1, 2, "interleaved", 2},
+      // Sequence parallelism: LayerNorm regions split by rows over the tp group.
+      {1, 2, 1, 0, 2, "1f1b", 1, true},
+      {1, 4, 1, 1, 1, "1f1b", 1, true},
+      {2, 2, 2, 1, 2, "1f1b", 1, true},
+      {1, 2, 2, 0, 2, "interleaved", 2, true}};
+  for (const Grid& g : grids) {
+    if (g.ranks() > world_size()) continue;
+    expect_close(run(dir, g.name(), g), ref, g.name());
+  }
+}
+
+TEST(ModelParallel, CheckpointsReshardAcrossTensorAndPipelineGrids) {
+  const std::string dir = shared_dir("reshard");
+  const Grid big{2, 2, 2, 1, 2, "1f1b", 1};
+  if (big.ranks() > world_size()) GTEST_SKIP() << "needs 8 ranks";
+  const Result full = run(dir, "full", big);  // writes steps 3 and 6
+  const std::string ckpt = dir + "/runs/full/ckpt/step_00000003.h5";
+  Result tail = full;
+  tail.losses.erase(tail.losses.begin(), tail.losses.begin() + 3);
+  const Result same = run(dir, "same", big, {"--resume", ckpt});
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(same.losses[i], tail.losses[i]) << "same grid";
+  EXPECT_EQ(same.params, full.params) << "same grid: bit-identical";
+  for (const Grid& g : std::vector<Grid>{{1, 1, 1, 0, 1, "1f1b", 1},
+                                         {1, 4, 1, 0, 1, "1f1b", 1},
+                                         {1, 1, 4, 0, 4, "1f1b", 1},
+                                         {2, 1, 2, 1, 2, "gpipe", 1}}) {
+    const Result r = run(dir, "from222_" + g.name(), g, {"--resume", ckpt});
+    ASSERT_EQ(r.losses.size(), 3u) << g.name();  // steps 3, 4, 5
+    expect_close(r, tail, "from 2x2x2 to " + g.name());
+  }
+  // And back: saved on one rank, resumed on 2×2×2, 1×4×1 and 1×1×4.
+  const Result one = run(dir, "one", Grid{});
+  Result one_tail = one;
+  one_tail.losses.erase(one_tail.losses.begin(), one_tail.losses.begin() + 3);
+  const std::string one_ckpt = dir + "/runs/one/ckpt/step_00000003.h5";
+  for (const Grid& g :
+       std::vector<Grid>{big, {1, 4, 1, 0, 1, "1f1b", 1}, {1, 1, 4, 0, 4, "1f1b", 1}})
+    expect_close(run(dir, "back_" + g.name(), g, {"--resume", one_ckpt}), one_tail,
+                 "from 1x1x1 to " + g.name());
+}
+
+// One step's traffic of the tensor- and pipeline-parallel groups, as docs/parallelism.md
+// states it (evaluation off, so the counts are the training steps' alone).
+TEST(ModelParallel, CommunicationVolumeMatchesTheFormulas) {
+  if (world_size() < 4) GTEST_SKIP() << "needs 4 ranks";
+  const std::string dir = shared_dir("traffic");
+  const int steps = 6;
+  const uint64_t N = kSeq * 4, C = kEmbd;  // tokens of a micro-batch of 4 sequences
+  {
+    const Grid g{1, 2, 1, 0, 4, "1f1b", 1};  // micro-batches of 4
+    const Result r = run(dir, "tp_traffic", g, {"--resume", "none", "--eval.sequences", "0"});
+    if (world_rank() == 0) {
+      const CommStats& t = r.out.tp_traffic;
+      const uint64_t mbs = uint64_t(steps) * 4;
+      // Per micro-batch: embedding 1, each layer 2 forward + 2 backward, the head's input
+      // gradient 1 (all N·C floats), and the cross-entropy's row max, argmax and sums (4N).
+      EXPECT_EQ(t.calls[CommStats::kAllReduce], mbs * (2 + 4 * kLayers + 3));
+      EXPECT_EQ(t.bytes[CommStats::kAllReduce], mbs * 4 * ((2 + 4 * kLayers) * N * C + 4 * N));
+      EXPECT_EQ(t.bytes[CommStats::kSend] + t.bytes[CommStats::kRecv], 0u);
+    }
+  }
+  {
+    // Sequence parallelism: per layer and micro-batch 2 all-gathers and 2 reduce-scatters in
+    // forward and in backward, plus one all-reduce of a LayerNorm's weight and bias gradients
+    // (2C floats) per LayerNorm backward; the embedding reduce-scatters, the head gathers.
+    const Grid g{1, 2, 1, 0, 4, "1f1b", 1, true};
+    const Result r = run(dir, "sp_traffic", g, {"--resume", "none", "--eval.sequences", "0"});
+    if (world_rank() == 0) {
+      const CommStats& t = r.out.tp_traffic;
+      const uint64_t mbs = uint64_t(steps) * 4, lns = 2 * kLayers + 1;
+      // reduce-scatter: payload = the whole N·C input; all-gather: this rank's N/2·C block.
+      EXPECT_EQ(t.calls[CommStats::kReduceScatter], mbs * (1 + 4 * kLayers + 1));
+      EXPECT_EQ(t.bytes[CommStats::kReduceScatter], mbs * (2 + 4 * kLayers) * N * C * 4);
+      // Gathers: ln_1, ln_2 per layer and ln_f forward; the residual gradient twice per layer
+      // and once for the embedding backward.
+      EXPECT_EQ(t.calls[CommStats::kAllGather], mbs * (4 * kLayers + 2));
+      EXPECT_EQ(t.bytes[CommStats::kAllGather], mbs * (4 * kLayers + 2) * N / 2 * C * 4);
+      EXPECT_EQ(t.calls[CommStats::kAllReduce], mbs * (lns + 3));
+      EXPECT_EQ(t.bytes[CommStats::kAllReduce], mbs * 4 * (lns * 2 * C + 4 * N));
+    }
+  }
+  {
+    const Grid g{1, 1, 4, 0, 4, "1f1b", 1};
+    const Result r = run(dir, "pp_traffic", g, {"--resume", "none", "--eval.sequences", "0"});
+    if (world_rank() == 0) {  // the first stage: sends activations, receives gradients
+      const CommStats& t = r.out.pp_traffic;
+      const uint64_t act = N * C * 4, m = 4, wte = uint64_t(384) * C * 4;
+      EXPECT_EQ(t.bytes[CommStats::kSend], steps * (m * act + wte));  // + tied wte gradient
+      EXPECT_EQ(t.bytes[CommStats::kRecv], steps * (m * act + wte));
+      EXPECT_EQ(t.calls[CommStats::kSend], uint64_t(steps) * (m + 1));
+      EXPECT_EQ(t.bytes[CommStats::kAllReduce], 0u);
+    }
+  }
+}
+
+// Parameters per rank shrink as 1/(tp·pp) for the transformer layers and 1/tp for the tied
+// embedding (held by the first and the last stage); ZeRO-1 divides the optimizer state by dp.
+TEST(ModelParallel, PerRankMemoryShrinksWithTheGrid) {
+  const std::string dir = shared_dir("memory");
+  const Result one = run(dir, "mem_one", Grid{}, {"--resume", "none", "--train.steps", "1"});
+  const double whole = double(one.out.param_floats);
+  for (const Grid& g : std::vector<Grid>{
+           {2, 2, 2, 1, 2, "1f1b", 1}, {1, 4, 1, 0, 1, "1f1b", 1}, {2, 1, 4, 1, 2, "1f1b", 1}}) {
+    if (g.ranks() > world_size()) continue;
+    const Result r = run(dir, "mem_" + g.name(), g, {"--resume", "none", "--train.steps", "1"});
+    if (world_rank() != 0) continue;
+    const double part = double(r.out.param_floats);
+    // Rank 0 is the first stage: its layers plus wte/tp plus replicated vectors.
+    const double layers = whole - 384.0 * kEmbd - double(kSeq) * kEmbd;  // without wte, wpe
+    const double vp = g.tp == 1 ? 384.0 : 512.0;                         // padded vocabulary
+    const double expect = layers / (g.tp * g.pp) + vp * kEmbd / g.tp + kSeq * kEmbd;
+    EXPECT_LT(part, expect * 1.10) << g.name() << ": " << part << " of " << whole;
+    EXPECT_GT(part, expect * 0.90) << g.name();
+    const size_t slots = 2;  // AdamW m, v
+    EXPECT_EQ(r.out.optimizer_floats, slots * r.out.buffer_floats / size_t(g.zero ? g.dp : 1))
+        << g.name();
+  }
+}
+
+}  // namespace
+}  // namespace triad
+
+int main(int argc, char** argv) { return triad::testing::run_mpi_tests(argc, argv); }

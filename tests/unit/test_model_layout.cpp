@@ -1,0 +1,127 @@
+// The parameter layout of each rank of a tensor × pipeline grid (gpt_rank_layout): every element of
+// the model is owned by exactly one rank (replicas aside), shards are the Megatron splits of
+// DESIGN.md §3, and per-rank parameters shrink as 1/(tp·pp) for the transformer layers and 1/tp for
+// the embeddings.
+#include <gtest/gtest.h>
+
+#include <map>
+#include <numeric>
+
+#include "triad/model/gpt.h"
+
+namespace triad {
+namespace {
+
+const GptShape kGpt2{12, 12, 768, 1024, 50257, 50304};  // padded for tp up to 3 (128·3 | 50304)
+
+GptShape padded_for(int tp, GptShape s = kGpt2) {
+  const int q = 128 * tp;
+  s.padded_vocab_size = (s.vocab_size + q - 1) / q * q;
+  return s;
+}
+
+ModelParallel grid(int tp, int tp_rank, int pp, int pp_rank, int v = 1) {
+  ModelParallel mp;
+  mp.tp = tp;
+  mp.tp_rank = tp_rank;
+  mp.pp = pp;
+  mp.pp_rank = pp_rank;
+  mp.virtual_stages = v;
+  return mp;
+}
+
+TEST(ModelLayout, EveryElementOwnedOnceAndShardsReassembleTheModel) {
+  for (int tp : {1, 2, 4})
+    for (int pp : {1, 2, 3, 4})
+      for (int v : {1, 2}) {
+        if (12 % (pp * v) != 0 || (v > 1 && pp == 1)) continue;
+        // A narrow model with GPT-2's depth and heads keeps this fast.
+        const GptShape shape = padded_for(tp, GptShape{12, 12, 96, 64, 1000, 0});
+        const auto full = gpt_parameter_layout(shape);
+        std::map<std::string, std::vector<float>> model, rebuilt;
+        float x = 0;
+        for (const auto& s : full) {
+          auto& t = model[s.name];
+          t.resize(s.numel);
+          for (auto& e : t) e = x++;  // distinct values
+          rebuilt[s.name].assign(s.numel, -1.0f);
+        }
+        std::map<std::string, size_t> owned;
+        for (int p = 0; p < pp; ++p)
+          for (int r = 0; r < tp; ++r) {
+            const auto mine = gpt_rank_layout(shape, grid(tp, r, pp, p, v));
+            for (const auto& s : mine) {
+              std::vector<float> local(s.numel);
+              extract_shard(s, tp, r, model[s.name].data(), local.data());
+              if (s.replica) {
+                // A replica holds the same values as its owner's shard.
+                std::vector<float> owner(s.numel);
+                extract_shard(s, tp, s.split_axis >= 0 ? r : 0, model[s.name].data(), owner.data());
+                EXPECT_EQ(local, owner) << s.name;
+                continue;
+              }
+              owned[s.name] += s.numel;
+              insert_shard(s, tp, r, local.data(), rebuilt[s.name].data());
+            }
+          }
+        const std::string what =
+            "tp=" + std::to_string(tp) + " pp=" + std::to_string(pp) + " v=" + std::to_string(v);
+        for (const auto& s : full) {
+          EXPECT_EQ(owned[s.name], s.numel) << what << " " << s.name;
+          EXPECT_EQ(rebuilt[s.name], model[s.name]) << what << " " << s.name;
+        }
+      }
+}
+
+TEST(ModelLayout, MegatronSplits) {
+  const GptShape shape = padded_for(2);
+  const auto mine = gpt_rank_layout(shape, grid(2, 1, 1, 0));
+  auto find = [&](const std::string& n) {
+    for (const auto& s : mine)
+      if (s.name == n) return s;
+    ADD_FAILURE() << n;
+    return ParamSpec{};
+  };
+  const int64_t C = 768;
+  EXPECT_EQ(find("h/0/attn/c_attn/weight").local, (std::vector<int64_t>{3 * C / 2, C}));
+  EXPECT_EQ(find("h/0/attn/c_attn/weight").split_blocks, 3);  // q | k | v, by heads
+  EXPECT_EQ(find("h/0/attn/c_proj/weight").local, (std::vector<int64_t>{C, C / 2}));
+  EXPECT_EQ(find("h/0/attn/c_proj/weight").split_axis, 1);  // row-parallel
+  EXPECT_EQ(find("h/0/mlp/c_fc/weight").local, (std::vector<int64_t>{2 * C, C}));
+  EXPECT_EQ(find("h/0/mlp/c_proj/weight").local, (std::vector<int64_t>{C, 2 * C}));
+  EXPECT_EQ(find("wte/weight").local, (std::vector<int64_t>{shape.padded_vocab_size / 2, C}));
+  EXPECT_TRUE(find("h/0/ln_1/weight").replica);  // tp rank 1's copy
+  EXPECT_TRUE(find("h/0/attn/c_proj/bias").replica);
+  EXPECT_FALSE(find("h/0/mlp/c_fc/bias").replica);
+}
+
+TEST(ModelLayout, PerRankParametersShrinkWithTheGrid) {
+  const auto whole = gpt_parameter_layout(kGpt2);
+  auto floats = [](const std::vector<ParamSpec>& specs, bool layers) {
+    size_t n = 0;
+    for (const auto& s : specs)
+      if (s.name.starts_with("h/") == layers) n += s.numel;
+    return n;
+  };
+  const size_t layers = floats(whole, true);
+  for (int tp : {1, 2, 4})
+    for (int pp : {1, 2, 4}) {
+      const GptShape shape = padded_for(tp);
+      for (int p = 0; p < pp; ++p) {
+        const auto mine = gpt_rank_layout(shape, grid(tp, 0, pp, p));
+        // Layers: the split tensors exactly 1/(tp·pp); LayerNorms and row-parallel biases (6·C
+        // per layer) are replicated.
+        const size_t replicated = size_t(12 / pp) * 6 * 768;
+        EXPECT_EQ(floats(mine, true), (layers - 12 * 6 * 768) / size_t(tp * pp) + replicated)
+            << "tp=" << tp << " pp=" << pp << " stage " << p;
+        // Embeddings: wte/tp on the first and the last stage, wpe on the first, ln_f on the last.
+        size_t emb = 0;
+        if (p == 0) emb += size_t(shape.padded_vocab_size / tp) * 768 + 1024 * 768;
+        if (p == pp - 1) emb += 2 * 768 + (pp > 1 ? size_t(shape.padded_vocab_size / tp) * 768 : 0);
+        EXPECT_EQ(floats(mine, false), emb) << "tp=" << tp << " pp=" << pp << " stage " << p;
+      }
+    }
+}
+
+}  // namespace
+}  // namespace triad
