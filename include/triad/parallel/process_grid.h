@@ -2,7 +2,7 @@
 // handed the communicators (Comm) of their groups from here. Rank layout: tp innermost, then
 // pp, then dp (world rank = (dp_rank·pp + pp_rank)·tp + tp_rank), as in Megatron, so that a
 // tensor-parallel group shares a node. The grid builds all three groups; the training loop
-// itself supports dp only so far and refuses tp or pp > 1.
+// runs every shape (see docs/parallelism.md).
 #pragma once
 
 #include <mpi.h>
