@@ -6,7 +6,8 @@
 #
 # Steps
 #  1. System packages (compilers, CMake, Open MPI, parallel HDF5, Boost.Program_options,
-#     OpenBLAS, GoogleTest, Debian's CPU PyTorch as the independent reference).
+#     OpenBLAS, GoogleTest, Debian's CPU PyTorch as the independent reference, SLURM and
+#     munge for the job-script tests).
 #     Debian with root (or passwordless sudo): apt-get installs what is missing.
 #     Elsewhere (a cluster with `module load ...`): nothing is installed; the tools are
 #     looked up on PATH / CPATH / *_ROOT and what is missing is printed (exit 1).
@@ -45,8 +46,10 @@ for arg in "$@"; do
   esac
 done
 
+# slurm-wlm and munge: the one-node SLURM the job-script tests start (jobs/slurm/local-cluster.sh).
 DEB_PKGS=(build-essential cmake openmpi-bin libopenmpi-dev libhdf5-openmpi-dev hdf5-tools
-          libboost-program-options-dev libopenblas-dev libgtest-dev python3-venv python3-torch)
+          libboost-program-options-dev libopenblas-dev libgtest-dev python3-venv python3-torch
+          slurm-wlm munge)
 CORPUS_DEBS=(bible-kjv bible-kjv-text r-cran-janeaustenr)
 CORPUS_FILES=(kjv.txt austen_emma.txt austen_mansfield_park.txt austen_northanger_abbey.txt
               austen_persuasion.txt austen_pride_and_prejudice.txt

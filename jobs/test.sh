@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: set-up if needed, build, then every test (CTest: GoogleTest suites; pytest:
-# tokenizer vs tiktoken, model vs PyTorch, CLI errors, resume, analysis). CI runs this.
+# tokenizer vs tiktoken, model vs PyTorch, CLI errors, resume, analysis, and the SLURM job
+# scripts under a real one-node SLURM that the test starts and stops). CI runs this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs/setup.sh
