@@ -20,10 +20,10 @@ struct Gpt::Set {
     float *ln1, *ln1_mean, *ln1_rstd;  // ln_1(x)
     float *ln1g, *ln2g;                // the same over all rows (sequence parallel; else aliases)
     float *qkv, *att, *atty;           // attention internals (local heads)
-    float* attproj;                    // c_proj output (all-reduced over tp)
+    float* attproj;                    // c_proj output (shared scratch: forward only)
     float* residual2;                  // x + attn
     float *ln2, *ln2_mean, *ln2_rstd;  // ln_2(residual2)
-    float *fch, *fch_gelu, *fcproj;    // MLP (local hidden units)
+    float *fch, *fch_gelu, *fcproj;    // MLP (local hidden units; fcproj shared like attproj)
     float* residual3;                  // residual2 + mlp: the layer's output
   };
   float* input = nullptr;  // the chunk's input: wte[tok] + wpe[pos], or received
@@ -43,6 +43,7 @@ struct Gpt::Activations {
   // Sequence parallel: partial sums over all rows before a reduce-scatter, gathered gradients,
   // and one LayerNorm's weight and bias gradients before their all-reduce.
   float *full = nullptr, *ln_grads = nullptr;
+  float *proj = nullptr, *ln_local = nullptr;
   std::vector<float*> grad_sends;  // outgoing gradients of a pipeline step, one per send
 
   Activations(const GptShape& s, const ModelParallel& mp, int B, const std::vector<int>& slots,
@@ -64,20 +65,18 @@ struct Gpt::Activations {
         want(S.input, R * C);
         S.layers.resize(size_t(per_chunk));
         for (auto& L : S.layers) {
-          want(L.ln1, R * C);
+          if (!sp) want(L.ln1, R * C);  // backward reads it (as ln1g)
           want(L.ln1_mean, R);
           want(L.ln1_rstd, R);
           want(L.qkv, BT * 3 * Cl);
           want(L.att, att);
           want(L.atty, BT * Cl);
-          want(L.attproj, R * C);
           want(L.residual2, R * C);
-          want(L.ln2, R * C);
+          if (!sp) want(L.ln2, R * C);
           want(L.ln2_mean, R);
           want(L.ln2_rstd, R);
           want(L.fch, BT * 4 * Cl);
           want(L.fch_gelu, BT * 4 * Cl);
-          want(L.fcproj, R * C);
           want(L.residual3, R * C);
           if (sp) {
             want(L.ln1g, BT * C);
@@ -85,7 +84,7 @@ struct Gpt::Activations {
           }
         }
         if (last) {
-          want(S.lnf, R * C);
+          if (!sp) want(S.lnf, R * C);
           want(S.lnf_mean, R);
           want(S.lnf_rstd, R);
           want(S.logits, BT * Vl);
@@ -103,6 +102,11 @@ struct Gpt::Activations {
     want(dfch, BT * 4 * Cl);
     want(dfch_gelu, BT * 4 * Cl);
     want(ce_stats, 4 * BT);
+    // Forward-only results shared by every layer: the projections' outputs (consumed by the
+    // residual add) and, under sequence parallelism, the local LayerNorm outputs (backward
+    // reads the gathered ones).
+    want(proj, R * C);
+    if (sp) want(ln_local, R * C);
     if (sp) {
       want(full, BT * C);
       want(ln_grads, 2 * C);
@@ -118,15 +122,20 @@ struct Gpt::Activations {
       *p = base_ + off;
       off += (n + 15) / 16 * 16;
     }
-    if (!sp)  // the "over all rows" views are the buffers themselves
-      for (auto& chunk : sets)
-        for (auto& S : chunk) {
-          for (auto& L : S.layers) {
+    for (auto& chunk : sets)
+      for (auto& S : chunk) {
+        for (auto& L : S.layers) {
+          L.attproj = L.fcproj = proj;
+          if (sp) {
+            L.ln1 = L.ln2 = ln_local;
+          } else {  // the "over all rows" views are the buffers themselves
             L.ln1g = L.ln1;
             L.ln2g = L.ln2;
           }
-          S.lnfg = S.lnf;
         }
+        if (sp && S.lnfg) S.lnf = ln_local;
+        if (!sp) S.lnfg = S.lnf;
+      }
   }
   ~Activations() { be_.free(base_); }
   size_t bytes() const { return total_ * sizeof(float); }

@@ -171,10 +171,22 @@ const float* Gpt::next_token_logits(const int32_t* tokens, int len) {
   return out;
 }
 
+void Gpt::sync_tied_embedding() {
+  if (mp_.pp == 1 || !(mp_.first_stage() || mp_.last_stage())) return;
+  const ParamSpec& s = specs_[size_t(mp_.first_stage() ? wte_ : head_)];
+  float* w = params_ + s.offset;
+  if (mp_.first_stage()) {
+    mp_.pp_comm->send(w, s.numel, mp_.pp - 1, kTagTied);
+  } else {
+    mp_.pp_comm->recv(w, s.numel, 0, kTagTied);
+  }
+}
+
 void Gpt::sum_tied_embedding_grads() {
   if (mp_.pp == 1 || !(mp_.first_stage() || mp_.last_stage())) return;
-  // wte's gradient from the embedding (first stage) plus the head's (last stage), on both:
-  // a + b on one and b + a on the other are the same float, so the copies stay identical.
+  // wte's gradient from the embedding (first stage) plus the head's (last stage), on both
+  // (a + b on one and b + a on the other are the same float); sync_tied_embedding() makes the
+  // updated copies identical again after the data-parallel reduction and the update.
   const ParamSpec& s = specs_[size_t(mp_.first_stage() ? wte_ : head_)];
   const int peer = mp_.first_stage() ? mp_.pp - 1 : 0;
   float* g = grads_ + s.offset;

@@ -131,8 +131,16 @@ TrainOutcome Trainer::run() {
   if (!cfg.data.val.empty()) s.open_val();
   s.train_loader =
       std::make_unique<DataLoader>(*s.train_src, cfg.data.shuffle, uint64_t(cfg.train.seed));
-  if (cfg.sample.length > 0)
+  if (cfg.sample.length > 0) {
     s.tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_file(cfg.data.vocab));
+    // The prompt (or <|endoftext|>) must be ids the model has.
+    std::vector<int32_t> prompt = {s.tokenizer->eot()};
+    if (!cfg.sample.prompt.empty()) prompt = s.tokenizer->encode(cfg.sample.prompt);
+    for (int32_t id : prompt)
+      TRIAD_CHECK(id < cfg.model.vocab_size, "config: sample.length > 0 samples from token ", id,
+                  " of ", cfg.data.vocab, ", beyond model.vocab_size = ", cfg.model.vocab_size,
+                  " (set sample.length = 0, or use the tokenizer's vocabulary size)");
+  }
 
   // Where do we start? --resume auto|PATH|none, then --init-from, else a seeded init.
   std::string resume_path;
@@ -197,16 +205,21 @@ TrainOutcome Trainer::run() {
   }
   const int accum = cfg.train.batch_size / (mbs * s.grid.shape().dp);
   {
+    // Memory of the most loaded rank (stages differ: the last one holds the logits).
+    auto largest = [&s](size_t bytes) {
+      return double(s.grid.all().all_reduce_max(int64_t(bytes))) / 1e6;
+    };
+    const double param_mb = largest(s.model->num_floats() * sizeof(float));
+    const double opt_mb = largest(s.opt->state_bytes());
+    const double act_mb = largest(s.model->activation_bytes());
     std::ostringstream os;
     os << "triad: " << s.grid.describe() << " | backend " << s.be->name() << " ("
        << omp_get_max_threads() << " threads) | " << s.model->num_parameters() << " parameters | "
-       << "per rank: parameters " << std::fixed << std::setprecision(1)
-       << double(s.model->num_floats()) * 4 / 1e6 << " MB, optimizer state "
-       << double(s.opt->state_bytes()) / 1e6 << " MB, activations "
-       << double(s.model->activation_bytes()) / 1e6 << " MB | batch " << cfg.train.batch_size
-       << " x " << T << " tokens, " << accum << " micro-batches of " << mbs << " | train "
-       << s.train_src->num_sequences() << " sequences | peak " << std::setprecision(1)
-       << s.peak_flops / 1e9 << " GFLOP/s";
+       << "largest per rank: parameters " << std::fixed << std::setprecision(1) << param_mb
+       << " MB, optimizer state " << opt_mb << " MB, activations " << act_mb << " MB | batch "
+       << cfg.train.batch_size << " x " << T << " tokens, " << accum << " micro-batches of " << mbs
+       << " | train " << s.train_src->num_sequences() << " sequences | peak "
+       << std::setprecision(1) << s.peak_flops / 1e9 << " GFLOP/s";
     s.say(os.str());
     s.say(s.on_device ? "device: " + cuda_device_description() : "blas: " + cpu_blas_description());
   }
@@ -280,6 +293,7 @@ TrainOutcome Trainer::run() {
         s.be->scale(s.model->grads(), float(cfg.train.grad_clip / (norm + 1e-6)), n);
       s.opt->update(s.model->params(), s.model->grads(), lr, st + 1);
     }
+    s.model->sync_tied_embedding();
     s.position += cfg.train.batch_size;
     s.step = st + 1;
     s.be->synchronize();

@@ -132,6 +132,11 @@ class Gpt {
   // those of all m micro-batches, on every rank.
   ForwardStats pipeline_step(const int32_t* inputs, const int32_t* targets, int m, int B,
                              float dloss_scale);
+  // After an optimizer update (pp > 1): the first stage's wte overwrites the last stage's copy.
+  // Both received the same summed gradient, but a data-parallel reduction may round the two
+  // copies' gradients differently (they sit at different offsets of differently sized buffers),
+  // so the first stage's values are made the only ones. Collective over the pipeline group.
+  void sync_tied_embedding();
   // Forward and loss only (evaluation); collective over the pipeline and tensor-parallel
   // groups, the result on every rank.
   ForwardStats evaluate(const int32_t* inputs, const int32_t* targets, int B);
