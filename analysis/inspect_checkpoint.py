@@ -1,8 +1,10 @@
-"""Inspect a triad checkpoint (DESIGN.md §5).
+"""Inspect a triad checkpoint (docs/formats.md), or compare two.
 
-    python -m analysis.inspect_checkpoint runs/quick/ckpt/step_00000100.h5
-    python -m analysis.inspect_checkpoint runs/quick            # the one ckpt/latest names
-    python -m analysis.inspect_checkpoint CKPT --stats --verify  # tensor statistics, CRC-32s
+    triad-ckpt runs/quick/ckpt/step_00000100.h5     # tensors, shapes, L2 norms, attributes,
+                                                    # completeness, CRC-32 verification
+    triad-ckpt runs/quick                           # the checkpoint ckpt/latest names
+    triad-ckpt A.h5 B.h5                            # per-tensor max |a-b| and relative L2
+    python -m analysis.inspect_checkpoint CKPT --stats --verify   # the older listing
 
 Prints the root and /model attributes and every dataset with its shape and dtype, then
 checks the file: `complete = 1`, `format = "triad-checkpoint"`, `format_version = 1`, every
@@ -12,7 +14,10 @@ dataset's `checksum` attribute is compared with the CRC-32 (zlib) of its little-
 bytes in C order.
 
 Exit status: 0 when the checkpoint is complete and consistent, 1 otherwise (each problem is
-printed as a line starting with "problem:" and naming the file).
+printed as a line starting with "problem:" and naming the file; triad-ckpt also prints one
+"error:" line naming the file and the main problem on stderr). triad-ckpt with two files:
+3 when --tolerance is given and a tensor differs by more (relative L2), or a tensor is
+missing from one file or has another shape.
 """
 
 from __future__ import annotations
@@ -25,13 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .metrics import attr_value, open_h5
+from ._common import AnalysisError, file_kind, markdown_table, not_hdf5_message, prog_name, run_main
+from .metrics import attr_value, open_h5, parse_config
 
 MODEL_ATTRS = ("n_layer", "n_head", "n_embd", "seq_len", "vocab_size", "padded_vocab_size")
 OPTIMIZER_SLOTS = ("m", "v", "momentum")
 
 
-class CheckpointError(Exception):
+class CheckpointError(AnalysisError):
     pass
 
 
@@ -82,47 +88,97 @@ class Report:
     model_attrs: dict = field(default_factory=dict)
     datasets: dict = field(default_factory=dict)  # full name -> (shape, dtype, attrs)
     stats: dict = field(default_factory=dict)     # full name -> (min, max, mean, rms)
+    norms: dict = field(default_factory=dict)     # full name -> L2 norm (float64 sum)
+    verified: int = 0                             # datasets whose checksum matched
     problems: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    # missing | directory | not-hdf5 | foreign (HDF5 without the triad layout) | checkpoint
+    kind: str = "checkpoint"
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
+    @property
+    def complete(self) -> bool:
+        c = self.root_attrs.get("complete")
+        try:
+            return c is not None and int(c) == 1
+        except (TypeError, ValueError):
+            return False
 
-def inspect(path: str | Path, stats: bool = False, verify: bool = False) -> Report:
-    """Read and check a checkpoint; never raises for a bad file (see Report.problems)."""
+    def headline(self) -> str:
+        """The main problem as one line naming the file ('' when OK)."""
+        if not self.problems:
+            return ""
+        if self.kind == "missing":
+            return self.problems[0]
+        if self.kind != "checkpoint":
+            partial = " (a .partial file: its write never finished)" \
+                if self.path.name.endswith(".partial") else ""
+            return f"{self.path}: {self.problems[0]}{partial}"
+        first = next((p for p in self.problems if "complete" in p), self.problems[0])
+        if first.startswith(("no 'complete'", "complete = ")):
+            first = "incomplete checkpoint: " + first
+        more = len(self.problems) - 1
+        return f"{self.path}: {first}" + (f" (and {more} more problem{'s' * (more > 1)}, "
+                                          "listed above)" if more else "")
+
+
+def inspect(path: str | Path, stats: bool = False, verify: bool = False,
+            norms: bool = False) -> Report:
+    """Read and check a checkpoint; never raises for a bad file (see Report.problems and
+    Report.kind). stats: min/max/mean/rms of every tensor; norms: their L2 norms; verify:
+    compare each dataset's checksum attribute with the CRC-32 of its data."""
     import h5py
 
     try:
         path = resolve_checkpoint_path(path)
     except CheckpointError as e:
-        rep = Report(Path(path))
-        rep.problems.append(str(e))
+        rep = Report(Path(path), kind="missing")
+        rep.problems.append(str(e))  # names the file or directory
         return rep
     rep = Report(path)
+    kind = file_kind(path)
+    if kind != "hdf5":
+        rep.kind = "not-hdf5"
+        msg = not_hdf5_message(path, kind)[len(str(path)) + 2:]
+        rep.problems.append("cannot open as HDF5: " + msg if msg.startswith("not an") else msg)
+        return rep
     if path.name.endswith(".partial"):
         rep.notes.append("the name ends in .partial: this file was not finished being written")
     try:
         f = open_h5(path)
     except Exception as e:  # noqa: BLE001
+        rep.kind = "not-hdf5"
         rep.problems.append(f"cannot open as HDF5: {e}")
         return rep
     with f:
         rep.root_attrs = {k: attr_value(v) for k, v in f.attrs.items()}
-        if "model" in f and isinstance(f["model"], h5py.Group):
+        has_model = "model" in f and isinstance(f["model"], h5py.Group)
+        if rep.root_attrs.get("format") != "triad-checkpoint" and not has_model:
+            rep.kind = "foreign"
+            what = ", ".join(sorted(f.keys())[:6]) or "nothing"
+            rep.problems.append(f"HDF5 but not a triad checkpoint (no format = "
+                                f"'triad-checkpoint' attribute and no /model group; it holds "
+                                f"{what})")
+            return rep
+        if has_model:
             rep.model_attrs = {k: attr_value(v) for k, v in f["model"].attrs.items()}
 
         def visit(name, obj):
             if isinstance(obj, h5py.Dataset):
                 rep.datasets[name] = (tuple(obj.shape), str(obj.dtype),
                                       {k: attr_value(v) for k, v in obj.attrs.items()})
-                if stats or verify:
+                if stats or verify or norms:
                     try:
                         arr = obj[()]
                     except Exception as e:  # noqa: BLE001
                         rep.problems.append(f"cannot read {name}: {e}")
                         return
+                    if norms and arr.dtype.kind in "fiu":
+                        a64 = arr.astype(np.float64).ravel()
+                        rep.norms[name] = float(np.sqrt(np.dot(a64, a64)))
                     if stats and arr.size and arr.dtype.kind == "f":
                         a64 = arr.astype(np.float64)
                         rep.stats[name] = (float(a64.min()), float(a64.max()), float(a64.mean()),
@@ -140,6 +196,8 @@ def inspect(path: str | Path, stats: bool = False, verify: bool = False) -> Repo
                                 rep.problems.append(f"{name}: checksum mismatch (file "
                                                     f"{int(attr_value(ck)) & 0xFFFFFFFF:#010x}, "
                                                     f"data {crc:#010x})")
+                            else:
+                                rep.verified += 1
 
         f.visititems(visit)
     rep.datasets = dict(sorted(rep.datasets.items(), key=lambda kv: _natural_key(kv[0])))
@@ -259,6 +317,8 @@ def format_report(rep: Report, show_config: bool = False, show_all: bool = False
             for n in shown:
                 shape, dtype, attrs = rep.datasets[n]
                 line = f"  /{n:<{width}} {str(list(shape)):>16} {dtype}"
+                if n in rep.norms:
+                    line += f"  L2 {rep.norms[n]:.6g}"
                 if n in rep.stats:
                     mn, mx, mean, rms = rep.stats[n]
                     line += f"  min {mn:+.4g} max {mx:+.4g} mean {mean:+.4g} rms {rms:.4g}"
@@ -267,10 +327,14 @@ def format_report(rep: Report, show_config: bool = False, show_all: bool = False
                 out.append(f"  ... {len(names) - len(shown)} more under /{top} (--all)")
         tot, real = n_params(rep)
         out.append(f"model parameters: {tot:,} stored ({real:,} excluding vocabulary padding)")
+    if rep.verified:
+        n_ck = sum(1 for _, _, a in rep.datasets.values() if "checksum" in a)
+        out.append(f"checksums: {rep.verified} of {len(rep.datasets)} datasets verified"
+                   + ("" if rep.verified == n_ck else f" ({n_ck} carry one)"))
     for n in rep.notes:
         out.append(f"note: {n}")
     for p in rep.problems:
-        out.append(f"problem: {rep.path}: {p}")
+        out.append(f"problem: {p}" if rep.kind == "missing" else f"problem: {rep.path}: {p}")
     out.append(f"status: {'OK (complete and consistent)' if rep.ok else 'NOT OK'}")
     return "\n".join(out)
 
@@ -298,5 +362,206 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+# ---- triad-ckpt: one checkpoint, or the difference of two ---------------------------------
+
+@dataclass
+class TensorDiff:
+    name: str
+    shape_a: tuple | None
+    shape_b: tuple | None
+    max_abs: float = float("nan")
+    rel_l2: float = float("nan")     # ||a - b|| / max(||a||, ||b||); 0 when both are 0
+    rows_compared: int | None = None  # wte: the first vocab_size rows only
+    note: str = ""
+
+    @property
+    def compared(self) -> bool:
+        return self.max_abs == self.max_abs  # not NaN
+
+
+@dataclass
+class DiffReport:
+    a: Report
+    b: Report
+    tensors: list = field(default_factory=list)          # TensorDiff, in checkpoint order
+    attrs: list = field(default_factory=list)            # (name, value a, value b)
+    config: list = field(default_factory=list)           # (key, value a, value b)
+
+    def worst(self) -> TensorDiff | None:
+        done = [t for t in self.tensors if t.compared]
+        return max(done, key=lambda t: t.rel_l2) if done else None
+
+    @property
+    def mismatched(self) -> list:
+        return [t for t in self.tensors if not t.compared]
+
+
+def _vocab(rep: Report) -> int | None:
+    v = rep.model_attrs.get("vocab_size")
+    try:
+        return int(v) if v is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def diff_checkpoints(a: Report, b: Report, optimizer: bool = False) -> DiffReport:
+    """Per-tensor difference of two checked checkpoints (Reports from inspect()). The
+    embedding (`wte/weight` and its optimizer state) is compared on its first vocab_size
+    rows, so files padded for different tensor-parallel sizes compare equal."""
+    import h5py
+
+    d = DiffReport(a, b)
+    for k in ("step", "tokens_seen", "epoch", "next_sequence", "grid", "format_version"):
+        va, vb = a.root_attrs.get(k), b.root_attrs.get(k)
+        if va != vb:
+            d.attrs.append((k, va, vb))
+    ca, cb = parse_config(str(a.root_attrs.get("config") or "")), \
+        parse_config(str(b.root_attrs.get("config") or ""))
+    for k in list(ca) + [k for k in cb if k not in ca]:
+        if ca.get(k) != cb.get(k):
+            d.config.append((k, ca.get(k), cb.get(k)))
+
+    def wanted(n: str) -> bool:
+        return n.startswith("model/") or (optimizer and n.startswith("optimizer/"))
+
+    names = [n for n in a.datasets if wanted(n)]
+    names += [n for n in b.datasets if wanted(n) and n not in a.datasets]
+    va, vb = _vocab(a), _vocab(b)
+    with open_h5(a.path) as fa, open_h5(b.path) as fb:
+        for n in names:
+            sa = a.datasets[n][0] if n in a.datasets else None
+            sb = b.datasets[n][0] if n in b.datasets else None
+            t = TensorDiff(n, sa, sb)
+            d.tensors.append(t)
+            if sa is None or sb is None:
+                t.note = f"only in {'B' if sa is None else 'A'}"
+                continue
+            rows = None
+            if sa != sb:
+                if (n.endswith("wte/weight") and len(sa) == 2 and len(sb) == 2
+                        and sa[1] == sb[1] and va is not None and va == vb
+                        and sa[0] >= va and sb[0] >= va):
+                    rows = va
+                else:
+                    t.note = f"shape {list(sa)} vs {list(sb)}"
+                    continue
+            elif n.endswith("wte/weight") and len(sa) == 2 and va is not None and va == vb \
+                    and sa[0] > va:
+                rows = va
+            da, db = fa[n], fb[n]
+            if not isinstance(da, h5py.Dataset) or not isinstance(db, h5py.Dataset):
+                t.note = "not a dataset"
+                continue
+            xa = (da[:rows] if rows is not None else da[()]).astype(np.float64)
+            xb = (db[:rows] if rows is not None else db[()]).astype(np.float64)
+            diff = xa - xb
+            t.max_abs = float(np.max(np.abs(diff))) if diff.size else 0.0
+            na, nb = float(np.linalg.norm(xa.ravel())), float(np.linalg.norm(xb.ravel()))
+            nd = float(np.linalg.norm(diff.ravel()))
+            den = max(na, nb)
+            t.rel_l2 = nd / den if den > 0 else (0.0 if nd == 0 else float("inf"))
+            if rows is not None:
+                t.rows_compared = rows
+                if sa != sb:
+                    t.note = f"first {rows} rows (padded {sa[0]} vs {sb[0]})"
+    return d
+
+
+def format_diff(d: DiffReport, show_all: bool = False) -> str:
+    out = [f"A: {d.a.path}", f"B: {d.b.path}"]
+    for k, va, vb in d.attrs:
+        out.append(f"attribute {k}: A {va} | B {vb}")
+    if d.config:
+        out.append(f"config differences ({len(d.config)}):")
+        for k, va, vb in d.config:
+            out.append(f"  {k}: A {va if va is not None else '(absent)'} | "
+                       f"B {vb if vb is not None else '(absent)'}")
+    rows = []
+    for t in d.tensors:
+        if not show_all and t.compared and t.max_abs == 0 and not t.note and len(d.tensors) > 60:
+            continue
+        shape = list(t.shape_a if t.shape_a is not None else t.shape_b)
+        rows.append(["/" + t.name, str(shape),
+                     f"{t.max_abs:.3e}" if t.compared else "",
+                     f"{t.rel_l2:.3e}" if t.compared else "", t.note])
+    out.append("")
+    out.append(markdown_table(["tensor", "shape", "max abs diff", "rel L2 diff", "note"], rows,
+                              align_right=[False, True, True, True, False]))
+    done = [t for t in d.tensors if t.compared]
+    same = sum(1 for t in done if t.max_abs == 0)
+    w = d.worst()
+    line = f"{len(done)} tensors compared, {same} identical"
+    if w is not None:
+        line += f"; largest relative L2 difference {w.rel_l2:.3e} (/{w.name})"
+        m = max(done, key=lambda t: t.max_abs)
+        line += f", largest absolute {m.max_abs:.3e} (/{m.name})"
+    if d.mismatched:
+        line += f"; {len(d.mismatched)} not comparable (missing or another shape)"
+    out.append(line)
+    return "\n".join(out)
+
+
+def ckpt_main(argv: list[str] | None = None) -> int:
+    """triad-ckpt CKPT [CKPT2]."""
+    prog = prog_name("python -m analysis.inspect_checkpoint ckpt")
+    ap = argparse.ArgumentParser(
+        prog=prog, description="Show a triad checkpoint: its tensors with shapes and L2 "
+        "norms, step/grid/config attributes, completeness and checksums. With two files: "
+        "the per-tensor difference (max |a-b|, relative L2), the embedding compared on its "
+        "first vocab_size rows.")
+    ap.add_argument("ckpt", help="checkpoint .h5, checkpoint directory, or run directory "
+                                 "(the checkpoint ckpt/latest names)")
+    ap.add_argument("ckpt2", nargs="?", help="a second checkpoint to compare with the first")
+    ap.add_argument("--quick", action="store_true",
+                    help="read attributes and shapes only: no norms, no checksum verification")
+    ap.add_argument("--stats", action="store_true", help="min/max/mean/rms of every tensor too")
+    ap.add_argument("--config", action="store_true", help="print the stored config text")
+    ap.add_argument("--all", action="store_true",
+                    help="list every optimizer dataset (one file) / every tensor (two files)")
+    ap.add_argument("--optimizer", action="store_true",
+                    help="two files: compare the optimizer state too")
+    ap.add_argument("--tolerance", type=float, default=None, metavar="REL",
+                    help="two files: exit 3 when a tensor's relative L2 difference exceeds "
+                         "REL (or a tensor cannot be compared)")
+    a = ap.parse_args(argv)
+
+    def check(path) -> Report:
+        rep = inspect(path, stats=a.stats and not a.quick, verify=not a.quick,
+                      norms=not a.quick and a.ckpt2 is None)
+        if rep.kind != "checkpoint":
+            raise CheckpointError(rep.headline())
+        return rep
+
+    def body() -> int:
+        rep = check(a.ckpt)
+        if a.ckpt2 is None:
+            print(format_report(rep, show_config=a.config, show_all=a.all), flush=True)
+            if not rep.ok:
+                raise CheckpointError(rep.headline())
+            return 0
+        rep2 = check(a.ckpt2)
+        for r in (rep, rep2):
+            if not r.ok:
+                print(format_report(r, show_config=False, show_all=False), flush=True)
+                raise CheckpointError(r.headline())
+        d = diff_checkpoints(rep, rep2, optimizer=a.optimizer)
+        print(format_diff(d, show_all=a.all), flush=True)
+        if a.tolerance is not None:
+            w = d.worst()
+            bad = [t for t in d.tensors if t.compared and t.rel_l2 > a.tolerance]
+            if bad or d.mismatched:
+                what = (f"{len(bad)} tensor(s) differ by more than {a.tolerance:g} (relative "
+                        f"L2; largest {w.rel_l2:.3e} at /{w.name})" if bad else
+                        f"{len(d.mismatched)} tensor(s) missing or of another shape")
+                print(f"{prog}: {rep.path} vs {rep2.path}: {what}", file=sys.stderr)
+                return 3
+        return 0
+
+    return run_main(prog, body)
+
+
 if __name__ == "__main__":
+    # `python -m analysis.inspect_checkpoint ckpt ...` is triad-ckpt; anything else the listing
+    if len(sys.argv) > 1 and sys.argv[1] == "ckpt":
+        sys.exit(ckpt_main(sys.argv[2:]))
     sys.exit(main())

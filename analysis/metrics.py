@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,15 +27,18 @@ from typing import Any
 
 import numpy as np
 
+from ._common import AnalysisError, file_kind, not_hdf5_message
+
 TRAIN_FIELDS = ("step", "loss", "lr", "grad_norm", "tokens_per_sec", "mfu", "step_ms", "tokens")
 VAL_FIELDS = ("step", "loss", "accuracy")
 ROOT_ATTRS = ("config", "grid", "n_params", "flops_per_token", "peak_flops")
 
 __all__ = ["Metrics", "MetricsError", "load_metrics", "resolve_metrics_path", "parse_config",
-           "open_h5", "attr_value", "TRAIN_FIELDS", "VAL_FIELDS", "ROOT_ATTRS"]
+           "open_h5", "attr_value", "parse_grid", "steady_tokens_per_sec", "TRAIN_FIELDS",
+           "VAL_FIELDS", "ROOT_ATTRS"]
 
 
-class MetricsError(Exception):
+class MetricsError(AnalysisError):
     """A metrics file is missing, unreadable or does not follow the format. The message
     always names the file."""
 
@@ -154,20 +159,28 @@ def resolve_metrics_path(p: str | os.PathLike) -> Path:
     return path
 
 
-def _read_group(f, path: Path, name: str, fields: tuple[str, ...], strict: bool):
-    if name not in f:
-        raise MetricsError(f"{path}: missing group /{name} (not a triad metrics.h5?)")
-    g = f[name]
+class _Inconsistent(Exception):
+    """A read that saw the file mid-append (unequal lengths, a chunk not yet there)."""
+
+
+def _read_group(f, path: Path, name: str, fields: tuple[str, ...]) -> dict[str, np.ndarray]:
     import h5py
 
+    if name not in f:
+        raise MetricsError(f"{path}: missing group /{name} (not a triad metrics.h5, or one "
+                           "whose writer never got past its start)")
+    g = f[name]
     if not isinstance(g, h5py.Group):
-        raise MetricsError(f"{path}: /{name} is not a group")
+        raise MetricsError(f"{path}: /{name} is not a group (not a triad metrics.h5?)")
     missing = [k for k in fields if k not in g]
     if missing:
         raise MetricsError(f"{path}: /{name} lacks dataset(s) {', '.join(missing)}")
     out: dict[str, np.ndarray] = {}
     for k in list(fields) + sorted(set(g.keys()) - set(fields)):
-        ds = g[k]
+        try:
+            ds = g[k]
+        except Exception as e:  # noqa: BLE001
+            raise _Inconsistent(f"cannot open /{name}/{k}: {e}") from e
         if not isinstance(ds, h5py.Dataset):
             continue
         if ds.ndim != 1:
@@ -175,40 +188,113 @@ def _read_group(f, path: Path, name: str, fields: tuple[str, ...], strict: bool)
         try:
             arr = ds[()]
         except Exception as e:  # noqa: BLE001 - h5py raises several types on damaged files
-            raise MetricsError(f"{path}: cannot read /{name}/{k}: {e}") from e
+            raise _Inconsistent(f"cannot read /{name}/{k}: {e}") from e
         if k in ("step", "tokens"):
             arr = arr.astype(np.int64)
         elif arr.dtype.kind in "iuf":
             arr = arr.astype(np.float64)
         out[k] = arr
-    lengths = {k: len(v) for k, v in out.items()}
-    if len(set(lengths.values())) > 1:
-        desc = ", ".join(f"{k}={n}" for k, n in lengths.items())
-        if strict:
-            raise MetricsError(f"{path}: datasets of /{name} have unequal lengths ({desc})")
-        n = min(lengths.values())
-        warnings.warn(f"{path}: /{name} truncated to {n} rows (unequal lengths: {desc}; "
-                      "file being written?)", stacklevel=3)
-        out = {k: v[:n] for k, v in out.items()}
     return out
 
 
-def load_metrics(p: str | os.PathLike, strict: bool = True) -> Metrics:
-    """Load a run's metrics. ``p``: a run directory or a ``metrics.h5`` path.
+def _lengths(cols: dict[str, np.ndarray]) -> dict[str, int]:
+    return {k: len(v) for k, v in cols.items()}
 
-    Raises MetricsError (naming the file) for a missing/unreadable file, a missing group or
-    dataset, or datasets of unequal length within a group. With ``strict=False`` unequal
-    lengths (a file caught mid-append) are truncated to the shortest, with a warning.
-    """
-    path = resolve_metrics_path(p)
+
+def _tail_unwritten(cols: dict[str, np.ndarray], increasing: tuple[str, ...]) -> bool:
+    """Columns that only grow (step, tokens) whose last row is not above the one before: rows
+    whose extent a reader saw before their data (a mid-append read); retried."""
+    n = min(len(v) for v in cols.values())
+    if n < 2:
+        return False
+    return any(int(cols[k][n - 1]) <= int(cols[k][n - 2]) for k in increasing if k in cols)
+
+
+def _read_once(path: Path):
     try:
         f = open_h5(path)
-    except MetricsError:
-        raise
-    except Exception as e:  # noqa: BLE001 - OSError for non-HDF5/truncated files, etc.
-        raise MetricsError(f"{path}: cannot open as HDF5: {e}") from e
+    except Exception as e:  # noqa: BLE001 - OSError for truncated files, etc.
+        raise _Inconsistent(f"cannot open as HDF5: {e}") from e
     with f:
-        train = _read_group(f, path, "train", TRAIN_FIELDS, strict)
-        val = _read_group(f, path, "val", VAL_FIELDS, strict)
         attrs = {k: attr_value(v) for k, v in f.attrs.items()}
+        train = _read_group(f, path, "train", TRAIN_FIELDS)
+        val = _read_group(f, path, "val", VAL_FIELDS)
+    return train, val, attrs
+
+
+def load_metrics(p: str | os.PathLike, strict: bool = True, wait: float = 1.0,
+                 tolerate_rows: int = 1) -> Metrics:
+    """Load a run's metrics. ``p``: a run directory or a ``metrics.h5`` path.
+
+    The file may be one that triad-train is still appending to: it is opened read-only
+    without HDF5's file lock, and a read that catches the writer mid-append (datasets of one
+    group of unequal length, a chunk not readable yet) is retried for up to ``wait`` seconds.
+    Lengths that still differ by at most ``tolerate_rows`` are cut to the shortest.
+
+    Raises MetricsError (naming the file) for a missing or non-HDF5 file, a file without the
+    triad layout (no /train or /val group, a missing dataset), or one that stays unreadable or
+    whose datasets still differ in length by more than ``tolerate_rows`` — unless
+    ``strict=False``, which cuts them to the shortest with a warning.
+    """
+    path = resolve_metrics_path(p)
+    kind = file_kind(path)
+    if kind != "hdf5":
+        raise MetricsError(not_hdf5_message(path, kind).replace(
+            ": not an HDF5 file", ": cannot open as HDF5: not an HDF5 file"))
+    deadline = time.monotonic() + max(0.0, wait)
+    delay = 0.02
+    while True:
+        try:
+            train, val, attrs = _read_once(path)
+        except _Inconsistent as e:
+            if time.monotonic() < deadline:
+                time.sleep(delay)
+                delay = min(2 * delay, 0.2)
+                continue
+            raise MetricsError(f"{path}: {e}") from None
+        problems = []
+        for gname, cols in (("train", train), ("val", val)):
+            lens = _lengths(cols)
+            if max(lens.values()) - min(lens.values()) > tolerate_rows:
+                problems.append((gname, lens))
+        if (problems or _tail_unwritten(train, ("step", "tokens"))
+                or _tail_unwritten(val, ("step",))) and time.monotonic() < deadline:
+            time.sleep(delay)
+            delay = min(2 * delay, 0.2)
+            continue
+        break
+    for gname, lens in problems:
+        desc = ", ".join(f"{k}={n}" for k, n in lens.items())
+        if strict:
+            raise MetricsError(f"{path}: datasets of /{gname} have unequal lengths ({desc})")
+        warnings.warn(f"{path}: /{gname} truncated to {min(lens.values())} rows (unequal "
+                      f"lengths: {desc}; file being written?)", stacklevel=2)
+    train = {k: v[:min(_lengths(train).values())] for k, v in train.items()}
+    val = {k: v[:min(_lengths(val).values())] for k, v in val.items()}
     return Metrics(path=path, train=train, val=val, attrs=attrs)
+
+
+_GRID_RE = re.compile(r"\b(dp|pp|tp)\s*=\s*(\d+)")
+
+
+def parse_grid(text: str | None) -> dict[str, int] | None:
+    """"dp=2 pp=1 tp=1" -> {"dp": 2, "pp": 1, "tp": 1} (missing axes are 1); None when the
+    text names no axis."""
+    found = {k: int(v) for k, v in _GRID_RE.findall(str(text or ""))}
+    if not found:
+        return None
+    return {"dp": found.get("dp", 1), "pp": found.get("pp", 1), "tp": found.get("tp", 1)}
+
+
+def steady_tokens_per_sec(m: Metrics, skip: int = 5) -> tuple[float, int]:
+    """The median of /train/tokens_per_sec without the first ``skip`` rows (start-up: first
+    touches of memory, the first evaluation), and the number of rows it used. With at most
+    ``skip`` rows, the rows after the first (or the one row) are used. NaN when empty."""
+    tps = np.asarray(m.train.get("tokens_per_sec", np.array([])), dtype=np.float64)
+    tps = tps[np.isfinite(tps)]
+    n = len(tps)
+    if n == 0:
+        return float("nan"), 0
+    k = skip if n > skip else min(1, n - 1)
+    used = tps[k:]
+    return float(np.median(used)), len(used)

@@ -1,6 +1,7 @@
 """Plot training curves of one or more triad runs.
 
-    python -m analysis.plot_curves runs/quick [runs/other/metrics.h5 ...] --out curves.png
+    triad-plot runs/quick [runs/other/metrics.h5 ...] --out curves.png [--x tokens]
+    python -m analysis.plot_curves ...        (the same, without installing the package)
 
 Each argument is a run directory (holding metrics.h5) or a metrics.h5 file. The figure has
 six panels: loss (train raw, train smoothed, val), val accuracy, learning rate, gradient
@@ -22,7 +23,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from .metrics import Metrics, MetricsError, load_metrics  # noqa: E402
+from ._common import prog_name, run_main, save_figure  # noqa: E402
+from .metrics import Metrics, load_metrics  # noqa: E402
 
 
 def ema(y: np.ndarray, window: float) -> np.ndarray:
@@ -150,17 +152,17 @@ def plot_runs(runs: list[Metrics], out: str | Path, x: str = "step", smooth: flo
             title = f"{len(runs)} runs"
     fig.suptitle(title)
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=dpi)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m analysis.plot_curves",
-                                 description="Plot training curves of triad runs.")
-    ap.add_argument("runs", nargs="+", help="run directories or metrics.h5 files")
+    prog = prog_name("python -m analysis.plot_curves")
+    ap = argparse.ArgumentParser(
+        prog=prog, description="Plot training curves of triad runs: loss (train, val) against "
+        "steps or tokens, val accuracy, learning rate, gradient norm, tokens/s and MFU; several "
+        "runs overlaid. Reads runs that are still training.")
+    ap.add_argument("runs", nargs="+", metavar="RUN",
+                    help="run directories (holding metrics.h5) or metrics.h5 files")
     ap.add_argument("--out", "-o", default="curves.png",
                     help="output image (.png, .pdf, .svg; default curves.png)")
     ap.add_argument("--x", choices=["step", "tokens"], default="step", help="x axis")
@@ -171,25 +173,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log-loss", action="store_true", help="log-scale loss axis")
     ap.add_argument("--dpi", type=int, default=120)
     ap.add_argument("--allow-partial", action="store_true",
-                    help="accept datasets of unequal length (a file being written) by "
-                         "truncating to the shortest")
+                    help="accept datasets of unequal length (a damaged file) by truncating to "
+                         "the shortest; a difference of one row (a file being written) is "
+                         "always accepted")
     a = ap.parse_args(argv)
 
-    runs = []
-    try:
+    def body() -> int:
+        runs = []
         for p in a.runs:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 runs.append(load_metrics(p, strict=not a.allow_partial))
-    except MetricsError as e:
-        print(f"plot_curves: error: {e}", file=sys.stderr)
-        return 1
-    for r in runs:
-        print(f"  {r.summary()}", file=sys.stderr)
-    out = plot_runs(runs, a.out, x=a.x, smooth=a.smooth, title=a.title,
-                    log_loss=a.log_loss, dpi=a.dpi)
-    print(out)
-    return 0
+            for w in caught:
+                print(f"{prog}: warning: {w.message}", file=sys.stderr)
+        for r in runs:
+            print(f"  {r.summary()}", file=sys.stderr)
+        out = plot_runs(runs, a.out, x=a.x, smooth=a.smooth, title=a.title,
+                        log_loss=a.log_loss, dpi=a.dpi)
+        print(out)
+        return 0
+
+    return run_main(prog, body)
 
 
 if __name__ == "__main__":

@@ -233,6 +233,21 @@ step_venv() {
     echo "$want" >"$stamp"
     did+=("pip install -r requirements.txt")
   fi
+  # The analysis package (analysis/pyproject.toml: triad-plot, triad-sweep, triad-sweep-report,
+  # triad-scaling, triad-ckpt in .venv/bin), editable so that it runs this checkout's code;
+  # redone when its pyproject.toml, the checkout's place or the requirements change. Built with
+  # the venv's setuptools when it can (no download), else in pip's isolated build environment.
+  local astamp=$VENV/.triad-analysis.sha256 awant
+  awant="$(sha256sum analysis/pyproject.toml | cut -d' ' -f1) $ROOT $want"
+  if [ "$(cat "$astamp" 2>/dev/null)" != "$awant" ] || [ ! -x "$VENV/bin/triad-sweep" ]; then
+    log "venv: pip install -e ./analysis"
+    if ! "$VENV/bin/python" -m pip install --disable-pip-version-check -q --no-deps \
+           --no-build-isolation -e ./analysis 2>/dev/null; then
+      "$VENV/bin/python" -m pip install --disable-pip-version-check -q --no-deps -e ./analysis
+    fi
+    echo "$awant" >"$astamp"
+    did+=("pip install -e ./analysis")
+  fi
   # torch: Debian's python3-torch through --system-site-packages, else optional from pip
   if ! "$VENV/bin/python" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("torch") is None)'; then
     if [ "${TRIAD_PIP_TORCH:-0}" = 1 ]; then

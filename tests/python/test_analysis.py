@@ -107,13 +107,31 @@ def test_load_metrics_empty_groups(tmp_path):
 def test_unequal_lengths_is_an_error(tmp_path):
     p = write_metrics(tmp_path / "bad" / "metrics.h5")
     with h5py.File(p, "a") as f:
-        f["train/loss"].resize((59,))
+        f["train/loss"].resize((57,))
     with pytest.raises(MetricsError) as e:
-        load_metrics(p)
+        load_metrics(p, wait=0.1)
     assert str(p) in str(e.value) and "unequal" in str(e.value)
     with pytest.warns(UserWarning):
-        m = load_metrics(p, strict=False)
-    assert m.n_train == 59
+        m = load_metrics(p, strict=False, wait=0.1)
+    assert m.n_train == 57
+
+
+def test_one_row_difference_is_a_file_being_written(tmp_path):
+    """A reader that catches the writer between two columns' appends sees one row more in
+    some of them: cut to the shortest, silently."""
+    import warnings
+
+    p = write_metrics(tmp_path / "mid" / "metrics.h5")
+    with h5py.File(p, "a") as f:
+        for k in ("grad_norm", "tokens_per_sec", "mfu", "step_ms", "tokens"):
+            f[f"train/{k}"].resize((59,))
+        f["val/accuracy"].resize((3,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = load_metrics(p, wait=0.1)
+    assert m.n_train == 59 and m.n_val == 3
+    assert all(len(v) == 59 for v in m.train.values())
+    assert all(len(v) == 3 for v in m.val.values())
 
 
 def test_missing_group_and_dataset(tmp_path):

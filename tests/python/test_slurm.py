@@ -60,6 +60,18 @@ def wait_for(env, jobs, states=("COMPLETED",), timeout=240):
                 + (SLURM_DIR / "slurmctld.log").read_text()[-3000:])
 
 
+def wait_gone(env, job, timeout=240):
+    """Waits until no task of (array) job `job` is pending or running."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        out = subprocess.run(["squeue", "-h", "-j", str(job)], capture_output=True, text=True,
+                             env=env).stdout
+        if not out.strip():
+            return
+        time.sleep(0.5)
+    pytest.fail(f"job {job} did not finish in {timeout} s: {out}")
+
+
 def train_metrics(run):
     with h5py.File(run / "metrics.h5", "r") as f:
         return f["train/step"][:], f["train/loss"][:]
@@ -100,3 +112,49 @@ def test_train_job_requeued_mid_run_resumes(slurm, tmp_path):
     assert (run / "ckpt" / f"step_{steps:08d}.h5").exists()
     with h5py.File(run / "ckpt" / f"step_{steps:08d}.h5", "r") as f:
         assert f.attrs["complete"] == 1 and f.attrs["step"] == steps
+
+
+def test_sweep_array_and_resubmission_of_the_unfinished_point(slurm, tmp_path):
+    sweep_tool = REPO / ".venv" / "bin" / "triad-sweep"
+    assert sweep_tool.exists(), "triad-sweep is not installed (jobs/setup.sh)"
+    base = tiny_config(tmp_path, name="base", train__steps=30, checkpoint__every=10,
+                       eval__every=10)
+    sweep = tmp_path / "sweep.ini"
+    sweep.write_text(f"""[sweep]
+name = lr
+base = {base}
+mode = cartesian
+max_parallel = 1
+run_dir = {tmp_path / "runs"}
+[values]
+train.lr = 1e-3, 2e-3, 3e-3
+""")
+    line = sh(slurm, sweep_tool, "submit", sweep).strip().splitlines()[-1]
+    assert re.search(r"sbatch --array=0-2%1 ", line), line
+    args = line.split()
+    assert args[0] == "sbatch"
+    # Point 1 fails: cancelled while it waits for its turn (%1 runs the points one by one).
+    job = sh(slurm, "sbatch", "--parsable", f"--chdir={tmp_path}", *args[1:]).strip()
+    sh(slurm, "scancel", f"{job}_1")
+    wait_gone(slurm, job)
+    # (A task cancelled while pending leaves no job record: the run directories tell.)
+    assert job_state(slurm, f"{job}_0")[0] == "COMPLETED"
+    assert job_state(slurm, f"{job}_2")[0] == "COMPLETED"
+    runs = tmp_path / "runs"
+    done = {p: (runs / f"lr-{p:03d}" / "ckpt" / "step_00000030.h5").exists() for p in range(3)}
+    assert done == {0: True, 1: False, 2: True}
+    before = {p: (runs / f"lr-{p:03d}" / "metrics.h5").stat().st_mtime_ns for p in (0, 2)}
+    # Re-submitting runs only the missing point.
+    line = sh(slurm, sweep_tool, "submit", sweep).strip().splitlines()[-1]
+    assert re.search(r"sbatch --array=1%1 ", line), line
+    job2 = sh(slurm, "sbatch", "--parsable", f"--chdir={tmp_path}", *line.split()[1:]).strip()
+    wait_gone(slurm, job2)
+    assert job_state(slurm, f"{job2}_1")[0] == "COMPLETED"
+    assert (runs / "lr-001" / "ckpt" / "step_00000030.h5").exists()
+    assert {p: (runs / f"lr-{p:03d}" / "metrics.h5").stat().st_mtime_ns for p in (0, 2)} == before
+    # Each point trained with its own learning rate.
+    for p, lr in enumerate((1e-3, 2e-3, 3e-3)):
+        with h5py.File(runs / f"lr-{p:03d}" / "metrics.h5", "r") as f:
+            assert np.isclose(f["train/lr"][:].max(), lr, rtol=1e-6)
+    out = sh(slurm, sweep_tool, "submit", sweep)
+    assert "sbatch" not in out  # nothing left to run

@@ -1,0 +1,463 @@
+"""Hyper-parameter sweeps: the sweep file format (inputs/sweeps/*.ini), its expansion into
+points, each point's triad-train arguments and status, and the `triad-sweep` command.
+
+    triad-sweep list   inputs/sweeps/quickstart-lr.ini        # points, overrides, status
+    triad-sweep args   inputs/sweeps/quickstart-lr.ini 1      # triad-train arguments, one a line
+    triad-sweep submit inputs/sweeps/quickstart-lr.ini        # sbatch line for unfinished points
+
+A sweep file::
+
+    [sweep]
+    name = quickstart-lr                 ; run names <name>-000, <name>-001, ...
+    base = inputs/runs/quickstart.ini    ; config file(s), comma-separated; later ones win
+    mode = cartesian                     ; or zip (value lists of equal length)
+    max_parallel = 2                     ; the %K of sbatch --array (optional)
+    run_dir = runs/sweeps                ; optional; default: run.dir of the base config(s)
+    description = ...                    ; optional, free text
+
+    [values]                             ; the swept keys, in order (cartesian: last fastest)
+    train.lr = 3e-4, 1e-3, 3e-3
+
+    [set]                                ; fixed overrides of every point (optional)
+    train.steps = 20
+
+Values are comma-separated; an item may be quoted ('a,b' or "a,b") to hold a comma. `;` and
+`#` start comments (inline ones after a space). Relative paths (base, run_dir, and run.dir /
+checkpoint.dir of the configs) are taken from the repository root: the nearest directory above
+the sweep file that holds `jobs/` (else the current directory); triad-train runs there, as
+its data paths are relative to it too.
+
+Point i runs::
+
+    triad-train --config BASE... [--KEY VALUE for [set], then for the point's values]
+                --run.name <name>-<i:03d> --run.dir <run dir>
+
+and is *finished* when its run directory holds the checkpoint of its final step,
+ckpt/step_<train.steps:08d>.h5, with the root attribute complete = 1 (train.steps resolved as
+triad-train does: later config files, then [set], then the point's values win); *running* when
+the run directory exists but that checkpoint does not (a run in progress, or one that
+stopped); *missing* otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import itertools
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ._common import AnalysisError, markdown_table, prog_name, run_main
+
+MODES = ("cartesian", "zip")
+SWEEP_KEYS = ("name", "base", "mode", "max_parallel", "run_dir", "description")
+SECTIONS = ("sweep", "values", "set")
+KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+# Keys the sweep itself sets on every point
+RESERVED = {"run.name": "the sweep names its runs <name>-NNN",
+            "run.dir": "use run_dir in [sweep]"}
+# triad-train's defaults of the keys the status needs (`triad-train --help`)
+TRIAD_DEFAULTS = {"train.steps": "1000", "run.dir": "runs", "run.name": "run",
+                  "checkpoint.dir": ""}
+
+STATUSES = ("finished", "running", "missing")
+
+
+class SweepError(AnalysisError):
+    pass
+
+
+# ---- triad's INI files -----------------------------------------------------------------------
+
+def read_triad_ini(path: Path) -> dict[str, str]:
+    """A triad config file -> {"section.key": "value"}, as triad-train (Boost's config file
+    parser) reads it: `[section]`, `key = value`, `#` starts a comment anywhere, and lines
+    starting with `;` are comments too."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SweepError(f"{path}: cannot read: {e.strerror or e}") from None
+    out: dict[str, str] = {}
+    section = ""
+    for i, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line or line.startswith(";"):
+            continue
+        if line.startswith("["):
+            if not line.endswith("]") or len(line) < 3:
+                raise SweepError(f"{path}:{i}: bad section line {raw.strip()!r}")
+            section = line[1:-1].strip()
+            continue
+        if "=" not in line:
+            raise SweepError(f"{path}:{i}: expected 'key = value', got {raw.strip()!r}")
+        k, v = line.split("=", 1)
+        k = k.strip()
+        out[f"{section}.{k}" if section else k] = v.strip()
+    return out
+
+
+# ---- sweep files -----------------------------------------------------------------------------
+
+def find_root(start: Path) -> Path:
+    """The repository root for `start` (a directory): the nearest directory at or above it
+    holding jobs/, else the current directory."""
+    for d in [start, *start.parents]:
+        if (d / "jobs").is_dir():
+            return d
+    return Path.cwd()
+
+
+def split_values(text: str) -> list[str]:
+    """'a, b, "c,d"' -> ['a', 'b', 'c,d']; empty items are kept as '' (the caller rejects)."""
+    items, cur, quote = [], [], None
+    for ch in text:
+        if quote:
+            if ch == quote:
+                quote = None
+            else:
+                cur.append(ch)
+        elif ch in "'\"" and not "".join(cur).strip():
+            quote = ch
+            cur = []
+        elif ch == ",":
+            items.append("".join(cur).strip())
+            cur = []
+        else:
+            cur.append(ch)
+    if quote:
+        raise ValueError(f"unterminated quote {quote} in {text!r}")
+    items.append("".join(cur).strip())
+    return items
+
+
+def _unquote(v: str) -> str:
+    v = v.strip()
+    if len(v) >= 2 and v[0] == v[-1] and v[0] in "'\"":
+        return v[1:-1]
+    return v
+
+
+@dataclass
+class Point:
+    index: int
+    run_name: str
+    overrides: dict  # the swept keys' values of this point, in [values] order
+
+    def describe(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.overrides.items()) or "(base)"
+
+
+@dataclass
+class Sweep:
+    path: Path
+    root: Path
+    name: str
+    bases: list            # resolved Paths
+    mode: str
+    max_parallel: int | None
+    run_dir: Path          # resolved
+    values: dict           # key -> list of values
+    fixed: dict            # key -> value ([set])
+    description: str = ""
+    points: list = field(default_factory=list)
+    base_config: dict = field(default_factory=dict)  # merged base files
+
+    # -- per point ---------------------------------------------------------------------------
+    def point(self, index: int) -> Point:
+        if not 0 <= index < len(self.points):
+            raise SweepError(f"{self.path}: point index {index} out of range (the sweep has "
+                             f"{len(self.points)} point{'s' * (len(self.points) != 1)}: "
+                             f"0-{len(self.points) - 1})")
+        return self.points[index]
+
+    def resolved(self, p: Point) -> dict[str, str]:
+        """The point's config as triad-train resolves it (keys the files do not set: triad's
+        defaults for those the status needs)."""
+        cfg = dict(TRIAD_DEFAULTS)
+        cfg.update(self.base_config)
+        cfg.update(self.fixed)
+        cfg.update(p.overrides)
+        cfg["run.name"] = p.run_name
+        cfg["run.dir"] = str(self.run_dir)
+        return cfg
+
+    def args(self, p: Point) -> list[str]:
+        out: list[str] = []
+        for b in self.bases:
+            out += ["--config", str(b)]
+        for k, v in list(self.fixed.items()) + list(p.overrides.items()):
+            out += [f"--{k}", v]
+        out += ["--run.name", p.run_name, "--run.dir", str(self.run_dir)]
+        return out
+
+    def run_path(self, p: Point) -> Path:
+        return self.run_dir / p.run_name
+
+    def steps(self, p: Point) -> int:
+        v = self.resolved(p)["train.steps"]
+        try:
+            return int(float(v))
+        except ValueError:
+            raise SweepError(f"{self.path}: point {p.index}: train.steps = {v!r} is not a "
+                             "number") from None
+
+    def final_checkpoint(self, p: Point) -> Path:
+        cfg = self.resolved(p)
+        d = cfg.get("checkpoint.dir", "")
+        ckdir = self._path(d) if d else self.run_path(p) / "ckpt"
+        return ckdir / f"step_{self.steps(p):08d}.h5"
+
+    def status(self, p: Point) -> str:
+        if checkpoint_complete(self.final_checkpoint(p)):
+            return "finished"
+        run = self.run_path(p)
+        if run.is_dir() and any(run.iterdir()):
+            return "running"
+        return "missing"
+
+    def _path(self, s: str) -> Path:
+        p = Path(os.path.expanduser(s))
+        return p if p.is_absolute() else self.root / p
+
+
+def checkpoint_complete(path: Path) -> bool:
+    """True when `path` is an HDF5 file whose root attribute complete = 1."""
+    if not path.is_file():
+        return False
+    try:
+        from .metrics import attr_value, open_h5
+
+        with open_h5(path) as f:
+            c = f.attrs.get("complete")
+            return c is not None and int(attr_value(c)) == 1
+    except Exception:  # noqa: BLE001 - unreadable / being written: not finished
+        return False
+
+
+def load_sweep(path: str | os.PathLike) -> Sweep:
+    """Parse and expand a sweep file; SweepError naming the file and the problem."""
+    path = Path(path)
+    if not path.exists():
+        raise SweepError(f"{path}: no such file")
+    if path.is_dir():
+        raise SweepError(f"{path}: is a directory, expected a sweep file")
+
+    def bad(msg: str) -> SweepError:
+        return SweepError(f"{path}: {msg}")
+
+    cp = configparser.ConfigParser(interpolation=None, strict=True, delimiters=("=",),
+                                   comment_prefixes=("#", ";"),
+                                   inline_comment_prefixes=("#", ";"),
+                                   empty_lines_in_values=False, default_section="\0none")
+    cp.optionxform = str
+    try:
+        with open(path, encoding="utf-8") as f:
+            cp.read_file(f)
+    except UnicodeDecodeError:
+        raise bad("not a text file") from None
+    except OSError as e:
+        raise bad(f"cannot read: {e.strerror or e}") from None
+    except configparser.MissingSectionHeaderError as e:
+        raise bad(f"line {e.lineno}: text before the first [section] (expected [sweep], "
+                  "[values], [set])") from None
+    except configparser.DuplicateSectionError as e:
+        raise bad(f"section [{e.section}] appears twice") from None
+    except configparser.DuplicateOptionError as e:
+        raise bad(f"[{e.section}] {e.option} appears twice") from None
+    except configparser.Error as e:
+        msg = str(e).splitlines()[0]
+        raise bad(f"cannot parse: {msg}") from None
+
+    unknown = [s for s in cp.sections() if s not in SECTIONS]
+    if unknown:
+        raise bad(f"unknown section [{unknown[0]}] (expected [sweep], [values], [set])")
+    if not cp.has_section("sweep"):
+        raise bad("no [sweep] section")
+    sw = dict(cp.items("sweep"))
+    for k in sw:
+        if k not in SWEEP_KEYS:
+            raise bad(f"[sweep] has unknown key '{k}' (known: {', '.join(SWEEP_KEYS)})")
+    name = sw.get("name", "").strip()
+    if not name:
+        raise bad("[sweep] has no name")
+    if not NAME_RE.match(name):
+        raise bad(f"[sweep] name {name!r}: use letters, digits and . _ + - only (it starts "
+                  "the run names)")
+    base_text = sw.get("base", "").strip()
+    if not base_text:
+        raise bad("[sweep] has no base (the config file(s) every point starts from)")
+    mode = sw.get("mode", "cartesian").strip().lower() or "cartesian"
+    if mode not in MODES:
+        raise bad(f"[sweep] mode {sw['mode']!r} is unknown (use cartesian or zip)")
+    max_parallel = None
+    if sw.get("max_parallel", "").strip():
+        try:
+            max_parallel = int(sw["max_parallel"])
+        except ValueError:
+            max_parallel = 0
+        if max_parallel <= 0:
+            raise bad(f"[sweep] max_parallel {sw['max_parallel']!r} is not a positive integer")
+
+    root = find_root(path.resolve().parent)
+    sweep = Sweep(path=path, root=root, name=name, bases=[], mode=mode,
+                  max_parallel=max_parallel, run_dir=root, values={}, fixed={},
+                  description=sw.get("description", "").strip())
+    try:
+        base_items = split_values(base_text)
+    except ValueError as e:
+        raise bad(f"[sweep] base: {e}") from None
+    for b in base_items:
+        if not b:
+            raise bad(f"[sweep] base {base_text!r} has an empty item")
+        bp = sweep._path(b)
+        if not bp.is_file():
+            raise bad(f"base config {b} not found (looked for {bp})")
+        sweep.bases.append(bp)
+        sweep.base_config.update(read_triad_ini(bp))
+
+    def check_key(section: str, k: str) -> None:
+        if not KEY_RE.match(k):
+            raise bad(f"[{section}] key '{k}' is not of the form section.name "
+                      "(e.g. train.lr)")
+        if k in RESERVED:
+            raise bad(f"[{section}] {k} cannot be set by a sweep: {RESERVED[k]}")
+
+    if cp.has_section("set"):
+        for k, v in cp.items("set"):
+            check_key("set", k)
+            sweep.fixed[k] = _unquote(v)
+    if cp.has_section("values"):
+        for k, v in cp.items("values"):
+            check_key("values", k)
+            if k in sweep.fixed:
+                raise bad(f"{k} is both in [set] and in [values]")
+            try:
+                items = split_values(v)
+            except ValueError as e:
+                raise bad(f"[values] {k}: {e}") from None
+            if not v.strip():
+                raise bad(f"[values] {k} has an empty value list")
+            if any(i == "" for i in items):
+                raise bad(f"[values] {k} = {v.strip()!r} has an empty item")
+            sweep.values[k] = items
+    if mode == "zip" and sweep.values:
+        lens = {k: len(v) for k, v in sweep.values.items()}
+        if len(set(lens.values())) > 1:
+            raise bad("mode = zip needs value lists of one length, got "
+                      + ", ".join(f"{k}: {n}" for k, n in lens.items()))
+
+    rd = sw.get("run_dir", "").strip()
+    if rd:
+        sweep.run_dir = sweep._path(_unquote(rd))
+    else:
+        sweep.run_dir = sweep._path(sweep.base_config.get("run.dir") or TRIAD_DEFAULTS["run.dir"])
+
+    keys = list(sweep.values)
+    if mode == "zip":
+        combos = list(zip(*sweep.values.values())) if keys else [()]
+    else:
+        combos = list(itertools.product(*sweep.values.values()))
+    sweep.points = [Point(i, f"{name}-{i:03d}", dict(zip(keys, c))) for i, c in enumerate(combos)]
+    return sweep
+
+
+def array_spec(indices: list[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2,5,7-8' (sbatch --array syntax)."""
+    parts = []
+    for _, grp in itertools.groupby(enumerate(sorted(indices)), lambda t: t[1] - t[0]):
+        g = [v for _, v in grp]
+        parts.append(str(g[0]) if len(g) == 1 else f"{g[0]}-{g[-1]}")
+    return ",".join(parts)
+
+
+# ---- command line ----------------------------------------------------------------------------
+
+def _display(path: Path) -> str:
+    """A path as a user in the current directory would type it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def default_sbatch_script(sweep: Sweep) -> str:
+    """jobs/slurm/sweep.sbatch of the sweep's repository, else of the repository this tool
+    lives in, as the user would type it from the current directory."""
+    rel = Path("jobs") / "slurm" / "sweep.sbatch"
+    for root in (sweep.root, Path(__file__).resolve().parent.parent):
+        if (root / rel).is_file():
+            return _display(root / rel)
+    return str(rel)
+
+
+def format_list(sweep: Sweep) -> str:
+    rows, counts = [], {s: 0 for s in STATUSES}
+    for p in sweep.points:
+        st = sweep.status(p)
+        counts[st] += 1
+        rows.append([str(p.index), p.run_name, p.describe(), st])
+    head = (f"sweep {sweep.name}: {len(sweep.points)} point{'s' * (len(sweep.points) != 1)} "
+            f"({sweep.mode}), runs in {sweep.run_dir}, base "
+            + ", ".join(_display(b) for b in sweep.bases))
+    if sweep.fixed:
+        head += "\nevery point: " + " ".join(f"{k}={v}" for k, v in sweep.fixed.items())
+    table = markdown_table(["index", "run", "overrides", "status"], rows,
+                           align_right=[True, False, False, False])
+    tail = ", ".join(f"{counts[s]} {s}" for s in STATUSES)
+    return f"{head}\n\n{table}\n\n{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    prog = prog_name("python -m analysis.sweep")
+    ap = argparse.ArgumentParser(
+        prog=prog, description="Expand a sweep file (inputs/sweeps/*.ini) into triad-train "
+        "runs: list its points, print one point's arguments, or the sbatch line for the "
+        "unfinished points.")
+    sub = ap.add_subparsers(dest="cmd", metavar="{list,args,submit}", required=True)
+    p_list = sub.add_parser("list", help="table of points: index, run name, overrides, status")
+    p_list.add_argument("sweep", metavar="SWEEP.ini")
+    p_args = sub.add_parser("args", help="triad-train arguments of point I, one per line")
+    p_args.add_argument("sweep", metavar="SWEEP.ini")
+    p_args.add_argument("index", metavar="I")
+    p_sub = sub.add_parser("submit",
+                           help="print the sbatch --array line for the unfinished points")
+    p_sub.add_argument("sweep", metavar="SWEEP.ini")
+    p_sub.add_argument("--sbatch-script", default=None,
+                       help="the array job script (default: jobs/slurm/sweep.sbatch of the "
+                            "repository)")
+    a = ap.parse_args(argv)
+
+    def body() -> int:
+        sweep = load_sweep(a.sweep)
+        if a.cmd == "list":
+            print(format_list(sweep))
+            return 0
+        if a.cmd == "args":
+            try:
+                i = int(a.index)
+            except ValueError:
+                raise SweepError(f"{sweep.path}: point index {a.index!r} is not an integer "
+                                 f"(0-{len(sweep.points) - 1})") from None
+            print("\n".join(sweep.args(sweep.point(i))))
+            return 0
+        # submit
+        todo = [p.index for p in sweep.points if sweep.status(p) != "finished"]
+        if not todo:
+            print(f"{prog}: {a.sweep}: all {len(sweep.points)} points are finished; "
+                  "nothing to submit", file=sys.stderr)
+            return 0
+        script = a.sbatch_script or default_sbatch_script(sweep)
+        spec = array_spec(todo) + (f"%{sweep.max_parallel}" if sweep.max_parallel else "")
+        print(f"sbatch --array={spec} {script} {a.sweep}")
+        print(f"{prog}: {len(todo)} of {len(sweep.points)} points unfinished", file=sys.stderr)
+        return 0
+
+    return run_main(prog, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

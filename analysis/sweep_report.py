@@ -1,0 +1,211 @@
+"""Summarise a sweep: one row per point with its overrides, status and results.
+
+    triad-sweep-report inputs/sweeps/quickstart-lr.ini [--out-dir DIR]
+
+Columns: index, run, one per swept key, status (finished / running / missing), steps (done
+of total), final val loss, best val loss and the step it was reached at, final train loss,
+tokens/s (median over the steps after the first few). Written to DIR/<name>.csv and
+DIR/<name>.md (DIR defaults to <run dir>/<name>-report), printed as a Markdown table, and
+plotted into DIR/<name>.png: final and best val loss against each swept key. Runs still
+training are read as they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ._common import (AnalysisError, fmt, is_number, markdown_table, prog_name, run_main,
+                      save_figure, write_text)
+from .metrics import MetricsError, load_metrics, steady_tokens_per_sec
+from .sweep import Sweep, load_sweep
+
+RESULT_COLUMNS = ("final_val_loss", "best_val_loss", "best_val_step", "final_train_loss",
+                  "tokens_per_sec")
+
+
+def collect(sweep: Sweep, skip: int = 5, notes: list | None = None):
+    """A pandas DataFrame with one row per point (NaN where a point has no data yet)."""
+    import pandas as pd
+
+    rows = []
+    for p in sweep.points:
+        row: dict = {"index": p.index, "run": p.run_name}
+        row.update(p.overrides)
+        row["status"] = sweep.status(p)
+        row["steps_done"] = np.nan
+        row["steps_total"] = sweep.steps(p)
+        for c in RESULT_COLUMNS:
+            row[c] = np.nan
+        mpath = sweep.run_path(p) / "metrics.h5"
+        if mpath.exists():
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    m = load_metrics(mpath, strict=False)
+            except MetricsError as e:
+                if notes is not None:
+                    notes.append(f"point {p.index}: {e}")
+                m = None
+            if m is not None:
+                if m.n_train:
+                    row["steps_done"] = int(m.train["step"][-1]) + 1
+                    row["final_train_loss"] = float(m.train["loss"][-1])
+                    row["tokens_per_sec"] = steady_tokens_per_sec(m, skip)[0]
+                if m.n_val:
+                    vl = m.val["loss"]
+                    row["final_val_loss"] = float(vl[-1])
+                    ok = np.isfinite(vl)
+                    if ok.any():
+                        j = int(np.nanargmin(np.where(ok, vl, np.nan)))
+                        row["best_val_loss"] = float(vl[j])
+                        row["best_val_step"] = int(m.val["step"][j])
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    for c in ("steps_done", "best_val_step"):
+        df[c] = df[c].astype("Int64")
+    return df
+
+
+def to_markdown(df, keys: list[str]) -> str:
+    headers = ["index", "run", *keys, "status", "steps", "final val loss", "best val loss",
+               "best at step", "final train loss", "tokens/s"]
+    rows = []
+    for r in df.to_dict("records"):
+        done = r["steps_done"]
+        steps = f"{0 if _na(done) else int(done)}/{r['steps_total']}"
+        rows.append([str(r["index"]), r["run"], *[str(r[k]) for k in keys], r["status"], steps,
+                     fmt(r["final_val_loss"]), fmt(r["best_val_loss"]),
+                     "" if _na(r["best_val_step"]) else str(int(r["best_val_step"])),
+                     fmt(r["final_train_loss"]), fmt(r["tokens_per_sec"])])
+    right = [True, False, *[False] * len(keys), False, True, True, True, True, True, True]
+    return markdown_table(headers, rows, align_right=right)
+
+
+def _na(v) -> bool:
+    try:
+        import pandas as pd
+
+        return bool(pd.isna(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def plot(df, sweep: Sweep, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(sweep.values) or ["index"]
+    n = len(keys)
+    fig, axes = plt.subplots(1, n, figsize=(max(6.5, 5.2 * n), 4.4), squeeze=False, constrained_layout=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, key in zip(axes[0], keys):
+        vals = [str(v) for v in df[key]] if key in df else [str(i) for i in df["index"]]
+        numeric = all(is_number(v) for v in vals)
+        if numeric:
+            xs = np.array([float(v) for v in vals])
+            positive = bool(np.all(xs > 0))
+            if positive and xs.max() / xs.min() >= 10:
+                ax.set_xscale("log")
+        else:
+            cats = list(dict.fromkeys(vals))
+            xs = np.array([cats.index(v) for v in vals], dtype=float)
+            ax.set_xticks(range(len(cats)), cats, rotation=30 if len(cats) > 4 else 0)
+        others = [k for k in sweep.values if k != key]
+        groups: dict = {}
+        for i, r in enumerate(df.to_dict("records")):
+            groups.setdefault(tuple(str(r[k]) for k in others), []).append(i)
+        for g, (label, idx) in enumerate(groups.items()):
+            idx = sorted(idx, key=lambda i: xs[i])
+            c = colors[g % len(colors)]
+            x = xs[idx]
+            best = df["best_val_loss"].to_numpy(dtype=float)[idx]
+            final = df["final_val_loss"].to_numpy(dtype=float)[idx]
+            lab = ", ".join(f"{k}={v}" for k, v in zip(others, label))
+            ax.plot(x, best, "-o", color=c, label=("best " + lab).strip())
+            ax.plot(x, final, "--s", color=c, alpha=0.7, mfc="none",
+                    label=("final " + lab).strip())
+            unfinished = [j for j, i in enumerate(idx) if df["status"].iloc[i] != "finished"]
+            if unfinished:
+                ax.scatter(x[unfinished], best[unfinished], s=120, facecolors="none",
+                           edgecolors="0.5", zorder=3,
+                           label="not finished" if g == 0 else None)
+        ax.set_xlabel(key)
+        ax.set_ylabel("val loss (nats/token)")
+        ax.grid(True, alpha=0.3)
+        if not np.isfinite(df["best_val_loss"].to_numpy(dtype=float)).any():
+            ax.text(0.5, 0.5, "no validation results yet", transform=ax.transAxes,
+                    ha="center", va="center", color="0.4")
+        ax.legend(fontsize=7)
+    n_fin = int((df["status"] == "finished").sum())
+    fig.suptitle(f"sweep {sweep.name}: {n_fin} of {len(df)} points finished", fontsize=11)
+    return save_figure(fig, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    prog = prog_name("python -m analysis.sweep_report")
+    ap = argparse.ArgumentParser(
+        prog=prog, description="One row per sweep point: overrides, status, final and best "
+        "val loss, final train loss, tokens/s; as CSV, Markdown and a PNG of val loss against "
+        "each swept key.")
+    ap.add_argument("sweep", metavar="SWEEP.ini")
+    ap.add_argument("--out-dir", default=None,
+                    help="where to write <name>.csv, <name>.md and <name>.png (default: "
+                         "<run dir>/<name>-report)")
+    ap.add_argument("--skip", type=int, default=5,
+                    help="steps left out of the tokens/s median (start-up; default 5)")
+    ap.add_argument("--no-plot", action="store_true", help="tables only")
+    a = ap.parse_args(argv)
+
+    def body() -> int:
+        sweep = load_sweep(a.sweep)
+        notes: list = []
+        df = collect(sweep, skip=a.skip, notes=notes)
+        keys = list(sweep.values)
+        out_dir = Path(a.out_dir) if a.out_dir else sweep.run_dir / f"{sweep.name}-report"
+        csv = out_dir / f"{sweep.name}.csv"
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            df.to_csv(csv, index=False, float_format="%.6g")
+        except OSError as e:
+            raise AnalysisError(f"{csv}: cannot write: {e}") from None
+        md_table = to_markdown(df, keys)
+        counts = df["status"].value_counts().to_dict()
+        head = (f"sweep {sweep.name} ({sweep.mode}, {len(df)} points: "
+                + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("finished", "running", "missing"))
+                + ")")
+        fixed = ("every point: " + " ".join(f"{k}={v}" for k, v in sweep.fixed.items())
+                 if sweep.fixed else "")
+        md = "\n\n".join(x for x in (f"# {head}", fixed, md_table) if x) + "\n"
+        write_text(out_dir / f"{sweep.name}.md", md)
+        written = [csv, out_dir / f"{sweep.name}.md"]
+        if not a.no_plot:
+            written.append(plot(df, sweep, out_dir / f"{sweep.name}.png"))
+        print(head)
+        if fixed:
+            print(fixed)
+        print()
+        print(md_table)
+        finished = df[df["status"] == "finished"]
+        if len(finished) and finished["best_val_loss"].notna().any():
+            b = finished.loc[finished["best_val_loss"].idxmin()]
+            desc = " ".join(f"{k}={b[k]}" for k in keys) or b["run"]
+            print(f"\nbest finished point: {int(b['index'])} ({desc}), best val loss "
+                  f"{b['best_val_loss']:.4f} at step {int(b['best_val_step'])}")
+        for n in notes:
+            print(f"{prog}: warning: {n}", file=sys.stderr)
+        for w in written:
+            print(f"wrote {w}", file=sys.stderr)
+        return 0
+
+    return run_main(prog, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

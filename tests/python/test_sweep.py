@@ -1,0 +1,319 @@
+"""The sweep expander (analysis/sweep.py, `triad-sweep`) and `triad-sweep-report`: parsing and
+expansion of sweep files (cartesian, zip), each point's triad-train arguments, the status of
+points finished by actually running triad-train with those arguments, the sbatch line for
+the unfinished ones, the report, and the bad sweep files."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from analysis import sweep as sw
+from triad_run import REPO, tiny_config, train
+
+VENV_BIN = REPO / ".venv" / "bin"
+MODULES = {"triad-sweep": "analysis.sweep", "triad-sweep-report": "analysis.sweep_report"}
+
+
+def tool(name, *args, cwd=None):
+    """The console script of .venv when installed (jobs/setup.sh), else `python -m`."""
+    script = VENV_BIN / name
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", MODULES[name]]
+    env = dict(os.environ, MPLBACKEND="Agg")
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True,
+                          env=env, timeout=60, cwd=cwd or REPO)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def base_files(tmp_path):
+    a = write(tmp_path / "a.ini", "[train]\nsteps = 50   # comment\nlr = 1e-3\n"
+              "[run]\nname = ignored\ndir = out/runs\n")
+    b = write(tmp_path / "b.ini", "; a comment\n[train]\nsteps = 70\n")
+    return a, b
+
+
+# ---- parsing and expansion ----------------------------------------------------------------
+
+def test_cartesian_expansion_in_key_order_last_fastest(tmp_path):
+    a, b = base_files(tmp_path)
+    f = write(tmp_path / "s.ini", f"""
+[sweep]
+name = grid
+base = {a}, {b}     ; two files, the later wins
+mode = cartesian
+max_parallel = 3
+
+[values]
+train.lr = 1e-3, 3e-3
+model.n_embd = 32, 64, 'x,y'
+
+[set]
+eval.every = 5
+""")
+    s = sw.load_sweep(f)
+    assert [p.run_name for p in s.points] == [f"grid-{i:03d}" for i in range(6)]
+    assert [tuple(p.overrides.values()) for p in s.points] == [
+        ("1e-3", "32"), ("1e-3", "64"), ("1e-3", "x,y"),
+        ("3e-3", "32"), ("3e-3", "64"), ("3e-3", "x,y")]
+    assert s.max_parallel == 3 and s.mode == "cartesian"
+    # run.dir of the base config, relative to the root (no jobs/ above: the current dir)
+    assert s.run_dir == Path.cwd() / "out" / "runs"
+    assert s.args(s.points[4]) == [
+        "--config", str(a), "--config", str(b), "--eval.every", "5",
+        "--train.lr", "3e-3", "--model.n_embd", "64",
+        "--run.name", "grid-004", "--run.dir", str(Path.cwd() / "out" / "runs")]
+    # train.steps: b.ini (later) wins over a.ini
+    assert s.final_checkpoint(s.points[0]) == \
+        Path.cwd() / "out" / "runs" / "grid-000" / "ckpt" / "step_00000070.h5"
+
+
+def test_zip_expansion_run_dir_and_steps_override(tmp_path):
+    a, _ = base_files(tmp_path)
+    f = write(tmp_path / "z.ini", f"""[sweep]
+name = z
+base = {a}
+mode = zip
+run_dir = {tmp_path / "elsewhere"}
+[values]
+train.lr = 1e-3, 2e-3, 3e-3
+train.steps = 10, 20, 30
+[set]
+checkpoint.dir = ckpts
+""")
+    s = sw.load_sweep(f)
+    assert [p.overrides for p in s.points] == [
+        {"train.lr": "1e-3", "train.steps": "10"}, {"train.lr": "2e-3", "train.steps": "20"},
+        {"train.lr": "3e-3", "train.steps": "30"}]
+    assert s.run_dir == tmp_path / "elsewhere" and s.max_parallel is None
+    assert s.args(s.points[2])[-2:] == ["--run.dir", str(tmp_path / "elsewhere")]
+    # the point's train.steps, and checkpoint.dir (relative: from the root) when set
+    assert s.final_checkpoint(s.points[1]) == Path.cwd() / "ckpts" / "step_00000020.h5"
+
+
+def test_relative_paths_are_taken_from_the_repository_root(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "jobs").mkdir(parents=True)
+    (repo / "inputs" / "runs").mkdir(parents=True)
+    (repo / "inputs" / "sweeps").mkdir()
+    write(repo / "inputs" / "runs" / "r.ini", "[run]\ndir = myruns\n")
+    f = write(repo / "inputs" / "sweeps" / "s.ini",
+              "[sweep]\nname = s\nbase = inputs/runs/r.ini\n[values]\ntrain.lr = 1, 2\n")
+    s = sw.load_sweep(f)
+    assert s.root == repo and s.bases == [repo / "inputs" / "runs" / "r.ini"]
+    assert s.run_dir == repo / "myruns"
+    assert s.steps(s.points[0]) == 1000  # triad-train's default
+    p = tool("triad-sweep", "submit", f, cwd=tmp_path)
+    assert p.stdout.strip().endswith(" repo/inputs/sweeps/s.ini") or \
+        p.stdout.strip().endswith(f" {f}"), p.stdout
+
+
+def test_the_example_sweep_and_the_format_of_the_brief(tmp_path):
+    s = sw.load_sweep(REPO / "inputs" / "sweeps" / "quickstart-lr.ini")
+    assert s.name == "quickstart-lr" and len(s.points) == 3 and s.max_parallel == 2
+    assert s.bases == [REPO / "inputs" / "runs" / "quickstart.ini"]
+    assert [p.overrides["train.lr"] for p in s.points] == ["3e-4", "1e-3", "3e-3"]
+    assert s.run_dir == REPO / "runs"
+    assert s.final_checkpoint(s.points[2]) == \
+        REPO / "runs" / "quickstart-lr-002" / "ckpt" / "step_00000020.h5"
+    # comments after section headers and values, as in the format's description
+    f = write(tmp_path / "brief.ini", f"""[sweep]
+name = quickstart-lr
+base = {REPO}/inputs/runs/quickstart.ini   ; one or more config files, comma-separated
+mode = cartesian                    ; or zip (all value lists equally long)
+max_parallel = 2                    ; the %K of sbatch --array
+[values]
+train.lr = 3e-4, 1e-3, 3e-3
+[set]                               ; fixed overrides for every point (optional)
+train.steps = 20
+""")
+    t = sw.load_sweep(f)
+    assert t.fixed == {"train.steps": "20"} and len(t.points) == 3
+
+
+def test_array_spec():
+    assert sw.array_spec([0, 1, 2]) == "0-2"
+    assert sw.array_spec([1]) == "1"
+    assert sw.array_spec([7, 0, 2, 3, 4, 9, 10]) == "0,2-4,7,9-10"
+
+
+# ---- the command: list, args, submit on real runs, and the report -----------------------
+
+def test_points_finished_by_triad_train_leave_the_sbatch_line(tmp_path):
+    cfg = tiny_config(tmp_path, name="base", checkpoint__every=3)
+    f = write(tmp_path / "lr.ini", f"""[sweep]
+name = lr
+base = {cfg}
+max_parallel = 2
+[values]
+train.lr = 1e-3, 2e-3, 4e-3
+[set]
+train.steps = 6
+eval.every = 3
+""")
+    p = tool("triad-sweep", "submit", f)
+    assert p.returncode == 0, p.stderr
+    script = "jobs/slurm/sweep.sbatch"
+    assert p.stdout == f"sbatch --array=0-2%2 {script} {f}\n", p.stdout
+    p = tool("triad-sweep", "submit", f, "--sbatch-script", "my.sbatch")
+    assert p.stdout == f"sbatch --array=0-2%2 my.sbatch {f}\n"
+
+    def run_point(i):
+        a = tool("triad-sweep", "args", f, i)
+        assert a.returncode == 0, a.stderr
+        args = a.stdout.splitlines()
+        assert args[:2] == ["--config", cfg]
+        train(*args, check=True)
+        return args
+
+    args0 = run_point(0)
+    assert args0[2:] == ["--train.steps", "6", "--eval.every", "3", "--train.lr", "1e-3",
+                         "--run.name", "lr-000", "--run.dir", str(tmp_path / "runs")]
+    run_point(2)
+    assert tool("triad-sweep", "submit", f).stdout == f"sbatch --array=1%2 {script} {f}\n"
+    runs = tmp_path / "runs"
+    with h5py.File(runs / "lr-002" / "metrics.h5", "r") as h:
+        assert np.isclose(h["train/lr"][:].max(), 4e-3, rtol=1e-6)  # its own lr
+
+    # point 1 stops before its last checkpoint is complete: still unfinished ("running")
+    run_point(1)
+    final1 = runs / "lr-001" / "ckpt" / "step_00000006.h5"
+    with h5py.File(final1, "a") as h:
+        del h.attrs["complete"]
+    lst = tool("triad-sweep", "list", f).stdout
+    assert "| 0 | lr-000 | train.lr=1e-3 | finished |" in lst.replace("     ", " ")
+    assert "| lr-001 | train.lr=2e-3 | running  |" in lst, lst
+    assert "2 finished, 1 running, 0 missing" in lst
+    assert tool("triad-sweep", "submit", f).stdout == f"sbatch --array=1%2 {script} {f}\n"
+
+    # the report before the last point is redone
+    out = tmp_path / "report"
+    r = tool("triad-sweep-report", f, "--out-dir", out)
+    assert r.returncode == 0, r.stderr
+    import pandas as pd
+
+    df = pd.read_csv(out / "lr.csv")
+    assert list(df["status"]) == ["finished", "running", "finished"]
+    assert list(df["train.lr"]) == [1e-3, 2e-3, 4e-3]
+    for i in range(3):
+        with h5py.File(runs / f"lr-{i:03d}" / "metrics.h5", "r") as h:
+            vl, vs = h["val/loss"][:], h["val/step"][:]
+            tl = h["train/loss"][:]
+            tps = np.median(h["train/tokens_per_sec"][5:])
+        row = df.iloc[i]
+        assert row["final_val_loss"] == pytest.approx(vl[-1], rel=1e-5)
+        assert row["best_val_loss"] == pytest.approx(vl.min(), rel=1e-5)
+        assert row["best_val_step"] == vs[np.argmin(vl)]
+        assert row["final_train_loss"] == pytest.approx(tl[-1], rel=1e-5)
+        assert row["tokens_per_sec"] == pytest.approx(tps, rel=1e-5)
+        assert row["steps_done"] == 6 and row["steps_total"] == 6
+    md = (out / "lr.md").read_text()
+    assert md.startswith("# sweep lr (cartesian, 3 points: 2 finished, 1 running, 0 missing)")
+    assert "| index | run    | train.lr | status" in md
+    assert md.split("\n\n", 2)[2].strip() in r.stdout  # the same table printed
+    assert (out / "lr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "best finished point:" in r.stdout
+
+    # point 1 again, as after a crash before its final checkpoint: it resumes from its last
+    # complete checkpoint and finishes (triad-train never overwrites an existing step file,
+    # so the broken one goes first)
+    final1.unlink()
+    assert "| lr-001 | train.lr=2e-3 | running  |" in tool("triad-sweep", "list", f).stdout
+    run_point(1)
+    p = tool("triad-sweep", "submit", f)
+    assert p.returncode == 0 and p.stdout == ""
+    assert "all 3 points are finished" in p.stderr
+    assert "3 finished, 0 running, 0 missing" in tool("triad-sweep", "list", f).stdout
+
+
+def test_report_of_a_sweep_not_started(tmp_path):
+    cfg = tiny_config(tmp_path, name="base")
+    f = write(tmp_path / "w.ini", f"""[sweep]
+name = w
+base = {cfg}
+mode = cartesian
+[values]
+train.lr = 1e-3, 2e-3
+optim.name = adamw, sgd
+""")
+    r = tool("triad-sweep-report", f)  # default out dir: <run dir>/<name>-report
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "runs" / "w-report"
+    assert {p.name for p in out.iterdir()} == {"w.csv", "w.md", "w.png"}
+    assert r.stdout.count("| missing |") == 4
+    assert "0 finished, 0 running, 4 missing" in r.stdout
+
+
+# ---- errors -------------------------------------------------------------------------------
+
+def good(tmp_path, **kw):
+    a, _ = base_files(tmp_path)
+    sec = {"sweep": f"name = s\nbase = {a}\n", "values": "train.lr = 1, 2\n", "set": ""}
+    sec.update(kw)
+    return "".join(f"[{k}]\n{v}" for k, v in sec.items() if v is not None)
+
+
+BAD = [
+    ("no_name", dict(sweep="base = {a}\n"), "[sweep] has no name"),
+    ("no_base", dict(sweep="name = s\n"), "[sweep] has no base"),
+    ("no_sweep_section", dict(sweep=None), "no [sweep] section"),
+    ("bad_mode", dict(sweep="name = s\nbase = {a}\nmode = random\n"), "mode 'random' is unknown"),
+    ("zip_lengths", dict(sweep="name = s\nbase = {a}\nmode = zip\n",
+                         values="train.lr = 1, 2\ntrain.steps = 5, 6, 7\n"),
+     "mode = zip needs value lists of one length, got train.lr: 2, train.steps: 3"),
+    ("key_form", dict(values="lr = 1, 2\n"), "[values] key 'lr' is not of the form section.name"),
+    ("key_form_set", dict(set="train.lr.x = 1\n"), "[set] key 'train.lr.x' is not of the form"),
+    ("empty_list", dict(values="train.lr =\n"), "[values] train.lr has an empty value list"),
+    ("empty_item", dict(values="train.lr = 1,,2\n"), "has an empty item"),
+    ("missing_base", dict(sweep="name = s\nbase = nowhere/x.ini\n"),
+     "base config nowhere/x.ini not found"),
+    ("unknown_sweep_key", dict(sweep="name = s\nbase = {a}\nmax_paralel = 2\n"),
+     "[sweep] has unknown key 'max_paralel'"),
+    ("max_parallel", dict(sweep="name = s\nbase = {a}\nmax_parallel = two\n"),
+     "max_parallel 'two' is not a positive integer"),
+    ("reserved", dict(set="run.name = x\n"), "run.name cannot be set by a sweep"),
+    ("both", dict(set="train.lr = 1\n"), "train.lr is both in [set] and in [values]"),
+    ("unknown_section", dict(extra="a = 1\n"), "unknown section [extra]"),
+    ("duplicate_key", dict(values="train.lr = 1\ntrain.lr = 2\n"), "train.lr appears twice"),
+    ("bad_name", dict(sweep="name = my sweep\nbase = {a}\n"), "[sweep] name 'my sweep'"),
+]
+
+
+@pytest.mark.parametrize("case,sections,needle", BAD, ids=[b[0] for b in BAD])
+def test_bad_sweep_files(tmp_path, capsys, case, sections, needle):
+    a, _ = base_files(tmp_path)
+    sections = {k: (v.replace("{a}", str(a)) if v else v) for k, v in sections.items()}
+    f = write(tmp_path / f"{case}.ini", good(tmp_path, **sections))
+    for cmd in (["list", str(f)], ["args", str(f), "0"], ["submit", str(f)]):
+        assert sw.main(cmd) == 1
+        err = capsys.readouterr().err
+        assert err.count("error:") == 1 and err.endswith("\n") and err.count("\n") == 1, err
+        assert f"error: {f}: " in err and needle in err, err
+
+
+def test_bad_invocations_through_the_command(tmp_path):
+    a, _ = base_files(tmp_path)
+    f = write(tmp_path / "ok.ini", good(tmp_path))
+    for args, needle in ((["args", f, 2], "point index 2 out of range (the sweep has 2 points: 0-1)"),
+                         (["args", f, -1], "point index -1 out of range"),
+                         (["args", f, "x"], "point index 'x' is not an integer"),
+                         (["list", tmp_path / "none.ini"], "none.ini: no such file"),
+                         (["list", tmp_path], "is a directory")):
+        p = tool("triad-sweep", *args)
+        assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+        assert p.stderr.strip().count("\n") == 0 and needle in p.stderr, p.stderr
+    binary = tmp_path / "bin.ini"
+    binary.write_bytes(b"\x89HDF\r\n\x1a\n\xff\xfe\x00")
+    p = tool("triad-sweep-report", binary)
+    assert p.returncode == 1 and "Traceback" not in p.stderr and str(binary) in p.stderr
+    p = tool("triad-sweep-report", tmp_path / "none.ini")
+    assert p.returncode == 1 and "none.ini: no such file" in p.stderr
