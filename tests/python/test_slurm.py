@@ -158,3 +158,16 @@ train.lr = 1e-3, 2e-3, 3e-3
             assert np.isclose(f["train/lr"][:].max(), lr, rtol=1e-6)
     out = sh(slurm, sweep_tool, "submit", sweep)
     assert "sbatch" not in out  # nothing left to run
+
+
+def test_train_job_with_the_mpirun_launcher(slurm, tmp_path):
+    """TRIAD_LAUNCHER=mpirun: Open MPI takes the ranks from the SLURM allocation."""
+    cfg = tiny_config(tmp_path, name="mpi", train__steps=20, checkpoint__every=10)
+    job = sh(slurm, "sbatch", "--parsable", f"--chdir={tmp_path}", "--job-name=viampirun",
+             "--export=ALL,TRIAD_LAUNCHER=mpirun,TRIAD_RUN_DIR=" + str(tmp_path / "runs"),
+             REPO / "jobs" / "slurm" / "train.sbatch", cfg).strip()
+    assert wait_for(slurm, [job])[job] == "COMPLETED"
+    log = (tmp_path / f"viampirun-{job}.out").read_text()
+    assert "mpirun" in log and "dp=2 pp=1 tp=1" in log, log[-2000:]
+    s, _ = train_metrics(tmp_path / "runs" / f"viampirun-{job}")
+    assert list(s) == list(range(20))
