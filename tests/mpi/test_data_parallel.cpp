@@ -5,14 +5,10 @@
 #include <mpi.h>
 
 #include <cmath>
-#include <filesystem>
-#include <fstream>
 
 #include "../support/mpi_test_helpers.h"
 #include "../support/mpi_test_main.h"
-#include "triad/core/rng.h"
-#include "triad/data/token_shard.h"
-#include "triad/train/config.h"
+#include "../support/trainer_runs.h"
 #include "triad/train/trainer.h"
 
 namespace triad {
@@ -21,129 +17,66 @@ namespace {
 using triad::testing::world_rank;
 using triad::testing::world_size;
 
-namespace fs = std::filesystem;
+using triad::testing::expect_same_training;
+using triad::testing::run_trainer;
+using Result = triad::testing::RunResult;
 
-// A directory shared by all ranks (same machine), made fresh by rank 0.
 std::string shared_dir(const std::string& name) {
-  const std::string d = ::testing::TempDir() + "triad_dp_" + name;
-  if (world_rank() == 0) {
-    fs::remove_all(d);
-    fs::create_directories(d);
-    Rng rng(11);
-    std::vector<uint16_t> t(5000);
-    for (auto& x : t) x = uint16_t(rng.below(256));
-    write_token_shard(d + "/train_000.bin", t);
-    for (auto& x : t) x = uint16_t(rng.below(256));
-    write_token_shard(d + "/val_000.bin", t);
-  }
-  MPI_Barrier(MPI_COMM_WORLD);
-  return d;
+  return triad::testing::shared_token_dir("triad_dp_" + name, 256, 5000, 11);
 }
-
-struct Result {
-  TrainOutcome out;
-  std::vector<double> losses;
-  std::vector<float> params;
-  double val_loss = 0;
-};
 
 // Runs triad-train's loop on the first `dp` ranks of the world; the others wait.
 Result run(const std::string& dir, const std::string& name, int dp, int zero, int accum,
            std::vector<std::string> extra = {}) {
-  Result res;
-  const int rank = world_rank();
-  MPI_Comm comm;
-  MPI_Comm_split(MPI_COMM_WORLD, rank < dp ? 0 : MPI_UNDEFINED, rank, &comm);
-  if (comm != MPI_COMM_NULL) {
-    const int batch = 16;
-    std::vector<std::string> args = {"triad-train",
-                                     "--model.n_layer",
-                                     "2",
-                                     "--model.n_head",
-                                     "2",
-                                     "--model.n_embd",
-                                     "32",
-                                     "--model.seq_len",
-                                     "16",
-                                     "--model.vocab_size",
-                                     "256",
-                                     "--train.steps",
-                                     "6",
-                                     "--train.batch_size",
-                                     std::to_string(batch),
-                                     "--train.micro_batch_size",
-                                     std::to_string(batch / (dp * accum)),
-                                     "--train.lr",
-                                     "3e-3",
-                                     "--train.warmup_steps",
-                                     "2",
-                                     "--train.grad_clip",
-                                     "0.5",
-                                     "--data.train",
-                                     dir + "/train_*.bin",
-                                     "--data.val",
-                                     dir + "/val_*.bin",
-                                     "--data.shuffle",
-                                     "true",
-                                     "--eval.every",
-                                     "3",
-                                     "--eval.sequences",
-                                     "20",
-                                     "--checkpoint.every",
-                                     "3",
-                                     "--checkpoint.keep",
-                                     "0",
-                                     "--run.dir",
-                                     dir + "/runs",
-                                     "--run.name",
-                                     name,
-                                     "--run.peak_tflops",
-                                     "1",
-                                     "--parallel.zero",
-                                     std::to_string(zero)};
-    if (extra.empty()) extra = {"--resume", "none"};
-    args.insert(args.end(), extra.begin(), extra.end());
-    std::vector<const char*> argv;
-    for (auto& a : args) argv.push_back(a.c_str());
-    const CommandLine cl = parse_train_command_line(int(argv.size()), argv.data());
-    Trainer trainer(comm, cl);
-    const TrainOutcome out = trainer.run();
-    res.out = out;
-    res.losses = out.losses;
-    res.params = trainer.parameters();
-    res.val_loss = out.last_eval.loss;
-    MPI_Comm_free(&comm);
-  }
-  // Rank 0 took part in every run; share its result so every rank checks the same thing.
-  int n = int(res.losses.size()), m = int(res.params.size());
-  MPI_Bcast(&n, 1, MPI_INT, 0, MPI_COMM_WORLD);
-  MPI_Bcast(&m, 1, MPI_INT, 0, MPI_COMM_WORLD);
-  res.losses.resize(size_t(n));
-  res.params.resize(size_t(m));
-  MPI_Bcast(res.losses.data(), n, MPI_DOUBLE, 0, MPI_COMM_WORLD);
-  MPI_Bcast(res.params.data(), m, MPI_FLOAT, 0, MPI_COMM_WORLD);
-  MPI_Bcast(&res.val_loss, 1, MPI_DOUBLE, 0, MPI_COMM_WORLD);
-  return res;
-}
-
-void expect_close(const Result& a, const Result& b, const std::string& what) {
-  ASSERT_EQ(a.losses.size(), b.losses.size()) << what;
-  for (size_t i = 0; i < a.losses.size(); ++i)
-    EXPECT_NEAR(a.losses[i], b.losses[i], 2e-6 * std::abs(b.losses[i])) << what << " step " << i;
-  ASSERT_EQ(a.params.size(), b.params.size()) << what;
-  double worst = 0, mean = 0;
-  for (size_t i = 0; i < a.params.size(); ++i) {
-    const double d = std::abs(double(a.params[i]) - double(b.params[i]));
-    worst = std::max(worst, d);
-    mean += d / double(a.params.size());
-  }
-  // Differently ordered fp32 sums differ in the last bits; Adam divides by sqrt(v), which
-  // amplifies that for the few weights whose gradient is nearly zero (there m/sqrt(v) is
-  // noise-sized). A step moves a weight by up to lr = 3e-3: the worst weight may differ by a
-  // few percent of one step, the average by far less.
-  EXPECT_LT(worst, 2e-4) << what << ": largest weight difference";
-  EXPECT_LT(mean, 1e-6) << what << ": mean weight difference";
-  EXPECT_NEAR(a.val_loss, b.val_loss, 2e-6 * std::abs(b.val_loss)) << what;
+  const int batch = 16;
+  std::vector<std::string> args = {"triad-train",
+                                   "--model.n_layer",
+                                   "2",
+                                   "--model.n_head",
+                                   "2",
+                                   "--model.n_embd",
+                                   "32",
+                                   "--model.seq_len",
+                                   "16",
+                                   "--model.vocab_size",
+                                   "256",
+                                   "--train.steps",
+                                   "6",
+                                   "--train.batch_size",
+                                   std::to_string(batch),
+                                   "--train.micro_batch_size",
+                                   std::to_string(batch / (dp * accum)),
+                                   "--train.lr",
+                                   "3e-3",
+                                   "--train.warmup_steps",
+                                   "2",
+                                   "--train.grad_clip",
+                                   "0.5",
+                                   "--data.train",
+                                   dir + "/train_*.bin",
+                                   "--data.val",
+                                   dir + "/val_*.bin",
+                                   "--data.shuffle",
+                                   "true",
+                                   "--eval.every",
+                                   "3",
+                                   "--eval.sequences",
+                                   "20",
+                                   "--checkpoint.every",
+                                   "3",
+                                   "--checkpoint.keep",
+                                   "0",
+                                   "--run.dir",
+                                   dir + "/runs",
+                                   "--run.name",
+                                   name,
+                                   "--run.peak_tflops",
+                                   "1",
+                                   "--parallel.zero",
+                                   std::to_string(zero)};
+  if (extra.empty()) extra = {"--resume", "none"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  return run_trainer(dp, args);
 }
 
 TEST(DataParallel, EveryGridMatchesOneRank) {
@@ -157,7 +90,7 @@ TEST(DataParallel, EveryGridMatchesOneRank) {
         if (dp == 1 && zero == 0 && accum == 1) continue;
         const std::string name =
             "dp" + std::to_string(dp) + "_z" + std::to_string(zero) + "_a" + std::to_string(accum);
-        expect_close(run(dir, name, dp, zero, accum), ref, name);
+        expect_same_training(run(dir, name, dp, zero, accum), ref, name);
       }
   }
 }
@@ -211,7 +144,7 @@ TEST(DataParallel, CheckpointsResumeOnOtherGrids) {
       for (size_t i = 0; i < 3; ++i) EXPECT_EQ(r.losses[i], tail.losses[i]) << name;
       EXPECT_EQ(r.params, full.params) << name;
     } else {
-      expect_close(r, tail, name);
+      expect_same_training(r, tail, name);
     }
   }
   // And the reverse: saved on one rank without ZeRO, resumed on the big grid with ZeRO-1.
@@ -220,7 +153,7 @@ TEST(DataParallel, CheckpointsResumeOnOtherGrids) {
       run(dir, "back", big, 1, 1, {"--resume", dir + "/runs/one/ckpt/step_00000003.h5"});
   Result tail = one;
   tail.losses.erase(tail.losses.begin(), tail.losses.begin() + 3);
-  expect_close(back, tail, "from1_to_big");
+  expect_same_training(back, tail, "from1_to_big");
 }
 
 }  // namespace

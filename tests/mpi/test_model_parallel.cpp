@@ -8,13 +8,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <filesystem>
 
 #include "../support/mpi_test_helpers.h"
 #include "../support/mpi_test_main.h"
-#include "triad/core/rng.h"
-#include "triad/data/token_shard.h"
-#include "triad/train/config.h"
+#include "../support/trainer_runs.h"
 #include "triad/train/trainer.h"
 
 namespace triad {
@@ -23,26 +20,16 @@ namespace {
 using triad::testing::world_rank;
 using triad::testing::world_size;
 
-namespace fs = std::filesystem;
-
 // Model: 4 layers (pp up to 4, or 2 × 2 virtual stages), 4 heads (tp up to 4), and a vocabulary
 // of 300 padded to 384 (tp 1), 512 (tp 2, 4): at tp = 4 the last rank holds only padding.
 constexpr int kLayers = 4, kHeads = 4, kEmbd = 32, kSeq = 16, kVocab = 300, kBatch = 16;
 
+using triad::testing::expect_same_training;
+using triad::testing::run_trainer;
+using Result = triad::testing::RunResult;
+
 std::string shared_dir(const std::string& name) {
-  const std::string d = ::testing::TempDir() + "triad_mp_" + name;
-  if (world_rank() == 0) {
-    fs::remove_all(d);
-    fs::create_directories(d);
-    Rng rng(5);
-    std::vector<uint16_t> t(6000);
-    for (auto& x : t) x = uint16_t(rng.below(kVocab));
-    write_token_shard(d + "/train_000.bin", t);
-    for (auto& x : t) x = uint16_t(rng.below(kVocab));
-    write_token_shard(d + "/val_000.bin", t);
-  }
-  MPI_Barrier(MPI_COMM_WORLD);
-  return d;
+  return triad::testing::shared_token_dir("triad_mp_" + name, kVocab, 6000, 5);
 }
 
 struct Grid {
@@ -59,127 +46,78 @@ struct Grid {
   int ranks() const { return dp * tp * pp; }
 };
 
-struct Result {
-  TrainOutcome out;
-  std::vector<double> losses;
-  std::vector<float> params;
-  double val_loss = 0;
-};
-
 // Runs triad-train's loop on the first g.ranks() ranks of the world; the others wait.
 Result run(const std::string& dir, const std::string& name, const Grid& g,
            std::vector<std::string> extra = {}) {
-  Result res;
-  const int rank = world_rank();
-  MPI_Comm comm;
-  MPI_Comm_split(MPI_COMM_WORLD, rank < g.ranks() ? 0 : MPI_UNDEFINED, rank, &comm);
-  if (comm != MPI_COMM_NULL) {
-    std::vector<std::string> args = {"triad-train",
-                                     "--model.n_layer",
-                                     std::to_string(kLayers),
-                                     "--model.n_head",
-                                     std::to_string(kHeads),
-                                     "--model.n_embd",
-                                     std::to_string(kEmbd),
-                                     "--model.seq_len",
-                                     std::to_string(kSeq),
-                                     "--model.vocab_size",
-                                     std::to_string(kVocab),
-                                     "--train.steps",
-                                     "6",
-                                     "--train.batch_size",
-                                     std::to_string(kBatch),
-                                     "--train.micro_batch_size",
-                                     std::to_string(kBatch / (g.dp * g.accum)),
-                                     "--train.lr",
-                                     "3e-3",
-                                     "--train.warmup_steps",
-                                     "2",
-                                     "--train.grad_clip",
-                                     "0.5",
-                                     "--data.train",
-                                     dir + "/train_*.bin",
-                                     "--data.val",
-                                     dir + "/val_*.bin",
-                                     "--data.shuffle",
-                                     "true",
-                                     "--eval.every",
-                                     "3",
-                                     "--eval.sequences",
-                                     "20",
-                                     "--checkpoint.every",
-                                     "3",
-                                     "--checkpoint.keep",
-                                     "0",
-                                     "--run.dir",
-                                     dir + "/runs",
-                                     "--run.name",
-                                     name,
-                                     "--run.peak_tflops",
-                                     "1",
-                                     "--run.threads",
-                                     "1",
-                                     "--parallel.zero",
-                                     std::to_string(g.zero),
-                                     "--parallel.tp",
-                                     std::to_string(g.tp),
-                                     "--parallel.pp",
-                                     std::to_string(g.pp),
-                                     "--parallel.schedule",
-                                     g.schedule,
-                                     "--parallel.virtual_stages",
-                                     std::to_string(g.v),
-                                     "--parallel.sequence_parallel",
-                                     g.sp ? "true" : "false"};
-    if (extra.empty()) extra = {"--resume", "none"};
-    // Extra "--key value" pairs replace the defaults above or add to them.
-    for (size_t i = 0; i + 1 < extra.size(); i += 2) {
-      auto it = std::find(args.begin(), args.end(), extra[i]);
-      if (it != args.end()) {
-        *(it + 1) = extra[i + 1];
-      } else {
-        args.push_back(extra[i]);
-        args.push_back(extra[i + 1]);
-      }
+  std::vector<std::string> args = {"triad-train",
+                                   "--model.n_layer",
+                                   std::to_string(kLayers),
+                                   "--model.n_head",
+                                   std::to_string(kHeads),
+                                   "--model.n_embd",
+                                   std::to_string(kEmbd),
+                                   "--model.seq_len",
+                                   std::to_string(kSeq),
+                                   "--model.vocab_size",
+                                   std::to_string(kVocab),
+                                   "--train.steps",
+                                   "6",
+                                   "--train.batch_size",
+                                   std::to_string(kBatch),
+                                   "--train.micro_batch_size",
+                                   std::to_string(kBatch / (g.dp * g.accum)),
+                                   "--train.lr",
+                                   "3e-3",
+                                   "--train.warmup_steps",
+                                   "2",
+                                   "--train.grad_clip",
+                                   "0.5",
+                                   "--data.train",
+                                   dir + "/train_*.bin",
+                                   "--data.val",
+                                   dir + "/val_*.bin",
+                                   "--data.shuffle",
+                                   "true",
+                                   "--eval.every",
+                                   "3",
+                                   "--eval.sequences",
+                                   "20",
+                                   "--checkpoint.every",
+                                   "3",
+                                   "--checkpoint.keep",
+                                   "0",
+                                   "--run.dir",
+                                   dir + "/runs",
+                                   "--run.name",
+                                   name,
+                                   "--run.peak_tflops",
+                                   "1",
+                                   "--run.threads",
+                                   "1",
+                                   "--parallel.zero",
+                                   std::to_string(g.zero),
+                                   "--parallel.tp",
+                                   std::to_string(g.tp),
+                                   "--parallel.pp",
+                                   std::to_string(g.pp),
+                                   "--parallel.schedule",
+                                   g.schedule,
+                                   "--parallel.virtual_stages",
+                                   std::to_string(g.v),
+                                   "--parallel.sequence_parallel",
+                                   g.sp ? "true" : "false"};
+  if (extra.empty()) extra = {"--resume", "none"};
+  // Extra "--key value" pairs replace the defaults above or add to them.
+  for (size_t i = 0; i + 1 < extra.size(); i += 2) {
+    auto it = std::find(args.begin(), args.end(), extra[i]);
+    if (it != args.end()) {
+      *(it + 1) = extra[i + 1];
+    } else {
+      args.push_back(extra[i]);
+      args.push_back(extra[i + 1]);
     }
-    std::vector<const char*> argv;
-    for (auto& a : args) argv.push_back(a.c_str());
-    const CommandLine cl = parse_train_command_line(int(argv.size()), argv.data());
-    Trainer trainer(comm, cl);
-    res.out = trainer.run();
-    res.losses = res.out.losses;
-    res.params = trainer.parameters();
-    res.val_loss = res.out.last_eval.loss;
-    MPI_Comm_free(&comm);
   }
-  // Rank 0 took part in every run; share its result so every rank checks the same thing.
-  int n = int(res.losses.size()), m = int(res.params.size());
-  MPI_Bcast(&n, 1, MPI_INT, 0, MPI_COMM_WORLD);
-  MPI_Bcast(&m, 1, MPI_INT, 0, MPI_COMM_WORLD);
-  res.losses.resize(size_t(n));
-  res.params.resize(size_t(m));
-  MPI_Bcast(res.losses.data(), n, MPI_DOUBLE, 0, MPI_COMM_WORLD);
-  MPI_Bcast(res.params.data(), m, MPI_FLOAT, 0, MPI_COMM_WORLD);
-  MPI_Bcast(&res.val_loss, 1, MPI_DOUBLE, 0, MPI_COMM_WORLD);
-  return res;
-}
-
-void expect_close(const Result& a, const Result& b, const std::string& what) {
-  ASSERT_EQ(a.losses.size(), b.losses.size()) << what;
-  for (size_t i = 0; i < a.losses.size(); ++i)
-    EXPECT_NEAR(a.losses[i], b.losses[i], 2e-6 * std::abs(b.losses[i])) << what << " step " << i;
-  ASSERT_EQ(a.params.size(), b.params.size()) << what;
-  double worst = 0, mean = 0;
-  for (size_t i = 0; i < a.params.size(); ++i) {
-    const double d = std::abs(double(a.params[i]) - double(b.params[i]));
-    worst = std::max(worst, d);
-    mean += d / double(a.params.size());
-  }
-  // As in test_data_parallel: differently ordered fp32 sums differ in the last bits, and Adam
-  // amplifies that for the few weights whose gradient is nearly zero.
-  EXPECT_LT(worst, 2e-4) << what << ": largest weight difference";
-  EXPECT_LT(mean, 1e-6) << what << ": mean weight difference";
-  EXPECT_NEAR(a.val_loss, b.val_loss, 2e-6 * std::abs(b.val_loss)) << what;
+  return run_trainer(g.ranks(), args);
 }
 
 TEST(ModelParallel, EveryGridMatchesOneRank) {
@@ -212,7 +150,7 @@ TEST(ModelParallel, EveryGridMatchesOneRank) {
       {1, 2, 2, 0, 2, "interleaved", 2, true}};
   for (const Grid& g : grids) {
     if (g.ranks() > world_size()) continue;
-    expect_close(run(dir, g.name(), g), ref, g.name());
+    expect_same_training(run(dir, g.name(), g), ref, g.name());
   }
 }
 
@@ -233,7 +171,7 @@ TEST(ModelParallel, CheckpointsReshardAcrossTensorAndPipelineGrids) {
                                          {2, 1, 2, 1, 2, "gpipe", 1}}) {
     const Result r = run(dir, "from222_" + g.name(), g, {"--resume", ckpt});
     ASSERT_EQ(r.losses.size(), 3u) << g.name();  // steps 3, 4, 5
-    expect_close(r, tail, "from 2x2x2 to " + g.name());
+    expect_same_training(r, tail, "from 2x2x2 to " + g.name());
   }
   // And back: saved on one rank, resumed on 2×2×2, 1×4×1 and 1×1×4.
   const Result one = run(dir, "one", Grid{});
@@ -242,8 +180,8 @@ TEST(ModelParallel, CheckpointsReshardAcrossTensorAndPipelineGrids) {
   const std::string one_ckpt = dir + "/runs/one/ckpt/step_00000003.h5";
   for (const Grid& g :
        std::vector<Grid>{big, {1, 4, 1, 0, 1, "1f1b", 1}, {1, 1, 4, 0, 4, "1f1b", 1}})
-    expect_close(run(dir, "back_" + g.name(), g, {"--resume", one_ckpt}), one_tail,
-                 "from 1x1x1 to " + g.name());
+    expect_same_training(run(dir, "back_" + g.name(), g, {"--resume", one_ckpt}), one_tail,
+                         "from 1x1x1 to " + g.name());
 }
 
 // The first and the last stage hold copies of the tied wte. With more than two data-parallel
