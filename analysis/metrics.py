@@ -20,6 +20,7 @@ import configparser
 import os
 import re
 import time
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,6 +277,19 @@ def load_metrics(p: str | os.PathLike, strict: bool = True, wait: float = 1.0,
 
 _GRID_RE = re.compile(r"\b(dp|pp|tp)\s*=\s*(\d+)")
 
+
+
+def load_runs(paths, prog: str, strict: bool = True) -> list[Metrics]:
+    """load_metrics for each of ``paths``, its warnings printed as ``prog: warning: ...`` on
+    stderr (the command-line tools' convention)."""
+    runs = []
+    for p in paths:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            runs.append(load_metrics(p, strict=strict))
+        for w in caught:
+            print(f"{prog}: warning: {w.message}", file=sys.stderr)
+    return runs
 
 def parse_grid(text: str | None) -> dict[str, int] | None:
     """"dp=2 pp=1 tp=1" -> {"dp": 2, "pp": 1, "tp": 1} (missing axes are 1); None when the

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 
 import matplotlib
@@ -24,7 +23,7 @@ import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from ._common import prog_name, run_main, save_figure  # noqa: E402
-from .metrics import Metrics, load_metrics  # noqa: E402
+from .metrics import Metrics, load_runs  # noqa: E402
 
 
 def ema(y: np.ndarray, window: float) -> np.ndarray:
@@ -179,13 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     def body() -> int:
-        runs = []
-        for p in a.runs:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                runs.append(load_metrics(p, strict=not a.allow_partial))
-            for w in caught:
-                print(f"{prog}: warning: {w.message}", file=sys.stderr)
+        runs = load_runs(a.runs, prog, strict=not a.allow_partial)
         for r in runs:
             print(f"  {r.summary()}", file=sys.stderr)
         out = plot_runs(runs, a.out, x=a.x, smooth=a.smooth, title=a.title,

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ._common import AnalysisError, fmt, markdown_table, prog_name, run_main, save_figure
-from .metrics import Metrics, load_metrics, parse_grid, steady_tokens_per_sec
+from .metrics import Metrics, load_runs, parse_grid, steady_tokens_per_sec
 
 MODEL_KEYS = ("model.n_layer", "model.n_head", "model.n_embd", "model.seq_len",
               "model.vocab_size")
@@ -132,13 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     def body() -> int:
-        runs = []
-        for p in a.runs:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                runs.append(load_metrics(p, strict=False))
-            for w in caught:
-                print(f"{prog}: warning: {w.message}", file=sys.stderr)
+        runs = load_runs(a.runs, prog, strict=False)
         df = scaling_table(runs, skip=a.skip, any_model=a.any_model)
         print(to_markdown(df))
         if a.csv:
