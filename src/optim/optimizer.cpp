@@ -27,10 +27,8 @@ double lr_at(const TrainConfig& t, int64_t s) {
   fail("internal error: unknown schedule ", t.schedule);
 }
 
-double clip_grad_norm(Backend& be, float* grads, size_t n, double clip) {
-  const double norm = std::sqrt(be.sum_squares(grads, n));
+void clip_gradient(Backend& be, float* grads, size_t n, double norm, double clip) {
   if (clip > 0 && norm > clip) be.scale(grads, float(clip / (norm + 1e-6)), n);
-  return norm;
 }
 
 Optimizer::Optimizer(const OptimConfig& cfg, const std::vector<ParamSpec>& specs, size_t begin,

@@ -257,42 +257,35 @@ TrainOutcome Trainer::run() {
       loss_sum = s.model->pipeline_step(s.inputs.data(), s.targets.data(), accum, mbs, dloss_scale)
                      .loss_sum;
       if (s.dp > 1 && !zero) s.grid.dp().all_reduce_sum(s.model->grads(), s.model->num_floats());
-    }
-    for (int m = 0; s.grid.shape().pp == 1 && m < accum; ++m) {
-      // Without ZeRO, the last micro-batch's backward hands each finished bucket (ln_f, every
-      // layer, the embeddings) to a non-blocking all-reduce while it computes the next one.
-      if (m == accum - 1 && s.dp > 1 && !zero) {
-        s.model->set_grad_ready_hook([&s](size_t off, size_t n) {
-          s.pending.push_back(s.grid.dp().iall_reduce_sum(s.model->grads() + off, n));
-        });
+    } else {
+      for (int m = 0; m < accum; ++m) {
+        // Without ZeRO, the last micro-batch's backward hands each finished bucket (ln_f, every
+        // layer, the embeddings) to a non-blocking all-reduce while it computes the next one.
+        if (m == accum - 1 && s.dp > 1 && !zero) {
+          s.model->set_grad_ready_hook([&s](size_t off, size_t n) {
+            s.pending.push_back(s.grid.dp().iall_reduce_sum(s.model->grads() + off, n));
+          });
+        }
+        s.train_loader->fill(base + int64_t(m) * mbs, mbs, s.inputs.data(), s.targets.data());
+        loss_sum +=
+            s.model->forward_backward(s.inputs.data(), s.targets.data(), mbs, dloss_scale).loss_sum;
+        s.model->set_grad_ready_hook(nullptr);
       }
-      s.train_loader->fill(base + int64_t(m) * mbs, mbs, s.inputs.data(), s.targets.data());
-      loss_sum +=
-          s.model->forward_backward(s.inputs.data(), s.targets.data(), mbs, dloss_scale).loss_sum;
-      s.model->set_grad_ready_hook(nullptr);
     }
     for (auto& r : s.pending) r.wait();
     s.pending.clear();
     const double loss = s.grid.dp().all_reduce_sum(loss_sum) / tokens_per_step;
     out.losses.push_back(loss);
-    double norm = 0;
-    if (zero) {
-      // ZeRO-1: reduce-scatter the gradient, clip by the global norm of the slices, update
-      // this rank's slice of the weights, all-gather the weights.
-      const size_t S = s.shard_hi - s.shard_lo;
-      s.grid.dp().reduce_scatter_sum(s.model->grads(), s.grad_shard, S);
-      norm = s.grad_norm(s.grad_shard, s.shard_lo, s.shard_hi);
-      if (cfg.train.grad_clip > 0 && norm > cfg.train.grad_clip)
-        s.be->scale(s.grad_shard, float(cfg.train.grad_clip / (norm + 1e-6)), S);
-      s.opt->update(s.model->params(), s.grad_shard, lr, st + 1);
-      s.grid.dp().all_gather(s.model->params() + s.shard_lo, s.model->params(), S);
-    } else {
-      const size_t n = s.model->num_floats();
-      norm = s.grad_norm(s.model->grads(), 0, n);
-      if (cfg.train.grad_clip > 0 && norm > cfg.train.grad_clip)
-        s.be->scale(s.model->grads(), float(cfg.train.grad_clip / (norm + 1e-6)), n);
-      s.opt->update(s.model->params(), s.model->grads(), lr, st + 1);
-    }
+    // This rank's gradient [lo, hi) of the buffer: all of it, or under ZeRO-1 the slice it
+    // receives from a reduce-scatter and updates before the weights are all-gathered. Clipped
+    // by the global norm of the whole gradient.
+    float* g = zero ? s.grad_shard : s.model->grads();
+    const size_t lo = zero ? s.shard_lo : 0, hi = zero ? s.shard_hi : s.model->num_floats();
+    if (zero) s.grid.dp().reduce_scatter_sum(s.model->grads(), g, hi - lo);
+    const double norm = s.grad_norm(g, lo, hi);
+    clip_gradient(*s.be, g, hi - lo, norm, cfg.train.grad_clip);
+    s.opt->update(s.model->params(), g, lr, st + 1);
+    if (zero) s.grid.dp().all_gather(s.model->params() + lo, s.model->params(), hi - lo);
     s.model->sync_tied_embedding();
     s.position += cfg.train.batch_size;
     s.step = st + 1;

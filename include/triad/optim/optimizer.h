@@ -16,9 +16,10 @@ namespace triad {
 // Learning rate of 0-based step s (warmup, then train.schedule).
 double lr_at(const TrainConfig& t, int64_t step);
 
-// Global L2 norm of the gradient buffer; if above clip (> 0), scales it by
-// clip / (norm + 1e-6). Returns the norm before clipping.
-double clip_grad_norm(Backend& be, float* grads, size_t n, double clip);
+// Gradient clipping (DESIGN.md §4): if the global L2 norm `norm` of the whole gradient is above
+// clip (> 0), scales this rank's n gradients (all of them, or its ZeRO slice) by
+// clip / (norm + 1e-6).
+void clip_gradient(Backend& be, float* grads, size_t n, double norm, double clip);
 
 // Updates the parameters of the flat range [begin, end) of the parameter buffer: the whole
 // buffer without ZeRO, this data-parallel rank's slice with ZeRO-1 (then the optimizer state
