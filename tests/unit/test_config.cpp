@@ -113,6 +113,10 @@ TEST(Config, InvalidGridsAreRefused) {
                    "--parallel.pp", "3", "--train.micro_batch_size", "1"},
                   6),
          "train.batch_size", "multiple of parallel.pp");
+  expect(error_of({"--parallel.tp", "2", "--parallel.sequence_parallel", "true", "--model.seq_len",
+                   "15"},
+                  2),
+         "parallel.sequence_parallel", "divisible by parallel.tp");
   EXPECT_EQ(error_of({"--parallel.tp", "4", "--parallel.pp", "2"}, 8), "");
   EXPECT_EQ(error_of({"--parallel.schedule", "interleaved", "--parallel.virtual_stages", "2",
                       "--parallel.pp", "2", "--train.micro_batch_size", "1"},
