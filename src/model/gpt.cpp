@@ -128,9 +128,11 @@ std::vector<ParamSpec> gpt_rank_layout(const GptShape& shape, const ModelParalle
   return b.take();
 }
 
+const char* precision_name(Precision p) { return p == Precision::bf16 ? "bf16" : "fp32"; }
+
 Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
-         const ModelParallel& mp, const PipelineSchedule* schedule)
-    : shape_(shape), max_batch_(max_batch), be_(backend), mp_(mp) {
+         const ModelParallel& mp, const PipelineSchedule* schedule, Precision precision)
+    : shape_(shape), max_batch_(max_batch), be_(backend), mp_(mp), precision_(precision) {
   TRIAD_ASSERT(shards >= 1);
   TRIAD_ASSERT(shape.n_embd % shape.n_head == 0 && max_batch >= 1);
   TRIAD_ASSERT(shape.padded_vocab_size >= shape.vocab_size);
@@ -154,6 +156,12 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
   buffer_floats_ = (n_floats_ + quantum - 1) / quantum * quantum;
   params_ = be_.alloc(buffer_floats_);
   grads_ = be_.alloc(buffer_floats_);
+  if (precision_ == Precision::bf16) {
+    // bf16 activation rows travel between ranks as pairs of bf16 in fp32 words.
+    TRIAD_CHECK(shape.n_embd % 2 == 0, "bf16 precision needs an even n_embd (got ", shape.n_embd,
+                ")");
+    params_bf16_ = be_.alloc_bf16(buffer_floats_);
+  }
   vocab_local_ = shape.padded_vocab_size / mp.tp;
   vocab_begin_ = mp.tp_rank * vocab_local_;
   vocab_valid_ = std::clamp(shape.vocab_size - vocab_begin_, 0, vocab_local_);
@@ -171,7 +179,10 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
       if (a.kind == ActionKind::SendGrad) ++grad_sends;
     }
   }
-  acts_ = new Activations(shape_, mp_, max_batch_, slots, grad_sends, be_);
+  if (precision_ == Precision::bf16)
+    acts_bf16_ = new Activations<bf16_t>(shape_, mp_, max_batch_, slots, grad_sends, be_);
+  else
+    acts_fp32_ = new Activations<float>(shape_, mp_, max_batch_, slots, grad_sends, be_);
   if (mp.pp > 1 && (mp.first_stage() || mp.last_stage()))
     tied_scratch_ = be_.alloc(size_t(vocab_local_) * shape.n_embd);
   d_inputs_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
@@ -188,12 +199,39 @@ Gpt::~Gpt() {
   be_.free_ints(d_targets_);
   be_.free_ints(d_inputs_);
   if (tied_scratch_) be_.free(tied_scratch_);
-  delete acts_;
+  delete acts_fp32_;
+  delete acts_bf16_;
+  if (params_bf16_) be_.free_bf16(params_bf16_);
   be_.free(grads_);
   be_.free(params_);
 }
 
-size_t Gpt::activation_bytes() const { return acts_->bytes(); }
+size_t Gpt::activation_bytes() const {
+  return acts_bf16_ ? acts_bf16_->bytes() : acts_fp32_->bytes();
+}
+
+template <>
+Gpt::Activations<float>& Gpt::acts<float>() {
+  TRIAD_ASSERT(acts_fp32_ != nullptr);
+  return *acts_fp32_;
+}
+template <>
+Gpt::Activations<bf16_t>& Gpt::acts<bf16_t>() {
+  TRIAD_ASSERT(acts_bf16_ != nullptr);
+  return *acts_bf16_;
+}
+template <>
+const float* Gpt::weights<float>() const {
+  return params_;
+}
+template <>
+const bf16_t* Gpt::weights<bf16_t>() const {
+  return params_bf16_;
+}
+
+void Gpt::params_updated() {
+  if (params_bf16_) be_.convert(params_bf16_, params_, buffer_floats_);
+}
 
 int64_t Gpt::num_parameters() const {
   int64_t n = 0;
@@ -230,6 +268,7 @@ void Gpt::init(uint64_t seed) {
       if (s.name == t.name) extract_shard(s, mp_.tp, mp_.tp_rank, full.data(), &host[s.offset]);
   }
   be_.copy_from_host(params_, host.data(), buffer_floats_);
+  params_updated();
   zero_grads();
 }
 

@@ -1,6 +1,10 @@
 // The activation plan of the GPT (private to src/model): every buffer the forward pass keeps
-// for the backward pass, and the scratch the backward pass needs, carved out of ONE backend
-// allocation sized for the largest micro-batch. Nothing is allocated in the step loop.
+// for the backward pass, and the scratch the backward pass needs, carved out of two backend
+// allocations (activations of type A, fp32 statistics) sized for the largest micro-batch.
+// Nothing is allocated in the step loop.
+//
+// A is the activation type: float (fp32 model) or bf16_t (mixed precision: activations and
+// their gradients in bf16; LayerNorm statistics, losses and the attention's saved state fp32).
 //
 // A rank holds one or more chunks of layers (pipeline stages, virtual stages). Each chunk has
 // `slots` activation sets, one per micro-batch the pipeline schedule keeps in flight on it;
@@ -8,6 +12,7 @@
 // attention C/tp, MLP 4C/tp, vocabulary Vp/tp; the residual stream is full width C.
 #pragma once
 
+#include <type_traits>
 #include <vector>
 
 #include "triad/kernels/backend.h"
@@ -15,36 +20,49 @@
 
 namespace triad {
 
+template <class A>
 struct Gpt::Set {
   struct Layer {
-    float *ln1, *ln1_mean, *ln1_rstd;  // ln_1(x)
-    float *ln1g, *ln2g;                // the same over all rows (sequence parallel; else aliases)
-    float *qkv, *att, *atty;           // attention internals (local heads)
-    float* attproj;                    // c_proj output (shared scratch: forward only)
-    float* residual2;                  // x + attn
-    float *ln2, *ln2_mean, *ln2_rstd;  // ln_2(residual2)
-    float *fch, *fch_gelu, *fcproj;    // MLP (local hidden units; fcproj shared like attproj)
-    float* residual3;                  // residual2 + mlp: the layer's output
+    A *ln1, *ln1g, *ln2g;  // ln_1(x); the same over all rows (sequence parallel; else aliases)
+    float *ln1_mean, *ln1_rstd;  //
+    A *qkv, *atty;               // attention internals (local heads)
+    float* att;                  // fp32: probabilities [B,NH,T,T]; bf16: log-sum-exp [B,NH,T]
+    A* attproj;                  // c_proj output (shared scratch: forward only)
+    A* residual2;                // x + attn
+    A* ln2;                      // ln_2(residual2)
+    float *ln2_mean, *ln2_rstd;  //
+    A *fch, *fch_gelu, *fcproj;  // MLP (local hidden units; fcproj shared like attproj)
+    A* residual3;                // residual2 + mlp: the layer's output
   };
-  float* input = nullptr;  // the chunk's input: wte[tok] + wpe[pos], or received
+  A* input = nullptr;  // the chunk's input: wte[tok] + wpe[pos], or received
   std::vector<Layer> layers;
   // Last chunk only: final LayerNorm and this rank's slice of the logits (dlogits in place).
-  float *lnf = nullptr, *lnf_mean = nullptr, *lnf_rstd = nullptr, *logits = nullptr;
-  float* lnfg = nullptr;  // ln_f over all rows (sequence parallel; else an alias of lnf)
+  A *lnf = nullptr, *logits = nullptr;
+  float *lnf_mean = nullptr, *lnf_rstd = nullptr;
+  A* lnfg = nullptr;  // ln_f over all rows (sequence parallel; else an alias of lnf)
   float *losses = nullptr, *correct = nullptr;
-  const float* output() const { return layers.empty() ? input : layers.back().residual3; }
+  const A* output() const { return layers.empty() ? input : layers.back().residual3; }
 };
 
+template <class A>
 struct Gpt::Activations {
-  std::vector<std::vector<Set>> sets;  // [local chunk][slot]
+  static constexpr bool kFp32 = std::is_same_v<A, float>;
+  std::vector<std::vector<Set<A>>> sets;  // [local chunk][slot]
   // Backward scratch, reused by every layer of every chunk.
-  float *dresidual, *dln, *datty, *dqkv, *datt_scratch, *dfch, *dfch_gelu;
-  float* ce_stats;  // [4·B·T]: vocabulary-parallel cross-entropy row statistics
+  A *dresidual, *dln, *datty, *dqkv, *dfch, *dfch_gelu;
+  float* datt_scratch = nullptr;  // fp32 attention backward only
+  float* ce_stats;                // [4·B·T]: vocabulary-parallel cross-entropy row statistics
   // Sequence parallel: partial sums over all rows before a reduce-scatter, gathered gradients,
   // and one LayerNorm's weight and bias gradients before their all-reduce.
-  float *full = nullptr, *ln_grads = nullptr;
-  float *proj = nullptr, *ln_local = nullptr;
-  std::vector<float*> grad_sends;  // outgoing gradients of a pipeline step, one per send
+  A* full = nullptr;
+  float* ln_grads = nullptr;
+  A *proj = nullptr, *ln_local = nullptr;
+  std::vector<A*> grad_sends;  // outgoing gradients of a pipeline step, one per send
+  // bf16 only: fp32 staging of tensor-parallel reductions (MPI has no bf16 sum; summing in
+  // fp32 also keeps the reduction's accumulation fp32), and one row of logits widened for the
+  // host.
+  float* reduce_wide = nullptr;
+  float* row_wide = nullptr;
 
   Activations(const GptShape& s, const ModelParallel& mp, int B, const std::vector<int>& slots,
               int n_grad_sends, Backend& be)
@@ -53,10 +71,13 @@ struct Gpt::Activations {
     const bool sp = mp.split_rows();
     const size_t R = sp ? BT / size_t(mp.tp) : BT;  // rows of the residual stream here
     const size_t Cl = C / size_t(mp.tp), Vl = size_t(s.padded_vocab_size) / size_t(mp.tp);
-    const size_t att = size_t(B) * size_t(s.n_head / mp.tp) * s.seq_len * s.seq_len;
+    const size_t nh = size_t(B) * size_t(s.n_head / mp.tp) * s.seq_len;
+    const size_t att = kFp32 ? nh * s.seq_len : nh;  // probabilities, or log-sum-exp
     const int per_chunk = mp.layers_per_chunk(s.n_layer);
-    std::vector<std::pair<float**, size_t>> plan;
-    auto want = [&plan](float*& p, size_t n) { plan.emplace_back(&p, n); };
+    std::vector<std::pair<A**, size_t>> plan;
+    std::vector<std::pair<float**, size_t>> plan_f;
+    auto want = [&plan](A*& p, size_t n) { plan.emplace_back(&p, n); };
+    auto want_f = [&plan_f](float*& p, size_t n) { plan_f.emplace_back(&p, n); };
     sets.resize(slots.size());
     for (size_t c = 0; c < slots.size(); ++c) {
       const bool last = mp.global_chunk(int(c)) == mp.chunks() - 1;
@@ -66,15 +87,15 @@ struct Gpt::Activations {
         S.layers.resize(size_t(per_chunk));
         for (auto& L : S.layers) {
           if (!sp) want(L.ln1, R * C);  // backward reads it (as ln1g)
-          want(L.ln1_mean, R);
-          want(L.ln1_rstd, R);
+          want_f(L.ln1_mean, R);
+          want_f(L.ln1_rstd, R);
           want(L.qkv, BT * 3 * Cl);
-          want(L.att, att);
+          want_f(L.att, att);
           want(L.atty, BT * Cl);
           want(L.residual2, R * C);
           if (!sp) want(L.ln2, R * C);
-          want(L.ln2_mean, R);
-          want(L.ln2_rstd, R);
+          want_f(L.ln2_mean, R);
+          want_f(L.ln2_rstd, R);
           want(L.fch, BT * 4 * Cl);
           want(L.fch_gelu, BT * 4 * Cl);
           want(L.residual3, R * C);
@@ -85,11 +106,11 @@ struct Gpt::Activations {
         }
         if (last) {
           if (!sp) want(S.lnf, R * C);
-          want(S.lnf_mean, R);
-          want(S.lnf_rstd, R);
+          want_f(S.lnf_mean, R);
+          want_f(S.lnf_rstd, R);
           want(S.logits, BT * Vl);
-          want(S.losses, BT);
-          want(S.correct, BT);
+          want_f(S.losses, BT);
+          want_f(S.correct, BT);
           if (sp) want(S.lnfg, BT * C);
         }
       }
@@ -98,10 +119,10 @@ struct Gpt::Activations {
     want(dln, BT * C);
     want(datty, BT * Cl);
     want(dqkv, BT * 3 * Cl);
-    want(datt_scratch, att);
+    if (kFp32) want_f(datt_scratch, att);
     want(dfch, BT * 4 * Cl);
     want(dfch_gelu, BT * 4 * Cl);
-    want(ce_stats, 4 * BT);
+    want_f(ce_stats, 4 * BT);
     // Forward-only results shared by every layer: the projections' outputs (consumed by the
     // residual add) and, under sequence parallelism, the local LayerNorm outputs (backward
     // reads the gathered ones).
@@ -109,19 +130,16 @@ struct Gpt::Activations {
     if (sp) want(ln_local, R * C);
     if (sp) {
       want(full, BT * C);
-      want(ln_grads, 2 * C);
+      want_f(ln_grads, 2 * C);
+    }
+    if (!kFp32) {
+      if (mp.tp > 1) want_f(reduce_wide, BT * C + R * C);
+      want_f(row_wide, size_t(s.padded_vocab_size));
     }
     grad_sends.resize(size_t(n_grad_sends));
     for (auto& g : grad_sends) want(g, R * C);
-    size_t total = 0;
-    for (auto& [p, n] : plan) total += (n + 15) / 16 * 16;
-    base_ = be.alloc(total);
-    total_ = total;
-    size_t off = 0;
-    for (auto& [p, n] : plan) {
-      *p = base_ + off;
-      off += (n + 15) / 16 * 16;
-    }
+    base_ = carve(plan, total_);
+    base_f_ = carve(plan_f, total_f_);
     for (auto& chunk : sets)
       for (auto& S : chunk) {
         for (auto& L : S.layers) {
@@ -137,13 +155,64 @@ struct Gpt::Activations {
         if (!sp) S.lnfg = S.lnf;
       }
   }
-  ~Activations() { be_.free(base_); }
-  size_t bytes() const { return total_ * sizeof(float); }
+  ~Activations() {
+    free(base_);
+    free(base_f_);
+  }
+  size_t bytes() const { return total_ * sizeof(A) + total_f_ * sizeof(float); }
 
  private:
+  // One allocation for all the planned buffers of type T (each 64-byte aligned), then aliases.
+  template <class T>
+  T* carve(std::vector<std::pair<T**, size_t>>& plan, size_t& total) {
+    constexpr size_t q = 64 / sizeof(T);
+    total = 0;
+    for (auto& [p, n] : plan) total += (n + q - 1) / q * q;
+    T* base = alloc<T>(total);
+    size_t off = 0;
+    for (auto& [p, n] : plan) {
+      *p = base + off;
+      off += (n + q - 1) / q * q;
+    }
+    return base;
+  }
+  template <class T>
+  T* alloc(size_t n) {
+    if constexpr (std::is_same_v<T, float>)
+      return be_.alloc(n);
+    else
+      return be_.alloc_bf16(n);
+  }
+  void free(float* p) { be_.free(p); }
+  void free(bf16_t* p) { be_.free_bf16(p); }
+
   Backend& be_;
-  float* base_ = nullptr;
-  size_t total_ = 0;
+  A* base_ = nullptr;
+  float* base_f_ = nullptr;
+  size_t total_ = 0, total_f_ = 0;
 };
 
+}  // namespace triad
+
+namespace triad {
+// MPI moves activations as fp32 words: bf16 ones two to a word (their counts are even, as
+// n_embd is under bf16). Only copies use these, never reductions.
+inline float* words(float* p) { return p; }
+inline const float* words(const float* p) { return p; }
+inline float* words(bf16_t* p) { return reinterpret_cast<float*>(p); }
+inline const float* words(const bf16_t* p) { return reinterpret_cast<const float*>(p); }
+template <class A>
+size_t word_count(size_t n) {
+  return n * sizeof(A) / sizeof(float);
+}
+
+// Defined in gpt.cpp (declared here, before any use, as explicit specializations must be).
+template <>
+Gpt::Activations<float>& Gpt::acts<float>();
+template <>
+Gpt::Activations<bf16_t>& Gpt::acts<bf16_t>();
+template <>
+const float* Gpt::weights<float>() const;
+template <>
+const bf16_t* Gpt::weights<bf16_t>() const;
 }  // namespace triad

@@ -20,13 +20,26 @@ constexpr int kTagActivation = 101, kTagGrad = 102, kTagTied = 103;
 
 ForwardStats Gpt::pipeline_step(const int32_t* inputs, const int32_t* targets, int m, int B,
                                 float dloss_scale) {
+  return precision_ == Precision::bf16 ? pipeline_step_t<bf16_t>(inputs, targets, m, B, dloss_scale)
+                                       : pipeline_step_t<float>(inputs, targets, m, B, dloss_scale);
+}
+
+const float* Gpt::next_token_logits(const int32_t* tokens, int len) {
+  return precision_ == Precision::bf16 ? next_token_logits_t<bf16_t>(tokens, len)
+                                       : next_token_logits_t<float>(tokens, len);
+}
+
+template <class A>
+ForwardStats Gpt::pipeline_step_t(const int32_t* inputs, const int32_t* targets, int m, int B,
+                                  float dloss_scale) {
   TRIAD_CHECK(!schedule_.empty(), "internal error: pipeline_step without a schedule");
   const int T = shape_.seq_len, N = B * T, G = mp_.chunks();
   TRIAD_ASSERT(B >= 1 && B <= max_batch_ && m >= 1);
   // A chunk boundary carries this rank's rows of the residual stream (1/tp of them under
   // sequence parallelism).
   const size_t NC = size_t(local_rows(N)) * shape_.n_embd, per_mb = size_t(N);
-  auto& a = *acts_;
+  const size_t NW = word_count<A>(NC);  // the transfer in fp32 words
+  auto& a = acts<A>();
   Comm& pp = *mp_.pp_comm;
   const size_t v = size_t(mp_.virtual_stages);
   // Which activation set holds (chunk, micro-batch); free sets; pending sends per set.
@@ -38,7 +51,7 @@ ForwardStats Gpt::pipeline_step(const int32_t* inputs, const int32_t* targets, i
   }
   std::vector<CommRequest> grad_sends(a.grad_sends.size());
   size_t next_grad = 0;
-  auto set_of = [&](int c, int mb) -> Set& {
+  auto set_of = [&](int c, int mb) -> Set<A>& {
     int& s = slot[size_t(c)][size_t(mb)];
     if (s < 0) {
       TRIAD_CHECK(!free_sets[size_t(c)].empty(), "internal error: pipeline chunk ", c,
@@ -57,10 +70,10 @@ ForwardStats Gpt::pipeline_step(const int32_t* inputs, const int32_t* targets, i
     const int32_t* tg = targets + size_t(mb) * per_mb;
     switch (x.kind) {
       case ActionKind::RecvActivation:
-        pp.recv(set_of(c, mb).input, NC, x.peer, kTagActivation);
+        pp.recv(words(set_of(c, mb).input), NW, x.peer, kTagActivation);
         break;
       case ActionKind::Forward: {
-        Set& S = set_of(c, mb);
+        Set<A>& S = set_of(c, mb);
         if (g == 0) upload_ids(in, nullptr, N);
         forward_chunk(c, S, B, T);
         if (g == G - 1) {
@@ -76,11 +89,11 @@ ForwardStats Gpt::pipeline_step(const int32_t* inputs, const int32_t* targets, i
         const int s = slot[size_t(c)][size_t(mb)];
         TRIAD_ASSERT(s >= 0);
         act_sends[size_t(c)][size_t(s)] =
-            pp.isend(a.sets[size_t(c)][size_t(s)].output(), NC, x.peer, kTagActivation);
+            pp.isend(words(a.sets[size_t(c)][size_t(s)].output()), NW, x.peer, kTagActivation);
         break;
       }
       case ActionKind::RecvGrad:
-        pp.recv(a.dresidual, NC, x.peer, kTagGrad);
+        pp.recv(words(a.dresidual), NW, x.peer, kTagGrad);
         break;
       case ActionKind::Backward: {
         int& s = slot[size_t(c)][size_t(mb)];
@@ -93,10 +106,10 @@ ForwardStats Gpt::pipeline_step(const int32_t* inputs, const int32_t* targets, i
       }
       case ActionKind::SendGrad: {
         TRIAD_ASSERT(next_grad < a.grad_sends.size());
-        float* buf = a.grad_sends[next_grad];
+        A* buf = a.grad_sends[next_grad];
         be_.zero(buf, NC);
         be_.accumulate(buf, a.dresidual, NC);
-        grad_sends[next_grad++] = pp.isend(buf, NC, x.peer, kTagGrad);
+        grad_sends[next_grad++] = pp.isend(words(buf), NW, x.peer, kTagGrad);
         break;
       }
     }
@@ -108,23 +121,24 @@ ForwardStats Gpt::pipeline_step(const int32_t* inputs, const int32_t* targets, i
   return share_from_last_stage(st);
 }
 
-Gpt::Set* Gpt::forward_pipeline(const int32_t* inputs, int B, int T) {
+template <class A>
+Gpt::Set<A>* Gpt::forward_pipeline(const int32_t* inputs, int B, int T) {
   const int G = mp_.chunks(), N = B * T;
-  const size_t NC = size_t(local_rows(N)) * shape_.n_embd;
+  const size_t NW = word_count<A>(size_t(local_rows(N)) * shape_.n_embd);
   TRIAD_CHECK(mp_.pp > 1 || G == 1, "internal error: virtual stages need pp > 1");
-  Set* last = nullptr;
+  Set<A>* last = nullptr;
   for (int g = mp_.pp_rank; g < G; g += mp_.pp) {
     const int c = g / mp_.pp;
-    Set& S = acts_->sets[size_t(c)][0];  // no step is in flight: the first set is free
+    Set<A>& S = acts<A>().sets[size_t(c)][0];  // no step is in flight: the first set is free
     if (g == 0) {
       upload_ids(inputs, nullptr, N);
     } else {
-      mp_.pp_comm->recv(S.input, NC, (g - 1) % mp_.pp, kTagActivation);
+      mp_.pp_comm->recv(words(S.input), NW, (g - 1) % mp_.pp, kTagActivation);
     }
     forward_chunk(c, S, B, T);
     if (g < G - 1) {
       // Blocking is safe: the next chunk's owner waits for exactly this message.
-      mp_.pp_comm->send(S.output(), NC, (g + 1) % mp_.pp, kTagActivation);
+      mp_.pp_comm->send(words(S.output()), NW, (g + 1) % mp_.pp, kTagActivation);
     } else {
       last = &S;
     }
@@ -142,7 +156,8 @@ ForwardStats Gpt::share_from_last_stage(ForwardStats st) {
   return st;
 }
 
-const float* Gpt::next_token_logits(const int32_t* tokens, int len) {
+template <class A>
+const float* Gpt::next_token_logits_t(const int32_t* tokens, int len) {
   TRIAD_ASSERT(len >= 1 && len <= shape_.seq_len);
   const int C = shape_.n_embd, Vl = vocab_local_, Vp = shape_.padded_vocab_size;
   float* out = host_scratch_.data();  // Vp floats, then room for this rank's Vl
@@ -155,21 +170,24 @@ const float* Gpt::next_token_logits(const int32_t* tokens, int len) {
     padded_.resize(size_t(rows), 0);
     tokens = padded_.data();
   }
-  if (Set* last = forward_pipeline(tokens, 1, rows)) {
+  if (Set<A>* last = forward_pipeline<A>(tokens, 1, rows)) {
     // Only the last position's logits are needed: one row of the classifier.
-    be_.matmul_forward(last->logits, last->lnfg + size_t(len - 1) * C, head_weight(), nullptr, 1, C,
-                       Vl);
+    be_.matmul_forward(last->logits, last->lnfg + size_t(len - 1) * C, head_weight<A>(), nullptr, 1,
+                       C, Vl);
     if (mp_.tp == 1) {
-      be_.copy_to_host(out, last->logits, size_t(Vl));
+      logits_to_host(out, last->logits, size_t(Vl));
     } else {
       // The slices in tensor-parallel rank order are the padded vocabulary in order.
-      be_.copy_to_host(out + Vp, last->logits, size_t(Vl));
+      logits_to_host(out + Vp, last->logits, size_t(Vl));
       mp_.tp_comm->all_gather(out + Vp, out, size_t(Vl));
     }
   }
   if (mp_.pp > 1) mp_.pp_comm->broadcast(out, size_t(Vp), mp_.pp - 1);
   return out;
 }
+
+template Gpt::Set<float>* Gpt::forward_pipeline<float>(const int32_t*, int, int);
+template Gpt::Set<bf16_t>* Gpt::forward_pipeline<bf16_t>(const int32_t*, int, int);
 
 void Gpt::sync_tied_embedding() {
   if (mp_.pp == 1 || !(mp_.first_stage() || mp_.last_stage())) return;

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "gpt_activations.h"
 #include "triad/core/error.h"
@@ -16,12 +17,15 @@
 namespace triad {
 namespace {
 
-// Pointers to one layer's tensors inside a parameter-shaped buffer (weights or gradients).
+// Pointers to one layer's tensors inside a parameter-shaped buffer (weights of type T, or the
+// fp32 gradients).
+template <class T>
 struct LayerTensors {
-  float *ln1w, *ln1b, *qkvw, *qkvb, *projw, *projb, *ln2w, *ln2b, *fcw, *fcb, *fcprojw, *fcprojb;
+  T *ln1w, *ln1b, *qkvw, *qkvb, *projw, *projb, *ln2w, *ln2b, *fcw, *fcb, *fcprojw, *fcprojb;
 };
 
-LayerTensors layer_tensors(float* base, const std::vector<ParamSpec>& specs, int first) {
+template <class T>
+LayerTensors<T> layer_tensors(T* base, const std::vector<ParamSpec>& specs, int first) {
   auto at = [&](size_t k) { return base + specs[size_t(first) + k].offset; };
   return {at(0), at(1), at(2), at(3), at(4), at(5), at(6), at(7), at(8), at(9), at(10), at(11)};
 }
@@ -32,16 +36,34 @@ void Gpt::tp_all_reduce(float* x, size_t n) {
   if (mp_.tp > 1) mp_.tp_comm->all_reduce_sum(x, n);
 }
 
+// bf16: summed in fp32 (widened, all-reduced, rounded once).
+void Gpt::tp_all_reduce(bf16_t* x, size_t n) {
+  if (mp_.tp == 1) return;
+  float* w = acts<bf16_t>().reduce_wide;
+  be_.convert(w, x, n);
+  mp_.tp_comm->all_reduce_sum(w, n);
+  be_.convert(x, w, n);
+}
+
 // The rows this rank holds of a micro-batch of N rows: all of them, or 1/tp under sequence
 // parallelism.
 int Gpt::local_rows(int N) const { return mp_.split_rows() ? N / mp_.tp : N; }
 
 // Partial sums over all N rows (src) → this rank's rows, complete (dst): a reduce-scatter under
 // sequence parallelism, else an all-reduce (src == dst).
-void Gpt::reduce_rows(float* src, float* dst, int N) {
+template <class A>
+void Gpt::reduce_rows(A* src, A* dst, int N) {
   const size_t C = size_t(shape_.n_embd);
   if (mp_.split_rows()) {
-    mp_.tp_comm->reduce_scatter_sum(src, dst, size_t(local_rows(N)) * C);
+    const size_t n = size_t(local_rows(N)) * C;
+    if constexpr (std::is_same_v<A, float>) {
+      mp_.tp_comm->reduce_scatter_sum(src, dst, n);
+    } else {  // in fp32, as tp_all_reduce
+      float* w = acts<bf16_t>().reduce_wide;
+      be_.convert(w, src, size_t(N) * C);
+      mp_.tp_comm->reduce_scatter_sum(w, w + size_t(N) * C, n);
+      be_.convert(dst, w + size_t(N) * C, n);
+    }
   } else {
     TRIAD_ASSERT(src == dst);
     tp_all_reduce(dst, size_t(N) * C);
@@ -49,23 +71,26 @@ void Gpt::reduce_rows(float* src, float* dst, int N) {
 }
 
 // This rank's rows (src) → all N rows (dst) under sequence parallelism; else src itself.
-const float* Gpt::gather_rows(const float* src, float* dst, int N) {
+template <class A>
+const A* Gpt::gather_rows(const A* src, A* dst, int N) {
   if (!mp_.split_rows()) return src;
-  mp_.tp_comm->all_gather(src, dst, size_t(local_rows(N)) * shape_.n_embd);
+  mp_.tp_comm->all_gather(words(src), words(dst),
+                          word_count<A>(size_t(local_rows(N)) * shape_.n_embd));
   return dst;
 }
 
 // LayerNorm backward on this rank's rows. Under sequence parallelism its weight and bias
 // gradients are partial sums over the group's rows: they are formed apart, all-reduced and
 // then accumulated, so that accumulation over micro-batches counts each once.
-void Gpt::layernorm_backward(float* dinp, float* dw, float* db, const float* dout, const float* inp,
-                             const float* w, const float* mean, const float* rstd, int rows) {
+template <class A>
+void Gpt::layernorm_backward(A* dinp, float* dw, float* db, const A* dout, const A* inp, const A* w,
+                             const float* mean, const float* rstd, int rows) {
   const int C = shape_.n_embd;
   if (!mp_.split_rows()) {
     be_.layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, rows, C);
     return;
   }
-  float* g = acts_->ln_grads;
+  float* g = acts<A>().ln_grads;
   be_.zero(g, 2 * size_t(C));
   be_.layernorm_backward(dinp, g, g + C, dout, inp, w, mean, rstd, rows, C);
   tp_all_reduce(g, 2 * size_t(C));
@@ -87,49 +112,50 @@ void Gpt::upload_ids(const int32_t* inputs, const int32_t* targets, int N) {
   if (targets) local(targets, d_targets_);
 }
 
-void Gpt::forward_chunk(int chunk, Set& S, int B, int T) {
+template <class A>
+void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T) {
   TRIAD_ASSERT(B >= 1 && B <= max_batch_ && T >= 1 && T <= shape_.seq_len);
   const int C = shape_.n_embd, Cl = C / mp_.tp, NHl = shape_.n_head / mp_.tp;
   const int N = B * T, n = local_rows(N);  // rows of the micro-batch, and of them held here
   const size_t nC = size_t(n) * C;
   const bool sp = mp_.split_rows();
-  float* full = acts_->full;  // sequence parallel: partial sums over all rows
+  A* full = acts<A>().full;  // sequence parallel: partial sums over all rows
+  const A* W = weights<A>();
   const int g = mp_.global_chunk(chunk), per_chunk = mp_.layers_per_chunk(shape_.n_layer);
   if (g == 0) {
     // Vocabulary-parallel embedding: each rank adds the rows it holds (zero elsewhere), one
     // rank adds wpe, and the reduction completes wte[tok] + wpe[pos].
-    const float* wpe = mp_.tp_rank == 0 ? params_ + specs_[size_t(wpe_)].offset : nullptr;
-    float* out = sp ? full : S.input;
-    be_.encoder_forward(out, d_inputs_, params_ + specs_[size_t(wte_)].offset, wpe, B, T, C);
+    const A* wpe = mp_.tp_rank == 0 ? W + specs_[size_t(wpe_)].offset : nullptr;
+    A* out = sp ? full : S.input;
+    be_.encoder_forward(out, d_inputs_, W + specs_[size_t(wte_)].offset, wpe, B, T, C);
     reduce_rows(out, S.input, N);
   }
-  const float* x = S.input;
+  const A* x = S.input;
   for (int i = 0; i < per_chunk; ++i) {
     auto& L = S.layers[size_t(i)];
-    const LayerTensors w = layer_tensors(params_, specs_, layer_[size_t(g * per_chunk + i)]);
-    const float* projb = mp_.tp_rank == 0 ? w.projb : nullptr;  // bias added once
-    const float* fcprojb = mp_.tp_rank == 0 ? w.fcprojb : nullptr;
+    const LayerTensors<const A> w = layer_tensors(W, specs_, layer_[size_t(g * per_chunk + i)]);
+    const A* projb = mp_.tp_rank == 0 ? w.projb : nullptr;  // bias added once
+    const A* fcprojb = mp_.tp_rank == 0 ? w.fcprojb : nullptr;
     be_.layernorm_forward(L.ln1, L.ln1_mean, L.ln1_rstd, x, w.ln1w, w.ln1b, n, C);
-    const float* ln1 = gather_rows(L.ln1, L.ln1g, N);
+    const A* ln1 = gather_rows(L.ln1, L.ln1g, N);
     be_.matmul_forward(L.qkv, ln1, w.qkvw, w.qkvb, N, C, 3 * Cl);
     be_.attention_forward(L.atty, L.att, L.qkv, B, T, Cl, NHl);
-    float* attproj = sp ? full : L.attproj;
+    A* attproj = sp ? full : L.attproj;
     be_.matmul_forward(attproj, L.atty, w.projw, projb, N, Cl, C);
     reduce_rows(attproj, L.attproj, N);
     be_.add(L.residual2, x, L.attproj, nC);
     be_.layernorm_forward(L.ln2, L.ln2_mean, L.ln2_rstd, L.residual2, w.ln2w, w.ln2b, n, C);
-    const float* ln2 = gather_rows(L.ln2, L.ln2g, N);
-    be_.matmul_forward(L.fch, ln2, w.fcw, w.fcb, N, C, 4 * Cl);
-    be_.gelu_forward(L.fch_gelu, L.fch, size_t(N) * 4 * Cl);
-    float* fcproj = sp ? full : L.fcproj;
+    const A* ln2 = gather_rows(L.ln2, L.ln2g, N);
+    be_.matmul_gelu_forward(L.fch, L.fch_gelu, ln2, w.fcw, w.fcb, N, C, 4 * Cl);
+    A* fcproj = sp ? full : L.fcproj;
     be_.matmul_forward(fcproj, L.fch_gelu, w.fcprojw, fcprojb, N, 4 * Cl, C);
     reduce_rows(fcproj, L.fcproj, N);
     be_.add(L.residual3, L.residual2, L.fcproj, nC);
     x = L.residual3;
   }
   if (g == mp_.chunks() - 1) {
-    const float* lnfw = params_ + specs_[size_t(lnf_)].offset;
-    const float* lnfb = params_ + specs_[size_t(lnf_) + 1].offset;
+    const A* lnfw = W + specs_[size_t(lnf_)].offset;
+    const A* lnfb = W + specs_[size_t(lnf_) + 1].offset;
     be_.layernorm_forward(S.lnf, S.lnf_mean, S.lnf_rstd, x, lnfw, lnfb, n, C);
     gather_rows(S.lnf, S.lnfg, N);
   }
@@ -137,10 +163,11 @@ void Gpt::forward_chunk(int chunk, Set& S, int B, int T) {
 
 // The tied head and the loss of the last chunk. d_targets_ holds this rank's local target ids
 // (upload_ids); host_targets the global ones. with_grad leaves dlogits in S.logits.
-ForwardStats Gpt::classifier(Set& S, const int32_t* host_targets, int B, int T, float dloss_scale,
-                             bool with_grad) {
+template <class A>
+ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int T,
+                             float dloss_scale, bool with_grad) {
   const int N = B * T, C = shape_.n_embd, Vl = vocab_local_;
-  be_.matmul_forward(S.logits, S.lnfg, head_weight(), nullptr, N, C, Vl);
+  be_.matmul_forward(S.logits, S.lnfg, head_weight<A>(), nullptr, N, C, Vl);
   float* host = host_scratch_.data();  // planned in the constructor: no allocation per step
   ForwardStats st;
   st.tokens = N;
@@ -155,7 +182,7 @@ ForwardStats Gpt::classifier(Set& S, const int32_t* host_targets, int B, int T, 
     return st;
   }
   // Vocabulary-parallel cross-entropy: only [N] row statistics cross the group, never logits.
-  float* stats = acts_->ce_stats;  // row max | argmax | sum exp | target logit
+  float* stats = acts<A>().ce_stats;  // row max | argmax | sum exp | target logit
   float *hmax = host, *harg = host + N, *hsum = host + 2 * N, *htgt = host + 3 * N;
   be_.logits_row_max(stats, stats + N, S.logits, N, vocab_valid_, Vl);
   be_.copy_to_host(host, stats, 2 * size_t(N));
@@ -187,40 +214,42 @@ ForwardStats Gpt::classifier(Set& S, const int32_t* host_targets, int B, int T, 
   return st;
 }
 
-void Gpt::backward_chunk(int chunk, Set& S, int B, int T) {
+template <class A>
+void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
   const int C = shape_.n_embd, Cl = C / mp_.tp, NHl = shape_.n_head / mp_.tp;
   const int N = B * T, n = local_rows(N);
   const size_t NC = size_t(N) * C;
-  auto& a = *acts_;
+  auto& a = acts<A>();
+  const A* W = weights<A>();
   const auto& sp = specs_;
   const bool seq = mp_.split_rows();
   // Input gradients of column-parallel layers are partial sums over all rows: formed in
   // `dpart` (dln itself without sequence parallelism), then reduced into this rank's dln rows.
-  float* dpart = seq ? a.full : a.dln;
+  A* dpart = seq ? a.full : a.dln;
   const int g = mp_.global_chunk(chunk), per_chunk = mp_.layers_per_chunk(shape_.n_layer);
   if (g == mp_.chunks() - 1) {
     // Classifier (tied head): dlogits already sit in S.logits. The head is column-parallel
     // over the vocabulary, so its input gradient is a partial sum over the group.
     be_.zero(dpart, NC);
     be_.matmul_backward(dpart, grads_ + sp[size_t(head_)].offset, nullptr, S.logits, S.lnfg,
-                        head_weight(), N, C, vocab_local_);
+                        head_weight<A>(), N, C, vocab_local_);
     reduce_rows(dpart, a.dln, N);
     be_.zero(a.dresidual, size_t(n) * C);
     layernorm_backward(a.dresidual, grads_ + sp[size_t(lnf_)].offset,
                        grads_ + sp[size_t(lnf_) + 1].offset, a.dln, S.output(),
-                       params_ + sp[size_t(lnf_)].offset, S.lnf_mean, S.lnf_rstd, n);
+                       W + sp[size_t(lnf_)].offset, S.lnf_mean, S.lnf_rstd, n);
     if (grad_hook_) grad_hook_(sp[size_t(lnf_)].offset, n_floats_ - sp[size_t(lnf_)].offset);
   }
   // Otherwise the caller has put the gradient of the chunk's output into dresidual.
   for (int i = per_chunk - 1; i >= 0; --i) {
     auto& L = S.layers[size_t(i)];
     const int first = layer_[size_t(g * per_chunk + i)];
-    const LayerTensors w = layer_tensors(params_, specs_, first);
-    const LayerTensors gr = layer_tensors(grads_, specs_, first);
-    const float* x_in = i == 0 ? S.input : S.layers[size_t(i - 1)].residual3;
+    const LayerTensors<const A> w = layer_tensors(W, specs_, first);
+    const LayerTensors<float> gr = layer_tensors(grads_, specs_, first);
+    const A* x_in = i == 0 ? S.input : S.layers[size_t(i - 1)].residual3;
     // MLP branch: residual3 = residual2 + c_proj(gelu(c_fc(ln_2(residual2)))). The
     // row-parallel c_proj sees the gradient of all rows, so its bias gradient is complete.
-    const float* dres = gather_rows(a.dresidual, a.full, N);
+    const A* dres = gather_rows(a.dresidual, a.full, N);
     be_.zero(a.dfch_gelu, size_t(N) * 4 * Cl);
     be_.matmul_backward(a.dfch_gelu, gr.fcprojw, gr.fcprojb, dres, L.fch_gelu, w.fcprojw, N, 4 * Cl,
                         C);
@@ -236,7 +265,10 @@ void Gpt::backward_chunk(int chunk, Set& S, int B, int T) {
     be_.zero(a.datty, size_t(N) * Cl);
     be_.matmul_backward(a.datty, gr.projw, gr.projb, dres, L.atty, w.projw, N, Cl, C);
     be_.zero(a.dqkv, size_t(N) * 3 * Cl);
-    be_.attention_backward(a.dqkv, a.datt_scratch, a.datty, L.qkv, L.att, B, T, Cl, NHl);
+    if constexpr (std::is_same_v<A, float>)
+      be_.attention_backward(a.dqkv, a.datt_scratch, a.datty, L.qkv, L.att, B, T, Cl, NHl);
+    else  // flash style: probabilities recomputed from qkv and the saved log-sum-exp
+      be_.attention_backward(a.dqkv, a.datty, L.qkv, L.atty, L.att, B, T, Cl, NHl);
     be_.zero(dpart, NC);
     be_.matmul_backward(dpart, gr.qkvw, gr.qkvb, a.dqkv, L.ln1g, w.qkvw, N, C, 3 * Cl);
     reduce_rows(dpart, a.dln, N);
@@ -251,19 +283,20 @@ void Gpt::backward_chunk(int chunk, Set& S, int B, int T) {
   if (g == 0) {
     // wpe is replicated: every rank accumulates the same gradient (of all rows); wte rows
     // only for the ids this rank holds.
-    const float* dres = gather_rows(a.dresidual, a.full, N);
+    const A* dres = gather_rows(a.dresidual, a.full, N);
     be_.encoder_backward(grads_ + sp[size_t(wte_)].offset, grads_ + sp[size_t(wpe_)].offset, dres,
                          d_inputs_, B, T, C);
     if (grad_hook_) grad_hook_(0, sp[size_t(wpe_) + 1].offset);  // wte, wpe
   }
 }
 
-ForwardStats Gpt::forward_backward(const int32_t* inputs, const int32_t* targets, int B,
-                                   float dloss_scale) {
+template <class A>
+ForwardStats Gpt::forward_backward_t(const int32_t* inputs, const int32_t* targets, int B,
+                                     float dloss_scale) {
   TRIAD_CHECK(mp_.pp == 1, "internal error: forward_backward with pp > 1 (use pipeline_step)");
   const int T = shape_.seq_len;
   TRIAD_ASSERT(B >= 1 && B <= max_batch_);
-  Set& S = acts_->sets[0][0];
+  Set<A>& S = acts<A>().sets[0][0];
   upload_ids(inputs, targets, B * T);
   forward_chunk(0, S, B, T);
   ForwardStats st = classifier(S, targets, B, T, dloss_scale, true);
@@ -271,28 +304,75 @@ ForwardStats Gpt::forward_backward(const int32_t* inputs, const int32_t* targets
   return st;
 }
 
-ForwardStats Gpt::evaluate(const int32_t* inputs, const int32_t* targets, int B) {
+template <class A>
+ForwardStats Gpt::evaluate_t(const int32_t* inputs, const int32_t* targets, int B) {
   TRIAD_ASSERT(B >= 1 && B <= max_batch_);
   const int T = shape_.seq_len;
   ForwardStats st;
-  if (Set* last = forward_pipeline(inputs, B, T)) {
+  if (Set<A>* last = forward_pipeline<A>(inputs, B, T)) {
     upload_ids(nullptr, targets, B * T);
     st = classifier(*last, targets, B, T, 0.0f, false);
   }
   return share_from_last_stage(st);
 }
 
-void Gpt::forward_logits(const int32_t* inputs, int B, float* host_out) {
+// n logits (fp32 or bf16) from the backend to host floats; bf16 rows are widened one row at a
+// time through the planned row scratch.
+template <class A>
+void Gpt::logits_to_host(float* host, const A* dev, size_t n) {
+  if constexpr (std::is_same_v<A, float>) {
+    be_.copy_to_host(host, dev, n);
+  } else {
+    float* row = acts<bf16_t>().row_wide;
+    const size_t w = size_t(shape_.padded_vocab_size);
+    for (size_t i = 0; i < n; i += w) {
+      const size_t k = std::min(w, n - i);
+      be_.convert(row, dev + i, k);
+      be_.copy_to_host(host + i, row, k);
+    }
+  }
+}
+
+template <class A>
+void Gpt::forward_logits_t(const int32_t* inputs, int B, float* host_out) {
   TRIAD_CHECK(mp_.tp == 1 && mp_.pp == 1, "forward_logits needs the whole model on one rank");
   const int T = shape_.seq_len, C = shape_.n_embd, V = shape_.vocab_size;
   const int Vp = shape_.padded_vocab_size;
-  Set& S = acts_->sets[0][0];
+  Set<A>& S = acts<A>().sets[0][0];
   upload_ids(inputs, nullptr, B * T);
   forward_chunk(0, S, B, T);
-  be_.matmul_forward(S.logits, S.lnf, head_weight(), nullptr, B * T, C, Vp);
+  be_.matmul_forward(S.logits, S.lnf, head_weight<A>(), nullptr, B * T, C, Vp);
   std::vector<float> row(size_t(B) * T * Vp);
-  be_.copy_to_host(row.data(), S.logits, row.size());
+  logits_to_host(row.data(), S.logits, row.size());
   for (size_t i = 0; i < size_t(B) * T; ++i) std::copy_n(row.data() + i * Vp, V, host_out + i * V);
 }
+
+ForwardStats Gpt::forward_backward(const int32_t* inputs, const int32_t* targets, int B,
+                                   float dloss_scale) {
+  return precision_ == Precision::bf16 ? forward_backward_t<bf16_t>(inputs, targets, B, dloss_scale)
+                                       : forward_backward_t<float>(inputs, targets, B, dloss_scale);
+}
+
+ForwardStats Gpt::evaluate(const int32_t* inputs, const int32_t* targets, int B) {
+  return precision_ == Precision::bf16 ? evaluate_t<bf16_t>(inputs, targets, B)
+                                       : evaluate_t<float>(inputs, targets, B);
+}
+
+void Gpt::forward_logits(const int32_t* inputs, int B, float* host_out) {
+  if (precision_ == Precision::bf16)
+    forward_logits_t<bf16_t>(inputs, B, host_out);
+  else
+    forward_logits_t<float>(inputs, B, host_out);
+}
+
+// The chunk steps are used by the pipeline executor (gpt_pipeline.cpp) too.
+template void Gpt::forward_chunk<float>(int, Set<float>&, int, int);
+template void Gpt::forward_chunk<bf16_t>(int, Set<bf16_t>&, int, int);
+template void Gpt::backward_chunk<float>(int, Set<float>&, int, int);
+template void Gpt::backward_chunk<bf16_t>(int, Set<bf16_t>&, int, int);
+template ForwardStats Gpt::classifier<float>(Set<float>&, const int32_t*, int, int, float, bool);
+template ForwardStats Gpt::classifier<bf16_t>(Set<bf16_t>&, const int32_t*, int, int, float, bool);
+template void Gpt::logits_to_host<float>(float*, const float*, size_t);
+template void Gpt::logits_to_host<bf16_t>(float*, const bf16_t*, size_t);
 
 }  // namespace triad

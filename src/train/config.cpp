@@ -57,6 +57,8 @@ class KeyTable {
     add("run.name", c.run.name, "run name (directory under run.dir)");
     add("run.dir", c.run.dir, "directory of runs");
     add("run.backend", c.run.backend, "cpu (cuda when built with it)");
+    add("run.precision", c.run.precision,
+        "fp32 | bf16 (mixed: bf16 activations, fp32 master weights) | auto (bf16 on cuda)");
     add("run.threads", c.run.threads, "CPU threads (0: OpenMP default)");
     add("run.peak_tflops", c.run.peak_tflops, "peak TFLOP/s for MFU (0: measure / datasheet)");
     add("parallel.tp", c.parallel.tp, "tensor-parallel size");
@@ -250,6 +252,11 @@ void validate(const Config& c, int world_size) {
   check(!c.run.dir.empty(), "run.dir", "must not be empty");
   check(c.run.backend == "cpu" || c.run.backend == "cuda", "run.backend",
         "must be cpu or cuda (got '" + c.run.backend + "')");
+  check(c.run.precision == "auto" || c.run.precision == "fp32" || c.run.precision == "bf16",
+        "run.precision", "must be auto, fp32 or bf16 (got '" + c.run.precision + "')");
+  check(c.run.precision == "fp32" || (c.run.precision == "auto" && c.run.backend == "cpu") ||
+            m.n_embd % 2 == 0,
+        "model.n_embd", "(" + std::to_string(m.n_embd) + ") must be even for bf16 precision");
   check(c.run.threads >= 0, "run.threads", "must be >= 0");
   check(c.run.peak_tflops >= 0, "run.peak_tflops", "must be >= 0");
   check(c.parallel.tp >= 1, "parallel.tp", "must be >= 1");

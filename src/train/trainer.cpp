@@ -209,12 +209,14 @@ TrainOutcome Trainer::run() {
     auto largest = [&s](size_t bytes) {
       return double(s.grid.all().all_reduce_max(int64_t(bytes))) / 1e6;
     };
-    const double param_mb = largest(s.model->num_floats() * sizeof(float));
+    const size_t copy = s.model->precision() == Precision::bf16 ? sizeof(bf16_t) : 0;
+    const double param_mb = largest(s.model->num_floats() * (sizeof(float) + copy));
     const double opt_mb = largest(s.opt->state_bytes());
     const double act_mb = largest(s.model->activation_bytes());
     std::ostringstream os;
-    os << "triad: " << s.grid.describe() << " | backend " << s.be->name() << " ("
-       << omp_get_max_threads() << " threads) | " << s.model->num_parameters() << " parameters | "
+    os << "triad: " << s.grid.describe() << " | backend " << s.be->name() << " "
+       << precision_name(s.model->precision()) << " (" << omp_get_max_threads() << " threads) | "
+       << s.model->num_parameters() << " parameters | "
        << "largest per rank: parameters " << std::fixed << std::setprecision(1) << param_mb
        << " MB, optimizer state " << opt_mb << " MB, activations " << act_mb << " MB | batch "
        << cfg.train.batch_size << " x " << T << " tokens, " << accum << " micro-batches of " << mbs
@@ -287,6 +289,7 @@ TrainOutcome Trainer::run() {
     s.opt->update(s.model->params(), g, lr, st + 1);
     if (zero) s.grid.dp().all_gather(s.model->params() + lo, s.model->params(), hi - lo);
     s.model->sync_tied_embedding();
+    s.model->params_updated();
     s.position += cfg.train.batch_size;
     s.step = st + 1;
     s.be->synchronize();

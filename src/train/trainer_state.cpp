@@ -33,6 +33,12 @@ void Trainer::State::setup_backend() {
   }
 }
 
+Precision Trainer::State::precision() const {
+  const std::string& p = cfg.run.precision;
+  if (p == "auto") return cfg.run.backend == "cuda" ? Precision::bf16 : Precision::fp32;
+  return p == "bf16" ? Precision::bf16 : Precision::fp32;
+}
+
 GptShape Trainer::State::model_shape() const {
   return GptShape{cfg.model.n_layer, cfg.model.n_head,     cfg.model.n_embd,
                   cfg.model.seq_len, cfg.model.vocab_size, cfg.padded_vocab_size()};
@@ -58,7 +64,8 @@ void Trainer::State::setup_model() {
     schedule = make_schedule(kind, mp.pp, accum, mp.virtual_stages);
     check_schedule(schedule, mp.pp, accum, mp.virtual_stages);
   }
-  model = std::make_unique<Gpt>(model_shape(), mbs, *be, dp, mp, mp.pp > 1 ? &schedule : nullptr);
+  model = std::make_unique<Gpt>(model_shape(), mbs, *be, dp, mp, mp.pp > 1 ? &schedule : nullptr,
+                                precision());
   const size_t S = model->buffer_floats() / size_t(dp);
   shard_lo = size_t(dp_rank) * S;
   shard_hi = shard_lo + S;
@@ -167,8 +174,12 @@ void Trainer::State::stage_to_host() {
 }
 
 void Trainer::State::stage_to_device(bool with_optimizer) {
-  if (!on_device) return;
+  if (!on_device) {
+    model->params_updated();  // loaded straight into params(): refresh the bf16 copy
+    return;
+  }
   be->copy_from_host(model->params(), param_base(), model->buffer_floats());
+  model->params_updated();
   if (with_optimizer)
     for (size_t i = 0; i < opt->slot_names().size(); ++i)
       be->copy_from_host(opt->slot(i), slot_base(i), opt->end() - opt->begin());

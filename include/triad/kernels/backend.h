@@ -1,6 +1,7 @@
 // The op set of the GPT model behind one interface (DESIGN.md §2). The CPU backend (fp32,
 // OpenMP, BLAS sgemm) is the reference; the CUDA backend implements the same calls on
-// device pointers.
+// device pointers. The ops come in two precisions: fp32 throughout, and the mixed-precision
+// set at the end (bf16 activations and weights, fp32 parameter gradients and statistics).
 //
 // Conventions (all ops):
 //  - Shapes are row-major. N = B*T rows of width C. Linear weights are [OC, IC] (y = x·Wᵀ + b).
@@ -15,6 +16,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+
+#include "triad/core/bf16.h"
 
 namespace triad {
 
@@ -75,6 +78,13 @@ class Backend {
   virtual void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
                                   const float* att, int B, int T, int C, int NH) = 0;
 
+  // pre = inp · Wᵀ + b and out = gelu(pre) (the FFN's first layer; see the bf16 version).
+  virtual void matmul_gelu_forward(float* pre, float* out, const float* inp, const float* weight,
+                                   const float* bias, int N, int IC, int OC) {
+    matmul_forward(pre, inp, weight, bias, N, IC, OC);
+    gelu_forward(out, pre, size_t(N) * size_t(OC));
+  }
+
   // ---- GELU, tanh approximation -------------------------------------------------------------
   virtual void gelu_forward(float* out, const float* inp, size_t n) = 0;
   virtual void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) = 0;
@@ -111,6 +121,70 @@ class Backend {
                                     const float* row_max, const int32_t* targets, int N, int V,
                                     int Vp) = 0;
   virtual void crossentropy_backward_partial(float* logits, const float* row_max,
+                                             const float* sum_exp, const int32_t* targets, int N,
+                                             int V, int Vp, float dloss_scale) = 0;
+
+  // ---- mixed precision: bf16 activations and weight copies, fp32 parameter gradients --------
+  // The same ops as above with every activation, activation gradient, weight and logit in bf16
+  // (bf16.h), while parameter gradients (dwte, dwpe, dweight, dbias), LayerNorm mean/rstd,
+  // losses, row statistics and the attention log-sum-exp stay fp32. Semantics (the contract the
+  // CPU backend implements literally and the CUDA kernels are tested against): widen the bf16
+  // inputs to float, compute as the fp32 op does with fp32 accumulation, round each bf16 output
+  // once (an accumulated bf16 output: round(old + contribution)).
+  virtual bf16_t* alloc_bf16(size_t n) {  // zero-filled, 64-byte aligned
+    return reinterpret_cast<bf16_t*>(alloc((n + 1) / 2));
+  }
+  virtual void free_bf16(bf16_t* p) { free(reinterpret_cast<float*>(p)); }
+  virtual void zero(bf16_t* p, size_t n) = 0;
+  virtual void convert(bf16_t* dst, const float* src, size_t n) = 0;  // round to nearest even
+  virtual void convert(float* dst, const bf16_t* src, size_t n) = 0;
+
+  virtual void encoder_forward(bf16_t* out, const int32_t* tokens, const bf16_t* wte,
+                               const bf16_t* wpe, int B, int T, int C) = 0;
+  virtual void encoder_backward(float* dwte, float* dwpe, const bf16_t* dout, const int32_t* tokens,
+                                int B, int T, int C) = 0;
+  virtual void layernorm_forward(bf16_t* out, float* mean, float* rstd, const bf16_t* inp,
+                                 const bf16_t* weight, const bf16_t* bias, int N, int C) = 0;
+  virtual void layernorm_backward(bf16_t* dinp, float* dweight, float* dbias, const bf16_t* dout,
+                                  const bf16_t* inp, const bf16_t* weight, const float* mean,
+                                  const float* rstd, int N, int C) = 0;
+  virtual void matmul_forward(bf16_t* out, const bf16_t* inp, const bf16_t* weight,
+                              const bf16_t* bias, int N, int IC, int OC) = 0;
+  virtual void matmul_backward(bf16_t* dinp, float* dweight, float* dbias, const bf16_t* dout,
+                               const bf16_t* inp, const bf16_t* weight, int N, int IC, int OC) = 0;
+  // The fused FFN's first layer: pre = inp · Wᵀ + b and out = gelu(pre), both kept (the
+  // backward needs pre); out may be computed from pre before its rounding to bf16. Its backward
+  // is gelu_backward then matmul_backward. The default runs the two ops.
+  virtual void matmul_gelu_forward(bf16_t* pre, bf16_t* out, const bf16_t* inp,
+                                   const bf16_t* weight, const bf16_t* bias, int N, int IC,
+                                   int OC) {
+    matmul_forward(pre, inp, weight, bias, N, IC, OC);
+    gelu_forward(out, pre, size_t(N) * size_t(OC));
+  }
+  // Causal self-attention, flash-attention style: only lse [B,NH,T] (fp32, natural log of the
+  // softmax denominator of each query row, scores scaled by 1/sqrt(hd)) is kept for backward,
+  // no T×T matrix. Backward recomputes the probabilities from qkv and lse; it reads the
+  // forward's out; dqkv (+=). Layouts as the fp32 attention.
+  virtual void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C,
+                                 int NH) = 0;
+  virtual void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv,
+                                  const bf16_t* out, const float* lse, int B, int T, int C,
+                                  int NH) = 0;
+  virtual void gelu_forward(bf16_t* out, const bf16_t* inp, size_t n) = 0;
+  virtual void gelu_backward(bf16_t* dinp, const bf16_t* inp, const bf16_t* dout, size_t n) = 0;
+  virtual void add(bf16_t* out, const bf16_t* a, const bf16_t* b, size_t n) = 0;
+  virtual void accumulate(bf16_t* dst, const bf16_t* src, size_t n) = 0;
+  // Cross-entropy over bf16 logits (dlogits written back in bf16); losses/correct/statistics
+  // fp32 and computed from the widened logits.
+  virtual void crossentropy_forward_backward(bf16_t* logits, float* losses, float* correct,
+                                             const int32_t* targets, int N, int V, int Vp,
+                                             float dloss_scale) = 0;
+  virtual void logits_row_max(float* row_max, float* argmax, const bf16_t* logits, int N, int V,
+                              int Vp) = 0;
+  virtual void softmax_partial_sums(float* sum_exp, float* target_logit, const bf16_t* logits,
+                                    const float* row_max, const int32_t* targets, int N, int V,
+                                    int Vp) = 0;
+  virtual void crossentropy_backward_partial(bf16_t* logits, const float* row_max,
                                              const float* sum_exp, const int32_t* targets, int N,
                                              int V, int Vp, float dloss_scale) = 0;
 

@@ -71,6 +71,13 @@ std::vector<ParamSpec> gpt_rank_layout(const GptShape& shape, const ModelParalle
 void extract_shard(const ParamSpec& s, int tp, int tp_rank, const float* full, float* local);
 void insert_shard(const ParamSpec& s, int tp, int tp_rank, const float* local, float* full);
 
+// The arithmetic of the model (DESIGN.md §2). fp32: everything fp32 (the CPU reference).
+// bf16: mixed precision — the weights the layers read are a bf16 copy of the fp32 master
+// weights (params()), activations and their gradients are bf16, parameter gradients,
+// optimizer state, LayerNorm statistics and the loss fp32.
+enum class Precision { fp32, bf16 };
+const char* precision_name(Precision p);
+
 struct ForwardStats {
   double loss_sum = 0;  // sum of token cross-entropies (nats)
   int64_t correct = 0;  // top-1 hits among the first vocab_size logits
@@ -87,7 +94,8 @@ class Gpt {
   // sizes the activation sets (one per micro-batch a chunk keeps in flight) and the buffers of
   // outgoing gradients; without one, each chunk gets one activation set.
   Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards = 1,
-      const ModelParallel& mp = {}, const PipelineSchedule* schedule = nullptr);
+      const ModelParallel& mp = {}, const PipelineSchedule* schedule = nullptr,
+      Precision precision = Precision::fp32);
   ~Gpt();
   Gpt(const Gpt&) = delete;
   Gpt& operator=(const Gpt&) = delete;
@@ -103,8 +111,13 @@ class Gpt {
   int64_t num_parameters() const;
   double flops_per_token() const;  // 6·N + 6·n_layer·C·T
 
+  Precision precision() const { return precision_; }
+  // The fp32 parameters (master weights under bf16) and their fp32 gradients.
   float* params() { return params_; }
   float* grads() { return grads_; }
+  // After anything writes params() (an optimizer update, a checkpoint load, the tied-embedding
+  // sync): refreshes the bf16 copy the layers read (bf16 precision; nothing to do in fp32).
+  void params_updated();
 
   // Called during backward with (offset, count) of a contiguous range of the gradient buffer
   // as soon as its gradients are final for this micro-batch (ln_f, then each layer from the
@@ -149,25 +162,59 @@ class Gpt {
   const float* next_token_logits(const int32_t* tokens, int len);
 
  private:
+  // Activation plans and sets per activation type A (float or bf16_t): gpt_activations.h.
+  template <class A>
   struct Activations;
+  template <class A>
   struct Set;
+  template <class A>
+  Activations<A>& acts();
+  template <class A>
+  const A* weights() const;  // the parameters as the layers read them
+  template <class A>
+  const A* head_weight() const {
+    return weights<A>() + specs_[size_t(head_)].offset;
+  }
+  // The steps, for both activation types (explicitly instantiated in gpt_step.cpp and
+  // gpt_pipeline.cpp); the public calls dispatch on precision_.
+  template <class A>
+  ForwardStats forward_backward_t(const int32_t* inputs, const int32_t* targets, int B,
+                                  float dloss_scale);
+  template <class A>
+  ForwardStats pipeline_step_t(const int32_t* inputs, const int32_t* targets, int m, int B,
+                               float dloss_scale);
+  template <class A>
+  ForwardStats evaluate_t(const int32_t* inputs, const int32_t* targets, int B);
+  template <class A>
+  void forward_logits_t(const int32_t* inputs, int B, float* host_out);
+  template <class A>
+  const float* next_token_logits_t(const int32_t* tokens, int len);
+  template <class A>
+  void logits_to_host(float* host, const A* dev, size_t n);
   void upload_ids(const int32_t* inputs, const int32_t* targets, int N);
-  void forward_chunk(int chunk, Set& S, int B, int T);
-  void backward_chunk(int chunk, Set& S, int B, int T);
-  ForwardStats classifier(Set& S, const int32_t* host_targets, int B, int T, float dloss_scale,
+  template <class A>
+  void forward_chunk(int chunk, Set<A>& S, int B, int T);
+  template <class A>
+  void backward_chunk(int chunk, Set<A>& S, int B, int T);
+  template <class A>
+  ForwardStats classifier(Set<A>& S, const int32_t* host_targets, int B, int T, float dloss_scale,
                           bool with_grad);
   // Forward of one micro-batch through every chunk in order (no pipelining: evaluation and
   // generation); returns the last chunk's activation set on the ranks holding it, else null.
-  Set* forward_pipeline(const int32_t* inputs, int B, int T);
+  template <class A>
+  Set<A>* forward_pipeline(const int32_t* inputs, int B, int T);
   ForwardStats share_from_last_stage(ForwardStats st);
   void sum_tied_embedding_grads();
   void tp_all_reduce(float* x, size_t n);
+  void tp_all_reduce(bf16_t* x, size_t n);
   int local_rows(int N) const;
-  void reduce_rows(float* src, float* dst, int N);
-  const float* gather_rows(const float* src, float* dst, int N);
-  void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, const float* inp,
-                          const float* w, const float* mean, const float* rstd, int rows);
-  const float* head_weight() const { return params_ + specs_[size_t(head_)].offset; }
+  template <class A>
+  void reduce_rows(A* src, A* dst, int N);
+  template <class A>
+  const A* gather_rows(const A* src, A* dst, int N);
+  template <class A>
+  void layernorm_backward(A* dinp, float* dw, float* db, const A* dout, const A* inp, const A* w,
+                          const float* mean, const float* rstd, int rows);
 
   GptShape shape_;
   int max_batch_;
@@ -184,9 +231,12 @@ class Gpt {
   int32_t* d_inputs_ = nullptr;  // this rank's local token ids on the backend's device
   int32_t* d_targets_ = nullptr;
   std::vector<int32_t> host_ids_, padded_;
+  Precision precision_ = Precision::fp32;
   float* params_ = nullptr;
   float* grads_ = nullptr;
-  Activations* acts_ = nullptr;
+  bf16_t* params_bf16_ = nullptr;            // bf16 precision: the copy the layers read
+  Activations<float>* acts_fp32_ = nullptr;  // the plan of the model's precision (one of them)
+  Activations<bf16_t>* acts_bf16_ = nullptr;
   PipelineSchedule schedule_;
   float* tied_scratch_ = nullptr;  // the other stage's wte gradient (pp > 1)
   std::vector<float> host_scratch_, host_candidates_;

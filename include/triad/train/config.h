@@ -54,6 +54,8 @@ struct CheckpointConfig {
 struct RunConfig {
   std::string name = "run", dir = "runs";
   std::string backend = "cpu";
+  // auto: bf16 mixed precision on cuda, fp32 on cpu (Precision in model/gpt.h).
+  std::string precision = "auto";
   int threads = 0;         // OpenMP/BLAS threads; 0: the library default
   double peak_tflops = 0;  // for MFU; 0: measured (CPU sgemm) or the device's datasheet
 };

@@ -1,4 +1,5 @@
-// CpuBackend: the fp32 reference implementation of Backend. Memory is ordinary host memory;
+// CpuBackend: the fp32 reference implementation of Backend (and the literal form of its bf16
+// contract, cpu_bf16.cpp). Memory is ordinary host memory;
 // every op forwards to a kernel in cpu_ops.h (one file per concern next to this one).
 #include <cstdlib>
 #include <cstring>
@@ -113,6 +114,75 @@ class CpuBackend final : public Backend {
   void sgd_update(float* p, const float* g, float* buf, size_t n, float lr, float momentum,
                   float wd) override {
     cpu::sgd_update(p, g, buf, n, lr, momentum, wd);
+  }
+
+  // ---- mixed precision (cpu_bf16.cpp) -------------------------------------------------------
+  void zero(bf16_t* p, size_t n) override { cpu::zero_bf16(p, n); }
+  void convert(bf16_t* dst, const float* src, size_t n) override { cpu::to_bf16(dst, src, n); }
+  void convert(float* dst, const bf16_t* src, size_t n) override { cpu::to_fp32(dst, src, n); }
+  void encoder_forward(bf16_t* out, const int32_t* tokens, const bf16_t* wte, const bf16_t* wpe,
+                       int B, int T, int C) override {
+    cpu::encoder_forward(out, tokens, wte, wpe, B, T, C);
+  }
+  void encoder_backward(float* dwte, float* dwpe, const bf16_t* dout, const int32_t* tokens, int B,
+                        int T, int C) override {
+    cpu::encoder_backward(dwte, dwpe, dout, tokens, B, T, C);
+  }
+  void layernorm_forward(bf16_t* out, float* mean, float* rstd, const bf16_t* inp,
+                         const bf16_t* weight, const bf16_t* bias, int N, int C) override {
+    cpu::layernorm_forward(out, mean, rstd, inp, weight, bias, N, C);
+  }
+  void layernorm_backward(bf16_t* dinp, float* dweight, float* dbias, const bf16_t* dout,
+                          const bf16_t* inp, const bf16_t* weight, const float* mean,
+                          const float* rstd, int N, int C) override {
+    cpu::layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C);
+  }
+  void matmul_forward(bf16_t* out, const bf16_t* inp, const bf16_t* weight, const bf16_t* bias,
+                      int N, int IC, int OC) override {
+    cpu::matmul_forward(out, inp, weight, bias, N, IC, OC);
+  }
+  void matmul_backward(bf16_t* dinp, float* dweight, float* dbias, const bf16_t* dout,
+                       const bf16_t* inp, const bf16_t* weight, int N, int IC, int OC) override {
+    cpu::matmul_backward(dinp, dweight, dbias, dout, inp, weight, N, IC, OC);
+  }
+  void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C,
+                         int NH) override {
+    cpu::attention_forward(out, lse, qkv, B, T, C, NH);
+  }
+  void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, const bf16_t* out,
+                          const float* lse, int B, int T, int C, int NH) override {
+    cpu::attention_backward(dqkv, dout, qkv, out, lse, B, T, C, NH);
+  }
+  void gelu_forward(bf16_t* out, const bf16_t* inp, size_t n) override {
+    cpu::gelu_forward(out, inp, n);
+  }
+  void gelu_backward(bf16_t* dinp, const bf16_t* inp, const bf16_t* dout, size_t n) override {
+    cpu::gelu_backward(dinp, inp, dout, n);
+  }
+  void add(bf16_t* out, const bf16_t* a, const bf16_t* b, size_t n) override {
+    cpu::add(out, a, b, n);
+  }
+  void accumulate(bf16_t* dst, const bf16_t* src, size_t n) override {
+    cpu::accumulate(dst, src, n);
+  }
+  void crossentropy_forward_backward(bf16_t* logits, float* losses, float* correct,
+                                     const int32_t* targets, int N, int V, int Vp,
+                                     float dloss_scale) override {
+    cpu::crossentropy_forward_backward(logits, losses, correct, targets, N, V, Vp, dloss_scale);
+  }
+  void logits_row_max(float* row_max, float* argmax, const bf16_t* logits, int N, int V,
+                      int Vp) override {
+    cpu::logits_row_max(row_max, argmax, logits, N, V, Vp);
+  }
+  void softmax_partial_sums(float* sum_exp, float* target_logit, const bf16_t* logits,
+                            const float* row_max, const int32_t* targets, int N, int V,
+                            int Vp) override {
+    cpu::softmax_partial_sums(sum_exp, target_logit, logits, row_max, targets, N, V, Vp);
+  }
+  void crossentropy_backward_partial(bf16_t* logits, const float* row_max, const float* sum_exp,
+                                     const int32_t* targets, int N, int V, int Vp,
+                                     float dloss_scale) override {
+    cpu::crossentropy_backward_partial(logits, row_max, sum_exp, targets, N, V, Vp, dloss_scale);
   }
 };
 

@@ -11,6 +11,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "triad/core/bf16.h"
+
 namespace triad::cpu {
 
 // ---- BLAS (cpu_blas.cpp) ------------------------------------------------------------------
@@ -70,5 +72,37 @@ void crossentropy_backward_partial(float* logits, const float* row_max, const fl
 void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float lr, float beta1,
                   float beta2, float eps, float wd, float bc1, float bc2);
 void sgd_update(float* p, const float* g, float* buf, size_t n, float lr, float momentum, float wd);
+
+// ---- mixed precision (cpu_bf16.cpp): widen, run the fp32 kernel, round once --------------
+void zero_bf16(bf16_t* p, size_t n);
+void to_bf16(bf16_t* dst, const float* src, size_t n);
+void to_fp32(float* dst, const bf16_t* src, size_t n);
+void encoder_forward(bf16_t* out, const int32_t* tokens, const bf16_t* wte, const bf16_t* wpe,
+                     int B, int T, int C);
+void encoder_backward(float* dwte, float* dwpe, const bf16_t* dout, const int32_t* tokens, int B,
+                      int T, int C);
+void layernorm_forward(bf16_t* out, float* mean, float* rstd, const bf16_t* inp,
+                       const bf16_t* weight, const bf16_t* bias, int N, int C);
+void layernorm_backward(bf16_t* dinp, float* dweight, float* dbias, const bf16_t* dout,
+                        const bf16_t* inp, const bf16_t* weight, const float* mean,
+                        const float* rstd, int N, int C);
+void matmul_forward(bf16_t* out, const bf16_t* inp, const bf16_t* weight, const bf16_t* bias, int N,
+                    int IC, int OC);
+void matmul_backward(bf16_t* dinp, float* dweight, float* dbias, const bf16_t* dout,
+                     const bf16_t* inp, const bf16_t* weight, int N, int IC, int OC);
+void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C, int NH);
+void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, const bf16_t* out,
+                        const float* lse, int B, int T, int C, int NH);
+void gelu_forward(bf16_t* out, const bf16_t* inp, size_t n);
+void gelu_backward(bf16_t* dinp, const bf16_t* inp, const bf16_t* dout, size_t n);
+void add(bf16_t* out, const bf16_t* a, const bf16_t* b, size_t n);
+void accumulate(bf16_t* dst, const bf16_t* src, size_t n);
+void crossentropy_forward_backward(bf16_t* logits, float* losses, float* correct,
+                                   const int32_t* targets, int N, int V, int Vp, float dloss_scale);
+void logits_row_max(float* row_max, float* argmax, const bf16_t* logits, int N, int V, int Vp);
+void softmax_partial_sums(float* sum_exp, float* target_logit, const bf16_t* logits,
+                          const float* row_max, const int32_t* targets, int N, int V, int Vp);
+void crossentropy_backward_partial(bf16_t* logits, const float* row_max, const float* sum_exp,
+                                   const int32_t* targets, int N, int V, int Vp, float dloss_scale);
 
 }  // namespace triad::cpu

@@ -1,0 +1,214 @@
+// The mixed-precision op set on the CPU (backend.h): each op widens its bf16 inputs to fp32,
+// runs the fp32 kernel of this directory and rounds its bf16 outputs once. This is the
+// contract's literal form, so it is the reference the CUDA bf16 kernels are tested against and
+// lets CI train in bf16 without a GPU; it is not meant to be fast (widening costs a pass over
+// every operand, weights included).
+//
+// The widened copies live in per-thread scratch vectors that grow to the largest call and are
+// then reused: the step loop allocates nothing once every shape has been seen.
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "cpu_math.h"
+#include "cpu_ops.h"
+
+namespace triad::cpu {
+namespace {
+
+constexpr int kSlots = 6;
+thread_local std::array<std::vector<float>, kSlots> tls_scratch;
+
+float* scratch(int slot, size_t n) {
+  auto& v = tls_scratch[size_t(slot)];
+  if (v.size() < n) v.resize(n);
+  return v.data();
+}
+
+void widen_into(float* dst, const bf16_t* src, size_t n) {
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (size_t i = 0; i < n; ++i) dst[i] = to_float(src[i]);
+}
+
+// A widened copy of src in scratch slot `slot` (nullptr stays nullptr).
+const float* widen(int slot, const bf16_t* src, size_t n) {
+  if (src == nullptr) return nullptr;
+  float* w = scratch(slot, n);
+  widen_into(w, src, n);
+  return w;
+}
+float* widen_mutable(int slot, const bf16_t* src, size_t n) {
+  return const_cast<float*>(widen(slot, src, n));
+}
+
+}  // namespace
+
+void zero_bf16(bf16_t* p, size_t n) { std::fill(p, p + n, bf16_t{}); }
+
+void to_bf16(bf16_t* dst, const float* src, size_t n) {
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (size_t i = 0; i < n; ++i) dst[i] = triad::to_bf16(src[i]);
+}
+
+void to_fp32(float* dst, const bf16_t* src, size_t n) { widen_into(dst, src, n); }
+
+void encoder_forward(bf16_t* out, const int32_t* tokens, const bf16_t* wte, const bf16_t* wpe,
+                     int B, int T, int C) {
+  // Row by row (widening all of wte would cost a pass over the whole table).
+  const int N = B * T;
+#pragma omp parallel for schedule(static) if (size_t(N) * C >= kParallelMin)
+  for (int n = 0; n < N; ++n) {
+    const int32_t tok = tokens[n];
+    const bf16_t* pos = wpe != nullptr ? wpe + size_t(n % T) * C : nullptr;
+    const bf16_t* row = tok >= 0 ? wte + size_t(tok) * C : nullptr;
+    bf16_t* o = out + size_t(n) * C;
+    for (int c = 0; c < C; ++c) {
+      const float v = (row ? to_float(row[c]) : 0.0f) + (pos ? to_float(pos[c]) : 0.0f);
+      o[c] = triad::to_bf16(v);
+    }
+  }
+}
+
+void encoder_backward(float* dwte, float* dwpe, const bf16_t* dout, const int32_t* tokens, int B,
+                      int T, int C) {
+  encoder_backward(dwte, dwpe, widen(0, dout, size_t(B) * T * C), tokens, B, T, C);
+}
+
+void layernorm_forward(bf16_t* out, float* mean, float* rstd, const bf16_t* inp,
+                       const bf16_t* weight, const bf16_t* bias, int N, int C) {
+  const size_t n = size_t(N) * C;
+  float* o = scratch(0, n);
+  layernorm_forward(o, mean, rstd, widen(1, inp, n), widen(2, weight, size_t(C)),
+                    widen(3, bias, size_t(C)), N, C);
+  to_bf16(out, o, n);
+}
+
+void layernorm_backward(bf16_t* dinp, float* dweight, float* dbias, const bf16_t* dout,
+                        const bf16_t* inp, const bf16_t* weight, const float* mean,
+                        const float* rstd, int N, int C) {
+  const size_t n = size_t(N) * C;
+  float* di = widen_mutable(0, dinp, n);
+  layernorm_backward(di, dweight, dbias, widen(1, dout, n), widen(2, inp, n),
+                     widen(3, weight, size_t(C)), mean, rstd, N, C);
+  to_bf16(dinp, di, n);
+}
+
+void matmul_forward(bf16_t* out, const bf16_t* inp, const bf16_t* weight, const bf16_t* bias, int N,
+                    int IC, int OC) {
+  float* o = scratch(0, size_t(N) * OC);
+  matmul_forward(o, widen(1, inp, size_t(N) * IC), widen(2, weight, size_t(OC) * IC),
+                 widen(3, bias, size_t(OC)), N, IC, OC);
+  to_bf16(out, o, size_t(N) * OC);
+}
+
+void matmul_backward(bf16_t* dinp, float* dweight, float* dbias, const bf16_t* dout,
+                     const bf16_t* inp, const bf16_t* weight, int N, int IC, int OC) {
+  float* di = widen_mutable(0, dinp, size_t(N) * IC);
+  matmul_backward(di, dweight, dbias, widen(1, dout, size_t(N) * OC), widen(2, inp, size_t(N) * IC),
+                  widen(3, weight, size_t(OC) * IC), N, IC, OC);
+  if (dinp != nullptr) to_bf16(dinp, di, size_t(N) * IC);
+}
+
+// lse[b,h,i] = ln Σ_{j<=i} exp(scale · q_i·k_j), from the widened qkv (max-shifted).
+static void attention_lse(float* lse, const float* qkv, int B, int T, int C, int NH) {
+  const int hd = C / NH;
+  const float scale = 1.0f / std::sqrt(float(hd));
+  const size_t ld = 3 * size_t(C);
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < NH; ++h) {
+      std::vector<float> s(static_cast<size_t>(T));
+      const float* base = qkv + size_t(b) * T * ld;
+      for (int i = 0; i < T; ++i) {
+        const float* q = base + size_t(i) * ld + size_t(h) * hd;
+        float mx = -std::numeric_limits<float>::infinity();
+        for (int j = 0; j <= i; ++j) {
+          const float* k = base + size_t(j) * ld + C + size_t(h) * hd;
+          float dot = 0.0f;
+          for (int d = 0; d < hd; ++d) dot += q[d] * k[d];
+          s[size_t(j)] = dot * scale;
+          mx = std::max(mx, s[size_t(j)]);
+        }
+        double sum = 0.0;
+        for (int j = 0; j <= i; ++j) sum += std::exp(double(s[size_t(j)] - mx));
+        lse[(size_t(b) * NH + h) * T + i] = mx + float(std::log(sum));
+      }
+    }
+}
+
+void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C, int NH) {
+  const size_t nqkv = size_t(B) * T * 3 * C, nout = size_t(B) * T * C;
+  const float* q = widen(0, qkv, nqkv);
+  float* o = scratch(1, nout);
+  float* att = scratch(2, size_t(B) * NH * T * T);
+  attention_forward(o, att, q, B, T, C, NH);
+  attention_lse(lse, q, B, T, C, NH);
+  to_bf16(out, o, nout);
+}
+
+void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, const bf16_t* out,
+                        const float* lse, int B, int T, int C, int NH) {
+  // The probabilities are recomputed in fp32 from the bf16 qkv, as the forward computed them
+  // (the flash kernels use lse for that; here the fp32 forward is the simpler reference).
+  (void)out;
+  (void)lse;
+  const size_t nqkv = size_t(B) * T * 3 * C, nout = size_t(B) * T * C;
+  const size_t natt = size_t(B) * NH * T * T;
+  const float* q = widen(0, qkv, nqkv);
+  float* att = scratch(2, natt);
+  attention_forward(scratch(1, nout), att, q, B, T, C, NH);
+  float* dq = widen_mutable(3, dqkv, nqkv);
+  attention_backward(dq, scratch(4, natt), widen(5, dout, nout), q, att, B, T, C, NH);
+  to_bf16(dqkv, dq, nqkv);
+}
+
+void gelu_forward(bf16_t* out, const bf16_t* inp, size_t n) {
+  float* o = scratch(0, n);
+  gelu_forward(o, widen(1, inp, n), n);
+  to_bf16(out, o, n);
+}
+
+void gelu_backward(bf16_t* dinp, const bf16_t* inp, const bf16_t* dout, size_t n) {
+  float* di = widen_mutable(0, dinp, n);
+  gelu_backward(di, widen(1, inp, n), widen(2, dout, n), n);
+  to_bf16(dinp, di, n);
+}
+
+void add(bf16_t* out, const bf16_t* a, const bf16_t* b, size_t n) {
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (size_t i = 0; i < n; ++i) out[i] = triad::to_bf16(to_float(a[i]) + to_float(b[i]));
+}
+
+void accumulate(bf16_t* dst, const bf16_t* src, size_t n) { add(dst, dst, src, n); }
+
+void crossentropy_forward_backward(bf16_t* logits, float* losses, float* correct,
+                                   const int32_t* targets, int N, int V, int Vp,
+                                   float dloss_scale) {
+  const size_t n = size_t(N) * Vp;
+  float* l = widen_mutable(0, logits, n);
+  crossentropy_forward_backward(l, losses, correct, targets, N, V, Vp, dloss_scale);
+  to_bf16(logits, l, n);
+}
+
+void logits_row_max(float* row_max, float* argmax, const bf16_t* logits, int N, int V, int Vp) {
+  logits_row_max(row_max, argmax, widen(0, logits, size_t(N) * Vp), N, V, Vp);
+}
+
+void softmax_partial_sums(float* sum_exp, float* target_logit, const bf16_t* logits,
+                          const float* row_max, const int32_t* targets, int N, int V, int Vp) {
+  softmax_partial_sums(sum_exp, target_logit, widen(0, logits, size_t(N) * Vp), row_max, targets, N,
+                       V, Vp);
+}
+
+void crossentropy_backward_partial(bf16_t* logits, const float* row_max, const float* sum_exp,
+                                   const int32_t* targets, int N, int V, int Vp,
+                                   float dloss_scale) {
+  const size_t n = size_t(N) * Vp;
+  float* l = widen_mutable(0, logits, n);
+  crossentropy_backward_partial(l, row_max, sum_exp, targets, N, V, Vp, dloss_scale);
+  to_bf16(logits, l, n);
+}
+
+}  // namespace triad::cpu

@@ -1,0 +1,281 @@
+// The CPU backend's mixed-precision ops (the reference for the CUDA bf16 kernels) and the bf16
+// model built on them:
+//  - bf16 rounding against an independent definition (the nearest of the two neighbouring
+//    bf16 values, ties to the even one, computed in double);
+//  - the bf16 attention's log-sum-exp against a double-precision computation, and its output
+//    and gradient against the fp32 attention on the same (bf16-valued) inputs;
+//  - each op follows its contract: the fp32 op on the widened inputs, outputs rounded once
+//    (an accumulated bf16 output: round(old + contribution));
+//  - a bf16 Gpt's loss and fp32 parameter gradients against the fp32 Gpt from the same weights.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "../support/random_data.h"
+#include "triad/kernels/backend.h"
+#include "triad/model/gpt.h"
+#include "triad/optim/optimizer.h"
+#include "triad/train/config.h"
+
+namespace triad {
+namespace {
+
+using triad::testing::random_vec;
+using Vec = std::vector<float>;
+using HVec = std::vector<bf16_t>;
+
+HVec to_h(const Vec& v) {
+  HVec h(v.size());
+  for (size_t i = 0; i < v.size(); ++i) h[i] = to_bf16(v[i]);
+  return h;
+}
+Vec to_f(const HVec& h) {
+  Vec v(h.size());
+  for (size_t i = 0; i < h.size(); ++i) v[i] = to_float(h[i]);
+  return v;
+}
+Vec rounded(const Vec& v) { return to_f(to_h(v)); }
+
+// ||a − b|| / ||b||
+double rel_err(const Vec& a, const Vec& b) {
+  double d = 0, n = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    d += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    n += double(b[i]) * b[i];
+  }
+  return std::sqrt(d / std::max(n, 1e-300));
+}
+
+void expect_bits_equal(const HVec& a, const HVec& b, const char* what) {
+  ASSERT_EQ(a.size(), b.size());
+  size_t bad = 0;
+  for (size_t i = 0; i < a.size(); ++i) bad += a[i].bits != b[i].bits;
+  EXPECT_EQ(bad, 0u) << what;
+}
+
+TEST(Bf16, RoundsToNearestEvenLikeAnIndependentReference) {
+  std::vector<float> xs = {0.0f,
+                           -0.0f,
+                           1.0f,
+                           -1.0f,
+                           3.14159265f,
+                           1e-30f,
+                           -7.7e20f,
+                           65504.0f,
+                           std::numeric_limits<float>::denorm_min(),
+                           std::numeric_limits<float>::max()};
+  for (float x : random_vec(20000, 11, -1e4f, 1e4f)) xs.push_back(x);
+  // Exact ties: 1 + 2^-8 lies halfway between 1 and 1 + 2^-7 (rounds to 1, the even one);
+  // 1 + 3·2^-8 halfway between 1 + 2^-7 and 1 + 2^-6 (rounds up, to the even one).
+  xs.push_back(1.0f + 1.0f / 256);
+  xs.push_back(1.0f + 3.0f / 256);
+  for (float x : xs) {
+    if (std::isinf(x) || std::abs(x) >= 3.389e38f) continue;  // overflow checked below
+    // Neighbours: truncations of x to 16 bits and the next value away from zero.
+    uint32_t u;
+    std::memcpy(&u, &x, 4);
+    const uint32_t lo_bits = u & 0xffff0000u, hi_bits = lo_bits + 0x10000u;
+    float lo, hi;
+    std::memcpy(&lo, &lo_bits, 4);
+    std::memcpy(&hi, &hi_bits, 4);
+    const double dl = std::abs(double(x) - lo), dh = std::abs(double(hi) - x);
+    const float want = dl < dh ? lo : dh < dl ? hi : ((lo_bits >> 16) & 1u) ? hi : lo;
+    EXPECT_EQ(round_bf16(x), want) << x;
+  }
+  EXPECT_EQ(round_bf16(1.0f + 1.0f / 256), 1.0f);
+  EXPECT_EQ(round_bf16(1.0f + 3.0f / 256), 1.0f + 1.0f / 64);
+  EXPECT_TRUE(std::isinf(round_bf16(std::numeric_limits<float>::max())));
+  EXPECT_TRUE(std::isinf(round_bf16(-std::numeric_limits<float>::infinity())));
+  EXPECT_TRUE(std::isnan(round_bf16(std::numeric_limits<float>::quiet_NaN())));
+  // A NaN whose payload sits only in the low 16 bits must not become infinity.
+  uint32_t nan_bits = 0x7f800001u;
+  float low_nan;
+  std::memcpy(&low_nan, &nan_bits, 4);
+  EXPECT_TRUE(std::isnan(round_bf16(low_nan)));
+}
+
+class CpuBf16 : public ::testing::Test {
+ protected:
+  std::unique_ptr<Backend> be = make_cpu_backend();
+};
+
+TEST_F(CpuBf16, AttentionLogSumExpAndOutputs) {
+  const int B = 2, T = 37, C = 32, NH = 4, hd = C / NH;
+  const Vec qkv = rounded(random_vec(size_t(B) * T * 3 * C, 3, -2.0f, 2.0f));
+  const HVec qkv_h = to_h(qkv);
+  HVec out(size_t(B) * T * C);
+  Vec lse(size_t(B) * NH * T);
+  be->attention_forward(out.data(), lse.data(), qkv_h.data(), B, T, C, NH);
+  // log-sum-exp in double.
+  double worst = 0;
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < NH; ++h)
+      for (int i = 0; i < T; ++i) {
+        double sum = 0;
+        for (int j = 0; j <= i; ++j) {
+          double s = 0;
+          for (int d = 0; d < hd; ++d)
+            s += double(qkv[(size_t(b) * T + i) * 3 * C + h * hd + d]) *
+                 qkv[(size_t(b) * T + j) * 3 * C + C + h * hd + d];
+          sum += std::exp(s / std::sqrt(double(hd)));
+        }
+        worst = std::max(worst, std::abs(std::log(sum) - lse[(size_t(b) * NH + h) * T + i]));
+      }
+  EXPECT_LT(worst, 1e-5);
+  // Output and gradient: the fp32 attention on the same values, rounded once.
+  Vec out32(out.size()), att(size_t(B) * NH * T * T), scratch(att.size());
+  be->attention_forward(out32.data(), att.data(), qkv.data(), B, T, C, NH);
+  expect_bits_equal(out, to_h(out32), "attention output = round(fp32 output)");
+  const Vec dout = rounded(random_vec(out.size(), 4));
+  const Vec dqkv0 = rounded(random_vec(qkv.size(), 5));  // accumulates onto these
+  HVec dqkv = to_h(dqkv0);
+  be->attention_backward(dqkv.data(), to_h(dout).data(), qkv_h.data(), out.data(), lse.data(), B, T,
+                         C, NH);
+  Vec dqkv32 = dqkv0;
+  be->attention_backward(dqkv32.data(), scratch.data(), dout.data(), qkv.data(), att.data(), B, T,
+                         C, NH);
+  expect_bits_equal(dqkv, to_h(dqkv32), "dqkv = round(dqkv0 + fp32 gradient)");
+}
+
+TEST_F(CpuBf16, OpsRoundTheFp32ResultOnce) {
+  const int N = 24, C = 16, OC = 40;
+  const Vec x = rounded(random_vec(size_t(N) * C, 1)), w = rounded(random_vec(size_t(OC) * C, 2));
+  const Vec b = rounded(random_vec(size_t(OC), 3)), dy = rounded(random_vec(size_t(N) * OC, 4));
+  // matmul forward and backward (dinp accumulated in bf16, dW and db in fp32).
+  HVec y(size_t(N) * OC);
+  be->matmul_forward(y.data(), to_h(x).data(), to_h(w).data(), to_h(b).data(), N, C, OC);
+  Vec y32(y.size());
+  be->matmul_forward(y32.data(), x.data(), w.data(), b.data(), N, C, OC);
+  expect_bits_equal(y, to_h(y32), "matmul forward");
+  const Vec dx0 = rounded(random_vec(x.size(), 5)), dw0 = random_vec(w.size(), 6);
+  HVec dx = to_h(dx0);
+  Vec dw = dw0, db(size_t(OC), 0.5f), dx32 = dx0, dw32 = dw0, db32(size_t(OC), 0.5f);
+  be->matmul_backward(dx.data(), dw.data(), db.data(), to_h(dy).data(), to_h(x).data(),
+                      to_h(w).data(), N, C, OC);
+  be->matmul_backward(dx32.data(), dw32.data(), db32.data(), dy.data(), x.data(), w.data(), N, C,
+                      OC);
+  expect_bits_equal(dx, to_h(dx32), "matmul dinp");
+  EXPECT_EQ(dw, dw32);
+  EXPECT_EQ(db, db32);
+  // The fused first FFN layer: pre and gelu(pre).
+  HVec pre(y.size()), act(y.size());
+  be->matmul_gelu_forward(pre.data(), act.data(), to_h(x).data(), to_h(w).data(), to_h(b).data(), N,
+                          C, OC);
+  expect_bits_equal(pre, y, "matmul_gelu_forward pre");
+  Vec g32(y.size());
+  be->gelu_forward(g32.data(), to_f(y).data(), g32.size());
+  expect_bits_equal(act, to_h(g32), "matmul_gelu_forward out");
+  // LayerNorm.
+  const Vec lw = rounded(random_vec(size_t(C), 7, 0.5f, 1.5f)), lb = rounded(random_vec(C, 8));
+  HVec ln(x.size());
+  Vec mean(N), rstd(N), ln32(x.size()), mean32(N), rstd32(N);
+  be->layernorm_forward(ln.data(), mean.data(), rstd.data(), to_h(x).data(), to_h(lw).data(),
+                        to_h(lb).data(), N, C);
+  be->layernorm_forward(ln32.data(), mean32.data(), rstd32.data(), x.data(), lw.data(), lb.data(),
+                        N, C);
+  expect_bits_equal(ln, to_h(ln32), "layernorm forward");
+  EXPECT_EQ(mean, mean32);
+  EXPECT_EQ(rstd, rstd32);
+  // Residual add and accumulate round once per call.
+  HVec s(x.size());
+  be->add(s.data(), to_h(x).data(), to_h(dx0).data(), s.size());
+  for (size_t i = 0; i < s.size(); ++i) ASSERT_EQ(s[i].bits, to_bf16(x[i] + dx0[i]).bits);
+  // Cross-entropy over bf16 logits: losses from the widened logits, gradient rounded.
+  const int V = 37, Vp = 48;
+  const Vec logits = rounded(random_vec(size_t(N) * Vp, 9, -3.0f, 3.0f));
+  std::vector<int32_t> tgt(N);
+  for (int i = 0; i < N; ++i) tgt[size_t(i)] = (i * 7) % V;
+  HVec lh = to_h(logits);
+  Vec l32 = logits, loss(N), loss32(N), hit(N), hit32(N);
+  be->crossentropy_forward_backward(lh.data(), loss.data(), hit.data(), tgt.data(), N, V, Vp,
+                                    0.25f);
+  be->crossentropy_forward_backward(l32.data(), loss32.data(), hit32.data(), tgt.data(), N, V, Vp,
+                                    0.25f);
+  EXPECT_EQ(loss, loss32);
+  EXPECT_EQ(hit, hit32);
+  expect_bits_equal(lh, to_h(l32), "dlogits");
+}
+
+// A bf16 model against the fp32 model with the same master weights: the loss to bf16
+// precision, the fp32 parameter gradients to a few bf16 ulps in norm.
+TEST_F(CpuBf16, ModelLossAndGradientsFollowFp32) {
+  GptShape shape{2, 4, 64, 32, 200, 256};
+  const int B = 3, N = B * shape.seq_len;
+  std::vector<int32_t> in(N), tg(N);
+  for (int i = 0; i < N; ++i) {
+    in[size_t(i)] = (i * 37 + 11) % shape.vocab_size;
+    tg[size_t(i)] = (i * 53 + 5) % shape.vocab_size;
+  }
+  Gpt f(shape, B, *be, 1, {}, nullptr, Precision::fp32);
+  Gpt h(shape, B, *be, 1, {}, nullptr, Precision::bf16);
+  f.init(7);
+  h.init(7);
+  ASSERT_EQ(f.buffer_floats(), h.buffer_floats());
+  const ForwardStats sf = f.forward_backward(in.data(), tg.data(), B, 1.0f / float(N));
+  const ForwardStats sh = h.forward_backward(in.data(), tg.data(), B, 1.0f / float(N));
+  EXPECT_NEAR(sh.loss_sum / N, sf.loss_sum / N, 1e-2 * sf.loss_sum / N);
+  EXPECT_NE(sh.loss_sum, sf.loss_sum) << "the bf16 model computed in fp32";
+  // Gradients per tensor: relative error in norm.
+  for (const auto& s : f.specs()) {
+    Vec gf(f.grads() + s.offset, f.grads() + s.offset + s.numel);
+    Vec gh(h.grads() + s.offset, h.grads() + s.offset + s.numel);
+    EXPECT_LT(rel_err(gh, gf), 3e-2) << s.name;
+  }
+  // evaluate() and the logits agree as well.
+  const ForwardStats ef = f.evaluate(in.data(), tg.data(), B);
+  const ForwardStats eh = h.evaluate(in.data(), tg.data(), B);
+  EXPECT_NEAR(eh.loss_sum, ef.loss_sum, 1e-2 * ef.loss_sum);
+  const float* lf = f.next_token_logits(in.data(), 20);
+  Vec row_f(lf, lf + shape.vocab_size);
+  const float* lh = h.next_token_logits(in.data(), 20);
+  Vec row_h(lh, lh + shape.vocab_size);
+  EXPECT_LT(rel_err(row_h, row_f), 2e-2);
+}
+
+// Training: a model that learns (a repeating 10-token sequence, loss from ~5.3 to well below
+// 1 in 40 AdamW steps) has the same curve in bf16 as in fp32, to bf16 precision.
+TEST_F(CpuBf16, TrainingCurveFollowsFp32) {
+  GptShape shape{2, 4, 64, 32, 200, 256};
+  const int B = 4, N = B * shape.seq_len;
+  std::vector<int32_t> in(N), tg(N);
+  for (int i = 0; i < N; ++i) {
+    in[size_t(i)] = 20 + (i * 3) % 10;
+    tg[size_t(i)] = 20 + ((i + 1) * 3) % 10;
+  }
+  auto curve = [&](Precision p) {
+    Gpt m(shape, B, *be, 1, {}, nullptr, p);
+    m.init(3);
+    Optimizer opt(OptimConfig{}, m.specs(), 0, m.buffer_floats(), *be);
+    std::vector<double> losses;
+    for (int step = 1; step <= 40; ++step) {
+      m.zero_grads();
+      losses.push_back(m.forward_backward(in.data(), tg.data(), B, 1.0f / float(N)).loss_sum / N);
+      opt.update(m.params(), m.grads(), 3e-3, step);
+      m.params_updated();
+    }
+    return losses;
+  };
+  const std::vector<double> f = curve(Precision::fp32), h = curve(Precision::bf16);
+  EXPECT_GT(f.front(), 5.0);
+  EXPECT_LT(f.back(), 1.0) << "the fp32 model learns the sequence";
+  for (size_t i = 0; i < f.size(); ++i) EXPECT_NEAR(h[i], f[i], 2e-2 * f[i] + 2e-2) << "step " << i;
+}
+
+// params_updated() is what makes an update visible to the bf16 layers.
+TEST_F(CpuBf16, WeightsReachTheLayersOnlyThroughParamsUpdated) {
+  GptShape shape{1, 2, 16, 8, 50, 128};
+  std::vector<int32_t> in(8, 3), tg(8, 4);
+  Gpt h(shape, 1, *be, 1, {}, nullptr, Precision::bf16);
+  h.init(1);
+  const double before = h.evaluate(in.data(), tg.data(), 1).loss_sum;
+  be->scale(h.params(), 3.0f, h.num_floats());
+  EXPECT_EQ(h.evaluate(in.data(), tg.data(), 1).loss_sum, before) << "stale copy expected";
+  h.params_updated();
+  EXPECT_NE(h.evaluate(in.data(), tg.data(), 1).loss_sum, before);
+}
+
+}  // namespace
+}  // namespace triad
