@@ -156,8 +156,8 @@ except ImportError:  # plain Python fallback
         h = array.array("i", [0] * 256); h[0], h[1], h[2] = 20240520, 1, n
         path.write_bytes(h.tobytes() + array.array("H", [random.randrange(512) for _ in range(n)]).tobytes())
 shard(d / "train_000.bin", 6000); shard(d / "train_001.bin", 3000); shard(d / "val_000.bin", 2000)
-cfg = {  # tests/python/triad_run.py tiny_config, 30 steps
-    "model": dict(n_layer=2, n_head=2, n_embd=32, seq_len=16, vocab_size=512),
+cfg = {  # tests/python/triad_run.py tiny_config, 30 steps, but head dim 64 (the flash kernels')
+    "model": dict(n_layer=2, n_head=2, n_embd=128, seq_len=16, vocab_size=512),
     "train": dict(steps=30, batch_size=8, micro_batch_size=4, lr=3e-3, warmup_steps=3,
                   schedule="cosine", grad_clip=1.0, seed=7),
     "data": dict(train=f"{d}/train_*.bin", val=f"{d}/val_*.bin", shuffle="true"),
@@ -219,66 +219,80 @@ res "carried build runs" "$CARRIED"
 res "carried gtests" "${TESTS:-not run}"
 
 # ============ 2b. the CUDA backend (fp32 reference path) in training ==========================
-hdr "2b. CUDA backend: checkpoint loss CPU vs GPU, 50 steps GPU vs CPU, GPT-2 124M fp32 speed"
-GPU_EVAL=""; GPU_CURVE=""; GPU_124M=""
+hdr "2b. CUDA backend: checkpoint loss CPU vs GPU (fp32, bf16), 50 steps GPU vs CPU, GPT-2 124M speed"
+GPU_EVAL=""; GPU_CURVE=""; GPU_124M=""; GPU_124M32=""
 if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]; then
   (
     # shellcheck disable=SC1091
     source "$DEV/env.sh"
     export OMP_NUM_THREADS=8
     B=$RUN/bin; W=$RUN/work; C=$W/runs/tiny/ckpt/step_00000030.h5
-    for be in cpu cuda; do
-      timeout "$(tmo 60 120)" "$B/triad-train" --config "$W/tiny.ini" --eval-only --resume "$C" \
-        --run.backend $be >"$RUN/eval_$be.txt" 2>&1 || tail -5 "$RUN/eval_$be.txt"
-      echo "eval $be: $(grep -o 'val loss [0-9.]*' "$RUN/eval_$be.txt")"
+    # Variants: the CPU reference (fp32), the CUDA backend in fp32 and in bf16 mixed precision.
+    variants=("cpu fp32" "cuda fp32" "cuda bf16")
+    for v in "${variants[@]}"; do
+      read -r be pr <<<"$v"
+      timeout "$(tmo 60 150)" "$B/triad-train" --config "$W/tiny.ini" --eval-only --resume "$C" \
+        --run.backend "$be" --run.precision "$pr" >"$RUN/eval_${be}_$pr.txt" 2>&1 || tail -5 "$RUN/eval_${be}_$pr.txt"
+      echo "eval $be $pr: $(grep -o 'val loss [0-9.]*' "$RUN/eval_${be}_$pr.txt")"
     done
-    for be in cpu cuda; do
-      timeout "$(tmo 90 120)" "$B/triad-train" --config "$W/tiny.ini" --run.backend $be --resume none \
-        --run.name curve_$be --train.steps 50 --checkpoint.every 0 >"$RUN/curve_$be.txt" 2>&1 || tail -8 "$RUN/curve_$be.txt"
+    for v in "${variants[@]}"; do
+      read -r be pr <<<"$v"
+      timeout "$(tmo 90 150)" "$B/triad-train" --config "$W/tiny.ini" --run.backend "$be" --run.precision "$pr" \
+        --resume none --run.name "curve_${be}_$pr" --train.steps 50 --checkpoint.every 0 \
+        >"$RUN/curve_${be}_$pr.txt" 2>&1 || tail -8 "$RUN/curve_${be}_$pr.txt"
     done
     "$PY" - "$RUN" "$W" <<'EOF'
 import sys, re, pathlib
 run, w = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-def val(be):
-    m = re.search(r"val loss ([0-9.]+)", (run / f"eval_{be}.txt").read_text())
+def val(v):
+    m = re.search(r"val loss ([0-9.]+)", (run / f"eval_{v}.txt").read_text())
     return float(m.group(1)) if m else None
-a, b = val("cpu"), val("cuda")
-if a and b:
-    print(f"RESULT_EVAL cpu {a:.6f} gpu {b:.6f} rel {abs(a-b)/a:.2e}")
+ref = val("cpu_fp32")
+for v in ("cuda_fp32", "cuda_bf16"):
+    x = val(v)
+    if ref and x:
+        print(f"RESULT_EVAL {v.split('_')[1]}: cpu {ref:.6f} gpu {x:.6f} rel {abs(ref-x)/ref:.2e}")
 try:
     import h5py, numpy as np
     l = {}
-    for be in ("cpu", "cuda"):
-        with h5py.File(w / "runs" / f"curve_{be}" / "metrics.h5", "r") as f:
-            l[be] = f["train/loss"][:]
-    d = np.abs(l["cpu"] - l["cuda"]) / np.abs(l["cpu"])
-    print(f"RESULT_CURVE {len(l['cuda'])} steps, max rel diff {d.max():.2e}, final cpu {l['cpu'][-1]:.5f} gpu {l['cuda'][-1]:.5f}")
+    for v in ("cpu_fp32", "cuda_fp32", "cuda_bf16"):
+        with h5py.File(w / "runs" / f"curve_{v}" / "metrics.h5", "r") as f:
+            l[v] = f["train/loss"][:]
+    for v in ("cuda_fp32", "cuda_bf16"):
+        d = np.abs(l["cpu_fp32"] - l[v]) / np.abs(l["cpu_fp32"])
+        print(f"RESULT_CURVE {v.split('_')[1]}: {len(l[v])} steps, max rel diff {d.max():.2e}, final cpu {l['cpu_fp32'][-1]:.5f} gpu {l[v][-1]:.5f}")
 except Exception as e:
     print("RESULT_CURVE failed:", e)
 EOF
-    echo "-- GPT-2 124M, fp32 CUDA backend (cuBLAS sgemm, no TF32), B=8 T=1024, 8 steps"
     "$PY" - "$W" <<'EOF'
 import sys, pathlib, numpy as np
 w = pathlib.Path(sys.argv[1]); d = w / "data124"; d.mkdir(exist_ok=True)
-n = 8 * 1025 * 10
+n = 16 * 1025 * 10
 h = np.zeros(256, dtype=np.int32); h[0], h[1], h[2] = 20240520, 1, n
 (d / "train_000.bin").write_bytes(h.tobytes() + np.random.default_rng(0).integers(0, 50257, n).astype(np.uint16).tobytes())
 EOF
-    timeout "$(tmo 150 60)" "$B/triad-train" --model.n_layer 12 --model.n_head 12 --model.n_embd 768 \
-      --model.seq_len 1024 --train.steps 8 --train.batch_size 8 --train.micro_batch_size 8 \
-      --train.warmup_steps 1 --data.train "$W/data124/train_*.bin" --eval.sequences 0 \
-      --checkpoint.every 0 --run.dir "$W/runs" --run.name gpt124 --run.backend cuda --resume none \
-      >"$RUN/gpt124.txt" 2>&1; rc=$?
-    grep -E '^triad:|^device:|^step' "$RUN/gpt124.txt" | head -12; [[ $rc == 0 ]] || tail -8 "$RUN/gpt124.txt"
-    tps=$(grep -E '^step +[5-8]/' "$RUN/gpt124.txt" | sed -n 's/.*| \([0-9]*\) tok\/s.*/\1/p' | sort -n | sed -n '2p')
-    echo "RESULT_124M ${tps:-failed} tok/s (2nd lowest of steps 5-8, fp32)"
+    # GPT-2 124M at the PyTorch peer's batch (16 x 1024) in bf16; fp32 at 8 x 1024 (memory).
+    for v in "bf16 16 12" "fp32 8 8"; do
+      read -r pr mb steps <<<"$v"
+      echo "-- GPT-2 124M, CUDA backend $pr, B=$mb T=1024, $steps steps"
+      timeout "$(tmo 120 60)" "$B/triad-train" --model.n_layer 12 --model.n_head 12 --model.n_embd 768 \
+        --model.seq_len 1024 --train.steps "$steps" --train.batch_size "$mb" --train.micro_batch_size "$mb" \
+        --train.warmup_steps 1 --data.train "$W/data124/train_*.bin" --eval.sequences 0 \
+        --checkpoint.every 0 --run.dir "$W/runs" --run.name "gpt124_$pr" --run.backend cuda \
+        --run.precision "$pr" --resume none >"$RUN/gpt124_$pr.txt" 2>&1; rc=$?
+      grep -E '^triad:|^device:|^step' "$RUN/gpt124_$pr.txt" | head -14; [[ $rc == 0 ]] || tail -8 "$RUN/gpt124_$pr.txt"
+      tps=$(grep -E '^step +([5-9]|1[0-9])/' "$RUN/gpt124_$pr.txt" | sed -n 's/.*| \([0-9]*\) tok\/s.*/\1/p' | sort -n | sed -n '2p')
+      echo "RESULT_124M_$pr ${tps:-failed} tok/s (2nd lowest of steps 5+, B=$mb)"
+    done
   ) 2>&1 | tee "$RUN/gpu.txt"
-  GPU_EVAL=$(sed -n 's/^RESULT_EVAL //p' "$RUN/gpu.txt"); GPU_CURVE=$(sed -n 's/^RESULT_CURVE //p' "$RUN/gpu.txt")
-  GPU_124M=$(sed -n 's/^RESULT_124M //p' "$RUN/gpu.txt")
+  GPU_EVAL=$(sed -n 's/^RESULT_EVAL //p' "$RUN/gpu.txt" | paste -sd';' -)
+  GPU_CURVE=$(sed -n 's/^RESULT_CURVE //p' "$RUN/gpu.txt" | paste -sd';' -)
+  GPU_124M=$(sed -n 's/^RESULT_124M_bf16 //p' "$RUN/gpu.txt"); GPU_124M32=$(sed -n 's/^RESULT_124M_fp32 //p' "$RUN/gpu.txt")
 fi
 res "ckpt val loss CPU vs GPU" "${GPU_EVAL:-failed}"
 res "50 steps GPU vs CPU" "${GPU_CURVE:-failed}"
-res "triad 124M fp32 GPU" "${GPU_124M:-failed}"
+res "triad 124M bf16 GPU" "${GPU_124M:-failed}"
+res "triad 124M fp32 GPU" "${GPU_124M32:-failed}"
 
 # ============ 2c. fused flash attention (bf16) vs PyTorch SDPA's numbers in step 4 ===========
 hdr "2c. triad-bench attention (B=16 NH=12 T=1024 hd=64, causal, bf16)"

@@ -69,6 +69,7 @@ int main(int argc, char** argv) {
       refs.push_back(std::move(r));
     }
     triad::load_checkpoint_tensors(world, checkpoint, {{"model", refs}});
+    model.params_updated();
     std::vector<int32_t> ids =
         prompt.empty() ? std::vector<int32_t>{tok.eot()} : tok.encode(prompt);
     triad::Rng rng(static_cast<uint64_t>(seed));

@@ -130,6 +130,13 @@ TEST(Config, UnknownNamesAndUnbuiltModesAreRefused) {
   EXPECT_NE(error_of({"--parallel.zero", "2"}).find("parallel.zero"), std::string::npos);
   EXPECT_NE(error_of({"--run.backend", "tpu"}).find("run.backend"), std::string::npos);
   EXPECT_NE(error_of({"--data.shuffle", "maybe"}).find("data.shuffle"), std::string::npos);
+  EXPECT_NE(error_of({"--run.precision", "fp16"}).find("run.precision"), std::string::npos);
+  // bf16 rows travel as fp32 words: an odd width is refused up front, not mid-run.
+  EXPECT_NE(error_of({"--run.precision", "bf16", "--model.n_embd", "33", "--model.n_head", "3"})
+                .find("model.n_embd"),
+            std::string::npos);
+  EXPECT_EQ(error_of({"--run.precision", "fp32", "--model.n_embd", "33", "--model.n_head", "3"}),
+            "");
 }
 
 TEST(Config, PaddedVocab) {

@@ -71,7 +71,8 @@ __global__ void accumulate_dqkv_kernel(float* dqkv, const float* dq, const float
 
 // One block per row r of att [B·NH·T, T]; query position i = r mod T. In place: S → P over keys
 // 0..i, exact zeros for keys i+1..T-1. Each thread touches the same j's in every loop.
-__global__ void causal_softmax_kernel(float* att, int T) {
+// lse (may be nullptr): lse[r] = max + ln Σ exp(S − max), the log of the row's denominator.
+__global__ void causal_softmax_kernel(float* att, float* lse, int T) {
   const size_t r = blockIdx.x;
   const int i = int(r % size_t(T));
   float* row = att + r * T;
@@ -87,6 +88,7 @@ __global__ void causal_softmax_kernel(float* att, int T) {
   sum = block_reduce(sum, SumOp{}, 0.0f);
   const float inv = 1.0f / sum;
   for (int j = threadIdx.x; j < T; j += blockDim.x) row[j] = j <= i ? row[j] * inv : 0.0f;
+  if (lse != nullptr && threadIdx.x == 0) lse[r] = max_val + logf(sum);
 }
 
 // dst[r, j] = j <= (r mod T) ? att[r, j] : 0 over B·NH·T·T entries.
@@ -147,7 +149,7 @@ void check_shape(int B, int T, int C, int NH) {
 size_t attention_workspace_floats(int B, int T, int C) { return size_t(7) * B * T * C; }
 
 void attention_forward(cudaStream_t s, cublasHandle_t h, float* workspace, float* out, float* att,
-                       const float* qkv, int B, int T, int C, int NH) {
+                       const float* qkv, int B, int T, int C, int NH, float* lse) {
   check_shape(B, T, C, NH);
   const int hd = C / NH;
   const int batch = B * NH;
@@ -163,7 +165,7 @@ void attention_forward(cudaStream_t s, cublasHandle_t h, float* workspace, float
   // S[T,T] = scale · Q[T,hd] · K[T,hd]ᵀ  ⇔  Sᵀ = K (hd×T col-major, transposed) · Qᵀ (hd×T)
   gemm_batched(h, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, scale, w.k, hd, head, w.q, hd, head, 0.0f,
                att, T, tt, batch);
-  causal_softmax_kernel<<<unsigned(size_t(batch) * T), kSoftmaxBlock, 0, s>>>(att, T);
+  causal_softmax_kernel<<<unsigned(size_t(batch) * T), kSoftmaxBlock, 0, s>>>(att, lse, T);
   TRIAD_CUDA_CHECK_LAUNCH();
   // O[T,hd] = P[T,T] · V[T,hd]  ⇔  Oᵀ (hd×T) = Vᵀ (hd×T col-major) · Pᵀ (T×T col-major)
   gemm_batched(h, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, 1.0f, w.v, hd, head, att, T, tt, 0.0f, w.o,

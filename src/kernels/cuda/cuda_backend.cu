@@ -1,8 +1,9 @@
-// CudaBackend: the Backend ops on device memory, fp32 reference path. One CUDA stream carries
-// every op in order (ops return without waiting; synchronize() waits), and one cuBLAS handle is
-// bound to it with the pedantic math mode (plain fp32 sgemm: no TF32, no BF16x9 emulation,
-// whatever NVIDIA_TF32_OVERRIDE or CUBLAS_EMULATE_* say). The ops themselves live in one .cu
-// file per concern next to this one (cuda_ops.cuh).
+// CudaBackend: the Backend ops on device memory, the fp32 path and the mixed-precision (bf16)
+// one. One CUDA stream carries every op in order (ops return without waiting; synchronize()
+// waits), and one cuBLAS handle is bound to it with the pedantic math mode (plain fp32 sgemm:
+// no TF32, no BF16x9 emulation, whatever NVIDIA_TF32_OVERRIDE or CUBLAS_EMULATE_* say). The bf16
+// products go through cuBLASLt (LtMatmul: bf16 inputs, fp32 compute, its own workspace). The
+// ops themselves live in one .cu file per concern next to this one (cuda_ops.cuh).
 #include <cstdio>
 #include <cstring>
 #include <memory>
@@ -13,6 +14,9 @@
 #include "triad/kernels/cuda_backend.h"
 
 namespace triad {
+
+// The Backend's bf16_t buffers are read and written as CUDA's __nv_bfloat16.
+static_assert(sizeof(bf16_t) == sizeof(cuda::bf16) && alignof(bf16_t) <= alignof(cuda::bf16));
 
 namespace cuda_detail {
 
@@ -31,6 +35,9 @@ void throw_cublas_error(int code, const char* call, const char* file, int line) 
 }  // namespace cuda_detail
 
 namespace {
+
+cuda::bf16* dev(bf16_t* p) { return reinterpret_cast<cuda::bf16*>(p); }
+const cuda::bf16* dev(const bf16_t* p) { return reinterpret_cast<const cuda::bf16*>(p); }
 
 // Device count, or the error that prevents using any device (no driver, no device, ...).
 cudaError_t device_count(int* count) {
@@ -53,12 +60,16 @@ class CudaBackend final : public Backend {
     TRIAD_CUBLAS_CHECK(cublasSetMathMode(cublas_, CUBLAS_PEDANTIC_MATH));
     TRIAD_CUBLAS_CHECK(cublasSetAtomicsMode(cublas_, CUBLAS_ATOMICS_NOT_ALLOWED));
     TRIAD_CUDA_CHECK(cudaMalloc(&partials_, (cuda::kSumSquaresPartials + 1) * sizeof(double)));
+    lt_ = std::make_unique<cuda::LtMatmul>(cublas_);
   }
 
   ~CudaBackend() override {
     // No throwing here: errors at teardown are ignored.
     cudaStreamSynchronize(stream_);
-    if (workspace_ != nullptr) cudaFree(workspace_);
+    lt_.reset();
+    attention_scratch_.fp32_workspace.release();
+    attention_scratch_.flash.release();
+    attention_scratch_.widened.release();
     if (partials_ != nullptr) cudaFree(partials_);
     if (cublas_ != nullptr) cublasDestroy(cublas_);
     if (stream_ != nullptr) cudaStreamDestroy(stream_);
@@ -131,12 +142,12 @@ class CudaBackend final : public Backend {
   }
   void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C,
                          int NH) override {
-    float* ws = workspace(cuda::attention_workspace_floats(B, T, C));
+    float* ws = attention_workspace(B, T, C);
     cuda::attention_forward(stream_, cublas_, ws, out, att, qkv, B, T, C, NH);
   }
   void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
                           const float* att, int B, int T, int C, int NH) override {
-    float* ws = workspace(cuda::attention_workspace_floats(B, T, C));
+    float* ws = attention_workspace(B, T, C);
     cuda::attention_backward(stream_, cublas_, ws, dqkv, scratch, dout, qkv, att, B, T, C, NH);
   }
   void gelu_forward(float* out, const float* inp, size_t n) override {
@@ -172,6 +183,96 @@ class CudaBackend final : public Backend {
     cuda::crossentropy_backward_partial(stream_, logits, row_max, sum_exp, targets, N, V, Vp,
                                         dloss_scale);
   }
+  // ---- mixed precision (bf16) ----------------------------------------------------------------
+  using Backend::matmul_gelu_forward;  // the fp32 one keeps Backend's two-op default
+  void zero(bf16_t* p, size_t n) override {
+    if (n == 0) return;
+    TRIAD_CUDA_CHECK(cudaMemsetAsync(p, 0, n * sizeof(bf16_t), stream_));  // +0.0 is all zeros
+  }
+  void convert(bf16_t* dst, const float* src, size_t n) override {
+    cuda::convert(stream_, dev(dst), src, n);
+  }
+  void convert(float* dst, const bf16_t* src, size_t n) override {
+    cuda::convert(stream_, dst, dev(src), n);
+  }
+  void encoder_forward(bf16_t* out, const int32_t* tokens, const bf16_t* wte, const bf16_t* wpe,
+                       int B, int T, int C) override {
+    cuda::encoder_forward(stream_, dev(out), tokens, dev(wte), dev(wpe), B, T, C);
+  }
+  void encoder_backward(float* dwte, float* dwpe, const bf16_t* dout, const int32_t* tokens, int B,
+                        int T, int C) override {
+    cuda::encoder_backward(stream_, dwte, dwpe, dev(dout), tokens, B, T, C);
+  }
+  void layernorm_forward(bf16_t* out, float* mean, float* rstd, const bf16_t* inp,
+                         const bf16_t* weight, const bf16_t* bias, int N, int C) override {
+    cuda::layernorm_forward(stream_, dev(out), mean, rstd, dev(inp), dev(weight), dev(bias), N, C);
+  }
+  void layernorm_backward(bf16_t* dinp, float* dweight, float* dbias, const bf16_t* dout,
+                          const bf16_t* inp, const bf16_t* weight, const float* mean,
+                          const float* rstd, int N, int C) override {
+    cuda::layernorm_backward(stream_, dev(dinp), dweight, dbias, dev(dout), dev(inp), dev(weight),
+                             mean, rstd, N, C);
+  }
+  void matmul_forward(bf16_t* out, const bf16_t* inp, const bf16_t* weight, const bf16_t* bias,
+                      int N, int IC, int OC) override {
+    cuda::matmul_forward(stream_, *lt_, dev(out), dev(inp), dev(weight), dev(bias), N, IC, OC);
+  }
+  void matmul_backward(bf16_t* dinp, float* dweight, float* dbias, const bf16_t* dout,
+                       const bf16_t* inp, const bf16_t* weight, int N, int IC, int OC) override {
+    cuda::matmul_backward(stream_, *lt_, dev(dinp), dweight, dbias, dev(dout), dev(inp),
+                          dev(weight), N, IC, OC);
+  }
+  void matmul_gelu_forward(bf16_t* pre, bf16_t* out, const bf16_t* inp, const bf16_t* weight,
+                           const bf16_t* bias, int N, int IC, int OC) override {
+    cuda::matmul_gelu_forward(stream_, *lt_, dev(pre), dev(out), dev(inp), dev(weight), dev(bias),
+                              N, IC, OC);
+  }
+  void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C,
+                         int NH) override {
+    cuda::attention_forward(stream_, cublas_, attention_scratch_, dev(out), lse, dev(qkv), B, T, C,
+                            NH);
+  }
+  void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, const bf16_t* out,
+                          const float* lse, int B, int T, int C, int NH) override {
+    cuda::attention_backward(stream_, cublas_, attention_scratch_, dev(dqkv), dev(dout), dev(qkv),
+                             dev(out), lse, B, T, C, NH);
+  }
+  void gelu_forward(bf16_t* out, const bf16_t* inp, size_t n) override {
+    cuda::gelu_forward(stream_, dev(out), dev(inp), n);
+  }
+  void gelu_backward(bf16_t* dinp, const bf16_t* inp, const bf16_t* dout, size_t n) override {
+    cuda::gelu_backward(stream_, dev(dinp), dev(inp), dev(dout), n);
+  }
+  void add(bf16_t* out, const bf16_t* a, const bf16_t* b, size_t n) override {
+    cuda::add(stream_, dev(out), dev(a), dev(b), n);
+  }
+  void accumulate(bf16_t* dst, const bf16_t* src, size_t n) override {
+    cuda::accumulate(stream_, dev(dst), dev(src), n);
+  }
+  void crossentropy_forward_backward(bf16_t* logits, float* losses, float* correct,
+                                     const int32_t* targets, int N, int V, int Vp,
+                                     float dloss_scale) override {
+    cuda::crossentropy_forward_backward(stream_, dev(logits), losses, correct, targets, N, V, Vp,
+                                        dloss_scale);
+  }
+  void logits_row_max(float* row_max, float* argmax, const bf16_t* logits, int N, int V,
+                      int Vp) override {
+    cuda::logits_row_max(stream_, row_max, argmax, dev(logits), N, V, Vp);
+  }
+  void softmax_partial_sums(float* sum_exp, float* target_logit, const bf16_t* logits,
+                            const float* row_max, const int32_t* targets, int N, int V,
+                            int Vp) override {
+    cuda::softmax_partial_sums(stream_, sum_exp, target_logit, dev(logits), row_max, targets, N, V,
+                               Vp);
+  }
+  void crossentropy_backward_partial(bf16_t* logits, const float* row_max, const float* sum_exp,
+                                     const int32_t* targets, int N, int V, int Vp,
+                                     float dloss_scale) override {
+    cuda::crossentropy_backward_partial(stream_, dev(logits), row_max, sum_exp, targets, N, V, Vp,
+                                        dloss_scale);
+  }
+
+  // ---- reductions and optimizer updates ----------------------------------------------------
   double sum_squares(const float* x, size_t n) override {
     return cuda::sum_squares(stream_, partials_, x, n);
   }
@@ -210,25 +311,20 @@ class CudaBackend final : public Backend {
     TRIAD_CUDA_CHECK(cudaFree(p));
   }
 
-  // The attention workspace, grown on demand (in practice once, at the first step).
-  float* workspace(size_t n_floats) {
-    if (n_floats > workspace_floats_) {
-      TRIAD_CUDA_CHECK(cudaStreamSynchronize(stream_));
-      if (workspace_ != nullptr) TRIAD_CUDA_CHECK(cudaFree(workspace_));
-      workspace_ = nullptr;
-      workspace_floats_ = 0;
-      TRIAD_CUDA_CHECK(cudaMalloc(&workspace_, n_floats * sizeof(float)));
-      workspace_floats_ = n_floats;
-    }
-    return workspace_;
+  // The fp32 attention workspace, grown on demand (in practice once, at the first step).
+  float* attention_workspace(int B, int T, int C) {
+    return attention_scratch_.fp32_workspace.get_as<float>(
+        cuda::attention_workspace_floats(B, T, C), stream_);
   }
 
   int device_ = 0;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   double* partials_ = nullptr;  // sum_squares: kSumSquaresPartials partial sums + the result
-  float* workspace_ = nullptr;  // attention: q, k, v, o, dq, dk, dv in head layout
-  size_t workspace_floats_ = 0;
+  std::unique_ptr<cuda::LtMatmul> lt_;  // the bf16 products
+  // attention: the fp32 path's head copies (q, k, v, o, dq, dk, dv), the flash backward's
+  // workspace and the bf16 fallback's widened copies
+  cuda::AttentionScratch attention_scratch_;
 };
 
 }  // namespace

@@ -1,5 +1,6 @@
-// Shared by the CUDA backend's .cu files: the error macros, launch helpers and deterministic
-// block reductions. Internal to src/kernels/cuda.
+// Shared by the CUDA backend's .cu files: the error macros, launch helpers, deterministic
+// block reductions, the bf16 storage helpers and the backend's grow-on-demand scratch memory.
+// Internal to src/kernels/cuda.
 //
 // Determinism: no kernel here uses floating-point atomics. Every reduction has a fixed order
 // that depends only on the shapes (a fixed number of threads, each summing a fixed subset in
@@ -7,6 +8,7 @@
 #pragma once
 
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -21,6 +23,25 @@
 #define TRIAD_CUDA_CHECK_LAUNCH() TRIAD_CUDA_CHECK(cudaGetLastError())
 
 namespace triad::cuda {
+
+// The device view of triad::bf16_t (same size and bits; backend.h buffers are shared).
+using bf16 = __nv_bfloat16;
+
+// Storage-type helpers of the kernels templated on float / bf16: values are loaded as float,
+// computed in fp32 and rounded (to nearest even) once when stored. For float both are no-ops,
+// so the fp32 instantiations compute exactly what they did before the templating.
+__device__ __forceinline__ float widen(float x) { return x; }
+__device__ __forceinline__ float widen(bf16 x) { return __bfloat162float(x); }
+template <typename T>
+__device__ __forceinline__ T narrow(float x);
+template <>
+__device__ __forceinline__ float narrow<float>(float x) {
+  return x;
+}
+template <>
+__device__ __forceinline__ bf16 narrow<bf16>(float x) {
+  return __float2bfloat16_rn(x);
+}
 
 // Threads per block of the elementwise kernels.
 inline constexpr int kBlock = 256;
@@ -73,6 +94,52 @@ __device__ T block_reduce(T v, Op op, T identity) {
   __syncthreads();
   T r = lane < n_warps ? partial[lane] : identity;
   return warp_reduce(r, op);
+}
+
+// Device memory a backend keeps between calls and grows on demand: a call that needs more than
+// any call before it frees the old block and allocates the new size (in practice once, at the
+// first step); otherwise no allocation. Freed by the destructor.
+class DeviceScratch {
+ public:
+  DeviceScratch() = default;
+  ~DeviceScratch() { release(); }
+  DeviceScratch(const DeviceScratch&) = delete;
+  DeviceScratch& operator=(const DeviceScratch&) = delete;
+
+  // At least `bytes` bytes of device memory (contents unspecified) for work queued on s.
+  void* get(size_t bytes, cudaStream_t s) {
+    if (bytes > bytes_) {
+      // Work already queued on s may still read the old block.
+      TRIAD_CUDA_CHECK(cudaStreamSynchronize(s));
+      release();
+      TRIAD_CUDA_CHECK(cudaMalloc(&p_, bytes));
+      bytes_ = bytes;
+    }
+    return p_;
+  }
+  template <typename T>
+  T* get_as(size_t count, cudaStream_t s) {
+    return static_cast<T*>(get(count * sizeof(T), s));
+  }
+
+  // Errors are ignored: called from destructors.
+  void release() noexcept {
+    if (p_ != nullptr) cudaFree(p_);
+    p_ = nullptr;
+    bytes_ = 0;
+  }
+
+ private:
+  void* p_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// Largest power of two (at most 256) dividing the address: what cuBLASLt and the vectorized
+// kernels may assume about a pointer.
+inline unsigned pointer_alignment(const void* p) {
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  if (a == 0) return 256;
+  return unsigned(std::min<uintptr_t>(a & (~a + 1), 256));
 }
 
 }  // namespace triad::cuda

@@ -7,6 +7,8 @@
 // The vocabulary-parallel form (backend.h) splits it into three per-row kernels, one block per
 // row as well (row max and first argmax; Σ exp in double and the target logit; the backward),
 // with the same arithmetic, between which the caller reduces over the tensor-parallel ranks.
+// Templated on the storage type Elem (float or bf16) of the logits: read as float, the
+// gradient rounded once when written back; losses and row statistics are fp32 in both.
 #include <climits>
 
 #include "cuda_ops.cuh"
@@ -51,32 +53,33 @@ __device__ ArgMax block_argmax(ArgMax v) {
   return r;
 }
 
-__global__ void crossentropy_kernel(float* logits, float* losses, float* correct,
+template <typename Elem>
+__global__ void crossentropy_kernel(Elem* logits, float* losses, float* correct,
                                     const int32_t* targets, int V, int Vp, float dloss_scale) {
   const size_t n = blockIdx.x;
-  float* row = logits + n * Vp;
+  Elem* row = logits + n * Vp;
   const int target = targets[n];
-  const float target_logit = row[target];  // read by every thread before any write below
+  const float target_logit = widen(row[target]);  // read by every thread before any write below
 
   ArgMax best{-INFINITY, INT_MAX};
   for (int j = threadIdx.x; j < V; j += blockDim.x) {
-    const float x = row[j];
+    const float x = widen(row[j]);
     if (x > best.val) best = ArgMax{x, j};  // j increases: keeps this thread's first maximum
   }
   best = block_argmax(best);
   const float max_val = best.val;
 
   double sum = 0.0;
-  for (int j = threadIdx.x; j < V; j += blockDim.x) sum += double(expf(row[j] - max_val));
+  for (int j = threadIdx.x; j < V; j += blockDim.x) sum += double(expf(widen(row[j]) - max_val));
   sum = block_reduce(sum, SumOp{}, 0.0);  // its __syncthreads order every read before the writes
 
   const float factor = float(double(dloss_scale) / sum);
   for (int j = threadIdx.x; j < V; j += blockDim.x) {
-    float g = expf(row[j] - max_val) * factor;
+    float g = expf(widen(row[j]) - max_val) * factor;
     if (j == target) g -= dloss_scale;
-    row[j] = g;
+    row[j] = narrow<Elem>(g);
   }
-  for (int j = V + threadIdx.x; j < Vp; j += blockDim.x) row[j] = 0.0f;
+  for (int j = V + threadIdx.x; j < Vp; j += blockDim.x) row[j] = narrow<Elem>(0.0f);
   if (threadIdx.x == 0) {
     losses[n] = float(log(sum) - double(target_logit - max_val));
     if (correct != nullptr) {
@@ -87,13 +90,14 @@ __global__ void crossentropy_kernel(float* logits, float* losses, float* correct
 }
 
 // One block per row. V = 0: row_max −inf, argmax −1.
-__global__ void logits_row_max_kernel(float* row_max, float* argmax, const float* logits, int V,
+template <typename Elem>
+__global__ void logits_row_max_kernel(float* row_max, float* argmax, const Elem* logits, int V,
                                       int Vp) {
   const size_t n = blockIdx.x;
-  const float* row = logits + n * Vp;
+  const Elem* row = logits + n * Vp;
   ArgMax best{-INFINITY, INT_MAX};
   for (int j = threadIdx.x; j < V; j += blockDim.x) {
-    const float x = row[j];
+    const float x = widen(row[j]);
     if (x > best.val) best = ArgMax{x, j};
   }
   best = block_argmax(best);
@@ -107,36 +111,38 @@ __global__ void logits_row_max_kernel(float* row_max, float* argmax, const float
   }
 }
 
-__global__ void softmax_partial_sums_kernel(float* sum_exp, float* target_logit,
-                                            const float* logits, const float* row_max,
-                                            const int32_t* targets, int V, int Vp) {
+template <typename Elem>
+__global__ void softmax_partial_sums_kernel(float* sum_exp, float* target_logit, const Elem* logits,
+                                            const float* row_max, const int32_t* targets, int V,
+                                            int Vp) {
   const size_t n = blockIdx.x;
-  const float* row = logits + n * Vp;
+  const Elem* row = logits + n * Vp;
   const float max_val = row_max[n];
   double sum = 0.0;
-  for (int j = threadIdx.x; j < V; j += blockDim.x) sum += double(expf(row[j] - max_val));
+  for (int j = threadIdx.x; j < V; j += blockDim.x) sum += double(expf(widen(row[j]) - max_val));
   sum = block_reduce(sum, SumOp{}, 0.0);
   if (threadIdx.x == 0) {
     sum_exp[n] = float(sum);
     const int target = targets[n];
-    target_logit[n] = target >= 0 && target < V ? row[target] : 0.0f;
+    target_logit[n] = target >= 0 && target < V ? widen(row[target]) : 0.0f;
   }
 }
 
-__global__ void crossentropy_backward_partial_kernel(float* logits, const float* row_max,
+template <typename Elem>
+__global__ void crossentropy_backward_partial_kernel(Elem* logits, const float* row_max,
                                                      const float* sum_exp, const int32_t* targets,
                                                      int V, int Vp, float dloss_scale) {
   const size_t n = blockIdx.x;
-  float* row = logits + n * Vp;
+  Elem* row = logits + n * Vp;
   const float max_val = row_max[n];
   const int target = targets[n];
   const float factor = float(double(dloss_scale) / double(sum_exp[n]));
   for (int j = threadIdx.x; j < V; j += blockDim.x) {
-    float g = expf(row[j] - max_val) * factor;
+    float g = expf(widen(row[j]) - max_val) * factor;
     if (j == target) g -= dloss_scale;
-    row[j] = g;
+    row[j] = narrow<Elem>(g);
   }
-  for (int j = max(V, 0) + threadIdx.x; j < Vp; j += blockDim.x) row[j] = 0.0f;
+  for (int j = max(V, 0) + threadIdx.x; j < Vp; j += blockDim.x) row[j] = narrow<Elem>(0.0f);
 }
 
 void check_slice(const char* op, int V, int Vp) {
@@ -145,15 +151,17 @@ void check_slice(const char* op, int V, int Vp) {
 
 }  // namespace
 
-void logits_row_max(cudaStream_t s, float* row_max, float* argmax, const float* logits, int N,
-                    int V, int Vp) {
+template <typename Elem>
+void logits_row_max(cudaStream_t s, float* row_max, float* argmax, const Elem* logits, int N, int V,
+                    int Vp) {
   if (N <= 0) return;
   check_slice("logits_row_max", V, Vp);
   logits_row_max_kernel<<<N, kRowBlock, 0, s>>>(row_max, argmax, logits, V, Vp);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
-void softmax_partial_sums(cudaStream_t s, float* sum_exp, float* target_logit, const float* logits,
+template <typename Elem>
+void softmax_partial_sums(cudaStream_t s, float* sum_exp, float* target_logit, const Elem* logits,
                           const float* row_max, const int32_t* targets, int N, int V, int Vp) {
   if (N <= 0) return;
   check_slice("softmax_partial_sums", V, Vp);
@@ -162,7 +170,8 @@ void softmax_partial_sums(cudaStream_t s, float* sum_exp, float* target_logit, c
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
-void crossentropy_backward_partial(cudaStream_t s, float* logits, const float* row_max,
+template <typename Elem>
+void crossentropy_backward_partial(cudaStream_t s, Elem* logits, const float* row_max,
                                    const float* sum_exp, const int32_t* targets, int N, int V,
                                    int Vp, float dloss_scale) {
   if (N <= 0) return;
@@ -172,7 +181,8 @@ void crossentropy_backward_partial(cudaStream_t s, float* logits, const float* r
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
-void crossentropy_forward_backward(cudaStream_t s, float* logits, float* losses, float* correct,
+template <typename Elem>
+void crossentropy_forward_backward(cudaStream_t s, Elem* logits, float* losses, float* correct,
                                    const int32_t* targets, int N, int V, int Vp,
                                    float dloss_scale) {
   if (N <= 0) return;
@@ -181,5 +191,17 @@ void crossentropy_forward_backward(cudaStream_t s, float* logits, float* losses,
   crossentropy_kernel<<<N, kRowBlock, 0, s>>>(logits, losses, correct, targets, V, Vp, dloss_scale);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
+
+#define TRIAD_INSTANTIATE_CROSSENTROPY(Elem)                                                    \
+  template void crossentropy_forward_backward<Elem>(cudaStream_t, Elem*, float*, float*,        \
+                                                    const int32_t*, int, int, int, float);      \
+  template void logits_row_max<Elem>(cudaStream_t, float*, float*, const Elem*, int, int, int); \
+  template void softmax_partial_sums<Elem>(cudaStream_t, float*, float*, const Elem*,           \
+                                           const float*, const int32_t*, int, int, int);        \
+  template void crossentropy_backward_partial<Elem>(                                            \
+      cudaStream_t, Elem*, const float*, const float*, const int32_t*, int, int, int, float);
+TRIAD_INSTANTIATE_CROSSENTROPY(float)
+TRIAD_INSTANTIATE_CROSSENTROPY(bf16)
+#undef TRIAD_INSTANTIATE_CROSSENTROPY
 
 }  // namespace triad::cuda

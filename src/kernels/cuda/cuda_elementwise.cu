@@ -1,6 +1,7 @@
-// Elementwise ops: GELU (tanh approximation) forward/backward, residual add, accumulate, scale.
-// Memory-bound grid-stride loops; the formulas are those of the CPU backend
-// (src/kernels/cpu/cpu_elementwise.cpp) with the accurate tanhf.
+// Elementwise ops: GELU (tanh approximation) forward/backward, residual add, accumulate, scale,
+// and the float ↔ bf16 conversions. Memory-bound grid-stride loops; the formulas are those of
+// the CPU backend (src/kernels/cpu/cpu_elementwise.cpp) with the accurate tanhf. Templated on
+// the storage type (float or bf16): always computed in fp32, each output rounded once.
 #include "cuda_ops.cuh"
 
 namespace triad::cuda {
@@ -10,58 +11,71 @@ constexpr float kSqrt2OverPi = 0.7978845608028654f;
 constexpr float kGeluCubic = 0.044715f;
 
 // gelu(x) = ½·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))
-__global__ void gelu_forward_kernel(float* out, const float* inp, size_t n) {
+template <typename Elem>
+__global__ void gelu_forward_kernel(Elem* out, const Elem* inp, size_t n) {
   TRIAD_GRID_STRIDE_LOOP(i, n) {
-    const float x = inp[i];
+    const float x = widen(inp[i]);
     const float t = tanhf(kSqrt2OverPi * (x + kGeluCubic * x * x * x));
-    out[i] = 0.5f * x * (1.0f + t);
+    out[i] = narrow<Elem>(0.5f * x * (1.0f + t));
   }
 }
 
 // d gelu/dx = ½(1 + t) + ½·x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²);  dinp += that · dout
-__global__ void gelu_backward_kernel(float* dinp, const float* inp, const float* dout, size_t n) {
+template <typename Elem>
+__global__ void gelu_backward_kernel(Elem* dinp, const Elem* inp, const Elem* dout, size_t n) {
   TRIAD_GRID_STRIDE_LOOP(i, n) {
-    const float x = inp[i];
+    const float x = widen(inp[i]);
     const float t = tanhf(kSqrt2OverPi * (x + kGeluCubic * x * x * x));
     const float du_dx = kSqrt2OverPi * (1.0f + 3.0f * kGeluCubic * x * x);
     const float grad = 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du_dx;
-    dinp[i] += grad * dout[i];
+    dinp[i] = narrow<Elem>(widen(dinp[i]) + grad * widen(dout[i]));
   }
 }
 
-__global__ void add_kernel(float* out, const float* a, const float* b, size_t n) {
-  TRIAD_GRID_STRIDE_LOOP(i, n) { out[i] = a[i] + b[i]; }
+template <typename Elem>
+__global__ void add_kernel(Elem* out, const Elem* a, const Elem* b, size_t n) {
+  TRIAD_GRID_STRIDE_LOOP(i, n) { out[i] = narrow<Elem>(widen(a[i]) + widen(b[i])); }
 }
 
-__global__ void accumulate_kernel(float* dst, const float* src, size_t n) {
-  TRIAD_GRID_STRIDE_LOOP(i, n) { dst[i] += src[i]; }
+template <typename Elem>
+__global__ void accumulate_kernel(Elem* dst, const Elem* src, size_t n) {
+  TRIAD_GRID_STRIDE_LOOP(i, n) { dst[i] = narrow<Elem>(widen(dst[i]) + widen(src[i])); }
 }
 
 __global__ void scale_kernel(float* x, float factor, size_t n) {
   TRIAD_GRID_STRIDE_LOOP(i, n) { x[i] *= factor; }
 }
 
+template <typename Dst, typename Src>
+__global__ void convert_kernel(Dst* dst, const Src* src, size_t n) {
+  TRIAD_GRID_STRIDE_LOOP(i, n) { dst[i] = narrow<Dst>(widen(src[i])); }
+}
+
 }  // namespace
 
-void gelu_forward(cudaStream_t s, float* out, const float* inp, size_t n) {
+template <typename Elem>
+void gelu_forward(cudaStream_t s, Elem* out, const Elem* inp, size_t n) {
   if (n == 0) return;
   gelu_forward_kernel<<<grid_for(n), kBlock, 0, s>>>(out, inp, n);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
-void gelu_backward(cudaStream_t s, float* dinp, const float* inp, const float* dout, size_t n) {
+template <typename Elem>
+void gelu_backward(cudaStream_t s, Elem* dinp, const Elem* inp, const Elem* dout, size_t n) {
   if (n == 0) return;
   gelu_backward_kernel<<<grid_for(n), kBlock, 0, s>>>(dinp, inp, dout, n);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
-void add(cudaStream_t s, float* out, const float* a, const float* b, size_t n) {
+template <typename Elem>
+void add(cudaStream_t s, Elem* out, const Elem* a, const Elem* b, size_t n) {
   if (n == 0) return;
   add_kernel<<<grid_for(n), kBlock, 0, s>>>(out, a, b, n);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
-void accumulate(cudaStream_t s, float* dst, const float* src, size_t n) {
+template <typename Elem>
+void accumulate(cudaStream_t s, Elem* dst, const Elem* src, size_t n) {
   if (n == 0) return;
   accumulate_kernel<<<grid_for(n), kBlock, 0, s>>>(dst, src, n);
   TRIAD_CUDA_CHECK_LAUNCH();
@@ -72,5 +86,24 @@ void scale(cudaStream_t s, float* x, float factor, size_t n) {
   scale_kernel<<<grid_for(n), kBlock, 0, s>>>(x, factor, n);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
+
+template <typename Dst, typename Src>
+void convert(cudaStream_t s, Dst* dst, const Src* src, size_t n) {
+  if (n == 0) return;
+  convert_kernel<<<grid_for(n), kBlock, 0, s>>>(dst, src, n);
+  TRIAD_CUDA_CHECK_LAUNCH();
+}
+
+#define TRIAD_INSTANTIATE_ELEMENTWISE(Elem)                                                 \
+  template void gelu_forward<Elem>(cudaStream_t, Elem*, const Elem*, size_t);               \
+  template void gelu_backward<Elem>(cudaStream_t, Elem*, const Elem*, const Elem*, size_t); \
+  template void add<Elem>(cudaStream_t, Elem*, const Elem*, const Elem*, size_t);           \
+  template void accumulate<Elem>(cudaStream_t, Elem*, const Elem*, size_t);
+TRIAD_INSTANTIATE_ELEMENTWISE(float)
+TRIAD_INSTANTIATE_ELEMENTWISE(bf16)
+#undef TRIAD_INSTANTIATE_ELEMENTWISE
+
+template void convert<bf16, float>(cudaStream_t, bf16*, const float*, size_t);
+template void convert<float, bf16>(cudaStream_t, float*, const bf16*, size_t);
 
 }  // namespace triad::cuda

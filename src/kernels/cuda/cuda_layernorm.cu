@@ -2,6 +2,8 @@
 // One block per row; the row statistics are two-pass sums in double, as in the CPU backend.
 // The weight/bias gradients are column sums over the rows, done deterministically like
 // column_sum_accumulate (cuda_reduce.cu) with x̂ recomputed.
+// Templated on the storage type Elem (float or bf16) of out, inp, weight, bias, dinp and dout;
+// mean, rstd, dweight and dbias are fp32 in both.
 #include "cuda_ops.cuh"
 
 namespace triad::cuda {
@@ -12,24 +14,26 @@ constexpr int kRowBlock = 256;  // threads per row
 constexpr int kColumns = 32;    // columns per block in the parameter-gradient pass
 constexpr int kRowGroups = 16;  // rows summed in parallel per column there
 
-__global__ void layernorm_forward_kernel(float* out, float* mean, float* rstd, const float* inp,
-                                         const float* weight, const float* bias, int C) {
+template <typename Elem>
+__global__ void layernorm_forward_kernel(Elem* out, float* mean, float* rstd, const Elem* inp,
+                                         const Elem* weight, const Elem* bias, int C) {
   const size_t row = blockIdx.x;
-  const float* x = inp + row * C;
+  const Elem* x = inp + row * C;
   double sum = 0.0;
-  for (int c = threadIdx.x; c < C; c += blockDim.x) sum += x[c];
+  for (int c = threadIdx.x; c < C; c += blockDim.x) sum += widen(x[c]);
   sum = block_reduce(sum, SumOp{}, 0.0);
   const double mu = sum / C;
   double sq = 0.0;
   for (int c = threadIdx.x; c < C; c += blockDim.x) {
-    const double d = double(x[c]) - mu;
+    const double d = double(widen(x[c])) - mu;
     sq += d * d;
   }
   sq = block_reduce(sq, SumOp{}, 0.0);
   const float m = float(mu);
   const float r = float(1.0 / sqrt(sq / C + double(kEps)));
-  float* o = out + row * C;
-  for (int c = threadIdx.x; c < C; c += blockDim.x) o[c] = (x[c] - m) * r * weight[c] + bias[c];
+  Elem* o = out + row * C;
+  for (int c = threadIdx.x; c < C; c += blockDim.x)
+    o[c] = narrow<Elem>((widen(x[c]) - m) * r * widen(weight[c]) + widen(bias[c]));
   if (threadIdx.x == 0) {
     mean[row] = m;
     rstd[row] = r;
@@ -37,35 +41,38 @@ __global__ void layernorm_forward_kernel(float* out, float* mean, float* rstd, c
 }
 
 // dx += r·(g − mean(g) − x̂·mean(g·x̂)) with g = dout·w, x̂ = (x − μ)·r.
-__global__ void layernorm_backward_dinp_kernel(float* dinp, const float* dout, const float* inp,
-                                               const float* weight, const float* mean,
+template <typename Elem>
+__global__ void layernorm_backward_dinp_kernel(Elem* dinp, const Elem* dout, const Elem* inp,
+                                               const Elem* weight, const float* mean,
                                                const float* rstd, int C) {
   const size_t row = blockIdx.x;
-  const float* x = inp + row * C;
-  const float* d = dout + row * C;
+  const Elem* x = inp + row * C;
+  const Elem* d = dout + row * C;
   const float m = mean[row];
   const float r = rstd[row];
   double g_sum = 0.0;
   double gx_sum = 0.0;
   for (int c = threadIdx.x; c < C; c += blockDim.x) {
-    const float g = d[c] * weight[c];
+    const float g = widen(d[c]) * widen(weight[c]);
     g_sum += g;
-    gx_sum += g * ((x[c] - m) * r);
+    gx_sum += g * ((widen(x[c]) - m) * r);
   }
   g_sum = block_reduce(g_sum, SumOp{}, 0.0);
   gx_sum = block_reduce(gx_sum, SumOp{}, 0.0);
   const float g_mean = float(g_sum / C);
   const float gx_mean = float(gx_sum / C);
-  float* dx = dinp + row * C;
+  Elem* dx = dinp + row * C;
   for (int c = threadIdx.x; c < C; c += blockDim.x) {
-    const float xhat = (x[c] - m) * r;
-    dx[c] += r * (d[c] * weight[c] - g_mean - xhat * gx_mean);
+    const float xhat = (widen(x[c]) - m) * r;
+    dx[c] =
+        narrow<Elem>(widen(dx[c]) + r * (widen(d[c]) * widen(weight[c]) - g_mean - xhat * gx_mean));
   }
 }
 
 // dweight[c] += Σ_n dout·x̂,  dbias[c] += Σ_n dout. Block (kColumns, kRowGroups).
-__global__ void layernorm_backward_params_kernel(float* dweight, float* dbias, const float* dout,
-                                                 const float* inp, const float* mean,
+template <typename Elem>
+__global__ void layernorm_backward_params_kernel(float* dweight, float* dbias, const Elem* dout,
+                                                 const Elem* inp, const float* mean,
                                                  const float* rstd, int N, int C) {
   __shared__ float part_w[kRowGroups][kColumns + 1];
   __shared__ float part_b[kRowGroups][kColumns + 1];
@@ -75,8 +82,8 @@ __global__ void layernorm_backward_params_kernel(float* dweight, float* dbias, c
   if (c < C) {
     for (int n = threadIdx.y; n < N; n += kRowGroups) {
       const size_t i = size_t(n) * C + c;
-      const float d = dout[i];
-      dw += d * ((inp[i] - mean[n]) * rstd[n]);
+      const float d = widen(dout[i]);
+      dw += d * ((widen(inp[i]) - mean[n]) * rstd[n]);
       db += d;
     }
   }
@@ -97,16 +104,18 @@ __global__ void layernorm_backward_params_kernel(float* dweight, float* dbias, c
 
 }  // namespace
 
-void layernorm_forward(cudaStream_t s, float* out, float* mean, float* rstd, const float* inp,
-                       const float* weight, const float* bias, int N, int C) {
+template <typename Elem>
+void layernorm_forward(cudaStream_t s, Elem* out, float* mean, float* rstd, const Elem* inp,
+                       const Elem* weight, const Elem* bias, int N, int C) {
   if (N <= 0 || C <= 0) return;
   layernorm_forward_kernel<<<N, kRowBlock, 0, s>>>(out, mean, rstd, inp, weight, bias, C);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
-void layernorm_backward(cudaStream_t s, float* dinp, float* dweight, float* dbias,
-                        const float* dout, const float* inp, const float* weight, const float* mean,
-                        const float* rstd, int N, int C) {
+template <typename Elem>
+void layernorm_backward(cudaStream_t s, Elem* dinp, float* dweight, float* dbias, const Elem* dout,
+                        const Elem* inp, const Elem* weight, const float* mean, const float* rstd,
+                        int N, int C) {
   if (N <= 0 || C <= 0) return;
   layernorm_backward_dinp_kernel<<<N, kRowBlock, 0, s>>>(dinp, dout, inp, weight, mean, rstd, C);
   TRIAD_CUDA_CHECK_LAUNCH();
@@ -115,5 +124,15 @@ void layernorm_backward(cudaStream_t s, float* dinp, float* dweight, float* dbia
       dweight, dbias, dout, inp, mean, rstd, N, C);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
+
+#define TRIAD_INSTANTIATE_LAYERNORM(Elem)                                                      \
+  template void layernorm_forward<Elem>(cudaStream_t, Elem*, float*, float*, const Elem*,      \
+                                        const Elem*, const Elem*, int, int);                   \
+  template void layernorm_backward<Elem>(cudaStream_t, Elem*, float*, float*, const Elem*,     \
+                                         const Elem*, const Elem*, const float*, const float*, \
+                                         int, int);
+TRIAD_INSTANTIATE_LAYERNORM(float)
+TRIAD_INSTANTIATE_LAYERNORM(bf16)
+#undef TRIAD_INSTANTIATE_LAYERNORM
 
 }  // namespace triad::cuda

@@ -1,64 +1,171 @@
 // The CUDA backend's ops as free functions that enqueue work on a stream (one .cu file per
 // concern next to this one); CudaBackend (cuda_backend.cu) forwards the Backend calls here.
 // All pointers are device pointers; see backend.h for the semantics of each op. None of them
-// synchronizes, except sum_squares (which returns a host value).
+// synchronizes, except sum_squares (which returns a host value) and the first use of a larger
+// scratch size (DeviceScratch, cuda_common.cuh).
+//
+// Mixed precision: the ops templated on Elem exist for Elem = float (the fp32 path) and
+// Elem = bf16 (backend.h's bf16 overloads), instantiated in their .cu files. Both load values as
+// float, compute in fp32 and round each Elem output once; parameter gradients, LayerNorm
+// statistics, losses and row statistics are float in both.
 #pragma once
+
+#include <cublasLt.h>
+
+#include <map>
+#include <vector>
 
 #include "cuda_common.cuh"
 
 namespace triad::cuda {
 
+// ---- conversions (cuda_elementwise.cu): dst = src, bf16 rounded to nearest even ------------
+// Instantiated for <bf16, float> and <float, bf16>.
+template <typename Dst, typename Src>
+void convert(cudaStream_t s, Dst* dst, const Src* src, size_t n);
+
 // ---- encoder (cuda_encoder.cu) -------------------------------------------------------------
-void encoder_forward(cudaStream_t s, float* out, const int32_t* tokens, const float* wte,
-                     const float* wpe, int B, int T, int C);
-void encoder_backward(cudaStream_t s, float* dwte, float* dwpe, const float* dout,
+template <typename Elem>
+void encoder_forward(cudaStream_t s, Elem* out, const int32_t* tokens, const Elem* wte,
+                     const Elem* wpe, int B, int T, int C);
+template <typename Elem>
+void encoder_backward(cudaStream_t s, float* dwte, float* dwpe, const Elem* dout,
                       const int32_t* tokens, int B, int T, int C);
 
 // ---- layernorm (cuda_layernorm.cu) ---------------------------------------------------------
-void layernorm_forward(cudaStream_t s, float* out, float* mean, float* rstd, const float* inp,
-                       const float* weight, const float* bias, int N, int C);
-void layernorm_backward(cudaStream_t s, float* dinp, float* dweight, float* dbias,
-                        const float* dout, const float* inp, const float* weight, const float* mean,
-                        const float* rstd, int N, int C);
+template <typename Elem>
+void layernorm_forward(cudaStream_t s, Elem* out, float* mean, float* rstd, const Elem* inp,
+                       const Elem* weight, const Elem* bias, int N, int C);
+template <typename Elem>
+void layernorm_backward(cudaStream_t s, Elem* dinp, float* dweight, float* dbias, const Elem* dout,
+                        const Elem* inp, const Elem* weight, const float* mean, const float* rstd,
+                        int N, int C);
 
-// ---- matmul (cuda_matmul.cu); the cuBLAS handle is bound to s ------------------------------
+// ---- matmul, fp32 (cuda_matmul.cu); the cuBLAS handle is bound to s ------------------------
 void matmul_forward(cudaStream_t s, cublasHandle_t h, float* out, const float* inp,
                     const float* weight, const float* bias, int N, int IC, int OC);
 void matmul_backward(cudaStream_t s, cublasHandle_t h, float* dinp, float* dweight, float* dbias,
                      const float* dout, const float* inp, const float* weight, int N, int IC,
                      int OC);
 
-// ---- attention (cuda_attention.cu) ---------------------------------------------------------
+// ---- matmul, bf16, through cuBLASLt (cuda_matmul_lt.cu) ------------------------------------
+// One column-major cuBLASLt product D = α·op(A)·op(B) + β·D (C and D the same buffer), fp32
+// compute and scale; A and B bf16, D bf16 or fp32. Optional epilogue with a bias (type of D,
+// length m) and an aux output (the GELU input, type of D, leading dimension aux_ld).
+struct LtGemm {
+  cublasOperation_t trans_a = CUBLAS_OP_N;
+  cublasOperation_t trans_b = CUBLAS_OP_N;
+  int m = 0, n = 0, k = 0;
+  const void* a = nullptr;
+  int lda = 0;
+  const void* b = nullptr;
+  int ldb = 0;
+  void* d = nullptr;
+  cudaDataType_t d_type = CUDA_R_16BF;
+  int ldd = 0;
+  float alpha = 1.0f;
+  float beta = 0.0f;
+  cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
+  const void* bias = nullptr;
+  void* aux = nullptr;
+  int64_t aux_ld = 0;
+};
+
+// The cuBLASLt state of one backend: the handle, a workspace allocated once, and the heuristic's
+// algorithm per problem (queried once per distinct shape / type / epilogue / pointer alignment,
+// then reused, so that a training step allocates nothing and asks no heuristic).
+class LtMatmul {
+ public:
+  // blas: the backend's cuBLAS handle (bound to its stream), for the products cuBLASLt declines.
+  explicit LtMatmul(cublasHandle_t blas);
+  ~LtMatmul();
+  LtMatmul(const LtMatmul&) = delete;
+  LtMatmul& operator=(const LtMatmul&) = delete;
+
+  // Enqueues g on s. When cuBLASLt offers no algorithm for it: with may_decline, returns false
+  // having done nothing; otherwise (epilogue DEFAULT or BIAS only) runs it through cublasGemmEx
+  // instead (bf16 inputs, fp32 compute; a bias is added to the fp32 product before the one
+  // rounding), with a warning on stderr the first time for each problem, and returns true.
+  bool run(cudaStream_t s, const LtGemm& g, bool may_decline = false);
+
+  static constexpr size_t kWorkspaceBytes = size_t(32) << 20;
+
+ private:
+  struct Choice {
+    bool found = false;
+    cublasLtMatmulAlgo_t algo{};
+  };
+  void run_gemm_ex(cudaStream_t s, const LtGemm& g);
+
+  cublasHandle_t blas_ = nullptr;
+  cublasLtHandle_t handle_ = nullptr;
+  void* workspace_ = nullptr;
+  std::map<std::vector<int64_t>, Choice> cache_;
+  DeviceScratch product_;  // the fp32 product of the cublasGemmEx path with a bias
+};
+
+void matmul_forward(cudaStream_t s, LtMatmul& lt, bf16* out, const bf16* inp, const bf16* weight,
+                    const bf16* bias, int N, int IC, int OC);
+void matmul_backward(cudaStream_t s, LtMatmul& lt, bf16* dinp, float* dweight, float* dbias,
+                     const bf16* dout, const bf16* inp, const bf16* weight, int N, int IC, int OC);
+void matmul_gelu_forward(cudaStream_t s, LtMatmul& lt, bf16* pre, bf16* out, const bf16* inp,
+                         const bf16* weight, const bf16* bias, int N, int IC, int OC);
+
+// ---- attention, fp32 (cuda_attention.cu) ---------------------------------------------------
 // workspace: at least attention_workspace_floats(B, T, C) floats, owned by the backend.
+// lse (may be nullptr): [B,NH,T] log-sum-exp of the scaled scores of each query row.
 size_t attention_workspace_floats(int B, int T, int C);
 void attention_forward(cudaStream_t s, cublasHandle_t h, float* workspace, float* out, float* att,
-                       const float* qkv, int B, int T, int C, int NH);
+                       const float* qkv, int B, int T, int C, int NH, float* lse = nullptr);
 void attention_backward(cudaStream_t s, cublasHandle_t h, float* workspace, float* dqkv,
                         float* scratch, const float* dout, const float* qkv, const float* att,
                         int B, int T, int C, int NH);
 
+// ---- attention, bf16 (cuda_attention_bf16.cu) ----------------------------------------------
+// The fused flash kernels (flash_attention.cuh) where they apply (head dim 64 or 128, aligned
+// pointers); otherwise the fp32 path on widened copies. The scratch memory is the backend's.
+struct AttentionScratch {
+  DeviceScratch fp32_workspace;  // attention_workspace_floats: the fp32 attention's head copies
+  DeviceScratch flash;           // flash_attention_workspace_floats
+  DeviceScratch widened;         // the fallback's fp32 qkv, out, dout, dqkv and T×T matrices
+};
+void attention_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* out,
+                       float* lse, const bf16* qkv, int B, int T, int C, int NH);
+void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* dqkv,
+                        const bf16* dout, const bf16* qkv, const bf16* out, const float* lse, int B,
+                        int T, int C, int NH);
+
 // ---- elementwise (cuda_elementwise.cu) -----------------------------------------------------
-void gelu_forward(cudaStream_t s, float* out, const float* inp, size_t n);
-void gelu_backward(cudaStream_t s, float* dinp, const float* inp, const float* dout, size_t n);
-void add(cudaStream_t s, float* out, const float* a, const float* b, size_t n);
-void accumulate(cudaStream_t s, float* dst, const float* src, size_t n);
+template <typename Elem>
+void gelu_forward(cudaStream_t s, Elem* out, const Elem* inp, size_t n);
+template <typename Elem>
+void gelu_backward(cudaStream_t s, Elem* dinp, const Elem* inp, const Elem* dout, size_t n);
+template <typename Elem>
+void add(cudaStream_t s, Elem* out, const Elem* a, const Elem* b, size_t n);
+template <typename Elem>
+void accumulate(cudaStream_t s, Elem* dst, const Elem* src, size_t n);
 void scale(cudaStream_t s, float* x, float factor, size_t n);
 
 // ---- cross-entropy (cuda_crossentropy.cu) --------------------------------------------------
-void crossentropy_forward_backward(cudaStream_t s, float* logits, float* losses, float* correct,
+template <typename Elem>
+void crossentropy_forward_backward(cudaStream_t s, Elem* logits, float* losses, float* correct,
                                    const int32_t* targets, int N, int V, int Vp, float dloss_scale);
 // Vocabulary-parallel cross-entropy (backend.h): row max, partial sums, backward.
-void logits_row_max(cudaStream_t s, float* row_max, float* argmax, const float* logits, int N,
-                    int V, int Vp);
-void softmax_partial_sums(cudaStream_t s, float* sum_exp, float* target_logit, const float* logits,
+template <typename Elem>
+void logits_row_max(cudaStream_t s, float* row_max, float* argmax, const Elem* logits, int N, int V,
+                    int Vp);
+template <typename Elem>
+void softmax_partial_sums(cudaStream_t s, float* sum_exp, float* target_logit, const Elem* logits,
                           const float* row_max, const int32_t* targets, int N, int V, int Vp);
-void crossentropy_backward_partial(cudaStream_t s, float* logits, const float* row_max,
+template <typename Elem>
+void crossentropy_backward_partial(cudaStream_t s, Elem* logits, const float* row_max,
                                    const float* sum_exp, const int32_t* targets, int N, int V,
                                    int Vp, float dloss_scale);
 
 // ---- reductions (cuda_reduce.cu) -----------------------------------------------------------
-// dst[c] += Σ_n src[n, c] over the N rows of a row-major [N, C] matrix (deterministic).
-void column_sum_accumulate(cudaStream_t s, float* dst, const float* src, int N, int C);
+// dst[c] += Σ_n src[n, c] over the N rows of a row-major [N, C] matrix (deterministic, fp32).
+template <typename Elem>
+void column_sum_accumulate(cudaStream_t s, float* dst, const Elem* src, int N, int C);
 // Σ x² in double. partials: kSumSquaresPartials + 1 doubles of device memory. Synchronizes s.
 inline constexpr int kSumSquaresPartials = 1024;
 double sum_squares(cudaStream_t s, double* partials, const float* x, size_t n);

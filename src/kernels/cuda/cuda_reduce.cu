@@ -7,15 +7,17 @@ namespace {
 // Column sums: a block of kColumns × kRowGroups threads owns kColumns adjacent columns (so
 // each row access is coalesced); thread (x, y) sums rows y, y + kRowGroups, ... in order, and
 // thread (x, 0) adds the kRowGroups partial sums in order. The order depends on N only.
+// The source is float or bf16 (Elem); the sums and dst are fp32.
 constexpr int kColumns = 32;
 constexpr int kRowGroups = 16;
 
-__global__ void column_sum_kernel(float* dst, const float* src, int N, int C) {
+template <typename Elem>
+__global__ void column_sum_kernel(float* dst, const Elem* src, int N, int C) {
   __shared__ float partial[kRowGroups][kColumns + 1];
   const int c = blockIdx.x * kColumns + threadIdx.x;
   float sum = 0.0f;
   if (c < C) {
-    for (int n = threadIdx.y; n < N; n += kRowGroups) sum += src[size_t(n) * C + c];
+    for (int n = threadIdx.y; n < N; n += kRowGroups) sum += widen(src[size_t(n) * C + c]);
   }
   partial[threadIdx.y][threadIdx.x] = sum;
   __syncthreads();
@@ -47,12 +49,16 @@ __global__ void sum_partials_kernel(double* out, const double* partials, int cou
 
 }  // namespace
 
-void column_sum_accumulate(cudaStream_t s, float* dst, const float* src, int N, int C) {
+template <typename Elem>
+void column_sum_accumulate(cudaStream_t s, float* dst, const Elem* src, int N, int C) {
   if (N <= 0 || C <= 0) return;
   const dim3 block(kColumns, kRowGroups);
   column_sum_kernel<<<(C + kColumns - 1) / kColumns, block, 0, s>>>(dst, src, N, C);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
+
+template void column_sum_accumulate<float>(cudaStream_t, float*, const float*, int, int);
+template void column_sum_accumulate<bf16>(cudaStream_t, float*, const bf16*, int, int);
 
 double sum_squares(cudaStream_t s, double* partials, const float* x, size_t n) {
   if (n == 0) return 0.0;

@@ -123,9 +123,11 @@ __device__ __forceinline__ void warp_ab_acc(FragC* acc, const bf16* a, const bf1
 
 // Writes the warp's 16×HD accumulators · mul as bf16 rows of a [*, pitch] matrix at g (row r of
 // the warp at g + (row0 + r)·pitch), rows >= T skipped; stage: fp32 [16][kLdA] of this warp.
+// accumulate: each element becomes round(old + value) (one rounding) instead of round(value).
 template <int HD>
 __device__ __forceinline__ void warp_store_rows(bf16* g, size_t pitch, int row0, int T,
-                                                const FragC* acc, float* stage, float mul) {
+                                                const FragC* acc, float* stage, float mul,
+                                                bool accumulate) {
   constexpr int LA = Dims<HD>::kLdA;
 #pragma unroll
   for (int n = 0; n < HD / 16; ++n)
@@ -137,8 +139,15 @@ __device__ __forceinline__ void warp_store_rows(bf16* g, size_t pitch, int row0,
     const float* src = stage + r * LA + c0;
     __nv_bfloat162* dst = reinterpret_cast<__nv_bfloat162*>(g + size_t(row0 + r) * pitch + c0);
 #pragma unroll 8
-    for (int c = 0; c < HD / 2; c += 2)
-      dst[c / 2] = __floats2bfloat162_rn(src[c] * mul, src[c + 1] * mul);
+    for (int c = 0; c < HD / 2; c += 2) {
+      float2 v = make_float2(src[c] * mul, src[c + 1] * mul);
+      if (accumulate) {
+        const float2 old = __bfloat1622float2(dst[c / 2]);
+        v.x += old.x;
+        v.y += old.y;
+      }
+      dst[c / 2] = __floats2bfloat162_rn(v.x, v.y);
+    }
   }
   __syncwarp();
 }
@@ -270,7 +279,7 @@ __global__ void __launch_bounds__(kThreads)
     fa_backward_dkdv_kernel(bf16* __restrict__ dqkv, const bf16* __restrict__ dout,
                             const bf16* __restrict__ qkv, const float* __restrict__ lse,
                             const float* __restrict__ Dv, int T, int C, int NH, float scale,
-                            float scale_log2) {
+                            float scale_log2, bool accumulate) {
   using D = Dims<HD>;
   constexpr int LH = D::kLdH;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -350,8 +359,8 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();  // every warp is done with sQ, sdO: they become the fp32 staging
   float* stage = reinterpret_cast<float*>(sQ) + warp * 16 * D::kLdA;
   bf16* gdk = dqkv + size_t(b) * T * pitch + C + size_t(h) * HD;
-  warp_store_rows<HD>(gdk + C, pitch, k0 + warp * 16, T, dV, stage, 1.0f);
-  warp_store_rows<HD>(gdk, pitch, k0 + warp * 16, T, dK, stage, scale);
+  warp_store_rows<HD>(gdk + C, pitch, k0 + warp * 16, T, dV, stage, 1.0f, accumulate);
+  warp_store_rows<HD>(gdk, pitch, k0 + warp * 16, T, dK, stage, scale, accumulate);
 }
 
 // dQ of one query block.
@@ -360,7 +369,7 @@ __global__ void __launch_bounds__(kThreads)
     fa_backward_dq_kernel(bf16* __restrict__ dqkv, const bf16* __restrict__ dout,
                           const bf16* __restrict__ qkv, const float* __restrict__ lse,
                           const float* __restrict__ Dv, int T, int C, int NH, float scale,
-                          float scale_log2) {
+                          float scale_log2, bool accumulate) {
   using D = Dims<HD>;
   constexpr int LH = D::kLdH;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -430,7 +439,7 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();  // every warp is done with sK, sV: they become the fp32 staging
   float* stage = reinterpret_cast<float*>(sK) + warp * 16 * D::kLdA;
   bf16* gdq = dqkv + size_t(b) * T * pitch + size_t(h) * HD;
-  warp_store_rows<HD>(gdq, pitch, q0 + warp * 16, T, dQ, stage, scale);
+  warp_store_rows<HD>(gdq, pitch, q0 + warp * 16, T, dQ, stage, scale, accumulate);
 }
 
 void check_shape(int B, int T, int C, int NH) {
@@ -464,18 +473,18 @@ void forward_hd(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int
 
 template <int HD>
 void backward_hd(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, float* Dv, int B,
-                 int T, int C, int NH, cudaStream_t s) {
+                 int T, int C, int NH, cudaStream_t s, bool accumulate) {
   using D = Dims<HD>;
   static const bool once = (allow_smem(fa_backward_dkdv_kernel<HD>, D::kDkvSmem),
                             allow_smem(fa_backward_dq_kernel<HD>, D::kDqSmem), true);
   (void)once;
   const float scale = float(1.0 / std::sqrt(double(HD)));
   const dim3 grid(unsigned((T + kTile - 1) / kTile), unsigned(B * NH));
-  fa_backward_dkdv_kernel<HD><<<grid, kThreads, D::kDkvSmem, s>>>(dqkv, dout, qkv, lse, Dv, T, C,
-                                                                  NH, scale, scale * kLog2e);
+  fa_backward_dkdv_kernel<HD><<<grid, kThreads, D::kDkvSmem, s>>>(
+      dqkv, dout, qkv, lse, Dv, T, C, NH, scale, scale * kLog2e, accumulate);
   TRIAD_CUDA_CHECK_LAUNCH();
   fa_backward_dq_kernel<HD><<<grid, kThreads, D::kDqSmem, s>>>(dqkv, dout, qkv, lse, Dv, T, C, NH,
-                                                               scale, scale * kLog2e);
+                                                               scale, scale * kLog2e, accumulate);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
@@ -498,7 +507,7 @@ void flash_attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int 
 
 void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out,
                               const float* lse, float* workspace, int B, int T, int C, int NH,
-                              cudaStream_t s) {
+                              cudaStream_t s, bool accumulate) {
   check_shape(B, T, C, NH);
   const int hd = C / NH;
   const size_t rows = size_t(B) * T * NH;
@@ -506,9 +515,9 @@ void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, con
   fa_backward_dot_kernel<<<blocks, kBlock, 0, s>>>(workspace, dout, out, B, T, NH, hd);
   TRIAD_CUDA_CHECK_LAUNCH();
   if (hd == 64) {
-    backward_hd<64>(dqkv, dout, qkv, lse, workspace, B, T, C, NH, s);
+    backward_hd<64>(dqkv, dout, qkv, lse, workspace, B, T, C, NH, s, accumulate);
   } else {
-    backward_hd<128>(dqkv, dout, qkv, lse, workspace, B, T, C, NH, s);
+    backward_hd<128>(dqkv, dout, qkv, lse, workspace, B, T, C, NH, s, accumulate);
   }
 }
 

@@ -5,7 +5,7 @@
 //   qkv  [B,T,3C]  per row q | k | v, each head-major (head h at columns h·hd .. h·hd+hd-1)
 //   out  [B,T,C]
 //   lse  [B,NH,T]  fp32, natural log of Σ_j exp(scale · q_i·k_j) over the keys j <= i
-//   dqkv [B,T,3C]  overwritten (not accumulated)
+//   dqkv [B,T,3C]  overwritten, or accumulated into (round(old + gradient)) on request
 // scale = 1/sqrt(hd), hd = C/NH ∈ {64, 128}; any T >= 1. No T×T matrix in global memory.
 //
 // Backward is deterministic (no atomics): one kernel per key block computes dK, dV; a second
@@ -30,14 +30,17 @@ using bf16 = __nv_bfloat16;
 size_t flash_attention_workspace_floats(int B, int T, int C, int NH);
 
 // out [B,T,C] bf16 and lse [B,NH,T] fp32 from qkv [B,T,3C] bf16 (device pointers), on stream s.
+// qkv must be 16-byte aligned (vector loads), out 4-byte aligned.
 void flash_attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH,
                              cudaStream_t s);
 
-// dqkv [B,T,3C] (overwritten) from dout [B,T,C], the forward's qkv, out and lse; workspace holds
-// flash_attention_workspace_floats(B, T, C, NH) floats. Device pointers, stream s.
+// dqkv [B,T,3C] from dout [B,T,C], the forward's qkv, out and lse: overwritten, or with
+// accumulate each element becomes round(old + gradient) in fp32 (the Backend's += contract).
+// workspace holds flash_attention_workspace_floats(B, T, C, NH) floats. Device pointers,
+// stream s. qkv and dout must be 16-byte aligned (vector loads), out and dqkv 4-byte aligned.
 void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out,
                               const float* lse, float* workspace, int B, int T, int C, int NH,
-                              cudaStream_t s);
+                              cudaStream_t s, bool accumulate = false);
 
 // Host helpers for tests and benchmarks: float ↔ bf16 bit patterns (round to nearest even;
 // NaN stays NaN).

@@ -1,0 +1,93 @@
+// bf16 causal self-attention (backend.h): out [B,T,C] bf16 and lse [B,NH,T] fp32 forward;
+// dqkv += backward, recomputing the probabilities from qkv and lse.
+//
+// Head dims 64 and 128 (with the alignment the vector loads need) run the fused flash kernels
+// (flash_attention.cu), whose backward adds into dqkv itself (round(old + gradient)). Any other
+// shape runs the fp32 attention (cuda_attention.cu, cuBLAS) on widened copies in the backend's
+// scratch memory: forward widens qkv, runs it with the log-sum-exp output and rounds out;
+// backward recomputes the fp32 probabilities with the fp32 forward, widens dout and the current
+// dqkv, lets the fp32 backward accumulate into the latter and rounds it back, so each dqkv
+// element is rounded once from old + gradient. The fallback keeps two T×T matrices per head:
+// meant for small models and tests, not for long sequences.
+#include "cuda_ops.cuh"
+#include "flash_attention.cuh"
+
+namespace triad::cuda {
+namespace {
+
+void check_shape(int B, int T, int C, int NH) {
+  TRIAD_CHECK(NH > 0 && C % NH == 0, "cuda attention: C = ", C, " is not a multiple of NH = ", NH);
+  TRIAD_CHECK(B > 0 && T > 0, "cuda attention: empty batch (B = ", B, ", T = ", T, ")");
+}
+
+bool flash_head_dim(int C, int NH) {
+  const int hd = C / NH;
+  return hd == 64 || hd == 128;
+}
+
+// The fallback's fp32 buffers, carved from one scratch block: the forward uses the first three
+// (4n + A floats), the backward all six (n = B·T·C, A = B·NH·T·T).
+struct Widened {
+  float* qkv;   // 3n
+  float* out;   // n
+  float* att;   // A
+  float* dout;  // n
+  float* dqkv;  // 3n
+  float* scr;   // A
+};
+
+Widened carve(AttentionScratch& scratch, cudaStream_t s, int B, int T, int C, int NH,
+              bool backward) {
+  const size_t n = size_t(B) * T * C;
+  const size_t A = size_t(B) * NH * T * T;
+  float* p = scratch.widened.get_as<float>(backward ? 8 * n + 2 * A : 4 * n + A, s);
+  Widened w{};
+  w.qkv = p;
+  w.out = w.qkv + 3 * n;
+  w.att = w.out + n;
+  w.dout = w.att + A;
+  w.dqkv = w.dout + n;
+  w.scr = w.dqkv + 3 * n;
+  return w;
+}
+
+}  // namespace
+
+void attention_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* out,
+                       float* lse, const bf16* qkv, int B, int T, int C, int NH) {
+  check_shape(B, T, C, NH);
+  if (flash_head_dim(C, NH) && pointer_alignment(qkv) >= 16 && pointer_alignment(out) >= 4) {
+    flash_attention_forward(out, lse, qkv, B, T, C, NH, s);
+    return;
+  }
+  const size_t n = size_t(B) * T * C;
+  const Widened w = carve(scratch, s, B, T, C, NH, /*backward=*/false);
+  float* ws = scratch.fp32_workspace.get_as<float>(attention_workspace_floats(B, T, C), s);
+  convert(s, w.qkv, qkv, 3 * n);
+  attention_forward(s, h, ws, w.out, w.att, w.qkv, B, T, C, NH, lse);
+  convert(s, out, static_cast<const float*>(w.out), n);
+}
+
+void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* dqkv,
+                        const bf16* dout, const bf16* qkv, const bf16* out, const float* lse, int B,
+                        int T, int C, int NH) {
+  check_shape(B, T, C, NH);
+  if (flash_head_dim(C, NH) && pointer_alignment(qkv) >= 16 && pointer_alignment(dout) >= 16 &&
+      pointer_alignment(out) >= 4 && pointer_alignment(dqkv) >= 4) {
+    float* ws = scratch.flash.get_as<float>(flash_attention_workspace_floats(B, T, C, NH), s);
+    flash_attention_backward(dqkv, dout, qkv, out, lse, ws, B, T, C, NH, s, /*accumulate=*/true);
+    return;
+  }
+  const size_t n = size_t(B) * T * C;
+  const Widened w = carve(scratch, s, B, T, C, NH, /*backward=*/true);
+  float* ws = scratch.fp32_workspace.get_as<float>(attention_workspace_floats(B, T, C), s);
+  convert(s, w.qkv, qkv, 3 * n);
+  convert(s, w.dout, dout, n);
+  convert(s, w.dqkv, static_cast<const bf16*>(dqkv), 3 * n);
+  // The fp32 forward recomputes the probabilities (w.out is not needed but must be written).
+  attention_forward(s, h, ws, w.out, w.att, w.qkv, B, T, C, NH);
+  attention_backward(s, h, ws, w.dqkv, w.scr, w.dout, w.qkv, w.att, B, T, C, NH);
+  convert(s, dqkv, static_cast<const float*>(w.dqkv), 3 * n);
+}
+
+}  // namespace triad::cuda

@@ -1,0 +1,313 @@
+// bf16 linear layers through cuBLASLt: bf16 A/B, fp32 compute (CUBLAS_COMPUTE_32F) and scale.
+//   forward       out   = inp · Wᵀ + b          D bf16, bias by CUBLASLT_EPILOGUE_BIAS (bf16)
+//   matmul_gelu   pre   = inp · Wᵀ + b, out = gelu(pre)   CUBLASLT_EPILOGUE_GELU_AUX(_BIAS):
+//                 D = out, the aux output = pre (both bf16; gelu is the tanh approximation and
+//                 is applied to the fp32 pre-activation)
+//   backward      dinp += dout · W   (D bf16, β = 1: each element round(old + product))
+//                 dW   += doutᵀ · inp (D fp32, β = 1; bf16 inputs with fp32 C/D is one of
+//                 cuBLASLt's supported type combinations), db += Σ_rows dout (column_sum).
+//
+// The row-major ↔ column-major mapping is that of the fp32 sgemm path (cuda_matmul.cu): a
+// row-major [R, K] matrix with leading dimension K is a column-major K×R matrix, so
+//   out[N,OC] = inp[N,IC]·W[OC,IC]ᵀ  ⇔  outᵀ (OC×N, ld OC) = op_T(W: IC×OC, ld IC) · inpᵀ (IC×N)
+// and the backward products likewise (derived next to each call). In that column-major view the
+// bias (one per output feature) is one value per row of D, which is what the epilogue adds.
+//
+// Determinism: the heuristic's choice for a problem is cached, so the same algorithm runs every
+// step; cuBLASLt's split-K reduction schemes all reduce in a fixed order (no atomics). The
+// cublasGemmEx path for products cuBLASLt declines runs on the backend's handle, whose atomics
+// are disabled.
+#include <cstdio>
+#include <string>
+
+#include "cuda_ops.cuh"
+
+namespace triad::cuda {
+namespace {
+
+// Owning wrappers: descriptors are destroyed even when a check throws.
+struct MatmulDesc {
+  cublasLtMatmulDesc_t p = nullptr;
+  ~MatmulDesc() {
+    if (p != nullptr) cublasLtMatmulDescDestroy(p);
+  }
+};
+struct Layout {
+  cublasLtMatrixLayout_t p = nullptr;
+  ~Layout() {
+    if (p != nullptr) cublasLtMatrixLayoutDestroy(p);
+  }
+};
+struct Preference {
+  cublasLtMatmulPreference_t p = nullptr;
+  ~Preference() {
+    if (p != nullptr) cublasLtMatmulPreferenceDestroy(p);
+  }
+};
+
+template <typename V>
+void set_desc(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t attr, V value) {
+  TRIAD_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, attr, &value, sizeof value));
+}
+template <typename V>
+void set_pref(cublasLtMatmulPreference_t p, cublasLtMatmulPreferenceAttributes_t attr, V value) {
+  TRIAD_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(p, attr, &value, sizeof value));
+}
+
+const char* type_name(cudaDataType_t t) { return t == CUDA_R_32F ? "fp32" : "bf16"; }
+
+std::string describe(const LtGemm& g) {
+  return std::string(type_name(g.d_type)) + " product m=" + std::to_string(g.m) +
+         " n=" + std::to_string(g.n) + " k=" + std::to_string(g.k) + " (op A " +
+         (g.trans_a == CUBLAS_OP_N ? "N" : "T") + ", op B " +
+         (g.trans_b == CUBLAS_OP_N ? "N" : "T") + ", lda " + std::to_string(g.lda) + ", ldb " +
+         std::to_string(g.ldb) + ", ldd " + std::to_string(g.ldd) + ", epilogue " +
+         std::to_string(int(g.epilogue)) + ", alignments A/B/D " +
+         std::to_string(pointer_alignment(g.a)) + "/" + std::to_string(pointer_alignment(g.b)) +
+         "/" + std::to_string(pointer_alignment(g.d)) + " bytes)";
+}
+
+// d[j·ldd + i] = round(acc[j·m + i] + bias[i]) over the column-major m×n product acc.
+__global__ void bias_round_kernel(bf16* d, int ldd, const float* acc, const bf16* bias, int m,
+                                  size_t total) {
+  TRIAD_GRID_STRIDE_LOOP(idx, total) {
+    const size_t i = idx % size_t(m);
+    const size_t j = idx / size_t(m);
+    d[j * size_t(ldd) + i] = __float2bfloat16_rn(acc[idx] + __bfloat162float(bias[i]));
+  }
+}
+
+// out[n, o] = bias[o], or 0 without a bias: the product of an empty inner dimension.
+__global__ void fill_rows_kernel(bf16* out, const bf16* bias, int OC, size_t total) {
+  TRIAD_GRID_STRIDE_LOOP(i, total) {
+    out[i] = bias != nullptr ? bias[i % size_t(OC)] : __float2bfloat16_rn(0.0f);
+  }
+}
+
+// The forward product out = inp · Wᵀ (+ bias), with the given epilogue (DEFAULT/BIAS or a GELU
+// one, then aux/aux_ld describe pre).
+LtGemm forward_gemm(bf16* out, const bf16* inp, const bf16* weight, const bf16* bias, int N, int IC,
+                    int OC) {
+  LtGemm g;
+  g.trans_a = CUBLAS_OP_T;
+  g.trans_b = CUBLAS_OP_N;
+  g.m = OC;
+  g.n = N;
+  g.k = IC;
+  g.a = weight;
+  g.lda = IC;
+  g.b = inp;
+  g.ldb = IC;
+  g.d = out;
+  g.d_type = CUDA_R_16BF;
+  g.ldd = OC;
+  g.beta = 0.0f;
+  g.bias = bias;
+  g.epilogue = bias != nullptr ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+  return g;
+}
+
+}  // namespace
+
+LtMatmul::LtMatmul(cublasHandle_t blas) : blas_(blas) {
+  TRIAD_CUBLAS_CHECK(cublasLtCreate(&handle_));
+  const cudaError_t err = cudaMalloc(&workspace_, kWorkspaceBytes);
+  if (err != cudaSuccess) {
+    cublasLtDestroy(handle_);  // the destructor does not run when the constructor throws
+    handle_ = nullptr;
+    workspace_ = nullptr;
+    TRIAD_CUDA_CHECK(err);
+  }
+}
+
+LtMatmul::~LtMatmul() {
+  // No throwing here: errors at teardown are ignored.
+  if (workspace_ != nullptr) cudaFree(workspace_);
+  if (handle_ != nullptr) cublasLtDestroy(handle_);
+}
+
+bool LtMatmul::run(cudaStream_t s, const LtGemm& g, bool may_decline) {
+  MatmulDesc desc;
+  TRIAD_CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc.p, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  set_desc(desc.p, CUBLASLT_MATMUL_DESC_TRANSA, int32_t(g.trans_a));
+  set_desc(desc.p, CUBLASLT_MATMUL_DESC_TRANSB, int32_t(g.trans_b));
+  set_desc(desc.p, CUBLASLT_MATMUL_DESC_EPILOGUE, uint32_t(g.epilogue));
+  // The bias and aux element types are left at their defaults, the type of D (bf16 here): the
+  // header warns that setting them for a combination without such a choice fails the matmul.
+  if (g.bias != nullptr) set_desc(desc.p, CUBLASLT_MATMUL_DESC_BIAS_POINTER, g.bias);
+  if (g.aux != nullptr) {
+    set_desc(desc.p, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, g.aux);
+    set_desc(desc.p, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, g.aux_ld);
+  }
+
+  // Layouts describe the matrices as stored (before op): op(A) is m×k, op(B) is k×n.
+  const bool ta = g.trans_a != CUBLAS_OP_N;
+  const bool tb = g.trans_b != CUBLAS_OP_N;
+  Layout la, lb, ld;
+  TRIAD_CUBLAS_CHECK(
+      cublasLtMatrixLayoutCreate(&la.p, CUDA_R_16BF, ta ? g.k : g.m, ta ? g.m : g.k, g.lda));
+  TRIAD_CUBLAS_CHECK(
+      cublasLtMatrixLayoutCreate(&lb.p, CUDA_R_16BF, tb ? g.n : g.k, tb ? g.k : g.n, g.ldb));
+  TRIAD_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&ld.p, g.d_type, g.m, g.n, g.ldd));
+
+  // The heuristic takes the pointers' alignment into account (its default assumes 256 bytes,
+  // which views into larger buffers need not have), so the alignments are part of the key.
+  const unsigned align_a = pointer_alignment(g.a);
+  const unsigned align_b = pointer_alignment(g.b);
+  const unsigned align_d = pointer_alignment(g.d);
+  const std::vector<int64_t> key = {int64_t(g.trans_a),
+                                    int64_t(g.trans_b),
+                                    g.m,
+                                    g.n,
+                                    g.k,
+                                    g.lda,
+                                    g.ldb,
+                                    g.ldd,
+                                    g.d_type,
+                                    int64_t(g.epilogue),
+                                    g.aux_ld,
+                                    align_a,
+                                    align_b,
+                                    align_d,
+                                    pointer_alignment(g.bias),
+                                    pointer_alignment(g.aux)};
+  auto it = cache_.find(key);
+  if (it == cache_.end()) {
+    Preference pref;
+    TRIAD_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref.p));
+    set_pref(pref.p, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, uint64_t(kWorkspaceBytes));
+    set_pref(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, uint32_t(align_a));
+    set_pref(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, uint32_t(align_b));
+    set_pref(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, uint32_t(align_d));
+    set_pref(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, uint32_t(align_d));
+    cublasLtMatmulHeuristicResult_t result{};
+    int count = 0;
+    const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(handle_, desc.p, la.p, lb.p, ld.p,
+                                                                 ld.p, pref.p, 1, &result, &count);
+    // NOT_SUPPORTED: no algorithm for this configuration; INVALID_VALUE: what the heuristic
+    // answers for some degenerate shapes (a single row or column). Both are declines.
+    if (status != CUBLAS_STATUS_NOT_SUPPORTED && status != CUBLAS_STATUS_INVALID_VALUE)
+      TRIAD_CUBLAS_CHECK(status);
+    Choice choice;
+    choice.found =
+        status == CUBLAS_STATUS_SUCCESS && count > 0 && result.state == CUBLAS_STATUS_SUCCESS;
+    if (choice.found) choice.algo = result.algo;
+    if (!choice.found && !may_decline) {
+      std::fprintf(stderr,
+                   "triad cuda backend: cuBLASLt has no algorithm for the %s (heuristic: %s, %d "
+                   "result(s)); using cublasGemmEx for it\n",
+                   describe(g).c_str(), cublasGetStatusName(status), count);
+    }
+    it = cache_.emplace(key, choice).first;
+  }
+  if (!it->second.found) {
+    if (may_decline) return false;
+    run_gemm_ex(s, g);
+    return true;
+  }
+  // C and D are the same buffer (in place, same layout): with β = 1 the product accumulates.
+  TRIAD_CUBLAS_CHECK(cublasLtMatmul(handle_, desc.p, &g.alpha, g.a, la.p, g.b, lb.p, &g.beta, g.d,
+                                    ld.p, g.d, ld.p, &it->second.algo, workspace_, kWorkspaceBytes,
+                                    s));
+  return true;
+}
+
+void LtMatmul::run_gemm_ex(cudaStream_t s, const LtGemm& g) {
+  TRIAD_CHECK(g.epilogue == CUBLASLT_EPILOGUE_DEFAULT ||
+                  (g.epilogue == CUBLASLT_EPILOGUE_BIAS && g.d_type == CUDA_R_16BF),
+              "cuda backend: no cublasGemmEx path for the ", describe(g));
+  if (g.epilogue == CUBLASLT_EPILOGUE_DEFAULT) {
+    // C = D in place; bf16 or fp32 C with bf16 A/B and fp32 compute are GemmEx combinations.
+    TRIAD_CUBLAS_CHECK(cublasGemmEx(blas_, g.trans_a, g.trans_b, g.m, g.n, g.k, &g.alpha, g.a,
+                                    CUDA_R_16BF, g.lda, g.b, CUDA_R_16BF, g.ldb, &g.beta, g.d,
+                                    g.d_type, g.ldd, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return;
+  }
+  // With a bias: the fp32 product first, then bias and one rounding (as the epilogue would).
+  TRIAD_CHECK(g.beta == 0.0f, "cuda backend: a bias with beta != 0 in the ", describe(g));
+  const size_t total = size_t(g.m) * size_t(g.n);
+  float* acc = product_.get_as<float>(total, s);
+  const float zero = 0.0f;
+  TRIAD_CUBLAS_CHECK(cublasGemmEx(blas_, g.trans_a, g.trans_b, g.m, g.n, g.k, &g.alpha, g.a,
+                                  CUDA_R_16BF, g.lda, g.b, CUDA_R_16BF, g.ldb, &zero, acc,
+                                  CUDA_R_32F, g.m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  bias_round_kernel<<<grid_for(total), kBlock, 0, s>>>(
+      static_cast<bf16*>(g.d), g.ldd, acc, static_cast<const bf16*>(g.bias), g.m, total);
+  TRIAD_CUDA_CHECK_LAUNCH();
+}
+
+void matmul_forward(cudaStream_t s, LtMatmul& lt, bf16* out, const bf16* inp, const bf16* weight,
+                    const bf16* bias, int N, int IC, int OC) {
+  if (N <= 0 || OC <= 0) return;
+  if (IC <= 0) {
+    const size_t total = size_t(N) * OC;
+    fill_rows_kernel<<<grid_for(total), kBlock, 0, s>>>(out, bias, OC, total);
+    TRIAD_CUDA_CHECK_LAUNCH();
+    return;
+  }
+  lt.run(s, forward_gemm(out, inp, weight, bias, N, IC, OC));
+}
+
+void matmul_gelu_forward(cudaStream_t s, LtMatmul& lt, bf16* pre, bf16* out, const bf16* inp,
+                         const bf16* weight, const bf16* bias, int N, int IC, int OC) {
+  if (N <= 0 || OC <= 0) return;
+  // The GELU aux output needs a leading dimension divisible by 8 (cuBLASLt's requirement for
+  // EPILOGUE_AUX_LD); a 16-byte aligned pre keeps every row of it vector-aligned. Elsewhere, or
+  // when cuBLASLt declines, the two ops run separately (out then comes from the rounded pre,
+  // which the interface allows).
+  if (IC > 0 && OC % 8 == 0 && pointer_alignment(pre) >= 16) {
+    LtGemm g = forward_gemm(out, inp, weight, bias, N, IC, OC);
+    g.epilogue = bias != nullptr ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX;
+    g.aux = pre;
+    g.aux_ld = OC;
+    if (lt.run(s, g, /*may_decline=*/true)) return;
+  }
+  matmul_forward(s, lt, pre, inp, weight, bias, N, IC, OC);
+  gelu_forward(s, out, static_cast<const bf16*>(pre), size_t(N) * OC);
+}
+
+void matmul_backward(cudaStream_t s, LtMatmul& lt, bf16* dinp, float* dweight, float* dbias,
+                     const bf16* dout, const bf16* inp, const bf16* weight, int N, int IC, int OC) {
+  if (N <= 0 || OC <= 0) return;
+  if (IC > 0) {
+    if (dinp != nullptr) {
+      // dinp[N,IC] += dout[N,OC] · W[OC,IC]  ⇔  dinpᵀ (IC×N, ld IC) += W (col-major IC×OC, ld
+      // IC, no transpose) · doutᵀ (col-major OC×N, ld OC, no transpose)
+      LtGemm g;
+      g.trans_a = CUBLAS_OP_N;
+      g.trans_b = CUBLAS_OP_N;
+      g.m = IC;
+      g.n = N;
+      g.k = OC;
+      g.a = weight;
+      g.lda = IC;
+      g.b = dout;
+      g.ldb = OC;
+      g.d = dinp;
+      g.d_type = CUDA_R_16BF;
+      g.ldd = IC;
+      g.beta = 1.0f;
+      lt.run(s, g);
+    }
+    // dW[OC,IC] += doutᵀ · inp  ⇔  dWᵀ (IC×OC, ld IC) += inpᵀ (col-major IC×N, ld IC, no
+    // transpose) · dout (stored as col-major doutᵀ OC×N, ld OC; transposed gives N×OC)
+    LtGemm g;
+    g.trans_a = CUBLAS_OP_N;
+    g.trans_b = CUBLAS_OP_T;
+    g.m = IC;
+    g.n = OC;
+    g.k = N;
+    g.a = inp;
+    g.lda = IC;
+    g.b = dout;
+    g.ldb = OC;
+    g.d = dweight;
+    g.d_type = CUDA_R_32F;
+    g.ldd = IC;
+    g.beta = 1.0f;
+    lt.run(s, g);
+  }
+  if (dbias != nullptr) column_sum_accumulate(s, dbias, dout, N, OC);
+}
+
+}  // namespace triad::cuda

@@ -1,0 +1,724 @@
+// The CUDA backend's mixed-precision (bf16) ops against the CPU backend's bf16 ops (the literal
+// form of backend.h's contract: widen, compute in fp32, round each bf16 output once). Both get
+// the same bf16 inputs (random values rounded to bf16); the CUDA results are copied back and
+// compared.
+//  - Tolerance: ‖got − want‖₂ / ‖want‖₂ <= 1e-2 for bf16 outputs and for the fp32 outputs
+//    computed from bf16 inputs (parameter gradients, LayerNorm statistics, losses, row
+//    statistics, lse): one bf16 rounding is 2^-9 relative, and the two backends sum in
+//    different orders (cuBLASLt / tensor cores, the flash kernels' bf16 probabilities).
+//    Non-finite values must match exactly (e.g. −inf row maxima of an empty slice) and a NaN
+//    or inf where the reference is finite fails.
+//  - Backward ops start from gradient buffers that already hold values (of the size of the
+//    gradient itself), so a kernel that overwrites instead of accumulating (+=) fails.
+//  - Backward ops with reductions run twice on the GPU and must agree bit for bit.
+// Every test skips when no CUDA device is usable (and in builds without CUDA, where this file
+// compiles against the public headers only).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "../support/random_data.h"
+#include "triad/core/bf16.h"
+#include "triad/core/error.h"
+#include "triad/kernels/backend.h"
+#include "triad/kernels/cuda_backend.h"
+
+namespace triad {
+namespace {
+
+using Vec = std::vector<float>;
+using Bits = std::vector<bf16_t>;
+using IVec = std::vector<int32_t>;
+
+using triad::testing::random_vec;
+
+constexpr double kTol = 1e-2;
+
+Bits to_bits(const Vec& v) {
+  Bits b(v.size());
+  for (size_t i = 0; i < v.size(); ++i) b[i] = to_bf16(v[i]);
+  return b;
+}
+
+Vec to_floats(const Bits& b) {
+  Vec v(b.size());
+  for (size_t i = 0; i < b.size(); ++i) v[i] = to_float(b[i]);
+  return v;
+}
+
+// Uniform values in [lo, hi) rounded to bf16.
+Bits random_bits(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
+  return to_bits(random_vec(n, seed, lo, hi));
+}
+
+IVec random_ints(size_t n, uint32_t seed, int lo, int hi) {  // in [lo, hi)
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> dist(lo, hi - 1);
+  IVec v(n);
+  for (int32_t& x : v) x = dist(rng);
+  return v;
+}
+
+double rms(const Vec& v) {
+  double s = 0.0;
+  for (float x : v) s += double(x) * double(x);
+  return v.empty() ? 0.0 : std::sqrt(s / double(v.size()));
+}
+
+// Initial contents for an accumulated gradient whose contribution has RMS `scale`: uniform in
+// [-scale, scale], so that overwriting instead of accumulating shows as an O(1) error.
+Vec initial_grad(size_t n, uint32_t seed, double scale) {
+  const float s = float(std::max(scale, 1e-3));
+  return random_vec(n, seed, -s, s);
+}
+Bits initial_grad_bits(size_t n, uint32_t seed, double scale) {
+  return to_bits(initial_grad(n, seed, scale));
+}
+
+// ‖got − want‖₂ / ‖want‖₂ <= tol (the absolute norm when want is all zero) over the finite
+// entries of want; non-finite entries of want must be matched exactly, and got must be finite
+// wherever want is.
+::testing::AssertionResult close(const Vec& got, const Vec& want, double tol = kTol) {
+  if (got.size() != want.size()) {
+    return ::testing::AssertionFailure() << "size " << got.size() << " != " << want.size();
+  }
+  double diff2 = 0.0, ref2 = 0.0, worst = -1.0;
+  size_t worst_at = 0, bad = 0, first_bad = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double g = got[i], w = want[i];
+    if (!std::isfinite(w) || !std::isfinite(g)) {
+      const bool same = g == w || (std::isnan(g) && std::isnan(w));
+      if (!same && bad++ == 0) first_bad = i;
+      continue;
+    }
+    diff2 += (g - w) * (g - w);
+    ref2 += w * w;
+    if (std::abs(g - w) > worst) {
+      worst = std::abs(g - w);
+      worst_at = i;
+    }
+  }
+  if (bad > 0) {
+    return ::testing::AssertionFailure()
+           << bad << " of " << want.size()
+           << " entries are non-finite in one result only; first at " << first_bad << ": got "
+           << got[first_bad] << ", want " << want[first_bad];
+  }
+  const double err = ref2 > 0.0 ? std::sqrt(diff2 / ref2) : std::sqrt(diff2);
+  if (err <= tol) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure()
+         << (ref2 > 0.0 ? "relative" : "absolute") << " error " << err << " > " << tol << " over "
+         << want.size() << " entries; largest difference at " << worst_at << ": got "
+         << got[worst_at] << ", want " << want[worst_at];
+}
+
+::testing::AssertionResult close(const Bits& got, const Bits& want, double tol = kTol) {
+  return close(to_floats(got), to_floats(want), tol);
+}
+
+::testing::AssertionResult bit_equal(const void* a, const void* b, size_t bytes) {
+  if (bytes == 0 || std::memcmp(a, b, bytes) == 0) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << "results differ between two identical runs";
+}
+::testing::AssertionResult bit_equal(const Bits& a, const Bits& b) {
+  if (a.size() != b.size()) return ::testing::AssertionFailure() << "sizes differ";
+  return bit_equal(a.data(), b.data(), a.size() * sizeof(bf16_t));
+}
+::testing::AssertionResult bit_equal(const Vec& a, const Vec& b) {
+  if (a.size() != b.size()) return ::testing::AssertionFailure() << "sizes differ";
+  return bit_equal(a.data(), b.data(), a.size() * sizeof(float));
+}
+
+// Columns [off, off + width) of every row of a row-major [rows, pitch] matrix.
+template <typename V>
+V columns(const V& m, size_t rows, size_t pitch, size_t off, size_t width) {
+  V out;
+  out.reserve(rows * width);
+  for (size_t r = 0; r < rows; ++r)
+    out.insert(out.end(), m.begin() + r * pitch + off, m.begin() + r * pitch + off + width);
+  return out;
+}
+
+TEST(CudaBf16NoDevice, MakeThrowsWithoutDevice) {
+  if (cuda_device_available()) GTEST_SKIP() << "a CUDA device is available";
+  EXPECT_THROW(make_cuda_backend(), Error);
+}
+
+// The CPU backend works on host memory, so its side of every comparison uses host vectors
+// directly; the GPU side gets device copies.
+class CudaBf16Test : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!cuda_device_available()) {
+      GTEST_SKIP() << "no usable CUDA device (" << cuda_device_description()
+                   << "): the bf16 CUDA ops need a GPU";
+    }
+    gpu = make_cuda_backend();
+    cpu = make_cpu_backend();
+  }
+
+  void TearDown() override {
+    if (!gpu) return;
+    for (bf16_t* p : bf16_bufs_) gpu->free_bf16(p);
+    for (float* p : float_bufs_) gpu->free(p);
+    for (int32_t* p : int_bufs_) gpu->free_ints(p);
+  }
+
+  // A device copy of h (freed at the end of the test). bf16 buffers are allocated with an even
+  // length so that they move as whole floats through copy_from_host / copy_to_host.
+  bf16_t* dev(const Bits& h) {
+    const size_t padded = h.size() + (h.size() & 1);
+    bf16_t* d = gpu->alloc_bf16(padded);
+    bf16_bufs_.push_back(d);
+    Bits tmp(h);
+    tmp.resize(padded);
+    gpu->copy_from_host(reinterpret_cast<float*>(d), reinterpret_cast<const float*>(tmp.data()),
+                        padded / 2);
+    return d;
+  }
+  float* dev(const Vec& h) {
+    float* d = gpu->alloc(h.size());
+    float_bufs_.push_back(d);
+    gpu->copy_from_host(d, h.data(), h.size());
+    return d;
+  }
+  int32_t* dev(const IVec& h) {
+    int32_t* d = gpu->alloc_ints(h.size());
+    int_bufs_.push_back(d);
+    gpu->copy_ints_from_host(d, h.data(), h.size());
+    return d;
+  }
+  Bits host(const bf16_t* d, size_t n) {
+    Bits h(n + (n & 1));
+    gpu->copy_to_host(reinterpret_cast<float*>(h.data()), reinterpret_cast<const float*>(d),
+                      h.size() / 2);
+    h.resize(n);
+    return h;
+  }
+  Vec host(const float* d, size_t n) {
+    Vec h(n);
+    gpu->copy_to_host(h.data(), d, n);
+    return h;
+  }
+
+  std::unique_ptr<Backend> gpu;
+  std::unique_ptr<Backend> cpu;
+
+ private:
+  std::vector<bf16_t*> bf16_bufs_;
+  std::vector<float*> float_bufs_;
+  std::vector<int32_t*> int_bufs_;
+};
+
+// ---- memory and conversions ------------------------------------------------------------------
+
+TEST_F(CudaBf16Test, ConvertRoundsToNearestEvenAndWidensExactly) {
+  const float tiny = std::numeric_limits<float>::denorm_min();
+  const float inf = std::numeric_limits<float>::infinity();
+  // Ties (1 + 2^-8 → 1, 1 + 3·2^-8 → 1 + 2^-6), values just off a tie, signed zeros, a float
+  // subnormal, the largest finite float (rounds to inf), ±inf, then random values of all
+  // magnitudes.
+  Vec src = {0.0f,
+             -0.0f,
+             1.0f,
+             1.0f + 0x1p-8f,
+             1.0f + 3 * 0x1p-8f,
+             1.0f + 0x1p-8f + 0x1p-20f,
+             -(1.0f + 0x1p-8f),
+             3.14159265f,
+             1e-40f,
+             tiny,
+             std::numeric_limits<float>::max(),
+             inf,
+             -inf};
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> mant(1.0f, 2.0f);
+  std::uniform_int_distribution<int> expo(-30, 30);
+  for (int i = 0; i < 1000; ++i)
+    src.push_back((i % 2 ? -1.0f : 1.0f) * std::ldexp(mant(rng), expo(rng)));
+  const size_t n = src.size();  // odd: the last bf16 shares its float with the padding
+
+  Bits want(n);
+  cpu->convert(want.data(), src.data(), n);
+  bf16_t* d_bits = dev(Bits(n));
+  gpu->convert(d_bits, dev(src), n);
+  const Bits got = host(d_bits, n);
+  for (size_t i = 0; i < n; ++i) {
+    EXPECT_EQ(got[i].bits, to_bf16(src[i]).bits)
+        << "float → bf16 of " << src[i] << " (index " << i << ")";
+    EXPECT_EQ(got[i].bits, want[i].bits) << "CPU backend disagrees at index " << i;
+  }
+  // NaN stays NaN (the payload may differ).
+  bf16_t* d_nan = dev(Bits(1));
+  gpu->convert(d_nan, dev(Vec{std::numeric_limits<float>::quiet_NaN()}), 1);
+  EXPECT_TRUE(std::isnan(to_float(host(d_nan, 1)[0])));
+
+  // bf16 → float is exact, for every one of the 65536 patterns.
+  Bits all(65536);
+  for (size_t i = 0; i < all.size(); ++i) all[i].bits = uint16_t(i);
+  float* d_wide = dev(Vec(all.size(), 7.0f));
+  gpu->convert(d_wide, dev(all), all.size());
+  const Vec wide = host(d_wide, all.size());
+  for (size_t i = 0; i < all.size(); ++i) {
+    const float w = to_float(all[i]);
+    if (std::isnan(w)) {
+      EXPECT_TRUE(std::isnan(wide[i])) << "bf16 pattern " << i;
+    } else {
+      EXPECT_TRUE(std::memcmp(&wide[i], &w, sizeof w) == 0)
+          << "bf16 pattern " << i << ": got " << wide[i] << ", want " << w;
+    }
+  }
+}
+
+TEST_F(CudaBf16Test, AllocIsZeroedAndZeroClearsExactlyTheRange) {
+  for (size_t n : {size_t{1}, size_t{7}, size_t{1001}}) {
+    SCOPED_TRACE(::testing::Message() << "n=" << n);
+    bf16_t* fresh = gpu->alloc_bf16(n);
+    ASSERT_NE(fresh, nullptr);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(fresh) % 64, 0u);
+    const Bits z = host(fresh, n);
+    EXPECT_TRUE(std::all_of(z.begin(), z.end(), [](bf16_t b) { return b.bits == 0; }));
+    gpu->synchronize();
+    gpu->free_bf16(fresh);
+
+    const Bits v = random_bits(n, 40, 1.0f, 2.0f);  // no zeros
+    bf16_t* d = dev(v);
+    if (n > 2) {
+      gpu->zero(d + 1, n - 2);
+      const Bits got = host(d, n);
+      EXPECT_EQ(got[0].bits, v[0].bits);
+      EXPECT_EQ(got[n - 1].bits, v[n - 1].bits);
+      EXPECT_TRUE(
+          std::all_of(got.begin() + 1, got.end() - 1, [](bf16_t b) { return b.bits == 0; }));
+    } else {
+      gpu->zero(d, n);
+      const Bits got = host(d, n);
+      EXPECT_TRUE(std::all_of(got.begin(), got.end(), [](bf16_t b) { return b.bits == 0; }));
+    }
+  }
+}
+
+// ---- encoder ---------------------------------------------------------------------------------
+
+struct EncShape {
+  int B, T, C, V;
+};
+const EncShape kEncShapes[] = {{2, 5, 12, 7}, {4, 64, 768, 100}, {2, 33, 130, 50304}};
+
+// Vocabulary-parallel form included: about a third of the tokens are < 0 (held by another rank);
+// wpe / dwpe may be nullptr.
+TEST_F(CudaBf16Test, EncoderForwardBackward) {
+  for (const EncShape& s : kEncShapes) {
+    const size_t N = size_t(s.B) * s.T;
+    const IVec tokens = random_ints(N, 1, -s.V / 2 - 1, s.V);
+    const Bits wte = random_bits(size_t(s.V) * s.C, 2), wpe = random_bits(size_t(s.T) * s.C, 3);
+    const Bits dout = random_bits(N * s.C, 4);
+    int32_t* d_tok = dev(tokens);
+    bf16_t *d_wte = dev(wte), *d_wpe = dev(wpe), *d_dout = dev(dout);
+    for (bool with_pos : {true, false}) {
+      SCOPED_TRACE(::testing::Message() << "B=" << s.B << " T=" << s.T << " C=" << s.C
+                                        << (with_pos ? " wpe" : " wpe == nullptr"));
+      Bits want(N * s.C);
+      cpu->encoder_forward(want.data(), tokens.data(), wte.data(), with_pos ? wpe.data() : nullptr,
+                           s.B, s.T, s.C);
+      bf16_t* out = dev(to_bits(Vec(N * s.C, 42.0f)));
+      gpu->encoder_forward(out, d_tok, d_wte, with_pos ? d_wpe : nullptr, s.B, s.T, s.C);
+      EXPECT_TRUE(close(host(out, N * s.C), want)) << "out";
+
+      // Accumulation: the contributions per dwte row are sums of up to N values of size ~0.5.
+      const Vec dwte0 = initial_grad(wte.size(), 5, 1.0), dwpe0 = initial_grad(wpe.size(), 6, 1.0);
+      Vec dwte = dwte0, dwpe = dwpe0;
+      cpu->encoder_backward(dwte.data(), with_pos ? dwpe.data() : nullptr, dout.data(),
+                            tokens.data(), s.B, s.T, s.C);
+      Vec first_wte, first_wpe;
+      for (int run = 0; run < 2; ++run) {
+        float *g_wte = dev(dwte0), *g_wpe = dev(dwpe0);
+        gpu->encoder_backward(g_wte, with_pos ? g_wpe : nullptr, d_dout, d_tok, s.B, s.T, s.C);
+        const Vec got_wte = host(g_wte, wte.size()), got_wpe = host(g_wpe, wpe.size());
+        if (run == 0) {
+          EXPECT_TRUE(close(got_wte, dwte)) << "dwte";
+          EXPECT_TRUE(close(got_wpe, dwpe)) << "dwpe";
+          if (!with_pos) {
+            EXPECT_TRUE(bit_equal(got_wpe, dwpe0)) << "dwpe touched";
+          }
+          first_wte = got_wte;
+          first_wpe = got_wpe;
+        } else {
+          EXPECT_TRUE(bit_equal(got_wte, first_wte)) << "dwte";
+          EXPECT_TRUE(bit_equal(got_wpe, first_wpe)) << "dwpe";
+        }
+      }
+    }
+  }
+}
+
+// ---- layernorm -------------------------------------------------------------------------------
+
+struct NCShape {
+  int N, C;
+};
+const NCShape kLnShapes[] = {{9, 300}, {256, 768}, {5, 1600}};
+
+TEST_F(CudaBf16Test, LayerNormForwardBackward) {
+  for (const NCShape& s : kLnShapes) {
+    SCOPED_TRACE(::testing::Message() << "N=" << s.N << " C=" << s.C);
+    const size_t NC = size_t(s.N) * s.C;
+    const Bits inp = random_bits(NC, 10, -2.0f, 3.0f);
+    const Bits w = random_bits(s.C, 11, 0.5f, 1.5f), b = random_bits(s.C, 12);
+    Bits out(NC);
+    Vec mean(s.N), rstd(s.N);
+    cpu->layernorm_forward(out.data(), mean.data(), rstd.data(), inp.data(), w.data(), b.data(),
+                           s.N, s.C);
+    bf16_t *d_inp = dev(inp), *d_w = dev(w), *d_b = dev(b);
+    bf16_t* g_out = dev(Bits(NC));
+    float *g_mean = dev(Vec(s.N)), *g_rstd = dev(Vec(s.N));
+    gpu->layernorm_forward(g_out, g_mean, g_rstd, d_inp, d_w, d_b, s.N, s.C);
+    EXPECT_TRUE(close(host(g_out, NC), out)) << "out";
+    EXPECT_TRUE(close(host(g_mean, s.N), mean)) << "mean";
+    EXPECT_TRUE(close(host(g_rstd, s.N), rstd)) << "rstd";
+
+    // Backward from the CPU's statistics (identical inputs on both sides).
+    const Bits dout = random_bits(NC, 13);
+    Bits dinp_zero(NC);
+    {
+      Vec dw(s.C), db(s.C);
+      cpu->layernorm_backward(dinp_zero.data(), dw.data(), db.data(), dout.data(), inp.data(),
+                              w.data(), mean.data(), rstd.data(), s.N, s.C);
+    }
+    const Bits dinp0 = initial_grad_bits(NC, 14, rms(to_floats(dinp_zero)));
+    const Vec dw0 = initial_grad(s.C, 15, std::sqrt(double(s.N))),
+              db0 = initial_grad(s.C, 16, std::sqrt(double(s.N)));
+    Bits dinp = dinp0;
+    Vec dw = dw0, db = db0;
+    cpu->layernorm_backward(dinp.data(), dw.data(), db.data(), dout.data(), inp.data(), w.data(),
+                            mean.data(), rstd.data(), s.N, s.C);
+    bf16_t* d_dout = dev(dout);
+    float *d_mean = dev(mean), *d_rstd = dev(rstd);
+    Bits first_dinp;
+    Vec first_dw, first_db;
+    for (int run = 0; run < 2; ++run) {
+      bf16_t* g_dinp = dev(dinp0);
+      float *g_dw = dev(dw0), *g_db = dev(db0);
+      gpu->layernorm_backward(g_dinp, g_dw, g_db, d_dout, d_inp, d_w, d_mean, d_rstd, s.N, s.C);
+      const Bits got_dinp = host(g_dinp, NC);
+      const Vec got_dw = host(g_dw, s.C), got_db = host(g_db, s.C);
+      if (run == 0) {
+        EXPECT_TRUE(close(got_dinp, dinp)) << "dinp";
+        EXPECT_TRUE(close(got_dw, dw)) << "dweight";
+        EXPECT_TRUE(close(got_db, db)) << "dbias";
+        first_dinp = got_dinp;
+        first_dw = got_dw;
+        first_db = got_db;
+      } else {
+        EXPECT_TRUE(bit_equal(got_dinp, first_dinp)) << "dinp";
+        EXPECT_TRUE(bit_equal(got_dw, first_dw)) << "dweight";
+        EXPECT_TRUE(bit_equal(got_db, first_db)) << "dbias";
+      }
+    }
+  }
+}
+
+// ---- matmul ----------------------------------------------------------------------------------
+
+struct MmShape {
+  int N, IC, OC;
+};
+// Aligned GPT-2 shapes, odd sizes (no vector alignment anywhere) and a single row.
+const MmShape kMmShapes[] = {{64, 96, 128}, {256, 768, 2304}, {37, 29, 45}, {1, 64, 24}};
+
+TEST_F(CudaBf16Test, MatmulForward) {
+  for (const MmShape& s : kMmShapes) {
+    const size_t NI = size_t(s.N) * s.IC, NO = size_t(s.N) * s.OC;
+    const Bits inp = random_bits(NI, 20), w = random_bits(size_t(s.OC) * s.IC, 21),
+               b = random_bits(s.OC, 22);
+    bf16_t *d_inp = dev(inp), *d_w = dev(w), *d_b = dev(b);
+    for (bool with_bias : {true, false}) {
+      SCOPED_TRACE(::testing::Message() << "N=" << s.N << " IC=" << s.IC << " OC=" << s.OC
+                                        << (with_bias ? " bias" : " bias == nullptr"));
+      Bits want(NO);
+      cpu->matmul_forward(want.data(), inp.data(), w.data(), with_bias ? b.data() : nullptr, s.N,
+                          s.IC, s.OC);
+      bf16_t* out = dev(to_bits(Vec(NO, 42.0f)));
+      gpu->matmul_forward(out, d_inp, d_w, with_bias ? d_b : nullptr, s.N, s.IC, s.OC);
+      EXPECT_TRUE(close(host(out, NO), want)) << "out";
+    }
+  }
+}
+
+TEST_F(CudaBf16Test, MatmulBackwardAccumulatesDeterministically) {
+  for (const MmShape& s : kMmShapes) {
+    const size_t NI = size_t(s.N) * s.IC, NO = size_t(s.N) * s.OC, W = size_t(s.OC) * s.IC;
+    const Bits inp = random_bits(NI, 30), w = random_bits(W, 31), dout = random_bits(NO, 32);
+    bf16_t *d_inp = dev(inp), *d_w = dev(w), *d_dout = dev(dout);
+    // Contribution sizes: dinp ~ sqrt(OC)/3, dweight ~ sqrt(N)/3, dbias ~ sqrt(N)/sqrt(3).
+    const Bits dinp0 = initial_grad_bits(NI, 33, std::sqrt(double(s.OC)) / 3);
+    const Vec dw0 = initial_grad(W, 34, std::sqrt(double(s.N)) / 3);
+    const Vec db0 = initial_grad(s.OC, 35, std::sqrt(double(s.N)) / 2);
+    for (bool with_dinp : {true, false}) {
+      for (bool with_dbias : {true, false}) {
+        SCOPED_TRACE(::testing::Message() << "N=" << s.N << " IC=" << s.IC << " OC=" << s.OC
+                                          << (with_dinp ? " dinp" : " dinp == nullptr")
+                                          << (with_dbias ? " dbias" : " dbias == nullptr"));
+        Bits dinp = dinp0;
+        Vec dw = dw0, db = db0;
+        cpu->matmul_backward(with_dinp ? dinp.data() : nullptr, dw.data(),
+                             with_dbias ? db.data() : nullptr, dout.data(), inp.data(), w.data(),
+                             s.N, s.IC, s.OC);
+        Bits first_dinp;
+        Vec first_dw, first_db;
+        for (int run = 0; run < 2; ++run) {
+          bf16_t* g_dinp = dev(dinp0);
+          float *g_dw = dev(dw0), *g_db = dev(db0);
+          gpu->matmul_backward(with_dinp ? g_dinp : nullptr, g_dw, with_dbias ? g_db : nullptr,
+                               d_dout, d_inp, d_w, s.N, s.IC, s.OC);
+          const Bits got_dinp = host(g_dinp, NI);
+          const Vec got_dw = host(g_dw, W), got_db = host(g_db, s.OC);
+          if (run == 0) {
+            EXPECT_TRUE(close(got_dinp, dinp)) << "dinp";
+            EXPECT_TRUE(close(got_dw, dw)) << "dweight";
+            EXPECT_TRUE(close(got_db, db)) << "dbias";
+            if (!with_dinp) {
+              EXPECT_TRUE(bit_equal(got_dinp, dinp0)) << "dinp touched";
+            }
+            if (!with_dbias) {
+              EXPECT_TRUE(bit_equal(got_db, db0)) << "dbias touched";
+            }
+            first_dinp = got_dinp;
+            first_dw = got_dw;
+            first_db = got_db;
+          } else {
+            EXPECT_TRUE(bit_equal(got_dinp, first_dinp)) << "dinp";
+            EXPECT_TRUE(bit_equal(got_dw, first_dw)) << "dweight";
+            EXPECT_TRUE(bit_equal(got_db, first_db)) << "dbias";
+          }
+        }
+      }
+    }
+  }
+}
+
+// OC a multiple of 8 takes cuBLASLt's GELU_AUX(_BIAS) epilogue, other OC the two-op fallback.
+TEST_F(CudaBf16Test, MatmulGeluForward) {
+  const MmShape shapes[] = {{64, 96, 64}, {256, 768, 3072}, {37, 48, 36}, {5, 29, 45}};
+  for (const MmShape& s : shapes) {
+    const size_t NI = size_t(s.N) * s.IC, NO = size_t(s.N) * s.OC;
+    // Inputs large enough that pre covers the whole curved part of GELU.
+    const Bits inp = random_bits(NI, 40), w = random_bits(size_t(s.OC) * s.IC, 41, -0.5f, 0.5f),
+               b = random_bits(s.OC, 42);
+    bf16_t *d_inp = dev(inp), *d_w = dev(w), *d_b = dev(b);
+    for (bool with_bias : {true, false}) {
+      SCOPED_TRACE(::testing::Message() << "N=" << s.N << " IC=" << s.IC << " OC=" << s.OC
+                                        << (with_bias ? " bias" : " bias == nullptr"));
+      Bits pre(NO), out(NO);
+      cpu->matmul_gelu_forward(pre.data(), out.data(), inp.data(), w.data(),
+                               with_bias ? b.data() : nullptr, s.N, s.IC, s.OC);
+      bf16_t* g_pre = dev(to_bits(Vec(NO, 42.0f)));
+      bf16_t* g_out = dev(to_bits(Vec(NO, 42.0f)));
+      gpu->matmul_gelu_forward(g_pre, g_out, d_inp, d_w, with_bias ? d_b : nullptr, s.N, s.IC,
+                               s.OC);
+      EXPECT_TRUE(close(host(g_pre, NO), pre)) << "pre";
+      EXPECT_TRUE(close(host(g_out, NO), out)) << "out";
+    }
+  }
+}
+
+// ---- attention -------------------------------------------------------------------------------
+
+struct AttShape {
+  int B, T, NH, hd;
+};
+// hd 64 / 128: the flash kernels, with partial 64-row tiles (T = 100) and a single token;
+// hd 16 and 32: the fp32 fallback.
+const AttShape kAttShapes[] = {{2, 100, 2, 64}, {1, 100, 2, 128}, {1, 1, 2, 64},
+                               {2, 256, 4, 64}, {2, 37, 3, 16},   {1, 100, 2, 32}};
+
+TEST_F(CudaBf16Test, AttentionForwardBackward) {
+  for (const AttShape& s : kAttShapes) {
+    SCOPED_TRACE(::testing::Message()
+                 << "B=" << s.B << " T=" << s.T << " NH=" << s.NH << " hd=" << s.hd);
+    const int C = s.NH * s.hd;
+    const size_t rows = size_t(s.B) * s.T, BTC = rows * C, L = size_t(s.B) * s.NH * s.T;
+    // Scores of a few units: softmax neither uniform nor one-hot.
+    const Bits qkv = random_bits(3 * BTC, 50, -1.5f, 1.5f);
+    Bits out(BTC);
+    Vec lse(L);
+    cpu->attention_forward(out.data(), lse.data(), qkv.data(), s.B, s.T, C, s.NH);
+    bf16_t* d_qkv = dev(qkv);
+    bf16_t* g_out = dev(to_bits(Vec(BTC, 42.0f)));
+    float* g_lse = dev(Vec(L, 42.0f));
+    gpu->attention_forward(g_out, g_lse, d_qkv, s.B, s.T, C, s.NH);
+    EXPECT_TRUE(close(host(g_out, BTC), out)) << "out";
+    EXPECT_TRUE(close(host(g_lse, L), lse)) << "lse";
+
+    // Backward from the CPU forward's out and lse (identical inputs on both sides). First from
+    // zero, each of dq, dk, dv on its own; then accumulating onto values of the same size.
+    const Bits dout = random_bits(BTC, 51);
+    bf16_t *d_dout = dev(dout), *d_out = dev(out);
+    float* d_lse = dev(lse);
+    Bits fresh(3 * BTC);
+    cpu->attention_backward(fresh.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.B, s.T,
+                            C, s.NH);
+    bf16_t* g_fresh = dev(Bits(3 * BTC));
+    gpu->attention_backward(g_fresh, d_dout, d_qkv, d_out, d_lse, s.B, s.T, C, s.NH);
+    const Bits got_fresh = host(g_fresh, 3 * BTC);
+    const char* names[] = {"dq", "dk", "dv"};
+    for (int part = 0; part < 3; ++part) {
+      EXPECT_TRUE(close(columns(got_fresh, rows, 3 * size_t(C), part * size_t(C), C),
+                        columns(fresh, rows, 3 * size_t(C), part * size_t(C), C)))
+          << names[part] << " (from zero)";
+    }
+
+    const Bits dqkv0 = initial_grad_bits(3 * BTC, 52, rms(to_floats(fresh)));
+    Bits dqkv = dqkv0;
+    cpu->attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.B, s.T,
+                            C, s.NH);
+    Bits first;
+    for (int run = 0; run < 2; ++run) {
+      bf16_t* g_dqkv = dev(dqkv0);
+      gpu->attention_backward(g_dqkv, d_dout, d_qkv, d_out, d_lse, s.B, s.T, C, s.NH);
+      const Bits got = host(g_dqkv, 3 * BTC);
+      if (run == 0) {
+        EXPECT_TRUE(close(got, dqkv)) << "dqkv (accumulated)";
+        first = got;
+      } else {
+        EXPECT_TRUE(bit_equal(got, first)) << "dqkv";
+      }
+    }
+  }
+}
+
+// ---- elementwise -----------------------------------------------------------------------------
+
+TEST_F(CudaBf16Test, GeluAddAccumulate) {
+  for (size_t n : {size_t{1}, size_t{1001}, size_t{1} << 20}) {
+    SCOPED_TRACE(::testing::Message() << "n=" << n);
+    const Bits x = random_bits(n, 60, -4.0f, 4.0f), y = random_bits(n, 61),
+               dout = random_bits(n, 62);
+    bf16_t *d_x = dev(x), *d_y = dev(y), *d_dout = dev(dout);
+
+    Bits want(n);
+    cpu->gelu_forward(want.data(), x.data(), n);
+    bf16_t* g = dev(Bits(n));
+    gpu->gelu_forward(g, d_x, n);
+    EXPECT_TRUE(close(host(g, n), want)) << "gelu_forward";
+
+    const Bits dinp0 = random_bits(n, 63);
+    Bits dinp = dinp0;
+    cpu->gelu_backward(dinp.data(), x.data(), dout.data(), n);
+    bf16_t* g_dinp = dev(dinp0);
+    gpu->gelu_backward(g_dinp, d_x, d_dout, n);
+    EXPECT_TRUE(close(host(g_dinp, n), dinp)) << "gelu_backward";
+
+    Bits sum(n);
+    cpu->add(sum.data(), x.data(), y.data(), n);
+    bf16_t* g_sum = dev(Bits(n));
+    gpu->add(g_sum, d_x, d_y, n);
+    EXPECT_TRUE(close(host(g_sum, n), sum)) << "add";
+
+    Bits acc = x;
+    cpu->accumulate(acc.data(), y.data(), n);
+    bf16_t* g_acc = dev(x);
+    gpu->accumulate(g_acc, d_y, n);
+    EXPECT_TRUE(close(host(g_acc, n), acc)) << "accumulate";
+  }
+}
+
+// ---- cross-entropy ---------------------------------------------------------------------------
+
+struct CeShape {
+  int N, V, Vp;
+};
+const CeShape kCeShapes[] = {{6, 50, 64}, {64, 50257, 50304}, {3, 17, 17}};
+
+TEST_F(CudaBf16Test, CrossEntropyForwardBackward) {
+  for (const CeShape& s : kCeShapes) {
+    SCOPED_TRACE(::testing::Message() << "N=" << s.N << " V=" << s.V << " Vp=" << s.Vp);
+    const size_t NV = size_t(s.N) * s.Vp;
+    // Padded columns hold values too: they must come back as zeros.
+    const Bits logits = random_bits(NV, 70, -4.0f, 4.0f);
+    const IVec targets = random_ints(s.N, 71, 0, s.V);
+    const float scale = 1.0f / float(s.N);
+    Bits want = logits;
+    Vec losses(s.N), correct(s.N);
+    cpu->crossentropy_forward_backward(want.data(), losses.data(), correct.data(), targets.data(),
+                                       s.N, s.V, s.Vp, scale);
+    int32_t* d_targets = dev(targets);
+    for (bool with_correct : {true, false}) {
+      SCOPED_TRACE(with_correct ? "correct" : "correct == nullptr");
+      bf16_t* g_logits = dev(logits);
+      float* g_losses = dev(Vec(s.N, 42.0f));
+      float* g_correct = dev(Vec(s.N, 42.0f));
+      gpu->crossentropy_forward_backward(g_logits, g_losses, with_correct ? g_correct : nullptr,
+                                         d_targets, s.N, s.V, s.Vp, scale);
+      const Bits got = host(g_logits, NV);
+      EXPECT_TRUE(close(got, want)) << "dlogits";
+      EXPECT_TRUE(close(host(g_losses, s.N), losses)) << "losses";
+      if (with_correct) {
+        EXPECT_TRUE(bit_equal(host(g_correct, s.N), correct)) << "correct";
+      } else {
+        EXPECT_TRUE(bit_equal(host(g_correct, s.N), Vec(s.N, 42.0f))) << "correct touched";
+      }
+      EXPECT_TRUE(
+          bit_equal(columns(got, s.N, s.Vp, s.V, s.Vp - s.V), Bits(size_t(s.N) * (s.Vp - s.V))))
+          << "padded columns are not zero";
+    }
+  }
+}
+
+// The three vocabulary-parallel steps, each fed the CPU's results of the previous one (what the
+// caller's all-reduce would hand both backends). Targets < 0 belong to other ranks; V = 0 is a
+// rank holding only padding columns.
+TEST_F(CudaBf16Test, VocabParallelCrossEntropy) {
+  const CeShape shapes[] = {{6, 50, 64}, {64, 50257, 50304}, {5, 0, 16}, {4, 24, 24}};
+  for (const CeShape& s : shapes) {
+    SCOPED_TRACE(::testing::Message() << "N=" << s.N << " V=" << s.V << " Vp=" << s.Vp);
+    const size_t NV = size_t(s.N) * s.Vp;
+    const Bits logits = random_bits(NV, 80, -4.0f, 4.0f);
+    const IVec targets = random_ints(s.N, 81, -std::max(s.V, 3), std::max(s.V, 1));
+    const float scale = 0.25f;
+    bf16_t* d_logits = dev(logits);
+    int32_t* d_targets = dev(targets);
+
+    Vec row_max(s.N), argmax(s.N);
+    cpu->logits_row_max(row_max.data(), argmax.data(), logits.data(), s.N, s.V, s.Vp);
+    float *g_max = dev(Vec(s.N, 42.0f)), *g_arg = dev(Vec(s.N, 42.0f));
+    gpu->logits_row_max(g_max, g_arg, d_logits, s.N, s.V, s.Vp);
+    // The maximum of identical bf16 values and its first index: exact.
+    EXPECT_TRUE(bit_equal(host(g_max, s.N), row_max)) << "row_max";
+    EXPECT_TRUE(bit_equal(host(g_arg, s.N), argmax)) << "argmax";
+
+    Vec sum_exp(s.N), target_logit(s.N);
+    cpu->softmax_partial_sums(sum_exp.data(), target_logit.data(), logits.data(), row_max.data(),
+                              targets.data(), s.N, s.V, s.Vp);
+    float* d_row_max = dev(row_max);
+    float *g_sum = dev(Vec(s.N, 42.0f)), *g_tl = dev(Vec(s.N, 42.0f));
+    gpu->softmax_partial_sums(g_sum, g_tl, d_logits, d_row_max, d_targets, s.N, s.V, s.Vp);
+    EXPECT_TRUE(close(host(g_sum, s.N), sum_exp)) << "sum_exp";
+    EXPECT_TRUE(bit_equal(host(g_tl, s.N), target_logit)) << "target_logit";
+
+    // A global sum as the all-reduce would give (≥ the local one; 1 where the slice is empty).
+    Vec global_sum(s.N);
+    for (int n = 0; n < s.N; ++n) global_sum[n] = sum_exp[n] * 1.5f + 1.0f;
+    Bits want = logits;
+    cpu->crossentropy_backward_partial(want.data(), row_max.data(), global_sum.data(),
+                                       targets.data(), s.N, s.V, s.Vp, scale);
+    gpu->crossentropy_backward_partial(d_logits, d_row_max, dev(global_sum), d_targets, s.N, s.V,
+                                       s.Vp, scale);
+    const Bits got = host(d_logits, NV);
+    EXPECT_TRUE(close(got, want)) << "dlogits";
+    EXPECT_TRUE(
+        bit_equal(columns(got, s.N, s.Vp, s.V, s.Vp - s.V), Bits(size_t(s.N) * (s.Vp - s.V))))
+        << "padded columns are not zero";
+  }
+}
+
+}  // namespace
+}  // namespace triad
