@@ -196,7 +196,9 @@ TrainOutcome Trainer::run() {
     s.load_from(s.cl.init_from, false);
   }
 
-  s.peak_flops = cfg.run.peak_tflops > 0 ? cfg.run.peak_tflops * 1e12 : measure_peak_flops(*s.be);
+  s.peak_flops = cfg.run.peak_tflops > 0
+                     ? cfg.run.peak_tflops * 1e12
+                     : measure_peak_flops(*s.be, s.model->precision() == Precision::bf16);
   if (s.root()) {
     MetricsAttributes a{to_ini(cfg), s.grid.describe(), s.model->num_parameters(),
                         s.model->flops_per_token(), s.peak_flops};
