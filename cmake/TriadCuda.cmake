@@ -20,6 +20,9 @@ if(TRIAD_ENABLE_CUDA)
       add_library(triad_cuda_kernels STATIC ${cuda_srcs})
       target_include_directories(triad_cuda_kernels PUBLIC ${CMAKE_CURRENT_SOURCE_DIR}/include)
       target_link_libraries(triad_cuda_kernels PUBLIC CUDA::cudart_static CUDA::cublas CUDA::cublasLt)
+      # The device-staging Comm (cuda_staged_comm.cu) sees the Comm interface, which includes
+      # mpi.h; only the headers: MPI's compile options are meant for the host compiler.
+      target_include_directories(triad_cuda_kernels PRIVATE ${MPI_CXX_INCLUDE_DIRS})
       target_compile_definitions(triad_cuda_kernels PUBLIC TRIAD_HAVE_CUDA=1)
     endif()
     message(STATUS "triad: nvcc found (${CMAKE_CUDA_COMPILER}); CUDA backend: ${TRIAD_HAVE_CUDA}")

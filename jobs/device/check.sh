@@ -241,6 +241,16 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
         --resume none --run.name "curve_${be}_$pr" --train.steps 50 --checkpoint.every 0 \
         >"$RUN/curve_${be}_$pr.txt" 2>&1 || tail -8 "$RUN/curve_${be}_$pr.txt"
     done
+    # Two ranks sharing the GPU (Comms staged through host memory): dp=2 and tp=2 in bf16.
+    if [[ -x $DEV/mpi/bin/mpirun ]]; then
+      for g in "dp 1" "tp 2"; do
+        read -r name tpn <<<"$g"
+        timeout "$(tmo 90 150)" mpirun -np 2 --oversubscribe --mca btl self,vader --mca pml ob1 \
+          "$B/triad-train" --config "$W/tiny.ini" --run.backend cuda --run.precision bf16 \
+          --parallel.tp "$tpn" --resume none --run.name "curve_np2_$name" --train.steps 50 \
+          --checkpoint.every 0 >"$RUN/curve_np2_$name.txt" 2>&1 || tail -8 "$RUN/curve_np2_$name.txt"
+      done
+    fi
     "$PY" - "$RUN" "$W" <<'EOF'
 import sys, re, pathlib
 run, w = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
@@ -263,6 +273,14 @@ try:
         print(f"RESULT_CURVE {v.split('_')[1]}: {len(l[v])} steps, max rel diff {d.max():.2e}, final cpu {l['cpu_fp32'][-1]:.5f} gpu {l[v][-1]:.5f}")
 except Exception as e:
     print("RESULT_CURVE failed:", e)
+for g in ("dp", "tp"):
+    try:
+        with h5py.File(w / "runs" / f"curve_np2_{g}" / "metrics.h5", "r") as f:
+            x = f["train/loss"][:]
+        d = np.abs(l["cuda_bf16"] - x) / np.abs(l["cuda_bf16"])
+        print(f"RESULT_NP2 {g}=2 on one GPU vs 1 rank (bf16): {len(x)} steps, max rel diff {d.max():.2e}")
+    except Exception as e:
+        print(f"RESULT_NP2 {g}=2 failed: {e}")
 EOF
     "$PY" - "$W" <<'EOF'
 import sys, pathlib, numpy as np
@@ -291,6 +309,7 @@ EOF
 fi
 res "ckpt val loss CPU vs GPU" "${GPU_EVAL:-failed}"
 res "50 steps GPU vs CPU" "${GPU_CURVE:-failed}"
+res "2 ranks on one GPU" "$(sed -n 's/^RESULT_NP2 //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "triad 124M bf16 GPU" "${GPU_124M:-failed}"
 res "triad 124M fp32 GPU" "${GPU_124M32:-failed}"
 

@@ -7,6 +7,7 @@
 
 #include "triad/core/error.h"
 #include "triad/kernels/cuda_backend.h"
+#include "triad/kernels/cuda_comm.h"
 
 namespace triad {
 
@@ -17,6 +18,12 @@ std::unique_ptr<Backend> make_cuda_backend(int /*device*/) {
 bool cuda_device_available() { return false; }
 
 std::string cuda_device_description() { return "built without CUDA"; }
+
+int cuda_device_count() { return 0; }
+
+std::unique_ptr<Comm> make_device_staged_comm(std::unique_ptr<Comm> /*inner*/) {
+  throw Error("this triad was built without CUDA: no device buffers to stage");
+}
 
 namespace cuda_detail {
 void throw_cuda_error(int code, const char* call, const char* file, int line) {

@@ -17,8 +17,12 @@ void check_mpi(int rc, const char* what, const char* file, int line) {
 }
 
 void CommRequest::wait() {
-  if (req_ == MPI_REQUEST_NULL) return;
-  TRIAD_MPI_CHECK(MPI_Wait(&req_, MPI_STATUS_IGNORE));
+  if (req_ != MPI_REQUEST_NULL) TRIAD_MPI_CHECK(MPI_Wait(&req_, MPI_STATUS_IGNORE));
+  if (then_) {
+    auto f = std::move(then_);
+    then_ = nullptr;
+    f();
+  }
 }
 
 namespace {

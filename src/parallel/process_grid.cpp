@@ -35,4 +35,9 @@ std::string ProcessGrid::describe() const {
          " tp=" + std::to_string(shape_.tp);
 }
 
+void ProcessGrid::wrap_comms(
+    const std::function<std::unique_ptr<Comm>(std::unique_ptr<Comm>)>& wrap) {
+  for (auto* c : {&dp_, &pp_, &tp_, &all_}) *c = wrap(std::move(*c));
+}
+
 }  // namespace triad

@@ -3,6 +3,8 @@
 
 #include <map>
 
+#include "triad/kernels/cuda_comm.h"
+
 namespace fs = std::filesystem;
 
 namespace triad {
@@ -21,12 +23,18 @@ void Trainer::State::setup_backend() {
   // single-threaded inside them), so the OpenMP thread count is the one knob.
   if (cfg.run.threads > 0) omp_set_num_threads(cfg.run.threads);
   if (cfg.run.backend == "cuda") {
-    // Until the NCCL Comm exists, gradients and ZeRO shards live on one GPU only.
-    TRIAD_CHECK(grid.world_size() == 1, "run.backend = cuda runs on one rank in this version (",
-                "got ", grid.world_size(), "; multi-GPU needs the NCCL communicator)");
-    TRIAD_CHECK(cfg.parallel.zero == 0, "run.backend = cuda: parallel.zero = 1 needs several ",
-                "ranks; use 0");
-    be = make_cuda_backend(0);
+    // Ranks on one node take the node's GPUs in turn (several ranks may share one). Their
+    // Comms move device buffers through host memory (parallel.comm = mpi, the only one so far:
+    // there is no NCCL Comm yet).
+    MPI_Comm node;
+    TRIAD_MPI_CHECK(
+        MPI_Comm_split_type(grid.world(), MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
+    int local = 0;
+    TRIAD_MPI_CHECK(MPI_Comm_rank(node, &local));
+    TRIAD_MPI_CHECK(MPI_Comm_free(&node));
+    const int devices = cuda_device_count();
+    be = make_cuda_backend(devices > 0 ? local % devices : 0);
+    if (grid.world_size() > 1) grid.wrap_comms(make_device_staged_comm);
     on_device = true;
   } else {
     be = make_cpu_backend();

@@ -331,7 +331,7 @@ TEST_F(CudaBf16Test, EncoderForwardBackward) {
                            s.B, s.T, s.C);
       bf16_t* out = dev(to_bits(Vec(N * s.C, 42.0f)));
       gpu->encoder_forward(out, d_tok, d_wte, with_pos ? d_wpe : nullptr, s.B, s.T, s.C);
-      EXPECT_TRUE(close(host(out, N * s.C), want)) << "out";
+      EXPECT_TRUE(bit_equal(host(out, N * s.C), want)) << "out: one fp32 add, rounded once";
 
       // Accumulation: the contributions per dwte row are sums of up to N values of size ~0.5.
       const Vec dwte0 = initial_grad(wte.size(), 5, 1.0), dwpe0 = initial_grad(wpe.size(), 6, 1.0);
@@ -621,13 +621,13 @@ TEST_F(CudaBf16Test, GeluAddAccumulate) {
     cpu->add(sum.data(), x.data(), y.data(), n);
     bf16_t* g_sum = dev(Bits(n));
     gpu->add(g_sum, d_x, d_y, n);
-    EXPECT_TRUE(close(host(g_sum, n), sum)) << "add";
+    EXPECT_TRUE(bit_equal(host(g_sum, n), sum)) << "add: one fp32 add, rounded once";
 
     Bits acc = x;
     cpu->accumulate(acc.data(), y.data(), n);
     bf16_t* g_acc = dev(x);
     gpu->accumulate(g_acc, d_y, n);
-    EXPECT_TRUE(close(host(g_acc, n), acc)) << "accumulate";
+    EXPECT_TRUE(bit_equal(host(g_acc, n), acc)) << "accumulate: one fp32 add, rounded once";
   }
 }
 

@@ -10,21 +10,27 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
 namespace triad {
 
-// A pending non-blocking operation; wait() completes it (and is idempotent).
+// A pending non-blocking operation; wait() completes it (and is idempotent). An action attached
+// with on_complete() runs once, inside the first wait() after the transfer has finished (a
+// Comm that stages device buffers through host memory copies a received message to the device
+// there and recycles its staging buffers).
 class CommRequest {
  public:
   CommRequest() = default;
   explicit CommRequest(MPI_Request r) : req_(r) {}
   void wait();
-  bool pending() const { return req_ != MPI_REQUEST_NULL; }
+  bool pending() const { return req_ != MPI_REQUEST_NULL || bool(then_); }
+  void on_complete(std::function<void()> f) { then_ = std::move(f); }
 
  private:
   MPI_Request req_ = MPI_REQUEST_NULL;
+  std::function<void()> then_;
 };
 
 // What a Comm has moved, per kind of call: the number of calls and the bytes of the tensor

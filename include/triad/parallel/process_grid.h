@@ -7,6 +7,7 @@
 
 #include <mpi.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -38,6 +39,8 @@ class ProcessGrid {
   Comm& tp() { return *tp_; }  // same (dp, pp): one tensor-parallel group
   Comm& all() { return *all_; }
   std::string describe() const;  // "dp=2 pp=1 tp=1"
+  // Replaces each group's Comm by wrap(that Comm), e.g. one that also takes device buffers.
+  void wrap_comms(const std::function<std::unique_ptr<Comm>(std::unique_ptr<Comm>)>& wrap);
 
  private:
   MPI_Comm world_;

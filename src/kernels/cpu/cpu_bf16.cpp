@@ -64,9 +64,9 @@ void encoder_forward(bf16_t* out, const int32_t* tokens, const bf16_t* wte, cons
     const bf16_t* pos = wpe != nullptr ? wpe + size_t(n % T) * C : nullptr;
     const bf16_t* row = tok >= 0 ? wte + size_t(tok) * C : nullptr;
     bf16_t* o = out + size_t(n) * C;
-    for (int c = 0; c < C; ++c) {
-      const float v = (row ? to_float(row[c]) : 0.0f) + (pos ? to_float(pos[c]) : 0.0f);
-      o[c] = triad::to_bf16(v);
+    for (int c = 0; c < C; ++c) {  // the fp32 kernel's arithmetic (no "+ 0" that turns -0 to +0)
+      const float t = row ? to_float(row[c]) : 0.0f;
+      o[c] = triad::to_bf16(pos ? t + to_float(pos[c]) : t);
     }
   }
 }

@@ -1,0 +1,228 @@
+// DeviceStagedComm (include/triad/kernels/cuda_comm.h): MPI on device buffers through pinned
+// host staging.
+//
+// Ordering with the compute stream: the backend's stream is a blocking stream, and every copy
+// here is preceded by cudaDeviceSynchronize, so a device buffer's data is final when copied out
+// and the copy back (from pinned memory, synchronous) is complete before the next kernel.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "triad/core/error.h"
+#include "triad/kernels/cuda_backend.h"
+#include "triad/kernels/cuda_comm.h"
+
+namespace triad {
+namespace {
+
+bool on_device(const void* p) {
+  if (p == nullptr) return false;
+  cudaPointerAttributes a{};
+  if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+    (void)cudaGetLastError();  // an unknown host pointer on old runtimes: clear, treat as host
+    return false;
+  }
+  return a.type == cudaMemoryTypeDevice;
+}
+
+// Pinned host memory of at least n floats; grows, never shrinks.
+class Pinned {
+ public:
+  Pinned() = default;
+  Pinned(const Pinned&) = delete;
+  Pinned& operator=(const Pinned&) = delete;
+  ~Pinned() {
+    if (p_ != nullptr) cudaFreeHost(p_);
+  }
+  float* get(size_t n) {
+    if (n > n_) {
+      if (p_ != nullptr) TRIAD_CUDA_CHECK(cudaFreeHost(p_));
+      p_ = nullptr;
+      TRIAD_CUDA_CHECK(cudaMallocHost(&p_, std::max<size_t>(n, 1) * sizeof(float)));
+      n_ = n;
+    }
+    return static_cast<float*>(p_);
+  }
+
+ private:
+  void* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+void to_host(float* host, const float* dev, size_t n) {
+  TRIAD_CUDA_CHECK(cudaDeviceSynchronize());
+  TRIAD_CUDA_CHECK(cudaMemcpy(host, dev, n * sizeof(float), cudaMemcpyDeviceToHost));
+}
+void to_device(float* dev, const float* host, size_t n) {
+  TRIAD_CUDA_CHECK(cudaMemcpy(dev, host, n * sizeof(float), cudaMemcpyHostToDevice));
+  TRIAD_CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+class DeviceStagedComm final : public Comm {
+ public:
+  // Callers wait for every request before the Comm goes (the staging buffers die with it).
+  explicit DeviceStagedComm(std::unique_ptr<Comm> inner) : in_(std::move(inner)) {}
+
+  int rank() const override { return in_->rank(); }
+  int size() const override { return in_->size(); }
+  std::string name() const override { return in_->name(); }
+
+  void all_reduce_sum(float* buf, size_t n) override {
+    in_place(buf, n, [&](float* b) { in_->all_reduce_sum(b, n); });
+  }
+  CommRequest iall_reduce_sum(float* buf, size_t n) override {
+    if (!on_device(buf)) return sync(in_->iall_reduce_sum(buf, n));
+    all_reduce_sum(buf, n);
+    return {};
+  }
+  void all_reduce_max(float* buf, size_t n) override {
+    in_place(buf, n, [&](float* b) { in_->all_reduce_max(b, n); });
+  }
+  double all_reduce_sum(double x) override { return sync(in_->all_reduce_sum(x)); }
+  int64_t all_reduce_max(int64_t x) override { return sync(in_->all_reduce_max(x)); }
+  void reduce_scatter_sum(const float* send, float* recv, size_t count) override {
+    const size_t total = count * size_t(size());
+    if (!on_device(send) && !on_device(recv)) {
+      in_->reduce_scatter_sum(send, recv, count);
+      return sync();
+    }
+    float* s = a_.get(total);
+    float* r = b_.get(count);
+    copy_in(s, send, total);
+    in_->reduce_scatter_sum(s, r, count);
+    copy_out(recv, r, count);
+    sync();
+  }
+  CommRequest ireduce_scatter_sum(const float* send, float* recv, size_t count) override {
+    if (!on_device(send) && !on_device(recv))
+      return sync(in_->ireduce_scatter_sum(send, recv, count));
+    reduce_scatter_sum(send, recv, count);
+    return {};
+  }
+  void all_gather(const float* send, float* recv, size_t count) override {
+    const size_t total = count * size_t(size());
+    if (!on_device(send) && !on_device(recv)) {
+      in_->all_gather(send, recv, count);
+      return sync();
+    }
+    float* s = a_.get(count);
+    float* r = b_.get(total);
+    copy_in(s, send, count);
+    in_->all_gather(s, r, count);
+    copy_out(recv, r, total);
+    sync();
+  }
+  void broadcast(float* buf, size_t n, int root) override {
+    in_place(buf, n, [&](float* b) { in_->broadcast(b, n, root); });
+  }
+  void send(const float* buf, size_t n, int dst, int tag) override {
+    if (!on_device(buf)) {
+      in_->send(buf, n, dst, tag);
+      return sync();
+    }
+    float* h = a_.get(n);
+    to_host(h, buf, n);
+    in_->send(h, n, dst, tag);
+    sync();
+  }
+  void recv(float* buf, size_t n, int src, int tag) override {
+    if (!on_device(buf)) {
+      in_->recv(buf, n, src, tag);
+      return sync();
+    }
+    float* h = a_.get(n);
+    in_->recv(h, n, src, tag);
+    to_device(buf, h, n);
+    sync();
+  }
+  CommRequest isend(const float* buf, size_t n, int dst, int tag) override {
+    if (!on_device(buf)) return sync(in_->isend(buf, n, dst, tag));
+    Pinned* p = take();
+    float* h = p->get(n);
+    to_host(h, buf, n);
+    CommRequest r = in_->isend(h, n, dst, tag);
+    r.on_complete([this, p] { give_back(p); });
+    return sync(std::move(r));
+  }
+  CommRequest irecv(float* buf, size_t n, int src, int tag) override {
+    if (!on_device(buf)) return sync(in_->irecv(buf, n, src, tag));
+    Pinned* p = take();
+    float* h = p->get(n);
+    CommRequest r = in_->irecv(h, n, src, tag);
+    r.on_complete([this, p, buf, h, n] {
+      to_device(buf, h, n);
+      give_back(p);
+    });
+    return sync(std::move(r));
+  }
+  void barrier() override { in_->barrier(); }
+
+ private:
+  // The wrapped Comm counts the traffic; mirror its statistics after every call.
+  void sync() { stats_ = in_->stats(); }
+  template <class T>
+  T sync(T value) {
+    sync();
+    return value;
+  }
+  template <class F>
+  void in_place(float* buf, size_t n, F op) {
+    if (!on_device(buf)) {
+      op(buf);
+    } else {
+      float* h = a_.get(n);
+      to_host(h, buf, n);
+      op(h);
+      to_device(buf, h, n);
+    }
+    sync();
+  }
+  static void copy_in(float* host, const float* src, size_t n) {
+    if (on_device(src)) {
+      to_host(host, src, n);
+    } else {
+      std::copy(src, src + n, host);
+    }
+  }
+  static void copy_out(float* dst, const float* host, size_t n) {
+    if (on_device(dst)) {
+      to_device(dst, host, n);
+    } else {
+      std::copy(host, host + n, dst);
+    }
+  }
+  // Staging buffers of pending point-to-point messages, recycled when their request completes.
+  Pinned* take() {
+    if (free_.empty()) {
+      pool_.push_back(std::make_unique<Pinned>());
+      return pool_.back().get();
+    }
+    Pinned* p = free_.back();
+    free_.pop_back();
+    return p;
+  }
+  void give_back(Pinned* p) { free_.push_back(p); }
+
+  std::unique_ptr<Comm> in_;
+  Pinned a_, b_;
+  std::vector<std::unique_ptr<Pinned>> pool_;
+  std::vector<Pinned*> free_;
+};
+
+}  // namespace
+
+std::unique_ptr<Comm> make_device_staged_comm(std::unique_ptr<Comm> inner) {
+  return std::make_unique<DeviceStagedComm>(std::move(inner));
+}
+
+int cuda_device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+}  // namespace triad
