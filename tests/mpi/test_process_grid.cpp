@@ -51,6 +51,42 @@ TEST(ProcessGrid, GroupsFollowTheLayout) {
     }
 }
 
+// wrap_comms hands every group's Comm to the wrapper (the CUDA backend wraps them in a Comm
+// that stages device buffers) and the grid keeps working through what it returns.
+TEST(ProcessGrid, WrapCommsReplacesEveryGroup) {
+  ProcessGrid g(MPI_COMM_WORLD, 1, 1);
+  std::vector<std::string> seen;
+  g.wrap_comms([&](std::unique_ptr<Comm> c) {
+    seen.push_back(c->name());
+    return c;
+  });
+  EXPECT_EQ(seen.size(), 4u);
+  EXPECT_EQ(int(g.dp().all_reduce_sum(1.0)), world_size());
+}
+
+// A completion action runs once, in the first wait(), after the message has arrived: where a
+// staging Comm copies a received message to the device.
+TEST(ProcessGrid, CompletionActionRunsOnceAfterTheTransfer) {
+  ProcessGrid g(MPI_COMM_WORLD, 1, 1);
+  Comm& c = g.dp();
+  const int n = c.size(), r = c.rank();
+  float out = float(r), in = -1.0f, seen = -2.0f;
+  int runs = 0;
+  CommRequest recv = c.irecv(&in, 1, (r + n - 1) % n, 7);
+  recv.on_complete([&] {
+    seen = in;
+    ++runs;
+  });
+  EXPECT_TRUE(recv.pending());
+  CommRequest send = c.isend(&out, 1, (r + 1) % n, 7);
+  recv.wait();
+  recv.wait();
+  send.wait();
+  EXPECT_EQ(runs, 1);
+  EXPECT_FALSE(recv.pending());
+  EXPECT_EQ(seen, float((r + n - 1) % n));
+}
+
 TEST(ProcessGrid, WorldNotDivisibleIsAClearError) {
   const int n = world_size();
   try {
