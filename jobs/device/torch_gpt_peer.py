@@ -86,6 +86,8 @@ def main():
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=1024)
     ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--embd", type=int, default=768, help="1024 with --layers 24 --heads 16: 350M")
+    ap.add_argument("--heads", type=int, default=12)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--device", default="cuda", help="cpu: only to try the script without a GPU")
@@ -102,8 +104,8 @@ def main():
     torch.manual_seed(0)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    model = GPT(n_layer=args.layers, seq_len=args.seq).to(dev)
-    L, C, T, B = args.layers, 768, args.seq, args.batch
+    model = GPT(n_layer=args.layers, n_head=args.heads, C=args.embd, seq_len=args.seq).to(dev)
+    L, C, T, B = args.layers, args.embd, args.seq, args.batch
     n_params = sum(p.numel() for p in model.parameters()) - (50304 - 50257) * C
     flops_per_token = 6 * n_params + 6 * L * C * T
     decay = [p for p in model.parameters() if p.dim() >= 2]
