@@ -70,6 +70,7 @@ class CudaBackend final : public Backend {
     attention_scratch_.fp32_workspace.release();
     attention_scratch_.flash.release();
     attention_scratch_.widened.release();
+    reduce_partials_.release();
     if (partials_ != nullptr) cudaFree(partials_);
     if (cublas_ != nullptr) cublasDestroy(cublas_);
     if (stream_ != nullptr) cudaStreamDestroy(stream_);
@@ -130,7 +131,8 @@ class CudaBackend final : public Backend {
   void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                           const float* inp, const float* weight, const float* mean,
                           const float* rstd, int N, int C) override {
-    cuda::layernorm_backward(stream_, dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C);
+    cuda::layernorm_backward(stream_, reduce_partials_, dinp, dweight, dbias, dout, inp, weight,
+                             mean, rstd, N, C);
   }
   void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N,
                       int IC, int OC) override {
@@ -138,7 +140,8 @@ class CudaBackend final : public Backend {
   }
   void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                        const float* inp, const float* weight, int N, int IC, int OC) override {
-    cuda::matmul_backward(stream_, cublas_, dinp, dweight, dbias, dout, inp, weight, N, IC, OC);
+    cuda::matmul_backward(stream_, cublas_, reduce_partials_, dinp, dweight, dbias, dout, inp,
+                          weight, N, IC, OC);
   }
   void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C,
                          int NH) override {
@@ -210,8 +213,8 @@ class CudaBackend final : public Backend {
   void layernorm_backward(bf16_t* dinp, float* dweight, float* dbias, const bf16_t* dout,
                           const bf16_t* inp, const bf16_t* weight, const float* mean,
                           const float* rstd, int N, int C) override {
-    cuda::layernorm_backward(stream_, dev(dinp), dweight, dbias, dev(dout), dev(inp), dev(weight),
-                             mean, rstd, N, C);
+    cuda::layernorm_backward(stream_, reduce_partials_, dev(dinp), dweight, dbias, dev(dout),
+                             dev(inp), dev(weight), mean, rstd, N, C);
   }
   void matmul_forward(bf16_t* out, const bf16_t* inp, const bf16_t* weight, const bf16_t* bias,
                       int N, int IC, int OC) override {
@@ -219,8 +222,8 @@ class CudaBackend final : public Backend {
   }
   void matmul_backward(bf16_t* dinp, float* dweight, float* dbias, const bf16_t* dout,
                        const bf16_t* inp, const bf16_t* weight, int N, int IC, int OC) override {
-    cuda::matmul_backward(stream_, *lt_, dev(dinp), dweight, dbias, dev(dout), dev(inp),
-                          dev(weight), N, IC, OC);
+    cuda::matmul_backward(stream_, *lt_, reduce_partials_, dev(dinp), dweight, dbias, dev(dout),
+                          dev(inp), dev(weight), N, IC, OC);
   }
   void matmul_gelu_forward(bf16_t* pre, bf16_t* out, const bf16_t* inp, const bf16_t* weight,
                            const bf16_t* bias, int N, int IC, int OC) override {
@@ -325,6 +328,7 @@ class CudaBackend final : public Backend {
   // attention: the fp32 path's head copies (q, k, v, o, dq, dk, dv), the flash backward's
   // workspace and the bf16 fallback's widened copies
   cuda::AttentionScratch attention_scratch_;
+  cuda::DeviceScratch reduce_partials_;  // column sums' per-slice partials (bias, LayerNorm grads)
 };
 
 }  // namespace

@@ -1,7 +1,7 @@
 // LayerNorm over the last dimension (eps 1e-5), with mean and 1/std saved for backward.
 // One block per row; the row statistics are two-pass sums in double, as in the CPU backend.
-// The weight/bias gradients are column sums over the rows, done deterministically like
-// column_sum_accumulate (cuda_reduce.cu) with x̂ recomputed.
+// The weight/bias gradients are column sums over the rows, done deterministically in two passes
+// like column_sum_accumulate (cuda_reduce.cu), with x̂ recomputed.
 // Templated on the storage type Elem (float or bf16) of out, inp, weight, bias, dinp and dout;
 // mean, rstd, dweight and dbias are fp32 in both.
 #include "cuda_ops.cuh"
@@ -11,8 +11,8 @@ namespace {
 
 constexpr float kEps = 1e-5f;
 constexpr int kRowBlock = 256;  // threads per row
-constexpr int kColumns = 32;    // columns per block in the parameter-gradient pass
-constexpr int kRowGroups = 16;  // rows summed in parallel per column there
+constexpr int kColumns = 64;    // columns per block in the parameter-gradient pass
+constexpr int kRowGroups = 8;   // rows summed in parallel per column there
 
 template <typename Elem>
 __global__ void layernorm_forward_kernel(Elem* out, float* mean, float* rstd, const Elem* inp,
@@ -69,18 +69,21 @@ __global__ void layernorm_backward_dinp_kernel(Elem* dinp, const Elem* dout, con
   }
 }
 
-// dweight[c] += Σ_n dout·x̂,  dbias[c] += Σ_n dout. Block (kColumns, kRowGroups).
+// Per-slice partial sums of dweight (Σ dout·x̂) and dbias (Σ dout): block (x, y), of
+// (kColumns, kRowGroups) threads, sums its columns over the y-th slice of `rows` rows in a fixed
+// order into pw[y][c] and pb[y][c]; column_sum_finish adds the slices (cuda_reduce.cu).
 template <typename Elem>
-__global__ void layernorm_backward_params_kernel(float* dweight, float* dbias, const Elem* dout,
+__global__ void layernorm_backward_params_kernel(float* pw, float* pb, const Elem* dout,
                                                  const Elem* inp, const float* mean,
-                                                 const float* rstd, int N, int C) {
+                                                 const float* rstd, int N, int C, int rows) {
   __shared__ float part_w[kRowGroups][kColumns + 1];
   __shared__ float part_b[kRowGroups][kColumns + 1];
   const int c = blockIdx.x * kColumns + threadIdx.x;
+  const int lo = blockIdx.y * rows, hi = min(N, lo + rows);
   float dw = 0.0f;
   float db = 0.0f;
   if (c < C) {
-    for (int n = threadIdx.y; n < N; n += kRowGroups) {
+    for (int n = lo + int(threadIdx.y); n < hi; n += kRowGroups) {
       const size_t i = size_t(n) * C + c;
       const float d = widen(dout[i]);
       dw += d * ((widen(inp[i]) - mean[n]) * rstd[n]);
@@ -97,8 +100,8 @@ __global__ void layernorm_backward_params_kernel(float* dweight, float* dbias, c
       sw += part_w[g][threadIdx.x];
       sb += part_b[g][threadIdx.x];
     }
-    dweight[c] += sw;
-    dbias[c] += sb;
+    pw[size_t(blockIdx.y) * C + c] = sw;
+    pb[size_t(blockIdx.y) * C + c] = sb;
   }
 }
 
@@ -113,24 +116,30 @@ void layernorm_forward(cudaStream_t s, Elem* out, float* mean, float* rstd, cons
 }
 
 template <typename Elem>
-void layernorm_backward(cudaStream_t s, Elem* dinp, float* dweight, float* dbias, const Elem* dout,
-                        const Elem* inp, const Elem* weight, const float* mean, const float* rstd,
-                        int N, int C) {
+void layernorm_backward(cudaStream_t s, DeviceScratch& scratch, Elem* dinp, float* dweight,
+                        float* dbias, const Elem* dout, const Elem* inp, const Elem* weight,
+                        const float* mean, const float* rstd, int N, int C) {
   if (N <= 0 || C <= 0) return;
   layernorm_backward_dinp_kernel<<<N, kRowBlock, 0, s>>>(dinp, dout, inp, weight, mean, rstd, C);
   TRIAD_CUDA_CHECK_LAUNCH();
-  const dim3 block(kColumns, kRowGroups);
-  layernorm_backward_params_kernel<<<(C + kColumns - 1) / kColumns, block, 0, s>>>(
-      dweight, dbias, dout, inp, mean, rstd, N, C);
+  const int slices = column_sum_slices(N);
+  const size_t part = column_sum_partials_floats(N, C);
+  float* pw = scratch.get_as<float>(2 * part, s);
+  float* pb = pw + part;
+  const dim3 grid((C + kColumns - 1) / kColumns, slices), block(kColumns, kRowGroups);
+  layernorm_backward_params_kernel<<<grid, block, 0, s>>>(pw, pb, dout, inp, mean, rstd, N, C,
+                                                          (N + slices - 1) / slices);
   TRIAD_CUDA_CHECK_LAUNCH();
+  column_sum_finish(s, dweight, pw, N, C);
+  column_sum_finish(s, dbias, pb, N, C);
 }
 
-#define TRIAD_INSTANTIATE_LAYERNORM(Elem)                                                      \
-  template void layernorm_forward<Elem>(cudaStream_t, Elem*, float*, float*, const Elem*,      \
-                                        const Elem*, const Elem*, int, int);                   \
-  template void layernorm_backward<Elem>(cudaStream_t, Elem*, float*, float*, const Elem*,     \
-                                         const Elem*, const Elem*, const float*, const float*, \
-                                         int, int);
+#define TRIAD_INSTANTIATE_LAYERNORM(Elem)                                                     \
+  template void layernorm_forward<Elem>(cudaStream_t, Elem*, float*, float*, const Elem*,     \
+                                        const Elem*, const Elem*, int, int);                  \
+  template void layernorm_backward<Elem>(cudaStream_t, DeviceScratch&, Elem*, float*, float*, \
+                                         const Elem*, const Elem*, const Elem*, const float*, \
+                                         const float*, int, int);
 TRIAD_INSTANTIATE_LAYERNORM(float)
 TRIAD_INSTANTIATE_LAYERNORM(bf16)
 #undef TRIAD_INSTANTIATE_LAYERNORM

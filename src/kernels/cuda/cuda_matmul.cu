@@ -41,9 +41,9 @@ void matmul_forward(cudaStream_t s, cublasHandle_t h, float* out, const float* i
                                  IC, &beta, out, OC));
 }
 
-void matmul_backward(cudaStream_t s, cublasHandle_t h, float* dinp, float* dweight, float* dbias,
-                     const float* dout, const float* inp, const float* weight, int N, int IC,
-                     int OC) {
+void matmul_backward(cudaStream_t s, cublasHandle_t h, DeviceScratch& scratch, float* dinp,
+                     float* dweight, float* dbias, const float* dout, const float* inp,
+                     const float* weight, int N, int IC, int OC) {
   if (N <= 0 || OC <= 0 || IC <= 0) return;
   const float one = 1.0f;
   if (dinp != nullptr) {
@@ -56,7 +56,7 @@ void matmul_backward(cudaStream_t s, cublasHandle_t h, float* dinp, float* dweig
   // · dout (col-major doutᵀ is OC×N with ld OC; transposed gives N×OC)
   TRIAD_CUBLAS_CHECK(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, N, &one, inp, IC, dout, OC,
                                  &one, dweight, IC));
-  if (dbias != nullptr) column_sum_accumulate(s, dbias, dout, N, OC);
+  if (dbias != nullptr) column_sum_accumulate(s, scratch, dbias, dout, N, OC);
 }
 
 }  // namespace triad::cuda

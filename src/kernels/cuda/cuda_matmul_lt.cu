@@ -266,8 +266,9 @@ void matmul_gelu_forward(cudaStream_t s, LtMatmul& lt, bf16* pre, bf16* out, con
   gelu_forward(s, out, static_cast<const bf16*>(pre), size_t(N) * OC);
 }
 
-void matmul_backward(cudaStream_t s, LtMatmul& lt, bf16* dinp, float* dweight, float* dbias,
-                     const bf16* dout, const bf16* inp, const bf16* weight, int N, int IC, int OC) {
+void matmul_backward(cudaStream_t s, LtMatmul& lt, DeviceScratch& scratch, bf16* dinp,
+                     float* dweight, float* dbias, const bf16* dout, const bf16* inp,
+                     const bf16* weight, int N, int IC, int OC) {
   if (N <= 0 || OC <= 0) return;
   if (IC > 0) {
     if (dinp != nullptr) {
@@ -307,7 +308,7 @@ void matmul_backward(cudaStream_t s, LtMatmul& lt, bf16* dinp, float* dweight, f
     g.beta = 1.0f;
     lt.run(s, g);
   }
-  if (dbias != nullptr) column_sum_accumulate(s, dbias, dout, N, OC);
+  if (dbias != nullptr) column_sum_accumulate(s, scratch, dbias, dout, N, OC);
 }
 
 }  // namespace triad::cuda

@@ -37,16 +37,16 @@ template <typename Elem>
 void layernorm_forward(cudaStream_t s, Elem* out, float* mean, float* rstd, const Elem* inp,
                        const Elem* weight, const Elem* bias, int N, int C);
 template <typename Elem>
-void layernorm_backward(cudaStream_t s, Elem* dinp, float* dweight, float* dbias, const Elem* dout,
-                        const Elem* inp, const Elem* weight, const float* mean, const float* rstd,
-                        int N, int C);
+void layernorm_backward(cudaStream_t s, DeviceScratch& scratch, Elem* dinp, float* dweight,
+                        float* dbias, const Elem* dout, const Elem* inp, const Elem* weight,
+                        const float* mean, const float* rstd, int N, int C);
 
 // ---- matmul, fp32 (cuda_matmul.cu); the cuBLAS handle is bound to s ------------------------
 void matmul_forward(cudaStream_t s, cublasHandle_t h, float* out, const float* inp,
                     const float* weight, const float* bias, int N, int IC, int OC);
-void matmul_backward(cudaStream_t s, cublasHandle_t h, float* dinp, float* dweight, float* dbias,
-                     const float* dout, const float* inp, const float* weight, int N, int IC,
-                     int OC);
+void matmul_backward(cudaStream_t s, cublasHandle_t h, DeviceScratch& scratch, float* dinp,
+                     float* dweight, float* dbias, const float* dout, const float* inp,
+                     const float* weight, int N, int IC, int OC);
 
 // ---- matmul, bf16, through cuBLASLt (cuda_matmul_lt.cu) ------------------------------------
 // One column-major cuBLASLt product D = α·op(A)·op(B) + β·D (C and D the same buffer), fp32
@@ -106,8 +106,9 @@ class LtMatmul {
 
 void matmul_forward(cudaStream_t s, LtMatmul& lt, bf16* out, const bf16* inp, const bf16* weight,
                     const bf16* bias, int N, int IC, int OC);
-void matmul_backward(cudaStream_t s, LtMatmul& lt, bf16* dinp, float* dweight, float* dbias,
-                     const bf16* dout, const bf16* inp, const bf16* weight, int N, int IC, int OC);
+void matmul_backward(cudaStream_t s, LtMatmul& lt, DeviceScratch& scratch, bf16* dinp,
+                     float* dweight, float* dbias, const bf16* dout, const bf16* inp,
+                     const bf16* weight, int N, int IC, int OC);
 void matmul_gelu_forward(cudaStream_t s, LtMatmul& lt, bf16* pre, bf16* out, const bf16* inp,
                          const bf16* weight, const bf16* bias, int N, int IC, int OC);
 
@@ -163,9 +164,17 @@ void crossentropy_backward_partial(cudaStream_t s, Elem* logits, const float* ro
                                    int Vp, float dloss_scale);
 
 // ---- reductions (cuda_reduce.cu) -----------------------------------------------------------
-// dst[c] += Σ_n src[n, c] over the N rows of a row-major [N, C] matrix (deterministic, fp32).
+// dst[c] += Σ_n src[n, c] over the N rows of a row-major [N, C] matrix (deterministic, fp32):
+// per-slice partial sums in scratch (column_sum_partials_floats(N, C) floats), then their sum.
 template <typename Elem>
-void column_sum_accumulate(cudaStream_t s, float* dst, const Elem* src, int N, int C);
+void column_sum_accumulate(cudaStream_t s, DeviceScratch& scratch, float* dst, const Elem* src,
+                           int N, int C);
+// The pieces, for kernels that form their own per-slice partials (LayerNorm's parameter
+// gradients): how many floats the partials of [N, C] take, the number of row slices and
+// rows per slice, and the second pass dst[c] += Σ_slices partials[slice][c].
+size_t column_sum_partials_floats(int N, int C);
+int column_sum_slices(int N);
+void column_sum_finish(cudaStream_t s, float* dst, const float* partials, int N, int C);
 // Σ x² in double. partials: kSumSquaresPartials + 1 doubles of device memory. Synchronizes s.
 inline constexpr int kSumSquaresPartials = 1024;
 double sum_squares(cudaStream_t s, double* partials, const float* x, size_t n);

@@ -1,31 +1,52 @@
 // Deterministic reductions: column sums (bias gradients) and the sum of squares (gradient norm).
+#include <algorithm>
+
 #include "cuda_ops.cuh"
 
 namespace triad::cuda {
 namespace {
 
-// Column sums: a block of kColumns × kRowGroups threads owns kColumns adjacent columns (so
-// each row access is coalesced); thread (x, y) sums rows y, y + kRowGroups, ... in order, and
-// thread (x, 0) adds the kRowGroups partial sums in order. The order depends on N only.
-// The source is float or bf16 (Elem); the sums and dst are fp32.
-constexpr int kColumns = 32;
-constexpr int kRowGroups = 16;
+// Column sums in two deterministic passes (no atomics), so that a few hundred columns over
+// tens of thousands of rows still spread over the whole GPU:
+//  1. grid (ceil(C / kColumns), R): block (x, y) owns kColumns adjacent columns (coalesced row
+//     reads) and the y-th of R equal slices of the rows; thread (tx, ty) sums rows
+//     lo + ty, lo + ty + kRowGroups, ... of the slice in order, then thread (tx, 0) adds the
+//     kRowGroups partial sums in order into partials[y][c];
+//  2. one thread per column adds partials[0..R-1][c] in order onto dst[c].
+// R depends on N only, so the order of every sum depends on N and C only. The source is float
+// or bf16 (Elem); the sums and dst are fp32.
+constexpr int kColumns = 64;
+constexpr int kRowGroups = 8;
+constexpr int kRowsPerSlice = 256;
+constexpr int kMaxSlices = 64;
+
+int row_slices(int N) { return std::clamp((N + kRowsPerSlice - 1) / kRowsPerSlice, 1, kMaxSlices); }
 
 template <typename Elem>
-__global__ void column_sum_kernel(float* dst, const Elem* src, int N, int C) {
+__global__ void column_partial_kernel(float* partials, const Elem* src, int N, int C, int rows) {
   __shared__ float partial[kRowGroups][kColumns + 1];
   const int c = blockIdx.x * kColumns + threadIdx.x;
+  const int lo = blockIdx.y * rows, hi = min(N, lo + rows);
   float sum = 0.0f;
   if (c < C) {
-    for (int n = threadIdx.y; n < N; n += kRowGroups) sum += widen(src[size_t(n) * C + c]);
+    for (int n = lo + int(threadIdx.y); n < hi; n += kRowGroups)
+      sum += widen(src[size_t(n) * C + c]);
   }
   partial[threadIdx.y][threadIdx.x] = sum;
   __syncthreads();
   if (threadIdx.y == 0 && c < C) {
     float total = 0.0f;
     for (int g = 0; g < kRowGroups; ++g) total += partial[g][threadIdx.x];
-    dst[c] += total;
+    partials[size_t(blockIdx.y) * C + c] = total;
   }
+}
+
+__global__ void column_finish_kernel(float* dst, const float* partials, int C, int slices) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  float total = 0.0f;
+  for (int y = 0; y < slices; ++y) total += partials[size_t(y) * C + c];
+  dst[c] += total;
 }
 
 // Σ x² in double: kSumSquaresPartials blocks at most (the count depends on n only), each
@@ -49,16 +70,32 @@ __global__ void sum_partials_kernel(double* out, const double* partials, int cou
 
 }  // namespace
 
-template <typename Elem>
-void column_sum_accumulate(cudaStream_t s, float* dst, const Elem* src, int N, int C) {
-  if (N <= 0 || C <= 0) return;
-  const dim3 block(kColumns, kRowGroups);
-  column_sum_kernel<<<(C + kColumns - 1) / kColumns, block, 0, s>>>(dst, src, N, C);
+int column_sum_slices(int N) { return row_slices(N); }
+
+size_t column_sum_partials_floats(int N, int C) { return size_t(row_slices(N)) * size_t(C); }
+
+void column_sum_finish(cudaStream_t s, float* dst, const float* partials, int N, int C) {
+  column_finish_kernel<<<(C + kBlock - 1) / kBlock, kBlock, 0, s>>>(dst, partials, C,
+                                                                    row_slices(N));
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
-template void column_sum_accumulate<float>(cudaStream_t, float*, const float*, int, int);
-template void column_sum_accumulate<bf16>(cudaStream_t, float*, const bf16*, int, int);
+template <typename Elem>
+void column_sum_accumulate(cudaStream_t s, DeviceScratch& scratch, float* dst, const Elem* src,
+                           int N, int C) {
+  if (N <= 0 || C <= 0) return;
+  const int slices = row_slices(N);
+  float* partials = scratch.get_as<float>(column_sum_partials_floats(N, C), s);
+  const dim3 grid((C + kColumns - 1) / kColumns, slices), block(kColumns, kRowGroups);
+  column_partial_kernel<<<grid, block, 0, s>>>(partials, src, N, C, (N + slices - 1) / slices);
+  TRIAD_CUDA_CHECK_LAUNCH();
+  column_sum_finish(s, dst, partials, N, C);
+}
+
+template void column_sum_accumulate<float>(cudaStream_t, DeviceScratch&, float*, const float*, int,
+                                           int);
+template void column_sum_accumulate<bf16>(cudaStream_t, DeviceScratch&, float*, const bf16*, int,
+                                          int);
 
 double sum_squares(cudaStream_t s, double* partials, const float* x, size_t n) {
   if (n == 0) return 0.0;
