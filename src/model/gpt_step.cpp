@@ -131,34 +131,53 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T) {
     reduce_rows(out, S.input, N);
   }
   const A* x = S.input;
+  const bool last_chunk = g == mp_.chunks() - 1;
+  const A* lnfw = last_chunk ? W + specs_[size_t(lnf_)].offset : nullptr;
+  const A* lnfb = last_chunk ? W + specs_[size_t(lnf_) + 1].offset : nullptr;
+  auto layer_weights = [&](int i) {
+    return layer_tensors(W, specs_, layer_[size_t(g * per_chunk + i)]);
+  };
+  // Each residual add is fused with the LayerNorm that reads its result: ln_2 in the layer,
+  // the next layer's ln_1 (or ln_f) at its end. Only the chunk's first ln_1 stands alone.
+  if (per_chunk > 0) {
+    const LayerTensors<const A> w0 = layer_weights(0);
+    be_.layernorm_forward(S.layers[0].ln1, S.layers[0].ln1_mean, S.layers[0].ln1_rstd, x, w0.ln1w,
+                          w0.ln1b, n, C);
+  } else if (last_chunk) {
+    be_.layernorm_forward(S.lnf, S.lnf_mean, S.lnf_rstd, x, lnfw, lnfb, n, C);
+  }
   for (int i = 0; i < per_chunk; ++i) {
     auto& L = S.layers[size_t(i)];
-    const LayerTensors<const A> w = layer_tensors(W, specs_, layer_[size_t(g * per_chunk + i)]);
+    const LayerTensors<const A> w = layer_weights(i);
     const A* projb = mp_.tp_rank == 0 ? w.projb : nullptr;  // bias added once
     const A* fcprojb = mp_.tp_rank == 0 ? w.fcprojb : nullptr;
-    be_.layernorm_forward(L.ln1, L.ln1_mean, L.ln1_rstd, x, w.ln1w, w.ln1b, n, C);
     const A* ln1 = gather_rows(L.ln1, L.ln1g, N);
     be_.matmul_forward(L.qkv, ln1, w.qkvw, w.qkvb, N, C, 3 * Cl);
     be_.attention_forward(L.atty, L.att, L.qkv, B, T, Cl, NHl);
     A* attproj = sp ? full : L.attproj;
     be_.matmul_forward(attproj, L.atty, w.projw, projb, N, Cl, C);
     reduce_rows(attproj, L.attproj, N);
-    be_.add(L.residual2, x, L.attproj, nC);
-    be_.layernorm_forward(L.ln2, L.ln2_mean, L.ln2_rstd, L.residual2, w.ln2w, w.ln2b, n, C);
+    be_.residual_layernorm_forward(L.residual2, L.ln2, L.ln2_mean, L.ln2_rstd, x, L.attproj, w.ln2w,
+                                   w.ln2b, n, C);
     const A* ln2 = gather_rows(L.ln2, L.ln2g, N);
     be_.matmul_gelu_forward(L.fch, L.fch_gelu, ln2, w.fcw, w.fcb, N, C, 4 * Cl);
     A* fcproj = sp ? full : L.fcproj;
     be_.matmul_forward(fcproj, L.fch_gelu, w.fcprojw, fcprojb, N, 4 * Cl, C);
     reduce_rows(fcproj, L.fcproj, N);
-    be_.add(L.residual3, L.residual2, L.fcproj, nC);
+    if (i + 1 < per_chunk) {
+      auto& next = S.layers[size_t(i + 1)];
+      const LayerTensors<const A> wn = layer_weights(i + 1);
+      be_.residual_layernorm_forward(L.residual3, next.ln1, next.ln1_mean, next.ln1_rstd,
+                                     L.residual2, L.fcproj, wn.ln1w, wn.ln1b, n, C);
+    } else if (last_chunk) {
+      be_.residual_layernorm_forward(L.residual3, S.lnf, S.lnf_mean, S.lnf_rstd, L.residual2,
+                                     L.fcproj, lnfw, lnfb, n, C);
+    } else {
+      be_.add(L.residual3, L.residual2, L.fcproj, nC);
+    }
     x = L.residual3;
   }
-  if (g == mp_.chunks() - 1) {
-    const A* lnfw = W + specs_[size_t(lnf_)].offset;
-    const A* lnfb = W + specs_[size_t(lnf_) + 1].offset;
-    be_.layernorm_forward(S.lnf, S.lnf_mean, S.lnf_rstd, x, lnfw, lnfb, n, C);
-    gather_rows(S.lnf, S.lnfg, N);
-  }
+  if (last_chunk) gather_rows(S.lnf, S.lnfg, N);
 }
 
 // The tied head and the loss of the last chunk. d_targets_ holds this rank's local target ids

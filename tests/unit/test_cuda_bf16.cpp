@@ -365,7 +365,9 @@ TEST_F(CudaBf16Test, EncoderForwardBackward) {
 struct NCShape {
   int N, C;
 };
-const NCShape kLnShapes[] = {{9, 300}, {256, 768}, {5, 1600}};
+// The last two have many rows: the parameter gradients' column sums then run in several row
+// slices (20, and the maximum of 64 with a short last slice).
+const NCShape kLnShapes[] = {{9, 300}, {256, 768}, {5, 1600}, {5000, 96}, {17000, 40}};
 
 TEST_F(CudaBf16Test, LayerNormForwardBackward) {
   for (const NCShape& s : kLnShapes) {
@@ -426,13 +428,38 @@ TEST_F(CudaBf16Test, LayerNormForwardBackward) {
   }
 }
 
+TEST_F(CudaBf16Test, ResidualLayerNormForward) {
+  for (const NCShape& s : kLnShapes) {
+    SCOPED_TRACE(::testing::Message() << "N=" << s.N << " C=" << s.C);
+    const size_t NC = size_t(s.N) * s.C;
+    const Bits a = random_bits(NC, 20, -2.0f, 3.0f), b = random_bits(NC, 21);
+    const Bits w = random_bits(s.C, 22, 0.5f, 1.5f), bias = random_bits(s.C, 23);
+    Bits sum(NC), out(NC);
+    Vec mean(s.N), rstd(s.N);
+    cpu->residual_layernorm_forward(sum.data(), out.data(), mean.data(), rstd.data(), a.data(),
+                                    b.data(), w.data(), bias.data(), s.N, s.C);
+    bf16_t *g_sum = dev(Bits(NC)), *g_out = dev(Bits(NC));
+    float *g_mean = dev(Vec(s.N)), *g_rstd = dev(Vec(s.N));
+    gpu->residual_layernorm_forward(g_sum, g_out, g_mean, g_rstd, dev(a), dev(b), dev(w), dev(bias),
+                                    s.N, s.C);
+    EXPECT_TRUE(bit_equal(host(g_sum, NC), sum)) << "sum: one fp32 add, rounded once";
+    EXPECT_TRUE(close(host(g_out, NC), out)) << "out";
+    EXPECT_TRUE(close(host(g_mean, s.N), mean)) << "mean";
+    EXPECT_TRUE(close(host(g_rstd, s.N), rstd)) << "rstd";
+  }
+}
+
 // ---- matmul ----------------------------------------------------------------------------------
 
 struct MmShape {
   int N, IC, OC;
 };
 // Aligned GPT-2 shapes, odd sizes (no vector alignment anywhere) and a single row.
-const MmShape kMmShapes[] = {{64, 96, 128}, {256, 768, 2304}, {37, 29, 45}, {1, 64, 24}};
+const MmShape kMmShapes[] = {{64, 96, 128},
+                             {256, 768, 2304},
+                             {37, 29, 45},
+                             {1, 64, 24},
+                             {6000, 64, 72}};  // many rows: the bias sum in row slices
 
 TEST_F(CudaBf16Test, MatmulForward) {
   for (const MmShape& s : kMmShapes) {

@@ -61,6 +61,17 @@ class Backend {
                                   const float* inp, const float* weight, const float* mean,
                                   const float* rstd, int N, int C) = 0;
 
+  // ---- the residual add and the LayerNorm that reads it, fused -----------------------------
+  // sum = a + b (the residual stream, kept), then out = LayerNorm(sum) with mean/rstd as
+  // layernorm_forward: one pass over the rows on a GPU instead of a write and a re-read. The
+  // LayerNorm reads sum as stored (in bf16: after its rounding). The default runs the two ops.
+  virtual void residual_layernorm_forward(float* sum, float* out, float* mean, float* rstd,
+                                          const float* a, const float* b, const float* weight,
+                                          const float* bias, int N, int C) {
+    add(sum, a, b, size_t(N) * size_t(C));
+    layernorm_forward(out, mean, rstd, sum, weight, bias, N, C);
+  }
+
   // ---- linear: out[N,OC] = inp[N,IC] · weight[OC,IC]ᵀ + bias[OC] (bias may be nullptr) -------
   virtual void matmul_forward(float* out, const float* inp, const float* weight, const float* bias,
                               int N, int IC, int OC) = 0;
@@ -152,6 +163,12 @@ class Backend {
                               const bf16_t* bias, int N, int IC, int OC) = 0;
   virtual void matmul_backward(bf16_t* dinp, float* dweight, float* dbias, const bf16_t* dout,
                                const bf16_t* inp, const bf16_t* weight, int N, int IC, int OC) = 0;
+  virtual void residual_layernorm_forward(bf16_t* sum, bf16_t* out, float* mean, float* rstd,
+                                          const bf16_t* a, const bf16_t* b, const bf16_t* weight,
+                                          const bf16_t* bias, int N, int C) {
+    add(sum, a, b, size_t(N) * size_t(C));
+    layernorm_forward(out, mean, rstd, sum, weight, bias, N, C);
+  }
   // The fused FFN's first layer: pre = inp · Wᵀ + b and out = gelu(pre), both kept (the
   // backward needs pre); out may be computed from pre before its rounding to bf16. Its backward
   // is gelu_backward then matmul_backward. The default runs the two ops.

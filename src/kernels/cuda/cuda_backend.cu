@@ -124,6 +124,11 @@ class CudaBackend final : public Backend {
                         int T, int C) override {
     cuda::encoder_backward(stream_, dwte, dwpe, dout, tokens, B, T, C);
   }
+  void residual_layernorm_forward(float* sum, float* out, float* mean, float* rstd, const float* a,
+                                  const float* b, const float* weight, const float* bias, int N,
+                                  int C) override {
+    cuda::residual_layernorm_forward(stream_, sum, out, mean, rstd, a, b, weight, bias, N, C);
+  }
   void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
                          const float* weight, const float* bias, int N, int C) override {
     cuda::layernorm_forward(stream_, out, mean, rstd, inp, weight, bias, N, C);
@@ -205,6 +210,12 @@ class CudaBackend final : public Backend {
   void encoder_backward(float* dwte, float* dwpe, const bf16_t* dout, const int32_t* tokens, int B,
                         int T, int C) override {
     cuda::encoder_backward(stream_, dwte, dwpe, dev(dout), tokens, B, T, C);
+  }
+  void residual_layernorm_forward(bf16_t* sum, bf16_t* out, float* mean, float* rstd,
+                                  const bf16_t* a, const bf16_t* b, const bf16_t* weight,
+                                  const bf16_t* bias, int N, int C) override {
+    cuda::residual_layernorm_forward(stream_, dev(sum), dev(out), mean, rstd, dev(a), dev(b),
+                                     dev(weight), dev(bias), N, C);
   }
   void layernorm_forward(bf16_t* out, float* mean, float* rstd, const bf16_t* inp,
                          const bf16_t* weight, const bf16_t* bias, int N, int C) override {

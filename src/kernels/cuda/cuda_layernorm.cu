@@ -14,10 +14,11 @@ constexpr int kRowBlock = 256;  // threads per row
 constexpr int kColumns = 64;    // columns per block in the parameter-gradient pass
 constexpr int kRowGroups = 8;   // rows summed in parallel per column there
 
+// LayerNorm of row `row` of inp. Each thread touches the columns threadIdx.x + k·blockDim.x
+// only, so a caller may have written those columns of inp in the same thread just before.
 template <typename Elem>
-__global__ void layernorm_forward_kernel(Elem* out, float* mean, float* rstd, const Elem* inp,
-                                         const Elem* weight, const Elem* bias, int C) {
-  const size_t row = blockIdx.x;
+__device__ void layernorm_row(Elem* out, float* mean, float* rstd, const Elem* inp,
+                              const Elem* weight, const Elem* bias, int C, size_t row) {
   const Elem* x = inp + row * C;
   double sum = 0.0;
   for (int c = threadIdx.x; c < C; c += blockDim.x) sum += widen(x[c]);
@@ -38,6 +39,26 @@ __global__ void layernorm_forward_kernel(Elem* out, float* mean, float* rstd, co
     mean[row] = m;
     rstd[row] = r;
   }
+}
+
+template <typename Elem>
+__global__ void layernorm_forward_kernel(Elem* out, float* mean, float* rstd, const Elem* inp,
+                                         const Elem* weight, const Elem* bias, int C) {
+  layernorm_row(out, mean, rstd, inp, weight, bias, C, blockIdx.x);
+}
+
+// sum = round(a + b) (the residual stream), then the LayerNorm of the stored sum: the row is
+// read once from a and b instead of written and read again by a separate LayerNorm.
+template <typename Elem>
+__global__ void residual_layernorm_forward_kernel(Elem* sum, Elem* out, float* mean, float* rstd,
+                                                  const Elem* a, const Elem* b, const Elem* weight,
+                                                  const Elem* bias, int C) {
+  const size_t row = blockIdx.x;
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    const size_t i = row * C + c;
+    sum[i] = narrow<Elem>(widen(a[i]) + widen(b[i]));
+  }
+  layernorm_row(out, mean, rstd, static_cast<const Elem*>(sum), weight, bias, C, row);
 }
 
 // dx += r·(g − mean(g) − x̂·mean(g·x̂)) with g = dout·w, x̂ = (x − μ)·r.
@@ -116,6 +137,16 @@ void layernorm_forward(cudaStream_t s, Elem* out, float* mean, float* rstd, cons
 }
 
 template <typename Elem>
+void residual_layernorm_forward(cudaStream_t s, Elem* sum, Elem* out, float* mean, float* rstd,
+                                const Elem* a, const Elem* b, const Elem* weight, const Elem* bias,
+                                int N, int C) {
+  if (N <= 0 || C <= 0) return;
+  residual_layernorm_forward_kernel<<<N, kRowBlock, 0, s>>>(sum, out, mean, rstd, a, b, weight,
+                                                            bias, C);
+  TRIAD_CUDA_CHECK_LAUNCH();
+}
+
+template <typename Elem>
 void layernorm_backward(cudaStream_t s, DeviceScratch& scratch, Elem* dinp, float* dweight,
                         float* dbias, const Elem* dout, const Elem* inp, const Elem* weight,
                         const float* mean, const float* rstd, int N, int C) {
@@ -137,6 +168,9 @@ void layernorm_backward(cudaStream_t s, DeviceScratch& scratch, Elem* dinp, floa
 #define TRIAD_INSTANTIATE_LAYERNORM(Elem)                                                     \
   template void layernorm_forward<Elem>(cudaStream_t, Elem*, float*, float*, const Elem*,     \
                                         const Elem*, const Elem*, int, int);                  \
+  template void residual_layernorm_forward<Elem>(cudaStream_t, Elem*, Elem*, float*, float*,  \
+                                                 const Elem*, const Elem*, const Elem*,       \
+                                                 const Elem*, int, int);                      \
   template void layernorm_backward<Elem>(cudaStream_t, DeviceScratch&, Elem*, float*, float*, \
                                          const Elem*, const Elem*, const Elem*, const float*, \
                                          const float*, int, int);

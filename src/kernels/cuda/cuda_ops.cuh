@@ -36,6 +36,11 @@ void encoder_backward(cudaStream_t s, float* dwte, float* dwpe, const Elem* dout
 template <typename Elem>
 void layernorm_forward(cudaStream_t s, Elem* out, float* mean, float* rstd, const Elem* inp,
                        const Elem* weight, const Elem* bias, int N, int C);
+// sum = a + b (rounded to Elem), out = LayerNorm(sum): backend.h residual_layernorm_forward.
+template <typename Elem>
+void residual_layernorm_forward(cudaStream_t s, Elem* sum, Elem* out, float* mean, float* rstd,
+                                const Elem* a, const Elem* b, const Elem* weight, const Elem* bias,
+                                int N, int C);
 template <typename Elem>
 void layernorm_backward(cudaStream_t s, DeviceScratch& scratch, Elem* dinp, float* dweight,
                         float* dbias, const Elem* dout, const Elem* inp, const Elem* weight,
