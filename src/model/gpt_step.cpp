@@ -237,9 +237,11 @@ template <class A>
 void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
   const int C = shape_.n_embd, Cl = C / mp_.tp, NHl = shape_.n_head / mp_.tp;
   const int N = B * T, n = local_rows(N);
-  const size_t NC = size_t(N) * C;
   auto& a = acts<A>();
   const A* W = weights<A>();
+  // Each activation gradient below is formed by one op, which writes over the buffer (no
+  // zeroing pass); the residual stream's gradient (dresidual) accumulates its branches.
+  constexpr GradMode kSet = GradMode::overwrite;
   const auto& sp = specs_;
   const bool seq = mp_.split_rows();
   // Input gradients of column-parallel layers are partial sums over all rows: formed in
@@ -249,9 +251,8 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
   if (g == mp_.chunks() - 1) {
     // Classifier (tied head): dlogits already sit in S.logits. The head is column-parallel
     // over the vocabulary, so its input gradient is a partial sum over the group.
-    be_.zero(dpart, NC);
     be_.matmul_backward(dpart, grads_ + sp[size_t(head_)].offset, nullptr, S.logits, S.lnfg,
-                        head_weight<A>(), N, C, vocab_local_);
+                        head_weight<A>(), N, C, vocab_local_, kSet);
     reduce_rows(dpart, a.dln, N);
     be_.zero(a.dresidual, size_t(n) * C);
     layernorm_backward(a.dresidual, grads_ + sp[size_t(lnf_)].offset,
@@ -269,27 +270,21 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     // MLP branch: residual3 = residual2 + c_proj(gelu(c_fc(ln_2(residual2)))). The
     // row-parallel c_proj sees the gradient of all rows, so its bias gradient is complete.
     const A* dres = gather_rows(a.dresidual, a.full, N);
-    be_.zero(a.dfch_gelu, size_t(N) * 4 * Cl);
     be_.matmul_backward(a.dfch_gelu, gr.fcprojw, gr.fcprojb, dres, L.fch_gelu, w.fcprojw, N, 4 * Cl,
-                        C);
-    be_.zero(a.dfch, size_t(N) * 4 * Cl);
-    be_.gelu_backward(a.dfch, L.fch, a.dfch_gelu, size_t(N) * 4 * Cl);
-    be_.zero(dpart, NC);
-    be_.matmul_backward(dpart, gr.fcw, gr.fcb, a.dfch, L.ln2g, w.fcw, N, C, 4 * Cl);
+                        C, kSet);
+    be_.gelu_backward(a.dfch, L.fch, a.dfch_gelu, size_t(N) * 4 * Cl, kSet);
+    be_.matmul_backward(dpart, gr.fcw, gr.fcb, a.dfch, L.ln2g, w.fcw, N, C, 4 * Cl, kSet);
     reduce_rows(dpart, a.dln, N);
     layernorm_backward(a.dresidual, gr.ln2w, gr.ln2b, a.dln, L.residual2, w.ln2w, L.ln2_mean,
                        L.ln2_rstd, n);
     // Attention branch: residual2 = x + c_proj(attn(c_attn(ln_1(x)))).
     dres = gather_rows(a.dresidual, a.full, N);
-    be_.zero(a.datty, size_t(N) * Cl);
-    be_.matmul_backward(a.datty, gr.projw, gr.projb, dres, L.atty, w.projw, N, Cl, C);
-    be_.zero(a.dqkv, size_t(N) * 3 * Cl);
+    be_.matmul_backward(a.datty, gr.projw, gr.projb, dres, L.atty, w.projw, N, Cl, C, kSet);
     if constexpr (std::is_same_v<A, float>)
-      be_.attention_backward(a.dqkv, a.datt_scratch, a.datty, L.qkv, L.att, B, T, Cl, NHl);
+      be_.attention_backward(a.dqkv, a.datt_scratch, a.datty, L.qkv, L.att, B, T, Cl, NHl, kSet);
     else  // flash style: probabilities recomputed from qkv and the saved log-sum-exp
-      be_.attention_backward(a.dqkv, a.datty, L.qkv, L.atty, L.att, B, T, Cl, NHl);
-    be_.zero(dpart, NC);
-    be_.matmul_backward(dpart, gr.qkvw, gr.qkvb, a.dqkv, L.ln1g, w.qkvw, N, C, 3 * Cl);
+      be_.attention_backward(a.dqkv, a.datty, L.qkv, L.atty, L.att, B, T, Cl, NHl, kSet);
+    be_.matmul_backward(dpart, gr.qkvw, gr.qkvb, a.dqkv, L.ln1g, w.qkvw, N, C, 3 * Cl, kSet);
     reduce_rows(dpart, a.dln, N);
     layernorm_backward(a.dresidual, gr.ln1w, gr.ln1b, a.dln, x_in, w.ln1w, L.ln1_mean, L.ln1_rstd,
                        n);

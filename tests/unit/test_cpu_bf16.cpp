@@ -199,6 +199,65 @@ TEST_F(CpuBf16, OpsRoundTheFp32ResultOnce) {
   expect_bits_equal(lh, to_h(l32), "dlogits");
 }
 
+// GradMode::overwrite: the input gradient is written, whatever the buffer held (NaN here), and
+// equals accumulating into zeros; parameter gradients still accumulate.
+TEST_F(CpuBf16, OverwriteModeIgnoresTheOldInputGradient) {
+  const int B = 2, T = 9, C = 16, NH = 2, N = B * T, OC = 24;
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const Vec x = rounded(random_vec(size_t(N) * C, 31)), w = rounded(random_vec(size_t(OC) * C, 32));
+  const Vec dy = rounded(random_vec(size_t(N) * OC, 33));
+  for (bool bf16 : {false, true}) {
+    SCOPED_TRACE(bf16 ? "bf16" : "fp32");
+    Vec dw_a(w.size(), 0.25f), dw_b(w.size(), 0.25f);
+    Vec want(x.size(), 0.0f), got(x.size(), nan);
+    if (bf16) {
+      HVec a = to_h(want), b = to_h(got);
+      be->matmul_backward(a.data(), dw_a.data(), nullptr, to_h(dy).data(), to_h(x).data(),
+                          to_h(w).data(), N, C, OC);
+      be->matmul_backward(b.data(), dw_b.data(), nullptr, to_h(dy).data(), to_h(x).data(),
+                          to_h(w).data(), N, C, OC, GradMode::overwrite);
+      want = to_f(a), got = to_f(b);
+    } else {
+      be->matmul_backward(want.data(), dw_a.data(), nullptr, dy.data(), x.data(), w.data(), N, C,
+                          OC);
+      be->matmul_backward(got.data(), dw_b.data(), nullptr, dy.data(), x.data(), w.data(), N, C, OC,
+                          GradMode::overwrite);
+    }
+    EXPECT_EQ(got, want) << "matmul dinp";
+    EXPECT_EQ(dw_b, dw_a) << "dweight still accumulates";
+    // GELU and attention.
+    Vec g_want(x.size(), 0.0f), g_got(x.size(), nan);
+    const Vec qkv = rounded(random_vec(size_t(N) * 3 * C, 34)),
+              dout = rounded(random_vec(x.size(), 35));
+    Vec q_want(qkv.size(), 0.0f), q_got(qkv.size(), nan);
+    if (bf16) {
+      HVec a = to_h(g_want), b = to_h(g_got);
+      be->gelu_backward(a.data(), to_h(x).data(), to_h(dout).data(), x.size());
+      be->gelu_backward(b.data(), to_h(x).data(), to_h(dout).data(), x.size(), GradMode::overwrite);
+      g_want = to_f(a), g_got = to_f(b);
+      HVec out(x.size()), qa = to_h(q_want), qb = to_h(q_got);
+      Vec lse(size_t(B) * NH * T);
+      be->attention_forward(out.data(), lse.data(), to_h(qkv).data(), B, T, C, NH);
+      be->attention_backward(qa.data(), to_h(dout).data(), to_h(qkv).data(), out.data(), lse.data(),
+                             B, T, C, NH);
+      be->attention_backward(qb.data(), to_h(dout).data(), to_h(qkv).data(), out.data(), lse.data(),
+                             B, T, C, NH, GradMode::overwrite);
+      q_want = to_f(qa), q_got = to_f(qb);
+    } else {
+      be->gelu_backward(g_want.data(), x.data(), dout.data(), x.size());
+      be->gelu_backward(g_got.data(), x.data(), dout.data(), x.size(), GradMode::overwrite);
+      Vec out(x.size()), att(size_t(B) * NH * T * T), scratch(att.size());
+      be->attention_forward(out.data(), att.data(), qkv.data(), B, T, C, NH);
+      be->attention_backward(q_want.data(), scratch.data(), dout.data(), qkv.data(), att.data(), B,
+                             T, C, NH);
+      be->attention_backward(q_got.data(), scratch.data(), dout.data(), qkv.data(), att.data(), B,
+                             T, C, NH, GradMode::overwrite);
+    }
+    EXPECT_EQ(g_got, g_want) << "gelu dinp";
+    EXPECT_EQ(q_got, q_want) << "attention dqkv";
+  }
+}
+
 // A bf16 model against the fp32 model with the same master weights: the loss to bf16
 // precision, the fp32 parameter gradients to a few bf16 ulps in norm.
 TEST_F(CpuBf16, ModelLossAndGradientsFollowFp32) {

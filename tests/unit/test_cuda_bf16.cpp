@@ -622,6 +622,51 @@ TEST_F(CudaBf16Test, AttentionForwardBackward) {
   }
 }
 
+// ---- GradMode::overwrite -------------------------------------------------------------------
+
+// The input gradient is written over whatever the buffer holds (NaN here: the β = 0 product, the
+// overwriting GELU and flash stores must not read it) and equals the CPU's gradient from zero.
+TEST_F(CudaBf16Test, OverwriteModeIgnoresTheOldInputGradient) {
+  const Bits nan_fill_small = to_bits(Vec(1, std::numeric_limits<float>::quiet_NaN()));
+  auto nans = [&](size_t n) { return dev(Bits(n, nan_fill_small[0])); };
+  {  // matmul dinp (the cuBLASLt product with β = 0)
+    const int N = 256, IC = 768, OC = 2304;
+    const Bits x = random_bits(size_t(N) * IC, 70), w = random_bits(size_t(OC) * IC, 71);
+    const Bits dy = random_bits(size_t(N) * OC, 72);
+    Bits want(x.size());
+    Vec dw(w.size());
+    cpu->matmul_backward(want.data(), dw.data(), nullptr, dy.data(), x.data(), w.data(), N, IC, OC);
+    bf16_t* g = nans(x.size());
+    gpu->matmul_backward(g, dev(Vec(w.size())), nullptr, dev(dy), dev(x), dev(w), N, IC, OC,
+                         GradMode::overwrite);
+    EXPECT_TRUE(close(host(g, x.size()), want)) << "matmul dinp";
+  }
+  {  // GELU
+    const size_t n = 1001;
+    const Bits x = random_bits(n, 73, -4.0f, 4.0f), dout = random_bits(n, 74);
+    Bits want(n);
+    cpu->gelu_backward(want.data(), x.data(), dout.data(), n);
+    bf16_t* g = nans(n);
+    gpu->gelu_backward(g, dev(x), dev(dout), n, GradMode::overwrite);
+    EXPECT_TRUE(close(host(g, n), want)) << "gelu dinp";
+  }
+  for (const AttShape& s : {AttShape{2, 100, 2, 64}, AttShape{2, 37, 3, 16}}) {  // flash, fallback
+    SCOPED_TRACE(::testing::Message() << "attention hd=" << s.hd);
+    const int C = s.NH * s.hd;
+    const size_t BTC = size_t(s.B) * s.T * C, L = size_t(s.B) * s.NH * s.T;
+    const Bits qkv = random_bits(3 * BTC, 75, -1.5f, 1.5f), dout = random_bits(BTC, 76);
+    Bits out(BTC), want(3 * BTC);
+    Vec lse(L);
+    cpu->attention_forward(out.data(), lse.data(), qkv.data(), s.B, s.T, C, s.NH);
+    cpu->attention_backward(want.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.B, s.T,
+                            C, s.NH);
+    bf16_t* g = nans(3 * BTC);
+    gpu->attention_backward(g, dev(dout), dev(qkv), dev(out), dev(lse), s.B, s.T, C, s.NH,
+                            GradMode::overwrite);
+    EXPECT_TRUE(close(host(g, 3 * BTC), want)) << "dqkv";
+  }
+}
+
 // ---- elementwise -----------------------------------------------------------------------------
 
 TEST_F(CudaBf16Test, GeluAddAccumulate) {

@@ -7,7 +7,8 @@
 //  - Shapes are row-major. N = B*T rows of width C. Linear weights are [OC, IC] (y = x·Wᵀ + b).
 //  - Every *backward* op ACCUMULATES (+=) into all of its gradient outputs (input gradients
 //    and parameter gradients alike); the caller zeroes them when a new accumulation starts.
-//    This makes micro-batch accumulation and residual branches free.
+//    This makes micro-batch accumulation and residual branches free. matmul, GELU and
+//    attention backward can instead overwrite their input gradient (GradMode::overwrite).
 //  - Pointers may be nullptr only where a comment says so (e.g. a missing bias).
 #pragma once
 
@@ -20,6 +21,12 @@
 #include "triad/core/bf16.h"
 
 namespace triad {
+
+// How a backward op writes the gradient of its input (dinp, dqkv): added to what the buffer holds
+// (the default, so residual branches and micro-batches sum for free), or written over it, which
+// spares the caller zeroing a fresh buffer (on a GPU a whole extra pass over it). Parameter
+// gradients always accumulate.
+enum class GradMode { accumulate, overwrite };
 
 class Backend {
  public:
@@ -77,7 +84,8 @@ class Backend {
                               int N, int IC, int OC) = 0;
   // dinp may be nullptr (not needed); dbias may be nullptr (no bias).
   virtual void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
-                               const float* inp, const float* weight, int N, int IC, int OC) = 0;
+                               const float* inp, const float* weight, int N, int IC, int OC,
+                               GradMode mode = GradMode::accumulate) = 0;
 
   // ---- causal self-attention -----------------------------------------------------------------
   // qkv [B,T,3C]: per row, q | k | v, each C wide and head-major (head h at h*hd .. (h+1)*hd).
@@ -87,7 +95,8 @@ class Backend {
                                  int NH) = 0;
   // dqkv [B,T,3C] (+=); scratch is B*NH*T*T floats the op may overwrite.
   virtual void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
-                                  const float* att, int B, int T, int C, int NH) = 0;
+                                  const float* att, int B, int T, int C, int NH,
+                                  GradMode mode = GradMode::accumulate) = 0;
 
   // pre = inp · Wᵀ + b and out = gelu(pre) (the FFN's first layer; see the bf16 version).
   virtual void matmul_gelu_forward(float* pre, float* out, const float* inp, const float* weight,
@@ -98,7 +107,8 @@ class Backend {
 
   // ---- GELU, tanh approximation -------------------------------------------------------------
   virtual void gelu_forward(float* out, const float* inp, size_t n) = 0;
-  virtual void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) = 0;
+  virtual void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n,
+                             GradMode mode = GradMode::accumulate) = 0;
 
   // ---- out = a + b (residual); its backward is two accumulate() calls -----------------------
   virtual void add(float* out, const float* a, const float* b, size_t n) = 0;
@@ -162,7 +172,8 @@ class Backend {
   virtual void matmul_forward(bf16_t* out, const bf16_t* inp, const bf16_t* weight,
                               const bf16_t* bias, int N, int IC, int OC) = 0;
   virtual void matmul_backward(bf16_t* dinp, float* dweight, float* dbias, const bf16_t* dout,
-                               const bf16_t* inp, const bf16_t* weight, int N, int IC, int OC) = 0;
+                               const bf16_t* inp, const bf16_t* weight, int N, int IC, int OC,
+                               GradMode mode = GradMode::accumulate) = 0;
   virtual void residual_layernorm_forward(bf16_t* sum, bf16_t* out, float* mean, float* rstd,
                                           const bf16_t* a, const bf16_t* b, const bf16_t* weight,
                                           const bf16_t* bias, int N, int C) {
@@ -185,10 +196,11 @@ class Backend {
   virtual void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C,
                                  int NH) = 0;
   virtual void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv,
-                                  const bf16_t* out, const float* lse, int B, int T, int C,
-                                  int NH) = 0;
+                                  const bf16_t* out, const float* lse, int B, int T, int C, int NH,
+                                  GradMode mode = GradMode::accumulate) = 0;
   virtual void gelu_forward(bf16_t* out, const bf16_t* inp, size_t n) = 0;
-  virtual void gelu_backward(bf16_t* dinp, const bf16_t* inp, const bf16_t* dout, size_t n) = 0;
+  virtual void gelu_backward(bf16_t* dinp, const bf16_t* inp, const bf16_t* dout, size_t n,
+                             GradMode mode = GradMode::accumulate) = 0;
   virtual void add(bf16_t* out, const bf16_t* a, const bf16_t* b, size_t n) = 0;
   virtual void accumulate(bf16_t* dst, const bf16_t* src, size_t n) = 0;
   // Cross-entropy over bf16 logits (dlogits written back in bf16); losses/correct/statistics

@@ -65,7 +65,9 @@ class CpuBackend final : public Backend {
     cpu::matmul_forward(out, inp, weight, bias, N, IC, OC);
   }
   void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
-                       const float* inp, const float* weight, int N, int IC, int OC) override {
+                       const float* inp, const float* weight, int N, int IC, int OC,
+                       GradMode mode) override {
+    if (mode == GradMode::overwrite && dinp != nullptr) zero(dinp, size_t(N) * IC);
     cpu::matmul_backward(dinp, dweight, dbias, dout, inp, weight, N, IC, OC);
   }
   void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C,
@@ -73,13 +75,16 @@ class CpuBackend final : public Backend {
     cpu::attention_forward(out, att, qkv, B, T, C, NH);
   }
   void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
-                          const float* att, int B, int T, int C, int NH) override {
+                          const float* att, int B, int T, int C, int NH, GradMode mode) override {
+    if (mode == GradMode::overwrite) zero(dqkv, size_t(B) * T * 3 * C);
     cpu::attention_backward(dqkv, scratch, dout, qkv, att, B, T, C, NH);
   }
   void gelu_forward(float* out, const float* inp, size_t n) override {
     cpu::gelu_forward(out, inp, n);
   }
-  void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) override {
+  void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n,
+                     GradMode mode) override {
+    if (mode == GradMode::overwrite) zero(dinp, n);
     cpu::gelu_backward(dinp, inp, dout, n);
   }
   void add(float* out, const float* a, const float* b, size_t n) override {
@@ -117,6 +122,7 @@ class CpuBackend final : public Backend {
   }
 
   // ---- mixed precision (cpu_bf16.cpp) -------------------------------------------------------
+  // (GradMode::overwrite: here a zeroed input gradient, then the accumulating kernel.)
   void zero(bf16_t* p, size_t n) override { cpu::zero_bf16(p, n); }
   void convert(bf16_t* dst, const float* src, size_t n) override { cpu::to_bf16(dst, src, n); }
   void convert(float* dst, const bf16_t* src, size_t n) override { cpu::to_fp32(dst, src, n); }
@@ -142,7 +148,9 @@ class CpuBackend final : public Backend {
     cpu::matmul_forward(out, inp, weight, bias, N, IC, OC);
   }
   void matmul_backward(bf16_t* dinp, float* dweight, float* dbias, const bf16_t* dout,
-                       const bf16_t* inp, const bf16_t* weight, int N, int IC, int OC) override {
+                       const bf16_t* inp, const bf16_t* weight, int N, int IC, int OC,
+                       GradMode mode) override {
+    if (mode == GradMode::overwrite && dinp != nullptr) zero(dinp, size_t(N) * IC);
     cpu::matmul_backward(dinp, dweight, dbias, dout, inp, weight, N, IC, OC);
   }
   void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C,
@@ -150,13 +158,16 @@ class CpuBackend final : public Backend {
     cpu::attention_forward(out, lse, qkv, B, T, C, NH);
   }
   void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, const bf16_t* out,
-                          const float* lse, int B, int T, int C, int NH) override {
+                          const float* lse, int B, int T, int C, int NH, GradMode mode) override {
+    if (mode == GradMode::overwrite) zero(dqkv, size_t(B) * T * 3 * C);
     cpu::attention_backward(dqkv, dout, qkv, out, lse, B, T, C, NH);
   }
   void gelu_forward(bf16_t* out, const bf16_t* inp, size_t n) override {
     cpu::gelu_forward(out, inp, n);
   }
-  void gelu_backward(bf16_t* dinp, const bf16_t* inp, const bf16_t* dout, size_t n) override {
+  void gelu_backward(bf16_t* dinp, const bf16_t* inp, const bf16_t* dout, size_t n,
+                     GradMode mode) override {
+    if (mode == GradMode::overwrite) zero(dinp, n);
     cpu::gelu_backward(dinp, inp, dout, n);
   }
   void add(bf16_t* out, const bf16_t* a, const bf16_t* b, size_t n) override {

@@ -70,12 +70,12 @@ void attention_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scrat
 
 void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* dqkv,
                         const bf16* dout, const bf16* qkv, const bf16* out, const float* lse, int B,
-                        int T, int C, int NH) {
+                        int T, int C, int NH, bool accumulate) {
   check_shape(B, T, C, NH);
   if (flash_head_dim(C, NH) && pointer_alignment(qkv) >= 16 && pointer_alignment(dout) >= 16 &&
       pointer_alignment(out) >= 4 && pointer_alignment(dqkv) >= 4) {
     float* ws = scratch.flash.get_as<float>(flash_attention_workspace_floats(B, T, C, NH), s);
-    flash_attention_backward(dqkv, dout, qkv, out, lse, ws, B, T, C, NH, s, /*accumulate=*/true);
+    flash_attention_backward(dqkv, dout, qkv, out, lse, ws, B, T, C, NH, s, accumulate);
     return;
   }
   const size_t n = size_t(B) * T * C;
@@ -83,7 +83,11 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scra
   float* ws = scratch.fp32_workspace.get_as<float>(attention_workspace_floats(B, T, C), s);
   convert(s, w.qkv, qkv, 3 * n);
   convert(s, w.dout, dout, n);
-  convert(s, w.dqkv, static_cast<const bf16*>(dqkv), 3 * n);
+  if (accumulate) {
+    convert(s, w.dqkv, static_cast<const bf16*>(dqkv), 3 * n);
+  } else {
+    TRIAD_CUDA_CHECK(cudaMemsetAsync(w.dqkv, 0, 3 * n * sizeof(float), s));
+  }
   // The fp32 forward recomputes the probabilities (w.out is not needed but must be written).
   attention_forward(s, h, ws, w.out, w.att, w.qkv, B, T, C, NH);
   attention_backward(s, h, ws, w.dqkv, w.scr, w.dout, w.qkv, w.att, B, T, C, NH);

@@ -143,8 +143,11 @@ class CudaBackend final : public Backend {
                       int IC, int OC) override {
     cuda::matmul_forward(stream_, cublas_, out, inp, weight, bias, N, IC, OC);
   }
+  // The fp32 path is the reference: GradMode::overwrite zeroes, then accumulates.
   void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
-                       const float* inp, const float* weight, int N, int IC, int OC) override {
+                       const float* inp, const float* weight, int N, int IC, int OC,
+                       GradMode mode) override {
+    if (mode == GradMode::overwrite && dinp != nullptr) zero(dinp, size_t(N) * IC);
     cuda::matmul_backward(stream_, cublas_, reduce_partials_, dinp, dweight, dbias, dout, inp,
                           weight, N, IC, OC);
   }
@@ -154,15 +157,17 @@ class CudaBackend final : public Backend {
     cuda::attention_forward(stream_, cublas_, ws, out, att, qkv, B, T, C, NH);
   }
   void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
-                          const float* att, int B, int T, int C, int NH) override {
+                          const float* att, int B, int T, int C, int NH, GradMode mode) override {
+    if (mode == GradMode::overwrite) zero(dqkv, size_t(B) * T * 3 * C);
     float* ws = attention_workspace(B, T, C);
     cuda::attention_backward(stream_, cublas_, ws, dqkv, scratch, dout, qkv, att, B, T, C, NH);
   }
   void gelu_forward(float* out, const float* inp, size_t n) override {
     cuda::gelu_forward(stream_, out, inp, n);
   }
-  void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) override {
-    cuda::gelu_backward(stream_, dinp, inp, dout, n);
+  void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n,
+                     GradMode mode) override {
+    cuda::gelu_backward(stream_, dinp, inp, dout, n, mode == GradMode::accumulate);
   }
   void add(float* out, const float* a, const float* b, size_t n) override {
     cuda::add(stream_, out, a, b, n);
@@ -232,9 +237,10 @@ class CudaBackend final : public Backend {
     cuda::matmul_forward(stream_, *lt_, dev(out), dev(inp), dev(weight), dev(bias), N, IC, OC);
   }
   void matmul_backward(bf16_t* dinp, float* dweight, float* dbias, const bf16_t* dout,
-                       const bf16_t* inp, const bf16_t* weight, int N, int IC, int OC) override {
+                       const bf16_t* inp, const bf16_t* weight, int N, int IC, int OC,
+                       GradMode mode) override {
     cuda::matmul_backward(stream_, *lt_, reduce_partials_, dev(dinp), dweight, dbias, dev(dout),
-                          dev(inp), dev(weight), N, IC, OC);
+                          dev(inp), dev(weight), N, IC, OC, mode == GradMode::accumulate);
   }
   void matmul_gelu_forward(bf16_t* pre, bf16_t* out, const bf16_t* inp, const bf16_t* weight,
                            const bf16_t* bias, int N, int IC, int OC) override {
@@ -247,15 +253,16 @@ class CudaBackend final : public Backend {
                             NH);
   }
   void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, const bf16_t* out,
-                          const float* lse, int B, int T, int C, int NH) override {
+                          const float* lse, int B, int T, int C, int NH, GradMode mode) override {
     cuda::attention_backward(stream_, cublas_, attention_scratch_, dev(dqkv), dev(dout), dev(qkv),
-                             dev(out), lse, B, T, C, NH);
+                             dev(out), lse, B, T, C, NH, mode == GradMode::accumulate);
   }
   void gelu_forward(bf16_t* out, const bf16_t* inp, size_t n) override {
     cuda::gelu_forward(stream_, dev(out), dev(inp), n);
   }
-  void gelu_backward(bf16_t* dinp, const bf16_t* inp, const bf16_t* dout, size_t n) override {
-    cuda::gelu_backward(stream_, dev(dinp), dev(inp), dev(dout), n);
+  void gelu_backward(bf16_t* dinp, const bf16_t* inp, const bf16_t* dout, size_t n,
+                     GradMode mode) override {
+    cuda::gelu_backward(stream_, dev(dinp), dev(inp), dev(dout), n, mode == GradMode::accumulate);
   }
   void add(bf16_t* out, const bf16_t* a, const bf16_t* b, size_t n) override {
     cuda::add(stream_, dev(out), dev(a), dev(b), n);

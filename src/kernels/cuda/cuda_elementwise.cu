@@ -22,13 +22,15 @@ __global__ void gelu_forward_kernel(Elem* out, const Elem* inp, size_t n) {
 
 // d gelu/dx = ½(1 + t) + ½·x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²);  dinp += that · dout
 template <typename Elem>
-__global__ void gelu_backward_kernel(Elem* dinp, const Elem* inp, const Elem* dout, size_t n) {
+__global__ void gelu_backward_kernel(Elem* dinp, const Elem* inp, const Elem* dout, size_t n,
+                                     bool accumulate) {
   TRIAD_GRID_STRIDE_LOOP(i, n) {
     const float x = widen(inp[i]);
     const float t = tanhf(kSqrt2OverPi * (x + kGeluCubic * x * x * x));
     const float du_dx = kSqrt2OverPi * (1.0f + 3.0f * kGeluCubic * x * x);
     const float grad = 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du_dx;
-    dinp[i] = narrow<Elem>(widen(dinp[i]) + grad * widen(dout[i]));
+    const float g = grad * widen(dout[i]);
+    dinp[i] = narrow<Elem>(accumulate ? widen(dinp[i]) + g : g);
   }
 }
 
@@ -61,9 +63,10 @@ void gelu_forward(cudaStream_t s, Elem* out, const Elem* inp, size_t n) {
 }
 
 template <typename Elem>
-void gelu_backward(cudaStream_t s, Elem* dinp, const Elem* inp, const Elem* dout, size_t n) {
+void gelu_backward(cudaStream_t s, Elem* dinp, const Elem* inp, const Elem* dout, size_t n,
+                   bool accumulate) {
   if (n == 0) return;
-  gelu_backward_kernel<<<grid_for(n), kBlock, 0, s>>>(dinp, inp, dout, n);
+  gelu_backward_kernel<<<grid_for(n), kBlock, 0, s>>>(dinp, inp, dout, n, accumulate);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
@@ -94,10 +97,10 @@ void convert(cudaStream_t s, Dst* dst, const Src* src, size_t n) {
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
-#define TRIAD_INSTANTIATE_ELEMENTWISE(Elem)                                                 \
-  template void gelu_forward<Elem>(cudaStream_t, Elem*, const Elem*, size_t);               \
-  template void gelu_backward<Elem>(cudaStream_t, Elem*, const Elem*, const Elem*, size_t); \
-  template void add<Elem>(cudaStream_t, Elem*, const Elem*, const Elem*, size_t);           \
+#define TRIAD_INSTANTIATE_ELEMENTWISE(Elem)                                                       \
+  template void gelu_forward<Elem>(cudaStream_t, Elem*, const Elem*, size_t);                     \
+  template void gelu_backward<Elem>(cudaStream_t, Elem*, const Elem*, const Elem*, size_t, bool); \
+  template void add<Elem>(cudaStream_t, Elem*, const Elem*, const Elem*, size_t);                 \
   template void accumulate<Elem>(cudaStream_t, Elem*, const Elem*, size_t);
 TRIAD_INSTANTIATE_ELEMENTWISE(float)
 TRIAD_INSTANTIATE_ELEMENTWISE(bf16)

@@ -268,7 +268,7 @@ void matmul_gelu_forward(cudaStream_t s, LtMatmul& lt, bf16* pre, bf16* out, con
 
 void matmul_backward(cudaStream_t s, LtMatmul& lt, DeviceScratch& scratch, bf16* dinp,
                      float* dweight, float* dbias, const bf16* dout, const bf16* inp,
-                     const bf16* weight, int N, int IC, int OC) {
+                     const bf16* weight, int N, int IC, int OC, bool accumulate) {
   if (N <= 0 || OC <= 0) return;
   if (IC > 0) {
     if (dinp != nullptr) {
@@ -287,7 +287,7 @@ void matmul_backward(cudaStream_t s, LtMatmul& lt, DeviceScratch& scratch, bf16*
       g.d = dinp;
       g.d_type = CUDA_R_16BF;
       g.ldd = IC;
-      g.beta = 1.0f;
+      g.beta = accumulate ? 1.0f : 0.0f;
       lt.run(s, g);
     }
     // dW[OC,IC] += doutᵀ · inp  ⇔  dWᵀ (IC×OC, ld IC) += inpᵀ (col-major IC×N, ld IC, no

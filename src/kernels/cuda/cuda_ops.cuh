@@ -113,7 +113,8 @@ void matmul_forward(cudaStream_t s, LtMatmul& lt, bf16* out, const bf16* inp, co
                     const bf16* bias, int N, int IC, int OC);
 void matmul_backward(cudaStream_t s, LtMatmul& lt, DeviceScratch& scratch, bf16* dinp,
                      float* dweight, float* dbias, const bf16* dout, const bf16* inp,
-                     const bf16* weight, int N, int IC, int OC);
+                     const bf16* weight, int N, int IC, int OC,
+                     bool accumulate = true);  // false: dinp overwritten (β = 0)
 void matmul_gelu_forward(cudaStream_t s, LtMatmul& lt, bf16* pre, bf16* out, const bf16* inp,
                          const bf16* weight, const bf16* bias, int N, int IC, int OC);
 
@@ -139,13 +140,14 @@ void attention_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scrat
                        float* lse, const bf16* qkv, int B, int T, int C, int NH);
 void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* dqkv,
                         const bf16* dout, const bf16* qkv, const bf16* out, const float* lse, int B,
-                        int T, int C, int NH);
+                        int T, int C, int NH, bool accumulate = true);  // false: dqkv overwritten
 
 // ---- elementwise (cuda_elementwise.cu) -----------------------------------------------------
 template <typename Elem>
 void gelu_forward(cudaStream_t s, Elem* out, const Elem* inp, size_t n);
 template <typename Elem>
-void gelu_backward(cudaStream_t s, Elem* dinp, const Elem* inp, const Elem* dout, size_t n);
+void gelu_backward(cudaStream_t s, Elem* dinp, const Elem* inp, const Elem* dout, size_t n,
+                   bool accumulate = true);  // false: dinp overwritten
 template <typename Elem>
 void add(cudaStream_t s, Elem* out, const Elem* a, const Elem* b, size_t n);
 template <typename Elem>
