@@ -39,8 +39,14 @@ const float* widen(int slot, const bf16_t* src, size_t n) {
   widen_into(w, src, n);
   return w;
 }
-float* widen_mutable(int slot, const bf16_t* src, size_t n) {
-  return const_cast<float*>(widen(slot, src, n));
+// An in/out bf16 operand (an accumulated gradient, logits replaced by their gradient): f gets
+// its widened copy (in scratch slot `slot`), whose result is rounded back into p once.
+// p == nullptr gives f a nullptr.
+template <class F>
+void through_fp32(int slot, bf16_t* p, size_t n, F f) {
+  float* w = const_cast<float*>(widen(slot, p, n));
+  f(w);
+  if (p != nullptr) to_bf16(p, w, n);
 }
 
 }  // namespace
@@ -89,10 +95,10 @@ void layernorm_backward(bf16_t* dinp, float* dweight, float* dbias, const bf16_t
                         const bf16_t* inp, const bf16_t* weight, const float* mean,
                         const float* rstd, int N, int C) {
   const size_t n = size_t(N) * C;
-  float* di = widen_mutable(0, dinp, n);
-  layernorm_backward(di, dweight, dbias, widen(1, dout, n), widen(2, inp, n),
-                     widen(3, weight, size_t(C)), mean, rstd, N, C);
-  to_bf16(dinp, di, n);
+  through_fp32(0, dinp, n, [&](float* di) {
+    layernorm_backward(di, dweight, dbias, widen(1, dout, n), widen(2, inp, n),
+                       widen(3, weight, size_t(C)), mean, rstd, N, C);
+  });
 }
 
 void matmul_forward(bf16_t* out, const bf16_t* inp, const bf16_t* weight, const bf16_t* bias, int N,
@@ -105,10 +111,10 @@ void matmul_forward(bf16_t* out, const bf16_t* inp, const bf16_t* weight, const 
 
 void matmul_backward(bf16_t* dinp, float* dweight, float* dbias, const bf16_t* dout,
                      const bf16_t* inp, const bf16_t* weight, int N, int IC, int OC) {
-  float* di = widen_mutable(0, dinp, size_t(N) * IC);
-  matmul_backward(di, dweight, dbias, widen(1, dout, size_t(N) * OC), widen(2, inp, size_t(N) * IC),
-                  widen(3, weight, size_t(OC) * IC), N, IC, OC);
-  if (dinp != nullptr) to_bf16(dinp, di, size_t(N) * IC);
+  through_fp32(0, dinp, size_t(N) * IC, [&](float* di) {
+    matmul_backward(di, dweight, dbias, widen(1, dout, size_t(N) * OC),
+                    widen(2, inp, size_t(N) * IC), widen(3, weight, size_t(OC) * IC), N, IC, OC);
+  });
 }
 
 // lse[b,h,i] = ln Σ_{j<=i} exp(scale · q_i·k_j), from the widened qkv (max-shifted).
@@ -159,9 +165,9 @@ void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, con
   const float* q = widen(0, qkv, nqkv);
   float* att = scratch(2, natt);
   attention_forward(scratch(1, nout), att, q, B, T, C, NH);
-  float* dq = widen_mutable(3, dqkv, nqkv);
-  attention_backward(dq, scratch(4, natt), widen(5, dout, nout), q, att, B, T, C, NH);
-  to_bf16(dqkv, dq, nqkv);
+  through_fp32(3, dqkv, nqkv, [&](float* dq) {
+    attention_backward(dq, scratch(4, natt), widen(5, dout, nout), q, att, B, T, C, NH);
+  });
 }
 
 void gelu_forward(bf16_t* out, const bf16_t* inp, size_t n) {
@@ -171,9 +177,8 @@ void gelu_forward(bf16_t* out, const bf16_t* inp, size_t n) {
 }
 
 void gelu_backward(bf16_t* dinp, const bf16_t* inp, const bf16_t* dout, size_t n) {
-  float* di = widen_mutable(0, dinp, n);
-  gelu_backward(di, widen(1, inp, n), widen(2, dout, n), n);
-  to_bf16(dinp, di, n);
+  through_fp32(0, dinp, n,
+               [&](float* di) { gelu_backward(di, widen(1, inp, n), widen(2, dout, n), n); });
 }
 
 void add(bf16_t* out, const bf16_t* a, const bf16_t* b, size_t n) {
@@ -186,10 +191,9 @@ void accumulate(bf16_t* dst, const bf16_t* src, size_t n) { add(dst, dst, src, n
 void crossentropy_forward_backward(bf16_t* logits, float* losses, float* correct,
                                    const int32_t* targets, int N, int V, int Vp,
                                    float dloss_scale) {
-  const size_t n = size_t(N) * Vp;
-  float* l = widen_mutable(0, logits, n);
-  crossentropy_forward_backward(l, losses, correct, targets, N, V, Vp, dloss_scale);
-  to_bf16(logits, l, n);
+  through_fp32(0, logits, size_t(N) * Vp, [&](float* l) {
+    crossentropy_forward_backward(l, losses, correct, targets, N, V, Vp, dloss_scale);
+  });
 }
 
 void logits_row_max(float* row_max, float* argmax, const bf16_t* logits, int N, int V, int Vp) {
@@ -205,10 +209,9 @@ void softmax_partial_sums(float* sum_exp, float* target_logit, const bf16_t* log
 void crossentropy_backward_partial(bf16_t* logits, const float* row_max, const float* sum_exp,
                                    const int32_t* targets, int N, int V, int Vp,
                                    float dloss_scale) {
-  const size_t n = size_t(N) * Vp;
-  float* l = widen_mutable(0, logits, n);
-  crossentropy_backward_partial(l, row_max, sum_exp, targets, N, V, Vp, dloss_scale);
-  to_bf16(logits, l, n);
+  through_fp32(0, logits, size_t(N) * Vp, [&](float* l) {
+    crossentropy_backward_partial(l, row_max, sum_exp, targets, N, V, Vp, dloss_scale);
+  });
 }
 
 }  // namespace triad::cpu

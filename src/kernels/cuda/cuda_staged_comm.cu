@@ -82,17 +82,8 @@ class DeviceStagedComm final : public Comm {
   double all_reduce_sum(double x) override { return sync(in_->all_reduce_sum(x)); }
   int64_t all_reduce_max(int64_t x) override { return sync(in_->all_reduce_max(x)); }
   void reduce_scatter_sum(const float* send, float* recv, size_t count) override {
-    const size_t total = count * size_t(size());
-    if (!on_device(send) && !on_device(recv)) {
-      in_->reduce_scatter_sum(send, recv, count);
-      return sync();
-    }
-    float* s = a_.get(total);
-    float* r = b_.get(count);
-    copy_in(s, send, total);
-    in_->reduce_scatter_sum(s, r, count);
-    copy_out(recv, r, count);
-    sync();
+    staged(send, count * size_t(size()), recv, count,
+           [&](const float* s, float* r) { in_->reduce_scatter_sum(s, r, count); });
   }
   CommRequest ireduce_scatter_sum(const float* send, float* recv, size_t count) override {
     if (!on_device(send) && !on_device(recv))
@@ -101,17 +92,8 @@ class DeviceStagedComm final : public Comm {
     return {};
   }
   void all_gather(const float* send, float* recv, size_t count) override {
-    const size_t total = count * size_t(size());
-    if (!on_device(send) && !on_device(recv)) {
-      in_->all_gather(send, recv, count);
-      return sync();
-    }
-    float* s = a_.get(count);
-    float* r = b_.get(total);
-    copy_in(s, send, count);
-    in_->all_gather(s, r, count);
-    copy_out(recv, r, total);
-    sync();
+    staged(send, count, recv, count * size_t(size()),
+           [&](const float* s, float* r) { in_->all_gather(s, r, count); });
   }
   void broadcast(float* buf, size_t n, int root) override {
     in_place(buf, n, [&](float* b) { in_->broadcast(b, n, root); });
@@ -175,6 +157,21 @@ class DeviceStagedComm final : public Comm {
       to_host(h, buf, n);
       op(h);
       to_device(buf, h, n);
+    }
+    sync();
+  }
+  // A collective from send (sn floats) into recv (rn floats), either of which may be device
+  // memory: op runs on host pointers (staged copies where needed).
+  template <class F>
+  void staged(const float* send, size_t sn, float* recv, size_t rn, F op) {
+    if (!on_device(send) && !on_device(recv)) {
+      op(send, recv);
+    } else {
+      float* s = a_.get(sn);
+      float* r = b_.get(rn);
+      copy_in(s, send, sn);
+      op(s, r);
+      copy_out(recv, r, rn);
     }
     sync();
   }
