@@ -127,6 +127,10 @@ void check(bool ok, const std::string& key, const std::string& problem) {
 
 }  // namespace
 
+bool Config::bf16() const {
+  return run.precision == "bf16" || (run.precision == "auto" && run.backend == "cuda");
+}
+
 int Config::padded_vocab_size() const {
   const int m = 128 * parallel.tp;
   return (model.vocab_size + m - 1) / m * m;
@@ -254,9 +258,8 @@ void validate(const Config& c, int world_size) {
         "must be cpu or cuda (got '" + c.run.backend + "')");
   check(c.run.precision == "auto" || c.run.precision == "fp32" || c.run.precision == "bf16",
         "run.precision", "must be auto, fp32 or bf16 (got '" + c.run.precision + "')");
-  check(c.run.precision == "fp32" || (c.run.precision == "auto" && c.run.backend == "cpu") ||
-            m.n_embd % 2 == 0,
-        "model.n_embd", "(" + std::to_string(m.n_embd) + ") must be even for bf16 precision");
+  check(!c.bf16() || m.n_embd % 2 == 0, "model.n_embd",
+        "(" + std::to_string(m.n_embd) + ") must be even for bf16 precision");
   check(c.run.threads >= 0, "run.threads", "must be >= 0");
   check(c.run.peak_tflops >= 0, "run.peak_tflops", "must be >= 0");
   check(c.parallel.tp >= 1, "parallel.tp", "must be >= 1");

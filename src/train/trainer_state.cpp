@@ -24,8 +24,7 @@ void Trainer::State::setup_backend() {
   if (cfg.run.threads > 0) omp_set_num_threads(cfg.run.threads);
   if (cfg.run.backend == "cuda") {
     // Ranks on one node take the node's GPUs in turn (several ranks may share one). Their
-    // Comms move device buffers through host memory (parallel.comm = mpi, the only one so far:
-    // there is no NCCL Comm yet).
+    // Comms move device buffers through host memory over MPI (there is no NCCL Comm yet).
     MPI_Comm node;
     TRIAD_MPI_CHECK(
         MPI_Comm_split_type(grid.world(), MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
@@ -39,12 +38,6 @@ void Trainer::State::setup_backend() {
   } else {
     be = make_cpu_backend();
   }
-}
-
-Precision Trainer::State::precision() const {
-  const std::string& p = cfg.run.precision;
-  if (p == "auto") return cfg.run.backend == "cuda" ? Precision::bf16 : Precision::fp32;
-  return p == "bf16" ? Precision::bf16 : Precision::fp32;
 }
 
 GptShape Trainer::State::model_shape() const {
@@ -73,7 +66,7 @@ void Trainer::State::setup_model() {
     check_schedule(schedule, mp.pp, accum, mp.virtual_stages);
   }
   model = std::make_unique<Gpt>(model_shape(), mbs, *be, dp, mp, mp.pp > 1 ? &schedule : nullptr,
-                                precision());
+                                cfg.bf16() ? Precision::bf16 : Precision::fp32);
   const size_t S = model->buffer_floats() / size_t(dp);
   shard_lo = size_t(dp_rank) * S;
   shard_hi = shard_lo + S;
@@ -182,15 +175,13 @@ void Trainer::State::stage_to_host() {
 }
 
 void Trainer::State::stage_to_device(bool with_optimizer) {
-  if (!on_device) {
-    model->params_updated();  // loaded straight into params(): refresh the bf16 copy
-    return;
+  if (on_device) {
+    be->copy_from_host(model->params(), param_base(), model->buffer_floats());
+    if (with_optimizer)
+      for (size_t i = 0; i < opt->slot_names().size(); ++i)
+        be->copy_from_host(opt->slot(i), slot_base(i), opt->end() - opt->begin());
   }
-  be->copy_from_host(model->params(), param_base(), model->buffer_floats());
-  model->params_updated();
-  if (with_optimizer)
-    for (size_t i = 0; i < opt->slot_names().size(); ++i)
-      be->copy_from_host(opt->slot(i), slot_base(i), opt->end() - opt->begin());
+  model->params_updated();  // new weights (on the CPU loaded in place): refresh the bf16 copy
 }
 
 std::vector<TensorGroup> Trainer::State::groups(bool with_optimizer, bool for_save) {

@@ -70,7 +70,6 @@ struct Trainer::State {
   void say(const std::string& line);  // rank 0: stdout and log.txt
   void setup_backend();
   GptShape model_shape() const;
-  Precision precision() const;  // run.precision with auto resolved for the backend
   void setup_model();
   // Global L2 norm of the gradient, from the part [lo, hi) of the buffer this rank holds at g.
   double grad_norm(const float* g, size_t lo, size_t hi);

@@ -90,6 +90,7 @@ struct Config {
     return checkpoint.dir.empty() ? run_path() + "/ckpt" : checkpoint.dir;
   }
   int padded_vocab_size() const;  // vocab_size rounded up to a multiple of 128·tp
+  bool bf16() const;              // run.precision is bf16, or auto on the cuda backend
 };
 
 // Options that are not config keys, for the executables.
