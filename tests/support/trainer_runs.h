@@ -39,6 +39,62 @@ inline std::string shared_token_dir(const std::string& name, int vocab, size_t t
   return d;
 }
 
+// The shape of the equivalence suites' small models.
+struct SmallModel {
+  int layers, heads, embd, seq, vocab;
+};
+
+// The command line (program name first) of a small run: the model `m` trained 6 steps on dir's
+// shards (batch `batch` in micro-batches of `micro`, lr 3e-3 after 2 warm-up steps, clipping 0.5,
+// shuffled data), evaluated and checkpointed every 3 steps (all kept), as run `name` under
+// dir/runs, MFU against 1 TFLOP/s. Suites append their grid's keys.
+inline std::vector<std::string> small_run_args(const std::string& dir, const std::string& name,
+                                               const SmallModel& m, int batch, int micro) {
+  return {"triad-train",
+          "--model.n_layer",
+          std::to_string(m.layers),
+          "--model.n_head",
+          std::to_string(m.heads),
+          "--model.n_embd",
+          std::to_string(m.embd),
+          "--model.seq_len",
+          std::to_string(m.seq),
+          "--model.vocab_size",
+          std::to_string(m.vocab),
+          "--train.steps",
+          "6",
+          "--train.batch_size",
+          std::to_string(batch),
+          "--train.micro_batch_size",
+          std::to_string(micro),
+          "--train.lr",
+          "3e-3",
+          "--train.warmup_steps",
+          "2",
+          "--train.grad_clip",
+          "0.5",
+          "--data.train",
+          dir + "/train_*.bin",
+          "--data.val",
+          dir + "/val_*.bin",
+          "--data.shuffle",
+          "true",
+          "--eval.every",
+          "3",
+          "--eval.sequences",
+          "20",
+          "--checkpoint.every",
+          "3",
+          "--checkpoint.keep",
+          "0",
+          "--run.dir",
+          dir + "/runs",
+          "--run.name",
+          name,
+          "--run.peak_tflops",
+          "1"};
+}
+
 struct RunResult {
   TrainOutcome out;  // rank 0's
   std::vector<double> losses;

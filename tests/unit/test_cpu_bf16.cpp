@@ -14,6 +14,7 @@
 #include <limits>
 #include <vector>
 
+#include "../support/bf16_data.h"
 #include "../support/random_data.h"
 #include "triad/kernels/backend.h"
 #include "triad/model/gpt.h"
@@ -25,19 +26,11 @@ namespace {
 
 using triad::testing::random_vec;
 using Vec = std::vector<float>;
-using HVec = std::vector<bf16_t>;
+using triad::testing::Bits;
+using triad::testing::to_bits;
+using triad::testing::to_floats;
 
-HVec to_h(const Vec& v) {
-  HVec h(v.size());
-  for (size_t i = 0; i < v.size(); ++i) h[i] = to_bf16(v[i]);
-  return h;
-}
-Vec to_f(const HVec& h) {
-  Vec v(h.size());
-  for (size_t i = 0; i < h.size(); ++i) v[i] = to_float(h[i]);
-  return v;
-}
-Vec rounded(const Vec& v) { return to_f(to_h(v)); }
+Vec rounded(const Vec& v) { return to_floats(to_bits(v)); }
 
 // ||a − b|| / ||b||
 double rel_err(const Vec& a, const Vec& b) {
@@ -49,7 +42,7 @@ double rel_err(const Vec& a, const Vec& b) {
   return std::sqrt(d / std::max(n, 1e-300));
 }
 
-void expect_bits_equal(const HVec& a, const HVec& b, const char* what) {
+void expect_bits_equal(const Bits& a, const Bits& b, const char* what) {
   ASSERT_EQ(a.size(), b.size());
   size_t bad = 0;
   for (size_t i = 0; i < a.size(); ++i) bad += a[i].bits != b[i].bits;
@@ -105,8 +98,8 @@ class CpuBf16 : public ::testing::Test {
 TEST_F(CpuBf16, AttentionLogSumExpAndOutputs) {
   const int B = 2, T = 37, C = 32, NH = 4, hd = C / NH;
   const Vec qkv = rounded(random_vec(size_t(B) * T * 3 * C, 3, -2.0f, 2.0f));
-  const HVec qkv_h = to_h(qkv);
-  HVec out(size_t(B) * T * C);
+  const Bits qkv_h = to_bits(qkv);
+  Bits out(size_t(B) * T * C);
   Vec lse(size_t(B) * NH * T);
   be->attention_forward(out.data(), lse.data(), qkv_h.data(), B, T, C, NH);
   // log-sum-exp in double.
@@ -128,16 +121,16 @@ TEST_F(CpuBf16, AttentionLogSumExpAndOutputs) {
   // Output and gradient: the fp32 attention on the same values, rounded once.
   Vec out32(out.size()), att(size_t(B) * NH * T * T), scratch(att.size());
   be->attention_forward(out32.data(), att.data(), qkv.data(), B, T, C, NH);
-  expect_bits_equal(out, to_h(out32), "attention output = round(fp32 output)");
+  expect_bits_equal(out, to_bits(out32), "attention output = round(fp32 output)");
   const Vec dout = rounded(random_vec(out.size(), 4));
   const Vec dqkv0 = rounded(random_vec(qkv.size(), 5));  // accumulates onto these
-  HVec dqkv = to_h(dqkv0);
-  be->attention_backward(dqkv.data(), to_h(dout).data(), qkv_h.data(), out.data(), lse.data(), B, T,
-                         C, NH);
+  Bits dqkv = to_bits(dqkv0);
+  be->attention_backward(dqkv.data(), to_bits(dout).data(), qkv_h.data(), out.data(), lse.data(), B,
+                         T, C, NH);
   Vec dqkv32 = dqkv0;
   be->attention_backward(dqkv32.data(), scratch.data(), dout.data(), qkv.data(), att.data(), B, T,
                          C, NH);
-  expect_bits_equal(dqkv, to_h(dqkv32), "dqkv = round(dqkv0 + fp32 gradient)");
+  expect_bits_equal(dqkv, to_bits(dqkv32), "dqkv = round(dqkv0 + fp32 gradient)");
 }
 
 TEST_F(CpuBf16, OpsRoundTheFp32ResultOnce) {
@@ -145,50 +138,50 @@ TEST_F(CpuBf16, OpsRoundTheFp32ResultOnce) {
   const Vec x = rounded(random_vec(size_t(N) * C, 1)), w = rounded(random_vec(size_t(OC) * C, 2));
   const Vec b = rounded(random_vec(size_t(OC), 3)), dy = rounded(random_vec(size_t(N) * OC, 4));
   // matmul forward and backward (dinp accumulated in bf16, dW and db in fp32).
-  HVec y(size_t(N) * OC);
-  be->matmul_forward(y.data(), to_h(x).data(), to_h(w).data(), to_h(b).data(), N, C, OC);
+  Bits y(size_t(N) * OC);
+  be->matmul_forward(y.data(), to_bits(x).data(), to_bits(w).data(), to_bits(b).data(), N, C, OC);
   Vec y32(y.size());
   be->matmul_forward(y32.data(), x.data(), w.data(), b.data(), N, C, OC);
-  expect_bits_equal(y, to_h(y32), "matmul forward");
+  expect_bits_equal(y, to_bits(y32), "matmul forward");
   const Vec dx0 = rounded(random_vec(x.size(), 5)), dw0 = random_vec(w.size(), 6);
-  HVec dx = to_h(dx0);
+  Bits dx = to_bits(dx0);
   Vec dw = dw0, db(size_t(OC), 0.5f), dx32 = dx0, dw32 = dw0, db32(size_t(OC), 0.5f);
-  be->matmul_backward(dx.data(), dw.data(), db.data(), to_h(dy).data(), to_h(x).data(),
-                      to_h(w).data(), N, C, OC);
+  be->matmul_backward(dx.data(), dw.data(), db.data(), to_bits(dy).data(), to_bits(x).data(),
+                      to_bits(w).data(), N, C, OC);
   be->matmul_backward(dx32.data(), dw32.data(), db32.data(), dy.data(), x.data(), w.data(), N, C,
                       OC);
-  expect_bits_equal(dx, to_h(dx32), "matmul dinp");
+  expect_bits_equal(dx, to_bits(dx32), "matmul dinp");
   EXPECT_EQ(dw, dw32);
   EXPECT_EQ(db, db32);
   // The fused first FFN layer: pre and gelu(pre).
-  HVec pre(y.size()), act(y.size());
-  be->matmul_gelu_forward(pre.data(), act.data(), to_h(x).data(), to_h(w).data(), to_h(b).data(), N,
-                          C, OC);
+  Bits pre(y.size()), act(y.size());
+  be->matmul_gelu_forward(pre.data(), act.data(), to_bits(x).data(), to_bits(w).data(),
+                          to_bits(b).data(), N, C, OC);
   expect_bits_equal(pre, y, "matmul_gelu_forward pre");
   Vec g32(y.size());
-  be->gelu_forward(g32.data(), to_f(y).data(), g32.size());
-  expect_bits_equal(act, to_h(g32), "matmul_gelu_forward out");
+  be->gelu_forward(g32.data(), to_floats(y).data(), g32.size());
+  expect_bits_equal(act, to_bits(g32), "matmul_gelu_forward out");
   // LayerNorm.
   const Vec lw = rounded(random_vec(size_t(C), 7, 0.5f, 1.5f)), lb = rounded(random_vec(C, 8));
-  HVec ln(x.size());
+  Bits ln(x.size());
   Vec mean(N), rstd(N), ln32(x.size()), mean32(N), rstd32(N);
-  be->layernorm_forward(ln.data(), mean.data(), rstd.data(), to_h(x).data(), to_h(lw).data(),
-                        to_h(lb).data(), N, C);
+  be->layernorm_forward(ln.data(), mean.data(), rstd.data(), to_bits(x).data(), to_bits(lw).data(),
+                        to_bits(lb).data(), N, C);
   be->layernorm_forward(ln32.data(), mean32.data(), rstd32.data(), x.data(), lw.data(), lb.data(),
                         N, C);
-  expect_bits_equal(ln, to_h(ln32), "layernorm forward");
+  expect_bits_equal(ln, to_bits(ln32), "layernorm forward");
   EXPECT_EQ(mean, mean32);
   EXPECT_EQ(rstd, rstd32);
   // Residual add and accumulate round once per call.
-  HVec s(x.size());
-  be->add(s.data(), to_h(x).data(), to_h(dx0).data(), s.size());
+  Bits s(x.size());
+  be->add(s.data(), to_bits(x).data(), to_bits(dx0).data(), s.size());
   for (size_t i = 0; i < s.size(); ++i) ASSERT_EQ(s[i].bits, to_bf16(x[i] + dx0[i]).bits);
   // Cross-entropy over bf16 logits: losses from the widened logits, gradient rounded.
   const int V = 37, Vp = 48;
   const Vec logits = rounded(random_vec(size_t(N) * Vp, 9, -3.0f, 3.0f));
   std::vector<int32_t> tgt(N);
   for (int i = 0; i < N; ++i) tgt[size_t(i)] = (i * 7) % V;
-  HVec lh = to_h(logits);
+  Bits lh = to_bits(logits);
   Vec l32 = logits, loss(N), loss32(N), hit(N), hit32(N);
   be->crossentropy_forward_backward(lh.data(), loss.data(), hit.data(), tgt.data(), N, V, Vp,
                                     0.25f);
@@ -196,7 +189,7 @@ TEST_F(CpuBf16, OpsRoundTheFp32ResultOnce) {
                                     0.25f);
   EXPECT_EQ(loss, loss32);
   EXPECT_EQ(hit, hit32);
-  expect_bits_equal(lh, to_h(l32), "dlogits");
+  expect_bits_equal(lh, to_bits(l32), "dlogits");
 }
 
 // GradMode::overwrite: the input gradient is written, whatever the buffer held (NaN here), and
@@ -211,12 +204,12 @@ TEST_F(CpuBf16, OverwriteModeIgnoresTheOldInputGradient) {
     Vec dw_a(w.size(), 0.25f), dw_b(w.size(), 0.25f);
     Vec want(x.size(), 0.0f), got(x.size(), nan);
     if (bf16) {
-      HVec a = to_h(want), b = to_h(got);
-      be->matmul_backward(a.data(), dw_a.data(), nullptr, to_h(dy).data(), to_h(x).data(),
-                          to_h(w).data(), N, C, OC);
-      be->matmul_backward(b.data(), dw_b.data(), nullptr, to_h(dy).data(), to_h(x).data(),
-                          to_h(w).data(), N, C, OC, GradMode::overwrite);
-      want = to_f(a), got = to_f(b);
+      Bits a = to_bits(want), b = to_bits(got);
+      be->matmul_backward(a.data(), dw_a.data(), nullptr, to_bits(dy).data(), to_bits(x).data(),
+                          to_bits(w).data(), N, C, OC);
+      be->matmul_backward(b.data(), dw_b.data(), nullptr, to_bits(dy).data(), to_bits(x).data(),
+                          to_bits(w).data(), N, C, OC, GradMode::overwrite);
+      want = to_floats(a), got = to_floats(b);
     } else {
       be->matmul_backward(want.data(), dw_a.data(), nullptr, dy.data(), x.data(), w.data(), N, C,
                           OC);
@@ -231,18 +224,19 @@ TEST_F(CpuBf16, OverwriteModeIgnoresTheOldInputGradient) {
               dout = rounded(random_vec(x.size(), 35));
     Vec q_want(qkv.size(), 0.0f), q_got(qkv.size(), nan);
     if (bf16) {
-      HVec a = to_h(g_want), b = to_h(g_got);
-      be->gelu_backward(a.data(), to_h(x).data(), to_h(dout).data(), x.size());
-      be->gelu_backward(b.data(), to_h(x).data(), to_h(dout).data(), x.size(), GradMode::overwrite);
-      g_want = to_f(a), g_got = to_f(b);
-      HVec out(x.size()), qa = to_h(q_want), qb = to_h(q_got);
+      Bits a = to_bits(g_want), b = to_bits(g_got);
+      be->gelu_backward(a.data(), to_bits(x).data(), to_bits(dout).data(), x.size());
+      be->gelu_backward(b.data(), to_bits(x).data(), to_bits(dout).data(), x.size(),
+                        GradMode::overwrite);
+      g_want = to_floats(a), g_got = to_floats(b);
+      Bits out(x.size()), qa = to_bits(q_want), qb = to_bits(q_got);
       Vec lse(size_t(B) * NH * T);
-      be->attention_forward(out.data(), lse.data(), to_h(qkv).data(), B, T, C, NH);
-      be->attention_backward(qa.data(), to_h(dout).data(), to_h(qkv).data(), out.data(), lse.data(),
-                             B, T, C, NH);
-      be->attention_backward(qb.data(), to_h(dout).data(), to_h(qkv).data(), out.data(), lse.data(),
-                             B, T, C, NH, GradMode::overwrite);
-      q_want = to_f(qa), q_got = to_f(qb);
+      be->attention_forward(out.data(), lse.data(), to_bits(qkv).data(), B, T, C, NH);
+      be->attention_backward(qa.data(), to_bits(dout).data(), to_bits(qkv).data(), out.data(),
+                             lse.data(), B, T, C, NH);
+      be->attention_backward(qb.data(), to_bits(dout).data(), to_bits(qkv).data(), out.data(),
+                             lse.data(), B, T, C, NH, GradMode::overwrite);
+      q_want = to_floats(qa), q_got = to_floats(qb);
     } else {
       be->gelu_backward(g_want.data(), x.data(), dout.data(), x.size());
       be->gelu_backward(g_got.data(), x.data(), dout.data(), x.size(), GradMode::overwrite);

@@ -25,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "../support/bf16_data.h"
 #include "../support/random_data.h"
 #include "triad/core/bf16.h"
 #include "triad/core/error.h"
@@ -35,29 +36,15 @@ namespace triad {
 namespace {
 
 using Vec = std::vector<float>;
-using Bits = std::vector<bf16_t>;
+using triad::testing::Bits;
+using triad::testing::random_bits;
+using triad::testing::to_bits;
+using triad::testing::to_floats;
 using IVec = std::vector<int32_t>;
 
 using triad::testing::random_vec;
 
 constexpr double kTol = 1e-2;
-
-Bits to_bits(const Vec& v) {
-  Bits b(v.size());
-  for (size_t i = 0; i < v.size(); ++i) b[i] = to_bf16(v[i]);
-  return b;
-}
-
-Vec to_floats(const Bits& b) {
-  Vec v(b.size());
-  for (size_t i = 0; i < b.size(); ++i) v[i] = to_float(b[i]);
-  return v;
-}
-
-// Uniform values in [lo, hi) rounded to bf16.
-Bits random_bits(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
-  return to_bits(random_vec(n, seed, lo, hi));
-}
 
 IVec random_ints(size_t n, uint32_t seed, int lo, int hi) {  // in [lo, hi)
   std::mt19937 rng(seed);
@@ -124,9 +111,16 @@ Bits initial_grad_bits(size_t n, uint32_t seed, double scale) {
   return close(to_floats(got), to_floats(want), tol);
 }
 
+// Used both for determinism (two runs) and where the contract fixes the result bit for bit
+// (GPU against CPU), so the message says where, not why.
 ::testing::AssertionResult bit_equal(const void* a, const void* b, size_t bytes) {
   if (bytes == 0 || std::memcmp(a, b, bytes) == 0) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "results differ between two identical runs";
+  const auto* x = static_cast<const unsigned char*>(a);
+  const auto* y = static_cast<const unsigned char*>(b);
+  size_t i = 0;
+  while (x[i] == y[i]) ++i;
+  return ::testing::AssertionFailure()
+         << "not bit-identical: first difference at byte " << i << " of " << bytes;
 }
 ::testing::AssertionResult bit_equal(const Bits& a, const Bits& b) {
   if (a.size() != b.size()) return ::testing::AssertionFailure() << "sizes differ";
