@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <cstdlib>
+
 namespace triad::testing {
 
 class MpiEnvironment : public ::testing::Environment {
@@ -12,7 +14,13 @@ class MpiEnvironment : public ::testing::Environment {
   void SetUp() override {
     int init = 0;
     MPI_Initialized(&init);
-    if (!init) MPI_Init(nullptr, nullptr);
+    if (!init) {
+      // As the apps do (run_main): singletons running side by side (ctest -j) share Open MPI's
+      // session directory, which the first to finish removes, and the "sm" shared-file-pointer
+      // component keeps its files there, so HDF5 file opens failed at random.
+      setenv("OMPI_MCA_sharedfp", "^sm", 0);
+      MPI_Init(nullptr, nullptr);
+    }
   }
   void TearDown() override {
     int fin = 0;
