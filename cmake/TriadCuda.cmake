@@ -19,7 +19,11 @@ if(TRIAD_ENABLE_CUDA)
       set(TRIAD_HAVE_CUDA ON)
       add_library(triad_cuda_kernels STATIC ${cuda_srcs})
       target_include_directories(triad_cuda_kernels PUBLIC ${CMAKE_CURRENT_SOURCE_DIR}/include)
-      target_link_libraries(triad_cuda_kernels PUBLIC CUDA::cudart_static CUDA::cublas CUDA::cublasLt)
+      # NCCL is opened with dlopen at run time (cuda_nccl_comm.cu): only its header is needed
+      # here (it ships with the toolkit), and builds start where NCCL lives elsewhere or not at
+      # all (parallel.comm = mpi).
+      target_link_libraries(triad_cuda_kernels PUBLIC CUDA::cudart_static CUDA::cublas CUDA::cublasLt
+                            ${CMAKE_DL_LIBS})
       # The device-staging Comm (cuda_staged_comm.cu) sees the Comm interface, which includes
       # mpi.h; only the headers: MPI's compile options are meant for the host compiler.
       target_include_directories(triad_cuda_kernels PRIVATE ${MPI_CXX_INCLUDE_DIRS})

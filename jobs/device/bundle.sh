@@ -15,7 +15,11 @@
 #   .device/env.sh    source it to run the binaries: OPAL_* paths, LD_LIBRARY_PATH, singleton.
 #   .device/MANIFEST.txt  commit, toolchain, glibc/GLIBCXX needed, file list, ldd of the build.
 #
-# Env: JOBS (default 2), BUNDLE_SKIP_BUILD=1 (pack the existing build-portable as it is).
+#   .device/peers/train_gpt2cu  llm.c's GPT-2 trainer for the side-by-side benchmark, when LLMC_DIR
+#                     names a checkout of it (never committed; built from a temporary copy).
+#
+# Env: JOBS (default 2), BUNDLE_SKIP_BUILD=1 (pack the existing build-portable as it is),
+#      LLMC_DIR (a checkout of karpathy/llm.c to build the peer from; unset: no peer).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -77,6 +81,28 @@ for want in triad-train triad-tokenize triad-generate; do
   [[ -x $STAGE/bin/$want ]] || log "WARNING: $want not built"
 done
 log "staged ${#exes[@]} executables"
+
+# ---- 2b. the llm.c peer (optional) ---------------------------------------------------------
+if [[ -n ${LLMC_DIR:-} ]]; then
+  [[ -f $LLMC_DIR/train_gpt2.cu && -d $LLMC_DIR/llmc ]] || die "LLMC_DIR=$LLMC_DIR is not an llm.c checkout"
+  LT=$(mktemp -d /tmp/triad-llmc.XXXXXX)
+  cp -r "$LLMC_DIR/llmc" "$LLMC_DIR/train_gpt2.cu" "$LT/"
+  # Two edits to build it with this toolkit, neither touching what it computes: CUDA 13 takes a
+  # cudaMemLocation in cudaMemAdvise (its out-of-memory fallback), and NVML (GPU utilization
+  # logging) has no link library here.
+  sed -i 's/cudaMemAdvise(\*out, bytes, cudaMemAdviseSetPreferredLocation, cudaCpuDeviceId)/cudaMemAdvise(*out, bytes, cudaMemAdviseSetPreferredLocation, cudaMemLocation{cudaMemLocationTypeHost, 0})/' "$LT/llmc/cuda_utils.cuh"
+  sed -i 's/^#if __has_include(<nvml.h>)$/#if 0/' "$LT/llmc/mfu.h"
+  log "build llm.c train_gpt2cu (sm_90, bf16) from $LLMC_DIR ($(git -C "$LLMC_DIR" rev-parse --short HEAD 2>/dev/null || echo '?'))"
+  mkdir -p "$DEV/peers"
+  if (cd "$LT" && nvcc --threads=0 --use_fast_math -std=c++17 -O3 -gencode arch=compute_90,code=sm_90 \
+        -DENABLE_BF16 train_gpt2.cu -lcublas -lcublasLt -o "$DEV/peers/train_gpt2cu") >"$LT/build.log" 2>&1; then
+    strip "$DEV/peers/train_gpt2cu"
+    echo "llm.c $(git -C "$LLMC_DIR" rev-parse HEAD 2>/dev/null)" >"$DEV/peers/VERSION"
+  else
+    tail -20 "$LT/build.log"; log "WARNING: llm.c peer failed to build; check.sh will skip it"
+  fi
+  rm -rf "$LT"
+fi
 
 # ---- 3. shared libraries: whatever ldd resolves outside glibc/libstdc++/libgcc_s ------------
 # The CUDA libraries (cuBLAS 517 MB, NCCL 208 MB) are far too large to carry: the GPU machine has
@@ -179,6 +205,14 @@ export LD_LIBRARY_PATH=$TRIAD_DEVICE/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 for d in /usr/local/cuda/lib64 /usr/local/cuda-13.0/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
   [[ -d $d ]] && LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$d
 done
+# NCCL (opened with dlopen for parallel.comm = nccl): the system's if the loader knows one, else
+# the copy in PyTorch's nvidia wheels.
+if ! ldconfig -p 2>/dev/null | grep -q 'libnccl\.so\.2'; then
+  for d in /usr/local/lib/python3*/*-packages/nvidia/nccl/lib /usr/lib/python3*/*-packages/nvidia/nccl/lib \
+           "$(python3 -c 'import nvidia.nccl as m; print(list(m.__path__)[0])' 2>/dev/null)/lib"; do
+    [[ -f $d/libnccl.so.2 ]] && { LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$d; break; }
+  done
+fi
 export LD_LIBRARY_PATH
 export PATH=$TRIAD_DEVICE/mpi/bin:$PATH
 export OMPI_MCA_ess_singleton_isolated=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1

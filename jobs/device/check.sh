@@ -241,6 +241,12 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
         --resume none --run.name "curve_${be}_$pr" --train.steps 50 --checkpoint.every 0 \
         >"$RUN/curve_${be}_$pr.txt" 2>&1 || tail -8 "$RUN/curve_${be}_$pr.txt"
     done
+    # The NCCL Comm inside the trainer: one rank (NCCL refuses two ranks on one GPU), so this
+    # shows set-up and teardown in a run, not a reduction; test_cuda_nccl checks the collectives.
+    timeout "$(tmo 90 150)" "$B/triad-train" --config "$W/tiny.ini" --run.backend cuda --run.precision bf16 \
+      --parallel.comm nccl --resume none --run.name curve_nccl --train.steps 50 --checkpoint.every 0 \
+      >"$RUN/curve_nccl.txt" 2>&1 || tail -8 "$RUN/curve_nccl.txt"
+    echo "RESULT_NCCL_LINE $(grep -o 'comm [^|]*' "$RUN/curve_nccl.txt" | head -1)"
     # Two ranks sharing the GPU (Comms staged through host memory): dp=2 and tp=2 in bf16.
     if [[ -x $DEV/mpi/bin/mpirun ]]; then
       for g in "dp 1" "tp 2"; do
@@ -273,6 +279,13 @@ try:
         print(f"RESULT_CURVE {v.split('_')[1]}: {len(l[v])} steps, max rel diff {d.max():.2e}, final cpu {l['cpu_fp32'][-1]:.5f} gpu {l[v][-1]:.5f}")
 except Exception as e:
     print("RESULT_CURVE failed:", e)
+try:
+    with h5py.File(w / "runs" / "curve_nccl" / "metrics.h5", "r") as f:
+        x = f["train/loss"][:]
+    same = np.array_equal(x, l["cuda_bf16"])
+    print(f"RESULT_NCCL 1 rank parallel.comm=nccl: {len(x)} steps, {'bit-identical to' if same else 'DIFFERS from'} comm=mpi")
+except Exception as e:
+    print(f"RESULT_NCCL failed: {e}")
 for g in ("dp", "tp"):
     try:
         with h5py.File(w / "runs" / f"curve_np2_{g}" / "metrics.h5", "r") as f:
@@ -310,6 +323,7 @@ fi
 res "ckpt val loss CPU vs GPU" "${GPU_EVAL:-failed}"
 res "50 steps GPU vs CPU" "${GPU_CURVE:-failed}"
 res "2 ranks on one GPU" "$(sed -n 's/^RESULT_NP2 //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
+res "NCCL Comm in training" "$(sed -n 's/^RESULT_NCCL //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -) ($(sed -n 's/^RESULT_NCCL_LINE //p' "$RUN/gpu.txt" 2>/dev/null))"
 res "triad 124M bf16 GPU" "${GPU_124M:-failed}"
 res "triad 124M fp32 GPU" "${GPU_124M32:-failed}"
 
@@ -520,6 +534,31 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%
 res "RATIO triad/torch 124M" "$(ratio "${GPU_124M%% *}" "${PEER%% *}") (bf16 tokens/s, same GPU, same script)"
 fa_ms=$(grep -o 'fwd_bwd_ms=[0-9.]*' "$RUN/fa.txt" 2>/dev/null | cut -d= -f2)
 res "RATIO attention SDPA/triad" "$(ratio "${SDPA%% *}" "$fa_ms") (fwd+bwd time, >= 0.8 required, B=16 NH=12 T=1024 hd=64)"
+
+# ============ 5a. llm.c GPT-2 124M peer (built here by bundle.sh from a fetched copy) ===========
+hdr "5a. llm.c GPT-2 124M peer (train_gpt2cu, bf16, random init d12), B=16 T=1024"
+LLMC="not carried (bundle.sh without LLMC_DIR)"
+if [[ -x $DEV/peers/train_gpt2cu && -f $RUN/work/data124/train_000.bin ]] && (( $(left) > 60 )); then
+  L=$RUN/llmc; mkdir -p "$L"
+  cp "$RUN/work/data124/train_000.bin" "$L/val_000.bin"
+  # Its defaults otherwise (recompute GELU, GELU fusion by GPU): llm.c as its authors run it.
+  # -s 0: no sampling (no tokenizer file here); -v/-m: one validation batch at the ends only.
+  (
+    # shellcheck disable=SC1091
+    source "$DEV/env.sh"
+    cd "$L" && timeout "$(tmo 90 30)" "$DEV/peers/train_gpt2cu" -i "$RUN/work/data124/train_*.bin" \
+      -j "$L/val_*.bin" -e d12 -b 16 -t 1024 -x 30 -v 1000 -m 1 -s 0 -h 0 -l 6e-4 -u 1 -y 0 \
+      >"$L/llmc.txt" 2>&1
+  ); rc=$?
+  grep -E '^step +(1|10|20|30)/' "$L/llmc.txt"; [[ $rc == 0 ]] || tail -8 "$L/llmc.txt"
+  # Its tokens/s is a bias-corrected moving average over the steps; the last step's is reported.
+  t=$(grep -E '^step +30/' "$L/llmc.txt" | sed -n 's/.*| \([0-9]*\) tok\/s.*/\1/p')
+  ms=$(grep -E '^step +(2[0-9]|30)/' "$L/llmc.txt" | sed -n 's/.*| \([0-9.]*\) ms |.*/\1/p' | sort -n | sed -n '2p')
+  LLMC="${t:-failed} tok/s (30 steps, EMA; 2nd fastest step of 20-30: ${ms:-?} ms)"
+  [[ $rc == 0 ]] || LLMC="$LLMC [exit $rc]"
+fi
+res "llm.c GPT-2 124M" "$LLMC"
+res "RATIO triad/llm.c 124M" "$(ratio "${GPU_124M%% *}" "${LLMC%% *}") (bf16 tokens/s, same GPU, same script)"
 
 # ============ 5b. GPT-2 350M: triad bf16 and the compiled PyTorch peer, if time is left ========
 hdr "5b. GPT-2 350M (24 layers, 1024 wide, 16 heads), B=8 T=1024"

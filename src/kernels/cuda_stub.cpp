@@ -25,6 +25,14 @@ std::unique_ptr<Comm> make_device_staged_comm(std::unique_ptr<Comm> /*inner*/) {
   throw Error("this triad was built without CUDA: no device buffers to stage");
 }
 
+std::unique_ptr<Comm> make_nccl_comm(std::unique_ptr<Comm> /*host*/, Backend& /*be*/) {
+  throw Error("this triad was built without CUDA: parallel.comm = nccl needs the cuda backend");
+}
+
+std::string nccl_status() { return "this triad was built without CUDA"; }
+
+std::string nccl_version() { return ""; }
+
 namespace cuda_detail {
 void throw_cuda_error(int code, const char* call, const char* file, int line) {
   fail("CUDA error ", code, " in ", call, " at ", file, ":", line, " (built without CUDA)");

@@ -197,6 +197,7 @@ void Gpt::sync_tied_embedding() {
     mp_.pp_comm->send(w, s.numel, mp_.pp - 1, kTagTied);
   } else {
     mp_.pp_comm->recv(w, s.numel, 0, kTagTied);
+    if (params_bf16_) be_.convert(params_bf16_ + s.offset, w, s.numel);
   }
 }
 

@@ -53,7 +53,7 @@ void Optimizer::reset() {
   for (float* p : slots_) be_.zero(p, std::max<size_t>(1, end_ - begin_));
 }
 
-void Optimizer::update(float* params, const float* grads, double lr, int64_t step) {
+void Optimizer::update(float* params, const float* grads, double lr, int64_t step, bf16_t* copy) {
   TRIAD_ASSERT(step >= 1);
   const double bc1 = 1.0 - std::pow(cfg_.beta1, double(step));
   const double bc2 = 1.0 - std::pow(cfg_.beta2, double(step));
@@ -65,12 +65,14 @@ void Optimizer::update(float* params, const float* grads, double lr, int64_t ste
     const float wd = s.decay ? float(cfg_.weight_decay) : 0.0f;
     float* p = params + lo;
     const float* g = grads + (lo - begin_);
+    bf16_t* c = copy != nullptr ? copy + lo : nullptr;
     if (cfg_.name == "adamw") {
       be_.adamw_update(p, g, slots_[0] + (lo - begin_), slots_[1] + (lo - begin_), hi - lo,
                        float(lr), float(cfg_.beta1), float(cfg_.beta2), float(cfg_.eps), wd,
-                       float(bc1), float(bc2));
+                       float(bc1), float(bc2), c);
     } else {
-      be_.sgd_update(p, g, slots_[0] + (lo - begin_), hi - lo, float(lr), float(cfg_.momentum), wd);
+      be_.sgd_update(p, g, slots_[0] + (lo - begin_), hi - lo, float(lr), float(cfg_.momentum), wd,
+                     c);
     }
   }
 }

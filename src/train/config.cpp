@@ -66,6 +66,8 @@ class KeyTable {
     add("parallel.zero", c.parallel.zero, "ZeRO stage (0 or 1)");
     add("parallel.schedule", c.parallel.schedule, "pipeline schedule (1f1b | gpipe | interleaved)");
     add("parallel.virtual_stages", c.parallel.virtual_stages, "virtual stages per pipeline rank");
+    add("parallel.comm", c.parallel.comm,
+        "auto | mpi | nccl: device-buffer communication of the cuda backend");
     add("parallel.sequence_parallel", c.parallel.sequence_parallel,
         "split LayerNorm/residual regions by sequence over the tensor-parallel group");
     add("sample.length", c.sample.length, "tokens sampled into samples.txt at each eval (0: off)");
@@ -269,6 +271,10 @@ void validate(const Config& c, int world_size) {
             c.parallel.schedule == "interleaved",
         "parallel.schedule", "must be 1f1b, gpipe or interleaved");
   check(c.parallel.virtual_stages >= 1, "parallel.virtual_stages", "must be >= 1");
+  check(c.parallel.comm == "auto" || c.parallel.comm == "mpi" || c.parallel.comm == "nccl",
+        "parallel.comm", "must be auto, mpi or nccl (got '" + c.parallel.comm + "')");
+  check(c.parallel.comm != "nccl" || c.run.backend == "cuda", "parallel.comm",
+        "nccl needs run.backend = cuda (the cpu backend communicates through MPI)");
   // The grid must fit the job and the model (DESIGN.md §3 splits, §4 dp = world / (tp·pp)).
   const auto& par = c.parallel;
   check(world_size % std::max(1, par.tp * par.pp) == 0, "parallel.tp",

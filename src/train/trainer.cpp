@@ -218,7 +218,7 @@ TrainOutcome Trainer::run() {
     std::ostringstream os;
     os << "triad: " << s.grid.describe() << " | backend " << s.be->name() << " "
        << precision_name(s.model->precision()) << " (" << omp_get_max_threads() << " threads) | "
-       << s.model->num_parameters() << " parameters | "
+       << "comm " << s.comm_desc << " | " << s.model->num_parameters() << " parameters | "
        << "largest per rank: parameters " << std::fixed << std::setprecision(1) << param_mb
        << " MB, optimizer state " << opt_mb << " MB, activations " << act_mb << " MB | batch "
        << cfg.train.batch_size << " x " << T << " tokens, " << accum << " micro-batches of " << mbs
@@ -288,10 +288,14 @@ TrainOutcome Trainer::run() {
     if (zero) s.grid.dp().reduce_scatter_sum(s.model->grads(), g, hi - lo);
     const double norm = s.grad_norm(g, lo, hi);
     clip_gradient(*s.be, g, hi - lo, norm, cfg.train.grad_clip);
-    s.opt->update(s.model->params(), g, lr, st + 1);
-    if (zero) s.grid.dp().all_gather(s.model->params() + lo, s.model->params(), hi - lo);
+    // Without ZeRO the update writes the bf16 copy of every weight as it goes; under ZeRO the
+    // other ranks' slices arrive in fp32 and the whole copy is refreshed after the gather.
+    s.opt->update(s.model->params(), g, lr, st + 1, zero ? nullptr : s.model->params_bf16());
+    if (zero) {
+      s.grid.dp().all_gather(s.model->params() + lo, s.model->params(), hi - lo);
+      s.model->params_updated();
+    }
     s.model->sync_tied_embedding();
-    s.model->params_updated();
     s.position += cfg.train.batch_size;
     s.step = st + 1;
     s.be->synchronize();

@@ -23,20 +23,44 @@ void Trainer::State::setup_backend() {
   // single-threaded inside them), so the OpenMP thread count is the one knob.
   if (cfg.run.threads > 0) omp_set_num_threads(cfg.run.threads);
   if (cfg.run.backend == "cuda") {
-    // Ranks on one node take the node's GPUs in turn (several ranks may share one). Their
-    // Comms move device buffers through host memory over MPI (there is no NCCL Comm yet).
+    // Ranks on one node take the node's GPUs in turn (several ranks may share one).
     MPI_Comm node;
     TRIAD_MPI_CHECK(
         MPI_Comm_split_type(grid.world(), MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
-    int local = 0;
+    int local = 0, local_size = 1;
     TRIAD_MPI_CHECK(MPI_Comm_rank(node, &local));
+    TRIAD_MPI_CHECK(MPI_Comm_size(node, &local_size));
     TRIAD_MPI_CHECK(MPI_Comm_free(&node));
     const int devices = cuda_device_count();
     be = make_cuda_backend(devices > 0 ? local % devices : 0);
-    if (grid.world_size() > 1) grid.wrap_comms(make_device_staged_comm);
     on_device = true;
+    setup_device_comms(local_size > devices);
   } else {
     be = make_cpu_backend();
+  }
+}
+
+void Trainer::State::setup_device_comms(bool shares_gpu) {
+  // Every rank takes the same decision: the facts that differ between ranks are agreed first.
+  const std::string nccl_problem = nccl_status();
+  const bool any_shared = grid.all().all_reduce_max(int64_t(shares_gpu)) != 0;
+  const bool any_missing = grid.all().all_reduce_max(int64_t(!nccl_problem.empty())) != 0;
+  const std::string& want = cfg.parallel.comm;
+  if (want == "nccl") {
+    TRIAD_CHECK(!any_shared,
+                "parallel.comm = nccl: some ranks share a GPU (more ranks on a node "
+                "than it has devices), which NCCL refuses; use parallel.comm = mpi");
+    TRIAD_CHECK(!any_missing, "parallel.comm = nccl: ",
+                nccl_problem.empty() ? "NCCL cannot be used on some other rank" : nccl_problem);
+  }
+  const bool nccl =
+      want == "nccl" || (want == "auto" && grid.world_size() > 1 && !any_shared && !any_missing);
+  if (nccl) {
+    grid.wrap_comms([this](std::unique_ptr<Comm> c) { return make_nccl_comm(std::move(c), *be); });
+    comm_desc = "nccl " + nccl_version();
+  } else if (grid.world_size() > 1) {
+    grid.wrap_comms(make_device_staged_comm);
+    comm_desc = "mpi (device buffers staged through host memory)";
   }
 }
 

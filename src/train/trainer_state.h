@@ -57,6 +57,7 @@ struct Trainer::State {
   std::vector<std::pair<size_t, size_t>> counted;
   // A device backend's parameters and optimizer state pass through host copies for I/O.
   bool on_device = false;
+  std::string comm_desc = "mpi";  // how ranks communicate, for the start line
   std::vector<float> host_params;
   std::vector<std::vector<float>> host_slots;
   std::vector<CommRequest> pending;
@@ -69,6 +70,8 @@ struct Trainer::State {
 
   void say(const std::string& line);  // rank 0: stdout and log.txt
   void setup_backend();
+  // Wraps the grid's Comms for device buffers as parallel.comm asks (NCCL or MPI staging).
+  void setup_device_comms(bool shares_gpu);
   GptShape model_shape() const;
   void setup_model();
   // Global L2 norm of the gradient, from the part [lo, hi) of the buffer this rank holds at g.

@@ -137,6 +137,12 @@ TEST(Config, UnknownNamesAndUnbuiltModesAreRefused) {
             std::string::npos);
   EXPECT_EQ(error_of({"--run.precision", "fp32", "--model.n_embd", "33", "--model.n_head", "3"}),
             "");
+  EXPECT_NE(error_of({"--parallel.comm", "gloo"}).find("parallel.comm"), std::string::npos);
+  // NCCL moves device buffers: asking for it on the cpu backend is a mistake, said up front.
+  const std::string nccl_cpu = error_of({"--parallel.comm", "nccl", "--run.backend", "cpu"});
+  EXPECT_NE(nccl_cpu.find("parallel.comm"), std::string::npos);
+  EXPECT_NE(nccl_cpu.find("run.backend = cuda"), std::string::npos);
+  EXPECT_EQ(error_of({"--parallel.comm", "mpi"}), "");
 }
 
 TEST(Config, PaddedVocab) {

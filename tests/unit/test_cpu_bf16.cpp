@@ -95,6 +95,40 @@ class CpuBf16 : public ::testing::Test {
   std::unique_ptr<Backend> be = make_cpu_backend();
 };
 
+// The optimizer's bf16 copy: the same pass writes exactly convert(updated weights), and the
+// update itself is unchanged by writing it.
+TEST_F(CpuBf16, OptimizerUpdateWritesTheRoundedCopy) {
+  const size_t n = 70001;  // above the OpenMP threshold, odd
+  for (const bool adam : {true, false}) {
+    SCOPED_TRACE(adam ? "adamw" : "sgd");
+    Vec p1 = random_vec(n, 21), m1 = random_vec(n, 22, -1e-2f, 1e-2f);
+    Vec v1 = random_vec(n, 23, 0.0f, 1e-3f);
+    Vec p2 = p1, m2 = m1, v2 = v1;
+    std::vector<bf16_t> copy(n, bf16_t{0xffff}), want(n);
+    for (int step = 1; step <= 2; ++step) {
+      const Vec g = random_vec(n, 24 + uint32_t(step), -0.1f, 0.1f);
+      const float bc1 = 1.0f - std::pow(0.9f, float(step)),
+                  bc2 = 1.0f - std::pow(0.95f, float(step));
+      if (adam) {
+        be->adamw_update(p1.data(), g.data(), m1.data(), v1.data(), n, 6e-4f, 0.9f, 0.95f, 1e-8f,
+                         0.1f, bc1, bc2);
+        be->adamw_update(p2.data(), g.data(), m2.data(), v2.data(), n, 6e-4f, 0.9f, 0.95f, 1e-8f,
+                         0.1f, bc1, bc2, copy.data());
+      } else {
+        be->sgd_update(p1.data(), g.data(), m1.data(), n, 0.05f, 0.9f, 1e-4f);
+        be->sgd_update(p2.data(), g.data(), m2.data(), n, 0.05f, 0.9f, 1e-4f, copy.data());
+      }
+    }
+    EXPECT_EQ(p2, p1);  // exact (no NaN here)
+    EXPECT_EQ(m2, m1);
+    EXPECT_EQ(v2, v1);
+    be->convert(want.data(), p1.data(), n);
+    size_t differ = 0;
+    for (size_t i = 0; i < n; ++i) differ += copy[i].bits != want[i].bits;
+    EXPECT_EQ(differ, 0u);
+  }
+}
+
 TEST_F(CpuBf16, AttentionLogSumExpAndOutputs) {
   const int B = 2, T = 37, C = 32, NH = 4, hd = C / NH;
   const Vec qkv = rounded(random_vec(size_t(B) * T * 3 * C, 3, -2.0f, 2.0f));

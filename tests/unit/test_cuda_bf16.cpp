@@ -663,6 +663,36 @@ TEST_F(CudaBf16Test, OverwriteModeIgnoresTheOldInputGradient) {
 
 // ---- elementwise -----------------------------------------------------------------------------
 
+// The optimizer's bf16 copy, written in the update's pass: exactly the GPU's updated fp32
+// weights rounded (as convert() rounds them), and the weights as the CPU update's within 1e-5.
+TEST_F(CudaBf16Test, OptimizerUpdateWritesTheRoundedCopy) {
+  const size_t n = 1000003;
+  for (const bool adam : {true, false}) {
+    SCOPED_TRACE(adam ? "adamw" : "sgd");
+    Vec p = random_vec(n, 31), m = random_vec(n, 32, -1e-2f, 1e-2f);
+    Vec v = random_vec(n, 33, 0.0f, 1e-3f);
+    float *g_p = dev(p), *g_m = dev(m), *g_v = dev(v);
+    bf16_t* g_copy = dev(Bits(n));
+    for (int step = 1; step <= 2; ++step) {
+      const Vec g = random_vec(n, 34 + uint32_t(step), -0.1f, 0.1f);
+      const float bc1 = 1.0f - std::pow(0.9f, float(step)),
+                  bc2 = 1.0f - std::pow(0.95f, float(step));
+      if (adam) {
+        cpu->adamw_update(p.data(), g.data(), m.data(), v.data(), n, 6e-4f, 0.9f, 0.95f, 1e-8f,
+                          0.1f, bc1, bc2);
+        gpu->adamw_update(g_p, dev(g), g_m, g_v, n, 6e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, bc1, bc2,
+                          g_copy);
+      } else {
+        cpu->sgd_update(p.data(), g.data(), m.data(), n, 0.05f, 0.9f, 1e-4f);
+        gpu->sgd_update(g_p, dev(g), g_m, n, 0.05f, 0.9f, 1e-4f, g_copy);
+      }
+    }
+    const Vec got = host(g_p, n);
+    EXPECT_TRUE(close(got, p, 1e-5));
+    EXPECT_TRUE(bit_equal(host(g_copy, n), to_bits(got)));
+  }
+}
+
 TEST_F(CudaBf16Test, GeluAddAccumulate) {
   for (size_t n : {size_t{1}, size_t{1001}, size_t{1} << 20}) {
     SCOPED_TRACE(::testing::Message() << "n=" << n);

@@ -223,13 +223,15 @@ class Backend {
   // AdamW (PyTorch semantics; bias corrections precomputed by the caller):
   //   m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g²;
   //   p -= lr * (wd * p + (m / bc1) / (sqrt(v / bc2) + eps))
+  // With `copy`, the same pass also writes copy[i] = p[i] rounded to bf16 (the model's bf16
+  // weights; equal to convert() after the update, without a second pass over the weights).
   virtual void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float lr,
-                            float beta1, float beta2, float eps, float wd, float bc1,
-                            float bc2) = 0;
+                            float beta1, float beta2, float eps, float wd, float bc1, float bc2,
+                            bf16_t* copy = nullptr) = 0;
   // SGD with momentum (PyTorch semantics, dampening 0, decoupled-free L2 as PyTorch):
-  //   g' = g + wd p;  buf = mu buf + g';  p -= lr buf
+  //   g' = g + wd p;  buf = mu buf + g';  p -= lr buf.  `copy` as for adamw_update.
   virtual void sgd_update(float* p, const float* g, float* buf, size_t n, float lr, float momentum,
-                          float wd) = 0;
+                          float wd, bf16_t* copy = nullptr) = 0;
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

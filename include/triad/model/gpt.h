@@ -115,9 +115,13 @@ class Gpt {
   // The fp32 parameters (master weights under bf16) and their fp32 gradients.
   float* params() { return params_; }
   float* grads() { return grads_; }
-  // After anything writes params() (an optimizer update, a checkpoint load, the tied-embedding
-  // sync): refreshes the bf16 copy the layers read (bf16 precision; nothing to do in fp32).
+  // After anything writes params() (an optimizer update, a checkpoint load): refreshes the bf16
+  // copy the layers read (bf16 precision; nothing to do in fp32). sync_tied_embedding() keeps
+  // the copy of what it receives current itself.
   void params_updated();
+  // The bf16 copy of params() (same layout), for an optimizer update that writes it in the same
+  // pass; null in fp32.
+  bf16_t* params_bf16() { return params_bf16_; }
 
   // Called during backward with (offset, count) of a contiguous range of the gradient buffer
   // as soon as its gradients are final for this micro-batch (ln_f, then each layer from the

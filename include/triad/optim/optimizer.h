@@ -34,8 +34,9 @@ class Optimizer {
 
   // Applies one update with learning rate lr to params[begin, end), from grads holding the
   // gradient of that range at grads[0 .. end-begin); `step` counts updates including this one
-  // (1-based, for Adam's bias correction).
-  void update(float* params, const float* grads, double lr, int64_t step);
+  // (1-based, for Adam's bias correction). With `copy` (a bf16 buffer laid out like params), the
+  // same pass writes the updated range rounded to bf16 there.
+  void update(float* params, const float* grads, double lr, int64_t step, bf16_t* copy = nullptr);
 
   // The state slots as stored in checkpoints: {"m", "v"} (AdamW) or {"momentum"} (SGD), each
   // holding the range [begin, end) of a parameter-shaped buffer.

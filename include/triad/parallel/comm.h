@@ -1,6 +1,7 @@
 // Communication between ranks (DESIGN.md §2): one interface for the collectives and
-// point-to-point calls the parallel modes need, implemented over MPI on host buffers (a NCCL
-// implementation on device buffers comes with the CUDA backend). Layers and the optimizer are
+// point-to-point calls the parallel modes need, implemented over MPI on host buffers; the CUDA
+// backend adds Comms that take device buffers (kernels/cuda_comm.h: staged through host memory,
+// or NCCL). Layers and the optimizer are
 // handed the Comm of their group by the ProcessGrid; none of them touches MPI_COMM_WORLD.
 //
 // Every call's error is checked and reported with the rank, the call and its site.
@@ -51,7 +52,8 @@ class Comm {
  public:
   virtual ~Comm() = default;
   const CommStats& stats() const { return stats_; }
-  void reset_stats() { stats_ = CommStats{}; }
+  // A Comm that wraps another also resets the wrapped one's counts.
+  virtual void reset_stats() { stats_ = CommStats{}; }
   virtual int rank() const = 0;
   virtual int size() const = 0;
   virtual std::string name() const = 0;  // e.g. "dp"

@@ -65,6 +65,9 @@ struct ParallelConfig {
   std::string schedule = "1f1b";
   int virtual_stages = 1;
   bool sequence_parallel = false;  // LayerNorm regions split by sequence over the tp group
+  // How device buffers travel between ranks (cuda backend): mpi (staged through host memory),
+  // nccl, or auto (nccl when every rank has a GPU of its own and NCCL loads, else mpi).
+  std::string comm = "auto";
 };
 
 struct SampleConfig {

@@ -113,12 +113,12 @@ class CpuBackend final : public Backend {
   double sum_squares(const float* x, size_t n) override { return cpu::sum_squares(x, n); }
   void scale(float* x, float s, size_t n) override { cpu::scale(x, s, n); }
   void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float lr, float beta1,
-                    float beta2, float eps, float wd, float bc1, float bc2) override {
-    cpu::adamw_update(p, g, m, v, n, lr, beta1, beta2, eps, wd, bc1, bc2);
+                    float beta2, float eps, float wd, float bc1, float bc2, bf16_t* copy) override {
+    cpu::adamw_update(p, g, m, v, n, lr, beta1, beta2, eps, wd, bc1, bc2, copy);
   }
   void sgd_update(float* p, const float* g, float* buf, size_t n, float lr, float momentum,
-                  float wd) override {
-    cpu::sgd_update(p, g, buf, n, lr, momentum, wd);
+                  float wd, bf16_t* copy) override {
+    cpu::sgd_update(p, g, buf, n, lr, momentum, wd, copy);
   }
 
   // ---- mixed precision (cpu_bf16.cpp) -------------------------------------------------------

@@ -299,13 +299,16 @@ class CudaBackend final : public Backend {
   }
   void scale(float* x, float s, size_t n) override { cuda::scale(stream_, x, s, n); }
   void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float lr, float beta1,
-                    float beta2, float eps, float wd, float bc1, float bc2) override {
-    cuda::adamw_update(stream_, p, g, m, v, n, lr, beta1, beta2, eps, wd, bc1, bc2);
+                    float beta2, float eps, float wd, float bc1, float bc2, bf16_t* copy) override {
+    cuda::adamw_update(stream_, p, g, m, v, n, lr, beta1, beta2, eps, wd, bc1, bc2, dev(copy));
   }
   void sgd_update(float* p, const float* g, float* buf, size_t n, float lr, float momentum,
-                  float wd) override {
-    cuda::sgd_update(stream_, p, g, buf, n, lr, momentum, wd);
+                  float wd, bf16_t* copy) override {
+    cuda::sgd_update(stream_, p, g, buf, n, lr, momentum, wd, dev(copy));
   }
+
+  cudaStream_t stream() const { return stream_; }
+  int device() const { return device_; }
 
  private:
   // Zero-filled device memory (cudaMalloc aligns to 256 bytes, above the 64 the interface asks).
@@ -350,6 +353,12 @@ class CudaBackend final : public Backend {
 };
 
 }  // namespace
+
+cudaStream_t cuda::backend_stream(Backend& be) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&be);
+  TRIAD_CHECK(cuda != nullptr, "internal error: the ", be.name(), " backend has no CUDA stream");
+  return cuda->stream();
+}
 
 bool cuda_device_available() {
   int count = 0;

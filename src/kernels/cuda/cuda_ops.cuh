@@ -17,6 +17,10 @@
 
 #include "cuda_common.cuh"
 
+namespace triad {
+class Backend;
+}
+
 namespace triad::cuda {
 
 // ---- conversions (cuda_elementwise.cu): dst = src, bf16 rounded to nearest even ------------
@@ -187,9 +191,16 @@ inline constexpr int kSumSquaresPartials = 1024;
 double sum_squares(cudaStream_t s, double* partials, const float* x, size_t n);
 
 // ---- optimizers (cuda_optimizer.cu) --------------------------------------------------------
+// `copy` (may be null) receives the updated weights rounded to bf16 in the same pass.
 void adamw_update(cudaStream_t s, float* p, const float* g, float* m, float* v, size_t n, float lr,
-                  float beta1, float beta2, float eps, float wd, float bc1, float bc2);
+                  float beta1, float beta2, float eps, float wd, float bc1, float bc2, bf16* copy);
 void sgd_update(cudaStream_t s, float* p, const float* g, float* buf, size_t n, float lr,
-                float momentum, float wd);
+                float momentum, float wd, bf16* copy);
+
+// The stream a CUDA backend runs its ops on (cuda_backend.cu); throws for another backend.
+cudaStream_t backend_stream(Backend& be);
+
+// Whether p is device memory (cuda_staged_comm.cu); host and unknown pointers are not.
+bool is_device_pointer(const void* p);
 
 }  // namespace triad::cuda

@@ -9,14 +9,14 @@
 #include <algorithm>
 #include <vector>
 
+#include "cuda_ops.cuh"
 #include "triad/core/error.h"
 #include "triad/kernels/cuda_backend.h"
 #include "triad/kernels/cuda_comm.h"
 
 namespace triad {
-namespace {
 
-bool on_device(const void* p) {
+bool cuda::is_device_pointer(const void* p) {
   if (p == nullptr) return false;
   cudaPointerAttributes a{};
   if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
@@ -25,6 +25,10 @@ bool on_device(const void* p) {
   }
   return a.type == cudaMemoryTypeDevice;
 }
+
+namespace {
+
+bool on_device(const void* p) { return cuda::is_device_pointer(p); }
 
 // Pinned host memory of at least n floats; grows, never shrinks.
 class Pinned {
@@ -139,6 +143,10 @@ class DeviceStagedComm final : public Comm {
     return sync(std::move(r));
   }
   void barrier() override { in_->barrier(); }
+  void reset_stats() override {
+    in_->reset_stats();
+    sync();
+  }
 
  private:
   // The wrapped Comm counts the traffic; mirror its statistics after every call.

@@ -1,0 +1,296 @@
+// NcclComm (include/triad/kernels/cuda_comm.h): collectives on device buffers through NCCL, on a
+// stream of their own; everything else through the group's host-side Comm.
+//
+// Ordering with the backend's compute stream, without host synchronization:
+//   - before a collective, the NCCL stream waits for an event recorded on the compute stream,
+//     so the collective reads what the kernels enqueued before it wrote;
+//   - a blocking collective then makes the compute stream wait for the NCCL stream, so later
+//     kernels see the result (host reads go through the backend, which synchronizes its stream);
+//   - a non-blocking one (iall_reduce_sum, ireduce_scatter_sum) defers that wait to
+//     CommRequest::wait(): the kernels enqueued meanwhile (the rest of the backward pass) run
+//     beside the reduction. The caller must not touch the buffer on the device until then.
+//
+// NCCL is loaded with dlopen when the first NcclComm is made, so that a triad build starts (and
+// runs with parallel.comm = mpi) on machines whose NCCL lives elsewhere or is missing.
+//
+// Point-to-point calls go through the host-side Comm, not ncclSend/ncclRecv: NCCL has no tags
+// and pairs a sender's messages with the receiver's in issue order, and two ranks that each post
+// a send before their receive on one stream wait for each other forever. The pipeline executor
+// relies on MPI's tag matching and free posting order, so its messages stay on MPI.
+#include <dlfcn.h>
+#include <nccl.h>
+
+#include <exception>
+#include <string>
+
+#include "cuda_ops.cuh"
+#include "triad/core/error.h"
+#include "triad/kernels/cuda_backend.h"
+#include "triad/kernels/cuda_comm.h"
+
+namespace triad {
+namespace {
+
+// The NCCL entry points triad uses, resolved from libnccl.so.2 at run time.
+struct NcclApi {
+  decltype(&ncclGetVersion) get_version = nullptr;
+  decltype(&ncclGetUniqueId) get_unique_id = nullptr;
+  decltype(&ncclCommInitRank) comm_init_rank = nullptr;
+  decltype(&ncclCommDestroy) comm_destroy = nullptr;
+  decltype(&ncclCommAbort) comm_abort = nullptr;
+  decltype(&ncclGetErrorString) error_string = nullptr;
+  decltype(&ncclGetLastError) last_error = nullptr;
+  decltype(&ncclAllReduce) all_reduce = nullptr;
+  decltype(&ncclReduceScatter) reduce_scatter = nullptr;
+  decltype(&ncclAllGather) all_gather = nullptr;
+  decltype(&ncclBroadcast) broadcast = nullptr;
+  int version = 0;
+  std::string error;  // why NCCL cannot be used; empty when it can
+};
+
+const NcclApi& nccl_api() {
+  static const NcclApi api = [] {
+    NcclApi a;
+    void* lib = nullptr;
+    for (const char* name : {"libnccl.so.2", "libnccl.so"}) {
+      if ((lib = dlopen(name, RTLD_NOW | RTLD_LOCAL)) != nullptr) break;
+    }
+    if (lib == nullptr) {
+      const char* why = dlerror();
+      a.error = std::string("cannot load libnccl.so.2 (") + (why ? why : "not found") +
+                "); put NCCL's lib directory on LD_LIBRARY_PATH or use parallel.comm = mpi";
+      return a;
+    }
+    auto get = [&](auto& fn, const char* sym) {
+      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(lib, sym));
+      if (fn == nullptr && a.error.empty())
+        a.error =
+            std::string("libnccl.so.2 has no ") + sym + " (NCCL too old; 2.13 or later needed)";
+    };
+    get(a.get_version, "ncclGetVersion");
+    get(a.get_unique_id, "ncclGetUniqueId");
+    get(a.comm_init_rank, "ncclCommInitRank");
+    get(a.comm_destroy, "ncclCommDestroy");
+    get(a.comm_abort, "ncclCommAbort");
+    get(a.error_string, "ncclGetErrorString");
+    get(a.last_error, "ncclGetLastError");
+    get(a.all_reduce, "ncclAllReduce");
+    get(a.reduce_scatter, "ncclReduceScatter");
+    get(a.all_gather, "ncclAllGather");
+    get(a.broadcast, "ncclBroadcast");
+    if (a.error.empty() && a.get_version(&a.version) != ncclSuccess)
+      a.error = "ncclGetVersion failed";
+    return a;
+  }();
+  return api;
+}
+
+void check_nccl(ncclResult_t r, ncclComm_t comm, const char* what, const char* file, int line) {
+  if (r == ncclSuccess) return;
+  const NcclApi& a = nccl_api();
+  int rank = -1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  const char* detail = a.last_error != nullptr ? a.last_error(comm) : "";
+  fail("NCCL call ", what, " failed on rank ", rank, " at ", file, ":", line, ": ",
+       a.error_string(r), (detail && *detail) ? std::string(" (") + detail + ")" : std::string());
+}
+
+#define TRIAD_NCCL_CHECK(call, comm) check_nccl((call), (comm), #call, __FILE__, __LINE__)
+
+void add_stats(CommStats& into, const CommStats& from) {
+  for (int k = 0; k < CommStats::kKinds; ++k) {
+    into.calls[k] += from.calls[k];
+    into.bytes[k] += from.bytes[k];
+  }
+}
+
+class NcclComm final : public Comm {
+ public:
+  NcclComm(std::unique_ptr<Comm> host, cudaStream_t compute)
+      : host_(std::move(host)), compute_(compute), api_(nccl_api()) {
+    TRIAD_CHECK(api_.error.empty(), "parallel.comm = nccl: ", api_.error);
+    // The unique id travels as 32 floats through MPI, which moves their bytes unchanged.
+    static_assert(sizeof(ncclUniqueId) % sizeof(float) == 0);
+    ncclUniqueId id{};
+    if (host_->rank() == 0) TRIAD_NCCL_CHECK(api_.get_unique_id(&id), nullptr);
+    host_->broadcast(reinterpret_cast<float*>(&id), sizeof id / sizeof(float), 0);
+    TRIAD_NCCL_CHECK(api_.comm_init_rank(&comm_, host_->size(), id, host_->rank()), nullptr);
+    TRIAD_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    TRIAD_CUDA_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
+    host_->reset_stats();  // the id broadcast is set-up, not traffic
+    sync();
+  }
+  ~NcclComm() override {
+    // While an exception unwinds, a peer may never join a pending collective: abort the
+    // communicator instead of waiting for it (MPI_Abort follows in run_main).
+    if (std::uncaught_exceptions() > 0) {
+      api_.comm_abort(comm_);
+    } else {
+      cudaStreamSynchronize(stream_);
+      api_.comm_destroy(comm_);
+    }
+    cudaEventDestroy(ready_);
+    cudaStreamDestroy(stream_);
+  }
+
+  int rank() const override { return host_->rank(); }
+  int size() const override { return host_->size(); }
+  std::string name() const override { return host_->name(); }
+
+  void all_reduce_sum(float* buf, size_t n) override {
+    if (!cuda::is_device_pointer(buf)) return on_host([&] { host_->all_reduce_sum(buf, n); });
+    enqueue(CommStats::kAllReduce, n, [&] {
+      TRIAD_NCCL_CHECK(api_.all_reduce(buf, buf, n, ncclFloat, ncclSum, comm_, stream_), comm_);
+    });
+    join_now();
+  }
+  CommRequest iall_reduce_sum(float* buf, size_t n) override {
+    if (!cuda::is_device_pointer(buf)) return delegated(host_->iall_reduce_sum(buf, n));
+    enqueue(CommStats::kAllReduce, n, [&] {
+      TRIAD_NCCL_CHECK(api_.all_reduce(buf, buf, n, ncclFloat, ncclSum, comm_, stream_), comm_);
+    });
+    return join_later();
+  }
+  void all_reduce_max(float* buf, size_t n) override {
+    if (!cuda::is_device_pointer(buf)) return on_host([&] { host_->all_reduce_max(buf, n); });
+    enqueue(CommStats::kAllReduce, n, [&] {
+      TRIAD_NCCL_CHECK(api_.all_reduce(buf, buf, n, ncclFloat, ncclMax, comm_, stream_), comm_);
+    });
+    join_now();
+  }
+  double all_reduce_sum(double x) override { return delegated(host_->all_reduce_sum(x)); }
+  int64_t all_reduce_max(int64_t x) override { return delegated(host_->all_reduce_max(x)); }
+  void reduce_scatter_sum(const float* send, float* recv, size_t count) override {
+    if (!both_on_device(send, recv))
+      return on_host([&] { host_->reduce_scatter_sum(send, recv, count); });
+    enqueue(CommStats::kReduceScatter, count * size_t(size()), [&] {
+      TRIAD_NCCL_CHECK(api_.reduce_scatter(send, recv, count, ncclFloat, ncclSum, comm_, stream_),
+                       comm_);
+    });
+    join_now();
+  }
+  CommRequest ireduce_scatter_sum(const float* send, float* recv, size_t count) override {
+    if (!both_on_device(send, recv))
+      return delegated(host_->ireduce_scatter_sum(send, recv, count));
+    enqueue(CommStats::kReduceScatter, count * size_t(size()), [&] {
+      TRIAD_NCCL_CHECK(api_.reduce_scatter(send, recv, count, ncclFloat, ncclSum, comm_, stream_),
+                       comm_);
+    });
+    return join_later();
+  }
+  // All-gather and broadcast only move words (some callers pass bf16 pairs as floats): they go
+  // as 32-bit integers so that no NaN pattern could ever be touched.
+  void all_gather(const float* send, float* recv, size_t count) override {
+    if (!both_on_device(send, recv)) return on_host([&] { host_->all_gather(send, recv, count); });
+    enqueue(CommStats::kAllGather, count, [&] {
+      TRIAD_NCCL_CHECK(api_.all_gather(send, recv, count, ncclUint32, comm_, stream_), comm_);
+    });
+    join_now();
+  }
+  void broadcast(float* buf, size_t n, int root) override {
+    if (!cuda::is_device_pointer(buf)) return on_host([&] { host_->broadcast(buf, n, root); });
+    enqueue(CommStats::kBroadcast, n, [&] {
+      TRIAD_NCCL_CHECK(api_.broadcast(buf, buf, n, ncclUint32, root, comm_, stream_), comm_);
+    });
+    join_now();
+  }
+  void send(const float* buf, size_t n, int dst, int tag) override {
+    on_host([&] { host_->send(buf, n, dst, tag); });
+  }
+  void recv(float* buf, size_t n, int src, int tag) override {
+    on_host([&] { host_->recv(buf, n, src, tag); });
+  }
+  CommRequest isend(const float* buf, size_t n, int dst, int tag) override {
+    return delegated(host_->isend(buf, n, dst, tag));
+  }
+  CommRequest irecv(float* buf, size_t n, int src, int tag) override {
+    return delegated(host_->irecv(buf, n, src, tag));
+  }
+  void barrier() override {
+    on_host([&] { host_->barrier(); });
+  }
+  void reset_stats() override {
+    host_->reset_stats();
+    own_ = CommStats{};
+    sync();
+  }
+
+ private:
+  static bool both_on_device(const void* a, const void* b) {
+    return cuda::is_device_pointer(a) && cuda::is_device_pointer(b);
+  }
+  // Statistics: what the host-side Comm counted plus the NCCL calls.
+  void sync() {
+    stats_ = host_->stats();
+    add_stats(stats_, own_);
+  }
+  template <class F>
+  void on_host(F&& call) {
+    call();
+    sync();
+  }
+  template <class T>
+  T delegated(T value) {
+    sync();
+    return value;
+  }
+  // Counts the call and runs `launch` (which enqueues one NCCL collective on stream_) after the
+  // work already enqueued on the compute stream.
+  template <class F>
+  void enqueue(CommStats::Kind kind, size_t floats, F launch) {
+    own_.add(kind, floats * sizeof(float));
+    sync();
+    TRIAD_CUDA_CHECK(cudaEventRecord(ready_, compute_));
+    TRIAD_CUDA_CHECK(cudaStreamWaitEvent(stream_, ready_, 0));
+    launch();
+  }
+  // The compute stream's later work waits for the collectives enqueued so far.
+  void join_now() {
+    TRIAD_CUDA_CHECK(cudaEventRecord(ready_, stream_));
+    TRIAD_CUDA_CHECK(cudaStreamWaitEvent(compute_, ready_, 0));
+  }
+  CommRequest join_later() {
+    cudaEvent_t done = nullptr;
+    TRIAD_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+    TRIAD_CUDA_CHECK(cudaEventRecord(done, stream_));
+    CommRequest r;
+    cudaStream_t compute = compute_;
+    r.on_complete([compute, done] {
+      const cudaError_t err = cudaStreamWaitEvent(compute, done, 0);
+      cudaEventDestroy(done);
+      TRIAD_CUDA_CHECK(err);
+    });
+    return r;
+  }
+
+  std::unique_ptr<Comm> host_;
+  cudaStream_t compute_ = nullptr;
+  const NcclApi& api_;
+  ncclComm_t comm_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  cudaEvent_t ready_ = nullptr;
+  CommStats own_;
+};
+
+}  // namespace
+
+std::string nccl_status() {
+  const NcclApi& a = nccl_api();
+  if (!a.error.empty()) return a.error;
+  return "";
+}
+
+std::string nccl_version() {
+  const NcclApi& a = nccl_api();
+  if (!a.error.empty()) return "";
+  const int v = a.version;  // NCCL_VERSION(X,Y,Z) = X*10000 + Y*100 + Z since 2.9
+  return std::to_string(v / 10000) + "." + std::to_string((v / 100) % 100) + "." +
+         std::to_string(v % 100);
+}
+
+std::unique_ptr<Comm> make_nccl_comm(std::unique_ptr<Comm> host, Backend& be) {
+  return std::make_unique<NcclComm>(make_device_staged_comm(std::move(host)),
+                                    cuda::backend_stream(be));
+}
+
+}  // namespace triad
