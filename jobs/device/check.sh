@@ -598,6 +598,11 @@ if [[ -n $OUTDIR ]]; then
   for f in /tmp/peer-compiled.txt /tmp/build-device.log /tmp/depprobe.log; do
     [[ -f $f ]] && cp "$f" "$OUTDIR/$(basename "$f" | tr - _)"
   done
+  # The logs behind the table, for diagnosing a failure after the machine is gone (small text).
+  mkdir -p "$OUTDIR/logs"
+  for f in "$RUN"/test_*.txt "$RUN"/*.txt "$RUN"/llmc/llmc.txt; do
+    [[ -f $f && $(stat -c %s "$f") -lt 2000000 ]] && cp "$f" "$OUTDIR/logs/" 2>/dev/null
+  done
 fi
 }
 

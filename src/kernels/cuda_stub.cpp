@@ -21,6 +21,8 @@ std::string cuda_device_description() { return "built without CUDA"; }
 
 int cuda_device_count() { return 0; }
 
+std::string cuda_pci_bus_id(int /*device*/) { return ""; }
+
 std::unique_ptr<Comm> make_device_staged_comm(std::unique_ptr<Comm> /*inner*/) {
   throw Error("this triad was built without CUDA: no device buffers to stage");
 }

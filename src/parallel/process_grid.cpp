@@ -40,4 +40,8 @@ void ProcessGrid::wrap_comms(
   for (auto* c : {&dp_, &pp_, &tp_, &all_}) *c = wrap(std::move(*c));
 }
 
+void ProcessGrid::abort_comms() {
+  for (auto* c : {&dp_, &pp_, &tp_, &all_}) (*c)->abort();
+}
+
 }  // namespace triad

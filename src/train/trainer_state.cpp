@@ -1,7 +1,10 @@
 // The operations of a training run's state (see trainer_state.h).
 #include "trainer_state.h"
 
+#include <cstdio>
+#include <exception>
 #include <map>
+#include <set>
 
 #include "triad/kernels/cuda_comm.h"
 
@@ -23,18 +26,29 @@ void Trainer::State::setup_backend() {
   // single-threaded inside them), so the OpenMP thread count is the one knob.
   if (cfg.run.threads > 0) omp_set_num_threads(cfg.run.threads);
   if (cfg.run.backend == "cuda") {
-    // Ranks on one node take the node's GPUs in turn (several ranks may share one).
+    // Ranks on one node take the GPUs they see in turn (several ranks may share one).
     MPI_Comm node;
     TRIAD_MPI_CHECK(
         MPI_Comm_split_type(grid.world(), MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
     int local = 0, local_size = 1;
     TRIAD_MPI_CHECK(MPI_Comm_rank(node, &local));
     TRIAD_MPI_CHECK(MPI_Comm_size(node, &local_size));
-    TRIAD_MPI_CHECK(MPI_Comm_free(&node));
     const int devices = cuda_device_count();
-    be = make_cuda_backend(devices > 0 ? local % devices : 0);
+    const int device = devices > 0 ? local % devices : 0;
+    be = make_cuda_backend(device);
     on_device = true;
-    setup_device_comms(local_size > devices);
+    // Whether two ranks of the node drive one GPU: compare the physical devices (PCI bus ids),
+    // not the numbers, since a launcher may give every rank its own GPU as "device 0".
+    constexpr int kIdLen = 64;
+    char id[kIdLen] = {};
+    const std::string bus = cuda_pci_bus_id(device);
+    std::snprintf(id, sizeof id, "%s", bus.empty() ? "?" : bus.c_str());
+    std::vector<char> ids(size_t(kIdLen) * size_t(local_size));
+    TRIAD_MPI_CHECK(MPI_Allgather(id, kIdLen, MPI_CHAR, ids.data(), kIdLen, MPI_CHAR, node));
+    TRIAD_MPI_CHECK(MPI_Comm_free(&node));
+    std::set<std::string> distinct;
+    for (int r = 0; r < local_size; ++r) distinct.insert(std::string(&ids[size_t(r) * kIdLen]));
+    setup_device_comms(int(distinct.size()) < local_size);
   } else {
     be = make_cpu_backend();
   }
@@ -56,8 +70,13 @@ void Trainer::State::setup_device_comms(bool shares_gpu) {
   const bool nccl =
       want == "nccl" || (want == "auto" && grid.world_size() > 1 && !any_shared && !any_missing);
   if (nccl) {
-    grid.wrap_comms([this](std::unique_ptr<Comm> c) { return make_nccl_comm(std::move(c), *be); });
-    comm_desc = "nccl " + nccl_version();
+    // NCCL for the groups that move tensors in collectives every step (dp, tp); the pipeline
+    // group (point-to-point, which stays on MPI anyway) and the world (scalars) are staged.
+    grid.wrap_comms([this](std::unique_ptr<Comm> c) {
+      if (c->name() == "dp" || c->name() == "tp") return make_nccl_comm(std::move(c), *be);
+      return make_device_staged_comm(std::move(c));
+    });
+    comm_desc = "nccl " + nccl_version() + " (dp, tp collectives)";
   } else if (grid.world_size() > 1) {
     grid.wrap_comms(make_device_staged_comm);
     comm_desc = "mpi (device buffers staged through host memory)";
@@ -132,6 +151,9 @@ double Trainer::State::grad_norm(const float* g, size_t lo, size_t hi) {
 }
 
 Trainer::State::~State() {
+  // Leaving on an error: device frees below synchronize the GPU, which must not wait for a
+  // collective a peer will never join (the grid outlives the backend and model).
+  if (std::uncaught_exceptions() > 0) grid.abort_comms();
   if (grad_shard) be->free(grad_shard);
 }
 

@@ -59,20 +59,30 @@ std::unique_ptr<Comm> world_mpi_comm() {
 class CudaNcclTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!cuda_device_available())
-      GTEST_SKIP() << "no usable CUDA device (" << cuda_device_description() << ")";
-    const std::string why = nccl_status();
-    if (!why.empty()) GTEST_SKIP() << "NCCL unusable: " << why;
     rank_ = world_rank();
     size_ = world_size();
     const int devices = cuda_device_count();
-    if (size_ > devices)
-      GTEST_SKIP() << size_ << " ranks but " << devices << " GPU(s): NCCL needs one GPU per rank";
+    std::string why;
+    if (!cuda_device_available()) {
+      why = "no usable CUDA device (" + cuda_device_description() + ")";
+    } else if (!nccl_status().empty()) {
+      why = "NCCL unusable: " + nccl_status();
+    } else if (size_ > devices) {
+      why = std::to_string(size_) + " ranks but " + std::to_string(devices) +
+            " GPU(s): NCCL needs one GPU per rank";
+    }
+    // Every rank skips if one does: the others would wait in the communicator's set-up.
+    int skip = why.empty() ? 0 : 1, any = 0;
+    MPI_Allreduce(&skip, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    if (any) GTEST_SKIP() << (why.empty() ? "another rank cannot use NCCL" : why);
     be_ = make_cuda_backend(rank_ % devices);
     comm_ = make_nccl_comm(world_mpi_comm(), *be_);
   }
   void TearDown() override {
     comm_.reset();
+    if (be_)
+      for (float* p : owned_) be_->free(p);
+    owned_.clear();
     be_.reset();
   }
 
@@ -98,12 +108,6 @@ class CudaNcclTest : public ::testing::Test {
   std::unique_ptr<Backend> be_;
   std::unique_ptr<Comm> comm_;
   std::vector<float*> owned_;
-
- public:
-  ~CudaNcclTest() override {
-    if (be_)
-      for (float* p : owned_) be_->free(p);
-  }
 };
 
 TEST_F(CudaNcclTest, AllReduceSumAndMaxOverRanks) {

@@ -45,5 +45,8 @@ std::string nccl_version();
 
 // Number of usable CUDA devices (0 without CUDA or without a driver).
 int cuda_device_count();
+// The PCI bus id of a visible device ("0000:19:00.0"), which names the physical GPU whatever
+// CUDA_VISIBLE_DEVICES numbers it as; empty when unknown.
+std::string cuda_pci_bus_id(int device);
 
 }  // namespace triad

@@ -14,6 +14,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 
 namespace triad {
 
@@ -25,6 +26,19 @@ class CommRequest {
  public:
   CommRequest() = default;
   explicit CommRequest(MPI_Request r) : req_(r) {}
+  // Move-only: a copy would run the completion action twice.
+  CommRequest(CommRequest&& o) noexcept
+      : req_(std::exchange(o.req_, MPI_REQUEST_NULL)), then_(std::move(o.then_)) {
+    o.then_ = nullptr;
+  }
+  CommRequest& operator=(CommRequest&& o) noexcept {
+    req_ = std::exchange(o.req_, MPI_REQUEST_NULL);
+    then_ = std::move(o.then_);
+    o.then_ = nullptr;
+    return *this;
+  }
+  CommRequest(const CommRequest&) = delete;
+  CommRequest& operator=(const CommRequest&) = delete;
   void wait();
   bool pending() const { return req_ != MPI_REQUEST_NULL || bool(then_); }
   void on_complete(std::function<void()> f) { then_ = std::move(f); }
@@ -54,6 +68,10 @@ class Comm {
   const CommStats& stats() const { return stats_; }
   // A Comm that wraps another also resets the wrapped one's counts.
   virtual void reset_stats() { stats_ = CommStats{}; }
+  // After an error on this rank: give up pending operations without waiting for peers, so that
+  // tearing down (which synchronizes devices) cannot hang before the job is aborted. MPI needs
+  // nothing here (MPI_Abort ends it); a NCCL communicator is aborted.
+  virtual void abort() {}
   virtual int rank() const = 0;
   virtual int size() const = 0;
   virtual std::string name() const = 0;  // e.g. "dp"

@@ -41,6 +41,8 @@ class ProcessGrid {
   std::string describe() const;  // "dp=2 pp=1 tp=1"
   // Replaces each group's Comm by wrap(that Comm), e.g. one that also takes device buffers.
   void wrap_comms(const std::function<std::unique_ptr<Comm>(std::unique_ptr<Comm>)>& wrap);
+  // Comm::abort() on every group (after an error, before tearing down).
+  void abort_comms();
 
  private:
   MPI_Comm world_;

@@ -17,9 +17,6 @@
 // and pairs a sender's messages with the receiver's in issue order, and two ranks that each post
 // a send before their receive on one stream wait for each other forever. The pipeline executor
 // relies on MPI's tag matching and free posting order, so its messages stay on MPI.
-#include <dlfcn.h>
-#include <nccl.h>
-
 #include <exception>
 #include <string>
 
@@ -27,6 +24,12 @@
 #include "triad/core/error.h"
 #include "triad/kernels/cuda_backend.h"
 #include "triad/kernels/cuda_comm.h"
+
+// NCCL's header comes with most CUDA installations but is not part of the toolkit proper;
+// without it this file compiles to a clear refusal.
+#if __has_include(<nccl.h>)
+#include <dlfcn.h>
+#include <nccl.h>
 
 namespace triad {
 namespace {
@@ -51,21 +54,23 @@ struct NcclApi {
 const NcclApi& nccl_api() {
   static const NcclApi api = [] {
     NcclApi a;
-    void* lib = nullptr;
-    for (const char* name : {"libnccl.so.2", "libnccl.so"}) {
-      if ((lib = dlopen(name, RTLD_NOW | RTLD_LOCAL)) != nullptr) break;
-    }
+    // The versioned name first; its error is the one to report (the unversioned name is only
+    // a development symlink, and "not found" for it would hide why libnccl.so.2 failed).
+    void* lib = dlopen("libnccl.so.2", RTLD_NOW | RTLD_LOCAL);
     if (lib == nullptr) {
-      const char* why = dlerror();
-      a.error = std::string("cannot load libnccl.so.2 (") + (why ? why : "not found") +
-                "); put NCCL's lib directory on LD_LIBRARY_PATH or use parallel.comm = mpi";
-      return a;
+      const char* e = dlerror();
+      const std::string why = e ? e : "not found";
+      lib = dlopen("libnccl.so", RTLD_NOW | RTLD_LOCAL);
+      if (lib == nullptr) {
+        a.error = "cannot load libnccl.so.2 (" + why +
+                  "); put NCCL's lib directory on LD_LIBRARY_PATH or use parallel.comm = mpi";
+        return a;
+      }
     }
     auto get = [&](auto& fn, const char* sym) {
       fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(lib, sym));
       if (fn == nullptr && a.error.empty())
-        a.error =
-            std::string("libnccl.so.2 has no ") + sym + " (NCCL too old; 2.13 or later needed)";
+        a.error = std::string("libnccl.so.2 has no ") + sym + " (NCCL 2.x needed)";
     };
     get(a.get_version, "ncclGetVersion");
     get(a.get_unique_id, "ncclGetUniqueId");
@@ -73,7 +78,8 @@ const NcclApi& nccl_api() {
     get(a.comm_destroy, "ncclCommDestroy");
     get(a.comm_abort, "ncclCommAbort");
     get(a.error_string, "ncclGetErrorString");
-    get(a.last_error, "ncclGetLastError");
+    // Only for error messages, and absent before NCCL 2.13: optional.
+    a.last_error = reinterpret_cast<decltype(a.last_error)>(dlsym(lib, "ncclGetLastError"));
     get(a.all_reduce, "ncclAllReduce");
     get(a.reduce_scatter, "ncclReduceScatter");
     get(a.all_gather, "ncclAllGather");
@@ -123,14 +129,21 @@ class NcclComm final : public Comm {
   ~NcclComm() override {
     // While an exception unwinds, a peer may never join a pending collective: abort the
     // communicator instead of waiting for it (MPI_Abort follows in run_main).
-    if (std::uncaught_exceptions() > 0) {
-      api_.comm_abort(comm_);
-    } else {
+    if (std::uncaught_exceptions() > 0) abort();
+    if (comm_ != nullptr) {
       cudaStreamSynchronize(stream_);
       api_.comm_destroy(comm_);
     }
     cudaEventDestroy(ready_);
     cudaStreamDestroy(stream_);
+  }
+  // Ends the communicator without waiting for its pending collectives: their kernels stop, so
+  // streams waiting on them (the compute stream) drain.
+  void abort() override {
+    if (comm_ == nullptr) return;
+    api_.comm_abort(comm_);
+    comm_ = nullptr;
+    host_->abort();
   }
 
   int rank() const override { return host_->rank(); }
@@ -294,3 +307,19 @@ std::unique_ptr<Comm> make_nccl_comm(std::unique_ptr<Comm> host, Backend& be) {
 }
 
 }  // namespace triad
+
+#else  // no <nccl.h>
+
+namespace triad {
+
+std::string nccl_status() { return "this triad was built without NCCL's header (nccl.h)"; }
+
+std::string nccl_version() { return ""; }
+
+std::unique_ptr<Comm> make_nccl_comm(std::unique_ptr<Comm> /*host*/, Backend& /*be*/) {
+  throw Error("parallel.comm = nccl: " + nccl_status() + "; use parallel.comm = mpi");
+}
+
+}  // namespace triad
+
+#endif

@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <string>
 #include <vector>
 
 #include "cuda_ops.cuh"
@@ -147,6 +148,7 @@ class DeviceStagedComm final : public Comm {
     in_->reset_stats();
     sync();
   }
+  void abort() override { in_->abort(); }
 
  private:
   // The wrapped Comm counts the traffic; mirror its statistics after every call.
@@ -228,6 +230,15 @@ int cuda_device_count() {
     return 0;
   }
   return n;
+}
+
+std::string cuda_pci_bus_id(int device) {
+  char id[64] = {};
+  if (cudaDeviceGetPCIBusId(id, sizeof id, device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return "";
+  }
+  return id;
 }
 
 }  // namespace triad
