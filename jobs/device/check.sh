@@ -538,6 +538,7 @@ res "RATIO attention SDPA/triad" "$(ratio "${SDPA%% *}" "$fa_ms") (fwd+bwd time,
 # ============ 5a. llm.c GPT-2 124M peer (built here by bundle.sh from a fetched copy) ===========
 hdr "5a. llm.c GPT-2 124M peer (train_gpt2cu, bf16, random init d12), B=16 T=1024"
 LLMC="not carried (bundle.sh without LLMC_DIR)"
+[[ -x $DEV/peers/train_gpt2cu ]] && LLMC="not run (no data124 shard, or under 60 s left)"
 if [[ -x $DEV/peers/train_gpt2cu && -f $RUN/work/data124/train_000.bin ]] && (( $(left) > 60 )); then
   L=$RUN/llmc; mkdir -p "$L"
   cp "$RUN/work/data124/train_000.bin" "$L/val_000.bin"
