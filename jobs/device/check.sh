@@ -340,6 +340,21 @@ if [[ -x $RUN/bin/triad-bench ]]; then
 fi
 res "triad flash attention" "${FA_ROW:-not available}"
 
+# Every op of a GPT-2 124M step (bf16, B=16 T=1024) against the matmul and copy ceilings
+# measured in the same run: where the step's time goes.
+KB_ROW="not run"
+if [[ -x $RUN/bin/triad-bench ]] && (( $(left) > 150 )); then
+  (
+    # shellcheck disable=SC1091
+    source "$DEV/env.sh"
+    timeout "$(tmo 60 150)" "$RUN/bin/triad-bench" kernels --backend cuda --precision bf16 2>&1
+  ) >"$RUN/kernels.txt"; grep -v '^KERNEL' "$RUN/kernels.txt" | tail -26
+  kb() { sed -n "s/^KERNEL name=$1 .*of_ceiling=\([0-9.e+-]*\).*/\1/p" "$RUN/kernels.txt" | awk '{printf "%.0f%%", 100 * $1}'; }
+  st=$(grep -o "at most [0-9]* tokens/s" "$RUN/kernels.txt" | grep -o '[0-9]*')
+  KB_ROW="of ceiling: qkv fwd $(kb matmul_forward_qkv), attn fwd $(kb attention_forward), attn bwd $(kb attention_backward), CE $(kb crossentropy_fwd_bwd), adamw $(kb 'adamw_update_+_bf16_copy'); op sum ${st:-?} tok/s"
+fi
+res "kernel bench 124M bf16" "$KB_ROW"
+
 # ============ 3. does a source build configure there? ============================================
 hdr "3. source build: cmake configure (60 s max; CHECK_SOURCE_BUILD=1 to run it)"
 # Known since check v1: the machine lacks Boost.Program_options and a parallel HDF5, so the build

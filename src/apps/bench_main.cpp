@@ -6,6 +6,10 @@
 //   triad-bench attention [--B N] [--T N] [--NH N] [--hd 64|128] [--repeat N]
 //       the fused bf16 causal flash attention (src/kernels/cuda/flash_attention.cu) on GPU 0:
 //       forward and forward + backward, CUDA-event times (median), TFLOP/s. CUDA builds only.
+//   triad-bench kernels [--backend cpu|cuda] [--precision fp32|bf16] [--B N] [--T N] ...
+//       every op of a GPT-2 training step through the Backend interface (bench_kernels.h):
+//       time, TFLOP/s or GB/s, and the fraction of the matmul / copy ceilings measured in the
+//       same run; their sum as a bound on the step time.
 //   triad-bench schedule [--pp N] [--m N] [--v N] [--timeline]
 //       the pipeline schedules (gpipe, 1f1b, interleaved) simulated with t_bwd = 2·t_fwd: bubble
 //       against theory, peak live micro-batches per stage, optionally a timeline. No MPI needed.
@@ -28,8 +32,11 @@
 #include <string>
 #include <vector>
 
+#include "bench_kernels.h"
 #include "triad/core/error.h"
 #include "triad/io/checkpoint.h"
+#include "triad/kernels/backend.h"
+#include "triad/kernels/cuda_backend.h"
 #include "triad/model/gpt.h"
 #include "triad/parallel/pipeline_schedule.h"
 #include "triad/train/app_main.h"
@@ -61,6 +68,10 @@ constexpr const char* kUsage =
     "                  write + read of the same bytes by rank 0; reports GB/s\n"
     "  attention [--B N] [--T N] [--NH N] [--hd 64|128] [--repeat N]\n"
     "                  the fused bf16 causal flash attention on GPU 0 (CUDA builds only)\n"
+    "  kernels [--backend cpu|cuda] [--precision fp32|bf16] [--B N] [--T N] [--C N] [--NH N]\n"
+    "          [--V N] [--layers N] [--repeat N]\n"
+    "                  every op of a GPT-2 training step: time, TFLOP/s or GB/s, fraction of\n"
+    "                  the matmul and copy ceilings measured in the same run\n"
     "  schedule [--pp N] [--m N] [--v N] [--timeline]\n"
     "                  simulate the pipeline schedules gpipe, 1f1b and interleaved: bubble\n"
     "                  against theory, peak live micro-batches per stage\n"
@@ -598,10 +609,59 @@ int cmd_schedule(MPI_Comm world, const std::vector<std::string>& args) {
 
 }  // namespace
 
+// ---- kernels -------------------------------------------------------------------------------
+
+int cmd_kernels(MPI_Comm world, const std::vector<std::string>& args) {
+  po::options_description desc("kernels options");
+  std::string backend = "cuda", precision = "auto";
+  triad::KernelBenchShape sh;
+  int repeat = 0;
+  desc.add_options()("backend", po::value(&backend)->default_value("cuda"), "cpu or cuda")(
+      "precision", po::value(&precision)->default_value("auto"),
+      "fp32, bf16, or auto (bf16 on cuda, fp32 on cpu)")("B", po::value(&sh.B)->default_value(0),
+                                                         "batch (0: 16 on cuda, 2 on cpu)")(
+      "T", po::value(&sh.T)->default_value(0), "sequence length (0: 1024 on cuda, 128 on cpu)")(
+      "C", po::value(&sh.C)->default_value(768), "width")(
+      "NH", po::value(&sh.NH)->default_value(12), "heads")(
+      "V", po::value(&sh.V)->default_value(50257), "vocabulary")(
+      "layers", po::value(&sh.layers)->default_value(12),
+      "layers (for the step sum and the "
+      "optimizer's parameter count)")("repeat", po::value(&repeat)->default_value(0),
+                                      "calls per timed round (0: 20 cuda, 2 cpu)");
+  po::variables_map vm;
+  if (!parse(world, "kernels", args, desc, vm)) return 0;
+  TRIAD_CHECK(backend == "cpu" || backend == "cuda",
+              "kernels: --backend must be cpu or cuda (got '", backend, "')");
+  TRIAD_CHECK(precision == "auto" || precision == "fp32" || precision == "bf16",
+              "kernels: --precision must be fp32, bf16 or auto (got '", precision, "')");
+  const bool cuda = backend == "cuda";
+  if (sh.B == 0) sh.B = cuda ? 16 : 2;
+  if (sh.T == 0) sh.T = cuda ? 1024 : 128;
+  if (repeat == 0) repeat = cuda ? 20 : 2;
+  TRIAD_CHECK(sh.B >= 1 && sh.T >= 1 && sh.C >= 2 && sh.NH >= 1 && sh.V >= 1 && sh.layers >= 1 &&
+                  repeat >= 1,
+              "kernels: --B, --T, --NH, --V, --layers and --repeat must be at least 1, --C 2");
+  TRIAD_CHECK(sh.C % sh.NH == 0 && sh.C % 2 == 0, "kernels: --C (", sh.C,
+              ") must be even and divisible by --NH (", sh.NH, ")");
+  const bool bf16 = precision == "bf16" || (precision == "auto" && cuda);
+  auto be = cuda ? triad::make_cuda_backend(0) : triad::make_cpu_backend();
+  const triad::KernelBench r = triad::run_kernel_bench(*be, sh, bf16, repeat);
+  if (world_rank(world) == 0) {
+    std::ostringstream title;
+    title << "triad-bench kernels: backend " << be->name() << " " << (bf16 ? "bf16" : "fp32")
+          << ", B=" << sh.B << " T=" << sh.T << " C=" << sh.C << " NH=" << sh.NH << " V=" << sh.V
+          << " layers=" << sh.layers << ", best of 3 rounds of " << repeat << " calls; "
+          << (cuda ? triad::cuda_device_description() : "cpu");
+    std::cout << triad::format_kernel_bench(r, title.str()) << std::flush;
+  }
+  return 0;
+}
+
 int main(int argc, char** argv) {
   return triad::run_main(argc, argv, kProg, [&](MPI_Comm world) {
-    TRIAD_CHECK(argc >= 2,
-                "no command given: checkpoint, attention or schedule (see 'triad-bench --help')");
+    TRIAD_CHECK(
+        argc >= 2,
+        "no command given: checkpoint, attention, kernels or schedule (see 'triad-bench --help')");
     const std::string command = argv[1];
     const std::vector<std::string> args(argv + 2, argv + argc);
     if (command == "--help" || command == "-h" || command == "help") {
@@ -611,7 +671,9 @@ int main(int argc, char** argv) {
     if (command == "checkpoint") return cmd_checkpoint(world, args);
     if (command == "attention") return cmd_attention(world, args);
     if (command == "schedule") return cmd_schedule(world, args);
-    triad::fail("unknown command '", command,
-                "': expected checkpoint, attention or schedule (see 'triad-bench --help')");
+    if (command == "kernels") return cmd_kernels(world, args);
+    triad::fail(
+        "unknown command '", command,
+        "': expected checkpoint, attention, kernels or schedule (see 'triad-bench --help')");
   });
 }

@@ -38,6 +38,9 @@ class Backend {
   virtual void free(float* p) = 0;
   virtual void zero(float* p, size_t n) = 0;
   virtual void copy_to_host(float* host, const float* dev, size_t n) = 0;
+  // dst = src within the backend's memory: a plain copy by the platform (memcpy / cudaMemcpy),
+  // which the benchmarks take as the memory-bandwidth ceiling.
+  virtual void copy(float* dst, const float* src, size_t n) = 0;
   virtual void copy_from_host(float* dev, const float* host, size_t n) = 0;
   virtual void synchronize() = 0;
 

@@ -1,6 +1,8 @@
 // CpuBackend: the fp32 reference implementation of Backend (and the literal form of its bf16
 // contract, cpu_bf16.cpp). Memory is ordinary host memory;
 // every op forwards to a kernel in cpu_ops.h (one file per concern next to this one).
+#include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -34,6 +36,16 @@ class CpuBackend final : public Backend {
   }
   void free(float* p) override { std::free(p); }
   void zero(float* p, size_t n) override { std::memset(p, 0, n * sizeof(float)); }
+  void copy(float* dst, const float* src, size_t n) override {
+    // In chunks over the OpenMP threads: one thread alone does not reach the memory bandwidth.
+    constexpr size_t kChunk = size_t(1) << 18;
+    const int64_t chunks = int64_t((n + kChunk - 1) / kChunk);
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < chunks; ++c) {
+      const size_t lo = size_t(c) * kChunk, len = std::min(kChunk, n - lo);
+      std::memcpy(dst + lo, src + lo, len * sizeof(float));
+    }
+  }
   void copy_to_host(float* host, const float* dev, size_t n) override {
     if (host != dev) std::memcpy(host, dev, n * sizeof(float));
   }

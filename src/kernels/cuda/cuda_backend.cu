@@ -90,6 +90,11 @@ class CudaBackend final : public Backend {
     if (n == 0) return;
     TRIAD_CUDA_CHECK(cudaMemsetAsync(p, 0, n * sizeof(float), stream_));
   }
+  void copy(float* dst, const float* src, size_t n) override {
+    if (n == 0) return;
+    TRIAD_CUDA_CHECK(
+        cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, stream_));
+  }
   void copy_to_host(float* host, const float* dev, size_t n) override {
     if (n == 0) return;
     TRIAD_CUDA_CHECK(

@@ -1,0 +1,63 @@
+"""triad-bench kernels on the CPU backend: every op of a training step is timed and reported
+against the ceilings measured in the same run, in both precisions; bad options are clear
+errors. Only the report's completeness and sanity are checked, never a speed."""
+import math
+import re
+
+import pytest
+
+from triad_run import assert_clean_error, exe, run
+
+SMALL = {"--backend": "cpu", "--B": "1", "--T": "32", "--C": "64", "--NH": "2", "--V": "300",
+         "--layers": "2", "--repeat": "1"}
+
+
+def bench(**override):
+    opts = dict(SMALL, **{f"--{k}": v for k, v in override.items()})
+    return [exe("triad-bench"), "kernels", *[x for kv in opts.items() for x in kv]]
+
+OPS = ["encoder_forward", "layernorm_forward", "matmul_forward_qkv", "attention_forward",
+       "matmul_forward_attn_proj", "residual_layernorm_fwd", "matmul_gelu_forward_fc",
+       "matmul_forward_fc_proj", "matmul_forward_lm_head", "crossentropy_fwd_bwd",
+       "matmul_backward_lm_head", "matmul_backward_fc_proj", "gelu_backward",
+       "matmul_backward_fc", "layernorm_backward", "matmul_backward_attn_proj",
+       "attention_backward", "matmul_backward_qkv", "encoder_backward",
+       "sum_squares_(grad_norm)"]
+
+
+@pytest.mark.parametrize("precision, adamw", [("fp32", "adamw_update"),
+                                               ("bf16", "adamw_update_+_bf16_copy")])
+def test_every_op_is_reported_against_measured_ceilings(precision, adamw):
+    p = run(bench(precision=precision), timeout=300, check=True)
+    out = p.stdout
+    assert f"backend cpu {precision}" in out
+    ceil = re.search(r"matmul ([0-9.]+) TFLOP/s .* copy ([0-9.]+) GB/s", out)
+    assert ceil and float(ceil.group(2)) > 0, out
+    rows = {m.group(1): m for m in re.finditer(
+        r"^KERNEL name=(\S+) ms=(\S+) rate=(\S+) unit=(\S+) of_ceiling=(\S+)$",
+        out, re.M)}
+    assert sorted(rows) == sorted(OPS + [adamw]), sorted(rows)
+    for name, m in rows.items():
+        ms, rate = float(m.group(2)), float(m.group(3))
+        assert ms > 0 and math.isfinite(rate) and rate > 0, (name, m.group(0))
+        want = "TFLOP/s" if ("matmul" in name or "attention" in name) else "GB/s"
+        assert m.group(4) == want, m.group(0)
+    step = re.search(r"sum of one step's ops: ([0-9.]+) ms, at most ([0-9]+) tokens/s", out)
+    assert step and float(step.group(1)) > 0, out
+
+
+@pytest.mark.parametrize("override, needle", [
+    ({"backend": "tpu"}, "--backend must be cpu or cuda"),
+    ({"precision": "fp16"}, "--precision must be fp32, bf16 or auto"),
+    ({"C": "65", "NH": "5"}, "--C (65) must be even and divisible by --NH"),
+    ({"repeat": "-1"}, "must be at least 1"),
+    ({"bogus": "1"}, "unrecognised option"),
+])
+def test_bad_options_are_clear_errors(override, needle):
+    p = run(bench(**override), timeout=60)
+    assert_clean_error(p, needle)
+
+
+def test_cuda_without_a_gpu_is_a_clear_error():
+    p = run([exe("triad-bench"), "kernels", "--backend", "cuda"], timeout=60)
+    assert_clean_error(p, "CUDA")
