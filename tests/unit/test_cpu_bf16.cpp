@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "../support/bf16_data.h"
+#include "../support/optimizer_step.h"
 #include "../support/random_data.h"
 #include "triad/kernels/backend.h"
 #include "triad/model/gpt.h"
@@ -27,6 +28,7 @@ namespace {
 using triad::testing::random_vec;
 using Vec = std::vector<float>;
 using triad::testing::Bits;
+using triad::testing::optimizer_step;
 using triad::testing::to_bits;
 using triad::testing::to_floats;
 
@@ -107,17 +109,8 @@ TEST_F(CpuBf16, OptimizerUpdateWritesTheRoundedCopy) {
     std::vector<bf16_t> copy(n, bf16_t{0xffff}), want(n);
     for (int step = 1; step <= 2; ++step) {
       const Vec g = random_vec(n, 24 + uint32_t(step), -0.1f, 0.1f);
-      const float bc1 = 1.0f - std::pow(0.9f, float(step)),
-                  bc2 = 1.0f - std::pow(0.95f, float(step));
-      if (adam) {
-        be->adamw_update(p1.data(), g.data(), m1.data(), v1.data(), n, 6e-4f, 0.9f, 0.95f, 1e-8f,
-                         0.1f, bc1, bc2);
-        be->adamw_update(p2.data(), g.data(), m2.data(), v2.data(), n, 6e-4f, 0.9f, 0.95f, 1e-8f,
-                         0.1f, bc1, bc2, copy.data());
-      } else {
-        be->sgd_update(p1.data(), g.data(), m1.data(), n, 0.05f, 0.9f, 1e-4f);
-        be->sgd_update(p2.data(), g.data(), m2.data(), n, 0.05f, 0.9f, 1e-4f, copy.data());
-      }
+      optimizer_step(*be, adam, p1.data(), g.data(), m1.data(), v1.data(), n, step);
+      optimizer_step(*be, adam, p2.data(), g.data(), m2.data(), v2.data(), n, step, copy.data());
     }
     EXPECT_EQ(p2, p1);  // exact (no NaN here)
     EXPECT_EQ(m2, m1);

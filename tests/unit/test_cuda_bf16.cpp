@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "../support/bf16_data.h"
+#include "../support/optimizer_step.h"
 #include "../support/random_data.h"
 #include "triad/core/bf16.h"
 #include "triad/core/error.h"
@@ -37,6 +38,7 @@ namespace {
 
 using Vec = std::vector<float>;
 using triad::testing::Bits;
+using triad::testing::optimizer_step;
 using triad::testing::random_bits;
 using triad::testing::to_bits;
 using triad::testing::to_floats;
@@ -675,17 +677,8 @@ TEST_F(CudaBf16Test, OptimizerUpdateWritesTheRoundedCopy) {
     bf16_t* g_copy = dev(Bits(n));
     for (int step = 1; step <= 2; ++step) {
       const Vec g = random_vec(n, 34 + uint32_t(step), -0.1f, 0.1f);
-      const float bc1 = 1.0f - std::pow(0.9f, float(step)),
-                  bc2 = 1.0f - std::pow(0.95f, float(step));
-      if (adam) {
-        cpu->adamw_update(p.data(), g.data(), m.data(), v.data(), n, 6e-4f, 0.9f, 0.95f, 1e-8f,
-                          0.1f, bc1, bc2);
-        gpu->adamw_update(g_p, dev(g), g_m, g_v, n, 6e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, bc1, bc2,
-                          g_copy);
-      } else {
-        cpu->sgd_update(p.data(), g.data(), m.data(), n, 0.05f, 0.9f, 1e-4f);
-        gpu->sgd_update(g_p, dev(g), g_m, n, 0.05f, 0.9f, 1e-4f, g_copy);
-      }
+      optimizer_step(*cpu, adam, p.data(), g.data(), m.data(), v.data(), n, step);
+      optimizer_step(*gpu, adam, g_p, dev(g), g_m, g_v, n, step, g_copy);
     }
     const Vec got = host(g_p, n);
     EXPECT_TRUE(close(got, p, 1e-5));
