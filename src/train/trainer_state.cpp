@@ -62,8 +62,8 @@ void Trainer::State::setup_device_comms(bool shares_gpu) {
   const std::string& want = cfg.parallel.comm;
   if (want == "nccl") {
     TRIAD_CHECK(!any_shared,
-                "parallel.comm = nccl: some ranks share a GPU (more ranks on a node "
-                "than it has devices), which NCCL refuses; use parallel.comm = mpi");
+                "parallel.comm = nccl: two ranks of a node drive the same GPU (same PCI bus "
+                "id), which NCCL refuses; use parallel.comm = mpi");
     TRIAD_CHECK(!any_missing, "parallel.comm = nccl: ",
                 nccl_problem.empty() ? "NCCL cannot be used on some other rank" : nccl_problem);
   }

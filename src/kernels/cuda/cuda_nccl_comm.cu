@@ -287,11 +287,7 @@ class NcclComm final : public Comm {
 
 }  // namespace
 
-std::string nccl_status() {
-  const NcclApi& a = nccl_api();
-  if (!a.error.empty()) return a.error;
-  return "";
-}
+std::string nccl_status() { return nccl_api().error; }
 
 std::string nccl_version() {
   const NcclApi& a = nccl_api();
