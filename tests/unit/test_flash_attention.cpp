@@ -12,6 +12,7 @@
 #include <random>
 #include <vector>
 
+#include "../support/attention_reference.h"
 #include "triad/core/error.h"
 #include "triad/kernels/cuda_backend.h"
 
@@ -26,82 +27,7 @@ namespace {
 
 #ifdef TRIAD_HAVE_CUDA
 
-using Bits = std::vector<uint16_t>;
-
-// N(0,1) values rounded to bf16: the bits and their exact values.
-void random_bf16(size_t n, uint32_t seed, Bits& bits, std::vector<double>& vals) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  bits.resize(n);
-  vals.resize(n);
-  for (size_t x = 0; x < n; ++x) {
-    bits[x] = cuda::float_to_bf16_bits(dist(rng));
-    vals[x] = cuda::bf16_bits_to_float(bits[x]);
-  }
-}
-
-struct Reference {
-  std::vector<double> out, lse, dqkv;
-};
-
-// Naive causal attention in double: forward and backward, one head at a time.
-Reference reference(const std::vector<double>& qkv, const std::vector<double>& dout, int B, int T,
-                    int C, int NH) {
-  const int hd = C / NH;
-  const double scale = 1.0 / std::sqrt(double(hd));
-  Reference r;
-  r.out.assign(size_t(B) * T * C, 0.0);
-  r.lse.assign(size_t(B) * NH * T, 0.0);
-  r.dqkv.assign(size_t(B) * T * 3 * C, 0.0);
-  const size_t pitch = size_t(3) * C;
-#pragma omp parallel for schedule(dynamic)
-  for (int bh = 0; bh < B * NH; ++bh) {
-    const int b = bh / NH, h = bh % NH;
-    auto q = [&](int t) { return &qkv[(size_t(b) * T + t) * pitch + size_t(h) * hd]; };
-    auto k = [&](int t) { return q(t) + C; };
-    auto v = [&](int t) { return q(t) + 2 * C; };
-    auto dq = [&](int t) { return &r.dqkv[(size_t(b) * T + t) * pitch + size_t(h) * hd]; };
-    auto o = [&](int t) { return &r.out[(size_t(b) * T + t) * C + size_t(h) * hd]; };
-    auto dO = [&](int t) { return &dout[(size_t(b) * T + t) * C + size_t(h) * hd]; };
-    std::vector<double> P(size_t(T) * T, 0.0);  // row i: keys 0..i
-    for (int i = 0; i < T; ++i) {
-      double* p = &P[size_t(i) * T];
-      double mx = -INFINITY;
-      for (int j = 0; j <= i; ++j) {
-        double s = 0.0;
-        for (int d = 0; d < hd; ++d) s += q(i)[d] * k(j)[d];
-        p[j] = s * scale;
-        mx = std::max(mx, p[j]);
-      }
-      double sum = 0.0;
-      for (int j = 0; j <= i; ++j) sum += std::exp(p[j] - mx);
-      r.lse[size_t(bh) * T + i] = mx + std::log(sum);
-      for (int j = 0; j <= i; ++j) p[j] = std::exp(p[j] - mx) / sum;
-      for (int j = 0; j <= i; ++j)
-        for (int d = 0; d < hd; ++d) o(i)[d] += p[j] * v(j)[d];
-    }
-    for (int i = 0; i < T; ++i) {
-      const double* p = &P[size_t(i) * T];
-      std::vector<double> dp(size_t(i) + 1);
-      double Di = 0.0;
-      for (int j = 0; j <= i; ++j) {
-        double s = 0.0;
-        for (int d = 0; d < hd; ++d) s += dO(i)[d] * v(j)[d];
-        dp[j] = s;
-        Di += p[j] * s;
-      }
-      for (int j = 0; j <= i; ++j) {
-        const double ds = p[j] * (dp[j] - Di) * scale;
-        for (int d = 0; d < hd; ++d) {
-          dq(i)[d] += ds * k(j)[d];
-          dq(j)[C + d] += ds * q(i)[d];
-          dq(j)[2 * C + d] += p[j] * dO(i)[d];
-        }
-      }
-    }
-  }
-  return r;
-}
+using namespace attention_reference;
 
 template <typename T>
 T* device_copy(const std::vector<T>& h) {
@@ -116,22 +42,6 @@ std::vector<T> host_copy(const T* d, size_t n) {
   std::vector<T> h(n);
   TRIAD_CUDA_CHECK(cudaMemcpy(h.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost));
   return h;
-}
-
-// max|got − want| / max|want| over the elements of [rows, width] blocks at column offset off
-// within rows of `pitch`; NaN anywhere → infinity.
-double rel_error(const Bits& got, const std::vector<double>& want, size_t rows, size_t pitch,
-                 size_t off, size_t width) {
-  double diff = 0.0, ref = 0.0;
-  for (size_t r = 0; r < rows; ++r) {
-    for (size_t c = off; c < off + width; ++c) {
-      const double g = cuda::bf16_bits_to_float(got[r * pitch + c]);
-      if (!std::isfinite(g)) return INFINITY;
-      diff = std::max(diff, std::abs(g - want[r * pitch + c]));
-      ref = std::max(ref, std::abs(want[r * pitch + c]));
-    }
-  }
-  return diff / std::max(ref, 1e-30);
 }
 
 void check_shape(int B, int T, int NH, int hd) {

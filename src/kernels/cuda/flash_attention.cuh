@@ -1,5 +1,6 @@
 // Fused causal flash attention (FlashAttention-2 style) in bf16 with fp32 accumulation, on the
-// tensor cores through nvcuda::wmma (m16n16k16 bf16 fragments; sm_80 and later).
+// tensor cores through mma.sync m16n8k16 with ldmatrix and cp.async (sm_80 and later). What each
+// thread block does is in flash_attention_block.h, which the CPU tests run through an emulator.
 //
 // Layouts (those of the fp32 attention of backend.h, in bf16):
 //   qkv  [B,T,3C]  per row q | k | v, each head-major (head h at columns h·hd .. h·hd+hd-1)

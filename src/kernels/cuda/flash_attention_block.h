@@ -1,0 +1,498 @@
+// What one thread block of each fused causal flash-attention kernel does (FlashAttention-2
+// style, bf16 operands, fp32 accumulation), written once against a thread context `X` so that
+// the same code is compiled for the GPU (flash_attention.cu: X = DeviceThread, PTX mma.sync,
+// ldmatrix, cp.async) and for the CPU (tests/support/simt_emulator.h: the same warp
+// instructions emulated from their PTX definitions), where CI runs it against a double
+// reference without a GPU.
+//
+// Layouts (those of flash_attention.cuh): qkv [B,T,3C] (q | k | v per row, head h at columns
+// h·HD..), out and dout [B,T,C], lse [B,NH,T] (natural log), dqkv [B,T,3C]. bf16 values are
+// their raw 16-bit patterns here (uint16_t), so this header needs no CUDA header.
+//
+// Tiles: 64 query rows × 64 keys, 4 warps (128 threads); a warp owns 16 rows (forward, dQ) or 16
+// keys (dK/dV) of the block's 64. Products run on mma.m16n8k16 (A 16×16 row-major, B 16×8
+// column-major, fp32 C/D); fragments come from shared memory through ldmatrix (the .trans form
+// where the tile is the B operand along its rows). Scores, probabilities and gradients never
+// leave registers: the accumulator layout of a 16×16 pair of S tiles is the A-operand layout of
+// P, so P·V needs no shared-memory round trip. Tiles of the streamed operand are double-buffered
+// with cp.async.
+//
+// The thread context X provides (all lanes of a warp call the warp operations together):
+//   thread(), block_x(), block_y()               thread and block indices
+//   smem()                                       the block's dynamic shared memory (128-aligned)
+//   sync_threads()                               __syncthreads
+//   shfl_xor(float v, int mask)                  __shfl_xor_sync over the full warp
+//   ldsm_x4(r, row), ldsm_x4_t(r, row)           ldmatrix.m8n8.x4(.trans).b16; row: this lane's
+//                                                row address (lane 8m + i: row i of matrix m)
+//   mma(d[4], a[4], b0, b1)                      d += A·B, mma.m16n8k16.row.col.f32.bf16.bf16.f32
+//   cp_async16(dst, src, valid), cp_commit(), cp_wait<N>()
+//                                                16-byte async copy (zero fill when !valid)
+//   exp2(x), log2(x)                             fp32, exp2(-inf) = 0
+//   pack_bf16(lo, hi)                            two floats → bf16 pair (round to nearest even)
+//   bf16_float(bits)                             a bf16 pattern widened to float
+#pragma once
+
+#include <cmath>  // INFINITY
+#include <cstddef>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define TRIAD_FA_FN __device__ __forceinline__
+#define TRIAD_FA_SIZE __host__ __device__ constexpr
+#define TRIAD_UNROLL _Pragma("unroll")
+#else
+#define TRIAD_FA_FN inline
+#define TRIAD_FA_SIZE constexpr
+#define TRIAD_UNROLL
+#endif
+
+namespace triad::flash {
+
+constexpr int kTile = 64;  // query rows per block and keys per step
+constexpr int kWarps = 4;
+constexpr int kThreads = 32 * kWarps;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// bf16 tile row pitch in elements: 16-byte rows for ldmatrix, and an offset of 4 banks per row
+// so the 8 row addresses of one 8×8 matrix hit 8 different bank quads (no conflicts).
+template <int HD>
+TRIAD_FA_SIZE int pitch() {
+  return HD + 8;
+}
+template <int HD>
+TRIAD_FA_SIZE size_t tile_bytes() {
+  return size_t(kTile) * pitch<HD>() * 2;
+}
+
+// Dynamic shared memory of each kernel.
+template <int HD>
+TRIAD_FA_SIZE size_t forward_smem() {
+  return 5 * tile_bytes<HD>();  // Q, K ×2, V ×2
+}
+template <int HD>
+TRIAD_FA_SIZE size_t dkdv_smem() {
+  return 6 * tile_bytes<HD>() + 4 * kTile * sizeof(float);  // K, V, Q ×2, dO ×2, lse ×2, D ×2
+}
+template <int HD>
+TRIAD_FA_SIZE size_t dq_smem() {
+  return 6 * tile_bytes<HD>();  // Q, dO, K ×2, V ×2
+}
+
+// Rows [row0, row0 + 64) of a row-major bf16 matrix at g (row pitch `stride` elements, HD
+// columns) → s [64][pitch], async; rows >= T are zero-filled.
+template <int HD, class X>
+TRIAD_FA_FN void load_tile(X& x, uint16_t* s, const uint16_t* g, size_t stride, int row0, int T) {
+  constexpr int kChunks = HD / 8;  // 16-byte chunks per row
+  for (int idx = x.thread(); idx < kTile * kChunks; idx += kThreads) {
+    const int r = idx / kChunks, c = (idx % kChunks) * 8;
+    const bool valid = row0 + r < T;
+    const int src_row = valid ? row0 + r : row0;  // a valid address even when nothing is read
+    x.cp_async16(s + r * pitch<HD>() + c, g + size_t(src_row) * stride + c, valid);
+  }
+}
+
+// The warp's S[16][64] += A[16][HD] · Y[64][HD]ᵀ: A is 16 rows of a tile at a, Y a whole tile at
+// y (both [*][pitch] in shared memory); s[n] is the accumulator of keys n·8 .. n·8+7.
+template <int HD, class X>
+TRIAD_FA_FN void warp_abt(X& x, float (&s)[8][4], const uint16_t* a, const uint16_t* y) {
+  constexpr int L = pitch<HD>();
+  const int lane = x.thread() % 32;
+  TRIAD_UNROLL
+  for (int kk = 0; kk < HD / 16; ++kk) {
+    uint32_t fa[4];  // A 16×16: matrices (rows 0-7 | 8-15) × (cols 0-7 | 8-15)
+    x.ldsm_x4(fa, a + (lane & 15) * L + kk * 16 + (lane >> 4) * 8);
+    TRIAD_UNROLL
+    for (int np = 0; np < 4; ++np) {
+      // Bᵀ rows are Y rows: matrices (keys np·16 + 0-7 | 8-15) × (cols kk·16 + 0-7 | 8-15),
+      // lanes 0-7 / 8-15 the low / high columns of the first 8 keys, 16-31 the next 8 keys.
+      uint32_t fb[4];
+      x.ldsm_x4(fb, y + (np * 16 + ((lane >> 4) & 1) * 8 + (lane & 7)) * L + kk * 16 +
+                        ((lane >> 3) & 1) * 8);
+      x.mma(s[2 * np], fa, fb[0], fb[1]);
+      x.mma(s[2 * np + 1], fa, fb[2], fb[3]);
+    }
+  }
+}
+
+// acc[n] (16×HD, n over HD/8) += P[16][64] · Y[64][HD], P given as accumulator-layout values p
+// (rounded to bf16 here), Y a whole tile at y.
+template <int HD, class X>
+TRIAD_FA_FN void warp_pv(X& x, float (&acc)[HD / 8][4], const float (&p)[8][4], const uint16_t* y) {
+  constexpr int L = pitch<HD>();
+  const int lane = x.thread() % 32;
+  TRIAD_UNROLL
+  for (int kk = 0; kk < 4; ++kk) {  // 16 keys at a time
+    // A fragment of P: the accumulators of key tiles 2kk (cols 0-7) and 2kk+1 (cols 8-15).
+    uint32_t fa[4];
+    fa[0] = x.pack_bf16(p[2 * kk][0], p[2 * kk][1]);
+    fa[1] = x.pack_bf16(p[2 * kk][2], p[2 * kk][3]);
+    fa[2] = x.pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]);
+    fa[3] = x.pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3]);
+    TRIAD_UNROLL
+    for (int np = 0; np < HD / 16; ++np) {
+      // B = Y[keys kk·16..][cols np·16..] along its rows: transposed loads; matrices (keys 0-7 |
+      // 8-15) × (cols 0-7 | 8-15).
+      uint32_t fb[4];
+      x.ldsm_x4_t(
+          fb, y + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * L + np * 16 + (lane >> 4) * 8);
+      x.mma(acc[2 * np], fa, fb[0], fb[1]);
+      x.mma(acc[2 * np + 1], fa, fb[2], fb[3]);
+    }
+  }
+}
+
+template <int N, int M>
+TRIAD_FA_FN void zero(float (&a)[N][M]) {
+  TRIAD_UNROLL
+  for (int i = 0; i < N; ++i) TRIAD_UNROLL
+  for (int j = 0; j < M; ++j) a[i][j] = 0.0f;
+}
+
+// The warp's 16 rows of acc · mul as bf16 into rows row0 + 0..15 of a [*, stride] matrix at g
+// (columns 0..HD-1), rows >= T skipped; accumulate: round(old + value) instead of round(value).
+template <int HD, class X>
+TRIAD_FA_FN void store_rows(X& x, uint16_t* g, size_t stride, int row0, int T,
+                            const float (&acc)[HD / 8][4], float mul, bool accumulate) {
+  const int lane = x.thread() % 32, gr = lane >> 2, tc = (lane & 3) * 2;
+  TRIAD_UNROLL
+  for (int r = 0; r < 2; ++r) {
+    const int row = row0 + gr + 8 * r;
+    if (row >= T) continue;
+    uint16_t* dst = g + size_t(row) * stride + tc;
+    TRIAD_UNROLL
+    for (int n = 0; n < HD / 8; ++n) {
+      float lo = acc[n][2 * r] * mul, hi = acc[n][2 * r + 1] * mul;
+      uint32_t* d = reinterpret_cast<uint32_t*>(dst + n * 8);
+      if (accumulate) {
+        const uint32_t old = *d;
+        lo += x.bf16_float(uint16_t(old & 0xffffu));
+        hi += x.bf16_float(uint16_t(old >> 16));
+      }
+      *d = x.pack_bf16(lo, hi);
+    }
+  }
+}
+
+// ---- forward ------------------------------------------------------------------------------------
+// Block (blockIdx.x, bh): query block nqb-1-blockIdx.x (the longest rows first) of head bh.
+// Per key tile kt <= qb: S = Q Kᵀ, online softmax in the log2 domain (row max m and the
+// thread's part of the row sum l), O = O·α + P V. out = O / l, lse = ln 2 · (m + log2 l).
+template <int HD, class X>
+TRIAD_FA_FN void forward_block(X& x, uint16_t* out, float* lse, const uint16_t* qkv, int T, int C,
+                               int NH, float scale_log2) {
+  constexpr int L = pitch<HD>();
+  uint16_t* sQ = reinterpret_cast<uint16_t*>(x.smem());
+  uint16_t* sK = sQ + kTile * L;      // [2][64][L]
+  uint16_t* sV = sK + 2 * kTile * L;  // [2][64][L]
+
+  const int nqb = (T + kTile - 1) / kTile;
+  const int qb = nqb - 1 - x.block_x();
+  const int bh = x.block_y(), b = bh / NH, h = bh % NH;
+  const size_t stride = size_t(3) * C;
+  const uint16_t* gq = qkv + size_t(b) * T * stride + size_t(h) * HD;
+  const uint16_t* gk = gq + C;
+  const uint16_t* gv = gq + 2 * size_t(C);
+  const int q0 = qb * kTile;
+  const int warp = x.thread() / 32, lane = x.thread() % 32;
+  const int gr = lane >> 2, tc = (lane & 3) * 2;
+  const int row0 = q0 + warp * 16 + gr;  // this thread's rows: row0 and row0 + 8
+
+  load_tile<HD>(x, sQ, gq, stride, q0, T);
+  load_tile<HD>(x, sK, gk, stride, 0, T);
+  load_tile<HD>(x, sV, gv, stride, 0, T);
+  x.cp_commit();
+
+  float o[HD / 8][4];
+  zero(o);
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+
+  for (int kt = 0; kt <= qb; ++kt) {
+    const int buf = kt & 1;
+    if (kt < qb) {  // prefetch the next K, V tiles into the other buffers
+      load_tile<HD>(x, sK + (buf ^ 1) * kTile * L, gk, stride, (kt + 1) * kTile, T);
+      load_tile<HD>(x, sV + (buf ^ 1) * kTile * L, gv, stride, (kt + 1) * kTile, T);
+      x.cp_commit();
+      x.template cp_wait<1>();
+    } else {
+      x.template cp_wait<0>();
+    }
+    x.sync_threads();
+
+    float s[8][4];
+    zero(s);
+    warp_abt<HD>(x, s, sQ + warp * 16 * L, sK + buf * kTile * L);
+
+    // Only the diagonal tile (the last) has keys after a row or past T: every earlier key
+    // precedes q0. Key 0 counts for every row, so the row max is finite from the first tile on.
+    const int k0 = kt * kTile;
+    const bool diagonal = kt == qb;
+    TRIAD_UNROLL
+    for (int r = 0; r < 2; ++r) {
+      const int row = row0 + 8 * r;
+      float mx = -INFINITY;
+      TRIAD_UNROLL
+      for (int n = 0; n < 8; ++n) TRIAD_UNROLL
+      for (int e = 0; e < 2; ++e) {
+        const int key = k0 + n * 8 + tc + e;
+        float v = s[n][2 * r + e] * scale_log2;
+        if (diagonal && (key > row || key >= T)) v = -INFINITY;
+        s[n][2 * r + e] = v;
+        mx = mx > v ? mx : v;
+      }
+      const float m1 = x.shfl_xor(mx, 1);
+      mx = mx > m1 ? mx : m1;
+      const float m2 = x.shfl_xor(mx, 2);
+      mx = mx > m2 ? mx : m2;
+      const float m_new = m[r] > mx ? m[r] : mx;
+      const float alpha = x.exp2(m[r] - m_new);
+      float sum = 0.0f;
+      TRIAD_UNROLL
+      for (int n = 0; n < 8; ++n) TRIAD_UNROLL
+      for (int e = 0; e < 2; ++e) {
+        const float p = x.exp2(s[n][2 * r + e] - m_new);
+        s[n][2 * r + e] = p;
+        sum += p;
+      }
+      l[r] = l[r] * alpha + sum;
+      m[r] = m_new;
+      TRIAD_UNROLL
+      for (int n = 0; n < HD / 8; ++n) {
+        o[n][2 * r] *= alpha;
+        o[n][2 * r + 1] *= alpha;
+      }
+    }
+    warp_pv<HD>(x, o, s, sV + buf * kTile * L);
+    x.sync_threads();  // every warp is done with this buffer before it is refilled
+  }
+
+  float inv[2];
+  TRIAD_UNROLL
+  for (int r = 0; r < 2; ++r) {
+    l[r] += x.shfl_xor(l[r], 1);
+    l[r] += x.shfl_xor(l[r], 2);
+    inv[r] = 1.0f / l[r];
+    const int row = row0 + 8 * r;
+    if ((lane & 3) == 0 && row < T) lse[size_t(bh) * T + row] = (m[r] + x.log2(l[r])) * kLn2;
+  }
+  TRIAD_UNROLL
+  for (int n = 0; n < HD / 8; ++n) TRIAD_UNROLL
+  for (int r = 0; r < 2; ++r) {
+    o[n][2 * r] *= inv[r];
+    o[n][2 * r + 1] *= inv[r];
+  }
+  store_rows<HD>(x, out + size_t(b) * T * C + size_t(h) * HD, size_t(C), q0 + warp * 16, T, o, 1.0f,
+                 false);
+}
+
+// ---- backward -----------------------------------------------------------------------------------
+// D[bh, t] = Σ_d dO[b,t,h,d] · O[b,t,h,d]: warp w of block (blockIdx.x) takes row
+// blockIdx.x·4 + w of the [B·T·NH] rows.
+template <int HD, class X>
+TRIAD_FA_FN void dot_block(X& x, float* Dv, const uint16_t* dout, const uint16_t* out, int B, int T,
+                           int NH) {
+  const size_t row = size_t(x.block_x()) * kWarps + x.thread() / 32;
+  const int lane = x.thread() % 32;
+  const bool valid = row < size_t(B) * T * NH;
+  float s = 0.0f;
+  if (valid) {
+    const size_t base = row * HD;  // [B,T,NH,HD] == [B,T,C]
+    TRIAD_UNROLL
+    for (int d = 2 * lane; d < HD; d += 64) {
+      const uint32_t a = *reinterpret_cast<const uint32_t*>(dout + base + d);
+      const uint32_t o = *reinterpret_cast<const uint32_t*>(out + base + d);
+      s += x.bf16_float(uint16_t(a & 0xffffu)) * x.bf16_float(uint16_t(o & 0xffffu)) +
+           x.bf16_float(uint16_t(a >> 16)) * x.bf16_float(uint16_t(o >> 16));
+    }
+  }
+  TRIAD_UNROLL
+  for (int mask = 16; mask >= 1; mask /= 2) s += x.shfl_xor(s, mask);
+  if (valid && lane == 0) {
+    const int h = int(row % NH);
+    const size_t bt = row / NH;  // b·T + t
+    Dv[(bt / T * NH + h) * T + bt % T] = s;
+  }
+}
+
+// P and dS of one 16×64 warp tile from scores s (scaled in the log2 domain) and dp, where element
+// (r, n, e) pairs this thread's row row0 + 8r with column col0 + n·8 + tc + e; `valid` says
+// whether that pair is inside the causal mask, lse2(r, c) / dd(r, c) give the log2-domain lse and
+// D of the pair's query. On return s holds P and dp holds dS = P ∘ (dP − D).
+template <class X, class Valid, class Lse, class Dd>
+TRIAD_FA_FN void probabilities_and_ds(X& x, float (&s)[8][4], float (&dp)[8][4], float scale_log2,
+                                      Valid valid, Lse lse2, Dd dd) {
+  const int tc = (x.thread() & 3) * 2;
+  TRIAD_UNROLL
+  for (int n = 0; n < 8; ++n) TRIAD_UNROLL
+  for (int r = 0; r < 2; ++r) TRIAD_UNROLL
+  for (int e = 0; e < 2; ++e) {
+    const int c = n * 8 + tc + e;
+    const float p = valid(r, c) ? x.exp2(s[n][2 * r + e] * scale_log2 - lse2(r, c)) : 0.0f;
+    s[n][2 * r + e] = p;
+    dp[n][2 * r + e] = p * (dp[n][2 * r + e] - dd(r, c));
+  }
+}
+
+// dK, dV of key block blockIdx.x (warp w: keys k0 + 16w ..), iterating over the query tiles
+// qt >= kb: Sᵀ = K Qᵀ, dPᵀ = V dOᵀ, Pᵀ = exp(Sᵀ·scale − lse), dSᵀ = Pᵀ ∘ (dPᵀ − D),
+// dV += Pᵀ dO, dK += dSᵀ Q; dK scaled by 1/sqrt(HD) at the end.
+template <int HD, class X>
+TRIAD_FA_FN void dkdv_block(X& x, uint16_t* dqkv, const uint16_t* dout, const uint16_t* qkv,
+                            const float* lse, const float* Dv, int T, int C, int NH, float scale,
+                            float scale_log2, bool accumulate) {
+  constexpr int L = pitch<HD>();
+  uint16_t* sK = reinterpret_cast<uint16_t*>(x.smem());
+  uint16_t* sV = sK + kTile * L;
+  uint16_t* sQ = sV + kTile * L;                                // [2][64][L]
+  uint16_t* sdO = sQ + 2 * kTile * L;                           // [2][64][L]
+  float* sLse = reinterpret_cast<float*>(sdO + 2 * kTile * L);  // [2][64], log2 domain
+  float* sD = sLse + 2 * kTile;                                 // [2][64]
+
+  const int nb = (T + kTile - 1) / kTile;
+  const int kb = x.block_x();  // the blocks with the most query tiles (small kb) first
+  const int bh = x.block_y(), b = bh / NH, h = bh % NH;
+  const size_t stride = size_t(3) * C;
+  const uint16_t* gq = qkv + size_t(b) * T * stride + size_t(h) * HD;
+  const uint16_t* gk = gq + C;
+  const uint16_t* gv = gq + 2 * size_t(C);
+  const uint16_t* gdo = dout + size_t(b) * T * C + size_t(h) * HD;
+  const float* glse = lse + size_t(bh) * T;
+  const float* gD = Dv + size_t(bh) * T;
+  const int k0 = kb * kTile;
+  const int warp = x.thread() / 32, lane = x.thread() % 32;
+  const int key0 = k0 + warp * 16 + (lane >> 2);  // this thread's keys: key0 and key0 + 8
+
+  // lse (log2 domain) and D of query tile qt into buffer buf: plain loads, zero past T.
+  auto load_rows = [&](int qt, int buf) {
+    const int t = x.thread();
+    if (t < kTile) {
+      const int q = qt * kTile + t;
+      sLse[buf * kTile + t] = q < T ? glse[q] * kLog2e : 0.0f;
+      sD[buf * kTile + t] = q < T ? gD[q] : 0.0f;
+    }
+  };
+  load_tile<HD>(x, sK, gk, stride, k0, T);
+  load_tile<HD>(x, sV, gv, stride, k0, T);
+  load_tile<HD>(x, sQ, gq, stride, k0, T);
+  load_tile<HD>(x, sdO, gdo, size_t(C), k0, T);
+  x.cp_commit();
+  load_rows(kb, 0);
+
+  float dk[HD / 8][4], dv[HD / 8][4];
+  zero(dk);
+  zero(dv);
+
+  for (int qt = kb; qt < nb; ++qt) {
+    const int buf = (qt - kb) & 1;
+    if (qt + 1 < nb) {
+      load_tile<HD>(x, sQ + (buf ^ 1) * kTile * L, gq, stride, (qt + 1) * kTile, T);
+      load_tile<HD>(x, sdO + (buf ^ 1) * kTile * L, gdo, size_t(C), (qt + 1) * kTile, T);
+      x.cp_commit();
+      load_rows(qt + 1, buf ^ 1);
+      x.template cp_wait<1>();
+    } else {
+      x.template cp_wait<0>();
+    }
+    x.sync_threads();
+
+    const uint16_t* q = sQ + buf * kTile * L;
+    const uint16_t* d_o = sdO + buf * kTile * L;
+    const float* lse2 = sLse + buf * kTile;
+    const float* dd = sD + buf * kTile;
+    float s[8][4], dp[8][4];
+    zero(s);
+    zero(dp);
+    warp_abt<HD>(x, s, sK + warp * 16 * L, q);     // Sᵀ[key][query]
+    warp_abt<HD>(x, dp, sV + warp * 16 * L, d_o);  // dPᵀ[key][query]
+    const int q0 = qt * kTile;
+    probabilities_and_ds(
+        x, s, dp, scale_log2,
+        [&](int r, int c) {
+          const int key = key0 + 8 * r, query = q0 + c;
+          return key <= query && query < T && key < T;
+        },
+        [&](int, int c) { return lse2[c]; }, [&](int, int c) { return dd[c]; });
+    warp_pv<HD>(x, dv, s, d_o);  // dV += Pᵀ dO
+    warp_pv<HD>(x, dk, dp, q);   // dK += dSᵀ Q
+    x.sync_threads();            // every warp is done with this buffer before it is refilled
+  }
+
+  uint16_t* gdk = dqkv + size_t(b) * T * stride + C + size_t(h) * HD;
+  store_rows<HD>(x, gdk, stride, k0 + warp * 16, T, dk, scale, accumulate);
+  store_rows<HD>(x, gdk + C, stride, k0 + warp * 16, T, dv, 1.0f, accumulate);
+}
+
+// dQ of query block nqb-1-blockIdx.x (warp w: rows q0 + 16w ..), iterating over the key tiles
+// kt <= qb: S = Q Kᵀ, dP = dO Vᵀ, P = exp(S·scale − lse), dS = P ∘ (dP − D), dQ += dS K; scaled
+// by 1/sqrt(HD) at the end.
+template <int HD, class X>
+TRIAD_FA_FN void dq_block(X& x, uint16_t* dqkv, const uint16_t* dout, const uint16_t* qkv,
+                          const float* lse, const float* Dv, int T, int C, int NH, float scale,
+                          float scale_log2, bool accumulate) {
+  constexpr int L = pitch<HD>();
+  uint16_t* sQ = reinterpret_cast<uint16_t*>(x.smem());
+  uint16_t* sdO = sQ + kTile * L;
+  uint16_t* sK = sdO + kTile * L;     // [2][64][L]
+  uint16_t* sV = sK + 2 * kTile * L;  // [2][64][L]
+
+  const int nb = (T + kTile - 1) / kTile;
+  const int qb = nb - 1 - x.block_x();  // the longest rows first
+  const int bh = x.block_y(), b = bh / NH, h = bh % NH;
+  const size_t stride = size_t(3) * C;
+  const uint16_t* gq = qkv + size_t(b) * T * stride + size_t(h) * HD;
+  const uint16_t* gk = gq + C;
+  const uint16_t* gv = gq + 2 * size_t(C);
+  const uint16_t* gdo = dout + size_t(b) * T * C + size_t(h) * HD;
+  const int q0 = qb * kTile;
+  const int warp = x.thread() / 32, lane = x.thread() % 32;
+  const int row0 = q0 + warp * 16 + (lane >> 2);  // this thread's rows: row0 and row0 + 8
+
+  load_tile<HD>(x, sQ, gq, stride, q0, T);
+  load_tile<HD>(x, sdO, gdo, size_t(C), q0, T);
+  load_tile<HD>(x, sK, gk, stride, 0, T);
+  load_tile<HD>(x, sV, gv, stride, 0, T);
+  x.cp_commit();
+  float lse2[2], dd[2];
+  TRIAD_UNROLL
+  for (int r = 0; r < 2; ++r) {
+    const int row = row0 + 8 * r;
+    lse2[r] = row < T ? lse[size_t(bh) * T + row] * kLog2e : 0.0f;
+    dd[r] = row < T ? Dv[size_t(bh) * T + row] : 0.0f;
+  }
+
+  float dq[HD / 8][4];
+  zero(dq);
+  for (int kt = 0; kt <= qb; ++kt) {
+    const int buf = kt & 1;
+    if (kt < qb) {
+      load_tile<HD>(x, sK + (buf ^ 1) * kTile * L, gk, stride, (kt + 1) * kTile, T);
+      load_tile<HD>(x, sV + (buf ^ 1) * kTile * L, gv, stride, (kt + 1) * kTile, T);
+      x.cp_commit();
+      x.template cp_wait<1>();
+    } else {
+      x.template cp_wait<0>();
+    }
+    x.sync_threads();
+
+    const uint16_t* k = sK + buf * kTile * L;
+    float s[8][4], dp[8][4];
+    zero(s);
+    zero(dp);
+    warp_abt<HD>(x, s, sQ + warp * 16 * L, k);                       // S[query][key]
+    warp_abt<HD>(x, dp, sdO + warp * 16 * L, sV + buf * kTile * L);  // dP[query][key]
+    const int k0 = kt * kTile;
+    probabilities_and_ds(
+        x, s, dp, scale_log2,
+        [&](int r, int c) {
+          const int row = row0 + 8 * r, key = k0 + c;
+          return key <= row && key < T && row < T;
+        },
+        [&](int r, int) { return lse2[r]; }, [&](int r, int) { return dd[r]; });
+    warp_pv<HD>(x, dq, dp, k);  // dQ += dS K
+    x.sync_threads();
+  }
+  store_rows<HD>(x, dqkv + size_t(b) * T * stride + size_t(h) * HD, stride, q0 + warp * 16, T, dq,
+                 scale, accumulate);
+}
+
+}  // namespace triad::flash

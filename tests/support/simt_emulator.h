@@ -1,0 +1,282 @@
+// A CPU emulator of a CUDA thread block, for kernels written against a thread context (see
+// src/kernels/cuda/flash_attention_block.h): every thread of a block is an OS thread, the block
+// barrier a std::barrier, and the warp-wide instructions (shfl.xor, ldmatrix, mma.m16n8k16,
+// cp.async) are carried out from their PTX ISA definitions: each lane deposits its operands, the
+// last lane to arrive computes every lane's result, and the lanes read theirs back.
+//
+// It checks what the hardware would not forgive: lanes of a warp that reach different warp
+// instructions (divergence), ldmatrix rows and cp.async destinations outside shared memory or
+// not 16-byte aligned, cp.async sources not 16-byte aligned, and copies never waited for. Those
+// abort with a message (a hang or garbage on the GPU). Shared memory starts filled with 0xFF
+// bytes (bf16 NaN), so values read before they are written show as NaN.
+//
+// cp.async copies land either when issued or only when waited for (`CopyTiming`); running a
+// kernel both ways catches a tile read before its wait_group and a buffer refilled while other
+// warps still read it.
+#pragma once
+
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "triad/core/bf16.h"
+
+namespace triad::simt {
+
+enum class CopyTiming { at_issue, at_wait };
+
+[[noreturn]] inline void fail(const char* what) {
+  std::fprintf(stderr, "simt emulator: %s\n", what);
+  std::abort();
+}
+
+inline float bf16_value(uint16_t bits) { return to_float(bf16_t{bits}); }
+
+// The operands and results of one lane in one warp instruction.
+struct Slot {
+  enum Op { none, shfl, ldsm, ldsm_t, mma } op = none;
+  int mask = 0;
+  float f = 0.0f;
+  const unsigned char* addr = nullptr;
+  uint32_t a[4] = {}, b[2] = {};
+  float c[4] = {};
+  uint32_t r[4] = {};
+  float d[4] = {};
+};
+
+class Block;
+
+// Computes every lane's result of the warp instruction in slots[phase] (run once per
+// instruction, by the last lane to arrive).
+struct WarpStep {
+  Slot (*slots)[32];
+  int* phase;
+  const Block* block;
+  void operator()() noexcept;
+};
+
+struct Warp {
+  Slot slots[2][32];
+  int phase = 0;  // which slot set the next instruction uses (toggled by the completion step)
+  std::barrier<WarpStep> bar;
+  explicit Warp(const Block* block) : bar(32, WarpStep{slots, &phase, block}) {}
+};
+
+class Block {
+ public:
+  Block(int bx, int by, int threads, size_t smem_bytes, CopyTiming timing)
+      : bx_(bx), by_(by), timing_(timing), smem_(smem_bytes + 128, 0xFF), sync_(threads) {
+    base_ = smem_.data() + (128 - reinterpret_cast<uintptr_t>(smem_.data()) % 128) % 128;
+    size_ = smem_bytes;
+    for (int w = 0; w < (threads + 31) / 32; ++w) warps_.push_back(std::make_unique<Warp>(this));
+  }
+  bool in_smem(const void* p, size_t n) const {
+    const auto* c = static_cast<const unsigned char*>(p);
+    return c >= base_ && c + n <= base_ + size_;
+  }
+
+ private:
+  friend class Thread;
+  int bx_, by_;
+  CopyTiming timing_;
+  std::vector<unsigned char> smem_;
+  unsigned char* base_;
+  size_t size_;
+  std::barrier<> sync_;
+  std::vector<std::unique_ptr<Warp>> warps_;
+};
+
+inline void check_row(const Block* block, const unsigned char* p) {
+  if (!block->in_smem(p, 16)) fail("ldmatrix row address outside shared memory");
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0) fail("ldmatrix row address not 16-byte aligned");
+}
+
+inline uint16_t load16(const unsigned char* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+
+inline void WarpStep::operator()() noexcept {
+  Slot* s = slots[*phase];
+  *phase ^= 1;
+  for (int l = 1; l < 32; ++l)
+    if (s[l].op != s[0].op || (s[0].op == Slot::shfl && s[l].mask != s[0].mask))
+      fail("lanes of a warp reached different warp instructions");
+  switch (s[0].op) {
+    case Slot::shfl:
+      for (int l = 0; l < 32; ++l) s[l].d[0] = s[l ^ s[0].mask].f;
+      break;
+    case Slot::ldsm:    // register j of lane l: row l/4 of matrix j, columns 2(l%4), +1
+    case Slot::ldsm_t:  // register j of lane l: rows 2(l%4), +1 of matrix j, column l/4
+      for (int l = 0; l < 32; ++l) check_row(block, s[l].addr);
+      for (int l = 0; l < 32; ++l)
+        for (int j = 0; j < 4; ++j) {
+          uint16_t lo, hi;
+          if (s[0].op == Slot::ldsm) {
+            const unsigned char* row = s[8 * j + l / 4].addr;
+            lo = load16(row + 2 * (2 * (l % 4)));
+            hi = load16(row + 2 * (2 * (l % 4) + 1));
+          } else {
+            lo = load16(s[8 * j + 2 * (l % 4)].addr + 2 * (l / 4));
+            hi = load16(s[8 * j + 2 * (l % 4) + 1].addr + 2 * (l / 4));
+          }
+          s[l].r[j] = uint32_t(lo) | uint32_t(hi) << 16;
+        }
+      break;
+    case Slot::mma: {  // D[16][8] = A[16][16] · B[16][8] + C, fp32 accumulation
+      float A[16][16], B[16][8], D[16][8];
+      for (int l = 0; l < 32; ++l) {
+        const int g = l / 4, t = l % 4;
+        for (int reg = 0; reg < 4; ++reg)
+          for (int e = 0; e < 2; ++e) {
+            const uint16_t v = uint16_t(e ? s[l].a[reg] >> 16 : s[l].a[reg] & 0xffffu);
+            A[g + 8 * (reg & 1)][2 * t + e + 8 * (reg >> 1)] = bf16_value(v);
+          }
+        for (int reg = 0; reg < 2; ++reg)
+          for (int e = 0; e < 2; ++e) {
+            const uint16_t v = uint16_t(e ? s[l].b[reg] >> 16 : s[l].b[reg] & 0xffffu);
+            B[2 * t + e + 8 * reg][g] = bf16_value(v);
+          }
+        for (int i = 0; i < 4; ++i) D[g + 8 * (i / 2)][2 * t + i % 2] = s[l].c[i];
+      }
+      for (int r = 0; r < 16; ++r)
+        for (int n = 0; n < 8; ++n) {
+          float acc = D[r][n];
+          for (int k = 0; k < 16; ++k) acc += A[r][k] * B[k][n];
+          D[r][n] = acc;
+        }
+      for (int l = 0; l < 32; ++l)
+        for (int i = 0; i < 4; ++i) s[l].d[i] = D[l / 4 + 8 * (i / 2)][2 * (l % 4) + i % 2];
+      break;
+    }
+    case Slot::none:
+      fail("warp instruction without an operation");
+  }
+}
+
+// The thread context a kernel body runs against (the X of flash_attention_block.h).
+class Thread {
+ public:
+  Thread(Block& block, int tid) : block_(block), tid_(tid) {}
+  ~Thread() {
+    if (!pending_.empty() || !groups_.empty()) fail("cp.async copies never waited for");
+  }
+
+  int thread() const { return tid_; }
+  int block_x() const { return block_.bx_; }
+  int block_y() const { return block_.by_; }
+  unsigned char* smem() { return block_.base_; }
+  void sync_threads() { block_.sync_.arrive_and_wait(); }
+
+  float shfl_xor(float v, int mask) {
+    Slot& s = deposit(Slot::shfl);
+    s.f = v;
+    s.mask = mask;
+    return collect().d[0];
+  }
+  void ldsm_x4(uint32_t (&r)[4], const uint16_t* row) { ldsm(r, row, Slot::ldsm); }
+  void ldsm_x4_t(uint32_t (&r)[4], const uint16_t* row) { ldsm(r, row, Slot::ldsm_t); }
+  void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    Slot& s = deposit(Slot::mma);
+    std::memcpy(s.a, a, sizeof s.a);
+    s.b[0] = b0;
+    s.b[1] = b1;
+    std::memcpy(s.c, d, sizeof s.c);
+    std::memcpy(d, collect().d, sizeof s.d);
+  }
+
+  void cp_async16(void* dst, const void* src, bool valid) {
+    if (!block_.in_smem(dst, 16)) fail("cp.async destination outside shared memory");
+    if (reinterpret_cast<uintptr_t>(dst) % 16 != 0 || reinterpret_cast<uintptr_t>(src) % 16 != 0)
+      fail("cp.async address not 16-byte aligned");
+    Copy c{static_cast<unsigned char*>(dst),
+           valid ? static_cast<const unsigned char*>(src) : nullptr};
+    if (block_.timing_ == CopyTiming::at_issue)
+      perform(c);
+    else
+      pending_.push_back(c);
+  }
+  void cp_commit() {
+    groups_.push_back(std::move(pending_));
+    pending_.clear();
+  }
+  template <int N>
+  void cp_wait() {
+    while (groups_.size() > size_t(N)) {
+      for (const Copy& c : groups_.front()) perform(c);
+      groups_.pop_front();
+    }
+  }
+
+  static float exp2(float v) { return std::exp2(v); }
+  static float log2(float v) { return std::log2(v); }
+  static uint32_t pack_bf16(float lo, float hi) {
+    return uint32_t(to_bf16(lo).bits) | uint32_t(to_bf16(hi).bits) << 16;
+  }
+  static float bf16_float(uint16_t bits) { return bf16_value(bits); }
+
+ private:
+  struct Copy {
+    unsigned char* dst;
+    const unsigned char* src;  // nullptr: zero fill
+  };
+  static void perform(const Copy& c) {
+    if (c.src)
+      std::memcpy(c.dst, c.src, 16);
+    else
+      std::memset(c.dst, 0, 16);
+  }
+  Warp& warp() { return *block_.warps_[tid_ / 32]; }
+  Slot& deposit(Slot::Op op) {
+    Slot& s = warp().slots[phase_][tid_ % 32];
+    s.op = op;
+    return s;
+  }
+  // Waits for the whole warp; the returned slot stays valid until this lane's next instruction.
+  const Slot& collect() {
+    const int used = phase_;
+    phase_ ^= 1;
+    warp().bar.arrive_and_wait();
+    return warp().slots[used][tid_ % 32];
+  }
+  void ldsm(uint32_t (&r)[4], const uint16_t* row, Slot::Op op) {
+    Slot& s = deposit(op);
+    s.addr = reinterpret_cast<const unsigned char*>(row);
+    std::memcpy(r, collect().r, sizeof s.r);
+  }
+
+  Block& block_;
+  int tid_;
+  int phase_ = 0;
+  std::vector<Copy> pending_;
+  std::deque<std::vector<Copy>> groups_;
+};
+
+// Runs body(Thread&) for every thread of every block of a grid_x × grid_y grid (blocks one
+// after another, the threads of a block concurrently).
+template <class Body>
+void launch(int grid_x, int grid_y, int threads, size_t smem_bytes, CopyTiming timing, Body body) {
+  if (threads % 32 != 0) fail("block size not a multiple of 32");
+  for (int by = 0; by < grid_y; ++by)
+    for (int bx = 0; bx < grid_x; ++bx) {
+      Block block(bx, by, threads, smem_bytes, timing);
+      std::vector<std::thread> pool;
+      pool.reserve(size_t(threads));
+      for (int t = 0; t < threads; ++t)
+        pool.emplace_back([&block, &body, t] {
+          Thread x(block, t);
+          body(x);
+        });
+      for (std::thread& th : pool) th.join();
+    }
+}
+
+}  // namespace triad::simt

@@ -1,0 +1,124 @@
+// The flash-attention kernels' block programs (src/kernels/cuda/flash_attention_block.h), run on
+// the CPU through the SIMT emulator (tests/support/simt_emulator.h: mma.m16n8k16, ldmatrix,
+// cp.async and shuffles carried out from their PTX definitions), against a naive causal
+// attention in double on the same bf16 inputs: out, lse, dq, dk, dv within the tolerance the
+// GPU test uses (max|got − want| / max|want| <= 1e-2, lse within 1e-3), for partial tiles, one
+// token, several tiles and both head dims, with cp.async copies landing at issue and only at
+// their wait. What this cannot show is the hardware's agreement with the PTX definitions; the GPU
+// test (test_flash_attention) runs the same code on the device. Needs no GPU and no CUDA.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "../../src/kernels/cuda/flash_attention_block.h"
+#include "../support/attention_reference.h"
+#include "../support/simt_emulator.h"
+
+namespace triad {
+namespace {
+
+using namespace attention_reference;
+using simt::CopyTiming;
+
+struct Outputs {
+  Bits out, dqkv;
+  std::vector<float> lse;
+};
+
+// Forward then backward (D, dK/dV, dQ) exactly as flash_attention.cu launches them. dqkv starts
+// as `dqkv0` (accumulate) or NaN patterns (overwrite).
+template <int HD>
+Outputs run(const Bits& qkv, const Bits& dout, int B, int T, int NH, CopyTiming timing,
+            const Bits* dqkv0 = nullptr) {
+  const int C = NH * HD;
+  Outputs r;
+  r.out.assign(size_t(B) * T * C, 0xFFFFu);
+  r.lse.assign(size_t(B) * NH * T, NAN);
+  r.dqkv = dqkv0 ? *dqkv0 : Bits(size_t(B) * T * 3 * C, 0xFFFFu);
+  std::vector<float> D(size_t(B) * NH * T, NAN);
+  const float scale = float(1.0 / std::sqrt(double(HD)));
+  const float scale_log2 = scale * flash::kLog2e;
+  const int nb = (T + flash::kTile - 1) / flash::kTile;
+  const int threads = flash::kThreads;
+
+  simt::launch(nb, B * NH, threads, flash::forward_smem<HD>(), timing, [&](simt::Thread& x) {
+    flash::forward_block<HD>(x, r.out.data(), r.lse.data(), qkv.data(), T, C, NH, scale_log2);
+  });
+  const size_t rows = size_t(B) * T * NH;
+  simt::launch(int((rows + flash::kWarps - 1) / flash::kWarps), 1, threads, 0, timing,
+               [&](simt::Thread& x) {
+                 flash::dot_block<HD>(x, D.data(), dout.data(), r.out.data(), B, T, NH);
+               });
+  const bool acc = dqkv0 != nullptr;
+  simt::launch(nb, B * NH, threads, flash::dkdv_smem<HD>(), timing, [&](simt::Thread& x) {
+    flash::dkdv_block<HD>(x, r.dqkv.data(), dout.data(), qkv.data(), r.lse.data(), D.data(), T, C,
+                          NH, scale, scale_log2, acc);
+  });
+  simt::launch(nb, B * NH, threads, flash::dq_smem<HD>(), timing, [&](simt::Thread& x) {
+    flash::dq_block<HD>(x, r.dqkv.data(), dout.data(), qkv.data(), r.lse.data(), D.data(), T, C, NH,
+                        scale, scale_log2, acc);
+  });
+  return r;
+}
+
+void check(int B, int T, int NH, int hd, CopyTiming timing) {
+  const int C = NH * hd;
+  SCOPED_TRACE(::testing::Message()
+               << "B=" << B << " T=" << T << " NH=" << NH << " hd=" << hd
+               << (timing == CopyTiming::at_wait ? " copies at wait" : " copies at issue"));
+  Bits qkv_bits, dout_bits;
+  std::vector<double> qkv, dout;
+  random_bf16(size_t(B) * T * 3 * C, 4321u + T, qkv_bits, qkv);
+  random_bf16(size_t(B) * T * C, 777u + T, dout_bits, dout);
+  const Reference want = reference(qkv, dout, B, T, C, NH);
+  const Outputs got = hd == 64 ? run<64>(qkv_bits, dout_bits, B, T, NH, timing)
+                               : run<128>(qkv_bits, dout_bits, B, T, NH, timing);
+
+  const size_t rows = size_t(B) * T;
+  EXPECT_LE(rel_error(got.out, want.out, rows, C, 0, C), 1e-2) << "out";
+  double lse_err = 0.0;
+  for (size_t i = 0; i < got.lse.size(); ++i) {
+    const double e = std::abs(double(got.lse[i]) - want.lse[i]);
+    lse_err = std::isfinite(e) ? std::max(lse_err, e) : INFINITY;
+  }
+  EXPECT_LE(lse_err, 1e-3) << "lse";
+  EXPECT_LE(rel_error(got.dqkv, want.dqkv, rows, 3 * size_t(C), 0, C), 1e-2) << "dq";
+  EXPECT_LE(rel_error(got.dqkv, want.dqkv, rows, 3 * size_t(C), C, C), 1e-2) << "dk";
+  EXPECT_LE(rel_error(got.dqkv, want.dqkv, rows, 3 * size_t(C), 2 * size_t(C), C), 1e-2) << "dv";
+}
+
+TEST(FlashAttentionEmulated, SingleToken) { check(2, 1, 2, 64, CopyTiming::at_issue); }
+
+TEST(FlashAttentionEmulated, PartialTileCopiesAtWait) { check(1, 77, 2, 64, CopyTiming::at_wait); }
+
+TEST(FlashAttentionEmulated, ThreeTiles) { check(1, 150, 2, 64, CopyTiming::at_issue); }
+
+TEST(FlashAttentionEmulated, ThreeTilesCopiesAtWait) { check(1, 150, 1, 64, CopyTiming::at_wait); }
+
+TEST(FlashAttentionEmulated, HeadDim128) { check(1, 130, 1, 128, CopyTiming::at_wait); }
+
+// The backward's accumulate mode: every element of dqkv becomes round(old + gradient).
+TEST(FlashAttentionEmulated, BackwardAccumulates) {
+  const int B = 1, T = 70, NH = 2, hd = 64, C = NH * hd;
+  Bits qkv_bits, dout_bits, old_bits;
+  std::vector<double> qkv, dout, old;
+  random_bf16(size_t(B) * T * 3 * C, 11u, qkv_bits, qkv);
+  random_bf16(size_t(B) * T * C, 12u, dout_bits, dout);
+  random_bf16(size_t(B) * T * 3 * C, 13u, old_bits, old);
+  const Reference want = reference(qkv, dout, B, T, C, NH);
+  const Outputs got = run<64>(qkv_bits, dout_bits, B, T, NH, CopyTiming::at_issue, &old_bits);
+  double ref = 0.0;
+  for (double w : want.dqkv) ref = std::max(ref, std::abs(w));
+  double worst = 0.0;  // error beyond the allowance, in units of the allowance
+  for (size_t i = 0; i < got.dqkv.size(); ++i) {
+    const double g = to_float(bf16_t{got.dqkv[i]}), w = old[i] + want.dqkv[i];
+    // 1e-2 of the gradient scale plus the final rounding of old + gradient to bf16
+    const double allowed = 1e-2 * ref + std::ldexp(std::abs(w), -8);
+    worst = std::isfinite(g) ? std::max(worst, std::abs(g - w) / allowed) : INFINITY;
+  }
+  EXPECT_LE(worst, 1.0);
+}
+
+}  // namespace
+}  // namespace triad
