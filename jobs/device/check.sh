@@ -195,21 +195,24 @@ EOF
       fi
     fi
     echo "-- gtest executables"
-    tp=0; tf=0; ep=0; et=0
+    tp=0; tf=0; ts=0; ep=0; et=0
     for t in "$B"/tests/test_*; do
       [[ -x $t ]] || continue
       et=$((et + 1)); name=$(basename "$t")
       (cd "$RUN/work" && timeout "$(tmo 90 200)" "$t" --gtest_brief=1 >"$RUN/$name.txt" 2>&1); rc=$?
       p=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$RUN/$name.txt" | tail -1)
       f=$(grep -oE '^\[  FAILED  \] [A-Za-z_][A-Za-z0-9_/.]*' "$RUN/$name.txt" | sort -u | wc -l)
+      sk=$(sed -n 's/^\[  SKIPPED \] \([0-9]*\) test.*/\1/p' "$RUN/$name.txt" | tail -1)
       [[ $rc != 0 && $f == 0 ]] && f=1   # crashed or timed out: count one failure
-      tp=$((tp + ${p:-0})); tf=$((tf + ${f:-0}))
+      tp=$((tp + ${p:-0})); tf=$((tf + ${f:-0})); ts=$((ts + ${sk:-0}))
       [[ $rc == 0 ]] && ep=$((ep + 1))
-      echo "$( [[ $rc == 0 ]] && echo OK || echo FAIL)   $name: ${p:-0} passed, ${f:-0} failed, exit $rc"
+      echo "$( [[ $rc == 0 ]] && echo OK || echo FAIL)   $name: ${p:-0} passed, ${f:-0} failed, ${sk:-0} skipped, exit $rc"
+      # A GPU test that skips on the GPU machine did not test anything: say which and why.
+      [[ ${sk:-0} == 0 ]] || grep -A1 -E ': Skipped$' "$RUN/$name.txt" | grep -vE ': Skipped$|^--$' | sort | uniq -c | head -3 | sed 's/^ */       skipped: /'
       [[ $rc == 0 ]] || grep -E '^\[  FAILED  \]|Failure|error' "$RUN/$name.txt" | head -8 | sed 's/^/       /'
     done
     echo "RESULT_ITEMS $ok/$tot"
-    echo "RESULT_TESTS $tp/$((tp + tf)) tests passed ($ep/$et executables OK)"
+    echo "RESULT_TESTS $tp/$((tp + tf)) tests passed, $ts skipped ($ep/$et executables OK)"
   ) 2>&1 | tee "$RUN/carried.txt"
   items=$(sed -n 's/^RESULT_ITEMS //p' "$RUN/carried.txt")
   TESTS=$(sed -n 's/^RESULT_TESTS //p' "$RUN/carried.txt")
