@@ -37,27 +37,24 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, int T, int NH, CopyTiming 
   r.lse.assign(size_t(B) * NH * T, NAN);
   r.dqkv = dqkv0 ? *dqkv0 : Bits(size_t(B) * T * 3 * C, 0xFFFFu);
   std::vector<float> D(size_t(B) * NH * T, NAN);
-  const float scale = float(1.0 / std::sqrt(double(HD)));
-  const float scale_log2 = scale * flash::kLog2e;
-  const int nb = (T + flash::kTile - 1) / flash::kTile;
+  const flash::Launch l = flash::launch_shape(B, T, NH, HD);
   const int threads = flash::kThreads;
-
-  simt::launch(nb, B * NH, threads, flash::forward_smem<HD>(), timing, [&](simt::Thread& x) {
-    flash::forward_block<HD>(x, r.out.data(), r.lse.data(), qkv.data(), T, C, NH, scale_log2);
+  simt::launch(
+      l.blocks_x, l.blocks_y, threads, flash::forward_smem<HD>(), timing, [&](simt::Thread& x) {
+        flash::forward_block<HD>(x, r.out.data(), r.lse.data(), qkv.data(), T, C, NH, l.scale_log2);
+      });
+  simt::launch(int(l.dot_blocks), 1, threads, 0, timing, [&](simt::Thread& x) {
+    flash::dot_block<HD>(x, D.data(), dout.data(), r.out.data(), B, T, NH);
   });
-  const size_t rows = size_t(B) * T * NH;
-  simt::launch(int((rows + flash::kWarps - 1) / flash::kWarps), 1, threads, 0, timing,
-               [&](simt::Thread& x) {
-                 flash::dot_block<HD>(x, D.data(), dout.data(), r.out.data(), B, T, NH);
-               });
   const bool acc = dqkv0 != nullptr;
-  simt::launch(nb, B * NH, threads, flash::dkdv_smem<HD>(), timing, [&](simt::Thread& x) {
-    flash::dkdv_block<HD>(x, r.dqkv.data(), dout.data(), qkv.data(), r.lse.data(), D.data(), T, C,
-                          NH, scale, scale_log2, acc);
-  });
-  simt::launch(nb, B * NH, threads, flash::dq_smem<HD>(), timing, [&](simt::Thread& x) {
+  simt::launch(l.blocks_x, l.blocks_y, threads, flash::dkdv_smem<HD>(), timing,
+               [&](simt::Thread& x) {
+                 flash::dkdv_block<HD>(x, r.dqkv.data(), dout.data(), qkv.data(), r.lse.data(),
+                                       D.data(), T, C, NH, l.scale, l.scale_log2, acc);
+               });
+  simt::launch(l.blocks_x, l.blocks_y, threads, flash::dq_smem<HD>(), timing, [&](simt::Thread& x) {
     flash::dq_block<HD>(x, r.dqkv.data(), dout.data(), qkv.data(), r.lse.data(), D.data(), T, C, NH,
-                        scale, scale_log2, acc);
+                        l.scale, l.scale_log2, acc);
   });
   return r;
 }

@@ -130,17 +130,16 @@ void allow_smem(Kernel k, size_t bytes) {
       cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
 }
 
-float scale_of(int hd) { return float(1.0 / std::sqrt(double(hd))); }
-
 template <int HD>
 void forward_hd(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH,
                 cudaStream_t s) {
   constexpr size_t smem = flash::forward_smem<HD>();
   static const bool once = (allow_smem(forward_kernel<HD>, smem), true);
   (void)once;
-  const dim3 grid(unsigned((T + flash::kTile - 1) / flash::kTile), unsigned(B * NH));
-  forward_kernel<HD><<<grid, flash::kThreads, smem, s>>>(bits(out), lse, bits(qkv), T, C, NH,
-                                                         scale_of(HD) * flash::kLog2e);
+  const flash::Launch l = flash::launch_shape(B, T, NH, HD);
+  const dim3 grid(unsigned(l.blocks_x), unsigned(l.blocks_y));
+  forward_kernel<HD>
+      <<<grid, flash::kThreads, smem, s>>>(bits(out), lse, bits(qkv), T, C, NH, l.scale_log2);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
@@ -151,19 +150,16 @@ void backward_hd(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out,
   static const bool once =
       (allow_smem(dkdv_kernel<HD>, dkdv_smem), allow_smem(dq_kernel<HD>, dq_smem), true);
   (void)once;
-  const size_t rows = size_t(B) * T * NH;
-  dot_kernel<HD><<<unsigned((rows + flash::kWarps - 1) / flash::kWarps), flash::kThreads, 0, s>>>(
-      Dv, bits(dout), bits(out), B, T, NH);
+  const flash::Launch l = flash::launch_shape(B, T, NH, HD);
+  dot_kernel<HD>
+      <<<unsigned(l.dot_blocks), flash::kThreads, 0, s>>>(Dv, bits(dout), bits(out), B, T, NH);
   TRIAD_CUDA_CHECK_LAUNCH();
-  const float scale = scale_of(HD);
-  const dim3 grid(unsigned((T + flash::kTile - 1) / flash::kTile), unsigned(B * NH));
-  dkdv_kernel<HD><<<grid, flash::kThreads, dkdv_smem, s>>>(bits(dqkv), bits(dout), bits(qkv), lse,
-                                                           Dv, T, C, NH, scale,
-                                                           scale * flash::kLog2e, accumulate);
+  const dim3 grid(unsigned(l.blocks_x), unsigned(l.blocks_y));
+  dkdv_kernel<HD><<<grid, flash::kThreads, dkdv_smem, s>>>(
+      bits(dqkv), bits(dout), bits(qkv), lse, Dv, T, C, NH, l.scale, l.scale_log2, accumulate);
   TRIAD_CUDA_CHECK_LAUNCH();
   dq_kernel<HD><<<grid, flash::kThreads, dq_smem, s>>>(bits(dqkv), bits(dout), bits(qkv), lse, Dv,
-                                                       T, C, NH, scale, scale * flash::kLog2e,
-                                                       accumulate);
+                                                       T, C, NH, l.scale, l.scale_log2, accumulate);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 

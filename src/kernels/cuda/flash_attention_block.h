@@ -79,6 +79,24 @@ TRIAD_FA_SIZE size_t dq_smem() {
   return 6 * tile_bytes<HD>();  // Q, dO, K ×2, V ×2
 }
 
+// How the kernels are launched for a [B, T, NH·HD] problem (host side; the GPU launchers and
+// the emulated test share it): grid (blocks_x, blocks_y) of kThreads threads for the forward,
+// dK/dV and dQ kernels, dot_blocks × 1 for D = rowsum(dO ∘ O).
+struct Launch {
+  int blocks_x, blocks_y;
+  size_t dot_blocks;
+  float scale, scale_log2;  // 1/sqrt(HD), and times log2(e)
+};
+inline Launch launch_shape(int B, int T, int NH, int HD) {
+  Launch l;
+  l.blocks_x = (T + kTile - 1) / kTile;
+  l.blocks_y = B * NH;
+  l.dot_blocks = (size_t(B) * T * NH + kWarps - 1) / kWarps;
+  l.scale = float(1.0 / std::sqrt(double(HD)));
+  l.scale_log2 = l.scale * kLog2e;
+  return l;
+}
+
 // Rows [row0, row0 + 64) of a row-major bf16 matrix at g (row pitch `stride` elements, HD
 // columns) → s [64][pitch], async; rows >= T are zero-filled.
 template <int HD, class X>
