@@ -107,4 +107,21 @@ inline double rel_error(const Bits& got, const std::vector<double>& want, size_t
   return diff / std::max(ref, 1e-4);
 }
 
+// For a backward that accumulates (each element becomes round(old + gradient)): the worst error
+// of got against old + want, in units of what is allowed: 1e-2 of the largest gradient plus the
+// final rounding of old + gradient to bf16 (half an ulp, at most 2^-8 relative). <= 1 passes; NaN
+// → infinity.
+inline double accumulate_error(const Bits& got, const std::vector<double>& old,
+                               const std::vector<double>& want) {
+  double ref = 0.0;
+  for (double w : want) ref = std::max(ref, std::abs(w));
+  double worst = 0.0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double g = to_float(bf16_t{got[i]}), w = old[i] + want[i];
+    const double allowed = 1e-2 * ref + std::ldexp(std::abs(w), -8);
+    worst = std::isfinite(g) ? std::max(worst, std::abs(g - w) / allowed) : INFINITY;
+  }
+  return worst;
+}
+
 }  // namespace triad::attention_reference

@@ -1,7 +1,8 @@
 // The fused bf16 flash attention (src/kernels/cuda/flash_attention.cu) against a naive causal
 // attention in double on the same bf16-rounded inputs: out, lse and dqkv (each of dq, dk, dv
 // separately), error = max|got − want| / max|want| <= 1e-2, lse within 1e-3; no NaN; the
-// backward is deterministic (two runs agree bit for bit) and overwrites dqkv.
+// backward is deterministic (two runs agree bit for bit), overwrites dqkv, or accumulates into it
+// on request.
 // Skips without a usable CUDA device and in builds without CUDA.
 #include <gtest/gtest.h>
 
@@ -92,6 +93,35 @@ void check_shape(int B, int T, int NH, int hd) {
     TRIAD_CUDA_CHECK(cudaFree(p));
 }
 
+// The backward's accumulate mode (the Backend's += contract): dqkv holds random values before,
+// and each element becomes round(old + gradient).
+void check_accumulate(int B, int T, int NH, int hd) {
+  const int C = NH * hd;
+  Bits qkv_bits, dout_bits, old_bits;
+  std::vector<double> qkv, dout, old;
+  random_bf16(size_t(B) * T * 3 * C, 21u, qkv_bits, qkv);
+  random_bf16(size_t(B) * T * C, 22u, dout_bits, dout);
+  random_bf16(size_t(B) * T * 3 * C, 23u, old_bits, old);
+  const Reference want = reference(qkv, dout, B, T, C, NH);
+  using cuda::bf16;
+  bf16* d_qkv = reinterpret_cast<bf16*>(device_copy(qkv_bits));
+  bf16* d_dout = reinterpret_cast<bf16*>(device_copy(dout_bits));
+  bf16* d_out = reinterpret_cast<bf16*>(device_copy(Bits(size_t(B) * T * C, 0xFFFFu)));
+  bf16* d_dqkv = reinterpret_cast<bf16*>(device_copy(old_bits));
+  float* d_lse = device_copy(std::vector<float>(size_t(B) * NH * T, NAN));
+  float* d_ws =
+      device_copy(std::vector<float>(cuda::flash_attention_workspace_floats(B, T, C, NH), NAN));
+  cuda::flash_attention_forward(d_out, d_lse, d_qkv, B, T, C, NH, nullptr);
+  cuda::flash_attention_backward(d_dqkv, d_dout, d_qkv, d_out, d_lse, d_ws, B, T, C, NH, nullptr,
+                                 /*accumulate=*/true);
+  TRIAD_CUDA_CHECK(cudaDeviceSynchronize());
+  const Bits dqkv = host_copy(reinterpret_cast<uint16_t*>(d_dqkv), size_t(B) * T * 3 * C);
+  EXPECT_LE(accumulate_error(dqkv, old, want.dqkv), 1.0);
+  for (void* p : {static_cast<void*>(d_qkv), static_cast<void*>(d_dout), static_cast<void*>(d_out),
+                  static_cast<void*>(d_dqkv), static_cast<void*>(d_lse), static_cast<void*>(d_ws)})
+    TRIAD_CUDA_CHECK(cudaFree(p));
+}
+
 #define SKIP_WITHOUT_DEVICE() \
   if (!cuda_device_available()) GTEST_SKIP() << "no usable CUDA device"
 
@@ -113,6 +143,11 @@ TEST(FlashAttention, HeadDim128) {
 TEST(FlashAttention, Gpt2Shape) {
   SKIP_WITHOUT_DEVICE();
   check_shape(2, 1024, 12, 64);
+}
+
+TEST(FlashAttention, BackwardAccumulates) {
+  SKIP_WITHOUT_DEVICE();
+  check_accumulate(2, 150, 3, 64);
 }
 
 TEST(FlashAttention, RejectsOtherHeadDims) {

@@ -105,16 +105,7 @@ TEST(FlashAttentionEmulated, BackwardAccumulates) {
   random_bf16(size_t(B) * T * 3 * C, 13u, old_bits, old);
   const Reference want = reference(qkv, dout, B, T, C, NH);
   const Outputs got = run<64>(qkv_bits, dout_bits, B, T, NH, CopyTiming::at_issue, &old_bits);
-  double ref = 0.0;
-  for (double w : want.dqkv) ref = std::max(ref, std::abs(w));
-  double worst = 0.0;  // error beyond the allowance, in units of the allowance
-  for (size_t i = 0; i < got.dqkv.size(); ++i) {
-    const double g = to_float(bf16_t{got.dqkv[i]}), w = old[i] + want.dqkv[i];
-    // 1e-2 of the gradient scale plus the final rounding of old + gradient to bf16
-    const double allowed = 1e-2 * ref + std::ldexp(std::abs(w), -8);
-    worst = std::isfinite(g) ? std::max(worst, std::abs(g - w) / allowed) : INFINITY;
-  }
-  EXPECT_LE(worst, 1.0);
+  EXPECT_LE(accumulate_error(got.dqkv, old, want.dqkv), 1.0);
 }
 
 }  // namespace

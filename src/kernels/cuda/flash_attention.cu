@@ -3,12 +3,13 @@
 // instructions the programs were written for (mma.sync m16n8k16 bf16, ldmatrix, cp.async; sm_80
 // and later). The same programs run on the CPU in test_flash_attention_emulated.
 //
-//   forward   grid (ceil(T/64), B·NH), heaviest query blocks first.
+//   forward   grid (B·NH, ceil(T/64)), every head's heaviest query block first.
 //   backward  (1) D = rowsum(dO ∘ O), one warp per (b, t, h) row, into the workspace;
-//             (2) grid (nkb, B·NH): dK, dV of one key block over the query tiles after it;
-//             (3) grid (nqb, B·NH): dQ of one query block (recomputing P and dP).
+//             (2) grid (B·NH, nkb): dK, dV of one key block over the query tiles after it;
+//             (3) grid (B·NH, nqb): dQ of one query block (recomputing P and dP).
 //             No atomics, fixed summation orders: bit-identical run to run.
 #include <cmath>
+#include <mutex>
 
 #include "cuda_common.cuh"
 #include "flash_attention.cuh"
@@ -83,23 +84,25 @@ uint16_t* bits(bf16* p) { return reinterpret_cast<uint16_t*>(p); }
 
 template <int HD>
 __global__ void __launch_bounds__(flash::kThreads)
-    forward_kernel(uint16_t* out, float* lse, const uint16_t* qkv, int T, int C, int NH,
-                   float scale_log2) {
+    forward_kernel(uint16_t* __restrict__ out, float* __restrict__ lse,
+                   const uint16_t* __restrict__ qkv, int T, int C, int NH, float scale_log2) {
   DeviceThread x;
   flash::forward_block<HD>(x, out, lse, qkv, T, C, NH, scale_log2);
 }
 
 template <int HD>
 __global__ void __launch_bounds__(flash::kThreads)
-    dot_kernel(float* Dv, const uint16_t* dout, const uint16_t* out, int B, int T, int NH) {
+    dot_kernel(float* __restrict__ Dv, const uint16_t* __restrict__ dout,
+               const uint16_t* __restrict__ out, int B, int T, int NH) {
   DeviceThread x;
   flash::dot_block<HD>(x, Dv, dout, out, B, T, NH);
 }
 
 template <int HD>
 __global__ void __launch_bounds__(flash::kThreads)
-    dkdv_kernel(uint16_t* dqkv, const uint16_t* dout, const uint16_t* qkv, const float* lse,
-                const float* Dv, int T, int C, int NH, float scale, float scale_log2,
+    dkdv_kernel(uint16_t* __restrict__ dqkv, const uint16_t* __restrict__ dout,
+                const uint16_t* __restrict__ qkv, const float* __restrict__ lse,
+                const float* __restrict__ Dv, int T, int C, int NH, float scale, float scale_log2,
                 bool accumulate) {
   DeviceThread x;
   flash::dkdv_block<HD>(x, dqkv, dout, qkv, lse, Dv, T, C, NH, scale, scale_log2, accumulate);
@@ -107,8 +110,9 @@ __global__ void __launch_bounds__(flash::kThreads)
 
 template <int HD>
 __global__ void __launch_bounds__(flash::kThreads)
-    dq_kernel(uint16_t* dqkv, const uint16_t* dout, const uint16_t* qkv, const float* lse,
-              const float* Dv, int T, int C, int NH, float scale, float scale_log2,
+    dq_kernel(uint16_t* __restrict__ dqkv, const uint16_t* __restrict__ dout,
+              const uint16_t* __restrict__ qkv, const float* __restrict__ lse,
+              const float* __restrict__ Dv, int T, int C, int NH, float scale, float scale_log2,
               bool accumulate) {
   DeviceThread x;
   flash::dq_block<HD>(x, dqkv, dout, qkv, lse, Dv, T, C, NH, scale, scale_log2, accumulate);
@@ -120,22 +124,30 @@ void check_shape(int B, int T, int C, int NH) {
   const int hd = C / NH;
   TRIAD_CHECK(hd == 64 || hd == 128, "flash attention: head dimension ", hd,
               " is not supported (64 or 128)");
-  TRIAD_CHECK(T <= 65535 * flash::kTile && B * NH <= 65535,
-              "flash attention: grid too large (B·NH = ", B * NH, ", T = ", T, ")");
+  TRIAD_CHECK(T <= 65535 * flash::kTile, "flash attention: T = ", T, " is too long (at most ",
+              65535 * flash::kTile, ")");
 }
 
+// Lets kernel k use `bytes` of dynamic shared memory (above the default 48 KB). The attribute
+// belongs to the current device's context, so it is set once per device and kernel.
 template <typename Kernel>
 void allow_smem(Kernel k, size_t bytes) {
-  TRIAD_CUDA_CHECK(
-      cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+  constexpr int kMaxDevices = 64;
+  static std::once_flag done[kMaxDevices];
+  int dev = 0;
+  TRIAD_CUDA_CHECK(cudaGetDevice(&dev));
+  TRIAD_CHECK(dev >= 0 && dev < kMaxDevices, "flash attention: device ", dev, " out of range");
+  std::call_once(done[dev], [&] {
+    TRIAD_CUDA_CHECK(
+        cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+  });
 }
 
 template <int HD>
 void forward_hd(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH,
                 cudaStream_t s) {
   constexpr size_t smem = flash::forward_smem<HD>();
-  static const bool once = (allow_smem(forward_kernel<HD>, smem), true);
-  (void)once;
+  allow_smem(forward_kernel<HD>, smem);
   const flash::Launch l = flash::launch_shape(B, T, NH, HD);
   const dim3 grid(unsigned(l.blocks_x), unsigned(l.blocks_y));
   forward_kernel<HD>
@@ -147,9 +159,8 @@ template <int HD>
 void backward_hd(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out, const float* lse,
                  float* Dv, int B, int T, int C, int NH, cudaStream_t s, bool accumulate) {
   constexpr size_t dkdv_smem = flash::dkdv_smem<HD>(), dq_smem = flash::dq_smem<HD>();
-  static const bool once =
-      (allow_smem(dkdv_kernel<HD>, dkdv_smem), allow_smem(dq_kernel<HD>, dq_smem), true);
-  (void)once;
+  allow_smem(dkdv_kernel<HD>, dkdv_smem);
+  allow_smem(dq_kernel<HD>, dq_smem);
   const flash::Launch l = flash::launch_shape(B, T, NH, HD);
   dot_kernel<HD>
       <<<unsigned(l.dot_blocks), flash::kThreads, 0, s>>>(Dv, bits(dout), bits(out), B, T, NH);

@@ -80,8 +80,11 @@ TRIAD_FA_SIZE size_t dq_smem() {
 }
 
 // How the kernels are launched for a [B, T, NH·HD] problem (host side; the GPU launchers and
-// the emulated test share it): grid (blocks_x, blocks_y) of kThreads threads for the forward,
-// dK/dV and dQ kernels, dot_blocks × 1 for D = rowsum(dO ∘ O).
+// the emulated test share it): grid (blocks_x, blocks_y) = (B·NH heads, 64-row tiles) of
+// kThreads threads for the forward, dK/dV and dQ kernels, dot_blocks × 1 for D = rowsum(dO ∘ O).
+// Blocks are dispatched x first, so every head's heaviest tile (blockIdx.y = 0: the last query
+// block, or the first key block) starts before any lighter one: the causal triangle's long
+// rows do not trail at the end of the grid.
 struct Launch {
   int blocks_x, blocks_y;
   size_t dot_blocks;
@@ -89,8 +92,8 @@ struct Launch {
 };
 inline Launch launch_shape(int B, int T, int NH, int HD) {
   Launch l;
-  l.blocks_x = (T + kTile - 1) / kTile;
-  l.blocks_y = B * NH;
+  l.blocks_x = B * NH;
+  l.blocks_y = (T + kTile - 1) / kTile;
   l.dot_blocks = (size_t(B) * T * NH + kWarps - 1) / kWarps;
   l.scale = float(1.0 / std::sqrt(double(HD)));
   l.scale_log2 = l.scale * kLog2e;
@@ -193,7 +196,7 @@ TRIAD_FA_FN void store_rows(X& x, uint16_t* g, size_t stride, int row0, int T,
 }
 
 // ---- forward ------------------------------------------------------------------------------------
-// Block (blockIdx.x, bh): query block nqb-1-blockIdx.x (the longest rows first) of head bh.
+// Block (bh, y): query block nqb-1-y of head bh (y = 0: the longest rows).
 // Per key tile kt <= qb: S = Q Kᵀ, online softmax in the log2 domain (row max m and the
 // thread's part of the row sum l), O = O·α + P V. out = O / l, lse = ln 2 · (m + log2 l).
 template <int HD, class X>
@@ -205,8 +208,8 @@ TRIAD_FA_FN void forward_block(X& x, uint16_t* out, float* lse, const uint16_t* 
   uint16_t* sV = sK + 2 * kTile * L;  // [2][64][L]
 
   const int nqb = (T + kTile - 1) / kTile;
-  const int qb = nqb - 1 - x.block_x();
-  const int bh = x.block_y(), b = bh / NH, h = bh % NH;
+  const int qb = nqb - 1 - x.block_y();
+  const int bh = x.block_x(), b = bh / NH, h = bh % NH;
   const size_t stride = size_t(3) * C;
   const uint16_t* gq = qkv + size_t(b) * T * stride + size_t(h) * HD;
   const uint16_t* gk = gq + C;
@@ -351,7 +354,7 @@ TRIAD_FA_FN void probabilities_and_ds(X& x, float (&s)[8][4], float (&dp)[8][4],
   }
 }
 
-// dK, dV of key block blockIdx.x (warp w: keys k0 + 16w ..), iterating over the query tiles
+// dK, dV of key block blockIdx.y (warp w: keys k0 + 16w ..), iterating over the query tiles
 // qt >= kb: Sᵀ = K Qᵀ, dPᵀ = V dOᵀ, Pᵀ = exp(Sᵀ·scale − lse), dSᵀ = Pᵀ ∘ (dPᵀ − D),
 // dV += Pᵀ dO, dK += dSᵀ Q; dK scaled by 1/sqrt(HD) at the end.
 template <int HD, class X>
@@ -367,8 +370,8 @@ TRIAD_FA_FN void dkdv_block(X& x, uint16_t* dqkv, const uint16_t* dout, const ui
   float* sD = sLse + 2 * kTile;                                 // [2][64]
 
   const int nb = (T + kTile - 1) / kTile;
-  const int kb = x.block_x();  // the blocks with the most query tiles (small kb) first
-  const int bh = x.block_y(), b = bh / NH, h = bh % NH;
+  const int kb = x.block_y();  // the blocks with the most query tiles (small kb) first
+  const int bh = x.block_x(), b = bh / NH, h = bh % NH;
   const size_t stride = size_t(3) * C;
   const uint16_t* gq = qkv + size_t(b) * T * stride + size_t(h) * HD;
   const uint16_t* gk = gq + C;
@@ -440,7 +443,7 @@ TRIAD_FA_FN void dkdv_block(X& x, uint16_t* dqkv, const uint16_t* dout, const ui
   store_rows<HD>(x, gdk + C, stride, k0 + warp * 16, T, dv, 1.0f, accumulate);
 }
 
-// dQ of query block nqb-1-blockIdx.x (warp w: rows q0 + 16w ..), iterating over the key tiles
+// dQ of query block nqb-1-blockIdx.y (warp w: rows q0 + 16w ..), iterating over the key tiles
 // kt <= qb: S = Q Kᵀ, dP = dO Vᵀ, P = exp(S·scale − lse), dS = P ∘ (dP − D), dQ += dS K; scaled
 // by 1/sqrt(HD) at the end.
 template <int HD, class X>
@@ -454,8 +457,8 @@ TRIAD_FA_FN void dq_block(X& x, uint16_t* dqkv, const uint16_t* dout, const uint
   uint16_t* sV = sK + 2 * kTile * L;  // [2][64][L]
 
   const int nb = (T + kTile - 1) / kTile;
-  const int qb = nb - 1 - x.block_x();  // the longest rows first
-  const int bh = x.block_y(), b = bh / NH, h = bh % NH;
+  const int qb = nb - 1 - x.block_y();  // the longest rows first
+  const int bh = x.block_x(), b = bh / NH, h = bh % NH;
   const size_t stride = size_t(3) * C;
   const uint16_t* gq = qkv + size_t(b) * T * stride + size_t(h) * HD;
   const uint16_t* gk = gq + C;
