@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "../../src/kernels/cuda/flash_attention_block.h"
+#include "../../src/kernels/cuda/flash_attention_mma.h"
 #include "../support/attention_reference.h"
 #include "../support/simt_emulator.h"
 
@@ -28,9 +29,10 @@ struct Outputs {
 
 // Forward then backward (D, dK/dV, dQ) exactly as flash_attention.cu launches them. dqkv starts
 // as `dqkv0` (accumulate) or NaN patterns (overwrite).
-template <int HD>
+template <class Tiles>
 Outputs run(const Bits& qkv, const Bits& dout, int B, int T, int NH, CopyTiming timing,
             const Bits* dqkv0 = nullptr) {
+  constexpr int HD = Tiles::kHD;
   const int C = NH * HD;
   Outputs r;
   r.out.assign(size_t(B) * T * C, 0xFFFFu);
@@ -39,23 +41,25 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, int T, int NH, CopyTiming 
   std::vector<float> D(size_t(B) * NH * T, NAN);
   const flash::Launch l = flash::launch_shape(B, T, NH, HD);
   const int threads = flash::kThreads;
-  simt::launch(
-      l.blocks_x, l.blocks_y, threads, flash::forward_smem<HD>(), timing, [&](simt::Thread& x) {
-        flash::forward_block<HD>(x, r.out.data(), r.lse.data(), qkv.data(), T, C, NH, l.scale_log2);
-      });
+  simt::launch(l.blocks_x, l.blocks_y, threads, flash::forward_smem<Tiles>(), timing,
+               [&](simt::Thread& x) {
+                 flash::forward_block<Tiles>(x, r.out.data(), r.lse.data(), qkv.data(), T, C, NH,
+                                             l.scale_log2);
+               });
   simt::launch(int(l.dot_blocks), 1, threads, 0, timing, [&](simt::Thread& x) {
     flash::dot_block<HD>(x, D.data(), dout.data(), r.out.data(), B, T, NH);
   });
   const bool acc = dqkv0 != nullptr;
-  simt::launch(l.blocks_x, l.blocks_y, threads, flash::dkdv_smem<HD>(), timing,
+  simt::launch(l.blocks_x, l.blocks_y, threads, flash::dkdv_smem<Tiles>(), timing,
                [&](simt::Thread& x) {
-                 flash::dkdv_block<HD>(x, r.dqkv.data(), dout.data(), qkv.data(), r.lse.data(),
-                                       D.data(), T, C, NH, l.scale, l.scale_log2, acc);
+                 flash::dkdv_block<Tiles>(x, r.dqkv.data(), dout.data(), qkv.data(), r.lse.data(),
+                                          D.data(), T, C, NH, l.scale, l.scale_log2, acc);
                });
-  simt::launch(l.blocks_x, l.blocks_y, threads, flash::dq_smem<HD>(), timing, [&](simt::Thread& x) {
-    flash::dq_block<HD>(x, r.dqkv.data(), dout.data(), qkv.data(), r.lse.data(), D.data(), T, C, NH,
-                        l.scale, l.scale_log2, acc);
-  });
+  simt::launch(l.blocks_x, l.blocks_y, threads, flash::dq_smem<Tiles>(), timing,
+               [&](simt::Thread& x) {
+                 flash::dq_block<Tiles>(x, r.dqkv.data(), dout.data(), qkv.data(), r.lse.data(),
+                                        D.data(), T, C, NH, l.scale, l.scale_log2, acc);
+               });
   return r;
 }
 
@@ -69,8 +73,8 @@ void check(int B, int T, int NH, int hd, CopyTiming timing) {
   random_bf16(size_t(B) * T * 3 * C, 4321u + T, qkv_bits, qkv);
   random_bf16(size_t(B) * T * C, 777u + T, dout_bits, dout);
   const Reference want = reference(qkv, dout, B, T, C, NH);
-  const Outputs got = hd == 64 ? run<64>(qkv_bits, dout_bits, B, T, NH, timing)
-                               : run<128>(qkv_bits, dout_bits, B, T, NH, timing);
+  const Outputs got = hd == 64 ? run<flash::MmaTiles<64>>(qkv_bits, dout_bits, B, T, NH, timing)
+                               : run<flash::MmaTiles<128>>(qkv_bits, dout_bits, B, T, NH, timing);
 
   const size_t rows = size_t(B) * T;
   EXPECT_LE(rel_error(got.out, want.out, rows, C, 0, C), 1e-2) << "out";
@@ -104,7 +108,8 @@ TEST(FlashAttentionEmulated, BackwardAccumulates) {
   random_bf16(size_t(B) * T * C, 12u, dout_bits, dout);
   random_bf16(size_t(B) * T * 3 * C, 13u, old_bits, old);
   const Reference want = reference(qkv, dout, B, T, C, NH);
-  const Outputs got = run<64>(qkv_bits, dout_bits, B, T, NH, CopyTiming::at_issue, &old_bits);
+  const Outputs got =
+      run<flash::MmaTiles<64>>(qkv_bits, dout_bits, B, T, NH, CopyTiming::at_issue, &old_bits);
   EXPECT_LE(accumulate_error(got.dqkv, old, want.dqkv), 1.0);
 }
 

@@ -14,6 +14,7 @@
 #include "cuda_common.cuh"
 #include "flash_attention.cuh"
 #include "flash_attention_block.h"
+#include "flash_attention_mma.h"
 
 namespace triad::cuda {
 namespace {
@@ -82,12 +83,12 @@ struct DeviceThread {
 const uint16_t* bits(const bf16* p) { return reinterpret_cast<const uint16_t*>(p); }
 uint16_t* bits(bf16* p) { return reinterpret_cast<uint16_t*>(p); }
 
-template <int HD>
+template <class Tiles>
 __global__ void __launch_bounds__(flash::kThreads)
     forward_kernel(uint16_t* __restrict__ out, float* __restrict__ lse,
                    const uint16_t* __restrict__ qkv, int T, int C, int NH, float scale_log2) {
   DeviceThread x;
-  flash::forward_block<HD>(x, out, lse, qkv, T, C, NH, scale_log2);
+  flash::forward_block<Tiles>(x, out, lse, qkv, T, C, NH, scale_log2);
 }
 
 template <int HD>
@@ -98,24 +99,24 @@ __global__ void __launch_bounds__(flash::kThreads)
   flash::dot_block<HD>(x, Dv, dout, out, B, T, NH);
 }
 
-template <int HD>
+template <class Tiles>
 __global__ void __launch_bounds__(flash::kThreads)
     dkdv_kernel(uint16_t* __restrict__ dqkv, const uint16_t* __restrict__ dout,
                 const uint16_t* __restrict__ qkv, const float* __restrict__ lse,
                 const float* __restrict__ Dv, int T, int C, int NH, float scale, float scale_log2,
                 bool accumulate) {
   DeviceThread x;
-  flash::dkdv_block<HD>(x, dqkv, dout, qkv, lse, Dv, T, C, NH, scale, scale_log2, accumulate);
+  flash::dkdv_block<Tiles>(x, dqkv, dout, qkv, lse, Dv, T, C, NH, scale, scale_log2, accumulate);
 }
 
-template <int HD>
+template <class Tiles>
 __global__ void __launch_bounds__(flash::kThreads)
     dq_kernel(uint16_t* __restrict__ dqkv, const uint16_t* __restrict__ dout,
               const uint16_t* __restrict__ qkv, const float* __restrict__ lse,
               const float* __restrict__ Dv, int T, int C, int NH, float scale, float scale_log2,
               bool accumulate) {
   DeviceThread x;
-  flash::dq_block<HD>(x, dqkv, dout, qkv, lse, Dv, T, C, NH, scale, scale_log2, accumulate);
+  flash::dq_block<Tiles>(x, dqkv, dout, qkv, lse, Dv, T, C, NH, scale, scale_log2, accumulate);
 }
 
 void check_shape(int B, int T, int C, int NH) {
@@ -143,34 +144,35 @@ void allow_smem(Kernel k, size_t bytes) {
   });
 }
 
-template <int HD>
-void forward_hd(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH,
-                cudaStream_t s) {
-  constexpr size_t smem = flash::forward_smem<HD>();
-  allow_smem(forward_kernel<HD>, smem);
-  const flash::Launch l = flash::launch_shape(B, T, NH, HD);
+template <class Tiles>
+void forward_with(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH,
+                  cudaStream_t s) {
+  constexpr size_t smem = flash::forward_smem<Tiles>();
+  allow_smem(forward_kernel<Tiles>, smem);
+  const flash::Launch l = flash::launch_shape(B, T, NH, Tiles::kHD);
   const dim3 grid(unsigned(l.blocks_x), unsigned(l.blocks_y));
-  forward_kernel<HD>
+  forward_kernel<Tiles>
       <<<grid, flash::kThreads, smem, s>>>(bits(out), lse, bits(qkv), T, C, NH, l.scale_log2);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
-template <int HD>
-void backward_hd(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out, const float* lse,
-                 float* Dv, int B, int T, int C, int NH, cudaStream_t s, bool accumulate) {
-  constexpr size_t dkdv_smem = flash::dkdv_smem<HD>(), dq_smem = flash::dq_smem<HD>();
-  allow_smem(dkdv_kernel<HD>, dkdv_smem);
-  allow_smem(dq_kernel<HD>, dq_smem);
+template <class Tiles>
+void backward_with(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out, const float* lse,
+                   float* Dv, int B, int T, int C, int NH, cudaStream_t s, bool accumulate) {
+  constexpr int HD = Tiles::kHD;
+  constexpr size_t dkdv_smem = flash::dkdv_smem<Tiles>(), dq_smem = flash::dq_smem<Tiles>();
+  allow_smem(dkdv_kernel<Tiles>, dkdv_smem);
+  allow_smem(dq_kernel<Tiles>, dq_smem);
   const flash::Launch l = flash::launch_shape(B, T, NH, HD);
   dot_kernel<HD>
       <<<unsigned(l.dot_blocks), flash::kThreads, 0, s>>>(Dv, bits(dout), bits(out), B, T, NH);
   TRIAD_CUDA_CHECK_LAUNCH();
   const dim3 grid(unsigned(l.blocks_x), unsigned(l.blocks_y));
-  dkdv_kernel<HD><<<grid, flash::kThreads, dkdv_smem, s>>>(
+  dkdv_kernel<Tiles><<<grid, flash::kThreads, dkdv_smem, s>>>(
       bits(dqkv), bits(dout), bits(qkv), lse, Dv, T, C, NH, l.scale, l.scale_log2, accumulate);
   TRIAD_CUDA_CHECK_LAUNCH();
-  dq_kernel<HD><<<grid, flash::kThreads, dq_smem, s>>>(bits(dqkv), bits(dout), bits(qkv), lse, Dv,
-                                                       T, C, NH, l.scale, l.scale_log2, accumulate);
+  dq_kernel<Tiles><<<grid, flash::kThreads, dq_smem, s>>>(
+      bits(dqkv), bits(dout), bits(qkv), lse, Dv, T, C, NH, l.scale, l.scale_log2, accumulate);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
@@ -185,9 +187,9 @@ void flash_attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int 
                              cudaStream_t s) {
   check_shape(B, T, C, NH);
   if (C / NH == 64) {
-    forward_hd<64>(out, lse, qkv, B, T, C, NH, s);
+    forward_with<flash::MmaTiles<64>>(out, lse, qkv, B, T, C, NH, s);
   } else {
-    forward_hd<128>(out, lse, qkv, B, T, C, NH, s);
+    forward_with<flash::MmaTiles<128>>(out, lse, qkv, B, T, C, NH, s);
   }
 }
 
@@ -196,9 +198,11 @@ void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, con
                               cudaStream_t s, bool accumulate) {
   check_shape(B, T, C, NH);
   if (C / NH == 64) {
-    backward_hd<64>(dqkv, dout, qkv, out, lse, workspace, B, T, C, NH, s, accumulate);
+    backward_with<flash::MmaTiles<64>>(dqkv, dout, qkv, out, lse, workspace, B, T, C, NH, s,
+                                       accumulate);
   } else {
-    backward_hd<128>(dqkv, dout, qkv, out, lse, workspace, B, T, C, NH, s, accumulate);
+    backward_with<flash::MmaTiles<128>>(dqkv, dout, qkv, out, lse, workspace, B, T, C, NH, s,
+                                        accumulate);
   }
 }
 

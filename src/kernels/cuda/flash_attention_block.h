@@ -54,29 +54,27 @@ constexpr int kThreads = 32 * kWarps;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
-// bf16 tile row pitch in elements: 16-byte rows for ldmatrix, and an offset of 4 banks per row
-// so the 8 row addresses of one 8×8 matrix hit 8 different bank quads (no conflicts).
-template <int HD>
-TRIAD_FA_SIZE int pitch() {
-  return HD + 8;
-}
-template <int HD>
+// A tile is 64 rows × HD bf16 columns in shared memory, laid out as its `Tiles` policy says
+// (flash_attention_mma.h: padded rows for ldmatrix; flash_attention_wgmma.h: the core-matrix
+// layout wgmma reads). Tiles::kElems is its size in elements, Tiles::chunk(r, c) the offset of
+// the 8 elements (16 bytes) at row r, columns c .. c+7 (c a multiple of 8).
+template <class Tiles>
 TRIAD_FA_SIZE size_t tile_bytes() {
-  return size_t(kTile) * pitch<HD>() * 2;
+  return size_t(Tiles::kElems) * 2;
 }
 
 // Dynamic shared memory of each kernel.
-template <int HD>
+template <class Tiles>
 TRIAD_FA_SIZE size_t forward_smem() {
-  return 5 * tile_bytes<HD>();  // Q, K ×2, V ×2
+  return 5 * tile_bytes<Tiles>();  // Q, K ×2, V ×2
 }
-template <int HD>
+template <class Tiles>
 TRIAD_FA_SIZE size_t dkdv_smem() {
-  return 6 * tile_bytes<HD>() + 4 * kTile * sizeof(float);  // K, V, Q ×2, dO ×2, lse ×2, D ×2
+  return 6 * tile_bytes<Tiles>() + 4 * kTile * sizeof(float);  // K, V, Q ×2, dO ×2, lse, D ×2
 }
-template <int HD>
+template <class Tiles>
 TRIAD_FA_SIZE size_t dq_smem() {
-  return 6 * tile_bytes<HD>();  // Q, dO, K ×2, V ×2
+  return 6 * tile_bytes<Tiles>();  // Q, dO, K ×2, V ×2
 }
 
 // How the kernels are launched for a [B, T, NH·HD] problem (host side; the GPU launchers and
@@ -101,66 +99,35 @@ inline Launch launch_shape(int B, int T, int NH, int HD) {
 }
 
 // Rows [row0, row0 + 64) of a row-major bf16 matrix at g (row pitch `stride` elements, HD
-// columns) → s [64][pitch], async; rows >= T are zero-filled.
-template <int HD, class X>
+// columns) → the tile at s, async; rows >= T are zero-filled.
+template <class Tiles, class X>
 TRIAD_FA_FN void load_tile(X& x, uint16_t* s, const uint16_t* g, size_t stride, int row0, int T) {
-  constexpr int kChunks = HD / 8;  // 16-byte chunks per row
+  constexpr int kChunks = Tiles::kHD / 8;  // 16-byte chunks per row
   for (int idx = x.thread(); idx < kTile * kChunks; idx += kThreads) {
     const int r = idx / kChunks, c = (idx % kChunks) * 8;
     const bool valid = row0 + r < T;
     const int src_row = valid ? row0 + r : row0;  // a valid address even when nothing is read
-    x.cp_async16(s + r * pitch<HD>() + c, g + size_t(src_row) * stride + c, valid);
+    x.cp_async16(s + Tiles::chunk(r, c), g + size_t(src_row) * stride + c, valid);
   }
 }
 
-// The warp's S[16][64] += A[16][HD] · Y[64][HD]ᵀ: A is 16 rows of a tile at a, Y a whole tile at
-// y (both [*][pitch] in shared memory); s[n] is the accumulator of keys n·8 .. n·8+7.
-template <int HD, class X>
-TRIAD_FA_FN void warp_abt(X& x, float (&s)[8][4], const uint16_t* a, const uint16_t* y) {
-  constexpr int L = pitch<HD>();
-  const int lane = x.thread() % 32;
-  TRIAD_UNROLL
-  for (int kk = 0; kk < HD / 16; ++kk) {
-    uint32_t fa[4];  // A 16×16: matrices (rows 0-7 | 8-15) × (cols 0-7 | 8-15)
-    x.ldsm_x4(fa, a + (lane & 15) * L + kk * 16 + (lane >> 4) * 8);
-    TRIAD_UNROLL
-    for (int np = 0; np < 4; ++np) {
-      // Bᵀ rows are Y rows: matrices (keys np·16 + 0-7 | 8-15) × (cols kk·16 + 0-7 | 8-15),
-      // lanes 0-7 / 8-15 the low / high columns of the first 8 keys, 16-31 the next 8 keys.
-      uint32_t fb[4];
-      x.ldsm_x4(fb, y + (np * 16 + ((lane >> 4) & 1) * 8 + (lane & 7)) * L + kk * 16 +
-                        ((lane >> 3) & 1) * 8);
-      x.mma(s[2 * np], fa, fb[0], fb[1]);
-      x.mma(s[2 * np + 1], fa, fb[2], fb[3]);
-    }
-  }
-}
+// The products (each warp: its 16 rows; Tiles::abt and Tiles::pv):
+//   abt(x, s, A, Y)      s  (16×64) += rows 16w.. of tile A · (tile Y)ᵀ, s[n] the accumulator of
+//                        columns n·8 .. n·8+7 (the mma.m16n8 C layout);
+//   pv(x, acc, p, Y)     acc (16×HD) += P · tile Y, P (16×64) given in the layout of s (rounded
+//                        to bf16 on the way);
+//   publish(x)           after this thread's cp.async copies are waited for and before the
+//                        barrier that hands them to every warp.
 
-// acc[n] (16×HD, n over HD/8) += P[16][64] · Y[64][HD], P given as accumulator-layout values p
-// (rounded to bf16 here), Y a whole tile at y.
-template <int HD, class X>
-TRIAD_FA_FN void warp_pv(X& x, float (&acc)[HD / 8][4], const float (&p)[8][4], const uint16_t* y) {
-  constexpr int L = pitch<HD>();
-  const int lane = x.thread() % 32;
-  TRIAD_UNROLL
-  for (int kk = 0; kk < 4; ++kk) {  // 16 keys at a time
-    // A fragment of P: the accumulators of key tiles 2kk (cols 0-7) and 2kk+1 (cols 8-15).
-    uint32_t fa[4];
-    fa[0] = x.pack_bf16(p[2 * kk][0], p[2 * kk][1]);
-    fa[1] = x.pack_bf16(p[2 * kk][2], p[2 * kk][3]);
-    fa[2] = x.pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]);
-    fa[3] = x.pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3]);
-    TRIAD_UNROLL
-    for (int np = 0; np < HD / 16; ++np) {
-      // B = Y[keys kk·16..][cols np·16..] along its rows: transposed loads; matrices (keys 0-7 |
-      // 8-15) × (cols 0-7 | 8-15).
-      uint32_t fb[4];
-      x.ldsm_x4_t(
-          fb, y + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * L + np * 16 + (lane >> 4) * 8);
-      x.mma(acc[2 * np], fa, fb[0], fb[1]);
-      x.mma(acc[2 * np + 1], fa, fb[2], fb[3]);
-    }
-  }
+// The A operand (16 rows × keys kk·16 .. kk·16+15, bf16 pairs in the mma/wgmma A register
+// layout) of P given in the accumulator layout of s: key tiles 2kk (columns 0-7) and 2kk+1
+// (columns 8-15), rows g and g+8.
+template <class X>
+TRIAD_FA_FN void p_fragment(X& x, const float (&p)[8][4], int kk, uint32_t (&fa)[4]) {
+  fa[0] = x.pack_bf16(p[2 * kk][0], p[2 * kk][1]);
+  fa[1] = x.pack_bf16(p[2 * kk][2], p[2 * kk][3]);
+  fa[2] = x.pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]);
+  fa[3] = x.pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3]);
 }
 
 template <int N, int M>
@@ -199,13 +166,13 @@ TRIAD_FA_FN void store_rows(X& x, uint16_t* g, size_t stride, int row0, int T,
 // Block (bh, y): query block nqb-1-y of head bh (y = 0: the longest rows).
 // Per key tile kt <= qb: S = Q Kᵀ, online softmax in the log2 domain (row max m and the
 // thread's part of the row sum l), O = O·α + P V. out = O / l, lse = ln 2 · (m + log2 l).
-template <int HD, class X>
+template <class Tiles, class X>
 TRIAD_FA_FN void forward_block(X& x, uint16_t* out, float* lse, const uint16_t* qkv, int T, int C,
                                int NH, float scale_log2) {
-  constexpr int L = pitch<HD>();
+  constexpr int HD = Tiles::kHD, L = Tiles::kElems;  // L: elements per tile
   uint16_t* sQ = reinterpret_cast<uint16_t*>(x.smem());
-  uint16_t* sK = sQ + kTile * L;      // [2][64][L]
-  uint16_t* sV = sK + 2 * kTile * L;  // [2][64][L]
+  uint16_t* sK = sQ + L;      // [2][64][L]
+  uint16_t* sV = sK + 2 * L;  // [2][64][L]
 
   const int nqb = (T + kTile - 1) / kTile;
   const int qb = nqb - 1 - x.block_y();
@@ -219,9 +186,9 @@ TRIAD_FA_FN void forward_block(X& x, uint16_t* out, float* lse, const uint16_t* 
   const int gr = lane >> 2, tc = (lane & 3) * 2;
   const int row0 = q0 + warp * 16 + gr;  // this thread's rows: row0 and row0 + 8
 
-  load_tile<HD>(x, sQ, gq, stride, q0, T);
-  load_tile<HD>(x, sK, gk, stride, 0, T);
-  load_tile<HD>(x, sV, gv, stride, 0, T);
+  load_tile<Tiles>(x, sQ, gq, stride, q0, T);
+  load_tile<Tiles>(x, sK, gk, stride, 0, T);
+  load_tile<Tiles>(x, sV, gv, stride, 0, T);
   x.cp_commit();
 
   float o[HD / 8][4];
@@ -231,18 +198,19 @@ TRIAD_FA_FN void forward_block(X& x, uint16_t* out, float* lse, const uint16_t* 
   for (int kt = 0; kt <= qb; ++kt) {
     const int buf = kt & 1;
     if (kt < qb) {  // prefetch the next K, V tiles into the other buffers
-      load_tile<HD>(x, sK + (buf ^ 1) * kTile * L, gk, stride, (kt + 1) * kTile, T);
-      load_tile<HD>(x, sV + (buf ^ 1) * kTile * L, gv, stride, (kt + 1) * kTile, T);
+      load_tile<Tiles>(x, sK + (buf ^ 1) * L, gk, stride, (kt + 1) * kTile, T);
+      load_tile<Tiles>(x, sV + (buf ^ 1) * L, gv, stride, (kt + 1) * kTile, T);
       x.cp_commit();
       x.template cp_wait<1>();
     } else {
       x.template cp_wait<0>();
     }
+    Tiles::publish(x);
     x.sync_threads();
 
     float s[8][4];
     zero(s);
-    warp_abt<HD>(x, s, sQ + warp * 16 * L, sK + buf * kTile * L);
+    Tiles::abt(x, s, sQ, sK + buf * L);
 
     // Only the diagonal tile (the last) has keys after a row or past T: every earlier key
     // precedes q0. Key 0 counts for every row, so the row max is finite from the first tile on.
@@ -283,7 +251,7 @@ TRIAD_FA_FN void forward_block(X& x, uint16_t* out, float* lse, const uint16_t* 
         o[n][2 * r + 1] *= alpha;
       }
     }
-    warp_pv<HD>(x, o, s, sV + buf * kTile * L);
+    Tiles::pv(x, o, s, sV + buf * L);
     x.sync_threads();  // every warp is done with this buffer before it is refilled
   }
 
@@ -357,17 +325,17 @@ TRIAD_FA_FN void probabilities_and_ds(X& x, float (&s)[8][4], float (&dp)[8][4],
 // dK, dV of key block blockIdx.y (warp w: keys k0 + 16w ..), iterating over the query tiles
 // qt >= kb: Sᵀ = K Qᵀ, dPᵀ = V dOᵀ, Pᵀ = exp(Sᵀ·scale − lse), dSᵀ = Pᵀ ∘ (dPᵀ − D),
 // dV += Pᵀ dO, dK += dSᵀ Q; dK scaled by 1/sqrt(HD) at the end.
-template <int HD, class X>
+template <class Tiles, class X>
 TRIAD_FA_FN void dkdv_block(X& x, uint16_t* dqkv, const uint16_t* dout, const uint16_t* qkv,
                             const float* lse, const float* Dv, int T, int C, int NH, float scale,
                             float scale_log2, bool accumulate) {
-  constexpr int L = pitch<HD>();
+  constexpr int HD = Tiles::kHD, L = Tiles::kElems;  // L: elements per tile
   uint16_t* sK = reinterpret_cast<uint16_t*>(x.smem());
-  uint16_t* sV = sK + kTile * L;
-  uint16_t* sQ = sV + kTile * L;                                // [2][64][L]
-  uint16_t* sdO = sQ + 2 * kTile * L;                           // [2][64][L]
-  float* sLse = reinterpret_cast<float*>(sdO + 2 * kTile * L);  // [2][64], log2 domain
-  float* sD = sLse + 2 * kTile;                                 // [2][64]
+  uint16_t* sV = sK + L;
+  uint16_t* sQ = sV + L;                                // [2][64][L]
+  uint16_t* sdO = sQ + 2 * L;                           // [2][64][L]
+  float* sLse = reinterpret_cast<float*>(sdO + 2 * L);  // [2][64], log2 domain
+  float* sD = sLse + 2 * kTile;                         // [2][64]
 
   const int nb = (T + kTile - 1) / kTile;
   const int kb = x.block_y();  // the blocks with the most query tiles (small kb) first
@@ -392,10 +360,10 @@ TRIAD_FA_FN void dkdv_block(X& x, uint16_t* dqkv, const uint16_t* dout, const ui
       sD[buf * kTile + t] = q < T ? gD[q] : 0.0f;
     }
   };
-  load_tile<HD>(x, sK, gk, stride, k0, T);
-  load_tile<HD>(x, sV, gv, stride, k0, T);
-  load_tile<HD>(x, sQ, gq, stride, k0, T);
-  load_tile<HD>(x, sdO, gdo, size_t(C), k0, T);
+  load_tile<Tiles>(x, sK, gk, stride, k0, T);
+  load_tile<Tiles>(x, sV, gv, stride, k0, T);
+  load_tile<Tiles>(x, sQ, gq, stride, k0, T);
+  load_tile<Tiles>(x, sdO, gdo, size_t(C), k0, T);
   x.cp_commit();
   load_rows(kb, 0);
 
@@ -406,25 +374,26 @@ TRIAD_FA_FN void dkdv_block(X& x, uint16_t* dqkv, const uint16_t* dout, const ui
   for (int qt = kb; qt < nb; ++qt) {
     const int buf = (qt - kb) & 1;
     if (qt + 1 < nb) {
-      load_tile<HD>(x, sQ + (buf ^ 1) * kTile * L, gq, stride, (qt + 1) * kTile, T);
-      load_tile<HD>(x, sdO + (buf ^ 1) * kTile * L, gdo, size_t(C), (qt + 1) * kTile, T);
+      load_tile<Tiles>(x, sQ + (buf ^ 1) * L, gq, stride, (qt + 1) * kTile, T);
+      load_tile<Tiles>(x, sdO + (buf ^ 1) * L, gdo, size_t(C), (qt + 1) * kTile, T);
       x.cp_commit();
       load_rows(qt + 1, buf ^ 1);
       x.template cp_wait<1>();
     } else {
       x.template cp_wait<0>();
     }
+    Tiles::publish(x);
     x.sync_threads();
 
-    const uint16_t* q = sQ + buf * kTile * L;
-    const uint16_t* d_o = sdO + buf * kTile * L;
+    const uint16_t* q = sQ + buf * L;
+    const uint16_t* d_o = sdO + buf * L;
     const float* lse2 = sLse + buf * kTile;
     const float* dd = sD + buf * kTile;
     float s[8][4], dp[8][4];
     zero(s);
     zero(dp);
-    warp_abt<HD>(x, s, sK + warp * 16 * L, q);     // Sᵀ[key][query]
-    warp_abt<HD>(x, dp, sV + warp * 16 * L, d_o);  // dPᵀ[key][query]
+    Tiles::abt(x, s, sK, q);     // Sᵀ[key][query]
+    Tiles::abt(x, dp, sV, d_o);  // dPᵀ[key][query]
     const int q0 = qt * kTile;
     probabilities_and_ds(
         x, s, dp, scale_log2,
@@ -433,9 +402,9 @@ TRIAD_FA_FN void dkdv_block(X& x, uint16_t* dqkv, const uint16_t* dout, const ui
           return key <= query && query < T && key < T;
         },
         [&](int, int c) { return lse2[c]; }, [&](int, int c) { return dd[c]; });
-    warp_pv<HD>(x, dv, s, d_o);  // dV += Pᵀ dO
-    warp_pv<HD>(x, dk, dp, q);   // dK += dSᵀ Q
-    x.sync_threads();            // every warp is done with this buffer before it is refilled
+    Tiles::pv(x, dv, s, d_o);  // dV += Pᵀ dO
+    Tiles::pv(x, dk, dp, q);   // dK += dSᵀ Q
+    x.sync_threads();          // every warp is done with this buffer before it is refilled
   }
 
   uint16_t* gdk = dqkv + size_t(b) * T * stride + C + size_t(h) * HD;
@@ -446,15 +415,15 @@ TRIAD_FA_FN void dkdv_block(X& x, uint16_t* dqkv, const uint16_t* dout, const ui
 // dQ of query block nqb-1-blockIdx.y (warp w: rows q0 + 16w ..), iterating over the key tiles
 // kt <= qb: S = Q Kᵀ, dP = dO Vᵀ, P = exp(S·scale − lse), dS = P ∘ (dP − D), dQ += dS K; scaled
 // by 1/sqrt(HD) at the end.
-template <int HD, class X>
+template <class Tiles, class X>
 TRIAD_FA_FN void dq_block(X& x, uint16_t* dqkv, const uint16_t* dout, const uint16_t* qkv,
                           const float* lse, const float* Dv, int T, int C, int NH, float scale,
                           float scale_log2, bool accumulate) {
-  constexpr int L = pitch<HD>();
+  constexpr int HD = Tiles::kHD, L = Tiles::kElems;  // L: elements per tile
   uint16_t* sQ = reinterpret_cast<uint16_t*>(x.smem());
-  uint16_t* sdO = sQ + kTile * L;
-  uint16_t* sK = sdO + kTile * L;     // [2][64][L]
-  uint16_t* sV = sK + 2 * kTile * L;  // [2][64][L]
+  uint16_t* sdO = sQ + L;
+  uint16_t* sK = sdO + L;     // [2][64][L]
+  uint16_t* sV = sK + 2 * L;  // [2][64][L]
 
   const int nb = (T + kTile - 1) / kTile;
   const int qb = nb - 1 - x.block_y();  // the longest rows first
@@ -468,10 +437,10 @@ TRIAD_FA_FN void dq_block(X& x, uint16_t* dqkv, const uint16_t* dout, const uint
   const int warp = x.thread() / 32, lane = x.thread() % 32;
   const int row0 = q0 + warp * 16 + (lane >> 2);  // this thread's rows: row0 and row0 + 8
 
-  load_tile<HD>(x, sQ, gq, stride, q0, T);
-  load_tile<HD>(x, sdO, gdo, size_t(C), q0, T);
-  load_tile<HD>(x, sK, gk, stride, 0, T);
-  load_tile<HD>(x, sV, gv, stride, 0, T);
+  load_tile<Tiles>(x, sQ, gq, stride, q0, T);
+  load_tile<Tiles>(x, sdO, gdo, size_t(C), q0, T);
+  load_tile<Tiles>(x, sK, gk, stride, 0, T);
+  load_tile<Tiles>(x, sV, gv, stride, 0, T);
   x.cp_commit();
   float lse2[2], dd[2];
   TRIAD_UNROLL
@@ -486,21 +455,22 @@ TRIAD_FA_FN void dq_block(X& x, uint16_t* dqkv, const uint16_t* dout, const uint
   for (int kt = 0; kt <= qb; ++kt) {
     const int buf = kt & 1;
     if (kt < qb) {
-      load_tile<HD>(x, sK + (buf ^ 1) * kTile * L, gk, stride, (kt + 1) * kTile, T);
-      load_tile<HD>(x, sV + (buf ^ 1) * kTile * L, gv, stride, (kt + 1) * kTile, T);
+      load_tile<Tiles>(x, sK + (buf ^ 1) * L, gk, stride, (kt + 1) * kTile, T);
+      load_tile<Tiles>(x, sV + (buf ^ 1) * L, gv, stride, (kt + 1) * kTile, T);
       x.cp_commit();
       x.template cp_wait<1>();
     } else {
       x.template cp_wait<0>();
     }
+    Tiles::publish(x);
     x.sync_threads();
 
-    const uint16_t* k = sK + buf * kTile * L;
+    const uint16_t* k = sK + buf * L;
     float s[8][4], dp[8][4];
     zero(s);
     zero(dp);
-    warp_abt<HD>(x, s, sQ + warp * 16 * L, k);                       // S[query][key]
-    warp_abt<HD>(x, dp, sdO + warp * 16 * L, sV + buf * kTile * L);  // dP[query][key]
+    Tiles::abt(x, s, sQ, k);               // S[query][key]
+    Tiles::abt(x, dp, sdO, sV + buf * L);  // dP[query][key]
     const int k0 = kt * kTile;
     probabilities_and_ds(
         x, s, dp, scale_log2,
@@ -509,7 +479,7 @@ TRIAD_FA_FN void dq_block(X& x, uint16_t* dqkv, const uint16_t* dout, const uint
           return key <= row && key < T && row < T;
         },
         [&](int r, int) { return lse2[r]; }, [&](int r, int) { return dd[r]; });
-    warp_pv<HD>(x, dq, dp, k);  // dQ += dS K
+    Tiles::pv(x, dq, dp, k);  // dQ += dS K
     x.sync_threads();
   }
   store_rows<HD>(x, dqkv + size_t(b) * T * stride + size_t(h) * HD, stride, q0 + warp * 16, T, dq,

@@ -1,0 +1,73 @@
+// The portable tile policy of the flash-attention block programs (flash_attention_block.h):
+// tiles as rows padded to HD + 8 elements, products on mma.sync m16n8k16 with fragments loaded
+// by ldmatrix (sm_80 and later). Each warp multiplies its own 16 rows.
+//
+// The pitch of HD + 8 elements keeps rows 16-byte aligned for ldmatrix and shifts each row by
+// 4 banks, so the 8 row addresses of one 8×8 matrix hit 8 different bank quads (no conflicts).
+#pragma once
+
+#include "flash_attention_block.h"
+
+namespace triad::flash {
+
+template <int HD_>
+struct MmaTiles {
+  static constexpr int kHD = HD_;
+  static constexpr int HD = HD_;
+  static constexpr int kPitch = HD + 8;
+  static constexpr int kElems = kTile * kPitch;
+
+  TRIAD_FA_FN static int chunk(int r, int c) { return r * kPitch + c; }
+
+  template <class X>
+  TRIAD_FA_FN static void publish(X&) {}  // ldmatrix reads what the barrier publishes
+
+  // s (the warp's 16×64) += rows 16w.. of the tile at a_tile · (tile y)ᵀ.
+  template <class X>
+  TRIAD_FA_FN static void abt(X& x, float (&s)[8][4], const uint16_t* a_tile, const uint16_t* y) {
+    constexpr int L = kPitch;
+    const int lane = x.thread() % 32;
+    const uint16_t* a = a_tile + (x.thread() / 32) * 16 * L;  // this warp's 16 rows
+    TRIAD_UNROLL
+    for (int kk = 0; kk < HD / 16; ++kk) {
+      uint32_t fa[4];  // A 16×16: matrices (rows 0-7 | 8-15) × (cols 0-7 | 8-15)
+      x.ldsm_x4(fa, a + (lane & 15) * L + kk * 16 + (lane >> 4) * 8);
+      TRIAD_UNROLL
+      for (int np = 0; np < 4; ++np) {
+        // Bᵀ rows are Y rows: matrices (keys np·16 + 0-7 | 8-15) × (cols kk·16 + 0-7 | 8-15),
+        // lanes 0-7 / 8-15 the low / high columns of the first 8 keys, 16-31 the next 8 keys.
+        uint32_t fb[4];
+        x.ldsm_x4(fb, y + (np * 16 + ((lane >> 4) & 1) * 8 + (lane & 7)) * L + kk * 16 +
+                          ((lane >> 3) & 1) * 8);
+        x.mma(s[2 * np], fa, fb[0], fb[1]);
+        x.mma(s[2 * np + 1], fa, fb[2], fb[3]);
+      }
+    }
+  }
+
+  // acc (the warp's 16×HD) += P[16][64] · tile y; P in the accumulator layout of s (rounded to
+  // bf16 here).
+  template <class X>
+  TRIAD_FA_FN static void pv(X& x, float (&acc)[HD / 8][4], const float (&p)[8][4],
+                             const uint16_t* y) {
+    constexpr int L = kPitch;
+    const int lane = x.thread() % 32;
+    TRIAD_UNROLL
+    for (int kk = 0; kk < 4; ++kk) {  // 16 keys at a time
+      uint32_t fa[4];
+      p_fragment(x, p, kk, fa);
+      TRIAD_UNROLL
+      for (int np = 0; np < HD / 16; ++np) {
+        // B = Y[keys kk·16..][cols np·16..] along its rows: transposed loads; matrices (keys 0-7 |
+        // 8-15) × (cols 0-7 | 8-15).
+        uint32_t fb[4];
+        x.ldsm_x4_t(
+            fb, y + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * L + np * 16 + (lane >> 4) * 8);
+        x.mma(acc[2 * np], fa, fb[0], fb[1]);
+        x.mma(acc[2 * np + 1], fa, fb[2], fb[3]);
+      }
+    }
+  }
+};
+
+}  // namespace triad::flash
