@@ -221,6 +221,27 @@ fi
 res "carried build runs" "$CARRIED"
 res "carried gtests" "${TESTS:-not run}"
 
+# Which flash-attention kernel the rest of the check uses: the wgmma (Hopper) one only where its
+# own GPU tests pass on this machine; otherwise TRIAD_FLASH_KERNEL=mma for every run below.
+FLASH="not tested"
+if [[ -x $RUN/bin/tests/test_flash_attention ]]; then
+  (
+    # shellcheck disable=SC1091
+    source "$DEV/env.sh"
+    cd "$RUN/work" && timeout "$(tmo 90 200)" "$RUN/bin/tests/test_flash_attention" --gtest_brief=1 \
+      --gtest_filter='FlashAttention.Wgmma*' >"$RUN/flash_wgmma.txt" 2>&1
+  ); rc=$?
+  wp=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$RUN/flash_wgmma.txt" | tail -1)
+  if [[ $rc == 0 && ${wp:-0} -gt 0 ]]; then
+    FLASH="wgmma (its ${wp} GPU tests pass)"
+  else
+    export TRIAD_FLASH_KERNEL=mma
+    FLASH="mma: wgmma $([[ $rc == 0 ]] && echo "skipped" || echo "FAILED (exit $rc)") -> TRIAD_FLASH_KERNEL=mma below"
+    grep -E 'Failure|error|Skipped' -A2 "$RUN/flash_wgmma.txt" | head -8
+  fi
+fi
+res "flash kernel in use" "$FLASH"
+
 # ============ 2b. the CUDA backend (fp32 reference path) in training ==========================
 hdr "2b. CUDA backend: checkpoint loss CPU vs GPU (fp32, bf16), 50 steps GPU vs CPU, GPT-2 124M speed"
 GPU_EVAL=""; GPU_CURVE=""; GPU_124M=""; GPU_124M32=""
@@ -337,9 +358,13 @@ if [[ -x $RUN/bin/triad-bench ]]; then
   (
     # shellcheck disable=SC1091
     source "$DEV/env.sh"
-    timeout "$(tmo 60 100)" "$RUN/bin/triad-bench" attention --B 16 --T 1024 --NH 12 --hd 64 2>&1 | tail -6
+    # The kernel in use (auto, or mma when wgmma failed its tests), then the portable one too.
+    timeout "$(tmo 60 100)" "$RUN/bin/triad-bench" attention --B 16 --T 1024 --NH 12 --hd 64 2>&1 | tail -4
+    [[ ${TRIAD_FLASH_KERNEL:-} == mma ]] || timeout "$(tmo 60 100)" "$RUN/bin/triad-bench" attention --B 16 --T 1024 --NH 12 --hd 64 --kernel mma 2>&1 | tail -4
   ) | tee "$RUN/fa.txt"
-  FA_ROW=$(grep -iE 'fwd\+bwd|forward\+backward' "$RUN/fa.txt" | tail -1)
+  fa_row() { grep "^RESULT kernel=$1 " "$RUN/fa.txt" | head -1 | awk '{for (i = 2; i <= NF; ++i) { split($i, kv, "="); v[kv[1]] = kv[2] } printf "%s: fwd %.3f ms, fwd+bwd %.3f ms (%.0f TFLOP/s)", v["kernel"], v["fwd_ms"], v["fwd_bwd_ms"], v["fwd_bwd_tflops"] }'; }
+  FA_ROW="$(fa_row wgmma)"; [[ -n $FA_ROW ]] && FA_ROW="$FA_ROW; "
+  FA_ROW="$FA_ROW$(fa_row mma)"
 fi
 res "triad flash attention" "${FA_ROW:-not available}"
 
@@ -550,7 +575,7 @@ fi
 res "torch GPT-2 124M" "$PEER"
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.3f", a / b; else print "n/a" }'; }
 res "RATIO triad/torch 124M" "$(ratio "${GPU_124M%% *}" "${PEER%% *}") (bf16 tokens/s, same GPU, same script)"
-fa_ms=$(grep -o 'fwd_bwd_ms=[0-9.]*' "$RUN/fa.txt" 2>/dev/null | cut -d= -f2)
+fa_ms=$(grep -o 'fwd_bwd_ms=[0-9.]*' "$RUN/fa.txt" 2>/dev/null | head -1 | cut -d= -f2)  # the kernel in use
 res "RATIO attention SDPA/triad" "$(ratio "${SDPA%% *}" "$fa_ms") (fwd+bwd time, >= 0.8 required, B=16 NH=12 T=1024 hd=64)"
 
 # ============ 5a. llm.c GPT-2 124M peer (built here by bundle.sh from a fetched copy) ===========

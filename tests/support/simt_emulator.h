@@ -1,12 +1,17 @@
 // A CPU emulator of a CUDA thread block, for kernels written against a thread context (see
 // src/kernels/cuda/flash_attention_block.h): every thread of a block is an OS thread, the block
 // barrier a std::barrier, and the warp-wide instructions (shfl.xor, ldmatrix, mma.m16n8k16,
-// cp.async) are carried out from their PTX ISA definitions: each lane deposits its operands, the
-// last lane to arrive computes every lane's result, and the lanes read theirs back.
+// cp.async) and the warpgroup-wide wgmma.mma_async (m64nNk16 bf16, operands through no-swizzle
+// shared-memory descriptors or A from registers) are carried out from their PTX ISA
+// definitions: each lane deposits its operands, the last to arrive computes every lane's
+// result, and the lanes read theirs back.
 //
 // It checks what the hardware would not forgive: lanes of a warp that reach different warp
 // instructions (divergence), ldmatrix rows and cp.async destinations outside shared memory or
-// not 16-byte aligned, cp.async sources not 16-byte aligned, and copies never waited for. Those
+// not 16-byte aligned, cp.async sources not 16-byte aligned, copies never waited for, wgmma
+// descriptors that differ between the threads of a warpgroup or point outside shared memory,
+// wgmma reading shared memory that cp.async wrote without the writing thread's
+// fence.proxy.async (wgmma reads through the async proxy), and wgmma left pending. Those
 // abort with a message (a hang or garbage on the GPU). Shared memory starts filled with 0xFF
 // bytes (bf16 NaN), so values read before they are written show as NaN.
 //
@@ -23,6 +28,7 @@
 #include <cstring>
 #include <deque>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -52,6 +58,13 @@ struct Slot {
 };
 
 class Block;
+class Thread;
+
+// Executes the oldest pending wgmma groups of a warpgroup (run by the last thread to arrive).
+struct GroupStep {
+  Block* block;
+  void operator()() noexcept;
+};
 
 // Computes every lane's result of the warp instruction in slots[phase] (run once per
 // instruction, by the last lane to arrive).
@@ -72,7 +85,14 @@ struct Warp {
 class Block {
  public:
   Block(int bx, int by, int threads, size_t smem_bytes, CopyTiming timing)
-      : bx_(bx), by_(by), timing_(timing), smem_(smem_bytes + 128, 0xFF), sync_(threads) {
+      : bx_(bx),
+        by_(by),
+        timing_(timing),
+        smem_(smem_bytes + 128, 0xFF),
+        sync_(threads),
+        group_(threads, GroupStep{this}),
+        threads_(size_t(threads), nullptr),
+        writer_(smem_bytes / 16 + 1, -1) {
     base_ = smem_.data() + (128 - reinterpret_cast<uintptr_t>(smem_.data()) % 128) % 128;
     size_ = smem_bytes;
     for (int w = 0; w < (threads + 31) / 32; ++w) warps_.push_back(std::make_unique<Warp>(this));
@@ -84,12 +104,19 @@ class Block {
 
  private:
   friend class Thread;
+  friend struct GroupStep;
   int bx_, by_;
   CopyTiming timing_;
   std::vector<unsigned char> smem_;
   unsigned char* base_;
   size_t size_;
   std::barrier<> sync_;
+  std::barrier<GroupStep> group_;  // the warpgroup (the whole block: 128 threads)
+  std::vector<Thread*> threads_;
+  // Per 16-byte chunk of shared memory: the thread whose cp.async wrote it and has not yet
+  // executed fence.proxy.async since, or -1.
+  std::mutex writer_mutex_;
+  std::vector<int> writer_;
   std::vector<std::unique_ptr<Warp>> warps_;
 };
 
@@ -165,9 +192,10 @@ inline void WarpStep::operator()() noexcept {
 // The thread context a kernel body runs against (the X of flash_attention_block.h).
 class Thread {
  public:
-  Thread(Block& block, int tid) : block_(block), tid_(tid) {}
+  Thread(Block& block, int tid) : block_(block), tid_(tid) { block.threads_[size_t(tid)] = this; }
   ~Thread() {
     if (!pending_.empty() || !groups_.empty()) fail("cp.async copies never waited for");
+    if (!wg_pending_.empty() || !wg_groups_.empty()) fail("wgmma never waited for");
   }
 
   int thread() const { return tid_; }
@@ -216,6 +244,38 @@ class Thread {
     }
   }
 
+  // ---- wgmma (sm_90a), executed when waited for
+  uint32_t smem_address(const void* p) const {
+    if (!block_.in_smem(p, 0)) fail("shared-memory address outside the block's shared memory");
+    return uint32_t(static_cast<const unsigned char*>(p) - block_.base_);
+  }
+  void fence_proxy_async() {
+    std::lock_guard<std::mutex> lock(block_.writer_mutex_);
+    for (size_t c : written_)
+      if (block_.writer_[c] == tid_) block_.writer_[c] = -1;
+    written_.clear();
+  }
+  void wgmma_fence() {}
+  void keep(float&) {}
+  void keep(uint32_t&) {}
+  template <int N, int TransB>
+  void wgmma_ss(float* d, uint64_t da, uint64_t db) {
+    wg_pending_.push_back(WgOp{N, false, TransB, d, {}, da, db});
+  }
+  template <int N, int TransB>
+  void wgmma_rs(float* d, const uint32_t (&a)[4], uint64_t db) {
+    wg_pending_.push_back(WgOp{N, true, TransB, d, {a[0], a[1], a[2], a[3]}, 0, db});
+  }
+  void wgmma_commit() {
+    wg_groups_.push_back(std::move(wg_pending_));
+    wg_pending_.clear();
+  }
+  template <int N>
+  void wgmma_wait() {
+    wg_keep_ = N;
+    block_.group_.arrive_and_wait();
+  }
+
   static float exp2(float v) { return std::exp2(v); }
   static float log2(float v) { return std::log2(v); }
   static uint32_t pack_bf16(float lo, float hi) {
@@ -224,15 +284,28 @@ class Thread {
   static float bf16_float(uint16_t bits) { return bf16_value(bits); }
 
  private:
+  friend struct GroupStep;
   struct Copy {
     unsigned char* dst;
     const unsigned char* src;  // nullptr: zero fill
   };
-  static void perform(const Copy& c) {
+  struct WgOp {
+    int n;
+    bool a_in_registers;
+    int trans_b;
+    float* d;
+    uint32_t a[4];
+    uint64_t da, db;
+  };
+  void perform(const Copy& c) {
     if (c.src)
       std::memcpy(c.dst, c.src, 16);
     else
       std::memset(c.dst, 0, 16);
+    const size_t chunk = size_t(c.dst - block_.base_) / 16;
+    std::lock_guard<std::mutex> lock(block_.writer_mutex_);
+    block_.writer_[chunk] = tid_;
+    written_.push_back(chunk);
   }
   Warp& warp() { return *block_.warps_[tid_ / 32]; }
   Slot& deposit(Slot::Op op) {
@@ -258,7 +331,95 @@ class Thread {
   int phase_ = 0;
   std::vector<Copy> pending_;
   std::deque<std::vector<Copy>> groups_;
+  std::vector<size_t> written_;  // chunks this thread's copies wrote since its last proxy fence
+  std::vector<WgOp> wg_pending_;
+  std::deque<std::vector<WgOp>> wg_groups_;
+  int wg_keep_ = 0;  // the N of the wgmma.wait_group being executed
 };
+
+// One bf16 element of shared memory at the byte offset `at`, which the wgmma being executed
+// reads: inside the block's shared memory and not written by an unfenced cp.async.
+inline float wgmma_read(const Block& block, const std::vector<int>& writer, size_t size,
+                        const unsigned char* base, size_t at) {
+  (void)block;
+  if (at + 2 > size) fail("wgmma descriptor addresses memory outside shared memory");
+  if (writer[at / 16] != -1)
+    fail("wgmma reads shared memory written by cp.async without fence.proxy.async");
+  return bf16_value(load16(base + at));
+}
+
+// The byte offset of element (r, k) of a no-swizzle descriptor operand: r along M or N, k along
+// K. K-major: rows of 16 bytes along K within a core matrix; MN-major: along M/N. LBO steps
+// between core matrices along K, SBO along M/N (both majors, no swizzle).
+inline size_t wgmma_offset(uint64_t desc, int r, int k, bool mn_major) {
+  if ((desc >> 62) != 0) fail("wgmma descriptor with a swizzle mode (only no-swizzle is emulated)");
+  const size_t start = size_t(desc & 0x3FFF) << 4, lbo = size_t((desc >> 16) & 0x3FFF) << 4,
+               sbo = size_t((desc >> 32) & 0x3FFF) << 4;
+  const size_t core = size_t(r / 8) * sbo + size_t(k / 8) * lbo;
+  return start + core +
+         (mn_major ? size_t(k % 8) * 16 + size_t(r % 8) * 2
+                   : size_t(r % 8) * 16 + size_t(k % 8) * 2);
+}
+
+inline void GroupStep::operator()() noexcept {
+  Block& b = *block;
+  const size_t nt = b.threads_.size();
+  if (nt != 128) fail("wgmma needs a warpgroup of exactly 128 threads (the emulated block)");
+  const int keep = b.threads_[0]->wg_keep_;
+  for (Thread* t : b.threads_)
+    if (t->wg_keep_ != keep || t->wg_groups_.size() != b.threads_[0]->wg_groups_.size())
+      fail("threads of a warpgroup reached different wgmma.wait_group");
+  std::lock_guard<std::mutex> lock(b.writer_mutex_);
+  while (b.threads_[0]->wg_groups_.size() > size_t(keep)) {
+    const std::vector<Thread::WgOp>& ops0 = b.threads_[0]->wg_groups_.front();
+    for (size_t i = 0; i < ops0.size(); ++i) {
+      const Thread::WgOp& op = ops0[i];
+      for (Thread* t : b.threads_) {
+        const auto& o = t->wg_groups_.front();
+        if (o.size() != ops0.size() || o[i].n != op.n || o[i].a_in_registers != op.a_in_registers ||
+            o[i].trans_b != op.trans_b || o[i].da != op.da || o[i].db != op.db)
+          fail("threads of a warpgroup issued different wgmma operations or descriptors");
+      }
+      const int N = op.n;
+      std::vector<float> A(64 * 16), B(16 * size_t(N)), D(64 * size_t(N));
+      for (size_t tid = 0; tid < nt; ++tid) {
+        const Thread::WgOp& o = b.threads_[tid]->wg_groups_.front()[i];
+        const int w = int(tid) / 32, g = int(tid) % 32 / 4, t = int(tid) % 4;
+        for (int j = 0; j < N / 2; ++j)  // D fragment: d[j] at row 16w+g+8((j>>1)&1)
+          D[size_t(16 * w + g + 8 * ((j >> 1) & 1)) * N + 8 * (j >> 2) + 2 * t + (j & 1)] = o.d[j];
+        if (op.a_in_registers)
+          for (int e = 0; e < 8; ++e) {  // A fragment: element e in register e/2, even e low
+            const uint32_t reg = o.a[e / 2];
+            const uint16_t v = uint16_t(e % 2 ? reg >> 16 : reg & 0xffffu);
+            A[size_t(16 * w + g + 8 * ((e >> 1) & 1)) * 16 + 8 * (e >> 2) + 2 * t + (e & 1)] =
+                bf16_value(v);
+          }
+      }
+      if (!op.a_in_registers)
+        for (int m = 0; m < 64; ++m)
+          for (int k = 0; k < 16; ++k)
+            A[size_t(m) * 16 + k] =
+                wgmma_read(b, b.writer_, b.size_, b.base_, wgmma_offset(op.da, m, k, false));
+      for (int k = 0; k < 16; ++k)
+        for (int n = 0; n < N; ++n)
+          B[size_t(k) * N + n] = wgmma_read(b, b.writer_, b.size_, b.base_,
+                                            wgmma_offset(op.db, n, k, op.trans_b != 0));
+      for (int m = 0; m < 64; ++m)
+        for (int n = 0; n < N; ++n) {
+          float acc = D[size_t(m) * N + n];
+          for (int k = 0; k < 16; ++k) acc += A[size_t(m) * 16 + k] * B[size_t(k) * N + n];
+          D[size_t(m) * N + n] = acc;
+        }
+      for (size_t tid = 0; tid < nt; ++tid) {
+        const Thread::WgOp& o = b.threads_[tid]->wg_groups_.front()[i];
+        const int w = int(tid) / 32, g = int(tid) % 32 / 4, t = int(tid) % 4;
+        for (int j = 0; j < N / 2; ++j)
+          o.d[j] = D[size_t(16 * w + g + 8 * ((j >> 1) & 1)) * N + 8 * (j >> 2) + 2 * t + (j & 1)];
+      }
+    }
+    for (Thread* t : b.threads_) t->wg_groups_.pop_front();
+  }
+}
 
 // Runs body(Thread&) for every thread of every block of a grid_x × grid_y grid (blocks one
 // after another, the threads of a block concurrently).

@@ -9,8 +9,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "../support/attention_reference.h"
@@ -45,9 +47,10 @@ std::vector<T> host_copy(const T* d, size_t n) {
   return h;
 }
 
-void check_shape(int B, int T, int NH, int hd) {
+void check_shape(int B, int T, int NH, int hd, cuda::FlashKernel kernel) {
   const int C = NH * hd;
-  SCOPED_TRACE(::testing::Message() << "B=" << B << " T=" << T << " NH=" << NH << " hd=" << hd);
+  SCOPED_TRACE(::testing::Message() << cuda::flash_kernel_name(kernel) << " B=" << B << " T=" << T
+                                    << " NH=" << NH << " hd=" << hd);
   Bits qkv_bits, dout_bits;
   std::vector<double> qkv, dout;
   random_bf16(size_t(B) * T * 3 * C, 1234u + T, qkv_bits, qkv);
@@ -64,14 +67,16 @@ void check_shape(int B, int T, int NH, int hd) {
   float* d_ws =
       device_copy(std::vector<float>(cuda::flash_attention_workspace_floats(B, T, C, NH), NAN));
 
-  cuda::flash_attention_forward(d_out, d_lse, d_qkv, B, T, C, NH, nullptr);
-  cuda::flash_attention_backward(d_dqkv, d_dout, d_qkv, d_out, d_lse, d_ws, B, T, C, NH, nullptr);
+  cuda::flash_attention_forward(d_out, d_lse, d_qkv, B, T, C, NH, nullptr, kernel);
+  cuda::flash_attention_backward(d_dqkv, d_dout, d_qkv, d_out, d_lse, d_ws, B, T, C, NH, nullptr,
+                                 false, kernel);
   TRIAD_CUDA_CHECK(cudaDeviceSynchronize());
   const Bits out = host_copy(reinterpret_cast<uint16_t*>(d_out), size_t(B) * T * C);
   const std::vector<float> lse = host_copy(d_lse, size_t(B) * NH * T);
   const Bits dqkv = host_copy(reinterpret_cast<uint16_t*>(d_dqkv), size_t(B) * T * 3 * C);
   // A second backward: bit-identical.
-  cuda::flash_attention_backward(d_dqkv, d_dout, d_qkv, d_out, d_lse, d_ws, B, T, C, NH, nullptr);
+  cuda::flash_attention_backward(d_dqkv, d_dout, d_qkv, d_out, d_lse, d_ws, B, T, C, NH, nullptr,
+                                 false, kernel);
   TRIAD_CUDA_CHECK(cudaDeviceSynchronize());
   const Bits dqkv2 = host_copy(reinterpret_cast<uint16_t*>(d_dqkv), size_t(B) * T * 3 * C);
 
@@ -95,7 +100,7 @@ void check_shape(int B, int T, int NH, int hd) {
 
 // The backward's accumulate mode (the Backend's += contract): dqkv holds random values before,
 // and each element becomes round(old + gradient).
-void check_accumulate(int B, int T, int NH, int hd) {
+void check_accumulate(int B, int T, int NH, int hd, cuda::FlashKernel kernel) {
   const int C = NH * hd;
   Bits qkv_bits, dout_bits, old_bits;
   std::vector<double> qkv, dout, old;
@@ -111,9 +116,9 @@ void check_accumulate(int B, int T, int NH, int hd) {
   float* d_lse = device_copy(std::vector<float>(size_t(B) * NH * T, NAN));
   float* d_ws =
       device_copy(std::vector<float>(cuda::flash_attention_workspace_floats(B, T, C, NH), NAN));
-  cuda::flash_attention_forward(d_out, d_lse, d_qkv, B, T, C, NH, nullptr);
+  cuda::flash_attention_forward(d_out, d_lse, d_qkv, B, T, C, NH, nullptr, kernel);
   cuda::flash_attention_backward(d_dqkv, d_dout, d_qkv, d_out, d_lse, d_ws, B, T, C, NH, nullptr,
-                                 /*accumulate=*/true);
+                                 /*accumulate=*/true, kernel);
   TRIAD_CUDA_CHECK(cudaDeviceSynchronize());
   const Bits dqkv = host_copy(reinterpret_cast<uint16_t*>(d_dqkv), size_t(B) * T * 3 * C);
   EXPECT_LE(accumulate_error(dqkv, old, want.dqkv), 1.0);
@@ -125,35 +130,87 @@ void check_accumulate(int B, int T, int NH, int hd) {
 #define SKIP_WITHOUT_DEVICE() \
   if (!cuda_device_available()) GTEST_SKIP() << "no usable CUDA device"
 
+using cuda::FlashKernel;
+
+// The portable kernel (mma.sync + ldmatrix) runs on every GPU of sm_80 and later.
 TEST(FlashAttention, SingleToken) {
   SKIP_WITHOUT_DEVICE();
-  check_shape(2, 1, 2, 64);
+  check_shape(2, 1, 2, 64, FlashKernel::mma);
 }
 
 TEST(FlashAttention, PartialTiles) {
   SKIP_WITHOUT_DEVICE();
-  check_shape(2, 77, 3, 64);
+  check_shape(2, 77, 3, 64, FlashKernel::mma);
 }
 
 TEST(FlashAttention, HeadDim128) {
   SKIP_WITHOUT_DEVICE();
-  check_shape(1, 256, 2, 128);
+  check_shape(1, 256, 2, 128, FlashKernel::mma);
 }
 
 TEST(FlashAttention, Gpt2Shape) {
   SKIP_WITHOUT_DEVICE();
-  check_shape(2, 1024, 12, 64);
+  check_shape(2, 1024, 12, 64, FlashKernel::mma);
 }
 
 TEST(FlashAttention, BackwardAccumulates) {
   SKIP_WITHOUT_DEVICE();
-  check_accumulate(2, 150, 3, 64);
+  check_accumulate(2, 150, 3, 64, FlashKernel::mma);
+}
+
+// The Hopper kernel (wgmma from shared memory): a compute capability 9.0 GPU and sm_90a code.
+#define SKIP_WITHOUT_WGMMA()                                                   \
+  SKIP_WITHOUT_DEVICE();                                                       \
+  if (!cuda::flash_wgmma_available())                                          \
+  GTEST_SKIP() << "wgmma needs a compute capability 9.0 GPU and sm_90a code (" \
+               << cuda_device_description() << ")"
+
+TEST(FlashAttention, WgmmaSingleToken) {
+  SKIP_WITHOUT_WGMMA();
+  check_shape(2, 1, 2, 64, FlashKernel::wgmma);
+}
+
+TEST(FlashAttention, WgmmaPartialTiles) {
+  SKIP_WITHOUT_WGMMA();
+  check_shape(2, 77, 3, 64, FlashKernel::wgmma);
+}
+
+TEST(FlashAttention, WgmmaHeadDim128) {
+  SKIP_WITHOUT_WGMMA();
+  check_shape(1, 256, 2, 128, FlashKernel::wgmma);
+}
+
+TEST(FlashAttention, WgmmaGpt2Shape) {
+  SKIP_WITHOUT_WGMMA();
+  check_shape(2, 1024, 12, 64, FlashKernel::wgmma);
+}
+
+TEST(FlashAttention, WgmmaBackwardAccumulates) {
+  SKIP_WITHOUT_WGMMA();
+  check_accumulate(2, 150, 3, 64, FlashKernel::wgmma);
 }
 
 TEST(FlashAttention, RejectsOtherHeadDims) {
   SKIP_WITHOUT_DEVICE();
   EXPECT_THROW(cuda::flash_attention_forward(nullptr, nullptr, nullptr, 1, 16, 96, 3, nullptr),
                triad::Error);
+}
+
+// A bad TRIAD_FLASH_KERNEL is refused (before any device is touched, so this runs everywhere).
+TEST(FlashAttention, RejectsABadKernelName) {
+  const char* old = std::getenv("TRIAD_FLASH_KERNEL");
+  const std::string saved = old ? old : "";
+  setenv("TRIAD_FLASH_KERNEL", "tensor", 1);
+  try {
+    cuda::flash_kernel_for_device(FlashKernel::automatic);
+    ADD_FAILURE() << "TRIAD_FLASH_KERNEL=tensor was accepted";
+  } catch (const triad::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("TRIAD_FLASH_KERNEL"), std::string::npos) << e.what();
+  }
+  if (old)
+    setenv("TRIAD_FLASH_KERNEL", saved.c_str(), 1);
+  else
+    unsetenv("TRIAD_FLASH_KERNEL");
 }
 
 #else

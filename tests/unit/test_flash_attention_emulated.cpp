@@ -13,6 +13,7 @@
 
 #include "../../src/kernels/cuda/flash_attention_block.h"
 #include "../../src/kernels/cuda/flash_attention_mma.h"
+#include "../../src/kernels/cuda/flash_attention_wgmma.h"
 #include "../support/attention_reference.h"
 #include "../support/simt_emulator.h"
 
@@ -63,18 +64,30 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, int T, int NH, CopyTiming 
   return r;
 }
 
-void check(int B, int T, int NH, int hd, CopyTiming timing) {
+// The two tile policies: mma.sync + ldmatrix (sm_80 on), wgmma from shared memory (sm_90a).
+enum class Kernel { mma, wgmma };
+
+Outputs run_kernel(Kernel k, int hd, const Bits& qkv, const Bits& dout, int B, int T, int NH,
+                   CopyTiming timing, const Bits* dqkv0 = nullptr) {
+  if (k == Kernel::mma)
+    return hd == 64 ? run<flash::MmaTiles<64>>(qkv, dout, B, T, NH, timing, dqkv0)
+                    : run<flash::MmaTiles<128>>(qkv, dout, B, T, NH, timing, dqkv0);
+  return hd == 64 ? run<flash::WgmmaTiles<64>>(qkv, dout, B, T, NH, timing, dqkv0)
+                  : run<flash::WgmmaTiles<128>>(qkv, dout, B, T, NH, timing, dqkv0);
+}
+
+void check(int B, int T, int NH, int hd, CopyTiming timing, Kernel kernel = Kernel::mma) {
   const int C = NH * hd;
   SCOPED_TRACE(::testing::Message()
-               << "B=" << B << " T=" << T << " NH=" << NH << " hd=" << hd
+               << (kernel == Kernel::mma ? "mma" : "wgmma") << " B=" << B << " T=" << T
+               << " NH=" << NH << " hd=" << hd
                << (timing == CopyTiming::at_wait ? " copies at wait" : " copies at issue"));
   Bits qkv_bits, dout_bits;
   std::vector<double> qkv, dout;
   random_bf16(size_t(B) * T * 3 * C, 4321u + T, qkv_bits, qkv);
   random_bf16(size_t(B) * T * C, 777u + T, dout_bits, dout);
   const Reference want = reference(qkv, dout, B, T, C, NH);
-  const Outputs got = hd == 64 ? run<flash::MmaTiles<64>>(qkv_bits, dout_bits, B, T, NH, timing)
-                               : run<flash::MmaTiles<128>>(qkv_bits, dout_bits, B, T, NH, timing);
+  const Outputs got = run_kernel(kernel, hd, qkv_bits, dout_bits, B, T, NH, timing);
 
   const size_t rows = size_t(B) * T;
   EXPECT_LE(rel_error(got.out, want.out, rows, C, 0, C), 1e-2) << "out";
@@ -100,7 +113,7 @@ TEST(FlashAttentionEmulated, ThreeTilesCopiesAtWait) { check(1, 150, 1, 64, Copy
 TEST(FlashAttentionEmulated, HeadDim128) { check(1, 130, 1, 128, CopyTiming::at_wait); }
 
 // The backward's accumulate mode: every element of dqkv becomes round(old + gradient).
-TEST(FlashAttentionEmulated, BackwardAccumulates) {
+void check_accumulate(Kernel kernel) {
   const int B = 1, T = 70, NH = 2, hd = 64, C = NH * hd;
   Bits qkv_bits, dout_bits, old_bits;
   std::vector<double> qkv, dout, old;
@@ -109,9 +122,30 @@ TEST(FlashAttentionEmulated, BackwardAccumulates) {
   random_bf16(size_t(B) * T * 3 * C, 13u, old_bits, old);
   const Reference want = reference(qkv, dout, B, T, C, NH);
   const Outputs got =
-      run<flash::MmaTiles<64>>(qkv_bits, dout_bits, B, T, NH, CopyTiming::at_issue, &old_bits);
+      run_kernel(kernel, hd, qkv_bits, dout_bits, B, T, NH, CopyTiming::at_issue, &old_bits);
   EXPECT_LE(accumulate_error(got.dqkv, old, want.dqkv), 1.0);
 }
+
+TEST(FlashAttentionEmulated, BackwardAccumulates) { check_accumulate(Kernel::mma); }
+
+// The Hopper policy: the same block programs with wgmma products from shared-memory descriptors.
+TEST(FlashAttentionEmulated, WgmmaSingleToken) {
+  check(2, 1, 2, 64, CopyTiming::at_issue, Kernel::wgmma);
+}
+
+TEST(FlashAttentionEmulated, WgmmaThreeTilesCopiesAtWait) {
+  check(1, 150, 2, 64, CopyTiming::at_wait, Kernel::wgmma);
+}
+
+TEST(FlashAttentionEmulated, WgmmaPartialTile) {
+  check(1, 77, 1, 64, CopyTiming::at_issue, Kernel::wgmma);
+}
+
+TEST(FlashAttentionEmulated, WgmmaHeadDim128) {
+  check(1, 130, 1, 128, CopyTiming::at_wait, Kernel::wgmma);
+}
+
+TEST(FlashAttentionEmulated, WgmmaBackwardAccumulates) { check_accumulate(Kernel::wgmma); }
 
 }  // namespace
 }  // namespace triad

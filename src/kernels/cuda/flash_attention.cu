@@ -9,12 +9,16 @@
 //             (3) grid (B·NH, nqb): dQ of one query block (recomputing P and dP).
 //             No atomics, fixed summation orders: bit-identical run to run.
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
+#include <string>
 
 #include "cuda_common.cuh"
 #include "flash_attention.cuh"
 #include "flash_attention_block.h"
 #include "flash_attention_mma.h"
+#include "flash_attention_wgmma.h"
 
 namespace triad::cuda {
 namespace {
@@ -77,6 +81,112 @@ struct DeviceThread {
   }
   __device__ __forceinline__ float bf16_float(uint16_t bits) {
     return __uint_as_float(uint32_t(bits) << 16);
+  }
+  // D (64×N over the warpgroup; d: this thread's N/2 floats) += A · B, B from a shared-memory
+  // descriptor; A from one (ss, K-major) or from registers (rs). TransB: B is stored K×N with
+  // N contiguous (MN-major) instead of N×K.
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  template <int N, int TransB>
+  __device__ __forceinline__ void wgmma_ss(float* d, uint64_t da, uint64_t db) {
+    static_assert(N == 64 && TransB == 0, "only the m64n64k16 K-major product is instantiated");
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "setp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, "
+        "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+        "%32, %33, p, 1, 1, 0, 0;\n"
+        "}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+          "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+          "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+          "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(da), "l"(db), "r"(1));
+  }
+  template <int N, int TransB>
+  __device__ __forceinline__ void wgmma_rs(float* d, const uint32_t (&a)[4], uint64_t db) {
+    static_assert((N == 64 || N == 128) && TransB == 1,
+                  "only m64n64k16 / m64n128k16 with B MN-major");
+    if constexpr (N == 64) {
+      asm volatile(
+          "{\n"
+          ".reg .pred p;\n"
+          "setp.ne.b32 p, %37, 0;\n"
+          "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+          "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, "
+          "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+          "{%32, %33, %34, %35}, %36, p, 1, 1, 1;\n"
+          "}\n"
+          : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+            "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+            "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),
+            "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]),
+            "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+    } else {
+      asm volatile(
+          "{\n"
+          ".reg .pred p;\n"
+          "setp.ne.b32 p, %69, 0;\n"
+          "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+          "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, "
+          "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, "
+          "%36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, "
+          "%53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+          "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n"
+          "}\n"
+          : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+            "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+            "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),
+            "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]),
+            "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+            "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]),
+            "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]),
+            "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]),
+            "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+            "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]),
+            "+f"(d[62]), "+f"(d[63])
+          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+    }
+  }
+  __device__ __forceinline__ void wgmma_fence() {
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+  }
+  __device__ __forceinline__ void wgmma_commit() {
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+  }
+  template <int N>
+  __device__ __forceinline__ void wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+  }
+  __device__ __forceinline__ void fence_proxy_async() {
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+  }
+#else
+  // Built for an architecture without wgmma (sm_80, or sm_90 without the "a" features): the
+  // launcher never selects these kernels there (it checks the binary's version first).
+  template <int N, int TransB>
+  __device__ __forceinline__ void wgmma_ss(float*, uint64_t, uint64_t) {
+    __trap();
+  }
+  template <int N, int TransB>
+  __device__ __forceinline__ void wgmma_rs(float*, const uint32_t (&)[4], uint64_t) {
+    __trap();
+  }
+  __device__ __forceinline__ void wgmma_fence() {}
+  __device__ __forceinline__ void wgmma_commit() {}
+  template <int N>
+  __device__ __forceinline__ void wgmma_wait() {}
+  __device__ __forceinline__ void fence_proxy_async() {}
+#endif
+  // Keeps the compiler from moving accesses to v across this point (the registers of an
+  // in-flight wgmma must not be touched before its wait).
+  __device__ __forceinline__ void keep(float& v) { asm volatile("" : "+f"(v)::"memory"); }
+  __device__ __forceinline__ void keep(uint32_t& v) { asm volatile("" : "+r"(v)::"memory"); }
+  __device__ __forceinline__ uint32_t smem_address(const void* p) {
+    return unsigned(__cvta_generic_to_shared(p));
   }
 };
 
@@ -183,27 +293,87 @@ size_t flash_attention_workspace_floats(int B, int T, int C, int NH) {
   return size_t(B) * NH * T;
 }
 
-void flash_attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH,
-                             cudaStream_t s) {
-  check_shape(B, T, C, NH);
-  if (C / NH == 64) {
-    forward_with<flash::MmaTiles<64>>(out, lse, qkv, B, T, C, NH, s);
-  } else {
-    forward_with<flash::MmaTiles<128>>(out, lse, qkv, B, T, C, NH, s);
+const char* flash_kernel_name(FlashKernel k) {
+  switch (k) {
+    case FlashKernel::mma:
+      return "mma";
+    case FlashKernel::wgmma:
+      return "wgmma";
+    default:
+      return "auto";
   }
+}
+
+namespace {
+
+// Whether the wgmma kernels can run on the current device: compute capability 9.0 and the
+// binary the runtime picked for it is the sm_90a one (a build without 90a, or a newer GPU
+// running the PTX, would reach the __trap in DeviceThread instead).
+bool wgmma_runs_here() {
+  constexpr int kMaxDevices = 64;
+  static std::once_flag done[kMaxDevices];
+  static bool runs[kMaxDevices] = {};
+  int dev = 0;
+  TRIAD_CUDA_CHECK(cudaGetDevice(&dev));
+  TRIAD_CHECK(dev >= 0 && dev < kMaxDevices, "flash attention: device ", dev, " out of range");
+  std::call_once(done[dev], [&] {
+    int major = 0, minor = 0;
+    TRIAD_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    TRIAD_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+    cudaFuncAttributes attr{};
+    TRIAD_CUDA_CHECK(cudaFuncGetAttributes(&attr, forward_kernel<flash::WgmmaTiles<64>>));
+    runs[dev] = major == 9 && minor == 0 && attr.binaryVersion == 90;
+  });
+  return runs[dev];
+}
+
+}  // namespace
+
+bool flash_wgmma_available() { return wgmma_runs_here(); }
+
+FlashKernel flash_kernel_for_device(FlashKernel requested) {
+  if (requested == FlashKernel::automatic) {
+    if (const char* env = std::getenv("TRIAD_FLASH_KERNEL"); env && *env) {
+      const std::string v = env;
+      TRIAD_CHECK(v == "auto" || v == "mma" || v == "wgmma", "TRIAD_FLASH_KERNEL = '", v,
+                  "' is not one of auto, mma, wgmma");
+      if (v == "mma") requested = FlashKernel::mma;
+      if (v == "wgmma") requested = FlashKernel::wgmma;
+    }
+  }
+  if (requested == FlashKernel::mma) return requested;
+  const bool wgmma = wgmma_runs_here();
+  TRIAD_CHECK(wgmma || requested == FlashKernel::automatic,
+              "flash attention: the wgmma kernel needs a compute capability 9.0 GPU and a build "
+              "with sm_90a code (CMAKE_CUDA_ARCHITECTURES including 90a)");
+  return wgmma ? FlashKernel::wgmma : FlashKernel::mma;
+}
+
+void flash_attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH,
+                             cudaStream_t s, FlashKernel kernel) {
+  check_shape(B, T, C, NH);
+  const bool wgmma = flash_kernel_for_device(kernel) == FlashKernel::wgmma;
+  const bool hd64 = C / NH == 64;
+  if (wgmma && hd64) forward_with<flash::WgmmaTiles<64>>(out, lse, qkv, B, T, C, NH, s);
+  if (wgmma && !hd64) forward_with<flash::WgmmaTiles<128>>(out, lse, qkv, B, T, C, NH, s);
+  if (!wgmma && hd64) forward_with<flash::MmaTiles<64>>(out, lse, qkv, B, T, C, NH, s);
+  if (!wgmma && !hd64) forward_with<flash::MmaTiles<128>>(out, lse, qkv, B, T, C, NH, s);
 }
 
 void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out,
                               const float* lse, float* workspace, int B, int T, int C, int NH,
-                              cudaStream_t s, bool accumulate) {
+                              cudaStream_t s, bool accumulate, FlashKernel kernel) {
   check_shape(B, T, C, NH);
-  if (C / NH == 64) {
-    backward_with<flash::MmaTiles<64>>(dqkv, dout, qkv, out, lse, workspace, B, T, C, NH, s,
-                                       accumulate);
-  } else {
-    backward_with<flash::MmaTiles<128>>(dqkv, dout, qkv, out, lse, workspace, B, T, C, NH, s,
-                                        accumulate);
-  }
+  const bool wgmma = flash_kernel_for_device(kernel) == FlashKernel::wgmma;
+  const bool hd64 = C / NH == 64;
+  auto run = [&](auto tiles) {
+    using Tiles = decltype(tiles);
+    backward_with<Tiles>(dqkv, dout, qkv, out, lse, workspace, B, T, C, NH, s, accumulate);
+  };
+  if (wgmma && hd64) run(flash::WgmmaTiles<64>{});
+  if (wgmma && !hd64) run(flash::WgmmaTiles<128>{});
+  if (!wgmma && hd64) run(flash::MmaTiles<64>{});
+  if (!wgmma && !hd64) run(flash::MmaTiles<128>{});
 }
 
 }  // namespace triad::cuda

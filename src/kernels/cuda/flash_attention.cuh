@@ -27,13 +27,26 @@ namespace triad::cuda {
 
 using bf16 = __nv_bfloat16;
 
+// Which tile policy runs the block programs: mma (mma.sync + ldmatrix, sm_80 and later) or wgmma
+// (wgmma from shared memory, sm_90a: needs a compute capability 9.0 GPU and the build's sm_90a
+// code). automatic: the environment variable TRIAD_FLASH_KERNEL (auto, mma or wgmma) if set,
+// else wgmma where it can run and mma elsewhere. Asking for wgmma where it cannot run, or a
+// bad TRIAD_FLASH_KERNEL, throws triad::Error.
+enum class FlashKernel { automatic, mma, wgmma };
+
+// Whether the wgmma kernels can run on the current device.
+bool flash_wgmma_available();
+// The policy `requested` resolves to on the current device.
+FlashKernel flash_kernel_for_device(FlashKernel requested = FlashKernel::automatic);
+const char* flash_kernel_name(FlashKernel k);
+
 // Floats of workspace flash_attention_backward needs (B·NH·T).
 size_t flash_attention_workspace_floats(int B, int T, int C, int NH);
 
 // out [B,T,C] bf16 and lse [B,NH,T] fp32 from qkv [B,T,3C] bf16 (device pointers), on stream s.
 // qkv must be 16-byte aligned (vector loads), out 4-byte aligned.
 void flash_attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH,
-                             cudaStream_t s);
+                             cudaStream_t s, FlashKernel kernel = FlashKernel::automatic);
 
 // dqkv [B,T,3C] from dout [B,T,C], the forward's qkv, out and lse: overwritten, or with
 // accumulate each element becomes round(old + gradient) in fp32 (the Backend's += contract).
@@ -41,7 +54,8 @@ void flash_attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int 
 // stream s. qkv and dout must be 16-byte aligned (vector loads), out and dqkv 4-byte aligned.
 void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out,
                               const float* lse, float* workspace, int B, int T, int C, int NH,
-                              cudaStream_t s, bool accumulate = false);
+                              cudaStream_t s, bool accumulate = false,
+                              FlashKernel kernel = FlashKernel::automatic);
 
 // Host helpers for tests and benchmarks: float ↔ bf16 bit patterns (round to nearest even;
 // NaN stays NaN).

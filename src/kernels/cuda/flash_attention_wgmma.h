@@ -1,0 +1,93 @@
+// The Hopper tile policy of the flash-attention block programs (flash_attention_block.h): the
+// products on wgmma.mma_async (sm_90a), the warpgroup (the block's 4 warps) multiplying all 64
+// rows at once, both operands of S = A·Yᵀ and the B operand of P·Y read by the tensor cores
+// straight from shared memory through matrix descriptors, P from registers.
+//
+// Layout: the no-swizzle canonical layout of 8×8 "core matrices" (8 rows of 16 bytes, 128
+// contiguous bytes). A tile of 64 rows × HD columns stores core matrix (row band r/8, column
+// band c/8) at byte (r/8)·16·HD + (c/8)·128: column bands first within a row band. A descriptor
+// names a start address, LBO (bytes between core matrices adjacent along K) and SBO (along M or
+// N), so the same tile serves
+//   as a K-major operand (rows = M or N, K = the HD columns):   LBO = 128,  SBO = 16·HD;
+//   as an MN-major B (K = the 64 rows, N = the HD columns):     LBO = 16·HD, SBO = 128.
+// Shared memory written by cp.async (the generic proxy) is made visible to wgmma (the async
+// proxy) by fence.proxy.async in every writing thread before the barrier (publish).
+#pragma once
+
+#include "flash_attention_block.h"
+
+namespace triad::flash {
+
+// wgmma's shared-memory matrix descriptor, no swizzle: start address, LBO and SBO in 16-byte
+// units in bits 0-13, 16-29 and 32-45; base offset and layout type (bits 49-51, 62-63) zero.
+TRIAD_FA_FN uint64_t wgmma_descriptor(uint32_t address, uint32_t lbo, uint32_t sbo) {
+  return uint64_t((address & 0x3FFFFu) >> 4) | uint64_t((lbo & 0x3FFFFu) >> 4) << 16 |
+         uint64_t((sbo & 0x3FFFFu) >> 4) << 32;
+}
+
+template <int HD_>
+struct WgmmaTiles {
+  static constexpr int kHD = HD_;
+  static constexpr int HD = HD_;
+  static constexpr int kElems = kTile * HD;
+  static constexpr uint32_t kBand = 16 * HD;  // bytes of one 8-row band
+  static constexpr uint32_t kCore = 128;      // bytes of one core matrix
+
+  TRIAD_FA_FN static int chunk(int r, int c) {
+    return (r / 8) * (8 * HD) + (c / 8) * 64 + (r % 8) * 8;
+  }
+
+  template <class X>
+  TRIAD_FA_FN static void publish(X& x) {
+    x.fence_proxy_async();
+  }
+
+  // s (rows 16w.. of the 64×64 product) += tile a · (tile y)ᵀ: HD/16 steps of m64n64k16, both
+  // operands K-major; step kk starts 2 core matrices (256 bytes) further along K.
+  template <class X>
+  TRIAD_FA_FN static void abt(X& x, float (&s)[8][4], const uint16_t* a, const uint16_t* y) {
+    const uint32_t sa = x.smem_address(a), sy = x.smem_address(y);
+    float* d = &s[0][0];
+    fence_registers(x, d, 32);
+    x.wgmma_fence();
+    TRIAD_UNROLL
+    for (int kk = 0; kk < HD / 16; ++kk)
+      x.template wgmma_ss<64, 0>(d, wgmma_descriptor(sa + 2 * kCore * kk, kCore, kBand),
+                                 wgmma_descriptor(sy + 2 * kCore * kk, kCore, kBand));
+    x.wgmma_commit();
+    x.template wgmma_wait<0>();
+    fence_registers(x, d, 32);
+  }
+
+  // acc (rows 16w.. of the 64×HD product) += P · tile y: 4 steps of m64nHDk16 over 16 keys each,
+  // P from registers, y MN-major; step kk starts 2 row bands further along K.
+  template <class X>
+  TRIAD_FA_FN static void pv(X& x, float (&acc)[HD / 8][4], const float (&p)[8][4],
+                             const uint16_t* y) {
+    uint32_t fa[4][4];
+    TRIAD_UNROLL
+    for (int kk = 0; kk < 4; ++kk) p_fragment(x, p, kk, fa[kk]);
+    const uint32_t sy = x.smem_address(y);
+    float* d = &acc[0][0];
+    fence_registers(x, d, HD / 2);
+    x.wgmma_fence();
+    TRIAD_UNROLL
+    for (int kk = 0; kk < 4; ++kk)
+      x.template wgmma_rs<HD, 1>(d, fa[kk], wgmma_descriptor(sy + 2 * kBand * kk, kBand, kCore));
+    x.wgmma_commit();
+    x.template wgmma_wait<0>();
+    fence_registers(x, d, HD / 2);
+    TRIAD_UNROLL
+    for (int kk = 0; kk < 4; ++kk) TRIAD_UNROLL
+    for (int i = 0; i < 4; ++i) x.keep(fa[kk][i]);  // A registers live until the wait
+  }
+
+ private:
+  template <class X>
+  TRIAD_FA_FN static void fence_registers(X& x, float* d, int n) {
+    TRIAD_UNROLL
+    for (int i = 0; i < n; ++i) x.keep(d[i]);
+  }
+};
+
+}  // namespace triad::flash
