@@ -225,7 +225,9 @@ TrainOutcome Trainer::run() {
        << " | train " << s.train_src->num_sequences() << " sequences | peak "
        << std::setprecision(1) << s.peak_flops / 1e9 << " GFLOP/s";
     s.say(os.str());
-    s.say(s.on_device ? "device: " + cuda_device_description() : "blas: " + cpu_blas_description());
+    s.say(s.on_device ? "device: " + cuda_device_description() +
+                            (s.flash_desc.empty() ? "" : ", flash attention " + s.flash_desc)
+                      : "blas: " + cpu_blas_description());
   }
 
   TrainOutcome out;

@@ -58,6 +58,7 @@ struct Trainer::State {
   // A device backend's parameters and optimizer state pass through host copies for I/O.
   bool on_device = false;
   std::string comm_desc = "mpi";  // how ranks communicate, for the start line
+  std::string flash_desc;         // the flash-attention kernel (cuda, bf16), for the start line
   std::vector<float> host_params;
   std::vector<std::vector<float>> host_slots;
   std::vector<CommRequest> pending;

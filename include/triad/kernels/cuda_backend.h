@@ -29,6 +29,11 @@ bool cuda_device_available();
 // or why there is none ("no CUDA device: ...", "built without CUDA").
 std::string cuda_device_description();
 
+// The fused flash-attention kernel bf16 attention uses on the current device: "wgmma" (Hopper)
+// or "mma" (sm_80 and later), after TRIAD_FLASH_KERNEL (auto|mma|wgmma). Throws triad::Error
+// for a bad TRIAD_FLASH_KERNEL, or wgmma asked for where it cannot run.
+std::string cuda_flash_kernel();
+
 namespace cuda_detail {
 // Throw triad::Error naming the failed call, file:line and the CUDA / cuBLAS error string.
 // Defined in the CUDA backend (and in the stub, which has no error strings).

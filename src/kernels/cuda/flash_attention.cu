@@ -19,6 +19,7 @@
 #include "flash_attention_block.h"
 #include "flash_attention_mma.h"
 #include "flash_attention_wgmma.h"
+#include "triad/kernels/cuda_backend.h"
 
 namespace triad::cuda {
 namespace {
@@ -377,3 +378,9 @@ void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, con
 }
 
 }  // namespace triad::cuda
+
+namespace triad {
+std::string cuda_flash_kernel() {
+  return cuda::flash_kernel_name(cuda::flash_kernel_for_device(cuda::FlashKernel::automatic));
+}
+}  // namespace triad
