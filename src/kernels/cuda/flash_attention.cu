@@ -307,9 +307,18 @@ const char* flash_kernel_name(FlashKernel k) {
 
 namespace {
 
-// Whether the wgmma kernels can run on the current device: compute capability 9.0 and the
-// binary the runtime picked for it is the sm_90a one (a build without 90a, or a newer GPU
-// running the PTX, would reach the __trap in DeviceThread instead).
+// Writes 1 where the code running on this device was compiled with the sm_90a features (the
+// wgmma of DeviceThread), 0 where it is the __trap fallback (an sm_90 or PTX-only build).
+__global__ void wgmma_compiled_kernel(int* out) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  *out = 1;
+#else
+  *out = 0;
+#endif
+}
+
+// Whether the wgmma kernels can run on the current device: compute capability 9.0 and the code
+// the runtime picked for it has the sm_90a features.
 bool wgmma_runs_here() {
   constexpr int kMaxDevices = 64;
   static std::once_flag done[kMaxDevices];
@@ -321,9 +330,16 @@ bool wgmma_runs_here() {
     int major = 0, minor = 0;
     TRIAD_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
     TRIAD_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
-    cudaFuncAttributes attr{};
-    TRIAD_CUDA_CHECK(cudaFuncGetAttributes(&attr, forward_kernel<flash::WgmmaTiles<64>>));
-    runs[dev] = major == 9 && minor == 0 && attr.binaryVersion == 90;
+    if (major == 9 && minor == 0) {
+      int* flag = nullptr;
+      int host = 0;
+      TRIAD_CUDA_CHECK(cudaMalloc(&flag, sizeof(int)));
+      wgmma_compiled_kernel<<<1, 1>>>(flag);
+      TRIAD_CUDA_CHECK_LAUNCH();
+      TRIAD_CUDA_CHECK(cudaMemcpy(&host, flag, sizeof(int), cudaMemcpyDeviceToHost));
+      TRIAD_CUDA_CHECK(cudaFree(flag));
+      runs[dev] = host == 1;
+    }
   });
   return runs[dev];
 }

@@ -103,8 +103,10 @@ inline Launch launch_shape(int B, int T, int NH, int HD) {
 template <class Tiles, class X>
 TRIAD_FA_FN void load_tile(X& x, uint16_t* s, const uint16_t* g, size_t stride, int row0, int T) {
   constexpr int kChunks = Tiles::kHD / 8;  // 16-byte chunks per row
+  // A warp copies 8 rows × 4 chunks: 64 contiguous bytes of each row (whole 32-byte sectors),
+  // and its 16-byte shared-memory stores spread over all 32 banks in either tile layout.
   for (int idx = x.thread(); idx < kTile * kChunks; idx += kThreads) {
-    const int r = idx / kChunks, c = (idx % kChunks) * 8;
+    const int r = (idx / (8 * kChunks)) * 8 + idx % 8, c = (idx / 8 % kChunks) * 8;
     const bool valid = row0 + r < T;
     const int src_row = valid ? row0 + r : row0;  // a valid address even when nothing is read
     x.cp_async16(s + Tiles::chunk(r, c), g + size_t(src_row) * stride + c, valid);

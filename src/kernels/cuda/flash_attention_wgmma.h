@@ -48,7 +48,7 @@ struct WgmmaTiles {
   TRIAD_FA_FN static void abt(X& x, float (&s)[8][4], const uint16_t* a, const uint16_t* y) {
     const uint32_t sa = x.smem_address(a), sy = x.smem_address(y);
     float* d = &s[0][0];
-    fence_registers(x, d, 32);
+    fence_registers<32>(x, d);
     x.wgmma_fence();
     TRIAD_UNROLL
     for (int kk = 0; kk < HD / 16; ++kk)
@@ -56,7 +56,7 @@ struct WgmmaTiles {
                                  wgmma_descriptor(sy + 2 * kCore * kk, kCore, kBand));
     x.wgmma_commit();
     x.template wgmma_wait<0>();
-    fence_registers(x, d, 32);
+    fence_registers<32>(x, d);
   }
 
   // acc (rows 16w.. of the 64×HD product) += P · tile y: 4 steps of m64nHDk16 over 16 keys each,
@@ -69,24 +69,31 @@ struct WgmmaTiles {
     for (int kk = 0; kk < 4; ++kk) p_fragment(x, p, kk, fa[kk]);
     const uint32_t sy = x.smem_address(y);
     float* d = &acc[0][0];
-    fence_registers(x, d, HD / 2);
+    fence_registers<HD / 2>(x, d);
+    TRIAD_UNROLL
+    for (int kk = 0; kk < 4; ++kk) {
+      TRIAD_UNROLL
+      for (int i = 0; i < 4; ++i) x.keep(fa[kk][i]);  // written before the fence, not after
+    }
     x.wgmma_fence();
     TRIAD_UNROLL
     for (int kk = 0; kk < 4; ++kk)
       x.template wgmma_rs<HD, 1>(d, fa[kk], wgmma_descriptor(sy + 2 * kBand * kk, kBand, kCore));
     x.wgmma_commit();
     x.template wgmma_wait<0>();
-    fence_registers(x, d, HD / 2);
+    fence_registers<HD / 2>(x, d);
     TRIAD_UNROLL
     for (int kk = 0; kk < 4; ++kk) TRIAD_UNROLL
     for (int i = 0; i < 4; ++i) x.keep(fa[kk][i]);  // A registers live until the wait
   }
 
  private:
-  template <class X>
-  TRIAD_FA_FN static void fence_registers(X& x, float* d, int n) {
+  // Pins the n accumulators at this point: ordinary code touching them stays on its side of the
+  // wgmma.fence (before) or wgmma.wait_group (after).
+  template <int N, class X>
+  TRIAD_FA_FN static void fence_registers(X& x, float* d) {
     TRIAD_UNROLL
-    for (int i = 0; i < n; ++i) x.keep(d[i]);
+    for (int i = 0; i < N; ++i) x.keep(d[i]);
   }
 };
 
