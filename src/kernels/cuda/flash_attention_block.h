@@ -116,6 +116,8 @@ TRIAD_FA_FN void load_tile(X& x, uint16_t* s, const uint16_t* g, size_t stride, 
 // The products (each warp: its 16 rows; Tiles::abt and Tiles::pv):
 //   abt(x, s, A, Y)      s  (16×64) += rows 16w.. of tile A · (tile Y)ᵀ, s[n] the accumulator of
 //                        columns n·8 .. n·8+7 (the mma.m16n8 C layout);
+//   abt2(x, s1, A1, Y1, s2, A2, Y2), pv2(x, acc1, p1, Y1, acc2, p2, Y2)
+//                        two independent products (the policy may overlap them);
 //   pv(x, acc, p, Y)     acc (16×HD) += P · tile Y, P (16×64) given in the layout of s (rounded
 //                        to bf16 on the way);
 //   publish(x)           after this thread's cp.async copies are waited for and before the
@@ -394,8 +396,7 @@ TRIAD_FA_FN void dkdv_block(X& x, uint16_t* dqkv, const uint16_t* dout, const ui
     float s[8][4], dp[8][4];
     zero(s);
     zero(dp);
-    Tiles::abt(x, s, sK, q);     // Sᵀ[key][query]
-    Tiles::abt(x, dp, sV, d_o);  // dPᵀ[key][query]
+    Tiles::abt2(x, s, sK, q, dp, sV, d_o);  // Sᵀ[key][query], dPᵀ[key][query]
     const int q0 = qt * kTile;
     probabilities_and_ds(
         x, s, dp, scale_log2,
@@ -404,9 +405,8 @@ TRIAD_FA_FN void dkdv_block(X& x, uint16_t* dqkv, const uint16_t* dout, const ui
           return key <= query && query < T && key < T;
         },
         [&](int, int c) { return lse2[c]; }, [&](int, int c) { return dd[c]; });
-    Tiles::pv(x, dv, s, d_o);  // dV += Pᵀ dO
-    Tiles::pv(x, dk, dp, q);   // dK += dSᵀ Q
-    x.sync_threads();          // every warp is done with this buffer before it is refilled
+    Tiles::pv2(x, dv, s, d_o, dk, dp, q);  // dV += Pᵀ dO, dK += dSᵀ Q
+    x.sync_threads();  // every warp is done with this buffer before it is refilled
   }
 
   uint16_t* gdk = dqkv + size_t(b) * T * stride + C + size_t(h) * HD;
@@ -471,8 +471,7 @@ TRIAD_FA_FN void dq_block(X& x, uint16_t* dqkv, const uint16_t* dout, const uint
     float s[8][4], dp[8][4];
     zero(s);
     zero(dp);
-    Tiles::abt(x, s, sQ, k);               // S[query][key]
-    Tiles::abt(x, dp, sdO, sV + buf * L);  // dP[query][key]
+    Tiles::abt2(x, s, sQ, k, dp, sdO, sV + buf * L);  // S[query][key], dP[query][key]
     const int k0 = kt * kTile;
     probabilities_and_ds(
         x, s, dp, scale_log2,

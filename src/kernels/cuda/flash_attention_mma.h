@@ -45,6 +45,14 @@ struct MmaTiles {
     }
   }
 
+  // Two independent products, one after the other.
+  template <class X>
+  TRIAD_FA_FN static void abt2(X& x, float (&s1)[8][4], const uint16_t* a1, const uint16_t* y1,
+                               float (&s2)[8][4], const uint16_t* a2, const uint16_t* y2) {
+    abt(x, s1, a1, y1);
+    abt(x, s2, a2, y2);
+  }
+
   // acc (the warp's 16×HD) += P[16][64] · tile y; P in the accumulator layout of s (rounded to
   // bf16 here).
   template <class X>
@@ -67,6 +75,15 @@ struct MmaTiles {
         x.mma(acc[2 * np + 1], fa, fb[2], fb[3]);
       }
     }
+  }
+
+  // Two independent products, one after the other.
+  template <class X>
+  TRIAD_FA_FN static void pv2(X& x, float (&acc1)[HD / 8][4], const float (&p1)[8][4],
+                              const uint16_t* y1, float (&acc2)[HD / 8][4], const float (&p2)[8][4],
+                              const uint16_t* y2) {
+    pv(x, acc1, p1, y1);
+    pv(x, acc2, p2, y2);
   }
 };
 

@@ -46,17 +46,31 @@ struct WgmmaTiles {
   // operands K-major; step kk starts 2 core matrices (256 bytes) further along K.
   template <class X>
   TRIAD_FA_FN static void abt(X& x, float (&s)[8][4], const uint16_t* a, const uint16_t* y) {
-    const uint32_t sa = x.smem_address(a), sy = x.smem_address(y);
     float* d = &s[0][0];
     fence_registers<32>(x, d);
     x.wgmma_fence();
-    TRIAD_UNROLL
-    for (int kk = 0; kk < HD / 16; ++kk)
-      x.template wgmma_ss<64, 0>(d, wgmma_descriptor(sa + 2 * kCore * kk, kCore, kBand),
-                                 wgmma_descriptor(sy + 2 * kCore * kk, kCore, kBand));
+    issue_abt(x, d, a, y);
     x.wgmma_commit();
     x.template wgmma_wait<0>();
     fence_registers<32>(x, d);
+  }
+
+  // Two independent products (s1 += a1·y1ᵀ, s2 += a2·y2ᵀ) in one wgmma group: the second is
+  // issued while the first runs, and there is one wait for both.
+  template <class X>
+  TRIAD_FA_FN static void abt2(X& x, float (&s1)[8][4], const uint16_t* a1, const uint16_t* y1,
+                               float (&s2)[8][4], const uint16_t* a2, const uint16_t* y2) {
+    float* d1 = &s1[0][0];
+    float* d2 = &s2[0][0];
+    fence_registers<32>(x, d1);
+    fence_registers<32>(x, d2);
+    x.wgmma_fence();
+    issue_abt(x, d1, a1, y1);
+    issue_abt(x, d2, a2, y2);
+    x.wgmma_commit();
+    x.template wgmma_wait<0>();
+    fence_registers<32>(x, d1);
+    fence_registers<32>(x, d2);
   }
 
   // acc (rows 16w.. of the 64×HD product) += P · tile y: 4 steps of m64nHDk16 over 16 keys each,
@@ -65,29 +79,73 @@ struct WgmmaTiles {
   TRIAD_FA_FN static void pv(X& x, float (&acc)[HD / 8][4], const float (&p)[8][4],
                              const uint16_t* y) {
     uint32_t fa[4][4];
-    TRIAD_UNROLL
-    for (int kk = 0; kk < 4; ++kk) p_fragment(x, p, kk, fa[kk]);
-    const uint32_t sy = x.smem_address(y);
+    fragments(x, p, fa);
     float* d = &acc[0][0];
     fence_registers<HD / 2>(x, d);
-    TRIAD_UNROLL
-    for (int kk = 0; kk < 4; ++kk) {
-      TRIAD_UNROLL
-      for (int i = 0; i < 4; ++i) x.keep(fa[kk][i]);  // written before the fence, not after
-    }
     x.wgmma_fence();
-    TRIAD_UNROLL
-    for (int kk = 0; kk < 4; ++kk)
-      x.template wgmma_rs<HD, 1>(d, fa[kk], wgmma_descriptor(sy + 2 * kBand * kk, kBand, kCore));
+    issue_pv(x, d, fa, y);
     x.wgmma_commit();
     x.template wgmma_wait<0>();
     fence_registers<HD / 2>(x, d);
-    TRIAD_UNROLL
-    for (int kk = 0; kk < 4; ++kk) TRIAD_UNROLL
-    for (int i = 0; i < 4; ++i) x.keep(fa[kk][i]);  // A registers live until the wait
+    keep_fragments(x, fa);  // the A registers live until the wait
+  }
+
+  // Two independent products (acc1 += P1·y1, acc2 += P2·y2) in one wgmma group.
+  template <class X>
+  TRIAD_FA_FN static void pv2(X& x, float (&acc1)[HD / 8][4], const float (&p1)[8][4],
+                              const uint16_t* y1, float (&acc2)[HD / 8][4], const float (&p2)[8][4],
+                              const uint16_t* y2) {
+    uint32_t fa1[4][4], fa2[4][4];
+    fragments(x, p1, fa1);
+    fragments(x, p2, fa2);
+    float* d1 = &acc1[0][0];
+    float* d2 = &acc2[0][0];
+    fence_registers<HD / 2>(x, d1);
+    fence_registers<HD / 2>(x, d2);
+    x.wgmma_fence();
+    issue_pv(x, d1, fa1, y1);
+    issue_pv(x, d2, fa2, y2);
+    x.wgmma_commit();
+    x.template wgmma_wait<0>();
+    fence_registers<HD / 2>(x, d1);
+    fence_registers<HD / 2>(x, d2);
+    keep_fragments(x, fa1);
+    keep_fragments(x, fa2);
   }
 
  private:
+  // The A registers of P for the 4 steps, pinned before the wgmma.fence (the conversions must
+  // not move after it).
+  template <class X>
+  TRIAD_FA_FN static void fragments(X& x, const float (&p)[8][4], uint32_t (&fa)[4][4]) {
+    TRIAD_UNROLL
+    for (int kk = 0; kk < 4; ++kk) p_fragment(x, p, kk, fa[kk]);
+    keep_fragments(x, fa);
+  }
+  template <class X>
+  TRIAD_FA_FN static void keep_fragments(X& x, uint32_t (&fa)[4][4]) {
+    TRIAD_UNROLL
+    for (int kk = 0; kk < 4; ++kk) {
+      TRIAD_UNROLL
+      for (int i = 0; i < 4; ++i) x.keep(fa[kk][i]);
+    }
+  }
+  template <class X>
+  TRIAD_FA_FN static void issue_pv(X& x, float* d, uint32_t (&fa)[4][4], const uint16_t* y) {
+    const uint32_t sy = x.smem_address(y);
+    TRIAD_UNROLL
+    for (int kk = 0; kk < 4; ++kk)
+      x.template wgmma_rs<HD, 1>(d, fa[kk], wgmma_descriptor(sy + 2 * kBand * kk, kBand, kCore));
+  }
+  template <class X>
+  TRIAD_FA_FN static void issue_abt(X& x, float* d, const uint16_t* a, const uint16_t* y) {
+    const uint32_t sa = x.smem_address(a), sy = x.smem_address(y);
+    TRIAD_UNROLL
+    for (int kk = 0; kk < HD / 16; ++kk)
+      x.template wgmma_ss<64, 0>(d, wgmma_descriptor(sa + 2 * kCore * kk, kCore, kBand),
+                                 wgmma_descriptor(sy + 2 * kCore * kk, kCore, kBand));
+  }
+
   // Pins the n accumulators at this point: ordinary code touching them stays on its side of the
   // wgmma.fence (before) or wgmma.wait_group (after).
   template <int N, class X>
