@@ -36,15 +36,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define TRIAD_FA_FN __device__ __forceinline__
-#define TRIAD_FA_SIZE __host__ __device__ constexpr
-#define TRIAD_UNROLL _Pragma("unroll")
-#else
-#define TRIAD_FA_FN inline
-#define TRIAD_FA_SIZE constexpr
-#define TRIAD_UNROLL
-#endif
+#include "block_program.h"
 
 namespace triad::flash {
 
@@ -59,21 +51,21 @@ constexpr float kLn2 = 0.6931471805599453f;
 // layout wgmma reads). Tiles::kElems is its size in elements, Tiles::chunk(r, c) the offset of
 // the 8 elements (16 bytes) at row r, columns c .. c+7 (c a multiple of 8).
 template <class Tiles>
-TRIAD_FA_SIZE size_t tile_bytes() {
+TRIAD_BLOCK_SIZE size_t tile_bytes() {
   return size_t(Tiles::kElems) * 2;
 }
 
 // Dynamic shared memory of each kernel.
 template <class Tiles>
-TRIAD_FA_SIZE size_t forward_smem() {
+TRIAD_BLOCK_SIZE size_t forward_smem() {
   return 5 * tile_bytes<Tiles>();  // Q, K ×2, V ×2
 }
 template <class Tiles>
-TRIAD_FA_SIZE size_t dkdv_smem() {
+TRIAD_BLOCK_SIZE size_t dkdv_smem() {
   return 6 * tile_bytes<Tiles>() + 4 * kTile * sizeof(float);  // K, V, Q ×2, dO ×2, lse, D ×2
 }
 template <class Tiles>
-TRIAD_FA_SIZE size_t dq_smem() {
+TRIAD_BLOCK_SIZE size_t dq_smem() {
   return 6 * tile_bytes<Tiles>();  // Q, dO, K ×2, V ×2
 }
 
@@ -101,7 +93,8 @@ inline Launch launch_shape(int B, int T, int NH, int HD) {
 // Rows [row0, row0 + 64) of a row-major bf16 matrix at g (row pitch `stride` elements, HD
 // columns) → the tile at s, async; rows >= T are zero-filled.
 template <class Tiles, class X>
-TRIAD_FA_FN void load_tile(X& x, uint16_t* s, const uint16_t* g, size_t stride, int row0, int T) {
+TRIAD_BLOCK_FN void load_tile(X& x, uint16_t* s, const uint16_t* g, size_t stride, int row0,
+                              int T) {
   constexpr int kChunks = Tiles::kHD / 8;  // 16-byte chunks per row
   // A warp copies 8 rows × 4 chunks: 64 contiguous bytes of each row (whole 32-byte sectors),
   // and its 16-byte shared-memory stores spread over all 32 banks in either tile layout.
@@ -127,7 +120,7 @@ TRIAD_FA_FN void load_tile(X& x, uint16_t* s, const uint16_t* g, size_t stride, 
 // layout) of P given in the accumulator layout of s: key tiles 2kk (columns 0-7) and 2kk+1
 // (columns 8-15), rows g and g+8.
 template <class X>
-TRIAD_FA_FN void p_fragment(X& x, const float (&p)[8][4], int kk, uint32_t (&fa)[4]) {
+TRIAD_BLOCK_FN void p_fragment(X& x, const float (&p)[8][4], int kk, uint32_t (&fa)[4]) {
   fa[0] = x.pack_bf16(p[2 * kk][0], p[2 * kk][1]);
   fa[1] = x.pack_bf16(p[2 * kk][2], p[2 * kk][3]);
   fa[2] = x.pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]);
@@ -135,7 +128,7 @@ TRIAD_FA_FN void p_fragment(X& x, const float (&p)[8][4], int kk, uint32_t (&fa)
 }
 
 template <int N, int M>
-TRIAD_FA_FN void zero(float (&a)[N][M]) {
+TRIAD_BLOCK_FN void zero(float (&a)[N][M]) {
   TRIAD_UNROLL
   for (int i = 0; i < N; ++i) TRIAD_UNROLL
   for (int j = 0; j < M; ++j) a[i][j] = 0.0f;
@@ -144,8 +137,8 @@ TRIAD_FA_FN void zero(float (&a)[N][M]) {
 // The warp's 16 rows of acc · mul as bf16 into rows row0 + 0..15 of a [*, stride] matrix at g
 // (columns 0..HD-1), rows >= T skipped; accumulate: round(old + value) instead of round(value).
 template <int HD, class X>
-TRIAD_FA_FN void store_rows(X& x, uint16_t* g, size_t stride, int row0, int T,
-                            const float (&acc)[HD / 8][4], float mul, bool accumulate) {
+TRIAD_BLOCK_FN void store_rows(X& x, uint16_t* g, size_t stride, int row0, int T,
+                               const float (&acc)[HD / 8][4], float mul, bool accumulate) {
   const int lane = x.thread() % 32, gr = lane >> 2, tc = (lane & 3) * 2;
   TRIAD_UNROLL
   for (int r = 0; r < 2; ++r) {
@@ -171,8 +164,8 @@ TRIAD_FA_FN void store_rows(X& x, uint16_t* g, size_t stride, int row0, int T,
 // Per key tile kt <= qb: S = Q Kᵀ, online softmax in the log2 domain (row max m and the
 // thread's part of the row sum l), O = O·α + P V. out = O / l, lse = ln 2 · (m + log2 l).
 template <class Tiles, class X>
-TRIAD_FA_FN void forward_block(X& x, uint16_t* out, float* lse, const uint16_t* qkv, int T, int C,
-                               int NH, float scale_log2) {
+TRIAD_BLOCK_FN void forward_block(X& x, uint16_t* out, float* lse, const uint16_t* qkv, int T,
+                                  int C, int NH, float scale_log2) {
   constexpr int HD = Tiles::kHD, L = Tiles::kElems;  // L: elements per tile
   uint16_t* sQ = reinterpret_cast<uint16_t*>(x.smem());
   uint16_t* sK = sQ + L;      // [2][64][L]
@@ -282,8 +275,8 @@ TRIAD_FA_FN void forward_block(X& x, uint16_t* out, float* lse, const uint16_t* 
 // D[bh, t] = Σ_d dO[b,t,h,d] · O[b,t,h,d]: warp w of block (blockIdx.x) takes row
 // blockIdx.x·4 + w of the [B·T·NH] rows.
 template <int HD, class X>
-TRIAD_FA_FN void dot_block(X& x, float* Dv, const uint16_t* dout, const uint16_t* out, int B, int T,
-                           int NH) {
+TRIAD_BLOCK_FN void dot_block(X& x, float* Dv, const uint16_t* dout, const uint16_t* out, int B,
+                              int T, int NH) {
   const size_t row = size_t(x.block_x()) * kWarps + x.thread() / 32;
   const int lane = x.thread() % 32;
   const bool valid = row < size_t(B) * T * NH;
@@ -312,8 +305,8 @@ TRIAD_FA_FN void dot_block(X& x, float* Dv, const uint16_t* dout, const uint16_t
 // whether that pair is inside the causal mask, lse2(r, c) / dd(r, c) give the log2-domain lse and
 // D of the pair's query. On return s holds P and dp holds dS = P ∘ (dP − D).
 template <class X, class Valid, class Lse, class Dd>
-TRIAD_FA_FN void probabilities_and_ds(X& x, float (&s)[8][4], float (&dp)[8][4], float scale_log2,
-                                      Valid valid, Lse lse2, Dd dd) {
+TRIAD_BLOCK_FN void probabilities_and_ds(X& x, float (&s)[8][4], float (&dp)[8][4],
+                                         float scale_log2, Valid valid, Lse lse2, Dd dd) {
   const int tc = (x.thread() & 3) * 2;
   TRIAD_UNROLL
   for (int n = 0; n < 8; ++n) TRIAD_UNROLL
@@ -330,9 +323,9 @@ TRIAD_FA_FN void probabilities_and_ds(X& x, float (&s)[8][4], float (&dp)[8][4],
 // qt >= kb: Sᵀ = K Qᵀ, dPᵀ = V dOᵀ, Pᵀ = exp(Sᵀ·scale − lse), dSᵀ = Pᵀ ∘ (dPᵀ − D),
 // dV += Pᵀ dO, dK += dSᵀ Q; dK scaled by 1/sqrt(HD) at the end.
 template <class Tiles, class X>
-TRIAD_FA_FN void dkdv_block(X& x, uint16_t* dqkv, const uint16_t* dout, const uint16_t* qkv,
-                            const float* lse, const float* Dv, int T, int C, int NH, float scale,
-                            float scale_log2, bool accumulate) {
+TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, const uint16_t* dout, const uint16_t* qkv,
+                               const float* lse, const float* Dv, int T, int C, int NH, float scale,
+                               float scale_log2, bool accumulate) {
   constexpr int HD = Tiles::kHD, L = Tiles::kElems;  // L: elements per tile
   uint16_t* sK = reinterpret_cast<uint16_t*>(x.smem());
   uint16_t* sV = sK + L;
@@ -418,9 +411,9 @@ TRIAD_FA_FN void dkdv_block(X& x, uint16_t* dqkv, const uint16_t* dout, const ui
 // kt <= qb: S = Q Kᵀ, dP = dO Vᵀ, P = exp(S·scale − lse), dS = P ∘ (dP − D), dQ += dS K; scaled
 // by 1/sqrt(HD) at the end.
 template <class Tiles, class X>
-TRIAD_FA_FN void dq_block(X& x, uint16_t* dqkv, const uint16_t* dout, const uint16_t* qkv,
-                          const float* lse, const float* Dv, int T, int C, int NH, float scale,
-                          float scale_log2, bool accumulate) {
+TRIAD_BLOCK_FN void dq_block(X& x, uint16_t* dqkv, const uint16_t* dout, const uint16_t* qkv,
+                             const float* lse, const float* Dv, int T, int C, int NH, float scale,
+                             float scale_log2, bool accumulate) {
   constexpr int HD = Tiles::kHD, L = Tiles::kElems;  // L: elements per tile
   uint16_t* sQ = reinterpret_cast<uint16_t*>(x.smem());
   uint16_t* sdO = sQ + L;

@@ -17,14 +17,15 @@ struct MmaTiles {
   static constexpr int kPitch = HD + 8;
   static constexpr int kElems = kTile * kPitch;
 
-  TRIAD_FA_FN static int chunk(int r, int c) { return r * kPitch + c; }
+  TRIAD_BLOCK_FN static int chunk(int r, int c) { return r * kPitch + c; }
 
   template <class X>
-  TRIAD_FA_FN static void publish(X&) {}  // ldmatrix reads what the barrier publishes
+  TRIAD_BLOCK_FN static void publish(X&) {}  // ldmatrix reads what the barrier publishes
 
   // s (the warp's 16×64) += rows 16w.. of the tile at a_tile · (tile y)ᵀ.
   template <class X>
-  TRIAD_FA_FN static void abt(X& x, float (&s)[8][4], const uint16_t* a_tile, const uint16_t* y) {
+  TRIAD_BLOCK_FN static void abt(X& x, float (&s)[8][4], const uint16_t* a_tile,
+                                 const uint16_t* y) {
     constexpr int L = kPitch;
     const int lane = x.thread() % 32;
     const uint16_t* a = a_tile + (x.thread() / 32) * 16 * L;  // this warp's 16 rows
@@ -47,8 +48,8 @@ struct MmaTiles {
 
   // Two independent products, one after the other.
   template <class X>
-  TRIAD_FA_FN static void abt2(X& x, float (&s1)[8][4], const uint16_t* a1, const uint16_t* y1,
-                               float (&s2)[8][4], const uint16_t* a2, const uint16_t* y2) {
+  TRIAD_BLOCK_FN static void abt2(X& x, float (&s1)[8][4], const uint16_t* a1, const uint16_t* y1,
+                                  float (&s2)[8][4], const uint16_t* a2, const uint16_t* y2) {
     abt(x, s1, a1, y1);
     abt(x, s2, a2, y2);
   }
@@ -56,8 +57,8 @@ struct MmaTiles {
   // acc (the warp's 16×HD) += P[16][64] · tile y; P in the accumulator layout of s (rounded to
   // bf16 here).
   template <class X>
-  TRIAD_FA_FN static void pv(X& x, float (&acc)[HD / 8][4], const float (&p)[8][4],
-                             const uint16_t* y) {
+  TRIAD_BLOCK_FN static void pv(X& x, float (&acc)[HD / 8][4], const float (&p)[8][4],
+                                const uint16_t* y) {
     constexpr int L = kPitch;
     const int lane = x.thread() % 32;
     TRIAD_UNROLL
@@ -79,9 +80,9 @@ struct MmaTiles {
 
   // Two independent products, one after the other.
   template <class X>
-  TRIAD_FA_FN static void pv2(X& x, float (&acc1)[HD / 8][4], const float (&p1)[8][4],
-                              const uint16_t* y1, float (&acc2)[HD / 8][4], const float (&p2)[8][4],
-                              const uint16_t* y2) {
+  TRIAD_BLOCK_FN static void pv2(X& x, float (&acc1)[HD / 8][4], const float (&p1)[8][4],
+                                 const uint16_t* y1, float (&acc2)[HD / 8][4],
+                                 const float (&p2)[8][4], const uint16_t* y2) {
     pv(x, acc1, p1, y1);
     pv(x, acc2, p2, y2);
   }

@@ -20,7 +20,7 @@ namespace triad::flash {
 
 // wgmma's shared-memory matrix descriptor, no swizzle: start address, LBO and SBO in 16-byte
 // units in bits 0-13, 16-29 and 32-45; base offset and layout type (bits 49-51, 62-63) zero.
-TRIAD_FA_FN uint64_t wgmma_descriptor(uint32_t address, uint32_t lbo, uint32_t sbo) {
+TRIAD_BLOCK_FN uint64_t wgmma_descriptor(uint32_t address, uint32_t lbo, uint32_t sbo) {
   return uint64_t((address & 0x3FFFFu) >> 4) | uint64_t((lbo & 0x3FFFFu) >> 4) << 16 |
          uint64_t((sbo & 0x3FFFFu) >> 4) << 32;
 }
@@ -33,19 +33,19 @@ struct WgmmaTiles {
   static constexpr uint32_t kBand = 16 * HD;  // bytes of one 8-row band
   static constexpr uint32_t kCore = 128;      // bytes of one core matrix
 
-  TRIAD_FA_FN static int chunk(int r, int c) {
+  TRIAD_BLOCK_FN static int chunk(int r, int c) {
     return (r / 8) * (8 * HD) + (c / 8) * 64 + (r % 8) * 8;
   }
 
   template <class X>
-  TRIAD_FA_FN static void publish(X& x) {
+  TRIAD_BLOCK_FN static void publish(X& x) {
     x.fence_proxy_async();
   }
 
   // s (rows 16w.. of the 64×64 product) += tile a · (tile y)ᵀ: HD/16 steps of m64n64k16, both
   // operands K-major; step kk starts 2 core matrices (256 bytes) further along K.
   template <class X>
-  TRIAD_FA_FN static void abt(X& x, float (&s)[8][4], const uint16_t* a, const uint16_t* y) {
+  TRIAD_BLOCK_FN static void abt(X& x, float (&s)[8][4], const uint16_t* a, const uint16_t* y) {
     float* d = &s[0][0];
     fence_registers<32>(x, d);
     x.wgmma_fence();
@@ -58,8 +58,8 @@ struct WgmmaTiles {
   // Two independent products (s1 += a1·y1ᵀ, s2 += a2·y2ᵀ) in one wgmma group: the second is
   // issued while the first runs, and there is one wait for both.
   template <class X>
-  TRIAD_FA_FN static void abt2(X& x, float (&s1)[8][4], const uint16_t* a1, const uint16_t* y1,
-                               float (&s2)[8][4], const uint16_t* a2, const uint16_t* y2) {
+  TRIAD_BLOCK_FN static void abt2(X& x, float (&s1)[8][4], const uint16_t* a1, const uint16_t* y1,
+                                  float (&s2)[8][4], const uint16_t* a2, const uint16_t* y2) {
     float* d1 = &s1[0][0];
     float* d2 = &s2[0][0];
     fence_registers<32>(x, d1);
@@ -76,8 +76,8 @@ struct WgmmaTiles {
   // acc (rows 16w.. of the 64×HD product) += P · tile y: 4 steps of m64nHDk16 over 16 keys each,
   // P from registers, y MN-major; step kk starts 2 row bands further along K.
   template <class X>
-  TRIAD_FA_FN static void pv(X& x, float (&acc)[HD / 8][4], const float (&p)[8][4],
-                             const uint16_t* y) {
+  TRIAD_BLOCK_FN static void pv(X& x, float (&acc)[HD / 8][4], const float (&p)[8][4],
+                                const uint16_t* y) {
     uint32_t fa[4][4];
     fragments(x, p, fa);
     float* d = &acc[0][0];
@@ -92,9 +92,9 @@ struct WgmmaTiles {
 
   // Two independent products (acc1 += P1·y1, acc2 += P2·y2) in one wgmma group.
   template <class X>
-  TRIAD_FA_FN static void pv2(X& x, float (&acc1)[HD / 8][4], const float (&p1)[8][4],
-                              const uint16_t* y1, float (&acc2)[HD / 8][4], const float (&p2)[8][4],
-                              const uint16_t* y2) {
+  TRIAD_BLOCK_FN static void pv2(X& x, float (&acc1)[HD / 8][4], const float (&p1)[8][4],
+                                 const uint16_t* y1, float (&acc2)[HD / 8][4],
+                                 const float (&p2)[8][4], const uint16_t* y2) {
     uint32_t fa1[4][4], fa2[4][4];
     fragments(x, p1, fa1);
     fragments(x, p2, fa2);
@@ -117,13 +117,13 @@ struct WgmmaTiles {
   // The A registers of P for the 4 steps, pinned before the wgmma.fence (the conversions must
   // not move after it).
   template <class X>
-  TRIAD_FA_FN static void fragments(X& x, const float (&p)[8][4], uint32_t (&fa)[4][4]) {
+  TRIAD_BLOCK_FN static void fragments(X& x, const float (&p)[8][4], uint32_t (&fa)[4][4]) {
     TRIAD_UNROLL
     for (int kk = 0; kk < 4; ++kk) p_fragment(x, p, kk, fa[kk]);
     keep_fragments(x, fa);
   }
   template <class X>
-  TRIAD_FA_FN static void keep_fragments(X& x, uint32_t (&fa)[4][4]) {
+  TRIAD_BLOCK_FN static void keep_fragments(X& x, uint32_t (&fa)[4][4]) {
     TRIAD_UNROLL
     for (int kk = 0; kk < 4; ++kk) {
       TRIAD_UNROLL
@@ -131,14 +131,14 @@ struct WgmmaTiles {
     }
   }
   template <class X>
-  TRIAD_FA_FN static void issue_pv(X& x, float* d, uint32_t (&fa)[4][4], const uint16_t* y) {
+  TRIAD_BLOCK_FN static void issue_pv(X& x, float* d, uint32_t (&fa)[4][4], const uint16_t* y) {
     const uint32_t sy = x.smem_address(y);
     TRIAD_UNROLL
     for (int kk = 0; kk < 4; ++kk)
       x.template wgmma_rs<HD, 1>(d, fa[kk], wgmma_descriptor(sy + 2 * kBand * kk, kBand, kCore));
   }
   template <class X>
-  TRIAD_FA_FN static void issue_abt(X& x, float* d, const uint16_t* a, const uint16_t* y) {
+  TRIAD_BLOCK_FN static void issue_abt(X& x, float* d, const uint16_t* a, const uint16_t* y) {
     const uint32_t sa = x.smem_address(a), sy = x.smem_address(y);
     TRIAD_UNROLL
     for (int kk = 0; kk < HD / 16; ++kk)
@@ -149,7 +149,7 @@ struct WgmmaTiles {
   // Pins the n accumulators at this point: ordinary code touching them stays on its side of the
   // wgmma.fence (before) or wgmma.wait_group (after).
   template <int N, class X>
-  TRIAD_FA_FN static void fence_registers(X& x, float* d) {
+  TRIAD_BLOCK_FN static void fence_registers(X& x, float* d) {
     TRIAD_UNROLL
     for (int i = 0; i < N; ++i) x.keep(d[i]);
   }
