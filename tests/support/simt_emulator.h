@@ -32,6 +32,7 @@
 #include <thread>
 #include <vector>
 
+#include "../../src/kernels/cuda/block_program.h"
 #include "triad/core/bf16.h"
 
 namespace triad::simt {
@@ -49,7 +50,7 @@ inline float bf16_value(uint16_t bits) { return to_float(bf16_t{bits}); }
 struct Slot {
   enum Op { none, shfl, ldsm, ldsm_t, mma } op = none;
   int mask = 0;
-  float f = 0.0f;
+  uint64_t value = 0, shuffled = 0;  // shfl: this lane's value (any type up to 8 bytes), result
   const unsigned char* addr = nullptr;
   uint32_t a[4] = {}, b[2] = {};
   float c[4] = {};
@@ -139,7 +140,7 @@ inline void WarpStep::operator()() noexcept {
       fail("lanes of a warp reached different warp instructions");
   switch (s[0].op) {
     case Slot::shfl:
-      for (int l = 0; l < 32; ++l) s[l].d[0] = s[l ^ s[0].mask].f;
+      for (int l = 0; l < 32; ++l) s[l].shuffled = s[l ^ s[0].mask].value;
       break;
     case Slot::ldsm:    // register j of lane l: row l/4 of matrix j, columns 2(l%4), +1
     case Slot::ldsm_t:  // register j of lane l: rows 2(l%4), +1 of matrix j, column l/4
@@ -204,11 +205,17 @@ class Thread {
   unsigned char* smem() { return block_.base_; }
   void sync_threads() { block_.sync_.arrive_and_wait(); }
 
-  float shfl_xor(float v, int mask) {
+  template <class T>
+  T shfl_xor(T v, int mask) {
+    static_assert(sizeof(T) <= 8);
     Slot& s = deposit(Slot::shfl);
-    s.f = v;
+    s.value = 0;
+    std::memcpy(&s.value, &v, sizeof v);
     s.mask = mask;
-    return collect().d[0];
+    const uint64_t got = collect().shuffled;
+    T r;
+    std::memcpy(&r, &got, sizeof r);
+    return r;
   }
   void ldsm_x4(uint32_t (&r)[4], const uint16_t* row) { ldsm(r, row, Slot::ldsm); }
   void ldsm_x4_t(uint32_t (&r)[4], const uint16_t* row) { ldsm(r, row, Slot::ldsm_t); }
@@ -276,6 +283,20 @@ class Thread {
     block_.group_.arrive_and_wait();
   }
 
+  // 16-byte global or shared memory accesses (one vector instruction on the GPU: aligned).
+  static Vec16 load16(const void* p) {
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) fail("16-byte load from a misaligned address");
+    Vec16 v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  }
+  static void store16(void* p, const Vec16& v) {
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) fail("16-byte store to a misaligned address");
+    std::memcpy(p, &v, sizeof v);
+  }
+
+  static float exp(float v) { return std::exp(v); }
+  static double log(double v) { return std::log(v); }
   static float exp2(float v) { return std::exp2(v); }
   static float log2(float v) { return std::log2(v); }
   static uint32_t pack_bf16(float lo, float hi) {

@@ -9,9 +9,16 @@
 // with the same arithmetic, between which the caller reduces over the tensor-parallel ranks.
 // Templated on the storage type Elem (float or bf16) of the logits: read as float, the
 // gradient rounded once when written back; losses and row statistics are fp32 in both.
+//
+// bf16 logits with Vp a multiple of 8 (the model's padded vocabulary) and 16-byte aligned rows
+// take the one-pass kernel of crossentropy_block.h instead: each row is read once into
+// registers (1024 threads, 16-byte loads) and its gradient written from there.
 #include <climits>
+#include <type_traits>
 
+#include "crossentropy_block.h"
 #include "cuda_ops.cuh"
+#include "device_thread.cuh"
 
 namespace triad::cuda {
 namespace {
@@ -145,6 +152,65 @@ __global__ void crossentropy_backward_partial_kernel(Elem* logits, const float* 
   for (int j = max(V, 0) + threadIdx.x; j < Vp; j += blockDim.x) row[j] = narrow<Elem>(0.0f);
 }
 
+constexpr int kOnePassThreads = 1024;
+constexpr int kOnePassMaxVec = 8;  // rows of up to 8·8·1024 = 65536 logits
+
+template <int kVec>
+__global__ void __launch_bounds__(kOnePassThreads, 1)
+    crossentropy_one_pass_kernel(uint16_t* logits, float* losses, float* correct,
+                                 const int32_t* targets, int V, int Vp, float dloss_scale) {
+  DeviceThread x;
+  crossentropy::crossentropy_row<kOnePassThreads, kVec>(x, logits, losses, correct, targets, V, Vp,
+                                                        dloss_scale);
+}
+
+// Launches the one-pass kernel where it applies (see the top of this file); false otherwise.
+template <typename Elem>
+bool crossentropy_one_pass(cudaStream_t s, Elem* logits, float* losses, float* correct,
+                           const int32_t* targets, int N, int V, int Vp, float dloss_scale) {
+  if constexpr (!std::is_same_v<Elem, bf16>) {
+    return false;
+  } else {
+    const int nvec = Vp / 8;
+    const int vec = (nvec + kOnePassThreads - 1) / kOnePassThreads;
+    if (Vp % 8 != 0 || reinterpret_cast<uintptr_t>(logits) % 16 != 0 || vec > kOnePassMaxVec)
+      return false;
+    uint16_t* bits = reinterpret_cast<uint16_t*>(logits);
+    const size_t smem = crossentropy::row_smem();
+    auto launch = [&](auto kernel) {
+      kernel<<<N, kOnePassThreads, smem, s>>>(bits, losses, correct, targets, V, Vp, dloss_scale);
+    };
+    switch (vec) {
+      case 1:
+        launch(crossentropy_one_pass_kernel<1>);
+        break;
+      case 2:
+        launch(crossentropy_one_pass_kernel<2>);
+        break;
+      case 3:
+        launch(crossentropy_one_pass_kernel<3>);
+        break;
+      case 4:
+        launch(crossentropy_one_pass_kernel<4>);
+        break;
+      case 5:
+        launch(crossentropy_one_pass_kernel<5>);
+        break;
+      case 6:
+        launch(crossentropy_one_pass_kernel<6>);
+        break;
+      case 7:
+        launch(crossentropy_one_pass_kernel<7>);
+        break;
+      default:
+        launch(crossentropy_one_pass_kernel<8>);
+        break;
+    }
+    TRIAD_CUDA_CHECK_LAUNCH();
+    return true;
+  }
+}
+
 void check_slice(const char* op, int V, int Vp) {
   TRIAD_CHECK(V >= 0 && V <= Vp, "cuda ", op, ": need 0 <= V <= Vp (V = ", V, ", Vp = ", Vp, ")");
 }
@@ -188,6 +254,7 @@ void crossentropy_forward_backward(cudaStream_t s, Elem* logits, float* losses, 
   if (N <= 0) return;
   TRIAD_CHECK(V > 0 && V <= Vp, "cuda cross-entropy: need 0 < V <= Vp (V = ", V, ", Vp = ", Vp,
               ")");
+  if (crossentropy_one_pass(s, logits, losses, correct, targets, N, V, Vp, dloss_scale)) return;
   crossentropy_kernel<<<N, kRowBlock, 0, s>>>(logits, losses, correct, targets, V, Vp, dloss_scale);
   TRIAD_CUDA_CHECK_LAUNCH();
 }

@@ -22,9 +22,19 @@ struct DeviceThread {
     return dynamic_smem;
   }
   __device__ __forceinline__ void sync_threads() { __syncthreads(); }
-  __device__ __forceinline__ float shfl_xor(float v, int mask) {
+  template <class T>  // float, int or double
+  __device__ __forceinline__ T shfl_xor(T v, int mask) {
     return __shfl_xor_sync(0xffffffffu, v, mask);
   }
+  __device__ __forceinline__ Vec16 load16(const void* p) {
+    const uint4 v = *static_cast<const uint4*>(p);
+    return Vec16{{v.x, v.y, v.z, v.w}};
+  }
+  __device__ __forceinline__ void store16(void* p, const Vec16& v) {
+    *static_cast<uint4*>(p) = make_uint4(v.w[0], v.w[1], v.w[2], v.w[3]);
+  }
+  __device__ __forceinline__ float exp(float x) { return expf(x); }
+  __device__ __forceinline__ double log(double x) { return ::log(x); }
   __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const uint16_t* row) {
     const unsigned a = unsigned(__cvta_generic_to_shared(row));
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"

@@ -1,0 +1,169 @@
+// The fused softmax + cross-entropy of one row of bf16 logits as a block program (see
+// block_program.h): the GPU kernel of cuda_crossentropy.cu for bf16 logits whose padded width
+// Vp is a multiple of 8, and the CPU test test_crossentropy_emulated.
+//
+// One pass over memory: the block loads its row once with 16-byte loads into registers (kVec
+// vectors of 8 per thread), finds the row max and first argmax, sums exp(x − max) in double,
+// and writes dloss/dlogits back over the row from the registers. The arithmetic is that of the
+// other cross-entropy kernels (cuda_crossentropy.cu):
+//   loss    = log Σ_j e^{x_j − max} − (x_target − max)      (the sum in double)
+//   dlogits = e^{x_j − max} · (dloss_scale / Σ) − dloss_scale · [j = target],  0 for j >= V
+//   correct = 1 where the first index of the maximum equals the target
+// A target outside [0, V) counts as a logit of 0 in the loss and receives no −dloss_scale.
+#pragma once
+
+#include <climits>
+#include <cmath>  // INFINITY
+#include <cstddef>
+#include <cstdint>
+
+#include "block_program.h"
+
+namespace triad::crossentropy {
+
+// Shared memory the block program needs (cross-warp partials of the reductions).
+TRIAD_BLOCK_SIZE size_t row_smem() { return 32 * sizeof(double) + 32 * (sizeof(float) + 4); }
+
+// Max with the first index on ties, over the block; every thread gets the result.
+template <int kThreads, class X>
+TRIAD_BLOCK_FN void block_argmax(X& x, float& v, int& idx) {
+  auto better = [](float a, int ai, float b, int bi) { return b > a || (b == a && bi < ai); };
+  TRIAD_UNROLL
+  for (int o = 16; o > 0; o /= 2) {
+    const float ov = x.shfl_xor(v, o);
+    const int oi = x.shfl_xor(idx, o);
+    if (better(v, idx, ov, oi)) {
+      v = ov;
+      idx = oi;
+    }
+  }
+  float* sv = reinterpret_cast<float*>(x.smem() + 32 * sizeof(double));
+  int* si = reinterpret_cast<int*>(sv + 32);
+  const int lane = x.thread() % 32, warp = x.thread() / 32;
+  x.sync_threads();  // an earlier reduction's partials are consumed
+  if (lane == 0) {
+    sv[warp] = v;
+    si[warp] = idx;
+  }
+  x.sync_threads();
+  v = lane < kThreads / 32 ? sv[lane] : -INFINITY;
+  idx = lane < kThreads / 32 ? si[lane] : INT_MAX;
+  TRIAD_UNROLL
+  for (int o = 16; o > 0; o /= 2) {
+    const float ov = x.shfl_xor(v, o);
+    const int oi = x.shfl_xor(idx, o);
+    if (better(v, idx, ov, oi)) {
+      v = ov;
+      idx = oi;
+    }
+  }
+}
+
+// Sum over the block in a fixed order (lanes by a shuffle tree, then the warps'); every thread
+// gets the result.
+template <int kThreads, class X>
+TRIAD_BLOCK_FN double block_sum(X& x, double v) {
+  TRIAD_UNROLL
+  for (int o = 16; o > 0; o /= 2) v += x.shfl_xor(v, o);
+  double* sd = reinterpret_cast<double*>(x.smem());
+  const int lane = x.thread() % 32, warp = x.thread() / 32;
+  x.sync_threads();
+  if (lane == 0) sd[warp] = v;
+  x.sync_threads();
+  v = lane < kThreads / 32 ? sd[lane] : 0.0;
+  TRIAD_UNROLL
+  for (int o = 16; o > 0; o /= 2) v += x.shfl_xor(v, o);
+  return v;
+}
+
+// Element e (0..7) of a vector of 8 bf16, widened.
+template <class X>
+TRIAD_BLOCK_FN float element(X& x, const Vec16& v, int e) {
+  const uint32_t w = v.w[e / 2];
+  return x.bf16_float(uint16_t(e % 2 ? w >> 16 : w & 0xffffu));
+}
+
+// Row blockIdx.x of logits [N, Vp] (bf16 bits; 16-byte aligned rows, Vp % 8 == 0, Vp <= 8 ·
+// kVec · kThreads, 0 < V <= Vp), replaced by its gradient; losses[n], correct[n] (if non-null).
+template <int kThreads, int kVec, class X>
+TRIAD_BLOCK_FN void crossentropy_row(X& x, uint16_t* logits, float* losses, float* correct,
+                                     const int32_t* targets, int V, int Vp, float dloss_scale) {
+  const size_t n = size_t(x.block_x());
+  uint16_t* row = logits + n * size_t(Vp);
+  const int t = x.thread(), nvec = Vp / 8;
+  const int target = targets[n];
+  const bool has_target = target >= 0 && target < V;
+  // Read before the first barrier, so before any thread writes the row.
+  const float target_logit = has_target ? x.bf16_float(row[target]) : 0.0f;
+
+  Vec16 v[kVec];
+  TRIAD_UNROLL
+  for (int i = 0; i < kVec; ++i) {
+    const int j = t + i * kThreads;
+    if (j < nvec) v[i] = x.load16(row + 8 * size_t(j));
+  }
+
+  // This thread's columns increase with (i, e): a strict > keeps its first maximum.
+  float best = -INFINITY;
+  int best_idx = INT_MAX;
+  TRIAD_UNROLL
+  for (int i = 0; i < kVec; ++i) {
+    const int j = t + i * kThreads;
+    TRIAD_UNROLL
+    for (int e = 0; e < 8; ++e) {
+      const int col = 8 * j + e;
+      if (j < nvec && col < V) {
+        const float val = element(x, v[i], e);
+        if (val > best) {
+          best = val;
+          best_idx = col;
+        }
+      }
+    }
+  }
+  block_argmax<kThreads>(x, best, best_idx);
+  const float mx = best;
+
+  double sum = 0.0;
+  TRIAD_UNROLL
+  for (int i = 0; i < kVec; ++i) {
+    const int j = t + i * kThreads;
+    TRIAD_UNROLL
+    for (int e = 0; e < 8; ++e)
+      if (j < nvec && 8 * j + e < V) sum += double(x.exp(element(x, v[i], e) - mx));
+  }
+  sum = block_sum<kThreads>(x, sum);
+
+  const float factor = float(double(dloss_scale) / sum);
+  TRIAD_UNROLL
+  for (int i = 0; i < kVec; ++i) {
+    const int j = t + i * kThreads;
+    if (j >= nvec) continue;
+    Vec16 g;
+    TRIAD_UNROLL
+    for (int e = 0; e < 8; e += 2) {
+      float pair[2];
+      TRIAD_UNROLL
+      for (int k = 0; k < 2; ++k) {
+        const int col = 8 * j + e + k;
+        float d = 0.0f;  // padded columns
+        if (col < V) {
+          d = x.exp(element(x, v[i], e + k) - mx) * factor;
+          if (col == target) d -= dloss_scale;
+        }
+        pair[k] = d;
+      }
+      g.w[e / 2] = x.pack_bf16(pair[0], pair[1]);
+    }
+    x.store16(row + 8 * size_t(j), g);
+  }
+  if (t == 0) {
+    losses[n] = float(x.log(sum) - double(target_logit - mx));
+    if (correct != nullptr) {
+      const int argmax = best_idx == INT_MAX ? 0 : best_idx;  // all −inf (or NaN): index 0
+      correct[n] = argmax == target ? 1.0f : 0.0f;
+    }
+  }
+}
+
+}  // namespace triad::crossentropy

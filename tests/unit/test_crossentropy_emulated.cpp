@@ -1,0 +1,108 @@
+// The one-pass bf16 cross-entropy block program (src/kernels/cuda/crossentropy_block.h), run on
+// the CPU through the SIMT emulator, against softmax cross-entropy in double on the same bf16
+// logits: every gradient within bf16 rounding (2^-8 relative) of the exact one, zeros in the
+// padded columns, the loss within 1e-5, the first index of the maximum for `correct`, and a
+// target outside [0, V) contributing no −dloss_scale. Needs no GPU.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "../../src/kernels/cuda/crossentropy_block.h"
+#include "../support/simt_emulator.h"
+
+namespace triad {
+namespace {
+
+struct Case {
+  int N, V, Vp;
+  float scale;
+};
+
+template <int kThreads, int kVec>
+void check(const Case& c, std::vector<int32_t> targets, uint32_t seed, bool ties = false) {
+  SCOPED_TRACE(::testing::Message() << "threads " << kThreads << " vec " << kVec << " N=" << c.N
+                                    << " V=" << c.V << " Vp=" << c.Vp);
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, 3.0f);
+  std::vector<uint16_t> logits(size_t(c.N) * c.Vp);
+  for (auto& b : logits) b = to_bf16(dist(rng)).bits;
+  if (ties)  // the row max twice: the first index must win
+    for (int n = 0; n < c.N; ++n) {
+      logits[size_t(n) * c.Vp + c.V / 3] = to_bf16(40.0f).bits;
+      logits[size_t(n) * c.Vp + c.V / 2] = to_bf16(40.0f).bits;
+    }
+  std::vector<uint16_t> in = logits;
+  // 16-byte aligned rows, as the GPU launcher requires.
+  std::vector<Vec16> storage((logits.size() * 2 + 15) / 16);
+  uint16_t* data = reinterpret_cast<uint16_t*>(storage.data());
+  std::copy(logits.begin(), logits.end(), data);
+  std::vector<float> losses(size_t(c.N), NAN), correct(size_t(c.N), NAN);
+
+  simt::launch(c.N, 1, kThreads, crossentropy::row_smem(), simt::CopyTiming::at_issue,
+               [&](simt::Thread& x) {
+                 crossentropy::crossentropy_row<kThreads, kVec>(
+                     x, data, losses.data(), correct.data(), targets.data(), c.V, c.Vp, c.scale);
+               });
+
+  for (int n = 0; n < c.N; ++n) {
+    const uint16_t* row = &in[size_t(n) * c.Vp];
+    double mx = -INFINITY;
+    int first = 0;
+    for (int j = 0; j < c.V; ++j) {
+      const double v = to_float(bf16_t{row[j]});
+      if (v > mx) {
+        mx = v;
+        first = j;
+      }
+    }
+    double sum = 0.0;
+    for (int j = 0; j < c.V; ++j) sum += std::exp(to_float(bf16_t{row[j]}) - mx);
+    const int t = targets[size_t(n)];
+    const bool valid = t >= 0 && t < c.V;
+    const double want_loss =
+        std::log(sum) - ((valid ? double(to_float(bf16_t{row[t]})) : 0.0) - mx);
+    EXPECT_NEAR(losses[size_t(n)], want_loss, 1e-5 * std::max(1.0, std::abs(want_loss)))
+        << "row " << n;
+    EXPECT_EQ(correct[size_t(n)], first == t ? 1.0f : 0.0f) << "row " << n;
+    double worst = 0.0;
+    for (int j = 0; j < c.Vp; ++j) {
+      const double got = to_float(bf16_t{data[size_t(n) * c.Vp + j]});
+      if (j >= c.V) {
+        EXPECT_EQ(got, 0.0) << "padded column " << j << " of row " << n;
+        continue;
+      }
+      double want = std::exp(to_float(bf16_t{row[j]}) - mx) / sum * c.scale;
+      if (j == t) want -= c.scale;
+      const double allowed = std::ldexp(std::abs(want), -8) + 1e-12;
+      worst = std::isfinite(got) ? std::max(worst, std::abs(got - want) / allowed) : INFINITY;
+    }
+    EXPECT_LE(worst, 1.0) << "gradient of row " << n;
+  }
+}
+
+TEST(CrossEntropyEmulated, PaddedRowsSeveralVectorsPerThread) {
+  check<64, 3>({3, 1000, 1024, 1.0f / 3}, {5, 999, 0}, 1u);
+}
+
+TEST(CrossEntropyEmulated, EveryVectorSlotUsed) {
+  check<64, 3>({2, 1536, 1536, 0.5f}, {1535, 700}, 2u);
+}
+
+TEST(CrossEntropyEmulated, OneVectorPerThread) {
+  check<128, 1>({2, 1019, 1024, 1.0f}, {3, 1018}, 3u);
+}
+
+TEST(CrossEntropyEmulated, TiesGoToTheFirstIndex) {
+  // Row 0's target is the first copy of the maximum (correct = 1), row 1's the second (0).
+  check<64, 2>({2, 900, 1024, 1.0f}, {300, 450}, 4u, /*ties=*/true);
+}
+
+TEST(CrossEntropyEmulated, TargetOutsideTheVocabulary) {
+  check<64, 2>({2, 900, 1024, 1.0f}, {-1, 950}, 5u);
+}
+
+}  // namespace
+}  // namespace triad
