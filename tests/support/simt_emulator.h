@@ -297,6 +297,7 @@ class Thread {
 
   static float exp(float v) { return std::exp(v); }
   static double log(double v) { return std::log(v); }
+  static double sqrt(double v) { return std::sqrt(v); }
   static float exp2(float v) { return std::exp2(v); }
   static float log2(float v) { return std::log2(v); }
   static uint32_t pack_bf16(float lo, float hi) {

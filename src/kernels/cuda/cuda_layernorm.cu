@@ -4,7 +4,16 @@
 // like column_sum_accumulate (cuda_reduce.cu), with x̂ recomputed.
 // Templated on the storage type Elem (float or bf16) of out, inp, weight, bias, dinp and dout;
 // mean, rstd, dweight and dbias are fp32 in both.
+//
+// bf16 rows with C a multiple of 8 (up to 2048) and 16-byte aligned buffers take the
+// warp-per-row kernels of layernorm_block.h for the forward passes and the input gradient
+// instead: the row is read once into registers and written once, the sums are warp shuffles.
+#include <cstdint>
+#include <type_traits>
+
 #include "cuda_ops.cuh"
+#include "device_thread.cuh"
+#include "layernorm_block.h"
 
 namespace triad::cuda {
 namespace {
@@ -126,12 +135,98 @@ __global__ void layernorm_backward_params_kernel(float* pw, float* pb, const Ele
   }
 }
 
+template <int kVec>
+__global__ void __launch_bounds__(layernorm::kThreads)
+    ln_warp_forward_kernel(uint16_t* out, float* mean, float* rstd, uint16_t* inp,
+                           const uint16_t* a, const uint16_t* b, const uint16_t* weight,
+                           const uint16_t* bias, int N, int C) {
+  DeviceThread x;
+  layernorm::forward_row<kVec>(x, out, mean, rstd, inp, a, b, weight, bias, N, C);
+}
+
+template <int kVec>
+__global__ void __launch_bounds__(layernorm::kThreads)
+    ln_warp_backward_dinp_kernel(uint16_t* dinp, const uint16_t* dout, const uint16_t* inp,
+                                 const uint16_t* weight, const float* mean, const float* rstd,
+                                 int N, int C) {
+  DeviceThread x;
+  layernorm::backward_dinp_row<kVec>(x, dinp, dout, inp, weight, mean, rstd, N, C);
+}
+
+// The vectors per lane of the warp-per-row kernels for bf16 rows of width C at the given
+// buffers, or 0 where they do not apply (float rows, C % 8 != 0, C > 2048, a misaligned buffer).
+template <typename Elem>
+int warp_row_vectors(int C, std::initializer_list<const void*> buffers) {
+  if constexpr (!std::is_same_v<Elem, bf16>) {
+    return 0;
+  } else {
+    if (C % 8 != 0 || C > 8 * 32 * 8) return 0;
+    for (const void* p : buffers)
+      if (p != nullptr && reinterpret_cast<uintptr_t>(p) % 16 != 0) return 0;
+    return (C / 8 + 31) / 32;
+  }
+}
+
+// Calls f(std::integral_constant<int, kVec>) for kVec = vec in 1..8.
+template <class F>
+void with_vectors(int vec, F f) {
+  switch (vec) {
+    case 1:
+      f(std::integral_constant<int, 1>{});
+      break;
+    case 2:
+      f(std::integral_constant<int, 2>{});
+      break;
+    case 3:
+      f(std::integral_constant<int, 3>{});
+      break;
+    case 4:
+      f(std::integral_constant<int, 4>{});
+      break;
+    case 5:
+      f(std::integral_constant<int, 5>{});
+      break;
+    case 6:
+      f(std::integral_constant<int, 6>{});
+      break;
+    case 7:
+      f(std::integral_constant<int, 7>{});
+      break;
+    default:
+      f(std::integral_constant<int, 8>{});
+      break;
+  }
+}
+
+template <typename Elem>
+uint16_t* bits(Elem* p) {
+  return reinterpret_cast<uint16_t*>(const_cast<std::remove_const_t<Elem>*>(p));
+}
+
+// The warp-per-row forward (a, b null: plain LayerNorm of inp); false where it does not apply.
+template <typename Elem>
+bool warp_row_forward(cudaStream_t s, Elem* out, float* mean, float* rstd, const Elem* inp,
+                      const Elem* a, const Elem* b, const Elem* weight, const Elem* bias, int N,
+                      int C) {
+  const int vec = warp_row_vectors<Elem>(C, {out, inp, a, b, weight, bias});
+  if (vec == 0) return false;
+  const unsigned blocks = unsigned((N + layernorm::kWarps - 1) / layernorm::kWarps);
+  with_vectors(vec, [&](auto k) {
+    ln_warp_forward_kernel<decltype(k)::value><<<blocks, layernorm::kThreads, 0, s>>>(
+        bits(out), mean, rstd, bits(inp), a ? bits(a) : nullptr, b ? bits(b) : nullptr,
+        bits(weight), bits(bias), N, C);
+  });
+  TRIAD_CUDA_CHECK_LAUNCH();
+  return true;
+}
+
 }  // namespace
 
 template <typename Elem>
 void layernorm_forward(cudaStream_t s, Elem* out, float* mean, float* rstd, const Elem* inp,
                        const Elem* weight, const Elem* bias, int N, int C) {
   if (N <= 0 || C <= 0) return;
+  if (warp_row_forward<Elem>(s, out, mean, rstd, inp, nullptr, nullptr, weight, bias, N, C)) return;
   layernorm_forward_kernel<<<N, kRowBlock, 0, s>>>(out, mean, rstd, inp, weight, bias, C);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
@@ -141,6 +236,7 @@ void residual_layernorm_forward(cudaStream_t s, Elem* sum, Elem* out, float* mea
                                 const Elem* a, const Elem* b, const Elem* weight, const Elem* bias,
                                 int N, int C) {
   if (N <= 0 || C <= 0) return;
+  if (warp_row_forward<Elem>(s, out, mean, rstd, sum, a, b, weight, bias, N, C)) return;
   residual_layernorm_forward_kernel<<<N, kRowBlock, 0, s>>>(sum, out, mean, rstd, a, b, weight,
                                                             bias, C);
   TRIAD_CUDA_CHECK_LAUNCH();
@@ -151,7 +247,15 @@ void layernorm_backward(cudaStream_t s, DeviceScratch& scratch, Elem* dinp, floa
                         float* dbias, const Elem* dout, const Elem* inp, const Elem* weight,
                         const float* mean, const float* rstd, int N, int C) {
   if (N <= 0 || C <= 0) return;
-  layernorm_backward_dinp_kernel<<<N, kRowBlock, 0, s>>>(dinp, dout, inp, weight, mean, rstd, C);
+  if (const int vec = warp_row_vectors<Elem>(C, {dinp, dout, inp, weight}); vec > 0) {
+    const unsigned blocks = unsigned((N + layernorm::kWarps - 1) / layernorm::kWarps);
+    with_vectors(vec, [&](auto k) {
+      ln_warp_backward_dinp_kernel<decltype(k)::value><<<blocks, layernorm::kThreads, 0, s>>>(
+          bits(dinp), bits(dout), bits(inp), bits(weight), mean, rstd, N, C);
+    });
+  } else {
+    layernorm_backward_dinp_kernel<<<N, kRowBlock, 0, s>>>(dinp, dout, inp, weight, mean, rstd, C);
+  }
   TRIAD_CUDA_CHECK_LAUNCH();
   const int slices = column_sum_slices(N);
   const size_t part = column_sum_partials_floats(N, C);

@@ -35,6 +35,7 @@ struct DeviceThread {
   }
   __device__ __forceinline__ float exp(float x) { return expf(x); }
   __device__ __forceinline__ double log(double x) { return ::log(x); }
+  __device__ __forceinline__ double sqrt(double x) { return ::sqrt(x); }
   __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const uint16_t* row) {
     const unsigned a = unsigned(__cvta_generic_to_shared(row));
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
