@@ -270,9 +270,8 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     // MLP branch: residual3 = residual2 + c_proj(gelu(c_fc(ln_2(residual2)))). The
     // row-parallel c_proj sees the gradient of all rows, so its bias gradient is complete.
     const A* dres = gather_rows(a.dresidual, a.full, N);
-    be_.matmul_backward(a.dfch_gelu, gr.fcprojw, gr.fcprojb, dres, L.fch_gelu, w.fcprojw, N, 4 * Cl,
-                        C, kSet);
-    be_.gelu_backward(a.dfch, L.fch, a.dfch_gelu, size_t(N) * 4 * Cl, kSet);
+    be_.matmul_backward_gelu(a.dfch, a.dfch_gelu, gr.fcprojw, gr.fcprojb, dres, L.fch_gelu, L.fch,
+                             w.fcprojw, N, 4 * Cl, C, kSet);
     be_.matmul_backward(dpart, gr.fcw, gr.fcb, a.dfch, L.ln2g, w.fcw, N, C, 4 * Cl, kSet);
     reduce_rows(dpart, a.dln, N);
     layernorm_backward(a.dresidual, gr.ln2w, gr.ln2b, a.dln, L.residual2, w.ln2w, L.ln2_mean,

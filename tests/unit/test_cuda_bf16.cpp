@@ -553,6 +553,37 @@ TEST_F(CudaBf16Test, MatmulGeluForward) {
   }
 }
 
+// The FFN's second layer backward through the GELU (on the GPU: the DGELU epilogue where IC is a
+// multiple of 8, the two ops elsewhere), against the CPU's two ops: dpre overwritten, dweight and
+// dbias accumulated.
+TEST_F(CudaBf16Test, MatmulBackwardGelu) {
+  const MmShape shapes[] = {{64, 96, 64}, {256, 3072, 768}, {37, 48, 36}, {5, 45, 29}};
+  for (const MmShape& s : shapes) {
+    SCOPED_TRACE(::testing::Message() << "N=" << s.N << " IC=" << s.IC << " OC=" << s.OC);
+    const size_t NI = size_t(s.N) * s.IC, NO = size_t(s.N) * s.OC, W = size_t(s.OC) * s.IC;
+    const Bits pre = random_bits(NI, 80), dout = random_bits(NO, 81),
+               w = random_bits(W, 82, -0.5f, 0.5f);
+    Bits act(NI);
+    cpu->gelu_forward(act.data(), pre.data(), NI);
+    const Vec dw0 = initial_grad(W, 83, std::sqrt(double(s.N)) / 3);
+    const Vec db0 = initial_grad(s.OC, 84, std::sqrt(double(s.N)) / 2);
+    Bits dpre(NI), dact(NI);
+    Vec dw = dw0, db = db0;
+    cpu->matmul_backward_gelu(dpre.data(), dact.data(), dw.data(), db.data(), dout.data(),
+                              act.data(), pre.data(), w.data(), s.N, s.IC, s.OC,
+                              GradMode::overwrite);
+    bf16_t* g_dpre = dev(to_bits(Vec(NI, 42.0f)));
+    bf16_t* g_dact = dev(to_bits(Vec(NI, 42.0f)));
+    float* g_dw = dev(dw0);
+    float* g_db = dev(db0);
+    gpu->matmul_backward_gelu(g_dpre, g_dact, g_dw, g_db, dev(dout), dev(act), dev(pre), dev(w),
+                              s.N, s.IC, s.OC, GradMode::overwrite);
+    EXPECT_TRUE(close(host(g_dpre, NI), dpre)) << "dpre";
+    EXPECT_TRUE(close(host(g_dw, W), dw)) << "dweight";
+    EXPECT_TRUE(close(host(g_db, size_t(s.OC)), db)) << "dbias";
+  }
+}
+
 // ---- attention -------------------------------------------------------------------------------
 
 struct AttShape {

@@ -107,6 +107,18 @@ class Backend {
     matmul_forward(pre, inp, weight, bias, N, IC, OC);
     gelu_forward(out, pre, size_t(N) * size_t(OC));
   }
+  // The backward of a linear layer whose input is act = gelu(pre) (the FFN's second layer),
+  // through the GELU: dweight += doutᵀ·act, dbias += Σ dout, dpre (+= or = by mode) the gradient
+  // of pre, gelu'(pre) ∘ (dout · W). dact [N, IC] is scratch for dout · W: a backend may never
+  // write it (the GPU applies gelu' in the product's epilogue). The default runs
+  // matmul_backward into dact, then gelu_backward.
+  virtual void matmul_backward_gelu(float* dpre, float* dact, float* dweight, float* dbias,
+                                    const float* dout, const float* act, const float* pre,
+                                    const float* weight, int N, int IC, int OC,
+                                    GradMode mode = GradMode::accumulate) {
+    matmul_backward(dact, dweight, dbias, dout, act, weight, N, IC, OC, GradMode::overwrite);
+    gelu_backward(dpre, pre, dact, size_t(N) * size_t(IC), mode);
+  }
 
   // ---- GELU, tanh approximation -------------------------------------------------------------
   virtual void gelu_forward(float* out, const float* inp, size_t n) = 0;
@@ -191,6 +203,14 @@ class Backend {
                                    int OC) {
     matmul_forward(pre, inp, weight, bias, N, IC, OC);
     gelu_forward(out, pre, size_t(N) * size_t(OC));
+  }
+  // As the fp32 version: the FFN's second layer backward through the GELU.
+  virtual void matmul_backward_gelu(bf16_t* dpre, bf16_t* dact, float* dweight, float* dbias,
+                                    const bf16_t* dout, const bf16_t* act, const bf16_t* pre,
+                                    const bf16_t* weight, int N, int IC, int OC,
+                                    GradMode mode = GradMode::accumulate) {
+    matmul_backward(dact, dweight, dbias, dout, act, weight, N, IC, OC, GradMode::overwrite);
+    gelu_backward(dpre, pre, dact, size_t(N) * size_t(IC), mode);
   }
   // Causal self-attention, flash-attention style: only lse [B,NH,T] (fp32, natural log of the
   // softmax denominator of each query row, scores scaled by 1/sqrt(hd)) is kept for backward,

@@ -202,7 +202,9 @@ class CudaBackend final : public Backend {
                                         dloss_scale);
   }
   // ---- mixed precision (bf16) ----------------------------------------------------------------
-  using Backend::matmul_gelu_forward;  // the fp32 one keeps Backend's two-op default
+  // The fp32 ones keep Backend's two-op defaults.
+  using Backend::matmul_backward_gelu;
+  using Backend::matmul_gelu_forward;
   void zero(bf16_t* p, size_t n) override {
     if (n == 0) return;
     TRIAD_CUDA_CHECK(cudaMemsetAsync(p, 0, n * sizeof(bf16_t), stream_));  // +0.0 is all zeros
@@ -251,6 +253,16 @@ class CudaBackend final : public Backend {
                            const bf16_t* bias, int N, int IC, int OC) override {
     cuda::matmul_gelu_forward(stream_, *lt_, dev(pre), dev(out), dev(inp), dev(weight), dev(bias),
                               N, IC, OC);
+  }
+  void matmul_backward_gelu(bf16_t* dpre, bf16_t* dact, float* dweight, float* dbias,
+                            const bf16_t* dout, const bf16_t* act, const bf16_t* pre,
+                            const bf16_t* weight, int N, int IC, int OC, GradMode mode) override {
+    if (mode == GradMode::overwrite &&
+        cuda::matmul_backward_dgelu(stream_, *lt_, reduce_partials_, dev(dpre), dweight, dbias,
+                                    dev(dout), dev(act), dev(pre), dev(weight), N, IC, OC))
+      return;
+    Backend::matmul_backward_gelu(dpre, dact, dweight, dbias, dout, act, pre, weight, N, IC, OC,
+                                  mode);
   }
   void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C,
                          int NH) override {

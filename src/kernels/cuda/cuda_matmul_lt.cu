@@ -311,4 +311,32 @@ void matmul_backward(cudaStream_t s, LtMatmul& lt, DeviceScratch& scratch, bf16*
   if (dbias != nullptr) column_sum_accumulate(s, scratch, dbias, dout, N, OC);
 }
 
+bool matmul_backward_dgelu(cudaStream_t s, LtMatmul& lt, DeviceScratch& scratch, bf16* dpre,
+                           float* dweight, float* dbias, const bf16* dout, const bf16* act,
+                           const bf16* pre, const bf16* weight, int N, int IC, int OC) {
+  // The aux (pre) needs a leading dimension divisible by 8 and 16-byte rows, as in the forward.
+  if (N <= 0 || OC <= 0 || IC <= 0 || IC % 8 != 0 || pointer_alignment(pre) < 16) return false;
+  // dpreᵀ (IC×N, ld IC) = gelu'(preᵀ) ∘ (W (col-major IC×OC) · doutᵀ (col-major OC×N)), β = 0
+  LtGemm g;
+  g.trans_a = CUBLAS_OP_N;
+  g.trans_b = CUBLAS_OP_N;
+  g.m = IC;
+  g.n = N;
+  g.k = OC;
+  g.a = weight;
+  g.lda = IC;
+  g.b = dout;
+  g.ldb = OC;
+  g.d = dpre;
+  g.d_type = CUDA_R_16BF;
+  g.ldd = IC;
+  g.beta = 0.0f;
+  g.epilogue = CUBLASLT_EPILOGUE_DGELU;
+  g.aux = const_cast<bf16*>(pre);
+  g.aux_ld = IC;
+  if (!lt.run(s, g, /*may_decline=*/true)) return false;
+  matmul_backward(s, lt, scratch, nullptr, dweight, dbias, dout, act, weight, N, IC, OC);
+  return true;
+}
+
 }  // namespace triad::cuda

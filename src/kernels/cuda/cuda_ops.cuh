@@ -121,6 +121,12 @@ void matmul_backward(cudaStream_t s, LtMatmul& lt, DeviceScratch& scratch, bf16*
                      bool accumulate = true);  // false: dinp overwritten (β = 0)
 void matmul_gelu_forward(cudaStream_t s, LtMatmul& lt, bf16* pre, bf16* out, const bf16* inp,
                          const bf16* weight, const bf16* bias, int N, int IC, int OC);
+// Backend::matmul_backward_gelu with dpre overwritten: the input-gradient product with
+// cuBLASLt's DGELU epilogue (gelu' of the saved pre-activation applied as the product is
+// written). False, having done nothing, where that does not apply or cuBLASLt declines.
+bool matmul_backward_dgelu(cudaStream_t s, LtMatmul& lt, DeviceScratch& scratch, bf16* dpre,
+                           float* dweight, float* dbias, const bf16* dout, const bf16* act,
+                           const bf16* pre, const bf16* weight, int N, int IC, int OC);
 
 // ---- attention, fp32 (cuda_attention.cu) ---------------------------------------------------
 // workspace: at least attention_workspace_floats(B, T, C) floats, owned by the backend.
