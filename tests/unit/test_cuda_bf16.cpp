@@ -363,7 +363,9 @@ struct NCShape {
 };
 // The last two have many rows: the parameter gradients' column sums then run in several row
 // slices (20, and the maximum of 64 with a short last slice).
-const NCShape kLnShapes[] = {{9, 300}, {256, 768}, {5, 1600}, {5000, 96}, {17000, 40}};
+// {9, 300}: the block-per-row kernels; the others one warp per row, with 1 (C = 96, 40), 3
+// (768), 7 (1600) and 8 (2048) vectors per lane.
+const NCShape kLnShapes[] = {{9, 300}, {256, 768}, {5, 1600}, {8, 2048}, {5000, 96}, {17000, 40}};
 
 TEST_F(CudaBf16Test, LayerNormForwardBackward) {
   for (const NCShape& s : kLnShapes) {
@@ -756,7 +758,9 @@ TEST_F(CudaBf16Test, GeluAddAccumulate) {
 struct CeShape {
   int N, V, Vp;
 };
-const CeShape kCeShapes[] = {{6, 50, 64}, {64, 50257, 50304}, {3, 17, 17}};
+// {6, 50, 64} and {64, 50257, 50304}: the one-pass kernel with 1 and 7 vectors per thread,
+// {4, 60000, 60000} with 8; {3, 17, 17}: the three-pass kernel.
+const CeShape kCeShapes[] = {{6, 50, 64}, {64, 50257, 50304}, {4, 60000, 60000}, {3, 17, 17}};
 
 TEST_F(CudaBf16Test, CrossEntropyForwardBackward) {
   for (const CeShape& s : kCeShapes) {
