@@ -27,8 +27,8 @@ double lr_at(const TrainConfig& t, int64_t s) {
   fail("internal error: unknown schedule ", t.schedule);
 }
 
-void clip_gradient(Backend& be, float* grads, size_t n, double norm, double clip) {
-  if (clip > 0 && norm > clip) be.scale(grads, float(clip / (norm + 1e-6)), n);
+float clip_scale(double norm, double clip) {
+  return clip > 0 && norm > clip ? float(clip / (norm + 1e-6)) : 1.0f;
 }
 
 Optimizer::Optimizer(const OptimConfig& cfg, const std::vector<ParamSpec>& specs, size_t begin,
@@ -53,7 +53,8 @@ void Optimizer::reset() {
   for (float* p : slots_) be_.zero(p, std::max<size_t>(1, end_ - begin_));
 }
 
-void Optimizer::update(float* params, const float* grads, double lr, int64_t step, bf16_t* copy) {
+void Optimizer::update(float* params, const float* grads, double lr, int64_t step, bf16_t* copy,
+                       float grad_scale) {
   TRIAD_ASSERT(step >= 1);
   const double bc1 = 1.0 - std::pow(cfg_.beta1, double(step));
   const double bc2 = 1.0 - std::pow(cfg_.beta2, double(step));
@@ -69,10 +70,10 @@ void Optimizer::update(float* params, const float* grads, double lr, int64_t ste
     if (cfg_.name == "adamw") {
       be_.adamw_update(p, g, slots_[0] + (lo - begin_), slots_[1] + (lo - begin_), hi - lo,
                        float(lr), float(cfg_.beta1), float(cfg_.beta2), float(cfg_.eps), wd,
-                       float(bc1), float(bc2), c);
+                       float(bc1), float(bc2), c, grad_scale);
     } else {
       be_.sgd_update(p, g, slots_[0] + (lo - begin_), hi - lo, float(lr), float(cfg_.momentum), wd,
-                     c);
+                     c, grad_scale);
     }
   }
 }

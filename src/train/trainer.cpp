@@ -289,10 +289,11 @@ TrainOutcome Trainer::run() {
     const size_t lo = zero ? s.shard_lo : 0, hi = zero ? s.shard_hi : s.model->num_floats();
     if (zero) s.grid.dp().reduce_scatter_sum(s.model->grads(), g, hi - lo);
     const double norm = s.grad_norm(g, lo, hi);
-    clip_gradient(*s.be, g, hi - lo, norm, cfg.train.grad_clip);
     // Without ZeRO the update writes the bf16 copy of every weight as it goes; under ZeRO the
     // other ranks' slices arrive in fp32 and the whole copy is refreshed after the gather.
-    s.opt->update(s.model->params(), g, lr, st + 1, zero ? nullptr : s.model->params_bf16());
+    // Clipped by the global norm as the optimizer reads the gradient (no pass of its own).
+    s.opt->update(s.model->params(), g, lr, st + 1, zero ? nullptr : s.model->params_bf16(),
+                  clip_scale(norm, cfg.train.grad_clip));
     if (zero) {
       s.grid.dp().all_gather(s.model->params() + lo, s.model->params(), hi - lo);
       s.model->params_updated();

@@ -57,6 +57,41 @@ TEST_F(CpuOptim, AdamWMatchesPyTorchFormulas) {
   }
 }
 
+// The clipping factor applied inside the update (grad_scale) gives what scaling the gradient
+// first (the clip pass it replaces) and updating gives, up to the compiler fusing g·s into a
+// multiply-add (one rounding less): within a few ulp.
+TEST_F(CpuOptim, GradScaleEqualsScalingTheGradientFirst) {
+  const size_t n = 50001;
+  const float s = 0.37f;  // clip / (norm + 1e-6) for some norm above the clip
+  const Vec g = random_vec(n, 7, -3.0f, 3.0f);
+  Vec scaled = g;
+  be->scale(scaled.data(), s, n);
+  auto near = [n](const Vec& a, const Vec& b) {
+    for (size_t i = 0; i < n; ++i)
+      if (std::abs(a[i] - b[i]) > 1e-6f * (std::abs(b[i]) + 1e-3f)) return false;
+    return true;
+  };
+  for (bool adamw : {true, false}) {
+    SCOPED_TRACE(adamw ? "adamw" : "sgd");
+    Vec p1 = random_vec(n, 8), m1 = random_vec(n, 9, 0.0f, 0.1f),
+        v1 = random_vec(n, 10, 0.0f, 0.1f);
+    Vec p2 = p1, m2 = m1, v2 = v1;
+    if (adamw) {
+      be->adamw_update(p1.data(), g.data(), m1.data(), v1.data(), n, 1e-2f, 0.9f, 0.95f, 1e-8f,
+                       0.1f, 0.5f, 0.4f, nullptr, s);
+      be->adamw_update(p2.data(), scaled.data(), m2.data(), v2.data(), n, 1e-2f, 0.9f, 0.95f, 1e-8f,
+                       0.1f, 0.5f, 0.4f);
+    } else {
+      be->sgd_update(p1.data(), g.data(), m1.data(), n, 0.05f, 0.9f, 1e-4f, nullptr, s);
+      be->sgd_update(p2.data(), scaled.data(), m2.data(), n, 0.05f, 0.9f, 1e-4f);
+    }
+    EXPECT_TRUE(near(p1, p2)) << "params";
+    EXPECT_TRUE(near(m1, m2)) << "first slot";
+    EXPECT_TRUE(near(v1, v2)) << "second moment";
+    EXPECT_FALSE(near(p1, random_vec(n, 8))) << "the update moved nothing";
+  }
+}
+
 // torch.optim.SGD with momentum, dampening 0, not nesterov:
 //   d_p = grad + wd·param;  buf = d_p (first step) else buf.mul_(μ).add_(d_p);  param −= lr·buf
 TEST_F(CpuOptim, SgdMatchesPyTorchFormulas) {

@@ -748,9 +748,12 @@ TEST_F(CudaBackendTest, AdamWUpdate) {
       const Vec g = random_vec(n, 113 + step, -0.1f, 0.1f);
       const float b1 = 0.9f, b2 = 0.95f;
       const float bc1 = 1.0f - std::pow(b1, float(step)), bc2 = 1.0f - std::pow(b2, float(step));
+      // Step 2 clips: the gradient enters scaled by grad_scale.
+      const float gs = step == 2 ? 0.37f : 1.0f;
       cpu->adamw_update(p.data(), g.data(), m.data(), v.data(), n, 6e-4f, b1, b2, 1e-8f, 0.1f, bc1,
-                        bc2);
-      gpu->adamw_update(g_p, dev(g), g_m, g_v, n, 6e-4f, b1, b2, 1e-8f, 0.1f, bc1, bc2);
+                        bc2, nullptr, gs);
+      gpu->adamw_update(g_p, dev(g), g_m, g_v, n, 6e-4f, b1, b2, 1e-8f, 0.1f, bc1, bc2, nullptr,
+                        gs);
     }
     EXPECT_TRUE(close(host(g_p, n), p, kElemTol, 1e-7)) << "p";
     EXPECT_TRUE(close(host(g_m, n), m, kElemTol, 1e-7)) << "m";
@@ -765,8 +768,9 @@ TEST_F(CudaBackendTest, SgdUpdate) {
     float *g_p = dev(p), *g_buf = dev(buf);
     for (int step = 1; step <= 3; ++step) {
       const Vec g = random_vec(n, 122 + step, -0.1f, 0.1f);
-      cpu->sgd_update(p.data(), g.data(), buf.data(), n, 0.05f, 0.9f, 1e-4f);
-      gpu->sgd_update(g_p, dev(g), g_buf, n, 0.05f, 0.9f, 1e-4f);
+      const float gs = step == 2 ? 0.37f : 1.0f;
+      cpu->sgd_update(p.data(), g.data(), buf.data(), n, 0.05f, 0.9f, 1e-4f, nullptr, gs);
+      gpu->sgd_update(g_p, dev(g), g_buf, n, 0.05f, 0.9f, 1e-4f, nullptr, gs);
     }
     EXPECT_TRUE(close(host(g_p, n), p, kElemTol, 1e-7)) << "p";
     EXPECT_TRUE(close(host(g_buf, n), buf, kElemTol, 1e-7)) << "buf";

@@ -248,13 +248,15 @@ class Backend {
   //   p -= lr * (wd * p + (m / bc1) / (sqrt(v / bc2) + eps))
   // With `copy`, the same pass also writes copy[i] = p[i] rounded to bf16 (the model's bf16
   // weights; equal to convert() after the update, without a second pass over the weights).
+  // g enters as g·grad_scale (fp32): the clipping factor, applied in the same pass instead of
+  // a scale() over the gradient before it.
   virtual void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float lr,
                             float beta1, float beta2, float eps, float wd, float bc1, float bc2,
-                            bf16_t* copy = nullptr) = 0;
+                            bf16_t* copy = nullptr, float grad_scale = 1.0f) = 0;
   // SGD with momentum (PyTorch semantics, dampening 0, decoupled-free L2 as PyTorch):
-  //   g' = g + wd p;  buf = mu buf + g';  p -= lr buf.  `copy` as for adamw_update.
+  //   g' = g + wd p;  buf = mu buf + g';  p -= lr buf.  `copy`, grad_scale as for adamw_update.
   virtual void sgd_update(float* p, const float* g, float* buf, size_t n, float lr, float momentum,
-                          float wd, bf16_t* copy = nullptr) = 0;
+                          float wd, bf16_t* copy = nullptr, float grad_scale = 1.0f) = 0;
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

@@ -16,10 +16,10 @@ namespace triad {
 // Learning rate of 0-based step s (warmup, then train.schedule).
 double lr_at(const TrainConfig& t, int64_t step);
 
-// Gradient clipping (DESIGN.md §4): if the global L2 norm `norm` of the whole gradient is above
-// clip (> 0), scales this rank's n gradients (all of them, or its ZeRO slice) by
-// clip / (norm + 1e-6).
-void clip_gradient(Backend& be, float* grads, size_t n, double norm, double clip);
+// Gradient clipping (DESIGN.md §4): the factor the gradient is scaled by, clip / (norm + 1e-6)
+// where the global L2 norm `norm` of the whole gradient is above clip (> 0), else 1. The
+// optimizer applies it as it reads the gradient (Optimizer::update's grad_scale).
+float clip_scale(double norm, double clip);
 
 // Updates the parameters of the flat range [begin, end) of the parameter buffer: the whole
 // buffer without ZeRO, this data-parallel rank's slice with ZeRO-1 (then the optimizer state
@@ -35,8 +35,10 @@ class Optimizer {
   // Applies one update with learning rate lr to params[begin, end), from grads holding the
   // gradient of that range at grads[0 .. end-begin); `step` counts updates including this one
   // (1-based, for Adam's bias correction). With `copy` (a bf16 buffer laid out like params), the
-  // same pass writes the updated range rounded to bf16 there.
-  void update(float* params, const float* grads, double lr, int64_t step, bf16_t* copy = nullptr);
+  // same pass writes the updated range rounded to bf16 there. The gradient enters multiplied
+  // by grad_scale (clip_scale()).
+  void update(float* params, const float* grads, double lr, int64_t step, bf16_t* copy = nullptr,
+              float grad_scale = 1.0f);
 
   // The state slots as stored in checkpoints: {"m", "v"} (AdamW) or {"momentum"} (SGD), each
   // holding the range [begin, end) of a parameter-shaped buffer.

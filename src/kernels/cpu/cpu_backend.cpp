@@ -125,12 +125,13 @@ class CpuBackend final : public Backend {
   double sum_squares(const float* x, size_t n) override { return cpu::sum_squares(x, n); }
   void scale(float* x, float s, size_t n) override { cpu::scale(x, s, n); }
   void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float lr, float beta1,
-                    float beta2, float eps, float wd, float bc1, float bc2, bf16_t* copy) override {
-    cpu::adamw_update(p, g, m, v, n, lr, beta1, beta2, eps, wd, bc1, bc2, copy);
+                    float beta2, float eps, float wd, float bc1, float bc2, bf16_t* copy,
+                    float grad_scale) override {
+    cpu::adamw_update(p, g, m, v, n, lr, beta1, beta2, eps, wd, bc1, bc2, copy, grad_scale);
   }
   void sgd_update(float* p, const float* g, float* buf, size_t n, float lr, float momentum,
-                  float wd, bf16_t* copy) override {
-    cpu::sgd_update(p, g, buf, n, lr, momentum, wd, copy);
+                  float wd, bf16_t* copy, float grad_scale) override {
+    cpu::sgd_update(p, g, buf, n, lr, momentum, wd, copy, grad_scale);
   }
 
   // ---- mixed precision (cpu_bf16.cpp) -------------------------------------------------------

@@ -70,9 +70,10 @@ void crossentropy_backward_partial(float* logits, const float* row_max, const fl
                                    const int32_t* targets, int N, int V, int Vp, float dloss_scale);
 
 void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float lr, float beta1,
-                  float beta2, float eps, float wd, float bc1, float bc2, bf16_t* copy);
+                  float beta2, float eps, float wd, float bc1, float bc2, bf16_t* copy,
+                  float grad_scale);
 void sgd_update(float* p, const float* g, float* buf, size_t n, float lr, float momentum, float wd,
-                bf16_t* copy);
+                bf16_t* copy, float grad_scale);
 
 // ---- mixed precision (cpu_bf16.cpp): widen, run the fp32 kernel, round once --------------
 void zero_bf16(bf16_t* p, size_t n);

@@ -7,29 +7,30 @@
 namespace triad::cpu {
 
 void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float lr, float beta1,
-                  float beta2, float eps, float wd, float bc1, float bc2, bf16_t* copy) {
+                  float beta2, float eps, float wd, float bc1, float bc2, bf16_t* copy,
+                  float grad_scale) {
   if (copy == nullptr) {
 #pragma omp parallel for simd schedule(static) if (n >= kParallelMin)
     for (size_t i = 0; i < n; ++i)
-      adamw_element(p[i], g[i], m[i], v[i], lr, beta1, beta2, eps, wd, bc1, bc2);
+      adamw_element(p[i], g[i] * grad_scale, m[i], v[i], lr, beta1, beta2, eps, wd, bc1, bc2);
   } else {
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
     for (size_t i = 0; i < n; ++i) {
-      adamw_element(p[i], g[i], m[i], v[i], lr, beta1, beta2, eps, wd, bc1, bc2);
+      adamw_element(p[i], g[i] * grad_scale, m[i], v[i], lr, beta1, beta2, eps, wd, bc1, bc2);
       copy[i] = triad::to_bf16(p[i]);
     }
   }
 }
 
 void sgd_update(float* p, const float* g, float* buf, size_t n, float lr, float momentum, float wd,
-                bf16_t* copy) {
+                bf16_t* copy, float grad_scale) {
   if (copy == nullptr) {
 #pragma omp parallel for simd schedule(static) if (n >= kParallelMin)
-    for (size_t i = 0; i < n; ++i) sgd_element(p[i], g[i], buf[i], lr, momentum, wd);
+    for (size_t i = 0; i < n; ++i) sgd_element(p[i], g[i] * grad_scale, buf[i], lr, momentum, wd);
   } else {
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
     for (size_t i = 0; i < n; ++i) {
-      sgd_element(p[i], g[i], buf[i], lr, momentum, wd);
+      sgd_element(p[i], g[i] * grad_scale, buf[i], lr, momentum, wd);
       copy[i] = triad::to_bf16(p[i]);
     }
   }

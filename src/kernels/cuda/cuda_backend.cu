@@ -316,12 +316,14 @@ class CudaBackend final : public Backend {
   }
   void scale(float* x, float s, size_t n) override { cuda::scale(stream_, x, s, n); }
   void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float lr, float beta1,
-                    float beta2, float eps, float wd, float bc1, float bc2, bf16_t* copy) override {
-    cuda::adamw_update(stream_, p, g, m, v, n, lr, beta1, beta2, eps, wd, bc1, bc2, dev(copy));
+                    float beta2, float eps, float wd, float bc1, float bc2, bf16_t* copy,
+                    float grad_scale) override {
+    cuda::adamw_update(stream_, p, g, m, v, n, lr, beta1, beta2, eps, wd, bc1, bc2, dev(copy),
+                       grad_scale);
   }
   void sgd_update(float* p, const float* g, float* buf, size_t n, float lr, float momentum,
-                  float wd, bf16_t* copy) override {
-    cuda::sgd_update(stream_, p, g, buf, n, lr, momentum, wd, dev(copy));
+                  float wd, bf16_t* copy, float grad_scale) override {
+    cuda::sgd_update(stream_, p, g, buf, n, lr, momentum, wd, dev(copy), grad_scale);
   }
 
   cudaStream_t stream() const { return stream_; }

@@ -199,9 +199,10 @@ double sum_squares(cudaStream_t s, double* partials, const float* x, size_t n);
 // ---- optimizers (cuda_optimizer.cu) --------------------------------------------------------
 // `copy` (may be null) receives the updated weights rounded to bf16 in the same pass.
 void adamw_update(cudaStream_t s, float* p, const float* g, float* m, float* v, size_t n, float lr,
-                  float beta1, float beta2, float eps, float wd, float bc1, float bc2, bf16* copy);
+                  float beta1, float beta2, float eps, float wd, float bc1, float bc2, bf16* copy,
+                  float grad_scale);
 void sgd_update(cudaStream_t s, float* p, const float* g, float* buf, size_t n, float lr,
-                float momentum, float wd, bf16* copy);
+                float momentum, float wd, bf16* copy, float grad_scale);
 
 // The stream a CUDA backend runs its ops on (cuda_backend.cu); throws for another backend.
 cudaStream_t backend_stream(Backend& be);

@@ -9,17 +9,17 @@ namespace {
 // `copy` is uniform over the grid, so its test does not diverge.
 __global__ void adamw_kernel(float* p, const float* g, float* m, float* v, size_t n, float lr,
                              float beta1, float beta2, float eps, float wd, float bc1, float bc2,
-                             bf16* copy) {
+                             bf16* copy, float grad_scale) {
   TRIAD_GRID_STRIDE_LOOP(i, n) {
-    adamw_element(p[i], g[i], m[i], v[i], lr, beta1, beta2, eps, wd, bc1, bc2);
+    adamw_element(p[i], g[i] * grad_scale, m[i], v[i], lr, beta1, beta2, eps, wd, bc1, bc2);
     if (copy != nullptr) copy[i] = narrow<bf16>(p[i]);
   }
 }
 
 __global__ void sgd_kernel(float* p, const float* g, float* buf, size_t n, float lr, float momentum,
-                           float wd, bf16* copy) {
+                           float wd, bf16* copy, float grad_scale) {
   TRIAD_GRID_STRIDE_LOOP(i, n) {
-    sgd_element(p[i], g[i], buf[i], lr, momentum, wd);
+    sgd_element(p[i], g[i] * grad_scale, buf[i], lr, momentum, wd);
     if (copy != nullptr) copy[i] = narrow<bf16>(p[i]);
   }
 }
@@ -27,17 +27,18 @@ __global__ void sgd_kernel(float* p, const float* g, float* buf, size_t n, float
 }  // namespace
 
 void adamw_update(cudaStream_t s, float* p, const float* g, float* m, float* v, size_t n, float lr,
-                  float beta1, float beta2, float eps, float wd, float bc1, float bc2, bf16* copy) {
+                  float beta1, float beta2, float eps, float wd, float bc1, float bc2, bf16* copy,
+                  float grad_scale) {
   if (n == 0) return;
   adamw_kernel<<<grid_for(n), kBlock, 0, s>>>(p, g, m, v, n, lr, beta1, beta2, eps, wd, bc1, bc2,
-                                              copy);
+                                              copy, grad_scale);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
 void sgd_update(cudaStream_t s, float* p, const float* g, float* buf, size_t n, float lr,
-                float momentum, float wd, bf16* copy) {
+                float momentum, float wd, bf16* copy, float grad_scale) {
   if (n == 0) return;
-  sgd_kernel<<<grid_for(n), kBlock, 0, s>>>(p, g, buf, n, lr, momentum, wd, copy);
+  sgd_kernel<<<grid_for(n), kBlock, 0, s>>>(p, g, buf, n, lr, momentum, wd, copy, grad_scale);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
