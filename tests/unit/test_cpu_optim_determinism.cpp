@@ -58,8 +58,9 @@ TEST_F(CpuOptim, AdamWMatchesPyTorchFormulas) {
 }
 
 // The clipping factor applied inside the update (grad_scale) gives what scaling the gradient
-// first (the clip pass it replaces) and updating gives, up to the compiler fusing g·s into a
-// multiply-add (one rounding less): within a few ulp.
+// first (the clip pass it replaces) and updating gives, up to the compiler contracting the
+// products differently into multiply-adds: within a few ulp of the terms (m = β1 m + (1−β1) g
+// can cancel, so relative to the result it is looser; hence the + 0.1).
 TEST_F(CpuOptim, GradScaleEqualsScalingTheGradientFirst) {
   const size_t n = 50001;
   const float s = 0.37f;  // clip / (norm + 1e-6) for some norm above the clip
@@ -68,7 +69,7 @@ TEST_F(CpuOptim, GradScaleEqualsScalingTheGradientFirst) {
   be->scale(scaled.data(), s, n);
   auto near = [n](const Vec& a, const Vec& b) {
     for (size_t i = 0; i < n; ++i)
-      if (std::abs(a[i] - b[i]) > 1e-6f * (std::abs(b[i]) + 1e-3f)) return false;
+      if (std::abs(a[i] - b[i]) > 1e-6f * (std::abs(b[i]) + 0.1f)) return false;
     return true;
   };
   for (bool adamw : {true, false}) {
