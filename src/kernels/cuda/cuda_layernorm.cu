@@ -261,10 +261,15 @@ void layernorm_backward(cudaStream_t s, DeviceScratch& scratch, Elem* dinp, floa
   const size_t part = column_sum_partials_floats(N, C);
   float* pw = scratch.get_as<float>(2 * part, s);
   float* pb = pw + part;
-  const dim3 grid((C + kColumns - 1) / kColumns, slices), block(kColumns, kRowGroups);
-  layernorm_backward_params_kernel<<<grid, block, 0, s>>>(pw, pb, dout, inp, mean, rstd, N, C,
-                                                          (N + slices - 1) / slices);
-  TRIAD_CUDA_CHECK_LAUNCH();
+  bool vectorized = false;
+  if constexpr (std::is_same_v<Elem, bf16>)
+    vectorized = column_partials_vectorized(s, pw, pb, dout, inp, mean, rstd, N, C);
+  if (!vectorized) {
+    const dim3 grid((C + kColumns - 1) / kColumns, slices), block(kColumns, kRowGroups);
+    layernorm_backward_params_kernel<<<grid, block, 0, s>>>(pw, pb, dout, inp, mean, rstd, N, C,
+                                                            (N + slices - 1) / slices);
+    TRIAD_CUDA_CHECK_LAUNCH();
+  }
   column_sum_finish(s, dweight, pw, N, C);
   column_sum_finish(s, dbias, pb, N, C);
 }

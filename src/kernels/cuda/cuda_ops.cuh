@@ -190,6 +190,13 @@ void column_sum_accumulate(cudaStream_t s, DeviceScratch& scratch, float* dst, c
 // gradients): how many floats the partials of [N, C] take, the number of row slices and
 // rows per slice, and the second pass dst[c] += Σ_slices partials[slice][c].
 size_t column_sum_partials_floats(int N, int C);
+// The first pass of column_sum_accumulate and of the LayerNorm parameter gradients with 16-byte
+// loads (column_sums_block.h): pb[y][c] = Σ dout over row slice y and, with inp, pw[y][c] =
+// Σ dout·(inp − mean)·rstd. False, having done nothing, unless C % 8 == 0 and the rows are
+// 16-byte aligned.
+bool column_partials_vectorized(cudaStream_t s, float* pw, float* pb, const bf16* dout,
+                                const bf16* inp, const float* mean, const float* rstd, int N,
+                                int C);
 int column_sum_slices(int N);
 void column_sum_finish(cudaStream_t s, float* dst, const float* partials, int N, int C);
 // Σ x² in double. partials: kSumSquaresPartials + 1 doubles of device memory. Synchronizes s.

@@ -1,7 +1,11 @@
 // Deterministic reductions: column sums (bias gradients) and the sum of squares (gradient norm).
 #include <algorithm>
+#include <cstdint>
+#include <type_traits>
 
+#include "column_sums_block.h"
 #include "cuda_ops.cuh"
+#include "device_thread.cuh"
 
 namespace triad::cuda {
 namespace {
@@ -70,6 +74,27 @@ __global__ void sum_partials_kernel(double* out, const double* partials, int cou
 
 }  // namespace
 
+__global__ void __launch_bounds__(colsum::kThreads)
+    column_partial_vector_kernel(float* pw, float* pb, const uint16_t* dout, const uint16_t* inp,
+                                 const float* mean, const float* rstd, int N, int C, int rows) {
+  DeviceThread x;
+  colsum::partial_sums(x, pw, pb, dout, inp, mean, rstd, N, C, rows);
+}
+
+bool column_partials_vectorized(cudaStream_t s, float* pw, float* pb, const bf16* dout,
+                                const bf16* inp, const float* mean, const float* rstd, int N,
+                                int C) {
+  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  if (C % 8 != 0 || !aligned(dout) || (inp != nullptr && !aligned(inp))) return false;
+  const int slices = row_slices(N);
+  const dim3 grid((C + colsum::kColumns - 1) / colsum::kColumns, slices);
+  column_partial_vector_kernel<<<grid, colsum::kThreads, colsum::smem_bytes(), s>>>(
+      pw, pb, reinterpret_cast<const uint16_t*>(dout), reinterpret_cast<const uint16_t*>(inp), mean,
+      rstd, N, C, (N + slices - 1) / slices);
+  TRIAD_CUDA_CHECK_LAUNCH();
+  return true;
+}
+
 int column_sum_slices(int N) { return row_slices(N); }
 
 size_t column_sum_partials_floats(int N, int C) { return size_t(row_slices(N)) * size_t(C); }
@@ -86,9 +111,15 @@ void column_sum_accumulate(cudaStream_t s, DeviceScratch& scratch, float* dst, c
   if (N <= 0 || C <= 0) return;
   const int slices = row_slices(N);
   float* partials = scratch.get_as<float>(column_sum_partials_floats(N, C), s);
-  const dim3 grid((C + kColumns - 1) / kColumns, slices), block(kColumns, kRowGroups);
-  column_partial_kernel<<<grid, block, 0, s>>>(partials, src, N, C, (N + slices - 1) / slices);
-  TRIAD_CUDA_CHECK_LAUNCH();
+  bool vectorized = false;
+  if constexpr (std::is_same_v<Elem, bf16>)
+    vectorized =
+        column_partials_vectorized(s, nullptr, partials, src, nullptr, nullptr, nullptr, N, C);
+  if (!vectorized) {
+    const dim3 grid((C + kColumns - 1) / kColumns, slices), block(kColumns, kRowGroups);
+    column_partial_kernel<<<grid, block, 0, s>>>(partials, src, N, C, (N + slices - 1) / slices);
+    TRIAD_CUDA_CHECK_LAUNCH();
+  }
   column_sum_finish(s, dst, partials, N, C);
 }
 
