@@ -229,7 +229,7 @@ if [[ -x $RUN/bin/tests/test_flash_attention ]]; then
     # shellcheck disable=SC1091
     source "$DEV/env.sh"
     cd "$RUN/work" && timeout "$(tmo 90 200)" "$RUN/bin/tests/test_flash_attention" --gtest_brief=1 \
-      --gtest_filter='FlashAttention.Wgmma*' >"$RUN/flash_wgmma.txt" 2>&1
+      --gtest_filter='Wgmma/FlashKernels.*' >"$RUN/flash_wgmma.txt" 2>&1
   ); rc=$?
   wp=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$RUN/flash_wgmma.txt" | tail -1)
   if [[ $rc == 0 && ${wp:-0} -gt 0 ]]; then

@@ -47,6 +47,40 @@ std::vector<T> host_copy(const T* d, size_t n) {
   return h;
 }
 
+// Device buffers of one problem: inputs uploaded, outputs starting as NaN bit patterns (0xFFFF)
+// so anything left unwritten shows, dqkv as given (the accumulate test's old values).
+struct DeviceProblem {
+  int B, T, C, NH;
+  cuda::FlashKernel kernel;
+  cuda::bf16 *qkv, *dout, *out, *dqkv;
+  float *lse, *ws;
+
+  DeviceProblem(int B_, int T_, int NH_, int hd, cuda::FlashKernel k, const Bits& qkv_bits,
+                const Bits& dout_bits, const Bits& dqkv_bits)
+      : B(B_), T(T_), C(NH_ * hd), NH(NH_), kernel(k) {
+    qkv = reinterpret_cast<cuda::bf16*>(device_copy(qkv_bits));
+    dout = reinterpret_cast<cuda::bf16*>(device_copy(dout_bits));
+    out = reinterpret_cast<cuda::bf16*>(device_copy(Bits(size_t(B) * T * C, 0xFFFFu)));
+    dqkv = reinterpret_cast<cuda::bf16*>(device_copy(dqkv_bits));
+    lse = device_copy(std::vector<float>(size_t(B) * NH * T, NAN));
+    ws = device_copy(std::vector<float>(cuda::flash_attention_workspace_floats(B, T, C, NH), NAN));
+  }
+  ~DeviceProblem() {
+    for (void* p : {static_cast<void*>(qkv), static_cast<void*>(dout), static_cast<void*>(out),
+                    static_cast<void*>(dqkv), static_cast<void*>(lse), static_cast<void*>(ws)})
+      cudaFree(p);
+  }
+  void forward() { cuda::flash_attention_forward(out, lse, qkv, B, T, C, NH, nullptr, kernel); }
+  void backward(bool accumulate) {
+    cuda::flash_attention_backward(dqkv, dout, qkv, out, lse, ws, B, T, C, NH, nullptr, accumulate,
+                                   kernel);
+  }
+  Bits get(const cuda::bf16* p, size_t n) const {
+    TRIAD_CUDA_CHECK(cudaDeviceSynchronize());
+    return host_copy(reinterpret_cast<const uint16_t*>(p), n);
+  }
+};
+
 void check_shape(int B, int T, int NH, int hd, cuda::FlashKernel kernel) {
   const int C = NH * hd;
   SCOPED_TRACE(::testing::Message() << cuda::flash_kernel_name(kernel) << " B=" << B << " T=" << T
@@ -57,28 +91,14 @@ void check_shape(int B, int T, int NH, int hd, cuda::FlashKernel kernel) {
   random_bf16(size_t(B) * T * C, 999u + T, dout_bits, dout);
   const Reference want = reference(qkv, dout, B, T, C, NH);
 
-  using cuda::bf16;
-  bf16* d_qkv = reinterpret_cast<bf16*>(device_copy(qkv_bits));
-  bf16* d_dout = reinterpret_cast<bf16*>(device_copy(dout_bits));
-  // Output buffers start as NaN bit patterns (0xFFFF): anything left unwritten shows.
-  bf16* d_out = reinterpret_cast<bf16*>(device_copy(Bits(size_t(B) * T * C, 0xFFFFu)));
-  bf16* d_dqkv = reinterpret_cast<bf16*>(device_copy(Bits(size_t(B) * T * 3 * C, 0xFFFFu)));
-  float* d_lse = device_copy(std::vector<float>(size_t(B) * NH * T, NAN));
-  float* d_ws =
-      device_copy(std::vector<float>(cuda::flash_attention_workspace_floats(B, T, C, NH), NAN));
-
-  cuda::flash_attention_forward(d_out, d_lse, d_qkv, B, T, C, NH, nullptr, kernel);
-  cuda::flash_attention_backward(d_dqkv, d_dout, d_qkv, d_out, d_lse, d_ws, B, T, C, NH, nullptr,
-                                 false, kernel);
-  TRIAD_CUDA_CHECK(cudaDeviceSynchronize());
-  const Bits out = host_copy(reinterpret_cast<uint16_t*>(d_out), size_t(B) * T * C);
-  const std::vector<float> lse = host_copy(d_lse, size_t(B) * NH * T);
-  const Bits dqkv = host_copy(reinterpret_cast<uint16_t*>(d_dqkv), size_t(B) * T * 3 * C);
-  // A second backward: bit-identical.
-  cuda::flash_attention_backward(d_dqkv, d_dout, d_qkv, d_out, d_lse, d_ws, B, T, C, NH, nullptr,
-                                 false, kernel);
-  TRIAD_CUDA_CHECK(cudaDeviceSynchronize());
-  const Bits dqkv2 = host_copy(reinterpret_cast<uint16_t*>(d_dqkv), size_t(B) * T * 3 * C);
+  DeviceProblem d(B, T, NH, hd, kernel, qkv_bits, dout_bits, Bits(size_t(B) * T * 3 * C, 0xFFFFu));
+  d.forward();
+  d.backward(false);
+  const Bits out = d.get(d.out, size_t(B) * T * C);
+  const std::vector<float> lse = host_copy(d.lse, size_t(B) * NH * T);
+  const Bits dqkv = d.get(d.dqkv, size_t(B) * T * 3 * C);
+  d.backward(false);  // a second backward: bit-identical
+  const Bits dqkv2 = d.get(d.dqkv, size_t(B) * T * 3 * C);
 
   const size_t rows = size_t(B) * T;
   EXPECT_LE(rel_error(out, want.out, rows, C, 0, C), 1e-2) << "out";
@@ -92,10 +112,6 @@ void check_shape(int B, int T, int NH, int hd, cuda::FlashKernel kernel) {
   EXPECT_LE(rel_error(dqkv, want.dqkv, rows, 3 * size_t(C), C, C), 1e-2) << "dk";
   EXPECT_LE(rel_error(dqkv, want.dqkv, rows, 3 * size_t(C), 2 * size_t(C), C), 1e-2) << "dv";
   EXPECT_TRUE(dqkv == dqkv2) << "backward is not deterministic";
-
-  for (void* p : {static_cast<void*>(d_qkv), static_cast<void*>(d_dout), static_cast<void*>(d_out),
-                  static_cast<void*>(d_dqkv), static_cast<void*>(d_lse), static_cast<void*>(d_ws)})
-    TRIAD_CUDA_CHECK(cudaFree(p));
 }
 
 // The backward's accumulate mode (the Backend's += contract): dqkv holds random values before,
@@ -108,23 +124,10 @@ void check_accumulate(int B, int T, int NH, int hd, cuda::FlashKernel kernel) {
   random_bf16(size_t(B) * T * C, 22u, dout_bits, dout);
   random_bf16(size_t(B) * T * 3 * C, 23u, old_bits, old);
   const Reference want = reference(qkv, dout, B, T, C, NH);
-  using cuda::bf16;
-  bf16* d_qkv = reinterpret_cast<bf16*>(device_copy(qkv_bits));
-  bf16* d_dout = reinterpret_cast<bf16*>(device_copy(dout_bits));
-  bf16* d_out = reinterpret_cast<bf16*>(device_copy(Bits(size_t(B) * T * C, 0xFFFFu)));
-  bf16* d_dqkv = reinterpret_cast<bf16*>(device_copy(old_bits));
-  float* d_lse = device_copy(std::vector<float>(size_t(B) * NH * T, NAN));
-  float* d_ws =
-      device_copy(std::vector<float>(cuda::flash_attention_workspace_floats(B, T, C, NH), NAN));
-  cuda::flash_attention_forward(d_out, d_lse, d_qkv, B, T, C, NH, nullptr, kernel);
-  cuda::flash_attention_backward(d_dqkv, d_dout, d_qkv, d_out, d_lse, d_ws, B, T, C, NH, nullptr,
-                                 /*accumulate=*/true, kernel);
-  TRIAD_CUDA_CHECK(cudaDeviceSynchronize());
-  const Bits dqkv = host_copy(reinterpret_cast<uint16_t*>(d_dqkv), size_t(B) * T * 3 * C);
-  EXPECT_LE(accumulate_error(dqkv, old, want.dqkv), 1.0);
-  for (void* p : {static_cast<void*>(d_qkv), static_cast<void*>(d_dout), static_cast<void*>(d_out),
-                  static_cast<void*>(d_dqkv), static_cast<void*>(d_lse), static_cast<void*>(d_ws)})
-    TRIAD_CUDA_CHECK(cudaFree(p));
+  DeviceProblem d(B, T, NH, hd, kernel, qkv_bits, dout_bits, old_bits);
+  d.forward();
+  d.backward(true);
+  EXPECT_LE(accumulate_error(d.get(d.dqkv, size_t(B) * T * 3 * C), old, want.dqkv), 1.0);
 }
 
 #define SKIP_WITHOUT_DEVICE() \
@@ -132,63 +135,35 @@ void check_accumulate(int B, int T, int NH, int hd, cuda::FlashKernel kernel) {
 
 using cuda::FlashKernel;
 
-// The portable kernel (mma.sync + ldmatrix) runs on every GPU of sm_80 and later.
-TEST(FlashAttention, SingleToken) {
-  SKIP_WITHOUT_DEVICE();
-  check_shape(2, 1, 2, 64, FlashKernel::mma);
-}
+// Each case for both kernels: mma (mma.sync + ldmatrix) runs on every GPU of sm_80 and later,
+// wgmma (from shared memory) needs a compute capability 9.0 GPU and sm_90a code.
+class FlashKernels : public ::testing::TestWithParam<FlashKernel> {
+ protected:
+  void SetUp() override {
+    if (!cuda_device_available()) GTEST_SKIP() << "no usable CUDA device";
+    if (GetParam() == FlashKernel::wgmma && !cuda::flash_wgmma_available())
+      GTEST_SKIP() << "wgmma needs a compute capability 9.0 GPU and sm_90a code ("
+                   << cuda_device_description() << ")";
+  }
+};
 
-TEST(FlashAttention, PartialTiles) {
-  SKIP_WITHOUT_DEVICE();
-  check_shape(2, 77, 3, 64, FlashKernel::mma);
-}
+TEST_P(FlashKernels, SingleToken) { check_shape(2, 1, 2, 64, GetParam()); }
 
-TEST(FlashAttention, HeadDim128) {
-  SKIP_WITHOUT_DEVICE();
-  check_shape(1, 256, 2, 128, FlashKernel::mma);
-}
+TEST_P(FlashKernels, PartialTiles) { check_shape(2, 77, 3, 64, GetParam()); }
 
-TEST(FlashAttention, Gpt2Shape) {
-  SKIP_WITHOUT_DEVICE();
-  check_shape(2, 1024, 12, 64, FlashKernel::mma);
-}
+TEST_P(FlashKernels, HeadDim128) { check_shape(1, 256, 2, 128, GetParam()); }
 
-TEST(FlashAttention, BackwardAccumulates) {
-  SKIP_WITHOUT_DEVICE();
-  check_accumulate(2, 150, 3, 64, FlashKernel::mma);
-}
+TEST_P(FlashKernels, Gpt2Shape) { check_shape(2, 1024, 12, 64, GetParam()); }
 
-// The Hopper kernel (wgmma from shared memory): a compute capability 9.0 GPU and sm_90a code.
-#define SKIP_WITHOUT_WGMMA()                                                   \
-  SKIP_WITHOUT_DEVICE();                                                       \
-  if (!cuda::flash_wgmma_available())                                          \
-  GTEST_SKIP() << "wgmma needs a compute capability 9.0 GPU and sm_90a code (" \
-               << cuda_device_description() << ")"
+TEST_P(FlashKernels, BackwardAccumulates) { check_accumulate(2, 150, 3, 64, GetParam()); }
 
-TEST(FlashAttention, WgmmaSingleToken) {
-  SKIP_WITHOUT_WGMMA();
-  check_shape(2, 1, 2, 64, FlashKernel::wgmma);
+std::string kernel_name(const ::testing::TestParamInfo<FlashKernel>& info) {
+  return cuda::flash_kernel_name(info.param);
 }
-
-TEST(FlashAttention, WgmmaPartialTiles) {
-  SKIP_WITHOUT_WGMMA();
-  check_shape(2, 77, 3, 64, FlashKernel::wgmma);
-}
-
-TEST(FlashAttention, WgmmaHeadDim128) {
-  SKIP_WITHOUT_WGMMA();
-  check_shape(1, 256, 2, 128, FlashKernel::wgmma);
-}
-
-TEST(FlashAttention, WgmmaGpt2Shape) {
-  SKIP_WITHOUT_WGMMA();
-  check_shape(2, 1024, 12, 64, FlashKernel::wgmma);
-}
-
-TEST(FlashAttention, WgmmaBackwardAccumulates) {
-  SKIP_WITHOUT_WGMMA();
-  check_accumulate(2, 150, 3, 64, FlashKernel::wgmma);
-}
+// Two suites, so every mma case runs before any wgmma one: a wgmma failure that poisons the
+// CUDA context cannot hide the portable kernel's results.
+INSTANTIATE_TEST_SUITE_P(Mma, FlashKernels, ::testing::Values(FlashKernel::mma), kernel_name);
+INSTANTIATE_TEST_SUITE_P(Wgmma, FlashKernels, ::testing::Values(FlashKernel::wgmma), kernel_name);
 
 TEST(FlashAttention, RejectsOtherHeadDims) {
   SKIP_WITHOUT_DEVICE();

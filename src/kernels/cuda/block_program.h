@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #if defined(__CUDACC__)
 #define TRIAD_BLOCK_FN __device__ __forceinline__
@@ -23,5 +24,44 @@ namespace triad {
 struct Vec16 {
   uint32_t w[4];
 };
+
+// Element e (0..7) of a vector of 8 bf16, widened by the context x.
+template <class X>
+TRIAD_BLOCK_FN float bf16_element(X& x, const Vec16& v, int e) {
+  const uint32_t w = v.w[e / 2];
+  return x.bf16_float(uint16_t(e % 2 ? w >> 16 : w & 0xffffu));
+}
+
+// Calls f(std::integral_constant<int, k>{}) for k = vec (1..8; larger values run as 8): picks
+// the instantiation of a kernel templated on its vectors per thread at run time.
+template <class F>
+void with_vectors(int vec, F f) {
+  switch (vec) {
+    case 1:
+      f(std::integral_constant<int, 1>{});
+      break;
+    case 2:
+      f(std::integral_constant<int, 2>{});
+      break;
+    case 3:
+      f(std::integral_constant<int, 3>{});
+      break;
+    case 4:
+      f(std::integral_constant<int, 4>{});
+      break;
+    case 5:
+      f(std::integral_constant<int, 5>{});
+      break;
+    case 6:
+      f(std::integral_constant<int, 6>{});
+      break;
+    case 7:
+      f(std::integral_constant<int, 7>{});
+      break;
+    default:
+      f(std::integral_constant<int, 8>{});
+      break;
+  }
+}
 
 }  // namespace triad

@@ -24,12 +24,6 @@ constexpr int kColumns = 8 * kVectorsX;
 
 TRIAD_BLOCK_SIZE size_t smem_bytes() { return 2 * size_t(kRowGroups) * kColumns * sizeof(float); }
 
-template <class X>
-TRIAD_BLOCK_FN float element(X& x, const Vec16& v, int e) {
-  const uint32_t w = v.w[e / 2];
-  return x.bf16_float(uint16_t(e % 2 ? w >> 16 : w & 0xffffu));
-}
-
 // pb[y][c] = Σ dout[n, c] over the slice; with inp (LayerNorm), also pw[y][c] = Σ dout[n, c] ·
 // (inp[n, c] − mean[n])·rstd[n]. dout, inp: [N, C] bf16 bits, 16-byte aligned, C % 8 == 0.
 template <class X>
@@ -51,13 +45,13 @@ TRIAD_BLOCK_FN void partial_sums(X& x, float* pw, float* pb, const uint16_t* dou
         const float m = mean[n], r = rstd[n];
         TRIAD_UNROLL
         for (int e = 0; e < 8; ++e) {
-          const float de = element(x, d, e);
-          sw[e] += de * ((element(x, v, e) - m) * r);
+          const float de = bf16_element(x, d, e);
+          sw[e] += de * ((bf16_element(x, v, e) - m) * r);
           sb[e] += de;
         }
       } else {
         TRIAD_UNROLL
-        for (int e = 0; e < 8; ++e) sb[e] += element(x, d, e);
+        for (int e = 0; e < 8; ++e) sb[e] += bf16_element(x, d, e);
       }
     }
   }

@@ -24,19 +24,24 @@ namespace triad::crossentropy {
 // Shared memory the block program needs (cross-warp partials of the reductions).
 TRIAD_BLOCK_SIZE size_t row_smem() { return 32 * sizeof(double) + 32 * (sizeof(float) + 4); }
 
-// Max with the first index on ties, over the block; every thread gets the result.
-template <int kThreads, class X>
-TRIAD_BLOCK_FN void block_argmax(X& x, float& v, int& idx) {
-  auto better = [](float a, int ai, float b, int bi) { return b > a || (b == a && bi < ai); };
+// Max with the first index on ties, over the warp (a shuffle butterfly); every lane gets it.
+template <class X>
+TRIAD_BLOCK_FN void warp_argmax(X& x, float& v, int& idx) {
   TRIAD_UNROLL
   for (int o = 16; o > 0; o /= 2) {
     const float ov = x.shfl_xor(v, o);
     const int oi = x.shfl_xor(idx, o);
-    if (better(v, idx, ov, oi)) {
+    if (ov > v || (ov == v && oi < idx)) {
       v = ov;
       idx = oi;
     }
   }
+}
+
+// The same over the block; every thread gets the result.
+template <int kThreads, class X>
+TRIAD_BLOCK_FN void block_argmax(X& x, float& v, int& idx) {
+  warp_argmax(x, v, idx);
   float* sv = reinterpret_cast<float*>(x.smem() + 32 * sizeof(double));
   int* si = reinterpret_cast<int*>(sv + 32);
   const int lane = x.thread() % 32, warp = x.thread() / 32;
@@ -48,15 +53,7 @@ TRIAD_BLOCK_FN void block_argmax(X& x, float& v, int& idx) {
   x.sync_threads();
   v = lane < kThreads / 32 ? sv[lane] : -INFINITY;
   idx = lane < kThreads / 32 ? si[lane] : INT_MAX;
-  TRIAD_UNROLL
-  for (int o = 16; o > 0; o /= 2) {
-    const float ov = x.shfl_xor(v, o);
-    const int oi = x.shfl_xor(idx, o);
-    if (better(v, idx, ov, oi)) {
-      v = ov;
-      idx = oi;
-    }
-  }
+  warp_argmax(x, v, idx);
 }
 
 // Sum over the block in a fixed order (lanes by a shuffle tree, then the warps'); every thread
@@ -74,13 +71,6 @@ TRIAD_BLOCK_FN double block_sum(X& x, double v) {
   TRIAD_UNROLL
   for (int o = 16; o > 0; o /= 2) v += x.shfl_xor(v, o);
   return v;
-}
-
-// Element e (0..7) of a vector of 8 bf16, widened.
-template <class X>
-TRIAD_BLOCK_FN float element(X& x, const Vec16& v, int e) {
-  const uint32_t w = v.w[e / 2];
-  return x.bf16_float(uint16_t(e % 2 ? w >> 16 : w & 0xffffu));
 }
 
 // Row blockIdx.x of logits [N, Vp] (bf16 bits; 16-byte aligned rows, Vp % 8 == 0, Vp <= 8 ·
@@ -113,7 +103,7 @@ TRIAD_BLOCK_FN void crossentropy_row(X& x, uint16_t* logits, float* losses, floa
     for (int e = 0; e < 8; ++e) {
       const int col = 8 * j + e;
       if (j < nvec && col < V) {
-        const float val = element(x, v[i], e);
+        const float val = bf16_element(x, v[i], e);
         if (val > best) {
           best = val;
           best_idx = col;
@@ -130,7 +120,7 @@ TRIAD_BLOCK_FN void crossentropy_row(X& x, uint16_t* logits, float* losses, floa
     const int j = t + i * kThreads;
     TRIAD_UNROLL
     for (int e = 0; e < 8; ++e)
-      if (j < nvec && 8 * j + e < V) sum += double(x.exp(element(x, v[i], e) - mx));
+      if (j < nvec && 8 * j + e < V) sum += double(x.exp(bf16_element(x, v[i], e) - mx));
   }
   sum = block_sum<kThreads>(x, sum);
 
@@ -148,7 +138,7 @@ TRIAD_BLOCK_FN void crossentropy_row(X& x, uint16_t* logits, float* losses, floa
         const int col = 8 * j + e + k;
         float d = 0.0f;  // padded columns
         if (col < V) {
-          d = x.exp(element(x, v[i], e + k) - mx) * factor;
+          d = x.exp(bf16_element(x, v[i], e + k) - mx) * factor;
           if (col == target) d -= dloss_scale;
         }
         pair[k] = d;

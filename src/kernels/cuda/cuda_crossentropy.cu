@@ -177,35 +177,10 @@ bool crossentropy_one_pass(cudaStream_t s, Elem* logits, float* losses, float* c
       return false;
     uint16_t* bits = reinterpret_cast<uint16_t*>(logits);
     const size_t smem = crossentropy::row_smem();
-    auto launch = [&](auto kernel) {
-      kernel<<<N, kOnePassThreads, smem, s>>>(bits, losses, correct, targets, V, Vp, dloss_scale);
-    };
-    switch (vec) {
-      case 1:
-        launch(crossentropy_one_pass_kernel<1>);
-        break;
-      case 2:
-        launch(crossentropy_one_pass_kernel<2>);
-        break;
-      case 3:
-        launch(crossentropy_one_pass_kernel<3>);
-        break;
-      case 4:
-        launch(crossentropy_one_pass_kernel<4>);
-        break;
-      case 5:
-        launch(crossentropy_one_pass_kernel<5>);
-        break;
-      case 6:
-        launch(crossentropy_one_pass_kernel<6>);
-        break;
-      case 7:
-        launch(crossentropy_one_pass_kernel<7>);
-        break;
-      default:
-        launch(crossentropy_one_pass_kernel<8>);
-        break;
-    }
+    with_vectors(vec, [&](auto k) {
+      crossentropy_one_pass_kernel<decltype(k)::value>
+          <<<N, kOnePassThreads, smem, s>>>(bits, losses, correct, targets, V, Vp, dloss_scale);
+    });
     TRIAD_CUDA_CHECK_LAUNCH();
     return true;
   }

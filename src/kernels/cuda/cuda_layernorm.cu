@@ -167,37 +167,6 @@ int warp_row_vectors(int C, std::initializer_list<const void*> buffers) {
   }
 }
 
-// Calls f(std::integral_constant<int, kVec>) for kVec = vec in 1..8.
-template <class F>
-void with_vectors(int vec, F f) {
-  switch (vec) {
-    case 1:
-      f(std::integral_constant<int, 1>{});
-      break;
-    case 2:
-      f(std::integral_constant<int, 2>{});
-      break;
-    case 3:
-      f(std::integral_constant<int, 3>{});
-      break;
-    case 4:
-      f(std::integral_constant<int, 4>{});
-      break;
-    case 5:
-      f(std::integral_constant<int, 5>{});
-      break;
-    case 6:
-      f(std::integral_constant<int, 6>{});
-      break;
-    case 7:
-      f(std::integral_constant<int, 7>{});
-      break;
-    default:
-      f(std::integral_constant<int, 8>{});
-      break;
-  }
-}
-
 template <typename Elem>
 uint16_t* bits(Elem* p) {
   return reinterpret_cast<uint16_t*>(const_cast<std::remove_const_t<Elem>*>(p));

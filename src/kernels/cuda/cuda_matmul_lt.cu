@@ -107,6 +107,27 @@ LtGemm forward_gemm(bf16* out, const bf16* inp, const bf16* weight, const bf16* 
   return g;
 }
 
+// dinp[N,IC] (+)= dout[N,OC] · W[OC,IC]  ⇔  dinpᵀ (IC×N, ld IC) (+)= W (col-major IC×OC, ld IC,
+// no transpose) · doutᵀ (col-major OC×N, ld OC, no transpose); β = 1 accumulates.
+LtGemm input_grad_gemm(bf16* dinp, const bf16* dout, const bf16* weight, int N, int IC, int OC,
+                       bool accumulate) {
+  LtGemm g;
+  g.trans_a = CUBLAS_OP_N;
+  g.trans_b = CUBLAS_OP_N;
+  g.m = IC;
+  g.n = N;
+  g.k = OC;
+  g.a = weight;
+  g.lda = IC;
+  g.b = dout;
+  g.ldb = OC;
+  g.d = dinp;
+  g.d_type = CUDA_R_16BF;
+  g.ldd = IC;
+  g.beta = accumulate ? 1.0f : 0.0f;
+  return g;
+}
+
 }  // namespace
 
 LtMatmul::LtMatmul(cublasHandle_t blas) : blas_(blas) {
@@ -271,25 +292,7 @@ void matmul_backward(cudaStream_t s, LtMatmul& lt, DeviceScratch& scratch, bf16*
                      const bf16* weight, int N, int IC, int OC, bool accumulate) {
   if (N <= 0 || OC <= 0) return;
   if (IC > 0) {
-    if (dinp != nullptr) {
-      // dinp[N,IC] += dout[N,OC] · W[OC,IC]  ⇔  dinpᵀ (IC×N, ld IC) += W (col-major IC×OC, ld
-      // IC, no transpose) · doutᵀ (col-major OC×N, ld OC, no transpose)
-      LtGemm g;
-      g.trans_a = CUBLAS_OP_N;
-      g.trans_b = CUBLAS_OP_N;
-      g.m = IC;
-      g.n = N;
-      g.k = OC;
-      g.a = weight;
-      g.lda = IC;
-      g.b = dout;
-      g.ldb = OC;
-      g.d = dinp;
-      g.d_type = CUDA_R_16BF;
-      g.ldd = IC;
-      g.beta = accumulate ? 1.0f : 0.0f;
-      lt.run(s, g);
-    }
+    if (dinp != nullptr) lt.run(s, input_grad_gemm(dinp, dout, weight, N, IC, OC, accumulate));
     // dW[OC,IC] += doutᵀ · inp  ⇔  dWᵀ (IC×OC, ld IC) += inpᵀ (col-major IC×N, ld IC, no
     // transpose) · dout (stored as col-major doutᵀ OC×N, ld OC; transposed gives N×OC)
     LtGemm g;
@@ -316,21 +319,9 @@ bool matmul_backward_dgelu(cudaStream_t s, LtMatmul& lt, DeviceScratch& scratch,
                            const bf16* pre, const bf16* weight, int N, int IC, int OC) {
   // The aux (pre) needs a leading dimension divisible by 8 and 16-byte rows, as in the forward.
   if (N <= 0 || OC <= 0 || IC <= 0 || IC % 8 != 0 || pointer_alignment(pre) < 16) return false;
-  // dpreᵀ (IC×N, ld IC) = gelu'(preᵀ) ∘ (W (col-major IC×OC) · doutᵀ (col-major OC×N)), β = 0
-  LtGemm g;
-  g.trans_a = CUBLAS_OP_N;
-  g.trans_b = CUBLAS_OP_N;
-  g.m = IC;
-  g.n = N;
-  g.k = OC;
-  g.a = weight;
-  g.lda = IC;
-  g.b = dout;
-  g.ldb = OC;
-  g.d = dpre;
-  g.d_type = CUDA_R_16BF;
-  g.ldd = IC;
-  g.beta = 0.0f;
+  // dpre = gelu'(pre) ∘ (dout · W): the input-gradient product (β = 0) with gelu' of the saved
+  // pre-activation (aux, laid out like dpre) applied as it is written.
+  LtGemm g = input_grad_gemm(dpre, dout, weight, N, IC, OC, /*accumulate=*/false);
   g.epilogue = CUBLASLT_EPILOGUE_DGELU;
   g.aux = const_cast<bf16*>(pre);
   g.aux_ld = IC;

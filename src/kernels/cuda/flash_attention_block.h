@@ -159,6 +159,25 @@ TRIAD_BLOCK_FN void store_rows(X& x, uint16_t* g, size_t stride, int row0, int T
   }
 }
 
+// The key-tile loop of the forward and dQ kernels, at the top of step kt of 0..last: starts
+// copying K, V tile kt + 1 into the other buffers of sK, sV ([2] tiles each), waits for tile kt
+// (loaded by the previous step, or before the loop) and hands it to every warp.
+template <class Tiles, class X>
+TRIAD_BLOCK_FN void next_kv_tiles(X& x, uint16_t* sK, uint16_t* sV, const uint16_t* gk,
+                                  const uint16_t* gv, size_t stride, int kt, int last, int T) {
+  if (kt < last) {
+    const int other = ((kt & 1) ^ 1) * Tiles::kElems;
+    load_tile<Tiles>(x, sK + other, gk, stride, (kt + 1) * kTile, T);
+    load_tile<Tiles>(x, sV + other, gv, stride, (kt + 1) * kTile, T);
+    x.cp_commit();
+    x.template cp_wait<1>();
+  } else {
+    x.template cp_wait<0>();
+  }
+  Tiles::publish(x);
+  x.sync_threads();
+}
+
 // ---- forward ------------------------------------------------------------------------------------
 // Block (bh, y): query block nqb-1-y of head bh (y = 0: the longest rows).
 // Per key tile kt <= qb: S = Q Kᵀ, online softmax in the log2 domain (row max m and the
@@ -194,16 +213,7 @@ TRIAD_BLOCK_FN void forward_block(X& x, uint16_t* out, float* lse, const uint16_
 
   for (int kt = 0; kt <= qb; ++kt) {
     const int buf = kt & 1;
-    if (kt < qb) {  // prefetch the next K, V tiles into the other buffers
-      load_tile<Tiles>(x, sK + (buf ^ 1) * L, gk, stride, (kt + 1) * kTile, T);
-      load_tile<Tiles>(x, sV + (buf ^ 1) * L, gv, stride, (kt + 1) * kTile, T);
-      x.cp_commit();
-      x.template cp_wait<1>();
-    } else {
-      x.template cp_wait<0>();
-    }
-    Tiles::publish(x);
-    x.sync_threads();
+    next_kv_tiles<Tiles>(x, sK, sV, gk, gv, stride, kt, qb, T);
 
     float s[8][4];
     zero(s);
@@ -449,16 +459,7 @@ TRIAD_BLOCK_FN void dq_block(X& x, uint16_t* dqkv, const uint16_t* dout, const u
   zero(dq);
   for (int kt = 0; kt <= qb; ++kt) {
     const int buf = kt & 1;
-    if (kt < qb) {
-      load_tile<Tiles>(x, sK + (buf ^ 1) * L, gk, stride, (kt + 1) * kTile, T);
-      load_tile<Tiles>(x, sV + (buf ^ 1) * L, gv, stride, (kt + 1) * kTile, T);
-      x.cp_commit();
-      x.template cp_wait<1>();
-    } else {
-      x.template cp_wait<0>();
-    }
-    Tiles::publish(x);
-    x.sync_threads();
+    next_kv_tiles<Tiles>(x, sK, sV, gk, gv, stride, kt, qb, T);
 
     const uint16_t* k = sK + buf * L;
     float s[8][4], dp[8][4];

@@ -23,12 +23,6 @@ constexpr int kThreads = 32 * kWarps;
 constexpr float kEps = 1e-5f;
 
 template <class X>
-TRIAD_BLOCK_FN float element(X& x, const Vec16& v, int e) {
-  const uint32_t w = v.w[e / 2];
-  return x.bf16_float(uint16_t(e % 2 ? w >> 16 : w & 0xffffu));
-}
-
-template <class X>
 TRIAD_BLOCK_FN double warp_sum(X& x, double v) {
   TRIAD_UNROLL
   for (int o = 16; o > 0; o /= 2) v += x.shfl_xor(v, o);
@@ -66,8 +60,8 @@ TRIAD_BLOCK_FN void forward_row(X& x, uint16_t* out, float* mean, float* rstd, u
       if (lane + 32 * i >= nvec) continue;
       TRIAD_UNROLL
       for (int e = 0; e < 8; e += 2)
-        v[i].w[e / 2] = x.pack_bf16(element(x, va[i], e) + element(x, vb[i], e),
-                                    element(x, va[i], e + 1) + element(x, vb[i], e + 1));
+        v[i].w[e / 2] = x.pack_bf16(bf16_element(x, va[i], e) + bf16_element(x, vb[i], e),
+                                    bf16_element(x, va[i], e + 1) + bf16_element(x, vb[i], e + 1));
       x.store16(inp + base + 8 * size_t(lane + 32 * i), v[i]);
     }
   } else {
@@ -78,7 +72,7 @@ TRIAD_BLOCK_FN void forward_row(X& x, uint16_t* out, float* mean, float* rstd, u
   for (int i = 0; i < kVec; ++i) {
     if (lane + 32 * i >= nvec) continue;
     TRIAD_UNROLL
-    for (int e = 0; e < 8; ++e) sum += element(x, v[i], e);
+    for (int e = 0; e < 8; ++e) sum += bf16_element(x, v[i], e);
   }
   const double mu = warp_sum(x, sum) / C;
   double sq = 0.0;
@@ -87,7 +81,7 @@ TRIAD_BLOCK_FN void forward_row(X& x, uint16_t* out, float* mean, float* rstd, u
     if (lane + 32 * i >= nvec) continue;
     TRIAD_UNROLL
     for (int e = 0; e < 8; ++e) {
-      const double d = double(element(x, v[i], e)) - mu;
+      const double d = double(bf16_element(x, v[i], e)) - mu;
       sq += d * d;
     }
   }
@@ -102,9 +96,10 @@ TRIAD_BLOCK_FN void forward_row(X& x, uint16_t* out, float* mean, float* rstd, u
     Vec16 o;
     TRIAD_UNROLL
     for (int e = 0; e < 8; e += 2) {
-      const float o0 = (element(x, v[i], e) - m) * r * element(x, w, e) + element(x, bb, e);
-      const float o1 =
-          (element(x, v[i], e + 1) - m) * r * element(x, w, e + 1) + element(x, bb, e + 1);
+      const float o0 =
+          (bf16_element(x, v[i], e) - m) * r * bf16_element(x, w, e) + bf16_element(x, bb, e);
+      const float o1 = (bf16_element(x, v[i], e + 1) - m) * r * bf16_element(x, w, e + 1) +
+                       bf16_element(x, bb, e + 1);
       o.w[e / 2] = x.pack_bf16(o0, o1);
     }
     x.store16(out + base + 8 * size_t(j), o);
@@ -137,9 +132,9 @@ TRIAD_BLOCK_FN void backward_dinp_row(X& x, uint16_t* dinp, const uint16_t* dout
     const Vec16 w = x.load16(weight + 8 * size_t(j));
     TRIAD_UNROLL
     for (int e = 0; e < 8; ++e) {
-      const float g = element(x, d[i], e) * element(x, w, e);
+      const float g = bf16_element(x, d[i], e) * bf16_element(x, w, e);
       g_sum += g;
-      gx_sum += g * ((element(x, v[i], e) - m) * r);
+      gx_sum += g * ((bf16_element(x, v[i], e) - m) * r);
     }
   }
   const float g_mean = float(warp_sum(x, g_sum) / C);
@@ -157,9 +152,10 @@ TRIAD_BLOCK_FN void backward_dinp_row(X& x, uint16_t* dinp, const uint16_t* dout
       float pair[2];
       TRIAD_UNROLL
       for (int k = 0; k < 2; ++k) {
-        const float xhat = (element(x, v[i], e + k) - m) * r;
-        pair[k] = element(x, old, e + k) +
-                  r * (element(x, d[i], e + k) * element(x, w, e + k) - g_mean - xhat * gx_mean);
+        const float xhat = (bf16_element(x, v[i], e + k) - m) * r;
+        pair[k] = bf16_element(x, old, e + k) +
+                  r * (bf16_element(x, d[i], e + k) * bf16_element(x, w, e + k) - g_mean -
+                       xhat * gx_mean);
       }
       o.w[e / 2] = x.pack_bf16(pair[0], pair[1]);
     }
