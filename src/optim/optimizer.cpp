@@ -38,6 +38,15 @@ Optimizer::Optimizer(const OptimConfig& cfg, const std::vector<ParamSpec>& specs
   const size_t n_slots = cfg.name == "adamw" ? 2 : 1;
   for (size_t i = 0; i < n_slots; ++i)
     slots_.push_back(be_.alloc(std::max<size_t>(1, end - begin)));
+  for (const auto& s : specs_) {
+    const size_t lo = std::max(begin_, s.offset), hi = std::min(end_, s.offset + s.numel);
+    // Weight decay only on matrices (wte, wpe, linear weights), as DESIGN.md §4 says.
+    if (lo < hi)
+      runs_.push_back({lo - begin_, hi - begin_, s.decay ? float(cfg_.weight_decay) : 0.0f});
+  }
+  std::sort(
+      runs_.begin(), runs_.end(),
+      [](const Backend::UpdateRun& a, const Backend::UpdateRun& b) { return a.begin < b.begin; });
 }
 
 Optimizer::~Optimizer() {
@@ -58,23 +67,17 @@ void Optimizer::update(float* params, const float* grads, double lr, int64_t ste
   TRIAD_ASSERT(step >= 1);
   const double bc1 = 1.0 - std::pow(cfg_.beta1, double(step));
   const double bc2 = 1.0 - std::pow(cfg_.beta2, double(step));
-  for (const auto& s : specs_) {
-    // The part of this tensor inside [begin, end); element-wise updates make any cut exact.
-    const size_t lo = std::max(begin_, s.offset), hi = std::min(end_, s.offset + s.numel);
-    if (lo >= hi) continue;
-    // Weight decay only on matrices (wte, wpe, linear weights), as DESIGN.md §4 says.
-    const float wd = s.decay ? float(cfg_.weight_decay) : 0.0f;
-    float* p = params + lo;
-    const float* g = grads + (lo - begin_);
-    bf16_t* c = copy != nullptr ? copy + lo : nullptr;
-    if (cfg_.name == "adamw") {
-      be_.adamw_update(p, g, slots_[0] + (lo - begin_), slots_[1] + (lo - begin_), hi - lo,
-                       float(lr), float(cfg_.beta1), float(cfg_.beta2), float(cfg_.eps), wd,
-                       float(bc1), float(bc2), c, grad_scale);
-    } else {
-      be_.sgd_update(p, g, slots_[0] + (lo - begin_), hi - lo, float(lr), float(cfg_.momentum), wd,
-                     c, grad_scale);
-    }
+  if (cfg_.name == "adamw") {
+    be_.adamw_update_runs(params + begin_, grads, slots_[0], slots_[1], runs_.data(), runs_.size(),
+                          float(lr), float(cfg_.beta1), float(cfg_.beta2), float(cfg_.eps),
+                          float(bc1), float(bc2), copy != nullptr ? copy + begin_ : nullptr,
+                          grad_scale);
+    return;
+  }
+  for (const auto& r : runs_) {  // element-wise updates make any cut exact
+    be_.sgd_update(params + begin_ + r.begin, grads + r.begin, slots_[0] + r.begin, r.end - r.begin,
+                   float(lr), float(cfg_.momentum), r.wd,
+                   copy != nullptr ? copy + begin_ + r.begin : nullptr, grad_scale);
   }
 }
 

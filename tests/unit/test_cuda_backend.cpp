@@ -761,6 +761,31 @@ TEST_F(CudaBackendTest, AdamWUpdate) {
   }
 }
 
+// The optimizer's whole update in one call: runs with their own weight decay, elements between
+// runs untouched, the same as the CPU (which updates run by run).
+TEST_F(CudaBackendTest, AdamWUpdateRuns) {
+  const size_t n = 100003;
+  const Backend::UpdateRun runs[] = {{3, 2000, 0.1f}, {2016, 70000, 0.0f}, {70016, 100003, 0.1f}};
+  Vec p = random_vec(n, 130), m = random_vec(n, 131, -1e-2f, 1e-2f);
+  Vec v = random_vec(n, 132, 0.0f, 1e-3f);
+  const Vec p0 = p;
+  float *g_p = dev(p), *g_m = dev(m), *g_v = dev(v);
+  for (int step = 1; step <= 2; ++step) {
+    const Vec g = random_vec(n, 133 + step, -0.1f, 0.1f);
+    const float gs = step == 2 ? 0.5f : 1.0f;
+    cpu->adamw_update_runs(p.data(), g.data(), m.data(), v.data(), runs, 3, 6e-4f, 0.9f, 0.95f,
+                           1e-8f, 0.5f, 0.4f, nullptr, gs);
+    gpu->adamw_update_runs(g_p, dev(g), g_m, g_v, runs, 3, 6e-4f, 0.9f, 0.95f, 1e-8f, 0.5f, 0.4f,
+                           nullptr, gs);
+  }
+  const Vec got = host(g_p, n);
+  EXPECT_TRUE(close(got, p, kElemTol, 1e-7)) << "p";
+  EXPECT_TRUE(close(host(g_m, n), m, kElemTol, 1e-7)) << "m";
+  EXPECT_TRUE(close(host(g_v, n), v, kElemTol, 1e-7)) << "v";
+  for (size_t i : {size_t{0}, size_t{2}, size_t{2000}, size_t{2015}, size_t{70015}})
+    EXPECT_EQ(got[i], p0[i]) << "element " << i << " between runs was updated";
+}
+
 TEST_F(CudaBackendTest, SgdUpdate) {
   for (size_t n : {size_t{1}, size_t{1000003}}) {
     SCOPED_TRACE(::testing::Message() << "n=" << n);

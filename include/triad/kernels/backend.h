@@ -253,6 +253,24 @@ class Backend {
   virtual void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float lr,
                             float beta1, float beta2, float eps, float wd, float bc1, float bc2,
                             bf16_t* copy = nullptr, float grad_scale = 1.0f) = 0;
+  // adamw_update over several ranges at once: for each run r, the elements [r.begin, r.end) of
+  // p, g, m, v (and copy) with weight decay r.wd; elements between runs are not touched. Runs
+  // are sorted and disjoint. The optimizer's whole update is one call (one kernel on the GPU
+  // instead of one per tensor); the default calls adamw_update per run.
+  struct UpdateRun {
+    size_t begin, end;
+    float wd;
+  };
+  virtual void adamw_update_runs(float* p, const float* g, float* m, float* v,
+                                 const UpdateRun* runs, size_t nruns, float lr, float beta1,
+                                 float beta2, float eps, float bc1, float bc2,
+                                 bf16_t* copy = nullptr, float grad_scale = 1.0f) {
+    for (size_t r = 0; r < nruns; ++r) {
+      const size_t at = runs[r].begin, n = runs[r].end - runs[r].begin;
+      adamw_update(p + at, g + at, m + at, v + at, n, lr, beta1, beta2, eps, runs[r].wd, bc1, bc2,
+                   copy != nullptr ? copy + at : nullptr, grad_scale);
+    }
+  }
   // SGD with momentum (PyTorch semantics, dampening 0, decoupled-free L2 as PyTorch):
   //   g' = g + wd p;  buf = mu buf + g';  p -= lr buf.  `copy`, grad_scale as for adamw_update.
   virtual void sgd_update(float* p, const float* g, float* buf, size_t n, float lr, float momentum,

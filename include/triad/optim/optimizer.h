@@ -55,6 +55,9 @@ class Optimizer {
   size_t begin_, end_;
   Backend& be_;
   std::vector<float*> slots_;
+  // The parts of the tensors inside [begin, end), relative to begin, with their weight decay:
+  // the whole AdamW update is one adamw_update_runs call.
+  std::vector<Backend::UpdateRun> runs_;
 };
 
 }  // namespace triad

@@ -321,6 +321,12 @@ class CudaBackend final : public Backend {
     cuda::adamw_update(stream_, p, g, m, v, n, lr, beta1, beta2, eps, wd, bc1, bc2, dev(copy),
                        grad_scale);
   }
+  void adamw_update_runs(float* p, const float* g, float* m, float* v, const UpdateRun* runs,
+                         size_t nruns, float lr, float beta1, float beta2, float eps, float bc1,
+                         float bc2, bf16_t* copy, float grad_scale) override {
+    cuda::adamw_update_runs(stream_, runs_host_, runs_device_, p, g, m, v, runs, nruns, lr, beta1,
+                            beta2, eps, bc1, bc2, dev(copy), grad_scale);
+  }
   void sgd_update(float* p, const float* g, float* buf, size_t n, float lr, float momentum,
                   float wd, bf16_t* copy, float grad_scale) override {
     cuda::sgd_update(stream_, p, g, buf, n, lr, momentum, wd, dev(copy), grad_scale);
@@ -369,6 +375,8 @@ class CudaBackend final : public Backend {
   // workspace and the bf16 fallback's widened copies
   cuda::AttentionScratch attention_scratch_;
   cuda::DeviceScratch reduce_partials_;  // column sums' per-slice partials (bias, LayerNorm grads)
+  std::vector<UpdateRun> runs_host_;     // the optimizer's run table as uploaded to runs_device_
+  cuda::DeviceScratch runs_device_;
 };
 
 }  // namespace

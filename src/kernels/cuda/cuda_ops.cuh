@@ -210,6 +210,13 @@ void adamw_update(cudaStream_t s, float* p, const float* g, float* m, float* v, 
                   float grad_scale);
 void sgd_update(cudaStream_t s, float* p, const float* g, float* buf, size_t n, float lr,
                 float momentum, float wd, bf16* copy, float grad_scale);
+// Backend::adamw_update_runs in one kernel: each element finds its run by binary search in a
+// device copy of the run table (runs_device), uploaded again only when the table changes
+// (runs_host holds what is there).
+void adamw_update_runs(cudaStream_t s, std::vector<Backend::UpdateRun>& runs_host,
+                       DeviceScratch& runs_device, float* p, const float* g, float* m, float* v,
+                       const Backend::UpdateRun* runs, size_t nruns, float lr, float beta1,
+                       float beta2, float eps, float bc1, float bc2, bf16* copy, float grad_scale);
 
 // The stream a CUDA backend runs its ops on (cuda_backend.cu); throws for another backend.
 cudaStream_t backend_stream(Backend& be);

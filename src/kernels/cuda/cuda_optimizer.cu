@@ -1,5 +1,8 @@
 // Optimizer updates, one fused elementwise pass over parameters, gradients and state (PyTorch
 // semantics; the formulas are spelled out in backend.h and match the CPU backend's).
+#include <cstring>
+#include <vector>
+
 #include "cuda_ops.cuh"
 #include "triad/kernels/optimizer_math.h"
 
@@ -24,7 +27,49 @@ __global__ void sgd_kernel(float* p, const float* g, float* buf, size_t n, float
   }
 }
 
+// Element i belongs to the last run starting at or before it, if i is before that run's end.
+__global__ void adamw_runs_kernel(float* p, const float* g, float* m, float* v,
+                                  const Backend::UpdateRun* runs, int nruns, size_t total, float lr,
+                                  float beta1, float beta2, float eps, float bc1, float bc2,
+                                  bf16* copy, float grad_scale) {
+  TRIAD_GRID_STRIDE_LOOP(i, total) {
+    int lo = 0, hi = nruns - 1;
+    while (lo < hi) {  // the last run with begin <= i (runs[0].begin <= i is not assumed)
+      const int mid = (lo + hi + 1) / 2;
+      if (runs[mid].begin <= i)
+        lo = mid;
+      else
+        hi = mid - 1;
+    }
+    const Backend::UpdateRun r = runs[lo];
+    if (i < r.begin || i >= r.end) continue;  // between runs: untouched
+    adamw_element(p[i], g[i] * grad_scale, m[i], v[i], lr, beta1, beta2, eps, r.wd, bc1, bc2);
+    if (copy != nullptr) copy[i] = narrow<bf16>(p[i]);
+  }
+}
+
 }  // namespace
+
+void adamw_update_runs(cudaStream_t s, std::vector<Backend::UpdateRun>& runs_host,
+                       DeviceScratch& runs_device, float* p, const float* g, float* m, float* v,
+                       const Backend::UpdateRun* runs, size_t nruns, float lr, float beta1,
+                       float beta2, float eps, float bc1, float bc2, bf16* copy, float grad_scale) {
+  if (nruns == 0) return;
+  const size_t bytes = nruns * sizeof(Backend::UpdateRun);
+  auto* table = runs_device.get_as<Backend::UpdateRun>(nruns, s);
+  if (runs_host.size() != nruns || std::memcmp(runs_host.data(), runs, bytes) != 0) {
+    // Once per run table (an optimizer's is fixed): a synchronous upload is fine.
+    TRIAD_CUDA_CHECK(cudaStreamSynchronize(s));
+    TRIAD_CUDA_CHECK(cudaMemcpy(table, runs, bytes, cudaMemcpyHostToDevice));
+    runs_host.assign(runs, runs + nruns);
+  }
+  size_t total = 0;
+  for (size_t r = 0; r < nruns; ++r) total = std::max(total, runs[r].end);
+  if (total == 0) return;
+  adamw_runs_kernel<<<grid_for(total), kBlock, 0, s>>>(
+      p, g, m, v, table, int(nruns), total, lr, beta1, beta2, eps, bc1, bc2, copy, grad_scale);
+  TRIAD_CUDA_CHECK_LAUNCH();
+}
 
 void adamw_update(cudaStream_t s, float* p, const float* g, float* m, float* v, size_t n, float lr,
                   float beta1, float beta2, float eps, float wd, float bc1, float bc2, bf16* copy,
