@@ -159,6 +159,27 @@ TRIAD_BLOCK_FN void store_rows(X& x, uint16_t* g, size_t stride, int row0, int T
   }
 }
 
+// The head of block (blockIdx.x = b·NH + h): its q, k, v columns in qkv [B,T,3C] (row stride
+// 3C) and its columns of dout [B,T,C] (when given).
+struct Head {
+  int bh, b, h;
+  size_t stride;
+  const uint16_t *q, *k, *v, *dout;
+};
+template <int HD, class X>
+TRIAD_BLOCK_FN Head head(X& x, const uint16_t* qkv, const uint16_t* dout, int T, int C, int NH) {
+  Head r;
+  r.bh = x.block_x();
+  r.b = r.bh / NH;
+  r.h = r.bh % NH;
+  r.stride = size_t(3) * C;
+  r.q = qkv + size_t(r.b) * T * r.stride + size_t(r.h) * HD;
+  r.k = r.q + C;
+  r.v = r.q + 2 * size_t(C);
+  r.dout = dout != nullptr ? dout + size_t(r.b) * T * C + size_t(r.h) * HD : nullptr;
+  return r;
+}
+
 // The key-tile loop of the forward and dQ kernels, at the top of step kt of 0..last: starts
 // copying K, V tile kt + 1 into the other buffers of sK, sV ([2] tiles each), waits for tile kt
 // (loaded by the previous step, or before the loop) and hands it to every warp.
@@ -192,11 +213,10 @@ TRIAD_BLOCK_FN void forward_block(X& x, uint16_t* out, float* lse, const uint16_
 
   const int nqb = (T + kTile - 1) / kTile;
   const int qb = nqb - 1 - x.block_y();
-  const int bh = x.block_x(), b = bh / NH, h = bh % NH;
-  const size_t stride = size_t(3) * C;
-  const uint16_t* gq = qkv + size_t(b) * T * stride + size_t(h) * HD;
-  const uint16_t* gk = gq + C;
-  const uint16_t* gv = gq + 2 * size_t(C);
+  const Head here = head<HD>(x, qkv, nullptr, T, C, NH);
+  const int bh = here.bh, b = here.b, h = here.h;
+  const size_t stride = here.stride;
+  const uint16_t *gq = here.q, *gk = here.k, *gv = here.v;
   const int q0 = qb * kTile;
   const int warp = x.thread() / 32, lane = x.thread() % 32;
   const int gr = lane >> 2, tc = (lane & 3) * 2;
@@ -346,12 +366,10 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, const uint16_t* dout, const
 
   const int nb = (T + kTile - 1) / kTile;
   const int kb = x.block_y();  // the blocks with the most query tiles (small kb) first
-  const int bh = x.block_x(), b = bh / NH, h = bh % NH;
-  const size_t stride = size_t(3) * C;
-  const uint16_t* gq = qkv + size_t(b) * T * stride + size_t(h) * HD;
-  const uint16_t* gk = gq + C;
-  const uint16_t* gv = gq + 2 * size_t(C);
-  const uint16_t* gdo = dout + size_t(b) * T * C + size_t(h) * HD;
+  const Head here = head<HD>(x, qkv, dout, T, C, NH);
+  const int bh = here.bh, b = here.b, h = here.h;
+  const size_t stride = here.stride;
+  const uint16_t *gq = here.q, *gk = here.k, *gv = here.v, *gdo = here.dout;
   const float* glse = lse + size_t(bh) * T;
   const float* gD = Dv + size_t(bh) * T;
   const int k0 = kb * kTile;
@@ -432,12 +450,10 @@ TRIAD_BLOCK_FN void dq_block(X& x, uint16_t* dqkv, const uint16_t* dout, const u
 
   const int nb = (T + kTile - 1) / kTile;
   const int qb = nb - 1 - x.block_y();  // the longest rows first
-  const int bh = x.block_x(), b = bh / NH, h = bh % NH;
-  const size_t stride = size_t(3) * C;
-  const uint16_t* gq = qkv + size_t(b) * T * stride + size_t(h) * HD;
-  const uint16_t* gk = gq + C;
-  const uint16_t* gv = gq + 2 * size_t(C);
-  const uint16_t* gdo = dout + size_t(b) * T * C + size_t(h) * HD;
+  const Head here = head<HD>(x, qkv, dout, T, C, NH);
+  const int bh = here.bh, b = here.b, h = here.h;
+  const size_t stride = here.stride;
+  const uint16_t *gq = here.q, *gk = here.k, *gv = here.v, *gdo = here.dout;
   const int q0 = qb * kTile;
   const int warp = x.thread() / 32, lane = x.thread() % 32;
   const int row0 = q0 + warp * 16 + (lane >> 2);  // this thread's rows: row0 and row0 + 8
