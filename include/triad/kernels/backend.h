@@ -255,8 +255,8 @@ class Backend {
                             bf16_t* copy = nullptr, float grad_scale = 1.0f) = 0;
   // adamw_update over several ranges at once: for each run r, the elements [r.begin, r.end) of
   // p, g, m, v (and copy) with weight decay r.wd; elements between runs are not touched. Runs
-  // are sorted and disjoint. The optimizer's whole update is one call (one kernel on the GPU
-  // instead of one per tensor); the default calls adamw_update per run.
+  // are non-empty (begin < end), sorted and disjoint. The optimizer's whole update is one call (one
+  // kernel on the GPU instead of one per tensor); the default calls adamw_update per run.
   struct UpdateRun {
     size_t begin, end;
     float wd;

@@ -74,7 +74,7 @@ __global__ void sum_partials_kernel(double* out, const double* partials, int cou
 
 }  // namespace
 
-__global__ void __launch_bounds__(colsum::kThreads)
+static __global__ void __launch_bounds__(colsum::kThreads)
     column_partial_vector_kernel(float* pw, float* pb, const uint16_t* dout, const uint16_t* inp,
                                  const float* mean, const float* rstd, int N, int C, int rows) {
   DeviceThread x;
