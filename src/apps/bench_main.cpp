@@ -662,6 +662,8 @@ int cmd_kernels(MPI_Comm world, const std::vector<std::string>& args) {
           << ", B=" << sh.B << " T=" << sh.T << " C=" << sh.C << " NH=" << sh.NH << " V=" << sh.V
           << " layers=" << sh.layers << ", best of 3 rounds of " << repeat << " calls; "
           << (cuda ? triad::cuda_device_description() : "cpu");
+    if (cuda && bf16 && sh.C / sh.NH % 64 == 0 && sh.C / sh.NH <= 128)
+      title << ", flash attention " << triad::cuda_flash_kernel();
     std::cout << triad::format_kernel_bench(r, title.str()) << std::flush;
   }
   return 0;
