@@ -33,12 +33,12 @@ float clip_scale(double norm, double clip) {
 
 Optimizer::Optimizer(const OptimConfig& cfg, const std::vector<ParamSpec>& specs, size_t begin,
                      size_t end, Backend& be)
-    : cfg_(cfg), specs_(specs), begin_(begin), end_(end), be_(be) {
+    : cfg_(cfg), begin_(begin), end_(end), be_(be) {
   TRIAD_ASSERT(begin <= end);
   const size_t n_slots = cfg.name == "adamw" ? 2 : 1;
   for (size_t i = 0; i < n_slots; ++i)
     slots_.push_back(be_.alloc(std::max<size_t>(1, end - begin)));
-  for (const auto& s : specs_) {
+  for (const auto& s : specs) {
     const size_t lo = std::max(begin_, s.offset), hi = std::min(end_, s.offset + s.numel);
     // Weight decay only on matrices (wte, wpe, linear weights), as DESIGN.md §4 says.
     if (lo < hi)

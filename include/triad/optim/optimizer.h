@@ -51,7 +51,6 @@ class Optimizer {
 
  private:
   OptimConfig cfg_;
-  const std::vector<ParamSpec>& specs_;
   size_t begin_, end_;
   Backend& be_;
   std::vector<float*> slots_;

@@ -333,7 +333,6 @@ class CudaBackend final : public Backend {
   }
 
   cudaStream_t stream() const { return stream_; }
-  int device() const { return device_; }
 
  private:
   // Zero-filled device memory (cudaMalloc aligns to 256 bytes, above the 64 the interface asks).

@@ -1,7 +1,8 @@
 // Fused causal flash attention, forward and backward (see flash_attention.cuh): the block
 // programs of flash_attention_block.h run with DeviceThread, whose warp operations are the PTX
-// instructions the programs were written for (mma.sync m16n8k16 bf16, ldmatrix, cp.async; sm_80
-// and later). The same programs run on the CPU in test_flash_attention_emulated.
+// instructions the programs were written for, with the tile policy of flash_attention_mma.h
+// (mma.sync, ldmatrix, cp.async; sm_80 and later) or flash_attention_wgmma.h (wgmma; sm_90a).
+// The same programs run on the CPU in test_flash_attention_emulated.
 //
 //   forward   grid (B·NH, ceil(T/64)), every head's heaviest query block first.
 //   backward  (1) D = rowsum(dO ∘ O), one warp per (b, t, h) row, into the workspace;
@@ -10,7 +11,6 @@
 //             No atomics, fixed summation orders: bit-identical run to run.
 #include <cmath>
 #include <cstdlib>
-#include <cstring>
 #include <mutex>
 #include <string>
 
@@ -74,16 +74,23 @@ void check_shape(int B, int T, int C, int NH) {
               65535 * flash::kTile, ")");
 }
 
+// What is set up per device (a kernel attribute, a probe result) is kept per device index.
+constexpr int kMaxDevices = 64;
+
+// The current device, checked against kMaxDevices.
+int current_device() {
+  int dev = 0;
+  TRIAD_CUDA_CHECK(cudaGetDevice(&dev));
+  TRIAD_CHECK(dev >= 0 && dev < kMaxDevices, "flash attention: device ", dev, " out of range");
+  return dev;
+}
+
 // Lets kernel k use `bytes` of dynamic shared memory (above the default 48 KB). The attribute
 // belongs to the current device's context, so it is set once per device and kernel.
 template <typename Kernel>
 void allow_smem(Kernel k, size_t bytes) {
-  constexpr int kMaxDevices = 64;
   static std::once_flag done[kMaxDevices];
-  int dev = 0;
-  TRIAD_CUDA_CHECK(cudaGetDevice(&dev));
-  TRIAD_CHECK(dev >= 0 && dev < kMaxDevices, "flash attention: device ", dev, " out of range");
-  std::call_once(done[dev], [&] {
+  std::call_once(done[current_device()], [&] {
     TRIAD_CUDA_CHECK(
         cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
   });
@@ -151,15 +158,13 @@ __global__ void wgmma_compiled_kernel(int* out) {
 #endif
 }
 
-// Whether the wgmma kernels can run on the current device: compute capability 9.0 and the code
-// the runtime picked for it has the sm_90a features.
-bool wgmma_runs_here() {
-  constexpr int kMaxDevices = 64;
+}  // namespace
+
+// Compute capability 9.0 and the code the runtime picked for the device has the sm_90a features.
+bool flash_wgmma_available() {
   static std::once_flag done[kMaxDevices];
   static bool runs[kMaxDevices] = {};
-  int dev = 0;
-  TRIAD_CUDA_CHECK(cudaGetDevice(&dev));
-  TRIAD_CHECK(dev >= 0 && dev < kMaxDevices, "flash attention: device ", dev, " out of range");
+  const int dev = current_device();
   std::call_once(done[dev], [&] {
     int major = 0, minor = 0;
     TRIAD_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
@@ -178,10 +183,6 @@ bool wgmma_runs_here() {
   return runs[dev];
 }
 
-}  // namespace
-
-bool flash_wgmma_available() { return wgmma_runs_here(); }
-
 FlashKernel flash_kernel_for_device(FlashKernel requested) {
   if (requested == FlashKernel::automatic) {
     if (const char* env = std::getenv("TRIAD_FLASH_KERNEL"); env && *env) {
@@ -193,7 +194,7 @@ FlashKernel flash_kernel_for_device(FlashKernel requested) {
     }
   }
   if (requested == FlashKernel::mma) return requested;
-  const bool wgmma = wgmma_runs_here();
+  const bool wgmma = flash_wgmma_available();
   TRIAD_CHECK(wgmma || requested == FlashKernel::automatic,
               "flash attention: the wgmma kernel needs a compute capability 9.0 GPU and a build "
               "with sm_90a code (CMAKE_CUDA_ARCHITECTURES including 90a)");
