@@ -199,7 +199,9 @@ EOF
     for t in "$B"/tests/test_*; do
       [[ -x $t ]] || continue
       et=$((et + 1)); name=$(basename "$t")
-      (cd "$RUN/work" && timeout "$(tmo 90 200)" "$t" --gtest_brief=1 >"$RUN/$name.txt" 2>&1); rc=$?
+      # The wgmma flash-attention cases run once, on their own below (row "flash kernel in use").
+      filter=(); [[ $name == test_flash_attention ]] && filter=(--gtest_filter='-Wgmma/*')
+      (cd "$RUN/work" && timeout "$(tmo 90 200)" "$t" --gtest_brief=1 "${filter[@]}" >"$RUN/$name.txt" 2>&1); rc=$?
       p=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$RUN/$name.txt" | tail -1)
       f=$(grep -oE '^\[  FAILED  \] [A-Za-z_][A-Za-z0-9_/.]*' "$RUN/$name.txt" | sort -u | wc -l)
       sk=$(sed -n 's/^\[  SKIPPED \] \([0-9]*\) test.*/\1/p' "$RUN/$name.txt" | tail -1)

@@ -29,6 +29,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <random>
 #include <thread>
 #include <vector>
 
@@ -65,6 +66,9 @@ class Thread;
 struct GroupStep {
   Block* block;
   void operator()() noexcept;
+  // One bf16 element of shared memory at byte offset `at`, as the wgmma being executed reads it:
+  // inside the block's shared memory and not written by an unfenced cp.async.
+  float read(size_t at) const;
 };
 
 // Computes every lane's result of the warp instruction in slots[phase] (run once per
@@ -359,15 +363,11 @@ class Thread {
   int wg_keep_ = 0;  // the N of the wgmma.wait_group being executed
 };
 
-// One bf16 element of shared memory at the byte offset `at`, which the wgmma being executed
-// reads: inside the block's shared memory and not written by an unfenced cp.async.
-inline float wgmma_read(const Block& block, const std::vector<int>& writer, size_t size,
-                        const unsigned char* base, size_t at) {
-  (void)block;
-  if (at + 2 > size) fail("wgmma descriptor addresses memory outside shared memory");
-  if (writer[at / 16] != -1)
+inline float GroupStep::read(size_t at) const {
+  if (at + 2 > block->size_) fail("wgmma descriptor addresses memory outside shared memory");
+  if (block->writer_[at / 16] != -1)
     fail("wgmma reads shared memory written by cp.async without fence.proxy.async");
-  return bf16_value(load16(base + at));
+  return bf16_value(load16(block->base_ + at));
 }
 
 // The byte offset of element (r, k) of a no-swizzle descriptor operand: r along M or N, k along
@@ -420,12 +420,10 @@ inline void GroupStep::operator()() noexcept {
       if (!op.a_in_registers)
         for (int m = 0; m < 64; ++m)
           for (int k = 0; k < 16; ++k)
-            A[size_t(m) * 16 + k] =
-                wgmma_read(b, b.writer_, b.size_, b.base_, wgmma_offset(op.da, m, k, false));
+            A[size_t(m) * 16 + k] = read(wgmma_offset(op.da, m, k, false));
       for (int k = 0; k < 16; ++k)
         for (int n = 0; n < N; ++n)
-          B[size_t(k) * N + n] = wgmma_read(b, b.writer_, b.size_, b.base_,
-                                            wgmma_offset(op.db, n, k, op.trans_b != 0));
+          B[size_t(k) * N + n] = read(wgmma_offset(op.db, n, k, op.trans_b != 0));
       for (int m = 0; m < 64; ++m)
         for (int n = 0; n < N; ++n) {
           float acc = D[size_t(m) * N + n];
@@ -441,6 +439,24 @@ inline void GroupStep::operator()() noexcept {
     }
     for (Thread* t : b.threads_) t->wg_groups_.pop_front();
   }
+}
+
+// bf16 test data in 16-byte aligned storage (the kernels' 16-byte vector accesses need it):
+// n values as raw bits, and widened.
+struct Bf16Buffer {
+  std::vector<Vec16> storage;
+  explicit Bf16Buffer(size_t n) : storage((n * 2 + 15) / 16 + 1) {}
+  uint16_t* data() { return reinterpret_cast<uint16_t*>(storage.data()); }
+  double at(size_t i) { return to_float(bf16_t{data()[i]}); }
+};
+
+// n values uniform in [lo, hi), rounded to bf16.
+inline Bf16Buffer random_bf16_buffer(size_t n, uint32_t seed, float lo, float hi) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  Bf16Buffer b(n);
+  for (size_t i = 0; i < n; ++i) b.data()[i] = to_bf16(dist(rng)).bits;
+  return b;
 }
 
 // Runs body(Thread&) for every thread of every block of a grid_x × grid_y grid (blocks one

@@ -14,25 +14,13 @@
 namespace triad {
 namespace {
 
-struct Buffer {  // bf16 values in 16-byte aligned storage
-  std::vector<Vec16> storage;
-  explicit Buffer(size_t n) : storage((n * 2 + 15) / 16 + 1) {}
-  uint16_t* data() { return reinterpret_cast<uint16_t*>(storage.data()); }
-  double at(size_t i) { return to_float(bf16_t{data()[i]}); }
-};
-
-Buffer random_buffer(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(-2.0f, 2.0f);
-  Buffer b(n);
-  for (size_t i = 0; i < n; ++i) b.data()[i] = to_bf16(dist(rng)).bits;
-  return b;
-}
+using Buffer = simt::Bf16Buffer;
 
 void check(int N, int C, int slices, bool layernorm) {
   SCOPED_TRACE(::testing::Message() << "N=" << N << " C=" << C << " slices=" << slices
                                     << (layernorm ? " layernorm" : " bias"));
-  Buffer dout = random_buffer(size_t(N) * C, 1), inp = random_buffer(size_t(N) * C, 2);
+  Buffer dout = simt::random_bf16_buffer(size_t(N) * C, 1, -2.0f, 2.0f),
+         inp = simt::random_bf16_buffer(size_t(N) * C, 2, -2.0f, 2.0f);
   std::vector<float> mean(N), rstd(N);
   for (int n = 0; n < N; ++n) {
     mean[n] = 0.1f * float(n % 7) - 0.3f;

@@ -36,8 +36,8 @@ void check(const Case& c, std::vector<int32_t> targets, uint32_t seed, bool ties
     }
   std::vector<uint16_t> in = logits;
   // 16-byte aligned rows, as the GPU launcher requires.
-  std::vector<Vec16> storage((logits.size() * 2 + 15) / 16);
-  uint16_t* data = reinterpret_cast<uint16_t*>(storage.data());
+  simt::Bf16Buffer storage(logits.size());
+  uint16_t* data = storage.data();
   std::copy(logits.begin(), logits.end(), data);
   std::vector<float> losses(size_t(c.N), NAN), correct(size_t(c.N), NAN);
 

@@ -19,22 +19,8 @@ namespace {
 
 using Bits = std::vector<uint16_t>;
 
-// bf16 values in 16-byte aligned storage (the kernels use 16-byte vector accesses).
-struct Buffer {
-  std::vector<Vec16> storage;
-  size_t n;
-  explicit Buffer(size_t count) : storage((count * 2 + 15) / 16 + 1), n(count) {}
-  uint16_t* data() { return reinterpret_cast<uint16_t*>(storage.data()); }
-  double at(size_t i) { return to_float(bf16_t{data()[i]}); }
-};
-
-Buffer random_buffer(size_t n, uint32_t seed, float lo, float hi) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  Buffer b(n);
-  for (size_t i = 0; i < n; ++i) b.data()[i] = to_bf16(dist(rng)).bits;
-  return b;
-}
+using Buffer = simt::Bf16Buffer;
+using simt::random_bf16_buffer;
 
 // |got − want| <= 2^-8·|want| + 1e-6·scale, as a ratio (<= 1 passes).
 double excess(double got, double want, double scale) {
@@ -46,9 +32,9 @@ template <int kVec>
 void check(int N, int C, bool residual) {
   SCOPED_TRACE(::testing::Message() << "N=" << N << " C=" << C << (residual ? " residual" : ""));
   const size_t NC = size_t(N) * C;
-  Buffer a = random_buffer(NC, 1, -2.0f, 3.0f), b = random_buffer(NC, 2, -1.0f, 1.0f);
-  Buffer inp = random_buffer(NC, 3, -2.0f, 3.0f), w = random_buffer(C, 4, 0.5f, 1.5f),
-         bias = random_buffer(C, 5, -0.5f, 0.5f), out(NC);
+  Buffer a = random_bf16_buffer(NC, 1, -2.0f, 3.0f), b = random_bf16_buffer(NC, 2, -1.0f, 1.0f);
+  Buffer inp = random_bf16_buffer(NC, 3, -2.0f, 3.0f), w = random_bf16_buffer(C, 4, 0.5f, 1.5f),
+         bias = random_bf16_buffer(C, 5, -0.5f, 0.5f), out(NC);
   std::vector<float> mean(N, NAN), rstd(N, NAN);
   const int blocks = (N + layernorm::kWarps - 1) / layernorm::kWarps;
   simt::launch(blocks, 1, layernorm::kThreads, 0, simt::CopyTiming::at_issue, [&](simt::Thread& x) {
@@ -82,7 +68,8 @@ void check(int N, int C, bool residual) {
   EXPECT_LE(worst, 1.0) << "out";
 
   // Backward: dinp += LayerNorm's input gradient, from the forward's statistics.
-  Buffer dout = random_buffer(NC, 6, -1.0f, 1.0f), dinp = random_buffer(NC, 7, -1.0f, 1.0f);
+  Buffer dout = random_bf16_buffer(NC, 6, -1.0f, 1.0f),
+         dinp = random_bf16_buffer(NC, 7, -1.0f, 1.0f);
   Buffer dinp0 = dinp;
   simt::launch(blocks, 1, layernorm::kThreads, 0, simt::CopyTiming::at_issue, [&](simt::Thread& x) {
     layernorm::backward_dinp_row<kVec>(x, dinp.data(), dout.data(), inp.data(), w.data(),
