@@ -61,3 +61,9 @@ def test_bad_options_are_clear_errors(override, needle):
 def test_cuda_without_a_gpu_is_a_clear_error():
     p = run([exe("triad-bench"), "kernels", "--backend", "cuda"], timeout=60)
     assert_clean_error(p, "CUDA")
+
+
+def test_attention_bad_kernel_is_a_clear_error():
+    # Checked before any device is touched, so this holds with or without CUDA and a GPU.
+    p = run([exe("triad-bench"), "attention", "--kernel", "tensor"], timeout=60)
+    assert_clean_error(p, "--kernel must be auto, mma or wgmma")
