@@ -328,23 +328,25 @@ n = 16 * 1025 * 10
 h = np.zeros(256, dtype=np.int32); h[0], h[1], h[2] = 20240520, 1, n
 (d / "train_000.bin").write_bytes(h.tobytes() + np.random.default_rng(0).integers(0, 50257, n).astype(np.uint16).tobytes())
 EOF
-    # GPT-2 124M at the PyTorch peer's batch (16 x 1024) in bf16; fp32 at 8 x 1024 (memory).
-    for v in "bf16 16 12" "fp32 8 8"; do
-      read -r pr mb steps <<<"$v"
-      echo "-- GPT-2 124M, CUDA backend $pr, B=$mb T=1024, $steps steps"
-      timeout "$(tmo 120 60)" "$B/triad-train" --model.n_layer 12 --model.n_head 12 --model.n_embd 768 \
+    # GPT-2 124M at the PyTorch peer's batch (16 x 1024) in bf16, with each flash backward;
+    # fp32 at 8 x 1024 (memory).
+    for v in "bf16 16 12 deterministic" "bf16 16 12 atomic" "fp32 8 8 deterministic"; do
+      read -r pr mb steps fb <<<"$v"
+      tag=$pr; [[ $fb == atomic ]] && tag=${pr}_atomic
+      echo "-- GPT-2 124M, CUDA backend $pr, B=$mb T=1024, $steps steps, $fb flash backward"
+      TRIAD_FLASH_BACKWARD=$fb timeout "$(tmo 120 60)" "$B/triad-train" --model.n_layer 12 --model.n_head 12 --model.n_embd 768 \
         --model.seq_len 1024 --train.steps "$steps" --train.batch_size "$mb" --train.micro_batch_size "$mb" \
         --train.warmup_steps 1 --data.train "$W/data124/train_*.bin" --eval.sequences 0 \
-        --checkpoint.every 0 --run.dir "$W/runs" --run.name "gpt124_$pr" --run.backend cuda \
-        --run.precision "$pr" --resume none >"$RUN/gpt124_$pr.txt" 2>&1; rc=$?
-      grep -E '^triad:|^device:|^step' "$RUN/gpt124_$pr.txt" | head -14; [[ $rc == 0 ]] || tail -8 "$RUN/gpt124_$pr.txt"
-      tps=$(grep -E '^step +([5-9]|1[0-9])/' "$RUN/gpt124_$pr.txt" | sed -n 's/.*| \([0-9]*\) tok\/s.*/\1/p' | sort -n | sed -n '2p')
-      echo "RESULT_124M_$pr ${tps:-failed} tok/s (2nd lowest of steps 5+, B=$mb)"
+        --checkpoint.every 0 --run.dir "$W/runs" --run.name "gpt124_$tag" --run.backend cuda \
+        --run.precision "$pr" --resume none >"$RUN/gpt124_$tag.txt" 2>&1; rc=$?
+      grep -E '^triad:|^device:|^step' "$RUN/gpt124_$tag.txt" | head -14; [[ $rc == 0 ]] || tail -8 "$RUN/gpt124_$tag.txt"
+      tps=$(grep -E '^step +([5-9]|1[0-9])/' "$RUN/gpt124_$tag.txt" | sed -n 's/.*| \([0-9]*\) tok\/s.*/\1/p' | sort -n | sed -n '2p')
+      echo "RESULT_124M_$tag ${tps:-failed} tok/s (2nd lowest of steps 5+, B=$mb)"
     done
   ) 2>&1 | tee "$RUN/gpu.txt"
   GPU_EVAL=$(sed -n 's/^RESULT_EVAL //p' "$RUN/gpu.txt" | paste -sd';' -)
   GPU_CURVE=$(sed -n 's/^RESULT_CURVE //p' "$RUN/gpu.txt" | paste -sd';' -)
-  GPU_124M=$(sed -n 's/^RESULT_124M_bf16 //p' "$RUN/gpu.txt"); GPU_124M32=$(sed -n 's/^RESULT_124M_fp32 //p' "$RUN/gpu.txt")
+  GPU_124M=$(sed -n 's/^RESULT_124M_bf16 //p' "$RUN/gpu.txt")"; atomic dQ: $(sed -n 's/^RESULT_124M_bf16_atomic //p' "$RUN/gpu.txt")"; GPU_124M32=$(sed -n 's/^RESULT_124M_fp32 //p' "$RUN/gpu.txt")
 fi
 res "ckpt val loss CPU vs GPU" "${GPU_EVAL:-failed}"
 res "50 steps GPU vs CPU" "${GPU_CURVE:-failed}"
@@ -360,13 +362,18 @@ if [[ -x $RUN/bin/triad-bench ]]; then
   (
     # shellcheck disable=SC1091
     source "$DEV/env.sh"
-    # The kernel in use (auto, or mma when wgmma failed its tests), then the portable one too.
-    timeout "$(tmo 60 100)" "$RUN/bin/triad-bench" attention --B 16 --T 1024 --NH 12 --hd 64 2>&1 | tail -4
-    [[ ${TRIAD_FLASH_KERNEL:-} == mma ]] || timeout "$(tmo 60 100)" "$RUN/bin/triad-bench" attention --B 16 --T 1024 --NH 12 --hd 64 --kernel mma 2>&1 | tail -4
+    # The kernel in use (auto, or mma when wgmma failed its tests) with both backward ways,
+    # then the portable kernel too.
+    fa=("$RUN/bin/triad-bench" attention --B 16 --T 1024 --NH 12 --hd 64)
+    timeout "$(tmo 60 100)" "${fa[@]}" --backward deterministic 2>&1 | tail -4
+    timeout "$(tmo 60 100)" "${fa[@]}" --backward atomic 2>&1 | tail -4
+    [[ ${TRIAD_FLASH_KERNEL:-} == mma ]] || timeout "$(tmo 60 100)" "${fa[@]}" --kernel mma --backward deterministic 2>&1 | tail -4
   ) | tee "$RUN/fa.txt"
-  fa_row() { grep "^RESULT kernel=$1 " "$RUN/fa.txt" | head -1 | awk '{for (i = 2; i <= NF; ++i) { split($i, kv, "="); v[kv[1]] = kv[2] } printf "%s: fwd %.3f ms, fwd+bwd %.3f ms (%.0f TFLOP/s)", v["kernel"], v["fwd_ms"], v["fwd_bwd_ms"], v["fwd_bwd_tflops"] }'; }
-  FA_ROW="$(fa_row wgmma)"; [[ -n $FA_ROW ]] && FA_ROW="$FA_ROW; "
-  FA_ROW="$FA_ROW$(fa_row mma)"
+  fa_row() { grep "^RESULT kernel=$1 backward=$2 " "$RUN/fa.txt" | head -1 | awk '{for (i = 2; i <= NF; ++i) { split($i, kv, "="); v[kv[1]] = kv[2] } printf "%s %s: fwd %.3f ms, fwd+bwd %.3f ms (%.0f TFLOP/s)", v["kernel"], substr(v["backward"], 1, 3), v["fwd_ms"], v["fwd_bwd_ms"], v["fwd_bwd_tflops"] }'; }
+  for kb in "wgmma deterministic" "wgmma atomic" "mma deterministic" "mma atomic"; do
+    # shellcheck disable=SC2086
+    r=$(fa_row $kb); [[ -n $r ]] && FA_ROW="${FA_ROW:+$FA_ROW; }$r"
+  done
 fi
 res "triad flash attention" "${FA_ROW:-not available}"
 
@@ -577,8 +584,9 @@ fi
 res "torch GPT-2 124M" "$PEER"
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.3f", a / b; else print "n/a" }'; }
 res "RATIO triad/torch 124M" "$(ratio "${GPU_124M%% *}" "${PEER%% *}") (bf16 tokens/s, same GPU, same script)"
-fa_ms=$(grep -o 'fwd_bwd_ms=[0-9.]*' "$RUN/fa.txt" 2>/dev/null | head -1 | cut -d= -f2)  # the kernel in use
-res "RATIO attention SDPA/triad" "$(ratio "${SDPA%% *}" "$fa_ms") (fwd+bwd time, >= 0.8 required, B=16 NH=12 T=1024 hd=64)"
+# The kernel in use, with each backward way.
+fa_ms() { grep "^RESULT .*backward=$1 " "$RUN/fa.txt" 2>/dev/null | head -1 | grep -o 'fwd_bwd_ms=[0-9.]*' | cut -d= -f2; }
+res "RATIO attention SDPA/triad" "$(ratio "${SDPA%% *}" "$(fa_ms deterministic)") deterministic, $(ratio "${SDPA%% *}" "$(fa_ms atomic)") atomic dQ (fwd+bwd time, >= 0.8 required, B=16 NH=12 T=1024 hd=64)"
 
 # ============ 5a. llm.c GPT-2 124M peer (built here by bundle.sh from a fetched copy) ===========
 hdr "5a. llm.c GPT-2 124M peer (train_gpt2cu, bf16, random init d12), B=16 T=1024"
@@ -632,6 +640,38 @@ fi
 res "triad 350M bf16 GPU" "$T350"
 res "torch GPT-2 350M" "$P350"
 res "RATIO triad/torch 350M" "$(ratio "${T350%% *}" "${P350%% *}")"
+
+# ============ 5c. compute-sanitizer on the flash kernels (small shapes) ===========================
+# memcheck (out-of-bounds and misaligned accesses), racecheck (shared-memory hazards between
+# threads) and synccheck (barrier misuse) on the real hardware, for the kernel in use with both
+# backward ways; last, as it only runs with the time left.
+hdr "5c. compute-sanitizer: flash attention (PartialTiles, HeadDim128)"
+SAN="not run"
+CS=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
+if [[ -z $CS ]]; then
+  SAN="no compute-sanitizer on this machine"
+elif [[ -x $RUN/bin/tests/test_flash_attention ]] && (( $(left) > 45 )); then
+  suite=Wgmma; [[ ${TRIAD_FLASH_KERNEL:-} == mma ]] && suite=Mma
+  SAN=""
+  for tool in memcheck racecheck synccheck; do
+    (( $(left) > 25 )) || { SAN="$SAN $tool: no time;"; continue; }
+    (
+      # shellcheck disable=SC1091
+      source "$DEV/env.sh"
+      cd "$RUN/work" && timeout "$(tmo 60 15)" "$CS" --tool "$tool" --error-exitcode 3 \
+        "$RUN/bin/tests/test_flash_attention" --gtest_brief=1 \
+        --gtest_filter="$suite/FlashKernels.PartialTiles/*:$suite/FlashKernels.HeadDim128/*"
+    ) >"$RUN/sanitizer_$tool.txt" 2>&1; rc=$?
+    n=$(grep -oE 'ERROR SUMMARY: [0-9]+|RACECHECK SUMMARY: [0-9]+ hazards?' "$RUN/sanitizer_$tool.txt" | tail -1)
+    case $rc in
+      0) SAN="$SAN $tool ok (${n:-no summary});" ;;
+      124) SAN="$SAN $tool timed out;" ;;
+      *) SAN="$SAN $tool FAILED (exit $rc, ${n:-?});"; grep -E '=========  *(Invalid|Race|Barrier|Error|.*hazard)' "$RUN/sanitizer_$tool.txt" | sort | uniq -c | head -5 ;;
+    esac
+  done
+  SAN="$suite:${SAN%;}"
+fi
+res "compute-sanitizer flash" "$SAN"
 
 # ============ 6. results table (last) ============================================================
 {

@@ -4,7 +4,7 @@
 //       tensor names and shapes of DESIGN.md §3) with the ZeRO-1 partition over the ranks of
 //       the job, beside a plain sequential write + read of the same byte count by rank 0.
 //   triad-bench attention [--B N] [--T N] [--NH N] [--hd 64|128] [--kernel auto|mma|wgmma]
-//   [--repeat N]
+//   [--backward auto|deterministic|atomic] [--repeat N]
 //       the fused bf16 causal flash attention (src/kernels/cuda/flash_attention.cu) on GPU 0:
 //       forward and forward + backward, CUDA-event times (median), TFLOP/s. CUDA builds only.
 //   triad-bench kernels [--backend cpu|cuda] [--precision fp32|bf16] [--B N] [--T N] ...
@@ -67,7 +67,8 @@ constexpr const char* kUsage =
     "                  write and read a checkpoint (parameters + AdamW m, v) of a GPT-2 model\n"
     "                  with every rank owning its ZeRO-1 slice, next to a plain sequential\n"
     "                  write + read of the same bytes by rank 0; reports GB/s\n"
-    "  attention [--B N] [--T N] [--NH N] [--hd 64|128] [--kernel auto|mma|wgmma] [--repeat N]\n"
+    "  attention [--B N] [--T N] [--NH N] [--hd 64|128] [--kernel auto|mma|wgmma]\n"
+    "            [--backward auto|deterministic|atomic] [--repeat N]\n"
     "                  the fused bf16 causal flash attention on GPU 0 (CUDA builds only)\n"
     "  kernels [--backend cpu|cuda] [--precision fp32|bf16] [--B N] [--T N] [--C N] [--NH N]\n"
     "          [--V N] [--layers N] [--repeat N]\n"
@@ -435,18 +436,24 @@ int cmd_checkpoint(MPI_Comm world, const std::vector<std::string>& args) {
 int cmd_attention(MPI_Comm world, const std::vector<std::string>& args) {
   po::options_description desc("attention options");
   int B = 16, T = 1024, NH = 12, hd = 64, repeat = 20;
-  std::string kernel_name = "auto";
+  std::string kernel_name = "auto", backward_name = "auto";
   desc.add_options()("B", po::value(&B)->default_value(16), "batch size")(
       "T", po::value(&T)->default_value(1024), "sequence length")(
       "NH", po::value(&NH)->default_value(12), "heads")("hd", po::value(&hd)->default_value(64),
                                                         "head dimension (64 or 128)")(
       "repeat", po::value(&repeat)->default_value(20), "timed runs of each kind (median)")(
       "kernel", po::value(&kernel_name)->default_value("auto"),
-      "flash kernel: auto (wgmma where it runs, else mma), mma or wgmma");
+      "flash kernel: auto (wgmma where it runs, else mma), mma or wgmma")(
+      "backward", po::value(&backward_name)->default_value("auto"),
+      "flash backward: auto (TRIAD_FLASH_BACKWARD, else deterministic), deterministic (dQ in its "
+      "own kernel) or atomic (dQ added with fp32 atomics)");
   po::variables_map vm;
   if (!parse(world, "attention", args, desc, vm)) return 0;
   TRIAD_CHECK(kernel_name == "auto" || kernel_name == "mma" || kernel_name == "wgmma",
               "attention: --kernel must be auto, mma or wgmma (got '", kernel_name, "')");
+  TRIAD_CHECK(
+      backward_name == "auto" || backward_name == "deterministic" || backward_name == "atomic",
+      "attention: --backward must be auto, deterministic or atomic (got '", backward_name, "')");
 #ifdef TRIAD_HAVE_CUDA
   TRIAD_CHECK(B >= 1 && T >= 1 && NH >= 1, "attention: --B, --T and --NH must be at least 1");
   TRIAD_CHECK(hd == 64 || hd == 128, "attention: --hd must be 64 or 128");
@@ -459,6 +466,10 @@ int cmd_attention(MPI_Comm world, const std::vector<std::string>& args) {
       tc::flash_kernel_for_device(kernel_name == "mma"     ? tc::FlashKernel::mma
                                   : kernel_name == "wgmma" ? tc::FlashKernel::wgmma
                                                            : tc::FlashKernel::automatic);
+  const tc::FlashBackward backward =
+      tc::flash_backward_mode(backward_name == "deterministic" ? tc::FlashBackward::deterministic
+                              : backward_name == "atomic"      ? tc::FlashBackward::atomic
+                                                               : tc::FlashBackward::automatic);
   const int C = NH * hd;
   const size_t n_qkv = size_t(B) * T * 3 * C, n_out = size_t(B) * T * C;
   std::vector<uint16_t> h_qkv(n_qkv), h_dout(n_out);
@@ -474,7 +485,7 @@ int cmd_attention(MPI_Comm world, const std::vector<std::string>& args) {
   TRIAD_CUDA_CHECK(cudaMalloc(&dout, n_out * 2));
   TRIAD_CUDA_CHECK(cudaMalloc(&lse, size_t(B) * NH * T * sizeof(float)));
   TRIAD_CUDA_CHECK(
-      cudaMalloc(&ws, tc::flash_attention_workspace_floats(B, T, C, NH) * sizeof(float)));
+      cudaMalloc(&ws, tc::flash_attention_workspace_floats(B, T, C, NH, backward) * sizeof(float)));
   TRIAD_CUDA_CHECK(cudaMemcpy(qkv, h_qkv.data(), n_qkv * 2, cudaMemcpyHostToDevice));
   TRIAD_CUDA_CHECK(cudaMemcpy(dout, h_dout.data(), n_out * 2, cudaMemcpyHostToDevice));
   cudaStream_t s = nullptr;
@@ -485,7 +496,8 @@ int cmd_attention(MPI_Comm world, const std::vector<std::string>& args) {
   auto fwd = [&] { tc::flash_attention_forward(out, lse, qkv, B, T, C, NH, s, kernel); };
   auto fwd_bwd = [&] {
     fwd();
-    tc::flash_attention_backward(dqkv, dout, qkv, out, lse, ws, B, T, C, NH, s, false, kernel);
+    tc::flash_attention_backward(dqkv, dout, qkv, out, lse, ws, B, T, C, NH, s, false, kernel,
+                                 backward);
   };
   auto time_ms = [&](auto&& f) {
     for (int w = 0; w < 3; ++w) f();  // warm-up
@@ -507,16 +519,18 @@ int cmd_attention(MPI_Comm world, const std::vector<std::string>& args) {
   const double fwd_flops = 4.0 * B * NH * double(T) * T * hd / 2.0;
   const double fb_flops = fwd_flops * 3.5;
   std::printf(
-      "triad-bench attention: %s; %s kernel, B=%d T=%d NH=%d hd=%d, bf16, causal, median of %d\n"
+      "triad-bench attention: %s; %s kernel, %s backward, B=%d T=%d NH=%d hd=%d, bf16, causal, "
+      "median of %d\n"
       "  forward            %.4f ms  %.1f TFLOP/s\n"
       "  forward + backward %.4f ms  %.1f TFLOP/s\n",
-      triad::cuda_device_description().c_str(), tc::flash_kernel_name(kernel), B, T, NH, hd, repeat,
-      f_ms, fwd_flops / (f_ms * 1e-3) / 1e12, fb_ms, fb_flops / (fb_ms * 1e-3) / 1e12);
+      triad::cuda_device_description().c_str(), tc::flash_kernel_name(kernel),
+      tc::flash_backward_name(backward), B, T, NH, hd, repeat, f_ms,
+      fwd_flops / (f_ms * 1e-3) / 1e12, fb_ms, fb_flops / (fb_ms * 1e-3) / 1e12);
   std::printf(
-      "RESULT kernel=%s B=%d T=%d NH=%d hd=%d fwd_ms=%.4f fwd_bwd_ms=%.4f fwd_tflops=%.2f "
-      "fwd_bwd_tflops=%.2f\n",
-      tc::flash_kernel_name(kernel), B, T, NH, hd, f_ms, fb_ms, fwd_flops / (f_ms * 1e-3) / 1e12,
-      fb_flops / (fb_ms * 1e-3) / 1e12);
+      "RESULT kernel=%s backward=%s B=%d T=%d NH=%d hd=%d fwd_ms=%.4f fwd_bwd_ms=%.4f "
+      "fwd_tflops=%.2f fwd_bwd_tflops=%.2f\n",
+      tc::flash_kernel_name(kernel), tc::flash_backward_name(backward), B, T, NH, hd, f_ms, fb_ms,
+      fwd_flops / (f_ms * 1e-3) / 1e12, fb_flops / (fb_ms * 1e-3) / 1e12);
   std::fflush(stdout);
   TRIAD_CUDA_CHECK(cudaEventDestroy(e0));
   TRIAD_CUDA_CHECK(cudaEventDestroy(e1));

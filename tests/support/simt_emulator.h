@@ -10,8 +10,8 @@
 // instructions (divergence), ldmatrix rows and cp.async destinations outside shared memory or
 // not 16-byte aligned, cp.async sources not 16-byte aligned, copies never waited for, wgmma
 // descriptors that differ between the threads of a warpgroup or point outside shared memory,
-// wgmma reading shared memory that cp.async wrote without the writing thread's
-// fence.proxy.async (wgmma reads through the async proxy), and wgmma left pending. Those
+// wgmma reading shared memory that cp.async or store_shared32 wrote without the writing
+// thread's fence.proxy.async (wgmma reads through the async proxy), and wgmma left pending. Those
 // abort with a message (a hang or garbage on the GPU). Shared memory starts filled with 0xFF
 // bytes (bf16 NaN), so values read before they are written show as NaN.
 //
@@ -20,6 +20,7 @@
 // warps still read it.
 #pragma once
 
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -97,7 +98,7 @@ class Block {
         sync_(threads),
         group_(threads, GroupStep{this}),
         threads_(size_t(threads), nullptr),
-        writer_(smem_bytes / 16 + 1, -1) {
+        writer_(smem_bytes / 4 + 1, -1) {
     base_ = smem_.data() + (128 - reinterpret_cast<uintptr_t>(smem_.data()) % 128) % 128;
     size_ = smem_bytes;
     for (int w = 0; w < (threads + 31) / 32; ++w) warps_.push_back(std::make_unique<Warp>(this));
@@ -118,8 +119,8 @@ class Block {
   std::barrier<> sync_;
   std::barrier<GroupStep> group_;  // the warpgroup (the whole block: 128 threads)
   std::vector<Thread*> threads_;
-  // Per 16-byte chunk of shared memory: the thread whose cp.async wrote it and has not yet
-  // executed fence.proxy.async since, or -1.
+  // Per 4-byte word of shared memory: the thread whose cp.async or st.shared (store_shared32)
+  // wrote it and has not yet executed fence.proxy.async since, or -1.
   std::mutex writer_mutex_;
   std::vector<int> writer_;
   std::vector<std::unique_ptr<Warp>> warps_;
@@ -262,20 +263,20 @@ class Thread {
   }
   void fence_proxy_async() {
     std::lock_guard<std::mutex> lock(block_.writer_mutex_);
-    for (size_t c : written_)
-      if (block_.writer_[c] == tid_) block_.writer_[c] = -1;
+    for (size_t w : written_)
+      if (block_.writer_[w] == tid_) block_.writer_[w] = -1;
     written_.clear();
   }
   void wgmma_fence() {}
   void keep(float&) {}
   void keep(uint32_t&) {}
-  template <int N, int TransB>
+  template <int N, int TransA, int TransB>
   void wgmma_ss(float* d, uint64_t da, uint64_t db) {
-    wg_pending_.push_back(WgOp{N, false, TransB, d, {}, da, db});
+    wg_pending_.push_back(WgOp{N, false, TransA, TransB, d, {}, da, db});
   }
   template <int N, int TransB>
   void wgmma_rs(float* d, const uint32_t (&a)[4], uint64_t db) {
-    wg_pending_.push_back(WgOp{N, true, TransB, d, {a[0], a[1], a[2], a[3]}, 0, db});
+    wg_pending_.push_back(WgOp{N, true, 0, TransB, d, {a[0], a[1], a[2], a[3]}, 0, db});
   }
   void wgmma_commit() {
     wg_groups_.push_back(std::move(wg_pending_));
@@ -299,6 +300,22 @@ class Thread {
     std::memcpy(p, &v, sizeof v);
   }
 
+  // A 4-byte st.shared: recorded as a generic-proxy write (wgmma may read it only after this
+  // thread's fence.proxy.async).
+  void store_shared32(void* p, uint32_t v) {
+    if (!block_.in_smem(p, 4)) fail("st.shared outside shared memory");
+    if (reinterpret_cast<uintptr_t>(p) % 4 != 0) fail("4-byte st.shared to a misaligned address");
+    std::memcpy(p, &v, sizeof v);
+    mark_written(static_cast<const unsigned char*>(p), 4);
+  }
+  // p[0] += a, p[1] += b, each atomically (the vector atomicAdd of sm_90 needs p 8-byte
+  // aligned). Blocks run one after another here, but the threads of a block concurrently.
+  static void atomic_add2(float* p, float a, float b) {
+    if (reinterpret_cast<uintptr_t>(p) % 8 != 0) fail("float2 atomic add at a misaligned address");
+    std::atomic_ref<float>(p[0]).fetch_add(a);
+    std::atomic_ref<float>(p[1]).fetch_add(b);
+  }
+
   static float exp(float v) { return std::exp(v); }
   static double log(double v) { return std::log(v); }
   static double sqrt(double v) { return std::sqrt(v); }
@@ -318,7 +335,7 @@ class Thread {
   struct WgOp {
     int n;
     bool a_in_registers;
-    int trans_b;
+    int trans_a, trans_b;
     float* d;
     uint32_t a[4];
     uint64_t da, db;
@@ -328,10 +345,16 @@ class Thread {
       std::memcpy(c.dst, c.src, 16);
     else
       std::memset(c.dst, 0, 16);
-    const size_t chunk = size_t(c.dst - block_.base_) / 16;
+    mark_written(c.dst, 16);
+  }
+  // Records this thread as the generic-proxy writer of the 4-byte words [p, p + n).
+  void mark_written(const unsigned char* p, size_t n) {
+    const size_t first = size_t(p - block_.base_) / 4;
     std::lock_guard<std::mutex> lock(block_.writer_mutex_);
-    block_.writer_[chunk] = tid_;
-    written_.push_back(chunk);
+    for (size_t w = first; w < first + n / 4; ++w) {
+      block_.writer_[w] = tid_;
+      written_.push_back(w);
+    }
   }
   Warp& warp() { return *block_.warps_[tid_ / 32]; }
   Slot& deposit(Slot::Op op) {
@@ -357,7 +380,7 @@ class Thread {
   int phase_ = 0;
   std::vector<Copy> pending_;
   std::deque<std::vector<Copy>> groups_;
-  std::vector<size_t> written_;  // chunks this thread's copies wrote since its last proxy fence
+  std::vector<size_t> written_;  // words this thread wrote since its last proxy fence
   std::vector<WgOp> wg_pending_;
   std::deque<std::vector<WgOp>> wg_groups_;
   int wg_keep_ = 0;  // the N of the wgmma.wait_group being executed
@@ -365,8 +388,8 @@ class Thread {
 
 inline float GroupStep::read(size_t at) const {
   if (at + 2 > block->size_) fail("wgmma descriptor addresses memory outside shared memory");
-  if (block->writer_[at / 16] != -1)
-    fail("wgmma reads shared memory written by cp.async without fence.proxy.async");
+  if (block->writer_[at / 4] != -1)
+    fail("wgmma reads shared memory written by cp.async or st.shared without fence.proxy.async");
   return bf16_value(load16(block->base_ + at));
 }
 
@@ -399,7 +422,8 @@ inline void GroupStep::operator()() noexcept {
       for (Thread* t : b.threads_) {
         const auto& o = t->wg_groups_.front();
         if (o.size() != ops0.size() || o[i].n != op.n || o[i].a_in_registers != op.a_in_registers ||
-            o[i].trans_b != op.trans_b || o[i].da != op.da || o[i].db != op.db)
+            o[i].trans_a != op.trans_a || o[i].trans_b != op.trans_b || o[i].da != op.da ||
+            o[i].db != op.db)
           fail("threads of a warpgroup issued different wgmma operations or descriptors");
       }
       const int N = op.n;
@@ -420,7 +444,7 @@ inline void GroupStep::operator()() noexcept {
       if (!op.a_in_registers)
         for (int m = 0; m < 64; ++m)
           for (int k = 0; k < 16; ++k)
-            A[size_t(m) * 16 + k] = read(wgmma_offset(op.da, m, k, false));
+            A[size_t(m) * 16 + k] = read(wgmma_offset(op.da, m, k, op.trans_a != 0));
       for (int k = 0; k < 16; ++k)
         for (int n = 0; n < N; ++n)
           B[size_t(k) * N + n] = read(wgmma_offset(op.db, n, k, op.trans_b != 0));

@@ -1,8 +1,9 @@
 // The fused bf16 flash attention (src/kernels/cuda/flash_attention.cu) against a naive causal
 // attention in double on the same bf16-rounded inputs: out, lse and dqkv (each of dq, dk, dv
 // separately), error = max|got − want| / max|want| <= 1e-2, lse within 1e-3; no NaN; the
-// backward is deterministic (two runs agree bit for bit), overwrites dqkv, or accumulates into it
-// on request.
+// backward overwrites dqkv, or accumulates into it on request. Both kernels (mma, wgmma) and
+// both backward ways: the deterministic one agrees with itself bit for bit run to run; the
+// atomic one (dQ added in fp32 with atomics) does so for dK and dV.
 // Skips without a usable CUDA device and in builds without CUDA.
 #include <gtest/gtest.h>
 
@@ -52,18 +53,20 @@ std::vector<T> host_copy(const T* d, size_t n) {
 struct DeviceProblem {
   int B, T, C, NH;
   cuda::FlashKernel kernel;
+  cuda::FlashBackward mode;
   cuda::bf16 *qkv, *dout, *out, *dqkv;
   float *lse, *ws;
 
-  DeviceProblem(int B_, int T_, int NH_, int hd, cuda::FlashKernel k, const Bits& qkv_bits,
-                const Bits& dout_bits, const Bits& dqkv_bits)
-      : B(B_), T(T_), C(NH_ * hd), NH(NH_), kernel(k) {
+  DeviceProblem(int B_, int T_, int NH_, int hd, cuda::FlashKernel k, cuda::FlashBackward bw,
+                const Bits& qkv_bits, const Bits& dout_bits, const Bits& dqkv_bits)
+      : B(B_), T(T_), C(NH_ * hd), NH(NH_), kernel(k), mode(bw) {
     qkv = reinterpret_cast<cuda::bf16*>(device_copy(qkv_bits));
     dout = reinterpret_cast<cuda::bf16*>(device_copy(dout_bits));
     out = reinterpret_cast<cuda::bf16*>(device_copy(Bits(size_t(B) * T * C, 0xFFFFu)));
     dqkv = reinterpret_cast<cuda::bf16*>(device_copy(dqkv_bits));
     lse = device_copy(std::vector<float>(size_t(B) * NH * T, NAN));
-    ws = device_copy(std::vector<float>(cuda::flash_attention_workspace_floats(B, T, C, NH), NAN));
+    ws = device_copy(
+        std::vector<float>(cuda::flash_attention_workspace_floats(B, T, C, NH, mode), NAN));
   }
   ~DeviceProblem() {
     for (void* p : {static_cast<void*>(qkv), static_cast<void*>(dout), static_cast<void*>(out),
@@ -73,7 +76,7 @@ struct DeviceProblem {
   void forward() { cuda::flash_attention_forward(out, lse, qkv, B, T, C, NH, nullptr, kernel); }
   void backward(bool accumulate) {
     cuda::flash_attention_backward(dqkv, dout, qkv, out, lse, ws, B, T, C, NH, nullptr, accumulate,
-                                   kernel);
+                                   kernel, mode);
   }
   Bits get(const cuda::bf16* p, size_t n) const {
     TRIAD_CUDA_CHECK(cudaDeviceSynchronize());
@@ -81,23 +84,31 @@ struct DeviceProblem {
   }
 };
 
-void check_shape(int B, int T, int NH, int hd, cuda::FlashKernel kernel) {
+// The kernel and the backward way of a parametrized case.
+struct FlashCase {
+  cuda::FlashKernel kernel;
+  cuda::FlashBackward backward;
+};
+
+void check_shape(int B, int T, int NH, int hd, FlashCase fc) {
   const int C = NH * hd;
-  SCOPED_TRACE(::testing::Message() << cuda::flash_kernel_name(kernel) << " B=" << B << " T=" << T
-                                    << " NH=" << NH << " hd=" << hd);
+  SCOPED_TRACE(::testing::Message() << cuda::flash_kernel_name(fc.kernel) << " "
+                                    << cuda::flash_backward_name(fc.backward) << " B=" << B
+                                    << " T=" << T << " NH=" << NH << " hd=" << hd);
   Bits qkv_bits, dout_bits;
   std::vector<double> qkv, dout;
   random_bf16(size_t(B) * T * 3 * C, 1234u + T, qkv_bits, qkv);
   random_bf16(size_t(B) * T * C, 999u + T, dout_bits, dout);
   const Reference want = reference(qkv, dout, B, T, C, NH);
 
-  DeviceProblem d(B, T, NH, hd, kernel, qkv_bits, dout_bits, Bits(size_t(B) * T * 3 * C, 0xFFFFu));
+  DeviceProblem d(B, T, NH, hd, fc.kernel, fc.backward, qkv_bits, dout_bits,
+                  Bits(size_t(B) * T * 3 * C, 0xFFFFu));
   d.forward();
   d.backward(false);
   const Bits out = d.get(d.out, size_t(B) * T * C);
   const std::vector<float> lse = host_copy(d.lse, size_t(B) * NH * T);
   const Bits dqkv = d.get(d.dqkv, size_t(B) * T * 3 * C);
-  d.backward(false);  // a second backward: bit-identical
+  d.backward(false);  // a second backward: bit-identical (dK, dV at least)
   const Bits dqkv2 = d.get(d.dqkv, size_t(B) * T * 3 * C);
 
   const size_t rows = size_t(B) * T;
@@ -111,12 +122,19 @@ void check_shape(int B, int T, int NH, int hd, cuda::FlashKernel kernel) {
   EXPECT_LE(rel_error(dqkv, want.dqkv, rows, 3 * size_t(C), 0, C), 1e-2) << "dq";
   EXPECT_LE(rel_error(dqkv, want.dqkv, rows, 3 * size_t(C), C, C), 1e-2) << "dk";
   EXPECT_LE(rel_error(dqkv, want.dqkv, rows, 3 * size_t(C), 2 * size_t(C), C), 1e-2) << "dv";
-  EXPECT_TRUE(dqkv == dqkv2) << "backward is not deterministic";
+  if (fc.backward == cuda::FlashBackward::deterministic) {
+    EXPECT_TRUE(dqkv == dqkv2) << "backward is not deterministic";
+  } else {
+    for (size_t r = 0; r < rows; ++r)
+      ASSERT_TRUE(std::equal(dqkv.begin() + r * 3 * C + C, dqkv.begin() + (r + 1) * 3 * C,
+                             dqkv2.begin() + r * 3 * C + C))
+          << "dK or dV of row " << r << " differs between two runs";
+  }
 }
 
 // The backward's accumulate mode (the Backend's += contract): dqkv holds random values before,
 // and each element becomes round(old + gradient).
-void check_accumulate(int B, int T, int NH, int hd, cuda::FlashKernel kernel) {
+void check_accumulate(int B, int T, int NH, int hd, FlashCase fc) {
   const int C = NH * hd;
   Bits qkv_bits, dout_bits, old_bits;
   std::vector<double> qkv, dout, old;
@@ -124,7 +142,7 @@ void check_accumulate(int B, int T, int NH, int hd, cuda::FlashKernel kernel) {
   random_bf16(size_t(B) * T * C, 22u, dout_bits, dout);
   random_bf16(size_t(B) * T * 3 * C, 23u, old_bits, old);
   const Reference want = reference(qkv, dout, B, T, C, NH);
-  DeviceProblem d(B, T, NH, hd, kernel, qkv_bits, dout_bits, old_bits);
+  DeviceProblem d(B, T, NH, hd, fc.kernel, fc.backward, qkv_bits, dout_bits, old_bits);
   d.forward();
   d.backward(true);
   EXPECT_LE(accumulate_error(d.get(d.dqkv, size_t(B) * T * 3 * C), old, want.dqkv), 1.0);
@@ -133,15 +151,17 @@ void check_accumulate(int B, int T, int NH, int hd, cuda::FlashKernel kernel) {
 #define SKIP_WITHOUT_DEVICE() \
   if (!cuda_device_available()) GTEST_SKIP() << "no usable CUDA device"
 
+using cuda::FlashBackward;
 using cuda::FlashKernel;
 
-// Each case for both kernels: mma (mma.sync + ldmatrix) runs on every GPU of sm_80 and later,
-// wgmma (from shared memory) needs a compute capability 9.0 GPU and sm_90a code.
-class FlashKernels : public ::testing::TestWithParam<FlashKernel> {
+// Each case for both kernels and both backward ways: mma (mma.sync + ldmatrix) runs on every GPU
+// of sm_80 and later, wgmma (from shared memory) needs a compute capability 9.0 GPU and sm_90a
+// code.
+class FlashKernels : public ::testing::TestWithParam<FlashCase> {
  protected:
   void SetUp() override {
     if (!cuda_device_available()) GTEST_SKIP() << "no usable CUDA device";
-    if (GetParam() == FlashKernel::wgmma && !cuda::flash_wgmma_available())
+    if (GetParam().kernel == FlashKernel::wgmma && !cuda::flash_wgmma_available())
       GTEST_SKIP() << "wgmma needs a compute capability 9.0 GPU and sm_90a code ("
                    << cuda_device_description() << ")";
   }
@@ -157,18 +177,44 @@ TEST_P(FlashKernels, Gpt2Shape) { check_shape(2, 1024, 12, 64, GetParam()); }
 
 TEST_P(FlashKernels, BackwardAccumulates) { check_accumulate(2, 150, 3, 64, GetParam()); }
 
-std::string kernel_name(const ::testing::TestParamInfo<FlashKernel>& info) {
-  return cuda::flash_kernel_name(info.param);
+std::string case_name(const ::testing::TestParamInfo<FlashCase>& info) {
+  return std::string(cuda::flash_kernel_name(info.param.kernel)) + "_" +
+         cuda::flash_backward_name(info.param.backward);
 }
 // Two suites, so every mma case runs before any wgmma one: a wgmma failure that poisons the
 // CUDA context cannot hide the portable kernel's results.
-INSTANTIATE_TEST_SUITE_P(Mma, FlashKernels, ::testing::Values(FlashKernel::mma), kernel_name);
-INSTANTIATE_TEST_SUITE_P(Wgmma, FlashKernels, ::testing::Values(FlashKernel::wgmma), kernel_name);
+INSTANTIATE_TEST_SUITE_P(Mma, FlashKernels,
+                         ::testing::Values(FlashCase{FlashKernel::mma,
+                                                     FlashBackward::deterministic},
+                                           FlashCase{FlashKernel::mma, FlashBackward::atomic}),
+                         case_name);
+INSTANTIATE_TEST_SUITE_P(Wgmma, FlashKernels,
+                         ::testing::Values(FlashCase{FlashKernel::wgmma,
+                                                     FlashBackward::deterministic},
+                                           FlashCase{FlashKernel::wgmma, FlashBackward::atomic}),
+                         case_name);
 
 TEST(FlashAttention, RejectsOtherHeadDims) {
   SKIP_WITHOUT_DEVICE();
   EXPECT_THROW(cuda::flash_attention_forward(nullptr, nullptr, nullptr, 1, 16, 96, 3, nullptr),
                triad::Error);
+}
+
+// A bad TRIAD_FLASH_BACKWARD is refused (no device needed).
+TEST(FlashAttention, RejectsABadBackwardName) {
+  const char* old = std::getenv("TRIAD_FLASH_BACKWARD");
+  const std::string saved = old ? old : "";
+  setenv("TRIAD_FLASH_BACKWARD", "fast", 1);
+  try {
+    cuda::flash_backward_mode(FlashBackward::automatic);
+    ADD_FAILURE() << "TRIAD_FLASH_BACKWARD=fast was accepted";
+  } catch (const triad::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("TRIAD_FLASH_BACKWARD"), std::string::npos) << e.what();
+  }
+  if (old)
+    setenv("TRIAD_FLASH_BACKWARD", saved.c_str(), 1);
+  else
+    unsetenv("TRIAD_FLASH_BACKWARD");
 }
 
 // A bad TRIAD_FLASH_KERNEL is refused (before any device is touched, so this runs everywhere).

@@ -4,11 +4,14 @@
 // attention in double on the same bf16 inputs: out, lse, dq, dk, dv within the tolerance the
 // GPU test uses (max|got − want| / max|want| <= 1e-2, lse within 1e-3), for partial tiles, one
 // token, several tiles and both head dims, with cp.async copies landing at issue and only at
-// their wait. What this cannot show is the hardware's agreement with the PTX definitions; the GPU
-// test (test_flash_attention) runs the same code on the device. Needs no GPU and no CUDA.
+// their wait; both tile policies and both backward ways (dQ in its own kernel, or added with
+// atomics by the dK/dV kernel). What this cannot show is the hardware's agreement with the PTX
+// definitions; the GPU test (test_flash_attention) runs the same code on the device. Needs no GPU
+// and no CUDA.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "../../src/kernels/cuda/flash_attention_block.h"
@@ -28,11 +31,17 @@ struct Outputs {
   std::vector<float> lse;
 };
 
+// The two tile policies (mma.sync + ldmatrix, sm_80 on; wgmma from shared memory, sm_90a) and
+// the two backward ways (dQ in its own kernel; dQ added with atomics by the dK/dV kernel).
+enum class Kernel { mma, wgmma };
+enum class Backward { deterministic, atomic };
+
 // Forward then backward (D, dK/dV, dQ) exactly as flash_attention.cu launches them. dqkv starts
-// as `dqkv0` (accumulate) or NaN patterns (overwrite).
+// as `dqkv0` (accumulate) or NaN patterns (overwrite); so does the atomic way's accumulator
+// (dot_block zeroes it).
 template <class Tiles>
 Outputs run(const Bits& qkv, const Bits& dout, int B, int T, int NH, CopyTiming timing,
-            const Bits* dqkv0 = nullptr) {
+            Backward backward, const Bits* dqkv0) {
   constexpr int HD = Tiles::kHD;
   const int C = NH * HD;
   Outputs r;
@@ -47,39 +56,55 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, int T, int NH, CopyTiming 
                  flash::forward_block<Tiles>(x, r.out.data(), r.lse.data(), qkv.data(), T, C, NH,
                                              l.scale_log2);
                });
-  simt::launch(int(l.dot_blocks), 1, threads, 0, timing, [&](simt::Thread& x) {
-    flash::dot_block<HD>(x, D.data(), dout.data(), r.out.data(), B, T, NH);
-  });
   const bool acc = dqkv0 != nullptr;
-  simt::launch(l.blocks_x, l.blocks_y, threads, flash::dkdv_smem<Tiles>(), timing,
-               [&](simt::Thread& x) {
-                 flash::dkdv_block<Tiles>(x, r.dqkv.data(), dout.data(), qkv.data(), r.lse.data(),
+  const bool atomic = backward == Backward::atomic;
+  std::vector<float> dq_accum(atomic ? size_t(B) * T * C : 0, NAN);
+  simt::launch(int(l.dot_blocks), 1, threads, 0, timing, [&](simt::Thread& x) {
+    flash::dot_block<HD>(x, D.data(), atomic ? dq_accum.data() : nullptr, dout.data(), r.out.data(),
+                         B, T, NH);
+  });
+  auto dkdv = [&](auto atomic_dq) {
+    constexpr bool kAtomic = decltype(atomic_dq)::value;
+    simt::launch(l.blocks_x, l.blocks_y, threads, flash::dkdv_smem<Tiles, kAtomic>(), timing,
+                 [&](simt::Thread& x) {
+                   flash::dkdv_block<Tiles, kAtomic>(x, r.dqkv.data(), dq_accum.data(), dout.data(),
+                                                     qkv.data(), r.lse.data(), D.data(), T, C, NH,
+                                                     l.scale, l.scale_log2, acc);
+                 });
+  };
+  if (atomic) {
+    dkdv(std::true_type{});
+    const size_t total = size_t(B) * T * C;
+    const int blocks = int((total / 8 + flash::kConvertThreads - 1) / flash::kConvertThreads);
+    simt::launch(blocks, 1, flash::kConvertThreads, 0, timing, [&](simt::Thread& x) {
+      flash::dq_convert_block(x, r.dqkv.data(), dq_accum.data(), total, C, l.scale, acc);
+    });
+  } else {
+    dkdv(std::false_type{});
+    simt::launch(l.blocks_x, l.blocks_y, threads, flash::dq_smem<Tiles>(), timing,
+                 [&](simt::Thread& x) {
+                   flash::dq_block<Tiles>(x, r.dqkv.data(), dout.data(), qkv.data(), r.lse.data(),
                                           D.data(), T, C, NH, l.scale, l.scale_log2, acc);
-               });
-  simt::launch(l.blocks_x, l.blocks_y, threads, flash::dq_smem<Tiles>(), timing,
-               [&](simt::Thread& x) {
-                 flash::dq_block<Tiles>(x, r.dqkv.data(), dout.data(), qkv.data(), r.lse.data(),
-                                        D.data(), T, C, NH, l.scale, l.scale_log2, acc);
-               });
+                 });
+  }
   return r;
 }
 
-// The two tile policies: mma.sync + ldmatrix (sm_80 on), wgmma from shared memory (sm_90a).
-enum class Kernel { mma, wgmma };
-
-Outputs run_kernel(Kernel k, int hd, const Bits& qkv, const Bits& dout, int B, int T, int NH,
-                   CopyTiming timing, const Bits* dqkv0 = nullptr) {
+Outputs run_kernel(Kernel k, Backward bw, int hd, const Bits& qkv, const Bits& dout, int B, int T,
+                   int NH, CopyTiming timing, const Bits* dqkv0 = nullptr) {
   if (k == Kernel::mma)
-    return hd == 64 ? run<flash::MmaTiles<64>>(qkv, dout, B, T, NH, timing, dqkv0)
-                    : run<flash::MmaTiles<128>>(qkv, dout, B, T, NH, timing, dqkv0);
-  return hd == 64 ? run<flash::WgmmaTiles<64>>(qkv, dout, B, T, NH, timing, dqkv0)
-                  : run<flash::WgmmaTiles<128>>(qkv, dout, B, T, NH, timing, dqkv0);
+    return hd == 64 ? run<flash::MmaTiles<64>>(qkv, dout, B, T, NH, timing, bw, dqkv0)
+                    : run<flash::MmaTiles<128>>(qkv, dout, B, T, NH, timing, bw, dqkv0);
+  return hd == 64 ? run<flash::WgmmaTiles<64>>(qkv, dout, B, T, NH, timing, bw, dqkv0)
+                  : run<flash::WgmmaTiles<128>>(qkv, dout, B, T, NH, timing, bw, dqkv0);
 }
 
-void check(int B, int T, int NH, int hd, CopyTiming timing, Kernel kernel = Kernel::mma) {
+void check(int B, int T, int NH, int hd, CopyTiming timing, Kernel kernel = Kernel::mma,
+           Backward backward = Backward::deterministic) {
   const int C = NH * hd;
   SCOPED_TRACE(::testing::Message()
-               << (kernel == Kernel::mma ? "mma" : "wgmma") << " B=" << B << " T=" << T
+               << (kernel == Kernel::mma ? "mma" : "wgmma")
+               << (backward == Backward::atomic ? " atomic dQ" : "") << " B=" << B << " T=" << T
                << " NH=" << NH << " hd=" << hd
                << (timing == CopyTiming::at_wait ? " copies at wait" : " copies at issue"));
   Bits qkv_bits, dout_bits;
@@ -87,7 +112,7 @@ void check(int B, int T, int NH, int hd, CopyTiming timing, Kernel kernel = Kern
   random_bf16(size_t(B) * T * 3 * C, 4321u + T, qkv_bits, qkv);
   random_bf16(size_t(B) * T * C, 777u + T, dout_bits, dout);
   const Reference want = reference(qkv, dout, B, T, C, NH);
-  const Outputs got = run_kernel(kernel, hd, qkv_bits, dout_bits, B, T, NH, timing);
+  const Outputs got = run_kernel(kernel, backward, hd, qkv_bits, dout_bits, B, T, NH, timing);
 
   const size_t rows = size_t(B) * T;
   EXPECT_LE(rel_error(got.out, want.out, rows, C, 0, C), 1e-2) << "out";
@@ -113,7 +138,7 @@ TEST(FlashAttentionEmulated, ThreeTilesCopiesAtWait) { check(1, 150, 1, 64, Copy
 TEST(FlashAttentionEmulated, HeadDim128) { check(1, 130, 1, 128, CopyTiming::at_wait); }
 
 // The backward's accumulate mode: every element of dqkv becomes round(old + gradient).
-void check_accumulate(Kernel kernel) {
+void check_accumulate(Kernel kernel, Backward backward = Backward::deterministic) {
   const int B = 1, T = 70, NH = 2, hd = 64, C = NH * hd;
   Bits qkv_bits, dout_bits, old_bits;
   std::vector<double> qkv, dout, old;
@@ -121,8 +146,8 @@ void check_accumulate(Kernel kernel) {
   random_bf16(size_t(B) * T * C, 12u, dout_bits, dout);
   random_bf16(size_t(B) * T * 3 * C, 13u, old_bits, old);
   const Reference want = reference(qkv, dout, B, T, C, NH);
-  const Outputs got =
-      run_kernel(kernel, hd, qkv_bits, dout_bits, B, T, NH, CopyTiming::at_issue, &old_bits);
+  const Outputs got = run_kernel(kernel, backward, hd, qkv_bits, dout_bits, B, T, NH,
+                                 CopyTiming::at_issue, &old_bits);
   EXPECT_LE(accumulate_error(got.dqkv, old, want.dqkv), 1.0);
 }
 
@@ -146,6 +171,32 @@ TEST(FlashAttentionEmulated, WgmmaHeadDim128) {
 }
 
 TEST(FlashAttentionEmulated, WgmmaBackwardAccumulates) { check_accumulate(Kernel::wgmma); }
+
+// The atomic backward: dQ = dS·K in the dK/dV kernel (dS through shared memory, added into an
+// fp32 accumulator), for both policies, partial tiles, several tiles, both head dims.
+TEST(FlashAttentionEmulated, AtomicDqPartialTile) {
+  check(1, 77, 2, 64, CopyTiming::at_wait, Kernel::mma, Backward::atomic);
+}
+
+TEST(FlashAttentionEmulated, AtomicDqThreeTilesHeadDim128) {
+  check(1, 150, 1, 128, CopyTiming::at_issue, Kernel::mma, Backward::atomic);
+}
+
+TEST(FlashAttentionEmulated, AtomicDqAccumulates) {
+  check_accumulate(Kernel::mma, Backward::atomic);
+}
+
+TEST(FlashAttentionEmulated, WgmmaAtomicDqThreeTiles) {
+  check(2, 150, 1, 64, CopyTiming::at_wait, Kernel::wgmma, Backward::atomic);
+}
+
+TEST(FlashAttentionEmulated, WgmmaAtomicDqHeadDim128) {
+  check(1, 130, 1, 128, CopyTiming::at_issue, Kernel::wgmma, Backward::atomic);
+}
+
+TEST(FlashAttentionEmulated, WgmmaAtomicDqAccumulates) {
+  check_accumulate(Kernel::wgmma, Backward::atomic);
+}
 
 }  // namespace
 }  // namespace triad

@@ -29,9 +29,10 @@ bool cuda_device_available();
 // or why there is none ("no CUDA device: ...", "built without CUDA").
 std::string cuda_device_description();
 
-// The fused flash-attention kernel bf16 attention uses on the current device: "wgmma" (Hopper)
-// or "mma" (sm_80 and later), after TRIAD_FLASH_KERNEL (auto|mma|wgmma). Throws triad::Error
-// for a bad TRIAD_FLASH_KERNEL, or wgmma asked for where it cannot run.
+// The fused flash-attention kernel bf16 attention uses on the current device and its backward:
+// "wgmma" (Hopper) or "mma" (sm_80 and later), after TRIAD_FLASH_KERNEL (auto|mma|wgmma), then
+// ", deterministic backward" or ", atomic backward" (TRIAD_FLASH_BACKWARD). Throws triad::Error
+// for a bad TRIAD_FLASH_KERNEL or TRIAD_FLASH_BACKWARD, or wgmma asked for where it cannot run.
 std::string cuda_flash_kernel();
 
 namespace cuda_detail {

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #if defined(__CUDACC__)
@@ -24,6 +25,13 @@ namespace triad {
 struct Vec16 {
   uint32_t w[4];
 };
+
+// The float whose bit pattern is w (a word of a Vec16 holding floats).
+TRIAD_BLOCK_FN float float_from_bits(uint32_t w) {
+  float f;
+  std::memcpy(&f, &w, sizeof f);
+  return f;
+}
 
 // Element e (0..7) of a vector of 8 bf16, widened by the context x.
 template <class X>

@@ -33,6 +33,21 @@ struct DeviceThread {
   __device__ __forceinline__ void store16(void* p, const Vec16& v) {
     *static_cast<uint4*>(p) = make_uint4(v.w[0], v.w[1], v.w[2], v.w[3]);
   }
+  // A 4-byte store to shared memory (a plain st.shared: the emulator tracks it for the proxy
+  // fence wgmma needs before reading what ordinary stores wrote).
+  __device__ __forceinline__ void store_shared32(void* p, uint32_t v) {
+    *static_cast<uint32_t*>(p) = v;
+  }
+  // p[0] += a, p[1] += b in global memory, each atomically (p 8-byte aligned): one vector
+  // atomic on sm_90 and later, two scalar ones before.
+  __device__ __forceinline__ void atomic_add2(float* p, float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    atomicAdd(reinterpret_cast<float2*>(p), make_float2(a, b));
+#else
+    atomicAdd(p, a);
+    atomicAdd(p + 1, b);
+#endif
+  }
   __device__ __forceinline__ float exp(float x) { return expf(x); }
   __device__ __forceinline__ double log(double x) { return ::log(x); }
   __device__ __forceinline__ double sqrt(double x) { return ::sqrt(x); }
@@ -83,27 +98,53 @@ struct DeviceThread {
     return __uint_as_float(uint32_t(bits) << 16);
   }
   // D (64×N over the warpgroup; d: this thread's N/2 floats) += A · B, B from a shared-memory
-  // descriptor; A from one (ss, K-major) or from registers (rs). TransB: B is stored K×N with
-  // N contiguous (MN-major) instead of N×K.
+  // descriptor; A from one (ss) or from registers (rs). TransA / TransB: the operand is stored
+  // MN-major (M or N contiguous within a core matrix) instead of K-major. The instantiations:
+  // ss m64n64 K-major (S = Q·Kᵀ), ss m64n64 / m64n128 with both MN-major (dQ = dS·K from dSᵀ),
+  // rs m64n64 / m64n128 with B MN-major (P·V).
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  template <int N, int TransB>
+// The accumulator operands of an m64n64 (32 floats) or m64n128 (64 floats) wgmma.
+#define TRIAD_WGMMA_D8(i)                                                                     \
+  "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), \
+      "+f"(d[i + 6]), "+f"(d[i + 7])
+#define TRIAD_WGMMA_D32 TRIAD_WGMMA_D8(0), TRIAD_WGMMA_D8(8), TRIAD_WGMMA_D8(16), TRIAD_WGMMA_D8(24)
+#define TRIAD_WGMMA_D64 \
+  TRIAD_WGMMA_D32, TRIAD_WGMMA_D8(32), TRIAD_WGMMA_D8(40), TRIAD_WGMMA_D8(48), TRIAD_WGMMA_D8(56)
+#define TRIAD_WGMMA_R32                                                                         \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, " \
+  "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define TRIAD_WGMMA_R64                                                                         \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, " \
+  "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, "  \
+  "%38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, "  \
+  "%56, %57, %58, %59, %60, %61, %62, %63}"
+  template <int N, int TransA, int TransB>
   __device__ __forceinline__ void wgmma_ss(float* d, uint64_t da, uint64_t db) {
-    static_assert(N == 64 && TransB == 0, "only the m64n64k16 K-major product is instantiated");
-    asm volatile(
-        "{\n"
-        ".reg .pred p;\n"
-        "setp.ne.b32 p, %34, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, "
-        "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-        "%32, %33, p, 1, 1, 0, 0;\n"
-        "}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-          "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
-          "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-          "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-        : "l"(da), "l"(db), "r"(1));
+    static_assert((N == 64 && TransA == 0 && TransB == 0) ||
+                      ((N == 64 || N == 128) && TransA == 1 && TransB == 1),
+                  "only m64n64k16 K-major and m64n64k16 / m64n128k16 MN-major are instantiated");
+    if constexpr (N == 64 && TransA == 0) {
+      asm volatile(
+          "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+          "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " TRIAD_WGMMA_R32
+          ", %32, %33, p, 1, 1, 0, 0;\n}\n"
+          : TRIAD_WGMMA_D32
+          : "l"(da), "l"(db), "r"(1));
+    } else if constexpr (N == 64) {
+      asm volatile(
+          "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+          "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " TRIAD_WGMMA_R32
+          ", %32, %33, p, 1, 1, 1, 1;\n}\n"
+          : TRIAD_WGMMA_D32
+          : "l"(da), "l"(db), "r"(1));
+    } else {
+      asm volatile(
+          "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+          "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " TRIAD_WGMMA_R64
+          ", %64, %65, p, 1, 1, 1, 1;\n}\n"
+          : TRIAD_WGMMA_D64
+          : "l"(da), "l"(db), "r"(1));
+    }
   }
   template <int N, int TransB>
   __device__ __forceinline__ void wgmma_rs(float* d, const uint32_t (&a)[4], uint64_t db) {
@@ -111,46 +152,25 @@ struct DeviceThread {
                   "only m64n64k16 / m64n128k16 with B MN-major");
     if constexpr (N == 64) {
       asm volatile(
-          "{\n"
-          ".reg .pred p;\n"
-          "setp.ne.b32 p, %37, 0;\n"
-          "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-          "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, "
-          "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-          "{%32, %33, %34, %35}, %36, p, 1, 1, 1;\n"
-          "}\n"
-          : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-            "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-            "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),
-            "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]),
-            "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+          "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+          "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " TRIAD_WGMMA_R32
+          ", {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+          : TRIAD_WGMMA_D32
           : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
     } else {
       asm volatile(
-          "{\n"
-          ".reg .pred p;\n"
-          "setp.ne.b32 p, %69, 0;\n"
-          "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-          "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, "
-          "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, "
-          "%36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, "
-          "%53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-          "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n"
-          "}\n"
-          : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-            "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-            "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),
-            "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]),
-            "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-            "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]),
-            "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]),
-            "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]),
-            "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-            "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]),
-            "+f"(d[62]), "+f"(d[63])
+          "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+          "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " TRIAD_WGMMA_R64
+          ", {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+          : TRIAD_WGMMA_D64
           : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
     }
   }
+#undef TRIAD_WGMMA_D8
+#undef TRIAD_WGMMA_D32
+#undef TRIAD_WGMMA_D64
+#undef TRIAD_WGMMA_R32
+#undef TRIAD_WGMMA_R64
   __device__ __forceinline__ void wgmma_fence() {
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
   }
@@ -167,7 +187,7 @@ struct DeviceThread {
 #else
   // Built for an architecture without wgmma (sm_80, or sm_90 without the "a" features): the
   // launcher never selects these kernels there (it checks the binary's version first).
-  template <int N, int TransB>
+  template <int N, int TransA, int TransB>
   __device__ __forceinline__ void wgmma_ss(float*, uint64_t, uint64_t) {
     __trap();
   }

@@ -5,10 +5,13 @@
 // The same programs run on the CPU in test_flash_attention_emulated.
 //
 //   forward   grid (B·NH, ceil(T/64)), every head's heaviest query block first.
-//   backward  (1) D = rowsum(dO ∘ O), one warp per (b, t, h) row, into the workspace;
-//             (2) grid (B·NH, nkb): dK, dV of one key block over the query tiles after it;
-//             (3) grid (B·NH, nqb): dQ of one query block (recomputing P and dP).
-//             No atomics, fixed summation orders: bit-identical run to run.
+//   backward  (1) D = rowsum(dO ∘ O), one warp per (b, t, h) row, into the workspace (the
+//                 atomic way also zeroes its dQ accumulator there);
+//             (2) grid (B·NH, nkb): dK, dV of one key block over the query tiles after it (the
+//                 atomic way: and that block's part of dQ, added into the accumulator);
+//             (3) deterministic: grid (B·NH, nqb): dQ of one query block (recomputing P and dP),
+//                 no atomics, fixed summation orders, bit-identical run to run;
+//                 atomic: dQ = scale · accumulator, rounded into dqkv.
 #include <cmath>
 #include <cstdlib>
 #include <mutex>
@@ -38,20 +41,29 @@ __global__ void __launch_bounds__(flash::kThreads)
 
 template <int HD>
 __global__ void __launch_bounds__(flash::kThreads)
-    dot_kernel(float* __restrict__ Dv, const uint16_t* __restrict__ dout,
-               const uint16_t* __restrict__ out, int B, int T, int NH) {
+    dot_kernel(float* __restrict__ Dv, float* __restrict__ dq_accum,
+               const uint16_t* __restrict__ dout, const uint16_t* __restrict__ out, int B, int T,
+               int NH) {
   DeviceThread x;
-  flash::dot_block<HD>(x, Dv, dout, out, B, T, NH);
+  flash::dot_block<HD>(x, Dv, dq_accum, dout, out, B, T, NH);
 }
 
-template <class Tiles>
+template <class Tiles, bool AtomicDq>
 __global__ void __launch_bounds__(flash::kThreads)
-    dkdv_kernel(uint16_t* __restrict__ dqkv, const uint16_t* __restrict__ dout,
-                const uint16_t* __restrict__ qkv, const float* __restrict__ lse,
-                const float* __restrict__ Dv, int T, int C, int NH, float scale, float scale_log2,
-                bool accumulate) {
+    dkdv_kernel(uint16_t* __restrict__ dqkv, float* __restrict__ dq_accum,
+                const uint16_t* __restrict__ dout, const uint16_t* __restrict__ qkv,
+                const float* __restrict__ lse, const float* __restrict__ Dv, int T, int C, int NH,
+                float scale, float scale_log2, bool accumulate) {
   DeviceThread x;
-  flash::dkdv_block<Tiles>(x, dqkv, dout, qkv, lse, Dv, T, C, NH, scale, scale_log2, accumulate);
+  flash::dkdv_block<Tiles, AtomicDq>(x, dqkv, dq_accum, dout, qkv, lse, Dv, T, C, NH, scale,
+                                     scale_log2, accumulate);
+}
+
+__global__ void __launch_bounds__(flash::kConvertThreads)
+    dq_convert_kernel(uint16_t* __restrict__ dqkv, const float* __restrict__ dq_accum, size_t total,
+                      int C, float scale, bool accumulate) {
+  DeviceThread x;
+  flash::dq_convert_block(x, dqkv, dq_accum, total, C, scale, accumulate);
 }
 
 template <class Tiles>
@@ -108,31 +120,68 @@ void forward_with(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, i
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
-template <class Tiles>
+// The workspace: D [B·NH·T] first, then (atomic) the dQ accumulator [B,T,C], 16-byte aligned.
+size_t dq_accum_offset(int B, int T, int NH) { return (size_t(B) * NH * T + 3) / 4 * 4; }
+
+template <class Tiles, bool AtomicDq>
 void backward_with(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out, const float* lse,
-                   float* Dv, int B, int T, int C, int NH, cudaStream_t s, bool accumulate) {
+                   float* ws, int B, int T, int C, int NH, cudaStream_t s, bool accumulate) {
   constexpr int HD = Tiles::kHD;
-  constexpr size_t dkdv_smem = flash::dkdv_smem<Tiles>(), dq_smem = flash::dq_smem<Tiles>();
-  allow_smem(dkdv_kernel<Tiles>, dkdv_smem);
-  allow_smem(dq_kernel<Tiles>, dq_smem);
+  constexpr size_t dkdv_smem = flash::dkdv_smem<Tiles, AtomicDq>();
+  allow_smem(dkdv_kernel<Tiles, AtomicDq>, dkdv_smem);
+  float* Dv = ws;
+  float* dq_accum = AtomicDq ? ws + dq_accum_offset(B, T, NH) : nullptr;
   const flash::Launch l = flash::launch_shape(B, T, NH, HD);
-  dot_kernel<HD>
-      <<<unsigned(l.dot_blocks), flash::kThreads, 0, s>>>(Dv, bits(dout), bits(out), B, T, NH);
+  dot_kernel<HD><<<unsigned(l.dot_blocks), flash::kThreads, 0, s>>>(Dv, dq_accum, bits(dout),
+                                                                    bits(out), B, T, NH);
   TRIAD_CUDA_CHECK_LAUNCH();
   const dim3 grid(unsigned(l.blocks_x), unsigned(l.blocks_y));
-  dkdv_kernel<Tiles><<<grid, flash::kThreads, dkdv_smem, s>>>(
-      bits(dqkv), bits(dout), bits(qkv), lse, Dv, T, C, NH, l.scale, l.scale_log2, accumulate);
+  dkdv_kernel<Tiles, AtomicDq>
+      <<<grid, flash::kThreads, dkdv_smem, s>>>(bits(dqkv), dq_accum, bits(dout), bits(qkv), lse,
+                                                Dv, T, C, NH, l.scale, l.scale_log2, accumulate);
   TRIAD_CUDA_CHECK_LAUNCH();
-  dq_kernel<Tiles><<<grid, flash::kThreads, dq_smem, s>>>(
-      bits(dqkv), bits(dout), bits(qkv), lse, Dv, T, C, NH, l.scale, l.scale_log2, accumulate);
-  TRIAD_CUDA_CHECK_LAUNCH();
+  if constexpr (AtomicDq) {
+    const size_t total = size_t(B) * T * C;
+    const size_t blocks = (total / 8 + flash::kConvertThreads - 1) / flash::kConvertThreads;
+    dq_convert_kernel<<<unsigned(blocks), flash::kConvertThreads, 0, s>>>(
+        bits(dqkv), dq_accum, total, C, l.scale, accumulate);
+    TRIAD_CUDA_CHECK_LAUNCH();
+  } else {
+    constexpr size_t dq_smem = flash::dq_smem<Tiles>();
+    allow_smem(dq_kernel<Tiles>, dq_smem);
+    dq_kernel<Tiles><<<grid, flash::kThreads, dq_smem, s>>>(
+        bits(dqkv), bits(dout), bits(qkv), lse, Dv, T, C, NH, l.scale, l.scale_log2, accumulate);
+    TRIAD_CUDA_CHECK_LAUNCH();
+  }
 }
 
 }  // namespace
 
-size_t flash_attention_workspace_floats(int B, int T, int C, int NH) {
-  (void)C;
-  return size_t(B) * NH * T;
+FlashBackward flash_backward_mode(FlashBackward requested) {
+  if (requested != FlashBackward::automatic) return requested;
+  if (const char* env = std::getenv("TRIAD_FLASH_BACKWARD"); env && *env) {
+    const std::string v = env;
+    TRIAD_CHECK(v == "deterministic" || v == "atomic", "TRIAD_FLASH_BACKWARD = '", v,
+                "' is not one of deterministic, atomic");
+    return v == "atomic" ? FlashBackward::atomic : FlashBackward::deterministic;
+  }
+  return FlashBackward::deterministic;
+}
+
+const char* flash_backward_name(FlashBackward m) {
+  switch (m) {
+    case FlashBackward::deterministic:
+      return "deterministic";
+    case FlashBackward::atomic:
+      return "atomic";
+    default:
+      return "auto";
+  }
+}
+
+size_t flash_attention_workspace_floats(int B, int T, int C, int NH, FlashBackward mode) {
+  const bool atomic = flash_backward_mode(mode) == FlashBackward::atomic;
+  return dq_accum_offset(B, T, NH) + (atomic ? size_t(B) * T * C : 0);
 }
 
 const char* flash_kernel_name(FlashKernel k) {
@@ -214,13 +263,18 @@ void flash_attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int 
 
 void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out,
                               const float* lse, float* workspace, int B, int T, int C, int NH,
-                              cudaStream_t s, bool accumulate, FlashKernel kernel) {
+                              cudaStream_t s, bool accumulate, FlashKernel kernel,
+                              FlashBackward mode) {
   check_shape(B, T, C, NH);
   const bool wgmma = flash_kernel_for_device(kernel) == FlashKernel::wgmma;
+  const bool atomic = flash_backward_mode(mode) == FlashBackward::atomic;
   const bool hd64 = C / NH == 64;
   auto run = [&](auto tiles) {
     using Tiles = decltype(tiles);
-    backward_with<Tiles>(dqkv, dout, qkv, out, lse, workspace, B, T, C, NH, s, accumulate);
+    if (atomic)
+      backward_with<Tiles, true>(dqkv, dout, qkv, out, lse, workspace, B, T, C, NH, s, accumulate);
+    else
+      backward_with<Tiles, false>(dqkv, dout, qkv, out, lse, workspace, B, T, C, NH, s, accumulate);
   };
   if (wgmma && hd64) run(flash::WgmmaTiles<64>{});
   if (wgmma && !hd64) run(flash::WgmmaTiles<128>{});
@@ -232,6 +286,8 @@ void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, con
 
 namespace triad {
 std::string cuda_flash_kernel() {
-  return cuda::flash_kernel_name(cuda::flash_kernel_for_device(cuda::FlashKernel::automatic));
+  const cuda::FlashBackward backward = cuda::flash_backward_mode();
+  return std::string(cuda::flash_kernel_name(cuda::flash_kernel_for_device())) + ", " +
+         cuda::flash_backward_name(backward) + " backward";
 }
 }  // namespace triad

@@ -9,8 +9,15 @@
 //   dqkv [B,T,3C]  overwritten, or accumulated into (round(old + gradient)) on request
 // scale = 1/sqrt(hd), hd = C/NH ∈ {64, 128}; any T >= 1. No T×T matrix in global memory.
 //
-// Backward is deterministic (no atomics): one kernel per key block computes dK, dV; a second
-// per query block computes dQ (recomputing P and dP); the workspace holds D = rowsum(dO ∘ O).
+// Backward, two ways (FlashBackward):
+//   deterministic  one kernel per key block computes dK, dV; a second per query block computes
+//                  dQ (recomputing P and dP): 7 tile products per (query, key) tile pair, no
+//                  atomics, bit-identical run to run;
+//   atomic         the key-block kernel also computes dQ = dS·K and adds it into an fp32
+//                  accumulator with atomics (FlashAttention-2's scheme), then a small kernel
+//                  scales and rounds it: 5 products, but the order of the fp32 additions (and so
+//                  dQ's last bits) varies from run to run.
+// The workspace holds D = rowsum(dO ∘ O), and the atomic way's dQ accumulator.
 //
 // This header compiles with the host compiler too (the launchers are ordinary functions).
 // Errors (bad shapes, launch failures) throw triad::Error.
@@ -40,8 +47,17 @@ bool flash_wgmma_available();
 FlashKernel flash_kernel_for_device(FlashKernel requested = FlashKernel::automatic);
 const char* flash_kernel_name(FlashKernel k);
 
-// Floats of workspace flash_attention_backward needs (B·NH·T).
-size_t flash_attention_workspace_floats(int B, int T, int C, int NH);
+// How the backward computes dQ (above). automatic: the environment variable
+// TRIAD_FLASH_BACKWARD (deterministic or atomic) if set, else deterministic. A bad
+// TRIAD_FLASH_BACKWARD throws triad::Error.
+enum class FlashBackward { automatic, deterministic, atomic };
+FlashBackward flash_backward_mode(FlashBackward requested = FlashBackward::automatic);
+const char* flash_backward_name(FlashBackward m);
+
+// Floats of workspace flash_attention_backward needs: B·NH·T (rounded up to a multiple of 4),
+// plus B·T·C for the atomic backward.
+size_t flash_attention_workspace_floats(int B, int T, int C, int NH,
+                                        FlashBackward mode = FlashBackward::automatic);
 
 // out [B,T,C] bf16 and lse [B,NH,T] fp32 from qkv [B,T,3C] bf16 (device pointers), on stream s.
 // qkv must be 16-byte aligned (vector loads), out 4-byte aligned.
@@ -50,12 +66,14 @@ void flash_attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int 
 
 // dqkv [B,T,3C] from dout [B,T,C], the forward's qkv, out and lse: overwritten, or with
 // accumulate each element becomes round(old + gradient) in fp32 (the Backend's += contract).
-// workspace holds flash_attention_workspace_floats(B, T, C, NH) floats. Device pointers,
-// stream s. qkv and dout must be 16-byte aligned (vector loads), out and dqkv 4-byte aligned.
+// workspace holds flash_attention_workspace_floats(B, T, C, NH, mode) floats, 16-byte aligned.
+// Device pointers, stream s. qkv and dout must be 16-byte aligned (vector loads), out and dqkv
+// 4-byte aligned.
 void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out,
                               const float* lse, float* workspace, int B, int T, int C, int NH,
                               cudaStream_t s, bool accumulate = false,
-                              FlashKernel kernel = FlashKernel::automatic);
+                              FlashKernel kernel = FlashKernel::automatic,
+                              FlashBackward mode = FlashBackward::automatic);
 
 // Host helpers for tests and benchmarks: float ↔ bf16 bit patterns (round to nearest even;
 // NaN stays NaN).

@@ -27,6 +27,9 @@
 //   mma(d[4], a[4], b0, b1)                      d += A·B, mma.m16n8k16.row.col.f32.bf16.bf16.f32
 //   cp_async16(dst, src, valid), cp_commit(), cp_wait<N>()
 //                                                16-byte async copy (zero fill when !valid)
+//   store_shared32(p, v)                         4-byte st.shared
+//   atomic_add2(p, a, b)                         p[0] += a, p[1] += b in global memory, atomically
+//   store16(p, v)                                16-byte store
 //   exp2(x), log2(x)                             fp32, exp2(-inf) = 0
 //   pack_bf16(lo, hi)                            two floats → bf16 pair (round to nearest even)
 //   bf16_float(bits)                             a bf16 pattern widened to float
@@ -60,9 +63,11 @@ template <class Tiles>
 TRIAD_BLOCK_SIZE size_t forward_smem() {
   return 5 * tile_bytes<Tiles>();  // Q, K ×2, V ×2
 }
-template <class Tiles>
+// K, V, Q ×2, dO ×2, lse ×2, D ×2, and with the atomic dQ a 64×64 tile of dSᵀ.
+template <class Tiles, bool AtomicDq>
 TRIAD_BLOCK_SIZE size_t dkdv_smem() {
-  return 6 * tile_bytes<Tiles>() + 4 * kTile * sizeof(float);  // K, V, Q ×2, dO ×2, lse, D ×2
+  return 6 * tile_bytes<Tiles>() + 4 * kTile * sizeof(float) +
+         (AtomicDq ? tile_bytes<typename Tiles::Square>() : 0);
 }
 template <class Tiles>
 TRIAD_BLOCK_SIZE size_t dq_smem() {
@@ -113,6 +118,8 @@ TRIAD_BLOCK_FN void load_tile(X& x, uint16_t* s, const uint16_t* g, size_t strid
 //                        two independent products (the policy may overlap them);
 //   pv(x, acc, p, Y)     acc (16×HD) += P · tile Y, P (16×64) given in the layout of s (rounded
 //                        to bf16 on the way);
+//   atb(x, acc, A, Y)    acc (16×HD) += rows 16w.. of (A)ᵀ · tile Y, A a 64×64 tile of the
+//                        Tiles::Square layout holding the left operand transposed;
 //   publish(x)           after this thread's cp.async copies are waited for and before the
 //                        barrier that hands them to every warp.
 
@@ -156,6 +163,22 @@ TRIAD_BLOCK_FN void store_rows(X& x, uint16_t* g, size_t stride, int row0, int T
       }
       *d = x.pack_bf16(lo, hi);
     }
+  }
+}
+
+// The warp's 16 rows of acc added into rows row0 + 0..15 of a [*, stride] fp32 matrix at g
+// (columns 0..HD-1) with atomics, rows >= T skipped. g and stride even (pairs are 8-byte aligned).
+template <int HD, class X>
+TRIAD_BLOCK_FN void add_rows(X& x, float* g, size_t stride, int row0, int T,
+                             const float (&acc)[HD / 8][4]) {
+  const int lane = x.thread() % 32, gr = lane >> 2, tc = (lane & 3) * 2;
+  TRIAD_UNROLL
+  for (int r = 0; r < 2; ++r) {
+    const int row = row0 + gr + 8 * r;
+    if (row >= T) continue;
+    float* dst = g + size_t(row) * stride + tc;
+    TRIAD_UNROLL
+    for (int n = 0; n < HD / 8; ++n) x.atomic_add2(dst + n * 8, acc[n][2 * r], acc[n][2 * r + 1]);
   }
 }
 
@@ -303,10 +326,11 @@ TRIAD_BLOCK_FN void forward_block(X& x, uint16_t* out, float* lse, const uint16_
 
 // ---- backward -----------------------------------------------------------------------------------
 // D[bh, t] = Σ_d dO[b,t,h,d] · O[b,t,h,d]: warp w of block (blockIdx.x) takes row
-// blockIdx.x·4 + w of the [B·T·NH] rows.
+// blockIdx.x·4 + w of the [B·T·NH] rows. With dq_accum ([B,T,C] fp32, 16-byte aligned) the
+// warp also zeroes that row of it, for the atomic-dQ backward to add into.
 template <int HD, class X>
-TRIAD_BLOCK_FN void dot_block(X& x, float* Dv, const uint16_t* dout, const uint16_t* out, int B,
-                              int T, int NH) {
+TRIAD_BLOCK_FN void dot_block(X& x, float* Dv, float* dq_accum, const uint16_t* dout,
+                              const uint16_t* out, int B, int T, int NH) {
   const size_t row = size_t(x.block_x()) * kWarps + x.thread() / 32;
   const int lane = x.thread() % 32;
   const bool valid = row < size_t(B) * T * NH;
@@ -320,6 +344,11 @@ TRIAD_BLOCK_FN void dot_block(X& x, float* Dv, const uint16_t* dout, const uint1
       s += x.bf16_float(uint16_t(a & 0xffffu)) * x.bf16_float(uint16_t(o & 0xffffu)) +
            x.bf16_float(uint16_t(a >> 16)) * x.bf16_float(uint16_t(o >> 16));
     }
+  }
+  if (valid && dq_accum != nullptr) {
+    TRIAD_UNROLL
+    for (int d = 4 * lane; d < HD; d += 128)
+      x.store16(dq_accum + row * HD + d, Vec16{{0, 0, 0, 0}});
   }
   TRIAD_UNROLL
   for (int mask = 16; mask >= 1; mask /= 2) s += x.shfl_xor(s, mask);
@@ -352,17 +381,21 @@ TRIAD_BLOCK_FN void probabilities_and_ds(X& x, float (&s)[8][4], float (&dp)[8][
 // dK, dV of key block blockIdx.y (warp w: keys k0 + 16w ..), iterating over the query tiles
 // qt >= kb: Sᵀ = K Qᵀ, dPᵀ = V dOᵀ, Pᵀ = exp(Sᵀ·scale − lse), dSᵀ = Pᵀ ∘ (dPᵀ − D),
 // dV += Pᵀ dO, dK += dSᵀ Q; dK scaled by 1/sqrt(HD) at the end.
-template <class Tiles, class X>
-TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, const uint16_t* dout, const uint16_t* qkv,
-                               const float* lse, const float* Dv, int T, int C, int NH, float scale,
-                               float scale_log2, bool accumulate) {
+// AtomicDq: also this key block's part of dQ (unscaled) for every query tile, dQ += dS K with dS
+// (bf16, as the dK product rounds it) passed through shared memory, added into dq_accum
+// ([B,T,C] fp32, zeroed by dot_block) with atomics; dq_convert_block finishes it.
+template <class Tiles, bool AtomicDq, class X>
+TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, const uint16_t* dout,
+                               const uint16_t* qkv, const float* lse, const float* Dv, int T, int C,
+                               int NH, float scale, float scale_log2, bool accumulate) {
   constexpr int HD = Tiles::kHD, L = Tiles::kElems;  // L: elements per tile
   uint16_t* sK = reinterpret_cast<uint16_t*>(x.smem());
   uint16_t* sV = sK + L;
-  uint16_t* sQ = sV + L;                                // [2][64][L]
-  uint16_t* sdO = sQ + 2 * L;                           // [2][64][L]
-  float* sLse = reinterpret_cast<float*>(sdO + 2 * L);  // [2][64], log2 domain
-  float* sD = sLse + 2 * kTile;                         // [2][64]
+  uint16_t* sQ = sV + L;                                        // [2][64][L]
+  uint16_t* sdO = sQ + 2 * L;                                   // [2][64][L]
+  float* sLse = reinterpret_cast<float*>(sdO + 2 * L);          // [2][64], log2 domain
+  float* sD = sLse + 2 * kTile;                                 // [2][64]
+  uint16_t* sdS = reinterpret_cast<uint16_t*>(sD + 2 * kTile);  // dSᵀ [key][query] (AtomicDq)
 
   const int nb = (T + kTile - 1) / kTile;
   const int kb = x.block_y();  // the blocks with the most query tiles (small kb) first
@@ -427,12 +460,58 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, const uint16_t* dout, const
         },
         [&](int, int c) { return lse2[c]; }, [&](int, int c) { return dd[c]; });
     Tiles::pv2(x, dv, s, d_o, dk, dp, q);  // dV += Pᵀ dO, dK += dSᵀ Q
-    x.sync_threads();  // every warp is done with this buffer before it is refilled
+    if constexpr (AtomicDq) {
+      using Square = typename Tiles::Square;
+      const int tc = (lane & 3) * 2, kr = warp * 16 + (lane >> 2);  // this thread's tile rows
+      TRIAD_UNROLL
+      for (int n = 0; n < 8; ++n) TRIAD_UNROLL
+      for (int r = 0; r < 2; ++r)
+        x.store_shared32(sdS + Square::chunk(kr + 8 * r, n * 8) + tc,
+                         x.pack_bf16(dp[n][2 * r], dp[n][2 * r + 1]));
+      Tiles::publish(x);
+      x.sync_threads();
+      float dq[HD / 8][4];
+      zero(dq);
+      Tiles::atb(x, dq, sdS, sK);  // rows 16w.. of dQ (queries q0 + 16w ..) += dS K
+      add_rows<HD>(x, dq_accum + size_t(b) * T * C + size_t(h) * HD, size_t(C), q0 + warp * 16, T,
+                   dq);
+    }
+    x.sync_threads();  // every warp is done with these buffers before they are refilled
   }
 
   uint16_t* gdk = dqkv + size_t(b) * T * stride + C + size_t(h) * HD;
   store_rows<HD>(x, gdk, stride, k0 + warp * 16, T, dk, scale, accumulate);
   store_rows<HD>(x, gdk + C, stride, k0 + warp * 16, T, dv, 1.0f, accumulate);
+}
+
+// dqkv's q columns from the atomic-dQ accumulator ([B,T,C] fp32, 16-byte aligned): thread t of
+// block blockIdx.x takes 8 elements, (blockIdx.x · kConvertThreads + t) · 8 .., of the B·T·C;
+// each becomes round(scale · acc), or round(old + scale · acc) with accumulate. C % 8 == 0.
+constexpr int kConvertThreads = 256;
+template <class X>
+TRIAD_BLOCK_FN void dq_convert_block(X& x, uint16_t* dqkv, const float* dq_accum, size_t total,
+                                     int C, float scale, bool accumulate) {
+  const size_t e0 = (size_t(x.block_x()) * kConvertThreads + x.thread()) * 8;
+  if (e0 >= total) return;
+  const size_t row = e0 / size_t(C), col = e0 % size_t(C);
+  float v[8];
+  TRIAD_UNROLL
+  for (int half = 0; half < 2; ++half) {
+    const Vec16 a = x.load16(dq_accum + e0 + 4 * half);
+    TRIAD_UNROLL
+    for (int i = 0; i < 4; ++i) v[4 * half + i] = float_from_bits(a.w[i]) * scale;
+  }
+  uint32_t* dst = reinterpret_cast<uint32_t*>(dqkv + row * 3 * size_t(C) + col);
+  TRIAD_UNROLL
+  for (int i = 0; i < 4; ++i) {
+    float lo = v[2 * i], hi = v[2 * i + 1];
+    if (accumulate) {
+      const uint32_t old = dst[i];
+      lo += x.bf16_float(uint16_t(old & 0xffffu));
+      hi += x.bf16_float(uint16_t(old >> 16));
+    }
+    dst[i] = x.pack_bf16(lo, hi);
+  }
 }
 
 // dQ of query block nqb-1-blockIdx.y (warp w: rows q0 + 16w ..), iterating over the key tiles

@@ -16,6 +16,7 @@ struct MmaTiles {
   static constexpr int HD = HD_;
   static constexpr int kPitch = HD + 8;
   static constexpr int kElems = kTile * kPitch;
+  using Square = MmaTiles<64>;  // a 64×64 tile (dS in the atomic-dQ backward)
 
   TRIAD_BLOCK_FN static int chunk(int r, int c) { return r * kPitch + c; }
 
@@ -59,22 +60,29 @@ struct MmaTiles {
   template <class X>
   TRIAD_BLOCK_FN static void pv(X& x, float (&acc)[HD / 8][4], const float (&p)[8][4],
                                 const uint16_t* y) {
-    constexpr int L = kPitch;
-    const int lane = x.thread() % 32;
     TRIAD_UNROLL
     for (int kk = 0; kk < 4; ++kk) {  // 16 keys at a time
       uint32_t fa[4];
       p_fragment(x, p, kk, fa);
-      TRIAD_UNROLL
-      for (int np = 0; np < HD / 16; ++np) {
-        // B = Y[keys kk·16..][cols np·16..] along its rows: transposed loads; matrices (keys 0-7 |
-        // 8-15) × (cols 0-7 | 8-15).
-        uint32_t fb[4];
-        x.ldsm_x4_t(
-            fb, y + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * L + np * 16 + (lane >> 4) * 8);
-        x.mma(acc[2 * np], fa, fb[0], fb[1]);
-        x.mma(acc[2 * np + 1], fa, fb[2], fb[3]);
-      }
+      times_rows(x, acc, fa, y, kk);
+    }
+  }
+
+  // acc (the warp's 16×HD) += rows 16w.. of (square tile a)ᵀ · tile y: a holds the A operand
+  // transposed (its rows are the K index), so its fragments come through ldmatrix.trans.
+  template <class X>
+  TRIAD_BLOCK_FN static void atb(X& x, float (&acc)[HD / 8][4], const uint16_t* a,
+                                 const uint16_t* y) {
+    constexpr int LA = Square::kPitch;
+    const int lane = x.thread() % 32, col = (x.thread() / 32) * 16;
+    TRIAD_UNROLL
+    for (int kk = 0; kk < 4; ++kk) {
+      // A 16×16: matrices (rows 0-7 | 8-15) × (k 0-7 | 8-15), each the transpose of the 8×8
+      // block of a at rows (k) kk·16 + 0-7 | 8-15, columns (A rows) col + 0-7 | 8-15.
+      uint32_t fa[4];
+      x.ldsm_x4_t(fa,
+                  a + (kk * 16 + (lane >> 4) * 8 + (lane & 7)) * LA + col + ((lane >> 3) & 1) * 8);
+      times_rows(x, acc, fa, y, kk);
     }
   }
 
@@ -85,6 +93,25 @@ struct MmaTiles {
                                  const float (&p2)[8][4], const uint16_t* y2) {
     pv(x, acc1, p1, y1);
     pv(x, acc2, p2, y2);
+  }
+
+ private:
+  // acc += A (16×16, fragments fa) · rows kk·16 .. kk·16+15 of tile y.
+  template <class X>
+  TRIAD_BLOCK_FN static void times_rows(X& x, float (&acc)[HD / 8][4], const uint32_t (&fa)[4],
+                                        const uint16_t* y, int kk) {
+    constexpr int L = kPitch;
+    const int lane = x.thread() % 32;
+    TRIAD_UNROLL
+    for (int np = 0; np < HD / 16; ++np) {
+      // B = Y[rows kk·16..][cols np·16..] along its rows: transposed loads; matrices (rows 0-7 |
+      // 8-15) × (cols 0-7 | 8-15).
+      uint32_t fb[4];
+      x.ldsm_x4_t(
+          fb, y + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * L + np * 16 + (lane >> 4) * 8);
+      x.mma(acc[2 * np], fa, fb[0], fb[1]);
+      x.mma(acc[2 * np + 1], fa, fb[2], fb[3]);
+    }
   }
 };
 

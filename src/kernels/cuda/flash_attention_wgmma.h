@@ -9,9 +9,11 @@
 // names a start address, LBO (bytes between core matrices adjacent along K) and SBO (along M or
 // N), so the same tile serves
 //   as a K-major operand (rows = M or N, K = the HD columns):   LBO = 128,  SBO = 16·HD;
-//   as an MN-major B (K = the 64 rows, N = the HD columns):     LBO = 16·HD, SBO = 128.
-// Shared memory written by cp.async (the generic proxy) is made visible to wgmma (the async
-// proxy) by fence.proxy.async in every writing thread before the barrier (publish).
+//   as an MN-major operand (K = the 64 rows, M or N = the columns): LBO = 16·HD, SBO = 128
+//   (B of P·V; both operands of dQ = dS·K, where the tile holds dSᵀ).
+// Shared memory written by cp.async or ordinary stores (the generic proxy) is made visible to
+// wgmma (the async proxy) by fence.proxy.async in every writing thread before the barrier
+// (publish).
 #pragma once
 
 #include "flash_attention_block.h"
@@ -32,6 +34,7 @@ struct WgmmaTiles {
   static constexpr int kElems = kTile * HD;
   static constexpr uint32_t kBand = 16 * HD;  // bytes of one 8-row band
   static constexpr uint32_t kCore = 128;      // bytes of one core matrix
+  using Square = WgmmaTiles<64>;              // a 64×64 tile (dS in the atomic-dQ backward)
 
   TRIAD_BLOCK_FN static int chunk(int r, int c) {
     return (r / 8) * (8 * HD) + (c / 8) * 64 + (r % 8) * 8;
@@ -90,6 +93,25 @@ struct WgmmaTiles {
     keep_fragments(x, fa);  // the A registers live until the wait
   }
 
+  // acc (rows 16w.. of the 64×HD product) += (square tile a)ᵀ · tile y: 4 steps of m64nHDk16
+  // over 16 rows of a each, both operands MN-major (a's columns are the M index).
+  template <class X>
+  TRIAD_BLOCK_FN static void atb(X& x, float (&acc)[HD / 8][4], const uint16_t* a,
+                                 const uint16_t* y) {
+    constexpr uint32_t kBandA = Square::kBand;
+    const uint32_t sa = x.smem_address(a), sy = x.smem_address(y);
+    float* d = &acc[0][0];
+    fence_registers<HD / 2>(x, d);
+    x.wgmma_fence();
+    TRIAD_UNROLL
+    for (int kk = 0; kk < 4; ++kk)
+      x.template wgmma_ss<HD, 1, 1>(d, wgmma_descriptor(sa + 2 * kBandA * kk, kBandA, kCore),
+                                    wgmma_descriptor(sy + 2 * kBand * kk, kBand, kCore));
+    x.wgmma_commit();
+    x.template wgmma_wait<0>();
+    fence_registers<HD / 2>(x, d);
+  }
+
   // Two independent products (acc1 += P1·y1, acc2 += P2·y2) in one wgmma group.
   template <class X>
   TRIAD_BLOCK_FN static void pv2(X& x, float (&acc1)[HD / 8][4], const float (&p1)[8][4],
@@ -142,8 +164,8 @@ struct WgmmaTiles {
     const uint32_t sa = x.smem_address(a), sy = x.smem_address(y);
     TRIAD_UNROLL
     for (int kk = 0; kk < HD / 16; ++kk)
-      x.template wgmma_ss<64, 0>(d, wgmma_descriptor(sa + 2 * kCore * kk, kCore, kBand),
-                                 wgmma_descriptor(sy + 2 * kCore * kk, kCore, kBand));
+      x.template wgmma_ss<64, 0, 0>(d, wgmma_descriptor(sa + 2 * kCore * kk, kCore, kBand),
+                                    wgmma_descriptor(sy + 2 * kCore * kk, kCore, kBand));
   }
 
   // Pins the n accumulators at this point: ordinary code touching them stays on its side of the
