@@ -37,7 +37,8 @@ void Trainer::State::setup_backend() {
     const int device = devices > 0 ? local % devices : 0;
     be = make_cuda_backend(device);
     on_device = true;
-    // Resolved on every rank, so a bad TRIAD_FLASH_KERNEL stops them all here.
+    // Resolved on every rank, so a bad TRIAD_FLASH_KERNEL or TRIAD_FLASH_BACKWARD stops them
+    // all here.
     if (cfg.bf16()) flash_desc = cuda_flash_kernel();
     // Whether two ranks of the node drive one GPU: compare the physical devices (PCI bus ids),
     // not the numbers, since a launcher may give every rank its own GPU as "device 0".

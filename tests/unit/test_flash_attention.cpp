@@ -200,38 +200,35 @@ TEST(FlashAttention, RejectsOtherHeadDims) {
                triad::Error);
 }
 
-// A bad TRIAD_FLASH_BACKWARD is refused (no device needed).
-TEST(FlashAttention, RejectsABadBackwardName) {
-  const char* old = std::getenv("TRIAD_FLASH_BACKWARD");
+// Sets the environment variable `name` to `value`, expects `resolve` to throw triad::Error
+// naming the variable, and restores it.
+template <class F>
+void expect_env_refused(const char* name, const char* value, F resolve) {
+  const char* old = std::getenv(name);
   const std::string saved = old ? old : "";
-  setenv("TRIAD_FLASH_BACKWARD", "fast", 1);
+  setenv(name, value, 1);
   try {
-    cuda::flash_backward_mode(FlashBackward::automatic);
-    ADD_FAILURE() << "TRIAD_FLASH_BACKWARD=fast was accepted";
+    resolve();
+    ADD_FAILURE() << name << "=" << value << " was accepted";
   } catch (const triad::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("TRIAD_FLASH_BACKWARD"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
   }
   if (old)
-    setenv("TRIAD_FLASH_BACKWARD", saved.c_str(), 1);
+    setenv(name, saved.c_str(), 1);
   else
-    unsetenv("TRIAD_FLASH_BACKWARD");
+    unsetenv(name);
 }
 
-// A bad TRIAD_FLASH_KERNEL is refused (before any device is touched, so this runs everywhere).
+// A bad TRIAD_FLASH_KERNEL or TRIAD_FLASH_BACKWARD is refused (before any device is touched, so
+// this runs everywhere).
 TEST(FlashAttention, RejectsABadKernelName) {
-  const char* old = std::getenv("TRIAD_FLASH_KERNEL");
-  const std::string saved = old ? old : "";
-  setenv("TRIAD_FLASH_KERNEL", "tensor", 1);
-  try {
-    cuda::flash_kernel_for_device(FlashKernel::automatic);
-    ADD_FAILURE() << "TRIAD_FLASH_KERNEL=tensor was accepted";
-  } catch (const triad::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("TRIAD_FLASH_KERNEL"), std::string::npos) << e.what();
-  }
-  if (old)
-    setenv("TRIAD_FLASH_KERNEL", saved.c_str(), 1);
-  else
-    unsetenv("TRIAD_FLASH_KERNEL");
+  expect_env_refused("TRIAD_FLASH_KERNEL", "tensor",
+                     [] { cuda::flash_kernel_for_device(FlashKernel::automatic); });
+}
+
+TEST(FlashAttention, RejectsABadBackwardName) {
+  expect_env_refused("TRIAD_FLASH_BACKWARD", "fast",
+                     [] { cuda::flash_backward_mode(FlashBackward::automatic); });
 }
 
 #else

@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -173,30 +174,27 @@ TEST(FlashAttentionEmulated, WgmmaHeadDim128) {
 TEST(FlashAttentionEmulated, WgmmaBackwardAccumulates) { check_accumulate(Kernel::wgmma); }
 
 // The atomic backward: dQ = dS·K in the dK/dV kernel (dS through shared memory, added into an
-// fp32 accumulator), for both policies, partial tiles, several tiles, both head dims.
-TEST(FlashAttentionEmulated, AtomicDqPartialTile) {
-  check(1, 77, 2, 64, CopyTiming::at_wait, Kernel::mma, Backward::atomic);
+// fp32 accumulator), for both policies: partial tiles, several tiles, both head dims, +=.
+class AtomicDq : public ::testing::TestWithParam<Kernel> {};
+
+TEST_P(AtomicDq, PartialTile) {
+  check(1, 77, 2, 64, CopyTiming::at_wait, GetParam(), Backward::atomic);
 }
 
-TEST(FlashAttentionEmulated, AtomicDqThreeTilesHeadDim128) {
-  check(1, 150, 1, 128, CopyTiming::at_issue, Kernel::mma, Backward::atomic);
+TEST_P(AtomicDq, ThreeTiles) {
+  check(2, 150, 1, 64, CopyTiming::at_issue, GetParam(), Backward::atomic);
 }
 
-TEST(FlashAttentionEmulated, AtomicDqAccumulates) {
-  check_accumulate(Kernel::mma, Backward::atomic);
+TEST_P(AtomicDq, HeadDim128) {
+  check(1, 130, 1, 128, CopyTiming::at_wait, GetParam(), Backward::atomic);
 }
 
-TEST(FlashAttentionEmulated, WgmmaAtomicDqThreeTiles) {
-  check(2, 150, 1, 64, CopyTiming::at_wait, Kernel::wgmma, Backward::atomic);
-}
+TEST_P(AtomicDq, Accumulates) { check_accumulate(GetParam(), Backward::atomic); }
 
-TEST(FlashAttentionEmulated, WgmmaAtomicDqHeadDim128) {
-  check(1, 130, 1, 128, CopyTiming::at_issue, Kernel::wgmma, Backward::atomic);
-}
-
-TEST(FlashAttentionEmulated, WgmmaAtomicDqAccumulates) {
-  check_accumulate(Kernel::wgmma, Backward::atomic);
-}
+INSTANTIATE_TEST_SUITE_P(Policies, AtomicDq, ::testing::Values(Kernel::mma, Kernel::wgmma),
+                         [](const ::testing::TestParamInfo<Kernel>& info) {
+                           return std::string(info.param == Kernel::mma ? "mma" : "wgmma");
+                         });
 
 }  // namespace
 }  // namespace triad

@@ -13,6 +13,7 @@
 //                 no atomics, fixed summation orders, bit-identical run to run;
 //                 atomic: dQ = scale · accumulator, rounded into dqkv.
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <mutex>
 #include <string>
@@ -268,6 +269,8 @@ void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, con
   check_shape(B, T, C, NH);
   const bool wgmma = flash_kernel_for_device(kernel) == FlashKernel::wgmma;
   const bool atomic = flash_backward_mode(mode) == FlashBackward::atomic;
+  TRIAD_CHECK(reinterpret_cast<uintptr_t>(workspace) % 16 == 0,
+              "flash attention: the backward's workspace is not 16-byte aligned");
   const bool hd64 = C / NH == 64;
   auto run = [&](auto tiles) {
     using Tiles = decltype(tiles);

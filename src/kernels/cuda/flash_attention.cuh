@@ -66,7 +66,8 @@ void flash_attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int 
 
 // dqkv [B,T,3C] from dout [B,T,C], the forward's qkv, out and lse: overwritten, or with
 // accumulate each element becomes round(old + gradient) in fp32 (the Backend's += contract).
-// workspace holds flash_attention_workspace_floats(B, T, C, NH, mode) floats, 16-byte aligned.
+// workspace holds flash_attention_workspace_floats(B, T, C, NH, mode) floats (the same mode, so
+// that both resolve `automatic` alike), 16-byte aligned.
 // Device pointers, stream s. qkv and dout must be 16-byte aligned (vector loads), out and dqkv
 // 4-byte aligned.
 void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out,
