@@ -2,14 +2,14 @@
 # Runs ON the GPU machine, from the repository root, with .device carried (make it here with
 # jobs/device/bundle.sh). Learns what the machine has, runs the carried portable build, tries a
 # source build, measures GPU ceilings and a PyTorch GPT-2 124M peer. Every step has a timeout and
-# the whole script keeps to CHECK_DEADLINE_S (default 330 s); a failing step is reported, never
+# the whole script keeps to CHECK_DEADLINE_S (default 420 s, inside the issue's 8 minutes); a failing step is reported, never
 # fatal. The results table is printed LAST and written to $OUT/check_table.txt (log:
 # $OUT/check_log.txt) when $OUT is set. Without a GPU the GPU steps say "no GPU" and go on.
 set -u -o pipefail
 cd "$(dirname "$0")/../.." || exit 1
 ROOT=$PWD
 T0=$SECONDS
-DEADLINE=${CHECK_DEADLINE_S:-330}
+DEADLINE=${CHECK_DEADLINE_S:-420}
 DEV=$ROOT/.device
 RUN=${TRIAD_DEVICE_RUN:-/tmp/triad-device}   # unpacked executables, scratch (outside the repo)
 PY=${PYTHON:-python3}
@@ -334,9 +334,9 @@ EOF
     for v in "bf16 16 12 deterministic" "fp32 8 8 deterministic" "bf16 16 12 atomic"; do
       read -r pr mb steps fb <<<"$v"
       tag=$pr; [[ $fb == atomic ]] && tag=${pr}_atomic
-      [[ $fb == atomic ]] && (( $(left) < 220 )) && { echo "RESULT_124M_$tag skipped (time)"; continue; }
+      [[ $fb == atomic ]] && (( $(left) < 260 )) && { echo "RESULT_124M_$tag skipped (time)"; continue; }
       echo "-- GPT-2 124M, CUDA backend $pr, B=$mb T=1024, $steps steps, $fb flash backward"
-      TRIAD_FLASH_BACKWARD=$fb timeout "$(tmo 120 60)" "$B/triad-train" --model.n_layer 12 --model.n_head 12 --model.n_embd 768 \
+      TRIAD_FLASH_BACKWARD=$fb timeout "$(tmo 120 170)" "$B/triad-train" --model.n_layer 12 --model.n_head 12 --model.n_embd 768 \
         --model.seq_len 1024 --train.steps "$steps" --train.batch_size "$mb" --train.micro_batch_size "$mb" \
         --train.warmup_steps 1 --data.train "$W/data124/train_*.bin" --eval.sequences 0 \
         --checkpoint.every 0 --run.dir "$W/runs" --run.name "gpt124_$tag" --run.backend cuda \
@@ -367,9 +367,9 @@ if [[ -x $RUN/bin/triad-bench ]]; then
     # The kernel in use (auto, or mma when wgmma failed its tests) with both backward ways,
     # then the portable kernel too.
     fa=("$RUN/bin/triad-bench" attention --B 16 --T 1024 --NH 12 --hd 64)
-    timeout "$(tmo 60 100)" "${fa[@]}" --backward deterministic 2>&1 | tail -4
-    timeout "$(tmo 60 100)" "${fa[@]}" --backward atomic 2>&1 | tail -4
-    [[ ${TRIAD_FLASH_KERNEL:-} == mma ]] || timeout "$(tmo 60 100)" "${fa[@]}" --kernel mma --backward deterministic 2>&1 | tail -4
+    timeout "$(tmo 60 160)" "${fa[@]}" --backward deterministic 2>&1 | tail -4
+    timeout "$(tmo 60 160)" "${fa[@]}" --backward atomic 2>&1 | tail -4
+    [[ ${TRIAD_FLASH_KERNEL:-} == mma ]] || timeout "$(tmo 60 160)" "${fa[@]}" --kernel mma --backward deterministic 2>&1 | tail -4
   ) | tee "$RUN/fa.txt"
   fa_row() { grep "^RESULT kernel=$1 backward=$2 " "$RUN/fa.txt" | head -1 | awk '{for (i = 2; i <= NF; ++i) { split($i, kv, "="); v[kv[1]] = kv[2] } printf "%s %s: fwd %.3f ms, fwd+bwd %.3f ms (%.0f TFLOP/s)", v["kernel"], substr(v["backward"], 1, 3), v["fwd_ms"], v["fwd_bwd_ms"], v["fwd_bwd_tflops"] }'; }
   for kb in "wgmma deterministic" "wgmma atomic" "mma deterministic" "mma atomic"; do
@@ -382,11 +382,11 @@ res "triad flash attention" "${FA_ROW:-not available}"
 # Every op of a GPT-2 124M step (bf16, B=16 T=1024) against the matmul and copy ceilings
 # measured in the same run: where the step's time goes.
 KB_ROW="not run"
-if [[ -x $RUN/bin/triad-bench ]] && (( $(left) > 150 )); then
+if [[ -x $RUN/bin/triad-bench ]] && (( $(left) > 230 )); then
   (
     # shellcheck disable=SC1091
     source "$DEV/env.sh"
-    timeout "$(tmo 60 150)" "$RUN/bin/triad-bench" kernels --backend cuda --precision bf16 2>&1
+    timeout "$(tmo 60 170)" "$RUN/bin/triad-bench" kernels --backend cuda --precision bf16 2>&1
   ) >"$RUN/kernels.txt"; grep -v '^KERNEL' "$RUN/kernels.txt" | tail -26
   kb() { sed -n "s/^KERNEL name=$1 .*of_ceiling=\([0-9.e+-]*\).*/\1/p" "$RUN/kernels.txt" | awk '{printf "%.0f%%", 100 * $1}'; }
   st=$(grep -o "at most [0-9]* tokens/s" "$RUN/kernels.txt" | grep -o '[0-9]*')
