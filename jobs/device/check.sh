@@ -2,8 +2,8 @@
 # Runs ON the GPU machine, from the repository root, with .device carried (make it here with
 # jobs/device/bundle.sh). Learns what the machine has, runs the carried portable build, tries a
 # source build, measures GPU ceilings and a PyTorch GPT-2 124M peer. Every step has a timeout and
-# the whole script keeps to CHECK_DEADLINE_S (default 420 s, inside the issue's 8 minutes); a failing step is reported, never
-# fatal. The results table is printed LAST and written to $OUT/check_table.txt (log:
+# the whole script keeps to CHECK_DEADLINE_S (default 420 s, inside the issue's 8 minutes); a
+# failing step is reported, never fatal. The results table is printed LAST and written to $OUT/check_table.txt (log:
 # $OUT/check_log.txt) when $OUT is set. Without a GPU the GPU steps say "no GPU" and go on.
 set -u -o pipefail
 cd "$(dirname "$0")/../.." || exit 1
