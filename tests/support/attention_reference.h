@@ -90,6 +90,21 @@ inline Reference reference(const std::vector<double>& qkv, const std::vector<dou
   return r;
 }
 
+// One random problem: qkv [B,T,3C] and dout [B,T,C] (bf16 bits, from the two seeds) and the
+// double reference on them.
+struct Problem {
+  Bits qkv, dout;
+  Reference want;
+};
+inline Problem random_problem(int B, int T, int C, int NH, uint32_t qkv_seed, uint32_t dout_seed) {
+  Problem p;
+  std::vector<double> qkv, dout;
+  random_bf16(size_t(B) * T * 3 * C, qkv_seed, p.qkv, qkv);
+  random_bf16(size_t(B) * T * C, dout_seed, p.dout, dout);
+  p.want = reference(qkv, dout, B, T, C, NH);
+  return p;
+}
+
 // max|got − want| / max|want| over the elements of [rows, width] blocks at column offset off
 // within rows of `pitch`; NaN anywhere → infinity. A block whose reference is zero (dq and dk
 // for T = 1) is held to an absolute 1e-6: max|want| counts as at least 1e-4.

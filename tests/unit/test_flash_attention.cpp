@@ -95,13 +95,10 @@ void check_shape(int B, int T, int NH, int hd, FlashCase fc) {
   SCOPED_TRACE(::testing::Message() << cuda::flash_kernel_name(fc.kernel) << " "
                                     << cuda::flash_backward_name(fc.backward) << " B=" << B
                                     << " T=" << T << " NH=" << NH << " hd=" << hd);
-  Bits qkv_bits, dout_bits;
-  std::vector<double> qkv, dout;
-  random_bf16(size_t(B) * T * 3 * C, 1234u + T, qkv_bits, qkv);
-  random_bf16(size_t(B) * T * C, 999u + T, dout_bits, dout);
-  const Reference want = reference(qkv, dout, B, T, C, NH);
+  const Problem p = random_problem(B, T, C, NH, 1234u + T, 999u + T);
+  const Reference& want = p.want;
 
-  DeviceProblem d(B, T, NH, hd, fc.kernel, fc.backward, qkv_bits, dout_bits,
+  DeviceProblem d(B, T, NH, hd, fc.kernel, fc.backward, p.qkv, p.dout,
                   Bits(size_t(B) * T * 3 * C, 0xFFFFu));
   d.forward();
   d.backward(false);
@@ -136,16 +133,14 @@ void check_shape(int B, int T, int NH, int hd, FlashCase fc) {
 // and each element becomes round(old + gradient).
 void check_accumulate(int B, int T, int NH, int hd, FlashCase fc) {
   const int C = NH * hd;
-  Bits qkv_bits, dout_bits, old_bits;
-  std::vector<double> qkv, dout, old;
-  random_bf16(size_t(B) * T * 3 * C, 21u, qkv_bits, qkv);
-  random_bf16(size_t(B) * T * C, 22u, dout_bits, dout);
+  const Problem p = random_problem(B, T, C, NH, 21u, 22u);
+  Bits old_bits;
+  std::vector<double> old;
   random_bf16(size_t(B) * T * 3 * C, 23u, old_bits, old);
-  const Reference want = reference(qkv, dout, B, T, C, NH);
-  DeviceProblem d(B, T, NH, hd, fc.kernel, fc.backward, qkv_bits, dout_bits, old_bits);
+  DeviceProblem d(B, T, NH, hd, fc.kernel, fc.backward, p.qkv, p.dout, old_bits);
   d.forward();
   d.backward(true);
-  EXPECT_LE(accumulate_error(d.get(d.dqkv, size_t(B) * T * 3 * C), old, want.dqkv), 1.0);
+  EXPECT_LE(accumulate_error(d.get(d.dqkv, size_t(B) * T * 3 * C), old, p.want.dqkv), 1.0);
 }
 
 #define SKIP_WITHOUT_DEVICE() \

@@ -108,12 +108,9 @@ void check(int B, int T, int NH, int hd, CopyTiming timing, Kernel kernel = Kern
                << (backward == Backward::atomic ? " atomic dQ" : "") << " B=" << B << " T=" << T
                << " NH=" << NH << " hd=" << hd
                << (timing == CopyTiming::at_wait ? " copies at wait" : " copies at issue"));
-  Bits qkv_bits, dout_bits;
-  std::vector<double> qkv, dout;
-  random_bf16(size_t(B) * T * 3 * C, 4321u + T, qkv_bits, qkv);
-  random_bf16(size_t(B) * T * C, 777u + T, dout_bits, dout);
-  const Reference want = reference(qkv, dout, B, T, C, NH);
-  const Outputs got = run_kernel(kernel, backward, hd, qkv_bits, dout_bits, B, T, NH, timing);
+  const Problem p = random_problem(B, T, C, NH, 4321u + T, 777u + T);
+  const Reference& want = p.want;
+  const Outputs got = run_kernel(kernel, backward, hd, p.qkv, p.dout, B, T, NH, timing);
 
   const size_t rows = size_t(B) * T;
   EXPECT_LE(rel_error(got.out, want.out, rows, C, 0, C), 1e-2) << "out";
@@ -141,15 +138,13 @@ TEST(FlashAttentionEmulated, HeadDim128) { check(1, 130, 1, 128, CopyTiming::at_
 // The backward's accumulate mode: every element of dqkv becomes round(old + gradient).
 void check_accumulate(Kernel kernel, Backward backward = Backward::deterministic) {
   const int B = 1, T = 70, NH = 2, hd = 64, C = NH * hd;
-  Bits qkv_bits, dout_bits, old_bits;
-  std::vector<double> qkv, dout, old;
-  random_bf16(size_t(B) * T * 3 * C, 11u, qkv_bits, qkv);
-  random_bf16(size_t(B) * T * C, 12u, dout_bits, dout);
+  const Problem p = random_problem(B, T, C, NH, 11u, 12u);
+  Bits old_bits;
+  std::vector<double> old;
   random_bf16(size_t(B) * T * 3 * C, 13u, old_bits, old);
-  const Reference want = reference(qkv, dout, B, T, C, NH);
-  const Outputs got = run_kernel(kernel, backward, hd, qkv_bits, dout_bits, B, T, NH,
-                                 CopyTiming::at_issue, &old_bits);
-  EXPECT_LE(accumulate_error(got.dqkv, old, want.dqkv), 1.0);
+  const Outputs got =
+      run_kernel(kernel, backward, hd, p.qkv, p.dout, B, T, NH, CopyTiming::at_issue, &old_bits);
+  EXPECT_LE(accumulate_error(got.dqkv, old, p.want.dqkv), 1.0);
 }
 
 TEST(FlashAttentionEmulated, BackwardAccumulates) { check_accumulate(Kernel::mma); }
