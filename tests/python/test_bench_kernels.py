@@ -63,7 +63,14 @@ def test_cuda_without_a_gpu_is_a_clear_error():
     assert_clean_error(p, "CUDA")
 
 
-def test_attention_bad_kernel_is_a_clear_error():
+@pytest.mark.parametrize(
+    "option,value,message",
+    [
+        ("--kernel", "tensor", "--kernel must be auto, mma or wgmma"),
+        ("--backward", "fast", "--backward must be auto, deterministic or atomic"),
+    ],
+)
+def test_attention_bad_choice_is_a_clear_error(option, value, message):
     # Checked before any device is touched, so this holds with or without CUDA and a GPU.
-    p = run([exe("triad-bench"), "attention", "--kernel", "tensor"], timeout=60)
-    assert_clean_error(p, "--kernel must be auto, mma or wgmma")
+    p = run([exe("triad-bench"), "attention", option, value], timeout=60)
+    assert_clean_error(p, message)
