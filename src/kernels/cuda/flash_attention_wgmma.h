@@ -4,16 +4,18 @@
 // straight from shared memory through matrix descriptors, P from registers.
 //
 // Layout: the no-swizzle canonical layout of 8×8 "core matrices" (8 rows of 16 bytes, 128
-// contiguous bytes). A tile of 64 rows × HD columns stores core matrix (row band r/8, column
-// band c/8) at byte (r/8)·16·HD + (c/8)·128: column bands first within a row band. A descriptor
-// names a start address, LBO (bytes between core matrices adjacent along K) and SBO (along M or
-// N), so the same tile serves
-//   as a K-major operand (rows = M or N, K = the HD columns):   LBO = 128,  SBO = 16·HD;
-//   as an MN-major operand (K = the 64 rows, M or N = the columns): LBO = 16·HD, SBO = 128
+// contiguous bytes), column bands outermost: the 8 columns c/8 of all 64 rows are one contiguous
+// 1 KB band, row r of it at byte 16·r, so core matrix (row band r/8, column band c/8) sits at
+// byte (c/8)·1024 + (r/8)·128. A band is what one bulk tensor copy (TMA) of an 8-column × 64-row
+// box writes (flash_attention_tma.h), and what the cp.async loads write too. A descriptor names a
+// start address, LBO (bytes between core matrices adjacent along K) and SBO (along M or N), so
+// the same tile serves
+//   as a K-major operand (rows = M or N, K = the HD columns):   LBO = 1024, SBO = 128;
+//   as an MN-major operand (K = the 64 rows, M or N = the columns): LBO = 128, SBO = 1024
 //   (B of P·V; both operands of dQ = dS·K, where the tile holds dSᵀ).
 // Shared memory written by cp.async or ordinary stores (the generic proxy) is made visible to
 // wgmma (the async proxy) by fence.proxy.async in every writing thread before the barrier
-// (publish).
+// (publish); what the bulk tensor copies write is in the async proxy already.
 #pragma once
 
 #include "flash_attention_block.h"
@@ -32,13 +34,11 @@ struct WgmmaTiles {
   static constexpr int kHD = HD_;
   static constexpr int HD = HD_;
   static constexpr int kElems = kTile * HD;
-  static constexpr uint32_t kBand = 16 * HD;  // bytes of one 8-row band
-  static constexpr uint32_t kCore = 128;      // bytes of one core matrix
-  using Square = WgmmaTiles<64>;              // a 64×64 tile (dS in the atomic-dQ backward)
+  static constexpr uint32_t kBand = 16 * kTile;  // bytes of one 8-column band (all 64 rows)
+  static constexpr uint32_t kCore = 128;         // bytes of one core matrix
+  using Square = WgmmaTiles<64>;                 // a 64×64 tile (dS in the atomic-dQ backward)
 
-  TRIAD_BLOCK_FN static int chunk(int r, int c) {
-    return (r / 8) * (8 * HD) + (c / 8) * 64 + (r % 8) * 8;
-  }
+  TRIAD_BLOCK_FN static int chunk(int r, int c) { return (c / 8) * (8 * kTile) + r * 8; }
 
   template <class X>
   TRIAD_BLOCK_FN static void publish(X& x) {
@@ -46,7 +46,7 @@ struct WgmmaTiles {
   }
 
   // s (rows 16w.. of the 64×64 product) += tile a · (tile y)ᵀ: HD/16 steps of m64n64k16, both
-  // operands K-major; step kk starts 2 core matrices (256 bytes) further along K.
+  // operands K-major; step kk starts 2 column bands (2 KB) further along K.
   template <class X>
   TRIAD_BLOCK_FN static void abt(X& x, float (&s)[8][4], const uint16_t* a, const uint16_t* y) {
     float* d = &s[0][0];
@@ -77,7 +77,8 @@ struct WgmmaTiles {
   }
 
   // acc (rows 16w.. of the 64×HD product) += P · tile y: 4 steps of m64nHDk16 over 16 keys each,
-  // P from registers, y MN-major; step kk starts 2 row bands further along K.
+  // P from registers, y MN-major; step kk starts 2 core matrices (16 rows, 256 bytes) further
+  // along K.
   template <class X>
   TRIAD_BLOCK_FN static void pv(X& x, float (&acc)[HD / 8][4], const float (&p)[8][4],
                                 const uint16_t* y) {
@@ -98,15 +99,14 @@ struct WgmmaTiles {
   template <class X>
   TRIAD_BLOCK_FN static void atb(X& x, float (&acc)[HD / 8][4], const uint16_t* a,
                                  const uint16_t* y) {
-    constexpr uint32_t kBandA = Square::kBand;
     const uint32_t sa = x.smem_address(a), sy = x.smem_address(y);
     float* d = &acc[0][0];
     fence_registers<HD / 2>(x, d);
     x.wgmma_fence();
     TRIAD_UNROLL
     for (int kk = 0; kk < 4; ++kk)
-      x.template wgmma_ss<HD, 1, 1>(d, wgmma_descriptor(sa + 2 * kBandA * kk, kBandA, kCore),
-                                    wgmma_descriptor(sy + 2 * kBand * kk, kBand, kCore));
+      x.template wgmma_ss<HD, 1, 1>(d, wgmma_descriptor(sa + 2 * kCore * kk, kCore, Square::kBand),
+                                    wgmma_descriptor(sy + 2 * kCore * kk, kCore, kBand));
     x.wgmma_commit();
     x.template wgmma_wait<0>();
     fence_registers<HD / 2>(x, d);
@@ -157,15 +157,15 @@ struct WgmmaTiles {
     const uint32_t sy = x.smem_address(y);
     TRIAD_UNROLL
     for (int kk = 0; kk < 4; ++kk)
-      x.template wgmma_rs<HD, 1>(d, fa[kk], wgmma_descriptor(sy + 2 * kBand * kk, kBand, kCore));
+      x.template wgmma_rs<HD, 1>(d, fa[kk], wgmma_descriptor(sy + 2 * kCore * kk, kCore, kBand));
   }
   template <class X>
   TRIAD_BLOCK_FN static void issue_abt(X& x, float* d, const uint16_t* a, const uint16_t* y) {
     const uint32_t sa = x.smem_address(a), sy = x.smem_address(y);
     TRIAD_UNROLL
     for (int kk = 0; kk < HD / 16; ++kk)
-      x.template wgmma_ss<64, 0, 0>(d, wgmma_descriptor(sa + 2 * kCore * kk, kCore, kBand),
-                                    wgmma_descriptor(sy + 2 * kCore * kk, kCore, kBand));
+      x.template wgmma_ss<64, 0, 0>(d, wgmma_descriptor(sa + 2 * kBand * kk, kBand, kCore),
+                                    wgmma_descriptor(sy + 2 * kBand * kk, kBand, kCore));
   }
 
   // Pins the n accumulators at this point: ordinary code touching them stays on its side of the
