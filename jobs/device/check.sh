@@ -199,8 +199,9 @@ EOF
     for t in "$B"/tests/test_*; do
       [[ -x $t ]] || continue
       et=$((et + 1)); name=$(basename "$t")
-      # The wgmma flash-attention cases run once, on their own below (row "flash kernel in use").
-      filter=(); [[ $name == test_flash_attention ]] && filter=(--gtest_filter='-Wgmma/*')
+      # The wgmma and tma flash-attention cases run once, on their own below (rows "flash
+      # kernel in use" and "flash tma kernel").
+      filter=(); [[ $name == test_flash_attention ]] && filter=(--gtest_filter='-Wgmma/*:Tma/*')
       (cd "$RUN/work" && timeout "$(tmo 90 200)" "$t" --gtest_brief=1 "${filter[@]}" >"$RUN/$name.txt" 2>&1); rc=$?
       p=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$RUN/$name.txt" | tail -1)
       f=$(grep -oE '^\[  FAILED  \] [A-Za-z_][A-Za-z0-9_/.]*' "$RUN/$name.txt" | sort -u | wc -l)
@@ -225,24 +226,39 @@ res "carried gtests" "${TESTS:-not run}"
 
 # Which flash-attention kernel the rest of the check uses: the wgmma (Hopper) one only where its
 # own GPU tests pass on this machine; otherwise TRIAD_FLASH_KERNEL=mma for every run below.
-FLASH="not tested"
-if [[ -x $RUN/bin/tests/test_flash_attention ]]; then
+# The tma kernel (wgmma with bulk tensor copies) runs its tests in its own process after that,
+# and is benchmarked in 2c only where they pass (TMA_OK).
+FLASH="not tested"; FLASH_TMA="not tested"; TMA_OK=0
+flash_suite() {  # flash_suite SUITE: runs that suite of test_flash_attention; exit status
   (
     # shellcheck disable=SC1091
     source "$DEV/env.sh"
     cd "$RUN/work" && timeout "$(tmo 90 200)" "$RUN/bin/tests/test_flash_attention" --gtest_brief=1 \
-      --gtest_filter='Wgmma/FlashKernels.*' >"$RUN/flash_wgmma.txt" 2>&1
-  ); rc=$?
-  wp=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$RUN/flash_wgmma.txt" | tail -1)
+      --gtest_filter="$1/FlashKernels.*" >"$RUN/flash_$1.txt" 2>&1
+  )
+}
+passed_in() { sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$1" | tail -1; }
+if [[ -x $RUN/bin/tests/test_flash_attention ]]; then
+  flash_suite Wgmma; rc=$?
+  wp=$(passed_in "$RUN/flash_Wgmma.txt")
   if [[ $rc == 0 && ${wp:-0} -gt 0 ]]; then
     FLASH="wgmma (its ${wp} GPU tests pass)"
   else
     export TRIAD_FLASH_KERNEL=mma
     FLASH="mma: wgmma $([[ $rc == 0 ]] && echo "skipped" || echo "FAILED (exit $rc)") -> TRIAD_FLASH_KERNEL=mma below"
-    grep -E 'Failure|error|Skipped' -A2 "$RUN/flash_wgmma.txt" | head -8
+    grep -E 'Failure|error|Skipped' -A2 "$RUN/flash_Wgmma.txt" | head -8
+  fi
+  flash_suite Tma; rc=$?
+  tp_=$(passed_in "$RUN/flash_Tma.txt")
+  if [[ $rc == 0 && ${tp_:-0} -gt 0 ]]; then
+    TMA_OK=1; FLASH_TMA="its ${tp_} GPU tests pass"
+  else
+    FLASH_TMA="$([[ $rc == 0 ]] && echo "skipped" || echo "FAILED (exit $rc)")"
+    grep -E 'Failure|error|Skipped' -A2 "$RUN/flash_Tma.txt" | head -8
   fi
 fi
 res "flash kernel in use" "$FLASH"
+res "flash tma kernel" "$FLASH_TMA"
 
 # ============ 2b. the CUDA backend (fp32 reference path) in training ==========================
 hdr "2b. CUDA backend: checkpoint loss CPU vs GPU (fp32, bf16), 50 steps GPU vs CPU, GPT-2 124M speed"
@@ -370,9 +386,14 @@ if [[ -x $RUN/bin/triad-bench ]]; then
     timeout "$(tmo 60 160)" "${fa[@]}" --backward deterministic 2>&1 | tail -4
     timeout "$(tmo 60 160)" "${fa[@]}" --backward atomic 2>&1 | tail -4
     [[ ${TRIAD_FLASH_KERNEL:-} == mma ]] || timeout "$(tmo 60 160)" "${fa[@]}" --kernel mma --backward deterministic 2>&1 | tail -4
+    # The tma kernel where its tests passed (its rows, after those of the kernel in use).
+    if [[ $TMA_OK == 1 ]]; then
+      timeout "$(tmo 60 160)" "${fa[@]}" --kernel tma --backward deterministic 2>&1 | tail -4
+      timeout "$(tmo 60 160)" "${fa[@]}" --kernel tma --backward atomic 2>&1 | tail -4
+    fi
   ) | tee "$RUN/fa.txt"
   fa_row() { grep "^RESULT kernel=$1 backward=$2 " "$RUN/fa.txt" | head -1 | awk '{for (i = 2; i <= NF; ++i) { split($i, kv, "="); v[kv[1]] = kv[2] } printf "%s %s: fwd %.3f ms, fwd+bwd %.3f ms (%.0f TFLOP/s)", v["kernel"], substr(v["backward"], 1, 3), v["fwd_ms"], v["fwd_bwd_ms"], v["fwd_bwd_tflops"] }'; }
-  for kb in "wgmma deterministic" "wgmma atomic" "mma deterministic" "mma atomic"; do
+  for kb in "wgmma deterministic" "wgmma atomic" "mma deterministic" "mma atomic" "tma deterministic" "tma atomic"; do
     # shellcheck disable=SC2086
     r=$(fa_row $kb); [[ -n $r ]] && FA_ROW="${FA_ROW:+$FA_ROW; }$r"
   done
@@ -586,9 +607,11 @@ fi
 res "torch GPT-2 124M" "$PEER"
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.3f", a / b; else print "n/a" }'; }
 res "RATIO triad/torch 124M" "$(ratio "${GPU_124M%% *}" "${PEER%% *}") (bf16 tokens/s, same GPU, same script)"
-# The kernel in use, with each backward way.
+# The kernel in use, with each backward way (its rows come first in fa.txt); then the tma kernel.
 fa_ms() { grep "^RESULT .*backward=$1 " "$RUN/fa.txt" 2>/dev/null | head -1 | grep -o 'fwd_bwd_ms=[0-9.]*' | cut -d= -f2; }
+fa_tma_ms() { grep "^RESULT kernel=tma backward=$1 " "$RUN/fa.txt" 2>/dev/null | head -1 | grep -o 'fwd_bwd_ms=[0-9.]*' | cut -d= -f2; }
 res "RATIO attention SDPA/triad" "$(ratio "${SDPA%% *}" "$(fa_ms deterministic)") deterministic, $(ratio "${SDPA%% *}" "$(fa_ms atomic)") atomic dQ (fwd+bwd time, >= 0.8 required, B=16 NH=12 T=1024 hd=64)"
+[[ $TMA_OK == 1 ]] && res "RATIO attention SDPA/triad tma" "$(ratio "${SDPA%% *}" "$(fa_tma_ms deterministic)") deterministic, $(ratio "${SDPA%% *}" "$(fa_tma_ms atomic)") atomic dQ"
 
 # ============ 5a. llm.c GPT-2 124M peer (built here by bundle.sh from a fetched copy) ===========
 hdr "5a. llm.c GPT-2 124M peer (train_gpt2cu, bf16, random init d12), B=16 T=1024"
@@ -654,6 +677,7 @@ if [[ -z $CS ]]; then
   SAN="no compute-sanitizer on this machine"
 elif [[ -x $RUN/bin/tests/test_flash_attention ]] && (( $(left) > 45 )); then
   suite=Wgmma; [[ ${TRIAD_FLASH_KERNEL:-} == mma ]] && suite=Mma
+  [[ $TMA_OK == 1 ]] && suite="$suite:Tma"  # the bulk copies and mbarriers too
   SAN=""
   for tool in memcheck racecheck synccheck; do
     (( $(left) > 25 )) || { SAN="$SAN $tool: no time;"; continue; }
@@ -662,7 +686,7 @@ elif [[ -x $RUN/bin/tests/test_flash_attention ]] && (( $(left) > 45 )); then
       source "$DEV/env.sh"
       cd "$RUN/work" && timeout "$(tmo 60 15)" "$CS" --tool "$tool" --error-exitcode 3 \
         "$RUN/bin/tests/test_flash_attention" --gtest_brief=1 \
-        --gtest_filter="$suite/FlashKernels.PartialTiles/*:$suite/FlashKernels.HeadDim128/*"
+        --gtest_filter="$(for s in ${suite//:/ }; do printf '%s/FlashKernels.PartialTiles/*:%s/FlashKernels.HeadDim128/*:' "$s" "$s"; done)"
     ) >"$RUN/sanitizer_$tool.txt" 2>&1; rc=$?
     n=$(grep -oE 'ERROR SUMMARY: [0-9]+|RACECHECK SUMMARY: [0-9]+ hazards?' "$RUN/sanitizer_$tool.txt" | tail -1)
     case $rc in

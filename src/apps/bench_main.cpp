@@ -3,7 +3,7 @@
 //       write and read a checkpoint of a GPT-2-sized model (parameters + AdamW m and v, the
 //       tensor names and shapes of DESIGN.md §3) with the ZeRO-1 partition over the ranks of
 //       the job, beside a plain sequential write + read of the same byte count by rank 0.
-//   triad-bench attention [--B N] [--T N] [--NH N] [--hd 64|128] [--kernel auto|mma|wgmma]
+//   triad-bench attention [--B N] [--T N] [--NH N] [--hd 64|128] [--kernel auto|mma|wgmma|tma]
 //   [--backward auto|deterministic|atomic] [--repeat N]
 //       the fused bf16 causal flash attention (src/kernels/cuda/flash_attention.cu) on GPU 0:
 //       forward and forward + backward, CUDA-event times (median), TFLOP/s. CUDA builds only.
@@ -67,7 +67,7 @@ constexpr const char* kUsage =
     "                  write and read a checkpoint (parameters + AdamW m, v) of a GPT-2 model\n"
     "                  with every rank owning its ZeRO-1 slice, next to a plain sequential\n"
     "                  write + read of the same bytes by rank 0; reports GB/s\n"
-    "  attention [--B N] [--T N] [--NH N] [--hd 64|128] [--kernel auto|mma|wgmma]\n"
+    "  attention [--B N] [--T N] [--NH N] [--hd 64|128] [--kernel auto|mma|wgmma|tma]\n"
     "            [--backward auto|deterministic|atomic] [--repeat N]\n"
     "                  the fused bf16 causal flash attention on GPU 0 (CUDA builds only)\n"
     "  kernels [--backend cpu|cuda] [--precision fp32|bf16] [--B N] [--T N] [--C N] [--NH N]\n"
@@ -443,14 +443,16 @@ int cmd_attention(MPI_Comm world, const std::vector<std::string>& args) {
                                                         "head dimension (64 or 128)")(
       "repeat", po::value(&repeat)->default_value(20), "timed runs of each kind (median)")(
       "kernel", po::value(&kernel_name)->default_value("auto"),
-      "flash kernel: auto (wgmma where it runs, else mma), mma or wgmma")(
+      "flash kernel: auto (wgmma where it runs, else mma), mma, wgmma or tma (wgmma with bulk "
+      "tensor copies)")(
       "backward", po::value(&backward_name)->default_value("auto"),
       "flash backward: auto (TRIAD_FLASH_BACKWARD, else deterministic), deterministic (dQ in its "
       "own kernel) or atomic (dQ added with fp32 atomics)");
   po::variables_map vm;
   if (!parse(world, "attention", args, desc, vm)) return 0;
-  TRIAD_CHECK(kernel_name == "auto" || kernel_name == "mma" || kernel_name == "wgmma",
-              "attention: --kernel must be auto, mma or wgmma (got '", kernel_name, "')");
+  TRIAD_CHECK(kernel_name == "auto" || kernel_name == "mma" || kernel_name == "wgmma" ||
+                  kernel_name == "tma",
+              "attention: --kernel must be auto, mma, wgmma or tma (got '", kernel_name, "')");
   TRIAD_CHECK(
       backward_name == "auto" || backward_name == "deterministic" || backward_name == "atomic",
       "attention: --backward must be auto, deterministic or atomic (got '", backward_name, "')");
@@ -465,6 +467,7 @@ int cmd_attention(MPI_Comm world, const std::vector<std::string>& args) {
   const tc::FlashKernel kernel =
       tc::flash_kernel_for_device(kernel_name == "mma"     ? tc::FlashKernel::mma
                                   : kernel_name == "wgmma" ? tc::FlashKernel::wgmma
+                                  : kernel_name == "tma"   ? tc::FlashKernel::tma
                                                            : tc::FlashKernel::automatic);
   const tc::FlashBackward backward =
       tc::flash_backward_mode(backward_name == "deterministic" ? tc::FlashBackward::deterministic

@@ -66,7 +66,7 @@ def test_cuda_without_a_gpu_is_a_clear_error():
 @pytest.mark.parametrize(
     "option,value,message",
     [
-        ("--kernel", "tensor", "--kernel must be auto, mma or wgmma"),
+        ("--kernel", "tensor", "--kernel must be auto, mma, wgmma or tma"),
         ("--backward", "fast", "--backward must be auto, deterministic or atomic"),
     ],
 )

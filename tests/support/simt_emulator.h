@@ -15,19 +15,30 @@
 // abort with a message (a hang or garbage on the GPU). Shared memory starts filled with 0xFF
 // bytes (bf16 NaN), so values read before they are written show as NaN.
 //
-// cp.async copies land either when issued or only when waited for (`CopyTiming`); running a
-// kernel both ways catches a tile read before its wait_group and a buffer refilled while other
-// warps still read it.
+// mbarriers and the bulk tensor copy (cp.async.bulk.tensor, 3-d, no swizzle) follow the PTX
+// definitions too: a phase completes when its pending arrivals and its transaction bytes both
+// reach zero, and a wait on a parity returns once that phase has completed. What hangs or
+// corrupts on the GPU aborts here: a copy into unaligned or outside shared memory, a box that does
+// not fit, a tensor map the driver would reject (tile_map checks what cuTensorMapEncodeTiled
+// does), a barrier used before mbarrier.init or signalled by a copy before
+// fence.mbarrier_init, more bytes delivered than expected, a wait that never completes, and a
+// block that ends with copies or arrivals outstanding.
+//
+// cp.async and bulk copies land either when issued or only when waited for (`CopyTiming`);
+// running a kernel both ways catches a tile read before its wait and a buffer refilled while
+// other warps still read it.
 #pragma once
 
 #include <atomic>
 #include <barrier>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -47,6 +58,36 @@ enum class CopyTiming { at_issue, at_wait };
 }
 
 inline float bf16_value(uint16_t bits) { return to_float(bf16_t{bits}); }
+
+// The emulated tensor map of a 3-d bf16 tensor (what the kernels' tma_load_3d reads here in
+// place of the driver's CUtensorMap): dims innermost first, strides in bytes of dims 1 and 2.
+struct TensorMap {
+  const unsigned char* base;
+  uint64_t dims[3];
+  uint64_t strides[2];
+  uint32_t box[3];
+};
+
+// The map of the row-major bf16 tensor [seqs][rows][cols] at base with boxes of
+// box_cols × box_rows × 1, checked as cuTensorMapEncodeTiled checks it (no interleave, no
+// swizzle): 16-byte aligned address, strides multiples of 16 bytes below 2^40, dims in
+// [1, 2^32], box sizes in [1, 256] with the inner one a multiple of 16 bytes.
+inline TensorMap tile_map(const void* base, uint64_t cols, uint64_t rows, uint64_t seqs,
+                          uint32_t box_cols, uint32_t box_rows) {
+  TensorMap m{static_cast<const unsigned char*>(base),
+              {cols, rows, seqs},
+              {cols * 2, cols * rows * 2},
+              {box_cols, box_rows, 1}};
+  if (reinterpret_cast<uintptr_t>(base) % 16 != 0) fail("tensor map address not 16-byte aligned");
+  for (uint64_t d : m.dims)
+    if (d == 0 || d > (uint64_t(1) << 32)) fail("tensor map dimension out of range");
+  for (uint64_t st : m.strides)
+    if (st % 16 != 0 || st >= (uint64_t(1) << 40)) fail("tensor map stride not a multiple of 16");
+  for (uint32_t b : m.box)
+    if (b == 0 || b > 256) fail("tensor map box size out of [1, 256]");
+  if (box_cols * 2 % 16 != 0) fail("tensor map box's inner size not a multiple of 16 bytes");
+  return m;
+}
 
 // The operands and results of one lane in one warp instruction.
 struct Slot {
@@ -103,6 +144,11 @@ class Block {
     size_ = smem_bytes;
     for (int w = 0; w < (threads + 31) / 32; ++w) warps_.push_back(std::make_unique<Warp>(this));
   }
+  ~Block() {
+    for (const auto& [at, b] : barriers_)
+      if (!b.in_flight.empty() || b.pending != b.arrivals || b.tx != 0)
+        fail("block ended with bulk copies or mbarrier arrivals outstanding");
+  }
   bool in_smem(const void* p, size_t n) const {
     const auto* c = static_cast<const unsigned char*>(p);
     return c >= base_ && c + n <= base_ + size_;
@@ -124,6 +170,22 @@ class Block {
   std::mutex writer_mutex_;
   std::vector<int> writer_;
   std::vector<std::unique_ptr<Warp>> warps_;
+  // mbarriers by shared-memory offset, and the bulk copies not yet landed (CopyTiming::at_wait).
+  struct BulkCopy {
+    unsigned char* dst;
+    const TensorMap* map;
+    int c[3];
+  };
+  struct Barrier {
+    int arrivals = 0, pending = 0;  // per phase; still to arrive in this one
+    int64_t tx = 0;                 // transaction bytes still expected in this phase
+    int phase = 0;
+    bool fenced = false;  // fence.mbarrier_init executed since the init
+    int init_thread = -1;
+    std::vector<BulkCopy> in_flight;
+  };
+  std::mutex barrier_mutex_;
+  std::map<size_t, Barrier> barriers_;
 };
 
 inline void check_row(const Block* block, const unsigned char* p) {
@@ -256,6 +318,65 @@ class Thread {
     }
   }
 
+  // ---- mbarriers and the bulk tensor copy (sm_90)
+  void mbarrier_init(uint64_t* bar, uint32_t arrivals) {
+    const size_t at = barrier_offset(bar);
+    std::lock_guard<std::mutex> lock(block_.barrier_mutex_);
+    Block::Barrier& b = block_.barriers_[at];
+    if (!b.in_flight.empty() || b.tx != 0 || b.pending != b.arrivals)
+      fail("mbarrier.init of a barrier with copies or arrivals outstanding");
+    b = Block::Barrier{};
+    b.arrivals = b.pending = int(arrivals);
+    b.init_thread = tid_;
+    std::memset(bar, 0, sizeof *bar);  // its memory is the barrier now, not NaN data
+  }
+  void fence_barrier_init() {
+    std::lock_guard<std::mutex> lock(block_.barrier_mutex_);
+    for (auto& [at, b] : block_.barriers_)
+      if (b.init_thread == tid_) b.fenced = true;
+  }
+  void mbarrier_expect_tx(uint64_t* bar, uint32_t bytes) {
+    std::lock_guard<std::mutex> lock(block_.barrier_mutex_);
+    barrier(bar).tx += bytes;
+  }
+  void mbarrier_arrive(uint64_t* bar) {
+    std::lock_guard<std::mutex> lock(block_.barrier_mutex_);
+    Block::Barrier& b = barrier(bar);
+    if (b.pending == 0) fail("mbarrier.arrive on a phase with no arrival pending");
+    --b.pending;
+    advance(b, false);
+  }
+  void mbarrier_wait(uint64_t* bar, uint32_t parity) {
+    const auto start = std::chrono::steady_clock::now();
+    for (;;) {
+      {
+        std::lock_guard<std::mutex> lock(block_.barrier_mutex_);
+        Block::Barrier& b = barrier(bar);
+        advance(b, true);
+        if (uint32_t(b.phase & 1) != parity) return;  // the phase of that parity completed
+      }
+      if (std::chrono::steady_clock::now() - start > std::chrono::seconds(30))
+        fail("mbarrier wait never completes (a hang on the GPU)");
+      std::this_thread::yield();
+    }
+  }
+  void tma_load_3d(void* dst, const void* map, int c0, int c1, int c2, uint64_t* bar) {
+    const auto* m = static_cast<const TensorMap*>(map);
+    if (m == nullptr) fail("bulk tensor copy without a tensor map");
+    const size_t bytes = size_t(m->box[0]) * m->box[1] * m->box[2] * 2;
+    if (!block_.in_smem(dst, bytes)) fail("bulk tensor copy's box outside shared memory");
+    if ((static_cast<unsigned char*>(dst) - block_.base_) % 128 != 0)
+      fail("bulk tensor copy destination not 128-byte aligned");
+    std::lock_guard<std::mutex> lock(block_.barrier_mutex_);
+    Block::Barrier& b = barrier(bar);
+    if (!b.fenced) fail("bulk tensor copy signals an mbarrier before fence.mbarrier_init");
+    const Block::BulkCopy copy{static_cast<unsigned char*>(dst), m, {c0, c1, c2}};
+    if (block_.timing_ == CopyTiming::at_issue)
+      land(b, copy);
+    else
+      b.in_flight.push_back(copy);
+  }
+
   // ---- wgmma (sm_90a), executed when waited for
   uint32_t smem_address(const void* p) const {
     if (!block_.in_smem(p, 0)) fail("shared-memory address outside the block's shared memory");
@@ -354,6 +475,59 @@ class Thread {
     for (size_t w = first; w < first + n / 4; ++w) {
       block_.writer_[w] = tid_;
       written_.push_back(w);
+    }
+  }
+  size_t barrier_offset(const uint64_t* bar) const {
+    if (!block_.in_smem(bar, 8)) fail("mbarrier outside shared memory");
+    if (reinterpret_cast<uintptr_t>(bar) % 8 != 0) fail("mbarrier not 8-byte aligned");
+    return size_t(reinterpret_cast<const unsigned char*>(bar) - block_.base_);
+  }
+  // The barrier at bar (initialized); barrier_mutex_ held.
+  Block::Barrier& barrier(const uint64_t* bar) {
+    const auto it = block_.barriers_.find(barrier_offset(bar));
+    if (it == block_.barriers_.end()) fail("mbarrier used before mbarrier.init");
+    return it->second;
+  }
+  // Writes the box (elements outside the tensor zero) and completes its bytes on b: the async
+  // proxy's write, which wgmma may read without a proxy fence.
+  void land(Block::Barrier& b, const Block::BulkCopy& copy) {
+    const TensorMap& m = *copy.map;
+    unsigned char* d = copy.dst;
+    for (uint32_t z = 0; z < m.box[2]; ++z)
+      for (uint32_t y = 0; y < m.box[1]; ++y)
+        for (uint32_t x = 0; x < m.box[0]; ++x, d += 2) {
+          const int64_t g[3] = {int64_t(copy.c[0]) + x, int64_t(copy.c[1]) + y,
+                                int64_t(copy.c[2]) + z};
+          bool inside = true;
+          for (int i = 0; i < 3; ++i) inside = inside && g[i] >= 0 && uint64_t(g[i]) < m.dims[i];
+          if (inside)
+            std::memcpy(d,
+                        m.base + uint64_t(g[0]) * 2 + uint64_t(g[1]) * m.strides[0] +
+                            uint64_t(g[2]) * m.strides[1],
+                        2);
+          else
+            std::memset(d, 0, 2);
+        }
+    const size_t bytes = size_t(d - copy.dst);
+    {
+      std::lock_guard<std::mutex> lock(block_.writer_mutex_);
+      const size_t first = size_t(copy.dst - block_.base_) / 4;
+      for (size_t w = first; w < first + bytes / 4; ++w) block_.writer_[w] = -1;
+    }
+    b.tx -= int64_t(bytes);
+    if (b.tx < 0) fail("bulk copies delivered more bytes than the mbarrier expected");
+  }
+  // Completes b's phase if its arrivals and bytes are in; with `deliver`, first lands the copies
+  // still in flight once every arrival is in (a waiting thread is where they become visible).
+  void advance(Block::Barrier& b, bool deliver) {
+    if (b.pending != 0) return;
+    if (deliver) {
+      for (const Block::BulkCopy& c : b.in_flight) land(b, c);
+      b.in_flight.clear();
+    }
+    if (b.tx == 0 && b.in_flight.empty()) {
+      ++b.phase;
+      b.pending = b.arrivals;
     }
   }
   Warp& warp() { return *block_.warps_[tid_ / 32]; }

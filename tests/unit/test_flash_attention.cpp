@@ -149,15 +149,16 @@ void check_accumulate(int B, int T, int NH, int hd, FlashCase fc) {
 using cuda::FlashBackward;
 using cuda::FlashKernel;
 
-// Each case for both kernels and both backward ways: mma (mma.sync + ldmatrix) runs on every GPU
-// of sm_80 and later, wgmma (from shared memory) needs a compute capability 9.0 GPU and sm_90a
-// code.
+// Each case for every kernel and both backward ways: mma (mma.sync + ldmatrix) runs on every GPU
+// of sm_80 and later; wgmma (from shared memory) and tma (wgmma, tiles loaded by bulk tensor
+// copies) need a compute capability 9.0 GPU and sm_90a code.
 class FlashKernels : public ::testing::TestWithParam<FlashCase> {
  protected:
   void SetUp() override {
     if (!cuda_device_available()) GTEST_SKIP() << "no usable CUDA device";
-    if (GetParam().kernel == FlashKernel::wgmma && !cuda::flash_wgmma_available())
-      GTEST_SKIP() << "wgmma needs a compute capability 9.0 GPU and sm_90a code ("
+    if (GetParam().kernel != FlashKernel::mma && !cuda::flash_wgmma_available())
+      GTEST_SKIP() << cuda::flash_kernel_name(GetParam().kernel)
+                   << " needs a compute capability 9.0 GPU and sm_90a code ("
                    << cuda_device_description() << ")";
   }
 };
@@ -176,8 +177,8 @@ std::string case_name(const ::testing::TestParamInfo<FlashCase>& info) {
   return std::string(cuda::flash_kernel_name(info.param.kernel)) + "_" +
          cuda::flash_backward_name(info.param.backward);
 }
-// Two suites, so every mma case runs before any wgmma one: a wgmma failure that poisons the
-// CUDA context cannot hide the portable kernel's results.
+// One suite per kernel, so every mma case runs before any wgmma one, and those before the tma
+// ones: a failure that poisons the CUDA context cannot hide an earlier kernel's results.
 INSTANTIATE_TEST_SUITE_P(Mma, FlashKernels,
                          ::testing::Values(FlashCase{FlashKernel::mma,
                                                      FlashBackward::deterministic},
@@ -187,6 +188,11 @@ INSTANTIATE_TEST_SUITE_P(Wgmma, FlashKernels,
                          ::testing::Values(FlashCase{FlashKernel::wgmma,
                                                      FlashBackward::deterministic},
                                            FlashCase{FlashKernel::wgmma, FlashBackward::atomic}),
+                         case_name);
+INSTANTIATE_TEST_SUITE_P(Tma, FlashKernels,
+                         ::testing::Values(FlashCase{FlashKernel::tma,
+                                                     FlashBackward::deterministic},
+                                           FlashCase{FlashKernel::tma, FlashBackward::atomic}),
                          case_name);
 
 TEST(FlashAttention, RejectsOtherHeadDims) {

@@ -4,8 +4,9 @@
 // attention in double on the same bf16 inputs: out, lse, dq, dk, dv within the tolerance the
 // GPU test uses (max|got − want| / max|want| <= 1e-2, lse within 1e-3), for partial tiles, one
 // token, several tiles and both head dims, with cp.async copies landing at issue and only at
-// their wait; both tile policies and both backward ways (dQ in its own kernel, or added with
-// atomics by the dK/dV kernel). What this cannot show is the hardware's agreement with the PTX
+// their wait; both tile policies, the wgmma one also with its tiles loaded by bulk tensor copies
+// on mbarriers (tma), and both backward ways (dQ in its own kernel, or added with atomics by the
+// dK/dV kernel). What this cannot show is the hardware's agreement with the PTX
 // definitions; the GPU test (test_flash_attention) runs the same code on the device. Needs no GPU
 // and no CUDA.
 #include <gtest/gtest.h>
@@ -32,9 +33,13 @@ struct Outputs {
   std::vector<float> lse;
 };
 
-// The two tile policies (mma.sync + ldmatrix, sm_80 on; wgmma from shared memory, sm_90a) and
-// the two backward ways (dQ in its own kernel; dQ added with atomics by the dK/dV kernel).
-enum class Kernel { mma, wgmma };
+// The tile policies (mma.sync + ldmatrix, sm_80 on; wgmma from shared memory, sm_90a, its tiles
+// loaded with cp.async or with bulk tensor copies) and the two backward ways (dQ in its own
+// kernel; dQ added with atomics by the dK/dV kernel).
+enum class Kernel { mma, wgmma, tma };
+const char* kernel_name(Kernel k) {
+  return k == Kernel::mma ? "mma" : k == Kernel::wgmma ? "wgmma" : "tma";
+}
 enum class Backward { deterministic, atomic };
 
 // Forward then backward (D, dK/dV, dQ) exactly as flash_attention.cu launches them. dqkv starts
@@ -52,10 +57,15 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, int T, int NH, CopyTiming 
   std::vector<float> D(size_t(B) * NH * T, NAN);
   const flash::Launch l = flash::launch_shape(B, T, NH, HD);
   const int threads = flash::kThreads;
+  // The tensor maps flash_attention.cu makes (8-column × 64-row boxes), for the tma policy.
+  const simt::TensorMap qkv_map = simt::tile_map(qkv.data(), 3 * uint64_t(C), T, B, 8, 64);
+  const simt::TensorMap dout_map = simt::tile_map(dout.data(), uint64_t(C), T, B, 8, 64);
+  const void* qm = Tiles::kTma ? &qkv_map : nullptr;
+  const void* dm = Tiles::kTma ? &dout_map : nullptr;
   simt::launch(l.blocks_x, l.blocks_y, threads, flash::forward_smem<Tiles>(), timing,
                [&](simt::Thread& x) {
-                 flash::forward_block<Tiles>(x, r.out.data(), r.lse.data(), qkv.data(), T, C, NH,
-                                             l.scale_log2);
+                 flash::forward_block<Tiles>(x, r.out.data(), r.lse.data(), qkv.data(), qm, T, C,
+                                             NH, l.scale_log2);
                });
   const bool acc = dqkv0 != nullptr;
   const bool atomic = backward == Backward::atomic;
@@ -69,8 +79,8 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, int T, int NH, CopyTiming 
     simt::launch(l.blocks_x, l.blocks_y, threads, flash::dkdv_smem<Tiles, kAtomic>(), timing,
                  [&](simt::Thread& x) {
                    flash::dkdv_block<Tiles, kAtomic>(x, r.dqkv.data(), dq_accum.data(), dout.data(),
-                                                     qkv.data(), r.lse.data(), D.data(), T, C, NH,
-                                                     l.scale, l.scale_log2, acc);
+                                                     qkv.data(), qm, dm, r.lse.data(), D.data(), T,
+                                                     C, NH, l.scale, l.scale_log2, acc);
                  });
   };
   if (atomic) {
@@ -82,11 +92,11 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, int T, int NH, CopyTiming 
     });
   } else {
     dkdv(std::false_type{});
-    simt::launch(l.blocks_x, l.blocks_y, threads, flash::dq_smem<Tiles>(), timing,
-                 [&](simt::Thread& x) {
-                   flash::dq_block<Tiles>(x, r.dqkv.data(), dout.data(), qkv.data(), r.lse.data(),
-                                          D.data(), T, C, NH, l.scale, l.scale_log2, acc);
-                 });
+    simt::launch(
+        l.blocks_x, l.blocks_y, threads, flash::dq_smem<Tiles>(), timing, [&](simt::Thread& x) {
+          flash::dq_block<Tiles>(x, r.dqkv.data(), dout.data(), qkv.data(), qm, dm, r.lse.data(),
+                                 D.data(), T, C, NH, l.scale, l.scale_log2, acc);
+        });
   }
   return r;
 }
@@ -96,6 +106,9 @@ Outputs run_kernel(Kernel k, Backward bw, int hd, const Bits& qkv, const Bits& d
   if (k == Kernel::mma)
     return hd == 64 ? run<flash::MmaTiles<64>>(qkv, dout, B, T, NH, timing, bw, dqkv0)
                     : run<flash::MmaTiles<128>>(qkv, dout, B, T, NH, timing, bw, dqkv0);
+  if (k == Kernel::tma)
+    return hd == 64 ? run<flash::WgmmaTiles<64, true>>(qkv, dout, B, T, NH, timing, bw, dqkv0)
+                    : run<flash::WgmmaTiles<128, true>>(qkv, dout, B, T, NH, timing, bw, dqkv0);
   return hd == 64 ? run<flash::WgmmaTiles<64>>(qkv, dout, B, T, NH, timing, bw, dqkv0)
                   : run<flash::WgmmaTiles<128>>(qkv, dout, B, T, NH, timing, bw, dqkv0);
 }
@@ -104,9 +117,8 @@ void check(int B, int T, int NH, int hd, CopyTiming timing, Kernel kernel = Kern
            Backward backward = Backward::deterministic) {
   const int C = NH * hd;
   SCOPED_TRACE(::testing::Message()
-               << (kernel == Kernel::mma ? "mma" : "wgmma")
-               << (backward == Backward::atomic ? " atomic dQ" : "") << " B=" << B << " T=" << T
-               << " NH=" << NH << " hd=" << hd
+               << kernel_name(kernel) << (backward == Backward::atomic ? " atomic dQ" : "")
+               << " B=" << B << " T=" << T << " NH=" << NH << " hd=" << hd
                << (timing == CopyTiming::at_wait ? " copies at wait" : " copies at issue"));
   const Problem p = random_problem(B, T, C, NH, 4321u + T, 777u + T);
   const Reference& want = p.want;
@@ -168,6 +180,31 @@ TEST(FlashAttentionEmulated, WgmmaHeadDim128) {
 
 TEST(FlashAttentionEmulated, WgmmaBackwardAccumulates) { check_accumulate(Kernel::wgmma); }
 
+// The wgmma policy with its tiles loaded by bulk tensor copies completing on mbarriers: one
+// token, partial tiles (rows past T zero-filled by the copy), several tiles (barriers reused
+// across phases), head dim 128, copies landing at issue and at the wait, +=.
+TEST(FlashAttentionEmulated, TmaSingleToken) {
+  check(2, 1, 2, 64, CopyTiming::at_wait, Kernel::tma);
+}
+
+TEST(FlashAttentionEmulated, TmaPartialTile) {
+  check(1, 77, 2, 64, CopyTiming::at_issue, Kernel::tma);
+}
+
+TEST(FlashAttentionEmulated, TmaFourTilesCopiesAtWait) {
+  check(2, 230, 1, 64, CopyTiming::at_wait, Kernel::tma);
+}
+
+TEST(FlashAttentionEmulated, TmaFourTilesCopiesAtIssue) {
+  check(1, 256, 1, 64, CopyTiming::at_issue, Kernel::tma);
+}
+
+TEST(FlashAttentionEmulated, TmaHeadDim128) {
+  check(1, 130, 1, 128, CopyTiming::at_wait, Kernel::tma);
+}
+
+TEST(FlashAttentionEmulated, TmaBackwardAccumulates) { check_accumulate(Kernel::tma); }
+
 // The atomic backward: dQ = dS·K in the dK/dV kernel (dS through shared memory, added into an
 // fp32 accumulator), for both policies: partial tiles, several tiles, both head dims, +=.
 class AtomicDq : public ::testing::TestWithParam<Kernel> {};
@@ -186,9 +223,10 @@ TEST_P(AtomicDq, HeadDim128) {
 
 TEST_P(AtomicDq, Accumulates) { check_accumulate(GetParam(), Backward::atomic); }
 
-INSTANTIATE_TEST_SUITE_P(Policies, AtomicDq, ::testing::Values(Kernel::mma, Kernel::wgmma),
+INSTANTIATE_TEST_SUITE_P(Policies, AtomicDq,
+                         ::testing::Values(Kernel::mma, Kernel::wgmma, Kernel::tma),
                          [](const ::testing::TestParamInfo<Kernel>& info) {
-                           return std::string(info.param == Kernel::mma ? "mma" : "wgmma");
+                           return std::string(kernel_name(info.param));
                          });
 
 }  // namespace

@@ -201,6 +201,62 @@ struct DeviceThread {
   __device__ __forceinline__ void wgmma_wait() {}
   __device__ __forceinline__ void fence_proxy_async() {}
 #endif
+  // mbarriers and the bulk tensor copy (sm_90; the launcher runs the kernels that use them only
+  // where wgmma runs). bar: an 8-byte aligned mbarrier in shared memory.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  __device__ __forceinline__ void mbarrier_init(uint64_t* bar, uint32_t arrivals) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_address(bar)), "r"(arrivals)
+                 : "memory");
+  }
+  // Orders this thread's mbarrier.init before what the copy engine and other threads do with it.
+  __device__ __forceinline__ void fence_barrier_init() {
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __device__ __forceinline__ void mbarrier_expect_tx(uint64_t* bar, uint32_t bytes) {
+    asm volatile(
+        "mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;\n" ::"r"(smem_address(bar)),
+        "r"(bytes)
+        : "memory");
+  }
+  __device__ __forceinline__ void mbarrier_arrive(uint64_t* bar) {
+    asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.shared::cta.b64 state, [%0];\n}\n" ::"r"(
+                     smem_address(bar))
+                 : "memory");
+  }
+  // Returns once the phase of parity `parity` has completed.
+  __device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t parity) {
+    const uint32_t a = smem_address(bar);
+    uint32_t done = 0;
+    do {
+      asm volatile(
+          "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+          "selp.u32 %0, 1, 0, p;\n}\n"
+          : "=r"(done)
+          : "r"(a), "r"(parity)
+          : "memory");
+    } while (!done);
+  }
+  // The box at coordinates (c0, c1, c2) of the tensor map at `map` (the address of a
+  // __grid_constant__ kernel parameter) → shared memory at dst (128-byte aligned); its bytes
+  // complete on bar.
+  __device__ __forceinline__ void tma_load_3d(void* dst, const void* map, int c0, int c1, int c2,
+                                              uint64_t* bar) {
+    asm volatile(
+        "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], "
+        "[%1, {%2, %3, %4}], [%5];\n" ::"r"(smem_address(dst)),
+        "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(smem_address(bar))
+        : "memory");
+  }
+#else
+  __device__ __forceinline__ void mbarrier_init(uint64_t*, uint32_t) { __trap(); }
+  __device__ __forceinline__ void fence_barrier_init() { __trap(); }
+  __device__ __forceinline__ void mbarrier_expect_tx(uint64_t*, uint32_t) { __trap(); }
+  __device__ __forceinline__ void mbarrier_arrive(uint64_t*) { __trap(); }
+  __device__ __forceinline__ void mbarrier_wait(uint64_t*, uint32_t) { __trap(); }
+  __device__ __forceinline__ void tma_load_3d(void*, const void*, int, int, int, uint64_t*) {
+    __trap();
+  }
+#endif
   // Keeps the compiler from moving accesses to v across this point (the registers of an
   // in-flight wgmma must not be touched before its wait).
   __device__ __forceinline__ void keep(float& v) { asm volatile("" : "+f"(v)::"memory"); }

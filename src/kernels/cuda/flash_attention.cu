@@ -1,8 +1,10 @@
 // Fused causal flash attention, forward and backward (see flash_attention.cuh): the block
 // programs of flash_attention_block.h run with DeviceThread, whose warp operations are the PTX
 // instructions the programs were written for, with the tile policy of flash_attention_mma.h
-// (mma.sync, ldmatrix, cp.async; sm_80 and later) or flash_attention_wgmma.h (wgmma; sm_90a).
-// The same programs run on the CPU in test_flash_attention_emulated.
+// (mma.sync, ldmatrix, cp.async; sm_80 and later) or flash_attention_wgmma.h (wgmma; sm_90a),
+// the latter loading its tiles with cp.async or with bulk tensor copies (flash_attention_tma.h;
+// the tensor maps of qkv and dout are kernel parameters). The same programs run on the CPU in
+// test_flash_attention_emulated.
 //
 //   forward   grid (B·NH, ceil(T/64)), every head's heaviest query block first.
 //   backward  (1) D = rowsum(dO ∘ O), one warp per (b, t, h) row, into the workspace (the
@@ -19,6 +21,7 @@
 #include <string>
 
 #include "cuda_common.cuh"
+#include "cuda_tensor_map.cuh"
 #include "device_thread.cuh"
 #include "flash_attention.cuh"
 #include "flash_attention_block.h"
@@ -32,12 +35,37 @@ namespace {
 const uint16_t* bits(const bf16* p) { return reinterpret_cast<const uint16_t*>(p); }
 uint16_t* bits(bf16* p) { return reinterpret_cast<uint16_t*>(p); }
 
+// The tensor maps of qkv [B,T,3C] and dout [B,T,C] (boxes of 8 columns × 64 rows) for the
+// policies that load with bulk tensor copies; zero and unused for the others.
+struct TileMaps {
+  CUtensorMap qkv, dout;
+};
+
+template <class Tiles>
+TileMaps tile_maps(const bf16* qkv, const bf16* dout, int B, int T, int C) {
+  TileMaps m{};
+  if constexpr (Tiles::kTma) {
+    m.qkv = bf16_box_map(qkv, 3 * uint64_t(C), uint64_t(T), uint64_t(B), 8, flash::kTile);
+    if (dout != nullptr)
+      m.dout = bf16_box_map(dout, uint64_t(C), uint64_t(T), uint64_t(B), 8, flash::kTile);
+  }
+  return m;
+}
+
+// The maps a block program gets: the parameter's (in the kernel parameter space, where the copy
+// engine reads it) or none.
+template <class Tiles>
+__device__ __forceinline__ const void* map_of(const CUtensorMap& m) {
+  return Tiles::kTma ? &m : nullptr;
+}
+
 template <class Tiles>
 __global__ void __launch_bounds__(flash::kThreads)
     forward_kernel(uint16_t* __restrict__ out, float* __restrict__ lse,
-                   const uint16_t* __restrict__ qkv, int T, int C, int NH, float scale_log2) {
+                   const uint16_t* __restrict__ qkv, const __grid_constant__ TileMaps maps, int T,
+                   int C, int NH, float scale_log2) {
   DeviceThread x;
-  flash::forward_block<Tiles>(x, out, lse, qkv, T, C, NH, scale_log2);
+  flash::forward_block<Tiles>(x, out, lse, qkv, map_of<Tiles>(maps.qkv), T, C, NH, scale_log2);
 }
 
 template <int HD>
@@ -53,11 +81,13 @@ template <class Tiles, bool AtomicDq>
 __global__ void __launch_bounds__(flash::kThreads)
     dkdv_kernel(uint16_t* __restrict__ dqkv, float* __restrict__ dq_accum,
                 const uint16_t* __restrict__ dout, const uint16_t* __restrict__ qkv,
-                const float* __restrict__ lse, const float* __restrict__ Dv, int T, int C, int NH,
-                float scale, float scale_log2, bool accumulate) {
+                const __grid_constant__ TileMaps maps, const float* __restrict__ lse,
+                const float* __restrict__ Dv, int T, int C, int NH, float scale, float scale_log2,
+                bool accumulate) {
   DeviceThread x;
-  flash::dkdv_block<Tiles, AtomicDq>(x, dqkv, dq_accum, dout, qkv, lse, Dv, T, C, NH, scale,
-                                     scale_log2, accumulate);
+  flash::dkdv_block<Tiles, AtomicDq>(x, dqkv, dq_accum, dout, qkv, map_of<Tiles>(maps.qkv),
+                                     map_of<Tiles>(maps.dout), lse, Dv, T, C, NH, scale, scale_log2,
+                                     accumulate);
 }
 
 __global__ void __launch_bounds__(flash::kConvertThreads)
@@ -70,11 +100,12 @@ __global__ void __launch_bounds__(flash::kConvertThreads)
 template <class Tiles>
 __global__ void __launch_bounds__(flash::kThreads)
     dq_kernel(uint16_t* __restrict__ dqkv, const uint16_t* __restrict__ dout,
-              const uint16_t* __restrict__ qkv, const float* __restrict__ lse,
-              const float* __restrict__ Dv, int T, int C, int NH, float scale, float scale_log2,
-              bool accumulate) {
+              const uint16_t* __restrict__ qkv, const __grid_constant__ TileMaps maps,
+              const float* __restrict__ lse, const float* __restrict__ Dv, int T, int C, int NH,
+              float scale, float scale_log2, bool accumulate) {
   DeviceThread x;
-  flash::dq_block<Tiles>(x, dqkv, dout, qkv, lse, Dv, T, C, NH, scale, scale_log2, accumulate);
+  flash::dq_block<Tiles>(x, dqkv, dout, qkv, map_of<Tiles>(maps.qkv), map_of<Tiles>(maps.dout), lse,
+                         Dv, T, C, NH, scale, scale_log2, accumulate);
 }
 
 void check_shape(int B, int T, int C, int NH) {
@@ -116,8 +147,9 @@ void forward_with(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, i
   allow_smem(forward_kernel<Tiles>, smem);
   const flash::Launch l = flash::launch_shape(B, T, NH, Tiles::kHD);
   const dim3 grid(unsigned(l.blocks_x), unsigned(l.blocks_y));
+  const TileMaps maps = tile_maps<Tiles>(qkv, nullptr, B, T, C);
   forward_kernel<Tiles>
-      <<<grid, flash::kThreads, smem, s>>>(bits(out), lse, bits(qkv), T, C, NH, l.scale_log2);
+      <<<grid, flash::kThreads, smem, s>>>(bits(out), lse, bits(qkv), maps, T, C, NH, l.scale_log2);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
@@ -137,9 +169,10 @@ void backward_with(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* ou
                                                                     bits(out), B, T, NH);
   TRIAD_CUDA_CHECK_LAUNCH();
   const dim3 grid(unsigned(l.blocks_x), unsigned(l.blocks_y));
-  dkdv_kernel<Tiles, AtomicDq>
-      <<<grid, flash::kThreads, dkdv_smem, s>>>(bits(dqkv), dq_accum, bits(dout), bits(qkv), lse,
-                                                Dv, T, C, NH, l.scale, l.scale_log2, accumulate);
+  const TileMaps maps = tile_maps<Tiles>(qkv, dout, B, T, C);
+  dkdv_kernel<Tiles, AtomicDq><<<grid, flash::kThreads, dkdv_smem, s>>>(
+      bits(dqkv), dq_accum, bits(dout), bits(qkv), maps, lse, Dv, T, C, NH, l.scale, l.scale_log2,
+      accumulate);
   TRIAD_CUDA_CHECK_LAUNCH();
   if constexpr (AtomicDq) {
     const size_t total = size_t(B) * T * C;
@@ -150,8 +183,9 @@ void backward_with(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* ou
   } else {
     constexpr size_t dq_smem = flash::dq_smem<Tiles>();
     allow_smem(dq_kernel<Tiles>, dq_smem);
-    dq_kernel<Tiles><<<grid, flash::kThreads, dq_smem, s>>>(
-        bits(dqkv), bits(dout), bits(qkv), lse, Dv, T, C, NH, l.scale, l.scale_log2, accumulate);
+    dq_kernel<Tiles><<<grid, flash::kThreads, dq_smem, s>>>(bits(dqkv), bits(dout), bits(qkv), maps,
+                                                            lse, Dv, T, C, NH, l.scale,
+                                                            l.scale_log2, accumulate);
     TRIAD_CUDA_CHECK_LAUNCH();
   }
 }
@@ -191,6 +225,8 @@ const char* flash_kernel_name(FlashKernel k) {
       return "mma";
     case FlashKernel::wgmma:
       return "wgmma";
+    case FlashKernel::tma:
+      return "tma";
     default:
       return "auto";
   }
@@ -237,29 +273,57 @@ FlashKernel flash_kernel_for_device(FlashKernel requested) {
   if (requested == FlashKernel::automatic) {
     if (const char* env = std::getenv("TRIAD_FLASH_KERNEL"); env && *env) {
       const std::string v = env;
-      TRIAD_CHECK(v == "auto" || v == "mma" || v == "wgmma", "TRIAD_FLASH_KERNEL = '", v,
-                  "' is not one of auto, mma, wgmma");
+      TRIAD_CHECK(v == "auto" || v == "mma" || v == "wgmma" || v == "tma", "TRIAD_FLASH_KERNEL = '",
+                  v, "' is not one of auto, mma, wgmma, tma");
       if (v == "mma") requested = FlashKernel::mma;
       if (v == "wgmma") requested = FlashKernel::wgmma;
+      if (v == "tma") requested = FlashKernel::tma;
     }
   }
   if (requested == FlashKernel::mma) return requested;
   const bool wgmma = flash_wgmma_available();
-  TRIAD_CHECK(wgmma || requested == FlashKernel::automatic,
-              "flash attention: the wgmma kernel needs a compute capability 9.0 GPU and a build "
-              "with sm_90a code (CMAKE_CUDA_ARCHITECTURES including 90a)");
+  TRIAD_CHECK(wgmma || requested == FlashKernel::automatic, "flash attention: the ",
+              flash_kernel_name(requested),
+              " kernel needs a compute capability 9.0 GPU and a build with sm_90a code "
+              "(CMAKE_CUDA_ARCHITECTURES including 90a)");
+  if (requested == FlashKernel::tma) return requested;
   return wgmma ? FlashKernel::wgmma : FlashKernel::mma;
 }
+
+namespace {
+
+// Calls f(Tiles{}) with the tile policy of `kernel` (resolved) for head dimension hd.
+template <class F>
+void with_tiles(FlashKernel kernel, int hd, F f) {
+  const bool hd64 = hd == 64;
+  switch (kernel) {
+    case FlashKernel::tma:
+      if (hd64)
+        f(flash::WgmmaTiles<64, true>{});
+      else
+        f(flash::WgmmaTiles<128, true>{});
+      break;
+    case FlashKernel::wgmma:
+      if (hd64)
+        f(flash::WgmmaTiles<64>{});
+      else
+        f(flash::WgmmaTiles<128>{});
+      break;
+    default:
+      if (hd64)
+        f(flash::MmaTiles<64>{});
+      else
+        f(flash::MmaTiles<128>{});
+  }
+}
+
+}  // namespace
 
 void flash_attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH,
                              cudaStream_t s, FlashKernel kernel) {
   check_shape(B, T, C, NH);
-  const bool wgmma = flash_kernel_for_device(kernel) == FlashKernel::wgmma;
-  const bool hd64 = C / NH == 64;
-  if (wgmma && hd64) forward_with<flash::WgmmaTiles<64>>(out, lse, qkv, B, T, C, NH, s);
-  if (wgmma && !hd64) forward_with<flash::WgmmaTiles<128>>(out, lse, qkv, B, T, C, NH, s);
-  if (!wgmma && hd64) forward_with<flash::MmaTiles<64>>(out, lse, qkv, B, T, C, NH, s);
-  if (!wgmma && !hd64) forward_with<flash::MmaTiles<128>>(out, lse, qkv, B, T, C, NH, s);
+  with_tiles(flash_kernel_for_device(kernel), C / NH,
+             [&](auto tiles) { forward_with<decltype(tiles)>(out, lse, qkv, B, T, C, NH, s); });
 }
 
 void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out,
@@ -267,22 +331,17 @@ void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, con
                               cudaStream_t s, bool accumulate, FlashKernel kernel,
                               FlashBackward mode) {
   check_shape(B, T, C, NH);
-  const bool wgmma = flash_kernel_for_device(kernel) == FlashKernel::wgmma;
+  const FlashKernel resolved = flash_kernel_for_device(kernel);
   const bool atomic = flash_backward_mode(mode) == FlashBackward::atomic;
   TRIAD_CHECK(reinterpret_cast<uintptr_t>(workspace) % 16 == 0,
               "flash attention: the backward's workspace is not 16-byte aligned");
-  const bool hd64 = C / NH == 64;
-  auto run = [&](auto tiles) {
+  with_tiles(resolved, C / NH, [&](auto tiles) {
     using Tiles = decltype(tiles);
     if (atomic)
       backward_with<Tiles, true>(dqkv, dout, qkv, out, lse, workspace, B, T, C, NH, s, accumulate);
     else
       backward_with<Tiles, false>(dqkv, dout, qkv, out, lse, workspace, B, T, C, NH, s, accumulate);
-  };
-  if (wgmma && hd64) run(flash::WgmmaTiles<64>{});
-  if (wgmma && !hd64) run(flash::WgmmaTiles<128>{});
-  if (!wgmma && hd64) run(flash::MmaTiles<64>{});
-  if (!wgmma && !hd64) run(flash::MmaTiles<128>{});
+  });
 }
 
 }  // namespace triad::cuda

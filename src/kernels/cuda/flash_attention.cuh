@@ -34,12 +34,13 @@ namespace triad::cuda {
 
 using bf16 = __nv_bfloat16;
 
-// Which tile policy runs the block programs: mma (mma.sync + ldmatrix, sm_80 and later) or wgmma
-// (wgmma from shared memory, sm_90a: needs a compute capability 9.0 GPU and the build's sm_90a
-// code). automatic: the environment variable TRIAD_FLASH_KERNEL (auto, mma or wgmma) if set,
-// else wgmma where it can run and mma elsewhere. Asking for wgmma where it cannot run, or a
-// bad TRIAD_FLASH_KERNEL, throws triad::Error.
-enum class FlashKernel { automatic, mma, wgmma };
+// Which tile policy runs the block programs: mma (mma.sync + ldmatrix, sm_80 and later), wgmma
+// (wgmma from shared memory, tiles loaded with cp.async) or tma (the same products, tiles loaded
+// with bulk tensor copies completing on mbarriers); wgmma and tma need a compute capability 9.0
+// GPU and the build's sm_90a code. automatic: the environment variable TRIAD_FLASH_KERNEL (auto,
+// mma, wgmma or tma) if set, else wgmma where it can run and mma elsewhere. Asking for wgmma or
+// tma where they cannot run, or a bad TRIAD_FLASH_KERNEL, throws triad::Error.
+enum class FlashKernel { automatic, mma, wgmma, tma };
 
 // Whether the wgmma kernels can run on the current device.
 bool flash_wgmma_available();

@@ -14,8 +14,10 @@
 // column-major, fp32 C/D); fragments come from shared memory through ldmatrix (the .trans form
 // where the tile is the B operand along its rows). Scores, probabilities and gradients never
 // leave registers: the accumulator layout of a 16×16 pair of S tiles is the A-operand layout of
-// P, so P·V needs no shared-memory round trip. Tiles of the streamed operand are double-buffered
-// with cp.async.
+// P, so P·V needs no shared-memory round trip. Tiles of the streamed operand are double-buffered,
+// loaded by the policy's pipe: cp.async by every thread (CpAsyncPipe, below), or bulk tensor
+// copies (TMA) issued by one thread and completing on an mbarrier (TmaPipe,
+// flash_attention_tma.h).
 //
 // The thread context X provides (all lanes of a warp call the warp operations together):
 //   thread(), block_x(), block_y()               thread and block indices
@@ -28,6 +30,10 @@
 //   cp_async16(dst, src, valid), cp_commit(), cp_wait<N>()
 //                                                16-byte async copy (zero fill when !valid)
 //   store_shared32(p, v)                         4-byte st.shared
+//   mbarrier_init(bar, n), fence_barrier_init(), mbarrier_expect_tx(bar, bytes),
+//   mbarrier_arrive(bar), mbarrier_wait(bar, parity),
+//   tma_load_3d(dst, map, c0, c1, c2, bar)       (TmaPipe only) mbarriers and the 3-d bulk
+//                                                tensor copy, sm_90
 //   atomic_add2(p, a, b)                         p[0] += a, p[1] += b in global memory, atomically
 //   store16(p, v)                                16-byte store
 //   exp2(x), log2(x)                             fp32, exp2(-inf) = 0
@@ -53,25 +59,39 @@ constexpr float kLn2 = 0.6931471805599453f;
 // (flash_attention_mma.h: padded rows for ldmatrix; flash_attention_wgmma.h: the core-matrix
 // layout wgmma reads). Tiles::kElems is its size in elements, Tiles::chunk(r, c) the offset of
 // the 8 elements (16 bytes) at row r, columns c .. c+7 (c a multiple of 8).
+// Tiles::kBarrierBytes: the shared memory its pipe's mbarriers take (after everything else).
 template <class Tiles>
 TRIAD_BLOCK_SIZE size_t tile_bytes() {
   return size_t(Tiles::kElems) * 2;
 }
 
-// Dynamic shared memory of each kernel.
+// Dynamic shared memory of each kernel: what the program lays out (the *_data sizes), then the
+// pipe's barriers.
 template <class Tiles>
-TRIAD_BLOCK_SIZE size_t forward_smem() {
+TRIAD_BLOCK_SIZE size_t forward_data() {
   return 5 * tile_bytes<Tiles>();  // Q, K ×2, V ×2
 }
 // K, V, Q ×2, dO ×2, lse ×2, D ×2, and with the atomic dQ a 64×64 tile of dSᵀ.
 template <class Tiles, bool AtomicDq>
-TRIAD_BLOCK_SIZE size_t dkdv_smem() {
+TRIAD_BLOCK_SIZE size_t dkdv_data() {
   return 6 * tile_bytes<Tiles>() + 4 * kTile * sizeof(float) +
          (AtomicDq ? tile_bytes<typename Tiles::Square>() : 0);
 }
 template <class Tiles>
-TRIAD_BLOCK_SIZE size_t dq_smem() {
+TRIAD_BLOCK_SIZE size_t dq_data() {
   return 6 * tile_bytes<Tiles>();  // Q, dO, K ×2, V ×2
+}
+template <class Tiles>
+TRIAD_BLOCK_SIZE size_t forward_smem() {
+  return forward_data<Tiles>() + Tiles::kBarrierBytes;
+}
+template <class Tiles, bool AtomicDq>
+TRIAD_BLOCK_SIZE size_t dkdv_smem() {
+  return dkdv_data<Tiles, AtomicDq>() + Tiles::kBarrierBytes;
+}
+template <class Tiles>
+TRIAD_BLOCK_SIZE size_t dq_smem() {
+  return dq_data<Tiles>() + Tiles::kBarrierBytes;
 }
 
 // How the kernels are launched for a [B, T, NH·HD] problem (host side; the GPU launchers and
@@ -95,6 +115,17 @@ inline Launch launch_shape(int B, int T, int NH, int HD) {
   return l;
 }
 
+// Where the tiles of one of the head's matrices (q, k, v or dO) come from: its HD columns at g
+// (row 0 of the head's sequence; row pitch `stride` elements), and for bulk tensor copies the
+// tensor map of the whole [B, T, W] matrix (null without) with the head's first column and its
+// sequence as coordinates.
+struct TileSource {
+  const uint16_t* g;
+  size_t stride;
+  const void* map;
+  int col0, batch;
+};
+
 // Rows [row0, row0 + 64) of a row-major bf16 matrix at g (row pitch `stride` elements, HD
 // columns) → the tile at s, async; rows >= T are zero-filled.
 template <class Tiles, class X>
@@ -110,6 +141,25 @@ TRIAD_BLOCK_FN void load_tile(X& x, uint16_t* s, const uint16_t* g, size_t strid
     x.cp_async16(s + Tiles::chunk(r, c), g + size_t(src_row) * stride + c, valid);
   }
 }
+
+// The pipe of the policies that load with cp.async: every thread copies its share of each tile;
+// the tiles loaded between two commits form a batch (numbered 0, 1, .. in commit order), and
+// wait<Newer>(batch) returns when `batch` has landed for this thread, with the `Newer` batches
+// committed after it still in flight. The barrier after it hands the tiles to every warp.
+template <class Tiles, class X>
+struct CpAsyncPipe {
+  X& x;
+  TRIAD_BLOCK_FN CpAsyncPipe(X& x_, uint64_t*) : x(x_) {}
+  TRIAD_BLOCK_FN void load(uint16_t* s, const TileSource& src, int row0, int T, int) {
+    load_tile<Tiles>(x, s, src.g, src.stride, row0, T);
+  }
+  TRIAD_BLOCK_FN void commit(int) { x.cp_commit(); }
+  template <int Newer>
+  TRIAD_BLOCK_FN void wait(int) {
+    x.template cp_wait<Newer>();
+    Tiles::publish(x);
+  }
+};
 
 // The products (each warp: its 16 rows; Tiles::abt and Tiles::pv):
 //   abt(x, s, A, Y)      s  (16×64) += rows 16w.. of tile A · (tile Y)ᵀ, s[n] the accumulator of
@@ -182,43 +232,47 @@ TRIAD_BLOCK_FN void add_rows(X& x, float* g, size_t stride, int row0, int T,
   }
 }
 
-// The head of block (blockIdx.x = b·NH + h): its q, k, v columns in qkv [B,T,3C] (row stride
-// 3C) and its columns of dout [B,T,C] (when given).
+// The head of block (blockIdx.x = b·NH + h): where its q, k, v columns of qkv [B,T,3C] (row
+// stride 3C) and its columns of dout [B,T,C] (when given) come from; qkv_map and dout_map are
+// the tensor maps of the two matrices (null without bulk tensor copies).
 struct Head {
   int bh, b, h;
   size_t stride;
-  const uint16_t *q, *k, *v, *dout;
+  TileSource q, k, v, dout;
 };
 template <int HD, class X>
-TRIAD_BLOCK_FN Head head(X& x, const uint16_t* qkv, const uint16_t* dout, int T, int C, int NH) {
+TRIAD_BLOCK_FN Head head(X& x, const uint16_t* qkv, const uint16_t* dout, const void* qkv_map,
+                         const void* dout_map, int T, int C, int NH) {
   Head r;
   r.bh = x.block_x();
   r.b = r.bh / NH;
   r.h = r.bh % NH;
   r.stride = size_t(3) * C;
-  r.q = qkv + size_t(r.b) * T * r.stride + size_t(r.h) * HD;
-  r.k = r.q + C;
-  r.v = r.q + 2 * size_t(C);
-  r.dout = dout != nullptr ? dout + size_t(r.b) * T * C + size_t(r.h) * HD : nullptr;
+  const uint16_t* q = qkv + size_t(r.b) * T * r.stride + size_t(r.h) * HD;
+  r.q = TileSource{q, r.stride, qkv_map, r.h * HD, r.b};
+  r.k = TileSource{q + C, r.stride, qkv_map, C + r.h * HD, r.b};
+  r.v = TileSource{q + 2 * size_t(C), r.stride, qkv_map, 2 * C + r.h * HD, r.b};
+  r.dout = TileSource{dout != nullptr ? dout + size_t(r.b) * T * C + size_t(r.h) * HD : nullptr,
+                      size_t(C), dout_map, r.h * HD, r.b};
   return r;
 }
 
 // The key-tile loop of the forward and dQ kernels, at the top of step kt of 0..last: starts
-// copying K, V tile kt + 1 into the other buffers of sK, sV ([2] tiles each), waits for tile kt
-// (loaded by the previous step, or before the loop) and hands it to every warp.
-template <class Tiles, class X>
-TRIAD_BLOCK_FN void next_kv_tiles(X& x, uint16_t* sK, uint16_t* sV, const uint16_t* gk,
-                                  const uint16_t* gv, size_t stride, int kt, int last, int T) {
+// copying K, V tile kt + 1 (batch kt + 1) into the other buffers of sK, sV ([2] tiles each),
+// waits for tile kt (batch kt: loaded by the previous step, or before the loop) and hands it to
+// every warp.
+template <class Tiles, class Pipe, class X>
+TRIAD_BLOCK_FN void next_kv_tiles(X& x, Pipe& pipe, uint16_t* sK, uint16_t* sV, const Head& here,
+                                  int kt, int last, int T) {
   if (kt < last) {
     const int other = ((kt & 1) ^ 1) * Tiles::kElems;
-    load_tile<Tiles>(x, sK + other, gk, stride, (kt + 1) * kTile, T);
-    load_tile<Tiles>(x, sV + other, gv, stride, (kt + 1) * kTile, T);
-    x.cp_commit();
-    x.template cp_wait<1>();
+    pipe.load(sK + other, here.k, (kt + 1) * kTile, T, kt + 1);
+    pipe.load(sV + other, here.v, (kt + 1) * kTile, T, kt + 1);
+    pipe.commit(kt + 1);
+    pipe.template wait<1>(kt);
   } else {
-    x.template cp_wait<0>();
+    pipe.template wait<0>(kt);
   }
-  Tiles::publish(x);
   x.sync_threads();
 }
 
@@ -227,28 +281,28 @@ TRIAD_BLOCK_FN void next_kv_tiles(X& x, uint16_t* sK, uint16_t* sV, const uint16
 // Per key tile kt <= qb: S = Q Kᵀ, online softmax in the log2 domain (row max m and the
 // thread's part of the row sum l), O = O·α + P V. out = O / l, lse = ln 2 · (m + log2 l).
 template <class Tiles, class X>
-TRIAD_BLOCK_FN void forward_block(X& x, uint16_t* out, float* lse, const uint16_t* qkv, int T,
-                                  int C, int NH, float scale_log2) {
+TRIAD_BLOCK_FN void forward_block(X& x, uint16_t* out, float* lse, const uint16_t* qkv,
+                                  const void* qkv_map, int T, int C, int NH, float scale_log2) {
   constexpr int HD = Tiles::kHD, L = Tiles::kElems;  // L: elements per tile
   uint16_t* sQ = reinterpret_cast<uint16_t*>(x.smem());
   uint16_t* sK = sQ + L;      // [2][64][L]
   uint16_t* sV = sK + 2 * L;  // [2][64][L]
+  typename Tiles::template Pipe<X> pipe(
+      x, reinterpret_cast<uint64_t*>(x.smem() + forward_data<Tiles>()));
 
   const int nqb = (T + kTile - 1) / kTile;
   const int qb = nqb - 1 - x.block_y();
-  const Head here = head<HD>(x, qkv, nullptr, T, C, NH);
+  const Head here = head<HD>(x, qkv, nullptr, qkv_map, nullptr, T, C, NH);
   const int bh = here.bh, b = here.b, h = here.h;
-  const size_t stride = here.stride;
-  const uint16_t *gq = here.q, *gk = here.k, *gv = here.v;
   const int q0 = qb * kTile;
   const int warp = x.thread() / 32, lane = x.thread() % 32;
   const int gr = lane >> 2, tc = (lane & 3) * 2;
   const int row0 = q0 + warp * 16 + gr;  // this thread's rows: row0 and row0 + 8
 
-  load_tile<Tiles>(x, sQ, gq, stride, q0, T);
-  load_tile<Tiles>(x, sK, gk, stride, 0, T);
-  load_tile<Tiles>(x, sV, gv, stride, 0, T);
-  x.cp_commit();
+  pipe.load(sQ, here.q, q0, T, 0);
+  pipe.load(sK, here.k, 0, T, 0);
+  pipe.load(sV, here.v, 0, T, 0);
+  pipe.commit(0);
 
   float o[HD / 8][4];
   zero(o);
@@ -256,7 +310,7 @@ TRIAD_BLOCK_FN void forward_block(X& x, uint16_t* out, float* lse, const uint16_
 
   for (int kt = 0; kt <= qb; ++kt) {
     const int buf = kt & 1;
-    next_kv_tiles<Tiles>(x, sK, sV, gk, gv, stride, kt, qb, T);
+    next_kv_tiles<Tiles>(x, pipe, sK, sV, here, kt, qb, T);
 
     float s[8][4];
     zero(s);
@@ -386,8 +440,9 @@ TRIAD_BLOCK_FN void probabilities_and_ds(X& x, float (&s)[8][4], float (&dp)[8][
 // ([B,T,C] fp32, zeroed by dot_block) with atomics; dq_convert_block finishes it.
 template <class Tiles, bool AtomicDq, class X>
 TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, const uint16_t* dout,
-                               const uint16_t* qkv, const float* lse, const float* Dv, int T, int C,
-                               int NH, float scale, float scale_log2, bool accumulate) {
+                               const uint16_t* qkv, const void* qkv_map, const void* dout_map,
+                               const float* lse, const float* Dv, int T, int C, int NH, float scale,
+                               float scale_log2, bool accumulate) {
   constexpr int HD = Tiles::kHD, L = Tiles::kElems;  // L: elements per tile
   uint16_t* sK = reinterpret_cast<uint16_t*>(x.smem());
   uint16_t* sV = sK + L;
@@ -396,13 +451,14 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, const uint
   float* sLse = reinterpret_cast<float*>(sdO + 2 * L);          // [2][64], log2 domain
   float* sD = sLse + 2 * kTile;                                 // [2][64]
   uint16_t* sdS = reinterpret_cast<uint16_t*>(sD + 2 * kTile);  // dSᵀ [key][query] (AtomicDq)
+  typename Tiles::template Pipe<X> pipe(
+      x, reinterpret_cast<uint64_t*>(x.smem() + dkdv_data<Tiles, AtomicDq>()));
 
   const int nb = (T + kTile - 1) / kTile;
   const int kb = x.block_y();  // the blocks with the most query tiles (small kb) first
-  const Head here = head<HD>(x, qkv, dout, T, C, NH);
+  const Head here = head<HD>(x, qkv, dout, qkv_map, dout_map, T, C, NH);
   const int bh = here.bh, b = here.b, h = here.h;
   const size_t stride = here.stride;
-  const uint16_t *gq = here.q, *gk = here.k, *gv = here.v, *gdo = here.dout;
   const float* glse = lse + size_t(bh) * T;
   const float* gD = Dv + size_t(bh) * T;
   const int k0 = kb * kTile;
@@ -418,11 +474,12 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, const uint
       sD[buf * kTile + t] = q < T ? gD[q] : 0.0f;
     }
   };
-  load_tile<Tiles>(x, sK, gk, stride, k0, T);
-  load_tile<Tiles>(x, sV, gv, stride, k0, T);
-  load_tile<Tiles>(x, sQ, gq, stride, k0, T);
-  load_tile<Tiles>(x, sdO, gdo, size_t(C), k0, T);
-  x.cp_commit();
+  // Batch i (0, 1, ..) holds query tile kb + i (and, in batch 0, this block's K and V).
+  pipe.load(sK, here.k, k0, T, 0);
+  pipe.load(sV, here.v, k0, T, 0);
+  pipe.load(sQ, here.q, k0, T, 0);
+  pipe.load(sdO, here.dout, k0, T, 0);
+  pipe.commit(0);
   load_rows(kb, 0);
 
   float dk[HD / 8][4], dv[HD / 8][4];
@@ -432,15 +489,14 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, const uint
   for (int qt = kb; qt < nb; ++qt) {
     const int buf = (qt - kb) & 1;
     if (qt + 1 < nb) {
-      load_tile<Tiles>(x, sQ + (buf ^ 1) * L, gq, stride, (qt + 1) * kTile, T);
-      load_tile<Tiles>(x, sdO + (buf ^ 1) * L, gdo, size_t(C), (qt + 1) * kTile, T);
-      x.cp_commit();
+      pipe.load(sQ + (buf ^ 1) * L, here.q, (qt + 1) * kTile, T, qt + 1 - kb);
+      pipe.load(sdO + (buf ^ 1) * L, here.dout, (qt + 1) * kTile, T, qt + 1 - kb);
+      pipe.commit(qt + 1 - kb);
       load_rows(qt + 1, buf ^ 1);
-      x.template cp_wait<1>();
+      pipe.template wait<1>(qt - kb);
     } else {
-      x.template cp_wait<0>();
+      pipe.template wait<0>(qt - kb);
     }
-    Tiles::publish(x);
     x.sync_threads();
 
     const uint16_t* q = sQ + buf * L;
@@ -519,29 +575,31 @@ TRIAD_BLOCK_FN void dq_convert_block(X& x, uint16_t* dqkv, const float* dq_accum
 // by 1/sqrt(HD) at the end.
 template <class Tiles, class X>
 TRIAD_BLOCK_FN void dq_block(X& x, uint16_t* dqkv, const uint16_t* dout, const uint16_t* qkv,
-                             const float* lse, const float* Dv, int T, int C, int NH, float scale,
-                             float scale_log2, bool accumulate) {
+                             const void* qkv_map, const void* dout_map, const float* lse,
+                             const float* Dv, int T, int C, int NH, float scale, float scale_log2,
+                             bool accumulate) {
   constexpr int HD = Tiles::kHD, L = Tiles::kElems;  // L: elements per tile
   uint16_t* sQ = reinterpret_cast<uint16_t*>(x.smem());
   uint16_t* sdO = sQ + L;
   uint16_t* sK = sdO + L;     // [2][64][L]
   uint16_t* sV = sK + 2 * L;  // [2][64][L]
+  typename Tiles::template Pipe<X> pipe(x,
+                                        reinterpret_cast<uint64_t*>(x.smem() + dq_data<Tiles>()));
 
   const int nb = (T + kTile - 1) / kTile;
   const int qb = nb - 1 - x.block_y();  // the longest rows first
-  const Head here = head<HD>(x, qkv, dout, T, C, NH);
+  const Head here = head<HD>(x, qkv, dout, qkv_map, dout_map, T, C, NH);
   const int bh = here.bh, b = here.b, h = here.h;
   const size_t stride = here.stride;
-  const uint16_t *gq = here.q, *gk = here.k, *gv = here.v, *gdo = here.dout;
   const int q0 = qb * kTile;
   const int warp = x.thread() / 32, lane = x.thread() % 32;
   const int row0 = q0 + warp * 16 + (lane >> 2);  // this thread's rows: row0 and row0 + 8
 
-  load_tile<Tiles>(x, sQ, gq, stride, q0, T);
-  load_tile<Tiles>(x, sdO, gdo, size_t(C), q0, T);
-  load_tile<Tiles>(x, sK, gk, stride, 0, T);
-  load_tile<Tiles>(x, sV, gv, stride, 0, T);
-  x.cp_commit();
+  pipe.load(sQ, here.q, q0, T, 0);
+  pipe.load(sdO, here.dout, q0, T, 0);
+  pipe.load(sK, here.k, 0, T, 0);
+  pipe.load(sV, here.v, 0, T, 0);
+  pipe.commit(0);
   float lse2[2], dd[2];
   TRIAD_UNROLL
   for (int r = 0; r < 2; ++r) {
@@ -554,7 +612,7 @@ TRIAD_BLOCK_FN void dq_block(X& x, uint16_t* dqkv, const uint16_t* dout, const u
   zero(dq);
   for (int kt = 0; kt <= qb; ++kt) {
     const int buf = kt & 1;
-    next_kv_tiles<Tiles>(x, sK, sV, gk, gv, stride, kt, qb, T);
+    next_kv_tiles<Tiles>(x, pipe, sK, sV, here, kt, qb, T);
 
     const uint16_t* k = sK + buf * L;
     float s[8][4], dp[8][4];

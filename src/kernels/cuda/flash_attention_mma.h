@@ -17,6 +17,10 @@ struct MmaTiles {
   static constexpr int kPitch = HD + 8;
   static constexpr int kElems = kTile * kPitch;
   using Square = MmaTiles<64>;  // a 64×64 tile (dS in the atomic-dQ backward)
+  static constexpr bool kTma = false;
+  static constexpr size_t kBarrierBytes = 0;
+  template <class X>
+  using Pipe = CpAsyncPipe<MmaTiles, X>;
 
   TRIAD_BLOCK_FN static int chunk(int r, int c) { return r * kPitch + c; }
 

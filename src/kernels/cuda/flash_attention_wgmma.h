@@ -18,7 +18,10 @@
 // (publish); what the bulk tensor copies write is in the async proxy already.
 #pragma once
 
+#include <type_traits>
+
 #include "flash_attention_block.h"
+#include "flash_attention_tma.h"
 
 namespace triad::flash {
 
@@ -29,7 +32,8 @@ TRIAD_BLOCK_FN uint64_t wgmma_descriptor(uint32_t address, uint32_t lbo, uint32_
          uint64_t((sbo & 0x3FFFFu) >> 4) << 32;
 }
 
-template <int HD_>
+// Tma: tiles loaded by bulk tensor copies (TmaPipe) instead of cp.async (CpAsyncPipe).
+template <int HD_, bool Tma = false>
 struct WgmmaTiles {
   static constexpr int kHD = HD_;
   static constexpr int HD = HD_;
@@ -37,6 +41,10 @@ struct WgmmaTiles {
   static constexpr uint32_t kBand = 16 * kTile;  // bytes of one 8-column band (all 64 rows)
   static constexpr uint32_t kCore = 128;         // bytes of one core matrix
   using Square = WgmmaTiles<64>;                 // a 64×64 tile (dS in the atomic-dQ backward)
+  static constexpr bool kTma = Tma;
+  static constexpr size_t kBarrierBytes = Tma ? 2 * sizeof(uint64_t) : 0;  // TmaPipe's barriers
+  template <class X>
+  using Pipe = std::conditional_t<Tma, TmaPipe<WgmmaTiles, X>, CpAsyncPipe<WgmmaTiles, X>>;
 
   TRIAD_BLOCK_FN static int chunk(int r, int c) { return (c / 8) * (8 * kTile) + r * 8; }
 
