@@ -21,8 +21,11 @@
 // corrupts on the GPU aborts here: a copy into unaligned or outside shared memory, a box that does
 // not fit, a tensor map the driver would reject (tile_map checks what cuTensorMapEncodeTiled
 // does), a barrier used before mbarrier.init or signalled by a copy before
-// fence.mbarrier_init, more bytes delivered than expected, a wait that never completes, and a
-// block that ends with copies or arrivals outstanding.
+// fence.mbarrier_init, more bytes delivered than expected, a wait that never completes, a wait
+// on a parity other than the thread's next phase of that barrier (a stale or skipped phase), a
+// copy or store that overwrites a live barrier, wgmma reading a bulk copy's destination before it
+// landed, and a block that ends with copies or arrivals outstanding. A bulk copy's destination
+// reads as NaN from its issue until it lands.
 //
 // cp.async and bulk copies land either when issued or only when waited for (`CopyTiming`);
 // running a kernel both ways catches a tile read before its wait and a buffer refilled while
@@ -180,6 +183,7 @@ class Block {
     int arrivals = 0, pending = 0;  // per phase; still to arrive in this one
     int64_t tx = 0;                 // transaction bytes still expected in this phase
     int phase = 0;
+    int generation = 0;   // how many times this barrier was initialized
     bool fenced = false;  // fence.mbarrier_init executed since the init
     int init_thread = -1;
     std::vector<BulkCopy> in_flight;
@@ -325,7 +329,9 @@ class Thread {
     Block::Barrier& b = block_.barriers_[at];
     if (!b.in_flight.empty() || b.tx != 0 || b.pending != b.arrivals)
       fail("mbarrier.init of a barrier with copies or arrivals outstanding");
+    const int generation = b.generation + 1;
     b = Block::Barrier{};
+    b.generation = generation;
     b.arrivals = b.pending = int(arrivals);
     b.init_thread = tid_;
     std::memset(bar, 0, sizeof *bar);  // its memory is the barrier now, not NaN data
@@ -352,8 +358,16 @@ class Thread {
       {
         std::lock_guard<std::mutex> lock(block_.barrier_mutex_);
         Block::Barrier& b = barrier(bar);
+        // This thread's next phase of the barrier (phases are waited for in order, each once).
+        auto& [generation, next] = next_phase_[barrier_offset(bar)];
+        if (generation != b.generation) generation = b.generation, next = 0;
+        if (uint32_t(next & 1) != parity)
+          fail("mbarrier wait on a parity other than this thread's next phase of the barrier");
         advance(b, true);
-        if (uint32_t(b.phase & 1) != parity) return;  // the phase of that parity completed
+        if (uint32_t(b.phase & 1) != parity) {  // the phase of that parity completed
+          ++next;
+          return;
+        }
       }
       if (std::chrono::steady_clock::now() - start > std::chrono::seconds(30))
         fail("mbarrier wait never completes (a hang on the GPU)");
@@ -371,10 +385,16 @@ class Thread {
     Block::Barrier& b = barrier(bar);
     if (!b.fenced) fail("bulk tensor copy signals an mbarrier before fence.mbarrier_init");
     const Block::BulkCopy copy{static_cast<unsigned char*>(dst), m, {c0, c1, c2}};
-    if (block_.timing_ == CopyTiming::at_issue)
+    check_no_barrier(copy.dst, bytes);
+    if (block_.timing_ == CopyTiming::at_issue) {
       land(b, copy);
-    else
+    } else {  // in flight: NaN to every reader, and not yet readable by wgmma
+      std::memset(copy.dst, 0xFF, bytes);
+      std::lock_guard<std::mutex> lock(block_.writer_mutex_);
+      const size_t first = size_t(copy.dst - block_.base_) / 4;
+      for (size_t w = first; w < first + bytes / 4; ++w) block_.writer_[w] = kInFlight;
       b.in_flight.push_back(copy);
+    }
   }
 
   // ---- wgmma (sm_90a), executed when waited for
@@ -426,6 +446,10 @@ class Thread {
   void store_shared32(void* p, uint32_t v) {
     if (!block_.in_smem(p, 4)) fail("st.shared outside shared memory");
     if (reinterpret_cast<uintptr_t>(p) % 4 != 0) fail("4-byte st.shared to a misaligned address");
+    {
+      std::lock_guard<std::mutex> lock(block_.barrier_mutex_);
+      check_no_barrier(static_cast<const unsigned char*>(p), 4);
+    }
     std::memcpy(p, &v, sizeof v);
     mark_written(static_cast<const unsigned char*>(p), 4);
   }
@@ -462,6 +486,10 @@ class Thread {
     uint64_t da, db;
   };
   void perform(const Copy& c) {
+    {
+      std::lock_guard<std::mutex> lock(block_.barrier_mutex_);
+      check_no_barrier(c.dst, 16);
+    }
     if (c.src)
       std::memcpy(c.dst, c.src, 16);
     else
@@ -476,6 +504,14 @@ class Thread {
       block_.writer_[w] = tid_;
       written_.push_back(w);
     }
+  }
+  // writer_ of a word a bulk copy will write when it lands.
+  static constexpr int kInFlight = -2;
+  // Fails if [p, p + n) overlaps an initialized mbarrier; barrier_mutex_ held.
+  void check_no_barrier(const unsigned char* p, size_t n) const {
+    const size_t at = size_t(p - block_.base_);
+    for (const auto& [b, state] : block_.barriers_)
+      if (b < at + n && at < b + 8) fail("a copy or store overwrites a live mbarrier");
   }
   size_t barrier_offset(const uint64_t* bar) const {
     if (!block_.in_smem(bar, 8)) fail("mbarrier outside shared memory");
@@ -555,6 +591,8 @@ class Thread {
   std::vector<Copy> pending_;
   std::deque<std::vector<Copy>> groups_;
   std::vector<size_t> written_;  // words this thread wrote since its last proxy fence
+  // Per barrier (by offset): the generation this thread last waited in, and its next phase.
+  std::map<size_t, std::pair<int, int>> next_phase_;
   std::vector<WgOp> wg_pending_;
   std::deque<std::vector<WgOp>> wg_groups_;
   int wg_keep_ = 0;  // the N of the wgmma.wait_group being executed
@@ -562,6 +600,8 @@ class Thread {
 
 inline float GroupStep::read(size_t at) const {
   if (at + 2 > block->size_) fail("wgmma descriptor addresses memory outside shared memory");
+  if (block->writer_[at / 4] == Thread::kInFlight)
+    fail("wgmma reads a bulk copy's destination before the copy landed");
   if (block->writer_[at / 4] != -1)
     fail("wgmma reads shared memory written by cp.async or st.shared without fence.proxy.async");
   return bf16_value(load16(block->base_ + at));

@@ -223,18 +223,23 @@ struct DeviceThread {
                      smem_address(bar))
                  : "memory");
   }
-  // Returns once the phase of parity `parity` has completed.
+  // Returns once the phase of parity `parity` has completed. A phase that never completes (bytes
+  // announced that no copy delivers: a bug) traps after about 2^34 clock cycles (several seconds)
+  // instead of hanging the GPU: the launch fails and the caller's error check reports it.
   __device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t parity) {
     const uint32_t a = smem_address(bar);
-    uint32_t done = 0;
-    do {
+    const long long start = clock64();
+    for (uint32_t polls = 1;; ++polls) {
+      uint32_t done;
       asm volatile(
           "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
           "selp.u32 %0, 1, 0, p;\n}\n"
           : "=r"(done)
           : "r"(a), "r"(parity)
           : "memory");
-    } while (!done);
+      if (done) return;
+      if (polls % 1024 == 0 && clock64() - start > (1ll << 34)) __trap();
+    }
   }
   // The box at coordinates (c0, c1, c2) of the tensor map at `map` (the address of a
   // __grid_constant__ kernel parameter) → shared memory at dst (128-byte aligned); its bytes
