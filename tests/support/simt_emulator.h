@@ -49,6 +49,7 @@
 #include <vector>
 
 #include "../../src/kernels/cuda/block_program.h"
+#include "../../src/kernels/cuda/box_map_shape.h"
 #include "triad/core/bf16.h"
 
 namespace triad::simt {
@@ -62,34 +63,37 @@ enum class CopyTiming { at_issue, at_wait };
 
 inline float bf16_value(uint16_t bits) { return to_float(bf16_t{bits}); }
 
+// The shared-memory address of a block's first byte of dynamic shared memory. Not a multiple of
+// 1 KB on purpose: code that needs more alignment than the launch promises must align itself.
+constexpr uint32_t kSmemWindow = 128;
+
+// The 128-byte swizzle of a shared-memory address: its 16-byte chunk (bits 4-6) XOR its row of
+// 128 bytes within 1 KB (bits 7-9), as the bulk copies write and wgmma reads such layouts.
+inline uint32_t swizzle128(uint32_t address) { return address ^ (((address >> 7) & 7u) << 4); }
+
 // The emulated tensor map of a 3-d bf16 tensor (what the kernels' tma_load_3d reads here in
-// place of the driver's CUtensorMap): dims innermost first, strides in bytes of dims 1 and 2.
+// place of the driver's CUtensorMap).
 struct TensorMap {
   const unsigned char* base;
-  uint64_t dims[3];
-  uint64_t strides[2];
-  uint32_t box[3];
+  BoxMapShape shape;
 };
 
-// The map of the row-major bf16 tensor [seqs][rows][cols] at base with boxes of
-// box_cols × box_rows × 1, checked as cuTensorMapEncodeTiled checks it (no interleave, no
-// swizzle): 16-byte aligned address, strides multiples of 16 bytes below 2^40, dims in
-// [1, 2^32], box sizes in [1, 256] with the inner one a multiple of 16 bytes.
-inline TensorMap tile_map(const void* base, uint64_t cols, uint64_t rows, uint64_t seqs,
-                          uint32_t box_cols, uint32_t box_rows) {
-  TensorMap m{static_cast<const unsigned char*>(base),
-              {cols, rows, seqs},
-              {cols * 2, cols * rows * 2},
-              {box_cols, box_rows, 1}};
+// The map `shape` describes at base, checked as cuTensorMapEncodeTiled checks it (no
+// interleave): 16-byte aligned address, strides multiples of 16 bytes below 2^40, dims in
+// [1, 2^32], box sizes in [1, 256] with the inner one a multiple of 16 bytes, and at most 128
+// bytes with the 128-byte swizzle.
+inline TensorMap tensor_map(const void* base, const BoxMapShape& shape) {
   if (reinterpret_cast<uintptr_t>(base) % 16 != 0) fail("tensor map address not 16-byte aligned");
-  for (uint64_t d : m.dims)
+  for (uint64_t d : shape.dims)
     if (d == 0 || d > (uint64_t(1) << 32)) fail("tensor map dimension out of range");
-  for (uint64_t st : m.strides)
+  for (uint64_t st : shape.strides)
     if (st % 16 != 0 || st >= (uint64_t(1) << 40)) fail("tensor map stride not a multiple of 16");
-  for (uint32_t b : m.box)
+  for (uint32_t b : shape.box)
     if (b == 0 || b > 256) fail("tensor map box size out of [1, 256]");
-  if (box_cols * 2 % 16 != 0) fail("tensor map box's inner size not a multiple of 16 bytes");
-  return m;
+  if (shape.box[0] * 2 % 16 != 0) fail("tensor map box's inner size not a multiple of 16 bytes");
+  if (shape.swizzle128 && shape.box[0] * 2 > 128)
+    fail("tensor map box's inner size exceeds the 128-byte swizzle span");
+  return TensorMap{static_cast<const unsigned char*>(base), shape};
 }
 
 // The operands and results of one lane in one warp instruction.
@@ -111,9 +115,10 @@ class Thread;
 struct GroupStep {
   Block* block;
   void operator()() noexcept;
-  // One bf16 element of shared memory at byte offset `at`, as the wgmma being executed reads it:
-  // inside the block's shared memory and not written by an unfenced cp.async.
-  float read(size_t at) const;
+  // One bf16 element of shared memory at a shared-memory address, as the wgmma being executed
+  // reads it: inside the block's shared memory, landed, and not written by an unfenced cp.async
+  // or st.shared.
+  float read(size_t address) const;
 };
 
 // Computes every lane's result of the warp instruction in slots[phase] (run once per
@@ -377,10 +382,11 @@ class Thread {
   void tma_load_3d(void* dst, const void* map, int c0, int c1, int c2, uint64_t* bar) {
     const auto* m = static_cast<const TensorMap*>(map);
     if (m == nullptr) fail("bulk tensor copy without a tensor map");
-    const size_t bytes = size_t(m->box[0]) * m->box[1] * m->box[2] * 2;
+    const uint32_t* box = m->shape.box;
+    const size_t bytes = size_t(box[0]) * box[1] * box[2] * 2;
     if (!block_.in_smem(dst, bytes)) fail("bulk tensor copy's box outside shared memory");
-    if ((static_cast<unsigned char*>(dst) - block_.base_) % 128 != 0)
-      fail("bulk tensor copy destination not 128-byte aligned");
+    if (smem_address(dst) % (m->shape.swizzle128 ? 1024 : 128) != 0)
+      fail("bulk tensor copy destination not aligned (128 bytes; 1 KB with the 128-byte swizzle)");
     std::lock_guard<std::mutex> lock(block_.barrier_mutex_);
     Block::Barrier& b = barrier(bar);
     if (!b.fenced) fail("bulk tensor copy signals an mbarrier before fence.mbarrier_init");
@@ -400,7 +406,7 @@ class Thread {
   // ---- wgmma (sm_90a), executed when waited for
   uint32_t smem_address(const void* p) const {
     if (!block_.in_smem(p, 0)) fail("shared-memory address outside the block's shared memory");
-    return uint32_t(static_cast<const unsigned char*>(p) - block_.base_);
+    return kSmemWindow + uint32_t(static_cast<const unsigned char*>(p) - block_.base_);
   }
   void fence_proxy_async() {
     std::lock_guard<std::mutex> lock(block_.writer_mutex_);
@@ -526,25 +532,30 @@ class Thread {
   }
   // Writes the box (elements outside the tensor zero) and completes its bytes on b: the async
   // proxy's write, which wgmma may read without a proxy fence.
+  // The box lands row after row (box[0] elements each), each element's address swizzled when
+  // the map says so.
   void land(Block::Barrier& b, const Block::BulkCopy& copy) {
-    const TensorMap& m = *copy.map;
-    unsigned char* d = copy.dst;
+    const BoxMapShape& m = copy.map->shape;
+    const uint32_t dst = smem_address(copy.dst);
+    uint32_t o = 0;  // byte offset within the box, before the swizzle
     for (uint32_t z = 0; z < m.box[2]; ++z)
       for (uint32_t y = 0; y < m.box[1]; ++y)
-        for (uint32_t x = 0; x < m.box[0]; ++x, d += 2) {
+        for (uint32_t x = 0; x < m.box[0]; ++x, o += 2) {
+          const uint32_t a = m.swizzle128 ? swizzle128(dst + o) : dst + o;
+          unsigned char* d = block_.base_ + (a - kSmemWindow);
           const int64_t g[3] = {int64_t(copy.c[0]) + x, int64_t(copy.c[1]) + y,
                                 int64_t(copy.c[2]) + z};
           bool inside = true;
           for (int i = 0; i < 3; ++i) inside = inside && g[i] >= 0 && uint64_t(g[i]) < m.dims[i];
           if (inside)
             std::memcpy(d,
-                        m.base + uint64_t(g[0]) * 2 + uint64_t(g[1]) * m.strides[0] +
+                        copy.map->base + uint64_t(g[0]) * 2 + uint64_t(g[1]) * m.strides[0] +
                             uint64_t(g[2]) * m.strides[1],
                         2);
           else
             std::memset(d, 0, 2);
         }
-    const size_t bytes = size_t(d - copy.dst);
+    const size_t bytes = o;
     {
       std::lock_guard<std::mutex> lock(block_.writer_mutex_);
       const size_t first = size_t(copy.dst - block_.base_) / 4;
@@ -598,7 +609,9 @@ class Thread {
   int wg_keep_ = 0;  // the N of the wgmma.wait_group being executed
 };
 
-inline float GroupStep::read(size_t at) const {
+inline float GroupStep::read(size_t address) const {
+  if (address < kSmemWindow) fail("wgmma descriptor addresses memory outside shared memory");
+  const size_t at = address - kSmemWindow;
   if (at + 2 > block->size_) fail("wgmma descriptor addresses memory outside shared memory");
   if (block->writer_[at / 4] == Thread::kInFlight)
     fail("wgmma reads a bulk copy's destination before the copy landed");
@@ -607,13 +620,28 @@ inline float GroupStep::read(size_t at) const {
   return bf16_value(load16(block->base_ + at));
 }
 
-// The byte offset of element (r, k) of a no-swizzle descriptor operand: r along M or N, k along
-// K. K-major: rows of 16 bytes along K within a core matrix; MN-major: along M/N. LBO steps
-// between core matrices along K, SBO along M/N (both majors, no swizzle).
-inline size_t wgmma_offset(uint64_t desc, int r, int k, bool mn_major) {
-  if ((desc >> 62) != 0) fail("wgmma descriptor with a swizzle mode (only no-swizzle is emulated)");
+// The shared-memory address of element (r, k) of a descriptor operand, r along M or N, k along
+// K (0..15), for the layouts of PTX's canonical forms:
+//   no swizzle (layout type 0): 8×8 core matrices of 8 rows × 16 bytes; K-major: the 16-byte
+//     rows run along K; MN-major: along M/N. LBO steps between core matrices along K, SBO along
+//     M/N.
+//   128-byte swizzle (type 1): K-major: rows of 128 bytes along K, 8-row groups SBO apart (LBO
+//     unused); MN-major: rows of 128 bytes (64 elements) along M/N, one per k, 8-row groups SBO
+//     apart along K, 64-element column blocks LBO apart along M/N; then the address is
+//     swizzled (swizzle128), the pattern anchored at 1 KB (base offset 0).
+inline size_t wgmma_address(uint64_t desc, int r, int k, bool mn_major) {
+  const uint64_t mode = desc >> 62;
+  if (mode != 0 && mode != 1)
+    fail("wgmma descriptor with a swizzle mode other than none or 128-byte (not emulated)");
+  if (((desc >> 49) & 7) != 0) fail("wgmma descriptor with a nonzero base offset (not emulated)");
   const size_t start = size_t(desc & 0x3FFF) << 4, lbo = size_t((desc >> 16) & 0x3FFF) << 4,
                sbo = size_t((desc >> 32) & 0x3FFF) << 4;
+  if (mode == 1) {
+    const size_t a = mn_major ? start + size_t(r / 64) * lbo + size_t(k / 8) * sbo +
+                                    size_t(k % 8) * 128 + size_t(r % 64) * 2
+                              : start + size_t(r / 8) * sbo + size_t(r % 8) * 128 + size_t(k) * 2;
+    return swizzle128(uint32_t(a));
+  }
   const size_t core = size_t(r / 8) * sbo + size_t(k / 8) * lbo;
   return start + core +
          (mn_major ? size_t(k % 8) * 16 + size_t(r % 8) * 2
@@ -658,10 +686,10 @@ inline void GroupStep::operator()() noexcept {
       if (!op.a_in_registers)
         for (int m = 0; m < 64; ++m)
           for (int k = 0; k < 16; ++k)
-            A[size_t(m) * 16 + k] = read(wgmma_offset(op.da, m, k, op.trans_a != 0));
+            A[size_t(m) * 16 + k] = read(wgmma_address(op.da, m, k, op.trans_a != 0));
       for (int k = 0; k < 16; ++k)
         for (int n = 0; n < N; ++n)
-          B[size_t(k) * N + n] = read(wgmma_offset(op.db, n, k, op.trans_b != 0));
+          B[size_t(k) * N + n] = read(wgmma_address(op.db, n, k, op.trans_b != 0));
       for (int m = 0; m < 64; ++m)
         for (int n = 0; n < N; ++n) {
           float acc = D[size_t(m) * N + n];

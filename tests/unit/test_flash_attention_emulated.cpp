@@ -57,9 +57,11 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, int T, int NH, CopyTiming 
   std::vector<float> D(size_t(B) * NH * T, NAN);
   const flash::Launch l = flash::launch_shape(B, T, NH, HD);
   const int threads = flash::kThreads;
-  // The tensor maps flash_attention.cu makes (8-column × 64-row boxes), for the tma policy.
-  const simt::TensorMap qkv_map = simt::tile_map(qkv.data(), 3 * uint64_t(C), T, B, 8, 64);
-  const simt::TensorMap dout_map = simt::tile_map(dout.data(), uint64_t(C), T, B, 8, 64);
+  // The tensor maps flash_attention.cu makes, for the tma policy.
+  const simt::TensorMap qkv_map =
+      simt::tensor_map(qkv.data(), flash::tma_tile_shape(3 * uint64_t(C), T, B));
+  const simt::TensorMap dout_map =
+      simt::tensor_map(dout.data(), flash::tma_tile_shape(uint64_t(C), T, B));
   const void* qm = Tiles::kTma ? &qkv_map : nullptr;
   const void* dm = Tiles::kTma ? &dout_map : nullptr;
   simt::launch(l.blocks_x, l.blocks_y, threads, flash::forward_smem<Tiles>(), timing,

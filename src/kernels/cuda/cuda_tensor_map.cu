@@ -27,23 +27,23 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
 
 }  // namespace
 
-CUtensorMap bf16_box_map(const void* base, uint64_t cols, uint64_t rows, uint64_t seqs,
-                         uint32_t box_cols, uint32_t box_rows) {
+CUtensorMap bf16_tensor_map(const void* base, const BoxMapShape& shape) {
   TRIAD_CHECK(reinterpret_cast<uintptr_t>(base) % 16 == 0,
               "tensor map: the tensor's address is not 16-byte aligned");
-  TRIAD_CHECK(cols % 8 == 0, "tensor map: ", cols, " columns is not a multiple of 8");
-  const cuuint64_t dims[3] = {cols, rows, seqs};
-  const cuuint64_t strides[2] = {cols * 2, cols * rows * 2};  // bytes, of dims 1 and 2
-  const cuuint32_t box[3] = {box_cols, box_rows, 1};
+  const cuuint64_t dims[3] = {shape.dims[0], shape.dims[1], shape.dims[2]};
+  const cuuint64_t strides[2] = {shape.strides[0], shape.strides[1]};
+  const cuuint32_t box[3] = {shape.box[0], shape.box[1], shape.box[2]};
   const cuuint32_t element_strides[3] = {1, 1, 1};
   CUtensorMap map;
-  const CUresult r = encode_tiled()(
-      &map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void*>(base), dims, strides, box,
-      element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
-      CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  const CUresult r =
+      encode_tiled()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void*>(base), dims,
+                     strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                     shape.swizzle128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_NONE,
+                     CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   TRIAD_CHECK(r == CUDA_SUCCESS, "tensor map: cuTensorMapEncodeTiled failed (CUresult ", int(r),
-              ") for a [", seqs, "][", rows, "][", cols, "] bf16 tensor with ", box_cols, "×",
-              box_rows, " boxes");
+              ") for a [", shape.dims[2], "][", shape.dims[1], "][", shape.dims[0],
+              "] bf16 tensor with ", shape.box[0], "×", shape.box[1], " boxes",
+              shape.swizzle128 ? ", 128-byte swizzle" : "");
   return map;
 }
 

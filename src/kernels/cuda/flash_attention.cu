@@ -35,7 +35,7 @@ namespace {
 const uint16_t* bits(const bf16* p) { return reinterpret_cast<const uint16_t*>(p); }
 uint16_t* bits(bf16* p) { return reinterpret_cast<uint16_t*>(p); }
 
-// The tensor maps of qkv [B,T,3C] and dout [B,T,C] (boxes of 8 columns × 64 rows) for the
+// The tensor maps of qkv [B,T,3C] and dout [B,T,C] (flash::tma_tile_shape) for the
 // policies that load with bulk tensor copies; zero and unused for the others.
 struct TileMaps {
   CUtensorMap qkv, dout;
@@ -45,9 +45,8 @@ template <class Tiles>
 TileMaps tile_maps(const bf16* qkv, const bf16* dout, int B, int T, int C) {
   TileMaps m{};
   if constexpr (Tiles::kTma) {
-    m.qkv = bf16_box_map(qkv, 3 * uint64_t(C), uint64_t(T), uint64_t(B), 8, flash::kTile);
-    if (dout != nullptr)
-      m.dout = bf16_box_map(dout, uint64_t(C), uint64_t(T), uint64_t(B), 8, flash::kTile);
+    m.qkv = bf16_tensor_map(qkv, flash::tma_tile_shape(3 * uint64_t(C), T, B));
+    if (dout != nullptr) m.dout = bf16_tensor_map(dout, flash::tma_tile_shape(uint64_t(C), T, B));
   }
   return m;
 }

@@ -21,7 +21,8 @@
 //
 // The thread context X provides (all lanes of a warp call the warp operations together):
 //   thread(), block_x(), block_y()               thread and block indices
-//   smem()                                       the block's dynamic shared memory (128-aligned)
+//   smem(), smem_address(p)                      the block's dynamic shared memory (16-aligned),
+//                                                and a pointer's shared-memory address
 //   sync_threads()                               __syncthreads
 //   shfl_xor(float v, int mask)                  __shfl_xor_sync over the full warp
 //   ldsm_x4(r, row), ldsm_x4_t(r, row)           ldmatrix.m8n8.x4(.trans).b16; row: this lane's
@@ -59,14 +60,15 @@ constexpr float kLn2 = 0.6931471805599453f;
 // (flash_attention_mma.h: padded rows for ldmatrix; flash_attention_wgmma.h: the core-matrix
 // layout wgmma reads). Tiles::kElems is its size in elements, Tiles::chunk(r, c) the offset of
 // the 8 elements (16 bytes) at row r, columns c .. c+7 (c a multiple of 8).
-// Tiles::kBarrierBytes: the shared memory its pipe's mbarriers take (after everything else).
+// Tiles::kBarrierBytes: the shared memory its pipe's mbarriers take (after everything else);
+// Tiles::kSmemAlign: the alignment its tiles need (the 128-byte swizzle repeats every 1 KB).
 template <class Tiles>
 TRIAD_BLOCK_SIZE size_t tile_bytes() {
   return size_t(Tiles::kElems) * 2;
 }
 
 // Dynamic shared memory of each kernel: what the program lays out (the *_data sizes), then the
-// pipe's barriers.
+// pipe's barriers, and the slack to align the start (the launch only promises 16 bytes).
 template <class Tiles>
 TRIAD_BLOCK_SIZE size_t forward_data() {
   return 5 * tile_bytes<Tiles>();  // Q, K ×2, V ×2
@@ -82,16 +84,29 @@ TRIAD_BLOCK_SIZE size_t dq_data() {
   return 6 * tile_bytes<Tiles>();  // Q, dO, K ×2, V ×2
 }
 template <class Tiles>
+TRIAD_BLOCK_SIZE size_t smem_extra() {
+  return Tiles::kBarrierBytes + (Tiles::kSmemAlign - 16);
+}
+template <class Tiles>
 TRIAD_BLOCK_SIZE size_t forward_smem() {
-  return forward_data<Tiles>() + Tiles::kBarrierBytes;
+  return forward_data<Tiles>() + smem_extra<Tiles>();
 }
 template <class Tiles, bool AtomicDq>
 TRIAD_BLOCK_SIZE size_t dkdv_smem() {
-  return dkdv_data<Tiles, AtomicDq>() + Tiles::kBarrierBytes;
+  return dkdv_data<Tiles, AtomicDq>() + smem_extra<Tiles>();
 }
 template <class Tiles>
 TRIAD_BLOCK_SIZE size_t dq_smem() {
-  return dq_data<Tiles>() + Tiles::kBarrierBytes;
+  return dq_data<Tiles>() + smem_extra<Tiles>();
+}
+
+// The start of a program's shared memory: the block's, rounded up to Tiles::kSmemAlign by its
+// shared-memory address.
+template <class Tiles, class X>
+TRIAD_BLOCK_FN unsigned char* aligned_smem(X& x) {
+  unsigned char* p = x.smem();
+  const uint32_t a = x.smem_address(p) % uint32_t(Tiles::kSmemAlign);
+  return a == 0 ? p : p + (uint32_t(Tiles::kSmemAlign) - a);
 }
 
 // How the kernels are launched for a [B, T, NH·HD] problem (host side; the GPU launchers and
@@ -284,11 +299,12 @@ template <class Tiles, class X>
 TRIAD_BLOCK_FN void forward_block(X& x, uint16_t* out, float* lse, const uint16_t* qkv,
                                   const void* qkv_map, int T, int C, int NH, float scale_log2) {
   constexpr int HD = Tiles::kHD, L = Tiles::kElems;  // L: elements per tile
-  uint16_t* sQ = reinterpret_cast<uint16_t*>(x.smem());
+  unsigned char* smem = aligned_smem<Tiles>(x);
+  uint16_t* sQ = reinterpret_cast<uint16_t*>(smem);
   uint16_t* sK = sQ + L;      // [2][64][L]
   uint16_t* sV = sK + 2 * L;  // [2][64][L]
-  typename Tiles::template Pipe<X> pipe(
-      x, reinterpret_cast<uint64_t*>(x.smem() + forward_data<Tiles>()));
+  typename Tiles::template Pipe<X> pipe(x,
+                                        reinterpret_cast<uint64_t*>(smem + forward_data<Tiles>()));
 
   const int nqb = (T + kTile - 1) / kTile;
   const int qb = nqb - 1 - x.block_y();
@@ -444,7 +460,8 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, const uint
                                const float* lse, const float* Dv, int T, int C, int NH, float scale,
                                float scale_log2, bool accumulate) {
   constexpr int HD = Tiles::kHD, L = Tiles::kElems;  // L: elements per tile
-  uint16_t* sK = reinterpret_cast<uint16_t*>(x.smem());
+  unsigned char* smem = aligned_smem<Tiles>(x);
+  uint16_t* sK = reinterpret_cast<uint16_t*>(smem);
   uint16_t* sV = sK + L;
   uint16_t* sQ = sV + L;                                        // [2][64][L]
   uint16_t* sdO = sQ + 2 * L;                                   // [2][64][L]
@@ -452,7 +469,7 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, const uint
   float* sD = sLse + 2 * kTile;                                 // [2][64]
   uint16_t* sdS = reinterpret_cast<uint16_t*>(sD + 2 * kTile);  // dSᵀ [key][query] (AtomicDq)
   typename Tiles::template Pipe<X> pipe(
-      x, reinterpret_cast<uint64_t*>(x.smem() + dkdv_data<Tiles, AtomicDq>()));
+      x, reinterpret_cast<uint64_t*>(smem + dkdv_data<Tiles, AtomicDq>()));
 
   const int nb = (T + kTile - 1) / kTile;
   const int kb = x.block_y();  // the blocks with the most query tiles (small kb) first
@@ -579,12 +596,12 @@ TRIAD_BLOCK_FN void dq_block(X& x, uint16_t* dqkv, const uint16_t* dout, const u
                              const float* Dv, int T, int C, int NH, float scale, float scale_log2,
                              bool accumulate) {
   constexpr int HD = Tiles::kHD, L = Tiles::kElems;  // L: elements per tile
-  uint16_t* sQ = reinterpret_cast<uint16_t*>(x.smem());
+  unsigned char* smem = aligned_smem<Tiles>(x);
+  uint16_t* sQ = reinterpret_cast<uint16_t*>(smem);
   uint16_t* sdO = sQ + L;
   uint16_t* sK = sdO + L;     // [2][64][L]
   uint16_t* sV = sK + 2 * L;  // [2][64][L]
-  typename Tiles::template Pipe<X> pipe(x,
-                                        reinterpret_cast<uint64_t*>(x.smem() + dq_data<Tiles>()));
+  typename Tiles::template Pipe<X> pipe(x, reinterpret_cast<uint64_t*>(smem + dq_data<Tiles>()));
 
   const int nb = (T + kTile - 1) / kTile;
   const int qb = nb - 1 - x.block_y();  // the longest rows first

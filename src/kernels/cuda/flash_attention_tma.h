@@ -6,11 +6,12 @@
 // all in).
 //
 // Each matrix (qkv [B,T,3C], dout [B,T,C]) is described by a 3-d tensor map with the dimensions
-// (columns, T, B) and a box of 8 columns × 64 rows × 1 sequence (flash_attention.cu makes them).
-// One box is one 1 KB column band of the tile layout wgmma reads (16 bytes per row, rows
-// consecutive), so a tile takes HD/8 copies. Batch i (the tiles loaded between two commits, as
-// for CpAsyncPipe) completes on barrier i % 2 in its phase i / 2; a barrier is reused two batches
-// later, after the barrier that ends the step in which every thread waited for it.
+// (columns, T, B), boxes of 64 columns × 64 rows × 1 sequence and the 128-byte swizzle
+// (tma_tile_shape; flash_attention.cu encodes it). One box is one 8 KB panel of the tile layout
+// wgmma reads, swizzled as it reads it, so a tile takes HD/64 copies. Batch i (the tiles loaded
+// between two commits, as for CpAsyncPipe) completes on barrier i % 2 in its phase i / 2; a
+// barrier is reused two batches later, after the barrier that ends the step in which every
+// thread waited for it.
 //
 // The order within a batch: thread 0 announces each tile's bytes (mbarrier.expect_tx) before
 // issuing its copies, so the barrier's byte count never goes below zero, and arrives (commit)
@@ -21,9 +22,15 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "box_map_shape.h"
 #include "flash_attention_block.h"
 
 namespace triad::flash {
+
+// The tensor map of a [B, T, cols] bf16 matrix whose tiles a TmaPipe loads.
+inline BoxMapShape tma_tile_shape(uint64_t cols, int T, int B) {
+  return bf16_box_shape(cols, uint64_t(T), uint64_t(B), 64, kTile, true);
+}
 
 template <class Tiles, class X>
 struct TmaPipe {
@@ -47,8 +54,8 @@ struct TmaPipe {
     uint64_t* b = bar + (batch & 1);
     x.mbarrier_expect_tx(b, kTileBytes);
     TRIAD_UNROLL
-    for (int c = 0; c < Tiles::kHD; c += 8)
-      x.tma_load_3d(s + Tiles::chunk(0, c), src.map, src.col0 + c, row0, src.batch, b);
+    for (int p = 0; p < Tiles::kHD / 64; ++p)  // one 64-column panel per copy
+      x.tma_load_3d(s + p * Tiles::kPanelElems, src.map, src.col0 + 64 * p, row0, src.batch, b);
   }
   TRIAD_BLOCK_FN void commit(int batch) {
     if (x.thread() == 0) x.mbarrier_arrive(bar + (batch & 1));

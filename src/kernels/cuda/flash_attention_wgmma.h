@@ -3,16 +3,18 @@
 // rows at once, both operands of S = A·Yᵀ and the B operand of P·Y read by the tensor cores
 // straight from shared memory through matrix descriptors, P from registers.
 //
-// Layout: the no-swizzle canonical layout of 8×8 "core matrices" (8 rows of 16 bytes, 128
-// contiguous bytes), column bands outermost: the 8 columns c/8 of all 64 rows are one contiguous
-// 1 KB band, row r of it at byte 16·r, so core matrix (row band r/8, column band c/8) sits at
-// byte (c/8)·1024 + (r/8)·128. A band is what one bulk tensor copy (TMA) of an 8-column × 64-row
-// box writes (flash_attention_tma.h), and what the cp.async loads write too. A descriptor names a
-// start address, LBO (bytes between core matrices adjacent along K) and SBO (along M or N), so
-// the same tile serves
-//   as a K-major operand (rows = M or N, K = the HD columns):   LBO = 1024, SBO = 128;
-//   as an MN-major operand (K = the 64 rows, M or N = the columns): LBO = 128, SBO = 1024
-//   (B of P·V; both operands of dQ = dS·K, where the tile holds dSᵀ).
+// Layout: the 128-byte-swizzle canonical layout, the one every bulk tensor copy with
+// SWIZZLE_128B writes and wgmma reads at full speed. A tile is HD/64 panels of 64 rows × 64
+// columns (8 KB each, one after the other); in a panel, row r is 128 contiguous bytes at 128·r,
+// and its 16-byte chunk j (columns 8j .. 8j+7) sits at chunk position j XOR (r mod 8). The XOR
+// is taken on shared-memory address bits (bits 4-6 ^= bits 7-9), so tiles start on 1 KB
+// boundaries (kSmemAlign). wgmma descriptors (layout type 1, "128B"):
+//   K-major operand (rows = M or N, K = the HD columns): SBO = 1024 (8-row groups), LBO unused;
+//     the k16 step kk starts at panel kk/4, byte 32·(kk mod 4) of the row (the hardware applies
+//     the XOR after adding it);
+//   MN-major operand (K = the 64 rows, M or N = the columns; B of P·V, both operands of
+//     dQ = dS·K where the tile holds dSᵀ): SBO = 1024 (8 rows along K), LBO = 8 KB (the next
+//     64 columns along N); step kk starts 16 rows (2 KB) further.
 // Shared memory written by cp.async or ordinary stores (the generic proxy) is made visible to
 // wgmma (the async proxy) by fence.proxy.async in every writing thread before the barrier
 // (publish); what the bulk tensor copies write is in the async proxy already.
@@ -25,11 +27,12 @@
 
 namespace triad::flash {
 
-// wgmma's shared-memory matrix descriptor, no swizzle: start address, LBO and SBO in 16-byte
-// units in bits 0-13, 16-29 and 32-45; base offset and layout type (bits 49-51, 62-63) zero.
+// wgmma's shared-memory matrix descriptor with the 128-byte swizzle: start address, LBO and SBO
+// in 16-byte units in bits 0-13, 16-29 and 32-45; base offset (bits 49-51) zero, the swizzled
+// pattern being anchored at 1 KB boundaries; layout type 1 (128B) in bits 62-63.
 TRIAD_BLOCK_FN uint64_t wgmma_descriptor(uint32_t address, uint32_t lbo, uint32_t sbo) {
   return uint64_t((address & 0x3FFFFu) >> 4) | uint64_t((lbo & 0x3FFFFu) >> 4) << 16 |
-         uint64_t((sbo & 0x3FFFFu) >> 4) << 32;
+         uint64_t((sbo & 0x3FFFFu) >> 4) << 32 | uint64_t(1) << 62;
 }
 
 // Tma: tiles loaded by bulk tensor copies (TmaPipe) instead of cp.async (CpAsyncPipe).
@@ -38,15 +41,19 @@ struct WgmmaTiles {
   static constexpr int kHD = HD_;
   static constexpr int HD = HD_;
   static constexpr int kElems = kTile * HD;
-  static constexpr uint32_t kBand = 16 * kTile;  // bytes of one 8-column band (all 64 rows)
-  static constexpr uint32_t kCore = 128;         // bytes of one core matrix
-  using Square = WgmmaTiles<64>;                 // a 64×64 tile (dS in the atomic-dQ backward)
+  static constexpr int kPanelElems = kTile * 64;  // one 64 × 64 panel (8 KB)
+  static constexpr uint32_t kPanel = 2 * kPanelElems;
+  static constexpr uint32_t kGroup = 1024;  // bytes of 8 rows of a panel (one swizzle period)
+  static constexpr size_t kSmemAlign = 1024;
+  using Square = WgmmaTiles<64>;  // a 64×64 tile (dS in the atomic-dQ backward)
   static constexpr bool kTma = Tma;
   static constexpr size_t kBarrierBytes = Tma ? 2 * sizeof(uint64_t) : 0;  // TmaPipe's barriers
   template <class X>
   using Pipe = std::conditional_t<Tma, TmaPipe<WgmmaTiles, X>, CpAsyncPipe<WgmmaTiles, X>>;
 
-  TRIAD_BLOCK_FN static int chunk(int r, int c) { return (c / 8) * (8 * kTile) + r * 8; }
+  TRIAD_BLOCK_FN static int chunk(int r, int c) {
+    return (c / 64) * kPanelElems + r * 64 + (((c % 64) / 8) ^ (r % 8)) * 8;
+  }
 
   template <class X>
   TRIAD_BLOCK_FN static void publish(X& x) {
@@ -54,7 +61,7 @@ struct WgmmaTiles {
   }
 
   // s (rows 16w.. of the 64×64 product) += tile a · (tile y)ᵀ: HD/16 steps of m64n64k16, both
-  // operands K-major; step kk starts 2 column bands (2 KB) further along K.
+  // operands K-major.
   template <class X>
   TRIAD_BLOCK_FN static void abt(X& x, float (&s)[8][4], const uint16_t* a, const uint16_t* y) {
     float* d = &s[0][0];
@@ -85,8 +92,7 @@ struct WgmmaTiles {
   }
 
   // acc (rows 16w.. of the 64×HD product) += P · tile y: 4 steps of m64nHDk16 over 16 keys each,
-  // P from registers, y MN-major; step kk starts 2 core matrices (16 rows, 256 bytes) further
-  // along K.
+  // P from registers, y MN-major.
   template <class X>
   TRIAD_BLOCK_FN static void pv(X& x, float (&acc)[HD / 8][4], const float (&p)[8][4],
                                 const uint16_t* y) {
@@ -113,8 +119,7 @@ struct WgmmaTiles {
     x.wgmma_fence();
     TRIAD_UNROLL
     for (int kk = 0; kk < 4; ++kk)
-      x.template wgmma_ss<HD, 1, 1>(d, wgmma_descriptor(sa + 2 * kCore * kk, kCore, Square::kBand),
-                                    wgmma_descriptor(sy + 2 * kCore * kk, kCore, kBand));
+      x.template wgmma_ss<HD, 1, 1>(d, mn_major(sa, kk), mn_major(sy, kk));
     x.wgmma_commit();
     x.template wgmma_wait<0>();
     fence_registers<HD / 2>(x, d);
@@ -164,16 +169,23 @@ struct WgmmaTiles {
   TRIAD_BLOCK_FN static void issue_pv(X& x, float* d, uint32_t (&fa)[4][4], const uint16_t* y) {
     const uint32_t sy = x.smem_address(y);
     TRIAD_UNROLL
-    for (int kk = 0; kk < 4; ++kk)
-      x.template wgmma_rs<HD, 1>(d, fa[kk], wgmma_descriptor(sy + 2 * kCore * kk, kCore, kBand));
+    for (int kk = 0; kk < 4; ++kk) x.template wgmma_rs<HD, 1>(d, fa[kk], mn_major(sy, kk));
   }
   template <class X>
   TRIAD_BLOCK_FN static void issue_abt(X& x, float* d, const uint16_t* a, const uint16_t* y) {
     const uint32_t sa = x.smem_address(a), sy = x.smem_address(y);
     TRIAD_UNROLL
     for (int kk = 0; kk < HD / 16; ++kk)
-      x.template wgmma_ss<64, 0, 0>(d, wgmma_descriptor(sa + 2 * kBand * kk, kBand, kCore),
-                                    wgmma_descriptor(sy + 2 * kBand * kk, kBand, kCore));
+      x.template wgmma_ss<64, 0, 0>(d, k_major(sa, kk), k_major(sy, kk));
+  }
+
+  // The descriptors of k16 step kk of the tile at shared-memory address t, as a K-major operand
+  // (K along its columns) or an MN-major one (K along its rows).
+  TRIAD_BLOCK_FN static uint64_t k_major(uint32_t t, int kk) {
+    return wgmma_descriptor(t + (kk / 4) * kPanel + (kk % 4) * 32, 16, kGroup);
+  }
+  TRIAD_BLOCK_FN static uint64_t mn_major(uint32_t t, int kk) {
+    return wgmma_descriptor(t + kk * 2 * kGroup, kPanel, kGroup);
   }
 
   // Pins the n accumulators at this point: ordinary code touching them stays on its side of the
