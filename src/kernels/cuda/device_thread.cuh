@@ -101,7 +101,7 @@ struct DeviceThread {
   // descriptor; A from one (ss) or from registers (rs). TransA / TransB: the operand is stored
   // MN-major (M or N contiguous within a core matrix) instead of K-major. The instantiations:
   // ss m64n64 K-major (S = Q·Kᵀ), ss m64n64 / m64n128 with both MN-major (dQ = dS·K from dSᵀ),
-  // rs m64n64 / m64n128 with B MN-major (P·V).
+  // rs m64n64 / m64n128 with B MN-major (P·V), rs m64n64 with B K-major (S from held rows).
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 // The accumulator operands of an m64n64 (32 floats) or m64n128 (64 floats) wgmma.
 #define TRIAD_WGMMA_D8(i)                                                                     \
@@ -148,9 +148,16 @@ struct DeviceThread {
   }
   template <int N, int TransB>
   __device__ __forceinline__ void wgmma_rs(float* d, const uint32_t (&a)[4], uint64_t db) {
-    static_assert((N == 64 || N == 128) && TransB == 1,
-                  "only m64n64k16 / m64n128k16 with B MN-major");
-    if constexpr (N == 64) {
+    static_assert(((N == 64 || N == 128) && TransB == 1) || (N == 64 && TransB == 0),
+                  "only m64n64k16 / m64n128k16 with B MN-major, m64n64k16 with B K-major");
+    if constexpr (N == 64 && TransB == 0) {
+      asm volatile(
+          "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+          "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " TRIAD_WGMMA_R32
+          ", {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+          : TRIAD_WGMMA_D32
+          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+    } else if constexpr (N == 64) {
       asm volatile(
           "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
           "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " TRIAD_WGMMA_R32

@@ -178,7 +178,8 @@ struct CpAsyncPipe {
 
 // The products (each warp: its 16 rows; Tiles::abt and Tiles::pv):
 //   abt(x, s, A, Y)      s  (16×64) += rows 16w.. of tile A · (tile Y)ᵀ, s[n] the accumulator of
-//                        columns n·8 .. n·8+7 (the mma.m16n8 C layout);
+//                        columns n·8 .. n·8+7 (the mma.m16n8 C layout); A a tile, or its rows
+//                        held in registers (Held, below);
 //   abt2(x, s1, A1, Y1, s2, A2, Y2), pv2(x, acc1, p1, Y1, acc2, p2, Y2)
 //                        two independent products (the policy may overlap them);
 //   pv(x, acc, p, Y)     acc (16×HD) += P · tile Y, P (16×64) given in the layout of s (rounded
@@ -187,6 +188,25 @@ struct CpAsyncPipe {
 //                        Tiles::Square layout holding the left operand transposed;
 //   publish(x)           after this thread's cp.async copies are waited for and before the
 //                        barrier that hands them to every warp.
+
+// The left operand of S-type products that stays the same over a kernel's loop (Q in the forward
+// and dQ kernels; K and V in dK/dV), held in registers: this warp's 16 rows of the tile as A
+// fragments (the mma.m16n8k16 / wgmma register A layout), one set of 4 registers per 16
+// columns, loaded once by ldmatrix. Products then read only the streamed operand from shared
+// memory (wgmma: the register-A form, half the shared-memory traffic of two descriptors).
+template <int HD>
+struct Held {
+  uint32_t a[HD / 16][4];
+};
+template <class Tiles, class X>
+TRIAD_BLOCK_FN void hold(X& x, Held<Tiles::kHD>& h, const uint16_t* tile) {
+  // Lane l addresses row l % 16 of the warp's rows, columns kk·16 + 8·(l / 16): matrices
+  // (rows 0-7 | 8-15) × (columns 0-7 | 8-15) in register order a0..a3.
+  const int lane = x.thread() % 32, row = (x.thread() / 32) * 16 + (lane & 15);
+  TRIAD_UNROLL
+  for (int kk = 0; kk < Tiles::kHD / 16; ++kk)
+    x.ldsm_x4(h.a[kk], tile + Tiles::chunk(row, kk * 16 + (lane >> 4) * 8));
+}
 
 // The A operand (16 rows × keys kk·16 .. kk·16+15, bf16 pairs in the mma/wgmma A register
 // layout) of P given in the accumulator layout of s: key tiles 2kk (columns 0-7) and 2kk+1
@@ -324,13 +344,15 @@ TRIAD_BLOCK_FN void forward_block(X& x, uint16_t* out, float* lse, const uint16_
   zero(o);
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 
+  Held<HD> q;  // Q's rows in registers, loaded once its tile has landed (step 0)
   for (int kt = 0; kt <= qb; ++kt) {
     const int buf = kt & 1;
     next_kv_tiles<Tiles>(x, pipe, sK, sV, here, kt, qb, T);
+    if (kt == 0) hold<Tiles>(x, q, sQ);
 
     float s[8][4];
     zero(s);
-    Tiles::abt(x, s, sQ, sK + buf * L);
+    Tiles::abt(x, s, q, sK + buf * L);
 
     // Only the diagonal tile (the last) has keys after a row or past T: every earlier key
     // precedes q0. Key 0 counts for every row, so the row max is finite from the first tile on.
@@ -502,6 +524,10 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, const uint
   float dk[HD / 8][4], dv[HD / 8][4];
   zero(dk);
   zero(dv);
+  // K and V held in registers (from the first step on) where the registers allow: 32 per thread
+  // at HD 64; not with the atomic dQ's extra product, nor at HD 128.
+  constexpr bool kHold = HD == 64 && !AtomicDq;
+  Held<HD> kh, vh;
 
   for (int qt = kb; qt < nb; ++qt) {
     const int buf = (qt - kb) & 1;
@@ -523,7 +549,15 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, const uint
     float s[8][4], dp[8][4];
     zero(s);
     zero(dp);
-    Tiles::abt2(x, s, sK, q, dp, sV, d_o);  // Sᵀ[key][query], dPᵀ[key][query]
+    if constexpr (kHold) {  // Sᵀ[key][query], dPᵀ[key][query]
+      if (qt == kb) {
+        hold<Tiles>(x, kh, sK);
+        hold<Tiles>(x, vh, sV);
+      }
+      Tiles::abt2(x, s, kh, q, dp, vh, d_o);
+    } else {
+      Tiles::abt2(x, s, sK, q, dp, sV, d_o);
+    }
     const int q0 = qt * kTile;
     probabilities_and_ds(
         x, s, dp, scale_log2,
@@ -627,6 +661,9 @@ TRIAD_BLOCK_FN void dq_block(X& x, uint16_t* dqkv, const uint16_t* dout, const u
 
   float dq[HD / 8][4];
   zero(dq);
+  // Q and dO held in registers (from the first step on) where the registers allow (HD 64).
+  constexpr bool kHold = HD == 64;
+  Held<HD> qh, doh;
   for (int kt = 0; kt <= qb; ++kt) {
     const int buf = kt & 1;
     next_kv_tiles<Tiles>(x, pipe, sK, sV, here, kt, qb, T);
@@ -635,7 +672,15 @@ TRIAD_BLOCK_FN void dq_block(X& x, uint16_t* dqkv, const uint16_t* dout, const u
     float s[8][4], dp[8][4];
     zero(s);
     zero(dp);
-    Tiles::abt2(x, s, sQ, k, dp, sdO, sV + buf * L);  // S[query][key], dP[query][key]
+    if constexpr (kHold) {  // S[query][key], dP[query][key]
+      if (kt == 0) {
+        hold<Tiles>(x, qh, sQ);
+        hold<Tiles>(x, doh, sdO);
+      }
+      Tiles::abt2(x, s, qh, k, dp, doh, sV + buf * L);
+    } else {
+      Tiles::abt2(x, s, sQ, k, dp, sdO, sV + buf * L);
+    }
     const int k0 = kt * kTile;
     probabilities_and_ds(
         x, s, dp, scale_log2,

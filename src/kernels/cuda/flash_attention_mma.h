@@ -28,34 +28,30 @@ struct MmaTiles {
   template <class X>
   TRIAD_BLOCK_FN static void publish(X&) {}  // ldmatrix reads what the barrier publishes
 
-  // s (the warp's 16×64) += rows 16w.. of the tile at a_tile · (tile y)ᵀ.
+  // s (the warp's 16×64) += rows 16w.. of the tile at a_tile · (tile y)ᵀ, or of the held
+  // fragments a.
   template <class X>
   TRIAD_BLOCK_FN static void abt(X& x, float (&s)[8][4], const uint16_t* a_tile,
                                  const uint16_t* y) {
-    constexpr int L = kPitch;
     const int lane = x.thread() % 32;
-    const uint16_t* a = a_tile + (x.thread() / 32) * 16 * L;  // this warp's 16 rows
+    const uint16_t* a = a_tile + (x.thread() / 32) * 16 * kPitch;  // this warp's 16 rows
     TRIAD_UNROLL
     for (int kk = 0; kk < HD / 16; ++kk) {
       uint32_t fa[4];  // A 16×16: matrices (rows 0-7 | 8-15) × (cols 0-7 | 8-15)
-      x.ldsm_x4(fa, a + (lane & 15) * L + kk * 16 + (lane >> 4) * 8);
-      TRIAD_UNROLL
-      for (int np = 0; np < 4; ++np) {
-        // Bᵀ rows are Y rows: matrices (keys np·16 + 0-7 | 8-15) × (cols kk·16 + 0-7 | 8-15),
-        // lanes 0-7 / 8-15 the low / high columns of the first 8 keys, 16-31 the next 8 keys.
-        uint32_t fb[4];
-        x.ldsm_x4(fb, y + (np * 16 + ((lane >> 4) & 1) * 8 + (lane & 7)) * L + kk * 16 +
-                          ((lane >> 3) & 1) * 8);
-        x.mma(s[2 * np], fa, fb[0], fb[1]);
-        x.mma(s[2 * np + 1], fa, fb[2], fb[3]);
-      }
+      x.ldsm_x4(fa, a + (lane & 15) * kPitch + kk * 16 + (lane >> 4) * 8);
+      times_keys(x, s, fa, y, kk);
     }
+  }
+  template <class X>
+  TRIAD_BLOCK_FN static void abt(X& x, float (&s)[8][4], const Held<HD>& a, const uint16_t* y) {
+    TRIAD_UNROLL
+    for (int kk = 0; kk < HD / 16; ++kk) times_keys(x, s, a.a[kk], y, kk);
   }
 
   // Two independent products, one after the other.
-  template <class X>
-  TRIAD_BLOCK_FN static void abt2(X& x, float (&s1)[8][4], const uint16_t* a1, const uint16_t* y1,
-                                  float (&s2)[8][4], const uint16_t* a2, const uint16_t* y2) {
+  template <class X, class A>
+  TRIAD_BLOCK_FN static void abt2(X& x, float (&s1)[8][4], const A& a1, const uint16_t* y1,
+                                  float (&s2)[8][4], const A& a2, const uint16_t* y2) {
     abt(x, s1, a1, y1);
     abt(x, s2, a2, y2);
   }
@@ -101,6 +97,23 @@ struct MmaTiles {
   }
 
  private:
+  // s += A (16×16, fragments fa: columns kk·16 ..) · (columns kk·16 .. of all 64 rows of y)ᵀ.
+  template <class X>
+  TRIAD_BLOCK_FN static void times_keys(X& x, float (&s)[8][4], const uint32_t (&fa)[4],
+                                        const uint16_t* y, int kk) {
+    const int lane = x.thread() % 32;
+    TRIAD_UNROLL
+    for (int np = 0; np < 4; ++np) {
+      // Bᵀ rows are Y rows: matrices (keys np·16 + 0-7 | 8-15) × (cols kk·16 + 0-7 | 8-15),
+      // lanes 0-7 / 8-15 the low / high columns of the first 8 keys, 16-31 the next 8 keys.
+      uint32_t fb[4];
+      x.ldsm_x4(fb, y + (np * 16 + ((lane >> 4) & 1) * 8 + (lane & 7)) * kPitch + kk * 16 +
+                        ((lane >> 3) & 1) * 8);
+      x.mma(s[2 * np], fa, fb[0], fb[1]);
+      x.mma(s[2 * np + 1], fa, fb[2], fb[3]);
+    }
+  }
+
   // acc += A (16×16, fragments fa) · rows kk·16 .. kk·16+15 of tile y.
   template <class X>
   TRIAD_BLOCK_FN static void times_rows(X& x, float (&acc)[HD / 8][4], const uint32_t (&fa)[4],

@@ -17,7 +17,8 @@
 //     64 columns along N); step kk starts 16 rows (2 KB) further.
 // Shared memory written by cp.async or ordinary stores (the generic proxy) is made visible to
 // wgmma (the async proxy) by fence.proxy.async in every writing thread before the barrier
-// (publish); what the bulk tensor copies write is in the async proxy already.
+// (publish); what the bulk tensor copies write is in the async proxy already. A held operand
+// (Held) is read by ldmatrix (the generic proxy), after the wait that made the tile visible.
 #pragma once
 
 #include <type_traits>
@@ -73,11 +74,23 @@ struct WgmmaTiles {
     fence_registers<32>(x, d);
   }
 
-  // Two independent products (s1 += a1·y1ᵀ, s2 += a2·y2ᵀ) in one wgmma group: the second is
-  // issued while the first runs, and there is one wait for both.
+  // The same with a's rows held in registers (Held): the register-A form, y from shared memory.
   template <class X>
-  TRIAD_BLOCK_FN static void abt2(X& x, float (&s1)[8][4], const uint16_t* a1, const uint16_t* y1,
-                                  float (&s2)[8][4], const uint16_t* a2, const uint16_t* y2) {
+  TRIAD_BLOCK_FN static void abt(X& x, float (&s)[8][4], const Held<HD>& a, const uint16_t* y) {
+    float* d = &s[0][0];
+    fence_registers<32>(x, d);
+    x.wgmma_fence();
+    issue_abt(x, d, a, y);
+    x.wgmma_commit();
+    x.template wgmma_wait<0>();
+    fence_registers<32>(x, d);
+  }
+
+  // Two independent products (s1 += a1·y1ᵀ, s2 += a2·y2ᵀ; a1, a2 tiles or Held) in one wgmma
+  // group: the second is issued while the first runs, and there is one wait for both.
+  template <class X, class A>
+  TRIAD_BLOCK_FN static void abt2(X& x, float (&s1)[8][4], const A& a1, const uint16_t* y1,
+                                  float (&s2)[8][4], const A& a2, const uint16_t* y2) {
     float* d1 = &s1[0][0];
     float* d2 = &s2[0][0];
     fence_registers<32>(x, d1);
@@ -177,6 +190,12 @@ struct WgmmaTiles {
     TRIAD_UNROLL
     for (int kk = 0; kk < HD / 16; ++kk)
       x.template wgmma_ss<64, 0, 0>(d, k_major(sa, kk), k_major(sy, kk));
+  }
+  template <class X>
+  TRIAD_BLOCK_FN static void issue_abt(X& x, float* d, const Held<HD>& a, const uint16_t* y) {
+    const uint32_t sy = x.smem_address(y);
+    TRIAD_UNROLL
+    for (int kk = 0; kk < HD / 16; ++kk) x.template wgmma_rs<64, 0>(d, a.a[kk], k_major(sy, kk));
   }
 
   // The descriptors of k16 step kk of the tile at shared-memory address t, as a K-major operand
