@@ -385,15 +385,17 @@ if [[ -x $RUN/bin/triad-bench ]]; then
     fa=("$RUN/bin/triad-bench" attention --B 16 --T 1024 --NH 12 --hd 64)
     timeout "$(tmo 60 160)" "${fa[@]}" --backward deterministic 2>&1 | tail -4
     timeout "$(tmo 60 160)" "${fa[@]}" --backward atomic 2>&1 | tail -4
+    timeout "$(tmo 60 160)" "${fa[@]}" --backward ordered 2>&1 | tail -4
     [[ ${TRIAD_FLASH_KERNEL:-} == mma ]] || timeout "$(tmo 60 160)" "${fa[@]}" --kernel mma --backward deterministic 2>&1 | tail -4
     # The tma kernel where its tests passed (its rows, after those of the kernel in use).
     if [[ $TMA_OK == 1 ]]; then
       timeout "$(tmo 60 160)" "${fa[@]}" --kernel tma --backward deterministic 2>&1 | tail -4
       timeout "$(tmo 60 160)" "${fa[@]}" --kernel tma --backward atomic 2>&1 | tail -4
+      timeout "$(tmo 60 160)" "${fa[@]}" --kernel tma --backward ordered 2>&1 | tail -4
     fi
   ) | tee "$RUN/fa.txt"
   fa_row() { grep "^RESULT kernel=$1 backward=$2 " "$RUN/fa.txt" | head -1 | awk '{for (i = 2; i <= NF; ++i) { split($i, kv, "="); v[kv[1]] = kv[2] } printf "%s %s: fwd %.3f ms, fwd+bwd %.3f ms (%.0f TFLOP/s)", v["kernel"], substr(v["backward"], 1, 3), v["fwd_ms"], v["fwd_bwd_ms"], v["fwd_bwd_tflops"] }'; }
-  for kb in "wgmma deterministic" "wgmma atomic" "mma deterministic" "mma atomic" "tma deterministic" "tma atomic"; do
+  for kb in "wgmma deterministic" "wgmma atomic" "wgmma ordered" "mma deterministic" "mma atomic" "mma ordered" "tma deterministic" "tma atomic" "tma ordered"; do
     # shellcheck disable=SC2086
     r=$(fa_row $kb); [[ -n $r ]] && FA_ROW="${FA_ROW:+$FA_ROW; }$r"
   done
@@ -610,8 +612,8 @@ res "RATIO triad/torch 124M" "$(ratio "${GPU_124M%% *}" "${PEER%% *}") (bf16 tok
 # The kernel in use, with each backward way (its rows come first in fa.txt); then the tma kernel.
 fa_ms() { grep "^RESULT .*backward=$1 " "$RUN/fa.txt" 2>/dev/null | head -1 | grep -o 'fwd_bwd_ms=[0-9.]*' | cut -d= -f2; }
 fa_tma_ms() { grep "^RESULT kernel=tma backward=$1 " "$RUN/fa.txt" 2>/dev/null | head -1 | grep -o 'fwd_bwd_ms=[0-9.]*' | cut -d= -f2; }
-res "RATIO attention SDPA/triad" "$(ratio "${SDPA%% *}" "$(fa_ms deterministic)") deterministic, $(ratio "${SDPA%% *}" "$(fa_ms atomic)") atomic dQ (fwd+bwd time, >= 0.8 required, B=16 NH=12 T=1024 hd=64)"
-[[ $TMA_OK == 1 ]] && res "RATIO attention SDPA/triad tma" "$(ratio "${SDPA%% *}" "$(fa_tma_ms deterministic)") deterministic, $(ratio "${SDPA%% *}" "$(fa_tma_ms atomic)") atomic dQ"
+res "RATIO attention SDPA/triad" "$(ratio "${SDPA%% *}" "$(fa_ms deterministic)") deterministic, $(ratio "${SDPA%% *}" "$(fa_ms atomic)") atomic dQ, $(ratio "${SDPA%% *}" "$(fa_ms ordered)") ordered dQ (fwd+bwd time, >= 0.8 required, B=16 NH=12 T=1024 hd=64)"
+[[ $TMA_OK == 1 ]] && res "RATIO attention SDPA/triad tma" "$(ratio "${SDPA%% *}" "$(fa_tma_ms deterministic)") deterministic, $(ratio "${SDPA%% *}" "$(fa_tma_ms atomic)") atomic dQ, $(ratio "${SDPA%% *}" "$(fa_tma_ms ordered)") ordered dQ"
 
 # ============ 5a. llm.c GPT-2 124M peer (built here by bundle.sh from a fetched copy) ===========
 hdr "5a. llm.c GPT-2 124M peer (train_gpt2cu, bf16, random init d12), B=16 T=1024"

@@ -4,7 +4,7 @@
 //       tensor names and shapes of DESIGN.md §3) with the ZeRO-1 partition over the ranks of
 //       the job, beside a plain sequential write + read of the same byte count by rank 0.
 //   triad-bench attention [--B N] [--T N] [--NH N] [--hd 64|128] [--kernel auto|mma|wgmma|tma]
-//   [--backward auto|deterministic|atomic] [--repeat N]
+//   [--backward auto|deterministic|atomic|ordered] [--repeat N]
 //       the fused bf16 causal flash attention (src/kernels/cuda/flash_attention.cu) on GPU 0:
 //       forward and forward + backward, CUDA-event times (median), TFLOP/s. CUDA builds only.
 //   triad-bench kernels [--backend cpu|cuda] [--precision fp32|bf16] [--B N] [--T N] ...
@@ -68,7 +68,7 @@ constexpr const char* kUsage =
     "                  with every rank owning its ZeRO-1 slice, next to a plain sequential\n"
     "                  write + read of the same bytes by rank 0; reports GB/s\n"
     "  attention [--B N] [--T N] [--NH N] [--hd 64|128] [--kernel auto|mma|wgmma|tma]\n"
-    "            [--backward auto|deterministic|atomic] [--repeat N]\n"
+    "            [--backward auto|deterministic|atomic|ordered] [--repeat N]\n"
     "                  the fused bf16 causal flash attention on GPU 0 (CUDA builds only)\n"
     "  kernels [--backend cpu|cuda] [--precision fp32|bf16] [--B N] [--T N] [--C N] [--NH N]\n"
     "          [--V N] [--layers N] [--repeat N]\n"
@@ -447,15 +447,17 @@ int cmd_attention(MPI_Comm world, const std::vector<std::string>& args) {
       "tensor copies)")(
       "backward", po::value(&backward_name)->default_value("auto"),
       "flash backward: auto (TRIAD_FLASH_BACKWARD, else deterministic), deterministic (dQ in its "
-      "own kernel) or atomic (dQ added with fp32 atomics)");
+      "own kernel), atomic (dQ added with fp32 atomics) or ordered (dQ added in key-block "
+      "order)");
   po::variables_map vm;
   if (!parse(world, "attention", args, desc, vm)) return 0;
   TRIAD_CHECK(kernel_name == "auto" || kernel_name == "mma" || kernel_name == "wgmma" ||
                   kernel_name == "tma",
               "attention: --kernel must be auto, mma, wgmma or tma (got '", kernel_name, "')");
-  TRIAD_CHECK(
-      backward_name == "auto" || backward_name == "deterministic" || backward_name == "atomic",
-      "attention: --backward must be auto, deterministic or atomic (got '", backward_name, "')");
+  TRIAD_CHECK(backward_name == "auto" || backward_name == "deterministic" ||
+                  backward_name == "atomic" || backward_name == "ordered",
+              "attention: --backward must be auto, deterministic, atomic or ordered (got '",
+              backward_name, "')");
 #ifdef TRIAD_HAVE_CUDA
   TRIAD_CHECK(B >= 1 && T >= 1 && NH >= 1, "attention: --B, --T and --NH must be at least 1");
   TRIAD_CHECK(hd == 64 || hd == 128, "attention: --hd must be 64 or 128");
@@ -472,6 +474,7 @@ int cmd_attention(MPI_Comm world, const std::vector<std::string>& args) {
   const tc::FlashBackward backward =
       tc::flash_backward_mode(backward_name == "deterministic" ? tc::FlashBackward::deterministic
                               : backward_name == "atomic"      ? tc::FlashBackward::atomic
+                              : backward_name == "ordered"     ? tc::FlashBackward::ordered
                                                                : tc::FlashBackward::automatic);
   const int C = NH * hd;
   const size_t n_qkv = size_t(B) * T * 3 * C, n_out = size_t(B) * T * C;

@@ -67,7 +67,7 @@ def test_cuda_without_a_gpu_is_a_clear_error():
     "option,value,message",
     [
         ("--kernel", "tensor", "--kernel must be auto, mma, wgmma or tma"),
-        ("--backward", "fast", "--backward must be auto, deterministic or atomic"),
+        ("--backward", "fast", "--backward must be auto, deterministic, atomic or ordered"),
     ],
 )
 def test_attention_bad_choice_is_a_clear_error(option, value, message):

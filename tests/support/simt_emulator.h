@@ -1,8 +1,9 @@
 // A CPU emulator of a CUDA thread block, for kernels written against a thread context (see
 // src/kernels/cuda/flash_attention_block.h): every thread of a block is an OS thread, the block
 // barrier a std::barrier, and the warp-wide instructions (shfl.xor, ldmatrix, mma.m16n8k16,
-// cp.async) and the warpgroup-wide wgmma.mma_async (m64nNk16 bf16, operands through no-swizzle
-// shared-memory descriptors or A from registers) are carried out from their PTX ISA
+// cp.async) and the warpgroup-wide wgmma.mma_async (m64nNk16 bf16, operands through shared-memory
+// descriptors, no swizzle or the 128-byte one, or A from registers) are carried out from their
+// PTX ISA
 // definitions: each lane deposits its operands, the last to arrive computes every lane's
 // result, and the lanes read theirs back.
 //
@@ -11,21 +12,24 @@
 // not 16-byte aligned, cp.async sources not 16-byte aligned, copies never waited for, wgmma
 // descriptors that differ between the threads of a warpgroup or point outside shared memory,
 // wgmma reading shared memory that cp.async or store_shared32 wrote without the writing
-// thread's fence.proxy.async (wgmma reads through the async proxy), and wgmma left pending. Those
+// thread's fence.proxy.async (wgmma reads through the async proxy), wgmma issued without a
+// wgmma.fence since the last wait, register A operands changed before the wait, swizzled
+// descriptors starting where no canonical layout starts, and wgmma left pending. Those
 // abort with a message (a hang or garbage on the GPU). Shared memory starts filled with 0xFF
 // bytes (bf16 NaN), so values read before they are written show as NaN.
 //
-// mbarriers and the bulk tensor copy (cp.async.bulk.tensor, 3-d, no swizzle) follow the PTX
+// mbarriers and the bulk tensor copy (cp.async.bulk.tensor, 3-d, no swizzle or the 128-byte
+// one) follow the PTX
 // definitions too: a phase completes when its pending arrivals and its transaction bytes both
 // reach zero, and a wait on a parity returns once that phase has completed. What hangs or
 // corrupts on the GPU aborts here: a copy into unaligned or outside shared memory, a box that does
-// not fit, a tensor map the driver would reject (tile_map checks what cuTensorMapEncodeTiled
+// not fit, a tensor map the driver would reject (tensor_map checks what cuTensorMapEncodeTiled
 // does), a barrier used before mbarrier.init or signalled by a copy before
 // fence.mbarrier_init, more bytes delivered than expected, a wait that never completes, a wait
 // on a parity other than the thread's next phase of that barrier (a stale or skipped phase), a
 // copy or store that overwrites a live barrier, wgmma reading a bulk copy's destination before it
-// landed, and a block that ends with copies or arrivals outstanding. A bulk copy's destination
-// reads as NaN from its issue until it lands.
+// landed (or ldmatrix reading it), and a block that ends with copies or arrivals outstanding. A
+// bulk copy's destination reads as NaN from its issue until it lands.
 //
 // cp.async and bulk copies land either when issued or only when waited for (`CopyTiming`);
 // running a kernel both ways catches a tile read before its wait and a buffer refilled while
@@ -111,6 +115,9 @@ struct Slot {
 class Block;
 class Thread;
 
+// The writer (Block::writer_) of a word of shared memory a bulk copy will write when it lands.
+constexpr int kInFlight = -2;
+
 // Executes the oldest pending wgmma groups of a warpgroup (run by the last thread to arrive).
 struct GroupStep {
   Block* block;
@@ -161,6 +168,14 @@ class Block {
     const auto* c = static_cast<const unsigned char*>(p);
     return c >= base_ && c + n <= base_ + size_;
   }
+  // Whether the n bytes of shared memory at p (4-byte aligned) hold no bulk copy still in flight.
+  bool landed(const void* p, size_t n) const {
+    const size_t first = size_t(static_cast<const unsigned char*>(p) - base_) / 4;
+    std::lock_guard<std::mutex> lock(writer_mutex_);
+    for (size_t w = first; w < first + n / 4; ++w)
+      if (writer_[w] == kInFlight) return false;
+    return true;
+  }
 
  private:
   friend class Thread;
@@ -175,7 +190,7 @@ class Block {
   std::vector<Thread*> threads_;
   // Per 4-byte word of shared memory: the thread whose cp.async or st.shared (store_shared32)
   // wrote it and has not yet executed fence.proxy.async since, or -1.
-  std::mutex writer_mutex_;
+  mutable std::mutex writer_mutex_;
   std::vector<int> writer_;
   std::vector<std::unique_ptr<Warp>> warps_;
   // mbarriers by shared-memory offset, and the bulk copies not yet landed (CopyTiming::at_wait).
@@ -196,6 +211,11 @@ class Block {
   std::mutex barrier_mutex_;
   std::map<size_t, Barrier> barriers_;
 };
+
+// Fails if ldmatrix reads 16 bytes a bulk copy has not landed yet.
+inline void check_landed(const Block* block, const unsigned char* p) {
+  if (!block->landed(p, 16)) fail("ldmatrix reads a bulk copy's destination before it landed");
+}
 
 inline void check_row(const Block* block, const unsigned char* p) {
   if (!block->in_smem(p, 16)) fail("ldmatrix row address outside shared memory");
@@ -221,6 +241,7 @@ inline void WarpStep::operator()() noexcept {
     case Slot::ldsm:    // register j of lane l: row l/4 of matrix j, columns 2(l%4), +1
     case Slot::ldsm_t:  // register j of lane l: rows 2(l%4), +1 of matrix j, column l/4
       for (int l = 0; l < 32; ++l) check_row(block, s[l].addr);
+      for (int l = 0; l < 32; ++l) check_landed(block, s[l].addr);
       for (int l = 0; l < 32; ++l)
         for (int j = 0; j < 4; ++j) {
           uint16_t lo, hi;
@@ -414,16 +435,18 @@ class Thread {
       if (block_.writer_[w] == tid_) block_.writer_[w] = -1;
     written_.clear();
   }
-  void wgmma_fence() {}
+  void wgmma_fence() { wg_fenced_ = true; }
   void keep(float&) {}
   void keep(uint32_t&) {}
   template <int N, int TransA, int TransB>
   void wgmma_ss(float* d, uint64_t da, uint64_t db) {
-    wg_pending_.push_back(WgOp{N, false, TransA, TransB, d, {}, da, db});
+    if (!wg_fenced_) fail("wgmma issued without a wgmma.fence since the last wait");
+    wg_pending_.push_back(WgOp{N, false, TransA, TransB, d, {}, nullptr, da, db});
   }
   template <int N, int TransB>
   void wgmma_rs(float* d, const uint32_t (&a)[4], uint64_t db) {
-    wg_pending_.push_back(WgOp{N, true, 0, TransB, d, {a[0], a[1], a[2], a[3]}, 0, db});
+    if (!wg_fenced_) fail("wgmma issued without a wgmma.fence since the last wait");
+    wg_pending_.push_back(WgOp{N, true, 0, TransB, d, {a[0], a[1], a[2], a[3]}, a, 0, db});
   }
   void wgmma_commit() {
     wg_groups_.push_back(std::move(wg_pending_));
@@ -433,6 +456,7 @@ class Thread {
   void wgmma_wait() {
     wg_keep_ = N;
     block_.group_.arrive_and_wait();
+    wg_fenced_ = false;
   }
 
   // 16-byte global or shared memory accesses (one vector instruction on the GPU: aligned).
@@ -467,6 +491,29 @@ class Thread {
     std::atomic_ref<float>(p[1]).fetch_add(b);
   }
 
+  // Global-memory accesses other blocks synchronize with (blocks of a concurrent launch run at
+  // the same time here).
+  static void load_l2_2(const float* p, float& a, float& b) {
+    if (reinterpret_cast<uintptr_t>(p) % 8 != 0) fail("8-byte load from a misaligned address");
+    a = std::atomic_ref<const float>(p[0]).load(std::memory_order_relaxed);
+    b = std::atomic_ref<const float>(p[1]).load(std::memory_order_relaxed);
+    // Other threads run before this one stores what it computes from a and b: an unordered
+    // read-modify-write of data another block also updates loses updates here, visibly.
+    std::this_thread::sleep_for(std::chrono::microseconds(20));
+  }
+  static void wait_equal(const int* p, int v) {
+    const auto start = std::chrono::steady_clock::now();
+    while (std::atomic_ref<const int>(*p).load(std::memory_order_acquire) != v) {
+      if (std::chrono::steady_clock::now() - start > std::chrono::seconds(30))
+        fail("wait for a global value never completes (a hang on the GPU)");
+      std::this_thread::yield();
+    }
+  }
+  static void store_release(int* p, int v) {
+    std::atomic_ref<int>(*p).store(v, std::memory_order_release);
+  }
+  static void fence_device() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+
   static float exp(float v) { return std::exp(v); }
   static double log(double v) { return std::log(v); }
   static double sqrt(double v) { return std::sqrt(v); }
@@ -489,6 +536,7 @@ class Thread {
     int trans_a, trans_b;
     float* d;
     uint32_t a[4];
+    const uint32_t* a_src;  // the registers a came from (the hardware reads them until the wait)
     uint64_t da, db;
   };
   void perform(const Copy& c) {
@@ -511,8 +559,6 @@ class Thread {
       written_.push_back(w);
     }
   }
-  // writer_ of a word a bulk copy will write when it lands.
-  static constexpr int kInFlight = -2;
   // Fails if [p, p + n) overlaps an initialized mbarrier; barrier_mutex_ held.
   void check_no_barrier(const unsigned char* p, size_t n) const {
     const size_t at = size_t(p - block_.base_);
@@ -606,14 +652,15 @@ class Thread {
   std::map<size_t, std::pair<int, int>> next_phase_;
   std::vector<WgOp> wg_pending_;
   std::deque<std::vector<WgOp>> wg_groups_;
-  int wg_keep_ = 0;  // the N of the wgmma.wait_group being executed
+  int wg_keep_ = 0;         // the N of the wgmma.wait_group being executed
+  bool wg_fenced_ = false;  // wgmma.fence executed since the last wgmma.wait_group
 };
 
 inline float GroupStep::read(size_t address) const {
   if (address < kSmemWindow) fail("wgmma descriptor addresses memory outside shared memory");
   const size_t at = address - kSmemWindow;
   if (at + 2 > block->size_) fail("wgmma descriptor addresses memory outside shared memory");
-  if (block->writer_[at / 4] == Thread::kInFlight)
+  if (block->writer_[at / 4] == kInFlight)
     fail("wgmma reads a bulk copy's destination before the copy landed");
   if (block->writer_[at / 4] != -1)
     fail("wgmma reads shared memory written by cp.async or st.shared without fence.proxy.async");
@@ -637,6 +684,10 @@ inline size_t wgmma_address(uint64_t desc, int r, int k, bool mn_major) {
   const size_t start = size_t(desc & 0x3FFF) << 4, lbo = size_t((desc >> 16) & 0x3FFF) << 4,
                sbo = size_t((desc >> 32) & 0x3FFF) << 4;
   if (mode == 1) {
+    // The starts CUTLASS and DeepGEMM use with base offset 0: a 1 KB boundary, plus 32-byte k16
+    // steps within the 128-byte rows of a K-major operand.
+    if (mn_major ? start % 1024 != 0 : (start % 1024) % 32 != 0 || start % 1024 > 96)
+      fail("swizzled wgmma descriptor starting where no canonical layout starts");
     const size_t a = mn_major ? start + size_t(r / 64) * lbo + size_t(k / 8) * sbo +
                                     size_t(k % 8) * 128 + size_t(r % 64) * 2
                               : start + size_t(r / 8) * sbo + size_t(r % 8) * 128 + size_t(k) * 2;
@@ -675,6 +726,8 @@ inline void GroupStep::operator()() noexcept {
         const int w = int(tid) / 32, g = int(tid) % 32 / 4, t = int(tid) % 4;
         for (int j = 0; j < N / 2; ++j)  // D fragment: d[j] at row 16w+g+8((j>>1)&1)
           D[size_t(16 * w + g + 8 * ((j >> 1) & 1)) * N + 8 * (j >> 2) + 2 * t + (j & 1)] = o.d[j];
+        if (op.a_in_registers && std::memcmp(o.a, o.a_src, sizeof o.a) != 0)
+          fail("wgmma's register A operand changed before its wait");
         if (op.a_in_registers)
           for (int e = 0; e < 8; ++e) {  // A fragment: element e in register e/2, even e low
             const uint32_t reg = o.a[e / 2];
@@ -742,6 +795,28 @@ void launch(int grid_x, int grid_y, int threads, size_t smem_bytes, CopyTiming t
         });
       for (std::thread& th : pool) th.join();
     }
+}
+
+// Runs body(Thread&) for every thread of every block of a grid_x × grid_y grid, all blocks at the
+// same time (as a GPU with room for the whole grid would): for kernels whose blocks wait for one
+// another. grid_x · grid_y · threads OS threads, so for small grids.
+template <class Body>
+void launch_concurrent(int grid_x, int grid_y, int threads, size_t smem_bytes, CopyTiming timing,
+                       Body body) {
+  if (threads % 32 != 0) fail("block size not a multiple of 32");
+  std::vector<std::unique_ptr<Block>> blocks;
+  for (int by = 0; by < grid_y; ++by)
+    for (int bx = 0; bx < grid_x; ++bx)
+      blocks.push_back(std::make_unique<Block>(bx, by, threads, smem_bytes, timing));
+  std::vector<std::thread> pool;
+  pool.reserve(blocks.size() * size_t(threads));
+  for (auto& block : blocks)
+    for (int t = 0; t < threads; ++t)
+      pool.emplace_back([b = block.get(), &body, t] {
+        Thread x(*b, t);
+        body(x);
+      });
+  for (std::thread& th : pool) th.join();
 }
 
 }  // namespace triad::simt

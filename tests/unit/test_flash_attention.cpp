@@ -2,8 +2,8 @@
 // attention in double on the same bf16-rounded inputs: out, lse and dqkv (each of dq, dk, dv
 // separately), error = max|got − want| / max|want| <= 1e-2, lse within 1e-3; no NaN; the
 // backward overwrites dqkv, or accumulates into it on request. Both kernels (mma, wgmma) and
-// both backward ways: the deterministic one agrees with itself bit for bit run to run; the
-// atomic one (dQ added in fp32 with atomics) does so for dK and dV.
+// every backward way: the deterministic and ordered ones agree with themselves bit for bit run to
+// run; the atomic one (dQ added in fp32 with atomics) does so for dK and dV.
 // Skips without a usable CUDA device and in builds without CUDA.
 #include <gtest/gtest.h>
 
@@ -119,7 +119,7 @@ void check_shape(int B, int T, int NH, int hd, FlashCase fc) {
   EXPECT_LE(rel_error(dqkv, want.dqkv, rows, 3 * size_t(C), 0, C), 1e-2) << "dq";
   EXPECT_LE(rel_error(dqkv, want.dqkv, rows, 3 * size_t(C), C, C), 1e-2) << "dk";
   EXPECT_LE(rel_error(dqkv, want.dqkv, rows, 3 * size_t(C), 2 * size_t(C), C), 1e-2) << "dv";
-  if (fc.backward == cuda::FlashBackward::deterministic) {
+  if (fc.backward != cuda::FlashBackward::atomic) {
     EXPECT_TRUE(dqkv == dqkv2) << "backward is not deterministic";
   } else {
     for (size_t r = 0; r < rows; ++r)
@@ -182,17 +182,20 @@ std::string case_name(const ::testing::TestParamInfo<FlashCase>& info) {
 INSTANTIATE_TEST_SUITE_P(Mma, FlashKernels,
                          ::testing::Values(FlashCase{FlashKernel::mma,
                                                      FlashBackward::deterministic},
-                                           FlashCase{FlashKernel::mma, FlashBackward::atomic}),
+                                           FlashCase{FlashKernel::mma, FlashBackward::atomic},
+                                           FlashCase{FlashKernel::mma, FlashBackward::ordered}),
                          case_name);
 INSTANTIATE_TEST_SUITE_P(Wgmma, FlashKernels,
                          ::testing::Values(FlashCase{FlashKernel::wgmma,
                                                      FlashBackward::deterministic},
-                                           FlashCase{FlashKernel::wgmma, FlashBackward::atomic}),
+                                           FlashCase{FlashKernel::wgmma, FlashBackward::atomic},
+                                           FlashCase{FlashKernel::wgmma, FlashBackward::ordered}),
                          case_name);
 INSTANTIATE_TEST_SUITE_P(Tma, FlashKernels,
                          ::testing::Values(FlashCase{FlashKernel::tma,
                                                      FlashBackward::deterministic},
-                                           FlashCase{FlashKernel::tma, FlashBackward::atomic}),
+                                           FlashCase{FlashKernel::tma, FlashBackward::atomic},
+                                           FlashCase{FlashKernel::tma, FlashBackward::ordered}),
                          case_name);
 
 TEST(FlashAttention, RejectsOtherHeadDims) {

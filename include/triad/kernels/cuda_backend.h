@@ -30,9 +30,10 @@ bool cuda_device_available();
 std::string cuda_device_description();
 
 // The fused flash-attention kernel bf16 attention uses on the current device and its backward:
-// "wgmma" (Hopper) or "mma" (sm_80 and later), after TRIAD_FLASH_KERNEL (auto|mma|wgmma), then
-// ", deterministic backward" or ", atomic backward" (TRIAD_FLASH_BACKWARD). Throws triad::Error
-// for a bad TRIAD_FLASH_KERNEL or TRIAD_FLASH_BACKWARD, or wgmma asked for where it cannot run.
+// "wgmma" (Hopper), "tma" (Hopper, on request) or "mma" (sm_80 and later), after
+// TRIAD_FLASH_KERNEL (auto|mma|wgmma|tma), then ", deterministic backward", ", atomic backward"
+// or ", ordered backward" (TRIAD_FLASH_BACKWARD). Throws triad::Error for a bad
+// TRIAD_FLASH_KERNEL or TRIAD_FLASH_BACKWARD, or wgmma or tma asked for where they cannot run.
 std::string cuda_flash_kernel();
 
 namespace cuda_detail {

@@ -48,6 +48,28 @@ struct DeviceThread {
     atomicAdd(p + 1, b);
 #endif
   }
+  // p[0], p[1] (p 8-byte aligned) through L2 only (ld.global.cg): data another block wrote.
+  __device__ __forceinline__ void load_l2_2(const float* p, float& a, float& b) {
+    const float2 v = __ldcg(reinterpret_cast<const float2*>(p));
+    a = v.x;
+    b = v.y;
+  }
+  // Spins until *p == v (an acquire load at GPU scope each time); traps after about 2^34 clock
+  // cycles (a turn that never comes: a bug) instead of hanging the GPU.
+  __device__ __forceinline__ void wait_equal(const int* p, int v) {
+    const long long start = clock64();
+    for (;;) {
+      int seen;
+      asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(seen) : "l"(p) : "memory");
+      if (seen == v) return;
+      __nanosleep(32);
+      if (clock64() - start > (1ll << 34)) __trap();
+    }
+  }
+  __device__ __forceinline__ void store_release(int* p, int v) {
+    asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+  }
+  __device__ __forceinline__ void fence_device() { __threadfence(); }
   __device__ __forceinline__ float exp(float x) { return expf(x); }
   __device__ __forceinline__ double log(double x) { return ::log(x); }
   __device__ __forceinline__ double sqrt(double x) { return ::sqrt(x); }
@@ -249,7 +271,8 @@ struct DeviceThread {
     }
   }
   // The box at coordinates (c0, c1, c2) of the tensor map at `map` (the address of a
-  // __grid_constant__ kernel parameter) → shared memory at dst (128-byte aligned); its bytes
+  // __grid_constant__ kernel parameter) → shared memory at dst (128-byte aligned, 1 KB with the
+  // 128-byte swizzle); its bytes
   // complete on bar.
   __device__ __forceinline__ void tma_load_3d(void* dst, const void* map, int c0, int c1, int c2,
                                               uint64_t* bar) {

@@ -10,10 +10,11 @@
 //   backward  (1) D = rowsum(dO ∘ O), one warp per (b, t, h) row, into the workspace (the
 //                 atomic way also zeroes its dQ accumulator there);
 //             (2) grid (B·NH, nkb): dK, dV of one key block over the query tiles after it (the
-//                 atomic way: and that block's part of dQ, added into the accumulator);
+//                 atomic and ordered ways: and that block's part of dQ, added into the
+//                 accumulator, atomically or in key-block order);
 //             (3) deterministic: grid (B·NH, nqb): dQ of one query block (recomputing P and dP),
 //                 no atomics, fixed summation orders, bit-identical run to run;
-//                 atomic: dQ = scale · accumulator, rounded into dqkv.
+//                 atomic, ordered: dQ = scale · accumulator, rounded into dqkv.
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -69,24 +70,24 @@ __global__ void __launch_bounds__(flash::kThreads)
 
 template <int HD>
 __global__ void __launch_bounds__(flash::kThreads)
-    dot_kernel(float* __restrict__ Dv, float* __restrict__ dq_accum,
+    dot_kernel(float* __restrict__ Dv, float* __restrict__ dq_accum, int* __restrict__ dq_turns,
                const uint16_t* __restrict__ dout, const uint16_t* __restrict__ out, int B, int T,
                int NH) {
   DeviceThread x;
-  flash::dot_block<HD>(x, Dv, dq_accum, dout, out, B, T, NH);
+  flash::dot_block<HD>(x, Dv, dq_accum, dq_turns, dout, out, B, T, NH);
 }
 
 template <class Tiles, bool AtomicDq>
 __global__ void __launch_bounds__(flash::kThreads)
-    dkdv_kernel(uint16_t* __restrict__ dqkv, float* __restrict__ dq_accum,
+    dkdv_kernel(uint16_t* __restrict__ dqkv, float* __restrict__ dq_accum, int* dq_turns,
                 const uint16_t* __restrict__ dout, const uint16_t* __restrict__ qkv,
                 const __grid_constant__ TileMaps maps, const float* __restrict__ lse,
                 const float* __restrict__ Dv, int T, int C, int NH, float scale, float scale_log2,
                 bool accumulate) {
   DeviceThread x;
-  flash::dkdv_block<Tiles, AtomicDq>(x, dqkv, dq_accum, dout, qkv, map_of<Tiles>(maps.qkv),
-                                     map_of<Tiles>(maps.dout), lse, Dv, T, C, NH, scale, scale_log2,
-                                     accumulate);
+  flash::dkdv_block<Tiles, AtomicDq>(x, dqkv, dq_accum, dq_turns, dout, qkv,
+                                     map_of<Tiles>(maps.qkv), map_of<Tiles>(maps.dout), lse, Dv, T,
+                                     C, NH, scale, scale_log2, accumulate);
 }
 
 __global__ void __launch_bounds__(flash::kConvertThreads)
@@ -152,26 +153,37 @@ void forward_with(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, i
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
-// The workspace: D [B·NH·T] first, then (atomic) the dQ accumulator [B,T,C], 16-byte aligned.
+// The workspace: D [B·NH·T] first, then (atomic, ordered) the dQ accumulator [B,T,C], 16-byte
+// aligned, then (ordered) the turns [B·NH][nqb] (ints, in float-sized slots).
 size_t dq_accum_offset(int B, int T, int NH) { return (size_t(B) * NH * T + 3) / 4 * 4; }
+size_t dq_turns_offset(int B, int T, int C, int NH) {
+  return dq_accum_offset(B, T, NH) + size_t(B) * T * C;
+}
+size_t dq_turns_count(int B, int T, int NH) {
+  return size_t(B) * NH * size_t((T + flash::kTile - 1) / flash::kTile);
+}
 
+// Ordered: the dQ additions in key-block order (AtomicDq only).
 template <class Tiles, bool AtomicDq>
 void backward_with(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out, const float* lse,
-                   float* ws, int B, int T, int C, int NH, cudaStream_t s, bool accumulate) {
+                   float* ws, int B, int T, int C, int NH, cudaStream_t s, bool accumulate,
+                   bool ordered) {
   constexpr int HD = Tiles::kHD;
   constexpr size_t dkdv_smem = flash::dkdv_smem<Tiles, AtomicDq>();
   allow_smem(dkdv_kernel<Tiles, AtomicDq>, dkdv_smem);
   float* Dv = ws;
   float* dq_accum = AtomicDq ? ws + dq_accum_offset(B, T, NH) : nullptr;
+  int* dq_turns =
+      AtomicDq && ordered ? reinterpret_cast<int*>(ws + dq_turns_offset(B, T, C, NH)) : nullptr;
   const flash::Launch l = flash::launch_shape(B, T, NH, HD);
-  dot_kernel<HD><<<unsigned(l.dot_blocks), flash::kThreads, 0, s>>>(Dv, dq_accum, bits(dout),
-                                                                    bits(out), B, T, NH);
+  dot_kernel<HD><<<unsigned(l.dot_blocks), flash::kThreads, 0, s>>>(
+      Dv, dq_accum, dq_turns, bits(dout), bits(out), B, T, NH);
   TRIAD_CUDA_CHECK_LAUNCH();
   const dim3 grid(unsigned(l.blocks_x), unsigned(l.blocks_y));
   const TileMaps maps = tile_maps<Tiles>(qkv, dout, B, T, C);
   dkdv_kernel<Tiles, AtomicDq><<<grid, flash::kThreads, dkdv_smem, s>>>(
-      bits(dqkv), dq_accum, bits(dout), bits(qkv), maps, lse, Dv, T, C, NH, l.scale, l.scale_log2,
-      accumulate);
+      bits(dqkv), dq_accum, dq_turns, bits(dout), bits(qkv), maps, lse, Dv, T, C, NH, l.scale,
+      l.scale_log2, accumulate);
   TRIAD_CUDA_CHECK_LAUNCH();
   if constexpr (AtomicDq) {
     const size_t total = size_t(B) * T * C;
@@ -195,9 +207,11 @@ FlashBackward flash_backward_mode(FlashBackward requested) {
   if (requested != FlashBackward::automatic) return requested;
   if (const char* env = std::getenv("TRIAD_FLASH_BACKWARD"); env && *env) {
     const std::string v = env;
-    TRIAD_CHECK(v == "deterministic" || v == "atomic", "TRIAD_FLASH_BACKWARD = '", v,
-                "' is not one of deterministic, atomic");
-    return v == "atomic" ? FlashBackward::atomic : FlashBackward::deterministic;
+    TRIAD_CHECK(v == "deterministic" || v == "atomic" || v == "ordered", "TRIAD_FLASH_BACKWARD = '",
+                v, "' is not one of deterministic, atomic, ordered");
+    return v == "atomic"    ? FlashBackward::atomic
+           : v == "ordered" ? FlashBackward::ordered
+                            : FlashBackward::deterministic;
   }
   return FlashBackward::deterministic;
 }
@@ -208,14 +222,18 @@ const char* flash_backward_name(FlashBackward m) {
       return "deterministic";
     case FlashBackward::atomic:
       return "atomic";
+    case FlashBackward::ordered:
+      return "ordered";
     default:
       return "auto";
   }
 }
 
 size_t flash_attention_workspace_floats(int B, int T, int C, int NH, FlashBackward mode) {
-  const bool atomic = flash_backward_mode(mode) == FlashBackward::atomic;
-  return dq_accum_offset(B, T, NH) + (atomic ? size_t(B) * T * C : 0);
+  const FlashBackward m = flash_backward_mode(mode);
+  if (m == FlashBackward::deterministic) return dq_accum_offset(B, T, NH);
+  return dq_turns_offset(B, T, C, NH) +
+         (m == FlashBackward::ordered ? dq_turns_count(B, T, NH) : 0);
 }
 
 const char* flash_kernel_name(FlashKernel k) {
@@ -331,15 +349,18 @@ void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, con
                               FlashBackward mode) {
   check_shape(B, T, C, NH);
   const FlashKernel resolved = flash_kernel_for_device(kernel);
-  const bool atomic = flash_backward_mode(mode) == FlashBackward::atomic;
+  const FlashBackward m = flash_backward_mode(mode);
+  const bool atomic = m == FlashBackward::atomic || m == FlashBackward::ordered;
   TRIAD_CHECK(reinterpret_cast<uintptr_t>(workspace) % 16 == 0,
               "flash attention: the backward's workspace is not 16-byte aligned");
   with_tiles(resolved, C / NH, [&](auto tiles) {
     using Tiles = decltype(tiles);
     if (atomic)
-      backward_with<Tiles, true>(dqkv, dout, qkv, out, lse, workspace, B, T, C, NH, s, accumulate);
+      backward_with<Tiles, true>(dqkv, dout, qkv, out, lse, workspace, B, T, C, NH, s, accumulate,
+                                 m == FlashBackward::ordered);
     else
-      backward_with<Tiles, false>(dqkv, dout, qkv, out, lse, workspace, B, T, C, NH, s, accumulate);
+      backward_with<Tiles, false>(dqkv, dout, qkv, out, lse, workspace, B, T, C, NH, s, accumulate,
+                                  false);
   });
 }
 

@@ -16,8 +16,12 @@
 //   atomic         the key-block kernel also computes dQ = dS·K and adds it into an fp32
 //                  accumulator with atomics (FlashAttention-2's scheme), then a small kernel
 //                  scales and rounds it: 5 products, but the order of the fp32 additions (and so
-//                  dQ's last bits) varies from run to run.
-// The workspace holds D = rowsum(dO ∘ O), and the atomic way's dQ accumulator.
+//                  dQ's last bits) varies from run to run;
+//   ordered        as atomic, but the key blocks take turns per query tile (a counter each,
+//                  acquire/release at GPU scope) and add in key-block order with plain loads and
+//                  stores: 5 products, bit-identical run to run, at the cost of the waits.
+// The workspace holds D = rowsum(dO ∘ O), the atomic and ordered ways' dQ accumulator, and the
+// ordered way's turn counters.
 //
 // This header compiles with the host compiler too (the launchers are ordinary functions).
 // Errors (bad shapes, launch failures) throw triad::Error.
@@ -49,14 +53,14 @@ FlashKernel flash_kernel_for_device(FlashKernel requested = FlashKernel::automat
 const char* flash_kernel_name(FlashKernel k);
 
 // How the backward computes dQ (above). automatic: the environment variable
-// TRIAD_FLASH_BACKWARD (deterministic or atomic) if set, else deterministic. A bad
+// TRIAD_FLASH_BACKWARD (deterministic, atomic or ordered) if set, else deterministic. A bad
 // TRIAD_FLASH_BACKWARD throws triad::Error.
-enum class FlashBackward { automatic, deterministic, atomic };
+enum class FlashBackward { automatic, deterministic, atomic, ordered };
 FlashBackward flash_backward_mode(FlashBackward requested = FlashBackward::automatic);
 const char* flash_backward_name(FlashBackward m);
 
 // Floats of workspace flash_attention_backward needs: B·NH·T (rounded up to a multiple of 4),
-// plus B·T·C for the atomic backward.
+// plus B·T·C for the atomic and ordered backwards, plus B·NH·ceil(T/64) for the ordered one.
 size_t flash_attention_workspace_floats(int B, int T, int C, int NH,
                                         FlashBackward mode = FlashBackward::automatic);
 

@@ -36,6 +36,11 @@
 //   tma_load_3d(dst, map, c0, c1, c2, bar)       (TmaPipe only) mbarriers and the 3-d bulk
 //                                                tensor copy, sm_90
 //   atomic_add2(p, a, b)                         p[0] += a, p[1] += b in global memory, atomically
+//   load_l2_2(p, a, b)                           a, b = p[0], p[1] from global memory, bypassing
+//                                                the SM's L1 (data other blocks write)
+//   wait_equal(p, v), store_release(p, v)        a global int: spin until *p == v (acquire, GPU
+//                                                scope); *p = v (release, GPU scope)
+//   fence_device()                               __threadfence
 //   store16(p, v)                                16-byte store
 //   exp2(x), log2(x)                             fp32, exp2(-inf) = 0
 //   pack_bf16(lo, hi)                            two floats → bf16 pair (round to nearest even)
@@ -57,9 +62,9 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
 // A tile is 64 rows × HD bf16 columns in shared memory, laid out as its `Tiles` policy says
-// (flash_attention_mma.h: padded rows for ldmatrix; flash_attention_wgmma.h: the core-matrix
-// layout wgmma reads). Tiles::kElems is its size in elements, Tiles::chunk(r, c) the offset of
-// the 8 elements (16 bytes) at row r, columns c .. c+7 (c a multiple of 8).
+// (flash_attention_mma.h: padded rows for ldmatrix; flash_attention_wgmma.h: the 128-byte
+// swizzled layout wgmma reads). Tiles::kElems is its size in elements, Tiles::chunk(r, c) the
+// offset of the 8 elements (16 bytes) at row r, columns c .. c+7 (c a multiple of 8).
 // Tiles::kBarrierBytes: the shared memory its pipe's mbarriers take (after everything else);
 // Tiles::kSmemAlign: the alignment its tiles need (the 128-byte swizzle repeats every 1 KB).
 template <class Tiles>
@@ -267,6 +272,28 @@ TRIAD_BLOCK_FN void add_rows(X& x, float* g, size_t stride, int row0, int T,
   }
 }
 
+// The warp's 16 rows of acc added into rows row0 + 0..15 of a [*, stride] fp32 matrix at g
+// (columns 0..HD-1) with plain loads and stores, rows >= T skipped: for a block that holds the
+// rows' turn (no other block adds into them meanwhile). g and stride even.
+template <int HD, class X>
+TRIAD_BLOCK_FN void add_rows_in_turn(X& x, float* g, size_t stride, int row0, int T,
+                                     const float (&acc)[HD / 8][4]) {
+  const int lane = x.thread() % 32, gr = lane >> 2, tc = (lane & 3) * 2;
+  TRIAD_UNROLL
+  for (int r = 0; r < 2; ++r) {
+    const int row = row0 + gr + 8 * r;
+    if (row >= T) continue;
+    float* dst = g + size_t(row) * stride + tc;
+    TRIAD_UNROLL
+    for (int n = 0; n < HD / 8; ++n) {
+      float a, b;
+      x.load_l2_2(dst + n * 8, a, b);
+      dst[n * 8] = a + acc[n][2 * r];
+      dst[n * 8 + 1] = b + acc[n][2 * r + 1];
+    }
+  }
+}
+
 // The head of block (blockIdx.x = b·NH + h): where its q, k, v columns of qkv [B,T,3C] (row
 // stride 3C) and its columns of dout [B,T,C] (when given) come from; qkv_map and dout_map are
 // the tensor maps of the two matrices (null without bulk tensor copies).
@@ -419,9 +446,11 @@ TRIAD_BLOCK_FN void forward_block(X& x, uint16_t* out, float* lse, const uint16_
 // ---- backward -----------------------------------------------------------------------------------
 // D[bh, t] = Σ_d dO[b,t,h,d] · O[b,t,h,d]: warp w of block (blockIdx.x) takes row
 // blockIdx.x·4 + w of the [B·T·NH] rows. With dq_accum ([B,T,C] fp32, 16-byte aligned) the
-// warp also zeroes that row of it, for the atomic-dQ backward to add into.
+// warp also zeroes that row of it, for the dK/dV kernel to add dQ into; with dq_turns
+// ([B·NH][nqb] ints: whose turn it is to add into each query tile) it zeroes turn number `row`
+// when there is one.
 template <int HD, class X>
-TRIAD_BLOCK_FN void dot_block(X& x, float* Dv, float* dq_accum, const uint16_t* dout,
+TRIAD_BLOCK_FN void dot_block(X& x, float* Dv, float* dq_accum, int* dq_turns, const uint16_t* dout,
                               const uint16_t* out, int B, int T, int NH) {
   const size_t row = size_t(x.block_x()) * kWarps + x.thread() / 32;
   const int lane = x.thread() % 32;
@@ -442,6 +471,8 @@ TRIAD_BLOCK_FN void dot_block(X& x, float* Dv, float* dq_accum, const uint16_t* 
     for (int d = 4 * lane; d < HD; d += 128)
       x.store16(dq_accum + row * HD + d, Vec16{{0, 0, 0, 0}});
   }
+  if (dq_turns != nullptr && lane == 0 && row < size_t(B) * NH * ((T + kTile - 1) / kTile))
+    dq_turns[row] = 0;
   TRIAD_UNROLL
   for (int mask = 16; mask >= 1; mask /= 2) s += x.shfl_xor(s, mask);
   if (valid && lane == 0) {
@@ -475,13 +506,20 @@ TRIAD_BLOCK_FN void probabilities_and_ds(X& x, float (&s)[8][4], float (&dp)[8][
 // dV += Pᵀ dO, dK += dSᵀ Q; dK scaled by 1/sqrt(HD) at the end.
 // AtomicDq: also this key block's part of dQ (unscaled) for every query tile, dQ += dS K with dS
 // (bf16, as the dK product rounds it) passed through shared memory, added into dq_accum
-// ([B,T,C] fp32, zeroed by dot_block) with atomics; dq_convert_block finishes it.
+// ([B,T,C] fp32, zeroed by dot_block); dq_convert_block finishes it. The additions are atomic,
+// in whatever order the blocks get there; or, with dq_turns ([B·NH][nqb], zeroed by dot_block),
+// in key-block order: block kb waits until turn (bh, qt) is kb, adds with plain loads and stores,
+// and passes the turn to kb + 1, so every dQ element is summed in the same order on every run.
+// The wait cannot deadlock: a block only waits for blocks of smaller kb (blockIdx.y), which were
+// dispatched before it and are running or done.
 template <class Tiles, bool AtomicDq, class X>
-TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, const uint16_t* dout,
-                               const uint16_t* qkv, const void* qkv_map, const void* dout_map,
-                               const float* lse, const float* Dv, int T, int C, int NH, float scale,
-                               float scale_log2, bool accumulate) {
+TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_turns,
+                               const uint16_t* dout, const uint16_t* qkv, const void* qkv_map,
+                               const void* dout_map, const float* lse, const float* Dv, int T,
+                               int C, int NH, float scale, float scale_log2, bool accumulate) {
   constexpr int HD = Tiles::kHD, L = Tiles::kElems;  // L: elements per tile
+  static_assert((6 * tile_bytes<Tiles>() + 4 * kTile * sizeof(float)) % Tiles::kSmemAlign == 0,
+                "the dS tile must start as aligned as the others");
   unsigned char* smem = aligned_smem<Tiles>(x);
   uint16_t* sK = reinterpret_cast<uint16_t*>(smem);
   uint16_t* sV = sK + L;
@@ -580,8 +618,18 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, const uint
       float dq[HD / 8][4];
       zero(dq);
       Tiles::atb(x, dq, sdS, sK);  // rows 16w.. of dQ (queries q0 + 16w ..) += dS K
-      add_rows<HD>(x, dq_accum + size_t(b) * T * C + size_t(h) * HD, size_t(C), q0 + warp * 16, T,
-                   dq);
+      float* rows = dq_accum + size_t(b) * T * C + size_t(h) * HD;
+      if (dq_turns == nullptr) {
+        add_rows<HD>(x, rows, size_t(C), q0 + warp * 16, T, dq);
+      } else {
+        int* turn = dq_turns + size_t(bh) * nb + qt;
+        if (x.thread() == 0) x.wait_equal(turn, kb);
+        x.sync_threads();
+        add_rows_in_turn<HD>(x, rows, size_t(C), q0 + warp * 16, T, dq);
+        x.fence_device();  // this thread's additions are visible before the turn passes
+        x.sync_threads();
+        if (x.thread() == 0) x.store_release(turn, kb + 1);
+      }
     }
     x.sync_threads();  // every warp is done with these buffers before they are refilled
   }

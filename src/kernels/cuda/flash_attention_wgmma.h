@@ -79,11 +79,13 @@ struct WgmmaTiles {
   TRIAD_BLOCK_FN static void abt(X& x, float (&s)[8][4], const Held<HD>& a, const uint16_t* y) {
     float* d = &s[0][0];
     fence_registers<32>(x, d);
+    keep_held(x, a);
     x.wgmma_fence();
     issue_abt(x, d, a, y);
     x.wgmma_commit();
     x.template wgmma_wait<0>();
     fence_registers<32>(x, d);
+    keep_held(x, a);
   }
 
   // Two independent products (s1 += a1·y1ᵀ, s2 += a2·y2ᵀ; a1, a2 tiles or Held) in one wgmma
@@ -95,6 +97,8 @@ struct WgmmaTiles {
     float* d2 = &s2[0][0];
     fence_registers<32>(x, d1);
     fence_registers<32>(x, d2);
+    keep_held(x, a1);
+    keep_held(x, a2);
     x.wgmma_fence();
     issue_abt(x, d1, a1, y1);
     issue_abt(x, d2, a2, y2);
@@ -102,6 +106,8 @@ struct WgmmaTiles {
     x.template wgmma_wait<0>();
     fence_registers<32>(x, d1);
     fence_registers<32>(x, d2);
+    keep_held(x, a1);
+    keep_held(x, a2);
   }
 
   // acc (rows 16w.. of the 64×HD product) += P · tile y: 4 steps of m64nHDk16 over 16 keys each,
@@ -206,6 +212,19 @@ struct WgmmaTiles {
   TRIAD_BLOCK_FN static uint64_t mn_major(uint32_t t, int kk) {
     return wgmma_descriptor(t + kk * 2 * kGroup, kPanel, kGroup);
   }
+
+  // Pins held A registers at this point, as fence_registers does the accumulators (the wgmma
+  // reads them until its wait); nothing for an operand in shared memory.
+  template <class X>
+  TRIAD_BLOCK_FN static void keep_held(X& x, const Held<HD>& a) {
+    TRIAD_UNROLL
+    for (int kk = 0; kk < HD / 16; ++kk) {
+      TRIAD_UNROLL
+      for (int i = 0; i < 4; ++i) x.keep(const_cast<uint32_t&>(a.a[kk][i]));
+    }
+  }
+  template <class X>
+  TRIAD_BLOCK_FN static void keep_held(X&, const uint16_t*) {}
 
   // Pins the n accumulators at this point: ordinary code touching them stays on its side of the
   // wgmma.fence (before) or wgmma.wait_group (after).
