@@ -234,7 +234,7 @@ flash_suite() {  # flash_suite SUITE: runs that suite of test_flash_attention; e
     # shellcheck disable=SC1091
     source "$DEV/env.sh"
     cd "$RUN/work" && timeout "$(tmo 90 200)" "$RUN/bin/tests/test_flash_attention" --gtest_brief=1 \
-      --gtest_filter="$1/FlashKernels.*" >"$RUN/flash_$1.txt" 2>&1
+      --gtest_filter="$1/FlashPrimitives.*:$1/FlashKernels.*" >"$RUN/flash_$1.txt" 2>&1
   )
 }
 passed_in() { sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$1" | tail -1; }
@@ -247,6 +247,7 @@ if [[ -x $RUN/bin/tests/test_flash_attention ]]; then
     export TRIAD_FLASH_KERNEL=mma
     FLASH="mma: wgmma $([[ $rc == 0 ]] && echo "skipped" || echo "FAILED (exit $rc)") -> TRIAD_FLASH_KERNEL=mma below"
     grep -E 'Failure|error|Skipped' -A2 "$RUN/flash_Wgmma.txt" | head -8
+    grep -E '^  wgmma hd=' "$RUN/flash_Wgmma.txt"  # the primitive probes: which one is off
   fi
   flash_suite Tma; rc=$?
   tp_=$(passed_in "$RUN/flash_Tma.txt")
@@ -255,6 +256,7 @@ if [[ -x $RUN/bin/tests/test_flash_attention ]]; then
   else
     FLASH_TMA="$([[ $rc == 0 ]] && echo "skipped" || echo "FAILED (exit $rc)")"
     grep -E 'Failure|error|Skipped' -A2 "$RUN/flash_Tma.txt" | head -8
+    grep -E '^  tma hd=' "$RUN/flash_Tma.txt"
   fi
 fi
 res "flash kernel in use" "$FLASH"

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <random>
@@ -162,6 +163,36 @@ class FlashKernels : public ::testing::TestWithParam<FlashCase> {
                    << cuda_device_description() << ")";
   }
 };
+
+// The kernel's building blocks one by one (each product form, the tile load), before the
+// attention cases: when those fail, these name the primitive the hardware reads differently.
+class FlashPrimitives : public ::testing::TestWithParam<FlashKernel> {
+ protected:
+  void SetUp() override {
+    if (!cuda_device_available()) GTEST_SKIP() << "no usable CUDA device";
+    if (GetParam() != FlashKernel::mma && !cuda::flash_wgmma_available())
+      GTEST_SKIP() << cuda::flash_kernel_name(GetParam())
+                   << " needs a compute capability 9.0 GPU and sm_90a code ("
+                   << cuda_device_description() << ")";
+  }
+};
+
+TEST_P(FlashPrimitives, EachProductAndTheLoad) {
+  for (int hd : {64, 128})
+    for (const cuda::FlashProbeResult& r : cuda::flash_probe_primitives(GetParam(), hd)) {
+      std::printf("  %s hd=%d %-50s error %.2e\n", cuda::flash_kernel_name(GetParam()), hd, r.name,
+                  r.error);
+      EXPECT_LE(r.error, 1e-3) << cuda::flash_kernel_name(GetParam()) << " hd=" << hd << ": "
+                               << r.name;
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(Mma, FlashPrimitives, ::testing::Values(FlashKernel::mma),
+                         [](const auto&) { return std::string("mma"); });
+INSTANTIATE_TEST_SUITE_P(Wgmma, FlashPrimitives, ::testing::Values(FlashKernel::wgmma),
+                         [](const auto&) { return std::string("wgmma"); });
+INSTANTIATE_TEST_SUITE_P(Tma, FlashPrimitives, ::testing::Values(FlashKernel::tma),
+                         [](const auto&) { return std::string("tma"); });
 
 TEST_P(FlashKernels, SingleToken) { check_shape(2, 1, 2, 64, GetParam()); }
 

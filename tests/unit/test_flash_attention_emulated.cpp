@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <random>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -19,6 +20,7 @@
 #include "../../src/kernels/cuda/flash_attention_block.h"
 #include "../../src/kernels/cuda/flash_attention_mma.h"
 #include "../../src/kernels/cuda/flash_attention_wgmma.h"
+#include "../../src/kernels/cuda/flash_probe_block.h"
 #include "../support/attention_reference.h"
 #include "../support/simt_emulator.h"
 
@@ -257,6 +259,52 @@ INSTANTIATE_TEST_SUITE_P(Policies, AtomicDq,
                          [](const ::testing::TestParamInfo<Kernel>& info) {
                            return std::string(kernel_name(info.param));
                          });
+
+// The primitive probes the GPU test runs to tell which building block the hardware reads
+// differently (flash_probe_block.h), checked here against the same host reference: each probe of
+// each policy, both head dims, the pipes' copies landing at their wait.
+template <class Tiles>
+void check_probes() {
+  constexpr int HD = Tiles::kHD;
+  std::mt19937 rng(2024u + HD);
+  std::uniform_real_distribution<float> sym(-1.0f, 1.0f), unit(0.0f, 1.0f);
+  std::vector<uint16_t> a(64 * HD), y(64 * HD);
+  std::vector<float> p(64 * 64);
+  for (uint16_t& v : a) v = to_bf16(sym(rng)).bits;
+  for (uint16_t& v : y) v = to_bf16(sym(rng)).bits;
+  for (float& v : p) v = unit(rng);
+  for (int i = 0; i < flash::kProbes; ++i) {
+    const auto probe = flash::Probe(i);
+    const int rows = probe == flash::Probe::load ? 50 : 64;
+    const simt::TensorMap map =
+        simt::tensor_map(y.data(), flash::tma_tile_shape(uint64_t(HD), rows, 1));
+    std::vector<float> got(64 * HD, NAN);
+    simt::launch(1, 1, flash::kThreads, flash::probe_smem<Tiles>(), CopyTiming::at_wait,
+                 [&](simt::Thread& x) {
+                   flash::probe_block<Tiles>(x, got.data(), a.data(), p.data(), y.data(),
+                                             Tiles::kTma ? &map : nullptr, rows, probe);
+                 });
+    const double e = flash::probe_error(
+        probe, HD, got, a, p, y, rows, [](uint16_t b) { return to_float(bf16_t{b}); },
+        [](float f) { return to_float(to_bf16(f)); });
+    EXPECT_LE(e, 1e-5) << "hd=" << HD << " " << flash::probe_name(probe);
+  }
+}
+
+TEST(FlashProbesEmulated, Mma) {
+  check_probes<flash::MmaTiles<64>>();
+  check_probes<flash::MmaTiles<128>>();
+}
+
+TEST(FlashProbesEmulated, Wgmma) {
+  check_probes<flash::WgmmaTiles<64>>();
+  check_probes<flash::WgmmaTiles<128>>();
+}
+
+TEST(FlashProbesEmulated, Tma) {
+  check_probes<flash::WgmmaTiles<64, true>>();
+  check_probes<flash::WgmmaTiles<128, true>>();
+}
 
 }  // namespace
 }  // namespace triad

@@ -19,7 +19,9 @@
 #include <cstdint>
 #include <cstdlib>
 #include <mutex>
+#include <random>
 #include <string>
+#include <vector>
 
 #include "cuda_common.cuh"
 #include "cuda_tensor_map.cuh"
@@ -28,6 +30,7 @@
 #include "flash_attention_block.h"
 #include "flash_attention_mma.h"
 #include "flash_attention_wgmma.h"
+#include "flash_probe_block.h"
 #include "triad/kernels/cuda_backend.h"
 
 namespace triad::cuda {
@@ -106,6 +109,14 @@ __global__ void __launch_bounds__(flash::kThreads)
   DeviceThread x;
   flash::dq_block<Tiles>(x, dqkv, dout, qkv, map_of<Tiles>(maps.qkv), map_of<Tiles>(maps.dout), lse,
                          Dv, T, C, NH, scale, scale_log2, accumulate);
+}
+
+template <class Tiles>
+__global__ void __launch_bounds__(flash::kThreads)
+    probe_kernel(float* out, const uint16_t* a, const float* p, const uint16_t* y,
+                 const __grid_constant__ CUtensorMap y_map, int rows, flash::Probe probe) {
+  DeviceThread x;
+  flash::probe_block<Tiles>(x, out, a, p, y, map_of<Tiles>(y_map), rows, probe);
 }
 
 void check_shape(int B, int T, int C, int NH) {
@@ -362,6 +373,66 @@ void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, con
       backward_with<Tiles, false>(dqkv, dout, qkv, out, lse, workspace, B, T, C, NH, s, accumulate,
                                   false);
   });
+}
+
+namespace {
+
+// A device buffer freed on every path out.
+template <class T>
+struct DeviceVector {
+  T* p = nullptr;
+  explicit DeviceVector(const std::vector<T>& h) {
+    TRIAD_CUDA_CHECK(cudaMalloc(&p, h.size() * sizeof(T)));
+    TRIAD_CUDA_CHECK(cudaMemcpy(p, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  ~DeviceVector() {
+    if (p != nullptr) cudaFree(p);
+  }
+};
+
+template <class Tiles>
+std::vector<FlashProbeResult> probe_with() {
+  constexpr int HD = Tiles::kHD;
+  constexpr size_t smem = flash::probe_smem<Tiles>();
+  allow_smem(probe_kernel<Tiles>, smem);
+  std::mt19937 rng(2024u + HD);
+  std::uniform_real_distribution<float> sym(-1.0f, 1.0f), unit(0.0f, 1.0f);
+  std::vector<uint16_t> a(64 * HD), y(64 * HD);
+  std::vector<float> p(64 * 64);
+  for (uint16_t& v : a) v = float_to_bf16_bits(sym(rng));
+  for (uint16_t& v : y) v = float_to_bf16_bits(sym(rng));
+  for (float& v : p) v = unit(rng);
+  const DeviceVector<uint16_t> da(a), dy(y);
+  const DeviceVector<float> dp(p);
+  std::vector<FlashProbeResult> results;
+  for (int i = 0; i < flash::kProbes; ++i) {
+    const auto probe = flash::Probe(i);
+    const int rows = probe == flash::Probe::load ? 50 : 64;  // the load probe: a partial tile
+    CUtensorMap map{};
+    if constexpr (Tiles::kTma)
+      map = bf16_tensor_map(dy.p, flash::tma_tile_shape(uint64_t(HD), rows, 1));
+    const DeviceVector<float> out(std::vector<float>(64 * HD, NAN));
+    probe_kernel<Tiles><<<1, flash::kThreads, smem>>>(out.p, da.p, dp.p, dy.p, map, rows, probe);
+    TRIAD_CUDA_CHECK_LAUNCH();
+    std::vector<float> got(64 * HD);
+    TRIAD_CUDA_CHECK(
+        cudaMemcpy(got.data(), out.p, got.size() * sizeof(float), cudaMemcpyDeviceToHost));
+    const double e = flash::probe_error(
+        probe, HD, got, a, p, y, rows, [](uint16_t b) { return bf16_bits_to_float(b); },
+        [](float f) { return bf16_bits_to_float(float_to_bf16_bits(f)); });
+    results.push_back(FlashProbeResult{flash::probe_name(probe), e});
+  }
+  return results;
+}
+
+}  // namespace
+
+std::vector<FlashProbeResult> flash_probe_primitives(FlashKernel kernel, int hd) {
+  TRIAD_CHECK(hd == 64 || hd == 128, "flash probes: head dimension ", hd, " (64 or 128)");
+  std::vector<FlashProbeResult> r;
+  with_tiles(flash_kernel_for_device(kernel), hd,
+             [&](auto tiles) { r = probe_with<decltype(tiles)>(); });
+  return r;
 }
 
 }  // namespace triad::cuda

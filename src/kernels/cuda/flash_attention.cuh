@@ -33,6 +33,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 namespace triad::cuda {
 
@@ -80,6 +81,17 @@ void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, con
                               cudaStream_t s, bool accumulate = false,
                               FlashKernel kernel = FlashKernel::automatic,
                               FlashBackward mode = FlashBackward::automatic);
+
+// The building blocks of the kernel's tile policy run one at a time on the current device
+// (flash_probe_block.h: each product form and the tile load, on known inputs in one block),
+// each with its error against a double reference: max|got − want| / max|want|, about 1e-6 when
+// the hardware reads the layouts as the code means them. For telling which primitive is off
+// when the attention tests fail on a new GPU.
+struct FlashProbeResult {
+  const char* name;
+  double error;
+};
+std::vector<FlashProbeResult> flash_probe_primitives(FlashKernel kernel, int hd);
 
 // Host helpers for tests and benchmarks: float ↔ bf16 bit patterns (round to nearest even;
 // NaN stays NaN).
