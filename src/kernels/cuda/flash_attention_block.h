@@ -189,8 +189,9 @@ struct CpAsyncPipe {
 //                        two independent products (the policy may overlap them);
 //   pv(x, acc, p, Y)     acc (16×HD) += P · tile Y, P (16×64) given in the layout of s (rounded
 //                        to bf16 on the way);
-//   atb(x, acc, A, Y)    acc (16×HD) += rows 16w.. of (A)ᵀ · tile Y, A a 64×64 tile of the
-//                        Tiles::Square layout holding the left operand transposed;
+//   atb(x, acc, A, Y, c0) acc (16×N, N = 64 or HD) += rows 16w.. of (A)ᵀ · columns c0 .. c0+N-1
+//                        of tile Y (c0 a multiple of 64), A a 64×64 tile of the Tiles::Square
+//                        layout holding the left operand transposed;
 //   publish(x)           after this thread's cp.async copies are waited for and before the
 //                        barrier that hands them to every warp.
 
@@ -615,17 +616,25 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
                          x.pack_bf16(dp[n][2 * r], dp[n][2 * r + 1]));
       Tiles::publish(x);
       x.sync_threads();
-      float dq[HD / 8][4];
-      zero(dq);
-      Tiles::atb(x, dq, sdS, sK);  // rows 16w.. of dQ (queries q0 + 16w ..) += dS K
       float* rows = dq_accum + size_t(b) * T * C + size_t(h) * HD;
-      if (dq_turns == nullptr) {
-        add_rows<HD>(x, rows, size_t(C), q0 + warp * 16, T, dq);
-      } else {
-        int* turn = dq_turns + size_t(bh) * nb + qt;
+      int* turn = dq_turns != nullptr ? dq_turns + size_t(bh) * nb + qt : nullptr;
+      if (turn != nullptr) {
         if (x.thread() == 0) x.wait_equal(turn, kb);
         x.sync_threads();
-        add_rows_in_turn<HD>(x, rows, size_t(C), q0 + warp * 16, T, dq);
+      }
+      // Rows 16w.. of dQ (queries q0 + 16w ..) += dS K, 64 columns at a time: 32 accumulators
+      // beside dK's and dV's instead of HD/2 (at HD 128 the kernel would spill).
+      TRIAD_UNROLL
+      for (int c0 = 0; c0 < HD; c0 += 64) {
+        float dq[8][4];
+        zero(dq);
+        Tiles::atb(x, dq, sdS, sK, c0);
+        if (turn == nullptr)
+          add_rows<64>(x, rows + c0, size_t(C), q0 + warp * 16, T, dq);
+        else
+          add_rows_in_turn<64>(x, rows + c0, size_t(C), q0 + warp * 16, T, dq);
+      }
+      if (turn != nullptr) {
         x.fence_device();  // this thread's additions are visible before the turn passes
         x.sync_threads();
         if (x.thread() == 0) x.store_release(turn, kb + 1);

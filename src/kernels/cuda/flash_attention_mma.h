@@ -69,11 +69,12 @@ struct MmaTiles {
     }
   }
 
-  // acc (the warp's 16×HD) += rows 16w.. of (square tile a)ᵀ · tile y: a holds the A operand
-  // transposed (its rows are the K index), so its fragments come through ldmatrix.trans.
-  template <class X>
-  TRIAD_BLOCK_FN static void atb(X& x, float (&acc)[HD / 8][4], const uint16_t* a,
-                                 const uint16_t* y) {
+  // acc (the warp's 16×NB·8) += rows 16w.. of (square tile a)ᵀ · columns col0 .. col0+NB·8-1 of
+  // tile y: a holds the A operand transposed (its rows are the K index), so its fragments come
+  // through ldmatrix.trans.
+  template <int NB, class X>
+  TRIAD_BLOCK_FN static void atb(X& x, float (&acc)[NB][4], const uint16_t* a, const uint16_t* y,
+                                 int col0 = 0) {
     constexpr int LA = Square::kPitch;
     const int lane = x.thread() % 32, col = (x.thread() / 32) * 16;
     TRIAD_UNROLL
@@ -83,7 +84,7 @@ struct MmaTiles {
       uint32_t fa[4];
       x.ldsm_x4_t(fa,
                   a + (kk * 16 + (lane >> 4) * 8 + (lane & 7)) * LA + col + ((lane >> 3) & 1) * 8);
-      times_rows(x, acc, fa, y, kk);
+      times_rows(x, acc, fa, y + col0, kk);
     }
   }
 
@@ -114,14 +115,14 @@ struct MmaTiles {
     }
   }
 
-  // acc += A (16×16, fragments fa) · rows kk·16 .. kk·16+15 of tile y.
-  template <class X>
-  TRIAD_BLOCK_FN static void times_rows(X& x, float (&acc)[HD / 8][4], const uint32_t (&fa)[4],
+  // acc += A (16×16, fragments fa) · rows kk·16 .. kk·16+15 of tile y (its first NB·8 columns).
+  template <int NB, class X>
+  TRIAD_BLOCK_FN static void times_rows(X& x, float (&acc)[NB][4], const uint32_t (&fa)[4],
                                         const uint16_t* y, int kk) {
     constexpr int L = kPitch;
     const int lane = x.thread() % 32;
     TRIAD_UNROLL
-    for (int np = 0; np < HD / 16; ++np) {
+    for (int np = 0; np < NB / 2; ++np) {
       // B = Y[rows kk·16..][cols np·16..] along its rows: transposed loads; matrices (rows 0-7 |
       // 8-15) × (cols 0-7 | 8-15).
       uint32_t fb[4];

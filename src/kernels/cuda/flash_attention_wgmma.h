@@ -127,21 +127,22 @@ struct WgmmaTiles {
     keep_fragments(x, fa);  // the A registers live until the wait
   }
 
-  // acc (rows 16w.. of the 64×HD product) += (square tile a)ᵀ · tile y: 4 steps of m64nHDk16
-  // over 16 rows of a each, both operands MN-major (a's columns are the M index).
-  template <class X>
-  TRIAD_BLOCK_FN static void atb(X& x, float (&acc)[HD / 8][4], const uint16_t* a,
-                                 const uint16_t* y) {
-    const uint32_t sa = x.smem_address(a), sy = x.smem_address(y);
+  // acc (rows 16w.. of the 64×NB·8 product) += (square tile a)ᵀ · columns col0 .. of tile y
+  // (col0 a multiple of 64: a panel boundary): 4 steps of m64n(NB·8)k16 over 16 rows of a each,
+  // both operands MN-major (a's columns are the M index).
+  template <int NB, class X>
+  TRIAD_BLOCK_FN static void atb(X& x, float (&acc)[NB][4], const uint16_t* a, const uint16_t* y,
+                                 int col0 = 0) {
+    const uint32_t sa = x.smem_address(a), sy = x.smem_address(y) + (col0 / 64) * kPanel;
     float* d = &acc[0][0];
-    fence_registers<HD / 2>(x, d);
+    fence_registers<NB * 4>(x, d);
     x.wgmma_fence();
     TRIAD_UNROLL
     for (int kk = 0; kk < 4; ++kk)
-      x.template wgmma_ss<HD, 1, 1>(d, mn_major(sa, kk), mn_major(sy, kk));
+      x.template wgmma_ss<NB * 8, 1, 1>(d, mn_major(sa, kk), mn_major(sy, kk));
     x.wgmma_commit();
     x.template wgmma_wait<0>();
-    fence_registers<HD / 2>(x, d);
+    fence_registers<NB * 4>(x, d);
   }
 
   // Two independent products (acc1 += P1·y1, acc2 += P2·y2) in one wgmma group.

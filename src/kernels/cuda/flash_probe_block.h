@@ -23,7 +23,7 @@ namespace triad::flash {
 //   abt_held   out[64][64] = a · yᵀ          Tiles::abt with a's rows held in registers
 //   pv         out[64][HD] = bf16(p) · y     Tiles::pv, p from registers
 //   atb        out[64][HD] = aᵀ · y          Tiles::atb, a (a Square tile, [64][64]) from
-//                                             shared memory
+//                                             shared memory, 64 columns of y at a time
 //   load       out[64][HD] = y rows < rows, 0 beyond   the tile as the policy's pipe loads it
 //                                             (the bulk copy for tma), read back through chunk()
 enum class Probe { abt, abt_held, pv, atb, load };
@@ -103,7 +103,15 @@ TRIAD_BLOCK_FN void probe_block(X& x, float* out, const uint16_t* a, const float
       for (int e = 0; e < 4; ++e) pr[n][e] = p[row_of(e) * 64 + 8 * n + tc + e % 2];
       Tiles::pv(x, acc, pr, sY);
     } else {
-      Tiles::atb(x, acc, sA, sY);
+      TRIAD_UNROLL
+      for (int c0 = 0; c0 < HD; c0 += 64) {  // as dkdv_block takes it
+        float slice[8][4];
+        zero(slice);
+        Tiles::atb(x, slice, sA, sY, c0);
+        TRIAD_UNROLL
+        for (int n = 0; n < 8; ++n) TRIAD_UNROLL
+        for (int e = 0; e < 4; ++e) acc[c0 / 8 + n][e] = slice[n][e];
+      }
     }
     TRIAD_UNROLL
     for (int n = 0; n < HD / 8; ++n) TRIAD_UNROLL
