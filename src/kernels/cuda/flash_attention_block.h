@@ -258,27 +258,12 @@ TRIAD_BLOCK_FN void store_rows(X& x, uint16_t* g, size_t stride, int row0, int T
 }
 
 // The warp's 16 rows of acc added into rows row0 + 0..15 of a [*, stride] fp32 matrix at g
-// (columns 0..HD-1) with atomics, rows >= T skipped. g and stride even (pairs are 8-byte aligned).
+// (columns 0..HD-1), rows >= T skipped: with atomics, or, for a block that holds the rows' turn
+// (no other block adds into them meanwhile: in_turn), with plain loads and stores. g and stride
+// even (pairs are 8-byte aligned).
 template <int HD, class X>
 TRIAD_BLOCK_FN void add_rows(X& x, float* g, size_t stride, int row0, int T,
-                             const float (&acc)[HD / 8][4]) {
-  const int lane = x.thread() % 32, gr = lane >> 2, tc = (lane & 3) * 2;
-  TRIAD_UNROLL
-  for (int r = 0; r < 2; ++r) {
-    const int row = row0 + gr + 8 * r;
-    if (row >= T) continue;
-    float* dst = g + size_t(row) * stride + tc;
-    TRIAD_UNROLL
-    for (int n = 0; n < HD / 8; ++n) x.atomic_add2(dst + n * 8, acc[n][2 * r], acc[n][2 * r + 1]);
-  }
-}
-
-// The warp's 16 rows of acc added into rows row0 + 0..15 of a [*, stride] fp32 matrix at g
-// (columns 0..HD-1) with plain loads and stores, rows >= T skipped: for a block that holds the
-// rows' turn (no other block adds into them meanwhile). g and stride even.
-template <int HD, class X>
-TRIAD_BLOCK_FN void add_rows_in_turn(X& x, float* g, size_t stride, int row0, int T,
-                                     const float (&acc)[HD / 8][4]) {
+                             const float (&acc)[HD / 8][4], bool in_turn) {
   const int lane = x.thread() % 32, gr = lane >> 2, tc = (lane & 3) * 2;
   TRIAD_UNROLL
   for (int r = 0; r < 2; ++r) {
@@ -287,6 +272,10 @@ TRIAD_BLOCK_FN void add_rows_in_turn(X& x, float* g, size_t stride, int row0, in
     float* dst = g + size_t(row) * stride + tc;
     TRIAD_UNROLL
     for (int n = 0; n < HD / 8; ++n) {
+      if (!in_turn) {
+        x.atomic_add2(dst + n * 8, acc[n][2 * r], acc[n][2 * r + 1]);
+        continue;
+      }
       float a, b;
       x.load_l2_2(dst + n * 8, a, b);
       dst[n * 8] = a + acc[n][2 * r];
@@ -629,10 +618,7 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
         float dq[8][4];
         zero(dq);
         Tiles::atb(x, dq, sdS, sK, c0);
-        if (turn == nullptr)
-          add_rows<64>(x, rows + c0, size_t(C), q0 + warp * 16, T, dq);
-        else
-          add_rows_in_turn<64>(x, rows + c0, size_t(C), q0 + warp * 16, T, dq);
+        add_rows<64>(x, rows + c0, size_t(C), q0 + warp * 16, T, dq, turn != nullptr);
       }
       if (turn != nullptr) {
         x.fence_device();  // this thread's additions are visible before the turn passes
