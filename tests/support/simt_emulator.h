@@ -513,6 +513,7 @@ class Thread {
     std::atomic_ref<int>(*p).store(v, std::memory_order_release);
   }
   static void fence_device() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+  static int take_ticket(int* p) { return std::atomic_ref<int>(*p).fetch_add(1); }
 
   static float exp(float v) { return std::exp(v); }
   static double log(double v) { return std::log(v); }

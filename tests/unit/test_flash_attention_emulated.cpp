@@ -76,7 +76,7 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, int T, int NH, CopyTiming 
   const bool ordered = backward == Backward::ordered;
   std::vector<float> dq_accum(atomic ? size_t(B) * T * C : 0, NAN);
   // The ordered way's turns: garbage until dot_block zeroes them.
-  std::vector<int> turns(size_t(B) * NH * l.blocks_y, -7);
+  std::vector<int> turns(size_t(B) * NH * l.blocks_y + 1, -7);  // and the ticket counter
   int* dq_turns = ordered ? turns.data() : nullptr;
   simt::launch(int(l.dot_blocks), 1, threads, 0, timing, [&](simt::Thread& x) {
     flash::dot_block<HD>(x, D.data(), atomic ? dq_accum.data() : nullptr, dq_turns, dout.data(),
@@ -86,7 +86,7 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, int T, int NH, CopyTiming 
     constexpr bool kAtomic = decltype(atomic_dq)::value;
     auto body = [&](simt::Thread& x) {
       flash::dkdv_block<Tiles, kAtomic>(x, r.dqkv.data(), dq_accum.data(), dq_turns, dout.data(),
-                                        qkv.data(), qm, dm, r.lse.data(), D.data(), T, C, NH,
+                                        qkv.data(), qm, dm, r.lse.data(), D.data(), B, T, C, NH,
                                         l.scale, l.scale_log2, acc);
     };
     // The dQ additions of different blocks meet only when the blocks run at the same time.
@@ -266,26 +266,28 @@ INSTANTIATE_TEST_SUITE_P(Policies, AtomicDq,
 template <class Tiles>
 void check_probes() {
   constexpr int HD = Tiles::kHD;
-  std::mt19937 rng(2024u + HD);
-  std::uniform_real_distribution<float> sym(-1.0f, 1.0f), unit(0.0f, 1.0f);
-  std::vector<uint16_t> a(64 * HD), y(64 * HD);
-  std::vector<float> p(64 * 64);
-  for (uint16_t& v : a) v = to_bf16(sym(rng)).bits;
-  for (uint16_t& v : y) v = to_bf16(sym(rng)).bits;
-  for (float& v : p) v = unit(rng);
   for (int i = 0; i < flash::kProbes; ++i) {
     const auto probe = flash::Probe(i);
     const int rows = probe == flash::Probe::load ? 50 : 64;
+    std::mt19937 rng(2024u + HD);
+    std::uniform_real_distribution<float> sym(-1.0f, 1.0f), unit(0.0f, 1.0f);
+    std::vector<uint16_t> a(64 * HD), y(64 * HD), wide(2 * size_t(rows) * 3 * HD);
+    std::vector<float> p(64 * 64);
+    for (uint16_t& v : a) v = to_bf16(sym(rng)).bits;
+    for (uint16_t& v : y) v = to_bf16(sym(rng)).bits;
+    for (uint16_t& v : wide) v = to_bf16(sym(rng)).bits;
+    for (float& v : p) v = unit(rng);
     const simt::TensorMap map =
-        simt::tensor_map(y.data(), flash::tma_tile_shape(uint64_t(HD), rows, 1));
-    std::vector<float> got(64 * HD, NAN);
+        simt::tensor_map(wide.data(), flash::tma_tile_shape(3 * uint64_t(HD), rows, 2));
+    std::vector<float> got(2 * 64 * HD, NAN);
     simt::launch(1, 1, flash::kThreads, flash::probe_smem<Tiles>(), CopyTiming::at_wait,
                  [&](simt::Thread& x) {
                    flash::probe_block<Tiles>(x, got.data(), a.data(), p.data(), y.data(),
-                                             Tiles::kTma ? &map : nullptr, rows, probe);
+                                             wide.data(), Tiles::kTma ? &map : nullptr, rows,
+                                             probe);
                  });
     const double e = flash::probe_error(
-        probe, HD, got, a, p, y, rows, [](uint16_t b) { return to_float(bf16_t{b}); },
+        probe, HD, got, a, p, y, wide, rows, [](uint16_t b) { return to_float(bf16_t{b}); },
         [](float f) { return to_float(to_bf16(f)); });
     EXPECT_LE(e, 1e-5) << "hd=" << HD << " " << flash::probe_name(probe);
   }

@@ -70,6 +70,7 @@ struct DeviceThread {
     asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
   }
   __device__ __forceinline__ void fence_device() { __threadfence(); }
+  __device__ __forceinline__ int take_ticket(int* p) { return atomicAdd(p, 1); }
   __device__ __forceinline__ float exp(float x) { return expf(x); }
   __device__ __forceinline__ double log(double x) { return ::log(x); }
   __device__ __forceinline__ double sqrt(double x) { return ::sqrt(x); }

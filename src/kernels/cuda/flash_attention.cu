@@ -85,12 +85,12 @@ __global__ void __launch_bounds__(flash::kThreads)
     dkdv_kernel(uint16_t* __restrict__ dqkv, float* __restrict__ dq_accum, int* dq_turns,
                 const uint16_t* __restrict__ dout, const uint16_t* __restrict__ qkv,
                 const __grid_constant__ TileMaps maps, const float* __restrict__ lse,
-                const float* __restrict__ Dv, int T, int C, int NH, float scale, float scale_log2,
-                bool accumulate) {
+                const float* __restrict__ Dv, int B, int T, int C, int NH, float scale,
+                float scale_log2, bool accumulate) {
   DeviceThread x;
   flash::dkdv_block<Tiles, AtomicDq>(x, dqkv, dq_accum, dq_turns, dout, qkv,
-                                     map_of<Tiles>(maps.qkv), map_of<Tiles>(maps.dout), lse, Dv, T,
-                                     C, NH, scale, scale_log2, accumulate);
+                                     map_of<Tiles>(maps.qkv), map_of<Tiles>(maps.dout), lse, Dv, B,
+                                     T, C, NH, scale, scale_log2, accumulate);
 }
 
 __global__ void __launch_bounds__(flash::kConvertThreads)
@@ -114,9 +114,10 @@ __global__ void __launch_bounds__(flash::kThreads)
 template <class Tiles>
 __global__ void __launch_bounds__(flash::kThreads)
     probe_kernel(float* out, const uint16_t* a, const float* p, const uint16_t* y,
-                 const __grid_constant__ CUtensorMap y_map, int rows, flash::Probe probe) {
+                 const uint16_t* wide, const __grid_constant__ CUtensorMap wide_map, int rows,
+                 flash::Probe probe) {
   DeviceThread x;
-  flash::probe_block<Tiles>(x, out, a, p, y, map_of<Tiles>(y_map), rows, probe);
+  flash::probe_block<Tiles>(x, out, a, p, y, wide, map_of<Tiles>(wide_map), rows, probe);
 }
 
 void check_shape(int B, int T, int C, int NH) {
@@ -170,8 +171,8 @@ size_t dq_accum_offset(int B, int T, int NH) { return (size_t(B) * NH * T + 3) /
 size_t dq_turns_offset(int B, int T, int C, int NH) {
   return dq_accum_offset(B, T, NH) + size_t(B) * T * C;
 }
-size_t dq_turns_count(int B, int T, int NH) {
-  return size_t(B) * NH * size_t((T + flash::kTile - 1) / flash::kTile);
+size_t dq_turns_count(int B, int T, int NH) {  // the turns and the ticket counter after them
+  return size_t(B) * NH * size_t((T + flash::kTile - 1) / flash::kTile) + 1;
 }
 
 // Ordered: the dQ additions in key-block order (AtomicDq only).
@@ -193,7 +194,7 @@ void backward_with(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* ou
   const dim3 grid(unsigned(l.blocks_x), unsigned(l.blocks_y));
   const TileMaps maps = tile_maps<Tiles>(qkv, dout, B, T, C);
   dkdv_kernel<Tiles, AtomicDq><<<grid, flash::kThreads, dkdv_smem, s>>>(
-      bits(dqkv), dq_accum, dq_turns, bits(dout), bits(qkv), maps, lse, Dv, T, C, NH, l.scale,
+      bits(dqkv), dq_accum, dq_turns, bits(dout), bits(qkv), maps, lse, Dv, B, T, C, NH, l.scale,
       l.scale_log2, accumulate);
   TRIAD_CUDA_CHECK_LAUNCH();
   if constexpr (AtomicDq) {
@@ -383,55 +384,58 @@ struct DeviceVector {
   T* p = nullptr;
   explicit DeviceVector(const std::vector<T>& h) {
     TRIAD_CUDA_CHECK(cudaMalloc(&p, h.size() * sizeof(T)));
-    TRIAD_CUDA_CHECK(cudaMemcpy(p, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
+    const cudaError_t e = cudaMemcpy(p, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice);
+    if (e != cudaSuccess) {
+      cudaFree(p);
+      TRIAD_CUDA_CHECK(e);
+    }
   }
-  ~DeviceVector() {
-    if (p != nullptr) cudaFree(p);
-  }
+  DeviceVector(const DeviceVector&) = delete;
+  DeviceVector& operator=(const DeviceVector&) = delete;
+  ~DeviceVector() { cudaFree(p); }
 };
 
 template <class Tiles>
-std::vector<FlashProbeResult> probe_with() {
+FlashProbeResult probe_with(flash::Probe probe) {
   constexpr int HD = Tiles::kHD;
   constexpr size_t smem = flash::probe_smem<Tiles>();
   allow_smem(probe_kernel<Tiles>, smem);
+  const int rows = probe == flash::Probe::load ? 50 : 64;  // the load probe: a partial tile
   std::mt19937 rng(2024u + HD);
   std::uniform_real_distribution<float> sym(-1.0f, 1.0f), unit(0.0f, 1.0f);
-  std::vector<uint16_t> a(64 * HD), y(64 * HD);
+  std::vector<uint16_t> a(64 * HD), y(64 * HD), wide(2 * size_t(rows) * 3 * HD);
   std::vector<float> p(64 * 64);
   for (uint16_t& v : a) v = float_to_bf16_bits(sym(rng));
   for (uint16_t& v : y) v = float_to_bf16_bits(sym(rng));
+  for (uint16_t& v : wide) v = float_to_bf16_bits(sym(rng));
   for (float& v : p) v = unit(rng);
-  const DeviceVector<uint16_t> da(a), dy(y);
-  const DeviceVector<float> dp(p);
-  std::vector<FlashProbeResult> results;
-  for (int i = 0; i < flash::kProbes; ++i) {
-    const auto probe = flash::Probe(i);
-    const int rows = probe == flash::Probe::load ? 50 : 64;  // the load probe: a partial tile
-    CUtensorMap map{};
-    if constexpr (Tiles::kTma)
-      map = bf16_tensor_map(dy.p, flash::tma_tile_shape(uint64_t(HD), rows, 1));
-    const DeviceVector<float> out(std::vector<float>(64 * HD, NAN));
-    probe_kernel<Tiles><<<1, flash::kThreads, smem>>>(out.p, da.p, dp.p, dy.p, map, rows, probe);
-    TRIAD_CUDA_CHECK_LAUNCH();
-    std::vector<float> got(64 * HD);
-    TRIAD_CUDA_CHECK(
-        cudaMemcpy(got.data(), out.p, got.size() * sizeof(float), cudaMemcpyDeviceToHost));
-    const double e = flash::probe_error(
-        probe, HD, got, a, p, y, rows, [](uint16_t b) { return bf16_bits_to_float(b); },
-        [](float f) { return bf16_bits_to_float(float_to_bf16_bits(f)); });
-    results.push_back(FlashProbeResult{flash::probe_name(probe), e});
-  }
-  return results;
+  const DeviceVector<uint16_t> da(a), dy(y), dwide(wide);
+  const DeviceVector<float> dp(p), out(std::vector<float>(2 * 64 * HD, NAN));
+  CUtensorMap map{};
+  if constexpr (Tiles::kTma)
+    map = bf16_tensor_map(dwide.p, flash::tma_tile_shape(3 * uint64_t(HD), rows, 2));
+  probe_kernel<Tiles>
+      <<<1, flash::kThreads, smem>>>(out.p, da.p, dp.p, dy.p, dwide.p, map, rows, probe);
+  TRIAD_CUDA_CHECK_LAUNCH();
+  std::vector<float> got(2 * 64 * HD);
+  TRIAD_CUDA_CHECK(
+      cudaMemcpy(got.data(), out.p, got.size() * sizeof(float), cudaMemcpyDeviceToHost));
+  const double e = flash::probe_error(
+      probe, HD, got, a, p, y, wide, rows, [](uint16_t b) { return bf16_bits_to_float(b); },
+      [](float f) { return bf16_bits_to_float(float_to_bf16_bits(f)); });
+  return FlashProbeResult{flash::probe_name(probe), e};
 }
 
 }  // namespace
 
-std::vector<FlashProbeResult> flash_probe_primitives(FlashKernel kernel, int hd) {
+int flash_probe_count() { return flash::kProbes; }
+
+FlashProbeResult flash_probe(FlashKernel kernel, int hd, int index) {
   TRIAD_CHECK(hd == 64 || hd == 128, "flash probes: head dimension ", hd, " (64 or 128)");
-  std::vector<FlashProbeResult> r;
+  TRIAD_CHECK(index >= 0 && index < flash::kProbes, "flash probes: no probe ", index);
+  FlashProbeResult r{};
   with_tiles(flash_kernel_for_device(kernel), hd,
-             [&](auto tiles) { r = probe_with<decltype(tiles)>(); });
+             [&](auto tiles) { r = probe_with<decltype(tiles)>(flash::Probe(index)); });
   return r;
 }
 

@@ -21,7 +21,7 @@
 //                  acquire/release at GPU scope) and add in key-block order with plain loads and
 //                  stores: 5 products, bit-identical run to run, at the cost of the waits.
 // The workspace holds D = rowsum(dO ∘ O), the atomic and ordered ways' dQ accumulator, and the
-// ordered way's turn counters.
+// ordered way's turn counters and ticket counter.
 //
 // This header compiles with the host compiler too (the launchers are ordinary functions).
 // Errors (bad shapes, launch failures) throw triad::Error.
@@ -33,7 +33,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <vector>
 
 namespace triad::cuda {
 
@@ -61,7 +60,7 @@ FlashBackward flash_backward_mode(FlashBackward requested = FlashBackward::autom
 const char* flash_backward_name(FlashBackward m);
 
 // Floats of workspace flash_attention_backward needs: B·NH·T (rounded up to a multiple of 4),
-// plus B·T·C for the atomic and ordered backwards, plus B·NH·ceil(T/64) for the ordered one.
+// plus B·T·C for the atomic and ordered backwards, plus B·NH·ceil(T/64) + 1 for the ordered one.
 size_t flash_attention_workspace_floats(int B, int T, int C, int NH,
                                         FlashBackward mode = FlashBackward::automatic);
 
@@ -82,16 +81,17 @@ void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, con
                               FlashKernel kernel = FlashKernel::automatic,
                               FlashBackward mode = FlashBackward::automatic);
 
-// The building blocks of the kernel's tile policy run one at a time on the current device
-// (flash_probe_block.h: each product form and the tile load, on known inputs in one block),
-// each with its error against a double reference: max|got − want| / max|want|, about 1e-6 when
-// the hardware reads the layouts as the code means them. For telling which primitive is off
-// when the attention tests fail on a new GPU.
+// The building blocks of the kernel's tile policy, one per call on the current device
+// (flash_probe_block.h: probe `index` of flash_probe_count(), a product form or the tile load,
+// on known inputs in one block), with its error against a double reference:
+// max|got − want| / max|want|, about 1e-6 when the hardware reads the layouts as the code means
+// them. For telling which primitive is off when the attention tests fail on a new GPU.
 struct FlashProbeResult {
   const char* name;
   double error;
 };
-std::vector<FlashProbeResult> flash_probe_primitives(FlashKernel kernel, int hd);
+int flash_probe_count();
+FlashProbeResult flash_probe(FlashKernel kernel, int hd, int index);
 
 // Host helpers for tests and benchmarks: float ↔ bf16 bit patterns (round to nearest even;
 // NaN stays NaN).

@@ -40,6 +40,7 @@
 //                                                the SM's L1 (data other blocks write)
 //   wait_equal(p, v), store_release(p, v)        a global int: spin until *p == v (acquire, GPU
 //                                                scope); *p = v (release, GPU scope)
+//   take_ticket(p)                               atomically ++*p on a global int; the old value
 //   fence_device()                               __threadfence
 //   store16(p, v)                                16-byte store
 //   exp2(x), log2(x)                             fp32, exp2(-inf) = 0
@@ -78,11 +79,12 @@ template <class Tiles>
 TRIAD_BLOCK_SIZE size_t forward_data() {
   return 5 * tile_bytes<Tiles>();  // Q, K ×2, V ×2
 }
-// K, V, Q ×2, dO ×2, lse ×2, D ×2, and with the atomic dQ a 64×64 tile of dSᵀ.
+// K, V, Q ×2, dO ×2, lse ×2, D ×2, and with the atomic dQ a 64×64 tile of dSᵀ and a slot for
+// the block's ticket (16 bytes).
 template <class Tiles, bool AtomicDq>
 TRIAD_BLOCK_SIZE size_t dkdv_data() {
   return 6 * tile_bytes<Tiles>() + 4 * kTile * sizeof(float) +
-         (AtomicDq ? tile_bytes<typename Tiles::Square>() : 0);
+         (AtomicDq ? tile_bytes<typename Tiles::Square>() + 16 : 0);
 }
 template <class Tiles>
 TRIAD_BLOCK_SIZE size_t dq_data() {
@@ -292,11 +294,11 @@ struct Head {
   size_t stride;
   TileSource q, k, v, dout;
 };
-template <int HD, class X>
-TRIAD_BLOCK_FN Head head(X& x, const uint16_t* qkv, const uint16_t* dout, const void* qkv_map,
+template <int HD>
+TRIAD_BLOCK_FN Head head(int bh, const uint16_t* qkv, const uint16_t* dout, const void* qkv_map,
                          const void* dout_map, int T, int C, int NH) {
   Head r;
-  r.bh = x.block_x();
+  r.bh = bh;
   r.b = r.bh / NH;
   r.h = r.bh % NH;
   r.stride = size_t(3) * C;
@@ -345,7 +347,7 @@ TRIAD_BLOCK_FN void forward_block(X& x, uint16_t* out, float* lse, const uint16_
 
   const int nqb = (T + kTile - 1) / kTile;
   const int qb = nqb - 1 - x.block_y();
-  const Head here = head<HD>(x, qkv, nullptr, qkv_map, nullptr, T, C, NH);
+  const Head here = head<HD>(x.block_x(), qkv, nullptr, qkv_map, nullptr, T, C, NH);
   const int bh = here.bh, b = here.b, h = here.h;
   const int q0 = qb * kTile;
   const int warp = x.thread() / 32, lane = x.thread() % 32;
@@ -437,8 +439,8 @@ TRIAD_BLOCK_FN void forward_block(X& x, uint16_t* out, float* lse, const uint16_
 // D[bh, t] = Σ_d dO[b,t,h,d] · O[b,t,h,d]: warp w of block (blockIdx.x) takes row
 // blockIdx.x·4 + w of the [B·T·NH] rows. With dq_accum ([B,T,C] fp32, 16-byte aligned) the
 // warp also zeroes that row of it, for the dK/dV kernel to add dQ into; with dq_turns
-// ([B·NH][nqb] ints: whose turn it is to add into each query tile) it zeroes turn number `row`
-// when there is one.
+// ([B·NH][nqb] ints: whose turn it is to add into each query tile, then the dK/dV blocks' ticket
+// counter) it zeroes turn number `row` when there is one, and row 0 zeroes the counter.
 template <int HD, class X>
 TRIAD_BLOCK_FN void dot_block(X& x, float* Dv, float* dq_accum, int* dq_turns, const uint16_t* dout,
                               const uint16_t* out, int B, int T, int NH) {
@@ -461,8 +463,9 @@ TRIAD_BLOCK_FN void dot_block(X& x, float* Dv, float* dq_accum, int* dq_turns, c
     for (int d = 4 * lane; d < HD; d += 128)
       x.store16(dq_accum + row * HD + d, Vec16{{0, 0, 0, 0}});
   }
-  if (dq_turns != nullptr && lane == 0 && row < size_t(B) * NH * ((T + kTile - 1) / kTile))
-    dq_turns[row] = 0;
+  const size_t turns = size_t(B) * NH * ((T + kTile - 1) / kTile);
+  if (dq_turns != nullptr && lane == 0 && row < turns) dq_turns[row] = 0;
+  if (dq_turns != nullptr && lane == 0 && row == 0) dq_turns[turns] = 0;  // the ticket counter
   TRIAD_UNROLL
   for (int mask = 16; mask >= 1; mask /= 2) s += x.shfl_xor(s, mask);
   if (valid && lane == 0) {
@@ -500,13 +503,17 @@ TRIAD_BLOCK_FN void probabilities_and_ds(X& x, float (&s)[8][4], float (&dp)[8][
 // in whatever order the blocks get there; or, with dq_turns ([B·NH][nqb], zeroed by dot_block),
 // in key-block order: block kb waits until turn (bh, qt) is kb, adds with plain loads and stores,
 // and passes the turn to kb + 1, so every dQ element is summed in the same order on every run.
-// The wait cannot deadlock: a block only waits for blocks of smaller kb (blockIdx.y), which were
-// dispatched before it and are running or done.
+// The wait cannot deadlock: in this mode a block does not take its (head, key block) from its
+// block index but from a ticket (the counter after the turns, in the order blocks start
+// running: ticket t is head t mod B·NH, key block t / (B·NH), heaviest first as the grid), so a
+// block only ever waits for blocks that started before it, which are running or done, whatever
+// order the GPU dispatches them in.
 template <class Tiles, bool AtomicDq, class X>
 TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_turns,
                                const uint16_t* dout, const uint16_t* qkv, const void* qkv_map,
-                               const void* dout_map, const float* lse, const float* Dv, int T,
-                               int C, int NH, float scale, float scale_log2, bool accumulate) {
+                               const void* dout_map, const float* lse, const float* Dv, int B,
+                               int T, int C, int NH, float scale, float scale_log2,
+                               bool accumulate) {
   constexpr int HD = Tiles::kHD, L = Tiles::kElems;  // L: elements per tile
   static_assert((6 * tile_bytes<Tiles>() + 4 * kTile * sizeof(float)) % Tiles::kSmemAlign == 0,
                 "the dS tile must start as aligned as the others");
@@ -522,8 +529,16 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
       x, reinterpret_cast<uint64_t*>(smem + dkdv_data<Tiles, AtomicDq>()));
 
   const int nb = (T + kTile - 1) / kTile;
-  const int kb = x.block_y();  // the blocks with the most query tiles (small kb) first
-  const Head here = head<HD>(x, qkv, dout, qkv_map, dout_map, T, C, NH);
+  // This block's (head, key block): the block index, or with turns the ticket.
+  int block = x.block_y() * B * NH + x.block_x();
+  if (AtomicDq && dq_turns != nullptr) {
+    int* slot = reinterpret_cast<int*>(sdS + Tiles::Square::kElems);
+    if (x.thread() == 0) *slot = x.take_ticket(dq_turns + size_t(B) * NH * nb);
+    x.sync_threads();
+    block = *slot;
+  }
+  const int kb = block / (B * NH);  // the blocks with the most query tiles (small kb) first
+  const Head here = head<HD>(block % (B * NH), qkv, dout, qkv_map, dout_map, T, C, NH);
   const int bh = here.bh, b = here.b, h = here.h;
   const size_t stride = here.stride;
   const float* glse = lse + size_t(bh) * T;
@@ -607,17 +622,19 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
       x.sync_threads();
       float* rows = dq_accum + size_t(b) * T * C + size_t(h) * HD;
       int* turn = dq_turns != nullptr ? dq_turns + size_t(bh) * nb + qt : nullptr;
-      if (turn != nullptr) {
-        if (x.thread() == 0) x.wait_equal(turn, kb);
-        x.sync_threads();
-      }
       // Rows 16w.. of dQ (queries q0 + 16w ..) += dS K, 64 columns at a time: 32 accumulators
-      // beside dK's and dV's instead of HD/2 (at HD 128 the kernel would spill).
+      // beside dK's and dV's instead of HD/2 (at HD 128 the kernel would spill). The first
+      // slice's product comes before the wait for the turn, outside the part that runs one block
+      // at a time.
       TRIAD_UNROLL
       for (int c0 = 0; c0 < HD; c0 += 64) {
         float dq[8][4];
         zero(dq);
         Tiles::atb(x, dq, sdS, sK, c0);
+        if (c0 == 0 && turn != nullptr) {
+          if (x.thread() == 0) x.wait_equal(turn, kb);
+          x.sync_threads();
+        }
         add_rows<64>(x, rows + c0, size_t(C), q0 + warp * 16, T, dq, turn != nullptr);
       }
       if (turn != nullptr) {
@@ -682,7 +699,7 @@ TRIAD_BLOCK_FN void dq_block(X& x, uint16_t* dqkv, const uint16_t* dout, const u
 
   const int nb = (T + kTile - 1) / kTile;
   const int qb = nb - 1 - x.block_y();  // the longest rows first
-  const Head here = head<HD>(x, qkv, dout, qkv_map, dout_map, T, C, NH);
+  const Head here = head<HD>(x.block_x(), qkv, dout, qkv_map, dout_map, T, C, NH);
   const int bh = here.bh, b = here.b, h = here.h;
   const size_t stride = here.stride;
   const int q0 = qb * kTile;
