@@ -177,49 +177,28 @@ void check_accumulate(Kernel kernel, Backward backward = Backward::deterministic
 
 TEST(FlashAttentionEmulated, BackwardAccumulates) { check_accumulate(Kernel::mma); }
 
-// The Hopper policy: the same block programs with wgmma products from shared-memory descriptors.
-TEST(FlashAttentionEmulated, WgmmaSingleToken) {
-  check(2, 1, 2, 64, CopyTiming::at_issue, Kernel::wgmma);
-}
+// The Hopper policies: the same block programs with wgmma products from shared-memory
+// descriptors, their tiles loaded by cp.async (wgmma) or by bulk tensor copies completing on
+// mbarriers (tma): one token, partial tiles (rows past T zero-filled), several tiles (buffers and
+// barriers reused across steps), head dim 128, copies landing at issue and at the wait, +=.
+class Hopper : public ::testing::TestWithParam<Kernel> {};
 
-TEST(FlashAttentionEmulated, WgmmaThreeTilesCopiesAtWait) {
-  check(1, 150, 2, 64, CopyTiming::at_wait, Kernel::wgmma);
-}
+TEST_P(Hopper, SingleToken) { check(2, 1, 2, 64, CopyTiming::at_wait, GetParam()); }
 
-TEST(FlashAttentionEmulated, WgmmaPartialTile) {
-  check(1, 77, 1, 64, CopyTiming::at_issue, Kernel::wgmma);
-}
+TEST_P(Hopper, PartialTile) { check(1, 77, 2, 64, CopyTiming::at_issue, GetParam()); }
 
-TEST(FlashAttentionEmulated, WgmmaHeadDim128) {
-  check(1, 130, 1, 128, CopyTiming::at_wait, Kernel::wgmma);
-}
+TEST_P(Hopper, FourTilesCopiesAtWait) { check(2, 230, 1, 64, CopyTiming::at_wait, GetParam()); }
 
-TEST(FlashAttentionEmulated, WgmmaBackwardAccumulates) { check_accumulate(Kernel::wgmma); }
+TEST_P(Hopper, FourTilesCopiesAtIssue) { check(1, 256, 1, 64, CopyTiming::at_issue, GetParam()); }
 
-// The wgmma policy with its tiles loaded by bulk tensor copies completing on mbarriers: one
-// token, partial tiles (rows past T zero-filled by the copy), several tiles (barriers reused
-// across phases), head dim 128, copies landing at issue and at the wait, +=.
-TEST(FlashAttentionEmulated, TmaSingleToken) {
-  check(2, 1, 2, 64, CopyTiming::at_wait, Kernel::tma);
-}
+TEST_P(Hopper, HeadDim128) { check(1, 130, 1, 128, CopyTiming::at_wait, GetParam()); }
 
-TEST(FlashAttentionEmulated, TmaPartialTile) {
-  check(1, 77, 2, 64, CopyTiming::at_issue, Kernel::tma);
-}
+TEST_P(Hopper, BackwardAccumulates) { check_accumulate(GetParam()); }
 
-TEST(FlashAttentionEmulated, TmaFourTilesCopiesAtWait) {
-  check(2, 230, 1, 64, CopyTiming::at_wait, Kernel::tma);
-}
-
-TEST(FlashAttentionEmulated, TmaFourTilesCopiesAtIssue) {
-  check(1, 256, 1, 64, CopyTiming::at_issue, Kernel::tma);
-}
-
-TEST(FlashAttentionEmulated, TmaHeadDim128) {
-  check(1, 130, 1, 128, CopyTiming::at_wait, Kernel::tma);
-}
-
-TEST(FlashAttentionEmulated, TmaBackwardAccumulates) { check_accumulate(Kernel::tma); }
+INSTANTIATE_TEST_SUITE_P(Policies, Hopper, ::testing::Values(Kernel::wgmma, Kernel::tma),
+                         [](const ::testing::TestParamInfo<Kernel>& info) {
+                           return std::string(kernel_name(info.param));
+                         });
 
 // The atomic backward: dQ = dS·K in the dK/dV kernel (dS through shared memory, added into an
 // fp32 accumulator), for both policies: partial tiles, several tiles, both head dims, +=.
