@@ -82,12 +82,12 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, int T, int NH, CopyTiming 
     flash::dot_block<HD>(x, D.data(), atomic ? dq_accum.data() : nullptr, dq_turns, dout.data(),
                          r.out.data(), B, T, NH);
   });
-  auto dkdv = [&](auto atomic_dq) {
-    constexpr bool kAtomic = decltype(atomic_dq)::value;
+  auto dkdv = [&](auto atomic_dq, auto ordered_dq) {
+    constexpr bool kAtomic = decltype(atomic_dq)::value, kOrdered = decltype(ordered_dq)::value;
     auto body = [&](simt::Thread& x) {
-      flash::dkdv_block<Tiles, kAtomic>(x, r.dqkv.data(), dq_accum.data(), dq_turns, dout.data(),
-                                        qkv.data(), qm, dm, r.lse.data(), D.data(), B, T, C, NH,
-                                        l.scale, l.scale_log2, acc);
+      flash::dkdv_block<Tiles, kAtomic, kOrdered>(
+          x, r.dqkv.data(), dq_accum.data(), dq_turns, dout.data(), qkv.data(), qm, dm,
+          r.lse.data(), D.data(), B, T, C, NH, l.scale, l.scale_log2, acc);
     };
     // The dQ additions of different blocks meet only when the blocks run at the same time.
     const size_t smem = flash::dkdv_smem<Tiles, kAtomic>();
@@ -97,14 +97,17 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, int T, int NH, CopyTiming 
       simt::launch(l.blocks_x, l.blocks_y, threads, smem, timing, body);
   };
   if (atomic) {
-    dkdv(std::true_type{});
+    if (ordered)
+      dkdv(std::true_type{}, std::true_type{});
+    else
+      dkdv(std::true_type{}, std::false_type{});
     const size_t total = size_t(B) * T * C;
     const int blocks = int((total / 8 + flash::kConvertThreads - 1) / flash::kConvertThreads);
     simt::launch(blocks, 1, flash::kConvertThreads, 0, timing, [&](simt::Thread& x) {
       flash::dq_convert_block(x, r.dqkv.data(), dq_accum.data(), total, C, l.scale, acc);
     });
   } else {
-    dkdv(std::false_type{});
+    dkdv(std::false_type{}, std::false_type{});
     simt::launch(
         l.blocks_x, l.blocks_y, threads, flash::dq_smem<Tiles>(), timing, [&](simt::Thread& x) {
           flash::dq_block<Tiles>(x, r.dqkv.data(), dout.data(), qkv.data(), qm, dm, r.lse.data(),

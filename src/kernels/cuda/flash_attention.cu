@@ -80,7 +80,7 @@ __global__ void __launch_bounds__(flash::kThreads)
   flash::dot_block<HD>(x, Dv, dq_accum, dq_turns, dout, out, B, T, NH);
 }
 
-template <class Tiles, bool AtomicDq>
+template <class Tiles, bool AtomicDq, bool Ordered>
 __global__ void __launch_bounds__(flash::kThreads)
     dkdv_kernel(uint16_t* __restrict__ dqkv, float* __restrict__ dq_accum, int* dq_turns,
                 const uint16_t* __restrict__ dout, const uint16_t* __restrict__ qkv,
@@ -88,9 +88,9 @@ __global__ void __launch_bounds__(flash::kThreads)
                 const float* __restrict__ Dv, int B, int T, int C, int NH, float scale,
                 float scale_log2, bool accumulate) {
   DeviceThread x;
-  flash::dkdv_block<Tiles, AtomicDq>(x, dqkv, dq_accum, dq_turns, dout, qkv,
-                                     map_of<Tiles>(maps.qkv), map_of<Tiles>(maps.dout), lse, Dv, B,
-                                     T, C, NH, scale, scale_log2, accumulate);
+  flash::dkdv_block<Tiles, AtomicDq, Ordered>(x, dqkv, dq_accum, dq_turns, dout, qkv,
+                                              map_of<Tiles>(maps.qkv), map_of<Tiles>(maps.dout),
+                                              lse, Dv, B, T, C, NH, scale, scale_log2, accumulate);
 }
 
 __global__ void __launch_bounds__(flash::kConvertThreads)
@@ -176,24 +176,22 @@ size_t dq_turns_count(int B, int T, int NH) {  // the turns and the ticket count
 }
 
 // Ordered: the dQ additions in key-block order (AtomicDq only).
-template <class Tiles, bool AtomicDq>
+template <class Tiles, bool AtomicDq, bool Ordered>
 void backward_with(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out, const float* lse,
-                   float* ws, int B, int T, int C, int NH, cudaStream_t s, bool accumulate,
-                   bool ordered) {
+                   float* ws, int B, int T, int C, int NH, cudaStream_t s, bool accumulate) {
   constexpr int HD = Tiles::kHD;
   constexpr size_t dkdv_smem = flash::dkdv_smem<Tiles, AtomicDq>();
-  allow_smem(dkdv_kernel<Tiles, AtomicDq>, dkdv_smem);
+  allow_smem(dkdv_kernel<Tiles, AtomicDq, Ordered>, dkdv_smem);
   float* Dv = ws;
   float* dq_accum = AtomicDq ? ws + dq_accum_offset(B, T, NH) : nullptr;
-  int* dq_turns =
-      AtomicDq && ordered ? reinterpret_cast<int*>(ws + dq_turns_offset(B, T, C, NH)) : nullptr;
+  int* dq_turns = Ordered ? reinterpret_cast<int*>(ws + dq_turns_offset(B, T, C, NH)) : nullptr;
   const flash::Launch l = flash::launch_shape(B, T, NH, HD);
   dot_kernel<HD><<<unsigned(l.dot_blocks), flash::kThreads, 0, s>>>(
       Dv, dq_accum, dq_turns, bits(dout), bits(out), B, T, NH);
   TRIAD_CUDA_CHECK_LAUNCH();
   const dim3 grid(unsigned(l.blocks_x), unsigned(l.blocks_y));
   const TileMaps maps = tile_maps<Tiles>(qkv, dout, B, T, C);
-  dkdv_kernel<Tiles, AtomicDq><<<grid, flash::kThreads, dkdv_smem, s>>>(
+  dkdv_kernel<Tiles, AtomicDq, Ordered><<<grid, flash::kThreads, dkdv_smem, s>>>(
       bits(dqkv), dq_accum, dq_turns, bits(dout), bits(qkv), maps, lse, Dv, B, T, C, NH, l.scale,
       l.scale_log2, accumulate);
   TRIAD_CUDA_CHECK_LAUNCH();
@@ -367,12 +365,15 @@ void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, con
               "flash attention: the backward's workspace is not 16-byte aligned");
   with_tiles(resolved, C / NH, [&](auto tiles) {
     using Tiles = decltype(tiles);
-    if (atomic)
-      backward_with<Tiles, true>(dqkv, dout, qkv, out, lse, workspace, B, T, C, NH, s, accumulate,
-                                 m == FlashBackward::ordered);
+    if (m == FlashBackward::ordered)
+      backward_with<Tiles, true, true>(dqkv, dout, qkv, out, lse, workspace, B, T, C, NH, s,
+                                       accumulate);
+    else if (atomic)
+      backward_with<Tiles, true, false>(dqkv, dout, qkv, out, lse, workspace, B, T, C, NH, s,
+                                        accumulate);
     else
-      backward_with<Tiles, false>(dqkv, dout, qkv, out, lse, workspace, B, T, C, NH, s, accumulate,
-                                  false);
+      backward_with<Tiles, false, false>(dqkv, dout, qkv, out, lse, workspace, B, T, C, NH, s,
+                                         accumulate);
   });
 }
 

@@ -500,15 +500,15 @@ TRIAD_BLOCK_FN void probabilities_and_ds(X& x, float (&s)[8][4], float (&dp)[8][
 // AtomicDq: also this key block's part of dQ (unscaled) for every query tile, dQ += dS K with dS
 // (bf16, as the dK product rounds it) passed through shared memory, added into dq_accum
 // ([B,T,C] fp32, zeroed by dot_block); dq_convert_block finishes it. The additions are atomic,
-// in whatever order the blocks get there; or, with dq_turns ([B·NH][nqb], zeroed by dot_block),
-// in key-block order: block kb waits until turn (bh, qt) is kb, adds with plain loads and stores,
-// and passes the turn to kb + 1, so every dQ element is summed in the same order on every run.
-// The wait cannot deadlock: in this mode a block does not take its (head, key block) from its
-// block index but from a ticket (the counter after the turns, in the order blocks start
+// in whatever order the blocks get there; or, Ordered, with dq_turns ([B·NH][nqb], zeroed by
+// dot_block), in key-block order: block kb waits until turn (bh, qt) is kb, adds with plain loads
+// and stores, and passes the turn to kb + 1, so every dQ element is summed in the same order on
+// every run. The wait cannot deadlock: in this mode a block does not take its (head, key block)
+// from its block index but from a ticket (the counter after the turns, in the order blocks start
 // running: ticket t is head t mod B·NH, key block t / (B·NH), heaviest first as the grid), so a
 // block only ever waits for blocks that started before it, which are running or done, whatever
 // order the GPU dispatches them in.
-template <class Tiles, bool AtomicDq, class X>
+template <class Tiles, bool AtomicDq, bool Ordered, class X>
 TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_turns,
                                const uint16_t* dout, const uint16_t* qkv, const void* qkv_map,
                                const void* dout_map, const float* lse, const float* Dv, int B,
@@ -529,9 +529,12 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
       x, reinterpret_cast<uint64_t*>(smem + dkdv_data<Tiles, AtomicDq>()));
 
   const int nb = (T + kTile - 1) / kTile;
-  // This block's (head, key block): the block index, or with turns the ticket.
+  static_assert(AtomicDq || !Ordered, "the ordered way is a way of adding the dQ");
+  // This block's (head, key block): the block index, or (Ordered) the ticket. A compile-time
+  // choice: the index is a special register the compiler re-reads for free, the ticket a value
+  // it must keep (the HD 128 kernels would spill).
   int block = x.block_y() * B * NH + x.block_x();
-  if (AtomicDq && dq_turns != nullptr) {
+  if constexpr (Ordered) {
     int* slot = reinterpret_cast<int*>(sdS + Tiles::Square::kElems);
     if (x.thread() == 0) *slot = x.take_ticket(dq_turns + size_t(B) * NH * nb);
     x.sync_threads();
@@ -621,20 +624,22 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
       Tiles::publish(x);
       x.sync_threads();
       float* rows = dq_accum + size_t(b) * T * C + size_t(h) * HD;
-      int* turn = dq_turns != nullptr ? dq_turns + size_t(bh) * nb + qt : nullptr;
+      int* turn = Ordered ? dq_turns + size_t(bh) * nb + qt : nullptr;
       // Rows 16w.. of dQ (queries q0 + 16w ..) += dS K, 64 columns at a time: 32 accumulators
-      // beside dK's and dV's instead of HD/2 (at HD 128 the kernel would spill). The first
-      // slice's product comes before the wait for the turn, outside the part that runs one block
-      // at a time.
+      // beside dK's and dV's instead of HD/2 (at HD 128 the kernel would spill). At HD 64 the
+      // product comes before the wait for the turn, outside the part that runs one block at a
+      // time; at HD 128 that would keep the first slice live across the wait and spill.
+      auto take_turn = [&] {
+        if (x.thread() == 0) x.wait_equal(turn, kb);
+        x.sync_threads();
+      };
+      if (HD != 64 && turn != nullptr) take_turn();
       TRIAD_UNROLL
       for (int c0 = 0; c0 < HD; c0 += 64) {
         float dq[8][4];
         zero(dq);
         Tiles::atb(x, dq, sdS, sK, c0);
-        if (c0 == 0 && turn != nullptr) {
-          if (x.thread() == 0) x.wait_equal(turn, kb);
-          x.sync_threads();
-        }
+        if (HD == 64 && turn != nullptr) take_turn();
         add_rows<64>(x, rows + c0, size_t(C), q0 + warp * 16, T, dq, turn != nullptr);
       }
       if (turn != nullptr) {
