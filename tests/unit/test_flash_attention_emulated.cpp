@@ -12,7 +12,6 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <random>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -249,29 +248,19 @@ template <class Tiles>
 void check_probes() {
   constexpr int HD = Tiles::kHD;
   for (int i = 0; i < flash::kProbes; ++i) {
-    const auto probe = flash::Probe(i);
-    const int rows = probe == flash::Probe::load ? 50 : 64;
-    std::mt19937 rng(2024u + HD);
-    std::uniform_real_distribution<float> sym(-1.0f, 1.0f), unit(0.0f, 1.0f);
-    std::vector<uint16_t> a(64 * HD), y(64 * HD), wide(2 * size_t(rows) * 3 * HD);
-    std::vector<float> p(64 * 64);
-    for (uint16_t& v : a) v = to_bf16(sym(rng)).bits;
-    for (uint16_t& v : y) v = to_bf16(sym(rng)).bits;
-    for (uint16_t& v : wide) v = to_bf16(sym(rng)).bits;
-    for (float& v : p) v = unit(rng);
+    const flash::ProbeInputs in(
+        flash::Probe(i), HD, [](float f) { return to_bf16(f).bits; },
+        [](uint16_t b) { return to_float(bf16_t{b}); });
     const simt::TensorMap map =
-        simt::tensor_map(wide.data(), flash::tma_tile_shape(3 * uint64_t(HD), rows, 2));
-    std::vector<float> got(2 * 64 * HD, NAN);
+        simt::tensor_map(in.wide.data(), flash::tma_tile_shape(3 * uint64_t(HD), in.rows, 2));
+    std::vector<float> got(in.out_size(), NAN);
     simt::launch(1, 1, flash::kThreads, flash::probe_smem<Tiles>(), CopyTiming::at_wait,
                  [&](simt::Thread& x) {
-                   flash::probe_block<Tiles>(x, got.data(), a.data(), p.data(), y.data(),
-                                             wide.data(), Tiles::kTma ? &map : nullptr, rows,
-                                             probe);
+                   flash::probe_block<Tiles>(x, got.data(), in.a.data(), in.p.data(), in.y.data(),
+                                             in.wide.data(), Tiles::kTma ? &map : nullptr, in.rows,
+                                             in.probe);
                  });
-    const double e = flash::probe_error(
-        probe, HD, got, a, p, y, wide, rows, [](uint16_t b) { return to_float(bf16_t{b}); },
-        [](float f) { return to_float(to_bf16(f)); });
-    EXPECT_LE(e, 1e-5) << "hd=" << HD << " " << flash::probe_name(probe);
+    EXPECT_LE(in.error(got), 1e-5) << "hd=" << HD << " " << flash::probe_name(in.probe);
   }
 }
 

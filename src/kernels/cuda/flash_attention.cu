@@ -19,7 +19,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <mutex>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -401,30 +400,21 @@ FlashProbeResult probe_with(flash::Probe probe) {
   constexpr int HD = Tiles::kHD;
   constexpr size_t smem = flash::probe_smem<Tiles>();
   allow_smem(probe_kernel<Tiles>, smem);
-  const int rows = probe == flash::Probe::load ? 50 : 64;  // the load probe: a partial tile
-  std::mt19937 rng(2024u + HD);
-  std::uniform_real_distribution<float> sym(-1.0f, 1.0f), unit(0.0f, 1.0f);
-  std::vector<uint16_t> a(64 * HD), y(64 * HD), wide(2 * size_t(rows) * 3 * HD);
-  std::vector<float> p(64 * 64);
-  for (uint16_t& v : a) v = float_to_bf16_bits(sym(rng));
-  for (uint16_t& v : y) v = float_to_bf16_bits(sym(rng));
-  for (uint16_t& v : wide) v = float_to_bf16_bits(sym(rng));
-  for (float& v : p) v = unit(rng);
-  const DeviceVector<uint16_t> da(a), dy(y), dwide(wide);
-  const DeviceVector<float> dp(p), out(std::vector<float>(2 * 64 * HD, NAN));
+  const flash::ProbeInputs in(
+      probe, HD, [](float f) { return float_to_bf16_bits(f); },
+      [](uint16_t b) { return bf16_bits_to_float(b); });
+  const DeviceVector<uint16_t> da(in.a), dy(in.y), dwide(in.wide);
+  const DeviceVector<float> dp(in.p), out(std::vector<float>(in.out_size(), NAN));
   CUtensorMap map{};
   if constexpr (Tiles::kTma)
-    map = bf16_tensor_map(dwide.p, flash::tma_tile_shape(3 * uint64_t(HD), rows, 2));
+    map = bf16_tensor_map(dwide.p, flash::tma_tile_shape(3 * uint64_t(HD), in.rows, 2));
   probe_kernel<Tiles>
-      <<<1, flash::kThreads, smem>>>(out.p, da.p, dp.p, dy.p, dwide.p, map, rows, probe);
+      <<<1, flash::kThreads, smem>>>(out.p, da.p, dp.p, dy.p, dwide.p, map, in.rows, probe);
   TRIAD_CUDA_CHECK_LAUNCH();
-  std::vector<float> got(2 * 64 * HD);
+  std::vector<float> got(in.out_size());
   TRIAD_CUDA_CHECK(
       cudaMemcpy(got.data(), out.p, got.size() * sizeof(float), cudaMemcpyDeviceToHost));
-  const double e = flash::probe_error(
-      probe, HD, got, a, p, y, wide, rows, [](uint16_t b) { return bf16_bits_to_float(b); },
-      [](float f) { return bf16_bits_to_float(float_to_bf16_bits(f)); });
-  return FlashProbeResult{flash::probe_name(probe), e};
+  return FlashProbeResult{flash::probe_name(probe), in.error(got)};
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <random>
 #include <vector>
 
 #include "flash_attention_block.h"
@@ -172,41 +173,77 @@ TRIAD_BLOCK_FN void probe_block(X& x, float* out, const uint16_t* a, const float
   }
 }
 
-// The host reference of a probe, in double from the same bf16 inputs (raw bf16 bits; the pv
-// forms round p to bf16 first, as the fragments do), over out[0] and, for the two-product forms,
-// out[1]. Returns max|got − want| / max(max|want|, 1e-30); INFINITY for a NaN.
-inline double probe_error(Probe probe, int HD, const std::vector<float>& got,
-                          const std::vector<uint16_t>& a, const std::vector<float>& p,
-                          const std::vector<uint16_t>& y, const std::vector<uint16_t>& wide,
-                          int rows, float (*widen)(uint16_t), float (*round_bf16)(float)) {
-  const int cols = probe_is_abt(probe) ? 64 : HD;
-  double err = 0.0, scale = 0.0;
-  for (int part = 0; part < (probe_is_dual(probe) ? 2 : 1); ++part)
-    for (int r = 0; r < 64; ++r)
-      for (int c = 0; c < cols; ++c) {
-        double want = 0.0;
-        if (probe_is_abt(probe)) {
-          const std::vector<uint16_t>& l = part == 0 ? a : y;  // a·yᵀ, then y·aᵀ
-          const std::vector<uint16_t>& rr = part == 0 ? y : a;
-          for (int k = 0; k < HD; ++k)
-            want += double(widen(l[size_t(r) * HD + k])) * widen(rr[size_t(c) * HD + k]);
-        } else if (probe == Probe::pv || probe == Probe::pv2) {
-          for (int k = 0; k < 64; ++k) {
-            const float pk = part == 0 ? p[size_t(r) * 64 + k] : 1.0f - p[size_t(r) * 64 + k];
-            want += double(round_bf16(pk)) * widen(y[size_t(k) * HD + c]);
-          }
-        } else if (probe == Probe::atb) {
-          for (int k = 0; k < 64; ++k)
-            want += double(widen(a[size_t(k) * 64 + r])) * widen(y[size_t(k) * HD + c]);
-        } else {
-          want = r < rows ? widen(wide[(size_t(rows) + r) * 3 * HD + HD + c]) : 0.0;
+// The inputs of one probe and its host reference, the same on the device
+// (flash_probe_primitives) and in the emulated test: random values from a fixed seed, bf16
+// through to_bits (float → bf16 bits, round to nearest even) and widen (bits → float).
+struct ProbeInputs {
+  Probe probe;
+  int HD;
+  int rows;  // wide's rows per sequence: 50 for the load probe (a partial tile), else 64
+  uint16_t (*to_bits)(float);
+  float (*widen)(uint16_t);
+  std::vector<uint16_t> a, y, wide;  // raw bf16
+  std::vector<float> p;
+
+  ProbeInputs(Probe probe_, int HD_, uint16_t (*to_bits_)(float), float (*widen_)(uint16_t))
+      : probe(probe_),
+        HD(HD_),
+        rows(probe_ == Probe::load ? 50 : 64),
+        to_bits(to_bits_),
+        widen(widen_),
+        a(64 * size_t(HD_)),
+        y(64 * size_t(HD_)),
+        wide(2 * size_t(rows) * 3 * HD_),
+        p(64 * 64) {
+    std::mt19937 rng(2024u + HD);
+    std::uniform_real_distribution<float> sym(-1.0f, 1.0f), unit(0.0f, 1.0f);
+    for (uint16_t& v : a) v = to_bits(sym(rng));
+    for (uint16_t& v : y) v = to_bits(sym(rng));
+    for (uint16_t& v : wide) v = to_bits(sym(rng));
+    for (float& v : p) v = unit(rng);
+  }
+  // Floats of a probe's output ([2][64][max(64, HD)]).
+  size_t out_size() const { return 2 * 64 * size_t(HD); }
+
+  // The reference in double from the same bf16 inputs (the pv forms round p to bf16 first, as
+  // the fragments do), over out[0] and, for the two-product forms, out[1]. Returns
+  // max|got − want| / max(max|want|, 1e-30); INFINITY for a NaN.
+  double error(const std::vector<float>& got) const {
+    const int cols = probe_is_abt(probe) ? 64 : HD;
+    double err = 0.0, scale = 0.0;
+    for (int part = 0; part < (probe_is_dual(probe) ? 2 : 1); ++part)
+      for (int r = 0; r < 64; ++r)
+        for (int c = 0; c < cols; ++c) {
+          const double want = reference(part, r, c);
+          const double gv = got[size_t(part) * 64 * cols + size_t(r) * cols + c];
+          const double e = std::fabs(gv - want);
+          err = std::isfinite(e) ? (e > err ? e : err) : INFINITY;
+          scale = std::fabs(want) > scale ? std::fabs(want) : scale;
         }
-        const double gv = got[size_t(part) * 64 * cols + size_t(r) * cols + c];
-        const double e = std::fabs(gv - want);
-        err = std::isfinite(e) ? (e > err ? e : err) : INFINITY;
-        scale = std::fabs(want) > scale ? std::fabs(want) : scale;
+    return err / (scale > 1e-30 ? scale : 1e-30);
+  }
+
+ private:
+  double reference(int part, int r, int c) const {
+    double want = 0.0;
+    if (probe_is_abt(probe)) {
+      const std::vector<uint16_t>& l = part == 0 ? a : y;  // a·yᵀ, then y·aᵀ
+      const std::vector<uint16_t>& rr = part == 0 ? y : a;
+      for (int k = 0; k < HD; ++k)
+        want += double(widen(l[size_t(r) * HD + k])) * widen(rr[size_t(c) * HD + k]);
+    } else if (probe == Probe::pv || probe == Probe::pv2) {
+      for (int k = 0; k < 64; ++k) {
+        const float pk = part == 0 ? p[size_t(r) * 64 + k] : 1.0f - p[size_t(r) * 64 + k];
+        want += double(widen(to_bits(pk))) * widen(y[size_t(k) * HD + c]);
       }
-  return err / (scale > 1e-30 ? scale : 1e-30);
-}
+    } else if (probe == Probe::atb) {
+      for (int k = 0; k < 64; ++k)
+        want += double(widen(a[size_t(k) * 64 + r])) * widen(y[size_t(k) * HD + c]);
+    } else {
+      want = r < rows ? widen(wide[(size_t(rows) + r) * 3 * HD + HD + c]) : 0.0;
+    }
+    return want;
+  }
+};
 
 }  // namespace triad::flash
