@@ -531,6 +531,24 @@ TEST_F(CudaBf16Test, MatmulBackwardAccumulatesDeterministically) {
   }
 }
 
+// A bias gradient alone (the column sums the FFN's first layer gets when no epilogue forms it).
+TEST_F(CudaBf16Test, BiasBackwardAccumulatesDeterministically) {
+  for (const MmShape& s : kMmShapes) {
+    SCOPED_TRACE(::testing::Message() << "N=" << s.N << " OC=" << s.OC);
+    const Bits dout = random_bits(size_t(s.N) * s.OC, 36);
+    const Vec db0 = initial_grad(s.OC, 37, std::sqrt(double(s.N)) / 2);
+    Vec db = db0;
+    cpu->bias_backward(db.data(), dout.data(), s.N, s.OC);
+    bf16_t* d_dout = dev(dout);
+    float *g_a = dev(db0), *g_b = dev(db0);
+    gpu->bias_backward(g_a, d_dout, s.N, s.OC);
+    gpu->bias_backward(g_b, d_dout, s.N, s.OC);
+    const Vec a = host(g_a, s.OC);
+    EXPECT_TRUE(close(a, db));
+    EXPECT_TRUE(bit_equal(a, host(g_b, s.OC)));
+  }
+}
+
 // OC a multiple of 8 takes cuBLASLt's GELU_AUX(_BIAS) epilogue, other OC the two-op fallback.
 TEST_F(CudaBf16Test, MatmulGeluForward) {
   const MmShape shapes[] = {{64, 96, 64}, {256, 768, 3072}, {37, 48, 36}, {5, 29, 45}};
@@ -558,7 +576,8 @@ TEST_F(CudaBf16Test, MatmulGeluForward) {
 
 // The FFN's second layer backward through the GELU (on the GPU: the DGELU epilogue where IC is a
 // multiple of 8, the two ops elsewhere), against the CPU's two ops: dpre overwritten, dweight and
-// dbias accumulated.
+// dbias accumulated; with and without the first layer's bias gradient (DGELU_BGRAD, or column
+// sums of dpre where cuBLASLt declines it: stderr says so).
 TEST_F(CudaBf16Test, MatmulBackwardGelu) {
   const MmShape shapes[] = {{64, 96, 64}, {256, 3072, 768}, {37, 48, 36}, {5, 45, 29}};
   for (const MmShape& s : shapes) {
@@ -571,25 +590,35 @@ TEST_F(CudaBf16Test, MatmulBackwardGelu) {
     cpu->gelu_forward(act.data(), pre.data(), NI);
     const Vec dw0 = initial_grad(W, 83, std::sqrt(double(s.N)) / 3);
     const Vec db0 = initial_grad(s.OC, 84, std::sqrt(double(s.N)) / 2);
-    Bits dpre(NI), dact(NI);
-    Vec dw = dw0, db = db0;
-    cpu->matmul_backward_gelu(dpre.data(), dact.data(), dw.data(), db.data(), dout.data(),
-                              act.data(), pre.data(), w.data(), s.N, s.IC, s.OC,
-                              GradMode::overwrite);
-    bf16_t* g_dpre = dev(to_bits(Vec(NI, 42.0f)));
-    bf16_t* g_dact = dev(to_bits(Vec(NI, 42.0f)));
-    float* g_dw = dev(dw0);
-    float* g_db = dev(db0);
-    gpu->matmul_backward_gelu(g_dpre, g_dact, g_dw, g_db, dev(dout), dev(act), dev(pre), dev(w),
-                              s.N, s.IC, s.OC, GradMode::overwrite);
-    EXPECT_TRUE(close(host(g_dpre, NI), dpre)) << "dpre";
-    // The DGELU epilogue never writes dact; the two-op fallback does. Not a failure either way:
-    // the log says which path this GPU's cuBLASLt took.
-    const Bits dact_after = host(g_dact, NI);
-    std::printf("MatmulBackwardGelu N=%d IC=%d OC=%d: %s\n", s.N, s.IC, s.OC,
-                bit_equal(dact_after, to_bits(Vec(NI, 42.0f))) ? "DGELU epilogue" : "two ops");
-    EXPECT_TRUE(close(host(g_dw, W), dw)) << "dweight";
-    EXPECT_TRUE(close(host(g_db, size_t(s.OC)), db)) << "dbias";
+    const Vec dpb0 = initial_grad(s.IC, 85, std::sqrt(double(s.N)) / 2);
+    for (bool with_prebias : {true, false}) {
+      SCOPED_TRACE(with_prebias ? "with the first layer's bias gradient" : "dprebias == nullptr");
+      Bits dpre(NI), dact(NI);
+      Vec dw = dw0, db = db0, dpb = dpb0;
+      cpu->matmul_backward_gelu(dpre.data(), dact.data(), dw.data(), db.data(),
+                                with_prebias ? dpb.data() : nullptr, dout.data(), act.data(),
+                                pre.data(), w.data(), s.N, s.IC, s.OC, GradMode::overwrite);
+      bf16_t* g_dpre = dev(to_bits(Vec(NI, 42.0f)));
+      bf16_t* g_dact = dev(to_bits(Vec(NI, 42.0f)));
+      float* g_dw = dev(dw0);
+      float* g_db = dev(db0);
+      float* g_dpb = dev(dpb0);
+      gpu->matmul_backward_gelu(g_dpre, g_dact, g_dw, g_db, with_prebias ? g_dpb : nullptr,
+                                dev(dout), dev(act), dev(pre), dev(w), s.N, s.IC, s.OC,
+                                GradMode::overwrite);
+      EXPECT_TRUE(close(host(g_dpre, NI), dpre)) << "dpre";
+      // The DGELU epilogue never writes dact; the two-op fallback does. Not a failure either
+      // way: the log says which path this GPU's cuBLASLt took.
+      const Bits dact_after = host(g_dact, NI);
+      std::printf("MatmulBackwardGelu N=%d IC=%d OC=%d%s: %s\n", s.N, s.IC, s.OC,
+                  with_prebias ? " (+ first bias)" : "",
+                  bit_equal(dact_after, to_bits(Vec(NI, 42.0f))) ? "DGELU epilogue" : "two ops");
+      EXPECT_TRUE(close(host(g_dw, W), dw)) << "dweight";
+      EXPECT_TRUE(close(host(g_db, size_t(s.OC)), db)) << "dbias";
+      // Untouched without a pointer; else the column sums of dpre (the GPU's epilogue may sum
+      // the values before their rounding to bf16: within the same tolerance).
+      EXPECT_TRUE(close(host(g_dpb, size_t(s.IC)), dpb)) << "dprebias";
+    }
   }
 }
 

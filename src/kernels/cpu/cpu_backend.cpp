@@ -82,6 +82,9 @@ class CpuBackend final : public Backend {
     if (mode == GradMode::overwrite && dinp != nullptr) zero(dinp, size_t(N) * IC);
     cpu::matmul_backward(dinp, dweight, dbias, dout, inp, weight, N, IC, OC);
   }
+  void bias_backward(float* dbias, const float* dout, int N, int OC) override {
+    cpu::bias_backward(dbias, dout, N, OC);
+  }
   void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C,
                          int NH) override {
     cpu::attention_forward(out, att, qkv, B, T, C, NH);
@@ -165,6 +168,9 @@ class CpuBackend final : public Backend {
                        GradMode mode) override {
     if (mode == GradMode::overwrite && dinp != nullptr) zero(dinp, size_t(N) * IC);
     cpu::matmul_backward(dinp, dweight, dbias, dout, inp, weight, N, IC, OC);
+  }
+  void bias_backward(float* dbias, const bf16_t* dout, int N, int OC) override {
+    cpu::bias_backward(dbias, dout, N, OC);
   }
   void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C,
                          int NH) override {

@@ -117,6 +117,10 @@ void matmul_backward(bf16_t* dinp, float* dweight, float* dbias, const bf16_t* d
   });
 }
 
+void bias_backward(float* dbias, const bf16_t* dout, int N, int OC) {
+  bias_backward(dbias, widen(1, dout, size_t(N) * OC), N, OC);
+}
+
 // lse[b,h,i] = ln Σ_{j<=i} exp(scale · q_i·k_j), from the widened qkv (max-shifted).
 static void attention_lse(float* lse, const float* qkv, int B, int T, int C, int NH) {
   const int hd = C / NH;

@@ -29,23 +29,25 @@ void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dou
     parallel_sgemm(false, false, N, IC, OC, 1.0f, dout, OC, weight, IC, 1.0f, dinp, IC);
   }
   parallel_sgemm(true, false, OC, IC, N, 1.0f, dout, OC, inp, IC, 1.0f, dweight, IC);
-  if (dbias != nullptr) {
-    // Column sums, parallel over column slices with each column summed serially over the rows
-    // (deterministic, and every row access is a contiguous slice).
-    constexpr int kSlice = 64;
-    const int n_slices = (OC + kSlice - 1) / kSlice;
+  if (dbias != nullptr) bias_backward(dbias, dout, N, OC);
+}
+
+void bias_backward(float* dbias, const float* dout, int N, int OC) {
+  // Column sums, parallel over column slices with each column summed serially over the rows
+  // (deterministic, and every row access is a contiguous slice).
+  constexpr int kSlice = 64;
+  const int n_slices = (OC + kSlice - 1) / kSlice;
 #pragma omp parallel for schedule(static) if (size_t(N) * OC >= kParallelMin)
-    for (int s = 0; s < n_slices; ++s) {
-      const int o0 = s * kSlice;
-      const int width = std::min(OC, o0 + kSlice) - o0;
-      float sum[kSlice] = {};
-      for (int n = 0; n < N; ++n) {
-        const float* d = dout + size_t(n) * OC + o0;
+  for (int s = 0; s < n_slices; ++s) {
+    const int o0 = s * kSlice;
+    const int width = std::min(OC, o0 + kSlice) - o0;
+    float sum[kSlice] = {};
+    for (int n = 0; n < N; ++n) {
+      const float* d = dout + size_t(n) * OC + o0;
 #pragma omp simd
-        for (int o = 0; o < width; ++o) sum[o] += d[o];
-      }
-      for (int o = 0; o < width; ++o) dbias[o0 + o] += sum[o];
+      for (int o = 0; o < width; ++o) sum[o] += d[o];
     }
+    for (int o = 0; o < width; ++o) dbias[o0 + o] += sum[o];
   }
 }
 

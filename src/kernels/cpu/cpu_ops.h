@@ -48,6 +48,7 @@ void matmul_forward(float* out, const float* inp, const float* weight, const flo
                     int IC, int OC);
 void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                      const float* weight, int N, int IC, int OC);
+void bias_backward(float* dbias, const float* dout, int N, int OC);
 
 void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH);
 void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
@@ -92,6 +93,7 @@ void matmul_forward(bf16_t* out, const bf16_t* inp, const bf16_t* weight, const 
                     int IC, int OC);
 void matmul_backward(bf16_t* dinp, float* dweight, float* dbias, const bf16_t* dout,
                      const bf16_t* inp, const bf16_t* weight, int N, int IC, int OC);
+void bias_backward(float* dbias, const bf16_t* dout, int N, int OC);
 void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C, int NH);
 void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, const bf16_t* out,
                         const float* lse, int B, int T, int C, int NH);

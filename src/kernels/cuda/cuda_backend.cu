@@ -156,6 +156,9 @@ class CudaBackend final : public Backend {
     cuda::matmul_backward(stream_, cublas_, reduce_partials_, dinp, dweight, dbias, dout, inp,
                           weight, N, IC, OC);
   }
+  void bias_backward(float* dbias, const float* dout, int N, int OC) override {
+    cuda::column_sum_accumulate(stream_, reduce_partials_, dbias, dout, N, OC);
+  }
   void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C,
                          int NH) override {
     float* ws = attention_workspace(B, T, C);
@@ -254,15 +257,21 @@ class CudaBackend final : public Backend {
     cuda::matmul_gelu_forward(stream_, *lt_, dev(pre), dev(out), dev(inp), dev(weight), dev(bias),
                               N, IC, OC);
   }
+  void bias_backward(float* dbias, const bf16_t* dout, int N, int OC) override {
+    cuda::column_sum_accumulate(stream_, reduce_partials_, dbias, dev(dout), N, OC);
+  }
   void matmul_backward_gelu(bf16_t* dpre, bf16_t* dact, float* dweight, float* dbias,
-                            const bf16_t* dout, const bf16_t* act, const bf16_t* pre,
-                            const bf16_t* weight, int N, int IC, int OC, GradMode mode) override {
+                            float* dprebias, const bf16_t* dout, const bf16_t* act,
+                            const bf16_t* pre, const bf16_t* weight, int N, int IC, int OC,
+                            GradMode mode) override {
+    check_prebias_mode(dprebias, mode);
     if (mode == GradMode::overwrite &&
         cuda::matmul_backward_dgelu(stream_, *lt_, reduce_partials_, dev(dpre), dweight, dbias,
-                                    dev(dout), dev(act), dev(pre), dev(weight), N, IC, OC))
+                                    dprebias, dev(dout), dev(act), dev(pre), dev(weight), N, IC,
+                                    OC))
       return;
-    Backend::matmul_backward_gelu(dpre, dact, dweight, dbias, dout, act, pre, weight, N, IC, OC,
-                                  mode);
+    Backend::matmul_backward_gelu(dpre, dact, dweight, dbias, dprebias, dout, act, pre, weight, N,
+                                  IC, OC, mode);
   }
   void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C,
                          int NH) override {
