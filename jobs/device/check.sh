@@ -426,12 +426,18 @@ if [[ -x $RUN/bin/triad-bench ]] && (( $(left) > 230 )); then
     # shellcheck disable=SC1091
     source "$DEV/env.sh"
     timeout "$(tmo 60 170)" "$RUN/bin/triad-bench" kernels --backend cuda --precision bf16 2>&1
-  ) >"$RUN/kernels.txt"; grep -v '^KERNEL' "$RUN/kernels.txt" | tail -26
+  ) >"$RUN/kernels.txt"; grep -v '^KERNEL' "$RUN/kernels.txt" | tail -30
   kb() { sed -n "s/^KERNEL name=$1 .*of_ceiling=\([0-9.e+-]*\).*/\1/p" "$RUN/kernels.txt" | awk '{printf "%.0f%%", 100 * $1}'; }
+  kms() { sed -n "s/^KERNEL name=$1 ms=\([0-9.e+-]*\) .*/\1/p" "$RUN/kernels.txt"; }
   st=$(grep -o "at most [0-9]* tokens/s" "$RUN/kernels.txt" | grep -o '[0-9]*')
   KB_ROW="of ceiling: qkv fwd $(kb matmul_forward_qkv), attn fwd $(kb attention_forward), attn bwd $(kb attention_backward), CE $(kb crossentropy_fwd_bwd), adamw $(kb 'adamw_update_+_bf16_copy'); op sum ${st:-?} tok/s"
+  # Does the bias gradient in the dW product's epilogue (BGRADB) beat the product without it plus
+  # the column-sum kernel? (stderr in kernels.txt says when cuBLASLt declined the epilogue.)
+  BG_ROW="qkv backward with bias $(kms matmul_backward_qkv) ms vs without $(kms matmul_backward_qkv_no_bias) + column sums $(kms bias_backward_qkv) ms"
+  grep -q "no algorithm for.*epilogue 512\|refused the.*epilogue 512" "$RUN/kernels.txt" && BG_ROW="$BG_ROW (BGRADB declined)"
 fi
 res "kernel bench 124M bf16" "$KB_ROW"
+res "bias grad epilogue" "${BG_ROW:-not run}"
 
 # ============ 3. does a source build configure there? ============================================
 hdr "3. source build: cmake configure (60 s max; CHECK_SOURCE_BUILD=1 to run it)"

@@ -128,9 +128,10 @@ std::vector<KernelRate> run_ops(Backend& be, const KernelBenchShape& sh, int rep
   A *pre = act.make(N * 4 * C), *hid = act.make(N * 4 * C), *w_fc = act.make(size_t(4) * C * C, w);
   A *b_fc = act.make(4 * C, w), *w_proj = act.make(size_t(4) * C * C, w);
   A *logits = act.make(N * size_t(Vp)), *dqkv = act.make(N * 3 * C), *dhid = act.make(N * 4 * C);
-  A* dx = act.make(N * C);
+  A *dx = act.make(N * C), *scratch_hid = act.make(N * 4 * C);
   float *mean = f32.make(N), *rstd = f32.make(N, 2.0f, true), *losses = f32.make(N);
   float *dW = f32.make(std::max(size_t(4) * C * C, size_t(Vp) * C)), *db = f32.make(4 * C);
+  float* db_fc = f32.make(4 * C);
   float *dwpe = f32.make(size_t(T) * C), *dlnw = f32.make(C), *dlnb = f32.make(C);
   float *p = f32.make(P, w), *g = f32.make(P, 1e-3f), *m = f32.make(P, 1e-3f);
   float* v = f32.make(P, 1e-6f, true);  // second moments are not negative
@@ -155,22 +156,25 @@ std::vector<KernelRate> run_ops(Backend& be, const KernelBenchShape& sh, int rep
     return s;
   };
   const auto add = [&](const char* name, const std::string& shape, double work, bool flops,
-                       const std::function<void()>& op) {
-    rows.push_back({name, shape, time_op(be, repeat, op), work, flops});
+                       const std::function<void()>& op, bool in_step = true) {
+    rows.push_back({name, shape, time_op(be, repeat, op), work, flops, in_step});
   };
   const auto mm = [&](const char* name, A* out, const A* in, const A* wt, const A* bias, int IC,
                       int OC) {
     add(name, dims({(long long)N, IC, OC}), 2.0 * n * IC * OC, true,
         [&, out, in, wt, bias, IC, OC] { be.matmul_forward(out, in, wt, bias, int(N), IC, OC); });
   };
-  // With the bias gradient (db holds 4C) except for the bias-free classifier.
+  // With the bias gradient (db holds 4C) unless with_bias is false (the bias-free classifier,
+  // and c_fc, whose bias gradient comes with c_proj's backward).
   const auto mm_back = [&](const char* name, A* din, const A* dout, const A* in, const A* wt,
-                           int IC, int OC) {
-    float* dbias = OC <= 4 * C ? db : nullptr;
-    add(name, dims({(long long)N, IC, OC}), 4.0 * n * IC * OC, true,
+                           int IC, int OC, bool with_bias = true, bool in_step = true) {
+    float* dbias = with_bias ? db : nullptr;
+    add(
+        name, dims({(long long)N, IC, OC}), 4.0 * n * IC * OC, true,
         [&, din, dout, in, wt, IC, OC, dbias] {
           be.matmul_backward(din, dW, dbias, dout, in, wt, int(N), IC, OC, GradMode::overwrite);
-        });
+        },
+        in_step);
   };
   const double attn_fwd = 2.0 * B * double(T) * T * c;
 
@@ -199,11 +203,14 @@ std::vector<KernelRate> run_ops(Backend& be, const KernelBenchShape& sh, int rep
                                      1.0f / float(N));
   });
   // ---- backward ----
-  mm_back("matmul_backward lm head", dx, logits, ln, wte, C, Vp);
-  mm_back("matmul_backward fc proj", dhid, res, hid, w_proj, 4 * C, C);
-  add("gelu_backward", dims({(long long)N, 4 * C}), 3.0 * n * 4 * c * E, false,
-      [&] { be.gelu_backward(dhid, pre, dhid, N * 4 * C, GradMode::overwrite); });
-  mm_back("matmul_backward fc", dx, dhid, ln, w_fc, C, 4 * C);
+  mm_back("matmul_backward lm head", dx, logits, ln, wte, C, Vp, /*with_bias=*/false);
+  // c_proj's backward through the GELU, with c_fc's bias gradient (the model's call).
+  add("matmul_backward_gelu fc proj", dims({(long long)N, 4 * C, C}), 4.0 * n * 4 * c * c, true,
+      [&] {
+        be.matmul_backward_gelu(dhid, scratch_hid, dW, db, db_fc, res, hid, pre, w_proj, int(N),
+                                4 * C, C, GradMode::overwrite);
+      });
+  mm_back("matmul_backward fc", dx, dhid, ln, w_fc, C, 4 * C, /*with_bias=*/false);
   add("layernorm_backward", dims({(long long)N, C}), 3.0 * n * c * E + 8.0 * n, false,
       [&] { be.layernorm_backward(dx, dlnw, dlnb, res, x, lnw, mean, rstd, int(N), C); });
   mm_back("matmul_backward attn proj", dx, res, att_out, w_ao, C, C);
@@ -225,6 +232,16 @@ std::vector<KernelRate> run_ops(Backend& be, const KernelBenchShape& sh, int rep
   add(copy ? "adamw_update + bf16 copy" : "adamw_update", dims({(long long)P}),
       (28.0 + (copy ? 2.0 : 0.0)) * double(P), false,
       [&] { be.adamw_update(p, g, m, v, P, 6e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.5f, 0.5f, copy); });
+  // For comparison, not in the step: the separate kernels that the fused ops above replace (on
+  // the GPU, where cuBLASLt takes the epilogues): the GELU gradient as its own pass, a bias
+  // gradient as column sums, and the qkv backward without its bias gradient.
+  add(
+      "gelu_backward", dims({(long long)N, 4 * C}), 3.0 * n * 4 * c * E, false,
+      [&] { be.gelu_backward(dhid, pre, dhid, N * 4 * C, GradMode::overwrite); }, false);
+  add(
+      "bias_backward qkv", dims({(long long)N, 3 * C}), 3.0 * n * c * E, false,
+      [&] { be.bias_backward(db, dqkv, int(N), 3 * C); }, false);
+  mm_back("matmul_backward qkv no bias", dx, dqkv, ln, w_qkv, C, 3 * C, false, false);
   be.free_ints(tokens);
   return rows;
 }
@@ -240,6 +257,7 @@ KernelBench run_kernel_bench(Backend& be, const KernelBenchShape& shape, bool bf
   // How often each op runs in a step: per layer two LayerNorms (the first fused with the
   // residual add except in layer 0, counted fused throughout) and their backward passes.
   for (const auto& k : r.rows) {
+    if (!k.in_step) continue;
     double times = shape.layers;
     if (k.name == "residual_layernorm_fwd" || k.name == "layernorm_backward") times *= 2;
     if (k.name == "layernorm_forward") times = 1;  // ln_f
@@ -265,7 +283,12 @@ std::string format_kernel_bench(const KernelBench& r, const std::string& title) 
   std::snprintf(line, sizeof line, "%-28s %-20s %10s %14s %10s\n", "op", "shape", "ms", "rate",
                 "of ceiling");
   os << line;
+  bool compared = false;
   for (const auto& k : r.rows) {
+    if (!k.in_step && !compared) {
+      os << "for comparison, not in the step (the separate kernels of fused ops):\n";
+      compared = true;
+    }
     const double rate = k.work / k.seconds;
     const double frac = rate / (k.flops ? r.matmul_ceiling : r.copy_ceiling);
     std::snprintf(line, sizeof line, "%-28s %-20s %10.3f %9.1f %-4s %9.0f%%\n", k.name.c_str(),

@@ -20,6 +20,9 @@ struct KernelRate {
   double seconds = 0;  // per call (best of the timed rounds' averages)
   double work = 0;     // FLOPs (compute-bound ops) or bytes (memory-bound ops) per call
   bool flops = false;  // which of the two `work` counts
+  // false: a variant timed for comparison (the separate kernels a fused op replaces), left out
+  // of the step sum and listed after the step's ops.
+  bool in_step = true;
 };
 
 struct KernelBench {

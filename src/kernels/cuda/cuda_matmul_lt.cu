@@ -72,9 +72,9 @@ std::string describe(const LtGemm& g) {
          (g.bias_type == LtGemm::kTypeOfD
               ? std::string()
               : std::string(", bias ") + type_name(cudaDataType_t(g.bias_type))) +
-         ", alignments A/B/D " +
-         std::to_string(pointer_alignment(g.a)) + "/" + std::to_string(pointer_alignment(g.b)) +
-         "/" + std::to_string(pointer_alignment(g.d)) + " bytes)";
+         ", alignments A/B/D " + std::to_string(pointer_alignment(g.a)) + "/" +
+         std::to_string(pointer_alignment(g.b)) + "/" + std::to_string(pointer_alignment(g.d)) +
+         " bytes)";
 }
 
 // d[j·ldd + i] = round(acc[j·m + i] + bias[i]) over the column-major m×n product acc.
@@ -245,8 +245,8 @@ bool LtMatmul::run(cudaStream_t s, const LtGemm& g, bool may_decline) {
   }
   // C and D are the same buffer (in place, same layout): with β = 1 the product accumulates.
   const cublasStatus_t status =
-      cublasLtMatmul(handle_, desc.p, &g.alpha, g.a, la.p, g.b, lb.p, &g.beta, g.d, ld.p, g.d,
-                     ld.p, &it->second.algo, workspace_, kWorkspaceBytes, s);
+      cublasLtMatmul(handle_, desc.p, &g.alpha, g.a, la.p, g.b, lb.p, &g.beta, g.d, ld.p, g.d, ld.p,
+                     &it->second.algo, workspace_, kWorkspaceBytes, s);
   // An attribute combination the heuristic let through but the matmul refuses (checked before
   // anything is launched): a decline, remembered for the next call.
   if (may_decline &&
