@@ -131,7 +131,6 @@ std::vector<KernelRate> run_ops(Backend& be, const KernelBenchShape& sh, int rep
   A *dx = act.make(N * C), *scratch_hid = act.make(N * 4 * C);
   float *mean = f32.make(N), *rstd = f32.make(N, 2.0f, true), *losses = f32.make(N);
   float *dW = f32.make(std::max(size_t(4) * C * C, size_t(Vp) * C)), *db = f32.make(4 * C);
-  float* db_fc = f32.make(4 * C);
   float *dwpe = f32.make(size_t(T) * C), *dlnw = f32.make(C), *dlnb = f32.make(C);
   float *p = f32.make(P, w), *g = f32.make(P, 1e-3f), *m = f32.make(P, 1e-3f);
   float* v = f32.make(P, 1e-6f, true);  // second moments are not negative
@@ -164,8 +163,7 @@ std::vector<KernelRate> run_ops(Backend& be, const KernelBenchShape& sh, int rep
     add(name, dims({(long long)N, IC, OC}), 2.0 * n * IC * OC, true,
         [&, out, in, wt, bias, IC, OC] { be.matmul_forward(out, in, wt, bias, int(N), IC, OC); });
   };
-  // With the bias gradient (db holds 4C) unless with_bias is false (the bias-free classifier,
-  // and c_fc, whose bias gradient comes with c_proj's backward).
+  // With the bias gradient (db holds 4C) unless with_bias is false (the bias-free classifier).
   const auto mm_back = [&](const char* name, A* din, const A* dout, const A* in, const A* wt,
                            int IC, int OC, bool with_bias = true, bool in_step = true) {
     float* dbias = with_bias ? db : nullptr;
@@ -204,13 +202,13 @@ std::vector<KernelRate> run_ops(Backend& be, const KernelBenchShape& sh, int rep
   });
   // ---- backward ----
   mm_back("matmul_backward lm head", dx, logits, ln, wte, C, Vp, /*with_bias=*/false);
-  // c_proj's backward through the GELU, with c_fc's bias gradient (the model's call).
+  // c_proj's backward through the GELU (the model's call: gelu' applied as dhid is written).
   add("matmul_backward_gelu fc proj", dims({(long long)N, 4 * C, C}), 4.0 * n * 4 * c * c, true,
       [&] {
-        be.matmul_backward_gelu(dhid, scratch_hid, dW, db, db_fc, res, hid, pre, w_proj, int(N),
-                                4 * C, C, GradMode::overwrite);
+        be.matmul_backward_gelu(dhid, scratch_hid, dW, db, res, hid, pre, w_proj, int(N), 4 * C, C,
+                                GradMode::overwrite);
       });
-  mm_back("matmul_backward fc", dx, dhid, ln, w_fc, C, 4 * C, /*with_bias=*/false);
+  mm_back("matmul_backward fc", dx, dhid, ln, w_fc, C, 4 * C);
   add("layernorm_backward", dims({(long long)N, C}), 3.0 * n * c * E + 8.0 * n, false,
       [&] { be.layernorm_backward(dx, dlnw, dlnb, res, x, lnw, mean, rstd, int(N), C); });
   mm_back("matmul_backward attn proj", dx, res, att_out, w_ao, C, C);

@@ -268,13 +268,11 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     const LayerTensors<float> gr = layer_tensors(grads_, specs_, first);
     const A* x_in = i == 0 ? S.input : S.layers[size_t(i - 1)].residual3;
     // MLP branch: residual3 = residual2 + c_proj(gelu(c_fc(ln_2(residual2)))). The
-    // row-parallel c_proj sees the gradient of all rows, so its bias gradient is complete. c_fc's
-    // bias gradient (the column sums of dfch) comes with c_proj's backward, which on the GPU
-    // forms it in the epilogue that writes dfch.
+    // row-parallel c_proj sees the gradient of all rows, so its bias gradient is complete.
     const A* dres = gather_rows(a.dresidual, a.full, N);
-    be_.matmul_backward_gelu(a.dfch, a.dfch_gelu, gr.fcprojw, gr.fcprojb, gr.fcb, dres, L.fch_gelu,
-                             L.fch, w.fcprojw, N, 4 * Cl, C, kSet);
-    be_.matmul_backward(dpart, gr.fcw, nullptr, a.dfch, L.ln2g, w.fcw, N, C, 4 * Cl, kSet);
+    be_.matmul_backward_gelu(a.dfch, a.dfch_gelu, gr.fcprojw, gr.fcprojb, dres, L.fch_gelu, L.fch,
+                             w.fcprojw, N, 4 * Cl, C, kSet);
+    be_.matmul_backward(dpart, gr.fcw, gr.fcb, a.dfch, L.ln2g, w.fcw, N, C, 4 * Cl, kSet);
     reduce_rows(dpart, a.dln, N);
     layernorm_backward(a.dresidual, gr.ln2w, gr.ln2b, a.dln, L.residual2, w.ln2w, L.ln2_mean,
                        L.ln2_rstd, n);

@@ -19,7 +19,6 @@
 #include <memory>
 
 #include "triad/core/bf16.h"
-#include "triad/core/error.h"
 
 namespace triad {
 
@@ -108,25 +107,20 @@ class Backend {
     matmul_forward(pre, inp, weight, bias, N, IC, OC);
     gelu_forward(out, pre, size_t(N) * size_t(OC));
   }
-  // dbias[OC] += Σ_rows dout[N, OC]: a linear layer's bias gradient on its own (the column sums
-  // matmul_backward forms when given a dbias).
+  // dbias[OC] += Σ_rows dout[N, OC]: a linear layer's bias gradient on its own (what
+  // matmul_backward adds when given a dbias; the benchmarks time it apart from the product).
   virtual void bias_backward(float* dbias, const float* dout, int N, int OC) = 0;
   // The backward of a linear layer whose input is act = gelu(pre) (the FFN's second layer),
   // through the GELU: dweight += doutᵀ·act, dbias += Σ dout, dpre (+= or = by mode) the gradient
-  // of pre, gelu'(pre) ∘ (dout · W). dprebias (may be nullptr) is the bias gradient of the
-  // layer that made pre, += Σ_rows dpre: the GPU forms it in the same product's epilogue, so the
-  // first layer's backward then runs without a bias. It needs GradMode::overwrite (dpre is then
-  // this call's gradient alone). dact [N, IC] is scratch for dout · W: a backend may never write
-  // it (the GPU applies gelu' in the product's epilogue). The default runs matmul_backward into
-  // dact, gelu_backward, then bias_backward over dpre.
+  // of pre, gelu'(pre) ∘ (dout · W). dact [N, IC] is scratch for dout · W: a backend may never
+  // write it (the GPU applies gelu' in the product's epilogue). The default runs
+  // matmul_backward into dact, then gelu_backward.
   virtual void matmul_backward_gelu(float* dpre, float* dact, float* dweight, float* dbias,
-                                    float* dprebias, const float* dout, const float* act,
-                                    const float* pre, const float* weight, int N, int IC, int OC,
+                                    const float* dout, const float* act, const float* pre,
+                                    const float* weight, int N, int IC, int OC,
                                     GradMode mode = GradMode::accumulate) {
-    check_prebias_mode(dprebias, mode);
     matmul_backward(dact, dweight, dbias, dout, act, weight, N, IC, OC, GradMode::overwrite);
     gelu_backward(dpre, pre, dact, size_t(N) * size_t(IC), mode);
-    if (dprebias != nullptr) bias_backward(dprebias, dpre, N, IC);
   }
 
   // ---- GELU, tanh approximation -------------------------------------------------------------
@@ -214,16 +208,14 @@ class Backend {
     gelu_forward(out, pre, size_t(N) * size_t(OC));
   }
   // As the fp32 versions: a bias gradient alone, and the FFN's second layer backward through
-  // the GELU (dprebias: the first layer's bias gradient, summed over the rounded bf16 dpre).
+  // the GELU.
   virtual void bias_backward(float* dbias, const bf16_t* dout, int N, int OC) = 0;
   virtual void matmul_backward_gelu(bf16_t* dpre, bf16_t* dact, float* dweight, float* dbias,
-                                    float* dprebias, const bf16_t* dout, const bf16_t* act,
-                                    const bf16_t* pre, const bf16_t* weight, int N, int IC, int OC,
+                                    const bf16_t* dout, const bf16_t* act, const bf16_t* pre,
+                                    const bf16_t* weight, int N, int IC, int OC,
                                     GradMode mode = GradMode::accumulate) {
-    check_prebias_mode(dprebias, mode);
     matmul_backward(dact, dweight, dbias, dout, act, weight, N, IC, OC, GradMode::overwrite);
     gelu_backward(dpre, pre, dact, size_t(N) * size_t(IC), mode);
-    if (dprebias != nullptr) bias_backward(dprebias, dpre, N, IC);
   }
   // Causal self-attention, flash-attention style: only lse [B,NH,T] (fp32, natural log of the
   // softmax denominator of each query row, scores scaled by 1/sqrt(hd)) is kept for backward,
@@ -288,12 +280,6 @@ class Backend {
   //   g' = g + wd p;  buf = mu buf + g';  p -= lr buf.  `copy`, grad_scale as for adamw_update.
   virtual void sgd_update(float* p, const float* g, float* buf, size_t n, float lr, float momentum,
                           float wd, bf16_t* copy = nullptr, float grad_scale = 1.0f) = 0;
-
- protected:
-  // matmul_backward_gelu's first-layer bias gradient is the sum of this call's dpre only.
-  static void check_prebias_mode(const float* dprebias, GradMode mode) {
-    TRIAD_ASSERT(dprebias == nullptr || mode == GradMode::overwrite);
-  }
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

@@ -261,17 +261,14 @@ class CudaBackend final : public Backend {
     cuda::column_sum_accumulate(stream_, reduce_partials_, dbias, dev(dout), N, OC);
   }
   void matmul_backward_gelu(bf16_t* dpre, bf16_t* dact, float* dweight, float* dbias,
-                            float* dprebias, const bf16_t* dout, const bf16_t* act,
-                            const bf16_t* pre, const bf16_t* weight, int N, int IC, int OC,
-                            GradMode mode) override {
-    check_prebias_mode(dprebias, mode);
+                            const bf16_t* dout, const bf16_t* act, const bf16_t* pre,
+                            const bf16_t* weight, int N, int IC, int OC, GradMode mode) override {
     if (mode == GradMode::overwrite &&
         cuda::matmul_backward_dgelu(stream_, *lt_, reduce_partials_, dev(dpre), dweight, dbias,
-                                    dprebias, dev(dout), dev(act), dev(pre), dev(weight), N, IC,
-                                    OC))
+                                    dev(dout), dev(act), dev(pre), dev(weight), N, IC, OC))
       return;
-    Backend::matmul_backward_gelu(dpre, dact, dweight, dbias, dprebias, dout, act, pre, weight, N,
-                                  IC, OC, mode);
+    Backend::matmul_backward_gelu(dpre, dact, dweight, dbias, dout, act, pre, weight, N, IC, OC,
+                                  mode);
   }
   void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C,
                          int NH) override {

@@ -6,12 +6,12 @@
 //   backward      dinp += dout · W   (D bf16, β = 1: each element round(old + product))
 //                 dW   += doutᵀ · inp (D fp32, β = 1; bf16 inputs with fp32 C/D is one of
 //                 cuBLASLt's supported type combinations), db += Σ_rows dout: the dW product's
-//                 BGRADB epilogue (dout is its B, summed over the k = N rows) writes it into
-//                 scratch, then one small add; column sums where cuBLASLt declines that.
+//                 BGRADB epilogue (dout is its B, summed over the k = N rows; fp32, the type of
+//                 D) writes it into scratch, then one small add; column sums where cuBLASLt
+//                 declines that. The FFN's first layer gets its bias gradient this way too: its
+//                 dW product reads dpre anyway.
 //   backward through the GELU (the FFN's second layer)
-//                 dpre = gelu'(pre) ∘ (dout · W): CUBLASLT_EPILOGUE_DGELU with pre as aux, or
-//                 DGELU_BGRAD, which also writes Σ_rows dpre (fp32), the FFN's first bias
-//                 gradient, so that layer's backward need not read dpre again for it.
+//                 dpre = gelu'(pre) ∘ (dout · W): CUBLASLT_EPILOGUE_DGELU with pre as aux.
 //
 // The row-major ↔ column-major mapping is that of the fp32 sgemm path (cuda_matmul.cu): a
 // row-major [R, K] matrix with leading dimension K is a column-major K×R matrix, so
@@ -68,13 +68,9 @@ std::string describe(const LtGemm& g) {
          (g.trans_a == CUBLAS_OP_N ? "N" : "T") + ", op B " +
          (g.trans_b == CUBLAS_OP_N ? "N" : "T") + ", lda " + std::to_string(g.lda) + ", ldb " +
          std::to_string(g.ldb) + ", ldd " + std::to_string(g.ldd) + ", epilogue " +
-         std::to_string(int(g.epilogue)) +
-         (g.bias_type == LtGemm::kTypeOfD
-              ? std::string()
-              : std::string(", bias ") + type_name(cudaDataType_t(g.bias_type))) +
-         ", alignments A/B/D " + std::to_string(pointer_alignment(g.a)) + "/" +
-         std::to_string(pointer_alignment(g.b)) + "/" + std::to_string(pointer_alignment(g.d)) +
-         " bytes)";
+         std::to_string(int(g.epilogue)) + ", alignments A/B/D " +
+         std::to_string(pointer_alignment(g.a)) + "/" + std::to_string(pointer_alignment(g.b)) +
+         "/" + std::to_string(pointer_alignment(g.d)) + " bytes)";
 }
 
 // d[j·ldd + i] = round(acc[j·m + i] + bias[i]) over the column-major m×n product acc.
@@ -163,13 +159,9 @@ bool LtMatmul::run(cudaStream_t s, const LtGemm& g, bool may_decline) {
   set_desc(desc.p, CUBLASLT_MATMUL_DESC_TRANSA, int32_t(g.trans_a));
   set_desc(desc.p, CUBLASLT_MATMUL_DESC_TRANSB, int32_t(g.trans_b));
   set_desc(desc.p, CUBLASLT_MATMUL_DESC_EPILOGUE, uint32_t(g.epilogue));
-  // The aux element type is left at its default, the type of D; so is the bias type unless g
-  // names one (an fp32 bias gradient beside a bf16 D). A combination without such a choice is
-  // declined by the heuristic or fails the matmul with INVALID_VALUE (cublasLt.h); either way
-  // the caller falls back.
+  // The bias and aux element types are left at their defaults, the type of D: the header warns
+  // that setting them for a combination without such a choice fails the matmul.
   if (g.bias != nullptr) set_desc(desc.p, CUBLASLT_MATMUL_DESC_BIAS_POINTER, g.bias);
-  if (g.bias_type != LtGemm::kTypeOfD)
-    set_desc(desc.p, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, int32_t(g.bias_type));
   if (g.aux != nullptr) {
     set_desc(desc.p, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, g.aux);
     set_desc(desc.p, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, g.aux_ld);
@@ -200,7 +192,6 @@ bool LtMatmul::run(cudaStream_t s, const LtGemm& g, bool may_decline) {
                                     g.ldd,
                                     g.d_type,
                                     int64_t(g.epilogue),
-                                    g.bias_type,
                                     g.aux_ld,
                                     align_a,
                                     align_b,
@@ -247,10 +238,10 @@ bool LtMatmul::run(cudaStream_t s, const LtGemm& g, bool may_decline) {
   const cublasStatus_t status =
       cublasLtMatmul(handle_, desc.p, &g.alpha, g.a, la.p, g.b, lb.p, &g.beta, g.d, ld.p, g.d, ld.p,
                      &it->second.algo, workspace_, kWorkspaceBytes, s);
-  // An attribute combination the heuristic let through but the matmul refuses (checked before
-  // anything is launched): a decline, remembered for the next call.
-  if (may_decline &&
-      (status == CUBLAS_STATUS_NOT_SUPPORTED || status == CUBLAS_STATUS_INVALID_VALUE)) {
+  // A configuration the heuristic let through but the matmul does not support: a decline,
+  // remembered for the next call. (INVALID_VALUE stays an error: it is also what a wrongly set
+  // up call gets, which must not pass silently as a fallback.)
+  if (may_decline && status == CUBLAS_STATUS_NOT_SUPPORTED) {
     std::fprintf(stderr,
                  "triad cuda backend: cuBLASLt refused the %s (%s); its work runs as separate "
                  "kernels\n",
@@ -338,9 +329,10 @@ void matmul_backward(cudaStream_t s, LtMatmul& lt, DeviceScratch& scratch, bf16*
     g.d_type = CUDA_R_32F;
     g.ldd = IC;
     g.beta = 1.0f;
-    if (dbias != nullptr) {
-      // db = Σ_rows dout in the same product: BGRADB sums B (dout) over k, one value per column
-      // of D (OC of them, fp32 like D). The epilogue overwrites, so it goes to scratch first.
+    // db = Σ_rows dout in the same product: BGRADB sums B (dout) over k, one value per column of
+    // D (OC of them, fp32 like D). The epilogue overwrites, so it goes to scratch first. Not for
+    // a single row (k = 1), where cuBLASLt versions have been reported to get the sum wrong.
+    if (dbias != nullptr && N > 1) {
       float* partial = scratch.get_as<float>(size_t(OC), s);
       LtGemm gb = g;
       gb.epilogue = CUBLASLT_EPILOGUE_BGRADB;
@@ -356,9 +348,8 @@ void matmul_backward(cudaStream_t s, LtMatmul& lt, DeviceScratch& scratch, bf16*
 }
 
 bool matmul_backward_dgelu(cudaStream_t s, LtMatmul& lt, DeviceScratch& scratch, bf16* dpre,
-                           float* dweight, float* dbias, float* dprebias, const bf16* dout,
-                           const bf16* act, const bf16* pre, const bf16* weight, int N, int IC,
-                           int OC) {
+                           float* dweight, float* dbias, const bf16* dout, const bf16* act,
+                           const bf16* pre, const bf16* weight, int N, int IC, int OC) {
   // The aux (pre) needs a leading dimension divisible by 8 and 16-byte rows, as in the forward.
   if (N <= 0 || OC <= 0 || IC <= 0 || IC % 8 != 0 || pointer_alignment(pre) < 16) return false;
   // dpre = gelu'(pre) ∘ (dout · W): the input-gradient product (β = 0) with gelu' of the saved
@@ -367,24 +358,8 @@ bool matmul_backward_dgelu(cudaStream_t s, LtMatmul& lt, DeviceScratch& scratch,
   g.epilogue = CUBLASLT_EPILOGUE_DGELU;
   g.aux = const_cast<bf16*>(pre);
   g.aux_ld = IC;
-  bool prebias_done = false;
-  if (dprebias != nullptr) {
-    // DGELU_BGRAD also sums dpre over the rows (D is dpreᵀ, IC×N: one value per row of D). The
-    // sum is wanted in fp32, the type of the gradient it adds to; it overwrites, hence scratch.
-    float* partial = scratch.get_as<float>(size_t(IC), s);
-    LtGemm gb = g;
-    gb.epilogue = CUBLASLT_EPILOGUE_DGELU_BGRAD;
-    gb.bias = partial;
-    gb.bias_type = CUDA_R_32F;
-    if (lt.run(s, gb, /*may_decline=*/true)) {
-      accumulate(s, dprebias, static_cast<const float*>(partial), size_t(IC));
-      prebias_done = true;
-    }
-  }
-  if (!prebias_done && !lt.run(s, g, /*may_decline=*/true)) return false;
+  if (!lt.run(s, g, /*may_decline=*/true)) return false;
   matmul_backward(s, lt, scratch, nullptr, dweight, dbias, dout, act, weight, N, IC, OC);
-  if (dprebias != nullptr && !prebias_done)
-    column_sum_accumulate(s, scratch, dprebias, static_cast<const bf16*>(dpre), N, IC);
   return true;
 }
 

@@ -75,11 +75,9 @@ struct LtGemm {
   float alpha = 1.0f;
   float beta = 0.0f;
   cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
-  // The bias read by the BIAS epilogues, or the bias gradient the BGRAD ones write (overwrite).
+  // The bias read by the BIAS epilogues, or the bias gradient BGRADB writes (overwriting); of
+  // D's element type, cuBLASLt's default.
   const void* bias = nullptr;
-  // Its element type; kTypeOfD leaves cuBLASLt's default, the type of D.
-  static constexpr int kTypeOfD = -1;
-  int bias_type = kTypeOfD;
   void* aux = nullptr;
   int64_t aux_ld = 0;
 };
@@ -127,13 +125,10 @@ void matmul_gelu_forward(cudaStream_t s, LtMatmul& lt, bf16* pre, bf16* out, con
                          const bf16* weight, const bf16* bias, int N, int IC, int OC);
 // Backend::matmul_backward_gelu with dpre overwritten: the input-gradient product with
 // cuBLASLt's DGELU epilogue (gelu' of the saved pre-activation applied as the product is
-// written), DGELU_BGRAD when dprebias is given (the first layer's bias gradient summed in the
-// same epilogue; column sums of dpre where cuBLASLt declines that). False, having done nothing,
-// where the DGELU epilogue does not apply or cuBLASLt declines it.
+// written). False, having done nothing, where that does not apply or cuBLASLt declines.
 bool matmul_backward_dgelu(cudaStream_t s, LtMatmul& lt, DeviceScratch& scratch, bf16* dpre,
-                           float* dweight, float* dbias, float* dprebias, const bf16* dout,
-                           const bf16* act, const bf16* pre, const bf16* weight, int N, int IC,
-                           int OC);
+                           float* dweight, float* dbias, const bf16* dout, const bf16* act,
+                           const bf16* pre, const bf16* weight, int N, int IC, int OC);
 
 // ---- attention, fp32 (cuda_attention.cu) ---------------------------------------------------
 // workspace: at least attention_workspace_floats(B, T, C) floats, owned by the backend.
