@@ -435,6 +435,10 @@ if [[ -x $RUN/bin/triad-bench ]] && (( $(left) > 230 )); then
   # the column-sum kernel? (stderr in kernels.txt says when cuBLASLt declined the epilogue.)
   BG_ROW="qkv backward with bias $(kms matmul_backward_qkv) ms vs without $(kms matmul_backward_qkv_no_bias) + column sums $(kms bias_backward_qkv) ms"
   grep -q "no algorithm for.*epilogue 512\|refused the.*epilogue 512" "$RUN/kernels.txt" && BG_ROW="$BG_ROW (BGRADB declined)"
+  if ! grep -q '^KERNEL name=' "$RUN/kernels.txt"; then
+    KB_ROW="failed: $(grep -v '^ *$' "$RUN/kernels.txt" | tail -1 | cut -c1-120)"
+    BG_ROW="not run (kernel bench failed)"
+  fi
 fi
 res "kernel bench 124M bf16" "$KB_ROW"
 res "bias grad epilogue" "${BG_ROW:-not run}"

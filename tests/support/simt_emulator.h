@@ -14,7 +14,8 @@
 // wgmma reading shared memory that cp.async or store_shared32 wrote without the writing
 // thread's fence.proxy.async (wgmma reads through the async proxy), wgmma issued without a
 // wgmma.fence since the last wait, register A operands changed before the wait, swizzled
-// descriptors starting where no canonical layout starts, and wgmma left pending. Those
+// descriptors starting where no canonical layout starts, wgmma accumulators written between the
+// issue and the wait (read there they are NaN), and wgmma left pending. Those
 // abort with a message (a hang or garbage on the GPU). Shared memory starts filled with 0xFF
 // bytes (bf16 NaN), so values read before they are written show as NaN.
 //
@@ -441,11 +442,13 @@ class Thread {
   template <int N, int TransA, int TransB>
   void wgmma_ss(float* d, uint64_t da, uint64_t db) {
     if (!wg_fenced_) fail("wgmma issued without a wgmma.fence since the last wait");
+    take_accumulator(d, N / 2);
     wg_pending_.push_back(WgOp{N, false, TransA, TransB, d, {}, nullptr, da, db});
   }
   template <int N, int TransB>
   void wgmma_rs(float* d, const uint32_t (&a)[4], uint64_t db) {
     if (!wg_fenced_) fail("wgmma issued without a wgmma.fence since the last wait");
+    take_accumulator(d, N / 2);
     wg_pending_.push_back(WgOp{N, true, 0, TransB, d, {a[0], a[1], a[2], a[3]}, a, 0, db});
   }
   void wgmma_commit() {
@@ -456,6 +459,7 @@ class Thread {
   void wgmma_wait() {
     wg_keep_ = N;
     block_.group_.arrive_and_wait();
+    release_accumulators();
     wg_fenced_ = false;
   }
 
@@ -540,6 +544,38 @@ class Thread {
     const uint32_t* a_src;  // the registers a came from (the hardware reads them until the wait)
     uint64_t da, db;
   };
+  // The accumulators of wgmma in flight: between the issue and the wait that completes the last
+  // product into them, the hardware owns those registers. Their values move here at the first
+  // issue (the products accumulate here) and the registers are poisoned with a NaN pattern, so a
+  // read before the wait spreads NaN into the results and a write before it is caught at the
+  // wait; the wait puts the results back.
+  static constexpr uint32_t kInFlightBits = 0x7fc0dead;
+  std::map<float*, std::vector<float>> wg_accumulators_;
+  void take_accumulator(float* d, int n) {
+    if (wg_accumulators_.count(d) != 0) return;  // a product into it is pending already
+    std::vector<float>& held = wg_accumulators_[d];
+    held.assign(d, d + n);
+    for (int i = 0; i < n; ++i) std::memcpy(d + i, &kInFlightBits, sizeof(float));
+  }
+  // After a wait: every accumulator no pending product writes goes back to its registers.
+  void release_accumulators() {
+    for (auto it = wg_accumulators_.begin(); it != wg_accumulators_.end();) {
+      bool pending = false;
+      for (const auto& group : wg_groups_)
+        for (const WgOp& op : group) pending = pending || op.d == it->first;
+      if (pending) {
+        ++it;
+        continue;
+      }
+      for (size_t i = 0; i < it->second.size(); ++i) {
+        uint32_t bits;
+        std::memcpy(&bits, it->first + i, sizeof bits);
+        if (bits != kInFlightBits) fail("wgmma's accumulator written before its wait");
+        it->first[i] = it->second[i];
+      }
+      it = wg_accumulators_.erase(it);
+    }
+  }
   void perform(const Copy& c) {
     {
       std::lock_guard<std::mutex> lock(block_.barrier_mutex_);
@@ -725,8 +761,9 @@ inline void GroupStep::operator()() noexcept {
       for (size_t tid = 0; tid < nt; ++tid) {
         const Thread::WgOp& o = b.threads_[tid]->wg_groups_.front()[i];
         const int w = int(tid) / 32, g = int(tid) % 32 / 4, t = int(tid) % 4;
+        const std::vector<float>& acc = b.threads_[tid]->wg_accumulators_.at(o.d);
         for (int j = 0; j < N / 2; ++j)  // D fragment: d[j] at row 16w+g+8((j>>1)&1)
-          D[size_t(16 * w + g + 8 * ((j >> 1) & 1)) * N + 8 * (j >> 2) + 2 * t + (j & 1)] = o.d[j];
+          D[size_t(16 * w + g + 8 * ((j >> 1) & 1)) * N + 8 * (j >> 2) + 2 * t + (j & 1)] = acc[j];
         if (op.a_in_registers && std::memcmp(o.a, o.a_src, sizeof o.a) != 0)
           fail("wgmma's register A operand changed before its wait");
         if (op.a_in_registers)
@@ -753,8 +790,9 @@ inline void GroupStep::operator()() noexcept {
       for (size_t tid = 0; tid < nt; ++tid) {
         const Thread::WgOp& o = b.threads_[tid]->wg_groups_.front()[i];
         const int w = int(tid) / 32, g = int(tid) % 32 / 4, t = int(tid) % 4;
+        std::vector<float>& acc = b.threads_[tid]->wg_accumulators_.at(o.d);
         for (int j = 0; j < N / 2; ++j)
-          o.d[j] = D[size_t(16 * w + g + 8 * ((j >> 1) & 1)) * N + 8 * (j >> 2) + 2 * t + (j & 1)];
+          acc[j] = D[size_t(16 * w + g + 8 * ((j >> 1) & 1)) * N + 8 * (j >> 2) + 2 * t + (j & 1)];
       }
     }
     for (Thread* t : b.threads_) t->wg_groups_.pop_front();
