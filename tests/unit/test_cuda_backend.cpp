@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "../support/cuda_test_fixture.h"
 #include "../support/random_data.h"
 #include "triad/core/error.h"
 #include "triad/kernels/backend.h"
@@ -33,15 +34,8 @@ namespace {
 using Vec = std::vector<float>;
 using IVec = std::vector<int32_t>;
 
+using triad::testing::random_ints;
 using triad::testing::random_vec;
-
-IVec random_ints(size_t n, uint32_t seed, int lo, int hi) {  // in [lo, hi)
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int> dist(lo, hi - 1);
-  IVec v(n);
-  for (int32_t& x : v) x = dist(rng);
-  return v;
-}
 
 // |got[i] − want[i]| <= rtol·|want[i]| + ntol·max|want| for every i.
 ::testing::AssertionResult close(const Vec& got, const Vec& want, double rtol, double ntol) {
@@ -97,51 +91,7 @@ TEST(CudaBackendNoDevice, MakeThrowsClearErrorWithoutDevice) {
   EXPECT_FALSE(cuda_device_description().empty());
 }
 
-class CudaBackendTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (!cuda_device_available()) GTEST_SKIP() << "no CUDA device";
-    gpu = make_cuda_backend();
-    cpu = make_cpu_backend();
-  }
-
-  void TearDown() override {
-    if (!gpu) return;
-    for (float* p : bufs_) gpu->free(p);
-    for (int32_t* p : ibufs_) gpu->free_ints(p);
-  }
-
-  // A device copy of h (freed at the end of the test).
-  float* dev(const Vec& h) {
-    float* d = gpu->alloc(h.size());
-    bufs_.push_back(d);
-    gpu->copy_from_host(d, h.data(), h.size());
-    return d;
-  }
-  float* dev_zeros(size_t n) {
-    float* d = gpu->alloc(n);
-    bufs_.push_back(d);
-    return d;
-  }
-  int32_t* dev_ints(const IVec& h) {
-    int32_t* d = gpu->alloc_ints(h.size());
-    ibufs_.push_back(d);
-    gpu->copy_ints_from_host(d, h.data(), h.size());
-    return d;
-  }
-  Vec host(const float* d, size_t n) {
-    Vec h(n);
-    gpu->copy_to_host(h.data(), d, n);
-    return h;
-  }
-
-  std::unique_ptr<Backend> gpu;
-  std::unique_ptr<Backend> cpu;
-
- private:
-  std::vector<float*> bufs_;
-  std::vector<int32_t*> ibufs_;
-};
+class CudaBackendTest : public triad::testing::CudaVsCpuTest {};
 
 // ---- memory, errors ------------------------------------------------------------------------
 
@@ -176,7 +126,7 @@ TEST_F(CudaBackendTest, AllocZeroedCopyRoundTripAndZero) {
   // int buffers: zero-filled, and uploads land (read back through encoder_forward with
   // wte[v, 0] = v, wpe = 0).
   const int V = 50, N = 9;
-  int32_t* zeros = dev_ints(IVec(N, 0));
+  int32_t* zeros = dev(IVec(N, 0));
   int32_t* fresh = gpu->alloc_ints(N);
   ASSERT_NE(fresh, nullptr);
   Vec wte(V);
@@ -210,7 +160,7 @@ TEST_F(CudaBackendTest, EncoderForward) {
     Vec want(N * s.C);
     cpu->encoder_forward(want.data(), tokens.data(), wte.data(), wpe.data(), s.B, s.T, s.C);
     float* out = dev_zeros(N * s.C);
-    gpu->encoder_forward(out, dev_ints(tokens), dev(wte), dev(wpe), s.B, s.T, s.C);
+    gpu->encoder_forward(out, dev(tokens), dev(wte), dev(wpe), s.B, s.T, s.C);
     EXPECT_TRUE(close(host(out, N * s.C), want, kElemTol, 0.0));
   }
 }
@@ -224,7 +174,7 @@ TEST_F(CudaBackendTest, EncoderBackwardAccumulatesDeterministically) {
     const Vec dwte0 = random_vec(size_t(s.V) * s.C, 6), dwpe0 = random_vec(size_t(s.T) * s.C, 7);
     Vec dwte = dwte0, dwpe = dwpe0;
     cpu->encoder_backward(dwte.data(), dwpe.data(), dout.data(), tokens.data(), s.B, s.T, s.C);
-    int32_t* d_tok = dev_ints(tokens);
+    int32_t* d_tok = dev(tokens);
     float* d_dout = dev(dout);
     Vec first_wte, first_wpe;
     for (int run = 0; run < 2; ++run) {
@@ -253,7 +203,7 @@ TEST_F(CudaBackendTest, EncoderNegativeTokensAndNullPositions) {
     const Vec wte = random_vec(size_t(s.V) * s.C, 9), wpe = random_vec(size_t(s.T) * s.C, 10);
     const Vec dout = random_vec(N * s.C, 11);
     const Vec dwte0 = random_vec(wte.size(), 12), dwpe0 = random_vec(wpe.size(), 13);
-    int32_t* d_tok = dev_ints(tokens);
+    int32_t* d_tok = dev(tokens);
     float *d_wte = dev(wte), *d_wpe = dev(wpe), *d_dout = dev(dout);
     for (bool with_pos : {true, false}) {
       SCOPED_TRACE(::testing::Message() << "B=" << s.B << " T=" << s.T << " C=" << s.C
@@ -565,7 +515,7 @@ TEST_F(CudaBackendTest, CrossEntropyForwardBackward) {
       float* g_logits = dev(logits);
       float* g_losses = dev_zeros(s.N);
       float* g_correct = dev(Vec(s.N, -1.0f));
-      int32_t* g_targets = dev_ints(targets);
+      int32_t* g_targets = dev(targets);
       gpu->crossentropy_forward_backward(g_logits, g_losses, with_correct ? g_correct : nullptr,
                                          g_targets, s.N, s.V, s.Vp, dloss_scale);
       const Vec got = host(g_logits, total);
@@ -654,7 +604,7 @@ TEST_F(CudaBackendTest, SoftmaxPartialSums) {
     float *g_sum = dev(Vec(s.N, 7.0f)), *g_tl = dev(Vec(s.N, 7.0f));
     const float* g_logits = dev(in.logits);
     const float* g_max = dev(in.row_max);
-    const int32_t* g_targets = dev_ints(in.targets);
+    const int32_t* g_targets = dev(in.targets);
     gpu->softmax_partial_sums(g_sum, g_tl, g_logits, g_max, g_targets, s.N, s.V, s.Vp);
     const Vec got = host(g_sum, s.N);
     EXPECT_TRUE(close(got, sum_exp, kElemTol, 0.0)) << "sum_exp";
@@ -682,7 +632,7 @@ TEST_F(CudaBackendTest, CrossEntropyBackwardPartial) {
     float* g_logits = dev(in.logits);
     const float* g_max = dev(in.row_max);
     const float* g_sum = dev(sum_exp);
-    const int32_t* g_targets = dev_ints(in.targets);
+    const int32_t* g_targets = dev(in.targets);
     gpu->crossentropy_backward_partial(g_logits, g_max, g_sum, g_targets, s.N, s.V, s.Vp,
                                        dloss_scale);
     const Vec got = host(g_logits, total);
@@ -705,7 +655,7 @@ TEST_F(CudaBackendTest, SingleSliceMatchesFusedCrossEntropy) {
   const float dloss_scale = 1.0f / N;
   float* fused = dev(logits);
   float* losses = dev_zeros(N);
-  int32_t* g_targets = dev_ints(targets);
+  int32_t* g_targets = dev(targets);
   gpu->crossentropy_forward_backward(fused, losses, nullptr, g_targets, N, V, Vp, dloss_scale);
 
   float* split = dev(logits);

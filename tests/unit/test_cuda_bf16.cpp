@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "../support/bf16_data.h"
+#include "../support/cuda_test_fixture.h"
 #include "../support/optimizer_step.h"
 #include "../support/random_data.h"
 #include "triad/core/bf16.h"
@@ -45,17 +46,10 @@ using triad::testing::to_bits;
 using triad::testing::to_floats;
 using IVec = std::vector<int32_t>;
 
+using triad::testing::random_ints;
 using triad::testing::random_vec;
 
 constexpr double kTol = 1e-2;
-
-IVec random_ints(size_t n, uint32_t seed, int lo, int hi) {  // in [lo, hi)
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int> dist(lo, hi - 1);
-  IVec v(n);
-  for (int32_t& x : v) x = dist(rng);
-  return v;
-}
 
 double rms(const Vec& v) {
   double s = 0.0;
@@ -149,71 +143,7 @@ TEST(CudaBf16NoDevice, MakeThrowsWithoutDevice) {
   EXPECT_THROW(make_cuda_backend(), Error);
 }
 
-// The CPU backend works on host memory, so its side of every comparison uses host vectors
-// directly; the GPU side gets device copies.
-class CudaBf16Test : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (!cuda_device_available()) {
-      GTEST_SKIP() << "no usable CUDA device (" << cuda_device_description()
-                   << "): the bf16 CUDA ops need a GPU";
-    }
-    gpu = make_cuda_backend();
-    cpu = make_cpu_backend();
-  }
-
-  void TearDown() override {
-    if (!gpu) return;
-    for (bf16_t* p : bf16_bufs_) gpu->free_bf16(p);
-    for (float* p : float_bufs_) gpu->free(p);
-    for (int32_t* p : int_bufs_) gpu->free_ints(p);
-  }
-
-  // A device copy of h (freed at the end of the test). bf16 buffers are allocated with an even
-  // length so that they move as whole floats through copy_from_host / copy_to_host.
-  bf16_t* dev(const Bits& h) {
-    const size_t padded = h.size() + (h.size() & 1);
-    bf16_t* d = gpu->alloc_bf16(padded);
-    bf16_bufs_.push_back(d);
-    Bits tmp(h);
-    tmp.resize(padded);
-    gpu->copy_from_host(reinterpret_cast<float*>(d), reinterpret_cast<const float*>(tmp.data()),
-                        padded / 2);
-    return d;
-  }
-  float* dev(const Vec& h) {
-    float* d = gpu->alloc(h.size());
-    float_bufs_.push_back(d);
-    gpu->copy_from_host(d, h.data(), h.size());
-    return d;
-  }
-  int32_t* dev(const IVec& h) {
-    int32_t* d = gpu->alloc_ints(h.size());
-    int_bufs_.push_back(d);
-    gpu->copy_ints_from_host(d, h.data(), h.size());
-    return d;
-  }
-  Bits host(const bf16_t* d, size_t n) {
-    Bits h(n + (n & 1));
-    gpu->copy_to_host(reinterpret_cast<float*>(h.data()), reinterpret_cast<const float*>(d),
-                      h.size() / 2);
-    h.resize(n);
-    return h;
-  }
-  Vec host(const float* d, size_t n) {
-    Vec h(n);
-    gpu->copy_to_host(h.data(), d, n);
-    return h;
-  }
-
-  std::unique_ptr<Backend> gpu;
-  std::unique_ptr<Backend> cpu;
-
- private:
-  std::vector<bf16_t*> bf16_bufs_;
-  std::vector<float*> float_bufs_;
-  std::vector<int32_t*> int_bufs_;
-};
+class CudaBf16Test : public triad::testing::CudaVsCpuTest {};
 
 // ---- memory and conversions ------------------------------------------------------------------
 
