@@ -20,7 +20,7 @@ class CudaVsCpuTest : public ::testing::Test {
  protected:
   void SetUp() override {
     if (!cuda_device_available())
-      GTEST_SKIP() << "no usable CUDA device (" << cuda_device_description() << ")";
+      GTEST_SKIP() << "needs a usable CUDA device; here: " << cuda_device_description();
     gpu = make_cuda_backend();
     cpu = make_cpu_backend();
   }
