@@ -213,25 +213,18 @@ std::string case_name(const ::testing::TestParamInfo<FlashCase>& info) {
   return std::string(cuda::flash_kernel_name(info.param.kernel)) + "_" +
          cuda::flash_backward_name(info.param.backward);
 }
+// Kernel k with each of the backward ways.
+std::vector<FlashCase> every_backward(FlashKernel k) {
+  return {
+      {k, FlashBackward::deterministic}, {k, FlashBackward::atomic}, {k, FlashBackward::ordered}};
+}
 // One suite per kernel, so every mma case runs before any wgmma one, and those before the tma
 // ones: a failure that poisons the CUDA context cannot hide an earlier kernel's results.
-INSTANTIATE_TEST_SUITE_P(Mma, FlashKernels,
-                         ::testing::Values(FlashCase{FlashKernel::mma,
-                                                     FlashBackward::deterministic},
-                                           FlashCase{FlashKernel::mma, FlashBackward::atomic},
-                                           FlashCase{FlashKernel::mma, FlashBackward::ordered}),
+INSTANTIATE_TEST_SUITE_P(Mma, FlashKernels, ::testing::ValuesIn(every_backward(FlashKernel::mma)),
                          case_name);
 INSTANTIATE_TEST_SUITE_P(Wgmma, FlashKernels,
-                         ::testing::Values(FlashCase{FlashKernel::wgmma,
-                                                     FlashBackward::deterministic},
-                                           FlashCase{FlashKernel::wgmma, FlashBackward::atomic},
-                                           FlashCase{FlashKernel::wgmma, FlashBackward::ordered}),
-                         case_name);
-INSTANTIATE_TEST_SUITE_P(Tma, FlashKernels,
-                         ::testing::Values(FlashCase{FlashKernel::tma,
-                                                     FlashBackward::deterministic},
-                                           FlashCase{FlashKernel::tma, FlashBackward::atomic},
-                                           FlashCase{FlashKernel::tma, FlashBackward::ordered}),
+                         ::testing::ValuesIn(every_backward(FlashKernel::wgmma)), case_name);
+INSTANTIATE_TEST_SUITE_P(Tma, FlashKernels, ::testing::ValuesIn(every_backward(FlashKernel::tma)),
                          case_name);
 
 TEST(FlashAttention, RejectsOtherHeadDims) {
