@@ -234,29 +234,38 @@ TRIAD_BLOCK_FN void zero(float (&a)[N][M]) {
   for (int j = 0; j < M; ++j) a[i][j] = 0.0f;
 }
 
-// The warp's 16 rows of acc · mul as bf16 into rows row0 + 0..15 of a [*, stride] matrix at g
-// (columns 0..HD-1), rows >= T skipped; accumulate: round(old + value) instead of round(value).
-template <int HD, class X>
-TRIAD_BLOCK_FN void store_rows(X& x, uint16_t* g, size_t stride, int row0, int T,
-                               const float (&acc)[HD / 8][4], float mul, bool accumulate) {
+// Where the pairs of this thread's part of the warp's 16 rows of an accumulator (acc[n][2r],
+// acc[n][2r + 1]: the mma C layout) go in rows row0 + 0..15 of a [*, stride] matrix with HD
+// columns: pair(row_at, r, n) for each, its first value at element row_at + n·8 (row_at: the
+// thread's first element in the row); rows >= T skipped.
+template <int HD, class X, class Pair>
+TRIAD_BLOCK_FN void for_each_pair(X& x, size_t stride, int row0, int T, Pair&& pair) {
   const int lane = x.thread() % 32, gr = lane >> 2, tc = (lane & 3) * 2;
   TRIAD_UNROLL
   for (int r = 0; r < 2; ++r) {
     const int row = row0 + gr + 8 * r;
     if (row >= T) continue;
-    uint16_t* dst = g + size_t(row) * stride + tc;
+    const size_t row_at = size_t(row) * stride + tc;
     TRIAD_UNROLL
-    for (int n = 0; n < HD / 8; ++n) {
-      float lo = acc[n][2 * r] * mul, hi = acc[n][2 * r + 1] * mul;
-      uint32_t* d = reinterpret_cast<uint32_t*>(dst + n * 8);
-      if (accumulate) {
-        const uint32_t old = *d;
-        lo += x.bf16_float(uint16_t(old & 0xffffu));
-        hi += x.bf16_float(uint16_t(old >> 16));
-      }
-      *d = x.pack_bf16(lo, hi);
-    }
+    for (int n = 0; n < HD / 8; ++n) pair(row_at, r, n);
   }
+}
+
+// The warp's 16 rows of acc · mul as bf16 into rows row0 + 0..15 of a [*, stride] matrix at g
+// (columns 0..HD-1), rows >= T skipped; accumulate: round(old + value) instead of round(value).
+template <int HD, class X>
+TRIAD_BLOCK_FN void store_rows(X& x, uint16_t* g, size_t stride, int row0, int T,
+                               const float (&acc)[HD / 8][4], float mul, bool accumulate) {
+  for_each_pair<HD>(x, stride, row0, T, [&](size_t at, int r, int n) {
+    float lo = acc[n][2 * r] * mul, hi = acc[n][2 * r + 1] * mul;
+    uint32_t* d = reinterpret_cast<uint32_t*>(g + at + n * 8);
+    if (accumulate) {
+      const uint32_t old = *d;
+      lo += x.bf16_float(uint16_t(old & 0xffffu));
+      hi += x.bf16_float(uint16_t(old >> 16));
+    }
+    *d = x.pack_bf16(lo, hi);
+  });
 }
 
 // The warp's 16 rows of acc added into rows row0 + 0..15 of a [*, stride] fp32 matrix at g
@@ -266,24 +275,17 @@ TRIAD_BLOCK_FN void store_rows(X& x, uint16_t* g, size_t stride, int row0, int T
 template <int HD, class X>
 TRIAD_BLOCK_FN void add_rows(X& x, float* g, size_t stride, int row0, int T,
                              const float (&acc)[HD / 8][4], bool in_turn) {
-  const int lane = x.thread() % 32, gr = lane >> 2, tc = (lane & 3) * 2;
-  TRIAD_UNROLL
-  for (int r = 0; r < 2; ++r) {
-    const int row = row0 + gr + 8 * r;
-    if (row >= T) continue;
-    float* dst = g + size_t(row) * stride + tc;
-    TRIAD_UNROLL
-    for (int n = 0; n < HD / 8; ++n) {
-      if (!in_turn) {
-        x.atomic_add2(dst + n * 8, acc[n][2 * r], acc[n][2 * r + 1]);
-        continue;
-      }
-      float a, b;
-      x.load_l2_2(dst + n * 8, a, b);
-      dst[n * 8] = a + acc[n][2 * r];
-      dst[n * 8 + 1] = b + acc[n][2 * r + 1];
+  for_each_pair<HD>(x, stride, row0, T, [&](size_t at, int r, int n) {
+    float* dst = g + at + n * 8;
+    if (!in_turn) {
+      x.atomic_add2(dst, acc[n][2 * r], acc[n][2 * r + 1]);
+      return;
     }
-  }
+    float a, b;
+    x.load_l2_2(dst, a, b);
+    dst[0] = a + acc[n][2 * r];
+    dst[1] = b + acc[n][2 * r + 1];
+  });
 }
 
 // The head of block (blockIdx.x = b·NH + h): where its q, k, v columns of qkv [B,T,3C] (row
