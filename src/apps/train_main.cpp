@@ -1,8 +1,11 @@
-// triad-train: pretraining, resuming, fine-tuning (--init-from) and evaluation (--eval-only).
+// triad-train: pretraining, resuming, fine-tuning (--init-from), evaluation (--eval-only) and
+// planning a grid's memory before a job (--plan).
 #include <iostream>
 
+#include "triad/core/error.h"
 #include "triad/train/app_main.h"
 #include "triad/train/config.h"
+#include "triad/train/run_plan.h"
 #include "triad/train/trainer.h"
 
 int main(int argc, char** argv) {
@@ -16,6 +19,15 @@ int main(int argc, char** argv) {
     MPI_Comm_rank(world, &rank);
     if (cl.help) {
       if (rank == 0) std::cout << cl.help_text;
+      return 0;
+    }
+    if (cl.plan) {
+      TRIAD_CHECK(cl.plan_tflops >= 0, "--plan-tflops must be >= 0 (got ", cl.plan_tflops, ")");
+      int size = 1;
+      MPI_Comm_size(world, &size);
+      const triad::RunPlan plan =
+          triad::plan_run(cl.config, cl.plan_ranks != 0 ? cl.plan_ranks : size);
+      if (rank == 0) std::cout << triad::format_run_plan(plan, cl.config, cl.plan_tflops);
       return 0;
     }
     triad::Trainer trainer(world, cl);

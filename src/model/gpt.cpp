@@ -66,6 +66,40 @@ class LayoutBuilder {
   std::vector<ParamSpec> specs_;
 };
 
+// The parameter buffer's length: the layout padded to a multiple of 16·shards floats, so that
+// ZeRO cuts it into equal 64-byte aligned slices.
+size_t padded_buffer_floats(const std::vector<ParamSpec>& specs, int shards) {
+  const size_t n = specs.back().offset + aligned(specs.back().numel);
+  const size_t quantum = 16 * size_t(shards);
+  return (n + quantum - 1) / quantum * quantum;
+}
+
+// Activation sets per local chunk (the most micro-batches the schedule keeps in flight on it;
+// one without a schedule) and the number of gradient sends of a step.
+struct ActivationSlots {
+  std::vector<int> slots;
+  int grad_sends = 0;
+};
+ActivationSlots activation_slots(const ModelParallel& mp, const PipelineSchedule* schedule) {
+  ActivationSlots a;
+  a.slots.assign(size_t(mp.virtual_stages), 1);
+  if (schedule == nullptr || mp.pp == 1) return a;
+  std::vector<int> live(a.slots.size(), 0);
+  for (const Action& x : (*schedule)[size_t(mp.pp_rank)]) {
+    if (x.kind == ActionKind::Forward)
+      a.slots[size_t(x.chunk)] = std::max(a.slots[size_t(x.chunk)], ++live[size_t(x.chunk)]);
+    if (x.kind == ActionKind::Backward) --live[size_t(x.chunk)];
+    if (x.kind == ActionKind::SendGrad) ++a.grad_sends;
+  }
+  return a;
+}
+
+// The head's buffer for the other stage's wte gradient (pp > 1, first and last stage), floats.
+size_t tied_scratch_floats(const GptShape& shape, const ModelParallel& mp) {
+  if (mp.pp == 1 || !(mp.first_stage() || mp.last_stage())) return 0;
+  return size_t(shape.padded_vocab_size / mp.tp) * size_t(shape.n_embd);
+}
+
 }  // namespace
 
 // Calls f(full_offset, local_offset, count) for each contiguous run of the shard.
@@ -152,8 +186,7 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
   }
   if (mp.pp == 1) head_ = wte_;
   n_floats_ = specs_.back().offset + aligned(specs_.back().numel);
-  const size_t quantum = 16 * size_t(shards);
-  buffer_floats_ = (n_floats_ + quantum - 1) / quantum * quantum;
+  buffer_floats_ = padded_buffer_floats(specs_, shards);
   params_ = be_.alloc(buffer_floats_);
   grads_ = be_.alloc(buffer_floats_);
   if (precision_ == Precision::bf16) {
@@ -166,25 +199,13 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
   vocab_begin_ = mp.tp_rank * vocab_local_;
   vocab_valid_ = std::clamp(shape.vocab_size - vocab_begin_, 0, vocab_local_);
 
-  // Activation sets per chunk: the most micro-batches the schedule keeps in flight on it.
-  std::vector<int> slots(size_t(mp.virtual_stages), 1);
-  int grad_sends = 0;
-  if (schedule != nullptr && mp.pp > 1) {
-    schedule_ = *schedule;
-    std::vector<int> live(slots.size(), 0);
-    for (const Action& a : schedule_[size_t(mp.pp_rank)]) {
-      if (a.kind == ActionKind::Forward)
-        slots[size_t(a.chunk)] = std::max(slots[size_t(a.chunk)], ++live[size_t(a.chunk)]);
-      if (a.kind == ActionKind::Backward) --live[size_t(a.chunk)];
-      if (a.kind == ActionKind::SendGrad) ++grad_sends;
-    }
-  }
+  if (schedule != nullptr && mp.pp > 1) schedule_ = *schedule;
+  const ActivationSlots a = activation_slots(mp, schedule);
   if (precision_ == Precision::bf16)
-    acts_bf16_ = new Activations<bf16_t>(shape_, mp_, max_batch_, slots, grad_sends, be_);
+    acts_bf16_ = new Activations<bf16_t>(shape_, mp_, max_batch_, a.slots, a.grad_sends, &be_);
   else
-    acts_fp32_ = new Activations<float>(shape_, mp_, max_batch_, slots, grad_sends, be_);
-  if (mp.pp > 1 && (mp.first_stage() || mp.last_stage()))
-    tied_scratch_ = be_.alloc(size_t(vocab_local_) * shape.n_embd);
+    acts_fp32_ = new Activations<float>(shape_, mp_, max_batch_, a.slots, a.grad_sends, &be_);
+  if (const size_t n = tied_scratch_floats(shape, mp); n > 0) tied_scratch_ = be_.alloc(n);
   d_inputs_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
   d_targets_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
   host_ids_.resize(size_t(max_batch_) * shape_.seq_len);
@@ -193,6 +214,27 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
   // hits of a micro-batch, or the vocabulary-parallel row statistics, whichever is largest.
   host_scratch_.resize(
       std::max(2 * size_t(shape_.padded_vocab_size), 4 * size_t(max_batch_) * shape_.seq_len));
+}
+
+GptMemory Gpt::memory_plan(const GptShape& shape, int max_batch, int shards,
+                           const ModelParallel& mp, const PipelineSchedule* schedule,
+                           Precision precision) {
+  GptMemory m;
+  m.buffer_floats = padded_buffer_floats(gpt_rank_layout(shape, mp), shards);
+  m.weights = m.grads = m.buffer_floats * sizeof(float);
+  const ActivationSlots a = activation_slots(mp, schedule);
+  m.activation_sets = a.slots;
+  if (precision == Precision::bf16) {
+    m.weights_bf16 = m.buffer_floats * sizeof(bf16_t);
+    m.activations =
+        Activations<bf16_t>(shape, mp, max_batch, a.slots, a.grad_sends, nullptr).bytes();
+  } else {
+    m.activations =
+        Activations<float>(shape, mp, max_batch, a.slots, a.grad_sends, nullptr).bytes();
+  }
+  m.other = tied_scratch_floats(shape, mp) * sizeof(float) +
+            2 * size_t(max_batch) * size_t(shape.seq_len) * sizeof(int32_t);
+  return m;
 }
 
 Gpt::~Gpt() {

@@ -64,8 +64,10 @@ struct Gpt::Activations {
   float* reduce_wide = nullptr;
   float* row_wide = nullptr;
 
+  // Plans and allocates the buffers on `be`; without a backend (be == nullptr) only plans them,
+  // so that bytes() tells what the allocation would take (Gpt::memory_plan).
   Activations(const GptShape& s, const ModelParallel& mp, int B, const std::vector<int>& slots,
-              int n_grad_sends, Backend& be)
+              int n_grad_sends, Backend* be)
       : be_(be) {
     const size_t BT = size_t(B) * s.seq_len, C = s.n_embd;
     const bool sp = mp.split_rows();
@@ -140,6 +142,7 @@ struct Gpt::Activations {
     for (auto& g : grad_sends) want(g, R * C);
     base_ = carve(plan, total_);
     base_f_ = carve(plan_f, total_f_);
+    if (be_ == nullptr) return;  // sizes only: no buffers to alias
     for (auto& chunk : sets)
       for (auto& S : chunk) {
         for (auto& L : S.layers) {
@@ -156,9 +159,12 @@ struct Gpt::Activations {
       }
   }
   ~Activations() {
+    if (be_ == nullptr) return;
     free(base_);
     free(base_f_);
   }
+  Activations(const Activations&) = delete;
+  Activations& operator=(const Activations&) = delete;
   size_t bytes() const { return total_ * sizeof(A) + total_f_ * sizeof(float); }
 
  private:
@@ -168,6 +174,7 @@ struct Gpt::Activations {
     constexpr size_t q = 64 / sizeof(T);
     total = 0;
     for (auto& [p, n] : plan) total += (n + q - 1) / q * q;
+    if (be_ == nullptr) return nullptr;
     T* base = alloc<T>(total);
     size_t off = 0;
     for (auto& [p, n] : plan) {
@@ -179,14 +186,14 @@ struct Gpt::Activations {
   template <class T>
   T* alloc(size_t n) {
     if constexpr (std::is_same_v<T, float>)
-      return be_.alloc(n);
+      return be_->alloc(n);
     else
-      return be_.alloc_bf16(n);
+      return be_->alloc_bf16(n);
   }
-  void free(float* p) { be_.free(p); }
-  void free(bf16_t* p) { be_.free_bf16(p); }
+  void free(float* p) { be_->free(p); }
+  void free(bf16_t* p) { be_->free_bf16(p); }
 
-  Backend& be_;
+  Backend* be_;  // null: planned, not allocated
   A* base_ = nullptr;
   float* base_f_ = nullptr;
   size_t total_ = 0, total_f_ = 0;

@@ -150,7 +150,14 @@ CommandLine parse_train_command_line(int argc, const char* const* argv) {
       "init-from", po::value<std::string>(&cl.init_from),
       "start a new run from this checkpoint's weights (fresh optimizer), e.g. fine-tuning")(
       "eval-only", po::bool_switch(&cl.eval_only),
-      "evaluate a checkpoint (--resume PATH / --init-from PATH / the run's newest) and exit");
+      "evaluate a checkpoint (--resume PATH / --init-from PATH / the run's newest) and exit")(
+      "plan", po::bool_switch(&cl.plan),
+      "print each rank's memory (weights, gradients, optimizer state, activations) and the "
+      "step's compute for this config's grid, without training, data or MPI peers, and exit")(
+      "plan-ranks", po::value<int>(&cl.plan_ranks)->default_value(0),
+      "--plan: the number of ranks to plan for (0: this job's)")(
+      "plan-tflops", po::value<double>(&cl.plan_tflops)->default_value(0),
+      "--plan: also the step time at this sustained TFLOP/s per rank");
   po::options_description all;
   all.add(general).add(keys.desc());
   std::ostringstream help;

@@ -215,15 +215,16 @@ TrainOutcome Trainer::run() {
     const double param_mb = largest(s.model->num_floats() * (sizeof(float) + copy));
     const double opt_mb = largest(s.opt->state_bytes());
     const double act_mb = largest(s.model->activation_bytes());
+    const double all_mb = largest(s.be->allocated_bytes());
     std::ostringstream os;
     os << "triad: " << s.grid.describe() << " | backend " << s.be->name() << " "
        << precision_name(s.model->precision()) << " (" << omp_get_max_threads() << " threads) | "
        << "comm " << s.comm_desc << " | " << s.model->num_parameters() << " parameters | "
        << "largest per rank: parameters " << std::fixed << std::setprecision(1) << param_mb
-       << " MB, optimizer state " << opt_mb << " MB, activations " << act_mb << " MB | batch "
-       << cfg.train.batch_size << " x " << T << " tokens, " << accum << " micro-batches of " << mbs
-       << " | train " << s.train_src->num_sequences() << " sequences | peak "
-       << std::setprecision(1) << s.peak_flops / 1e9 << " GFLOP/s";
+       << " MB, optimizer state " << opt_mb << " MB, activations " << act_mb << " MB, in all "
+       << all_mb << " MB | batch " << cfg.train.batch_size << " x " << T << " tokens, " << accum
+       << " micro-batches of " << mbs << " | train " << s.train_src->num_sequences()
+       << " sequences | peak " << std::setprecision(1) << s.peak_flops / 1e9 << " GFLOP/s";
     s.say(os.str());
     s.say(s.on_device ? "device: " + cuda_device_description() +
                             (s.flash_desc.empty() ? "" : ", flash attention " + s.flash_desc)
@@ -344,6 +345,7 @@ TrainOutcome Trainer::run() {
   out.param_floats = s.model->num_floats();
   out.buffer_floats = s.model->buffer_floats();
   out.optimizer_floats = s.opt->state_bytes() / sizeof(float);
+  out.allocated_bytes = s.be->allocated_bytes();
   out.last_eval = s.last_eval;
   return out;
 }

@@ -12,6 +12,7 @@
 #include "../support/mpi_test_helpers.h"
 #include "../support/mpi_test_main.h"
 #include "../support/trainer_runs.h"
+#include "triad/train/run_plan.h"
 #include "triad/train/trainer.h"
 
 namespace triad {
@@ -46,9 +47,10 @@ struct Grid {
   int ranks() const { return dp * tp * pp; }
 };
 
-// Runs triad-train's loop on the first g.ranks() ranks of the world; the others wait.
-Result run(const std::string& dir, const std::string& name, const Grid& g,
-           std::vector<std::string> extra = {}) {
+// triad-train's command line for grid g: the small model, then "--key value" pairs of `extra`
+// replacing the defaults or adding to them (default: --resume none).
+std::vector<std::string> grid_args(const std::string& dir, const std::string& name, const Grid& g,
+                                   std::vector<std::string> extra = {}) {
   std::vector<std::string> args = triad::testing::small_run_args(
       dir, name, {kLayers, kHeads, kEmbd, kSeq, kVocab}, kBatch, kBatch / (g.dp * g.accum));
   args.insert(args.end(),
@@ -67,7 +69,13 @@ Result run(const std::string& dir, const std::string& name, const Grid& g,
       args.push_back(extra[i + 1]);
     }
   }
-  return run_trainer(g.ranks(), args);
+  return args;
+}
+
+// Runs triad-train's loop on the first g.ranks() ranks of the world; the others wait.
+Result run(const std::string& dir, const std::string& name, const Grid& g,
+           std::vector<std::string> extra = {}) {
+  return run_trainer(g.ranks(), grid_args(dir, name, g, std::move(extra)));
 }
 
 TEST(ModelParallel, EveryGridMatchesOneRank) {
@@ -279,6 +287,38 @@ TEST(ModelParallel, PerRankMemoryShrinksWithTheGrid) {
     const size_t slots = 2;  // AdamW m, v
     EXPECT_EQ(r.out.optimizer_floats, slots * r.out.buffer_floats / size_t(g.zero ? g.dp : 1))
         << g.name();
+  }
+}
+
+// triad-train --plan's numbers are what each rank's backend holds after a run: weights, bf16
+// copy, gradients, ZeRO slice, optimizer state, activations (sets per schedule), token ids and
+// the tied head's buffer, for every stage of each grid.
+TEST(ModelParallel, MemoryPlanEqualsWhatEachRankAllocates) {
+  const std::string dir = shared_dir("plan");
+  const std::vector<std::pair<Grid, std::string>> grids = {
+      {{1, 1, 1, 0, 1, "1f1b", 1}, "fp32"},       {{1, 1, 1, 0, 2, "1f1b", 1}, "bf16"},
+      {{2, 1, 1, 1, 2, "1f1b", 1}, "bf16"},       {{1, 2, 1, 0, 1, "1f1b", 1, true}, "bf16"},
+      {{1, 1, 4, 0, 4, "gpipe", 1}, "fp32"},      {{1, 1, 2, 1, 4, "interleaved", 2}, "bf16"},
+      {{2, 2, 2, 1, 2, "1f1b", 1, true}, "bf16"}, {{1, 2, 2, 0, 2, "interleaved", 2}, "fp32"},
+      {{1, 1, 4, 1, 4, "1f1b", 1}, "bf16"}};
+  for (const auto& [g, precision] : grids) {
+    if (g.ranks() > world_size()) continue;
+    const std::string name = "plan_" + g.name() + "_" + precision;
+    const auto args = grid_args(dir, name, g,
+                                {"--resume", "none", "--train.steps", "1", "--run.precision",
+                                 precision, "--checkpoint.every", "0"});
+    std::vector<const char*> argv;
+    for (const auto& a : args) argv.push_back(a.c_str());
+    const RunPlan plan =
+        plan_run(parse_train_command_line(int(argv.size()), argv.data()).config, g.ranks());
+    ASSERT_EQ(plan.stages.size(), size_t(g.pp)) << name;
+    const Result r = run_trainer(g.ranks(), args);
+    if (world_rank() >= g.ranks()) continue;
+    const int stage = (world_rank() / g.tp) % g.pp;
+    const StageMemory& m = plan.stages[size_t(stage)];
+    EXPECT_EQ(r.out.allocated_bytes, m.total()) << name << " rank " << world_rank();
+    EXPECT_EQ(r.out.buffer_floats, m.model.buffer_floats) << name;
+    EXPECT_EQ(r.out.optimizer_floats * sizeof(float), m.optimizer) << name;
   }
 }
 

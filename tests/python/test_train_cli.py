@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from triad_run import (ENV, VOCAB, assert_clean_error, exe, run, tiny_config, train,
+from triad_run import (ENV, REPO, VOCAB, assert_clean_error, exe, run, tiny_config, train,
                        write_shard)
 
 
@@ -29,7 +29,7 @@ def test_help_lists_every_key_with_defaults():
     p = train("--help", check=True)
     for key in ["model.n_layer", "train.lr", "train.micro_batch_size", "optim.beta2", "data.train",
                 "eval.sequences", "checkpoint.at_start", "run.dir", "parallel.virtual_stages",
-                "--resume", "--init-from", "--eval-only"]:
+                "--resume", "--init-from", "--eval-only", "--plan", "--plan-ranks"]:
         assert key in p.stdout, key
     assert "--train.lr arg (=6e-04)" in p.stdout
 
@@ -48,6 +48,37 @@ def test_help_lists_every_key_with_defaults():
 def test_bad_config_values(tmp_path, args, needles):
     cfg = tiny_config(tmp_path)
     assert_clean_error(train("--config", cfg, *args), *needles)
+
+
+def test_plan_prints_each_stage_without_data_or_peers(tmp_path):
+    # A grid of 16 ranks planned by one process; the data globs name no files.
+    p = train("--config", REPO / "inputs/models/gpt2-124m.ini", "--run.backend", "cuda",
+              "--data.train", str(tmp_path / "none_*.bin"), "--train.batch_size", "64",
+              "--train.micro_batch_size", "4", "--parallel.tp", "2", "--parallel.pp", "2",
+              "--parallel.zero", "1", "--plan", "--plan-ranks", "16", "--plan-tflops", "300",
+              check=True)
+    out = p.stdout
+    assert "plan: 16 ranks = dp 4 x pp 2 x tp 2 | bf16 on cuda" in out, out
+    assert "4 micro-batches of 4 sequences" in out and "ZeRO-1" in out, out
+    rows = [l.split() for l in out.splitlines() if l.strip().split(" ")[0] in ("0", "1")]
+    assert [r[0] for r in rows] == ["0", "1"], out
+    for r in rows:  # weights + bf16 copy + gradients + optimizer + activations + other = total
+        parts = [float(x) for x in (r[3], r[4], r[5], r[6], r[7], r[9])]
+        assert abs(sum(parts) - float(r[10])) < 0.35, r
+        assert int(r[1]) == 6, r
+    assert "pipeline bubble" in out and "tokens/s" in out, out
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--plan-ranks", "3", "--parallel.tp", "2"], ["parallel.tp", "3"]),
+    (["--plan-ranks", "-4"], ["--plan-ranks"]),
+    (["--plan-tflops", "-1"], ["--plan-tflops"]),
+    (["--plan-ranks", "3", "--parallel.pp", "3"], ["parallel.pp", "model.n_layer"]),
+])
+def test_plan_refuses_bad_grids(tmp_path, args, needles):
+    cfg = tiny_config(tmp_path)
+    assert_clean_error(train("--config", cfg, "--plan", *args), *needles)
 
 
 def test_cuda_backend_without_a_gpu_is_a_clear_error(tmp_path):

@@ -36,6 +36,10 @@ class Backend {
   // ---- memory: device-resident buffers (host memory for the CPU backend) -------------------
   virtual float* alloc(size_t n_floats) = 0;  // zero-filled, 64-byte aligned
   virtual void free(float* p) = 0;
+  // Bytes of the buffers alloc, alloc_bf16 and alloc_ints handed out and not yet freed, as
+  // requested (before the platform rounds them up). The backend's own workspace (cuBLASLt's,
+  // attention and reduction scratch) is not counted.
+  virtual size_t allocated_bytes() const = 0;
   virtual void zero(float* p, size_t n) = 0;
   virtual void copy_to_host(float* host, const float* dev, size_t n) = 0;
   // dst = src within the backend's memory: a plain copy by the platform (memcpy / cudaMemcpy),

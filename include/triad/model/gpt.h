@@ -84,6 +84,20 @@ struct ForwardStats {
   int64_t tokens = 0;
 };
 
+// What a Gpt allocates on its backend, in bytes (Gpt::memory_plan): everything it holds there,
+// so the sum is the model's whole share of the device memory (the backend's own workspace and
+// the optimizer's state come on top).
+struct GptMemory {
+  size_t weights = 0;        // fp32 parameters (the master weights under bf16), padded for ZeRO
+  size_t weights_bf16 = 0;   // bf16 copy the layers read (bf16 precision)
+  size_t grads = 0;          // fp32 parameter gradients
+  size_t activations = 0;    // the activation plan: kept sets, backward scratch, sends
+  size_t other = 0;          // token ids and targets, the tied head's gradient exchange (pp > 1)
+  size_t buffer_floats = 0;  // the parameter buffer's length in floats (ZeRO cuts it in slices)
+  std::vector<int> activation_sets;  // per local chunk: micro-batches kept in flight
+  size_t total() const { return weights + weights_bf16 + grads + activations + other; }
+};
+
 class Gpt {
  public:
   // Plans parameters, gradients and activations for micro-batches of up to max_batch
@@ -97,6 +111,12 @@ class Gpt {
       const ModelParallel& mp = {}, const PipelineSchedule* schedule = nullptr,
       Precision precision = Precision::fp32);
   ~Gpt();
+  // What the constructor with these arguments allocates, without allocating it (planning a
+  // grid's memory before a job runs); equal to the backend's allocations, tested.
+  static GptMemory memory_plan(const GptShape& shape, int max_batch, int shards = 1,
+                               const ModelParallel& mp = {},
+                               const PipelineSchedule* schedule = nullptr,
+                               Precision precision = Precision::fp32);
   Gpt(const Gpt&) = delete;
   Gpt& operator=(const Gpt&) = delete;
 

@@ -103,6 +103,11 @@ struct CommandLine {
   std::string resume = "auto";  // auto | none | PATH
   std::string init_from;        // checkpoint whose weights start a new run
   bool eval_only = false;
+  // --plan: print the run's memory per rank and compute (train/run_plan.h) and exit, for
+  // plan_ranks ranks (0: the job's) and, with plan_tflops > 0, the step time at that rate.
+  bool plan = false;
+  int plan_ranks = 0;
+  double plan_tflops = 0;
   bool help = false;
   std::string help_text;
 };

@@ -30,6 +30,7 @@ struct TrainOutcome {
   CommStats tp_traffic, pp_traffic;            // the tensor- and pipeline-parallel groups, likewise
   size_t param_floats = 0, buffer_floats = 0;  // this rank's part of the model
   size_t optimizer_floats = 0;                 // this rank's optimizer state
+  size_t allocated_bytes = 0;  // live on this rank's backend at the end (Backend::allocated_bytes)
 };
 
 class Trainer {

@@ -9,6 +9,7 @@
 
 #include "cpu_ops.h"
 #include "triad/core/error.h"
+#include "triad/kernels/allocation_ledger.h"
 #include "triad/kernels/backend.h"
 
 namespace triad {
@@ -32,9 +33,24 @@ class CpuBackend final : public Backend {
     void* p = std::aligned_alloc(kAlignment, bytes);
     TRIAD_CHECK(p != nullptr, "cpu backend: out of memory allocating ", bytes, " bytes");
     std::memset(p, 0, bytes);
+    ledger_.add(p, n_floats * sizeof(float));
     return static_cast<float*>(p);
   }
-  void free(float* p) override { std::free(p); }
+  void free(float* p) override {
+    ledger_.remove(p);
+    std::free(p);
+  }
+  size_t allocated_bytes() const override { return ledger_.live_bytes(); }
+  int32_t* alloc_ints(size_t n) override {
+    auto* p = static_cast<int32_t*>(std::calloc(std::max<size_t>(n, 1), sizeof(int32_t)));
+    TRIAD_CHECK(p != nullptr, "cpu backend: out of memory allocating ", n, " token ids");
+    ledger_.add(p, n * sizeof(int32_t));
+    return p;
+  }
+  void free_ints(int32_t* p) override {
+    ledger_.remove(p);
+    std::free(p);
+  }
   void zero(float* p, size_t n) override { std::memset(p, 0, n * sizeof(float)); }
   void copy(float* dst, const float* src, size_t n) override {
     // In chunks over the OpenMP threads: one thread alone does not reach the memory bandwidth.
@@ -214,6 +230,9 @@ class CpuBackend final : public Backend {
                                      float dloss_scale) override {
     cpu::crossentropy_backward_partial(logits, row_max, sum_exp, targets, N, V, Vp, dloss_scale);
   }
+
+ private:
+  AllocationLedger ledger_;
 };
 
 }  // namespace

@@ -11,6 +11,7 @@
 
 #include "cuda_ops.cuh"
 #include "triad/core/error.h"
+#include "triad/kernels/allocation_ledger.h"
 #include "triad/kernels/cuda_backend.h"
 
 namespace triad {
@@ -86,6 +87,7 @@ class CudaBackend final : public Backend {
     return static_cast<float*>(alloc_bytes(n_floats * sizeof(float)));
   }
   void free(float* p) override { free_bytes(p); }
+  size_t allocated_bytes() const override { return ledger_.live_bytes(); }
   void zero(float* p, size_t n) override {
     if (n == 0) return;
     TRIAD_CUDA_CHECK(cudaMemsetAsync(p, 0, n * sizeof(float), stream_));
@@ -342,8 +344,9 @@ class CudaBackend final : public Backend {
 
  private:
   // Zero-filled device memory (cudaMalloc aligns to 256 bytes, above the 64 the interface asks).
-  void* alloc_bytes(size_t bytes) {
-    if (bytes == 0) bytes = 256;  // a valid, distinct pointer even for empty buffers
+  void* alloc_bytes(size_t requested) {
+    // A valid, distinct pointer even for empty buffers.
+    const size_t bytes = requested == 0 ? 256 : requested;
     void* p = nullptr;
     const cudaError_t err = cudaMalloc(&p, bytes);
     if (err != cudaSuccess) {
@@ -355,11 +358,13 @@ class CudaBackend final : public Backend {
     }
     TRIAD_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream_));
     TRIAD_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    ledger_.add(p, requested);
     return p;
   }
 
   void free_bytes(void* p) {
     if (p == nullptr) return;
+    ledger_.remove(p);
     // Work queued on the stream may still use p.
     TRIAD_CUDA_CHECK(cudaStreamSynchronize(stream_));
     TRIAD_CUDA_CHECK(cudaFree(p));
@@ -382,6 +387,7 @@ class CudaBackend final : public Backend {
   cuda::DeviceScratch reduce_partials_;  // column sums' per-slice partials (bias, LayerNorm grads)
   std::vector<UpdateRun> runs_host_;     // the optimizer's run table as uploaded to runs_device_
   cuda::DeviceScratch runs_device_;
+  AllocationLedger ledger_;  // the buffers alloc* handed out
 };
 
 }  // namespace

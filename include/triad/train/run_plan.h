@@ -1,0 +1,56 @@
+// A run's memory and compute before it starts (triad-train --plan): for the grid that a config
+// and a number of ranks give, the bytes every rank of each pipeline stage allocates on its
+// backend, by purpose, computed by the code that allocates them (Gpt::memory_plan; equal to
+// the allocations, tested), and the step's compute per rank with the pipeline bubble of the
+// chosen schedule simulated. No MPI, files or backend are needed: plan a 1,000-rank job on a
+// laptop.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "triad/model/gpt.h"
+#include "triad/parallel/process_grid.h"
+#include "triad/train/config.h"
+
+namespace triad {
+
+// One pipeline stage: every tensor- and data-parallel rank of it allocates the same sizes.
+struct StageMemory {
+  int stage = 0;           // pipeline rank
+  int layers = 0;          // transformer layers held (all its chunks)
+  int64_t parameters = 0;  // elements of this rank's shards (its replicated tensors included)
+  GptMemory model;
+  size_t optimizer = 0;   // AdamW m and v (SGD: momentum) over this rank's range: its ZeRO slice
+  size_t grad_shard = 0;  // ZeRO-1: the slice of the gradient the reduce-scatter delivers
+  // Matmul FLOPs of one token's forward + backward on a rank of this stage (6 per weight of its
+  // linear layers and head, plus attention's 6·C·T/tp per layer).
+  double flops_per_token = 0;
+  size_t total() const { return model.total() + optimizer + grad_shard; }
+};
+
+struct RunPlan {
+  GridShape grid;
+  int micro_batches = 1;  // per step on each data-parallel rank
+  int micro_batch_size = 1;
+  Precision precision = Precision::fp32;
+  std::vector<StageMemory> stages;   // [pipeline rank]
+  double model_flops_per_token = 0;  // the whole model (DESIGN.md §5): 6N + 6·L·C·T
+  // Compute time of one step in units of the slowest stage's forward of one micro-batch, and
+  // the idle fraction of the pipeline, simulated for the schedule with backward = 2 × forward
+  // (pp = 1: 3 per micro-batch, no bubble).
+  double step_in_forwards = 0;
+  double bubble = 0;
+  const StageMemory& largest() const;  // the stage with the most memory
+};
+
+// The plan of `cfg` on `world_size` ranks. Throws triad::Error (naming the key) for a config
+// that no run could start with, as the run itself would (validate()).
+RunPlan plan_run(const Config& cfg, int world_size);
+
+// The plan as a table for people. tflops > 0: also the step time and tokens/s at that sustained
+// rate per rank (a single-rank run's rate, or MFU × peak).
+std::string format_run_plan(const RunPlan& plan, const Config& cfg, double tflops);
+
+}  // namespace triad

@@ -1,0 +1,156 @@
+#include "triad/train/run_plan.h"
+
+#include <algorithm>
+#include <iomanip>
+#include <sstream>
+
+#include "triad/core/error.h"
+#include "triad/parallel/pipeline_schedule.h"
+
+namespace triad {
+namespace {
+
+// 6 FLOPs per weight of a matmul per token (2 forward, 4 backward), for the weights this rank
+// multiplies with: every 2-D tensor but the position table, and wte where it is the head (the
+// last stage; on a first stage of several it is only looked up).
+double stage_flops_per_token(const std::vector<ParamSpec>& specs, const GptShape& shape,
+                             const ModelParallel& mp, int layers) {
+  double weights = 0;
+  for (const auto& s : specs) {
+    if (s.shape.size() != 2 || s.name == "wpe/weight") continue;
+    if (s.name == "wte/weight" && !mp.last_stage()) continue;
+    weights += double(s.numel);
+  }
+  return 6.0 * weights + 6.0 * layers * double(shape.n_embd / mp.tp) * double(shape.seq_len);
+}
+
+std::string megabytes(size_t bytes) {
+  std::ostringstream os;
+  os << std::fixed << std::setprecision(1) << double(bytes) / 1e6;
+  return os.str();
+}
+
+}  // namespace
+
+const StageMemory& RunPlan::largest() const {
+  return *std::max_element(stages.begin(), stages.end(),
+                           [](const auto& a, const auto& b) { return a.total() < b.total(); });
+}
+
+RunPlan plan_run(const Config& cfg, int world_size) {
+  TRIAD_CHECK(world_size >= 1, "--plan-ranks must be >= 1 (got ", world_size, ")");
+  validate(cfg, world_size);
+  RunPlan p;
+  p.grid.tp = cfg.parallel.tp;
+  p.grid.pp = cfg.parallel.pp;
+  p.grid.dp = world_size / (p.grid.tp * p.grid.pp);
+  p.micro_batch_size = cfg.train.micro_batch_size;
+  p.micro_batches = cfg.train.batch_size / (p.micro_batch_size * p.grid.dp);
+  p.precision = cfg.bf16() ? Precision::bf16 : Precision::fp32;
+  const GptShape shape{cfg.model.n_layer, cfg.model.n_head,     cfg.model.n_embd,
+                       cfg.model.seq_len, cfg.model.vocab_size, cfg.padded_vocab_size()};
+  const int v = cfg.parallel.virtual_stages;
+  PipelineSchedule schedule;
+  ScheduleKind kind = ScheduleKind::OneFOneB;
+  if (p.grid.pp > 1) {
+    kind = parse_schedule_kind(cfg.parallel.schedule);
+    schedule = make_schedule(kind, p.grid.pp, p.micro_batches, v);
+  }
+  const int slots = cfg.optim.name == "adamw" ? 2 : 1;  // Optimizer::slot_names()
+  for (int stage = 0; stage < p.grid.pp; ++stage) {
+    ModelParallel mp;
+    mp.tp = p.grid.tp;
+    mp.pp = p.grid.pp;
+    mp.pp_rank = stage;
+    mp.virtual_stages = v;
+    mp.sequence_parallel = cfg.parallel.sequence_parallel;
+    StageMemory m;
+    m.stage = stage;
+    m.layers = mp.layers_per_chunk(shape.n_layer) * v;
+    const auto specs = gpt_rank_layout(shape, mp);
+    for (const auto& s : specs) m.parameters += int64_t(s.numel);
+    m.model = Gpt::memory_plan(shape, p.micro_batch_size, p.grid.dp, mp,
+                               p.grid.pp > 1 ? &schedule : nullptr, p.precision);
+    // The trainer's optimizer and ZeRO slice (Trainer::State::setup_model).
+    const bool zero = cfg.parallel.zero == 1;
+    const size_t range = zero ? m.model.buffer_floats / size_t(p.grid.dp) : m.model.buffer_floats;
+    m.optimizer = size_t(slots) * std::max<size_t>(1, range) * sizeof(float);
+    m.grad_shard = zero ? range * sizeof(float) : 0;
+    m.flops_per_token = stage_flops_per_token(specs, shape, mp, m.layers);
+    p.stages.push_back(m);
+  }
+  int64_t n = 0;
+  for (const auto& t : gpt_parameter_layout(shape)) n += int64_t(t.numel);
+  n -= int64_t(shape.padded_vocab_size - shape.vocab_size) * shape.n_embd;
+  p.model_flops_per_token =
+      6.0 * double(n) + 6.0 * shape.n_layer * double(shape.n_embd) * double(shape.seq_len);
+  if (p.grid.pp > 1) {
+    const SimResult r = simulate(schedule, p.grid.pp, p.micro_batches, v, 1.0, 2.0);
+    p.step_in_forwards = r.makespan;
+    p.bubble = r.bubble;
+  } else {
+    p.step_in_forwards = 3.0 * p.micro_batches;
+  }
+  return p;
+}
+
+std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops) {
+  const auto& g = p.grid;
+  std::ostringstream os;
+  const int ranks = g.dp * g.pp * g.tp;
+  os << std::fixed << "plan: " << ranks << (ranks == 1 ? " rank" : " ranks") << " = dp " << g.dp
+     << " x pp " << g.pp << " x tp " << g.tp << " | " << precision_name(p.precision) << " on "
+     << cfg.run.backend << " | batch " << cfg.train.batch_size << " x " << cfg.model.seq_len
+     << " tokens: " << p.micro_batches << (p.micro_batches == 1 ? " micro-batch" : " micro-batches")
+     << " of " << p.micro_batch_size << " sequences per data-parallel rank";
+  if (g.pp > 1)
+    os << " | schedule " << cfg.parallel.schedule
+       << (cfg.parallel.virtual_stages > 1
+               ? " (" + std::to_string(cfg.parallel.virtual_stages) + " virtual stages)"
+               : "");
+  if (cfg.parallel.zero == 1) os << " | ZeRO-1";
+  if (cfg.parallel.sequence_parallel && g.tp > 1) os << " | sequence parallel";
+  os << "\n\nmemory of each rank, MB (1e6 bytes) allocated on the backend:\n";
+  const char* head[] = {"stage",     "layers",    "parameters",  "weights", "bf16 copy",
+                        "gradients", "optimizer", "activations", "other",   "total"};
+  const int w[] = {5, 6, 12, 10, 10, 10, 10, 16, 8, 10};
+  for (int i = 0; i < 10; ++i) os << std::setw(w[i]) << head[i] << (i < 9 ? "  " : "\n");
+  for (const auto& s : p.stages) {
+    std::ostringstream sets;
+    for (size_t k = 0; k < s.model.activation_sets.size(); ++k)
+      sets << (k > 0 ? "," : "") << s.model.activation_sets[k];
+    const std::string cells[] = {
+        std::to_string(s.stage),         std::to_string(s.layers),
+        std::to_string(s.parameters),    megabytes(s.model.weights),
+        megabytes(s.model.weights_bf16), megabytes(s.model.grads + s.grad_shard),
+        megabytes(s.optimizer),          megabytes(s.model.activations) + " (" + sets.str() + ")",
+        megabytes(s.model.other),        megabytes(s.total())};
+    for (int i = 0; i < 10; ++i) os << std::setw(w[i]) << cells[i] << (i < 9 ? "  " : "\n");
+  }
+  os << "(activations: kept for the micro-batches in flight per chunk, in parentheses, plus the "
+        "backward scratch; gradients include ZeRO-1's reduce-scattered slice";
+  if (cfg.run.backend == "cuda")
+    os << "; on a GPU add the backend's workspace: cuBLASLt's 32 MiB and attention scratch";
+  os << ")\n\ncompute: " << std::setprecision(3) << p.model_flops_per_token / 1e9
+     << " GFLOP per token for the model (6N + 6LCT); per rank and token, stage";
+  for (const auto& s : p.stages) os << " " << s.stage << ": " << s.flops_per_token / 1e9;
+  os << " GFLOP";
+  if (g.pp > 1)
+    os << "\npipeline bubble (simulated, backward = 2 x forward): " << std::setprecision(1)
+       << p.bubble * 100 << "% of the stages' time";
+  if (tflops > 0) {
+    double slowest = 0;
+    for (const auto& s : p.stages) slowest = std::max(slowest, s.flops_per_token);
+    const double tokens_mb = double(p.micro_batch_size) * cfg.model.seq_len;
+    const double t_fwd = slowest / 3.0 * tokens_mb / (tflops * 1e12);
+    const double step = p.step_in_forwards * t_fwd;
+    os << "\nstep time at " << std::setprecision(0) << tflops
+       << " TFLOP/s sustained per rank, compute only (communication not counted): "
+       << std::setprecision(1) << step * 1e3 << " ms, " << std::setprecision(0)
+       << double(cfg.train.batch_size) * cfg.model.seq_len / step << " tokens/s";
+  }
+  os << "\n";
+  return os.str();
+}
+
+}  // namespace triad

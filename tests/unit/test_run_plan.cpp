@@ -1,0 +1,135 @@
+// triad-train --plan (train/run_plan.h, Gpt::memory_plan): the planned bytes are what a model
+// allocates on its backend, the activation plan follows the per-buffer formula of
+// docs/parallelism.md, ZeRO and the grid shrink what they should, the compute per token is the
+// count of the weights each stage multiplies with, and configs no run could start are refused
+// naming the key. (Every grid's plan against the allocations of a real run: tests/mpi/
+// test_model_parallel.cpp, MemoryPlanEqualsWhatEachRankAllocates.)
+#include <gtest/gtest.h>
+
+#include "triad/core/error.h"
+#include "triad/kernels/backend.h"
+#include "triad/model/gpt.h"
+#include "triad/train/run_plan.h"
+
+namespace triad {
+namespace {
+
+// n = B·T = 64 rows, C = 64, 4 heads, Vp = 512: every buffer a multiple of 64 bytes, so the
+// plan's alignment adds nothing and the formula is exact.
+const GptShape kSmall{2, 4, 64, 32, 500, 512};
+constexpr int kB = 2;
+
+TEST(GptMemoryPlan, EqualsTheBackendsAllocations) {
+  auto be = make_cpu_backend();
+  for (Precision p : {Precision::fp32, Precision::bf16})
+    for (int shards : {1, 3}) {
+      const size_t before = be->allocated_bytes();
+      const GptMemory plan = Gpt::memory_plan(kSmall, kB, shards, {}, nullptr, p);
+      {
+        Gpt model(kSmall, kB, *be, shards, {}, nullptr, p);
+        EXPECT_EQ(be->allocated_bytes() - before, plan.total()) << precision_name(p) << shards;
+        EXPECT_EQ(model.buffer_floats(), plan.buffer_floats);
+        EXPECT_EQ(model.activation_bytes(), plan.activations);
+      }
+      EXPECT_EQ(be->allocated_bytes(), before) << "freed with the model";
+    }
+}
+
+TEST(GptMemoryPlan, ActivationsFollowTheDocumentedFormula) {
+  const size_t n = size_t(kB) * kSmall.seq_len, C = size_t(kSmall.n_embd), L = 2, NH = 4;
+  const size_t T = size_t(kSmall.seq_len), Vp = size_t(kSmall.padded_vocab_size);
+  // Kept per layer: ln1, qkv (3), attention output, residual2, ln2, MLP hidden and its GELU (4
+  // each), residual3 = 16·n·C; plus the chunk input, ln_f and the logits. Backward scratch: the
+  // residual, LayerNorm, attention-output, qkv (3) and MLP (4, 4) gradients and the shared
+  // projection output = 15·n·C.
+  const size_t act = n * C * (1 + 16 * L + 1 + 15) + n * Vp;
+  // fp32 statistics: each LayerNorm's mean and rstd, the per-token loss and hit, the
+  // vocabulary-parallel row statistics (4n); attention keeps its probabilities (fp32 model,
+  // and their gradient as scratch) or its log-sum-exp (bf16).
+  const size_t stats = L * 4 * n + 2 * n + 2 * n + 4 * n;
+  const size_t fp32 = 4 * (act + stats + L * n * NH * T + n * NH * T);
+  const size_t bf16 = 2 * act + 4 * (stats + L * n * NH + Vp);  // + one widened row of logits
+  EXPECT_EQ(Gpt::memory_plan(kSmall, kB).activations, fp32);
+  EXPECT_EQ(Gpt::memory_plan(kSmall, kB, 1, {}, nullptr, Precision::bf16).activations, bf16);
+}
+
+Config gpt2_124m(int batch, int micro) {
+  Config c;                // the defaults are GPT-2 124M
+  c.run.backend = "cuda";  // bf16 by default
+  c.train.batch_size = batch;
+  c.train.micro_batch_size = micro;
+  return c;
+}
+
+TEST(RunPlan, ShardsAndZeroShrinkWhatTheyShould) {
+  const RunPlan one = plan_run(gpt2_124m(16, 16), 1);
+  ASSERT_EQ(one.stages.size(), 1u);
+  const StageMemory& s = one.stages[0];
+  // GPT-2 124M with the vocabulary padded to 50304 (the padding rows are held, not counted).
+  EXPECT_EQ(s.parameters, 124475904);
+  EXPECT_DOUBLE_EQ(one.model_flops_per_token,
+                   6.0 * (124475904.0 - 47 * 768) + 6.0 * 12 * 768 * 1024);
+  EXPECT_EQ(s.model.weights, s.model.buffer_floats * 4);
+  EXPECT_EQ(s.model.weights_bf16, s.model.buffer_floats * 2);
+  EXPECT_EQ(s.optimizer, 2 * s.model.weights);  // AdamW m and v
+  EXPECT_EQ(s.grad_shard, 0u);
+
+  Config z = gpt2_124m(64, 8);
+  z.parallel.zero = 1;
+  const RunPlan dp8 = plan_run(z, 8);
+  EXPECT_EQ(dp8.grid.dp, 8);
+  EXPECT_EQ(dp8.micro_batches, 1);
+  const StageMemory& d = dp8.stages[0];
+  EXPECT_EQ(d.optimizer, 2 * d.model.weights / 8);
+  EXPECT_EQ(d.grad_shard, d.model.weights / 8);
+  EXPECT_LT(d.model.activations, s.model.activations) << "micro-batch 8 instead of 16";
+
+  Config g = gpt2_124m(16, 1);
+  g.parallel.tp = 2;
+  g.parallel.pp = 2;
+  const RunPlan grid = plan_run(g, 4);
+  ASSERT_EQ(grid.stages.size(), 2u);
+  // Stage 0: wte/2, wpe and layers 0-5 (their tp-split weights halved); stage 1: layers 6-11,
+  // ln_f and the head's wte/2.
+  // Layer: 4 LayerNorm vectors, c_attn (3C² + 3C), attention c_proj (C² + C), c_fc (4C² + 4C),
+  // MLP c_proj (4C² + C) = 12C² + 13C. The vocabulary is padded to a multiple of 128·tp = 256.
+  const int64_t C = 768, V2 = 50432 / 2, layer = 12 * C * C + 13 * C;
+  const int64_t split = 6 * C;  // the LayerNorms and row-parallel biases stay whole
+  const int64_t half_layer = (layer - split) / 2 + split;
+  EXPECT_EQ(grid.stages[0].parameters, V2 * C + 1024 * C + 6 * half_layer);
+  EXPECT_EQ(grid.stages[1].parameters, 6 * half_layer + 2 * C + V2 * C);
+  EXPECT_EQ(grid.stages[0].model.activation_sets, std::vector<int>{2}) << "1F1B: pp - stage";
+  EXPECT_EQ(grid.stages[1].model.activation_sets, std::vector<int>{1});
+  EXPECT_GT(grid.bubble, 0.0);
+  EXPECT_GT(grid.stages[1].model.other, 0u) << "the head's buffer for wte's gradient";
+}
+
+TEST(RunPlan, ComputePerTokenCountsTheWeightsEachStageMultipliesWith) {
+  const RunPlan one = plan_run(gpt2_124m(16, 16), 1);
+  const double C = 768, weights = 50304 * C + 12 * 12 * C * C;  // head + 12 layers' matmuls
+  EXPECT_DOUBLE_EQ(one.stages[0].flops_per_token, 6 * weights + 6 * 12 * C * 1024);
+  EXPECT_DOUBLE_EQ(one.step_in_forwards, 3.0);
+  // At 400 TFLOP/s: 16384 tokens of 6·weights + attention FLOPs each.
+  const std::string text = format_run_plan(one, gpt2_124m(16, 16), 400);
+  const double ms = 16384 * one.stages[0].flops_per_token / 400e12 * 1e3;
+  std::ostringstream want;
+  want << std::fixed << std::setprecision(1) << ms << " ms";
+  EXPECT_NE(text.find(want.str()), std::string::npos) << text;
+}
+
+TEST(RunPlan, RefusesGridsNoRunCouldStart) {
+  Config c = gpt2_124m(16, 1);
+  c.parallel.tp = 2;
+  try {
+    plan_run(c, 3);
+    FAIL() << "3 ranks cannot hold tp = 2";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("parallel.tp"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(plan_run(gpt2_124m(16, 1), 0), Error);
+  c.parallel.tp = 5;  // 12 heads
+  EXPECT_THROW(plan_run(c, 5), Error);
+}
+
+}  // namespace
+}  // namespace triad
