@@ -220,7 +220,9 @@ GptMemory Gpt::memory_plan(const GptShape& shape, int max_batch, int shards,
                            const ModelParallel& mp, const PipelineSchedule* schedule,
                            Precision precision) {
   GptMemory m;
-  m.buffer_floats = padded_buffer_floats(gpt_rank_layout(shape, mp), shards);
+  const auto specs = gpt_rank_layout(shape, mp);
+  m.param_floats = specs.back().offset + aligned(specs.back().numel);
+  m.buffer_floats = padded_buffer_floats(specs, shards);
   m.weights = m.grads = m.buffer_floats * sizeof(float);
   const ActivationSlots a = activation_slots(mp, schedule);
   m.activation_sets = a.slots;

@@ -157,7 +157,9 @@ CommandLine parse_train_command_line(int argc, const char* const* argv) {
       "plan-ranks", po::value<int>(&cl.plan_ranks)->default_value(0),
       "--plan: the number of ranks to plan for (0: this job's)")(
       "plan-tflops", po::value<double>(&cl.plan_tflops)->default_value(0),
-      "--plan: also the step time at this sustained TFLOP/s per rank");
+      "--plan: also the step time at this sustained TFLOP/s per rank")(
+      "plan-gbps", po::value<double>(&cl.plan_gbps)->default_value(0),
+      "--plan: also the data-parallel reduction's time at this bandwidth per rank (GB/s)");
   po::options_description all;
   all.add(general).add(keys.desc());
   std::ostringstream help;

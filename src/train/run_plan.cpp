@@ -77,6 +77,17 @@ RunPlan plan_run(const Config& cfg, int world_size) {
     m.optimizer = size_t(slots) * std::max<size_t>(1, range) * sizeof(float);
     m.grad_shard = zero ? range * sizeof(float) : 0;
     m.flops_per_token = stage_flops_per_token(specs, shape, mp, m.layers);
+    // The trainer's reduction (Trainer::run): ZeRO-1 reduce-scatters and gathers even on a
+    // group of one (local copies, no wire); the all-reduce runs for dp > 1.
+    const double d = p.grid.dp;
+    if (zero) {
+      m.dp_reduce_scatter = m.model.buffer_floats * sizeof(float);
+      m.dp_all_gather = range * sizeof(float);
+      m.dp_wire_bytes = 2 * (d - 1) / d * double(m.dp_reduce_scatter);
+    } else if (p.grid.dp > 1) {
+      m.dp_all_reduce = m.model.param_floats * sizeof(float);
+      m.dp_wire_bytes = 2 * (d - 1) / d * double(m.dp_all_reduce);
+    }
     p.stages.push_back(m);
   }
   int64_t n = 0;
@@ -94,7 +105,7 @@ RunPlan plan_run(const Config& cfg, int world_size) {
   return p;
 }
 
-std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops) {
+std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, double gbps) {
   const auto& g = p.grid;
   std::ostringstream os;
   const int ranks = g.dp * g.pp * g.tp;
@@ -138,6 +149,15 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops) 
   if (g.pp > 1)
     os << "\npipeline bubble (simulated, backward = 2 x forward): " << std::setprecision(1)
        << p.bubble * 100 << "% of the stages' time";
+  if (g.dp > 1) {
+    double wire = 0;
+    for (const auto& s : p.stages) wire = std::max(wire, s.dp_wire_bytes);
+    os << "\ndata-parallel gradient reduction per step and rank (ring): " << std::setprecision(1)
+       << wire / 1e6 << " MB over its link";
+    if (gbps > 0)
+      os << ", " << wire / (gbps * 1e9) * 1e3 << " ms at " << std::setprecision(0) << gbps
+         << " GB/s (overlapped with the backward pass where pp = 1 and no ZeRO)";
+  }
   if (tflops > 0) {
     double slowest = 0;
     for (const auto& s : p.stages) slowest = std::max(slowest, s.flops_per_token);

@@ -292,7 +292,8 @@ TEST(ModelParallel, PerRankMemoryShrinksWithTheGrid) {
 
 // triad-train --plan's numbers are what each rank's backend holds after a run: weights, bf16
 // copy, gradients, ZeRO slice, optimizer state, activations (sets per schedule), token ids and
-// the tied head's buffer, for every stage of each grid.
+// the tied head's buffer, for every stage of each grid; and its data-parallel payload is what the
+// step's reduction handed to the communicator.
 TEST(ModelParallel, MemoryPlanEqualsWhatEachRankAllocates) {
   const std::string dir = shared_dir("plan");
   const std::vector<std::pair<Grid, std::string>> grids = {
@@ -300,7 +301,8 @@ TEST(ModelParallel, MemoryPlanEqualsWhatEachRankAllocates) {
       {{2, 1, 1, 1, 2, "1f1b", 1}, "bf16"},       {{1, 2, 1, 0, 1, "1f1b", 1, true}, "bf16"},
       {{1, 1, 4, 0, 4, "gpipe", 1}, "fp32"},      {{1, 1, 2, 1, 4, "interleaved", 2}, "bf16"},
       {{2, 2, 2, 1, 2, "1f1b", 1, true}, "bf16"}, {{1, 2, 2, 0, 2, "interleaved", 2}, "fp32"},
-      {{1, 1, 4, 1, 4, "1f1b", 1}, "bf16"}};
+      {{1, 1, 4, 1, 4, "1f1b", 1}, "bf16"},       {{2, 2, 1, 0, 1, "1f1b", 1}, "bf16"},
+      {{2, 1, 2, 0, 2, "gpipe", 1}, "fp32"}};
   for (const auto& [g, precision] : grids) {
     if (g.ranks() > world_size()) continue;
     const std::string name = "plan_" + g.name() + "_" + precision;
@@ -319,6 +321,11 @@ TEST(ModelParallel, MemoryPlanEqualsWhatEachRankAllocates) {
     EXPECT_EQ(r.out.allocated_bytes, m.total()) << name << " rank " << world_rank();
     EXPECT_EQ(r.out.buffer_floats, m.model.buffer_floats) << name;
     EXPECT_EQ(r.out.optimizer_floats * sizeof(float), m.optimizer) << name;
+    // One step's data-parallel reduction (the evaluations move scalars only).
+    const CommStats& dp = r.out.dp_traffic;
+    EXPECT_EQ(dp.bytes[CommStats::kAllReduce], m.dp_all_reduce) << name;
+    EXPECT_EQ(dp.bytes[CommStats::kReduceScatter], m.dp_reduce_scatter) << name;
+    EXPECT_EQ(dp.bytes[CommStats::kAllGather], m.dp_all_gather) << name;
   }
 }
 

@@ -56,7 +56,7 @@ def test_plan_prints_each_stage_without_data_or_peers(tmp_path):
               "--data.train", str(tmp_path / "none_*.bin"), "--train.batch_size", "64",
               "--train.micro_batch_size", "4", "--parallel.tp", "2", "--parallel.pp", "2",
               "--parallel.zero", "1", "--plan", "--plan-ranks", "16", "--plan-tflops", "300",
-              check=True)
+              "--plan-gbps", "50", check=True)
     out = p.stdout
     assert "plan: 16 ranks = dp 4 x pp 2 x tp 2 | bf16 on cuda" in out, out
     assert "4 micro-batches of 4 sequences" in out and "ZeRO-1" in out, out
@@ -66,7 +66,7 @@ def test_plan_prints_each_stage_without_data_or_peers(tmp_path):
         parts = [float(x) for x in (r[3], r[4], r[5], r[6], r[7], r[9])]
         assert abs(sum(parts) - float(r[10])) < 0.35, r
         assert int(r[1]) == 6, r
-    assert "pipeline bubble" in out and "tokens/s" in out, out
+    assert "pipeline bubble" in out and "tokens/s" in out and "at 50 GB/s" in out, out
     assert not (tmp_path / "runs").exists()
 
 
@@ -74,6 +74,7 @@ def test_plan_prints_each_stage_without_data_or_peers(tmp_path):
     (["--plan-ranks", "3", "--parallel.tp", "2"], ["parallel.tp", "3"]),
     (["--plan-ranks", "-4"], ["--plan-ranks"]),
     (["--plan-tflops", "-1"], ["--plan-tflops"]),
+    (["--plan-gbps", "-1"], ["--plan-gbps"]),
     (["--plan-ranks", "3", "--parallel.pp", "3"], ["parallel.pp", "model.n_layer"]),
 ])
 def test_plan_refuses_bad_grids(tmp_path, args, needles):

@@ -6,6 +6,9 @@
 // test_model_parallel.cpp, MemoryPlanEqualsWhatEachRankAllocates.)
 #include <gtest/gtest.h>
 
+#include <iomanip>
+#include <sstream>
+
 #include "triad/core/error.h"
 #include "triad/kernels/backend.h"
 #include "triad/model/gpt.h"
@@ -83,6 +86,22 @@ TEST(RunPlan, ShardsAndZeroShrinkWhatTheyShould) {
   EXPECT_EQ(d.optimizer, 2 * d.model.weights / 8);
   EXPECT_EQ(d.grad_shard, d.model.weights / 8);
   EXPECT_LT(d.model.activations, s.model.activations) << "micro-batch 8 instead of 16";
+  // ZeRO-1's reduction: the whole fp32 gradient buffer reduce-scattered, the slice gathered; a
+  // ring moves 2·7/8 of the buffer over each link. One rank without ZeRO: nothing.
+  EXPECT_EQ(d.dp_reduce_scatter, d.model.weights);
+  EXPECT_EQ(d.dp_all_gather, d.model.weights / 8);
+  EXPECT_EQ(d.dp_all_reduce, 0u);
+  EXPECT_DOUBLE_EQ(d.dp_wire_bytes, 2.0 * 7 / 8 * double(d.model.weights));
+  EXPECT_EQ(s.dp_reduce_scatter + s.dp_all_gather + s.dp_all_reduce, 0u);
+  const std::string text = format_run_plan(dp8, z, 0, 100);
+  std::ostringstream want;  // at 100 GB/s
+  want << std::fixed << std::setprecision(1) << d.dp_wire_bytes / 100e9 * 1e3 << " ms at 100 GB/s";
+  EXPECT_NE(text.find(want.str()), std::string::npos) << text;
+  Config nz = z;
+  nz.parallel.zero = 0;
+  const StageMemory& a = plan_run(nz, 8).stages[0];
+  EXPECT_EQ(a.dp_all_reduce, size_t(a.model.param_floats) * 4) << "every parameter, unpadded";
+  EXPECT_EQ(a.dp_reduce_scatter + a.dp_all_gather, 0u);
 
   Config g = gpt2_124m(16, 1);
   g.parallel.tp = 2;

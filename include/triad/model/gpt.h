@@ -93,6 +93,7 @@ struct GptMemory {
   size_t grads = 0;          // fp32 parameter gradients
   size_t activations = 0;    // the activation plan: kept sets, backward scratch, sends
   size_t other = 0;          // token ids and targets, the tied head's gradient exchange (pp > 1)
+  size_t param_floats = 0;   // floats holding parameters (Gpt::num_floats)
   size_t buffer_floats = 0;  // the parameter buffer's length in floats (ZeRO cuts it in slices)
   std::vector<int> activation_sets;  // per local chunk: micro-batches kept in flight
   size_t total() const { return weights + weights_bf16 + grads + activations + other; }

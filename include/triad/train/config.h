@@ -108,6 +108,7 @@ struct CommandLine {
   bool plan = false;
   int plan_ranks = 0;
   double plan_tflops = 0;
+  double plan_gbps = 0;  // with it, the data-parallel reduction's time at this bandwidth
   bool help = false;
   std::string help_text;
 };

@@ -27,6 +27,11 @@ struct StageMemory {
   // Matmul FLOPs of one token's forward + backward on a rank of this stage (6 per weight of its
   // linear layers and head, plus attention's 6·C·T/tp per layer).
   double flops_per_token = 0;
+  // Data-parallel payload per step that this rank hands in (CommStats bytes): the gradient
+  // all-reduce, or under ZeRO-1 the reduce-scatter of the whole buffer and the all-gather of the
+  // slice; and what a ring moves over this rank's link for it, 2(dp-1)/dp of the buffer.
+  size_t dp_all_reduce = 0, dp_reduce_scatter = 0, dp_all_gather = 0;
+  double dp_wire_bytes = 0;
   size_t total() const { return model.total() + optimizer + grad_shard; }
 };
 
@@ -50,7 +55,8 @@ struct RunPlan {
 RunPlan plan_run(const Config& cfg, int world_size);
 
 // The plan as a table for people. tflops > 0: also the step time and tokens/s at that sustained
-// rate per rank (a single-rank run's rate, or MFU × peak).
-std::string format_run_plan(const RunPlan& plan, const Config& cfg, double tflops);
+// rate per rank (a single-rank run's rate, or MFU × peak); gbps > 0: the data-parallel
+// reduction's time at that bandwidth per rank (GB/s), if it were not overlapped.
+std::string format_run_plan(const RunPlan& plan, const Config& cfg, double tflops, double gbps = 0);
 
 }  // namespace triad
