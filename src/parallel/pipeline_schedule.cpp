@@ -277,10 +277,20 @@ void check_schedule(const PipelineSchedule& schedule, int pp, int m, int v) {
 
 SimResult simulate(const PipelineSchedule& schedule, int pp, int m, int v, double t_fwd,
                    double t_bwd) {
+  TRIAD_CHECK(pp >= 1, "simulate: pp = ", pp);
+  return simulate(schedule, pp, m, v, std::vector<double>(size_t(pp), t_fwd),
+                  std::vector<double>(size_t(pp), t_bwd));
+}
+
+SimResult simulate(const PipelineSchedule& schedule, int pp, int m, int v,
+                   const std::vector<double>& t_fwd, const std::vector<double>& t_bwd) {
   TRIAD_CHECK(int(schedule.size()) == pp, "simulate: ", schedule.size(),
               " ranks, expected pp = ", pp);
-  TRIAD_CHECK(m >= 1 && v >= 1 && t_fwd > 0 && t_bwd > 0, "simulate: bad shape or times");
-  const double tf = t_fwd / v, tb = t_bwd / v;
+  TRIAD_CHECK(int(t_fwd.size()) == pp && int(t_bwd.size()) == pp,
+              "simulate: one forward and one backward time per rank expected");
+  TRIAD_CHECK(m >= 1 && v >= 1, "simulate: bad shape");
+  for (int s = 0; s < pp; ++s)
+    TRIAD_CHECK(t_fwd[size_t(s)] > 0 && t_bwd[size_t(s)] > 0, "simulate: bad times of rank ", s);
   struct Message {
     int microbatch, global_chunk;
     double time;
@@ -305,7 +315,7 @@ SimResult simulate(const PipelineSchedule& schedule, int pp, int m, int v, doubl
         const int g = a.chunk * pp + s;
         if (a.kind == ActionKind::Forward || a.kind == ActionKind::Backward) {
           const bool f = a.kind == ActionKind::Forward;
-          const double t = f ? tf : tb;
+          const double t = (f ? t_fwd : t_bwd)[size_t(s)] / v;
           r.timeline[s].push_back({a.kind, a.microbatch, a.chunk, clock[s], clock[s] + t});
           clock[s] += t;
           r.busy[s] += t;

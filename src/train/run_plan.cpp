@@ -95,12 +95,18 @@ RunPlan plan_run(const Config& cfg, int world_size) {
   n -= int64_t(shape.padded_vocab_size - shape.vocab_size) * shape.n_embd;
   p.model_flops_per_token =
       6.0 * double(n) + 6.0 * shape.n_layer * double(shape.n_embd) * double(shape.seq_len);
+  const double tokens_mb = double(p.micro_batch_size) * shape.seq_len;
   if (p.grid.pp > 1) {
-    const SimResult r = simulate(schedule, p.grid.pp, p.micro_batches, v, 1.0, 2.0);
-    p.step_in_forwards = r.makespan;
+    std::vector<double> fwd, bwd;
+    for (const auto& s : p.stages) {
+      fwd.push_back(s.flops_per_token / 3 * tokens_mb);
+      bwd.push_back(2 * fwd.back());
+    }
+    const SimResult r = simulate(schedule, p.grid.pp, p.micro_batches, v, fwd, bwd);
+    p.critical_flops = r.makespan;
     p.bubble = r.bubble;
   } else {
-    p.step_in_forwards = 3.0 * p.micro_batches;
+    p.critical_flops = p.micro_batches * p.stages[0].flops_per_token * tokens_mb;
   }
   return p;
 }
@@ -147,8 +153,8 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
   for (const auto& s : p.stages) os << " " << s.stage << ": " << s.flops_per_token / 1e9;
   os << " GFLOP";
   if (g.pp > 1)
-    os << "\npipeline bubble (simulated, backward = 2 x forward): " << std::setprecision(1)
-       << p.bubble * 100 << "% of the stages' time";
+    os << "\npipeline bubble (simulated with each stage's FLOPs, backward = 2 x forward): "
+       << std::setprecision(1) << p.bubble * 100 << "% of the stages' time";
   if (g.dp > 1) {
     double wire = 0;
     for (const auto& s : p.stages) wire = std::max(wire, s.dp_wire_bytes);
@@ -159,11 +165,7 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
          << " GB/s (overlapped with the backward pass where pp = 1 and no ZeRO)";
   }
   if (tflops > 0) {
-    double slowest = 0;
-    for (const auto& s : p.stages) slowest = std::max(slowest, s.flops_per_token);
-    const double tokens_mb = double(p.micro_batch_size) * cfg.model.seq_len;
-    const double t_fwd = slowest / 3.0 * tokens_mb / (tflops * 1e12);
-    const double step = p.step_in_forwards * t_fwd;
+    const double step = p.critical_flops / (tflops * 1e12);
     os << "\nstep time at " << std::setprecision(0) << tflops
        << " TFLOP/s sustained per rank, compute only (communication not counted): "
        << std::setprecision(1) << step * 1e3 << " ms, " << std::setprecision(0)

@@ -69,6 +69,25 @@ TEST(PipelineSchedule, OneFOneBUsesLessMemoryThanGPipe) {
   EXPECT_DOUBLE_EQ(f.makespan, (8 + 3) * 3.0);
 }
 
+TEST(PipelineSchedule, UnevenStagesWaitForTheSlowestOne) {
+  // GPipe on 2 stages, the second twice as slow (forward 1 and 2, backward 2 and 4), m = 4.
+  // By hand: stage 1's forwards end at 1 + 4·2 = 9 (it waits for none after the first), its
+  // backwards at 9 + 4·4 = 25; stage 0's last backward starts then and ends at 27. Busy 12 + 24
+  // of 2 · 27: a third idle.
+  const SimResult r =
+      simulate(make_schedule(ScheduleKind::GPipe, 2, 4, 1), 2, 4, 1, {1.0, 2.0}, {2.0, 4.0});
+  EXPECT_DOUBLE_EQ(r.makespan, 27.0);
+  EXPECT_DOUBLE_EQ(r.busy[0], 12.0);
+  EXPECT_DOUBLE_EQ(r.busy[1], 24.0);
+  EXPECT_NEAR(r.bubble, 1.0 / 3.0, 1e-12);
+  // Equal stages reproduce the uniform simulation.
+  const auto s = make_schedule(ScheduleKind::Interleaved, 4, 8, 2);
+  EXPECT_DOUBLE_EQ(
+      simulate(s, 4, 8, 2, std::vector<double>(4, 1.5), std::vector<double>(4, 3.0)).makespan,
+      simulate(s, 4, 8, 2, 1.5, 3.0).makespan);
+  EXPECT_THROW(simulate(s, 4, 8, 2, {1.0, 1.0}, {2.0, 2.0}), Error) << "one time per rank";
+}
+
 TEST(PipelineSchedule, EndpointsHaveNoOuterTransfers) {
   const PipelineSchedule s = make_schedule(ScheduleKind::Interleaved, 2, 4, 2);
   for (int rank = 0; rank < 2; ++rank) {

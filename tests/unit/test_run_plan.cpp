@@ -127,7 +127,7 @@ TEST(RunPlan, ComputePerTokenCountsTheWeightsEachStageMultipliesWith) {
   const RunPlan one = plan_run(gpt2_124m(16, 16), 1);
   const double C = 768, weights = 50304 * C + 12 * 12 * C * C;  // head + 12 layers' matmuls
   EXPECT_DOUBLE_EQ(one.stages[0].flops_per_token, 6 * weights + 6 * 12 * C * 1024);
-  EXPECT_DOUBLE_EQ(one.step_in_forwards, 3.0);
+  EXPECT_DOUBLE_EQ(one.critical_flops, 16384 * one.stages[0].flops_per_token);
   // At 400 TFLOP/s: 16384 tokens of 6·weights + attention FLOPs each.
   const std::string text = format_run_plan(one, gpt2_124m(16, 16), 400);
   const double ms = 16384 * one.stages[0].flops_per_token / 400e12 * 1e3;

@@ -42,10 +42,11 @@ struct RunPlan {
   Precision precision = Precision::fp32;
   std::vector<StageMemory> stages;   // [pipeline rank]
   double model_flops_per_token = 0;  // the whole model (DESIGN.md §5): 6N + 6·L·C·T
-  // Compute time of one step in units of the slowest stage's forward of one micro-batch, and
-  // the idle fraction of the pipeline, simulated for the schedule with backward = 2 × forward
-  // (pp = 1: 3 per micro-batch, no bubble).
-  double step_in_forwards = 0;
+  // The step's compute on its critical path, in FLOPs per rank (divided by a sustained rate:
+  // the step time), and the pipeline's idle fraction: the schedule simulated with each stage's
+  // own forward (its FLOPs / 3) and backward (2 × forward) of a micro-batch. pp = 1: the
+  // micro-batches one after another, no bubble.
+  double critical_flops = 0;
   double bubble = 0;
   const StageMemory& largest() const;  // the stage with the most memory
 };
