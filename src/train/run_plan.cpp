@@ -161,12 +161,13 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
     os << "\ndata-parallel gradient reduction per step and rank (ring): " << std::setprecision(1)
        << wire / 1e6 << " MB over its link";
     if (gbps > 0)
-      os << ", " << wire / (gbps * 1e9) * 1e3 << " ms at " << std::setprecision(0) << gbps
+      os << ", " << wire / (gbps * 1e9) * 1e3 << " ms at " << std::defaultfloat
+         << std::setprecision(4) << gbps << std::fixed
          << " GB/s (overlapped with the backward pass where pp = 1 and no ZeRO)";
   }
   if (tflops > 0) {
     const double step = p.critical_flops / (tflops * 1e12);
-    os << "\nstep time at " << std::setprecision(0) << tflops
+    os << "\nstep time at " << std::defaultfloat << std::setprecision(4) << tflops << std::fixed
        << " TFLOP/s sustained per rank, compute only (communication not counted): "
        << std::setprecision(1) << step * 1e3 << " ms, " << std::setprecision(0)
        << double(cfg.train.batch_size) * cfg.model.seq_len / step << " tokens/s";

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# How well `triad-train --plan` predicts a step: one rank measures the sustained rate R (the
+# plan's FLOPs of a step / its measured time), then the plan predicts pipeline-parallel grids at
+# that R and the same grids are measured with mpirun. Prints planned vs measured step times (the
+# median of the steps after the first 3) and their ratio. 1 thread per rank; the model is the
+# quick-start GPT with 8 layers (uneven stages: GPT-2's vocabulary makes the head heavy).
+#
+#   jobs/bench-plan.sh [--steps N] [--pp P] [--section.key value ...]
+#
+# Needs P cores for an honest comparison (default P = 2). Builds triad-train if needed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+steps=14
+pp=2
+extra=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --steps) steps=$2; shift 2 ;;
+    --pp) pp=$2; shift 2 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) extra+=("$1"); shift ;;
+  esac
+done
+(( steps >= 5 )) || { echo "bench-plan: --steps must be >= 5" >&2; exit 1; }
+
+if [[ ! -f build/CMakeCache.txt ]]; then
+  cmake --preset release
+fi
+cmake --build build -j"$(nproc 2>/dev/null || echo 2)" --target triad-train
+export OMPI_MCA_ess_singleton_isolated=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export OMPI_MCA_sharedfp=^sm
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/triad-bench-plan.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+# Random tokens: the data does not change the speed. The shard format of docs/formats.md.
+python3 - "$tmp/plan_train_000.bin" <<'PY'
+import random, struct, sys
+n = 400_000
+random.seed(0)
+with open(sys.argv[1], "wb") as f:
+    f.write(struct.pack("<3i", 20240520, 1, n) + bytes(253 * 4))
+    f.write(struct.pack(f"<{n}H", *(random.randrange(50257) for _ in range(n))))
+PY
+
+args=(--config inputs/runs/quickstart.ini --model.n_layer 8 --train.batch_size 16
+      --train.micro_batch_size 4 --train.steps "$steps" --train.log_every 1 --eval.every 0
+      --eval.sequences 0 --sample.length 0 --checkpoint.every 0 --run.threads 1 --resume none
+      --data.train "$tmp/plan_train_*.bin" --data.val '' --run.dir "$tmp" "${extra[@]}")
+# Median step time (ms) of a log's step lines, the first 3 left out.
+median_ms() {
+  grep '^step' "$1" | awk -F'|' 'NR > 3 { gsub(/ ms/, "", $7); print $7 + 0 }' | sort -n |
+    awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'
+}
+# The plan's step time (ms) at TFLOP/s $1 for the extra arguments after it.
+planned_ms() {
+  local r=$1; shift
+  build/triad-train "${args[@]}" "$@" --plan --plan-tflops "$r" |
+    sed -n 's/^step time at .*: \([0-9.]*\) ms.*/\1/p'
+}
+
+echo "== one rank: the sustained rate"
+build/triad-train "${args[@]}" --run.name one > "$tmp/one.txt" 2>&1 || { cat "$tmp/one.txt"; exit 1; }
+one=$(median_ms "$tmp/one.txt")
+rate=$(awk -v p="$(planned_ms 1)" -v m="$one" 'BEGIN { printf "%.6g", p / m }')  # TFLOP/s
+echo "   measured $one ms per step: R = $rate TFLOP/s"
+printf '%-22s %14s %14s %8s\n' grid "measured ms" "planned ms" ratio
+for sched in 1f1b gpipe; do
+  grid=(--parallel.pp "$pp" --parallel.schedule "$sched")
+  mpirun --oversubscribe -np "$pp" build/triad-train "${args[@]}" "${grid[@]}" \
+    --run.name "pp$sched" > "$tmp/pp$sched.txt" 2>&1 || { cat "$tmp/pp$sched.txt"; exit 1; }
+  m=$(median_ms "$tmp/pp$sched.txt")
+  p=$(planned_ms "$rate" "${grid[@]}" --plan-ranks "$pp")
+  printf '%-22s %14s %14s %8s\n' "pp $pp $sched" "$m" "$p" \
+    "$(awk -v p="$p" -v m="$m" 'BEGIN { printf "%.3f", p / m }')"
+done
