@@ -376,6 +376,16 @@ EOF
       grep -E '^triad:|^device:|^step' "$RUN/gpt124_$tag.txt" | head -14; [[ $rc == 0 ]] || tail -8 "$RUN/gpt124_$tag.txt"
       tps=$(grep -E '^step +([5-9]|1[0-9])/' "$RUN/gpt124_$tag.txt" | sed -n 's/.*| \([0-9]*\) tok\/s.*/\1/p' | sort -n | sed -n '2p')
       echo "RESULT_124M_$tag ${tps:-failed} tok/s (2nd lowest of steps 5+, B=$mb)"
+      if [[ $tag == bf16 ]]; then
+        # triad-train --plan for the same run against what it held: the plan's total, the
+        # backend's buffers ("in all" of the start line), the device's use after step 1.
+        planned=$(timeout "$(tmo 20 150)" "$B/triad-train" --model.n_layer 12 --model.n_head 12 --model.n_embd 768 \
+          --model.seq_len 1024 --train.batch_size "$mb" --train.micro_batch_size "$mb" --run.backend cuda \
+          --run.precision "$pr" --plan 2>&1 | awk '$1 == "0" { print $NF }')
+        held=$(sed -n 's/^triad:.* in all \([0-9.]*\) MB.*/\1/p' "$RUN/gpt124_$tag.txt")
+        dev=$(sed -n 's/^device memory after the first step: \([0-9.]*\) MB.*/\1/p' "$RUN/gpt124_$tag.txt")
+        echo "RESULT_PLAN planned ${planned:-?} MB, backend buffers ${held:-?} MB, device in use ${dev:-?} MB (B=$mb bf16)"
+      fi
     done
   ) 2>&1 | tee "$RUN/gpu.txt"
   GPU_EVAL=$(sed -n 's/^RESULT_EVAL //p' "$RUN/gpu.txt" | paste -sd';' -)
@@ -388,6 +398,7 @@ res "2 ranks on one GPU" "$(sed -n 's/^RESULT_NP2 //p' "$RUN/gpu.txt" 2>/dev/nul
 res "NCCL Comm in training" "$(sed -n 's/^RESULT_NCCL //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -) ($(sed -n 's/^RESULT_NCCL_LINE //p' "$RUN/gpu.txt" 2>/dev/null))"
 res "triad 124M bf16 GPU" "${GPU_124M:-failed}"
 res "triad 124M fp32 GPU" "${GPU_124M32:-failed}"
+res "memory plan 124M" "$(sed -n 's/^RESULT_PLAN //p' "$RUN/gpu.txt" 2>/dev/null)"
 
 # ============ 2c. fused flash attention (bf16) vs PyTorch SDPA's numbers in step 4 ===========
 hdr "2c. triad-bench attention (B=16 NH=12 T=1024 hd=64, causal, bf16)"

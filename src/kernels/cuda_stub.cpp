@@ -19,6 +19,8 @@ bool cuda_device_available() { return false; }
 
 std::string cuda_device_description() { return "built without CUDA"; }
 
+size_t cuda_device_memory_in_use() { return 0; }
+
 std::string cuda_flash_kernel() { return "none (built without CUDA)"; }
 
 int cuda_device_count() { return 0; }

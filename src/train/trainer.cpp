@@ -304,6 +304,18 @@ TrainOutcome Trainer::run() {
     s.step = st + 1;
     s.be->synchronize();
     const double dt = step_timer.seconds();
+    if (s.on_device && s.step == first_step + 1) {
+      // What the plan (--plan) cannot see: the workspace grows at the first step.
+      const double in_use =
+          double(s.grid.all().all_reduce_max(int64_t(cuda_device_memory_in_use())));
+      const double held = double(s.grid.all().all_reduce_max(int64_t(s.be->allocated_bytes())));
+      std::ostringstream os;
+      os << std::fixed << std::setprecision(1)
+         << "device memory after the first step: " << in_use / 1e6
+         << " MB in use on the fullest GPU, of which the largest rank's buffers " << held / 1e6
+         << " MB (the rest: workspace, communication buffers, CUDA context)";
+      s.say(os.str());
+    }
     const double tps = tokens_per_step / dt;
     // MFU per device: the achieved rate of one rank over its peak.
     const double mfu = tps / s.grid.world_size() * s.model->flops_per_token() / s.peak_flops;

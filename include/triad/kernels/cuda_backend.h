@@ -29,6 +29,11 @@ bool cuda_device_available();
 // or why there is none ("no CUDA device: ...", "built without CUDA").
 std::string cuda_device_description();
 
+// Bytes in use on the current device, by every process on it (cudaMemGetInfo: total − free);
+// 0 without CUDA. After a training step: the backend's buffers, its workspace, NCCL's buffers
+// and the CUDA context.
+size_t cuda_device_memory_in_use();
+
 // The fused flash-attention kernel bf16 attention uses on the current device and its backward:
 // "wgmma" (Hopper), "tma" (Hopper, on request) or "mma" (sm_80 and later), after
 // TRIAD_FLASH_KERNEL (auto|mma|wgmma|tma), then ", deterministic backward", ", atomic backward"

@@ -403,6 +403,15 @@ bool cuda_device_available() {
   return device_count(&count) == cudaSuccess && count > 0;
 }
 
+size_t cuda_device_memory_in_use() {
+  size_t free_b = 0, total_b = 0;
+  if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return total_b - free_b;
+}
+
 std::string cuda_device_description() {
   int count = 0;
   const cudaError_t err = device_count(&count);
