@@ -66,10 +66,15 @@ class LayoutBuilder {
   std::vector<ParamSpec> specs_;
 };
 
+// Floats holding a layout's parameters (each tensor 16-float aligned).
+size_t layout_floats(const std::vector<ParamSpec>& specs) {
+  return specs.back().offset + aligned(specs.back().numel);
+}
+
 // The parameter buffer's length: the layout padded to a multiple of 16·shards floats, so that
 // ZeRO cuts it into equal 64-byte aligned slices.
 size_t padded_buffer_floats(const std::vector<ParamSpec>& specs, int shards) {
-  const size_t n = specs.back().offset + aligned(specs.back().numel);
+  const size_t n = layout_floats(specs);
   const size_t quantum = 16 * size_t(shards);
   return (n + quantum - 1) / quantum * quantum;
 }
@@ -185,7 +190,7 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
       layer_[size_t(std::stoi(n.substr(2)))] = int(i);
   }
   if (mp.pp == 1) head_ = wte_;
-  n_floats_ = specs_.back().offset + aligned(specs_.back().numel);
+  n_floats_ = layout_floats(specs_);
   buffer_floats_ = padded_buffer_floats(specs_, shards);
   params_ = be_.alloc(buffer_floats_);
   grads_ = be_.alloc(buffer_floats_);
@@ -221,7 +226,7 @@ GptMemory Gpt::memory_plan(const GptShape& shape, int max_batch, int shards,
                            Precision precision) {
   GptMemory m;
   const auto specs = gpt_rank_layout(shape, mp);
-  m.param_floats = specs.back().offset + aligned(specs.back().numel);
+  m.param_floats = layout_floats(specs);
   m.buffer_floats = padded_buffer_floats(specs, shards);
   m.weights = m.grads = m.buffer_floats * sizeof(float);
   const ActivationSlots a = activation_slots(mp, schedule);

@@ -31,12 +31,21 @@ float clip_scale(double norm, double clip) {
   return clip > 0 && norm > clip ? float(clip / (norm + 1e-6)) : 1.0f;
 }
 
+namespace {
+size_t slot_count(const OptimConfig& cfg) {
+  return cfg.name == "adamw" ? 2 : 1;
+}  // m, v | momentum
+}  // namespace
+
+size_t Optimizer::state_bytes_for(const OptimConfig& cfg, size_t n) {
+  return slot_count(cfg) * std::max<size_t>(1, n) * sizeof(float);
+}
+
 Optimizer::Optimizer(const OptimConfig& cfg, const std::vector<ParamSpec>& specs, size_t begin,
                      size_t end, Backend& be)
     : cfg_(cfg), begin_(begin), end_(end), be_(be) {
   TRIAD_ASSERT(begin <= end);
-  const size_t n_slots = cfg.name == "adamw" ? 2 : 1;
-  for (size_t i = 0; i < n_slots; ++i)
+  for (size_t i = 0; i < slot_count(cfg); ++i)
     slots_.push_back(be_.alloc(std::max<size_t>(1, end - begin)));
   for (const auto& s : specs) {
     const size_t lo = std::max(begin_, s.offset), hi = std::min(end_, s.offset + s.numel);

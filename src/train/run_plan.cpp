@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "triad/core/error.h"
+#include "triad/optim/optimizer.h"
 #include "triad/parallel/pipeline_schedule.h"
 
 namespace triad {
@@ -32,9 +33,20 @@ std::string megabytes(size_t bytes) {
 
 }  // namespace
 
-const StageMemory& RunPlan::largest() const {
-  return *std::max_element(stages.begin(), stages.end(),
-                           [](const auto& a, const auto& b) { return a.total() < b.total(); });
+GptShape gpt_shape(const Config& cfg) {
+  const auto& m = cfg.model;
+  return GptShape{m.n_layer, m.n_head, m.n_embd, m.seq_len, m.vocab_size, cfg.padded_vocab_size()};
+}
+
+ModelParallel model_parallel(const Config& cfg, int pp_rank, int tp_rank) {
+  ModelParallel mp;
+  mp.tp = cfg.parallel.tp;
+  mp.tp_rank = tp_rank;
+  mp.pp = cfg.parallel.pp;
+  mp.pp_rank = pp_rank;
+  mp.virtual_stages = cfg.parallel.virtual_stages;
+  mp.sequence_parallel = cfg.parallel.sequence_parallel;
+  return mp;
 }
 
 RunPlan plan_run(const Config& cfg, int world_size) {
@@ -47,23 +59,14 @@ RunPlan plan_run(const Config& cfg, int world_size) {
   p.micro_batch_size = cfg.train.micro_batch_size;
   p.micro_batches = cfg.train.batch_size / (p.micro_batch_size * p.grid.dp);
   p.precision = cfg.bf16() ? Precision::bf16 : Precision::fp32;
-  const GptShape shape{cfg.model.n_layer, cfg.model.n_head,     cfg.model.n_embd,
-                       cfg.model.seq_len, cfg.model.vocab_size, cfg.padded_vocab_size()};
+  const GptShape shape = gpt_shape(cfg);
   const int v = cfg.parallel.virtual_stages;
   PipelineSchedule schedule;
-  ScheduleKind kind = ScheduleKind::OneFOneB;
-  if (p.grid.pp > 1) {
-    kind = parse_schedule_kind(cfg.parallel.schedule);
-    schedule = make_schedule(kind, p.grid.pp, p.micro_batches, v);
-  }
-  const int slots = cfg.optim.name == "adamw" ? 2 : 1;  // Optimizer::slot_names()
+  if (p.grid.pp > 1)
+    schedule =
+        make_schedule(parse_schedule_kind(cfg.parallel.schedule), p.grid.pp, p.micro_batches, v);
   for (int stage = 0; stage < p.grid.pp; ++stage) {
-    ModelParallel mp;
-    mp.tp = p.grid.tp;
-    mp.pp = p.grid.pp;
-    mp.pp_rank = stage;
-    mp.virtual_stages = v;
-    mp.sequence_parallel = cfg.parallel.sequence_parallel;
+    const ModelParallel mp = model_parallel(cfg, stage, 0);  // every tp rank holds the same sizes
     StageMemory m;
     m.stage = stage;
     m.layers = mp.layers_per_chunk(shape.n_layer) * v;
@@ -74,7 +77,7 @@ RunPlan plan_run(const Config& cfg, int world_size) {
     // The trainer's optimizer and ZeRO slice (Trainer::State::setup_model).
     const bool zero = cfg.parallel.zero == 1;
     const size_t range = zero ? m.model.buffer_floats / size_t(p.grid.dp) : m.model.buffer_floats;
-    m.optimizer = size_t(slots) * std::max<size_t>(1, range) * sizeof(float);
+    m.optimizer = Optimizer::state_bytes_for(cfg.optim, range);
     m.grad_shard = zero ? range * sizeof(float) : 0;
     m.flops_per_token = stage_flops_per_token(specs, shape, mp, m.layers);
     // The trainer's reduction (Trainer::run): ZeRO-1 reduce-scatters and gathers even on a

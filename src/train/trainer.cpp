@@ -305,15 +305,14 @@ TrainOutcome Trainer::run() {
     s.be->synchronize();
     const double dt = step_timer.seconds();
     if (s.on_device && s.step == first_step + 1) {
-      // What the plan (--plan) cannot see: the workspace grows at the first step.
+      // What the plan (--plan) and the start line's "in all" (the backend's buffers) cannot see:
+      // the workspace, which grows at the first step, communication buffers, the CUDA context.
       const double in_use =
           double(s.grid.all().all_reduce_max(int64_t(cuda_device_memory_in_use())));
-      const double held = double(s.grid.all().all_reduce_max(int64_t(s.be->allocated_bytes())));
       std::ostringstream os;
       os << std::fixed << std::setprecision(1)
          << "device memory after the first step: " << in_use / 1e6
-         << " MB in use on the fullest GPU, of which the largest rank's buffers " << held / 1e6
-         << " MB (the rest: workspace, communication buffers, CUDA context)";
+         << " MB in use on the fullest GPU (the buffers: \"in all\" above)";
       s.say(os.str());
     }
     const double tps = tokens_per_step / dt;

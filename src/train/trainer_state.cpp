@@ -7,6 +7,7 @@
 #include <set>
 
 #include "triad/kernels/cuda_comm.h"
+#include "triad/train/run_plan.h"
 
 namespace fs = std::filesystem;
 
@@ -86,23 +87,14 @@ void Trainer::State::setup_device_comms(bool shares_gpu) {
   }
 }
 
-GptShape Trainer::State::model_shape() const {
-  return GptShape{cfg.model.n_layer, cfg.model.n_head,     cfg.model.n_embd,
-                  cfg.model.seq_len, cfg.model.vocab_size, cfg.padded_vocab_size()};
-}
+GptShape Trainer::State::model_shape() const { return gpt_shape(cfg); }
 
 void Trainer::State::setup_model() {
   dp = grid.shape().dp;
   dp_rank = grid.dp_rank();
   const int mbs = cfg.train.micro_batch_size;
   const int accum = cfg.train.batch_size / (mbs * dp);
-  ModelParallel mp;
-  mp.tp = grid.shape().tp;
-  mp.tp_rank = grid.tp_rank();
-  mp.pp = grid.shape().pp;
-  mp.pp_rank = grid.pp_rank();
-  mp.virtual_stages = cfg.parallel.virtual_stages;
-  mp.sequence_parallel = cfg.parallel.sequence_parallel;
+  ModelParallel mp = model_parallel(cfg, grid.pp_rank(), grid.tp_rank());
   mp.tp_comm = &grid.tp();
   mp.pp_comm = &grid.pp();
   PipelineSchedule schedule;

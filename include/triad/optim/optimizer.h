@@ -47,6 +47,8 @@ class Optimizer {
   size_t begin() const { return begin_; }
   size_t end() const { return end_; }
   size_t state_bytes() const { return slots_.size() * (end_ - begin_) * sizeof(float); }
+  // What an optimizer of this config over a range of n floats allocates (the run plan's number).
+  static size_t state_bytes_for(const OptimConfig& cfg, size_t n);
   void reset();  // zero the state (fresh optimizer)
 
  private:

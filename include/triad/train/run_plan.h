@@ -16,6 +16,12 @@
 
 namespace triad {
 
+// The model a run of `cfg` builds, and the part of it that pipeline rank pp_rank, tensor rank
+// tp_rank holds (without communicators: the trainer sets them). The trainer and the plan both
+// build from these.
+GptShape gpt_shape(const Config& cfg);
+ModelParallel model_parallel(const Config& cfg, int pp_rank, int tp_rank);
+
 // One pipeline stage: every tensor- and data-parallel rank of it allocates the same sizes.
 struct StageMemory {
   int stage = 0;           // pipeline rank
@@ -48,7 +54,6 @@ struct RunPlan {
   // micro-batches one after another, no bubble.
   double critical_flops = 0;
   double bubble = 0;
-  const StageMemory& largest() const;  // the stage with the most memory
 };
 
 // The plan of `cfg` on `world_size` ranks. Throws triad::Error (naming the key) for a config
