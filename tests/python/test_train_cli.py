@@ -51,9 +51,11 @@ def test_bad_config_values(tmp_path, args, needles):
 
 
 def test_plan_prints_each_stage_without_data_or_peers(tmp_path):
-    # A grid of 16 ranks planned by one process; the data globs name no files.
+    # A grid of 16 ranks planned by one process; the data globs name no files, and no run
+    # directory is made.
     p = train("--config", REPO / "inputs/models/gpt2-124m.ini", "--run.backend", "cuda",
-              "--data.train", str(tmp_path / "none_*.bin"), "--train.batch_size", "64",
+              "--data.train", str(tmp_path / "none_*.bin"), "--run.dir", str(tmp_path / "runs"),
+              "--train.batch_size", "64",
               "--train.micro_batch_size", "4", "--parallel.tp", "2", "--parallel.pp", "2",
               "--parallel.zero", "1", "--plan", "--plan-ranks", "16", "--plan-tflops", "300",
               "--plan-gbps", "50", check=True)
