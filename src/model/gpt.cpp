@@ -169,9 +169,25 @@ std::vector<ParamSpec> gpt_rank_layout(const GptShape& shape, const ModelParalle
 
 const char* precision_name(Precision p) { return p == Precision::bf16 ? "bf16" : "fp32"; }
 
+const char* recompute_name(Recompute r) {
+  return r == Recompute::full ? "full" : r == Recompute::gelu ? "gelu" : "none";
+}
+
+Recompute parse_recompute(const std::string& text, const std::string& key) {
+  for (Recompute r : {Recompute::none, Recompute::gelu, Recompute::full})
+    if (text == recompute_name(r)) return r;
+  fail("config: ", key, " must be none, gelu or full (got '", text, "')");
+}
+
 Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
-         const ModelParallel& mp, const PipelineSchedule* schedule, Precision precision)
-    : shape_(shape), max_batch_(max_batch), be_(backend), mp_(mp), precision_(precision) {
+         const ModelParallel& mp, const PipelineSchedule* schedule, Precision precision,
+         Recompute recompute)
+    : shape_(shape),
+      max_batch_(max_batch),
+      be_(backend),
+      mp_(mp),
+      precision_(precision),
+      recompute_(recompute) {
   TRIAD_ASSERT(shards >= 1);
   TRIAD_ASSERT(shape.n_embd % shape.n_head == 0 && max_batch >= 1);
   TRIAD_ASSERT(shape.padded_vocab_size >= shape.vocab_size);
@@ -207,9 +223,11 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
   if (schedule != nullptr && mp.pp > 1) schedule_ = *schedule;
   const ActivationSlots a = activation_slots(mp, schedule);
   if (precision_ == Precision::bf16)
-    acts_bf16_ = new Activations<bf16_t>(shape_, mp_, max_batch_, a.slots, a.grad_sends, &be_);
+    acts_bf16_ =
+        new Activations<bf16_t>(shape_, mp_, max_batch_, a.slots, a.grad_sends, recompute, &be_);
   else
-    acts_fp32_ = new Activations<float>(shape_, mp_, max_batch_, a.slots, a.grad_sends, &be_);
+    acts_fp32_ =
+        new Activations<float>(shape_, mp_, max_batch_, a.slots, a.grad_sends, recompute, &be_);
   if (const size_t n = tied_scratch_floats(shape, mp); n > 0) tied_scratch_ = be_.alloc(n);
   d_inputs_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
   d_targets_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
@@ -223,7 +241,7 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
 
 GptMemory Gpt::memory_plan(const GptShape& shape, int max_batch, int shards,
                            const ModelParallel& mp, const PipelineSchedule* schedule,
-                           Precision precision) {
+                           Precision precision, Recompute recompute) {
   GptMemory m;
   const auto specs = gpt_rank_layout(shape, mp);
   m.param_floats = layout_floats(specs);
@@ -234,10 +252,11 @@ GptMemory Gpt::memory_plan(const GptShape& shape, int max_batch, int shards,
   if (precision == Precision::bf16) {
     m.weights_bf16 = m.buffer_floats * sizeof(bf16_t);
     m.activations =
-        Activations<bf16_t>(shape, mp, max_batch, a.slots, a.grad_sends, nullptr).bytes();
+        Activations<bf16_t>(shape, mp, max_batch, a.slots, a.grad_sends, recompute, nullptr)
+            .bytes();
   } else {
     m.activations =
-        Activations<float>(shape, mp, max_batch, a.slots, a.grad_sends, nullptr).bytes();
+        Activations<float>(shape, mp, max_batch, a.slots, a.grad_sends, recompute, nullptr).bytes();
   }
   m.other = tied_scratch_floats(shape, mp) * sizeof(float) +
             2 * size_t(max_batch) * size_t(shape.seq_len) * sizeof(int32_t);
@@ -292,6 +311,15 @@ int64_t Gpt::num_parameters() const {
 double Gpt::flops_per_token() const {
   return 6.0 * double(num_parameters()) +
          6.0 * shape_.n_layer * double(shape_.n_embd) * double(shape_.seq_len);
+}
+
+double Gpt::recompute_flops_per_token(const GptShape& shape, const ModelParallel& mp,
+                                      Recompute recompute) {
+  if (recompute != Recompute::full) return 0;
+  const double C = shape.n_embd, layers = mp.layers_per_chunk(shape.n_layer) * mp.virtual_stages;
+  // c_attn, attn.c_proj and c_fc forward (2·(3 + 1 + 4)·C² per token), attention forward
+  // (2·C·T as in the model's 6·C·T), on this rank's 1/tp of the heads and hidden units.
+  return layers * (16.0 * C * C + 2.0 * C * shape.seq_len) / mp.tp;
 }
 
 void Gpt::init(uint64_t seed) {

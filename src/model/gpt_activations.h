@@ -8,7 +8,8 @@
 //
 // A rank holds one or more chunks of layers (pipeline stages, virtual stages). Each chunk has
 // `slots` activation sets, one per micro-batch the pipeline schedule keeps in flight on it;
-// the backward scratch is shared by all. Widths are this rank's tensor-parallel shards:
+// the backward scratch is shared by all; recomputation (Recompute in gpt.h) moves a set's
+// layer internals into that shared scratch too. Widths are this rank's tensor-parallel shards:
 // attention C/tp, MLP 4C/tp, vocabulary Vp/tp; the residual stream is full width C.
 #pragma once
 
@@ -47,9 +48,14 @@ struct Gpt::Set {
 template <class A>
 struct Gpt::Activations {
   static constexpr bool kFp32 = std::is_same_v<A, float>;
+  using Layer = typename Set<A>::Layer;
   std::vector<std::vector<Set<A>>> sets;  // [local chunk][slot]
   // Backward scratch, reused by every layer of every chunk.
   A *dresidual, *dln, *datty, *dqkv, *dfch, *dfch_gelu;
+  // Recomputation: the GELU output every layer shares (gelu), or the one layer whose internals
+  // every layer shares (full; its residual3 is unused).
+  A* gelu_work = nullptr;
+  Layer work{};
   float* datt_scratch = nullptr;  // fp32 attention backward only
   float* ce_stats;                // [4·B·T]: vocabulary-parallel cross-entropy row statistics
   // Sequence parallel: partial sums over all rows before a reduce-scatter, gathered gradients,
@@ -67,7 +73,7 @@ struct Gpt::Activations {
   // Plans and allocates the buffers on `be`; without a backend (be == nullptr) only plans them,
   // so that bytes() tells what the allocation would take (Gpt::memory_plan).
   Activations(const GptShape& s, const ModelParallel& mp, int B, const std::vector<int>& slots,
-              int n_grad_sends, Backend* be)
+              int n_grad_sends, Recompute recompute, Backend* be)
       : be_(be) {
     const size_t BT = size_t(B) * s.seq_len, C = s.n_embd;
     const bool sp = mp.split_rows();
@@ -80,6 +86,26 @@ struct Gpt::Activations {
     std::vector<std::pair<float**, size_t>> plan_f;
     auto want = [&plan](A*& p, size_t n) { plan.emplace_back(&p, n); };
     auto want_f = [&plan_f](float*& p, size_t n) { plan_f.emplace_back(&p, n); };
+    // One layer's internals (everything but its output, residual3). Under full recomputation
+    // only the scratch layer `work` has them; under gelu its fch_gelu is the shared `gelu_work`.
+    auto want_internals = [&](Layer& L, bool gelu_out) {
+      if (!sp) want(L.ln1, R * C);  // backward reads it (as ln1g)
+      want_f(L.ln1_mean, R);
+      want_f(L.ln1_rstd, R);
+      want(L.qkv, BT * 3 * Cl);
+      want_f(L.att, att);
+      want(L.atty, BT * Cl);
+      want(L.residual2, R * C);
+      if (!sp) want(L.ln2, R * C);
+      want_f(L.ln2_mean, R);
+      want_f(L.ln2_rstd, R);
+      want(L.fch, BT * 4 * Cl);
+      if (gelu_out) want(L.fch_gelu, BT * 4 * Cl);
+      if (sp) {
+        want(L.ln1g, BT * C);
+        want(L.ln2g, BT * C);
+      }
+    };
     sets.resize(slots.size());
     for (size_t c = 0; c < slots.size(); ++c) {
       const bool last = mp.global_chunk(int(c)) == mp.chunks() - 1;
@@ -88,23 +114,8 @@ struct Gpt::Activations {
         want(S.input, R * C);
         S.layers.resize(size_t(per_chunk));
         for (auto& L : S.layers) {
-          if (!sp) want(L.ln1, R * C);  // backward reads it (as ln1g)
-          want_f(L.ln1_mean, R);
-          want_f(L.ln1_rstd, R);
-          want(L.qkv, BT * 3 * Cl);
-          want_f(L.att, att);
-          want(L.atty, BT * Cl);
-          want(L.residual2, R * C);
-          if (!sp) want(L.ln2, R * C);
-          want_f(L.ln2_mean, R);
-          want_f(L.ln2_rstd, R);
-          want(L.fch, BT * 4 * Cl);
-          want(L.fch_gelu, BT * 4 * Cl);
+          if (recompute != Recompute::full) want_internals(L, recompute == Recompute::none);
           want(L.residual3, R * C);
-          if (sp) {
-            want(L.ln1g, BT * C);
-            want(L.ln2g, BT * C);
-          }
         }
         if (last) {
           if (!sp) want(S.lnf, R * C);
@@ -125,9 +136,8 @@ struct Gpt::Activations {
     want(dfch, BT * 4 * Cl);
     want(dfch_gelu, BT * 4 * Cl);
     want_f(ce_stats, 4 * BT);
-    // Forward-only results shared by every layer: the projections' outputs (consumed by the
-    // residual add) and, under sequence parallelism, the local LayerNorm outputs (backward
-    // reads the gathered ones).
+    if (recompute == Recompute::gelu && per_chunk > 0) want(gelu_work, BT * 4 * Cl);
+    if (recompute == Recompute::full && per_chunk > 0) want_internals(work, true);
     want(proj, R * C);
     if (sp) want(ln_local, R * C);
     if (sp) {
@@ -143,16 +153,29 @@ struct Gpt::Activations {
     base_ = carve(plan, total_);
     base_f_ = carve(plan_f, total_f_);
     if (be_ == nullptr) return;  // sizes only: no buffers to alias
+    // Buffers shared by every layer: the projections' outputs (consumed by the residual add)
+    // and, under sequence parallelism, the local LayerNorm outputs (backward reads the gathered
+    // ones); without it the "over all rows" views are the buffers themselves.
+    auto alias = [&](Layer& L) {
+      L.attproj = L.fcproj = proj;
+      if (sp) {
+        L.ln1 = L.ln2 = ln_local;
+      } else {
+        L.ln1g = L.ln1;
+        L.ln2g = L.ln2;
+      }
+    };
+    alias(work);
     for (auto& chunk : sets)
       for (auto& S : chunk) {
         for (auto& L : S.layers) {
-          L.attproj = L.fcproj = proj;
-          if (sp) {
-            L.ln1 = L.ln2 = ln_local;
-          } else {  // the "over all rows" views are the buffers themselves
-            L.ln1g = L.ln1;
-            L.ln2g = L.ln2;
+          if (recompute == Recompute::full) {  // the scratch layer's internals, its own output
+            A* out = L.residual3;
+            L = work;
+            L.residual3 = out;
           }
+          if (recompute == Recompute::gelu) L.fch_gelu = gelu_work;
+          alias(L);
         }
         if (sp && S.lnfg) S.lnf = ln_local;
         if (!sp) S.lnfg = S.lnf;

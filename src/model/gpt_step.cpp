@@ -113,9 +113,30 @@ void Gpt::upload_ids(const int32_t* inputs, const int32_t* targets, int N) {
 }
 
 template <class A>
+void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T) {
+  const int C = shape_.n_embd, Cl = C / mp_.tp, NHl = shape_.n_head / mp_.tp;
+  const int N = B * T, n = local_rows(N);
+  auto& L = S.layers[size_t(i)];
+  const A* x = i == 0 ? S.input : S.layers[size_t(i - 1)].residual3;
+  const LayerTensors<const A> w = layer_tensors(
+      weights<A>(), specs_, layer_[size_t(g * mp_.layers_per_chunk(shape_.n_layer) + i)]);
+  const A* projb = mp_.tp_rank == 0 ? w.projb : nullptr;  // bias added once
+  A* attproj = mp_.split_rows() ? acts<A>().full : L.attproj;
+  const A* ln1 = gather_rows(L.ln1, L.ln1g, N);
+  be_.matmul_forward(L.qkv, ln1, w.qkvw, w.qkvb, N, C, 3 * Cl);
+  be_.attention_forward(L.atty, L.att, L.qkv, B, T, Cl, NHl);
+  be_.matmul_forward(attproj, L.atty, w.projw, projb, N, Cl, C);
+  reduce_rows(attproj, L.attproj, N);
+  be_.residual_layernorm_forward(L.residual2, L.ln2, L.ln2_mean, L.ln2_rstd, x, L.attproj, w.ln2w,
+                                 w.ln2b, n, C);
+  const A* ln2 = gather_rows(L.ln2, L.ln2g, N);
+  be_.matmul_gelu_forward(L.fch, L.fch_gelu, ln2, w.fcw, w.fcb, N, C, 4 * Cl);
+}
+
+template <class A>
 void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T) {
   TRIAD_ASSERT(B >= 1 && B <= max_batch_ && T >= 1 && T <= shape_.seq_len);
-  const int C = shape_.n_embd, Cl = C / mp_.tp, NHl = shape_.n_head / mp_.tp;
+  const int C = shape_.n_embd, Cl = C / mp_.tp;
   const int N = B * T, n = local_rows(N);  // rows of the micro-batch, and of them held here
   const size_t nC = size_t(n) * C;
   const bool sp = mp_.split_rows();
@@ -130,7 +151,6 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T) {
     be_.encoder_forward(out, d_inputs_, W + specs_[size_t(wte_)].offset, wpe, B, T, C);
     reduce_rows(out, S.input, N);
   }
-  const A* x = S.input;
   const bool last_chunk = g == mp_.chunks() - 1;
   const A* lnfw = last_chunk ? W + specs_[size_t(lnf_)].offset : nullptr;
   const A* lnfb = last_chunk ? W + specs_[size_t(lnf_) + 1].offset : nullptr;
@@ -141,26 +161,16 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T) {
   // the next layer's ln_1 (or ln_f) at its end. Only the chunk's first ln_1 stands alone.
   if (per_chunk > 0) {
     const LayerTensors<const A> w0 = layer_weights(0);
-    be_.layernorm_forward(S.layers[0].ln1, S.layers[0].ln1_mean, S.layers[0].ln1_rstd, x, w0.ln1w,
-                          w0.ln1b, n, C);
+    be_.layernorm_forward(S.layers[0].ln1, S.layers[0].ln1_mean, S.layers[0].ln1_rstd, S.input,
+                          w0.ln1w, w0.ln1b, n, C);
   } else if (last_chunk) {
-    be_.layernorm_forward(S.lnf, S.lnf_mean, S.lnf_rstd, x, lnfw, lnfb, n, C);
+    be_.layernorm_forward(S.lnf, S.lnf_mean, S.lnf_rstd, S.input, lnfw, lnfb, n, C);
   }
   for (int i = 0; i < per_chunk; ++i) {
     auto& L = S.layers[size_t(i)];
     const LayerTensors<const A> w = layer_weights(i);
-    const A* projb = mp_.tp_rank == 0 ? w.projb : nullptr;  // bias added once
-    const A* fcprojb = mp_.tp_rank == 0 ? w.fcprojb : nullptr;
-    const A* ln1 = gather_rows(L.ln1, L.ln1g, N);
-    be_.matmul_forward(L.qkv, ln1, w.qkvw, w.qkvb, N, C, 3 * Cl);
-    be_.attention_forward(L.atty, L.att, L.qkv, B, T, Cl, NHl);
-    A* attproj = sp ? full : L.attproj;
-    be_.matmul_forward(attproj, L.atty, w.projw, projb, N, Cl, C);
-    reduce_rows(attproj, L.attproj, N);
-    be_.residual_layernorm_forward(L.residual2, L.ln2, L.ln2_mean, L.ln2_rstd, x, L.attproj, w.ln2w,
-                                   w.ln2b, n, C);
-    const A* ln2 = gather_rows(L.ln2, L.ln2g, N);
-    be_.matmul_gelu_forward(L.fch, L.fch_gelu, ln2, w.fcw, w.fcb, N, C, 4 * Cl);
+    const A* fcprojb = mp_.tp_rank == 0 ? w.fcprojb : nullptr;  // bias added once
+    layer_front(S, g, i, B, T);
     A* fcproj = sp ? full : L.fcproj;
     be_.matmul_forward(fcproj, L.fch_gelu, w.fcprojw, fcprojb, N, 4 * Cl, C);
     reduce_rows(fcproj, L.fcproj, N);
@@ -175,7 +185,6 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T) {
     } else {
       be_.add(L.residual3, L.residual2, L.fcproj, nC);
     }
-    x = L.residual3;
   }
   if (last_chunk) gather_rows(S.lnf, S.lnfg, N);
 }
@@ -267,6 +276,15 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     const LayerTensors<const A> w = layer_tensors(W, specs_, first);
     const LayerTensors<float> gr = layer_tensors(grads_, specs_, first);
     const A* x_in = i == 0 ? S.input : S.layers[size_t(i - 1)].residual3;
+    if (recompute_ == Recompute::full) {
+      // The layer's internals sit in the shared scratch layer: rerun its forward from its input
+      // (the same ops on the same values as the forward pass: ln_1 reads x_in as stored, as
+      // the fused residual add + LayerNorm did).
+      be_.layernorm_forward(L.ln1, L.ln1_mean, L.ln1_rstd, x_in, w.ln1w, w.ln1b, n, C);
+      layer_front(S, g, i, B, T);
+    } else if (recompute_ == Recompute::gelu) {
+      be_.gelu_forward(L.fch_gelu, L.fch, size_t(N) * 4 * size_t(Cl));
+    }
     // MLP branch: residual3 = residual2 + c_proj(gelu(c_fc(ln_2(residual2)))). The
     // row-parallel c_proj sees the gradient of all rows, so its bias gradient is complete.
     const A* dres = gather_rows(a.dresidual, a.full, N);
@@ -383,6 +401,8 @@ template void Gpt::forward_chunk<float>(int, Set<float>&, int, int);
 template void Gpt::forward_chunk<bf16_t>(int, Set<bf16_t>&, int, int);
 template void Gpt::backward_chunk<float>(int, Set<float>&, int, int);
 template void Gpt::backward_chunk<bf16_t>(int, Set<bf16_t>&, int, int);
+template void Gpt::layer_front<float>(Set<float>&, int, int, int, int);
+template void Gpt::layer_front<bf16_t>(Set<bf16_t>&, int, int, int, int);
 template ForwardStats Gpt::classifier<float>(Set<float>&, const int32_t*, int, int, float, bool);
 template ForwardStats Gpt::classifier<bf16_t>(Set<bf16_t>&, const int32_t*, int, int, float, bool);
 template void Gpt::logits_to_host<float>(float*, const float*, size_t);

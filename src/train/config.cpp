@@ -38,6 +38,9 @@ class KeyTable {
     add("train.grad_clip", c.train.grad_clip, "global grad-norm clip (0: off)");
     add("train.seed", c.train.seed, "seed of the initialization and data shuffling");
     add("train.log_every", c.train.log_every, "progress line every N steps");
+    add("train.recompute", c.train.recompute,
+        "activation recomputation: none | gelu (the MLP's GELU output) | full (each layer's "
+        "forward rerun in the backward pass; keeps only layer outputs)");
     add("optim.name", c.optim.name, "adamw | sgd");
     add("optim.beta1", c.optim.beta1, "AdamW beta1");
     add("optim.beta2", c.optim.beta2, "AdamW beta2");
@@ -249,6 +252,8 @@ void validate(const Config& c, int world_size) {
   check(std::isfinite(t.grad_clip) && t.grad_clip >= 0, "train.grad_clip",
         "must be >= 0 (0 disables clipping)");
   check(t.log_every >= 1, "train.log_every", "must be >= 1");
+  check(t.recompute == "none" || t.recompute == "gelu" || t.recompute == "full", "train.recompute",
+        "must be none, gelu or full (got '" + t.recompute + "')");
   check(t.seed >= 0, "train.seed", "must be >= 0");
   const auto& o = c.optim;
   check(o.name == "adamw" || o.name == "sgd", "optim.name",

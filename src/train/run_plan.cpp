@@ -59,6 +59,7 @@ RunPlan plan_run(const Config& cfg, int world_size) {
   p.micro_batch_size = cfg.train.micro_batch_size;
   p.micro_batches = cfg.train.batch_size / (p.micro_batch_size * p.grid.dp);
   p.precision = cfg.bf16() ? Precision::bf16 : Precision::fp32;
+  p.recompute = parse_recompute(cfg.train.recompute, "train.recompute");
   const GptShape shape = gpt_shape(cfg);
   const int v = cfg.parallel.virtual_stages;
   PipelineSchedule schedule;
@@ -73,13 +74,14 @@ RunPlan plan_run(const Config& cfg, int world_size) {
     const auto specs = gpt_rank_layout(shape, mp);
     for (const auto& s : specs) m.parameters += int64_t(s.numel);
     m.model = Gpt::memory_plan(shape, p.micro_batch_size, p.grid.dp, mp,
-                               p.grid.pp > 1 ? &schedule : nullptr, p.precision);
+                               p.grid.pp > 1 ? &schedule : nullptr, p.precision, p.recompute);
     // The trainer's optimizer and ZeRO slice (Trainer::State::setup_model).
     const bool zero = cfg.parallel.zero == 1;
     const size_t range = zero ? m.model.buffer_floats / size_t(p.grid.dp) : m.model.buffer_floats;
     m.optimizer = Optimizer::state_bytes_for(cfg.optim, range);
     m.grad_shard = zero ? range * sizeof(float) : 0;
     m.flops_per_token = stage_flops_per_token(specs, shape, mp, m.layers);
+    m.recompute_flops_per_token = Gpt::recompute_flops_per_token(shape, mp, p.recompute);
     // The trainer's reduction (Trainer::run): ZeRO-1 reduce-scatters and gathers even on a
     // group of one (local copies, no wire); the all-reduce runs for dp > 1.
     const double d = p.grid.dp;
@@ -103,13 +105,15 @@ RunPlan plan_run(const Config& cfg, int world_size) {
     std::vector<double> fwd, bwd;
     for (const auto& s : p.stages) {
       fwd.push_back(s.flops_per_token / 3 * tokens_mb);
-      bwd.push_back(2 * fwd.back());
+      bwd.push_back(2 * fwd.back() + s.recompute_flops_per_token * tokens_mb);
     }
     const SimResult r = simulate(schedule, p.grid.pp, p.micro_batches, v, fwd, bwd);
     p.critical_flops = r.makespan;
     p.bubble = r.bubble;
   } else {
-    p.critical_flops = p.micro_batches * p.stages[0].flops_per_token * tokens_mb;
+    const auto& s = p.stages[0];
+    p.critical_flops =
+        p.micro_batches * (s.flops_per_token + s.recompute_flops_per_token) * tokens_mb;
   }
   return p;
 }
@@ -130,6 +134,7 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
                : "");
   if (cfg.parallel.zero == 1) os << " | ZeRO-1";
   if (cfg.parallel.sequence_parallel && g.tp > 1) os << " | sequence parallel";
+  if (p.recompute != Recompute::none) os << " | recompute " << recompute_name(p.recompute);
   os << "\n\nmemory of each rank, MB (1e6 bytes) allocated on the backend:\n";
   const char* head[] = {"stage",     "layers",    "parameters",  "weights", "bf16 copy",
                         "gradients", "optimizer", "activations", "other",   "total"};
@@ -155,9 +160,16 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
      << " GFLOP per token for the model (6N + 6LCT); per rank and token, stage";
   for (const auto& s : p.stages) os << " " << s.stage << ": " << s.flops_per_token / 1e9;
   os << " GFLOP";
+  if (p.recompute == Recompute::full) {
+    os << "; full recomputation adds, stage";
+    for (const auto& s : p.stages)
+      os << " " << s.stage << ": " << s.recompute_flops_per_token / 1e9;
+    os << " GFLOP (not counted in MFU)";
+  }
   if (g.pp > 1)
-    os << "\npipeline bubble (simulated with each stage's FLOPs, backward = 2 x forward): "
-       << std::setprecision(1) << p.bubble * 100 << "% of the stages' time";
+    os << "\npipeline bubble (simulated with each stage's FLOPs, backward = 2 x forward"
+       << (p.recompute == Recompute::full ? " + recomputation" : "")
+       << "): " << std::setprecision(1) << p.bubble * 100 << "% of the stages' time";
   if (g.dp > 1) {
     double wire = 0;
     for (const auto& s : p.stages) wire = std::max(wire, s.dp_wire_bytes);

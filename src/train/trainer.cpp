@@ -221,10 +221,14 @@ TrainOutcome Trainer::run() {
        << precision_name(s.model->precision()) << " (" << omp_get_max_threads() << " threads) | "
        << "comm " << s.comm_desc << " | " << s.model->num_parameters() << " parameters | "
        << "largest per rank: parameters " << std::fixed << std::setprecision(1) << param_mb
-       << " MB, optimizer state " << opt_mb << " MB, activations " << act_mb << " MB, in all "
-       << all_mb << " MB | batch " << cfg.train.batch_size << " x " << T << " tokens, " << accum
-       << " micro-batches of " << mbs << " | train " << s.train_src->num_sequences()
-       << " sequences | peak " << std::setprecision(1) << s.peak_flops / 1e9 << " GFLOP/s";
+       << " MB, optimizer state " << opt_mb << " MB, activations " << act_mb << " MB"
+       << (s.model->recompute() == Recompute::none
+               ? ""
+               : std::string(" (recompute ") + recompute_name(s.model->recompute()) + ")")
+       << ", in all " << all_mb << " MB | batch " << cfg.train.batch_size << " x " << T
+       << " tokens, " << accum << " micro-batches of " << mbs << " | train "
+       << s.train_src->num_sequences() << " sequences | peak " << std::setprecision(1)
+       << s.peak_flops / 1e9 << " GFLOP/s";
     s.say(os.str());
     s.say(s.on_device ? "device: " + cuda_device_description() +
                             (s.flash_desc.empty() ? "" : ", flash attention " + s.flash_desc)

@@ -8,6 +8,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <tuple>
 
 #include "../support/mpi_test_helpers.h"
 #include "../support/mpi_test_main.h"
@@ -326,6 +328,46 @@ TEST(ModelParallel, MemoryPlanEqualsWhatEachRankAllocates) {
     EXPECT_EQ(dp.bytes[CommStats::kAllReduce], m.dp_all_reduce) << name;
     EXPECT_EQ(dp.bytes[CommStats::kReduceScatter], m.dp_reduce_scatter) << name;
     EXPECT_EQ(dp.bytes[CommStats::kAllGather], m.dp_all_gather) << name;
+  }
+}
+
+// Activation recomputation on the grids: the recomputed forward runs the layer's tensor-parallel
+// reductions (or sequence-parallel gathers and reduce-scatters) again, on every rank of the
+// group in the same order, and the pipeline keeps only layer outputs for the micro-batches in
+// flight. Each mode gives bit for bit the losses, weights and validation loss of the same grid
+// keeping everything, and each rank allocates what --plan says.
+TEST(ModelParallel, RecomputationChangesMemoryNotResults) {
+  const std::string dir = shared_dir("recompute");
+  const std::vector<std::tuple<Grid, std::string, std::string>> cases = {
+      {{1, 2, 1, 0, 2, "1f1b", 1, true}, "fp32", "full"},
+      {{1, 1, 2, 0, 4, "1f1b", 1}, "bf16", "full"},
+      {{1, 2, 2, 1, 2, "interleaved", 2, true}, "bf16", "full"},
+      {{2, 2, 2, 1, 2, "1f1b", 1}, "fp32", "gelu"},
+      {{2, 2, 2, 0, 4, "gpipe", 1, true}, "bf16", "full"}};
+  for (const auto& [g, precision, mode] : cases) {
+    if (g.ranks() > world_size()) continue;
+    auto args_for = [&](const std::string& recompute) {
+      return grid_args(dir, "rc_" + g.name() + "_" + precision + "_" + recompute, g,
+                       {"--resume", "none", "--run.precision", precision, "--train.recompute",
+                        recompute, "--checkpoint.every", "0"});
+    };
+    const Result keep = run_trainer(g.ranks(), args_for("none"));
+    const auto args = args_for(mode);
+    const Result r = run_trainer(g.ranks(), args);
+    const std::string what = g.name() + " " + precision + " recompute " + mode;
+    EXPECT_EQ(r.losses, keep.losses) << what;
+    EXPECT_EQ(r.val_loss, keep.val_loss) << what;
+    ASSERT_EQ(r.params.size(), keep.params.size()) << what;
+    EXPECT_EQ(std::memcmp(r.params.data(), keep.params.data(), r.params.size() * sizeof(float)), 0)
+        << what << ": weights differ";
+    if (world_rank() >= g.ranks()) continue;
+    std::vector<const char*> argv;
+    for (const auto& a : args) argv.push_back(a.c_str());
+    const RunPlan plan =
+        plan_run(parse_train_command_line(int(argv.size()), argv.data()).config, g.ranks());
+    const StageMemory& m = plan.stages[size_t((world_rank() / g.tp) % g.pp)];
+    EXPECT_EQ(r.out.allocated_bytes, m.total()) << what << " rank " << world_rank();
+    EXPECT_LT(r.out.allocated_bytes, keep.out.allocated_bytes) << what;
   }
 }
 

@@ -240,10 +240,25 @@ def torch_forward_backward(weights: dict, cfg: ref.GptConfig, x, y):
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_forward_backward_matches_torch(case, tmp_root):
+    check_probe_against_torch(prepare(case, tmp_root), "none")
+
+
+# Activation recomputation reruns parts of the forward pass inside the backward pass: its
+# gradients against the same independent reference (the CPU backend also gives them bit for bit
+# equal to "none": tests/unit/test_recompute.cpp).
+@pytest.mark.parametrize("recompute", ["gelu", "full"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_recomputed_gradients_match_torch(case, recompute, tmp_root):
+    check_probe_against_torch(prepare(case, tmp_root), recompute)
+
+
+def check_probe_against_torch(p: Prepared, recompute: str):
     probe = binary("triad_model_probe")
-    p = prepare(case, tmp_root)
-    out = p.dir / "probe.h5"
-    run([probe, "--config", p.dir / "base.ini", "--checkpoint", p.ckpt, "--out", out])
+    case = p.case
+    cfg = p.dir / f"probe_{recompute}.ini"
+    ref.write_config(cfg, config_sections(case, p.dir, train__recompute=recompute))
+    out = p.dir / f"probe_{recompute}.h5"
+    run([probe, "--config", cfg, "--checkpoint", p.ckpt, "--out", out])
 
     x, y = ref.batch(p.train_tokens, 0, case.micro_batch, case.cfg.seq_len)
     loss, logits, grads = torch_forward_backward(p.weights, case.cfg, x, y)
@@ -260,7 +275,7 @@ def test_forward_backward_matches_torch(case, tmp_root):
                 pad = got[case.cfg.vocab_size:]
                 assert pad.shape[0] == case.cfg.padded_vocab_size - case.cfg.vocab_size
                 assert np.all(pad == 0), "wte grad padding rows are not exactly 0"
-    print(f"\n[{case.name}] loss triad {t_loss:.10f} torch {loss:.10f}")
+    print(f"\n[{case.name}, recompute {recompute}] loss triad {t_loss:.10f} torch {loss:.10f}")
     for k, e in sorted(errors.items(), key=lambda kv: -kv[1]):
         print(f"  {k:32s} rel err {e:.2e}")
     tol = {"loss": TOL_LOSS}

@@ -1,5 +1,6 @@
 """triad-train end to end on a tiny model: bad inputs, resume, fine-tuning, evaluation."""
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -43,6 +44,7 @@ def test_help_lists_every_key_with_defaults():
     (["--model.n_layer", "-2"], ["model.n_layer"]),
     (["--optim.name", "lamb"], ["optim.name"]),
     (["--run.backend", "tpu"], ["run.backend"]),
+    (["--train.recompute", "selective"], ["train.recompute", "none, gelu or full"]),
     (["--resume", "/nonexistent/ckpt.h5"], ["/nonexistent/ckpt.h5"]),
 ])
 def test_bad_config_values(tmp_path, args, needles):
@@ -70,6 +72,30 @@ def test_plan_prints_each_stage_without_data_or_peers(tmp_path):
         assert int(r[1]) == 6, r
     assert "pipeline bubble" in out and "tokens/s" in out and "at 50 GB/s" in out, out
     assert not (tmp_path / "runs").exists()
+
+
+def test_plan_shows_what_recomputation_saves_and_costs(tmp_path):
+    def plan(mode):
+        p = train("--config", REPO / "inputs/models/gpt2-124m.ini", "--run.backend", "cuda",
+                  "--data.train", str(tmp_path / "none_*.bin"), "--train.batch_size", "32",
+                  "--train.micro_batch_size", "4", "--parallel.pp", "2", "--plan",
+                  "--plan-ranks", "2", "--plan-tflops", "300", "--train.recompute", mode,
+                  check=True)
+        rows = [l.split() for l in p.stdout.splitlines() if l.strip().split(" ")[0] in ("0", "1")]
+        step = re.search(r"compute only \(communication not counted\): ([0-9.]+) ms", p.stdout)
+        return p.stdout, [float(r[7]) for r in rows], float(step.group(1))
+
+    out_none, act_none, ms_none = plan("none")
+    out_gelu, act_gelu, ms_gelu = plan("gelu")
+    out_full, act_full, ms_full = plan("full")
+    assert "recompute" not in out_none and "| recompute gelu" in out_gelu, out_gelu
+    assert "full recomputation adds" in out_full and "| recompute full" in out_full, out_full
+    for n, g, f in zip(act_none, act_gelu, act_full):
+        assert f < g < n, (act_none, act_gelu, act_full)
+    # The first stage keeps 2 micro-batches of 6 layers: full keeps C of each layer's ~16C.
+    assert act_full[0] < 0.4 * act_none[0], (act_none, act_full)
+    # gelu costs no FLOPs in the plan; full reruns ~2/3 of each layer's forward pass.
+    assert ms_gelu == ms_none and ms_none < ms_full < 1.3 * ms_none, (ms_none, ms_full)
 
 
 @pytest.mark.parametrize("args,needles", [

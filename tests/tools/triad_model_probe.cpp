@@ -58,7 +58,8 @@ int main(int argc, char** argv) {
     triad::GptShape shape{cfg.model.n_layer,    cfg.model.n_head,       cfg.model.n_embd, T,
                           cfg.model.vocab_size, cfg.padded_vocab_size()};
     auto be = triad::make_cpu_backend();
-    triad::Gpt model(shape, B, *be);
+    triad::Gpt model(shape, B, *be, 1, {}, nullptr, triad::Precision::fp32,
+                     triad::parse_recompute(cfg.train.recompute, "train.recompute"));
     std::vector<triad::TensorRef> refs;
     for (const auto& p : model.specs()) {
       triad::TensorRef r{p.name, p.shape, model.params() + p.offset, -1};

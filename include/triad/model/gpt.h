@@ -78,6 +78,25 @@ void insert_shard(const ParamSpec& s, int tp, int tp_rank, const float* local, f
 enum class Precision { fp32, bf16 };
 const char* precision_name(Precision p);
 
+// Activation recomputation (activation checkpointing): what the forward pass keeps for the
+// backward pass, trading compute for memory. Every mode computes the same gradients (on the CPU
+// backend bit for bit: the recomputation runs the forward's own ops on the same inputs).
+//   none  everything the backward pass reads is kept (fastest);
+//   gelu  the MLP's GELU output (4C/tp per token and layer, a quarter of a layer's activations
+//         at tp = 1) is not kept: the backward pass recomputes it from the kept pre-activation,
+//         one elementwise pass (llm.c's recompute);
+//   full  only each layer's output is kept (C per token; with the chunk's input that is all a
+//         layer's backward needs): the backward pass reruns the layer's forward up to the MLP's
+//         hidden activation — LayerNorms, c_attn, attention, c_proj with its tensor-parallel
+//         reduction, c_fc — into one layer's scratch shared by every layer and micro-batch
+//         (Megatron's full recompute, uniform over all layers). About 2/3 of a forward pass more
+//         compute; activation memory independent of depth and of the micro-batches in flight
+//         but for C per token and layer.
+enum class Recompute { none, gelu, full };
+const char* recompute_name(Recompute r);
+// "none" | "gelu" | "full"; throws triad::Error naming `key` otherwise.
+Recompute parse_recompute(const std::string& text, const std::string& key);
+
 struct ForwardStats {
   double loss_sum = 0;  // sum of token cross-entropies (nats)
   int64_t correct = 0;  // top-1 hits among the first vocab_size logits
@@ -110,14 +129,15 @@ class Gpt {
   // outgoing gradients; without one, each chunk gets one activation set.
   Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards = 1,
       const ModelParallel& mp = {}, const PipelineSchedule* schedule = nullptr,
-      Precision precision = Precision::fp32);
+      Precision precision = Precision::fp32, Recompute recompute = Recompute::none);
   ~Gpt();
   // What the constructor with these arguments allocates, without allocating it (planning a
   // grid's memory before a job runs); equal to the backend's allocations, tested.
   static GptMemory memory_plan(const GptShape& shape, int max_batch, int shards = 1,
                                const ModelParallel& mp = {},
                                const PipelineSchedule* schedule = nullptr,
-                               Precision precision = Precision::fp32);
+                               Precision precision = Precision::fp32,
+                               Recompute recompute = Recompute::none);
   Gpt(const Gpt&) = delete;
   Gpt& operator=(const Gpt&) = delete;
 
@@ -131,6 +151,12 @@ class Gpt {
   // padding excluded, whatever part this rank holds.
   int64_t num_parameters() const;
   double flops_per_token() const;  // 6·N + 6·n_layer·C·T
+  // The FLOPs per token that full recomputation adds on this rank (its layers' forward up to
+  // c_fc: 16·C²/tp + 2·C·T/tp per layer); 0 for none and gelu (elementwise only). MFU counts the
+  // model's FLOPs only, as Megatron's and nanoGPT's do; this is what the hardware runs on top.
+  static double recompute_flops_per_token(const GptShape& shape, const ModelParallel& mp,
+                                          Recompute recompute);
+  Recompute recompute() const { return recompute_; }
 
   Precision precision() const { return precision_; }
   // The fp32 parameters (master weights under bf16) and their fp32 gradients.
@@ -221,6 +247,12 @@ class Gpt {
   void forward_chunk(int chunk, Set<A>& S, int B, int T);
   template <class A>
   void backward_chunk(int chunk, Set<A>& S, int B, int T);
+  // Layer i of global chunk g from its ln_1 output (in the layer's ln1, this rank's rows) up to
+  // the MLP's hidden activation: attention, its projection and reduction, the residual add with
+  // ln_2, and c_fc with GELU. The forward pass continues from there; full recomputation runs it
+  // again (after ln_1) before the layer's backward.
+  template <class A>
+  void layer_front(Set<A>& S, int g, int i, int B, int T);
   template <class A>
   ForwardStats classifier(Set<A>& S, const int32_t* host_targets, int B, int T, float dloss_scale,
                           bool with_grad);
@@ -257,6 +289,7 @@ class Gpt {
   int32_t* d_targets_ = nullptr;
   std::vector<int32_t> host_ids_, padded_;
   Precision precision_ = Precision::fp32;
+  Recompute recompute_ = Recompute::none;
   float* params_ = nullptr;
   float* grads_ = nullptr;
   bf16_t* params_bf16_ = nullptr;            // bf16 precision: the copy the layers read

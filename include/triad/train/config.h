@@ -25,6 +25,9 @@ struct TrainConfig {
   double grad_clip = 1.0;       // <= 0 disables clipping
   int64_t seed = 1337;
   int64_t log_every = 1;
+  // Activation recomputation: none | gelu | full (Recompute in model/gpt.h). Changes memory and
+  // compute, never the result: runs and checkpoints of every mode continue each other.
+  std::string recompute = "none";
 };
 
 struct OptimConfig {

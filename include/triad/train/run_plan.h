@@ -33,6 +33,8 @@ struct StageMemory {
   // Matmul FLOPs of one token's forward + backward on a rank of this stage (6 per weight of its
   // linear layers and head, plus attention's 6·C·T/tp per layer).
   double flops_per_token = 0;
+  // What full recomputation adds to the backward pass per token (Gpt::recompute_flops_per_token).
+  double recompute_flops_per_token = 0;
   // Data-parallel payload per step that this rank hands in (CommStats bytes): the gradient
   // all-reduce, or under ZeRO-1 the reduce-scatter of the whole buffer and the all-gather of the
   // slice; and what a ring moves over this rank's link for it, 2(dp-1)/dp of the buffer.
@@ -46,11 +48,13 @@ struct RunPlan {
   int micro_batches = 1;  // per step on each data-parallel rank
   int micro_batch_size = 1;
   Precision precision = Precision::fp32;
+  Recompute recompute = Recompute::none;
   std::vector<StageMemory> stages;   // [pipeline rank]
   double model_flops_per_token = 0;  // the whole model (DESIGN.md §5): 6N + 6·L·C·T
   // The step's compute on its critical path, in FLOPs per rank (divided by a sustained rate:
   // the step time), and the pipeline's idle fraction: the schedule simulated with each stage's
-  // own forward (its FLOPs / 3) and backward (2 × forward) of a micro-batch. pp = 1: the
+  // own forward (its FLOPs / 3) and backward (2 × forward, plus any recomputation) of a
+  // micro-batch. pp = 1: the
   // micro-batches one after another, no bubble.
   double critical_flops = 0;
   double bubble = 0;
