@@ -80,7 +80,8 @@ size_t padded_buffer_floats(const std::vector<ParamSpec>& specs, int shards) {
 }
 
 // Activation sets per local chunk (the most micro-batches the schedule keeps in flight on it;
-// one without a schedule) and the number of gradient sends of a step.
+// one without a schedule) and the buffers for outgoing gradients, reused in turn
+// (grad_send_buffers: as many as the schedule needs not to wait, not one per send of the step).
 struct ActivationSlots {
   std::vector<int> slots;
   int grad_sends = 0;
@@ -90,12 +91,17 @@ ActivationSlots activation_slots(const ModelParallel& mp, const PipelineSchedule
   a.slots.assign(size_t(mp.virtual_stages), 1);
   if (schedule == nullptr || mp.pp == 1) return a;
   std::vector<int> live(a.slots.size(), 0);
+  int forwards = 0, sends = 0;
   for (const Action& x : (*schedule)[size_t(mp.pp_rank)]) {
-    if (x.kind == ActionKind::Forward)
+    if (x.kind == ActionKind::Forward) {
+      ++forwards;
       a.slots[size_t(x.chunk)] = std::max(a.slots[size_t(x.chunk)], ++live[size_t(x.chunk)]);
+    }
     if (x.kind == ActionKind::Backward) --live[size_t(x.chunk)];
-    if (x.kind == ActionKind::SendGrad) ++a.grad_sends;
+    if (x.kind == ActionKind::SendGrad) ++sends;
   }
+  const int m = forwards / mp.virtual_stages;
+  a.grad_sends = std::min(sends, grad_send_buffers(*schedule, mp.pp, m, mp.virtual_stages));
   return a;
 }
 

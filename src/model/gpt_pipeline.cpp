@@ -6,7 +6,8 @@
 // non-blocking, as the schedule simulator assumes, so no schedule that passes check_schedule
 // can deadlock. An activation is sent straight from the activation set that keeps it for the
 // backward pass (the request is completed before the set is reused); a gradient is copied to
-// one of the buffers planned for the step's sends.
+// the next of the buffers planned for outgoing gradients, reused in turn once their previous
+// send has completed (grad_send_buffers in pipeline_schedule.h sizes them).
 #include <algorithm>
 
 #include "gpt_activations.h"
@@ -49,6 +50,8 @@ ForwardStats Gpt::pipeline_step_t(const int32_t* inputs, const int32_t* targets,
     for (int k = int(a.sets[c].size()) - 1; k >= 0; --k) free_sets[c].push_back(k);
     act_sends[c].resize(a.sets[c].size());
   }
+  // Outgoing gradients go out of the planned buffers in turn; a buffer is reused once the send
+  // it last carried is complete (the schedule was simulated with as many: no deadlock).
   std::vector<CommRequest> grad_sends(a.grad_sends.size());
   size_t next_grad = 0;
   auto set_of = [&](int c, int mb) -> Set<A>& {
@@ -105,11 +108,13 @@ ForwardStats Gpt::pipeline_step_t(const int32_t* inputs, const int32_t* targets,
         break;
       }
       case ActionKind::SendGrad: {
-        TRIAD_ASSERT(next_grad < a.grad_sends.size());
-        A* buf = a.grad_sends[next_grad];
+        TRIAD_ASSERT(!a.grad_sends.empty());
+        const size_t k = next_grad++ % a.grad_sends.size();
+        grad_sends[k].wait();
+        A* buf = a.grad_sends[k];
         be_.zero(buf, NC);
         be_.accumulate(buf, a.dresidual, NC);
-        grad_sends[next_grad++] = pp.isend(words(buf), NW, x.peer, kTagGrad);
+        grad_sends[k] = pp.isend(words(buf), NW, x.peer, kTagGrad);
         break;
       }
     }

@@ -279,23 +279,29 @@ SimResult simulate(const PipelineSchedule& schedule, int pp, int m, int v, doubl
                    double t_bwd) {
   TRIAD_CHECK(pp >= 1, "simulate: pp = ", pp);
   return simulate(schedule, pp, m, v, std::vector<double>(size_t(pp), t_fwd),
-                  std::vector<double>(size_t(pp), t_bwd));
+                  std::vector<double>(size_t(pp), t_bwd), 0);
 }
 
 SimResult simulate(const PipelineSchedule& schedule, int pp, int m, int v,
-                   const std::vector<double>& t_fwd, const std::vector<double>& t_bwd) {
+                   const std::vector<double>& t_fwd, const std::vector<double>& t_bwd,
+                   int grad_buffers) {
   TRIAD_CHECK(int(schedule.size()) == pp, "simulate: ", schedule.size(),
               " ranks, expected pp = ", pp);
   TRIAD_CHECK(int(t_fwd.size()) == pp && int(t_bwd.size()) == pp,
               "simulate: one forward and one backward time per rank expected");
-  TRIAD_CHECK(m >= 1 && v >= 1, "simulate: bad shape");
+  TRIAD_CHECK(m >= 1 && v >= 1 && grad_buffers >= 0, "simulate: bad shape");
   for (int s = 0; s < pp; ++s)
     TRIAD_CHECK(t_fwd[size_t(s)] > 0 && t_bwd[size_t(s)] > 0, "simulate: bad times of rank ", s);
   struct Message {
     int microbatch, global_chunk;
     double time;
   };
-  std::map<Channel, std::deque<Message>> in_flight;
+  struct Queue {
+    std::deque<Message> in_flight;
+    size_t sent = 0;
+    std::vector<double> received_at;  // [message]: when its receive completed
+  };
+  std::map<Channel, Queue> channels;
   std::vector<size_t> pc(pp, 0);
   std::vector<double> clock(pp, 0.0);
   std::vector<int> live(pp, 0);
@@ -305,8 +311,9 @@ SimResult simulate(const PipelineSchedule& schedule, int pp, int m, int v,
   r.timeline.resize(pp);
   size_t left = 0;
   for (const auto& a : schedule) left += a.size();
-  // Each rank runs ahead until it blocks on a receive; since sends never block, the times a
-  // rank reaches do not depend on the order the ranks are visited in.
+  // Each rank runs ahead until it blocks (on a receive, or on a gradient send whose buffer is
+  // still in flight); a blocked rank resumes at the time that unblocks it, so the times a rank
+  // reaches do not depend on the order the ranks are visited in.
   while (left > 0) {
     bool progressed = false;
     for (int s = 0; s < pp; ++s) {
@@ -322,18 +329,28 @@ SimResult simulate(const PipelineSchedule& schedule, int pp, int m, int v,
           live[s] += f ? 1 : -1;
           r.peak_live[s] = std::max(r.peak_live[s], live[s]);
         } else if (is_send(a.kind)) {
-          in_flight[{s, a.peer, is_activation(a.kind)}].push_back({a.microbatch, g, clock[s]});
+          Queue& q = channels[{s, a.peer, is_activation(a.kind)}];
+          if (a.kind == ActionKind::SendGrad && grad_buffers > 0 &&
+              q.sent >= size_t(grad_buffers)) {
+            // The buffer is the one of message sent − grad_buffers: wait until it was received.
+            const size_t reuse = q.sent - size_t(grad_buffers);
+            if (q.received_at.size() <= reuse) break;  // blocked
+            clock[s] = std::max(clock[s], q.received_at[reuse]);
+          }
+          q.in_flight.push_back({a.microbatch, g, clock[s]});
+          ++q.sent;
         } else {
           TRIAD_ASSERT(is_recv(a.kind));
-          auto& q = in_flight[{a.peer, s, is_activation(a.kind)}];
-          if (q.empty()) break;  // blocked
-          const Message msg = q.front();
+          Queue& q = channels[{a.peer, s, is_activation(a.kind)}];
+          if (q.in_flight.empty()) break;  // blocked
+          const Message msg = q.in_flight.front();
           TRIAD_CHECK(
               msg.microbatch == a.microbatch && msg.global_chunk == partner_chunk(a.kind, g),
               "simulate: ", where(s, pc[s], a, pp), " received micro-batch ", msg.microbatch,
               " from global chunk ", msg.global_chunk, " instead");
-          q.pop_front();
+          q.in_flight.pop_front();
           clock[s] = std::max(clock[s], msg.time);
+          q.received_at.push_back(clock[s]);
         }
         ++pc[s];
         --left;
@@ -353,6 +370,25 @@ SimResult simulate(const PipelineSchedule& schedule, int pp, int m, int v,
   for (double b : r.busy) busy += b;
   r.bubble = r.makespan > 0 ? 1.0 - busy / (pp * r.makespan) : 0.0;
   return r;
+}
+
+int grad_send_buffers(const PipelineSchedule& schedule, int pp, int m, int v) {
+  int most = 0;  // the most gradient sends of any rank: with as many buffers nothing waits
+  for (const auto& actions : schedule)
+    most = std::max(most, int(std::count_if(actions.begin(), actions.end(), [](const Action& a) {
+                      return a.kind == ActionKind::SendGrad;
+                    })));
+  if (most == 0) return 0;
+  const std::vector<double> fwd(size_t(pp), 1.0), bwd(size_t(pp), 2.0);
+  const double free_makespan = simulate(schedule, pp, m, v, fwd, bwd, 0).makespan;
+  for (int k = 1; k < most; ++k) {
+    try {
+      if (simulate(schedule, pp, m, v, fwd, bwd, k).makespan <= free_makespan)
+        return std::min(k + 1, most);  // one spare for timing noise
+    } catch (const Error&) {  // deadlock: too few
+    }
+  }
+  return most;
 }
 
 double theoretical_bubble(ScheduleKind kind, int pp, int m, int v) {

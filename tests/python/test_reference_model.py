@@ -209,22 +209,25 @@ def test_reference_gradients_vs_autograd_finite_differences():
 
 
 def test_benchmark_peer_computes_the_reference_model():
-    """forward_fast (PyTorch's fused ops, used by bench_torch.py) is the same model."""
+    """forward_fast (PyTorch's fused ops, used by bench_torch.py), also with each layer under
+    torch.utils.checkpoint (bench_torch.py --recompute full), is the same model."""
     cfg = ref.GptConfig(n_layer=2, n_head=3, n_embd=24, seq_len=9, vocab_size=200)
     w = ref.random_weights(cfg, seed=4, dtype=torch.float64)
     idx = torch.randint(0, cfg.vocab_size, (2, cfg.seq_len),
                         generator=torch.Generator().manual_seed(0))
     tgt = torch.roll(idx, -1, dims=1)
     res = []
-    for fast in (False, True):
-        m = ref.build_model(w, cfg, dtype=torch.float64, fast=fast)
+    for fast, ckpt in ((False, False), (True, False), (True, True)):
+        m = ref.build_model(w, cfg, dtype=torch.float64, fast=fast, checkpoint_layers=ckpt)
         logits, loss = m(idx, tgt)
         loss.backward()
         res.append((logits.detach(), float(loss), {k: t.grad for k, t in m.tensors().items()}))
-    assert torch.allclose(res[0][0], res[1][0], rtol=0, atol=1e-12)
-    assert abs(res[0][1] - res[1][1]) < 1e-12
-    for k in res[0][2]:
-        assert torch.allclose(res[0][2][k], res[1][2][k], rtol=0, atol=1e-12), k
+    for other in res[1:]:
+        assert torch.allclose(res[0][0], other[0], rtol=0, atol=1e-12)
+        assert abs(res[0][1] - other[1]) < 1e-12
+        for k in res[0][2]:
+            assert other[2][k] is not None, k
+            assert torch.allclose(res[0][2][k], other[2][k], rtol=0, atol=1e-12), k
 
 
 # ---- 1. one forward/backward --------------------------------------------------------------

@@ -10,7 +10,7 @@ kernels as triad (see main) and runs under two thread settings, the faster one c
 the ratio.
 
   bench_torch.py --config inputs/runs/bench-cpu.ini --threads 2 [--steps 10] [--warmup 2]
-                 [--triad-metrics RUN/metrics.h5] [--triad-log RUN/log.txt]
+                 [--recompute none|full] [--triad-metrics RUN/metrics.h5] [--triad-log RUN/log.txt]
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ def parse_args():
     ap.add_argument("--triad-metrics", help="triad's metrics.h5 of the same benchmark")
     ap.add_argument("--triad-log", help="triad's log.txt (for its measured sgemm peak)")
     ap.add_argument("--sgemm-size", type=int, default=2048)
+    ap.add_argument("--recompute", choices=["none", "full"], default="none",
+                    help="full: each layer under torch.utils.checkpoint (activation recompute)")
     ap.add_argument("--no-single-intra-op", action="store_true",
                     help="skip the run with torch.set_num_threads(1) + N OpenBLAS threads")
     return ap.parse_args()
@@ -179,7 +181,8 @@ def main():
         torch.set_num_threads(intra_op_threads)
         set_blas_threads(args.threads)
         torch.manual_seed(0)
-        model = ref.build_model(ref.random_weights(cfg, seed=0, perturb=False), cfg, fast=True)
+        model = ref.build_model(ref.random_weights(cfg, seed=0, perturb=False), cfg, fast=True,
+                                checkpoint_layers=args.recompute == "full")
         model.train()
         opt = torch.optim.AdamW(model.param_groups(wd), lr=lr, betas=betas, eps=eps)
         gen = torch.Generator().manual_seed(1)
@@ -227,7 +230,7 @@ def main():
     print(f"model: n_layer={cfg.n_layer} n_head={cfg.n_head} n_embd={cfg.n_embd} "
           f"seq_len={T} vocab={cfg.vocab_size} (padded {cfg.padded_vocab_size}) | batch {B} = "
           f"{accum} x {mbs} sequences | {steps} steps, median of steps {args.warmup}.."
-          f"{steps - 1} | threads {args.threads}")
+          f"{steps - 1} | threads {args.threads} | recompute {args.recompute}")
     print(f"torch {torch.__version__}: BLAS_INFO={m.group(1) if m else '?'}; BLAS libraries "
           f"loaded: {', '.join(blas_in_use()) or '?'}")
     if core:

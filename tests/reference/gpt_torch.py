@@ -167,19 +167,23 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor) 
     return logits[..., : cfg.vocab_size]
 
 
-def forward_fast(params: Dict[str, torch.Tensor], cfg: GptConfig,
-                 idx: torch.Tensor) -> torch.Tensor:
+def forward_fast(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor,
+                 checkpoint_layers: bool = False) -> torch.Tensor:
     """The same model with PyTorch's own fused ops (F.layer_norm, F.gelu(approximate='tanh'),
     F.softmax) — what a nanoGPT-style training script runs on a CPU without flash attention.
-    For the speed benchmark; forward() is the reference. Logits [B, T, vocab_size]."""
+    For the speed benchmark; forward() is the reference. Logits [B, T, vocab_size].
+    checkpoint_layers: each layer under torch.utils.checkpoint (PyTorch's activation
+    recomputation: the backward pass reruns the whole layer from its input)."""
     import torch.nn.functional as F
+    from torch.utils.checkpoint import checkpoint
 
     B, T = idx.shape
     C, nh = cfg.n_embd, cfg.n_head
     hd = C // nh
     mask = torch.ones(T, T, dtype=torch.bool).tril()
     x = F.embedding(idx, params["wte/weight"]) + params["wpe/weight"][:T]
-    for i in range(cfg.n_layer):
+
+    def layer(x, i):
         p = f"h/{i}/"
         h = F.layer_norm(x, (C,), params[p + "ln_1/weight"], params[p + "ln_1/bias"], LN_EPS)
         qkv = F.linear(h, params[p + "attn/c_attn/weight"], params[p + "attn/c_attn/bias"])
@@ -194,7 +198,10 @@ def forward_fast(params: Dict[str, torch.Tensor], cfg: GptConfig,
         h = F.layer_norm(x, (C,), params[p + "ln_2/weight"], params[p + "ln_2/bias"], LN_EPS)
         h = F.gelu(F.linear(h, params[p + "mlp/c_fc/weight"], params[p + "mlp/c_fc/bias"]),
                    approximate="tanh")
-        x = x + F.linear(h, params[p + "mlp/c_proj/weight"], params[p + "mlp/c_proj/bias"])
+        return x + F.linear(h, params[p + "mlp/c_proj/weight"], params[p + "mlp/c_proj/bias"])
+
+    for i in range(cfg.n_layer):
+        x = checkpoint(layer, x, i, use_reentrant=False) if checkpoint_layers else layer(x, i)
     x = F.layer_norm(x, (C,), params["ln_f/weight"], params["ln_f/bias"], LN_EPS)
     # Only the first vocab_size rows of the tied head enter the softmax (DESIGN.md §3).
     return F.linear(x, params["wte/weight"][: cfg.vocab_size])
@@ -217,10 +224,11 @@ class Gpt(torch.nn.Module):
     """nn.Module wrapper (for optimizers): parameters keyed by triad names ('/' -> '.')."""
 
     def __init__(self, cfg: GptConfig, weights: Dict[str, torch.Tensor], dtype=None,
-                 fast: bool = False):
+                 fast: bool = False, checkpoint_layers: bool = False):
         super().__init__()
         self.cfg = cfg
         self.fast = fast  # forward_fast (PyTorch's fused ops) instead of the plain reference
+        self.checkpoint_layers = checkpoint_layers  # forward_fast only
         self.names = list(param_shapes(cfg).keys())
         self.p = torch.nn.ParameterDict()
         for name in self.names:
@@ -237,7 +245,7 @@ class Gpt(torch.nn.Module):
         if self.fast:
             import torch.nn.functional as F
 
-            logits = forward_fast(self.tensors(), self.cfg, idx)
+            logits = forward_fast(self.tensors(), self.cfg, idx, self.checkpoint_layers)
             if targets is None:
                 return logits, None
             return logits, F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
@@ -256,8 +264,8 @@ class Gpt(torch.nn.Module):
 
 
 def build_model(weights: Dict[str, torch.Tensor], cfg: GptConfig, dtype=None,
-                fast: bool = False) -> Gpt:
-    return Gpt(cfg, weights, dtype, fast)
+                fast: bool = False, checkpoint_layers: bool = False) -> Gpt:
+    return Gpt(cfg, weights, dtype, fast, checkpoint_layers)
 
 
 # ---- training semantics (DESIGN.md §4) ------------------------------------------------------

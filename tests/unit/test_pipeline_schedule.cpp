@@ -88,6 +88,44 @@ TEST(PipelineSchedule, UnevenStagesWaitForTheSlowestOne) {
   EXPECT_THROW(simulate(s, 4, 8, 2, {1.0, 1.0}, {2.0, 2.0}), Error) << "one time per rank";
 }
 
+// Outgoing gradients from K buffers reused in turn: a send waits until the message K earlier
+// was received. A hand-made step where that deadlocks with one buffer: rank 1 (global chunk 1
+// of pp = 2, v = 2) sends two gradients to chunk 0 and then an activation to chunk 2, and rank 0
+// receives the activation first.
+TEST(PipelineSchedule, GradientBuffersReusedInTurnCanDeadlockAndAreSizedToAvoidIt) {
+  const PipelineSchedule hand = {
+      {{ActionKind::RecvActivation, 2, 1, 1},
+       {ActionKind::RecvGrad, 0, 0, 1},
+       {ActionKind::RecvGrad, 1, 0, 1}},
+      {{ActionKind::SendGrad, 0, 0, 0},
+       {ActionKind::SendGrad, 1, 0, 0},
+       {ActionKind::SendActivation, 2, 0, 0}}};
+  const std::vector<double> t(2, 1.0);
+  EXPECT_NO_THROW(simulate(hand, 2, 3, 2, t, t, 0));
+  EXPECT_NO_THROW(simulate(hand, 2, 3, 2, t, t, 2));
+  try {
+    simulate(hand, 2, 3, 2, t, t, 1);
+    FAIL() << "one buffer should deadlock";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("deadlock"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(grad_send_buffers(hand, 2, 3, 2), 2);
+  // The built-in schedules never wait with one buffer (each stage receives a gradient right
+  // before the backward that needs it): two per rank (one spare), not one per micro-batch.
+  for (ScheduleKind kind : {ScheduleKind::GPipe, ScheduleKind::OneFOneB, ScheduleKind::Interleaved})
+    for (int pp : {2, 4, 8})
+      for (int m : {8, 64}) {
+        const int v = kind == ScheduleKind::Interleaved ? 2 : 1;
+        const PipelineSchedule s = make_schedule(kind, pp, m, v);
+        const std::vector<double> f(size_t(pp), 1.0), b(size_t(pp), 2.0);
+        EXPECT_DOUBLE_EQ(simulate(s, pp, m, v, f, b, 1).makespan, simulate(s, pp, m, v).makespan)
+            << schedule_kind_name(kind) << " pp " << pp << " m " << m;
+        EXPECT_EQ(grad_send_buffers(s, pp, m, v), 2) << schedule_kind_name(kind);
+      }
+  EXPECT_EQ(grad_send_buffers(make_schedule(ScheduleKind::OneFOneB, 4, 1, 1), 4, 1, 1), 1)
+      << "never more than the sends";
+}
+
 TEST(PipelineSchedule, EndpointsHaveNoOuterTransfers) {
   const PipelineSchedule s = make_schedule(ScheduleKind::Interleaved, 2, 4, 2);
   for (int rank = 0; rank < 2; ++rank) {

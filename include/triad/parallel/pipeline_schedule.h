@@ -75,14 +75,25 @@ struct SimResult {
 // sends are buffered (cost nothing, never block), a forward takes t_fwd / v and a backward
 // t_bwd / v (a chunk is 1/v of a stage's layers). Throws triad::Error("deadlock ...") when
 // no rank can progress while some have actions left, and on a receive whose message is not
-// the one it expects.
+// the one it expects. With grad_buffers = K > 0 each rank sends its gradients from K buffers
+// in turn: a gradient send blocks until the message sent K earlier from the same rank has been
+// received (what the executor does before reusing that buffer).
 SimResult simulate(const PipelineSchedule& schedule, int pp, int m, int v, double t_fwd = 1.0,
                    double t_bwd = 2.0);
 // The same with each rank's own times (uneven stages: the last one holds the head), t_fwd[s] and
 // t_bwd[s] for all of rank s's chunks together; the bubble then counts the imbalance's idle time
 // too.
 SimResult simulate(const PipelineSchedule& schedule, int pp, int m, int v,
-                   const std::vector<double>& t_fwd, const std::vector<double>& t_bwd);
+                   const std::vector<double>& t_fwd, const std::vector<double>& t_bwd,
+                   int grad_buffers = 0);
+
+// How many buffers the executor gives each rank for its outgoing gradients: the fewest K with
+// which the simulated step (backward = 2 × forward) neither deadlocks nor takes longer than with
+// one buffer per send, plus one spare, at most the sends of the busiest rank (0 without any).
+// The buffers reused in turn form a bounded channel, and whether a network of processes with
+// blocking receives and bounded channels deadlocks does not depend on timing (Kahn), so the
+// simulation's answer holds on any machine; only the speed does not.
+int grad_send_buffers(const PipelineSchedule& schedule, int pp, int m, int v);
 
 // The bubble fraction idle / (idle + busy) the formulas of the header comment predict.
 double theoretical_bubble(ScheduleKind kind, int pp, int m, int v);
