@@ -362,21 +362,24 @@ h = np.zeros(256, dtype=np.int32); h[0], h[1], h[2] = 20240520, 1, n
 EOF
     # GPT-2 124M at the PyTorch peer's batch (16 x 1024) in bf16, with each flash backward;
     # fp32 at 8 x 1024 (memory).
-    # The atomic variant last, and only while the peers further down keep their time.
-    for v in "bf16 16 12 deterministic" "fp32 8 8 deterministic" "bf16 16 12 atomic"; do
-      read -r pr mb steps fb <<<"$v"
-      tag=$pr; [[ $fb == atomic ]] && tag=${pr}_atomic
-      [[ $fb == atomic ]] && (( $(left) < 260 )) && { echo "RESULT_124M_$tag skipped (time)"; continue; }
-      echo "-- GPT-2 124M, CUDA backend $pr, B=$mb T=1024, $steps steps, $fb flash backward"
+    # The atomic variant and full activation recomputation last, and only while the peers
+    # further down keep their time.
+    for v in "bf16 16 12 deterministic none" "fp32 8 8 deterministic none" "bf16 16 12 atomic none" \
+             "bf16 16 12 deterministic full"; do
+      read -r pr mb steps fb recomp <<<"$v"
+      tag=$pr; [[ $fb == atomic ]] && tag=${pr}_atomic; [[ $recomp != none ]] && tag=${pr}_recompute
+      [[ $tag != "$pr" ]] && (( $(left) < 260 )) && { echo "RESULT_124M_$tag skipped (time)"; continue; }
+      echo "-- GPT-2 124M, CUDA backend $pr, B=$mb T=1024, $steps steps, $fb flash backward, recompute $recomp"
       TRIAD_FLASH_BACKWARD=$fb timeout "$(tmo 120 170)" "$B/triad-train" --model.n_layer 12 --model.n_head 12 --model.n_embd 768 \
         --model.seq_len 1024 --train.steps "$steps" --train.batch_size "$mb" --train.micro_batch_size "$mb" \
         --train.warmup_steps 1 --data.train "$W/data124/train_*.bin" --eval.sequences 0 \
         --checkpoint.every 0 --run.dir "$W/runs" --run.name "gpt124_$tag" --run.backend cuda \
-        --run.precision "$pr" --resume none >"$RUN/gpt124_$tag.txt" 2>&1; rc=$?
+        --run.precision "$pr" --train.recompute "$recomp" --resume none >"$RUN/gpt124_$tag.txt" 2>&1; rc=$?
       grep -E '^triad:|^device:|^step' "$RUN/gpt124_$tag.txt" | head -14; [[ $rc == 0 ]] || tail -8 "$RUN/gpt124_$tag.txt"
       tps=$(grep -E '^step +([5-9]|1[0-9])/' "$RUN/gpt124_$tag.txt" | sed -n 's/.*| \([0-9]*\) tok\/s.*/\1/p' | sort -n | sed -n '2p')
       echo "RESULT_124M_$tag ${tps:-failed} tok/s (2nd lowest of steps 5+, B=$mb)"
       if [[ $tag == bf16 ]]; then
+        tps_kept=$tps
         # triad-train --plan for the same run against what it held: the plan's total, the
         # backend's buffers ("in all" of the start line), the device's use after step 1.
         planned=$(timeout "$(tmo 20 150)" "$B/triad-train" --model.n_layer 12 --model.n_head 12 --model.n_embd 768 \
@@ -385,6 +388,14 @@ EOF
         held=$(sed -n 's/^triad:.* in all \([0-9.]*\) MB.*/\1/p' "$RUN/gpt124_$tag.txt")
         dev=$(sed -n 's/^device memory after the first step: \([0-9.]*\) MB.*/\1/p' "$RUN/gpt124_$tag.txt")
         echo "RESULT_PLAN planned ${planned:-?} MB, backend buffers ${held:-?} MB, device in use ${dev:-?} MB (B=$mb bf16)"
+      fi
+      if [[ $tag == bf16_recompute ]]; then
+        # Against the run that keeps everything: the same losses to bf16 rounding, the speed and
+        # the memory it gives up.
+        act() { sed -n 's/^triad:.* activations \([0-9.]*\) MB.*/\1/p' "$RUN/gpt124_$1.txt"; }
+        dev() { sed -n 's/^device memory after the first step: \([0-9.]*\) MB.*/\1/p' "$RUN/gpt124_$1.txt"; }
+        last() { grep -E "^step +$steps/" "$RUN/gpt124_$1.txt" | sed -n 's/.*| loss \([0-9.]*\) .*/\1/p'; }
+        echo "RESULT_RECOMPUTE full: ${tps:-failed} tok/s vs ${tps_kept:-?} kept; activations $(act bf16_recompute) vs $(act bf16) MB; device in use $(dev bf16_recompute) vs $(dev bf16) MB; loss at step $steps $(last bf16_recompute) vs $(last bf16)"
       fi
     done
   ) 2>&1 | tee "$RUN/gpu.txt"
@@ -399,6 +410,7 @@ res "NCCL Comm in training" "$(sed -n 's/^RESULT_NCCL //p' "$RUN/gpu.txt" 2>/dev
 res "triad 124M bf16 GPU" "${GPU_124M:-failed}"
 res "triad 124M fp32 GPU" "${GPU_124M32:-failed}"
 res "memory plan 124M" "$(sed -n 's/^RESULT_PLAN //p' "$RUN/gpu.txt" 2>/dev/null)"
+res "recompute full 124M" "$(sed -n 's/^RESULT_RECOMPUTE //p' "$RUN/gpu.txt" 2>/dev/null)"
 
 # ============ 2c. fused flash attention (bf16) vs PyTorch SDPA's numbers in step 4 ===========
 hdr "2c. triad-bench attention (B=16 NH=12 T=1024 hd=64, causal, bf16)"
