@@ -185,9 +185,16 @@ Recompute parse_recompute(const std::string& text, const std::string& key) {
   fail("config: ", key, " must be none, gelu or full (got '", text, "')");
 }
 
+std::string Recomputation::describe(int per_chunk) const {
+  const int k = count(per_chunk);
+  if (k == per_chunk || mode == Recompute::none) return recompute_name(mode);
+  return std::string(recompute_name(mode)) + " in " + std::to_string(k) + " of " +
+         std::to_string(per_chunk) + " layers per chunk";
+}
+
 Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
          const ModelParallel& mp, const PipelineSchedule* schedule, Precision precision,
-         Recompute recompute)
+         Recomputation recompute)
     : shape_(shape),
       max_batch_(max_batch),
       be_(backend),
@@ -247,7 +254,7 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
 
 GptMemory Gpt::memory_plan(const GptShape& shape, int max_batch, int shards,
                            const ModelParallel& mp, const PipelineSchedule* schedule,
-                           Precision precision, Recompute recompute) {
+                           Precision precision, Recomputation recompute) {
   GptMemory m;
   const auto specs = gpt_rank_layout(shape, mp);
   m.param_floats = layout_floats(specs);
@@ -320,9 +327,10 @@ double Gpt::flops_per_token() const {
 }
 
 double Gpt::recompute_flops_per_token(const GptShape& shape, const ModelParallel& mp,
-                                      Recompute recompute) {
-  if (recompute != Recompute::full) return 0;
-  const double C = shape.n_embd, layers = mp.layers_per_chunk(shape.n_layer) * mp.virtual_stages;
+                                      Recomputation recompute) {
+  if (recompute.mode != Recompute::full) return 0;
+  const double C = shape.n_embd,
+               layers = recompute.count(mp.layers_per_chunk(shape.n_layer)) * mp.virtual_stages;
   // c_attn, attn.c_proj and c_fc forward (2·(3 + 1 + 4)·C² per token), attention forward
   // (2·C·T as in the model's 6·C·T), on this rank's 1/tp of the heads and hidden units.
   return layers * (16.0 * C * C + 2.0 * C * shape.seq_len) / mp.tp;

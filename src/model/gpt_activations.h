@@ -73,7 +73,7 @@ struct Gpt::Activations {
   // Plans and allocates the buffers on `be`; without a backend (be == nullptr) only plans them,
   // so that bytes() tells what the allocation would take (Gpt::memory_plan).
   Activations(const GptShape& s, const ModelParallel& mp, int B, const std::vector<int>& slots,
-              int n_grad_sends, Recompute recompute, Backend* be)
+              int n_grad_sends, Recomputation recompute, Backend* be)
       : be_(be) {
     const size_t BT = size_t(B) * s.seq_len, C = s.n_embd;
     const bool sp = mp.split_rows();
@@ -113,8 +113,10 @@ struct Gpt::Activations {
       for (auto& S : sets[c]) {
         want(S.input, R * C);
         S.layers.resize(size_t(per_chunk));
-        for (auto& L : S.layers) {
-          if (recompute != Recompute::full) want_internals(L, recompute == Recompute::none);
+        for (int i = 0; i < per_chunk; ++i) {
+          Layer& L = S.layers[size_t(i)];
+          const Recompute r = recompute.in_layer(i);
+          if (r != Recompute::full) want_internals(L, r == Recompute::none);
           want(L.residual3, R * C);
         }
         if (last) {
@@ -136,8 +138,9 @@ struct Gpt::Activations {
     want(dfch, BT * 4 * Cl);
     want(dfch_gelu, BT * 4 * Cl);
     want_f(ce_stats, 4 * BT);
-    if (recompute == Recompute::gelu && per_chunk > 0) want(gelu_work, BT * 4 * Cl);
-    if (recompute == Recompute::full && per_chunk > 0) want_internals(work, true);
+    const bool any = recompute.count(per_chunk) > 0;
+    if (any && recompute.mode == Recompute::gelu) want(gelu_work, BT * 4 * Cl);
+    if (any && recompute.mode == Recompute::full) want_internals(work, true);
     want(proj, R * C);
     if (sp) want(ln_local, R * C);
     if (sp) {
@@ -168,13 +171,15 @@ struct Gpt::Activations {
     alias(work);
     for (auto& chunk : sets)
       for (auto& S : chunk) {
-        for (auto& L : S.layers) {
-          if (recompute == Recompute::full) {  // the scratch layer's internals, its own output
+        for (int i = 0; i < per_chunk; ++i) {
+          Layer& L = S.layers[size_t(i)];
+          const Recompute r = recompute.in_layer(i);
+          if (r == Recompute::full) {  // the scratch layer's internals, its own output
             A* out = L.residual3;
             L = work;
             L.residual3 = out;
           }
-          if (recompute == Recompute::gelu) L.fch_gelu = gelu_work;
+          if (r == Recompute::gelu) L.fch_gelu = gelu_work;
           alias(L);
         }
         if (sp && S.lnfg) S.lnf = ln_local;

@@ -276,13 +276,14 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     const LayerTensors<const A> w = layer_tensors(W, specs_, first);
     const LayerTensors<float> gr = layer_tensors(grads_, specs_, first);
     const A* x_in = i == 0 ? S.input : S.layers[size_t(i - 1)].residual3;
-    if (recompute_ == Recompute::full) {
+    const Recompute recompute = recompute_.in_layer(i);
+    if (recompute == Recompute::full) {
       // The layer's internals sit in the shared scratch layer: rerun its forward from its input
       // (the same ops on the same values as the forward pass: ln_1 reads x_in as stored, as
       // the fused residual add + LayerNorm did).
       be_.layernorm_forward(L.ln1, L.ln1_mean, L.ln1_rstd, x_in, w.ln1w, w.ln1b, n, C);
       layer_front(S, g, i, B, T);
-    } else if (recompute_ == Recompute::gelu) {
+    } else if (recompute == Recompute::gelu) {
       be_.gelu_forward(L.fch_gelu, L.fch, size_t(N) * 4 * size_t(Cl));
     }
     // MLP branch: residual3 = residual2 + c_proj(gelu(c_fc(ln_2(residual2)))). The

@@ -385,7 +385,7 @@ int grad_send_buffers(const PipelineSchedule& schedule, int pp, int m, int v) {
     try {
       if (simulate(schedule, pp, m, v, fwd, bwd, k).makespan <= free_makespan)
         return std::min(k + 1, most);  // one spare for timing noise
-    } catch (const Error&) {  // deadlock: too few
+    } catch (const Error&) {           // deadlock: too few
     }
   }
   return most;

@@ -41,6 +41,8 @@ class KeyTable {
     add("train.recompute", c.train.recompute,
         "activation recomputation: none | gelu (the MLP's GELU output) | full (each layer's "
         "forward rerun in the backward pass; keeps only layer outputs)");
+    add("train.recompute_layers", c.train.recompute_layers,
+        "recompute in the first N layers of each pipeline chunk only (0: all)");
     add("optim.name", c.optim.name, "adamw | sgd");
     add("optim.beta1", c.optim.beta1, "AdamW beta1");
     add("optim.beta2", c.optim.beta2, "AdamW beta2");
@@ -254,6 +256,9 @@ void validate(const Config& c, int world_size) {
   check(t.log_every >= 1, "train.log_every", "must be >= 1");
   check(t.recompute == "none" || t.recompute == "gelu" || t.recompute == "full", "train.recompute",
         "must be none, gelu or full (got '" + t.recompute + "')");
+  check(t.recompute_layers >= 0, "train.recompute_layers", "must be >= 0 (0: every layer)");
+  check(t.recompute_layers == 0 || t.recompute != "none", "train.recompute_layers",
+        "needs train.recompute = gelu or full (it is none)");
   check(t.seed >= 0, "train.seed", "must be >= 0");
   const auto& o = c.optim;
   check(o.name == "adamw" || o.name == "sgd", "optim.name",
@@ -305,6 +310,9 @@ void validate(const Config& c, int world_size) {
         "(" + std::to_string(m.n_layer) + ") must be divisible by parallel.pp · " +
             "parallel.virtual_stages (" + std::to_string(par.pp) + " · " +
             std::to_string(par.virtual_stages) + "): every pipeline chunk holds as many layers");
+  check(t.recompute_layers <= m.n_layer / chunks, "train.recompute_layers",
+        "(" + std::to_string(t.recompute_layers) + ") must not exceed the layers of a pipeline " +
+            "chunk (" + std::to_string(m.n_layer / chunks) + ")");
   check(!par.sequence_parallel || m.seq_len % std::max(1, par.tp) == 0,
         "parallel.sequence_parallel",
         "needs model.seq_len (" + std::to_string(m.seq_len) + ") divisible by parallel.tp (" +

@@ -49,6 +49,10 @@ ModelParallel model_parallel(const Config& cfg, int pp_rank, int tp_rank) {
   return mp;
 }
 
+Recomputation recomputation(const Config& cfg) {
+  return {parse_recompute(cfg.train.recompute, "train.recompute"), cfg.train.recompute_layers};
+}
+
 RunPlan plan_run(const Config& cfg, int world_size) {
   TRIAD_CHECK(world_size >= 1, "--plan-ranks must be >= 1 (got ", world_size, ")");
   validate(cfg, world_size);
@@ -59,7 +63,7 @@ RunPlan plan_run(const Config& cfg, int world_size) {
   p.micro_batch_size = cfg.train.micro_batch_size;
   p.micro_batches = cfg.train.batch_size / (p.micro_batch_size * p.grid.dp);
   p.precision = cfg.bf16() ? Precision::bf16 : Precision::fp32;
-  p.recompute = parse_recompute(cfg.train.recompute, "train.recompute");
+  p.recompute = recomputation(cfg);
   const GptShape shape = gpt_shape(cfg);
   const int v = cfg.parallel.virtual_stages;
   PipelineSchedule schedule;
@@ -134,7 +138,9 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
                : "");
   if (cfg.parallel.zero == 1) os << " | ZeRO-1";
   if (cfg.parallel.sequence_parallel && g.tp > 1) os << " | sequence parallel";
-  if (p.recompute != Recompute::none) os << " | recompute " << recompute_name(p.recompute);
+  if (p.recompute.mode != Recompute::none)
+    os << " | recompute "
+       << p.recompute.describe(cfg.model.n_layer / (g.pp * cfg.parallel.virtual_stages));
   os << "\n\nmemory of each rank, MB (1e6 bytes) allocated on the backend:\n";
   const char* head[] = {"stage",     "layers",    "parameters",  "weights", "bf16 copy",
                         "gradients", "optimizer", "activations", "other",   "total"};
@@ -160,7 +166,7 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
      << " GFLOP per token for the model (6N + 6LCT); per rank and token, stage";
   for (const auto& s : p.stages) os << " " << s.stage << ": " << s.flops_per_token / 1e9;
   os << " GFLOP";
-  if (p.recompute == Recompute::full) {
+  if (p.recompute.mode == Recompute::full) {
     os << "; full recomputation adds, stage";
     for (const auto& s : p.stages)
       os << " " << s.stage << ": " << s.recompute_flops_per_token / 1e9;
@@ -168,7 +174,7 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
   }
   if (g.pp > 1)
     os << "\npipeline bubble (simulated with each stage's FLOPs, backward = 2 x forward"
-       << (p.recompute == Recompute::full ? " + recomputation" : "")
+       << (p.recompute.mode == Recompute::full ? " + recomputation" : "")
        << "): " << std::setprecision(1) << p.bubble * 100 << "% of the stages' time";
   if (g.dp > 1) {
     double wire = 0;

@@ -222,9 +222,12 @@ TrainOutcome Trainer::run() {
        << "comm " << s.comm_desc << " | " << s.model->num_parameters() << " parameters | "
        << "largest per rank: parameters " << std::fixed << std::setprecision(1) << param_mb
        << " MB, optimizer state " << opt_mb << " MB, activations " << act_mb << " MB"
-       << (s.model->recompute() == Recompute::none
+       << (s.model->recompute().mode == Recompute::none
                ? ""
-               : std::string(" (recompute ") + recompute_name(s.model->recompute()) + ")")
+               : " (recompute " +
+                     s.model->recompute().describe(
+                         s.model->parallel().layers_per_chunk(s.model->shape().n_layer)) +
+                     ")")
        << ", in all " << all_mb << " MB | batch " << cfg.train.batch_size << " x " << T
        << " tokens, " << accum << " micro-batches of " << mbs << " | train "
        << s.train_src->num_sequences() << " sequences | peak " << std::setprecision(1)

@@ -104,8 +104,7 @@ void Trainer::State::setup_model() {
     check_schedule(schedule, mp.pp, accum, mp.virtual_stages);
   }
   model = std::make_unique<Gpt>(model_shape(), mbs, *be, dp, mp, mp.pp > 1 ? &schedule : nullptr,
-                                cfg.bf16() ? Precision::bf16 : Precision::fp32,
-                                parse_recompute(cfg.train.recompute, "train.recompute"));
+                                cfg.bf16() ? Precision::bf16 : Precision::fp32, recomputation(cfg));
   const size_t S = model->buffer_floats() / size_t(dp);
   shard_lo = size_t(dp_rank) * S;
   shard_hi = shard_lo + S;

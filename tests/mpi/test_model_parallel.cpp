@@ -338,23 +338,27 @@ TEST(ModelParallel, MemoryPlanEqualsWhatEachRankAllocates) {
 // keeping everything, and each rank allocates what --plan says.
 TEST(ModelParallel, RecomputationChangesMemoryNotResults) {
   const std::string dir = shared_dir("recompute");
-  const std::vector<std::tuple<Grid, std::string, std::string>> cases = {
-      {{1, 2, 1, 0, 2, "1f1b", 1, true}, "fp32", "full"},
-      {{1, 1, 2, 0, 4, "1f1b", 1}, "bf16", "full"},
-      {{1, 2, 2, 1, 2, "interleaved", 2, true}, "bf16", "full"},
-      {{2, 2, 2, 1, 2, "1f1b", 1}, "fp32", "gelu"},
-      {{2, 2, 2, 0, 4, "gpipe", 1, true}, "bf16", "full"}};
-  for (const auto& [g, precision, mode] : cases) {
+  // grid, precision, mode, train.recompute_layers (0: every layer of a chunk)
+  const std::vector<std::tuple<Grid, std::string, std::string, int>> cases = {
+      {{1, 2, 1, 0, 2, "1f1b", 1, true}, "fp32", "full", 0},
+      {{1, 1, 2, 0, 4, "1f1b", 1}, "bf16", "full", 0},
+      {{1, 1, 2, 1, 4, "gpipe", 1}, "fp32", "full", 1},
+      {{1, 2, 2, 1, 2, "interleaved", 2, true}, "bf16", "full", 0},
+      {{2, 2, 2, 1, 2, "1f1b", 1}, "fp32", "gelu", 0},
+      {{2, 2, 2, 0, 4, "gpipe", 1, true}, "bf16", "full", 0}};
+  for (const auto& [g, precision, mode, layers] : cases) {
     if (g.ranks() > world_size()) continue;
-    auto args_for = [&](const std::string& recompute) {
-      return grid_args(dir, "rc_" + g.name() + "_" + precision + "_" + recompute, g,
-                       {"--resume", "none", "--run.precision", precision, "--train.recompute",
-                        recompute, "--checkpoint.every", "0"});
+    auto args_for = [&](const std::string& recompute, int n) {
+      return grid_args(
+          dir, "rc_" + g.name() + "_" + precision + "_" + recompute + std::to_string(n), g,
+          {"--resume", "none", "--run.precision", precision, "--train.recompute", recompute,
+           "--train.recompute_layers", std::to_string(n), "--checkpoint.every", "0"});
     };
-    const Result keep = run_trainer(g.ranks(), args_for("none"));
-    const auto args = args_for(mode);
+    const Result keep = run_trainer(g.ranks(), args_for("none", 0));
+    const auto args = args_for(mode, layers);
     const Result r = run_trainer(g.ranks(), args);
-    const std::string what = g.name() + " " + precision + " recompute " + mode;
+    const std::string what =
+        g.name() + " " + precision + " recompute " + mode + " layers " + std::to_string(layers);
     EXPECT_EQ(r.losses, keep.losses) << what;
     EXPECT_EQ(r.val_loss, keep.val_loss) << what;
     ASSERT_EQ(r.params.size(), keep.params.size()) << what;

@@ -45,6 +45,10 @@ def test_help_lists_every_key_with_defaults():
     (["--optim.name", "lamb"], ["optim.name"]),
     (["--run.backend", "tpu"], ["run.backend"]),
     (["--train.recompute", "selective"], ["train.recompute", "none, gelu or full"]),
+    (["--train.recompute_layers", "1"], ["train.recompute_layers", "needs train.recompute"]),
+    (["--train.recompute", "full", "--train.recompute_layers", "-1"], ["train.recompute_layers"]),
+    (["--train.recompute", "gelu", "--train.recompute_layers", "99"],
+     ["train.recompute_layers", "must not exceed"]),
     (["--resume", "/nonexistent/ckpt.h5"], ["/nonexistent/ckpt.h5"]),
 ])
 def test_bad_config_values(tmp_path, args, needles):

@@ -93,13 +93,12 @@ TEST(PipelineSchedule, UnevenStagesWaitForTheSlowestOne) {
 // of pp = 2, v = 2) sends two gradients to chunk 0 and then an activation to chunk 2, and rank 0
 // receives the activation first.
 TEST(PipelineSchedule, GradientBuffersReusedInTurnCanDeadlockAndAreSizedToAvoidIt) {
-  const PipelineSchedule hand = {
-      {{ActionKind::RecvActivation, 2, 1, 1},
-       {ActionKind::RecvGrad, 0, 0, 1},
-       {ActionKind::RecvGrad, 1, 0, 1}},
-      {{ActionKind::SendGrad, 0, 0, 0},
-       {ActionKind::SendGrad, 1, 0, 0},
-       {ActionKind::SendActivation, 2, 0, 0}}};
+  const PipelineSchedule hand = {{{ActionKind::RecvActivation, 2, 1, 1},
+                                  {ActionKind::RecvGrad, 0, 0, 1},
+                                  {ActionKind::RecvGrad, 1, 0, 1}},
+                                 {{ActionKind::SendGrad, 0, 0, 0},
+                                  {ActionKind::SendGrad, 1, 0, 0},
+                                  {ActionKind::SendActivation, 2, 0, 0}}};
   const std::vector<double> t(2, 1.0);
   EXPECT_NO_THROW(simulate(hand, 2, 3, 2, t, t, 0));
   EXPECT_NO_THROW(simulate(hand, 2, 3, 2, t, t, 2));

@@ -1,8 +1,9 @@
 // Activation recomputation (Recompute in model/gpt.h) on the CPU backend:
 //  - every mode gives bit for bit the loss, the gradients (accumulated over two micro-batches),
 //    the evaluation and the logits of the model that keeps everything, in fp32 and bf16;
-//  - what it saves is exactly the buffers it stops keeping: gelu one GELU output per layer but
-//    one, full one layer's internals per layer but one (counted here from the layer's tensors);
+//  - also when only the first layers of a chunk recompute (the others keep everything);
+//  - what it saves is exactly the buffers it stops keeping: recomputing in k layers, gelu saves
+//    k − 1 GELU outputs, full k − 1 layers' internals (counted here from the layer's tensors);
 //  - Gpt::memory_plan equals what the model allocates in every mode;
 //  - the extra FLOPs of full recomputation are its layers' forward matmuls up to c_fc.
 #include <gtest/gtest.h>
@@ -31,7 +32,7 @@ struct Result {
   size_t activation_bytes = 0;
 };
 
-Result run(Backend& be, Precision precision, Recompute recompute) {
+Result run(Backend& be, Precision precision, Recomputation recompute) {
   Gpt m(kShape, kB, be, 1, {}, nullptr, precision, recompute);
   m.init(11);
   m.zero_grads();
@@ -56,7 +57,7 @@ Result run(Backend& be, Precision precision, Recompute recompute) {
   r.activation_bytes = m.activation_bytes();
   EXPECT_EQ(Gpt::memory_plan(kShape, kB, 1, {}, nullptr, precision, recompute).activations,
             r.activation_bytes)
-      << precision_name(precision) << " recompute " << recompute_name(recompute);
+      << precision_name(precision) << " recompute " << recompute.describe(kShape.n_layer);
   return r;
 }
 
@@ -64,15 +65,18 @@ bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
-class Recomputation : public ::testing::TestWithParam<Precision> {};
+class RecomputeModes : public ::testing::TestWithParam<Precision> {};
 
-TEST_P(Recomputation, GivesTheSameBitsAndSavesExactlyWhatItDropsKeeping) {
+TEST_P(RecomputeModes, GivesTheSameBitsAndSavesExactlyWhatItDropsKeeping) {
   auto be = make_cpu_backend();
   const Precision p = GetParam();
   const Result keep = run(*be, p, Recompute::none);
-  for (Recompute r : {Recompute::gelu, Recompute::full}) {
+  // Every layer, and the first 1 or 2 of the 3 (the others keep everything).
+  for (Recomputation r : {Recomputation(Recompute::gelu), Recomputation(Recompute::full),
+                          Recomputation(Recompute::gelu, 2), Recomputation(Recompute::full, 1),
+                          Recomputation(Recompute::full, 2)}) {
     const Result got = run(*be, p, r);
-    const char* what = recompute_name(r);
+    const std::string what = r.describe(kShape.n_layer);
     EXPECT_EQ(got.loss, keep.loss) << what;
     EXPECT_TRUE(same_bits(got.grads, keep.grads)) << what << ": gradients differ";
     EXPECT_EQ(got.eval_loss, keep.eval_loss) << what;
@@ -89,14 +93,19 @@ TEST_P(Recomputation, GivesTheSameBitsAndSavesExactlyWhatItDropsKeeping) {
                      (p == Precision::bf16 ? 1 : size_t(kShape.seq_len));
   const size_t gelu_out = BT * 4 * C * a;
   const size_t internals = (C + 3 * C + C + C + C + 4 * C + 4 * C) * BT * a + (4 * BT + att) * 4;
-  const size_t others = kShape.n_layer - 1;  // layers whose buffers the shared scratch replaces
-  EXPECT_EQ(keep.activation_bytes - run(*be, p, Recompute::gelu).activation_bytes,
-            others * gelu_out);
-  EXPECT_EQ(keep.activation_bytes - run(*be, p, Recompute::full).activation_bytes,
-            others * internals);
+  // Recomputing k layers saves k − 1 layers' buffers: one shared scratch replaces them all.
+  for (int k : {1, 2, 3}) {
+    const int layers = k == kShape.n_layer ? 0 : k;
+    EXPECT_EQ(keep.activation_bytes - run(*be, p, {Recompute::gelu, layers}).activation_bytes,
+              size_t(k - 1) * gelu_out)
+        << k;
+    EXPECT_EQ(keep.activation_bytes - run(*be, p, {Recompute::full, layers}).activation_bytes,
+              size_t(k - 1) * internals)
+        << k;
+  }
 }
 
-INSTANTIATE_TEST_SUITE_P(Precisions, Recomputation,
+INSTANTIATE_TEST_SUITE_P(Precisions, RecomputeModes,
                          ::testing::Values(Precision::fp32, Precision::bf16),
                          [](const auto& info) { return std::string(precision_name(info.param)); });
 
@@ -112,6 +121,10 @@ TEST(Recomputation, FullAddsTheLayersForwardUpToTheMlpsHiddenActivation) {
   mp.pp = 3;
   mp.virtual_stages = 2;  // 12 layers in 6 chunks: 2 chunks of 2 layers per rank
   EXPECT_DOUBLE_EQ(Gpt::recompute_flops_per_token(gpt2, mp, Recompute::full), 4 * per_layer / 2);
+  EXPECT_DOUBLE_EQ(Gpt::recompute_flops_per_token(gpt2, {}, {Recompute::full, 5}), 5 * per_layer);
+  EXPECT_DOUBLE_EQ(Gpt::recompute_flops_per_token(gpt2, mp, {Recompute::full, 1}),
+                   2 * per_layer / 2)
+      << "the first layer of each of the rank's 2 chunks";
   EXPECT_EQ(Gpt::recompute_flops_per_token(gpt2, {}, Recompute::gelu), 0.0);
   EXPECT_EQ(Gpt::recompute_flops_per_token(gpt2, {}, Recompute::none), 0.0);
 }

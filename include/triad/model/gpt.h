@@ -3,6 +3,7 @@
 // ops over activations planned once for the micro-batch shape.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -97,6 +98,21 @@ const char* recompute_name(Recompute r);
 // "none" | "gelu" | "full"; throws triad::Error naming `key` otherwise.
 Recompute parse_recompute(const std::string& text, const std::string& key);
 
+// The mode, in the first `layers` layers of every pipeline chunk (0: in all of them); the other
+// layers keep everything (Megatron's "block" recompute method). Recomputing k layers of a chunk
+// saves k − 1 layers' buffers (one layer's scratch serves them all) for k layers' extra compute,
+// so `layers` sets memory and speed in steps of one layer.
+struct Recomputation {
+  Recompute mode = Recompute::none;
+  int layers = 0;
+  Recomputation(Recompute m = Recompute::none, int n = 0) : mode(m), layers(n) {}
+  Recompute in_layer(int i) const { return layers == 0 || i < layers ? mode : Recompute::none; }
+  int count(int per_chunk) const {  // layers of a chunk that recompute
+    return mode == Recompute::none ? 0 : layers == 0 ? per_chunk : std::min(layers, per_chunk);
+  }
+  std::string describe(int per_chunk) const;  // "full", "full in 2 of 6 layers per chunk"
+};
+
 struct ForwardStats {
   double loss_sum = 0;  // sum of token cross-entropies (nats)
   int64_t correct = 0;  // top-1 hits among the first vocab_size logits
@@ -129,15 +145,14 @@ class Gpt {
   // outgoing gradients; without one, each chunk gets one activation set.
   Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards = 1,
       const ModelParallel& mp = {}, const PipelineSchedule* schedule = nullptr,
-      Precision precision = Precision::fp32, Recompute recompute = Recompute::none);
+      Precision precision = Precision::fp32, Recomputation recompute = {});
   ~Gpt();
   // What the constructor with these arguments allocates, without allocating it (planning a
   // grid's memory before a job runs); equal to the backend's allocations, tested.
   static GptMemory memory_plan(const GptShape& shape, int max_batch, int shards = 1,
                                const ModelParallel& mp = {},
                                const PipelineSchedule* schedule = nullptr,
-                               Precision precision = Precision::fp32,
-                               Recompute recompute = Recompute::none);
+                               Precision precision = Precision::fp32, Recomputation recompute = {});
   Gpt(const Gpt&) = delete;
   Gpt& operator=(const Gpt&) = delete;
 
@@ -151,12 +166,13 @@ class Gpt {
   // padding excluded, whatever part this rank holds.
   int64_t num_parameters() const;
   double flops_per_token() const;  // 6·N + 6·n_layer·C·T
-  // The FLOPs per token that full recomputation adds on this rank (its layers' forward up to
-  // c_fc: 16·C²/tp + 2·C·T/tp per layer); 0 for none and gelu (elementwise only). MFU counts the
-  // model's FLOPs only, as Megatron's and nanoGPT's do; this is what the hardware runs on top.
+  // The FLOPs per token that full recomputation adds on this rank (its recomputing layers'
+  // forward up to c_fc: 16·C²/tp + 2·C·T/tp each); 0 for none and gelu (elementwise only). MFU
+  // counts the model's FLOPs only, as Megatron's and nanoGPT's do; this is what the hardware runs
+  // on top.
   static double recompute_flops_per_token(const GptShape& shape, const ModelParallel& mp,
-                                          Recompute recompute);
-  Recompute recompute() const { return recompute_; }
+                                          Recomputation recompute);
+  const Recomputation& recompute() const { return recompute_; }
 
   Precision precision() const { return precision_; }
   // The fp32 parameters (master weights under bf16) and their fp32 gradients.
@@ -289,7 +305,7 @@ class Gpt {
   int32_t* d_targets_ = nullptr;
   std::vector<int32_t> host_ids_, padded_;
   Precision precision_ = Precision::fp32;
-  Recompute recompute_ = Recompute::none;
+  Recomputation recompute_;
   float* params_ = nullptr;
   float* grads_ = nullptr;
   bf16_t* params_bf16_ = nullptr;            // bf16 precision: the copy the layers read

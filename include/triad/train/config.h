@@ -28,6 +28,7 @@ struct TrainConfig {
   // Activation recomputation: none | gelu | full (Recompute in model/gpt.h). Changes memory and
   // compute, never the result: runs and checkpoints of every mode continue each other.
   std::string recompute = "none";
+  int recompute_layers = 0;  // recompute in the first N layers of each pipeline chunk; 0: all
 };
 
 struct OptimConfig {

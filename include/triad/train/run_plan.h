@@ -21,6 +21,7 @@ namespace triad {
 // build from these.
 GptShape gpt_shape(const Config& cfg);
 ModelParallel model_parallel(const Config& cfg, int pp_rank, int tp_rank);
+Recomputation recomputation(const Config& cfg);  // train.recompute, train.recompute_layers
 
 // One pipeline stage: every tensor- and data-parallel rank of it allocates the same sizes.
 struct StageMemory {
@@ -48,7 +49,7 @@ struct RunPlan {
   int micro_batches = 1;  // per step on each data-parallel rank
   int micro_batch_size = 1;
   Precision precision = Precision::fp32;
-  Recompute recompute = Recompute::none;
+  Recomputation recompute;
   std::vector<StageMemory> stages;   // [pipeline rank]
   double model_flops_per_token = 0;  // the whole model (DESIGN.md §5): 6N + 6·L·C·T
   // The step's compute on its critical path, in FLOPs per rank (divided by a sustained rate:
