@@ -24,12 +24,18 @@ int main(int argc, char** argv) {
     if (cl.plan) {
       TRIAD_CHECK(cl.plan_tflops >= 0, "--plan-tflops must be >= 0 (got ", cl.plan_tflops, ")");
       TRIAD_CHECK(cl.plan_gbps >= 0, "--plan-gbps must be >= 0 (got ", cl.plan_gbps, ")");
+      TRIAD_CHECK(cl.plan_memory_gb >= 0, "--plan-memory-gb must be >= 0 (got ", cl.plan_memory_gb,
+                  ")");
       int size = 1;
       MPI_Comm_size(world, &size);
-      const triad::RunPlan plan =
-          triad::plan_run(cl.config, cl.plan_ranks != 0 ? cl.plan_ranks : size);
-      if (rank == 0)
+      const int ranks = cl.plan_ranks != 0 ? cl.plan_ranks : size;
+      const triad::RunPlan plan = triad::plan_run(cl.config, ranks);
+      if (rank == 0) {
         std::cout << triad::format_run_plan(plan, cl.config, cl.plan_tflops, cl.plan_gbps);
+        if (cl.plan_memory_gb > 0)
+          std::cout << triad::format_recompute_fit(cl.config, ranks, cl.plan_tflops,
+                                                   cl.plan_memory_gb);
+      }
       return 0;
     }
     triad::Trainer trainer(world, cl);

@@ -164,7 +164,10 @@ CommandLine parse_train_command_line(int argc, const char* const* argv) {
       "plan-tflops", po::value<double>(&cl.plan_tflops)->default_value(0),
       "--plan: also the step time at this sustained TFLOP/s per rank")(
       "plan-gbps", po::value<double>(&cl.plan_gbps)->default_value(0),
-      "--plan: also the data-parallel reduction's time at this bandwidth per rank (GB/s)");
+      "--plan: also the data-parallel reduction's time at this bandwidth per rank (GB/s)")(
+      "plan-memory-gb", po::value<double>(&cl.plan_memory_gb)->default_value(0),
+      "--plan: also each activation-recomputation setting's memory (and step time), and the "
+      "cheapest that fits this many GB (1e9 bytes) per rank");
   po::options_description all;
   all.add(general).add(keys.desc());
   std::ostringstream help;

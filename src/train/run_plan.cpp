@@ -1,6 +1,7 @@
 #include "triad/train/run_plan.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <iomanip>
 #include <sstream>
 
@@ -194,6 +195,63 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
        << double(cfg.train.batch_size) * cfg.model.seq_len / step << " tokens/s";
   }
   os << "\n";
+  return os.str();
+}
+
+std::string format_recompute_fit(const Config& cfg, int world_size, double tflops,
+                                 double memory_gb) {
+  TRIAD_CHECK(memory_gb > 0, "--plan-memory-gb must be > 0 (got ", memory_gb, ")");
+  const int per_chunk = cfg.model.n_layer / (cfg.parallel.pp * cfg.parallel.virtual_stages);
+  std::vector<std::pair<std::string, int>> options = {{"none", 0}, {"gelu", 0}};
+  for (int k = 1; k <= per_chunk; ++k) options.emplace_back("full", k == per_chunk ? 0 : k);
+  std::ostringstream os;
+  os << std::fixed << "\nactivation recomputation against " << std::setprecision(1) << memory_gb
+     << " GB per rank (the largest rank's backend buffers"
+     << (cfg.run.backend == "cuda" ? "; the GPU workspace, NCCL and the CUDA context come on top"
+                                   : "")
+     << "):\n";
+  os << std::setw(44) << std::left << "  recompute" << std::right << std::setw(16)
+     << "largest rank MB" << (tflops > 0 ? "      step ms" : "") << "\n";
+  std::string fit;
+  double base_ms = 0;
+  size_t least = SIZE_MAX;  // the least memory of the cheaper settings listed before
+  for (const auto& [mode, layers] : options) {
+    Config c = cfg;
+    c.train.recompute = mode;
+    c.train.recompute_layers = layers;
+    const RunPlan p = plan_run(c, world_size);
+    size_t most = 0;
+    for (const auto& s : p.stages) most = std::max(most, s.total());
+    const double ms = p.critical_flops / (tflops * 1e12) * 1e3;
+    if (mode == "none") base_ms = ms;
+    // A setting that costs more compute than one listed before and saves nothing over it is
+    // left out (full in few layers against gelu, or in 1 layer without a pipeline).
+    if (most >= least) continue;
+    least = most;
+    const std::string name = p.recompute.describe(per_chunk);
+    os << "  " << std::setw(42) << std::left << name << std::right << std::setw(16)
+       << megabytes(most);
+    if (tflops > 0) os << std::setw(13) << std::setprecision(1) << ms;
+    os << "\n";
+    if (fit.empty() && double(most) <= memory_gb * 1e9) {
+      if (mode == "none") {
+        fit = "fits without recomputation";
+      } else {
+        fit = "fits with --train.recompute " + mode +
+              (layers > 0 ? " --train.recompute_layers " + std::to_string(layers) : "");
+        if (tflops > 0) {
+          std::ostringstream extra;
+          extra << std::fixed << std::setprecision(1) << (ms / base_ms - 1) * 100;
+          fit += " (step time +" + extra.str() + "%)";
+        }
+      }
+    }
+  }
+  if (fit.empty())
+    fit =
+        "does not fit even with full recomputation: more pipeline or tensor parallelism, "
+        "ZeRO-1 over more data-parallel ranks, or a smaller train.micro_batch_size";
+  os << fit << "\n";
   return os.str();
 }
 

@@ -102,11 +102,40 @@ def test_plan_shows_what_recomputation_saves_and_costs(tmp_path):
     assert ms_gelu == ms_none and ms_none < ms_full < 1.3 * ms_none, (ms_none, ms_full)
 
 
+def test_plan_memory_budget_picks_the_cheapest_recomputation_that_fits(tmp_path):
+    def plan(*extra):
+        return train("--config", REPO / "inputs/models/gpt2-350m.ini", "--run.backend", "cuda",
+                     "--data.train", str(tmp_path / "none_*.bin"), "--train.batch_size", "64",
+                     "--train.micro_batch_size", "16", "--plan", "--plan-ranks", "1",
+                     "--plan-tflops", "400", *extra, check=True).stdout
+
+    def largest(out):  # the largest rank's total of a plan (its last column)
+        return max(float(l.split()[-1]) for l in out.splitlines() if l.startswith("    0 "))
+
+    out = plan("--plan-memory-gb", "15")
+    table = out.split("activation recomputation against 15.0 GB per rank")[1].splitlines()
+    rows = [re.match(r"  (\S.*?)\s+([0-9.]+)\s+([0-9.]+)$", l) for l in table]
+    rows = [(m.group(1), float(m.group(2)), float(m.group(3))) for m in rows if m]
+    assert [r[0] for r in rows[:2]] == ["none", "gelu"] and rows[-1][0] == "full", rows
+    for a, b in zip(rows, rows[1:]):  # each listed setting saves memory and costs compute
+        assert b[1] < a[1] and b[2] >= a[2], (a, b)
+    first = next(r for r in rows if r[1] <= 15000)
+    assert first[0].startswith("full in "), rows
+    k = int(first[0].split()[2])
+    assert f"fits with --train.recompute full --train.recompute_layers {k} (step time +" in out, out
+    # The chosen setting's own plan agrees, and one layer fewer would not fit.
+    assert largest(plan("--train.recompute", "full", "--train.recompute_layers", str(k))) <= 15000
+    assert largest(plan("--train.recompute", "full", "--train.recompute_layers", str(k - 1))) > 15000
+    assert "fits without recomputation" in plan("--plan-memory-gb", "30")
+    assert "does not fit even with full recomputation" in plan("--plan-memory-gb", "5")
+
+
 @pytest.mark.parametrize("args,needles", [
     (["--plan-ranks", "3", "--parallel.tp", "2"], ["parallel.tp", "3"]),
     (["--plan-ranks", "-4"], ["--plan-ranks"]),
     (["--plan-tflops", "-1"], ["--plan-tflops"]),
     (["--plan-gbps", "-1"], ["--plan-gbps"]),
+    (["--plan-memory-gb", "-2"], ["--plan-memory-gb"]),
     (["--plan-ranks", "3", "--parallel.pp", "3"], ["parallel.pp", "model.n_layer"]),
 ])
 def test_plan_refuses_bad_grids(tmp_path, args, needles):

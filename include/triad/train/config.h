@@ -112,7 +112,8 @@ struct CommandLine {
   bool plan = false;
   int plan_ranks = 0;
   double plan_tflops = 0;
-  double plan_gbps = 0;  // with it, the data-parallel reduction's time at this bandwidth
+  double plan_gbps = 0;       // with it, the data-parallel reduction's time at this bandwidth
+  double plan_memory_gb = 0;  // with it, the least recomputation that fits this memory per rank
   bool help = false;
   std::string help_text;
 };

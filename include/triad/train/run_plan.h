@@ -70,4 +70,13 @@ RunPlan plan_run(const Config& cfg, int world_size);
 // reduction's time at that bandwidth per rank (GB/s), if it were not overlapped.
 std::string format_run_plan(const RunPlan& plan, const Config& cfg, double tflops, double gbps = 0);
 
+// The activation-recomputation settings in order of the compute they add — none, gelu, full in
+// the first 1, 2, ... layers of each pipeline chunk — each with its largest rank's total and
+// (tflops > 0) step time, those that save nothing over a cheaper one left out; and the first
+// whose largest rank fits in memory_gb GB (1e9 bytes), or that none does. The plan leaves out the
+// GPU backend's workspace, NCCL's buffers and the CUDA context: the budget should leave room for
+// them.
+std::string format_recompute_fit(const Config& cfg, int world_size, double tflops,
+                                 double memory_gb);
+
 }  // namespace triad
