@@ -24,18 +24,9 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
-py=.venv/bin/python
-[[ -x $py ]] || py=python3
-if ! "$py" -c 'import torch, h5py, numpy' 2>/dev/null; then
-  echo "bench-cpu: $py lacks torch/h5py/numpy (run jobs/setup.sh)" >&2
-  exit 1
-fi
-
-# Build (incremental; configures with the release preset on first use).
-if [[ ! -f build/CMakeCache.txt ]]; then
-  cmake --preset release
-fi
-cmake --build build -j"$(nproc 2>/dev/null || echo 2)" --target triad-train
+. jobs/bench-prepare.sh
+bench_python bench-cpu
+bench_build
 
 export OMPI_MCA_ess_singleton_isolated=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 # Thread counts: triad-train gets --run.threads (it manages OpenMP and OpenBLAS itself);
@@ -43,22 +34,7 @@ export OMPI_MCA_ess_singleton_isolated=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/triad-bench-cpu.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
-
-# A random shard large enough for every step without wrapping.
-"$py" - "$tmp" "$config" "$steps" <<'EOF'
-import configparser, sys
-import numpy as np
-sys.path.insert(0, "tests/reference")
-import gpt_torch as ref
-tmp, config, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
-cp = configparser.ConfigParser(inline_comment_prefixes=("#",))
-cp.read(config)
-T = cp.getint("model", "seq_len")
-V = cp.getint("model", "vocab_size")
-B = cp.getint("train", "batch_size")
-rng = np.random.default_rng(0)
-ref.write_token_shard(f"{tmp}/bench_train_000.bin", rng.integers(0, V, steps * B * T + 1))
-EOF
+bench_random_shard "$tmp/bench_train_000.bin" "$config" "$steps"
 
 echo "== machine: $(nproc) cores, benchmark threads $threads"
 grep -m1 'model name' /proc/cpuinfo 2>/dev/null | sed 's/^.*: /   cpu: /' || true

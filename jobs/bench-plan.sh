@@ -24,10 +24,8 @@ while [[ $# -gt 0 ]]; do
 done
 (( steps >= 5 )) || { echo "bench-plan: --steps must be >= 5" >&2; exit 1; }
 
-if [[ ! -f build/CMakeCache.txt ]]; then
-  cmake --preset release
-fi
-cmake --build build -j"$(nproc 2>/dev/null || echo 2)" --target triad-train
+. jobs/bench-prepare.sh
+bench_build
 export OMPI_MCA_ess_singleton_isolated=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_sharedfp=^sm
 

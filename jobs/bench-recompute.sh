@@ -29,32 +29,14 @@ if ! [[ $threads =~ ^[1-9][0-9]*$ && $steps =~ ^[1-9][0-9]*$ && $steps -gt 2 ]];
   exit 2
 fi
 
-py=.venv/bin/python
-[[ -x $py ]] || py=python3
-if ! "$py" -c 'import torch, h5py, numpy' 2>/dev/null; then
-  echo "bench-recompute: $py lacks torch/h5py/numpy (run jobs/setup.sh)" >&2
-  exit 1
-fi
-if [[ ! -f build/CMakeCache.txt ]]; then
-  cmake --preset release
-fi
-cmake --build build -j"$(nproc 2>/dev/null || echo 2)" --target triad-train
+. jobs/bench-prepare.sh
+bench_python bench-recompute
+bench_build
 
 export OMPI_MCA_ess_singleton_isolated=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/triad-bench-recompute.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
-
-"$py" - "$tmp" "$config" "$steps" <<'PY'
-import configparser, sys
-import numpy as np
-sys.path.insert(0, "tests/reference")
-import gpt_torch as ref
-tmp, config, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
-cp = configparser.ConfigParser(inline_comment_prefixes=("#",))
-cp.read(config)
-T, V, B = cp.getint("model", "seq_len"), cp.getint("model", "vocab_size"), cp.getint("train", "batch_size")
-ref.write_token_shard(f"{tmp}/bench_train_000.bin", np.random.default_rng(0).integers(0, V, steps * B * T + 1))
-PY
+bench_random_shard "$tmp/bench_train_000.bin" "$config" "$steps"
 
 echo "== machine: $(nproc) cores, benchmark threads $threads; $(grep -m1 'model name' /proc/cpuinfo | sed 's/^.*: //')"
 for mode in none gelu full; do

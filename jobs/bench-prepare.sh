@@ -1,0 +1,40 @@
+# Sourced by the CPU benchmarks (jobs/bench-cpu.sh, jobs/bench-recompute.sh, jobs/bench-plan.sh)
+# from the repository root: builds triad-train, finds the Python with the PyTorch peer, and writes
+# the random token shard both sides train on (the data does not change the speed).
+
+# bench_build: configures build/ with the release preset on first use, then builds triad-train.
+bench_build() {
+  if [[ ! -f build/CMakeCache.txt ]]; then
+    cmake --preset release
+  fi
+  cmake --build build -j"$(nproc 2>/dev/null || echo 2)" --target triad-train
+}
+
+# bench_python NAME: sets $py to the project's .venv Python (else python3) and exits with a
+# message naming the benchmark NAME unless it has torch, h5py and numpy.
+bench_python() {
+  py=.venv/bin/python
+  [[ -x $py ]] || py=python3
+  if ! "$py" -c 'import torch, h5py, numpy' 2>/dev/null; then
+    echo "$1: $py lacks torch/h5py/numpy (run jobs/setup.sh)" >&2
+    exit 1
+  fi
+}
+
+# bench_random_shard FILE CONFIG STEPS: a token shard (docs/formats.md) of random GPT-2 ids long
+# enough for STEPS steps of CONFIG's batch without wrapping.
+bench_random_shard() {
+  "$py" - "$1" "$2" "$3" <<'PY'
+import configparser, sys
+import numpy as np
+sys.path.insert(0, "tests/reference")
+import gpt_torch as ref
+path, config, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+cp = configparser.ConfigParser(inline_comment_prefixes=("#",))
+cp.read(config)
+T = cp.getint("model", "seq_len")
+V = cp.getint("model", "vocab_size")
+B = cp.getint("train", "batch_size")
+ref.write_token_shard(path, np.random.default_rng(0).integers(0, V, steps * B * T + 1))
+PY
+}
