@@ -25,16 +25,9 @@ while [[ $# -gt 0 ]]; do
 done
 
 . jobs/bench-prepare.sh
-bench_python bench-cpu
-bench_build
-
-export OMPI_MCA_ess_singleton_isolated=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 # Thread counts: triad-train gets --run.threads (it manages OpenMP and OpenBLAS itself);
 # bench_torch.py sets OMP_NUM_THREADS / OPENBLAS_NUM_THREADS and torch.set_num_threads.
-
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/triad-bench-cpu.XXXXXX")
-trap 'rm -rf "$tmp"' EXIT
-bench_random_shard "$tmp/bench_train_000.bin" "$config" "$steps"
+bench_prepare bench-cpu "$config" "$steps"
 
 echo "== machine: $(nproc) cores, benchmark threads $threads"
 grep -m1 'model name' /proc/cpuinfo 2>/dev/null | sed 's/^.*: /   cpu: /' || true

@@ -38,3 +38,15 @@ B = cp.getint("train", "batch_size")
 ref.write_token_shard(path, np.random.default_rng(0).integers(0, V, steps * B * T + 1))
 PY
 }
+
+# bench_prepare NAME CONFIG STEPS: all of the above for a benchmark NAME that runs triad-train
+# (singleton MPI allowed as root) and the PyTorch peer: sets $py and $tmp (removed on exit), with
+# the shard at $tmp/bench_train_000.bin.
+bench_prepare() {
+  bench_python "$1"
+  bench_build
+  export OMPI_MCA_ess_singleton_isolated=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+  tmp=$(mktemp -d "${TMPDIR:-/tmp}/triad-$1.XXXXXX")
+  trap 'rm -rf "$tmp"' EXIT
+  bench_random_shard "$tmp/bench_train_000.bin" "$2" "$3"
+}

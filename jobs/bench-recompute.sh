@@ -30,13 +30,7 @@ if ! [[ $threads =~ ^[1-9][0-9]*$ && $steps =~ ^[1-9][0-9]*$ && $steps -gt 2 ]];
 fi
 
 . jobs/bench-prepare.sh
-bench_python bench-recompute
-bench_build
-
-export OMPI_MCA_ess_singleton_isolated=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/triad-bench-recompute.XXXXXX")
-trap 'rm -rf "$tmp"' EXIT
-bench_random_shard "$tmp/bench_train_000.bin" "$config" "$steps"
+bench_prepare bench-recompute "$config" "$steps"
 
 echo "== machine: $(nproc) cores, benchmark threads $threads; $(grep -m1 'model name' /proc/cpuinfo | sed 's/^.*: //')"
 for mode in none gelu full; do
