@@ -368,7 +368,11 @@ EOF
              "bf16 16 12 deterministic full"; do
       read -r pr mb steps fb recomp <<<"$v"
       tag=$pr; [[ $fb == atomic ]] && tag=${pr}_atomic; [[ $recomp != none ]] && tag=${pr}_recompute
-      [[ $tag != "$pr" ]] && (( $(left) < 260 )) && { echo "RESULT_124M_$tag skipped (time)"; continue; }
+      if [[ $tag != "$pr" ]] && (( $(left) < 260 )); then
+        echo "RESULT_124M_$tag skipped (time)"
+        [[ $recomp != none ]] && echo "RESULT_RECOMPUTE skipped (time)"
+        continue
+      fi
       echo "-- GPT-2 124M, CUDA backend $pr, B=$mb T=1024, $steps steps, $fb flash backward, recompute $recomp"
       TRIAD_FLASH_BACKWARD=$fb timeout "$(tmo 120 170)" "$B/triad-train" --model.n_layer 12 --model.n_head 12 --model.n_embd 768 \
         --model.seq_len 1024 --train.steps "$steps" --train.batch_size "$mb" --train.micro_batch_size "$mb" \

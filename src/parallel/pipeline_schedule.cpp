@@ -374,10 +374,20 @@ SimResult simulate(const PipelineSchedule& schedule, int pp, int m, int v,
 
 int grad_send_buffers(const PipelineSchedule& schedule, int pp, int m, int v) {
   int most = 0;  // the most gradient sends of any rank: with as many buffers nothing waits
-  for (const auto& actions : schedule)
-    most = std::max(most, int(std::count_if(actions.begin(), actions.end(), [](const Action& a) {
-                      return a.kind == ActionKind::SendGrad;
-                    })));
+  for (const auto& actions : schedule) {
+    int sends = 0, peer = -1;
+    for (const Action& a : actions) {
+      if (a.kind != ActionKind::SendGrad) continue;
+      // simulate() bounds each (sender, receiver) channel, the executor each rank's buffers:
+      // the same while a rank sends its gradients to one peer, as every built schedule does.
+      TRIAD_CHECK(peer < 0 || a.peer == peer,
+                  "grad_send_buffers: a rank sends gradients to two peers (", peer, " and ", a.peer,
+                  ")");
+      peer = a.peer;
+      ++sends;
+    }
+    most = std::max(most, sends);
+  }
   if (most == 0) return 0;
   const std::vector<double> fwd(size_t(pp), 1.0), bwd(size_t(pp), 2.0);
   const double free_makespan = simulate(schedule, pp, m, v, fwd, bwd, 0).makespan;

@@ -234,16 +234,13 @@ std::string format_recompute_fit(const Config& cfg, int world_size, double tflop
     if (tflops > 0) os << std::setw(13) << std::setprecision(1) << ms;
     os << "\n";
     if (fit.empty() && double(most) <= memory_gb * 1e9) {
-      if (mode == "none") {
-        fit = "fits without recomputation";
-      } else {
-        fit = "fits with --train.recompute " + mode +
-              (layers > 0 ? " --train.recompute_layers " + std::to_string(layers) : "");
-        if (tflops > 0) {
-          std::ostringstream extra;
-          extra << std::fixed << std::setprecision(1) << (ms / base_ms - 1) * 100;
-          fit += " (step time +" + extra.str() + "%)";
-        }
+      fit = (mode == "none" ? "fits without recomputation: --train.recompute none"
+                            : "fits with --train.recompute " + mode) +
+            " --train.recompute_layers " + std::to_string(layers);
+      if (mode != "none" && tflops > 0) {
+        std::ostringstream extra;
+        extra << std::fixed << std::setprecision(1) << (ms / base_ms - 1) * 100;
+        fit += " (step time +" + extra.str() + "%)";
       }
     }
   }

@@ -338,27 +338,33 @@ TEST(ModelParallel, MemoryPlanEqualsWhatEachRankAllocates) {
 // keeping everything, and each rank allocates what --plan says.
 TEST(ModelParallel, RecomputationChangesMemoryNotResults) {
   const std::string dir = shared_dir("recompute");
-  // grid, precision, mode, train.recompute_layers (0: every layer of a chunk)
-  const std::vector<std::tuple<Grid, std::string, std::string, int>> cases = {
-      {{1, 2, 1, 0, 2, "1f1b", 1, true}, "fp32", "full", 0},
-      {{1, 1, 2, 0, 4, "1f1b", 1}, "bf16", "full", 0},
-      {{1, 1, 2, 1, 4, "gpipe", 1}, "fp32", "full", 1},
-      {{1, 2, 2, 1, 2, "interleaved", 2, true}, "bf16", "full", 0},
-      {{2, 2, 2, 1, 2, "1f1b", 1}, "fp32", "gelu", 0},
-      {{2, 2, 2, 0, 4, "gpipe", 1, true}, "bf16", "full", 0}};
-  for (const auto& [g, precision, mode, layers] : cases) {
+  // grid, precision, mode, train.recompute_layers (0: every layer of a chunk), model.n_layer
+  // (8: two layers per interleaved chunk share its scratch)
+  const std::vector<std::tuple<Grid, std::string, std::string, int, int>> cases = {
+      {{1, 2, 1, 0, 2, "1f1b", 1, true}, "fp32", "full", 0, kLayers},
+      {{1, 1, 2, 0, 4, "1f1b", 1}, "bf16", "full", 0, kLayers},
+      {{1, 1, 2, 1, 4, "gpipe", 1}, "fp32", "full", 1, kLayers},
+      {{1, 2, 2, 1, 2, "interleaved", 2, true}, "bf16", "full", 0, kLayers},
+      {{1, 2, 2, 0, 2, "interleaved", 2, true}, "fp32", "full", 1, 8},
+      {{1, 1, 2, 0, 4, "interleaved", 2}, "bf16", "gelu", 0, 8},
+      {{2, 2, 2, 1, 2, "1f1b", 1}, "fp32", "gelu", 0, kLayers},
+      {{2, 2, 2, 0, 4, "gpipe", 1, true}, "bf16", "full", 0, kLayers}};
+  for (const auto& [g, precision, mode, layers, n_layer] : cases) {
     if (g.ranks() > world_size()) continue;
     auto args_for = [&](const std::string& recompute, int n) {
-      return grid_args(
-          dir, "rc_" + g.name() + "_" + precision + "_" + recompute + std::to_string(n), g,
-          {"--resume", "none", "--run.precision", precision, "--train.recompute", recompute,
-           "--train.recompute_layers", std::to_string(n), "--checkpoint.every", "0"});
+      return grid_args(dir,
+                       "rc_" + g.name() + "_" + precision + "_" + recompute + std::to_string(n) +
+                           "_l" + std::to_string(n_layer),
+                       g,
+                       {"--resume", "none", "--run.precision", precision, "--train.recompute",
+                        recompute, "--train.recompute_layers", std::to_string(n),
+                        "--checkpoint.every", "0", "--model.n_layer", std::to_string(n_layer)});
     };
     const Result keep = run_trainer(g.ranks(), args_for("none", 0));
     const auto args = args_for(mode, layers);
     const Result r = run_trainer(g.ranks(), args);
-    const std::string what =
-        g.name() + " " + precision + " recompute " + mode + " layers " + std::to_string(layers);
+    const std::string what = g.name() + " " + precision + " recompute " + mode + " layers " +
+                             std::to_string(layers) + " of " + std::to_string(n_layer);
     EXPECT_EQ(r.losses, keep.losses) << what;
     EXPECT_EQ(r.val_loss, keep.val_loss) << what;
     ASSERT_EQ(r.params.size(), keep.params.size()) << what;

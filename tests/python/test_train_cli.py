@@ -122,11 +122,13 @@ def test_plan_memory_budget_picks_the_cheapest_recomputation_that_fits(tmp_path)
     first = next(r for r in rows if r[1] <= 15000)
     assert first[0].startswith("full in "), rows
     k = int(first[0].split()[2])
+    assert k > 1, rows  # (k = 1 would be the advice's "--train.recompute_layers 1")
     assert f"fits with --train.recompute full --train.recompute_layers {k} (step time +" in out, out
     # The chosen setting's own plan agrees, and one layer fewer would not fit.
     assert largest(plan("--train.recompute", "full", "--train.recompute_layers", str(k))) <= 15000
     assert largest(plan("--train.recompute", "full", "--train.recompute_layers", str(k - 1))) > 15000
-    assert "fits without recomputation" in plan("--plan-memory-gb", "30")
+    assert ("fits without recomputation: --train.recompute none --train.recompute_layers 0"
+            in plan("--plan-memory-gb", "30"))
     assert "does not fit even with full recomputation" in plan("--plan-memory-gb", "5")
 
 

@@ -99,9 +99,10 @@ const char* recompute_name(Recompute r);
 Recompute parse_recompute(const std::string& text, const std::string& key);
 
 // The mode, in the first `layers` layers of every pipeline chunk (0: in all of them); the other
-// layers keep everything (Megatron's "block" recompute method). Recomputing k layers of a chunk
-// saves k − 1 layers' buffers (one layer's scratch serves them all) for k layers' extra compute,
-// so `layers` sets memory and speed in steps of one layer.
+// layers keep everything (Megatron's "block" recompute method). Recomputing k layers of each
+// chunk stops keeping k layers' buffers per chunk and micro-batch in flight, for one layer's
+// scratch that serves them all and k layers' extra compute: `layers` sets memory and speed in
+// steps of one layer.
 struct Recomputation {
   Recompute mode = Recompute::none;
   int layers = 0;
