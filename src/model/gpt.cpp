@@ -105,6 +105,12 @@ ActivationSlots activation_slots(const ModelParallel& mp, const PipelineSchedule
   return a;
 }
 
+// The classifier's chunk of logits in rows: the option, at most (and by default) a micro-batch.
+int logits_rows(const ActivationOptions& o, int max_batch, const GptShape& shape) {
+  const int all = max_batch * shape.seq_len;
+  return o.logits_chunk > 0 ? std::min(o.logits_chunk, all) : all;
+}
+
 // The head's buffer for the other stage's wte gradient (pp > 1, first and last stage), floats.
 size_t tied_scratch_floats(const GptShape& shape, const ModelParallel& mp) {
   if (mp.pp == 1 || !(mp.first_stage() || mp.last_stage())) return 0;
@@ -194,13 +200,14 @@ std::string Recomputation::describe(int per_chunk) const {
 
 Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
          const ModelParallel& mp, const PipelineSchedule* schedule, Precision precision,
-         Recomputation recompute)
+         ActivationOptions options)
     : shape_(shape),
       max_batch_(max_batch),
       be_(backend),
       mp_(mp),
       precision_(precision),
-      recompute_(recompute) {
+      recompute_(options.recompute),
+      logits_rows_(logits_rows(options, max_batch, shape)) {
   TRIAD_ASSERT(shards >= 1);
   TRIAD_ASSERT(shape.n_embd % shape.n_head == 0 && max_batch >= 1);
   TRIAD_ASSERT(shape.padded_vocab_size >= shape.vocab_size);
@@ -236,11 +243,11 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
   if (schedule != nullptr && mp.pp > 1) schedule_ = *schedule;
   const ActivationSlots a = activation_slots(mp, schedule);
   if (precision_ == Precision::bf16)
-    acts_bf16_ =
-        new Activations<bf16_t>(shape_, mp_, max_batch_, a.slots, a.grad_sends, recompute, &be_);
+    acts_bf16_ = new Activations<bf16_t>(shape_, mp_, max_batch_, a.slots, a.grad_sends, recompute_,
+                                         logits_rows_, &be_);
   else
-    acts_fp32_ =
-        new Activations<float>(shape_, mp_, max_batch_, a.slots, a.grad_sends, recompute, &be_);
+    acts_fp32_ = new Activations<float>(shape_, mp_, max_batch_, a.slots, a.grad_sends, recompute_,
+                                        logits_rows_, &be_);
   if (const size_t n = tied_scratch_floats(shape, mp); n > 0) tied_scratch_ = be_.alloc(n);
   d_inputs_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
   d_targets_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
@@ -254,7 +261,8 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
 
 GptMemory Gpt::memory_plan(const GptShape& shape, int max_batch, int shards,
                            const ModelParallel& mp, const PipelineSchedule* schedule,
-                           Precision precision, Recomputation recompute) {
+                           Precision precision, ActivationOptions options) {
+  const int rows = logits_rows(options, max_batch, shape);
   GptMemory m;
   const auto specs = gpt_rank_layout(shape, mp);
   m.param_floats = layout_floats(specs);
@@ -264,12 +272,13 @@ GptMemory Gpt::memory_plan(const GptShape& shape, int max_batch, int shards,
   m.activation_sets = a.slots;
   if (precision == Precision::bf16) {
     m.weights_bf16 = m.buffer_floats * sizeof(bf16_t);
-    m.activations =
-        Activations<bf16_t>(shape, mp, max_batch, a.slots, a.grad_sends, recompute, nullptr)
-            .bytes();
+    m.activations = Activations<bf16_t>(shape, mp, max_batch, a.slots, a.grad_sends,
+                                        options.recompute, rows, nullptr)
+                        .bytes();
   } else {
-    m.activations =
-        Activations<float>(shape, mp, max_batch, a.slots, a.grad_sends, recompute, nullptr).bytes();
+    m.activations = Activations<float>(shape, mp, max_batch, a.slots, a.grad_sends,
+                                       options.recompute, rows, nullptr)
+                        .bytes();
   }
   m.other = tied_scratch_floats(shape, mp) * sizeof(float) +
             2 * size_t(max_batch) * size_t(shape.seq_len) * sizeof(int32_t);

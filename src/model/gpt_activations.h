@@ -37,8 +37,9 @@ struct Gpt::Set {
   };
   A* input = nullptr;  // the chunk's input: wte[tok] + wpe[pos], or received
   std::vector<Layer> layers;
-  // Last chunk only: final LayerNorm and this rank's slice of the logits (dlogits in place).
-  A *lnf = nullptr, *logits = nullptr;
+  // Last chunk only: final LayerNorm, and the gradient of its output (this rank's rows) that the
+  // classifier leaves for the backward pass.
+  A *lnf = nullptr, *dlnf = nullptr;
   float *lnf_mean = nullptr, *lnf_rstd = nullptr;
   A* lnfg = nullptr;  // ln_f over all rows (sequence parallel; else an alias of lnf)
   float *losses = nullptr, *correct = nullptr;
@@ -58,6 +59,7 @@ struct Gpt::Activations {
   Layer work{};
   float* datt_scratch = nullptr;  // fp32 attention backward only
   float* ce_stats;                // [4·B·T]: vocabulary-parallel cross-entropy row statistics
+  A* logits = nullptr;  // last chunk held: logits_rows × V/tp, the classifier's chunk (dlogits)
   // Sequence parallel: partial sums over all rows before a reduce-scatter, gathered gradients,
   // and one LayerNorm's weight and bias gradients before their all-reduce.
   A* full = nullptr;
@@ -73,7 +75,7 @@ struct Gpt::Activations {
   // Plans and allocates the buffers on `be`; without a backend (be == nullptr) only plans them,
   // so that bytes() tells what the allocation would take (Gpt::memory_plan).
   Activations(const GptShape& s, const ModelParallel& mp, int B, const std::vector<int>& slots,
-              int n_grad_sends, Recomputation recompute, Backend* be)
+              int n_grad_sends, Recomputation recompute, int logits_rows, Backend* be)
       : be_(be) {
     const size_t BT = size_t(B) * s.seq_len, C = s.n_embd;
     const bool sp = mp.split_rows();
@@ -123,7 +125,7 @@ struct Gpt::Activations {
           if (!sp) want(S.lnf, R * C);
           want_f(S.lnf_mean, R);
           want_f(S.lnf_rstd, R);
-          want(S.logits, BT * Vl);
+          want(S.dlnf, R * C);
           want_f(S.losses, BT);
           want_f(S.correct, BT);
           if (sp) want(S.lnfg, BT * C);
@@ -138,6 +140,10 @@ struct Gpt::Activations {
     want(dfch, BT * 4 * Cl);
     want(dfch_gelu, BT * 4 * Cl);
     want_f(ce_stats, 4 * BT);
+    bool holds_last = false;
+    for (size_t c = 0; c < slots.size(); ++c)
+      holds_last = holds_last || mp.global_chunk(int(c)) == mp.chunks() - 1;
+    if (holds_last) want(logits, size_t(logits_rows) * Vl);
     const bool any = recompute.count(per_chunk) > 0;
     if (any && recompute.mode == Recompute::gelu) want(gelu_work, BT * 4 * Cl);
     if (any && recompute.mode == Recompute::full) want_internals(work, true);

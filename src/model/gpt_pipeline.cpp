@@ -177,13 +177,14 @@ const float* Gpt::next_token_logits_t(const int32_t* tokens, int len) {
   }
   if (Set<A>* last = forward_pipeline<A>(tokens, 1, rows)) {
     // Only the last position's logits are needed: one row of the classifier.
-    be_.matmul_forward(last->logits, last->lnfg + size_t(len - 1) * C, head_weight<A>(), nullptr, 1,
-                       C, Vl);
+    A* logits = acts<A>().logits;
+    be_.matmul_forward(logits, last->lnfg + size_t(len - 1) * C, head_weight<A>(), nullptr, 1, C,
+                       Vl);
     if (mp_.tp == 1) {
-      logits_to_host(out, last->logits, size_t(Vl));
+      logits_to_host(out, logits, size_t(Vl));
     } else {
       // The slices in tensor-parallel rank order are the padded vocabulary in order.
-      logits_to_host(out + Vp, last->logits, size_t(Vl));
+      logits_to_host(out + Vp, logits, size_t(Vl));
       mp_.tp_comm->all_gather(out + Vp, out, size_t(Vl));
     }
   }

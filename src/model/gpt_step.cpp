@@ -189,55 +189,80 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T) {
   if (last_chunk) gather_rows(S.lnf, S.lnfg, N);
 }
 
-// The tied head and the loss of the last chunk. d_targets_ holds this rank's local target ids
-// (upload_ids); host_targets the global ones. with_grad leaves dlogits in S.logits.
+// The tied head and the loss of the last chunk, and with_grad the head's backward right away:
+// the gradient of its input (this rank's rows, reduced over the tensor-parallel group) goes to
+// S.dlnf for backward_chunk, the head's weight gradient is accumulated. The logits are formed
+// logits_rows_ rows at a time in one shared buffer, so a micro-batch never holds all of them
+// (B·T × V/tp, the largest activation of a small model) and an activation set keeps C values per
+// token instead. d_targets_ holds this rank's local target ids (upload_ids); host_targets the
+// global ones.
 template <class A>
 ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int T,
                              float dloss_scale, bool with_grad) {
   const int N = B * T, C = shape_.n_embd, Vl = vocab_local_;
-  be_.matmul_forward(S.logits, S.lnfg, head_weight<A>(), nullptr, N, C, Vl);
+  auto& a = acts<A>();
+  A* logits = a.logits;
+  // The head is column-parallel over the vocabulary: its input gradient is a partial sum over
+  // the group, formed over all rows and then reduced into this rank's rows.
+  A* dpart = mp_.split_rows() ? a.full : S.dlnf;
+  float* head_grad = grads_ + specs_[size_t(head_)].offset;
   float* host = host_scratch_.data();  // planned in the constructor: no allocation per step
   ForwardStats st;
   st.tokens = N;
+  for (int r0 = 0; r0 < N; r0 += logits_rows_) {
+    const int rows = std::min(logits_rows_, N - r0);
+    const A* x = S.lnfg + size_t(r0) * C;
+    const int32_t* tgt = d_targets_ + r0;
+    be_.matmul_forward(logits, x, head_weight<A>(), nullptr, rows, C, Vl);
+    if (mp_.tp == 1) {
+      be_.crossentropy_forward_backward(logits, S.losses + r0, S.correct + r0, tgt, rows,
+                                        shape_.vocab_size, Vl, dloss_scale);
+    } else {
+      // Vocabulary-parallel cross-entropy: only per-row statistics cross the group, never
+      // logits. stats: row max | argmax | sum exp | target logit, `rows` each.
+      float* stats = a.ce_stats;
+      float *hmax = host, *harg = host + rows, *hsum = host + 2 * rows, *htgt = host + 3 * rows;
+      be_.logits_row_max(stats, stats + rows, logits, rows, vocab_valid_, Vl);
+      be_.copy_to_host(host, stats, 2 * size_t(rows));
+      // Global argmax = the smallest global column holding the global max: each rank offers
+      // its first local column where its max is the global one, as −column, and the group
+      // takes the max.
+      float* cand = host_candidates_.data();
+      for (int i = 0; i < rows; ++i) cand[i] = hmax[i];
+      mp_.tp_comm->all_reduce_max(cand, size_t(rows));
+      for (int i = 0; i < rows; ++i) {
+        const bool mine = harg[i] >= 0 && hmax[i] == cand[i];
+        hmax[i] = cand[i];
+        harg[i] =
+            mine ? -float(vocab_begin_ + int(harg[i])) : -std::numeric_limits<float>::infinity();
+      }
+      mp_.tp_comm->all_reduce_max(harg, size_t(rows));
+      be_.copy_from_host(stats, hmax, size_t(rows));
+      be_.softmax_partial_sums(stats + 2 * rows, stats + 3 * rows, logits, stats, tgt, rows,
+                               vocab_valid_, Vl);
+      be_.copy_to_host(hsum, stats + 2 * rows, 2 * size_t(rows));
+      mp_.tp_comm->all_reduce_sum(hsum, 2 * size_t(rows));  // sums and target logits
+      if (with_grad) {
+        be_.copy_from_host(stats + 2 * rows, hsum, size_t(rows));
+        be_.crossentropy_backward_partial(logits, stats, stats + 2 * rows, tgt, rows, vocab_valid_,
+                                          Vl, dloss_scale);
+      }
+      for (int i = 0; i < rows; ++i) {
+        st.loss_sum += std::log(double(hsum[i])) + double(hmax[i]) - double(htgt[i]);
+        st.correct += int(-harg[i]) == host_targets[r0 + i] ? 1 : 0;
+      }
+    }
+    if (with_grad)  // dlogits sit in `logits`
+      be_.matmul_backward(dpart + size_t(r0) * C, head_grad, nullptr, logits, x, head_weight<A>(),
+                          rows, C, Vl, GradMode::overwrite);
+  }
+  if (with_grad) reduce_rows(dpart, S.dlnf, N);
   if (mp_.tp == 1) {
-    be_.crossentropy_forward_backward(S.logits, S.losses, S.correct, d_targets_, N,
-                                      shape_.vocab_size, Vl, dloss_scale);
     // Sum on the host in a fixed order (deterministic, independent of threads).
     be_.copy_to_host(host, S.losses, size_t(N));
     be_.copy_to_host(host + N, S.correct, size_t(N));
     for (int i = 0; i < N; ++i) st.loss_sum += host[size_t(i)];
     for (int i = 0; i < N; ++i) st.correct += host[size_t(N + i)] > 0.5f ? 1 : 0;
-    return st;
-  }
-  // Vocabulary-parallel cross-entropy: only [N] row statistics cross the group, never logits.
-  float* stats = acts<A>().ce_stats;  // row max | argmax | sum exp | target logit
-  float *hmax = host, *harg = host + N, *hsum = host + 2 * N, *htgt = host + 3 * N;
-  be_.logits_row_max(stats, stats + N, S.logits, N, vocab_valid_, Vl);
-  be_.copy_to_host(host, stats, 2 * size_t(N));
-  // Global argmax = the smallest global column holding the global max: each rank offers its
-  // first local column where its max is the global one, as −column, and the group takes the max.
-  std::vector<float>& cand = host_candidates_;
-  for (int i = 0; i < N; ++i) cand[size_t(i)] = hmax[i];
-  mp_.tp_comm->all_reduce_max(cand.data(), size_t(N));
-  for (int i = 0; i < N; ++i) {
-    const bool mine = harg[i] >= 0 && hmax[i] == cand[size_t(i)];
-    hmax[i] = cand[size_t(i)];
-    harg[i] = mine ? -float(vocab_begin_ + int(harg[i])) : -std::numeric_limits<float>::infinity();
-  }
-  mp_.tp_comm->all_reduce_max(harg, size_t(N));
-  be_.copy_from_host(stats, hmax, size_t(N));
-  be_.softmax_partial_sums(stats + 2 * N, stats + 3 * N, S.logits, stats, d_targets_, N,
-                           vocab_valid_, Vl);
-  be_.copy_to_host(hsum, stats + 2 * N, 2 * size_t(N));
-  mp_.tp_comm->all_reduce_sum(hsum, 2 * size_t(N));  // sums and target logits
-  if (with_grad) {
-    be_.copy_from_host(stats + 2 * N, hsum, size_t(N));
-    be_.crossentropy_backward_partial(S.logits, stats, stats + 2 * N, d_targets_, N, vocab_valid_,
-                                      Vl, dloss_scale);
-  }
-  for (int i = 0; i < N; ++i) {
-    st.loss_sum += std::log(double(hsum[i])) + double(hmax[i]) - double(htgt[i]);
-    st.correct += int(-harg[i]) == host_targets[i] ? 1 : 0;
   }
   return st;
 }
@@ -258,14 +283,10 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
   A* dpart = seq ? a.full : a.dln;
   const int g = mp_.global_chunk(chunk), per_chunk = mp_.layers_per_chunk(shape_.n_layer);
   if (g == mp_.chunks() - 1) {
-    // Classifier (tied head): dlogits already sit in S.logits. The head is column-parallel
-    // over the vocabulary, so its input gradient is a partial sum over the group.
-    be_.matmul_backward(dpart, grads_ + sp[size_t(head_)].offset, nullptr, S.logits, S.lnfg,
-                        head_weight<A>(), N, C, vocab_local_, kSet);
-    reduce_rows(dpart, a.dln, N);
+    // The classifier ran its backward with the loss: ln_f's output gradient is in S.dlnf.
     be_.zero(a.dresidual, size_t(n) * C);
     layernorm_backward(a.dresidual, grads_ + sp[size_t(lnf_)].offset,
-                       grads_ + sp[size_t(lnf_) + 1].offset, a.dln, S.output(),
+                       grads_ + sp[size_t(lnf_) + 1].offset, S.dlnf, S.output(),
                        W + sp[size_t(lnf_)].offset, S.lnf_mean, S.lnf_rstd, n);
     if (grad_hook_) grad_hook_(sp[size_t(lnf_)].offset, n_floats_ - sp[size_t(lnf_)].offset);
   }
@@ -373,10 +394,15 @@ void Gpt::forward_logits_t(const int32_t* inputs, int B, float* host_out) {
   Set<A>& S = acts<A>().sets[0][0];
   upload_ids(inputs, nullptr, B * T);
   forward_chunk(0, S, B, T);
-  be_.matmul_forward(S.logits, S.lnf, head_weight<A>(), nullptr, B * T, C, Vp);
-  std::vector<float> row(size_t(B) * T * Vp);
-  logits_to_host(row.data(), S.logits, row.size());
-  for (size_t i = 0; i < size_t(B) * T; ++i) std::copy_n(row.data() + i * Vp, V, host_out + i * V);
+  std::vector<float> rows(size_t(logits_rows_) * Vp);
+  for (int r0 = 0; r0 < B * T; r0 += logits_rows_) {
+    const int n = std::min(logits_rows_, B * T - r0);
+    be_.matmul_forward(acts<A>().logits, S.lnf + size_t(r0) * C, head_weight<A>(), nullptr, n, C,
+                       Vp);
+    logits_to_host(rows.data(), acts<A>().logits, size_t(n) * Vp);
+    for (size_t i = 0; i < size_t(n); ++i)
+      std::copy_n(rows.data() + i * Vp, V, host_out + (size_t(r0) + i) * V);
+  }
 }
 
 ForwardStats Gpt::forward_backward(const int32_t* inputs, const int32_t* targets, int B,

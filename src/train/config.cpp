@@ -43,6 +43,9 @@ class KeyTable {
         "forward rerun in the backward pass; keeps only layer outputs)");
     add("train.recompute_layers", c.train.recompute_layers,
         "recompute in the first N layers of each pipeline chunk only (0: all)");
+    add("train.logits_chunk", c.train.logits_chunk,
+        "tokens of logits the loss is computed on at a time (0: a whole micro-batch); smaller "
+        "chunks hold less memory");
     add("optim.name", c.optim.name, "adamw | sgd");
     add("optim.beta1", c.optim.beta1, "AdamW beta1");
     add("optim.beta2", c.optim.beta2, "AdamW beta2");
@@ -260,6 +263,7 @@ void validate(const Config& c, int world_size) {
   check(t.recompute == "none" || t.recompute == "gelu" || t.recompute == "full", "train.recompute",
         "must be none, gelu or full (got '" + t.recompute + "')");
   check(t.recompute_layers >= 0, "train.recompute_layers", "must be >= 0 (0: every layer)");
+  check(t.logits_chunk >= 0, "train.logits_chunk", "must be >= 0 (0: a whole micro-batch)");
   check(t.recompute_layers == 0 || t.recompute != "none", "train.recompute_layers",
         "needs train.recompute = gelu or full (it is none)");
   check(t.seed >= 0, "train.seed", "must be >= 0");

@@ -50,8 +50,9 @@ ModelParallel model_parallel(const Config& cfg, int pp_rank, int tp_rank) {
   return mp;
 }
 
-Recomputation recomputation(const Config& cfg) {
-  return {parse_recompute(cfg.train.recompute, "train.recompute"), cfg.train.recompute_layers};
+ActivationOptions activation_options(const Config& cfg) {
+  return {{parse_recompute(cfg.train.recompute, "train.recompute"), cfg.train.recompute_layers},
+          cfg.train.logits_chunk};
 }
 
 RunPlan plan_run(const Config& cfg, int world_size) {
@@ -64,7 +65,8 @@ RunPlan plan_run(const Config& cfg, int world_size) {
   p.micro_batch_size = cfg.train.micro_batch_size;
   p.micro_batches = cfg.train.batch_size / (p.micro_batch_size * p.grid.dp);
   p.precision = cfg.bf16() ? Precision::bf16 : Precision::fp32;
-  p.recompute = recomputation(cfg);
+  const ActivationOptions options = activation_options(cfg);
+  p.recompute = options.recompute;
   const GptShape shape = gpt_shape(cfg);
   const int v = cfg.parallel.virtual_stages;
   PipelineSchedule schedule;
@@ -79,7 +81,7 @@ RunPlan plan_run(const Config& cfg, int world_size) {
     const auto specs = gpt_rank_layout(shape, mp);
     for (const auto& s : specs) m.parameters += int64_t(s.numel);
     m.model = Gpt::memory_plan(shape, p.micro_batch_size, p.grid.dp, mp,
-                               p.grid.pp > 1 ? &schedule : nullptr, p.precision, p.recompute);
+                               p.grid.pp > 1 ? &schedule : nullptr, p.precision, options);
     // The trainer's optimizer and ZeRO slice (Trainer::State::setup_model).
     const bool zero = cfg.parallel.zero == 1;
     const size_t range = zero ? m.model.buffer_floats / size_t(p.grid.dp) : m.model.buffer_floats;

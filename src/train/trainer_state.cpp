@@ -104,7 +104,8 @@ void Trainer::State::setup_model() {
     check_schedule(schedule, mp.pp, accum, mp.virtual_stages);
   }
   model = std::make_unique<Gpt>(model_shape(), mbs, *be, dp, mp, mp.pp > 1 ? &schedule : nullptr,
-                                cfg.bf16() ? Precision::bf16 : Precision::fp32, recomputation(cfg));
+                                cfg.bf16() ? Precision::bf16 : Precision::fp32,
+                                activation_options(cfg));
   const size_t S = model->buffer_floats() / size_t(dp);
   shard_lo = size_t(dp_rank) * S;
   shard_hi = shard_lo + S;

@@ -381,6 +381,38 @@ TEST(ModelParallel, RecomputationChangesMemoryNotResults) {
   }
 }
 
+// The classifier in chunks of logits on the grids: vocabulary-parallel cross-entropy chunk by
+// chunk (its row statistics reduced per chunk), the head's input gradient reduced (or
+// reduce-scattered under sequence parallelism) after the last chunk, and on a pipeline the last
+// stage keeps that gradient instead of the logits. A chunk that divides no micro-batch (24 rows
+// of 128 or 64) trains as the unchunked run to fp32 rounding (only the head's weight gradient is
+// summed in another order), and each rank allocates what --plan says.
+TEST(ModelParallel, LogitsChunksTrainAsTheWholeMicroBatch) {
+  const std::string dir = shared_dir("logits_chunk");
+  for (const Grid& g : std::vector<Grid>{{1, 2, 1, 0, 2, "1f1b", 1},
+                                         {1, 2, 2, 0, 2, "1f1b", 1, true},
+                                         {2, 2, 2, 1, 2, "interleaved", 2, true},
+                                         {1, 1, 2, 0, 4, "gpipe", 1}}) {
+    if (g.ranks() > world_size()) continue;
+    auto args_for = [&](int chunk) {
+      return grid_args(dir, "lc_" + g.name() + "_" + std::to_string(chunk), g,
+                       {"--resume", "none", "--train.logits_chunk", std::to_string(chunk),
+                        "--checkpoint.every", "0"});
+    };
+    const Result whole = run_trainer(g.ranks(), args_for(0));
+    const auto args = args_for(24);
+    const Result r = run_trainer(g.ranks(), args);
+    expect_same_training(r, whole, g.name() + " logits_chunk 24");
+    if (world_rank() >= g.ranks()) continue;
+    std::vector<const char*> argv;
+    for (const auto& a : args) argv.push_back(a.c_str());
+    const RunPlan plan =
+        plan_run(parse_train_command_line(int(argv.size()), argv.data()).config, g.ranks());
+    const StageMemory& m = plan.stages[size_t((world_rank() / g.tp) % g.pp)];
+    EXPECT_EQ(r.out.allocated_bytes, m.total()) << g.name() << " rank " << world_rank();
+  }
+}
+
 }  // namespace
 }  // namespace triad
 

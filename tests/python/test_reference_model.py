@@ -255,12 +255,21 @@ def test_recomputed_gradients_match_torch(case, recompute, tmp_root):
     check_probe_against_torch(prepare(case, tmp_root), recompute)
 
 
-def check_probe_against_torch(p: Prepared, recompute: str):
+# The classifier in chunks of 7 logits rows (dividing neither micro-batch): the loss, its
+# gradient and the head's backward chunk by chunk.
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_chunked_logits_match_torch(case, tmp_root):
+    check_probe_against_torch(prepare(case, tmp_root), "none", logits_chunk=7)
+
+
+def check_probe_against_torch(p: Prepared, recompute: str, logits_chunk: int = 0):
     probe = binary("triad_model_probe")
     case = p.case
-    cfg = p.dir / f"probe_{recompute}.ini"
-    ref.write_config(cfg, config_sections(case, p.dir, train__recompute=recompute))
-    out = p.dir / f"probe_{recompute}.h5"
+    tag = f"{recompute}_{logits_chunk}"
+    cfg = p.dir / f"probe_{tag}.ini"
+    ref.write_config(cfg, config_sections(case, p.dir, train__recompute=recompute,
+                                          train__logits_chunk=logits_chunk))
+    out = p.dir / f"probe_{tag}.h5"
     run([probe, "--config", cfg, "--checkpoint", p.ckpt, "--out", out])
 
     x, y = ref.batch(p.train_tokens, 0, case.micro_batch, case.cfg.seq_len)
@@ -278,7 +287,8 @@ def check_probe_against_torch(p: Prepared, recompute: str):
                 pad = got[case.cfg.vocab_size:]
                 assert pad.shape[0] == case.cfg.padded_vocab_size - case.cfg.vocab_size
                 assert np.all(pad == 0), "wte grad padding rows are not exactly 0"
-    print(f"\n[{case.name}, recompute {recompute}] loss triad {t_loss:.10f} torch {loss:.10f}")
+    print(f"\n[{case.name}, recompute {recompute}, logits_chunk {logits_chunk}] loss triad "
+          f"{t_loss:.10f} torch {loss:.10f}")
     for k, e in sorted(errors.items(), key=lambda kv: -kv[1]):
         print(f"  {k:32s} rel err {e:.2e}")
     tol = {"loss": TOL_LOSS}

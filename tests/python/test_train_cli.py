@@ -45,6 +45,7 @@ def test_help_lists_every_key_with_defaults():
     (["--optim.name", "lamb"], ["optim.name"]),
     (["--run.backend", "tpu"], ["run.backend"]),
     (["--train.recompute", "selective"], ["train.recompute", "none, gelu or full"]),
+    (["--train.logits_chunk", "-5"], ["train.logits_chunk", ">= 0"]),
     (["--train.recompute_layers", "1"], ["train.recompute_layers", "needs train.recompute"]),
     (["--train.recompute", "full", "--train.recompute_layers", "-1"], ["train.recompute_layers"]),
     (["--train.recompute", "gelu", "--train.recompute_layers", "99"],

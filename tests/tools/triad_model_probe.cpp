@@ -60,7 +60,7 @@ int main(int argc, char** argv) {
                           cfg.model.vocab_size, cfg.padded_vocab_size()};
     auto be = triad::make_cpu_backend();
     triad::Gpt model(shape, B, *be, 1, {}, nullptr, triad::Precision::fp32,
-                     triad::recomputation(cfg));
+                     triad::activation_options(cfg));
     std::vector<triad::TensorRef> refs;
     for (const auto& p : model.specs()) {
       triad::TensorRef r{p.name, p.shape, model.params() + p.offset, -1};

@@ -42,10 +42,11 @@ TEST(GptMemoryPlan, ActivationsFollowTheDocumentedFormula) {
   const size_t n = size_t(kB) * kSmall.seq_len, C = size_t(kSmall.n_embd), L = 2, NH = 4;
   const size_t T = size_t(kSmall.seq_len), Vp = size_t(kSmall.padded_vocab_size);
   // Kept per layer: ln1, qkv (3), attention output, residual2, ln2, MLP hidden and its GELU (4
-  // each), residual3 = 16·n·C; plus the chunk input, ln_f and the logits. Backward scratch: the
-  // residual, LayerNorm, attention-output, qkv (3) and MLP (4, 4) gradients and the shared
-  // projection output = 15·n·C.
-  const size_t act = n * C * (1 + 16 * L + 1 + 15) + n * Vp;
+  // each), residual3 = 16·n·C; plus the chunk input, ln_f and its output's gradient (the
+  // classifier's result). Backward scratch: the residual, LayerNorm, attention-output, qkv (3)
+  // and MLP (4, 4) gradients and the shared projection output = 15·n·C; the classifier's chunk
+  // of logits (a whole micro-batch by default).
+  const size_t act = n * C * (1 + 16 * L + 2 + 15) + n * Vp;
   // fp32 statistics: each LayerNorm's mean and rstd, the per-token loss and hit, the
   // vocabulary-parallel row statistics (4n); attention keeps its probabilities (fp32 model,
   // and their gradient as scratch) or its log-sum-exp (bf16).

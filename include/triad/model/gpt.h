@@ -114,6 +114,19 @@ struct Recomputation {
   std::string describe(int per_chunk) const;  // "full", "full in 2 of 6 layers per chunk"
 };
 
+// How a Gpt trades compute or speed for activation memory; neither changes the model's math.
+struct ActivationOptions {
+  Recomputation recompute;
+  // Tokens (rows) of logits the classifier forms at a time, in one buffer shared by every
+  // micro-batch; 0: a whole micro-batch. The loss, its gradient and the head's backward run chunk
+  // by chunk right after the forward pass, so an activation set keeps the C-wide gradient of the
+  // head's input instead of B·T × V/tp logits. Chunks change only the order in which the head's
+  // weight gradient is summed.
+  int logits_chunk = 0;
+  ActivationOptions(Recomputation r = {}, int chunk = 0) : recompute(r), logits_chunk(chunk) {}
+  ActivationOptions(Recompute r) : recompute(r) {}
+};
+
 struct ForwardStats {
   double loss_sum = 0;  // sum of token cross-entropies (nats)
   int64_t correct = 0;  // top-1 hits among the first vocab_size logits
@@ -146,14 +159,15 @@ class Gpt {
   // outgoing gradients; without one, each chunk gets one activation set.
   Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards = 1,
       const ModelParallel& mp = {}, const PipelineSchedule* schedule = nullptr,
-      Precision precision = Precision::fp32, Recomputation recompute = {});
+      Precision precision = Precision::fp32, ActivationOptions options = {});
   ~Gpt();
   // What the constructor with these arguments allocates, without allocating it (planning a
   // grid's memory before a job runs); equal to the backend's allocations, tested.
   static GptMemory memory_plan(const GptShape& shape, int max_batch, int shards = 1,
                                const ModelParallel& mp = {},
                                const PipelineSchedule* schedule = nullptr,
-                               Precision precision = Precision::fp32, Recomputation recompute = {});
+                               Precision precision = Precision::fp32,
+                               ActivationOptions options = {});
   Gpt(const Gpt&) = delete;
   Gpt& operator=(const Gpt&) = delete;
 
@@ -174,6 +188,7 @@ class Gpt {
   static double recompute_flops_per_token(const GptShape& shape, const ModelParallel& mp,
                                           Recomputation recompute);
   const Recomputation& recompute() const { return recompute_; }
+  int logits_chunk() const { return logits_rows_; }  // rows of logits formed at a time
 
   Precision precision() const { return precision_; }
   // The fp32 parameters (master weights under bf16) and their fp32 gradients.
@@ -307,6 +322,7 @@ class Gpt {
   std::vector<int32_t> host_ids_, padded_;
   Precision precision_ = Precision::fp32;
   Recomputation recompute_;
+  int logits_rows_ = 0;  // the classifier's chunk: ActivationOptions::logits_chunk, resolved
   float* params_ = nullptr;
   float* grads_ = nullptr;
   bf16_t* params_bf16_ = nullptr;            // bf16 precision: the copy the layers read

@@ -29,6 +29,7 @@ struct TrainConfig {
   // compute, never the result: runs and checkpoints of every mode continue each other.
   std::string recompute = "none";
   int recompute_layers = 0;  // recompute in the first N layers of each pipeline chunk; 0: all
+  int logits_chunk = 0;      // tokens of logits the classifier forms at a time; 0: a micro-batch
 };
 
 struct OptimConfig {

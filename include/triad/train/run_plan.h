@@ -21,7 +21,8 @@ namespace triad {
 // build from these.
 GptShape gpt_shape(const Config& cfg);
 ModelParallel model_parallel(const Config& cfg, int pp_rank, int tp_rank);
-Recomputation recomputation(const Config& cfg);  // train.recompute, train.recompute_layers
+// train.recompute, train.recompute_layers and train.logits_chunk
+ActivationOptions activation_options(const Config& cfg);
 
 // One pipeline stage: every tensor- and data-parallel rank of it allocates the same sizes.
 struct StageMemory {
