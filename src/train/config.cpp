@@ -44,8 +44,8 @@ class KeyTable {
     add("train.recompute_layers", c.train.recompute_layers,
         "recompute in the first N layers of each pipeline chunk only (0: all)");
     add("train.logits_chunk", c.train.logits_chunk,
-        "tokens of logits the loss is computed on at a time (0: a whole micro-batch); smaller "
-        "chunks hold less memory");
+        "tokens of logits the loss is computed on at a time, rounded up to a multiple of 8 (0: a "
+        "whole micro-batch); smaller chunks hold less memory");
     add("optim.name", c.optim.name, "adamw | sgd");
     add("optim.beta1", c.optim.beta1, "AdamW beta1");
     add("optim.beta2", c.optim.beta2, "AdamW beta2");

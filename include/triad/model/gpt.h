@@ -118,10 +118,10 @@ struct Recomputation {
 struct ActivationOptions {
   Recomputation recompute;
   // Tokens (rows) of logits the classifier forms at a time, in one buffer shared by every
-  // micro-batch; 0: a whole micro-batch. The loss, its gradient and the head's backward run chunk
-  // by chunk right after the forward pass, so an activation set keeps the C-wide gradient of the
-  // head's input instead of B·T × V/tp logits. Chunks change only the order in which the head's
-  // weight gradient is summed.
+  // micro-batch, rounded up to a multiple of 8 (aligned rows on a GPU); 0: a whole micro-batch. The
+  // loss, its gradient and the head's backward run chunk by chunk right after the forward pass, so
+  // an activation set keeps the C-wide gradient of the head's input instead of B·T × V/tp logits.
+  // Chunks change only the order in which the head's weight gradient is summed.
   int logits_chunk = 0;
   ActivationOptions(Recomputation r = {}, int chunk = 0) : recompute(r), logits_chunk(chunk) {}
   ActivationOptions(Recompute r) : recompute(r) {}
