@@ -105,14 +105,6 @@ ActivationSlots activation_slots(const ModelParallel& mp, const PipelineSchedule
   return a;
 }
 
-// The classifier's chunk of logits in rows: the option rounded up to a multiple of 8 rows, so
-// that every chunk's rows start 16-byte aligned for the GPU's vectorized loads and cuBLASLt; at
-// most (and by default) a micro-batch.
-int logits_rows(const ActivationOptions& o, int max_batch, const GptShape& shape) {
-  const int all = max_batch * shape.seq_len;
-  return o.logits_chunk > 0 ? std::min((o.logits_chunk + 7) / 8 * 8, all) : all;
-}
-
 // The head's buffer for the other stage's wte gradient (pp > 1, first and last stage), floats.
 size_t tied_scratch_floats(const GptShape& shape, const ModelParallel& mp) {
   if (mp.pp == 1 || !(mp.first_stage() || mp.last_stage())) return 0;
@@ -209,7 +201,7 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
       mp_(mp),
       precision_(precision),
       recompute_(options.recompute),
-      logits_rows_(logits_rows(options, max_batch, shape)) {
+      logits_rows_(logits_chunk_rows(options, max_batch, shape)) {
   TRIAD_ASSERT(shards >= 1);
   TRIAD_ASSERT(shape.n_embd % shape.n_head == 0 && max_batch >= 1);
   TRIAD_ASSERT(shape.padded_vocab_size >= shape.vocab_size);
@@ -264,7 +256,7 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
 GptMemory Gpt::memory_plan(const GptShape& shape, int max_batch, int shards,
                            const ModelParallel& mp, const PipelineSchedule* schedule,
                            Precision precision, ActivationOptions options) {
-  const int rows = logits_rows(options, max_batch, shape);
+  const int rows = logits_chunk_rows(options, max_batch, shape);
   GptMemory m;
   const auto specs = gpt_rank_layout(shape, mp);
   m.param_floats = layout_floats(specs);
@@ -335,6 +327,15 @@ int64_t Gpt::num_parameters() const {
 double Gpt::flops_per_token() const {
   return 6.0 * double(num_parameters()) +
          6.0 * shape_.n_layer * double(shape_.n_embd) * double(shape_.seq_len);
+}
+
+// Rounded up to a multiple of 8 rows, so that every chunk's rows start 16-byte aligned for the
+// GPU's vectorized loads and cuBLASLt.
+int Gpt::logits_chunk_rows(const ActivationOptions& o, int max_batch, const GptShape& shape) {
+  const int all = max_batch * shape.seq_len;
+  if (o.logits_chunk <= 0) return all;
+  const int rows = std::min(o.logits_chunk, all);  // first: no overflow rounding a huge value
+  return std::min((rows + 7) / 8 * 8, all);
 }
 
 double Gpt::recompute_flops_per_token(const GptShape& shape, const ModelParallel& mp,

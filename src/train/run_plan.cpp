@@ -51,8 +51,9 @@ ModelParallel model_parallel(const Config& cfg, int pp_rank, int tp_rank) {
 }
 
 ActivationOptions activation_options(const Config& cfg) {
-  return {{parse_recompute(cfg.train.recompute, "train.recompute"), cfg.train.recompute_layers},
-          cfg.train.logits_chunk};
+  return ActivationOptions(
+      {parse_recompute(cfg.train.recompute, "train.recompute"), cfg.train.recompute_layers},
+      cfg.train.logits_chunk);
 }
 
 RunPlan plan_run(const Config& cfg, int world_size) {
@@ -89,6 +90,9 @@ RunPlan plan_run(const Config& cfg, int world_size) {
     m.grad_shard = zero ? range * sizeof(float) : 0;
     m.flops_per_token = stage_flops_per_token(specs, shape, mp, m.layers);
     m.recompute_flops_per_token = Gpt::recompute_flops_per_token(shape, mp, p.recompute);
+    if (mp.last_stage())
+      for (const auto& s : specs)
+        if (s.name == "wte/weight") m.head_backward_flops_per_token = 4.0 * double(s.numel);
     // The trainer's reduction (Trainer::run): ZeRO-1 reduce-scatters and gathers even on a
     // group of one (local copies, no wire); the all-reduce runs for dp > 1.
     const double d = p.grid.dp;
@@ -111,8 +115,9 @@ RunPlan plan_run(const Config& cfg, int world_size) {
   if (p.grid.pp > 1) {
     std::vector<double> fwd, bwd;
     for (const auto& s : p.stages) {
-      fwd.push_back(s.flops_per_token / 3 * tokens_mb);
-      bwd.push_back(2 * fwd.back() + s.recompute_flops_per_token * tokens_mb);
+      const double f = s.flops_per_token / 3, head = s.head_backward_flops_per_token;
+      fwd.push_back((f + head) * tokens_mb);
+      bwd.push_back((2 * f - head + s.recompute_flops_per_token) * tokens_mb);
     }
     const SimResult r = simulate(schedule, p.grid.pp, p.micro_batches, v, fwd, bwd);
     p.critical_flops = r.makespan;
@@ -141,6 +146,10 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
                : "");
   if (cfg.parallel.zero == 1) os << " | ZeRO-1";
   if (cfg.parallel.sequence_parallel && g.tp > 1) os << " | sequence parallel";
+  if (cfg.train.logits_chunk > 0)
+    os << " | logits in chunks of "
+       << Gpt::logits_chunk_rows(activation_options(cfg), p.micro_batch_size, gpt_shape(cfg))
+       << " tokens";
   if (p.recompute.mode != Recompute::none)
     os << " | recompute "
        << p.recompute.describe(cfg.model.n_layer / (g.pp * cfg.parallel.virtual_stages));
@@ -178,7 +187,8 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
   if (g.pp > 1)
     os << "\npipeline bubble (simulated with each stage's FLOPs, backward = 2 x forward"
        << (p.recompute.mode == Recompute::full ? " + recomputation" : "")
-       << "): " << std::setprecision(1) << p.bubble * 100 << "% of the stages' time";
+       << ", the head's backward with the loss): " << std::setprecision(1) << p.bubble * 100
+       << "% of the stages' time";
   if (g.dp > 1) {
     double wire = 0;
     for (const auto& s : p.stages) wire = std::max(wire, s.dp_wire_bytes);

@@ -207,7 +207,7 @@ TrainOutcome Trainer::run() {
   }
   const int accum = cfg.train.batch_size / (mbs * s.grid.shape().dp);
   {
-    // Memory of the most loaded rank (stages differ: the last one holds the logits).
+    // Memory of the most loaded rank (stages differ: the last one holds the head and its logits).
     auto largest = [&s](size_t bytes) {
       return double(s.grid.all().all_reduce_max(int64_t(bytes))) / 1e6;
     };

@@ -389,27 +389,42 @@ TEST(ModelParallel, RecomputationChangesMemoryNotResults) {
 // summed in another order), and each rank allocates what --plan says.
 TEST(ModelParallel, LogitsChunksTrainAsTheWholeMicroBatch) {
   const std::string dir = shared_dir("logits_chunk");
-  for (const Grid& g : std::vector<Grid>{{1, 2, 1, 0, 2, "1f1b", 1},
-                                         {1, 2, 2, 0, 2, "1f1b", 1, true},
-                                         {2, 2, 2, 1, 2, "interleaved", 2, true},
-                                         {1, 1, 2, 0, 4, "gpipe", 1}}) {
+  // dp 2 with pp 1 also reduces the gradient while the backward pass runs (the head's share
+  // lands before it).
+  const std::vector<std::pair<Grid, std::string>> grids = {
+      {{1, 2, 1, 0, 2, "1f1b", 1}, "fp32"},
+      {{1, 2, 2, 0, 2, "1f1b", 1, true}, "bf16"},
+      {{2, 2, 2, 1, 2, "interleaved", 2, true}, "fp32"},
+      {{1, 1, 2, 0, 4, "gpipe", 1}, "bf16"},
+      {{2, 2, 1, 0, 2, "1f1b", 1}, "fp32"}};
+  for (const auto& [g, precision] : grids) {
     if (g.ranks() > world_size()) continue;
     auto args_for = [&](int chunk) {
-      return grid_args(dir, "lc_" + g.name() + "_" + std::to_string(chunk), g,
+      return grid_args(dir, "lc_" + g.name() + "_" + precision + "_" + std::to_string(chunk), g,
                        {"--resume", "none", "--train.logits_chunk", std::to_string(chunk),
-                        "--checkpoint.every", "0"});
+                        "--run.precision", precision, "--checkpoint.every", "0"});
     };
     const Result whole = run_trainer(g.ranks(), args_for(0));
     const auto args = args_for(24);
     const Result r = run_trainer(g.ranks(), args);
-    expect_same_training(r, whole, g.name() + " logits_chunk 24");
+    const std::string what = g.name() + " " + precision + " logits_chunk 24";
+    if (precision == "fp32") {
+      expect_same_training(r, whole, what);
+    } else {  // bf16 rounds the activations: the chunked run follows to bf16 precision
+      ASSERT_EQ(r.losses.size(), whole.losses.size());
+      for (size_t i = 0; i < r.losses.size(); ++i)
+        EXPECT_NEAR(r.losses[i], whole.losses[i], 2e-3 * whole.losses[i]) << what << " step " << i;
+    }
     if (world_rank() >= g.ranks()) continue;
     std::vector<const char*> argv;
     for (const auto& a : args) argv.push_back(a.c_str());
     const RunPlan plan =
         plan_run(parse_train_command_line(int(argv.size()), argv.data()).config, g.ranks());
     const StageMemory& m = plan.stages[size_t((world_rank() / g.tp) % g.pp)];
-    EXPECT_EQ(r.out.allocated_bytes, m.total()) << g.name() << " rank " << world_rank();
+    EXPECT_EQ(r.out.allocated_bytes, m.total()) << what << " rank " << world_rank();
+    // The option reaches the model: the rank holding the last chunk allocates less.
+    if ((world_rank() / g.tp) % g.pp == g.pp - 1)
+      EXPECT_LT(r.out.allocated_bytes, whole.out.allocated_bytes) << what;
   }
 }
 

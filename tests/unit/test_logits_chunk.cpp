@@ -30,7 +30,7 @@ struct Result {
 };
 
 Result run(Backend& be, Precision precision, int chunk) {
-  Gpt m(kShape, kB, be, 1, {}, nullptr, precision, {Recompute::none, chunk});
+  Gpt m(kShape, kB, be, 1, {}, nullptr, precision, ActivationOptions(Recompute::none, chunk));
   EXPECT_EQ(m.logits_chunk(), chunk == 0 ? kN : chunk == 1 ? 8 : chunk) << "multiples of 8 rows";
   m.init(5);
   m.zero_grads();
@@ -52,9 +52,10 @@ Result run(Backend& be, Precision precision, int chunk) {
   r.logits.insert(r.logits.end(), next, next + kShape.vocab_size);
   r.grads.assign(m.grads(), m.grads() + m.buffer_floats());
   r.activation_bytes = m.activation_bytes();
-  EXPECT_EQ(
-      Gpt::memory_plan(kShape, kB, 1, {}, nullptr, precision, {Recompute::none, chunk}).activations,
-      r.activation_bytes);
+  EXPECT_EQ(Gpt::memory_plan(kShape, kB, 1, {}, nullptr, precision,
+                             ActivationOptions(Recompute::none, chunk))
+                .activations,
+            r.activation_bytes);
   return r;
 }
 

@@ -123,8 +123,12 @@ struct ActivationOptions {
   // an activation set keeps the C-wide gradient of the head's input instead of B·T × V/tp logits.
   // Chunks change only the order in which the head's weight gradient is summed.
   int logits_chunk = 0;
-  ActivationOptions(Recomputation r = {}, int chunk = 0) : recompute(r), logits_chunk(chunk) {}
+  ActivationOptions() = default;
+  ActivationOptions(Recomputation r) : recompute(r) {}
   ActivationOptions(Recompute r) : recompute(r) {}
+  // Explicit: {Recompute::full, 2} must not silently mean a chunk of 2 where a Recomputation
+  // (full in 2 layers) was meant.
+  explicit ActivationOptions(Recomputation r, int chunk) : recompute(r), logits_chunk(chunk) {}
 };
 
 struct ForwardStats {
@@ -189,6 +193,10 @@ class Gpt {
                                           Recomputation recompute);
   const Recomputation& recompute() const { return recompute_; }
   int logits_chunk() const { return logits_rows_; }  // rows of logits formed at a time
+  // The rows of logits a model with these options forms at a time (the option rounded up to a
+  // multiple of 8, at most and by default a micro-batch of max_batch sequences).
+  static int logits_chunk_rows(const ActivationOptions& options, int max_batch,
+                               const GptShape& shape);
 
   Precision precision() const { return precision_; }
   // The fp32 parameters (master weights under bf16) and their fp32 gradients.

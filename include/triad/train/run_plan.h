@@ -37,6 +37,9 @@ struct StageMemory {
   double flops_per_token = 0;
   // What full recomputation adds to the backward pass per token (Gpt::recompute_flops_per_token).
   double recompute_flops_per_token = 0;
+  // The head's backward (4 FLOPs per weight and token, last stage): the classifier runs it with
+  // the loss, so it belongs to the forward action in the pipeline's simulation.
+  double head_backward_flops_per_token = 0;
   // Data-parallel payload per step that this rank hands in (CommStats bytes): the gradient
   // all-reduce, or under ZeRO-1 the reduce-scatter of the whole buffer and the all-gather of the
   // slice; and what a ring moves over this rank's link for it, 2(dp-1)/dp of the buffer.
@@ -55,8 +58,8 @@ struct RunPlan {
   double model_flops_per_token = 0;  // the whole model (DESIGN.md §5): 6N + 6·L·C·T
   // The step's compute on its critical path, in FLOPs per rank (divided by a sustained rate:
   // the step time), and the pipeline's idle fraction: the schedule simulated with each stage's
-  // own forward (its FLOPs / 3) and backward (2 × forward, plus any recomputation) of a
-  // micro-batch. pp = 1: the
+  // own forward (its FLOPs / 3, plus the head's backward on the last stage, which runs with the
+  // loss) and backward (the rest, plus any recomputation) of a micro-batch. pp = 1: the
   // micro-batches one after another, no bubble.
   double critical_flops = 0;
   double bubble = 0;
