@@ -368,17 +368,19 @@ EOF
              "bf16 16 12 deterministic full"; do
       read -r pr mb steps fb recomp <<<"$v"
       tag=$pr; [[ $fb == atomic ]] && tag=${pr}_atomic; [[ $recomp != none ]] && tag=${pr}_recompute
+      chunk=0; [[ $recomp != none ]] && chunk=2048  # the memory savers together: loss in 2048-token chunks
       if [[ $tag != "$pr" ]] && (( $(left) < 260 )); then
         echo "RESULT_124M_$tag skipped (time)"
         [[ $recomp != none ]] && echo "RESULT_RECOMPUTE skipped (time)"
         continue
       fi
-      echo "-- GPT-2 124M, CUDA backend $pr, B=$mb T=1024, $steps steps, $fb flash backward, recompute $recomp"
+      echo "-- GPT-2 124M, CUDA backend $pr, B=$mb T=1024, $steps steps, $fb flash backward, recompute $recomp, logits chunk $chunk"
       TRIAD_FLASH_BACKWARD=$fb timeout "$(tmo 120 170)" "$B/triad-train" --model.n_layer 12 --model.n_head 12 --model.n_embd 768 \
         --model.seq_len 1024 --train.steps "$steps" --train.batch_size "$mb" --train.micro_batch_size "$mb" \
         --train.warmup_steps 1 --data.train "$W/data124/train_*.bin" --eval.sequences 0 \
         --checkpoint.every 0 --run.dir "$W/runs" --run.name "gpt124_$tag" --run.backend cuda \
-        --run.precision "$pr" --train.recompute "$recomp" --resume none >"$RUN/gpt124_$tag.txt" 2>&1; rc=$?
+        --run.precision "$pr" --train.recompute "$recomp" --train.logits_chunk "$chunk" --resume none \
+        >"$RUN/gpt124_$tag.txt" 2>&1; rc=$?
       grep -E '^triad:|^device:|^step' "$RUN/gpt124_$tag.txt" | head -14; [[ $rc == 0 ]] || tail -8 "$RUN/gpt124_$tag.txt"
       tps=$(grep -E '^step +([5-9]|1[0-9])/' "$RUN/gpt124_$tag.txt" | sed -n 's/.*| \([0-9]*\) tok\/s.*/\1/p' | sort -n | sed -n '2p')
       echo "RESULT_124M_$tag ${tps:-failed} tok/s (2nd lowest of steps 5+, B=$mb)"
@@ -399,7 +401,7 @@ EOF
         act() { sed -n 's/^triad:.* activations \([0-9.]*\) MB.*/\1/p' "$RUN/gpt124_$1.txt"; }
         dev() { sed -n 's/^device memory after the first step: \([0-9.]*\) MB.*/\1/p' "$RUN/gpt124_$1.txt"; }
         last() { grep -E "^step +$steps/" "$RUN/gpt124_$1.txt" | sed -n 's/.*| loss \([0-9.]*\) .*/\1/p'; }
-        echo "RESULT_RECOMPUTE full: ${tps:-failed} tok/s vs ${tps_kept:-?} kept; activations $(act bf16_recompute) vs $(act bf16) MB; device in use $(dev bf16_recompute) vs $(dev bf16) MB; loss at step $steps $(last bf16_recompute) vs $(last bf16)"
+        echo "RESULT_RECOMPUTE full + logits_chunk 2048: ${tps:-failed} tok/s vs ${tps_kept:-?} kept; activations $(act bf16_recompute) vs $(act bf16) MB; device in use $(dev bf16_recompute) vs $(dev bf16) MB; loss at step $steps $(last bf16_recompute) vs $(last bf16)"
       fi
     done
   ) 2>&1 | tee "$RUN/gpu.txt"
@@ -414,7 +416,7 @@ res "NCCL Comm in training" "$(sed -n 's/^RESULT_NCCL //p' "$RUN/gpu.txt" 2>/dev
 res "triad 124M bf16 GPU" "${GPU_124M:-failed}"
 res "triad 124M fp32 GPU" "${GPU_124M32:-failed}"
 res "memory plan 124M" "$(sed -n 's/^RESULT_PLAN //p' "$RUN/gpu.txt" 2>/dev/null)"
-res "recompute full 124M" "$(sed -n 's/^RESULT_RECOMPUTE //p' "$RUN/gpu.txt" 2>/dev/null)"
+res "memory savers 124M" "$(sed -n 's/^RESULT_RECOMPUTE //p' "$RUN/gpu.txt" 2>/dev/null)"
 
 # ============ 2c. fused flash attention (bf16) vs PyTorch SDPA's numbers in step 4 ===========
 hdr "2c. triad-bench attention (B=16 NH=12 T=1024 hd=64, causal, bf16)"
