@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # How well `triad-train --plan` predicts a step: one rank measures the sustained rate R (the
 # plan's FLOPs of a step / its measured time), then the plan predicts pipeline-parallel grids at
-# that R and the same grids are measured with mpirun. Prints planned vs measured step times (the
-# median of the steps after the first 3) and their ratio. 1 thread per rank; the model is the
+# that R and the same grids are measured with mpirun: equal stages under 1F1B and GPipe, and the
+# layers balanced against the head (parallel.stage_layers = auto). Prints planned vs measured
+# step times (the median of the steps after the first 3) and their ratio. 1 thread per rank; the model is the
 # quick-start GPT with 8 layers (uneven stages: GPT-2's vocabulary makes the head heavy).
 #
 #   jobs/bench-plan.sh [--steps N] [--pp P] [--section.key value ...]
@@ -18,7 +19,7 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --steps) steps=$2; shift 2 ;;
     --pp) pp=$2; shift 2 ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) extra+=("$1"); shift ;;
   esac
 done
@@ -63,12 +64,17 @@ one=$(median_ms "$tmp/one.txt")
 rate=$(awk -v p="$(planned_ms 1)" -v m="$one" 'BEGIN { printf "%.6g", p / m }')  # TFLOP/s
 echo "   measured $one ms per step: R = $rate TFLOP/s"
 printf '%-22s %14s %14s %8s\n' grid "measured ms" "planned ms" ratio
-for sched in 1f1b gpipe; do
-  grid=(--parallel.pp "$pp" --parallel.schedule "$sched")
+# Equal stages under both schedules, then the layers balanced against the head (stage_layers auto).
+for v in "1f1b " "gpipe " "1f1b auto"; do
+  read -r sched split <<<"$v"
+  grid=(--parallel.pp "$pp" --parallel.schedule "$sched" --parallel.stage_layers "${split:-}")
+  name="pp$sched${split:+_$split}"
   mpirun --oversubscribe -np "$pp" build/triad-train "${args[@]}" "${grid[@]}" \
-    --run.name "pp$sched" > "$tmp/pp$sched.txt" 2>&1 || { cat "$tmp/pp$sched.txt"; exit 1; }
-  m=$(median_ms "$tmp/pp$sched.txt")
+    --run.name "$name" > "$tmp/$name.txt" 2>&1 || { cat "$tmp/$name.txt"; exit 1; }
+  m=$(median_ms "$tmp/$name.txt")
   p=$(planned_ms "$rate" "${grid[@]}" --plan-ranks "$pp")
-  printf '%-22s %14s %14s %8s\n' "pp $pp $sched" "$m" "$p" \
+  label="pp $pp $sched${split:+ layers $(build/triad-train "${args[@]}" "${grid[@]}" --plan \
+    --plan-ranks "$pp" | sed -n 's/.*stage layers \([0-9,]*\).*/\1/p')}"
+  printf '%-22s %14s %14s %8s\n' "$label" "$m" "$p" \
     "$(awk -v p="$p" -v m="$m" 'BEGIN { printf "%.3f", p / m }')"
 done

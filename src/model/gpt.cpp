@@ -157,10 +157,9 @@ std::vector<ParamSpec> gpt_rank_layout(const GptShape& shape, const ModelParalle
     b.add("wte/weight", {Vp, C}, 0, 1, false);
     b.add("wpe/weight", {T, C}, -1, 1, false);
   }
-  const int per_chunk = mp.layers_per_chunk(shape.n_layer);
   for (int c = 0; c < mp.virtual_stages; ++c) {
-    const int g = mp.global_chunk(c);
-    for (int l = g * per_chunk; l < (g + 1) * per_chunk; ++l)
+    const int g = mp.global_chunk(c), first = mp.first_layer(g, shape.n_layer);
+    for (int l = first; l < first + mp.chunk_layers(g, shape.n_layer); ++l)
       for (const auto& t : layer_tensor_list(C))
         b.add("h/" + std::to_string(l) + "/" + t.name, t.shape, t.axis, t.blocks, false);
   }
@@ -206,7 +205,11 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
   TRIAD_ASSERT(shape.n_embd % shape.n_head == 0 && max_batch >= 1);
   TRIAD_ASSERT(shape.padded_vocab_size >= shape.vocab_size);
   TRIAD_ASSERT(mp.tp >= 1 && shape.n_head % mp.tp == 0 && shape.padded_vocab_size % mp.tp == 0);
-  TRIAD_ASSERT(mp.pp >= 1 && mp.virtual_stages >= 1 && shape.n_layer % mp.chunks() == 0);
+  TRIAD_ASSERT(mp.pp >= 1 && mp.virtual_stages >= 1);
+  TRIAD_ASSERT(mp.stage_layers.empty()
+                   ? shape.n_layer % mp.chunks() == 0
+                   : mp.virtual_stages == 1 && int(mp.stage_layers.size()) == mp.pp &&
+                         mp.first_layer(mp.pp, shape.n_layer) == shape.n_layer);
   TRIAD_ASSERT(mp.tp == 1 || mp.tp_comm != nullptr);
   TRIAD_ASSERT(mp.pp == 1 || (mp.pp_comm != nullptr && schedule != nullptr));
   specs_ = gpt_rank_layout(shape, mp);
@@ -341,8 +344,10 @@ int Gpt::logits_chunk_rows(const ActivationOptions& o, int max_batch, const GptS
 double Gpt::recompute_flops_per_token(const GptShape& shape, const ModelParallel& mp,
                                       Recomputation recompute) {
   if (recompute.mode != Recompute::full) return 0;
-  const double C = shape.n_embd,
-               layers = recompute.count(mp.layers_per_chunk(shape.n_layer)) * mp.virtual_stages;
+  const double C = shape.n_embd;
+  double layers = 0;  // the recomputing layers of this rank's chunks
+  for (int c = 0; c < mp.virtual_stages; ++c)
+    layers += recompute.count(mp.chunk_layers(mp.global_chunk(c), shape.n_layer));
   // c_attn, attn.c_proj and c_fc forward (2·(3 + 1 + 4)·C² per token), attention forward
   // (2·C·T as in the model's 6·C·T), on this rank's 1/tp of the heads and hidden units.
   return layers * (16.0 * C * C + 2.0 * C * shape.seq_len) / mp.tp;

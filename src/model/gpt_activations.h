@@ -83,7 +83,6 @@ struct Gpt::Activations {
     const size_t Cl = C / size_t(mp.tp), Vl = size_t(s.padded_vocab_size) / size_t(mp.tp);
     const size_t nh = size_t(B) * size_t(s.n_head / mp.tp) * s.seq_len;
     const size_t att = kFp32 ? nh * s.seq_len : nh;  // probabilities, or log-sum-exp
-    const int per_chunk = mp.layers_per_chunk(s.n_layer);
     std::vector<std::pair<A**, size_t>> plan;
     std::vector<std::pair<float**, size_t>> plan_f;
     auto want = [&plan](A*& p, size_t n) { plan.emplace_back(&p, n); };
@@ -109,8 +108,11 @@ struct Gpt::Activations {
       }
     };
     sets.resize(slots.size());
+    bool any_recompute = false;  // some chunk has layers that recompute: the scratch is needed
     for (size_t c = 0; c < slots.size(); ++c) {
       const bool last = mp.global_chunk(int(c)) == mp.chunks() - 1;
+      const int per_chunk = mp.chunk_layers(mp.global_chunk(int(c)), s.n_layer);
+      any_recompute = any_recompute || recompute.count(per_chunk) > 0;
       sets[c].resize(size_t(slots[c]));
       for (auto& S : sets[c]) {
         want(S.input, R * C);
@@ -144,9 +146,8 @@ struct Gpt::Activations {
     for (size_t c = 0; c < slots.size(); ++c)
       holds_last = holds_last || mp.global_chunk(int(c)) == mp.chunks() - 1;
     if (holds_last) want(logits, size_t(logits_rows) * Vl);
-    const bool any = recompute.count(per_chunk) > 0;
-    if (any && recompute.mode == Recompute::gelu) want(gelu_work, BT * 4 * Cl);
-    if (any && recompute.mode == Recompute::full) want_internals(work, true);
+    if (any_recompute && recompute.mode == Recompute::gelu) want(gelu_work, BT * 4 * Cl);
+    if (any_recompute && recompute.mode == Recompute::full) want_internals(work, true);
     want(proj, R * C);
     if (sp) want(ln_local, R * C);
     if (sp) {
@@ -177,7 +178,7 @@ struct Gpt::Activations {
     alias(work);
     for (auto& chunk : sets)
       for (auto& S : chunk) {
-        for (int i = 0; i < per_chunk; ++i) {
+        for (int i = 0; i < int(S.layers.size()); ++i) {
           Layer& L = S.layers[size_t(i)];
           const Recompute r = recompute.in_layer(i);
           if (r == Recompute::full) {  // the scratch layer's internals, its own output

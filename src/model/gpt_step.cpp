@@ -118,8 +118,8 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T) {
   const int N = B * T, n = local_rows(N);
   auto& L = S.layers[size_t(i)];
   const A* x = i == 0 ? S.input : S.layers[size_t(i - 1)].residual3;
-  const LayerTensors<const A> w = layer_tensors(
-      weights<A>(), specs_, layer_[size_t(g * mp_.layers_per_chunk(shape_.n_layer) + i)]);
+  const LayerTensors<const A> w =
+      layer_tensors(weights<A>(), specs_, layer_[size_t(mp_.first_layer(g, shape_.n_layer) + i)]);
   const A* projb = mp_.tp_rank == 0 ? w.projb : nullptr;  // bias added once
   A* attproj = mp_.split_rows() ? acts<A>().full : L.attproj;
   const A* ln1 = gather_rows(L.ln1, L.ln1g, N);
@@ -142,7 +142,8 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T) {
   const bool sp = mp_.split_rows();
   A* full = acts<A>().full;  // sequence parallel: partial sums over all rows
   const A* W = weights<A>();
-  const int g = mp_.global_chunk(chunk), per_chunk = mp_.layers_per_chunk(shape_.n_layer);
+  const int g = mp_.global_chunk(chunk), per_chunk = mp_.chunk_layers(g, shape_.n_layer);
+  const int first_layer = mp_.first_layer(g, shape_.n_layer);
   if (g == 0) {
     // Vocabulary-parallel embedding: each rank adds the rows it holds (zero elsewhere), one
     // rank adds wpe, and the reduction completes wte[tok] + wpe[pos].
@@ -155,7 +156,7 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T) {
   const A* lnfw = last_chunk ? W + specs_[size_t(lnf_)].offset : nullptr;
   const A* lnfb = last_chunk ? W + specs_[size_t(lnf_) + 1].offset : nullptr;
   auto layer_weights = [&](int i) {
-    return layer_tensors(W, specs_, layer_[size_t(g * per_chunk + i)]);
+    return layer_tensors(W, specs_, layer_[size_t(first_layer + i)]);
   };
   // Each residual add is fused with the LayerNorm that reads its result: ln_2 in the layer,
   // the next layer's ln_1 (or ln_f) at its end. Only the chunk's first ln_1 stands alone.
@@ -281,7 +282,8 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
   // Input gradients of column-parallel layers are partial sums over all rows: formed in
   // `dpart` (dln itself without sequence parallelism), then reduced into this rank's dln rows.
   A* dpart = seq ? a.full : a.dln;
-  const int g = mp_.global_chunk(chunk), per_chunk = mp_.layers_per_chunk(shape_.n_layer);
+  const int g = mp_.global_chunk(chunk), per_chunk = mp_.chunk_layers(g, shape_.n_layer);
+  const int first_layer = mp_.first_layer(g, shape_.n_layer);
   if (g == mp_.chunks() - 1) {
     // The classifier ran its backward with the loss: ln_f's output gradient is in S.dlnf.
     be_.zero(a.dresidual, size_t(n) * C);
@@ -293,7 +295,7 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
   // Otherwise the caller has put the gradient of the chunk's output into dresidual.
   for (int i = per_chunk - 1; i >= 0; --i) {
     auto& L = S.layers[size_t(i)];
-    const int first = layer_[size_t(g * per_chunk + i)];
+    const int first = layer_[size_t(first_layer + i)];
     const LayerTensors<const A> w = layer_tensors(W, specs_, first);
     const LayerTensors<float> gr = layer_tensors(grads_, specs_, first);
     const A* x_in = i == 0 ? S.input : S.layers[size_t(i - 1)].residual3;

@@ -78,6 +78,9 @@ class KeyTable {
         "auto | mpi | nccl: device-buffer communication of the cuda backend");
     add("parallel.sequence_parallel", c.parallel.sequence_parallel,
         "split LayerNorm/residual regions by sequence over the tensor-parallel group");
+    add("parallel.stage_layers", c.parallel.stage_layers,
+        "layers per pipeline stage: empty (equal), auto (balance the head on the last stage) or "
+        "pp counts like 7,7,7,3");
     add("sample.length", c.sample.length, "tokens sampled into samples.txt at each eval (0: off)");
     add("sample.temperature", c.sample.temperature, "sampling temperature");
     add("sample.top_k", c.sample.top_k, "top-k sampling (0: all)");
@@ -136,6 +139,35 @@ void check(bool ok, const std::string& key, const std::string& problem) {
 }
 
 }  // namespace
+
+std::vector<int> parse_stage_layers(const std::string& text, int pp, int n_layer) {
+  const std::string key = "config: parallel.stage_layers";
+  std::vector<int> counts;
+  size_t at = 0;
+  while (at <= text.size()) {
+    const size_t end = std::min(text.find(',', at), text.size());
+    const std::string item = text.substr(at, end - at);
+    int v = -1;
+    const auto r = std::from_chars(item.data(), item.data() + item.size(), v);
+    TRIAD_CHECK(
+        !item.empty() && r.ec == std::errc() && r.ptr == item.data() + item.size() && v >= 0, key,
+        " must be empty, auto or parallel.pp comma-separated layer counts >= 0 (got '", text, "')");
+    counts.push_back(v);
+    at = end + 1;
+  }
+  int sum = 0;
+  for (int v : counts) sum += v;
+  TRIAD_CHECK(int(counts.size()) == pp, key, " '", text, "' gives ", counts.size(),
+              " stages, parallel.pp is ", pp);
+  TRIAD_CHECK(sum == n_layer, key, " '", text, "' holds ", sum, " layers, model.n_layer is ",
+              n_layer);
+  // The first stage holds the embeddings and the last the head even without layers; a stage in
+  // between would hold nothing.
+  for (int s = 1; s + 1 < pp; ++s)
+    TRIAD_CHECK(counts[size_t(s)] > 0, key, " '", text, "' gives stage ", s,
+                " no layers: only the first and the last stage may have none");
+  return counts;
+}
 
 bool Config::bf16() const {
   return run.precision == "bf16" || (run.precision == "auto" && run.backend == "cuda");
@@ -309,17 +341,37 @@ void validate(const Config& c, int world_size) {
   check(m.n_head % std::max(1, par.tp) == 0, "parallel.tp",
         "(" + std::to_string(par.tp) + ") must divide model.n_head (" + std::to_string(m.n_head) +
             "): attention is split by heads");
-  check(par.pp <= m.n_layer, "parallel.pp",
-        "(" + std::to_string(par.pp) + ") must not exceed model.n_layer (" +
-            std::to_string(m.n_layer) + "): every stage needs a layer");
   const int chunks = std::max(1, par.pp * par.virtual_stages);
-  check(m.n_layer % chunks == 0, "model.n_layer",
-        "(" + std::to_string(m.n_layer) + ") must be divisible by parallel.pp · " +
-            "parallel.virtual_stages (" + std::to_string(par.pp) + " · " +
-            std::to_string(par.virtual_stages) + "): every pipeline chunk holds as many layers");
-  check(t.recompute_layers <= m.n_layer / chunks, "train.recompute_layers",
+  int most_layers = m.n_layer / chunks;  // the most layers of a pipeline chunk
+  if (par.stage_layers.empty()) {
+    check(par.pp <= m.n_layer, "parallel.pp",
+          "(" + std::to_string(par.pp) + ") must not exceed model.n_layer (" +
+              std::to_string(m.n_layer) + "): every stage needs a layer");
+    check(m.n_layer % chunks == 0, "model.n_layer",
+          "(" + std::to_string(m.n_layer) + ") must be divisible by parallel.pp · " +
+              "parallel.virtual_stages (" + std::to_string(par.pp) + " · " +
+              std::to_string(par.virtual_stages) +
+              "): every pipeline chunk holds as many layers (or set parallel.stage_layers)");
+  } else {
+    check(par.virtual_stages == 1, "parallel.stage_layers",
+          "needs parallel.virtual_stages = 1 (interleaved chunks are equal)");
+    if (par.stage_layers == "auto") {
+      check(par.pp <= m.n_layer + 1, "parallel.pp",
+            "(" + std::to_string(par.pp) + ") must not exceed model.n_layer + 1 (" +
+                std::to_string(m.n_layer + 1) +
+                ") for parallel.stage_layers = auto: every stage but the last needs a layer");
+    }
+    if (par.stage_layers != "auto") {
+      most_layers = 0;
+      for (int n : parse_stage_layers(par.stage_layers, std::max(1, par.pp), m.n_layer))
+        most_layers = std::max(most_layers, n);
+    } else {
+      most_layers = m.n_layer;  // bounded by the split "auto" finds; checked by the model
+    }
+  }
+  check(t.recompute_layers <= most_layers, "train.recompute_layers",
         "(" + std::to_string(t.recompute_layers) + ") must not exceed the layers of a pipeline " +
-            "chunk (" + std::to_string(m.n_layer / chunks) + ")");
+            "chunk (" + std::to_string(most_layers) + ")");
   check(!par.sequence_parallel || m.seq_len % std::max(1, par.tp) == 0,
         "parallel.sequence_parallel",
         "needs model.seq_len (" + std::to_string(m.seq_len) + ") divisible by parallel.tp (" +

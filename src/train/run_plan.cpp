@@ -39,8 +39,36 @@ GptShape gpt_shape(const Config& cfg) {
   return GptShape{m.n_layer, m.n_head, m.n_embd, m.seq_len, m.vocab_size, cfg.padded_vocab_size()};
 }
 
+std::vector<int> stage_layers(const Config& cfg) {
+  const std::string& text = cfg.parallel.stage_layers;
+  const int pp = cfg.parallel.pp, L = cfg.model.n_layer;
+  if (text.empty() || pp == 1) return {};
+  if (text != "auto") return parse_stage_layers(text, pp, L);
+  // Balance the compute: every layer costs the same (72·C² + 6·C·T FLOPs per token, forward and
+  // backward), the last stage adds the head (6·Vp·C); give it k layers and spread the others as
+  // evenly as possible (the extra ones to the first stages; at least one each), k minimizing
+  // the busiest stage.
+  const double C = cfg.model.n_embd, layer = 72 * C * C + 6 * C * cfg.model.seq_len;
+  const double head = 6.0 * cfg.padded_vocab_size() * C;
+  int best_k = L / pp;
+  double best = 1e300;
+  for (int k = 0; k <= L - (pp - 1); ++k) {  // every stage before the last keeps a layer
+    const int rest = L - k, most = (rest + pp - 2) / (pp - 1);
+    const double busiest = std::max(most * layer, k * layer + head);
+    if (busiest < best * (1 - 1e-12)) {
+      best = busiest;
+      best_k = k;
+    }
+  }
+  std::vector<int> split(size_t(pp), (L - best_k) / (pp - 1));
+  for (int s = 0; s < (L - best_k) % (pp - 1); ++s) ++split[size_t(s)];
+  split.back() = best_k;
+  return split;
+}
+
 ModelParallel model_parallel(const Config& cfg, int pp_rank, int tp_rank) {
   ModelParallel mp;
+  mp.stage_layers = stage_layers(cfg);
   mp.tp = cfg.parallel.tp;
   mp.tp_rank = tp_rank;
   mp.pp = cfg.parallel.pp;
@@ -78,7 +106,7 @@ RunPlan plan_run(const Config& cfg, int world_size) {
     const ModelParallel mp = model_parallel(cfg, stage, 0);  // every tp rank holds the same sizes
     StageMemory m;
     m.stage = stage;
-    m.layers = mp.layers_per_chunk(shape.n_layer) * v;
+    m.layers = mp.rank_layers(shape.n_layer);
     const auto specs = gpt_rank_layout(shape, mp);
     for (const auto& s : specs) m.parameters += int64_t(s.numel);
     m.model = Gpt::memory_plan(shape, p.micro_batch_size, p.grid.dp, mp,
@@ -146,13 +174,17 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
                : "");
   if (cfg.parallel.zero == 1) os << " | ZeRO-1";
   if (cfg.parallel.sequence_parallel && g.tp > 1) os << " | sequence parallel";
+  if (const auto split = stage_layers(cfg); !split.empty()) {
+    os << " | stage layers ";
+    for (size_t s = 0; s < split.size(); ++s) os << (s > 0 ? "," : "") << split[s];
+  }
   if (cfg.train.logits_chunk > 0)
     os << " | logits in chunks of "
        << Gpt::logits_chunk_rows(activation_options(cfg), p.micro_batch_size, gpt_shape(cfg))
        << " tokens";
   if (p.recompute.mode != Recompute::none)
     os << " | recompute "
-       << p.recompute.describe(cfg.model.n_layer / (g.pp * cfg.parallel.virtual_stages));
+       << p.recompute.describe(model_parallel(cfg, 0, 0).most_chunk_layers(cfg.model.n_layer));
   os << "\n\nmemory of each rank, MB (1e6 bytes) allocated on the backend:\n";
   const char* head[] = {"stage",     "layers",    "parameters",  "weights", "bf16 copy",
                         "gradients", "optimizer", "activations", "other",   "total"};
@@ -213,7 +245,7 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
 std::string format_recompute_fit(const Config& cfg, int world_size, double tflops,
                                  double memory_gb) {
   TRIAD_CHECK(memory_gb > 0, "--plan-memory-gb must be > 0 (got ", memory_gb, ")");
-  const int per_chunk = cfg.model.n_layer / (cfg.parallel.pp * cfg.parallel.virtual_stages);
+  const int per_chunk = model_parallel(cfg, 0, 0).most_chunk_layers(cfg.model.n_layer);
   std::vector<std::pair<std::string, int>> options = {{"none", 0}, {"gelu", 0}};
   for (int k = 1; k <= per_chunk; ++k) options.emplace_back("full", k == per_chunk ? 0 : k);
   std::ostringstream os;

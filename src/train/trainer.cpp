@@ -226,7 +226,7 @@ TrainOutcome Trainer::run() {
                ? ""
                : " (recompute " +
                      s.model->recompute().describe(
-                         s.model->parallel().layers_per_chunk(s.model->shape().n_layer)) +
+                         s.model->parallel().most_chunk_layers(s.model->shape().n_layer)) +
                      ")")
        << ", in all " << all_mb << " MB | batch " << cfg.train.batch_size << " x " << T
        << " tokens, " << accum << " micro-batches of " << mbs << " | train "

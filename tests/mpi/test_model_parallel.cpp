@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <tuple>
 
 #include "../support/mpi_test_helpers.h"
@@ -425,6 +426,39 @@ TEST(ModelParallel, LogitsChunksTrainAsTheWholeMicroBatch) {
     // The option reaches the model: the rank holding the last chunk allocates less.
     if ((world_rank() / g.tp) % g.pp == g.pp - 1)
       EXPECT_LT(r.out.allocated_bytes, whole.out.allocated_bytes) << what;
+  }
+}
+
+// Uneven pipeline stages (parallel.stage_layers): 3 + 1 layers, 4 + 0 (the last stage only ln_f
+// and the head), 0 + 4 (the first only the embeddings), 1 + 2 + 1 + 0, and "auto" (3 + 1 here:
+// the head weighs ~1.3 layers), with ZeRO-1, tensor and sequence parallelism, full recomputation
+// and each schedule: the 1×1×1 run's losses, weights and validation loss, and the planned memory.
+TEST(ModelParallel, UnevenStagesMatchOneRank) {
+  const std::string dir = shared_dir("uneven");
+  const Result ref = run(dir, "ref", Grid{});
+  // grid, stage_layers, precision, recompute
+  const std::vector<std::tuple<Grid, std::string, std::string>> cases = {
+      {{1, 1, 2, 0, 4, "1f1b", 1}, "3,1", "none"},
+      {{2, 1, 2, 1, 2, "gpipe", 1}, "4,0", "none"},
+      {{1, 1, 4, 1, 4, "1f1b", 1}, "1,2,1,0", "full"},
+      {{1, 2, 2, 0, 2, "1f1b", 1, true}, "auto", "none"},
+      {{2, 2, 2, 1, 2, "gpipe", 1}, "0,4", "gelu"}};
+  for (const auto& [g, split, recompute] : cases) {
+    if (g.ranks() > world_size()) continue;
+    const std::string name = g.name() + "_" + split + "_" + recompute;
+    const auto args = grid_args(
+        dir, "uneven_" + std::to_string(std::hash<std::string>{}(name)), g,
+        {"--resume", "none", "--parallel.stage_layers", split, "--train.recompute", recompute});
+    const Result r = run_trainer(g.ranks(), args);
+    expect_same_training(r, ref, name);
+    if (world_rank() >= g.ranks()) continue;
+    std::vector<const char*> argv;
+    for (const auto& a : args) argv.push_back(a.c_str());
+    const Config cfg = parse_train_command_line(int(argv.size()), argv.data()).config;
+    const RunPlan plan = plan_run(cfg, g.ranks());
+    const int stage = (world_rank() / g.tp) % g.pp;
+    EXPECT_EQ(r.out.allocated_bytes, plan.stages[size_t(stage)].total()) << name;
+    if (split == "auto") EXPECT_EQ(stage_layers(cfg), (std::vector<int>{3, 1})) << name;
   }
 }
 

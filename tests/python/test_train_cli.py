@@ -46,6 +46,8 @@ def test_help_lists_every_key_with_defaults():
     (["--run.backend", "tpu"], ["run.backend"]),
     (["--train.recompute", "selective"], ["train.recompute", "none, gelu or full"]),
     (["--train.logits_chunk", "-5"], ["train.logits_chunk", ">= 0"]),
+    (["--parallel.stage_layers", "1,1"], ["parallel.stage_layers", "parallel.pp is 1"]),
+    (["--parallel.stage_layers", "two"], ["parallel.stage_layers", "layer counts"]),
     (["--train.recompute_layers", "1"], ["train.recompute_layers", "needs train.recompute"]),
     (["--train.recompute", "full", "--train.recompute_layers", "-1"], ["train.recompute_layers"]),
     (["--train.recompute", "gelu", "--train.recompute_layers", "99"],
@@ -103,6 +105,25 @@ def test_plan_shows_what_recomputation_saves_and_costs(tmp_path):
     assert ms_gelu == ms_none and ms_none < ms_full < 1.3 * ms_none, (ms_none, ms_full)
 
 
+def test_plan_auto_stage_layers_balance_the_head(tmp_path):
+    def plan(*extra):
+        out = train("--config", REPO / "inputs/models/gpt2-350m.ini", "--run.backend", "cuda",
+                    "--data.train", str(tmp_path / "none_*.bin"), "--train.batch_size", "64",
+                    "--train.micro_batch_size", "4", "--parallel.pp", "4", "--plan",
+                    "--plan-ranks", "4", "--plan-tflops", "300", *extra, check=True).stdout
+        layers = [int(l.split()[1]) for l in out.splitlines() if re.match(r"\s+[0-3]\s", l)]
+        ms = float(re.search(r"counted\): ([0-9.]+) ms", out).group(1))
+        return out, layers, ms
+
+    _, even, even_ms = plan()
+    out, auto, auto_ms = plan("--parallel.stage_layers", "auto")
+    assert even == [6, 6, 6, 6] and auto == [7, 7, 7, 3], (even, auto)
+    assert "| stage layers 7,7,7,3" in out, out
+    assert auto_ms < 0.9 * even_ms, (even_ms, auto_ms)
+    _, given, _ = plan("--parallel.stage_layers", "8,8,8,0")
+    assert given == [8, 8, 8, 0], given
+
+
 def test_plan_memory_budget_picks_the_cheapest_recomputation_that_fits(tmp_path):
     def plan(*extra):
         return train("--config", REPO / "inputs/models/gpt2-350m.ini", "--run.backend", "cuda",
@@ -139,6 +160,12 @@ def test_plan_memory_budget_picks_the_cheapest_recomputation_that_fits(tmp_path)
     (["--plan-tflops", "-1"], ["--plan-tflops"]),
     (["--plan-gbps", "-1"], ["--plan-gbps"]),
     (["--plan-memory-gb", "-2"], ["--plan-memory-gb"]),
+    (["--plan-ranks", "2", "--parallel.pp", "2", "--parallel.stage_layers", "2,1"],
+     ["parallel.stage_layers", "holds 3 layers, model.n_layer is 2"]),
+    (["--plan-ranks", "3", "--parallel.pp", "3", "--parallel.stage_layers", "2,0,0"],
+     ["parallel.stage_layers", "stage 1 no layers"]),
+    (["--plan-ranks", "4", "--parallel.pp", "4", "--parallel.stage_layers", "auto"],
+     ["parallel.pp", "model.n_layer + 1"]),
     (["--plan-ranks", "3", "--parallel.pp", "3"], ["parallel.pp", "model.n_layer"]),
 ])
 def test_plan_refuses_bad_grids(tmp_path, args, needles):

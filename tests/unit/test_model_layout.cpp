@@ -123,5 +123,31 @@ TEST(ModelLayout, PerRankParametersShrinkWithTheGrid) {
     }
 }
 
+// Uneven stages (parallel.stage_layers): each stage holds its count of consecutive layers, zero
+// included, and the stages together hold every layer once, in order.
+TEST(ModelLayout, UnevenStagesHoldConsecutiveLayers) {
+  for (const std::vector<int>& split :
+       {std::vector<int>{4, 4, 4, 0}, {9, 3}, {12, 0}, {1, 2, 9, 0}, {0, 12}}) {
+    const int pp = int(split.size());
+    std::vector<int> seen;
+    for (int p = 0; p < pp; ++p) {
+      ModelParallel mp = grid(1, 0, pp, p);
+      mp.stage_layers = split;
+      EXPECT_EQ(mp.chunk_layers(p, 12), split[size_t(p)]);
+      EXPECT_EQ(mp.rank_layers(12), split[size_t(p)]);
+      int layers = 0;
+      for (const auto& s : gpt_rank_layout(kGpt2, mp))
+        if (s.name.ends_with("/ln_1/weight")) {
+          seen.push_back(std::stoi(s.name.substr(2)));
+          ++layers;
+        }
+      EXPECT_EQ(layers, split[size_t(p)]) << "stage " << p;
+    }
+    std::vector<int> all(12);
+    for (int i = 0; i < 12; ++i) all[size_t(i)] = i;
+    EXPECT_EQ(seen, all);
+  }
+}
+
 }  // namespace
 }  // namespace triad

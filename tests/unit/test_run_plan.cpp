@@ -151,5 +151,36 @@ TEST(RunPlan, RefusesGridsNoRunCouldStart) {
   EXPECT_THROW(plan_run(c, 5), Error);
 }
 
+// parallel.stage_layers = auto gives the last stage fewer layers, for the head: GPT-2 350M on 4
+// stages 7,7,7,3 (the head is ~3.8 layers of compute); 124M 4,4,4,0 (~4.9 layers); the busiest
+// stage and so the simulated step shrink. Explicit lists and bad ones.
+TEST(RunPlan, AutoStageLayersBalanceTheHead) {
+  Config c = gpt2_124m(64, 4);
+  c.parallel.pp = 4;
+  c.parallel.stage_layers = "auto";
+  EXPECT_EQ(stage_layers(c), (std::vector<int>{4, 4, 4, 0}));
+  const RunPlan balanced = plan_run(c, 4);
+  c.parallel.stage_layers = "";
+  const RunPlan even = plan_run(c, 4);
+  EXPECT_LT(balanced.critical_flops, 0.9 * even.critical_flops);
+  EXPECT_LT(balanced.bubble, even.bubble);
+  EXPECT_EQ(balanced.stages[3].layers, 0);
+  c.model.n_layer = 24;
+  c.model.n_embd = 1024;
+  c.model.n_head = 16;
+  c.parallel.stage_layers = "auto";
+  EXPECT_EQ(stage_layers(c), (std::vector<int>{7, 7, 7, 3}));
+  c.parallel.stage_layers = "8,8,8,0";
+  EXPECT_EQ(stage_layers(c), (std::vector<int>{8, 8, 8, 0}));
+  for (const char* bad : {"8,8,8", "8,8,8,1", "8,8,-8,16", "8,8,x,8", "8,,8,8", "12,0,12,0"}) {
+    c.parallel.stage_layers = bad;
+    EXPECT_THROW(validate(c, 4), Error) << bad;
+  }
+  c.parallel.stage_layers = "auto";
+  c.parallel.schedule = "interleaved";
+  c.parallel.virtual_stages = 2;
+  EXPECT_THROW(validate(c, 4), Error) << "interleaved chunks are equal";
+}
+
 }  // namespace
 }  // namespace triad

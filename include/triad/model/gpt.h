@@ -21,10 +21,11 @@ struct GptShape {
 
 // How this rank's part of the model is cut (DESIGN.md §3): its tensor-parallel coordinate and
 // its pipeline stage. Layers receive the communicators from here; the defaults are one rank
-// holding the whole model. The pipeline cuts the n_layer layers into pp·virtual_stages equal
-// chunks; rank s holds chunks s, s + pp, s + 2·pp, ... (Megatron's interleaved assignment,
-// one chunk per rank when virtual_stages = 1). Global chunk 0 also holds the embeddings, the
-// last global chunk the final LayerNorm and the tied head (a copy of wte when pp > 1).
+// holding the whole model. The pipeline cuts the n_layer layers into pp·virtual_stages
+// consecutive chunks, equal ones unless stage_layers says otherwise; rank s holds chunks s,
+// s + pp, s + 2·pp, ... (Megatron's interleaved assignment, one chunk per rank when
+// virtual_stages = 1). Global chunk 0 also holds the embeddings, the last global chunk the final
+// LayerNorm and the tied head (a copy of wte when pp > 1).
 struct ModelParallel {
   int tp = 1, tp_rank = 0;
   int pp = 1, pp_rank = 0, virtual_stages = 1;
@@ -36,7 +37,29 @@ struct ModelParallel {
   Comm* pp_comm = nullptr;  // needed when pp > 1
   int chunks() const { return pp * virtual_stages; }
   bool split_rows() const { return sequence_parallel && tp > 1; }
-  int layers_per_chunk(int n_layer) const { return n_layer / chunks(); }
+  // The layers of each stage when they differ (virtual_stages = 1; parallel.stage_layers): pp
+  // counts summing to n_layer, so that the last stage's head can be balanced against the
+  // others' layers; the first and the last stage may have none (they hold the embeddings and
+  // the head), a stage in between not. Empty: n_layer / chunks() in every chunk.
+  std::vector<int> stage_layers;
+  int chunk_layers(int g, int n_layer) const {  // layers of global chunk g
+    return stage_layers.empty() ? n_layer / chunks() : stage_layers[size_t(g)];
+  }
+  int first_layer(int g, int n_layer) const {  // index of global chunk g's first layer
+    int first = 0;
+    for (int c = 0; c < g; ++c) first += chunk_layers(c, n_layer);
+    return first;
+  }
+  int most_chunk_layers(int n_layer) const {  // the most layers any chunk holds
+    int most = 0;
+    for (int g = 0; g < chunks(); ++g) most = std::max(most, chunk_layers(g, n_layer));
+    return most;
+  }
+  int rank_layers(int n_layer) const {  // the layers of this rank's chunks together
+    int n = 0;
+    for (int c = 0; c < virtual_stages; ++c) n += chunk_layers(global_chunk(c), n_layer);
+    return n;
+  }
   int global_chunk(int local_chunk) const { return local_chunk * pp + pp_rank; }
   bool first_stage() const { return pp_rank == 0; }
   bool last_stage() const { return pp_rank == pp - 1; }
@@ -108,7 +131,7 @@ struct Recomputation {
   int layers = 0;
   Recomputation(Recompute m = Recompute::none, int n = 0) : mode(m), layers(n) {}
   Recompute in_layer(int i) const { return layers == 0 || i < layers ? mode : Recompute::none; }
-  int count(int per_chunk) const {  // layers of a chunk that recompute
+  int count(int per_chunk) const {  // layers that recompute of a chunk of per_chunk layers
     return mode == Recompute::none ? 0 : layers == 0 ? per_chunk : std::min(layers, per_chunk);
   }
   std::string describe(int per_chunk) const;  // "full", "full in 2 of 6 layers per chunk"

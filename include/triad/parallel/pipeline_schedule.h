@@ -81,8 +81,8 @@ struct SimResult {
 SimResult simulate(const PipelineSchedule& schedule, int pp, int m, int v, double t_fwd = 1.0,
                    double t_bwd = 2.0);
 // The same with each rank's own times (uneven stages: the last one holds the head), t_fwd[s] and
-// t_bwd[s] for all of rank s's chunks together; the bubble then counts the imbalance's idle time
-// too.
+// t_bwd[s] for all of rank s's chunks together (>= 0: a stage without layers may only relay);
+// the bubble then counts the imbalance's idle time too.
 SimResult simulate(const PipelineSchedule& schedule, int pp, int m, int v,
                    const std::vector<double>& t_fwd, const std::vector<double>& t_bwd,
                    int grad_buffers = 0);

@@ -70,6 +70,9 @@ struct ParallelConfig {
   std::string schedule = "1f1b";
   int virtual_stages = 1;
   bool sequence_parallel = false;  // LayerNorm regions split by sequence over the tp group
+  // Layers per pipeline stage: "" (equal), "auto" (balance the last stage's head against the
+  // others' layers) or pp counts "7,7,7,3" summing to model.n_layer (virtual_stages = 1).
+  std::string stage_layers;
   // How device buffers travel between ranks (cuda backend): mpi (staged through host memory),
   // nccl, or auto (nccl when every rank has a GPU of its own and NCCL loads, else mpi).
   std::string comm = "auto";
@@ -118,6 +121,10 @@ struct CommandLine {
   bool help = false;
   std::string help_text;
 };
+
+// parallel.stage_layers as pp counts summing to n_layer ("7,7,7,3"); throws triad::Error naming
+// the key otherwise.
+std::vector<int> parse_stage_layers(const std::string& text, int pp, int n_layer);
 
 // Parses triad-train's command line (argv without MPI's arguments). Throws triad::Error.
 CommandLine parse_train_command_line(int argc, const char* const* argv);
