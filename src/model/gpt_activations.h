@@ -52,7 +52,9 @@ struct Gpt::Activations {
   using Layer = typename Set<A>::Layer;
   std::vector<std::vector<Set<A>>> sets;  // [local chunk][slot]
   // Backward scratch, reused by every layer of every chunk.
-  A *dresidual, *dln, *datty, *dqkv, *dfch, *dfch_gelu;
+  A* dresidual;  // the residual stream's gradient
+  // The layers' backward scratch (null on a pipeline stage without layers).
+  A *dln = nullptr, *datty = nullptr, *dqkv = nullptr, *dfch = nullptr, *dfch_gelu = nullptr;
   // Recomputation: the GELU output every layer shares (gelu), or the one layer whose internals
   // every layer shares (full; its residual3 is unused).
   A* gelu_work = nullptr;
@@ -135,12 +137,14 @@ struct Gpt::Activations {
       }
     }
     want(dresidual, R * C);
-    want(dln, BT * C);
-    want(datty, BT * Cl);
-    want(dqkv, BT * 3 * Cl);
-    if (kFp32) want_f(datt_scratch, att);
-    want(dfch, BT * 4 * Cl);
-    want(dfch_gelu, BT * 4 * Cl);
+    if (mp.rank_layers(s.n_layer) > 0) {  // the layers' backward scratch
+      want(dln, BT * C);
+      want(datty, BT * Cl);
+      want(dqkv, BT * 3 * Cl);
+      if (kFp32) want_f(datt_scratch, att);
+      want(dfch, BT * 4 * Cl);
+      want(dfch_gelu, BT * 4 * Cl);
+    }
     want_f(ce_stats, 4 * BT);
     bool holds_last = false;
     for (size_t c = 0; c < slots.size(); ++c)

@@ -143,20 +143,22 @@ void check(bool ok, const std::string& key, const std::string& problem) {
 std::vector<int> parse_stage_layers(const std::string& text, int pp, int n_layer) {
   const std::string key = "config: parallel.stage_layers";
   std::vector<int> counts;
+  int64_t sum = 0;
   size_t at = 0;
   while (at <= text.size()) {
     const size_t end = std::min(text.find(',', at), text.size());
-    const std::string item = text.substr(at, end - at);
+    std::string item = text.substr(at, end - at);
+    item.erase(0, item.find_first_not_of(" \t"));
+    item.erase(item.find_last_not_of(" \t") + 1);
     int v = -1;
     const auto r = std::from_chars(item.data(), item.data() + item.size(), v);
     TRIAD_CHECK(
         !item.empty() && r.ec == std::errc() && r.ptr == item.data() + item.size() && v >= 0, key,
         " must be empty, auto or parallel.pp comma-separated layer counts >= 0 (got '", text, "')");
     counts.push_back(v);
+    sum += v;
     at = end + 1;
   }
-  int sum = 0;
-  for (int v : counts) sum += v;
   TRIAD_CHECK(int(counts.size()) == pp, key, " '", text, "' gives ", counts.size(),
               " stages, parallel.pp is ", pp);
   TRIAD_CHECK(sum == n_layer, key, " '", text, "' holds ", sum, " layers, model.n_layer is ",
@@ -167,6 +169,45 @@ std::vector<int> parse_stage_layers(const std::string& text, int pp, int n_layer
     TRIAD_CHECK(counts[size_t(s)] > 0, key, " '", text, "' gives stage ", s,
                 " no layers: only the first and the last stage may have none");
   return counts;
+}
+
+std::vector<int> stage_layers(const Config& cfg) {
+  std::string text = cfg.parallel.stage_layers;
+  text.erase(0, text.find_first_not_of(" \t"));
+  text.erase(text.find_last_not_of(" \t") + 1);
+  const int pp = cfg.parallel.pp, L = cfg.model.n_layer;
+  if (text.empty() || pp == 1) return {};
+  if (text != "auto") return parse_stage_layers(text, pp, L);
+  // Balance the compute per token: a layer costs 72·C² + 6·C·T FLOPs forward and backward, plus
+  // 16·C² + 2·C·T where full recomputation reruns it (the first train.recompute_layers of a
+  // stage, or all); the last stage adds the head, 6·Vp·C. The last stage gets k layers, the
+  // others L − k spread as evenly as possible, at least one each, the extra ones on the stages
+  // nearest the end (the first stages keep the most micro-batches in flight under 1F1B); k
+  // minimizes the busiest stage, the largest such k on a tie.
+  const double C = cfg.model.n_embd, T = cfg.model.seq_len;
+  const double layer = 72 * C * C + 6 * C * T, rerun = 16 * C * C + 2 * C * T;
+  const double head = 6.0 * cfg.padded_vocab_size() * C;
+  const bool full = cfg.train.recompute == "full";
+  auto cost = [&](int layers) {
+    const int rc = !full                             ? 0
+                   : cfg.train.recompute_layers == 0 ? layers
+                                                     : std::min(layers, cfg.train.recompute_layers);
+    return layers * layer + rc * rerun;
+  };
+  int best_k = 0;
+  double best = 1e300;
+  for (int k = 0; k <= L - (pp - 1); ++k) {
+    const int most = (L - k + pp - 2) / (pp - 1);
+    const double busiest = std::max(cost(most), cost(k) + head);
+    if (busiest <= best * (1 + 1e-12)) {
+      best = busiest;
+      best_k = k;
+    }
+  }
+  std::vector<int> split(size_t(pp), (L - best_k) / (pp - 1));
+  for (int s = 0; s < (L - best_k) % (pp - 1); ++s) ++split[size_t(pp - 2 - s)];
+  split.back() = best_k;
+  return split;
 }
 
 bool Config::bf16() const {
@@ -343,7 +384,7 @@ void validate(const Config& c, int world_size) {
             "): attention is split by heads");
   const int chunks = std::max(1, par.pp * par.virtual_stages);
   int most_layers = m.n_layer / chunks;  // the most layers of a pipeline chunk
-  if (par.stage_layers.empty()) {
+  if (par.stage_layers.find_first_not_of(" \t") == std::string::npos) {  // equal chunks
     check(par.pp <= m.n_layer, "parallel.pp",
           "(" + std::to_string(par.pp) + ") must not exceed model.n_layer (" +
               std::to_string(m.n_layer) + "): every stage needs a layer");
@@ -355,18 +396,17 @@ void validate(const Config& c, int world_size) {
   } else {
     check(par.virtual_stages == 1, "parallel.stage_layers",
           "needs parallel.virtual_stages = 1 (interleaved chunks are equal)");
-    if (par.stage_layers == "auto") {
+    const bool automatic = par.stage_layers.find("auto") != std::string::npos;
+    if (automatic)
       check(par.pp <= m.n_layer + 1, "parallel.pp",
             "(" + std::to_string(par.pp) + ") must not exceed model.n_layer + 1 (" +
                 std::to_string(m.n_layer + 1) +
                 ") for parallel.stage_layers = auto: every stage but the last needs a layer");
-    }
-    if (par.stage_layers != "auto") {
+    if (par.pp > 1 || !automatic) {
       most_layers = 0;
-      for (int n : parse_stage_layers(par.stage_layers, std::max(1, par.pp), m.n_layer))
-        most_layers = std::max(most_layers, n);
-    } else {
-      most_layers = m.n_layer;  // bounded by the split "auto" finds; checked by the model
+      const auto split =
+          par.pp > 1 ? stage_layers(c) : parse_stage_layers(par.stage_layers, 1, m.n_layer);
+      for (int n : split) most_layers = std::max(most_layers, n);
     }
   }
   check(t.recompute_layers <= most_layers, "train.recompute_layers",

@@ -39,33 +39,6 @@ GptShape gpt_shape(const Config& cfg) {
   return GptShape{m.n_layer, m.n_head, m.n_embd, m.seq_len, m.vocab_size, cfg.padded_vocab_size()};
 }
 
-std::vector<int> stage_layers(const Config& cfg) {
-  const std::string& text = cfg.parallel.stage_layers;
-  const int pp = cfg.parallel.pp, L = cfg.model.n_layer;
-  if (text.empty() || pp == 1) return {};
-  if (text != "auto") return parse_stage_layers(text, pp, L);
-  // Balance the compute: every layer costs the same (72·C² + 6·C·T FLOPs per token, forward and
-  // backward), the last stage adds the head (6·Vp·C); give it k layers and spread the others as
-  // evenly as possible (the extra ones to the first stages; at least one each), k minimizing
-  // the busiest stage.
-  const double C = cfg.model.n_embd, layer = 72 * C * C + 6 * C * cfg.model.seq_len;
-  const double head = 6.0 * cfg.padded_vocab_size() * C;
-  int best_k = L / pp;
-  double best = 1e300;
-  for (int k = 0; k <= L - (pp - 1); ++k) {  // every stage before the last keeps a layer
-    const int rest = L - k, most = (rest + pp - 2) / (pp - 1);
-    const double busiest = std::max(most * layer, k * layer + head);
-    if (busiest < best * (1 - 1e-12)) {
-      best = busiest;
-      best_k = k;
-    }
-  }
-  std::vector<int> split(size_t(pp), (L - best_k) / (pp - 1));
-  for (int s = 0; s < (L - best_k) % (pp - 1); ++s) ++split[size_t(s)];
-  split.back() = best_k;
-  return split;
-}
-
 ModelParallel model_parallel(const Config& cfg, int pp_rank, int tp_rank) {
   ModelParallel mp;
   mp.stage_layers = stage_layers(cfg);

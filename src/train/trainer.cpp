@@ -217,7 +217,11 @@ TrainOutcome Trainer::run() {
     const double act_mb = largest(s.model->activation_bytes());
     const double all_mb = largest(s.be->allocated_bytes());
     std::ostringstream os;
-    os << "triad: " << s.grid.describe() << " | backend " << s.be->name() << " "
+    std::string split;  // uneven pipeline stages
+    for (int n : s.model->parallel().stage_layers)
+      split += (split.empty() ? " (stage layers " : ",") + std::to_string(n);
+    if (!split.empty()) split += ")";
+    os << "triad: " << s.grid.describe() << split << " | backend " << s.be->name() << " "
        << precision_name(s.model->precision()) << " (" << omp_get_max_threads() << " threads) | "
        << "comm " << s.comm_desc << " | " << s.model->num_parameters() << " parameters | "
        << "largest per rank: parameters " << std::fixed << std::setprecision(1) << param_mb

@@ -424,8 +424,9 @@ TEST(ModelParallel, LogitsChunksTrainAsTheWholeMicroBatch) {
     const StageMemory& m = plan.stages[size_t((world_rank() / g.tp) % g.pp)];
     EXPECT_EQ(r.out.allocated_bytes, m.total()) << what << " rank " << world_rank();
     // The option reaches the model: the rank holding the last chunk allocates less.
-    if ((world_rank() / g.tp) % g.pp == g.pp - 1)
+    if ((world_rank() / g.tp) % g.pp == g.pp - 1) {
       EXPECT_LT(r.out.allocated_bytes, whole.out.allocated_bytes) << what;
+    }
   }
 }
 
@@ -458,8 +459,24 @@ TEST(ModelParallel, UnevenStagesMatchOneRank) {
     const RunPlan plan = plan_run(cfg, g.ranks());
     const int stage = (world_rank() / g.tp) % g.pp;
     EXPECT_EQ(r.out.allocated_bytes, plan.stages[size_t(stage)].total()) << name;
-    if (split == "auto") EXPECT_EQ(stage_layers(cfg), (std::vector<int>{3, 1})) << name;
+    if (split == "auto") {
+      EXPECT_EQ(stage_layers(cfg), (std::vector<int>{3, 1})) << name;
+    }
   }
+  // Checkpoints hold whole tensors: one saved with stages of 4 + 0 layers (and sequence
+  // parallelism) resumes on one rank and on 0 + 4 exactly as the uninterrupted run continues.
+  const Grid sp{1, 2, 2, 0, 2, "1f1b", 1, true};
+  if (sp.ranks() > world_size()) return;
+  const Result full =
+      run(dir, "split40", sp, {"--resume", "none", "--parallel.stage_layers", "4,0"});
+  Result tail = full;
+  tail.losses.erase(tail.losses.begin(), tail.losses.begin() + 3);
+  const std::string ckpt = dir + "/runs/split40/ckpt/step_00000003.h5";
+  expect_same_training(run(dir, "split40_to_one", Grid{}, {"--resume", ckpt}), tail,
+                       "4,0 to one rank");
+  expect_same_training(
+      run(dir, "split40_to_04", sp, {"--resume", ckpt, "--parallel.stage_layers", "0,4"}), tail,
+      "4,0 to 0,4");
 }
 
 }  // namespace

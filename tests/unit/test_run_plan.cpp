@@ -170,8 +170,33 @@ TEST(RunPlan, AutoStageLayersBalanceTheHead) {
   c.model.n_head = 16;
   c.parallel.stage_layers = "auto";
   EXPECT_EQ(stage_layers(c), (std::vector<int>{7, 7, 7, 3}));
-  c.parallel.stage_layers = "8,8,8,0";
+  c.parallel.stage_layers = " 8, 8 ,8,0 ";  // spaces as INI files have them
   EXPECT_EQ(stage_layers(c), (std::vector<int>{8, 8, 8, 0}));
+  // 5 stages: the busiest stage holds 6 layers whether the last holds 0, 1 or 2 (the head is
+  // ~3.8 layers); the tie goes to the most on the last stage, and the extra layers to the stages
+  // nearest the end, which keep the fewest micro-batches in flight.
+  c.parallel.pp = 5;
+  c.parallel.stage_layers = "auto";
+  EXPECT_EQ(stage_layers(c), (std::vector<int>{5, 5, 6, 6, 2}));
+  c.parallel.pp = 4;
+  c.model.n_layer = 12;
+  c.model.n_embd = 768;
+  c.model.n_head = 12;
+  // GPT-2 124M on 3 stages: the busiest holds 6 layers with 0 or 1 on the last (the head ~4.9
+  // layers): 5,6,1. With full recomputation a layer costs 23% more and the head only ~4 of
+  // them: 5,5,2.
+  c.parallel.pp = 3;
+  EXPECT_EQ(stage_layers(c), (std::vector<int>{5, 6, 1}));
+  c.train.recompute = "full";
+  EXPECT_EQ(stage_layers(c), (std::vector<int>{5, 5, 2}));
+  c.train.recompute_layers = 99;
+  EXPECT_THROW(validate(c, 3), Error) << "recompute_layers above the auto split's stages";
+  c.train.recompute = "none";
+  c.train.recompute_layers = 0;
+  c.model.n_layer = 24;
+  c.model.n_embd = 1024;
+  c.model.n_head = 16;
+  c.parallel.pp = 4;
   for (const char* bad : {"8,8,8", "8,8,8,1", "8,8,-8,16", "8,8,x,8", "8,,8,8", "12,0,12,0"}) {
     c.parallel.stage_layers = bad;
     EXPECT_THROW(validate(c, 4), Error) << bad;

@@ -122,9 +122,12 @@ struct CommandLine {
   std::string help_text;
 };
 
-// parallel.stage_layers as pp counts summing to n_layer ("7,7,7,3"); throws triad::Error naming
-// the key otherwise.
+// parallel.stage_layers as pp counts summing to n_layer ("7,7,7,3", spaces allowed); throws
+// triad::Error naming the key otherwise.
 std::vector<int> parse_stage_layers(const std::string& text, int pp, int n_layer);
+// parallel.stage_layers resolved: empty (equal chunks; also for pp = 1), the given counts, or
+// for "auto" the split that balances the stages' compute against the last stage's head.
+std::vector<int> stage_layers(const Config& cfg);
 
 // Parses triad-train's command line (argv without MPI's arguments). Throws triad::Error.
 CommandLine parse_train_command_line(int argc, const char* const* argv);

@@ -21,9 +21,6 @@ namespace triad {
 // build from these.
 GptShape gpt_shape(const Config& cfg);
 ModelParallel model_parallel(const Config& cfg, int pp_rank, int tp_rank);
-// parallel.stage_layers resolved: empty (equal chunks), the given counts, or for "auto" the
-// split that balances each stage's compute with the last stage's head.
-std::vector<int> stage_layers(const Config& cfg);
 // train.recompute, train.recompute_layers and train.logits_chunk
 ActivationOptions activation_options(const Config& cfg);
 
