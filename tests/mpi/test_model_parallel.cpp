@@ -81,6 +81,19 @@ Result run(const std::string& dir, const std::string& name, const Grid& g,
   return run_trainer(g.ranks(), grid_args(dir, name, g, std::move(extra)));
 }
 
+// The config of a triad-train command line.
+Config config_of(const std::vector<std::string>& args) {
+  std::vector<const char*> argv;
+  for (const auto& a : args) argv.push_back(a.c_str());
+  return parse_train_command_line(int(argv.size()), argv.data()).config;
+}
+
+// What --plan says this rank holds on its backend for the run of `args` on grid g.
+size_t planned_bytes(const std::vector<std::string>& args, const Grid& g) {
+  const RunPlan plan = plan_run(config_of(args), g.ranks());
+  return plan.stages[size_t((world_rank() / g.tp) % g.pp)].total();
+}
+
 TEST(ModelParallel, EveryGridMatchesOneRank) {
   const std::string dir = shared_dir("grid");
   const Result ref = run(dir, "ref", Grid{});
@@ -372,12 +385,7 @@ TEST(ModelParallel, RecomputationChangesMemoryNotResults) {
     EXPECT_EQ(std::memcmp(r.params.data(), keep.params.data(), r.params.size() * sizeof(float)), 0)
         << what << ": weights differ";
     if (world_rank() >= g.ranks()) continue;
-    std::vector<const char*> argv;
-    for (const auto& a : args) argv.push_back(a.c_str());
-    const RunPlan plan =
-        plan_run(parse_train_command_line(int(argv.size()), argv.data()).config, g.ranks());
-    const StageMemory& m = plan.stages[size_t((world_rank() / g.tp) % g.pp)];
-    EXPECT_EQ(r.out.allocated_bytes, m.total()) << what << " rank " << world_rank();
+    EXPECT_EQ(r.out.allocated_bytes, planned_bytes(args, g)) << what << " rank " << world_rank();
     EXPECT_LT(r.out.allocated_bytes, keep.out.allocated_bytes) << what;
   }
 }
@@ -417,12 +425,7 @@ TEST(ModelParallel, LogitsChunksTrainAsTheWholeMicroBatch) {
         EXPECT_NEAR(r.losses[i], whole.losses[i], 2e-3 * whole.losses[i]) << what << " step " << i;
     }
     if (world_rank() >= g.ranks()) continue;
-    std::vector<const char*> argv;
-    for (const auto& a : args) argv.push_back(a.c_str());
-    const RunPlan plan =
-        plan_run(parse_train_command_line(int(argv.size()), argv.data()).config, g.ranks());
-    const StageMemory& m = plan.stages[size_t((world_rank() / g.tp) % g.pp)];
-    EXPECT_EQ(r.out.allocated_bytes, m.total()) << what << " rank " << world_rank();
+    EXPECT_EQ(r.out.allocated_bytes, planned_bytes(args, g)) << what << " rank " << world_rank();
     // The option reaches the model: the rank holding the last chunk allocates less.
     if ((world_rank() / g.tp) % g.pp == g.pp - 1) {
       EXPECT_LT(r.out.allocated_bytes, whole.out.allocated_bytes) << what;
@@ -453,14 +456,9 @@ TEST(ModelParallel, UnevenStagesMatchOneRank) {
     const Result r = run_trainer(g.ranks(), args);
     expect_same_training(r, ref, name);
     if (world_rank() >= g.ranks()) continue;
-    std::vector<const char*> argv;
-    for (const auto& a : args) argv.push_back(a.c_str());
-    const Config cfg = parse_train_command_line(int(argv.size()), argv.data()).config;
-    const RunPlan plan = plan_run(cfg, g.ranks());
-    const int stage = (world_rank() / g.tp) % g.pp;
-    EXPECT_EQ(r.out.allocated_bytes, plan.stages[size_t(stage)].total()) << name;
+    EXPECT_EQ(r.out.allocated_bytes, planned_bytes(args, g)) << name;
     if (split == "auto") {
-      EXPECT_EQ(stage_layers(cfg), (std::vector<int>{3, 1})) << name;
+      EXPECT_EQ(stage_layers(config_of(args)), (std::vector<int>{3, 1})) << name;
     }
   }
   // Checkpoints hold whole tensors: one saved with stages of 4 + 0 layers (and sequence
