@@ -305,13 +305,18 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
       --parallel.comm nccl --resume none --run.name curve_nccl --train.steps 50 --checkpoint.every 0 \
       >"$RUN/curve_nccl.txt" 2>&1 || tail -8 "$RUN/curve_nccl.txt"
     echo "RESULT_NCCL_LINE $(grep -o 'comm [^|]*' "$RUN/curve_nccl.txt" | head -1)"
-    # Two ranks sharing the GPU (Comms staged through host memory): dp=2 and tp=2 in bf16.
+    # Two ranks sharing the GPU (Comms staged through host memory): dp=2, tp=2, and pp=2 with
+    # both layers on the first stage (the last holds only ln_f and the head), full recomputation
+    # and the loss in chunks of 24 tokens, in bf16.
     if [[ -x $DEV/mpi/bin/mpirun ]]; then
-      for g in "dp 1" "tp 2"; do
-        read -r name tpn <<<"$g"
+      for name in dp tp pp; do
+        extra=()
+        [[ $name == tp ]] && extra=(--parallel.tp 2)
+        [[ $name == pp ]] && extra=(--parallel.pp 2 --parallel.stage_layers 2,0 --train.recompute full
+                                    --train.logits_chunk 24)
         timeout "$(tmo 90 150)" mpirun -np 2 --oversubscribe --mca btl self,vader --mca pml ob1 \
           "$B/triad-train" --config "$W/tiny.ini" --run.backend cuda --run.precision bf16 \
-          --parallel.tp "$tpn" --resume none --run.name "curve_np2_$name" --train.steps 50 \
+          "${extra[@]}" --resume none --run.name "curve_np2_$name" --train.steps 50 \
           --checkpoint.every 0 >"$RUN/curve_np2_$name.txt" 2>&1 || tail -8 "$RUN/curve_np2_$name.txt"
       done
     fi
@@ -344,7 +349,7 @@ try:
     print(f"RESULT_NCCL 1 rank parallel.comm=nccl: {len(x)} steps, {'bit-identical to' if same else 'DIFFERS from'} comm=mpi")
 except Exception as e:
     print(f"RESULT_NCCL failed: {e}")
-for g in ("dp", "tp"):
+for g in ("dp", "tp", "pp"):
     try:
         with h5py.File(w / "runs" / f"curve_np2_{g}" / "metrics.h5", "r") as f:
             x = f["train/loss"][:]
