@@ -99,8 +99,14 @@ RunPlan plan_run(const Config& cfg, int world_size) {
     const double d = p.grid.dp;
     if (zero) {
       m.dp_reduce_scatter = m.model.buffer_floats * sizeof(float);
-      m.dp_all_gather = range * sizeof(float);
-      m.dp_wire_bytes = 2 * (d - 1) / d * double(m.dp_reduce_scatter);
+      // The slices come back as the bf16 copy where that is all the layers read (bf16, pp = 1;
+      // Trainer::State::gathers_bf16), else as fp32 master weights.
+      const bool bf16_gather = p.precision == Precision::bf16 && p.grid.pp == 1;
+      m.dp_all_gather = range * (bf16_gather ? sizeof(bf16_t) : sizeof(float));
+      // A ring moves (dp−1)/dp of the buffer for the reduce-scatter and receives the dp−1 other
+      // slices of the gather.
+      m.dp_wire_bytes =
+          (d - 1) / d * double(m.dp_reduce_scatter) + (d - 1) * double(m.dp_all_gather);
     } else if (p.grid.dp > 1) {
       m.dp_all_reduce = m.model.param_floats * sizeof(float);
       m.dp_wire_bytes = 2 * (d - 1) / d * double(m.dp_all_reduce);

@@ -98,6 +98,13 @@ std::vector<float> Trainer::parameters() const {
   const auto& mp = s.model->parallel();
   std::vector<float> local(s.model->num_floats());
   s.be->copy_to_host(local.data(), s.model->params(), local.size());
+  if (s.cfg.parallel.zero == 1 && s.gathers_bf16()) {
+    // Only this rank's slice of the fp32 master weights is current: assemble them first.
+    const size_t lo = std::min(s.shard_lo, local.size()), hi = std::min(s.shard_hi, local.size());
+    std::fill(local.begin(), local.begin() + long(lo), 0.0f);
+    std::fill(local.begin() + long(hi), local.end(), 0.0f);
+    s.grid.dp().all_reduce_sum(local.data(), local.size());
+  }
   std::vector<ParamSpec> full = gpt_parameter_layout(s.model_shape());
   std::vector<size_t> at(full.size());
   size_t n = 0;
@@ -301,12 +308,21 @@ TrainOutcome Trainer::run() {
     const size_t lo = zero ? s.shard_lo : 0, hi = zero ? s.shard_hi : s.model->num_floats();
     if (zero) s.grid.dp().reduce_scatter_sum(s.model->grads(), g, hi - lo);
     const double norm = s.grad_norm(g, lo, hi);
-    // Without ZeRO the update writes the bf16 copy of every weight as it goes; under ZeRO the
-    // other ranks' slices arrive in fp32 and the whole copy is refreshed after the gather.
+    // The update writes the bf16 copy of the weights it updates as it goes (bf16 precision).
+    // Under ZeRO the other ranks' slices arrive afterwards: as bf16 where only the layers read
+    // them (half the bytes, as llm.c gathers), else in fp32 with the copy refreshed from them.
     // Clipped by the global norm as the optimizer reads the gradient (no pass of its own).
-    s.opt->update(s.model->params(), g, lr, st + 1, zero ? nullptr : s.model->params_bf16(),
+    const bool gather_bf16 = zero && s.gathers_bf16();
+    s.opt->update(s.model->params(), g, lr, st + 1,
+                  !zero || gather_bf16 ? s.model->params_bf16() : nullptr,
                   clip_scale(norm, cfg.train.grad_clip));
-    if (zero) {
+    if (gather_bf16) {
+      // The fp32 master weights outside this rank's slice go stale; only the slice owner's are
+      // read (checkpoints write each rank's slice, parameters() gathers them).
+      bf16_t* copy = s.model->params_bf16();
+      s.grid.dp().all_gather(reinterpret_cast<float*>(copy + lo), reinterpret_cast<float*>(copy),
+                             (hi - lo) / 2);
+    } else if (zero) {
       s.grid.dp().all_gather(s.model->params() + lo, s.model->params(), hi - lo);
       s.model->params_updated();
     }

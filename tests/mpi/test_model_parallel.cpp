@@ -477,6 +477,39 @@ TEST(ModelParallel, UnevenStagesMatchOneRank) {
       "4,0 to 0,4");
 }
 
+// ZeRO-1 in bf16 without a pipeline gathers the updated slices as the bf16 copy (half the bytes
+// of fp32 master weights), leaving each rank's fp32 weights outside its slice stale. With two
+// data-parallel ranks a reduce-scatter and an all-reduce add the same two numbers, so without
+// clipping (whose norm sums in another order) ZeRO-1 must train bit for bit as plain data
+// parallelism, whose every rank updates all weights; its checkpoints (each rank writes its
+// slice) must resume exactly, and the gather must move half the bytes.
+TEST(ModelParallel, ZeroGathersTheBf16CopyExactly) {
+  const std::string dir = shared_dir("zero_bf16");
+  for (const int tp : {1, 2}) {
+    const Grid zero{2, tp, 1, 1, 2, "1f1b", 1}, plain{2, tp, 1, 0, 2, "1f1b", 1};
+    if (zero.ranks() > world_size()) continue;
+    const std::vector<std::string> bf16 = {"--resume",          "none", "--run.precision", "bf16",
+                                           "--train.grad_clip", "0"};
+    const Result a = run(dir, "plain_" + plain.name(), plain, bf16);
+    const Result z = run(dir, "zero_" + zero.name(), zero, bf16);
+    EXPECT_EQ(z.losses, a.losses) << zero.name();
+    EXPECT_EQ(z.val_loss, a.val_loss) << zero.name();
+    EXPECT_EQ(z.params, a.params) << zero.name() << ": master weights";
+    const std::string ckpt = dir + "/runs/zero_" + zero.name() + "/ckpt/step_00000003.h5";
+    std::vector<std::string> resume = bf16;
+    resume[1] = ckpt;
+    const Result r = run(dir, "resumed_" + zero.name(), zero, resume);
+    ASSERT_EQ(r.losses.size(), 3u) << zero.name();
+    for (size_t i = 0; i < 3; ++i) EXPECT_EQ(r.losses[i], z.losses[3 + i]) << zero.name() << i;
+    EXPECT_EQ(r.params, z.params) << zero.name() << ": resumed master weights";
+    if (world_rank() < zero.ranks()) {
+      // This rank's slice, gathered as bf16 at each of the resumed run's 3 steps.
+      const size_t slice = r.out.buffer_floats / 2;
+      EXPECT_EQ(r.out.dp_traffic.bytes[CommStats::kAllGather], 3 * slice * sizeof(bf16_t));
+    }
+  }
+}
+
 }  // namespace
 }  // namespace triad
 

@@ -87,12 +87,19 @@ TEST(RunPlan, ShardsAndZeroShrinkWhatTheyShould) {
   EXPECT_EQ(d.optimizer, 2 * d.model.weights / 8);
   EXPECT_EQ(d.grad_shard, d.model.weights / 8);
   EXPECT_LT(d.model.activations, s.model.activations) << "micro-batch 8 instead of 16";
-  // ZeRO-1's reduction: the whole fp32 gradient buffer reduce-scattered, the slice gathered; a
-  // ring moves 2·7/8 of the buffer over each link. One rank without ZeRO: nothing.
+  // ZeRO-1's reduction: the whole fp32 gradient buffer reduce-scattered, the slice gathered as
+  // its bf16 copy (bf16 precision, no pipeline); a ring moves 7/8 of the buffer and 7 bf16
+  // slices over each link: 1.5·7/8 of the fp32 buffer. One rank without ZeRO: nothing.
   EXPECT_EQ(d.dp_reduce_scatter, d.model.weights);
-  EXPECT_EQ(d.dp_all_gather, d.model.weights / 8);
+  EXPECT_EQ(d.dp_all_gather, d.model.weights / 8 / 2);
   EXPECT_EQ(d.dp_all_reduce, 0u);
-  EXPECT_DOUBLE_EQ(d.dp_wire_bytes, 2.0 * 7 / 8 * double(d.model.weights));
+  EXPECT_DOUBLE_EQ(d.dp_wire_bytes, 1.5 * 7 / 8 * double(d.model.weights));
+  // fp32, or a pipeline (the tied embedding is synchronized from fp32): the slice in fp32.
+  Config zp = z;
+  zp.run.precision = "fp32";
+  const StageMemory& f = plan_run(zp, 8).stages[0];
+  EXPECT_EQ(f.dp_all_gather, f.model.weights / 8);
+  EXPECT_DOUBLE_EQ(f.dp_wire_bytes, 2.0 * 7 / 8 * double(f.model.weights));
   EXPECT_EQ(s.dp_reduce_scatter + s.dp_all_gather + s.dp_all_reduce, 0u);
   const std::string text = format_run_plan(dp8, z, 0, 100);
   std::ostringstream want;  // at 100 GB/s
