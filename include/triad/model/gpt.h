@@ -227,7 +227,9 @@ class Gpt {
   float* grads() { return grads_; }
   // After anything writes params() (an optimizer update, a checkpoint load): refreshes the bf16
   // copy the layers read (bf16 precision; nothing to do in fp32). sync_tied_embedding() keeps
-  // the copy of what it receives current itself.
+  // the copy of what it receives current itself. Only while all of params() is current: after
+  // a ZeRO-1 step that gathered the bf16 copy (the trainer, bf16 with pp = 1) the fp32 weights
+  // outside this rank's slice are stale and would overwrite the gathered ones.
   void params_updated();
   // The bf16 copy of params() (same layout), for an optimizer update that writes it in the same
   // pass; null in fp32.
