@@ -320,16 +320,16 @@ void Gpt::params_updated() {
   if (params_bf16_) be_.convert(params_bf16_, params_, buffer_floats_);
 }
 
-int64_t Gpt::num_parameters() const {
+int64_t Gpt::num_parameters(const GptShape& shape) {
   int64_t n = 0;
-  for (const auto& s : gpt_parameter_layout(shape_)) n += int64_t(s.numel);
+  for (const auto& s : gpt_parameter_layout(shape)) n += int64_t(s.numel);
   // wte's padding rows are not parameters of the model.
-  return n - int64_t(shape_.padded_vocab_size - shape_.vocab_size) * shape_.n_embd;
+  return n - int64_t(shape.padded_vocab_size - shape.vocab_size) * shape.n_embd;
 }
 
-double Gpt::flops_per_token() const {
-  return 6.0 * double(num_parameters()) +
-         6.0 * shape_.n_layer * double(shape_.n_embd) * double(shape_.seq_len);
+double Gpt::flops_per_token(const GptShape& shape) {
+  return 6.0 * double(num_parameters(shape)) +
+         6.0 * shape.n_layer * double(shape.n_embd) * double(shape.seq_len);
 }
 
 // Rounded up to a multiple of 8 rows, so that every chunk's rows start 16-byte aligned for the
@@ -344,13 +344,18 @@ int Gpt::logits_chunk_rows(const ActivationOptions& o, int max_batch, const GptS
 double Gpt::recompute_flops_per_token(const GptShape& shape, const ModelParallel& mp,
                                       Recomputation recompute) {
   if (recompute.mode != Recompute::full) return 0;
-  const double C = shape.n_embd;
   double layers = 0;  // the recomputing layers of this rank's chunks
   for (int c = 0; c < mp.virtual_stages; ++c)
     layers += recompute.count(mp.chunk_layers(mp.global_chunk(c), shape.n_layer));
+  // On this rank's 1/tp of the heads and hidden units.
+  return layers * layer_recompute_flops_per_token(shape) / mp.tp;
+}
+
+double Gpt::layer_recompute_flops_per_token(const GptShape& shape) {
   // c_attn, attn.c_proj and c_fc forward (2·(3 + 1 + 4)·C² per token), attention forward
-  // (2·C·T as in the model's 6·C·T), on this rank's 1/tp of the heads and hidden units.
-  return layers * (16.0 * C * C + 2.0 * C * shape.seq_len) / mp.tp;
+  // (2·C·T as in the model's 6·C·T).
+  const double C = shape.n_embd;
+  return 16.0 * C * C + 2.0 * C * shape.seq_len;
 }
 
 void Gpt::init(uint64_t seed) {

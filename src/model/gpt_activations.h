@@ -146,10 +146,7 @@ struct Gpt::Activations {
       want(dfch_gelu, BT * 4 * Cl);
     }
     want_f(ce_stats, 4 * BT);
-    bool holds_last = false;
-    for (size_t c = 0; c < slots.size(); ++c)
-      holds_last = holds_last || mp.global_chunk(int(c)) == mp.chunks() - 1;
-    if (holds_last) want(logits, size_t(logits_rows) * Vl);
+    if (mp.last_stage()) want(logits, size_t(logits_rows) * Vl);  // it holds the last chunk
     if (any_recompute && recompute.mode == Recompute::gelu) want(gelu_work, BT * 4 * Cl);
     if (any_recompute && recompute.mode == Recompute::full) want_internals(work, true);
     want(proj, R * C);

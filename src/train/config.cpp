@@ -10,6 +10,8 @@
 #include <sstream>
 
 #include "triad/core/error.h"
+#include "triad/model/gpt.h"
+#include "triad/train/run_plan.h"
 
 namespace po = boost::program_options;
 
@@ -185,15 +187,12 @@ std::vector<int> stage_layers(const Config& cfg) {
   // nearest the end (the first stages keep the most micro-batches in flight under 1F1B); k
   // minimizes the busiest stage, the largest such k on a tie.
   const double C = cfg.model.n_embd, T = cfg.model.seq_len;
-  const double layer = 72 * C * C + 6 * C * T, rerun = 16 * C * C + 2 * C * T;
-  const double head = 6.0 * cfg.padded_vocab_size() * C;
-  const bool full = cfg.train.recompute == "full";
-  auto cost = [&](int layers) {
-    const int rc = !full                             ? 0
-                   : cfg.train.recompute_layers == 0 ? layers
-                                                     : std::min(layers, cfg.train.recompute_layers);
-    return layers * layer + rc * rerun;
-  };
+  const double layer = 72 * C * C + 6 * C * T, head = 6.0 * cfg.padded_vocab_size() * C;
+  const Recomputation recompute = activation_options(cfg).recompute;
+  const double rerun = recompute.mode == Recompute::full
+                           ? Gpt::layer_recompute_flops_per_token(gpt_shape(cfg))
+                           : 0.0;  // gelu reruns an elementwise pass only
+  auto cost = [&](int layers) { return layers * layer + recompute.count(layers) * rerun; };
   int best_k = 0;
   double best = 1e300;
   for (int k = 0; k <= L - (pp - 1); ++k) {
@@ -333,8 +332,7 @@ void validate(const Config& c, int world_size) {
   check(std::isfinite(t.grad_clip) && t.grad_clip >= 0, "train.grad_clip",
         "must be >= 0 (0 disables clipping)");
   check(t.log_every >= 1, "train.log_every", "must be >= 1");
-  check(t.recompute == "none" || t.recompute == "gelu" || t.recompute == "full", "train.recompute",
-        "must be none, gelu or full (got '" + t.recompute + "')");
+  parse_recompute(t.recompute, "train.recompute");  // none | gelu | full
   check(t.recompute_layers >= 0, "train.recompute_layers", "must be >= 0 (0: every layer)");
   check(t.logits_chunk >= 0, "train.logits_chunk", "must be >= 0 (0: a whole micro-batch)");
   check(t.recompute_layers == 0 || t.recompute != "none", "train.recompute_layers",

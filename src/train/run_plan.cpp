@@ -57,6 +57,8 @@ ActivationOptions activation_options(const Config& cfg) {
       cfg.train.logits_chunk);
 }
 
+bool zero_gathers_bf16(const Config& cfg) { return cfg.bf16() && cfg.parallel.pp == 1; }
+
 RunPlan plan_run(const Config& cfg, int world_size) {
   TRIAD_CHECK(world_size >= 1, "--plan-ranks must be >= 1 (got ", world_size, ")");
   validate(cfg, world_size);
@@ -99,10 +101,8 @@ RunPlan plan_run(const Config& cfg, int world_size) {
     const double d = p.grid.dp;
     if (zero) {
       m.dp_reduce_scatter = m.model.buffer_floats * sizeof(float);
-      // The slices come back as the bf16 copy where that is all the layers read (bf16, pp = 1;
-      // Trainer::State::gathers_bf16), else as fp32 master weights.
-      const bool bf16_gather = p.precision == Precision::bf16 && p.grid.pp == 1;
-      m.dp_all_gather = range * (bf16_gather ? sizeof(bf16_t) : sizeof(float));
+      // The slices come back as the bf16 copy or as fp32 master weights (zero_gathers_bf16).
+      m.dp_all_gather = range * (zero_gathers_bf16(cfg) ? sizeof(bf16_t) : sizeof(float));
       // A ring moves (dp−1)/dp of the buffer for the reduce-scatter and receives the dp−1 other
       // slices of the gather.
       m.dp_wire_bytes =
@@ -113,11 +113,7 @@ RunPlan plan_run(const Config& cfg, int world_size) {
     }
     p.stages.push_back(m);
   }
-  int64_t n = 0;
-  for (const auto& t : gpt_parameter_layout(shape)) n += int64_t(t.numel);
-  n -= int64_t(shape.padded_vocab_size - shape.vocab_size) * shape.n_embd;
-  p.model_flops_per_token =
-      6.0 * double(n) + 6.0 * shape.n_layer * double(shape.n_embd) * double(shape.seq_len);
+  p.model_flops_per_token = Gpt::flops_per_token(shape);
   const double tokens_mb = double(p.micro_batch_size) * shape.seq_len;
   if (p.grid.pp > 1) {
     std::vector<double> fwd, bwd;

@@ -27,6 +27,7 @@
 #include "triad/model/gpt.h"
 #include "triad/optim/optimizer.h"
 #include "triad/parallel/process_grid.h"
+#include "triad/train/run_plan.h"
 #include "triad/train/sampler.h"
 
 namespace fs = std::filesystem;
@@ -98,7 +99,7 @@ std::vector<float> Trainer::parameters() const {
   const auto& mp = s.model->parallel();
   std::vector<float> local(s.model->num_floats());
   s.be->copy_to_host(local.data(), s.model->params(), local.size());
-  if (s.cfg.parallel.zero == 1 && s.gathers_bf16()) {
+  if (s.cfg.parallel.zero == 1 && zero_gathers_bf16(s.cfg)) {
     // Only this rank's slice of the fp32 master weights is current: assemble them first.
     const size_t lo = std::min(s.shard_lo, local.size()), hi = std::min(s.shard_hi, local.size());
     std::fill(local.begin(), local.begin() + long(lo), 0.0f);
@@ -312,7 +313,7 @@ TrainOutcome Trainer::run() {
     // Under ZeRO the other ranks' slices arrive afterwards: as bf16 where only the layers read
     // them (half the bytes, as llm.c gathers), else in fp32 with the copy refreshed from them.
     // Clipped by the global norm as the optimizer reads the gradient (no pass of its own).
-    const bool gather_bf16 = zero && s.gathers_bf16();
+    const bool gather_bf16 = zero && zero_gathers_bf16(cfg);
     s.opt->update(s.model->params(), g, lr, st + 1,
                   !zero || gather_bf16 ? s.model->params_bf16() : nullptr,
                   clip_scale(norm, cfg.train.grad_clip));

@@ -68,12 +68,6 @@ struct Trainer::State {
   State(MPI_Comm world, const CommandLine& c);
 
   bool root() const { return grid.is_root(); }
-  // Under ZeRO-1, whether the updated slices are all-gathered as the bf16 copy the layers read
-  // (bf16 precision without a pipeline) rather than as fp32 master weights: the tied
-  // embedding's two copies (pp > 1) are synchronized from the fp32 ones.
-  bool gathers_bf16() const {
-    return model->precision() == Precision::bf16 && grid.shape().pp == 1;
-  }
 
   void say(const std::string& line);  // rank 0: stdout and log.txt
   void setup_backend();

@@ -206,14 +206,18 @@ class Gpt {
   size_t activation_bytes() const;
   // Parameters of the whole model counted as in DESIGN.md §5 (MFU): every tensor once, wte's
   // padding excluded, whatever part this rank holds.
-  int64_t num_parameters() const;
-  double flops_per_token() const;  // 6·N + 6·n_layer·C·T
+  int64_t num_parameters() const { return num_parameters(shape_); }
+  double flops_per_token() const { return flops_per_token(shape_); }  // 6·N + 6·n_layer·C·T
+  static int64_t num_parameters(const GptShape& shape);
+  static double flops_per_token(const GptShape& shape);
   // The FLOPs per token that full recomputation adds on this rank (its recomputing layers'
   // forward up to c_fc: 16·C²/tp + 2·C·T/tp each); 0 for none and gelu (elementwise only). MFU
   // counts the model's FLOPs only, as Megatron's and nanoGPT's do; this is what the hardware runs
   // on top.
   static double recompute_flops_per_token(const GptShape& shape, const ModelParallel& mp,
                                           Recomputation recompute);
+  // The same for one recomputing layer on one rank (tp = 1).
+  static double layer_recompute_flops_per_token(const GptShape& shape);
   const Recomputation& recompute() const { return recompute_; }
   int logits_chunk() const { return logits_rows_; }  // rows of logits formed at a time
   // The rows of logits a model with these options forms at a time (the option rounded up to a
