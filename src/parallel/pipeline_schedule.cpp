@@ -18,8 +18,9 @@ ScheduleKind parse_schedule_kind(const std::string& name) {
   if (name == "gpipe") return ScheduleKind::GPipe;
   if (name == "1f1b") return ScheduleKind::OneFOneB;
   if (name == "interleaved") return ScheduleKind::Interleaved;
+  if (name == "zb-h1") return ScheduleKind::ZeroBubble;
   fail("parallel.schedule: unknown pipeline schedule '", name,
-       "' (expected gpipe, 1f1b or interleaved)");
+       "' (expected gpipe, 1f1b, interleaved or zb-h1)");
 }
 
 const char* schedule_kind_name(ScheduleKind kind) {
@@ -30,9 +31,13 @@ const char* schedule_kind_name(ScheduleKind kind) {
       return "1f1b";
     case ScheduleKind::Interleaved:
       return "interleaved";
+    case ScheduleKind::ZeroBubble:
+      return "zb-h1";
   }
   return "?";
 }
+
+bool splits_backward(ScheduleKind kind) { return kind == ScheduleKind::ZeroBubble; }
 
 const char* action_kind_name(ActionKind kind) {
   switch (kind) {
@@ -48,6 +53,8 @@ const char* action_kind_name(ActionKind kind) {
       return "SendGrad";
     case ActionKind::RecvGrad:
       return "RecvGrad";
+    case ActionKind::BackwardWeight:
+      return "BackwardWeight";
   }
   return "?";
 }
@@ -72,7 +79,7 @@ void validate_schedule_shape(ScheduleKind kind, int pp, int m, int v) {
 namespace {
 
 struct Compute {
-  bool forward;
+  ActionKind kind;  // Forward, Backward or BackwardWeight
   int microbatch, chunk;
 };
 
@@ -86,7 +93,8 @@ std::vector<Compute> interleaved_order(int pp, int s, int m, int v) {
     const int in_group = k % (pp * v);
     int chunk = in_group / pp;
     if (!forward) chunk = v - 1 - chunk;
-    return Compute{forward, (k / (pp * v)) * pp + in_group % pp, chunk};
+    return Compute{forward ? ActionKind::Forward : ActionKind::Backward,
+                   (k / (pp * v)) * pp + in_group % pp, chunk};
   };
   const int warmup = m == pp ? total : std::min(total, 2 * (pp - s - 1) + (v - 1) * pp);
   std::vector<Compute> order;
@@ -99,25 +107,42 @@ std::vector<Compute> interleaved_order(int pp, int s, int m, int v) {
   return order;
 }
 
+// 1F1B: stage s keeps at most pp − s micro-batches in flight: pp − s − 1 warm-up forwards,
+// then one forward / one backward, then the remaining backwards. With a weight lag L ≥ 0 the
+// backward is split and W of micro-batch i − L follows B of micro-batch i (ZB-H1: L = s), the
+// Ws still missing after the last B close the step.
+std::vector<Compute> one_f_one_b_order(int pp, int s, int m, int weight_lag) {
+  const int warmup = std::min(pp - s - 1, m);
+  const bool split = weight_lag >= 0;
+  std::vector<Compute> order;
+  int weights = 0;  // Ws placed so far, in micro-batch order
+  auto backward = [&](int i) {
+    order.push_back({ActionKind::Backward, i, 0});
+    if (split && i - weight_lag >= 0) order.push_back({ActionKind::BackwardWeight, weights++, 0});
+  };
+  for (int i = 0; i < warmup; ++i) order.push_back({ActionKind::Forward, i, 0});
+  for (int i = 0; i < m - warmup; ++i) {
+    order.push_back({ActionKind::Forward, warmup + i, 0});
+    backward(i);
+  }
+  for (int i = m - warmup; i < m; ++i) backward(i);
+  while (split && weights < m) order.push_back({ActionKind::BackwardWeight, weights++, 0});
+  return order;
+}
+
 std::vector<Compute> compute_order(ScheduleKind kind, int pp, int s, int m, int v) {
   std::vector<Compute> order;
   switch (kind) {
     case ScheduleKind::GPipe:
-      for (int i = 0; i < m; ++i) order.push_back({true, i, 0});
-      for (int i = 0; i < m; ++i) order.push_back({false, i, 0});
+      for (int i = 0; i < m; ++i) order.push_back({ActionKind::Forward, i, 0});
+      for (int i = 0; i < m; ++i) order.push_back({ActionKind::Backward, i, 0});
       break;
-    case ScheduleKind::OneFOneB: {
-      // Stage s keeps at most pp − s micro-batches in flight: pp − s − 1 warm-up forwards,
-      // then one forward / one backward, then the remaining backwards.
-      const int warmup = std::min(pp - s - 1, m);
-      for (int i = 0; i < warmup; ++i) order.push_back({true, i, 0});
-      for (int i = 0; i < m - warmup; ++i) {
-        order.push_back({true, warmup + i, 0});
-        order.push_back({false, i, 0});
-      }
-      for (int i = m - warmup; i < m; ++i) order.push_back({false, i, 0});
+    case ScheduleKind::OneFOneB:
+      order = one_f_one_b_order(pp, s, m, -1);
       break;
-    }
+    case ScheduleKind::ZeroBubble:
+      order = one_f_one_b_order(pp, s, m, s);
+      break;
     case ScheduleKind::Interleaved:
       order = interleaved_order(pp, s, m, v);
       break;
@@ -136,10 +161,12 @@ PipelineSchedule make_schedule(ScheduleKind kind, int pp, int m, int v) {
     for (const Compute& c : compute_order(kind, pp, s, m, v)) {
       const int g = c.chunk * pp + s;
       const int prev_rank = (g - 1 + pp) % pp, next_rank = (g + 1) % pp;
-      if (c.forward) {
+      if (c.kind == ActionKind::Forward) {
         if (g > 0) a.push_back({ActionKind::RecvActivation, c.microbatch, c.chunk, prev_rank});
         a.push_back({ActionKind::Forward, c.microbatch, c.chunk, -1});
         if (g < last) a.push_back({ActionKind::SendActivation, c.microbatch, c.chunk, next_rank});
+      } else if (c.kind == ActionKind::BackwardWeight) {  // local: nothing to send or receive
+        a.push_back({ActionKind::BackwardWeight, c.microbatch, c.chunk, -1});
       } else {
         if (g < last) a.push_back({ActionKind::RecvGrad, c.microbatch, c.chunk, next_rank});
         a.push_back({ActionKind::Backward, c.microbatch, c.chunk, -1});
@@ -176,6 +203,17 @@ std::string where(int rank, size_t step, const Action& a, int pp) {
                         a.peer >= 0 ? std::to_string(a.peer) : std::string(), ")");
 }
 
+}  // namespace
+
+bool has_weight_pass(const PipelineSchedule& schedule) {
+  for (const auto& actions : schedule)
+    for (const Action& a : actions)
+      if (a.kind == ActionKind::BackwardWeight) return true;
+  return false;
+}
+
+namespace {
+
 // (sender, receiver, activation?) → the transfers in program order, as (micro-batch, global
 // chunk of the sender).
 using Channel = std::tuple<int, int, bool>;
@@ -187,10 +225,11 @@ void check_schedule(const PipelineSchedule& schedule, int pp, int m, int v) {
   TRIAD_CHECK(int(schedule.size()) == pp, "check_schedule: ", schedule.size(),
               " ranks, expected pp = ", pp);
   const int last = pp * v - 1;
+  const bool split = has_weight_pass(schedule);
   std::map<Channel, std::vector<std::pair<int, int>>> sends, recvs;
   for (int s = 0; s < pp; ++s) {
     // Per (micro-batch, local chunk) on this rank: what has happened so far.
-    std::set<std::pair<int, int>> fwd, bwd, act_in, act_out, grad_in, grad_out;
+    std::set<std::pair<int, int>> fwd, bwd, wgt, act_in, act_out, grad_in, grad_out;
     for (size_t i = 0; i < schedule[s].size(); ++i) {
       const Action& a = schedule[s][i];
       TRIAD_CHECK(a.microbatch >= 0 && a.microbatch < m && a.chunk >= 0 && a.chunk < v,
@@ -211,6 +250,12 @@ void check_schedule(const PipelineSchedule& schedule, int pp, int m, int v) {
                       ": second backward");
           TRIAD_CHECK(g == last || grad_in.count(key), "check_schedule: ", where(s, i, a, pp),
                       ": backward before its gradient was received");
+          break;
+        case ActionKind::BackwardWeight:
+          TRIAD_CHECK(bwd.count(key), "check_schedule: ", where(s, i, a, pp),
+                      ": weight pass before its backward");
+          TRIAD_CHECK(wgt.insert(key).second, "check_schedule: ", where(s, i, a, pp),
+                      ": second weight pass");
           break;
         default: {
           const int other = partner_chunk(a.kind, g);
@@ -248,6 +293,11 @@ void check_schedule(const PipelineSchedule& schedule, int pp, int m, int v) {
                                          c, " (global chunk ", g, ")");
         TRIAD_CHECK(fwd.count(key), what, ": no forward");
         TRIAD_CHECK(bwd.count(key), what, ": no backward");
+        // The executor decides per model whether Backward leaves the weights to a W: all
+        // pairs of the schedule are split, or none.
+        TRIAD_CHECK(wgt.count(key) == size_t(split), what,
+                    split ? ": no weight pass (the schedule splits the backward elsewhere)"
+                          : ": weight pass");
         TRIAD_CHECK(g == last || act_out.count(key), what, ": activation never sent");
         TRIAD_CHECK(g == 0 || grad_out.count(key), what, ": gradient never sent");
       }
@@ -284,14 +334,27 @@ SimResult simulate(const PipelineSchedule& schedule, int pp, int m, int v, doubl
 
 SimResult simulate(const PipelineSchedule& schedule, int pp, int m, int v,
                    const std::vector<double>& t_fwd, const std::vector<double>& t_bwd,
-                   int grad_buffers) {
+                   int grad_buffers, const std::vector<double>& t_wgt) {
   TRIAD_CHECK(int(schedule.size()) == pp, "simulate: ", schedule.size(),
               " ranks, expected pp = ", pp);
   TRIAD_CHECK(int(t_fwd.size()) == pp && int(t_bwd.size()) == pp,
               "simulate: one forward and one backward time per rank expected");
   TRIAD_CHECK(m >= 1 && v >= 1 && grad_buffers >= 0, "simulate: bad shape");
+  TRIAD_CHECK(t_wgt.empty() || int(t_wgt.size()) == pp,
+              "simulate: one weight-pass time per rank expected");
   for (int s = 0; s < pp; ++s)
-    TRIAD_CHECK(t_fwd[size_t(s)] >= 0 && t_bwd[size_t(s)] >= 0, "simulate: bad times of rank ", s);
+    TRIAD_CHECK(t_fwd[size_t(s)] >= 0 && t_bwd[size_t(s)] >= 0 &&
+                    (t_wgt.empty() || (t_wgt[size_t(s)] >= 0 && t_wgt[size_t(s)] <= t_bwd[size_t(s)])),
+                "simulate: bad times of rank ", s);
+  // A split backward: B takes t_bwd − t_wgt, W t_wgt, and a micro-batch is live until its W.
+  const bool split = has_weight_pass(schedule);
+  auto compute_time = [&](ActionKind k, int s) {
+    const double w = t_wgt.empty() ? t_bwd[size_t(s)] / 2 : t_wgt[size_t(s)];
+    if (k == ActionKind::Forward) return t_fwd[size_t(s)] / v;
+    if (!split) return t_bwd[size_t(s)] / v;
+    return (k == ActionKind::BackwardWeight ? w : t_bwd[size_t(s)] - w) / v;
+  };
+  const ActionKind release = split ? ActionKind::BackwardWeight : ActionKind::Backward;
   struct Message {
     int microbatch, global_chunk;
     double time;
@@ -320,13 +383,13 @@ SimResult simulate(const PipelineSchedule& schedule, int pp, int m, int v,
       while (pc[s] < schedule[s].size()) {
         const Action& a = schedule[s][pc[s]];
         const int g = a.chunk * pp + s;
-        if (a.kind == ActionKind::Forward || a.kind == ActionKind::Backward) {
-          const bool f = a.kind == ActionKind::Forward;
-          const double t = (f ? t_fwd : t_bwd)[size_t(s)] / v;
+        if (a.kind == ActionKind::Forward || a.kind == ActionKind::Backward ||
+            a.kind == ActionKind::BackwardWeight) {
+          const double t = compute_time(a.kind, s);
           r.timeline[s].push_back({a.kind, a.microbatch, a.chunk, clock[s], clock[s] + t});
           clock[s] += t;
           r.busy[s] += t;
-          live[s] += f ? 1 : -1;
+          live[s] += a.kind == ActionKind::Forward ? 1 : a.kind == release ? -1 : 0;
           r.peak_live[s] = std::max(r.peak_live[s], live[s]);
         } else if (is_send(a.kind)) {
           Queue& q = channels[{s, a.peer, is_activation(a.kind)}];
@@ -405,6 +468,12 @@ double theoretical_bubble(ScheduleKind kind, int pp, int m, int v) {
   validate_schedule_shape(kind, pp, m, v);
   const double p1 = pp - 1;
   if (kind == ScheduleKind::Interleaved) return p1 / (double(v) * m + p1);
+  if (kind == ScheduleKind::ZeroBubble) {
+    // In units of t_fwd = t_B = t_W; with fewer micro-batches than stages there is no steady
+    // state to hide the Ws in.
+    const double makespan = m >= pp ? 3.0 * m + p1 : 2.0 * (pp + m) - 1;
+    return 1.0 - 3.0 * m / makespan;
+  }
   return p1 / (m + p1);
 }
 

@@ -1,6 +1,6 @@
 // Pipeline schedules (issue 5 item 4): every generated schedule is consistent (check_schedule)
-// and runs to the end (simulate), 1F1B bounds the live activations, the simulated bubble
-// matches the formulas, and broken schedules are caught.
+// and runs to the end (simulate), 1F1B and ZB-H1 bound the live activations, the simulated
+// bubble matches the formulas, and broken schedules are caught.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -18,8 +18,16 @@ bool valid_shape(ScheduleKind kind, int pp, int m, int v) {
   return v == 1;
 }
 
+// Index of the nth action of `kind` on `rank`, -1 if none.
+int find(const PipelineSchedule& s, int rank, ActionKind kind, int nth = 0) {
+  for (size_t i = 0; i < s[rank].size(); ++i) {
+    if (s[rank][i].kind == kind && nth-- == 0) return int(i);
+  }
+  return -1;
+}
+
 constexpr ScheduleKind kKinds[] = {ScheduleKind::GPipe, ScheduleKind::OneFOneB,
-                                   ScheduleKind::Interleaved};
+                                   ScheduleKind::Interleaved, ScheduleKind::ZeroBubble};
 
 TEST(PipelineSchedule, AllShapesCheckAndSimulate) {
   int n = 0;
@@ -41,6 +49,10 @@ TEST(PipelineSchedule, AllShapesCheckAndSimulate) {
             EXPECT_NEAR(r.bubble, theory, 1e-9);
           } else if (kind == ScheduleKind::OneFOneB) {
             for (int st = 0; st < pp; ++st) EXPECT_LE(r.peak_live[st], std::min(pp - st, m));
+            EXPECT_NEAR(r.bubble, theory, 1e-9);
+          } else if (kind == ScheduleKind::ZeroBubble) {
+            // Never more in flight than 1F1B's stage 0; B = W = 1 meets (pp−1)/(3m + pp−1).
+            for (int st = 0; st < pp; ++st) EXPECT_LE(r.peak_live[st], std::min(pp, m));
             EXPECT_NEAR(r.bubble, theory, 1e-9);
           } else {
             const SimResult plain =
@@ -67,6 +79,67 @@ TEST(PipelineSchedule, OneFOneBUsesLessMemoryThanGPipe) {
   }
   EXPECT_DOUBLE_EQ(g.makespan, f.makespan);  // same bubble, (m + pp − 1)·(t_f + t_b)
   EXPECT_DOUBLE_EQ(f.makespan, (8 + 3) * 3.0);
+}
+
+// ZB-H1 against 1F1B at the same compute (forward 1, backward 2): the step is shorter by
+// (pp−1)·2·t_W, for any split of the backward with t_W ≤ t_fwd (the paper's bound
+// m·(t_F + t_B + t_W) + (pp−1)(t_F + t_B − t_W)), and every stage keeps at most pp micro-batches.
+TEST(PipelineSchedule, ZeroBubbleMeetsItsBoundWithinOneFOneBsPeakMemory) {
+  for (int pp : {2, 3, 4, 8})
+    for (int m : {pp, 2 * pp, 4 * pp, pp + 1})
+      for (double w : {0.5, 0.8, 1.0}) {
+        SCOPED_TRACE("pp=" + std::to_string(pp) + " m=" + std::to_string(m) +
+                     " t_W=" + std::to_string(w));
+        const PipelineSchedule zb = make_schedule(ScheduleKind::ZeroBubble, pp, m, 1);
+        const std::vector<double> f(size_t(pp), 1.0), b(size_t(pp), 2.0), wg(size_t(pp), w);
+        const SimResult r = simulate(zb, pp, m, 1, f, b, 0, wg);
+        EXPECT_NEAR(r.makespan, 3.0 * m + (pp - 1) * (1.0 + (2.0 - w) - w), 1e-9);
+        const SimResult plain = simulate(make_schedule(ScheduleKind::OneFOneB, pp, m, 1), pp, m, 1);
+        EXPECT_NEAR(plain.makespan - r.makespan, (pp - 1) * 2.0 * w, 1e-9);
+        for (int s = 0; s < pp; ++s) {
+          EXPECT_LE(r.peak_live[s], pp);
+          // The order: 1F1B's forwards and Bs, stage s's W lagging its B by s micro-batches.
+          int b_seen = 0, w_seen = 0;
+          for (const Action& a : zb[size_t(s)]) {
+            if (a.kind == ActionKind::Backward) ++b_seen;
+            if (a.kind != ActionKind::BackwardWeight) continue;
+            EXPECT_EQ(a.microbatch, w_seen++);
+            EXPECT_TRUE(b_seen == m || b_seen - 1 - a.microbatch == s);
+          }
+        }
+        EXPECT_EQ(r.peak_live[0], std::min(pp, m));  // stage 0 is 1F1B's, W right after B
+      }
+  // W takes half the backward unless told otherwise.
+  const PipelineSchedule zb = make_schedule(ScheduleKind::ZeroBubble, 4, 8, 1);
+  EXPECT_DOUBLE_EQ(simulate(zb, 4, 8, 1).makespan, 3.0 * 8 + 3.0);
+  EXPECT_THROW(simulate(zb, 4, 8, 1, std::vector<double>(4, 1.0), std::vector<double>(4, 2.0), 0,
+                        std::vector<double>(4, 2.5)),
+               Error)
+      << "a weight pass longer than the backward";
+}
+
+TEST(PipelineSchedule, MisplacedWeightPassesAreCaught) {
+  PipelineSchedule s = make_schedule(ScheduleKind::ZeroBubble, 4, 8, 1);
+  // W before its B.
+  const int b = find(s, 2, ActionKind::Backward, 3);
+  const int w = find(s, 2, ActionKind::BackwardWeight, 0);
+  ASSERT_GE(b, 0);
+  ASSERT_GE(w, 0);
+  PipelineSchedule early = s;
+  Action moved = early[2][size_t(w)];
+  moved.microbatch = 5;
+  early[2].erase(early[2].begin() + w);
+  early[2].insert(early[2].begin() + find(early, 2, ActionKind::Forward, 6), moved);
+  EXPECT_THROW(check_schedule(early, 4, 8, 1), Error);
+  // A W missing: the step would end without that micro-batch's weight gradients.
+  PipelineSchedule missing = s;
+  missing[1].erase(missing[1].begin() + find(missing, 1, ActionKind::BackwardWeight, 7));
+  EXPECT_THROW(check_schedule(missing, 4, 8, 1), Error);
+  // A W in a schedule that does not split the backward.
+  PipelineSchedule extra = make_schedule(ScheduleKind::OneFOneB, 4, 8, 1);
+  extra[0].push_back({ActionKind::BackwardWeight, 0, 0, -1});
+  EXPECT_THROW(check_schedule(extra, 4, 8, 1), Error);
+  (void)b;
 }
 
 TEST(PipelineSchedule, UnevenStagesWaitForTheSlowestOne) {
@@ -111,7 +184,7 @@ TEST(PipelineSchedule, GradientBuffersReusedInTurnCanDeadlockAndAreSizedToAvoidI
   EXPECT_EQ(grad_send_buffers(hand, 2, 3, 2), 2);
   // The built-in schedules never wait with one buffer (each stage receives a gradient right
   // before the backward that needs it): two per rank (one spare), not one per micro-batch.
-  for (ScheduleKind kind : {ScheduleKind::GPipe, ScheduleKind::OneFOneB, ScheduleKind::Interleaved})
+  for (ScheduleKind kind : kKinds)
     for (int pp : {2, 4, 8})
       for (int m : {8, 64}) {
         const int v = kind == ScheduleKind::Interleaved ? 2 : 1;
@@ -154,13 +227,14 @@ TEST(PipelineSchedule, ParsesNames) {
   EXPECT_EQ(parse_schedule_kind("gpipe"), ScheduleKind::GPipe);
   EXPECT_EQ(parse_schedule_kind("1f1b"), ScheduleKind::OneFOneB);
   EXPECT_EQ(parse_schedule_kind("interleaved"), ScheduleKind::Interleaved);
+  EXPECT_EQ(parse_schedule_kind("zb-h1"), ScheduleKind::ZeroBubble);
   for (ScheduleKind k : kKinds) EXPECT_EQ(parse_schedule_kind(schedule_kind_name(k)), k);
   try {
     parse_schedule_kind("zero-bubble");
     FAIL() << "no error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("zero-bubble"), std::string::npos);
-    EXPECT_NE(std::string(e.what()).find("gpipe, 1f1b or interleaved"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("gpipe, 1f1b, interleaved or zb-h1"), std::string::npos);
   }
   EXPECT_THROW(parse_schedule_kind(""), Error);
   EXPECT_THROW(parse_schedule_kind("GPipe"), Error);
@@ -171,6 +245,7 @@ TEST(PipelineSchedule, RejectsInvalidShapes) {
   EXPECT_THROW(make_schedule(ScheduleKind::Interleaved, 4, 6, 2), Error);  // m % pp != 0
   EXPECT_THROW(make_schedule(ScheduleKind::GPipe, 4, 8, 2), Error);
   EXPECT_THROW(make_schedule(ScheduleKind::OneFOneB, 4, 8, 2), Error);
+  EXPECT_THROW(make_schedule(ScheduleKind::ZeroBubble, 4, 8, 2), Error);
   EXPECT_THROW(make_schedule(ScheduleKind::OneFOneB, 0, 8, 1), Error);
   EXPECT_THROW(make_schedule(ScheduleKind::OneFOneB, 4, 0, 1), Error);
   EXPECT_THROW(theoretical_bubble(ScheduleKind::Interleaved, 4, 6, 2), Error);
@@ -181,13 +256,6 @@ TEST(PipelineSchedule, RejectsInvalidShapes) {
   }
 }
 
-// Index of the first action of `kind` on `rank`, -1 if none.
-int find(const PipelineSchedule& s, int rank, ActionKind kind, int nth = 0) {
-  for (size_t i = 0; i < s[rank].size(); ++i) {
-    if (s[rank][i].kind == kind && nth-- == 0) return int(i);
-  }
-  return -1;
-}
 
 TEST(PipelineSchedule, DroppedSendIsCaught) {
   for (ScheduleKind kind : kKinds) {

@@ -9,14 +9,27 @@
 // the plain one-chunk-per-stage pipeline). Activations flow from global chunk c to c+1, the
 // gradients from c+1 back to c; the last global chunk computes the loss locally.
 //
+// Zero bubble (ZB-H1, Qi et al. 2023): the backward pass is cut in two. Backward computes only
+// the gradient of the chunk's input (B), which the previous stage is waiting for; BackwardWeight
+// (W) computes the weight gradients later, from the output gradients B left behind. Order: the
+// forwards and Bs of 1F1B, with stage s running W of micro-batch i − s right after B of
+// micro-batch i (the last stage lags the most, stage 0 not at all), and the remaining Ws at the
+// end. Each B then reaches the previous stage a W earlier than 1F1B's backward, and the Ws fill
+// the time 1F1B spends waiting. Every stage keeps at most pp micro-batches from forward to W,
+// the most 1F1B keeps on stage 0.
+//
 // Bubble: simulate() measures the bubble fraction idle / (idle + busy) summed over the ranks,
 // i.e. 1 − Σ busy_s / (pp · makespan). theoretical_bubble() uses the same definition:
 //   GPipe, 1F1B:  (pp−1) / (m + pp−1)            (exact for any t_bwd / t_fwd)
 //   Interleaved:  (pp−1) / (v·m + pp−1)
-// the latter being Megatron's "bubble time / ideal time" = (pp−1)/(v·m) converted by
-// r ↦ r / (1 + r). With t_bwd / t_fwd = 2 the simulator meets all three exactly (tested for
-// pp ≤ 8, m ≤ 16, v ≤ 3). Peak live activations count (micro-batch, chunk) pairs, each 1/v of
-// a stage's activations.
+//   ZB-H1:        (pp−1) / (3·m + pp−1)          (t_B = t_W = t_fwd; m ≥ pp, else the step
+//                                                 takes 2(pp + m) − 1 instead of 3m + pp − 1)
+// the interleaved one being Megatron's "bubble time / ideal time" = (pp−1)/(v·m) converted by
+// r ↦ r / (1 + r), the ZB-H1 one the paper's (pp−1)(t_F + t_B − t_W) idle per stage. With
+// t_bwd / t_fwd = 2 (split evenly into B and W) the simulator meets all four exactly (tested
+// for pp ≤ 8, m ≤ 16, v ≤ 3). Peak live activations count (micro-batch, chunk) pairs from
+// forward to the end of their backward (to W where the backward is split), each 1/v of a
+// stage's activations.
 #pragma once
 
 #include <string>
@@ -24,9 +37,19 @@
 
 namespace triad {
 
-enum class ScheduleKind { GPipe, OneFOneB, Interleaved };
+enum class ScheduleKind { GPipe, OneFOneB, Interleaved, ZeroBubble };
 
-enum class ActionKind { Forward, Backward, SendActivation, RecvActivation, SendGrad, RecvGrad };
+// Backward is the whole backward pass, or only its input-gradient part (B) where the schedule
+// has a BackwardWeight (W) for the same micro-batch and chunk.
+enum class ActionKind {
+  Forward,
+  Backward,
+  SendActivation,
+  RecvActivation,
+  SendGrad,
+  RecvGrad,
+  BackwardWeight
+};
 
 struct Action {
   ActionKind kind;
@@ -37,12 +60,19 @@ struct Action {
 
 using PipelineSchedule = std::vector<std::vector<Action>>;  // [rank][step]
 
-// "gpipe", "1f1b", "interleaved" (the config's parallel.schedule); triad::Error otherwise.
+// "gpipe", "1f1b", "interleaved", "zb-h1" (the config's parallel.schedule); triad::Error
+// otherwise.
 ScheduleKind parse_schedule_kind(const std::string& name);
 const char* schedule_kind_name(ScheduleKind kind);
 const char* action_kind_name(ActionKind kind);
 
-// Throws triad::Error unless (pp, m, v) suit the kind: pp, m ≥ 1; GPipe and 1F1B take v = 1;
+// Whether the kind splits the backward pass into B and W (ZeroBubble).
+bool splits_backward(ScheduleKind kind);
+
+// Whether a schedule splits the backward pass (has BackwardWeight actions).
+bool has_weight_pass(const PipelineSchedule& schedule);
+
+// Throws triad::Error unless (pp, m, v) suit the kind: pp, m ≥ 1; GPipe, 1F1B, ZB-H1 take v = 1;
 // Interleaved takes v ≥ 2 and m a multiple of pp (Megatron's constraint).
 void validate_schedule_shape(ScheduleKind kind, int pp, int m, int v);
 
@@ -51,13 +81,14 @@ void validate_schedule_shape(ScheduleKind kind, int pp, int m, int v);
 PipelineSchedule make_schedule(ScheduleKind kind, int pp, int m, int v);
 
 // Throws triad::Error naming the first violation: a compute missing or repeated, a backward
-// before its forward, a compute before the receive of its input, a send before the compute
-// that produces it, a send to the wrong peer, or a send without exactly one matching receive
-// in the same order on its (sender, receiver, kind) channel (FIFO matching).
+// before its forward, a weight pass before its backward or on some (micro-batch, chunk) pairs
+// only, a compute before the receive of its input, a send before the compute that produces it,
+// a send to the wrong peer, or a send without exactly one matching receive in the same order
+// on its (sender, receiver, kind) channel (FIFO matching).
 void check_schedule(const PipelineSchedule& schedule, int pp, int m, int v);
 
 struct ComputeInterval {
-  ActionKind kind;  // Forward or Backward
+  ActionKind kind;  // Forward, Backward or BackwardWeight
   int microbatch, chunk;
   double start, end;
 };
@@ -66,7 +97,8 @@ struct SimResult {
   double makespan = 0;
   std::vector<double> busy;  // per rank: total compute time
   double bubble = 0;         // 1 − Σ busy / (pp · makespan)
-  // Per rank: the most (micro-batch, chunk) pairs whose forward has run and backward has not.
+  // Per rank: the most (micro-batch, chunk) pairs whose forward has run and backward (W where
+  // the schedule splits it) has not.
   std::vector<int> peak_live;
   std::vector<std::vector<ComputeInterval>> timeline;  // per rank, in execution order
 };
@@ -80,12 +112,14 @@ struct SimResult {
 // received (what the executor does before reusing that buffer).
 SimResult simulate(const PipelineSchedule& schedule, int pp, int m, int v, double t_fwd = 1.0,
                    double t_bwd = 2.0);
+// Where the schedule splits the backward, W takes half of t_bwd and B the rest.
 // The same with each rank's own times (uneven stages: the last one holds the head), t_fwd[s] and
 // t_bwd[s] for all of rank s's chunks together (>= 0: a stage without layers may only relay);
-// the bubble then counts the imbalance's idle time too.
+// the bubble then counts the imbalance's idle time too. t_wgt[s] (empty: t_bwd[s] / 2) is the
+// part of t_bwd[s] that a split backward's W takes.
 SimResult simulate(const PipelineSchedule& schedule, int pp, int m, int v,
                    const std::vector<double>& t_fwd, const std::vector<double>& t_bwd,
-                   int grad_buffers = 0);
+                   int grad_buffers = 0, const std::vector<double>& t_wgt = {});
 
 // How many buffers the executor gives each rank for its outgoing gradients: the fewest K with
 // which the simulated step (backward = 2 × forward) neither deadlocks nor takes longer than with
