@@ -82,14 +82,19 @@ size_t padded_buffer_floats(const std::vector<ParamSpec>& specs, int shards) {
 // Activation sets per local chunk (the most micro-batches the schedule keeps in flight on it;
 // one without a schedule) and the buffers for outgoing gradients, reused in turn
 // (grad_send_buffers: as many as the schedule needs not to wait, not one per send of the step).
+// A schedule that splits the backward (zero bubble) keeps a set until the weight pass, which
+// reads the output gradients the input-gradient pass leaves in it.
 struct ActivationSlots {
   std::vector<int> slots;
   int grad_sends = 0;
+  bool split_backward = false;
 };
 ActivationSlots activation_slots(const ModelParallel& mp, const PipelineSchedule* schedule) {
   ActivationSlots a;
   a.slots.assign(size_t(mp.virtual_stages), 1);
   if (schedule == nullptr || mp.pp == 1) return a;
+  a.split_backward = has_weight_pass(*schedule);
+  const ActionKind release = a.split_backward ? ActionKind::BackwardWeight : ActionKind::Backward;
   std::vector<int> live(a.slots.size(), 0);
   int forwards = 0, sends = 0;
   for (const Action& x : (*schedule)[size_t(mp.pp_rank)]) {
@@ -97,7 +102,7 @@ ActivationSlots activation_slots(const ModelParallel& mp, const PipelineSchedule
       ++forwards;
       a.slots[size_t(x.chunk)] = std::max(a.slots[size_t(x.chunk)], ++live[size_t(x.chunk)]);
     }
-    if (x.kind == ActionKind::Backward) --live[size_t(x.chunk)];
+    if (x.kind == release) --live[size_t(x.chunk)];
     if (x.kind == ActionKind::SendGrad) ++sends;
   }
   const int m = forwards / mp.virtual_stages;
@@ -239,12 +244,18 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
 
   if (schedule != nullptr && mp.pp > 1) schedule_ = *schedule;
   const ActivationSlots a = activation_slots(mp, schedule);
+  split_backward_ = a.split_backward;
+  // The weight pass reads each layer's matmul inputs from its activation set; full
+  // recomputation keeps them only in a scratch layer that the next layer's recompute overwrites.
+  TRIAD_CHECK(!split_backward_ || recompute_.mode != Recompute::full,
+              "a pipeline schedule that splits the backward pass (zb-h1) cannot recompute full "
+              "layers: use train.recompute = gelu or none, or parallel.schedule = 1f1b");
   if (precision_ == Precision::bf16)
     acts_bf16_ = new Activations<bf16_t>(shape_, mp_, max_batch_, a.slots, a.grad_sends, recompute_,
-                                         logits_rows_, &be_);
+                                         logits_rows_, a.split_backward, &be_);
   else
     acts_fp32_ = new Activations<float>(shape_, mp_, max_batch_, a.slots, a.grad_sends, recompute_,
-                                        logits_rows_, &be_);
+                                        logits_rows_, a.split_backward, &be_);
   if (const size_t n = tied_scratch_floats(shape, mp); n > 0) tied_scratch_ = be_.alloc(n);
   d_inputs_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
   d_targets_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
@@ -270,11 +281,11 @@ GptMemory Gpt::memory_plan(const GptShape& shape, int max_batch, int shards,
   if (precision == Precision::bf16) {
     m.weights_bf16 = m.buffer_floats * sizeof(bf16_t);
     m.activations = Activations<bf16_t>(shape, mp, max_batch, a.slots, a.grad_sends,
-                                        options.recompute, rows, nullptr)
+                                        options.recompute, rows, a.split_backward, nullptr)
                         .bytes();
   } else {
     m.activations = Activations<float>(shape, mp, max_batch, a.slots, a.grad_sends,
-                                       options.recompute, rows, nullptr)
+                                       options.recompute, rows, a.split_backward, nullptr)
                         .bytes();
   }
   m.other = tied_scratch_floats(shape, mp) * sizeof(float) +

@@ -9,7 +9,9 @@
 // A rank holds one or more chunks of layers (pipeline stages, virtual stages). Each chunk has
 // `slots` activation sets, one per micro-batch the pipeline schedule keeps in flight on it;
 // the backward scratch is shared by all; recomputation (Recompute in gpt.h) moves a set's
-// layer internals into that shared scratch too. Widths are this rank's tensor-parallel shards:
+// layer internals into that shared scratch too. A schedule that splits the backward pass keeps
+// a set until its weight pass, with the layers' output gradients (9C per token and layer at
+// tp = 1) added to it. Widths are this rank's tensor-parallel shards:
 // attention C/tp, MLP 4C/tp, vocabulary Vp/tp; the residual stream is full width C.
 #pragma once
 
@@ -34,6 +36,10 @@ struct Gpt::Set {
     float *ln2_mean, *ln2_rstd;  //
     A *fch, *fch_gelu, *fcproj;  // MLP (local hidden units; fcproj shared like attproj)
     A* residual3;                // residual2 + mlp: the layer's output
+    // A split backward (zero-bubble schedule): the output gradients of the four linear layers,
+    // over all rows, that the input-gradient pass leaves for the weight pass — mlp.c_proj's
+    // (C), c_fc's pre-activation (4C/tp), attn.c_proj's (C) and c_attn's (3C/tp).
+    A *dfcproj = nullptr, *dfch = nullptr, *dproj = nullptr, *dqkv = nullptr;
   };
   A* input = nullptr;  // the chunk's input: wte[tok] + wpe[pos], or received
   std::vector<Layer> layers;
@@ -77,7 +83,8 @@ struct Gpt::Activations {
   // Plans and allocates the buffers on `be`; without a backend (be == nullptr) only plans them,
   // so that bytes() tells what the allocation would take (Gpt::memory_plan).
   Activations(const GptShape& s, const ModelParallel& mp, int B, const std::vector<int>& slots,
-              int n_grad_sends, Recomputation recompute, int logits_rows, Backend* be)
+              int n_grad_sends, Recomputation recompute, int logits_rows, bool split_backward,
+              Backend* be)
       : be_(be) {
     const size_t BT = size_t(B) * s.seq_len, C = s.n_embd;
     const bool sp = mp.split_rows();
@@ -124,6 +131,12 @@ struct Gpt::Activations {
           const Recompute r = recompute.in_layer(i);
           if (r != Recompute::full) want_internals(L, r == Recompute::none);
           want(L.residual3, R * C);
+          if (split_backward) {
+            want(L.dfcproj, BT * C);
+            want(L.dfch, BT * 4 * Cl);
+            want(L.dproj, BT * C);
+            want(L.dqkv, BT * 3 * Cl);
+          }
         }
         if (last) {
           if (!sp) want(S.lnf, R * C);
@@ -140,9 +153,9 @@ struct Gpt::Activations {
     if (mp.rank_layers(s.n_layer) > 0) {  // the layers' backward scratch
       want(dln, BT * C);
       want(datty, BT * Cl);
-      want(dqkv, BT * 3 * Cl);
+      if (!split_backward) want(dqkv, BT * 3 * Cl);  // else each layer's own
       if (kFp32) want_f(datt_scratch, att);
-      want(dfch, BT * 4 * Cl);
+      if (!split_backward) want(dfch, BT * 4 * Cl);
       want(dfch_gelu, BT * 4 * Cl);
     }
     want_f(ce_stats, 4 * BT);

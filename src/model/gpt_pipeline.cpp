@@ -103,6 +103,15 @@ ForwardStats Gpt::pipeline_step_t(const int32_t* inputs, const int32_t* targets,
         TRIAD_ASSERT(s >= 0);
         if (g == 0) upload_ids(in, nullptr, N);
         backward_chunk(c, a.sets[size_t(c)][size_t(s)], B, T);
+        if (split_backward_) break;  // the set waits for its weight pass
+        free_sets[size_t(c)].push_back(s);
+        s = -1;
+        break;
+      }
+      case ActionKind::BackwardWeight: {
+        int& s = slot[size_t(c)][size_t(mb)];
+        TRIAD_ASSERT(s >= 0 && split_backward_);
+        weight_chunk(c, a.sets[size_t(c)][size_t(s)], B, T);
         free_sets[size_t(c)].push_back(s);
         s = -1;
         break;

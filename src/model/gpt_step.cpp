@@ -79,6 +79,13 @@ const A* Gpt::gather_rows(const A* src, A* dst, int N) {
   return dst;
 }
 
+template <class A>
+const A* Gpt::keep_rows(const A* src, A* dst, int N) {
+  if (mp_.split_rows()) return gather_rows(src, dst, N);
+  be_.copy(words(dst), words(src), word_count<A>(size_t(N) * shape_.n_embd));
+  return dst;
+}
+
 // LayerNorm backward on this rank's rows. Under sequence parallelism its weight and bias
 // gradients are partial sums over the group's rows: they are formed apart, all-reduced and
 // then accumulated, so that accumulation over micro-batches counts each once.
@@ -284,6 +291,7 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
   A* dpart = seq ? a.full : a.dln;
   const int g = mp_.global_chunk(chunk), per_chunk = mp_.chunk_layers(g, shape_.n_layer);
   const int first_layer = mp_.first_layer(g, shape_.n_layer);
+  const bool split = split_backward_;
   if (g == mp_.chunks() - 1) {
     // The classifier ran its backward with the loss: ln_f's output gradient is in S.dlnf.
     be_.zero(a.dresidual, size_t(n) * C);
@@ -306,26 +314,34 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
       // the fused residual add + LayerNorm did).
       be_.layernorm_forward(L.ln1, L.ln1_mean, L.ln1_rstd, x_in, w.ln1w, w.ln1b, n, C);
       layer_front(S, g, i, B, T);
-    } else if (recompute == Recompute::gelu) {
+    } else if (recompute == Recompute::gelu && !split) {  // split: only the weight pass reads it
       be_.gelu_forward(L.fch_gelu, L.fch, size_t(N) * 4 * size_t(Cl));
     }
+    // Split: no weight or bias gradients here, and the output gradients kept in the set.
+    auto wgrad = [split](float* p) { return split ? nullptr : p; };
+    A* dfch = split ? L.dfch : a.dfch;
+    A* dqkv = split ? L.dqkv : a.dqkv;
     // MLP branch: residual3 = residual2 + c_proj(gelu(c_fc(ln_2(residual2)))). The
     // row-parallel c_proj sees the gradient of all rows, so its bias gradient is complete.
-    const A* dres = gather_rows(a.dresidual, a.full, N);
-    be_.matmul_backward_gelu(a.dfch, a.dfch_gelu, gr.fcprojw, gr.fcprojb, dres, L.fch_gelu, L.fch,
-                             w.fcprojw, N, 4 * Cl, C, kSet);
-    be_.matmul_backward(dpart, gr.fcw, gr.fcb, a.dfch, L.ln2g, w.fcw, N, C, 4 * Cl, kSet);
+    const A* dres =
+        split ? keep_rows(a.dresidual, L.dfcproj, N) : gather_rows(a.dresidual, a.full, N);
+    be_.matmul_backward_gelu(dfch, a.dfch_gelu, wgrad(gr.fcprojw), wgrad(gr.fcprojb),
+                             dres, L.fch_gelu, L.fch, w.fcprojw, N, 4 * Cl, C, kSet);
+    be_.matmul_backward(dpart, wgrad(gr.fcw), wgrad(gr.fcb), dfch, L.ln2g, w.fcw, N,
+                        C, 4 * Cl, kSet);
     reduce_rows(dpart, a.dln, N);
     layernorm_backward(a.dresidual, gr.ln2w, gr.ln2b, a.dln, L.residual2, w.ln2w, L.ln2_mean,
                        L.ln2_rstd, n);
     // Attention branch: residual2 = x + c_proj(attn(c_attn(ln_1(x)))).
-    dres = gather_rows(a.dresidual, a.full, N);
-    be_.matmul_backward(a.datty, gr.projw, gr.projb, dres, L.atty, w.projw, N, Cl, C, kSet);
+    dres = split ? keep_rows(a.dresidual, L.dproj, N) : gather_rows(a.dresidual, a.full, N);
+    be_.matmul_backward(a.datty, wgrad(gr.projw), wgrad(gr.projb), dres, L.atty,
+                        w.projw, N, Cl, C, kSet);
     if constexpr (std::is_same_v<A, float>)
-      be_.attention_backward(a.dqkv, a.datt_scratch, a.datty, L.qkv, L.att, B, T, Cl, NHl, kSet);
+      be_.attention_backward(dqkv, a.datt_scratch, a.datty, L.qkv, L.att, B, T, Cl, NHl, kSet);
     else  // flash style: probabilities recomputed from qkv and the saved log-sum-exp
-      be_.attention_backward(a.dqkv, a.datty, L.qkv, L.atty, L.att, B, T, Cl, NHl, kSet);
-    be_.matmul_backward(dpart, gr.qkvw, gr.qkvb, a.dqkv, L.ln1g, w.qkvw, N, C, 3 * Cl, kSet);
+      be_.attention_backward(dqkv, a.datty, L.qkv, L.atty, L.att, B, T, Cl, NHl, kSet);
+    be_.matmul_backward(dpart, wgrad(gr.qkvw), wgrad(gr.qkvb), dqkv, L.ln1g, w.qkvw,
+                        N, C, 3 * Cl, kSet);
     reduce_rows(dpart, a.dln, N);
     layernorm_backward(a.dresidual, gr.ln1w, gr.ln1b, a.dln, x_in, w.ln1w, L.ln1_mean, L.ln1_rstd,
                        n);
@@ -342,6 +358,31 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     be_.encoder_backward(grads_ + sp[size_t(wte_)].offset, grads_ + sp[size_t(wpe_)].offset, dres,
                          d_inputs_, B, T, C);
     if (grad_hook_) grad_hook_(0, sp[size_t(wpe_) + 1].offset);  // wte, wpe
+  }
+}
+
+// The weight pass of a split backward: each linear layer's weight and bias gradients from the
+// output gradients backward_chunk left in S and the inputs the forward pass kept, layer by layer
+// in the backward's order (the same products, on the same values, as the unsplit backward: on
+// the CPU backend the gradients are bit for bit those of 1F1B).
+template <class A>
+void Gpt::weight_chunk(int chunk, Set<A>& S, int B, int T) {
+  TRIAD_ASSERT(split_backward_);
+  const int C = shape_.n_embd, Cl = C / mp_.tp, N = B * T;
+  const int g = mp_.global_chunk(chunk), per_chunk = mp_.chunk_layers(g, shape_.n_layer);
+  const int first_layer = mp_.first_layer(g, shape_.n_layer);
+  for (int i = per_chunk - 1; i >= 0; --i) {
+    auto& L = S.layers[size_t(i)];
+    const int first = layer_[size_t(first_layer + i)];
+    const LayerTensors<const A> w = layer_tensors(weights<A>(), specs_, first);
+    const LayerTensors<float> gr = layer_tensors(grads_, specs_, first);
+    if (recompute_.in_layer(i) == Recompute::gelu)  // mlp.c_proj's input, in the shared buffer
+      be_.gelu_forward(L.fch_gelu, L.fch, size_t(N) * 4 * size_t(Cl));
+    be_.matmul_backward(nullptr, gr.fcprojw, gr.fcprojb, L.dfcproj, L.fch_gelu, w.fcprojw, N,
+                        4 * Cl, C);
+    be_.matmul_backward(nullptr, gr.fcw, gr.fcb, L.dfch, L.ln2g, w.fcw, N, C, 4 * Cl);
+    be_.matmul_backward(nullptr, gr.projw, gr.projb, L.dproj, L.atty, w.projw, N, Cl, C);
+    be_.matmul_backward(nullptr, gr.qkvw, gr.qkvb, L.dqkv, L.ln1g, w.qkvw, N, C, 3 * Cl);
   }
 }
 
@@ -430,6 +471,8 @@ template void Gpt::forward_chunk<float>(int, Set<float>&, int, int);
 template void Gpt::forward_chunk<bf16_t>(int, Set<bf16_t>&, int, int);
 template void Gpt::backward_chunk<float>(int, Set<float>&, int, int);
 template void Gpt::backward_chunk<bf16_t>(int, Set<bf16_t>&, int, int);
+template void Gpt::weight_chunk<float>(int, Set<float>&, int, int);
+template void Gpt::weight_chunk<bf16_t>(int, Set<bf16_t>&, int, int);
 template void Gpt::layer_front<float>(Set<float>&, int, int, int, int);
 template void Gpt::layer_front<bf16_t>(Set<bf16_t>&, int, int, int, int);
 template ForwardStats Gpt::classifier<float>(Set<float>&, const int32_t*, int, int, float, bool);

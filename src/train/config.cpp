@@ -74,7 +74,8 @@ class KeyTable {
     add("parallel.tp", c.parallel.tp, "tensor-parallel size");
     add("parallel.pp", c.parallel.pp, "pipeline-parallel size");
     add("parallel.zero", c.parallel.zero, "ZeRO stage (0 or 1)");
-    add("parallel.schedule", c.parallel.schedule, "pipeline schedule (1f1b | gpipe | interleaved)");
+    add("parallel.schedule", c.parallel.schedule,
+        "pipeline schedule (1f1b | gpipe | interleaved | zb-h1)");
     add("parallel.virtual_stages", c.parallel.virtual_stages, "virtual stages per pipeline rank");
     add("parallel.comm", c.parallel.comm,
         "auto | mpi | nccl: device-buffer communication of the cuda backend");
@@ -365,8 +366,9 @@ void validate(const Config& c, int world_size) {
   check(c.parallel.pp >= 1, "parallel.pp", "must be >= 1");
   check(c.parallel.zero == 0 || c.parallel.zero == 1, "parallel.zero", "must be 0 or 1");
   check(c.parallel.schedule == "1f1b" || c.parallel.schedule == "gpipe" ||
-            c.parallel.schedule == "interleaved",
-        "parallel.schedule", "must be 1f1b, gpipe or interleaved");
+            c.parallel.schedule == "interleaved" || c.parallel.schedule == "zb-h1",
+        "parallel.schedule",
+        "must be 1f1b, gpipe, interleaved or zb-h1 (got '" + c.parallel.schedule + "')");
   check(c.parallel.virtual_stages >= 1, "parallel.virtual_stages", "must be >= 1");
   check(c.parallel.comm == "auto" || c.parallel.comm == "mpi" || c.parallel.comm == "nccl",
         "parallel.comm", "must be auto, mpi or nccl (got '" + c.parallel.comm + "')");
@@ -426,6 +428,10 @@ void validate(const Config& c, int world_size) {
     check(par.virtual_stages == 1, "parallel.virtual_stages",
           "must be 1 for parallel.schedule = " + par.schedule + " (use interleaved)");
   }
+  // The weight pass reads each layer's matmul inputs, which full recomputation does not keep.
+  check(par.schedule != "zb-h1" || par.pp == 1 || t.recompute != "full", "train.recompute",
+        "full cannot be combined with parallel.schedule = zb-h1 (its weight pass reads the "
+        "layer inputs full recomputation discards): use gelu or none, or the 1f1b schedule");
   check(c.sample.length >= 0, "sample.length", "must be >= 0");
   check(c.sample.temperature > 0, "sample.temperature", "must be > 0");
   check(c.sample.top_k >= 0, "sample.top_k", "must be >= 0");

@@ -26,6 +26,14 @@ double stage_flops_per_token(const std::vector<ParamSpec>& specs, const GptShape
   return 6.0 * weights + 6.0 * layers * double(shape.n_embd / mp.tp) * double(shape.seq_len);
 }
 
+// 2 FLOPs per weight of the layers' linear layers per token: their weight gradients.
+double weight_grad_flops_per_token(const std::vector<ParamSpec>& specs) {
+  double weights = 0;
+  for (const auto& s : specs)
+    if (s.shape.size() == 2 && s.name.starts_with("h/")) weights += double(s.numel);
+  return 2.0 * weights;
+}
+
 std::string megabytes(size_t bytes) {
   std::ostringstream os;
   os << std::fixed << std::setprecision(1) << double(bytes) / 1e6;
@@ -93,6 +101,7 @@ RunPlan plan_run(const Config& cfg, int world_size) {
     m.grad_shard = zero ? range * sizeof(float) : 0;
     m.flops_per_token = stage_flops_per_token(specs, shape, mp, m.layers);
     m.recompute_flops_per_token = Gpt::recompute_flops_per_token(shape, mp, p.recompute);
+    m.weight_grad_flops_per_token = weight_grad_flops_per_token(specs);
     if (mp.last_stage())
       for (const auto& s : specs)
         if (s.name == "wte/weight") m.head_backward_flops_per_token = 4.0 * double(s.numel);
@@ -116,13 +125,14 @@ RunPlan plan_run(const Config& cfg, int world_size) {
   p.model_flops_per_token = Gpt::flops_per_token(shape);
   const double tokens_mb = double(p.micro_batch_size) * shape.seq_len;
   if (p.grid.pp > 1) {
-    std::vector<double> fwd, bwd;
+    std::vector<double> fwd, bwd, wgt;
     for (const auto& s : p.stages) {
       const double f = s.flops_per_token / 3, head = s.head_backward_flops_per_token;
       fwd.push_back((f + head) * tokens_mb);
       bwd.push_back((2 * f - head + s.recompute_flops_per_token) * tokens_mb);
+      wgt.push_back(s.weight_grad_flops_per_token * tokens_mb);
     }
-    const SimResult r = simulate(schedule, p.grid.pp, p.micro_batches, v, fwd, bwd);
+    const SimResult r = simulate(schedule, p.grid.pp, p.micro_batches, v, fwd, bwd, 0, wgt);
     p.critical_flops = r.makespan;
     p.bubble = r.bubble;
   } else {
@@ -194,6 +204,7 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
   if (g.pp > 1)
     os << "\npipeline bubble (simulated with each stage's FLOPs, backward = 2 x forward"
        << (p.recompute.mode == Recompute::full ? " + recomputation" : "")
+       << (cfg.parallel.schedule == "zb-h1" ? " with the weight gradients in the weight pass" : "")
        << ", the head's backward with the loss): " << std::setprecision(1) << p.bubble * 100
        << "% of the stages' time";
   if (g.dp > 1) {
@@ -222,7 +233,10 @@ std::string format_recompute_fit(const Config& cfg, int world_size, double tflop
   TRIAD_CHECK(memory_gb > 0, "--plan-memory-gb must be > 0 (got ", memory_gb, ")");
   const int per_chunk = model_parallel(cfg, 0, 0).most_chunk_layers(cfg.model.n_layer);
   std::vector<std::pair<std::string, int>> options = {{"none", 0}, {"gelu", 0}};
-  for (int k = 1; k <= per_chunk; ++k) options.emplace_back("full", k == per_chunk ? 0 : k);
+  // zb-h1's weight pass reads the layer inputs that full recomputation discards (validate()).
+  const bool full_allowed = cfg.parallel.schedule != "zb-h1" || cfg.parallel.pp == 1;
+  for (int k = 1; k <= per_chunk && full_allowed; ++k)
+    options.emplace_back("full", k == per_chunk ? 0 : k);
   std::ostringstream os;
   os << std::fixed << "\nactivation recomputation against " << std::setprecision(1) << memory_gb
      << " GB per rank (the largest rank's backend buffers"
@@ -264,9 +278,11 @@ std::string format_recompute_fit(const Config& cfg, int world_size, double tflop
     }
   }
   if (fit.empty())
-    fit =
-        "does not fit even with full recomputation: more pipeline or tensor parallelism, "
-        "ZeRO-1 over more data-parallel ranks, or a smaller train.micro_batch_size";
+    fit = std::string(full_allowed ? "does not fit even with full recomputation"
+                                   : "does not fit (zb-h1 cannot recompute full layers: the "
+                                     "1f1b schedule can)") +
+          ": more pipeline or tensor parallelism, ZeRO-1 over more data-parallel ranks, or a "
+          "smaller train.micro_batch_size";
   os << fit << "\n";
   return os.str();
 }

@@ -117,6 +117,8 @@ TEST(ModelParallel, EveryGridMatchesOneRank) {
       {2, 2, 2, 1, 2, "1f1b", 1},
       {2, 2, 2, 0, 4, "gpipe", 1},
       {2, 2, 2, 1, 2, "interleaved", 2},
+      {1, 1, 4, 0, 4, "zb-h1", 1},
+      {2, 1, 2, 1, 4, "zb-h1", 1},
       // Sequence parallelism: LayerNorm regions split by rows over the tp group.
       {1, 2, 1, 0, 2, "1f1b", 1, true},
       {1, 4, 1, 1, 1, "1f1b", 1, true},
@@ -318,7 +320,8 @@ TEST(ModelParallel, MemoryPlanEqualsWhatEachRankAllocates) {
       {{1, 1, 4, 0, 4, "gpipe", 1}, "fp32"},      {{1, 1, 2, 1, 4, "interleaved", 2}, "bf16"},
       {{2, 2, 2, 1, 2, "1f1b", 1, true}, "bf16"}, {{1, 2, 2, 0, 2, "interleaved", 2}, "fp32"},
       {{1, 1, 4, 1, 4, "1f1b", 1}, "bf16"},       {{2, 2, 1, 0, 1, "1f1b", 1}, "bf16"},
-      {{2, 1, 2, 0, 2, "gpipe", 1}, "fp32"}};
+      {{2, 1, 2, 0, 2, "gpipe", 1}, "fp32"},      {{1, 2, 2, 0, 4, "zb-h1", 1, true}, "bf16"},
+      {{1, 1, 4, 0, 4, "zb-h1", 1}, "fp32"}};
   for (const auto& [g, precision] : grids) {
     if (g.ranks() > world_size()) continue;
     const std::string name = "plan_" + g.name() + "_" + precision;
@@ -388,6 +391,66 @@ TEST(ModelParallel, RecomputationChangesMemoryNotResults) {
     EXPECT_EQ(r.out.allocated_bytes, planned_bytes(args, g)) << what << " rank " << world_rank();
     EXPECT_LT(r.out.allocated_bytes, keep.out.allocated_bytes) << what;
   }
+}
+
+// The zero-bubble schedule splits each backward into the input-gradient pass and the weight pass
+// and runs them at different times, but the products are the same calls on the same values, and
+// each weight gradient still sums the micro-batches in order: on the CPU backend it trains bit for
+// bit as 1F1B (losses, weights, validation), under tensor and sequence parallelism, ZeRO-1, bf16,
+// GELU recomputation (redone in the weight pass), chunked logits and uneven stages. It holds more
+// activation sets and the layers' output gradients, exactly what --plan says, and resumes exactly.
+TEST(ModelParallel, ZeroBubbleTrainsBitForBitAsOneFOneB) {
+  const std::string dir = shared_dir("zero_bubble");
+  // grid (schedule set below), precision, extra options
+  const std::vector<std::tuple<Grid, std::string, std::vector<std::string>>> cases = {
+      {{1, 1, 2, 0, 4, "", 1}, "fp32", {}},
+      {{1, 1, 4, 0, 8, "", 1}, "bf16", {}},
+      {{1, 2, 2, 0, 4, "", 1, true}, "bf16", {"--train.recompute", "gelu"}},
+      {{1, 2, 2, 1, 2, "", 1}, "fp32", {"--train.logits_chunk", "24"}},
+      {{2, 2, 2, 1, 2, "", 1, true}, "bf16", {}},
+      {{1, 1, 4, 0, 4, "", 1}, "fp32", {"--parallel.stage_layers", "2,1,1,0"}},
+      {{2, 1, 4, 1, 2, "", 1}, "bf16", {"--train.recompute", "gelu"}}};
+  for (const auto& [grid, precision, extra] : cases) {
+    if (grid.ranks() > world_size()) continue;
+    auto args_for = [&](const std::string& schedule) {
+      Grid g = grid;
+      g.schedule = schedule;
+      std::vector<std::string> opts = {"--resume", "none", "--run.precision", precision,
+                                       "--checkpoint.every", "0"};
+      opts.insert(opts.end(), extra.begin(), extra.end());
+      std::string tag;
+      for (size_t i = 1; i < extra.size(); i += 2) tag += "_" + extra[i];
+      return grid_args(dir, "zb_" + g.name() + "_" + precision + tag, g, opts);
+    };
+    Grid g = grid;
+    g.schedule = "zb-h1";
+    const std::string what = g.name() + " " + precision;
+    const Result plain = run_trainer(g.ranks(), args_for("1f1b"));
+    const auto args = args_for("zb-h1");
+    const Result zb = run_trainer(g.ranks(), args);
+    EXPECT_EQ(zb.losses, plain.losses) << what;
+    EXPECT_EQ(zb.val_loss, plain.val_loss) << what;
+    ASSERT_EQ(zb.params.size(), plain.params.size()) << what;
+    EXPECT_EQ(std::memcmp(zb.params.data(), plain.params.data(), zb.params.size() * sizeof(float)),
+              0)
+        << what << ": weights differ";
+    if (world_rank() >= g.ranks()) continue;
+    EXPECT_EQ(zb.out.allocated_bytes, planned_bytes(args, g)) << what << " rank " << world_rank();
+    EXPECT_GT(zb.out.allocated_bytes, plain.out.allocated_bytes) << what;
+  }
+  // A checkpoint of step 3 resumes bit for bit as the run continued.
+  const Grid g{1, 2, 2, 0, 4, "zb-h1", 1, true};
+  if (g.ranks() > world_size()) return;
+  const Result full = run(dir, "zb_whole", g);
+  const Result resumed =
+      run(dir, "zb_resumed", g, {"--resume", dir + "/runs/zb_whole/ckpt/step_00000003.h5"});
+  ASSERT_EQ(full.losses.size(), 6u);
+  EXPECT_EQ(resumed.losses, std::vector<double>(full.losses.begin() + 3, full.losses.end()));
+  EXPECT_EQ(resumed.val_loss, full.val_loss);
+  ASSERT_EQ(resumed.params.size(), full.params.size());
+  EXPECT_EQ(
+      std::memcmp(resumed.params.data(), full.params.data(), full.params.size() * sizeof(float)),
+      0);
 }
 
 // The classifier in chunks of logits on the grids: vocabulary-parallel cross-entropy chunk by

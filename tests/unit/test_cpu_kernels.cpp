@@ -362,6 +362,46 @@ TEST_F(CpuKernels, MatmulWithBias) { check_matmul(*be, true, true); }
 TEST_F(CpuKernels, MatmulWithoutBias) { check_matmul(*be, false, true); }
 TEST_F(CpuKernels, MatmulWithoutDinp) { check_matmul(*be, true, false); }
 
+// The zero-bubble pipeline's split: the input gradient alone (dweight and dbias null), the
+// weight and bias gradients later (dinp null), bit for bit what one call forms; the same for
+// the FFN's second layer through the GELU. Nothing else is written by either half.
+TEST_F(CpuKernels, MatmulBackwardSplitsIntoInputAndWeightPasses) {
+  const int N = 33, IC = 20, OC = 24;
+  const Vec inp = random_vec(size_t(N) * IC, 91), w = random_vec(size_t(OC) * IC, 92);
+  const Vec dout = random_vec(size_t(N) * OC, 93), pre = random_vec(inp.size(), 94);
+  const Vec dx0 = random_vec(inp.size(), 95), dw0 = random_vec(w.size(), 96);
+  const Vec db0 = random_vec(OC, 97);
+  Vec dx = dx0, dw = dw0, db = db0;
+  be->matmul_backward(dx.data(), dw.data(), db.data(), dout.data(), inp.data(), w.data(), N, IC, OC);
+  Vec sx = dx0, sw = dw0, sb = db0;
+  be->matmul_backward(sx.data(), nullptr, nullptr, dout.data(), inp.data(), w.data(), N, IC, OC);
+  EXPECT_EQ(sw, dw0);
+  EXPECT_EQ(sb, db0);
+  EXPECT_EQ(sx, dx);
+  be->matmul_backward(nullptr, sw.data(), sb.data(), dout.data(), inp.data(), w.data(), N, IC, OC);
+  EXPECT_EQ(sw, dw);
+  EXPECT_EQ(sb, db);
+  EXPECT_EQ(sx, dx);
+
+  Vec act(pre.size());
+  be->gelu_forward(act.data(), pre.data(), act.size());
+  Vec dpre(pre.size()), dact(pre.size());
+  dw = dw0;
+  db = db0;
+  be->matmul_backward_gelu(dpre.data(), dact.data(), dw.data(), db.data(), dout.data(), act.data(),
+                           pre.data(), w.data(), N, IC, OC, GradMode::overwrite);
+  Vec spre(pre.size()), sact(pre.size());
+  sw = dw0;
+  sb = db0;
+  be->matmul_backward_gelu(spre.data(), sact.data(), nullptr, nullptr, dout.data(), act.data(),
+                           pre.data(), w.data(), N, IC, OC, GradMode::overwrite);
+  EXPECT_EQ(spre, dpre);
+  EXPECT_EQ(sw, dw0);
+  be->matmul_backward(nullptr, sw.data(), sb.data(), dout.data(), act.data(), w.data(), N, IC, OC);
+  EXPECT_EQ(sw, dw);
+  EXPECT_EQ(sb, db);
+}
+
 // Shapes large enough for the products to be split over threads, once along rows and once
 // along columns of each product (forward, dinp and dweight use all four split/transpose
 // combinations between them); checked against the analytic gradients in double.

@@ -453,6 +453,50 @@ TEST_F(CudaBf16Test, MatmulBackwardAccumulatesDeterministically) {
   }
 }
 
+// The zero-bubble split on the GPU: the input gradient alone, then the weight and bias gradients
+// (dinp null), bit for bit what one call forms, for the plain layer and the one through the GELU
+// (its dGELU epilogue with no weight gradient after it).
+TEST_F(CudaBf16Test, MatmulBackwardSplitsIntoInputAndWeightPasses) {
+  for (const MmShape& s : kMmShapes) {
+    SCOPED_TRACE(::testing::Message() << "N=" << s.N << " IC=" << s.IC << " OC=" << s.OC);
+    const size_t NI = size_t(s.N) * s.IC, NO = size_t(s.N) * s.OC, W = size_t(s.OC) * s.IC;
+    const Bits inp = random_bits(NI, 40), w = random_bits(W, 41), dout = random_bits(NO, 42);
+    const Bits dinp0 = initial_grad_bits(NI, 43, std::sqrt(double(s.OC)) / 3);
+    const Vec dw0 = initial_grad(W, 44, std::sqrt(double(s.N)) / 3);
+    const Vec db0 = initial_grad(s.OC, 45, std::sqrt(double(s.N)) / 2);
+    bf16_t *d_inp = dev(inp), *d_w = dev(w), *d_dout = dev(dout);
+    bf16_t* whole_dinp = dev(dinp0);
+    float *whole_dw = dev(dw0), *whole_db = dev(db0);
+    gpu->matmul_backward(whole_dinp, whole_dw, whole_db, d_dout, d_inp, d_w, s.N, s.IC, s.OC);
+    bf16_t* split_dinp = dev(dinp0);
+    float *split_dw = dev(dw0), *split_db = dev(db0);
+    gpu->matmul_backward(split_dinp, nullptr, nullptr, d_dout, d_inp, d_w, s.N, s.IC, s.OC);
+    EXPECT_TRUE(bit_equal(host(split_dw, W), dw0)) << "the input pass wrote dweight";
+    EXPECT_TRUE(bit_equal(host(split_db, s.OC), db0)) << "the input pass wrote dbias";
+    gpu->matmul_backward(nullptr, split_dw, split_db, d_dout, d_inp, d_w, s.N, s.IC, s.OC);
+    EXPECT_TRUE(bit_equal(host(split_dinp, NI), host(whole_dinp, NI))) << "dinp";
+    EXPECT_TRUE(bit_equal(host(split_dw, W), host(whole_dw, W))) << "dweight";
+    EXPECT_TRUE(bit_equal(host(split_db, s.OC), host(whole_db, s.OC))) << "dbias";
+
+    // Through the GELU: act = gelu(pre) is the layer's input.
+    const Bits pre = random_bits(NI, 46);
+    Bits act(NI);
+    cpu->gelu_forward(act.data(), pre.data(), NI);
+    bf16_t *d_pre = dev(pre), *d_act = dev(act);
+    bf16_t *whole_dpre = dev(Bits(NI)), *split_dpre = dev(Bits(NI)), *dact = dev(Bits(NI));
+    float *gw = dev(dw0), *gb = dev(db0), *sw = dev(dw0), *sb = dev(db0);
+    gpu->matmul_backward_gelu(whole_dpre, dact, gw, gb, d_dout, d_act, d_pre, d_w, s.N, s.IC, s.OC,
+                              GradMode::overwrite);
+    gpu->matmul_backward_gelu(split_dpre, dact, nullptr, nullptr, d_dout, d_act, d_pre, d_w, s.N,
+                              s.IC, s.OC, GradMode::overwrite);
+    EXPECT_TRUE(bit_equal(host(sw, W), dw0)) << "the input pass wrote dweight (gelu)";
+    gpu->matmul_backward(nullptr, sw, sb, d_dout, d_act, d_w, s.N, s.IC, s.OC);
+    EXPECT_TRUE(bit_equal(host(split_dpre, NI), host(whole_dpre, NI))) << "dpre";
+    EXPECT_TRUE(bit_equal(host(sw, W), host(gw, W))) << "dweight (gelu)";
+    EXPECT_TRUE(bit_equal(host(sb, s.OC), host(gb, s.OC))) << "dbias (gelu)";
+  }
+}
+
 // A bias gradient alone (the column sums the FFN's first layer gets when no epilogue forms it).
 TEST_F(CudaBf16Test, BiasBackwardAccumulatesDeterministically) {
   for (const MmShape& s : kMmShapes) {

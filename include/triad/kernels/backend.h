@@ -89,7 +89,9 @@ class Backend {
   // ---- linear: out[N,OC] = inp[N,IC] · weight[OC,IC]ᵀ + bias[OC] (bias may be nullptr) -------
   virtual void matmul_forward(float* out, const float* inp, const float* weight, const float* bias,
                               int N, int IC, int OC) = 0;
-  // dinp may be nullptr (not needed); dbias may be nullptr (no bias).
+  // dinp may be nullptr (not needed); dbias may be nullptr (no bias); dweight may be nullptr
+  // with dbias (the input gradient alone: a zero-bubble pipeline forms the weight gradients
+  // later, in a second call with dinp = nullptr).
   virtual void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                                const float* inp, const float* weight, int N, int IC, int OC,
                                GradMode mode = GradMode::accumulate) = 0;
@@ -117,8 +119,8 @@ class Backend {
   // The backward of a linear layer whose input is act = gelu(pre) (the FFN's second layer),
   // through the GELU: dweight += doutᵀ·act, dbias += Σ dout, dpre (+= or = by mode) the gradient
   // of pre, gelu'(pre) ∘ (dout · W). dact [N, IC] is scratch for dout · W: a backend may never
-  // write it (the GPU applies gelu' in the product's epilogue). The default runs
-  // matmul_backward into dact, then gelu_backward.
+  // write it (the GPU applies gelu' in the product's epilogue). dweight and dbias may be nullptr
+  // together (dpre alone). The default runs matmul_backward into dact, then gelu_backward.
   virtual void matmul_backward_gelu(float* dpre, float* dact, float* dweight, float* dbias,
                                     const float* dout, const float* act, const float* pre,
                                     const float* weight, int N, int IC, int OC,

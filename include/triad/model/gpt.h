@@ -314,8 +314,17 @@ class Gpt {
   void upload_ids(const int32_t* inputs, const int32_t* targets, int N);
   template <class A>
   void forward_chunk(int chunk, Set<A>& S, int B, int T);
+  // The backward pass of a chunk; where the schedule splits it (split_backward_), only the input
+  // gradients, leaving the linear layers' output gradients in S for weight_chunk, which forms
+  // their weight and bias gradients (LayerNorm and embedding gradients stay in the first pass).
   template <class A>
   void backward_chunk(int chunk, Set<A>& S, int B, int T);
+  template <class A>
+  void weight_chunk(int chunk, Set<A>& S, int B, int T);
+  // Rows of the residual stream's gradient kept over all rows in dst: gathered under sequence
+  // parallelism, else copied.
+  template <class A>
+  const A* keep_rows(const A* src, A* dst, int N);
   // Layer i of global chunk g from its ln_1 output (in the layer's ln1, this rank's rows) up to
   // the MLP's hidden activation: attention, its projection and reduction, the residual add with
   // ln_2, and c_fc with GELU. The forward pass continues from there; full recomputation runs it
@@ -359,6 +368,7 @@ class Gpt {
   std::vector<int32_t> host_ids_, padded_;
   Precision precision_ = Precision::fp32;
   Recomputation recompute_;
+  bool split_backward_ = false;  // the schedule has weight passes (zero bubble)
   int logits_rows_ = 0;  // the classifier's chunk: ActivationOptions::logits_chunk, resolved
   float* params_ = nullptr;
   float* grads_ = nullptr;

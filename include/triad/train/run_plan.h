@@ -44,6 +44,9 @@ struct StageMemory {
   // The head's backward (4 FLOPs per weight and token, last stage): the classifier runs it with
   // the loss, so it belongs to the forward action in the pipeline's simulation.
   double head_backward_flops_per_token = 0;
+  // The weight gradients of the layers' linear layers (2 FLOPs per weight and token): the part
+  // of the backward a zero-bubble schedule moves into its weight pass.
+  double weight_grad_flops_per_token = 0;
   // Data-parallel payload per step that this rank hands in (CommStats bytes): the gradient
   // all-reduce, or under ZeRO-1 the reduce-scatter of the whole buffer and the all-gather of the
   // slice (in bf16 where the trainer gathers the bf16 copy); and what a ring moves over this
@@ -64,8 +67,9 @@ struct RunPlan {
   // The step's compute on its critical path, in FLOPs per rank (divided by a sustained rate:
   // the step time), and the pipeline's idle fraction: the schedule simulated with each stage's
   // own forward (its FLOPs / 3, plus the head's backward on the last stage, which runs with the
-  // loss) and backward (the rest, plus any recomputation) of a micro-batch. pp = 1: the
-  // micro-batches one after another, no bubble.
+  // loss) and backward (the rest, plus any recomputation; zb-h1: of it the layers' weight
+  // gradients in the weight pass) of a micro-batch. pp = 1: the micro-batches one after another,
+  // no bubble.
   double critical_flops = 0;
   double bubble = 0;
 };
