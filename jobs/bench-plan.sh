@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # How well `triad-train --plan` predicts a step: one rank measures the sustained rate R (the
 # plan's FLOPs of a step / its measured time), then the plan predicts pipeline-parallel grids at
-# that R and the same grids are measured with mpirun: equal stages under 1F1B and GPipe, and the
-# layers balanced against the head (parallel.stage_layers = auto). Prints planned vs measured
-# step times (the median of the steps after the first 3) and their ratio. 1 thread per rank; the model is the
-# quick-start GPT with 8 layers (uneven stages: GPT-2's vocabulary makes the head heavy).
+# that R and the same grids are measured with mpirun: equal stages under 1F1B and GPipe, the
+# layers balanced against the head (parallel.stage_layers = auto), and the zero-bubble schedule
+# (zb-h1) on both. Prints planned vs measured step times (the median of the steps after the
+# first 3) and their ratio. 1 thread per rank; the model is the quick-start GPT with 8 layers
+# (uneven stages: GPT-2's vocabulary makes the head heavy; --vocab 512 makes it light, so that
+# the stages are even and the schedules differ by their bubbles alone).
 #
-#   jobs/bench-plan.sh [--steps N] [--pp P] [--section.key value ...]
+#   jobs/bench-plan.sh [--steps N] [--pp P] [--vocab V] [--section.key value ...]
 #
 # Needs P cores for an honest comparison (default P = 2). Builds triad-train if needed.
 set -euo pipefail
@@ -14,12 +16,14 @@ cd "$(dirname "$0")/.."
 
 steps=14
 pp=2
+vocab=50257
 extra=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --steps) steps=$2; shift 2 ;;
     --pp) pp=$2; shift 2 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    --vocab) vocab=$2; shift 2 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) extra+=("$1"); shift ;;
   esac
 done
@@ -33,19 +37,20 @@ export OMPI_MCA_sharedfp=^sm
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/triad-bench-plan.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 # Random tokens: the data does not change the speed. The shard format of docs/formats.md.
-python3 - "$tmp/plan_train_000.bin" <<'PY'
+python3 - "$tmp/plan_train_000.bin" "$vocab" <<'PY'
 import random, struct, sys
-n = 400_000
+n, vocab = 400_000, int(sys.argv[2])
 random.seed(0)
 with open(sys.argv[1], "wb") as f:
     f.write(struct.pack("<3i", 20240520, 1, n) + bytes(253 * 4))
-    f.write(struct.pack(f"<{n}H", *(random.randrange(50257) for _ in range(n))))
+    f.write(struct.pack(f"<{n}H", *(random.randrange(vocab) for _ in range(n))))
 PY
 
-args=(--config inputs/runs/quickstart.ini --model.n_layer 8 --train.batch_size 16
-      --train.micro_batch_size 4 --train.steps "$steps" --train.log_every 1 --eval.every 0
-      --eval.sequences 0 --sample.length 0 --checkpoint.every 0 --run.threads 1 --resume none
-      --data.train "$tmp/plan_train_*.bin" --data.val '' --run.dir "$tmp" "${extra[@]}")
+args=(--config inputs/runs/quickstart.ini --model.n_layer 8 --model.vocab_size "$vocab"
+      --train.batch_size 16 --train.micro_batch_size 4 --train.steps "$steps" --train.log_every 1
+      --eval.every 0 --eval.sequences 0 --sample.length 0 --checkpoint.every 0 --run.threads 1
+      --resume none --data.train "$tmp/plan_train_*.bin" --data.val '' --run.dir "$tmp"
+      "${extra[@]}")
 # Median step time (ms) of a log's step lines, the first 3 left out.
 median_ms() {
   grep '^step' "$1" | awk -F'|' 'NR > 3 { gsub(/ ms/, "", $7); print $7 + 0 }' | sort -n |
@@ -64,8 +69,10 @@ one=$(median_ms "$tmp/one.txt")
 rate=$(awk -v p="$(planned_ms 1)" -v m="$one" 'BEGIN { printf "%.6g", p / m }')  # TFLOP/s
 echo "   measured $one ms per step: R = $rate TFLOP/s"
 printf '%-22s %14s %14s %8s\n' grid "measured ms" "planned ms" ratio
-# Equal stages under both schedules, then the layers balanced against the head (stage_layers auto).
-for v in "1f1b " "gpipe " "1f1b auto"; do
+# Equal stages under 1F1B and GPipe, then the layers balanced against the head (stage_layers
+# auto), then the zero-bubble schedule on both splits (its gain over 1F1B is the ratio of their
+# measured times).
+for v in "1f1b " "gpipe " "1f1b auto" "zb-h1 " "zb-h1 auto"; do
   read -r sched split <<<"$v"
   grid=(--parallel.pp "$pp" --parallel.schedule "$sched" --parallel.stage_layers "${split:-}")
   name="pp$sched${split:+_$split}"

@@ -305,15 +305,17 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
       --parallel.comm nccl --resume none --run.name curve_nccl --train.steps 50 --checkpoint.every 0 \
       >"$RUN/curve_nccl.txt" 2>&1 || tail -8 "$RUN/curve_nccl.txt"
     echo "RESULT_NCCL_LINE $(grep -o 'comm [^|]*' "$RUN/curve_nccl.txt" | head -1)"
-    # Two ranks sharing the GPU (Comms staged through host memory): dp=2, tp=2, and pp=2 with
+    # Two ranks sharing the GPU (Comms staged through host memory): dp=2, tp=2, pp=2 with
     # both layers on the first stage (the last holds only ln_f and the head), full recomputation
-    # and the loss in chunks of 24 tokens, in bf16.
+    # and the loss in chunks of 24 tokens, and pp=2 under the zero-bubble schedule (the split
+    # backward's cuBLASLt products) with GELU recomputation, in bf16.
     if [[ -x $DEV/mpi/bin/mpirun ]]; then
-      for name in dp tp pp; do
+      for name in dp tp pp zb; do
         extra=()
         [[ $name == tp ]] && extra=(--parallel.tp 2)
         [[ $name == pp ]] && extra=(--parallel.pp 2 --parallel.stage_layers 2,0 --train.recompute full
                                     --train.logits_chunk 24)
+        [[ $name == zb ]] && extra=(--parallel.pp 2 --parallel.schedule zb-h1 --train.recompute gelu)
         timeout "$(tmo 90 150)" mpirun -np 2 --oversubscribe --mca btl self,vader --mca pml ob1 \
           "$B/triad-train" --config "$W/tiny.ini" --run.backend cuda --run.precision bf16 \
           "${extra[@]}" --resume none --run.name "curve_np2_$name" --train.steps 50 \
@@ -349,12 +351,13 @@ try:
     print(f"RESULT_NCCL 1 rank parallel.comm=nccl: {len(x)} steps, {'bit-identical to' if same else 'DIFFERS from'} comm=mpi")
 except Exception as e:
     print(f"RESULT_NCCL failed: {e}")
-for g in ("dp", "tp", "pp"):
+for g in ("dp", "tp", "pp", "zb"):
     try:
         with h5py.File(w / "runs" / f"curve_np2_{g}" / "metrics.h5", "r") as f:
             x = f["train/loss"][:]
         d = np.abs(l["cuda_bf16"] - x) / np.abs(l["cuda_bf16"])
-        print(f"RESULT_NP2 {g}=2 on one GPU vs 1 rank (bf16): {len(x)} steps, max rel diff {d.max():.2e}")
+        what = "pp=2 zb-h1" if g == "zb" else f"{g}=2"
+        print(f"RESULT_NP2 {what} on one GPU vs 1 rank (bf16): {len(x)} steps, max rel diff {d.max():.2e}")
     except Exception as e:
         print(f"RESULT_NP2 {g}=2 failed: {e}")
 EOF

@@ -12,8 +12,9 @@
 //       time, TFLOP/s or GB/s, and the fraction of the matmul / copy ceilings measured in the
 //       same run; their sum as a bound on the step time.
 //   triad-bench schedule [--pp N] [--m N] [--v N] [--timeline]
-//       the pipeline schedules (gpipe, 1f1b, interleaved) simulated with t_bwd = 2·t_fwd: bubble
-//       against theory, peak live micro-batches per stage, optionally a timeline. No MPI needed.
+//       the pipeline schedules (gpipe, 1f1b, interleaved, zb-h1) simulated with t_bwd = 2·t_fwd
+//       (zb-h1: W half of it): bubble against theory, peak live micro-batches per stage,
+//       optionally a timeline. No MPI needed.
 // Every error: one line "triad-bench: error: ..." on stderr and exit code 1.
 #include <fcntl.h>
 #include <mpi.h>
@@ -75,8 +76,8 @@ constexpr const char* kUsage =
     "                  every op of a GPT-2 training step: time, TFLOP/s or GB/s, fraction of\n"
     "                  the matmul and copy ceilings measured in the same run\n"
     "  schedule [--pp N] [--m N] [--v N] [--timeline]\n"
-    "                  simulate the pipeline schedules gpipe, 1f1b and interleaved: bubble\n"
-    "                  against theory, peak live micro-batches per stage\n"
+    "                  simulate the pipeline schedules gpipe, 1f1b, interleaved and zb-h1:\n"
+    "                  bubble against theory, peak live micro-batches per stage\n"
     "\n"
     "'triad-bench COMMAND --help' lists a command's options.\n";
 
@@ -553,19 +554,22 @@ int cmd_attention(MPI_Comm world, const std::vector<std::string>& args) {
 // ---- schedule -----------------------------------------------------------------------------------
 
 // One row per stage; one cell (2 characters) per t_fwd / v of time: the micro-batch in base 36
-// after F / B for chunk 0, f / b for chunk 1, G / C for chunk 2; ".." idle.
+// after F / B for chunk 0, f / b for chunk 1, G / C for chunk 2, W for a weight pass; ".." idle.
 void print_timeline(const triad::SimResult& r, int v, double t_fwd) {
   const double cell = t_fwd / v;
   const char* fwd = "FfG";
   const char* bwd = "BbC";
+  const char* wgt = "WwV";
   const char* digits = "0123456789abcdefghijklmnopqrstuvwxyz";
   const int n_cells = int(r.makespan / cell + 0.5);
   for (size_t s = 0; s < r.timeline.size(); ++s) {
     std::string row(size_t(2 * n_cells), '.');
     for (const triad::ComputeInterval& c : r.timeline[s]) {
-      const bool f = c.kind == triad::ActionKind::Forward;
+      const char* letters = c.kind == triad::ActionKind::Forward          ? fwd
+                            : c.kind == triad::ActionKind::BackwardWeight ? wgt
+                                                                          : bwd;
       for (int k = int(c.start / cell + 0.5); k < int(c.end / cell + 0.5) && k < n_cells; ++k) {
-        row[2 * k] = (f ? fwd : bwd)[c.chunk % 3];
+        row[2 * k] = letters[c.chunk % 3];
         row[2 * k + 1] = digits[c.microbatch % 36];
       }
     }
@@ -591,7 +595,8 @@ int cmd_schedule(MPI_Comm world, const std::vector<std::string>& args) {
   std::printf(
       "triad-bench schedule: pp=%d m=%d v=%d, t_fwd=%g t_bwd=%g per stage (a chunk: 1/v of it)\n"
       "  bubble = idle / (idle + busy) over all stages; theory (pp-1)/(m+pp-1), interleaved "
-      "(pp-1)/(v*m+pp-1)\n"
+      "(pp-1)/(v*m+pp-1),\n  zb-h1 (pp-1)/(3m+pp-1) (its backward split into B and W, each "
+      "t_bwd/2; theory for t_bwd = 2 t_fwd)\n"
       "  %-12s %2s %9s %10s %8s %9s  %s\n",
       pp, m, v, t_fwd, t_bwd, "schedule", "v", "makespan", "sim bubble", "theory", "sim/theo",
       "peak live (micro-batch, chunk) pairs per stage");
@@ -601,8 +606,9 @@ int cmd_schedule(MPI_Comm world, const std::vector<std::string>& args) {
     triad::SimResult r;
   };
   std::vector<Run> runs;
-  for (triad::ScheduleKind kind : {triad::ScheduleKind::GPipe, triad::ScheduleKind::OneFOneB,
-                                   triad::ScheduleKind::Interleaved}) {
+  for (triad::ScheduleKind kind :
+       {triad::ScheduleKind::GPipe, triad::ScheduleKind::OneFOneB, triad::ScheduleKind::Interleaved,
+        triad::ScheduleKind::ZeroBubble}) {
     const int kv = kind == triad::ScheduleKind::Interleaved ? v : 1;
     const char* name = triad::schedule_kind_name(kind);
     triad::PipelineSchedule s;
@@ -628,8 +634,10 @@ int cmd_schedule(MPI_Comm world, const std::vector<std::string>& args) {
   }
   if (vm.count("timeline")) {
     for (const Run& run : runs) {
-      std::printf("  %s (v=%d): F/B chunk 0, f/b chunk 1, G/C chunk 2, then the micro-batch\n",
-                  triad::schedule_kind_name(run.kind), run.v);
+      std::printf(
+          "  %s (v=%d): F/B chunk 0, f/b chunk 1, G/C chunk 2, W weight pass, then the "
+          "micro-batch\n",
+          triad::schedule_kind_name(run.kind), run.v);
       print_timeline(run.r, run.v, t_fwd);
     }
   }

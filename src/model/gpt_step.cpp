@@ -325,23 +325,23 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     // row-parallel c_proj sees the gradient of all rows, so its bias gradient is complete.
     const A* dres =
         split ? keep_rows(a.dresidual, L.dfcproj, N) : gather_rows(a.dresidual, a.full, N);
-    be_.matmul_backward_gelu(dfch, a.dfch_gelu, wgrad(gr.fcprojw), wgrad(gr.fcprojb),
-                             dres, L.fch_gelu, L.fch, w.fcprojw, N, 4 * Cl, C, kSet);
-    be_.matmul_backward(dpart, wgrad(gr.fcw), wgrad(gr.fcb), dfch, L.ln2g, w.fcw, N,
-                        C, 4 * Cl, kSet);
+    be_.matmul_backward_gelu(dfch, a.dfch_gelu, wgrad(gr.fcprojw), wgrad(gr.fcprojb), dres,
+                             L.fch_gelu, L.fch, w.fcprojw, N, 4 * Cl, C, kSet);
+    be_.matmul_backward(dpart, wgrad(gr.fcw), wgrad(gr.fcb), dfch, L.ln2g, w.fcw, N, C, 4 * Cl,
+                        kSet);
     reduce_rows(dpart, a.dln, N);
     layernorm_backward(a.dresidual, gr.ln2w, gr.ln2b, a.dln, L.residual2, w.ln2w, L.ln2_mean,
                        L.ln2_rstd, n);
     // Attention branch: residual2 = x + c_proj(attn(c_attn(ln_1(x)))).
     dres = split ? keep_rows(a.dresidual, L.dproj, N) : gather_rows(a.dresidual, a.full, N);
-    be_.matmul_backward(a.datty, wgrad(gr.projw), wgrad(gr.projb), dres, L.atty,
-                        w.projw, N, Cl, C, kSet);
+    be_.matmul_backward(a.datty, wgrad(gr.projw), wgrad(gr.projb), dres, L.atty, w.projw, N, Cl, C,
+                        kSet);
     if constexpr (std::is_same_v<A, float>)
       be_.attention_backward(dqkv, a.datt_scratch, a.datty, L.qkv, L.att, B, T, Cl, NHl, kSet);
     else  // flash style: probabilities recomputed from qkv and the saved log-sum-exp
       be_.attention_backward(dqkv, a.datty, L.qkv, L.atty, L.att, B, T, Cl, NHl, kSet);
-    be_.matmul_backward(dpart, wgrad(gr.qkvw), wgrad(gr.qkvb), dqkv, L.ln1g, w.qkvw,
-                        N, C, 3 * Cl, kSet);
+    be_.matmul_backward(dpart, wgrad(gr.qkvw), wgrad(gr.qkvb), dqkv, L.ln1g, w.qkvw, N, C, 3 * Cl,
+                        kSet);
     reduce_rows(dpart, a.dln, N);
     layernorm_backward(a.dresidual, gr.ln1w, gr.ln1b, a.dln, x_in, w.ln1w, L.ln1_mean, L.ln1_rstd,
                        n);

@@ -343,9 +343,10 @@ SimResult simulate(const PipelineSchedule& schedule, int pp, int m, int v,
   TRIAD_CHECK(t_wgt.empty() || int(t_wgt.size()) == pp,
               "simulate: one weight-pass time per rank expected");
   for (int s = 0; s < pp; ++s)
-    TRIAD_CHECK(t_fwd[size_t(s)] >= 0 && t_bwd[size_t(s)] >= 0 &&
-                    (t_wgt.empty() || (t_wgt[size_t(s)] >= 0 && t_wgt[size_t(s)] <= t_bwd[size_t(s)])),
-                "simulate: bad times of rank ", s);
+    TRIAD_CHECK(
+        t_fwd[size_t(s)] >= 0 && t_bwd[size_t(s)] >= 0 &&
+            (t_wgt.empty() || (t_wgt[size_t(s)] >= 0 && t_wgt[size_t(s)] <= t_bwd[size_t(s)])),
+        "simulate: bad times of rank ", s);
   // A split backward: B takes t_bwd − t_wgt, W t_wgt, and a micro-batch is live until its W.
   const bool split = has_weight_pass(schedule);
   auto compute_time = [&](ActionKind k, int s) {

@@ -415,7 +415,7 @@ TEST(ModelParallel, ZeroBubbleTrainsBitForBitAsOneFOneB) {
     auto args_for = [&](const std::string& schedule) {
       Grid g = grid;
       g.schedule = schedule;
-      std::vector<std::string> opts = {"--resume", "none", "--run.precision", precision,
+      std::vector<std::string> opts = {"--resume",           "none", "--run.precision", precision,
                                        "--checkpoint.every", "0"};
       opts.insert(opts.end(), extra.begin(), extra.end());
       std::string tag;

@@ -117,20 +117,20 @@ TEST(Config, InvalidGridsAreRefused) {
                    "15"},
                   2),
          "parallel.sequence_parallel", "divisible by parallel.tp");
-  expect(error_of({"--parallel.schedule", "zb-h1", "--parallel.pp", "2", "--train.recompute",
-                   "full"},
-                  2),
-         "train.recompute", "full cannot be combined with parallel.schedule = zb-h1");
+  expect(
+      error_of({"--parallel.schedule", "zb-h1", "--parallel.pp", "2", "--train.recompute", "full"},
+               2),
+      "train.recompute", "full cannot be combined with parallel.schedule = zb-h1");
   expect(error_of({"--parallel.schedule", "zb-h1", "--parallel.pp", "2",
                    "--parallel.virtual_stages", "2"},
                   2),
          "parallel.virtual_stages", "must be 1 for parallel.schedule = zb-h1");
   expect(error_of({"--parallel.schedule", "zb-h2"}, 1), "parallel.schedule",
          "must be 1f1b, gpipe, interleaved or zb-h1 (got 'zb-h2')");
-  EXPECT_EQ(error_of({"--parallel.schedule", "zb-h1", "--parallel.pp", "2", "--train.recompute",
-                      "gelu"},
-                     2),
-            "");
+  EXPECT_EQ(
+      error_of({"--parallel.schedule", "zb-h1", "--parallel.pp", "2", "--train.recompute", "gelu"},
+               2),
+      "");
   EXPECT_EQ(error_of({"--parallel.tp", "4", "--parallel.pp", "2"}, 8), "");
   EXPECT_EQ(error_of({"--parallel.schedule", "interleaved", "--parallel.virtual_stages", "2",
                       "--parallel.pp", "2", "--train.micro_batch_size", "1"},

@@ -372,7 +372,8 @@ TEST_F(CpuKernels, MatmulBackwardSplitsIntoInputAndWeightPasses) {
   const Vec dx0 = random_vec(inp.size(), 95), dw0 = random_vec(w.size(), 96);
   const Vec db0 = random_vec(OC, 97);
   Vec dx = dx0, dw = dw0, db = db0;
-  be->matmul_backward(dx.data(), dw.data(), db.data(), dout.data(), inp.data(), w.data(), N, IC, OC);
+  be->matmul_backward(dx.data(), dw.data(), db.data(), dout.data(), inp.data(), w.data(), N, IC,
+                      OC);
   Vec sx = dx0, sw = dw0, sb = db0;
   be->matmul_backward(sx.data(), nullptr, nullptr, dout.data(), inp.data(), w.data(), N, IC, OC);
   EXPECT_EQ(sw, dw0);

@@ -256,7 +256,6 @@ TEST(PipelineSchedule, RejectsInvalidShapes) {
   }
 }
 
-
 TEST(PipelineSchedule, DroppedSendIsCaught) {
   for (ScheduleKind kind : kKinds) {
     const int v = kind == ScheduleKind::Interleaved ? 2 : 1;

@@ -55,8 +55,8 @@ void matmul_backward(cudaStream_t s, cublasHandle_t h, DeviceScratch& scratch, f
   // dW[OC,IC] += doutᵀ · inp  ⇔  dWᵀ (IC×OC) += inpᵀ (col-major IC×N, ld IC, no transpose)
   // · dout (col-major doutᵀ is OC×N with ld OC; transposed gives N×OC)
   if (dweight != nullptr)
-    TRIAD_CUBLAS_CHECK(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, N, &one, inp, IC, dout,
-                                   OC, &one, dweight, IC));
+    TRIAD_CUBLAS_CHECK(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, N, &one, inp, IC, dout, OC,
+                                   &one, dweight, IC));
   if (dbias != nullptr) column_sum_accumulate(s, scratch, dbias, dout, N, OC);
 }
 
