@@ -292,6 +292,8 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
   const int g = mp_.global_chunk(chunk), per_chunk = mp_.chunk_layers(g, shape_.n_layer);
   const int first_layer = mp_.first_layer(g, shape_.n_layer);
   const bool split = split_backward_;
+  // The hook reports gradients final after this pass; a split one leaves the weights' to W.
+  TRIAD_ASSERT(!split || !grad_hook_);
   if (g == mp_.chunks() - 1) {
     // The classifier ran its backward with the loss: ln_f's output gradient is in S.dlnf.
     be_.zero(a.dresidual, size_t(n) * C);

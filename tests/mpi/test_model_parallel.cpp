@@ -409,6 +409,8 @@ TEST(ModelParallel, ZeroBubbleTrainsBitForBitAsOneFOneB) {
       {{1, 2, 2, 1, 2, "", 1}, "fp32", {"--train.logits_chunk", "24"}},
       {{2, 2, 2, 1, 2, "", 1, true}, "bf16", {}},
       {{1, 1, 4, 0, 4, "", 1}, "fp32", {"--parallel.stage_layers", "2,1,1,0"}},
+      {{1, 1, 4, 0, 4, "", 1}, "bf16", {"--parallel.stage_layers", "0,2,1,1"}},
+      {{1, 1, 2, 0, 1, "", 1}, "fp32", {}},  // one micro-batch: B and W back to back
       {{2, 1, 4, 1, 2, "", 1}, "bf16", {"--train.recompute", "gelu"}}};
   for (const auto& [grid, precision, extra] : cases) {
     if (grid.ranks() > world_size()) continue;
@@ -425,8 +427,8 @@ TEST(ModelParallel, ZeroBubbleTrainsBitForBitAsOneFOneB) {
     Grid g = grid;
     g.schedule = "zb-h1";
     const std::string what = g.name() + " " + precision;
-    const Result plain = run_trainer(g.ranks(), args_for("1f1b"));
-    const auto args = args_for("zb-h1");
+    const auto plain_args = args_for("1f1b"), args = args_for("zb-h1");
+    const Result plain = run_trainer(g.ranks(), plain_args);
     const Result zb = run_trainer(g.ranks(), args);
     EXPECT_EQ(zb.losses, plain.losses) << what;
     EXPECT_EQ(zb.val_loss, plain.val_loss) << what;
@@ -434,9 +436,15 @@ TEST(ModelParallel, ZeroBubbleTrainsBitForBitAsOneFOneB) {
     EXPECT_EQ(std::memcmp(zb.params.data(), plain.params.data(), zb.params.size() * sizeof(float)),
               0)
         << what << ": weights differ";
+    // The split is real: the stages together hold more (a stage without layers the same).
+    auto all_stages = [&](const std::vector<std::string>& a) {
+      size_t sum = 0;
+      for (const auto& st : plan_run(config_of(a), g.ranks()).stages) sum += st.total();
+      return sum;
+    };
+    EXPECT_GT(all_stages(args), all_stages(plain_args)) << what;
     if (world_rank() >= g.ranks()) continue;
     EXPECT_EQ(zb.out.allocated_bytes, planned_bytes(args, g)) << what << " rank " << world_rank();
-    EXPECT_GT(zb.out.allocated_bytes, plain.out.allocated_bytes) << what;
   }
   // A checkpoint of step 3 resumes bit for bit as the run continued.
   const Grid g{1, 2, 2, 0, 4, "zb-h1", 1, true};

@@ -348,6 +348,28 @@ TEST_F(CudaBackendTest, MatmulBackwardAccumulatesDeterministically) {
   }
 }
 
+// The zero-bubble split in fp32 (cuBLAS): the input gradient alone, then the weight and bias
+// gradients (dinp null), bit for bit one call's; the input pass leaves dweight and dbias alone.
+TEST_F(CudaBackendTest, MatmulBackwardSplitsIntoInputAndWeightPasses) {
+  for (const MmShape& s : kMmShapes) {
+    SCOPED_TRACE(::testing::Message() << "N=" << s.N << " IC=" << s.IC << " OC=" << s.OC);
+    const size_t nin = size_t(s.N) * s.IC, nw = size_t(s.OC) * s.IC, nout = size_t(s.N) * s.OC;
+    const Vec inp = random_vec(nin, 50), w = random_vec(nw, 51), dout = random_vec(nout, 52);
+    const Vec dinp0 = random_vec(nin, 53), dw0 = random_vec(nw, 54), db0 = random_vec(s.OC, 55);
+    float *d_inp = dev(inp), *d_w = dev(w), *d_dout = dev(dout);
+    float *whole_dinp = dev(dinp0), *whole_dw = dev(dw0), *whole_db = dev(db0);
+    gpu->matmul_backward(whole_dinp, whole_dw, whole_db, d_dout, d_inp, d_w, s.N, s.IC, s.OC);
+    float *split_dinp = dev(dinp0), *split_dw = dev(dw0), *split_db = dev(db0);
+    gpu->matmul_backward(split_dinp, nullptr, nullptr, d_dout, d_inp, d_w, s.N, s.IC, s.OC);
+    EXPECT_TRUE(bit_equal(host(split_dw, nw), dw0)) << "the input pass wrote dweight";
+    EXPECT_TRUE(bit_equal(host(split_db, s.OC), db0)) << "the input pass wrote dbias";
+    gpu->matmul_backward(nullptr, split_dw, split_db, d_dout, d_inp, d_w, s.N, s.IC, s.OC);
+    EXPECT_TRUE(bit_equal(host(split_dinp, nin), host(whole_dinp, nin))) << "dinp";
+    EXPECT_TRUE(bit_equal(host(split_dw, nw), host(whole_dw, nw))) << "dweight";
+    EXPECT_TRUE(bit_equal(host(split_db, s.OC), host(whole_db, s.OC))) << "dbias";
+  }
+}
+
 // 1 + 2⁻¹² has 12 significant mantissa bits: TF32 (10 bits) rounds it to 1, fp32 keeps it, and
 // every partial sum of these products is exact in fp32. So an fp32 sgemm gives exactly
 // 64·(1 + 2⁻¹²) = 64.015625 and a TF32 one 64.

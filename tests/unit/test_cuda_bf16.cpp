@@ -490,6 +490,7 @@ TEST_F(CudaBf16Test, MatmulBackwardSplitsIntoInputAndWeightPasses) {
     gpu->matmul_backward_gelu(split_dpre, dact, nullptr, nullptr, d_dout, d_act, d_pre, d_w, s.N,
                               s.IC, s.OC, GradMode::overwrite);
     EXPECT_TRUE(bit_equal(host(sw, W), dw0)) << "the input pass wrote dweight (gelu)";
+    EXPECT_TRUE(bit_equal(host(sb, s.OC), db0)) << "the input pass wrote dbias (gelu)";
     gpu->matmul_backward(nullptr, sw, sb, d_dout, d_act, d_w, s.N, s.IC, s.OC);
     EXPECT_TRUE(bit_equal(host(split_dpre, NI), host(whole_dpre, NI))) << "dpre";
     EXPECT_TRUE(bit_equal(host(sw, W), host(gw, W))) << "dweight (gelu)";

@@ -147,9 +147,10 @@ TEST(RunPlan, ComputePerTokenCountsTheWeightsEachStageMultipliesWith) {
 // zb-h1 against 1f1b on 4 stages, 8 micro-batches. Stages of equal compute (16 layers of GPT-2
 // 124M's width, a 512-token vocabulary): the weight pass takes the layers' weight gradients
 // (2 FLOPs per weight) out of the backward on the critical path and the simulated bubble halves
-// (1F1B: 28%, the formula's 3/11; ZB-H1: 14%, the formula's 1/9 for t_W = t_fwd, but here the
-// weight pass is a little shorter than the forward). GPT-2 124M with its head on the last stage
-// gains less (53% → 49%): most of its bubble is that stage's extra work, which no schedule hides.
+// (1F1B: 27.7%, near the formula's 3/11; ZB-H1: 13.7%, the formula's 1/9 being for t_W = t_fwd,
+// and here the weight pass is a little shorter than the forward). GPT-2 124M with its head on
+// the last stage gains less (53.2% → 49.4%): most of its bubble is that stage's extra work, which
+// no schedule hides.
 // Every stage holds up to 4 activation sets (1F1B: 4 − s) with each layer's output gradients
 // (9C per token at tp = 1), and the recomputation table leaves out full recomputation, which
 // zb-h1 cannot run.
@@ -161,9 +162,8 @@ TEST(RunPlan, ZeroBubbleShrinksTheBubbleForActivations) {
   const RunPlan even = plan_run(c, 4);
   c.parallel.schedule = "zb-h1";
   const RunPlan even_zb = plan_run(c, 4);
-  EXPECT_NEAR(even.bubble, 3.0 / 11, 0.01);
-  EXPECT_LT(even_zb.bubble, 0.55 * even.bubble) << even_zb.bubble << " vs " << even.bubble;
-  EXPECT_GT(even_zb.bubble, 1.0 / 9);
+  EXPECT_NEAR(even.bubble, 0.277, 0.001);  // 3/11 and the stages' small differences
+  EXPECT_NEAR(even_zb.bubble, 0.137, 0.001);
 
   c = gpt2_124m(64, 8);
   c.parallel.pp = 4;
@@ -171,7 +171,8 @@ TEST(RunPlan, ZeroBubbleShrinksTheBubbleForActivations) {
   c.parallel.schedule = "zb-h1";
   const RunPlan zb = plan_run(c, 4);
   EXPECT_LT(zb.critical_flops, plain.critical_flops);
-  EXPECT_LT(zb.bubble, plain.bubble);
+  EXPECT_NEAR(plain.bubble, 0.532, 0.001);
+  EXPECT_NEAR(zb.bubble, 0.494, 0.001);
   const double C = 768, T = 1024;
   for (int s = 0; s < 4; ++s) {
     const auto& z = zb.stages[size_t(s)];

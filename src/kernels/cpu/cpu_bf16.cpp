@@ -112,8 +112,10 @@ void matmul_forward(bf16_t* out, const bf16_t* inp, const bf16_t* weight, const 
 void matmul_backward(bf16_t* dinp, float* dweight, float* dbias, const bf16_t* dout,
                      const bf16_t* inp, const bf16_t* weight, int N, int IC, int OC) {
   through_fp32(0, dinp, size_t(N) * IC, [&](float* di) {
+    // inp is read for dweight only (the input-gradient pass of a split backward has none).
     matmul_backward(di, dweight, dbias, widen(1, dout, size_t(N) * OC),
-                    widen(2, inp, size_t(N) * IC), widen(3, weight, size_t(OC) * IC), N, IC, OC);
+                    dweight ? widen(2, inp, size_t(N) * IC) : nullptr,
+                    widen(3, weight, size_t(OC) * IC), N, IC, OC);
   });
 }
 

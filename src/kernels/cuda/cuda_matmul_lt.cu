@@ -313,7 +313,10 @@ void matmul_backward(cudaStream_t s, LtMatmul& lt, DeviceScratch& scratch, bf16*
   if (N <= 0 || OC <= 0) return;
   if (IC > 0) {
     if (dinp != nullptr) lt.run(s, input_grad_gemm(dinp, dout, weight, N, IC, OC, accumulate));
-    if (dweight == nullptr) return;  // the input gradient alone (dbias is null too)
+    if (dweight == nullptr) {  // the input gradient alone (Backend: dbias is null too)
+      TRIAD_ASSERT(dbias == nullptr);
+      return;
+    }
     // dW[OC,IC] += doutᵀ · inp  ⇔  dWᵀ (IC×OC, ld IC) += inpᵀ (col-major IC×N, ld IC, no
     // transpose) · dout (stored as col-major doutᵀ OC×N, ld OC; transposed gives N×OC)
     LtGemm g;
