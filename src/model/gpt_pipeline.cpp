@@ -204,9 +204,18 @@ const float* Gpt::next_token_logits_t(const int32_t* tokens, int len) {
 template Gpt::Set<float>* Gpt::forward_pipeline<float>(const int32_t*, int, int);
 template Gpt::Set<bf16_t>* Gpt::forward_pipeline<bf16_t>(const int32_t*, int, int);
 
-void Gpt::sync_tied_embedding() {
+void Gpt::sync_tied_embedding(bool master_current) {
   if (mp_.pp == 1 || !(mp_.first_stage() || mp_.last_stage())) return;
   const ParamSpec& s = specs_[size_t(mp_.first_stage() ? wte_ : head_)];
+  if (!master_current) {
+    TRIAD_ASSERT(params_bf16_ != nullptr && s.numel % 2 == 0);
+    float* copy = words(params_bf16_ + s.offset);  // bf16 pairs as fp32 words (a copy, no sum)
+    if (mp_.first_stage())
+      mp_.pp_comm->send(copy, s.numel / 2, mp_.pp - 1, kTagTied);
+    else
+      mp_.pp_comm->recv(copy, s.numel / 2, 0, kTagTied);
+    return;
+  }
   float* w = params_ + s.offset;
   if (mp_.first_stage()) {
     mp_.pp_comm->send(w, s.numel, mp_.pp - 1, kTagTied);

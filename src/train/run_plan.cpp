@@ -65,7 +65,7 @@ ActivationOptions activation_options(const Config& cfg) {
       cfg.train.logits_chunk);
 }
 
-bool zero_gathers_bf16(const Config& cfg) { return cfg.bf16() && cfg.parallel.pp == 1; }
+bool zero_gathers_bf16(const Config& cfg) { return cfg.bf16(); }
 
 RunPlan plan_run(const Config& cfg, int world_size) {
   TRIAD_CHECK(world_size >= 1, "--plan-ranks must be >= 1 (got ", world_size, ")");

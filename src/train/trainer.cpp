@@ -327,7 +327,7 @@ TrainOutcome Trainer::run() {
       s.grid.dp().all_gather(s.model->params() + lo, s.model->params(), hi - lo);
       s.model->params_updated();
     }
-    s.model->sync_tied_embedding();
+    s.model->sync_tied_embedding(!gather_bf16);
     s.position += cfg.train.batch_size;
     s.step = st + 1;
     s.be->synchronize();

@@ -548,16 +548,17 @@ TEST(ModelParallel, UnevenStagesMatchOneRank) {
       "4,0 to 0,4");
 }
 
-// ZeRO-1 in bf16 without a pipeline gathers the updated slices as the bf16 copy (half the bytes
-// of fp32 master weights), leaving each rank's fp32 weights outside its slice stale. With two
-// data-parallel ranks a reduce-scatter and an all-reduce add the same two numbers, so without
-// clipping (whose norm sums in another order) ZeRO-1 must train bit for bit as plain data
-// parallelism, whose every rank updates all weights; its checkpoints (each rank writes its
-// slice) must resume exactly, and the gather must move half the bytes.
+// ZeRO-1 in bf16 gathers the updated slices as the bf16 copy (half the bytes of fp32 master
+// weights), leaving each rank's fp32 weights outside its slice stale; with a pipeline the tied
+// embedding's copies are synchronized as bf16. With two data-parallel ranks a reduce-scatter and
+// an all-reduce add the same two numbers, so without clipping (whose norm sums in another order)
+// ZeRO-1 must train bit for bit as plain data parallelism, whose every rank updates all weights;
+// its checkpoints (each rank writes its slice) must resume exactly, and the gather must move half
+// the bytes.
 TEST(ModelParallel, ZeroGathersTheBf16CopyExactly) {
   const std::string dir = shared_dir("zero_bf16");
-  for (const int tp : {1, 2}) {
-    const Grid zero{2, tp, 1, 1, 2, "1f1b", 1}, plain{2, tp, 1, 0, 2, "1f1b", 1};
+  for (const auto& [tp, pp] : std::vector<std::pair<int, int>>{{1, 1}, {2, 1}, {1, 2}, {2, 2}}) {
+    const Grid zero{2, tp, pp, 1, 2, "1f1b", 1}, plain{2, tp, pp, 0, 2, "1f1b", 1};
     if (zero.ranks() > world_size()) continue;
     const std::vector<std::string> bf16 = {"--resume",          "none", "--run.precision", "bf16",
                                            "--train.grad_clip", "0"};

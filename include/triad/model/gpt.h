@@ -232,8 +232,8 @@ class Gpt {
   // After anything writes params() (an optimizer update, a checkpoint load): refreshes the bf16
   // copy the layers read (bf16 precision; nothing to do in fp32). sync_tied_embedding() keeps
   // the copy of what it receives current itself. Only while all of params() is current: after
-  // a ZeRO-1 step that gathered the bf16 copy (the trainer, bf16 with pp = 1) the fp32 weights
-  // outside this rank's slice are stale and would overwrite the gathered ones.
+  // a ZeRO-1 step that gathered the bf16 copy (the trainer in bf16) the fp32 weights outside
+  // this rank's slice are stale and would overwrite the gathered ones.
   void params_updated();
   // The bf16 copy of params() (same layout), for an optimizer update that writes it in the same
   // pass; null in fp32.
@@ -269,7 +269,11 @@ class Gpt {
   // Both received the same summed gradient, but a data-parallel reduction may round the two
   // copies' gradients differently (they sit at different offsets of differently sized buffers),
   // so the first stage's values are made the only ones. Collective over the pipeline group.
-  void sync_tied_embedding();
+  // master_current = false (after a ZeRO-1 step that gathered the bf16 copy, whose fp32 weights
+  // are current only in this rank's slice): the bf16 copy the layers read is sent instead, and
+  // the last stage's fp32 copy, a replica that no checkpoint, norm or layer reads, is left as
+  // its own update made it.
+  void sync_tied_embedding(bool master_current = true);
   // Forward and loss only (evaluation); collective over the pipeline and tensor-parallel
   // groups, the result on every rank.
   ForwardStats evaluate(const int32_t* inputs, const int32_t* targets, int B);

@@ -24,8 +24,8 @@ ModelParallel model_parallel(const Config& cfg, int pp_rank, int tp_rank);
 // train.recompute, train.recompute_layers and train.logits_chunk
 ActivationOptions activation_options(const Config& cfg);
 // Under ZeRO-1, whether the trainer all-gathers the updated slices as the bf16 copy the layers
-// read (bf16 precision without a pipeline) rather than as fp32 master weights: with a pipeline the
-// tied embedding's two copies are synchronized from the fp32 ones.
+// read (bf16 precision) rather than as fp32 master weights (fp32). With a pipeline the tied
+// embedding's two copies are then synchronized as bf16 too.
 bool zero_gathers_bf16(const Config& cfg);
 
 // One pipeline stage: every tensor- and data-parallel rank of it allocates the same sizes.
