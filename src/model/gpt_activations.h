@@ -66,7 +66,9 @@ struct Gpt::Activations {
   A* gelu_work = nullptr;
   Layer work{};
   float* datt_scratch = nullptr;  // fp32 attention backward only
-  float* ce_stats;                // [4·B·T]: vocabulary-parallel cross-entropy row statistics
+  // tp > 1, last stage: the vocabulary-parallel cross-entropy's row statistics of one chunk of
+  // logits (4 per row).
+  float* ce_stats = nullptr;
   A* logits = nullptr;  // last chunk held: logits_rows × V/tp, the classifier's chunk (dlogits)
   // Sequence parallel: partial sums over all rows before a reduce-scatter, gathered gradients,
   // and one LayerNorm's weight and bias gradients before their all-reduce.
@@ -158,8 +160,10 @@ struct Gpt::Activations {
       if (!split_backward) want(dfch, BT * 4 * Cl);
       want(dfch_gelu, BT * 4 * Cl);
     }
-    want_f(ce_stats, 4 * BT);
-    if (mp.last_stage()) want(logits, size_t(logits_rows) * Vl);  // it holds the last chunk
+    if (mp.last_stage()) {  // it holds the last chunk
+      want(logits, size_t(logits_rows) * Vl);
+      if (mp.tp > 1) want_f(ce_stats, 4 * size_t(logits_rows));
+    }
     if (any_recompute && recompute.mode == Recompute::gelu) want(gelu_work, BT * 4 * Cl);
     if (any_recompute && recompute.mode == Recompute::full) want_internals(work, true);
     want(proj, R * C);

@@ -47,10 +47,10 @@ TEST(GptMemoryPlan, ActivationsFollowTheDocumentedFormula) {
   // and MLP (4, 4) gradients and the shared projection output = 15·n·C; the classifier's chunk
   // of logits (a whole micro-batch by default).
   const size_t act = n * C * (1 + 16 * L + 2 + 15) + n * Vp;
-  // fp32 statistics: each LayerNorm's mean and rstd, the per-token loss and hit, the
-  // vocabulary-parallel row statistics (4n); attention keeps its probabilities (fp32 model,
-  // and their gradient as scratch) or its log-sum-exp (bf16).
-  const size_t stats = L * 4 * n + 2 * n + 2 * n + 4 * n;
+  // fp32 statistics: each LayerNorm's mean and rstd, ln_f's, the per-token loss and hit (the
+  // vocabulary-parallel row statistics only at tp > 1); attention keeps its probabilities (fp32
+  // model, and their gradient as scratch) or its log-sum-exp (bf16).
+  const size_t stats = L * 4 * n + 2 * n + 2 * n;
   const size_t fp32 = 4 * (act + stats + L * n * NH * T + n * NH * T);
   const size_t bf16 = 2 * act + 4 * (stats + L * n * NH + Vp);  // + one widened row of logits
   EXPECT_EQ(Gpt::memory_plan(kSmall, kB).activations, fp32);
