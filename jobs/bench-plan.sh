@@ -2,11 +2,12 @@
 # How well `triad-train --plan` predicts a step: one rank measures the sustained rate R (the
 # plan's FLOPs of a step / its measured time), then the plan predicts pipeline-parallel grids at
 # that R and the same grids are measured with mpirun: equal stages under 1F1B and GPipe, the
-# layers balanced against the head (parallel.stage_layers = auto), and the zero-bubble schedule
-# (zb-h1) on both. Prints planned vs measured step times (the median of the steps after the
-# first 3) and their ratio. 1 thread per rank; the model is the quick-start GPT with 8 layers
-# (uneven stages: GPT-2's vocabulary makes the head heavy; --vocab 512 makes it light, so that
-# the stages are even and the schedules differ by their bubbles alone).
+# layers balanced against the head (parallel.stage_layers = auto), the zero-bubble schedule
+# (zb-h1) on both, and two virtual stages per rank (interleaved, and zb-h1 splitting it). Prints
+# planned vs measured step times (the median of the steps after the first 3) and their ratio.
+# 1 thread per rank; the model is the quick-start GPT with 8 layers (uneven stages: GPT-2's
+# vocabulary makes the head heavy; --vocab 512 makes it light, so that the stages are even and
+# the schedules differ by their bubbles alone).
 #
 #   jobs/bench-plan.sh [--steps N] [--pp P] [--vocab V] [--section.key value ...]
 #
@@ -71,17 +72,21 @@ echo "   measured $one ms per step: R = $rate TFLOP/s"
 printf '%-22s %14s %14s %8s\n' grid "measured ms" "planned ms" ratio
 # Equal stages under 1F1B and GPipe, then the layers balanced against the head (stage_layers
 # auto), then the zero-bubble schedule on both splits (its gain over 1F1B is the ratio of their
-# measured times).
-for v in "1f1b " "gpipe " "1f1b auto" "zb-h1 " "zb-h1 auto"; do
-  read -r sched split <<<"$v"
-  grid=(--parallel.pp "$pp" --parallel.schedule "$sched" --parallel.stage_layers "${split:-}")
-  name="pp$sched${split:+_$split}"
+# measured times), then two virtual stages per rank: interleaved and zb-h1 splitting it.
+for v in "1f1b - 1" "gpipe - 1" "1f1b auto 1" "zb-h1 - 1" "zb-h1 auto 1" "interleaved - 2" \
+         "zb-h1 - 2"; do
+  read -r sched split vs <<<"$v"
+  [[ $split == - ]] && split=
+  grid=(--parallel.pp "$pp" --parallel.schedule "$sched" --parallel.stage_layers "$split"
+        --parallel.virtual_stages "$vs")
+  name="pp$sched${split:+_$split}_v$vs"
   mpirun --oversubscribe -np "$pp" build/triad-train "${args[@]}" "${grid[@]}" \
     --run.name "$name" > "$tmp/$name.txt" 2>&1 || { cat "$tmp/$name.txt"; exit 1; }
   m=$(median_ms "$tmp/$name.txt")
   p=$(planned_ms "$rate" "${grid[@]}" --plan-ranks "$pp")
   label="pp $pp $sched${split:+ layers $(build/triad-train "${args[@]}" "${grid[@]}" --plan \
     --plan-ranks "$pp" | sed -n 's/.*stage layers \([0-9,]*\).*/\1/p')}"
+  (( vs > 1 )) && label+=" v $vs"
   printf '%-22s %14s %14s %8s\n' "$label" "$m" "$p" \
     "$(awk -v p="$p" -v m="$m" 'BEGIN { printf "%.3f", p / m }')"
 done

@@ -595,8 +595,8 @@ int cmd_schedule(MPI_Comm world, const std::vector<std::string>& args) {
   std::printf(
       "triad-bench schedule: pp=%d m=%d v=%d, t_fwd=%g t_bwd=%g per stage (a chunk: 1/v of it)\n"
       "  bubble = idle / (idle + busy) over all stages; theory (pp-1)/(m+pp-1), interleaved "
-      "(pp-1)/(v*m+pp-1),\n  zb-h1 (pp-1)/(3m+pp-1) (its backward split into B and W, each "
-      "t_bwd/2; theory for t_bwd = 2 t_fwd)\n"
+      "(pp-1)/(v*m+pp-1),\n  zb-h1 (pp-1)/(3m+pp-1), with v > 1 (pp-1)/(3vm+pp-1) for m >= 2pp "
+      "(its backward split into B and W, each t_bwd/2; theory for t_bwd = 2 t_fwd)\n"
       "  %-12s %2s %9s %10s %8s %9s  %s\n",
       pp, m, v, t_fwd, t_bwd, "schedule", "v", "makespan", "sim bubble", "theory", "sim/theo",
       "peak live (micro-batch, chunk) pairs per stage");
@@ -606,10 +606,13 @@ int cmd_schedule(MPI_Comm world, const std::vector<std::string>& args) {
     triad::SimResult r;
   };
   std::vector<Run> runs;
-  for (triad::ScheduleKind kind :
-       {triad::ScheduleKind::GPipe, triad::ScheduleKind::OneFOneB, triad::ScheduleKind::Interleaved,
-        triad::ScheduleKind::ZeroBubble}) {
-    const int kv = kind == triad::ScheduleKind::Interleaved ? v : 1;
+  // zb-h1 with one chunk per rank, and (v > 1) splitting the interleaved order.
+  std::vector<std::pair<triad::ScheduleKind, int>> kinds = {{triad::ScheduleKind::GPipe, 1},
+                                                            {triad::ScheduleKind::OneFOneB, 1},
+                                                            {triad::ScheduleKind::Interleaved, v},
+                                                            {triad::ScheduleKind::ZeroBubble, 1}};
+  if (v > 1) kinds.emplace_back(triad::ScheduleKind::ZeroBubble, v);
+  for (const auto& [kind, kv] : kinds) {
     const char* name = triad::schedule_kind_name(kind);
     triad::PipelineSchedule s;
     try {

@@ -70,6 +70,11 @@ void validate_schedule_shape(ScheduleKind kind, int pp, int m, int v) {
         "pipeline schedule interleaved: needs at least 2 virtual stages per rank, got v = ", v);
     TRIAD_CHECK(m % pp == 0, "pipeline schedule interleaved: the number of micro-batches (", m,
                 ") must be a multiple of pp (", pp, ")");
+  } else if (kind == ScheduleKind::ZeroBubble) {
+    TRIAD_CHECK(v >= 1, "pipeline schedule zb-h1: v must be at least 1, got ", v);
+    TRIAD_CHECK(v == 1 || m % pp == 0, "pipeline schedule zb-h1 with ", v,
+                " virtual stages: the number of micro-batches (", m, ") must be a multiple of pp (",
+                pp, "), as for interleaved");
   } else {
     TRIAD_CHECK(v == 1, "pipeline schedule ", name,
                 ": takes one chunk per rank (v = 1), got v = ", v, " (use interleaved for v > 1)");
@@ -108,26 +113,35 @@ std::vector<Compute> interleaved_order(int pp, int s, int m, int v) {
 }
 
 // 1F1B: stage s keeps at most pp − s micro-batches in flight: pp − s − 1 warm-up forwards,
-// then one forward / one backward, then the remaining backwards. With a weight lag L ≥ 0 the
-// backward is split and W of micro-batch i − L follows B of micro-batch i (ZB-H1: L = s), the
-// Ws still missing after the last B close the step.
-std::vector<Compute> one_f_one_b_order(int pp, int s, int m, int weight_lag) {
+// then one forward / one backward, then the remaining backwards.
+std::vector<Compute> one_f_one_b_order(int pp, int s, int m) {
   const int warmup = std::min(pp - s - 1, m);
-  const bool split = weight_lag >= 0;
   std::vector<Compute> order;
-  int weights = 0;  // Ws placed so far, in micro-batch order
-  auto backward = [&](int i) {
-    order.push_back({ActionKind::Backward, i, 0});
-    if (split && i - weight_lag >= 0) order.push_back({ActionKind::BackwardWeight, weights++, 0});
-  };
   for (int i = 0; i < warmup; ++i) order.push_back({ActionKind::Forward, i, 0});
   for (int i = 0; i < m - warmup; ++i) {
     order.push_back({ActionKind::Forward, warmup + i, 0});
-    backward(i);
+    order.push_back({ActionKind::Backward, i, 0});
   }
-  for (int i = m - warmup; i < m; ++i) backward(i);
-  while (split && weights < m) order.push_back({ActionKind::BackwardWeight, weights++, 0});
+  for (int i = m - warmup; i < m; ++i) order.push_back({ActionKind::Backward, i, 0});
   return order;
+}
+
+// The zero-bubble split of an order: after each backward (now B) comes the W of the backward
+// `lag` Bs earlier on this rank, and the Ws still missing after the last B close the step.
+std::vector<Compute> with_weight_passes(const std::vector<Compute>& order, int lag) {
+  std::vector<Compute> out;
+  std::deque<Compute> pending;
+  for (const Compute& c : order) {
+    out.push_back(c);
+    if (c.kind != ActionKind::Backward) continue;
+    pending.push_back({ActionKind::BackwardWeight, c.microbatch, c.chunk});
+    if (int(pending.size()) > lag) {
+      out.push_back(pending.front());
+      pending.pop_front();
+    }
+  }
+  out.insert(out.end(), pending.begin(), pending.end());
+  return out;
 }
 
 std::vector<Compute> compute_order(ScheduleKind kind, int pp, int s, int m, int v) {
@@ -138,10 +152,12 @@ std::vector<Compute> compute_order(ScheduleKind kind, int pp, int s, int m, int 
       for (int i = 0; i < m; ++i) order.push_back({ActionKind::Backward, i, 0});
       break;
     case ScheduleKind::OneFOneB:
-      order = one_f_one_b_order(pp, s, m, -1);
+      order = one_f_one_b_order(pp, s, m);
       break;
     case ScheduleKind::ZeroBubble:
-      order = one_f_one_b_order(pp, s, m, s);
+      // Stage s lags its Ws s backward passes behind (ZB-H1 for v = 1).
+      order = with_weight_passes(
+          v == 1 ? one_f_one_b_order(pp, s, m) : interleaved_order(pp, s, m, v), s);
       break;
     case ScheduleKind::Interleaved:
       order = interleaved_order(pp, s, m, v);
@@ -469,9 +485,12 @@ double theoretical_bubble(ScheduleKind kind, int pp, int m, int v) {
   const double p1 = pp - 1;
   if (kind == ScheduleKind::Interleaved) return p1 / (double(v) * m + p1);
   if (kind == ScheduleKind::ZeroBubble) {
-    // In units of t_fwd = t_B = t_W; with fewer micro-batches than stages there is no steady
-    // state to hide the Ws in.
-    const double makespan = m >= pp ? 3.0 * m + p1 : 2.0 * (pp + m) - 1;
+    // The step in units of t_fwd = t_B = t_W. v = 1 with fewer micro-batches than stages has no
+    // steady state to hide the Ws in; with virtual stages and m = pp, interleaving runs all
+    // forwards first and half the gain is lost.
+    double makespan = 3.0 * m + p1 / v;
+    if (v == 1 && m < pp) makespan = 2.0 * (pp + m) - 1;
+    if (v > 1 && m == pp) makespan = 3.0 * m + 2 * p1 / v;
     return 1.0 - 3.0 * m / makespan;
   }
   return p1 / (m + p1);

@@ -75,7 +75,8 @@ class KeyTable {
     add("parallel.pp", c.parallel.pp, "pipeline-parallel size");
     add("parallel.zero", c.parallel.zero, "ZeRO stage (0 or 1)");
     add("parallel.schedule", c.parallel.schedule,
-        "pipeline schedule (1f1b | gpipe | interleaved | zb-h1)");
+        "pipeline schedule (1f1b | gpipe | interleaved | zb-h1; interleaved and zb-h1 take "
+        "parallel.virtual_stages)");
     add("parallel.virtual_stages", c.parallel.virtual_stages, "virtual stages per pipeline rank");
     add("parallel.comm", c.parallel.comm,
         "auto | mpi | nccl: device-buffer communication of the cuda backend");
@@ -416,15 +417,19 @@ void validate(const Config& c, int world_size) {
         "parallel.sequence_parallel",
         "needs model.seq_len (" + std::to_string(m.seq_len) + ") divisible by parallel.tp (" +
             std::to_string(par.tp) + ")");
-  if (par.schedule == "interleaved") {
-    check(par.pp >= 2, "parallel.schedule", "interleaved needs parallel.pp >= 2");
+  // zb-h1 takes virtual stages too: it then splits the interleaved order.
+  const bool interleaving =
+      par.schedule == "interleaved" || (par.schedule == "zb-h1" && par.virtual_stages > 1);
+  if (interleaving) {
+    check(par.pp >= 2, "parallel.schedule", par.schedule + " needs parallel.pp >= 2");
     check(par.virtual_stages >= 2, "parallel.virtual_stages",
           "must be >= 2 for parallel.schedule = interleaved");
     const int accum = t.batch_size / std::max(1, t.micro_batch_size * std::max(1, dp));
     check(accum % par.pp == 0, "train.batch_size",
-          "gives " + std::to_string(accum) + " micro-batches per step, which interleaved needs " +
-              "to be a multiple of parallel.pp (" + std::to_string(par.pp) + ")");
-  } else {
+          "gives " + std::to_string(accum) + " micro-batches per step, which " + par.schedule +
+              " with virtual stages needs to be a multiple of parallel.pp (" +
+              std::to_string(par.pp) + ")");
+  } else if (par.schedule != "zb-h1") {
     check(par.virtual_stages == 1, "parallel.virtual_stages",
           "must be 1 for parallel.schedule = " + par.schedule + " (use interleaved)");
   }

@@ -396,9 +396,10 @@ TEST(ModelParallel, RecomputationChangesMemoryNotResults) {
 // The zero-bubble schedule splits each backward into the input-gradient pass and the weight pass
 // and runs them at different times, but the products are the same calls on the same values, and
 // each weight gradient still sums the micro-batches in order: on the CPU backend it trains bit for
-// bit as 1F1B (losses, weights, validation), under tensor and sequence parallelism, ZeRO-1, bf16,
-// GELU recomputation (redone in the weight pass), chunked logits and uneven stages. It holds more
-// activation sets and the layers' output gradients, exactly what --plan says, and resumes exactly.
+// bit as 1F1B (with virtual stages: as interleaved) — losses, weights, validation — under tensor
+// and sequence parallelism, ZeRO-1, bf16, GELU recomputation (redone in the weight pass), chunked
+// logits and uneven stages. It holds more activation sets and the layers' output gradients,
+// exactly what --plan says, and resumes exactly.
 TEST(ModelParallel, ZeroBubbleTrainsBitForBitAsOneFOneB) {
   const std::string dir = shared_dir("zero_bubble");
   // grid (schedule set below), precision, extra options
@@ -411,7 +412,11 @@ TEST(ModelParallel, ZeroBubbleTrainsBitForBitAsOneFOneB) {
       {{1, 1, 4, 0, 4, "", 1}, "fp32", {"--parallel.stage_layers", "2,1,1,0"}},
       {{1, 1, 4, 0, 4, "", 1}, "bf16", {"--parallel.stage_layers", "0,2,1,1"}},
       {{1, 1, 2, 0, 1, "", 1}, "fp32", {}},  // one micro-batch: B and W back to back
-      {{2, 1, 4, 1, 2, "", 1}, "bf16", {"--train.recompute", "gelu"}}};
+      {{2, 1, 4, 1, 2, "", 1}, "bf16", {"--train.recompute", "gelu"}},
+      // Virtual stages: the interleaved order split, against interleaved.
+      {{1, 1, 2, 0, 4, "", 2}, "fp32", {}},
+      {{1, 2, 2, 1, 2, "", 2, true}, "bf16", {"--train.logits_chunk", "24"}},
+      {{2, 2, 2, 0, 2, "", 2}, "bf16", {"--train.recompute", "gelu"}}};
   for (const auto& [grid, precision, extra] : cases) {
     if (grid.ranks() > world_size()) continue;
     auto args_for = [&](const std::string& schedule) {
@@ -427,7 +432,7 @@ TEST(ModelParallel, ZeroBubbleTrainsBitForBitAsOneFOneB) {
     Grid g = grid;
     g.schedule = "zb-h1";
     const std::string what = g.name() + " " + precision;
-    const auto plain_args = args_for("1f1b"), args = args_for("zb-h1");
+    const auto plain_args = args_for(g.v > 1 ? "interleaved" : "1f1b"), args = args_for("zb-h1");
     const Result plain = run_trainer(g.ranks(), plain_args);
     const Result zb = run_trainer(g.ranks(), args);
     EXPECT_EQ(zb.losses, plain.losses) << what;

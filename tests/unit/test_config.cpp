@@ -121,10 +121,15 @@ TEST(Config, InvalidGridsAreRefused) {
       error_of({"--parallel.schedule", "zb-h1", "--parallel.pp", "2", "--train.recompute", "full"},
                2),
       "train.recompute", "full cannot be combined with parallel.schedule = zb-h1");
-  expect(error_of({"--parallel.schedule", "zb-h1", "--parallel.pp", "2",
-                   "--parallel.virtual_stages", "2"},
-                  2),
-         "parallel.virtual_stages", "must be 1 for parallel.schedule = zb-h1");
+  // zb-h1 with virtual stages splits the interleaved order, under interleaved's constraints.
+  expect(error_of({"--parallel.schedule", "zb-h1", "--parallel.virtual_stages", "2",
+                   "--parallel.pp", "3", "--train.micro_batch_size", "1"},
+                  6),
+         "train.batch_size", "zb-h1 with virtual stages needs to be a multiple of parallel.pp");
+  EXPECT_EQ(error_of({"--parallel.schedule", "zb-h1", "--parallel.virtual_stages", "2",
+                      "--parallel.pp", "2", "--train.micro_batch_size", "1"},
+                     2),
+            "");
   expect(error_of({"--parallel.schedule", "zb-h2"}, 1), "parallel.schedule",
          "must be 1f1b, gpipe, interleaved or zb-h1 (got 'zb-h2')");
   EXPECT_EQ(

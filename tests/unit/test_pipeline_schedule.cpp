@@ -15,6 +15,7 @@ namespace {
 
 bool valid_shape(ScheduleKind kind, int pp, int m, int v) {
   if (kind == ScheduleKind::Interleaved) return v >= 2 && m % pp == 0;
+  if (kind == ScheduleKind::ZeroBubble) return v == 1 || m % pp == 0;
   return v == 1;
 }
 
@@ -51,9 +52,14 @@ TEST(PipelineSchedule, AllShapesCheckAndSimulate) {
             for (int st = 0; st < pp; ++st) EXPECT_LE(r.peak_live[st], std::min(pp - st, m));
             EXPECT_NEAR(r.bubble, theory, 1e-9);
           } else if (kind == ScheduleKind::ZeroBubble) {
-            // Never more in flight than 1F1B's stage 0; B = W = 1 meets (pp−1)/(3m + pp−1).
-            for (int st = 0; st < pp; ++st) EXPECT_LE(r.peak_live[st], std::min(pp, m));
+            // Never more in flight than the unsplit schedule on its stage 0 (1F1B: min(pp, m)
+            // micro-batches); B = W = 1 meets the formulas.
+            const ScheduleKind base = v == 1 ? ScheduleKind::OneFOneB : ScheduleKind::Interleaved;
+            const SimResult plain = simulate(make_schedule(base, pp, m, v), pp, m, v);
+            const int most = *std::max_element(plain.peak_live.begin(), plain.peak_live.end());
+            for (int st = 0; st < pp; ++st) EXPECT_LE(r.peak_live[st], most);
             EXPECT_NEAR(r.bubble, theory, 1e-9);
+            EXPECT_LE(r.bubble, plain.bubble + 1e-12);
           } else {
             const SimResult plain =
                 simulate(make_schedule(ScheduleKind::OneFOneB, pp, m, 1), pp, m, 1);
@@ -258,7 +264,7 @@ TEST(PipelineSchedule, RejectsInvalidShapes) {
   EXPECT_THROW(make_schedule(ScheduleKind::Interleaved, 4, 6, 2), Error);  // m % pp != 0
   EXPECT_THROW(make_schedule(ScheduleKind::GPipe, 4, 8, 2), Error);
   EXPECT_THROW(make_schedule(ScheduleKind::OneFOneB, 4, 8, 2), Error);
-  EXPECT_THROW(make_schedule(ScheduleKind::ZeroBubble, 4, 8, 2), Error);
+  EXPECT_THROW(make_schedule(ScheduleKind::ZeroBubble, 4, 6, 2), Error);  // m % pp != 0
   EXPECT_THROW(make_schedule(ScheduleKind::OneFOneB, 0, 8, 1), Error);
   EXPECT_THROW(make_schedule(ScheduleKind::OneFOneB, 4, 0, 1), Error);
   EXPECT_THROW(theoretical_bubble(ScheduleKind::Interleaved, 4, 6, 2), Error);

@@ -16,7 +16,9 @@
 // micro-batch i (the last stage lags the most, stage 0 not at all), and the remaining Ws at the
 // end. Each B then reaches the previous stage a W earlier than 1F1B's backward, and the Ws fill
 // the time 1F1B spends waiting. Every stage keeps at most pp micro-batches from forward to W,
-// the most 1F1B keeps on stage 0.
+// the most 1F1B keeps on stage 0. With v ≥ 2 virtual stages the same rule (W lagging s Bs on
+// rank s) splits Megatron's interleaved order: no rank then keeps more (micro-batch, chunk)
+// pairs than interleaved keeps on rank 0, and the bubble shrinks by another factor of v.
 //
 // Bubble: simulate() measures the bubble fraction idle / (idle + busy) summed over the ranks,
 // i.e. 1 − Σ busy_s / (pp · makespan). theoretical_bubble() uses the same definition:
@@ -24,6 +26,8 @@
 //   Interleaved:  (pp−1) / (v·m + pp−1)
 //   ZB-H1:        (pp−1) / (3·m + pp−1)          (t_B = t_W = t_fwd; m ≥ pp, else the step
 //                                                 takes 2(pp + m) − 1 instead of 3m + pp − 1)
+//   ZB, v ≥ 2:    (pp−1) / (3·v·m + pp−1)        (m ≥ 2pp; at m = pp the step takes
+//                                                 3m + 2(pp−1)/v)
 // the interleaved one being Megatron's "bubble time / ideal time" = (pp−1)/(v·m) converted by
 // r ↦ r / (1 + r), the ZB-H1 one the paper's (pp−1)(t_F + t_B − t_W) idle per stage. With
 // t_bwd / t_fwd = 2 (split evenly into B and W) the simulator meets all four exactly (tested
@@ -72,8 +76,9 @@ bool splits_backward(ScheduleKind kind);
 // Whether a schedule splits the backward pass (has BackwardWeight actions).
 bool has_weight_pass(const PipelineSchedule& schedule);
 
-// Throws triad::Error unless (pp, m, v) suit the kind: pp, m ≥ 1; GPipe, 1F1B, ZB-H1 take v = 1;
-// Interleaved takes v ≥ 2 and m a multiple of pp (Megatron's constraint).
+// Throws triad::Error unless (pp, m, v) suit the kind: pp, m ≥ 1; GPipe and 1F1B take v = 1;
+// Interleaved takes v ≥ 2 and m a multiple of pp (Megatron's constraint), ZeroBubble v = 1 or
+// the same as Interleaved.
 void validate_schedule_shape(ScheduleKind kind, int pp, int m, int v);
 
 // The per-rank action lists. Receives sit right before the computation that needs them,
