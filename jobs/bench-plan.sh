@@ -24,7 +24,7 @@ while [[ $# -gt 0 ]]; do
     --steps) steps=$2; shift 2 ;;
     --pp) pp=$2; shift 2 ;;
     --vocab) vocab=$2; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) extra+=("$1"); shift ;;
   esac
 done
