@@ -583,7 +583,7 @@ int cmd_schedule(MPI_Comm world, const std::vector<std::string>& args) {
   double t_fwd = 1.0, t_bwd = 2.0;
   desc.add_options()("pp", po::value(&pp)->default_value(4), "pipeline stages")(
       "m", po::value(&m)->default_value(8), "micro-batches per step")(
-      "v", po::value(&v)->default_value(2), "virtual stages per rank for interleaved")(
+      "v", po::value(&v)->default_value(2), "virtual stages per rank for interleaved and zb-h1")(
       "t-fwd", po::value(&t_fwd)->default_value(1.0), "forward time of one stage")(
       "t-bwd", po::value(&t_bwd)->default_value(2.0), "backward time of one stage")(
       "timeline", "print each schedule's timeline per stage");
@@ -638,7 +638,7 @@ int cmd_schedule(MPI_Comm world, const std::vector<std::string>& args) {
   if (vm.count("timeline")) {
     for (const Run& run : runs) {
       std::printf(
-          "  %s (v=%d): F/B chunk 0, f/b chunk 1, G/C chunk 2, W weight pass, then the "
+          "  %s (v=%d): F/B chunk 0, f/b chunk 1, G/C chunk 2, weight passes W/w/V, then the "
           "micro-batch\n",
           triad::schedule_kind_name(run.kind), run.v);
       print_timeline(run.r, run.v, t_fwd);

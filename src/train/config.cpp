@@ -421,7 +421,8 @@ void validate(const Config& c, int world_size) {
   const bool interleaving =
       par.schedule == "interleaved" || (par.schedule == "zb-h1" && par.virtual_stages > 1);
   if (interleaving) {
-    check(par.pp >= 2, "parallel.schedule", par.schedule + " needs parallel.pp >= 2");
+    check(par.pp >= 2, "parallel.schedule",
+          par.schedule + " with parallel.virtual_stages > 1 needs parallel.pp >= 2");
     check(par.virtual_stages >= 2, "parallel.virtual_stages",
           "must be >= 2 for parallel.schedule = interleaved");
     const int accum = t.batch_size / std::max(1, t.micro_batch_size * std::max(1, dp));
@@ -431,7 +432,7 @@ void validate(const Config& c, int world_size) {
               std::to_string(par.pp) + ")");
   } else if (par.schedule != "zb-h1") {
     check(par.virtual_stages == 1, "parallel.virtual_stages",
-          "must be 1 for parallel.schedule = " + par.schedule + " (use interleaved)");
+          "must be 1 for parallel.schedule = " + par.schedule + " (use interleaved or zb-h1)");
   }
   // The weight pass reads each layer's matmul inputs, which full recomputation does not keep.
   check(par.schedule != "zb-h1" || par.pp == 1 || t.recompute != "full", "train.recompute",

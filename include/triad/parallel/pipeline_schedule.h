@@ -30,7 +30,7 @@
 //                                                 3m + 2(pp−1)/v)
 // the interleaved one being Megatron's "bubble time / ideal time" = (pp−1)/(v·m) converted by
 // r ↦ r / (1 + r), the ZB-H1 one the paper's (pp−1)(t_F + t_B − t_W) idle per stage. With
-// t_bwd / t_fwd = 2 (split evenly into B and W) the simulator meets all four exactly (tested
+// t_bwd / t_fwd = 2 (split evenly into B and W) the simulator meets them all exactly (tested
 // for pp ≤ 8, m ≤ 16, v ≤ 3). Peak live activations count (micro-batch, chunk) pairs from
 // forward to the end of their backward (to W where the backward is split), each 1/v of a
 // stage's activations.
