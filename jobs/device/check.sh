@@ -352,14 +352,14 @@ try:
 except Exception as e:
     print(f"RESULT_NCCL failed: {e}")
 for g in ("dp", "tp", "pp", "zb"):
+    what = "pp=2 zb-h1" if g == "zb" else f"{g}=2"
     try:
         with h5py.File(w / "runs" / f"curve_np2_{g}" / "metrics.h5", "r") as f:
             x = f["train/loss"][:]
         d = np.abs(l["cuda_bf16"] - x) / np.abs(l["cuda_bf16"])
-        what = "pp=2 zb-h1" if g == "zb" else f"{g}=2"
         print(f"RESULT_NP2 {what} on one GPU vs 1 rank (bf16): {len(x)} steps, max rel diff {d.max():.2e}")
     except Exception as e:
-        print(f"RESULT_NP2 {g}=2 failed: {e}")
+        print(f"RESULT_NP2 {what} failed: {e}")
 EOF
     "$PY" - "$W" <<'EOF'
 import sys, pathlib, numpy as np
