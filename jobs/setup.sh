@@ -234,7 +234,8 @@ step_venv() {
     did+=("pip install -r requirements.txt")
   fi
   # The analysis package (analysis/pyproject.toml: triad-plot, triad-sweep, triad-sweep-report,
-  # triad-scaling, triad-ckpt in .venv/bin), editable so that it runs this checkout's code;
+  # triad-scaling, triad-ckpt, triad-timeline in .venv/bin), editable so that it runs this
+  # checkout's code;
   # redone when its pyproject.toml, the checkout's place or the requirements change. Built with
   # the venv's setuptools when it can (no download), else in pip's isolated build environment.
   local astamp=$VENV/.triad-analysis.sha256 awant

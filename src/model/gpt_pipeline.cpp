@@ -9,6 +9,8 @@
 // the next of the buffers planned for outgoing gradients, reused in turn once their previous
 // send has completed (grad_send_buffers in pipeline_schedule.h sizes them).
 #include <algorithm>
+#include <chrono>
+#include <utility>
 
 #include "gpt_activations.h"
 #include "triad/core/error.h"
@@ -66,9 +68,22 @@ ForwardStats Gpt::pipeline_step_t(const int32_t* inputs, const int32_t* targets,
     return a.sets[size_t(c)][size_t(s)];
   };
   ForwardStats st;
+  using Clock = std::chrono::steady_clock;
+  Clock::time_point t0;
+  std::vector<ComputeInterval>* trace = std::exchange(trace_, nullptr);  // this step only
+  if (trace) {
+    trace->clear();
+    be_.synchronize();
+    pp.barrier();
+    t0 = Clock::now();
+  }
+  auto seconds = [&t0] { return std::chrono::duration<double>(Clock::now() - t0).count(); };
   for (const Action& x : schedule_[size_t(mp_.pp_rank)]) {
     const int c = x.chunk, mb = x.microbatch, g = mp_.global_chunk(c);
     TRIAD_ASSERT(mb < m);
+    const bool timed = trace && (x.kind == ActionKind::Forward || x.kind == ActionKind::Backward ||
+                                 x.kind == ActionKind::BackwardWeight);
+    const double start = timed ? seconds() : 0.0;
     const int32_t* in = inputs + size_t(mb) * per_mb;
     const int32_t* tg = targets + size_t(mb) * per_mb;
     switch (x.kind) {
@@ -126,6 +141,10 @@ ForwardStats Gpt::pipeline_step_t(const int32_t* inputs, const int32_t* targets,
         grad_sends[k] = pp.isend(words(buf), NW, x.peer, kTagGrad);
         break;
       }
+    }
+    if (timed) {
+      be_.synchronize();
+      trace->push_back({x.kind, mb, c, start, seconds()});
     }
   }
   for (auto& sends : act_sends)

@@ -48,6 +48,9 @@ class KeyTable {
     add("train.logits_chunk", c.train.logits_chunk,
         "tokens of logits the loss is computed on at a time, rounded up to a multiple of 8 (0: a "
         "whole micro-batch); smaller chunks hold less memory");
+    add("train.profile_step", c.train.profile_step,
+        "pipeline step (1-based) to time action by action into pipeline_trace_step_N.csv beside "
+        "its simulation (0: none; needs parallel.pp > 1)");
     add("optim.name", c.optim.name, "adamw | sgd");
     add("optim.beta1", c.optim.beta1, "AdamW beta1");
     add("optim.beta2", c.optim.beta2, "AdamW beta2");
@@ -337,6 +340,9 @@ void validate(const Config& c, int world_size) {
   parse_recompute(t.recompute, "train.recompute");  // none | gelu | full
   check(t.recompute_layers >= 0, "train.recompute_layers", "must be >= 0 (0: every layer)");
   check(t.logits_chunk >= 0, "train.logits_chunk", "must be >= 0 (0: a whole micro-batch)");
+  check(t.profile_step >= 0, "train.profile_step", "must be >= 0 (0: no trace)");
+  check(t.profile_step == 0 || c.parallel.pp > 1, "train.profile_step",
+        "times the actions of a pipeline step and needs parallel.pp > 1");
   check(t.recompute_layers == 0 || t.recompute != "none", "train.recompute_layers",
         "needs train.recompute = gelu or full (it is none)");
   check(t.seed >= 0, "train.seed", "must be >= 0");

@@ -280,8 +280,12 @@ TrainOutcome Trainer::run() {
       for (int m = 0; m < accum; ++m)
         s.train_loader->fill(base + int64_t(m) * mbs, mbs, s.inputs.data() + size_t(m) * mbs * T,
                              s.targets.data() + size_t(m) * mbs * T);
+      const bool profile = cfg.train.profile_step == st + 1;
+      std::vector<ComputeInterval> actions;
+      if (profile) s.model->trace_next_step(&actions);
       loss_sum = s.model->pipeline_step(s.inputs.data(), s.targets.data(), accum, mbs, dloss_scale)
                      .loss_sum;
+      if (profile) s.write_pipeline_trace(actions, int(st + 1), accum);
       if (s.dp > 1 && !zero) s.grid.dp().all_reduce_sum(s.model->grads(), s.model->num_floats());
     } else {
       for (int m = 0; m < accum; ++m) {

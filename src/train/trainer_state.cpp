@@ -7,6 +7,7 @@
 #include <set>
 
 #include "triad/kernels/cuda_comm.h"
+#include "triad/train/pipeline_trace.h"
 #include "triad/train/run_plan.h"
 
 namespace fs = std::filesystem;
@@ -362,6 +363,18 @@ void Trainer::State::write_sample() {
   std::string text = cfg.sample.prompt + tokenizer->decode(ids);
   std::ofstream f(cfg.run_path() + "/samples.txt", std::ios::app);
   f << "=== step " << step << " ===\n" << text << "\n\n";
+}
+
+void Trainer::State::write_pipeline_trace(const std::vector<ComputeInterval>& actions, int step,
+                                          int m) {
+  const PipelineTrace trace = gather_pipeline_trace(grid.pp(), actions, model->schedule(), m,
+                                                    cfg.parallel.virtual_stages, step);
+  if (!root()) return;
+  char name[48];
+  std::snprintf(name, sizeof(name), "pipeline_trace_step_%08d.csv", step);
+  const std::string path = cfg.run_path() + "/" + name;
+  write_pipeline_trace_csv(trace, path);
+  say(describe_pipeline_trace(trace, path));
 }
 
 void Trainer::State::run_eval() {

@@ -116,6 +116,10 @@ struct Trainer::State {
 
   void run_eval();
   EvalResult last_eval;
+
+  // train.profile_step: gathers the step's timed actions over the pipeline group (collective)
+  // and rank 0 writes them with their simulation to the run directory.
+  void write_pipeline_trace(const std::vector<ComputeInterval>& actions, int step, int m);
 };
 
 }  // namespace triad

@@ -25,7 +25,8 @@ MODULES = {"triad-plot": ["analysis.plot_curves"],
            "triad-ckpt": ["analysis.inspect_checkpoint", "ckpt"],
            "triad-scaling": ["analysis.scaling"],
            "triad-sweep": ["analysis.sweep"],
-           "triad-sweep-report": ["analysis.sweep_report"]}
+           "triad-sweep-report": ["analysis.sweep_report"],
+           "triad-timeline": ["analysis.plot_timeline"]}
 MPIRUN = shutil.which("mpirun")
 MPI_ENV = dict(ENV, OMP_NUM_THREADS="1", OMPI_MCA_pml="ob1", OMPI_MCA_btl="self,vader")
 VOCAB = 300  # padded to 384 on one tensor-parallel rank, to 512 on two
@@ -372,8 +373,8 @@ def test_wheel_from_analysis_installs_working_commands(tmp_path):
     with zipfile.ZipFile(whl) as z:
         names = z.namelist()
         ep = z.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
-    for mod in ("__init__", "metrics", "plot_curves", "inspect_checkpoint", "sweep",
-                "sweep_report", "scaling", "_common"):
+    for mod in ("__init__", "metrics", "plot_curves", "plot_timeline", "inspect_checkpoint",
+                "sweep", "sweep_report", "scaling", "_common"):
         assert f"analysis/{mod}.py" in names
     for name in MODULES:
         assert f"{name} = " in ep

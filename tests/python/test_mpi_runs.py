@@ -1,17 +1,19 @@
 """triad-train on several ranks (mpirun): preemption, a rank killed while checkpointing, grids
 that do not fit, sampling and generation across tensor/pipeline grids. The loss/weight
 equivalence of grids is tests/mpi/test_data_parallel.cpp and tests/mpi/test_model_parallel.cpp."""
+import csv
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import h5py
 import numpy as np
 import pytest
 
-from triad_run import ENV, VOCAB, exe, tiny_config, train
+from triad_run import ENV, REPO, VOCAB, exe, tiny_config, train
 
 MPIRUN = shutil.which("mpirun")
 MPI_ENV = dict(ENV, OMP_NUM_THREADS="1", OMPI_MCA_pml="ob1", OMPI_MCA_btl="self,vader")
@@ -189,3 +191,56 @@ def test_sampling_and_generation_across_tensor_and_pipeline_grids(tmp_path):
     for k in w1:  # wte is padded to 50304 rows at tp = 1, 50432 at tp = 2
         a, b = (w4[k][:50257], w1[k][:50257]) if k == "wte/weight" else (w4[k], w1[k])
         np.testing.assert_allclose(a, b, rtol=0, atol=2e-4, err_msg=k)
+
+
+@pytest.mark.parametrize("schedule,v", [("1f1b", 1), ("zb-h1", 1), ("zb-h1", 2)])
+def test_profile_step_writes_the_pipeline_trace_and_triad_timeline_draws_it(tmp_path, schedule,
+                                                                            v):
+    """--train.profile_step N: every stage's actions of step N, measured, then the schedule
+    simulated with their mean times; each stage runs its actions one after another, and
+    triad-timeline draws both panels."""
+    cfg = tiny_config(tmp_path, name="trace", model__n_layer=4)
+    p = run(2, "--config", cfg, "--train.steps", 3, "--train.profile_step", 2,
+            "--parallel.pp", 2, "--parallel.schedule", schedule, "--parallel.virtual_stages", v,
+            "--train.micro_batch_size", 2)  # 4 micro-batches per step
+    assert p.returncode == 0, p.stderr
+    path = tmp_path / "runs" / "trace" / "pipeline_trace_step_00000002.csv"
+    assert f"pipeline trace of step 2 ({path}): measured" in p.stdout, p.stdout
+    rows = list(csv.DictReader(open(path)))
+    kinds = "FBW" if schedule == "zb-h1" else "FB"
+    for source in ("measured", "simulated"):
+        for stage in (0, 1):
+            mine = [r for r in rows if r["source"] == source and int(r["stage"]) == stage]
+            # every (kind, micro-batch, chunk) once
+            assert sorted((r["kind"], r["microbatch"], r["chunk"]) for r in mine) == sorted(
+                (k, str(mb), str(c)) for k in kinds for mb in range(4) for c in range(v))
+            ends = [(float(r["start_ms"]), float(r["end_ms"])) for r in mine]
+            assert all(s <= e for s, e in ends)
+            assert all(a[1] <= b[0] + 1e-3 for a, b in zip(ends, ends[1:])), "overlapping"
+            # B never before its forward; W never before its B
+            at = {(r["kind"], r["microbatch"], r["chunk"]): float(r["start_ms"]) for r in mine}
+            for (k, mb, c), t in at.items():
+                if k == "B":
+                    assert t >= at[("F", mb, c)]
+                if k == "W":
+                    assert t >= at[("B", mb, c)]
+    out = tmp_path / "timeline.png"
+    t = subprocess.run([sys.executable, "-m", "analysis.plot_timeline", str(path), "--out",
+                        str(out)], capture_output=True, text=True, env=ENV, cwd=REPO,
+                       timeout=120)
+    assert t.returncode == 0, t.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_profile_step_needs_a_pipeline_and_triad_timeline_refuses_foreign_files(tmp_path):
+    cfg = tiny_config(tmp_path, name="one")
+    p = train("--config", cfg, "--train.profile_step", 2)
+    assert p.returncode != 0
+    assert "train.profile_step" in p.stderr and "parallel.pp > 1" in p.stderr, p.stderr
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    t = subprocess.run([sys.executable, "-m", "analysis.plot_timeline", str(bad)],
+                       capture_output=True, text=True, env=ENV, cwd=REPO, timeout=120)
+    assert t.returncode == 1
+    assert t.stderr.strip().endswith("expected source,stage,kind,microbatch,chunk,start_ms,end_ms)")
+    assert "Traceback" not in t.stderr

@@ -265,6 +265,12 @@ class Gpt {
   // those of all m micro-batches, on every rank.
   ForwardStats pipeline_step(const int32_t* inputs, const int32_t* targets, int m, int B,
                              float dloss_scale);
+  // The next pipeline_step records its compute actions into *out (cleared first): kind,
+  // micro-batch, chunk, and start and end in seconds from the step's start, which the pipeline
+  // group passes a barrier to share; the backend is synchronized after each action so that its
+  // end is when the device finished. One step only; null: none.
+  void trace_next_step(std::vector<ComputeInterval>* out) { trace_ = out; }
+  const PipelineSchedule& schedule() const { return schedule_; }  // pp > 1
   // After an optimizer update (pp > 1): the first stage's wte overwrites the last stage's copy.
   // Both received the same summed gradient, but a data-parallel reduction may round the two
   // copies' gradients differently (they sit at different offsets of differently sized buffers),
@@ -380,7 +386,8 @@ class Gpt {
   Activations<float>* acts_fp32_ = nullptr;  // the plan of the model's precision (one of them)
   Activations<bf16_t>* acts_bf16_ = nullptr;
   PipelineSchedule schedule_;
-  float* tied_scratch_ = nullptr;  // the other stage's wte gradient (pp > 1)
+  std::vector<ComputeInterval>* trace_ = nullptr;  // trace_next_step
+  float* tied_scratch_ = nullptr;                  // the other stage's wte gradient (pp > 1)
   std::vector<float> host_scratch_, host_candidates_;
 };
 

@@ -30,6 +30,9 @@ struct TrainConfig {
   std::string recompute = "none";
   int recompute_layers = 0;  // recompute in the first N layers of each pipeline chunk; 0: all
   int logits_chunk = 0;      // tokens of logits the classifier forms at a time; 0: a micro-batch
+  // The pipeline step (1-based) whose actions are timed and written with their simulation to
+  // pipeline_trace_step_N.csv in the run directory; 0: none.
+  int64_t profile_step = 0;
 };
 
 struct OptimConfig {

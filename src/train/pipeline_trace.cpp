@@ -1,0 +1,109 @@
+#include "triad/train/pipeline_trace.h"
+
+#include <algorithm>
+#include <fstream>
+#include <iomanip>
+#include <sstream>
+
+#include "triad/core/error.h"
+
+namespace triad {
+namespace {
+
+constexpr int kFields = 5;  // kind, micro-batch, chunk, start ms, end ms
+
+bool is_compute(ActionKind k) {
+  return k == ActionKind::Forward || k == ActionKind::Backward || k == ActionKind::BackwardWeight;
+}
+
+const char* kind_letter(ActionKind k) {
+  return k == ActionKind::Forward ? "F" : k == ActionKind::BackwardWeight ? "W" : "B";
+}
+
+double bubble_of(const std::vector<std::vector<ComputeInterval>>& stages, double makespan) {
+  double busy = 0;
+  for (const auto& s : stages)
+    for (const auto& c : s) busy += c.end - c.start;
+  return makespan > 0 ? 1.0 - busy / (double(stages.size()) * makespan) : 0.0;
+}
+
+}  // namespace
+
+PipelineTrace gather_pipeline_trace(Comm& pp, const std::vector<ComputeInterval>& mine,
+                                    const PipelineSchedule& schedule, int m, int v, int step) {
+  const int P = pp.size();
+  TRIAD_CHECK(int(schedule.size()) == P, "pipeline trace: the schedule has ", schedule.size(),
+              " stages, the pipeline group ", P);
+  // Every rank sends the same number of records: the most compute actions of any stage.
+  size_t most = 0;
+  for (const auto& actions : schedule)
+    most = std::max(most, size_t(std::count_if(actions.begin(), actions.end(), [](const Action& a) {
+                      return is_compute(a.kind);
+                    })));
+  TRIAD_CHECK(mine.size() <= most, "pipeline trace: ", mine.size(), " actions recorded, at most ",
+              most, " expected");
+  std::vector<float> send(most * kFields, -1.0f), all(size_t(P) * most * kFields);
+  for (size_t i = 0; i < mine.size(); ++i) {
+    float* r = send.data() + i * kFields;
+    r[0] = float(int(mine[i].kind));
+    r[1] = float(mine[i].microbatch);
+    r[2] = float(mine[i].chunk);
+    r[3] = float(mine[i].start * 1e3);
+    r[4] = float(mine[i].end * 1e3);
+  }
+  pp.all_gather(send.data(), all.data(), send.size());
+
+  PipelineTrace t;
+  t.step = step;
+  t.measured.resize(size_t(P));
+  std::vector<double> fwd(size_t(P), 0), bwd(size_t(P), 0), wgt(size_t(P), 0);
+  for (int s = 0; s < P; ++s) {
+    int n[3] = {0, 0, 0};  // forwards, backwards, weight passes
+    double sum[3] = {0, 0, 0};
+    for (size_t i = 0; i < most; ++i) {
+      const float* r = all.data() + (size_t(s) * most + i) * kFields;
+      if (r[0] < 0) continue;
+      const ComputeInterval c{ActionKind(int(r[0])), int(r[1]), int(r[2]), r[3] * 1e-3,
+                              r[4] * 1e-3};
+      t.measured[size_t(s)].push_back(c);
+      t.measured_seconds = std::max(t.measured_seconds, c.end);
+      const int k = c.kind == ActionKind::Forward ? 0 : c.kind == ActionKind::Backward ? 1 : 2;
+      ++n[k];
+      sum[k] += c.end - c.start;
+    }
+    // simulate() takes a stage's time for all its chunks together and gives a chunk 1/v of it.
+    auto mean = [&](int k) { return n[k] > 0 ? sum[k] / n[k] * v : 0.0; };
+    fwd[size_t(s)] = mean(0);
+    wgt[size_t(s)] = mean(2);
+    bwd[size_t(s)] = mean(1) + mean(2);
+  }
+  t.measured_bubble = bubble_of(t.measured, t.measured_seconds);
+  t.simulated = simulate(schedule, P, m, v, fwd, bwd, 0, wgt);
+  return t;
+}
+
+void write_pipeline_trace_csv(const PipelineTrace& trace, const std::string& path) {
+  std::ofstream f(path, std::ios::trunc);
+  TRIAD_CHECK(bool(f), "pipeline trace: cannot write ", path);
+  f << "source,stage,kind,microbatch,chunk,start_ms,end_ms\n" << std::fixed << std::setprecision(3);
+  auto rows = [&](const char* source, const std::vector<std::vector<ComputeInterval>>& stages) {
+    for (size_t s = 0; s < stages.size(); ++s)
+      for (const ComputeInterval& c : stages[s])
+        f << source << ',' << s << ',' << kind_letter(c.kind) << ',' << c.microbatch << ','
+          << c.chunk << ',' << c.start * 1e3 << ',' << c.end * 1e3 << '\n';
+  };
+  rows("measured", trace.measured);
+  rows("simulated", trace.simulated.timeline);
+  TRIAD_CHECK(bool(f.flush()), "pipeline trace: writing ", path, " failed");
+}
+
+std::string describe_pipeline_trace(const PipelineTrace& trace, const std::string& path) {
+  std::ostringstream os;
+  os << std::fixed << std::setprecision(1) << "pipeline trace of step " << trace.step << " ("
+     << path << "): measured " << trace.measured_seconds * 1e3 << " ms, idle "
+     << trace.measured_bubble * 100 << "%; the schedule simulated with these action times "
+     << trace.simulated.makespan * 1e3 << " ms, idle " << trace.simulated.bubble * 100 << "%";
+  return os.str();
+}
+
+}  // namespace triad
