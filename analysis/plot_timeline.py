@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 from pathlib import Path
 
 import matplotlib
@@ -55,7 +56,9 @@ def read_trace(path: str | Path) -> dict[str, list[dict]]:
                    "end": float(r["end_ms"])}
         except (TypeError, ValueError):
             raise AnalysisError(f"{path}: line {i}: malformed row {r}") from None
-        if row["kind"] not in COLOURS or row["stage"] < 0 or row["end"] < row["start"]:
+        if (r["source"] not in ("measured", "simulated") or row["kind"] not in COLOURS
+                or row["stage"] < 0 or not math.isfinite(row["start"])
+                or not math.isfinite(row["end"]) or row["end"] < row["start"]):
             raise AnalysisError(f"{path}: line {i}: bad action {r}")
         out.setdefault(r["source"], []).append(row)
     if not out:

@@ -343,6 +343,9 @@ void validate(const Config& c, int world_size) {
   check(t.profile_step >= 0, "train.profile_step", "must be >= 0 (0: no trace)");
   check(t.profile_step == 0 || c.parallel.pp > 1, "train.profile_step",
         "times the actions of a pipeline step and needs parallel.pp > 1");
+  check(t.profile_step <= t.steps, "train.profile_step",
+        "(" + std::to_string(t.profile_step) + ") must not exceed train.steps (" +
+            std::to_string(t.steps) + ")");
   check(t.recompute_layers == 0 || t.recompute != "none", "train.recompute_layers",
         "needs train.recompute = gelu or full (it is none)");
   check(t.seed >= 0, "train.seed", "must be >= 0");

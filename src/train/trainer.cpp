@@ -256,6 +256,10 @@ TrainOutcome Trainer::run() {
   if (s.step < cfg.train.steps && eval_now_at_start) s.run_eval();
   if (cfg.checkpoint.at_start && s.step == 0) s.save_checkpoint();
 
+  if (cfg.train.profile_step > 0 && cfg.train.profile_step <= s.step)
+    s.say("train.profile_step " + std::to_string(cfg.train.profile_step) +
+          " was run before this resumed run's step " + std::to_string(s.step + 1) +
+          ": no pipeline trace");
   const double tokens_per_step = double(cfg.train.batch_size) * T;
   const float dloss_scale = float(1.0 / tokens_per_step);
   Timer run_timer;

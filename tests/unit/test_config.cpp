@@ -136,6 +136,11 @@ TEST(Config, InvalidGridsAreRefused) {
       error_of({"--parallel.schedule", "zb-h1", "--parallel.pp", "2", "--train.recompute", "gelu"},
                2),
       "");
+  expect(error_of({"--train.profile_step", "3"}, 1), "train.profile_step", "needs parallel.pp > 1");
+  expect(error_of({"--parallel.pp", "2", "--train.steps", "10", "--train.profile_step", "11"}, 2),
+         "train.profile_step", "(11) must not exceed train.steps (10)");
+  EXPECT_EQ(
+      error_of({"--parallel.pp", "2", "--train.steps", "10", "--train.profile_step", "10"}, 2), "");
   EXPECT_EQ(error_of({"--parallel.tp", "4", "--parallel.pp", "2"}, 8), "");
   EXPECT_EQ(error_of({"--parallel.schedule", "interleaved", "--parallel.virtual_stages", "2",
                       "--parallel.pp", "2", "--train.micro_batch_size", "1"},
