@@ -121,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             draw(ax, rows, title, xmax)
         axes[-1, 0].set_xlabel("ms from the step's start")
         handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in COLOURS.values()]
-        fig.legend(handles, list(NAMES.values()), loc="upper right", fontsize=8, ncol=3)
-        fig.tight_layout(rect=(0, 0, 1, 0.97))
+        fig.legend(handles, list(NAMES.values()), loc="lower center", fontsize=8, ncol=3)
+        fig.tight_layout(rect=(0, 0.3 / fig.get_figheight(), 1, 1))  # room for the legend
         print(save_figure(fig, a.out, a.dpi))
         return 0
 

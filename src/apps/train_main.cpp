@@ -5,6 +5,7 @@
 #include "triad/core/error.h"
 #include "triad/train/app_main.h"
 #include "triad/train/config.h"
+#include "triad/train/pipeline_trace.h"
 #include "triad/train/run_plan.h"
 #include "triad/train/trainer.h"
 
@@ -21,6 +22,7 @@ int main(int argc, char** argv) {
       if (rank == 0) std::cout << cl.help_text;
       return 0;
     }
+    TRIAD_CHECK(cl.plan || cl.plan_timeline.empty(), "--plan-timeline is an option of --plan");
     if (cl.plan) {
       TRIAD_CHECK(cl.plan_tflops >= 0, "--plan-tflops must be >= 0 (got ", cl.plan_tflops, ")");
       TRIAD_CHECK(cl.plan_gbps >= 0, "--plan-gbps must be >= 0 (got ", cl.plan_gbps, ")");
@@ -30,11 +32,23 @@ int main(int argc, char** argv) {
       MPI_Comm_size(world, &size);
       const int ranks = cl.plan_ranks != 0 ? cl.plan_ranks : size;
       const triad::RunPlan plan = triad::plan_run(cl.config, ranks);
+      if (!cl.plan_timeline.empty()) {
+        TRIAD_CHECK(plan.grid.pp > 1,
+                    "--plan-timeline draws a pipeline step and needs parallel.pp > 1");
+        TRIAD_CHECK(cl.plan_tflops > 0,
+                    "--plan-timeline needs --plan-tflops > 0 (the rate that "
+                    "turns the plan's FLOPs into time)");
+      }
       if (rank == 0) {
+        if (!cl.plan_timeline.empty())
+          triad::write_planned_timeline_csv(plan.pipeline, cl.plan_tflops, cl.plan_timeline);
         std::cout << triad::format_run_plan(plan, cl.config, cl.plan_tflops, cl.plan_gbps);
         if (cl.plan_memory_gb > 0)
           std::cout << triad::format_recompute_fit(cl.config, ranks, cl.plan_tflops,
                                                    cl.plan_memory_gb);
+        if (!cl.plan_timeline.empty())
+          std::cout << "pipeline step as simulated, action by action: " << cl.plan_timeline
+                    << " (triad-timeline draws it)\n";
       }
       return 0;
     }

@@ -247,7 +247,10 @@ CommandLine parse_train_command_line(int argc, const char* const* argv) {
       "--plan: also the data-parallel reduction's time at this bandwidth per rank (GB/s)")(
       "plan-memory-gb", po::value<double>(&cl.plan_memory_gb)->default_value(0),
       "--plan: also each activation-recomputation setting's memory (and step time), and the "
-      "cheapest that fits this many GB (1e9 bytes) per rank");
+      "cheapest that fits this many GB (1e9 bytes) per rank")(
+      "plan-timeline", po::value<std::string>(&cl.plan_timeline),
+      "--plan with --plan-tflops, parallel.pp > 1: write the simulated pipeline step, action by "
+      "action, to this CSV file (draw it with triad-timeline)");
   po::options_description all;
   all.add(general).add(keys.desc());
   std::ostringstream help;

@@ -97,6 +97,21 @@ void write_pipeline_trace_csv(const PipelineTrace& trace, const std::string& pat
   TRIAD_CHECK(bool(f.flush()), "pipeline trace: writing ", path, " failed");
 }
 
+void write_planned_timeline_csv(const SimResult& flops, double tflops, const std::string& path) {
+  TRIAD_CHECK(tflops > 0,
+              "--plan-timeline needs --plan-tflops > 0 (the rate that turns the "
+              "plan's FLOPs into time)");
+  PipelineTrace t;
+  t.simulated = flops;
+  const double seconds_per_flop = 1.0 / (tflops * 1e12);
+  for (auto& stage : t.simulated.timeline)
+    for (auto& c : stage) {
+      c.start *= seconds_per_flop;
+      c.end *= seconds_per_flop;
+    }
+  write_pipeline_trace_csv(t, path);
+}
+
 std::string describe_pipeline_trace(const PipelineTrace& trace, const std::string& path) {
   std::ostringstream os;
   os << std::fixed << std::setprecision(1) << "pipeline trace of step " << trace.step << " ("

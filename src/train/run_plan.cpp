@@ -135,6 +135,7 @@ RunPlan plan_run(const Config& cfg, int world_size) {
     const SimResult r = simulate(schedule, p.grid.pp, p.micro_batches, v, fwd, bwd, 0, wgt);
     p.critical_flops = r.makespan;
     p.bubble = r.bubble;
+    p.pipeline = r;
   } else {
     const auto& s = p.stages[0];
     p.critical_flops =

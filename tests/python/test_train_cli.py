@@ -4,6 +4,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import h5py
@@ -307,3 +308,44 @@ def test_generate_samples_and_refuses_bad_input(tmp_path):
     bad_vocab.write_text("not base64 at all\n")
     assert_clean_error(gen("--checkpoint", ckpt, "--vocab", bad_vocab), "bad.tiktoken")
     assert_clean_error(gen("--vocab", VOCAB), "--checkpoint")
+
+
+@pytest.mark.parametrize("schedule,v", [("1f1b", 1), ("zb-h1", 2)])
+def test_plan_timeline_writes_the_simulated_step_for_triad_timeline(tmp_path, schedule, v):
+    """--plan --plan-timeline FILE: the pipeline step the plan simulated, one row per action of
+    every stage, ending at the plan's step time; triad-timeline draws it."""
+    csv_path = tmp_path / "plan.csv"
+    out = train("--config", REPO / "inputs/models/gpt2-350m.ini", "--run.backend", "cuda",
+                "--data.train", str(tmp_path / "none_*.bin"), "--train.batch_size", "64",
+                "--train.micro_batch_size", "4", "--parallel.pp", "4", "--parallel.schedule",
+                schedule, "--parallel.virtual_stages", str(v), "--plan", "--plan-ranks", "4",
+                "--plan-tflops", "300", "--plan-timeline", csv_path, check=True).stdout
+    assert f"pipeline step as simulated, action by action: {csv_path}" in out, out
+    ms = float(re.search(r"counted\): ([0-9.]+) ms", out).group(1))
+    rows = [line.split(",") for line in csv_path.read_text().splitlines()]
+    assert rows[0] == ["source", "stage", "kind", "microbatch", "chunk", "start_ms", "end_ms"]
+    rows = rows[1:]
+    assert {r[0] for r in rows} == {"simulated"}
+    kinds = "FBW" if schedule == "zb-h1" else "FB"
+    for stage in range(4):  # 16 micro-batches, v chunks, each kind once
+        mine = sorted((r[2], int(r[3]), int(r[4])) for r in rows if r[1] == str(stage))
+        assert mine == sorted((k, mb, c) for k in kinds for mb in range(16) for c in range(v))
+    assert abs(max(float(r[6]) for r in rows) - ms) <= 0.05 + 1e-3 * ms, ms
+    png = tmp_path / "plan.png"
+    t = subprocess.run([sys.executable, "-m", "analysis.plot_timeline", str(csv_path), "--out",
+                        str(png)], capture_output=True, text=True, env=ENV, cwd=REPO, timeout=120)
+    assert t.returncode == 0, t.stderr
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plan_timeline_needs_a_pipeline_a_rate_and_the_plan(tmp_path):
+    base = ["--config", REPO / "inputs/models/gpt2-350m.ini", "--run.backend", "cuda",
+            "--data.train", str(tmp_path / "none_*.bin"), "--train.batch_size", "64",
+            "--train.micro_batch_size", "4", "--plan-timeline", tmp_path / "x.csv"]
+    for extra, needle in [(["--plan", "--plan-tflops", "300"], "needs parallel.pp > 1"),
+                          (["--plan", "--parallel.pp", "4", "--plan-ranks", "4"],
+                           "needs --plan-tflops > 0"),
+                          ([], "--plan-timeline is an option of --plan")]:
+        p = train(*base, *extra)
+        assert p.returncode != 0 and needle in p.stderr, (extra, p.stderr)
+        assert not (tmp_path / "x.csv").exists()

@@ -121,6 +121,7 @@ struct CommandLine {
   double plan_tflops = 0;
   double plan_gbps = 0;       // with it, the data-parallel reduction's time at this bandwidth
   double plan_memory_gb = 0;  // with it, the least recomputation that fits this memory per rank
+  std::string plan_timeline;  // with it, the simulated pipeline step written here (CSV)
   bool help = false;
   std::string help_text;
 };

@@ -30,6 +30,10 @@ PipelineTrace gather_pipeline_trace(Comm& pp, const std::vector<ComputeInterval>
 // kind F (forward), B (backward, its input-gradient part where the schedule splits it), W.
 void write_pipeline_trace_csv(const PipelineTrace& trace, const std::string& path);
 
+// The same CSV with only the simulated rows, for a step the plan simulated (RunPlan::pipeline,
+// times in FLOPs per rank) at `tflops` TFLOP/s per rank.
+void write_planned_timeline_csv(const SimResult& flops, double tflops, const std::string& path);
+
 // One line for the log: both step times and bubbles.
 std::string describe_pipeline_trace(const PipelineTrace& trace, const std::string& path);
 

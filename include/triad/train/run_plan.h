@@ -72,6 +72,7 @@ struct RunPlan {
   // no bubble.
   double critical_flops = 0;
   double bubble = 0;
+  SimResult pipeline;  // pp > 1: that simulation, its times in FLOPs per rank
 };
 
 // The plan of `cfg` on `world_size` ranks. Throws triad::Error (naming the key) for a config
