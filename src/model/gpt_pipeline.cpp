@@ -8,6 +8,9 @@
 // backward pass (the request is completed before the set is reused); a gradient is copied to
 // the next of the buffers planned for outgoing gradients, reused in turn once their previous
 // send has completed (grad_send_buffers in pipeline_schedule.h sizes them).
+//
+// A schedule with weight passes (zero bubble) keeps a micro-batch's activation set from its
+// forward to its W; without, to its backward. trace_next_step() times one step's computations.
 #include <algorithm>
 #include <chrono>
 #include <utility>
