@@ -11,7 +11,7 @@
 //       every op of a GPT-2 training step through the Backend interface (bench_kernels.h):
 //       time, TFLOP/s or GB/s, and the fraction of the matmul / copy ceilings measured in the
 //       same run; their sum as a bound on the step time.
-//   triad-bench schedule [--pp N] [--m N] [--v N] [--timeline]
+//   triad-bench schedule [--pp N] [--m N] [--v N] [--t-wgt W] [--timeline]
 //       the pipeline schedules (gpipe, 1f1b, interleaved, zb-h1) simulated with t_bwd = 2·t_fwd
 //       (zb-h1: W half of it): bubble against theory, peak live micro-batches per stage,
 //       optionally a timeline. No MPI needed.
@@ -75,7 +75,7 @@ constexpr const char* kUsage =
     "          [--V N] [--layers N] [--repeat N]\n"
     "                  every op of a GPT-2 training step: time, TFLOP/s or GB/s, fraction of\n"
     "                  the matmul and copy ceilings measured in the same run\n"
-    "  schedule [--pp N] [--m N] [--v N] [--timeline]\n"
+    "  schedule [--pp N] [--m N] [--v N] [--t-wgt W] [--timeline]\n"
     "                  simulate the pipeline schedules gpipe, 1f1b, interleaved and zb-h1:\n"
     "                  bubble against theory, peak live micro-batches per stage\n"
     "\n"
@@ -580,26 +580,32 @@ void print_timeline(const triad::SimResult& r, int v, double t_fwd) {
 int cmd_schedule(MPI_Comm world, const std::vector<std::string>& args) {
   po::options_description desc("schedule options");
   int pp = 4, m = 8, v = 2;
-  double t_fwd = 1.0, t_bwd = 2.0;
+  double t_fwd = 1.0, t_bwd = 2.0, t_wgt = -1.0;
   desc.add_options()("pp", po::value(&pp)->default_value(4), "pipeline stages")(
       "m", po::value(&m)->default_value(8), "micro-batches per step")(
       "v", po::value(&v)->default_value(2), "virtual stages per rank for interleaved and zb-h1")(
       "t-fwd", po::value(&t_fwd)->default_value(1.0), "forward time of one stage")(
       "t-bwd", po::value(&t_bwd)->default_value(2.0), "backward time of one stage")(
+      "t-wgt", po::value(&t_wgt)->default_value(-1.0),
+      "of it, zb-h1's weight pass (default: half; a CPU measured B 42% longer than W)")(
       "timeline", "print each schedule's timeline per stage");
   po::variables_map vm;
   if (!parse(world, "schedule", args, desc, vm)) return 0;
   TRIAD_CHECK(pp >= 1 && m >= 1 && v >= 1, "schedule: --pp, --m and --v must be at least 1");
   TRIAD_CHECK(t_fwd > 0 && t_bwd > 0, "schedule: --t-fwd and --t-bwd must be positive");
+  if (t_wgt < 0) t_wgt = t_bwd / 2;
+  TRIAD_CHECK(t_wgt <= t_bwd, "schedule: --t-wgt (", t_wgt, ") must not exceed --t-bwd (", t_bwd,
+              ")");
   if (world_rank(world) != 0) return 0;
   std::printf(
-      "triad-bench schedule: pp=%d m=%d v=%d, t_fwd=%g t_bwd=%g per stage (a chunk: 1/v of it)\n"
+      "triad-bench schedule: pp=%d m=%d v=%d, t_fwd=%g t_bwd=%g (zb-h1: W %g of it) per stage (a "
+      "chunk: 1/v of it)\n"
       "  bubble = idle / (idle + busy) over all stages; theory (pp-1)/(m+pp-1), interleaved "
       "(pp-1)/(v*m+pp-1),\n  zb-h1 (pp-1)/(3m+pp-1), with v > 1 (pp-1)/(3vm+pp-1) for m >= 2pp "
-      "(its backward split into B and W, each t_bwd/2; theory for t_bwd = 2 t_fwd)\n"
+      "(theory for t_bwd = 2 t_fwd, t_W = t_bwd/2)\n"
       "  %-12s %2s %9s %10s %8s %9s  %s\n",
-      pp, m, v, t_fwd, t_bwd, "schedule", "v", "makespan", "sim bubble", "theory", "sim/theo",
-      "peak live (micro-batch, chunk) pairs per stage");
+      pp, m, v, t_fwd, t_bwd, t_wgt, "schedule", "v", "makespan", "sim bubble", "theory",
+      "sim/theo", "peak live (micro-batch, chunk) pairs per stage");
   struct Run {
     triad::ScheduleKind kind;
     int v;
@@ -622,7 +628,8 @@ int cmd_schedule(MPI_Comm world, const std::vector<std::string>& args) {
       continue;
     }
     triad::check_schedule(s, pp, m, kv);
-    const triad::SimResult r = triad::simulate(s, pp, m, kv, t_fwd, t_bwd);
+    const std::vector<double> f(size_t(pp), t_fwd), b(size_t(pp), t_bwd), w(size_t(pp), t_wgt);
+    const triad::SimResult r = triad::simulate(s, pp, m, kv, f, b, 0, w);
     const double theory = triad::theoretical_bubble(kind, pp, m, kv);
     std::string peaks;
     for (int p : r.peak_live) {
