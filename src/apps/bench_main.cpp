@@ -593,7 +593,9 @@ int cmd_schedule(MPI_Comm world, const std::vector<std::string>& args) {
   if (!parse(world, "schedule", args, desc, vm)) return 0;
   TRIAD_CHECK(pp >= 1 && m >= 1 && v >= 1, "schedule: --pp, --m and --v must be at least 1");
   TRIAD_CHECK(t_fwd > 0 && t_bwd > 0, "schedule: --t-fwd and --t-bwd must be positive");
-  if (t_wgt < 0) t_wgt = t_bwd / 2;
+  TRIAD_CHECK(vm["t-wgt"].defaulted() || t_wgt >= 0, "schedule: --t-wgt must be >= 0 (got ", t_wgt,
+              ")");
+  if (vm["t-wgt"].defaulted()) t_wgt = t_bwd / 2;
   TRIAD_CHECK(t_wgt <= t_bwd, "schedule: --t-wgt (", t_wgt, ") must not exceed --t-bwd (", t_bwd,
               ")");
   if (world_rank(world) != 0) return 0;

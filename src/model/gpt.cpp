@@ -94,7 +94,7 @@ ActivationSlots activation_slots(const ModelParallel& mp, const PipelineSchedule
   a.slots.assign(size_t(mp.virtual_stages), 1);
   if (schedule == nullptr || mp.pp == 1) return a;
   a.split_backward = has_weight_pass(*schedule);
-  const ActionKind release = a.split_backward ? ActionKind::BackwardWeight : ActionKind::Backward;
+  const ActionKind release = releasing_action(*schedule);
   std::vector<int> live(a.slots.size(), 0);
   int forwards = 0, sends = 0;
   for (const Action& x : (*schedule)[size_t(mp.pp_rank)]) {

@@ -84,8 +84,7 @@ ForwardStats Gpt::pipeline_step_t(const int32_t* inputs, const int32_t* targets,
   for (const Action& x : schedule_[size_t(mp_.pp_rank)]) {
     const int c = x.chunk, mb = x.microbatch, g = mp_.global_chunk(c);
     TRIAD_ASSERT(mb < m);
-    const bool timed = trace && (x.kind == ActionKind::Forward || x.kind == ActionKind::Backward ||
-                                 x.kind == ActionKind::BackwardWeight);
+    const bool timed = trace && is_compute(x.kind);
     const double start = timed ? seconds() : 0.0;
     const int32_t* in = inputs + size_t(mb) * per_mb;
     const int32_t* tg = targets + size_t(mb) * per_mb;

@@ -37,7 +37,10 @@ const char* schedule_kind_name(ScheduleKind kind) {
   return "?";
 }
 
-bool splits_backward(ScheduleKind kind) { return kind == ScheduleKind::ZeroBubble; }
+bool is_compute(ActionKind kind) {
+  return kind == ActionKind::Forward || kind == ActionKind::Backward ||
+         kind == ActionKind::BackwardWeight;
+}
 
 const char* action_kind_name(ActionKind kind) {
   switch (kind) {
@@ -228,6 +231,10 @@ bool has_weight_pass(const PipelineSchedule& schedule) {
   return false;
 }
 
+ActionKind releasing_action(const PipelineSchedule& schedule) {
+  return has_weight_pass(schedule) ? ActionKind::BackwardWeight : ActionKind::Backward;
+}
+
 namespace {
 
 // (sender, receiver, activation?) → the transfers in program order, as (micro-batch, global
@@ -370,7 +377,7 @@ SimResult simulate(const PipelineSchedule& schedule, int pp, int m, int v,
     if (!split) return t_bwd[size_t(s)] / v;
     return (k == ActionKind::BackwardWeight ? w : t_bwd[size_t(s)] - w) / v;
   };
-  const ActionKind release = split ? ActionKind::BackwardWeight : ActionKind::Backward;
+  const ActionKind release = releasing_action(schedule);
   struct Message {
     int microbatch, global_chunk;
     double time;
@@ -399,8 +406,7 @@ SimResult simulate(const PipelineSchedule& schedule, int pp, int m, int v,
       while (pc[s] < schedule[s].size()) {
         const Action& a = schedule[s][pc[s]];
         const int g = a.chunk * pp + s;
-        if (a.kind == ActionKind::Forward || a.kind == ActionKind::Backward ||
-            a.kind == ActionKind::BackwardWeight) {
+        if (is_compute(a.kind)) {
           const double t = compute_time(a.kind, s);
           r.timeline[s].push_back({a.kind, a.microbatch, a.chunk, clock[s], clock[s] + t});
           clock[s] += t;

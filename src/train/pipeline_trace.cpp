@@ -12,10 +12,6 @@ namespace {
 
 constexpr int kFields = 5;  // kind, micro-batch, chunk, start ms, end ms
 
-bool is_compute(ActionKind k) {
-  return k == ActionKind::Forward || k == ActionKind::Backward || k == ActionKind::BackwardWeight;
-}
-
 const char* kind_letter(ActionKind k) {
   return k == ActionKind::Forward ? "F" : k == ActionKind::BackwardWeight ? "W" : "B";
 }

@@ -70,11 +70,14 @@ ScheduleKind parse_schedule_kind(const std::string& name);
 const char* schedule_kind_name(ScheduleKind kind);
 const char* action_kind_name(ActionKind kind);
 
-// Whether the kind splits the backward pass into B and W (ZeroBubble).
-bool splits_backward(ScheduleKind kind);
+// A computation (Forward, Backward, BackwardWeight), not a transfer.
+bool is_compute(ActionKind kind);
 
 // Whether a schedule splits the backward pass (has BackwardWeight actions).
 bool has_weight_pass(const PipelineSchedule& schedule);
+// The action after which a (micro-batch, chunk) pair's activations are no longer needed: its
+// BackwardWeight where the schedule splits the backward, else its Backward.
+ActionKind releasing_action(const PipelineSchedule& schedule);
 
 // Throws triad::Error unless (pp, m, v) suit the kind: pp, m ≥ 1; GPipe and 1F1B take v = 1;
 // Interleaved takes v ≥ 2 and m a multiple of pp (Megatron's constraint), ZeroBubble v = 1 or
@@ -114,10 +117,10 @@ struct SimResult {
 // no rank can progress while some have actions left, and on a receive whose message is not
 // the one it expects. With grad_buffers = K > 0 each rank sends its gradients from K buffers
 // in turn: a gradient send blocks until the message sent K earlier from the same rank has been
-// received (what the executor does before reusing that buffer).
+// received (what the executor does before reusing that buffer). Where the schedule splits the
+// backward, W takes half of t_bwd and B the rest.
 SimResult simulate(const PipelineSchedule& schedule, int pp, int m, int v, double t_fwd = 1.0,
                    double t_bwd = 2.0);
-// Where the schedule splits the backward, W takes half of t_bwd and B the rest.
 // The same with each rank's own times (uneven stages: the last one holds the head), t_fwd[s] and
 // t_bwd[s] for all of rank s's chunks together (>= 0: a stage without layers may only relay);
 // the bubble then counts the imbalance's idle time too. t_wgt[s] (empty: t_bwd[s] / 2) is the
