@@ -80,3 +80,16 @@ def test_attention_bad_choice_is_a_clear_error(option, value, message):
     # Checked before any device is touched, so this holds with or without CUDA and a GPU.
     p = run([exe("triad-bench"), "attention", option, value], timeout=60)
     assert_clean_error(p, message)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--t-wgt", "3"], "--t-wgt (3) must not exceed --t-bwd (2)"),
+        (["--t-wgt", "-1"], "--t-wgt must be >= 0 (got -1)"),
+        (["--t-fwd", "0"], "--t-fwd and --t-bwd must be positive"),
+    ],
+)
+def test_schedule_bad_times_are_clear_errors(args, message):
+    p = run([exe("triad-bench"), "schedule", *args], timeout=60)
+    assert_clean_error(p, message)

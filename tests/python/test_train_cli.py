@@ -349,3 +349,7 @@ def test_plan_timeline_needs_a_pipeline_a_rate_and_the_plan(tmp_path):
         p = train(*base, *extra)
         assert p.returncode != 0 and needle in p.stderr, (extra, p.stderr)
         assert not (tmp_path / "x.csv").exists()
+    # A file that cannot be written: one clear error, no traceback or crash.
+    p = train(*base[:-1], tmp_path / "missing" / "x.csv", "--plan", "--parallel.pp", "4",
+              "--plan-ranks", "4", "--plan-tflops", "300")
+    assert_clean_error(p, "pipeline trace: cannot write", "missing/x.csv")

@@ -137,6 +137,8 @@ TEST(Config, InvalidGridsAreRefused) {
                2),
       "");
   expect(error_of({"--train.profile_step", "3"}, 1), "train.profile_step", "needs parallel.pp > 1");
+  expect(error_of({"--parallel.pp", "2", "--train.profile_step", "-1"}, 2), "train.profile_step",
+         "must be >= 0");
   expect(error_of({"--parallel.pp", "2", "--train.steps", "10", "--train.profile_step", "11"}, 2),
          "train.profile_step", "(11) must not exceed train.steps (10)");
   EXPECT_EQ(
