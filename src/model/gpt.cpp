@@ -328,6 +328,7 @@ const bf16_t* Gpt::weights<bf16_t>() const {
 }
 
 void Gpt::params_updated() {
+  decoded_.clear();  // the kept keys and values came from the old weights
   if (params_bf16_) be_.convert(params_bf16_, params_, buffer_floats_);
 }
 

@@ -31,8 +31,13 @@ ForwardStats Gpt::pipeline_step(const int32_t* inputs, const int32_t* targets, i
 }
 
 const float* Gpt::next_token_logits(const int32_t* tokens, int len) {
-  return precision_ == Precision::bf16 ? next_token_logits_t<bf16_t>(tokens, len)
-                                       : next_token_logits_t<float>(tokens, len);
+  return precision_ == Precision::bf16 ? next_token_logits_t<bf16_t>(tokens, len, false)
+                                       : next_token_logits_t<float>(tokens, len, false);
+}
+
+const float* Gpt::decode_logits(const int32_t* tokens, int len) {
+  return precision_ == Precision::bf16 ? next_token_logits_t<bf16_t>(tokens, len, true)
+                                       : next_token_logits_t<float>(tokens, len, true);
 }
 
 template <class A>
@@ -157,7 +162,7 @@ ForwardStats Gpt::pipeline_step_t(const int32_t* inputs, const int32_t* targets,
 }
 
 template <class A>
-Gpt::Set<A>* Gpt::forward_pipeline(const int32_t* inputs, int B, int T) {
+Gpt::Set<A>* Gpt::forward_pipeline(const int32_t* inputs, int B, int T, int pos0) {
   const int G = mp_.chunks(), N = B * T;
   const size_t NW = word_count<A>(size_t(local_rows(N)) * shape_.n_embd);
   TRIAD_CHECK(mp_.pp > 1 || G == 1, "internal error: virtual stages need pp > 1");
@@ -170,7 +175,7 @@ Gpt::Set<A>* Gpt::forward_pipeline(const int32_t* inputs, int B, int T) {
     } else {
       mp_.pp_comm->recv(words(S.input), NW, (g - 1) % mp_.pp, kTagActivation);
     }
-    forward_chunk(c, S, B, T);
+    forward_chunk(c, S, B, T, pos0);
     if (g < G - 1) {
       // Blocking is safe: the next chunk's owner waits for exactly this message.
       mp_.pp_comm->send(words(S.output()), NW, (g + 1) % mp_.pp, kTagActivation);
@@ -192,23 +197,35 @@ ForwardStats Gpt::share_from_last_stage(ForwardStats st) {
 }
 
 template <class A>
-const float* Gpt::next_token_logits_t(const int32_t* tokens, int len) {
-  TRIAD_ASSERT(len >= 1 && len <= shape_.seq_len);
+const float* Gpt::next_token_logits_t(const int32_t* tokens, int len, bool cached) {
+  const int T = shape_.seq_len;
+  TRIAD_ASSERT(len >= 1 && len <= T);
   const int C = shape_.n_embd, Vl = vocab_local_, Vp = shape_.padded_vocab_size;
   float* out = host_scratch_.data();  // Vp floats, then room for this rank's Vl
-  // Sequence parallelism cuts the rows into tp equal parts: pad the sequence at its end (the
-  // attention is causal, so later positions do not change the logits of position len − 1).
-  int rows = len;
-  if (mp_.split_rows()) {
-    rows = (len + mp_.tp - 1) / mp_.tp * mp_.tp;
-    padded_.assign(tokens, tokens + len);
+  // Sequence parallelism cuts the rows into tp equal parts: pad the new rows at their end (the
+  // attention is causal, so later positions change neither the logits of position len − 1 nor
+  // the kept keys and values before them; a padding row's are overwritten by the next call's).
+  const auto padded = [&](int n) { return mp_.split_rows() ? (n + mp_.tp - 1) / mp_.tp * mp_.tp : n; };
+  // Cached: the first p tokens are those of the previous call, whose keys and values every
+  // layer's qkv buffer holds in its first p rows. Full recomputation shares one qkv buffer
+  // between the layers, so it keeps none.
+  const bool keeps = cached && recompute_.mode != Recompute::full;
+  int p = 0;
+  if (keeps && decoded_.size() < size_t(len) &&
+      std::equal(decoded_.begin(), decoded_.end(), tokens) && !decoded_.empty() &&
+      int(decoded_.size()) + padded(len - int(decoded_.size())) <= T)
+    p = int(decoded_.size());
+  const int n = len - p, rows = padded(n);
+  const int32_t* ids = tokens + p;
+  if (rows != n) {
+    padded_.assign(ids, ids + n);
     padded_.resize(size_t(rows), 0);
-    tokens = padded_.data();
+    ids = padded_.data();
   }
-  if (Set<A>* last = forward_pipeline<A>(tokens, 1, rows)) {
+  if (Set<A>* last = forward_pipeline<A>(ids, 1, rows, p)) {
     // Only the last position's logits are needed: one row of the classifier.
     A* logits = acts<A>().logits;
-    be_.matmul_forward(logits, last->lnfg + size_t(len - 1) * C, head_weight<A>(), nullptr, 1, C,
+    be_.matmul_forward(logits, last->lnfg + size_t(n - 1) * C, head_weight<A>(), nullptr, 1, C,
                        Vl);
     if (mp_.tp == 1) {
       logits_to_host(out, logits, size_t(Vl));
@@ -218,12 +235,13 @@ const float* Gpt::next_token_logits_t(const int32_t* tokens, int len) {
       mp_.tp_comm->all_gather(out + Vp, out, size_t(Vl));
     }
   }
+  if (keeps) decoded_.assign(tokens, tokens + len);  // the forward pass cleared it
   if (mp_.pp > 1) mp_.pp_comm->broadcast(out, size_t(Vp), mp_.pp - 1);
   return out;
 }
 
-template Gpt::Set<float>* Gpt::forward_pipeline<float>(const int32_t*, int, int);
-template Gpt::Set<bf16_t>* Gpt::forward_pipeline<bf16_t>(const int32_t*, int, int);
+template Gpt::Set<float>* Gpt::forward_pipeline<float>(const int32_t*, int, int, int);
+template Gpt::Set<bf16_t>* Gpt::forward_pipeline<bf16_t>(const int32_t*, int, int, int);
 
 void Gpt::sync_tied_embedding(bool master_current) {
   if (mp_.pp == 1 || !(mp_.first_stage() || mp_.last_stage())) return;

@@ -120,7 +120,7 @@ void Gpt::upload_ids(const int32_t* inputs, const int32_t* targets, int N) {
 }
 
 template <class A>
-void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T) {
+void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   const int C = shape_.n_embd, Cl = C / mp_.tp, NHl = shape_.n_head / mp_.tp;
   const int N = B * T, n = local_rows(N);
   auto& L = S.layers[size_t(i)];
@@ -130,8 +130,13 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T) {
   const A* projb = mp_.tp_rank == 0 ? w.projb : nullptr;  // bias added once
   A* attproj = mp_.split_rows() ? acts<A>().full : L.attproj;
   const A* ln1 = gather_rows(L.ln1, L.ln1g, N);
-  be_.matmul_forward(L.qkv, ln1, w.qkvw, w.qkvb, N, C, 3 * Cl);
-  be_.attention_forward(L.atty, L.att, L.qkv, B, T, Cl, NHl);
+  if (pos0 == 0) {
+    be_.matmul_forward(L.qkv, ln1, w.qkvw, w.qkvb, N, C, 3 * Cl);
+    be_.attention_forward(L.atty, L.att, L.qkv, B, T, Cl, NHl);
+  } else {  // decoding: the new rows' q|k|v follow the kept ones
+    be_.matmul_forward(L.qkv + size_t(pos0) * 3 * Cl, ln1, w.qkvw, w.qkvb, N, C, 3 * Cl);
+    be_.attention_decode(L.atty, L.qkv, pos0, T, Cl, NHl);
+  }
   be_.matmul_forward(attproj, L.atty, w.projw, projb, N, Cl, C);
   reduce_rows(attproj, L.attproj, N);
   be_.residual_layernorm_forward(L.residual2, L.ln2, L.ln2_mean, L.ln2_rstd, x, L.attproj, w.ln2w,
@@ -141,8 +146,10 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T) {
 }
 
 template <class A>
-void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T) {
-  TRIAD_ASSERT(B >= 1 && B <= max_batch_ && T >= 1 && T <= shape_.seq_len);
+void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T, int pos0) {
+  TRIAD_ASSERT(B >= 1 && B <= max_batch_ && T >= 1 && pos0 >= 0 && pos0 + T <= shape_.seq_len);
+  TRIAD_ASSERT(pos0 == 0 || B == 1);
+  decoded_.clear();  // overwrites the first set's rows (decode_logits sets it again after)
   const int C = shape_.n_embd, Cl = C / mp_.tp;
   const int N = B * T, n = local_rows(N);  // rows of the micro-batch, and of them held here
   const size_t nC = size_t(n) * C;
@@ -154,7 +161,8 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T) {
   if (g == 0) {
     // Vocabulary-parallel embedding: each rank adds the rows it holds (zero elsewhere), one
     // rank adds wpe, and the reduction completes wte[tok] + wpe[pos].
-    const A* wpe = mp_.tp_rank == 0 ? W + specs_[size_t(wpe_)].offset : nullptr;
+    const A* wpe =
+        mp_.tp_rank == 0 ? W + specs_[size_t(wpe_)].offset + size_t(pos0) * C : nullptr;
     A* out = sp ? full : S.input;
     be_.encoder_forward(out, d_inputs_, W + specs_[size_t(wte_)].offset, wpe, B, T, C);
     reduce_rows(out, S.input, N);
@@ -178,7 +186,7 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T) {
     auto& L = S.layers[size_t(i)];
     const LayerTensors<const A> w = layer_weights(i);
     const A* fcprojb = mp_.tp_rank == 0 ? w.fcprojb : nullptr;  // bias added once
-    layer_front(S, g, i, B, T);
+    layer_front(S, g, i, B, T, pos0);
     A* fcproj = sp ? full : L.fcproj;
     be_.matmul_forward(fcproj, L.fch_gelu, w.fcprojw, fcprojb, N, 4 * Cl, C);
     reduce_rows(fcproj, L.fcproj, N);
@@ -469,14 +477,14 @@ void Gpt::forward_logits(const int32_t* inputs, int B, float* host_out) {
 }
 
 // The chunk steps are used by the pipeline executor (gpt_pipeline.cpp) too.
-template void Gpt::forward_chunk<float>(int, Set<float>&, int, int);
-template void Gpt::forward_chunk<bf16_t>(int, Set<bf16_t>&, int, int);
+template void Gpt::forward_chunk<float>(int, Set<float>&, int, int, int);
+template void Gpt::forward_chunk<bf16_t>(int, Set<bf16_t>&, int, int, int);
 template void Gpt::backward_chunk<float>(int, Set<float>&, int, int);
 template void Gpt::backward_chunk<bf16_t>(int, Set<bf16_t>&, int, int);
 template void Gpt::weight_chunk<float>(int, Set<float>&, int, int);
 template void Gpt::weight_chunk<bf16_t>(int, Set<bf16_t>&, int, int);
-template void Gpt::layer_front<float>(Set<float>&, int, int, int, int);
-template void Gpt::layer_front<bf16_t>(Set<bf16_t>&, int, int, int, int);
+template void Gpt::layer_front<float>(Set<float>&, int, int, int, int, int);
+template void Gpt::layer_front<bf16_t>(Set<bf16_t>&, int, int, int, int, int);
 template ForwardStats Gpt::classifier<float>(Set<float>&, const int32_t*, int, int, float, bool);
 template ForwardStats Gpt::classifier<bf16_t>(Set<bf16_t>&, const int32_t*, int, int, float, bool);
 template void Gpt::logits_to_host<float>(float*, const float*, size_t);

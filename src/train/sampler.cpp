@@ -15,9 +15,13 @@ std::vector<int32_t> sample_continuation(Gpt& model, std::vector<int32_t> tokens
   std::vector<int32_t> out;
   std::vector<int> order(static_cast<size_t>(V));
   std::vector<double> prob(static_cast<size_t>(V));
+  model.forget_decoded();  // nothing kept from before this sample
   for (int64_t n = 0; n < opt.length; ++n) {
+    // While the sequence fits the context, each step extends the previous one by a token: its
+    // layers run over that token only (the KV cache). Once it slides, every step recomputes the
+    // window (the positions of every token change).
     const int len = int(std::min<size_t>(tokens.size(), size_t(T)));
-    const float* logits = model.next_token_logits(tokens.data() + tokens.size() - size_t(len), len);
+    const float* logits = model.decode_logits(tokens.data() + tokens.size() - size_t(len), len);
     // Candidates: the top-k logits (all of them when top_k is 0 or >= V).
     const int k = (opt.top_k <= 0 || opt.top_k >= V) ? V : opt.top_k;
     std::iota(order.begin(), order.end(), 0);

@@ -290,6 +290,20 @@ class Gpt {
   // len <= seq_len. Collective like evaluate(); every rank gets the logits. Returns a host
   // pointer valid until the next call.
   const float* next_token_logits(const int32_t* tokens, int len);
+  // The same logits for generation, with a cache of keys and values (the KV cache): every layer
+  // keeps the keys and values of the tokens of the previous call, so a call whose tokens extend
+  // that call's (one more token each time) runs its layers over the new tokens only, and its
+  // attention reads the kept keys and values instead of recomputing them. Otherwise (another
+  // prefix, or under full recomputation, whose layers share one scratch) it computes every
+  // token, as next_token_logits does. The cache lives in the first activation set of each chunk,
+  // without memory of its own: any other use of the model (a step, an evaluation, an update
+  // followed by params_updated()) drops it, and forget_decoded() drops it explicitly (call it
+  // before a new sample: weights written without params_updated() would leave it stale).
+  // Collective like next_token_logits. Equal to it up to fp32 rounding (sums in another order).
+  const float* decode_logits(const int32_t* tokens, int len);
+  void forget_decoded() { decoded_.clear(); }
+  // Tokens whose keys and values the cache holds (the last decode_logits call's), 0 if none.
+  int decoded_tokens() const { return int(decoded_.size()); }
 
  private:
   // Activation plans and sets per activation type A (float or bf16_t): gpt_activations.h.
@@ -318,12 +332,15 @@ class Gpt {
   template <class A>
   void forward_logits_t(const int32_t* inputs, int B, float* host_out);
   template <class A>
-  const float* next_token_logits_t(const int32_t* tokens, int len);
+  const float* next_token_logits_t(const int32_t* tokens, int len, bool cached);
   template <class A>
   void logits_to_host(float* host, const A* dev, size_t n);
   void upload_ids(const int32_t* inputs, const int32_t* targets, int N);
+  // pos0 > 0 (decoding, B = 1): the T rows are positions pos0 .. pos0 + T − 1 of a sequence whose
+  // earlier rows' q|k|v the layers' qkv buffers hold (decode_logits); the new rows' q|k|v are
+  // written after them.
   template <class A>
-  void forward_chunk(int chunk, Set<A>& S, int B, int T);
+  void forward_chunk(int chunk, Set<A>& S, int B, int T, int pos0 = 0);
   // The backward pass of a chunk; where the schedule splits it (split_backward_), only the input
   // gradients, leaving the linear layers' output gradients in S for weight_chunk, which forms
   // their weight and bias gradients (LayerNorm and embedding gradients stay in the first pass).
@@ -340,14 +357,14 @@ class Gpt {
   // ln_2, and c_fc with GELU. The forward pass continues from there; full recomputation runs it
   // again (after ln_1) before the layer's backward.
   template <class A>
-  void layer_front(Set<A>& S, int g, int i, int B, int T);
+  void layer_front(Set<A>& S, int g, int i, int B, int T, int pos0 = 0);
   template <class A>
   ForwardStats classifier(Set<A>& S, const int32_t* host_targets, int B, int T, float dloss_scale,
                           bool with_grad);
   // Forward of one micro-batch through every chunk in order (no pipelining: evaluation and
   // generation); returns the last chunk's activation set on the ranks holding it, else null.
   template <class A>
-  Set<A>* forward_pipeline(const int32_t* inputs, int B, int T);
+  Set<A>* forward_pipeline(const int32_t* inputs, int B, int T, int pos0 = 0);
   ForwardStats share_from_last_stage(ForwardStats st);
   void sum_tied_embedding_grads();
   void tp_all_reduce(float* x, size_t n);
@@ -376,6 +393,9 @@ class Gpt {
   int32_t* d_inputs_ = nullptr;  // this rank's local token ids on the backend's device
   int32_t* d_targets_ = nullptr;
   std::vector<int32_t> host_ids_, padded_;
+  // decode_logits: the tokens whose q|k|v rows the first activation set of every chunk holds.
+  // Cleared by every forward pass and by params_updated(); set again by decode_logits.
+  std::vector<int32_t> decoded_;
   Precision precision_ = Precision::fp32;
   Recomputation recompute_;
   bool split_backward_ = false;  // the schedule has weight passes (zero bubble)

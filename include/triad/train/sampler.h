@@ -17,7 +17,8 @@ struct SampleOptions {
 };
 
 // Appends `length` sampled tokens to `tokens` (which must be non-empty) and returns them.
-// The context is the last seq_len tokens.
+// The context is the last seq_len tokens. Runs the model with its cache of keys and values
+// (Gpt::decode_logits): the prompt once, then one token per step while the context fits.
 std::vector<int32_t> sample_continuation(Gpt& model, std::vector<int32_t> tokens,
                                          const SampleOptions& opt, Rng& rng);
 

@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "cpu_math.h"
 #include "cpu_ops.h"
@@ -125,6 +126,27 @@ Dims make_dims(int T, int C, int NH) {
 }
 
 }  // namespace
+
+void attention_decode(float* out, const float* qkv, int p, int n, int C, int NH) {
+  const int L = p + n;  // keys: the cached rows and the new ones
+  const Dims d = make_dims(L, C, NH);
+  ensure_single_threaded_blas();
+#pragma omp parallel
+  {
+    std::vector<float> s(size_t(n) * size_t(L));  // the new rows' scores, then probabilities
+#pragma omp for schedule(static)
+    for (int h = 0; h < NH; ++h) {
+      const float* q = qkv + size_t(p) * d.ld_qkv + size_t(h) * d.hd;
+      const float* k = qkv + C + size_t(h) * d.hd;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, L, d.hd, d.scale, q, d.ld_qkv, k,
+                  d.ld_qkv, 0.0f, s.data(), L);
+      // New row r is position p + r: it sees keys 0 .. p + r (the same softmax as the forward's).
+      for (int r = 0; r < n; ++r) causal_softmax_row(s.data() + size_t(r) * L, p + r, L);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d.hd, L, 1.0f, s.data(), L, k + C,
+                  d.ld_qkv, 0.0f, out + size_t(h) * d.hd, d.ld_out);
+    }
+  }
+}
 
 void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH) {
   const Dims d = make_dims(T, C, NH);

@@ -176,6 +176,13 @@ void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, con
   });
 }
 
+void attention_decode(bf16_t* out, const bf16_t* qkv, int p, int n, int C, int NH) {
+  const size_t nout = size_t(n) * C;
+  float* o = scratch(1, nout);
+  attention_decode(o, widen(0, qkv, size_t(p + n) * 3 * C), p, n, C, NH);
+  to_bf16(out, o, nout);
+}
+
 void gelu_forward(bf16_t* out, const bf16_t* inp, size_t n) {
   float* o = scratch(0, n);
   gelu_forward(o, widen(1, inp, n), n);

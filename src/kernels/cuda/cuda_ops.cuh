@@ -154,6 +154,11 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scra
                         const bf16* dout, const bf16* qkv, const bf16* out, const float* lse, int B,
                         int T, int C, int NH, bool accumulate = true);  // false: dqkv overwritten
 
+// ---- attention against a cache of keys and values (cuda_attention_decode.cu) ---------------
+// Backend::attention_decode: out [n, C], qkv [p + n, 3C].
+void attention_decode(cudaStream_t s, float* out, const float* qkv, int p, int n, int C, int NH);
+void attention_decode(cudaStream_t s, bf16* out, const bf16* qkv, int p, int n, int C, int NH);
+
 // ---- elementwise (cuda_elementwise.cu) -----------------------------------------------------
 template <typename Elem>
 void gelu_forward(cudaStream_t s, Elem* out, const Elem* inp, size_t n);

@@ -1,0 +1,45 @@
+// Backend::attention_decode on the GPU, fp32 and bf16: the block program of
+// decode_attention_block.h, one block per (head, new row).
+#include <cstdint>
+
+#include "cuda_ops.cuh"
+#include "decode_attention_block.h"
+#include "device_thread.cuh"
+
+namespace triad::cuda {
+namespace {
+
+template <class E>
+__global__ void __launch_bounds__(decode_attention::kThreads)
+    decode_attention_kernel(E* out, const E* qkv, int p, int C, int NH) {
+  DeviceThread x;
+  decode_attention::row(x, out, qkv, p, C, NH);
+}
+
+template <class E>
+void launch(cudaStream_t s, E* out, const E* qkv, int p, int n, int C, int NH) {
+  TRIAD_CHECK(NH > 0 && C % NH == 0 && p >= 0 && n > 0, "cuda attention_decode: bad shape (p = ",
+              p, ", n = ", n, ", C = ", C, ", NH = ", NH, ")");
+  const size_t smem = decode_attention::smem_bytes(p + n, C / NH);
+  static int opted_in = 48 << 10;  // bytes the kernel may ask for without opting in
+  if (smem > size_t(opted_in)) {
+    TRIAD_CUDA_CHECK(cudaFuncSetAttribute(decode_attention_kernel<E>,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    opted_in = int(smem);
+  }
+  decode_attention_kernel<E><<<dim3(unsigned(NH), unsigned(n)), decode_attention::kThreads, smem, s>>>(
+      out, qkv, p, C, NH);
+  TRIAD_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+void attention_decode(cudaStream_t s, float* out, const float* qkv, int p, int n, int C, int NH) {
+  launch(s, out, qkv, p, n, C, NH);
+}
+
+void attention_decode(cudaStream_t s, bf16* out, const bf16* qkv, int p, int n, int C, int NH) {
+  launch(s, reinterpret_cast<uint16_t*>(out), reinterpret_cast<const uint16_t*>(qkv), p, n, C, NH);
+}
+
+}  // namespace triad::cuda

@@ -1,0 +1,98 @@
+// Attention of a few new rows against a cache of keys and values (Backend::attention_decode) as
+// a block program (see block_program.h): generation's attention, one query row at a time. The
+// CUDA backend runs it for fp32 and bf16 (cuda_attention.cu); the CPU test
+// test_decode_attention_emulated runs it through the SIMT emulator against a plain reference.
+//
+// Block (h, r), kThreads threads: new row r (position p + r) of head h. Its query goes to shared
+// memory; thread t scores keys t, t + kThreads, ... (each reads whole key rows); a max and a sum
+// over the block (a fixed tree, so the result depends on the shapes only) give the softmax; then
+// thread d forms output element d (consecutive threads read consecutive elements of each value
+// row). Decoding reads the whole cache once per new row: memory-bound, with n·NH blocks for n new
+// rows. Shared memory: the query, the scores of keys 0 .. p + r, and the reduction's kThreads.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "block_program.h"
+
+namespace triad::decode_attention {
+
+constexpr int kThreads = 128;
+
+// Dynamic shared memory of a launch whose longest row sees `keys` keys (p + n), head dim hd.
+TRIAD_BLOCK_SIZE size_t smem_bytes(int keys, int hd) {
+  return (size_t(hd) + size_t(keys) + kThreads) * sizeof(float);
+}
+
+template <class X>
+TRIAD_BLOCK_FN float load(X&, const float* p) {
+  return *p;
+}
+template <class X>
+TRIAD_BLOCK_FN float load(X& x, const uint16_t* p) {  // bf16 bits
+  return x.bf16_float(*p);
+}
+template <class X>
+TRIAD_BLOCK_FN void store(X&, float* p, float v) {
+  *p = v;
+}
+template <class X>
+TRIAD_BLOCK_FN void store(X& x, uint16_t* p, float v) {  // rounded to nearest even
+  *p = uint16_t(x.pack_bf16(v, 0.0f) & 0xffffu);
+}
+
+// red[0] = max (is_max) or sum of red[0 .. kThreads), through a fixed tree; every thread
+// returns it. Starts and ends with a barrier, so red may be reused right after.
+template <class X>
+TRIAD_BLOCK_FN float block_reduce(X& x, float* red, float v, bool is_max) {
+  const int t = x.thread();
+  red[t] = v;
+  x.sync_threads();
+  for (int s = kThreads / 2; s > 0; s /= 2) {
+    if (t < s) red[t] = is_max ? (red[t] > red[t + s] ? red[t] : red[t + s]) : red[t] + red[t + s];
+    x.sync_threads();
+  }
+  const float r = red[0];
+  x.sync_threads();
+  return r;
+}
+
+// E: float (fp32) or uint16_t (bf16 bits). out [n, C], qkv [p + n, 3C] as in backend.h.
+template <class X, class E>
+TRIAD_BLOCK_FN void row(X& x, E* out, const E* qkv, int p, int C, int NH) {
+  const int h = x.block_x(), r = x.block_y(), t = x.thread();
+  const int hd = C / NH, keys = p + r + 1;  // row p + r sees keys 0 .. p + r
+  const size_t ld = 3 * size_t(C);
+  float* q = reinterpret_cast<float*>(x.smem());  // [hd], scaled
+  float* s = q + hd;                              // [keys]
+  float* red = s + keys;                          // [kThreads]
+  const float scale = 1.0f / float(x.sqrt(double(hd)));
+  for (int d = t; d < hd; d += kThreads) q[d] = scale * load(x, qkv + size_t(p + r) * ld + size_t(h) * hd + d);
+  x.sync_threads();
+  float mx = -3.0e38f;
+  for (int j = t; j < keys; j += kThreads) {
+    const E* k = qkv + size_t(j) * ld + C + size_t(h) * hd;
+    float dot = 0.0f;
+    for (int d = 0; d < hd; ++d) dot += q[d] * load(x, k + d);
+    s[j] = dot;
+    mx = dot > mx ? dot : mx;
+  }
+  mx = block_reduce(x, red, mx, true);
+  float sum = 0.0f;
+  for (int j = t; j < keys; j += kThreads) {
+    const float e = x.exp(s[j] - mx);
+    s[j] = e;
+    sum += e;
+  }
+  sum = block_reduce(x, red, sum, false);  // its barriers also publish every s[j]
+  const float inv = 1.0f / sum;
+  for (int d = t; d < hd; d += kThreads) {
+    const E* v = qkv + 2 * size_t(C) + size_t(h) * hd + d;
+    float acc = 0.0f;
+    for (int j = 0; j < keys; ++j) acc += s[j] * load(x, v + size_t(j) * ld);
+    store(x, out + size_t(r) * C + size_t(h) * hd + d, acc * inv);
+  }
+}
+
+}  // namespace triad::decode_attention

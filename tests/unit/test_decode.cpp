@@ -1,0 +1,184 @@
+// Generation with a cache of keys and values (Backend::attention_decode, Gpt::decode_logits) on
+// the CPU backend:
+//  - attention_decode's rows equal the same rows of attention_forward over the whole sequence
+//    and a plain double-precision reference, in fp32 and bf16, for one new row and for several;
+//  - decode_logits, fed a sequence one token longer each call (as sampling does) and then
+//    sliding past seq_len, gives next_token_logits' logits to fp32 rounding, in fp32 and bf16,
+//    with and without GELU recomputation, and computes only the new token while the prefix is
+//    kept (decoded_tokens());
+//  - full recomputation (no per-layer keys to keep), another prefix, a training step and
+//    params_updated() all drop the cache and still give the right logits.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "triad/kernels/backend.h"
+#include "triad/model/gpt.h"
+
+namespace triad {
+namespace {
+
+// max |a − b| / max |b|
+double rel(const float* a, const float* b, size_t n) {
+  double d = 0, m = 0;
+  for (size_t i = 0; i < n; ++i) {
+    d = std::max(d, std::abs(double(a[i]) - b[i]));
+    m = std::max(m, std::abs(double(b[i])));
+  }
+  return d / m;
+}
+
+// Rows p .. p+n-1 of causal attention over qkv [L, 3C], in double.
+std::vector<double> reference_rows(const std::vector<float>& qkv, int p, int n, int C, int NH) {
+  const int hd = C / NH;
+  std::vector<double> out(size_t(n) * C);
+  for (int h = 0; h < NH; ++h)
+    for (int r = 0; r < n; ++r) {
+      const int i = p + r;
+      std::vector<double> s(size_t(i) + 1);
+      double mx = -1e300;
+      for (int j = 0; j <= i; ++j) {
+        double dot = 0;
+        for (int d = 0; d < hd; ++d)
+          dot += double(qkv[size_t(i) * 3 * C + h * hd + d]) * qkv[size_t(j) * 3 * C + C + h * hd + d];
+        s[size_t(j)] = dot / std::sqrt(double(hd));
+        mx = std::max(mx, s[size_t(j)]);
+      }
+      double z = 0;
+      for (auto& v : s) z += (v = std::exp(v - mx));
+      for (int d = 0; d < hd; ++d) {
+        double acc = 0;
+        for (int j = 0; j <= i; ++j) acc += s[size_t(j)] * qkv[size_t(j) * 3 * C + 2 * C + h * hd + d];
+        out[size_t(r) * C + h * hd + d] = acc / z;
+      }
+    }
+  return out;
+}
+
+TEST(AttentionDecode, RowsEqualTheWholeSequenceForward) {
+  auto be = make_cpu_backend();
+  const int C = 96, NH = 3, L = 70;  // keys across two of the forward's 64-row blocks
+  std::mt19937 gen(3);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> qkv(size_t(L) * 3 * C);
+  for (auto& v : qkv) v = nd(gen);
+  std::vector<float> whole(size_t(L) * C), att(size_t(NH) * L * L);
+  be->attention_forward(whole.data(), att.data(), qkv.data(), 1, L, C, NH);
+  for (auto [p, n] : {std::pair{0, 1}, {0, L}, {69, 1}, {40, 30}, {63, 2}}) {
+    SCOPED_TRACE(::testing::Message() << "p=" << p << " n=" << n);
+    std::vector<float> out(size_t(n) * C, NAN);
+    be->attention_decode(out.data(), qkv.data(), p, n, C, NH);
+    EXPECT_LE(rel(out.data(), whole.data() + size_t(p) * C, out.size()), 1e-6);
+    const std::vector<double> ref = reference_rows(qkv, p, n, C, NH);
+    std::vector<float> reff(ref.begin(), ref.end());
+    EXPECT_LE(rel(out.data(), reff.data(), out.size()), 1e-5);
+    // bf16: the same from the rounded qkv, out rounded once.
+    std::vector<bf16_t> qb(qkv.size()), ob(out.size());
+    for (size_t i = 0; i < qkv.size(); ++i) qb[i] = to_bf16(qkv[i]);
+    std::vector<float> qr(qkv.size());
+    for (size_t i = 0; i < qkv.size(); ++i) qr[i] = to_float(qb[i]);
+    be->attention_decode(ob.data(), qb.data(), p, n, C, NH);
+    const std::vector<double> refb = reference_rows(qr, p, n, C, NH);
+    double worst = 0;
+    for (size_t i = 0; i < ob.size(); ++i)
+      worst = std::max(worst, std::abs(to_float(ob[i]) - refb[i]) / (std::abs(refb[i]) + 1e-2));
+    EXPECT_LE(worst, 1e-2);
+  }
+}
+
+const GptShape kShape{3, 4, 64, 24, 200, 256};
+
+std::vector<int32_t> tokens(int n, int salt) {
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) t[size_t(i)] = (i * 37 + 11 + salt) % kShape.vocab_size;
+  return t;
+}
+
+struct DecodeCase {
+  Precision precision;
+  Recompute recompute;
+};
+
+class Decode : public ::testing::TestWithParam<DecodeCase> {};
+
+TEST_P(Decode, FollowsTheRecomputedLogitsOneTokenAtATime) {
+  auto be = make_cpu_backend();
+  const DecodeCase c = GetParam();
+  Gpt m(kShape, 2, *be, 1, {}, nullptr, c.precision, c.recompute);
+  m.init(7);
+  const int V = kShape.vocab_size, T = kShape.seq_len;
+  const std::vector<int32_t> seq = tokens(T + 6, 0);
+  const double tol = c.precision == Precision::fp32 ? 1e-5 : 2e-2;
+  const bool keeps = c.recompute != Recompute::full;
+  Gpt ref(kShape, 2, *be, 1, {}, nullptr, c.precision, c.recompute);
+  ref.init(7);
+  m.forget_decoded();
+  // A prompt of 5 tokens, then one more each call up to seq_len, then a sliding window.
+  for (int end = 5; end <= T + 6; ++end) {
+    SCOPED_TRACE(::testing::Message() << "tokens 0.." << end);
+    const int len = std::min(end, T);
+    const int32_t* ctx = seq.data() + (end - len);
+    const float* got = m.decode_logits(ctx, len);
+    const std::vector<float> g(got, got + V);
+    EXPECT_EQ(m.decoded_tokens(), keeps ? len : 0);
+    // next_token_logits runs a forward pass, which would drop m's cache: the reference is a
+    // second model with the same weights.
+    const float* want = ref.next_token_logits(ctx, len);
+    EXPECT_LE(rel(g.data(), want, size_t(V)), tol);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Cpu, Decode,
+                         ::testing::Values(DecodeCase{Precision::fp32, Recompute::none},
+                                           DecodeCase{Precision::bf16, Recompute::none},
+                                           DecodeCase{Precision::fp32, Recompute::gelu},
+                                           DecodeCase{Precision::fp32, Recompute::full}),
+                         [](const auto& info) {
+                           return std::string(precision_name(info.param.precision)) + "_" +
+                                  recompute_name(info.param.recompute);
+                         });
+
+TEST(Decode, OtherUsesOfTheModelDropTheCache) {
+  auto be = make_cpu_backend();
+  Gpt m(kShape, 2, *be);
+  m.init(7);
+  Gpt ref(kShape, 2, *be);
+  ref.init(7);
+  const int V = kShape.vocab_size;
+  const std::vector<int32_t> seq = tokens(kShape.seq_len, 1);
+  auto check = [&](int len, int expect_kept) {
+    const float* got = m.decode_logits(seq.data(), len);
+    std::vector<float> g(got, got + V);
+    const float* want = ref.next_token_logits(seq.data(), len);
+    EXPECT_LE(rel(g.data(), want, size_t(V)), 1e-5) << "len " << len;
+    EXPECT_EQ(m.decoded_tokens(), expect_kept);
+  };
+  check(6, 6);
+  // A training step's forward pass overwrites the kept rows.
+  const std::vector<int32_t> in = tokens(2 * kShape.seq_len, 5), tg = tokens(2 * kShape.seq_len, 9);
+  m.zero_grads();
+  m.forward_backward(in.data(), tg.data(), 2, 1e-3f);
+  EXPECT_EQ(m.decoded_tokens(), 0);
+  check(7, 7);
+  // Another prefix: computed whole.
+  const std::vector<int32_t> other = tokens(8, 3);
+  const float* got = m.decode_logits(other.data(), 8);
+  std::vector<float> g(got, got + V);
+  EXPECT_LE(rel(g.data(), ref.next_token_logits(other.data(), 8), size_t(V)), 1e-5);
+  // New weights: the cache is dropped, the logits are the new model's.
+  for (size_t i = 0; i < m.num_floats(); ++i) m.params()[i] *= 1.01f;
+  m.params_updated();
+  EXPECT_EQ(m.decoded_tokens(), 0);
+  for (size_t i = 0; i < ref.num_floats(); ++i) ref.params()[i] *= 1.01f;
+  ref.params_updated();
+  check(9, 9);
+  m.forget_decoded();
+  EXPECT_EQ(m.decoded_tokens(), 0);
+}
+
+}  // namespace
+}  // namespace triad
