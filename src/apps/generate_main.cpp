@@ -1,24 +1,57 @@
 // triad-generate: sample a continuation of a prompt from a checkpoint's weights.
+#include <omp.h>
+
 #include <boost/program_options.hpp>
+#include <chrono>
 #include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
 
 #include "triad/core/error.h"
 #include "triad/core/rng.h"
 #include "triad/data/tokenizer.h"
 #include "triad/io/checkpoint.h"
 #include "triad/kernels/backend.h"
+#include "triad/kernels/cuda_backend.h"
 #include "triad/model/gpt.h"
 #include "triad/train/app_main.h"
 #include "triad/train/sampler.h"
 
 namespace po = boost::program_options;
 
+namespace {
+
+// "--prompt-ids": ids in [0, vocab_size) separated by white space, at least one.
+std::vector<int32_t> parse_ids(const std::string& text, int64_t vocab_size) {
+  std::istringstream in(text);
+  std::vector<int32_t> ids;
+  std::string word;
+  while (in >> word) {
+    size_t used = 0;
+    long long v = -1;
+    try {
+      v = std::stoll(word, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    TRIAD_CHECK(used == word.size() && v >= 0 && v < vocab_size, "--prompt-ids: '", word,
+                "' is not a token id of this model (0 .. ", vocab_size - 1, ")");
+    ids.push_back(int32_t(v));
+  }
+  TRIAD_CHECK(!ids.empty(), "--prompt-ids: no token ids");
+  return ids;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   return triad::run_main(argc, argv, "triad-generate", [&](MPI_Comm world) {
-    std::string checkpoint, run_dir, vocab, prompt;
+    std::string checkpoint, run_dir, vocab, prompt, prompt_ids, backend, precision, output;
     int64_t length = 0, seed = 0;
     double temperature = 0;
-    int top_k = 0;
+    int top_k = 0, threads = 0;
+    bool no_cache = false, timing = false;
     po::options_description desc("usage: triad-generate (--checkpoint FILE | --run DIR) [options]");
     desc.add_options()("help,h", "print this help")("checkpoint", po::value(&checkpoint),
                                                     "checkpoint file (.h5)")(
@@ -30,7 +63,18 @@ int main(int argc, char** argv) {
         "length", po::value(&length)->default_value(128), "tokens to generate")(
         "temperature", po::value(&temperature)->default_value(0.8), "sampling temperature")(
         "top-k", po::value(&top_k)->default_value(40), "sample among the k likeliest (0: all)")(
-        "seed", po::value(&seed)->default_value(1), "sampling seed");
+        "seed", po::value(&seed)->default_value(1), "sampling seed")(
+        "prompt-ids", po::value(&prompt_ids),
+        "the prompt as token ids separated by spaces (instead of --prompt)")(
+        "backend", po::value(&backend)->default_value("cpu"), "cpu or cuda")(
+        "precision", po::value(&precision)->default_value("auto"),
+        "fp32, bf16, or auto (bf16 on cuda, fp32 on cpu)")(
+        "threads", po::value(&threads)->default_value(0), "CPU threads (0: OpenMP's default)")(
+        "no-kv-cache", po::bool_switch(&no_cache),
+        "recompute the whole context for every token instead of keeping keys and values")(
+        "output", po::value(&output)->default_value("text"),
+        "text (the prompt and its continuation) or ids (the continuation's token ids)")(
+        "timing", po::bool_switch(&timing), "print the generation speed to stderr");
     po::variables_map vm;
     try {
       po::store(po::parse_command_line(argc, argv, desc), vm);
@@ -50,6 +94,17 @@ int main(int argc, char** argv) {
     TRIAD_CHECK(temperature > 0, "--temperature must be > 0 (got ", temperature, ")");
     TRIAD_CHECK(top_k >= 0, "--top-k must be >= 0 (got ", top_k, ")");
     TRIAD_CHECK(seed >= 0, "--seed must be >= 0 (got ", seed, ")");
+    TRIAD_CHECK(backend == "cpu" || backend == "cuda", "--backend must be cpu or cuda (got '",
+                backend, "')");
+    TRIAD_CHECK(precision == "auto" || precision == "fp32" || precision == "bf16",
+                "--precision must be auto, fp32 or bf16 (got '", precision, "')");
+    TRIAD_CHECK(threads >= 0, "--threads must be >= 0 (got ", threads, ")");
+    TRIAD_CHECK(output == "text" || output == "ids", "--output must be text or ids (got '", output,
+                "')");
+    TRIAD_CHECK(!(vm.count("prompt-ids") && !prompt.empty()),
+                "give --prompt or --prompt-ids, not both");
+    if (threads > 0) omp_set_num_threads(threads);
+    const bool bf16 = precision == "bf16" || (precision == "auto" && backend == "cuda");
     if (checkpoint.empty()) {
       TRIAD_CHECK(!run_dir.empty(), "give --checkpoint FILE or --run DIR");
       checkpoint = triad::find_resume_checkpoint(world, run_dir + "/ckpt");
@@ -60,21 +115,42 @@ int main(int argc, char** argv) {
     const auto& m = st.model;
     triad::GptShape shape{int(m.n_layer), int(m.n_head),     int(m.n_embd),
                           int(m.seq_len), int(m.vocab_size), int(m.padded_vocab_size)};
-    auto be = triad::make_cpu_backend();
-    triad::Gpt model(shape, 1, *be);
+    TRIAD_CHECK(!bf16 || m.n_embd % 2 == 0, "--precision bf16 needs an even n_embd (the checkpoint's is ",
+                m.n_embd, ")");
+    auto be = backend == "cuda" ? triad::make_cuda_backend(0) : triad::make_cpu_backend();
+    triad::Gpt model(shape, 1, *be, 1, {}, nullptr,
+                     bf16 ? triad::Precision::bf16 : triad::Precision::fp32);
     std::vector<triad::TensorRef> refs;
     for (const auto& p : model.specs()) {
       triad::TensorRef r{p.name, p.shape, model.params() + p.offset, -1};
       if (p.name == "wte/weight") r.valid_rows = m.vocab_size;
       refs.push_back(std::move(r));
     }
+    // The backend's buffers may be device memory: load on the host, then copy.
+    std::vector<float> host(model.num_floats());
+    for (auto& r : refs) r.data = host.data() + (r.data - model.params());
     triad::load_checkpoint_tensors(world, checkpoint, {{"model", refs}});
+    be->copy_from_host(model.params(), host.data(), host.size());
     model.params_updated();
     std::vector<int32_t> ids =
         prompt.empty() ? std::vector<int32_t>{tok.eot()} : tok.encode(prompt);
+    if (vm.count("prompt-ids")) ids = parse_ids(prompt_ids, m.vocab_size);
     triad::Rng rng(static_cast<uint64_t>(seed));
-    const auto out = triad::sample_continuation(model, ids, {length, temperature, top_k}, rng);
-    std::cout << prompt << tok.decode(out) << std::endl;
+    triad::SampleOptions opt{length, temperature, top_k, !no_cache};
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto out = triad::sample_continuation(model, ids, opt, rng);
+    const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (output == "ids") {
+      for (size_t i = 0; i < out.size(); ++i) std::cout << (i ? " " : "") << out[i];
+      std::cout << std::endl;
+    } else {
+      std::cout << prompt << tok.decode(out) << std::endl;
+    }
+    if (timing)
+      std::cerr << "triad-generate: " << out.size() << " tokens after a prompt of " << ids.size()
+                << " in " << sec << " s: " << double(out.size()) / sec << " tokens/s ("
+                << be->name() << ", " << (bf16 ? "bf16" : "fp32") << ", KV cache "
+                << (no_cache ? "off" : "on") << ")" << std::endl;
     return 0;
   });
 }

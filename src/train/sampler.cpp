@@ -21,7 +21,9 @@ std::vector<int32_t> sample_continuation(Gpt& model, std::vector<int32_t> tokens
     // layers run over that token only (the KV cache). Once it slides, every step recomputes the
     // window (the positions of every token change).
     const int len = int(std::min<size_t>(tokens.size(), size_t(T)));
-    const float* logits = model.decode_logits(tokens.data() + tokens.size() - size_t(len), len);
+    const int32_t* context = tokens.data() + tokens.size() - size_t(len);
+    const float* logits =
+        opt.kv_cache ? model.decode_logits(context, len) : model.next_token_logits(context, len);
     // Candidates: the top-k logits (all of them when top_k is 0 or >= V).
     const int k = (opt.top_k <= 0 || opt.top_k >= V) ? V : opt.top_k;
     std::iota(order.begin(), order.end(), 0);

@@ -14,6 +14,9 @@ struct SampleOptions {
   int64_t length = 64;
   double temperature = 1.0;
   int top_k = 40;  // 0: the whole vocabulary
+  // Keep every layer's keys and values between tokens (Gpt::decode_logits); false: recompute the
+  // whole context for every token (Gpt::next_token_logits).
+  bool kv_cache = true;
 };
 
 // Appends `length` sampled tokens to `tokens` (which must be non-empty) and returns them.

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Generation speed: triad-generate with and without its cache of keys and values, beside the
+# PyTorch peer (tests/reference/generate_torch.py) recomputing the context for every token
+# (nanoGPT's generate) and with a KV cache, on the same seeded random GPT-2 weights, the same
+# prompt, greedy decoding and the same thread count. Prints tokens/s of each (the best of R
+# runs), the ratios, and whether all four produced the same tokens (an independent check of
+# triad's decoding).
+#
+#   jobs/bench-generate.sh [--threads N] [--length L] [--model INI] [--repeat R]
+#
+# Defaults: nproc threads, 256 tokens after a 16-token prompt, inputs/models/gpt2-124m.ini (GPT-2
+# 124M, context 1024), R = 3. Builds triad-generate and triad-tokenize if needed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+threads=$(nproc 2>/dev/null || echo 2)
+length=256
+model=inputs/models/gpt2-124m.ini
+repeat=3
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --threads) threads=$2; shift 2 ;;
+    --length) length=$2; shift 2 ;;
+    --model) model=$2; shift 2 ;;
+    --repeat) repeat=$2; shift 2 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) echo "bench-generate: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+if ! [[ $threads =~ ^[1-9][0-9]*$ && $length =~ ^[1-9][0-9]*$ && $repeat =~ ^[1-9][0-9]*$ ]]; then
+  echo "bench-generate: --threads, --length and --repeat must be >= 1 (got $threads, $length, $repeat)" >&2
+  exit 2
+fi
+[[ -f $model ]] || { echo "bench-generate: --model $model: no such file" >&2; exit 2; }
+vocab=data/vocab/gpt2.tiktoken
+[[ -f $vocab ]] || { echo "bench-generate: $vocab missing (run jobs/setup.sh)" >&2; exit 1; }
+
+. jobs/bench-prepare.sh
+bench_python bench-generate
+if [[ ! -f build/CMakeCache.txt ]]; then cmake --preset release; fi
+cmake --build build -j"$(nproc 2>/dev/null || echo 2)" --target triad-generate triad-tokenize
+export OMPI_MCA_ess_singleton_isolated=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/triad-bench-generate.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+
+# Seeded random weights of the model (DESIGN.md §3's init), written as a triad checkpoint.
+"$py" - "$model" "$tmp/model.h5" <<'PY'
+import configparser, sys
+sys.path.insert(0, "tests/reference")
+import gpt_torch as ref
+cp = configparser.ConfigParser(inline_comment_prefixes=("#",))
+cp.read(sys.argv[1])
+m = cp["model"]
+cfg = ref.GptConfig(int(m["n_layer"]), int(m["n_head"]), int(m["n_embd"]), int(m["seq_len"]),
+                    int(m.get("vocab_size", "50257")))
+ref.write_checkpoint(sys.argv[2], cfg, ref.random_weights(cfg, 1, perturb=False))
+print(f"== model {sys.argv[1]}: {cfg.n_layer} layers, C={cfg.n_embd}, {cfg.n_head} heads, "
+      f"context {cfg.seq_len}, vocabulary {cfg.vocab_size} (seeded random weights)")
+PY
+text="It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife."
+ids=$(printf '%s' "$text" | build/triad-tokenize encode --vocab "$vocab" | head -16 | tr '\n' ' ')
+echo "== prompt ids: $ids; $length tokens, greedy, $threads threads; best of $repeat"
+echo "== machine: $(nproc) cores; $(grep -m1 'model name' /proc/cpuinfo | sed 's/^.*: //')"
+
+best() {  # best tokens/s of the "... N tokens/s" lines of the files given
+  grep -ho '[0-9.]* tokens/s' "$@" | sort -g | tail -1 | cut -d' ' -f1
+}
+for r in $(seq "$repeat"); do
+  for mode in on off; do
+    flag=(); [[ $mode == off ]] && flag=(--no-kv-cache)
+    build/triad-generate --checkpoint "$tmp/model.h5" --vocab "$vocab" --prompt-ids "$ids" \
+      --length "$length" --top-k 1 --threads "$threads" --output ids --timing "${flag[@]}" \
+      >"$tmp/triad_$mode.ids" 2>"$tmp/triad_${mode}_$r.txt"
+  done
+  for mode in kv-cache recompute; do
+    "$py" tests/reference/generate_torch.py --checkpoint "$tmp/model.h5" --prompt-ids "$ids" \
+      --length "$length" --threads "$threads" --mode "$mode" >"$tmp/torch_${mode}_$r.txt"
+    head -1 "$tmp/torch_${mode}_$r.txt" >"$tmp/torch_$mode.ids"
+  done
+done
+tail -1 "$tmp/triad_on_1.txt"
+tail -1 "$tmp/torch_kv-cache_1.txt"
+t_on=$(best "$tmp"/triad_on_*.txt); t_off=$(best "$tmp"/triad_off_*.txt)
+p_kv=$(best "$tmp"/torch_kv-cache_*.txt); p_re=$(best "$tmp"/torch_recompute_*.txt)
+same=yes
+for f in triad_off torch_kv-cache torch_recompute; do
+  cmp -s "$tmp/triad_on.ids" "$tmp/$f.ids" || same="no ($f differs from triad with its cache)"
+done
+awk -v a="$t_on" -v b="$t_off" -v c="$p_kv" -v d="$p_re" -v same="$same" 'BEGIN {
+  printf "| generator | tokens/s |\n| --- | ---: |\n"
+  printf "| triad, KV cache | %.1f |\n| triad, recomputing the context | %.1f |\n", a, b
+  printf "| PyTorch, KV cache | %.1f |\n| PyTorch, recomputing the context (nanoGPT) | %.1f |\n", c, d
+  printf "ratio triad/PyTorch with KV cache: %.2f; without: %.2f; triad cache speed-up: %.2fx\n", a / c, b / d, a / b
+  printf "same tokens from all four: %s\n", same
+}'

@@ -1,0 +1,123 @@
+"""Greedy generation in PyTorch from a triad checkpoint: the peer of `triad-generate --top-k 1`
+in jobs/bench-generate.sh and the independent reference of tests/python/test_generate.py.
+
+Two ways, as PyTorch users write them:
+  recompute  nanoGPT's generate(): every new token runs the model over the whole context
+             (the last seq_len tokens) and keeps the last position's logits;
+  kv-cache   the usual incremental decoding: the prompt once, then each token's layers over that
+             token only, its attention over the kept keys and values (while the context fits;
+             past seq_len the window slides and is recomputed, as triad does).
+
+    python generate_torch.py --checkpoint CKPT.h5 --prompt-ids "1 2 3" --length 64 \
+        [--mode recompute|kv-cache] [--threads N] [--dtype float32|float64]
+
+Prints the generated ids on one line, then "torch: N tokens in S s: R tokens/s (...)".
+The model code is gpt_torch's (explicit LayerNorm, tanh-GELU, softmax attention).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gpt_torch as ref  # noqa: E402
+
+
+def block(params: Dict[str, torch.Tensor], cfg: ref.GptConfig, i: int, x: torch.Tensor,
+          cache: Optional[List[Tuple[torch.Tensor, torch.Tensor]]]) -> torch.Tensor:
+    """Layer i on x [T_new, C] at the positions after those cached (cache: per layer (K, V) of
+    shape [nh, T_old, hd], extended here); cache None: x is the whole context."""
+    p = f"h/{i}/"
+    T, C = x.shape
+    nh, hd = cfg.n_head, cfg.head_dim
+    h = ref.layer_norm(x, params[p + "ln_1/weight"], params[p + "ln_1/bias"])
+    q, k, v = ref.linear(h, params[p + "attn/c_attn/weight"],
+                         params[p + "attn/c_attn/bias"]).split(C, dim=-1)
+    q, k, v = (t.reshape(T, nh, hd).transpose(0, 1) for t in (q, k, v))  # [nh, T, hd]
+    past = 0
+    if cache is not None:
+        if len(cache) > i:
+            pk, pv = cache[i]
+            past = pk.shape[1]
+            k, v = torch.cat([pk, k], dim=1), torch.cat([pv, v], dim=1)
+            cache[i] = (k, v)
+        else:
+            cache.append((k, v))
+    att = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(hd))  # [nh, T, past + T]
+    # Row r (position past + r) sees keys 0 .. past + r.
+    mask = torch.ones(T, past + T, dtype=torch.bool).tril(diagonal=past)
+    att = torch.softmax(att.masked_fill(~mask, float("-inf")), dim=-1)
+    y = torch.matmul(att, v).transpose(0, 1).reshape(T, C)
+    x = x + ref.linear(y, params[p + "attn/c_proj/weight"], params[p + "attn/c_proj/bias"])
+    h = ref.layer_norm(x, params[p + "ln_2/weight"], params[p + "ln_2/bias"])
+    h = ref.gelu_tanh(ref.linear(h, params[p + "mlp/c_fc/weight"], params[p + "mlp/c_fc/bias"]))
+    return x + ref.linear(h, params[p + "mlp/c_proj/weight"], params[p + "mlp/c_proj/bias"])
+
+
+def last_logits(params, cfg: ref.GptConfig, ids: List[int], pos0: int,
+                cache: Optional[list]) -> torch.Tensor:
+    """Logits (first vocab_size) of the last of ids, which sit at positions pos0 ..."""
+    idx = torch.tensor(ids, dtype=torch.long)
+    x = params["wte/weight"][idx] + params["wpe/weight"][pos0:pos0 + len(ids)]
+    for i in range(cfg.n_layer):
+        x = block(params, cfg, i, x, cache)
+    x = ref.layer_norm(x[-1:], params["ln_f/weight"], params["ln_f/bias"])
+    return torch.matmul(x, params["wte/weight"].t())[0, :cfg.vocab_size]
+
+
+@torch.no_grad()
+def generate(params, cfg: ref.GptConfig, prompt: List[int], length: int, mode: str) -> List[int]:
+    tokens = list(prompt)
+    out: List[int] = []
+    cache: Optional[list] = None
+    for _ in range(length):
+        T = cfg.seq_len
+        if mode == "kv-cache" and len(tokens) <= T:
+            if cache is None:  # the prompt
+                cache = []
+                logits = last_logits(params, cfg, tokens, 0, cache)
+            else:  # the token added last
+                logits = last_logits(params, cfg, tokens[-1:], len(tokens) - 1, cache)
+        else:
+            logits = last_logits(params, cfg, tokens[-T:], 0, None)
+        nxt = int(torch.argmax(logits))  # the first of equal maxima, as triad's top-1
+        tokens.append(nxt)
+        out.append(nxt)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--prompt-ids", required=True, help="token ids separated by spaces")
+    ap.add_argument("--length", type=int, default=64)
+    ap.add_argument("--mode", choices=("recompute", "kv-cache"), default="kv-cache")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    a = ap.parse_args()
+    if a.length < 0:
+        ap.error("--length must be >= 0")
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    prompt = [int(t) for t in a.prompt_ids.split()]
+    if not prompt:
+        ap.error("--prompt-ids is empty")
+    cfg, params = ref.load_checkpoint(a.checkpoint, dtype=getattr(torch, a.dtype))
+    t0 = time.perf_counter()
+    out = generate(params, cfg, prompt, a.length, a.mode)
+    sec = time.perf_counter() - t0
+    print(" ".join(map(str, out)))
+    print(f"torch: {len(out)} tokens after a prompt of {len(prompt)} in {sec:.3f} s: "
+          f"{len(out) / sec:.1f} tokens/s ({a.dtype}, {a.mode}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__})")
+
+
+if __name__ == "__main__":
+    main()
