@@ -112,21 +112,20 @@ def openblas_thread_setter(path):
     return lambda n: None
 
 
-def main():
-    args = parse_args()
-    # Thread counts before torch starts its pools: OpenMP (ATen) and OpenBLAS's own threads.
+def prepare_torch(threads: int) -> str:
+    """Imports torch with `threads` OpenMP and OpenBLAS threads (set before its pools start) and
+    the OpenBLAS kernels triad's CPU backend selects; returns a note for the machine line.
+
+    OpenBLAS (DYNAMIC_ARCH) picks its kernels from cpuid at load time; 0.3.21 does not know
+    recent Xeons and falls back to the SSE3 "Prescott" kernels (~3x slower sgemm). triad's CPU
+    backend then selects SkylakeX/Haswell itself; the PyTorch peer gets the same kernels
+    (OPENBLAS_CORETYPE is read at load time: the script re-runs itself with it set)."""
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(args.threads)
-    import numpy as np
+        os.environ[var] = str(threads)
     import torch
 
-    # OpenBLAS (DYNAMIC_ARCH) picks its kernels from cpuid at load time; 0.3.21 does not know
-    # recent Xeons and falls back to the SSE3 "Prescott" kernels (~3x slower sgemm). triad's
-    # CPU backend then selects SkylakeX/Haswell itself; give the PyTorch peer the same kernels
-    # (OPENBLAS_CORETYPE is read at load time: re-run this script with it set).
     torch.ones(64, 64) @ torch.ones(64, 64)
     core = openblas_core()
-    core_note = ""
     if core and core[1] in PRE_AVX2_CORES and "OPENBLAS_CORETYPE" not in os.environ:
         better = best_openblas_core()
         if better:
@@ -134,14 +133,23 @@ def main():
             os.environ["TRIAD_BENCH_OPENBLAS_DETECTED"] = core[1]
             sys.stdout.flush()
             os.execv(sys.executable, [sys.executable] + sys.argv)
+    torch.set_num_threads(threads)
     if "TRIAD_BENCH_OPENBLAS_DETECTED" in os.environ:
-        core_note = (f" (selected as triad does; OpenBLAS detected "
-                     f"{os.environ['TRIAD_BENCH_OPENBLAS_DETECTED']})")
+        return (f" (selected as triad does; OpenBLAS detected "
+                f"{os.environ['TRIAD_BENCH_OPENBLAS_DETECTED']})")
+    return ""
 
+
+def main():
+    args = parse_args()
+    core_note = prepare_torch(args.threads)
+    import numpy as np
+    import torch
+
+    core = openblas_core()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import gpt_torch as ref
 
-    torch.set_num_threads(args.threads)
 
     cp = configparser.ConfigParser(inline_comment_prefixes=("#",))
     cp.read(args.config)

@@ -24,9 +24,15 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+if __name__ == "__main__" and "--threads" in sys.argv:
+    # The benchmark: thread counts and OpenBLAS kernels set before torch starts (bench_torch).
+    import bench_torch  # noqa: E402
+
+    _n = sys.argv[sys.argv.index("--threads") + 1]
+    CORE_NOTE = bench_torch.prepare_torch(int(_n)) if _n.isdigit() and int(_n) > 0 else ""
+import torch  # noqa: E402
+
 import gpt_torch as ref  # noqa: E402
 
 
@@ -104,8 +110,6 @@ def main() -> None:
     a = ap.parse_args()
     if a.length < 0:
         ap.error("--length must be >= 0")
-    if a.threads > 0:
-        torch.set_num_threads(a.threads)
     prompt = [int(t) for t in a.prompt_ids.split()]
     if not prompt:
         ap.error("--prompt-ids is empty")
