@@ -15,6 +15,9 @@
 #include "../support/mpi_test_helpers.h"
 #include "../support/mpi_test_main.h"
 #include "../support/trainer_runs.h"
+#include "triad/kernels/backend.h"
+#include "triad/model/gpt.h"
+#include "triad/parallel/process_grid.h"
 #include "triad/train/run_plan.h"
 #include "triad/train/trainer.h"
 
@@ -591,3 +594,71 @@ TEST(ModelParallel, ZeroGathersTheBf16CopyExactly) {
 }  // namespace triad
 
 int main(int argc, char** argv) { return triad::testing::run_mpi_tests(argc, argv); }
+
+namespace triad {
+namespace {
+
+// Generation with the cache of keys and values on tensor and pipeline grids (dp = 1): fed one
+// more token per call, through odd lengths (the sequence-parallel padding) and past the context,
+// Gpt::decode_logits on the grid gives one rank's next_token_logits (same weights: the grid's
+// padded vocabulary on both), and runs only the new token while the prefix is kept.
+TEST(ModelParallel, DecodingMatchesOneRankOnEveryGrid) {
+  struct G {
+    int tp, pp, v;
+    bool sp;
+    Precision precision;
+  };
+  for (const G& g : {G{2, 1, 1, false, Precision::fp32}, G{2, 1, 1, true, Precision::fp32},
+                     G{1, 2, 1, false, Precision::fp32}, G{1, 2, 2, false, Precision::fp32},
+                     G{2, 2, 1, true, Precision::fp32}, G{2, 2, 1, false, Precision::bf16}}) {
+    const int ranks = g.tp * g.pp;
+    MPI_Comm sub = MPI_COMM_NULL;
+    MPI_Comm_split(MPI_COMM_WORLD, world_rank() < ranks ? 0 : MPI_UNDEFINED, world_rank(), &sub);
+    if (sub == MPI_COMM_NULL) continue;
+    SCOPED_TRACE(::testing::Message() << "tp=" << g.tp << " pp=" << g.pp << " v=" << g.v
+                                      << (g.sp ? " sp " : " ") << precision_name(g.precision));
+    const int q = 128 * g.tp, Vp = (kVocab + q - 1) / q * q;
+    const GptShape shape{kLayers, kHeads, kEmbd, kSeq, kVocab, Vp};
+    auto be = make_cpu_backend();
+    Gpt one(shape, 1, *be, 1, {}, nullptr, g.precision);
+    one.init(3);
+    {
+      ProcessGrid grid(sub, g.tp, g.pp);
+      ModelParallel mp;
+      mp.tp = g.tp;
+      mp.tp_rank = grid.tp_rank();
+      mp.pp = g.pp;
+      mp.pp_rank = grid.pp_rank();
+      mp.virtual_stages = g.v;
+      mp.sequence_parallel = g.sp;
+      mp.tp_comm = &grid.tp();
+      mp.pp_comm = &grid.pp();
+      const PipelineSchedule schedule = make_schedule(
+          g.v > 1 ? ScheduleKind::Interleaved : ScheduleKind::OneFOneB, g.pp, 2 * g.pp, g.v);
+      Gpt m(shape, 1, *be, 1, mp, g.pp > 1 ? &schedule : nullptr, g.precision);
+      m.init(3);
+      std::vector<int32_t> seq(size_t(kSeq) + 3);
+      for (size_t i = 0; i < seq.size(); ++i) seq[i] = int32_t((i * 97 + 5) % kVocab);
+      const double tol = g.precision == Precision::fp32 ? 1e-5 : 2e-2;
+      m.forget_decoded();
+      for (int end = 3; end <= kSeq + 3; ++end) {
+        const int len = std::min(end, kSeq);
+        const int32_t* ctx = seq.data() + (end - len);
+        const float* got = m.decode_logits(ctx, len);
+        const std::vector<float> a(got, got + kVocab);
+        EXPECT_EQ(m.decoded_tokens(), len);
+        const float* want = one.next_token_logits(ctx, len);
+        double d = 0, mx = 0;
+        for (int i = 0; i < kVocab; ++i) {
+          d = std::max(d, std::abs(double(a[size_t(i)]) - want[i]));
+          mx = std::max(mx, std::abs(double(want[i])));
+        }
+        EXPECT_LE(d / mx, tol) << "tokens 0.." << end;
+      }
+    }
+    MPI_Comm_free(&sub);
+  }
+}
+
+}  // namespace
+}  // namespace triad
