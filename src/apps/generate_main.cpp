@@ -115,8 +115,8 @@ int main(int argc, char** argv) {
     const auto& m = st.model;
     triad::GptShape shape{int(m.n_layer), int(m.n_head),     int(m.n_embd),
                           int(m.seq_len), int(m.vocab_size), int(m.padded_vocab_size)};
-    TRIAD_CHECK(!bf16 || m.n_embd % 2 == 0, "--precision bf16 needs an even n_embd (the checkpoint's is ",
-                m.n_embd, ")");
+    TRIAD_CHECK(!bf16 || m.n_embd % 2 == 0,
+                "--precision bf16 needs an even n_embd (the checkpoint's is ", m.n_embd, ")");
     auto be = backend == "cuda" ? triad::make_cuda_backend(0) : triad::make_cpu_backend();
     triad::Gpt model(shape, 1, *be, 1, {}, nullptr,
                      bf16 ? triad::Precision::bf16 : triad::Precision::fp32);

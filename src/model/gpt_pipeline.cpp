@@ -205,7 +205,9 @@ const float* Gpt::next_token_logits_t(const int32_t* tokens, int len, bool cache
   // Sequence parallelism cuts the rows into tp equal parts: pad the new rows at their end (the
   // attention is causal, so later positions change neither the logits of position len − 1 nor
   // the kept keys and values before them; a padding row's are overwritten by the next call's).
-  const auto padded = [&](int n) { return mp_.split_rows() ? (n + mp_.tp - 1) / mp_.tp * mp_.tp : n; };
+  const auto padded = [&](int n) {
+    return mp_.split_rows() ? (n + mp_.tp - 1) / mp_.tp * mp_.tp : n;
+  };
   // Cached: the first p tokens are those of the previous call, whose keys and values every
   // layer's qkv buffer holds in its first p rows. Full recomputation shares one qkv buffer
   // between the layers, so it keeps none.
@@ -225,8 +227,7 @@ const float* Gpt::next_token_logits_t(const int32_t* tokens, int len, bool cache
   if (Set<A>* last = forward_pipeline<A>(ids, 1, rows, p)) {
     // Only the last position's logits are needed: one row of the classifier.
     A* logits = acts<A>().logits;
-    be_.matmul_forward(logits, last->lnfg + size_t(n - 1) * C, head_weight<A>(), nullptr, 1, C,
-                       Vl);
+    be_.matmul_forward(logits, last->lnfg + size_t(n - 1) * C, head_weight<A>(), nullptr, 1, C, Vl);
     if (mp_.tp == 1) {
       logits_to_host(out, logits, size_t(Vl));
     } else {

@@ -161,8 +161,7 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T, int pos0) {
   if (g == 0) {
     // Vocabulary-parallel embedding: each rank adds the rows it holds (zero elsewhere), one
     // rank adds wpe, and the reduction completes wte[tok] + wpe[pos].
-    const A* wpe =
-        mp_.tp_rank == 0 ? W + specs_[size_t(wpe_)].offset + size_t(pos0) * C : nullptr;
+    const A* wpe = mp_.tp_rank == 0 ? W + specs_[size_t(wpe_)].offset + size_t(pos0) * C : nullptr;
     A* out = sp ? full : S.input;
     be_.encoder_forward(out, d_inputs_, W + specs_[size_t(wte_)].offset, wpe, B, T, C);
     reduce_rows(out, S.input, N);

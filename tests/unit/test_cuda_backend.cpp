@@ -423,8 +423,8 @@ TEST_F(CudaBackendTest, AttentionDecode) {
   struct Case {
     int p, n, C, NH;
   };
-  for (const Case& c : {Case{0, 5, 12, 3}, Case{200, 1, 768, 12}, Case{63, 3, 96, 4},
-                        Case{1023, 1, 256, 2}}) {
+  for (const Case& c :
+       {Case{0, 5, 12, 3}, Case{200, 1, 768, 12}, Case{63, 3, 96, 4}, Case{1023, 1, 256, 2}}) {
     SCOPED_TRACE(::testing::Message() << "p=" << c.p << " n=" << c.n << " C=" << c.C);
     const size_t nqkv = size_t(c.p + c.n) * 3 * c.C, nout = size_t(c.n) * c.C;
     const Vec qkv = random_vec(nqkv, 53, -2.0f, 2.0f);

@@ -659,8 +659,8 @@ TEST_F(CudaBf16Test, AttentionDecode) {
   struct Case {
     int p, n, NH, hd;
   };
-  for (const Case& c : {Case{0, 5, 2, 64}, Case{300, 1, 12, 64}, Case{63, 3, 2, 128},
-                        Case{1023, 1, 3, 16}}) {
+  for (const Case& c :
+       {Case{0, 5, 2, 64}, Case{300, 1, 12, 64}, Case{63, 3, 2, 128}, Case{1023, 1, 3, 16}}) {
     SCOPED_TRACE(::testing::Message() << "p=" << c.p << " n=" << c.n << " hd=" << c.hd);
     const int C = c.NH * c.hd;
     const size_t nqkv = size_t(c.p + c.n) * 3 * C, nout = size_t(c.n) * C;

@@ -44,7 +44,8 @@ std::vector<double> reference_rows(const std::vector<float>& qkv, int p, int n, 
       for (int j = 0; j <= i; ++j) {
         double dot = 0;
         for (int d = 0; d < hd; ++d)
-          dot += double(qkv[size_t(i) * 3 * C + h * hd + d]) * qkv[size_t(j) * 3 * C + C + h * hd + d];
+          dot +=
+              double(qkv[size_t(i) * 3 * C + h * hd + d]) * qkv[size_t(j) * 3 * C + C + h * hd + d];
         s[size_t(j)] = dot / std::sqrt(double(hd));
         mx = std::max(mx, s[size_t(j)]);
       }
@@ -52,7 +53,8 @@ std::vector<double> reference_rows(const std::vector<float>& qkv, int p, int n, 
       for (auto& v : s) z += (v = std::exp(v - mx));
       for (int d = 0; d < hd; ++d) {
         double acc = 0;
-        for (int j = 0; j <= i; ++j) acc += s[size_t(j)] * qkv[size_t(j) * 3 * C + 2 * C + h * hd + d];
+        for (int j = 0; j <= i; ++j)
+          acc += s[size_t(j)] * qkv[size_t(j) * 3 * C + 2 * C + h * hd + d];
         out[size_t(r) * C + h * hd + d] = acc / z;
       }
     }

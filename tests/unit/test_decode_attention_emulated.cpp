@@ -51,16 +51,18 @@ void check(int p, int n, int C, int NH, bool bf16) {
   if (bf16) {
     simt::Bf16Buffer qkv = simt::random_bf16_buffer(nqkv, 7, -2.0f, 2.0f), out(nout);
     for (size_t i = 0; i < nqkv; ++i) values[i] = qkv.at(i);
-    simt::launch(NH, n, decode_attention::kThreads, smem, simt::CopyTiming::at_issue,
-                 [&](simt::Thread& x) { decode_attention::row(x, out.data(), qkv.data(), p, C, NH); });
+    simt::launch(
+        NH, n, decode_attention::kThreads, smem, simt::CopyTiming::at_issue,
+        [&](simt::Thread& x) { decode_attention::row(x, out.data(), qkv.data(), p, C, NH); });
     for (size_t i = 0; i < nout; ++i) got[i] = out.at(i);
   } else {
     std::mt19937 gen(7);
     std::uniform_real_distribution<float> u(-2.0f, 2.0f);
     std::vector<float> qkv(nqkv), out(nout, NAN);
     for (size_t i = 0; i < nqkv; ++i) values[i] = qkv[i] = u(gen);
-    simt::launch(NH, n, decode_attention::kThreads, smem, simt::CopyTiming::at_issue,
-                 [&](simt::Thread& x) { decode_attention::row(x, out.data(), qkv.data(), p, C, NH); });
+    simt::launch(
+        NH, n, decode_attention::kThreads, smem, simt::CopyTiming::at_issue,
+        [&](simt::Thread& x) { decode_attention::row(x, out.data(), qkv.data(), p, C, NH); });
     for (size_t i = 0; i < nout; ++i) got[i] = out[i];
   }
   const std::vector<double> want = reference(values, p, n, C, NH);

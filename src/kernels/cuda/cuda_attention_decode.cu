@@ -18,8 +18,8 @@ __global__ void __launch_bounds__(decode_attention::kThreads)
 
 template <class E>
 void launch(cudaStream_t s, E* out, const E* qkv, int p, int n, int C, int NH) {
-  TRIAD_CHECK(NH > 0 && C % NH == 0 && p >= 0 && n > 0, "cuda attention_decode: bad shape (p = ",
-              p, ", n = ", n, ", C = ", C, ", NH = ", NH, ")");
+  TRIAD_CHECK(NH > 0 && C % NH == 0 && p >= 0 && n > 0, "cuda attention_decode: bad shape (p = ", p,
+              ", n = ", n, ", C = ", C, ", NH = ", NH, ")");
   const size_t smem = decode_attention::smem_bytes(p + n, C / NH);
   static int opted_in = 48 << 10;  // bytes the kernel may ask for without opting in
   if (smem > size_t(opted_in)) {
@@ -27,8 +27,9 @@ void launch(cudaStream_t s, E* out, const E* qkv, int p, int n, int C, int NH) {
                                           cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     opted_in = int(smem);
   }
-  decode_attention_kernel<E><<<dim3(unsigned(NH), unsigned(n)), decode_attention::kThreads, smem, s>>>(
-      out, qkv, p, C, NH);
+  decode_attention_kernel<E>
+      <<<dim3(unsigned(NH), unsigned(n)), decode_attention::kThreads, smem, s>>>(out, qkv, p, C,
+                                                                                 NH);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 

@@ -68,7 +68,8 @@ TRIAD_BLOCK_FN void row(X& x, E* out, const E* qkv, int p, int C, int NH) {
   float* s = q + hd;                              // [keys]
   float* red = s + keys;                          // [kThreads]
   const float scale = 1.0f / float(x.sqrt(double(hd)));
-  for (int d = t; d < hd; d += kThreads) q[d] = scale * load(x, qkv + size_t(p + r) * ld + size_t(h) * hd + d);
+  for (int d = t; d < hd; d += kThreads)
+    q[d] = scale * load(x, qkv + size_t(p + r) * ld + size_t(h) * hd + d);
   x.sync_threads();
   float mx = -3.0e38f;
   for (int j = t; j < keys; j += kThreads) {
