@@ -70,15 +70,17 @@ for r in $(seq "$repeat"); do
   for mode in on off; do
     flag=(); [[ $mode == off ]] && flag=(--no-kv-cache)
     build/triad-generate --checkpoint "$tmp/model.h5" --vocab "$vocab" --prompt-ids "$ids" \
-      --length "$length" --top-k 1 --threads "$threads" --output ids --timing "${flag[@]}" \
-      >"$tmp/triad_$mode.ids" 2>"$tmp/triad_${mode}_$r.txt"
+      --length "$length" --top-k 1 --threads "$threads" --output ids --timing ${flag[@]+"${flag[@]}"} \
+      >"$tmp/triad_$mode.ids" 2>"$tmp/triad_${mode}_$r.txt" \
+      || { cat "$tmp/triad_${mode}_$r.txt" >&2; exit 1; }
   done
   # The peer at the same thread count and at 1 (PyTorch 1.13's OpenMP and OpenBLAS threads
   # contend on small products: one thread is often faster); the best counts.
   for pt in $( (echo "$threads"; echo 1) | sort -u); do
     for mode in kv-cache recompute; do
       "$py" tests/reference/generate_torch.py --checkpoint "$tmp/model.h5" --prompt-ids "$ids" \
-        --length "$length" --threads "$pt" --mode "$mode" >"$tmp/torch_${mode}_${r}_$pt.txt"
+        --length "$length" --threads "$pt" --mode "$mode" >"$tmp/torch_${mode}_${r}_$pt.txt" \
+        || { cat "$tmp/torch_${mode}_${r}_$pt.txt" >&2; exit 1; }
       head -1 "$tmp/torch_${mode}_${r}_$pt.txt" >"$tmp/torch_$mode.ids"
     done
   done

@@ -309,9 +309,10 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
         --precision "$pr" >"$RUN/gen_${be}_$pr.ids" 2>"$RUN/gen_${be}_$pr.txt" || tail -5 "$RUN/gen_${be}_$pr.txt"
     done
     gen_tps() { grep -o '[0-9.]* tokens/s' "$RUN/gen_$1.txt" 2>/dev/null | cut -d' ' -f1; }
-    agree() {  # leading tokens two id files share, of those in the first
+    agree() {  # leading tokens two id files share, of those in the first ("none" if either is empty)
+      [[ -s $RUN/gen_$1.ids && -s $RUN/gen_$2.ids ]] || { echo none; return; }
       awk 'NR == FNR { n = split($0, a); next } { m = split($0, b); k = 0
-           while (k < n && k < m && a[k + 1] == b[k + 1]) ++k; print k "/" n }' "$RUN/gen_$1.ids" "$RUN/gen_$2.ids" 2>/dev/null
+           while (k < n && k < m && a[k + 1] == b[k + 1]) ++k; print k "/" n }' "$RUN/gen_$1.ids" "$RUN/gen_$2.ids"
     }
     echo "RESULT_GEN cuda fp32 $(agree cpu_fp32 cuda_fp32) tokens as cpu, bf16 $(agree cpu_fp32 cuda_bf16); tok/s cpu $(gen_tps cpu_fp32), cuda fp32 $(gen_tps cuda_fp32), bf16 $(gen_tps cuda_bf16) (tiny model, KV cache)"
     # The NCCL Comm inside the trainer: one rank (NCCL refuses two ranks on one GPU), so this
@@ -434,7 +435,8 @@ EOF
 fi
 res "ckpt val loss CPU vs GPU" "${GPU_EVAL:-failed}"
 res "50 steps GPU vs CPU" "${GPU_CURVE:-failed}"
-res "generation on the GPU" "$(sed -n 's/^RESULT_GEN //p' "$RUN/gpu.txt" 2>/dev/null)"
+GEN_ROW=$(sed -n 's/^RESULT_GEN //p' "$RUN/gpu.txt" 2>/dev/null)
+res "generation on the GPU" "${GEN_ROW:-not run}"
 res "2 ranks on one GPU" "$(sed -n 's/^RESULT_NP2 //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "NCCL Comm in training" "$(sed -n 's/^RESULT_NCCL //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -) ($(sed -n 's/^RESULT_NCCL_LINE //p' "$RUN/gpu.txt" 2>/dev/null))"
 res "triad 124M bf16 GPU" "${GPU_124M:-failed}"

@@ -101,7 +101,7 @@ int main(int argc, char** argv) {
     TRIAD_CHECK(threads >= 0, "--threads must be >= 0 (got ", threads, ")");
     TRIAD_CHECK(output == "text" || output == "ids", "--output must be text or ids (got '", output,
                 "')");
-    TRIAD_CHECK(!(vm.count("prompt-ids") && !prompt.empty()),
+    TRIAD_CHECK(!(vm.count("prompt-ids") && !vm["prompt"].defaulted()),
                 "give --prompt or --prompt-ids, not both");
     if (threads > 0) omp_set_num_threads(threads);
     const bool bf16 = precision == "bf16" || (precision == "auto" && backend == "cuda");
@@ -144,7 +144,8 @@ int main(int argc, char** argv) {
       for (size_t i = 0; i < out.size(); ++i) std::cout << (i ? " " : "") << out[i];
       std::cout << std::endl;
     } else {
-      std::cout << prompt << tok.decode(out) << std::endl;
+      std::cout << (vm.count("prompt-ids") ? tok.decode(ids) : prompt) << tok.decode(out)
+                << std::endl;
     }
     if (timing)
       std::cerr << "triad-generate: " << out.size() << " tokens after a prompt of " << ids.size()

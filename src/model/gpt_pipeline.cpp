@@ -214,10 +214,14 @@ const float* Gpt::next_token_logits_t(const int32_t* tokens, int len, bool cache
   const bool keeps = cached && recompute_.mode != Recompute::full;
   int p = 0;
   if (keeps && decoded_.size() < size_t(len) &&
-      std::equal(decoded_.begin(), decoded_.end(), tokens) && !decoded_.empty() &&
-      int(decoded_.size()) + padded(len - int(decoded_.size())) <= T)
+      std::equal(decoded_.begin(), decoded_.end(), tokens)) {
     p = int(decoded_.size());
+    // Sequence parallelism: the padded new rows must fit the context; near its end the last kept
+    // tokens are computed again with the new ones (same tokens and positions, so still valid).
+    while (p > 0 && p + padded(len - p) > T) --p;
+  }
   const int n = len - p, rows = padded(n);
+  last_decoded_rows_ = cached ? rows : 0;
   const int32_t* ids = tokens + p;
   if (rows != n) {
     padded_.assign(ids, ids + n);

@@ -50,10 +50,16 @@ def test_bf16_continuation_with_and_without_the_cache(checkpoint):
     rounding exceeds a gap between the two likeliest tokens)."""
     ids = " ".join(map(str, PROMPT))
     fp32 = generate(checkpoint, "--prompt-ids", ids, "--length", 2)
-    cached = generate(checkpoint, "--prompt-ids", ids, "--length", 12, "--precision", "bf16")
+    cached = generate(checkpoint, "--prompt-ids", ids, "--length", 6, "--precision", "bf16")
     assert cached[:2] == fp32
-    assert generate(checkpoint, "--prompt-ids", ids, "--length", 12, "--precision", "bf16",
+    assert generate(checkpoint, "--prompt-ids", ids, "--length", 6, "--precision", "bf16",
                     "--no-kv-cache") == cached
+
+
+def test_prompt_ids_print_their_text(checkpoint):
+    p = run([exe("triad-generate"), "--checkpoint", checkpoint, "--vocab", VOCAB, "--prompt-ids",
+             "15496 995", "--length", "2"], check=True)
+    assert p.stdout.startswith("Hello world"), p.stdout
 
 
 def test_timing_goes_to_stderr(checkpoint):
@@ -73,6 +79,7 @@ def test_refuses_bad_new_options(checkpoint):
     assert_clean_error(gen("--prompt-ids", "-1"), "'-1' is not a token id")
     assert_clean_error(gen("--prompt-ids", "  "), "--prompt-ids: no token ids")
     assert_clean_error(gen("--prompt-ids", "1", "--prompt", "Hi"), "not both")
+    assert_clean_error(gen("--prompt-ids", "1", "--prompt", ""), "not both")
     assert_clean_error(gen("--backend", "tpu"), "--backend must be cpu or cuda")
     assert_clean_error(gen("--precision", "fp16"), "--precision must be auto, fp32 or bf16")
     assert_clean_error(gen("--output", "json"), "--output must be text or ids")

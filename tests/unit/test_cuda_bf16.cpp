@@ -650,10 +650,6 @@ TEST_F(CudaBf16Test, AttentionForwardBackward) {
   }
 }
 
-// ---- GradMode::overwrite -------------------------------------------------------------------
-
-// The input gradient is written over whatever the buffer holds (NaN here: the β = 0 product, the
-// overwriting GELU and flash stores must not read it) and equals the CPU's gradient from zero.
 // Decoding (KV cache): n new rows at positions p.. against the kept keys and values.
 TEST_F(CudaBf16Test, AttentionDecode) {
   struct Case {
@@ -673,6 +669,10 @@ TEST_F(CudaBf16Test, AttentionDecode) {
   }
 }
 
+// ---- GradMode::overwrite -------------------------------------------------------------------
+
+// The input gradient is written over whatever the buffer holds (NaN here: the β = 0 product, the
+// overwriting GELU and flash stores must not read it) and equals the CPU's gradient from zero.
 TEST_F(CudaBf16Test, OverwriteModeIgnoresTheOldInputGradient) {
   const Bits nan_fill_small = to_bits(Vec(1, std::numeric_limits<float>::quiet_NaN()));
   auto nans = [&](size_t n) { return dev(Bits(n, nan_fill_small[0])); };

@@ -127,6 +127,9 @@ TEST_P(Decode, FollowsTheRecomputedLogitsOneTokenAtATime) {
     const float* got = m.decode_logits(ctx, len);
     const std::vector<float> g(got, got + V);
     EXPECT_EQ(m.decoded_tokens(), keeps ? len : 0);
+    // After the prompt, one token's layers while the context grows; the whole window once it
+    // slides (or everything, where nothing is kept).
+    EXPECT_EQ(m.last_decoded_rows(), keeps && end > 5 && end <= T ? 1 : len);
     // next_token_logits runs a forward pass, which would drop m's cache: the reference is a
     // second model with the same weights.
     const float* want = ref.next_token_logits(ctx, len);
@@ -152,20 +155,22 @@ TEST(Decode, OtherUsesOfTheModelDropTheCache) {
   ref.init(7);
   const int V = kShape.vocab_size;
   const std::vector<int32_t> seq = tokens(kShape.seq_len, 1);
-  auto check = [&](int len, int expect_kept) {
+  auto check = [&](int len, int expect_rows) {
     const float* got = m.decode_logits(seq.data(), len);
     std::vector<float> g(got, got + V);
     const float* want = ref.next_token_logits(seq.data(), len);
     EXPECT_LE(rel(g.data(), want, size_t(V)), 1e-5) << "len " << len;
-    EXPECT_EQ(m.decoded_tokens(), expect_kept);
+    EXPECT_EQ(m.decoded_tokens(), len);
+    EXPECT_EQ(m.last_decoded_rows(), expect_rows) << "len " << len;
   };
   check(6, 6);
+  check(7, 1);  // the kept 6 and one new token
   // A training step's forward pass overwrites the kept rows.
   const std::vector<int32_t> in = tokens(2 * kShape.seq_len, 5), tg = tokens(2 * kShape.seq_len, 9);
   m.zero_grads();
   m.forward_backward(in.data(), tg.data(), 2, 1e-3f);
   EXPECT_EQ(m.decoded_tokens(), 0);
-  check(7, 7);
+  check(8, 8);
   // Another prefix: computed whole.
   const std::vector<int32_t> other = tokens(8, 3);
   const float* got = m.decode_logits(other.data(), 8);
@@ -178,6 +183,7 @@ TEST(Decode, OtherUsesOfTheModelDropTheCache) {
   for (size_t i = 0; i < ref.num_floats(); ++i) ref.params()[i] *= 1.01f;
   ref.params_updated();
   check(9, 9);
+  check(10, 1);
   m.forget_decoded();
   EXPECT_EQ(m.decoded_tokens(), 0);
 }

@@ -299,11 +299,15 @@ class Gpt {
   // without memory of its own: any other use of the model (a step, an evaluation, an update
   // followed by params_updated()) drops it, and forget_decoded() drops it explicitly (call it
   // before a new sample: weights written without params_updated() would leave it stale).
-  // Collective like next_token_logits. Equal to it up to fp32 rounding (sums in another order).
+  // Collective like next_token_logits. Equal to it up to rounding (sums in another order; in
+  // bf16 that can move an activation by one bf16 step).
   const float* decode_logits(const int32_t* tokens, int len);
   void forget_decoded() { decoded_.clear(); }
   // Tokens whose keys and values the cache holds (the last decode_logits call's), 0 if none.
   int decoded_tokens() const { return int(decoded_.size()); }
+  // The rows the last decode_logits call ran through the layers: the tokens it did not find kept
+  // (padded to a multiple of tp under sequence parallelism).
+  int last_decoded_rows() const { return last_decoded_rows_; }
 
  private:
   // Activation plans and sets per activation type A (float or bf16_t): gpt_activations.h.
@@ -396,6 +400,7 @@ class Gpt {
   // decode_logits: the tokens whose q|k|v rows the first activation set of every chunk holds.
   // Cleared by every forward pass and by params_updated(); set again by decode_logits.
   std::vector<int32_t> decoded_;
+  int last_decoded_rows_ = 0;
   Precision precision_ = Precision::fp32;
   Recomputation recompute_;
   bool split_backward_ = false;  // the schedule has weight passes (zero bubble)

@@ -1,6 +1,6 @@
 // Attention of a few new rows against a cache of keys and values (Backend::attention_decode) as
 // a block program (see block_program.h): generation's attention, one query row at a time. The
-// CUDA backend runs it for fp32 and bf16 (cuda_attention.cu); the CPU test
+// CUDA backend runs it for fp32 and bf16 (cuda_attention_decode.cu); the CPU test
 // test_decode_attention_emulated runs it through the SIMT emulator against a plain reference.
 //
 // Block (h, r), kThreads threads: new row r (position p + r) of head h. Its query goes to shared
