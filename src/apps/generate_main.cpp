@@ -49,9 +49,9 @@ int main(int argc, char** argv) {
   return triad::run_main(argc, argv, "triad-generate", [&](MPI_Comm world) {
     std::string checkpoint, run_dir, vocab, prompt, prompt_ids, backend, precision, output;
     int64_t length = 0, seed = 0;
-    double temperature = 0;
-    int top_k = 0, threads = 0;
-    bool no_cache = false, timing = false;
+    double temperature = 0, top_p = 1;
+    int top_k = 0, threads = 0, samples = 1;
+    bool no_cache = false, timing = false, stop_at_eot = false;
     po::options_description desc("usage: triad-generate (--checkpoint FILE | --run DIR) [options]");
     desc.add_options()("help,h", "print this help")("checkpoint", po::value(&checkpoint),
                                                     "checkpoint file (.h5)")(
@@ -63,6 +63,12 @@ int main(int argc, char** argv) {
         "length", po::value(&length)->default_value(128), "tokens to generate")(
         "temperature", po::value(&temperature)->default_value(0.8), "sampling temperature")(
         "top-k", po::value(&top_k)->default_value(40), "sample among the k likeliest (0: all)")(
+        "top-p", po::value(&top_p)->default_value(1.0),
+        "nucleus sampling among the top-k: the fewest likeliest tokens whose probability reaches "
+        "P (1: off)")(
+        "samples", po::value(&samples)->default_value(1),
+        "samples of the same prompt, one after another (the seed reproduces them all)")(
+        "stop-at-eot", po::bool_switch(&stop_at_eot), "end a sample at <|endoftext|>")(
         "seed", po::value(&seed)->default_value(1), "sampling seed")(
         "prompt-ids", po::value(&prompt_ids),
         "the prompt as token ids separated by spaces (instead of --prompt)")(
@@ -93,6 +99,8 @@ int main(int argc, char** argv) {
     TRIAD_CHECK(length >= 0, "--length must be >= 0 (got ", length, ")");
     TRIAD_CHECK(temperature > 0, "--temperature must be > 0 (got ", temperature, ")");
     TRIAD_CHECK(top_k >= 0, "--top-k must be >= 0 (got ", top_k, ")");
+    TRIAD_CHECK(top_p > 0 && top_p <= 1, "--top-p must be in (0, 1] (got ", top_p, ")");
+    TRIAD_CHECK(samples >= 1, "--samples must be >= 1 (got ", samples, ")");
     TRIAD_CHECK(seed >= 0, "--seed must be >= 0 (got ", seed, ")");
     TRIAD_CHECK(backend == "cpu" || backend == "cuda", "--backend must be cpu or cuda (got '",
                 backend, "')");
@@ -136,22 +144,33 @@ int main(int argc, char** argv) {
         prompt.empty() ? std::vector<int32_t>{tok.eot()} : tok.encode(prompt);
     if (vm.count("prompt-ids")) ids = parse_ids(prompt_ids, m.vocab_size);
     triad::Rng rng(static_cast<uint64_t>(seed));
-    triad::SampleOptions opt{length, temperature, top_k, !no_cache};
+    triad::SampleOptions opt;
+    opt.length = length;
+    opt.temperature = temperature;
+    opt.top_k = top_k;
+    opt.top_p = top_p;
+    opt.kv_cache = !no_cache;
+    opt.stop_at_eot = stop_at_eot ? tok.eot() : -1;
+    size_t generated = 0;
     const auto t0 = std::chrono::steady_clock::now();
-    const auto out = triad::sample_continuation(model, ids, opt, rng);
-    const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (output == "ids") {
-      for (size_t i = 0; i < out.size(); ++i) std::cout << (i ? " " : "") << out[i];
-      std::cout << std::endl;
-    } else {
-      std::cout << (vm.count("prompt-ids") ? tok.decode(ids) : prompt) << tok.decode(out)
-                << std::endl;
+    for (int i = 0; i < samples; ++i) {
+      const auto out = triad::sample_continuation(model, ids, opt, rng);
+      generated += out.size();
+      if (output == "ids") {  // one line per sample
+        for (size_t j = 0; j < out.size(); ++j) std::cout << (j ? " " : "") << out[j];
+        std::cout << std::endl;
+      } else {  // samples separated by a line "---"
+        if (i > 0) std::cout << "---" << std::endl;
+        std::cout << (vm.count("prompt-ids") ? tok.decode(ids) : prompt) << tok.decode(out)
+                  << std::endl;
+      }
     }
+    const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (timing)
-      std::cerr << "triad-generate: " << out.size() << " tokens after a prompt of " << ids.size()
-                << " in " << sec << " s: " << double(out.size()) / sec << " tokens/s ("
-                << be->name() << ", " << (bf16 ? "bf16" : "fp32") << ", KV cache "
-                << (no_cache ? "off" : "on") << ")" << std::endl;
+      std::cerr << "triad-generate: " << generated << " tokens after a prompt of " << ids.size()
+                << " in " << sec << " s: " << double(generated) / sec << " tokens/s (" << be->name()
+                << ", " << (bf16 ? "bf16" : "fp32") << ", KV cache " << (no_cache ? "off" : "on")
+                << ")" << std::endl;
     return 0;
   });
 }

@@ -91,6 +91,9 @@ class KeyTable {
     add("sample.length", c.sample.length, "tokens sampled into samples.txt at each eval (0: off)");
     add("sample.temperature", c.sample.temperature, "sampling temperature");
     add("sample.top_k", c.sample.top_k, "top-k sampling (0: all)");
+    add("sample.top_p", c.sample.top_p,
+        "nucleus sampling among the top-k: the fewest likeliest tokens whose probability reaches "
+        "top_p (1: off)");
     add("sample.prompt", c.sample.prompt, "sample prompt (empty: <|endoftext|>)");
   }
   const po::options_description& desc() const { return desc_; }
@@ -453,6 +456,7 @@ void validate(const Config& c, int world_size) {
   check(c.sample.length >= 0, "sample.length", "must be >= 0");
   check(c.sample.temperature > 0, "sample.temperature", "must be > 0");
   check(c.sample.top_k >= 0, "sample.top_k", "must be >= 0");
+  check(c.sample.top_p > 0 && c.sample.top_p <= 1, "sample.top_p", "must be in (0, 1]");
 }
 
 }  // namespace triad

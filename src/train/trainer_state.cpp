@@ -358,6 +358,7 @@ void Trainer::State::write_sample() {
   if (!cfg.sample.prompt.empty()) prompt = tokenizer->encode(cfg.sample.prompt);
   Rng rng(uint64_t(cfg.train.seed) * 31 + uint64_t(step));
   SampleOptions o{cfg.sample.length, cfg.sample.temperature, cfg.sample.top_k};
+  o.top_p = cfg.sample.top_p;
   const auto ids = sample_continuation(*model, prompt, o, rng);
   if (!root()) return;
   std::string text = cfg.sample.prompt + tokenizer->decode(ids);

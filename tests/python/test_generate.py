@@ -28,9 +28,9 @@ def checkpoint(tmp_path_factory):
     return path
 
 
-def generate(checkpoint, *args):
-    p = run([exe("triad-generate"), "--checkpoint", checkpoint, "--vocab", VOCAB, "--top-k", "1",
-             "--output", "ids", *map(str, args)], check=True)
+def generate(checkpoint, *args, top_k=1):
+    p = run([exe("triad-generate"), "--checkpoint", checkpoint, "--vocab", VOCAB, "--top-k",
+             str(top_k), "--output", "ids", *map(str, args)], check=True)
     return [int(t) for t in p.stdout.split()]
 
 
@@ -62,6 +62,39 @@ def test_prompt_ids_print_their_text(checkpoint):
     assert p.stdout.startswith("Hello world"), p.stdout
 
 
+def test_several_samples_top_p_and_stop_at_eot(checkpoint):
+    """--samples N draws N continuations one after another from one seeded stream (the seed
+    reproduces them all); --top-p with a tiny P is greedy; --stop-at-eot ends a sample at
+    <|endoftext|> (50256), here forced by a model whose head favours it."""
+    ids = " ".join(map(str, PROMPT))
+    three = run([exe("triad-generate"), "--checkpoint", checkpoint, "--vocab", VOCAB, "--prompt-ids",
+                 ids, "--length", "8", "--samples", "3", "--top-k", "0", "--temperature", "2",
+                 "--output", "ids", "--seed", "9"], check=True).stdout.splitlines()
+    assert len(three) == 3 and all(len(s.split()) == 8 for s in three)
+    assert len(set(three)) == 3  # temperature 2 over the whole vocabulary: three different draws
+    again = run([exe("triad-generate"), "--checkpoint", checkpoint, "--vocab", VOCAB, "--prompt-ids",
+                 ids, "--length", "8", "--samples", "3", "--top-k", "0", "--temperature", "2",
+                 "--output", "ids", "--seed", "9"], check=True).stdout.splitlines()
+    assert again == three
+    greedy = generate(checkpoint, "--prompt-ids", ids, "--length", 8)
+    assert generate(checkpoint, "--prompt-ids", ids, "--length", 8, "--top-p", "1e-9",
+                    "--temperature", "1", top_k=0) == greedy
+
+
+def test_stop_at_eot(tmp_path):
+    # A model whose tied head scores <|endoftext|> highest after any token: its embedding row is
+    # large and aligned with what the last LayerNorm puts out (ln_f weight 0 and bias b: every
+    # position's output is b; the row of 50256 is 10·b).
+    w = ref.random_weights(CFG, 5, perturb=False)
+    w["ln_f/weight"].zero_()
+    w["ln_f/bias"].copy_(torch.linspace(-1, 1, CFG.n_embd))
+    w["wte/weight"][50256] = 10 * w["ln_f/bias"]
+    path = tmp_path / "eot.h5"
+    ref.write_checkpoint(path, CFG, w)
+    assert generate(path, "--prompt-ids", "1 2 3", "--length", 5) == [50256] * 5
+    assert generate(path, "--prompt-ids", "1 2 3", "--length", 5, "--stop-at-eot") == [50256]
+
+
 def test_timing_goes_to_stderr(checkpoint):
     p = run([exe("triad-generate"), "--checkpoint", checkpoint, "--vocab", VOCAB, "--prompt-ids",
              "1 2 3", "--length", "3", "--output", "ids", "--timing"], check=True)
@@ -84,3 +117,6 @@ def test_refuses_bad_new_options(checkpoint):
     assert_clean_error(gen("--precision", "fp16"), "--precision must be auto, fp32 or bf16")
     assert_clean_error(gen("--output", "json"), "--output must be text or ids")
     assert_clean_error(gen("--threads", "-2"), "--threads must be >= 0")
+    assert_clean_error(gen("--top-p", "0"), "--top-p must be in (0, 1]")
+    assert_clean_error(gen("--top-p", "1.01"), "--top-p must be in (0, 1]")
+    assert_clean_error(gen("--samples", "0"), "--samples must be >= 1")

@@ -75,6 +75,9 @@ TEST(Config, NonNumericAndNegativeValuesAreErrors) {
   EXPECT_NE(error_of({"--model.n_embd", "0"}).find("n_embd"), std::string::npos);
   EXPECT_NE(error_of({"--train.seed", "-3"}).find("train.seed"), std::string::npos);
   EXPECT_NE(error_of({"--model.n_layer", "3.5"}).find("n_layer"), std::string::npos);
+  EXPECT_NE(error_of({"--sample.top_p", "0"}).find("sample.top_p"), std::string::npos);
+  EXPECT_NE(error_of({"--sample.top_p", "1.5"}).find("sample.top_p"), std::string::npos);
+  EXPECT_EQ(error_of({"--sample.top_p", "0.9"}), "");
 }
 
 TEST(Config, CrossKeyConstraints) {

@@ -85,6 +85,7 @@ struct SampleConfig {
   int64_t length = 0;  // tokens generated into samples.txt at each evaluation; 0: none
   double temperature = 1.0;
   int top_k = 40;
+  double top_p = 1.0;
   std::string prompt;  // empty: start from <|endoftext|>
 };
 

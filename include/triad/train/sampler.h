@@ -14,12 +14,22 @@ struct SampleOptions {
   int64_t length = 64;
   double temperature = 1.0;
   int top_k = 40;  // 0: the whole vocabulary
+  // Nucleus sampling among the top-k: the fewest likeliest tokens whose probability reaches
+  // top_p (1: all top-k candidates, and the same draws as without it).
+  double top_p = 1.0;
   // Keep every layer's keys and values between tokens (Gpt::decode_logits); false: recompute the
   // whole context for every token (Gpt::next_token_logits).
   bool kv_cache = true;
+  int32_t stop_at_eot = -1;  // a token id that ends the sample once drawn (kept); -1: none
 };
 
-// Appends `length` sampled tokens to `tokens` (which must be non-empty) and returns them.
+// One token drawn from logits (the first V): temperature, then top-k, then top-p, as above.
+// order and prob are scratch of V entries, kept between calls.
+int32_t sample_token(const float* logits, int V, const SampleOptions& opt, Rng& rng,
+                     std::vector<int>& order, std::vector<double>& prob);
+
+// Appends `length` sampled tokens to `tokens` (which must be non-empty) and returns them (fewer
+// when opt.stop_at_eot is drawn).
 // The context is the last seq_len tokens. Runs the model with its cache of keys and values
 // (Gpt::decode_logits): the prompt once, then one token per step while the context fits.
 std::vector<int32_t> sample_continuation(Gpt& model, std::vector<int32_t> tokens,

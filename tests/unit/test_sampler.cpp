@@ -1,0 +1,104 @@
+// Drawing a token (sample_token in train/sampler.h) against the distribution it promises,
+// computed here from the logits in double: temperature, top-k, top-p (nucleus) and their
+// combination. 200,000 seeded draws each; every frequency within 5 standard deviations of its
+// probability, and tokens outside the candidates never drawn.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+#include "triad/train/sampler.h"
+
+namespace triad {
+namespace {
+
+const std::vector<float> kLogits = {1.0f, 3.0f, 0.5f, 2.5f, -1.0f, 2.0f, 0.0f, 3.0f};
+
+// The probabilities the options promise: softmax(logits / temperature) over the top-k (equal
+// logits by id), cut to the fewest likeliest whose mass reaches top_p, renormalized.
+std::vector<double> promised(const SampleOptions& o) {
+  const int V = int(kLogits.size());
+  std::vector<int> order(static_cast<size_t>(V));
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [](int a, int b) { return kLogits[size_t(a)] > kLogits[size_t(b)]; });
+  const int k = o.top_k > 0 && o.top_k < V ? o.top_k : V;
+  std::vector<double> p(static_cast<size_t>(V), 0.0);
+  double z = 0;
+  for (int i = 0; i < k; ++i) z += std::exp(kLogits[size_t(order[size_t(i)])] / o.temperature);
+  double mass = 0;
+  std::vector<int> kept;
+  for (int i = 0; i < k; ++i) {
+    const int t = order[size_t(i)];
+    kept.push_back(t);
+    mass += std::exp(kLogits[size_t(t)] / o.temperature) / z;
+    if (mass >= o.top_p) break;
+  }
+  for (int t : kept) p[size_t(t)] = std::exp(kLogits[size_t(t)] / o.temperature) / z / mass;
+  return p;
+}
+
+void check(const SampleOptions& o) {
+  SCOPED_TRACE(::testing::Message()
+               << "temperature " << o.temperature << " top_k " << o.top_k << " top_p " << o.top_p);
+  const int V = int(kLogits.size()), n = 200000;
+  Rng rng(17);
+  std::vector<int> order;
+  std::vector<double> prob;
+  std::vector<int> count(static_cast<size_t>(V), 0);
+  for (int i = 0; i < n; ++i) ++count[size_t(sample_token(kLogits.data(), V, o, rng, order, prob))];
+  const std::vector<double> p = promised(o);
+  for (int t = 0; t < V; ++t) {
+    if (p[size_t(t)] == 0.0) {
+      EXPECT_EQ(count[size_t(t)], 0) << "token " << t << " is not a candidate";
+      continue;
+    }
+    const double sd = std::sqrt(n * p[size_t(t)] * (1 - p[size_t(t)]));
+    EXPECT_NEAR(count[size_t(t)], n * p[size_t(t)], 5 * sd + 1) << "token " << t;
+  }
+}
+
+SampleOptions options(double temperature, int top_k, double top_p) {
+  SampleOptions o;
+  o.temperature = temperature;
+  o.top_k = top_k;
+  o.top_p = top_p;
+  return o;
+}
+
+TEST(SampleToken, Temperature) {
+  check(options(1.0, 0, 1.0));
+  check(options(0.5, 0, 1.0));
+  check(options(2.0, 0, 1.0));
+}
+
+TEST(SampleToken, TopK) {
+  check(options(1.0, 3, 1.0));  // ids 1 and 7 tie at 3.0, then 3
+  check(options(1.0, 1, 1.0));  // the first of the tied maxima: always id 1
+}
+
+TEST(SampleToken, TopP) {
+  check(options(1.0, 0, 0.5));
+  check(options(1.0, 0, 0.9));
+  check(options(0.7, 0, 0.8));
+  check(options(1.0, 0, 1e-9));  // the likeliest alone
+}
+
+TEST(SampleToken, TopKThenTopP) { check(options(1.0, 4, 0.7)); }
+
+TEST(SampleToken, TopPOfOneDrawsAsWithout) {
+  // top_p = 1 changes nothing: the same seed gives the same tokens as any top_p that keeps every
+  // candidate.
+  const int V = int(kLogits.size());
+  Rng a(5), b(5);
+  std::vector<int> order;
+  std::vector<double> prob;
+  for (int i = 0; i < 1000; ++i)
+    EXPECT_EQ(sample_token(kLogits.data(), V, options(1.0, 5, 1.0), a, order, prob),
+              sample_token(kLogits.data(), V, options(1.0, 5, 1.0 - 1e-12), b, order, prob));
+}
+
+}  // namespace
+}  // namespace triad
