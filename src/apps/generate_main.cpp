@@ -126,19 +126,26 @@ int main(int argc, char** argv) {
     TRIAD_CHECK(!bf16 || m.n_embd % 2 == 0,
                 "--precision bf16 needs an even n_embd (the checkpoint's is ", m.n_embd, ")");
     auto be = backend == "cuda" ? triad::make_cuda_backend(0) : triad::make_cpu_backend();
+    // Forward passes only: no gradients or backward buffers, one row of logits at a time.
+    triad::ActivationOptions forward_only;
+    forward_only.inference = true;
+    forward_only.logits_chunk = 1;
     triad::Gpt model(shape, 1, *be, 1, {}, nullptr,
-                     bf16 ? triad::Precision::bf16 : triad::Precision::fp32);
+                     bf16 ? triad::Precision::bf16 : triad::Precision::fp32, forward_only);
     std::vector<triad::TensorRef> refs;
     for (const auto& p : model.specs()) {
       triad::TensorRef r{p.name, p.shape, model.params() + p.offset, -1};
       if (p.name == "wte/weight") r.valid_rows = m.vocab_size;
       refs.push_back(std::move(r));
     }
-    // The backend's buffers may be device memory: load on the host, then copy.
-    std::vector<float> host(model.num_floats());
-    for (auto& r : refs) r.data = host.data() + (r.data - model.params());
-    triad::load_checkpoint_tensors(world, checkpoint, {{"model", refs}});
-    be->copy_from_host(model.params(), host.data(), host.size());
+    if (backend == "cpu") {  // the parameters are host memory: loaded in place
+      triad::load_checkpoint_tensors(world, checkpoint, {{"model", refs}});
+    } else {  // device memory: loaded on the host, then copied
+      std::vector<float> host(model.num_floats());
+      for (auto& r : refs) r.data = host.data() + (r.data - model.params());
+      triad::load_checkpoint_tensors(world, checkpoint, {{"model", refs}});
+      be->copy_from_host(model.params(), host.data(), host.size());
+    }
     model.params_updated();
     std::vector<int32_t> ids =
         prompt.empty() ? std::vector<int32_t>{tok.eot()} : tok.encode(prompt);

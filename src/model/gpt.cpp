@@ -205,6 +205,7 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
       mp_(mp),
       precision_(precision),
       recompute_(options.recompute),
+      inference_(options.inference),
       logits_rows_(logits_chunk_rows(options, max_batch, shape)) {
   TRIAD_ASSERT(shards >= 1);
   TRIAD_ASSERT(shape.n_embd % shape.n_head == 0 && max_batch >= 1);
@@ -216,7 +217,7 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
                    : mp.virtual_stages == 1 && int(mp.stage_layers.size()) == mp.pp &&
                          mp.first_layer(mp.pp, shape.n_layer) == shape.n_layer);
   TRIAD_ASSERT(mp.tp == 1 || mp.tp_comm != nullptr);
-  TRIAD_ASSERT(mp.pp == 1 || (mp.pp_comm != nullptr && schedule != nullptr));
+  TRIAD_ASSERT(mp.pp == 1 || (mp.pp_comm != nullptr && (schedule != nullptr || inference_)));
   specs_ = gpt_rank_layout(shape, mp);
   layer_.assign(size_t(shape.n_layer), -1);
   for (size_t i = 0; i < specs_.size(); ++i) {
@@ -231,7 +232,7 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
   n_floats_ = layout_floats(specs_);
   buffer_floats_ = padded_buffer_floats(specs_, shards);
   params_ = be_.alloc(buffer_floats_);
-  grads_ = be_.alloc(buffer_floats_);
+  if (!inference_) grads_ = be_.alloc(buffer_floats_);
   if (precision_ == Precision::bf16) {
     // bf16 activation rows travel between ranks as pairs of bf16 in fp32 words.
     TRIAD_CHECK(shape.n_embd % 2 == 0, "bf16 precision needs an even n_embd (got ", shape.n_embd,
@@ -243,7 +244,8 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
   vocab_valid_ = std::clamp(shape.vocab_size - vocab_begin_, 0, vocab_local_);
 
   if (schedule != nullptr && mp.pp > 1) schedule_ = *schedule;
-  const ActivationSlots a = activation_slots(mp, schedule);
+  // Inference: one set per chunk, as without a schedule (forward passes run chunk by chunk).
+  const ActivationSlots a = activation_slots(mp, inference_ ? nullptr : schedule);
   split_backward_ = a.split_backward;
   // The weight pass reads each layer's matmul inputs from its activation set; full
   // recomputation keeps them only in a scratch layer that the next layer's recompute overwrites.
@@ -252,11 +254,12 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
               "layers: use train.recompute = gelu or none, or parallel.schedule = 1f1b");
   if (precision_ == Precision::bf16)
     acts_bf16_ = new Activations<bf16_t>(shape_, mp_, max_batch_, a.slots, a.grad_sends, recompute_,
-                                         logits_rows_, a.split_backward, &be_);
+                                         logits_rows_, a.split_backward, inference_, &be_);
   else
     acts_fp32_ = new Activations<float>(shape_, mp_, max_batch_, a.slots, a.grad_sends, recompute_,
-                                        logits_rows_, a.split_backward, &be_);
-  if (const size_t n = tied_scratch_floats(shape, mp); n > 0) tied_scratch_ = be_.alloc(n);
+                                        logits_rows_, a.split_backward, inference_, &be_);
+  if (const size_t n = inference_ ? 0 : tied_scratch_floats(shape, mp); n > 0)
+    tied_scratch_ = be_.alloc(n);
   d_inputs_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
   d_targets_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
   host_ids_.resize(size_t(max_batch_) * shape_.seq_len);
@@ -275,20 +278,23 @@ GptMemory Gpt::memory_plan(const GptShape& shape, int max_batch, int shards,
   const auto specs = gpt_rank_layout(shape, mp);
   m.param_floats = layout_floats(specs);
   m.buffer_floats = padded_buffer_floats(specs, shards);
-  m.weights = m.grads = m.buffer_floats * sizeof(float);
-  const ActivationSlots a = activation_slots(mp, schedule);
+  m.weights = m.buffer_floats * sizeof(float);
+  m.grads = options.inference ? 0 : m.weights;
+  const ActivationSlots a = activation_slots(mp, options.inference ? nullptr : schedule);
   m.activation_sets = a.slots;
   if (precision == Precision::bf16) {
     m.weights_bf16 = m.buffer_floats * sizeof(bf16_t);
-    m.activations = Activations<bf16_t>(shape, mp, max_batch, a.slots, a.grad_sends,
-                                        options.recompute, rows, a.split_backward, nullptr)
-                        .bytes();
+    m.activations =
+        Activations<bf16_t>(shape, mp, max_batch, a.slots, a.grad_sends, options.recompute, rows,
+                            a.split_backward, options.inference, nullptr)
+            .bytes();
   } else {
-    m.activations = Activations<float>(shape, mp, max_batch, a.slots, a.grad_sends,
-                                       options.recompute, rows, a.split_backward, nullptr)
-                        .bytes();
+    m.activations =
+        Activations<float>(shape, mp, max_batch, a.slots, a.grad_sends, options.recompute, rows,
+                           a.split_backward, options.inference, nullptr)
+            .bytes();
   }
-  m.other = tied_scratch_floats(shape, mp) * sizeof(float) +
+  m.other = (options.inference ? 0 : tied_scratch_floats(shape, mp)) * sizeof(float) +
             2 * size_t(max_batch) * size_t(shape.seq_len) * sizeof(int32_t);
   return m;
 }
@@ -300,7 +306,7 @@ Gpt::~Gpt() {
   delete acts_fp32_;
   delete acts_bf16_;
   if (params_bf16_) be_.free_bf16(params_bf16_);
-  be_.free(grads_);
+  if (grads_) be_.free(grads_);
   be_.free(params_);
 }
 
@@ -394,9 +400,12 @@ void Gpt::init(uint64_t seed) {
   }
   be_.copy_from_host(params_, host.data(), buffer_floats_);
   params_updated();
-  zero_grads();
+  if (!inference_) zero_grads();
 }
 
-void Gpt::zero_grads() { be_.zero(grads_, buffer_floats_); }
+void Gpt::zero_grads() {
+  TRIAD_CHECK(!inference_, "internal error: a model for inference has no gradients");
+  be_.zero(grads_, buffer_floats_);
+}
 
 }  // namespace triad

@@ -11,7 +11,9 @@
 // the backward scratch is shared by all; recomputation (Recompute in gpt.h) moves a set's
 // layer internals into that shared scratch too. A schedule that splits the backward pass keeps
 // a set until its weight pass, with the layers' output gradients (9C per token and layer at
-// tp = 1) added to it. Widths are this rank's tensor-parallel shards:
+// tp = 1) added to it. A model for forward passes only (ActivationOptions::inference) has one set
+// per chunk, no backward scratch, and every layer's internals in the shared scratch but its q|k|v,
+// which decoding keeps. Widths are this rank's tensor-parallel shards:
 // attention C/tp, MLP 4C/tp, vocabulary Vp/tp; the residual stream is full width C.
 #pragma once
 
@@ -86,7 +88,7 @@ struct Gpt::Activations {
   // so that bytes() tells what the allocation would take (Gpt::memory_plan).
   Activations(const GptShape& s, const ModelParallel& mp, int B, const std::vector<int>& slots,
               int n_grad_sends, Recomputation recompute, int logits_rows, bool split_backward,
-              Backend* be)
+              bool inference, Backend* be)
       : be_(be) {
     const size_t BT = size_t(B) * s.seq_len, C = s.n_embd;
     const bool sp = mp.split_rows();
@@ -119,6 +121,9 @@ struct Gpt::Activations {
       }
     };
     sets.resize(slots.size());
+    // Inference: every layer shares the scratch layer's internals, as under full recomputation,
+    // but keeps its own q|k|v.
+    if (inference) recompute = Recomputation(Recompute::full);
     bool any_recompute = false;  // some chunk has layers that recompute: the scratch is needed
     for (size_t c = 0; c < slots.size(); ++c) {
       const bool last = mp.global_chunk(int(c)) == mp.chunks() - 1;
@@ -132,6 +137,7 @@ struct Gpt::Activations {
           Layer& L = S.layers[size_t(i)];
           const Recompute r = recompute.in_layer(i);
           if (r != Recompute::full) want_internals(L, r == Recompute::none);
+          if (inference) want(L.qkv, BT * 3 * Cl);
           want(L.residual3, R * C);
           if (split_backward) {
             want(L.dfcproj, BT * C);
@@ -144,15 +150,15 @@ struct Gpt::Activations {
           if (!sp) want(S.lnf, R * C);
           want_f(S.lnf_mean, R);
           want_f(S.lnf_rstd, R);
-          want(S.dlnf, R * C);
+          if (!inference) want(S.dlnf, R * C);
           want_f(S.losses, BT);
           want_f(S.correct, BT);
           if (sp) want(S.lnfg, BT * C);
         }
       }
     }
-    want(dresidual, R * C);
-    if (mp.rank_layers(s.n_layer) > 0) {  // the layers' backward scratch
+    if (!inference) want(dresidual, R * C);
+    if (!inference && mp.rank_layers(s.n_layer) > 0) {  // the layers' backward scratch
       want(dln, BT * C);
       want(datty, BT * Cl);
       if (!split_backward) want(dqkv, BT * 3 * Cl);  // else each layer's own
@@ -200,9 +206,10 @@ struct Gpt::Activations {
           Layer& L = S.layers[size_t(i)];
           const Recompute r = recompute.in_layer(i);
           if (r == Recompute::full) {  // the scratch layer's internals, its own output
-            A* out = L.residual3;
+            A *out = L.residual3, *qkv = L.qkv;
             L = work;
             L.residual3 = out;
+            if (inference) L.qkv = qkv;  // its own: the decoding cache
           }
           if (r == Recompute::gelu) L.fch_gelu = gelu_work;
           alias(L);

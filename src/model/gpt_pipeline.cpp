@@ -43,6 +43,7 @@ const float* Gpt::decode_logits(const int32_t* tokens, int len) {
 template <class A>
 ForwardStats Gpt::pipeline_step_t(const int32_t* inputs, const int32_t* targets, int m, int B,
                                   float dloss_scale) {
+  TRIAD_CHECK(!inference_, "internal error: a model for inference cannot train");
   TRIAD_CHECK(!schedule_.empty(), "internal error: pipeline_step without a schedule");
   const int T = shape_.seq_len, N = B * T, G = mp_.chunks();
   TRIAD_ASSERT(B >= 1 && B <= max_batch_ && m >= 1);
@@ -211,7 +212,7 @@ const float* Gpt::next_token_logits_t(const int32_t* tokens, int len, bool cache
   // Cached: the first p tokens are those of the previous call, whose keys and values every
   // layer's qkv buffer holds in its first p rows. Full recomputation shares one qkv buffer
   // between the layers, so it keeps none.
-  const bool keeps = cached && recompute_.mode != Recompute::full;
+  const bool keeps = cached && (inference_ || recompute_.mode != Recompute::full);
   int p = 0;
   if (keeps && decoded_.size() < size_t(len) &&
       std::equal(decoded_.begin(), decoded_.end(), tokens)) {

@@ -220,7 +220,7 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
   // The head is column-parallel over the vocabulary: its input gradient is a partial sum over
   // the group, formed over all rows and then reduced into this rank's rows.
   A* dpart = mp_.split_rows() ? a.full : S.dlnf;
-  float* head_grad = grads_ + specs_[size_t(head_)].offset;
+  float* head_grad = with_grad ? grads_ + specs_[size_t(head_)].offset : nullptr;
   float* host = host_scratch_.data();  // planned in the constructor: no allocation per step
   ForwardStats st;
   st.tokens = N;
@@ -398,6 +398,7 @@ void Gpt::weight_chunk(int chunk, Set<A>& S, int B, int T) {
 template <class A>
 ForwardStats Gpt::forward_backward_t(const int32_t* inputs, const int32_t* targets, int B,
                                      float dloss_scale) {
+  TRIAD_CHECK(!inference_, "internal error: a model for inference cannot train");
   TRIAD_CHECK(mp_.pp == 1, "internal error: forward_backward with pp > 1 (use pipeline_step)");
   const int T = shape_.seq_len;
   TRIAD_ASSERT(B >= 1 && B <= max_batch_);

@@ -608,16 +608,20 @@ TEST(ModelParallel, DecodingMatchesOneRankOnEveryGrid) {
     int tp, pp, v;
     bool sp;
     Precision precision;
+    bool inference = false;  // ActivationOptions::inference on the grid
   };
-  for (const G& g : {G{2, 1, 1, false, Precision::fp32}, G{2, 1, 1, true, Precision::fp32},
-                     G{1, 2, 1, false, Precision::fp32}, G{1, 2, 2, false, Precision::fp32},
-                     G{2, 2, 1, true, Precision::fp32}, G{2, 2, 1, false, Precision::bf16}}) {
+  for (const G& g :
+       {G{2, 1, 1, false, Precision::fp32}, G{2, 1, 1, true, Precision::fp32},
+        G{1, 2, 1, false, Precision::fp32}, G{1, 2, 2, false, Precision::fp32},
+        G{2, 2, 1, true, Precision::fp32}, G{2, 2, 1, false, Precision::bf16},
+        G{2, 2, 1, true, Precision::fp32, true}, G{1, 2, 2, false, Precision::bf16, true}}) {
     const int ranks = g.tp * g.pp;
     MPI_Comm sub = MPI_COMM_NULL;
     MPI_Comm_split(MPI_COMM_WORLD, world_rank() < ranks ? 0 : MPI_UNDEFINED, world_rank(), &sub);
     if (sub == MPI_COMM_NULL) continue;
-    SCOPED_TRACE(::testing::Message() << "tp=" << g.tp << " pp=" << g.pp << " v=" << g.v
-                                      << (g.sp ? " sp " : " ") << precision_name(g.precision));
+    SCOPED_TRACE(::testing::Message()
+                 << "tp=" << g.tp << " pp=" << g.pp << " v=" << g.v << (g.sp ? " sp " : " ")
+                 << precision_name(g.precision) << (g.inference ? " inference" : ""));
     const int q = 128 * g.tp, Vp = (kVocab + q - 1) / q * q;
     const GptShape shape{kLayers, kHeads, kEmbd, kSeq, kVocab, Vp};
     auto be = make_cpu_backend();
@@ -636,7 +640,9 @@ TEST(ModelParallel, DecodingMatchesOneRankOnEveryGrid) {
       mp.pp_comm = &grid.pp();
       const PipelineSchedule schedule = make_schedule(
           g.v > 1 ? ScheduleKind::Interleaved : ScheduleKind::OneFOneB, g.pp, 2 * g.pp, g.v);
-      Gpt m(shape, 1, *be, 1, mp, g.pp > 1 ? &schedule : nullptr, g.precision);
+      ActivationOptions options;
+      options.inference = g.inference;
+      Gpt m(shape, 1, *be, 1, mp, g.pp > 1 ? &schedule : nullptr, g.precision, options);
       m.init(3);
       std::vector<int32_t> seq(size_t(kSeq) + 3);
       for (size_t i = 0; i < seq.size(); ++i) seq[i] = int32_t((i * 97 + 5) % kVocab);

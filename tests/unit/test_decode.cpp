@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "triad/core/error.h"
 #include "triad/kernels/backend.h"
 #include "triad/model/gpt.h"
 
@@ -186,6 +187,49 @@ TEST(Decode, OtherUsesOfTheModelDropTheCache) {
   check(10, 1);
   m.forget_decoded();
   EXPECT_EQ(m.decoded_tokens(), 0);
+}
+
+// A model for forward passes only (ActivationOptions::inference): the same logits, decoding and
+// evaluation as the training model, its allocations exactly what memory_plan says (weights, the
+// layers' q|k|v and one layer's scratch; no gradients), and training refused.
+TEST(Decode, InferenceModelForwardsAsTheTrainingModel) {
+  for (Precision precision : {Precision::fp32, Precision::bf16}) {
+    SCOPED_TRACE(precision_name(precision));
+    auto be_train = make_cpu_backend(), be = make_cpu_backend();
+    Gpt train(kShape, 2, *be_train, 1, {}, nullptr, precision);
+    train.init(7);
+    ActivationOptions forward_only;
+    forward_only.inference = true;
+    forward_only.logits_chunk = 1;
+    Gpt m(kShape, 2, *be, 1, {}, nullptr, precision, forward_only);
+    const GptMemory plan = Gpt::memory_plan(kShape, 2, 1, {}, nullptr, precision, forward_only);
+    EXPECT_EQ(be->allocated_bytes(), plan.total());
+    EXPECT_EQ(plan.grads, 0u);
+    EXPECT_EQ(m.grads(), nullptr);
+    const GptMemory trained = Gpt::memory_plan(kShape, 2, 1, {}, nullptr, precision);
+    EXPECT_LT(plan.activations * 2, trained.activations);  // 3 layers: one is the scratch
+    m.init(7);
+    const int V = kShape.vocab_size, T = kShape.seq_len;
+    const double tol = precision == Precision::fp32 ? 1e-5 : 2e-2;
+    const std::vector<int32_t> seq = tokens(T, 2);
+    for (int len = 4; len <= T; ++len) {
+      const float* got = m.decode_logits(seq.data(), len);
+      const std::vector<float> g(got, got + V);
+      EXPECT_EQ(m.last_decoded_rows(), len == 4 ? 4 : 1);
+      EXPECT_LE(rel(g.data(), train.next_token_logits(seq.data(), len), size_t(V)), tol) << len;
+    }
+    const std::vector<int32_t> in = tokens(2 * T, 5), tg = tokens(2 * T, 9);
+    const ForwardStats a = m.evaluate(in.data(), tg.data(), 2);
+    const ForwardStats b = train.evaluate(in.data(), tg.data(), 2);
+    EXPECT_NEAR(a.loss_sum, b.loss_sum, 1e-6 * std::abs(b.loss_sum));
+    EXPECT_EQ(a.tokens, b.tokens);
+    try {
+      m.forward_backward(in.data(), tg.data(), 2, 1e-3f);
+      ADD_FAILURE() << "a model for inference trained";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("cannot train"), std::string::npos) << e.what();
+    }
+  }
 }
 
 }  // namespace

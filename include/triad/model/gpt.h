@@ -146,6 +146,11 @@ struct ActivationOptions {
   // an activation set keeps the C-wide gradient of the head's input instead of B·T × V/tp logits.
   // Chunks change only the order in which the head's weight gradient is summed.
   int logits_chunk = 0;
+  // Forward passes only (generation, evaluation): no parameter gradients and no backward
+  // buffers; every layer's internals in one shared scratch but its q|k|v (decode_logits' cache);
+  // one activation set per chunk. A 124M fp32 model then holds its weights, 113 MB of keys and
+  // values and one layer's internals instead of ~2.5 GB. forward_backward and pipeline_step refuse.
+  bool inference = false;
   ActivationOptions() = default;
   ActivationOptions(Recomputation r) : recompute(r) {}
   ActivationOptions(Recompute r) : recompute(r) {}
@@ -166,7 +171,7 @@ struct ForwardStats {
 struct GptMemory {
   size_t weights = 0;        // fp32 parameters (the master weights under bf16), padded for ZeRO
   size_t weights_bf16 = 0;   // bf16 copy the layers read (bf16 precision)
-  size_t grads = 0;          // fp32 parameter gradients
+  size_t grads = 0;          // fp32 parameter gradients (none for inference)
   size_t activations = 0;    // the activation plan: kept sets, backward scratch, sends
   size_t other = 0;          // token ids and targets, the tied head's gradient exchange (pp > 1)
   size_t param_floats = 0;   // floats holding parameters (Gpt::num_floats)
@@ -226,7 +231,8 @@ class Gpt {
                                const GptShape& shape);
 
   Precision precision() const { return precision_; }
-  // The fp32 parameters (master weights under bf16) and their fp32 gradients.
+  // The fp32 parameters (master weights under bf16) and their fp32 gradients (null for
+  // inference).
   float* params() { return params_; }
   float* grads() { return grads_; }
   // After anything writes params() (an optimizer update, a checkpoint load): refreshes the bf16
@@ -294,7 +300,8 @@ class Gpt {
   // keeps the keys and values of the tokens of the previous call, so a call whose tokens extend
   // that call's (one more token each time) runs its layers over the new tokens only, and its
   // attention reads the kept keys and values instead of recomputing them. Otherwise (another
-  // prefix, or under full recomputation, whose layers share one scratch) it computes every
+  // prefix, or under full recomputation outside inference, whose layers share one scratch) it
+  // computes every
   // token, as next_token_logits does. The cache lives in the first activation set of each chunk,
   // without memory of its own: any other use of the model (a step, an evaluation, an update
   // followed by params_updated()) drops it, and forget_decoded() drops it explicitly (call it
@@ -404,6 +411,7 @@ class Gpt {
   Precision precision_ = Precision::fp32;
   Recomputation recompute_;
   bool split_backward_ = false;  // the schedule has weight passes (zero bubble)
+  bool inference_ = false;       // ActivationOptions::inference
   int logits_rows_ = 0;  // the classifier's chunk: ActivationOptions::logits_chunk, resolved
   float* params_ = nullptr;
   float* grads_ = nullptr;
