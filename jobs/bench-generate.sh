@@ -3,14 +3,14 @@
 # PyTorch peer (tests/reference/generate_torch.py) recomputing the context for every token
 # (nanoGPT's generate) and with a KV cache, on the same seeded random GPT-2 weights, the same
 # prompt, greedy decoding and the same thread count (the peer also at 1 thread, where it is often
-# faster; its best counts). Prints tokens/s of each (the best of R
-# runs), the ratios, and whether all four produced the same tokens (an independent check of
-# triad's decoding).
+# faster; its best counts); then K samples decoded together (triad-generate --samples K --batch K,
+# the peer's KV cache over a batch of K). Prints tokens/s of each (the best of R runs), the ratios,
+# and whether all produced the same tokens (an independent check of triad's decoding).
 #
-#   jobs/bench-generate.sh [--threads N] [--length L] [--model INI] [--repeat R]
+#   jobs/bench-generate.sh [--threads N] [--length L] [--model INI] [--repeat R] [--batch K]
 #
 # Defaults: nproc threads, 256 tokens after a 16-token prompt, inputs/models/gpt2-124m.ini (GPT-2
-# 124M, context 1024), R = 3. Builds triad-generate and triad-tokenize if needed.
+# 124M, context 1024), R = 3, K = 8. Builds triad-generate and triad-tokenize if needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,18 +18,21 @@ threads=$(nproc 2>/dev/null || echo 2)
 length=256
 model=inputs/models/gpt2-124m.ini
 repeat=3
+batch=8
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --threads) threads=$2; shift 2 ;;
     --length) length=$2; shift 2 ;;
     --model) model=$2; shift 2 ;;
     --repeat) repeat=$2; shift 2 ;;
+    --batch) batch=$2; shift 2 ;;
     -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "bench-generate: unknown option $1" >&2; exit 2 ;;
   esac
 done
-if ! [[ $threads =~ ^[1-9][0-9]*$ && $length =~ ^[1-9][0-9]*$ && $repeat =~ ^[1-9][0-9]*$ ]]; then
-  echo "bench-generate: --threads, --length and --repeat must be >= 1 (got $threads, $length, $repeat)" >&2
+if ! [[ $threads =~ ^[1-9][0-9]*$ && $length =~ ^[1-9][0-9]*$ && $repeat =~ ^[1-9][0-9]*$ &&
+      $batch =~ ^[1-9][0-9]*$ ]]; then
+  echo "bench-generate: --threads, --length, --repeat and --batch must be >= 1 (got $threads, $length, $repeat, $batch)" >&2
   exit 2
 fi
 [[ -f $model ]] || { echo "bench-generate: --model $model: no such file" >&2; exit 2; }
@@ -67,19 +70,22 @@ best() {  # best tokens/s of the "... N tokens/s" lines of the files given
   grep -ho '[0-9.]* tokens/s' "$@" | sort -g | tail -1 | cut -d' ' -f1
 }
 for r in $(seq "$repeat"); do
-  for mode in on off; do
+  for mode in on off batch; do
     flag=(); [[ $mode == off ]] && flag=(--no-kv-cache)
+    [[ $mode == batch ]] && flag=(--samples "$batch" --batch "$batch")
     build/triad-generate --checkpoint "$tmp/model.h5" --vocab "$vocab" --prompt-ids "$ids" \
       --length "$length" --top-k 1 --threads "$threads" --output ids --timing ${flag[@]+"${flag[@]}"} \
-      >"$tmp/triad_$mode.ids" 2>"$tmp/triad_${mode}_$r.txt" \
+      >"$tmp/triad_$mode.all" 2>"$tmp/triad_${mode}_$r.txt" \
       || { cat "$tmp/triad_${mode}_$r.txt" >&2; exit 1; }
+    head -1 "$tmp/triad_$mode.all" >"$tmp/triad_$mode.ids"
   done
   # The peer at the same thread count and at 1 (PyTorch 1.13's OpenMP and OpenBLAS threads
   # contend on small products: one thread is often faster); the best counts.
   for pt in $( (echo "$threads"; echo 1) | sort -u); do
-    for mode in kv-cache recompute; do
+    for mode in kv-cache recompute batch; do
+      args=(--mode "$mode"); [[ $mode == batch ]] && args=(--mode kv-cache --batch "$batch")
       "$py" tests/reference/generate_torch.py --checkpoint "$tmp/model.h5" --prompt-ids "$ids" \
-        --length "$length" --threads "$pt" --mode "$mode" >"$tmp/torch_${mode}_${r}_$pt.txt" \
+        --length "$length" --threads "$pt" "${args[@]}" >"$tmp/torch_${mode}_${r}_$pt.txt" \
         || { cat "$tmp/torch_${mode}_${r}_$pt.txt" >&2; exit 1; }
       head -1 "$tmp/torch_${mode}_${r}_$pt.txt" >"$tmp/torch_$mode.ids"
     done
@@ -89,14 +95,18 @@ tail -1 "$tmp/triad_on_1.txt"
 tail -qn1 "$tmp"/torch_*_1_*.txt
 t_on=$(best "$tmp"/triad_on_*.txt); t_off=$(best "$tmp"/triad_off_*.txt)
 p_kv=$(best "$tmp"/torch_kv-cache_*.txt); p_re=$(best "$tmp"/torch_recompute_*.txt)
+t_b=$(best "$tmp"/triad_batch_*.txt); p_b=$(best "$tmp"/torch_batch_*.txt)
 same=yes
-for f in triad_off torch_kv-cache torch_recompute; do
+# Greedy: every sample of the batch is the single one.
+[[ $(sort -u "$tmp/triad_batch.all" | wc -l) == 1 ]] || same="no (triad's batched samples differ)"
+for f in triad_off triad_batch torch_kv-cache torch_recompute torch_batch; do
   cmp -s "$tmp/triad_on.ids" "$tmp/$f.ids" || same="no ($f differs from triad with its cache)"
 done
-awk -v a="$t_on" -v b="$t_off" -v c="$p_kv" -v d="$p_re" -v same="$same" 'BEGIN {
+awk -v a="$t_on" -v b="$t_off" -v c="$p_kv" -v d="$p_re" -v e="$t_b" -v f="$p_b" -v k="$batch" -v same="$same" 'BEGIN {
   printf "| generator | tokens/s |\n| --- | ---: |\n"
   printf "| triad, KV cache | %.1f |\n| triad, recomputing the context | %.1f |\n", a, b
   printf "| PyTorch, KV cache | %.1f |\n| PyTorch, recomputing the context (nanoGPT) | %.1f |\n", c, d
-  printf "ratio triad/PyTorch with KV cache: %.2f; without: %.2f; triad cache speed-up: %.2fx\n", a / c, b / d, a / b
-  printf "same tokens from all four: %s\n", same
+  printf "| triad, KV cache, %d samples together | %.1f |\n| PyTorch, KV cache, batch of %d | %.1f |\n", k, e, k, f
+  printf "ratio triad/PyTorch with KV cache: %.2f; without: %.2f; %d together: %.2f; triad cache speed-up: %.2fx, batch of %d: %.2fx more\n", a / c, b / d, k, e / f, a / b, k, e / a
+  printf "same tokens from all: %s\n", same
 }'

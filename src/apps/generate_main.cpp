@@ -1,6 +1,7 @@
 // triad-generate: sample a continuation of a prompt from a checkpoint's weights.
 #include <omp.h>
 
+#include <algorithm>
 #include <boost/program_options.hpp>
 #include <chrono>
 #include <iostream>
@@ -50,7 +51,7 @@ int main(int argc, char** argv) {
     std::string checkpoint, run_dir, vocab, prompt, prompt_ids, backend, precision, output;
     int64_t length = 0, seed = 0;
     double temperature = 0, top_p = 1;
-    int top_k = 0, threads = 0, samples = 1;
+    int top_k = 0, threads = 0, samples = 1, batch = 0;
     bool no_cache = false, timing = false, stop_at_eot = false;
     po::options_description desc("usage: triad-generate (--checkpoint FILE | --run DIR) [options]");
     desc.add_options()("help,h", "print this help")("checkpoint", po::value(&checkpoint),
@@ -67,8 +68,11 @@ int main(int argc, char** argv) {
         "nucleus sampling among the top-k: the fewest likeliest tokens whose probability reaches "
         "P (1: off)")(
         "samples", po::value(&samples)->default_value(1),
-        "samples of the same prompt, one after another (the seed reproduces them all)")(
-        "stop-at-eot", po::bool_switch(&stop_at_eot), "end a sample at <|endoftext|>")(
+        "samples of the same prompt, drawn --batch at a time (the seed reproduces them all)")(
+        "batch", po::value(&batch)->default_value(8),
+        "samples generated together, in lockstep: each step reads the weights once for all of "
+        "them (memory grows with it)")("stop-at-eot", po::bool_switch(&stop_at_eot),
+                                       "end a sample at <|endoftext|>")(
         "seed", po::value(&seed)->default_value(1), "sampling seed")(
         "prompt-ids", po::value(&prompt_ids),
         "the prompt as token ids separated by spaces (instead of --prompt)")(
@@ -101,6 +105,8 @@ int main(int argc, char** argv) {
     TRIAD_CHECK(top_k >= 0, "--top-k must be >= 0 (got ", top_k, ")");
     TRIAD_CHECK(top_p > 0 && top_p <= 1, "--top-p must be in (0, 1] (got ", top_p, ")");
     TRIAD_CHECK(samples >= 1, "--samples must be >= 1 (got ", samples, ")");
+    TRIAD_CHECK(batch >= 1, "--batch must be >= 1 (got ", batch, ")");
+    const int together = std::min(samples, batch);
     TRIAD_CHECK(seed >= 0, "--seed must be >= 0 (got ", seed, ")");
     TRIAD_CHECK(backend == "cpu" || backend == "cuda", "--backend must be cpu or cuda (got '",
                 backend, "')");
@@ -129,8 +135,8 @@ int main(int argc, char** argv) {
     // Forward passes only: no gradients or backward buffers, one row of logits at a time.
     triad::ActivationOptions forward_only;
     forward_only.inference = true;
-    forward_only.logits_chunk = 1;
-    triad::Gpt model(shape, 1, *be, 1, {}, nullptr,
+    forward_only.logits_chunk = together;
+    triad::Gpt model(shape, together, *be, 1, {}, nullptr,
                      bf16 ? triad::Precision::bf16 : triad::Precision::fp32, forward_only);
     std::vector<triad::TensorRef> refs;
     for (const auto& p : model.specs()) {
@@ -160,16 +166,20 @@ int main(int argc, char** argv) {
     opt.stop_at_eot = stop_at_eot ? tok.eot() : -1;
     size_t generated = 0;
     const auto t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < samples; ++i) {
-      const auto out = triad::sample_continuation(model, ids, opt, rng);
-      generated += out.size();
-      if (output == "ids") {  // one line per sample
-        for (size_t j = 0; j < out.size(); ++j) std::cout << (j ? " " : "") << out[j];
-        std::cout << std::endl;
-      } else {  // samples separated by a line "---"
-        if (i > 0) std::cout << "---" << std::endl;
-        std::cout << (vm.count("prompt-ids") ? tok.decode(ids) : prompt) << tok.decode(out)
-                  << std::endl;
+    for (int first = 0; first < samples; first += together) {
+      const int k = std::min(together, samples - first);
+      const auto outs = triad::sample_continuations(model, ids, k, opt, rng);
+      for (int i = first; i < first + k; ++i) {
+        const auto& out = outs[size_t(i - first)];
+        generated += out.size();
+        if (output == "ids") {  // one line per sample
+          for (size_t j = 0; j < out.size(); ++j) std::cout << (j ? " " : "") << out[j];
+          std::cout << std::endl;
+        } else {  // samples separated by a line "---"
+          if (i > 0) std::cout << "---" << std::endl;
+          std::cout << (vm.count("prompt-ids") ? tok.decode(ids) : prompt) << tok.decode(out)
+                    << std::endl;
+        }
       }
     }
     const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -177,7 +187,7 @@ int main(int argc, char** argv) {
       std::cerr << "triad-generate: " << generated << " tokens after a prompt of " << ids.size()
                 << " in " << sec << " s: " << double(generated) / sec << " tokens/s (" << be->name()
                 << ", " << (bf16 ? "bf16" : "fp32") << ", KV cache " << (no_cache ? "off" : "on")
-                << ")" << std::endl;
+                << ", " << together << " at a time)" << std::endl;
     return 0;
   });
 }

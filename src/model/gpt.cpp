@@ -306,6 +306,8 @@ Gpt::~Gpt() {
   delete acts_fp32_;
   delete acts_bf16_;
   if (params_bf16_) be_.free_bf16(params_bf16_);
+  if (decode_scratch_fp32_) be_.free(decode_scratch_fp32_);
+  if (decode_scratch_bf16_) be_.free_bf16(decode_scratch_bf16_);
   if (grads_) be_.free(grads_);
   be_.free(params_);
 }

@@ -13,6 +13,7 @@
 // forward to its W; without, to its backward. trace_next_step() times one step's computations.
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <utility>
 
 #include "gpt_activations.h"
@@ -31,13 +32,27 @@ ForwardStats Gpt::pipeline_step(const int32_t* inputs, const int32_t* targets, i
 }
 
 const float* Gpt::next_token_logits(const int32_t* tokens, int len) {
-  return precision_ == Precision::bf16 ? next_token_logits_t<bf16_t>(tokens, len, false)
-                                       : next_token_logits_t<float>(tokens, len, false);
+  return precision_ == Precision::bf16 ? next_token_logits_t<bf16_t>(tokens, 1, len, false)
+                                       : next_token_logits_t<float>(tokens, 1, len, false);
 }
 
-const float* Gpt::decode_logits(const int32_t* tokens, int len) {
-  return precision_ == Precision::bf16 ? next_token_logits_t<bf16_t>(tokens, len, true)
-                                       : next_token_logits_t<float>(tokens, len, true);
+const float* Gpt::decode_logits(const int32_t* tokens, int B, int len) {
+  return precision_ == Precision::bf16 ? next_token_logits_t<bf16_t>(tokens, B, len, true)
+                                       : next_token_logits_t<float>(tokens, B, len, true);
+}
+
+template <>
+float* Gpt::decode_scratch<float>() {
+  if (!decode_scratch_fp32_)
+    decode_scratch_fp32_ = be_.alloc(size_t(max_batch_) * shape_.seq_len * 3 * shape_.n_embd);
+  return decode_scratch_fp32_;
+}
+
+template <>
+bf16_t* Gpt::decode_scratch<bf16_t>() {
+  if (!decode_scratch_bf16_)
+    decode_scratch_bf16_ = be_.alloc_bf16(size_t(max_batch_) * shape_.seq_len * 3 * shape_.n_embd);
+  return decode_scratch_bf16_;
 }
 
 template <class A>
@@ -198,51 +213,79 @@ ForwardStats Gpt::share_from_last_stage(ForwardStats st) {
 }
 
 template <class A>
-const float* Gpt::next_token_logits_t(const int32_t* tokens, int len, bool cached) {
+const float* Gpt::next_token_logits_t(const int32_t* tokens, int B, int len, bool cached) {
   const int T = shape_.seq_len;
-  TRIAD_ASSERT(len >= 1 && len <= T);
+  TRIAD_ASSERT(len >= 1 && len <= T && B >= 1 && B <= max_batch_);
+  TRIAD_CHECK(B == 1 || (mp_.tp == 1 && mp_.pp == 1),
+              "internal error: decoding several sequences at once needs one rank holding the whole "
+              "model");
   const int C = shape_.n_embd, Vl = vocab_local_, Vp = shape_.padded_vocab_size;
-  float* out = host_scratch_.data();  // Vp floats, then room for this rank's Vl
+  const int V = shape_.vocab_size;
+  // Host logits: B rows of Vp floats, then room for this rank's Vl.
+  if (host_scratch_.size() < size_t(B) * Vp + Vp) host_scratch_.resize(size_t(B) * Vp + Vp);
+  float* out = host_scratch_.data();
   // Sequence parallelism cuts the rows into tp equal parts: pad the new rows at their end (the
   // attention is causal, so later positions change neither the logits of position len − 1 nor
   // the kept keys and values before them; a padding row's are overwritten by the next call's).
   const auto padded = [&](int n) {
     return mp_.split_rows() ? (n + mp_.tp - 1) / mp_.tp * mp_.tp : n;
   };
-  // Cached: the first p tokens are those of the previous call, whose keys and values every
-  // layer's qkv buffer holds in its first p rows. Full recomputation shares one qkv buffer
+  // Cached: each sequence's first p tokens are those of the previous call, whose keys and values
+  // every layer's qkv buffer holds. Full recomputation (outside inference) shares one qkv buffer
   // between the layers, so it keeps none.
   const bool keeps = cached && (inference_ || recompute_.mode != Recompute::full);
   int p = 0;
-  if (keeps && decoded_.size() < size_t(len) &&
-      std::equal(decoded_.begin(), decoded_.end(), tokens)) {
-    p = int(decoded_.size());
+  if (keeps && decoded_batch_ == B) {
+    const int q = int(decoded_.size()) / B;
+    bool prefix = q < len;
+    for (int b = 0; prefix && b < B; ++b)
+      prefix = std::equal(decoded_.begin() + ptrdiff_t(b) * q,
+                          decoded_.begin() + ptrdiff_t(b + 1) * q, tokens + size_t(b) * len);
+    if (prefix) p = q;
     // Sequence parallelism: the padded new rows must fit the context; near its end the last kept
     // tokens are computed again with the new ones (same tokens and positions, so still valid).
     while (p > 0 && p + padded(len - p) > T) --p;
   }
   const int n = len - p, rows = padded(n);
-  last_decoded_rows_ = cached ? rows : 0;
+  last_decoded_rows_ = cached ? B * rows : 0;
+  // The new tokens of each sequence, [B, rows].
   const int32_t* ids = tokens + p;
-  if (rows != n) {
-    padded_.assign(ids, ids + n);
-    padded_.resize(size_t(rows), 0);
+  if (B > 1 || rows != n) {
+    padded_.assign(size_t(B) * rows, 0);
+    for (int b = 0; b < B; ++b)
+      std::copy(tokens + size_t(b) * len + p, tokens + size_t(b + 1) * len,
+                padded_.begin() + ptrdiff_t(b) * rows);
     ids = padded_.data();
   }
-  if (Set<A>* last = forward_pipeline<A>(ids, 1, rows, p)) {
-    // Only the last position's logits are needed: one row of the classifier.
+  decoding_ = keeps;
+  Set<A>* last = forward_pipeline<A>(ids, B, rows, p);
+  decoding_ = false;
+  if (last) {
+    // Only each sequence's last position's logits are needed: its row of the classifier (for
+    // one new token, the B rows are adjacent and go through the head together).
     A* logits = acts<A>().logits;
-    be_.matmul_forward(logits, last->lnfg + size_t(n - 1) * C, head_weight<A>(), nullptr, 1, C, Vl);
-    if (mp_.tp == 1) {
-      logits_to_host(out, logits, size_t(Vl));
-    } else {
-      // The slices in tensor-parallel rank order are the padded vocabulary in order.
-      logits_to_host(out + Vp, logits, size_t(Vl));
-      mp_.tp_comm->all_gather(out + Vp, out, size_t(Vl));
+    const int together = rows == 1 ? std::min(B, logits_rows_) : 1;
+    for (int b0 = 0; b0 < B; b0 += together) {
+      const int k = std::min(together, B - b0);
+      const A* x = last->lnfg + (size_t(b0) * rows + size_t(n - 1)) * C;
+      be_.matmul_forward(logits, x, head_weight<A>(), nullptr, k, C, Vl);
+      if (mp_.tp == 1) {
+        logits_to_host(out + size_t(b0) * Vp, logits, size_t(k) * Vl);
+      } else {
+        // The slices in tensor-parallel rank order are the padded vocabulary in order (B = 1).
+        logits_to_host(out + Vp, logits, size_t(Vl));
+        mp_.tp_comm->all_gather(out + Vp, out, size_t(Vl));
+      }
     }
   }
-  if (keeps) decoded_.assign(tokens, tokens + len);  // the forward pass cleared it
+  if (keeps) {  // the forward pass cleared it
+    decoded_.assign(tokens, tokens + size_t(B) * len);
+    decoded_batch_ = B;
+  }
   if (mp_.pp > 1) mp_.pp_comm->broadcast(out, size_t(Vp), mp_.pp - 1);
+  // Rows of vocab_size logits (the padding dropped), one per sequence.
+  for (int b = 1; b < B; ++b)
+    std::memmove(out + size_t(b) * V, out + size_t(b) * Vp, size_t(V) * sizeof(float));
   return out;
 }
 

@@ -130,12 +130,25 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   const A* projb = mp_.tp_rank == 0 ? w.projb : nullptr;  // bias added once
   A* attproj = mp_.split_rows() ? acts<A>().full : L.attproj;
   const A* ln1 = gather_rows(L.ln1, L.ln1g, N);
-  if (pos0 == 0) {
+  if (!decoding_) {
     be_.matmul_forward(L.qkv, ln1, w.qkvw, w.qkvb, N, C, 3 * Cl);
     be_.attention_forward(L.atty, L.att, L.qkv, B, T, Cl, NHl);
-  } else {  // decoding: the new rows' q|k|v follow the kept ones
-    be_.matmul_forward(L.qkv + size_t(pos0) * 3 * Cl, ln1, w.qkvw, w.qkvb, N, C, 3 * Cl);
-    be_.attention_decode(L.atty, L.qkv, pos0, T, Cl, NHl);
+  } else {
+    // Decoding: sequence b keeps its q|k|v in rows b·seq_len + t of L.qkv (the cache); the new
+    // rows go after the kept ones, straight from the product for one sequence, through a scratch
+    // for several.
+    const int S_len = shape_.seq_len;
+    const size_t w3 = size_t(3) * Cl;
+    if (B == 1) {
+      be_.matmul_forward(L.qkv + size_t(pos0) * w3, ln1, w.qkvw, w.qkvb, N, C, 3 * Cl);
+    } else {
+      A* fresh = decode_scratch<A>();
+      be_.matmul_forward(fresh, ln1, w.qkvw, w.qkvb, N, C, 3 * Cl);
+      for (int b = 0; b < B; ++b)
+        be_.copy(words(L.qkv + (size_t(b) * S_len + pos0) * w3), words(fresh + size_t(b) * T * w3),
+                 word_count<A>(size_t(T) * w3));
+    }
+    be_.attention_decode(L.atty, L.qkv, B, S_len, pos0, T, Cl, NHl);
   }
   be_.matmul_forward(attproj, L.atty, w.projw, projb, N, Cl, C);
   reduce_rows(attproj, L.attproj, N);
@@ -148,7 +161,7 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
 template <class A>
 void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T, int pos0) {
   TRIAD_ASSERT(B >= 1 && B <= max_batch_ && T >= 1 && pos0 >= 0 && pos0 + T <= shape_.seq_len);
-  TRIAD_ASSERT(pos0 == 0 || B == 1);
+  TRIAD_ASSERT(pos0 == 0 || decoding_);
   decoded_.clear();  // overwrites the first set's rows (decode_logits sets it again after)
   const int C = shape_.n_embd, Cl = C / mp_.tp;
   const int N = B * T, n = local_rows(N);  // rows of the micro-batch, and of them held here

@@ -46,24 +46,45 @@ int32_t sample_token(const float* logits, int V, const SampleOptions& opt, Rng& 
 
 std::vector<int32_t> sample_continuation(Gpt& model, std::vector<int32_t> tokens,
                                          const SampleOptions& opt, Rng& rng) {
-  TRIAD_CHECK(!tokens.empty(), "sampling needs at least one prompt token");
+  return sample_continuations(model, tokens, 1, opt, rng)[0];
+}
+
+std::vector<std::vector<int32_t>> sample_continuations(Gpt& model,
+                                                       const std::vector<int32_t>& prompt,
+                                                       int count, const SampleOptions& opt,
+                                                       Rng& rng) {
+  TRIAD_CHECK(!prompt.empty(), "sampling needs at least one prompt token");
+  TRIAD_CHECK(count >= 1, "sampling needs at least one sequence");
   const int T = model.shape().seq_len, V = model.shape().vocab_size;
-  std::vector<int32_t> out;
+  std::vector<std::vector<int32_t>> seqs(static_cast<size_t>(count), prompt);
+  std::vector<std::vector<int32_t>> out(static_cast<size_t>(count));
+  std::vector<char> done(static_cast<size_t>(count), 0);
+  std::vector<int32_t> window;  // [count, len]: the context of every sequence
   std::vector<int> order;
   std::vector<double> prob;
   model.forget_decoded();  // nothing kept from before this sample
-  for (int64_t n = 0; n < opt.length; ++n) {
-    // While the sequence fits the context, each step extends the previous one by a token: its
-    // layers run over that token only (the KV cache). Once it slides, every step recomputes the
+  for (int64_t step = 0; step < opt.length; ++step) {
+    // While the sequences fit the context, each step extends the previous one by a token: the
+    // layers run over that token only (the KV cache). Once they slide, every step recomputes the
     // window (the positions of every token change).
-    const int len = int(std::min<size_t>(tokens.size(), size_t(T)));
-    const int32_t* context = tokens.data() + tokens.size() - size_t(len);
-    const float* logits =
-        opt.kv_cache ? model.decode_logits(context, len) : model.next_token_logits(context, len);
-    const int32_t pick = sample_token(logits, V, opt, rng, order, prob);
-    tokens.push_back(pick);
-    out.push_back(pick);
-    if (opt.stop_at_eot >= 0 && pick == opt.stop_at_eot) break;
+    const size_t have = seqs[0].size(), len = std::min(have, size_t(T));
+    window.resize(size_t(count) * len);
+    for (int b = 0; b < count; ++b)
+      std::copy(seqs[size_t(b)].end() - ptrdiff_t(len), seqs[size_t(b)].end(),
+                window.begin() + ptrdiff_t(size_t(b) * len));
+    const float* logits = nullptr;
+    if (opt.kv_cache) logits = model.decode_logits(window.data(), count, int(len));
+    for (int b = 0; b < count; ++b) {
+      const float* row = opt.kv_cache
+                             ? logits + size_t(b) * V
+                             : model.next_token_logits(window.data() + size_t(b) * len, int(len));
+      const int32_t pick = sample_token(row, V, opt, rng, order, prob);
+      seqs[size_t(b)].push_back(pick);
+      if (done[size_t(b)]) continue;
+      out[size_t(b)].push_back(pick);
+      if (opt.stop_at_eot >= 0 && pick == opt.stop_at_eot) done[size_t(b)] = 1;
+    }
+    if (std::all_of(done.begin(), done.end(), [](char d) { return d != 0; })) break;
   }
   return out;
 }

@@ -77,6 +77,13 @@ def test_several_samples_top_p_and_stop_at_eot(checkpoint):
                  "--output", "ids", "--seed", "9"], check=True).stdout.splitlines()
     assert again == three
     greedy = generate(checkpoint, "--prompt-ids", ids, "--length", 8)
+    # Greedy samples generated together (and past the context of 32) are the single one's.
+    batch = run([exe("triad-generate"), "--checkpoint", checkpoint, "--vocab", VOCAB, "--prompt-ids",
+                 ids, "--length", "40", "--samples", "5", "--batch", "3", "--top-k", "1",
+                 "--output", "ids"], check=True).stdout.splitlines()
+    _, params = ref.load_checkpoint(checkpoint, dtype=torch.float64)
+    want = generate_torch.generate(params, CFG, PROMPT, 40, "recompute")
+    assert [[int(t) for t in line.split()] for line in batch] == [want] * 5
     assert generate(checkpoint, "--prompt-ids", ids, "--length", 8, "--top-p", "1e-9",
                     "--temperature", "1", top_k=0) == greedy
 
@@ -93,6 +100,10 @@ def test_stop_at_eot(tmp_path):
     ref.write_checkpoint(path, CFG, w)
     assert generate(path, "--prompt-ids", "1 2 3", "--length", 5) == [50256] * 5
     assert generate(path, "--prompt-ids", "1 2 3", "--length", 5, "--stop-at-eot") == [50256]
+    p = run([exe("triad-generate"), "--checkpoint", path, "--vocab", VOCAB, "--prompt-ids", "1 2",
+             "--length", "5", "--samples", "2", "--top-k", "1", "--output", "ids",
+             "--stop-at-eot"], check=True)
+    assert p.stdout.splitlines() == ["50256", "50256"]
 
 
 def test_timing_goes_to_stderr(checkpoint):
@@ -120,3 +131,4 @@ def test_refuses_bad_new_options(checkpoint):
     assert_clean_error(gen("--top-p", "0"), "--top-p must be in (0, 1]")
     assert_clean_error(gen("--top-p", "1.01"), "--top-p must be in (0, 1]")
     assert_clean_error(gen("--samples", "0"), "--samples must be >= 1")
+    assert_clean_error(gen("--batch", "0"), "--batch must be >= 1")

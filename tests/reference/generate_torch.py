@@ -9,7 +9,9 @@ Two ways, as PyTorch users write them:
              past seq_len the window slides and is recomputed, as triad does).
 
     python generate_torch.py --checkpoint CKPT.h5 --prompt-ids "1 2 3" --length 64 \
-        [--mode recompute|kv-cache] [--threads N] [--dtype float32|float64]
+        [--mode recompute|kv-cache] [--threads N] [--dtype float32|float64] [--batch B]
+
+--batch B decodes B copies of the prompt together (tokens/s counts all of them).
 
 Prints the generated ids on one line, then "torch: N tokens in S s: R tokens/s (...)".
 The model code is gpt_torch's (explicit LayerNorm, tanh-GELU, softmax attention).
@@ -38,65 +40,64 @@ import gpt_torch as ref  # noqa: E402
 
 def block(params: Dict[str, torch.Tensor], cfg: ref.GptConfig, i: int, x: torch.Tensor,
           cache: Optional[List[Tuple[torch.Tensor, torch.Tensor]]]) -> torch.Tensor:
-    """Layer i on x [T_new, C] at the positions after those cached (cache: per layer (K, V) of
-    shape [nh, T_old, hd], extended here); cache None: x is the whole context."""
+    """Layer i on x [B, T_new, C] at the positions after those cached (cache: per layer (K, V) of
+    shape [B, nh, T_old, hd], extended here); cache None: x is the whole context."""
     p = f"h/{i}/"
-    T, C = x.shape
+    B, T, C = x.shape
     nh, hd = cfg.n_head, cfg.head_dim
     h = ref.layer_norm(x, params[p + "ln_1/weight"], params[p + "ln_1/bias"])
     q, k, v = ref.linear(h, params[p + "attn/c_attn/weight"],
                          params[p + "attn/c_attn/bias"]).split(C, dim=-1)
-    q, k, v = (t.reshape(T, nh, hd).transpose(0, 1) for t in (q, k, v))  # [nh, T, hd]
+    q, k, v = (t.reshape(B, T, nh, hd).transpose(1, 2) for t in (q, k, v))  # [B, nh, T, hd]
     past = 0
     if cache is not None:
         if len(cache) > i:
             pk, pv = cache[i]
-            past = pk.shape[1]
-            k, v = torch.cat([pk, k], dim=1), torch.cat([pv, v], dim=1)
+            past = pk.shape[2]
+            k, v = torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)
             cache[i] = (k, v)
         else:
             cache.append((k, v))
-    att = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(hd))  # [nh, T, past + T]
+    att = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(hd))  # [B, nh, T, past + T]
     # Row r (position past + r) sees keys 0 .. past + r.
     mask = torch.ones(T, past + T, dtype=torch.bool).tril(diagonal=past)
     att = torch.softmax(att.masked_fill(~mask, float("-inf")), dim=-1)
-    y = torch.matmul(att, v).transpose(0, 1).reshape(T, C)
+    y = torch.matmul(att, v).transpose(1, 2).reshape(B, T, C)
     x = x + ref.linear(y, params[p + "attn/c_proj/weight"], params[p + "attn/c_proj/bias"])
     h = ref.layer_norm(x, params[p + "ln_2/weight"], params[p + "ln_2/bias"])
     h = ref.gelu_tanh(ref.linear(h, params[p + "mlp/c_fc/weight"], params[p + "mlp/c_fc/bias"]))
     return x + ref.linear(h, params[p + "mlp/c_proj/weight"], params[p + "mlp/c_proj/bias"])
 
 
-def last_logits(params, cfg: ref.GptConfig, ids: List[int], pos0: int,
+def last_logits(params, cfg: ref.GptConfig, ids: torch.Tensor, pos0: int,
                 cache: Optional[list]) -> torch.Tensor:
-    """Logits (first vocab_size) of the last of ids, which sit at positions pos0 ..."""
-    idx = torch.tensor(ids, dtype=torch.long)
-    x = params["wte/weight"][idx] + params["wpe/weight"][pos0:pos0 + len(ids)]
+    """Logits [B, vocab_size] of the last of ids [B, T], which sit at positions pos0 ..."""
+    x = params["wte/weight"][ids] + params["wpe/weight"][pos0:pos0 + ids.shape[1]]
     for i in range(cfg.n_layer):
         x = block(params, cfg, i, x, cache)
-    x = ref.layer_norm(x[-1:], params["ln_f/weight"], params["ln_f/bias"])
-    return torch.matmul(x, params["wte/weight"].t())[0, :cfg.vocab_size]
+    x = ref.layer_norm(x[:, -1], params["ln_f/weight"], params["ln_f/bias"])
+    return torch.matmul(x, params["wte/weight"].t())[:, :cfg.vocab_size]
 
 
 @torch.no_grad()
-def generate(params, cfg: ref.GptConfig, prompt: List[int], length: int, mode: str) -> List[int]:
-    tokens = list(prompt)
-    out: List[int] = []
+def generate(params, cfg: ref.GptConfig, prompt: List[int], length: int, mode: str,
+             batch: int = 1) -> List[int]:
+    """Greedy continuation of prompt (batch copies of it decoded together; the first returned)."""
+    tokens = torch.tensor([prompt] * batch, dtype=torch.long)
     cache: Optional[list] = None
+    T = cfg.seq_len
     for _ in range(length):
-        T = cfg.seq_len
-        if mode == "kv-cache" and len(tokens) <= T:
+        if mode == "kv-cache" and tokens.shape[1] <= T:
             if cache is None:  # the prompt
                 cache = []
                 logits = last_logits(params, cfg, tokens, 0, cache)
             else:  # the token added last
-                logits = last_logits(params, cfg, tokens[-1:], len(tokens) - 1, cache)
+                logits = last_logits(params, cfg, tokens[:, -1:], tokens.shape[1] - 1, cache)
         else:
-            logits = last_logits(params, cfg, tokens[-T:], 0, None)
-        nxt = int(torch.argmax(logits))  # the first of equal maxima, as triad's top-1
-        tokens.append(nxt)
-        out.append(nxt)
-    return out
+            logits = last_logits(params, cfg, tokens[:, -T:], 0, None)
+        nxt = torch.argmax(logits, dim=-1, keepdim=True)  # the first of equal maxima
+        tokens = torch.cat([tokens, nxt], dim=1)
+    return tokens[0, len(prompt):].tolist()
 
 
 def main() -> None:
@@ -107,20 +108,23 @@ def main() -> None:
     ap.add_argument("--mode", choices=("recompute", "kv-cache"), default="kv-cache")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    ap.add_argument("--batch", type=int, default=1,
+                    help="copies of the prompt decoded together (tokens/s counts all of them)")
     a = ap.parse_args()
-    if a.length < 0:
-        ap.error("--length must be >= 0")
+    if a.length < 0 or a.batch < 1:
+        ap.error("--length must be >= 0 and --batch >= 1")
     prompt = [int(t) for t in a.prompt_ids.split()]
     if not prompt:
         ap.error("--prompt-ids is empty")
     cfg, params = ref.load_checkpoint(a.checkpoint, dtype=getattr(torch, a.dtype))
     t0 = time.perf_counter()
-    out = generate(params, cfg, prompt, a.length, a.mode)
+    out = generate(params, cfg, prompt, a.length, a.mode, a.batch)
     sec = time.perf_counter() - t0
+    n = len(out) * a.batch
     print(" ".join(map(str, out)))
-    print(f"torch: {len(out)} tokens after a prompt of {len(prompt)} in {sec:.3f} s: "
-          f"{len(out) / sec:.1f} tokens/s ({a.dtype}, {a.mode}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__})")
+    print(f"torch: {n} tokens after a prompt of {len(prompt)} in {sec:.3f} s: "
+          f"{n / sec:.1f} tokens/s ({a.dtype}, {a.mode}, batch {a.batch}, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__})")
 
 
 if __name__ == "__main__":

@@ -421,17 +421,18 @@ TEST_F(CudaBackendTest, AttentionForward) {
 // Decoding (KV cache): n new rows at positions p.. against the kept keys and values.
 TEST_F(CudaBackendTest, AttentionDecode) {
   struct Case {
-    int p, n, C, NH;
+    int B, stride, p, n, C, NH;
   };
-  for (const Case& c :
-       {Case{0, 5, 12, 3}, Case{200, 1, 768, 12}, Case{63, 3, 96, 4}, Case{1023, 1, 256, 2}}) {
-    SCOPED_TRACE(::testing::Message() << "p=" << c.p << " n=" << c.n << " C=" << c.C);
-    const size_t nqkv = size_t(c.p + c.n) * 3 * c.C, nout = size_t(c.n) * c.C;
+  for (const Case& c : {Case{1, 5, 0, 5, 12, 3}, Case{1, 201, 200, 1, 768, 12},
+                        Case{3, 70, 63, 3, 96, 4}, Case{2, 1024, 1023, 1, 256, 2}}) {
+    SCOPED_TRACE(::testing::Message()
+                 << "B=" << c.B << " p=" << c.p << " n=" << c.n << " C=" << c.C);
+    const size_t nqkv = size_t(c.B) * c.stride * 3 * c.C, nout = size_t(c.B) * c.n * c.C;
     const Vec qkv = random_vec(nqkv, 53, -2.0f, 2.0f);
     Vec out(nout);
-    cpu->attention_decode(out.data(), qkv.data(), c.p, c.n, c.C, c.NH);
+    cpu->attention_decode(out.data(), qkv.data(), c.B, c.stride, c.p, c.n, c.C, c.NH);
     float* g_out = dev(random_vec(nout, 54));  // garbage: overwritten
-    gpu->attention_decode(g_out, dev(qkv), c.p, c.n, c.C, c.NH);
+    gpu->attention_decode(g_out, dev(qkv), c.B, c.stride, c.p, c.n, c.C, c.NH);
     EXPECT_TRUE(close(host(g_out, nout), out, kGemmTol, 1e-5)) << "out";
   }
 }

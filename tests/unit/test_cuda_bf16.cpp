@@ -653,18 +653,19 @@ TEST_F(CudaBf16Test, AttentionForwardBackward) {
 // Decoding (KV cache): n new rows at positions p.. against the kept keys and values.
 TEST_F(CudaBf16Test, AttentionDecode) {
   struct Case {
-    int p, n, NH, hd;
+    int B, stride, p, n, NH, hd;
   };
-  for (const Case& c :
-       {Case{0, 5, 2, 64}, Case{300, 1, 12, 64}, Case{63, 3, 2, 128}, Case{1023, 1, 3, 16}}) {
-    SCOPED_TRACE(::testing::Message() << "p=" << c.p << " n=" << c.n << " hd=" << c.hd);
+  for (const Case& c : {Case{1, 5, 0, 5, 2, 64}, Case{1, 301, 300, 1, 12, 64},
+                        Case{2, 80, 63, 3, 2, 128}, Case{4, 1024, 1023, 1, 3, 16}}) {
+    SCOPED_TRACE(::testing::Message()
+                 << "B=" << c.B << " p=" << c.p << " n=" << c.n << " hd=" << c.hd);
     const int C = c.NH * c.hd;
-    const size_t nqkv = size_t(c.p + c.n) * 3 * C, nout = size_t(c.n) * C;
+    const size_t nqkv = size_t(c.B) * c.stride * 3 * C, nout = size_t(c.B) * c.n * C;
     const Bits qkv = random_bits(nqkv, 55, -1.5f, 1.5f);
     Bits out(nout);
-    cpu->attention_decode(out.data(), qkv.data(), c.p, c.n, C, c.NH);
+    cpu->attention_decode(out.data(), qkv.data(), c.B, c.stride, c.p, c.n, C, c.NH);
     bf16_t* g_out = dev(to_bits(Vec(nout, 42.0f)));
-    gpu->attention_decode(g_out, dev(qkv), c.p, c.n, C, c.NH);
+    gpu->attention_decode(g_out, dev(qkv), c.B, c.stride, c.p, c.n, C, c.NH);
     EXPECT_TRUE(close(host(g_out, nout), out)) << "out";
   }
 }

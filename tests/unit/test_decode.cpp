@@ -74,7 +74,7 @@ TEST(AttentionDecode, RowsEqualTheWholeSequenceForward) {
   for (auto [p, n] : {std::pair{0, 1}, {0, L}, {69, 1}, {40, 30}, {63, 2}}) {
     SCOPED_TRACE(::testing::Message() << "p=" << p << " n=" << n);
     std::vector<float> out(size_t(n) * C, NAN);
-    be->attention_decode(out.data(), qkv.data(), p, n, C, NH);
+    be->attention_decode(out.data(), qkv.data(), 1, L, p, n, C, NH);
     EXPECT_LE(rel(out.data(), whole.data() + size_t(p) * C, out.size()), 1e-6);
     const std::vector<double> ref = reference_rows(qkv, p, n, C, NH);
     std::vector<float> reff(ref.begin(), ref.end());
@@ -84,7 +84,7 @@ TEST(AttentionDecode, RowsEqualTheWholeSequenceForward) {
     for (size_t i = 0; i < qkv.size(); ++i) qb[i] = to_bf16(qkv[i]);
     std::vector<float> qr(qkv.size());
     for (size_t i = 0; i < qkv.size(); ++i) qr[i] = to_float(qb[i]);
-    be->attention_decode(ob.data(), qb.data(), p, n, C, NH);
+    be->attention_decode(ob.data(), qb.data(), 1, L, p, n, C, NH);
     const std::vector<double> refb = reference_rows(qr, p, n, C, NH);
     double worst = 0;
     for (size_t i = 0; i < ob.size(); ++i)
@@ -187,6 +187,50 @@ TEST(Decode, OtherUsesOfTheModelDropTheCache) {
   check(10, 1);
   m.forget_decoded();
   EXPECT_EQ(m.decoded_tokens(), 0);
+}
+
+// Several sequences decoded in lockstep (decode_logits with B > 1): each sequence's logits are
+// its own next_token_logits, through the prompt, one token at a time and past the context, for
+// the training model and the one for inference, fp32 and bf16; after the prompt a call runs one
+// row per sequence.
+TEST(Decode, SequencesInLockstepFollowTheirOwnLogits) {
+  const int V = kShape.vocab_size, T = kShape.seq_len, B = 3;
+  for (Precision precision : {Precision::fp32, Precision::bf16})
+    for (bool inference : {false, true}) {
+      SCOPED_TRACE(::testing::Message()
+                   << precision_name(precision) << (inference ? " inference" : " training"));
+      auto be = make_cpu_backend();
+      ActivationOptions options;
+      options.inference = inference;
+      Gpt m(kShape, B, *be, 1, {}, nullptr, precision, options);
+      m.init(7);
+      Gpt ref(kShape, 1, *be, 1, {}, nullptr, precision);
+      ref.init(7);
+      const double tol = precision == Precision::fp32 ? 1e-5 : 2e-2;
+      std::vector<std::vector<int32_t>> seqs;
+      for (int b = 0; b < B; ++b) seqs.push_back(tokens(T + 4, 13 * b));
+      std::vector<int32_t> window;
+      for (int end = 5; end <= T + 4; ++end) {
+        const int len = std::min(end, T);
+        window.clear();
+        for (const auto& q : seqs)
+          window.insert(window.end(), q.begin() + (end - len), q.begin() + end);
+        const float* got = m.decode_logits(window.data(), B, len);
+        const std::vector<float> g(got, got + size_t(B) * V);
+        EXPECT_EQ(m.decoded_tokens(), len);
+        EXPECT_EQ(m.last_decoded_rows(), B * (end > 5 && end <= T ? 1 : len)) << end;
+        for (int b = 0; b < B; ++b) {
+          const float* want = ref.next_token_logits(window.data() + size_t(b) * len, len);
+          EXPECT_LE(rel(g.data() + size_t(b) * V, want, size_t(V)), tol)
+              << "sequence " << b << " end " << end;
+        }
+      }
+      // One sequence again after three: the cache of three is not one's.
+      const float* one = m.decode_logits(seqs[1].data(), 1, 6);
+      const std::vector<float> o(one, one + V);
+      EXPECT_EQ(m.last_decoded_rows(), 6);
+      EXPECT_LE(rel(o.data(), ref.next_token_logits(seqs[1].data(), 6), size_t(V)), tol);
+    }
 }
 
 // A model for forward passes only (ActivationOptions::inference): the same logits, decoding and

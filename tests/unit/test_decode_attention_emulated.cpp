@@ -1,6 +1,7 @@
 // The decoding attention block program (src/kernels/cuda/decode_attention_block.h), run on the
 // CPU through the SIMT emulator, against causal attention in double over the whole sequence:
-// new rows at positions p .. p+n-1 against the keys and values of rows 0 .. p+n-1, fp32 and
+// new rows at positions p .. p+n-1 against the keys and values of rows 0 .. p+n-1, for one
+// sequence or several stored apart, fp32 and
 // bf16, head dims 32, 64 and 128 (fewer and more elements than threads), and more keys than the
 // block has threads. fp32 within 1e-5 of the largest output, bf16 within 1e-2 relative (one
 // rounding of the result). Needs no GPU.
@@ -42,30 +43,39 @@ std::vector<double> reference(const std::vector<double>& qkv, int p, int n, int 
   return out;
 }
 
-void check(int p, int n, int C, int NH, bool bf16) {
-  SCOPED_TRACE(::testing::Message() << "p=" << p << " n=" << n << " C=" << C << " NH=" << NH
-                                    << (bf16 ? " bf16" : " fp32"));
-  const size_t nqkv = size_t(p + n) * 3 * C, nout = size_t(n) * C;
+// B sequences, each stride rows apart in qkv (the rows between are never read).
+void check(int p, int n, int C, int NH, bool bf16, int B = 1, int stride = 0) {
+  if (stride == 0) stride = p + n;
+  SCOPED_TRACE(::testing::Message()
+               << "p=" << p << " n=" << n << " C=" << C << " NH=" << NH << " B=" << B
+               << " stride=" << stride << (bf16 ? " bf16" : " fp32"));
+  const size_t seq = size_t(stride) * 3 * C, nqkv = size_t(B) * seq, nout = size_t(B) * n * C;
   const size_t smem = decode_attention::smem_bytes(p + n, C / NH);
   std::vector<double> values(nqkv), got(nout);
+  auto body = [&](auto* out, const auto* qkv) {
+    simt::launch(NH, B * n, decode_attention::kThreads, smem, simt::CopyTiming::at_issue,
+                 [&](simt::Thread& x) { decode_attention::row(x, out, qkv, stride, p, n, C, NH); });
+  };
   if (bf16) {
     simt::Bf16Buffer qkv = simt::random_bf16_buffer(nqkv, 7, -2.0f, 2.0f), out(nout);
     for (size_t i = 0; i < nqkv; ++i) values[i] = qkv.at(i);
-    simt::launch(
-        NH, n, decode_attention::kThreads, smem, simt::CopyTiming::at_issue,
-        [&](simt::Thread& x) { decode_attention::row(x, out.data(), qkv.data(), p, C, NH); });
+    body(out.data(), qkv.data());
     for (size_t i = 0; i < nout; ++i) got[i] = out.at(i);
   } else {
     std::mt19937 gen(7);
     std::uniform_real_distribution<float> u(-2.0f, 2.0f);
     std::vector<float> qkv(nqkv), out(nout, NAN);
     for (size_t i = 0; i < nqkv; ++i) values[i] = qkv[i] = u(gen);
-    simt::launch(
-        NH, n, decode_attention::kThreads, smem, simt::CopyTiming::at_issue,
-        [&](simt::Thread& x) { decode_attention::row(x, out.data(), qkv.data(), p, C, NH); });
+    body(out.data(), qkv.data());
     for (size_t i = 0; i < nout; ++i) got[i] = out[i];
   }
-  const std::vector<double> want = reference(values, p, n, C, NH);
+  std::vector<double> want;
+  for (int b = 0; b < B; ++b) {
+    const std::vector<double> one(values.begin() + long(b * seq),
+                                  values.begin() + long(b * seq + size_t(p + n) * 3 * C));
+    const std::vector<double> w = reference(one, p, n, C, NH);
+    want.insert(want.end(), w.begin(), w.end());
+  }
   double largest = 0, worst = 0;
   for (double v : want) largest = std::max(largest, std::abs(v));
   for (size_t i = 0; i < nout; ++i) {
@@ -80,6 +90,8 @@ TEST(DecodeAttentionEmulated, OneNewRowManyKeysFp32) { check(150, 1, 128, 2, fal
 TEST(DecodeAttentionEmulated, OneNewRowManyKeysBf16) { check(150, 1, 128, 2, true); }
 TEST(DecodeAttentionEmulated, SeveralNewRowsHeadDim128) { check(5, 3, 256, 2, true); }
 TEST(DecodeAttentionEmulated, WholePromptHeadDim32) { check(0, 4, 96, 3, false); }
+TEST(DecodeAttentionEmulated, ThreeSequencesApartFp32) { check(20, 2, 128, 2, false, 3, 30); }
+TEST(DecodeAttentionEmulated, TwoSequencesApartBf16) { check(9, 1, 64, 1, true, 2, 16); }
 
 }  // namespace
 }  // namespace triad

@@ -106,12 +106,14 @@ class Backend {
   virtual void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
                                   const float* att, int B, int T, int C, int NH,
                                   GradMode mode = GradMode::accumulate) = 0;
-  // Decoding with a cache of keys and values (generation): the causal attention of the n rows
-  // p .. p+n-1 of one sequence, whose q|k|v are rows p .. p+n-1 of qkv [p+n, 3C], against the
-  // keys and values of rows 0 .. p+n-1 (rows before p: those an earlier call left in qkv, the
-  // cache). out [n, C]. The same math as rows p .. p+n-1 of attention_forward on the whole
+  // Decoding with a cache of keys and values (generation), for B sequences of equal length: the
+  // causal attention of rows p .. p+n-1 of each, whose q|k|v are its rows p .. p+n-1 in qkv,
+  // against the keys and values of its rows 0 .. p+n-1 (rows before p: those an earlier call
+  // left there, the cache). Sequence b's row t is row b·stride + t of qkv (stride >= p+n rows of
+  // 3C); out [B, n, C]. The same math as rows p .. p+n-1 of attention_forward on each whole
   // sequence, without its T×T work: n·(p+n) scores instead of (p+n)².
-  virtual void attention_decode(float* out, const float* qkv, int p, int n, int C, int NH) = 0;
+  virtual void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n,
+                                int C, int NH) = 0;
 
   // pre = inp · Wᵀ + b and out = gelu(pre) (the FFN's first layer; see the bf16 version).
   virtual void matmul_gelu_forward(float* pre, float* out, const float* inp, const float* weight,
@@ -239,7 +241,8 @@ class Backend {
                                   const bf16_t* out, const float* lse, int B, int T, int C, int NH,
                                   GradMode mode = GradMode::accumulate) = 0;
   // As the fp32 attention_decode; scores, softmax and sums in fp32, out rounded once.
-  virtual void attention_decode(bf16_t* out, const bf16_t* qkv, int p, int n, int C, int NH) = 0;
+  virtual void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n,
+                                int C, int NH) = 0;
   virtual void gelu_forward(bf16_t* out, const bf16_t* inp, size_t n) = 0;
   virtual void gelu_backward(bf16_t* dinp, const bf16_t* inp, const bf16_t* dout, size_t n,
                              GradMode mode = GradMode::accumulate) = 0;

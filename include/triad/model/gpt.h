@@ -308,10 +308,19 @@ class Gpt {
   // before a new sample: weights written without params_updated() would leave it stale).
   // Collective like next_token_logits. Equal to it up to rounding (sums in another order; in
   // bf16 that can move an activation by one bf16 step).
-  const float* decode_logits(const int32_t* tokens, int len);
+  const float* decode_logits(const int32_t* tokens, int len) {
+    return decode_logits(tokens, 1, len);
+  }
+  // B sequences of len tokens each at once (tokens [B, len]), in lockstep: their logits [B,
+  // vocab_size], each sequence's cache kept as above (all extend by the same count). The layers
+  // run B rows per new token, so a step reads the weights once for all B. B > 1 on one rank
+  // holding the whole model (tp = pp = 1); B <= the model's max_batch. The first call with B > 1
+  // allocates a scratch of max_batch·seq_len q|k|v rows (not in memory_plan).
+  const float* decode_logits(const int32_t* tokens, int B, int len);
   void forget_decoded() { decoded_.clear(); }
-  // Tokens whose keys and values the cache holds (the last decode_logits call's), 0 if none.
-  int decoded_tokens() const { return int(decoded_.size()); }
+  // Tokens per sequence whose keys and values the cache holds (the last decode_logits call's),
+  // 0 if none.
+  int decoded_tokens() const { return int(decoded_.size()) / decoded_batch_; }
   // The rows the last decode_logits call ran through the layers: the tokens it did not find kept
   // (padded to a multiple of tp under sequence parallelism).
   int last_decoded_rows() const { return last_decoded_rows_; }
@@ -343,13 +352,15 @@ class Gpt {
   template <class A>
   void forward_logits_t(const int32_t* inputs, int B, float* host_out);
   template <class A>
-  const float* next_token_logits_t(const int32_t* tokens, int len, bool cached);
+  const float* next_token_logits_t(const int32_t* tokens, int B, int len, bool cached);
+  template <class A>
+  A* decode_scratch();  // decode_logits with B > 1: the new rows' q|k|v before they are placed
   template <class A>
   void logits_to_host(float* host, const A* dev, size_t n);
   void upload_ids(const int32_t* inputs, const int32_t* targets, int N);
-  // pos0 > 0 (decoding, B = 1): the T rows are positions pos0 .. pos0 + T − 1 of a sequence whose
-  // earlier rows' q|k|v the layers' qkv buffers hold (decode_logits); the new rows' q|k|v are
-  // written after them.
+  // Decoding (decoding_, set by decode_logits): the T rows of each of the B sequences are its
+  // positions pos0 .. pos0 + T − 1; the layers' qkv buffers hold each sequence's earlier rows'
+  // q|k|v (at rows b·seq_len + t) and the new ones are written after them.
   template <class A>
   void forward_chunk(int chunk, Set<A>& S, int B, int T, int pos0 = 0);
   // The backward pass of a chunk; where the schedule splits it (split_backward_), only the input
@@ -407,7 +418,11 @@ class Gpt {
   // decode_logits: the tokens whose q|k|v rows the first activation set of every chunk holds.
   // Cleared by every forward pass and by params_updated(); set again by decode_logits.
   std::vector<int32_t> decoded_;
+  int decoded_batch_ = 1;  // sequences in decoded_, each decoded_.size() / decoded_batch_ long
   int last_decoded_rows_ = 0;
+  bool decoding_ = false;  // within decode_logits: the layers read and extend the cache
+  float* decode_scratch_fp32_ = nullptr;
+  bf16_t* decode_scratch_bf16_ = nullptr;
   Precision precision_ = Precision::fp32;
   Recomputation recompute_;
   bool split_backward_ = false;  // the schedule has weight passes (zero bubble)

@@ -35,4 +35,13 @@ int32_t sample_token(const float* logits, int V, const SampleOptions& opt, Rng& 
 std::vector<int32_t> sample_continuation(Gpt& model, std::vector<int32_t> tokens,
                                          const SampleOptions& opt, Rng& rng);
 
+// `count` continuations of one prompt at once: the model runs the count sequences in lockstep
+// (Gpt::decode_logits over a batch, one rank holding the whole model, max_batch >= count), and
+// each step draws for sequence 0, 1, ... in turn from rng. count = 1 is sample_continuation.
+// With stop_at_eot a sequence ends at its <|endoftext|>; the run, when all have.
+std::vector<std::vector<int32_t>> sample_continuations(Gpt& model,
+                                                       const std::vector<int32_t>& prompt,
+                                                       int count, const SampleOptions& opt,
+                                                       Rng& rng);
+
 }  // namespace triad

@@ -127,7 +127,8 @@ Dims make_dims(int T, int C, int NH) {
 
 }  // namespace
 
-void attention_decode(float* out, const float* qkv, int p, int n, int C, int NH) {
+void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n, int C,
+                      int NH) {
   const int L = p + n;  // keys: the cached rows and the new ones
   const Dims d = make_dims(L, C, NH);
   ensure_single_threaded_blas();
@@ -135,15 +136,17 @@ void attention_decode(float* out, const float* qkv, int p, int n, int C, int NH)
   {
     std::vector<float> s(size_t(n) * size_t(L));  // the new rows' scores, then probabilities
 #pragma omp for schedule(static)
-    for (int h = 0; h < NH; ++h) {
-      const float* q = qkv + size_t(p) * d.ld_qkv + size_t(h) * d.hd;
-      const float* k = qkv + C + size_t(h) * d.hd;
+    for (int bh = 0; bh < B * NH; ++bh) {
+      const int b = bh / NH, h = bh % NH;
+      const float* seq = qkv + size_t(b) * stride * d.ld_qkv;
+      const float* q = seq + size_t(p) * d.ld_qkv + size_t(h) * d.hd;
+      const float* k = seq + C + size_t(h) * d.hd;
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, L, d.hd, d.scale, q, d.ld_qkv, k,
                   d.ld_qkv, 0.0f, s.data(), L);
       // New row r is position p + r: it sees keys 0 .. p + r (the same softmax as the forward's).
       for (int r = 0; r < n; ++r) causal_softmax_row(s.data() + size_t(r) * L, p + r, L);
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d.hd, L, 1.0f, s.data(), L, k + C,
-                  d.ld_qkv, 0.0f, out + size_t(h) * d.hd, d.ld_out);
+                  d.ld_qkv, 0.0f, out + size_t(b) * n * C + size_t(h) * d.hd, d.ld_out);
     }
   }
 }

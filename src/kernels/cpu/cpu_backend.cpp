@@ -110,8 +110,9 @@ class CpuBackend final : public Backend {
     if (mode == GradMode::overwrite) zero(dqkv, size_t(B) * T * 3 * C);
     cpu::attention_backward(dqkv, scratch, dout, qkv, att, B, T, C, NH);
   }
-  void attention_decode(float* out, const float* qkv, int p, int n, int C, int NH) override {
-    cpu::attention_decode(out, qkv, p, n, C, NH);
+  void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n, int C,
+                        int NH) override {
+    cpu::attention_decode(out, qkv, B, stride, p, n, C, NH);
   }
   void gelu_forward(float* out, const float* inp, size_t n) override {
     cpu::gelu_forward(out, inp, n);
@@ -200,8 +201,9 @@ class CpuBackend final : public Backend {
     if (mode == GradMode::overwrite) zero(dqkv, size_t(B) * T * 3 * C);
     cpu::attention_backward(dqkv, dout, qkv, out, lse, B, T, C, NH);
   }
-  void attention_decode(bf16_t* out, const bf16_t* qkv, int p, int n, int C, int NH) override {
-    cpu::attention_decode(out, qkv, p, n, C, NH);
+  void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n, int C,
+                        int NH) override {
+    cpu::attention_decode(out, qkv, B, stride, p, n, C, NH);
   }
   void gelu_forward(bf16_t* out, const bf16_t* inp, size_t n) override {
     cpu::gelu_forward(out, inp, n);

@@ -53,7 +53,7 @@ void bias_backward(float* dbias, const float* dout, int N, int OC);
 void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH);
 void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
                         const float* att, int B, int T, int C, int NH);
-void attention_decode(float* out, const float* qkv, int p, int n, int C, int NH);
+void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n, int C, int NH);
 
 void gelu_forward(float* out, const float* inp, size_t n);
 void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n);
@@ -98,7 +98,8 @@ void bias_backward(float* dbias, const bf16_t* dout, int N, int OC);
 void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C, int NH);
 void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, const bf16_t* out,
                         const float* lse, int B, int T, int C, int NH);
-void attention_decode(bf16_t* out, const bf16_t* qkv, int p, int n, int C, int NH);
+void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n, int C,
+                      int NH);
 void gelu_forward(bf16_t* out, const bf16_t* inp, size_t n);
 void gelu_backward(bf16_t* dinp, const bf16_t* inp, const bf16_t* dout, size_t n);
 void add(bf16_t* out, const bf16_t* a, const bf16_t* b, size_t n);

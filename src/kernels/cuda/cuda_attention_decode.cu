@@ -11,16 +11,17 @@ namespace {
 
 template <class E>
 __global__ void __launch_bounds__(decode_attention::kThreads)
-    decode_attention_kernel(E* out, const E* qkv, int p, int C, int NH) {
+    decode_attention_kernel(E* out, const E* qkv, int stride, int p, int n, int C, int NH) {
   DeviceThread x;
-  decode_attention::row(x, out, qkv, p, C, NH);
+  decode_attention::row(x, out, qkv, stride, p, n, C, NH);
 }
 
 template <class E>
-void launch(cudaStream_t s, E* out, const E* qkv, int p, int n, int C, int NH) {
-  TRIAD_CHECK(NH > 0 && C % NH == 0 && p >= 0 && n > 0 && n <= 65535,
-              "cuda attention_decode: bad shape (p = ", p, ", n = ", n, ", C = ", C, ", NH = ", NH,
-              ")");
+void launch(cudaStream_t s, E* out, const E* qkv, int B, int stride, int p, int n, int C, int NH) {
+  TRIAD_CHECK(NH > 0 && C % NH == 0 && p >= 0 && n > 0 && B > 0 && int64_t(B) * n <= 65535 &&
+                  stride >= p + n,
+              "cuda attention_decode: bad shape (B = ", B, ", stride = ", stride, ", p = ", p,
+              ", n = ", n, ", C = ", C, ", NH = ", NH, ")");
   const size_t smem = decode_attention::smem_bytes(p + n, C / NH);
   // Bytes of dynamic shared memory the kernel may ask for (48 KB without opting in); the opt-in
   // beyond (up to 227 KB on Hopper: 57k keys) fails with the runtime's message past the device's
@@ -32,19 +33,22 @@ void launch(cudaStream_t s, E* out, const E* qkv, int p, int n, int C, int NH) {
     opted_in = int(smem);
   }
   decode_attention_kernel<E>
-      <<<dim3(unsigned(NH), unsigned(n)), decode_attention::kThreads, smem, s>>>(out, qkv, p, C,
-                                                                                 NH);
+      <<<dim3(unsigned(NH), unsigned(B * n)), decode_attention::kThreads, smem, s>>>(
+          out, qkv, stride, p, n, C, NH);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
 
-void attention_decode(cudaStream_t s, float* out, const float* qkv, int p, int n, int C, int NH) {
-  launch(s, out, qkv, p, n, C, NH);
+void attention_decode(cudaStream_t s, float* out, const float* qkv, int B, int stride, int p, int n,
+                      int C, int NH) {
+  launch(s, out, qkv, B, stride, p, n, C, NH);
 }
 
-void attention_decode(cudaStream_t s, bf16* out, const bf16* qkv, int p, int n, int C, int NH) {
-  launch(s, reinterpret_cast<uint16_t*>(out), reinterpret_cast<const uint16_t*>(qkv), p, n, C, NH);
+void attention_decode(cudaStream_t s, bf16* out, const bf16* qkv, int B, int stride, int p, int n,
+                      int C, int NH) {
+  launch(s, reinterpret_cast<uint16_t*>(out), reinterpret_cast<const uint16_t*>(qkv), B, stride, p,
+         n, C, NH);
 }
 
 }  // namespace triad::cuda

@@ -172,8 +172,9 @@ class CudaBackend final : public Backend {
     float* ws = attention_workspace(B, T, C);
     cuda::attention_backward(stream_, cublas_, ws, dqkv, scratch, dout, qkv, att, B, T, C, NH);
   }
-  void attention_decode(float* out, const float* qkv, int p, int n, int C, int NH) override {
-    cuda::attention_decode(stream_, out, qkv, p, n, C, NH);
+  void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n, int C,
+                        int NH) override {
+    cuda::attention_decode(stream_, out, qkv, B, stride, p, n, C, NH);
   }
   void gelu_forward(float* out, const float* inp, size_t n) override {
     cuda::gelu_forward(stream_, out, inp, n);
@@ -285,8 +286,9 @@ class CudaBackend final : public Backend {
     cuda::attention_backward(stream_, cublas_, attention_scratch_, dev(dqkv), dev(dout), dev(qkv),
                              dev(out), lse, B, T, C, NH, mode == GradMode::accumulate);
   }
-  void attention_decode(bf16_t* out, const bf16_t* qkv, int p, int n, int C, int NH) override {
-    cuda::attention_decode(stream_, dev(out), dev(qkv), p, n, C, NH);
+  void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n, int C,
+                        int NH) override {
+    cuda::attention_decode(stream_, dev(out), dev(qkv), B, stride, p, n, C, NH);
   }
   void gelu_forward(bf16_t* out, const bf16_t* inp, size_t n) override {
     cuda::gelu_forward(stream_, dev(out), dev(inp), n);

@@ -155,9 +155,11 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scra
                         int T, int C, int NH, bool accumulate = true);  // false: dqkv overwritten
 
 // ---- attention against a cache of keys and values (cuda_attention_decode.cu) ---------------
-// Backend::attention_decode: out [n, C], qkv [p + n, 3C].
-void attention_decode(cudaStream_t s, float* out, const float* qkv, int p, int n, int C, int NH);
-void attention_decode(cudaStream_t s, bf16* out, const bf16* qkv, int p, int n, int C, int NH);
+// Backend::attention_decode: out [B, n, C], sequence b's rows at qkv + b·stride rows of 3C.
+void attention_decode(cudaStream_t s, float* out, const float* qkv, int B, int stride, int p, int n,
+                      int C, int NH);
+void attention_decode(cudaStream_t s, bf16* out, const bf16* qkv, int B, int stride, int p, int n,
+                      int C, int NH);
 
 // ---- elementwise (cuda_elementwise.cu) -----------------------------------------------------
 template <typename Elem>

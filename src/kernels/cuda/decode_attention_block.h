@@ -3,12 +3,13 @@
 // CUDA backend runs it for fp32 and bf16 (cuda_attention_decode.cu); the CPU test
 // test_decode_attention_emulated runs it through the SIMT emulator against a plain reference.
 //
-// Block (h, r), kThreads threads: new row r (position p + r) of head h. Its query goes to shared
-// memory; thread t scores keys t, t + kThreads, ... (each reads whole key rows); a max and a sum
-// over the block (a fixed tree, so the result depends on the shapes only) give the softmax; then
-// thread d forms output element d (consecutive threads read consecutive elements of each value
-// row). Decoding reads the whole cache once per new row: memory-bound, with n·NH blocks for n new
-// rows. Shared memory: the query, the scores of keys 0 .. p + r, and the reduction's kThreads.
+// Block (h, b·n + r), kThreads threads: new row r (position p + r) of head h of sequence b. Its
+// query goes to shared memory; thread t scores keys t, t + kThreads, ... (each reads whole key
+// rows); a max and a sum over the block (a fixed tree, so the result depends on the shapes only)
+// give the softmax; then thread d forms output element d (consecutive threads read consecutive
+// elements of each value row). Decoding reads the whole cache once per new row: memory-bound, with
+// n·NH blocks for n new rows. Shared memory: the query, the scores of keys 0 .. p + r, and the
+// reduction's kThreads.
 #pragma once
 
 #include <cstddef>
@@ -58,12 +59,15 @@ TRIAD_BLOCK_FN float block_reduce(X& x, float* red, float v, bool is_max) {
   return r;
 }
 
-// E: float (fp32) or uint16_t (bf16 bits). out [n, C], qkv [p + n, 3C] as in backend.h.
+// E: float (fp32) or uint16_t (bf16 bits). out [B, n, C], sequence b's rows at qkv + b·stride
+// rows of 3C, as in backend.h.
 template <class X, class E>
-TRIAD_BLOCK_FN void row(X& x, E* out, const E* qkv, int p, int C, int NH) {
-  const int h = x.block_x(), r = x.block_y(), t = x.thread();
+TRIAD_BLOCK_FN void row(X& x, E* out, const E* qkv, int stride, int p, int n, int C, int NH) {
+  const int h = x.block_x(), b = x.block_y() / n, r = x.block_y() % n, t = x.thread();
   const int hd = C / NH, keys = p + r + 1;  // row p + r sees keys 0 .. p + r
   const size_t ld = 3 * size_t(C);
+  qkv += size_t(b) * stride * ld;
+  out += size_t(b) * n * C;
   float* q = reinterpret_cast<float*>(x.smem());  // [hd], scaled
   float* s = q + hd;                              // [keys]
   float* red = s + keys;                          // [kThreads]
