@@ -308,13 +308,18 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
         --prompt-ids "1 2 3 4 5 6 7 8" --length 48 --top-k 1 --output ids --timing --backend "$be" \
         --precision "$pr" >"$RUN/gen_${be}_$pr.ids" 2>"$RUN/gen_${be}_$pr.txt" || tail -5 "$RUN/gen_${be}_$pr.txt"
     done
+    # Four samples decoded together (the batched cache and kernel): greedy, so each is the single one.
+    timeout "$(tmo 30 150)" "$B/triad-generate" --checkpoint "$C" --vocab "$DEV/data/gpt2.tiktoken" \
+      --prompt-ids "1 2 3 4 5 6 7 8" --length 48 --top-k 1 --output ids --timing --backend cuda \
+      --precision fp32 --samples 4 --batch 4 >"$RUN/gen_batch4.all" 2>"$RUN/gen_batch4.txt" || tail -5 "$RUN/gen_batch4.txt"
+    tail -1 "$RUN/gen_batch4.all" >"$RUN/gen_batch4.ids" 2>/dev/null
     gen_tps() { grep -o '[0-9.]* tokens/s' "$RUN/gen_$1.txt" 2>/dev/null | cut -d' ' -f1; }
     agree() {  # leading tokens two id files share, of those in the first ("none" if either is empty)
       [[ -s $RUN/gen_$1.ids && -s $RUN/gen_$2.ids ]] || { echo none; return; }
       awk 'NR == FNR { n = split($0, a); next } { m = split($0, b); k = 0
            while (k < n && k < m && a[k + 1] == b[k + 1]) ++k; print k "/" n }' "$RUN/gen_$1.ids" "$RUN/gen_$2.ids"
     }
-    echo "RESULT_GEN cuda fp32 $(agree cpu_fp32 cuda_fp32) tokens as cpu, bf16 $(agree cpu_fp32 cuda_bf16); tok/s cpu $(gen_tps cpu_fp32), cuda fp32 $(gen_tps cuda_fp32), bf16 $(gen_tps cuda_bf16) (tiny model, KV cache)"
+    echo "RESULT_GEN cuda fp32 $(agree cpu_fp32 cuda_fp32) tokens as cpu, bf16 $(agree cpu_fp32 cuda_bf16), fp32 4 together $(agree cuda_fp32 batch4) as 1; tok/s cpu $(gen_tps cpu_fp32), cuda fp32 $(gen_tps cuda_fp32), bf16 $(gen_tps cuda_bf16), fp32 x4 $(gen_tps batch4) (tiny model, KV cache)"
     # The NCCL Comm inside the trainer: one rank (NCCL refuses two ranks on one GPU), so this
     # shows set-up and teardown in a run, not a reduction; test_cuda_nccl checks the collectives.
     timeout "$(tmo 90 150)" "$B/triad-train" --config "$W/tiny.ini" --run.backend cuda --run.precision bf16 \
