@@ -312,7 +312,9 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
     timeout "$(tmo 30 150)" "$B/triad-generate" --checkpoint "$C" --vocab "$DEV/data/gpt2.tiktoken" \
       --prompt-ids "1 2 3 4 5 6 7 8" --length 48 --top-k 1 --output ids --timing --backend cuda \
       --precision fp32 --samples 4 --batch 4 >"$RUN/gen_batch4.all" 2>"$RUN/gen_batch4.txt" || tail -5 "$RUN/gen_batch4.txt"
-    tail -1 "$RUN/gen_batch4.all" >"$RUN/gen_batch4.ids" 2>/dev/null
+    # The row compares the last sample with the single one, and only if all four are the same.
+    [[ $(sort -u "$RUN/gen_batch4.all" 2>/dev/null | wc -l) == 1 ]] && tail -1 "$RUN/gen_batch4.all" >"$RUN/gen_batch4.ids" \
+      || : >"$RUN/gen_batch4.ids"
     gen_tps() { grep -o '[0-9.]* tokens/s' "$RUN/gen_$1.txt" 2>/dev/null | cut -d' ' -f1; }
     agree() {  # leading tokens two id files share, of those in the first ("none" if either is empty)
       [[ -s $RUN/gen_$1.ids && -s $RUN/gen_$2.ids ]] || { echo none; return; }

@@ -68,7 +68,8 @@ int main(int argc, char** argv) {
         "nucleus sampling among the top-k: the fewest likeliest tokens whose probability reaches "
         "P (1: off)")(
         "samples", po::value(&samples)->default_value(1),
-        "samples of the same prompt, drawn --batch at a time (the seed reproduces them all)")(
+        "samples of the same prompt, drawn --batch at a time (the seed and --batch reproduce "
+        "them all)")(
         "batch", po::value(&batch)->default_value(8),
         "samples generated together, in lockstep: each step reads the weights once for all of "
         "them (memory grows with it)")("stop-at-eot", po::bool_switch(&stop_at_eot),

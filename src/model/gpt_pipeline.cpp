@@ -41,8 +41,11 @@ const float* Gpt::decode_logits(const int32_t* tokens, int B, int len) {
                                        : next_token_logits_t<float>(tokens, B, len, true);
 }
 
+// A model for inference has one: the shared scratch layer's qkv, which no layer uses (each keeps
+// its own). A training model allocates one on first use.
 template <>
 float* Gpt::decode_scratch<float>() {
+  if (inference_) return acts<float>().work.qkv;
   if (!decode_scratch_fp32_)
     decode_scratch_fp32_ = be_.alloc(size_t(max_batch_) * shape_.seq_len * 3 * shape_.n_embd);
   return decode_scratch_fp32_;
@@ -50,6 +53,7 @@ float* Gpt::decode_scratch<float>() {
 
 template <>
 bf16_t* Gpt::decode_scratch<bf16_t>() {
+  if (inference_) return acts<bf16_t>().work.qkv;
   if (!decode_scratch_bf16_)
     decode_scratch_bf16_ = be_.alloc_bf16(size_t(max_batch_) * shape_.seq_len * 3 * shape_.n_embd);
   return decode_scratch_bf16_;
@@ -257,6 +261,10 @@ const float* Gpt::next_token_logits_t(const int32_t* tokens, int B, int len, boo
                 padded_.begin() + ptrdiff_t(b) * rows);
     ids = padded_.data();
   }
+  struct Decoding {  // decoding_ for this forward pass only, also when it throws
+    bool& flag;
+    ~Decoding() { flag = false; }
+  } scope{decoding_};
   decoding_ = keeps;
   Set<A>* last = forward_pipeline<A>(ids, B, rows, p);
   decoding_ = false;

@@ -63,9 +63,9 @@ def test_prompt_ids_print_their_text(checkpoint):
 
 
 def test_several_samples_top_p_and_stop_at_eot(checkpoint):
-    """--samples N draws N continuations one after another from one seeded stream (the seed
-    reproduces them all); --top-p with a tiny P is greedy; --stop-at-eot ends a sample at
-    <|endoftext|> (50256), here forced by a model whose head favours it."""
+    """--samples N draws N continuations from one seeded stream (the seed reproduces them all);
+    greedy samples decoded together are the single one's (and the reference's); --top-p with a
+    tiny P is greedy."""
     ids = " ".join(map(str, PROMPT))
     three = run([exe("triad-generate"), "--checkpoint", checkpoint, "--vocab", VOCAB, "--prompt-ids",
                  ids, "--length", "8", "--samples", "3", "--top-k", "0", "--temperature", "2",

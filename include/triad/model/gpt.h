@@ -314,8 +314,9 @@ class Gpt {
   // B sequences of len tokens each at once (tokens [B, len]), in lockstep: their logits [B,
   // vocab_size], each sequence's cache kept as above (all extend by the same count). The layers
   // run B rows per new token, so a step reads the weights once for all B. B > 1 on one rank
-  // holding the whole model (tp = pp = 1); B <= the model's max_batch. The first call with B > 1
-  // allocates a scratch of max_batch·seq_len q|k|v rows (not in memory_plan).
+  // holding the whole model (tp = pp = 1); B <= the model's max_batch. On a training model the
+  // first call with B > 1 allocates a scratch of max_batch·seq_len q|k|v rows (not in
+  // memory_plan); a model for inference has it in its plan.
   const float* decode_logits(const int32_t* tokens, int B, int len);
   void forget_decoded() { decoded_.clear(); }
   // Tokens per sequence whose keys and values the cache holds (the last decode_logits call's),

@@ -178,11 +178,13 @@ void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, con
 
 void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n, int C,
                       int NH) {
-  const size_t nout = size_t(B) * n * C;
+  const size_t nout = size_t(B) * n * C, seq = size_t(p + n) * 3 * C;
   float* o = scratch(1, nout);
-  // Sequences' rows 0 .. p+n-1, and what lies between them (the stride's unused rows).
-  const size_t rows = size_t(B - 1) * stride + size_t(p + n);
-  attention_decode(o, widen(0, qkv, rows * 3 * C), B, stride, p, n, C, NH);
+  // Each sequence's rows 0 .. p+n-1 only (not the rows its stride leaves unused), packed.
+  float* q = scratch(0, size_t(B) * seq);
+  for (int b = 0; b < B; ++b)
+    widen_into(q + size_t(b) * seq, qkv + size_t(b) * stride * 3 * C, seq);
+  attention_decode(o, q, B, p + n, p, n, C, NH);
   to_bf16(out, o, nout);
 }
 
