@@ -107,7 +107,7 @@ struct Gpt::Activations {
       want_f(L.ln1_mean, R);
       want_f(L.ln1_rstd, R);
       want(L.qkv, BT * 3 * Cl);
-      want_f(L.att, att);
+      if (!inference) want_f(L.att, att);  // inference attends without (attention_decode)
       want(L.atty, BT * Cl);
       want(L.residual2, R * C);
       if (!sp) want(L.ln2, R * C);

@@ -132,7 +132,12 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   const A* ln1 = gather_rows(L.ln1, L.ln1g, N);
   if (!decoding_) {
     be_.matmul_forward(L.qkv, ln1, w.qkvw, w.qkvb, N, C, 3 * Cl);
-    be_.attention_forward(L.atty, L.att, L.qkv, B, T, Cl, NHl);
+    // A model for inference keeps nothing for a backward pass: not even the probabilities (fp32)
+    // or the log-sum-exp (bf16) the training attention saves.
+    if (inference_)
+      be_.attention_decode(L.atty, L.qkv, B, T, 0, T, Cl, NHl);
+    else
+      be_.attention_forward(L.atty, L.att, L.qkv, B, T, Cl, NHl);
   } else {
     // Decoding: sequence b keeps its q|k|v in rows b·seq_len + t of L.qkv (the cache); the new
     // rows go after the kept ones, straight from the product for one sequence, through a scratch

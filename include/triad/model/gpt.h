@@ -148,7 +148,9 @@ struct ActivationOptions {
   int logits_chunk = 0;
   // Forward passes only (generation, evaluation): no parameter gradients and no backward
   // buffers; every layer's internals in one shared scratch but its q|k|v (decode_logits' cache);
-  // one activation set per chunk. A 124M fp32 model then holds its weights, 113 MB of keys and
+  // one activation set per chunk; attention through attention_decode, which keeps no T×T
+  // probabilities (on a GPU it is slower than the flash kernel for long contexts without the
+  // cache). A 124M fp32 model then holds its weights, 113 MB of keys and
   // values and one layer's internals instead of ~2.5 GB. forward_backward and pipeline_step refuse.
   bool inference = false;
   ActivationOptions() = default;
