@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 
 #include "gpt_activations.h"
@@ -43,21 +44,20 @@ const float* Gpt::decode_logits(const int32_t* tokens, int B, int len) {
 
 // A model for inference has one: the shared scratch layer's qkv, which no layer uses (each keeps
 // its own). A training model allocates one on first use.
-template <>
-float* Gpt::decode_scratch<float>() {
-  if (inference_) return acts<float>().work.qkv;
-  if (!decode_scratch_fp32_)
-    decode_scratch_fp32_ = be_.alloc(size_t(max_batch_) * shape_.seq_len * 3 * shape_.n_embd);
-  return decode_scratch_fp32_;
+template <class A>
+A* Gpt::decode_scratch() {
+  if (inference_) return acts<A>().work.qkv;
+  const size_t n = size_t(max_batch_) * shape_.seq_len * 3 * shape_.n_embd;
+  if constexpr (std::is_same_v<A, float>) {
+    if (!decode_scratch_fp32_) decode_scratch_fp32_ = be_.alloc(n);
+    return decode_scratch_fp32_;
+  } else {
+    if (!decode_scratch_bf16_) decode_scratch_bf16_ = be_.alloc_bf16(n);
+    return decode_scratch_bf16_;
+  }
 }
-
-template <>
-bf16_t* Gpt::decode_scratch<bf16_t>() {
-  if (inference_) return acts<bf16_t>().work.qkv;
-  if (!decode_scratch_bf16_)
-    decode_scratch_bf16_ = be_.alloc_bf16(size_t(max_batch_) * shape_.seq_len * 3 * shape_.n_embd);
-  return decode_scratch_bf16_;
-}
+template float* Gpt::decode_scratch<float>();
+template bf16_t* Gpt::decode_scratch<bf16_t>();
 
 template <class A>
 ForwardStats Gpt::pipeline_step_t(const int32_t* inputs, const int32_t* targets, int m, int B,
