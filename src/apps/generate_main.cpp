@@ -15,13 +15,26 @@
 #include "triad/io/checkpoint.h"
 #include "triad/kernels/backend.h"
 #include "triad/kernels/cuda_backend.h"
+#include "triad/kernels/cuda_comm.h"
 #include "triad/model/gpt.h"
+#include "triad/parallel/process_grid.h"
 #include "triad/train/app_main.h"
+#include "triad/train/model_tensors.h"
 #include "triad/train/sampler.h"
 
 namespace po = boost::program_options;
 
 namespace {
+
+// This rank's index among the ranks of its node.
+int node_rank(MPI_Comm world) {
+  MPI_Comm node;
+  MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+  int r = 0;
+  MPI_Comm_rank(node, &r);
+  MPI_Comm_free(&node);
+  return r;
+}
 
 // "--prompt-ids": ids in [0, vocab_size) separated by white space, at least one.
 std::vector<int32_t> parse_ids(const std::string& text, int64_t vocab_size) {
@@ -51,7 +64,7 @@ int main(int argc, char** argv) {
     std::string checkpoint, run_dir, vocab, prompt, prompt_ids, backend, precision, output;
     int64_t length = 0, seed = 0;
     double temperature = 0, top_p = 1;
-    int top_k = 0, threads = 0, samples = 1, batch = 0;
+    int top_k = 0, threads = 0, samples = 1, batch = 0, tp = 1, pp = 1;
     bool no_cache = false, timing = false, stop_at_eot = false;
     po::options_description desc("usage: triad-generate (--checkpoint FILE | --run DIR) [options]");
     desc.add_options()("help,h", "print this help")("checkpoint", po::value(&checkpoint),
@@ -85,7 +98,10 @@ int main(int argc, char** argv) {
         "recompute the whole context for every token instead of keeping keys and values")(
         "output", po::value(&output)->default_value("text"),
         "text (the prompt and its continuation) or ids (the continuation's token ids)")(
-        "timing", po::bool_switch(&timing), "print the generation speed to stderr");
+        "timing", po::bool_switch(&timing), "print the generation speed to stderr")(
+        "tp", po::value(&tp)->default_value(1),
+        "tensor-parallel ranks (a model too large for one device: mpirun -np tp·pp)")(
+        "pp", po::value(&pp)->default_value(1), "pipeline stages (layers split evenly)");
     po::variables_map vm;
     try {
       po::store(po::parse_command_line(argc, argv, desc), vm);
@@ -100,14 +116,17 @@ int main(int argc, char** argv) {
       if (rank == 0) std::cout << desc;
       return 0;
     }
-    TRIAD_CHECK(size == 1, "triad-generate runs on one rank (got ", size, ")");
+    TRIAD_CHECK(tp >= 1 && pp >= 1, "--tp and --pp must be >= 1 (got ", tp, ", ", pp, ")");
+    TRIAD_CHECK(size == tp * pp, "triad-generate runs on --tp × --pp = ", tp * pp, " ranks (got ",
+                size, ")");
     TRIAD_CHECK(length >= 0, "--length must be >= 0 (got ", length, ")");
     TRIAD_CHECK(temperature > 0, "--temperature must be > 0 (got ", temperature, ")");
     TRIAD_CHECK(top_k >= 0, "--top-k must be >= 0 (got ", top_k, ")");
     TRIAD_CHECK(top_p > 0 && top_p <= 1, "--top-p must be in (0, 1] (got ", top_p, ")");
     TRIAD_CHECK(samples >= 1, "--samples must be >= 1 (got ", samples, ")");
     TRIAD_CHECK(batch >= 1, "--batch must be >= 1 (got ", batch, ")");
-    const int together = std::min(samples, batch);
+    // Several samples go through the model together on one rank; on a grid one at a time.
+    const int together = tp * pp == 1 ? std::min(samples, batch) : 1;
     TRIAD_CHECK(seed >= 0, "--seed must be >= 0 (got ", seed, ")");
     TRIAD_CHECK(backend == "cpu" || backend == "cuda", "--backend must be cpu or cuda (got '",
                 backend, "')");
@@ -128,23 +147,42 @@ int main(int argc, char** argv) {
     const triad::Tokenizer tok = triad::Tokenizer::from_file(vocab);
     const triad::CheckpointState st = triad::read_checkpoint_state(world, checkpoint);
     const auto& m = st.model;
+    // The vocabulary padded for this grid (DESIGN.md §3); the checkpoint's padding may differ.
+    const int64_t q = 128 * int64_t(tp);
     triad::GptShape shape{int(m.n_layer), int(m.n_head),     int(m.n_embd),
-                          int(m.seq_len), int(m.vocab_size), int(m.padded_vocab_size)};
+                          int(m.seq_len), int(m.vocab_size), int((m.vocab_size + q - 1) / q * q)};
     TRIAD_CHECK(!bf16 || m.n_embd % 2 == 0,
                 "--precision bf16 needs an even n_embd (the checkpoint's is ", m.n_embd, ")");
-    auto be = backend == "cuda" ? triad::make_cuda_backend(0) : triad::make_cpu_backend();
+    TRIAD_CHECK(m.n_head % tp == 0, "--tp ", tp, " does not divide the model's ", m.n_head,
+                " heads");
+    TRIAD_CHECK(m.n_layer % pp == 0, "--pp ", pp, " does not divide the model's ", m.n_layer,
+                " layers");
+    triad::ProcessGrid grid(world, tp, pp);
+    triad::ModelParallel mp;
+    mp.tp = tp;
+    mp.tp_rank = grid.tp_rank();
+    mp.pp = pp;
+    mp.pp_rank = grid.pp_rank();
+    mp.tp_comm = &grid.tp();
+    mp.pp_comm = &grid.pp();
+    // On a GPU the ranks of a node take its devices in turn; their tensors go through MPI staged
+    // in host memory (generation moves one row per token between ranks).
+    auto be =
+        backend == "cuda"
+            ? triad::make_cuda_backend(node_rank(world) % std::max(1, triad::cuda_device_count()))
+            : triad::make_cpu_backend();
+    if (backend == "cuda" && tp * pp > 1) {
+      grid.wrap_comms(triad::make_device_staged_comm);
+      mp.tp_comm = &grid.tp();
+      mp.pp_comm = &grid.pp();
+    }
     // Forward passes only: no gradients or backward buffers, one row of logits at a time.
     triad::ActivationOptions forward_only;
     forward_only.inference = true;
     forward_only.logits_chunk = together;
-    triad::Gpt model(shape, together, *be, 1, {}, nullptr,
+    triad::Gpt model(shape, together, *be, 1, mp, nullptr,
                      bf16 ? triad::Precision::bf16 : triad::Precision::fp32, forward_only);
-    std::vector<triad::TensorRef> refs;
-    for (const auto& p : model.specs()) {
-      triad::TensorRef r{p.name, p.shape, model.params() + p.offset, -1};
-      if (p.name == "wte/weight") r.valid_rows = m.vocab_size;
-      refs.push_back(std::move(r));
-    }
+    std::vector<triad::TensorRef> refs = triad::model_tensor_refs(model, model.params(), 0, true);
     if (backend == "cpu") {  // the parameters are host memory: loaded in place
       triad::load_checkpoint_tensors(world, checkpoint, {{"model", refs}});
     } else {  // device memory: loaded on the host, then copied
@@ -173,7 +211,8 @@ int main(int argc, char** argv) {
       for (int i = first; i < first + k; ++i) {
         const auto& out = outs[size_t(i - first)];
         generated += out.size();
-        if (output == "ids") {  // one line per sample
+        if (rank != 0) continue;  // every rank draws the same tokens; the first prints them
+        if (output == "ids") {    // one line per sample
           for (size_t j = 0; j < out.size(); ++j) std::cout << (j ? " " : "") << out[j];
           std::cout << std::endl;
         } else {  // samples separated by a line "---"
@@ -184,7 +223,7 @@ int main(int argc, char** argv) {
       }
     }
     const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (timing)
+    if (timing && rank == 0)
       std::cerr << "triad-generate: " << generated << " tokens after a prompt of " << ids.size()
                 << " in " << sec << " s: " << double(generated) / sec << " tokens/s (" << be->name()
                 << ", " << (bf16 ? "bf16" : "fp32") << ", KV cache " << (no_cache ? "off" : "on")

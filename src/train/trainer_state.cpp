@@ -7,6 +7,7 @@
 #include <set>
 
 #include "triad/kernels/cuda_comm.h"
+#include "triad/train/model_tensors.h"
 #include "triad/train/pipeline_trace.h"
 #include "triad/train/run_plan.h"
 
@@ -155,46 +156,7 @@ Trainer::State::~State() {
 }
 
 std::vector<TensorRef> Trainer::State::tensor_refs(float* base, size_t first, bool whole) const {
-  // Every rank passes every tensor of the model, in layout order; one it does not hold (another
-  // pipeline stage's) is an empty range that still joins the collective calls.
-  std::map<std::string, const ParamSpec*> held;
-  for (const auto& p : model->specs()) held[p.name] = &p;
-  std::vector<TensorRef> r;
-  for (const auto& full : gpt_parameter_layout(model_shape())) {
-    TensorRef t;
-    t.name = full.name;
-    t.shape = full.shape;
-    if (full.name == "wte/weight") t.valid_rows = cfg.model.vocab_size;
-    const auto it = held.find(full.name);
-    if (it == held.end()) {
-      t.begin = t.end = 0;
-      t.data = base;
-      t.write = false;
-      r.push_back(std::move(t));
-      continue;
-    }
-    const ParamSpec& p = *it->second;
-    t.split_axis = p.split_axis;
-    t.split_blocks = p.split_blocks;
-    t.split_parts = p.split_axis >= 0 ? grid.shape().tp : 1;
-    t.split_part = p.split_axis >= 0 ? grid.tp_rank() : 0;
-    t.write = !p.replica;  // another rank writes a replica's values
-    if (whole) {
-      t.data = base + (p.offset - first);
-    } else {
-      const size_t lo = std::max(shard_lo, p.offset), hi = std::min(shard_hi, p.offset + p.numel);
-      if (lo < hi) {
-        t.begin = int64_t(lo - p.offset);
-        t.end = int64_t(hi - p.offset);
-        t.data = base + (lo - first);
-      } else {
-        t.begin = t.end = 0;  // nothing of this tensor here; still joins the collectives
-        t.data = base;
-      }
-    }
-    r.push_back(std::move(t));
-  }
-  return r;
+  return model_tensor_refs(*model, base, first, whole, shard_lo, shard_hi);
 }
 
 float* Trainer::State::param_base() {

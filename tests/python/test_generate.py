@@ -3,12 +3,14 @@ in float64): greedy continuations of seeded random models, with triad's cache of
 and without it, through the prompt, token by token, and past the context (where the window
 slides and is recomputed); and its new options' bad values."""
 
+import shutil
+import subprocess
 import sys
 
 import pytest
 import torch
 
-from triad_run import REPO, VOCAB, assert_clean_error, exe, run
+from triad_run import ENV, REPO, VOCAB, assert_clean_error, exe, run
 
 sys.path.insert(0, str(REPO / "tests" / "reference"))
 import generate_torch  # noqa: E402
@@ -132,3 +134,37 @@ def test_refuses_bad_new_options(checkpoint):
     assert_clean_error(gen("--top-p", "1.01"), "--top-p must be in (0, 1]")
     assert_clean_error(gen("--samples", "0"), "--samples must be >= 1")
     assert_clean_error(gen("--batch", "0"), "--batch must be >= 1")
+
+
+MPI_ENV = dict(ENV, OMP_NUM_THREADS="1", OMPI_MCA_pml="ob1", OMPI_MCA_btl="self,vader")
+
+
+def mpi_generate(n, *args):
+    mpirun = shutil.which("mpirun")
+    assert mpirun, "mpirun not found"
+    return subprocess.run([mpirun, "--oversubscribe", "-np", str(n), exe("triad-generate"),
+                           *map(str, args)], capture_output=True, text=True, env=MPI_ENV,
+                          timeout=180)
+
+
+@pytest.mark.parametrize("tp,pp", [(2, 1), (1, 2), (2, 2)])
+def test_generation_on_a_grid_matches_torch(checkpoint, tp, pp):
+    """mpirun -np tp·pp triad-generate --tp --pp: each rank loads its shard of the checkpoint
+    (the vocabulary padded for the grid), the ranks decode together with the cache, and rank 0
+    prints the float64 reference's greedy tokens, within and past the context."""
+    _, params = ref.load_checkpoint(checkpoint, dtype=torch.float64)
+    want = generate_torch.generate(params, CFG, PROMPT, 40, "recompute")
+    p = mpi_generate(tp * pp, "--checkpoint", checkpoint, "--vocab", VOCAB, "--prompt-ids",
+                     " ".join(map(str, PROMPT)), "--length", 40, "--top-k", 1, "--output", "ids",
+                     "--tp", tp, "--pp", pp)
+    assert p.returncode == 0, p.stderr
+    assert [int(t) for t in p.stdout.split()] == want
+
+
+def test_generation_grid_refuses_a_bad_shape(checkpoint):
+    p = mpi_generate(3, "--checkpoint", checkpoint, "--vocab", VOCAB, "--tp", 2)
+    assert p.returncode != 0 and "runs on --tp × --pp = 2 ranks (got 3)" in p.stderr, p.stderr
+    p = mpi_generate(3, "--checkpoint", checkpoint, "--vocab", VOCAB, "--tp", 3)
+    assert p.returncode != 0 and "--tp 3 does not divide the model's 4 heads" in p.stderr, p.stderr
+    assert_clean_error(run([exe("triad-generate"), "--checkpoint", checkpoint, "--vocab", VOCAB,
+                            "--pp", "0"]), "--tp and --pp must be >= 1")

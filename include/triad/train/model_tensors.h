@@ -1,0 +1,22 @@
+// A model's parameters as the tensors of a checkpoint (io/checkpoint.h) on this rank, for the
+// trainer's saves and loads and triad-generate's loads on any grid.
+#pragma once
+
+#include <cstddef>
+#include <vector>
+
+#include "triad/io/checkpoint.h"
+#include "triad/model/gpt.h"
+
+namespace triad {
+
+// Every tensor of the model in layout order, as every rank must pass them: one this rank does
+// not hold (another pipeline stage's) is an empty range that still joins the collective calls; a
+// held one carries its tensor-parallel split (DESIGN.md §3) and the replica mark. Its elements lie
+// at base + (offset − first) for a parameter buffer offset: the whole local tensor (whole), or
+// only its part within [lo, hi) of the buffer (a ZeRO-1 slice of the optimizer state).
+// wte's rows at or beyond vocab_size are padding (TensorRef::valid_rows).
+std::vector<TensorRef> model_tensor_refs(const Gpt& model, float* base, size_t first, bool whole,
+                                         size_t lo = 0, size_t hi = 0);
+
+}  // namespace triad

@@ -1,0 +1,53 @@
+#include "triad/train/model_tensors.h"
+
+#include <algorithm>
+#include <map>
+#include <string>
+
+namespace triad {
+
+std::vector<TensorRef> model_tensor_refs(const Gpt& model, float* base, size_t first, bool whole,
+                                         size_t lo, size_t hi) {
+  // Every rank passes every tensor of the model, in layout order; one it does not hold (another
+  // pipeline stage's) is an empty range that still joins the collective calls.
+  std::map<std::string, const ParamSpec*> held;
+  for (const auto& p : model.specs()) held[p.name] = &p;
+  std::vector<TensorRef> r;
+  for (const auto& full : gpt_parameter_layout(model.shape())) {
+    TensorRef t;
+    t.name = full.name;
+    t.shape = full.shape;
+    if (full.name == "wte/weight") t.valid_rows = model.shape().vocab_size;
+    const auto it = held.find(full.name);
+    if (it == held.end()) {
+      t.begin = t.end = 0;
+      t.data = base;
+      t.write = false;
+      r.push_back(std::move(t));
+      continue;
+    }
+    const ParamSpec& p = *it->second;
+    t.split_axis = p.split_axis;
+    t.split_blocks = p.split_blocks;
+    t.split_parts = p.split_axis >= 0 ? model.parallel().tp : 1;
+    t.split_part = p.split_axis >= 0 ? model.parallel().tp_rank : 0;
+    t.write = !p.replica;  // another rank writes a replica's values
+    if (whole) {
+      t.data = base + (p.offset - first);
+    } else {
+      const size_t a = std::max(lo, p.offset), b = std::min(hi, p.offset + p.numel);
+      if (a < b) {
+        t.begin = int64_t(a - p.offset);
+        t.end = int64_t(b - p.offset);
+        t.data = base + (a - first);
+      } else {
+        t.begin = t.end = 0;  // nothing of this tensor here; still joins the collectives
+        t.data = base;
+      }
+    }
+    r.push_back(std::move(t));
+  }
+  return r;
+}
+
+}  // namespace triad
