@@ -29,10 +29,10 @@ namespace {
 // This rank's index among the ranks of its node.
 int node_rank(MPI_Comm world) {
   MPI_Comm node;
-  MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+  TRIAD_MPI_CHECK(MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
   int r = 0;
-  MPI_Comm_rank(node, &r);
-  MPI_Comm_free(&node);
+  TRIAD_MPI_CHECK(MPI_Comm_rank(node, &r));
+  TRIAD_MPI_CHECK(MPI_Comm_free(&node));
   return r;
 }
 
@@ -85,8 +85,8 @@ int main(int argc, char** argv) {
         "them all)")(
         "batch", po::value(&batch)->default_value(8),
         "samples generated together, in lockstep: each step reads the weights once for all of "
-        "them (memory grows with it)")("stop-at-eot", po::bool_switch(&stop_at_eot),
-                                       "end a sample at <|endoftext|>")(
+        "them (memory grows with it); one rank only, a grid generates them one at a time")(
+        "stop-at-eot", po::bool_switch(&stop_at_eot), "end a sample at <|endoftext|>")(
         "seed", po::value(&seed)->default_value(1), "sampling seed")(
         "prompt-ids", po::value(&prompt_ids),
         "the prompt as token ids separated by spaces (instead of --prompt)")(
@@ -125,7 +125,10 @@ int main(int argc, char** argv) {
     TRIAD_CHECK(top_p > 0 && top_p <= 1, "--top-p must be in (0, 1] (got ", top_p, ")");
     TRIAD_CHECK(samples >= 1, "--samples must be >= 1 (got ", samples, ")");
     TRIAD_CHECK(batch >= 1, "--batch must be >= 1 (got ", batch, ")");
-    // Several samples go through the model together on one rank; on a grid one at a time.
+    // Several samples go through the model together on one rank; on a grid one at a time (and
+    // the draws then come in another order than with --batch > 1 on one rank: refused if asked).
+    TRIAD_CHECK(tp * pp == 1 || vm["batch"].defaulted() || batch == 1, "--batch ", batch,
+                " needs one rank: on a grid samples are generated one at a time");
     const int together = tp * pp == 1 ? std::min(samples, batch) : 1;
     TRIAD_CHECK(seed >= 0, "--seed must be >= 0 (got ", seed, ")");
     TRIAD_CHECK(backend == "cpu" || backend == "cuda", "--backend must be cpu or cuda (got '",
@@ -182,7 +185,8 @@ int main(int argc, char** argv) {
     forward_only.logits_chunk = together;
     triad::Gpt model(shape, together, *be, 1, mp, nullptr,
                      bf16 ? triad::Precision::bf16 : triad::Precision::fp32, forward_only);
-    std::vector<triad::TensorRef> refs = triad::model_tensor_refs(model, model.params(), 0, true);
+    std::vector<triad::TensorRef> refs =
+        triad::model_tensor_refs(model, model.params(), 0, true, 0, 0);
     if (backend == "cpu") {  // the parameters are host memory: loaded in place
       triad::load_checkpoint_tensors(world, checkpoint, {{"model", refs}});
     } else {  // device memory: loaded on the host, then copied

@@ -3,7 +3,6 @@
 
 #include <cstdio>
 #include <exception>
-#include <map>
 #include <set>
 
 #include "triad/kernels/cuda_comm.h"

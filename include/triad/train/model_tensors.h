@@ -17,6 +17,6 @@ namespace triad {
 // only its part within [lo, hi) of the buffer (a ZeRO-1 slice of the optimizer state).
 // wte's rows at or beyond vocab_size are padding (TensorRef::valid_rows).
 std::vector<TensorRef> model_tensor_refs(const Gpt& model, float* base, size_t first, bool whole,
-                                         size_t lo = 0, size_t hi = 0);
+                                         size_t lo, size_t hi);
 
 }  // namespace triad
