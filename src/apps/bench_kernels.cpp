@@ -105,7 +105,7 @@ double copy_bandwidth(Backend& be, bool on_cpu) {
 template <class A>
 std::vector<KernelRate> run_ops(Backend& be, const KernelBenchShape& sh, int repeat) {
   const int B = sh.B, T = sh.T, C = sh.C, NH = sh.NH, V = sh.V;
-  const int Vp = (V + 127) / 128 * 128;
+  const int Vp = padded_vocab_size(V, 1);
   const size_t N = size_t(B) * size_t(T);
   const double E = sizeof(A), n = double(N), c = double(C);
   size_t P = 0;

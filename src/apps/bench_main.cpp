@@ -265,7 +265,7 @@ int cmd_checkpoint(MPI_Comm world, const std::vector<std::string>& args) {
   TRIAD_CHECK(fs::is_directory(dir, ec), "checkpoint: --dir ", dir, " is not a directory");
 
   const int rank = world_rank(world), size = world_size(world);
-  const int64_t padded_vocab = (model->vocab_size + 127) / 128 * 128;
+  const int64_t padded_vocab = triad::padded_vocab_size(int(model->vocab_size), 1);
   const std::vector<Param> params = gpt_params(*model, padded_vocab);
   const int64_t n_params = params.back().offset + params.back().numel;
   // ZeRO-1: the flat buffer, padded to a multiple of the rank count, split evenly.

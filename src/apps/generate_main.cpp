@@ -150,10 +150,10 @@ int main(int argc, char** argv) {
     const triad::Tokenizer tok = triad::Tokenizer::from_file(vocab);
     const triad::CheckpointState st = triad::read_checkpoint_state(world, checkpoint);
     const auto& m = st.model;
-    // The vocabulary padded for this grid (DESIGN.md §3); the checkpoint's padding may differ.
-    const int64_t q = 128 * int64_t(tp);
-    triad::GptShape shape{int(m.n_layer), int(m.n_head),     int(m.n_embd),
-                          int(m.seq_len), int(m.vocab_size), int((m.vocab_size + q - 1) / q * q)};
+    // The vocabulary padded for this grid; the checkpoint's padding may differ.
+    triad::GptShape shape{int(m.n_layer),    int(m.n_head),
+                          int(m.n_embd),     int(m.seq_len),
+                          int(m.vocab_size), triad::padded_vocab_size(int(m.vocab_size), tp)};
     TRIAD_CHECK(!bf16 || m.n_embd % 2 == 0,
                 "--precision bf16 needs an even n_embd (the checkpoint's is ", m.n_embd, ")");
     TRIAD_CHECK(m.n_head % tp == 0, "--tp ", tp, " does not divide the model's ", m.n_head,
@@ -161,6 +161,13 @@ int main(int argc, char** argv) {
     TRIAD_CHECK(m.n_layer % pp == 0, "--pp ", pp, " does not divide the model's ", m.n_layer,
                 " layers");
     triad::ProcessGrid grid(world, tp, pp);
+    // On a GPU the ranks of a node take its devices in turn; their tensors go through MPI staged
+    // in host memory (generation moves one row per token between ranks).
+    auto be =
+        backend == "cuda"
+            ? triad::make_cuda_backend(node_rank(world) % std::max(1, triad::cuda_device_count()))
+            : triad::make_cpu_backend();
+    if (backend == "cuda" && tp * pp > 1) grid.wrap_comms(triad::make_device_staged_comm);
     triad::ModelParallel mp;
     mp.tp = tp;
     mp.tp_rank = grid.tp_rank();
@@ -168,33 +175,20 @@ int main(int argc, char** argv) {
     mp.pp_rank = grid.pp_rank();
     mp.tp_comm = &grid.tp();
     mp.pp_comm = &grid.pp();
-    // On a GPU the ranks of a node take its devices in turn; their tensors go through MPI staged
-    // in host memory (generation moves one row per token between ranks).
-    auto be =
-        backend == "cuda"
-            ? triad::make_cuda_backend(node_rank(world) % std::max(1, triad::cuda_device_count()))
-            : triad::make_cpu_backend();
-    if (backend == "cuda" && tp * pp > 1) {
-      grid.wrap_comms(triad::make_device_staged_comm);
-      mp.tp_comm = &grid.tp();
-      mp.pp_comm = &grid.pp();
-    }
-    // Forward passes only: no gradients or backward buffers, one row of logits at a time.
+    // Forward passes only: no gradients or backward buffers; the logits of the samples decoded
+    // together at once.
     triad::ActivationOptions forward_only;
     forward_only.inference = true;
     forward_only.logits_chunk = together;
     triad::Gpt model(shape, together, *be, 1, mp, nullptr,
                      bf16 ? triad::Precision::bf16 : triad::Precision::fp32, forward_only);
-    std::vector<triad::TensorRef> refs =
-        triad::model_tensor_refs(model, model.params(), 0, true, 0, 0);
-    if (backend == "cpu") {  // the parameters are host memory: loaded in place
-      triad::load_checkpoint_tensors(world, checkpoint, {{"model", refs}});
-    } else {  // device memory: loaded on the host, then copied
-      std::vector<float> host(model.num_floats());
-      for (auto& r : refs) r.data = host.data() + (r.data - model.params());
-      triad::load_checkpoint_tensors(world, checkpoint, {{"model", refs}});
-      be->copy_from_host(model.params(), host.data(), host.size());
-    }
+    // On the CPU the parameters are host memory and are loaded in place; device memory is loaded
+    // through a host copy.
+    std::vector<float> host(backend == "cpu" ? 0 : model.num_floats());
+    float* base = host.empty() ? model.params() : host.data();
+    triad::load_checkpoint_tensors(
+        world, checkpoint, {{"model", triad::model_tensor_refs(model, base, 0, true, 0, 0)}});
+    if (!host.empty()) be->copy_from_host(model.params(), host.data(), host.size());
     model.params_updated();
     std::vector<int32_t> ids =
         prompt.empty() ? std::vector<int32_t>{tok.eot()} : tok.encode(prompt);

@@ -222,8 +222,7 @@ bool Config::bf16() const {
 }
 
 int Config::padded_vocab_size() const {
-  const int m = 128 * parallel.tp;
-  return (model.vocab_size + m - 1) / m * m;
+  return triad::padded_vocab_size(model.vocab_size, parallel.tp);
 }
 
 CommandLine parse_train_command_line(int argc, const char* const* argv) {

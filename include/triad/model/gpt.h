@@ -19,6 +19,12 @@ struct GptShape {
   int n_layer = 0, n_head = 0, n_embd = 0, seq_len = 0, vocab_size = 0, padded_vocab_size = 0;
 };
 
+// DESIGN.md §3: the rows of wte, vocab_size rounded up to a multiple of 128·tp.
+inline int padded_vocab_size(int vocab_size, int tp) {
+  const int m = 128 * tp;
+  return (vocab_size + m - 1) / m * m;
+}
+
 // How this rank's part of the model is cut (DESIGN.md §3): its tensor-parallel coordinate and
 // its pipeline stage. Layers receive the communicators from here; the defaults are one rank
 // holding the whole model. The pipeline cuts the n_layer layers into pp·virtual_stages
@@ -303,11 +309,10 @@ class Gpt {
   // that call's (one more token each time) runs its layers over the new tokens only, and its
   // attention reads the kept keys and values instead of recomputing them. Otherwise (another
   // prefix, or under full recomputation outside inference, whose layers share one scratch) it
-  // computes every
-  // token, as next_token_logits does. The cache lives in the first activation set of each chunk,
-  // without memory of its own: any other use of the model (a step, an evaluation, an update
-  // followed by params_updated()) drops it, and forget_decoded() drops it explicitly (call it
-  // before a new sample: weights written without params_updated() would leave it stale).
+  // computes every token, as next_token_logits does. The cache lives in the first activation set of
+  // each chunk, without memory of its own: any other use of the model (a step, an evaluation, an
+  // update followed by params_updated()) drops it, and forget_decoded() drops it explicitly (call
+  // it before a new sample: weights written without params_updated() would leave it stale).
   // Collective like next_token_logits. Equal to it up to rounding (sums in another order; in
   // bf16 that can move an activation by one bf16 step).
   const float* decode_logits(const int32_t* tokens, int len) {
