@@ -17,45 +17,13 @@ import h5py
 import numpy as np
 import pytest
 
-from triad_run import ENV, REPO, exe, tiny_config, train
+from triad_run import (ENV, MODULES, REPO, VENV_BIN, assert_clean_failure, exe, tiny_config,
+                       tool, train)
 
-VENV_BIN = REPO / ".venv" / "bin"
 PNG = b"\x89PNG\r\n\x1a\n"
-MODULES = {"triad-plot": ["analysis.plot_curves"],
-           "triad-ckpt": ["analysis.inspect_checkpoint", "ckpt"],
-           "triad-scaling": ["analysis.scaling"],
-           "triad-sweep": ["analysis.sweep"],
-           "triad-sweep-report": ["analysis.sweep_report"],
-           "triad-timeline": ["analysis.plot_timeline"]}
 MPIRUN = shutil.which("mpirun")
 MPI_ENV = dict(ENV, OMP_NUM_THREADS="1", OMPI_MCA_pml="ob1", OMPI_MCA_btl="self,vader")
 VOCAB = 300  # padded to 384 on one tensor-parallel rank, to 512 on two
-
-
-def tool_env():
-    env = dict(os.environ, MPLBACKEND="Agg")
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
-def tool(name, *args, timeout=60, cwd=None):
-    """Run an analysis command: the console script of .venv when installed (jobs/setup.sh),
-    else the same code with `python -m`."""
-    script = VENV_BIN / name
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", *MODULES[name]]
-    return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True,
-                          env=tool_env(), timeout=timeout, cwd=cwd or REPO)
-
-
-def assert_clean_failure(p, *needles):
-    """Exit status 1, one error line naming the file and the problem, no traceback."""
-    assert p.returncode == 1, f"exit {p.returncode}\n{p.stdout}\n{p.stderr}"
-    assert "Traceback" not in p.stderr + p.stdout, p.stderr
-    errors = [l for l in p.stderr.splitlines() if ": error: " in l]
-    assert len(errors) == 1, p.stderr
-    for n in needles:
-        assert str(n) in errors[0], f"{n!r} not in {errors[0]!r}"
-    return errors[0]
 
 
 def mpi_train(n, *args):
@@ -374,7 +342,7 @@ def test_wheel_from_analysis_installs_working_commands(tmp_path):
         names = z.namelist()
         ep = z.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     for mod in ("__init__", "metrics", "plot_curves", "plot_timeline", "inspect_checkpoint",
-                "sweep", "sweep_report", "scaling", "_common"):
+                "sweep", "sweep_report", "scaling", "convert_weights", "_common"):
         assert f"analysis/{mod}.py" in names
     for name in MODULES:
         assert f"{name} = " in ep

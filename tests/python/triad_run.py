@@ -3,12 +3,22 @@ import os
 import pathlib
 import signal
 import subprocess
+import sys
 
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 BUILD = pathlib.Path(os.environ.get("TRIAD_BUILD_DIR", REPO / "build"))
 VOCAB = REPO / "data" / "vocab" / "gpt2.tiktoken"
+VENV_BIN = REPO / ".venv" / "bin"
+# The analysis commands (analysis/pyproject.toml's entry points) and their `python -m` form.
+MODULES = {"triad-plot": ["analysis.plot_curves"],
+           "triad-ckpt": ["analysis.inspect_checkpoint", "ckpt"],
+           "triad-scaling": ["analysis.scaling"],
+           "triad-sweep": ["analysis.sweep"],
+           "triad-sweep-report": ["analysis.sweep_report"],
+           "triad-timeline": ["analysis.plot_timeline"],
+           "triad-convert": ["analysis.convert_weights"]}
 
 ENV = dict(os.environ, OMPI_MCA_ess_singleton_isolated="1", OMP_NUM_THREADS="2",
            OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
@@ -81,3 +91,30 @@ def assert_clean_error(p, *needles):
     for n in needles:
         assert n in err, f"{n!r} not in: {err}"
     assert "terminate called" not in err and "Segmentation" not in err, err
+
+
+def tool_env():
+    env = dict(os.environ, MPLBACKEND="Agg")
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def tool(name, *args, timeout=60, cwd=None):
+    """Run an analysis command: the console script of .venv when installed (jobs/setup.sh),
+    else the same code with `python -m`."""
+    script = VENV_BIN / name
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", *MODULES[name]]
+    return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True,
+                          env=tool_env(), timeout=timeout, cwd=cwd or REPO)
+
+
+def assert_clean_failure(p, *needles):
+    """An analysis command's bad input: exit status 1, one error line naming the file and the
+    problem, no traceback."""
+    assert p.returncode == 1, f"exit {p.returncode}\n{p.stdout}\n{p.stderr}"
+    assert "Traceback" not in p.stderr + p.stdout, p.stderr
+    errors = [l for l in p.stderr.splitlines() if ": error: " in l]
+    assert len(errors) == 1, p.stderr
+    for n in needles:
+        assert str(n) in errors[0], f"{n!r} not in {errors[0]!r}"
+    return errors[0]

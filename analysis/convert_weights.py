@@ -1,0 +1,612 @@
+"""GPT-2 weights in and out of triad: Hugging Face transformers models (config.json +
+safetensors) and llm.c model files (gpt2_124M.bin and the like) to a triad checkpoint, and a
+triad checkpoint to either.
+
+    triad-convert import gpt2/ gpt2.h5                    # HF model directory
+    triad-convert import gpt2_124M.bin gpt2.h5            # llm.c model file (fp32 or bf16)
+    triad-convert import gpt2/ gpt2-t256.h5 --seq-len 256 # keep the first 256 positions
+    triad-convert export runs/quick hf-out/ --to hf       # run dir, ckpt dir or checkpoint file
+    triad-convert export runs/quick model.bin --to llmc --dtype bf16
+
+An imported checkpoint holds the weights only (step 0, no optimizer state): start a run from
+it with `triad-train --init-from FILE` (fine-tuning) or sample from it with `triad-generate
+--checkpoint FILE`. Its config must match the model's n_layer, n_head, n_embd, vocab_size
+and seq_len (`--seq-len` crops the position table for a shorter context).
+
+What the formats hold and how they map (docs/formats.md, "Weights from other programs"):
+- triad (DESIGN.md §3): linear weights [out, in]; c_attn rows q | k | v, heads in order;
+  wte padded to a multiple of 128 rows (zeros); tied output head.
+- HF GPT-2: the same tensors with `Conv1D` weights stored [in, out] (transposed here), names
+  `[transformer.]h.{i}.attn.c_attn.weight` etc., the causal-mask buffers `attn.bias` /
+  `attn.masked_bias` (ignored), `lm_head.weight` (absent or equal to wte: tied). The config
+  must describe what triad computes: tanh GELU (`gelu_new`), LayerNorm eps 1e-5, MLP width
+  4·C, attention scaled by 1/sqrt(head_dim), tied embeddings; anything else is refused.
+- llm.c: a header of 256 int32 (magic 20240326, version 3 = fp32 or 5 = bf16, max_seq_len,
+  vocab_size, n_layer, n_head, n_embd, padded_vocab_size), then wte, wpe and each per-layer
+  tensor for all layers in turn ([out, in] like triad), then ln_f.
+
+Everything is checked: a missing, extra or misshapen tensor, a truncated file, a foreign
+format or an output that already exists ends the command with one line naming the file and
+the problem (exit status 1). Outputs are written under a temporary name and renamed when
+complete, so a failed conversion leaves nothing behind and never replaces a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterator, Tuple
+
+import numpy as np
+
+from ._common import AnalysisError, prog_name, run_main
+from .inspect_checkpoint import expected_shapes, inspect, resolve_checkpoint_path
+
+LLMC_MAGIC = 20240326
+LLMC_VERSIONS = {3: "fp32", 5: "bf16"}  # llm.c's padded-vocabulary model files
+LLMC_HEADER_INTS = 256
+# HF activation names that are GELU's tanh approximation (triad's, DESIGN.md §3).
+TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+
+
+class ConvertError(AnalysisError):
+    pass
+
+
+@dataclass(frozen=True)
+class Dims:
+    n_layer: int
+    n_head: int
+    n_embd: int
+    seq_len: int
+    vocab_size: int
+
+    @property
+    def padded_vocab_size(self) -> int:  # DESIGN.md §3 at tp = 1
+        return -(-self.vocab_size // 128) * 128
+
+    def check(self, where: str) -> None:
+        for k in ("n_layer", "n_head", "n_embd", "seq_len", "vocab_size"):
+            if getattr(self, k) <= 0:
+                raise ConvertError(f"{where}: {k} = {getattr(self, k)}, must be positive")
+        if self.n_embd % self.n_head:
+            raise ConvertError(f"{where}: n_embd {self.n_embd} is not a multiple of n_head "
+                               f"{self.n_head}")
+
+    def attrs(self) -> dict:
+        return {"n_layer": self.n_layer, "n_head": self.n_head, "n_embd": self.n_embd,
+                "seq_len": self.seq_len, "vocab_size": self.vocab_size,
+                "padded_vocab_size": self.padded_vocab_size}
+
+
+# A model as a source of tensors: triad names -> fp32 arrays in triad's layout (wte with
+# exactly vocab_size rows), produced one at a time so that big models never sit in memory whole.
+Tensors = Callable[[], Iterator[Tuple[str, np.ndarray]]]
+
+
+def triad_names(n_layer: int) -> list[str]:
+    """DESIGN.md §3's parameter names in checkpoint order."""
+    names = ["wte/weight", "wpe/weight"]
+    for i in range(n_layer):
+        names += [f"h/{i}/{n}" for n in (
+            "ln_1/weight", "ln_1/bias", "attn/c_attn/weight", "attn/c_attn/bias",
+            "attn/c_proj/weight", "attn/c_proj/bias", "ln_2/weight", "ln_2/bias",
+            "mlp/c_fc/weight", "mlp/c_fc/bias", "mlp/c_proj/weight", "mlp/c_proj/bias")]
+    return names + ["ln_f/weight", "ln_f/bias"]
+
+
+def shapes(d: Dims) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape as the converters exchange it: wte with vocab_size rows."""
+    s = expected_shapes(d.attrs())
+    s["wte/weight"] = (d.vocab_size, d.n_embd)
+    return {name: s[name] for name in triad_names(d.n_layer)}  # in checkpoint order
+
+
+# ---------------------------------------------------------------- bf16 and safetensors
+
+def bf16_to_fp32(bits: np.ndarray) -> np.ndarray:
+    return (bits.astype("<u4") << 16).view("<f4")
+
+
+def fp32_to_bf16(a: np.ndarray) -> np.ndarray:
+    """Round to nearest even (as PyTorch's .to(bfloat16)); NaN stays NaN."""
+    u = np.ascontiguousarray(a, dtype="<f4").view("<u4")
+    rounded = ((u + np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1))) >> 16).astype("<u2")
+    nan = np.isnan(a)
+    if nan.any():
+        rounded[nan] = 0x7FC0
+    return rounded
+
+
+SAFETENSORS_DTYPES = {"F32": ("<f4", 4), "F16": ("<f2", 2), "BF16": ("<u2", 2), "F64": ("<f8", 8)}
+
+
+class SafetensorsFile:
+    """One .safetensors file: an 8-byte little-endian header length, a JSON header naming each
+    tensor's dtype, shape and byte range, then the data. Tensors are read on demand."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                raise ConvertError(f"{path}: too short for a safetensors file ({size} bytes)")
+            n = int.from_bytes(raw, "little")
+            if n <= 0 or n > min(size - 8, 1 << 28):
+                raise ConvertError(f"{path}: not a safetensors file (header length {n} in a "
+                                   f"file of {size} bytes)")
+            try:
+                header = json.loads(f.read(n))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise ConvertError(f"{path}: not a safetensors file (header is not JSON: {e})")
+        if not isinstance(header, dict):
+            raise ConvertError(f"{path}: not a safetensors file (header is not a JSON object)")
+        header.pop("__metadata__", None)
+        self.base = 8 + n
+        self.entries = {}
+        for name, e in header.items():
+            try:
+                dtype, shape, (b, end) = e["dtype"], tuple(int(x) for x in e["shape"]), \
+                    e["data_offsets"]
+            except (KeyError, TypeError, ValueError):
+                raise ConvertError(f"{path}: malformed header entry for tensor {name}")
+            if dtype not in SAFETENSORS_DTYPES:
+                raise ConvertError(f"{path}: tensor {name} has dtype {dtype}; floating-point "
+                                   f"weights ({', '.join(SAFETENSORS_DTYPES)}) are expected")
+            want = math.prod(shape) * SAFETENSORS_DTYPES[dtype][1]
+            if end - b != want or b < 0 or self.base + end > size:
+                raise ConvertError(f"{path}: tensor {name} ({dtype} {list(shape)}) has byte "
+                                   f"range [{b}, {end}) but needs {want} bytes within the "
+                                   f"{size - self.base} bytes of data (truncated file?)")
+            self.entries[name] = (dtype, shape, b)
+
+    def read(self, name: str) -> np.ndarray:
+        dtype, shape, b = self.entries[name]
+        np_dtype, _ = SAFETENSORS_DTYPES[dtype]
+        a = np.fromfile(self.path, dtype=np_dtype, count=math.prod(shape),
+                        offset=self.base + b).reshape(shape)
+        return bf16_to_fp32(a) if dtype == "BF16" else a.astype("<f4")
+
+
+def write_safetensors(path: Path, tensors: Iterator[Tuple[str, np.ndarray]],
+                      specs: dict[str, tuple[int, ...]]) -> None:
+    """fp32 tensors (name -> shape in `specs`, data from `tensors` in that order) with the
+    metadata transformers asks for (format = pt)."""
+    header: dict = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, shape in specs.items():
+        n = math.prod(shape) * 4
+        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # data 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(len(blob).to_bytes(8, "little"))
+        f.write(blob)
+        for (name, a), want in zip(tensors, specs):
+            assert name == want and a.shape == specs[name], (name, a.shape)
+            f.write(np.ascontiguousarray(a, dtype="<f4").tobytes())
+
+
+# ---------------------------------------------------------------- Hugging Face GPT-2
+
+def hf_name(name: str) -> Tuple[str, bool]:
+    """triad name -> (HF name without the `transformer.` prefix, stored transposed)."""
+    parts = name.split("/")
+    return ".".join(parts), name.endswith("weight") and parts[-2] in ("c_attn", "c_proj", "c_fc")
+
+
+def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
+    def get(*keys, default=None):
+        for k in keys:
+            if cfg.get(k) is not None:
+                return cfg[k]
+        return default
+
+    if cfg.get("model_type", "gpt2") != "gpt2":
+        raise ConvertError(f"{where}: model_type is {cfg.get('model_type')!r}; only GPT-2 "
+                           f"models ('gpt2') have triad's architecture")
+    try:
+        n_layer, n_head, n_embd = int(get("n_layer")), int(get("n_head")), int(get("n_embd"))
+        n_pos, vocab = int(get("n_positions", "n_ctx")), int(get("vocab_size"))
+    except (TypeError, ValueError):
+        raise ConvertError(f"{where}: needs integer n_layer, n_head, n_embd, n_positions and "
+                           f"vocab_size")
+    refusals = []
+    act = get("activation_function", default="gelu_new")
+    if act not in TANH_GELU:
+        refusals.append(f"activation_function {act!r} (triad's MLP uses GELU's tanh "
+                        f"approximation: {', '.join(TANH_GELU)})")
+    eps = float(get("layer_norm_epsilon", default=1e-5))
+    if abs(eps - 1e-5) > 1e-12:
+        refusals.append(f"layer_norm_epsilon {eps} (triad's is 1e-5)")
+    n_inner = get("n_inner")
+    if n_inner is not None and int(n_inner) != 4 * n_embd:
+        refusals.append(f"n_inner {n_inner} (triad's MLP is 4·n_embd = {4 * n_embd} wide)")
+    for key, want in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
+                      ("tie_word_embeddings", True), ("add_cross_attention", False)):
+        if key in cfg and bool(cfg[key]) != want:
+            refusals.append(f"{key} = {cfg[key]} (triad's model has {want})")
+    if refusals:
+        raise ConvertError(f"{where}: a model triad does not compute: " + "; ".join(refusals))
+    if seq_len is not None and seq_len > n_pos:
+        raise ConvertError(f"--seq-len {seq_len} exceeds the model's {n_pos} positions "
+                           f"(n_positions in {where})")
+    d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab)
+    d.check(where)
+    return d
+
+
+def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
+    """An HF model directory (config.json + model.safetensors or a sharded index), or one
+    .safetensors file with config.json beside it."""
+    directory = src if src.is_dir() else src.parent
+    cfg_path = directory / "config.json"
+    if not cfg_path.is_file():
+        raise ConvertError(f"{directory}: no config.json (an HF model directory holds "
+                           f"config.json and model.safetensors)")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConvertError(f"{cfg_path}: not readable as JSON: {e}")
+    if not isinstance(cfg, dict):
+        raise ConvertError(f"{cfg_path}: not a JSON object")
+    d = hf_config_dims(cfg, str(cfg_path), seq_len)
+
+    if src.is_file():
+        files = [src]
+    elif (directory / "model.safetensors").is_file():
+        files = [directory / "model.safetensors"]
+    elif (directory / "model.safetensors.index.json").is_file():
+        index = directory / "model.safetensors.index.json"
+        try:
+            wm = json.loads(index.read_text())["weight_map"]
+            files = [directory / f for f in sorted(set(wm.values()))]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ConvertError(f"{index}: not a safetensors index ({e})")
+    else:
+        bins = sorted(p.name for p in directory.glob("pytorch_model*.bin"))
+        raise ConvertError(f"{directory}: no model.safetensors" + (
+            f" ({', '.join(bins)} is a pickled PyTorch file; save the model with "
+            f"save_pretrained(..., safe_serialization=True) to get safetensors)" if bins else ""))
+    where: dict[str, SafetensorsFile] = {}
+    for f in files:
+        if not f.is_file():
+            raise ConvertError(f"{f}: no such file (named by the safetensors index)")
+        st = SafetensorsFile(f)
+        for name in st.entries:
+            where[name] = st
+
+    # HF names as stored (with or without the `transformer.` prefix) -> triad's.
+    stored = {}
+    for name in where:
+        bare = name[len("transformer."):] if name.startswith("transformer.") else name
+        if bare in stored.values():
+            raise ConvertError(f"{where[name].path}: tensor {bare} is stored twice")
+        stored[name] = bare
+    want = shapes(d)
+    by_hf = {}
+    for t in want:
+        h, transposed = hf_name(t)
+        by_hf[h] = (t, transposed)
+    found = {}
+    for name, bare in stored.items():
+        if bare in by_hf:
+            found[by_hf[bare][0]] = name
+        elif bare == "lm_head.weight" or re.fullmatch(r"h\.\d+\.attn\.(bias|masked_bias)", bare):
+            continue  # the tied head (checked below); causal-mask constants
+        else:
+            raise ConvertError(f"{where[name].path}: tensor {name} is not part of a GPT-2 "
+                               f"model as triad has it")
+    missing = [by_hf_name for by_hf_name, (t, _) in by_hf.items() if t not in found]
+    if missing:
+        raise ConvertError(f"{directory}: tensor(s) {', '.join(missing[:4])}"
+                           f"{' ...' if len(missing) > 4 else ''} missing")
+    for t, name in found.items():
+        _, transposed = hf_name(t)
+        shape = where[name].entries[name][1]
+        stored_shape = tuple(reversed(want[t])) if transposed else want[t]
+        if t == "wpe/weight":
+            ok = len(shape) == 2 and shape[1] == d.n_embd and shape[0] >= d.seq_len
+        else:
+            ok = shape == stored_shape
+        if not ok:
+            raise ConvertError(f"{where[name].path}: tensor {name} has shape {list(shape)}, "
+                               f"expected {list(stored_shape)} for the model in config.json")
+    head = next((n for n, b in stored.items() if b == "lm_head.weight"), None)
+
+    def tensors():
+        for t in want:
+            name = found[t]
+            a = where[name].read(name)
+            if hf_name(t)[1]:
+                a = np.ascontiguousarray(a.T)
+            if t == "wpe/weight":
+                a = a[:d.seq_len]
+            if t == "wte/weight" and head is not None:
+                h = where[head].read(head)
+                if h.shape != a.shape or not np.array_equal(h, a):
+                    raise ConvertError(f"{where[head].path}: lm_head.weight differs from "
+                                       f"wte.weight; triad's model ties the output head to "
+                                       f"the token embedding and cannot hold a separate one")
+            yield t, a
+
+    return d, tensors, f"Hugging Face GPT-2 model {directory}"
+
+
+def hf_config(d: Dims) -> dict:
+    """config.json for transformers' GPT2LMHeadModel computing what triad computes (no dropout:
+    triad trains without)."""
+    eot = 50256 if d.vocab_size > 50256 else None  # GPT-2's <|endoftext|>
+    return {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+        "n_layer": d.n_layer, "n_head": d.n_head, "n_embd": d.n_embd,
+        "n_positions": d.seq_len, "n_ctx": d.seq_len, "vocab_size": d.vocab_size,
+        "n_inner": None, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
+        "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "initializer_range": 0.02,
+        "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False, "tie_word_embeddings": True,
+        "bos_token_id": eot, "eos_token_id": eot, "torch_dtype": "float32",
+    }
+
+
+def write_hf(out: Path, d: Dims, tensors: Tensors) -> None:
+    """A directory transformers' from_pretrained loads: config.json + model.safetensors."""
+    specs = {}
+    for t, shape in shapes(d).items():
+        h, transposed = hf_name(t)
+        specs["transformer." + h] = tuple(reversed(shape)) if transposed else shape
+
+    def hf_tensors():
+        for t, a in tensors():
+            h, transposed = hf_name(t)
+            yield "transformer." + h, (np.ascontiguousarray(a.T) if transposed else a)
+
+    out.mkdir()
+    write_safetensors(out / "model.safetensors", hf_tensors(), specs)
+    (out / "config.json").write_text(json.dumps(hf_config(d), indent=2) + "\n")
+
+
+# ---------------------------------------------------------------- llm.c
+
+LLMC_LAYER_TENSORS = ("ln_1/weight", "ln_1/bias", "attn/c_attn/weight", "attn/c_attn/bias",
+                      "attn/c_proj/weight", "attn/c_proj/bias", "ln_2/weight", "ln_2/bias",
+                      "mlp/c_fc/weight", "mlp/c_fc/bias", "mlp/c_proj/weight", "mlp/c_proj/bias")
+
+
+def llmc_order(d: Dims, padded_vocab: int) -> list[Tuple[str, tuple[int, ...]]]:
+    """llm.c's tensor order and stored shapes: each per-layer tensor for all layers in turn."""
+    s = shapes(d)
+    order = [("wte/weight", (padded_vocab, d.n_embd)), ("wpe/weight", s["wpe/weight"])]
+    for t in LLMC_LAYER_TENSORS:
+        order += [(f"h/{i}/{t}", s[f"h/{i}/{t}"]) for i in range(d.n_layer)]
+    return order + [("ln_f/weight", s["ln_f/weight"]), ("ln_f/bias", s["ln_f/bias"])]
+
+
+def llmc_offsets(order: list[Tuple[str, tuple[int, ...]]], item: int) -> Dict[str, int]:
+    """Each tensor's byte offset in an llm.c file of `item`-byte elements."""
+    offsets, at = {}, LLMC_HEADER_INTS * 4
+    for name, shape in order:
+        offsets[name] = at
+        at += math.prod(shape) * item
+    return offsets
+
+
+def open_llmc(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
+    size = src.stat().st_size
+    header = np.fromfile(src, dtype="<i4", count=LLMC_HEADER_INTS)
+    if header.size < LLMC_HEADER_INTS or header[0] != LLMC_MAGIC:
+        raise ConvertError(f"{src}: not an llm.c model file (no magic {LLMC_MAGIC} at the start)")
+    version = int(header[1])
+    if version not in LLMC_VERSIONS:
+        raise ConvertError(f"{src}: llm.c model file version {version}; versions 3 (fp32) and 5 "
+                           f"(bf16) are read")
+    max_t, vocab, n_layer, n_head, n_embd, padded = (int(x) for x in header[2:8])
+    if seq_len is not None and seq_len > max_t:
+        raise ConvertError(f"--seq-len {seq_len} exceeds the model's {max_t} positions ({src})")
+    d = Dims(n_layer, n_head, n_embd, seq_len or max_t, vocab)
+    Dims(n_layer, n_head, n_embd, max_t, vocab).check(str(src))
+    if padded < vocab:
+        raise ConvertError(f"{src}: padded_vocab_size {padded} < vocab_size {vocab}")
+    full = Dims(n_layer, n_head, n_embd, max_t, vocab)
+    order = llmc_order(full, padded)
+    item = 4 if LLMC_VERSIONS[version] == "fp32" else 2
+    want = LLMC_HEADER_INTS * 4 + sum(math.prod(s) for _, s in order) * item
+    if size != want:
+        raise ConvertError(f"{src}: {size} bytes, but an llm.c {LLMC_VERSIONS[version]} model "
+                           f"with these dimensions (L={n_layer} H={n_head} C={n_embd} "
+                           f"T={max_t} V={vocab}/{padded}) has {want}"
+                           f"{' (truncated?)' if size < want else ''}")
+
+    offsets = llmc_offsets(order, item)
+    shape_of = dict(order)
+
+    def tensors():
+        for name in triad_names(n_layer):
+            shape = shape_of[name]
+            a = np.fromfile(src, dtype="<f4" if item == 4 else "<u2", count=math.prod(shape),
+                            offset=offsets[name])
+            a = (a if item == 4 else bf16_to_fp32(a)).reshape(shape)
+            if name == "wte/weight":
+                a = a[:vocab]
+            elif name == "wpe/weight":
+                a = a[:d.seq_len]
+            yield name, np.ascontiguousarray(a)
+
+    return d, tensors, f"llm.c {LLMC_VERSIONS[version]} model file {src}"
+
+
+def write_llmc(out: Path, d: Dims, tensors: Tensors, dtype: str) -> None:
+    """llm.c's model file: the vocabulary padded to a multiple of 128 with zero rows."""
+    header = np.zeros(LLMC_HEADER_INTS, dtype="<i4")
+    header[:8] = [LLMC_MAGIC, 3 if dtype == "fp32" else 5, d.seq_len, d.vocab_size, d.n_layer,
+                  d.n_head, d.n_embd, d.padded_vocab_size]
+    order = llmc_order(d, d.padded_vocab_size)
+    offsets = llmc_offsets(order, 4 if dtype == "fp32" else 2)
+    with open(out, "wb") as f:
+        f.write(header.tobytes())
+        for name, a in tensors():  # triad's order; llm.c's groups each tensor of all layers
+            if name == "wte/weight":
+                a = np.concatenate([a, np.zeros((d.padded_vocab_size - a.shape[0], a.shape[1]),
+                                                "<f4")])
+            f.seek(offsets[name])
+            f.write((np.ascontiguousarray(a, dtype="<f4") if dtype == "fp32"
+                     else fp32_to_bf16(a)).tobytes())
+
+
+# ---------------------------------------------------------------- triad checkpoints
+
+def _string_attr(obj, name: str, value: str) -> None:
+    """A fixed-length NUL-terminated string attribute, as triad writes (and reads) them."""
+    import h5py
+
+    data = value.encode("utf-8")
+    tid = h5py.h5t.C_S1.copy()
+    tid.set_size(len(data) + 1)
+    tid.set_strpad(h5py.h5t.STR_NULLTERM)
+    obj.attrs.create(name, np.array(data, dtype=f"S{len(data) + 1}"), dtype=h5py.Datatype(tid))
+
+
+def write_triad(out: Path, d: Dims, tensors: Tensors, source: str) -> None:
+    """A weights-only triad checkpoint (DESIGN.md §5) at step 0: /model/<name> fp32 with a
+    CRC-32 `checksum` each, wte padded with zero rows, `complete = 1` written last."""
+    import h5py
+
+    i64 = np.int64
+    config = (f"# imported by triad-convert from {source}\n[model]\n"
+              + "".join(f"{k} = {v}\n" for k, v in d.attrs().items()
+                        if k != "padded_vocab_size"))
+    want = expected_shapes(d.attrs())
+    with h5py.File(out, "w") as f:
+        _string_attr(f, "format", "triad-checkpoint")
+        for k in ("format_version", "step", "tokens_seen", "next_sequence", "epoch"):
+            f.attrs.create(k, i64(1 if k == "format_version" else 0), dtype="<i8")
+        _string_attr(f, "config", config)
+        _string_attr(f, "grid", "dp=1 pp=1 tp=1")
+        m = f.create_group("model")
+        for k, v in d.attrs().items():
+            m.attrs.create(k, i64(v), dtype="<i8")
+        for name, a in tensors():
+            a = np.ascontiguousarray(a, dtype="<f4")
+            if name == "wte/weight":
+                a = np.concatenate([a, np.zeros((want[name][0] - a.shape[0], d.n_embd), "<f4")])
+            assert a.shape == want[name], (name, a.shape, want[name])
+            ds = f.create_dataset(f"model/{name}", data=a, dtype="<f4")
+            ds.attrs.create("checksum", np.uint32(zlib.crc32(a.tobytes()) & 0xFFFFFFFF),
+                            dtype="<u4")
+        f.flush()
+        f.attrs.create("complete", i64(1), dtype="<i8")
+
+
+def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
+    """A complete triad checkpoint whose checksums verify (a run directory, checkpoint
+    directory or file)."""
+    path = resolve_checkpoint_path(src)
+    rep = inspect(path, verify=True)
+    if not rep.ok:
+        raise ConvertError(rep.headline())
+    a = rep.model_attrs
+    d = Dims(*(int(a[k]) for k in ("n_layer", "n_head", "n_embd", "seq_len", "vocab_size")))
+
+    def tensors():
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            for name in triad_names(d.n_layer):
+                arr = f["model/" + name][()].astype("<f4")
+                yield name, (arr[:d.vocab_size] if name == "wte/weight" else arr)
+
+    return d, tensors, f"triad checkpoint {path}"
+
+
+# ---------------------------------------------------------------- the command
+
+def open_source(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
+    if not src.exists():
+        raise ConvertError(f"{src}: no such file or directory")
+    if src.is_dir() or src.suffix == ".safetensors":
+        return open_hf(src, seq_len)
+    with open(src, "rb") as f:
+        head = f.read(8)
+    if head == b"\x89HDF\r\n\x1a\n":
+        raise ConvertError(f"{src}: is already HDF5 (a triad checkpoint?); import reads HF "
+                           f"model directories, .safetensors files and llm.c model files")
+    if len(head) >= 4 and int.from_bytes(head[:4], "little") == LLMC_MAGIC:
+        return open_llmc(src, seq_len)
+    raise ConvertError(f"{src}: neither an HF model directory, a .safetensors file nor an llm.c "
+                       f"model file (magic {LLMC_MAGIC})")
+
+
+def finish(out: Path, write: Callable[[Path], None]) -> None:
+    """Writes through `out` + '.partial' and renames when complete; never replaces `out`."""
+    if out.exists() or out.is_symlink():
+        raise ConvertError(f"{out}: already exists (remove it first; a conversion never "
+                           f"replaces a file)")
+    if not out.parent.is_dir():
+        raise ConvertError(f"{out.parent}: no such directory")
+    tmp = out.with_name(out.name + ".partial")
+    _remove(tmp)
+    try:
+        write(tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        for c in p.iterdir():
+            c.unlink()
+        p.rmdir()
+    elif p.exists() or p.is_symlink():
+        p.unlink()
+
+
+def main(argv: list[str] | None = None) -> int:
+    prog = prog_name("python -m analysis.convert_weights")
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    imp = sub.add_parser("import", help="an HF model or llm.c model file -> a triad checkpoint")
+    imp.add_argument("src", help="HF model directory, .safetensors file or llm.c .bin file")
+    imp.add_argument("out", help="the triad checkpoint to write (.h5; must not exist)")
+    imp.add_argument("--seq-len", type=int, help="keep the first N positions (default: all)")
+    exp = sub.add_parser("export", help="a triad checkpoint -> an HF model or llm.c model file")
+    exp.add_argument("ckpt", help="a checkpoint file, checkpoint directory or run directory")
+    exp.add_argument("out", help="the HF model directory or llm.c file to write (must not exist)")
+    exp.add_argument("--to", choices=("hf", "llmc"), required=True)
+    exp.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                     help="llm.c file precision (default fp32; bf16 rounds to nearest even)")
+    args = ap.parse_args(argv)
+
+    def body() -> int:
+        if args.command == "import":
+            if args.seq_len is not None and args.seq_len <= 0:
+                raise ConvertError(f"--seq-len {args.seq_len}: must be positive")
+            d, tensors, source = open_source(Path(args.src), args.seq_len)
+            finish(Path(args.out), lambda p: write_triad(p, d, tensors, source))
+        else:
+            if args.to == "hf" and args.dtype != "fp32":
+                raise ConvertError("--dtype applies to --to llmc; HF exports are fp32")
+            d, tensors, source = open_triad(Path(args.ckpt))
+            if args.to == "hf":
+                finish(Path(args.out), lambda p: write_hf(p, d, tensors))
+            else:
+                finish(Path(args.out), lambda p: write_llmc(p, d, tensors, args.dtype))
+        print(f"{prog}: wrote {args.out} ({d.n_layer} layers, {d.n_head} heads, n_embd "
+              f"{d.n_embd}, seq_len {d.seq_len}, vocab {d.vocab_size}) from {source}")
+        return 0
+
+    return run_main(prog, body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,274 @@
+"""triad-convert (analysis/convert_weights.py) against Hugging Face transformers' GPT-2.
+
+An independent implementation judges the weight mapping both ways: a seeded GPT2LMHeadModel
+(every tensor perturbed, so a swapped, untransposed or dropped tensor shows) is imported, and
+triad's own validation loss, accuracy and greedy continuation of the imported checkpoint
+(triad-train --eval-only, triad-generate) must equal what transformers computes in float64
+from its own files; a run fine-tuned from it by triad-train is exported and transformers,
+loading the export, must reproduce triad's final validation loss. llm.c model files: an
+fp32 round trip is exact, and bf16 files hold PyTorch's rounding of the weights. Every bad
+input is refused with one line, leaving no output behind."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from triad_run import VOCAB, assert_clean_failure, exe, run, tiny_config, tool, train
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+N_POS, SEQ, V = 64, 32, 50257  # the model's positions; the context triad uses (cropped)
+PROMPT = [464, 3290, 7586, 21831, 18045, 625, 262, 16931]
+EVAL_SEQUENCES = 16
+
+
+def hf_model(**config):
+    torch.manual_seed(3)
+    cfg = transformers.GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=N_POS,
+                                  vocab_size=V, **config)
+    m = transformers.GPT2LMHeadModel(cfg)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            # weights 8× init's scale (greedy choices far from ties); biases and LayerNorm
+            # parameters away from 0 and 1, so that each of them counts
+            p.copy_(p * 8 if p.dim() == 2 else p + 0.1 * torch.randn_like(p))
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    d = tmp_path_factory.mktemp("convert")
+    hf_model().save_pretrained(d / "hf", safe_serialization=True)
+    ckpt = d / "gpt2.h5"
+    p = tool("triad-convert", "import", d / "hf", ckpt, "--seq-len", SEQ)
+    assert p.returncode == 0, p.stderr
+    assert "wrote" in p.stdout and ckpt.is_file()
+    cfg = tiny_config(d, name="ft", vocab=V, model__n_layer=2, model__n_head=4,
+                      model__n_embd=64, model__seq_len=SEQ, eval__sequences=EVAL_SEQUENCES,
+                      train__steps=3)
+    return d, ckpt, cfg
+
+
+def val_sequences(d):
+    tokens = np.fromfile(d / "data" / "val_000.bin", dtype="<u2", offset=1024).astype(np.int64)
+    x = np.stack([tokens[k * SEQ:k * SEQ + SEQ] for k in range(EVAL_SEQUENCES)])
+    y = np.stack([tokens[k * SEQ + 1:k * SEQ + SEQ + 1] for k in range(EVAL_SEQUENCES)])
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def hf_loss_accuracy(model, d):
+    x, y = val_sequences(d)
+    with torch.no_grad():
+        logits = model.double()(x).logits
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, V), y.reshape(-1)).item()
+    acc = (logits.argmax(-1) == y).double().mean().item()
+    return loss, acc
+
+
+def triad_eval(cfg, ckpt):
+    p = train("--config", cfg, "--eval-only", "--init-from", ckpt, check=True)
+    return float(p.stdout.split("val loss")[1].split()[0]), \
+        float(p.stdout.split("val accuracy")[1].split()[0])
+
+
+def test_imported_model_evaluates_and_generates_as_transformers(imported):
+    d, ckpt, cfg = imported
+    model = hf_model()
+    want_loss, want_acc = hf_loss_accuracy(model, d)
+    loss, acc = triad_eval(cfg, ckpt)
+    assert abs(loss - want_loss) <= 1e-5 * want_loss, (loss, want_loss)
+    assert abs(acc - want_acc) <= 1.5 / (EVAL_SEQUENCES * SEQ), (acc, want_acc)
+
+    # Greedy decoding by transformers' model (its generate() needs a newer torch than 1.13).
+    ids = list(PROMPT)
+    with torch.no_grad():
+        for _ in range(20):
+            ids.append(int(model.double()(torch.tensor([ids])).logits[0, -1].argmax()))
+    want = ids[len(PROMPT):]
+    p = run([exe("triad-generate"), "--checkpoint", ckpt, "--vocab", VOCAB, "--top-k", "1",
+             "--prompt-ids", " ".join(map(str, PROMPT)), "--length", "20", "--output", "ids"],
+            check=True)
+    assert [int(t) for t in p.stdout.split()] == want
+
+    with h5py.File(ckpt, "r") as f:  # weights only, step 0, padded vocabulary of zeros
+        assert int(f.attrs["step"]) == 0 and "optimizer" not in f
+        assert f["model"].attrs["padded_vocab_size"] == 50304
+        assert f["model/wpe/weight"].shape == (SEQ, 64)
+        assert not np.any(f["model/wte/weight"][V:])
+    p = tool("triad-ckpt", ckpt)  # complete, consistent, checksums verified
+    assert p.returncode == 0 and "status: OK" in p.stdout, p.stdout + p.stderr
+
+
+def test_finetuned_run_exports_to_transformers(imported, tmp_path):
+    d, ckpt, cfg = imported
+    train("--config", cfg, "--init-from", ckpt, "--run.name", "ft", check=True)
+    run_dir = d / "runs" / "ft"
+    with h5py.File(run_dir / "metrics.h5", "r") as f:
+        assert list(f["val/step"][()]) == [0, 3]
+        triad_loss = float(f["val/loss"][-1])
+    out = tmp_path / "hf-out"
+    p = tool("triad-convert", "export", run_dir, out, "--to", "hf")
+    assert p.returncode == 0, p.stderr
+    model, info = transformers.GPT2LMHeadModel.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert model.config.n_positions == SEQ and model.config.vocab_size == V
+    loss, _ = hf_loss_accuracy(model.eval(), d)
+    assert abs(loss - triad_loss) <= 1e-5 * triad_loss, (loss, triad_loss)
+
+    # ... and back: the same tensors, bit for bit.
+    back = tmp_path / "back.h5"
+    assert tool("triad-convert", "import", out, back).returncode == 0
+    last = run_dir / "ckpt" / "step_00000003.h5"
+    with h5py.File(back, "r") as a, h5py.File(last, "r") as b:
+        names = []
+        b["model"].visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset)
+                              else None)
+        assert len(names) == 2 + 2 + 2 * 12
+        for n in names:
+            np.testing.assert_array_equal(a["model"][n][()], b["model"][n][()], err_msg=n)
+
+
+def read_llmc(path):
+    raw = path.read_bytes()
+    return np.frombuffer(raw[:1024], dtype="<i4"), raw[1024:]
+
+
+def test_llmc_files(imported, tmp_path):
+    d, ckpt, _ = imported
+    fp32, bf16 = tmp_path / "m.bin", tmp_path / "m_bf16.bin"
+    assert tool("triad-convert", "export", ckpt, fp32, "--to", "llmc").returncode == 0
+    assert tool("triad-convert", "export", ckpt, bf16, "--to", "llmc", "--dtype",
+                "bf16").returncode == 0
+    header, data = read_llmc(fp32)
+    assert list(header[:8]) == [20240326, 3, SEQ, V, 2, 4, 64, 50304]
+    assert read_llmc(bf16)[0][1] == 5
+    with h5py.File(ckpt, "r") as f:
+        wte = f["model/wte/weight"][()]
+        wpe = f["model/wpe/weight"][()]
+        ln1w = np.stack([f[f"model/h/{i}/ln_1/weight"][()] for i in range(2)])
+        lnfb = f["model/ln_f/bias"][()]
+    # llm.c's layout: wte (padded), wpe, then ln_1.weight of every layer, ...; ln_f last.
+    got = np.frombuffer(data, dtype="<f4")
+    np.testing.assert_array_equal(got[:wte.size], wte.ravel())
+    np.testing.assert_array_equal(got[wte.size:wte.size + wpe.size], wpe.ravel())
+    np.testing.assert_array_equal(got[wte.size + wpe.size:][:ln1w.size], ln1w.ravel())
+    np.testing.assert_array_equal(got[-lnfb.size:], lnfb)
+    # bf16: PyTorch's round-to-nearest-even of the fp32 weights.
+    b16 = np.frombuffer(read_llmc(bf16)[1], dtype="<u2")
+    want = torch.from_numpy(got.copy()).to(torch.bfloat16).view(torch.int16).numpy()
+    np.testing.assert_array_equal(b16, want.view("<u2"))
+
+    for src, exact in ((fp32, True), (bf16, False)):
+        back = tmp_path / (src.stem + ".h5")
+        assert tool("triad-convert", "import", src, back).returncode == 0
+        with h5py.File(back, "r") as a, h5py.File(ckpt, "r") as b:
+            for n in ("wte/weight", "h/1/attn/c_attn/weight", "h/0/mlp/c_proj/weight",
+                      "ln_f/bias"):
+                x, y = a["model/" + n][()], b["model/" + n][()]
+                if exact:
+                    np.testing.assert_array_equal(x, y, err_msg=n)
+                else:
+                    ref = torch.from_numpy(y).to(torch.bfloat16).float().numpy()
+                    np.testing.assert_array_equal(x, ref, err_msg=n)
+    # Cropped on import, as the HF path.
+    short = tmp_path / "short.h5"
+    assert tool("triad-convert", "import", fp32, short, "--seq-len", 8).returncode == 0
+    with h5py.File(short, "r") as f:
+        np.testing.assert_array_equal(f["model/wpe/weight"][()], wpe[:8])
+
+
+def save_hf(path, model, drop=(), extra=None):
+    from safetensors.torch import save_file
+
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()
+          if k not in drop and k != "lm_head.weight" and not k.endswith(".attn.bias")
+          and not k.endswith("masked_bias")}
+    sd.update(extra or {})
+    path.mkdir()
+    save_file(sd, path / "model.safetensors", metadata={"format": "pt"})
+    model.config.to_json_file(path / "config.json")
+    return path
+
+
+@pytest.mark.parametrize("case,needles", [
+    ("erf_gelu", ["config.json", "activation_function 'gelu'"]),
+    ("wide_mlp", ["config.json", "n_inner 128"]),
+    ("untied_head", ["lm_head.weight differs from wte.weight"]),
+    ("missing", ["h.1.mlp.c_fc.weight", "missing"]),
+    ("foreign_tensor", ["h.0.attn.rotary", "not part of a GPT-2 model"]),
+    ("truncated", ["model.safetensors", "truncated"]),
+    ("not_safetensors", ["model.safetensors", "not a safetensors file"]),
+    ("no_config", ["no config.json"]),
+    ("seq_len", ["--seq-len 65 exceeds the model's 64 positions"]),
+    ("llmc_truncated", ["m.bin", "truncated"]),
+    ("llmc_version", ["m.bin", "version 4"]),
+    ("hdf5", ["already HDF5"]),
+])
+def test_import_refuses_bad_inputs(imported, tmp_path, case, needles):
+    d, ckpt, _ = imported
+    model = hf_model()
+    args = []
+    if case == "erf_gelu":
+        src = save_hf(tmp_path / "hf", hf_model(activation_function="gelu"))
+    elif case == "wide_mlp":
+        src = save_hf(tmp_path / "hf", hf_model(n_inner=128))
+    elif case == "untied_head":
+        src = save_hf(tmp_path / "hf", model, extra={"lm_head.weight": torch.zeros(V, 64)})
+    elif case == "missing":
+        src = save_hf(tmp_path / "hf", model, drop=("transformer.h.1.mlp.c_fc.weight",))
+    elif case == "foreign_tensor":
+        src = save_hf(tmp_path / "hf", model, extra={"transformer.h.0.attn.rotary": torch.ones(4)})
+    elif case in ("truncated", "not_safetensors"):
+        src = save_hf(tmp_path / "hf", model)
+        f = src / "model.safetensors"
+        f.write_bytes(f.read_bytes()[:-100] if case == "truncated" else b"\0" * 64)
+    elif case == "no_config":
+        src = save_hf(tmp_path / "hf", model)
+        (src / "config.json").unlink()
+    elif case == "seq_len":
+        src, args = save_hf(tmp_path / "hf", model), ["--seq-len", "65"]
+    elif case.startswith("llmc"):
+        src = tmp_path / "m.bin"
+        assert tool("triad-convert", "export", ckpt, src, "--to", "llmc").returncode == 0
+        raw = bytearray(src.read_bytes())
+        if case == "llmc_truncated":
+            raw = raw[:-4]
+        else:
+            raw[4:8] = (4).to_bytes(4, "little")
+        src.write_bytes(bytes(raw))
+    else:
+        src = ckpt
+    out = tmp_path / "out.h5"
+    assert_clean_failure(tool("triad-convert", "import", src, out, *args), *needles)
+    assert not out.exists() and not (tmp_path / "out.h5.partial").exists()
+
+
+def test_refuses_to_replace_and_reports_bad_checkpoints(imported, tmp_path):
+    d, ckpt, _ = imported
+    before = ckpt.read_bytes()
+    assert_clean_failure(tool("triad-convert", "import", d / "hf", ckpt), str(ckpt),
+                         "already exists")
+    assert ckpt.read_bytes() == before
+    out = tmp_path / "hf-out"
+    out.mkdir()
+    assert_clean_failure(tool("triad-convert", "export", ckpt, out, "--to", "hf"),
+                         "already exists")
+    # A damaged checkpoint is not exported.
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(before)
+    with h5py.File(bad, "r+") as f:
+        f["model/ln_f/bias"][0] += 1
+    assert_clean_failure(tool("triad-convert", "export", bad, tmp_path / "x", "--to", "hf"),
+                         "bad.h5", "checksum")
+    assert not (tmp_path / "x").exists()
+    assert_clean_failure(tool("triad-convert", "export", ckpt, tmp_path / "y", "--to", "hf",
+                              "--dtype", "bf16"), "--dtype")
+    # The exported config is what transformers needs to compute triad's model.
+    p = tool("triad-convert", "export", ckpt, tmp_path / "z", "--to", "hf")
+    assert p.returncode == 0, p.stderr
+    cfg = json.loads((tmp_path / "z" / "config.json").read_text())
+    assert cfg["activation_function"] == "gelu_new" and cfg["layer_norm_epsilon"] == 1e-5
+    assert cfg["tie_word_embeddings"] and cfg["eos_token_id"] == 50256
