@@ -4,9 +4,10 @@
     python -m analysis.plot_curves ...        (the same, without installing the package)
 
 Each argument is a run directory (holding metrics.h5) or a metrics.h5 file. The figure has
-six panels: loss (train raw, train smoothed, val), val accuracy, learning rate, gradient
-norm, tokens/s and MFU, against the step (default) or the tokens seen (--x tokens). Several
-runs are overlaid, one colour per run. Prints the path written.
+six panels: loss (train raw, train smoothed, val), val accuracy (and the multiple-choice
+accuracy where eval.choices was scored), learning rate, gradient norm, tokens/s and MFU, against
+the step (default) or the tokens seen (--x tokens). Several runs are overlaid, one colour per
+run. Prints the path written.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def plot_runs(runs: list[Metrics], out: str | Path, x: str = "step", smooth: flo
     xlabel = "tokens seen" if x == "tokens" else "step"
     labels = _label_runs(runs)
     run_handles = []
+    any_choices = False
 
     for k, (r, label) in enumerate(zip(runs, labels)):
         c = colors[k % len(colors)]
@@ -95,6 +97,12 @@ def plot_runs(runs: list[Metrics], out: str | Path, x: str = "step", smooth: flo
         if len(vx):
             ax_loss.plot(vx, va["loss"], color=c, ls="--", marker="o", ms=3.5, lw=1.2)
             ax_acc.plot(vx, 100.0 * va["accuracy"], color=c, ls="--", marker="o", ms=3.5)
+            # eval.choices (multiple choice, e.g. HellaSwag): NaN where it was not scored
+            mc = va.get("choice_accuracy")
+            if mc is not None and np.isfinite(mc).any():
+                ok = np.isfinite(mc)
+                ax_acc.plot(vx[ok], 100.0 * mc[ok], color=c, ls=":", marker="s", ms=3.5)
+                any_choices = True
         extra = ""
         if n:
             win = auto_window(n) if smooth is None else smooth
@@ -122,6 +130,13 @@ def plot_runs(runs: list[Metrics], out: str | Path, x: str = "step", smooth: flo
         ax_loss.set_ylim(lo - pad, hi + pad)
 
     ax_acc.set_title("val top-1 accuracy (%)")
+    if any_choices:
+        ax_acc.set_title("val accuracy (%)")
+        kinds = ax_acc.legend(handles=[
+            Line2D([], [], color="0.4", ls="--", marker="o", ms=3.5, label="top-1 next token"),
+            Line2D([], [], color="0.4", ls=":", marker="s", ms=3.5,
+                   label="multiple choice (eval.choices)")], loc="upper left", fontsize=8)
+        ax_acc.add_artist(kinds)  # kept beside the runs' legend below
     ax_lr.set_title("learning rate")
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     ax_gn.set_title("gradient norm (before clipping)")
@@ -136,7 +151,8 @@ def plot_runs(runs: list[Metrics], out: str | Path, x: str = "step", smooth: flo
         ax.grid(True, alpha=0.3)
     if len(runs) > 1:
         ax_acc.legend(handles=[Line2D([], [], color=h.get_color(), lw=2, label=l)
-                               for h, l in zip(run_handles, labels)], fontsize=8)
+                               for h, l in zip(run_handles, labels)], loc="center right",
+                      fontsize=8)
 
     if title is None:
         if len(runs) == 1:

@@ -77,7 +77,8 @@ struct MetricsWriter::Impl {
                                      {"mfu", false},
                                      {"step_ms", false},
                                      {"tokens", true}});
-  Table val = make_table("val", {{"step", true}, {"loss", false}, {"accuracy", false}});
+  Table val = make_table(
+      "val", {{"step", true}, {"loss", false}, {"accuracy", false}, {"choice_accuracy", false}});
 
   [[noreturn]] void fail_here(const std::string& what) const {
     fail("metrics file ", path, ": ", what);
@@ -103,7 +104,9 @@ struct MetricsWriter::Impl {
     return "";
   }
 
-  // Opens or creates the group and its datasets; rows_in_file = the shortest column.
+  // Opens or creates the group and its datasets; rows_in_file = the shortest column the file
+  // had (a column it lacked, from an older triad, is created and extended with NaN to that
+  // length by truncate_table's set_rows).
   void open_table(Table& t) {
     H5Id lcpl = io::make_plist(H5P_LINK_CREATE);
     h5check(H5Pset_create_intermediate_group(lcpl, 1), "cannot set up link creation");
@@ -261,6 +264,7 @@ void MetricsWriter::append(const ValRow& r) {
   t.col(0).ints.push_back(r.step);
   t.col(1).doubles.push_back(r.loss);
   t.col(2).doubles.push_back(r.accuracy);
+  t.col(3).doubles.push_back(r.choice_accuracy);
   if (t.col(0).buffered() >= kAutoFlushRows) flush();
 }
 

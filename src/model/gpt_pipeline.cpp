@@ -42,6 +42,13 @@ const float* Gpt::decode_logits(const int32_t* tokens, int B, int len) {
                                        : next_token_logits_t<float>(tokens, B, len, true);
 }
 
+const float* Gpt::sequence_losses(const int32_t* tokens, int B, int len, int last,
+                                  const int32_t* targets) {
+  TRIAD_CHECK(last >= 1 && last <= len, "sequence_losses: last = ", last, " outside 1..", len);
+  return precision_ == Precision::bf16 ? sequence_losses_t<bf16_t>(tokens, B, len, last, targets)
+                                       : sequence_losses_t<float>(tokens, B, len, last, targets);
+}
+
 // A model for inference has one: the shared scratch layer's qkv, which no layer uses (each keeps
 // its own). A training model allocates one on first use.
 template <class A>
@@ -217,22 +224,18 @@ ForwardStats Gpt::share_from_last_stage(ForwardStats st) {
 }
 
 template <class A>
-const float* Gpt::next_token_logits_t(const int32_t* tokens, int B, int len, bool cached) {
+Gpt::Set<A>* Gpt::decode_forward(const int32_t* tokens, int B, int len, bool cached, int need,
+                                 int& n, int& rows) {
   const int T = shape_.seq_len;
-  TRIAD_ASSERT(len >= 1 && len <= T && B >= 1 && B <= max_batch_);
+  TRIAD_ASSERT(len >= 1 && len <= T && B >= 1 && B <= max_batch_ && need >= 1 && need <= len);
   TRIAD_CHECK(B == 1 || (mp_.tp == 1 && mp_.pp == 1),
               "internal error: decoding several sequences at once needs one rank holding the whole "
               "model");
-  const int C = shape_.n_embd, Vl = vocab_local_, Vp = shape_.padded_vocab_size;
-  const int V = shape_.vocab_size;
-  // Host logits: B rows of Vp floats, then room for this rank's Vl.
-  if (host_scratch_.size() < size_t(B) * Vp + Vp) host_scratch_.resize(size_t(B) * Vp + Vp);
-  float* out = host_scratch_.data();
   // Sequence parallelism cuts the rows into tp equal parts: pad the new rows at their end (the
-  // attention is causal, so later positions change neither the logits of position len − 1 nor
-  // the kept keys and values before them; a padding row's are overwritten by the next call's).
-  const auto padded = [&](int n) {
-    return mp_.split_rows() ? (n + mp_.tp - 1) / mp_.tp * mp_.tp : n;
+  // attention is causal, so later positions change neither the outputs of earlier ones nor the
+  // kept keys and values before them; a padding row's are overwritten by the next call's).
+  const auto padded = [&](int k) {
+    return mp_.split_rows() ? (k + mp_.tp - 1) / mp_.tp * mp_.tp : k;
   };
   // Cached: each sequence's first p tokens are those of the previous call, whose keys and values
   // every layer's qkv buffer holds. Full recomputation (outside inference) shares one qkv buffer
@@ -245,12 +248,13 @@ const float* Gpt::next_token_logits_t(const int32_t* tokens, int B, int len, boo
     for (int b = 0; prefix && b < B; ++b)
       prefix = std::equal(decoded_.begin() + ptrdiff_t(b) * q,
                           decoded_.begin() + ptrdiff_t(b + 1) * q, tokens + size_t(b) * len);
-    if (prefix) p = q;
+    if (prefix) p = std::min(q, len - need);  // the positions asked for are computed
     // Sequence parallelism: the padded new rows must fit the context; near its end the last kept
     // tokens are computed again with the new ones (same tokens and positions, so still valid).
     while (p > 0 && p + padded(len - p) > T) --p;
   }
-  const int n = len - p, rows = padded(n);
+  n = len - p;
+  rows = padded(n);
   last_decoded_rows_ = cached ? B * rows : 0;
   // The new tokens of each sequence, [B, rows].
   const int32_t* ids = tokens + p;
@@ -268,7 +272,22 @@ const float* Gpt::next_token_logits_t(const int32_t* tokens, int B, int len, boo
   decoding_ = keeps;
   Set<A>* last = forward_pipeline<A>(ids, B, rows, p);
   decoding_ = false;
-  if (last) {
+  if (keeps) {  // the forward pass cleared it
+    decoded_.assign(tokens, tokens + size_t(B) * len);
+    decoded_batch_ = B;
+  }
+  return last;
+}
+
+template <class A>
+const float* Gpt::next_token_logits_t(const int32_t* tokens, int B, int len, bool cached) {
+  const int C = shape_.n_embd, Vl = vocab_local_, Vp = shape_.padded_vocab_size;
+  const int V = shape_.vocab_size;
+  // Host logits: B rows of Vp floats, then room for this rank's Vl.
+  if (host_scratch_.size() < size_t(B) * Vp + Vp) host_scratch_.resize(size_t(B) * Vp + Vp);
+  float* out = host_scratch_.data();
+  int n = 0, rows = 0;
+  if (Set<A>* last = decode_forward<A>(tokens, B, len, cached, 1, n, rows)) {
     // Only each sequence's last position's logits are needed: its row of the classifier (for
     // one new token, the B rows are adjacent and go through the head together).
     A* logits = acts<A>().logits;
@@ -286,15 +305,39 @@ const float* Gpt::next_token_logits_t(const int32_t* tokens, int B, int len, boo
       }
     }
   }
-  if (keeps) {  // the forward pass cleared it
-    decoded_.assign(tokens, tokens + size_t(B) * len);
-    decoded_batch_ = B;
-  }
   if (mp_.pp > 1) mp_.pp_comm->broadcast(out, size_t(Vp), mp_.pp - 1);
   // Rows of vocab_size logits (the padding dropped), one per sequence.
   for (int b = 1; b < B; ++b)
     std::memmove(out + size_t(b) * V, out + size_t(b) * Vp, size_t(V) * sizeof(float));
   return out;
+}
+
+template <class A>
+const float* Gpt::sequence_losses_t(const int32_t* tokens, int B, int len, int last,
+                                    const int32_t* targets) {
+  int n = 0, rows = 0;
+  Set<A>* S = decode_forward<A>(tokens, B, len, true, last, n, rows);
+  // The classifier runs over every new row (the rows before the asked-for ones, if any, get
+  // target 0 and are ignored): B·rows losses, then the asked-for ones moved to the front.
+  const size_t N = size_t(B) * rows;
+  scored_targets_.assign(N, 0);
+  scored_losses_.assign(N, 0.0f);
+  for (int b = 0; b < B; ++b)
+    for (int j = 0; j < last; ++j) {
+      const int32_t t = targets[size_t(b) * last + j];
+      TRIAD_CHECK(t >= 0 && t < shape_.vocab_size, "sequence_losses: target ", t,
+                  " outside the vocabulary");
+      scored_targets_[size_t(b) * rows + size_t(n - last + j)] = t;
+    }
+  if (S) {
+    upload_ids(nullptr, scored_targets_.data(), int(N));
+    classifier(*S, scored_targets_.data(), B, rows, 0.0f, false, scored_losses_.data());
+    for (int b = 0; b < B; ++b)
+      std::copy_n(scored_losses_.begin() + ptrdiff_t(size_t(b) * rows + size_t(n - last)), last,
+                  scored_losses_.begin() + ptrdiff_t(size_t(b) * last));
+  }
+  if (mp_.pp > 1) mp_.pp_comm->broadcast(scored_losses_.data(), size_t(B) * last, mp_.pp - 1);
+  return scored_losses_.data();
 }
 
 template Gpt::Set<float>* Gpt::forward_pipeline<float>(const int32_t*, int, int, int);

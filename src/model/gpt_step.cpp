@@ -231,7 +231,7 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T, int pos0) {
 // global ones.
 template <class A>
 ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int T,
-                             float dloss_scale, bool with_grad) {
+                             float dloss_scale, bool with_grad, float* row_losses) {
   const int N = B * T, C = shape_.n_embd, Vl = vocab_local_;
   auto& a = acts<A>();
   A* logits = a.logits;
@@ -281,7 +281,9 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
                                           Vl, dloss_scale);
       }
       for (int i = 0; i < rows; ++i) {
-        st.loss_sum += std::log(double(hsum[i])) + double(hmax[i]) - double(htgt[i]);
+        const double loss = std::log(double(hsum[i])) + double(hmax[i]) - double(htgt[i]);
+        st.loss_sum += loss;
+        if (row_losses) row_losses[r0 + i] = float(loss);
         st.correct += int(-harg[i]) == host_targets[r0 + i] ? 1 : 0;
       }
     }
@@ -295,6 +297,7 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
     be_.copy_to_host(host, S.losses, size_t(N));
     be_.copy_to_host(host + N, S.correct, size_t(N));
     for (int i = 0; i < N; ++i) st.loss_sum += host[size_t(i)];
+    if (row_losses) std::copy(host, host + N, row_losses);
     for (int i = 0; i < N; ++i) st.correct += host[size_t(N + i)] > 0.5f ? 1 : 0;
   }
   return st;
@@ -503,8 +506,10 @@ template void Gpt::weight_chunk<float>(int, Set<float>&, int, int);
 template void Gpt::weight_chunk<bf16_t>(int, Set<bf16_t>&, int, int);
 template void Gpt::layer_front<float>(Set<float>&, int, int, int, int, int);
 template void Gpt::layer_front<bf16_t>(Set<bf16_t>&, int, int, int, int, int);
-template ForwardStats Gpt::classifier<float>(Set<float>&, const int32_t*, int, int, float, bool);
-template ForwardStats Gpt::classifier<bf16_t>(Set<bf16_t>&, const int32_t*, int, int, float, bool);
+template ForwardStats Gpt::classifier<float>(Set<float>&, const int32_t*, int, int, float, bool,
+                                             float*);
+template ForwardStats Gpt::classifier<bf16_t>(Set<bf16_t>&, const int32_t*, int, int, float, bool,
+                                              float*);
 template void Gpt::logits_to_host<float>(float*, const float*, size_t);
 template void Gpt::logits_to_host<bf16_t>(float*, const bf16_t*, size_t);
 

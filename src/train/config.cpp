@@ -63,6 +63,11 @@ class KeyTable {
     add("data.vocab", c.data.vocab, "GPT-2 BPE ranks file (tiktoken format) for samples");
     add("eval.every", c.eval.every, "evaluate every N steps (0: start and end only)");
     add("eval.sequences", c.eval.sequences, "validation sequences per evaluation");
+    add("eval.choices", c.eval.choices,
+        "multiple-choice eval file scored at every evaluation (llm.c's format, e.g. HellaSwag "
+        "from jobs/prepare_choices.py); empty: none");
+    add("eval.choice_examples", c.eval.choice_examples,
+        "score the first N examples of eval.choices (0: all)");
     add("checkpoint.dir", c.checkpoint.dir, "checkpoint directory (default RUN/ckpt)");
     add("checkpoint.every", c.checkpoint.every, "checkpoint every N steps (0: end only)");
     add("checkpoint.keep", c.checkpoint.keep, "keep the newest K checkpoints (0: all)");
@@ -364,6 +369,7 @@ void validate(const Config& c, int world_size) {
   check(o.momentum >= 0 && o.momentum < 1, "optim.momentum", "must be in [0, 1)");
   check(c.eval.every >= 0, "eval.every", "must be >= 0");
   check(c.eval.sequences >= 0, "eval.sequences", "must be >= 0");
+  check(c.eval.choice_examples >= 0, "eval.choice_examples", "must be >= 0");
   check(c.checkpoint.every >= 0, "checkpoint.every", "must be >= 0");
   check(c.checkpoint.keep >= 0, "checkpoint.keep", "must be >= 0 (0 keeps all)");
   check(!c.run.name.empty() && c.run.name.find('/') == std::string::npos, "run.name",

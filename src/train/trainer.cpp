@@ -64,12 +64,21 @@ Trainer::Trainer(MPI_Comm world, const CommandLine& cl) : s_(std::make_unique<St
 
 Trainer::~Trainer() = default;
 
+std::string describe_choices(const EvalResult& r) {
+  std::ostringstream os;
+  os << std::fixed << std::setprecision(4) << "choice accuracy " << r.choice_accuracy
+     << " (by summed loss " << r.choice_accuracy_by_sum << ", ending loss " << std::setprecision(6)
+     << r.choice_ending_loss << ") | " << r.choice_examples << " examples";
+  return os.str();
+}
+
 EvalResult Trainer::evaluate_only() {
   auto& s = *s_;
-  TRIAD_CHECK(!s.cfg.data.val.empty(),
-              "config: data.val is empty; --eval-only needs validation "
-              "shards");
-  s.open_val();
+  TRIAD_CHECK(!s.cfg.data.val.empty() || !s.cfg.eval.choices.empty(),
+              "config: data.val and eval.choices are empty; --eval-only needs validation "
+              "shards or a multiple-choice file");
+  if (!s.cfg.data.val.empty()) s.open_val();
+  s.open_choices();
   std::string path;
   if (!s.cl.init_from.empty()) {
     path = s.cl.init_from;
@@ -86,8 +95,12 @@ EvalResult Trainer::evaluate_only() {
   const EvalResult r = s.evaluate();
   if (s.root()) {
     std::cout << std::fixed << std::setprecision(6) << "checkpoint " << path << " (step " << st.step
-              << ") | val loss " << r.loss << " | val accuracy " << r.accuracy << " | "
-              << r.sequences << " sequences" << std::endl;
+              << ")";
+    if (r.sequences > 0)
+      std::cout << " | val loss " << r.loss << " | val accuracy " << r.accuracy << " | "
+                << r.sequences << " sequences";
+    if (r.choice_examples > 0) std::cout << " | " << describe_choices(r);
+    std::cout << std::endl;
   }
   return r;
 }
@@ -137,6 +150,7 @@ TrainOutcome Trainer::run() {
   s.train_src =
       std::make_unique<SequenceSource>(cfg.data.train, "data.train", T, cfg.model.vocab_size);
   if (!cfg.data.val.empty()) s.open_val();
+  s.open_choices();
   s.train_loader =
       std::make_unique<DataLoader>(*s.train_src, cfg.data.shuffle, uint64_t(cfg.train.seed));
   if (cfg.sample.length > 0) {

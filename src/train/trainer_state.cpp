@@ -3,9 +3,11 @@
 
 #include <cstdio>
 #include <exception>
+#include <limits>
 #include <set>
 
 #include "triad/kernels/cuda_comm.h"
+#include "triad/train/choice_eval.h"
 #include "triad/train/model_tensors.h"
 #include "triad/train/pipeline_trace.h"
 #include "triad/train/run_plan.h"
@@ -284,7 +286,32 @@ void Trainer::State::open_val() {
               ", fewer than eval.sequences = ", cfg.eval.sequences);
 }
 
+void Trainer::State::open_choices() {
+  if (cfg.eval.choices.empty()) return;
+  choices = read_choice_file(cfg.eval.choices, cfg.model.vocab_size, "eval.choices");
+  if (cfg.eval.choice_examples > 0 && size_t(cfg.eval.choice_examples) < choices.size())
+    choices.resize(size_t(cfg.eval.choice_examples));
+  check_choices_fit(choices, cfg.model.seq_len, "eval.choices " + cfg.eval.choices);
+}
+
 EvalResult Trainer::State::evaluate() {
+  EvalResult r = evaluate_val();
+  if (!choices.empty()) {
+    // Example i goes to data-parallel rank i mod dp; the sums are exact (integers, and losses
+    // added in rank order by the reduction).
+    const ChoiceScore sc = score_choices(*model, choices, size_t(dp_rank), size_t(dp));
+    double v[4] = {double(sc.correct), double(sc.correct_by_sum), sc.ending_loss_sum,
+                   double(sc.endings)};
+    for (double& x : v) x = grid.dp().all_reduce_sum(x);
+    r.choice_examples = int64_t(choices.size());
+    r.choice_accuracy = v[0] / double(r.choice_examples);
+    r.choice_accuracy_by_sum = v[1] / double(r.choice_examples);
+    r.choice_ending_loss = v[2] / v[3];
+  }
+  return r;
+}
+
+EvalResult Trainer::State::evaluate_val() {
   EvalResult r;
   if (!val_src || cfg.eval.sequences == 0) return r;
   const int64_t n = cfg.eval.sequences;
@@ -341,13 +368,17 @@ void Trainer::State::write_pipeline_trace(const std::vector<ComputeInterval>& ac
 
 void Trainer::State::run_eval() {
   const EvalResult r = evaluate();
-  if (r.sequences > 0) {
+  if (r.sequences > 0 || r.choice_examples > 0) {
     std::ostringstream os;
-    os << "eval step " << step << " | val loss " << std::fixed << std::setprecision(4) << r.loss
-       << " | val accuracy " << std::setprecision(4) << r.accuracy;
+    os << "eval step " << step << std::fixed << std::setprecision(4);
+    if (r.sequences > 0) os << " | val loss " << r.loss << " | val accuracy " << r.accuracy;
+    if (r.choice_examples > 0) os << " | " << describe_choices(r);
     say(os.str());
     if (metrics) {
-      metrics->append(ValRow{step, r.loss, r.accuracy});
+      const double nan = std::numeric_limits<double>::quiet_NaN();
+      metrics->append(ValRow{step, r.sequences > 0 ? r.loss : nan,
+                             r.sequences > 0 ? r.accuracy : nan,
+                             r.choice_examples > 0 ? r.choice_accuracy : nan});
       metrics->flush();
     }
   }

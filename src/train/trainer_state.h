@@ -18,6 +18,7 @@
 #include "triad/core/error.h"
 #include "triad/core/rng.h"
 #include "triad/core/timer.h"
+#include "triad/data/choice_file.h"
 #include "triad/data/loader.h"
 #include "triad/data/tokenizer.h"
 #include "triad/io/checkpoint.h"
@@ -45,6 +46,7 @@ struct Trainer::State {
   std::unique_ptr<DataLoader> train_loader;
   std::unique_ptr<MetricsWriter> metrics;
   std::unique_ptr<Tokenizer> tokenizer;
+  std::vector<ChoiceExample> choices;  // eval.choices (the first eval.choice_examples)
   std::ofstream log;
   int64_t step = 0;      // updates applied
   int64_t position = 0;  // absolute position of the next training sequence
@@ -108,9 +110,11 @@ struct Trainer::State {
   CheckpointState load_weights(const std::string& path);
   // Opens data.val and checks it holds eval.sequences sequences.
   void open_val();
+  void open_choices();  // eval.choices, if set
 
   // ---- evaluation ---------------------------------------------------------------------------
-  EvalResult evaluate();
+  EvalResult evaluate();      // the validation loss and the multiple-choice examples
+  EvalResult evaluate_val();  // the validation loss only
 
   void write_sample();
 

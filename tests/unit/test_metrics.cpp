@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -68,7 +69,8 @@ triad::TrainRow train_row(int64_t step) {
 }
 
 triad::ValRow val_row(int64_t step) {
-  return {step, 9.0 - 0.1 * static_cast<double>(step), 0.01 * static_cast<double>(step)};
+  return {step, 9.0 - 0.1 * static_cast<double>(step), 0.01 * static_cast<double>(step),
+          0.25 + 0.001 * static_cast<double>(step)};
 }
 
 // Reads a whole 1-D dataset with the serial C API.
@@ -101,7 +103,7 @@ std::vector<T> read_column(const std::string& file, const std::string& dset) {
 
 const std::vector<std::string> kTrainCols = {"step",           "loss", "lr",      "grad_norm",
                                              "tokens_per_sec", "mfu",  "step_ms", "tokens"};
-const std::vector<std::string> kValCols = {"step", "loss", "accuracy"};
+const std::vector<std::string> kValCols = {"step", "loss", "accuracy", "choice_accuracy"};
 
 size_t column_length(const std::string& file, const std::string& dset) {
   return read_column<double>(file, dset).size();
@@ -135,11 +137,14 @@ void expect_val_rows(const std::string& file, const std::vector<int64_t>& steps)
   EXPECT_EQ(read_column<int64_t>(file, "/val/step"), steps);
   const auto loss = read_column<double>(file, "/val/loss");
   const auto acc = read_column<double>(file, "/val/accuracy");
+  const auto choice = read_column<double>(file, "/val/choice_accuracy");
   ASSERT_EQ(loss.size(), steps.size());
   ASSERT_EQ(acc.size(), steps.size());
+  ASSERT_EQ(choice.size(), steps.size());
   for (size_t i = 0; i < steps.size(); ++i) {
     EXPECT_EQ(loss[i], val_row(steps[i]).loss);
     EXPECT_EQ(acc[i], val_row(steps[i]).accuracy);
+    EXPECT_EQ(choice[i], val_row(steps[i]).choice_accuracy);
   }
 }
 
@@ -248,6 +253,27 @@ TEST_F(MetricsTest, ResumeTruncatesRowsAtOrAfterResumeStep) {
   { triad::MetricsWriter w(path_, attrs(), 0); }
   expect_train_rows(path_, {});
   expect_val_rows(path_, {});
+}
+
+TEST_F(MetricsTest, ResumeAddsAColumnAnOlderFileLacks) {
+  // A file from before /val/choice_accuracy existed: its rows stay, the new column reads NaN
+  // for them, and rows appended after the resume carry their values.
+  {
+    triad::MetricsWriter w(path_, attrs(), -1);
+    for (int64_t s : {0, 5}) w.append(val_row(s));
+  }
+  hid_t f = H5Fopen(path_.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  ASSERT_GE(H5Ldelete(f, "/val/choice_accuracy", H5P_DEFAULT), 0);
+  H5Fclose(f);
+  {
+    triad::MetricsWriter w(path_, attrs(), 10);
+    w.append(val_row(10));
+  }
+  EXPECT_EQ(read_column<int64_t>(path_, "/val/step"), (std::vector<int64_t>{0, 5, 10}));
+  const auto choice = read_column<double>(path_, "/val/choice_accuracy");
+  ASSERT_EQ(choice.size(), 3u);
+  EXPECT_TRUE(std::isnan(choice[0]) && std::isnan(choice[1]));
+  EXPECT_EQ(choice[2], val_row(10).choice_accuracy);
 }
 
 TEST_F(MetricsTest, FreshRunReplacesTheFile) {

@@ -1,12 +1,13 @@
 // metrics.h5 (DESIGN.md §5): training curves written by rank 0. Groups /train and /val hold
 // 1-D chunked, extendible datasets of equal length within each group:
 //   /train/{step, loss, lr, grad_norm, tokens_per_sec, mfu, step_ms, tokens}
-//   /val/{step, loss, accuracy}
+//   /val/{step, loss, accuracy, choice_accuracy}
 // step and tokens are int64, the rest float64. Root attributes: config, grid, n_params,
 // flops_per_token, peak_flops.
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <string>
 
@@ -21,6 +22,7 @@ struct TrainRow {
 struct ValRow {
   int64_t step = 0;  // updates applied when the evaluation ran
   double loss = 0, accuracy = 0;
+  double choice_accuracy = std::numeric_limits<double>::quiet_NaN();  // NaN: no eval.choices
 };
 
 struct MetricsAttributes {

@@ -325,6 +325,16 @@ class Gpt {
   // first call with B > 1 allocates a scratch of max_batch·seq_len q|k|v rows (not in
   // memory_plan); a model for inference has it in its plan.
   const float* decode_logits(const int32_t* tokens, int B, int len);
+  // Scoring continuations (multiple-choice evaluation): the cross-entropy of each sequence's last
+  // `last` positions' predictions, losses[b·last + j] = −log p(targets[b·last + j] | the tokens
+  // of sequence b up to position len − last + j), on the host of every rank (valid until the
+  // next call). With the cache of decode_logits: a call whose tokens extend the previous call's
+  // runs its layers over the new tokens only (at least the `last` positions asked for), so a
+  // shared context is best passed first through decode_logits. Targets below vocab_size;
+  // 1 <= last <= len. Collective like decode_logits; B > 1 on one rank holding the whole model.
+  const float* sequence_losses(const int32_t* tokens, int B, int len, int last,
+                               const int32_t* targets);
+  int max_batch() const { return max_batch_; }
   void forget_decoded() { decoded_.clear(); }
   // Tokens per sequence whose keys and values the cache holds (the last decode_logits call's),
   // 0 if none.
@@ -362,6 +372,15 @@ class Gpt {
   template <class A>
   const float* next_token_logits_t(const int32_t* tokens, int B, int len, bool cached);
   template <class A>
+  const float* sequence_losses_t(const int32_t* tokens, int B, int len, int last,
+                                 const int32_t* targets);
+  // The forward pass of generation and scoring: B sequences of len tokens, the kept ones not
+  // recomputed when `cached` (except the last `need` positions); sets n (new tokens per
+  // sequence) and rows (n padded for sequence parallelism, the rows per sequence in the set).
+  template <class A>
+  Set<A>* decode_forward(const int32_t* tokens, int B, int len, bool cached, int need, int& n,
+                         int& rows);
+  template <class A>
   A* decode_scratch();  // decode_logits with B > 1: the new rows' q|k|v before they are placed
   template <class A>
   void logits_to_host(float* host, const A* dev, size_t n);
@@ -388,9 +407,10 @@ class Gpt {
   // again (after ln_1) before the layer's backward.
   template <class A>
   void layer_front(Set<A>& S, int g, int i, int B, int T, int pos0 = 0);
+  // row_losses (optional, host, B·T): each row's cross-entropy.
   template <class A>
   ForwardStats classifier(Set<A>& S, const int32_t* host_targets, int B, int T, float dloss_scale,
-                          bool with_grad);
+                          bool with_grad, float* row_losses = nullptr);
   // Forward of one micro-batch through every chunk in order (no pipelining: evaluation and
   // generation); returns the last chunk's activation set on the ranks holding it, else null.
   template <class A>
@@ -445,6 +465,8 @@ class Gpt {
   std::vector<ComputeInterval>* trace_ = nullptr;  // trace_next_step
   float* tied_scratch_ = nullptr;                  // the other stage's wte gradient (pp > 1)
   std::vector<float> host_scratch_, host_candidates_;
+  std::vector<int32_t> scored_targets_;  // sequence_losses: targets of every new row
+  std::vector<float> scored_losses_;     // and their losses
 };
 
 }  // namespace triad

@@ -17,7 +17,15 @@ namespace triad {
 struct EvalResult {
   double loss = 0, accuracy = 0;
   int64_t sequences = 0;
+  // eval.choices (train/choice_eval.h): the share of examples whose right ending has the least
+  // mean token loss (llm.c's HellaSwag accuracy) or least summed loss, and the mean over all
+  // endings of their mean token loss.
+  double choice_accuracy = 0, choice_accuracy_by_sum = 0, choice_ending_loss = 0;
+  int64_t choice_examples = 0;
 };
+
+// "choice accuracy 0.2955 (by summed loss 0.2859, ending loss 3.123456) | 10042 examples"
+std::string describe_choices(const EvalResult& r);
 
 struct TrainOutcome {
   int64_t steps_done = 0;

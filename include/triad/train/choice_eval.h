@@ -1,0 +1,38 @@
+// Multiple-choice evaluation (HellaSwag and the like, data/choice_file.h), scored the way llm.c
+// and nanoGPT score it: each ending follows the shared context, and the model's cross-entropy
+// over the ending's tokens measures it. The chosen ending is the one of least mean loss per
+// token (llm.c's HellaSwag accuracy, "acc_norm" elsewhere) or, second number, of least summed
+// loss ("acc"); ties go to the first.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "triad/data/choice_file.h"
+
+namespace triad {
+
+class Gpt;
+
+struct ChoiceScore {
+  int64_t examples = 0;
+  int64_t correct = 0;         // least mean loss per token
+  int64_t correct_by_sum = 0;  // least summed loss
+  double ending_loss_sum = 0;  // over examples and endings: each ending's mean token loss
+  int64_t endings = 0;
+};
+
+// Refuses (one error naming `where` and the example) an example whose longest ending leaves no
+// room for a context token within seq_len; longer contexts lose their first tokens instead.
+void check_choices_fit(const std::vector<ChoiceExample>& examples, int seq_len,
+                       const std::string& where);
+
+// Scores examples first, first + stride, ... on `model` (collective over its tensor- and
+// pipeline-parallel groups, which must pass the same arguments; the counts on every rank). The
+// endings of an example go through the model together, as many at a time as its batch allows
+// (one on a grid), after their shared context. Drops the model's cache of keys and values.
+ChoiceScore score_choices(Gpt& model, const std::vector<ChoiceExample>& examples, size_t first,
+                          size_t stride);
+
+}  // namespace triad

@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Multiple-choice examples (HellaSwag's JSON lines) -> the eval file `eval.choices` reads
+(llm.c's format; include/triad/data/choice_file.h), tokenized with GPT-2's BPE.
+
+    .venv/bin/python jobs/prepare_choices.py hellaswag_val.jsonl data/choices/hellaswag_val.bin
+    build/triad-train --config RUN.ini --eval-only --init-from gpt2.h5 \\
+        --eval.choices data/choices/hellaswag_val.bin
+
+Each line is a JSON object with "ctx" (the shared context), "endings" (a list of at least two
+strings) and "label" (the index of the right ending), as in HellaSwag's hellaswag_val.jsonl.
+As llm.c and nanoGPT do, the context is encoded as it is and each ending with a space before
+it; the file matches what llm.c's dev/data/hellaswag.py writes for the same lines. A line that is
+not such an object ends the script with one error naming the file and line (exit status 1);
+the output is written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+MAGIC, VERSION, START = 20240522, 1, 65535
+
+
+def gpt2_encoding(vocab: Path):
+    """tiktoken's GPT-2 encoding from the local ranks file (no download)."""
+    import tiktoken
+    from tiktoken.load import load_tiktoken_bpe
+
+    ranks = load_tiktoken_bpe(str(vocab))
+    return tiktoken.Encoding(
+        name="gpt2-local", explicit_n_vocab=50257, mergeable_ranks=ranks,
+        pat_str=r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
+        special_tokens={"<|endoftext|>": 50256})
+
+
+def examples(path: Path):
+    with open(path, encoding="utf-8") as f:
+        for no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{no}"
+            try:
+                ex = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: not JSON ({e})")
+            if not isinstance(ex, dict):
+                raise ValueError(f"{where}: not a JSON object")
+            ctx, endings, label = ex.get("ctx"), ex.get("endings"), ex.get("label")
+            if not isinstance(ctx, str) or not ctx:
+                raise ValueError(f'{where}: "ctx" must be a non-empty string')
+            if (not isinstance(endings, list) or len(endings) < 2
+                    or not all(isinstance(e, str) and e for e in endings)):
+                raise ValueError(f'{where}: "endings" must be a list of at least two non-empty '
+                                 f"strings")
+            if isinstance(label, str) and label.isdigit():
+                label = int(label)
+            if not isinstance(label, int) or not 0 <= label < len(endings):
+                raise ValueError(f'{where}: "label" must be an index into "endings" '
+                                 f"(0..{len(endings) - 1}), got {label!r}")
+            yield ctx, endings, label
+
+
+def encode_example(enc, index: int, ctx: str, endings: list[str], label: int) -> list[int]:
+    stream = [START, 0, index, label, len(endings)]
+    ctx_tokens = enc.encode_ordinary(ctx)
+    stream += [len(ctx_tokens), *ctx_tokens]
+    for e in endings:
+        t = enc.encode_ordinary(" " + e)
+        stream += [len(t), *t]
+    stream[1] = 2 * len(stream)
+    return stream
+
+
+def main(argv: list[str] | None = None) -> int:
+    root = Path(__file__).resolve().parents[1]
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("jsonl", type=Path, help="HellaSwag-style JSON lines")
+    ap.add_argument("out", type=Path, help="the eval file to write")
+    ap.add_argument("--vocab", type=Path, default=root / "data" / "vocab" / "gpt2.tiktoken",
+                    help="GPT-2 BPE ranks (default: data/vocab/gpt2.tiktoken)")
+    ap.add_argument("--limit", type=int, default=0, help="the first N examples only (0: all)")
+    args = ap.parse_args(argv)
+    prog = "prepare_choices.py"
+    try:
+        if not args.jsonl.is_file():
+            raise ValueError(f"{args.jsonl}: no such file")
+        if not args.vocab.is_file():
+            raise ValueError(f"{args.vocab}: no such file (jobs/setup.sh fetches it)")
+        enc = gpt2_encoding(args.vocab)
+        words, longest, count = [], 0, 0
+        for i, (ctx, endings, label) in enumerate(examples(args.jsonl)):
+            if args.limit and i >= args.limit:
+                break
+            if i >= START:
+                raise ValueError(f"{args.jsonl}: more than {START} examples (the format numbers "
+                                 f"them in 16 bits)")
+            s = encode_example(enc, i, ctx, endings, label)
+            if s[1] >= 1 << 16:
+                raise ValueError(f"{args.jsonl}: example {i} takes {s[1]} bytes, over the "
+                                 f"format's 65535")
+            longest = max(longest, s[1])
+            words += s
+            count += 1
+        if not count:
+            raise ValueError(f"{args.jsonl}: no examples")
+        header = np.zeros(256, dtype="<i4")
+        header[:4] = [MAGIC, VERSION, count, longest]
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=args.out.parent, prefix=args.out.name + ".",
+                                   suffix=".partial")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(header.tobytes())
+                f.write(np.asarray(words, dtype="<u2").tobytes())
+            os.replace(tmp, args.out)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except (ValueError, OSError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    print(f"{prog}: wrote {args.out} ({count} examples, longest {longest} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

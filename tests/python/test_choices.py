@@ -1,0 +1,201 @@
+"""Multiple-choice evaluation (eval.choices) against an independent PyTorch reference.
+
+HellaSwag-style JSON lines are written to llm.c's eval file format by jobs/prepare_choices.py;
+`triad-train --eval-only` scores them on a seeded random model, and tests/reference/gpt_torch.py
+scores the same token rows in float64 the documented way (each ending after the shared
+context; the least mean token loss picks, and the least summed loss for the second number;
+contexts too long for seq_len lose their first tokens): both accuracies must be equal and the
+mean ending loss equal within fp32 rounding, on one rank and on dp, tp and pp grids, during
+training (metrics.h5's /val/choice_accuracy) too. The file reader's refusals are in
+tests/unit/test_choice_file.cpp; here the script's and the config's."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from triad_run import ENV, REPO, VOCAB, assert_clean_error, exe, tiny_config, train
+
+sys.path.insert(0, str(REPO / "tests" / "reference"))
+import gpt_torch as ref  # noqa: E402
+
+CFG = ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=32, vocab_size=50257)
+PREPARE = REPO / "jobs" / "prepare_choices.py"
+MPIRUN = shutil.which("mpirun")
+MPI_ENV = dict(ENV, OMP_NUM_THREADS="1", OMPI_MCA_pml="ob1", OMPI_MCA_btl="self,vader")
+
+
+def jsonl_examples(n=24, seed=0):
+    rng = np.random.default_rng(seed)
+    words = ("the man woman dog ball house runs jumps slowly quickly into over under red blue "
+             "green a an is was then and but because while after before it they we").split()
+
+    def text(k):
+        return " ".join(rng.choice(words, k))
+
+    out = []
+    for i in range(n):
+        # one context longer than the model's 32 positions (it loses its first tokens)
+        ctx = text(40 if i == 5 else int(rng.integers(3, 12))).capitalize() + "."
+        endings = [text(int(rng.integers(1, 9))) + "." for _ in range(3 if i % 4 == 1 else 4)]
+        out.append({"ind": i, "ctx": ctx, "endings": endings, "label": int(rng.integers(0, len(endings)))})
+    return out
+
+
+def read_eval_file(path):
+    """llm.c's eval file -> [(label, ctx tokens, [ending tokens])] (as the format defines it)."""
+    raw = np.fromfile(path, dtype="<u2", offset=1024)
+    header = np.fromfile(path, dtype="<i4", count=256)
+    out, at = [], 0
+    for _ in range(int(header[2])):
+        assert raw[at] == 65535
+        size = int(raw[at + 1]) // 2
+        ex = raw[at:at + size].astype(int).tolist()
+        label, n_end, i = ex[3], ex[4], 5
+        ctx = ex[i + 1:i + 1 + ex[i]]
+        i += 1 + ex[i]
+        ends = []
+        for _ in range(n_end):
+            ends.append(ex[i + 1:i + 1 + ex[i]])
+            i += 1 + ex[i]
+        assert i == size
+        out.append((label, ctx, ends))
+        at += size
+    assert at == raw.size
+    return out
+
+
+def reference_score(params, examples):
+    correct = correct_sum = 0
+    ending_losses = []
+    for label, ctx, ends in examples:
+        m = max(len(e) for e in ends)
+        ctx = ctx[-(CFG.seq_len - m):]
+        sums, means = [], []
+        for e in ends:
+            row = torch.tensor([ctx + e[:-1]])
+            with torch.no_grad():
+                logp = torch.log_softmax(ref.forward(params, CFG, row)[0], -1)
+            s = -sum(logp[len(ctx) - 1 + j, t].item() for j, t in enumerate(e))
+            sums.append(s)
+            means.append(s / len(e))
+        correct += int(np.argmin(means) == label)
+        correct_sum += int(np.argmin(sums) == label)
+        ending_losses += means
+    n = len(examples)
+    return correct / n, correct_sum / n, float(np.mean(ending_losses))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("choices")
+    jl = d / "ex.jsonl"
+    jl.write_text("".join(json.dumps(e) + "\n" for e in jsonl_examples()))
+    out = d / "ex.bin"
+    p = subprocess.run([sys.executable, PREPARE, jl, out, "--vocab", VOCAB], capture_output=True,
+                       text=True)
+    assert p.returncode == 0, p.stderr
+    ckpt = d / "model.h5"
+    # perturbed (nonzero biases, LayerNorm away from 1) and 8× init's weights: choices far from ties
+    w = {k: (v * 8 if v.dim() == 2 else v) for k, v in ref.random_weights(CFG, 11).items()}
+    ref.write_checkpoint(ckpt, CFG, w)
+    cfg = tiny_config(d, name="mc", vocab=CFG.vocab_size, model__n_layer=2, model__n_head=4,
+                      model__n_embd=64, model__seq_len=32, eval__choices=out,
+                      train__micro_batch_size=4, train__batch_size=8)
+    _, params = ref.load_checkpoint(ckpt, dtype=torch.float64)
+    want = reference_score(params, read_eval_file(out))
+    return d, out, ckpt, cfg, want
+
+
+def parse(stdout):
+    line = stdout.split("choice accuracy")[1]
+    acc = float(line.split()[0])
+    by_sum = float(line.split("by summed loss")[1].split(",")[0])
+    loss = float(line.split("ending loss")[1].split(")")[0])
+    n = int(line.split("|")[1].split()[0])
+    return acc, by_sum, loss, n
+
+
+def check(got, want, n=24):
+    acc, by_sum, loss, count = got
+    assert count == n
+    assert abs(acc - want[0]) < 1e-4 and abs(by_sum - want[1]) < 1e-4, (got, want)
+    assert abs(loss - want[2]) <= 1e-5 * want[2], (loss, want[2])
+
+
+def test_matches_the_reference(setup):
+    d, out, ckpt, cfg, want = setup
+    p = train("--config", cfg, "--eval-only", "--init-from", ckpt, check=True)
+    check(parse(p.stdout), want)
+    # The file is what llm.c's writer makes: header, examples numbered in order.
+    header = np.fromfile(out, dtype="<i4", count=4)
+    assert list(header[:3]) == [20240522, 1, 24]
+    # eval.choice_examples: the first N.
+    p = train("--config", cfg, "--eval-only", "--init-from", ckpt, "--eval.choice_examples", 7,
+              check=True)
+    _, params = ref.load_checkpoint(ckpt, dtype=torch.float64)
+    check(parse(p.stdout), reference_score(params, read_eval_file(out)[:7]), n=7)
+    # One ending at a time (micro-batch 1) and under full recomputation: the same numbers.
+    p = train("--config", cfg, "--eval-only", "--init-from", ckpt, "--train.micro_batch_size", 1,
+              "--train.recompute", "full", check=True)
+    check(parse(p.stdout), want)
+
+
+@pytest.mark.skipif(MPIRUN is None, reason="mpirun not found")
+@pytest.mark.parametrize("grid", [("--parallel.tp", 2), ("--parallel.pp", 2), ()])
+def test_grids_match_the_reference(setup, grid):
+    d, out, ckpt, cfg, want = setup
+    p = subprocess.run([MPIRUN, "--oversubscribe", "-np", "2", exe("triad-train"), "--config",
+                        str(cfg), "--eval-only", "--init-from", str(ckpt), *map(str, grid)],
+                       capture_output=True, text=True, env=MPI_ENV, timeout=180)
+    assert p.returncode == 0, p.stdout + p.stderr
+    check(parse(p.stdout), want)
+
+
+def test_during_training_into_metrics(setup):
+    d, out, ckpt, cfg, want = setup
+    p = train("--config", cfg, "--init-from", ckpt, "--train.steps", 2, "--eval.every", 2,
+              "--run.name", "mc-train", check=True)
+    assert "choice accuracy" in p.stdout
+    with h5py.File(d / "runs" / "mc-train" / "metrics.h5", "r") as f:
+        assert list(f["val/step"][()]) == [0, 2]
+        got = f["val/choice_accuracy"][()]
+        assert abs(got[0] - want[0]) < 1e-9 and np.isfinite(got[1])
+    # Without eval.choices the column is NaN.
+    train("--config", cfg, "--train.steps", 1, "--eval.choices", "", "--run.name", "plain",
+          check=True)
+    with h5py.File(d / "runs" / "plain" / "metrics.h5", "r") as f:
+        assert np.all(np.isnan(f["val/choice_accuracy"][()]))
+
+
+def test_bad_inputs(setup, tmp_path):
+    d, out, ckpt, cfg, _ = setup
+    # A token shard is not an eval file; a model with a smaller vocabulary refuses its tokens.
+    shard = d / "data" / "val_000.bin"
+    assert_clean_error(train("--config", cfg, "--eval-only", "--init-from", ckpt,
+                             "--eval.choices", shard), "eval.choices", "magic")
+    assert_clean_error(train("--config", cfg, "--eval-only", "--eval.choices", out,
+                             "--model.vocab_size", 300, "--init-from", ckpt),
+                       "eval.choices", "outside the vocabulary")
+    assert_clean_error(train("--config", cfg, "--eval.choice_examples", -1), "eval.choice_examples")
+    assert_clean_error(train("--config", cfg, "--eval-only", "--init-from", ckpt, "--eval.choices",
+                             tmp_path / "missing.bin"), "eval.choices", "missing.bin")
+
+    def prepare(lines):
+        jl = tmp_path / "bad.jsonl"
+        jl.write_text(lines)
+        return subprocess.run([sys.executable, PREPARE, jl, tmp_path / "bad.bin", "--vocab",
+                               VOCAB], capture_output=True, text=True)
+
+    for lines, needle in [("{not json\n", "bad.jsonl:1: not JSON"),
+                          ('{"ctx": "a", "endings": ["b"], "label": 0}\n', '"endings"'),
+                          ('{"ctx": "a", "endings": ["b", "c"], "label": 2}\n', '"label"'),
+                          ("\n", "no examples")]:
+        p = prepare(lines)
+        assert p.returncode == 1 and needle in p.stderr and "Traceback" not in p.stderr, p.stderr
+        assert not list(tmp_path.glob("bad.bin*"))
