@@ -38,6 +38,8 @@ import json
 import math
 import os
 import re
+import shutil
+import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +47,7 @@ from typing import Callable, Dict, Iterator, Tuple
 
 import numpy as np
 
-from ._common import AnalysisError, prog_name, run_main
+from ._common import AnalysisError, file_kind, prog_name, run_main
 from .inspect_checkpoint import expected_shapes, inspect, resolve_checkpoint_path
 
 LLMC_MAGIC = 20240326
@@ -90,14 +92,17 @@ class Dims:
 Tensors = Callable[[], Iterator[Tuple[str, np.ndarray]]]
 
 
+# Each layer's tensors (DESIGN.md §3), in checkpoint order and in llm.c's.
+LAYER_TENSORS = ("ln_1/weight", "ln_1/bias", "attn/c_attn/weight", "attn/c_attn/bias",
+                 "attn/c_proj/weight", "attn/c_proj/bias", "ln_2/weight", "ln_2/bias",
+                 "mlp/c_fc/weight", "mlp/c_fc/bias", "mlp/c_proj/weight", "mlp/c_proj/bias")
+
+
 def triad_names(n_layer: int) -> list[str]:
     """DESIGN.md §3's parameter names in checkpoint order."""
     names = ["wte/weight", "wpe/weight"]
     for i in range(n_layer):
-        names += [f"h/{i}/{n}" for n in (
-            "ln_1/weight", "ln_1/bias", "attn/c_attn/weight", "attn/c_attn/bias",
-            "attn/c_proj/weight", "attn/c_proj/bias", "ln_2/weight", "ln_2/bias",
-            "mlp/c_fc/weight", "mlp/c_fc/bias", "mlp/c_proj/weight", "mlp/c_proj/bias")]
+        names += [f"h/{i}/{n}" for n in LAYER_TENSORS]
     return names + ["ln_f/weight", "ln_f/bias"]
 
 
@@ -124,7 +129,12 @@ def fp32_to_bf16(a: np.ndarray) -> np.ndarray:
     return rounded
 
 
+# dtype -> (numpy type, bytes) of the floating-point tensors read; the others (a causal-mask
+# buffer of an older transformers, stored BOOL or U8) are only skipped, so only their sizes.
 SAFETENSORS_DTYPES = {"F32": ("<f4", 4), "F16": ("<f2", 2), "BF16": ("<u2", 2), "F64": ("<f8", 8)}
+SAFETENSORS_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2,
+                     "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8,
+                     "F64": 8}
 
 
 class SafetensorsFile:
@@ -153,14 +163,13 @@ class SafetensorsFile:
         self.entries = {}
         for name, e in header.items():
             try:
-                dtype, shape, (b, end) = e["dtype"], tuple(int(x) for x in e["shape"]), \
-                    e["data_offsets"]
-            except (KeyError, TypeError, ValueError):
-                raise ConvertError(f"{path}: malformed header entry for tensor {name}")
-            if dtype not in SAFETENSORS_DTYPES:
-                raise ConvertError(f"{path}: tensor {name} has dtype {dtype}; floating-point "
-                                   f"weights ({', '.join(SAFETENSORS_DTYPES)}) are expected")
-            want = math.prod(shape) * SAFETENSORS_DTYPES[dtype][1]
+                dtype, shape = e["dtype"], tuple(int(x) for x in e["shape"])
+                b, end = (int(x) for x in e["data_offsets"])
+                if not isinstance(dtype, str) or dtype not in SAFETENSORS_SIZES:
+                    raise ValueError(f"dtype {dtype!r}")
+            except (KeyError, TypeError, ValueError, AttributeError) as why:
+                raise ConvertError(f"{path}: malformed header entry for tensor {name} ({why})")
+            want = math.prod(shape) * SAFETENSORS_SIZES[dtype]
             if end - b != want or b < 0 or self.base + end > size:
                 raise ConvertError(f"{path}: tensor {name} ({dtype} {list(shape)}) has byte "
                                    f"range [{b}, {end}) but needs {want} bytes within the "
@@ -168,7 +177,11 @@ class SafetensorsFile:
             self.entries[name] = (dtype, shape, b)
 
     def read(self, name: str) -> np.ndarray:
+        """A floating-point tensor widened (or, F64, rounded) to fp32."""
         dtype, shape, b = self.entries[name]
+        if dtype not in SAFETENSORS_DTYPES:
+            raise ConvertError(f"{self.path}: tensor {name} has dtype {dtype}; weights are "
+                               f"floating point ({', '.join(SAFETENSORS_DTYPES)})")
         np_dtype, _ = SAFETENSORS_DTYPES[dtype]
         a = np.fromfile(self.path, dtype=np_dtype, count=math.prod(shape),
                         offset=self.base + b).reshape(shape)
@@ -220,15 +233,19 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         raise ConvertError(f"{where}: needs integer n_layer, n_head, n_embd, n_positions and "
                            f"vocab_size")
     refusals = []
+    try:
+        eps = float(get("layer_norm_epsilon", default=1e-5))
+        n_inner = get("n_inner")
+        n_inner = None if n_inner is None else int(n_inner)
+    except (TypeError, ValueError):
+        raise ConvertError(f"{where}: layer_norm_epsilon and n_inner must be numbers")
     act = get("activation_function", default="gelu_new")
     if act not in TANH_GELU:
         refusals.append(f"activation_function {act!r} (triad's MLP uses GELU's tanh "
                         f"approximation: {', '.join(TANH_GELU)})")
-    eps = float(get("layer_norm_epsilon", default=1e-5))
     if abs(eps - 1e-5) > 1e-12:
         refusals.append(f"layer_norm_epsilon {eps} (triad's is 1e-5)")
-    n_inner = get("n_inner")
-    if n_inner is not None and int(n_inner) != 4 * n_embd:
+    if n_inner is not None and n_inner != 4 * n_embd:
         refusals.append(f"n_inner {n_inner} (triad's MLP is 4·n_embd = {4 * n_embd} wide)")
     for key, want in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
                       ("tie_word_embeddings", True), ("add_cross_attention", False)):
@@ -369,23 +386,17 @@ def write_hf(out: Path, d: Dims, tensors: Tensors) -> None:
             h, transposed = hf_name(t)
             yield "transformer." + h, (np.ascontiguousarray(a.T) if transposed else a)
 
-    out.mkdir()
     write_safetensors(out / "model.safetensors", hf_tensors(), specs)
     (out / "config.json").write_text(json.dumps(hf_config(d), indent=2) + "\n")
 
 
 # ---------------------------------------------------------------- llm.c
 
-LLMC_LAYER_TENSORS = ("ln_1/weight", "ln_1/bias", "attn/c_attn/weight", "attn/c_attn/bias",
-                      "attn/c_proj/weight", "attn/c_proj/bias", "ln_2/weight", "ln_2/bias",
-                      "mlp/c_fc/weight", "mlp/c_fc/bias", "mlp/c_proj/weight", "mlp/c_proj/bias")
-
-
 def llmc_order(d: Dims, padded_vocab: int) -> list[Tuple[str, tuple[int, ...]]]:
     """llm.c's tensor order and stored shapes: each per-layer tensor for all layers in turn."""
     s = shapes(d)
     order = [("wte/weight", (padded_vocab, d.n_embd)), ("wpe/weight", s["wpe/weight"])]
-    for t in LLMC_LAYER_TENSORS:
+    for t in LAYER_TENSORS:
         order += [(f"h/{i}/{t}", s[f"h/{i}/{t}"]) for i in range(d.n_layer)]
     return order + [("ln_f/weight", s["ln_f/weight"]), ("ln_f/bias", s["ln_f/bias"])]
 
@@ -535,7 +546,7 @@ def open_source(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
         return open_hf(src, seq_len)
     with open(src, "rb") as f:
         head = f.read(8)
-    if head == b"\x89HDF\r\n\x1a\n":
+    if file_kind(src) == "hdf5":
         raise ConvertError(f"{src}: is already HDF5 (a triad checkpoint?); import reads HF "
                            f"model directories, .safetensors files and llm.c model files")
     if len(head) >= 4 and int.from_bytes(head[:4], "little") == LLMC_MAGIC:
@@ -544,30 +555,56 @@ def open_source(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
                        f"model file (magic {LLMC_MAGIC})")
 
 
-def finish(out: Path, write: Callable[[Path], None]) -> None:
-    """Writes through `out` + '.partial' and renames when complete; never replaces `out`."""
+def check_output(out: Path) -> None:
     if out.exists() or out.is_symlink():
         raise ConvertError(f"{out}: already exists (remove it first; a conversion never "
                            f"replaces a file)")
     if not out.parent.is_dir():
         raise ConvertError(f"{out.parent}: no such directory")
-    tmp = out.with_name(out.name + ".partial")
-    _remove(tmp)
+
+
+def finish(out: Path, write: Callable[[Path], None], directory: bool = False) -> None:
+    """Writes into a fresh temporary name beside `out` and publishes it only where nothing is:
+    a file by a hard link (which fails on an existing name) or, where the file system has no
+    hard links, a rename after a last check; a directory by creating `out` (which fails on an
+    existing name) and moving the finished files into it. Never replaces anything; a failure
+    leaves nothing behind."""
+    check_output(out)
+    prefix = f".{out.name}."
+    if directory:
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=prefix, suffix=".partial"))
+    else:
+        fd, name = tempfile.mkstemp(dir=out.parent, prefix=prefix, suffix=".partial")
+        os.close(fd)
+        tmp = Path(name)
     try:
         write(tmp)
-        os.replace(tmp, out)
+        if directory:
+            try:
+                out.mkdir()
+            except FileExistsError:
+                check_output(out)
+                raise
+            for f in sorted(tmp.iterdir()):
+                os.rename(f, out / f.name)
+            tmp.rmdir()
+        else:
+            try:
+                os.link(tmp, out)
+            except FileExistsError:
+                check_output(out)
+                raise
+            except OSError:  # no hard links here
+                check_output(out)
+                os.rename(tmp, out)
+            if tmp.exists():
+                tmp.unlink()
     except BaseException:
-        _remove(tmp)
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
         raise
-
-
-def _remove(p: Path) -> None:
-    if p.is_dir() and not p.is_symlink():
-        for c in p.iterdir():
-            c.unlink()
-        p.rmdir()
-    elif p.exists() or p.is_symlink():
-        p.unlink()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -591,14 +628,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "import":
             if args.seq_len is not None and args.seq_len <= 0:
                 raise ConvertError(f"--seq-len {args.seq_len}: must be positive")
+            check_output(Path(args.out))
             d, tensors, source = open_source(Path(args.src), args.seq_len)
             finish(Path(args.out), lambda p: write_triad(p, d, tensors, source))
         else:
             if args.to == "hf" and args.dtype != "fp32":
                 raise ConvertError("--dtype applies to --to llmc; HF exports are fp32")
+            check_output(Path(args.out))
             d, tensors, source = open_triad(Path(args.ckpt))
             if args.to == "hf":
-                finish(Path(args.out), lambda p: write_hf(p, d, tensors))
+                finish(Path(args.out), lambda p: write_hf(p, d, tensors), directory=True)
             else:
                 finish(Path(args.out), lambda p: write_llmc(p, d, tensors, args.dtype))
         print(f"{prog}: wrote {args.out} ({d.n_layer} layers, {d.n_head} heads, n_embd "

@@ -193,6 +193,79 @@ def save_hf(path, model, drop=(), extra=None):
     return path
 
 
+def assert_same_tensors(a_path, b_path, round_b_to_bf16=False):
+    with h5py.File(a_path, "r") as a, h5py.File(b_path, "r") as b:
+        names = []
+        b["model"].visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset)
+                              else None)
+        assert len(names) == 28
+        for n in names:
+            want = b["model"][n][()]
+            if round_b_to_bf16:
+                want = torch.from_numpy(want).to(torch.bfloat16).float().numpy()
+            np.testing.assert_array_equal(a["model"][n][()], want, err_msg=n)
+
+
+def test_other_hf_layouts(imported, tmp_path):
+    """The hub's GPT-2 layout (no `transformer.` prefix, the causal-mask buffers stored, here
+    as F32 and as U8 the way older transformers saved them), bf16 weights, a sharded save and a
+    single .safetensors file all import to the same tensors."""
+    from safetensors.torch import save_file
+
+    d, ckpt, _ = imported
+    model = hf_model()
+    n = N_POS
+    sd = {k[len("transformer."):]: v.to(torch.bfloat16).contiguous()
+          for k, v in model.state_dict().items()
+          if k.startswith("transformer.") and not k.endswith(".attn.bias")
+          and not k.endswith("masked_bias")}
+    sd["h.0.attn.bias"] = torch.tril(torch.ones(n, n)).view(1, 1, n, n)
+    sd["h.0.attn.masked_bias"] = torch.tensor(-1e4)
+    sd["h.1.attn.bias"] = torch.tril(torch.ones(n, n, dtype=torch.uint8)).view(1, 1, n, n)
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    save_file(sd, hub / "model.safetensors", metadata={"format": "pt"})
+    model.config.to_json_file(hub / "config.json")
+    out = tmp_path / "hub.h5"
+    p = tool("triad-convert", "import", hub, out, "--seq-len", SEQ)
+    assert p.returncode == 0, p.stderr
+    assert_same_tensors(out, ckpt, round_b_to_bf16=True)
+
+    sharded = tmp_path / "sharded"
+    model.save_pretrained(sharded, safe_serialization=True, max_shard_size="1MB")
+    assert (sharded / "model.safetensors.index.json").is_file()
+    assert len(list(sharded.glob("model-*.safetensors"))) > 1
+    for src, name in ((sharded, "sharded.h5"), (d / "hf" / "model.safetensors", "single.h5")):
+        p = tool("triad-convert", "import", src, tmp_path / name, "--seq-len", SEQ)
+        assert p.returncode == 0, p.stderr
+        assert_same_tensors(tmp_path / name, ckpt)
+
+
+def test_llmc_export_is_llmcs_layout(imported, tmp_path):
+    """The export against the layout llm.c's train_gpt2.py write_model produces, built here
+    from transformers' tensors: header, wte padded to 50304 rows with zeros, wpe, then each
+    per-layer tensor (Linear layout, [out, in]) for all layers in turn, then ln_f."""
+    d, ckpt, _ = imported
+    sd = {k[len("transformer."):]: v for k, v in hf_model().state_dict().items()
+          if k.startswith("transformer.")}
+    conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    wte = torch.cat([sd["wte.weight"], torch.zeros(50304 - V, 64)])
+    parts = [wte, sd["wpe.weight"][:SEQ]]
+    for key in ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
+                "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
+                "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias"):
+        for i in range(2):
+            t = sd[f"h.{i}.{key}"]
+            parts.append(t.t() if key in conv1d else t)
+    parts += [sd["ln_f.weight"], sd["ln_f.bias"]]
+    want = b"".join(t.contiguous().float().numpy().astype("<f4").tobytes() for t in parts)
+    out = tmp_path / "m.bin"
+    assert tool("triad-convert", "export", ckpt, out, "--to", "llmc").returncode == 0
+    header, data = read_llmc(out)
+    assert list(header[:8]) == [20240326, 3, SEQ, V, 2, 4, 64, 50304] and not header[8:].any()
+    assert data == want
+
+
 @pytest.mark.parametrize("case,needles", [
     ("erf_gelu", ["config.json", "activation_function 'gelu'"]),
     ("wide_mlp", ["config.json", "n_inner 128"]),
@@ -206,6 +279,8 @@ def save_hf(path, model, drop=(), extra=None):
     ("llmc_truncated", ["m.bin", "truncated"]),
     ("llmc_version", ["m.bin", "version 4"]),
     ("hdf5", ["already HDF5"]),
+    ("bad_offsets", ["model.safetensors", "malformed header entry for tensor wte.weight"]),
+    ("int_weight", ["model.safetensors", "tensor transformer.wte.weight has dtype I32"]),
 ])
 def test_import_refuses_bad_inputs(imported, tmp_path, case, needles):
     d, ckpt, _ = imported
@@ -230,6 +305,18 @@ def test_import_refuses_bad_inputs(imported, tmp_path, case, needles):
         (src / "config.json").unlink()
     elif case == "seq_len":
         src, args = save_hf(tmp_path / "hf", model), ["--seq-len", "65"]
+    elif case == "bad_offsets":
+        src = tmp_path / "hf"
+        src.mkdir()
+        header = json.dumps({"wte.weight": {"dtype": "F32", "shape": [1],
+                                            "data_offsets": ["0", "x"]}}).encode()
+        (src / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header
+                                                + b"\0" * 4)
+        model.config.to_json_file(src / "config.json")
+    elif case == "int_weight":
+        src = save_hf(tmp_path / "hf", model,
+                      drop=("transformer.wte.weight",),
+                      extra={"transformer.wte.weight": torch.zeros(V, 64, dtype=torch.int32)})
     elif case.startswith("llmc"):
         src = tmp_path / "m.bin"
         assert tool("triad-convert", "export", ckpt, src, "--to", "llmc").returncode == 0
@@ -243,7 +330,7 @@ def test_import_refuses_bad_inputs(imported, tmp_path, case, needles):
         src = ckpt
     out = tmp_path / "out.h5"
     assert_clean_failure(tool("triad-convert", "import", src, out, *args), *needles)
-    assert not out.exists() and not (tmp_path / "out.h5.partial").exists()
+    assert not out.exists() and not list(tmp_path.glob(".out.h5*"))
 
 
 def test_refuses_to_replace_and_reports_bad_checkpoints(imported, tmp_path):
