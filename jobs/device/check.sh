@@ -156,6 +156,19 @@ except ImportError:  # plain Python fallback
         h = array.array("i", [0] * 256); h[0], h[1], h[2] = 20240520, 1, n
         path.write_bytes(h.tobytes() + array.array("H", [random.randrange(512) for _ in range(n)]).tobytes())
 shard(d / "train_000.bin", 6000); shard(d / "train_001.bin", 3000); shard(d / "val_000.bin", 2000)
+# 32 multiple-choice examples of random tokens in llm.c's eval file format (eval.choices).
+import array, random
+rnd = random.Random(1)
+words, longest = [], 0
+for i in range(32):
+    ctx = [rnd.randrange(512) for _ in range(rnd.randrange(3, 11))]
+    ends = [[rnd.randrange(512) for _ in range(rnd.randrange(1, 7))] for _ in range(4)]
+    ex = [65535, 0, i, rnd.randrange(4), 4, len(ctx)] + ctx
+    for e in ends:
+        ex += [len(e)] + e
+    ex[1] = 2 * len(ex); longest = max(longest, ex[1]); words += ex
+h = array.array("i", [0] * 256); h[0], h[1], h[2], h[3] = 20240522, 1, 32, longest
+(w / "choices.bin").write_bytes(h.tobytes() + array.array("H", words).tobytes())
 cfg = {  # tests/python/triad_run.py tiny_config, 30 steps, but head dim 64 (the flash kernels')
     "model": dict(n_layer=2, n_head=2, n_embd=128, seq_len=16, vocab_size=512),
     "train": dict(steps=30, batch_size=8, micro_batch_size=4, lr=3e-3, warmup_steps=3,
@@ -290,7 +303,8 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
     for v in "${variants[@]}"; do
       read -r be pr <<<"$v"
       timeout "$(tmo 60 150)" "$B/triad-train" --config "$W/tiny.ini" --eval-only --resume "$C" \
-        --run.backend "$be" --run.precision "$pr" >"$RUN/eval_${be}_$pr.txt" 2>&1 || tail -5 "$RUN/eval_${be}_$pr.txt"
+        --eval.choices "$W/choices.bin" --run.backend "$be" --run.precision "$pr" \
+        >"$RUN/eval_${be}_$pr.txt" 2>&1 || tail -5 "$RUN/eval_${be}_$pr.txt"
       echo "eval $be $pr: $(grep -o 'val loss [0-9.]*' "$RUN/eval_${be}_$pr.txt")"
     done
     for v in "${variants[@]}"; do
@@ -356,6 +370,18 @@ for v in ("cuda_fp32", "cuda_bf16"):
     x = val(v)
     if ref and x:
         print(f"RESULT_EVAL {v.split('_')[1]}: cpu {ref:.6f} gpu {x:.6f} rel {abs(ref-x)/ref:.2e}")
+# Multiple choice (eval.choices, Gpt::sequence_losses through the KV cache): accuracies and the
+# mean ending loss on the GPU against the CPU's.
+def choices(v):
+    m = re.search(r"choice accuracy ([0-9.]+) \(by summed loss ([0-9.]+), ending loss ([0-9.]+)",
+                  (run / f"eval_{v}.txt").read_text())
+    return tuple(float(g) for g in m.groups()) if m else None
+cref = choices("cpu_fp32")
+for v in ("cuda_fp32", "cuda_bf16"):
+    c = choices(v)
+    if cref and c:
+        print(f"RESULT_CHOICES {v.split('_')[1]}: acc {c[0]:.4f}/{c[1]:.4f} vs cpu "
+              f"{cref[0]:.4f}/{cref[1]:.4f}, ending loss rel {abs(c[2]-cref[2])/cref[2]:.2e}")
 try:
     import h5py, numpy as np
     l = {}
@@ -444,6 +470,7 @@ res "ckpt val loss CPU vs GPU" "${GPU_EVAL:-failed}"
 res "50 steps GPU vs CPU" "${GPU_CURVE:-failed}"
 GEN_ROW=$(sed -n 's/^RESULT_GEN //p' "$RUN/gpu.txt" 2>/dev/null)
 res "generation on the GPU" "${GEN_ROW:-not run}"
+res "multiple choice on the GPU" "$(sed -n 's/^RESULT_CHOICES //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "2 ranks on one GPU" "$(sed -n 's/^RESULT_NP2 //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "NCCL Comm in training" "$(sed -n 's/^RESULT_NCCL //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -) ($(sed -n 's/^RESULT_NCCL_LINE //p' "$RUN/gpu.txt" 2>/dev/null))"
 res "triad 124M bf16 GPU" "${GPU_124M:-failed}"
