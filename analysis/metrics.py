@@ -1,7 +1,8 @@
 """Load a triad ``metrics.h5`` (DESIGN.md §5) into numpy arrays.
 
 Format: groups ``/train`` with 1-D datasets ``step, loss, lr, grad_norm, tokens_per_sec,
-mfu, step_ms, tokens`` and ``/val`` with ``step, loss, accuracy``, all datasets of one group
+mfu, step_ms, tokens`` and ``/val`` with ``step, loss, accuracy`` (and ``choice_accuracy``, NaN
+where ``eval.choices`` was not scored; files from before it lack it), all datasets of one group
 having the same length; root attributes ``config`` (resolved INI text), ``grid``,
 ``n_params``, ``flops_per_token``, ``peak_flops``.
 
@@ -142,8 +143,12 @@ class Metrics:
             parts.append(f"last step {int(self.train['step'][-1])} "
                          f"loss {self.train['loss'][-1]:.4f}")
         if self.n_val:
-            parts.append(f"val loss {self.val['loss'][-1]:.4f} at step "
-                         f"{int(self.val['step'][-1])}")
+            at = f" at step {int(self.val['step'][-1])}"
+            if np.isfinite(self.val["loss"][-1]):
+                parts.append(f"val loss {self.val['loss'][-1]:.4f}{at}")
+            mc = self.val.get("choice_accuracy")
+            if mc is not None and np.isfinite(mc[-1]):
+                parts.append(f"choice accuracy {mc[-1]:.4f}{at}")
         g = self.attrs.get("grid")
         if g:
             parts.append(f"grid {g}")

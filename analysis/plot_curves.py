@@ -107,7 +107,8 @@ def plot_runs(runs: list[Metrics], out: str | Path, x: str = "step", smooth: flo
         if n:
             win = auto_window(n) if smooth is None else smooth
             extra = f" (train {ema(tr['loss'], win)[-1]:.3f}"
-            extra += f", val {va['loss'][-1]:.3f})" if len(vx) else ")"
+            last_val = va["loss"][-1] if len(vx) else np.nan
+            extra += f", val {last_val:.3f})" if np.isfinite(last_val) else ")"
         run_handles.append(Line2D([], [], color=c, lw=2, label=label + extra))
 
     ax_loss.set_title("loss (nats/token)")

@@ -9,7 +9,8 @@
 Each line is a JSON object with "ctx" (the shared context), "endings" (a list of at least two
 strings) and "label" (the index of the right ending), as in HellaSwag's hellaswag_val.jsonl.
 As llm.c and nanoGPT do, the context is encoded as it is and each ending with a space before
-it; the file matches what llm.c's dev/data/hellaswag.py writes for the same lines. A line that is
+it; for examples of four endings (HellaSwag's) the file is what llm.c's dev/data/hellaswag.py
+writes for the same lines (llm.c reads only four; triad any number from two). A line that is
 not such an object ends the script with one error naming the file and line (exit status 1);
 the output is written under a temporary name and renamed when complete.
 """
@@ -36,15 +37,19 @@ def gpt2_encoding(vocab: Path):
     ranks = load_tiktoken_bpe(str(vocab))
     return tiktoken.Encoding(
         name="gpt2-local", explicit_n_vocab=50257, mergeable_ranks=ranks,
-        pat_str=r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
+        pat_str=r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
         special_tokens={"<|endoftext|>": 50256})
 
 
-def examples(path: Path):
+def examples(path: Path, limit: int = 0):
+    count = 0
     with open(path, encoding="utf-8") as f:
         for no, line in enumerate(f, 1):
             if not line.strip():
                 continue
+            if limit and count == limit:
+                return
+            count += 1
             where = f"{path}:{no}"
             try:
                 ex = json.loads(line)
@@ -61,7 +66,8 @@ def examples(path: Path):
                                  f"strings")
             if isinstance(label, str) and label.isdigit():
                 label = int(label)
-            if not isinstance(label, int) or not 0 <= label < len(endings):
+            if isinstance(label, bool) or not isinstance(label, int) \
+                    or not 0 <= label < len(endings):
                 raise ValueError(f'{where}: "label" must be an index into "endings" '
                                  f"(0..{len(endings) - 1}), got {label!r}")
             yield ctx, endings, label
@@ -95,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"{args.vocab}: no such file (jobs/setup.sh fetches it)")
         enc = gpt2_encoding(args.vocab)
         words, longest, count = [], 0, 0
-        for i, (ctx, endings, label) in enumerate(examples(args.jsonl)):
-            if args.limit and i >= args.limit:
-                break
+        if args.limit < 0:
+            raise ValueError(f"--limit {args.limit}: must be >= 0")
+        for i, (ctx, endings, label) in enumerate(examples(args.jsonl, args.limit)):
             if i >= START:
                 raise ValueError(f"{args.jsonl}: more than {START} examples (the format numbers "
                                  f"them in 16 bits)")
@@ -119,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
             with os.fdopen(fd, "wb") as f:
                 f.write(header.tobytes())
                 f.write(np.asarray(words, dtype="<u2").tobytes())
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # as an ordinary new file (mkstemp makes it 0600)
             os.replace(tmp, args.out)
         except BaseException:
             os.unlink(tmp)

@@ -33,7 +33,9 @@ std::vector<ChoiceExample> read_choice_file(const std::string& path, int vocab_s
               kChoiceFileMagic, "; token shards have 20240520)");
   TRIAD_CHECK(h[1] == kChoiceFileVersion, where, ": unsupported version ", h[1], " (reads ",
               kChoiceFileVersion, ")");
-  TRIAD_CHECK(h[2] > 0, where, ": header says ", h[2], " examples");
+  // The smallest example takes 11 words (6 fields, a context token, two one-token endings).
+  TRIAD_CHECK(h[2] > 0 && size_t(h[2]) <= words.size() / 11, where, ": header says ", h[2],
+              " examples, which ", h[2] > 0 ? "do not fit in the file" : "is none");
   TRIAD_CHECK(h[3] > 0, where, ": header says the longest example has ", h[3], " bytes");
 
   std::vector<ChoiceExample> out(static_cast<size_t>(h[2]));

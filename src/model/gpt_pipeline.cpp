@@ -240,15 +240,17 @@ Gpt::Set<A>* Gpt::decode_forward(const int32_t* tokens, int B, int len, bool cac
   // Cached: each sequence's first p tokens are those of the previous call, whose keys and values
   // every layer's qkv buffer holds. Full recomputation (outside inference) shares one qkv buffer
   // between the layers, so it keeps none.
-  const bool keeps = cached && (inference_ || recompute_.mode != Recompute::full);
+  const bool keeps = cached && keeps_decoded();
   int p = 0;
   if (keeps && decoded_batch_ == B) {
+    // The kept keys and values are valid up to the longest prefix every sequence shares with
+    // the previous call's tokens; the positions asked for are computed in any case.
     const int q = int(decoded_.size()) / B;
-    bool prefix = q < len;
-    for (int b = 0; prefix && b < B; ++b)
-      prefix = std::equal(decoded_.begin() + ptrdiff_t(b) * q,
-                          decoded_.begin() + ptrdiff_t(b + 1) * q, tokens + size_t(b) * len);
-    if (prefix) p = std::min(q, len - need);  // the positions asked for are computed
+    p = std::min(q, len - need);
+    for (int b = 0; b < B && p > 0; ++b) {
+      const auto kept = decoded_.begin() + ptrdiff_t(b) * q;
+      p = int(std::mismatch(kept, kept + p, tokens + size_t(b) * len).first - kept);
+    }
     // Sequence parallelism: the padded new rows must fit the context; near its end the last kept
     // tokens are computed again with the new ones (same tokens and positions, so still valid).
     while (p > 0 && p + padded(len - p) > T) --p;

@@ -28,13 +28,12 @@ ChoiceScore score_choices(Gpt& model, const std::vector<ChoiceExample>& examples
                           size_t stride) {
   TRIAD_ASSERT(stride >= 1);
   const int T = model.shape().seq_len;
-  const bool whole = model.parallel().tp == 1 && model.parallel().pp == 1;
   ChoiceScore sc;
-  std::vector<int32_t> ctx_rows, rows, targets;
-  std::vector<double> sums, means;
+  std::vector<int32_t> row, targets;
+  std::vector<double> sums(2), means(2);
   for (size_t e = first; e < examples.size(); e += stride) {
     const ChoiceExample& ex = examples[e];
-    const int n_end = int(ex.endings.size());
+    const size_t n_end = ex.endings.size();
     const int m = int(longest_ending(ex));
     TRIAD_ASSERT(m >= 1 && m < T);
     // The context's last `keep` tokens: rows of keep + m − 1 tokens (the longest ending's last
@@ -42,34 +41,23 @@ ChoiceScore score_choices(Gpt& model, const std::vector<ChoiceExample>& examples
     const int keep = int(std::min(ex.context.size(), size_t(T - m)));
     const int32_t* ctx = ex.context.data() + (ex.context.size() - size_t(keep));
     const int len = keep + m - 1;
-    const int group = whole ? std::min(n_end, model.max_batch()) : 1;
-    sums.assign(size_t(n_end), 0.0);
-    for (int g0 = 0; g0 < n_end; g0 += group) {
-      const int g = std::min(group, n_end - g0);
-      ctx_rows.clear();
-      rows.assign(size_t(g) * len, 0);
-      targets.assign(size_t(g) * m, 0);
-      for (int b = 0; b < g; ++b) {
-        const auto& end = ex.endings[size_t(g0 + b)];
-        ctx_rows.insert(ctx_rows.end(), ctx, ctx + keep);
-        int32_t* row = rows.data() + size_t(b) * len;
-        std::copy(ctx, ctx + keep, row);
-        std::copy_n(end.begin(), std::min(end.size(), size_t(m - 1)), row + keep);
-        std::copy(end.begin(), end.end(), targets.begin() + ptrdiff_t(size_t(b) * m));
-      }
-      // The context once (kept keys and values), then the endings' positions.
-      model.decode_logits(ctx_rows.data(), g, keep);
-      const float* loss = model.sequence_losses(rows.data(), g, len, m, targets.data());
-      for (int b = 0; b < g; ++b) {
-        const size_t k = ex.endings[size_t(g0 + b)].size();
-        double s = 0;
-        for (size_t j = 0; j < k; ++j) s += double(loss[size_t(b) * m + j]);
-        sums[size_t(g0 + b)] = s;
-      }
+    // The context once: its keys and values stay in the model's cache, and each ending's call
+    // shares it as a prefix, so only the ending's rows run through the layers and the classifier
+    // (one ending at a time: a batch of them would need a scratch outside the memory plan).
+    if (model.keeps_decoded()) model.decode_logits(ctx, keep);
+    sums.assign(n_end, 0.0);
+    means.assign(n_end, 0.0);
+    for (size_t i = 0; i < n_end; ++i) {
+      const auto& end = ex.endings[i];
+      row.assign(ctx, ctx + keep);
+      row.insert(row.end(), end.begin(), end.end());
+      row.resize(size_t(len), 0);  // the ending's last token dropped, or padding after it
+      targets.assign(size_t(m), 0);
+      std::copy(end.begin(), end.end(), targets.begin());
+      const float* loss = model.sequence_losses(row.data(), 1, len, m, targets.data());
+      for (size_t j = 0; j < end.size(); ++j) sums[i] += double(loss[j]);
+      means[i] = sums[i] / double(end.size());
     }
-    means.resize(size_t(n_end));
-    for (int i = 0; i < n_end; ++i)
-      means[size_t(i)] = sums[size_t(i)] / double(ex.endings[size_t(i)].size());
     const auto best = [](const std::vector<double>& v) {
       return int(std::min_element(v.begin(), v.end()) - v.begin());  // the first of equal ones
     };
@@ -77,7 +65,7 @@ ChoiceScore score_choices(Gpt& model, const std::vector<ChoiceExample>& examples
     sc.correct += best(means) == ex.label ? 1 : 0;
     sc.correct_by_sum += best(sums) == ex.label ? 1 : 0;
     for (double x : means) sc.ending_loss_sum += x;
-    sc.endings += n_end;
+    sc.endings += int64_t(n_end);
   }
   model.forget_decoded();
   return sc;

@@ -77,6 +77,8 @@ EvalResult Trainer::evaluate_only() {
   TRIAD_CHECK(!s.cfg.data.val.empty() || !s.cfg.eval.choices.empty(),
               "config: data.val and eval.choices are empty; --eval-only needs validation "
               "shards or a multiple-choice file");
+  TRIAD_CHECK(s.cfg.eval.sequences > 0 || !s.cfg.eval.choices.empty(),
+              "--eval-only: eval.sequences is 0 and eval.choices is empty: nothing to evaluate");
   if (!s.cfg.data.val.empty()) s.open_val();
   s.open_choices();
   std::string path;

@@ -297,8 +297,8 @@ void Trainer::State::open_choices() {
 EvalResult Trainer::State::evaluate() {
   EvalResult r = evaluate_val();
   if (!choices.empty()) {
-    // Example i goes to data-parallel rank i mod dp; the sums are exact (integers, and losses
-    // added in rank order by the reduction).
+    // Example i goes to data-parallel rank i mod dp; the counts are exact, the loss sum is
+    // rounded with the ranks' partial sums (its last bits depend on dp).
     const ChoiceScore sc = score_choices(*model, choices, size_t(dp_rank), size_t(dp));
     double v[4] = {double(sc.correct), double(sc.correct_by_sum), sc.ending_loss_sum,
                    double(sc.endings)};

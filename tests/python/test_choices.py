@@ -140,17 +140,44 @@ def test_matches_the_reference(setup):
               check=True)
     _, params = ref.load_checkpoint(ckpt, dtype=torch.float64)
     check(parse(p.stdout), reference_score(params, read_eval_file(out)[:7]), n=7)
-    # One ending at a time (micro-batch 1) and under full recomputation: the same numbers.
-    p = train("--config", cfg, "--eval-only", "--init-from", ckpt, "--train.micro_batch_size", 1,
-              "--train.recompute", "full", check=True)
+    # Under full recomputation (no cache kept: every row computed each call): the same numbers.
+    p = train("--config", cfg, "--eval-only", "--init-from", ckpt, "--train.recompute", "full",
+              check=True)
     check(parse(p.stdout), want)
+    # bf16: the mean ending loss within bf16's rounding.
+    p = train("--config", cfg, "--eval-only", "--init-from", ckpt, "--run.precision", "bf16",
+              check=True)
+    assert abs(parse(p.stdout)[2] - want[2]) <= 2e-2 * want[2]
+
+
+def test_file_holds_gpt2_tokens(setup):
+    """The script's tokens against tiktoken's GPT-2 encoding built here: the context as it is,
+    each ending after a space (llm.c's and nanoGPT's HellaSwag rendering)."""
+    import tiktoken
+    from tiktoken.load import load_tiktoken_bpe
+
+    d, out, *_ = setup
+    enc = tiktoken.Encoding(
+        name="gpt2_test", mergeable_ranks=load_tiktoken_bpe(str(VOCAB)),
+        pat_str=r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
+        special_tokens={"<|endoftext|>": 50256})
+    got = read_eval_file(out)
+    for ex, (label, ctx, ends) in zip(jsonl_examples(), got):
+        assert label == ex["label"]
+        assert ctx == enc.encode(ex["ctx"])
+        assert ends == [enc.encode(" " + e) for e in ex["endings"]]
+    assert len(got) == len(jsonl_examples())
 
 
 @pytest.mark.skipif(MPIRUN is None, reason="mpirun not found")
-@pytest.mark.parametrize("grid", [("--parallel.tp", 2), ("--parallel.pp", 2), ()])
-def test_grids_match_the_reference(setup, grid):
+@pytest.mark.parametrize("ranks,grid", [
+    (2, ("--parallel.tp", 2)), (2, ("--parallel.pp", 2)), (2, ()),
+    # sequence parallelism pads the rows to a multiple of tp (4: the cache's clamp near the end)
+    (2, ("--parallel.tp", 2, "--parallel.sequence_parallel", 1)),
+    (4, ("--parallel.tp", 4, "--parallel.sequence_parallel", 1))])
+def test_grids_match_the_reference(setup, ranks, grid):
     d, out, ckpt, cfg, want = setup
-    p = subprocess.run([MPIRUN, "--oversubscribe", "-np", "2", exe("triad-train"), "--config",
+    p = subprocess.run([MPIRUN, "--oversubscribe", "-np", str(ranks), exe("triad-train"), "--config",
                         str(cfg), "--eval-only", "--init-from", str(ckpt), *map(str, grid)],
                        capture_output=True, text=True, env=MPI_ENV, timeout=180)
     assert p.returncode == 0, p.stdout + p.stderr
@@ -184,6 +211,8 @@ def test_bad_inputs(setup, tmp_path):
                        "eval.choices", "outside the vocabulary")
     assert_clean_error(train("--config", cfg, "--eval.choice_examples", -1), "eval.choice_examples")
     assert_clean_error(train("--config", cfg, "--eval-only", "--init-from", ckpt, "--eval.choices",
+                             "", "--eval.sequences", 0), "nothing to evaluate")
+    assert_clean_error(train("--config", cfg, "--eval-only", "--init-from", ckpt, "--eval.choices",
                              tmp_path / "missing.bin"), "eval.choices", "missing.bin")
 
     def prepare(lines):
@@ -195,6 +224,7 @@ def test_bad_inputs(setup, tmp_path):
     for lines, needle in [("{not json\n", "bad.jsonl:1: not JSON"),
                           ('{"ctx": "a", "endings": ["b"], "label": 0}\n', '"endings"'),
                           ('{"ctx": "a", "endings": ["b", "c"], "label": 2}\n', '"label"'),
+                          ('{"ctx": "a", "endings": ["b", "c"], "label": true}\n', '"label"'),
                           ("\n", "no examples")]:
         p = prepare(lines)
         assert p.returncode == 1 and needle in p.stderr and "Traceback" not in p.stderr, p.stderr

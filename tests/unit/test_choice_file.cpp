@@ -90,7 +90,11 @@ TEST(ChoiceFile, RefusesMalformedFiles) {
   const std::vector<Case> cases = {
       {"magic.bin", {good}, {20240520, 1, 1, good[1]}, "wrong magic number 20240520"},
       {"version.bin", {good}, {kChoiceFileMagic, 2, 1, good[1]}, "unsupported version 2"},
-      {"count.bin", {good}, {kChoiceFileMagic, 1, 2, good[1]}, "example 1 (of 2): the file ends"},
+      {"count.bin", {good}, {kChoiceFileMagic, 1, 2, good[1]}, "2 examples, which do not fit"},
+      {"cut.bin",
+       {good, Words(good.begin(), good.begin() + 5)},
+       {kChoiceFileMagic, 1, 2, good[1]},
+       "example 1 (of 2): the file ends"},
       {"trailing.bin", {good, {65535}}, {kChoiceFileMagic, 1, 1, good[1]}, "2 bytes after"},
       {"longest.bin", {good}, {kChoiceFileMagic, 1, 1, 4}, "exceeds the header's longest"},
       {"start.bin", {bad_start}, {}, "no start marker"},

@@ -7,7 +7,9 @@
 //    with and without GELU recomputation, and computes only the new token while the prefix is
 //    kept (decoded_tokens());
 //  - full recomputation (no per-layer keys to keep), another prefix, a training step and
-//    params_updated() all drop the cache and still give the right logits.
+//    params_updated() all drop the cache and still give the right logits;
+//  - sequence_losses (multiple-choice scoring) gives the logits' cross-entropy, reusing the
+//    longest prefix shared with the previous call.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -231,6 +233,57 @@ TEST(Decode, SequencesInLockstepFollowTheirOwnLogits) {
       EXPECT_EQ(m.last_decoded_rows(), 6);
       EXPECT_LE(rel(o.data(), ref.next_token_logits(seqs[1].data(), 6), size_t(V)), tol);
     }
+}
+
+// Gpt::sequence_losses (multiple-choice scoring): each asked-for position's cross-entropy equals
+// −log softmax of next_token_logits' logits at that position (double on the host), for several
+// sequences at once, fresh, after the context was decoded (only the asked-for rows run), and
+// after a call sharing a shorter prefix (the rows after it run), on training and inference
+// models and under full recomputation (everything runs).
+TEST(Decode, SequenceLossesAreTheLogitsCrossEntropy) {
+  const int V = kShape.vocab_size, B = 2, len = 14, last = 5;
+  for (int variant = 0; variant < 3; ++variant) {
+    SCOPED_TRACE(::testing::Message() << "variant " << variant);
+    auto be = make_cpu_backend();
+    ActivationOptions options(variant == 2 ? Recompute::full : Recompute::none);
+    options.inference = variant == 1;
+    Gpt m(kShape, B, *be, 1, {}, nullptr, Precision::fp32, options);
+    m.init(5);
+    Gpt ref(kShape, 1, *be, 1, {}, nullptr, Precision::fp32);
+    ref.init(5);
+    std::vector<int32_t> seqs, targets;
+    for (int b = 0; b < B; ++b) {
+      const std::vector<int32_t> t = tokens(len + 1, 29 * b);
+      seqs.insert(seqs.end(), t.begin(), t.begin() + len);
+      for (int j = 0; j < last; ++j) targets.push_back((t[size_t(len - last + j)] * 7 + 3) % V);
+    }
+    const auto check = [&](int rows_run) {
+      const float* got = m.sequence_losses(seqs.data(), B, len, last, targets.data());
+      const std::vector<float> g(got, got + size_t(B) * last);
+      EXPECT_EQ(m.last_decoded_rows(), B * (variant == 2 ? len : rows_run));
+      for (int b = 0; b < B; ++b)
+        for (int j = 0; j < last; ++j) {
+          const int upto = len - last + j + 1;
+          const float* l = ref.next_token_logits(seqs.data() + size_t(b) * len, upto);
+          double mx = -1e300, z = 0;
+          for (int v = 0; v < V; ++v) mx = std::max(mx, double(l[v]));
+          for (int v = 0; v < V; ++v) z += std::exp(double(l[v]) - mx);
+          const double want = std::log(z) + mx - l[targets[size_t(b) * last + j]];
+          EXPECT_NEAR(g[size_t(b) * last + j], want, 1e-5 * want) << "b " << b << " j " << j;
+        }
+    };
+    check(len);  // nothing kept yet
+    m.forget_decoded();
+    std::vector<int32_t> ctx;
+    for (int b = 0; b < B; ++b)
+      ctx.insert(ctx.end(), seqs.begin() + ptrdiff_t(b) * len,
+                 seqs.begin() + ptrdiff_t(b) * len + 9);
+    m.decode_logits(ctx.data(), B, 9);
+    check(last);  // the context kept: only the 5 asked-for rows (9 − 1 of them kept)
+    // Another call whose sequences agree with the last one's up to position 4 only.
+    for (int b = 0; b < B; ++b) seqs[size_t(b) * len + 4] = (seqs[size_t(b) * len + 4] + 1) % V;
+    check(len - 4);
+  }
 }
 
 // A model for forward passes only (ActivationOptions::inference): the same logits, decoding and

@@ -307,9 +307,10 @@ class Gpt {
   // The same logits for generation, with a cache of keys and values (the KV cache): every layer
   // keeps the keys and values of the tokens of the previous call, so a call whose tokens extend
   // that call's (one more token each time) runs its layers over the new tokens only, and its
-  // attention reads the kept keys and values instead of recomputing them. Otherwise (another
-  // prefix, or under full recomputation outside inference, whose layers share one scratch) it
-  // computes every token, as next_token_logits does. The cache lives in the first activation set of
+  // attention reads the kept keys and values instead of recomputing them (a call sharing only a
+  // prefix with the previous one reuses that prefix: the tokens after it are computed). Under
+  // full recomputation outside inference (whose layers share one scratch) it computes every
+  // token, as next_token_logits does. The cache lives in the first activation set of
   // each chunk, without memory of its own: any other use of the model (a step, an evaluation, an
   // update followed by params_updated()) drops it, and forget_decoded() drops it explicitly (call
   // it before a new sample: weights written without params_updated() would leave it stale).
@@ -328,14 +329,18 @@ class Gpt {
   // Scoring continuations (multiple-choice evaluation): the cross-entropy of each sequence's last
   // `last` positions' predictions, losses[b·last + j] = −log p(targets[b·last + j] | the tokens
   // of sequence b up to position len − last + j), on the host of every rank (valid until the
-  // next call). With the cache of decode_logits: a call whose tokens extend the previous call's
-  // runs its layers over the new tokens only (at least the `last` positions asked for), so a
-  // shared context is best passed first through decode_logits. Targets below vocab_size;
-  // 1 <= last <= len. Collective like decode_logits; B > 1 on one rank holding the whole model.
+  // next call). With the cache of decode_logits: the layers run over the tokens after the prefix
+  // shared with the previous call (at least the `last` positions asked for), and the classifier
+  // over those rows, so a shared context is best passed first through decode_logits. Targets
+  // below vocab_size; 1 <= last <= len. Collective like decode_logits; B > 1 on one rank holding
+  // the whole model.
   const float* sequence_losses(const int32_t* tokens, int B, int len, int last,
                                const int32_t* targets);
   int max_batch() const { return max_batch_; }
   void forget_decoded() { decoded_.clear(); }
+  // Whether decode_logits keeps keys and values between calls (not under full recomputation
+  // outside inference, whose layers share one qkv buffer).
+  bool keeps_decoded() const { return inference_ || recompute_.mode != Recompute::full; }
   // Tokens per sequence whose keys and values the cache holds (the last decode_logits call's),
   // 0 if none.
   int decoded_tokens() const { return int(decoded_.size()) / decoded_batch_; }

@@ -1,8 +1,8 @@
 // Multiple-choice evaluation (HellaSwag and the like, data/choice_file.h), scored the way llm.c
 // and nanoGPT score it: each ending follows the shared context, and the model's cross-entropy
 // over the ending's tokens measures it. The chosen ending is the one of least mean loss per
-// token (llm.c's HellaSwag accuracy, "acc_norm" elsewhere) or, second number, of least summed
-// loss ("acc"); ties go to the first.
+// token (llm.c's HellaSwag accuracy; lm-eval-harness's acc_norm divides by the ending's bytes
+// instead) or, second number, of least summed loss ("acc"); ties go to the first.
 #pragma once
 
 #include <cstdint>
@@ -29,9 +29,9 @@ void check_choices_fit(const std::vector<ChoiceExample>& examples, int seq_len,
                        const std::string& where);
 
 // Scores examples first, first + stride, ... on `model` (collective over its tensor- and
-// pipeline-parallel groups, which must pass the same arguments; the counts on every rank). The
-// endings of an example go through the model together, as many at a time as its batch allows
-// (one on a grid), after their shared context. Drops the model's cache of keys and values.
+// pipeline-parallel groups, which must pass the same arguments; the counts on every rank). An
+// example's context runs through the model once, its endings after it through the cache of keys
+// and values (Gpt::sequence_losses), one at a time. Drops the cache.
 ChoiceScore score_choices(Gpt& model, const std::vector<ChoiceExample>& examples, size_t first,
                           size_t stride);
 
