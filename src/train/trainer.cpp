@@ -94,7 +94,9 @@ EvalResult Trainer::evaluate_only() {
                 s.cfg.checkpoint_dir());
   }
   const CheckpointState st = s.load_weights(path);
+  const Timer clock;
   const EvalResult r = s.evaluate();
+  const double seconds = clock.seconds();
   if (s.root()) {
     std::cout << std::fixed << std::setprecision(6) << "checkpoint " << path << " (step " << st.step
               << ")";
@@ -102,7 +104,7 @@ EvalResult Trainer::evaluate_only() {
       std::cout << " | val loss " << r.loss << " | val accuracy " << r.accuracy << " | "
                 << r.sequences << " sequences";
     if (r.choice_examples > 0) std::cout << " | " << describe_choices(r);
-    std::cout << std::endl;
+    std::cout << std::setprecision(2) << " | " << seconds << " s" << std::endl;
   }
   return r;
 }
