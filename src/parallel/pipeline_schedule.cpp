@@ -14,13 +14,24 @@
 
 namespace triad {
 
+const char* const kScheduleKindNames = "1f1b, gpipe, interleaved or zb-h1";
+
+namespace {
+constexpr ScheduleKind kScheduleKinds[] = {ScheduleKind::OneFOneB, ScheduleKind::GPipe,
+                                           ScheduleKind::Interleaved, ScheduleKind::ZeroBubble};
+}  // namespace
+
+bool is_schedule_kind(const std::string& name) {
+  for (ScheduleKind k : kScheduleKinds)
+    if (name == schedule_kind_name(k)) return true;
+  return false;
+}
+
 ScheduleKind parse_schedule_kind(const std::string& name) {
-  if (name == "gpipe") return ScheduleKind::GPipe;
-  if (name == "1f1b") return ScheduleKind::OneFOneB;
-  if (name == "interleaved") return ScheduleKind::Interleaved;
-  if (name == "zb-h1") return ScheduleKind::ZeroBubble;
-  fail("parallel.schedule: unknown pipeline schedule '", name,
-       "' (expected gpipe, 1f1b, interleaved or zb-h1)");
+  for (ScheduleKind k : kScheduleKinds)
+    if (name == schedule_kind_name(k)) return k;
+  fail("parallel.schedule: unknown pipeline schedule '", name, "' (expected ", kScheduleKindNames,
+       ")");
 }
 
 const char* schedule_kind_name(ScheduleKind kind) {

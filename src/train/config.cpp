@@ -11,6 +11,7 @@
 
 #include "triad/core/error.h"
 #include "triad/model/gpt.h"
+#include "triad/parallel/pipeline_schedule.h"
 #include "triad/train/run_plan.h"
 
 namespace po = boost::program_options;
@@ -386,10 +387,8 @@ void validate(const Config& c, int world_size) {
   check(c.parallel.tp >= 1, "parallel.tp", "must be >= 1");
   check(c.parallel.pp >= 1, "parallel.pp", "must be >= 1");
   check(c.parallel.zero == 0 || c.parallel.zero == 1, "parallel.zero", "must be 0 or 1");
-  check(c.parallel.schedule == "1f1b" || c.parallel.schedule == "gpipe" ||
-            c.parallel.schedule == "interleaved" || c.parallel.schedule == "zb-h1",
-        "parallel.schedule",
-        "must be 1f1b, gpipe, interleaved or zb-h1 (got '" + c.parallel.schedule + "')");
+  check(is_schedule_kind(c.parallel.schedule), "parallel.schedule",
+        std::string("must be ") + kScheduleKindNames + " (got '" + c.parallel.schedule + "')");
   check(c.parallel.virtual_stages >= 1, "parallel.virtual_stages", "must be >= 1");
   check(c.parallel.comm == "auto" || c.parallel.comm == "mpi" || c.parallel.comm == "nccl",
         "parallel.comm", "must be auto, mpi or nccl (got '" + c.parallel.comm + "')");

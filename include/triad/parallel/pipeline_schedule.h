@@ -67,6 +67,9 @@ using PipelineSchedule = std::vector<std::vector<Action>>;  // [rank][step]
 // "gpipe", "1f1b", "interleaved", "zb-h1" (the config's parallel.schedule); triad::Error
 // otherwise.
 ScheduleKind parse_schedule_kind(const std::string& name);
+bool is_schedule_kind(const std::string& name);  // whether parse_schedule_kind takes it
+// The names parse_schedule_kind takes, for messages: "1f1b, gpipe, interleaved or zb-h1".
+extern const char* const kScheduleKindNames;
 const char* schedule_kind_name(ScheduleKind kind);
 const char* action_kind_name(ActionKind kind);
 
