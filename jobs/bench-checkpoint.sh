@@ -31,6 +31,9 @@ while [[ $# -gt 0 ]]; do
     *) echo "bench-checkpoint: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+[[ $repeat =~ ^[1-9][0-9]*$ ]] || { echo "bench-checkpoint: --repeat must be >= 1 (got '$repeat')" >&2; exit 2; }
+[[ $ranks =~ ^[1-9][0-9]*( [1-9][0-9]*)*$ ]] ||
+  { echo "bench-checkpoint: --ranks must be counts >= 1, e.g. \"1 2 4\" (got '$ranks')" >&2; exit 2; }
 
 # Build (incremental). triad-bench exists as a target once src/apps/bench_main.cpp has been seen
 # by a configure run.

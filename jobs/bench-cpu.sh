@@ -17,12 +17,17 @@ config=inputs/runs/bench-cpu.ini
 extra=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --threads) threads=$2; shift 2 ;;
-    --steps) steps=$2; shift 2 ;;
+    --threads|--steps)
+      [[ $# -ge 2 && $2 =~ ^[1-9][0-9]*$ ]] || { echo "bench-cpu: $1 needs a count >= 1 (got '${2:-}')" >&2; exit 2; }
+      [[ $1 == --threads ]] && threads=$2 || steps=$2; shift 2 ;;
     -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
-    *) extra+=("$1"); shift ;;
+    --[a-z]*.[a-z]*)
+      [[ $# -ge 2 ]] || { echo "bench-cpu: $1 needs a value" >&2; exit 2; }
+      extra+=("$1" "$2"); shift 2 ;;
+    *) echo "bench-cpu: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+(( steps >= 3 )) || { echo "bench-cpu: --steps must be >= 3 (2 are warm-up)" >&2; exit 2; }
 
 . jobs/bench-prepare.sh
 # Thread counts: triad-train gets --run.threads (it manages OpenMP and OpenBLAS itself);

@@ -21,14 +21,19 @@ vocab=50257
 extra=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --steps) steps=$2; shift 2 ;;
-    --pp) pp=$2; shift 2 ;;
-    --vocab) vocab=$2; shift 2 ;;
+    --steps|--pp|--vocab)
+      [[ $# -ge 2 && $2 =~ ^[1-9][0-9]*$ ]] || { echo "bench-plan: $1 needs a count >= 1 (got '${2:-}')" >&2; exit 2; }
+      case "$1" in --steps) steps=$2 ;; --pp) pp=$2 ;; *) vocab=$2 ;; esac
+      shift 2 ;;
     -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
-    *) extra+=("$1"); shift ;;
+    --[a-z]*.[a-z]*)
+      [[ $# -ge 2 ]] || { echo "bench-plan: $1 needs a value" >&2; exit 2; }
+      extra+=("$1" "$2"); shift 2 ;;
+    *) echo "bench-plan: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
-(( steps >= 5 )) || { echo "bench-plan: --steps must be >= 5" >&2; exit 1; }
+(( steps >= 5 )) || { echo "bench-plan: --steps must be >= 5" >&2; exit 2; }
+(( pp >= 2 )) || { echo "bench-plan: --pp must be >= 2 (a pipeline)" >&2; exit 2; }
 
 . jobs/bench-prepare.sh
 bench_build
