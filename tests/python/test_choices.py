@@ -23,6 +23,7 @@ from triad_run import ENV, REPO, VOCAB, assert_clean_error, exe, tiny_config, tr
 
 sys.path.insert(0, str(REPO / "tests" / "reference"))
 import gpt_torch as ref  # noqa: E402
+from choices_torch import read_choices as read_eval_file  # noqa: E402  (the format's reader)
 
 CFG = ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=32, vocab_size=50257)
 PREPARE = REPO / "jobs" / "prepare_choices.py"
@@ -44,29 +45,6 @@ def jsonl_examples(n=24, seed=0):
         ctx = text(40 if i == 5 else int(rng.integers(3, 12))).capitalize() + "."
         endings = [text(int(rng.integers(1, 9))) + "." for _ in range(3 if i % 4 == 1 else 4)]
         out.append({"ind": i, "ctx": ctx, "endings": endings, "label": int(rng.integers(0, len(endings)))})
-    return out
-
-
-def read_eval_file(path):
-    """llm.c's eval file -> [(label, ctx tokens, [ending tokens])] (as the format defines it)."""
-    raw = np.fromfile(path, dtype="<u2", offset=1024)
-    header = np.fromfile(path, dtype="<i4", count=256)
-    out, at = [], 0
-    for _ in range(int(header[2])):
-        assert raw[at] == 65535
-        size = int(raw[at + 1]) // 2
-        ex = raw[at:at + size].astype(int).tolist()
-        label, n_end, i = ex[3], ex[4], 5
-        ctx = ex[i + 1:i + 1 + ex[i]]
-        i += 1 + ex[i]
-        ends = []
-        for _ in range(n_end):
-            ends.append(ex[i + 1:i + 1 + ex[i]])
-            i += 1 + ex[i]
-        assert i == size
-        out.append((label, ctx, ends))
-        at += size
-    assert at == raw.size
     return out
 
 

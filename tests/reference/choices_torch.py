@@ -41,6 +41,7 @@ def read_choices(path):
     w = np.fromfile(path, dtype="<u2", offset=1024).astype(np.int64).tolist()
     out, at = [], 0
     for _ in range(int(header[2])):
+        assert w[at] == 65535, f"{path}: no example start at word {at}"
         size = w[at + 1] // 2
         ex = w[at:at + size]
         label, n_end, i = ex[3], ex[4], 5
@@ -50,8 +51,10 @@ def read_choices(path):
         for _ in range(n_end):
             ends.append(ex[i + 1:i + 1 + ex[i]])
             i += 1 + ex[i]
+        assert i == size, f"{path}: an example's fields do not add up to its size"
         out.append((label, ctx, ends))
         at += size
+    assert at == len(w), f"{path}: data after the last example"
     return out
 
 
