@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Multiple-choice evaluation speed: `triad-train --eval-only --eval.choices` beside the PyTorch
+# Multiple-choice evaluation speed: `triad-train --eval-only --eval.choices` (both
+# eval.choice_mode ways, cached and batched) beside the PyTorch
 # peer scoring the same examples the way llm.c's and nanoGPT's hellaswag.py do
 # (tests/reference/choices_torch.py: transformers' GPT2LMHeadModel, one forward pass over the
 # context + ending rows of each example), on the same weights (a seeded GPT2LMHeadModel exported
@@ -80,30 +81,36 @@ echo "== $examples examples, 4 endings each; $threads threads; best of $repeat"
 echo "== machine: $(nproc) cores; $(grep -m1 'model name' /proc/cpuinfo | sed 's/^.*: //')"
 
 for r in $(seq "$repeat"); do
-  OMP_NUM_THREADS=$threads build/triad-train --config "$tmp/run.ini" --eval-only \
-    --init-from "$tmp/model.h5" >"$tmp/triad_$r.txt" 2>&1 || { cat "$tmp/triad_$r.txt" >&2; exit 1; }
+  for mode in cached batched; do
+    OMP_NUM_THREADS=$threads build/triad-train --config "$tmp/run.ini" --eval-only \
+      --init-from "$tmp/model.h5" --eval.choice_mode "$mode" >"$tmp/triad_${mode}_$r.txt" 2>&1 \
+      || { cat "$tmp/triad_${mode}_$r.txt" >&2; exit 1; }
+  done
   for pt in $( (echo "$threads"; echo 1) | sort -u); do
     "$py" tests/reference/choices_torch.py --hf "$tmp/hf" --choices "$tmp/ex.bin" \
       --threads "$pt" >"$tmp/torch_${r}_$pt.txt" || { cat "$tmp/torch_${r}_$pt.txt" >&2; exit 1; }
   done
 done
-grep -h 'choice accuracy' "$tmp/triad_1.txt"
+grep -h 'choice accuracy' "$tmp"/triad_*_1.txt
 tail -qn1 "$tmp"/torch_1_*.txt
 # triad's eval-only line ends "| S s" (the evaluation alone, the load excluded).
-t_best=$(sed -n 's/.*| \([0-9.]*\) s$/\1/p' "$tmp"/triad_*.txt | sort -g | head -1)
+best_s() { sed -n 's/.*| \([0-9.]*\) s$/\1/p' "$@" | sort -g | head -1; }
+t_best=$(best_s "$tmp"/triad_cached_*.txt)
+b_best=$(best_s "$tmp"/triad_batched_*.txt)
 p_best=$(grep -ho 'examples in [0-9.]* s' "$tmp"/torch_*.txt | awk '{print $3}' | sort -g | head -1)
-"$py" - "$tmp" "$examples" "$t_best" "$p_best" <<'PY'
+"$py" - "$tmp" "$examples" "$t_best" "$p_best" "$b_best" <<'PY'
 import re, sys
-tmp, n, t, p = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+tmp, n, t, p, b = sys.argv[1], int(sys.argv[2]), *map(float, sys.argv[3:6])
 def scores(path):
     m = re.search(r"choice accuracy ([0-9.]+) \(by summed loss ([0-9.]+), ending loss ([0-9.]+)",
                   open(path).read())
     return tuple(float(g) for g in m.groups())
-a, b = scores(f"{tmp}/triad_1.txt"), scores(f"{tmp}/torch_1_1.txt")
-same = a[:2] == b[:2] and abs(a[2] - b[2]) <= 1e-4 * b[2]
+a, a2, c = (scores(f"{tmp}/{f}.txt") for f in ("triad_cached_1", "triad_batched_1", "torch_1_1"))
+same = all(x[:2] == c[:2] and abs(x[2] - c[2]) <= 1e-4 * c[2] for x in (a, a2))
 print("| scorer | examples/s |\n| --- | ---: |")
-print(f"| triad (context once, its keys and values kept for the endings) | {n / t:.2f} |")
+print(f"| triad, cached (the context once, its keys and values kept for the endings) | {n / t:.2f} |")
+print(f"| triad, batched (rows of several examples per pass, as llm.c) | {n / b:.2f} |")
 print(f"| PyTorch, transformers (context + ending rows, one pass) | {n / p:.2f} |")
-print(f"ratio triad/PyTorch: {p / t:.2f}")
-print(f"same scores: {'yes' if same else 'no'} (triad {a}, PyTorch {b})")
+print(f"ratio triad/PyTorch: cached {p / t:.2f}, batched {p / b:.2f}")
+print(f"same scores: {'yes' if same else 'no'} (triad {a} and {a2}, PyTorch {c})")
 PY

@@ -43,10 +43,11 @@ const float* Gpt::decode_logits(const int32_t* tokens, int B, int len) {
 }
 
 const float* Gpt::sequence_losses(const int32_t* tokens, int B, int len, int last,
-                                  const int32_t* targets) {
+                                  const int32_t* targets, bool cached) {
   TRIAD_CHECK(last >= 1 && last <= len, "sequence_losses: last = ", last, " outside 1..", len);
-  return precision_ == Precision::bf16 ? sequence_losses_t<bf16_t>(tokens, B, len, last, targets)
-                                       : sequence_losses_t<float>(tokens, B, len, last, targets);
+  return precision_ == Precision::bf16
+             ? sequence_losses_t<bf16_t>(tokens, B, len, last, targets, cached)
+             : sequence_losses_t<float>(tokens, B, len, last, targets, cached);
 }
 
 // A model for inference has one: the shared scratch layer's qkv, which no layer uses (each keeps
@@ -228,7 +229,7 @@ Gpt::Set<A>* Gpt::decode_forward(const int32_t* tokens, int B, int len, bool cac
                                  int& n, int& rows) {
   const int T = shape_.seq_len;
   TRIAD_ASSERT(len >= 1 && len <= T && B >= 1 && B <= max_batch_ && need >= 1 && need <= len);
-  TRIAD_CHECK(B == 1 || (mp_.tp == 1 && mp_.pp == 1),
+  TRIAD_CHECK(B == 1 || !cached || (mp_.tp == 1 && mp_.pp == 1),
               "internal error: decoding several sequences at once needs one rank holding the whole "
               "model");
   // Sequence parallelism cuts the rows into tp equal parts: pad the new rows at their end (the
@@ -316,9 +317,9 @@ const float* Gpt::next_token_logits_t(const int32_t* tokens, int B, int len, boo
 
 template <class A>
 const float* Gpt::sequence_losses_t(const int32_t* tokens, int B, int len, int last,
-                                    const int32_t* targets) {
+                                    const int32_t* targets, bool cached) {
   int n = 0, rows = 0;
-  Set<A>* S = decode_forward<A>(tokens, B, len, true, last, n, rows);
+  Set<A>* S = decode_forward<A>(tokens, B, len, cached, last, n, rows);
   // The classifier runs over every new row (the rows before the asked-for ones, if any, get
   // target 0 and are ignored): B·rows losses, then the asked-for ones moved to the front.
   const size_t N = size_t(B) * rows;

@@ -69,6 +69,9 @@ class KeyTable {
         "from jobs/prepare_choices.py); empty: none");
     add("eval.choice_examples", c.eval.choice_examples,
         "score the first N examples of eval.choices (0: all)");
+    add("eval.choice_mode", c.eval.choice_mode,
+        "batched (rows of several examples per pass, as llm.c) | cached (each context once, the "
+        "endings through the KV cache: least arithmetic, in small products)");
     add("checkpoint.dir", c.checkpoint.dir, "checkpoint directory (default RUN/ckpt)");
     add("checkpoint.every", c.checkpoint.every, "checkpoint every N steps (0: end only)");
     add("checkpoint.keep", c.checkpoint.keep, "keep the newest K checkpoints (0: all)");
@@ -371,6 +374,8 @@ void validate(const Config& c, int world_size) {
   check(c.eval.every >= 0, "eval.every", "must be >= 0");
   check(c.eval.sequences >= 0, "eval.sequences", "must be >= 0");
   check(c.eval.choice_examples >= 0, "eval.choice_examples", "must be >= 0");
+  check(c.eval.choice_mode == "batched" || c.eval.choice_mode == "cached", "eval.choice_mode",
+        "must be batched or cached (got '" + c.eval.choice_mode + "')");
   check(c.checkpoint.every >= 0, "checkpoint.every", "must be >= 0");
   check(c.checkpoint.keep >= 0, "checkpoint.keep", "must be >= 0 (0 keeps all)");
   check(!c.run.name.empty() && c.run.name.find('/') == std::string::npos, "run.name",

@@ -299,7 +299,9 @@ EvalResult Trainer::State::evaluate() {
   if (!choices.empty()) {
     // Example i goes to data-parallel rank i mod dp; the counts are exact, the loss sum is
     // rounded with the ranks' partial sums (its last bits depend on dp).
-    const ChoiceScore sc = score_choices(*model, choices, size_t(dp_rank), size_t(dp));
+    const ChoiceMode mode =
+        cfg.eval.choice_mode == "cached" ? ChoiceMode::cached : ChoiceMode::batched;
+    const ChoiceScore sc = score_choices(*model, choices, size_t(dp_rank), size_t(dp), mode);
     double v[4] = {double(sc.correct), double(sc.correct_by_sum), sc.ending_loss_sum,
                    double(sc.endings)};
     for (double& x : v) x = grid.dp().all_reduce_sum(x);

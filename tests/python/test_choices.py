@@ -118,10 +118,13 @@ def test_matches_the_reference(setup):
               check=True)
     _, params = ref.load_checkpoint(ckpt, dtype=torch.float64)
     check(parse(p.stdout), reference_score(params, read_eval_file(out)[:7]), n=7)
-    # Under full recomputation (no cache kept: every row computed each call): the same numbers.
-    p = train("--config", cfg, "--eval-only", "--init-from", ckpt, "--train.recompute", "full",
-              check=True)
-    check(parse(p.stdout), want)
+    # Cached (each context once, the endings through the KV cache), also under full recomputation
+    # (no cache kept: every row computed each call): the same numbers. (Batched, the default,
+    # puts an example's rows across two passes of 4 above.)
+    for extra in ((), ("--train.recompute", "full")):
+        p = train("--config", cfg, "--eval-only", "--init-from", ckpt, "--eval.choice_mode",
+                  "cached", *extra, check=True)
+        check(parse(p.stdout), want)
     # bf16: the mean ending loss within bf16's rounding.
     p = train("--config", cfg, "--eval-only", "--init-from", ckpt, "--run.precision", "bf16",
               check=True)
@@ -147,12 +150,18 @@ def test_file_holds_gpt2_tokens(setup):
     assert len(got) == len(jsonl_examples())
 
 
+CACHED = ("--eval.choice_mode", "cached")
+
+
 @pytest.mark.skipif(MPIRUN is None, reason="mpirun not found")
 @pytest.mark.parametrize("ranks,grid", [
     (2, ("--parallel.tp", 2)), (2, ("--parallel.pp", 2)), (2, ()),
-    # sequence parallelism pads the rows to a multiple of tp (4: the cache's clamp near the end)
     (2, ("--parallel.tp", 2, "--parallel.sequence_parallel", 1)),
-    (4, ("--parallel.tp", 4, "--parallel.sequence_parallel", 1))])
+    # cached: sequence parallelism pads the new rows to a multiple of tp (4: the cache's clamp
+    # near the end of the context)
+    (2, ("--parallel.tp", 2) + CACHED), (2, ("--parallel.pp", 2) + CACHED), (2, CACHED),
+    (2, ("--parallel.tp", 2, "--parallel.sequence_parallel", 1) + CACHED),
+    (4, ("--parallel.tp", 4, "--parallel.sequence_parallel", 1) + CACHED)])
 def test_grids_match_the_reference(setup, ranks, grid):
     d, out, ckpt, cfg, want = setup
     p = subprocess.run([MPIRUN, "--oversubscribe", "-np", str(ranks), exe("triad-train"), "--config",
@@ -188,6 +197,7 @@ def test_bad_inputs(setup, tmp_path):
                              "--model.vocab_size", 300, "--init-from", ckpt),
                        "eval.choices", "outside the vocabulary")
     assert_clean_error(train("--config", cfg, "--eval.choice_examples", -1), "eval.choice_examples")
+    assert_clean_error(train("--config", cfg, "--eval.choice_mode", "fast"), "eval.choice_mode")
     assert_clean_error(train("--config", cfg, "--eval-only", "--init-from", ckpt, "--eval.choices",
                              "", "--eval.sequences", 0), "nothing to evaluate")
     assert_clean_error(train("--config", cfg, "--eval-only", "--init-from", ckpt, "--eval.choices",

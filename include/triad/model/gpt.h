@@ -333,9 +333,10 @@ class Gpt {
   // shared with the previous call (at least the `last` positions asked for), and the classifier
   // over those rows, so a shared context is best passed first through decode_logits. Targets
   // below vocab_size; 1 <= last <= len. Collective like decode_logits; B > 1 on one rank holding
-  // the whole model.
+  // the whole model. Not `cached`: every position computed, as an evaluation's forward pass (in
+  // the activation plan; B > 1 on any grid), and the cache dropped.
   const float* sequence_losses(const int32_t* tokens, int B, int len, int last,
-                               const int32_t* targets);
+                               const int32_t* targets, bool cached = true);
   int max_batch() const { return max_batch_; }
   void forget_decoded() { decoded_.clear(); }
   // Whether decode_logits keeps keys and values between calls (not under full recomputation
@@ -378,7 +379,7 @@ class Gpt {
   const float* next_token_logits_t(const int32_t* tokens, int B, int len, bool cached);
   template <class A>
   const float* sequence_losses_t(const int32_t* tokens, int B, int len, int last,
-                                 const int32_t* targets);
+                                 const int32_t* targets, bool cached);
   // The forward pass of generation and scoring: B sequences of len tokens, the kept ones not
   // recomputed when `cached` (except the last `need` positions); sets n (new tokens per
   // sequence) and rows (n padded for sequence parallelism, the rows per sequence in the set).

@@ -29,10 +29,16 @@ void check_choices_fit(const std::vector<ChoiceExample>& examples, int seq_len,
                        const std::string& where);
 
 // Scores examples first, first + stride, ... on `model` (collective over its tensor- and
-// pipeline-parallel groups, which must pass the same arguments; the counts on every rank). An
-// example's context runs through the model once, its endings after it through the cache of keys
-// and values (Gpt::sequence_losses), one at a time. Drops the cache.
+// pipeline-parallel groups, which must pass the same arguments; the counts on every rank).
+// Drops the model's cache of keys and values. Two ways, the same scores up to rounding:
+//  - batched: rows of context + ending of several examples (the model's batch of them) in one
+//    forward pass, every position through the classifier, as llm.c does: more arithmetic, in
+//    fewer and larger products (the faster here, also on a CPU: docs/performance.md);
+//  - cached: an example's context runs through the model once, its endings after it through the
+//    cache of keys and values (Gpt::sequence_losses), one at a time: the least arithmetic, in
+//    small products.
+enum class ChoiceMode { cached, batched };
 ChoiceScore score_choices(Gpt& model, const std::vector<ChoiceExample>& examples, size_t first,
-                          size_t stride);
+                          size_t stride, ChoiceMode mode = ChoiceMode::batched);
 
 }  // namespace triad

@@ -51,7 +51,8 @@ struct EvalConfig {
   int64_t every = 100;     // 0: only before and after training
   int64_t sequences = 64;  // first N sequences of the val shards
   std::string choices;     // multiple-choice eval file (llm.c's format, e.g. HellaSwag); "" none
-  int64_t choice_examples = 0;  // its first N examples (0: all)
+  int64_t choice_examples = 0;          // its first N examples (0: all)
+  std::string choice_mode = "batched";  // batched | cached (train/choice_eval.h)
 };
 
 struct CheckpointConfig {
