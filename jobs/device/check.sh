@@ -307,6 +307,10 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
         >"$RUN/eval_${be}_$pr.txt" 2>&1 || tail -5 "$RUN/eval_${be}_$pr.txt"
       echo "eval $be $pr: $(grep -o 'val loss [0-9.]*' "$RUN/eval_${be}_$pr.txt")"
     done
+    # The multiple-choice examples the other way (eval.choice_mode = cached: the decode path).
+    timeout "$(tmo 60 150)" "$B/triad-train" --config "$W/tiny.ini" --eval-only --resume "$C" \
+      --eval.choices "$W/choices.bin" --eval.choice_mode cached --run.backend cuda \
+      --run.precision fp32 >"$RUN/eval_cuda_fp32cached.txt" 2>&1 || tail -5 "$RUN/eval_cuda_fp32cached.txt"
     for v in "${variants[@]}"; do
       read -r be pr <<<"$v"
       timeout "$(tmo 90 150)" "$B/triad-train" --config "$W/tiny.ini" --run.backend "$be" --run.precision "$pr" \
@@ -377,7 +381,7 @@ def choices(v):
                   (run / f"eval_{v}.txt").read_text())
     return tuple(float(g) for g in m.groups()) if m else None
 cref = choices("cpu_fp32")
-for v in ("cuda_fp32", "cuda_bf16"):
+for v in ("cuda_fp32", "cuda_bf16", "cuda_fp32cached"):
     c = choices(v)
     if cref and c:
         print(f"RESULT_CHOICES {v.split('_')[1]}: acc {c[0]:.4f}/{c[1]:.4f} vs cpu "
