@@ -48,6 +48,7 @@ from typing import Callable, Dict, Iterator, Tuple
 import numpy as np
 
 from ._common import AnalysisError, file_kind, prog_name, run_main
+from .hf_tokenizer import write_hf_tokenizer
 from .inspect_checkpoint import expected_shapes, inspect, resolve_checkpoint_path
 
 LLMC_MAGIC = 20240326
@@ -374,8 +375,9 @@ def hf_config(d: Dims) -> dict:
     }
 
 
-def write_hf(out: Path, d: Dims, tensors: Tensors) -> None:
-    """A directory transformers' from_pretrained loads: config.json + model.safetensors."""
+def write_hf(out: Path, d: Dims, tensors: Tensors, vocab: Path | None = None) -> None:
+    """A directory transformers' from_pretrained loads: config.json + model.safetensors, and
+    with `vocab` (GPT-2's BPE ranks) the tokenizer's files (hf_tokenizer.py)."""
     specs = {}
     for t, shape in shapes(d).items():
         h, transposed = hf_name(t)
@@ -388,6 +390,11 @@ def write_hf(out: Path, d: Dims, tensors: Tensors) -> None:
 
     write_safetensors(out / "model.safetensors", hf_tensors(), specs)
     (out / "config.json").write_text(json.dumps(hf_config(d), indent=2) + "\n")
+    if vocab is not None:
+        try:
+            write_hf_tokenizer(out, vocab, d.seq_len)
+        except (OSError, ValueError) as e:
+            raise ConvertError(f"--vocab {vocab}: {e}")
 
 
 # ---------------------------------------------------------------- llm.c
@@ -607,6 +614,26 @@ def finish(out: Path, write: Callable[[Path], None], directory: bool = False) ->
         raise
 
 
+def tokenizer_vocab(arg: str | None, d: Dims) -> Tuple[Path | None, str]:
+    """The ranks file for an HF export's tokenizer files (or None) and a note for the output."""
+    if arg == "none":
+        return None, "; no tokenizer files (--vocab none)"
+    if arg is not None:
+        if not Path(arg).is_file():
+            raise ConvertError(f"--vocab {arg}: no such file")
+        if d.vocab_size != 50257:
+            raise ConvertError(f"--vocab {arg}: the model has {d.vocab_size} tokens, not GPT-2's "
+                               f"50257; give --vocab none")
+        return Path(arg), "; GPT-2's tokenizer files from " + arg
+    for p in (Path("data/vocab/gpt2.tiktoken"),
+              Path(__file__).resolve().parent.parent / "data" / "vocab" / "gpt2.tiktoken"):
+        if p.is_file() and d.vocab_size == 50257:
+            return p, f"; GPT-2's tokenizer files from {p}"
+    why = "its vocabulary is not GPT-2's" if d.vocab_size != 50257 else \
+        "data/vocab/gpt2.tiktoken not found: give --vocab"
+    return None, f"; no tokenizer files ({why})"
+
+
 def main(argv: list[str] | None = None) -> int:
     prog = prog_name("python -m analysis.convert_weights")
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
@@ -622,6 +649,8 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--to", choices=("hf", "llmc"), required=True)
     exp.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
                      help="llm.c file precision (default fp32; bf16 rounds to nearest even)")
+    exp.add_argument("--vocab", help="--to hf: GPT-2's BPE ranks, for the tokenizer's files "
+                     "(default data/vocab/gpt2.tiktoken when found; none: no tokenizer files)")
     args = ap.parse_args(argv)
 
     def body() -> int:
@@ -634,10 +663,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if args.to == "hf" and args.dtype != "fp32":
                 raise ConvertError("--dtype applies to --to llmc; HF exports are fp32")
+            if args.to != "hf" and args.vocab is not None:
+                raise ConvertError("--vocab applies to --to hf")
             check_output(Path(args.out))
             d, tensors, source = open_triad(Path(args.ckpt))
             if args.to == "hf":
-                finish(Path(args.out), lambda p: write_hf(p, d, tensors), directory=True)
+                vocab, note = tokenizer_vocab(args.vocab, d)
+                finish(Path(args.out), lambda p: write_hf(p, d, tensors, vocab), directory=True)
+                source += note
             else:
                 finish(Path(args.out), lambda p: write_llmc(p, d, tensors, args.dtype))
         print(f"{prog}: wrote {args.out} ({d.n_layer} layers, {d.n_head} heads, n_embd "

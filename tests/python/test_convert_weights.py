@@ -117,6 +117,23 @@ def test_finetuned_run_exports_to_transformers(imported, tmp_path):
     assert model.config.n_positions == SEQ and model.config.vocab_size == V
     loss, _ = hf_loss_accuracy(model.eval(), d)
     assert abs(loss - triad_loss) <= 1e-5 * triad_loss, (loss, triad_loss)
+    # GPT-2's tokenizer beside it (vocab.json, merges.txt from the ranks file): transformers'
+    # fast and slow tokenizers give tiktoken's ids, <|endoftext|> included.
+    assert "tokenizer files" in p.stdout
+    import tiktoken
+    from tiktoken.load import load_tiktoken_bpe
+
+    enc = tiktoken.Encoding(
+        name="gpt2_test", mergeable_ranks=load_tiktoken_bpe(str(VOCAB)),
+        pat_str=r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
+        special_tokens={"<|endoftext|>": 50256})
+    text = ("It is a truth universally acknowledged, that a single man in possession of a good "
+            "fortune, must be in want of a wife.\n\n  Über café, naïve 日本語 🤖 it's 1999!"
+            "<|endoftext|>And  then\tagain")
+    want = enc.encode(text, allowed_special="all")
+    for cls in (transformers.GPT2TokenizerFast, transformers.GPT2Tokenizer):
+        assert cls.from_pretrained(out)(text)["input_ids"] == want, cls
+    assert transformers.AutoTokenizer.from_pretrained(out).decode(want) == text
 
     # ... and back: the same tensors, bit for bit.
     back = tmp_path / "back.h5"
@@ -353,6 +370,16 @@ def test_refuses_to_replace_and_reports_bad_checkpoints(imported, tmp_path):
     assert not (tmp_path / "x").exists()
     assert_clean_failure(tool("triad-convert", "export", ckpt, tmp_path / "y", "--to", "hf",
                               "--dtype", "bf16"), "--dtype")
+    assert_clean_failure(tool("triad-convert", "export", ckpt, tmp_path / "y", "--to", "llmc",
+                              "--vocab", VOCAB), "--vocab applies to --to hf")
+    assert_clean_failure(tool("triad-convert", "export", ckpt, tmp_path / "y", "--to", "hf",
+                              "--vocab", tmp_path / "none.tiktoken"), "none.tiktoken",
+                         "no such file")
+    assert not (tmp_path / "y").exists()
+    p = tool("triad-convert", "export", ckpt, tmp_path / "w", "--to", "hf", "--vocab", "none")
+    assert p.returncode == 0 and "no tokenizer files" in p.stdout, p.stderr
+    assert sorted(f.name for f in (tmp_path / "w").iterdir()) == ["config.json",
+                                                                  "model.safetensors"]
     # The exported config is what transformers needs to compute triad's model.
     p = tool("triad-convert", "export", ckpt, tmp_path / "z", "--to", "hf")
     assert p.returncode == 0, p.stderr
