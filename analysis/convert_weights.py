@@ -48,7 +48,7 @@ from typing import Callable, Dict, Iterator, Tuple
 import numpy as np
 
 from ._common import AnalysisError, file_kind, prog_name, run_main
-from .hf_tokenizer import write_hf_tokenizer
+from .hf_tokenizer import tokenizer_files
 from .inspect_checkpoint import expected_shapes, inspect, resolve_checkpoint_path
 
 LLMC_MAGIC = 20240326
@@ -375,9 +375,9 @@ def hf_config(d: Dims) -> dict:
     }
 
 
-def write_hf(out: Path, d: Dims, tensors: Tensors, vocab: Path | None = None) -> None:
+def write_hf(out: Path, d: Dims, tensors: Tensors, extra: dict[str, str] | None = None) -> None:
     """A directory transformers' from_pretrained loads: config.json + model.safetensors, and
-    with `vocab` (GPT-2's BPE ranks) the tokenizer's files (hf_tokenizer.py)."""
+    `extra` files (the tokenizer's: hf_tokenizer.py)."""
     specs = {}
     for t, shape in shapes(d).items():
         h, transposed = hf_name(t)
@@ -390,11 +390,8 @@ def write_hf(out: Path, d: Dims, tensors: Tensors, vocab: Path | None = None) ->
 
     write_safetensors(out / "model.safetensors", hf_tensors(), specs)
     (out / "config.json").write_text(json.dumps(hf_config(d), indent=2) + "\n")
-    if vocab is not None:
-        try:
-            write_hf_tokenizer(out, vocab, d.seq_len)
-        except (OSError, ValueError) as e:
-            raise ConvertError(f"--vocab {vocab}: {e}")
+    for name, text in (extra or {}).items():
+        (out / name).write_text(text, encoding="utf-8")
 
 
 # ---------------------------------------------------------------- llm.c
@@ -669,7 +666,11 @@ def main(argv: list[str] | None = None) -> int:
             d, tensors, source = open_triad(Path(args.ckpt))
             if args.to == "hf":
                 vocab, note = tokenizer_vocab(args.vocab, d)
-                finish(Path(args.out), lambda p: write_hf(p, d, tensors, vocab), directory=True)
+                try:  # before the weights: a bad ranks file costs no export
+                    files = tokenizer_files(vocab, d.seq_len) if vocab else {}
+                except (OSError, ValueError) as e:
+                    raise ConvertError(f"{e}" if str(vocab) in str(e) else f"{vocab}: {e}")
+                finish(Path(args.out), lambda p: write_hf(p, d, tensors, files), directory=True)
                 source += note
             else:
                 finish(Path(args.out), lambda p: write_llmc(p, d, tensors, args.dtype))

@@ -66,7 +66,8 @@ def merge_of(token: bytes, ranks: dict[bytes, int]) -> tuple[bytes, bytes]:
     return parts[0], parts[1]
 
 
-def write_hf_tokenizer(out: Path, ranks_path: Path, model_max_length: int) -> None:
+def tokenizer_files(ranks_path: Path, model_max_length: int) -> dict[str, str]:
+    """The files' names and texts (ValueError or OSError for a bad ranks file)."""
     ranks = read_ranks(ranks_path)
     if len(ranks) != 50256 or sorted(ranks.values()) != list(range(50256)):
         raise ValueError(f"{ranks_path}: {len(ranks)} tokens; GPT-2's ranks are 0..50255")
@@ -82,10 +83,11 @@ def write_hf_tokenizer(out: Path, ranks_path: Path, model_max_length: int) -> No
         if len(t) >= 2:
             a, b = merge_of(t, ranks)
             merges.append(f"{text(a)} {text(b)}")
-    (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n",
-                                    encoding="utf-8")
-    (out / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "GPT2Tokenizer", "model_max_length": model_max_length,
-        "bos_token": EOT, "eos_token": EOT, "unk_token": EOT, "add_prefix_space": False,
-        "clean_up_tokenization_spaces": False}, indent=2) + "\n")
+    return {
+        "vocab.json": json.dumps(vocab, ensure_ascii=False),
+        "merges.txt": "#version: 0.2\n" + "\n".join(merges) + "\n",
+        "tokenizer_config.json": json.dumps({
+            "tokenizer_class": "GPT2Tokenizer", "model_max_length": model_max_length,
+            "bos_token": EOT, "eos_token": EOT, "unk_token": EOT, "add_prefix_space": False,
+            "clean_up_tokenization_spaces": False}, indent=2) + "\n",
+    }

@@ -21,6 +21,7 @@ model=gpt2-124m
 repeat=3
 build=build
 while [[ $# -gt 0 ]]; do
+  [[ $# -ge 2 || ! $1 =~ ^--(dir|ranks|model|repeat|build-dir)$ ]] || { echo "bench-checkpoint: $1 needs a value" >&2; exit 2; }
   case "$1" in
     --dir) dir=$2; shift 2 ;;
     --ranks) ranks=$2; shift 2 ;;

@@ -21,6 +21,7 @@ examples=40
 model=inputs/models/gpt2-124m.ini
 repeat=2
 while [[ $# -gt 0 ]]; do
+  [[ $# -ge 2 || ! $1 =~ ^--(threads|examples|model|repeat)$ ]] || { echo "bench-choices: $1 needs a value" >&2; exit 2; }
   case "$1" in
     --threads) threads=$2; shift 2 ;;
     --examples) examples=$2; shift 2 ;;

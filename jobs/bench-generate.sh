@@ -20,6 +20,7 @@ model=inputs/models/gpt2-124m.ini
 repeat=3
 batch=8
 while [[ $# -gt 0 ]]; do
+  [[ $# -ge 2 || ! $1 =~ ^--(threads|length|model|repeat|batch)$ ]] || { echo "bench-generate: $1 needs a value" >&2; exit 2; }
   case "$1" in
     --threads) threads=$2; shift 2 ;;
     --length) length=$2; shift 2 ;;

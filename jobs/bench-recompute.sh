@@ -17,6 +17,7 @@ threads=$(nproc 2>/dev/null || echo 2)
 steps=6
 config=inputs/runs/bench-recompute.ini
 while [[ $# -gt 0 ]]; do
+  [[ $# -ge 2 || ! $1 =~ ^--(threads|steps)$ ]] || { echo "bench-recompute: $1 needs a value" >&2; exit 2; }
   case "$1" in
     --threads) threads=$2; shift 2 ;;
     --steps) steps=$2; shift 2 ;;

@@ -374,8 +374,8 @@ for v in ("cuda_fp32", "cuda_bf16"):
     x = val(v)
     if ref and x:
         print(f"RESULT_EVAL {v.split('_')[1]}: cpu {ref:.6f} gpu {x:.6f} rel {abs(ref-x)/ref:.2e}")
-# Multiple choice (eval.choices, Gpt::sequence_losses through the KV cache): accuracies and the
-# mean ending loss on the GPU against the CPU's.
+# Multiple choice (eval.choices: batched rows by default, the KV cache in "fp32cached"):
+# accuracies and the mean ending loss on the GPU against the CPU's.
 def choices(v):
     m = re.search(r"choice accuracy ([0-9.]+) \(by summed loss ([0-9.]+), ending loss ([0-9.]+)",
                   (run / f"eval_{v}.txt").read_text())

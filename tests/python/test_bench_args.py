@@ -27,6 +27,13 @@ CASES = [
     ("bench-checkpoint", ["--bogus"], "unknown option --bogus"),
     ("bench-checkpoint", ["--repeat", "0"], "--repeat must be >= 1"),
     ("bench-checkpoint", ["--ranks", "1 two"], "--ranks must be counts"),
+    # an option without its value
+    ("bench-cpu", ["--threads"], "--threads needs a count"),
+    ("bench-plan", ["--steps"], "--steps needs a count"),
+    ("bench-recompute", ["--steps"], "--steps needs a value"),
+    ("bench-generate", ["--length"], "--length needs a value"),
+    ("bench-choices", ["--threads"], "--threads needs a value"),
+    ("bench-checkpoint", ["--dir"], "--dir needs a value"),
 ]
 
 

@@ -25,6 +25,8 @@ sys.path.insert(0, str(REPO / "tests" / "reference"))
 import gpt_torch as ref  # noqa: E402
 from choices_torch import read_choices as read_eval_file  # noqa: E402  (the format's reader)
 
+CACHED = ("--eval.choice_mode", "cached")
+FULL = ("--train.recompute", "full")
 CFG = ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=32, vocab_size=50257)
 PREPARE = REPO / "jobs" / "prepare_choices.py"
 MPIRUN = shutil.which("mpirun")
@@ -121,9 +123,8 @@ def test_matches_the_reference(setup):
     # Cached (each context once, the endings through the KV cache), also under full recomputation
     # (no cache kept: every row computed each call): the same numbers. (Batched, the default,
     # puts an example's rows across two passes of 4 above.)
-    for extra in ((), ("--train.recompute", "full")):
-        p = train("--config", cfg, "--eval-only", "--init-from", ckpt, "--eval.choice_mode",
-                  "cached", *extra, check=True)
+    for extra in (CACHED, CACHED + FULL, FULL):
+        p = train("--config", cfg, "--eval-only", "--init-from", ckpt, *extra, check=True)
         check(parse(p.stdout), want)
     # bf16: the mean ending loss within bf16's rounding.
     p = train("--config", cfg, "--eval-only", "--init-from", ckpt, "--run.precision", "bf16",
@@ -150,13 +151,13 @@ def test_file_holds_gpt2_tokens(setup):
     assert len(got) == len(jsonl_examples())
 
 
-CACHED = ("--eval.choice_mode", "cached")
 
 
 @pytest.mark.skipif(MPIRUN is None, reason="mpirun not found")
 @pytest.mark.parametrize("ranks,grid", [
     (2, ("--parallel.tp", 2)), (2, ("--parallel.pp", 2)), (2, ()),
     (2, ("--parallel.tp", 2, "--parallel.sequence_parallel", 1)),
+    (4, ("--parallel.tp", 4, "--parallel.sequence_parallel", 1)),
     # cached: sequence parallelism pads the new rows to a multiple of tp (4: the cache's clamp
     # near the end of the context)
     (2, ("--parallel.tp", 2) + CACHED), (2, ("--parallel.pp", 2) + CACHED), (2, CACHED),

@@ -119,7 +119,7 @@ def test_finetuned_run_exports_to_transformers(imported, tmp_path):
     assert abs(loss - triad_loss) <= 1e-5 * triad_loss, (loss, triad_loss)
     # GPT-2's tokenizer beside it (vocab.json, merges.txt from the ranks file): transformers'
     # fast and slow tokenizers give tiktoken's ids, <|endoftext|> included.
-    assert "tokenizer files" in p.stdout
+    assert "GPT-2's tokenizer files from" in p.stdout
     import tiktoken
     from tiktoken.load import load_tiktoken_bpe
 

@@ -283,6 +283,13 @@ TEST(Decode, SequenceLossesAreTheLogitsCrossEntropy) {
     // Another call whose sequences agree with the last one's up to position 4 only.
     for (int b = 0; b < B; ++b) seqs[size_t(b) * len + 4] = (seqs[size_t(b) * len + 4] + 1) % V;
     check(len - 4);
+    // Not cached (the batched multiple-choice way): every position of both sequences runs.
+    const float* got = m.sequence_losses(seqs.data(), B, len, last, targets.data(), false);
+    const std::vector<float> g(got, got + size_t(B) * last);
+    EXPECT_EQ(m.last_decoded_rows(), 0);
+    EXPECT_EQ(m.decoded_tokens(), 0);  // and the cache dropped
+    const float* again = m.sequence_losses(seqs.data(), B, len, last, targets.data());
+    for (size_t i = 0; i < g.size(); ++i) EXPECT_NEAR(g[i], again[i], 1e-5 * std::abs(again[i]));
   }
 }
 
