@@ -85,7 +85,7 @@ int main(int argc, char** argv) {
         "them all)")(
         "batch", po::value(&batch)->default_value(8),
         "samples generated together, in lockstep: each step reads the weights once for all of "
-        "them (memory grows with it); one rank only, a grid generates them one at a time")(
+        "them (memory grows with it)")(
         "stop-at-eot", po::bool_switch(&stop_at_eot), "end a sample at <|endoftext|>")(
         "seed", po::value(&seed)->default_value(1), "sampling seed")(
         "prompt-ids", po::value(&prompt_ids),
@@ -125,11 +125,9 @@ int main(int argc, char** argv) {
     TRIAD_CHECK(top_p > 0 && top_p <= 1, "--top-p must be in (0, 1] (got ", top_p, ")");
     TRIAD_CHECK(samples >= 1, "--samples must be >= 1 (got ", samples, ")");
     TRIAD_CHECK(batch >= 1, "--batch must be >= 1 (got ", batch, ")");
-    // Several samples go through the model together on one rank; on a grid one at a time (and
-    // the draws then come in another order than with --batch > 1 on one rank: refused if asked).
-    TRIAD_CHECK(tp * pp == 1 || vm["batch"].defaulted() || batch == 1, "--batch ", batch,
-                " needs one rank: on a grid samples are generated one at a time");
-    const int together = tp * pp == 1 ? std::min(samples, batch) : 1;
+    // Several samples go through the model together (in lockstep, on any grid): a grid draws
+    // what one rank with the same --batch draws.
+    const int together = std::min(samples, batch);
     TRIAD_CHECK(seed >= 0, "--seed must be >= 0 (got ", seed, ")");
     TRIAD_CHECK(backend == "cpu" || backend == "cuda", "--backend must be cpu or cuda (got '",
                 backend, "')");

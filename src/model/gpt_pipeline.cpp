@@ -229,9 +229,6 @@ Gpt::Set<A>* Gpt::decode_forward(const int32_t* tokens, int B, int len, bool cac
                                  int& n, int& rows) {
   const int T = shape_.seq_len;
   TRIAD_ASSERT(len >= 1 && len <= T && B >= 1 && B <= max_batch_ && need >= 1 && need <= len);
-  TRIAD_CHECK(B == 1 || !cached || (mp_.tp == 1 && mp_.pp == 1),
-              "internal error: decoding several sequences at once needs one rank holding the whole "
-              "model");
   // Sequence parallelism cuts the rows into tp equal parts: pad the new rows at their end (the
   // attention is causal, so later positions change neither the outputs of earlier ones nor the
   // kept keys and values before them; a padding row's are overwritten by the next call's).
@@ -292,9 +289,10 @@ const float* Gpt::next_token_logits_t(const int32_t* tokens, int B, int len, boo
   int n = 0, rows = 0;
   if (Set<A>* last = decode_forward<A>(tokens, B, len, cached, 1, n, rows)) {
     // Only each sequence's last position's logits are needed: its row of the classifier (for
-    // one new token, the B rows are adjacent and go through the head together).
+    // one new token and one rank's whole vocabulary, the B rows are adjacent and go through the
+    // head together).
     A* logits = acts<A>().logits;
-    const int together = rows == 1 ? std::min(B, logits_rows_) : 1;
+    const int together = rows == 1 && mp_.tp == 1 ? std::min(B, logits_rows_) : 1;
     for (int b0 = 0; b0 < B; b0 += together) {
       const int k = std::min(together, B - b0);
       const A* x = last->lnfg + (size_t(b0) * rows + size_t(n - 1)) * C;
@@ -302,13 +300,14 @@ const float* Gpt::next_token_logits_t(const int32_t* tokens, int B, int len, boo
       if (mp_.tp == 1) {
         logits_to_host(out + size_t(b0) * Vp, logits, size_t(k) * Vl);
       } else {
-        // The slices in tensor-parallel rank order are the padded vocabulary in order (B = 1).
-        logits_to_host(out + Vp, logits, size_t(Vl));
-        mp_.tp_comm->all_gather(out + Vp, out, size_t(Vl));
+        // The slices in tensor-parallel rank order are the padded vocabulary in order, gathered
+        // through the room after the B rows.
+        logits_to_host(out + size_t(B) * Vp, logits, size_t(Vl));
+        mp_.tp_comm->all_gather(out + size_t(B) * Vp, out + size_t(b0) * Vp, size_t(Vl));
       }
     }
   }
-  if (mp_.pp > 1) mp_.pp_comm->broadcast(out, size_t(Vp), mp_.pp - 1);
+  if (mp_.pp > 1) mp_.pp_comm->broadcast(out, size_t(B) * Vp, mp_.pp - 1);
   // Rows of vocab_size logits (the padding dropped), one per sequence.
   for (int b = 1; b < B; ++b)
     std::memmove(out + size_t(b) * V, out + size_t(b) * Vp, size_t(V) * sizeof(float));

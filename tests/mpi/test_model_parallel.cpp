@@ -664,6 +664,29 @@ TEST(ModelParallel, DecodingMatchesOneRankOnEveryGrid) {
         }
         EXPECT_LE(d / mx, tol) << "tokens 0.." << end;
       }
+      // Two sequences in lockstep (triad-generate --batch 2 on the grid): each follows its own
+      // logits on one rank, within and past the context.
+      Gpt two(shape, 2, *be, 1, mp, g.pp > 1 ? &schedule : nullptr, g.precision, options);
+      two.init(3);
+      std::vector<int32_t> other(seq.size()), window;
+      for (size_t i = 0; i < other.size(); ++i) other[i] = int32_t((i * 31 + 17) % kVocab);
+      for (int end = 3; end <= kSeq + 3; ++end) {
+        const int len = std::min(end, kSeq);
+        window.assign(seq.begin() + (end - len), seq.begin() + end);
+        window.insert(window.end(), other.begin() + (end - len), other.begin() + end);
+        const float* got = two.decode_logits(window.data(), 2, len);
+        const std::vector<float> a(got, got + 2 * kVocab);
+        if (end > 3 && end <= kSeq) EXPECT_EQ(two.last_decoded_rows(), 2 * (g.sp ? g.tp : 1));
+        for (int b = 0; b < 2; ++b) {
+          const float* want = one.next_token_logits(window.data() + size_t(b) * len, len);
+          double d = 0, mx = 0;
+          for (int i = 0; i < kVocab; ++i) {
+            d = std::max(d, std::abs(double(a[size_t(b) * kVocab + i]) - want[i]));
+            mx = std::max(mx, std::abs(double(want[i])));
+          }
+          EXPECT_LE(d / mx, tol) << "sequence " << b << " tokens 0.." << end;
+        }
+      }
     }
     MPI_Comm_free(&sub);
   }

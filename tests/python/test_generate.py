@@ -168,21 +168,22 @@ def test_generation_grid_refuses_a_bad_shape(checkpoint):
     assert p.returncode != 0 and "--tp 3 does not divide the model's 4 heads" in p.stderr, p.stderr
     assert_clean_error(run([exe("triad-generate"), "--checkpoint", checkpoint, "--vocab", VOCAB,
                             "--pp", "0"]), "--tp and --pp must be >= 1")
-    p = mpi_generate(2, "--checkpoint", checkpoint, "--vocab", VOCAB, "--pp", 2, "--batch", 4)
-    assert p.returncode != 0 and "--batch 4 needs one rank" in p.stderr, p.stderr
 
 
 def test_grid_samples_draw_as_one_rank(checkpoint, tmp_path):
-    """Sampled (not greedy) continuations on pp 2 are one rank's with --batch 1: the ranks share
-    the logits and the seed, so they draw the same tokens; stopping at <|endoftext|> too. A
-    checkpoint padded for tp 2 (50432 rows of wte) loads on the grid of one rank (50304)."""
+    """Sampled (not greedy) continuations on a grid are one rank's with the same --batch (the
+    samples in lockstep on the grid too): the ranks share the logits and the seed, so they draw
+    the same tokens; stopping at <|endoftext|> too. A checkpoint padded for tp 2 (50432 rows of
+    wte) loads on the grid of one rank (50304)."""
     args = ["--prompt-ids", " ".join(map(str, PROMPT)), "--length", 12, "--samples", 3,
             "--temperature", 1.5, "--top-k", 20, "--seed", 4, "--stop-at-eot", "--output", "ids"]
-    one = run([exe("triad-generate"), "--checkpoint", checkpoint, "--vocab", VOCAB, "--batch", "1",
-               *map(str, args)], check=True).stdout
-    p = mpi_generate(2, "--checkpoint", checkpoint, "--vocab", VOCAB, "--pp", 2, *args)
-    assert p.returncode == 0, p.stderr
-    assert p.stdout == one and len(set(one.splitlines())) == 3, (p.stdout, one)
+    for grid, batch in ((("--pp", 2), ()), (("--tp", 2), ("--batch", 2)),
+                        (("--pp", 2), ("--batch", 1))):
+        one = run([exe("triad-generate"), "--checkpoint", checkpoint, "--vocab", VOCAB,
+                   *map(str, batch), *map(str, args)], check=True).stdout
+        p = mpi_generate(2, "--checkpoint", checkpoint, "--vocab", VOCAB, *grid, *batch, *args)
+        assert p.returncode == 0, p.stderr
+        assert p.stdout == one and len(set(one.splitlines())) == 3, (grid, batch, p.stdout, one)
     cfg2 = ref.GptConfig(CFG.n_layer, CFG.n_head, CFG.n_embd, CFG.seq_len, CFG.vocab_size, tp=2)
     _, params = ref.load_checkpoint(checkpoint, dtype=torch.float32)
     wte = torch.zeros(cfg2.padded_vocab_size, CFG.n_embd)

@@ -321,8 +321,8 @@ class Gpt {
   }
   // B sequences of len tokens each at once (tokens [B, len]), in lockstep: their logits [B,
   // vocab_size], each sequence's cache kept as above (all extend by the same count). The layers
-  // run B rows per new token, so a step reads the weights once for all B. B > 1 on one rank
-  // holding the whole model (tp = pp = 1); B <= the model's max_batch. On a training model the
+  // run B rows per new token, so a step reads the weights once for all B, on any grid; B <= the
+  // model's max_batch. On a training model the
   // first call with B > 1 allocates a scratch of max_batch·seq_len q|k|v rows (not in
   // memory_plan); a model for inference has it in its plan.
   const float* decode_logits(const int32_t* tokens, int B, int len);
@@ -332,9 +332,9 @@ class Gpt {
   // next call). With the cache of decode_logits: the layers run over the tokens after the prefix
   // shared with the previous call (at least the `last` positions asked for), and the classifier
   // over those rows, so a shared context is best passed first through decode_logits. Targets
-  // below vocab_size; 1 <= last <= len. Collective like decode_logits; B > 1 on one rank holding
-  // the whole model. Not `cached`: every position computed, as an evaluation's forward pass (in
-  // the activation plan; B > 1 on any grid), and the cache dropped.
+  // below vocab_size; 1 <= last <= len. Collective like decode_logits. Not `cached`: every
+  // position computed, as an evaluation's forward pass (in the activation plan), and the cache
+  // dropped.
   const float* sequence_losses(const int32_t* tokens, int B, int len, int last,
                                const int32_t* targets, bool cached = true);
   int max_batch() const { return max_batch_; }
