@@ -8,6 +8,8 @@
 
 Each line is a JSON object with "ctx" (the shared context), "endings" (a list of at least two
 strings) and "label" (the index of the right ending), as in HellaSwag's hellaswag_val.jsonl.
+With --cloze N the examples are made from held-out text instead (the quick start's val shard):
+the first half of a sentence, and its own second half among three others' (cloze_examples).
 As llm.c and nanoGPT do, the context is encoded as it is and each ending with a space before
 it; for examples of four endings (HellaSwag's) the file is what llm.c's dev/data/hellaswag.py
 writes for the same lines (llm.c reads only four; triad any number from two). A line that is
@@ -73,6 +75,54 @@ def examples(path: Path, limit: int = 0):
             yield ctx, endings, label
 
 
+def cloze_examples(path: Path, enc, count: int, seed: int):
+    """Held-out text -> "which ending is the sentence's own" examples: a sentence's first half
+    as the context, its second half and the second halves of three other sentences as the
+    endings, the right one at a random place. The text is a plain file, or a token shard (the
+    val shard of triad-tokenize, decoded), so the examples come from text training never saw."""
+    import random
+    import re
+
+    if path.suffix == ".bin":
+        header = np.fromfile(path, dtype="<i4", count=256)
+        if header.size < 256 or header[0] != 20240520:
+            raise ValueError(f"{path}: not a token shard (magic 20240520)")
+        text = enc.decode(np.fromfile(path, dtype="<u2", offset=1024).tolist())
+    else:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    text = text.replace("<|endoftext|>", " ")
+    sentences = [s.split() for s in re.split(r"(?<=[.!?])\s+", " ".join(text.split()))]
+    sentences = [w for w in sentences if 10 <= len(w) <= 40]
+    if len(sentences) < 4:
+        raise ValueError(f"{path}: {len(sentences)} sentences of 10 to 40 words; need 4 or more")
+    def second_half(w):
+        return " ".join(w[len(w) // 2:])
+
+    rnd = random.Random(seed)
+    made = 0
+    for i in rnd.sample(range(len(sentences)), len(sentences)):
+        if made == count:
+            break
+        words = sentences[i]
+        right = second_half(words)
+        # Three other endings, each different from the right one and from each other (repeated
+        # phrases would make an example with two right answers); an example without them is
+        # skipped.
+        endings = []
+        for _ in range(50):
+            e = second_half(sentences[rnd.randrange(len(sentences))])
+            if e != right and e not in endings:
+                endings.append(e)
+                if len(endings) == 3:
+                    break
+        if len(endings) < 3:
+            continue
+        label = rnd.randrange(4)
+        endings.insert(label, right)
+        made += 1
+        yield " ".join(words[:len(words) // 2]), endings, label
+
+
 def encode_example(enc, index: int, ctx: str, endings: list[str], label: int) -> list[int]:
     stream = [START, 0, index, label, len(endings)]
     ctx_tokens = enc.encode_ordinary(ctx)
@@ -87,8 +137,12 @@ def encode_example(enc, index: int, ctx: str, endings: list[str], label: int) ->
 def main(argv: list[str] | None = None) -> int:
     root = Path(__file__).resolve().parents[1]
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("jsonl", type=Path, help="HellaSwag-style JSON lines")
+    ap.add_argument("jsonl", type=Path,
+                    help="HellaSwag-style JSON lines (with --cloze: a text file or token shard)")
     ap.add_argument("out", type=Path, help="the eval file to write")
+    ap.add_argument("--cloze", type=int, default=0, metavar="N",
+                    help="N examples made from held-out text instead (see cloze_examples)")
+    ap.add_argument("--seed", type=int, default=1, help="--cloze: which sentences and endings")
     ap.add_argument("--vocab", type=Path, default=root / "data" / "vocab" / "gpt2.tiktoken",
                     help="GPT-2 BPE ranks (default: data/vocab/gpt2.tiktoken)")
     ap.add_argument("--limit", type=int, default=0, help="the first N examples only (0: all)")
@@ -101,9 +155,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"{args.vocab}: no such file (jobs/setup.sh fetches it)")
         enc = gpt2_encoding(args.vocab)
         words, longest, count = [], 0, 0
-        if args.limit < 0:
-            raise ValueError(f"--limit {args.limit}: must be >= 0")
-        for i, (ctx, endings, label) in enumerate(examples(args.jsonl, args.limit)):
+        if args.limit < 0 or args.cloze < 0:
+            raise ValueError("--limit and --cloze must be >= 0")
+        source = cloze_examples(args.jsonl, enc, args.cloze, args.seed) if args.cloze else \
+            examples(args.jsonl, args.limit)
+        for i, (ctx, endings, label) in enumerate(source):
             if i >= START:
                 raise ValueError(f"{args.jsonl}: more than {START} examples (the format numbers "
                                  f"them in 16 bits)")

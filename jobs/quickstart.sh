@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Quick start on a fresh machine: set-up (if needed), build, tokenize the default corpus into
 # token shards, train the model of inputs/runs/quickstart.ini on the CPU (~12 minutes on two
-# cores), plot its curves to PNG and print a generated sample.
+# cores), scoring at every evaluation 300 multiple-choice examples made from the held-out text
+# (a sentence's first half: which of four endings is its own; jobs/prepare_choices.py --cloze),
+# plot its curves to PNG and print a generated sample.
 #
 #   jobs/quickstart.sh [--section.key value ...]   (extra options go to triad-train)
 set -euo pipefail
@@ -18,8 +20,14 @@ if ! ls "$shards"/default_train_*.bin >/dev/null 2>&1; then
     --prefix default data/corpus/*.txt
 fi
 
+choices=data/choices/default_cloze.bin
+if [[ ! -f $choices ]]; then
+  echo "== multiple-choice examples from the held-out text: $choices"
+  .venv/bin/python jobs/prepare_choices.py "$shards"/default_val_000000.bin "$choices" --cloze 300
+fi
+
 echo "== training (inputs/runs/quickstart.ini)"
-build/triad-train --config inputs/runs/quickstart.ini "$@"
+build/triad-train --config inputs/runs/quickstart.ini --eval.choices "$choices" "$@"
 
 run=runs/quickstart
 echo "== plotting"

@@ -188,6 +188,44 @@ def test_during_training_into_metrics(setup):
         assert np.all(np.isnan(f["val/choice_accuracy"][()]))
 
 
+def test_cloze_examples_from_held_out_text(tmp_path):
+    """--cloze: each example is a sentence's first half, its own second half among three other
+    sentences' as the endings; the same seed gives the same file."""
+    import re
+
+    sentences = [f"The {w} of the garden saw {n} small birds fly over the {w} stone wall today."
+                 for n, w in enumerate(("keeper", "owner", "child", "dog", "cat", "king",
+                                        "queen", "gardener"))]
+    # a repeated sentence: its copy's ending is never offered as a wrong one
+    sentences.append(sentences[0])
+    text = tmp_path / "held_out.txt"
+    text.write_text("  ".join(sentences) + "\nToo short. Also short!\n")
+    out = [tmp_path / "a.bin", tmp_path / "b.bin"]
+    for o in out:
+        p = subprocess.run([sys.executable, PREPARE, text, o, "--vocab", VOCAB, "--cloze", "5",
+                            "--seed", "3"], capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+    assert out[0].read_bytes() == out[1].read_bytes()
+    import tiktoken
+    from tiktoken.load import load_tiktoken_bpe
+
+    enc = tiktoken.Encoding(name="gpt2_test", mergeable_ranks=load_tiktoken_bpe(str(VOCAB)),
+                            pat_str=r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
+                            special_tokens={})
+    got = read_eval_file(out[0])
+    assert len(got) == 5
+    for label, ctx, ends in got:
+        assert len(ends) == 4
+        whole = enc.decode(ctx) + enc.decode(ends[label])
+        assert whole in sentences
+        others = [enc.decode(ctx) + enc.decode(e) for i, e in enumerate(ends) if i != label]
+        assert not any(o in sentences for o in others)
+        assert all(re.search(r"birds fly over", enc.decode(e)) for e in ends)
+    p = subprocess.run([sys.executable, PREPARE, tmp_path / "a.bin", tmp_path / "c.bin",
+                        "--vocab", VOCAB, "--cloze", "5"], capture_output=True, text=True)
+    assert p.returncode == 1 and "not a token shard" in p.stderr, p.stderr
+
+
 def test_bad_inputs(setup, tmp_path):
     d, out, ckpt, cfg, _ = setup
     # A token shard is not an eval file; a model with a smaller vocabulary refuses its tokens.
