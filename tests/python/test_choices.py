@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from triad_run import ENV, REPO, VOCAB, assert_clean_error, exe, tiny_config, train
+from triad_run import (ENV, REPO, VOCAB, assert_clean_error, exe, gpt2_tiktoken, tiny_config,
+                       train)
 
 sys.path.insert(0, str(REPO / "tests" / "reference"))
 import gpt_torch as ref  # noqa: E402
@@ -135,14 +136,8 @@ def test_matches_the_reference(setup):
 def test_file_holds_gpt2_tokens(setup):
     """The script's tokens against tiktoken's GPT-2 encoding built here: the context as it is,
     each ending after a space (llm.c's and nanoGPT's HellaSwag rendering)."""
-    import tiktoken
-    from tiktoken.load import load_tiktoken_bpe
-
     d, out, *_ = setup
-    enc = tiktoken.Encoding(
-        name="gpt2_test", mergeable_ranks=load_tiktoken_bpe(str(VOCAB)),
-        pat_str=r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
-        special_tokens={"<|endoftext|>": 50256})
+    enc = gpt2_tiktoken()
     got = read_eval_file(out)
     for ex, (label, ctx, ends) in zip(jsonl_examples(), got):
         assert label == ex["label"]
@@ -206,12 +201,7 @@ def test_cloze_examples_from_held_out_text(tmp_path):
                             "--seed", "3"], capture_output=True, text=True)
         assert p.returncode == 0, p.stderr
     assert out[0].read_bytes() == out[1].read_bytes()
-    import tiktoken
-    from tiktoken.load import load_tiktoken_bpe
-
-    enc = tiktoken.Encoding(name="gpt2_test", mergeable_ranks=load_tiktoken_bpe(str(VOCAB)),
-                            pat_str=r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
-                            special_tokens={})
+    enc = gpt2_tiktoken()
     got = read_eval_file(out[0])
     assert len(got) == 5
     for label, ctx, ends in got:

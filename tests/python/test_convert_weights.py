@@ -15,7 +15,8 @@ import h5py
 import numpy as np
 import pytest
 
-from triad_run import VOCAB, assert_clean_failure, exe, run, tiny_config, tool, train
+from triad_run import (VOCAB, assert_clean_failure, exe, gpt2_tiktoken, run, tiny_config, tool,
+                       train)
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -120,13 +121,7 @@ def test_finetuned_run_exports_to_transformers(imported, tmp_path):
     # GPT-2's tokenizer beside it (vocab.json, merges.txt from the ranks file): transformers'
     # fast and slow tokenizers give tiktoken's ids, <|endoftext|> included.
     assert "GPT-2's tokenizer files from" in p.stdout
-    import tiktoken
-    from tiktoken.load import load_tiktoken_bpe
-
-    enc = tiktoken.Encoding(
-        name="gpt2_test", mergeable_ranks=load_tiktoken_bpe(str(VOCAB)),
-        pat_str=r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
-        special_tokens={"<|endoftext|>": 50256})
+    enc = gpt2_tiktoken()
     text = ("It is a truth universally acknowledged, that a single man in possession of a good "
             "fortune, must be in want of a wife.\n\n  Über café, naïve 日本語 🤖 it's 1999!"
             "<|endoftext|>And  then\tagain")

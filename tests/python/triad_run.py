@@ -118,3 +118,15 @@ def assert_clean_failure(p, *needles):
     for n in needles:
         assert str(n) in errors[0], f"{n!r} not in {errors[0]!r}"
     return errors[0]
+
+
+def gpt2_tiktoken():
+    """tiktoken's GPT-2 encoding built from the local ranks file (no download): the reference
+    token ids, <|endoftext|> = 50256."""
+    import tiktoken
+    from tiktoken.load import load_tiktoken_bpe
+
+    return tiktoken.Encoding(
+        name="gpt2_local", mergeable_ranks=load_tiktoken_bpe(str(VOCAB)),
+        pat_str=r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
+        special_tokens={"<|endoftext|>": 50256})
