@@ -136,7 +136,7 @@ def plot_runs(runs: list[Metrics], out: str | Path, x: str = "step", smooth: flo
         kinds = ax_acc.legend(handles=[
             Line2D([], [], color="0.4", ls="--", marker="o", ms=3.5, label="top-1 next token"),
             Line2D([], [], color="0.4", ls=":", marker="s", ms=3.5,
-                   label="multiple choice (eval.choices)")], loc="upper left", fontsize=8)
+                   label="multiple choice (eval.choices)")], loc="best", fontsize=8)
         ax_acc.add_artist(kinds)  # kept beside the runs' legend below
     ax_lr.set_title("learning rate")
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
