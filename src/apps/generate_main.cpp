@@ -85,8 +85,8 @@ int main(int argc, char** argv) {
         "them all)")(
         "batch", po::value(&batch)->default_value(8),
         "samples generated together, in lockstep: each step reads the weights once for all of "
-        "them (memory grows with it)")(
-        "stop-at-eot", po::bool_switch(&stop_at_eot), "end a sample at <|endoftext|>")(
+        "them (memory grows with it)")("stop-at-eot", po::bool_switch(&stop_at_eot),
+                                       "end a sample at <|endoftext|>")(
         "seed", po::value(&seed)->default_value(1), "sampling seed")(
         "prompt-ids", po::value(&prompt_ids),
         "the prompt as token ids separated by spaces (instead of --prompt)")(
