@@ -111,7 +111,8 @@ EvalResult Trainer::evaluate_only() {
 
 std::vector<float> Trainer::parameters() const {
   // Each tensor's owner (dp rank 0, not a replica) places its shard in a full-model vector;
-  // the sum over all ranks assembles the model (x + 0 is exact).
+  // the sum over all ranks assembles the model. The others hold −0.0, not +0.0: x + (−0) is x
+  // for every x, the sign of a zero included (+0 + (−0) = +0, −0 + (−0) = −0).
   auto& s = *s_;
   const auto& mp = s.model->parallel();
   std::vector<float> local(s.model->num_floats());
@@ -119,8 +120,8 @@ std::vector<float> Trainer::parameters() const {
   if (s.cfg.parallel.zero == 1 && zero_gathers_bf16(s.cfg)) {
     // Only this rank's slice of the fp32 master weights is current: assemble them first.
     const size_t lo = std::min(s.shard_lo, local.size()), hi = std::min(s.shard_hi, local.size());
-    std::fill(local.begin(), local.begin() + long(lo), 0.0f);
-    std::fill(local.begin() + long(hi), local.end(), 0.0f);
+    std::fill(local.begin(), local.begin() + long(lo), -0.0f);
+    std::fill(local.begin() + long(hi), local.end(), -0.0f);
     s.grid.dp().all_reduce_sum(local.data(), local.size());
   }
   std::vector<ParamSpec> full = gpt_parameter_layout(s.model_shape());
@@ -130,7 +131,7 @@ std::vector<float> Trainer::parameters() const {
     at[i] = n;
     n += full[i].numel;
   }
-  std::vector<float> out(n, 0.0f);
+  std::vector<float> out(n, -0.0f);
   if (s.dp_rank == 0) {
     for (const auto& p : s.model->specs()) {
       if (p.replica) continue;
