@@ -157,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         words, longest, count = [], 0, 0
         if args.limit < 0 or args.cloze < 0:
             raise ValueError("--limit and --cloze must be >= 0")
+        if args.limit and args.cloze:
+            raise ValueError("--limit applies to JSON lines; --cloze N sets the count itself")
         source = cloze_examples(args.jsonl, enc, args.cloze, args.seed) if args.cloze else \
             examples(args.jsonl, args.limit)
         for i, (ctx, endings, label) in enumerate(source):

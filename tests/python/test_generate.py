@@ -177,7 +177,9 @@ def test_grid_samples_draw_as_one_rank(checkpoint, tmp_path):
     wte) loads on the grid of one rank (50304)."""
     args = ["--prompt-ids", " ".join(map(str, PROMPT)), "--length", 12, "--samples", 3,
             "--temperature", 1.5, "--top-k", 20, "--seed", 4, "--stop-at-eot", "--output", "ids"]
-    for grid, batch in ((("--pp", 2), ()), (("--tp", 2), ("--batch", 2)),
+    # (pipeline grids only: a stage split leaves every sum as one rank's, so the sampled draws are
+    # exactly equal; tensor parallelism changes the logits' last bits, see the MPI decode test)
+    for grid, batch in ((("--pp", 2), ()), (("--pp", 2), ("--batch", 2)),
                         (("--pp", 2), ("--batch", 1))):
         one = run([exe("triad-generate"), "--checkpoint", checkpoint, "--vocab", VOCAB,
                    *map(str, batch), *map(str, args)], check=True).stdout
