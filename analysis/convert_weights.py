@@ -426,11 +426,11 @@ def open_llmc(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
     max_t, vocab, n_layer, n_head, n_embd, padded = (int(x) for x in header[2:8])
     if seq_len is not None and seq_len > max_t:
         raise ConvertError(f"--seq-len {seq_len} exceeds the model's {max_t} positions ({src})")
-    d = Dims(n_layer, n_head, n_embd, seq_len or max_t, vocab)
-    Dims(n_layer, n_head, n_embd, max_t, vocab).check(str(src))
+    full = Dims(n_layer, n_head, n_embd, max_t, vocab)  # as the file holds it
+    full.check(str(src))
+    d = Dims(n_layer, n_head, n_embd, seq_len or max_t, vocab)  # as it is converted
     if padded < vocab:
         raise ConvertError(f"{src}: padded_vocab_size {padded} < vocab_size {vocab}")
-    full = Dims(n_layer, n_head, n_embd, max_t, vocab)
     order = llmc_order(full, padded)
     item = 4 if LLMC_VERSIONS[version] == "fp32" else 2
     want = LLMC_HEADER_INTS * 4 + sum(math.prod(s) for _, s in order) * item

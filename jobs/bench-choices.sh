@@ -41,8 +41,7 @@ vocab=data/vocab/gpt2.tiktoken
 
 . jobs/bench-prepare.sh
 bench_python bench-choices
-if [[ ! -f build/CMakeCache.txt ]]; then cmake --preset release; fi
-cmake --build build -j"$(nproc 2>/dev/null || echo 2)" --target triad-train
+bench_build
 export OMPI_MCA_ess_singleton_isolated=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/triad-bench-choices.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT

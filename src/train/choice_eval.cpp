@@ -13,18 +13,6 @@ size_t longest_ending(const ChoiceExample& ex) {
   for (const auto& e : ex.endings) m = std::max(m, e.size());
   return m;
 }
-}  // namespace
-
-void check_choices_fit(const std::vector<ChoiceExample>& examples, int seq_len,
-                       const std::string& where) {
-  for (size_t i = 0; i < examples.size(); ++i) {
-    const size_t m = longest_ending(examples[i]);
-    TRIAD_CHECK(m < size_t(seq_len), where, ": example ", i, " has an ending of ", m,
-                " tokens, which leaves no room for its context within model.seq_len = ", seq_len);
-  }
-}
-
-namespace {
 
 // The context's last `keep` tokens fit before the example's longest ending of m tokens.
 int context_kept(const ChoiceExample& ex, int T, int m) {
@@ -119,6 +107,15 @@ void score_batched(Gpt& model, const std::vector<ChoiceExample>& examples, size_
 }
 
 }  // namespace
+
+void check_choices_fit(const std::vector<ChoiceExample>& examples, int seq_len,
+                       const std::string& where) {
+  for (size_t i = 0; i < examples.size(); ++i) {
+    const size_t m = longest_ending(examples[i]);
+    TRIAD_CHECK(m < size_t(seq_len), where, ": example ", i, " has an ending of ", m,
+                " tokens, which leaves no room for its context within model.seq_len = ", seq_len);
+  }
+}
 
 ChoiceScore score_choices(Gpt& model, const std::vector<ChoiceExample>& examples, size_t first,
                           size_t stride, ChoiceMode mode) {
