@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "triad/core/error.h"
+#include "triad/optim/muon.h"
 
 namespace triad {
 
@@ -27,27 +28,42 @@ double lr_at(const TrainConfig& t, int64_t s) {
   fail("internal error: unknown schedule ", t.schedule);
 }
 
+double muon_lr_at(const TrainConfig& t, const OptimConfig& o, int64_t step) {
+  TrainConfig m = t;
+  m.lr = o.muon_lr;
+  return lr_at(m, step);
+}
+
 float clip_scale(double norm, double clip) {
   return clip > 0 && norm > clip ? float(clip / (norm + 1e-6)) : 1.0f;
 }
 
 namespace {
-size_t slot_count(const OptimConfig& cfg) {
-  return cfg.name == "adamw" ? 2 : 1;
-}  // m, v | momentum
+size_t slots_of(const OptimConfig& cfg) {
+  return cfg.name == "sgd" ? 1 : 2;  // momentum | m, v (Muon: momentum and m, v)
+}
 }  // namespace
 
-size_t Optimizer::state_bytes_for(const OptimConfig& cfg, size_t n) {
-  return slot_count(cfg) * std::max<size_t>(1, n) * sizeof(float);
+size_t Optimizer::state_bytes_for(const OptimConfig& cfg, size_t n,
+                                  const std::vector<ParamSpec>& specs, int tp) {
+  const size_t scratch = cfg.name == "muon" ? MuonMatrices::scratch_floats(specs, tp) : 0;
+  return (slots_of(cfg) * std::max<size_t>(1, n) + scratch) * sizeof(float);
 }
 
 Optimizer::Optimizer(const OptimConfig& cfg, const std::vector<ParamSpec>& specs, size_t begin,
-                     size_t end, Backend& be)
+                     size_t end, Backend& be, Comm* dp, Comm* tp)
     : cfg_(cfg), begin_(begin), end_(end), be_(be) {
   TRIAD_ASSERT(begin <= end);
-  for (size_t i = 0; i < slot_count(cfg); ++i)
+  for (size_t i = 0; i < slots_of(cfg); ++i)
     slots_.push_back(be_.alloc(std::max<size_t>(1, end - begin)));
+  const bool muon = cfg.name == "muon";
+  if (muon) {
+    muon_ = std::make_unique<MuonMatrices>(cfg, specs, begin, end, be, dp, tp);
+    scratch_bytes_ =
+        MuonMatrices::scratch_floats(specs, tp != nullptr ? tp->size() : 1) * sizeof(float);
+  }
   for (const auto& s : specs) {
+    if (muon && muon_updates(s.name)) continue;
     const size_t lo = std::max(begin_, s.offset), hi = std::min(end_, s.offset + s.numel);
     // Weight decay only on matrices (wte, wpe, linear weights), as DESIGN.md §4 says.
     if (lo < hi)
@@ -59,12 +75,19 @@ Optimizer::Optimizer(const OptimConfig& cfg, const std::vector<ParamSpec>& specs
 }
 
 Optimizer::~Optimizer() {
+  muon_.reset();
   for (float* p : slots_) be_.free(p);
 }
 
-std::vector<std::string> Optimizer::slot_names() const {
-  if (cfg_.name == "adamw") return {"m", "v"};
-  return {"momentum"};
+std::vector<Optimizer::StateGroup> Optimizer::state_groups() const {
+  if (cfg_.name == "adamw") return {{"m", 0, Holds::all}, {"v", 1, Holds::all}};
+  if (cfg_.name == "sgd") return {{"momentum", 0, Holds::all}};
+  return {{"momentum", 0, Holds::muon_matrices}, {"m", 0, Holds::others}, {"v", 1, Holds::others}};
+}
+
+bool Optimizer::group_holds(Holds h, const std::string& tensor) {
+  if (h == Holds::all) return true;
+  return muon_updates(tensor) == (h == Holds::muon_matrices);
 }
 
 void Optimizer::reset() {
@@ -72,15 +95,20 @@ void Optimizer::reset() {
 }
 
 void Optimizer::update(float* params, const float* grads, double lr, int64_t step, bf16_t* copy,
-                       float grad_scale) {
+                       float grad_scale, double matrix_lr, float* workspace) {
   TRIAD_ASSERT(step >= 1);
   const double bc1 = 1.0 - std::pow(cfg_.beta1, double(step));
   const double bc2 = 1.0 - std::pow(cfg_.beta2, double(step));
-  if (cfg_.name == "adamw") {
-    be_.adamw_update_runs(params + begin_, grads, slots_[0], slots_[1], runs_.data(), runs_.size(),
-                          float(lr), float(cfg_.beta1), float(cfg_.beta2), float(cfg_.eps),
-                          float(bc1), float(bc2), copy != nullptr ? copy + begin_ : nullptr,
-                          grad_scale);
+  if (cfg_.name == "adamw" || cfg_.name == "muon") {
+    if (!runs_.empty())
+      be_.adamw_update_runs(params + begin_, grads, slots_[0], slots_[1], runs_.data(),
+                            runs_.size(), float(lr), float(cfg_.beta1), float(cfg_.beta2),
+                            float(cfg_.eps), float(bc1), float(bc2),
+                            copy != nullptr ? copy + begin_ : nullptr, grad_scale);
+    // Muon's momentum lives in slot 0 and its u (scratch) in slot 1, in the matrices' elements,
+    // which AdamW leaves alone.
+    if (muon_)
+      muon_->update(params, grads, slots_[0], slots_[1], matrix_lr, copy, grad_scale, workspace);
     return;
   }
   for (const auto& r : runs_) {  // element-wise updates make any cut exact

@@ -52,12 +52,21 @@ class KeyTable {
     add("train.profile_step", c.train.profile_step,
         "pipeline step (1-based) to time action by action into pipeline_trace_step_N.csv beside "
         "its simulation (0: none; needs parallel.pp > 1)");
-    add("optim.name", c.optim.name, "adamw | sgd");
+    add("optim.name", c.optim.name,
+        "adamw | sgd | muon (Muon on the attention and MLP weight matrices, AdamW on the rest)");
     add("optim.beta1", c.optim.beta1, "AdamW beta1");
     add("optim.beta2", c.optim.beta2, "AdamW beta2");
     add("optim.eps", c.optim.eps, "AdamW eps");
     add("optim.weight_decay", c.optim.weight_decay, "weight decay (matrices only)");
     add("optim.momentum", c.optim.momentum, "SGD momentum");
+    add("optim.muon_lr", c.optim.muon_lr,
+        "Muon: peak learning rate of the matrices (train.lr is AdamW's; the same schedule)");
+    add("optim.muon_momentum", c.optim.muon_momentum, "Muon: momentum");
+    add("optim.muon_nesterov", c.optim.muon_nesterov, "Muon: Nesterov momentum");
+    add("optim.muon_ns_steps", c.optim.muon_ns_steps, "Muon: Newton-Schulz iterations");
+    add("optim.muon_adjust_lr", c.optim.muon_adjust_lr,
+        "Muon: the lr factor of an [m, n] matrix: original sqrt(max(1, m/n)) | match_rms_adamw "
+        "0.2 sqrt(max(m, n))");
     add("data.train", c.data.train, "train shard glob");
     add("data.val", c.data.val, "validation shard glob");
     add("data.shuffle", c.data.shuffle, "seeded per-epoch permutation of the sequences");
@@ -364,13 +373,20 @@ void validate(const Config& c, int world_size) {
         "needs train.recompute = gelu or full (it is none)");
   check(t.seed >= 0, "train.seed", "must be >= 0");
   const auto& o = c.optim;
-  check(o.name == "adamw" || o.name == "sgd", "optim.name",
-        "must be adamw or sgd (got '" + o.name + "')");
+  check(o.name == "adamw" || o.name == "sgd" || o.name == "muon", "optim.name",
+        "must be adamw, sgd or muon (got '" + o.name + "')");
   check(o.beta1 >= 0 && o.beta1 < 1, "optim.beta1", "must be in [0, 1)");
   check(o.beta2 >= 0 && o.beta2 < 1, "optim.beta2", "must be in [0, 1)");
   check(o.eps > 0, "optim.eps", "must be > 0");
   check(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0");
   check(o.momentum >= 0 && o.momentum < 1, "optim.momentum", "must be in [0, 1)");
+  check(std::isfinite(o.muon_lr) && o.muon_lr >= 0, "optim.muon_lr", "must be a finite number >= 0");
+  check(o.muon_momentum >= 0 && o.muon_momentum < 1, "optim.muon_momentum", "must be in [0, 1)");
+  check(o.muon_ns_steps >= 1 && o.muon_ns_steps <= 100, "optim.muon_ns_steps",
+        "must be in [1, 100]");
+  check(o.muon_adjust_lr == "original" || o.muon_adjust_lr == "match_rms_adamw",
+        "optim.muon_adjust_lr",
+        "must be original or match_rms_adamw (got '" + o.muon_adjust_lr + "')");
   check(c.eval.every >= 0, "eval.every", "must be >= 0");
   check(c.eval.sequences >= 0, "eval.sequences", "must be >= 0");
   check(c.eval.choice_examples >= 0, "eval.choice_examples", "must be >= 0");

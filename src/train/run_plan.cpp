@@ -97,7 +97,7 @@ RunPlan plan_run(const Config& cfg, int world_size) {
     // The trainer's optimizer and ZeRO slice (Trainer::State::setup_model).
     const bool zero = cfg.parallel.zero == 1;
     const size_t range = zero ? m.model.buffer_floats / size_t(p.grid.dp) : m.model.buffer_floats;
-    m.optimizer = Optimizer::state_bytes_for(cfg.optim, range);
+    m.optimizer = Optimizer::state_bytes_for(cfg.optim, range, specs, p.grid.tp);
     m.grad_shard = zero ? range * sizeof(float) : 0;
     m.flops_per_token = stage_flops_per_token(specs, shape, mp, m.layers);
     m.recompute_flops_per_token = Gpt::recompute_flops_per_token(shape, mp, p.recompute);

@@ -341,9 +341,12 @@ TrainOutcome Trainer::run() {
     // them (half the bytes, as llm.c gathers), else in fp32 with the copy refreshed from them.
     // Clipped by the global norm as the optimizer reads the gradient (no pass of its own).
     const bool gather_bf16 = zero && zero_gathers_bf16(cfg);
+    // Muon under ZeRO gathers its update's slices into the gradient buffer, which the reduce-
+    // scatter has left free until the next step.
     s.opt->update(s.model->params(), g, lr, st + 1,
                   !zero || gather_bf16 ? s.model->params_bf16() : nullptr,
-                  clip_scale(norm, cfg.train.grad_clip));
+                  clip_scale(norm, cfg.train.grad_clip), muon_lr_at(cfg.train, cfg.optim, st),
+                  zero ? s.model->grads() : nullptr);
     if (gather_bf16) {
       // The fp32 master weights outside this rank's slice go stale; only the slice owner's are
       // read (checkpoints write each rank's slice, parameters() gathers them).

@@ -113,10 +113,12 @@ void Trainer::State::setup_model() {
   shard_lo = size_t(dp_rank) * S;
   shard_hi = shard_lo + S;
   if (cfg.parallel.zero == 1) {
-    opt = std::make_unique<Optimizer>(cfg.optim, model->specs(), shard_lo, shard_hi, *be);
+    opt = std::make_unique<Optimizer>(cfg.optim, model->specs(), shard_lo, shard_hi, *be,
+                                      &grid.dp(), &grid.tp());
     grad_shard = be->alloc(S);
   } else {
-    opt = std::make_unique<Optimizer>(cfg.optim, model->specs(), 0, model->buffer_floats(), *be);
+    opt = std::make_unique<Optimizer>(cfg.optim, model->specs(), 0, model->buffer_floats(), *be,
+                                      nullptr, &grid.tp());
   }
   // The gradient norm counts each parameter once: not the tensor-parallel replicas, not the
   // head's copy of wte. Adjacent counted tensors merge into one range (alignment gaps hold 0).
@@ -168,7 +170,7 @@ float* Trainer::State::param_base() {
 
 float* Trainer::State::slot_base(size_t i) {
   if (!on_device) return opt->slot(i);
-  host_slots.resize(opt->slot_names().size());
+  host_slots.resize(opt->slot_count());
   host_slots[i].resize(opt->end() - opt->begin());
   return host_slots[i].data();
 }
@@ -176,7 +178,7 @@ float* Trainer::State::slot_base(size_t i) {
 void Trainer::State::stage_to_host() {
   if (!on_device) return;
   be->copy_to_host(param_base(), model->params(), model->buffer_floats());
-  for (size_t i = 0; i < opt->slot_names().size(); ++i)
+  for (size_t i = 0; i < opt->slot_count(); ++i)
     be->copy_to_host(slot_base(i), opt->slot(i), opt->end() - opt->begin());
 }
 
@@ -184,7 +186,7 @@ void Trainer::State::stage_to_device(bool with_optimizer) {
   if (on_device) {
     be->copy_from_host(model->params(), param_base(), model->buffer_floats());
     if (with_optimizer)
-      for (size_t i = 0; i < opt->slot_names().size(); ++i)
+      for (size_t i = 0; i < opt->slot_count(); ++i)
         be->copy_from_host(opt->slot(i), slot_base(i), opt->end() - opt->begin());
   }
   model->params_updated();  // new weights (on the CPU loaded in place): refresh the bf16 copy
@@ -194,10 +196,12 @@ std::vector<TensorGroup> Trainer::State::groups(bool with_optimizer, bool for_sa
   std::vector<TensorGroup> g{{"model", tensor_refs(param_base(), 0, !for_save)}};
   if (with_optimizer) {
     const bool zero = cfg.parallel.zero == 1;
-    const auto names = opt->slot_names();
-    for (size_t i = 0; i < names.size(); ++i) {
+    for (const auto& sg : opt->state_groups()) {
       const size_t first = zero ? shard_lo : 0;
-      g.push_back({"optimizer/" + names[i], tensor_refs(slot_base(i), first, !for_save && !zero)});
+      // Every rank keeps the same names (the reads and writes are collective).
+      auto refs = tensor_refs(slot_base(sg.slot), first, !for_save && !zero);
+      std::erase_if(refs, [&](const TensorRef& t) { return !Optimizer::group_holds(sg.tensors, t.name); });
+      g.push_back({"optimizer/" + sg.name, std::move(refs)});
     }
   }
   return g;
@@ -264,10 +268,22 @@ void Trainer::State::load_from(const std::string& path, bool resume) {
   }
   const CheckpointState st = read_checkpoint_state(grid.world(), path);
   check_model_shape(st, path);
-  const std::string slot = "optimizer/" + opt->slot_names()[0];
-  TRIAD_CHECK(checkpoint_has_group(grid.world(), path, slot), "checkpoint ", path, " has no /",
-              slot, " state for optim.name = ", cfg.optim.name,
+  // The optimizer the checkpoint was saved with, from its config where it parses (files
+  // written by other tools may carry none): its state cannot continue another optimizer.
+  std::string saved_optim;
+  try {
+    saved_optim = parse_config_text(st.config, path).optim.name;
+  } catch (const Error&) {
+  }
+  TRIAD_CHECK(saved_optim.empty() || saved_optim == cfg.optim.name, "checkpoint ", path,
+              " holds the state of optim.name = ", saved_optim, ", not ", cfg.optim.name,
               " (resume with the optimizer it was saved with, or use --init-from)");
+  for (const auto& sg : opt->state_groups()) {
+    const std::string slot = "optimizer/" + sg.name;
+    TRIAD_CHECK(checkpoint_has_group(grid.world(), path, slot), "checkpoint ", path, " has no /",
+                slot, " state for optim.name = ", cfg.optim.name,
+                " (resume with the optimizer it was saved with, or use --init-from)");
+  }
   load_checkpoint_tensors(grid.world(), path, groups(true, false));
   stage_to_device(true);
   step = st.step;

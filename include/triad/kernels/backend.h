@@ -297,6 +297,15 @@ class Backend {
   //   g' = g + wd p;  buf = mu buf + g';  p -= lr buf.  `copy`, grad_scale as for adamw_update.
   virtual void sgd_update(float* p, const float* g, float* buf, size_t n, float lr, float momentum,
                           float wd, bf16_t* copy = nullptr, float grad_scale = 1.0f) = 0;
+  // Muon (torch.optim.Muon), the two element-wise halves around the orthogonalization of a
+  // matrix's update, which the optimizer composes from matmuls (optim/muon.h):
+  //   muon_momentum: g' = g·grad_scale;  buf = mu buf + g';  u = nesterov ? g' + mu buf : buf
+  //   muon_apply:    p = p (1 - lr wd) - lr·scale·o  (o: the orthogonalized u);  `copy` as for
+  //                  adamw_update.
+  virtual void muon_momentum(float* buf, float* u, const float* g, size_t n, float mu,
+                             bool nesterov, float grad_scale = 1.0f) = 0;
+  virtual void muon_apply(float* p, const float* o, size_t n, float lr, float wd, float scale,
+                          bf16_t* copy = nullptr) = 0;
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

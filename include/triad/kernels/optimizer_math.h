@@ -34,4 +34,20 @@ TRIAD_HOST_DEVICE inline void sgd_element(float& p, float grad, float& buf, floa
   p -= lr * b;
 }
 
+// Muon's momentum (torch.optim.Muon): buf = mu buf + g; the update to orthogonalize is
+// u = g + mu buf with Nesterov momentum, else buf.
+TRIAD_HOST_DEVICE inline void muon_momentum_element(float& buf, float& u, float grad, float mu,
+                                                    bool nesterov) {
+  const float b = mu * buf + grad;
+  buf = b;
+  u = nesterov ? grad + mu * b : b;
+}
+
+// Muon's step with an orthogonalized update o: p = p (1 - lr wd) - lr scale o (decoupled weight
+// decay; `scale` is the shape's learning-rate adjustment).
+TRIAD_HOST_DEVICE inline void muon_apply_element(float& p, float o, float lr, float wd,
+                                                 float scale) {
+  p = p * (1.0f - lr * wd) - (lr * scale) * o;
+}
+
 }  // namespace triad

@@ -4,30 +4,38 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "triad/kernels/backend.h"
 #include "triad/model/gpt.h"
+#include "triad/parallel/comm.h"
 #include "triad/train/config.h"
 
 namespace triad {
 
 // Learning rate of 0-based step s (warmup, then train.schedule).
 double lr_at(const TrainConfig& t, int64_t step);
+// Muon's matrix learning rate at step s: train.schedule's shape with peak optim.muon_lr.
+double muon_lr_at(const TrainConfig& t, const OptimConfig& o, int64_t step);
 
 // Gradient clipping (DESIGN.md §4): the factor the gradient is scaled by, clip / (norm + 1e-6)
 // where the global L2 norm `norm` of the whole gradient is above clip (> 0), else 1. The
 // optimizer applies it as it reads the gradient (Optimizer::update's grad_scale).
 float clip_scale(double norm, double clip);
 
+class MuonMatrices;
+
 // Updates the parameters of the flat range [begin, end) of the parameter buffer: the whole
 // buffer without ZeRO, this data-parallel rank's slice with ZeRO-1 (then the optimizer state
-// exists only for that slice, and shrinks as 1/dp).
+// exists only for that slice, and shrinks as 1/dp). optim.name = muon: Muon on the hidden
+// matrices (optim/muon.h), AdamW on the rest; it gathers whole matrices over tp (the
+// tensor-parallel group) and, when [begin, end) is a ZeRO slice, over dp.
 class Optimizer {
  public:
   Optimizer(const OptimConfig& cfg, const std::vector<ParamSpec>& specs, size_t begin, size_t end,
-            Backend& be);
+            Backend& be, Comm* dp = nullptr, Comm* tp = nullptr);
   ~Optimizer();
   Optimizer(const Optimizer&) = delete;
   Optimizer& operator=(const Optimizer&) = delete;
@@ -36,19 +44,33 @@ class Optimizer {
   // gradient of that range at grads[0 .. end-begin); `step` counts updates including this one
   // (1-based, for Adam's bias correction). With `copy` (a bf16 buffer laid out like params), the
   // same pass writes the updated range rounded to bf16 there. The gradient enters multiplied
-  // by grad_scale (clip_scale()).
+  // by grad_scale (clip_scale()). Muon: matrix_lr is the matrices' learning rate, and
+  // `workspace` (a whole parameter buffer's worth of floats it may overwrite, e.g. the gradient
+  // buffer after a ZeRO reduce-scatter) is needed when [begin, end) is a ZeRO slice.
   void update(float* params, const float* grads, double lr, int64_t step, bf16_t* copy = nullptr,
-              float grad_scale = 1.0f);
+              float grad_scale = 1.0f, double matrix_lr = 0, float* workspace = nullptr);
 
-  // The state slots as stored in checkpoints: {"m", "v"} (AdamW) or {"momentum"} (SGD), each
-  // holding the range [begin, end) of a parameter-shaped buffer.
-  std::vector<std::string> slot_names() const;
+  // The state: slots, each holding the range [begin, end) of a parameter-shaped buffer, stored
+  // in checkpoints as groups /optimizer/<name>/<tensor>: AdamW {m, v}, SGD {momentum}, Muon
+  // {momentum} for its matrices and {m, v} for the other tensors (slot 0 holds the momentum
+  // and m, each in its own tensors).
+  enum class Holds { all, muon_matrices, others };
+  struct StateGroup {
+    std::string name;  // "m", "v", "momentum"
+    size_t slot;
+    Holds tensors;
+  };
+  std::vector<StateGroup> state_groups() const;
+  static bool group_holds(Holds h, const std::string& tensor);
+  size_t slot_count() const { return slots_.size(); }
   float* slot(size_t i) { return slots_[i]; }
   size_t begin() const { return begin_; }
   size_t end() const { return end_; }
-  size_t state_bytes() const { return slots_.size() * (end_ - begin_) * sizeof(float); }
-  // What an optimizer of this config over a range of n floats allocates (the run plan's number).
-  static size_t state_bytes_for(const OptimConfig& cfg, size_t n);
+  size_t state_bytes() const { return slots_.size() * (end_ - begin_) * sizeof(float) + scratch_bytes_; }
+  // What an optimizer of this config over a range of n floats of a rank's layout `specs` at
+  // tensor-parallel size tp allocates (the run plan's number).
+  static size_t state_bytes_for(const OptimConfig& cfg, size_t n, const std::vector<ParamSpec>& specs,
+                                int tp);
   void reset();  // zero the state (fresh optimizer)
 
  private:
@@ -57,8 +79,10 @@ class Optimizer {
   Backend& be_;
   std::vector<float*> slots_;
   // The parts of the tensors inside [begin, end), relative to begin, with their weight decay:
-  // the whole AdamW update is one adamw_update_runs call.
+  // the whole AdamW update is one adamw_update_runs call (Muon: the tensors it leaves to AdamW).
   std::vector<Backend::UpdateRun> runs_;
+  std::unique_ptr<MuonMatrices> muon_;
+  size_t scratch_bytes_ = 0;  // Muon's Newton–Schulz scratch
 };
 
 }  // namespace triad

@@ -36,9 +36,15 @@ struct TrainConfig {
 };
 
 struct OptimConfig {
-  std::string name = "adamw";  // adamw | sgd
+  std::string name = "adamw";  // adamw | sgd | muon (Muon on the hidden matrices, AdamW else)
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
   double momentum = 0.9;  // sgd
+  // Muon (optim/muon.h): the matrices' peak learning rate (train.schedule applies to it as to
+  // train.lr), momentum, Nesterov, Newton–Schulz steps, the shape's lr factor.
+  double muon_lr = 0.02, muon_momentum = 0.95;
+  bool muon_nesterov = true;
+  int muon_ns_steps = 5;
+  std::string muon_adjust_lr = "original";  // original | match_rms_adamw
 };
 
 struct DataConfig {

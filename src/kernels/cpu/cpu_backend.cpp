@@ -156,6 +156,14 @@ class CpuBackend final : public Backend {
                   float wd, bf16_t* copy, float grad_scale) override {
     cpu::sgd_update(p, g, buf, n, lr, momentum, wd, copy, grad_scale);
   }
+  void muon_momentum(float* buf, float* u, const float* g, size_t n, float mu, bool nesterov,
+                     float grad_scale) override {
+    cpu::muon_momentum(buf, u, g, n, mu, nesterov, grad_scale);
+  }
+  void muon_apply(float* p, const float* o, size_t n, float lr, float wd, float scale,
+                  bf16_t* copy) override {
+    cpu::muon_apply(p, o, n, lr, wd, scale, copy);
+  }
 
   // ---- mixed precision (cpu_bf16.cpp) -------------------------------------------------------
   // (GradMode::overwrite: here a zeroed input gradient, then the accumulating kernel.)

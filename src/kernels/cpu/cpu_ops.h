@@ -76,6 +76,10 @@ void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float 
                   float grad_scale);
 void sgd_update(float* p, const float* g, float* buf, size_t n, float lr, float momentum, float wd,
                 bf16_t* copy, float grad_scale);
+void muon_momentum(float* buf, float* u, const float* g, size_t n, float mu, bool nesterov,
+                   float grad_scale);
+void muon_apply(float* p, const float* o, size_t n, float lr, float wd, float scale,
+                bf16_t* copy);
 
 // ---- mixed precision (cpu_bf16.cpp): widen, run the fp32 kernel, round once --------------
 void zero_bf16(bf16_t* p, size_t n);

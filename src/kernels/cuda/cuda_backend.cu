@@ -347,6 +347,14 @@ class CudaBackend final : public Backend {
                   float wd, bf16_t* copy, float grad_scale) override {
     cuda::sgd_update(stream_, p, g, buf, n, lr, momentum, wd, dev(copy), grad_scale);
   }
+  void muon_momentum(float* buf, float* u, const float* g, size_t n, float mu, bool nesterov,
+                     float grad_scale) override {
+    cuda::muon_momentum(stream_, buf, u, g, n, mu, nesterov, grad_scale);
+  }
+  void muon_apply(float* p, const float* o, size_t n, float lr, float wd, float scale,
+                  bf16_t* copy) override {
+    cuda::muon_apply(stream_, p, o, n, lr, wd, scale, dev(copy));
+  }
 
   cudaStream_t stream() const { return stream_; }
 

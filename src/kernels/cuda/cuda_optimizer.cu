@@ -27,6 +27,19 @@ __global__ void sgd_kernel(float* p, const float* g, float* buf, size_t n, float
   }
 }
 
+__global__ void muon_momentum_kernel(float* buf, float* u, const float* g, size_t n, float mu,
+                                     bool nesterov, float grad_scale) {
+  TRIAD_GRID_STRIDE_LOOP(i, n) { muon_momentum_element(buf[i], u[i], g[i] * grad_scale, mu, nesterov); }
+}
+
+__global__ void muon_apply_kernel(float* p, const float* o, size_t n, float lr, float wd,
+                                  float scale, bf16* copy) {
+  TRIAD_GRID_STRIDE_LOOP(i, n) {
+    muon_apply_element(p[i], o[i], lr, wd, scale);
+    if (copy != nullptr) copy[i] = narrow<bf16>(p[i]);
+  }
+}
+
 // Element i belongs to the last run starting at or before it, if i is before that run's end.
 __global__ void adamw_runs_kernel(float* p, const float* g, float* m, float* v,
                                   const Backend::UpdateRun* runs, int nruns, size_t total, float lr,
@@ -93,6 +106,20 @@ void sgd_update(cudaStream_t s, float* p, const float* g, float* buf, size_t n, 
                 float momentum, float wd, bf16* copy, float grad_scale) {
   if (n == 0) return;
   sgd_kernel<<<grid_for(n), kBlock, 0, s>>>(p, g, buf, n, lr, momentum, wd, copy, grad_scale);
+  TRIAD_CUDA_CHECK_LAUNCH();
+}
+
+void muon_momentum(cudaStream_t s, float* buf, float* u, const float* g, size_t n, float mu,
+                   bool nesterov, float grad_scale) {
+  if (n == 0) return;
+  muon_momentum_kernel<<<grid_for(n), kBlock, 0, s>>>(buf, u, g, n, mu, nesterov, grad_scale);
+  TRIAD_CUDA_CHECK_LAUNCH();
+}
+
+void muon_apply(cudaStream_t s, float* p, const float* o, size_t n, float lr, float wd,
+                float scale, bf16* copy) {
+  if (n == 0) return;
+  muon_apply_kernel<<<grid_for(n), kBlock, 0, s>>>(p, o, n, lr, wd, scale, copy);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
