@@ -114,6 +114,8 @@ RunPlan plan_run(const Config& cfg, int world_size) {
       m.dp_all_gather = range * (zero_gathers_bf16(cfg) ? sizeof(bf16_t) : sizeof(float));
       // A ring moves (dp−1)/dp of the buffer for the reduce-scatter and receives the dp−1 other
       // slices of the gather.
+      // Muon gathers its update's slices too (optim/muon.h), in fp32.
+      if (cfg.optim.name == "muon") m.dp_all_gather += range * sizeof(float);
       m.dp_wire_bytes =
           (d - 1) / d * double(m.dp_reduce_scatter) + (d - 1) * double(m.dp_all_gather);
     } else if (p.grid.dp > 1) {

@@ -97,6 +97,56 @@ size_t planned_bytes(const std::vector<std::string>& args, const Grid& g) {
   return plan.stages[size_t((world_rank() / g.tp) % g.pp)].total();
 }
 
+// Muon needs whole matrices: tensor parallelism gathers the shards (by rows for c_attn and c_fc,
+// by columns for the c_proj), ZeRO-1 the data-parallel slices first. Every grid follows the
+// single-rank run to fp32 rounding (the sums over a gathered matrix go in another order).
+TEST(ModelParallel, MuonMatchesOneRankOnEveryGrid) {
+  const std::string dir = shared_dir("grid");
+  const std::vector<std::string> muon = {"--resume", "none", "--optim.name", "muon",
+                                         "--optim.muon_lr", "0.02"};
+  const Result ref = run(dir, "muon_ref", Grid{}, muon);
+  ASSERT_EQ(ref.losses.size(), 6u);
+  const std::vector<Grid> grids = {{2, 1, 1, 1, 2, "1f1b", 1},
+                                   {2, 1, 1, 0, 1, "1f1b", 1},
+                                   {1, 2, 1, 0, 1, "1f1b", 1},
+                                   {1, 4, 1, 1, 2, "1f1b", 1},
+                                   {1, 1, 2, 0, 4, "1f1b", 1},
+                                   {2, 2, 1, 1, 2, "1f1b", 1},
+                                   {2, 2, 2, 1, 2, "interleaved", 2},
+                                   {1, 2, 2, 0, 2, "1f1b", 1, true},
+                                   {4, 2, 1, 1, 1, "1f1b", 1}};
+  for (const Grid& g : grids) {
+    if (g.ranks() > world_size()) continue;
+    expect_same_training(run(dir, "muon_" + g.name(), g, muon), ref, "muon " + g.name());
+  }
+}
+
+// Muon's state (momentum of the matrices, m and v of the rest) resumes bit for bit on the grid
+// that saved it and reshards onto others, like AdamW's.
+TEST(ModelParallel, MuonResumesExactlyAndReshards) {
+  const std::string dir = shared_dir("muon_reshard");
+  const Grid big{2, 2, 2, 1, 2, "1f1b", 1};
+  if (big.ranks() > world_size()) GTEST_SKIP() << "needs 8 ranks";
+  const std::vector<std::string> muon = {"--optim.name", "muon", "--optim.muon_lr", "0.02"};
+  auto with = [&](std::vector<std::string> a) {
+    a.insert(a.end(), muon.begin(), muon.end());
+    return a;
+  };
+  const Result full = run(dir, "full", big, with({"--resume", "none"}));  // steps 3 and 6
+  const std::string ckpt = dir + "/runs/full/ckpt/step_00000003.h5";
+  Result tail = full;
+  tail.losses.erase(tail.losses.begin(), tail.losses.begin() + 3);
+  const Result same = run(dir, "same", big, with({"--resume", ckpt}));
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(same.losses[i], tail.losses[i]) << "same grid";
+  EXPECT_EQ(same.params, full.params) << "same grid: bit-identical";
+  for (const Grid& g :
+       std::vector<Grid>{{1, 1, 1, 0, 1, "1f1b", 1}, {1, 4, 1, 1, 1, "1f1b", 1, true}}) {
+    const Result r = run(dir, "from222_" + g.name(), g, with({"--resume", ckpt}));
+    ASSERT_EQ(r.losses.size(), 3u) << g.name();
+    expect_same_training(r, tail, "muon from 2x2x2 to " + g.name());
+  }
+}
+
 TEST(ModelParallel, EveryGridMatchesOneRank) {
   const std::string dir = shared_dir("grid");
   const Result ref = run(dir, "ref", Grid{});
@@ -324,13 +374,17 @@ TEST(ModelParallel, MemoryPlanEqualsWhatEachRankAllocates) {
       {{2, 2, 2, 1, 2, "1f1b", 1, true}, "bf16"}, {{1, 2, 2, 0, 2, "interleaved", 2}, "fp32"},
       {{1, 1, 4, 1, 4, "1f1b", 1}, "bf16"},       {{2, 2, 1, 0, 1, "1f1b", 1}, "bf16"},
       {{2, 1, 2, 0, 2, "gpipe", 1}, "fp32"},      {{1, 2, 2, 0, 4, "zb-h1", 1, true}, "bf16"},
-      {{1, 1, 4, 0, 4, "zb-h1", 1}, "fp32"}};
-  for (const auto& [g, precision] : grids) {
+      {{1, 1, 4, 0, 4, "zb-h1", 1}, "fp32"},      {{1, 1, 1, 0, 1, "1f1b", 1}, "muon"},
+      {{2, 2, 1, 1, 1, "1f1b", 1}, "muon"},       {{1, 2, 2, 0, 2, "1f1b", 1}, "muon"}};
+  for (const auto& [g, variant] : grids) {
     if (g.ranks() > world_size()) continue;
-    const std::string name = "plan_" + g.name() + "_" + precision;
+    const std::string name = "plan_" + g.name() + "_" + variant;
+    // "muon": the Muon optimizer (its Newton–Schulz scratch, its ZeRO gather) in bf16.
+    const std::string precision = variant == "muon" ? "bf16" : variant;
     const auto args = grid_args(dir, name, g,
                                 {"--resume", "none", "--train.steps", "1", "--run.precision",
-                                 precision, "--checkpoint.every", "0"});
+                                 precision, "--checkpoint.every", "0", "--optim.name",
+                                 variant == "muon" ? "muon" : "adamw"});
     std::vector<const char*> argv;
     for (const auto& a : args) argv.push_back(a.c_str());
     const RunPlan plan =

@@ -307,7 +307,18 @@ def torch_train(p: Prepared, sections: dict):
     cfg, T, B = case.cfg, case.cfg.seq_len, tr["batch_size"]
     model = ref.build_model(p.weights, cfg, dtype=torch.float64)
     groups = model.param_groups(op["weight_decay"])
-    if op["name"] == "adamw":
+    muon = None
+    if op["name"] == "muon":
+        # Muon on the attention and MLP matrices, AdamW on the rest (with its decay groups).
+        t = model.tensors()
+        matrices = [t[n] for n in model.names if ref.is_muon_matrix(n)]
+        ids = {id(m) for m in matrices}
+        groups = [dict(g, params=[q for q in g["params"] if id(q) not in ids]) for g in groups]
+        muon = ref.Muon([{"params": matrices}], lr=op["muon_lr"],
+                        weight_decay=op["weight_decay"], momentum=op["muon_momentum"],
+                        nesterov=op["muon_nesterov"], ns_steps=op["muon_ns_steps"],
+                        adjust_lr=op["muon_adjust_lr"])
+    if op["name"] in ("adamw", "muon"):
         opt = torch.optim.AdamW(groups, lr=tr["lr"], betas=(op["beta1"], op["beta2"]),
                                 eps=op["eps"])
     else:
@@ -327,12 +338,19 @@ def torch_train(p: Prepared, sections: dict):
                        tr["min_lr_ratio"])
         for g in opt.param_groups:
             g["lr"] = lr
+        if muon is not None:  # the same schedule with its own peak
+            muon.param_groups[0]["lr"] = ref.lr_at(s, op["muon_lr"], tr["warmup_steps"],
+                                                   tr["steps"], tr["schedule"], tr["min_lr_ratio"])
         x, y = ref.batch(p.train_tokens, s * B, B, T)  # wraps at the shard's end
         opt.zero_grad(set_to_none=True)
+        if muon is not None:
+            muon.zero_grad(set_to_none=True)
         _, loss = model(x, y)
         loss.backward()
         norms.append(ref.clip_grad_norm_(model.parameters(), tr["grad_clip"]))
         opt.step()
+        if muon is not None:
+            muon.step()
         losses.append(float(loss))
         lrs.append(lr)
     val.append(evaluate())
@@ -418,6 +436,24 @@ def test_sgd_momentum_steps_match_torch(tmp_root, tmp_path):
                                train__warmup_steps=1, optim__name="sgd", optim__momentum=0.9,
                                train__grad_clip=GRAD_CLIP[case.name])
     compare_training(p, tmp_path, sections, "sgd")
+
+
+@pytest.mark.parametrize("case,adjust,nesterov", [
+    (CASES[0], "original", True),
+    (CASES[1], "match_rms_adamw", False),
+], ids=["gpt2vocab-original-nesterov", "oddshapes-rms-plain"])
+def test_muon_steps_match_torch(case, adjust, nesterov, tmp_root, tmp_path):
+    """Muon on the hidden matrices (tall c_attn and c_fc, square and wide c_proj) and AdamW on
+    the rest, against the documented algorithm in float64."""
+    p = prepare(case, tmp_root)
+    sections = config_sections(case, p.dir, optim__name="muon", optim__muon_lr=0.02,
+                               optim__muon_momentum=0.9, optim__muon_nesterov=nesterov,
+                               optim__muon_ns_steps=5, optim__muon_adjust_lr=adjust,
+                               train__lr=3e-3 if adjust == "original" else 1e-2,
+                               train__grad_clip=GRAD_CLIP[case.name])
+    if adjust == "match_rms_adamw":
+        sections["optim"]["muon_lr"] = 1e-2
+    compare_training(p, tmp_path, sections, "muon")
 
 
 # Chosen from the printed norms so that clipping triggers in some steps but not all.

@@ -228,6 +228,43 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path):
         assert np.array_equal(w1[k], w2[k]), k
 
 
+def test_muon_resumes_bit_exactly_and_refuses_another_optimizers_state(tmp_path):
+    muon = ["--optim.name", "muon", "--optim.muon_lr", "0.02"]
+    straight = tiny_config(tmp_path, name="straight")
+    train("--config", straight, *muon, check=True)
+    part = tiny_config(tmp_path, name="part")
+    train("--config", part, *muon, check=True)
+    ckpt_dir = tmp_path / "runs" / "part" / "ckpt"
+    for step in (15, 20):  # as if the job had died right after writing step 10
+        (ckpt_dir / f"step_{step:08d}.h5").unlink()
+    (ckpt_dir / "latest").write_text("step_00000010.h5\n")
+    p = train("--config", part, *muon, check=True)  # --resume auto
+    assert "resumed from" in p.stdout and "step 10" in p.stdout, p.stdout
+    _, l1 = losses(tmp_path / "runs" / "straight")
+    _, l2 = losses(tmp_path / "runs" / "part")
+    assert np.array_equal(l1, l2), (l1, l2)
+    w1 = weights(tmp_path / "runs" / "straight" / "ckpt" / "step_00000020.h5")
+    w2 = weights(tmp_path / "runs" / "part" / "ckpt" / "step_00000020.h5")
+    for k in w1:
+        assert np.array_equal(w1[k], w2[k]), k
+    # Muon's state: momentum for the matrices, m and v for the rest.
+    with h5py.File(tmp_path / "runs" / "part" / "ckpt" / "step_00000020.h5", "r") as f:
+        assert set(f["optimizer"].keys()) == {"m", "v", "momentum"}
+        assert "attn" in f["optimizer/momentum/h/0"] and "ln_1" not in f["optimizer/momentum/h/0"]
+        assert list(f["optimizer/m/h/0/mlp/c_fc"].keys()) == ["bias"]
+    ckpt = tmp_path / "runs" / "part" / "ckpt" / "step_00000020.h5"
+    for other in ("adamw", "sgd"):
+        assert_clean_error(train("--config", part, "--optim.name", other, "--resume", ckpt,
+                                 "--train.steps", "25"), "optim.name = muon, not " + other)
+    adam_ckpt = tmp_path / "runs" / "adam" / "ckpt" / "step_00000005.h5"
+    train("--config", tiny_config(tmp_path, name="adam"), "--train.steps", "5", check=True)
+    assert_clean_error(train("--config", part, *muon, "--resume", adam_ckpt, "--run.name", "x"),
+                       "optim.name = adamw, not muon")
+    # Weights only (fine-tuning) cross optimizers freely.
+    train("--config", part, *muon, "--init-from", adam_ckpt, "--run.name", "ft",
+          "--train.steps", "3", check=True)
+
+
 def test_damaged_checkpoints(tmp_path):
     cfg = tiny_config(tmp_path, name="a")
     train("--config", cfg, "--train.steps", "5", check=True)

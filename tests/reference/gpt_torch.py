@@ -263,6 +263,57 @@ class Gpt(torch.nn.Module):
                 {"params": no_decay, "weight_decay": 0.0}]
 
 
+MUON_MATRICES = ("/attn/c_attn/weight", "/attn/c_proj/weight", "/mlp/c_fc/weight",
+                 "/mlp/c_proj/weight")
+
+
+def is_muon_matrix(name: str) -> bool:
+    """The tensors optim.name = muon gives to Muon: the attention and MLP weight matrices."""
+    return name.startswith("h/") and name.endswith(MUON_MATRICES)
+
+
+def newton_schulz(g: torch.Tensor, steps: int, eps: float = 1e-7) -> torch.Tensor:
+    """The quintic Newton-Schulz iteration of torch.optim.Muon's documentation, in g's dtype."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g.T if g.shape[0] > g.shape[1] else g
+    x = x / max(float(x.norm()), eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if g.shape[0] > g.shape[1] else x
+
+
+class Muon(torch.optim.Optimizer):
+    """torch.optim.Muon as its documentation states it (the installed torch may predate it):
+    B = mu B + g; U = g + mu B (Nesterov) or B; O = NS_k(U);
+    p = p (1 - lr wd) - lr s O with s = sqrt(max(1, m/n)) or 0.2 sqrt(max(m, n))."""
+
+    def __init__(self, params, lr, weight_decay, momentum=0.95, nesterov=True, ns_steps=5,
+                 adjust_lr="original"):
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum,
+                                      nesterov=nesterov, ns_steps=ns_steps, adjust_lr=adjust_lr))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            mu = group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state[p]
+                if "buf" not in st:
+                    st["buf"] = torch.zeros_like(p)
+                buf = st["buf"]
+                buf.mul_(mu).add_(p.grad)
+                u = p.grad + mu * buf if group["nesterov"] else buf
+                o = newton_schulz(u, group["ns_steps"])
+                m, n = p.shape
+                s = (math.sqrt(max(1.0, m / n)) if group["adjust_lr"] == "original"
+                     else 0.2 * math.sqrt(max(m, n)))
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(o, alpha=-group["lr"] * s)
+
+
 def build_model(weights: Dict[str, torch.Tensor], cfg: GptConfig, dtype=None,
                 fast: bool = False, checkpoint_layers: bool = False) -> Gpt:
     return Gpt(cfg, weights, dtype, fast, checkpoint_layers)

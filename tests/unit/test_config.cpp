@@ -174,6 +174,26 @@ TEST(Config, UnknownNamesAndUnbuiltModesAreRefused) {
   EXPECT_EQ(error_of({"--parallel.comm", "mpi"}), "");
 }
 
+TEST(Config, MuonSettingsAreChecked) {
+  auto expect = [](const std::string& err, const std::string& key, const std::string& what) {
+    EXPECT_NE(err.find(key), std::string::npos) << err;
+    EXPECT_NE(err.find(what), std::string::npos) << err;
+  };
+  EXPECT_EQ(error_of({"--optim.name", "muon"}), "");
+  expect(error_of({"--optim.name", "muon", "--optim.muon_lr", "-1"}), "optim.muon_lr",
+         "must be a finite number >= 0");
+  expect(error_of({"--optim.muon_lr", "nan"}), "optim.muon_lr", "must be a finite number >= 0");
+  expect(error_of({"--optim.muon_momentum", "1"}), "optim.muon_momentum", "must be in [0, 1)");
+  expect(error_of({"--optim.muon_ns_steps", "0"}), "optim.muon_ns_steps", "must be in [1, 100]");
+  expect(error_of({"--optim.muon_adjust_lr", "spectral"}), "optim.muon_adjust_lr",
+         "must be original or match_rms_adamw (got 'spectral')");
+  EXPECT_NE(error_of({"--optim.muon_nesterov", "sometimes"}).find("optim.muon_nesterov"),
+            std::string::npos);
+  EXPECT_EQ(error_of({"--optim.name", "muon", "--optim.muon_adjust_lr", "match_rms_adamw",
+                      "--optim.muon_nesterov", "false", "--optim.muon_ns_steps", "7"}),
+            "");
+}
+
 TEST(Config, PaddedVocab) {
   Config c;
   EXPECT_EQ(c.padded_vocab_size(), 50304);

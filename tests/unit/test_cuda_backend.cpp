@@ -26,6 +26,7 @@
 #include "../support/random_data.h"
 #include "triad/core/error.h"
 #include "triad/kernels/backend.h"
+#include "triad/optim/muon.h"
 #include "triad/kernels/cuda_backend.h"
 
 namespace triad {
@@ -790,6 +791,47 @@ TEST_F(CudaBackendTest, SgdUpdate) {
     }
     EXPECT_TRUE(close(host(g_p, n), p, kElemTol, 1e-7)) << "p";
     EXPECT_TRUE(close(host(g_buf, n), buf, kElemTol, 1e-7)) << "buf";
+  }
+}
+
+// Muon's element-wise halves, and its Newton–Schulz iteration (cuBLAS products, the backend's
+// reductions) on the shapes of its matrices: tall, wide, and column blocks.
+TEST_F(CudaBackendTest, MuonMomentumAndStep) {
+  const size_t n = 1000003;
+  for (bool nesterov : {true, false}) {
+    Vec buf = random_vec(n, 140), p = random_vec(n, 141), u(n);
+    const Vec g = random_vec(n, 142, -0.1f, 0.1f), o = random_vec(n, 143);
+    float *g_buf = dev(buf), *g_u = dev(u), *g_p = dev(p);
+    bf16_t* g_copy = gpu->alloc_bf16(n);
+    cpu->muon_momentum(buf.data(), u.data(), g.data(), n, 0.95f, nesterov, 0.37f);
+    gpu->muon_momentum(g_buf, g_u, dev(g), n, 0.95f, nesterov, 0.37f);
+    std::vector<bf16_t> copy(n);
+    cpu->muon_apply(p.data(), o.data(), n, 0.02f, 0.1f, 1.7f, copy.data());
+    gpu->muon_apply(g_p, dev(o), n, 0.02f, 0.1f, 1.7f, g_copy);
+    EXPECT_TRUE(close(host(g_buf, n), buf, kElemTol, 1e-7)) << "buf";
+    EXPECT_TRUE(close(host(g_u, n), u, kElemTol, 1e-7)) << "u";
+    EXPECT_TRUE(close(host(g_p, n), p, kElemTol, 1e-7)) << "p";
+    const auto got_copy = host(g_copy, n);
+    size_t off = 0;  // the bf16 copy rounds p: equal where p is, at most one ulp apart else
+    for (size_t i = 0; i < n; ++i) off += std::abs(int(got_copy[i].bits) - int(copy[i].bits)) > 1;
+    EXPECT_EQ(off, 0u) << "bf16 copy";
+    gpu->free_bf16(g_copy);
+  }
+}
+
+TEST_F(CudaBackendTest, MuonNewtonSchulz) {
+  struct Shape {
+    int m, n, blocks;
+  };
+  for (const Shape s : {Shape{768, 2304, 1}, Shape{2304, 768, 1}, Shape{768, 768, 2},
+                        Shape{768, 3072, 4}, Shape{100, 36, 1}}) {
+    SCOPED_TRACE(::testing::Message() << s.m << "x" << s.n << " in " << s.blocks << " blocks");
+    const size_t mn = size_t(s.m) * s.n, k = size_t(std::min(s.m, s.n));
+    Vec x = random_vec(mn, 150 + s.m, -0.02f, 0.02f), y(mn), a(k * k), a2(k * k);
+    float *g_x = dev(x), *g_y = dev(y), *g_a = dev(a), *g_a2 = dev(a2);
+    newton_schulz(*cpu, x.data(), y.data(), a.data(), a2.data(), s.m, s.n, s.blocks, 5);
+    newton_schulz(*gpu, g_x, g_y, g_a, g_a2, s.m, s.n, s.blocks, 5);
+    EXPECT_TRUE(close(host(g_x, mn), x, kGemmTol, 1e-4));
   }
 }
 

@@ -49,8 +49,9 @@ struct StageMemory {
   double weight_grad_flops_per_token = 0;
   // Data-parallel payload per step that this rank hands in (CommStats bytes): the gradient
   // all-reduce, or under ZeRO-1 the reduce-scatter of the whole buffer and the all-gather of the
-  // slice (in bf16 where the trainer gathers the bf16 copy); and what a ring moves over this
-  // rank's link for it: 2(dp-1)/dp of the buffer, 1.5(dp-1)/dp with the bf16 gather.
+  // slice (in bf16 where the trainer gathers the bf16 copy; Muon adds a gather of its fp32
+  // update); and what a ring moves over this rank's link for it: 2(dp-1)/dp of the buffer,
+  // 1.5(dp-1)/dp with the bf16 gather.
   size_t dp_all_reduce = 0, dp_reduce_scatter = 0, dp_all_gather = 0;
   double dp_wire_bytes = 0;
   size_t total() const { return model.total() + optimizer + grad_shard; }
