@@ -265,6 +265,8 @@ def _check(rep: Report) -> None:
                     and n.count("/") >= 2})
     if not slots:
         rep.notes.append("no optimizer state (weights only)")
+    # optim.name = muon: momentum for the attention and MLP weight matrices, m and v for the rest.
+    muon = set(slots) == {"m", "v", "momentum"}
     for slot in slots:
         if slot not in OPTIMIZER_SLOTS:
             P.append(f"/optimizer/{slot}: unknown optimizer slot")
@@ -272,6 +274,11 @@ def _check(rep: Report) -> None:
         pre = f"optimizer/{slot}/"
         st = {n[len(pre):]: v for n, v in rep.datasets.items() if n.startswith(pre)}
         for name, (shape, _, _) in model.items():
+            if muon and is_muon_matrix(name) != (slot == "momentum"):
+                if name in st:
+                    P.append(f"/{pre}{name}: Muon keeps "
+                             + ("momentum" if slot != "momentum" else "m and v") + " for it")
+                continue
             if name not in st:
                 P.append(f"/{pre}{name} is missing")
             elif st[name][0] != shape:
@@ -280,6 +287,12 @@ def _check(rep: Report) -> None:
             P.append(f"/{pre}{name} has no /model counterpart")
     if set(slots) & {"m", "v"} and not {"m", "v"} <= set(slots):
         P.append("AdamW state incomplete: need both /optimizer/m and /optimizer/v")
+
+
+def is_muon_matrix(name: str) -> bool:
+    """The tensors optim.name = muon updates with Muon (docs/formats.md)."""
+    return name.startswith("h/") and name.endswith(
+        ("/attn/c_attn/weight", "/attn/c_proj/weight", "/mlp/c_fc/weight", "/mlp/c_proj/weight"))
 
 
 def n_params(rep: Report) -> tuple[int, int]:

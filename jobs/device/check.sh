@@ -317,6 +317,14 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
         --resume none --run.name "curve_${be}_$pr" --train.steps 50 --checkpoint.every 0 \
         >"$RUN/curve_${be}_$pr.txt" 2>&1 || tail -8 "$RUN/curve_${be}_$pr.txt"
     done
+    # The same 50 steps with optim.name = muon (Newton-Schulz through cuBLAS, its element-wise
+    # kernels) on the GPU against the CPU's.
+    for v in "${variants[@]}"; do
+      read -r be pr <<<"$v"
+      timeout "$(tmo 90 150)" "$B/triad-train" --config "$W/tiny.ini" --run.backend "$be" --run.precision "$pr" \
+        --optim.name muon --resume none --run.name "curve_${be}_${pr}_muon" --train.steps 50 \
+        --checkpoint.every 0 >"$RUN/curve_${be}_${pr}_muon.txt" 2>&1 || tail -8 "$RUN/curve_${be}_${pr}_muon.txt"
+    done
     # Generation with the cache of keys and values (triad-generate --backend cuda, the decoding
     # attention kernel): greedy tokens of the same checkpoint on the CPU and the GPU, fp32 and
     # bf16, the prompt given as ids; fp32 should give the CPU's tokens, bf16 at least their start.
@@ -351,9 +359,12 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
     # and the loss in chunks of 24 tokens, and pp=2 under the zero-bubble schedule (the split
     # backward's cuBLASLt products) with GELU recomputation, in bf16.
     if [[ -x $DEV/mpi/bin/mpirun ]]; then
-      for name in dp tp pp zb; do
+      for name in dp tp pp zb tpmuon dpmuon; do
         extra=()
         [[ $name == tp ]] && extra=(--parallel.tp 2)
+        # Muon gathers the matrices' shards over tp, and its update's ZeRO slices over dp.
+        [[ $name == tpmuon ]] && extra=(--parallel.tp 2 --optim.name muon)
+        [[ $name == dpmuon ]] && extra=(--parallel.zero 1 --optim.name muon)
         [[ $name == pp ]] && extra=(--parallel.pp 2 --parallel.stage_layers 2,0 --train.recompute full
                                     --train.logits_chunk 24)
         [[ $name == zb ]] && extra=(--parallel.pp 2 --parallel.schedule zb-h1 --train.recompute gelu)
@@ -404,12 +415,23 @@ try:
     print(f"RESULT_NCCL 1 rank parallel.comm=nccl: {len(x)} steps, {'bit-identical to' if same else 'DIFFERS from'} comm=mpi")
 except Exception as e:
     print(f"RESULT_NCCL failed: {e}")
-for g in ("dp", "tp", "pp", "zb"):
-    what = "pp=2 zb-h1" if g == "zb" else f"{g}=2"
+try:
+    for v in ("cpu_fp32", "cuda_fp32", "cuda_bf16"):
+        with h5py.File(w / "runs" / f"curve_{v}_muon" / "metrics.h5", "r") as f:
+            l[v + "_muon"] = f["train/loss"][:]
+    for v in ("cuda_fp32", "cuda_bf16"):
+        a, b = l["cpu_fp32_muon"], l[v + "_muon"]
+        d = np.abs(a - b) / np.abs(a)
+        print(f"RESULT_MUON {v.split('_')[1]}: {len(b)} steps, max rel diff {d.max():.2e}, final cpu {a[-1]:.5f} gpu {b[-1]:.5f} (adamw {l[v][-1]:.5f})")
+except Exception as e:
+    print("RESULT_MUON failed:", e)
+for g in ("dp", "tp", "pp", "zb", "tpmuon", "dpmuon"):
+    what = {"zb": "pp=2 zb-h1", "tpmuon": "tp=2 muon", "dpmuon": "dp=2 zero muon"}.get(g, f"{g}=2")
+    ref = l.get("cuda_bf16_muon") if g.endswith("muon") else l["cuda_bf16"]
     try:
         with h5py.File(w / "runs" / f"curve_np2_{g}" / "metrics.h5", "r") as f:
             x = f["train/loss"][:]
-        d = np.abs(l["cuda_bf16"] - x) / np.abs(l["cuda_bf16"])
+        d = np.abs(ref - x) / np.abs(ref)
         print(f"RESULT_NP2 {what} on one GPU vs 1 rank (bf16): {len(x)} steps, max rel diff {d.max():.2e}")
     except Exception as e:
         print(f"RESULT_NP2 {what} failed: {e}")
@@ -426,9 +448,11 @@ EOF
     # The atomic variant and full activation recomputation last, and only while the peers
     # further down keep their time.
     for v in "bf16 16 12 deterministic none" "fp32 8 8 deterministic none" "bf16 16 12 atomic none" \
-             "bf16 16 12 deterministic full"; do
-      read -r pr mb steps fb recomp <<<"$v"
+             "bf16 16 12 deterministic full" "bf16 16 12 deterministic none muon"; do
+      read -r pr mb steps fb recomp opt <<<"$v"
+      opt=${opt:-adamw}
       tag=$pr; [[ $fb == atomic ]] && tag=${pr}_atomic; [[ $recomp != none ]] && tag=${pr}_recompute
+      [[ $opt == muon ]] && tag=${pr}_muon
       chunk=0; [[ $recomp != none ]] && chunk=2048  # the memory savers together: loss in 2048-token chunks
       if [[ $tag != "$pr" ]] && (( $(left) < 260 )); then
         echo "RESULT_124M_$tag skipped (time)"
@@ -440,7 +464,7 @@ EOF
         --model.seq_len 1024 --train.steps "$steps" --train.batch_size "$mb" --train.micro_batch_size "$mb" \
         --train.warmup_steps 1 --data.train "$W/data124/train_*.bin" --eval.sequences 0 \
         --checkpoint.every 0 --run.dir "$W/runs" --run.name "gpt124_$tag" --run.backend cuda \
-        --run.precision "$pr" --train.recompute "$recomp" --train.logits_chunk "$chunk" --resume none \
+        --run.precision "$pr" --train.recompute "$recomp" --train.logits_chunk "$chunk" --optim.name "$opt" --resume none \
         >"$RUN/gpt124_$tag.txt" 2>&1; rc=$?
       grep -E '^triad:|^device:|^step' "$RUN/gpt124_$tag.txt" | head -14; [[ $rc == 0 ]] || tail -8 "$RUN/gpt124_$tag.txt"
       tps=$(grep -E '^step +([5-9]|1[0-9])/' "$RUN/gpt124_$tag.txt" | sed -n 's/.*| \([0-9]*\) tok\/s.*/\1/p' | sort -n | sed -n '2p')
@@ -468,7 +492,7 @@ EOF
   ) 2>&1 | tee "$RUN/gpu.txt"
   GPU_EVAL=$(sed -n 's/^RESULT_EVAL //p' "$RUN/gpu.txt" | paste -sd';' -)
   GPU_CURVE=$(sed -n 's/^RESULT_CURVE //p' "$RUN/gpu.txt" | paste -sd';' -)
-  GPU_124M=$(sed -n 's/^RESULT_124M_bf16 //p' "$RUN/gpu.txt")"; atomic dQ: $(sed -n 's/^RESULT_124M_bf16_atomic //p' "$RUN/gpu.txt")"; GPU_124M32=$(sed -n 's/^RESULT_124M_fp32 //p' "$RUN/gpu.txt")
+  GPU_124M=$(sed -n 's/^RESULT_124M_bf16 //p' "$RUN/gpu.txt")"; atomic dQ: $(sed -n 's/^RESULT_124M_bf16_atomic //p' "$RUN/gpu.txt"); muon: $(sed -n 's/^RESULT_124M_bf16_muon //p' "$RUN/gpu.txt")"; GPU_124M32=$(sed -n 's/^RESULT_124M_fp32 //p' "$RUN/gpu.txt")
 fi
 res "ckpt val loss CPU vs GPU" "${GPU_EVAL:-failed}"
 res "50 steps GPU vs CPU" "${GPU_CURVE:-failed}"
@@ -476,6 +500,7 @@ GEN_ROW=$(sed -n 's/^RESULT_GEN //p' "$RUN/gpu.txt" 2>/dev/null)
 res "generation on the GPU" "${GEN_ROW:-not run}"
 CHOICE_ROW=$(sed -n 's/^RESULT_CHOICES //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)
 res "multiple choice on the GPU" "${CHOICE_ROW:-failed}"
+res "Muon 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_MUON //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "2 ranks on one GPU" "$(sed -n 's/^RESULT_NP2 //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "NCCL Comm in training" "$(sed -n 's/^RESULT_NCCL //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -) ($(sed -n 's/^RESULT_NCCL_LINE //p' "$RUN/gpu.txt" 2>/dev/null))"
 res "triad 124M bf16 GPU" "${GPU_124M:-failed}"

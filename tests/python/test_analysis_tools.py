@@ -92,6 +92,24 @@ def _datasets(f):
     return out
 
 
+def test_ckpt_verifies_a_muon_checkpoint(tmp_path):
+    """optim.name = muon keeps momentum for the hidden matrices and m, v for the rest."""
+    cfg = tiny_config(tmp_path, name="mu", vocab=VOCAB)
+    train("--config", cfg, "--train.steps", 3, "--optim.name", "muon", check=True)
+    ck = tmp_path / "runs" / "mu" / "ckpt" / "step_00000003.h5"
+    p = tool("triad-ckpt", ck)
+    assert p.returncode == 0 and "status: OK" in p.stdout, p.stdout + p.stderr
+    bad = tmp_path / "bad.h5"
+    shutil.copy(ck, bad)
+    with h5py.File(bad, "r+") as f:
+        del f["optimizer/momentum/h/0/mlp/c_fc/weight"]
+        f["optimizer/momentum/h/0/ln_1/weight"] = f["optimizer/m/h/0/ln_1/weight"][()]
+    p = tool("triad-ckpt", bad)
+    assert p.returncode != 0
+    assert "/optimizer/momentum/h/0/mlp/c_fc/weight is missing" in p.stdout + p.stderr
+    assert "/optimizer/momentum/h/0/ln_1/weight: Muon keeps m and v for it" in p.stdout + p.stderr
+
+
 def test_ckpt_diff_across_grids_compares_the_vocabulary_rows(runs):
     a = runs["r1"] / "ckpt" / "step_00000012.h5"
     b = runs["tp2"] / "ckpt" / "step_00000012.h5"
