@@ -106,13 +106,14 @@ MuonMatrices::MuonMatrices(const OptimConfig& cfg, const std::vector<ParamSpec>&
     if (lo >= hi) continue;
     Matrix mtx{&s, lo, hi, gathered_blocks(s, tps),
                float(muon_lr_scale(cfg.muon_adjust_lr, s.shape[0], s.shape[1]))};
-    TRIAD_CHECK(s.shape[0] <= s.shape[1] || mtx.blocks == 1, "internal error: Muon matrix ",
-                s.name, " is split by columns and taller than wide");
+    TRIAD_CHECK(s.shape[0] <= s.shape[1] || mtx.blocks == 1, "internal error: Muon matrix ", s.name,
+                " is split by columns and taller than wide");
     matrices_.push_back(mtx);
     runs_.push_back({lo - begin_, hi - begin_, float(cfg.weight_decay)});
   }
-  std::sort(runs_.begin(), runs_.end(),
-            [](const Backend::UpdateRun& a, const Backend::UpdateRun& b) { return a.begin < b.begin; });
+  std::sort(
+      runs_.begin(), runs_.end(),
+      [](const Backend::UpdateRun& a, const Backend::UpdateRun& b) { return a.begin < b.begin; });
   // Sized for every matrix of the layout, not only those in [begin, end): the same on every
   // rank of a stage, as the run plan counts it.
   const auto [most, most_k] = scratch_sizes(specs_, tps);
@@ -142,7 +143,9 @@ void MuonMatrices::update(float* params, const float* grads, float* momentum, fl
     dp_->all_gather(u, workspace, end_ - begin_);
   }
   // u of the tensor at buffer offset o (whole: begin_ <= o when not gathered).
-  auto local = [&](size_t o) -> const float* { return gathered ? workspace + o : u + (o - begin_); };
+  auto local = [&](size_t o) -> const float* {
+    return gathered ? workspace + o : u + (o - begin_);
+  };
   const int tps = tp_ != nullptr ? tp_->size() : 1;
   for (const auto& mtx : matrices_) {
     const ParamSpec& s = *mtx.spec;

@@ -380,7 +380,8 @@ void validate(const Config& c, int world_size) {
   check(o.eps > 0, "optim.eps", "must be > 0");
   check(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0");
   check(o.momentum >= 0 && o.momentum < 1, "optim.momentum", "must be in [0, 1)");
-  check(std::isfinite(o.muon_lr) && o.muon_lr >= 0, "optim.muon_lr", "must be a finite number >= 0");
+  check(std::isfinite(o.muon_lr) && o.muon_lr >= 0, "optim.muon_lr",
+        "must be a finite number >= 0");
   check(o.muon_momentum >= 0 && o.muon_momentum < 1, "optim.muon_momentum", "must be in [0, 1)");
   check(o.muon_ns_steps >= 1 && o.muon_ns_steps <= 100, "optim.muon_ns_steps",
         "must be in [1, 100]");

@@ -200,7 +200,8 @@ std::vector<TensorGroup> Trainer::State::groups(bool with_optimizer, bool for_sa
       const size_t first = zero ? shard_lo : 0;
       // Every rank keeps the same names (the reads and writes are collective).
       auto refs = tensor_refs(slot_base(sg.slot), first, !for_save && !zero);
-      std::erase_if(refs, [&](const TensorRef& t) { return !Optimizer::group_holds(sg.tensors, t.name); });
+      std::erase_if(
+          refs, [&](const TensorRef& t) { return !Optimizer::group_holds(sg.tensors, t.name); });
       g.push_back({"optimizer/" + sg.name, std::move(refs)});
     }
   }

@@ -102,19 +102,16 @@ size_t planned_bytes(const std::vector<std::string>& args, const Grid& g) {
 // single-rank run to fp32 rounding (the sums over a gathered matrix go in another order).
 TEST(ModelParallel, MuonMatchesOneRankOnEveryGrid) {
   const std::string dir = shared_dir("grid");
-  const std::vector<std::string> muon = {"--resume", "none", "--optim.name", "muon",
+  const std::vector<std::string> muon = {"--resume",        "none", "--optim.name", "muon",
                                          "--optim.muon_lr", "0.02"};
   const Result ref = run(dir, "muon_ref", Grid{}, muon);
   ASSERT_EQ(ref.losses.size(), 6u);
-  const std::vector<Grid> grids = {{2, 1, 1, 1, 2, "1f1b", 1},
-                                   {2, 1, 1, 0, 1, "1f1b", 1},
-                                   {1, 2, 1, 0, 1, "1f1b", 1},
-                                   {1, 4, 1, 1, 2, "1f1b", 1},
-                                   {1, 1, 2, 0, 4, "1f1b", 1},
-                                   {2, 2, 1, 1, 2, "1f1b", 1},
-                                   {2, 2, 2, 1, 2, "interleaved", 2},
-                                   {1, 2, 2, 0, 2, "1f1b", 1, true},
-                                   {4, 2, 1, 1, 1, "1f1b", 1}};
+  const std::vector<Grid> grids = {
+      {2, 1, 1, 1, 2, "1f1b", 1},        {2, 1, 1, 0, 1, "1f1b", 1},
+      {1, 2, 1, 0, 1, "1f1b", 1},        {1, 4, 1, 1, 2, "1f1b", 1},
+      {1, 1, 2, 0, 4, "1f1b", 1},        {2, 2, 1, 1, 2, "1f1b", 1},
+      {2, 2, 2, 1, 2, "interleaved", 2}, {1, 2, 2, 0, 2, "1f1b", 1, true},
+      {4, 2, 1, 1, 1, "1f1b", 1}};
   for (const Grid& g : grids) {
     if (g.ranks() > world_size()) continue;
     expect_same_training(run(dir, "muon_" + g.name(), g, muon), ref, "muon " + g.name());
@@ -381,10 +378,10 @@ TEST(ModelParallel, MemoryPlanEqualsWhatEachRankAllocates) {
     const std::string name = "plan_" + g.name() + "_" + variant;
     // "muon": the Muon optimizer (its Newton–Schulz scratch, its ZeRO gather) in bf16.
     const std::string precision = variant == "muon" ? "bf16" : variant;
-    const auto args = grid_args(dir, name, g,
-                                {"--resume", "none", "--train.steps", "1", "--run.precision",
-                                 precision, "--checkpoint.every", "0", "--optim.name",
-                                 variant == "muon" ? "muon" : "adamw"});
+    const auto args = grid_args(
+        dir, name, g,
+        {"--resume", "none", "--train.steps", "1", "--run.precision", precision,
+         "--checkpoint.every", "0", "--optim.name", variant == "muon" ? "muon" : "adamw"});
     std::vector<const char*> argv;
     for (const auto& a : args) argv.push_back(a.c_str());
     const RunPlan plan =

@@ -25,6 +25,10 @@ CASES = [
     ("bench-choices", ["--bogus"], "unknown option --bogus"),
     ("bench-choices", ["--examples", "-3"], "must be >= 1"),
     ("bench-checkpoint", ["--bogus"], "unknown option --bogus"),
+    ("bench-muon", ["--bogus"], "unknown option --bogus"),
+    ("bench-muon", ["--steps", "2"], "--steps >= 3"),
+    ("bench-muon", ["--model", "missing.ini"], "missing.ini: no such file"),
+    ("bench-muon", ["--threads"], "--threads needs a value"),
     ("bench-checkpoint", ["--repeat", "0"], "--repeat must be >= 1"),
     ("bench-checkpoint", ["--ranks", "1 two"], "--ranks must be counts"),
     # an option without its value
@@ -47,7 +51,7 @@ def test_bad_arguments_are_refused_up_front(script, args, needle):
 
 
 @pytest.mark.parametrize("script", ["bench-cpu", "bench-plan", "bench-recompute", "bench-generate",
-                                    "bench-choices", "bench-checkpoint"])
+                                    "bench-choices", "bench-checkpoint", "bench-muon"])
 def test_help(script):
     p = subprocess.run(["bash", str(REPO / "jobs" / f"{script}.sh"), "--help"],
                        capture_output=True, text=True, timeout=60, cwd=REPO)

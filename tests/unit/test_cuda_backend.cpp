@@ -26,8 +26,8 @@
 #include "../support/random_data.h"
 #include "triad/core/error.h"
 #include "triad/kernels/backend.h"
-#include "triad/optim/muon.h"
 #include "triad/kernels/cuda_backend.h"
+#include "triad/optim/muon.h"
 
 namespace triad {
 namespace {

@@ -23,7 +23,8 @@ Mat matmul(const Mat& a, const Mat& b, int r, int k, int c) {
   Mat out(size_t(r) * c, 0.0);
   for (int i = 0; i < r; ++i)
     for (int p = 0; p < k; ++p)
-      for (int j = 0; j < c; ++j) out[size_t(i) * c + j] += a[size_t(i) * k + p] * b[size_t(p) * c + j];
+      for (int j = 0; j < c; ++j)
+        out[size_t(i) * c + j] += a[size_t(i) * k + p] * b[size_t(p) * c + j];
   return out;
 }
 
@@ -72,8 +73,8 @@ struct Shape {
 
 TEST(Muon, NewtonSchulzMatchesTheDoubleReference) {
   auto be = make_cpu_backend();
-  for (const Shape s : {Shape{24, 40, 1}, Shape{32, 32, 1}, Shape{48, 16, 1}, Shape{16, 64, 4},
-                        Shape{20, 20, 2}}) {
+  for (const Shape s :
+       {Shape{24, 40, 1}, Shape{32, 32, 1}, Shape{48, 16, 1}, Shape{16, 64, 4}, Shape{20, 20, 2}}) {
     SCOPED_TRACE(::testing::Message() << s.m << "x" << s.n << " in " << s.blocks << " blocks");
     const size_t mn = size_t(s.m) * s.n, k = size_t(std::min(s.m, s.n));
     const std::vector<float> g = triad::testing::random_vec(mn, 7 + s.m + s.n, -0.3f, 0.3f);

@@ -55,8 +55,8 @@ class MuonMatrices {
   // One step with learning rate lr. grads, momentum and u hold the range [begin, end) (u is
   // scratch shaped like it). params and copy (bf16, may be null) are whole buffers. workspace:
   // a whole parameter buffer's worth of floats that may be overwritten (needed with dp).
-  void update(float* params, const float* grads, float* momentum, float* u, double lr,
-              bf16_t* copy, float grad_scale, float* workspace);
+  void update(float* params, const float* grads, float* momentum, float* u, double lr, bf16_t* copy,
+              float grad_scale, float* workspace);
 
   // Floats of scratch it allocates for these specs at tensor-parallel size tp (the run plan).
   static size_t scratch_floats(const std::vector<ParamSpec>& specs, int tp);

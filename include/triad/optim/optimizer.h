@@ -66,11 +66,13 @@ class Optimizer {
   float* slot(size_t i) { return slots_[i]; }
   size_t begin() const { return begin_; }
   size_t end() const { return end_; }
-  size_t state_bytes() const { return slots_.size() * (end_ - begin_) * sizeof(float) + scratch_bytes_; }
+  size_t state_bytes() const {
+    return slots_.size() * (end_ - begin_) * sizeof(float) + scratch_bytes_;
+  }
   // What an optimizer of this config over a range of n floats of a rank's layout `specs` at
   // tensor-parallel size tp allocates (the run plan's number).
-  static size_t state_bytes_for(const OptimConfig& cfg, size_t n, const std::vector<ParamSpec>& specs,
-                                int tp);
+  static size_t state_bytes_for(const OptimConfig& cfg, size_t n,
+                                const std::vector<ParamSpec>& specs, int tp);
   void reset();  // zero the state (fresh optimizer)
 
  private:

@@ -78,8 +78,7 @@ void sgd_update(float* p, const float* g, float* buf, size_t n, float lr, float 
                 bf16_t* copy, float grad_scale);
 void muon_momentum(float* buf, float* u, const float* g, size_t n, float mu, bool nesterov,
                    float grad_scale);
-void muon_apply(float* p, const float* o, size_t n, float lr, float wd, float scale,
-                bf16_t* copy);
+void muon_apply(float* p, const float* o, size_t n, float lr, float wd, float scale, bf16_t* copy);
 
 // ---- mixed precision (cpu_bf16.cpp): widen, run the fp32 kernel, round once --------------
 void zero_bf16(bf16_t* p, size_t n);

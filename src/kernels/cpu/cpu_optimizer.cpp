@@ -39,11 +39,11 @@ void sgd_update(float* p, const float* g, float* buf, size_t n, float lr, float 
 void muon_momentum(float* buf, float* u, const float* g, size_t n, float mu, bool nesterov,
                    float grad_scale) {
 #pragma omp parallel for simd schedule(static) if (n >= kParallelMin)
-  for (size_t i = 0; i < n; ++i) muon_momentum_element(buf[i], u[i], g[i] * grad_scale, mu, nesterov);
+  for (size_t i = 0; i < n; ++i)
+    muon_momentum_element(buf[i], u[i], g[i] * grad_scale, mu, nesterov);
 }
 
-void muon_apply(float* p, const float* o, size_t n, float lr, float wd, float scale,
-                bf16_t* copy) {
+void muon_apply(float* p, const float* o, size_t n, float lr, float wd, float scale, bf16_t* copy) {
   if (copy == nullptr) {
 #pragma omp parallel for simd schedule(static) if (n >= kParallelMin)
     for (size_t i = 0; i < n; ++i) muon_apply_element(p[i], o[i], lr, wd, scale);

@@ -221,8 +221,8 @@ void sgd_update(cudaStream_t s, float* p, const float* g, float* buf, size_t n, 
                 float momentum, float wd, bf16* copy, float grad_scale);
 void muon_momentum(cudaStream_t s, float* buf, float* u, const float* g, size_t n, float mu,
                    bool nesterov, float grad_scale);
-void muon_apply(cudaStream_t s, float* p, const float* o, size_t n, float lr, float wd,
-                float scale, bf16* copy);
+void muon_apply(cudaStream_t s, float* p, const float* o, size_t n, float lr, float wd, float scale,
+                bf16* copy);
 // Backend::adamw_update_runs in one kernel: each element finds its run by binary search in a
 // device copy of the run table (runs_device), uploaded again only when the table changes
 // (runs_host holds what is there).

@@ -29,7 +29,9 @@ __global__ void sgd_kernel(float* p, const float* g, float* buf, size_t n, float
 
 __global__ void muon_momentum_kernel(float* buf, float* u, const float* g, size_t n, float mu,
                                      bool nesterov, float grad_scale) {
-  TRIAD_GRID_STRIDE_LOOP(i, n) { muon_momentum_element(buf[i], u[i], g[i] * grad_scale, mu, nesterov); }
+  TRIAD_GRID_STRIDE_LOOP(i, n) {
+    muon_momentum_element(buf[i], u[i], g[i] * grad_scale, mu, nesterov);
+  }
 }
 
 __global__ void muon_apply_kernel(float* p, const float* o, size_t n, float lr, float wd,
@@ -116,8 +118,8 @@ void muon_momentum(cudaStream_t s, float* buf, float* u, const float* g, size_t 
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
-void muon_apply(cudaStream_t s, float* p, const float* o, size_t n, float lr, float wd,
-                float scale, bf16* copy) {
+void muon_apply(cudaStream_t s, float* p, const float* o, size_t n, float lr, float wd, float scale,
+                bf16* copy) {
   if (n == 0) return;
   muon_apply_kernel<<<grid_for(n), kBlock, 0, s>>>(p, o, n, lr, wd, scale, copy);
   TRIAD_CUDA_CHECK_LAUNCH();
