@@ -86,47 +86,87 @@ std::pair<size_t, size_t> scratch_sizes(const std::vector<ParamSpec>& specs, int
   }
   return {most, most_k};
 }
+
+size_t largest_shard(const std::vector<ParamSpec>& specs) {
+  size_t most = 0;
+  for (const auto& s : specs)
+    if (muon_updates(s.name)) most = std::max(most, s.numel);
+  return most;
+}
 }  // namespace
 
-size_t MuonMatrices::scratch_floats(const std::vector<ParamSpec>& specs, int tp) {
+std::vector<MuonRound> muon_rounds(const std::vector<ParamSpec>& specs, int dp) {
+  std::vector<size_t> order;
+  for (size_t i = 0; i < specs.size(); ++i)
+    if (muon_updates(specs[i].name)) order.push_back(i);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return specs[a].numel > specs[b].numel; });
+  std::vector<MuonRound> rounds;
+  for (size_t i = 0; i < order.size(); i += size_t(dp)) {
+    MuonRound r;
+    for (size_t j = i; j < std::min(order.size(), i + size_t(dp)); ++j) r.specs.push_back(order[j]);
+    r.count = specs[r.specs.front()].numel;
+    rounds.push_back(std::move(r));
+  }
+  return rounds;
+}
+
+size_t MuonMatrices::scratch_floats(const std::vector<ParamSpec>& specs, int tp, int dp) {
   const auto [most, most_k] = scratch_sizes(specs, tp);
-  return most == 0 ? 0 : 2 * most + 2 * most_k;  // x, y, a, a2
+  if (most == 0) return 0;
+  const size_t shard = dp > 1 ? largest_shard(specs) : 0;
+  return 2 * most + 2 * most_k + shard * size_t(1 + dp);  // x, y, a, a2; send, recv
 }
 
 MuonMatrices::MuonMatrices(const OptimConfig& cfg, const std::vector<ParamSpec>& specs,
-                           size_t begin, size_t end, Backend& be, Comm* dp, Comm* tp)
-    : cfg_(cfg), begin_(begin), end_(end), be_(be), dp_(dp), tp_(tp), specs_(specs) {
-  const int tps = tp != nullptr ? tp->size() : 1;
-  for (const auto& s : specs_) {
+                           size_t begin, size_t end, Backend& be, Comm* dp, Comm* tp,
+                           bool zero_slice)
+    : cfg_(cfg),
+      begin_(begin),
+      end_(end),
+      be_(be),
+      dp_(dp),
+      tp_(tp),
+      zero_slice_(zero_slice),
+      specs_(specs) {
+  const int tps = tp != nullptr ? tp->size() : 1, dps = dp != nullptr ? dp->size() : 1;
+  TRIAD_CHECK(!zero_slice || dps > 1 || begin == 0, "internal error: a ZeRO slice needs its group");
+  matrices_.assign(specs_.size(), Matrix{nullptr, 0, 0, 1, 1.0f});
+  for (size_t i = 0; i < specs_.size(); ++i) {
+    const ParamSpec& s = specs_[i];
     if (!muon_updates(s.name)) continue;
     TRIAD_CHECK(s.shape.size() == 2, "internal error: Muon matrix ", s.name, " is not 2-D");
-    TRIAD_CHECK(s.split_axis < 0 || (s.split_axis == 1 ? s.split_blocks == 1 : true),
-                "internal error: Muon cannot gather ", s.name);
+    TRIAD_CHECK(s.split_axis != 1 || s.split_blocks == 1, "internal error: Muon cannot gather ",
+                s.name);
     const size_t lo = std::max(begin_, s.offset), hi = std::min(end_, s.offset + s.numel);
-    if (lo >= hi) continue;
-    Matrix mtx{&s, lo, hi, gathered_blocks(s, tps),
+    Matrix mtx{&s, lo, std::max(lo, hi), gathered_blocks(s, tps),
                float(muon_lr_scale(cfg.muon_adjust_lr, s.shape[0], s.shape[1]))};
-    TRIAD_CHECK(s.shape[0] <= s.shape[1] || mtx.blocks == 1, "internal error: Muon matrix ", s.name,
-                " is split by columns and taller than wide");
-    matrices_.push_back(mtx);
-    runs_.push_back({lo - begin_, hi - begin_, float(cfg.weight_decay)});
+    TRIAD_CHECK(s.shape[0] <= s.shape[1] || mtx.blocks == 1, "internal error: Muon matrix ",
+                s.name, " is split by columns and taller than wide");
+    matrices_[i] = mtx;
+    if (lo < hi) runs_.push_back({lo - begin_, hi - begin_, float(cfg.weight_decay)});
   }
   std::sort(
       runs_.begin(), runs_.end(),
       [](const Backend::UpdateRun& a, const Backend::UpdateRun& b) { return a.begin < b.begin; });
-  // Sized for every matrix of the layout, not only those in [begin, end): the same on every
-  // rank of a stage, as the run plan counts it.
+  rounds_ = muon_rounds(specs_, dps);
+  // Sized for every matrix of the layout: the same on every rank of a stage, as the run plan
+  // counts it.
   const auto [most, most_k] = scratch_sizes(specs_, tps);
   if (most > 0) {
     x_ = be_.alloc(most);
     y_ = be_.alloc(most);
     a_ = be_.alloc(most_k);
     a2_ = be_.alloc(most_k);
+    if (dps > 1) {
+      send_ = be_.alloc(largest_shard(specs_));
+      recv_ = be_.alloc(largest_shard(specs_) * size_t(dps));
+    }
   }
 }
 
 MuonMatrices::~MuonMatrices() {
-  for (float* p : {x_, y_, a_, a2_})
+  for (float* p : {x_, y_, a_, a2_, send_, recv_})
     if (p != nullptr) be_.free(p);
 }
 
@@ -135,9 +175,10 @@ void MuonMatrices::update(float* params, const float* grads, float* momentum, fl
   for (const auto& r : runs_)
     be_.muon_momentum(momentum + r.begin, u + r.begin, grads + r.begin, r.end - r.begin,
                       float(cfg_.muon_momentum), cfg_.muon_nesterov, grad_scale);
-  // Every local matrix's u, whole on this rank: its ZeRO slices gathered over dp (u is laid out
-  // as [begin, end) of the parameter buffer, so the gather rebuilds the buffer's layout).
-  const bool gathered = dp_ != nullptr && dp_->size() > 1;
+  const int dps = dp_ != nullptr ? dp_->size() : 1, tps = tp_ != nullptr ? tp_->size() : 1;
+  // Every local matrix's u, whole on this rank: under ZeRO its slices gathered over dp (u is
+  // laid out as [begin, end) of the parameter buffer, so the gather rebuilds the buffer's layout).
+  const bool gathered = zero_slice_ && dps > 1;
   if (gathered) {
     TRIAD_CHECK(workspace != nullptr, "internal error: Muon under ZeRO needs a workspace");
     dp_->all_gather(u, workspace, end_ - begin_);
@@ -146,20 +187,39 @@ void MuonMatrices::update(float* params, const float* grads, float* momentum, fl
   auto local = [&](size_t o) -> const float* {
     return gathered ? workspace + o : u + (o - begin_);
   };
-  const int tps = tp_ != nullptr ? tp_->size() : 1;
-  for (const auto& mtx : matrices_) {
-    const ParamSpec& s = *mtx.spec;
-    const bool split = tps > 1 && s.split_axis >= 0;
-    if (split)
-      tp_->all_gather(local(s.offset), x_, s.numel);
-    else
-      be_.copy(x_, local(s.offset), s.numel);
-    newton_schulz(be_, x_, y_, a_, a2_, s.shape[0], s.shape[1], split ? mtx.blocks : 1,
-                  cfg_.muon_ns_steps);
-    // This rank's shard of O is the tp_rank-th block of what was gathered.
-    const float* o = x_ + (split ? size_t(tp_->rank()) * s.numel : 0) + (mtx.lo - s.offset);
-    be_.muon_apply(params + mtx.lo, o, mtx.hi - mtx.lo, float(lr), float(cfg_.weight_decay),
-                   mtx.scale, copy != nullptr ? copy + mtx.lo : nullptr);
+  const int k = dps > 1 ? dp_->rank() : 0;
+  for (const auto& round : rounds_) {
+    // This rank's matrix of the round, if the round has one for it: the whole matrix's NS, and
+    // this rank's tp shard of the result (the tp_rank-th block of what was gathered).
+    const float* own = nullptr;
+    if (size_t(k) < round.specs.size()) {
+      const Matrix& mtx = matrices_[round.specs[size_t(k)]];
+      const ParamSpec& s = *mtx.spec;
+      const bool split = tps > 1 && s.split_axis >= 0;
+      if (split)
+        tp_->all_gather(local(s.offset), x_, s.numel);
+      else
+        be_.copy(x_, local(s.offset), s.numel);
+      newton_schulz(be_, x_, y_, a_, a2_, s.shape[0], s.shape[1], split ? mtx.blocks : 1,
+                    cfg_.muon_ns_steps);
+      own = x_ + (split ? size_t(tp_->rank()) * s.numel : 0);
+      if (dps > 1) be_.copy(send_, own, s.numel);
+    }
+    // Round matrix i's shard of O at results + i·stride.
+    const float* results = own;
+    size_t stride = 0;
+    if (dps > 1) {
+      dp_->all_gather(send_, recv_, round.count);
+      results = recv_;
+      stride = round.count;
+    }
+    for (size_t i = 0; i < round.specs.size(); ++i) {
+      const Matrix& mtx = matrices_[round.specs[i]];
+      if (mtx.lo >= mtx.hi) continue;  // none of its elements in [begin, end)
+      const float* o = results + i * stride + (mtx.lo - mtx.spec->offset);
+      be_.muon_apply(params + mtx.lo, o, mtx.hi - mtx.lo, float(lr), float(cfg_.weight_decay),
+                     mtx.scale, copy != nullptr ? copy + mtx.lo : nullptr);
+    }
   }
 }
 

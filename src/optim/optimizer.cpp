@@ -45,22 +45,23 @@ size_t slots_of(const OptimConfig& cfg) {
 }  // namespace
 
 size_t Optimizer::state_bytes_for(const OptimConfig& cfg, size_t n,
-                                  const std::vector<ParamSpec>& specs, int tp) {
-  const size_t scratch = cfg.name == "muon" ? MuonMatrices::scratch_floats(specs, tp) : 0;
+                                  const std::vector<ParamSpec>& specs, int tp, int dp) {
+  const size_t scratch = cfg.name == "muon" ? MuonMatrices::scratch_floats(specs, tp, dp) : 0;
   return (slots_of(cfg) * std::max<size_t>(1, n) + scratch) * sizeof(float);
 }
 
 Optimizer::Optimizer(const OptimConfig& cfg, const std::vector<ParamSpec>& specs, size_t begin,
-                     size_t end, Backend& be, Comm* dp, Comm* tp)
+                     size_t end, Backend& be, Comm* dp, Comm* tp, bool zero_slice)
     : cfg_(cfg), begin_(begin), end_(end), be_(be) {
   TRIAD_ASSERT(begin <= end);
   for (size_t i = 0; i < slots_of(cfg); ++i)
     slots_.push_back(be_.alloc(std::max<size_t>(1, end - begin)));
   const bool muon = cfg.name == "muon";
   if (muon) {
-    muon_ = std::make_unique<MuonMatrices>(cfg, specs, begin, end, be, dp, tp);
-    scratch_bytes_ =
-        MuonMatrices::scratch_floats(specs, tp != nullptr ? tp->size() : 1) * sizeof(float);
+    muon_ = std::make_unique<MuonMatrices>(cfg, specs, begin, end, be, dp, tp, zero_slice);
+    scratch_bytes_ = MuonMatrices::scratch_floats(specs, tp != nullptr ? tp->size() : 1,
+                                                  dp != nullptr ? dp->size() : 1) *
+                     sizeof(float);
   }
   for (const auto& s : specs) {
     if (muon && muon_updates(s.name)) continue;

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "triad/core/error.h"
+#include "triad/optim/muon.h"
 #include "triad/optim/optimizer.h"
 #include "triad/parallel/pipeline_schedule.h"
 
@@ -97,7 +98,7 @@ RunPlan plan_run(const Config& cfg, int world_size) {
     // The trainer's optimizer and ZeRO slice (Trainer::State::setup_model).
     const bool zero = cfg.parallel.zero == 1;
     const size_t range = zero ? m.model.buffer_floats / size_t(p.grid.dp) : m.model.buffer_floats;
-    m.optimizer = Optimizer::state_bytes_for(cfg.optim, range, specs, p.grid.tp);
+    m.optimizer = Optimizer::state_bytes_for(cfg.optim, range, specs, p.grid.tp, p.grid.dp);
     m.grad_shard = zero ? range * sizeof(float) : 0;
     m.flops_per_token = stage_flops_per_token(specs, shape, mp, m.layers);
     m.recompute_flops_per_token = Gpt::recompute_flops_per_token(shape, mp, p.recompute);
@@ -114,13 +115,19 @@ RunPlan plan_run(const Config& cfg, int world_size) {
       m.dp_all_gather = range * (zero_gathers_bf16(cfg) ? sizeof(bf16_t) : sizeof(float));
       // A ring moves (dp−1)/dp of the buffer for the reduce-scatter and receives the dp−1 other
       // slices of the gather.
-      // Muon gathers its update's slices too (optim/muon.h), in fp32.
-      if (cfg.optim.name == "muon") m.dp_all_gather += range * sizeof(float);
       m.dp_wire_bytes =
           (d - 1) / d * double(m.dp_reduce_scatter) + (d - 1) * double(m.dp_all_gather);
     } else if (p.grid.dp > 1) {
       m.dp_all_reduce = m.model.param_floats * sizeof(float);
       m.dp_wire_bytes = 2 * (d - 1) / d * double(m.dp_all_reduce);
+    }
+    if (cfg.optim.name == "muon" && p.grid.dp > 1) {
+      // Muon's all-gathers (optim/muon.h), fp32: under ZeRO its update's slices, then in each
+      // round of dp matrices the ranks' Newton–Schulz results (the round's largest shard each).
+      size_t muon = zero ? range : 0;
+      for (const auto& r : muon_rounds(specs, p.grid.dp)) muon += r.count;
+      m.dp_all_gather += muon * sizeof(float);
+      m.dp_wire_bytes += (d - 1) * double(muon * sizeof(float));
     }
     p.stages.push_back(m);
   }

@@ -114,11 +114,11 @@ void Trainer::State::setup_model() {
   shard_hi = shard_lo + S;
   if (cfg.parallel.zero == 1) {
     opt = std::make_unique<Optimizer>(cfg.optim, model->specs(), shard_lo, shard_hi, *be,
-                                      &grid.dp(), &grid.tp());
+                                      &grid.dp(), &grid.tp(), true);
     grad_shard = be->alloc(S);
   } else {
     opt = std::make_unique<Optimizer>(cfg.optim, model->specs(), 0, model->buffer_floats(), *be,
-                                      nullptr, &grid.tp());
+                                      &grid.dp(), &grid.tp(), false);
   }
   // The gradient norm counts each parameter once: not the tensor-parallel replicas, not the
   // head's copy of wte. Adjacent counted tensors merge into one range (alignment gaps hold 0).

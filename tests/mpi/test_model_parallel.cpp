@@ -372,7 +372,9 @@ TEST(ModelParallel, MemoryPlanEqualsWhatEachRankAllocates) {
       {{1, 1, 4, 1, 4, "1f1b", 1}, "bf16"},       {{2, 2, 1, 0, 1, "1f1b", 1}, "bf16"},
       {{2, 1, 2, 0, 2, "gpipe", 1}, "fp32"},      {{1, 2, 2, 0, 4, "zb-h1", 1, true}, "bf16"},
       {{1, 1, 4, 0, 4, "zb-h1", 1}, "fp32"},      {{1, 1, 1, 0, 1, "1f1b", 1}, "muon"},
-      {{2, 2, 1, 1, 1, "1f1b", 1}, "muon"},       {{1, 2, 2, 0, 2, "1f1b", 1}, "muon"}};
+      {{2, 2, 1, 1, 1, "1f1b", 1}, "muon"},       {{1, 2, 2, 0, 2, "1f1b", 1}, "muon"},
+      {{2, 1, 2, 0, 2, "1f1b", 1}, "muon"},       {{4, 1, 1, 1, 1, "1f1b", 1}, "muon"},
+      {{1, 1, 1, 1, 1, "1f1b", 1}, "muon"}};
   for (const auto& [g, variant] : grids) {
     if (g.ranks() > world_size()) continue;
     const std::string name = "plan_" + g.name() + "_" + variant;

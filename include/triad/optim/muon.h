@@ -7,11 +7,14 @@
 // W = W (1 − lr wd) − lr · s · O with s = sqrt(max(1, m/n)) (original) or 0.2 sqrt(max(m, n))
 // (match_rms_adamw).
 //
-// NS needs the whole matrix. Under tensor parallelism each rank gathers the tp shards of u (its
-// rank's rows or columns) and runs NS on the whole (every rank the same work; a matrix split by
-// rows is gathered in a row order of its own, which NS does not mind: it commutes with row and
-// column permutations). Under ZeRO-1 the data-parallel slices of u are gathered first. Each rank
-// then applies O to the part of W it updates.
+// NS needs the whole matrix. Under ZeRO-1 the data-parallel slices of u are gathered first.
+// The data-parallel ranks share the NS work out: the matrices go in rounds of dp (largest
+// first), rank k of the dp group takes the k-th of each round, and an all-gather over dp hands
+// every rank the results of the round. For its matrix a rank gathers the tp shards of u (its
+// tensor-parallel peers, which take the same matrix, do the same) and runs NS on the whole (a
+// matrix split by rows is gathered in a row order of its own, which NS does not mind: it
+// commutes with row and column permutations); what it contributes to the all-gather is its
+// own tp shard of O. Each rank then applies O to the part of W it updates.
 #pragma once
 
 #include <cstdint>
@@ -38,13 +41,23 @@ void newton_schulz(Backend& be, float* x, float* y, float* a, float* a2, int64_t
 // The learning-rate factor s of a [rows, cols] matrix (optim.muon_adjust_lr).
 double muon_lr_scale(const std::string& adjust, int64_t rows, int64_t cols);
 
+// The rounds in which the data-parallel ranks share out NS (see above): indices into specs of
+// the Muon matrices, at most dp per round, largest local shard first; `count` is the largest
+// local shard of the round (the all-gather's count per rank).
+struct MuonRound {
+  std::vector<size_t> specs;
+  size_t count = 0;
+};
+std::vector<MuonRound> muon_rounds(const std::vector<ParamSpec>& specs, int dp);
+
 class MuonMatrices {
  public:
-  // The matrices of `specs` (one rank's layout) with elements inside [begin, end) of the
-  // parameter buffer. dp: the data-parallel group when [begin, end) is this rank's ZeRO slice
-  // (else nullptr); tp: the tensor-parallel group (nullptr or size 1: whole matrices).
+  // The matrices of `specs` (one rank's layout); it updates their elements inside [begin, end)
+  // of the parameter buffer. dp: the data-parallel group (nullptr or size 1: no sharing);
+  // zero_slice: [begin, end) is this rank's ZeRO-1 slice, the dp group's ranks holding the
+  // others; tp: the tensor-parallel group (nullptr or size 1: whole matrices).
   MuonMatrices(const OptimConfig& cfg, const std::vector<ParamSpec>& specs, size_t begin,
-               size_t end, Backend& be, Comm* dp, Comm* tp);
+               size_t end, Backend& be, Comm* dp, Comm* tp, bool zero_slice);
   ~MuonMatrices();
   MuonMatrices(const MuonMatrices&) = delete;
   MuonMatrices& operator=(const MuonMatrices&) = delete;
@@ -58,13 +71,14 @@ class MuonMatrices {
   void update(float* params, const float* grads, float* momentum, float* u, double lr, bf16_t* copy,
               float grad_scale, float* workspace);
 
-  // Floats of scratch it allocates for these specs at tensor-parallel size tp (the run plan).
-  static size_t scratch_floats(const std::vector<ParamSpec>& specs, int tp);
+  // Floats of scratch it allocates for these specs at tensor-parallel size tp and data-parallel
+  // size dp (the run plan).
+  static size_t scratch_floats(const std::vector<ParamSpec>& specs, int tp, int dp);
 
  private:
   struct Matrix {
     const ParamSpec* spec;
-    size_t lo, hi;  // its elements inside [begin, end), as buffer offsets
+    size_t lo, hi;  // its elements inside [begin, end), as buffer offsets (may be empty)
     int blocks;     // column blocks of the gathered matrix
     float scale;    // muon_lr_scale
   };
@@ -73,10 +87,13 @@ class MuonMatrices {
   Backend& be_;
   Comm* dp_;
   Comm* tp_;
+  bool zero_slice_;
   std::vector<ParamSpec> specs_;
-  std::vector<Matrix> matrices_;
+  std::vector<Matrix> matrices_;  // by spec index; spec == nullptr: not a Muon matrix
+  std::vector<MuonRound> rounds_;
   std::vector<Backend::UpdateRun> runs_;
   float *x_ = nullptr, *y_ = nullptr, *a_ = nullptr, *a2_ = nullptr;
+  float *send_ = nullptr, *recv_ = nullptr;  // the rounds' all-gather (dp > 1)
 };
 
 }  // namespace triad

@@ -29,13 +29,14 @@ class MuonMatrices;
 
 // Updates the parameters of the flat range [begin, end) of the parameter buffer: the whole
 // buffer without ZeRO, this data-parallel rank's slice with ZeRO-1 (then the optimizer state
-// exists only for that slice, and shrinks as 1/dp). optim.name = muon: Muon on the hidden
-// matrices (optim/muon.h), AdamW on the rest; it gathers whole matrices over tp (the
-// tensor-parallel group) and, when [begin, end) is a ZeRO slice, over dp.
+// exists only for that slice, and shrinks as 1/dp; zero_slice says so). optim.name = muon:
+// Muon on the hidden matrices (optim/muon.h), AdamW on the rest; it gathers whole matrices over
+// tp (the tensor-parallel group) and shares its Newton–Schulz work out over dp (the
+// data-parallel group, which also holds the other ZeRO slices).
 class Optimizer {
  public:
   Optimizer(const OptimConfig& cfg, const std::vector<ParamSpec>& specs, size_t begin, size_t end,
-            Backend& be, Comm* dp = nullptr, Comm* tp = nullptr);
+            Backend& be, Comm* dp = nullptr, Comm* tp = nullptr, bool zero_slice = false);
   ~Optimizer();
   Optimizer(const Optimizer&) = delete;
   Optimizer& operator=(const Optimizer&) = delete;
@@ -70,9 +71,9 @@ class Optimizer {
     return slots_.size() * (end_ - begin_) * sizeof(float) + scratch_bytes_;
   }
   // What an optimizer of this config over a range of n floats of a rank's layout `specs` at
-  // tensor-parallel size tp allocates (the run plan's number).
+  // tensor-parallel size tp and data-parallel size dp allocates (the run plan's number).
   static size_t state_bytes_for(const OptimConfig& cfg, size_t n,
-                                const std::vector<ParamSpec>& specs, int tp);
+                                const std::vector<ParamSpec>& specs, int tp, int dp);
   void reset();  // zero the state (fresh optimizer)
 
  private:
