@@ -141,8 +141,8 @@ MuonMatrices::MuonMatrices(const OptimConfig& cfg, const std::vector<ParamSpec>&
     const size_t lo = std::max(begin_, s.offset), hi = std::min(end_, s.offset + s.numel);
     Matrix mtx{&s, lo, std::max(lo, hi), gathered_blocks(s, tps),
                float(muon_lr_scale(cfg.muon_adjust_lr, s.shape[0], s.shape[1]))};
-    TRIAD_CHECK(s.shape[0] <= s.shape[1] || mtx.blocks == 1, "internal error: Muon matrix ",
-                s.name, " is split by columns and taller than wide");
+    TRIAD_CHECK(s.shape[0] <= s.shape[1] || mtx.blocks == 1, "internal error: Muon matrix ", s.name,
+                " is split by columns and taller than wide");
     matrices_[i] = mtx;
     if (lo < hi) runs_.push_back({lo - begin_, hi - begin_, float(cfg.weight_decay)});
   }
