@@ -599,6 +599,8 @@ CheckpointState read_state(hid_t file) {
   TRIAD_CHECK(config.has_value(), "attribute config of / is missing");
   s.config = *config;
   s.grid = io::read_string_attr(file, "grid").value_or("");
+  s.loss_window = io::read_doubles_attr(file, "loss_window").value_or(std::vector<double>{});
+  s.norm_window = io::read_doubles_attr(file, "grad_norm_window").value_or(std::vector<double>{});
 
   TRIAD_CHECK(io::link_exists(file, "model"), "group /model is missing");
   H5Id model = io::own_group(H5Gopen2(file, "model", H5P_DEFAULT), "cannot open group /model");
@@ -896,6 +898,8 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
         io::write_int64_attr(file, "epoch", state.epoch);
         io::write_string_attr(file, "config", state.config);
         io::write_string_attr(file, "grid", state.grid);
+        io::write_doubles_attr(file, "loss_window", state.loss_window);
+        io::write_doubles_attr(file, "grad_norm_window", state.norm_window);
 
         H5Id lcpl = io::make_plist(H5P_LINK_CREATE);
         h5check(H5Pset_create_intermediate_group(lcpl, 1), "cannot set up link creation");

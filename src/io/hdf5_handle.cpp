@@ -177,6 +177,30 @@ std::optional<double> read_double_attr(hid_t loc, const std::string& name) {
   return v;
 }
 
+void write_doubles_attr(hid_t loc, const std::string& name, const std::vector<double>& values) {
+  const std::string what = "cannot write attribute " + name;
+  if (attr_exists(loc, name)) h5check(H5Adelete(loc, name.c_str()), what);
+  const hsize_t n = values.size();
+  H5Id space = own_dataspace(H5Screate_simple(1, &n, nullptr), what);
+  H5Id attr = own_attribute(
+      H5Acreate2(loc, name.c_str(), H5T_IEEE_F64LE, space, H5P_DEFAULT, H5P_DEFAULT), what);
+  if (n > 0) h5check(H5Awrite(attr, H5T_NATIVE_DOUBLE, values.data()), what);
+  attr.close(what);
+}
+
+std::optional<std::vector<double>> read_doubles_attr(hid_t loc, const std::string& name) {
+  if (!attr_exists(loc, name)) return std::nullopt;
+  const std::string what = "cannot read attribute " + name;
+  H5Id attr = own_attribute(H5Aopen(loc, name.c_str(), H5P_DEFAULT), what);
+  TRIAD_CHECK(attr_class(attr, name) == H5T_FLOAT, "attribute ", name, " is not a float array");
+  H5Id space = own_dataspace(H5Aget_space(attr), what);
+  TRIAD_CHECK(h5check(H5Sget_simple_extent_ndims(space), what) == 1, "attribute ", name,
+              " is not 1-D");
+  std::vector<double> v(size_t(h5check(H5Sget_simple_extent_npoints(space), what)));
+  if (!v.empty()) h5check(H5Aread(attr, H5T_NATIVE_DOUBLE, v.data()), what);
+  return v;
+}
+
 std::vector<hsize_t> dataset_dims(hid_t dset) {
   const std::string what = "cannot read the shape of a dataset";
   H5Id space = own_dataspace(H5Dget_space(dset), what);

@@ -112,6 +112,9 @@ void write_double_attr(hid_t loc, const std::string& name, double value);
 std::optional<std::string> read_string_attr(hid_t loc, const std::string& name);
 std::optional<int64_t> read_int64_attr(hid_t loc, const std::string& name);
 std::optional<double> read_double_attr(hid_t loc, const std::string& name);
+// A 1-D float64 attribute (any length, also 0); the reader throws on another class or rank.
+void write_doubles_attr(hid_t loc, const std::string& name, const std::vector<double>& values);
+std::optional<std::vector<double>> read_doubles_attr(hid_t loc, const std::string& name);
 
 // The current dimensions of a dataset.
 std::vector<hsize_t> dataset_dims(hid_t dset);

@@ -76,7 +76,8 @@ struct MetricsWriter::Impl {
                                      {"tokens_per_sec", false},
                                      {"mfu", false},
                                      {"step_ms", false},
-                                     {"tokens", true}});
+                                     {"tokens", true},
+                                     {"skipped", false}});
   Table val = make_table(
       "val", {{"step", true}, {"loss", false}, {"accuracy", false}, {"choice_accuracy", false}});
 
@@ -256,6 +257,7 @@ void MetricsWriter::append(const TrainRow& r) {
   t.col(5).doubles.push_back(r.mfu);
   t.col(6).doubles.push_back(r.step_ms);
   t.col(7).ints.push_back(r.tokens);
+  t.col(8).doubles.push_back(r.skipped);
   if (t.col(0).buffered() >= kAutoFlushRows) flush();
 }
 

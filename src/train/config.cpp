@@ -52,6 +52,12 @@ class KeyTable {
     add("train.profile_step", c.train.profile_step,
         "pipeline step (1-based) to time action by action into pipeline_trace_step_N.csv beside "
         "its simulation (0: none; needs parallel.pp > 1)");
+    add("train.skip_loss_z", c.train.skip_loss_z,
+        "skip the update of a step whose loss is more than this many standard deviations above "
+        "the mean of the previous train.skip_window steps (0: never)");
+    add("train.skip_norm_z", c.train.skip_norm_z, "the same for the gradient norm (0: never)");
+    add("train.skip_window", c.train.skip_window,
+        "steps whose loss and gradient norm the skip z-scores compare with");
     add("optim.name", c.optim.name,
         "adamw | sgd | muon (Muon on the attention and MLP weight matrices, AdamW on the rest)");
     add("optim.beta1", c.optim.beta1, "AdamW beta1");
@@ -372,6 +378,12 @@ void validate(const Config& c, int world_size) {
   check(t.recompute_layers == 0 || t.recompute != "none", "train.recompute_layers",
         "needs train.recompute = gelu or full (it is none)");
   check(t.seed >= 0, "train.seed", "must be >= 0");
+  check(std::isfinite(t.skip_loss_z) && t.skip_loss_z >= 0, "train.skip_loss_z",
+        "must be a finite number >= 0 (0: off)");
+  check(std::isfinite(t.skip_norm_z) && t.skip_norm_z >= 0, "train.skip_norm_z",
+        "must be a finite number >= 0 (0: off)");
+  check(t.skip_window >= 2 && t.skip_window <= 1000000, "train.skip_window",
+        "must be in [2, 1000000]");
   const auto& o = c.optim;
   check(o.name == "adamw" || o.name == "sgd" || o.name == "muon", "optim.name",
         "must be adamw, sgd or muon (got '" + o.name + "')");

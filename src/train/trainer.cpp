@@ -336,28 +336,45 @@ TrainOutcome Trainer::run() {
     const size_t lo = zero ? s.shard_lo : 0, hi = zero ? s.shard_hi : s.model->num_floats();
     if (zero) s.grid.dp().reduce_scatter_sum(s.model->grads(), g, hi - lo);
     const double norm = s.grad_norm(g, lo, hi);
+    // Update skipping: every rank has the same loss and norm, so the same windows; the decision
+    // is still agreed over the world, as ranks that disagreed would wait in different collectives.
+    const double z_loss = s.loss_window.push(loss), z_norm = s.norm_window.push(norm);
+    int skip = (cfg.train.skip_loss_z > 0 && z_loss > cfg.train.skip_loss_z) ||
+               (cfg.train.skip_norm_z > 0 && z_norm > cfg.train.skip_norm_z);
+    if (cfg.train.skip_loss_z > 0 || cfg.train.skip_norm_z > 0)
+      MPI_Allreduce(MPI_IN_PLACE, &skip, 1, MPI_INT, MPI_MAX, s.grid.world());
+    if (skip) {
+      std::ostringstream os;
+      os << std::fixed << std::setprecision(2) << "step " << st + 1 << " skipped: loss "
+         << std::setprecision(4) << loss << " (z " << std::setprecision(1) << z_loss
+         << "), grad norm " << std::setprecision(3) << norm << " (z " << std::setprecision(1)
+         << z_norm << "); the weights and optimizer state stay as they were";
+      s.say(os.str());
+    }
     // The update writes the bf16 copy of the weights it updates as it goes (bf16 precision).
     // Under ZeRO the other ranks' slices arrive afterwards: as bf16 where only the layers read
     // them (half the bytes, as llm.c gathers), else in fp32 with the copy refreshed from them.
     // Clipped by the global norm as the optimizer reads the gradient (no pass of its own).
     const bool gather_bf16 = zero && zero_gathers_bf16(cfg);
-    // Muon under ZeRO gathers its update's slices into the gradient buffer, which the reduce-
-    // scatter has left free until the next step.
-    s.opt->update(s.model->params(), g, lr, st + 1,
-                  !zero || gather_bf16 ? s.model->params_bf16() : nullptr,
-                  clip_scale(norm, cfg.train.grad_clip), muon_lr_at(cfg.train, cfg.optim, st),
-                  zero ? s.model->grads() : nullptr);
-    if (gather_bf16) {
-      // The fp32 master weights outside this rank's slice go stale; only the slice owner's are
-      // read (checkpoints write each rank's slice, parameters() gathers them).
-      bf16_t* copy = s.model->params_bf16();
-      s.grid.dp().all_gather(reinterpret_cast<float*>(copy + lo), reinterpret_cast<float*>(copy),
-                             (hi - lo) / 2);
-    } else if (zero) {
-      s.grid.dp().all_gather(s.model->params() + lo, s.model->params(), hi - lo);
-      s.model->params_updated();
+    if (!skip) {
+      // Muon under ZeRO gathers its update's slices into the gradient buffer, which the reduce-
+      // scatter has left free until the next step.
+      s.opt->update(s.model->params(), g, lr, st + 1,
+                    !zero || gather_bf16 ? s.model->params_bf16() : nullptr,
+                    clip_scale(norm, cfg.train.grad_clip), muon_lr_at(cfg.train, cfg.optim, st),
+                    zero ? s.model->grads() : nullptr);
+      if (gather_bf16) {
+        // The fp32 master weights outside this rank's slice go stale; only the slice owner's are
+        // read (checkpoints write each rank's slice, parameters() gathers them).
+        bf16_t* copy = s.model->params_bf16();
+        s.grid.dp().all_gather(reinterpret_cast<float*>(copy + lo), reinterpret_cast<float*>(copy),
+                               (hi - lo) / 2);
+      } else if (zero) {
+        s.grid.dp().all_gather(s.model->params() + lo, s.model->params(), hi - lo);
+        s.model->params_updated();
+      }
+      s.model->sync_tied_embedding(!gather_bf16);
     }
-    s.model->sync_tied_embedding(!gather_bf16);
     s.position += cfg.train.batch_size;
     s.step = st + 1;
     s.be->synchronize();
@@ -377,8 +394,8 @@ TrainOutcome Trainer::run() {
     // MFU per device: the achieved rate of one rank over its peak.
     const double mfu = tps / s.grid.world_size() * s.model->flops_per_token() / s.peak_flops;
     if (s.metrics)
-      s.metrics->append(
-          TrainRow{st, loss, lr, norm, tps, mfu, dt * 1e3, s.step * int64_t(tokens_per_step)});
+      s.metrics->append(TrainRow{st, loss, lr, norm, tps, mfu, dt * 1e3,
+                                 s.step * int64_t(tokens_per_step), skip ? 1.0 : 0.0});
     TRIAD_CHECK(std::isfinite(loss), "training diverged: loss is ", loss, " at step ", st,
                 " (lower train.lr or check the data)");
     if (st % cfg.train.log_every == 0 || s.step == cfg.train.steps) {

@@ -219,6 +219,8 @@ CheckpointState Trainer::State::checkpoint_state() const {
   st.grid = grid.describe();
   st.model = ModelShape{cfg.model.n_layer, cfg.model.n_head,     cfg.model.n_embd,
                         cfg.model.seq_len, cfg.model.vocab_size, cfg.padded_vocab_size()};
+  st.loss_window = loss_window.values();
+  st.norm_window = norm_window.values();
   return st;
 }
 
@@ -292,6 +294,8 @@ void Trainer::State::load_from(const std::string& path, bool resume) {
   TRIAD_CHECK(st.next_sequence >= 0 && st.epoch >= 0, "checkpoint ", path,
               ": negative loader position");
   position = st.epoch * n + st.next_sequence;
+  loss_window.restore(st.loss_window);
+  norm_window.restore(st.norm_window);
   say("resumed from " + path + " at step " + std::to_string(step));
 }
 

@@ -30,6 +30,7 @@
 #include "triad/model/gpt.h"
 #include "triad/optim/optimizer.h"
 #include "triad/parallel/process_grid.h"
+#include "triad/train/outlier_window.h"
 #include "triad/train/sampler.h"
 #include "triad/train/trainer.h"
 
@@ -50,6 +51,9 @@ struct Trainer::State {
   std::ofstream log;
   int64_t step = 0;      // updates applied
   int64_t position = 0;  // absolute position of the next training sequence
+  // The z-scores of update skipping: the last train.skip_window losses and gradient norms.
+  OutlierWindow loss_window{size_t(cfg.train.skip_window)},
+      norm_window{size_t(cfg.train.skip_window)};
   // Data parallelism: this rank's slice [shard_lo, shard_hi) of the flat parameter buffer is
   // what it updates under ZeRO-1 and what it writes into checkpoints (always).
   int dp = 1, dp_rank = 0;

@@ -265,6 +265,76 @@ def test_muon_resumes_bit_exactly_and_refuses_another_optimizers_state(tmp_path)
           "--train.steps", "3", check=True)
 
 
+def _spiky_run(tmp_path, name, **train):
+    """A config on data the model learns within a few steps (a period-4 token pattern), except
+    the batch of step index 14: random tokens, a loss spike."""
+    T, B, spike = 16, 8, 14
+    d = tmp_path / "spiky"
+    if not d.exists():
+        d.mkdir()
+        n = 30 * B * T + 1
+        tokens = np.tile(np.arange(4) * 7, n // 4 + 1)[:n]
+        tokens[spike * B * T:(spike + 1) * B * T + 1] = np.random.default_rng(3).integers(
+            0, 512, B * T + 1)
+        write_shard(d / "train_000.bin", tokens)
+        write_shard(d / "val_000.bin", np.tile(np.arange(4) * 7, 200))
+    over = dict(train__lr=1e-2, train__warmup_steps=1, train__skip_window=8,
+                data__train=f"{d}/train_*.bin", data__val=f"{d}/val_*.bin", data__shuffle="false",
+                eval__sequences=8, checkpoint__every=1, sample__length=0)
+    over.update({f"train__{k}": v for k, v in train.items()})
+    return tiny_config(tmp_path, name=name, **over)
+
+
+def _train_metrics(run_dir):
+    with h5py.File(run_dir / "metrics.h5", "r") as f:
+        return f["train/loss"][:], f["train/grad_norm"][:], f["train/skipped"][:]
+
+
+def test_update_skipping_keeps_the_weights_at_a_loss_spike_and_resumes_exactly(tmp_path):
+    cfg = _spiky_run(tmp_path, "skip", skip_loss_z=4)
+    p = train("--config", cfg, check=True)
+    assert "step 15 skipped: loss" in p.stdout, p.stdout
+    loss, norm, skipped = _train_metrics(tmp_path / "runs" / "skip")
+    assert list(np.flatnonzero(skipped)) == [14], skipped
+    # The rule, computed here: the z-score of each loss against the 8 before it.
+    for s in range(8, len(loss)):
+        w = loss[s - 8:s]
+        z = (loss[s] - w.mean()) / w.std()
+        assert (z > 4) == (s == 14), (s, z)
+    ckpt = tmp_path / "runs" / "skip" / "ckpt"
+    before, after = ckpt / "step_00000014.h5", ckpt / "step_00000015.h5"
+    with h5py.File(before, "r") as a, h5py.File(after, "r") as b:
+        for group in ("model", "optimizer/m", "optimizer/v"):
+            names = []
+            a[group].visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+            for n in names:
+                assert np.array_equal(a[group][n][()], b[group][n][()]), f"{group}/{n} changed"
+        assert len(b.attrs["loss_window"]) == 8 and b.attrs["loss_window"][-1] == loss[14]
+    # Without skipping the same step moves the weights (what the check above can see).
+    plain = _spiky_run(tmp_path, "plain")
+    train("--config", plain, check=True)
+    _, _, none_skipped = _train_metrics(tmp_path / "runs" / "plain")
+    assert not none_skipped.any()
+    pc = tmp_path / "runs" / "plain" / "ckpt"
+    with h5py.File(pc / "step_00000014.h5", "r") as a, h5py.File(pc / "step_00000015.h5", "r") as b:
+        assert not np.array_equal(a["model/h/0/mlp/c_fc/weight"][()], b["model/h/0/mlp/c_fc/weight"][()])
+    # Resumed at step 10 (the windows come from the checkpoint: fresh ones would not be full at
+    # the spike), the run skips the same step and ends bit for bit where the straight one does.
+    part = _spiky_run(tmp_path, "part", skip_loss_z=4)
+    train("--config", part, "--train.steps", 20, check=True)
+    pk = tmp_path / "runs" / "part" / "ckpt"
+    for step in range(11, 21):
+        (pk / f"step_{step:08d}.h5").unlink()
+    (pk / "latest").write_text("step_00000010.h5\n")
+    p = train("--config", part, check=True)
+    assert "resumed from" in p.stdout and "step 15 skipped" in p.stdout, p.stdout
+    l2, _, s2 = _train_metrics(tmp_path / "runs" / "part")
+    assert np.array_equal(loss, l2) and np.array_equal(skipped, s2)
+    assert weights(ckpt / "step_00000020.h5").keys() == weights(pk / "step_00000020.h5").keys()
+    for k, v in weights(ckpt / "step_00000020.h5").items():
+        assert np.array_equal(v, weights(pk / "step_00000020.h5")[k]), k
+
+
 def test_damaged_checkpoints(tmp_path):
     cfg = tiny_config(tmp_path, name="a")
     train("--config", cfg, "--train.steps", "5", check=True)

@@ -174,6 +174,17 @@ TEST(Config, UnknownNamesAndUnbuiltModesAreRefused) {
   EXPECT_EQ(error_of({"--parallel.comm", "mpi"}), "");
 }
 
+TEST(Config, UpdateSkippingSettingsAreChecked) {
+  auto expect = [](const std::string& err, const std::string& key, const std::string& what) {
+    EXPECT_NE(err.find(key), std::string::npos) << err;
+    EXPECT_NE(err.find(what), std::string::npos) << err;
+  };
+  EXPECT_EQ(error_of({"--train.skip_loss_z", "5", "--train.skip_norm_z", "6"}), "");
+  expect(error_of({"--train.skip_loss_z", "-1"}), "train.skip_loss_z", "must be a finite number");
+  expect(error_of({"--train.skip_norm_z", "inf"}), "train.skip_norm_z", "must be a finite number");
+  expect(error_of({"--train.skip_window", "1"}), "train.skip_window", "must be in [2, 1000000]");
+}
+
 TEST(Config, MuonSettingsAreChecked) {
   auto expect = [](const std::string& err, const std::string& key, const std::string& what) {
     EXPECT_NE(err.find(key), std::string::npos) << err;

@@ -72,6 +72,9 @@ struct CheckpointState {
   std::string config;  // resolved INI text
   std::string grid;    // e.g. "dp=1 pp=1 tp=1" (informational)
   ModelShape model;
+  // The last train losses and gradient norms (oldest first), for the z-scores of the update
+  // skipping (train.skip_*); attributes loss_window, grad_norm_window, empty when absent.
+  std::vector<double> loss_window, norm_window;
 };
 
 // Writes `path` atomically (via path + ".partial"). Collective over comm: every rank passes

@@ -1,6 +1,6 @@
 // metrics.h5 (DESIGN.md §5): training curves written by rank 0. Groups /train and /val hold
 // 1-D chunked, extendible datasets of equal length within each group:
-//   /train/{step, loss, lr, grad_norm, tokens_per_sec, mfu, step_ms, tokens}
+//   /train/{step, loss, lr, grad_norm, tokens_per_sec, mfu, step_ms, tokens, skipped}
 //   /val/{step, loss, accuracy, choice_accuracy}
 // step and tokens are int64, the rest float64. Root attributes: config, grid, n_params,
 // flops_per_token, peak_flops.
@@ -17,6 +17,7 @@ struct TrainRow {
   int64_t step = 0;  // 0-based index of the step whose batch gave `loss`
   double loss = 0, lr = 0, grad_norm = 0, tokens_per_sec = 0, mfu = 0, step_ms = 0;
   int64_t tokens = 0;  // tokens seen after this step
+  double skipped = 0;  // 1: the update was skipped (train.skip_*); NaN in rows of older files
 };
 
 struct ValRow {

@@ -33,6 +33,11 @@ struct TrainConfig {
   // The pipeline step (1-based) whose actions are timed and written with their simulation to
   // pipeline_trace_step_N.csv in the run directory; 0: none.
   int64_t profile_step = 0;
+  // Update skipping (train/outlier_window.h): skip the update of a step whose loss (gradient
+  // norm) is more than this many standard deviations above the mean of the previous
+  // skip_window steps; 0: off.
+  double skip_loss_z = 0, skip_norm_z = 0;
+  int skip_window = 128;
 };
 
 struct OptimConfig {
