@@ -66,6 +66,7 @@ def plot_runs(runs: list[Metrics], out: str | Path, x: str = "step", smooth: flo
     labels = _label_runs(runs)
     run_handles = []
     any_choices = False
+    any_skipped = False
 
     for k, (r, label) in enumerate(zip(runs, labels)):
         c = colors[k % len(colors)]
@@ -81,6 +82,13 @@ def plot_runs(runs: list[Metrics], out: str | Path, x: str = "step", smooth: flo
             win = auto_window(n) if smooth is None else smooth
             ax_loss.plot(tx, tr["loss"], color=c, alpha=0.25, lw=0.8)
             ax_loss.plot(tx, ema(tr["loss"], win), color=c, lw=1.6)
+            # Steps whose update was skipped (train.skip_*): their losses, marked.
+            sk = tr.get("skipped")
+            if sk is not None and (sk == 1).any():
+                hit = sk == 1
+                ax_loss.plot(tx[hit], tr["loss"][hit], ls="none", marker="x", ms=6, mew=1.5,
+                             color=c)
+                any_skipped = True
             ax_lr.plot(tx, tr["lr"], color=c, lw=1.4)
             gn = tr["grad_norm"]
             ax_gn.plot(tx, gn, color=c, alpha=0.3, lw=0.8)
@@ -117,6 +125,9 @@ def plot_runs(runs: list[Metrics], out: str | Path, x: str = "step", smooth: flo
     style = [Line2D([], [], color="0.4", alpha=0.35, lw=1, label="train (raw)"),
              Line2D([], [], color="0.4", lw=1.6, label="train (smoothed)"),
              Line2D([], [], color="0.4", ls="--", marker="o", ms=3.5, label="val")]
+    if any_skipped:
+        style.append(Line2D([], [], color="0.4", ls="none", marker="x", ms=6, mew=1.5,
+                            label="update skipped"))
     leg = ax_loss.legend(handles=style, loc="upper right", fontsize=8)
     ax_loss.add_artist(leg)
     ax_loss.legend(handles=run_handles, loc="lower left", fontsize=8)

@@ -108,6 +108,7 @@ void Optimizer::update(float* params, const float* grads, double lr, int64_t ste
                             copy != nullptr ? copy + begin_ : nullptr, grad_scale);
     // Muon's momentum lives in slot 0 and its u (scratch) in slot 1, in the matrices' elements,
     // which AdamW leaves alone.
+    TRIAD_CHECK(!muon_ || matrix_lr >= 0, "internal error: Muon's update needs its matrix_lr");
     if (muon_)
       muon_->update(params, grads, slots_[0], slots_[1], matrix_lr, copy, grad_scale, workspace);
     return;

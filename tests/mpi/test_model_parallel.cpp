@@ -116,6 +116,25 @@ TEST(ModelParallel, MuonMatchesOneRankOnEveryGrid) {
     if (g.ranks() > world_size()) continue;
     expect_same_training(run(dir, "muon_" + g.name(), g, muon), ref, "muon " + g.name());
   }
+  // Rounds of unequal matrices (a round's all-gather count above some members' size) and a
+  // last round with idle ranks: uneven stages (3 + 1 layers) at dp 2, and dp 3 (16 matrices in
+  // rounds of 3) at a batch of 12.
+  {
+    std::vector<std::string> uneven = muon;
+    uneven.insert(uneven.end(), {"--parallel.stage_layers", "3,1"});
+    const Grid g{2, 1, 2, 1, 2, "1f1b", 1};
+    if (g.ranks() <= world_size())
+      expect_same_training(run(dir, "muon_uneven_" + g.name(), g, uneven), ref,
+                           "muon stages 3+1 " + g.name());
+  }
+  std::vector<std::string> b12 = muon;
+  b12.insert(b12.end(), {"--train.batch_size", "12", "--train.micro_batch_size", "4"});
+  const Result ref12 = run(dir, "muon_ref12", Grid{}, b12);
+  for (const int zero : {0, 1}) {
+    const Grid g{3, 1, 1, zero, 1, "1f1b", 1};
+    if (g.ranks() <= world_size())
+      expect_same_training(run(dir, "muon_b12_" + g.name(), g, b12), ref12, "muon " + g.name());
+  }
 }
 
 // Muon's state (momentum of the matrices, m and v of the rest) resumes bit for bit on the grid

@@ -179,6 +179,28 @@ def test_plot_cli_single_and_overlay(tmp_path):
     assert out2.read_bytes()[:8] == PNG_MAGIC
 
 
+def test_plot_marks_skipped_updates(tmp_path, monkeypatch):
+    """Rows with /train/skipped = 1 get a marker on the loss panel; NaN (older rows) and 0 not."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from analysis import plot_curves
+
+    path = write_metrics(tmp_path / "s" / "metrics.h5", name="skips")
+    skipped = np.zeros(60)
+    skipped[[17, 42]] = 1.0
+    skipped[:5] = np.nan
+    with h5py.File(path, "r+") as f:
+        f["train"].create_dataset("skipped", data=skipped, maxshape=(None,), chunks=(64,))
+    figs = []
+    monkeypatch.setattr(plot_curves, "save_figure", lambda fig, out, dpi: figs.append(fig) or out)
+    plot_curves.plot_runs([load_metrics(path)], tmp_path / "s.png")
+    ax_loss = figs[-1].axes[0]
+    marked = [line for line in ax_loss.lines if line.get_marker() == "x"]
+    assert len(marked) == 1 and list(marked[0].get_xdata()) == [17.0, 42.0]
+    plt.close(figs[-1])
+
+
 def test_plot_cli_bad_files(tmp_path):
     p = write_metrics(tmp_path / "r" / "metrics.h5")
     with h5py.File(p, "a") as f:

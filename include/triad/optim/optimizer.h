@@ -49,7 +49,9 @@ class Optimizer {
   // `workspace` (a whole parameter buffer's worth of floats it may overwrite, e.g. the gradient
   // buffer after a ZeRO reduce-scatter) is needed when [begin, end) is a ZeRO slice.
   void update(float* params, const float* grads, double lr, int64_t step, bf16_t* copy = nullptr,
-              float grad_scale = 1.0f, double matrix_lr = 0, float* workspace = nullptr);
+              float grad_scale = 1.0f, double matrix_lr = kNoMatrixLr, float* workspace = nullptr);
+  // matrix_lr's default: no value (Muon refuses it rather than freeze its matrices silently).
+  static constexpr double kNoMatrixLr = -1.0;
 
   // The state: slots, each holding the range [begin, end) of a parameter-shaped buffer, stored
   // in checkpoints as groups /optimizer/<name>/<tensor>: AdamW {m, v}, SGD {momentum}, Muon
