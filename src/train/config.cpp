@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "triad/core/error.h"
+#include "triad/data/blend.h"
 #include "triad/model/gpt.h"
 #include "triad/parallel/pipeline_schedule.h"
 #include "triad/train/run_plan.h"
@@ -73,7 +74,11 @@ class KeyTable {
     add("optim.muon_adjust_lr", c.optim.muon_adjust_lr,
         "Muon: the lr factor of an [m, n] matrix: original sqrt(max(1, m/n)) | match_rms_adamw "
         "0.2 sqrt(max(m, n))");
-    add("data.train", c.data.train, "train shard glob");
+    add("data.train", c.data.train,
+        "train shard glob; with data.train_weights several, comma-separated, to blend");
+    add("data.train_weights", c.data.train_weights,
+        "weights of the comma-separated data.train globs (e.g. '0.7, 0.3'): a deterministic "
+        "blend, each dataset in its own order (empty: one glob)");
     add("data.val", c.data.val, "validation shard glob");
     add("data.shuffle", c.data.shuffle, "seeded per-epoch permutation of the sequences");
     add("data.vocab", c.data.vocab, "GPT-2 BPE ranks file (tiktoken format) for samples");
@@ -378,6 +383,7 @@ void validate(const Config& c, int world_size) {
   check(t.recompute_layers == 0 || t.recompute != "none", "train.recompute_layers",
         "needs train.recompute = gelu or full (it is none)");
   check(t.seed >= 0, "train.seed", "must be >= 0");
+  parse_blend(c.data.train, c.data.train_weights);  // throws on a malformed blend
   check(std::isfinite(t.skip_loss_z) && t.skip_loss_z >= 0, "train.skip_loss_z",
         "must be a finite number >= 0 (0: off)");
   check(std::isfinite(t.skip_norm_z) && t.skip_norm_z >= 0, "train.skip_norm_z",

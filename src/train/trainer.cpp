@@ -152,12 +152,11 @@ TrainOutcome Trainer::run() {
   auto& s = *s_;
   const auto& cfg = s.cfg;
   const int T = cfg.model.seq_len, mbs = cfg.train.micro_batch_size;
-  s.train_src =
-      std::make_unique<SequenceSource>(cfg.data.train, "data.train", T, cfg.model.vocab_size);
+  s.train_data = std::make_unique<BlendedLoader>(
+      parse_blend(cfg.data.train, cfg.data.train_weights), T, cfg.model.vocab_size,
+      cfg.data.shuffle, uint64_t(cfg.train.seed));
   if (!cfg.data.val.empty()) s.open_val();
   s.open_choices();
-  s.train_loader =
-      std::make_unique<DataLoader>(*s.train_src, cfg.data.shuffle, uint64_t(cfg.train.seed));
   if (cfg.sample.length > 0) {
     s.tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_file(cfg.data.vocab));
     // The prompt (or <|endoftext|>) must be ids the model has.
@@ -261,8 +260,11 @@ TrainOutcome Trainer::run() {
                      ")")
        << ", in all " << all_mb << " MB | batch " << cfg.train.batch_size << " x " << T
        << " tokens, " << accum << " micro-batches of " << mbs << " | train "
-       << s.train_src->num_sequences() << " sequences | peak " << std::setprecision(1)
-       << s.peak_flops / 1e9 << " GFLOP/s";
+       << s.train_data->num_sequences() << " sequences"
+       << (s.train_data->datasets() > 1
+               ? " in " + std::to_string(s.train_data->datasets()) + " blended datasets"
+               : std::string())
+       << " | peak " << std::setprecision(1) << s.peak_flops / 1e9 << " GFLOP/s";
     s.say(os.str());
     s.say(s.on_device ? "device: " + cuda_device_description() +
                             (s.flash_desc.empty() ? "" : ", flash attention " + s.flash_desc)
@@ -301,8 +303,8 @@ TrainOutcome Trainer::run() {
       // The pipeline runs all micro-batches of the step by the schedule; every stage reads
       // the same sequences (the first stage needs the inputs, the last the targets).
       for (int m = 0; m < accum; ++m)
-        s.train_loader->fill(base + int64_t(m) * mbs, mbs, s.inputs.data() + size_t(m) * mbs * T,
-                             s.targets.data() + size_t(m) * mbs * T);
+        s.train_data->fill(base + int64_t(m) * mbs, mbs, s.inputs.data() + size_t(m) * mbs * T,
+                           s.targets.data() + size_t(m) * mbs * T);
       const bool profile = cfg.train.profile_step == st + 1;
       std::vector<ComputeInterval> actions;
       if (profile) s.model->trace_next_step(&actions);
@@ -319,7 +321,7 @@ TrainOutcome Trainer::run() {
             s.pending.push_back(s.grid.dp().iall_reduce_sum(s.model->grads() + off, n));
           });
         }
-        s.train_loader->fill(base + int64_t(m) * mbs, mbs, s.inputs.data(), s.targets.data());
+        s.train_data->fill(base + int64_t(m) * mbs, mbs, s.inputs.data(), s.targets.data());
         loss_sum +=
             s.model->forward_backward(s.inputs.data(), s.targets.data(), mbs, dloss_scale).loss_sum;
         s.model->set_grad_ready_hook(nullptr);

@@ -212,7 +212,7 @@ CheckpointState Trainer::State::checkpoint_state() const {
   CheckpointState st;
   st.step = step;
   st.tokens_seen = step * int64_t(cfg.train.batch_size) * cfg.model.seq_len;
-  const int64_t n = train_src ? train_src->num_sequences() : 1;
+  const int64_t n = train_data ? train_data->num_sequences() : 1;
   st.next_sequence = position % n;
   st.epoch = position / n;
   st.config = to_ini(cfg);
@@ -290,7 +290,7 @@ void Trainer::State::load_from(const std::string& path, bool resume) {
   load_checkpoint_tensors(grid.world(), path, groups(true, false));
   stage_to_device(true);
   step = st.step;
-  const int64_t n = train_src->num_sequences();
+  const int64_t n = train_data->num_sequences();
   TRIAD_CHECK(st.next_sequence >= 0 && st.epoch >= 0, "checkpoint ", path,
               ": negative loader position");
   position = st.epoch * n + st.next_sequence;

@@ -18,6 +18,7 @@
 #include "triad/core/error.h"
 #include "triad/core/rng.h"
 #include "triad/core/timer.h"
+#include "triad/data/blend.h"
 #include "triad/data/choice_file.h"
 #include "triad/data/loader.h"
 #include "triad/data/tokenizer.h"
@@ -43,8 +44,8 @@ struct Trainer::State {
   std::unique_ptr<Backend> be;
   std::unique_ptr<Gpt> model;
   std::unique_ptr<Optimizer> opt;
-  std::unique_ptr<SequenceSource> train_src, val_src;
-  std::unique_ptr<DataLoader> train_loader;
+  std::unique_ptr<BlendedLoader> train_data;  // data.train (one dataset or a weighted blend)
+  std::unique_ptr<SequenceSource> val_src;
   std::unique_ptr<MetricsWriter> metrics;
   std::unique_ptr<Tokenizer> tokenizer;
   std::vector<ChoiceExample> choices;  // eval.choices (the first eval.choice_examples)

@@ -300,9 +300,10 @@ def check_probe_against_torch(p: Prepared, recompute: str, logits_chunk: int = 0
 # ---- 2. optimizer steps ---------------------------------------------------------------------
 
 
-def torch_train(p: Prepared, sections: dict):
+def torch_train(p: Prepared, sections: dict, batch_of_step=None):
     """The reference training loop in float64: returns per-step (loss, lr, grad_norm) and the
-    validation losses/accuracies before and after training."""
+    validation losses/accuracies before and after training. batch_of_step(s) -> (x, y) replaces
+    the plain data order."""
     case, tr, op = p.case, sections["train"], sections["optim"]
     cfg, T, B = case.cfg, case.cfg.seq_len, tr["batch_size"]
     model = ref.build_model(p.weights, cfg, dtype=torch.float64)
@@ -341,7 +342,10 @@ def torch_train(p: Prepared, sections: dict):
         if muon is not None:  # the same schedule with its own peak
             muon.param_groups[0]["lr"] = ref.lr_at(s, op["muon_lr"], tr["warmup_steps"],
                                                    tr["steps"], tr["schedule"], tr["min_lr_ratio"])
-        x, y = ref.batch(p.train_tokens, s * B, B, T)  # wraps at the shard's end
+        if batch_of_step is not None:
+            x, y = batch_of_step(s)
+        else:
+            x, y = ref.batch(p.train_tokens, s * B, B, T)  # wraps at the shard's end
         opt.zero_grad(set_to_none=True)
         if muon is not None:
             muon.zero_grad(set_to_none=True)
@@ -358,7 +362,8 @@ def torch_train(p: Prepared, sections: dict):
     return np.array(losses), np.array(lrs), np.array(norms), val, final
 
 
-def compare_training(p: Prepared, tmp_path: Path, sections: dict, label: str):
+def compare_training(p: Prepared, tmp_path: Path, sections: dict, label: str,
+                     batch_of_step=None):
     train_bin = binary("triad-train")
     cfg_path = tmp_path / f"{label}.ini"
     ref.write_config(cfg_path, sections)
@@ -366,7 +371,7 @@ def compare_training(p: Prepared, tmp_path: Path, sections: dict, label: str):
     run([train_bin, "--config", cfg_path, "--init-from", p.ckpt, "--resume", "none",
                   "--run.dir", run_dir, "--run.name", "ref"])
     m = ref.read_metrics(run_dir / "ref" / "metrics.h5")
-    losses, lrs, norms, val, final = torch_train(p, sections)
+    losses, lrs, norms, val, final = torch_train(p, sections, batch_of_step)
     steps = sections["train"]["steps"]
     clip = sections["train"]["grad_clip"]
 
@@ -456,6 +461,31 @@ def test_muon_steps_match_torch(case, adjust, nesterov, tmp_root, tmp_path):
     norms = compare_training(p, tmp_path, sections, "muon")
     clipped = int(np.sum(norms > GRAD_CLIP[case.name]))
     assert 0 < clipped < len(norms), f"clipping should trigger in some steps, not {clipped}"
+
+
+def test_blended_datasets_train_as_the_documented_order(tmp_root, tmp_path):
+    """data.train with data.train_weights: two datasets blended 2:1 (the second one short, so it
+    wraps within the run), trained by triad and by the reference on the order docs/formats.md
+    describes, computed here."""
+    case = CASES[1]
+    p = prepare(case, tmp_root)
+    T, V = case.cfg.seq_len, case.cfg.vocab_size
+    other = np.random.default_rng(99).integers(0, V // 3, size=5 * T + 1)  # 5 sequences
+    ref.write_token_shard(tmp_path / "other_000.bin", other)
+    sections = config_sections(case, p.dir, train__grad_clip=GRAD_CLIP[case.name])
+    sections["data"]["train"] = f"{p.dir / 'train_*.bin'}, {tmp_path / 'other_*.bin'}"
+    sections["data"]["train_weights"] = "2, 1"
+    B, steps = sections["train"]["batch_size"], sections["train"]["steps"]
+    places = ref.blend_places([2.0, 1.0], B * steps)
+    assert {d for d, _ in places} == {0, 1} and max(j for d, j in places if d == 1) >= 5
+    data = [(p.train_tokens, case.train_sequences), (ref.read_token_shard(tmp_path / "other_000.bin"), 5)]
+
+    def batch_of_step(s):
+        xs, ys = zip(*(ref.sequence(data[d][0], j % data[d][1], T)
+                       for d, j in places[s * B:(s + 1) * B]))
+        return torch.tensor(np.stack(xs)), torch.tensor(np.stack(ys))
+
+    compare_training(p, tmp_path, sections, "blend", batch_of_step)
 
 
 # Chosen from the printed norms so that clipping triggers in some steps but not all.

@@ -335,6 +335,37 @@ def test_update_skipping_keeps_the_weights_at_a_loss_spike_and_resumes_exactly(t
         assert np.array_equal(v, weights(pk / "step_00000020.h5")[k]), k
 
 
+def test_blended_datasets_resume_exactly_and_bad_blends_are_refused(tmp_path):
+    d = tmp_path / "data"
+    cfg = tiny_config(tmp_path, name="blend", data__shuffle="true")  # writes data/train_00[01]
+    write_shard(d / "other_000.bin", np.random.default_rng(4).integers(0, 100, 700))
+    blend = ["--data.train", f"{d}/train_*.bin, {d}/other_*.bin", "--data.train_weights", "3, 1"]
+    p = train("--config", cfg, *blend, check=True)
+    assert "in 2 blended datasets" in p.stdout, p.stdout
+    part = tiny_config(tmp_path, name="blend_part", data__shuffle="true")
+    train("--config", part, *blend, check=True)
+    ck = tmp_path / "runs" / "blend_part" / "ckpt"
+    for step in (15, 20):
+        (ck / f"step_{step:08d}.h5").unlink()
+    (ck / "latest").write_text("step_00000010.h5\n")
+    p = train("--config", part, *blend, check=True)
+    assert "resumed from" in p.stdout
+    _, l1 = losses(tmp_path / "runs" / "blend")
+    _, l2 = losses(tmp_path / "runs" / "blend_part")
+    assert np.array_equal(l1, l2)
+    # Another weighting reads other batches: the weights are not ignored.
+    train("--config", cfg, "--run.name", "blend13", "--data.train", blend[1],
+          "--data.train_weights", "1, 3", check=True)
+    _, l3 = losses(tmp_path / "runs" / "blend13")
+    assert not np.array_equal(l1, l3)
+    for weights, needle in (("3", "data.train_weights has 1 weight(s) but data.train 2"),
+                            ("3, 0", "'0' (weight 2) must be a finite number > 0")):
+        assert_clean_error(train("--config", cfg, "--data.train", blend[1],
+                                 "--data.train_weights", weights, "--run.name", "bad"), needle)
+    assert_clean_error(train("--config", cfg, "--data.train", f"{d}/train_*.bin, {d}/nope_*.bin",
+                             "--data.train_weights", "1,1", "--run.name", "bad2"), "nope_*.bin")
+
+
 def test_damaged_checkpoints(tmp_path):
     cfg = tiny_config(tmp_path, name="a")
     train("--config", cfg, "--train.steps", "5", check=True)

@@ -385,6 +385,26 @@ def sequence(tokens: np.ndarray, k: int, T: int):
     return chunk[:-1], chunk[1:]
 
 
+def blend_places(weights, n: int, period: int = 10000):
+    """data.train_weights (docs/formats.md): (dataset, its sample number) of positions 0..n-1.
+    The weights' shares of a period by largest remainders, then in each period the dataset
+    furthest behind its share first (ties: the lower one)."""
+    total = sum(weights)
+    shares = [w / total * period for w in weights]
+    per = [math.floor(s) for s in shares]
+    rest = sorted(range(len(weights)), key=lambda d: -(shares[d] - math.floor(shares[d])))
+    for i in range(period - sum(per)):
+        per[rest[i % len(weights)]] += 1
+    order, seen = [], [0] * len(weights)
+    for q in range(period):
+        lag = [per[d] * (q + 1) - seen[d] * period for d in range(len(weights))]
+        d = lag.index(max(lag))
+        order.append((d, seen[d]))
+        seen[d] += 1
+    return [(order[p % period][0], p // period * per[order[p % period][0]] + order[p % period][1])
+            for p in range(n)]
+
+
 def batch(tokens: np.ndarray, first: int, count: int, T: int):
     """Global sequences first .. first+count-1 of one shard as (inputs, targets) [count, T]
     int64 tensors, wrapping at the shard's end (one shard = the whole sequence list)."""

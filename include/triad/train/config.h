@@ -53,7 +53,8 @@ struct OptimConfig {
 };
 
 struct DataConfig {
-  std::string train, val;  // file globs
+  std::string train, val;     // file globs (train: several, comma-separated, with train_weights)
+  std::string train_weights;  // "" one dataset; else comma-separated weights (data/blend.h)
   bool shuffle = false;
   std::string vocab = "data/vocab/gpt2.tiktoken";  // BPE ranks, for samples and prompts
 };

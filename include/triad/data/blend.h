@@ -1,0 +1,64 @@
+// Several training datasets mixed by weight (data.train = GLOB, GLOB, ... with
+// data.train_weights = W, W, ...), as Megatron's blended datasets do, deterministically:
+//
+// The weights, divided by their sum, are apportioned to a period of P = 10000 positions by the
+// largest-remainder method (N_d = floor(w_d·P), the rest to the largest fractional parts, ties to
+// the lower d; every N_d must be >= 1). Within a period, position q goes to the dataset d that
+// lags most behind its share, the largest N_d·(q+1) − c_d·P where c_d counts d's positions
+// before q (ties to the lower d); so every period holds exactly N_d positions of dataset d, in
+// the same order. Absolute position p = r·P + q is dataset d's sample j = r·N_d + c_d(q), and
+// sample j of dataset d is its own order's (DataLoader over d's shards, shuffled by seed + d when
+// data.shuffle): each dataset wraps around on its own. A single dataset (weight 1) gives exactly
+// the plain order of DESIGN.md §4. The nominal epoch (checkpoints' next_sequence and epoch) is
+// the sum of the datasets' sequences.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "triad/data/loader.h"
+
+namespace triad {
+
+// The datasets of data.train and their weights (data.train_weights; "" = one dataset): the
+// comma-separated globs and numbers. Throws triad::Error naming the keys on a count mismatch,
+// a weight that is not a finite number > 0 or an empty glob.
+struct BlendSpec {
+  std::vector<std::string> globs;
+  std::vector<double> weights;
+};
+BlendSpec parse_blend(const std::string& train, const std::string& weights);
+
+class BlendedLoader {
+ public:
+  static constexpr int64_t kPeriod = 10000;
+
+  // Opens every dataset (errors name data.train and the glob). Throws if a weight is too small
+  // to get a position in a period.
+  BlendedLoader(const BlendSpec& spec, int seq_len, int vocab_size, bool shuffle, uint64_t seed);
+  ~BlendedLoader();
+
+  struct Place {
+    int dataset;
+    int64_t sample;  // the dataset's own sample number (its DataLoader position)
+  };
+  Place locate(int64_t position) const;
+  // Fills count sequences from absolute position p into inputs/targets [count, T].
+  void fill(int64_t position, int count, int32_t* inputs, int32_t* targets);
+  int64_t num_sequences() const { return total_; }  // the nominal epoch
+  int datasets() const { return int(sources_.size()); }
+  const SequenceSource& source(int d) const { return *sources_[size_t(d)]; }
+  int64_t per_period(int d) const { return per_period_[size_t(d)]; }
+
+ private:
+  std::vector<std::unique_ptr<SequenceSource>> sources_;
+  std::vector<std::unique_ptr<DataLoader>> loaders_;
+  std::vector<int64_t> per_period_;  // N_d
+  std::vector<int> dataset_;         // of each position of a period
+  std::vector<int64_t> before_;      // c_d(q): that dataset's positions before q in the period
+  int64_t total_ = 0;
+};
+
+}  // namespace triad

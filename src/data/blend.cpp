@@ -1,0 +1,116 @@
+#include "triad/data/blend.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <sstream>
+
+#include "triad/core/error.h"
+
+namespace triad {
+
+namespace {
+
+std::vector<std::string> split_commas(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream in(s);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    const auto a = item.find_first_not_of(" \t"), b = item.find_last_not_of(" \t");
+    out.push_back(a == std::string::npos ? "" : item.substr(a, b - a + 1));
+  }
+  if (!s.empty() && s.back() == ',') out.push_back("");
+  return out;
+}
+
+}  // namespace
+
+BlendSpec parse_blend(const std::string& train, const std::string& weights) {
+  BlendSpec b;
+  if (weights.empty()) {
+    b.globs = {train};
+    b.weights = {1.0};
+    return b;
+  }
+  b.globs = split_commas(train);
+  const std::vector<std::string> ws = split_commas(weights);
+  TRIAD_CHECK(ws.size() == b.globs.size(), "config: data.train_weights has ", ws.size(),
+              " weight(s) but data.train ", b.globs.size(), " comma-separated glob(s)");
+  for (size_t d = 0; d < ws.size(); ++d) {
+    TRIAD_CHECK(!b.globs[d].empty(), "config: data.train: glob ", d + 1, " of ", b.globs.size(),
+                " is empty");
+    char* end = nullptr;
+    const double w = std::strtod(ws[d].c_str(), &end);
+    TRIAD_CHECK(!ws[d].empty() && end != nullptr && *end == '\0' && std::isfinite(w) && w > 0,
+                "config: data.train_weights: '", ws[d], "' (weight ", d + 1,
+                ") must be a finite number > 0");
+    b.weights.push_back(w);
+  }
+  return b;
+}
+
+BlendedLoader::BlendedLoader(const BlendSpec& spec, int seq_len, int vocab_size, bool shuffle,
+                             uint64_t seed) {
+  const size_t D = spec.globs.size();
+  TRIAD_ASSERT(D >= 1 && spec.weights.size() == D);
+  for (size_t d = 0; d < D; ++d) {
+    const std::string key = D == 1 ? "data.train" : "data.train (" + spec.globs[d] + ")";
+    sources_.push_back(std::make_unique<SequenceSource>(spec.globs[d], key, seq_len, vocab_size));
+    loaders_.push_back(std::make_unique<DataLoader>(*sources_[d], shuffle, seed + d));
+    total_ += sources_[d]->num_sequences();
+  }
+  // Largest remainders: N_d = floor(share), then one more for the largest fractions.
+  double sum = 0;
+  for (double w : spec.weights) sum += w;
+  std::vector<double> frac(D);
+  int64_t given = 0;
+  for (size_t d = 0; d < D; ++d) {
+    const double share = spec.weights[d] / sum * double(kPeriod);
+    per_period_.push_back(int64_t(std::floor(share)));
+    frac[d] = share - std::floor(share);
+    given += per_period_[d];
+  }
+  std::vector<size_t> order(D);
+  for (size_t d = 0; d < D; ++d) order[d] = d;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return frac[a] > frac[b]; });
+  for (size_t i = 0; given < kPeriod; ++i, ++given) per_period_[order[i % D]] += 1;
+  for (size_t d = 0; d < D; ++d)
+    TRIAD_CHECK(per_period_[d] >= 1, "config: data.train_weights: the weight ", spec.weights[d],
+                " of ", spec.globs[d], " is below 1/", kPeriod, " of their sum");
+  // The period's order: the dataset furthest behind its share, in exact integers.
+  std::vector<int64_t> count(D, 0);
+  for (int64_t q = 0; q < kPeriod; ++q) {
+    size_t best = 0;
+    int64_t best_lag = 0;
+    for (size_t d = 0; d < D; ++d) {
+      const int64_t lag = per_period_[d] * (q + 1) - count[d] * kPeriod;
+      if (d == 0 || lag > best_lag) {
+        best = d;
+        best_lag = lag;
+      }
+    }
+    dataset_.push_back(int(best));
+    before_.push_back(count[best]++);
+  }
+  for (size_t d = 0; d < D; ++d)
+    TRIAD_ASSERT(count[d] == per_period_[d]);  // every period holds exactly its share
+}
+
+BlendedLoader::~BlendedLoader() = default;
+
+BlendedLoader::Place BlendedLoader::locate(int64_t position) const {
+  const int64_t r = position / kPeriod, q = position % kPeriod;
+  const int d = dataset_[size_t(q)];
+  return {d, r * per_period_[size_t(d)] + before_[size_t(q)]};
+}
+
+void BlendedLoader::fill(int64_t position, int count, int32_t* inputs, int32_t* targets) {
+  const size_t T = size_t(sources_[0]->seq_len());
+  for (int b = 0; b < count; ++b) {
+    const Place p = locate(position + b);
+    loaders_[size_t(p.dataset)]->fill(p.sample, 1, inputs + size_t(b) * T, targets + size_t(b) * T);
+  }
+}
+
+}  // namespace triad
