@@ -93,7 +93,8 @@ std::vector<std::string> list_checkpoints(const std::string& dir) {
   return names;
 }
 
-void publish_checkpoint(const std::string& dir, const std::string& file_name, int keep) {
+void publish_checkpoint(const std::string& dir, const std::string& file_name, int keep,
+                        int64_t keep_every) {
   const fs::path d(dir);
   std::error_code ec;
   TRIAD_CHECK(fs::is_regular_file(d / file_name, ec), "checkpoint directory ", dir,
@@ -116,6 +117,11 @@ void publish_checkpoint(const std::string& dir, const std::string& file_name, in
 
   if (keep <= 0) return;
   std::vector<std::string> all = list_checkpoints(dir);
+  if (keep_every > 0)  // milestones stay, outside the count
+    std::erase_if(all, [&](const std::string& name) {
+      const auto step = parse_checkpoint_name(name);
+      return step && *step % keep_every == 0;
+    });
   size_t remaining = all.size();
   for (const std::string& name : all) {  // oldest first
     if (remaining <= static_cast<size_t>(keep)) break;

@@ -95,6 +95,9 @@ class KeyTable {
     add("checkpoint.dir", c.checkpoint.dir, "checkpoint directory (default RUN/ckpt)");
     add("checkpoint.every", c.checkpoint.every, "checkpoint every N steps (0: end only)");
     add("checkpoint.keep", c.checkpoint.keep, "keep the newest K checkpoints (0: all)");
+    add("checkpoint.keep_every", c.checkpoint.keep_every,
+        "also keep, for good, the checkpoints of steps that are multiples of N (0: none); they "
+        "do not count in checkpoint.keep");
     add("checkpoint.at_start", c.checkpoint.at_start, "write step 0 before training");
     add("run.name", c.run.name, "run name (directory under run.dir)");
     add("run.dir", c.run.dir, "directory of runs");
@@ -413,6 +416,7 @@ void validate(const Config& c, int world_size) {
         "must be batched or cached (got '" + c.eval.choice_mode + "')");
   check(c.checkpoint.every >= 0, "checkpoint.every", "must be >= 0");
   check(c.checkpoint.keep >= 0, "checkpoint.keep", "must be >= 0 (0 keeps all)");
+  check(c.checkpoint.keep_every >= 0, "checkpoint.keep_every", "must be >= 0 (0: none)");
   check(!c.run.name.empty() && c.run.name.find('/') == std::string::npos, "run.name",
         "must be a non-empty name without '/'");
   check(!c.run.dir.empty(), "run.dir", "must not be empty");

@@ -234,7 +234,7 @@ void Trainer::State::save_checkpoint() {
   Timer t;
   stage_to_host();
   triad::save_checkpoint(grid.world(), path, checkpoint_state(), groups(true, true));
-  if (root()) publish_checkpoint(dir, name, cfg.checkpoint.keep);
+  if (root()) publish_checkpoint(dir, name, cfg.checkpoint.keep, cfg.checkpoint.keep_every);
   MPI_Barrier(grid.world());
   std::ostringstream os;
   os << "checkpoint " << path << " (" << std::fixed << std::setprecision(2) << t.seconds() << " s)";

@@ -185,6 +185,12 @@ TEST(Config, UpdateSkippingSettingsAreChecked) {
   expect(error_of({"--train.skip_window", "1"}), "train.skip_window", "must be in [2, 1000000]");
 }
 
+TEST(Config, MilestoneCheckpointsAreChecked) {
+  EXPECT_EQ(error_of({"--checkpoint.keep_every", "1000"}), "");
+  EXPECT_NE(error_of({"--checkpoint.keep_every", "-5"}).find("checkpoint.keep_every"),
+            std::string::npos);
+}
+
 TEST(Config, MuonSettingsAreChecked) {
   auto expect = [](const std::string& err, const std::string& key, const std::string& what) {
     EXPECT_NE(err.find(key), std::string::npos) << err;

@@ -68,9 +68,10 @@ struct EvalConfig {
 };
 
 struct CheckpointConfig {
-  std::string dir;    // default run.dir/run.name/ckpt
-  int64_t every = 0;  // 0: only after the last step (and on preemption)
-  int keep = 3;       // 0: keep all
+  std::string dir;         // default run.dir/run.name/ckpt
+  int64_t every = 0;       // 0: only after the last step (and on preemption)
+  int keep = 3;            // 0: keep all
+  int64_t keep_every = 0;  // > 0: checkpoints at multiples of this step are always kept
   bool at_start = false;
 };
 
