@@ -91,6 +91,8 @@ class Metrics:
     train: dict[str, np.ndarray]
     val: dict[str, np.ndarray]
     attrs: dict[str, Any] = field(default_factory=dict)
+    # eval.sets: /val_sets/<name>/{step, loss, accuracy}, by name
+    val_sets: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     @property
     def config_text(self) -> str:
@@ -225,7 +227,11 @@ def _read_once(path: Path):
         attrs = {k: attr_value(v) for k, v in f.attrs.items()}
         train = _read_group(f, path, "train", TRAIN_FIELDS)
         val = _read_group(f, path, "val", VAL_FIELDS)
-    return train, val, attrs
+        sets = {}
+        if "val_sets" in f:
+            for name in sorted(f["val_sets"].keys()):
+                sets[name] = _read_group(f["val_sets"], path, name, ("step", "loss", "accuracy"))
+    return train, val, attrs, sets
 
 
 def load_metrics(p: str | os.PathLike, strict: bool = True, wait: float = 1.0,
@@ -251,7 +257,7 @@ def load_metrics(p: str | os.PathLike, strict: bool = True, wait: float = 1.0,
     delay = 0.02
     while True:
         try:
-            train, val, attrs = _read_once(path)
+            train, val, attrs, sets = _read_once(path)
         except _Inconsistent as e:
             if time.monotonic() < deadline:
                 time.sleep(delay)
@@ -277,7 +283,9 @@ def load_metrics(p: str | os.PathLike, strict: bool = True, wait: float = 1.0,
                       f"lengths: {desc}; file being written?)", stacklevel=2)
     train = {k: v[:min(_lengths(train).values())] for k, v in train.items()}
     val = {k: v[:min(_lengths(val).values())] for k, v in val.items()}
-    return Metrics(path=path, train=train, val=val, attrs=attrs)
+    # Written with /val, at the same evaluations: cut to equal lengths like it.
+    sets = {n: {k: v[:min(_lengths(c).values())] for k, v in c.items()} for n, c in sets.items()}
+    return Metrics(path=path, train=train, val=val, attrs=attrs, val_sets=sets)
 
 
 _GRID_RE = re.compile(r"\b(dp|pp|tp)\s*=\s*(\d+)")

@@ -67,6 +67,7 @@ def plot_runs(runs: list[Metrics], out: str | Path, x: str = "step", smooth: flo
     run_handles = []
     any_choices = False
     any_skipped = False
+    set_markers: dict[str, str] = {}
 
     for k, (r, label) in enumerate(zip(runs, labels)):
         c = colors[k % len(colors)]
@@ -102,6 +103,15 @@ def plot_runs(runs: list[Metrics], out: str | Path, x: str = "step", smooth: flo
             mfu_pct = 100.0 * mfu
             ax_mfu.plot(tx, mfu_pct, color=c, alpha=0.3, lw=0.8)
             ax_mfu.plot(tx, ema(mfu_pct, win), color=c, lw=1.4)
+        # eval.sets: more validation sets, one marker shape each (the same across runs).
+        for name, vs in r.val_sets.items():
+            if not len(vs["step"]):
+                continue
+            sx = vs["step"].astype(np.float64)
+            if x == "tokens":  # the tokens seen at those evaluations, as for /val
+                sx = np.interp(sx, vx if len(vx) else sx, r.val_tokens() if len(vx) else sx)
+            mk = set_markers.setdefault(name, "^v<>sDPX*"[len(set_markers) % 9])
+            ax_loss.plot(sx, vs["loss"], color=c, ls=":", marker=mk, ms=4, lw=1.0)
         if len(vx):
             ax_loss.plot(vx, va["loss"], color=c, ls="--", marker="o", ms=3.5, lw=1.2)
             ax_acc.plot(vx, 100.0 * va["accuracy"], color=c, ls="--", marker="o", ms=3.5)
@@ -125,6 +135,8 @@ def plot_runs(runs: list[Metrics], out: str | Path, x: str = "step", smooth: flo
     style = [Line2D([], [], color="0.4", alpha=0.35, lw=1, label="train (raw)"),
              Line2D([], [], color="0.4", lw=1.6, label="train (smoothed)"),
              Line2D([], [], color="0.4", ls="--", marker="o", ms=3.5, label="val")]
+    for name, mk in set_markers.items():
+        style.append(Line2D([], [], color="0.4", ls=":", marker=mk, ms=4, label=f"val {name}"))
     if any_skipped:
         style.append(Line2D([], [], color="0.4", ls="none", marker="x", ms=6, mew=1.5,
                             label="update skipped"))

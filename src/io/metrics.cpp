@@ -113,7 +113,7 @@ struct MetricsWriter::Impl {
     h5check(H5Pset_create_intermediate_group(lcpl, 1), "cannot set up link creation");
     const std::string gwhat = "cannot create group /" + t.group;
     H5Id group =
-        io::link_exists(file, t.group)
+        io::path_exists(file, t.group)  // each component: val_sets/<name> may lack val_sets
             ? io::own_group(H5Gopen2(file, t.group.c_str(), H5P_DEFAULT), gwhat)
             : io::own_group(H5Gcreate2(file, t.group.c_str(), lcpl, H5P_DEFAULT, H5P_DEFAULT),
                             gwhat);
@@ -192,15 +192,18 @@ struct MetricsWriter::Impl {
     t.rows_in_file = total;
   }
 
+  std::vector<Table> sets;  // /val_sets/<name>
+
   void flush() {
     write_buffered(train);
     write_buffered(val);
+    for (Table& t : sets) write_buffered(t);
     h5check(H5Fflush(file, H5F_SCOPE_GLOBAL), "cannot flush the file");
   }
 };
 
 MetricsWriter::MetricsWriter(const std::string& path, const MetricsAttributes& attrs,
-                             int64_t resume_step)
+                             int64_t resume_step, const std::vector<std::string>& val_sets)
     : impl_(std::make_unique<Impl>()) {
   io::silence_hdf5_errors();
   Impl& m = *impl_;
@@ -223,9 +226,14 @@ MetricsWriter::MetricsWriter(const std::string& path, const MetricsAttributes& a
     m.write_attributes(attrs);
     m.open_table(m.train);
     m.open_table(m.val);
+    for (const auto& name : val_sets)
+      m.sets.push_back(
+          make_table("val_sets/" + name, {{"step", true}, {"loss", false}, {"accuracy", false}}));
+    for (Table& t : m.sets) m.open_table(t);
     if (resume) {
       m.truncate_table(m.train, resume_step);
       m.truncate_table(m.val, resume_step);
+      for (Table& t : m.sets) m.truncate_table(t, resume_step);
     }
     h5check(H5Fflush(m.file, H5F_SCOPE_GLOBAL), "cannot flush the file");
   } catch (const Error& e) {
@@ -244,6 +252,8 @@ MetricsWriter::~MetricsWriter() {
   for (Table* t : {&impl_->train, &impl_->val}) {
     for (Column& c : t->cols) c.dset.reset();
   }
+  for (Table& t : impl_->sets)
+    for (Column& c : t.cols) c.dset.reset();
   impl_->file.reset();
 }
 
@@ -267,6 +277,15 @@ void MetricsWriter::append(const ValRow& r) {
   t.col(1).doubles.push_back(r.loss);
   t.col(2).doubles.push_back(r.accuracy);
   t.col(3).doubles.push_back(r.choice_accuracy);
+  if (t.col(0).buffered() >= kAutoFlushRows) flush();
+}
+
+void MetricsWriter::append_set(size_t i, int64_t step, double loss, double accuracy) {
+  TRIAD_ASSERT(i < impl_->sets.size());
+  Table& t = impl_->sets[i];
+  t.col(0).ints.push_back(step);
+  t.col(1).doubles.push_back(loss);
+  t.col(2).doubles.push_back(accuracy);
   if (t.col(0).buffered() >= kAutoFlushRows) flush();
 }
 

@@ -89,6 +89,9 @@ class KeyTable {
         "from jobs/prepare_choices.py); empty: none");
     add("eval.choice_examples", c.eval.choice_examples,
         "score the first N examples of eval.choices (0: all)");
+    add("eval.sets", c.eval.sets,
+        "more validation sets, 'name=GLOB, name=GLOB': each scored like data.val (its first "
+        "eval.sequences sequences) into /val_sets/<name> of metrics.h5");
     add("eval.choice_mode", c.eval.choice_mode,
         "batched (rows of several examples per pass, as llm.c) | cached (each context once, the "
         "endings through the KV cache: least arithmetic, in small products)");
@@ -341,6 +344,33 @@ std::string to_ini(const Config& c) {
   return KeyTable(copy).ini();
 }
 
+std::vector<std::pair<std::string, std::string>> parse_val_sets(const std::string& text) {
+  std::vector<std::pair<std::string, std::string>> sets;
+  if (text.find_first_not_of(" \t") == std::string::npos) return sets;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    const auto eq = item.find('=');
+    auto trim = [](std::string s) {
+      const auto a = s.find_first_not_of(" \t"), b = s.find_last_not_of(" \t");
+      return a == std::string::npos ? std::string() : s.substr(a, b - a + 1);
+    };
+    const std::string name = trim(item.substr(0, eq)),
+                      glob = eq == std::string::npos ? "" : trim(item.substr(eq + 1));
+    check(eq != std::string::npos && !glob.empty(), "eval.sets",
+          "'" + trim(item) + "' is not name=GLOB");
+    check(!name.empty() && name.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRS"
+                                                  "TUVWXYZ0123456789_-") == std::string::npos,
+          "eval.sets", "name '" + name + "' must be letters, digits, _ or -");
+    for (const auto& [n, g] : sets) check(n != name, "eval.sets", "name '" + name + "' repeats");
+    sets.emplace_back(name, glob);
+  }
+  check(text.find_last_not_of(" \t") == std::string::npos ||
+            text[text.find_last_not_of(" \t")] != ',',
+        "eval.sets", "ends with a comma");
+  return sets;
+}
+
 void validate(const Config& c, int world_size) {
   const auto& m = c.model;
   check(m.n_layer >= 1, "model.n_layer", "must be >= 1 (got " + std::to_string(m.n_layer) + ")");
@@ -387,6 +417,7 @@ void validate(const Config& c, int world_size) {
         "needs train.recompute = gelu or full (it is none)");
   check(t.seed >= 0, "train.seed", "must be >= 0");
   parse_blend(c.data.train, c.data.train_weights);  // throws on a malformed blend
+  parse_val_sets(c.eval.sets);
   check(std::isfinite(t.skip_loss_z) && t.skip_loss_z >= 0, "train.skip_loss_z",
         "must be a finite number >= 0 (0: off)");
   check(std::isfinite(t.skip_norm_z) && t.skip_norm_z >= 0, "train.skip_norm_z",

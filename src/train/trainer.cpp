@@ -74,12 +74,13 @@ std::string describe_choices(const EvalResult& r) {
 
 EvalResult Trainer::evaluate_only() {
   auto& s = *s_;
-  TRIAD_CHECK(!s.cfg.data.val.empty() || !s.cfg.eval.choices.empty(),
-              "config: data.val and eval.choices are empty; --eval-only needs validation "
-              "shards or a multiple-choice file");
+  const bool any_val = !s.cfg.data.val.empty() || !parse_val_sets(s.cfg.eval.sets).empty();
+  TRIAD_CHECK(any_val || !s.cfg.eval.choices.empty(),
+              "config: data.val, eval.sets and eval.choices are empty; --eval-only needs "
+              "validation shards or a multiple-choice file");
   TRIAD_CHECK(s.cfg.eval.sequences > 0 || !s.cfg.eval.choices.empty(),
               "--eval-only: eval.sequences is 0 and eval.choices is empty: nothing to evaluate");
-  if (!s.cfg.data.val.empty()) s.open_val();
+  s.open_val();
   s.open_choices();
   std::string path;
   if (!s.cl.init_from.empty()) {
@@ -103,6 +104,8 @@ EvalResult Trainer::evaluate_only() {
     if (r.sequences > 0)
       std::cout << " | val loss " << r.loss << " | val accuracy " << r.accuracy << " | "
                 << r.sequences << " sequences";
+    for (const auto& v : r.sets)
+      std::cout << " | " << v.name << " loss " << v.loss << " accuracy " << v.accuracy;
     if (r.choice_examples > 0) std::cout << " | " << describe_choices(r);
     std::cout << std::setprecision(2) << " | " << seconds << " s" << std::endl;
   }
@@ -155,7 +158,7 @@ TrainOutcome Trainer::run() {
   s.train_data = std::make_unique<BlendedLoader>(
       parse_blend(cfg.data.train, cfg.data.train_weights), T, cfg.model.vocab_size,
       cfg.data.shuffle, uint64_t(cfg.train.seed));
-  if (!cfg.data.val.empty()) s.open_val();
+  s.open_val();
   s.open_choices();
   if (cfg.sample.length > 0) {
     s.tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_file(cfg.data.vocab));
@@ -228,8 +231,10 @@ TrainOutcome Trainer::run() {
   if (s.root()) {
     MetricsAttributes a{to_ini(cfg), s.grid.describe(), s.model->num_parameters(),
                         s.model->flops_per_token(), s.peak_flops};
+    std::vector<std::string> set_names;
+    for (const auto& [name, src] : s.val_sets) set_names.push_back(name);
     s.metrics = std::make_unique<MetricsWriter>(run_path + "/metrics.h5", a,
-                                                resumed ? s.step : int64_t(-1));
+                                                resumed ? s.step : int64_t(-1), set_names);
   }
   const int accum = cfg.train.batch_size / (mbs * s.grid.shape().dp);
   {

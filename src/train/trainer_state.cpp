@@ -300,11 +300,21 @@ void Trainer::State::load_from(const std::string& path, bool resume) {
 }
 
 void Trainer::State::open_val() {
-  val_src = std::make_unique<SequenceSource>(cfg.data.val, "data.val", cfg.model.seq_len,
-                                             cfg.model.vocab_size);
-  TRIAD_CHECK(val_src->num_sequences() >= cfg.eval.sequences, "config: data.val holds ",
-              val_src->num_sequences(), " sequences of seq_len ", cfg.model.seq_len,
-              ", fewer than eval.sequences = ", cfg.eval.sequences);
+  if (!cfg.data.val.empty()) {
+    val_src = std::make_unique<SequenceSource>(cfg.data.val, "data.val", cfg.model.seq_len,
+                                               cfg.model.vocab_size);
+    TRIAD_CHECK(val_src->num_sequences() >= cfg.eval.sequences, "config: data.val holds ",
+                val_src->num_sequences(), " sequences of seq_len ", cfg.model.seq_len,
+                ", fewer than eval.sequences = ", cfg.eval.sequences);
+  }
+  for (const auto& [name, glob] : parse_val_sets(cfg.eval.sets)) {
+    const std::string key = "eval.sets (" + name + ")";
+    auto src = std::make_unique<SequenceSource>(glob, key, cfg.model.seq_len, cfg.model.vocab_size);
+    TRIAD_CHECK(src->num_sequences() >= cfg.eval.sequences, "config: ", key, " holds ",
+                src->num_sequences(), " sequences of seq_len ", cfg.model.seq_len,
+                ", fewer than eval.sequences = ", cfg.eval.sequences);
+    val_sets.emplace_back(name, std::move(src));
+  }
 }
 
 void Trainer::State::open_choices() {
@@ -335,8 +345,17 @@ EvalResult Trainer::State::evaluate() {
 }
 
 EvalResult Trainer::State::evaluate_val() {
+  EvalResult r = evaluate_source(val_src.get());
+  for (const auto& [name, src] : val_sets) {
+    const EvalResult e = evaluate_source(src.get());
+    if (e.sequences > 0) r.sets.push_back({name, e.loss, e.accuracy});
+  }
+  return r;
+}
+
+EvalResult Trainer::State::evaluate_source(const SequenceSource* src) {
   EvalResult r;
-  if (!val_src || cfg.eval.sequences == 0) return r;
+  if (src == nullptr || cfg.eval.sequences == 0) return r;
   const int64_t n = cfg.eval.sequences;
   const int B = cfg.train.micro_batch_size, T = cfg.model.seq_len;
   double loss = 0;
@@ -345,7 +364,7 @@ EvalResult Trainer::State::evaluate_val() {
   for (int64_t i = int64_t(dp_rank) * B; i < n; i += int64_t(dp) * B) {
     const int b = int(std::min<int64_t>(B, n - i));
     for (int k = 0; k < b; ++k)
-      val_src->read(i + k, inputs.data() + size_t(k) * T, targets.data() + size_t(k) * T);
+      src->read(i + k, inputs.data() + size_t(k) * T, targets.data() + size_t(k) * T);
     const ForwardStats st = model->evaluate(inputs.data(), targets.data(), b);
     loss += st.loss_sum;
     correct += st.correct;
@@ -391,10 +410,11 @@ void Trainer::State::write_pipeline_trace(const std::vector<ComputeInterval>& ac
 
 void Trainer::State::run_eval() {
   const EvalResult r = evaluate();
-  if (r.sequences > 0 || r.choice_examples > 0) {
+  if (r.sequences > 0 || r.choice_examples > 0 || !r.sets.empty()) {
     std::ostringstream os;
     os << "eval step " << step << std::fixed << std::setprecision(4);
     if (r.sequences > 0) os << " | val loss " << r.loss << " | val accuracy " << r.accuracy;
+    for (const auto& v : r.sets) os << " | " << v.name << " loss " << v.loss;
     if (r.choice_examples > 0) os << " | " << describe_choices(r);
     say(os.str());
     if (metrics) {
@@ -402,6 +422,8 @@ void Trainer::State::run_eval() {
       metrics->append(ValRow{step, r.sequences > 0 ? r.loss : nan,
                              r.sequences > 0 ? r.accuracy : nan,
                              r.choice_examples > 0 ? r.choice_accuracy : nan});
+      for (size_t i = 0; i < r.sets.size(); ++i)
+        metrics->append_set(i, step, r.sets[i].loss, r.sets[i].accuracy);
       metrics->flush();
     }
   }

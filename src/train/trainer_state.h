@@ -46,6 +46,7 @@ struct Trainer::State {
   std::unique_ptr<Optimizer> opt;
   std::unique_ptr<BlendedLoader> train_data;  // data.train (one dataset or a weighted blend)
   std::unique_ptr<SequenceSource> val_src;
+  std::vector<std::pair<std::string, std::unique_ptr<SequenceSource>>> val_sets;  // eval.sets
   std::unique_ptr<MetricsWriter> metrics;
   std::unique_ptr<Tokenizer> tokenizer;
   std::vector<ChoiceExample> choices;  // eval.choices (the first eval.choice_examples)
@@ -120,6 +121,8 @@ struct Trainer::State {
   // ---- evaluation ---------------------------------------------------------------------------
   EvalResult evaluate();      // the validation loss and the multiple-choice examples
   EvalResult evaluate_val();  // the validation loss only
+  // Loss and accuracy over the first eval.sequences sequences of src (sequences = 0: none).
+  EvalResult evaluate_source(const SequenceSource* src);
 
   void write_sample();
 

@@ -201,6 +201,32 @@ def test_plot_marks_skipped_updates(tmp_path, monkeypatch):
     plt.close(figs[-1])
 
 
+def test_val_sets_are_loaded_and_plotted(tmp_path, monkeypatch):
+    """eval.sets: /val_sets/<name> groups load into Metrics.val_sets and get a marker each."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from analysis import plot_curves
+
+    path = write_metrics(tmp_path / "v" / "metrics.h5", name="sets")
+    with h5py.File(path, "r+") as f:
+        for name, off in (("web", 0.2), ("books", -0.1)):
+            g = f.create_group(f"val_sets/{name}")
+            g["step"] = np.array([0, 20, 40, 60], dtype=np.int64)
+            g["loss"] = np.array([10.0, 6.0, 4.0, 3.5]) + off
+            g["accuracy"] = np.linspace(0.0, 0.3, 4)
+    m = load_metrics(path)
+    assert sorted(m.val_sets) == ["books", "web"]
+    assert list(m.val_sets["web"]["loss"]) == pytest.approx([10.2, 6.2, 4.2, 3.7])
+    figs = []
+    monkeypatch.setattr(plot_curves, "save_figure", lambda fig, out, dpi: figs.append(fig) or out)
+    plot_curves.plot_runs([m], tmp_path / "v.png")
+    ax = figs[-1].axes[0]
+    marks = sorted(line.get_marker() for line in ax.lines if line.get_linestyle() == ":")
+    assert marks == ["^", "v"]
+    plt.close(figs[-1])
+
+
 def test_plot_cli_bad_files(tmp_path):
     p = write_metrics(tmp_path / "r" / "metrics.h5")
     with h5py.File(p, "a") as f:

@@ -366,6 +366,46 @@ def test_blended_datasets_resume_exactly_and_bad_blends_are_refused(tmp_path):
                              "--data.train_weights", "1,1", "--run.name", "bad2"), "nope_*.bin")
 
 
+def test_more_validation_sets_are_scored_into_metrics_and_resume(tmp_path):
+    d = tmp_path / "data"
+    cfg = tiny_config(tmp_path, name="sets")
+    write_shard(d / "other_000.bin", np.random.default_rng(8).integers(0, 50, 600))
+    sets = ["--eval.sets", f"same={d}/val_*.bin, other={d}/other_*.bin"]
+    p = train("--config", cfg, *sets, check=True)
+    assert " | same loss " in p.stdout and " | other loss " in p.stdout, p.stdout
+    with h5py.File(tmp_path / "runs" / "sets" / "metrics.h5", "r") as f:
+        val_step, val_loss = f["val/step"][:], f["val/loss"][:]
+        same = {k: f["val_sets/same"][k][:] for k in ("step", "loss", "accuracy")}
+        other = f["val_sets/other/loss"][:]
+        acc = f["val/accuracy"][:]
+    # The set that reads data.val's shards is data.val, to the bit; the other one differs.
+    assert list(same["step"]) == list(val_step) == [0, 5, 10, 15, 20]
+    assert np.array_equal(same["loss"], val_loss) and np.array_equal(same["accuracy"], acc)
+    assert len(other) == 5 and not np.allclose(other, val_loss)
+    # Resumed at step 10: the rows after it are dropped, then written again, no duplicates.
+    part = tiny_config(tmp_path, name="sets_part")
+    train("--config", part, *sets, check=True)
+    ck = tmp_path / "runs" / "sets_part" / "ckpt"
+    for step in (15, 20):
+        (ck / f"step_{step:08d}.h5").unlink()
+    (ck / "latest").write_text("step_00000010.h5\n")
+    train("--config", part, *sets, check=True)
+    with h5py.File(tmp_path / "runs" / "sets_part" / "metrics.h5", "r") as f:
+        assert list(f["val_sets/other/step"][:]) == [0, 5, 10, 15, 20]
+        assert np.array_equal(f["val_sets/other/loss"][:], other)
+    p = train("--config", cfg, *sets, "--eval-only", "--resume",
+              tmp_path / "runs" / "sets" / "ckpt" / "step_00000020.h5", check=True)
+    assert "other loss" in p.stdout
+    for value, needle in (("nope", "'nope' is not name=GLOB"),
+                          (f"a={d}/val_*.bin, a={d}/val_*.bin", "name 'a' repeats"),
+                          (f"a b={d}/val_*.bin", "name 'a b' must be letters"),
+                          (f"x={d}/missing_*.bin", "eval.sets (x)")):
+        assert_clean_error(train("--config", cfg, "--eval.sets", value, "--run.name", "bad"), needle)
+    assert_clean_error(train("--config", cfg, "--eval.sets", f"short={d}/other_*.bin",
+                             "--eval.sequences", 50, "--run.name", "bad"),
+                       "eval.sets (short) holds")
+
+
 def test_damaged_checkpoints(tmp_path):
     cfg = tiny_config(tmp_path, name="a")
     train("--config", cfg, "--train.steps", "5", check=True)

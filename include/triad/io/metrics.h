@@ -2,6 +2,7 @@
 // 1-D chunked, extendible datasets of equal length within each group:
 //   /train/{step, loss, lr, grad_norm, tokens_per_sec, mfu, step_ms, tokens, skipped}
 //   /val/{step, loss, accuracy, choice_accuracy}
+//   /val_sets/<name>/{step, loss, accuracy}  (eval.sets: more validation sets)
 // step and tokens are int64, the rest float64. Root attributes: config, grid, n_params,
 // flops_per_token, peak_flops.
 #pragma once
@@ -10,6 +11,7 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace triad {
 
@@ -44,13 +46,17 @@ class MetricsWriter {
   // Rows are buffered: append() only stores them (writing every 4096 rows), flush() and the
   // destructor write them and H5Fflush, after which a reader (h5py) sees them. The file is
   // not locked, so readers may open it meanwhile (they see the state of the last flush).
-  MetricsWriter(const std::string& path, const MetricsAttributes& attrs, int64_t resume_step);
+  // `val_sets` names the groups /val_sets/<name> (eval.sets), truncated on resume as /val.
+  MetricsWriter(const std::string& path, const MetricsAttributes& attrs, int64_t resume_step,
+                const std::vector<std::string>& val_sets = {});
   ~MetricsWriter();
   MetricsWriter(const MetricsWriter&) = delete;
   MetricsWriter& operator=(const MetricsWriter&) = delete;
 
   void append(const TrainRow& row);
   void append(const ValRow& row);
+  // A row of validation set i (the order of val_sets).
+  void append_set(size_t i, int64_t step, double loss, double accuracy);
   void flush();  // H5Fflush; called at least every evaluation
 
  private:

@@ -65,6 +65,9 @@ struct EvalConfig {
   std::string choices;     // multiple-choice eval file (llm.c's format, e.g. HellaSwag); "" none
   int64_t choice_examples = 0;          // its first N examples (0: all)
   std::string choice_mode = "batched";  // batched | cached (train/choice_eval.h)
+  // More validation sets, "name=GLOB, name=GLOB" (e.g. one per corpus of a blend): each scored
+  // like data.val on its first `sequences` sequences, into /val_sets/<name> of metrics.h5.
+  std::string sets;
 };
 
 struct CheckpointConfig {
@@ -156,6 +159,10 @@ CommandLine parse_train_command_line(int argc, const char* const* argv);
 // Parses INI text (as stored in a checkpoint's `config` attribute) into a Config; `origin`
 // names the source in error messages.
 Config parse_config_text(const std::string& ini_text, const std::string& origin);
+
+// eval.sets as (name, glob) pairs; throws triad::Error naming eval.sets when an entry is not
+// name=GLOB, a name is not [A-Za-z0-9_-]+ or repeats.
+std::vector<std::pair<std::string, std::string>> parse_val_sets(const std::string& text);
 
 // Checks every value and cross-key constraint (heads divide the width, batch divisibility,
 // positive sizes, known names...). Throws triad::Error naming the key.

@@ -22,6 +22,12 @@ struct EvalResult {
   // endings of their mean token loss.
   double choice_accuracy = 0, choice_accuracy_by_sum = 0, choice_ending_loss = 0;
   int64_t choice_examples = 0;
+  // eval.sets, in its order: name, loss, accuracy.
+  struct Set {
+    std::string name;
+    double loss = 0, accuracy = 0;
+  };
+  std::vector<Set> sets;
 };
 
 // "choice accuracy 0.2955 (by summed loss 0.2859, ending loss 3.123456) | 10042 examples"
