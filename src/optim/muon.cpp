@@ -29,6 +29,11 @@ bool muon_updates(const std::string& name) {
           ends_with(name, "/mlp/c_fc/weight") || ends_with(name, "/mlp/c_proj/weight"));
 }
 
+double newton_schulz_flops(int64_t rows, int64_t cols, int steps) {
+  const double a = double(std::min(rows, cols)), b = double(std::max(rows, cols));
+  return double(steps) * (4 * a * a * b + 2 * a * a * a);
+}
+
 double muon_lr_scale(const std::string& adjust, int64_t rows, int64_t cols) {
   if (adjust == "original") return std::sqrt(std::max(1.0, double(rows) / double(cols)));
   if (adjust == "match_rms_adamw") return 0.2 * std::sqrt(double(std::max(rows, cols)));

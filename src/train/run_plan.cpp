@@ -121,6 +121,12 @@ RunPlan plan_run(const Config& cfg, int world_size) {
       m.dp_all_reduce = m.model.param_floats * sizeof(float);
       m.dp_wire_bytes = 2 * (d - 1) / d * double(m.dp_all_reduce);
     }
+    if (cfg.optim.name == "muon")
+      for (const auto& r : muon_rounds(specs, p.grid.dp)) {
+        const ParamSpec& first = specs[r.specs.front()];
+        m.optimizer_flops +=
+            newton_schulz_flops(first.shape[0], first.shape[1], cfg.optim.muon_ns_steps);
+      }
     if (cfg.optim.name == "muon" && p.grid.dp > 1) {
       // Muon's all-gathers (optim/muon.h), fp32: under ZeRO its update's slices, then in each
       // round of dp matrices the ranks' Newton–Schulz results (the round's largest shard each).
@@ -143,12 +149,16 @@ RunPlan plan_run(const Config& cfg, int world_size) {
     }
     const SimResult r = simulate(schedule, p.grid.pp, p.micro_batches, v, fwd, bwd, 0, wgt);
     p.critical_flops = r.makespan;
+    double opt = 0;  // the optimizer step follows the slowest stage's
+    for (const auto& s : p.stages) opt = std::max(opt, s.optimizer_flops);
+    p.critical_flops += opt;
     p.bubble = r.bubble;
     p.pipeline = r;
   } else {
     const auto& s = p.stages[0];
     p.critical_flops =
-        p.micro_batches * (s.flops_per_token + s.recompute_flops_per_token) * tokens_mb;
+        p.micro_batches * (s.flops_per_token + s.recompute_flops_per_token) * tokens_mb +
+        s.optimizer_flops;
   }
   return p;
 }
@@ -210,6 +220,11 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
     for (const auto& s : p.stages)
       os << " " << s.stage << ": " << s.recompute_flops_per_token / 1e9;
     os << " GFLOP (not counted in MFU)";
+  }
+  if (cfg.optim.name == "muon") {
+    os << "\nMuon's Newton-Schulz per step on the busiest rank, stage";
+    for (const auto& s : p.stages) os << " " << s.stage << ": " << s.optimizer_flops / 1e9;
+    os << " GFLOP (on the step's critical path, not counted in MFU)";
   }
   if (g.pp > 1)
     os << "\npipeline bubble (simulated with each stage's FLOPs, backward = 2 x forward"

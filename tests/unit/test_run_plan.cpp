@@ -154,6 +154,28 @@ TEST(RunPlan, ComputePerTokenCountsTheWeightsEachStageMultipliesWith) {
 // Every stage holds up to 4 activation sets (1F1B: 4 − s) with each layer's output gradients
 // (9C per token at tp = 1), and the recomputation table leaves out full recomputation, which
 // zb-h1 cannot run.
+// Muon's Newton–Schulz, k(4a²b + 2a³) per matrix, on the critical path of the busiest data-
+// parallel rank (which takes the largest matrix of each round of dp), worked out here for
+// GPT-2 124M: per layer c_attn [2304, 768], c_fc [3072, 768], mlp c_proj [768, 3072] and
+// attn c_proj [768, 768].
+TEST(RunPlan, MuonAddsItsNewtonSchulzToTheStep) {
+  auto ns = [](double a, double b) { return 5 * (4 * a * a * b + 2 * a * a * a); };
+  const double fc = ns(768, 3072), attn = ns(768, 2304), proj = ns(768, 768);
+  Config c = gpt2_124m(16, 16);
+  const RunPlan adamw = plan_run(c, 1);
+  c.optim.name = "muon";
+  const RunPlan one = plan_run(c, 1);
+  EXPECT_DOUBLE_EQ(one.stages[0].optimizer_flops, 12 * (2 * fc + attn + proj));
+  EXPECT_DOUBLE_EQ(one.critical_flops - adamw.critical_flops, 12 * (2 * fc + attn + proj));
+  // dp = 2: rounds of two equal matrices, rank 0 takes half of each kind.
+  c.train.micro_batch_size = 8;
+  EXPECT_DOUBLE_EQ(plan_run(c, 2).stages[0].optimizer_flops, 6 * (2 * fc + attn + proj));
+  // dp = 8: 48 matrices in 6 rounds, largest first: 24 mlp matrices (3 rounds), 12 c_attn and
+  // 12 attn c_proj (1.5 rounds each: one round holds 4 c_attn and 4 c_proj, rank 0 a c_attn).
+  c.train.micro_batch_size = 2;
+  EXPECT_DOUBLE_EQ(plan_run(c, 8).stages[0].optimizer_flops, 3 * fc + 2 * attn + proj);
+}
+
 TEST(RunPlan, ZeroBubbleShrinksTheBubbleForActivations) {
   Config c = gpt2_124m(64, 8);
   c.parallel.pp = 4;

@@ -38,6 +38,10 @@ bool muon_updates(const std::string& name);
 void newton_schulz(Backend& be, float* x, float* y, float* a, float* a2, int64_t m, int64_t n,
                    int blocks, int steps);
 
+// Newton–Schulz FLOPs of `steps` iterations on a [rows, cols] matrix: per iteration
+// 4a²b + 2a³ with a = min, b = max (A = XXᵀ, A², B·X).
+double newton_schulz_flops(int64_t rows, int64_t cols, int steps);
+
 // The learning-rate factor s of a [rows, cols] matrix (optim.muon_adjust_lr).
 double muon_lr_scale(const std::string& adjust, int64_t rows, int64_t cols);
 

@@ -47,6 +47,10 @@ struct StageMemory {
   // The weight gradients of the layers' linear layers (2 FLOPs per weight and token): the part
   // of the backward a zero-bubble schedule moves into its weight pass.
   double weight_grad_flops_per_token = 0;
+  // optim.name = muon: the Newton–Schulz FLOPs per step of the busiest data-parallel rank of the
+  // stage (rank 0: it takes the largest matrix of every round; optim/muon.h), after the
+  // backward pass, on the step's critical path.
+  double optimizer_flops = 0;
   // Data-parallel payload per step that this rank hands in (CommStats bytes): the gradient
   // all-reduce, or under ZeRO-1 the reduce-scatter of the whole buffer and the all-gather of the
   // slice (in bf16 where the trainer gathers the bf16 copy; Muon adds a gather of its fp32
