@@ -108,8 +108,8 @@ def plot_runs(runs: list[Metrics], out: str | Path, x: str = "step", smooth: flo
             if not len(vs["step"]):
                 continue
             sx = vs["step"].astype(np.float64)
-            if x == "tokens":  # the tokens seen at those evaluations, as for /val
-                sx = np.interp(sx, vx if len(vx) else sx, r.val_tokens() if len(vx) else sx)
+            if x == "tokens" and len(va["step"]):  # the tokens seen at those evaluations
+                sx = np.interp(sx, va["step"].astype(np.float64), r.val_tokens())
             mk = set_markers.setdefault(name, "^v<>sDPX*"[len(set_markers) % 9])
             ax_loss.plot(sx, vs["loss"], color=c, ls=":", marker=mk, ms=4, lw=1.0)
         if len(vx):

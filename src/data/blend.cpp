@@ -62,6 +62,7 @@ BlendedLoader::BlendedLoader(const BlendSpec& spec, int seq_len, int vocab_size,
   // Largest remainders: N_d = floor(share), then one more for the largest fractions.
   double sum = 0;
   for (double w : spec.weights) sum += w;
+  TRIAD_CHECK(std::isfinite(sum), "config: data.train_weights: their sum is not a finite number");
   std::vector<double> frac(D);
   int64_t given = 0;
   for (size_t d = 0; d < D; ++d) {

@@ -120,7 +120,7 @@ void publish_checkpoint(const std::string& dir, const std::string& file_name, in
   if (keep_every > 0)  // milestones stay, outside the count
     std::erase_if(all, [&](const std::string& name) {
       const auto step = parse_checkpoint_name(name);
-      return step && *step % keep_every == 0;
+      return step && *step > 0 && *step % keep_every == 0;
     });
   size_t remaining = all.size();
   for (const std::string& name : all) {  // oldest first

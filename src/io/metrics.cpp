@@ -194,6 +194,25 @@ struct MetricsWriter::Impl {
 
   std::vector<Table> sets;  // /val_sets/<name>
 
+  // The names of the groups under /val_sets in the file.
+  std::vector<std::string> existing_sets() {
+    std::vector<std::string> names;
+    if (!io::link_exists(file, "val_sets")) return names;
+    H5Id g = io::own_group(H5Gopen2(file, "val_sets", H5P_DEFAULT), "cannot open /val_sets");
+    H5G_info_t info;
+    h5check(H5Gget_info(g, &info), "cannot read /val_sets");
+    for (hsize_t i = 0; i < info.nlinks; ++i) {
+      const ssize_t n =
+          H5Lget_name_by_idx(g, ".", H5_INDEX_NAME, H5_ITER_INC, i, nullptr, 0, H5P_DEFAULT);
+      h5check(int(n), "cannot read /val_sets");
+      std::vector<char> name(size_t(n) + 1, '\0');
+      H5Lget_name_by_idx(g, ".", H5_INDEX_NAME, H5_ITER_INC, i, name.data(), name.size(),
+                         H5P_DEFAULT);
+      names.emplace_back(name.data());
+    }
+    return names;
+  }
+
   void flush() {
     write_buffered(train);
     write_buffered(val);
@@ -234,6 +253,16 @@ MetricsWriter::MetricsWriter(const std::string& path, const MetricsAttributes& a
       m.truncate_table(m.train, resume_step);
       m.truncate_table(m.val, resume_step);
       for (Table& t : m.sets) m.truncate_table(t, resume_step);
+      // Sets of the file that this run no longer scores: cut at the resume step as well, so
+      // no row of the abandoned run's future is left behind.
+      for (const std::string& name : m.existing_sets())
+        if (std::find(val_sets.begin(), val_sets.end(), name) == val_sets.end()) {
+          Table t = make_table("val_sets/" + name,
+                               {{"step", true}, {"loss", false}, {"accuracy", false}});
+          m.open_table(t);
+          m.truncate_table(t, resume_step);
+          for (Column& c : t.cols) c.dset.reset();
+        }
     }
     h5check(H5Fflush(m.file, H5F_SCOPE_GLOBAL), "cannot flush the file");
   } catch (const Error& e) {

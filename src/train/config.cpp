@@ -448,6 +448,12 @@ void validate(const Config& c, int world_size) {
   check(c.checkpoint.every >= 0, "checkpoint.every", "must be >= 0");
   check(c.checkpoint.keep >= 0, "checkpoint.keep", "must be >= 0 (0 keeps all)");
   check(c.checkpoint.keep_every >= 0, "checkpoint.keep_every", "must be >= 0 (0: none)");
+  check(c.checkpoint.keep_every == 0 || c.checkpoint.every == 0 ||
+            c.checkpoint.keep_every % c.checkpoint.every == 0,
+        "checkpoint.keep_every",
+        "(" + std::to_string(c.checkpoint.keep_every) +
+            ") must be a multiple of checkpoint.every (" + std::to_string(c.checkpoint.every) +
+            "), or no checkpoint would fall on it but theirs in common");
   check(!c.run.name.empty() && c.run.name.find('/') == std::string::npos, "run.name",
         "must be a non-empty name without '/'");
   check(!c.run.dir.empty(), "run.dir", "must not be empty");

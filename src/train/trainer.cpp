@@ -10,6 +10,7 @@
 #include <fstream>
 #include <iomanip>
 #include <iostream>
+#include <limits>
 #include <sstream>
 
 #include "trainer_state.h"
@@ -293,6 +294,7 @@ TrainOutcome Trainer::run() {
   s.grid.dp().reset_stats();
   s.grid.tp().reset_stats();
   s.grid.pp().reset_stats();
+  int skipped_in_a_row = 0;  // update skipping: a run that skips a whole window has diverged
   while (s.step < cfg.train.steps) {
     Timer step_timer;
     const int64_t st = s.step;
@@ -345,11 +347,18 @@ TrainOutcome Trainer::run() {
     const double norm = s.grad_norm(g, lo, hi);
     // Update skipping: every rank has the same loss and norm, so the same windows; the decision
     // is still agreed over the world, as ranks that disagreed would wait in different collectives.
-    const double z_loss = s.loss_window.push(loss), z_norm = s.norm_window.push(norm);
-    int skip = (cfg.train.skip_loss_z > 0 && z_loss > cfg.train.skip_loss_z) ||
-               (cfg.train.skip_norm_z > 0 && z_norm > cfg.train.skip_norm_z);
-    if (cfg.train.skip_loss_z > 0 || cfg.train.skip_norm_z > 0)
-      MPI_Allreduce(MPI_IN_PLACE, &skip, 1, MPI_INT, MPI_MAX, s.grid.world());
+    // A loss or norm that is not a finite number is skipped outright (with skipping on) and
+    // kept out of the windows, whose mean and spread it would spoil.
+    const bool skipping = cfg.train.skip_loss_z > 0 || cfg.train.skip_norm_z > 0;
+    const bool finite = std::isfinite(loss) && std::isfinite(norm);
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    const double z_loss = finite ? s.loss_window.push(loss) : nan;
+    const double z_norm = finite ? s.norm_window.push(norm) : nan;
+    int skip =
+        skipping && (!finite || (cfg.train.skip_loss_z > 0 && z_loss > cfg.train.skip_loss_z) ||
+                     (cfg.train.skip_norm_z > 0 && z_norm > cfg.train.skip_norm_z));
+    if (skipping) MPI_Allreduce(MPI_IN_PLACE, &skip, 1, MPI_INT, MPI_MAX, s.grid.world());
+    skipped_in_a_row = skip ? skipped_in_a_row + 1 : 0;
     if (skip) {
       std::ostringstream os;
       os << std::fixed << std::setprecision(2) << "step " << st + 1 << " skipped: loss "
@@ -403,8 +412,11 @@ TrainOutcome Trainer::run() {
     if (s.metrics)
       s.metrics->append(TrainRow{st, loss, lr, norm, tps, mfu, dt * 1e3,
                                  s.step * int64_t(tokens_per_step), skip ? 1.0 : 0.0});
-    TRIAD_CHECK(std::isfinite(loss), "training diverged: loss is ", loss, " at step ", st,
+    TRIAD_CHECK(skip || std::isfinite(loss), "training diverged: loss is ", loss, " at step ", st,
                 " (lower train.lr or check the data)");
+    TRIAD_CHECK(skipped_in_a_row < cfg.train.skip_window, "training diverged: the last ",
+                skipped_in_a_row, " steps (train.skip_window) were all skipped, up to step ",
+                st + 1, " (loss ", loss, ", grad norm ", norm, ")");
     if (st % cfg.train.log_every == 0 || s.step == cfg.train.steps) {
       const double per_step = run_timer.seconds() / double(s.step - first_step);
       std::ostringstream os;

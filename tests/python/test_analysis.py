@@ -225,6 +225,12 @@ def test_val_sets_are_loaded_and_plotted(tmp_path, monkeypatch):
     marks = sorted(line.get_marker() for line in ax.lines if line.get_linestyle() == ":")
     assert marks == ["^", "v"]
     plt.close(figs[-1])
+    # Against tokens: the sets sit at the tokens seen at their evaluations, as /val does.
+    plot_curves.plot_runs([m], tmp_path / "t.png", x="tokens")
+    ax = figs[-1].axes[0]
+    xs = [list(line.get_xdata()) for line in ax.lines if line.get_linestyle() == ":"]
+    assert xs and all(x == pytest.approx(list(m.val_tokens())) for x in xs)
+    plt.close(figs[-1])
 
 
 def test_plot_cli_bad_files(tmp_path):

@@ -335,6 +335,16 @@ def test_update_skipping_keeps_the_weights_at_a_loss_spike_and_resumes_exactly(t
         assert np.array_equal(v, weights(pk / "step_00000020.h5")[k]), k
 
 
+def test_update_skipping_skips_non_finite_steps_and_stops_a_diverged_run(tmp_path):
+    # lr 1e30 without clipping: the weights overflow after one update, every later loss is NaN.
+    cfg = _spiky_run(tmp_path, "nan", skip_loss_z=4, skip_window=4, lr=1e30, grad_clip=0)
+    p = train("--config", cfg)
+    assert_clean_error(p, "training diverged: the last 4 steps (train.skip_window) were all skipped")
+    assert "step 2 skipped: loss" in p.stdout, p.stdout
+    _, _, skipped = _train_metrics(tmp_path / "runs" / "nan")
+    assert list(skipped) == [0, 1, 1, 1, 1], skipped
+
+
 def test_blended_datasets_resume_exactly_and_bad_blends_are_refused(tmp_path):
     d = tmp_path / "data"
     cfg = tiny_config(tmp_path, name="blend", data__shuffle="true")  # writes data/train_00[01]
@@ -393,6 +403,14 @@ def test_more_validation_sets_are_scored_into_metrics_and_resume(tmp_path):
     with h5py.File(tmp_path / "runs" / "sets_part" / "metrics.h5", "r") as f:
         assert list(f["val_sets/other/step"][:]) == [0, 5, 10, 15, 20]
         assert np.array_equal(f["val_sets/other/loss"][:], other)
+    # Resumed at 10 again without the set "same": its rows from step 10 on are cut too.
+    for step in (15, 20):
+        (ck / f"step_{step:08d}.h5").unlink()
+    (ck / "latest").write_text("step_00000010.h5\n")
+    train("--config", part, "--eval.sets", f"other={d}/other_*.bin", check=True)
+    with h5py.File(tmp_path / "runs" / "sets_part" / "metrics.h5", "r") as f:
+        assert list(f["val_sets/same/step"][:]) == [0, 5]
+        assert list(f["val_sets/other/step"][:]) == [0, 5, 10, 15, 20]
     p = train("--config", cfg, *sets, "--eval-only", "--resume",
               tmp_path / "runs" / "sets" / "ckpt" / "step_00000020.h5", check=True)
     assert "other loss" in p.stdout

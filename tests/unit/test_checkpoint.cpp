@@ -1245,15 +1245,17 @@ TEST_F(CheckpointTest, PublishWritesLatestAndPrunes) {
   triad::publish_checkpoint(dir_.string(), "step_00000001.h5", 1);
   EXPECT_EQ(triad::list_checkpoints(dir_.string()), (std::vector<std::string>{"step_00000001.h5"}));
 
-  // Milestones (steps that are multiples of keep_every) stay and do not count in keep.
-  for (int s = 2; s <= 9; ++s) write_bytes(path(triad::checkpoint_file_name(s)), {'x'});
+  // Milestones (steps that are positive multiples of keep_every) stay and do not count in keep;
+  // step 0 (checkpoint.at_start) is not one.
+  for (int s = 0; s <= 9; ++s) write_bytes(path(triad::checkpoint_file_name(s)), {'x'});
   triad::publish_checkpoint(dir_.string(), "step_00000009.h5", 2, 4);
   EXPECT_EQ(triad::list_checkpoints(dir_.string()),
             (std::vector<std::string>{"step_00000004.h5", "step_00000007.h5", "step_00000008.h5",
                                       "step_00000009.h5"}));
-  for (const char* f : {"step_00000001.h5", "step_00000002.h5", "step_00000003.h5",
-                        "step_00000004.h5", "step_00000005.h5", "step_00000006.h5",
-                        "step_00000007.h5", "step_00000008.h5", "step_00000009.h5"})
+  for (const char* f :
+       {"step_00000000.h5", "step_00000001.h5", "step_00000002.h5", "step_00000003.h5",
+        "step_00000004.h5", "step_00000005.h5", "step_00000006.h5", "step_00000007.h5",
+        "step_00000008.h5", "step_00000009.h5"})
     fs::remove(dir_ / f);
 
   // Publishing a file that is not there is an error naming it.

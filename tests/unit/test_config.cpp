@@ -189,6 +189,10 @@ TEST(Config, MilestoneCheckpointsAreChecked) {
   EXPECT_EQ(error_of({"--checkpoint.keep_every", "1000"}), "");
   EXPECT_NE(error_of({"--checkpoint.keep_every", "-5"}).find("checkpoint.keep_every"),
             std::string::npos);
+  EXPECT_NE(error_of({"--checkpoint.every", "300", "--checkpoint.keep_every", "1000"})
+                .find("must be a multiple of checkpoint.every (300)"),
+            std::string::npos);
+  EXPECT_EQ(error_of({"--checkpoint.every", "250", "--checkpoint.keep_every", "1000"}), "");
 }
 
 TEST(Config, MuonSettingsAreChecked) {

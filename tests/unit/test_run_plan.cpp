@@ -144,16 +144,6 @@ TEST(RunPlan, ComputePerTokenCountsTheWeightsEachStageMultipliesWith) {
   EXPECT_NE(text.find(want.str()), std::string::npos) << text;
 }
 
-// zb-h1 against 1f1b on 4 stages, 8 micro-batches. Stages of equal compute (16 layers of GPT-2
-// 124M's width, a 512-token vocabulary): the weight pass takes the layers' weight gradients
-// (2 FLOPs per weight) out of the backward on the critical path and the simulated bubble halves
-// (1F1B: 27.7%, near the formula's 3/11; ZB-H1: 13.7%, the formula's 1/9 being for t_W = t_fwd,
-// and here the weight pass is a little shorter than the forward). GPT-2 124M with its head on
-// the last stage gains less (53.2% → 49.4%): most of its bubble is that stage's extra work, which
-// no schedule hides.
-// Every stage holds up to 4 activation sets (1F1B: 4 − s) with each layer's output gradients
-// (9C per token at tp = 1), and the recomputation table leaves out full recomputation, which
-// zb-h1 cannot run.
 // Muon's Newton–Schulz, k(4a²b + 2a³) per matrix, on the critical path of the busiest data-
 // parallel rank (which takes the largest matrix of each round of dp), worked out here for
 // GPT-2 124M: per layer c_attn [2304, 768], c_fc [3072, 768], mlp c_proj [768, 3072] and
@@ -176,6 +166,16 @@ TEST(RunPlan, MuonAddsItsNewtonSchulzToTheStep) {
   EXPECT_DOUBLE_EQ(plan_run(c, 8).stages[0].optimizer_flops, 3 * fc + 2 * attn + proj);
 }
 
+// zb-h1 against 1f1b on 4 stages, 8 micro-batches. Stages of equal compute (16 layers of GPT-2
+// 124M's width, a 512-token vocabulary): the weight pass takes the layers' weight gradients
+// (2 FLOPs per weight) out of the backward on the critical path and the simulated bubble halves
+// (1F1B: 27.7%, near the formula's 3/11; ZB-H1: 13.7%, the formula's 1/9 being for t_W = t_fwd,
+// and here the weight pass is a little shorter than the forward). GPT-2 124M with its head on
+// the last stage gains less (53.2% → 49.4%): most of its bubble is that stage's extra work, which
+// no schedule hides.
+// Every stage holds up to 4 activation sets (1F1B: 4 − s) with each layer's output gradients
+// (9C per token at tp = 1), and the recomputation table leaves out full recomputation, which
+// zb-h1 cannot run.
 TEST(RunPlan, ZeroBubbleShrinksTheBubbleForActivations) {
   Config c = gpt2_124m(64, 8);
   c.parallel.pp = 4;

@@ -138,7 +138,8 @@ std::vector<std::string> list_checkpoints(const std::string& dir);
 // After a successful save: writes dir/latest (atomically, via a temp file + rename) with the
 // file name and a newline, then deletes the oldest checkpoints so that at most `keep` remain
 // (keep <= 0: keep all); file_name itself is never deleted, nor is a checkpoint whose step is a
-// multiple of keep_every (> 0: milestones, kept for later evaluation, not counted in `keep`).
+// positive multiple of keep_every (> 0: milestones, kept for later evaluation, not counted in
+// `keep`).
 // Call on one rank only.
 void publish_checkpoint(const std::string& dir, const std::string& file_name, int keep,
                         int64_t keep_every = 0);
