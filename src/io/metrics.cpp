@@ -192,7 +192,8 @@ struct MetricsWriter::Impl {
     t.rows_in_file = total;
   }
 
-  std::vector<Table> sets;  // /val_sets/<name>
+  std::vector<Table> sets;   // /val_sets/<name>
+  std::vector<Table> norms;  // /norms (one table, or none)
 
   // The names of the groups under /val_sets in the file.
   std::vector<std::string> existing_sets() {
@@ -217,12 +218,14 @@ struct MetricsWriter::Impl {
     write_buffered(train);
     write_buffered(val);
     for (Table& t : sets) write_buffered(t);
+    for (Table& t : norms) write_buffered(t);
     h5check(H5Fflush(file, H5F_SCOPE_GLOBAL), "cannot flush the file");
   }
 };
 
 MetricsWriter::MetricsWriter(const std::string& path, const MetricsAttributes& attrs,
-                             int64_t resume_step, const std::vector<std::string>& val_sets)
+                             int64_t resume_step, const std::vector<std::string>& val_sets,
+                             const std::vector<std::string>& norm_groups)
     : impl_(std::make_unique<Impl>()) {
   io::silence_hdf5_errors();
   Impl& m = *impl_;
@@ -249,7 +252,17 @@ MetricsWriter::MetricsWriter(const std::string& path, const MetricsAttributes& a
       m.sets.push_back(
           make_table("val_sets/" + name, {{"step", true}, {"loss", false}, {"accuracy", false}}));
     for (Table& t : m.sets) m.open_table(t);
+    if (!norm_groups.empty()) {
+      std::vector<std::string> names{"step"};
+      for (const auto& g : norm_groups) names.push_back("grad_" + g);
+      for (const auto& g : norm_groups) names.push_back("weight_" + g);
+      std::vector<std::pair<const char*, bool>> spec;
+      for (const auto& n : names) spec.emplace_back(n.c_str(), n == "step");
+      m.norms.push_back(make_table("norms", spec));
+      m.open_table(m.norms.back());
+    }
     if (resume) {
+      for (Table& t : m.norms) m.truncate_table(t, resume_step);
       m.truncate_table(m.train, resume_step);
       m.truncate_table(m.val, resume_step);
       for (Table& t : m.sets) m.truncate_table(t, resume_step);
@@ -283,6 +296,8 @@ MetricsWriter::~MetricsWriter() {
   }
   for (Table& t : impl_->sets)
     for (Column& c : t.cols) c.dset.reset();
+  for (Table& t : impl_->norms)
+    for (Column& c : t.cols) c.dset.reset();
   impl_->file.reset();
 }
 
@@ -306,6 +321,18 @@ void MetricsWriter::append(const ValRow& r) {
   t.col(1).doubles.push_back(r.loss);
   t.col(2).doubles.push_back(r.accuracy);
   t.col(3).doubles.push_back(r.choice_accuracy);
+  if (t.col(0).buffered() >= kAutoFlushRows) flush();
+}
+
+void MetricsWriter::append_norms(int64_t step, const std::vector<double>& grad,
+                                 const std::vector<double>& weight) {
+  TRIAD_ASSERT(!impl_->norms.empty() && grad.size() == weight.size() &&
+               impl_->norms[0].cols.size() == 1 + 2 * grad.size());
+  Table& t = impl_->norms[0];
+  t.col(0).ints.push_back(step);
+  for (size_t i = 0; i < grad.size(); ++i) t.col(1 + i).doubles.push_back(grad[i]);
+  for (size_t i = 0; i < weight.size(); ++i)
+    t.col(1 + grad.size() + i).doubles.push_back(weight[i]);
   if (t.col(0).buffered() >= kAutoFlushRows) flush();
 }
 

@@ -57,6 +57,9 @@ class KeyTable {
         "skip the update of a step whose loss is more than this many standard deviations above "
         "the mean of the previous train.skip_window steps (0: never)");
     add("train.skip_norm_z", c.train.skip_norm_z, "the same for the gradient norm (0: never)");
+    add("train.norms_every", c.train.norms_every,
+        "every N steps write each layer's gradient and weight L2 norms to /norms of metrics.h5 "
+        "(0: never)");
     add("train.skip_window", c.train.skip_window,
         "steps whose loss and gradient norm the skip z-scores compare with");
     add("optim.name", c.optim.name,
@@ -422,6 +425,7 @@ void validate(const Config& c, int world_size) {
         "must be a finite number >= 0 (0: off)");
   check(std::isfinite(t.skip_norm_z) && t.skip_norm_z >= 0, "train.skip_norm_z",
         "must be a finite number >= 0 (0: off)");
+  check(t.norms_every >= 0, "train.norms_every", "must be >= 0 (0: never)");
   check(t.skip_window >= 2 && t.skip_window <= 1000000, "train.skip_window",
         "must be in [2, 1000000]");
   const auto& o = c.optim;

@@ -234,8 +234,9 @@ TrainOutcome Trainer::run() {
                         s.model->flops_per_token(), s.peak_flops};
     std::vector<std::string> set_names;
     for (const auto& [name, src] : s.val_sets) set_names.push_back(name);
-    s.metrics = std::make_unique<MetricsWriter>(run_path + "/metrics.h5", a,
-                                                resumed ? s.step : int64_t(-1), set_names);
+    s.metrics = std::make_unique<MetricsWriter>(
+        run_path + "/metrics.h5", a, resumed ? s.step : int64_t(-1), set_names,
+        cfg.train.norms_every > 0 ? s.norm_groups() : std::vector<std::string>{});
   }
   const int accum = cfg.train.batch_size / (mbs * s.grid.shape().dp);
   {
@@ -345,6 +346,11 @@ TrainOutcome Trainer::run() {
     const size_t lo = zero ? s.shard_lo : 0, hi = zero ? s.shard_hi : s.model->num_floats();
     if (zero) s.grid.dp().reduce_scatter_sum(s.model->grads(), g, hi - lo);
     const double norm = s.grad_norm(g, lo, hi);
+    if (cfg.train.norms_every > 0 && st % cfg.train.norms_every == 0) {
+      std::vector<double> grad_norms, weight_norms;
+      s.layer_norms(g, lo, hi, grad_norms, weight_norms);
+      if (s.metrics) s.metrics->append_norms(st, grad_norms, weight_norms);
+    }
     // Update skipping: every rank has the same loss and norm, so the same windows; the decision
     // is still agreed over the world, as ranks that disagreed would wait in different collectives.
     // A loss or norm that is not a finite number is skipped outright (with skipping on) and

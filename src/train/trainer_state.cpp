@@ -137,6 +137,50 @@ void Trainer::State::setup_model() {
   targets.resize(inputs.size());
 }
 
+namespace {
+// The layer a parameter belongs to: "h/3/mlp/c_fc/weight" -> "h3", "ln_f/bias" -> "ln_f".
+std::string layer_of(const std::string& name) {
+  const std::string head = name.substr(0, name.find('/'));
+  if (head != "h") return head;
+  const size_t a = name.find('/') + 1;
+  return "h" + name.substr(a, name.find('/', a) - a);
+}
+}  // namespace
+
+std::vector<std::string> Trainer::State::norm_groups() const {
+  std::vector<std::string> groups;
+  for (const auto& p : gpt_parameter_layout(model->shape())) {
+    const std::string g = layer_of(p.name);
+    if (std::find(groups.begin(), groups.end(), g) == groups.end()) groups.push_back(g);
+  }
+  return groups;
+}
+
+void Trainer::State::layer_norms(const float* g, size_t lo, size_t hi, std::vector<double>& grad,
+                                 std::vector<double>& weight) {
+  const std::vector<std::string> groups = norm_groups();
+  std::vector<double> sq(2 * groups.size(), 0.0);  // gradient squares, then weight squares
+  // As grad_norm: each parameter once (not replicas); without ZeRO dp rank 0 alone; under ZeRO
+  // the slice, where the fp32 weights are current too.
+  if (cfg.parallel.zero == 1 || dp_rank == 0)
+    for (const auto& s : model->specs()) {
+      if (s.replica) continue;
+      const size_t x = std::max(s.offset, lo), y = std::min(s.offset + s.numel, hi);
+      if (x >= y) continue;
+      const size_t k =
+          size_t(std::find(groups.begin(), groups.end(), layer_of(s.name)) - groups.begin());
+      sq[k] += be->sum_squares(g + (x - lo), y - x);
+      sq[groups.size() + k] += be->sum_squares(model->params() + x, y - x);
+    }
+  MPI_Allreduce(MPI_IN_PLACE, sq.data(), int(sq.size()), MPI_DOUBLE, MPI_SUM, grid.world());
+  grad.resize(groups.size());
+  weight.resize(groups.size());
+  for (size_t k = 0; k < groups.size(); ++k) {
+    grad[k] = std::sqrt(sq[k]);
+    weight[k] = std::sqrt(sq[groups.size() + k]);
+  }
+}
+
 double Trainer::State::grad_norm(const float* g, size_t lo, size_t hi) {
   // The squares of this rank's counted gradients in [lo, hi) (g points at element lo), summed
   // over the world. Without ZeRO every data-parallel replica holds the whole reduced gradient,

@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from triad_run import ENV, REPO, VOCAB, exe, tiny_config, train
+from triad_run import ENV, REPO, VOCAB, exe, tiny_config, tool, train
 
 MPIRUN = shutil.which("mpirun")
 MPI_ENV = dict(ENV, OMP_NUM_THREADS="1", OMPI_MCA_pml="ob1", OMPI_MCA_btl="self,vader")
@@ -244,3 +244,39 @@ def test_profile_step_needs_a_pipeline_and_triad_timeline_refuses_foreign_files(
     assert t.returncode == 1
     assert t.stderr.strip().endswith("expected source,stage,kind,microbatch,chunk,start_ms,end_ms)")
     assert "Traceback" not in t.stderr
+
+
+def test_layer_norms_are_the_same_on_every_grid(tmp_path):
+    """train.norms_every on tensor, pipeline and ZeRO data-parallel grids: each layer's
+    gradient and weight norms equal one rank's (every parameter counted once: not the tensor-
+    parallel replicas of the LayerNorms, nor the last stage's copy of the tied wte)."""
+    cfg = tiny_config(tmp_path, name="one", train__norms_every=2, train__steps=6,
+                      eval__every=0, data__shuffle="false")
+
+    def norms(name):
+        with h5py.File(tmp_path / "runs" / name / "metrics.h5", "r") as f:
+            return {k: f["norms"][k][:] for k in f["norms"]}
+
+    p = run(1, "--config", cfg)
+    assert p.returncode == 0, p.stdout + p.stderr
+    want = norms("one")
+    assert list(want["step"]) == [0, 2, 4]
+    assert {"grad_wte", "grad_wpe", "grad_h0", "grad_h1", "grad_ln_f", "weight_h1"} <= set(want)
+    for n, grid in ((4, ["--parallel.tp", 2, "--parallel.zero", 1]),
+                    (2, ["--parallel.pp", 2]),
+                    (4, ["--parallel.tp", 2, "--parallel.pp", 2])):
+        name = f"g{n}_" + "_".join(map(str, grid[::2])).replace("--parallel.", "")
+        p = run(n, "--config", cfg, "--run.name", name, *grid)
+        assert p.returncode == 0, p.stdout + p.stderr
+        got = norms(name)
+        assert set(got) == set(want), name
+        for k in want:
+            np.testing.assert_allclose(got[k], want[k], rtol=2e-5, err_msg=f"{name} {k}")
+    # triad-plot-norms draws them (and says plainly when a run has none).
+    out = tmp_path / "norms.png"
+    p = tool("triad-plot-norms", tmp_path / "runs" / "one", "--out", out)
+    assert p.returncode == 0 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", p.stderr
+    plain = tiny_config(tmp_path, name="plain", train__steps=2)
+    assert train("--config", plain).returncode == 0
+    p = tool("triad-plot-norms", tmp_path / "runs" / "plain", "--out", out)
+    assert p.returncode == 1 and "no /norms group" in p.stderr and "train.norms_every" in p.stderr

@@ -488,5 +488,40 @@ def test_blended_datasets_train_as_the_documented_order(tmp_root, tmp_path):
     compare_training(p, tmp_path, sections, "blend", batch_of_step)
 
 
+def test_layer_norms_match_torch(tmp_root, tmp_path):
+    """train.norms_every: each layer's gradient and weight L2 norms at step 0 against the
+    float64 reference's autograd on the same weights and batch."""
+    case = CASES[0]
+    p = prepare(case, tmp_root)
+    sections = config_sections(case, p.dir, train__steps=2, train__norms_every=1)
+    ref.write_config(tmp_path / "n.ini", sections)
+    run([binary("triad-train"), "--config", tmp_path / "n.ini", "--init-from", p.ckpt,
+         "--resume", "none", "--run.dir", tmp_path / "runs", "--run.name", "n"])
+    B, T = sections["train"]["batch_size"], case.cfg.seq_len
+    x, y = ref.batch(p.train_tokens, 0, B, T)
+    _, _, grads = torch_forward_backward(p.weights, case.cfg, x, y)
+
+    def layer(name):
+        head = name.split("/")[0]
+        return "h" + name.split("/")[1] if head == "h" else head
+
+    want_g, want_w = {}, {}
+    for name, gr in grads.items():
+        want_g[layer(name)] = want_g.get(layer(name), 0.0) + float(np.sum(gr.astype(np.float64) ** 2))
+        w = p.weights[name].double().numpy()
+        want_w[layer(name)] = want_w.get(layer(name), 0.0) + float(np.sum(w * w))
+    import h5py
+    with h5py.File(tmp_path / "runs" / "n" / "metrics.h5", "r") as f:
+        assert list(f["norms/step"][:]) == [0, 1]
+        for k in want_g:
+            got_g, got_w = f[f"norms/grad_{k}"][0], f[f"norms/weight_{k}"][0]
+            assert got_g == pytest.approx(np.sqrt(want_g[k]), rel=1e-5), k
+            assert got_w == pytest.approx(np.sqrt(want_w[k]), rel=1e-6), k
+        assert sorted(k[5:] for k in f["norms"] if k.startswith("grad_")) == sorted(want_g)
+        # Their squares add up to the global gradient norm of the step.
+        total = np.sqrt(sum(f[f"norms/grad_{k}"][0] ** 2 for k in want_g))
+        assert total == pytest.approx(f["train/grad_norm"][0], rel=1e-6)
+
+
 # Chosen from the printed norms so that clipping triggers in some steps but not all.
 GRAD_CLIP = {"gpt2vocab": 1.0, "oddshapes": 1.0}

@@ -13,6 +13,7 @@ VOCAB = REPO / "data" / "vocab" / "gpt2.tiktoken"
 VENV_BIN = REPO / ".venv" / "bin"
 # The analysis commands (analysis/pyproject.toml's entry points) and their `python -m` form.
 MODULES = {"triad-plot": ["analysis.plot_curves"],
+           "triad-plot-norms": ["analysis.plot_norms"],
            "triad-ckpt": ["analysis.inspect_checkpoint", "ckpt"],
            "triad-scaling": ["analysis.scaling"],
            "triad-sweep": ["analysis.sweep"],

@@ -183,6 +183,8 @@ TEST(Config, UpdateSkippingSettingsAreChecked) {
   expect(error_of({"--train.skip_loss_z", "-1"}), "train.skip_loss_z", "must be a finite number");
   expect(error_of({"--train.skip_norm_z", "inf"}), "train.skip_norm_z", "must be a finite number");
   expect(error_of({"--train.skip_window", "1"}), "train.skip_window", "must be in [2, 1000000]");
+  expect(error_of({"--train.norms_every", "-1"}), "train.norms_every", "must be >= 0");
+  EXPECT_EQ(error_of({"--train.norms_every", "10"}), "");
 }
 
 TEST(Config, MilestoneCheckpointsAreChecked) {

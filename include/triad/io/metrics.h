@@ -3,6 +3,7 @@
 //   /train/{step, loss, lr, grad_norm, tokens_per_sec, mfu, step_ms, tokens, skipped}
 //   /val/{step, loss, accuracy, choice_accuracy}
 //   /val_sets/<name>/{step, loss, accuracy}  (eval.sets: more validation sets)
+//   /norms/{step, grad_<g>, weight_<g>}      (train.norms_every: per layer g = wte, wpe, h0, ...)
 // step and tokens are int64, the rest float64. Root attributes: config, grid, n_params,
 // flops_per_token, peak_flops.
 #pragma once
@@ -47,8 +48,10 @@ class MetricsWriter {
   // destructor write them and H5Fflush, after which a reader (h5py) sees them. The file is
   // not locked, so readers may open it meanwhile (they see the state of the last flush).
   // `val_sets` names the groups /val_sets/<name> (eval.sets), truncated on resume as /val.
+  // `norm_groups` (non-empty: train.norms_every) the columns of /norms.
   MetricsWriter(const std::string& path, const MetricsAttributes& attrs, int64_t resume_step,
-                const std::vector<std::string>& val_sets = {});
+                const std::vector<std::string>& val_sets = {},
+                const std::vector<std::string>& norm_groups = {});
   ~MetricsWriter();
   MetricsWriter(const MetricsWriter&) = delete;
   MetricsWriter& operator=(const MetricsWriter&) = delete;
@@ -57,6 +60,9 @@ class MetricsWriter {
   void append(const ValRow& row);
   // A row of validation set i (the order of val_sets).
   void append_set(size_t i, int64_t step, double loss, double accuracy);
+  // A row of /norms: the gradient and weight norms of norm_groups, in their order.
+  void append_norms(int64_t step, const std::vector<double>& grad,
+                    const std::vector<double>& weight);
   void flush();  // H5Fflush; called at least every evaluation
 
  private:

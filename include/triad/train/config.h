@@ -38,6 +38,9 @@ struct TrainConfig {
   // skip_window steps; 0: off.
   double skip_loss_z = 0, skip_norm_z = 0;
   int skip_window = 128;
+  // Every N steps (0: never) the L2 norms of each layer's gradient and weights go into /norms of
+  // metrics.h5 (before the update, the gradient before clipping).
+  int64_t norms_every = 0;
 };
 
 struct OptimConfig {
