@@ -322,7 +322,7 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
     for v in "${variants[@]}"; do
       read -r be pr <<<"$v"
       timeout "$(tmo 90 150)" "$B/triad-train" --config "$W/tiny.ini" --run.backend "$be" --run.precision "$pr" \
-        --optim.name muon --resume none --run.name "curve_${be}_${pr}_muon" --train.steps 50 \
+        --optim.name muon --train.norms_every 10 --resume none --run.name "curve_${be}_${pr}_muon" --train.steps 50 \
         --checkpoint.every 0 >"$RUN/curve_${be}_${pr}_muon.txt" 2>&1 || tail -8 "$RUN/curve_${be}_${pr}_muon.txt"
     done
     # Generation with the cache of keys and values (triad-generate --backend cuda, the decoding
@@ -423,6 +423,14 @@ try:
         a, b = l["cpu_fp32_muon"], l[v + "_muon"]
         d = np.abs(a - b) / np.abs(a)
         print(f"RESULT_MUON {v.split('_')[1]}: {len(b)} steps, max rel diff {d.max():.2e}, final cpu {a[-1]:.5f} gpu {b[-1]:.5f} (adamw {l[v][-1]:.5f})")
+    # The per-layer norms (train.norms_every, sum_squares on the device) at step 0, before the
+    # runs part: the same weights and batch on both.
+    def norms0(v):
+        with h5py.File(w / "runs" / f"curve_{v}_muon" / "metrics.h5", "r") as f:
+            return {k: float(f["norms"][k][0]) for k in f["norms"] if k != "step"}
+    n_cpu, n_gpu = norms0("cpu_fp32"), norms0("cuda_fp32")
+    worst = max(abs(n_gpu[k] - n_cpu[k]) / max(abs(n_cpu[k]), 1e-30) for k in n_cpu)
+    print(f"RESULT_NORMS cuda fp32 vs cpu, step 0, {len(n_cpu)} layer norms: max rel diff {worst:.2e}")
 except Exception as e:
     print("RESULT_MUON failed:", e)
 for g in ("dp", "tp", "pp", "zb", "tpmuon", "dpmuon"):
@@ -501,6 +509,7 @@ res "generation on the GPU" "${GEN_ROW:-not run}"
 CHOICE_ROW=$(sed -n 's/^RESULT_CHOICES //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)
 res "multiple choice on the GPU" "${CHOICE_ROW:-failed}"
 res "Muon 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_MUON //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
+res "layer norms GPU vs CPU" "$(sed -n 's/^RESULT_NORMS //p' "$RUN/gpu.txt" 2>/dev/null)"
 res "2 ranks on one GPU" "$(sed -n 's/^RESULT_NP2 //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "NCCL Comm in training" "$(sed -n 's/^RESULT_NCCL //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -) ($(sed -n 's/^RESULT_NCCL_LINE //p' "$RUN/gpu.txt" 2>/dev/null))"
 res "triad 124M bf16 GPU" "${GPU_124M:-failed}"
