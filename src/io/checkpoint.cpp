@@ -601,6 +601,7 @@ CheckpointState read_state(hid_t file) {
   s.grid = io::read_string_attr(file, "grid").value_or("");
   s.loss_window = io::read_doubles_attr(file, "loss_window").value_or(std::vector<double>{});
   s.norm_window = io::read_doubles_attr(file, "grad_norm_window").value_or(std::vector<double>{});
+  s.skipped_in_a_row = io::read_int64_attr(file, "skipped_in_a_row").value_or(0);
 
   TRIAD_CHECK(io::link_exists(file, "model"), "group /model is missing");
   H5Id model = io::own_group(H5Gopen2(file, "model", H5P_DEFAULT), "cannot open group /model");
@@ -900,6 +901,7 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
         io::write_string_attr(file, "grid", state.grid);
         io::write_doubles_attr(file, "loss_window", state.loss_window);
         io::write_doubles_attr(file, "grad_norm_window", state.norm_window);
+        io::write_int64_attr(file, "skipped_in_a_row", state.skipped_in_a_row);
 
         H5Id lcpl = io::make_plist(H5P_LINK_CREATE);
         h5check(H5Pset_create_intermediate_group(lcpl, 1), "cannot set up link creation");

@@ -295,7 +295,6 @@ TrainOutcome Trainer::run() {
   s.grid.dp().reset_stats();
   s.grid.tp().reset_stats();
   s.grid.pp().reset_stats();
-  int skipped_in_a_row = 0;  // update skipping: a run that skips a whole window has diverged
   while (s.step < cfg.train.steps) {
     Timer step_timer;
     const int64_t st = s.step;
@@ -364,7 +363,7 @@ TrainOutcome Trainer::run() {
         skipping && (!finite || (cfg.train.skip_loss_z > 0 && z_loss > cfg.train.skip_loss_z) ||
                      (cfg.train.skip_norm_z > 0 && z_norm > cfg.train.skip_norm_z));
     if (skipping) MPI_Allreduce(MPI_IN_PLACE, &skip, 1, MPI_INT, MPI_MAX, s.grid.world());
-    skipped_in_a_row = skip ? skipped_in_a_row + 1 : 0;
+    s.skipped_in_a_row = skip ? s.skipped_in_a_row + 1 : 0;
     if (skip) {
       std::ostringstream os;
       os << std::fixed << std::setprecision(2) << "step " << st + 1 << " skipped: loss "
@@ -420,8 +419,8 @@ TrainOutcome Trainer::run() {
                                  s.step * int64_t(tokens_per_step), skip ? 1.0 : 0.0});
     TRIAD_CHECK(skip || std::isfinite(loss), "training diverged: loss is ", loss, " at step ", st,
                 " (lower train.lr or check the data)");
-    TRIAD_CHECK(skipped_in_a_row < cfg.train.skip_window, "training diverged: the last ",
-                skipped_in_a_row, " steps (train.skip_window) were all skipped, up to step ",
+    TRIAD_CHECK(s.skipped_in_a_row < cfg.train.skip_window, "training diverged: the last ",
+                s.skipped_in_a_row, " steps (train.skip_window) were all skipped, up to step ",
                 st + 1, " (loss ", loss, ", grad norm ", norm, ")");
     if (st % cfg.train.log_every == 0 || s.step == cfg.train.steps) {
       const double per_step = run_timer.seconds() / double(s.step - first_step);

@@ -265,6 +265,7 @@ CheckpointState Trainer::State::checkpoint_state() const {
                         cfg.model.seq_len, cfg.model.vocab_size, cfg.padded_vocab_size()};
   st.loss_window = loss_window.values();
   st.norm_window = norm_window.values();
+  st.skipped_in_a_row = skipped_in_a_row;
   return st;
 }
 
@@ -340,6 +341,7 @@ void Trainer::State::load_from(const std::string& path, bool resume) {
   position = st.epoch * n + st.next_sequence;
   loss_window.restore(st.loss_window);
   norm_window.restore(st.norm_window);
+  skipped_in_a_row = st.skipped_in_a_row;
   say("resumed from " + path + " at step " + std::to_string(step));
 }
 

@@ -56,6 +56,7 @@ struct Trainer::State {
   // The z-scores of update skipping: the last train.skip_window losses and gradient norms.
   OutlierWindow loss_window{size_t(cfg.train.skip_window)},
       norm_window{size_t(cfg.train.skip_window)};
+  int64_t skipped_in_a_row = 0;  // update skipping: a whole window of them means divergence
   // Data parallelism: this rank's slice [shard_lo, shard_hi) of the flat parameter buffer is
   // what it updates under ZeRO-1 and what it writes into checkpoints (always).
   int dp = 1, dp_rank = 0;

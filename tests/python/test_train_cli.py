@@ -343,6 +343,11 @@ def test_update_skipping_skips_non_finite_steps_and_stops_a_diverged_run(tmp_pat
     assert "step 2 skipped: loss" in p.stdout, p.stdout
     _, _, skipped = _train_metrics(tmp_path / "runs" / "nan")
     assert list(skipped) == [0, 1, 1, 1, 1], skipped
+    # Resumed after two of those skips, the run stops after two more: the count travels in the
+    # checkpoint.
+    ck = tmp_path / "runs" / "nan" / "ckpt" / "step_00000003.h5"
+    p = train("--config", cfg, "--resume", ck, "--run.name", "nan2")
+    assert_clean_error(p, "the last 4 steps (train.skip_window) were all skipped, up to step 5")
 
 
 def test_blended_datasets_resume_exactly_and_bad_blends_are_refused(tmp_path):

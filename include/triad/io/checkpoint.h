@@ -75,6 +75,7 @@ struct CheckpointState {
   // The last train losses and gradient norms (oldest first), for the z-scores of the update
   // skipping (train.skip_*); attributes loss_window, grad_norm_window, empty when absent.
   std::vector<double> loss_window, norm_window;
+  int64_t skipped_in_a_row = 0;  // attribute skipped_in_a_row: the steps just before, all skipped
 };
 
 // Writes `path` atomically (via path + ".partial"). Collective over comm: every rank passes
