@@ -265,6 +265,26 @@ TEST(ModelParallel, Bf16FollowsFp32OnEveryGrid) {
   }
 }
 
+// Muon in bf16: its step writes the bf16 copy of the matrices the layers read (and ZeRO-1
+// gathers that copy), so the bf16 run follows the fp32 one on every grid.
+TEST(ModelParallel, MuonInBf16FollowsFp32) {
+  const std::string dir = shared_dir("bf16");
+  const std::vector<std::string> muon = {"--optim.name", "muon",     "--optim.muon_lr",
+                                         "0.02",         "--resume", "none"};
+  std::vector<std::string> bf16 = muon;
+  bf16.insert(bf16.end(), {"--run.precision", "bf16"});
+  const Result fp32 = run(dir, "muon_fp32", Grid{}, muon);
+  const Result one = run(dir, "muon_bf16", Grid{}, bf16);
+  expect_close_losses(one, fp32, 1e-3, "muon bf16 vs fp32");
+  for (const Grid& g : std::vector<Grid>{{2, 1, 1, 1, 2, "1f1b", 1},
+                                         {1, 2, 1, 0, 1, "1f1b", 1},
+                                         {2, 2, 2, 1, 2, "interleaved", 2}}) {
+    if (g.ranks() > world_size()) continue;
+    expect_close_losses(run(dir, "muon_bf16_" + g.name(), g, bf16), one, 5e-4,
+                        "muon bf16 " + g.name());
+  }
+}
+
 TEST(ModelParallel, Bf16ResumesExactlyAndSharesCheckpointsWithFp32) {
   const std::string dir = shared_dir("bf16ckpt");
   const Grid g{1, 2, 2, 0, 2, "1f1b", 1};
