@@ -3,27 +3,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
-#include <sstream>
 
+#include "triad/core/comma_list.h"
 #include "triad/core/error.h"
 
 namespace triad {
-
-namespace {
-
-std::vector<std::string> split_commas(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream in(s);
-  std::string item;
-  while (std::getline(in, item, ',')) {
-    const auto a = item.find_first_not_of(" \t"), b = item.find_last_not_of(" \t");
-    out.push_back(a == std::string::npos ? "" : item.substr(a, b - a + 1));
-  }
-  if (!s.empty() && s.back() == ',') out.push_back("");
-  return out;
-}
-
-}  // namespace
 
 BlendSpec parse_blend(const std::string& train, const std::string& weights) {
   BlendSpec b;
@@ -32,8 +16,8 @@ BlendSpec parse_blend(const std::string& train, const std::string& weights) {
     b.weights = {1.0};
     return b;
   }
-  b.globs = split_commas(train);
-  const std::vector<std::string> ws = split_commas(weights);
+  b.globs = split_comma_list(train);
+  const std::vector<std::string> ws = split_comma_list(weights);
   TRIAD_CHECK(ws.size() == b.globs.size(), "config: data.train_weights has ", ws.size(),
               " weight(s) but data.train ", b.globs.size(), " comma-separated glob(s)");
   for (size_t d = 0; d < ws.size(); ++d) {

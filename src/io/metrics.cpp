@@ -64,6 +64,11 @@ Table make_table(const std::string& group, const std::vector<std::pair<const cha
   return t;
 }
 
+// /val_sets/<name> (eval.sets).
+Table val_set_table(const std::string& name) {
+  return make_table("val_sets/" + name, {{"step", true}, {"loss", false}, {"accuracy", false}});
+}
+
 }  // namespace
 
 struct MetricsWriter::Impl {
@@ -248,9 +253,7 @@ MetricsWriter::MetricsWriter(const std::string& path, const MetricsAttributes& a
     m.write_attributes(attrs);
     m.open_table(m.train);
     m.open_table(m.val);
-    for (const auto& name : val_sets)
-      m.sets.push_back(
-          make_table("val_sets/" + name, {{"step", true}, {"loss", false}, {"accuracy", false}}));
+    for (const auto& name : val_sets) m.sets.push_back(val_set_table(name));
     for (Table& t : m.sets) m.open_table(t);
     if (!norm_groups.empty()) {
       std::vector<std::string> names{"step"};
@@ -270,8 +273,7 @@ MetricsWriter::MetricsWriter(const std::string& path, const MetricsAttributes& a
       // no row of the abandoned run's future is left behind.
       for (const std::string& name : m.existing_sets())
         if (std::find(val_sets.begin(), val_sets.end(), name) == val_sets.end()) {
-          Table t = make_table("val_sets/" + name,
-                               {{"step", true}, {"loss", false}, {"accuracy", false}});
+          Table t = val_set_table(name);
           m.open_table(t);
           m.truncate_table(t, resume_step);
           for (Column& c : t.cols) c.dset.reset();

@@ -13,10 +13,6 @@ namespace {
 constexpr float kNsA = 3.4445f, kNsB = -4.7750f, kNsC = 2.0315f;
 constexpr double kNsEps = 1e-7;
 
-bool ends_with(const std::string& s, const std::string& tail) {
-  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
-}
-
 // Column blocks of the matrix a rank gathers for spec s: a matrix split by columns arrives as
 // the tp ranks' column shards one after the other.
 int gathered_blocks(const ParamSpec& s, int tp) { return s.split_axis == 1 ? tp : 1; }
@@ -24,9 +20,9 @@ int gathered_blocks(const ParamSpec& s, int tp) { return s.split_axis == 1 ? tp 
 }  // namespace
 
 bool muon_updates(const std::string& name) {
-  return name.rfind("h/", 0) == 0 &&
-         (ends_with(name, "/attn/c_attn/weight") || ends_with(name, "/attn/c_proj/weight") ||
-          ends_with(name, "/mlp/c_fc/weight") || ends_with(name, "/mlp/c_proj/weight"));
+  return name.starts_with("h/") &&
+         (name.ends_with("/attn/c_attn/weight") || name.ends_with("/attn/c_proj/weight") ||
+          name.ends_with("/mlp/c_fc/weight") || name.ends_with("/mlp/c_proj/weight"));
 }
 
 double newton_schulz_flops(int64_t rows, int64_t cols, int steps) {
@@ -80,23 +76,27 @@ void newton_schulz(Backend& be, float* x, float* y, float* a, float* a2, int64_t
 }
 
 namespace {
-// The largest gathered matrix and the largest min(m, n)² among the Muon matrices of specs.
-std::pair<size_t, size_t> scratch_sizes(const std::vector<ParamSpec>& specs, int tp) {
-  size_t most = 0, most_k = 0;
-  for (const auto& s : specs) {
-    if (!muon_updates(s.name)) continue;
-    most = std::max(most, s.split_axis >= 0 ? s.numel * size_t(tp) : s.numel);
-    const size_t k = size_t(std::min(s.shape[0], s.shape[1]));
-    most_k = std::max(most_k, k * k);
+// The scratch for the Muon matrices of specs, sized for every one of them (the same on every
+// rank of a stage, as the run plan counts it): the largest gathered matrix (x, y), the largest
+// min(m, n)² (a, a2), and with dp > 1 the largest local shard (send, and dp of them received).
+struct Scratch {
+  size_t gathered = 0, square = 0, shard = 0;
+  size_t floats(int dp) const {
+    if (gathered == 0) return 0;
+    return 2 * gathered + 2 * square + (dp > 1 ? shard * size_t(1 + dp) : 0);
   }
-  return {most, most_k};
-}
+};
 
-size_t largest_shard(const std::vector<ParamSpec>& specs) {
-  size_t most = 0;
-  for (const auto& s : specs)
-    if (muon_updates(s.name)) most = std::max(most, s.numel);
-  return most;
+Scratch scratch_of(const std::vector<ParamSpec>& specs, int tp) {
+  Scratch s;
+  for (const auto& p : specs) {
+    if (!muon_updates(p.name)) continue;
+    s.gathered = std::max(s.gathered, p.split_axis >= 0 ? p.numel * size_t(tp) : p.numel);
+    const size_t k = size_t(std::min(p.shape[0], p.shape[1]));
+    s.square = std::max(s.square, k * k);
+    s.shard = std::max(s.shard, p.numel);
+  }
+  return s;
 }
 }  // namespace
 
@@ -117,10 +117,7 @@ std::vector<MuonRound> muon_rounds(const std::vector<ParamSpec>& specs, int dp) 
 }
 
 size_t MuonMatrices::scratch_floats(const std::vector<ParamSpec>& specs, int tp, int dp) {
-  const auto [most, most_k] = scratch_sizes(specs, tp);
-  if (most == 0) return 0;
-  const size_t shard = dp > 1 ? largest_shard(specs) : 0;
-  return 2 * most + 2 * most_k + shard * size_t(1 + dp);  // x, y, a, a2; send, recv
+  return scratch_of(specs, tp).floats(dp);
 }
 
 MuonMatrices::MuonMatrices(const OptimConfig& cfg, const std::vector<ParamSpec>& specs,
@@ -155,17 +152,15 @@ MuonMatrices::MuonMatrices(const OptimConfig& cfg, const std::vector<ParamSpec>&
       runs_.begin(), runs_.end(),
       [](const Backend::UpdateRun& a, const Backend::UpdateRun& b) { return a.begin < b.begin; });
   rounds_ = muon_rounds(specs_, dps);
-  // Sized for every matrix of the layout: the same on every rank of a stage, as the run plan
-  // counts it.
-  const auto [most, most_k] = scratch_sizes(specs_, tps);
-  if (most > 0) {
-    x_ = be_.alloc(most);
-    y_ = be_.alloc(most);
-    a_ = be_.alloc(most_k);
-    a2_ = be_.alloc(most_k);
+  const Scratch sc = scratch_of(specs_, tps);
+  if (sc.gathered > 0) {
+    x_ = be_.alloc(sc.gathered);
+    y_ = be_.alloc(sc.gathered);
+    a_ = be_.alloc(sc.square);
+    a2_ = be_.alloc(sc.square);
     if (dps > 1) {
-      send_ = be_.alloc(largest_shard(specs_));
-      recv_ = be_.alloc(largest_shard(specs_) * size_t(dps));
+      send_ = be_.alloc(sc.shard);
+      recv_ = be_.alloc(sc.shard * size_t(dps));
     }
   }
 }

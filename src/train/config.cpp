@@ -9,6 +9,7 @@
 #include <map>
 #include <sstream>
 
+#include "triad/core/comma_list.h"
 #include "triad/core/error.h"
 #include "triad/data/blend.h"
 #include "triad/model/gpt.h"
@@ -192,12 +193,7 @@ std::vector<int> parse_stage_layers(const std::string& text, int pp, int n_layer
   const std::string key = "config: parallel.stage_layers";
   std::vector<int> counts;
   int64_t sum = 0;
-  size_t at = 0;
-  while (at <= text.size()) {
-    const size_t end = std::min(text.find(',', at), text.size());
-    std::string item = text.substr(at, end - at);
-    item.erase(0, item.find_first_not_of(" \t"));
-    item.erase(item.find_last_not_of(" \t") + 1);
+  for (const std::string& item : split_comma_list(text)) {
     int v = -1;
     const auto r = std::from_chars(item.data(), item.data() + item.size(), v);
     TRIAD_CHECK(
@@ -205,7 +201,6 @@ std::vector<int> parse_stage_layers(const std::string& text, int pp, int n_layer
         " must be empty, auto or parallel.pp comma-separated layer counts >= 0 (got '", text, "')");
     counts.push_back(v);
     sum += v;
-    at = end + 1;
   }
   TRIAD_CHECK(int(counts.size()) == pp, key, " '", text, "' gives ", counts.size(),
               " stages, parallel.pp is ", pp);
@@ -350,27 +345,18 @@ std::string to_ini(const Config& c) {
 std::vector<std::pair<std::string, std::string>> parse_val_sets(const std::string& text) {
   std::vector<std::pair<std::string, std::string>> sets;
   if (text.find_first_not_of(" \t") == std::string::npos) return sets;
-  std::stringstream in(text);
-  std::string item;
-  while (std::getline(in, item, ',')) {
+  for (const std::string& item : split_comma_list(text)) {
+    check(!item.empty(), "eval.sets", "has an empty entry (two commas, or one at an end)");
     const auto eq = item.find('=');
-    auto trim = [](std::string s) {
-      const auto a = s.find_first_not_of(" \t"), b = s.find_last_not_of(" \t");
-      return a == std::string::npos ? std::string() : s.substr(a, b - a + 1);
-    };
-    const std::string name = trim(item.substr(0, eq)),
-                      glob = eq == std::string::npos ? "" : trim(item.substr(eq + 1));
-    check(eq != std::string::npos && !glob.empty(), "eval.sets",
-          "'" + trim(item) + "' is not name=GLOB");
+    const std::string name = trim_blanks(item.substr(0, eq)),
+                      glob = eq == std::string::npos ? "" : trim_blanks(item.substr(eq + 1));
+    check(eq != std::string::npos && !glob.empty(), "eval.sets", "'" + item + "' is not name=GLOB");
     check(!name.empty() && name.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRS"
                                                   "TUVWXYZ0123456789_-") == std::string::npos,
           "eval.sets", "name '" + name + "' must be letters, digits, _ or -");
     for (const auto& [n, g] : sets) check(n != name, "eval.sets", "name '" + name + "' repeats");
     sets.emplace_back(name, glob);
   }
-  check(text.find_last_not_of(" \t") == std::string::npos ||
-            text[text.find_last_not_of(" \t")] != ',',
-        "eval.sets", "ends with a comma");
   return sets;
 }
 

@@ -121,19 +121,21 @@ RunPlan plan_run(const Config& cfg, int world_size) {
       m.dp_all_reduce = m.model.param_floats * sizeof(float);
       m.dp_wire_bytes = 2 * (d - 1) / d * double(m.dp_all_reduce);
     }
-    if (cfg.optim.name == "muon")
+    if (cfg.optim.name == "muon") {
+      // Muon (optim/muon.h): rank 0's Newton–Schulz, the first matrix of each round; with
+      // dp > 1 its fp32 all-gathers: under ZeRO its update's slices, then in each round the
+      // ranks' results (the round's largest shard each).
+      size_t gathered = zero ? range : 0;
       for (const auto& r : muon_rounds(specs, p.grid.dp)) {
         const ParamSpec& first = specs[r.specs.front()];
         m.optimizer_flops +=
             newton_schulz_flops(first.shape[0], first.shape[1], cfg.optim.muon_ns_steps);
+        gathered += r.count;
       }
-    if (cfg.optim.name == "muon" && p.grid.dp > 1) {
-      // Muon's all-gathers (optim/muon.h), fp32: under ZeRO its update's slices, then in each
-      // round of dp matrices the ranks' Newton–Schulz results (the round's largest shard each).
-      size_t muon = zero ? range : 0;
-      for (const auto& r : muon_rounds(specs, p.grid.dp)) muon += r.count;
-      m.dp_all_gather += muon * sizeof(float);
-      m.dp_wire_bytes += (d - 1) * double(muon * sizeof(float));
+      if (p.grid.dp > 1) {
+        m.dp_all_gather += gathered * sizeof(float);
+        m.dp_wire_bytes += (d - 1) * double(gathered * sizeof(float));
+      }
     }
     p.stages.push_back(m);
   }

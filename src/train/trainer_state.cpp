@@ -346,21 +346,18 @@ void Trainer::State::load_from(const std::string& path, bool resume) {
 }
 
 void Trainer::State::open_val() {
-  if (!cfg.data.val.empty()) {
-    val_src = std::make_unique<SequenceSource>(cfg.data.val, "data.val", cfg.model.seq_len,
-                                               cfg.model.vocab_size);
-    TRIAD_CHECK(val_src->num_sequences() >= cfg.eval.sequences, "config: data.val holds ",
-                val_src->num_sequences(), " sequences of seq_len ", cfg.model.seq_len,
-                ", fewer than eval.sequences = ", cfg.eval.sequences);
-  }
-  for (const auto& [name, glob] : parse_val_sets(cfg.eval.sets)) {
-    const std::string key = "eval.sets (" + name + ")";
+  // A validation set's shards, which must hold the eval.sequences it is scored on; `key` names
+  // it in errors.
+  auto open = [&](const std::string& glob, const std::string& key) {
     auto src = std::make_unique<SequenceSource>(glob, key, cfg.model.seq_len, cfg.model.vocab_size);
     TRIAD_CHECK(src->num_sequences() >= cfg.eval.sequences, "config: ", key, " holds ",
                 src->num_sequences(), " sequences of seq_len ", cfg.model.seq_len,
                 ", fewer than eval.sequences = ", cfg.eval.sequences);
-    val_sets.emplace_back(name, std::move(src));
-  }
+    return src;
+  };
+  if (!cfg.data.val.empty()) val_src = open(cfg.data.val, "data.val");
+  for (const auto& [name, glob] : parse_val_sets(cfg.eval.sets))
+    val_sets.emplace_back(name, open(glob, "eval.sets (" + name + ")"));
 }
 
 void Trainer::State::open_choices() {

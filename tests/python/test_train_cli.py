@@ -422,6 +422,7 @@ def test_more_validation_sets_are_scored_into_metrics_and_resume(tmp_path):
     for value, needle in (("nope", "'nope' is not name=GLOB"),
                           (f"a={d}/val_*.bin, a={d}/val_*.bin", "name 'a' repeats"),
                           (f"a b={d}/val_*.bin", "name 'a b' must be letters"),
+                          (f"a={d}/val_*.bin,", "has an empty entry"),
                           (f"x={d}/missing_*.bin", "eval.sets (x)")):
         assert_clean_error(train("--config", cfg, "--eval.sets", value, "--run.name", "bad"), needle)
     assert_clean_error(train("--config", cfg, "--eval.sets", f"short={d}/other_*.bin",
