@@ -42,8 +42,7 @@ vocab=data/vocab/gpt2.tiktoken
 
 . jobs/bench-prepare.sh
 bench_python bench-generate
-if [[ ! -f build/CMakeCache.txt ]]; then cmake --preset release; fi
-cmake --build build -j"$(nproc 2>/dev/null || echo 2)" --target triad-generate triad-tokenize
+bench_build triad-generate triad-tokenize
 export OMPI_MCA_ess_singleton_isolated=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/triad-bench-generate.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT

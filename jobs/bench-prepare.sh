@@ -2,12 +2,13 @@
 # from the repository root: builds triad-train, finds the Python with the PyTorch peer, and writes
 # the random token shard both sides train on (the data does not change the speed).
 
-# bench_build: configures build/ with the release preset on first use, then builds triad-train.
+# bench_build [TARGET ...]: configures build/ with the release preset on first use, then builds
+# the targets (default triad-train).
 bench_build() {
   if [[ ! -f build/CMakeCache.txt ]]; then
     cmake --preset release
   fi
-  cmake --build build -j"$(nproc 2>/dev/null || echo 2)" --target triad-train
+  cmake --build build -j"$(nproc 2>/dev/null || echo 2)" --target "${@:-triad-train}"
 }
 
 # bench_python NAME: sets $py to the project's .venv Python (else python3) and exits with a
