@@ -442,6 +442,14 @@ def test_damaged_checkpoints(tmp_path):
     with h5py.File(foreign, "w") as f:
         f["x"] = np.zeros(3)
     assert_clean_error(train("--config", cfg, "--resume", foreign), "foreign.h5")
+    # The update-skipping state of the root attributes, of the wrong kind.
+    for attr, value in (("loss_window", "not numbers"), ("grad_norm_window", np.zeros((2, 2))),
+                        ("skipped_in_a_row", 1.5)):
+        bad = tmp_path / f"bad_{attr}.h5"
+        bad.write_bytes(good.read_bytes())
+        with h5py.File(bad, "r+") as f:
+            f.attrs[attr] = value
+        assert_clean_error(train("--config", cfg, "--resume", bad), f"bad_{attr}.h5", attr)
     shard = tmp_path / "data" / "train_000.bin"
     assert_clean_error(train("--config", cfg, "--init-from", shard, "--run.name", "c"),
                        "train_000.bin")
