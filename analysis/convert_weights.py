@@ -528,6 +528,10 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
     if not rep.ok:
         raise ConvertError(rep.headline())
     a = rep.model_attrs
+    if a.get("position", "learned") != "learned":
+        raise ConvertError(f"{path}: the model uses {a['position']} positions (model.position); "
+                           f"GPT-2's Hugging Face and llm.c formats hold learned positions (wpe) "
+                           f"only")
     d = Dims(*(int(a[k]) for k in ("n_layer", "n_head", "n_embd", "seq_len", "vocab_size")))
 
     def tensors():

@@ -65,9 +65,12 @@ def resolve_checkpoint_path(p: str | Path) -> Path:
 
 
 def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
-    """Parameter names and shapes of DESIGN.md §3 from the /model attributes."""
+    """Parameter names and shapes of DESIGN.md §3 from the /model attributes (no wpe when the
+    attribute position is rope: rotary positions)."""
     L, C, T, V = (int(a[k]) for k in ("n_layer", "n_embd", "seq_len", "padded_vocab_size"))
-    s = {"wte/weight": (V, C), "wpe/weight": (T, C), "ln_f/weight": (C,), "ln_f/bias": (C,)}
+    s = {"wte/weight": (V, C), "ln_f/weight": (C,), "ln_f/bias": (C,)}
+    if a.get("position", "learned") != "rope":
+        s["wpe/weight"] = (T, C)
     for i in range(L):
         p = f"h/{i}/"
         s.update({
@@ -247,6 +250,11 @@ def _check(rep: Report) -> None:
         P.append(f"padded_vocab_size {Vp} < vocab_size {V}")
     if int(ma["n_head"]) <= 0 or int(ma["n_embd"]) % int(ma["n_head"]) != 0:
         P.append(f"n_embd {ma['n_embd']} is not a multiple of n_head {ma['n_head']}")
+    position = ma.get("position", "learned")  # absent: a file from before rotary positions
+    if position not in ("learned", "rope"):
+        P.append(f"/model attribute position = {position!r}, expected 'learned' or 'rope'")
+    elif position == "rope" and "rope_theta" not in ma:
+        P.append("/model has position = 'rope' but no rope_theta attribute")
     exp = expected_shapes(ma)
     for name, shape in exp.items():
         if name not in model:

@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <bit>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <set>
@@ -611,6 +612,16 @@ CheckpointState read_state(hid_t file) {
   s.model.seq_len = require_int64(model, "/model", "seq_len");
   s.model.vocab_size = require_int64(model, "/model", "vocab_size");
   s.model.padded_vocab_size = require_int64(model, "/model", "padded_vocab_size");
+  s.model.position = io::read_string_attr(model, "position").value_or("learned");
+  TRIAD_CHECK(s.model.position == "learned" || s.model.position == "rope",
+              "attribute position of /model is '", s.model.position, "', not learned or rope");
+  if (s.model.position == "rope") {
+    const std::optional<double> theta = io::read_double_attr(model, "rope_theta");
+    TRIAD_CHECK(theta.has_value() && std::isfinite(*theta) && *theta > 1,
+                "attribute rope_theta of /model is ",
+                theta ? "not a finite number > 1" : "missing (position is rope)");
+    s.model.rope_theta = *theta;
+  }
   return s;
 }
 
@@ -918,6 +929,9 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
           io::write_int64_attr(model, "seq_len", state.model.seq_len);
           io::write_int64_attr(model, "vocab_size", state.model.vocab_size);
           io::write_int64_attr(model, "padded_vocab_size", state.model.padded_vocab_size);
+          io::write_string_attr(model, "position", state.model.position);
+          if (state.model.position == "rope")
+            io::write_double_attr(model, "rope_theta", state.model.rope_theta);
         }
         size_t i = 0;
         for (const TensorGroup& g : groups) {

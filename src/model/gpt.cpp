@@ -160,7 +160,7 @@ std::vector<ParamSpec> gpt_rank_layout(const GptShape& shape, const ModelParalle
   LayoutBuilder b(mp.tp, mp.tp_rank);
   if (mp.first_stage()) {
     b.add("wte/weight", {Vp, C}, 0, 1, false);
-    b.add("wpe/weight", {T, C}, -1, 1, false);
+    if (!shape.rope) b.add("wpe/weight", {T, C}, -1, 1, false);
   }
   for (int c = 0; c < mp.virtual_stages; ++c) {
     const int g = mp.global_chunk(c), first = mp.first_layer(g, shape.n_layer);
@@ -176,6 +176,25 @@ std::vector<ParamSpec> gpt_rank_layout(const GptShape& shape, const ModelParalle
   }
   return b.take();
 }
+
+std::vector<float> rope_table(const GptShape& shape) {
+  const int hd = shape.n_embd / shape.n_head, half = hd / 2;
+  std::vector<float> t(size_t(shape.seq_len) * size_t(hd));
+  for (int p = 0; p < shape.seq_len; ++p)
+    for (int i = 0; i < half; ++i) {
+      const double angle = p * std::pow(shape.rope_theta, -2.0 * i / hd);
+      t[size_t(p) * hd + i] = float(std::cos(angle));
+      t[size_t(p) * hd + half + i] = float(std::sin(angle));
+    }
+  return t;
+}
+
+namespace {
+// Floats of the rope table a model of this shape keeps on its backend (0 without rope).
+size_t rope_table_floats(const GptShape& shape) {
+  return shape.rope ? size_t(shape.seq_len) * size_t(shape.n_embd / shape.n_head) : 0;
+}
+}  // namespace
 
 const char* precision_name(Precision p) { return p == Precision::bf16 ? "bf16" : "fp32"; }
 
@@ -260,6 +279,14 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
                                         logits_rows_, a.split_backward, inference_, &be_);
   if (const size_t n = inference_ ? 0 : tied_scratch_floats(shape, mp); n > 0)
     tied_scratch_ = be_.alloc(n);
+  if (shape_.rope) {
+    TRIAD_CHECK((shape.n_embd / shape.n_head) % 2 == 0,
+                "rotary positions need an even head dimension (n_embd / n_head = ",
+                shape.n_embd / shape.n_head, ")");
+    const std::vector<float> table = rope_table(shape_);
+    rope_table_ = be_.alloc(table.size());
+    be_.copy_from_host(rope_table_, table.data(), table.size());
+  }
   d_inputs_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
   d_targets_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
   host_ids_.resize(size_t(max_batch_) * shape_.seq_len);
@@ -294,7 +321,8 @@ GptMemory Gpt::memory_plan(const GptShape& shape, int max_batch, int shards,
                            a.split_backward, options.inference, nullptr)
             .bytes();
   }
-  m.other = (options.inference ? 0 : tied_scratch_floats(shape, mp)) * sizeof(float) +
+  m.other = ((options.inference ? 0 : tied_scratch_floats(shape, mp)) + rope_table_floats(shape)) *
+                sizeof(float) +
             2 * size_t(max_batch) * size_t(shape.seq_len) * sizeof(int32_t);
   return m;
 }
@@ -303,6 +331,7 @@ Gpt::~Gpt() {
   be_.free_ints(d_targets_);
   be_.free_ints(d_inputs_);
   if (tied_scratch_) be_.free(tied_scratch_);
+  if (rope_table_) be_.free(rope_table_);
   delete acts_fp32_;
   delete acts_bf16_;
   if (params_bf16_) be_.free_bf16(params_bf16_);

@@ -119,6 +119,14 @@ void Gpt::upload_ids(const int32_t* inputs, const int32_t* targets, int N) {
   if (targets) local(targets, d_targets_);
 }
 
+// Rotary positions (shape_.rope) on the q and k of N rows of q|k|v, row r at position
+// pos0 + r % T; inverse: the backward pass on their gradient. Nothing without rope.
+template <class A>
+void Gpt::rotate(A* qkv, int N, int T, int pos0, bool inverse) {
+  if (!shape_.rope) return;
+  be_.rope(qkv, rope_table_, N, T, pos0, shape_.n_embd / mp_.tp, shape_.n_head / mp_.tp, inverse);
+}
+
 template <class A>
 void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   const int C = shape_.n_embd, Cl = C / mp_.tp, NHl = shape_.n_head / mp_.tp;
@@ -132,6 +140,7 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   const A* ln1 = gather_rows(L.ln1, L.ln1g, N);
   if (!decoding_) {
     be_.matmul_forward(L.qkv, ln1, w.qkvw, w.qkvb, N, C, 3 * Cl);
+    rotate(L.qkv, N, T, 0, false);
     // A model for inference keeps nothing for a backward pass: not even the probabilities (fp32)
     // or the log-sum-exp (bf16) the training attention saves.
     if (inference_)
@@ -146,9 +155,11 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
     const size_t w3 = size_t(3) * Cl;
     if (B == 1) {
       be_.matmul_forward(L.qkv + size_t(pos0) * w3, ln1, w.qkvw, w.qkvb, N, C, 3 * Cl);
+      rotate(L.qkv + size_t(pos0) * w3, N, T, pos0, false);
     } else {
       A* fresh = decode_scratch<A>();
       be_.matmul_forward(fresh, ln1, w.qkvw, w.qkvb, N, C, 3 * Cl);
+      rotate(fresh, N, T, pos0, false);
       for (int b = 0; b < B; ++b)
         be_.copy(words(L.qkv + (size_t(b) * S_len + pos0) * w3), words(fresh + size_t(b) * T * w3),
                  word_count<A>(size_t(T) * w3));
@@ -179,7 +190,10 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T, int pos0) {
   if (g == 0) {
     // Vocabulary-parallel embedding: each rank adds the rows it holds (zero elsewhere), one
     // rank adds wpe, and the reduction completes wte[tok] + wpe[pos].
-    const A* wpe = mp_.tp_rank == 0 ? W + specs_[size_t(wpe_)].offset + size_t(pos0) * C : nullptr;
+    // (No wpe under rope: the positions enter each layer's attention instead.)
+    const A* wpe = mp_.tp_rank == 0 && wpe_ >= 0
+                       ? W + specs_[size_t(wpe_)].offset + size_t(pos0) * C
+                       : nullptr;
     A* out = sp ? full : S.input;
     be_.encoder_forward(out, d_inputs_, W + specs_[size_t(wte_)].offset, wpe, B, T, C);
     reduce_rows(out, S.input, N);
@@ -370,6 +384,7 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
       be_.attention_backward(dqkv, a.datt_scratch, a.datty, L.qkv, L.att, B, T, Cl, NHl, kSet);
     else  // flash style: probabilities recomputed from qkv and the saved log-sum-exp
       be_.attention_backward(dqkv, a.datty, L.qkv, L.atty, L.att, B, T, Cl, NHl, kSet);
+    rotate(dqkv, N, T, 0, true);  // the gradient of c_attn's output, before the rotation
     be_.matmul_backward(dpart, wgrad(gr.qkvw), wgrad(gr.qkvb), dqkv, L.ln1g, w.qkvw, N, C, 3 * Cl,
                         kSet);
     reduce_rows(dpart, a.dln, N);
@@ -385,9 +400,10 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     // wpe is replicated: every rank accumulates the same gradient (of all rows); wte rows
     // only for the ids this rank holds.
     const A* dres = gather_rows(a.dresidual, a.full, N);
-    be_.encoder_backward(grads_ + sp[size_t(wte_)].offset, grads_ + sp[size_t(wpe_)].offset, dres,
-                         d_inputs_, B, T, C);
-    if (grad_hook_) grad_hook_(0, sp[size_t(wpe_) + 1].offset);  // wte, wpe
+    be_.encoder_backward(grads_ + sp[size_t(wte_)].offset,
+                         wpe_ >= 0 ? grads_ + sp[size_t(wpe_)].offset : nullptr, dres, d_inputs_, B,
+                         T, C);
+    if (grad_hook_) grad_hook_(0, sp[size_t(std::max(wte_, wpe_)) + 1].offset);  // wte, wpe
   }
 }
 

@@ -32,6 +32,10 @@ class KeyTable {
     add("model.n_embd", c.model.n_embd, "model width C");
     add("model.seq_len", c.model.seq_len, "sequence length T");
     add("model.vocab_size", c.model.vocab_size, "vocabulary size (GPT-2: 50257)");
+    add("model.position", c.model.position,
+        "learned (GPT-2's position table wpe) | rope (rotary embedding of q and k in every layer, "
+        "no wpe)");
+    add("model.rope_theta", c.model.rope_theta, "rope: base of the rotation frequencies");
     add("train.steps", c.train.steps, "optimizer steps");
     add("train.batch_size", c.train.batch_size, "sequences per optimizer step (global)");
     add("train.micro_batch_size", c.train.micro_batch_size, "sequences per micro-batch per rank");
@@ -372,6 +376,15 @@ void validate(const Config& c, int world_size) {
   check(m.vocab_size >= 2 && m.vocab_size <= 65536, "model.vocab_size",
         "must be in [2, 65536] (token shards store uint16; got " + std::to_string(m.vocab_size) +
             ")");
+  check(m.position == "learned" || m.position == "rope", "model.position",
+        "must be learned or rope (got '" + m.position + "')");
+  if (m.position == "rope") {
+    check(m.n_embd / m.n_head % 2 == 0, "model.position",
+          "rope needs an even head dimension (model.n_embd / model.n_head = " +
+              std::to_string(m.n_embd / m.n_head) + ")");
+    check(std::isfinite(m.rope_theta) && m.rope_theta > 1, "model.rope_theta",
+          "must be a finite number > 1");
+  }
   const auto& t = c.train;
   check(t.steps >= 0, "train.steps", "must be >= 0 (got " + std::to_string(t.steps) + ")");
   check(t.batch_size >= 1, "train.batch_size",

@@ -1,6 +1,7 @@
 // The operations of a training run's state (see trainer_state.h).
 #include "trainer_state.h"
 
+#include <charconv>
 #include <cstdio>
 #include <exception>
 #include <limits>
@@ -263,6 +264,8 @@ CheckpointState Trainer::State::checkpoint_state() const {
   st.grid = grid.describe();
   st.model = ModelShape{cfg.model.n_layer, cfg.model.n_head,     cfg.model.n_embd,
                         cfg.model.seq_len, cfg.model.vocab_size, cfg.padded_vocab_size()};
+  st.model.position = cfg.model.position;
+  st.model.rope_theta = cfg.model.position == "rope" ? cfg.model.rope_theta : 0.0;
   st.loss_window = loss_window.values();
   st.norm_window = norm_window.values();
   st.skipped_in_a_row = skipped_in_a_row;
@@ -295,6 +298,18 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
          " n_embd=", m.n_embd, " seq_len=", m.seq_len, " vocab_size=", m.vocab_size,
          " but the config asks for n_layer=", c.n_layer, " n_head=", c.n_head, " n_embd=", c.n_embd,
          " seq_len=", c.seq_len, " vocab_size=", c.vocab_size);
+  }
+  // A learned table and rotary positions hold different tensors (wpe or none), and a model
+  // trained with one rope_theta does not read positions with another.
+  if (m.position != c.position || (c.position == "rope" && m.rope_theta != c.rope_theta)) {
+    auto describe = [](const std::string& position, double theta) {
+      char buf[32];
+      const auto r = std::to_chars(buf, buf + sizeof(buf), theta);
+      return position == "rope" ? "rope with rope_theta=" + std::string(buf, r.ptr)
+                                : std::string("learned (wpe)");
+    };
+    fail("checkpoint ", path, " holds a model with positions ", describe(m.position, m.rope_theta),
+         " but the config asks for model.position = ", describe(c.position, c.rope_theta));
   }
 }
 

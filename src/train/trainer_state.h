@@ -86,9 +86,10 @@ struct Trainer::State {
   void setup_model();
   // Global L2 norm of the gradient, from the part [lo, hi) of the buffer this rank holds at g.
   double grad_norm(const float* g, size_t lo, size_t hi);
-  // train.norms_every: the layers of the model ("wte", "wpe", "h0", ..., "ln_f"; the same list
-  // on every rank) and their gradient and weight L2 norms, from this rank's [lo, hi) of the
-  // gradient (g points at element lo) as grad_norm counts it, summed over the world.
+  // train.norms_every: the layers of the model ("wte", "wpe" (learned positions), "h0", ...,
+  // "ln_f"; the same list on every rank) and their gradient and weight L2 norms, from this rank's
+  // [lo, hi) of the gradient (g points at element lo) as grad_norm counts it, summed over the
+  // world.
   std::vector<std::string> norm_groups() const;
   void layer_norms(const float* g, size_t lo, size_t hi, std::vector<double>& grad,
                    std::vector<double>& weight);

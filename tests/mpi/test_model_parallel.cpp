@@ -199,6 +199,56 @@ TEST(ModelParallel, EveryGridMatchesOneRank) {
   }
 }
 
+// Rotary positions (model.position = rope): no wpe on the first stage, q and k rotated in every
+// layer on each rank's local heads (and the gradient rotated back), on any grid, with full
+// recomputation (which rotates again), under zero bubble's split backward (the kept c_attn
+// output gradient is the rotated-back one), and in bf16. A rope checkpoint saved on 2×2×2
+// resumes on one rank.
+void expect_close_losses(const Result& a, const Result& b, double rel, const std::string& what);
+
+TEST(ModelParallel, RotaryPositionsMatchOneRankOnEveryGrid) {
+  const std::string dir = shared_dir("rope");
+  const std::vector<std::string> rope = {"--resume",           "none", "--model.position", "rope",
+                                         "--model.rope_theta", "100"};
+  auto with = [&](std::vector<std::string> a) {
+    a.insert(a.begin(), rope.begin() + 2, rope.end());
+    return a;
+  };
+  const Result ref = run(dir, "rope_ref", Grid{}, rope);
+  ASSERT_EQ(ref.losses.size(), 6u);
+  // The same run with learned positions differs: the rotation is not a no-op.
+  const Result learned = run(dir, "learned_ref", Grid{});
+  EXPECT_GT(std::abs(learned.losses.back() - ref.losses.back()), 1e-3);
+  const std::vector<Grid> grids = {
+      {2, 1, 1, 1, 2, "1f1b", 1},        {1, 2, 1, 0, 1, "1f1b", 1},
+      {1, 4, 1, 1, 2, "1f1b", 1},        {1, 1, 2, 0, 4, "1f1b", 1},
+      {1, 1, 2, 1, 4, "interleaved", 2}, {1, 2, 1, 0, 2, "1f1b", 1, true},
+      {2, 2, 2, 1, 2, "1f1b", 1},        {1, 1, 4, 0, 4, "zb-h1", 1}};
+  for (const Grid& g : grids) {
+    if (g.ranks() > world_size()) continue;
+    expect_same_training(run(dir, "rope_" + g.name(), g, rope), ref, "rope " + g.name());
+  }
+  const Grid sp{1, 2, 2, 0, 2, "1f1b", 1, true};
+  if (sp.ranks() <= world_size())
+    expect_same_training(run(dir, "rope_full_" + sp.name(), sp,
+                             with({"--resume", "none", "--train.recompute", "full"})),
+                         ref, "rope recompute full " + sp.name());
+  const Grid big{2, 2, 2, 1, 2, "1f1b", 1};
+  if (big.ranks() > world_size()) return;
+  const Result bf1 = run(dir, "rope_bf16_ref", Grid{}, with({"--run.precision", "bf16"}));
+  const Result bf = run(dir, "rope_bf16_" + big.name(), big, with({"--run.precision", "bf16"}));
+  expect_close_losses(bf1, ref, 1e-3, "rope bf16 against fp32");
+  expect_close_losses(bf, bf1, 5e-4, "rope bf16 " + big.name());
+  // Resume: the 2x2x2 run's step-3 checkpoint on one rank continues as the 2x2x2 run did.
+  const Result full = run(dir, "rope_full222", big, rope);
+  Result tail = full;
+  tail.losses.erase(tail.losses.begin(), tail.losses.begin() + 3);
+  const std::string ckpt = dir + "/runs/rope_full222/ckpt/step_00000003.h5";
+  const Result one = run(dir, "rope_from222", Grid{}, with({"--resume", ckpt}));
+  ASSERT_EQ(one.losses.size(), 3u);
+  expect_same_training(one, tail, "rope from 2x2x2 to 1x1x1");
+}
+
 TEST(ModelParallel, CheckpointsReshardAcrossTensorAndPipelineGrids) {
   const std::string dir = shared_dir("reshard");
   const Grid big{2, 2, 2, 1, 2, "1f1b", 1};
@@ -413,16 +463,19 @@ TEST(ModelParallel, MemoryPlanEqualsWhatEachRankAllocates) {
       {{1, 1, 4, 0, 4, "zb-h1", 1}, "fp32"},      {{1, 1, 1, 0, 1, "1f1b", 1}, "muon"},
       {{2, 2, 1, 1, 1, "1f1b", 1}, "muon"},       {{1, 2, 2, 0, 2, "1f1b", 1}, "muon"},
       {{2, 1, 2, 0, 2, "1f1b", 1}, "muon"},       {{4, 1, 1, 1, 1, "1f1b", 1}, "muon"},
-      {{1, 1, 1, 1, 1, "1f1b", 1}, "muon"}};
+      {{1, 1, 1, 1, 1, "1f1b", 1}, "muon"},       {{1, 2, 2, 0, 2, "1f1b", 1, true}, "rope"}};
   for (const auto& [g, variant] : grids) {
     if (g.ranks() > world_size()) continue;
     const std::string name = "plan_" + g.name() + "_" + variant;
-    // "muon": the Muon optimizer (its Newton–Schulz scratch, its ZeRO gather) in bf16.
-    const std::string precision = variant == "muon" ? "bf16" : variant;
-    const auto args = grid_args(
-        dir, name, g,
-        {"--resume", "none", "--train.steps", "1", "--run.precision", precision,
-         "--checkpoint.every", "0", "--optim.name", variant == "muon" ? "muon" : "adamw"});
+    // "muon": the Muon optimizer (its Newton–Schulz scratch, its ZeRO gather) in bf16; "rope":
+    // rotary positions (no wpe, the angle table) in bf16.
+    const bool muon = variant == "muon", rope = variant == "rope";
+    const std::string precision = muon || rope ? "bf16" : variant;
+    const auto args =
+        grid_args(dir, name, g,
+                  {"--resume", "none", "--train.steps", "1", "--run.precision", precision,
+                   "--checkpoint.every", "0", "--optim.name", muon ? "muon" : "adamw",
+                   "--model.position", rope ? "rope" : "learned"});
     std::vector<const char*> argv;
     for (const auto& a : args) argv.push_back(a.c_str());
     const RunPlan plan =
@@ -701,21 +754,28 @@ TEST(ModelParallel, DecodingMatchesOneRankOnEveryGrid) {
     bool sp;
     Precision precision;
     bool inference = false;  // ActivationOptions::inference on the grid
+    bool rope = false;       // rotary positions: the new rows rotated at their positions
   };
   for (const G& g :
        {G{2, 1, 1, false, Precision::fp32}, G{2, 1, 1, true, Precision::fp32},
         G{1, 2, 1, false, Precision::fp32}, G{1, 2, 2, false, Precision::fp32},
         G{2, 2, 1, true, Precision::fp32}, G{2, 2, 1, false, Precision::bf16},
-        G{2, 2, 1, true, Precision::fp32, true}, G{1, 2, 2, false, Precision::bf16, true}}) {
+        G{2, 2, 1, true, Precision::fp32, true}, G{1, 2, 2, false, Precision::bf16, true},
+        G{2, 1, 1, true, Precision::fp32, false, true},
+        G{1, 2, 2, false, Precision::bf16, true, true},
+        G{2, 2, 1, false, Precision::fp32, false, true}}) {
     const int ranks = g.tp * g.pp;
     MPI_Comm sub = MPI_COMM_NULL;
     MPI_Comm_split(MPI_COMM_WORLD, world_rank() < ranks ? 0 : MPI_UNDEFINED, world_rank(), &sub);
     if (sub == MPI_COMM_NULL) continue;
     SCOPED_TRACE(::testing::Message()
                  << "tp=" << g.tp << " pp=" << g.pp << " v=" << g.v << (g.sp ? " sp " : " ")
-                 << precision_name(g.precision) << (g.inference ? " inference" : ""));
+                 << precision_name(g.precision) << (g.inference ? " inference" : "")
+                 << (g.rope ? " rope" : ""));
     const int q = 128 * g.tp, Vp = (kVocab + q - 1) / q * q;
-    const GptShape shape{kLayers, kHeads, kEmbd, kSeq, kVocab, Vp};
+    GptShape shape{kLayers, kHeads, kEmbd, kSeq, kVocab, Vp};
+    shape.rope = g.rope;
+    shape.rope_theta = 50;
     auto be = make_cpu_backend();
     Gpt one(shape, 1, *be, 1, {}, nullptr, g.precision);
     one.init(3);

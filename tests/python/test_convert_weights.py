@@ -345,6 +345,20 @@ def test_import_refuses_bad_inputs(imported, tmp_path, case, needles):
     assert not out.exists() and not list(tmp_path.glob(".out.h5*"))
 
 
+def test_rotary_position_checkpoints_are_not_exported_as_gpt2(tmp_path):
+    """GPT-2's formats have no place for rotary positions: a rope model is refused, not written
+    without its positions."""
+    cfg = tiny_config(tmp_path, name="rope", model__position="rope", train__steps=1,
+                      checkpoint__every=1)
+    p = run([exe("triad-train"), "--config", cfg])
+    assert p.returncode == 0, p.stderr
+    for to in ("hf", "llmc"):
+        assert_clean_failure(tool("triad-convert", "export", tmp_path / "runs" / "rope",
+                                  tmp_path / f"out-{to}", "--to", to),
+                             "rope positions", "learned positions (wpe) only")
+        assert not (tmp_path / f"out-{to}").exists()
+
+
 def test_refuses_to_replace_and_reports_bad_checkpoints(imported, tmp_path):
     d, ckpt, _ = imported
     before = ckpt.read_bytes()

@@ -46,6 +46,39 @@ def test_greedy_continuation_matches_torch(checkpoint, length):
     assert generate(checkpoint, "--prompt-ids", ids, "--length", length, "--no-kv-cache") == want
 
 
+ROPE = ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=32, vocab_size=50257,
+                     position="rope", rope_theta=200.0)
+
+
+@pytest.fixture(scope="module")
+def rope_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("generate_rope") / "model.h5"
+    w = {k: (v * 8 if v.dim() == 2 else v) for k, v in ref.random_weights(ROPE, 5).items()}
+    ref.write_checkpoint(path, ROPE, w)
+    return path
+
+
+def test_rotary_positions_continuation_matches_torch(rope_checkpoint):
+    """Rotary positions: the cached keys are rotated once, at their own positions, and each new
+    token's q and k at its position; past the context the window is recomputed from position 0.
+    Against the reference, with and without the cache, on one rank and on tp 2 × pp 2."""
+    _, params = ref.load_checkpoint(rope_checkpoint, dtype=torch.float64)
+    want = generate_torch.generate(params, ROPE, PROMPT, 40, "recompute")
+    assert generate_torch.generate(params, ROPE, PROMPT, 40, "kv-cache") == want
+    ids = " ".join(map(str, PROMPT))
+    assert generate(rope_checkpoint, "--prompt-ids", ids, "--length", 40) == want
+    assert generate(rope_checkpoint, "--prompt-ids", ids, "--length", 40, "--no-kv-cache") == want
+    p = mpi_generate(4, "--checkpoint", rope_checkpoint, "--vocab", VOCAB, "--prompt-ids", ids,
+                     "--length", 40, "--top-k", 1, "--output", "ids", "--tp", 2, "--pp", 2)
+    assert p.returncode == 0, p.stderr
+    assert [int(t) for t in p.stdout.split()] == want
+    # The positions matter: the same weights read as learned positions (a zero wpe) part ways.
+    learned = ref.GptConfig(**{**ROPE.__dict__, "position": "learned"})
+    zero_wpe = dict(params, **{"wpe/weight": torch.zeros(ROPE.seq_len, ROPE.n_embd,
+                                                           dtype=torch.float64)})
+    assert generate_torch.generate(zero_wpe, learned, PROMPT, 40, "recompute") != want
+
+
 def test_bf16_continuation_with_and_without_the_cache(checkpoint):
     """bf16 weights and activations: the cache changes only the order of fp32 sums, so both ways
     give the same greedy tokens; the first ones are fp32's (later ones may part where bf16's

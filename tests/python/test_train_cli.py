@@ -54,6 +54,10 @@ def test_help_lists_every_key_with_defaults():
     (["--train.recompute", "gelu", "--train.recompute_layers", "99"],
      ["train.recompute_layers", "must not exceed"]),
     (["--resume", "/nonexistent/ckpt.h5"], ["/nonexistent/ckpt.h5"]),
+    (["--model.position", "alibi"], ["model.position", "learned or rope"]),
+    (["--model.position", "rope", "--model.n_head", "32"], ["model.position", "even head"]),
+    (["--model.position", "rope", "--model.rope_theta", "0.5"], ["model.rope_theta", "> 1"]),
+    (["--model.position", "rope", "--model.rope_theta", "nan"], ["model.rope_theta"]),
 ])
 def test_bad_config_values(tmp_path, args, needles):
     cfg = tiny_config(tmp_path)
@@ -265,6 +269,41 @@ def test_muon_resumes_bit_exactly_and_refuses_another_optimizers_state(tmp_path)
           "--train.steps", "3", check=True)
 
 
+def test_rotary_positions_resume_bit_exactly_and_refuse_the_other_positions(tmp_path):
+    rope = ["--model.position", "rope", "--model.rope_theta", "500"]
+    straight = tiny_config(tmp_path, name="straight")
+    train("--config", straight, *rope, check=True)
+    part = tiny_config(tmp_path, name="part")
+    train("--config", part, *rope, check=True)
+    ckpt_dir = tmp_path / "runs" / "part" / "ckpt"
+    for step in (15, 20):  # as if the job had died right after writing step 10
+        (ckpt_dir / f"step_{step:08d}.h5").unlink()
+    (ckpt_dir / "latest").write_text("step_00000010.h5\n")
+    p = train("--config", part, *rope, check=True)  # --resume auto
+    assert "resumed from" in p.stdout and "step 10" in p.stdout, p.stdout
+    _, l1 = losses(tmp_path / "runs" / "straight")
+    _, l2 = losses(tmp_path / "runs" / "part")
+    assert np.array_equal(l1, l2), (l1, l2)
+    ckpt = ckpt_dir / "step_00000020.h5"
+    w = weights(ckpt)
+    assert "wpe" not in w and "wte/weight" in w
+    with h5py.File(ckpt, "r") as f:
+        assert f["model"].attrs["position"] == b"rope"
+        assert f["model"].attrs["rope_theta"] == 500.0
+    # A rope checkpoint is not a learned-position model, nor one with another base, and back.
+    assert_clean_error(train("--config", part, "--resume", ckpt, "--train.steps", "25"),
+                       str(ckpt), "rope with rope_theta=500", "model.position = learned")
+    assert_clean_error(train("--config", part, *rope[:2], "--init-from", ckpt, "--run.name", "x"),
+                       "rope with rope_theta=500", "rope with rope_theta=10000")
+    learned = tmp_path / "runs" / "lp" / "ckpt" / "step_00000005.h5"
+    train("--config", tiny_config(tmp_path, name="lp"), "--train.steps", "5", check=True)
+    assert_clean_error(train("--config", part, *rope, "--init-from", learned, "--run.name", "y"),
+                       "learned (wpe)", "model.position = rope")
+    # Fine-tuning a rope model from its checkpoint works, and evaluates as it trained.
+    train("--config", part, *rope, "--init-from", ckpt, "--run.name", "ft", "--train.steps", "2",
+          check=True)
+
+
 def _spiky_run(tmp_path, name, **train):
     """A config on data the model learns within a few steps (a period-4 token pattern), except
     the batch of step index 14: random tokens, a loss spike."""
@@ -450,6 +489,18 @@ def test_damaged_checkpoints(tmp_path):
         with h5py.File(bad, "r+") as f:
             f.attrs[attr] = value
         assert_clean_error(train("--config", cfg, "--resume", bad), f"bad_{attr}.h5", attr)
+    # The /model attributes of the positions: an unknown kind, rope without its base, a base
+    # that is no number.
+    for name, edit, needle in (
+            ("position", {"position": "alibi"}, "'alibi', not learned or rope"),
+            ("theta", {"position": "rope"}, "rope_theta of /model is missing"),
+            ("theta_kind", {"position": "rope", "rope_theta": "ten"}, "rope_theta")):
+        bad = tmp_path / f"bad_{name}.h5"
+        bad.write_bytes(good.read_bytes())
+        with h5py.File(bad, "r+") as f:
+            for k, v in edit.items():
+                f["model"].attrs[k] = np.bytes_(v) if isinstance(v, str) else v
+        assert_clean_error(train("--config", cfg, "--resume", bad), f"bad_{name}.h5", needle)
     shard = tmp_path / "data" / "train_000.bin"
     assert_clean_error(train("--config", cfg, "--init-from", shard, "--run.name", "c"),
                        "train_000.bin")

@@ -49,11 +49,12 @@ def block(params: Dict[str, torch.Tensor], cfg: ref.GptConfig, i: int, x: torch.
     q, k, v = ref.linear(h, params[p + "attn/c_attn/weight"],
                          params[p + "attn/c_attn/bias"]).split(C, dim=-1)
     q, k, v = (t.reshape(B, T, nh, hd).transpose(1, 2) for t in (q, k, v))  # [B, nh, T, hd]
-    past = 0
+    past = cache[i][0].shape[2] if cache is not None and len(cache) > i else 0
+    if cfg.position == "rope":  # the new rows sit at positions past ..; cached keys are rotated
+        q, k = ref.rotary(q, cfg.rope_theta, past), ref.rotary(k, cfg.rope_theta, past)
     if cache is not None:
         if len(cache) > i:
             pk, pv = cache[i]
-            past = pk.shape[2]
             k, v = torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)
             cache[i] = (k, v)
         else:
@@ -72,7 +73,9 @@ def block(params: Dict[str, torch.Tensor], cfg: ref.GptConfig, i: int, x: torch.
 def last_logits(params, cfg: ref.GptConfig, ids: torch.Tensor, pos0: int,
                 cache: Optional[list]) -> torch.Tensor:
     """Logits [B, vocab_size] of the last of ids [B, T], which sit at positions pos0 ..."""
-    x = params["wte/weight"][ids] + params["wpe/weight"][pos0:pos0 + ids.shape[1]]
+    x = params["wte/weight"][ids]
+    if cfg.position != "rope":
+        x = x + params["wpe/weight"][pos0:pos0 + ids.shape[1]]
     for i in range(cfg.n_layer):
         x = block(params, cfg, i, x, cache)
     x = ref.layer_norm(x[:, -1], params["ln_f/weight"], params["ln_f/bias"])

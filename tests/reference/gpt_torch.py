@@ -48,6 +48,8 @@ class GptConfig:
     seq_len: int
     vocab_size: int
     tp: int = 1  # only for the padding rule
+    position: str = "learned"  # learned (wpe) | rope (rotary q and k, no wpe)
+    rope_theta: float = 10000.0
 
     @property
     def padded_vocab_size(self) -> int:
@@ -63,7 +65,9 @@ class GptConfig:
 def param_shapes(cfg: GptConfig) -> Dict[str, tuple]:
     """Names and shapes of every parameter, in DESIGN.md §3 order."""
     C, Vp, T = cfg.n_embd, cfg.padded_vocab_size, cfg.seq_len
-    shapes = {"wte/weight": (Vp, C), "wpe/weight": (T, C)}
+    shapes = {"wte/weight": (Vp, C)}
+    if cfg.position != "rope":
+        shapes["wpe/weight"] = (T, C)
     for i in range(cfg.n_layer):
         p = f"h/{i}/"
         shapes[p + "ln_1/weight"] = (C,)
@@ -128,8 +132,24 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.matmul(x, w.t()) + b
 
 
-def attention(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_head: int) -> torch.Tensor:
-    """Causal self-attention on x [B, T, C]: c_attn rows are q | k | v, each head-major."""
+def rotary(x: torch.Tensor, theta: float, pos0: int = 0) -> torch.Tensor:
+    """RoFormer's rotary embedding of x [B, nh, T, hd] at positions pos0 .. pos0 + T - 1, in the
+    "rotate half" pairing (GPT-NeoX, Hugging Face Llama): dimension i < hd/2 pairs with i + hd/2,
+    and the pair turns by the angle pos * theta^(-2i/hd). Angles in float64."""
+    T, hd = x.shape[-2], x.shape[-1]
+    half = hd // 2
+    freq = theta ** (-2.0 * torch.arange(half, dtype=torch.float64) / hd)
+    ang = torch.arange(pos0, pos0 + T, dtype=torch.float64)[:, None] * freq[None, :]  # [T, half]
+    cos = torch.cat([ang.cos(), ang.cos()], dim=-1).to(x.dtype)
+    sin = torch.cat([ang.sin(), ang.sin()], dim=-1).to(x.dtype)
+    turned = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + turned * sin
+
+
+def attention(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_head: int,
+              rope_theta: Optional[float] = None) -> torch.Tensor:
+    """Causal self-attention on x [B, T, C]: c_attn rows are q | k | v, each head-major;
+    rope_theta: q and k rotated (rotary positions)."""
     B, T, C = x.shape
     hd = C // n_head
     qkv = linear(x, w, b)  # [B, T, 3C]
@@ -138,6 +158,8 @@ def attention(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_head: int) ->
     q = q.reshape(B, T, n_head, hd).transpose(1, 2)
     k = k.reshape(B, T, n_head, hd).transpose(1, 2)
     v = v.reshape(B, T, n_head, hd).transpose(1, 2)
+    if rope_theta is not None:
+        q, k = rotary(q, rope_theta), rotary(k, rope_theta)
     att = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(hd))  # [B, nh, T, T]
     mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
     att = att.masked_fill(~mask, float("-inf"))
@@ -152,12 +174,15 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor) 
     """Logits [B, T, vocab_size] (the padded columns are dropped) for token ids idx [B, T]."""
     B, T = idx.shape
     assert T <= cfg.seq_len
-    x = params["wte/weight"][idx] + params["wpe/weight"][:T]
+    rope = cfg.rope_theta if cfg.position == "rope" else None
+    x = params["wte/weight"][idx]
+    if rope is None:
+        x = x + params["wpe/weight"][:T]
     for i in range(cfg.n_layer):
         p = f"h/{i}/"
         h = layer_norm(x, params[p + "ln_1/weight"], params[p + "ln_1/bias"])
         x = x + linear(attention(h, params[p + "attn/c_attn/weight"],
-                                 params[p + "attn/c_attn/bias"], cfg.n_head),
+                                 params[p + "attn/c_attn/bias"], cfg.n_head, rope),
                        params[p + "attn/c_proj/weight"], params[p + "attn/c_proj/bias"])
         h = layer_norm(x, params[p + "ln_2/weight"], params[p + "ln_2/bias"])
         h = gelu_tanh(linear(h, params[p + "mlp/c_fc/weight"], params[p + "mlp/c_fc/bias"]))
@@ -413,6 +438,11 @@ def batch(tokens: np.ndarray, first: int, count: int, T: int):
     return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
 
 
+def _str(value) -> str:
+    """A string attribute as h5py returns it (bytes or str)."""
+    return value.decode() if isinstance(value, (bytes, np.bytes_)) else str(value)
+
+
 def _string_attr(obj, name: str, value: str) -> None:
     """A scalar fixed-length, NUL-terminated ASCII string attribute (as triad writes)."""
     import h5py
@@ -453,6 +483,9 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
                          ("vocab_size", cfg.vocab_size),
                          ("padded_vocab_size", cfg.padded_vocab_size)):
             m.attrs.create(key, i64(val), dtype="<i8")
+        _string_attr(m, "position", cfg.position)
+        if cfg.position == "rope":
+            m.attrs.create("rope_theta", np.float64(cfg.rope_theta), dtype="<f8")
         groups = {"model": weights}
         for slot, tensors in (optimizer or {}).items():
             groups["optimizer/" + slot] = tensors
@@ -474,8 +507,10 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
     with h5py.File(path, "r") as f:
         assert int(f.attrs["complete"]) == 1, f"{path}: incomplete checkpoint"
         a = f["model"].attrs
+        position = _str(a["position"]) if "position" in a else "learned"
         cfg = GptConfig(int(a["n_layer"]), int(a["n_head"]), int(a["n_embd"]),
-                        int(a["seq_len"]), int(a["vocab_size"]))
+                        int(a["seq_len"]), int(a["vocab_size"]), position=position,
+                        rope_theta=float(a["rope_theta"]) if position == "rope" else 10000.0)
         out = {}
         for name, shape in param_shapes(cfg).items():
             d = f["model/" + name]

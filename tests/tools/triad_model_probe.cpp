@@ -56,8 +56,7 @@ int main(int argc, char** argv) {
     const triad::Config cfg = triad::parse_train_command_line(3, args).config;
     triad::validate(cfg, 1);
     const int B = cfg.train.micro_batch_size, T = cfg.model.seq_len, V = cfg.model.vocab_size;
-    triad::GptShape shape{cfg.model.n_layer,    cfg.model.n_head,       cfg.model.n_embd, T,
-                          cfg.model.vocab_size, cfg.padded_vocab_size()};
+    const triad::GptShape shape = triad::gpt_shape(cfg);
     auto be = triad::make_cpu_backend();
     triad::Gpt model(shape, B, *be, 1, {}, nullptr, triad::Precision::fp32,
                      triad::activation_options(cfg));

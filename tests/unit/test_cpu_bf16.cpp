@@ -95,6 +95,7 @@ TEST(Bf16, RoundsToNearestEvenLikeAnIndependentReference) {
 class CpuBf16 : public ::testing::Test {
  protected:
   std::unique_ptr<Backend> be = make_cpu_backend();
+  void check_model_follows_fp32(const GptShape& shape);
 };
 
 // The optimizer's bf16 copy: the same pass writes exactly convert(updated weights), and the
@@ -217,6 +218,18 @@ TEST_F(CpuBf16, OpsRoundTheFp32ResultOnce) {
   EXPECT_EQ(loss, loss32);
   EXPECT_EQ(hit, hit32);
   expect_bits_equal(lh, to_bits(l32), "dlogits");
+  // Rotary positions, forward and inverse, in place: each element rounded once.
+  const int R = 6, RC = 16, RNH = 2;
+  Vec table(size_t(R + 3) * (RC / RNH));
+  for (size_t i = 0; i < table.size(); ++i) table[i] = std::cos(0.37f * float(i));
+  for (bool inverse : {false, true}) {
+    const Vec q = rounded(random_vec(size_t(R) * 3 * RC, 10));
+    Bits qh = to_bits(q);
+    Vec q32 = q;
+    be->rope(qh.data(), table.data(), R, 3, 2, RC, RNH, inverse);
+    be->rope(q32.data(), table.data(), R, 3, 2, RC, RNH, inverse);
+    expect_bits_equal(qh, to_bits(q32), "rope");
+  }
 }
 
 // GradMode::overwrite: the input gradient is written, whatever the buffer held (NaN here), and
@@ -282,7 +295,15 @@ TEST_F(CpuBf16, OverwriteModeIgnoresTheOldInputGradient) {
 // A bf16 model against the fp32 model with the same master weights: the loss to bf16
 // precision, the fp32 parameter gradients to a few bf16 ulps in norm.
 TEST_F(CpuBf16, ModelLossAndGradientsFollowFp32) {
-  GptShape shape{2, 4, 64, 32, 200, 256};
+  for (bool rope : {false, true}) {
+    SCOPED_TRACE(rope ? "rotary positions" : "learned positions");
+    GptShape shape{2, 4, 64, 32, 200, 256};
+    shape.rope = rope;
+    check_model_follows_fp32(shape);
+  }
+}
+
+void CpuBf16::check_model_follows_fp32(const GptShape& shape) {
   const int B = 3, N = B * shape.seq_len;
   std::vector<int32_t> in(N), tg(N);
   for (int i = 0; i < N; ++i) {

@@ -491,6 +491,68 @@ TEST_F(CpuKernels, AttentionExtremeLogits) {
 // Longer than the kernel's 64-row causal blocks, with a partial last block.
 TEST_F(CpuKernels, AttentionSeveralCausalBlocks) { check_attention(*be, 1, 150, 6, 2, 7); }
 
+// ---- rotary position embedding --------------------------------------------------------------
+
+// The rotation written from its definition (RoFormer, in the "rotate half" pairing): for head
+// dimension hd, frequency f_i = theta^(−2i/hd), the pair (x_i, x_{i+hd/2}) at position p turns
+// by the angle p·f_i; v is not touched. In double, with the angles computed here.
+DVec naive_rope(const DVec& qkv, int N, int T, int pos0, int C, int NH, double theta) {
+  const int hd = C / NH, half = hd / 2;
+  DVec out = qkv;
+  for (int r = 0; r < N; ++r) {
+    const double p = pos0 + r % T;
+    for (int j = 0; j < 2 * NH; ++j)  // q heads then k heads
+      for (int i = 0; i < half; ++i) {
+        const double a = p * std::pow(theta, -2.0 * i / hd);
+        const size_t x1 = size_t(r) * 3 * C + size_t(j) * hd + i, x2 = x1 + half;
+        out[x1] = qkv[x1] * std::cos(a) - qkv[x2] * std::sin(a);
+        out[x2] = qkv[x2] * std::cos(a) + qkv[x1] * std::sin(a);
+      }
+  }
+  return out;
+}
+
+// The op's table, [seq_len, hd]: cosines then sines, as gpt.h's rope_table lays it out.
+Vec rope_angles(int seq_len, int hd, double theta) {
+  Vec t(size_t(seq_len) * hd);
+  for (int p = 0; p < seq_len; ++p)
+    for (int i = 0; i < hd / 2; ++i) {
+      const double a = p * std::pow(theta, -2.0 * i / hd);
+      t[size_t(p) * hd + i] = float(std::cos(a));
+      t[size_t(p) * hd + hd / 2 + i] = float(std::sin(a));
+    }
+  return t;
+}
+
+// Forward against the definition for two sequences starting at position pos0 (decoding's
+// rows), v unchanged bit for bit; backward (inverse) against finite differences, and as the
+// inverse of the forward.
+TEST_F(CpuKernels, RopeForwardBackward) {
+  const int B = 2, T = 5, C = 24, NH = 3, seq_len = 16;
+  const double theta = 500.0;  // small: the slow frequencies turn visibly within 16 positions
+  const Vec table = rope_angles(seq_len, C / NH, theta);
+  for (int pos0 : {0, 11}) {
+    const Vec qkv = random_vec(size_t(B) * T * 3 * C, 61 + uint32_t(pos0), -2.0f, 2.0f);
+    Vec out = qkv;
+    be->rope(out.data(), table.data(), B * T, T, pos0, C, NH, false);
+    DVec x = to_double(qkv);
+    expect_close(out, naive_rope(x, B * T, T, pos0, C, NH, theta), 1e-6, "rope");
+    for (int r = 0; r < B * T; ++r)
+      for (int c = 2 * C; c < 3 * C; ++c)
+        ASSERT_EQ(out[size_t(r) * 3 * C + c], qkv[size_t(r) * 3 * C + c]) << "v changed";
+
+    const Vec R = random_vec(qkv.size(), 62);
+    const DVec g =
+        finite_diff(x, [&] { return dot(naive_rope(x, B * T, T, pos0, C, NH, theta), R); });
+    Vec dx = R;
+    be->rope(dx.data(), table.data(), B * T, T, pos0, C, NH, true);
+    expect_close(dx, g, 1e-5, "rope backward");
+
+    be->rope(out.data(), table.data(), B * T, T, pos0, C, NH, true);
+    expect_close(out, qkv, 1e-6, "inverse of the forward");
+  }
+}
+
 // ---- GELU ----------------------------------------------------------------------------------
 
 TEST_F(CpuKernels, GeluForwardBackward) {

@@ -27,6 +27,7 @@
 #include "triad/core/error.h"
 #include "triad/kernels/backend.h"
 #include "triad/kernels/cuda_backend.h"
+#include "triad/model/gpt.h"
 #include "triad/optim/muon.h"
 
 namespace triad {
@@ -435,6 +436,30 @@ TEST_F(CudaBackendTest, AttentionDecode) {
     float* g_out = dev(random_vec(nout, 54));  // garbage: overwritten
     gpu->attention_decode(g_out, dev(qkv), c.B, c.stride, c.p, c.n, c.C, c.NH);
     EXPECT_TRUE(close(host(g_out, nout), out, kGemmTol, 1e-5)) << "out";
+  }
+}
+
+// Rotary positions in place, forward and inverse (the backward), from position 0 and from a
+// decoding position, on the 124M model's heads too; the table as the model builds it.
+TEST_F(CudaBackendTest, RopeForwardAndInverse) {
+  struct Case {
+    int N, T, pos0, C, NH;
+  };
+  for (const Case& c : {Case{10, 5, 0, 24, 3}, Case{2048, 1024, 0, 768, 12},
+                        Case{3, 1, 700, 768, 12}, Case{37, 37, 40, 128, 1}}) {
+    SCOPED_TRACE(::testing::Message() << "N=" << c.N << " pos0=" << c.pos0 << " C=" << c.C);
+    GptShape shape{1, c.NH, c.C, 1024, 8, 128};
+    shape.rope = true;
+    const Vec table = rope_table(shape);
+    const float* g_table = dev(table);
+    const size_t n = size_t(c.N) * 3 * c.C;
+    for (bool inverse : {false, true}) {
+      Vec qkv = random_vec(n, 56, -2.0f, 2.0f);
+      float* g_qkv = dev(qkv);
+      cpu->rope(qkv.data(), table.data(), c.N, c.T, c.pos0, c.C, c.NH, inverse);
+      gpu->rope(g_qkv, g_table, c.N, c.T, c.pos0, c.C, c.NH, inverse);
+      EXPECT_TRUE(close(host(g_qkv, n), qkv, kElemTol, 1e-6)) << (inverse ? "inverse" : "forward");
+    }
   }
 }
 

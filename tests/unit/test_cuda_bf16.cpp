@@ -34,6 +34,7 @@
 #include "triad/core/error.h"
 #include "triad/kernels/backend.h"
 #include "triad/kernels/cuda_backend.h"
+#include "triad/model/gpt.h"
 
 namespace triad {
 namespace {
@@ -674,6 +675,30 @@ TEST_F(CudaBf16Test, AttentionDecode) {
 
 // The input gradient is written over whatever the buffer holds (NaN here: the β = 0 product, the
 // overwriting GELU and flash stores must not read it) and equals the CPU's gradient from zero.
+// Rotary positions on bf16 q|k|v in place, forward and inverse: each element computed in fp32
+// and rounded once, as on the CPU.
+TEST_F(CudaBf16Test, Rope) {
+  struct Case {
+    int N, T, pos0, C, NH;
+  };
+  for (const Case& c :
+       {Case{10, 5, 0, 24, 3}, Case{2048, 1024, 0, 768, 12}, Case{3, 1, 700, 768, 12}}) {
+    SCOPED_TRACE(::testing::Message() << "N=" << c.N << " pos0=" << c.pos0 << " C=" << c.C);
+    GptShape shape{1, c.NH, c.C, 1024, 8, 128};
+    shape.rope = true;
+    const Vec table = rope_table(shape);
+    const float* g_table = dev(table);
+    const size_t n = size_t(c.N) * 3 * c.C;
+    for (bool inverse : {false, true}) {
+      Bits qkv = random_bits(n, 57, -2.0f, 2.0f);
+      bf16_t* g_qkv = dev(qkv);
+      cpu->rope(qkv.data(), table.data(), c.N, c.T, c.pos0, c.C, c.NH, inverse);
+      gpu->rope(g_qkv, g_table, c.N, c.T, c.pos0, c.C, c.NH, inverse);
+      EXPECT_TRUE(close(host(g_qkv, n), qkv)) << (inverse ? "inverse" : "forward");
+    }
+  }
+}
+
 TEST_F(CudaBf16Test, OverwriteModeIgnoresTheOldInputGradient) {
   const Bits nan_fill_small = to_bits(Vec(1, std::numeric_limits<float>::quiet_NaN()));
   auto nans = [&](size_t n) { return dev(Bits(n, nan_fill_small[0])); };

@@ -62,6 +62,10 @@ struct TensorGroup {
 
 struct ModelShape {
   int64_t n_layer = 0, n_head = 0, n_embd = 0, seq_len = 0, vocab_size = 0, padded_vocab_size = 0;
+  // Attributes position ("learned" | "rope"; absent in files from before rotary positions, which
+  // are all learned) and rope_theta (rope only).
+  std::string position = "learned";
+  double rope_theta = 0;
 };
 
 struct CheckpointState {

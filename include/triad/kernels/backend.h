@@ -115,6 +115,17 @@ class Backend {
   virtual void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n,
                                 int C, int NH) = 0;
 
+  // ---- rotary position embedding (model.position = rope) -----------------------------------
+  // Rotates in place the q and k of every head of qkv [N, 3C] (layout as above; v untouched).
+  // Row r is position p = pos0 + r % T of its sequence; with hd = C/NH and h = hd/2, each q and
+  // k head's pair (x_i, x_{i+h}), i < h, becomes (x_i·c − x_{i+h}·s, x_{i+h}·c + x_i·s) where
+  // c = table[p·hd + i] and s = table[p·hd + h + i] (the "rotate half" pairing of GPT-NeoX and
+  // Hugging Face's Llama; the table is gpt.h's rope_table, [seq_len, hd] floats in the backend's
+  // memory). inverse rotates by the opposite angles: the transpose, i.e. the backward pass,
+  // applied to dqkv.
+  virtual void rope(float* qkv, const float* table, int N, int T, int pos0, int C, int NH,
+                    bool inverse) = 0;
+
   // pre = inp · Wᵀ + b and out = gelu(pre) (the FFN's first layer; see the bf16 version).
   virtual void matmul_gelu_forward(float* pre, float* out, const float* inp, const float* weight,
                                    const float* bias, int N, int IC, int OC) {
@@ -240,6 +251,9 @@ class Backend {
   virtual void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv,
                                   const bf16_t* out, const float* lse, int B, int T, int C, int NH,
                                   GradMode mode = GradMode::accumulate) = 0;
+  // As the fp32 rope; each rotated element computed in fp32 and rounded once.
+  virtual void rope(bf16_t* qkv, const float* table, int N, int T, int pos0, int C, int NH,
+                    bool inverse) = 0;
   // As the fp32 attention_decode; scores, softmax and sums in fp32, out rounded once.
   virtual void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n,
                                 int C, int NH) = 0;

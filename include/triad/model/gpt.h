@@ -17,7 +17,17 @@ namespace triad {
 
 struct GptShape {
   int n_layer = 0, n_head = 0, n_embd = 0, seq_len = 0, vocab_size = 0, padded_vocab_size = 0;
+  // Positions (model.position): learned (GPT-2's wpe table added to the embedding), or rotary
+  // (rope: no wpe; every layer rotates each head's q and k by angles pos·rope_theta^(−2i/hd),
+  // the "rotate half" pairing of GPT-NeoX and Llama; see Backend::rope).
+  bool rope = false;
+  double rope_theta = 10000.0;
 };
+
+// The rotary embedding's angles (shape.rope): [seq_len, hd] floats, position p's row holding
+// cos(p·f_i) for i < hd/2, then sin(p·f_i), f_i = rope_theta^(−2i/hd); computed in double and
+// rounded once, so every backend reads the same table.
+std::vector<float> rope_table(const GptShape& shape);
 
 // DESIGN.md §3: the rows of wte, vocab_size rounded up to a multiple of 128·tp.
 inline int padded_vocab_size(int vocab_size, int tp) {
@@ -89,8 +99,9 @@ struct ParamSpec {
   bool replica = false;
 };
 
-// The parameter layout of DESIGN.md §3 in buffer order (wte, wpe, 12 tensors per layer, ln_f),
-// each tensor 16-float aligned. Tools that need names and shapes without a model use it too.
+// The parameter layout of DESIGN.md §3 in buffer order (wte, wpe, 12 tensors per layer, ln_f;
+// no wpe under rope), each tensor 16-float aligned. Tools that need names and shapes without a
+// model use it too.
 std::vector<ParamSpec> gpt_parameter_layout(const GptShape& shape);
 // The tensors one rank holds under tensor and pipeline parallelism, in its buffer order:
 // [wte, wpe] on the first stage, its chunks' layers, [ln_f] and the head's wte (when not the
@@ -181,7 +192,8 @@ struct GptMemory {
   size_t weights_bf16 = 0;   // bf16 copy the layers read (bf16 precision)
   size_t grads = 0;          // fp32 parameter gradients (none for inference)
   size_t activations = 0;    // the activation plan: kept sets, backward scratch, sends
-  size_t other = 0;          // token ids and targets, the tied head's gradient exchange (pp > 1)
+  size_t other = 0;          // token ids and targets, the tied head's gradient exchange (pp > 1),
+                             // the rope table
   size_t param_floats = 0;   // floats holding parameters (Gpt::num_floats)
   size_t buffer_floats = 0;  // the parameter buffer's length in floats (ZeRO cuts it in slices)
   std::vector<int> activation_sets;  // per local chunk: micro-batches kept in flight
@@ -413,6 +425,8 @@ class Gpt {
   // again (after ln_1) before the layer's backward.
   template <class A>
   void layer_front(Set<A>& S, int g, int i, int B, int T, int pos0 = 0);
+  template <class A>
+  void rotate(A* qkv, int N, int T, int pos0, bool inverse);
   // row_losses (optional, host, B·T): each row's cross-entropy.
   template <class A>
   ForwardStats classifier(Set<A>& S, const int32_t* host_targets, int B, int T, float dloss_scale,
@@ -443,6 +457,7 @@ class Gpt {
   // Indices into specs_ (-1: not held): wte (embedding), wpe, ln_f, the head's wte, and the
   // first of the 12 tensors of each global layer.
   int wte_ = -1, wpe_ = -1, lnf_ = -1, head_ = -1;
+  float* rope_table_ = nullptr;  // rope_table(shape_) on the backend (shape_.rope)
   std::vector<int> layer_;
   int vocab_begin_ = 0, vocab_local_ = 0, vocab_valid_ = 0;  // this rank's slice of wte rows
   GradReadyHook grad_hook_;

@@ -114,6 +114,10 @@ class CpuBackend final : public Backend {
                         int NH) override {
     cpu::attention_decode(out, qkv, B, stride, p, n, C, NH);
   }
+  void rope(float* qkv, const float* table, int N, int T, int pos0, int C, int NH,
+            bool inverse) override {
+    cpu::rope(qkv, table, N, T, pos0, C, NH, inverse);
+  }
   void gelu_forward(float* out, const float* inp, size_t n) override {
     cpu::gelu_forward(out, inp, n);
   }
@@ -212,6 +216,10 @@ class CpuBackend final : public Backend {
   void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n, int C,
                         int NH) override {
     cpu::attention_decode(out, qkv, B, stride, p, n, C, NH);
+  }
+  void rope(bf16_t* qkv, const float* table, int N, int T, int pos0, int C, int NH,
+            bool inverse) override {
+    cpu::rope(qkv, table, N, T, pos0, C, NH, inverse);
   }
   void gelu_forward(bf16_t* out, const bf16_t* inp, size_t n) override {
     cpu::gelu_forward(out, inp, n);

@@ -54,6 +54,9 @@ void attention_forward(float* out, float* att, const float* qkv, int B, int T, i
 void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
                         const float* att, int B, int T, int C, int NH);
 void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n, int C, int NH);
+// Rotary position embedding in place (cpu_rope.cpp); fp32 and bf16 (computed in fp32).
+void rope(float* qkv, const float* table, int N, int T, int pos0, int C, int NH, bool inverse);
+void rope(bf16_t* qkv, const float* table, int N, int T, int pos0, int C, int NH, bool inverse);
 
 void gelu_forward(float* out, const float* inp, size_t n);
 void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n);

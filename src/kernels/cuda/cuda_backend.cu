@@ -176,6 +176,10 @@ class CudaBackend final : public Backend {
                         int NH) override {
     cuda::attention_decode(stream_, out, qkv, B, stride, p, n, C, NH);
   }
+  void rope(float* qkv, const float* table, int N, int T, int pos0, int C, int NH,
+            bool inverse) override {
+    cuda::rope(stream_, qkv, table, N, T, pos0, C, NH, inverse);
+  }
   void gelu_forward(float* out, const float* inp, size_t n) override {
     cuda::gelu_forward(stream_, out, inp, n);
   }
@@ -289,6 +293,10 @@ class CudaBackend final : public Backend {
   void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n, int C,
                         int NH) override {
     cuda::attention_decode(stream_, dev(out), dev(qkv), B, stride, p, n, C, NH);
+  }
+  void rope(bf16_t* qkv, const float* table, int N, int T, int pos0, int C, int NH,
+            bool inverse) override {
+    cuda::rope(stream_, dev(qkv), table, N, T, pos0, C, NH, inverse);
   }
   void gelu_forward(bf16_t* out, const bf16_t* inp, size_t n) override {
     cuda::gelu_forward(stream_, dev(out), dev(inp), n);

@@ -161,6 +161,11 @@ void attention_decode(cudaStream_t s, float* out, const float* qkv, int B, int s
 void attention_decode(cudaStream_t s, bf16* out, const bf16* qkv, int B, int stride, int p, int n,
                       int C, int NH);
 
+// ---- rotary position embedding (cuda_rope.cu): backend.h rope, in place -------------------
+template <typename Elem>
+void rope(cudaStream_t s, Elem* qkv, const float* table, int N, int T, int pos0, int C, int NH,
+          bool inverse);
+
 // ---- elementwise (cuda_elementwise.cu) -----------------------------------------------------
 template <typename Elem>
 void gelu_forward(cudaStream_t s, Elem* out, const Elem* inp, size_t n);

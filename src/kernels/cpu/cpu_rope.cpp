@@ -1,0 +1,46 @@
+// Rotary position embedding (backend.h rope): each q and k head's pairs (x_i, x_{i+hd/2})
+// rotated by their position's angles, in place. fp32, and bf16 computed in fp32 and rounded
+// once per element.
+#include "cpu_math.h"
+#include "cpu_ops.h"
+
+namespace triad::cpu {
+namespace {
+
+inline float load(const float* p) { return *p; }
+inline float load(const bf16_t* p) { return to_float(*p); }
+inline void store(float* p, float v) { *p = v; }
+inline void store(bf16_t* p, float v) { *p = triad::to_bf16(v); }
+
+template <class E>
+void rope_rows(E* qkv, const float* table, int N, int T, int pos0, int C, int NH, bool inverse) {
+  const int hd = C / NH, half = hd / 2;
+  // The backward pass rotates by −angle: the same cosines, the sines negated.
+  const float sign = inverse ? -1.0f : 1.0f;
+#pragma omp parallel for schedule(static) if (size_t(N) * 2 * C >= kParallelMin)
+  for (int r = 0; r < N; ++r) {
+    const float* cs = table + size_t(pos0 + r % T) * hd;
+    E* row = qkv + size_t(r) * 3 * C;
+    for (int j = 0; j < 2 * NH; ++j) {  // the q heads, then the k heads
+      E* x = row + size_t(j) * hd;
+      for (int i = 0; i < half; ++i) {
+        const float c = cs[i], s = sign * cs[half + i];
+        const float a = load(x + i), b = load(x + half + i);
+        store(x + i, a * c - b * s);
+        store(x + half + i, b * c + a * s);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void rope(float* qkv, const float* table, int N, int T, int pos0, int C, int NH, bool inverse) {
+  rope_rows(qkv, table, N, T, pos0, C, NH, inverse);
+}
+
+void rope(bf16_t* qkv, const float* table, int N, int T, int pos0, int C, int NH, bool inverse) {
+  rope_rows(qkv, table, N, T, pos0, C, NH, inverse);
+}
+
+}  // namespace triad::cpu
