@@ -532,6 +532,9 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
         raise ConvertError(f"{path}: the model uses {a['position']} positions (model.position); "
                            f"GPT-2's Hugging Face and llm.c formats hold learned positions (wpe) "
                            f"only")
+    if a.get("norm", "layernorm") != "layernorm":
+        raise ConvertError(f"{path}: the model uses {a['norm']} (model.norm); GPT-2's Hugging "
+                           f"Face and llm.c formats hold LayerNorms (weight and bias) only")
     d = Dims(*(int(a[k]) for k in ("n_layer", "n_head", "n_embd", "seq_len", "vocab_size")))
 
     def tensors():

@@ -66,7 +66,7 @@ def resolve_checkpoint_path(p: str | Path) -> Path:
 
 def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
     """Parameter names and shapes of DESIGN.md §3 from the /model attributes (no wpe when the
-    attribute position is rope: rotary positions)."""
+    attribute position is rope: rotary positions; no LayerNorm biases when norm is rmsnorm)."""
     L, C, T, V = (int(a[k]) for k in ("n_layer", "n_embd", "seq_len", "padded_vocab_size"))
     s = {"wte/weight": (V, C), "ln_f/weight": (C,), "ln_f/bias": (C,)}
     if a.get("position", "learned") != "rope":
@@ -81,6 +81,8 @@ def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
             p + "mlp/c_fc/weight": (4 * C, C), p + "mlp/c_fc/bias": (4 * C,),
             p + "mlp/c_proj/weight": (C, 4 * C), p + "mlp/c_proj/bias": (C,),
         })
+    if a.get("norm", "layernorm") == "rmsnorm":
+        s = {k: v for k, v in s.items() if not k.endswith(("ln_1/bias", "ln_2/bias", "ln_f/bias"))}
     return s
 
 
@@ -255,6 +257,8 @@ def _check(rep: Report) -> None:
         P.append(f"/model attribute position = {position!r}, expected 'learned' or 'rope'")
     elif position == "rope" and "rope_theta" not in ma:
         P.append("/model has position = 'rope' but no rope_theta attribute")
+    if ma.get("norm", "layernorm") not in ("layernorm", "rmsnorm"):
+        P.append(f"/model attribute norm = {ma['norm']!r}, expected 'layernorm' or 'rmsnorm'")
     exp = expected_shapes(ma)
     for name, shape in exp.items():
         if name not in model:

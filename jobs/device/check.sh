@@ -325,6 +325,14 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
         --optim.name muon --train.norms_every 10 --resume none --run.name "curve_${be}_${pr}_muon" --train.steps 50 \
         --checkpoint.every 0 >"$RUN/curve_${be}_${pr}_muon.txt" 2>&1 || tail -8 "$RUN/curve_${be}_${pr}_muon.txt"
     done
+    # And with Llama's positions and normalization (model.position = rope, model.norm = rmsnorm:
+    # the rope kernel forward and backward, the LayerNorm kernels without centering or bias).
+    for v in "${variants[@]}"; do
+      read -r be pr <<<"$v"
+      timeout "$(tmo 90 150)" "$B/triad-train" --config "$W/tiny.ini" --run.backend "$be" --run.precision "$pr" \
+        --model.position rope --model.norm rmsnorm --resume none --run.name "curve_${be}_${pr}_rope" --train.steps 50 \
+        --checkpoint.every 0 >"$RUN/curve_${be}_${pr}_rope.txt" 2>&1 || tail -8 "$RUN/curve_${be}_${pr}_rope.txt"
+    done
     # Generation with the cache of keys and values (triad-generate --backend cuda, the decoding
     # attention kernel): greedy tokens of the same checkpoint on the CPU and the GPU, fp32 and
     # bf16, the prompt given as ids; fp32 should give the CPU's tokens, bf16 at least their start.
@@ -433,6 +441,16 @@ try:
     print(f"RESULT_NORMS cuda fp32 vs cpu, step 0, {len(n_cpu)} layer norms: max rel diff {worst:.2e}")
 except Exception as e:
     print("RESULT_MUON failed:", e)
+try:
+    for v in ("cpu_fp32", "cuda_fp32", "cuda_bf16"):
+        with h5py.File(w / "runs" / f"curve_{v}_rope" / "metrics.h5", "r") as f:
+            l[v + "_rope"] = f["train/loss"][:]
+    for v in ("cuda_fp32", "cuda_bf16"):
+        a, b = l["cpu_fp32_rope"], l[v + "_rope"]
+        d = np.abs(a - b) / np.abs(a)
+        print(f"RESULT_ROPE {v.split('_')[1]}: {len(b)} steps, max rel diff {d.max():.2e}, final cpu {a[-1]:.5f} gpu {b[-1]:.5f}")
+except Exception as e:
+    print("RESULT_ROPE failed:", e)
 for g in ("dp", "tp", "pp", "zb", "tpmuon", "dpmuon"):
     what = {"zb": "pp=2 zb-h1", "tpmuon": "tp=2 muon", "dpmuon": "dp=2 zero muon"}.get(g, f"{g}=2")
     ref = l.get("cuda_bf16_muon") if g.endswith("muon") else l["cuda_bf16"]
@@ -509,6 +527,7 @@ res "generation on the GPU" "${GEN_ROW:-not run}"
 CHOICE_ROW=$(sed -n 's/^RESULT_CHOICES //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)
 res "multiple choice on the GPU" "${CHOICE_ROW:-failed}"
 res "Muon 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_MUON //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
+res "rope+rmsnorm 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_ROPE //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "layer norms GPU vs CPU" "$(sed -n 's/^RESULT_NORMS //p' "$RUN/gpu.txt" 2>/dev/null)"
 res "2 ranks on one GPU" "$(sed -n 's/^RESULT_NP2 //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "NCCL Comm in training" "$(sed -n 's/^RESULT_NCCL //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -) ($(sed -n 's/^RESULT_NCCL_LINE //p' "$RUN/gpu.txt" 2>/dev/null))"

@@ -622,6 +622,9 @@ CheckpointState read_state(hid_t file) {
                 theta ? "not a finite number > 1" : "missing (position is rope)");
     s.model.rope_theta = *theta;
   }
+  s.model.norm = io::read_string_attr(model, "norm").value_or("layernorm");
+  TRIAD_CHECK(s.model.norm == "layernorm" || s.model.norm == "rmsnorm",
+              "attribute norm of /model is '", s.model.norm, "', not layernorm or rmsnorm");
   return s;
 }
 
@@ -932,6 +935,7 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
           io::write_string_attr(model, "position", state.model.position);
           if (state.model.position == "rope")
             io::write_double_attr(model, "rope_theta", state.model.rope_theta);
+          io::write_string_attr(model, "norm", state.model.norm);
         }
         size_t i = 0;
         for (const TensorGroup& g : groups) {

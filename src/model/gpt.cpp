@@ -22,7 +22,14 @@ struct LayerTensor {
   std::vector<int64_t> shape;
   int axis, blocks;
 };
-std::vector<LayerTensor> layer_tensor_list(int64_t C) {
+std::vector<LayerTensor> layer_tensor_list(int64_t C, bool rmsnorm) {
+  if (rmsnorm) {  // the same without the LayerNorm biases
+    std::vector<LayerTensor> all = layer_tensor_list(C, false), out;
+    for (auto& t : all)
+      if (std::string(t.name) != "ln_1/bias" && std::string(t.name) != "ln_2/bias")
+        out.push_back(std::move(t));
+    return out;
+  }
   return {{"ln_1/weight", {C}, -1, 1},
           {"ln_1/bias", {C}, -1, 1},
           {"attn/c_attn/weight", {3 * C, C}, 0, 3},  // by heads within each of q, k, v
@@ -165,12 +172,12 @@ std::vector<ParamSpec> gpt_rank_layout(const GptShape& shape, const ModelParalle
   for (int c = 0; c < mp.virtual_stages; ++c) {
     const int g = mp.global_chunk(c), first = mp.first_layer(g, shape.n_layer);
     for (int l = first; l < first + mp.chunk_layers(g, shape.n_layer); ++l)
-      for (const auto& t : layer_tensor_list(C))
+      for (const auto& t : layer_tensor_list(C, shape.rmsnorm))
         b.add("h/" + std::to_string(l) + "/" + t.name, t.shape, t.axis, t.blocks, false);
   }
   if (mp.last_stage()) {
     b.add("ln_f/weight", {C}, -1, 1, false);
-    b.add("ln_f/bias", {C}, -1, 1, false);
+    if (!shape.rmsnorm) b.add("ln_f/bias", {C}, -1, 1, false);
     // The tied head's copy of wte: the first stage owns the values.
     if (!mp.first_stage()) b.add("wte/weight", {Vp, C}, 0, 1, true);
   }

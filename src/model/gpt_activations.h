@@ -100,18 +100,21 @@ struct Gpt::Activations {
     std::vector<std::pair<float**, size_t>> plan_f;
     auto want = [&plan](A*& p, size_t n) { plan.emplace_back(&p, n); };
     auto want_f = [&plan_f](float*& p, size_t n) { plan_f.emplace_back(&p, n); };
+    // RMSNorm keeps no means: the null mean is what makes the LayerNorm ops normalize by the root
+    // mean square (backend.h).
+    const bool means = !s.rmsnorm;
     // One layer's internals (everything but its output, residual3). Under full recomputation
     // only the scratch layer `work` has them; under gelu its fch_gelu is the shared `gelu_work`.
     auto want_internals = [&](Layer& L, bool gelu_out) {
       if (!sp) want(L.ln1, R * C);  // backward reads it (as ln1g)
-      want_f(L.ln1_mean, R);
+      if (means) want_f(L.ln1_mean, R);
       want_f(L.ln1_rstd, R);
       want(L.qkv, BT * 3 * Cl);
       if (!inference) want_f(L.att, att);  // inference attends without (attention_decode)
       want(L.atty, BT * Cl);
       want(L.residual2, R * C);
       if (!sp) want(L.ln2, R * C);
-      want_f(L.ln2_mean, R);
+      if (means) want_f(L.ln2_mean, R);
       want_f(L.ln2_rstd, R);
       want(L.fch, BT * 4 * Cl);
       if (gelu_out) want(L.fch_gelu, BT * 4 * Cl);
@@ -148,7 +151,7 @@ struct Gpt::Activations {
         }
         if (last) {
           if (!sp) want(S.lnf, R * C);
-          want_f(S.lnf_mean, R);
+          if (means) want_f(S.lnf_mean, R);
           want_f(S.lnf_rstd, R);
           if (!inference) want(S.dlnf, R * C);
           want_f(S.losses, BT);

@@ -36,6 +36,8 @@ class KeyTable {
         "learned (GPT-2's position table wpe) | rope (rotary embedding of q and k in every layer, "
         "no wpe)");
     add("model.rope_theta", c.model.rope_theta, "rope: base of the rotation frequencies");
+    add("model.norm", c.model.norm,
+        "layernorm (GPT-2's, weight and bias) | rmsnorm (root mean square, weight only, as Llama)");
     add("train.steps", c.train.steps, "optimizer steps");
     add("train.batch_size", c.train.batch_size, "sequences per optimizer step (global)");
     add("train.micro_batch_size", c.train.micro_batch_size, "sequences per micro-batch per rank");
@@ -378,6 +380,8 @@ void validate(const Config& c, int world_size) {
             ")");
   check(m.position == "learned" || m.position == "rope", "model.position",
         "must be learned or rope (got '" + m.position + "')");
+  check(m.norm == "layernorm" || m.norm == "rmsnorm", "model.norm",
+        "must be layernorm or rmsnorm (got '" + m.norm + "')");
   if (m.position == "rope") {
     check(m.n_embd / m.n_head % 2 == 0, "model.position",
           "rope needs an even head dimension (model.n_embd / model.n_head = " +

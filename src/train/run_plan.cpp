@@ -45,14 +45,11 @@ std::string megabytes(size_t bytes) {
 
 GptShape gpt_shape(const Config& cfg) {
   const auto& m = cfg.model;
-  return GptShape{m.n_layer,
-                  m.n_head,
-                  m.n_embd,
-                  m.seq_len,
-                  m.vocab_size,
-                  cfg.padded_vocab_size(),
-                  m.position == "rope",
-                  m.rope_theta};
+  GptShape s{m.n_layer, m.n_head, m.n_embd, m.seq_len, m.vocab_size, cfg.padded_vocab_size()};
+  s.rope = m.position == "rope";
+  s.rope_theta = m.rope_theta;
+  s.rmsnorm = m.norm == "rmsnorm";
+  return s;
 }
 
 ModelParallel model_parallel(const Config& cfg, int pp_rank, int tp_rank) {

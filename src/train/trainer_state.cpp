@@ -266,6 +266,7 @@ CheckpointState Trainer::State::checkpoint_state() const {
                         cfg.model.seq_len, cfg.model.vocab_size, cfg.padded_vocab_size()};
   st.model.position = cfg.model.position;
   st.model.rope_theta = cfg.model.position == "rope" ? cfg.model.rope_theta : 0.0;
+  st.model.norm = cfg.model.norm;
   st.loss_window = loss_window.values();
   st.norm_window = norm_window.values();
   st.skipped_in_a_row = skipped_in_a_row;
@@ -311,6 +312,9 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
     fail("checkpoint ", path, " holds a model with positions ", describe(m.position, m.rope_theta),
          " but the config asks for model.position = ", describe(c.position, c.rope_theta));
   }
+  // LayerNorm and RMSNorm differ in their tensors (the biases) and in what they compute.
+  TRIAD_CHECK(m.norm == c.norm, "checkpoint ", path, " holds a model with norm ", m.norm,
+              " but the config asks for model.norm = ", c.norm);
 }
 
 CheckpointState Trainer::State::load_weights(const std::string& path) {

@@ -249,6 +249,49 @@ TEST(ModelParallel, RotaryPositionsMatchOneRankOnEveryGrid) {
   expect_same_training(one, tail, "rope from 2x2x2 to 1x1x1");
 }
 
+// RMSNorm (model.norm = rmsnorm): no LayerNorm biases and no means kept, on every grid; under
+// sequence parallelism its weight gradients alone cross the tensor-parallel group. With rotary
+// positions (Llama's combination), in bf16 too, and resumed on another grid.
+TEST(ModelParallel, RmsNormMatchesOneRankOnEveryGrid) {
+  const std::string dir = shared_dir("rmsnorm");
+  const std::vector<std::string> rms = {"--resume",         "none", "--model.norm", "rmsnorm",
+                                        "--model.position", "rope"};
+  auto with = [&](std::vector<std::string> a) {
+    a.insert(a.begin(), rms.begin() + 2, rms.end());
+    return a;
+  };
+  const Result ref = run(dir, "rms_ref", Grid{}, rms);
+  ASSERT_EQ(ref.losses.size(), 6u);
+  const std::vector<Grid> grids = {
+      {2, 1, 1, 1, 2, "1f1b", 1},        {1, 2, 1, 0, 1, "1f1b", 1},
+      {1, 2, 1, 1, 2, "1f1b", 1, true},  {1, 1, 2, 0, 4, "1f1b", 1},
+      {1, 1, 2, 1, 4, "interleaved", 2}, {2, 2, 2, 1, 2, "1f1b", 1, true},
+      {1, 1, 4, 0, 4, "zb-h1", 1}};
+  for (const Grid& g : grids) {
+    if (g.ranks() > world_size()) continue;
+    expect_same_training(run(dir, "rms_" + g.name(), g, rms), ref, "rmsnorm " + g.name());
+  }
+  const Grid sp{1, 2, 2, 0, 2, "1f1b", 1, true};
+  if (sp.ranks() <= world_size())
+    expect_same_training(run(dir, "rms_full_" + sp.name(), sp,
+                             with({"--resume", "none", "--train.recompute", "full"})),
+                         ref, "rmsnorm recompute full " + sp.name());
+  const Grid big{2, 2, 2, 1, 2, "1f1b", 1, true};
+  if (big.ranks() > world_size()) return;
+  const Result bf1 = run(dir, "rms_bf16_ref", Grid{}, with({"--run.precision", "bf16"}));
+  const Result bf = run(dir, "rms_bf16_" + big.name(), big, with({"--run.precision", "bf16"}));
+  expect_close_losses(bf1, ref, 1e-3, "rmsnorm bf16 against fp32");
+  expect_close_losses(bf, bf1, 5e-4, "rmsnorm bf16 " + big.name());
+  const Result full = run(dir, "rms_full222", big, rms);
+  Result tail = full;
+  tail.losses.erase(tail.losses.begin(), tail.losses.begin() + 3);
+  const std::string ckpt = dir + "/runs/rms_full222/ckpt/step_00000003.h5";
+  const Grid four{1, 4, 1, 0, 2, "1f1b", 1};
+  const Result r = run(dir, "rms_from222", four, with({"--resume", ckpt}));
+  ASSERT_EQ(r.losses.size(), 3u);
+  expect_same_training(r, tail, "rmsnorm from 2x2x2 to " + four.name());
+}
+
 TEST(ModelParallel, CheckpointsReshardAcrossTensorAndPipelineGrids) {
   const std::string dir = shared_dir("reshard");
   const Grid big{2, 2, 2, 1, 2, "1f1b", 1};
@@ -463,19 +506,20 @@ TEST(ModelParallel, MemoryPlanEqualsWhatEachRankAllocates) {
       {{1, 1, 4, 0, 4, "zb-h1", 1}, "fp32"},      {{1, 1, 1, 0, 1, "1f1b", 1}, "muon"},
       {{2, 2, 1, 1, 1, "1f1b", 1}, "muon"},       {{1, 2, 2, 0, 2, "1f1b", 1}, "muon"},
       {{2, 1, 2, 0, 2, "1f1b", 1}, "muon"},       {{4, 1, 1, 1, 1, "1f1b", 1}, "muon"},
-      {{1, 1, 1, 1, 1, "1f1b", 1}, "muon"},       {{1, 2, 2, 0, 2, "1f1b", 1, true}, "rope"}};
+      {{1, 1, 1, 1, 1, "1f1b", 1}, "muon"},       {{1, 2, 2, 0, 2, "1f1b", 1, true}, "rope"},
+      {{2, 1, 2, 1, 2, "1f1b", 1}, "rmsnorm"}};
   for (const auto& [g, variant] : grids) {
     if (g.ranks() > world_size()) continue;
     const std::string name = "plan_" + g.name() + "_" + variant;
     // "muon": the Muon optimizer (its Newton–Schulz scratch, its ZeRO gather) in bf16; "rope":
-    // rotary positions (no wpe, the angle table) in bf16.
-    const bool muon = variant == "muon", rope = variant == "rope";
-    const std::string precision = muon || rope ? "bf16" : variant;
-    const auto args =
-        grid_args(dir, name, g,
-                  {"--resume", "none", "--train.steps", "1", "--run.precision", precision,
-                   "--checkpoint.every", "0", "--optim.name", muon ? "muon" : "adamw",
-                   "--model.position", rope ? "rope" : "learned"});
+    // rotary positions (no wpe, the angle table) in bf16; "rmsnorm": no biases, no means, fp32.
+    const bool muon = variant == "muon", rope = variant == "rope", rmsnorm = variant == "rmsnorm";
+    const std::string precision = muon || rope ? "bf16" : rmsnorm ? "fp32" : variant;
+    const auto args = grid_args(
+        dir, name, g,
+        {"--resume", "none", "--train.steps", "1", "--run.precision", precision,
+         "--checkpoint.every", "0", "--optim.name", muon ? "muon" : "adamw", "--model.position",
+         rope ? "rope" : "learned", "--model.norm", rmsnorm ? "rmsnorm" : "layernorm"});
     std::vector<const char*> argv;
     for (const auto& a : args) argv.push_back(a.c_str());
     const RunPlan plan =
@@ -755,6 +799,7 @@ TEST(ModelParallel, DecodingMatchesOneRankOnEveryGrid) {
     Precision precision;
     bool inference = false;  // ActivationOptions::inference on the grid
     bool rope = false;       // rotary positions: the new rows rotated at their positions
+    bool rmsnorm = false;
   };
   for (const G& g :
        {G{2, 1, 1, false, Precision::fp32}, G{2, 1, 1, true, Precision::fp32},
@@ -763,7 +808,8 @@ TEST(ModelParallel, DecodingMatchesOneRankOnEveryGrid) {
         G{2, 2, 1, true, Precision::fp32, true}, G{1, 2, 2, false, Precision::bf16, true},
         G{2, 1, 1, true, Precision::fp32, false, true},
         G{1, 2, 2, false, Precision::bf16, true, true},
-        G{2, 2, 1, false, Precision::fp32, false, true}}) {
+        G{2, 2, 1, false, Precision::fp32, false, true},
+        G{2, 2, 1, true, Precision::bf16, true, true, true}}) {
     const int ranks = g.tp * g.pp;
     MPI_Comm sub = MPI_COMM_NULL;
     MPI_Comm_split(MPI_COMM_WORLD, world_rank() < ranks ? 0 : MPI_UNDEFINED, world_rank(), &sub);
@@ -771,11 +817,12 @@ TEST(ModelParallel, DecodingMatchesOneRankOnEveryGrid) {
     SCOPED_TRACE(::testing::Message()
                  << "tp=" << g.tp << " pp=" << g.pp << " v=" << g.v << (g.sp ? " sp " : " ")
                  << precision_name(g.precision) << (g.inference ? " inference" : "")
-                 << (g.rope ? " rope" : ""));
+                 << (g.rope ? " rope" : "") << (g.rmsnorm ? " rmsnorm" : ""));
     const int q = 128 * g.tp, Vp = (kVocab + q - 1) / q * q;
     GptShape shape{kLayers, kHeads, kEmbd, kSeq, kVocab, Vp};
     shape.rope = g.rope;
     shape.rope_theta = 50;
+    shape.rmsnorm = g.rmsnorm;
     auto be = make_cpu_backend();
     Gpt one(shape, 1, *be, 1, {}, nullptr, g.precision);
     one.init(3);

@@ -357,6 +357,15 @@ def test_rotary_position_checkpoints_are_not_exported_as_gpt2(tmp_path):
                                   tmp_path / f"out-{to}", "--to", to),
                              "rope positions", "learned positions (wpe) only")
         assert not (tmp_path / f"out-{to}").exists()
+    cfg = tiny_config(tmp_path, name="rms", model__norm="rmsnorm", train__steps=1,
+                      checkpoint__every=1)
+    assert run([exe("triad-train"), "--config", cfg]).returncode == 0
+    assert_clean_failure(tool("triad-convert", "export", tmp_path / "runs" / "rms",
+                              tmp_path / "out-rms", "--to", "hf"),
+                         "uses rmsnorm", "LayerNorms (weight and bias) only")
+    # triad-ckpt verifies the rmsnorm layout (no LayerNorm biases) as complete and sound.
+    p = tool("triad-ckpt", tmp_path / "runs" / "rms")
+    assert p.returncode == 0, p.stdout + p.stderr
 
 
 def test_refuses_to_replace_and_reports_bad_checkpoints(imported, tmp_path):

@@ -58,6 +58,23 @@ def rope_checkpoint(tmp_path_factory):
     return path
 
 
+def test_rmsnorm_and_rotary_continuation_matches_torch(tmp_path):
+    """Llama's normalization and positions (RMSNorm, rope) on one rank and on tp 2 × pp 2."""
+    cfg = ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=32, vocab_size=50257,
+                        position="rope", rope_theta=200.0, norm="rmsnorm")
+    path = tmp_path / "rms.h5"
+    ref.write_checkpoint(path, cfg, {k: (v * 8 if v.dim() == 2 else v)
+                                     for k, v in ref.random_weights(cfg, 6).items()})
+    _, params = ref.load_checkpoint(path, dtype=torch.float64)
+    want = generate_torch.generate(params, cfg, PROMPT, 40, "recompute")
+    ids = " ".join(map(str, PROMPT))
+    assert generate(path, "--prompt-ids", ids, "--length", 40) == want
+    p = mpi_generate(4, "--checkpoint", path, "--vocab", VOCAB, "--prompt-ids", ids,
+                     "--length", 40, "--top-k", 1, "--output", "ids", "--tp", 2, "--pp", 2)
+    assert p.returncode == 0, p.stderr
+    assert [int(t) for t in p.stdout.split()] == want
+
+
 def test_rotary_positions_continuation_matches_torch(rope_checkpoint):
     """Rotary positions: the cached keys are rotated once, at their own positions, and each new
     token's q and k at its position; past the context the window is recomputed from position 0.

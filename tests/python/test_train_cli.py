@@ -58,6 +58,7 @@ def test_help_lists_every_key_with_defaults():
     (["--model.position", "rope", "--model.n_head", "32"], ["model.position", "even head"]),
     (["--model.position", "rope", "--model.rope_theta", "0.5"], ["model.rope_theta", "> 1"]),
     (["--model.position", "rope", "--model.rope_theta", "nan"], ["model.rope_theta"]),
+    (["--model.norm", "batchnorm"], ["model.norm", "layernorm or rmsnorm"]),
 ])
 def test_bad_config_values(tmp_path, args, needles):
     cfg = tiny_config(tmp_path)
@@ -304,6 +305,28 @@ def test_rotary_positions_resume_bit_exactly_and_refuse_the_other_positions(tmp_
           check=True)
 
 
+def test_rmsnorm_checkpoints_hold_no_norm_biases_and_refuse_layernorm(tmp_path):
+    rms = ["--model.norm", "rmsnorm"]
+    cfg = tiny_config(tmp_path, name="rms")
+    train("--config", cfg, *rms, "--train.steps", "5", check=True)
+    ckpt = tmp_path / "runs" / "rms" / "ckpt" / "step_00000005.h5"
+    w = weights(ckpt)
+    assert "h/0/ln_1/weight" in w and "ln_f/weight" in w
+    assert not [k for k in w if k.endswith("ln_1/bias") or k.endswith("ln_2/bias")
+                or k == "ln_f/bias"]
+    with h5py.File(ckpt, "r") as f:
+        assert f["model"].attrs["norm"] == b"rmsnorm"
+        assert f["model"].attrs["position"] == b"learned"
+    assert_clean_error(train("--config", cfg, "--resume", ckpt, "--train.steps", "8"),
+                       "norm rmsnorm", "model.norm = layernorm")
+    ln = tmp_path / "runs" / "ln" / "ckpt" / "step_00000005.h5"
+    train("--config", tiny_config(tmp_path, name="ln"), "--train.steps", "5", check=True)
+    assert_clean_error(train("--config", cfg, *rms, "--init-from", ln, "--run.name", "x"),
+                       "norm layernorm", "model.norm = rmsnorm")
+    p = train("--config", cfg, *rms, "--resume", ckpt, "--train.steps", "8", check=True)
+    assert "resumed from" in p.stdout
+
+
 def _spiky_run(tmp_path, name, **train):
     """A config on data the model learns within a few steps (a period-4 token pattern), except
     the batch of step index 14: random tokens, a loss spike."""
@@ -494,7 +517,8 @@ def test_damaged_checkpoints(tmp_path):
     for name, edit, needle in (
             ("position", {"position": "alibi"}, "'alibi', not learned or rope"),
             ("theta", {"position": "rope"}, "rope_theta of /model is missing"),
-            ("theta_kind", {"position": "rope", "rope_theta": "ten"}, "rope_theta")):
+            ("theta_kind", {"position": "rope", "rope_theta": "ten"}, "rope_theta"),
+            ("norm", {"norm": "batchnorm"}, "'batchnorm', not layernorm or rmsnorm")):
         bad = tmp_path / f"bad_{name}.h5"
         bad.write_bytes(good.read_bytes())
         with h5py.File(bad, "r+") as f:

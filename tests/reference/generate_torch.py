@@ -45,7 +45,7 @@ def block(params: Dict[str, torch.Tensor], cfg: ref.GptConfig, i: int, x: torch.
     p = f"h/{i}/"
     B, T, C = x.shape
     nh, hd = cfg.n_head, cfg.head_dim
-    h = ref.layer_norm(x, params[p + "ln_1/weight"], params[p + "ln_1/bias"])
+    h = ref.norm(params, cfg, p + "ln_1", x)
     q, k, v = ref.linear(h, params[p + "attn/c_attn/weight"],
                          params[p + "attn/c_attn/bias"]).split(C, dim=-1)
     q, k, v = (t.reshape(B, T, nh, hd).transpose(1, 2) for t in (q, k, v))  # [B, nh, T, hd]
@@ -65,7 +65,7 @@ def block(params: Dict[str, torch.Tensor], cfg: ref.GptConfig, i: int, x: torch.
     att = torch.softmax(att.masked_fill(~mask, float("-inf")), dim=-1)
     y = torch.matmul(att, v).transpose(1, 2).reshape(B, T, C)
     x = x + ref.linear(y, params[p + "attn/c_proj/weight"], params[p + "attn/c_proj/bias"])
-    h = ref.layer_norm(x, params[p + "ln_2/weight"], params[p + "ln_2/bias"])
+    h = ref.norm(params, cfg, p + "ln_2", x)
     h = ref.gelu_tanh(ref.linear(h, params[p + "mlp/c_fc/weight"], params[p + "mlp/c_fc/bias"]))
     return x + ref.linear(h, params[p + "mlp/c_proj/weight"], params[p + "mlp/c_proj/bias"])
 
@@ -78,7 +78,7 @@ def last_logits(params, cfg: ref.GptConfig, ids: torch.Tensor, pos0: int,
         x = x + params["wpe/weight"][pos0:pos0 + ids.shape[1]]
     for i in range(cfg.n_layer):
         x = block(params, cfg, i, x, cache)
-    x = ref.layer_norm(x[:, -1], params["ln_f/weight"], params["ln_f/bias"])
+    x = ref.norm(params, cfg, "ln_f", x[:, -1])
     return torch.matmul(x, params["wte/weight"].t())[:, :cfg.vocab_size]
 
 

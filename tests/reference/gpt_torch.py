@@ -50,6 +50,7 @@ class GptConfig:
     tp: int = 1  # only for the padding rule
     position: str = "learned"  # learned (wpe) | rope (rotary q and k, no wpe)
     rope_theta: float = 10000.0
+    norm: str = "layernorm"  # layernorm (weight, bias) | rmsnorm (weight only)
 
     @property
     def padded_vocab_size(self) -> int:
@@ -68,22 +69,26 @@ def param_shapes(cfg: GptConfig) -> Dict[str, tuple]:
     shapes = {"wte/weight": (Vp, C)}
     if cfg.position != "rope":
         shapes["wpe/weight"] = (T, C)
+    rms = cfg.norm == "rmsnorm"
     for i in range(cfg.n_layer):
         p = f"h/{i}/"
         shapes[p + "ln_1/weight"] = (C,)
-        shapes[p + "ln_1/bias"] = (C,)
+        if not rms:
+            shapes[p + "ln_1/bias"] = (C,)
         shapes[p + "attn/c_attn/weight"] = (3 * C, C)
         shapes[p + "attn/c_attn/bias"] = (3 * C,)
         shapes[p + "attn/c_proj/weight"] = (C, C)
         shapes[p + "attn/c_proj/bias"] = (C,)
         shapes[p + "ln_2/weight"] = (C,)
-        shapes[p + "ln_2/bias"] = (C,)
+        if not rms:
+            shapes[p + "ln_2/bias"] = (C,)
         shapes[p + "mlp/c_fc/weight"] = (4 * C, C)
         shapes[p + "mlp/c_fc/bias"] = (4 * C,)
         shapes[p + "mlp/c_proj/weight"] = (C, 4 * C)
         shapes[p + "mlp/c_proj/bias"] = (C,)
     shapes["ln_f/weight"] = (C,)
-    shapes["ln_f/bias"] = (C,)
+    if not rms:
+        shapes["ln_f/bias"] = (C,)
     return shapes
 
 
@@ -122,6 +127,18 @@ def layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tenso
     xc = x - mean
     var = (xc * xc).mean(dim=-1, keepdim=True)  # biased variance, as GPT-2 / PyTorch
     return xc * torch.rsqrt(var + LN_EPS) * w + b
+
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """RMSNorm (Zhang & Sennrich; Llama's): x / sqrt(mean(x^2) + eps) * w, no centering, no bias."""
+    return x * torch.rsqrt((x * x).mean(dim=-1, keepdim=True) + LN_EPS) * w
+
+
+def norm(params: Dict[str, torch.Tensor], cfg: GptConfig, name: str, x: torch.Tensor):
+    """The model's normalization `name` (h/{i}/ln_1, h/{i}/ln_2, ln_f) of x."""
+    if cfg.norm == "rmsnorm":
+        return rms_norm(x, params[name + "/weight"])
+    return layer_norm(x, params[name + "/weight"], params[name + "/bias"])
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -180,14 +197,14 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor) 
         x = x + params["wpe/weight"][:T]
     for i in range(cfg.n_layer):
         p = f"h/{i}/"
-        h = layer_norm(x, params[p + "ln_1/weight"], params[p + "ln_1/bias"])
+        h = norm(params, cfg, p + "ln_1", x)
         x = x + linear(attention(h, params[p + "attn/c_attn/weight"],
                                  params[p + "attn/c_attn/bias"], cfg.n_head, rope),
                        params[p + "attn/c_proj/weight"], params[p + "attn/c_proj/bias"])
-        h = layer_norm(x, params[p + "ln_2/weight"], params[p + "ln_2/bias"])
+        h = norm(params, cfg, p + "ln_2", x)
         h = gelu_tanh(linear(h, params[p + "mlp/c_fc/weight"], params[p + "mlp/c_fc/bias"]))
         x = x + linear(h, params[p + "mlp/c_proj/weight"], params[p + "mlp/c_proj/bias"])
-    x = layer_norm(x, params["ln_f/weight"], params["ln_f/bias"])
+    x = norm(params, cfg, "ln_f", x)
     logits = torch.matmul(x, params["wte/weight"].t())  # [B, T, Vp] (tied head)
     return logits[..., : cfg.vocab_size]
 
@@ -205,6 +222,7 @@ def forward_fast(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Ten
     B, T = idx.shape
     C, nh = cfg.n_embd, cfg.n_head
     hd = C // nh
+    assert cfg.position == "learned" and cfg.norm == "layernorm", "forward_fast is GPT-2's model"
     mask = torch.ones(T, T, dtype=torch.bool).tril()
     x = F.embedding(idx, params["wte/weight"]) + params["wpe/weight"][:T]
 
@@ -486,6 +504,7 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
         _string_attr(m, "position", cfg.position)
         if cfg.position == "rope":
             m.attrs.create("rope_theta", np.float64(cfg.rope_theta), dtype="<f8")
+        _string_attr(m, "norm", cfg.norm)
         groups = {"model": weights}
         for slot, tensors in (optimizer or {}).items():
             groups["optimizer/" + slot] = tensors
@@ -510,7 +529,8 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
         position = _str(a["position"]) if "position" in a else "learned"
         cfg = GptConfig(int(a["n_layer"]), int(a["n_head"]), int(a["n_embd"]),
                         int(a["seq_len"]), int(a["vocab_size"]), position=position,
-                        rope_theta=float(a["rope_theta"]) if position == "rope" else 10000.0)
+                        rope_theta=float(a["rope_theta"]) if position == "rope" else 10000.0,
+                        norm=_str(a["norm"]) if "norm" in a else "layernorm")
         out = {}
         for name, shape in param_shapes(cfg).items():
             d = f["model/" + name]

@@ -295,10 +295,11 @@ TEST_F(CpuBf16, OverwriteModeIgnoresTheOldInputGradient) {
 // A bf16 model against the fp32 model with the same master weights: the loss to bf16
 // precision, the fp32 parameter gradients to a few bf16 ulps in norm.
 TEST_F(CpuBf16, ModelLossAndGradientsFollowFp32) {
-  for (bool rope : {false, true}) {
-    SCOPED_TRACE(rope ? "rotary positions" : "learned positions");
+  for (int variant = 0; variant < 3; ++variant) {  // GPT-2; rope; rope with RMSNorm
+    SCOPED_TRACE(variant == 0 ? "GPT-2" : variant == 1 ? "rope" : "rope + rmsnorm");
     GptShape shape{2, 4, 64, 32, 200, 256};
-    shape.rope = rope;
+    shape.rope = variant >= 1;
+    shape.rmsnorm = variant == 2;
     check_model_follows_fp32(shape);
   }
 }

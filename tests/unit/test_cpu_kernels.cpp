@@ -321,6 +321,47 @@ TEST_F(CpuKernels, LayerNormForwardBackward) {
   expect_accumulated(db2, db0, db, "dbias +=");
 }
 
+// RMSNorm (mean and bias null): y = x·w/sqrt(mean(x²) + 1e-5), written here in double; its
+// backward against finite differences, accumulating; the fused residual form too.
+DVec naive_rmsnorm(const DVec& inp, const DVec& w, int N, int C) {
+  DVec out(inp.size());
+  for (int n = 0; n < N; ++n) {
+    double sq = 0.0;
+    for (int c = 0; c < C; ++c) sq += inp[size_t(n) * C + c] * inp[size_t(n) * C + c];
+    const double r = 1.0 / std::sqrt(sq / C + 1e-5);
+    for (int c = 0; c < C; ++c) out[size_t(n) * C + c] = inp[size_t(n) * C + c] * r * w[c];
+  }
+  return out;
+}
+
+TEST_F(CpuKernels, RmsNormForwardBackward) {
+  const int N = 10, C = 12;
+  const Vec inp = random_vec(size_t(N) * C, 18, -2.0f, 3.0f), w = random_vec(C, 19, 0.5f, 1.5f);
+  Vec out(inp.size()), rstd(N);
+  be->layernorm_forward(out.data(), nullptr, rstd.data(), inp.data(), w.data(), nullptr, N, C);
+  DVec x = to_double(inp), wd = to_double(w);
+  expect_close(out, naive_rmsnorm(x, wd, N, C), 1e-6, "out");
+  const Vec R = random_vec(out.size(), 20);
+  auto loss = [&] { return dot(naive_rmsnorm(x, wd, N, C), R); };
+  const DVec g_x = finite_diff(x, loss), g_w = finite_diff(wd, loss);
+  Vec dx = random_vec(inp.size(), 21), dw = random_vec(C, 22);
+  const Vec dx0 = dx, dw0 = dw;
+  be->layernorm_backward(dx.data(), dw.data(), nullptr, R.data(), inp.data(), w.data(), nullptr,
+                         rstd.data(), N, C);
+  Vec gx(dx.size()), gw(C);
+  for (size_t i = 0; i < dx.size(); ++i) gx[i] = dx[i] - dx0[i];
+  for (int c = 0; c < C; ++c) gw[size_t(c)] = dw[size_t(c)] - dw0[size_t(c)];
+  expect_close(gx, g_x, 1e-4, "dinp +=");
+  expect_close(gw, g_w, 1e-5, "dweight +=");
+  // sum = a + b, then the RMSNorm of sum.
+  const Vec a = random_vec(inp.size(), 23);
+  Vec b(inp.size()), sum(inp.size()), out2(inp.size()), rstd2(N);
+  for (size_t i = 0; i < b.size(); ++i) b[i] = inp[i] - a[i];
+  be->residual_layernorm_forward(sum.data(), out2.data(), nullptr, rstd2.data(), a.data(), b.data(),
+                                 w.data(), nullptr, N, C);
+  expect_close(out2, naive_rmsnorm(to_double(sum), wd, N, C), 1e-6, "residual form");
+}
+
 // ---- matmul --------------------------------------------------------------------------------
 
 void check_matmul(Backend& be, bool with_bias, bool with_dinp) {

@@ -291,6 +291,33 @@ TEST_F(CudaBackendTest, LayerNormBackwardAccumulatesDeterministically) {
   }
 }
 
+// RMSNorm: the LayerNorm ops with mean and bias null, forward (plain and residual) and backward.
+TEST_F(CudaBackendTest, RmsNorm) {
+  for (const NCShape& s : kLnShapes) {
+    SCOPED_TRACE(::testing::Message() << "N=" << s.N << " C=" << s.C);
+    const size_t NC = size_t(s.N) * s.C;
+    const Vec a = random_vec(NC, 30, -2.0f, 3.0f), b = random_vec(NC, 31);
+    const Vec w = random_vec(s.C, 32, 0.5f, 1.5f), dout = random_vec(NC, 33);
+    Vec sum(NC), out(NC), rstd(s.N);
+    cpu->residual_layernorm_forward(sum.data(), out.data(), nullptr, rstd.data(), a.data(),
+                                    b.data(), w.data(), nullptr, s.N, s.C);
+    float *g_sum = dev_zeros(NC), *g_out = dev_zeros(NC), *g_rstd = dev_zeros(s.N);
+    gpu->residual_layernorm_forward(g_sum, g_out, nullptr, g_rstd, dev(a), dev(b), dev(w), nullptr,
+                                    s.N, s.C);
+    EXPECT_TRUE(close(host(g_out, NC), out, kElemTol, 1e-6)) << "out";
+    EXPECT_TRUE(close(host(g_rstd, s.N), rstd, kElemTol, 0.0)) << "rstd";
+    const Vec dinp0 = random_vec(NC, 34), dw0 = random_vec(s.C, 35);
+    Vec dinp = dinp0, dw = dw0;
+    cpu->layernorm_backward(dinp.data(), dw.data(), nullptr, dout.data(), sum.data(), w.data(),
+                            nullptr, rstd.data(), s.N, s.C);
+    float *g_dinp = dev(dinp0), *g_dw = dev(dw0);
+    gpu->layernorm_backward(g_dinp, g_dw, nullptr, dev(dout), dev(sum), dev(w), nullptr, dev(rstd),
+                            s.N, s.C);
+    EXPECT_TRUE(close(host(g_dinp, NC), dinp, kElemTol, 1e-6)) << "dinp";
+    EXPECT_TRUE(close(host(g_dw, s.C), dw, kElemTol, 1e-5)) << "dweight";
+  }
+}
+
 // ---- matmul --------------------------------------------------------------------------------
 
 struct MmShape {

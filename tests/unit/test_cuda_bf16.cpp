@@ -359,6 +359,40 @@ TEST_F(CudaBf16Test, LayerNormForwardBackward) {
   }
 }
 
+// RMSNorm (mean and bias null) in bf16: the warp-per-row kernels where C allows, the row kernels
+// elsewhere; forward (residual form) and the accumulated backward, against the CPU.
+TEST_F(CudaBf16Test, RmsNorm) {
+  for (const NCShape& s : kLnShapes) {
+    SCOPED_TRACE(::testing::Message() << "N=" << s.N << " C=" << s.C);
+    const size_t NC = size_t(s.N) * s.C;
+    const Bits a = random_bits(NC, 40, -2.0f, 3.0f), b = random_bits(NC, 41);
+    const Bits w = random_bits(s.C, 42, 0.5f, 1.5f), dout = random_bits(NC, 43);
+    Bits sum(NC), out(NC);
+    Vec rstd(s.N);
+    cpu->residual_layernorm_forward(sum.data(), out.data(), nullptr, rstd.data(), a.data(),
+                                    b.data(), w.data(), nullptr, s.N, s.C);
+    bf16_t *g_sum = dev(Bits(NC)), *g_out = dev(Bits(NC));
+    float* g_rstd = dev(Vec(s.N));
+    gpu->residual_layernorm_forward(g_sum, g_out, nullptr, g_rstd, dev(a), dev(b), dev(w), nullptr,
+                                    s.N, s.C);
+    EXPECT_TRUE(bit_equal(host(g_sum, NC), sum)) << "sum";
+    EXPECT_TRUE(close(host(g_out, NC), out)) << "out";
+    EXPECT_TRUE(close(host(g_rstd, s.N), rstd)) << "rstd";
+    const Bits dinp0 = random_bits(NC, 44);
+    const Vec dw0 = initial_grad(s.C, 45, std::sqrt(double(s.N)));
+    Bits dinp = dinp0;
+    Vec dw = dw0;
+    cpu->layernorm_backward(dinp.data(), dw.data(), nullptr, dout.data(), sum.data(), w.data(),
+                            nullptr, rstd.data(), s.N, s.C);
+    bf16_t* g_dinp = dev(dinp0);
+    float* g_dw = dev(dw0);
+    gpu->layernorm_backward(g_dinp, g_dw, nullptr, dev(dout), dev(sum), dev(w), nullptr, dev(rstd),
+                            s.N, s.C);
+    EXPECT_TRUE(close(host(g_dinp, NC), dinp)) << "dinp";
+    EXPECT_TRUE(close(host(g_dw, s.C), dw)) << "dweight";
+  }
+}
+
 TEST_F(CudaBf16Test, ResidualLayerNormForward) {
   for (const NCShape& s : kLnShapes) {
     SCOPED_TRACE(::testing::Message() << "N=" << s.N << " C=" << s.C);

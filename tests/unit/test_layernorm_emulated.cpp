@@ -3,7 +3,8 @@
 // outputs within bf16 rounding (2^-8 relative, plus 1e-6 of the row's scale) of the exact ones,
 // mean and rstd within 1e-6, the residual sum round(a + b) bit for bit, and the accumulating
 // input gradient within the same allowance. Row counts that leave part of a block idle, and
-// several vectors per lane. Needs no GPU.
+// several vectors per lane. And RMSNorm (mean and bias null) against its definition in double.
+// Needs no GPU.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -29,8 +30,9 @@ double excess(double got, double want, double scale) {
 }
 
 template <int kVec>
-void check(int N, int C, bool residual) {
-  SCOPED_TRACE(::testing::Message() << "N=" << N << " C=" << C << (residual ? " residual" : ""));
+void check(int N, int C, bool residual, bool rms = false) {
+  SCOPED_TRACE(::testing::Message() << "N=" << N << " C=" << C << (residual ? " residual" : "")
+                                    << (rms ? " rmsnorm" : ""));
   const size_t NC = size_t(N) * C;
   Buffer a = random_bf16_buffer(NC, 1, -2.0f, 3.0f), b = random_bf16_buffer(NC, 2, -1.0f, 1.0f);
   Buffer inp = random_bf16_buffer(NC, 3, -2.0f, 3.0f), w = random_bf16_buffer(C, 4, 0.5f, 1.5f),
@@ -38,9 +40,10 @@ void check(int N, int C, bool residual) {
   std::vector<float> mean(N, NAN), rstd(N, NAN);
   const int blocks = (N + layernorm::kWarps - 1) / layernorm::kWarps;
   simt::launch(blocks, 1, layernorm::kThreads, 0, simt::CopyTiming::at_issue, [&](simt::Thread& x) {
-    layernorm::forward_row<kVec>(x, out.data(), mean.data(), rstd.data(), inp.data(),
-                                 residual ? a.data() : nullptr, residual ? b.data() : nullptr,
-                                 w.data(), bias.data(), N, C);
+    layernorm::forward_row<kVec>(x, out.data(), rms ? nullptr : mean.data(), rstd.data(),
+                                 inp.data(), residual ? a.data() : nullptr,
+                                 residual ? b.data() : nullptr, w.data(),
+                                 rms ? nullptr : bias.data(), N, C);
   });
   double worst = 0.0;
   for (int n = 0; n < N; ++n) {
@@ -55,15 +58,18 @@ void check(int N, int C, bool residual) {
     }
     double mu = 0.0, var = 0.0;
     for (double v : xs) mu += v;
-    mu /= C;
+    mu = rms ? 0.0 : mu / C;
     for (double v : xs) var += (v - mu) * (v - mu);
     var /= C;
     const double r = 1.0 / std::sqrt(var + 1e-5);
-    EXPECT_NEAR(mean[n], mu, 1e-6 * (1 + std::abs(mu))) << "row " << n;
+    if (rms)
+      EXPECT_TRUE(std::isnan(mean[n])) << "RMSNorm wrote a mean";
+    else
+      EXPECT_NEAR(mean[n], mu, 1e-6 * (1 + std::abs(mu))) << "row " << n;
     EXPECT_NEAR(rstd[n], r, 1e-6 * r) << "row " << n;
     for (int c = 0; c < C; ++c)
-      worst = std::max(
-          worst, excess(out.at(size_t(n) * C + c), (xs[c] - mu) * r * w.at(c) + bias.at(c), 3.0));
+      worst = std::max(worst, excess(out.at(size_t(n) * C + c),
+                                     (xs[c] - mu) * r * w.at(c) + (rms ? 0.0 : bias.at(c)), 3.0));
   }
   EXPECT_LE(worst, 1.0) << "out";
 
@@ -73,11 +79,11 @@ void check(int N, int C, bool residual) {
   Buffer dinp0 = dinp;
   simt::launch(blocks, 1, layernorm::kThreads, 0, simt::CopyTiming::at_issue, [&](simt::Thread& x) {
     layernorm::backward_dinp_row<kVec>(x, dinp.data(), dout.data(), inp.data(), w.data(),
-                                       mean.data(), rstd.data(), N, C);
+                                       rms ? nullptr : mean.data(), rstd.data(), N, C);
   });
   worst = 0.0;
   for (int n = 0; n < N; ++n) {
-    const double m = mean[n], r = rstd[n];
+    const double m = rms ? 0.0 : mean[n], r = rstd[n];
     double g_mean = 0.0, gx_mean = 0.0;
     for (int c = 0; c < C; ++c) {
       const size_t i = size_t(n) * C + c;
@@ -85,7 +91,7 @@ void check(int N, int C, bool residual) {
       g_mean += g;
       gx_mean += g * (inp.at(i) - m) * r;
     }
-    g_mean /= C;
+    g_mean = rms ? 0.0 : g_mean / C;
     gx_mean /= C;
     for (int c = 0; c < C; ++c) {
       const size_t i = size_t(n) * C + c;
@@ -102,6 +108,11 @@ TEST(LayerNormEmulated, OneVectorPerLanePartialBlock) { check<1>(11, 256, false)
 TEST(LayerNormEmulated, Gpt2WidthResidual) { check<3>(9, 768, true); }
 
 TEST(LayerNormEmulated, LanesWithoutALastVector) { check<2>(8, 320, true); }
+
+TEST(LayerNormEmulated, RmsNorm) {
+  check<1>(11, 256, false, true);
+  check<3>(9, 768, true, true);
+}
 
 }  // namespace
 }  // namespace triad

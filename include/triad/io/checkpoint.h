@@ -66,6 +66,8 @@ struct ModelShape {
   // are all learned) and rope_theta (rope only).
   std::string position = "learned";
   double rope_theta = 0;
+  // Attribute norm ("layernorm" | "rmsnorm"; absent in files from before RMSNorm: layernorm).
+  std::string norm = "layernorm";
 };
 
 struct CheckpointState {

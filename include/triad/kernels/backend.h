@@ -69,6 +69,10 @@ class Backend {
                                 int B, int T, int C) = 0;
 
   // ---- LayerNorm over the last dim, eps 1e-5; mean/rstd [N] saved for backward ------------
+  // RMSNorm (model.norm = rmsnorm) is the same op with mean == nullptr: no centering (μ = 0),
+  // out = x·r·w with r = 1/sqrt(mean(x²) + 1e-5), and in backward dx = r·(g − x̂·mean(g·x̂))
+  // (g = dout·w, x̂ = x·r: no mean(g) term). bias may be nullptr (no bias; RMSNorm has none), and
+  // then dbias too. The fused residual form below follows the same rules.
   virtual void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
                                  const float* weight, const float* bias, int N, int C) = 0;
   virtual void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,

@@ -22,6 +22,9 @@ struct GptShape {
   // the "rotate half" pairing of GPT-NeoX and Llama; see Backend::rope).
   bool rope = false;
   double rope_theta = 10000.0;
+  // Normalization (model.norm): LayerNorm (weight and bias) or RMSNorm (rmsnorm: weight only, no
+  // centering, as Llama); ln_1, ln_2 and ln_f alike.
+  bool rmsnorm = false;
 };
 
 // The rotary embedding's angles (shape.rope): [seq_len, hd] floats, position p's row holding
@@ -100,8 +103,8 @@ struct ParamSpec {
 };
 
 // The parameter layout of DESIGN.md §3 in buffer order (wte, wpe, 12 tensors per layer, ln_f;
-// no wpe under rope), each tensor 16-float aligned. Tools that need names and shapes without a
-// model use it too.
+// no wpe under rope, no LayerNorm biases under rmsnorm), each tensor 16-float aligned. Tools that
+// need names and shapes without a model use it too.
 std::vector<ParamSpec> gpt_parameter_layout(const GptShape& shape);
 // The tensors one rank holds under tensor and pipeline parallelism, in its buffer order:
 // [wte, wpe] on the first stage, its chunks' layers, [ln_f] and the head's wte (when not the
@@ -455,7 +458,7 @@ class Gpt {
   std::vector<ParamSpec> specs_;
   size_t n_floats_ = 0, buffer_floats_ = 0;
   // Indices into specs_ (-1: not held): wte (embedding), wpe, ln_f, the head's wte, and the
-  // first of the 12 tensors of each global layer.
+  // first of the tensors of each global layer (12, or 10 under rmsnorm).
   int wte_ = -1, wpe_ = -1, lnf_ = -1, head_ = -1;
   float* rope_table_ = nullptr;  // rope_table(shape_) on the backend (shape_.rope)
   std::vector<int> layer_;

@@ -14,6 +14,7 @@ struct ModelConfig {
   int n_layer = 12, n_head = 12, n_embd = 768, seq_len = 1024, vocab_size = 50257;
   std::string position = "learned";  // learned (GPT-2's wpe) | rope (rotary, no wpe)
   double rope_theta = 10000.0;       // rope: the base of the rotation frequencies
+  std::string norm = "layernorm";    // layernorm (weight, bias) | rmsnorm (weight only)
 };
 
 struct TrainConfig {

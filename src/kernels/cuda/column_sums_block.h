@@ -25,7 +25,8 @@ constexpr int kColumns = 8 * kVectorsX;
 TRIAD_BLOCK_SIZE size_t smem_bytes() { return 2 * size_t(kRowGroups) * kColumns * sizeof(float); }
 
 // pb[y][c] = Σ dout[n, c] over the slice; with inp (LayerNorm), also pw[y][c] = Σ dout[n, c] ·
-// (inp[n, c] − mean[n])·rstd[n]. dout, inp: [N, C] bf16 bits, 16-byte aligned, C % 8 == 0.
+// (inp[n, c] − mean[n])·rstd[n] (mean null: RMSNorm, 0). dout, inp: [N, C] bf16 bits, 16-byte
+// aligned, C % 8 == 0.
 template <class X>
 TRIAD_BLOCK_FN void partial_sums(X& x, float* pw, float* pb, const uint16_t* dout,
                                  const uint16_t* inp, const float* mean, const float* rstd, int N,
@@ -42,7 +43,7 @@ TRIAD_BLOCK_FN void partial_sums(X& x, float* pw, float* pb, const uint16_t* dou
       const Vec16 d = x.load16(dout + at);
       if (layernorm) {
         const Vec16 v = x.load16(inp + at);
-        const float m = mean[n], r = rstd[n];
+        const float m = mean != nullptr ? mean[n] : 0.0f, r = rstd[n];
         TRIAD_UNROLL
         for (int e = 0; e < 8; ++e) {
           const float de = bf16_element(x, d, e);

@@ -1,4 +1,5 @@
-// LayerNorm over the last dimension (eps 1e-5), with mean and 1/std saved for backward.
+// LayerNorm over the last dimension (eps 1e-5), with mean and 1/std saved for backward; RMSNorm
+// where mean is null (backend.h: no centering, no bias, no mean(g) term in the backward).
 // One block per row; the row statistics are two-pass sums in double, as in the CPU backend.
 // The weight/bias gradients are column sums over the rows, done deterministically in two passes
 // like column_sum_accumulate (cuda_reduce.cu), with x̂ recomputed.
@@ -30,8 +31,10 @@ __device__ void layernorm_row(Elem* out, float* mean, float* rstd, const Elem* i
                               const Elem* weight, const Elem* bias, int C, size_t row) {
   const Elem* x = inp + row * C;
   double sum = 0.0;
-  for (int c = threadIdx.x; c < C; c += blockDim.x) sum += widen(x[c]);
-  sum = block_reduce(sum, SumOp{}, 0.0);
+  if (mean != nullptr) {  // uniform over the block: all threads reduce or none
+    for (int c = threadIdx.x; c < C; c += blockDim.x) sum += widen(x[c]);
+    sum = block_reduce(sum, SumOp{}, 0.0);
+  }
   const double mu = sum / C;
   double sq = 0.0;
   for (int c = threadIdx.x; c < C; c += blockDim.x) {
@@ -43,9 +46,10 @@ __device__ void layernorm_row(Elem* out, float* mean, float* rstd, const Elem* i
   const float r = float(1.0 / sqrt(sq / C + double(kEps)));
   Elem* o = out + row * C;
   for (int c = threadIdx.x; c < C; c += blockDim.x)
-    o[c] = narrow<Elem>((widen(x[c]) - m) * r * widen(weight[c]) + widen(bias[c]));
+    o[c] = narrow<Elem>((widen(x[c]) - m) * r * widen(weight[c]) +
+                        (bias != nullptr ? widen(bias[c]) : 0.0f));
   if (threadIdx.x == 0) {
-    mean[row] = m;
+    if (mean != nullptr) mean[row] = m;
     rstd[row] = r;
   }
 }
@@ -78,7 +82,7 @@ __global__ void layernorm_backward_dinp_kernel(Elem* dinp, const Elem* dout, con
   const size_t row = blockIdx.x;
   const Elem* x = inp + row * C;
   const Elem* d = dout + row * C;
-  const float m = mean[row];
+  const float m = mean != nullptr ? mean[row] : 0.0f;
   const float r = rstd[row];
   double g_sum = 0.0;
   double gx_sum = 0.0;
@@ -89,7 +93,7 @@ __global__ void layernorm_backward_dinp_kernel(Elem* dinp, const Elem* dout, con
   }
   g_sum = block_reduce(g_sum, SumOp{}, 0.0);
   gx_sum = block_reduce(gx_sum, SumOp{}, 0.0);
-  const float g_mean = float(g_sum / C);
+  const float g_mean = mean != nullptr ? float(g_sum / C) : 0.0f;
   const float gx_mean = float(gx_sum / C);
   Elem* dx = dinp + row * C;
   for (int c = threadIdx.x; c < C; c += blockDim.x) {
@@ -116,7 +120,7 @@ __global__ void layernorm_backward_params_kernel(float* pw, float* pb, const Ele
     for (int n = lo + int(threadIdx.y); n < hi; n += kRowGroups) {
       const size_t i = size_t(n) * C + c;
       const float d = widen(dout[i]);
-      dw += d * ((widen(inp[i]) - mean[n]) * rstd[n]);
+      dw += d * ((widen(inp[i]) - (mean != nullptr ? mean[n] : 0.0f)) * rstd[n]);
       db += d;
     }
   }
@@ -183,7 +187,7 @@ bool warp_row_forward(cudaStream_t s, Elem* out, float* mean, float* rstd, const
   with_vectors(vec, [&](auto k) {
     ln_warp_forward_kernel<decltype(k)::value><<<blocks, layernorm::kThreads, 0, s>>>(
         bits(out), mean, rstd, bits(inp), a ? bits(a) : nullptr, b ? bits(b) : nullptr,
-        bits(weight), bits(bias), N, C);
+        bits(weight), bias ? bits(bias) : nullptr, N, C);
   });
   TRIAD_CUDA_CHECK_LAUNCH();
   return true;
@@ -240,7 +244,7 @@ void layernorm_backward(cudaStream_t s, DeviceScratch& scratch, Elem* dinp, floa
     TRIAD_CUDA_CHECK_LAUNCH();
   }
   column_sum_finish(s, dweight, pw, N, C);
-  column_sum_finish(s, dbias, pb, N, C);
+  if (dbias != nullptr) column_sum_finish(s, dbias, pb, N, C);
 }
 
 #define TRIAD_INSTANTIATE_LAYERNORM(Elem)                                                     \

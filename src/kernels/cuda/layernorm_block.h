@@ -8,7 +8,8 @@
 // backend): mean and variance as two passes in double, then in fp32
 //   out = round((x − m)·r·w + b),  m = float(μ), r = float(1/sqrt(var + 1e-5))
 //   dx  = round(dx + r·(g − mean(g) − x̂·mean(g·x̂))),  g = dout·w, x̂ = (x − m)·r
-// with the means of g and g·x̂ summed in double.
+// with the means of g and g·x̂ summed in double. RMSNorm (backend.h: mean null, bias null): m = 0
+// (μ not summed), no bias, and no mean(g) term.
 #pragma once
 
 #include <cstddef>
@@ -68,13 +69,16 @@ TRIAD_BLOCK_FN void forward_row(X& x, uint16_t* out, float* mean, float* rstd, u
     load_row(x, v, inp + base, nvec);
   }
   double sum = 0.0;
-  TRIAD_UNROLL
-  for (int i = 0; i < kVec; ++i) {
-    if (lane + 32 * i >= nvec) continue;
+  if (mean != nullptr) {
     TRIAD_UNROLL
-    for (int e = 0; e < 8; ++e) sum += bf16_element(x, v[i], e);
+    for (int i = 0; i < kVec; ++i) {
+      if (lane + 32 * i >= nvec) continue;
+      TRIAD_UNROLL
+      for (int e = 0; e < 8; ++e) sum += bf16_element(x, v[i], e);
+    }
+    sum = warp_sum(x, sum);
   }
-  const double mu = warp_sum(x, sum) / C;
+  const double mu = sum / C;
   double sq = 0.0;
   TRIAD_UNROLL
   for (int i = 0; i < kVec; ++i) {
@@ -92,7 +96,8 @@ TRIAD_BLOCK_FN void forward_row(X& x, uint16_t* out, float* mean, float* rstd, u
   for (int i = 0; i < kVec; ++i) {
     const int j = lane + 32 * i;
     if (j >= nvec) continue;
-    const Vec16 w = x.load16(weight + 8 * size_t(j)), bb = x.load16(bias + 8 * size_t(j));
+    const Vec16 w = x.load16(weight + 8 * size_t(j));
+    const Vec16 bb = bias != nullptr ? x.load16(bias + 8 * size_t(j)) : Vec16{{0, 0, 0, 0}};
     Vec16 o;
     TRIAD_UNROLL
     for (int e = 0; e < 8; e += 2) {
@@ -105,7 +110,7 @@ TRIAD_BLOCK_FN void forward_row(X& x, uint16_t* out, float* mean, float* rstd, u
     x.store16(out + base + 8 * size_t(j), o);
   }
   if (lane == 0) {
-    mean[n] = m;
+    if (mean != nullptr) mean[n] = m;
     rstd[n] = r;
   }
 }
@@ -123,7 +128,7 @@ TRIAD_BLOCK_FN void backward_dinp_row(X& x, uint16_t* dinp, const uint16_t* dout
   Vec16 d[kVec], v[kVec];
   load_row(x, d, dout + base, nvec);
   load_row(x, v, inp + base, nvec);
-  const float m = mean[n], r = rstd[n];
+  const float m = mean != nullptr ? mean[n] : 0.0f, r = rstd[n];
   double g_sum = 0.0, gx_sum = 0.0;
   TRIAD_UNROLL
   for (int i = 0; i < kVec; ++i) {
@@ -137,7 +142,7 @@ TRIAD_BLOCK_FN void backward_dinp_row(X& x, uint16_t* dinp, const uint16_t* dout
       gx_sum += g * ((bf16_element(x, v[i], e) - m) * r);
     }
   }
-  const float g_mean = float(warp_sum(x, g_sum) / C);
+  const float g_mean = mean != nullptr ? float(warp_sum(x, g_sum) / C) : 0.0f;
   const float gx_mean = float(warp_sum(x, gx_sum) / C);
   TRIAD_UNROLL
   for (int i = 0; i < kVec; ++i) {
