@@ -536,12 +536,18 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
         raise ConvertError(f"{path}: the model uses {a['norm']} (model.norm); GPT-2's Hugging "
                            f"Face and llm.c formats hold LayerNorms (weight and bias) only")
     d = Dims(*(int(a[k]) for k in ("n_layer", "n_head", "n_embd", "seq_len", "vocab_size")))
+    # model.bias = false: GPT-2 with every bias zero computes exactly that model.
+    no_bias = int(a.get("bias", 1)) == 0
+    full = shapes(d)
 
     def tensors():
         import h5py
 
         with h5py.File(path, "r") as f:
             for name in triad_names(d.n_layer):
+                if no_bias and name.endswith("/bias"):
+                    yield name, np.zeros(full[name], dtype="<f4")
+                    continue
                 arr = f["model/" + name][()].astype("<f4")
                 yield name, (arr[:d.vocab_size] if name == "wte/weight" else arr)
 

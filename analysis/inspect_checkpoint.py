@@ -83,6 +83,8 @@ def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
         })
     if a.get("norm", "layernorm") == "rmsnorm":
         s = {k: v for k, v in s.items() if not k.endswith(("ln_1/bias", "ln_2/bias", "ln_f/bias"))}
+    if int(a.get("bias", 1)) == 0:  # model.bias = false
+        s = {k: v for k, v in s.items() if not k.endswith("/bias")}
     return s
 
 

@@ -155,6 +155,7 @@ int main(int argc, char** argv) {
     shape.rope = m.position == "rope";
     if (shape.rope) shape.rope_theta = m.rope_theta;
     shape.rmsnorm = m.norm == "rmsnorm";
+    shape.bias = m.bias;
     TRIAD_CHECK(!bf16 || m.n_embd % 2 == 0,
                 "--precision bf16 needs an even n_embd (the checkpoint's is ", m.n_embd, ")");
     TRIAD_CHECK(m.n_head % tp == 0, "--tp ", tp, " does not divide the model's ", m.n_head,

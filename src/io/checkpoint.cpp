@@ -625,6 +625,9 @@ CheckpointState read_state(hid_t file) {
   s.model.norm = io::read_string_attr(model, "norm").value_or("layernorm");
   TRIAD_CHECK(s.model.norm == "layernorm" || s.model.norm == "rmsnorm",
               "attribute norm of /model is '", s.model.norm, "', not layernorm or rmsnorm");
+  const int64_t bias = io::read_int64_attr(model, "bias").value_or(1);
+  TRIAD_CHECK(bias == 0 || bias == 1, "attribute bias of /model is ", bias, ", not 0 or 1");
+  s.model.bias = bias == 1;
   return s;
 }
 
@@ -936,6 +939,7 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
           if (state.model.position == "rope")
             io::write_double_attr(model, "rope_theta", state.model.rope_theta);
           io::write_string_attr(model, "norm", state.model.norm);
+          io::write_int64_attr(model, "bias", state.model.bias ? 1 : 0);
         }
         size_t i = 0;
         for (const TensorGroup& g : groups) {

@@ -22,14 +22,7 @@ struct LayerTensor {
   std::vector<int64_t> shape;
   int axis, blocks;
 };
-std::vector<LayerTensor> layer_tensor_list(int64_t C, bool rmsnorm) {
-  if (rmsnorm) {  // the same without the LayerNorm biases
-    std::vector<LayerTensor> all = layer_tensor_list(C, false), out;
-    for (auto& t : all)
-      if (std::string(t.name) != "ln_1/bias" && std::string(t.name) != "ln_2/bias")
-        out.push_back(std::move(t));
-    return out;
-  }
+std::vector<LayerTensor> all_layer_tensors(int64_t C) {
   return {{"ln_1/weight", {C}, -1, 1},
           {"ln_1/bias", {C}, -1, 1},
           {"attn/c_attn/weight", {3 * C, C}, 0, 3},  // by heads within each of q, k, v
@@ -42,6 +35,20 @@ std::vector<LayerTensor> layer_tensor_list(int64_t C, bool rmsnorm) {
           {"mlp/c_fc/bias", {4 * C}, 0, 1},
           {"mlp/c_proj/weight", {C, 4 * C}, 1, 1},
           {"mlp/c_proj/bias", {C}, -1, 1}};
+}
+
+// Whether a model of this shape has the tensor of a layer (or ln_f) with this name suffix.
+bool has_tensor(const GptShape& shape, const std::string& suffix) {
+  if (!suffix.ends_with("/bias")) return true;
+  if (!shape.bias) return false;
+  return !(shape.rmsnorm && suffix.starts_with("ln_"));
+}
+
+std::vector<LayerTensor> layer_tensor_list(const GptShape& shape) {
+  std::vector<LayerTensor> out;
+  for (auto& t : all_layer_tensors(shape.n_embd))
+    if (has_tensor(shape, t.name)) out.push_back(std::move(t));
+  return out;
 }
 
 class LayoutBuilder {
@@ -158,6 +165,12 @@ void insert_shard(const ParamSpec& s, int tp, int tp_rank, const float* local, f
   });
 }
 
+std::vector<std::string> layer_tensor_suffixes(const GptShape& shape) {
+  std::vector<std::string> out;
+  for (const auto& t : layer_tensor_list(shape)) out.emplace_back(t.name);
+  return out;
+}
+
 std::vector<ParamSpec> gpt_parameter_layout(const GptShape& shape) {
   return gpt_rank_layout(shape, ModelParallel{});
 }
@@ -172,12 +185,12 @@ std::vector<ParamSpec> gpt_rank_layout(const GptShape& shape, const ModelParalle
   for (int c = 0; c < mp.virtual_stages; ++c) {
     const int g = mp.global_chunk(c), first = mp.first_layer(g, shape.n_layer);
     for (int l = first; l < first + mp.chunk_layers(g, shape.n_layer); ++l)
-      for (const auto& t : layer_tensor_list(C, shape.rmsnorm))
+      for (const auto& t : layer_tensor_list(shape))
         b.add("h/" + std::to_string(l) + "/" + t.name, t.shape, t.axis, t.blocks, false);
   }
   if (mp.last_stage()) {
     b.add("ln_f/weight", {C}, -1, 1, false);
-    if (!shape.rmsnorm) b.add("ln_f/bias", {C}, -1, 1, false);
+    if (has_tensor(shape, "ln_f/bias")) b.add("ln_f/bias", {C}, -1, 1, false);
     // The tied head's copy of wte: the first stage owns the values.
     if (!mp.first_stage()) b.add("wte/weight", {Vp, C}, 0, 1, true);
   }
@@ -255,6 +268,14 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
       layer_[size_t(std::stoi(n.substr(2)))] = int(i);
   }
   if (mp.pp == 1) head_ = wte_;
+  {
+    const std::vector<LayerTensor> all = all_layer_tensors(shape.n_embd);
+    int at = 0;
+    for (size_t k = 0; k < all.size(); ++k)
+      layer_slot_[k] = has_tensor(shape, all[k].name) ? at++ : -1;
+    layer_count_ = at;
+    lnf_bias_ = has_tensor(shape, "ln_f/bias");
+  }
   n_floats_ = layout_floats(specs_);
   buffer_floats_ = padded_buffer_floats(specs_, shards);
   params_ = be_.alloc(buffer_floats_);

@@ -24,13 +24,11 @@ struct LayerTensors {
   T *ln1w, *ln1b, *qkvw, *qkvb, *projw, *projb, *ln2w, *ln2b, *fcw, *fcb, *fcprojw, *fcprojb;
 };
 
-// The layer's tensors are specs[first ..]: all 12, or under RMSNorm the 10 without the
-// LayerNorm biases (whose pointers are then null, as the ops take them).
+// The layer's tensors are specs[first ..]; pos[k] is where the k-th of the 12 of DESIGN.md §3
+// sits among them, -1 for a bias the model does not have (a null pointer, as the ops take it).
 template <class T>
-LayerTensors<T> layer_tensors(T* base, const std::vector<ParamSpec>& specs, int first, bool rms) {
-  static constexpr int kAll[12] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11};
-  static constexpr int kRms[12] = {0, -1, 1, 2, 3, 4, 5, -1, 6, 7, 8, 9};
-  const int* pos = rms ? kRms : kAll;
+LayerTensors<T> layer_tensors(T* base, const std::vector<ParamSpec>& specs, int first,
+                              const int (&pos)[12]) {
   auto at = [&](int k) -> T* {
     return pos[k] < 0 ? nullptr : base + specs[size_t(first + pos[k])].offset;
   };
@@ -143,7 +141,7 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   auto& L = S.layers[size_t(i)];
   const A* x = i == 0 ? S.input : S.layers[size_t(i - 1)].residual3;
   const LayerTensors<const A> w = layer_tensors(
-      weights<A>(), specs_, layer_[size_t(mp_.first_layer(g, shape_.n_layer) + i)], shape_.rmsnorm);
+      weights<A>(), specs_, layer_[size_t(mp_.first_layer(g, shape_.n_layer) + i)], layer_slot_);
   const A* projb = mp_.tp_rank == 0 ? w.projb : nullptr;  // bias added once
   A* attproj = mp_.split_rows() ? acts<A>().full : L.attproj;
   const A* ln1 = gather_rows(L.ln1, L.ln1g, N);
@@ -209,9 +207,9 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T, int pos0) {
   }
   const bool last_chunk = g == mp_.chunks() - 1;
   const A* lnfw = last_chunk ? W + specs_[size_t(lnf_)].offset : nullptr;
-  const A* lnfb = last_chunk && !shape_.rmsnorm ? W + specs_[size_t(lnf_) + 1].offset : nullptr;
+  const A* lnfb = last_chunk && lnf_bias_ ? W + specs_[size_t(lnf_) + 1].offset : nullptr;
   auto layer_weights = [&](int i) {
-    return layer_tensors(W, specs_, layer_[size_t(first_layer + i)], shape_.rmsnorm);
+    return layer_tensors(W, specs_, layer_[size_t(first_layer + i)], layer_slot_);
   };
   // Each residual add is fused with the LayerNorm that reads its result: ln_2 in the layer,
   // the next layer's ln_1 (or ln_f) at its end. Only the chunk's first ln_1 stands alone.
@@ -349,7 +347,7 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     // The classifier ran its backward with the loss: ln_f's output gradient is in S.dlnf.
     be_.zero(a.dresidual, size_t(n) * C);
     layernorm_backward(a.dresidual, grads_ + sp[size_t(lnf_)].offset,
-                       shape_.rmsnorm ? nullptr : grads_ + sp[size_t(lnf_) + 1].offset, S.dlnf,
+                       lnf_bias_ ? grads_ + sp[size_t(lnf_) + 1].offset : nullptr, S.dlnf,
                        S.output(), W + sp[size_t(lnf_)].offset, S.lnf_mean, S.lnf_rstd, n);
     if (grad_hook_) grad_hook_(sp[size_t(lnf_)].offset, n_floats_ - sp[size_t(lnf_)].offset);
   }
@@ -357,8 +355,8 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
   for (int i = per_chunk - 1; i >= 0; --i) {
     auto& L = S.layers[size_t(i)];
     const int first = layer_[size_t(first_layer + i)];
-    const LayerTensors<const A> w = layer_tensors(W, specs_, first, shape_.rmsnorm);
-    const LayerTensors<float> gr = layer_tensors(grads_, specs_, first, shape_.rmsnorm);
+    const LayerTensors<const A> w = layer_tensors(W, specs_, first, layer_slot_);
+    const LayerTensors<float> gr = layer_tensors(grads_, specs_, first, layer_slot_);
     const A* x_in = i == 0 ? S.input : S.layers[size_t(i - 1)].residual3;
     const Recompute recompute = recompute_.in_layer(i);
     if (recompute == Recompute::full) {
@@ -401,7 +399,7 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
                        n);
     if (grad_hook_) {
       const size_t lo = sp[size_t(first)].offset;
-      const size_t count = shape_.rmsnorm ? 10 : 12;  // the layer's tensors
+      const size_t count = size_t(layer_count_);
       const size_t hi =
           size_t(first) + count < sp.size() ? sp[size_t(first) + count].offset : n_floats_;
       grad_hook_(lo, hi - lo);
@@ -431,8 +429,8 @@ void Gpt::weight_chunk(int chunk, Set<A>& S, int B, int T) {
   for (int i = per_chunk - 1; i >= 0; --i) {
     auto& L = S.layers[size_t(i)];
     const int first = layer_[size_t(first_layer + i)];
-    const LayerTensors<const A> w = layer_tensors(weights<A>(), specs_, first, shape_.rmsnorm);
-    const LayerTensors<float> gr = layer_tensors(grads_, specs_, first, shape_.rmsnorm);
+    const LayerTensors<const A> w = layer_tensors(weights<A>(), specs_, first, layer_slot_);
+    const LayerTensors<float> gr = layer_tensors(grads_, specs_, first, layer_slot_);
     if (recompute_.in_layer(i) == Recompute::gelu)  // mlp.c_proj's input, in the shared buffer
       be_.gelu_forward(L.fch_gelu, L.fch, size_t(N) * 4 * size_t(Cl));
     be_.matmul_backward(nullptr, gr.fcprojw, gr.fcprojb, L.dfcproj, L.fch_gelu, w.fcprojw, N,

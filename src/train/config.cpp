@@ -38,6 +38,8 @@ class KeyTable {
     add("model.rope_theta", c.model.rope_theta, "rope: base of the rotation frequencies");
     add("model.norm", c.model.norm,
         "layernorm (GPT-2's, weight and bias) | rmsnorm (root mean square, weight only, as Llama)");
+    add("model.bias", c.model.bias,
+        "biases in the linear layers and LayerNorms (false: none, as nanoGPT's bias = False)");
     add("train.steps", c.train.steps, "optimizer steps");
     add("train.batch_size", c.train.batch_size, "sequences per optimizer step (global)");
     add("train.micro_batch_size", c.train.micro_batch_size, "sequences per micro-batch per rank");

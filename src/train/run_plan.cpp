@@ -49,6 +49,7 @@ GptShape gpt_shape(const Config& cfg) {
   s.rope = m.position == "rope";
   s.rope_theta = m.rope_theta;
   s.rmsnorm = m.norm == "rmsnorm";
+  s.bias = m.bias;
   return s;
 }
 

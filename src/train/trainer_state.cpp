@@ -267,6 +267,7 @@ CheckpointState Trainer::State::checkpoint_state() const {
   st.model.position = cfg.model.position;
   st.model.rope_theta = cfg.model.position == "rope" ? cfg.model.rope_theta : 0.0;
   st.model.norm = cfg.model.norm;
+  st.model.bias = cfg.model.bias;
   st.loss_window = loss_window.values();
   st.norm_window = norm_window.values();
   st.skipped_in_a_row = skipped_in_a_row;
@@ -315,6 +316,8 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
   // LayerNorm and RMSNorm differ in their tensors (the biases) and in what they compute.
   TRIAD_CHECK(m.norm == c.norm, "checkpoint ", path, " holds a model with norm ", m.norm,
               " but the config asks for model.norm = ", c.norm);
+  TRIAD_CHECK(m.bias == c.bias, "checkpoint ", path, " holds a model ", m.bias ? "with" : "without",
+              " biases but the config asks for model.bias = ", c.bias ? "true" : "false");
 }
 
 CheckpointState Trainer::State::load_weights(const std::string& path) {

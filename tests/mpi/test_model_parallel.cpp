@@ -292,6 +292,31 @@ TEST(ModelParallel, RmsNormMatchesOneRankOnEveryGrid) {
   expect_same_training(r, tail, "rmsnorm from 2x2x2 to " + four.name());
 }
 
+// model.bias = false: no bias tensors at all (the row-parallel layers' bias "added once" is
+// absent on every rank), LayerNorms centred without a bias; the buffer and the gradient hooks'
+// per-layer ranges shrink accordingly. Every grid against one rank, and a Muon run.
+TEST(ModelParallel, NoBiasMatchesOneRankOnEveryGrid) {
+  const std::string dir = shared_dir("nobias");
+  const std::vector<std::string> nb = {"--resume", "none", "--model.bias", "false"};
+  const Result ref = run(dir, "nb_ref", Grid{}, nb);
+  ASSERT_EQ(ref.losses.size(), 6u);
+  for (const Grid& g : std::vector<Grid>{{2, 1, 1, 1, 2, "1f1b", 1},
+                                         {2, 1, 1, 0, 1, "1f1b", 1},
+                                         {1, 2, 1, 0, 2, "1f1b", 1, true},
+                                         {1, 1, 2, 0, 4, "zb-h1", 1},
+                                         {2, 2, 2, 1, 2, "interleaved", 2}}) {
+    if (g.ranks() > world_size()) continue;
+    expect_same_training(run(dir, "nb_" + g.name(), g, nb), ref, "no bias " + g.name());
+  }
+  std::vector<std::string> muon = nb;
+  muon.insert(muon.end(), {"--optim.name", "muon", "--optim.muon_lr", "0.02"});
+  const Result mref = run(dir, "nb_muon_ref", Grid{}, muon);
+  const Grid g{2, 2, 1, 1, 2, "1f1b", 1};
+  if (g.ranks() <= world_size())
+    expect_same_training(run(dir, "nb_muon_" + g.name(), g, muon), mref,
+                         "no bias muon " + g.name());
+}
+
 TEST(ModelParallel, CheckpointsReshardAcrossTensorAndPipelineGrids) {
   const std::string dir = shared_dir("reshard");
   const Grid big{2, 2, 2, 1, 2, "1f1b", 1};

@@ -143,6 +143,27 @@ def test_finetuned_run_exports_to_transformers(imported, tmp_path):
             np.testing.assert_array_equal(a["model"][n][()], b["model"][n][()], err_msg=n)
 
 
+def test_model_without_biases_exports_as_gpt2_with_zero_biases(imported, tmp_path):
+    """model.bias = false (nanoGPT's bias = False) is GPT-2 with every bias zero: the export
+    writes zeros there, and transformers computes triad's validation loss."""
+    d, _, cfg = imported
+    train("--config", cfg, "--model.bias", "false", "--run.name", "nb", "--resume", "none",
+          check=True)
+    run_dir = d / "runs" / "nb"
+    with h5py.File(run_dir / "ckpt" / "step_00000003.h5", "r") as f:
+        assert int(f["model"].attrs["bias"]) == 0
+        assert "bias" not in f["model/h/0/attn/c_attn"] and "bias" not in f["model/ln_f"]
+    with h5py.File(run_dir / "metrics.h5", "r") as f:
+        triad_loss = float(f["val/loss"][-1])
+    out = tmp_path / "hf-nb"
+    p = tool("triad-convert", "export", run_dir, out, "--to", "hf", "--vocab", "none")
+    assert p.returncode == 0, p.stderr
+    model = transformers.GPT2LMHeadModel.from_pretrained(out)
+    assert not model.transformer.h[0].attn.c_attn.bias.detach().any()
+    loss, _ = hf_loss_accuracy(model.eval(), d)
+    assert abs(loss - triad_loss) <= 1e-5 * triad_loss, (loss, triad_loss)
+
+
 def read_llmc(path):
     raw = path.read_bytes()
     return np.frombuffer(raw[:1024], dtype="<i4"), raw[1024:]

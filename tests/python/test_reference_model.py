@@ -106,6 +106,9 @@ CASES = [
     Case("rmsnorm", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
                                   position="rope", rope_theta=1000.0, norm="rmsnorm"),
          2, 40, 6, 31),
+    # nanoGPT's bias = False: no biases in the linear layers or the LayerNorms.
+    Case("nobias", ref.GptConfig(n_layer=2, n_head=3, n_embd=48, seq_len=17, vocab_size=300,
+                                 bias=False), 3, 45, 7, 37),
 ]
 
 
@@ -114,7 +117,7 @@ def config_sections(case: Case, d: Path, **over) -> dict:
     s = {
         "model": dict(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, seq_len=c.seq_len,
                       vocab_size=c.vocab_size, position=c.position, rope_theta=c.rope_theta,
-                      norm=c.norm),
+                      norm=c.norm, bias=c.bias),
         "train": dict(steps=10, batch_size=2 * case.micro_batch,
                       micro_batch_size=case.micro_batch, lr=3e-3, warmup_steps=2,
                       schedule="cosine", min_lr_ratio=0.1, grad_clip=1.0, seed=5),
@@ -199,14 +202,17 @@ def test_reference_checkpoint_round_trip(tmp_path):
         assert f["model/wte/weight"].attrs["checksum"].dtype == np.uint32
 
 
-@pytest.mark.parametrize("position,norm", [("learned", "layernorm"), ("rope", "layernorm"),
-                                           ("learned", "rmsnorm")])
-def test_reference_gradients_vs_autograd_finite_differences(position, norm):
+@pytest.mark.parametrize("position,norm,bias", [("learned", "layernorm", True),
+                                                ("rope", "layernorm", True),
+                                                ("learned", "rmsnorm", True),
+                                                ("learned", "layernorm", False)])
+def test_reference_gradients_vs_autograd_finite_differences(position, norm, bias):
     """The reference itself: torch.autograd.gradcheck on a tiny float64 model."""
     cfg = ref.GptConfig(n_layer=1, n_head=2, n_embd=8, seq_len=5, vocab_size=11,
-                        position=position, rope_theta=7.0, norm=norm)
+                        position=position, rope_theta=7.0, norm=norm, bias=bias)
     w = ref.random_weights(cfg, seed=3, dtype=torch.float64)
-    names = ["h/0/attn/c_attn/weight", "h/0/ln_1/weight", "h/0/mlp/c_fc/bias", "wte/weight"]
+    names = ["h/0/attn/c_attn/weight", "h/0/ln_1/weight", "wte/weight"]
+    names += ["h/0/mlp/c_fc/bias"] if bias else []
     idx = torch.tensor([[1, 4, 2, 9, 0]])
     tgt = torch.tensor([[4, 2, 9, 0, 10]])
 
@@ -535,4 +541,4 @@ def test_layer_norms_match_torch(tmp_root, tmp_path):
 
 
 # Chosen from the printed norms so that clipping triggers in some steps but not all.
-GRAD_CLIP = {"gpt2vocab": 1.0, "oddshapes": 1.0, "rope": 1.0, "rmsnorm": 1.2}
+GRAD_CLIP = {"gpt2vocab": 1.0, "oddshapes": 1.0, "rope": 1.0, "rmsnorm": 1.2, "nobias": 1.0}

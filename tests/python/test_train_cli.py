@@ -59,6 +59,7 @@ def test_help_lists_every_key_with_defaults():
     (["--model.position", "rope", "--model.rope_theta", "0.5"], ["model.rope_theta", "> 1"]),
     (["--model.position", "rope", "--model.rope_theta", "nan"], ["model.rope_theta"]),
     (["--model.norm", "batchnorm"], ["model.norm", "layernorm or rmsnorm"]),
+    (["--model.bias", "maybe"], ["model.bias"]),
 ])
 def test_bad_config_values(tmp_path, args, needles):
     cfg = tiny_config(tmp_path)
@@ -325,6 +326,15 @@ def test_rmsnorm_checkpoints_hold_no_norm_biases_and_refuse_layernorm(tmp_path):
                        "norm layernorm", "model.norm = rmsnorm")
     p = train("--config", cfg, *rms, "--resume", ckpt, "--train.steps", "8", check=True)
     assert "resumed from" in p.stdout
+    # model.bias = false: no bias tensor at all; the other setting is refused both ways.
+    nb = tmp_path / "runs" / "nb" / "ckpt" / "step_00000005.h5"
+    train("--config", tiny_config(tmp_path, name="nb"), "--model.bias", "false", "--train.steps",
+          "5", check=True)
+    assert not [k for k in weights(nb) if k.endswith("bias")]
+    assert_clean_error(train("--config", cfg, "--init-from", nb, "--run.name", "y"),
+                       "without biases", "model.bias = true")
+    assert_clean_error(train("--config", cfg, "--model.bias", "false", "--init-from", ln,
+                             "--run.name", "z"), "with biases", "model.bias = false")
 
 
 def _spiky_run(tmp_path, name, **train):
@@ -518,7 +528,8 @@ def test_damaged_checkpoints(tmp_path):
             ("position", {"position": "alibi"}, "'alibi', not learned or rope"),
             ("theta", {"position": "rope"}, "rope_theta of /model is missing"),
             ("theta_kind", {"position": "rope", "rope_theta": "ten"}, "rope_theta"),
-            ("norm", {"norm": "batchnorm"}, "'batchnorm', not layernorm or rmsnorm")):
+            ("norm", {"norm": "batchnorm"}, "'batchnorm', not layernorm or rmsnorm"),
+            ("bias", {"bias": 2}, "attribute bias of /model is 2")):
         bad = tmp_path / f"bad_{name}.h5"
         bad.write_bytes(good.read_bytes())
         with h5py.File(bad, "r+") as f:

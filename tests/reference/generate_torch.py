@@ -47,7 +47,7 @@ def block(params: Dict[str, torch.Tensor], cfg: ref.GptConfig, i: int, x: torch.
     nh, hd = cfg.n_head, cfg.head_dim
     h = ref.norm(params, cfg, p + "ln_1", x)
     q, k, v = ref.linear(h, params[p + "attn/c_attn/weight"],
-                         params[p + "attn/c_attn/bias"]).split(C, dim=-1)
+                         params.get(p + "attn/c_attn/bias")).split(C, dim=-1)
     q, k, v = (t.reshape(B, T, nh, hd).transpose(1, 2) for t in (q, k, v))  # [B, nh, T, hd]
     past = cache[i][0].shape[2] if cache is not None and len(cache) > i else 0
     if cfg.position == "rope":  # the new rows sit at positions past ..; cached keys are rotated
@@ -64,10 +64,10 @@ def block(params: Dict[str, torch.Tensor], cfg: ref.GptConfig, i: int, x: torch.
     mask = torch.ones(T, past + T, dtype=torch.bool).tril(diagonal=past)
     att = torch.softmax(att.masked_fill(~mask, float("-inf")), dim=-1)
     y = torch.matmul(att, v).transpose(1, 2).reshape(B, T, C)
-    x = x + ref.linear(y, params[p + "attn/c_proj/weight"], params[p + "attn/c_proj/bias"])
+    x = x + ref.linear(y, params[p + "attn/c_proj/weight"], params.get(p + "attn/c_proj/bias"))
     h = ref.norm(params, cfg, p + "ln_2", x)
-    h = ref.gelu_tanh(ref.linear(h, params[p + "mlp/c_fc/weight"], params[p + "mlp/c_fc/bias"]))
-    return x + ref.linear(h, params[p + "mlp/c_proj/weight"], params[p + "mlp/c_proj/bias"])
+    h = ref.gelu_tanh(ref.linear(h, params[p + "mlp/c_fc/weight"], params.get(p + "mlp/c_fc/bias")))
+    return x + ref.linear(h, params[p + "mlp/c_proj/weight"], params.get(p + "mlp/c_proj/bias"))
 
 
 def last_logits(params, cfg: ref.GptConfig, ids: torch.Tensor, pos0: int,

@@ -51,6 +51,7 @@ class GptConfig:
     position: str = "learned"  # learned (wpe) | rope (rotary q and k, no wpe)
     rope_theta: float = 10000.0
     norm: str = "layernorm"  # layernorm (weight, bias) | rmsnorm (weight only)
+    bias: bool = True  # False: no biases in linear layers and LayerNorms (nanoGPT's bias=False)
 
     @property
     def padded_vocab_size(self) -> int:
@@ -89,6 +90,8 @@ def param_shapes(cfg: GptConfig) -> Dict[str, tuple]:
     shapes["ln_f/weight"] = (C,)
     if not rms:
         shapes["ln_f/bias"] = (C,)
+    if not cfg.bias:
+        shapes = {k: v for k, v in shapes.items() if not k.endswith("/bias")}
     return shapes
 
 
@@ -126,7 +129,8 @@ def layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tenso
     mean = x.mean(dim=-1, keepdim=True)
     xc = x - mean
     var = (xc * xc).mean(dim=-1, keepdim=True)  # biased variance, as GPT-2 / PyTorch
-    return xc * torch.rsqrt(var + LN_EPS) * w + b
+    y = xc * torch.rsqrt(var + LN_EPS) * w
+    return y if b is None else y + b
 
 
 def rms_norm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -138,15 +142,17 @@ def norm(params: Dict[str, torch.Tensor], cfg: GptConfig, name: str, x: torch.Te
     """The model's normalization `name` (h/{i}/ln_1, h/{i}/ln_2, ln_f) of x."""
     if cfg.norm == "rmsnorm":
         return rms_norm(x, params[name + "/weight"])
-    return layer_norm(x, params[name + "/weight"], params[name + "/bias"])
+    return layer_norm(x, params[name + "/weight"], params.get(name + "/bias"))
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
 
 
-def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.matmul(x, w.t()) + b
+def linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
+    """x @ w.T + b; b None: no bias."""
+    y = torch.matmul(x, w.t())
+    return y if b is None else y + b
 
 
 def rotary(x: torch.Tensor, theta: float, pos0: int = 0) -> torch.Tensor:
@@ -199,11 +205,11 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor) 
         p = f"h/{i}/"
         h = norm(params, cfg, p + "ln_1", x)
         x = x + linear(attention(h, params[p + "attn/c_attn/weight"],
-                                 params[p + "attn/c_attn/bias"], cfg.n_head, rope),
-                       params[p + "attn/c_proj/weight"], params[p + "attn/c_proj/bias"])
+                                 params.get(p + "attn/c_attn/bias"), cfg.n_head, rope),
+                       params[p + "attn/c_proj/weight"], params.get(p + "attn/c_proj/bias"))
         h = norm(params, cfg, p + "ln_2", x)
-        h = gelu_tanh(linear(h, params[p + "mlp/c_fc/weight"], params[p + "mlp/c_fc/bias"]))
-        x = x + linear(h, params[p + "mlp/c_proj/weight"], params[p + "mlp/c_proj/bias"])
+        h = gelu_tanh(linear(h, params[p + "mlp/c_fc/weight"], params.get(p + "mlp/c_fc/bias")))
+        x = x + linear(h, params[p + "mlp/c_proj/weight"], params.get(p + "mlp/c_proj/bias"))
     x = norm(params, cfg, "ln_f", x)
     logits = torch.matmul(x, params["wte/weight"].t())  # [B, T, Vp] (tied head)
     return logits[..., : cfg.vocab_size]
@@ -222,7 +228,8 @@ def forward_fast(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Ten
     B, T = idx.shape
     C, nh = cfg.n_embd, cfg.n_head
     hd = C // nh
-    assert cfg.position == "learned" and cfg.norm == "layernorm", "forward_fast is GPT-2's model"
+    assert cfg.position == "learned" and cfg.norm == "layernorm" and cfg.bias, \
+        "forward_fast is GPT-2's model"
     mask = torch.ones(T, T, dtype=torch.bool).tril()
     x = F.embedding(idx, params["wte/weight"]) + params["wpe/weight"][:T]
 
@@ -505,6 +512,7 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
         if cfg.position == "rope":
             m.attrs.create("rope_theta", np.float64(cfg.rope_theta), dtype="<f8")
         _string_attr(m, "norm", cfg.norm)
+        m.attrs.create("bias", i64(1 if cfg.bias else 0), dtype="<i8")
         groups = {"model": weights}
         for slot, tensors in (optimizer or {}).items():
             groups["optimizer/" + slot] = tensors
@@ -530,7 +538,8 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
         cfg = GptConfig(int(a["n_layer"]), int(a["n_head"]), int(a["n_embd"]),
                         int(a["seq_len"]), int(a["vocab_size"]), position=position,
                         rope_theta=float(a["rope_theta"]) if position == "rope" else 10000.0,
-                        norm=_str(a["norm"]) if "norm" in a else "layernorm")
+                        norm=_str(a["norm"]) if "norm" in a else "layernorm",
+                        bias=int(a["bias"]) == 1 if "bias" in a else True)
         out = {}
         for name, shape in param_shapes(cfg).items():
             d = f["model/" + name]

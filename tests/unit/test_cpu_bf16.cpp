@@ -295,11 +295,13 @@ TEST_F(CpuBf16, OverwriteModeIgnoresTheOldInputGradient) {
 // A bf16 model against the fp32 model with the same master weights: the loss to bf16
 // precision, the fp32 parameter gradients to a few bf16 ulps in norm.
 TEST_F(CpuBf16, ModelLossAndGradientsFollowFp32) {
-  for (int variant = 0; variant < 3; ++variant) {  // GPT-2; rope; rope with RMSNorm
-    SCOPED_TRACE(variant == 0 ? "GPT-2" : variant == 1 ? "rope" : "rope + rmsnorm");
+  for (int variant = 0; variant < 4; ++variant) {  // GPT-2; rope; rope with RMSNorm; no biases
+    const char* names[] = {"GPT-2", "rope", "rope + rmsnorm", "no biases"};
+    SCOPED_TRACE(names[variant]);
     GptShape shape{2, 4, 64, 32, 200, 256};
-    shape.rope = variant >= 1;
+    shape.rope = variant == 1 || variant == 2;
     shape.rmsnorm = variant == 2;
+    shape.bias = variant != 3;
     check_model_follows_fp32(shape);
   }
 }

@@ -68,6 +68,8 @@ struct ModelShape {
   double rope_theta = 0;
   // Attribute norm ("layernorm" | "rmsnorm"; absent in files from before RMSNorm: layernorm).
   std::string norm = "layernorm";
+  // Attribute bias (int64 1 | 0; absent in files from before model.bias: 1).
+  bool bias = true;
 };
 
 struct CheckpointState {

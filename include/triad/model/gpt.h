@@ -25,7 +25,14 @@ struct GptShape {
   // Normalization (model.norm): LayerNorm (weight and bias) or RMSNorm (rmsnorm: weight only, no
   // centering, as Llama); ln_1, ln_2 and ln_f alike.
   bool rmsnorm = false;
+  // Biases (model.bias): false drops every bias, of the linear layers and of the LayerNorms
+  // (nanoGPT's bias = False; Llama has none either).
+  bool bias = true;
 };
+
+// The names of layer i's tensors for this shape, in buffer order: the 12 of DESIGN.md §3 less
+// the LayerNorm biases under rmsnorm and every bias without bias ("h/{i}/" + suffix).
+std::vector<std::string> layer_tensor_suffixes(const GptShape& shape);
 
 // The rotary embedding's angles (shape.rope): [seq_len, hd] floats, position p's row holding
 // cos(p·f_i) for i < hd/2, then sin(p·f_i), f_i = rope_theta^(−2i/hd); computed in double and
@@ -462,6 +469,11 @@ class Gpt {
   int wte_ = -1, wpe_ = -1, lnf_ = -1, head_ = -1;
   float* rope_table_ = nullptr;  // rope_table(shape_) on the backend (shape_.rope)
   std::vector<int> layer_;
+  // Where each of a layer's 12 tensors of DESIGN.md §3 sits in its run of specs_ (-1: not in
+  // this model, a bias it does not have), and how many it has.
+  int layer_slot_[12] = {};
+  int layer_count_ = 12;
+  bool lnf_bias_ = true;  // ln_f has a bias (LayerNorm with biases)
   int vocab_begin_ = 0, vocab_local_ = 0, vocab_valid_ = 0;  // this rank's slice of wte rows
   GradReadyHook grad_hook_;
   int32_t* d_inputs_ = nullptr;  // this rank's local token ids on the backend's device

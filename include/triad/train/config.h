@@ -15,6 +15,7 @@ struct ModelConfig {
   std::string position = "learned";  // learned (GPT-2's wpe) | rope (rotary, no wpe)
   double rope_theta = 10000.0;       // rope: the base of the rotation frequencies
   std::string norm = "layernorm";    // layernorm (weight, bias) | rmsnorm (weight only)
+  bool bias = true;                  // false: no biases in linear layers and LayerNorms
 };
 
 struct TrainConfig {
