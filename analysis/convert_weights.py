@@ -536,6 +536,10 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
         raise ConvertError(f"{path}: the model uses {a['norm']} (model.norm); GPT-2's Hugging "
                            f"Face and llm.c formats hold LayerNorms (weight and bias) only")
     d = Dims(*(int(a[k]) for k in ("n_layer", "n_head", "n_embd", "seq_len", "vocab_size")))
+    if a.get("mlp", "gelu") != "gelu" or int(a.get("mlp_hidden", 4 * d.n_embd)) != 4 * d.n_embd:
+        raise ConvertError(f"{path}: the model's MLP is {a.get('mlp', 'gelu')} with "
+                           f"{a.get('mlp_hidden')} hidden units (model.mlp, model.mlp_hidden); "
+                           f"GPT-2's formats hold a GELU MLP of 4·n_embd units only")
     # model.bias = false: GPT-2 with every bias zero computes exactly that model.
     no_bias = int(a.get("bias", 1)) == 0
     full = shapes(d)

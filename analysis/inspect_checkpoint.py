@@ -83,6 +83,12 @@ def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
         })
     if a.get("norm", "layernorm") == "rmsnorm":
         s = {k: v for k, v in s.items() if not k.endswith(("ln_1/bias", "ln_2/bias", "ln_f/bias"))}
+    if a.get("mlp", "gelu") == "swiglu" or "mlp_hidden" in a:  # model.mlp, model.mlp_hidden
+        H = int(a.get("mlp_hidden", 4 * C))
+        F = 2 * H if a.get("mlp", "gelu") == "swiglu" else H
+        for i in range(L):
+            p = f"h/{i}/mlp/"
+            s.update({p + "c_fc/weight": (F, C), p + "c_fc/bias": (F,), p + "c_proj/weight": (C, H)})
     if int(a.get("bias", 1)) == 0:  # model.bias = false
         s = {k: v for k, v in s.items() if not k.endswith("/bias")}
     return s
@@ -259,6 +265,8 @@ def _check(rep: Report) -> None:
         P.append(f"/model attribute position = {position!r}, expected 'learned' or 'rope'")
     elif position == "rope" and "rope_theta" not in ma:
         P.append("/model has position = 'rope' but no rope_theta attribute")
+    if ma.get("mlp", "gelu") not in ("gelu", "swiglu"):
+        P.append(f"/model attribute mlp = {ma['mlp']!r}, expected 'gelu' or 'swiglu'")
     if ma.get("norm", "layernorm") not in ("layernorm", "rmsnorm"):
         P.append(f"/model attribute norm = {ma['norm']!r}, expected 'layernorm' or 'rmsnorm'")
     exp = expected_shapes(ma)

@@ -325,12 +325,13 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
         --optim.name muon --train.norms_every 10 --resume none --run.name "curve_${be}_${pr}_muon" --train.steps 50 \
         --checkpoint.every 0 >"$RUN/curve_${be}_${pr}_muon.txt" 2>&1 || tail -8 "$RUN/curve_${be}_${pr}_muon.txt"
     done
-    # And with Llama's positions and normalization (model.position = rope, model.norm = rmsnorm:
-    # the rope kernel forward and backward, the LayerNorm kernels without centering or bias).
+    # And with Llama's blocks (model.position = rope, model.norm = rmsnorm, model.mlp = swiglu,
+    # model.bias = false: the rope and SwiGLU kernels, the LayerNorm kernels without centering or
+    # bias, products without bias epilogues).
     for v in "${variants[@]}"; do
       read -r be pr <<<"$v"
       timeout "$(tmo 90 150)" "$B/triad-train" --config "$W/tiny.ini" --run.backend "$be" --run.precision "$pr" \
-        --model.position rope --model.norm rmsnorm --resume none --run.name "curve_${be}_${pr}_rope" --train.steps 50 \
+        --model.position rope --model.norm rmsnorm --model.mlp swiglu --model.bias false --resume none --run.name "curve_${be}_${pr}_rope" --train.steps 50 \
         --checkpoint.every 0 >"$RUN/curve_${be}_${pr}_rope.txt" 2>&1 || tail -8 "$RUN/curve_${be}_${pr}_rope.txt"
     done
     # Generation with the cache of keys and values (triad-generate --backend cuda, the decoding
@@ -527,7 +528,7 @@ res "generation on the GPU" "${GEN_ROW:-not run}"
 CHOICE_ROW=$(sed -n 's/^RESULT_CHOICES //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)
 res "multiple choice on the GPU" "${CHOICE_ROW:-failed}"
 res "Muon 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_MUON //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
-res "rope+rmsnorm 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_ROPE //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
+res "Llama blocks 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_ROPE //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "layer norms GPU vs CPU" "$(sed -n 's/^RESULT_NORMS //p' "$RUN/gpu.txt" 2>/dev/null)"
 res "2 ranks on one GPU" "$(sed -n 's/^RESULT_NP2 //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "NCCL Comm in training" "$(sed -n 's/^RESULT_NCCL //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -) ($(sed -n 's/^RESULT_NCCL_LINE //p' "$RUN/gpu.txt" 2>/dev/null))"

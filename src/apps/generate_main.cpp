@@ -156,6 +156,10 @@ int main(int argc, char** argv) {
     if (shape.rope) shape.rope_theta = m.rope_theta;
     shape.rmsnorm = m.norm == "rmsnorm";
     shape.bias = m.bias;
+    shape.swiglu = m.mlp == "swiglu";
+    shape.mlp_hidden = int(m.mlp_hidden);
+    TRIAD_CHECK(m.mlp_hidden % tp == 0, "--tp ", tp, " does not divide the model's ", m.mlp_hidden,
+                " MLP hidden units");
     TRIAD_CHECK(!bf16 || m.n_embd % 2 == 0,
                 "--precision bf16 needs an even n_embd (the checkpoint's is ", m.n_embd, ")");
     TRIAD_CHECK(m.n_head % tp == 0, "--tp ", tp, " does not divide the model's ", m.n_head,

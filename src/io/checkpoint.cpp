@@ -628,6 +628,12 @@ CheckpointState read_state(hid_t file) {
   const int64_t bias = io::read_int64_attr(model, "bias").value_or(1);
   TRIAD_CHECK(bias == 0 || bias == 1, "attribute bias of /model is ", bias, ", not 0 or 1");
   s.model.bias = bias == 1;
+  s.model.mlp = io::read_string_attr(model, "mlp").value_or("gelu");
+  TRIAD_CHECK(s.model.mlp == "gelu" || s.model.mlp == "swiglu", "attribute mlp of /model is '",
+              s.model.mlp, "', not gelu or swiglu");
+  s.model.mlp_hidden = io::read_int64_attr(model, "mlp_hidden").value_or(4 * s.model.n_embd);
+  TRIAD_CHECK(s.model.mlp_hidden >= 1, "attribute mlp_hidden of /model is ", s.model.mlp_hidden,
+              ", not a positive count");
   return s;
 }
 
@@ -940,6 +946,8 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
             io::write_double_attr(model, "rope_theta", state.model.rope_theta);
           io::write_string_attr(model, "norm", state.model.norm);
           io::write_int64_attr(model, "bias", state.model.bias ? 1 : 0);
+          io::write_string_attr(model, "mlp", state.model.mlp);
+          io::write_int64_attr(model, "mlp_hidden", state.model.mlp_hidden);
         }
         size_t i = 0;
         for (const TensorGroup& g : groups) {

@@ -22,7 +22,9 @@ struct LayerTensor {
   std::vector<int64_t> shape;
   int axis, blocks;
 };
-std::vector<LayerTensor> all_layer_tensors(int64_t C) {
+std::vector<LayerTensor> all_layer_tensors(const GptShape& shape) {
+  const int64_t C = shape.n_embd, H = shape.hidden(), F = shape.fc_rows();
+  const int fc_blocks = shape.swiglu ? 2 : 1;  // SwiGLU: by units within each of gate and up
   return {{"ln_1/weight", {C}, -1, 1},
           {"ln_1/bias", {C}, -1, 1},
           {"attn/c_attn/weight", {3 * C, C}, 0, 3},  // by heads within each of q, k, v
@@ -31,9 +33,9 @@ std::vector<LayerTensor> all_layer_tensors(int64_t C) {
           {"attn/c_proj/bias", {C}, -1, 1},      // added once, after the all-reduce
           {"ln_2/weight", {C}, -1, 1},
           {"ln_2/bias", {C}, -1, 1},
-          {"mlp/c_fc/weight", {4 * C, C}, 0, 1},
-          {"mlp/c_fc/bias", {4 * C}, 0, 1},
-          {"mlp/c_proj/weight", {C, 4 * C}, 1, 1},
+          {"mlp/c_fc/weight", {F, C}, 0, fc_blocks},
+          {"mlp/c_fc/bias", {F}, 0, fc_blocks},
+          {"mlp/c_proj/weight", {C, H}, 1, 1},
           {"mlp/c_proj/bias", {C}, -1, 1}};
 }
 
@@ -46,7 +48,7 @@ bool has_tensor(const GptShape& shape, const std::string& suffix) {
 
 std::vector<LayerTensor> layer_tensor_list(const GptShape& shape) {
   std::vector<LayerTensor> out;
-  for (auto& t : all_layer_tensors(shape.n_embd))
+  for (auto& t : all_layer_tensors(shape))
     if (has_tensor(shape, t.name)) out.push_back(std::move(t));
   return out;
 }
@@ -269,7 +271,7 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
   }
   if (mp.pp == 1) head_ = wte_;
   {
-    const std::vector<LayerTensor> all = all_layer_tensors(shape.n_embd);
+    const std::vector<LayerTensor> all = all_layer_tensors(shape);
     int at = 0;
     for (size_t k = 0; k < all.size(); ++k)
       layer_slot_[k] = has_tensor(shape, all[k].name) ? at++ : -1;
@@ -429,10 +431,10 @@ double Gpt::recompute_flops_per_token(const GptShape& shape, const ModelParallel
 }
 
 double Gpt::layer_recompute_flops_per_token(const GptShape& shape) {
-  // c_attn, attn.c_proj and c_fc forward (2·(3 + 1 + 4)·C² per token), attention forward
-  // (2·C·T as in the model's 6·C·T).
+  // c_attn, attn.c_proj and c_fc forward (2·(3C + C + F)·C per token, F = c_fc's outputs: 4C
+  // for GPT-2), attention forward (2·C·T as in the model's 6·C·T).
   const double C = shape.n_embd;
-  return 16.0 * C * C + 2.0 * C * shape.seq_len;
+  return 2.0 * (4.0 * C + shape.fc_rows()) * C + 2.0 * C * shape.seq_len;
 }
 
 void Gpt::init(uint64_t seed) {

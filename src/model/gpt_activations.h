@@ -94,6 +94,9 @@ struct Gpt::Activations {
     const bool sp = mp.split_rows();
     const size_t R = sp ? BT / size_t(mp.tp) : BT;  // rows of the residual stream here
     const size_t Cl = C / size_t(mp.tp), Vl = size_t(s.padded_vocab_size) / size_t(mp.tp);
+    // The MLP's widths on this rank: c_fc's outputs (the pre-activation, Fl) and the hidden
+    // activation c_proj reads (Hl): 4C/tp both for GPT-2, 2·H/tp and H/tp for SwiGLU.
+    const size_t Fl = size_t(s.fc_rows()) / size_t(mp.tp), Hl = size_t(s.hidden()) / size_t(mp.tp);
     const size_t nh = size_t(B) * size_t(s.n_head / mp.tp) * s.seq_len;
     const size_t att = kFp32 ? nh * s.seq_len : nh;  // probabilities, or log-sum-exp
     std::vector<std::pair<A**, size_t>> plan;
@@ -116,8 +119,8 @@ struct Gpt::Activations {
       if (!sp) want(L.ln2, R * C);
       if (means) want_f(L.ln2_mean, R);
       want_f(L.ln2_rstd, R);
-      want(L.fch, BT * 4 * Cl);
-      if (gelu_out) want(L.fch_gelu, BT * 4 * Cl);
+      want(L.fch, BT * Fl);
+      if (gelu_out) want(L.fch_gelu, BT * Hl);
       if (sp) {
         want(L.ln1g, BT * C);
         want(L.ln2g, BT * C);
@@ -144,7 +147,7 @@ struct Gpt::Activations {
           want(L.residual3, R * C);
           if (split_backward) {
             want(L.dfcproj, BT * C);
-            want(L.dfch, BT * 4 * Cl);
+            want(L.dfch, BT * Fl);
             want(L.dproj, BT * C);
             want(L.dqkv, BT * 3 * Cl);
           }
@@ -166,14 +169,14 @@ struct Gpt::Activations {
       want(datty, BT * Cl);
       if (!split_backward) want(dqkv, BT * 3 * Cl);  // else each layer's own
       if (kFp32) want_f(datt_scratch, att);
-      if (!split_backward) want(dfch, BT * 4 * Cl);
-      want(dfch_gelu, BT * 4 * Cl);
+      if (!split_backward) want(dfch, BT * Fl);
+      want(dfch_gelu, BT * Hl);
     }
     if (mp.last_stage()) {  // it holds the last chunk
       want(logits, size_t(logits_rows) * Vl);
       if (mp.tp > 1) want_f(ce_stats, 4 * size_t(logits_rows));
     }
-    if (any_recompute && recompute.mode == Recompute::gelu) want(gelu_work, BT * 4 * Cl);
+    if (any_recompute && recompute.mode == Recompute::gelu) want(gelu_work, BT * Hl);
     if (any_recompute && recompute.mode == Recompute::full) want_internals(work, true);
     want(proj, R * C);
     if (sp) want(ln_local, R * C);

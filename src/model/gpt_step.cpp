@@ -126,6 +126,17 @@ void Gpt::upload_ids(const int32_t* inputs, const int32_t* targets, int N) {
   if (targets) local(targets, d_targets_);
 }
 
+// The MLP's activation of N rows of c_fc's outputs (pre) into c_proj's input (act): GELU, or
+// SwiGLU's silu(gate)·up (what train.recompute = gelu recomputes).
+template <class A>
+void Gpt::mlp_activation(A* act, const A* pre, int N) {
+  const int Hl = shape_.hidden() / mp_.tp;
+  if (shape_.swiglu)
+    be_.swiglu_forward(act, pre, N, Hl);
+  else
+    be_.gelu_forward(act, pre, size_t(N) * size_t(Hl));
+}
+
 // Rotary positions (shape_.rope) on the q and k of N rows of q|k|v, row r at position
 // pos0 + r % T; inverse: the backward pass on their gradient. Nothing without rope.
 template <class A>
@@ -178,7 +189,13 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   be_.residual_layernorm_forward(L.residual2, L.ln2, L.ln2_mean, L.ln2_rstd, x, L.attproj, w.ln2w,
                                  w.ln2b, n, C);
   const A* ln2 = gather_rows(L.ln2, L.ln2g, N);
-  be_.matmul_gelu_forward(L.fch, L.fch_gelu, ln2, w.fcw, w.fcb, N, C, 4 * Cl);
+  const int Hl = shape_.hidden() / mp_.tp;
+  if (shape_.swiglu) {
+    be_.matmul_forward(L.fch, ln2, w.fcw, w.fcb, N, C, 2 * Hl);
+    be_.swiglu_forward(L.fch_gelu, L.fch, N, Hl);
+  } else {
+    be_.matmul_gelu_forward(L.fch, L.fch_gelu, ln2, w.fcw, w.fcb, N, C, Hl);
+  }
 }
 
 template <class A>
@@ -186,7 +203,7 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T, int pos0) {
   TRIAD_ASSERT(B >= 1 && B <= max_batch_ && T >= 1 && pos0 >= 0 && pos0 + T <= shape_.seq_len);
   TRIAD_ASSERT(pos0 == 0 || decoding_);
   decoded_.clear();  // overwrites the first set's rows (decode_logits sets it again after)
-  const int C = shape_.n_embd, Cl = C / mp_.tp;
+  const int C = shape_.n_embd;
   const int N = B * T, n = local_rows(N);  // rows of the micro-batch, and of them held here
   const size_t nC = size_t(n) * C;
   const bool sp = mp_.split_rows();
@@ -226,7 +243,7 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T, int pos0) {
     const A* fcprojb = mp_.tp_rank == 0 ? w.fcprojb : nullptr;  // bias added once
     layer_front(S, g, i, B, T, pos0);
     A* fcproj = sp ? full : L.fcproj;
-    be_.matmul_forward(fcproj, L.fch_gelu, w.fcprojw, fcprojb, N, 4 * Cl, C);
+    be_.matmul_forward(fcproj, L.fch_gelu, w.fcprojw, fcprojb, N, shape_.hidden() / mp_.tp, C);
     reduce_rows(fcproj, L.fcproj, N);
     if (i + 1 < per_chunk) {
       auto& next = S.layers[size_t(i + 1)];
@@ -366,7 +383,7 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
       be_.layernorm_forward(L.ln1, L.ln1_mean, L.ln1_rstd, x_in, w.ln1w, w.ln1b, n, C);
       layer_front(S, g, i, B, T);
     } else if (recompute == Recompute::gelu && !split) {  // split: only the weight pass reads it
-      be_.gelu_forward(L.fch_gelu, L.fch, size_t(N) * 4 * size_t(Cl));
+      mlp_activation(L.fch_gelu, L.fch, N);
     }
     // Split: no weight or bias gradients here, and the output gradients kept in the set.
     auto wgrad = [split](float* p) { return split ? nullptr : p; };
@@ -376,10 +393,16 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     // row-parallel c_proj sees the gradient of all rows, so its bias gradient is complete.
     const A* dres =
         split ? keep_rows(a.dresidual, L.dfcproj, N) : gather_rows(a.dresidual, a.full, N);
-    be_.matmul_backward_gelu(dfch, a.dfch_gelu, wgrad(gr.fcprojw), wgrad(gr.fcprojb), dres,
-                             L.fch_gelu, L.fch, w.fcprojw, N, 4 * Cl, C, kSet);
-    be_.matmul_backward(dpart, wgrad(gr.fcw), wgrad(gr.fcb), dfch, L.ln2g, w.fcw, N, C, 4 * Cl,
-                        kSet);
+    const int Hl = shape_.hidden() / mp_.tp, Fl = shape_.fc_rows() / mp_.tp;
+    if (shape_.swiglu) {  // c_proj's input gradient, then through the SwiGLU into c_fc's outputs
+      be_.matmul_backward(a.dfch_gelu, wgrad(gr.fcprojw), wgrad(gr.fcprojb), dres, L.fch_gelu,
+                          w.fcprojw, N, Hl, C, kSet);
+      be_.swiglu_backward(dfch, L.fch, a.dfch_gelu, N, Hl, kSet);
+    } else {
+      be_.matmul_backward_gelu(dfch, a.dfch_gelu, wgrad(gr.fcprojw), wgrad(gr.fcprojb), dres,
+                               L.fch_gelu, L.fch, w.fcprojw, N, Hl, C, kSet);
+    }
+    be_.matmul_backward(dpart, wgrad(gr.fcw), wgrad(gr.fcb), dfch, L.ln2g, w.fcw, N, C, Fl, kSet);
     reduce_rows(dpart, a.dln, N);
     layernorm_backward(a.dresidual, gr.ln2w, gr.ln2b, a.dln, L.residual2, w.ln2w, L.ln2_mean,
                        L.ln2_rstd, n);
@@ -432,10 +455,11 @@ void Gpt::weight_chunk(int chunk, Set<A>& S, int B, int T) {
     const LayerTensors<const A> w = layer_tensors(weights<A>(), specs_, first, layer_slot_);
     const LayerTensors<float> gr = layer_tensors(grads_, specs_, first, layer_slot_);
     if (recompute_.in_layer(i) == Recompute::gelu)  // mlp.c_proj's input, in the shared buffer
-      be_.gelu_forward(L.fch_gelu, L.fch, size_t(N) * 4 * size_t(Cl));
-    be_.matmul_backward(nullptr, gr.fcprojw, gr.fcprojb, L.dfcproj, L.fch_gelu, w.fcprojw, N,
-                        4 * Cl, C);
-    be_.matmul_backward(nullptr, gr.fcw, gr.fcb, L.dfch, L.ln2g, w.fcw, N, C, 4 * Cl);
+      mlp_activation(L.fch_gelu, L.fch, N);
+    const int Hl = shape_.hidden() / mp_.tp, Fl = shape_.fc_rows() / mp_.tp;
+    be_.matmul_backward(nullptr, gr.fcprojw, gr.fcprojb, L.dfcproj, L.fch_gelu, w.fcprojw, N, Hl,
+                        C);
+    be_.matmul_backward(nullptr, gr.fcw, gr.fcb, L.dfch, L.ln2g, w.fcw, N, C, Fl);
     be_.matmul_backward(nullptr, gr.projw, gr.projb, L.dproj, L.atty, w.projw, N, Cl, C);
     be_.matmul_backward(nullptr, gr.qkvw, gr.qkvb, L.dqkv, L.ln1g, w.qkvw, N, C, 3 * Cl);
   }

@@ -38,6 +38,10 @@ class KeyTable {
     add("model.rope_theta", c.model.rope_theta, "rope: base of the rotation frequencies");
     add("model.norm", c.model.norm,
         "layernorm (GPT-2's, weight and bias) | rmsnorm (root mean square, weight only, as Llama)");
+    add("model.mlp", c.model.mlp, "gelu (GPT-2's MLP) | swiglu (silu(gate)·up, as Llama)");
+    add("model.mlp_hidden", c.model.mlp_hidden,
+        "MLP hidden units (0: 4·n_embd for gelu, the multiple of 64 at or above 8·n_embd/3 for "
+        "swiglu)");
     add("model.bias", c.model.bias,
         "biases in the linear layers and LayerNorms (false: none, as nanoGPT's bias = False)");
     add("train.steps", c.train.steps, "optimizer steps");
@@ -229,14 +233,18 @@ std::vector<int> stage_layers(const Config& cfg) {
   const int pp = cfg.parallel.pp, L = cfg.model.n_layer;
   if (text.empty() || pp == 1) return {};
   if (text != "auto") return parse_stage_layers(text, pp, L);
-  // Balance the compute per token: a layer costs 72·C² + 6·C·T FLOPs forward and backward, plus
-  // 16·C² + 2·C·T where full recomputation reruns it (the first train.recompute_layers of a
+  // Balance the compute per token: a layer costs 72·C² + 6·C·T FLOPs forward and backward (GPT-2),
+  // plus 16·C² + 2·C·T where full recomputation reruns it (the first train.recompute_layers of a
   // stage, or all); the last stage adds the head, 6·Vp·C. The last stage gets k layers, the
   // others L − k spread as evenly as possible, at least one each, the extra ones on the stages
   // nearest the end (the first stages keep the most micro-batches in flight under 1F1B); k
   // minimizes the busiest stage, the largest such k on a tie.
   const double C = cfg.model.n_embd, T = cfg.model.seq_len;
-  const double layer = 72 * C * C + 6 * C * T, head = 6.0 * cfg.padded_vocab_size() * C;
+  // 6 FLOPs per weight: 4C² in attention, (c_fc's outputs + hidden units)·C in the MLP (72·C²
+  // in all for GPT-2).
+  const GptShape shape = gpt_shape(cfg);
+  const double mlp = double(shape.fc_rows() + shape.hidden()) * C;
+  const double layer = 6 * (4 * C * C + mlp) + 6 * C * T, head = 6.0 * cfg.padded_vocab_size() * C;
   const Recomputation recompute = activation_options(cfg).recompute;
   const double rerun = recompute.mode == Recompute::full
                            ? Gpt::layer_recompute_flops_per_token(gpt_shape(cfg))
@@ -260,6 +268,12 @@ std::vector<int> stage_layers(const Config& cfg) {
 
 bool Config::bf16() const {
   return run.precision == "bf16" || (run.precision == "auto" && run.backend == "cuda");
+}
+
+int Config::mlp_hidden_size() const {
+  if (model.mlp_hidden > 0) return model.mlp_hidden;
+  if (model.mlp != "swiglu") return 4 * model.n_embd;
+  return (8 * model.n_embd + 3 * 64 - 1) / (3 * 64) * 64;
 }
 
 int Config::padded_vocab_size() const {
@@ -384,6 +398,10 @@ void validate(const Config& c, int world_size) {
         "must be learned or rope (got '" + m.position + "')");
   check(m.norm == "layernorm" || m.norm == "rmsnorm", "model.norm",
         "must be layernorm or rmsnorm (got '" + m.norm + "')");
+  check(m.mlp == "gelu" || m.mlp == "swiglu", "model.mlp",
+        "must be gelu or swiglu (got '" + m.mlp + "')");
+  check(m.mlp_hidden >= 0, "model.mlp_hidden",
+        "must be >= 0 (0: the default width; got " + std::to_string(m.mlp_hidden) + ")");
   if (m.position == "rope") {
     check(m.n_embd / m.n_head % 2 == 0, "model.position",
           "rope needs an even head dimension (model.n_embd / model.n_head = " +
@@ -492,6 +510,9 @@ void validate(const Config& c, int world_size) {
   check(m.n_head % std::max(1, par.tp) == 0, "parallel.tp",
         "(" + std::to_string(par.tp) + ") must divide model.n_head (" + std::to_string(m.n_head) +
             "): attention is split by heads");
+  check(c.mlp_hidden_size() % std::max(1, par.tp) == 0, "parallel.tp",
+        "(" + std::to_string(par.tp) + ") must divide the MLP's hidden units (" +
+            std::to_string(c.mlp_hidden_size()) + ", model.mlp_hidden)");
   const int chunks = std::max(1, par.pp * par.virtual_stages);
   int most_layers = m.n_layer / chunks;  // the most layers of a pipeline chunk
   if (par.stage_layers.find_first_not_of(" \t") == std::string::npos) {  // equal chunks

@@ -50,6 +50,8 @@ GptShape gpt_shape(const Config& cfg) {
   s.rope_theta = m.rope_theta;
   s.rmsnorm = m.norm == "rmsnorm";
   s.bias = m.bias;
+  s.swiglu = m.mlp == "swiglu";
+  s.mlp_hidden = cfg.mlp_hidden_size();
   return s;
 }
 

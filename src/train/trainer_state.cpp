@@ -268,6 +268,8 @@ CheckpointState Trainer::State::checkpoint_state() const {
   st.model.rope_theta = cfg.model.position == "rope" ? cfg.model.rope_theta : 0.0;
   st.model.norm = cfg.model.norm;
   st.model.bias = cfg.model.bias;
+  st.model.mlp = cfg.model.mlp;
+  st.model.mlp_hidden = cfg.mlp_hidden_size();
   st.loss_window = loss_window.values();
   st.norm_window = norm_window.values();
   st.skipped_in_a_row = skipped_in_a_row;
@@ -318,6 +320,10 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
               " but the config asks for model.norm = ", c.norm);
   TRIAD_CHECK(m.bias == c.bias, "checkpoint ", path, " holds a model ", m.bias ? "with" : "without",
               " biases but the config asks for model.bias = ", c.bias ? "true" : "false");
+  TRIAD_CHECK(m.mlp == c.mlp && m.mlp_hidden == cfg.mlp_hidden_size(), "checkpoint ", path,
+              " holds a model with a ", m.mlp, " MLP of ", m.mlp_hidden,
+              " hidden units but the config asks for model.mlp = ", c.mlp, " with ",
+              cfg.mlp_hidden_size());
 }
 
 CheckpointState Trainer::State::load_weights(const std::string& path) {

@@ -317,6 +317,62 @@ TEST(ModelParallel, NoBiasMatchesOneRankOnEveryGrid) {
                          "no bias muon " + g.name());
 }
 
+// SwiGLU (model.mlp = swiglu): c_fc's rows are two blocks (gate, up), each split over the
+// tensor-parallel ranks, so every rank pairs its own gate and up units; c_proj is split by its
+// input columns as before. Llama's blocks (rope, RMSNorm, no biases, SwiGLU with 80 hidden
+// units) on every grid against one rank, with Muon (which gathers the blocked rows), bf16, and a
+// checkpoint resumed across grids.
+TEST(ModelParallel, SwigluMatchesOneRankOnEveryGrid) {
+  const std::string dir = shared_dir("swiglu");
+  const std::vector<std::string> sw = {"--resume",           "none", "--model.mlp",  "swiglu",
+                                       "--model.mlp_hidden", "80",   "--model.norm", "rmsnorm",
+                                       "--model.position",   "rope", "--model.bias", "false"};
+  auto with = [&](std::vector<std::string> a) {
+    a.insert(a.begin(), sw.begin() + 2, sw.end());
+    return a;
+  };
+  const Result ref = run(dir, "sw_ref", Grid{}, sw);
+  ASSERT_EQ(ref.losses.size(), 6u);
+  for (const Grid& g : std::vector<Grid>{{2, 1, 1, 1, 2, "1f1b", 1},
+                                         {1, 2, 1, 0, 1, "1f1b", 1},
+                                         {1, 4, 1, 1, 2, "1f1b", 1, true},
+                                         {1, 1, 2, 0, 4, "zb-h1", 1},
+                                         {2, 2, 2, 1, 2, "interleaved", 2}}) {
+    if (g.ranks() > world_size()) continue;
+    expect_same_training(run(dir, "sw_" + g.name(), g, sw), ref, "swiglu " + g.name());
+  }
+  const Grid sp{1, 2, 2, 0, 2, "1f1b", 1, true};
+  if (sp.ranks() <= world_size()) {
+    expect_same_training(run(dir, "sw_full_" + sp.name(), sp,
+                             with({"--resume", "none", "--train.recompute", "full"})),
+                         ref, "swiglu recompute full " + sp.name());
+    expect_same_training(run(dir, "sw_gelu_" + sp.name(), sp,
+                             with({"--resume", "none", "--train.recompute", "gelu"})),
+                         ref, "swiglu recompute of the activation " + sp.name());
+  }
+  const std::vector<std::string> muon =
+      with({"--resume", "none", "--optim.name", "muon", "--optim.muon_lr", "0.02"});
+  const Result mref = run(dir, "sw_muon_ref", Grid{}, muon);
+  const Grid tp2{2, 2, 1, 1, 2, "1f1b", 1};
+  if (tp2.ranks() <= world_size())
+    expect_same_training(run(dir, "sw_muon_" + tp2.name(), tp2, muon), mref,
+                         "swiglu muon " + tp2.name());
+  const Grid big{2, 2, 2, 1, 2, "1f1b", 1};
+  if (big.ranks() > world_size()) return;
+  const Result bf1 = run(dir, "sw_bf16_ref", Grid{}, with({"--run.precision", "bf16"}));
+  const Result bf = run(dir, "sw_bf16_" + big.name(), big, with({"--run.precision", "bf16"}));
+  expect_close_losses(bf1, ref, 1e-3, "swiglu bf16 against fp32");
+  expect_close_losses(bf, bf1, 5e-4, "swiglu bf16 " + big.name());
+  const Result full = run(dir, "sw_full222", big, sw);
+  Result tail = full;
+  tail.losses.erase(tail.losses.begin(), tail.losses.begin() + 3);
+  const std::string ckpt = dir + "/runs/sw_full222/ckpt/step_00000003.h5";
+  const Grid four{1, 4, 1, 0, 2, "1f1b", 1};
+  const Result r = run(dir, "sw_from222", four, with({"--resume", ckpt}));
+  ASSERT_EQ(r.losses.size(), 3u);
+  expect_same_training(r, tail, "swiglu from 2x2x2 to " + four.name());
+}
+
 TEST(ModelParallel, CheckpointsReshardAcrossTensorAndPipelineGrids) {
   const std::string dir = shared_dir("reshard");
   const Grid big{2, 2, 2, 1, 2, "1f1b", 1};
@@ -532,19 +588,21 @@ TEST(ModelParallel, MemoryPlanEqualsWhatEachRankAllocates) {
       {{2, 2, 1, 1, 1, "1f1b", 1}, "muon"},       {{1, 2, 2, 0, 2, "1f1b", 1}, "muon"},
       {{2, 1, 2, 0, 2, "1f1b", 1}, "muon"},       {{4, 1, 1, 1, 1, "1f1b", 1}, "muon"},
       {{1, 1, 1, 1, 1, "1f1b", 1}, "muon"},       {{1, 2, 2, 0, 2, "1f1b", 1, true}, "rope"},
-      {{2, 1, 2, 1, 2, "1f1b", 1}, "rmsnorm"}};
+      {{2, 1, 2, 1, 2, "1f1b", 1}, "rmsnorm"},    {{1, 2, 1, 0, 1, "1f1b", 1}, "swiglu"}};
   for (const auto& [g, variant] : grids) {
     if (g.ranks() > world_size()) continue;
     const std::string name = "plan_" + g.name() + "_" + variant;
     // "muon": the Muon optimizer (its Newton–Schulz scratch, its ZeRO gather) in bf16; "rope":
     // rotary positions (no wpe, the angle table) in bf16; "rmsnorm": no biases, no means, fp32.
     const bool muon = variant == "muon", rope = variant == "rope", rmsnorm = variant == "rmsnorm";
-    const std::string precision = muon || rope ? "bf16" : rmsnorm ? "fp32" : variant;
-    const auto args = grid_args(
-        dir, name, g,
-        {"--resume", "none", "--train.steps", "1", "--run.precision", precision,
-         "--checkpoint.every", "0", "--optim.name", muon ? "muon" : "adamw", "--model.position",
-         rope ? "rope" : "learned", "--model.norm", rmsnorm ? "rmsnorm" : "layernorm"});
+    const bool swiglu = variant == "swiglu";  // its wider c_fc outputs, bf16
+    const std::string precision = muon || rope || swiglu ? "bf16" : rmsnorm ? "fp32" : variant;
+    const auto args =
+        grid_args(dir, name, g,
+                  {"--resume", "none", "--train.steps", "1", "--run.precision", precision,
+                   "--checkpoint.every", "0", "--optim.name", muon ? "muon" : "adamw",
+                   "--model.position", rope ? "rope" : "learned", "--model.norm",
+                   rmsnorm ? "rmsnorm" : "layernorm", "--model.mlp", swiglu ? "swiglu" : "gelu"});
     std::vector<const char*> argv;
     for (const auto& a : args) argv.push_back(a.c_str());
     const RunPlan plan =
@@ -848,6 +906,8 @@ TEST(ModelParallel, DecodingMatchesOneRankOnEveryGrid) {
     shape.rope = g.rope;
     shape.rope_theta = 50;
     shape.rmsnorm = g.rmsnorm;
+    shape.swiglu = g.rmsnorm;  // Llama's blocks: with RMSNorm, SwiGLU of 96 units too
+    if (g.rmsnorm) shape.mlp_hidden = 96;
     auto be = make_cpu_backend();
     Gpt one(shape, 1, *be, 1, {}, nullptr, g.precision);
     one.init(3);

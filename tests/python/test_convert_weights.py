@@ -384,6 +384,13 @@ def test_rotary_position_checkpoints_are_not_exported_as_gpt2(tmp_path):
     assert_clean_failure(tool("triad-convert", "export", tmp_path / "runs" / "rms",
                               tmp_path / "out-rms", "--to", "hf"),
                          "uses rmsnorm", "LayerNorms (weight and bias) only")
+    cfg = tiny_config(tmp_path, name="sw", model__mlp="swiglu", train__steps=1,
+                      checkpoint__every=1)
+    assert run([exe("triad-train"), "--config", cfg]).returncode == 0
+    assert_clean_failure(tool("triad-convert", "export", tmp_path / "runs" / "sw",
+                              tmp_path / "out-sw", "--to", "llmc"), "swiglu with 128 hidden units")
+    p = tool("triad-ckpt", tmp_path / "runs" / "sw")  # the SwiGLU layout verifies
+    assert p.returncode == 0, p.stdout + p.stderr
     # triad-ckpt verifies the rmsnorm layout (no LayerNorm biases) as complete and sound.
     p = tool("triad-ckpt", tmp_path / "runs" / "rms")
     assert p.returncode == 0, p.stdout + p.stderr

@@ -58,10 +58,11 @@ def rope_checkpoint(tmp_path_factory):
     return path
 
 
-def test_rmsnorm_and_rotary_continuation_matches_torch(tmp_path):
-    """Llama's normalization and positions (RMSNorm, rope) on one rank and on tp 2 × pp 2."""
+def test_llama_blocks_continuation_matches_torch(tmp_path):
+    """Llama's blocks (RMSNorm, rope, SwiGLU, no biases) on one rank and on tp 2 × pp 2."""
     cfg = ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=32, vocab_size=50257,
-                        position="rope", rope_theta=200.0, norm="rmsnorm")
+                        position="rope", rope_theta=200.0, norm="rmsnorm", bias=False,
+                        mlp="swiglu")
     path = tmp_path / "rms.h5"
     ref.write_checkpoint(path, cfg, {k: (v * 8 if v.dim() == 2 else v)
                                      for k, v in ref.random_weights(cfg, 6).items()})

@@ -109,6 +109,11 @@ CASES = [
     # nanoGPT's bias = False: no biases in the linear layers or the LayerNorms.
     Case("nobias", ref.GptConfig(n_layer=2, n_head=3, n_embd=48, seq_len=17, vocab_size=300,
                                  bias=False), 3, 45, 7, 37),
+    # Llama's MLP (SwiGLU, 8C/3 -> 128 hidden units) with RMSNorm and rope: Llama's blocks on
+    # GPT-2's tied embedding.
+    Case("swiglu", ref.GptConfig(n_layer=2, n_head=3, n_embd=48, seq_len=17, vocab_size=300,
+                                 position="rope", rope_theta=500.0, norm="rmsnorm", bias=False,
+                                 mlp="swiglu"), 3, 45, 7, 41),
 ]
 
 
@@ -117,7 +122,7 @@ def config_sections(case: Case, d: Path, **over) -> dict:
     s = {
         "model": dict(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, seq_len=c.seq_len,
                       vocab_size=c.vocab_size, position=c.position, rope_theta=c.rope_theta,
-                      norm=c.norm, bias=c.bias),
+                      norm=c.norm, bias=c.bias, mlp=c.mlp, mlp_hidden=c.mlp_hidden),
         "train": dict(steps=10, batch_size=2 * case.micro_batch,
                       micro_batch_size=case.micro_batch, lr=3e-3, warmup_steps=2,
                       schedule="cosine", min_lr_ratio=0.1, grad_clip=1.0, seed=5),
@@ -205,11 +210,14 @@ def test_reference_checkpoint_round_trip(tmp_path):
 @pytest.mark.parametrize("position,norm,bias", [("learned", "layernorm", True),
                                                 ("rope", "layernorm", True),
                                                 ("learned", "rmsnorm", True),
-                                                ("learned", "layernorm", False)])
+                                                ("learned", "layernorm", False),
+                                                ("swiglu", "layernorm", True)])
 def test_reference_gradients_vs_autograd_finite_differences(position, norm, bias):
     """The reference itself: torch.autograd.gradcheck on a tiny float64 model."""
+    mlp = "swiglu" if position == "swiglu" else "gelu"
     cfg = ref.GptConfig(n_layer=1, n_head=2, n_embd=8, seq_len=5, vocab_size=11,
-                        position=position, rope_theta=7.0, norm=norm, bias=bias)
+                        position="learned" if mlp == "swiglu" else position, rope_theta=7.0,
+                        norm=norm, bias=bias, mlp=mlp, mlp_hidden=12 if mlp == "swiglu" else 0)
     w = ref.random_weights(cfg, seed=3, dtype=torch.float64)
     names = ["h/0/attn/c_attn/weight", "h/0/ln_1/weight", "wte/weight"]
     names += ["h/0/mlp/c_fc/bias"] if bias else []
@@ -541,4 +549,5 @@ def test_layer_norms_match_torch(tmp_root, tmp_path):
 
 
 # Chosen from the printed norms so that clipping triggers in some steps but not all.
-GRAD_CLIP = {"gpt2vocab": 1.0, "oddshapes": 1.0, "rope": 1.0, "rmsnorm": 1.2, "nobias": 1.0}
+GRAD_CLIP = {"gpt2vocab": 1.0, "oddshapes": 1.0, "rope": 1.0, "rmsnorm": 1.2, "nobias": 1.0,
+             "swiglu": 1.1}

@@ -60,6 +60,8 @@ def test_help_lists_every_key_with_defaults():
     (["--model.position", "rope", "--model.rope_theta", "nan"], ["model.rope_theta"]),
     (["--model.norm", "batchnorm"], ["model.norm", "layernorm or rmsnorm"]),
     (["--model.bias", "maybe"], ["model.bias"]),
+    (["--model.mlp", "relu2"], ["model.mlp", "gelu or swiglu"]),
+    (["--model.mlp_hidden", "-8"], ["model.mlp_hidden", ">= 0"]),
 ])
 def test_bad_config_values(tmp_path, args, needles):
     cfg = tiny_config(tmp_path)
@@ -335,6 +337,20 @@ def test_rmsnorm_checkpoints_hold_no_norm_biases_and_refuse_layernorm(tmp_path):
                        "without biases", "model.bias = true")
     assert_clean_error(train("--config", cfg, "--model.bias", "false", "--init-from", ln,
                              "--run.name", "z"), "with biases", "model.bias = false")
+    # SwiGLU: c_fc holds gate and up rows; another MLP or width is refused.
+    sw = tmp_path / "runs" / "sw" / "ckpt" / "step_00000005.h5"
+    train("--config", tiny_config(tmp_path, name="sw"), "--model.mlp", "swiglu",
+          "--train.steps", "5", check=True)
+    with h5py.File(sw, "r") as f:
+        assert f["model"].attrs["mlp"] == b"swiglu" and f["model"].attrs["mlp_hidden"] == 128
+        assert f["model/h/0/mlp/c_fc/weight"].shape == (256, 32)
+        assert f["model/h/0/mlp/c_proj/weight"].shape == (32, 128)
+    assert_clean_error(train("--config", cfg, "--init-from", sw, "--run.name", "w"),
+                       "swiglu MLP of 128", "model.mlp = gelu with 128")
+    assert_clean_error(train("--config", cfg, "--model.mlp", "swiglu", "--model.mlp_hidden", "96",
+                             "--init-from", sw, "--run.name", "v"), "model.mlp = swiglu with 96")
+    assert_clean_error(train("--config", cfg, "--model.mlp_hidden", "33", "--parallel.tp", "2",
+                             "--plan", "--plan-ranks", "2"), "parallel.tp", "MLP's hidden units (33")
 
 
 def _spiky_run(tmp_path, name, **train):
@@ -529,7 +545,8 @@ def test_damaged_checkpoints(tmp_path):
             ("theta", {"position": "rope"}, "rope_theta of /model is missing"),
             ("theta_kind", {"position": "rope", "rope_theta": "ten"}, "rope_theta"),
             ("norm", {"norm": "batchnorm"}, "'batchnorm', not layernorm or rmsnorm"),
-            ("bias", {"bias": 2}, "attribute bias of /model is 2")):
+            ("bias", {"bias": 2}, "attribute bias of /model is 2"),
+            ("mlp", {"mlp": "relu2"}, "'relu2', not gelu or swiglu")):
         bad = tmp_path / f"bad_{name}.h5"
         bad.write_bytes(good.read_bytes())
         with h5py.File(bad, "r+") as f:

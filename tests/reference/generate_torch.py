@@ -66,8 +66,7 @@ def block(params: Dict[str, torch.Tensor], cfg: ref.GptConfig, i: int, x: torch.
     y = torch.matmul(att, v).transpose(1, 2).reshape(B, T, C)
     x = x + ref.linear(y, params[p + "attn/c_proj/weight"], params.get(p + "attn/c_proj/bias"))
     h = ref.norm(params, cfg, p + "ln_2", x)
-    h = ref.gelu_tanh(ref.linear(h, params[p + "mlp/c_fc/weight"], params.get(p + "mlp/c_fc/bias")))
-    return x + ref.linear(h, params[p + "mlp/c_proj/weight"], params.get(p + "mlp/c_proj/bias"))
+    return x + ref.mlp(params, cfg, p, h)
 
 
 def last_logits(params, cfg: ref.GptConfig, ids: torch.Tensor, pos0: int,

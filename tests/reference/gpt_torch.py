@@ -52,6 +52,14 @@ class GptConfig:
     rope_theta: float = 10000.0
     norm: str = "layernorm"  # layernorm (weight, bias) | rmsnorm (weight only)
     bias: bool = True  # False: no biases in linear layers and LayerNorms (nanoGPT's bias=False)
+    mlp: str = "gelu"  # gelu | swiglu (c_fc rows: gate, then up)
+    mlp_hidden: int = 0  # 0: 4C for gelu; swiglu: the multiple of 64 at or above 8C/3
+
+    @property
+    def hidden(self) -> int:
+        if self.mlp_hidden:
+            return self.mlp_hidden
+        return 4 * self.n_embd if self.mlp == "gelu" else -(-8 * self.n_embd // 192) * 64
 
     @property
     def padded_vocab_size(self) -> int:
@@ -83,9 +91,10 @@ def param_shapes(cfg: GptConfig) -> Dict[str, tuple]:
         shapes[p + "ln_2/weight"] = (C,)
         if not rms:
             shapes[p + "ln_2/bias"] = (C,)
-        shapes[p + "mlp/c_fc/weight"] = (4 * C, C)
-        shapes[p + "mlp/c_fc/bias"] = (4 * C,)
-        shapes[p + "mlp/c_proj/weight"] = (C, 4 * C)
+        F = cfg.hidden * (2 if cfg.mlp == "swiglu" else 1)
+        shapes[p + "mlp/c_fc/weight"] = (F, C)
+        shapes[p + "mlp/c_fc/bias"] = (F,)
+        shapes[p + "mlp/c_proj/weight"] = (C, cfg.hidden)
         shapes[p + "mlp/c_proj/bias"] = (C,)
     shapes["ln_f/weight"] = (C,)
     if not rms:
@@ -193,6 +202,18 @@ def attention(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_head: int,
     return y.transpose(1, 2).reshape(B, T, C)
 
 
+def mlp(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str, h: torch.Tensor) -> torch.Tensor:
+    """Layer p's MLP of h: c_proj(gelu(c_fc(h))), or SwiGLU's c_proj(silu(gate) * up) with
+    [gate | up] = c_fc(h) (Shazeer's GLU variants, as Llama)."""
+    a = linear(h, params[p + "mlp/c_fc/weight"], params.get(p + "mlp/c_fc/bias"))
+    if cfg.mlp == "swiglu":
+        gate, up = a.split(cfg.hidden, dim=-1)
+        a = gate * torch.sigmoid(gate) * up
+    else:
+        a = gelu_tanh(a)
+    return linear(a, params[p + "mlp/c_proj/weight"], params.get(p + "mlp/c_proj/bias"))
+
+
 def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor) -> torch.Tensor:
     """Logits [B, T, vocab_size] (the padded columns are dropped) for token ids idx [B, T]."""
     B, T = idx.shape
@@ -208,8 +229,7 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor) 
                                  params.get(p + "attn/c_attn/bias"), cfg.n_head, rope),
                        params[p + "attn/c_proj/weight"], params.get(p + "attn/c_proj/bias"))
         h = norm(params, cfg, p + "ln_2", x)
-        h = gelu_tanh(linear(h, params[p + "mlp/c_fc/weight"], params.get(p + "mlp/c_fc/bias")))
-        x = x + linear(h, params[p + "mlp/c_proj/weight"], params.get(p + "mlp/c_proj/bias"))
+        x = x + mlp(params, cfg, p, h)
     x = norm(params, cfg, "ln_f", x)
     logits = torch.matmul(x, params["wte/weight"].t())  # [B, T, Vp] (tied head)
     return logits[..., : cfg.vocab_size]
@@ -228,7 +248,8 @@ def forward_fast(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Ten
     B, T = idx.shape
     C, nh = cfg.n_embd, cfg.n_head
     hd = C // nh
-    assert cfg.position == "learned" and cfg.norm == "layernorm" and cfg.bias, \
+    assert cfg.position == "learned" and cfg.norm == "layernorm" and cfg.bias and \
+        cfg.mlp == "gelu" and cfg.hidden == 4 * cfg.n_embd, \
         "forward_fast is GPT-2's model"
     mask = torch.ones(T, T, dtype=torch.bool).tril()
     x = F.embedding(idx, params["wte/weight"]) + params["wpe/weight"][:T]
@@ -513,6 +534,8 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
             m.attrs.create("rope_theta", np.float64(cfg.rope_theta), dtype="<f8")
         _string_attr(m, "norm", cfg.norm)
         m.attrs.create("bias", i64(1 if cfg.bias else 0), dtype="<i8")
+        _string_attr(m, "mlp", cfg.mlp)
+        m.attrs.create("mlp_hidden", i64(cfg.hidden), dtype="<i8")
         groups = {"model": weights}
         for slot, tensors in (optimizer or {}).items():
             groups["optimizer/" + slot] = tensors
@@ -539,7 +562,11 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                         int(a["seq_len"]), int(a["vocab_size"]), position=position,
                         rope_theta=float(a["rope_theta"]) if position == "rope" else 10000.0,
                         norm=_str(a["norm"]) if "norm" in a else "layernorm",
-                        bias=int(a["bias"]) == 1 if "bias" in a else True)
+                        bias=int(a["bias"]) == 1 if "bias" in a else True,
+                        mlp=_str(a["mlp"]) if "mlp" in a else "gelu",
+                        mlp_hidden=int(a["mlp_hidden"]) if "mlp_hidden" in a else 0)
+        if cfg.mlp_hidden == GptConfig(**{**cfg.__dict__, "mlp_hidden": 0}).hidden:
+            cfg = GptConfig(**{**cfg.__dict__, "mlp_hidden": 0})  # the default width
         out = {}
         for name, shape in param_shapes(cfg).items():
             d = f["model/" + name]

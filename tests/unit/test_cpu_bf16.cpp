@@ -218,6 +218,21 @@ TEST_F(CpuBf16, OpsRoundTheFp32ResultOnce) {
   EXPECT_EQ(loss, loss32);
   EXPECT_EQ(hit, hit32);
   expect_bits_equal(lh, to_bits(l32), "dlogits");
+  // SwiGLU forward, and backward added into a bf16 gradient: each output rounded once.
+  {
+    const int SN = 5, SH = 24;
+    const Vec pre = rounded(random_vec(size_t(SN) * 2 * SH, 11, -4.0f, 4.0f));
+    const Vec d = rounded(random_vec(size_t(SN) * SH, 12)),
+              g0 = rounded(random_vec(pre.size(), 13));
+    Bits o(size_t(SN) * SH), gh = to_bits(g0);
+    Vec o32(o.size()), g32 = g0;
+    be->swiglu_forward(o.data(), to_bits(pre).data(), SN, SH);
+    be->swiglu_forward(o32.data(), pre.data(), SN, SH);
+    expect_bits_equal(o, to_bits(o32), "swiglu forward");
+    be->swiglu_backward(gh.data(), to_bits(pre).data(), to_bits(d).data(), SN, SH);
+    be->swiglu_backward(g32.data(), pre.data(), d.data(), SN, SH);
+    expect_bits_equal(gh, to_bits(g32), "swiglu backward");
+  }
   // Rotary positions, forward and inverse, in place: each element rounded once.
   const int R = 6, RC = 16, RNH = 2;
   Vec table(size_t(R + 3) * (RC / RNH));
@@ -295,13 +310,16 @@ TEST_F(CpuBf16, OverwriteModeIgnoresTheOldInputGradient) {
 // A bf16 model against the fp32 model with the same master weights: the loss to bf16
 // precision, the fp32 parameter gradients to a few bf16 ulps in norm.
 TEST_F(CpuBf16, ModelLossAndGradientsFollowFp32) {
-  for (int variant = 0; variant < 4; ++variant) {  // GPT-2; rope; rope with RMSNorm; no biases
-    const char* names[] = {"GPT-2", "rope", "rope + rmsnorm", "no biases"};
+  // GPT-2; rope; rope with RMSNorm; no biases; SwiGLU
+  for (int variant = 0; variant < 5; ++variant) {
+    const char* names[] = {"GPT-2", "rope", "rope + rmsnorm", "no biases", "swiglu"};
     SCOPED_TRACE(names[variant]);
     GptShape shape{2, 4, 64, 32, 200, 256};
     shape.rope = variant == 1 || variant == 2;
     shape.rmsnorm = variant == 2;
     shape.bias = variant != 3;
+    shape.swiglu = variant == 4;
+    shape.mlp_hidden = variant == 4 ? 176 : 0;
     check_model_follows_fp32(shape);
   }
 }

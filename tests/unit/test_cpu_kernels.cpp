@@ -594,6 +594,37 @@ TEST_F(CpuKernels, RopeForwardBackward) {
   }
 }
 
+// ---- SwiGLU ----------------------------------------------------------------------------------
+
+// silu(gate)·up over rows [gate | up], in double from its definition.
+DVec naive_swiglu(const DVec& pre, int N, int H) {
+  DVec out(size_t(N) * H);
+  for (int n = 0; n < N; ++n)
+    for (int j = 0; j < H; ++j) {
+      const double g = pre[size_t(n) * 2 * H + j], u = pre[size_t(n) * 2 * H + H + j];
+      out[size_t(n) * H + j] = g / (1.0 + std::exp(-g)) * u;
+    }
+  return out;
+}
+
+TEST_F(CpuKernels, SwigluForwardBackward) {
+  const int N = 7, H = 13;
+  const Vec pre = random_vec(size_t(N) * 2 * H, 71, -6.0f, 6.0f);
+  Vec out(size_t(N) * H);
+  be->swiglu_forward(out.data(), pre.data(), N, H);
+  DVec x = to_double(pre);
+  expect_close(out, naive_swiglu(x, N, H), 1e-6, "out");
+  const Vec R = random_vec(out.size(), 72);
+  const DVec g = finite_diff(x, [&] { return dot(naive_swiglu(x, N, H), R); });
+  Vec d(pre.size(), 9.0f);  // overwritten
+  be->swiglu_backward(d.data(), pre.data(), R.data(), N, H, GradMode::overwrite);
+  expect_close(d, g, 1e-5, "dpre");
+  Vec d2 = random_vec(pre.size(), 73);
+  const Vec d0 = d2;
+  be->swiglu_backward(d2.data(), pre.data(), R.data(), N, H);
+  expect_accumulated(d2, d0, d, "dpre +=");
+}
+
 // ---- GELU ----------------------------------------------------------------------------------
 
 TEST_F(CpuKernels, GeluForwardBackward) {

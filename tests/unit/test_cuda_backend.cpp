@@ -556,6 +556,24 @@ TEST_F(CudaBackendTest, GeluForwardBackward) {
   }
 }
 
+TEST_F(CudaBackendTest, SwigluForwardBackward) {
+  for (const MmShape& s : {MmShape{64, 0, 2048}, MmShape{37, 0, 176}, MmShape{3, 0, 5}}) {
+    SCOPED_TRACE(::testing::Message() << "N=" << s.N << " H=" << s.OC);
+    const int N = s.N, H = s.OC;
+    const size_t n = size_t(N) * H;
+    const Vec pre = random_vec(2 * n, 74, -6.0f, 6.0f), dout = random_vec(n, 75);
+    const Vec d0 = random_vec(2 * n, 76);
+    Vec out(n), d = d0;
+    cpu->swiglu_forward(out.data(), pre.data(), N, H);
+    cpu->swiglu_backward(d.data(), pre.data(), dout.data(), N, H);
+    float *g_out = dev_zeros(n), *g_d = dev(d0);
+    gpu->swiglu_forward(g_out, dev(pre), N, H);
+    gpu->swiglu_backward(g_d, dev(pre), dev(dout), N, H);
+    EXPECT_TRUE(close(host(g_out, n), out, kElemTol, 1e-6)) << "out";
+    EXPECT_TRUE(close(host(g_d, 2 * n), d, kElemTol, 1e-6)) << "dpre";
+  }
+}
+
 TEST_F(CudaBackendTest, AddAccumulateScale) {
   for (size_t n : kElemSizes) {
     SCOPED_TRACE(::testing::Message() << "n=" << n);

@@ -70,6 +70,10 @@ struct ModelShape {
   std::string norm = "layernorm";
   // Attribute bias (int64 1 | 0; absent in files from before model.bias: 1).
   bool bias = true;
+  // Attributes mlp ("gelu" | "swiglu"; absent in older files: gelu) and mlp_hidden (int64, the
+  // hidden units; absent: 4·n_embd).
+  std::string mlp = "gelu";
+  int64_t mlp_hidden = 0;
 };
 
 struct CheckpointState {

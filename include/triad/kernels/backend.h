@@ -130,6 +130,15 @@ class Backend {
   virtual void rope(float* qkv, const float* table, int N, int T, int pos0, int C, int NH,
                     bool inverse) = 0;
 
+  // ---- SwiGLU (model.mlp = swiglu) ------------------------------------------------------------
+  // pre [N, 2H]: each row the gate (its first H values) then the up projection (the last H; on a
+  // tensor-parallel rank its H columns of each); out [N, H] = silu(gate)·up with
+  // silu(g) = g·σ(g). Backward: the gradient of pre from dout [N, H], written or added by mode:
+  // d gate = dout·up·σ(g)·(1 + g·(1 − σ(g))), d up = dout·silu(g).
+  virtual void swiglu_forward(float* out, const float* pre, int N, int H) = 0;
+  virtual void swiglu_backward(float* dpre, const float* pre, const float* dout, int N, int H,
+                               GradMode mode = GradMode::accumulate) = 0;
+
   // pre = inp · Wᵀ + b and out = gelu(pre) (the FFN's first layer; see the bf16 version).
   virtual void matmul_gelu_forward(float* pre, float* out, const float* inp, const float* weight,
                                    const float* bias, int N, int IC, int OC) {
@@ -255,6 +264,10 @@ class Backend {
   virtual void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv,
                                   const bf16_t* out, const float* lse, int B, int T, int C, int NH,
                                   GradMode mode = GradMode::accumulate) = 0;
+  // As the fp32 SwiGLU; computed in fp32, each output rounded once.
+  virtual void swiglu_forward(bf16_t* out, const bf16_t* pre, int N, int H) = 0;
+  virtual void swiglu_backward(bf16_t* dpre, const bf16_t* pre, const bf16_t* dout, int N, int H,
+                               GradMode mode = GradMode::accumulate) = 0;
   // As the fp32 rope; each rotated element computed in fp32 and rounded once.
   virtual void rope(bf16_t* qkv, const float* table, int N, int T, int pos0, int C, int NH,
                     bool inverse) = 0;

@@ -28,6 +28,13 @@ struct GptShape {
   // Biases (model.bias): false drops every bias, of the linear layers and of the LayerNorms
   // (nanoGPT's bias = False; Llama has none either).
   bool bias = true;
+  // The MLP (model.mlp, model.mlp_hidden): GPT-2's gelu(x·W_fcᵀ + b)·W_projᵀ with hidden width
+  // mlp_hidden (0: 4·n_embd), or SwiGLU (swiglu: c_fc holds the gate rows, then the up rows,
+  // each mlp_hidden of them; (silu(gate)·up)·W_projᵀ, as Llama).
+  bool swiglu = false;
+  int mlp_hidden = 0;
+  int hidden() const { return mlp_hidden > 0 ? mlp_hidden : 4 * n_embd; }
+  int fc_rows() const { return swiglu ? 2 * hidden() : hidden(); }  // c_fc's output width
 };
 
 // The names of layer i's tensors for this shape, in buffer order: the 12 of DESIGN.md §3 less
@@ -437,6 +444,8 @@ class Gpt {
   void layer_front(Set<A>& S, int g, int i, int B, int T, int pos0 = 0);
   template <class A>
   void rotate(A* qkv, int N, int T, int pos0, bool inverse);
+  template <class A>
+  void mlp_activation(A* act, const A* pre, int N);
   // row_losses (optional, host, B·T): each row's cross-entropy.
   template <class A>
   ForwardStats classifier(Set<A>& S, const int32_t* host_targets, int B, int T, float dloss_scale,

@@ -16,6 +16,8 @@ struct ModelConfig {
   double rope_theta = 10000.0;       // rope: the base of the rotation frequencies
   std::string norm = "layernorm";    // layernorm (weight, bias) | rmsnorm (weight only)
   bool bias = true;                  // false: no biases in linear layers and LayerNorms
+  std::string mlp = "gelu";          // gelu (GPT-2) | swiglu (Llama)
+  int mlp_hidden = 0;                // hidden units (0: 4·n_embd, or ~8·n_embd/3 for swiglu)
 };
 
 struct TrainConfig {
@@ -131,7 +133,10 @@ struct Config {
     return checkpoint.dir.empty() ? run_path() + "/ckpt" : checkpoint.dir;
   }
   int padded_vocab_size() const;  // vocab_size rounded up to a multiple of 128·tp
-  bool bf16() const;              // run.precision is bf16, or auto on the cuda backend
+  // The MLP's hidden units: model.mlp_hidden, or by default 4·n_embd for gelu and for swiglu
+  // the multiple of 64 at or above 8·n_embd/3 (Llama's rule: about GELU's parameter count).
+  int mlp_hidden_size() const;
+  bool bf16() const;  // run.precision is bf16, or auto on the cuda backend
 };
 
 // Options that are not config keys, for the executables.

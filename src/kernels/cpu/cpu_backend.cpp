@@ -114,6 +114,13 @@ class CpuBackend final : public Backend {
                         int NH) override {
     cpu::attention_decode(out, qkv, B, stride, p, n, C, NH);
   }
+  void swiglu_forward(float* out, const float* pre, int N, int H) override {
+    cpu::swiglu_forward(out, pre, N, H);
+  }
+  void swiglu_backward(float* dpre, const float* pre, const float* dout, int N, int H,
+                       GradMode mode) override {
+    cpu::swiglu_backward(dpre, pre, dout, N, H, mode == GradMode::accumulate);
+  }
   void rope(float* qkv, const float* table, int N, int T, int pos0, int C, int NH,
             bool inverse) override {
     cpu::rope(qkv, table, N, T, pos0, C, NH, inverse);
@@ -216,6 +223,13 @@ class CpuBackend final : public Backend {
   void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n, int C,
                         int NH) override {
     cpu::attention_decode(out, qkv, B, stride, p, n, C, NH);
+  }
+  void swiglu_forward(bf16_t* out, const bf16_t* pre, int N, int H) override {
+    cpu::swiglu_forward(out, pre, N, H);
+  }
+  void swiglu_backward(bf16_t* dpre, const bf16_t* pre, const bf16_t* dout, int N, int H,
+                       GradMode mode) override {
+    cpu::swiglu_backward(dpre, pre, dout, N, H, mode == GradMode::accumulate);
   }
   void rope(bf16_t* qkv, const float* table, int N, int T, int pos0, int C, int NH,
             bool inverse) override {

@@ -54,6 +54,13 @@ void attention_forward(float* out, float* att, const float* qkv, int B, int T, i
 void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
                         const float* att, int B, int T, int C, int NH);
 void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n, int C, int NH);
+// SwiGLU over rows [gate | up] (cpu_swiglu.cpp); fp32 and bf16 (computed in fp32).
+void swiglu_forward(float* out, const float* pre, int N, int H);
+void swiglu_forward(bf16_t* out, const bf16_t* pre, int N, int H);
+void swiglu_backward(float* dpre, const float* pre, const float* dout, int N, int H,
+                     bool accumulate);
+void swiglu_backward(bf16_t* dpre, const bf16_t* pre, const bf16_t* dout, int N, int H,
+                     bool accumulate);
 // Rotary position embedding in place (cpu_rope.cpp); fp32 and bf16 (computed in fp32).
 void rope(float* qkv, const float* table, int N, int T, int pos0, int C, int NH, bool inverse);
 void rope(bf16_t* qkv, const float* table, int N, int T, int pos0, int C, int NH, bool inverse);

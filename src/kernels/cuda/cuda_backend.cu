@@ -176,6 +176,13 @@ class CudaBackend final : public Backend {
                         int NH) override {
     cuda::attention_decode(stream_, out, qkv, B, stride, p, n, C, NH);
   }
+  void swiglu_forward(float* out, const float* pre, int N, int H) override {
+    cuda::swiglu_forward(stream_, out, pre, N, H);
+  }
+  void swiglu_backward(float* dpre, const float* pre, const float* dout, int N, int H,
+                       GradMode mode) override {
+    cuda::swiglu_backward(stream_, dpre, pre, dout, N, H, mode == GradMode::accumulate);
+  }
   void rope(float* qkv, const float* table, int N, int T, int pos0, int C, int NH,
             bool inverse) override {
     cuda::rope(stream_, qkv, table, N, T, pos0, C, NH, inverse);
@@ -293,6 +300,14 @@ class CudaBackend final : public Backend {
   void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n, int C,
                         int NH) override {
     cuda::attention_decode(stream_, dev(out), dev(qkv), B, stride, p, n, C, NH);
+  }
+  void swiglu_forward(bf16_t* out, const bf16_t* pre, int N, int H) override {
+    cuda::swiglu_forward(stream_, dev(out), dev(pre), N, H);
+  }
+  void swiglu_backward(bf16_t* dpre, const bf16_t* pre, const bf16_t* dout, int N, int H,
+                       GradMode mode) override {
+    cuda::swiglu_backward(stream_, dev(dpre), dev(pre), dev(dout), N, H,
+                          mode == GradMode::accumulate);
   }
   void rope(bf16_t* qkv, const float* table, int N, int T, int pos0, int C, int NH,
             bool inverse) override {

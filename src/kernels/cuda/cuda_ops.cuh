@@ -161,6 +161,13 @@ void attention_decode(cudaStream_t s, float* out, const float* qkv, int B, int s
 void attention_decode(cudaStream_t s, bf16* out, const bf16* qkv, int B, int stride, int p, int n,
                       int C, int NH);
 
+// ---- SwiGLU (cuda_swiglu.cu): backend.h swiglu_forward / swiglu_backward ------------------
+template <typename Elem>
+void swiglu_forward(cudaStream_t s, Elem* out, const Elem* pre, int N, int H);
+template <typename Elem>
+void swiglu_backward(cudaStream_t s, Elem* dpre, const Elem* pre, const Elem* dout, int N, int H,
+                     bool accumulate);
+
 // ---- rotary position embedding (cuda_rope.cu): backend.h rope, in place -------------------
 template <typename Elem>
 void rope(cudaStream_t s, Elem* qkv, const float* table, int N, int T, int pos0, int C, int NH,
