@@ -23,6 +23,7 @@ missing from one file or has another shape.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import zlib
 from dataclasses import dataclass, field
@@ -265,6 +266,13 @@ def _check(rep: Report) -> None:
         P.append(f"/model attribute position = {position!r}, expected 'learned' or 'rope'")
     elif position == "rope" and "rope_theta" not in ma:
         P.append("/model has position = 'rope' but no rope_theta attribute")
+    elif position == "rope" and not (isinstance(ma["rope_theta"], (int, float))
+                                     and math.isfinite(ma["rope_theta"]) and ma["rope_theta"] > 1):
+        P.append(f"/model attribute rope_theta = {ma['rope_theta']!r}, not a finite number > 1")
+    if ma.get("bias", 1) not in (0, 1):
+        P.append(f"/model attribute bias = {ma['bias']!r}, expected 0 or 1")
+    if not (isinstance(ma.get("mlp_hidden", 1), int) and ma.get("mlp_hidden", 1) >= 1):
+        P.append(f"/model attribute mlp_hidden = {ma['mlp_hidden']!r}, not a positive count")
     if ma.get("mlp", "gelu") not in ("gelu", "swiglu"):
         P.append(f"/model attribute mlp = {ma['mlp']!r}, expected 'gelu' or 'swiglu'")
     if ma.get("norm", "layernorm") not in ("layernorm", "rmsnorm"):

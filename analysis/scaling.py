@@ -22,7 +22,11 @@ from ._common import AnalysisError, fmt, markdown_table, prog_name, run_main, sa
 from .metrics import Metrics, load_runs, parse_grid, steady_tokens_per_sec
 
 MODEL_KEYS = ("model.n_layer", "model.n_head", "model.n_embd", "model.seq_len",
-              "model.vocab_size")
+              "model.vocab_size", "model.position", "model.norm", "model.bias", "model.mlp",
+              "model.mlp_hidden")
+# What a run from before a key existed had (its config does not name it).
+MODEL_DEFAULTS = {"model.position": "learned", "model.norm": "layernorm", "model.bias": "true",
+                  "model.mlp": "gelu", "model.mlp_hidden": "0"}
 
 
 def _run_label(m: Metrics) -> str:
@@ -51,9 +55,13 @@ def scaling_table(runs: list[Metrics], skip: int = 5, any_model: bool = False):
                      "steps_used": used, "tokens_per_sec": tps,
                      "tokens_per_sec_per_rank": tps / ranks})
     if not any_model and len(runs) > 1:
-        ref = {k: runs[0].config(k) for k in MODEL_KEYS}
+        def model_of(m):
+            return {k: m.config(k, MODEL_DEFAULTS.get(k)) for k in MODEL_KEYS}
+
+        ref = model_of(runs[0])
         for m in runs[1:]:
-            diff = [f"{k} {ref[k]} vs {m.config(k)}" for k in MODEL_KEYS if m.config(k) != ref[k]]
+            got = model_of(m)
+            diff = [f"{k} {ref[k]} vs {got[k]}" for k in MODEL_KEYS if got[k] != ref[k]]
             if diff:
                 raise AnalysisError(f"{m.path}: another model than {runs[0].path} "
                                     f"({'; '.join(diff)}); --any-model to compare anyway")

@@ -318,21 +318,18 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
         >"$RUN/curve_${be}_$pr.txt" 2>&1 || tail -8 "$RUN/curve_${be}_$pr.txt"
     done
     # The same 50 steps with optim.name = muon (Newton-Schulz through cuBLAS, its element-wise
-    # kernels) on the GPU against the CPU's.
-    for v in "${variants[@]}"; do
-      read -r be pr <<<"$v"
-      timeout "$(tmo 90 150)" "$B/triad-train" --config "$W/tiny.ini" --run.backend "$be" --run.precision "$pr" \
-        --optim.name muon --train.norms_every 10 --resume none --run.name "curve_${be}_${pr}_muon" --train.steps 50 \
-        --checkpoint.every 0 >"$RUN/curve_${be}_${pr}_muon.txt" 2>&1 || tail -8 "$RUN/curve_${be}_${pr}_muon.txt"
-    done
-    # And with Llama's blocks (model.position = rope, model.norm = rmsnorm, model.mlp = swiglu,
-    # model.bias = false: the rope and SwiGLU kernels, the LayerNorm kernels without centering or
-    # bias, products without bias epilogues).
-    for v in "${variants[@]}"; do
-      read -r be pr <<<"$v"
-      timeout "$(tmo 90 150)" "$B/triad-train" --config "$W/tiny.ini" --run.backend "$be" --run.precision "$pr" \
-        --model.position rope --model.norm rmsnorm --model.mlp swiglu --model.bias false --resume none --run.name "curve_${be}_${pr}_rope" --train.steps 50 \
-        --checkpoint.every 0 >"$RUN/curve_${be}_${pr}_rope.txt" 2>&1 || tail -8 "$RUN/curve_${be}_${pr}_rope.txt"
+    # kernels), and with Llama's blocks (model.position = rope, model.norm = rmsnorm, model.mlp =
+    # swiglu, model.bias = false: the rope and SwiGLU kernels, the LayerNorm kernels without
+    # centering or bias, products without bias epilogues), on the GPU against the CPU's.
+    for tag in muon rope; do
+      opts=(--optim.name muon --train.norms_every 10)
+      [[ $tag == rope ]] && opts=(--model.position rope --model.norm rmsnorm --model.mlp swiglu --model.bias false)
+      for v in "${variants[@]}"; do
+        read -r be pr <<<"$v"
+        timeout "$(tmo 90 150)" "$B/triad-train" --config "$W/tiny.ini" --run.backend "$be" --run.precision "$pr" \
+          "${opts[@]}" --resume none --run.name "curve_${be}_${pr}_$tag" --train.steps 50 \
+          --checkpoint.every 0 >"$RUN/curve_${be}_${pr}_$tag.txt" 2>&1 || tail -8 "$RUN/curve_${be}_${pr}_$tag.txt"
+      done
     done
     # Generation with the cache of keys and values (triad-generate --backend cuda, the decoding
     # attention kernel): greedy tokens of the same checkpoint on the CPU and the GPU, fp32 and

@@ -158,14 +158,14 @@ int main(int argc, char** argv) {
     shape.bias = m.bias;
     shape.swiglu = m.mlp == "swiglu";
     shape.mlp_hidden = int(m.mlp_hidden);
-    TRIAD_CHECK(m.mlp_hidden % tp == 0, "--tp ", tp, " does not divide the model's ", m.mlp_hidden,
-                " MLP hidden units");
     TRIAD_CHECK(!bf16 || m.n_embd % 2 == 0,
                 "--precision bf16 needs an even n_embd (the checkpoint's is ", m.n_embd, ")");
     TRIAD_CHECK(m.n_head % tp == 0, "--tp ", tp, " does not divide the model's ", m.n_head,
                 " heads");
     TRIAD_CHECK(m.n_layer % pp == 0, "--pp ", pp, " does not divide the model's ", m.n_layer,
                 " layers");
+    TRIAD_CHECK(m.mlp_hidden % tp == 0, "--tp ", tp, " does not divide the model's ", m.mlp_hidden,
+                " MLP hidden units");
     triad::ProcessGrid grid(world, tp, pp);
     // On a GPU the ranks of a node take its devices in turn; their tensors go through MPI staged
     // in host memory (generation moves one row per token between ranks).

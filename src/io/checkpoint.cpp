@@ -947,7 +947,8 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
           io::write_string_attr(model, "norm", state.model.norm);
           io::write_int64_attr(model, "bias", state.model.bias ? 1 : 0);
           io::write_string_attr(model, "mlp", state.model.mlp);
-          io::write_int64_attr(model, "mlp_hidden", state.model.mlp_hidden);
+          if (state.model.mlp_hidden > 0)  // 0: not given (the default, 4·n_embd)
+            io::write_int64_attr(model, "mlp_hidden", state.model.mlp_hidden);
         }
         size_t i = 0;
         for (const TensorGroup& g : groups) {

@@ -252,6 +252,11 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
   TRIAD_ASSERT(shape.n_embd % shape.n_head == 0 && max_batch >= 1);
   TRIAD_ASSERT(shape.padded_vocab_size >= shape.vocab_size);
   TRIAD_ASSERT(mp.tp >= 1 && shape.n_head % mp.tp == 0 && shape.padded_vocab_size % mp.tp == 0);
+  TRIAD_CHECK(shape.hidden() % mp.tp == 0, "the MLP's ", shape.hidden(),
+              " hidden units do not split over tp = ", mp.tp);
+  TRIAD_CHECK(!shape.rope || (shape.n_embd / shape.n_head) % 2 == 0,
+              "rotary positions need an even head dimension (n_embd / n_head = ",
+              shape.n_embd / shape.n_head, ")");
   TRIAD_ASSERT(mp.pp >= 1 && mp.virtual_stages >= 1);
   TRIAD_ASSERT(mp.stage_layers.empty()
                    ? shape.n_layer % mp.chunks() == 0
@@ -310,9 +315,6 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
   if (const size_t n = inference_ ? 0 : tied_scratch_floats(shape, mp); n > 0)
     tied_scratch_ = be_.alloc(n);
   if (shape_.rope) {
-    TRIAD_CHECK((shape.n_embd / shape.n_head) % 2 == 0,
-                "rotary positions need an even head dimension (n_embd / n_head = ",
-                shape.n_embd / shape.n_head, ")");
     const std::vector<float> table = rope_table(shape_);
     rope_table_ = be_.alloc(table.size());
     be_.copy_from_host(rope_table_, table.data(), table.size());

@@ -14,7 +14,8 @@
 // tp = 1) added to it. A model for forward passes only (ActivationOptions::inference) has one set
 // per chunk, no backward scratch, and every layer's internals in the shared scratch but its q|k|v,
 // which decoding keeps. Widths are this rank's tensor-parallel shards:
-// attention C/tp, MLP 4C/tp, vocabulary Vp/tp; the residual stream is full width C.
+// attention C/tp, MLP fc_rows/tp and hidden/tp (4C/tp for GPT-2), vocabulary Vp/tp; the residual
+// stream is full width C.
 #pragma once
 
 #include <type_traits>
@@ -40,7 +41,7 @@ struct Gpt::Set {
     A* residual3;                // residual2 + mlp: the layer's output
     // A split backward (zero-bubble schedule): the output gradients of the four linear layers,
     // over all rows, that the input-gradient pass leaves for the weight pass — mlp.c_proj's
-    // (C), c_fc's pre-activation (4C/tp), attn.c_proj's (C) and c_attn's (3C/tp).
+    // (C), c_fc's pre-activation (fc_rows/tp), attn.c_proj's (C) and c_attn's (3C/tp).
     A *dfcproj = nullptr, *dfch = nullptr, *dproj = nullptr, *dqkv = nullptr;
   };
   A* input = nullptr;  // the chunk's input: wte[tok] + wpe[pos], or received

@@ -271,9 +271,11 @@ bool Config::bf16() const {
 }
 
 int Config::mlp_hidden_size() const {
-  if (model.mlp_hidden > 0) return model.mlp_hidden;
-  if (model.mlp != "swiglu") return 4 * model.n_embd;
-  return (8 * model.n_embd + 3 * 64 - 1) / (3 * 64) * 64;
+  GptShape s;
+  s.n_embd = model.n_embd;
+  s.swiglu = model.mlp == "swiglu";
+  s.mlp_hidden = model.mlp_hidden;
+  return s.hidden();
 }
 
 int Config::padded_vocab_size() const {
@@ -513,6 +515,12 @@ void validate(const Config& c, int world_size) {
   check(c.mlp_hidden_size() % std::max(1, par.tp) == 0, "parallel.tp",
         "(" + std::to_string(par.tp) + ") must divide the MLP's hidden units (" +
             std::to_string(c.mlp_hidden_size()) + ", model.mlp_hidden)");
+  // Muon orthogonalizes a column-split matrix (mlp.c_proj, [C, hidden]) as its column blocks,
+  // which needs it no taller than wide.
+  check(c.optim.name != "muon" || par.tp == 1 || c.mlp_hidden_size() >= m.n_embd, "optim.name",
+        "muon with parallel.tp > 1 needs the MLP's hidden units (" +
+            std::to_string(c.mlp_hidden_size()) + ") >= model.n_embd (" + std::to_string(m.n_embd) +
+            "): mlp.c_proj is split by its columns");
   const int chunks = std::max(1, par.pp * par.virtual_stages);
   int most_layers = m.n_layer / chunks;  // the most layers of a pipeline chunk
   if (par.stage_layers.find_first_not_of(" \t") == std::string::npos) {  // equal chunks

@@ -199,97 +199,84 @@ TEST(ModelParallel, EveryGridMatchesOneRank) {
   }
 }
 
+void expect_close_losses(const Result& a, const Result& b, double rel, const std::string& what);
+
+// An architecture variant (its --model.* options) trained on every grid of `grids`, and with
+// each recomputation mode of `recompute` on a sequence-parallel 1×2×2 grid, against one rank;
+// in bf16 on 2×2×2 (sequence parallel when `sp`) against fp32 and one rank; and its 2×2×2 step-3
+// checkpoint resumed on `resume_to` as the 2×2×2 run continued. Returns the one-rank run.
+Result check_variant(const std::string& name, const std::vector<std::string>& options,
+                     const std::vector<Grid>& grids, const std::vector<std::string>& recompute,
+                     bool sp, const Grid& resume_to) {
+  const std::string dir = shared_dir(name);
+  auto with = [&](std::vector<std::string> a) {
+    a.insert(a.begin(), options.begin(), options.end());
+    return a;
+  };
+  const std::vector<std::string> fresh = with({"--resume", "none"});
+  const Result ref = run(dir, name + "_ref", Grid{}, fresh);
+  EXPECT_EQ(ref.losses.size(), 6u) << name;
+  for (const Grid& g : grids) {
+    if (g.ranks() > world_size()) continue;
+    expect_same_training(run(dir, name + "_" + g.name(), g, fresh), ref, name + " " + g.name());
+  }
+  const Grid sp122{1, 2, 2, 0, 2, "1f1b", 1, true};
+  for (const std::string& mode : recompute)
+    if (sp122.ranks() <= world_size())
+      expect_same_training(run(dir, name + "_" + mode + "_" + sp122.name(), sp122,
+                               with({"--resume", "none", "--train.recompute", mode})),
+                           ref, name + " recompute " + mode + " " + sp122.name());
+  const Grid big{2, 2, 2, 1, 2, "1f1b", 1, sp};
+  if (big.ranks() > world_size()) return ref;
+  const std::vector<std::string> bf16 = with({"--resume", "none", "--run.precision", "bf16"});
+  const Result bf1 = run(dir, name + "_bf16_ref", Grid{}, bf16);
+  expect_close_losses(bf1, ref, 1e-3, name + " bf16 against fp32");
+  expect_close_losses(run(dir, name + "_bf16_" + big.name(), big, bf16), bf1, 5e-4,
+                      name + " bf16 " + big.name());
+  Result tail = run(dir, name + "_full222", big, fresh);
+  tail.losses.erase(tail.losses.begin(), tail.losses.begin() + 3);
+  const std::string ckpt = dir + "/runs/" + name + "_full222/ckpt/step_00000003.h5";
+  const Result r = run(dir, name + "_from222", resume_to, with({"--resume", ckpt}));
+  EXPECT_EQ(r.losses.size(), 3u) << name;
+  expect_same_training(r, tail, name + " from 2x2x2 to " + resume_to.name());
+  return ref;
+}
+
 // Rotary positions (model.position = rope): no wpe on the first stage, q and k rotated in every
 // layer on each rank's local heads (and the gradient rotated back), on any grid, with full
 // recomputation (which rotates again), under zero bubble's split backward (the kept c_attn
-// output gradient is the rotated-back one), and in bf16. A rope checkpoint saved on 2×2×2
-// resumes on one rank.
-void expect_close_losses(const Result& a, const Result& b, double rel, const std::string& what);
-
+// output gradient is the rotated-back one), and in bf16; a 2×2×2 checkpoint resumes on one rank.
+// The same run with learned positions differs: the rotation is not a no-op.
 TEST(ModelParallel, RotaryPositionsMatchOneRankOnEveryGrid) {
-  const std::string dir = shared_dir("rope");
-  const std::vector<std::string> rope = {"--resume",           "none", "--model.position", "rope",
-                                         "--model.rope_theta", "100"};
-  auto with = [&](std::vector<std::string> a) {
-    a.insert(a.begin(), rope.begin() + 2, rope.end());
-    return a;
-  };
-  const Result ref = run(dir, "rope_ref", Grid{}, rope);
-  ASSERT_EQ(ref.losses.size(), 6u);
-  // The same run with learned positions differs: the rotation is not a no-op.
-  const Result learned = run(dir, "learned_ref", Grid{});
+  const Result ref =
+      check_variant("rope", {"--model.position", "rope", "--model.rope_theta", "100"},
+                    {{2, 1, 1, 1, 2, "1f1b", 1},
+                     {1, 2, 1, 0, 1, "1f1b", 1},
+                     {1, 4, 1, 1, 2, "1f1b", 1},
+                     {1, 1, 2, 0, 4, "1f1b", 1},
+                     {1, 1, 2, 1, 4, "interleaved", 2},
+                     {1, 2, 1, 0, 2, "1f1b", 1, true},
+                     {2, 2, 2, 1, 2, "1f1b", 1},
+                     {1, 1, 4, 0, 4, "zb-h1", 1}},
+                    {"full"}, false, Grid{});
+  const Result learned = run(shared_dir("rope"), "learned_ref", Grid{});
+  ASSERT_FALSE(ref.losses.empty());
   EXPECT_GT(std::abs(learned.losses.back() - ref.losses.back()), 1e-3);
-  const std::vector<Grid> grids = {
-      {2, 1, 1, 1, 2, "1f1b", 1},        {1, 2, 1, 0, 1, "1f1b", 1},
-      {1, 4, 1, 1, 2, "1f1b", 1},        {1, 1, 2, 0, 4, "1f1b", 1},
-      {1, 1, 2, 1, 4, "interleaved", 2}, {1, 2, 1, 0, 2, "1f1b", 1, true},
-      {2, 2, 2, 1, 2, "1f1b", 1},        {1, 1, 4, 0, 4, "zb-h1", 1}};
-  for (const Grid& g : grids) {
-    if (g.ranks() > world_size()) continue;
-    expect_same_training(run(dir, "rope_" + g.name(), g, rope), ref, "rope " + g.name());
-  }
-  const Grid sp{1, 2, 2, 0, 2, "1f1b", 1, true};
-  if (sp.ranks() <= world_size())
-    expect_same_training(run(dir, "rope_full_" + sp.name(), sp,
-                             with({"--resume", "none", "--train.recompute", "full"})),
-                         ref, "rope recompute full " + sp.name());
-  const Grid big{2, 2, 2, 1, 2, "1f1b", 1};
-  if (big.ranks() > world_size()) return;
-  const Result bf1 = run(dir, "rope_bf16_ref", Grid{}, with({"--run.precision", "bf16"}));
-  const Result bf = run(dir, "rope_bf16_" + big.name(), big, with({"--run.precision", "bf16"}));
-  expect_close_losses(bf1, ref, 1e-3, "rope bf16 against fp32");
-  expect_close_losses(bf, bf1, 5e-4, "rope bf16 " + big.name());
-  // Resume: the 2x2x2 run's step-3 checkpoint on one rank continues as the 2x2x2 run did.
-  const Result full = run(dir, "rope_full222", big, rope);
-  Result tail = full;
-  tail.losses.erase(tail.losses.begin(), tail.losses.begin() + 3);
-  const std::string ckpt = dir + "/runs/rope_full222/ckpt/step_00000003.h5";
-  const Result one = run(dir, "rope_from222", Grid{}, with({"--resume", ckpt}));
-  ASSERT_EQ(one.losses.size(), 3u);
-  expect_same_training(one, tail, "rope from 2x2x2 to 1x1x1");
 }
 
 // RMSNorm (model.norm = rmsnorm): no LayerNorm biases and no means kept, on every grid; under
 // sequence parallelism its weight gradients alone cross the tensor-parallel group. With rotary
-// positions (Llama's combination), in bf16 too, and resumed on another grid.
+// positions (Llama's combination).
 TEST(ModelParallel, RmsNormMatchesOneRankOnEveryGrid) {
-  const std::string dir = shared_dir("rmsnorm");
-  const std::vector<std::string> rms = {"--resume",         "none", "--model.norm", "rmsnorm",
-                                        "--model.position", "rope"};
-  auto with = [&](std::vector<std::string> a) {
-    a.insert(a.begin(), rms.begin() + 2, rms.end());
-    return a;
-  };
-  const Result ref = run(dir, "rms_ref", Grid{}, rms);
-  ASSERT_EQ(ref.losses.size(), 6u);
-  const std::vector<Grid> grids = {
-      {2, 1, 1, 1, 2, "1f1b", 1},        {1, 2, 1, 0, 1, "1f1b", 1},
-      {1, 2, 1, 1, 2, "1f1b", 1, true},  {1, 1, 2, 0, 4, "1f1b", 1},
-      {1, 1, 2, 1, 4, "interleaved", 2}, {2, 2, 2, 1, 2, "1f1b", 1, true},
-      {1, 1, 4, 0, 4, "zb-h1", 1}};
-  for (const Grid& g : grids) {
-    if (g.ranks() > world_size()) continue;
-    expect_same_training(run(dir, "rms_" + g.name(), g, rms), ref, "rmsnorm " + g.name());
-  }
-  const Grid sp{1, 2, 2, 0, 2, "1f1b", 1, true};
-  if (sp.ranks() <= world_size())
-    expect_same_training(run(dir, "rms_full_" + sp.name(), sp,
-                             with({"--resume", "none", "--train.recompute", "full"})),
-                         ref, "rmsnorm recompute full " + sp.name());
-  const Grid big{2, 2, 2, 1, 2, "1f1b", 1, true};
-  if (big.ranks() > world_size()) return;
-  const Result bf1 = run(dir, "rms_bf16_ref", Grid{}, with({"--run.precision", "bf16"}));
-  const Result bf = run(dir, "rms_bf16_" + big.name(), big, with({"--run.precision", "bf16"}));
-  expect_close_losses(bf1, ref, 1e-3, "rmsnorm bf16 against fp32");
-  expect_close_losses(bf, bf1, 5e-4, "rmsnorm bf16 " + big.name());
-  const Result full = run(dir, "rms_full222", big, rms);
-  Result tail = full;
-  tail.losses.erase(tail.losses.begin(), tail.losses.begin() + 3);
-  const std::string ckpt = dir + "/runs/rms_full222/ckpt/step_00000003.h5";
-  const Grid four{1, 4, 1, 0, 2, "1f1b", 1};
-  const Result r = run(dir, "rms_from222", four, with({"--resume", ckpt}));
-  ASSERT_EQ(r.losses.size(), 3u);
-  expect_same_training(r, tail, "rmsnorm from 2x2x2 to " + four.name());
+  check_variant("rmsnorm", {"--model.norm", "rmsnorm", "--model.position", "rope"},
+                {{2, 1, 1, 1, 2, "1f1b", 1},
+                 {1, 2, 1, 0, 1, "1f1b", 1},
+                 {1, 2, 1, 1, 2, "1f1b", 1, true},
+                 {1, 1, 2, 0, 4, "1f1b", 1},
+                 {1, 1, 2, 1, 4, "interleaved", 2},
+                 {2, 2, 2, 1, 2, "1f1b", 1, true},
+                 {1, 1, 4, 0, 4, "zb-h1", 1}},
+                {"full"}, true, Grid{1, 4, 1, 0, 2, "1f1b", 1});
 }
 
 // model.bias = false: no bias tensors at all (the row-parallel layers' bias "added once" is
@@ -320,57 +307,27 @@ TEST(ModelParallel, NoBiasMatchesOneRankOnEveryGrid) {
 // SwiGLU (model.mlp = swiglu): c_fc's rows are two blocks (gate, up), each split over the
 // tensor-parallel ranks, so every rank pairs its own gate and up units; c_proj is split by its
 // input columns as before. Llama's blocks (rope, RMSNorm, no biases, SwiGLU with 80 hidden
-// units) on every grid against one rank, with Muon (which gathers the blocked rows), bf16, and a
-// checkpoint resumed across grids.
+// units) on every grid against one rank, recomputing the layer or the activation, with Muon
+// (which gathers the blocked rows), in bf16, and resumed across grids.
 TEST(ModelParallel, SwigluMatchesOneRankOnEveryGrid) {
+  const std::vector<std::string> llama = {"--model.mlp",  "swiglu",  "--model.mlp_hidden", "80",
+                                          "--model.norm", "rmsnorm", "--model.position",   "rope",
+                                          "--model.bias", "false"};
+  check_variant("swiglu", llama,
+                {{2, 1, 1, 1, 2, "1f1b", 1},
+                 {1, 2, 1, 0, 1, "1f1b", 1},
+                 {1, 4, 1, 1, 2, "1f1b", 1, true},
+                 {1, 1, 2, 0, 4, "zb-h1", 1},
+                 {2, 2, 2, 1, 2, "interleaved", 2}},
+                {"full", "gelu"}, false, Grid{1, 4, 1, 0, 2, "1f1b", 1});
+  std::vector<std::string> muon = llama;
+  muon.insert(muon.end(), {"--resume", "none", "--optim.name", "muon", "--optim.muon_lr", "0.02"});
   const std::string dir = shared_dir("swiglu");
-  const std::vector<std::string> sw = {"--resume",           "none", "--model.mlp",  "swiglu",
-                                       "--model.mlp_hidden", "80",   "--model.norm", "rmsnorm",
-                                       "--model.position",   "rope", "--model.bias", "false"};
-  auto with = [&](std::vector<std::string> a) {
-    a.insert(a.begin(), sw.begin() + 2, sw.end());
-    return a;
-  };
-  const Result ref = run(dir, "sw_ref", Grid{}, sw);
-  ASSERT_EQ(ref.losses.size(), 6u);
-  for (const Grid& g : std::vector<Grid>{{2, 1, 1, 1, 2, "1f1b", 1},
-                                         {1, 2, 1, 0, 1, "1f1b", 1},
-                                         {1, 4, 1, 1, 2, "1f1b", 1, true},
-                                         {1, 1, 2, 0, 4, "zb-h1", 1},
-                                         {2, 2, 2, 1, 2, "interleaved", 2}}) {
-    if (g.ranks() > world_size()) continue;
-    expect_same_training(run(dir, "sw_" + g.name(), g, sw), ref, "swiglu " + g.name());
-  }
-  const Grid sp{1, 2, 2, 0, 2, "1f1b", 1, true};
-  if (sp.ranks() <= world_size()) {
-    expect_same_training(run(dir, "sw_full_" + sp.name(), sp,
-                             with({"--resume", "none", "--train.recompute", "full"})),
-                         ref, "swiglu recompute full " + sp.name());
-    expect_same_training(run(dir, "sw_gelu_" + sp.name(), sp,
-                             with({"--resume", "none", "--train.recompute", "gelu"})),
-                         ref, "swiglu recompute of the activation " + sp.name());
-  }
-  const std::vector<std::string> muon =
-      with({"--resume", "none", "--optim.name", "muon", "--optim.muon_lr", "0.02"});
   const Result mref = run(dir, "sw_muon_ref", Grid{}, muon);
   const Grid tp2{2, 2, 1, 1, 2, "1f1b", 1};
   if (tp2.ranks() <= world_size())
     expect_same_training(run(dir, "sw_muon_" + tp2.name(), tp2, muon), mref,
                          "swiglu muon " + tp2.name());
-  const Grid big{2, 2, 2, 1, 2, "1f1b", 1};
-  if (big.ranks() > world_size()) return;
-  const Result bf1 = run(dir, "sw_bf16_ref", Grid{}, with({"--run.precision", "bf16"}));
-  const Result bf = run(dir, "sw_bf16_" + big.name(), big, with({"--run.precision", "bf16"}));
-  expect_close_losses(bf1, ref, 1e-3, "swiglu bf16 against fp32");
-  expect_close_losses(bf, bf1, 5e-4, "swiglu bf16 " + big.name());
-  const Result full = run(dir, "sw_full222", big, sw);
-  Result tail = full;
-  tail.losses.erase(tail.losses.begin(), tail.losses.begin() + 3);
-  const std::string ckpt = dir + "/runs/sw_full222/ckpt/step_00000003.h5";
-  const Grid four{1, 4, 1, 0, 2, "1f1b", 1};
-  const Result r = run(dir, "sw_from222", four, with({"--resume", ckpt}));
-  ASSERT_EQ(r.losses.size(), 3u);
-  expect_same_training(r, tail, "swiglu from 2x2x2 to " + four.name());
 }
 
 TEST(ModelParallel, CheckpointsReshardAcrossTensorAndPipelineGrids) {

@@ -213,48 +213,39 @@ def test_bad_data(tmp_path):
 
 
 def test_resume_after_interruption_matches_uninterrupted(tmp_path):
+    resume_matches_uninterrupted(tmp_path)
+
+
+def resume_matches_uninterrupted(tmp_path, *args):
+    """Runs the tiny config with args straight through (run 'straight') and again ('part'),
+    removes part's checkpoints after step 10 as if the job had died right after writing it,
+    resumes it (--resume auto) and checks that losses and final weights are bit-identical.
+    Returns part's config."""
     straight = tiny_config(tmp_path, name="straight")
-    train("--config", straight, check=True)
-    # The interrupted run: the same config; its newest checkpoints after step 10 are removed,
-    # as if the job had died right after writing step 10.
+    train("--config", straight, *args, check=True)
     part = tiny_config(tmp_path, name="part")
-    train("--config", part, check=True)
-    ckpt = tmp_path / "runs" / "part" / "ckpt"
+    train("--config", part, *args, check=True)
+    ckpt_dir = tmp_path / "runs" / "part" / "ckpt"
     for step in (15, 20):
-        (ckpt / f"step_{step:08d}.h5").unlink()
-    (ckpt / "latest").write_text("step_00000010.h5\n")
-    p = train("--config", part, check=True)  # --resume auto
+        (ckpt_dir / f"step_{step:08d}.h5").unlink()
+    (ckpt_dir / "latest").write_text("step_00000010.h5\n")
+    p = train("--config", part, *args, check=True)
     assert "resumed from" in p.stdout and "step 10" in p.stdout, p.stdout
     s1, l1 = losses(tmp_path / "runs" / "straight")
     s2, l2 = losses(tmp_path / "runs" / "part")
     assert list(s1) == list(range(20)) and list(s2) == list(range(20))
     assert np.array_equal(l1, l2), (l1, l2)  # bit-identical
     w1 = weights(tmp_path / "runs" / "straight" / "ckpt" / "step_00000020.h5")
-    w2 = weights(ckpt / "step_00000020.h5")
+    w2 = weights(ckpt_dir / "step_00000020.h5")
     assert w1.keys() == w2.keys()
     for k in w1:
         assert np.array_equal(w1[k], w2[k]), k
+    return part
 
 
 def test_muon_resumes_bit_exactly_and_refuses_another_optimizers_state(tmp_path):
     muon = ["--optim.name", "muon", "--optim.muon_lr", "0.02"]
-    straight = tiny_config(tmp_path, name="straight")
-    train("--config", straight, *muon, check=True)
-    part = tiny_config(tmp_path, name="part")
-    train("--config", part, *muon, check=True)
-    ckpt_dir = tmp_path / "runs" / "part" / "ckpt"
-    for step in (15, 20):  # as if the job had died right after writing step 10
-        (ckpt_dir / f"step_{step:08d}.h5").unlink()
-    (ckpt_dir / "latest").write_text("step_00000010.h5\n")
-    p = train("--config", part, *muon, check=True)  # --resume auto
-    assert "resumed from" in p.stdout and "step 10" in p.stdout, p.stdout
-    _, l1 = losses(tmp_path / "runs" / "straight")
-    _, l2 = losses(tmp_path / "runs" / "part")
-    assert np.array_equal(l1, l2), (l1, l2)
-    w1 = weights(tmp_path / "runs" / "straight" / "ckpt" / "step_00000020.h5")
-    w2 = weights(tmp_path / "runs" / "part" / "ckpt" / "step_00000020.h5")
-    for k in w1:
-        assert np.array_equal(w1[k], w2[k]), k
+    part = resume_matches_uninterrupted(tmp_path, *muon)
     # Muon's state: momentum for the matrices, m and v for the rest.
     with h5py.File(tmp_path / "runs" / "part" / "ckpt" / "step_00000020.h5", "r") as f:
         assert set(f["optimizer"].keys()) == {"m", "v", "momentum"}
@@ -275,20 +266,8 @@ def test_muon_resumes_bit_exactly_and_refuses_another_optimizers_state(tmp_path)
 
 def test_rotary_positions_resume_bit_exactly_and_refuse_the_other_positions(tmp_path):
     rope = ["--model.position", "rope", "--model.rope_theta", "500"]
-    straight = tiny_config(tmp_path, name="straight")
-    train("--config", straight, *rope, check=True)
-    part = tiny_config(tmp_path, name="part")
-    train("--config", part, *rope, check=True)
-    ckpt_dir = tmp_path / "runs" / "part" / "ckpt"
-    for step in (15, 20):  # as if the job had died right after writing step 10
-        (ckpt_dir / f"step_{step:08d}.h5").unlink()
-    (ckpt_dir / "latest").write_text("step_00000010.h5\n")
-    p = train("--config", part, *rope, check=True)  # --resume auto
-    assert "resumed from" in p.stdout and "step 10" in p.stdout, p.stdout
-    _, l1 = losses(tmp_path / "runs" / "straight")
-    _, l2 = losses(tmp_path / "runs" / "part")
-    assert np.array_equal(l1, l2), (l1, l2)
-    ckpt = ckpt_dir / "step_00000020.h5"
+    part = resume_matches_uninterrupted(tmp_path, *rope)
+    ckpt = tmp_path / "runs" / "part" / "ckpt" / "step_00000020.h5"
     w = weights(ckpt)
     assert "wpe" not in w and "wte/weight" in w
     with h5py.File(ckpt, "r") as f:
@@ -351,6 +330,9 @@ def test_rmsnorm_checkpoints_hold_no_norm_biases_and_refuse_layernorm(tmp_path):
                              "--init-from", sw, "--run.name", "v"), "model.mlp = swiglu with 96")
     assert_clean_error(train("--config", cfg, "--model.mlp_hidden", "33", "--parallel.tp", "2",
                              "--plan", "--plan-ranks", "2"), "parallel.tp", "MLP's hidden units (33")
+    assert_clean_error(train("--config", cfg, "--model.mlp_hidden", "16", "--parallel.tp", "2",
+                             "--optim.name", "muon", "--plan", "--plan-ranks", "2"),
+                       "optim.name", "hidden units (16) >= model.n_embd (32)")
 
 
 def _spiky_run(tmp_path, name, **train):

@@ -71,7 +71,7 @@ struct ModelShape {
   // Attribute bias (int64 1 | 0; absent in files from before model.bias: 1).
   bool bias = true;
   // Attributes mlp ("gelu" | "swiglu"; absent in older files: gelu) and mlp_hidden (int64, the
-  // hidden units; absent: 4·n_embd).
+  // hidden units; absent: 4·n_embd; written when > 0).
   std::string mlp = "gelu";
   int64_t mlp_hidden = 0;
 };

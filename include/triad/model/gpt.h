@@ -28,12 +28,16 @@ struct GptShape {
   // Biases (model.bias): false drops every bias, of the linear layers and of the LayerNorms
   // (nanoGPT's bias = False; Llama has none either).
   bool bias = true;
-  // The MLP (model.mlp, model.mlp_hidden): GPT-2's gelu(x·W_fcᵀ + b)·W_projᵀ with hidden width
-  // mlp_hidden (0: 4·n_embd), or SwiGLU (swiglu: c_fc holds the gate rows, then the up rows,
-  // each mlp_hidden of them; (silu(gate)·up)·W_projᵀ, as Llama).
+  // The MLP (model.mlp, model.mlp_hidden): GPT-2's gelu(x·W_fcᵀ + b)·W_projᵀ, or SwiGLU (swiglu:
+  // c_fc holds the gate rows, then the up rows; (silu(gate)·up)·W_projᵀ, as Llama), with hidden()
+  // units: mlp_hidden, or by default 4·n_embd for GELU and for SwiGLU the multiple of 64 at or
+  // above 8·n_embd/3 (Llama's rule: about GELU's parameter count).
   bool swiglu = false;
   int mlp_hidden = 0;
-  int hidden() const { return mlp_hidden > 0 ? mlp_hidden : 4 * n_embd; }
+  int hidden() const {
+    if (mlp_hidden > 0) return mlp_hidden;
+    return swiglu ? (8 * n_embd + 3 * 64 - 1) / (3 * 64) * 64 : 4 * n_embd;
+  }
   int fc_rows() const { return swiglu ? 2 * hidden() : hidden(); }  // c_fc's output width
 };
 

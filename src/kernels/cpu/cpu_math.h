@@ -13,7 +13,16 @@
 #include <cstdint>
 #include <cstring>
 
+#include "triad/core/bf16.h"
+
 namespace triad::cpu {
+
+// An element of an fp32 or bf16 buffer as a float, and a float stored into one (bf16: rounded
+// to nearest even): what elementwise kernels templated on the element type read and write.
+inline float load_elem(const float* p) { return *p; }
+inline float load_elem(const bf16_t* p) { return to_float(*p); }
+inline void store_elem(float* p, float v) { *p = v; }
+inline void store_elem(bf16_t* p, float v) { *p = triad::to_bf16(v); }
 
 // Loops shorter than this run on one thread: starting an OpenMP team costs a few microseconds,
 // more than the work of a bias- or LayerNorm-sized vector.

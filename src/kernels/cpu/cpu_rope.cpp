@@ -7,11 +7,6 @@
 namespace triad::cpu {
 namespace {
 
-inline float load(const float* p) { return *p; }
-inline float load(const bf16_t* p) { return to_float(*p); }
-inline void store(float* p, float v) { *p = v; }
-inline void store(bf16_t* p, float v) { *p = triad::to_bf16(v); }
-
 template <class E>
 void rope_rows(E* qkv, const float* table, int N, int T, int pos0, int C, int NH, bool inverse) {
   const int hd = C / NH, half = hd / 2;
@@ -25,9 +20,9 @@ void rope_rows(E* qkv, const float* table, int N, int T, int pos0, int C, int NH
       E* x = row + size_t(j) * hd;
       for (int i = 0; i < half; ++i) {
         const float c = cs[i], s = sign * cs[half + i];
-        const float a = load(x + i), b = load(x + half + i);
-        store(x + i, a * c - b * s);
-        store(x + half + i, b * c + a * s);
+        const float a = load_elem(x + i), b = load_elem(x + half + i);
+        store_elem(x + i, a * c - b * s);
+        store_elem(x + half + i, b * c + a * s);
       }
     }
   }

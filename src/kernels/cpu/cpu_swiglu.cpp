@@ -9,11 +9,6 @@
 namespace triad::cpu {
 namespace {
 
-inline float load(const float* p) { return *p; }
-inline float load(const bf16_t* p) { return to_float(*p); }
-inline void store(float* p, float v) { *p = v; }
-inline void store(bf16_t* p, float v) { *p = triad::to_bf16(v); }
-
 inline float sigmoid(float g) { return 1.0f / (1.0f + std::exp(-g)); }
 
 template <class E>
@@ -24,8 +19,8 @@ void forward_rows(E* out, const E* pre, int N, int H) {
     const E* up = gate + H;
     E* o = out + size_t(n) * H;
     for (int j = 0; j < H; ++j) {
-      const float g = load(gate + j);
-      store(o + j, g * sigmoid(g) * load(up + j));
+      const float g = load_elem(gate + j);
+      store_elem(o + j, g * sigmoid(g) * load_elem(up + j));
     }
   }
 }
@@ -41,10 +36,10 @@ void backward_rows(E* dpre, const E* pre, const E* dout, int N, int H, bool accu
     E* dg = dpre + size_t(n) * 2 * H;
     E* du = dg + H;
     for (int j = 0; j < H; ++j) {
-      const float g = load(gate + j), s = sigmoid(g), dj = load(d + j);
-      const float vg = dj * load(up + j) * s * (1.0f + g * (1.0f - s)), vu = dj * g * s;
-      store(dg + j, accumulate ? load(dg + j) + vg : vg);
-      store(du + j, accumulate ? load(du + j) + vu : vu);
+      const float g = load_elem(gate + j), s = sigmoid(g), dj = load_elem(d + j);
+      const float vg = dj * load_elem(up + j) * s * (1.0f + g * (1.0f - s)), vu = dj * g * s;
+      store_elem(dg + j, accumulate ? load_elem(dg + j) + vg : vg);
+      store_elem(du + j, accumulate ? load_elem(du + j) + vu : vu);
     }
   }
 }
