@@ -540,6 +540,9 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
         raise ConvertError(f"{path}: the model's MLP is {a.get('mlp', 'gelu')} with "
                            f"{a.get('mlp_hidden')} hidden units (model.mlp, model.mlp_hidden); "
                            f"GPT-2's formats hold a GELU MLP of 4·n_embd units only")
+    if int(a.get("tie_embeddings", 1)) != 1:
+        raise ConvertError(f"{path}: the model has an output layer of its own "
+                           f"(model.tie_embeddings = false); GPT-2's formats tie it to wte")
     # model.bias = false: GPT-2 with every bias zero computes exactly that model.
     no_bias = int(a.get("bias", 1)) == 0
     full = shapes(d)

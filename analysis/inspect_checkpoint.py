@@ -90,6 +90,8 @@ def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
         for i in range(L):
             p = f"h/{i}/mlp/"
             s.update({p + "c_fc/weight": (F, C), p + "c_fc/bias": (F,), p + "c_proj/weight": (C, H)})
+    if int(a.get("tie_embeddings", 1)) == 0:  # an output layer of its own
+        s["lm_head/weight"] = (V, C)
     if int(a.get("bias", 1)) == 0:  # model.bias = false
         s = {k: v for k, v in s.items() if not k.endswith("/bias")}
     return s
@@ -269,8 +271,9 @@ def _check(rep: Report) -> None:
     elif position == "rope" and not (isinstance(ma["rope_theta"], (int, float))
                                      and math.isfinite(ma["rope_theta"]) and ma["rope_theta"] > 1):
         P.append(f"/model attribute rope_theta = {ma['rope_theta']!r}, not a finite number > 1")
-    if ma.get("bias", 1) not in (0, 1):
-        P.append(f"/model attribute bias = {ma['bias']!r}, expected 0 or 1")
+    for flag in ("bias", "tie_embeddings"):
+        if ma.get(flag, 1) not in (0, 1):
+            P.append(f"/model attribute {flag} = {ma[flag]!r}, expected 0 or 1")
     if not (isinstance(ma.get("mlp_hidden", 1), int) and ma.get("mlp_hidden", 1) >= 1):
         P.append(f"/model attribute mlp_hidden = {ma['mlp_hidden']!r}, not a positive count")
     if ma.get("mlp", "gelu") not in ("gelu", "swiglu"):

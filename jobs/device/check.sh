@@ -319,11 +319,13 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
     done
     # The same 50 steps with optim.name = muon (Newton-Schulz through cuBLAS, its element-wise
     # kernels), and with Llama's blocks (model.position = rope, model.norm = rmsnorm, model.mlp =
-    # swiglu, model.bias = false: the rope and SwiGLU kernels, the LayerNorm kernels without
-    # centering or bias, products without bias epilogues), on the GPU against the CPU's.
+    # swiglu, model.bias = false, model.tie_embeddings = false: the rope and SwiGLU kernels, the
+    # LayerNorm kernels without centering or bias, products without bias epilogues), on the GPU
+    # against the CPU's.
     for tag in muon rope; do
       opts=(--optim.name muon --train.norms_every 10)
-      [[ $tag == rope ]] && opts=(--model.position rope --model.norm rmsnorm --model.mlp swiglu --model.bias false)
+      [[ $tag == rope ]] && opts=(--model.position rope --model.norm rmsnorm --model.mlp swiglu --model.bias false
+                                  --model.tie_embeddings false)
       for v in "${variants[@]}"; do
         read -r be pr <<<"$v"
         timeout "$(tmo 90 150)" "$B/triad-train" --config "$W/tiny.ini" --run.backend "$be" --run.precision "$pr" \

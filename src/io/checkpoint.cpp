@@ -628,6 +628,10 @@ CheckpointState read_state(hid_t file) {
   const int64_t bias = io::read_int64_attr(model, "bias").value_or(1);
   TRIAD_CHECK(bias == 0 || bias == 1, "attribute bias of /model is ", bias, ", not 0 or 1");
   s.model.bias = bias == 1;
+  const int64_t tied = io::read_int64_attr(model, "tie_embeddings").value_or(1);
+  TRIAD_CHECK(tied == 0 || tied == 1, "attribute tie_embeddings of /model is ", tied,
+              ", not 0 or 1");
+  s.model.tied = tied == 1;
   s.model.mlp = io::read_string_attr(model, "mlp").value_or("gelu");
   TRIAD_CHECK(s.model.mlp == "gelu" || s.model.mlp == "swiglu", "attribute mlp of /model is '",
               s.model.mlp, "', not gelu or swiglu");
@@ -946,6 +950,7 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
             io::write_double_attr(model, "rope_theta", state.model.rope_theta);
           io::write_string_attr(model, "norm", state.model.norm);
           io::write_int64_attr(model, "bias", state.model.bias ? 1 : 0);
+          io::write_int64_attr(model, "tie_embeddings", state.model.tied ? 1 : 0);
           io::write_string_attr(model, "mlp", state.model.mlp);
           if (state.model.mlp_hidden > 0)  // 0: not given (the default, 4·n_embd)
             io::write_int64_attr(model, "mlp_hidden", state.model.mlp_hidden);

@@ -128,7 +128,7 @@ ActivationSlots activation_slots(const ModelParallel& mp, const PipelineSchedule
 
 // The head's buffer for the other stage's wte gradient (pp > 1, first and last stage), floats.
 size_t tied_scratch_floats(const GptShape& shape, const ModelParallel& mp) {
-  if (mp.pp == 1 || !(mp.first_stage() || mp.last_stage())) return 0;
+  if (!shape.tied || mp.pp == 1 || !(mp.first_stage() || mp.last_stage())) return 0;
   return size_t(shape.padded_vocab_size / mp.tp) * size_t(shape.n_embd);
 }
 
@@ -193,8 +193,11 @@ std::vector<ParamSpec> gpt_rank_layout(const GptShape& shape, const ModelParalle
   if (mp.last_stage()) {
     b.add("ln_f/weight", {C}, -1, 1, false);
     if (has_tensor(shape, "ln_f/bias")) b.add("ln_f/bias", {C}, -1, 1, false);
-    // The tied head's copy of wte: the first stage owns the values.
-    if (!mp.first_stage()) b.add("wte/weight", {Vp, C}, 0, 1, true);
+    // The tied head's copy of wte (the first stage owns the values), or the untied head.
+    if (!shape.tied)
+      b.add("lm_head/weight", {Vp, C}, 0, 1, false);
+    else if (!mp.first_stage())
+      b.add("wte/weight", {Vp, C}, 0, 1, true);
   }
   return b.take();
 }
@@ -269,12 +272,13 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
   for (size_t i = 0; i < specs_.size(); ++i) {
     const auto& n = specs_[i].name;
     if (n == "wte/weight") (specs_[i].replica && mp.pp > 1 ? head_ : wte_) = int(i);
+    if (n == "lm_head/weight") head_ = int(i);
     if (n == "wpe/weight") wpe_ = int(i);
     if (n == "ln_f/weight") lnf_ = int(i);
     if (n.starts_with("h/") && n.ends_with("/ln_1/weight"))
       layer_[size_t(std::stoi(n.substr(2)))] = int(i);
   }
-  if (mp.pp == 1) head_ = wte_;
+  if (mp.pp == 1 && shape.tied) head_ = wte_;
   {
     const std::vector<LayerTensor> all = all_layer_tensors(shape);
     int at = 0;
@@ -404,8 +408,9 @@ void Gpt::params_updated() {
 int64_t Gpt::num_parameters(const GptShape& shape) {
   int64_t n = 0;
   for (const auto& s : gpt_parameter_layout(shape)) n += int64_t(s.numel);
-  // wte's padding rows are not parameters of the model.
-  return n - int64_t(shape.padded_vocab_size - shape.vocab_size) * shape.n_embd;
+  // wte's padding rows (and an untied head's) are not parameters of the model.
+  const int64_t pad = int64_t(shape.padded_vocab_size - shape.vocab_size) * shape.n_embd;
+  return n - (shape.tied ? 1 : 2) * pad;
 }
 
 double Gpt::flops_per_token(const GptShape& shape) {
@@ -455,7 +460,8 @@ void Gpt::init(uint64_t seed) {
       const bool residual = t.name.ends_with("c_proj/weight");
       const double std = residual ? residual_std : 0.02;
       size_t n = t.numel;
-      if (t.name == "wte/weight") n = size_t(shape_.vocab_size) * shape_.n_embd;  // padding 0
+      if (t.name == "wte/weight" || t.name == "lm_head/weight")  // padding rows 0
+        n = size_t(shape_.vocab_size) * shape_.n_embd;
       for (size_t i = 0; i < n; ++i) full[i] = float(std * rng.normal());
     }
     for (const auto& s : specs_)  // wte may be held twice (embedding and head)

@@ -346,7 +346,7 @@ template Gpt::Set<float>* Gpt::forward_pipeline<float>(const int32_t*, int, int,
 template Gpt::Set<bf16_t>* Gpt::forward_pipeline<bf16_t>(const int32_t*, int, int, int);
 
 void Gpt::sync_tied_embedding(bool master_current) {
-  if (mp_.pp == 1 || !(mp_.first_stage() || mp_.last_stage())) return;
+  if (!shape_.tied || mp_.pp == 1 || !(mp_.first_stage() || mp_.last_stage())) return;
   const ParamSpec& s = specs_[size_t(mp_.first_stage() ? wte_ : head_)];
   if (!master_current) {
     TRIAD_ASSERT(params_bf16_ != nullptr && s.numel % 2 == 0);
@@ -367,7 +367,7 @@ void Gpt::sync_tied_embedding(bool master_current) {
 }
 
 void Gpt::sum_tied_embedding_grads() {
-  if (mp_.pp == 1 || !(mp_.first_stage() || mp_.last_stage())) return;
+  if (!shape_.tied || mp_.pp == 1 || !(mp_.first_stage() || mp_.last_stage())) return;
   // wte's gradient from the embedding (first stage) plus the head's (last stage), on both
   // (a + b on one and b + a on the other are the same float); sync_tied_embedding() makes the
   // updated copies identical again after the data-parallel reduction and the update.

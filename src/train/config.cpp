@@ -42,6 +42,8 @@ class KeyTable {
     add("model.mlp_hidden", c.model.mlp_hidden,
         "MLP hidden units (0: 4·n_embd for gelu, the multiple of 64 at or above 8·n_embd/3 for "
         "swiglu)");
+    add("model.tie_embeddings", c.model.tie_embeddings,
+        "the output layer is wte (true, GPT-2) or a tensor lm_head of its own (false, as Llama)");
     add("model.bias", c.model.bias,
         "biases in the linear layers and LayerNorms (false: none, as nanoGPT's bias = False)");
     add("train.steps", c.train.steps, "optimizer steps");

@@ -21,7 +21,8 @@ double stage_flops_per_token(const std::vector<ParamSpec>& specs, const GptShape
   double weights = 0;
   for (const auto& s : specs) {
     if (s.shape.size() != 2 || s.name == "wpe/weight") continue;
-    if (s.name == "wte/weight" && !mp.last_stage()) continue;
+    // wte is only looked up where it is not the head (the first stages; every stage untied).
+    if (s.name == "wte/weight" && (!mp.last_stage() || !shape.tied)) continue;
     weights += double(s.numel);
   }
   return 6.0 * weights + 6.0 * layers * double(shape.n_embd / mp.tp) * double(shape.seq_len);
@@ -52,6 +53,7 @@ GptShape gpt_shape(const Config& cfg) {
   s.bias = m.bias;
   s.swiglu = m.mlp == "swiglu";
   s.mlp_hidden = cfg.mlp_hidden_size();
+  s.tied = m.tie_embeddings;
   return s;
 }
 
@@ -112,7 +114,8 @@ RunPlan plan_run(const Config& cfg, int world_size) {
     m.weight_grad_flops_per_token = weight_grad_flops_per_token(specs);
     if (mp.last_stage())
       for (const auto& s : specs)
-        if (s.name == "wte/weight") m.head_backward_flops_per_token = 4.0 * double(s.numel);
+        if (s.name == (shape.tied ? "wte/weight" : "lm_head/weight"))
+          m.head_backward_flops_per_token = 4.0 * double(s.numel);
     // The trainer's reduction (Trainer::run): ZeRO-1 reduce-scatters and gathers even on a
     // group of one (local copies, no wire); the all-reduce runs for dp > 1.
     const double d = p.grid.dp;

@@ -145,10 +145,14 @@ std::vector<float> Trainer::parameters() const {
     }
   }
   s.grid.all().all_reduce_sum(out.data(), out.size());
-  // wte's padding rows (their number depends on tp) are not parameters: drop them.
+  // wte's padding rows (their number depends on tp) are not parameters: drop them, and an
+  // untied head's (the last tensor), from the back so that the offsets hold.
   const size_t pad =
       size_t(s.cfg.padded_vocab_size() - s.cfg.model.vocab_size) * s.cfg.model.n_embd;
-  out.erase(out.begin() + long(full[0].numel - pad), out.begin() + long(full[0].numel));
+  for (size_t i = full.size(); i-- > 0;)
+    if (full[i].name == "wte/weight" || full[i].name == "lm_head/weight")
+      out.erase(out.begin() + long(at[i] + full[i].numel - pad),
+                out.begin() + long(at[i] + full[i].numel));
   return out;
 }
 

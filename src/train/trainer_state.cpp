@@ -270,6 +270,7 @@ CheckpointState Trainer::State::checkpoint_state() const {
   st.model.bias = cfg.model.bias;
   st.model.mlp = cfg.model.mlp;
   st.model.mlp_hidden = cfg.mlp_hidden_size();
+  st.model.tied = cfg.model.tie_embeddings;
   st.loss_window = loss_window.values();
   st.norm_window = norm_window.values();
   st.skipped_in_a_row = skipped_in_a_row;
@@ -324,6 +325,10 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
               " holds a model with a ", m.mlp, " MLP of ", m.mlp_hidden,
               " hidden units but the config asks for model.mlp = ", c.mlp, " with ",
               cfg.mlp_hidden_size());
+  TRIAD_CHECK(
+      m.tied == c.tie_embeddings, "checkpoint ", path, " holds a model whose output layer ",
+      m.tied ? "is wte (tied)" : "is lm_head (untied)",
+      " but the config asks for model.tie_embeddings = ", c.tie_embeddings ? "true" : "false");
 }
 
 CheckpointState Trainer::State::load_weights(const std::string& path) {

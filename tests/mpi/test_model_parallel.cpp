@@ -330,6 +330,21 @@ TEST(ModelParallel, SwigluMatchesOneRankOnEveryGrid) {
                          "swiglu muon " + tp2.name());
 }
 
+// An untied output layer (model.tie_embeddings = false): lm_head, vocabulary-parallel, on the
+// last stage only; no wte copy there and no gradient exchange between the first and the last
+// stage. Every grid, recomputation, bf16 and resharding against one rank.
+TEST(ModelParallel, UntiedHeadMatchesOneRankOnEveryGrid) {
+  check_variant("untied", {"--model.tie_embeddings", "false"},
+                {{2, 1, 1, 1, 2, "1f1b", 1},
+                 {1, 4, 1, 1, 2, "1f1b", 1},
+                 {1, 1, 2, 0, 4, "1f1b", 1},
+                 {1, 1, 4, 1, 4, "gpipe", 1},
+                 {1, 1, 2, 1, 4, "interleaved", 2},
+                 {2, 1, 2, 1, 4, "zb-h1", 1},
+                 {2, 2, 2, 1, 2, "1f1b", 1, true}},
+                {"full"}, false, Grid{1, 1, 4, 0, 4, "1f1b", 1});
+}
+
 TEST(ModelParallel, CheckpointsReshardAcrossTensorAndPipelineGrids) {
   const std::string dir = shared_dir("reshard");
   const Grid big{2, 2, 2, 1, 2, "1f1b", 1};
@@ -545,7 +560,8 @@ TEST(ModelParallel, MemoryPlanEqualsWhatEachRankAllocates) {
       {{2, 2, 1, 1, 1, "1f1b", 1}, "muon"},       {{1, 2, 2, 0, 2, "1f1b", 1}, "muon"},
       {{2, 1, 2, 0, 2, "1f1b", 1}, "muon"},       {{4, 1, 1, 1, 1, "1f1b", 1}, "muon"},
       {{1, 1, 1, 1, 1, "1f1b", 1}, "muon"},       {{1, 2, 2, 0, 2, "1f1b", 1, true}, "rope"},
-      {{2, 1, 2, 1, 2, "1f1b", 1}, "rmsnorm"},    {{1, 2, 1, 0, 1, "1f1b", 1}, "swiglu"}};
+      {{2, 1, 2, 1, 2, "1f1b", 1}, "rmsnorm"},    {{1, 2, 1, 0, 1, "1f1b", 1}, "swiglu"},
+      {{1, 2, 2, 1, 2, "1f1b", 1}, "untied"}};
   for (const auto& [g, variant] : grids) {
     if (g.ranks() > world_size()) continue;
     const std::string name = "plan_" + g.name() + "_" + variant;
@@ -553,13 +569,17 @@ TEST(ModelParallel, MemoryPlanEqualsWhatEachRankAllocates) {
     // rotary positions (no wpe, the angle table) in bf16; "rmsnorm": no biases, no means, fp32.
     const bool muon = variant == "muon", rope = variant == "rope", rmsnorm = variant == "rmsnorm";
     const bool swiglu = variant == "swiglu";  // its wider c_fc outputs, bf16
-    const std::string precision = muon || rope || swiglu ? "bf16" : rmsnorm ? "fp32" : variant;
+    const bool untied = variant == "untied";  // lm_head, no tied-gradient scratch, fp32
+    const std::string precision = muon || rope || swiglu ? "bf16"
+                                  : rmsnorm || untied    ? "fp32"
+                                                         : variant;
     const auto args =
         grid_args(dir, name, g,
                   {"--resume", "none", "--train.steps", "1", "--run.precision", precision,
                    "--checkpoint.every", "0", "--optim.name", muon ? "muon" : "adamw",
                    "--model.position", rope ? "rope" : "learned", "--model.norm",
-                   rmsnorm ? "rmsnorm" : "layernorm", "--model.mlp", swiglu ? "swiglu" : "gelu"});
+                   rmsnorm ? "rmsnorm" : "layernorm", "--model.mlp", swiglu ? "swiglu" : "gelu",
+                   "--model.tie_embeddings", untied ? "false" : "true"});
     std::vector<const char*> argv;
     for (const auto& a : args) argv.push_back(a.c_str());
     const RunPlan plan =
@@ -865,6 +885,7 @@ TEST(ModelParallel, DecodingMatchesOneRankOnEveryGrid) {
     shape.rmsnorm = g.rmsnorm;
     shape.swiglu = g.rmsnorm;  // Llama's blocks: with RMSNorm, SwiGLU of 96 units too
     if (g.rmsnorm) shape.mlp_hidden = 96;
+    shape.tied = !g.rmsnorm;  // and Llama's untied output layer
     auto be = make_cpu_backend();
     Gpt one(shape, 1, *be, 1, {}, nullptr, g.precision);
     one.init(3);

@@ -391,6 +391,13 @@ def test_rotary_position_checkpoints_are_not_exported_as_gpt2(tmp_path):
                               tmp_path / "out-sw", "--to", "llmc"), "swiglu with 128 hidden units")
     p = tool("triad-ckpt", tmp_path / "runs" / "sw")  # the SwiGLU layout verifies
     assert p.returncode == 0, p.stdout + p.stderr
+    cfg = tiny_config(tmp_path, name="un", model__tie_embeddings="false", train__steps=1,
+                      checkpoint__every=1)
+    assert run([exe("triad-train"), "--config", cfg]).returncode == 0
+    assert_clean_failure(tool("triad-convert", "export", tmp_path / "runs" / "un",
+                              tmp_path / "out-un", "--to", "hf"), "an output layer of its own")
+    p = tool("triad-ckpt", tmp_path / "runs" / "un")  # lm_head is part of the layout
+    assert p.returncode == 0, p.stdout + p.stderr
     # triad-ckpt verifies the rmsnorm layout (no LayerNorm biases) as complete and sound.
     p = tool("triad-ckpt", tmp_path / "runs" / "rms")
     assert p.returncode == 0, p.stdout + p.stderr

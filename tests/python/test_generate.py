@@ -59,10 +59,11 @@ def rope_checkpoint(tmp_path_factory):
 
 
 def test_llama_blocks_continuation_matches_torch(tmp_path):
-    """Llama's blocks (RMSNorm, rope, SwiGLU, no biases) on one rank and on tp 2 × pp 2."""
+    """Llama's architecture (RMSNorm, rope, SwiGLU, no biases, an untied output layer) on one
+    rank and on tp 2 × pp 2."""
     cfg = ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=32, vocab_size=50257,
                         position="rope", rope_theta=200.0, norm="rmsnorm", bias=False,
-                        mlp="swiglu")
+                        mlp="swiglu", tied=False)
     path = tmp_path / "rms.h5"
     ref.write_checkpoint(path, cfg, {k: (v * 8 if v.dim() == 2 else v)
                                      for k, v in ref.random_weights(cfg, 6).items()})

@@ -114,6 +114,10 @@ CASES = [
     Case("swiglu", ref.GptConfig(n_layer=2, n_head=3, n_embd=48, seq_len=17, vocab_size=300,
                                  position="rope", rope_theta=500.0, norm="rmsnorm", bias=False,
                                  mlp="swiglu"), 3, 45, 7, 41),
+    # ... and Llama's untied output layer: the whole of Llama's architecture but grouped queries.
+    Case("llama", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
+                                position="rope", rope_theta=500.0, norm="rmsnorm", bias=False,
+                                mlp="swiglu", tied=False), 2, 40, 6, 43),
 ]
 
 
@@ -122,7 +126,8 @@ def config_sections(case: Case, d: Path, **over) -> dict:
     s = {
         "model": dict(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, seq_len=c.seq_len,
                       vocab_size=c.vocab_size, position=c.position, rope_theta=c.rope_theta,
-                      norm=c.norm, bias=c.bias, mlp=c.mlp, mlp_hidden=c.mlp_hidden),
+                      norm=c.norm, bias=c.bias, mlp=c.mlp, mlp_hidden=c.mlp_hidden,
+                      tie_embeddings=c.tied),
         "train": dict(steps=10, batch_size=2 * case.micro_batch,
                       micro_batch_size=case.micro_batch, lr=3e-3, warmup_steps=2,
                       schedule="cosine", min_lr_ratio=0.1, grad_clip=1.0, seed=5),
@@ -308,7 +313,7 @@ def check_probe_against_torch(p: Prepared, recompute: str, logits_chunk: int = 0
         for name, g in grads.items():
             got = f["grad/" + name][...]
             errors["grad/" + name] = rel_err(got, g)
-            if name == "wte/weight":
+            if name in ("wte/weight", "lm_head/weight"):
                 pad = got[case.cfg.vocab_size:]
                 assert pad.shape[0] == case.cfg.padded_vocab_size - case.cfg.vocab_size
                 assert np.all(pad == 0), "wte grad padding rows are not exactly 0"
@@ -550,4 +555,4 @@ def test_layer_norms_match_torch(tmp_root, tmp_path):
 
 # Chosen from the printed norms so that clipping triggers in some steps but not all.
 GRAD_CLIP = {"gpt2vocab": 1.0, "oddshapes": 1.0, "rope": 1.0, "rmsnorm": 1.2, "nobias": 1.0,
-             "swiglu": 1.1}
+             "swiglu": 1.1, "llama": 1.7}

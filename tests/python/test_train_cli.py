@@ -330,6 +330,18 @@ def test_rmsnorm_checkpoints_hold_no_norm_biases_and_refuse_layernorm(tmp_path):
                              "--init-from", sw, "--run.name", "v"), "model.mlp = swiglu with 96")
     assert_clean_error(train("--config", cfg, "--model.mlp_hidden", "33", "--parallel.tp", "2",
                              "--plan", "--plan-ranks", "2"), "parallel.tp", "MLP's hidden units (33")
+    # An untied output layer: lm_head/weight beside wte; the other setting is refused both ways.
+    un = tmp_path / "runs" / "un" / "ckpt" / "step_00000005.h5"
+    train("--config", tiny_config(tmp_path, name="un"), "--model.tie_embeddings", "false",
+          "--train.steps", "5", check=True)
+    with h5py.File(un, "r") as f:
+        assert f["model/lm_head/weight"].shape == f["model/wte/weight"].shape == (512, 32)
+        assert int(f["model"].attrs["tie_embeddings"]) == 0
+        assert not np.array_equal(f["model/lm_head/weight"][()], f["model/wte/weight"][()])
+    assert_clean_error(train("--config", cfg, "--init-from", un, "--run.name", "u"),
+                       "is lm_head (untied)", "model.tie_embeddings = true")
+    assert_clean_error(train("--config", cfg, "--model.tie_embeddings", "false", "--init-from", ln,
+                             "--run.name", "t"), "is wte (tied)", "model.tie_embeddings = false")
     assert_clean_error(train("--config", cfg, "--model.mlp_hidden", "16", "--parallel.tp", "2",
                              "--optim.name", "muon", "--plan", "--plan-ranks", "2"),
                        "optim.name", "hidden units (16) >= model.n_embd (32)")
@@ -528,7 +540,8 @@ def test_damaged_checkpoints(tmp_path):
             ("theta_kind", {"position": "rope", "rope_theta": "ten"}, "rope_theta"),
             ("norm", {"norm": "batchnorm"}, "'batchnorm', not layernorm or rmsnorm"),
             ("bias", {"bias": 2}, "attribute bias of /model is 2"),
-            ("mlp", {"mlp": "relu2"}, "'relu2', not gelu or swiglu")):
+            ("mlp", {"mlp": "relu2"}, "'relu2', not gelu or swiglu"),
+            ("tied", {"tie_embeddings": 3}, "attribute tie_embeddings of /model is 3")):
         bad = tmp_path / f"bad_{name}.h5"
         bad.write_bytes(good.read_bytes())
         with h5py.File(bad, "r+") as f:

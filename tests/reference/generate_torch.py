@@ -78,7 +78,7 @@ def last_logits(params, cfg: ref.GptConfig, ids: torch.Tensor, pos0: int,
     for i in range(cfg.n_layer):
         x = block(params, cfg, i, x, cache)
     x = ref.norm(params, cfg, "ln_f", x[:, -1])
-    return torch.matmul(x, params["wte/weight"].t())[:, :cfg.vocab_size]
+    return torch.matmul(x, ref.head(params, cfg).t())[:, :cfg.vocab_size]
 
 
 @torch.no_grad()

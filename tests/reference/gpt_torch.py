@@ -54,6 +54,7 @@ class GptConfig:
     bias: bool = True  # False: no biases in linear layers and LayerNorms (nanoGPT's bias=False)
     mlp: str = "gelu"  # gelu | swiglu (c_fc rows: gate, then up)
     mlp_hidden: int = 0  # 0: 4C for gelu; swiglu: the multiple of 64 at or above 8C/3
+    tied: bool = True  # False: an output layer lm_head/weight [Vp, C] of its own
 
     @property
     def hidden(self) -> int:
@@ -101,6 +102,8 @@ def param_shapes(cfg: GptConfig) -> Dict[str, tuple]:
         shapes["ln_f/bias"] = (C,)
     if not cfg.bias:
         shapes = {k: v for k, v in shapes.items() if not k.endswith("/bias")}
+    if not cfg.tied:
+        shapes["lm_head/weight"] = (Vp, C)
     return shapes
 
 
@@ -125,7 +128,7 @@ def random_weights(cfg: GptConfig, seed: int, perturb: bool = True,
         else:
             std = resid_std if name.endswith("c_proj/weight") else 0.02
             t = std * torch.randn(shape, generator=g, dtype=torch.float64)
-        if name == "wte/weight":
+        if name in ("wte/weight", "lm_head/weight"):
             t[cfg.vocab_size:] = 0
         out[name] = t.to(dtype).contiguous()
     return out
@@ -202,6 +205,11 @@ def attention(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_head: int,
     return y.transpose(1, 2).reshape(B, T, C)
 
 
+def head(params: Dict[str, torch.Tensor], cfg: GptConfig) -> torch.Tensor:
+    """The output layer's weight: wte (tied) or lm_head."""
+    return params["wte/weight"] if cfg.tied else params["lm_head/weight"]
+
+
 def mlp(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str, h: torch.Tensor) -> torch.Tensor:
     """Layer p's MLP of h: c_proj(gelu(c_fc(h))), or SwiGLU's c_proj(silu(gate) * up) with
     [gate | up] = c_fc(h) (Shazeer's GLU variants, as Llama)."""
@@ -231,7 +239,7 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor) 
         h = norm(params, cfg, p + "ln_2", x)
         x = x + mlp(params, cfg, p, h)
     x = norm(params, cfg, "ln_f", x)
-    logits = torch.matmul(x, params["wte/weight"].t())  # [B, T, Vp] (tied head)
+    logits = torch.matmul(x, head(params, cfg).t())  # [B, T, Vp]
     return logits[..., : cfg.vocab_size]
 
 
@@ -249,7 +257,7 @@ def forward_fast(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Ten
     C, nh = cfg.n_embd, cfg.n_head
     hd = C // nh
     assert cfg.position == "learned" and cfg.norm == "layernorm" and cfg.bias and \
-        cfg.mlp == "gelu" and cfg.hidden == 4 * cfg.n_embd, \
+        cfg.mlp == "gelu" and cfg.hidden == 4 * cfg.n_embd and cfg.tied, \
         "forward_fast is GPT-2's model"
     mask = torch.ones(T, T, dtype=torch.bool).tril()
     x = F.embedding(idx, params["wte/weight"]) + params["wpe/weight"][:T]
@@ -536,6 +544,7 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
         m.attrs.create("bias", i64(1 if cfg.bias else 0), dtype="<i8")
         _string_attr(m, "mlp", cfg.mlp)
         m.attrs.create("mlp_hidden", i64(cfg.hidden), dtype="<i8")
+        m.attrs.create("tie_embeddings", i64(1 if cfg.tied else 0), dtype="<i8")
         groups = {"model": weights}
         for slot, tensors in (optimizer or {}).items():
             groups["optimizer/" + slot] = tensors
@@ -564,7 +573,8 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                         norm=_str(a["norm"]) if "norm" in a else "layernorm",
                         bias=int(a["bias"]) == 1 if "bias" in a else True,
                         mlp=_str(a["mlp"]) if "mlp" in a else "gelu",
-                        mlp_hidden=int(a["mlp_hidden"]) if "mlp_hidden" in a else 0)
+                        mlp_hidden=int(a["mlp_hidden"]) if "mlp_hidden" in a else 0,
+                        tied=int(a["tie_embeddings"]) == 1 if "tie_embeddings" in a else True)
         if cfg.mlp_hidden == GptConfig(**{**cfg.__dict__, "mlp_hidden": 0}).hidden:
             cfg = GptConfig(**{**cfg.__dict__, "mlp_hidden": 0})  # the default width
         out = {}
@@ -573,7 +583,7 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
             arr = d[...].astype("<f4")
             if "checksum" in d.attrs:
                 assert fp32_checksum(arr) == int(d.attrs["checksum"]), f"{name}: bad checksum"
-            if name == "wte/weight" and arr.shape[0] != shape[0]:
+            if name in ("wte/weight", "lm_head/weight") and arr.shape[0] != shape[0]:
                 pad = np.zeros(shape, dtype="<f4")
                 rows = min(shape[0], arr.shape[0])
                 pad[:rows] = arr[:rows]

@@ -74,6 +74,8 @@ struct ModelShape {
   // hidden units; absent: 4·n_embd; written when > 0).
   std::string mlp = "gelu";
   int64_t mlp_hidden = 0;
+  // Attribute tie_embeddings (int64 1 | 0; absent in older files: 1).
+  bool tied = true;
 };
 
 struct CheckpointState {

@@ -34,6 +34,9 @@ struct GptShape {
   // above 8·n_embd/3 (Llama's rule: about GELU's parameter count).
   bool swiglu = false;
   int mlp_hidden = 0;
+  // The output layer (model.tie_embeddings): wte itself (tied, GPT-2), or a tensor of its own,
+  // lm_head/weight [padded_vocab_size, C] on the last stage (false, as Llama).
+  bool tied = true;
   int hidden() const {
     if (mlp_hidden > 0) return mlp_hidden;
     return swiglu ? (8 * n_embd + 3 * 64 - 1) / (3 * 64) * 64 : 4 * n_embd;

@@ -18,6 +18,7 @@ struct ModelConfig {
   bool bias = true;                  // false: no biases in linear layers and LayerNorms
   std::string mlp = "gelu";          // gelu (GPT-2) | swiglu (Llama)
   int mlp_hidden = 0;                // hidden units (0: 4·n_embd, or ~8·n_embd/3 for swiglu)
+  bool tie_embeddings = true;        // false: an output layer lm_head of its own (as Llama)
 };
 
 struct TrainConfig {
