@@ -69,6 +69,19 @@ class Dims:
     n_embd: int
     seq_len: int
     vocab_size: int
+    # The architecture options (docs/formats.md "Model"); the defaults are GPT-2's.
+    position: str = "learned"
+    rope_theta: float = 10000.0
+    norm: str = "layernorm"
+    bias: bool = True
+    mlp: str = "gelu"
+    mlp_hidden: int = 0
+    tied: bool = True
+
+    @property
+    def gpt2(self) -> bool:
+        return (self.position, self.norm, self.bias, self.mlp, self.tied) == \
+            ("learned", "layernorm", True, "gelu", True) and self.mlp_hidden in (0, 4 * self.n_embd)
 
     @property
     def padded_vocab_size(self) -> int:  # DESIGN.md §3 at tp = 1
@@ -83,9 +96,30 @@ class Dims:
                                f"{self.n_head}")
 
     def attrs(self) -> dict:
-        return {"n_layer": self.n_layer, "n_head": self.n_head, "n_embd": self.n_embd,
-                "seq_len": self.seq_len, "vocab_size": self.vocab_size,
-                "padded_vocab_size": self.padded_vocab_size}
+        """The /model attributes of a checkpoint of this model (the architecture ones only when
+        it is not GPT-2's, as a GPT-2 checkpoint from before them reads)."""
+        a = {"n_layer": self.n_layer, "n_head": self.n_head, "n_embd": self.n_embd,
+             "seq_len": self.seq_len, "vocab_size": self.vocab_size,
+             "padded_vocab_size": self.padded_vocab_size}
+        if not self.gpt2:
+            a.update(position=self.position, norm=self.norm, bias=int(self.bias), mlp=self.mlp,
+                     mlp_hidden=self.mlp_hidden or 4 * self.n_embd,
+                     tie_embeddings=int(self.tied))
+            if self.position == "rope":
+                a["rope_theta"] = float(self.rope_theta)
+        return a
+
+    def config_lines(self) -> str:
+        """The [model] keys of triad-train's config for this model."""
+        keys = {"n_layer": self.n_layer, "n_head": self.n_head, "n_embd": self.n_embd,
+                "seq_len": self.seq_len, "vocab_size": self.vocab_size}
+        if not self.gpt2:
+            keys.update(position=self.position, norm=self.norm,
+                        bias="true" if self.bias else "false", mlp=self.mlp,
+                        mlp_hidden=self.mlp_hidden, tie_embeddings="true" if self.tied else "false")
+            if self.position == "rope":
+                keys["rope_theta"] = self.rope_theta
+        return "".join(f"{k} = {v}\n" for k, v in keys.items())
 
 
 # A model as a source of tensors: triad names -> fp32 arrays in triad's layout (wte with
@@ -224,9 +258,11 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                 return cfg[k]
         return default
 
+    if cfg.get("model_type", "gpt2") == "llama":
+        return llama_config_dims(cfg, where, seq_len)
     if cfg.get("model_type", "gpt2") != "gpt2":
-        raise ConvertError(f"{where}: model_type is {cfg.get('model_type')!r}; only GPT-2 "
-                           f"models ('gpt2') have triad's architecture")
+        raise ConvertError(f"{where}: model_type is {cfg.get('model_type')!r}; triad imports "
+                           f"GPT-2 ('gpt2') and Llama ('llama') models")
     try:
         n_layer, n_head, n_embd = int(get("n_layer")), int(get("n_head")), int(get("n_embd"))
         n_pos, vocab = int(get("n_positions", "n_ctx")), int(get("vocab_size"))
@@ -260,6 +296,68 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab)
     d.check(where)
     return d
+
+
+def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
+    """A Hugging Face Llama config as triad's model: rope (HF's rotate-half pairing, triad's),
+    RMSNorm, SwiGLU, no biases, tied or not; refused where triad computes something else."""
+    try:
+        n_layer, n_head = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
+        n_embd, hidden = int(cfg["hidden_size"]), int(cfg["intermediate_size"])
+        n_pos, vocab = int(cfg["max_position_embeddings"]), int(cfg["vocab_size"])
+        kv = int(cfg.get("num_key_value_heads") or n_head)
+        eps, theta = float(cfg.get("rms_norm_eps", 1e-6)), float(cfg.get("rope_theta", 10000.0))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConvertError(f"{where}: needs integer num_hidden_layers, num_attention_heads, "
+                           f"hidden_size, intermediate_size, max_position_embeddings, vocab_size "
+                           f"and numeric rms_norm_eps, rope_theta ({e})")
+    refusals = []
+    if kv != n_head:
+        refusals.append(f"num_key_value_heads {kv} != num_attention_heads {n_head} (grouped-query "
+                        f"attention is not built)")
+    if abs(eps - 1e-5) > 1e-12:
+        refusals.append(f"rms_norm_eps {eps} (triad's is 1e-5)")
+    if cfg.get("hidden_act", "silu") != "silu":
+        refusals.append(f"hidden_act {cfg.get('hidden_act')!r} (SwiGLU uses silu)")
+    if cfg.get("rope_scaling"):
+        refusals.append(f"rope_scaling {cfg['rope_scaling']} (only plain rope is built)")
+    for key in ("attention_bias", "mlp_bias"):
+        if cfg.get(key):
+            refusals.append(f"{key} = true (triad's Llama has no biases)")
+    if cfg.get("head_dim") not in (None, n_embd // max(n_head, 1)):
+        refusals.append(f"head_dim {cfg['head_dim']} (triad's is hidden_size / heads)")
+    if int(cfg.get("pretraining_tp", 1) or 1) != 1:
+        refusals.append(f"pretraining_tp {cfg['pretraining_tp']}")
+    if refusals:
+        raise ConvertError(f"{where}: a model triad does not compute: " + "; ".join(refusals))
+    if seq_len is not None and seq_len > n_pos:
+        raise ConvertError(f"--seq-len {seq_len} exceeds the model's {n_pos} positions "
+                           f"(max_position_embeddings in {where})")
+    if vocab > 65536:
+        raise ConvertError(f"{where}: vocab_size {vocab} exceeds triad's token shards (uint16)")
+    d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab, position="rope", rope_theta=theta,
+             norm="rmsnorm", bias=False, mlp="swiglu", mlp_hidden=hidden,
+             tied=bool(cfg.get("tie_word_embeddings", False)))
+    d.check(where)
+    return d
+
+
+def llama_sources(d: Dims) -> dict[str, list[str]]:
+    """Each triad tensor of a Llama model and the HF tensors it is made of, stacked by rows."""
+    src = {"wte/weight": ["model.embed_tokens.weight"], "ln_f/weight": ["model.norm.weight"]}
+    for i in range(d.n_layer):
+        p, h = f"h/{i}/", f"model.layers.{i}."
+        src.update({
+            p + "ln_1/weight": [h + "input_layernorm.weight"],
+            p + "attn/c_attn/weight": [h + f"self_attn.{x}_proj.weight" for x in "qkv"],
+            p + "attn/c_proj/weight": [h + "self_attn.o_proj.weight"],
+            p + "ln_2/weight": [h + "post_attention_layernorm.weight"],
+            p + "mlp/c_fc/weight": [h + "mlp.gate_proj.weight", h + "mlp.up_proj.weight"],
+            p + "mlp/c_proj/weight": [h + "mlp.down_proj.weight"],
+        })
+    if not d.tied:
+        src["lm_head/weight"] = ["lm_head.weight"]
+    return src
 
 
 def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
@@ -301,6 +399,8 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
         st = SafetensorsFile(f)
         for name in st.entries:
             where[name] = st
+    if d.mlp == "swiglu":
+        return d, llama_tensors(d, where, directory), f"Hugging Face Llama model {directory}"
 
     # HF names as stored (with or without the `transformer.` prefix) -> triad's.
     stored = {}
@@ -357,6 +457,42 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
             yield t, a
 
     return d, tensors, f"Hugging Face GPT-2 model {directory}"
+
+
+def llama_tensors(d: Dims, where: dict, directory: Path) -> Tensors:
+    """The tensors of an HF Llama model as triad's (their shapes checked before any is read)."""
+    src = llama_sources(d)
+    want = expected_shapes(d.attrs())
+    want["wte/weight"] = (d.vocab_size, d.n_embd)
+    if "lm_head/weight" in want:
+        want["lm_head/weight"] = (d.vocab_size, d.n_embd)
+    used = {n for names in src.values() for n in names}
+    for name in where:
+        if name not in used and not name.endswith("rotary_emb.inv_freq"):
+            raise ConvertError(f"{where[name].path}: tensor {name} is not part of a Llama model "
+                               f"as triad has it" + (" (lm_head.weight with tie_word_embeddings)"
+                                                     if name == "lm_head.weight" else ""))
+    for t, names in src.items():
+        missing = [n for n in names if n not in where]
+        if missing:
+            raise ConvertError(f"{directory}: tensor(s) {', '.join(missing)} missing")
+        rows = [tuple(where[n].entries[n][1]) for n in names]
+        if len(want[t]) == 1:
+            bad = rows != [want[t]]
+        else:  # 2-D: the parts stack by rows into the triad tensor
+            bad = any(len(r) != 2 or r[1] != want[t][1] for r in rows) or \
+                sum(r[0] for r in rows) != want[t][0]
+        if bad:
+            raise ConvertError(f"{where[names[0]].path}: tensor(s) {', '.join(names)} have "
+                               f"shape(s) {[list(r) for r in rows]}, expected {list(want[t])} "
+                               f"together for the model in config.json")
+
+    def tensors():
+        for t, names in src.items():
+            parts = [np.asarray(where[n].read(n), dtype="<f4") for n in names]
+            yield t, parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    return tensors
 
 
 def hf_config(d: Dims) -> dict:
@@ -495,9 +631,7 @@ def write_triad(out: Path, d: Dims, tensors: Tensors, source: str) -> None:
     import h5py
 
     i64 = np.int64
-    config = (f"# imported by triad-convert from {source}\n[model]\n"
-              + "".join(f"{k} = {v}\n" for k, v in d.attrs().items()
-                        if k != "padded_vocab_size"))
+    config = f"# imported by triad-convert from {source}\n[model]\n" + d.config_lines()
     want = expected_shapes(d.attrs())
     with h5py.File(out, "w") as f:
         _string_attr(f, "format", "triad-checkpoint")
@@ -507,10 +641,15 @@ def write_triad(out: Path, d: Dims, tensors: Tensors, source: str) -> None:
         _string_attr(f, "grid", "dp=1 pp=1 tp=1")
         m = f.create_group("model")
         for k, v in d.attrs().items():
-            m.attrs.create(k, i64(v), dtype="<i8")
+            if isinstance(v, str):
+                _string_attr(m, k, v)
+            elif isinstance(v, float):
+                m.attrs.create(k, np.float64(v), dtype="<f8")
+            else:
+                m.attrs.create(k, i64(v), dtype="<i8")
         for name, a in tensors():
             a = np.ascontiguousarray(a, dtype="<f4")
-            if name == "wte/weight":
+            if name in ("wte/weight", "lm_head/weight"):
                 a = np.concatenate([a, np.zeros((want[name][0] - a.shape[0], d.n_embd), "<f4")])
             assert a.shape == want[name], (name, a.shape, want[name])
             ds = f.create_dataset(f"model/{name}", data=a, dtype="<f4")

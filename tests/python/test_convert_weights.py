@@ -143,6 +143,54 @@ def test_finetuned_run_exports_to_transformers(imported, tmp_path):
             np.testing.assert_array_equal(a["model"][n][()], b["model"][n][()], err_msg=n)
 
 
+LLAMA_ARGS = ["--model.position", "rope", "--model.rope_theta", "500", "--model.norm", "rmsnorm",
+              "--model.bias", "false", "--model.mlp", "swiglu", "--model.mlp_hidden", "176",
+              "--model.tie_embeddings", "false"]
+
+
+def llama_model(**config):
+    torch.manual_seed(5)
+    cfg = transformers.LlamaConfig(**{
+        **dict(vocab_size=V, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=N_POS,
+               rms_norm_eps=1e-5, rope_theta=500.0, tie_word_embeddings=False),
+        **config})
+    m = transformers.LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        for p in m.parameters():  # as hf_model: larger weights, norms away from 1
+            p.copy_(p * 4 if p.dim() == 2 else p + 0.1 * torch.randn_like(p))
+    return m.eval()
+
+
+def test_llama_imports_and_evaluates_as_transformers(imported, tmp_path):
+    """transformers' LlamaForCausalLM (rope, RMSNorm, SwiGLU, no biases, an untied output layer),
+    imported: triad's validation loss and accuracy are transformers' — triad's Llama
+    architecture against an independent implementation. Grouped-query attention is refused."""
+    d, _, cfg = imported
+    model = llama_model()
+    model.save_pretrained(tmp_path / "llama", safe_serialization=True)
+    out = tmp_path / "llama.h5"
+    p = tool("triad-convert", "import", tmp_path / "llama", out, "--seq-len", SEQ)
+    assert p.returncode == 0, p.stderr
+    want_loss, want_acc = hf_loss_accuracy(model, d)
+    p = train("--config", cfg, "--eval-only", "--init-from", out, *LLAMA_ARGS, check=True)
+    loss = float(p.stdout.split("val loss")[1].split()[0])
+    acc = float(p.stdout.split("val accuracy")[1].split()[0])
+    assert abs(loss - want_loss) <= 1e-5 * want_loss, (loss, want_loss)
+    assert abs(acc - want_acc) <= 1.5 / (EVAL_SEQUENCES * SEQ), (acc, want_acc)
+    with h5py.File(out, "r") as f:
+        assert f["model"].attrs["mlp"] == b"swiglu" and int(f["model"].attrs["tie_embeddings"]) == 0
+    assert tool("triad-ckpt", out).returncode == 0
+    # Grouped-query attention and other variants triad does not compute are refused.
+    for bad, needle in (({"num_key_value_heads": 2}, "grouped-query attention"),
+                        ({"hidden_act": "gelu"}, "hidden_act")):
+        m = llama_model(**bad)
+        m.save_pretrained(tmp_path / "bad", safe_serialization=True)
+        assert_clean_failure(tool("triad-convert", "import", tmp_path / "bad",
+                                  tmp_path / "bad.h5"), needle)
+        assert not (tmp_path / "bad.h5").exists()
+
+
 def test_model_without_biases_exports_as_gpt2_with_zero_biases(imported, tmp_path):
     """model.bias = false (nanoGPT's bias = False) is GPT-2 with every bias zero: the export
     writes zeros there, and transformers computes triad's validation loss."""
