@@ -68,6 +68,20 @@ def test_bad_config_values(tmp_path, args, needles):
     assert_clean_error(train("--config", cfg, *args), *needles)
 
 
+def test_llama_model_config_plans_its_parameters(tmp_path):
+    """inputs/models/llama-124m.ini: --plan counts Llama's tensors (no biases, no wpe, SwiGLU's
+    2048 units, the untied head), each padded vocabulary tensor with its 47 padding rows."""
+    p = train("--config", REPO / "inputs/models/llama-124m.ini", "--run.backend", "cuda",
+              "--data.train", str(tmp_path / "none_*.bin"), "--run.dir", str(tmp_path / "runs"),
+              "--train.batch_size", "8", "--train.micro_batch_size", "8", "--plan", check=True)
+    C, L, V, H = 768, 12, 50257, 2048
+    layer = 4 * C * C + 3 * C * H + 2 * C  # q|k|v and o; gate|up and down; two RMSNorm weights
+    floats = L * layer + C + 2 * 50304 * C  # ln_f; wte and lm_head padded to 50304 rows
+    row = next(l.split() for l in p.stdout.splitlines() if l.split()[:2] == ["0", "12"])
+    assert int(row[2]) == floats, p.stdout
+    assert 162_100_000 < floats - 2 * (50304 - V) * C < 162_200_000
+
+
 def test_plan_prints_each_stage_without_data_or_peers(tmp_path):
     # A grid of 16 ranks planned by one process; the data globs name no files, and no run
     # directory is made.
