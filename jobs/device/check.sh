@@ -474,11 +474,17 @@ EOF
     # The atomic variant and full activation recomputation last, and only while the peers
     # further down keep their time.
     for v in "bf16 16 12 deterministic none" "fp32 8 8 deterministic none" "bf16 16 12 atomic none" \
-             "bf16 16 12 deterministic full" "bf16 16 12 deterministic none muon"; do
-      read -r pr mb steps fb recomp opt <<<"$v"
+             "bf16 16 12 deterministic full" "bf16 16 12 deterministic none muon" \
+             "bf16 16 12 deterministic none adamw llama"; do
+      read -r pr mb steps fb recomp opt arch <<<"$v"
       opt=${opt:-adamw}
+      # llama: the same size with Llama's architecture (rope, RMSNorm, SwiGLU 2048, no biases,
+      # untied head: inputs/models/llama-124m.ini).
+      arch_opts=(); [[ ${arch:-} == llama ]] && arch_opts=(--model.position rope --model.norm rmsnorm
+        --model.mlp swiglu --model.bias false --model.tie_embeddings false)
       tag=$pr; [[ $fb == atomic ]] && tag=${pr}_atomic; [[ $recomp != none ]] && tag=${pr}_recompute
       [[ $opt == muon ]] && tag=${pr}_muon
+      [[ ${arch:-} == llama ]] && tag=${pr}_llama
       chunk=0; [[ $recomp != none ]] && chunk=2048  # the memory savers together: loss in 2048-token chunks
       if [[ $tag != "$pr" ]] && (( $(left) < 260 )); then
         echo "RESULT_124M_$tag skipped (time)"
@@ -490,7 +496,8 @@ EOF
         --model.seq_len 1024 --train.steps "$steps" --train.batch_size "$mb" --train.micro_batch_size "$mb" \
         --train.warmup_steps 1 --data.train "$W/data124/train_*.bin" --eval.sequences 0 \
         --checkpoint.every 0 --run.dir "$W/runs" --run.name "gpt124_$tag" --run.backend cuda \
-        --run.precision "$pr" --train.recompute "$recomp" --train.logits_chunk "$chunk" --optim.name "$opt" --resume none \
+        --run.precision "$pr" --train.recompute "$recomp" --train.logits_chunk "$chunk" --optim.name "$opt" \
+        "${arch_opts[@]}" --resume none \
         >"$RUN/gpt124_$tag.txt" 2>&1; rc=$?
       grep -E '^triad:|^device:|^step' "$RUN/gpt124_$tag.txt" | head -14; [[ $rc == 0 ]] || tail -8 "$RUN/gpt124_$tag.txt"
       tps=$(grep -E '^step +([5-9]|1[0-9])/' "$RUN/gpt124_$tag.txt" | sed -n 's/.*| \([0-9]*\) tok\/s.*/\1/p' | sort -n | sed -n '2p')
@@ -518,7 +525,7 @@ EOF
   ) 2>&1 | tee "$RUN/gpu.txt"
   GPU_EVAL=$(sed -n 's/^RESULT_EVAL //p' "$RUN/gpu.txt" | paste -sd';' -)
   GPU_CURVE=$(sed -n 's/^RESULT_CURVE //p' "$RUN/gpu.txt" | paste -sd';' -)
-  GPU_124M=$(sed -n 's/^RESULT_124M_bf16 //p' "$RUN/gpu.txt")"; atomic dQ: $(sed -n 's/^RESULT_124M_bf16_atomic //p' "$RUN/gpu.txt"); muon: $(sed -n 's/^RESULT_124M_bf16_muon //p' "$RUN/gpu.txt")"; GPU_124M32=$(sed -n 's/^RESULT_124M_fp32 //p' "$RUN/gpu.txt")
+  GPU_124M=$(sed -n 's/^RESULT_124M_bf16 //p' "$RUN/gpu.txt")"; atomic dQ: $(sed -n 's/^RESULT_124M_bf16_atomic //p' "$RUN/gpu.txt"); muon: $(sed -n 's/^RESULT_124M_bf16_muon //p' "$RUN/gpu.txt"); Llama architecture: $(sed -n 's/^RESULT_124M_bf16_llama //p' "$RUN/gpu.txt")"; GPU_124M32=$(sed -n 's/^RESULT_124M_fp32 //p' "$RUN/gpu.txt")
 fi
 res "ckpt val loss CPU vs GPU" "${GPU_EVAL:-failed}"
 res "50 steps GPU vs CPU" "${GPU_CURVE:-failed}"
