@@ -667,10 +667,14 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
     if not rep.ok:
         raise ConvertError(rep.headline())
     a = rep.model_attrs
+    if (a.get("position"), a.get("norm"), int(a.get("bias", 1)), a.get("mlp")) == \
+            ("rope", "rmsnorm", 0, "swiglu"):
+        return open_triad_llama(path, a)
     if a.get("position", "learned") != "learned":
         raise ConvertError(f"{path}: the model uses {a['position']} positions (model.position); "
                            f"GPT-2's Hugging Face and llm.c formats hold learned positions (wpe) "
-                           f"only")
+                           f"only (Llama's architecture, all five model options, exports to "
+                           f"Hugging Face's Llama)")
     if a.get("norm", "layernorm") != "layernorm":
         raise ConvertError(f"{path}: the model uses {a['norm']} (model.norm); GPT-2's Hugging "
                            f"Face and llm.c formats hold LayerNorms (weight and bias) only")
@@ -698,6 +702,63 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
                 yield name, (arr[:d.vocab_size] if name == "wte/weight" else arr)
 
     return d, tensors, f"triad checkpoint {path}"
+
+
+def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
+    """A triad checkpoint of Llama's architecture (rope, RMSNorm, SwiGLU, no biases), its
+    tensors in triad's names, the vocabulary tensors cropped to vocab_size rows."""
+    d = Dims(*(int(a[k]) for k in ("n_layer", "n_head", "n_embd", "seq_len", "vocab_size")),
+             position="rope", rope_theta=float(a["rope_theta"]), norm="rmsnorm", bias=False,
+             mlp="swiglu", mlp_hidden=int(a["mlp_hidden"]),
+             tied=int(a.get("tie_embeddings", 1)) == 1)
+
+    def tensors():
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            for name in expected_shapes(a):
+                arr = f["model/" + name][()].astype("<f4")
+                yield name, (arr[:d.vocab_size] if name in ("wte/weight", "lm_head/weight")
+                             else arr)
+
+    return d, tensors, f"triad checkpoint {path}"
+
+
+def llama_hf_config(d: Dims) -> dict:
+    """config.json for transformers' LlamaForCausalLM computing what triad computes."""
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "num_hidden_layers": d.n_layer, "num_attention_heads": d.n_head,
+        "num_key_value_heads": d.n_head, "hidden_size": d.n_embd,
+        "intermediate_size": d.mlp_hidden, "max_position_embeddings": d.seq_len,
+        "vocab_size": d.vocab_size, "rms_norm_eps": 1e-5, "rope_theta": d.rope_theta,
+        "rope_scaling": None, "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
+        "attention_dropout": 0.0, "tie_word_embeddings": d.tied, "initializer_range": 0.02,
+        "torch_dtype": "float32",
+    }
+
+
+def write_llama_hf(out: Path, d: Dims, tensors: Tensors, extra: dict[str, str] | None) -> None:
+    """triad's Llama-architecture tensors as LlamaForCausalLM's: c_attn's rows split into
+    q, k and v, c_fc's into gate and up (llama_sources, read the other way)."""
+    src = llama_sources(d)
+    specs = {}  # in the order tensors() yields triad's tensors, each split into its HF parts
+    for t, shape in expected_shapes(d.attrs()).items():
+        rows = d.vocab_size if t in ("wte/weight", "lm_head/weight") else shape[0]
+        for n in src[t]:
+            specs[n] = (rows // len(src[t]),) + tuple(shape[1:])
+
+    def hf_tensors():
+        for t, a in tensors():
+            names = src[t]
+            parts = np.split(a, len(names)) if len(names) > 1 else [a]
+            for n, part in zip(names, parts):
+                yield n, np.ascontiguousarray(part)
+
+    write_safetensors(out / "model.safetensors", hf_tensors(), specs)
+    (out / "config.json").write_text(json.dumps(llama_hf_config(d), indent=2) + "\n")
+    for name, text in (extra or {}).items():
+        (out / name).write_text(text, encoding="utf-8")
 
 
 # ---------------------------------------------------------------- the command
@@ -823,13 +884,17 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConvertError("--vocab applies to --to hf")
             check_output(Path(args.out))
             d, tensors, source = open_triad(Path(args.ckpt))
+            if args.to == "llmc" and not d.gpt2:
+                raise ConvertError(f"{args.ckpt}: llm.c's model file holds GPT-2 only; a model "
+                                   f"of Llama's architecture exports with --to hf")
             if args.to == "hf":
                 vocab, note = tokenizer_vocab(args.vocab, d)
                 try:  # before the weights: a bad ranks file costs no export
                     files = tokenizer_files(vocab, d.seq_len) if vocab else {}
                 except (OSError, ValueError) as e:
                     raise ConvertError(f"{e}" if str(vocab) in str(e) else f"{vocab}: {e}")
-                finish(Path(args.out), lambda p: write_hf(p, d, tensors, files), directory=True)
+                write = write_hf if d.gpt2 else write_llama_hf
+                finish(Path(args.out), lambda p: write(p, d, tensors, files), directory=True)
                 source += note
             else:
                 finish(Path(args.out), lambda p: write_llmc(p, d, tensors, args.dtype))

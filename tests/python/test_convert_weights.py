@@ -181,6 +181,27 @@ def test_llama_imports_and_evaluates_as_transformers(imported, tmp_path):
     with h5py.File(out, "r") as f:
         assert f["model"].attrs["mlp"] == b"swiglu" and int(f["model"].attrs["tie_embeddings"]) == 0
     assert tool("triad-ckpt", out).returncode == 0
+    # Fine-tuned in triad and exported: LlamaForCausalLM loads it and computes triad's loss.
+    train("--config", cfg, "--init-from", out, *LLAMA_ARGS, "--run.name", "llama-ft", check=True)
+    run_dir = d / "runs" / "llama-ft"
+    with h5py.File(run_dir / "metrics.h5", "r") as f:
+        triad_loss = float(f["val/loss"][-1])
+    hf_out = tmp_path / "llama-out"
+    p = tool("triad-convert", "export", run_dir, hf_out, "--to", "hf", "--vocab", "none")
+    assert p.returncode == 0, p.stderr
+    tuned, info = transformers.LlamaForCausalLM.from_pretrained(hf_out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    loss, _ = hf_loss_accuracy(tuned.eval(), d)
+    assert abs(loss - triad_loss) <= 1e-5 * triad_loss, (loss, triad_loss)
+    # ... and the import exported again is the original, bit for bit.
+    assert tool("triad-convert", "export", out, tmp_path / "again", "--to", "hf", "--vocab",
+                "none").returncode == 0
+    again = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "again").state_dict()
+    for k, v in model.float().state_dict().items():
+        if not k.endswith("inv_freq"):
+            assert torch.equal(again[k], v), k
+    assert_clean_failure(tool("triad-convert", "export", out, tmp_path / "x.bin", "--to", "llmc"),
+                         "holds GPT-2 only")
     # Grouped-query attention and other variants triad does not compute are refused.
     for bad, needle in (({"num_key_value_heads": 2}, "grouped-query attention"),
                         ({"hidden_act": "gelu"}, "hidden_act")):
