@@ -127,6 +127,10 @@ class Dims:
 Tensors = Callable[[], Iterator[Tuple[str, np.ndarray]]]
 
 
+# The tensors with a row per vocabulary entry (padding rows from vocab_size on; an untied head's
+# lm_head beside wte).
+VOCAB_TENSORS = ("wte/weight", "lm_head/weight")
+
 # Each layer's tensors (DESIGN.md §3), in checkpoint order and in llm.c's.
 LAYER_TENSORS = ("ln_1/weight", "ln_1/bias", "attn/c_attn/weight", "attn/c_attn/bias",
                  "attn/c_proj/weight", "attn/c_proj/bias", "ln_2/weight", "ln_2/bias",
@@ -251,6 +255,17 @@ def hf_name(name: str) -> Tuple[str, bool]:
     return ".".join(parts), name.endswith("weight") and parts[-2] in ("c_attn", "c_proj", "c_fc")
 
 
+def refuse_or_check_positions(where: str, refusals: list[str], seq_len: int | None, n_pos: int,
+                              key: str) -> None:
+    """Raises for an HF config triad does not compute (the refusals), or a --seq-len beyond its
+    n_pos positions (config key `key`)."""
+    if refusals:
+        raise ConvertError(f"{where}: a model triad does not compute: " + "; ".join(refusals))
+    if seq_len is not None and seq_len > n_pos:
+        raise ConvertError(f"--seq-len {seq_len} exceeds the model's {n_pos} positions "
+                           f"({key} in {where})")
+
+
 def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     def get(*keys, default=None):
         for k in keys:
@@ -288,11 +303,7 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                       ("tie_word_embeddings", True), ("add_cross_attention", False)):
         if key in cfg and bool(cfg[key]) != want:
             refusals.append(f"{key} = {cfg[key]} (triad's model has {want})")
-    if refusals:
-        raise ConvertError(f"{where}: a model triad does not compute: " + "; ".join(refusals))
-    if seq_len is not None and seq_len > n_pos:
-        raise ConvertError(f"--seq-len {seq_len} exceeds the model's {n_pos} positions "
-                           f"(n_positions in {where})")
+    refuse_or_check_positions(where, refusals, seq_len, n_pos, "n_positions")
     d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab)
     d.check(where)
     return d
@@ -328,11 +339,7 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         refusals.append(f"head_dim {cfg['head_dim']} (triad's is hidden_size / heads)")
     if int(cfg.get("pretraining_tp", 1) or 1) != 1:
         refusals.append(f"pretraining_tp {cfg['pretraining_tp']}")
-    if refusals:
-        raise ConvertError(f"{where}: a model triad does not compute: " + "; ".join(refusals))
-    if seq_len is not None and seq_len > n_pos:
-        raise ConvertError(f"--seq-len {seq_len} exceeds the model's {n_pos} positions "
-                           f"(max_position_embeddings in {where})")
+    refuse_or_check_positions(where, refusals, seq_len, n_pos, "max_position_embeddings")
     if vocab > 65536:
         raise ConvertError(f"{where}: vocab_size {vocab} exceeds triad's token shards (uint16)")
     d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab, position="rope", rope_theta=theta,
@@ -463,9 +470,9 @@ def llama_tensors(d: Dims, where: dict, directory: Path) -> Tensors:
     """The tensors of an HF Llama model as triad's (their shapes checked before any is read)."""
     src = llama_sources(d)
     want = expected_shapes(d.attrs())
-    want["wte/weight"] = (d.vocab_size, d.n_embd)
-    if "lm_head/weight" in want:
-        want["lm_head/weight"] = (d.vocab_size, d.n_embd)
+    for t in VOCAB_TENSORS:
+        if t in want:
+            want[t] = (d.vocab_size, d.n_embd)
     used = {n for names in src.values() for n in names}
     for name in where:
         if name not in used and not name.endswith("rotary_emb.inv_freq"):
@@ -524,8 +531,16 @@ def write_hf(out: Path, d: Dims, tensors: Tensors, extra: dict[str, str] | None 
             h, transposed = hf_name(t)
             yield "transformer." + h, (np.ascontiguousarray(a.T) if transposed else a)
 
-    write_safetensors(out / "model.safetensors", hf_tensors(), specs)
-    (out / "config.json").write_text(json.dumps(hf_config(d), indent=2) + "\n")
+    write_hf_directory(out, specs, hf_tensors(), hf_config(d), extra)
+
+
+def write_hf_directory(out: Path, specs: dict[str, tuple[int, ...]],
+                       tensors: Iterator[Tuple[str, np.ndarray]], config: dict,
+                       extra: dict[str, str] | None) -> None:
+    """model.safetensors (the tensors of `specs`, in its order), config.json and the `extra`
+    files: what from_pretrained loads."""
+    write_safetensors(out / "model.safetensors", tensors, specs)
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     for name, text in (extra or {}).items():
         (out / name).write_text(text, encoding="utf-8")
 
@@ -649,7 +664,7 @@ def write_triad(out: Path, d: Dims, tensors: Tensors, source: str) -> None:
                 m.attrs.create(k, i64(v), dtype="<i8")
         for name, a in tensors():
             a = np.ascontiguousarray(a, dtype="<f4")
-            if name in ("wte/weight", "lm_head/weight"):
+            if name in VOCAB_TENSORS:
                 a = np.concatenate([a, np.zeros((want[name][0] - a.shape[0], d.n_embd), "<f4")])
             assert a.shape == want[name], (name, a.shape, want[name])
             ds = f.create_dataset(f"model/{name}", data=a, dtype="<f4")
@@ -718,7 +733,7 @@ def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
         with h5py.File(path, "r") as f:
             for name in expected_shapes(a):
                 arr = f["model/" + name][()].astype("<f4")
-                yield name, (arr[:d.vocab_size] if name in ("wte/weight", "lm_head/weight")
+                yield name, (arr[:d.vocab_size] if name in VOCAB_TENSORS
                              else arr)
 
     return d, tensors, f"triad checkpoint {path}"
@@ -744,7 +759,7 @@ def write_llama_hf(out: Path, d: Dims, tensors: Tensors, extra: dict[str, str] |
     src = llama_sources(d)
     specs = {}  # in the order tensors() yields triad's tensors, each split into its HF parts
     for t, shape in expected_shapes(d.attrs()).items():
-        rows = d.vocab_size if t in ("wte/weight", "lm_head/weight") else shape[0]
+        rows = d.vocab_size if t in VOCAB_TENSORS else shape[0]
         for n in src[t]:
             specs[n] = (rows // len(src[t]),) + tuple(shape[1:])
 
@@ -755,10 +770,7 @@ def write_llama_hf(out: Path, d: Dims, tensors: Tensors, extra: dict[str, str] |
             for n, part in zip(names, parts):
                 yield n, np.ascontiguousarray(part)
 
-    write_safetensors(out / "model.safetensors", hf_tensors(), specs)
-    (out / "config.json").write_text(json.dumps(llama_hf_config(d), indent=2) + "\n")
-    for name, text in (extra or {}).items():
-        (out / name).write_text(text, encoding="utf-8")
+    write_hf_directory(out, specs, hf_tensors(), llama_hf_config(d), extra)
 
 
 # ---------------------------------------------------------------- the command

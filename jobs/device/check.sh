@@ -405,15 +405,22 @@ for v in ("cuda_fp32", "cuda_bf16", "cuda_fp32cached"):
     if cref and c:
         print(f"RESULT_CHOICES {v.split('_')[1]}: acc {c[0]:.4f}/{c[1]:.4f} vs cpu "
               f"{cref[0]:.4f}/{cref[1]:.4f}, ending loss rel {abs(c[2]-cref[2])/cref[2]:.2e}")
+l = {}  # the 50-step loss curves, "cpu_fp32", "cuda_bf16_muon", ...
+def load_curves(suffix=""):
+    import h5py
+    for v in ("cpu_fp32", "cuda_fp32", "cuda_bf16"):
+        with h5py.File(w / "runs" / f"curve_{v}{suffix}" / "metrics.h5", "r") as f:
+            l[v + suffix] = f["train/loss"][:]
+def against_cpu(key, v, suffix=""):  # one GPU curve against the CPU's: a RESULT_ line
+    import numpy as np
+    a, b = l["cpu_fp32" + suffix], l[v + suffix]
+    d = np.abs(a - b) / np.abs(a)
+    return f"{key} {v.split('_')[1]}: {len(b)} steps, max rel diff {d.max():.2e}, final cpu {a[-1]:.5f} gpu {b[-1]:.5f}"
 try:
     import h5py, numpy as np
-    l = {}
-    for v in ("cpu_fp32", "cuda_fp32", "cuda_bf16"):
-        with h5py.File(w / "runs" / f"curve_{v}" / "metrics.h5", "r") as f:
-            l[v] = f["train/loss"][:]
+    load_curves()
     for v in ("cuda_fp32", "cuda_bf16"):
-        d = np.abs(l["cpu_fp32"] - l[v]) / np.abs(l["cpu_fp32"])
-        print(f"RESULT_CURVE {v.split('_')[1]}: {len(l[v])} steps, max rel diff {d.max():.2e}, final cpu {l['cpu_fp32'][-1]:.5f} gpu {l[v][-1]:.5f}")
+        print(against_cpu("RESULT_CURVE", v))
 except Exception as e:
     print("RESULT_CURVE failed:", e)
 try:
@@ -424,13 +431,9 @@ try:
 except Exception as e:
     print(f"RESULT_NCCL failed: {e}")
 try:
-    for v in ("cpu_fp32", "cuda_fp32", "cuda_bf16"):
-        with h5py.File(w / "runs" / f"curve_{v}_muon" / "metrics.h5", "r") as f:
-            l[v + "_muon"] = f["train/loss"][:]
+    load_curves("_muon")
     for v in ("cuda_fp32", "cuda_bf16"):
-        a, b = l["cpu_fp32_muon"], l[v + "_muon"]
-        d = np.abs(a - b) / np.abs(a)
-        print(f"RESULT_MUON {v.split('_')[1]}: {len(b)} steps, max rel diff {d.max():.2e}, final cpu {a[-1]:.5f} gpu {b[-1]:.5f} (adamw {l[v][-1]:.5f})")
+        print(against_cpu("RESULT_MUON", v, "_muon") + f" (adamw {l[v][-1]:.5f})")
     # The per-layer norms (train.norms_every, sum_squares on the device) at step 0, before the
     # runs part: the same weights and batch on both.
     def norms0(v):
@@ -442,13 +445,9 @@ try:
 except Exception as e:
     print("RESULT_MUON failed:", e)
 try:
-    for v in ("cpu_fp32", "cuda_fp32", "cuda_bf16"):
-        with h5py.File(w / "runs" / f"curve_{v}_rope" / "metrics.h5", "r") as f:
-            l[v + "_rope"] = f["train/loss"][:]
+    load_curves("_rope")
     for v in ("cuda_fp32", "cuda_bf16"):
-        a, b = l["cpu_fp32_rope"], l[v + "_rope"]
-        d = np.abs(a - b) / np.abs(a)
-        print(f"RESULT_ROPE {v.split('_')[1]}: {len(b)} steps, max rel diff {d.max():.2e}, final cpu {a[-1]:.5f} gpu {b[-1]:.5f}")
+        print(against_cpu("RESULT_ROPE", v, "_rope"))
 except Exception as e:
     print("RESULT_ROPE failed:", e)
 for g in ("dp", "tp", "pp", "zb", "tpmuon", "dpmuon"):

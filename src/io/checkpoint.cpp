@@ -625,13 +625,14 @@ CheckpointState read_state(hid_t file) {
   s.model.norm = io::read_string_attr(model, "norm").value_or("layernorm");
   TRIAD_CHECK(s.model.norm == "layernorm" || s.model.norm == "rmsnorm",
               "attribute norm of /model is '", s.model.norm, "', not layernorm or rmsnorm");
-  const int64_t bias = io::read_int64_attr(model, "bias").value_or(1);
-  TRIAD_CHECK(bias == 0 || bias == 1, "attribute bias of /model is ", bias, ", not 0 or 1");
-  s.model.bias = bias == 1;
-  const int64_t tied = io::read_int64_attr(model, "tie_embeddings").value_or(1);
-  TRIAD_CHECK(tied == 0 || tied == 1, "attribute tie_embeddings of /model is ", tied,
-              ", not 0 or 1");
-  s.model.tied = tied == 1;
+  // The model's 0/1 switches, 1 (GPT-2's) where absent.
+  auto flag = [&](const char* name) {
+    const int64_t v = io::read_int64_attr(model, name).value_or(1);
+    TRIAD_CHECK(v == 0 || v == 1, "attribute ", name, " of /model is ", v, ", not 0 or 1");
+    return v == 1;
+  };
+  s.model.bias = flag("bias");
+  s.model.tied = flag("tie_embeddings");
   s.model.mlp = io::read_string_attr(model, "mlp").value_or("gelu");
   TRIAD_CHECK(s.model.mlp == "gelu" || s.model.mlp == "swiglu", "attribute mlp of /model is '",
               s.model.mlp, "', not gelu or swiglu");

@@ -167,12 +167,6 @@ void insert_shard(const ParamSpec& s, int tp, int tp_rank, const float* local, f
   });
 }
 
-std::vector<std::string> layer_tensor_suffixes(const GptShape& shape) {
-  std::vector<std::string> out;
-  for (const auto& t : layer_tensor_list(shape)) out.emplace_back(t.name);
-  return out;
-}
-
 std::vector<ParamSpec> gpt_parameter_layout(const GptShape& shape) {
   return gpt_rank_layout(shape, ModelParallel{});
 }
@@ -460,7 +454,7 @@ void Gpt::init(uint64_t seed) {
       const bool residual = t.name.ends_with("c_proj/weight");
       const double std = residual ? residual_std : 0.02;
       size_t n = t.numel;
-      if (t.name == "wte/weight" || t.name == "lm_head/weight")  // padding rows 0
+      if (has_vocabulary_rows(t.name))  // padding rows 0
         n = size_t(shape_.vocab_size) * shape_.n_embd;
       for (size_t i = 0; i < n; ++i) full[i] = float(std * rng.normal());
     }

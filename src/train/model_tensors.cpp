@@ -17,8 +17,7 @@ std::vector<TensorRef> model_tensor_refs(const Gpt& model, float* base, size_t f
     TensorRef t;
     t.name = full.name;
     t.shape = full.shape;
-    if (full.name == "wte/weight" || full.name == "lm_head/weight")
-      t.valid_rows = model.shape().vocab_size;
+    if (has_vocabulary_rows(full.name)) t.valid_rows = model.shape().vocab_size;
     const auto it = held.find(full.name);
     if (it == held.end()) {
       t.begin = t.end = 0;

@@ -150,7 +150,7 @@ std::vector<float> Trainer::parameters() const {
   const size_t pad =
       size_t(s.cfg.padded_vocab_size() - s.cfg.model.vocab_size) * s.cfg.model.n_embd;
   for (size_t i = full.size(); i-- > 0;)
-    if (full[i].name == "wte/weight" || full[i].name == "lm_head/weight")
+    if (has_vocabulary_rows(full[i].name))
       out.erase(out.begin() + long(at[i] + full[i].numel - pad),
                 out.begin() + long(at[i] + full[i].numel));
   return out;

@@ -63,7 +63,7 @@ int main(int argc, char** argv) {
     std::vector<triad::TensorRef> refs;
     for (const auto& p : model.specs()) {
       triad::TensorRef r{p.name, p.shape, model.params() + p.offset, -1};
-      if (p.name == "wte/weight" || p.name == "lm_head/weight") r.valid_rows = V;
+      if (triad::has_vocabulary_rows(p.name)) r.valid_rows = V;
       refs.push_back(std::move(r));
     }
     triad::load_checkpoint_tensors(world, ckpt, {{"model", refs}});

@@ -44,14 +44,16 @@ struct GptShape {
   int fc_rows() const { return swiglu ? 2 * hidden() : hidden(); }  // c_fc's output width
 };
 
-// The names of layer i's tensors for this shape, in buffer order: the 12 of DESIGN.md §3 less
-// the LayerNorm biases under rmsnorm and every bias without bias ("h/{i}/" + suffix).
-std::vector<std::string> layer_tensor_suffixes(const GptShape& shape);
-
 // The rotary embedding's angles (shape.rope): [seq_len, hd] floats, position p's row holding
 // cos(p·f_i) for i < hd/2, then sin(p·f_i), f_i = rope_theta^(−2i/hd); computed in double and
 // rounded once, so every backend reads the same table.
 std::vector<float> rope_table(const GptShape& shape);
+
+// Whether a parameter has a row per vocabulary entry (wte, and an untied head's lm_head): rows
+// from vocab_size on are padding, zero and not parameters of the model.
+inline bool has_vocabulary_rows(const std::string& name) {
+  return name == "wte/weight" || name == "lm_head/weight";
+}
 
 // DESIGN.md §3: the rows of wte, vocab_size rounded up to a multiple of 128·tp.
 inline int padded_vocab_size(int vocab_size, int tp) {
@@ -124,8 +126,9 @@ struct ParamSpec {
 };
 
 // The parameter layout of DESIGN.md §3 in buffer order (wte, wpe, 12 tensors per layer, ln_f;
-// no wpe under rope, no LayerNorm biases under rmsnorm), each tensor 16-float aligned. Tools that
-// need names and shapes without a model use it too.
+// no wpe under rope, no LayerNorm biases under rmsnorm, no biases at all without bias, and
+// lm_head last when untied), each tensor 16-float aligned. Tools that need names and shapes
+// without a model use it too.
 std::vector<ParamSpec> gpt_parameter_layout(const GptShape& shape);
 // The tensors one rank holds under tensor and pipeline parallelism, in its buffer order:
 // [wte, wpe] on the first stage, its chunks' layers, [ln_f] and the head's wte (when not the
@@ -481,7 +484,7 @@ class Gpt {
   std::vector<ParamSpec> specs_;
   size_t n_floats_ = 0, buffer_floats_ = 0;
   // Indices into specs_ (-1: not held): wte (embedding), wpe, ln_f, the head's wte, and the
-  // first of the tensors of each global layer (12, or 10 under rmsnorm).
+  // first of the tensors of each global layer (layer_count_ of them).
   int wte_ = -1, wpe_ = -1, lnf_ = -1, head_ = -1;
   float* rope_table_ = nullptr;  // rope_table(shape_) on the backend (shape_.rope)
   std::vector<int> layer_;
