@@ -545,7 +545,8 @@ def test_damaged_checkpoints(tmp_path):
             ("norm", {"norm": "batchnorm"}, "'batchnorm', not layernorm or rmsnorm"),
             ("bias", {"bias": 2}, "attribute bias of /model is 2"),
             ("mlp", {"mlp": "relu2"}, "'relu2', not gelu or swiglu"),
-            ("tied", {"tie_embeddings": 3}, "attribute tie_embeddings of /model is 3")):
+            ("tied", {"tie_embeddings": 3}, "attribute tie_embeddings of /model is 3"),
+            ("hidden", {"mlp_hidden": 0}, "attribute mlp_hidden of /model is 0")):
         bad = tmp_path / f"bad_{name}.h5"
         bad.write_bytes(good.read_bytes())
         with h5py.File(bad, "r+") as f:
