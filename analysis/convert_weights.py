@@ -21,6 +21,10 @@ What the formats hold and how they map (docs/formats.md, "Weights from other pro
   `attn.masked_bias` (ignored), `lm_head.weight` (absent or equal to wte: tied). The config
   must describe what triad computes: tanh GELU (`gelu_new`), LayerNorm eps 1e-5, MLP width
   4·C, attention scaled by 1/sqrt(head_dim), tied embeddings; anything else is refused.
+- HF Llama: q_proj, k_proj, v_proj stacked into c_attn (rows), gate_proj and up_proj into c_fc.
+  With grouped-query attention HF's query head kv·g + j (g = heads / key-value heads) uses
+  key/value head kv, and so does triad's head j·n_kv_head + kv: the query heads (q_proj's
+  rows, o_proj's columns) are reordered, both ways (llama_query_order).
 - llm.c: a header of 256 int32 (magic 20240326, version 3 = fp32 or 5 = bf16, max_seq_len,
   vocab_size, n_layer, n_head, n_embd, padded_vocab_size), then wte, wpe and each per-layer
   tensor for all layers in turn ([out, in] like triad), then ln_f.
@@ -77,11 +81,17 @@ class Dims:
     mlp: str = "gelu"
     mlp_hidden: int = 0
     tied: bool = True
+    n_kv_head: int = 0  # key/value heads; 0: n_head (no grouped-query attention)
+
+    @property
+    def kv(self) -> int:
+        return self.n_kv_head or self.n_head
 
     @property
     def gpt2(self) -> bool:
         return (self.position, self.norm, self.bias, self.mlp, self.tied) == \
-            ("learned", "layernorm", True, "gelu", True) and self.mlp_hidden in (0, 4 * self.n_embd)
+            ("learned", "layernorm", True, "gelu", True) and \
+            self.mlp_hidden in (0, 4 * self.n_embd) and self.kv == self.n_head
 
     @property
     def padded_vocab_size(self) -> int:  # DESIGN.md §3 at tp = 1
@@ -94,6 +104,9 @@ class Dims:
         if self.n_embd % self.n_head:
             raise ConvertError(f"{where}: n_embd {self.n_embd} is not a multiple of n_head "
                                f"{self.n_head}")
+        if self.kv < 0 or self.n_head % self.kv:
+            raise ConvertError(f"{where}: n_kv_head {self.kv} does not divide n_head "
+                               f"{self.n_head}")
 
     def attrs(self) -> dict:
         """The /model attributes of a checkpoint of this model (the architecture ones only when
@@ -104,7 +117,7 @@ class Dims:
         if not self.gpt2:
             a.update(position=self.position, norm=self.norm, bias=int(self.bias), mlp=self.mlp,
                      mlp_hidden=self.mlp_hidden or 4 * self.n_embd,
-                     tie_embeddings=int(self.tied))
+                     tie_embeddings=int(self.tied), n_kv_head=self.kv)
             if self.position == "rope":
                 a["rope_theta"] = float(self.rope_theta)
         return a
@@ -116,7 +129,8 @@ class Dims:
         if not self.gpt2:
             keys.update(position=self.position, norm=self.norm,
                         bias="true" if self.bias else "false", mlp=self.mlp,
-                        mlp_hidden=self.mlp_hidden, tie_embeddings="true" if self.tied else "false")
+                        mlp_hidden=self.mlp_hidden, tie_embeddings="true" if self.tied else "false",
+                        n_kv_head=self.kv)
             if self.position == "rope":
                 keys["rope_theta"] = self.rope_theta
         return "".join(f"{k} = {v}\n" for k, v in keys.items())
@@ -311,7 +325,8 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
 
 def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     """A Hugging Face Llama config as triad's model: rope (HF's rotate-half pairing, triad's),
-    RMSNorm, SwiGLU, no biases, tied or not; refused where triad computes something else."""
+    RMSNorm, SwiGLU, no biases, tied or not, grouped-query attention or not; refused where triad
+    computes something else."""
     try:
         n_layer, n_head = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
         n_embd, hidden = int(cfg["hidden_size"]), int(cfg["intermediate_size"])
@@ -323,9 +338,9 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                            f"hidden_size, intermediate_size, max_position_embeddings, vocab_size "
                            f"and numeric rms_norm_eps, rope_theta ({e})")
     refusals = []
-    if kv != n_head:
-        refusals.append(f"num_key_value_heads {kv} != num_attention_heads {n_head} (grouped-query "
-                        f"attention is not built)")
+    if kv <= 0 or n_head % kv:
+        refusals.append(f"num_key_value_heads {kv} does not divide num_attention_heads {n_head} "
+                        f"(each key/value head serves an equal group of query heads)")
     if abs(eps - 1e-5) > 1e-12:
         refusals.append(f"rms_norm_eps {eps} (triad's is 1e-5)")
     if cfg.get("hidden_act", "silu") != "silu":
@@ -344,7 +359,7 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         raise ConvertError(f"{where}: vocab_size {vocab} exceeds triad's token shards (uint16)")
     d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab, position="rope", rope_theta=theta,
              norm="rmsnorm", bias=False, mlp="swiglu", mlp_hidden=hidden,
-             tied=bool(cfg.get("tie_word_embeddings", False)))
+             tied=bool(cfg.get("tie_word_embeddings", False)), n_kv_head=kv)
     d.check(where)
     return d
 
@@ -365,6 +380,37 @@ def llama_sources(d: Dims) -> dict[str, list[str]]:
     if not d.tied:
         src["lm_head/weight"] = ["lm_head.weight"]
     return src
+
+
+def llama_part_rows(d: Dims, t: str, rows: int) -> list[int]:
+    """The rows of each HF tensor (llama_sources) stacked into triad's tensor t of `rows` rows:
+    c_attn's q (C), k and v (n_kv_head heads each), c_fc's gate and up."""
+    if t.endswith("attn/c_attn/weight"):
+        kv_rows = d.kv * (d.n_embd // d.n_head)
+        return [d.n_embd, kv_rows, kv_rows]
+    if t.endswith("mlp/c_fc/weight"):
+        return [rows // 2, rows // 2]
+    return [rows]
+
+
+def llama_query_order(d: Dims, t: str, a: np.ndarray, to_hf: bool = False) -> np.ndarray:
+    """Tensor t (of HF's Llama) with its query heads in triad's order, or (to_hf) the other way.
+    HF's repeat_kv gives each key/value head kv a run of g = n_head / n_kv_head query heads,
+    kv·g .. kv·g + g - 1; triad repeats the key/value heads whole, query head h using key/value
+    head h % n_kv_head, so that tensor parallelism can cut c_attn into equal blocks of
+    n_kv_head heads (docs/formats.md). HF's query head kv·g + j is triad's j·n_kv_head + kv:
+    c_attn's q rows and attn.c_proj's input columns move by whole heads; k and v stay."""
+    if d.kv == d.n_head or not t.endswith(("attn/c_attn/weight", "attn/c_proj/weight")):
+        return a  # one key/value head per query head: the orders agree
+    nh, hd, g = d.n_head, d.n_embd // d.n_head, d.n_head // d.kv
+    h = np.arange(nh)
+    order = (h % d.kv) * g + h // d.kv  # triad's head h is HF's head order[h]
+    if to_hf:
+        order = np.argsort(order)  # HF's head h' is triad's head order[h']
+    if t.endswith("c_attn/weight"):  # q: the first C rows, head-major
+        q = a[:d.n_embd].reshape(nh, hd, -1)[order].reshape(d.n_embd, -1)
+        return np.concatenate([q, a[d.n_embd:]])
+    return a.reshape(a.shape[0], nh, hd)[:, order].reshape(a.shape)  # o_proj's input columns
 
 
 def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
@@ -483,21 +529,18 @@ def llama_tensors(d: Dims, where: dict, directory: Path) -> Tensors:
         missing = [n for n in names if n not in where]
         if missing:
             raise ConvertError(f"{directory}: tensor(s) {', '.join(missing)} missing")
-        rows = [tuple(where[n].entries[n][1]) for n in names]
-        if len(want[t]) == 1:
-            bad = rows != [want[t]]
-        else:  # 2-D: the parts stack by rows into the triad tensor
-            bad = any(len(r) != 2 or r[1] != want[t][1] for r in rows) or \
-                sum(r[0] for r in rows) != want[t][0]
-        if bad:
+        got = [list(where[n].entries[n][1]) for n in names]
+        expected = [[r, *want[t][1:]] for r in llama_part_rows(d, t, want[t][0])]
+        if got != expected:
             raise ConvertError(f"{where[names[0]].path}: tensor(s) {', '.join(names)} have "
-                               f"shape(s) {[list(r) for r in rows]}, expected {list(want[t])} "
-                               f"together for the model in config.json")
+                               f"shape(s) {got}, expected {expected} for the model in "
+                               f"config.json")
 
     def tensors():
         for t, names in src.items():
             parts = [np.asarray(where[n].read(n), dtype="<f4") for n in names]
-            yield t, parts[0] if len(parts) == 1 else np.concatenate(parts)
+            yield t, llama_query_order(d, t, np.concatenate(parts) if len(parts) > 1
+                                       else parts[0])
 
     return tensors
 
@@ -701,6 +744,11 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
     if int(a.get("tie_embeddings", 1)) != 1:
         raise ConvertError(f"{path}: the model has an output layer of its own "
                            f"(model.tie_embeddings = false); GPT-2's formats tie it to wte")
+    if int(a.get("n_kv_head", d.n_head)) != d.n_head:
+        raise ConvertError(f"{path}: the model has {a['n_kv_head']} key/value heads for "
+                           f"{d.n_head} query heads (model.n_kv_head); GPT-2's formats hold one "
+                           f"per query head (Llama's architecture exports grouped-query "
+                           f"attention to Hugging Face's Llama)")
     # model.bias = false: GPT-2 with every bias zero computes exactly that model.
     no_bias = int(a.get("bias", 1)) == 0
     full = shapes(d)
@@ -725,7 +773,8 @@ def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
     d = Dims(*(int(a[k]) for k in ("n_layer", "n_head", "n_embd", "seq_len", "vocab_size")),
              position="rope", rope_theta=float(a["rope_theta"]), norm="rmsnorm", bias=False,
              mlp="swiglu", mlp_hidden=int(a["mlp_hidden"]),
-             tied=int(a.get("tie_embeddings", 1)) == 1)
+             tied=int(a.get("tie_embeddings", 1)) == 1,
+             n_kv_head=int(a.get("n_kv_head", a["n_head"])))
 
     def tensors():
         import h5py
@@ -744,7 +793,7 @@ def llama_hf_config(d: Dims) -> dict:
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "num_hidden_layers": d.n_layer, "num_attention_heads": d.n_head,
-        "num_key_value_heads": d.n_head, "hidden_size": d.n_embd,
+        "num_key_value_heads": d.kv, "hidden_size": d.n_embd,
         "intermediate_size": d.mlp_hidden, "max_position_embeddings": d.seq_len,
         "vocab_size": d.vocab_size, "rms_norm_eps": 1e-5, "rope_theta": d.rope_theta,
         "rope_scaling": None, "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
@@ -755,19 +804,20 @@ def llama_hf_config(d: Dims) -> dict:
 
 def write_llama_hf(out: Path, d: Dims, tensors: Tensors, extra: dict[str, str] | None) -> None:
     """triad's Llama-architecture tensors as LlamaForCausalLM's: c_attn's rows split into
-    q, k and v, c_fc's into gate and up (llama_sources, read the other way)."""
+    q, k and v, c_fc's into gate and up, query heads in HF's order (llama_sources,
+    llama_query_order, read the other way)."""
     src = llama_sources(d)
     specs = {}  # in the order tensors() yields triad's tensors, each split into its HF parts
     for t, shape in expected_shapes(d.attrs()).items():
         rows = d.vocab_size if t in VOCAB_TENSORS else shape[0]
-        for n in src[t]:
-            specs[n] = (rows // len(src[t]),) + tuple(shape[1:])
+        for n, r in zip(src[t], llama_part_rows(d, t, rows)):
+            specs[n] = (r,) + tuple(shape[1:])
 
     def hf_tensors():
         for t, a in tensors():
-            names = src[t]
-            parts = np.split(a, len(names)) if len(names) > 1 else [a]
-            for n, part in zip(names, parts):
+            a = llama_query_order(d, t, a, to_hf=True)
+            ends = np.cumsum(llama_part_rows(d, t, a.shape[0]))[:-1]
+            for n, part in zip(src[t], np.split(a, ends)):
                 yield n, np.ascontiguousarray(part)
 
     write_hf_directory(out, specs, hf_tensors(), llama_hf_config(d), extra)
@@ -910,7 +960,8 @@ def main(argv: list[str] | None = None) -> int:
                 source += note
             else:
                 finish(Path(args.out), lambda p: write_llmc(p, d, tensors, args.dtype))
-        print(f"{prog}: wrote {args.out} ({d.n_layer} layers, {d.n_head} heads, n_embd "
+        kv = f" ({d.kv} key/value)" if d.kv != d.n_head else ""
+        print(f"{prog}: wrote {args.out} ({d.n_layer} layers, {d.n_head} heads{kv}, n_embd "
               f"{d.n_embd}, seq_len {d.seq_len}, vocab {d.vocab_size}) from {source}")
         return 0
 

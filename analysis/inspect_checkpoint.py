@@ -67,8 +67,12 @@ def resolve_checkpoint_path(p: str | Path) -> Path:
 
 def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
     """Parameter names and shapes of DESIGN.md §3 from the /model attributes (no wpe when the
-    attribute position is rope: rotary positions; no LayerNorm biases when norm is rmsnorm)."""
+    attribute position is rope: rotary positions; no LayerNorm biases when norm is rmsnorm;
+    c_attn's k and v rows for n_kv_head heads)."""
     L, C, T, V = (int(a[k]) for k in ("n_layer", "n_embd", "seq_len", "padded_vocab_size"))
+    H = int(a["n_head"])
+    # c_attn: q (C rows), then k and v with n_kv_head heads of C / n_head rows (absent: n_head)
+    W = C + 2 * int(a.get("n_kv_head", H)) * (C // H) if H > 0 else 3 * C
     s = {"wte/weight": (V, C), "ln_f/weight": (C,), "ln_f/bias": (C,)}
     if a.get("position", "learned") != "rope":
         s["wpe/weight"] = (T, C)
@@ -76,7 +80,7 @@ def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
         p = f"h/{i}/"
         s.update({
             p + "ln_1/weight": (C,), p + "ln_1/bias": (C,),
-            p + "attn/c_attn/weight": (3 * C, C), p + "attn/c_attn/bias": (3 * C,),
+            p + "attn/c_attn/weight": (W, C), p + "attn/c_attn/bias": (W,),
             p + "attn/c_proj/weight": (C, C), p + "attn/c_proj/bias": (C,),
             p + "ln_2/weight": (C,), p + "ln_2/bias": (C,),
             p + "mlp/c_fc/weight": (4 * C, C), p + "mlp/c_fc/bias": (4 * C,),
@@ -276,6 +280,10 @@ def _check(rep: Report) -> None:
             P.append(f"/model attribute {flag} = {ma[flag]!r}, expected 0 or 1")
     if not (isinstance(ma.get("mlp_hidden", 1), int) and ma.get("mlp_hidden", 1) >= 1):
         P.append(f"/model attribute mlp_hidden = {ma['mlp_hidden']!r}, not a positive count")
+    kv = ma.get("n_kv_head", ma["n_head"])  # absent: a file from before grouped-query attention
+    if not (isinstance(kv, int) and kv >= 1 and int(ma["n_head"]) % kv == 0):
+        P.append(f"/model attribute n_kv_head = {kv!r}, not a positive divisor of n_head "
+                 f"{ma['n_head']}")
     if ma.get("mlp", "gelu") not in ("gelu", "swiglu"):
         P.append(f"/model attribute mlp = {ma['mlp']!r}, expected 'gelu' or 'swiglu'")
     if ma.get("norm", "layernorm") not in ("layernorm", "rmsnorm"):

@@ -21,12 +21,12 @@ import numpy as np
 from ._common import AnalysisError, fmt, markdown_table, prog_name, run_main, save_figure
 from .metrics import Metrics, load_runs, parse_grid, steady_tokens_per_sec
 
-MODEL_KEYS = ("model.n_layer", "model.n_head", "model.n_embd", "model.seq_len",
-              "model.vocab_size", "model.position", "model.norm", "model.bias", "model.mlp",
-              "model.mlp_hidden")
+MODEL_KEYS = ("model.n_layer", "model.n_head", "model.n_kv_head", "model.n_embd",
+              "model.seq_len", "model.vocab_size", "model.position", "model.norm", "model.bias",
+              "model.mlp", "model.mlp_hidden")
 # What a run from before a key existed had (its config does not name it).
 MODEL_DEFAULTS = {"model.position": "learned", "model.norm": "layernorm", "model.bias": "true",
-                  "model.mlp": "gelu", "model.mlp_hidden": "0"}
+                  "model.mlp": "gelu", "model.mlp_hidden": "0", "model.n_kv_head": "0"}
 
 
 def _run_label(m: Metrics) -> str:
@@ -56,7 +56,10 @@ def scaling_table(runs: list[Metrics], skip: int = 5, any_model: bool = False):
                      "tokens_per_sec_per_rank": tps / ranks})
     if not any_model and len(runs) > 1:
         def model_of(m):
-            return {k: m.config(k, MODEL_DEFAULTS.get(k)) for k in MODEL_KEYS}
+            model = {k: m.config(k, MODEL_DEFAULTS.get(k)) for k in MODEL_KEYS}
+            if model["model.n_kv_head"] == "0":  # 0 is n_head: the same model as n_head written
+                model["model.n_kv_head"] = model["model.n_head"]
+            return model
 
         ref = model_of(runs[0])
         for m in runs[1:]:

@@ -184,10 +184,10 @@ std::vector<KernelRate> run_ops(Backend& be, const KernelBenchShape& sh, int rep
   mm("matmul_forward qkv", qkv, ln, w_qkv, b_qkv, C, 3 * C);
   if constexpr (std::is_same_v<A, float>) {
     add("attention_forward", dims({B, NH, T, C / NH}), attn_fwd, true,
-        [&] { be.attention_forward(att_out, att, qkv, B, T, C, NH); });
+        [&] { be.attention_forward(att_out, att, qkv, B, T, C, NH, NH); });
   } else {
     add("attention_forward", dims({B, NH, T, C / NH}), attn_fwd, true,
-        [&] { be.attention_forward(att_out, lse, qkv, B, T, C, NH); });
+        [&] { be.attention_forward(att_out, lse, qkv, B, T, C, NH, NH); });
   }
   mm("matmul_forward attn proj", res, att_out, w_ao, b_c, C, C);
   add("residual_layernorm_fwd", dims({(long long)N, C}), 4.0 * n * c * E + 8.0 * n, false,
@@ -214,11 +214,11 @@ std::vector<KernelRate> run_ops(Backend& be, const KernelBenchShape& sh, int rep
   mm_back("matmul_backward attn proj", dx, res, att_out, w_ao, C, C);
   if constexpr (std::is_same_v<A, float>) {
     add("attention_backward", dims({B, NH, T, C / NH}), 2.5 * attn_fwd, true, [&] {
-      be.attention_backward(dqkv, scratch, dx, qkv, att, B, T, C, NH, GradMode::overwrite);
+      be.attention_backward(dqkv, scratch, dx, qkv, att, B, T, C, NH, NH, GradMode::overwrite);
     });
   } else {
     add("attention_backward", dims({B, NH, T, C / NH}), 2.5 * attn_fwd, true, [&] {
-      be.attention_backward(dqkv, dx, qkv, att_out, lse, B, T, C, NH, GradMode::overwrite);
+      be.attention_backward(dqkv, dx, qkv, att_out, lse, B, T, C, NH, NH, GradMode::overwrite);
     });
   }
   mm_back("matmul_backward qkv", dx, dqkv, ln, w_qkv, C, 3 * C);

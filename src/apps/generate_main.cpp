@@ -159,10 +159,13 @@ int main(int argc, char** argv) {
     shape.swiglu = m.mlp == "swiglu";
     shape.mlp_hidden = int(m.mlp_hidden);
     shape.tied = m.tied;
+    shape.n_kv_head = int(m.n_kv_head);
     TRIAD_CHECK(!bf16 || m.n_embd % 2 == 0,
                 "--precision bf16 needs an even n_embd (the checkpoint's is ", m.n_embd, ")");
     TRIAD_CHECK(m.n_head % tp == 0, "--tp ", tp, " does not divide the model's ", m.n_head,
                 " heads");
+    TRIAD_CHECK(m.n_kv_head % tp == 0, "--tp ", tp, " does not divide the model's ", m.n_kv_head,
+                " key/value heads");
     TRIAD_CHECK(m.n_layer % pp == 0, "--pp ", pp, " does not divide the model's ", m.n_layer,
                 " layers");
     TRIAD_CHECK(m.mlp_hidden % tp == 0, "--tp ", tp, " does not divide the model's ", m.mlp_hidden,

@@ -639,6 +639,10 @@ CheckpointState read_state(hid_t file) {
   s.model.mlp_hidden = io::read_int64_attr(model, "mlp_hidden").value_or(4 * s.model.n_embd);
   TRIAD_CHECK(s.model.mlp_hidden >= 1, "attribute mlp_hidden of /model is ", s.model.mlp_hidden,
               ", not a positive count");
+  s.model.n_kv_head = io::read_int64_attr(model, "n_kv_head").value_or(s.model.n_head);
+  TRIAD_CHECK(s.model.n_kv_head >= 1 && s.model.n_head % s.model.n_kv_head == 0,
+              "attribute n_kv_head of /model is ", s.model.n_kv_head,
+              ", not a positive divisor of n_head (", s.model.n_head, ")");
   return s;
 }
 
@@ -955,6 +959,8 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
           io::write_string_attr(model, "mlp", state.model.mlp);
           if (state.model.mlp_hidden > 0)  // 0: not given (the default, 4·n_embd)
             io::write_int64_attr(model, "mlp_hidden", state.model.mlp_hidden);
+          if (state.model.n_kv_head > 0)  // 0: not given (n_head)
+            io::write_int64_attr(model, "n_kv_head", state.model.n_kv_head);
         }
         size_t i = 0;
         for (const TensorGroup& g : groups) {

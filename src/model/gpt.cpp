@@ -25,12 +25,19 @@ struct LayerTensor {
 std::vector<LayerTensor> all_layer_tensors(const GptShape& shape) {
   const int64_t C = shape.n_embd, H = shape.hidden(), F = shape.fc_rows();
   const int fc_blocks = shape.swiglu ? 2 : 1;  // SwiGLU: by units within each of gate and up
+  // c_attn by heads within each of q, k, v, as NH/NKV + 2 blocks of NKV heads (the query heads
+  // in NH/NKV blocks, then k, then v; 3 blocks without grouped-query attention): each rank holds
+  // the same NKV/tp heads of every block, so its query heads h are those whose key/value heads
+  // h % NKV it holds. attn.c_proj's input columns (one head's hd each) follow its query heads:
+  // NH/NKV blocks (1 without grouped-query attention).
+  const int64_t W = shape.qkv_rows();
+  const int q_blocks = shape.n_head / shape.kv_heads();
   return {{"ln_1/weight", {C}, -1, 1},
           {"ln_1/bias", {C}, -1, 1},
-          {"attn/c_attn/weight", {3 * C, C}, 0, 3},  // by heads within each of q, k, v
-          {"attn/c_attn/bias", {3 * C}, 0, 3},
-          {"attn/c_proj/weight", {C, C}, 1, 1},  // row-parallel: input columns
-          {"attn/c_proj/bias", {C}, -1, 1},      // added once, after the all-reduce
+          {"attn/c_attn/weight", {W, C}, 0, q_blocks + 2},
+          {"attn/c_attn/bias", {W}, 0, q_blocks + 2},
+          {"attn/c_proj/weight", {C, C}, 1, q_blocks},  // row-parallel: input columns
+          {"attn/c_proj/bias", {C}, -1, 1},             // added once, after the all-reduce
           {"ln_2/weight", {C}, -1, 1},
           {"ln_2/bias", {C}, -1, 1},
           {"mlp/c_fc/weight", {F, C}, 0, fc_blocks},
@@ -249,6 +256,11 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
   TRIAD_ASSERT(shape.n_embd % shape.n_head == 0 && max_batch >= 1);
   TRIAD_ASSERT(shape.padded_vocab_size >= shape.vocab_size);
   TRIAD_ASSERT(mp.tp >= 1 && shape.n_head % mp.tp == 0 && shape.padded_vocab_size % mp.tp == 0);
+  TRIAD_CHECK(shape.kv_heads() >= 1 && shape.n_head % shape.kv_heads() == 0, "the model's ",
+              shape.kv_heads(), " key/value heads do not divide its ", shape.n_head,
+              " attention heads");
+  TRIAD_CHECK(shape.kv_heads() % mp.tp == 0, "the model's ", shape.kv_heads(),
+              " key/value heads do not split over tp = ", mp.tp);
   TRIAD_CHECK(shape.hidden() % mp.tp == 0, "the MLP's ", shape.hidden(),
               " hidden units do not split over tp = ", mp.tp);
   TRIAD_CHECK(!shape.rope || (shape.n_embd / shape.n_head) % 2 == 0,
@@ -432,10 +444,10 @@ double Gpt::recompute_flops_per_token(const GptShape& shape, const ModelParallel
 }
 
 double Gpt::layer_recompute_flops_per_token(const GptShape& shape) {
-  // c_attn, attn.c_proj and c_fc forward (2·(3C + C + F)·C per token, F = c_fc's outputs: 4C
-  // for GPT-2), attention forward (2·C·T as in the model's 6·C·T).
+  // c_attn, attn.c_proj and c_fc forward (2·(W + C + F)·C per token, W = c_attn's outputs: 3C
+  // for GPT-2, F = c_fc's: 4C for GPT-2), attention forward (2·C·T as in the model's 6·C·T).
   const double C = shape.n_embd;
-  return 2.0 * (4.0 * C + shape.fc_rows()) * C + 2.0 * C * shape.seq_len;
+  return 2.0 * (double(shape.qkv_rows()) + C + shape.fc_rows()) * C + 2.0 * C * shape.seq_len;
 }
 
 void Gpt::init(uint64_t seed) {

@@ -95,6 +95,7 @@ struct Gpt::Activations {
     const bool sp = mp.split_rows();
     const size_t R = sp ? BT / size_t(mp.tp) : BT;  // rows of the residual stream here
     const size_t Cl = C / size_t(mp.tp), Vl = size_t(s.padded_vocab_size) / size_t(mp.tp);
+    const size_t Wl = size_t(s.qkv_rows()) / size_t(mp.tp);  // q|k|v (3·Cl without GQA)
     // The MLP's widths on this rank: c_fc's outputs (the pre-activation, Fl) and the hidden
     // activation c_proj reads (Hl): 4C/tp both for GPT-2, 2·H/tp and H/tp for SwiGLU.
     const size_t Fl = size_t(s.fc_rows()) / size_t(mp.tp), Hl = size_t(s.hidden()) / size_t(mp.tp);
@@ -113,7 +114,7 @@ struct Gpt::Activations {
       if (!sp) want(L.ln1, R * C);  // backward reads it (as ln1g)
       if (means) want_f(L.ln1_mean, R);
       want_f(L.ln1_rstd, R);
-      want(L.qkv, BT * 3 * Cl);
+      want(L.qkv, BT * Wl);
       if (!inference) want_f(L.att, att);  // inference attends without (attention_decode)
       want(L.atty, BT * Cl);
       want(L.residual2, R * C);
@@ -144,13 +145,13 @@ struct Gpt::Activations {
           Layer& L = S.layers[size_t(i)];
           const Recompute r = recompute.in_layer(i);
           if (r != Recompute::full) want_internals(L, r == Recompute::none);
-          if (inference) want(L.qkv, BT * 3 * Cl);
+          if (inference) want(L.qkv, BT * Wl);
           want(L.residual3, R * C);
           if (split_backward) {
             want(L.dfcproj, BT * C);
             want(L.dfch, BT * Fl);
             want(L.dproj, BT * C);
-            want(L.dqkv, BT * 3 * Cl);
+            want(L.dqkv, BT * Wl);
           }
         }
         if (last) {
@@ -168,7 +169,7 @@ struct Gpt::Activations {
     if (!inference && mp.rank_layers(s.n_layer) > 0) {  // the layers' backward scratch
       want(dln, BT * C);
       want(datty, BT * Cl);
-      if (!split_backward) want(dqkv, BT * 3 * Cl);  // else each layer's own
+      if (!split_backward) want(dqkv, BT * Wl);  // else each layer's own
       if (kFp32) want_f(datt_scratch, att);
       if (!split_backward) want(dfch, BT * Fl);
       want(dfch_gelu, BT * Hl);

@@ -55,7 +55,7 @@ const float* Gpt::sequence_losses(const int32_t* tokens, int B, int len, int las
 template <class A>
 A* Gpt::decode_scratch() {
   if (inference_) return acts<A>().work.qkv;
-  const size_t n = size_t(max_batch_) * shape_.seq_len * 3 * shape_.n_embd;
+  const size_t n = size_t(max_batch_) * shape_.seq_len * shape_.qkv_rows();
   if constexpr (std::is_same_v<A, float>) {
     if (!decode_scratch_fp32_) decode_scratch_fp32_ = be_.alloc(n);
     return decode_scratch_fp32_;

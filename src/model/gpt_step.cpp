@@ -142,12 +142,14 @@ void Gpt::mlp_activation(A* act, const A* pre, int N) {
 template <class A>
 void Gpt::rotate(A* qkv, int N, int T, int pos0, bool inverse) {
   if (!shape_.rope) return;
-  be_.rope(qkv, rope_table_, N, T, pos0, shape_.n_embd / mp_.tp, shape_.n_head / mp_.tp, inverse);
+  be_.rope(qkv, rope_table_, N, T, pos0, shape_.n_embd / mp_.tp, shape_.n_head / mp_.tp,
+           shape_.kv_heads() / mp_.tp, inverse);
 }
 
 template <class A>
 void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   const int C = shape_.n_embd, Cl = C / mp_.tp, NHl = shape_.n_head / mp_.tp;
+  const int NKVl = shape_.kv_heads() / mp_.tp, Wl = shape_.qkv_rows() / mp_.tp;
   const int N = B * T, n = local_rows(N);
   auto& L = S.layers[size_t(i)];
   const A* x = i == 0 ? S.input : S.layers[size_t(i - 1)].residual3;
@@ -157,32 +159,32 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   A* attproj = mp_.split_rows() ? acts<A>().full : L.attproj;
   const A* ln1 = gather_rows(L.ln1, L.ln1g, N);
   if (!decoding_) {
-    be_.matmul_forward(L.qkv, ln1, w.qkvw, w.qkvb, N, C, 3 * Cl);
+    be_.matmul_forward(L.qkv, ln1, w.qkvw, w.qkvb, N, C, Wl);
     rotate(L.qkv, N, T, 0, false);
     // A model for inference keeps nothing for a backward pass: not even the probabilities (fp32)
     // or the log-sum-exp (bf16) the training attention saves.
     if (inference_)
-      be_.attention_decode(L.atty, L.qkv, B, T, 0, T, Cl, NHl);
+      be_.attention_decode(L.atty, L.qkv, B, T, 0, T, Cl, NHl, NKVl);
     else
-      be_.attention_forward(L.atty, L.att, L.qkv, B, T, Cl, NHl);
+      be_.attention_forward(L.atty, L.att, L.qkv, B, T, Cl, NHl, NKVl);
   } else {
     // Decoding: sequence b keeps its q|k|v in rows b·seq_len + t of L.qkv (the cache); the new
     // rows go after the kept ones, straight from the product for one sequence, through a scratch
     // for several.
     const int S_len = shape_.seq_len;
-    const size_t w3 = size_t(3) * Cl;
+    const size_t row = size_t(Wl);
     if (B == 1) {
-      be_.matmul_forward(L.qkv + size_t(pos0) * w3, ln1, w.qkvw, w.qkvb, N, C, 3 * Cl);
-      rotate(L.qkv + size_t(pos0) * w3, N, T, pos0, false);
+      be_.matmul_forward(L.qkv + size_t(pos0) * row, ln1, w.qkvw, w.qkvb, N, C, Wl);
+      rotate(L.qkv + size_t(pos0) * row, N, T, pos0, false);
     } else {
       A* fresh = decode_scratch<A>();
-      be_.matmul_forward(fresh, ln1, w.qkvw, w.qkvb, N, C, 3 * Cl);
+      be_.matmul_forward(fresh, ln1, w.qkvw, w.qkvb, N, C, Wl);
       rotate(fresh, N, T, pos0, false);
       for (int b = 0; b < B; ++b)
-        be_.copy(words(L.qkv + (size_t(b) * S_len + pos0) * w3), words(fresh + size_t(b) * T * w3),
-                 word_count<A>(size_t(T) * w3));
+        be_.copy(words(L.qkv + (size_t(b) * S_len + pos0) * row),
+                 words(fresh + size_t(b) * T * row), word_count<A>(size_t(T) * row));
     }
-    be_.attention_decode(L.atty, L.qkv, B, S_len, pos0, T, Cl, NHl);
+    be_.attention_decode(L.atty, L.qkv, B, S_len, pos0, T, Cl, NHl, NKVl);
   }
   be_.matmul_forward(attproj, L.atty, w.projw, projb, N, Cl, C);
   reduce_rows(attproj, L.attproj, N);
@@ -344,6 +346,7 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
 template <class A>
 void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
   const int C = shape_.n_embd, Cl = C / mp_.tp, NHl = shape_.n_head / mp_.tp;
+  const int NKVl = shape_.kv_heads() / mp_.tp, Wl = shape_.qkv_rows() / mp_.tp;
   const int N = B * T, n = local_rows(N);
   auto& a = acts<A>();
   const A* W = weights<A>();
@@ -411,11 +414,12 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     be_.matmul_backward(a.datty, wgrad(gr.projw), wgrad(gr.projb), dres, L.atty, w.projw, N, Cl, C,
                         kSet);
     if constexpr (std::is_same_v<A, float>)
-      be_.attention_backward(dqkv, a.datt_scratch, a.datty, L.qkv, L.att, B, T, Cl, NHl, kSet);
+      be_.attention_backward(dqkv, a.datt_scratch, a.datty, L.qkv, L.att, B, T, Cl, NHl, NKVl,
+                             kSet);
     else  // flash style: probabilities recomputed from qkv and the saved log-sum-exp
-      be_.attention_backward(dqkv, a.datty, L.qkv, L.atty, L.att, B, T, Cl, NHl, kSet);
+      be_.attention_backward(dqkv, a.datty, L.qkv, L.atty, L.att, B, T, Cl, NHl, NKVl, kSet);
     rotate(dqkv, N, T, 0, true);  // the gradient of c_attn's output, before the rotation
-    be_.matmul_backward(dpart, wgrad(gr.qkvw), wgrad(gr.qkvb), dqkv, L.ln1g, w.qkvw, N, C, 3 * Cl,
+    be_.matmul_backward(dpart, wgrad(gr.qkvw), wgrad(gr.qkvb), dqkv, L.ln1g, w.qkvw, N, C, Wl,
                         kSet);
     reduce_rows(dpart, a.dln, N);
     layernorm_backward(a.dresidual, gr.ln1w, gr.ln1b, a.dln, x_in, w.ln1w, L.ln1_mean, L.ln1_rstd,
@@ -446,7 +450,7 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
 template <class A>
 void Gpt::weight_chunk(int chunk, Set<A>& S, int B, int T) {
   TRIAD_ASSERT(split_backward_);
-  const int C = shape_.n_embd, Cl = C / mp_.tp, N = B * T;
+  const int C = shape_.n_embd, Cl = C / mp_.tp, N = B * T, Wl = shape_.qkv_rows() / mp_.tp;
   const int g = mp_.global_chunk(chunk), per_chunk = mp_.chunk_layers(g, shape_.n_layer);
   const int first_layer = mp_.first_layer(g, shape_.n_layer);
   for (int i = per_chunk - 1; i >= 0; --i) {
@@ -461,7 +465,7 @@ void Gpt::weight_chunk(int chunk, Set<A>& S, int B, int T) {
                         C);
     be_.matmul_backward(nullptr, gr.fcw, gr.fcb, L.dfch, L.ln2g, w.fcw, N, C, Fl);
     be_.matmul_backward(nullptr, gr.projw, gr.projb, L.dproj, L.atty, w.projw, N, Cl, C);
-    be_.matmul_backward(nullptr, gr.qkvw, gr.qkvb, L.dqkv, L.ln1g, w.qkvw, N, C, 3 * Cl);
+    be_.matmul_backward(nullptr, gr.qkvw, gr.qkvb, L.dqkv, L.ln1g, w.qkvw, N, C, Wl);
   }
 }
 

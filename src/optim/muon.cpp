@@ -14,7 +14,11 @@ constexpr float kNsA = 3.4445f, kNsB = -4.7750f, kNsC = 2.0315f;
 constexpr double kNsEps = 1e-7;
 
 // Column blocks of the matrix a rank gathers for spec s: a matrix split by columns arrives as
-// the tp ranks' column shards one after the other.
+// the tp ranks' column shards one after the other. (With split_blocks > 1, attn.c_proj under
+// grouped-query attention, that is the matrix with its columns permuted, as a row split with
+// blocks gathers c_attn with its rows permuted. Newton-Schulz commutes with both: X Xᵀ, and so
+// the iteration's polynomial, is invariant under a column permutation P, NS(X P) = NS(X) P, and
+// NS(P X) = P NS(X); each rank takes back its own rows or columns.)
 int gathered_blocks(const ParamSpec& s, int tp) { return s.split_axis == 1 ? tp : 1; }
 
 }  // namespace
@@ -138,8 +142,6 @@ MuonMatrices::MuonMatrices(const OptimConfig& cfg, const std::vector<ParamSpec>&
     const ParamSpec& s = specs_[i];
     if (!muon_updates(s.name)) continue;
     TRIAD_CHECK(s.shape.size() == 2, "internal error: Muon matrix ", s.name, " is not 2-D");
-    TRIAD_CHECK(s.split_axis != 1 || s.split_blocks == 1, "internal error: Muon cannot gather ",
-                s.name);
     const size_t lo = std::max(begin_, s.offset), hi = std::min(end_, s.offset + s.numel);
     Matrix mtx{&s, lo, std::max(lo, hi), gathered_blocks(s, tps),
                float(muon_lr_scale(cfg.muon_adjust_lr, s.shape[0], s.shape[1]))};

@@ -29,6 +29,8 @@ class KeyTable {
       : desc_("Config keys (INI [section] key = value, or --section.key value)") {
     add("model.n_layer", c.model.n_layer, "transformer layers");
     add("model.n_head", c.model.n_head, "attention heads (must divide n_embd)");
+    add("model.n_kv_head", c.model.n_kv_head,
+        "key/value heads (0: n_head; fewer, dividing n_head: grouped-query attention)");
     add("model.n_embd", c.model.n_embd, "model width C");
     add("model.seq_len", c.model.seq_len, "sequence length T");
     add("model.vocab_size", c.model.vocab_size, "vocabulary size (GPT-2: 50257)");
@@ -242,11 +244,12 @@ std::vector<int> stage_layers(const Config& cfg) {
   // nearest the end (the first stages keep the most micro-batches in flight under 1F1B); k
   // minimizes the busiest stage, the largest such k on a tie.
   const double C = cfg.model.n_embd, T = cfg.model.seq_len;
-  // 6 FLOPs per weight: 4C² in attention, (c_fc's outputs + hidden units)·C in the MLP (72·C²
-  // in all for GPT-2).
+  // 6 FLOPs per weight: (c_attn's outputs + C)·C in attention (4C² without grouped-query
+  // attention), (c_fc's outputs + hidden units)·C in the MLP (72·C² in all for GPT-2).
   const GptShape shape = gpt_shape(cfg);
   const double mlp = double(shape.fc_rows() + shape.hidden()) * C;
-  const double layer = 6 * (4 * C * C + mlp) + 6 * C * T, head = 6.0 * cfg.padded_vocab_size() * C;
+  const double attn = double(shape.qkv_rows() + shape.n_embd) * C;
+  const double layer = 6 * (attn + mlp) + 6 * C * T, head = 6.0 * cfg.padded_vocab_size() * C;
   const Recomputation recompute = activation_options(cfg).recompute;
   const double rerun = recompute.mode == Recompute::full
                            ? Gpt::layer_recompute_flops_per_token(gpt_shape(cfg))
@@ -394,6 +397,11 @@ void validate(const Config& c, int world_size) {
   check(m.n_embd % m.n_head == 0, "model.n_head",
         "(" + std::to_string(m.n_head) + ") must divide model.n_embd (" + std::to_string(m.n_embd) +
             ")");
+  check(m.n_kv_head >= 0, "model.n_kv_head",
+        "must be >= 0 (0: model.n_head; got " + std::to_string(m.n_kv_head) + ")");
+  check(m.n_kv_head == 0 || m.n_head % m.n_kv_head == 0, "model.n_kv_head",
+        "(" + std::to_string(m.n_kv_head) + ") must divide model.n_head (" +
+            std::to_string(m.n_head) + ")");
   check(m.seq_len >= 1, "model.seq_len", "must be >= 1 (got " + std::to_string(m.seq_len) + ")");
   check(m.vocab_size >= 2 && m.vocab_size <= 65536, "model.vocab_size",
         "must be in [2, 65536] (token shards store uint16; got " + std::to_string(m.vocab_size) +
@@ -514,6 +522,9 @@ void validate(const Config& c, int world_size) {
   check(m.n_head % std::max(1, par.tp) == 0, "parallel.tp",
         "(" + std::to_string(par.tp) + ") must divide model.n_head (" + std::to_string(m.n_head) +
             "): attention is split by heads");
+  check(m.n_kv_head % std::max(1, par.tp) == 0, "parallel.tp",
+        "(" + std::to_string(par.tp) + ") must divide model.n_kv_head (" +
+            std::to_string(m.n_kv_head) + "): each rank holds its query heads' keys and values");
   check(c.mlp_hidden_size() % std::max(1, par.tp) == 0, "parallel.tp",
         "(" + std::to_string(par.tp) + ") must divide the MLP's hidden units (" +
             std::to_string(c.mlp_hidden_size()) + ", model.mlp_hidden)");

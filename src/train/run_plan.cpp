@@ -54,6 +54,7 @@ GptShape gpt_shape(const Config& cfg) {
   s.swiglu = m.mlp == "swiglu";
   s.mlp_hidden = cfg.mlp_hidden_size();
   s.tied = m.tie_embeddings;
+  s.n_kv_head = m.n_kv_head;
   return s;
 }
 

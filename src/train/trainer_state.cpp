@@ -271,6 +271,7 @@ CheckpointState Trainer::State::checkpoint_state() const {
   st.model.mlp = cfg.model.mlp;
   st.model.mlp_hidden = cfg.mlp_hidden_size();
   st.model.tied = cfg.model.tie_embeddings;
+  st.model.n_kv_head = cfg.model.kv_heads();
   st.loss_window = loss_window.values();
   st.norm_window = norm_window.values();
   st.skipped_in_a_row = skipped_in_a_row;
@@ -329,6 +330,9 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
       m.tied == c.tie_embeddings, "checkpoint ", path, " holds a model whose output layer ",
       m.tied ? "is wte (tied)" : "is lm_head (untied)",
       " but the config asks for model.tie_embeddings = ", c.tie_embeddings ? "true" : "false");
+  TRIAD_CHECK(m.n_kv_head == c.kv_heads(), "checkpoint ", path, " holds a model with ", m.n_kv_head,
+              " key/value heads but the config asks for ", c.kv_heads(),
+              " (model.n_kv_head = ", c.n_kv_head, ")");
 }
 
 CheckpointState Trainer::State::load_weights(const std::string& path) {

@@ -345,6 +345,37 @@ TEST(ModelParallel, UntiedHeadMatchesOneRankOnEveryGrid) {
                 {"full"}, false, Grid{1, 1, 4, 0, 4, "1f1b", 1});
 }
 
+// Grouped-query attention (model.n_kv_head = 2 of 4 heads): c_attn is 4 blocks of 2 heads (two
+// of query heads, then k, then v), each split over the tensor-parallel ranks, so that a rank
+// holds the key/value heads of its query heads. Llama's blocks on every grid against one rank,
+// with recomputation, in bf16, resumed across grids, and with Muon at tp = 2; multi-query
+// attention (one key/value head, which tp cannot split) on data and pipeline grids.
+TEST(ModelParallel, GroupedQueryAttentionMatchesOneRankOnEveryGrid) {
+  const std::vector<std::string> llama = {
+      "--model.n_kv_head", "2",    "--model.mlp",  "swiglu", "--model.norm", "rmsnorm",
+      "--model.position",  "rope", "--model.bias", "false"};
+  check_variant("gqa", llama,
+                {{2, 1, 1, 1, 2, "1f1b", 1},
+                 {1, 2, 1, 0, 1, "1f1b", 1},
+                 {1, 2, 1, 1, 2, "1f1b", 1, true},
+                 {1, 1, 2, 0, 4, "zb-h1", 1},
+                 {2, 2, 2, 1, 2, "interleaved", 2}},
+                {"full"}, false, Grid{1, 2, 1, 0, 2, "1f1b", 1});
+  const std::string dir = shared_dir("gqa");
+  std::vector<std::string> muon = llama;
+  muon.insert(muon.end(), {"--resume", "none", "--optim.name", "muon", "--optim.muon_lr", "0.02"});
+  const Result mref = run(dir, "gqa_muon_ref", Grid{}, muon);
+  const Grid tp2{2, 2, 1, 1, 2, "1f1b", 1};
+  if (tp2.ranks() <= world_size())
+    expect_same_training(run(dir, "gqa_muon_" + tp2.name(), tp2, muon), mref,
+                         "gqa muon " + tp2.name());
+  const std::vector<std::string> mqa = {"--resume", "none", "--model.n_kv_head", "1"};
+  const Result qref = run(dir, "mqa_ref", Grid{}, mqa);
+  for (const Grid& g : std::vector<Grid>{{2, 1, 2, 1, 2, "1f1b", 1}, {1, 1, 4, 0, 4, "zb-h1", 1}})
+    if (g.ranks() <= world_size())
+      expect_same_training(run(dir, "mqa_" + g.name(), g, mqa), qref, "mqa " + g.name());
+}
+
 TEST(ModelParallel, CheckpointsReshardAcrossTensorAndPipelineGrids) {
   const std::string dir = shared_dir("reshard");
   const Grid big{2, 2, 2, 1, 2, "1f1b", 1};

@@ -5,21 +5,27 @@ An independent implementation judges the weight mapping both ways: a seeded GPT2
 triad's own validation loss, accuracy and greedy continuation of the imported checkpoint
 (triad-train --eval-only, triad-generate) must equal what transformers computes in float64
 from its own files; a run fine-tuned from it by triad-train is exported and transformers,
-loading the export, must reproduce triad's final validation loss. llm.c model files: an
+loading the export, must reproduce triad's final validation loss. Likewise LlamaForCausalLM,
+with grouped-query attention or not; the reordering of its query heads is also checked without
+triad's programs, by tests/reference/gpt_torch.py on the imported file. llm.c model files: an
 fp32 round trip is exact, and bf16 files hold PyTorch's rounding of the weights. Every bad
 input is refused with one line, leaving no output behind."""
 
 import json
+import shutil
+import sys
 
 import h5py
 import numpy as np
 import pytest
 
-from triad_run import (VOCAB, assert_clean_failure, exe, gpt2_tiktoken, run, tiny_config, tool,
-                       train)
+from triad_run import (REPO, VOCAB, assert_clean_failure, exe, gpt2_tiktoken, run, tiny_config,
+                       tool, train)
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
+sys.path.insert(0, str(REPO / "tests" / "reference"))
+import gpt_torch as ref  # noqa: E402
 
 N_POS, SEQ, V = 64, 32, 50257  # the model's positions; the context triad uses (cropped)
 PROMPT = [464, 3290, 7586, 21831, 18045, 625, 262, 16931]
@@ -162,18 +168,27 @@ def llama_model(**config):
     return m.eval()
 
 
-def test_llama_imports_and_evaluates_as_transformers(imported, tmp_path):
-    """transformers' LlamaForCausalLM (rope, RMSNorm, SwiGLU, no biases, an untied output layer),
-    imported: triad's validation loss and accuracy are transformers' — triad's Llama
-    architecture against an independent implementation. Grouped-query attention is refused."""
+# (query heads, key/value heads): multi-head attention, grouped-query attention with groups of
+# 2 and of 4 (one key/value head), and 8 heads over 2 (a head order that is not its own inverse).
+HEADS = [(4, 4), (4, 2), (4, 1), (8, 2)]
+
+
+@pytest.mark.parametrize("heads,kv", HEADS, ids=[f"{h}h{k}kv" for h, k in HEADS])
+def test_llama_imports_and_evaluates_as_transformers(imported, tmp_path, heads, kv):
+    """transformers' LlamaForCausalLM (rope, RMSNorm, SwiGLU, no biases, an untied output layer,
+    grouped-query attention or not), imported: triad's validation loss and accuracy are
+    transformers' — triad's Llama architecture against an independent implementation."""
     d, _, cfg = imported
-    model = llama_model()
+    model = llama_model(num_attention_heads=heads, num_key_value_heads=kv)
     model.save_pretrained(tmp_path / "llama", safe_serialization=True)
     out = tmp_path / "llama.h5"
     p = tool("triad-convert", "import", tmp_path / "llama", out, "--seq-len", SEQ)
     assert p.returncode == 0, p.stderr
+    args = [*LLAMA_ARGS, "--model.n_head", heads]
+    if kv != heads:  # else the default, 0: as many as query heads, the file's n_kv_head
+        args += ["--model.n_kv_head", kv]
     want_loss, want_acc = hf_loss_accuracy(model, d)
-    p = train("--config", cfg, "--eval-only", "--init-from", out, *LLAMA_ARGS, check=True)
+    p = train("--config", cfg, "--eval-only", "--init-from", out, *args, check=True)
     loss = float(p.stdout.split("val loss")[1].split()[0])
     acc = float(p.stdout.split("val accuracy")[1].split()[0])
     assert abs(loss - want_loss) <= 1e-5 * want_loss, (loss, want_loss)
@@ -182,8 +197,9 @@ def test_llama_imports_and_evaluates_as_transformers(imported, tmp_path):
         assert f["model"].attrs["mlp"] == b"swiglu" and int(f["model"].attrs["tie_embeddings"]) == 0
     assert tool("triad-ckpt", out).returncode == 0
     # Fine-tuned in triad and exported: LlamaForCausalLM loads it and computes triad's loss.
-    train("--config", cfg, "--init-from", out, *LLAMA_ARGS, "--run.name", "llama-ft", check=True)
-    run_dir = d / "runs" / "llama-ft"
+    name = f"llama-ft-{heads}h{kv}kv"
+    train("--config", cfg, "--init-from", out, *args, "--run.name", name, check=True)
+    run_dir = d / "runs" / name
     with h5py.File(run_dir / "metrics.h5", "r") as f:
         triad_loss = float(f["val/loss"][-1])
     hf_out = tmp_path / "llama-out"
@@ -202,14 +218,101 @@ def test_llama_imports_and_evaluates_as_transformers(imported, tmp_path):
             assert torch.equal(again[k], v), k
     assert_clean_failure(tool("triad-convert", "export", out, tmp_path / "x.bin", "--to", "llmc"),
                          "holds GPT-2 only")
-    # Grouped-query attention and other variants triad does not compute are refused.
-    for bad, needle in (({"num_key_value_heads": 2}, "grouped-query attention"),
+
+
+@pytest.mark.parametrize("heads,kv", HEADS[1:], ids=[f"{h}h{k}kv" for h, k in HEADS[1:]])
+def test_llama_grouped_query_attention_layout(tmp_path, heads, kv):
+    """Without triad's programs: an imported LlamaForCausalLM with grouped-query attention holds
+    c_attn and attn.c_proj in triad's head order (query head h uses key/value head h % kv,
+    docs/formats.md), the PyTorch reference (tests/reference/gpt_torch.py, which repeats the
+    key/value heads) computes transformers' logits from the file, and the export gives back
+    transformers' tensors bit for bit."""
+    model = llama_model(num_attention_heads=heads, num_key_value_heads=kv)
+    model.save_pretrained(tmp_path / "llama", safe_serialization=True)
+    out = tmp_path / "llama.h5"
+    p = tool("triad-convert", "import", tmp_path / "llama", out)
+    assert p.returncode == 0, p.stderr
+    assert f"{heads} heads ({kv} key/value)" in p.stdout
+    p = tool("triad-ckpt", out)
+    assert p.returncode == 0 and "status: OK" in p.stdout, p.stdout + p.stderr
+
+    # The layout, spelled out: HF's query head m·g + j (of key/value head m) is triad's j·kv + m.
+    C, hd, g = 64, 64 // heads, heads // kv
+    sd = model.state_dict()
+    with h5py.File(out, "r") as f:
+        assert int(f["model"].attrs["n_kv_head"]) == kv
+        c_attn = f["model/h/1/attn/c_attn/weight"][()]
+        c_proj = f["model/h/1/attn/c_proj/weight"][()]
+    assert c_attn.shape == (C + 2 * kv * hd, C)
+    hf = {x: sd[f"model.layers.1.self_attn.{x}_proj.weight"].numpy() for x in "qkvo"}
+    for h in range(heads):
+        j, m = divmod(h, kv)
+        hf_h = m * g + j
+        mine, theirs = slice(h * hd, (h + 1) * hd), slice(hf_h * hd, (hf_h + 1) * hd)
+        np.testing.assert_array_equal(c_attn[mine], hf["q"][theirs], err_msg=f"q head {h}")
+        np.testing.assert_array_equal(c_proj[:, mine], hf["o"][:, theirs], err_msg=f"o head {h}")
+    np.testing.assert_array_equal(c_attn[C:], np.concatenate([hf["k"], hf["v"]]))
+
+    # The reference model on the imported file computes transformers' logits (float64; HF's
+    # rotary angles are float32, hence the tolerance).
+    cfg, weights = ref.load_checkpoint(out)
+    assert cfg.kv_heads == kv
+    ids = torch.tensor([PROMPT * 4])
+    with torch.no_grad():
+        want = model.double()(ids).logits
+        got = ref.forward(weights, cfg, ids)
+    assert (got - want).abs().max().item() < 1e-5, (got - want).abs().max().item()
+
+    # Exported: LlamaForCausalLM with num_key_value_heads = kv, transformers' own tensors.
+    p = tool("triad-convert", "export", out, tmp_path / "again", "--to", "hf", "--vocab", "none")
+    assert p.returncode == 0, p.stderr
+    again, info = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "again",
+                                                                output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert again.config.num_key_value_heads == kv
+    again = again.state_dict()
+    for k, v in model.float().state_dict().items():
+        if not k.endswith("inv_freq"):
+            assert torch.equal(again[k], v), k
+    assert_clean_failure(tool("triad-convert", "export", out, tmp_path / "x.bin", "--to", "llmc"),
+                         "holds GPT-2 only")
+    assert not (tmp_path / "x.bin").exists()
+
+
+def test_llama_variants_triad_does_not_compute_are_refused(tmp_path):
+    """Key/value heads that do not divide the query heads, and other variants triad does not
+    compute, are refused, naming config.json."""
+    for bad, needle in (({"num_key_value_heads": 3},
+                         "num_key_value_heads 3 does not divide num_attention_heads 4"),
                         ({"hidden_act": "gelu"}, "hidden_act")):
         m = llama_model(**bad)
         m.save_pretrained(tmp_path / "bad", safe_serialization=True)
         assert_clean_failure(tool("triad-convert", "import", tmp_path / "bad",
-                                  tmp_path / "bad.h5"), needle)
+                                  tmp_path / "bad.h5"), "config.json", needle)
         assert not (tmp_path / "bad.h5").exists()
+
+
+def test_gpt2_blocks_with_grouped_query_attention(tmp_path):
+    """GPT-2's blocks with fewer key/value heads (model.n_kv_head, a file the reference writes):
+    triad-ckpt checks the smaller c_attn and the attribute; GPT-2's formats cannot hold it."""
+    cfg = ref.GptConfig(n_layer=2, n_head=4, n_embd=32, seq_len=16, vocab_size=300, n_kv_head=2)
+    ckpt = tmp_path / "gqa.h5"
+    ref.write_checkpoint(ckpt, cfg, ref.random_weights(cfg, seed=1))
+    p = tool("triad-ckpt", ckpt)
+    assert p.returncode == 0 and "status: OK" in p.stdout, p.stdout + p.stderr
+    # c_attn: q's 32 rows, then k and v of 2 heads of 8 (96 rows with a key/value head each)
+    line = next(x for x in p.stdout.splitlines() if "/model/h/0/attn/c_attn/weight" in x)
+    assert "[64, 32]" in line, line
+    for to in ("hf", "llmc"):
+        assert_clean_failure(tool("triad-convert", "export", ckpt, tmp_path / f"out-{to}", "--to",
+                                  to), "2 key/value heads for 4 query heads", "model.n_kv_head")
+        assert not (tmp_path / f"out-{to}").exists()
+    bad = tmp_path / "bad.h5"
+    shutil.copy(ckpt, bad)
+    with h5py.File(bad, "r+") as f:
+        f["model"].attrs["n_kv_head"] = np.int64(3)
+    p = tool("triad-ckpt", bad)
+    assert p.returncode == 1 and "n_kv_head = 3, not a positive divisor of n_head 4" in p.stdout
 
 
 def test_model_without_biases_exports_as_gpt2_with_zero_biases(imported, tmp_path):

@@ -118,6 +118,13 @@ CASES = [
     Case("llama", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
                                 position="rope", rope_theta=500.0, norm="rmsnorm", bias=False,
                                 mlp="swiglu", tied=False), 2, 40, 6, 43),
+    # ... with grouped-query attention (4 query heads over 2 key/value heads): all of Llama's.
+    Case("gqa", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
+                              position="rope", rope_theta=500.0, norm="rmsnorm", bias=False,
+                              mlp="swiglu", tied=False, n_kv_head=2), 2, 40, 6, 47),
+    # Multi-query attention (one key/value head) on GPT-2's blocks, with biases.
+    Case("mqa", ref.GptConfig(n_layer=2, n_head=3, n_embd=48, seq_len=17, vocab_size=300,
+                              n_kv_head=1), 3, 45, 7, 53),
 ]
 
 
@@ -127,7 +134,7 @@ def config_sections(case: Case, d: Path, **over) -> dict:
         "model": dict(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, seq_len=c.seq_len,
                       vocab_size=c.vocab_size, position=c.position, rope_theta=c.rope_theta,
                       norm=c.norm, bias=c.bias, mlp=c.mlp, mlp_hidden=c.mlp_hidden,
-                      tie_embeddings=c.tied),
+                      tie_embeddings=c.tied, n_kv_head=c.n_kv_head),
         "train": dict(steps=10, batch_size=2 * case.micro_batch,
                       micro_batch_size=case.micro_batch, lr=3e-3, warmup_steps=2,
                       schedule="cosine", min_lr_ratio=0.1, grad_clip=1.0, seed=5),
@@ -436,8 +443,8 @@ def compare_training(p: Prepared, tmp_path: Path, sections: dict, label: str,
         if name.endswith("attn/c_attn/bias"):
             # The k bias has an exactly zero gradient (it shifts every score of a query by the
             # same amount), so both sides update it from rounding noise alone: left out.
-            C = p.case.cfg.n_embd
-            keep = np.r_[0:C, 2 * C:3 * C]
+            C, kv = p.case.cfg.n_embd, p.case.cfg.kv_heads * p.case.cfg.head_dim
+            keep = np.r_[0:C, C + kv:C + 2 * kv]
             d, u = d[keep], u[keep]
         w_err[name] = float(np.sqrt(np.mean(d * d)) / np.sqrt(np.mean(u * u)))
     worst = sorted(w_err.items(), key=lambda kv: -kv[1])
@@ -476,7 +483,8 @@ def test_sgd_momentum_steps_match_torch(tmp_root, tmp_path):
 @pytest.mark.parametrize("case,adjust,nesterov", [
     (CASES[0], "original", True),
     (CASES[1], "match_rms_adamw", False),
-], ids=["gpt2vocab-original-nesterov", "oddshapes-rms-plain"])
+    (next(c for c in CASES if c.name == "gqa"), "original", True),
+], ids=["gpt2vocab-original-nesterov", "oddshapes-rms-plain", "gqa-original-nesterov"])
 def test_muon_steps_match_torch(case, adjust, nesterov, tmp_root, tmp_path):
     """Muon on the hidden matrices (tall c_attn and c_fc, square and wide c_proj) and AdamW on
     the rest, against the documented algorithm in float64."""
@@ -555,4 +563,4 @@ def test_layer_norms_match_torch(tmp_root, tmp_path):
 
 # Chosen from the printed norms so that clipping triggers in some steps but not all.
 GRAD_CLIP = {"gpt2vocab": 1.0, "oddshapes": 1.0, "rope": 1.0, "rmsnorm": 1.2, "nobias": 1.0,
-             "swiglu": 1.1, "llama": 1.7}
+             "swiglu": 1.1, "llama": 1.7, "gqa": 1.7, "mqa": 1.0}

@@ -62,6 +62,8 @@ def test_help_lists_every_key_with_defaults():
     (["--model.bias", "maybe"], ["model.bias"]),
     (["--model.mlp", "relu2"], ["model.mlp", "gelu or swiglu"]),
     (["--model.mlp_hidden", "-8"], ["model.mlp_hidden", ">= 0"]),
+    (["--model.n_kv_head", "-1"], ["model.n_kv_head", ">= 0"]),
+    (["--model.n_kv_head", "3"], ["model.n_kv_head", "must divide model.n_head"]),
 ])
 def test_bad_config_values(tmp_path, args, needles):
     cfg = tiny_config(tmp_path)
@@ -359,6 +361,21 @@ def test_rmsnorm_checkpoints_hold_no_norm_biases_and_refuse_layernorm(tmp_path):
     assert_clean_error(train("--config", cfg, "--model.mlp_hidden", "16", "--parallel.tp", "2",
                              "--optim.name", "muon", "--plan", "--plan-ranks", "2"),
                        "optim.name", "hidden units (16) >= model.n_embd (32)")
+    # Grouped-query attention: c_attn holds q for both heads and k, v for one (multi-query); the
+    # attribute says so, and a checkpoint with another count is refused both ways; tp must split
+    # the key/value heads.
+    kv = tmp_path / "runs" / "kv" / "ckpt" / "step_00000005.h5"
+    train("--config", tiny_config(tmp_path, name="kv"), "--model.n_kv_head", "1",
+          "--train.steps", "5", check=True)
+    with h5py.File(kv, "r") as f:
+        assert int(f["model"].attrs["n_kv_head"]) == 1
+        assert f["model/h/0/attn/c_attn/weight"].shape == (32 + 2 * 1 * 16, 32)
+    assert_clean_error(train("--config", cfg, "--init-from", kv, "--run.name", "k"),
+                       "1 key/value heads", "asks for 2")
+    assert_clean_error(train("--config", cfg, "--model.n_kv_head", "1", "--init-from", ln,
+                             "--run.name", "j"), "2 key/value heads", "asks for 1")
+    assert_clean_error(train("--config", cfg, "--model.n_kv_head", "1", "--parallel.tp", "2",
+                             "--plan", "--plan-ranks", "2"), "parallel.tp", "model.n_kv_head (1)")
 
 
 def _spiky_run(tmp_path, name, **train):
@@ -546,7 +563,8 @@ def test_damaged_checkpoints(tmp_path):
             ("bias", {"bias": 2}, "attribute bias of /model is 2"),
             ("mlp", {"mlp": "relu2"}, "'relu2', not gelu or swiglu"),
             ("tied", {"tie_embeddings": 3}, "attribute tie_embeddings of /model is 3"),
-            ("hidden", {"mlp_hidden": 0}, "attribute mlp_hidden of /model is 0")):
+            ("hidden", {"mlp_hidden": 0}, "attribute mlp_hidden of /model is 0"),
+            ("kv", {"n_kv_head": 3}, "attribute n_kv_head of /model is 3")):
         bad = tmp_path / f"bad_{name}.h5"
         bad.write_bytes(good.read_bytes())
         with h5py.File(bad, "r+") as f:

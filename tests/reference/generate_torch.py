@@ -41,14 +41,15 @@ import gpt_torch as ref  # noqa: E402
 def block(params: Dict[str, torch.Tensor], cfg: ref.GptConfig, i: int, x: torch.Tensor,
           cache: Optional[List[Tuple[torch.Tensor, torch.Tensor]]]) -> torch.Tensor:
     """Layer i on x [B, T_new, C] at the positions after those cached (cache: per layer (K, V) of
-    shape [B, nh, T_old, hd], extended here); cache None: x is the whole context."""
+    shape [B, kv heads, T_old, hd], extended here); cache None: x is the whole context."""
     p = f"h/{i}/"
     B, T, C = x.shape
-    nh, hd = cfg.n_head, cfg.head_dim
+    nh, kv, hd = cfg.n_head, cfg.kv_heads, cfg.head_dim
     h = ref.norm(params, cfg, p + "ln_1", x)
     q, k, v = ref.linear(h, params[p + "attn/c_attn/weight"],
-                         params.get(p + "attn/c_attn/bias")).split(C, dim=-1)
-    q, k, v = (t.reshape(B, T, nh, hd).transpose(1, 2) for t in (q, k, v))  # [B, nh, T, hd]
+                         params.get(p + "attn/c_attn/bias")).split([C, kv * hd, kv * hd], dim=-1)
+    q = q.reshape(B, T, nh, hd).transpose(1, 2)  # [B, nh, T, hd]
+    k, v = (t.reshape(B, T, kv, hd).transpose(1, 2) for t in (k, v))  # [B, kv, T, hd]
     past = cache[i][0].shape[2] if cache is not None and len(cache) > i else 0
     if cfg.position == "rope":  # the new rows sit at positions past ..; cached keys are rotated
         q, k = ref.rotary(q, cfg.rope_theta, past), ref.rotary(k, cfg.rope_theta, past)
@@ -59,6 +60,8 @@ def block(params: Dict[str, torch.Tensor], cfg: ref.GptConfig, i: int, x: torch.
             cache[i] = (k, v)
         else:
             cache.append((k, v))
+    # The cache keeps kv heads; query head j attends with key/value head j % kv (gpt_torch.py).
+    k, v = k.repeat(1, nh // kv, 1, 1), v.repeat(1, nh // kv, 1, 1)
     att = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(hd))  # [B, nh, T, past + T]
     # Row r (position past + r) sees keys 0 .. past + r.
     mask = torch.ones(T, past + T, dtype=torch.bool).tril(diagonal=past)

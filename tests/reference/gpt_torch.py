@@ -10,7 +10,7 @@ The model is a dict name -> tensor with the names and shapes of DESIGN.md §3:
 
     wte/weight [padded_vocab_size, C]   wpe/weight [seq_len, C]
     h/{i}/ln_1/{weight,bias} [C]
-    h/{i}/attn/c_attn/weight [3C, C]    h/{i}/attn/c_attn/bias [3C]   (rows q | k | v,
+    h/{i}/attn/c_attn/weight [W, C]     h/{i}/attn/c_attn/bias [W]    (rows q | k | v,
                                                                        each head-major)
     h/{i}/attn/c_proj/weight [C, C]     h/{i}/attn/c_proj/bias [C]
     h/{i}/ln_2/{weight,bias} [C]
@@ -18,7 +18,9 @@ The model is a dict name -> tensor with the names and shapes of DESIGN.md §3:
     h/{i}/mlp/c_proj/weight [C, 4C]     h/{i}/mlp/c_proj/bias [C]
     ln_f/{weight,bias} [C]
 
-Linear weights are [out, in]: y = x @ W.T + b.
+Linear weights are [out, in]: y = x @ W.T + b. W = C + 2·n_kv_head·hd (3C without grouped-query
+attention): q has n_head heads, k and v n_kv_head each, and query head h attends with key/value
+head h % n_kv_head.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class GptConfig:
     mlp: str = "gelu"  # gelu | swiglu (c_fc rows: gate, then up)
     mlp_hidden: int = 0  # 0: 4C for gelu; swiglu: the multiple of 64 at or above 8C/3
     tied: bool = True  # False: an output layer lm_head/weight [Vp, C] of its own
+    n_kv_head: int = 0  # key/value heads (0: n_head); fewer: grouped-query attention
 
     @property
     def hidden(self) -> int:
@@ -72,6 +75,17 @@ class GptConfig:
         assert self.n_embd % self.n_head == 0
         return self.n_embd // self.n_head
 
+    @property
+    def kv_heads(self) -> int:
+        kv = self.n_kv_head or self.n_head
+        assert self.n_head % kv == 0, "n_kv_head must divide n_head"
+        return kv
+
+    @property
+    def qkv_width(self) -> int:
+        """c_attn's rows: q (C), then k and v of kv_heads heads each."""
+        return self.n_embd + 2 * self.kv_heads * self.head_dim
+
 
 def param_shapes(cfg: GptConfig) -> Dict[str, tuple]:
     """Names and shapes of every parameter, in DESIGN.md §3 order."""
@@ -85,8 +99,8 @@ def param_shapes(cfg: GptConfig) -> Dict[str, tuple]:
         shapes[p + "ln_1/weight"] = (C,)
         if not rms:
             shapes[p + "ln_1/bias"] = (C,)
-        shapes[p + "attn/c_attn/weight"] = (3 * C, C)
-        shapes[p + "attn/c_attn/bias"] = (3 * C,)
+        shapes[p + "attn/c_attn/weight"] = (cfg.qkv_width, C)
+        shapes[p + "attn/c_attn/bias"] = (cfg.qkv_width,)
         shapes[p + "attn/c_proj/weight"] = (C, C)
         shapes[p + "attn/c_proj/bias"] = (C,)
         shapes[p + "ln_2/weight"] = (C,)
@@ -182,19 +196,23 @@ def rotary(x: torch.Tensor, theta: float, pos0: int = 0) -> torch.Tensor:
 
 
 def attention(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_head: int,
-              rope_theta: Optional[float] = None) -> torch.Tensor:
-    """Causal self-attention on x [B, T, C]: c_attn rows are q | k | v, each head-major;
-    rope_theta: q and k rotated (rotary positions)."""
+              rope_theta: Optional[float] = None, n_kv_head: int = 0) -> torch.Tensor:
+    """Causal self-attention on x [B, T, C]: c_attn rows are q | k | v, each head-major, k and v
+    with n_kv_head heads (0: n_head); rope_theta: q and k rotated (rotary positions)."""
     B, T, C = x.shape
     hd = C // n_head
-    qkv = linear(x, w, b)  # [B, T, 3C]
-    q, k, v = qkv.split(C, dim=-1)
-    # [B, T, C] -> [B, nh, T, hd]; head j = columns j*hd .. (j+1)*hd of its block
+    kv = n_kv_head or n_head
+    qkv = linear(x, w, b)  # [B, T, C + 2·kv·hd]
+    q, k, v = qkv.split([C, kv * hd, kv * hd], dim=-1)
+    # [B, T, heads·hd] -> [B, heads, T, hd]; head j = columns j*hd .. (j+1)*hd of its block
     q = q.reshape(B, T, n_head, hd).transpose(1, 2)
-    k = k.reshape(B, T, n_head, hd).transpose(1, 2)
-    v = v.reshape(B, T, n_head, hd).transpose(1, 2)
+    k = k.reshape(B, T, kv, hd).transpose(1, 2)
+    v = v.reshape(B, T, kv, hd).transpose(1, 2)
     if rope_theta is not None:
         q, k = rotary(q, rope_theta), rotary(k, rope_theta)
+    # Grouped-query attention: the kv heads repeated whole, so query head h meets kv head
+    # h % kv (triad's grouping; not Hugging Face's repeat_interleave, h // (n_head / kv)).
+    k, v = k.repeat(1, n_head // kv, 1, 1), v.repeat(1, n_head // kv, 1, 1)
     att = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(hd))  # [B, nh, T, T]
     mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
     att = att.masked_fill(~mask, float("-inf"))
@@ -234,7 +252,8 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor) 
         p = f"h/{i}/"
         h = norm(params, cfg, p + "ln_1", x)
         x = x + linear(attention(h, params[p + "attn/c_attn/weight"],
-                                 params.get(p + "attn/c_attn/bias"), cfg.n_head, rope),
+                                 params.get(p + "attn/c_attn/bias"), cfg.n_head, rope,
+                                 cfg.kv_heads),
                        params[p + "attn/c_proj/weight"], params.get(p + "attn/c_proj/bias"))
         h = norm(params, cfg, p + "ln_2", x)
         x = x + mlp(params, cfg, p, h)
@@ -257,7 +276,8 @@ def forward_fast(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Ten
     C, nh = cfg.n_embd, cfg.n_head
     hd = C // nh
     assert cfg.position == "learned" and cfg.norm == "layernorm" and cfg.bias and \
-        cfg.mlp == "gelu" and cfg.hidden == 4 * cfg.n_embd and cfg.tied, \
+        cfg.mlp == "gelu" and cfg.hidden == 4 * cfg.n_embd and cfg.tied and \
+        cfg.kv_heads == cfg.n_head, \
         "forward_fast is GPT-2's model"
     mask = torch.ones(T, T, dtype=torch.bool).tril()
     x = F.embedding(idx, params["wte/weight"]) + params["wpe/weight"][:T]
@@ -545,6 +565,7 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
         _string_attr(m, "mlp", cfg.mlp)
         m.attrs.create("mlp_hidden", i64(cfg.hidden), dtype="<i8")
         m.attrs.create("tie_embeddings", i64(1 if cfg.tied else 0), dtype="<i8")
+        m.attrs.create("n_kv_head", i64(cfg.kv_heads), dtype="<i8")
         groups = {"model": weights}
         for slot, tensors in (optimizer or {}).items():
             groups["optimizer/" + slot] = tensors
@@ -574,7 +595,10 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                         bias=int(a["bias"]) == 1 if "bias" in a else True,
                         mlp=_str(a["mlp"]) if "mlp" in a else "gelu",
                         mlp_hidden=int(a["mlp_hidden"]) if "mlp_hidden" in a else 0,
-                        tied=int(a["tie_embeddings"]) == 1 if "tie_embeddings" in a else True)
+                        tied=int(a["tie_embeddings"]) == 1 if "tie_embeddings" in a else True,
+                        n_kv_head=int(a["n_kv_head"]) if "n_kv_head" in a else 0)
+        if cfg.n_kv_head == cfg.n_head:
+            cfg = GptConfig(**{**cfg.__dict__, "n_kv_head": 0})  # the default: one per head
         if cfg.mlp_hidden == GptConfig(**{**cfg.__dict__, "mlp_hidden": 0}).hidden:
             cfg = GptConfig(**{**cfg.__dict__, "mlp_hidden": 0})  # the default width
         out = {}

@@ -123,13 +123,16 @@ TEST_F(CpuBf16, OptimizerUpdateWritesTheRoundedCopy) {
   }
 }
 
-TEST_F(CpuBf16, AttentionLogSumExpAndOutputs) {
+// NKV key/value heads: 4 (GPT-2's attention), 2 (grouped-query), 1 (multi-query).
+void check_attention_bf16(Backend& be_ref, int NKV) {
+  Backend* be = &be_ref;
   const int B = 2, T = 37, C = 32, NH = 4, hd = C / NH;
-  const Vec qkv = rounded(random_vec(size_t(B) * T * 3 * C, 3, -2.0f, 2.0f));
+  const size_t W = size_t(qkv_width(C, NH, NKV));
+  const Vec qkv = rounded(random_vec(size_t(B) * T * W, 3, -2.0f, 2.0f));
   const Bits qkv_h = to_bits(qkv);
   Bits out(size_t(B) * T * C);
   Vec lse(size_t(B) * NH * T);
-  be->attention_forward(out.data(), lse.data(), qkv_h.data(), B, T, C, NH);
+  be->attention_forward(out.data(), lse.data(), qkv_h.data(), B, T, C, NH, NKV);
   // log-sum-exp in double.
   double worst = 0;
   for (int b = 0; b < B; ++b)
@@ -139,8 +142,8 @@ TEST_F(CpuBf16, AttentionLogSumExpAndOutputs) {
         for (int j = 0; j <= i; ++j) {
           double s = 0;
           for (int d = 0; d < hd; ++d)
-            s += double(qkv[(size_t(b) * T + i) * 3 * C + h * hd + d]) *
-                 qkv[(size_t(b) * T + j) * 3 * C + C + h * hd + d];
+            s += double(qkv[(size_t(b) * T + i) * W + h * hd + d]) *
+                 qkv[(size_t(b) * T + j) * W + C + (h % NKV) * hd + d];
           sum += std::exp(s / std::sqrt(double(hd)));
         }
         worst = std::max(worst, std::abs(std::log(sum) - lse[(size_t(b) * NH + h) * T + i]));
@@ -148,18 +151,22 @@ TEST_F(CpuBf16, AttentionLogSumExpAndOutputs) {
   EXPECT_LT(worst, 1e-5);
   // Output and gradient: the fp32 attention on the same values, rounded once.
   Vec out32(out.size()), att(size_t(B) * NH * T * T), scratch(att.size());
-  be->attention_forward(out32.data(), att.data(), qkv.data(), B, T, C, NH);
+  be->attention_forward(out32.data(), att.data(), qkv.data(), B, T, C, NH, NKV);
   expect_bits_equal(out, to_bits(out32), "attention output = round(fp32 output)");
   const Vec dout = rounded(random_vec(out.size(), 4));
   const Vec dqkv0 = rounded(random_vec(qkv.size(), 5));  // accumulates onto these
   Bits dqkv = to_bits(dqkv0);
   be->attention_backward(dqkv.data(), to_bits(dout).data(), qkv_h.data(), out.data(), lse.data(), B,
-                         T, C, NH);
+                         T, C, NH, NKV);
   Vec dqkv32 = dqkv0;
   be->attention_backward(dqkv32.data(), scratch.data(), dout.data(), qkv.data(), att.data(), B, T,
-                         C, NH);
+                         C, NH, NKV);
   expect_bits_equal(dqkv, to_bits(dqkv32), "dqkv = round(dqkv0 + fp32 gradient)");
 }
+
+TEST_F(CpuBf16, AttentionLogSumExpAndOutputs) { check_attention_bf16(*be, 4); }
+TEST_F(CpuBf16, AttentionGroupedQuery) { check_attention_bf16(*be, 2); }
+TEST_F(CpuBf16, AttentionMultiQuery) { check_attention_bf16(*be, 1); }
 
 TEST_F(CpuBf16, OpsRoundTheFp32ResultOnce) {
   const int N = 24, C = 16, OC = 40;
@@ -241,8 +248,8 @@ TEST_F(CpuBf16, OpsRoundTheFp32ResultOnce) {
     const Vec q = rounded(random_vec(size_t(R) * 3 * RC, 10));
     Bits qh = to_bits(q);
     Vec q32 = q;
-    be->rope(qh.data(), table.data(), R, 3, 2, RC, RNH, inverse);
-    be->rope(q32.data(), table.data(), R, 3, 2, RC, RNH, inverse);
+    be->rope(qh.data(), table.data(), R, 3, 2, RC, RNH, RNH, inverse);
+    be->rope(q32.data(), table.data(), R, 3, 2, RC, RNH, RNH, inverse);
     expect_bits_equal(qh, to_bits(q32), "rope");
   }
 }
@@ -286,21 +293,21 @@ TEST_F(CpuBf16, OverwriteModeIgnoresTheOldInputGradient) {
       g_want = to_floats(a), g_got = to_floats(b);
       Bits out(x.size()), qa = to_bits(q_want), qb = to_bits(q_got);
       Vec lse(size_t(B) * NH * T);
-      be->attention_forward(out.data(), lse.data(), to_bits(qkv).data(), B, T, C, NH);
+      be->attention_forward(out.data(), lse.data(), to_bits(qkv).data(), B, T, C, NH, NH);
       be->attention_backward(qa.data(), to_bits(dout).data(), to_bits(qkv).data(), out.data(),
-                             lse.data(), B, T, C, NH);
+                             lse.data(), B, T, C, NH, NH);
       be->attention_backward(qb.data(), to_bits(dout).data(), to_bits(qkv).data(), out.data(),
-                             lse.data(), B, T, C, NH, GradMode::overwrite);
+                             lse.data(), B, T, C, NH, NH, GradMode::overwrite);
       q_want = to_floats(qa), q_got = to_floats(qb);
     } else {
       be->gelu_backward(g_want.data(), x.data(), dout.data(), x.size());
       be->gelu_backward(g_got.data(), x.data(), dout.data(), x.size(), GradMode::overwrite);
       Vec out(x.size()), att(size_t(B) * NH * T * T), scratch(att.size());
-      be->attention_forward(out.data(), att.data(), qkv.data(), B, T, C, NH);
+      be->attention_forward(out.data(), att.data(), qkv.data(), B, T, C, NH, NH);
       be->attention_backward(q_want.data(), scratch.data(), dout.data(), qkv.data(), att.data(), B,
-                             T, C, NH);
+                             T, C, NH, NH);
       be->attention_backward(q_got.data(), scratch.data(), dout.data(), qkv.data(), att.data(), B,
-                             T, C, NH, GradMode::overwrite);
+                             T, C, NH, NH, GradMode::overwrite);
     }
     EXPECT_EQ(g_got, g_want) << "gelu dinp";
     EXPECT_EQ(q_got, q_want) << "attention dqkv";

@@ -112,8 +112,12 @@ double naive_gelu(double x) {
 }
 
 // Returns out [B,T,C]; fills probs [B,NH,T,T] (0 above the diagonal) when given.
-DVec naive_attention(const DVec& qkv, int B, int T, int C, int NH, DVec* probs = nullptr) {
+// NKV key/value heads (0: NH); query head h reads key/value head h % NKV (backend.h).
+DVec naive_attention(const DVec& qkv, int B, int T, int C, int NH, DVec* probs = nullptr,
+                     int NKV = 0) {
+  if (NKV == 0) NKV = NH;
   const int hd = C / NH;
+  const size_t W = size_t(C) + 2 * size_t(NKV) * hd;
   const double scale = 1.0 / std::sqrt(double(hd));
   DVec out(size_t(B) * T * C, 0.0);
   if (probs) probs->assign(size_t(B) * NH * T * T, 0.0);
@@ -121,10 +125,10 @@ DVec naive_attention(const DVec& qkv, int B, int T, int C, int NH, DVec* probs =
   for (int b = 0; b < B; ++b) {
     for (int h = 0; h < NH; ++h) {
       for (int i = 0; i < T; ++i) {
-        const double* q = &qkv[(size_t(b) * T + i) * 3 * C + h * hd];
+        const double* q = &qkv[(size_t(b) * T + i) * W + h * hd];
         double mx = -std::numeric_limits<double>::infinity();
         for (int j = 0; j <= i; ++j) {
-          const double* k = &qkv[(size_t(b) * T + j) * 3 * C + C + h * hd];
+          const double* k = &qkv[(size_t(b) * T + j) * W + C + (h % NKV) * hd];
           double s = 0.0;
           for (int e = 0; e < hd; ++e) s += q[e] * k[e];
           p[j] = s * scale;
@@ -135,7 +139,7 @@ DVec naive_attention(const DVec& qkv, int B, int T, int C, int NH, DVec* probs =
         for (int j = 0; j <= i; ++j) {
           p[j] /= sum;
           if (probs) (*probs)[((size_t(b) * NH + h) * T + i) * T + j] = p[j];
-          const double* v = &qkv[(size_t(b) * T + j) * 3 * C + 2 * C + h * hd];
+          const double* v = &qkv[(size_t(b) * T + j) * W + C + (NKV + h % NKV) * hd];
           for (int e = 0; e < hd; ++e) out[(size_t(b) * T + i) * C + h * hd + e] += p[j] * v[e];
         }
       }
@@ -476,13 +480,15 @@ TEST_F(CpuKernels, MatmulSplitOverThreadsWideOutput) { check_matmul_split(*be, 4
 
 // ---- attention -----------------------------------------------------------------------------
 
-// stride > 1 checks only every stride-th coordinate of dqkv (for the longer sequence).
-void check_attention(Backend& be, int B, int T, int C, int NH, size_t stride) {
-  const Vec qkv = random_vec(size_t(B) * T * 3 * C, 31, -2.0f, 2.0f);
+// stride > 1 checks only every stride-th coordinate of dqkv (for the longer sequence). NKV
+// key/value heads (0: NH).
+void check_attention(Backend& be, int B, int T, int C, int NH, size_t stride, int NKV = 0) {
+  if (NKV == 0) NKV = NH;
+  const Vec qkv = random_vec(size_t(B) * T * qkv_width(C, NH, NKV), 31, -2.0f, 2.0f);
   Vec out(size_t(B) * T * C), att(size_t(B) * NH * T * T, 7.0f);
-  be.attention_forward(out.data(), att.data(), qkv.data(), B, T, C, NH);
+  be.attention_forward(out.data(), att.data(), qkv.data(), B, T, C, NH, NKV);
   DVec x = to_double(qkv), probs;
-  expect_close(out, naive_attention(x, B, T, C, NH, &probs), 1e-5, "out");
+  expect_close(out, naive_attention(x, B, T, C, NH, &probs, NKV), 1e-5, "out");
   for (int bh = 0; bh < B * NH; ++bh)
     for (int i = 0; i < T; ++i)
       for (int j = 0; j <= i; ++j) {
@@ -491,38 +497,50 @@ void check_attention(Backend& be, int B, int T, int C, int NH, size_t stride) {
       }
 
   const Vec R = random_vec(out.size(), 32);
-  auto loss = [&] { return dot(naive_attention(x, B, T, C, NH), R); };
+  auto loss = [&] { return dot(naive_attention(x, B, T, C, NH, nullptr, NKV), R); };
   const DVec g = finite_diff(x, loss, stride);
   // Garbage above the diagonal of att must not matter to the backward (it is unspecified).
   for (int bh = 0; bh < B * NH; ++bh)
     for (int i = 0; i < T; ++i)
       for (int j = i + 1; j < T; ++j) att[(size_t(bh) * T + i) * T + j] = 1e3f;
   Vec dqkv(qkv.size(), 0.0f), scratch(att.size(), 5.0f);
-  be.attention_backward(dqkv.data(), scratch.data(), R.data(), qkv.data(), att.data(), B, T, C, NH);
+  be.attention_backward(dqkv.data(), scratch.data(), R.data(), qkv.data(), att.data(), B, T, C, NH,
+                        NKV);
   expect_close(dqkv, g, 1e-4, "dqkv", stride);
 
   Vec dqkv2 = random_vec(qkv.size(), 33);
   const Vec dqkv0 = dqkv2;
-  be.attention_backward(dqkv2.data(), scratch.data(), R.data(), qkv.data(), att.data(), B, T, C,
-                        NH);
+  be.attention_backward(dqkv2.data(), scratch.data(), R.data(), qkv.data(), att.data(), B, T, C, NH,
+                        NKV);
   expect_accumulated(dqkv2, dqkv0, dqkv, "dqkv +=");
+
+  // overwrite: whatever dqkv held is replaced by the gradient.
+  Vec dqkv3 = random_vec(qkv.size(), 34);
+  be.attention_backward(dqkv3.data(), scratch.data(), R.data(), qkv.data(), att.data(), B, T, C, NH,
+                        NKV, GradMode::overwrite);
+  EXPECT_EQ(dqkv3, dqkv);
 }
 
 TEST_F(CpuKernels, AttentionSmall) { check_attention(*be, 2, 5, 12, 3, 1); }
 TEST_F(CpuKernels, AttentionSingleToken) { check_attention(*be, 2, 1, 8, 2, 1); }
+// Grouped-query attention: 4 query heads over 2 key/value heads, and over one (multi-query);
+// against the definition (naive_attention reads head h % NKV) and finite differences, whose
+// k and v gradients sum over each key/value head's query heads.
+TEST_F(CpuKernels, AttentionGroupedQuery) { check_attention(*be, 2, 5, 16, 4, 1, 2); }
+TEST_F(CpuKernels, AttentionMultiQuery) { check_attention(*be, 2, 5, 16, 4, 1, 1); }
 // Logits spanning a range of ~200: probabilities underflow (the kernel flushes those below
 // 1e-30 to 0), yet outputs and gradients stay accurate and free of NaN and denormals.
 TEST_F(CpuKernels, AttentionExtremeLogits) {
   const int B = 1, T = 9, C = 8, NH = 2;
   Vec qkv = random_vec(size_t(B) * T * 3 * C, 91, -7.0f, 7.0f);
   Vec out(size_t(B) * T * C), att(size_t(B) * NH * T * T);
-  be->attention_forward(out.data(), att.data(), qkv.data(), B, T, C, NH);
+  be->attention_forward(out.data(), att.data(), qkv.data(), B, T, C, NH, NH);
   DVec x = to_double(qkv);
   expect_close(out, naive_attention(x, B, T, C, NH), 1e-5, "out");
   const Vec R = random_vec(out.size(), 92);
   const DVec g = finite_diff(x, [&] { return dot(naive_attention(x, B, T, C, NH), R); });
   Vec dqkv(qkv.size(), 0.0f), scratch(att.size());
-  be->attention_backward(dqkv.data(), scratch.data(), R.data(), qkv.data(), att.data(), B, T, C,
+  be->attention_backward(dqkv.data(), scratch.data(), R.data(), qkv.data(), att.data(), B, T, C, NH,
                          NH);
   expect_close(dqkv, g, 1e-4, "dqkv");
   for (float v : att) EXPECT_NE(std::fpclassify(v), FP_SUBNORMAL);
@@ -531,21 +549,25 @@ TEST_F(CpuKernels, AttentionExtremeLogits) {
 
 // Longer than the kernel's 64-row causal blocks, with a partial last block.
 TEST_F(CpuKernels, AttentionSeveralCausalBlocks) { check_attention(*be, 1, 150, 6, 2, 7); }
+TEST_F(CpuKernels, AttentionGroupedSeveralCausalBlocks) {
+  check_attention(*be, 1, 150, 12, 6, 11, 2);
+}
 
 // ---- rotary position embedding --------------------------------------------------------------
 
 // The rotation written from its definition (RoFormer, in the "rotate half" pairing): for head
 // dimension hd, frequency f_i = theta^(−2i/hd), the pair (x_i, x_{i+hd/2}) at position p turns
 // by the angle p·f_i; v is not touched. In double, with the angles computed here.
-DVec naive_rope(const DVec& qkv, int N, int T, int pos0, int C, int NH, double theta) {
+DVec naive_rope(const DVec& qkv, int N, int T, int pos0, int C, int NH, int NKV, double theta) {
   const int hd = C / NH, half = hd / 2;
+  const size_t W = size_t(C) + 2 * size_t(NKV) * hd;
   DVec out = qkv;
   for (int r = 0; r < N; ++r) {
     const double p = pos0 + r % T;
-    for (int j = 0; j < 2 * NH; ++j)  // q heads then k heads
+    for (int j = 0; j < NH + NKV; ++j)  // q heads then k heads
       for (int i = 0; i < half; ++i) {
         const double a = p * std::pow(theta, -2.0 * i / hd);
-        const size_t x1 = size_t(r) * 3 * C + size_t(j) * hd + i, x2 = x1 + half;
+        const size_t x1 = size_t(r) * W + size_t(j) * hd + i, x2 = x1 + half;
         out[x1] = qkv[x1] * std::cos(a) - qkv[x2] * std::sin(a);
         out[x2] = qkv[x2] * std::cos(a) + qkv[x1] * std::sin(a);
       }
@@ -568,31 +590,36 @@ Vec rope_angles(int seq_len, int hd, double theta) {
 // Forward against the definition for two sequences starting at position pos0 (decoding's
 // rows), v unchanged bit for bit; backward (inverse) against finite differences, and as the
 // inverse of the forward.
-TEST_F(CpuKernels, RopeForwardBackward) {
-  const int B = 2, T = 5, C = 24, NH = 3, seq_len = 16;
+// With NKV < NH (grouped-query attention) the rows are narrower and only NKV k heads turn.
+void check_rope(Backend& be, int NH, int NKV) {
+  const int B = 2, T = 5, C = 24, seq_len = 16, hd = C / NH;
+  const int W = qkv_width(C, NH, NKV);
   const double theta = 500.0;  // small: the slow frequencies turn visibly within 16 positions
-  const Vec table = rope_angles(seq_len, C / NH, theta);
+  const Vec table = rope_angles(seq_len, hd, theta);
   for (int pos0 : {0, 11}) {
-    const Vec qkv = random_vec(size_t(B) * T * 3 * C, 61 + uint32_t(pos0), -2.0f, 2.0f);
+    const Vec qkv = random_vec(size_t(B) * T * W, 61 + uint32_t(pos0), -2.0f, 2.0f);
     Vec out = qkv;
-    be->rope(out.data(), table.data(), B * T, T, pos0, C, NH, false);
+    be.rope(out.data(), table.data(), B * T, T, pos0, C, NH, NKV, false);
     DVec x = to_double(qkv);
-    expect_close(out, naive_rope(x, B * T, T, pos0, C, NH, theta), 1e-6, "rope");
+    expect_close(out, naive_rope(x, B * T, T, pos0, C, NH, NKV, theta), 1e-6, "rope");
     for (int r = 0; r < B * T; ++r)
-      for (int c = 2 * C; c < 3 * C; ++c)
-        ASSERT_EQ(out[size_t(r) * 3 * C + c], qkv[size_t(r) * 3 * C + c]) << "v changed";
+      for (int c = C + NKV * hd; c < W; ++c)
+        ASSERT_EQ(out[size_t(r) * W + c], qkv[size_t(r) * W + c]) << "v changed";
 
     const Vec R = random_vec(qkv.size(), 62);
     const DVec g =
-        finite_diff(x, [&] { return dot(naive_rope(x, B * T, T, pos0, C, NH, theta), R); });
+        finite_diff(x, [&] { return dot(naive_rope(x, B * T, T, pos0, C, NH, NKV, theta), R); });
     Vec dx = R;
-    be->rope(dx.data(), table.data(), B * T, T, pos0, C, NH, true);
+    be.rope(dx.data(), table.data(), B * T, T, pos0, C, NH, NKV, true);
     expect_close(dx, g, 1e-5, "rope backward");
 
-    be->rope(out.data(), table.data(), B * T, T, pos0, C, NH, true);
+    be.rope(out.data(), table.data(), B * T, T, pos0, C, NH, NKV, true);
     expect_close(out, qkv, 1e-6, "inverse of the forward");
   }
 }
+
+TEST_F(CpuKernels, RopeForwardBackward) { check_rope(*be, 3, 3); }  // GPT-2's q|k|v
+TEST_F(CpuKernels, RopeForwardBackwardGroupedQuery) { check_rope(*be, 6, 2); }
 
 // ---- SwiGLU ----------------------------------------------------------------------------------
 

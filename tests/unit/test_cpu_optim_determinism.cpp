@@ -162,7 +162,7 @@ struct BlockRun {
       keep(qkv);
     }
     Vec att_out(size_t(N) * C), att(size_t(B) * NH * T * T, 0.0f);
-    be.attention_forward(att_out.data(), att.data(), qkv.data(), B, T, C, NH);
+    be.attention_forward(att_out.data(), att.data(), qkv.data(), B, T, C, NH, NH);
     keep(att_out);
     Vec g(att_out.size());
     be.gelu_forward(g.data(), att_out.data(), g.size());
@@ -181,7 +181,7 @@ struct BlockRun {
     keep(dg);
     Vec dqkv(qkv.size(), 0.0f), scratch(att.size());
     be.attention_backward(dqkv.data(), scratch.data(), dg.data(), qkv.data(), att.data(), B, T, C,
-                          NH);
+                          NH, NH);
     keep(dqkv);
     Vec dln(ln.size(), 0.0f);
     if (with_blas) {

@@ -423,23 +423,26 @@ TEST_F(CudaBackendTest, MatmulIsPlainFp32) {
 // ---- attention -----------------------------------------------------------------------------
 
 struct AttShape {
-  int B, T, C, NH;
+  int B, T, C, NH, NKV;
 };
-const AttShape kAttShapes[] = {
-    {2, 5, 12, 3}, {1, 64, 768, 12}, {3, 100, 96, 4}, {2, 256, 768, 12}, {1, 1, 8, 2}};
+// NKV < NH: grouped-query attention (the expanded-rows path), multi-query (NKV = 1) among them.
+const AttShape kAttShapes[] = {{2, 5, 12, 3, 3},      {1, 64, 768, 12, 12}, {3, 100, 96, 4, 4},
+                               {2, 256, 768, 12, 12}, {1, 1, 8, 2, 2},      {2, 5, 16, 4, 2},
+                               {3, 100, 96, 4, 1},    {2, 256, 768, 12, 4}, {1, 1, 8, 2, 1}};
 
 TEST_F(CudaBackendTest, AttentionForward) {
   for (const AttShape& s : kAttShapes) {
-    SCOPED_TRACE(::testing::Message()
-                 << "B=" << s.B << " T=" << s.T << " C=" << s.C << " NH=" << s.NH);
-    const size_t nqkv = size_t(s.B) * s.T * 3 * s.C, nout = size_t(s.B) * s.T * s.C;
+    SCOPED_TRACE(::testing::Message() << "B=" << s.B << " T=" << s.T << " C=" << s.C
+                                      << " NH=" << s.NH << " NKV=" << s.NKV);
+    const size_t nqkv = size_t(s.B) * s.T * qkv_width(s.C, s.NH, s.NKV);
+    const size_t nout = size_t(s.B) * s.T * s.C;
     const size_t M = size_t(s.B) * s.NH, natt = M * s.T * s.T;
     const Vec qkv = random_vec(nqkv, 50, -2.0f, 2.0f);
     Vec out(nout), att(natt, 0.0f);
-    cpu->attention_forward(out.data(), att.data(), qkv.data(), s.B, s.T, s.C, s.NH);
+    cpu->attention_forward(out.data(), att.data(), qkv.data(), s.B, s.T, s.C, s.NH, s.NKV);
     float* g_out = dev(random_vec(nout, 51));  // garbage: forward overwrites
     float* g_att = dev(random_vec(natt, 52));
-    gpu->attention_forward(g_out, g_att, dev(qkv), s.B, s.T, s.C, s.NH);
+    gpu->attention_forward(g_out, g_att, dev(qkv), s.B, s.T, s.C, s.NH, s.NKV);
     EXPECT_TRUE(close(host(g_out, nout), out, kGemmTol, 1e-5)) << "out";
     EXPECT_TRUE(close(lower_triangle(host(g_att, natt), M, s.T), lower_triangle(att, M, s.T),
                       kGemmTol, 1e-6))
@@ -447,68 +450,81 @@ TEST_F(CudaBackendTest, AttentionForward) {
   }
 }
 
-// Decoding (KV cache): n new rows at positions p.. against the kept keys and values.
+// Decoding (KV cache): n new rows at positions p.. against the kept keys and values; with
+// NKV < NH the compact grouped-query cache.
 TEST_F(CudaBackendTest, AttentionDecode) {
   struct Case {
-    int B, stride, p, n, C, NH;
+    int B, stride, p, n, C, NH, NKV;
   };
-  for (const Case& c : {Case{1, 5, 0, 5, 12, 3}, Case{1, 201, 200, 1, 768, 12},
-                        Case{3, 70, 63, 3, 96, 4}, Case{2, 1024, 1023, 1, 256, 2}}) {
-    SCOPED_TRACE(::testing::Message()
-                 << "B=" << c.B << " p=" << c.p << " n=" << c.n << " C=" << c.C);
-    const size_t nqkv = size_t(c.B) * c.stride * 3 * c.C, nout = size_t(c.B) * c.n * c.C;
+  for (const Case& c :
+       {Case{1, 5, 0, 5, 12, 3, 3}, Case{1, 201, 200, 1, 768, 12, 12}, Case{3, 70, 63, 3, 96, 4, 4},
+        Case{2, 1024, 1023, 1, 256, 2, 2}, Case{1, 5, 0, 5, 16, 4, 2},
+        Case{1, 201, 200, 1, 768, 12, 4}, Case{3, 70, 63, 3, 256, 4, 1}}) {
+    SCOPED_TRACE(::testing::Message() << "B=" << c.B << " p=" << c.p << " n=" << c.n << " C=" << c.C
+                                      << " NH=" << c.NH << " NKV=" << c.NKV);
+    const size_t nqkv = size_t(c.B) * c.stride * qkv_width(c.C, c.NH, c.NKV);
+    const size_t nout = size_t(c.B) * c.n * c.C;
     const Vec qkv = random_vec(nqkv, 53, -2.0f, 2.0f);
     Vec out(nout);
-    cpu->attention_decode(out.data(), qkv.data(), c.B, c.stride, c.p, c.n, c.C, c.NH);
+    cpu->attention_decode(out.data(), qkv.data(), c.B, c.stride, c.p, c.n, c.C, c.NH, c.NKV);
     float* g_out = dev(random_vec(nout, 54));  // garbage: overwritten
-    gpu->attention_decode(g_out, dev(qkv), c.B, c.stride, c.p, c.n, c.C, c.NH);
+    gpu->attention_decode(g_out, dev(qkv), c.B, c.stride, c.p, c.n, c.C, c.NH, c.NKV);
     EXPECT_TRUE(close(host(g_out, nout), out, kGemmTol, 1e-5)) << "out";
   }
 }
 
 // Rotary positions in place, forward and inverse (the backward), from position 0 and from a
-// decoding position, on the 124M model's heads too; the table as the model builds it.
+// decoding position, on the 124M model's heads too; the table as the model builds it. NKV < NH:
+// the q heads and the fewer k heads of grouped-query rows (v untouched).
 TEST_F(CudaBackendTest, RopeForwardAndInverse) {
   struct Case {
-    int N, T, pos0, C, NH;
+    int N, T, pos0, C, NH, NKV;
   };
-  for (const Case& c : {Case{10, 5, 0, 24, 3}, Case{2048, 1024, 0, 768, 12},
-                        Case{3, 1, 700, 768, 12}, Case{37, 37, 40, 128, 1}}) {
-    SCOPED_TRACE(::testing::Message() << "N=" << c.N << " pos0=" << c.pos0 << " C=" << c.C);
+  for (const Case& c :
+       {Case{10, 5, 0, 24, 3, 3}, Case{2048, 1024, 0, 768, 12, 12}, Case{3, 1, 700, 768, 12, 12},
+        Case{37, 37, 40, 128, 1, 1}, Case{10, 5, 0, 32, 4, 2}, Case{2048, 1024, 0, 768, 12, 4},
+        Case{3, 1, 700, 768, 12, 1}}) {
+    SCOPED_TRACE(::testing::Message() << "N=" << c.N << " pos0=" << c.pos0 << " C=" << c.C
+                                      << " NH=" << c.NH << " NKV=" << c.NKV);
     GptShape shape{1, c.NH, c.C, 1024, 8, 128};
     shape.rope = true;
     const Vec table = rope_table(shape);
     const float* g_table = dev(table);
-    const size_t n = size_t(c.N) * 3 * c.C;
+    const size_t n = size_t(c.N) * qkv_width(c.C, c.NH, c.NKV);
     for (bool inverse : {false, true}) {
       Vec qkv = random_vec(n, 56, -2.0f, 2.0f);
       float* g_qkv = dev(qkv);
-      cpu->rope(qkv.data(), table.data(), c.N, c.T, c.pos0, c.C, c.NH, inverse);
-      gpu->rope(g_qkv, g_table, c.N, c.T, c.pos0, c.C, c.NH, inverse);
+      cpu->rope(qkv.data(), table.data(), c.N, c.T, c.pos0, c.C, c.NH, c.NKV, inverse);
+      gpu->rope(g_qkv, g_table, c.N, c.T, c.pos0, c.C, c.NH, c.NKV, inverse);
       EXPECT_TRUE(close(host(g_qkv, n), qkv, kElemTol, 1e-6)) << (inverse ? "inverse" : "forward");
     }
   }
 }
 
+// Accumulating (+=) twice, bit for bit alike, then overwriting a NaN-filled gradient. With
+// NKV < NH a key/value head's gradient sums over its query heads.
 TEST_F(CudaBackendTest, AttentionBackwardAccumulatesDeterministically) {
   for (const AttShape& s : kAttShapes) {
-    SCOPED_TRACE(::testing::Message()
-                 << "B=" << s.B << " T=" << s.T << " C=" << s.C << " NH=" << s.NH);
-    const size_t nqkv = size_t(s.B) * s.T * 3 * s.C, nout = size_t(s.B) * s.T * s.C;
+    SCOPED_TRACE(::testing::Message() << "B=" << s.B << " T=" << s.T << " C=" << s.C
+                                      << " NH=" << s.NH << " NKV=" << s.NKV);
+    const size_t nqkv = size_t(s.B) * s.T * qkv_width(s.C, s.NH, s.NKV);
+    const size_t nout = size_t(s.B) * s.T * s.C;
     const size_t M = size_t(s.B) * s.NH, natt = M * s.T * s.T;
     const Vec qkv = random_vec(nqkv, 60, -2.0f, 2.0f), dout = random_vec(nout, 61);
     const Vec dqkv0 = random_vec(nqkv, 62);
     // CPU: its own forward probabilities.
-    Vec out(nout), att(natt, 0.0f), scratch(natt, 0.0f), dqkv = dqkv0;
-    cpu->attention_forward(out.data(), att.data(), qkv.data(), s.B, s.T, s.C, s.NH);
+    Vec out(nout), att(natt, 0.0f), scratch(natt, 0.0f), dqkv = dqkv0, fresh(nqkv);
+    cpu->attention_forward(out.data(), att.data(), qkv.data(), s.B, s.T, s.C, s.NH, s.NKV);
     cpu->attention_backward(dqkv.data(), scratch.data(), dout.data(), qkv.data(), att.data(), s.B,
-                            s.T, s.C, s.NH);
+                            s.T, s.C, s.NH, s.NKV);
+    cpu->attention_backward(fresh.data(), scratch.data(), dout.data(), qkv.data(), att.data(), s.B,
+                            s.T, s.C, s.NH, s.NKV, GradMode::overwrite);
     // GPU: its own forward probabilities, with NaN above the diagonal (unspecified there by the
     // interface: backward must not read them).
     float* d_qkv = dev(qkv);
     float* g_out = dev_zeros(nout);
     float* g_att = dev_zeros(natt);
-    gpu->attention_forward(g_out, g_att, d_qkv, s.B, s.T, s.C, s.NH);
+    gpu->attention_forward(g_out, g_att, d_qkv, s.B, s.T, s.C, s.NH, s.NKV);
     Vec poisoned = host(g_att, natt);
     for (size_t m = 0; m < M; ++m)
       for (int i = 0; i < s.T; ++i)
@@ -520,7 +536,7 @@ TEST_F(CudaBackendTest, AttentionBackwardAccumulatesDeterministically) {
     for (int run = 0; run < 2; ++run) {
       float* g_dqkv = dev(dqkv0);
       float* g_scratch = dev(random_vec(natt, 63));  // garbage: the op may overwrite it
-      gpu->attention_backward(g_dqkv, g_scratch, d_dout, d_qkv, g_att, s.B, s.T, s.C, s.NH);
+      gpu->attention_backward(g_dqkv, g_scratch, d_dout, d_qkv, g_att, s.B, s.T, s.C, s.NH, s.NKV);
       const Vec got = host(g_dqkv, nqkv);
       if (run == 0) {
         EXPECT_TRUE(close(got, dqkv, kGemmTol, 1e-5)) << "dqkv";
@@ -529,6 +545,10 @@ TEST_F(CudaBackendTest, AttentionBackwardAccumulatesDeterministically) {
         EXPECT_TRUE(bit_equal(got, first)) << "dqkv not deterministic";
       }
     }
+    float* g_nan = dev(Vec(nqkv, std::numeric_limits<float>::quiet_NaN()));
+    gpu->attention_backward(g_nan, dev(random_vec(natt, 64)), d_dout, d_qkv, g_att, s.B, s.T, s.C,
+                            s.NH, s.NKV, GradMode::overwrite);
+    EXPECT_TRUE(close(host(g_nan, nqkv), fresh, kGemmTol, 1e-5)) << "dqkv (overwritten)";
   }
 }
 

@@ -623,28 +623,32 @@ TEST_F(CudaBf16Test, MatmulBackwardGelu) {
 // ---- attention -------------------------------------------------------------------------------
 
 struct AttShape {
-  int B, T, NH, hd;
+  int B, T, NH, hd, NKV;
 };
 // hd 64 / 128: the flash kernels, with partial 64-row tiles (T = 100) and a single token;
-// hd 16 and 32: the fp32 fallback.
-const AttShape kAttShapes[] = {{2, 100, 2, 64}, {1, 100, 2, 128}, {1, 1, 2, 64},
-                               {2, 256, 4, 64}, {2, 37, 3, 16},   {1, 100, 2, 32}};
+// hd 16 and 32: the fp32 fallback. NKV < NH: grouped-query attention (either path on the
+// expanded rows), multi-query (NKV = 1) among them.
+const AttShape kAttShapes[] = {{2, 100, 2, 64, 2}, {1, 100, 2, 128, 2}, {1, 1, 2, 64, 2},
+                               {2, 256, 4, 64, 4}, {2, 37, 3, 16, 3},   {1, 100, 2, 32, 2},
+                               {2, 100, 4, 64, 2}, {1, 100, 4, 128, 1}, {1, 1, 4, 64, 2},
+                               {2, 37, 4, 16, 2},  {1, 33, 4, 16, 1}};
 
 TEST_F(CudaBf16Test, AttentionForwardBackward) {
   for (const AttShape& s : kAttShapes) {
-    SCOPED_TRACE(::testing::Message()
-                 << "B=" << s.B << " T=" << s.T << " NH=" << s.NH << " hd=" << s.hd);
-    const int C = s.NH * s.hd;
-    const size_t rows = size_t(s.B) * s.T, BTC = rows * C, L = size_t(s.B) * s.NH * s.T;
+    SCOPED_TRACE(::testing::Message() << "B=" << s.B << " T=" << s.T << " NH=" << s.NH
+                                      << " hd=" << s.hd << " NKV=" << s.NKV);
+    const int C = s.NH * s.hd, W = qkv_width(C, s.NH, s.NKV);
+    const size_t rows = size_t(s.B) * s.T, BTC = rows * C, BTW = rows * W;
+    const size_t L = size_t(s.B) * s.NH * s.T;
     // Scores of a few units: softmax neither uniform nor one-hot.
-    const Bits qkv = random_bits(3 * BTC, 50, -1.5f, 1.5f);
+    const Bits qkv = random_bits(BTW, 50, -1.5f, 1.5f);
     Bits out(BTC);
     Vec lse(L);
-    cpu->attention_forward(out.data(), lse.data(), qkv.data(), s.B, s.T, C, s.NH);
+    cpu->attention_forward(out.data(), lse.data(), qkv.data(), s.B, s.T, C, s.NH, s.NKV);
     bf16_t* d_qkv = dev(qkv);
     bf16_t* g_out = dev(to_bits(Vec(BTC, 42.0f)));
     float* g_lse = dev(Vec(L, 42.0f));
-    gpu->attention_forward(g_out, g_lse, d_qkv, s.B, s.T, C, s.NH);
+    gpu->attention_forward(g_out, g_lse, d_qkv, s.B, s.T, C, s.NH, s.NKV);
     EXPECT_TRUE(close(host(g_out, BTC), out)) << "out";
     EXPECT_TRUE(close(host(g_lse, L), lse)) << "lse";
 
@@ -653,28 +657,31 @@ TEST_F(CudaBf16Test, AttentionForwardBackward) {
     const Bits dout = random_bits(BTC, 51);
     bf16_t *d_dout = dev(dout), *d_out = dev(out);
     float* d_lse = dev(lse);
-    Bits fresh(3 * BTC);
+    Bits fresh(BTW);
     cpu->attention_backward(fresh.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.B, s.T,
-                            C, s.NH);
-    bf16_t* g_fresh = dev(Bits(3 * BTC));
-    gpu->attention_backward(g_fresh, d_dout, d_qkv, d_out, d_lse, s.B, s.T, C, s.NH);
-    const Bits got_fresh = host(g_fresh, 3 * BTC);
+                            C, s.NH, s.NKV);
+    bf16_t* g_fresh = dev(Bits(BTW));
+    gpu->attention_backward(g_fresh, d_dout, d_qkv, d_out, d_lse, s.B, s.T, C, s.NH, s.NKV);
+    const Bits got_fresh = host(g_fresh, BTW);
     const char* names[] = {"dq", "dk", "dv"};
+    const size_t kv_width = size_t(W - C) / 2;
+    const size_t offsets[] = {0, size_t(C), size_t(C) + kv_width};
+    const size_t widths[] = {size_t(C), kv_width, kv_width};
     for (int part = 0; part < 3; ++part) {
-      EXPECT_TRUE(close(columns(got_fresh, rows, 3 * size_t(C), part * size_t(C), C),
-                        columns(fresh, rows, 3 * size_t(C), part * size_t(C), C)))
+      EXPECT_TRUE(close(columns(got_fresh, rows, size_t(W), offsets[part], widths[part]),
+                        columns(fresh, rows, size_t(W), offsets[part], widths[part])))
           << names[part] << " (from zero)";
     }
 
-    const Bits dqkv0 = initial_grad_bits(3 * BTC, 52, rms(to_floats(fresh)));
+    const Bits dqkv0 = initial_grad_bits(BTW, 52, rms(to_floats(fresh)));
     Bits dqkv = dqkv0;
     cpu->attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.B, s.T,
-                            C, s.NH);
+                            C, s.NH, s.NKV);
     Bits first;
     for (int run = 0; run < 2; ++run) {
       bf16_t* g_dqkv = dev(dqkv0);
-      gpu->attention_backward(g_dqkv, d_dout, d_qkv, d_out, d_lse, s.B, s.T, C, s.NH);
-      const Bits got = host(g_dqkv, 3 * BTC);
+      gpu->attention_backward(g_dqkv, d_dout, d_qkv, d_out, d_lse, s.B, s.T, C, s.NH, s.NKV);
+      const Bits got = host(g_dqkv, BTW);
       if (run == 0) {
         EXPECT_TRUE(close(got, dqkv)) << "dqkv (accumulated)";
         first = got;
@@ -685,22 +692,26 @@ TEST_F(CudaBf16Test, AttentionForwardBackward) {
   }
 }
 
-// Decoding (KV cache): n new rows at positions p.. against the kept keys and values.
+// Decoding (KV cache): n new rows at positions p.. against the kept keys and values; with
+// NKV < NH the compact grouped-query cache.
 TEST_F(CudaBf16Test, AttentionDecode) {
   struct Case {
-    int B, stride, p, n, NH, hd;
+    int B, stride, p, n, NH, hd, NKV;
   };
-  for (const Case& c : {Case{1, 5, 0, 5, 2, 64}, Case{1, 301, 300, 1, 12, 64},
-                        Case{2, 80, 63, 3, 2, 128}, Case{4, 1024, 1023, 1, 3, 16}}) {
-    SCOPED_TRACE(::testing::Message()
-                 << "B=" << c.B << " p=" << c.p << " n=" << c.n << " hd=" << c.hd);
+  for (const Case& c : {Case{1, 5, 0, 5, 2, 64, 2}, Case{1, 301, 300, 1, 12, 64, 12},
+                        Case{2, 80, 63, 3, 2, 128, 2}, Case{4, 1024, 1023, 1, 3, 16, 3},
+                        Case{1, 5, 0, 5, 4, 64, 2}, Case{1, 301, 300, 1, 12, 64, 4},
+                        Case{2, 80, 63, 3, 4, 128, 1}, Case{4, 1024, 1023, 1, 6, 16, 3}}) {
+    SCOPED_TRACE(::testing::Message() << "B=" << c.B << " p=" << c.p << " n=" << c.n
+                                      << " hd=" << c.hd << " NH=" << c.NH << " NKV=" << c.NKV);
     const int C = c.NH * c.hd;
-    const size_t nqkv = size_t(c.B) * c.stride * 3 * C, nout = size_t(c.B) * c.n * C;
+    const size_t nqkv = size_t(c.B) * c.stride * qkv_width(C, c.NH, c.NKV);
+    const size_t nout = size_t(c.B) * c.n * C;
     const Bits qkv = random_bits(nqkv, 55, -1.5f, 1.5f);
     Bits out(nout);
-    cpu->attention_decode(out.data(), qkv.data(), c.B, c.stride, c.p, c.n, C, c.NH);
+    cpu->attention_decode(out.data(), qkv.data(), c.B, c.stride, c.p, c.n, C, c.NH, c.NKV);
     bf16_t* g_out = dev(to_bits(Vec(nout, 42.0f)));
-    gpu->attention_decode(g_out, dev(qkv), c.B, c.stride, c.p, c.n, C, c.NH);
+    gpu->attention_decode(g_out, dev(qkv), c.B, c.stride, c.p, c.n, C, c.NH, c.NKV);
     EXPECT_TRUE(close(host(g_out, nout), out)) << "out";
   }
 }
@@ -710,24 +721,26 @@ TEST_F(CudaBf16Test, AttentionDecode) {
 // The input gradient is written over whatever the buffer holds (NaN here: the β = 0 product, the
 // overwriting GELU and flash stores must not read it) and equals the CPU's gradient from zero.
 // Rotary positions on bf16 q|k|v in place, forward and inverse: each element computed in fp32
-// and rounded once, as on the CPU.
+// and rounded once, as on the CPU; NKV < NH: the q heads and the fewer k heads.
 TEST_F(CudaBf16Test, Rope) {
   struct Case {
-    int N, T, pos0, C, NH;
+    int N, T, pos0, C, NH, NKV;
   };
   for (const Case& c :
-       {Case{10, 5, 0, 24, 3}, Case{2048, 1024, 0, 768, 12}, Case{3, 1, 700, 768, 12}}) {
-    SCOPED_TRACE(::testing::Message() << "N=" << c.N << " pos0=" << c.pos0 << " C=" << c.C);
+       {Case{10, 5, 0, 24, 3, 3}, Case{2048, 1024, 0, 768, 12, 12}, Case{3, 1, 700, 768, 12, 12},
+        Case{10, 5, 0, 32, 4, 2}, Case{2048, 1024, 0, 768, 12, 4}, Case{3, 1, 700, 768, 12, 1}}) {
+    SCOPED_TRACE(::testing::Message() << "N=" << c.N << " pos0=" << c.pos0 << " C=" << c.C
+                                      << " NH=" << c.NH << " NKV=" << c.NKV);
     GptShape shape{1, c.NH, c.C, 1024, 8, 128};
     shape.rope = true;
     const Vec table = rope_table(shape);
     const float* g_table = dev(table);
-    const size_t n = size_t(c.N) * 3 * c.C;
+    const size_t n = size_t(c.N) * qkv_width(c.C, c.NH, c.NKV);
     for (bool inverse : {false, true}) {
       Bits qkv = random_bits(n, 57, -2.0f, 2.0f);
       bf16_t* g_qkv = dev(qkv);
-      cpu->rope(qkv.data(), table.data(), c.N, c.T, c.pos0, c.C, c.NH, inverse);
-      gpu->rope(g_qkv, g_table, c.N, c.T, c.pos0, c.C, c.NH, inverse);
+      cpu->rope(qkv.data(), table.data(), c.N, c.T, c.pos0, c.C, c.NH, c.NKV, inverse);
+      gpu->rope(g_qkv, g_table, c.N, c.T, c.pos0, c.C, c.NH, c.NKV, inverse);
       EXPECT_TRUE(close(host(g_qkv, n), qkv)) << (inverse ? "inverse" : "forward");
     }
   }
@@ -757,20 +770,24 @@ TEST_F(CudaBf16Test, OverwriteModeIgnoresTheOldInputGradient) {
     gpu->gelu_backward(g, dev(x), dev(dout), n, GradMode::overwrite);
     EXPECT_TRUE(close(host(g, n), want)) << "gelu dinp";
   }
-  for (const AttShape& s : {AttShape{2, 100, 2, 64}, AttShape{2, 37, 3, 16}}) {  // flash, fallback
-    SCOPED_TRACE(::testing::Message() << "attention hd=" << s.hd);
+  // flash, fallback; each also grouped-query (NKV < NH: the reduction overwrites too)
+  for (const AttShape& s : {AttShape{2, 100, 2, 64, 2}, AttShape{2, 37, 3, 16, 3},
+                            AttShape{2, 100, 4, 64, 2}, AttShape{2, 37, 4, 16, 1}}) {
+    SCOPED_TRACE(::testing::Message()
+                 << "attention hd=" << s.hd << " NH=" << s.NH << " NKV=" << s.NKV);
     const int C = s.NH * s.hd;
     const size_t BTC = size_t(s.B) * s.T * C, L = size_t(s.B) * s.NH * s.T;
-    const Bits qkv = random_bits(3 * BTC, 75, -1.5f, 1.5f), dout = random_bits(BTC, 76);
-    Bits out(BTC), want(3 * BTC);
+    const size_t BTW = size_t(s.B) * s.T * qkv_width(C, s.NH, s.NKV);
+    const Bits qkv = random_bits(BTW, 75, -1.5f, 1.5f), dout = random_bits(BTC, 76);
+    Bits out(BTC), want(BTW);
     Vec lse(L);
-    cpu->attention_forward(out.data(), lse.data(), qkv.data(), s.B, s.T, C, s.NH);
+    cpu->attention_forward(out.data(), lse.data(), qkv.data(), s.B, s.T, C, s.NH, s.NKV);
     cpu->attention_backward(want.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.B, s.T,
-                            C, s.NH);
-    bf16_t* g = nans(3 * BTC);
-    gpu->attention_backward(g, dev(dout), dev(qkv), dev(out), dev(lse), s.B, s.T, C, s.NH,
+                            C, s.NH, s.NKV);
+    bf16_t* g = nans(BTW);
+    gpu->attention_backward(g, dev(dout), dev(qkv), dev(out), dev(lse), s.B, s.T, C, s.NH, s.NKV,
                             GradMode::overwrite);
-    EXPECT_TRUE(close(host(g, 3 * BTC), want)) << "dqkv";
+    EXPECT_TRUE(close(host(g, BTW), want)) << "dqkv";
   }
 }
 

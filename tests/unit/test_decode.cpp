@@ -35,9 +35,12 @@ double rel(const float* a, const float* b, size_t n) {
   return d / m;
 }
 
-// Rows p .. p+n-1 of causal attention over qkv [L, 3C], in double.
-std::vector<double> reference_rows(const std::vector<float>& qkv, int p, int n, int C, int NH) {
+// Rows p .. p+n-1 of causal attention over qkv [L, W] (NKV key/value heads, query head h
+// reading head h % NKV), in double.
+std::vector<double> reference_rows(const std::vector<float>& qkv, int p, int n, int C, int NH,
+                                   int NKV) {
   const int hd = C / NH;
+  const size_t W = size_t(C) + 2 * size_t(NKV) * hd, k0 = size_t(C) + size_t(NKV) * hd;
   std::vector<double> out(size_t(n) * C);
   for (int h = 0; h < NH; ++h)
     for (int r = 0; r < n; ++r) {
@@ -48,7 +51,7 @@ std::vector<double> reference_rows(const std::vector<float>& qkv, int p, int n, 
         double dot = 0;
         for (int d = 0; d < hd; ++d)
           dot +=
-              double(qkv[size_t(i) * 3 * C + h * hd + d]) * qkv[size_t(j) * 3 * C + C + h * hd + d];
+              double(qkv[size_t(i) * W + h * hd + d]) * qkv[size_t(j) * W + C + (h % NKV) * hd + d];
         s[size_t(j)] = dot / std::sqrt(double(hd));
         mx = std::max(mx, s[size_t(j)]);
       }
@@ -57,28 +60,34 @@ std::vector<double> reference_rows(const std::vector<float>& qkv, int p, int n, 
       for (int d = 0; d < hd; ++d) {
         double acc = 0;
         for (int j = 0; j <= i; ++j)
-          acc += s[size_t(j)] * qkv[size_t(j) * 3 * C + 2 * C + h * hd + d];
+          acc += s[size_t(j)] * qkv[size_t(j) * W + k0 + (h % NKV) * hd + d];
         out[size_t(r) * C + h * hd + d] = acc / z;
       }
     }
   return out;
 }
 
-TEST(AttentionDecode, RowsEqualTheWholeSequenceForward) {
+// NKV key/value heads: 3 of 3 (GPT-2's attention), 2 of 4 (grouped-query), 1 of 4 (multi-query).
+class AttentionDecode : public ::testing::TestWithParam<std::pair<int, int>> {};
+INSTANTIATE_TEST_SUITE_P(Heads, AttentionDecode,
+                         ::testing::Values(std::pair{3, 3}, std::pair{4, 2}, std::pair{4, 1}));
+
+TEST_P(AttentionDecode, RowsEqualTheWholeSequenceForward) {
   auto be = make_cpu_backend();
-  const int C = 96, NH = 3, L = 70;  // keys across two of the forward's 64-row blocks
+  const auto [NH, NKV] = GetParam();
+  const int C = 96, L = 70;  // keys across two of the forward's 64-row blocks
   std::mt19937 gen(3);
   std::normal_distribution<float> nd(0.0f, 1.0f);
-  std::vector<float> qkv(size_t(L) * 3 * C);
+  std::vector<float> qkv(size_t(L) * qkv_width(C, NH, NKV));
   for (auto& v : qkv) v = nd(gen);
   std::vector<float> whole(size_t(L) * C), att(size_t(NH) * L * L);
-  be->attention_forward(whole.data(), att.data(), qkv.data(), 1, L, C, NH);
+  be->attention_forward(whole.data(), att.data(), qkv.data(), 1, L, C, NH, NKV);
   for (auto [p, n] : {std::pair{0, 1}, {0, L}, {69, 1}, {40, 30}, {63, 2}}) {
     SCOPED_TRACE(::testing::Message() << "p=" << p << " n=" << n);
     std::vector<float> out(size_t(n) * C, NAN);
-    be->attention_decode(out.data(), qkv.data(), 1, L, p, n, C, NH);
+    be->attention_decode(out.data(), qkv.data(), 1, L, p, n, C, NH, NKV);
     EXPECT_LE(rel(out.data(), whole.data() + size_t(p) * C, out.size()), 1e-6);
-    const std::vector<double> ref = reference_rows(qkv, p, n, C, NH);
+    const std::vector<double> ref = reference_rows(qkv, p, n, C, NH, NKV);
     std::vector<float> reff(ref.begin(), ref.end());
     EXPECT_LE(rel(out.data(), reff.data(), out.size()), 1e-5);
     // bf16: the same from the rounded qkv, out rounded once.
@@ -86,8 +95,8 @@ TEST(AttentionDecode, RowsEqualTheWholeSequenceForward) {
     for (size_t i = 0; i < qkv.size(); ++i) qb[i] = to_bf16(qkv[i]);
     std::vector<float> qr(qkv.size());
     for (size_t i = 0; i < qkv.size(); ++i) qr[i] = to_float(qb[i]);
-    be->attention_decode(ob.data(), qb.data(), 1, L, p, n, C, NH);
-    const std::vector<double> refb = reference_rows(qr, p, n, C, NH);
+    be->attention_decode(ob.data(), qb.data(), 1, L, p, n, C, NH, NKV);
+    const std::vector<double> refb = reference_rows(qr, p, n, C, NH, NKV);
     double worst = 0;
     for (size_t i = 0; i < ob.size(); ++i)
       worst = std::max(worst, std::abs(to_float(ob[i]) - refb[i]) / (std::abs(refb[i]) + 1e-2));

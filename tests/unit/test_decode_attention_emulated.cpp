@@ -1,97 +1,139 @@
 // The decoding attention block program (src/kernels/cuda/decode_attention_block.h), run on the
 // CPU through the SIMT emulator, against causal attention in double over the whole sequence:
 // new rows at positions p .. p+n-1 against the keys and values of rows 0 .. p+n-1, for one
-// sequence or several stored apart, fp32 and
-// bf16, head dims 32, 64 and 128 (fewer and more elements than threads), and more keys than the
-// block has threads. fp32 within 1e-5 of the largest output, bf16 within 1e-2 relative (one
-// rounding of the result). Needs no GPU.
+// sequence or several stored apart, fp32 and bf16, head dims 32, 64 and 128 (fewer and more
+// elements than threads), more keys than the block has threads, and grouped-query attention
+// (NKV < NH key/value heads, query head h reading kv head h % NKV of the compact rows). fp32
+// within 1e-5 of the largest output, bf16 within 1e-2 relative (one rounding of the result).
+// Each case is also compared with the CPU backend's attention_decode on the same inputs (what
+// the CUDA backend is tested against on a GPU), within the same tolerances. Needs no GPU.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <memory>
 #include <random>
 #include <vector>
 
 #include "../../src/kernels/cuda/decode_attention_block.h"
 #include "../support/simt_emulator.h"
+#include "triad/core/bf16.h"
+#include "triad/kernels/backend.h"
 
 namespace triad {
 namespace {
 
-// Rows p .. p+n-1 of causal attention over qkv [p+n, 3C] (values as doubles).
-std::vector<double> reference(const std::vector<double>& qkv, int p, int n, int C, int NH) {
+// Rows p .. p+n-1 of causal attention over qkv [p+n, W] (values as doubles), query head h
+// against key/value head h % NKV.
+std::vector<double> reference(const std::vector<double>& qkv, int p, int n, int C, int NH,
+                              int NKV) {
   const int hd = C / NH;
-  const size_t ld = 3 * size_t(C);
+  const size_t ld = size_t(qkv_width(C, NH, NKV));
   std::vector<double> out(size_t(n) * C);
-  for (int h = 0; h < NH; ++h)
+  for (int h = 0; h < NH; ++h) {
+    const size_t k_col = size_t(C) + size_t(h % NKV) * hd, v_col = k_col + size_t(NKV) * hd;
     for (int r = 0; r < n; ++r) {
       const int i = p + r;
       std::vector<double> s(size_t(i) + 1);
       double mx = -1e300, z = 0;
       for (int j = 0; j <= i; ++j) {
         double dot = 0;
-        for (int d = 0; d < hd; ++d) dot += qkv[i * ld + h * hd + d] * qkv[j * ld + C + h * hd + d];
+        for (int d = 0; d < hd; ++d) dot += qkv[i * ld + h * hd + d] * qkv[j * ld + k_col + d];
         s[size_t(j)] = dot / std::sqrt(double(hd));
         mx = std::max(mx, s[size_t(j)]);
       }
       for (auto& v : s) z += (v = std::exp(v - mx));
       for (int d = 0; d < hd; ++d) {
         double acc = 0;
-        for (int j = 0; j <= i; ++j) acc += s[size_t(j)] * qkv[j * ld + 2 * C + h * hd + d];
+        for (int j = 0; j <= i; ++j) acc += s[size_t(j)] * qkv[j * ld + v_col + d];
         out[size_t(r) * C + h * hd + d] = acc / z;
       }
     }
+  }
   return out;
 }
 
-// B sequences, each stride rows apart in qkv (the rows between are never read).
-void check(int p, int n, int C, int NH, bool bf16, int B = 1, int stride = 0) {
-  if (stride == 0) stride = p + n;
-  SCOPED_TRACE(::testing::Message()
-               << "p=" << p << " n=" << n << " C=" << C << " NH=" << NH << " B=" << B
-               << " stride=" << stride << (bf16 ? " bf16" : " fp32"));
-  const size_t seq = size_t(stride) * 3 * C, nqkv = size_t(B) * seq, nout = size_t(B) * n * C;
-  const size_t smem = decode_attention::smem_bytes(p + n, C / NH);
-  std::vector<double> values(nqkv), got(nout);
-  auto body = [&](auto* out, const auto* qkv) {
-    simt::launch(NH, B * n, decode_attention::kThreads, smem, simt::CopyTiming::at_issue,
-                 [&](simt::Thread& x) { decode_attention::row(x, out, qkv, stride, p, n, C, NH); });
-  };
-  if (bf16) {
-    simt::Bf16Buffer qkv = simt::random_bf16_buffer(nqkv, 7, -2.0f, 2.0f), out(nout);
-    for (size_t i = 0; i < nqkv; ++i) values[i] = qkv.at(i);
-    body(out.data(), qkv.data());
-    for (size_t i = 0; i < nout; ++i) got[i] = out.at(i);
-  } else {
-    std::mt19937 gen(7);
-    std::uniform_real_distribution<float> u(-2.0f, 2.0f);
-    std::vector<float> qkv(nqkv), out(nout, NAN);
-    for (size_t i = 0; i < nqkv; ++i) values[i] = qkv[i] = u(gen);
-    body(out.data(), qkv.data());
-    for (size_t i = 0; i < nout; ++i) got[i] = out[i];
-  }
-  std::vector<double> want;
-  for (int b = 0; b < B; ++b) {
-    const std::vector<double> one(values.begin() + long(b * seq),
-                                  values.begin() + long(b * seq + size_t(p + n) * 3 * C));
-    const std::vector<double> w = reference(one, p, n, C, NH);
-    want.insert(want.end(), w.begin(), w.end());
-  }
+// Worst error of got against want: relative to the largest |want| (fp32) or per element with a
+// floor of 1e-2 (bf16); infinite where got is not finite.
+double worst_error(const std::vector<double>& got, const std::vector<double>& want, bool bf16) {
   double largest = 0, worst = 0;
   for (double v : want) largest = std::max(largest, std::abs(v));
-  for (size_t i = 0; i < nout; ++i) {
+  for (size_t i = 0; i < got.size(); ++i) {
     const double err = bf16 ? std::abs(got[i] - want[i]) / (std::abs(want[i]) + 1e-2)
                             : std::abs(got[i] - want[i]) / largest;
     worst = std::isfinite(got[i]) ? std::max(worst, err) : INFINITY;
   }
-  EXPECT_LE(worst, bf16 ? 1e-2 : 1e-5);
+  return worst;
 }
 
-TEST(DecodeAttentionEmulated, OneNewRowManyKeysFp32) { check(150, 1, 128, 2, false); }
-TEST(DecodeAttentionEmulated, OneNewRowManyKeysBf16) { check(150, 1, 128, 2, true); }
-TEST(DecodeAttentionEmulated, SeveralNewRowsHeadDim128) { check(5, 3, 256, 2, true); }
-TEST(DecodeAttentionEmulated, WholePromptHeadDim32) { check(0, 4, 96, 3, false); }
-TEST(DecodeAttentionEmulated, ThreeSequencesApartFp32) { check(20, 2, 128, 2, false, 3, 30); }
-TEST(DecodeAttentionEmulated, TwoSequencesApartBf16) { check(9, 1, 64, 1, true, 2, 16); }
+// B sequences, each stride rows apart in qkv (the rows between are never read).
+void check(int p, int n, int C, int NH, int NKV, bool bf16, int B = 1, int stride = 0) {
+  if (stride == 0) stride = p + n;
+  SCOPED_TRACE(::testing::Message()
+               << "p=" << p << " n=" << n << " C=" << C << " NH=" << NH << " NKV=" << NKV
+               << " B=" << B << " stride=" << stride << (bf16 ? " bf16" : " fp32"));
+  const size_t W = size_t(qkv_width(C, NH, NKV));
+  const size_t seq = size_t(stride) * W, nqkv = size_t(B) * seq, nout = size_t(B) * n * C;
+  const size_t smem = decode_attention::smem_bytes(p + n, C / NH);
+  std::vector<double> values(nqkv), got(nout), cpu_got(nout);
+  auto body = [&](auto* out, const auto* qkv) {
+    simt::launch(
+        NH, B * n, decode_attention::kThreads, smem, simt::CopyTiming::at_issue,
+        [&](simt::Thread& x) { decode_attention::row(x, out, qkv, stride, p, n, C, NH, NKV); });
+  };
+  const std::unique_ptr<Backend> cpu = make_cpu_backend();
+  if (bf16) {
+    simt::Bf16Buffer qkv = simt::random_bf16_buffer(nqkv, 7, -2.0f, 2.0f), out(nout);
+    std::vector<bf16_t> cpu_qkv(nqkv), cpu_out(nout);
+    for (size_t i = 0; i < nqkv; ++i) {
+      values[i] = qkv.at(i);
+      cpu_qkv[i] = bf16_t{qkv.data()[i]};
+    }
+    body(out.data(), qkv.data());
+    cpu->attention_decode(cpu_out.data(), cpu_qkv.data(), B, stride, p, n, C, NH, NKV);
+    for (size_t i = 0; i < nout; ++i) {
+      got[i] = out.at(i);
+      cpu_got[i] = to_float(cpu_out[i]);
+    }
+  } else {
+    std::mt19937 gen(7);
+    std::uniform_real_distribution<float> u(-2.0f, 2.0f);
+    std::vector<float> qkv(nqkv), out(nout, NAN), cpu_out(nout, NAN);
+    for (size_t i = 0; i < nqkv; ++i) values[i] = qkv[i] = u(gen);
+    body(out.data(), qkv.data());
+    cpu->attention_decode(cpu_out.data(), qkv.data(), B, stride, p, n, C, NH, NKV);
+    for (size_t i = 0; i < nout; ++i) {
+      got[i] = out[i];
+      cpu_got[i] = cpu_out[i];
+    }
+  }
+  std::vector<double> want;
+  for (int b = 0; b < B; ++b) {
+    const std::vector<double> one(values.begin() + long(b * seq),
+                                  values.begin() + long(b * seq + size_t(p + n) * W));
+    const std::vector<double> w = reference(one, p, n, C, NH, NKV);
+    want.insert(want.end(), w.begin(), w.end());
+  }
+  EXPECT_LE(worst_error(got, want, bf16), bf16 ? 1e-2 : 1e-5) << "against the reference";
+  EXPECT_LE(worst_error(got, cpu_got, bf16), bf16 ? 1e-2 : 1e-5) << "against the CPU backend";
+}
+
+TEST(DecodeAttentionEmulated, OneNewRowManyKeysFp32) { check(150, 1, 128, 2, 2, false); }
+TEST(DecodeAttentionEmulated, OneNewRowManyKeysBf16) { check(150, 1, 128, 2, 2, true); }
+TEST(DecodeAttentionEmulated, SeveralNewRowsHeadDim128) { check(5, 3, 256, 2, 2, true); }
+TEST(DecodeAttentionEmulated, WholePromptHeadDim32) { check(0, 4, 96, 3, 3, false); }
+TEST(DecodeAttentionEmulated, ThreeSequencesApartFp32) { check(20, 2, 128, 2, 2, false, 3, 30); }
+TEST(DecodeAttentionEmulated, TwoSequencesApartBf16) { check(9, 1, 64, 1, 1, true, 2, 16); }
+
+// Grouped-query attention: 4 query heads over 2 key/value heads and over one (multi-query),
+// from the compact cache.
+TEST(DecodeAttentionEmulated, GroupedQueryManyKeysFp32) { check(150, 1, 128, 4, 2, false); }
+TEST(DecodeAttentionEmulated, GroupedQueryManyKeysBf16) { check(150, 1, 128, 4, 2, true); }
+TEST(DecodeAttentionEmulated, MultiQueryHeadDim64Bf16) { check(5, 3, 256, 4, 1, true); }
+TEST(DecodeAttentionEmulated, GroupedQueryWholePromptHeadDim32) { check(0, 4, 192, 6, 3, false); }
+TEST(DecodeAttentionEmulated, GroupedQuerySequencesApartFp32) {
+  check(20, 2, 128, 4, 2, false, 3, 30);
+}
+TEST(DecodeAttentionEmulated, MultiQuerySequencesApartBf16) { check(9, 1, 128, 2, 1, true, 2, 16); }
 
 }  // namespace
 }  // namespace triad

@@ -95,6 +95,51 @@ TEST(ModelLayout, MegatronSplits) {
   EXPECT_FALSE(find("h/0/mlp/c_fc/bias").replica);
 }
 
+// Grouped-query attention, 12 query heads over 4 key/value heads: c_attn [C + 2·4·hd, C] is 5
+// blocks of 4 heads (three of queries, k, v). On every rank of tp = 2 and 4, each local query
+// head hl reads local key/value head hl % (4/tp) (the ops' rule on the rank's own heads), and
+// that must be the global key/value head of its global query head h, h % 4; and the rank's
+// attn.c_proj input columns must be those of its query heads, in its local order.
+TEST(ModelLayout, GroupedQueryShardsKeepEachQueryHeadsKeysAndValues) {
+  GptShape shape{2, 12, 96, 16, 1000, 0};
+  shape.n_kv_head = 4;
+  const int hd = 8, NKV = 4;
+  const auto full = gpt_parameter_layout(shape);
+  for (const auto& spec : full)
+    if (spec.name == "h/0/attn/c_attn/weight")
+      EXPECT_EQ(spec.shape, (std::vector<int64_t>{96 + 2 * 4 * hd, 96}));
+  for (int tp : {2, 4}) {
+    const GptShape s = padded_for(tp, shape);
+    for (int r = 0; r < tp; ++r) {
+      ParamSpec c_attn, c_proj;
+      for (const auto& spec : gpt_rank_layout(s, grid(tp, r, 1, 0))) {
+        if (spec.name == "h/0/attn/c_attn/bias") c_attn = spec;
+        if (spec.name == "h/0/attn/c_proj/weight") c_proj = spec;
+      }
+      std::vector<float> columns(size_t(96) * 96), proj(c_proj.numel);
+      for (size_t i = 0; i < columns.size(); ++i) columns[i] = float(i % 96);
+      extract_shard(c_proj, tp, r, columns.data(), proj.data());
+      ASSERT_EQ(c_attn.split_blocks, 5);
+      std::vector<float> rows(size_t(c_attn.shape[0])), local(c_attn.numel);
+      std::iota(rows.begin(), rows.end(), 0.0f);  // each element its row of the full tensor
+      extract_shard(c_attn, tp, r, rows.data(), local.data());
+      const int NHl = 12 / tp, NKVl = NKV / tp;
+      ASSERT_EQ(local.size(), size_t(NHl + 2 * NKVl) * hd);
+      for (int hl = 0; hl < NHl; ++hl) {
+        const int h = int(local[size_t(hl) * hd]) / hd;  // global query head
+        const int k = (int(local[size_t(NHl + hl % NKVl) * hd]) - 96) / hd;
+        const int v = (int(local[size_t(NHl + NKVl + hl % NKVl) * hd]) - 96) / hd - NKV;
+        EXPECT_EQ(k, h % NKV) << "tp=" << tp << " rank " << r << " local head " << hl;
+        EXPECT_EQ(v, h % NKV) << "tp=" << tp << " rank " << r << " local head " << hl;
+        for (int e = 1; e < hd; ++e)  // whole heads
+          EXPECT_EQ(local[size_t(hl) * hd + e], local[size_t(hl) * hd] + e);
+        for (int e = 0; e < hd; ++e)  // c_proj reads local head hl's output as global head h's
+          EXPECT_EQ(proj[size_t(hl) * hd + e], float(h * hd + e)) << "c_proj, local head " << hl;
+      }
+    }
+  }
+}
+
 TEST(ModelLayout, PerRankParametersShrinkWithTheGrid) {
   const auto whole = gpt_parameter_layout(kGpt2);
   auto floats = [](const std::vector<ParamSpec>& specs, bool layers) {

@@ -76,6 +76,9 @@ struct ModelShape {
   int64_t mlp_hidden = 0;
   // Attribute tie_embeddings (int64 1 | 0; absent in older files: 1).
   bool tied = true;
+  // Attribute n_kv_head (int64, the key/value heads, dividing n_head; absent in files from before
+  // grouped-query attention: n_head; written when > 0).
+  int64_t n_kv_head = 0;
 };
 
 struct CheckpointState {

@@ -28,6 +28,10 @@ namespace triad {
 // gradients always accumulate.
 enum class GradMode { accumulate, overwrite };
 
+// The width of an attention op's qkv rows (see attention_forward): q for NH heads (C wide), k and
+// v for NKV heads each.
+inline int qkv_width(int C, int NH, int NKV) { return C + 2 * NKV * (C / NH); }
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -101,33 +105,39 @@ class Backend {
                                GradMode mode = GradMode::accumulate) = 0;
 
   // ---- causal self-attention -----------------------------------------------------------------
-  // qkv [B,T,3C]: per row, q | k | v, each C wide and head-major (head h at h*hd .. (h+1)*hd).
-  // out [B,T,C] (head-major). att [B,NH,T,T] keeps the softmax probabilities for backward
-  // (entries above the diagonal are unspecified). Scale 1/sqrt(hd).
+  // NH query heads and NKV key/value heads (NKV divides NH; NKV < NH is grouped-query
+  // attention), hd = C/NH. qkv [B,T,W], W = C + 2·NKV·hd: per row q (NH heads, C wide) | k (NKV
+  // heads) | v (NKV heads), each head-major (head h at h*hd .. (h+1)*hd of its part). Query head
+  // h attends with key/value head h % NKV (the kv heads repeat, as torch.Tensor.repeat; see
+  // docs/formats.md for why not Hugging Face's interleaved grouping). NKV = NH is GPT-2's
+  // attention: W = 3C. out [B,T,C] (head-major). att [B,NH,T,T] keeps the softmax probabilities
+  // for backward (entries above the diagonal are unspecified). Scale 1/sqrt(hd).
   virtual void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C,
-                                 int NH) = 0;
-  // dqkv [B,T,3C] (+=); scratch is B*NH*T*T floats the op may overwrite.
+                                 int NH, int NKV) = 0;
+  // dqkv [B,T,W] (+=); scratch is B*NH*T*T floats the op may overwrite. A key/value head's
+  // gradient sums over its NH/NKV query heads in a fixed order (deterministic).
   virtual void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
-                                  const float* att, int B, int T, int C, int NH,
+                                  const float* att, int B, int T, int C, int NH, int NKV,
                                   GradMode mode = GradMode::accumulate) = 0;
   // Decoding with a cache of keys and values (generation), for B sequences of equal length: the
   // causal attention of rows p .. p+n-1 of each, whose q|k|v are its rows p .. p+n-1 in qkv,
   // against the keys and values of its rows 0 .. p+n-1 (rows before p: those an earlier call
   // left there, the cache). Sequence b's row t is row b·stride + t of qkv (stride >= p+n rows of
-  // 3C); out [B, n, C]. The same math as rows p .. p+n-1 of attention_forward on each whole
-  // sequence, without its T×T work: n·(p+n) scores instead of (p+n)².
+  // W); out [B, n, C]. The same math as rows p .. p+n-1 of attention_forward on each whole
+  // sequence, without its T×T work: n·(p+n) scores instead of (p+n)². With NKV < NH the cache
+  // (the k and v columns) is NKV/NH of GPT-2's.
   virtual void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n,
-                                int C, int NH) = 0;
+                                int C, int NH, int NKV) = 0;
 
   // ---- rotary position embedding (model.position = rope) -----------------------------------
-  // Rotates in place the q and k of every head of qkv [N, 3C] (layout as above; v untouched).
+  // Rotates in place the NH q heads and NKV k heads of qkv [N, W] (layout as above; v untouched).
   // Row r is position p = pos0 + r % T of its sequence; with hd = C/NH and h = hd/2, each q and
   // k head's pair (x_i, x_{i+h}), i < h, becomes (x_i·c − x_{i+h}·s, x_{i+h}·c + x_i·s) where
   // c = table[p·hd + i] and s = table[p·hd + h + i] (the "rotate half" pairing of GPT-NeoX and
   // Hugging Face's Llama; the table is gpt.h's rope_table, [seq_len, hd] floats in the backend's
   // memory). inverse rotates by the opposite angles: the transpose, i.e. the backward pass,
   // applied to dqkv.
-  virtual void rope(float* qkv, const float* table, int N, int T, int pos0, int C, int NH,
+  virtual void rope(float* qkv, const float* table, int N, int T, int pos0, int C, int NH, int NKV,
                     bool inverse) = 0;
 
   // ---- SwiGLU (model.mlp = swiglu) ------------------------------------------------------------
@@ -260,20 +270,20 @@ class Backend {
   // no T×T matrix. Backward recomputes the probabilities from qkv and lse; it reads the
   // forward's out; dqkv (+=). Layouts as the fp32 attention.
   virtual void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C,
-                                 int NH) = 0;
+                                 int NH, int NKV) = 0;
   virtual void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv,
                                   const bf16_t* out, const float* lse, int B, int T, int C, int NH,
-                                  GradMode mode = GradMode::accumulate) = 0;
+                                  int NKV, GradMode mode = GradMode::accumulate) = 0;
   // As the fp32 SwiGLU; computed in fp32, each output rounded once.
   virtual void swiglu_forward(bf16_t* out, const bf16_t* pre, int N, int H) = 0;
   virtual void swiglu_backward(bf16_t* dpre, const bf16_t* pre, const bf16_t* dout, int N, int H,
                                GradMode mode = GradMode::accumulate) = 0;
   // As the fp32 rope; each rotated element computed in fp32 and rounded once.
-  virtual void rope(bf16_t* qkv, const float* table, int N, int T, int pos0, int C, int NH,
+  virtual void rope(bf16_t* qkv, const float* table, int N, int T, int pos0, int C, int NH, int NKV,
                     bool inverse) = 0;
   // As the fp32 attention_decode; scores, softmax and sums in fp32, out rounded once.
   virtual void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n,
-                                int C, int NH) = 0;
+                                int C, int NH, int NKV) = 0;
   virtual void gelu_forward(bf16_t* out, const bf16_t* inp, size_t n) = 0;
   virtual void gelu_backward(bf16_t* dinp, const bf16_t* inp, const bf16_t* dout, size_t n,
                              GradMode mode = GradMode::accumulate) = 0;

@@ -37,6 +37,12 @@ struct GptShape {
   // The output layer (model.tie_embeddings): wte itself (tied, GPT-2), or a tensor of its own,
   // lm_head/weight [padded_vocab_size, C] on the last stage (false, as Llama).
   bool tied = true;
+  // Key/value heads (model.n_kv_head): 0 = n_head (GPT-2); fewer, dividing n_head, is
+  // grouped-query attention: c_attn holds q for n_head heads, then k and v for n_kv_head heads
+  // each, and query head h attends with key/value head h % n_kv_head (Backend attention ops).
+  int n_kv_head = 0;
+  int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
+  int qkv_rows() const { return qkv_width(n_embd, n_head, kv_heads()); }  // c_attn's output width
   int hidden() const {
     if (mlp_hidden > 0) return mlp_hidden;
     return swiglu ? (8 * n_embd + 3 * 64 - 1) / (3 * 64) * 64 : 4 * n_embd;

@@ -12,6 +12,7 @@ namespace triad {
 
 struct ModelConfig {
   int n_layer = 12, n_head = 12, n_embd = 768, seq_len = 1024, vocab_size = 50257;
+  int n_kv_head = 0;                 // key/value heads (0: n_head; fewer: grouped-query attention)
   std::string position = "learned";  // learned (GPT-2's wpe) | rope (rotary, no wpe)
   double rope_theta = 10000.0;       // rope: the base of the rotation frequencies
   std::string norm = "layernorm";    // layernorm (weight, bias) | rmsnorm (weight only)
@@ -19,6 +20,7 @@ struct ModelConfig {
   std::string mlp = "gelu";          // gelu (GPT-2) | swiglu (Llama)
   int mlp_hidden = 0;                // hidden units (0: 4·n_embd, or ~8·n_embd/3 for swiglu)
   bool tie_embeddings = true;        // false: an output layer lm_head of its own (as Llama)
+  int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
 };
 
 struct TrainConfig {

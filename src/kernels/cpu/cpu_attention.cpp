@@ -1,13 +1,15 @@
 // Causal self-attention, one (batch, head) at a time:
 //   S = scale · Q Kᵀ,  P = causal_softmax(S),  O = P V
-// Q, K and V are strided views into qkv (leading dimension 3C), O a strided view into out
-// (leading dimension C), so BLAS reads and writes them in place without any transposes.
+// Q, K and V are strided views into qkv (leading dimension W = C + 2·NKV·hd), O a strided view
+// into out (leading dimension C), so BLAS reads and writes them in place without any transposes.
+// Grouped-query attention (NKV < NH): query head h reads key/value head h % NKV in place.
 //
 // Causality: the T query rows are processed in blocks of kBlock rows; block [i0, i1) only needs
 // keys 0 .. i1-1, so every product skips the blocks above the diagonal (about 40% fewer flops
 // at T = 256 than full T×T products, more for longer sequences).
 //
-// Threading: the (batch, head) pairs are independent, so they are spread over OpenMP threads,
+// Threading: the (batch, head) pairs are independent, so they are spread over OpenMP threads
+// (backward: the (batch, key/value head) pairs, whose query heads add into the same dK and dV),
 // each calling (single-threaded, see cpu_blas.cpp) sgemm for its own head. The per-head gemms
 // are small (e.g. 64×256×64), where splitting each over threads costs more than it gains
 // (measured: 5-10x slower attention), and one thread keeps a head's P and dP blocks in its own
@@ -30,7 +32,7 @@ constexpr int kBlock = 64;
 struct Dims {
   int T;
   int hd;      // head dimension C / NH
-  int ld_qkv;  // 3C
+  int ld_qkv;  // W = C + 2·NKV·hd
   int ld_out;  // C
   float scale;
 };
@@ -120,17 +122,21 @@ void head_backward(float* dq, float* dk, float* dv, float* ds, const float* dout
   }
 }
 
-Dims make_dims(int T, int C, int NH) {
+Dims make_dims(int T, int C, int NH, int NKV) {
   const int hd = C / NH;
-  return Dims{T, hd, 3 * C, C, float(1.0 / std::sqrt(double(hd)))};
+  return Dims{T, hd, C + 2 * NKV * hd, C, float(1.0 / std::sqrt(double(hd)))};
 }
+
+// Offsets within a qkv row of query head h's k and v (key/value head h % NKV).
+size_t k_offset(int C, int NKV, int h, int hd) { return size_t(C) + size_t(h % NKV) * hd; }
+size_t v_offset(int C, int NKV, int h, int hd) { return size_t(C) + size_t(NKV + h % NKV) * hd; }
 
 }  // namespace
 
-void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n, int C,
-                      int NH) {
+void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n, int C, int NH,
+                      int NKV) {
   const int L = p + n;  // keys: the cached rows and the new ones
-  const Dims d = make_dims(L, C, NH);
+  const Dims d = make_dims(L, C, NH, NKV);
   ensure_single_threaded_blas();
 #pragma omp parallel
   {
@@ -140,46 +146,53 @@ void attention_decode(float* out, const float* qkv, int B, int stride, int p, in
       const int b = bh / NH, h = bh % NH;
       const float* seq = qkv + size_t(b) * stride * d.ld_qkv;
       const float* q = seq + size_t(p) * d.ld_qkv + size_t(h) * d.hd;
-      const float* k = seq + C + size_t(h) * d.hd;
+      const float* k = seq + k_offset(C, NKV, h, d.hd);
+      const float* v = seq + v_offset(C, NKV, h, d.hd);
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, L, d.hd, d.scale, q, d.ld_qkv, k,
                   d.ld_qkv, 0.0f, s.data(), L);
       // New row r is position p + r: it sees keys 0 .. p + r (the same softmax as the forward's).
       for (int r = 0; r < n; ++r) causal_softmax_row(s.data() + size_t(r) * L, p + r, L);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d.hd, L, 1.0f, s.data(), L, k + C,
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d.hd, L, 1.0f, s.data(), L, v,
                   d.ld_qkv, 0.0f, out + size_t(b) * n * C + size_t(h) * d.hd, d.ld_out);
     }
   }
 }
 
-void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH) {
-  const Dims d = make_dims(T, C, NH);
+void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH,
+                       int NKV) {
+  const Dims d = make_dims(T, C, NH, NKV);
   const int hd = d.hd;
   ensure_single_threaded_blas();
 #pragma omp parallel for schedule(static)
   for (int bh = 0; bh < B * NH; ++bh) {
     const int b = bh / NH;
     const int h = bh % NH;
-    const float* q = qkv + size_t(b) * T * 3 * C + size_t(h) * hd;
-    head_forward(out + size_t(b) * T * C + size_t(h) * hd, att + size_t(bh) * T * T, q, q + C,
-                 q + 2 * C, d);
+    const float* seq = qkv + size_t(b) * T * d.ld_qkv;
+    head_forward(out + size_t(b) * T * C + size_t(h) * hd, att + size_t(bh) * T * T,
+                 seq + size_t(h) * hd, seq + k_offset(C, NKV, h, hd), seq + v_offset(C, NKV, h, hd),
+                 d);
   }
 }
 
 void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
-                        const float* att, int B, int T, int C, int NH) {
-  const Dims d = make_dims(T, C, NH);
+                        const float* att, int B, int T, int C, int NH, int NKV) {
+  const Dims d = make_dims(T, C, NH, NKV);
   const int hd = d.hd;
   ensure_single_threaded_blas();
+  // One thread per (batch, key/value head): its query heads g, g + NKV, ... add into the same dK
+  // and dV, in that order (deterministic).
 #pragma omp parallel for schedule(static)
-  for (int bh = 0; bh < B * NH; ++bh) {
-    const int b = bh / NH;
-    const int h = bh % NH;
-    const size_t qkv_offset = size_t(b) * T * 3 * C + size_t(h) * hd;
-    const float* q = qkv + qkv_offset;
-    float* dq = dqkv + qkv_offset;
-    head_backward(dq, dq + C, dq + 2 * C, scratch + size_t(bh) * T * T,
-                  dout + size_t(b) * T * C + size_t(h) * hd, q, q + C, q + 2 * C,
-                  att + size_t(bh) * T * T, d);
+  for (int bg = 0; bg < B * NKV; ++bg) {
+    const int b = bg / NKV;
+    const size_t seq = size_t(b) * T * d.ld_qkv;
+    for (int h = bg % NKV; h < NH; h += NKV) {
+      const size_t bh = size_t(b) * NH + size_t(h);
+      const size_t q = seq + size_t(h) * hd, k = seq + k_offset(C, NKV, h, hd),
+                   v = seq + v_offset(C, NKV, h, hd);
+      head_backward(dqkv + q, dqkv + k, dqkv + v, scratch + bh * T * T,
+                    dout + size_t(b) * T * C + size_t(h) * hd, qkv + q, qkv + k, qkv + v,
+                    att + bh * T * T, d);
+    }
   }
 }
 

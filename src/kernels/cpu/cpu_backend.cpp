@@ -101,18 +101,19 @@ class CpuBackend final : public Backend {
   void bias_backward(float* dbias, const float* dout, int N, int OC) override {
     cpu::bias_backward(dbias, dout, N, OC);
   }
-  void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C,
-                         int NH) override {
-    cpu::attention_forward(out, att, qkv, B, T, C, NH);
+  void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH,
+                         int NKV) override {
+    cpu::attention_forward(out, att, qkv, B, T, C, NH, NKV);
   }
   void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
-                          const float* att, int B, int T, int C, int NH, GradMode mode) override {
-    if (mode == GradMode::overwrite) zero(dqkv, size_t(B) * T * 3 * C);
-    cpu::attention_backward(dqkv, scratch, dout, qkv, att, B, T, C, NH);
+                          const float* att, int B, int T, int C, int NH, int NKV,
+                          GradMode mode) override {
+    if (mode == GradMode::overwrite) zero(dqkv, size_t(B) * T * qkv_width(C, NH, NKV));
+    cpu::attention_backward(dqkv, scratch, dout, qkv, att, B, T, C, NH, NKV);
   }
   void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n, int C,
-                        int NH) override {
-    cpu::attention_decode(out, qkv, B, stride, p, n, C, NH);
+                        int NH, int NKV) override {
+    cpu::attention_decode(out, qkv, B, stride, p, n, C, NH, NKV);
   }
   void swiglu_forward(float* out, const float* pre, int N, int H) override {
     cpu::swiglu_forward(out, pre, N, H);
@@ -121,9 +122,9 @@ class CpuBackend final : public Backend {
                        GradMode mode) override {
     cpu::swiglu_backward(dpre, pre, dout, N, H, mode == GradMode::accumulate);
   }
-  void rope(float* qkv, const float* table, int N, int T, int pos0, int C, int NH,
+  void rope(float* qkv, const float* table, int N, int T, int pos0, int C, int NH, int NKV,
             bool inverse) override {
-    cpu::rope(qkv, table, N, T, pos0, C, NH, inverse);
+    cpu::rope(qkv, table, N, T, pos0, C, NH, NKV, inverse);
   }
   void gelu_forward(float* out, const float* inp, size_t n) override {
     cpu::gelu_forward(out, inp, n);
@@ -211,18 +212,19 @@ class CpuBackend final : public Backend {
   void bias_backward(float* dbias, const bf16_t* dout, int N, int OC) override {
     cpu::bias_backward(dbias, dout, N, OC);
   }
-  void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C,
-                         int NH) override {
-    cpu::attention_forward(out, lse, qkv, B, T, C, NH);
+  void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C, int NH,
+                         int NKV) override {
+    cpu::attention_forward(out, lse, qkv, B, T, C, NH, NKV);
   }
   void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, const bf16_t* out,
-                          const float* lse, int B, int T, int C, int NH, GradMode mode) override {
-    if (mode == GradMode::overwrite) zero(dqkv, size_t(B) * T * 3 * C);
-    cpu::attention_backward(dqkv, dout, qkv, out, lse, B, T, C, NH);
+                          const float* lse, int B, int T, int C, int NH, int NKV,
+                          GradMode mode) override {
+    if (mode == GradMode::overwrite) zero(dqkv, size_t(B) * T * qkv_width(C, NH, NKV));
+    cpu::attention_backward(dqkv, dout, qkv, out, lse, B, T, C, NH, NKV);
   }
   void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n, int C,
-                        int NH) override {
-    cpu::attention_decode(out, qkv, B, stride, p, n, C, NH);
+                        int NH, int NKV) override {
+    cpu::attention_decode(out, qkv, B, stride, p, n, C, NH, NKV);
   }
   void swiglu_forward(bf16_t* out, const bf16_t* pre, int N, int H) override {
     cpu::swiglu_forward(out, pre, N, H);
@@ -231,9 +233,9 @@ class CpuBackend final : public Backend {
                        GradMode mode) override {
     cpu::swiglu_backward(dpre, pre, dout, N, H, mode == GradMode::accumulate);
   }
-  void rope(bf16_t* qkv, const float* table, int N, int T, int pos0, int C, int NH,
+  void rope(bf16_t* qkv, const float* table, int N, int T, int pos0, int C, int NH, int NKV,
             bool inverse) override {
-    cpu::rope(qkv, table, N, T, pos0, C, NH, inverse);
+    cpu::rope(qkv, table, N, T, pos0, C, NH, NKV, inverse);
   }
   void gelu_forward(bf16_t* out, const bf16_t* inp, size_t n) override {
     cpu::gelu_forward(out, inp, n);

@@ -14,6 +14,7 @@
 
 #include "cpu_math.h"
 #include "cpu_ops.h"
+#include "triad/kernels/backend.h"
 
 namespace triad::cpu {
 namespace {
@@ -124,10 +125,10 @@ void bias_backward(float* dbias, const bf16_t* dout, int N, int OC) {
 }
 
 // lse[b,h,i] = ln Σ_{j<=i} exp(scale · q_i·k_j), from the widened qkv (max-shifted).
-static void attention_lse(float* lse, const float* qkv, int B, int T, int C, int NH) {
+static void attention_lse(float* lse, const float* qkv, int B, int T, int C, int NH, int NKV) {
   const int hd = C / NH;
   const float scale = 1.0f / std::sqrt(float(hd));
-  const size_t ld = 3 * size_t(C);
+  const size_t ld = size_t(qkv_width(C, NH, NKV));
 #pragma omp parallel for collapse(2) schedule(static)
   for (int b = 0; b < B; ++b)
     for (int h = 0; h < NH; ++h) {
@@ -137,7 +138,7 @@ static void attention_lse(float* lse, const float* qkv, int B, int T, int C, int
         const float* q = base + size_t(i) * ld + size_t(h) * hd;
         float mx = -std::numeric_limits<float>::infinity();
         for (int j = 0; j <= i; ++j) {
-          const float* k = base + size_t(j) * ld + C + size_t(h) * hd;
+          const float* k = base + size_t(j) * ld + C + size_t(h % NKV) * hd;
           float dot = 0.0f;
           for (int d = 0; d < hd; ++d) dot += q[d] * k[d];
           s[size_t(j)] = dot * scale;
@@ -150,41 +151,42 @@ static void attention_lse(float* lse, const float* qkv, int B, int T, int C, int
     }
 }
 
-void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C, int NH) {
-  const size_t nqkv = size_t(B) * T * 3 * C, nout = size_t(B) * T * C;
+void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C, int NH,
+                       int NKV) {
+  const size_t nqkv = size_t(B) * T * qkv_width(C, NH, NKV), nout = size_t(B) * T * C;
   const float* q = widen(0, qkv, nqkv);
   float* o = scratch(1, nout);
   float* att = scratch(2, size_t(B) * NH * T * T);
-  attention_forward(o, att, q, B, T, C, NH);
-  attention_lse(lse, q, B, T, C, NH);
+  attention_forward(o, att, q, B, T, C, NH, NKV);
+  attention_lse(lse, q, B, T, C, NH, NKV);
   to_bf16(out, o, nout);
 }
 
 void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, const bf16_t* out,
-                        const float* lse, int B, int T, int C, int NH) {
+                        const float* lse, int B, int T, int C, int NH, int NKV) {
   // The probabilities are recomputed in fp32 from the bf16 qkv, as the forward computed them
   // (the flash kernels use lse for that; here the fp32 forward is the simpler reference).
   (void)out;
   (void)lse;
-  const size_t nqkv = size_t(B) * T * 3 * C, nout = size_t(B) * T * C;
+  const size_t nqkv = size_t(B) * T * qkv_width(C, NH, NKV), nout = size_t(B) * T * C;
   const size_t natt = size_t(B) * NH * T * T;
   const float* q = widen(0, qkv, nqkv);
   float* att = scratch(2, natt);
-  attention_forward(scratch(1, nout), att, q, B, T, C, NH);
+  attention_forward(scratch(1, nout), att, q, B, T, C, NH, NKV);
   through_fp32(3, dqkv, nqkv, [&](float* dq) {
-    attention_backward(dq, scratch(4, natt), widen(5, dout, nout), q, att, B, T, C, NH);
+    attention_backward(dq, scratch(4, natt), widen(5, dout, nout), q, att, B, T, C, NH, NKV);
   });
 }
 
 void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n, int C,
-                      int NH) {
-  const size_t nout = size_t(B) * n * C, seq = size_t(p + n) * 3 * C;
+                      int NH, int NKV) {
+  const size_t W = size_t(qkv_width(C, NH, NKV));
+  const size_t nout = size_t(B) * n * C, seq = size_t(p + n) * W;
   float* o = scratch(1, nout);
   // Each sequence's rows 0 .. p+n-1 only (not the rows its stride leaves unused), packed.
   float* q = scratch(0, size_t(B) * seq);
-  for (int b = 0; b < B; ++b)
-    widen_into(q + size_t(b) * seq, qkv + size_t(b) * stride * 3 * C, seq);
-  attention_decode(o, q, B, p + n, p, n, C, NH);
+  for (int b = 0; b < B; ++b) widen_into(q + size_t(b) * seq, qkv + size_t(b) * stride * W, seq);
+  attention_decode(o, q, B, p + n, p, n, C, NH, NKV);
   to_bf16(out, o, nout);
 }
 

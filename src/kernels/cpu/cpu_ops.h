@@ -50,10 +50,12 @@ void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dou
                      const float* weight, int N, int IC, int OC);
 void bias_backward(float* dbias, const float* dout, int N, int OC);
 
-void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH);
+void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH,
+                       int NKV);
 void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
-                        const float* att, int B, int T, int C, int NH);
-void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n, int C, int NH);
+                        const float* att, int B, int T, int C, int NH, int NKV);
+void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n, int C, int NH,
+                      int NKV);
 // SwiGLU over rows [gate | up] (cpu_swiglu.cpp); fp32 and bf16 (computed in fp32).
 void swiglu_forward(float* out, const float* pre, int N, int H);
 void swiglu_forward(bf16_t* out, const bf16_t* pre, int N, int H);
@@ -62,8 +64,10 @@ void swiglu_backward(float* dpre, const float* pre, const float* dout, int N, in
 void swiglu_backward(bf16_t* dpre, const bf16_t* pre, const bf16_t* dout, int N, int H,
                      bool accumulate);
 // Rotary position embedding in place (cpu_rope.cpp); fp32 and bf16 (computed in fp32).
-void rope(float* qkv, const float* table, int N, int T, int pos0, int C, int NH, bool inverse);
-void rope(bf16_t* qkv, const float* table, int N, int T, int pos0, int C, int NH, bool inverse);
+void rope(float* qkv, const float* table, int N, int T, int pos0, int C, int NH, int NKV,
+          bool inverse);
+void rope(bf16_t* qkv, const float* table, int N, int T, int pos0, int C, int NH, int NKV,
+          bool inverse);
 
 void gelu_forward(float* out, const float* inp, size_t n);
 void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n);
@@ -108,11 +112,12 @@ void matmul_forward(bf16_t* out, const bf16_t* inp, const bf16_t* weight, const 
 void matmul_backward(bf16_t* dinp, float* dweight, float* dbias, const bf16_t* dout,
                      const bf16_t* inp, const bf16_t* weight, int N, int IC, int OC);
 void bias_backward(float* dbias, const bf16_t* dout, int N, int OC);
-void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C, int NH);
+void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C, int NH,
+                       int NKV);
 void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, const bf16_t* out,
-                        const float* lse, int B, int T, int C, int NH);
+                        const float* lse, int B, int T, int C, int NH, int NKV);
 void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n, int C,
-                      int NH);
+                      int NH, int NKV);
 void gelu_forward(bf16_t* out, const bf16_t* inp, size_t n);
 void gelu_backward(bf16_t* dinp, const bf16_t* inp, const bf16_t* dout, size_t n);
 void add(bf16_t* out, const bf16_t* a, const bf16_t* b, size_t n);

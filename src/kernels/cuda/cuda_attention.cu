@@ -11,6 +11,10 @@
 //   dP = dO Vᵀ,  dS = P ⊙ (dP − rowsum(dP ⊙ P)),  dQ = scale · dS K,  dK = scale · dSᵀ Q
 // and dq/dk/dv are added into dqkv.
 //
+// Grouped-query attention (NKV < NH): the backend's entry points at the end run the above on
+// rows expanded to one key/value head per query head (cuda_grouped_heads.cu) and reduce the
+// gradient back; NKV = NH calls it on qkv directly.
+//
 // Row-major ↔ column-major: a row-major [T, w] matrix with leading dimension w is a
 // column-major w×T one. For row-major X[T,a] = A[T,k]·B[k,a] cuBLAS computes Xᵀ = Bᵀ·Aᵀ, i.e.
 // sgemm(opB, opA, m=a, n=T, k, B, A, X); the four shapes used are spelled out below.
@@ -144,6 +148,11 @@ void check_shape(int B, int T, int C, int NH) {
   TRIAD_CHECK(B > 0 && T > 0, "cuda attention: empty batch (B = ", B, ", T = ", T, ")");
 }
 
+void check_kv_heads(int NH, int NKV) {
+  TRIAD_CHECK(NKV > 0 && NKV <= NH && NH % NKV == 0, "cuda attention: NKV = ", NKV,
+              " key/value heads do not divide NH = ", NH, " query heads");
+}
+
 }  // namespace
 
 size_t attention_workspace_floats(int B, int T, int C) { return size_t(7) * B * T * C; }
@@ -216,6 +225,43 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, float* workspace, floa
 
   accumulate_dqkv_kernel<<<grid_for(total), kBlock, 0, s>>>(dqkv, w.dq, w.dk, w.dv, L, C, total);
   TRIAD_CUDA_CHECK_LAUNCH();
+}
+
+void attention_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, float* out,
+                       float* att, const float* qkv, int B, int T, int C, int NH, int NKV) {
+  check_shape(B, T, C, NH);
+  check_kv_heads(NH, NKV);
+  float* ws = scratch.fp32_workspace.get_as<float>(attention_workspace_floats(B, T, C), s);
+  if (NKV != NH) {
+    const GroupedHeads<float> g = grouped_heads_scratch<float>(scratch, s, B * T, C, false);
+    expand_kv_heads(s, g.qkv, qkv, B * T, C, NH, NKV);
+    qkv = g.qkv;
+  }
+  attention_forward(s, h, ws, out, att, qkv, B, T, C, NH);
+}
+
+void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, float* dqkv,
+                        float* tt_scratch, const float* dout, const float* qkv, const float* att,
+                        int B, int T, int C, int NH, int NKV, bool accumulate) {
+  check_shape(B, T, C, NH);
+  check_kv_heads(NH, NKV);
+  float* ws = scratch.fp32_workspace.get_as<float>(attention_workspace_floats(B, T, C), s);
+  if (NKV == NH) {
+    // The fp32 path is the reference: overwrite zeroes, then accumulates.
+    if (!accumulate) {
+      TRIAD_CUDA_CHECK(cudaMemsetAsync(dqkv, 0, size_t(B) * T * 3 * C * sizeof(float), s));
+    }
+    attention_backward(s, h, ws, dqkv, tt_scratch, dout, qkv, att, B, T, C, NH);
+    return;
+  }
+  // The MHA backward adds into the expanded gradient: dq onto the old dq (so each dq element is
+  // old + gradient, as above), dk and dv per query head onto zeros; then the kv heads' sums.
+  const int N = B * T;
+  const GroupedHeads<float> g = grouped_heads_scratch<float>(scratch, s, N, C, true);
+  expand_kv_heads(s, g.qkv, qkv, N, C, NH, NKV);
+  prepare_expanded_dqkv(s, g.dqkv, static_cast<const float*>(dqkv), N, C, NH, NKV, accumulate);
+  attention_backward(s, h, ws, g.dqkv, tt_scratch, dout, g.qkv, att, B, T, C, NH);
+  reduce_kv_heads(s, dqkv, static_cast<const float*>(g.dqkv), N, C, NH, NKV, accumulate);
 }
 
 }  // namespace triad::cuda

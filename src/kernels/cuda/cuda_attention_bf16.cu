@@ -9,6 +9,13 @@
 // dqkv, lets the fp32 backward accumulate into the latter and rounds it back, so each dqkv
 // element is rounded once from old + gradient. The fallback keeps two T×T matrices per head:
 // meant for small models and tests, not for long sequences.
+//
+// Grouped-query attention (NKV < NH): either path runs on rows expanded to one key/value head
+// per query head (cuda_grouped_heads.cu). The backward adds into an expanded gradient whose dq
+// columns hold the old dq (so dq is rounded once from old + gradient, as with NKV = NH) and whose
+// dk and dv columns start at zero; each query head's dk and dv come out rounded to bf16 (the MHA
+// ops write bf16), and each kv head's are then summed over its query heads in fp32 and rounded
+// once with the old value.
 #include "cuda_ops.cuh"
 #include "flash_attention.cuh"
 
@@ -18,6 +25,11 @@ namespace {
 void check_shape(int B, int T, int C, int NH) {
   TRIAD_CHECK(NH > 0 && C % NH == 0, "cuda attention: C = ", C, " is not a multiple of NH = ", NH);
   TRIAD_CHECK(B > 0 && T > 0, "cuda attention: empty batch (B = ", B, ", T = ", T, ")");
+}
+
+void check_kv_heads(int NH, int NKV) {
+  TRIAD_CHECK(NKV > 0 && NKV <= NH && NH % NKV == 0, "cuda attention: NKV = ", NKV,
+              " key/value heads do not divide NH = ", NH, " query heads");
 }
 
 bool flash_head_dim(int C, int NH) {
@@ -51,11 +63,9 @@ Widened carve(AttentionScratch& scratch, cudaStream_t s, int B, int T, int C, in
   return w;
 }
 
-}  // namespace
-
-void attention_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* out,
-                       float* lse, const bf16* qkv, int B, int T, int C, int NH) {
-  check_shape(B, T, C, NH);
+// The MHA op: qkv and dqkv [B,T,3C].
+void mha_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* out, float* lse,
+                 const bf16* qkv, int B, int T, int C, int NH) {
   if (flash_head_dim(C, NH) && pointer_alignment(qkv) >= 16 && pointer_alignment(out) >= 4) {
     flash_attention_forward(out, lse, qkv, B, T, C, NH, s);
     return;
@@ -68,10 +78,9 @@ void attention_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scrat
   convert(s, out, static_cast<const float*>(w.out), n);
 }
 
-void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* dqkv,
-                        const bf16* dout, const bf16* qkv, const bf16* out, const float* lse, int B,
-                        int T, int C, int NH, bool accumulate) {
-  check_shape(B, T, C, NH);
+void mha_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* dqkv,
+                  const bf16* dout, const bf16* qkv, const bf16* out, const float* lse, int B,
+                  int T, int C, int NH, bool accumulate) {
   if (flash_head_dim(C, NH) && pointer_alignment(qkv) >= 16 && pointer_alignment(dout) >= 16 &&
       pointer_alignment(out) >= 4 && pointer_alignment(dqkv) >= 4) {
     float* ws = scratch.flash.get_as<float>(flash_attention_workspace_floats(B, T, C, NH), s);
@@ -92,6 +101,40 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scra
   attention_forward(s, h, ws, w.out, w.att, w.qkv, B, T, C, NH);
   attention_backward(s, h, ws, w.dqkv, w.scr, w.dout, w.qkv, w.att, B, T, C, NH);
   convert(s, dqkv, static_cast<const float*>(w.dqkv), 3 * n);
+}
+
+}  // namespace
+
+void attention_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* out,
+                       float* lse, const bf16* qkv, int B, int T, int C, int NH, int NKV) {
+  check_shape(B, T, C, NH);
+  check_kv_heads(NH, NKV);
+  if (NKV != NH) {
+    const GroupedHeads<bf16> g = grouped_heads_scratch<bf16>(scratch, s, B * T, C, false);
+    expand_kv_heads(s, g.qkv, qkv, B * T, C, NH, NKV);
+    qkv = g.qkv;
+  }
+  mha_forward(s, h, scratch, out, lse, qkv, B, T, C, NH);
+}
+
+void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* dqkv,
+                        const bf16* dout, const bf16* qkv, const bf16* out, const float* lse, int B,
+                        int T, int C, int NH, int NKV, bool accumulate) {
+  check_shape(B, T, C, NH);
+  check_kv_heads(NH, NKV);
+  if (NKV == NH) {
+    mha_backward(s, h, scratch, dqkv, dout, qkv, out, lse, B, T, C, NH, accumulate);
+    return;
+  }
+  const int N = B * T;
+  const GroupedHeads<bf16> g = grouped_heads_scratch<bf16>(scratch, s, N, C, true);
+  expand_kv_heads(s, g.qkv, qkv, N, C, NH, NKV);
+  // Overwriting needs no preparation: the MHA backward then writes every expanded element.
+  if (accumulate) {
+    prepare_expanded_dqkv(s, g.dqkv, static_cast<const bf16*>(dqkv), N, C, NH, NKV, true);
+  }
+  mha_backward(s, h, scratch, g.dqkv, dout, g.qkv, out, lse, B, T, C, NH, accumulate);
+  reduce_kv_heads(s, dqkv, static_cast<const bf16*>(g.dqkv), N, C, NH, NKV, accumulate);
 }
 
 }  // namespace triad::cuda

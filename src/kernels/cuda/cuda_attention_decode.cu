@@ -1,5 +1,6 @@
 // Backend::attention_decode on the GPU, fp32 and bf16: the block program of
-// decode_attention_block.h, one block per (head, new row).
+// decode_attention_block.h, one block per (query head, new row); grouped-query attention
+// (NKV < NH) indexes the compact cache directly.
 #include <cstdint>
 
 #include "cuda_ops.cuh"
@@ -11,17 +12,19 @@ namespace {
 
 template <class E>
 __global__ void __launch_bounds__(decode_attention::kThreads)
-    decode_attention_kernel(E* out, const E* qkv, int stride, int p, int n, int C, int NH) {
+    decode_attention_kernel(E* out, const E* qkv, int stride, int p, int n, int C, int NH,
+                            int NKV) {
   DeviceThread x;
-  decode_attention::row(x, out, qkv, stride, p, n, C, NH);
+  decode_attention::row(x, out, qkv, stride, p, n, C, NH, NKV);
 }
 
 template <class E>
-void launch(cudaStream_t s, E* out, const E* qkv, int B, int stride, int p, int n, int C, int NH) {
-  TRIAD_CHECK(NH > 0 && C % NH == 0 && p >= 0 && n > 0 && B > 0 && int64_t(B) * n <= 65535 &&
-                  stride >= p + n,
+void launch(cudaStream_t s, E* out, const E* qkv, int B, int stride, int p, int n, int C, int NH,
+            int NKV) {
+  TRIAD_CHECK(NH > 0 && C % NH == 0 && NKV > 0 && NKV <= NH && NH % NKV == 0 && p >= 0 && n > 0 &&
+                  B > 0 && int64_t(B) * n <= 65535 && stride >= p + n,
               "cuda attention_decode: bad shape (B = ", B, ", stride = ", stride, ", p = ", p,
-              ", n = ", n, ", C = ", C, ", NH = ", NH, ")");
+              ", n = ", n, ", C = ", C, ", NH = ", NH, ", NKV = ", NKV, ")");
   const size_t smem = decode_attention::smem_bytes(p + n, C / NH);
   // Bytes of dynamic shared memory the kernel may ask for (48 KB without opting in); the opt-in
   // beyond (up to 227 KB on Hopper: 57k keys) fails with the runtime's message past the device's
@@ -34,21 +37,21 @@ void launch(cudaStream_t s, E* out, const E* qkv, int B, int stride, int p, int 
   }
   decode_attention_kernel<E>
       <<<dim3(unsigned(NH), unsigned(B * n)), decode_attention::kThreads, smem, s>>>(
-          out, qkv, stride, p, n, C, NH);
+          out, qkv, stride, p, n, C, NH, NKV);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
 
 void attention_decode(cudaStream_t s, float* out, const float* qkv, int B, int stride, int p, int n,
-                      int C, int NH) {
-  launch(s, out, qkv, B, stride, p, n, C, NH);
+                      int C, int NH, int NKV) {
+  launch(s, out, qkv, B, stride, p, n, C, NH, NKV);
 }
 
 void attention_decode(cudaStream_t s, bf16* out, const bf16* qkv, int B, int stride, int p, int n,
-                      int C, int NH) {
+                      int C, int NH, int NKV) {
   launch(s, reinterpret_cast<uint16_t*>(out), reinterpret_cast<const uint16_t*>(qkv), B, stride, p,
-         n, C, NH);
+         n, C, NH, NKV);
 }
 
 }  // namespace triad::cuda

@@ -71,6 +71,7 @@ class CudaBackend final : public Backend {
     attention_scratch_.fp32_workspace.release();
     attention_scratch_.flash.release();
     attention_scratch_.widened.release();
+    attention_scratch_.grouped.release();
     reduce_partials_.release();
     if (partials_ != nullptr) cudaFree(partials_);
     if (cublas_ != nullptr) cublasDestroy(cublas_);
@@ -161,20 +162,19 @@ class CudaBackend final : public Backend {
   void bias_backward(float* dbias, const float* dout, int N, int OC) override {
     cuda::column_sum_accumulate(stream_, reduce_partials_, dbias, dout, N, OC);
   }
-  void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C,
-                         int NH) override {
-    float* ws = attention_workspace(B, T, C);
-    cuda::attention_forward(stream_, cublas_, ws, out, att, qkv, B, T, C, NH);
+  void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH,
+                         int NKV) override {
+    cuda::attention_forward(stream_, cublas_, attention_scratch_, out, att, qkv, B, T, C, NH, NKV);
   }
   void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
-                          const float* att, int B, int T, int C, int NH, GradMode mode) override {
-    if (mode == GradMode::overwrite) zero(dqkv, size_t(B) * T * 3 * C);
-    float* ws = attention_workspace(B, T, C);
-    cuda::attention_backward(stream_, cublas_, ws, dqkv, scratch, dout, qkv, att, B, T, C, NH);
+                          const float* att, int B, int T, int C, int NH, int NKV,
+                          GradMode mode) override {
+    cuda::attention_backward(stream_, cublas_, attention_scratch_, dqkv, scratch, dout, qkv, att, B,
+                             T, C, NH, NKV, mode == GradMode::accumulate);
   }
   void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n, int C,
-                        int NH) override {
-    cuda::attention_decode(stream_, out, qkv, B, stride, p, n, C, NH);
+                        int NH, int NKV) override {
+    cuda::attention_decode(stream_, out, qkv, B, stride, p, n, C, NH, NKV);
   }
   void swiglu_forward(float* out, const float* pre, int N, int H) override {
     cuda::swiglu_forward(stream_, out, pre, N, H);
@@ -183,9 +183,9 @@ class CudaBackend final : public Backend {
                        GradMode mode) override {
     cuda::swiglu_backward(stream_, dpre, pre, dout, N, H, mode == GradMode::accumulate);
   }
-  void rope(float* qkv, const float* table, int N, int T, int pos0, int C, int NH,
+  void rope(float* qkv, const float* table, int N, int T, int pos0, int C, int NH, int NKV,
             bool inverse) override {
-    cuda::rope(stream_, qkv, table, N, T, pos0, C, NH, inverse);
+    cuda::rope(stream_, qkv, table, N, T, pos0, C, NH, NKV, inverse);
   }
   void gelu_forward(float* out, const float* inp, size_t n) override {
     cuda::gelu_forward(stream_, out, inp, n);
@@ -287,19 +287,20 @@ class CudaBackend final : public Backend {
     Backend::matmul_backward_gelu(dpre, dact, dweight, dbias, dout, act, pre, weight, N, IC, OC,
                                   mode);
   }
-  void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C,
-                         int NH) override {
+  void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C, int NH,
+                         int NKV) override {
     cuda::attention_forward(stream_, cublas_, attention_scratch_, dev(out), lse, dev(qkv), B, T, C,
-                            NH);
+                            NH, NKV);
   }
   void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, const bf16_t* out,
-                          const float* lse, int B, int T, int C, int NH, GradMode mode) override {
+                          const float* lse, int B, int T, int C, int NH, int NKV,
+                          GradMode mode) override {
     cuda::attention_backward(stream_, cublas_, attention_scratch_, dev(dqkv), dev(dout), dev(qkv),
-                             dev(out), lse, B, T, C, NH, mode == GradMode::accumulate);
+                             dev(out), lse, B, T, C, NH, NKV, mode == GradMode::accumulate);
   }
   void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n, int C,
-                        int NH) override {
-    cuda::attention_decode(stream_, dev(out), dev(qkv), B, stride, p, n, C, NH);
+                        int NH, int NKV) override {
+    cuda::attention_decode(stream_, dev(out), dev(qkv), B, stride, p, n, C, NH, NKV);
   }
   void swiglu_forward(bf16_t* out, const bf16_t* pre, int N, int H) override {
     cuda::swiglu_forward(stream_, dev(out), dev(pre), N, H);
@@ -309,9 +310,9 @@ class CudaBackend final : public Backend {
     cuda::swiglu_backward(stream_, dev(dpre), dev(pre), dev(dout), N, H,
                           mode == GradMode::accumulate);
   }
-  void rope(bf16_t* qkv, const float* table, int N, int T, int pos0, int C, int NH,
+  void rope(bf16_t* qkv, const float* table, int N, int T, int pos0, int C, int NH, int NKV,
             bool inverse) override {
-    cuda::rope(stream_, dev(qkv), table, N, T, pos0, C, NH, inverse);
+    cuda::rope(stream_, dev(qkv), table, N, T, pos0, C, NH, NKV, inverse);
   }
   void gelu_forward(bf16_t* out, const bf16_t* inp, size_t n) override {
     cuda::gelu_forward(stream_, dev(out), dev(inp), n);
@@ -409,19 +410,14 @@ class CudaBackend final : public Backend {
     TRIAD_CUDA_CHECK(cudaFree(p));
   }
 
-  // The fp32 attention workspace, grown on demand (in practice once, at the first step).
-  float* attention_workspace(int B, int T, int C) {
-    return attention_scratch_.fp32_workspace.get_as<float>(
-        cuda::attention_workspace_floats(B, T, C), stream_);
-  }
-
   int device_ = 0;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   double* partials_ = nullptr;  // sum_squares: kSumSquaresPartials partial sums + the result
   std::unique_ptr<cuda::LtMatmul> lt_;  // the bf16 products
   // attention: the fp32 path's head copies (q, k, v, o, dq, dk, dv), the flash backward's
-  // workspace and the bf16 fallback's widened copies
+  // workspace, the bf16 fallback's widened copies and grouped-query attention's expanded rows
+  // (each grown on demand, in practice once, at the first step)
   cuda::AttentionScratch attention_scratch_;
   cuda::DeviceScratch reduce_partials_;  // column sums' per-slice partials (bias, LayerNorm grads)
   std::vector<UpdateRun> runs_host_;     // the optimizer's run table as uploaded to runs_device_

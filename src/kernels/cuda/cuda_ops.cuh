@@ -130,36 +130,84 @@ bool matmul_backward_dgelu(cudaStream_t s, LtMatmul& lt, DeviceScratch& scratch,
                            float* dweight, float* dbias, const bf16* dout, const bf16* act,
                            const bf16* pre, const bf16* weight, int N, int IC, int OC);
 
+// ---- attention: layouts ---------------------------------------------------------------------
+// backend.h's: NH query heads, NKV key/value heads (NKV divides NH), hd = C/NH, qkv rows
+// W = C + 2·NKV·hd wide (q | k | v); query head h uses key/value head h % NKV. The training ops
+// below are written for NKV = NH (rows of 3C, "MHA"); with NKV < NH their backend entry points
+// expand the compact rows into MHA rows first (cuda_grouped_heads.cu). Decoding and rope index
+// the compact rows natively.
+
+// The attention ops' scratch memory, owned by the backend.
+struct AttentionScratch {
+  DeviceScratch fp32_workspace;  // attention_workspace_floats: the fp32 attention's head copies
+  DeviceScratch flash;           // flash_attention_workspace_floats
+  DeviceScratch widened;         // the bf16 fallback's fp32 qkv, out, dout, dqkv and T×T matrices
+  DeviceScratch grouped;         // NKV < NH: the expanded MHA qkv and dqkv (grouped_heads_scratch)
+};
+
 // ---- attention, fp32 (cuda_attention.cu) ---------------------------------------------------
-// workspace: at least attention_workspace_floats(B, T, C) floats, owned by the backend.
-// lse (may be nullptr): [B,NH,T] log-sum-exp of the scaled scores of each query row.
+// The MHA op (qkv [B,T,3C]); also the bf16 fallback's. workspace: at least
+// attention_workspace_floats(B, T, C) floats, owned by the backend. lse (may be nullptr):
+// [B,NH,T] log-sum-exp of the scaled scores of each query row. Backward accumulates (+=).
 size_t attention_workspace_floats(int B, int T, int C);
 void attention_forward(cudaStream_t s, cublasHandle_t h, float* workspace, float* out, float* att,
                        const float* qkv, int B, int T, int C, int NH, float* lse = nullptr);
 void attention_backward(cudaStream_t s, cublasHandle_t h, float* workspace, float* dqkv,
                         float* scratch, const float* dout, const float* qkv, const float* att,
                         int B, int T, int C, int NH);
+// Backend::attention_forward / attention_backward (fp32), any NKV: the MHA op above, on the
+// expanded rows where NKV < NH. accumulate false: dqkv overwritten.
+void attention_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, float* out,
+                       float* att, const float* qkv, int B, int T, int C, int NH, int NKV);
+void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, float* dqkv,
+                        float* tt_scratch, const float* dout, const float* qkv, const float* att,
+                        int B, int T, int C, int NH, int NKV, bool accumulate);
 
 // ---- attention, bf16 (cuda_attention_bf16.cu) ----------------------------------------------
 // The fused flash kernels (flash_attention.cuh) where they apply (head dim 64 or 128, aligned
-// pointers); otherwise the fp32 path on widened copies. The scratch memory is the backend's.
-struct AttentionScratch {
-  DeviceScratch fp32_workspace;  // attention_workspace_floats: the fp32 attention's head copies
-  DeviceScratch flash;           // flash_attention_workspace_floats
-  DeviceScratch widened;         // the fallback's fp32 qkv, out, dout, dqkv and T×T matrices
-};
+// pointers); otherwise the fp32 path on widened copies; with NKV < NH either on the expanded
+// rows.
 void attention_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* out,
-                       float* lse, const bf16* qkv, int B, int T, int C, int NH);
+                       float* lse, const bf16* qkv, int B, int T, int C, int NH, int NKV);
 void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* dqkv,
                         const bf16* dout, const bf16* qkv, const bf16* out, const float* lse, int B,
-                        int T, int C, int NH, bool accumulate = true);  // false: dqkv overwritten
+                        int T, int C, int NH, int NKV,
+                        bool accumulate = true);  // false: dqkv overwritten
+
+// ---- grouped-query attention through the MHA ops (cuda_grouped_heads.cu) -------------------
+// N rows; compact rows W = C + 2·NKV·hd wide, expanded (MHA) rows 3C wide.
+// The expanded qkv and, for a backward, dqkv [N, 3C] of Elem in scratch.grouped (256-byte
+// aligned; dqkv nullptr for a forward).
+template <typename Elem>
+struct GroupedHeads {
+  Elem* qkv;
+  Elem* dqkv;
+};
+template <typename Elem>
+GroupedHeads<Elem> grouped_heads_scratch(AttentionScratch& scratch, cudaStream_t s, int N, int C,
+                                         bool backward);
+// mha = qkv with the kv heads repeated: q columns copied, expanded k (v) head h = compact k (v)
+// head h % NKV.
+template <typename Elem>
+void expand_kv_heads(cudaStream_t s, Elem* mha, const Elem* qkv, int N, int C, int NH, int NKV);
+// The expanded gradient an accumulating MHA backward starts from: its q columns dqkv's (with
+// accumulate) or zero, its k and v columns zero.
+template <typename Elem>
+void prepare_expanded_dqkv(cudaStream_t s, Elem* dmha, const Elem* dqkv, int N, int C, int NH,
+                           int NKV, bool accumulate);
+// dqkv from the expanded gradient dmha: q columns copied (prepare_expanded_dqkv put any old
+// value there); k (v) of kv head g = Σ dmha's k (v) heads g, g + NKV, g + 2NKV, ... in that
+// order, in fp32, plus the old value with accumulate, rounded to Elem once.
+template <typename Elem>
+void reduce_kv_heads(cudaStream_t s, Elem* dqkv, const Elem* dmha, int N, int C, int NH, int NKV,
+                     bool accumulate);
 
 // ---- attention against a cache of keys and values (cuda_attention_decode.cu) ---------------
-// Backend::attention_decode: out [B, n, C], sequence b's rows at qkv + b·stride rows of 3C.
+// Backend::attention_decode: out [B, n, C], sequence b's rows at qkv + b·stride rows of W.
 void attention_decode(cudaStream_t s, float* out, const float* qkv, int B, int stride, int p, int n,
-                      int C, int NH);
+                      int C, int NH, int NKV);
 void attention_decode(cudaStream_t s, bf16* out, const bf16* qkv, int B, int stride, int p, int n,
-                      int C, int NH);
+                      int C, int NH, int NKV);
 
 // ---- SwiGLU (cuda_swiglu.cu): backend.h swiglu_forward / swiglu_backward ------------------
 template <typename Elem>
@@ -171,7 +219,7 @@ void swiglu_backward(cudaStream_t s, Elem* dpre, const Elem* pre, const Elem* do
 // ---- rotary position embedding (cuda_rope.cu): backend.h rope, in place -------------------
 template <typename Elem>
 void rope(cudaStream_t s, Elem* qkv, const float* table, int N, int T, int pos0, int C, int NH,
-          bool inverse);
+          int NKV, bool inverse);
 
 // ---- elementwise (cuda_elementwise.cu) -----------------------------------------------------
 template <typename Elem>

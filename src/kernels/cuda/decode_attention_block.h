@@ -1,15 +1,18 @@
 // Attention of a few new rows against a cache of keys and values (Backend::attention_decode) as
 // a block program (see block_program.h): generation's attention, one query row at a time. The
 // CUDA backend runs it for fp32 and bf16 (cuda_attention_decode.cu); the CPU test
-// test_decode_attention_emulated runs it through the SIMT emulator against a plain reference.
+// test_decode_attention_emulated runs it through the SIMT emulator against a plain reference and
+// the CPU backend.
 //
-// Block (h, b·n + r), kThreads threads: new row r (position p + r) of head h of sequence b. Its
-// query goes to shared memory; thread t scores keys t, t + kThreads, ... (each reads whole key
-// rows); a max and a sum over the block (a fixed tree, so the result depends on the shapes only)
-// give the softmax; then thread d forms output element d (consecutive threads read consecutive
-// elements of each value row). Decoding reads the whole cache once per new row: memory-bound, with
-// n·NH blocks for n new rows. Shared memory: the query, the scores of keys 0 .. p + r, and the
-// reduction's kThreads.
+// Block (h, b·n + r), kThreads threads: new row r (position p + r) of query head h of sequence b,
+// against key/value head h % NKV (grouped-query attention when NKV < NH, backend.h: the cache
+// stays compact, rows W = C + 2·NKV·hd wide; the NH/NKV blocks of a kv head read the same cache
+// rows, mostly from L2). Its query goes to shared memory; thread t scores keys t, t + kThreads,
+// ... (each reads whole key rows); a max and a sum over the block (a fixed tree, so the result
+// depends on the shapes only) give the softmax; then thread d forms output element d
+// (consecutive threads read consecutive elements of each value row). Decoding reads the whole
+// cache once per new row: memory-bound, with n·NH blocks for n new rows. Shared memory: the
+// query, the scores of keys 0 .. p + r, and the reduction's kThreads.
 #pragma once
 
 #include <cstddef>
@@ -60,12 +63,15 @@ TRIAD_BLOCK_FN float block_reduce(X& x, float* red, float v, bool is_max) {
 }
 
 // E: float (fp32) or uint16_t (bf16 bits). out [B, n, C], sequence b's rows at qkv + b·stride
-// rows of 3C, as in backend.h.
+// rows of W = C + 2·NKV·hd, as in backend.h.
 template <class X, class E>
-TRIAD_BLOCK_FN void row(X& x, E* out, const E* qkv, int stride, int p, int n, int C, int NH) {
+TRIAD_BLOCK_FN void row(X& x, E* out, const E* qkv, int stride, int p, int n, int C, int NH,
+                        int NKV) {
   const int h = x.block_x(), b = x.block_y() / n, r = x.block_y() % n, t = x.thread();
   const int hd = C / NH, keys = p + r + 1;  // row p + r sees keys 0 .. p + r
-  const size_t ld = 3 * size_t(C);
+  const size_t ld = size_t(C) + 2 * size_t(NKV) * hd;
+  const size_t k_col = size_t(C) + size_t(h % NKV) * hd;  // this head's key, then value, columns
+  const size_t v_col = k_col + size_t(NKV) * hd;
   qkv += size_t(b) * stride * ld;
   out += size_t(b) * n * C;
   float* q = reinterpret_cast<float*>(x.smem());  // [hd], scaled
@@ -77,7 +83,7 @@ TRIAD_BLOCK_FN void row(X& x, E* out, const E* qkv, int stride, int p, int n, in
   x.sync_threads();
   float mx = -3.0e38f;
   for (int j = t; j < keys; j += kThreads) {
-    const E* k = qkv + size_t(j) * ld + C + size_t(h) * hd;
+    const E* k = qkv + size_t(j) * ld + k_col;
     float dot = 0.0f;
     for (int d = 0; d < hd; ++d) dot += q[d] * load(x, k + d);
     s[j] = dot;
@@ -93,7 +99,7 @@ TRIAD_BLOCK_FN void row(X& x, E* out, const E* qkv, int stride, int p, int n, in
   sum = block_reduce(x, red, sum, false);  // its barriers also publish every s[j]
   const float inv = 1.0f / sum;
   for (int d = t; d < hd; d += kThreads) {
-    const E* v = qkv + 2 * size_t(C) + size_t(h) * hd + d;
+    const E* v = qkv + v_col + d;
     float acc = 0.0f;
     for (int j = 0; j < keys; ++j) acc += s[j] * load(x, v + size_t(j) * ld);
     store(x, out + size_t(r) * C + size_t(h) * hd + d, acc * inv);

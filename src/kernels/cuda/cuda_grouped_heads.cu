@@ -1,0 +1,137 @@
+// Grouped-query attention (NKV < NH, backend.h) for the training attention ops, by expansion:
+// the fused flash kernels and the fp32 cuBLAS attention are written for one key/value head per
+// query head (rows q | k | v of 3C), so the compact rows (W = C + 2·NKV·hd) are expanded into
+// such rows in the backend's scratch, the MHA op runs on them, and its gradient is reduced back.
+// The expansion plays the part of Hugging Face's repeat_kv, with backend.h's grouping: expanded
+// head h is kv head h % NKV (torch.Tensor.repeat), not repeat_kv's h / (NH/NKV). It costs an
+// [N, 3C] copy of qkv (and of dqkv in the backward) and the MHA op's full K/V traffic; a flash
+// kernel that indexes the compact rows itself (as the decoding kernel does) is future work.
+//
+// Kernels: one thread per element of the written matrix, grid-stride loops (memory-bound
+// copies). The reduction sums a kv head's NH/NKV gradients in increasing query-head order in
+// fp32 and rounds once: deterministic, no atomics.
+#include "cuda_ops.cuh"
+
+namespace triad::cuda {
+namespace {
+
+// Compact column of expanded column col (0 .. 3C) of a row.
+__device__ __forceinline__ size_t compact_column(size_t col, int C, int hd, int NKV) {
+  if (col < size_t(C)) return col;          // q
+  const size_t kv = (col - C) / size_t(C);  // 0: k, 1: v
+  const size_t within = (col - C) % size_t(C);
+  const size_t h = within / size_t(hd), d = within % size_t(hd);
+  return size_t(C) + kv * size_t(NKV) * hd + (h % size_t(NKV)) * hd + d;
+}
+
+// mha [N, 3C] ← qkv [N, W]
+template <typename Elem>
+__global__ void expand_kv_heads_kernel(Elem* mha, const Elem* qkv, int C, int hd, int NKV, size_t W,
+                                       size_t total) {
+  const size_t ld = 3 * size_t(C);
+  TRIAD_GRID_STRIDE_LOOP(i, total) {
+    const size_t row = i / ld, col = i % ld;
+    mha[i] = qkv[row * W + compact_column(col, C, hd, NKV)];
+  }
+}
+
+// dmha [N, 3C]: q columns ← dqkv's (accumulate) or 0, k and v columns ← 0
+template <typename Elem>
+__global__ void prepare_expanded_dqkv_kernel(Elem* dmha, const Elem* dqkv, int C, size_t W,
+                                             bool accumulate, size_t total) {
+  const size_t ld = 3 * size_t(C);
+  TRIAD_GRID_STRIDE_LOOP(i, total) {
+    const size_t row = i / ld, col = i % ld;
+    dmha[i] = accumulate && col < size_t(C) ? dqkv[row * W + col] : narrow<Elem>(0.0f);
+  }
+}
+
+// dqkv [N, W] ← dmha [N, 3C]: q copied; k (v) of kv head g the sum over query heads
+// h ≡ g (mod NKV), in increasing h, plus the old value with accumulate, rounded once.
+template <typename Elem>
+__global__ void reduce_kv_heads_kernel(Elem* dqkv, const Elem* dmha, int C, int hd, int NH, int NKV,
+                                       size_t W, bool accumulate, size_t total) {
+  const size_t ld = 3 * size_t(C), kv_width = size_t(NKV) * hd;
+  TRIAD_GRID_STRIDE_LOOP(i, total) {
+    const size_t row = i / W, col = i % W;
+    const Elem* src = dmha + row * ld;
+    if (col < size_t(C)) {
+      dqkv[i] = src[col];
+      continue;
+    }
+    const size_t kv = (col - C) / kv_width;  // 0: k, 1: v
+    const size_t within = (col - C) % kv_width;
+    const int g = int(within / size_t(hd));
+    const size_t d = within % size_t(hd);
+    const Elem* part = src + size_t(C) * (1 + kv) + d;
+    float sum = 0.0f;
+    for (int h = g; h < NH; h += NKV) sum += widen(part[size_t(h) * hd]);
+    dqkv[i] = narrow<Elem>(accumulate ? widen(dqkv[i]) + sum : sum);
+  }
+}
+
+void check_heads(int N, int C, int NH, int NKV) {
+  TRIAD_CHECK(NH > 0 && C % NH == 0 && NKV > 0 && NH % NKV == 0 && N >= 0,
+              "cuda grouped heads: bad shape (N = ", N, ", C = ", C, ", NH = ", NH, ", NKV = ", NKV,
+              ")");
+}
+
+}  // namespace
+
+template <typename Elem>
+GroupedHeads<Elem> grouped_heads_scratch(AttentionScratch& scratch, cudaStream_t s, int N, int C,
+                                         bool backward) {
+  // Each matrix starts 256-byte aligned, as cudaMalloc's blocks do (the flash kernels' vector
+  // loads need 16).
+  const size_t bytes = (size_t(N) * 3 * C * sizeof(Elem) + 255) / 256 * 256;
+  char* p = static_cast<char*>(scratch.grouped.get(backward ? 2 * bytes : bytes, s));
+  return GroupedHeads<Elem>{reinterpret_cast<Elem*>(p),
+                            backward ? reinterpret_cast<Elem*>(p + bytes) : nullptr};
+}
+
+template <typename Elem>
+void expand_kv_heads(cudaStream_t s, Elem* mha, const Elem* qkv, int N, int C, int NH, int NKV) {
+  check_heads(N, C, NH, NKV);
+  const size_t total = size_t(N) * 3 * C;
+  if (total == 0) return;
+  expand_kv_heads_kernel<<<grid_for(total), kBlock, 0, s>>>(mha, qkv, C, C / NH, NKV,
+                                                            size_t(qkv_width(C, NH, NKV)), total);
+  TRIAD_CUDA_CHECK_LAUNCH();
+}
+
+template <typename Elem>
+void prepare_expanded_dqkv(cudaStream_t s, Elem* dmha, const Elem* dqkv, int N, int C, int NH,
+                           int NKV, bool accumulate) {
+  check_heads(N, C, NH, NKV);
+  const size_t total = size_t(N) * 3 * C;
+  if (total == 0) return;
+  prepare_expanded_dqkv_kernel<<<grid_for(total), kBlock, 0, s>>>(
+      dmha, dqkv, C, size_t(qkv_width(C, NH, NKV)), accumulate, total);
+  TRIAD_CUDA_CHECK_LAUNCH();
+}
+
+template <typename Elem>
+void reduce_kv_heads(cudaStream_t s, Elem* dqkv, const Elem* dmha, int N, int C, int NH, int NKV,
+                     bool accumulate) {
+  check_heads(N, C, NH, NKV);
+  const size_t W = size_t(qkv_width(C, NH, NKV)), total = size_t(N) * W;
+  if (total == 0) return;
+  reduce_kv_heads_kernel<<<grid_for(total), kBlock, 0, s>>>(dqkv, dmha, C, C / NH, NH, NKV, W,
+                                                            accumulate, total);
+  TRIAD_CUDA_CHECK_LAUNCH();
+}
+
+template GroupedHeads<float> grouped_heads_scratch<float>(AttentionScratch&, cudaStream_t, int, int,
+                                                          bool);
+template GroupedHeads<bf16> grouped_heads_scratch<bf16>(AttentionScratch&, cudaStream_t, int, int,
+                                                        bool);
+template void expand_kv_heads<float>(cudaStream_t, float*, const float*, int, int, int, int);
+template void expand_kv_heads<bf16>(cudaStream_t, bf16*, const bf16*, int, int, int, int);
+template void prepare_expanded_dqkv<float>(cudaStream_t, float*, const float*, int, int, int, int,
+                                           bool);
+template void prepare_expanded_dqkv<bf16>(cudaStream_t, bf16*, const bf16*, int, int, int, int,
+                                          bool);
+template void reduce_kv_heads<float>(cudaStream_t, float*, const float*, int, int, int, int, bool);
+template void reduce_kv_heads<bf16>(cudaStream_t, bf16*, const bf16*, int, int, int, int, bool);
+
+}  // namespace triad::cuda
