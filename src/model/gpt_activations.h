@@ -41,7 +41,8 @@ struct Gpt::Set {
     A* residual3;                // residual2 + mlp: the layer's output
     // A split backward (zero-bubble schedule): the output gradients of the four linear layers,
     // over all rows, that the input-gradient pass leaves for the weight pass — mlp.c_proj's
-    // (C), c_fc's pre-activation (fc_rows/tp), attn.c_proj's (C) and c_attn's (3C/tp).
+    // (C), c_fc's pre-activation (fc_rows/tp), attn.c_proj's (C) and c_attn's (qkv_rows/tp: 3C/tp
+    // without grouped-query attention).
     A *dfcproj = nullptr, *dfch = nullptr, *dproj = nullptr, *dqkv = nullptr;
   };
   A* input = nullptr;  // the chunk's input: wte[tok] + wpe[pos], or received

@@ -153,6 +153,17 @@ def main():
 
     cp = configparser.ConfigParser(inline_comment_prefixes=("#",))
     cp.read(args.config)
+    # The peer is GPT-2: a config with another architecture would be measured against the wrong
+    # model, so it is refused rather than silently read as GPT-2.
+    gpt2 = {"position": "learned", "norm": "layernorm", "bias": "true", "mlp": "gelu",
+            "mlp_hidden": "0", "tie_embeddings": "true", "n_kv_head": "0"}
+    same = {"n_kv_head": cp.get("model", "n_head", fallback="12").strip(),  # 0 means these
+            "mlp_hidden": str(4 * int(cp.get("model", "n_embd", fallback="768")))}
+    for key, default in gpt2.items():
+        value = cp.get("model", key, fallback=default).strip().lower()
+        if value not in (default, same.get(key)):
+            sys.exit(f"bench_torch: {args.config}: model.{key} = {value}; the PyTorch peer "
+                     f"here is GPT-2's architecture ({key} = {default})")
     cfg = ref.GptConfig(
         n_layer=ini_value(cp, "model", "n_layer", 12, int),
         n_head=ini_value(cp, "model", "n_head", 12, int),
