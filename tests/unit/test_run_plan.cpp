@@ -57,6 +57,26 @@ TEST(GptMemoryPlan, ActivationsFollowTheDocumentedFormula) {
   EXPECT_EQ(Gpt::memory_plan(kSmall, kB, 1, {}, nullptr, Precision::bf16).activations, bf16);
 }
 
+// Grouped-query attention (one key/value head of 4, hd = 16): q|k|v rows are C + 2·16 = 1.5·C
+// wide, kept per layer and as backward scratch; the plan still equals what the model allocates.
+TEST(GptMemoryPlan, GroupedQueryAttentionKeepsNarrowerQkv) {
+  GptShape mqa = kSmall;
+  mqa.n_kv_head = 1;
+  const size_t n = size_t(kB) * kSmall.seq_len, C = size_t(kSmall.n_embd), L = 2, NH = 4;
+  const size_t T = size_t(kSmall.seq_len), Vp = size_t(kSmall.padded_vocab_size);
+  const size_t act = n * C * (2 * (1 + 2) + 29 * L + 27) / 2 + n * Vp;  // 1.5 for each 3 above
+  const size_t stats = L * 4 * n + 2 * n + 2 * n;
+  EXPECT_EQ(Gpt::memory_plan(mqa, kB).activations, 4 * (act + stats + L * n * NH * T + n * NH * T));
+  auto be = make_cpu_backend();
+  for (Precision p : {Precision::fp32, Precision::bf16}) {
+    const size_t before = be->allocated_bytes();
+    const GptMemory plan = Gpt::memory_plan(mqa, kB, 1, {}, nullptr, p);
+    Gpt model(mqa, kB, *be, 1, {}, nullptr, p);
+    EXPECT_EQ(be->allocated_bytes() - before, plan.total()) << precision_name(p);
+    EXPECT_EQ(model.activation_bytes(), plan.activations);
+  }
+}
+
 Config gpt2_124m(int batch, int micro) {
   Config c;                // the defaults are GPT-2 124M
   c.run.backend = "cuda";  // bf16 by default
