@@ -355,8 +355,6 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     if int(cfg.get("pretraining_tp", 1) or 1) != 1:
         refusals.append(f"pretraining_tp {cfg['pretraining_tp']}")
     refuse_or_check_positions(where, refusals, seq_len, n_pos, "max_position_embeddings")
-    if vocab > 65536:
-        raise ConvertError(f"{where}: vocab_size {vocab} exceeds triad's token shards (uint16)")
     d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab, position="rope", rope_theta=theta,
              norm="rmsnorm", bias=False, mlp="swiglu", mlp_hidden=hidden,
              tied=bool(cfg.get("tie_word_embeddings", False)), n_kv_head=kv)

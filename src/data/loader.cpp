@@ -15,24 +15,30 @@
 namespace triad {
 
 // A read-only memory map of one validated shard: large corpora are paged in on demand
-// instead of read up front.
+// instead of read up front. Its tokens are uint16 or uint32 (token_bytes), by its header.
 struct SequenceSource::Shard {
   std::string path;
   int64_t n_tokens = 0;
+  int token_bytes = 2;
   void* map = nullptr;
   size_t map_bytes = 0;
-  const uint16_t* tokens = nullptr;
+  const char* tokens = nullptr;
 
   explicit Shard(const std::string& p) : path(p) {
-    n_tokens = read_token_shard_count(p);  // validates magic, version and size
-    map_bytes = kShardHeaderInts * 4 + size_t(n_tokens) * 2;
+    const ShardHeader h = read_token_shard_header(p);  // validates magic, version and size
+    n_tokens = h.count;
+    token_bytes = h.token_bytes;
+    map_bytes = kShardHeaderInts * 4 + size_t(n_tokens) * size_t(token_bytes);
     const int fd = ::open(p.c_str(), O_RDONLY);
     TRIAD_CHECK(fd >= 0, "token shard ", p, ": cannot open (", std::strerror(errno), ")");
     map = ::mmap(nullptr, map_bytes, PROT_READ, MAP_PRIVATE, fd, 0);
     ::close(fd);
     TRIAD_CHECK(map != MAP_FAILED, "token shard ", p, ": cannot map (", std::strerror(errno), ")");
-    tokens =
-        reinterpret_cast<const uint16_t*>(static_cast<const char*>(map) + kShardHeaderInts * 4);
+    tokens = static_cast<const char*>(map) + kShardHeaderInts * 4;
+  }
+  uint32_t at(int64_t i) const {  // the header keeps the tokens 4-byte aligned
+    return token_bytes == 2 ? reinterpret_cast<const uint16_t*>(tokens)[i]
+                            : reinterpret_cast<const uint32_t*>(tokens)[i];
   }
   ~Shard() {
     if (map && map != MAP_FAILED) ::munmap(map, map_bytes);
@@ -68,15 +74,13 @@ void SequenceSource::read(int64_t index, int32_t* inputs, int32_t* targets) cons
       size_t(std::upper_bound(first_.begin(), first_.end(), index) - first_.begin() - 1);
   const Shard& s = *shards_[j];
   const int64_t start = (index - first_[j]) * seq_len_;
-  const uint16_t* t = s.tokens + start;
   for (int i = 0; i <= seq_len_; ++i) {
-    if (t[i] >= vocab_size_)
-      fail("token shard ", s.path, ": token id ", t[i], " at position ", start + i,
+    const uint32_t t = s.at(start + i);
+    if (t >= uint32_t(vocab_size_))
+      fail("token shard ", s.path, ": token id ", t, " at position ", start + i,
            " is >= model.vocab_size (", vocab_size_, ")");
-  }
-  for (int i = 0; i < seq_len_; ++i) {
-    inputs[i] = t[i];
-    targets[i] = t[i + 1];
+    if (i < seq_len_) inputs[i] = int32_t(t);
+    if (i > 0) targets[i - 1] = int32_t(t);
   }
 }
 

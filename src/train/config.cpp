@@ -403,9 +403,9 @@ void validate(const Config& c, int world_size) {
         "(" + std::to_string(m.n_kv_head) + ") must divide model.n_head (" +
             std::to_string(m.n_head) + ")");
   check(m.seq_len >= 1, "model.seq_len", "must be >= 1 (got " + std::to_string(m.seq_len) + ")");
-  check(m.vocab_size >= 2 && m.vocab_size <= 65536, "model.vocab_size",
-        "must be in [2, 65536] (token shards store uint16; got " + std::to_string(m.vocab_size) +
-            ")");
+  // Above 65536 the token shards must be the uint32 ones (each shard's header says which).
+  check(m.vocab_size >= 2 && m.vocab_size <= (1 << 30), "model.vocab_size",
+        "must be in [2, 1073741824] (got " + std::to_string(m.vocab_size) + ")");
   check(m.position == "learned" || m.position == "rope", "model.position",
         "must be learned or rope (got '" + m.position + "')");
   check(m.norm == "layernorm" || m.norm == "rmsnorm", "model.norm",

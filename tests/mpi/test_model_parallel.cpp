@@ -948,7 +948,9 @@ TEST(ModelParallel, DecodingMatchesOneRankOnEveryGrid) {
         const std::vector<float> a(got, got + kVocab);
         EXPECT_EQ(m.decoded_tokens(), len);
         // One token's row (tp of them under sequence parallelism) while the context grows.
-        if (end > 3 && end <= kSeq) EXPECT_EQ(m.last_decoded_rows(), g.sp ? g.tp : 1);
+        if (end > 3 && end <= kSeq) {
+          EXPECT_EQ(m.last_decoded_rows(), g.sp ? g.tp : 1);
+        }
         const float* want = one.next_token_logits(ctx, len);
         double d = 0, mx = 0;
         for (int i = 0; i < kVocab; ++i) {
@@ -969,7 +971,9 @@ TEST(ModelParallel, DecodingMatchesOneRankOnEveryGrid) {
         window.insert(window.end(), other.begin() + (end - len), other.begin() + end);
         const float* got = two.decode_logits(window.data(), 2, len);
         const std::vector<float> a(got, got + 2 * kVocab);
-        if (end > 3 && end <= kSeq) EXPECT_EQ(two.last_decoded_rows(), 2 * (g.sp ? g.tp : 1));
+        if (end > 3 && end <= kSeq) {
+          EXPECT_EQ(two.last_decoded_rows(), 2 * (g.sp ? g.tp : 1));
+        }
         for (int b = 0; b < 2; ++b) {
           const float* want = one.next_token_logits(window.data() + size_t(b) * len, len);
           double d = 0, mx = 0;

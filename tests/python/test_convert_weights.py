@@ -220,6 +220,35 @@ def test_llama_imports_and_evaluates_as_transformers(imported, tmp_path, heads, 
                          "holds GPT-2 only")
 
 
+def test_llama_vocabulary_above_65536_trains_on_uint32_shards(tmp_path):
+    """A Llama with Llama 3's kind of vocabulary (70,000 ids here): imported, evaluated by triad on
+    llm.c's uint32 token shards, and its loss is transformers' on the same ids."""
+    vocab = 70000
+    torch.manual_seed(9)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=N_POS,
+        rms_norm_eps=1e-5, rope_theta=500.0, tie_word_embeddings=False)).eval()
+    model.save_pretrained(tmp_path / "llama", safe_serialization=True)
+    out = tmp_path / "llama.h5"
+    p = tool("triad-convert", "import", tmp_path / "llama", out, "--seq-len", 16)
+    assert p.returncode == 0, p.stderr
+    cfg = tiny_config(tmp_path, vocab=vocab, model__n_layer=1, model__n_head=2,
+                      model__seq_len=16, eval__sequences=8)
+    val = ref.read_token_shard(tmp_path / "data" / "val_000.bin")
+    assert val.dtype == np.dtype("<u4") and val.max() >= 65536  # the wide format
+    x = torch.tensor(np.stack([val[k * 16:k * 16 + 17] for k in range(8)]).astype(np.int64))
+    with torch.no_grad():
+        logits = model.double()(x[:, :-1]).logits
+    want = torch.nn.functional.cross_entropy(logits.reshape(-1, vocab), x[:, 1:].reshape(-1))
+    p = train("--config", cfg, "--eval-only", "--init-from", out, "--model.position", "rope",
+              "--model.rope_theta", "500", "--model.norm", "rmsnorm", "--model.bias", "false",
+              "--model.mlp", "swiglu", "--model.mlp_hidden", "64", "--model.tie_embeddings",
+              "false", "--model.n_kv_head", "1", check=True)
+    loss = float(p.stdout.split("val loss")[1].split()[0])
+    assert abs(loss - want.item()) <= 1e-5 * want.item(), (loss, want.item())
+
+
 @pytest.mark.parametrize("heads,kv", HEADS[1:], ids=[f"{h}h{k}kv" for h, k in HEADS[1:]])
 def test_llama_grouped_query_attention_layout(tmp_path, heads, kv):
     """Without triad's programs: an imported LlamaForCausalLM with grouped-query attention holds

@@ -125,6 +125,10 @@ CASES = [
     # Multi-query attention (one key/value head) on GPT-2's blocks, with biases.
     Case("mqa", ref.GptConfig(n_layer=2, n_head=3, n_embd=48, seq_len=17, vocab_size=300,
                               n_kv_head=1), 3, 45, 7, 53),
+    # A vocabulary above 65536 (ids past 16 bits: the uint32 token shards, the embedding and the
+    # classifier over 70,144 padded rows).
+    Case("bigvocab", ref.GptConfig(n_layer=1, n_head=2, n_embd=32, seq_len=16,
+                                   vocab_size=70001), 2, 21, 4, 59),
 ]
 
 
@@ -185,6 +189,14 @@ def prepare(case: Case, tmp_root: Path) -> Prepared:
                  ref.read_token_shard(d / "val_000.bin"))
     _prepared[case.name] = p
     return p
+
+
+def test_wide_vocabulary_shards_are_uint32(tmp_root):
+    """The bigvocab case's shards are llm.c's uint32 format, with ids above 65535 in them."""
+    p = prepare(next(c for c in CASES if c.name == "bigvocab"), tmp_root)
+    header = np.fromfile(p.dir / "train_000.bin", dtype="<i4", count=3)
+    assert list(header[:2]) == [20240801, 7]
+    assert p.train_tokens.dtype == np.dtype("<u4") and p.train_tokens.max() >= 65536
 
 
 @pytest.fixture(scope="module")
@@ -563,4 +575,4 @@ def test_layer_norms_match_torch(tmp_root, tmp_path):
 
 # Chosen from the printed norms so that clipping triggers in some steps but not all.
 GRAD_CLIP = {"gpt2vocab": 1.0, "oddshapes": 1.0, "rope": 1.0, "rmsnorm": 1.2, "nobias": 1.0,
-             "swiglu": 1.1, "llama": 1.7, "gqa": 1.7, "mqa": 1.0}
+             "swiglu": 1.1, "llama": 1.7, "gqa": 1.7, "mqa": 1.0, "bigvocab": 1.0}

@@ -63,6 +63,8 @@ def test_help_lists_every_key_with_defaults():
     (["--model.mlp", "relu2"], ["model.mlp", "gelu or swiglu"]),
     (["--model.mlp_hidden", "-8"], ["model.mlp_hidden", ">= 0"]),
     (["--model.n_kv_head", "-1"], ["model.n_kv_head", ">= 0"]),
+    (["--model.vocab_size", "1"], ["model.vocab_size", "[2, 1073741824]"]),
+    (["--model.vocab_size", "2000000000"], ["model.vocab_size", "[2, 1073741824]"]),
     (["--model.n_kv_head", "3"], ["model.n_kv_head", "must divide model.n_head"]),
 ])
 def test_bad_config_values(tmp_path, args, needles):

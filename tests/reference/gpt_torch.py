@@ -34,8 +34,9 @@ import numpy as np
 import torch
 
 LN_EPS = 1e-5
-SHARD_MAGIC = 20240520
+SHARD_MAGIC = 20240520  # uint16 tokens (GPT-2's format)
 SHARD_VERSION = 1
+SHARD_MAGIC_U32, SHARD_VERSION_U32 = 20240801, 7  # uint32 tokens (llm.c's Llama 3 format)
 SHARD_HEADER_INTS = 256
 
 
@@ -458,21 +459,26 @@ def clip_grad_norm_(params: Iterable[torch.Tensor], clip: float) -> float:
 
 
 def write_token_shard(path, tokens) -> None:
-    """llm.c format: 256 little-endian int32 header (magic, version, count), uint16 tokens."""
+    """llm.c's formats: 256 little-endian int32 header (magic, version, count), then uint16
+    tokens, or uint32 ones (magic 20240801, version 7) when an id does not fit 16 bits."""
     tokens = np.asarray(tokens)
-    assert tokens.ndim == 1 and (tokens.size == 0 or (tokens.min() >= 0 and tokens.max() < 65536))
+    assert tokens.ndim == 1 and (tokens.size == 0 or (tokens.min() >= 0 and tokens.max() < 2**32))
+    wide = tokens.size > 0 and tokens.max() >= 65536
     header = np.zeros(SHARD_HEADER_INTS, dtype="<i4")
-    header[0], header[1], header[2] = SHARD_MAGIC, SHARD_VERSION, tokens.size
+    header[0], header[1] = (SHARD_MAGIC_U32, SHARD_VERSION_U32) if wide else (SHARD_MAGIC,
+                                                                              SHARD_VERSION)
+    header[2] = tokens.size
     with open(path, "wb") as f:
         f.write(header.tobytes())
-        f.write(tokens.astype("<u2").tobytes())
+        f.write(tokens.astype("<u4" if wide else "<u2").tobytes())
 
 
 def read_token_shard(path) -> np.ndarray:
     with open(path, "rb") as f:
         header = np.frombuffer(f.read(SHARD_HEADER_INTS * 4), dtype="<i4")
-        assert header[0] == SHARD_MAGIC and header[1] == SHARD_VERSION, path
-        tokens = np.frombuffer(f.read(), dtype="<u2")
+        formats = {SHARD_MAGIC: (SHARD_VERSION, "<u2"), SHARD_MAGIC_U32: (SHARD_VERSION_U32, "<u4")}
+        assert header[0] in formats and header[1] == formats[header[0]][0], path
+        tokens = np.frombuffer(f.read(), dtype=formats[header[0]][1])
     assert tokens.size == header[2], path
     return tokens
 

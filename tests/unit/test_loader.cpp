@@ -5,6 +5,7 @@
 #include <fstream>
 #include <numeric>
 #include <set>
+#include <span>
 
 #include "triad/core/error.h"
 #include "triad/data/loader.h"
@@ -114,6 +115,56 @@ TEST_F(LoaderTest, BadShardsAreRefusedWithTheirName) {
   EXPECT_NE(e.find("v.bin"), std::string::npos) << e;
   EXPECT_NE(e.find("1000"), std::string::npos) << e;
   EXPECT_NE(e.find("vocab_size"), std::string::npos) << e;
+}
+
+// llm.c's uint32 shards (magic 20240801, version 7, as its Llama 3 data scripts write them) for
+// vocabularies above 65536, read beside GPT-2's uint16 ones in one glob, each by its header.
+TEST_F(LoaderTest, Uint32ShardsHoldIdsAbove65535) {
+  shard("a.bin", iota(9, 40));  // uint16: 2 sequences of 4
+  const std::vector<uint32_t> wide = {70000, 65535, 65536, 131071, 5, 99999, 7, 100000, 1};
+  const std::string b = (dir_ / "b.bin").string();
+  write_token_shard(b, std::span<const uint32_t>(wide));
+  const ShardHeader h = read_token_shard_header(b);
+  EXPECT_EQ(h.count, 9);
+  EXPECT_EQ(h.token_bytes, 4);
+  EXPECT_EQ(fs::file_size(b), 1024u + 4u * 9u);
+  {  // the header, as llm.c writes it
+    std::ifstream f(b, std::ios::binary);
+    int32_t head[3];
+    f.read(reinterpret_cast<char*>(head), sizeof head);
+    EXPECT_EQ(head[0], 20240801);
+    EXPECT_EQ(head[1], 7);
+    EXPECT_EQ(head[2], 9);
+  }
+  EXPECT_EQ(read_token_shard(b), wide);
+  SequenceSource src((dir_ / "*.bin").string(), "data.train", 4, 131072);
+  ASSERT_EQ(src.num_sequences(), 4);
+  std::vector<int32_t> in(4), tg(4);
+  src.read(1, in.data(), tg.data());
+  EXPECT_EQ(in, (std::vector<int32_t>{44, 45, 46, 47}));
+  src.read(2, in.data(), tg.data());
+  EXPECT_EQ(in, (std::vector<int32_t>{70000, 65535, 65536, 131071}));
+  EXPECT_EQ(tg, (std::vector<int32_t>{65535, 65536, 131071, 5}));
+  src.read(3, in.data(), tg.data());
+  EXPECT_EQ(tg, (std::vector<int32_t>{99999, 7, 100000, 1}));
+  // An id at or above the vocabulary is refused, naming the shard; a magic with the other
+  // format's version, and a size that does not match 4-byte tokens, are refused too.
+  std::string e = error_of(b, 4, 100000);
+  EXPECT_NE(e.find("b.bin"), std::string::npos) << e;
+  EXPECT_NE(e.find("token id 131071"), std::string::npos) << e;
+  {
+    std::fstream f(b, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(4);
+    const int32_t v1 = 1;
+    f.write(reinterpret_cast<const char*>(&v1), 4);
+  }
+  e = error_of(b, 4, 200000);
+  EXPECT_NE(e.find("unsupported version 1"), std::string::npos) << e;
+  EXPECT_NE(e.find("version 7"), std::string::npos) << e;
+  write_token_shard(b, std::span<const uint32_t>(wide));
+  fs::resize_file(b, fs::file_size(b) - 2);
+  e = error_of(b, 4, 200000);
+  EXPECT_NE(e.find("truncated"), std::string::npos) << e;
 }
 
 TEST_F(LoaderTest, MissingEmptyAndTooShortDataAreRefused) {

@@ -1,5 +1,7 @@
-// Token shard files (DESIGN.md §5), llm.c's format: a header of 256 little-endian int32
-// ([0] magic 20240520, [1] version 1, [2] token count), then the tokens as uint16.
+// Token shard files (DESIGN.md §5), llm.c's two formats: a header of 256 little-endian int32
+// ([0] magic, [1] version, [2] token count), then the tokens: uint16 in GPT-2's format (magic
+// 20240520, version 1), uint32 in the format llm.c writes for Llama 3 (magic 20240801, version
+// 7), which holds vocabularies above 65536. The loader reads both, shard by shard.
 #pragma once
 
 #include <cstdint>
@@ -9,18 +11,33 @@
 
 namespace triad {
 
-inline constexpr int32_t kShardMagic = 20240520;
-inline constexpr int32_t kShardVersion = 1;
+struct ShardFormat {
+  int32_t magic, version;
+  int token_bytes;  // 2 (uint16) or 4 (uint32)
+};
+inline constexpr ShardFormat kShardUint16{20240520, 1, 2};
+inline constexpr ShardFormat kShardUint32{20240801, 7, 4};
 inline constexpr size_t kShardHeaderInts = 256;
 
-// Reads the header only and returns the token count, after checking magic, version and that
-// the file size is exactly header + 2·count bytes. Throws triad::Error naming the file.
-int64_t read_token_shard_count(const std::string& path);
+struct ShardHeader {
+  int64_t count = 0;    // tokens
+  int token_bytes = 2;  // of the format the magic names
+};
 
-// Reads and validates a whole shard (as above).
-std::vector<uint16_t> read_token_shard(const std::string& path);
+// Reads the header only, after checking that the magic names one of the formats, that the
+// version is that format's, and that the file size is exactly header + count·token_bytes.
+// Throws triad::Error naming the file.
+ShardHeader read_token_shard_header(const std::string& path);
+inline int64_t read_token_shard_count(const std::string& path) {
+  return read_token_shard_header(path).count;
+}
 
-// Writes a shard atomically (path + ".tmp", then rename).
+// Reads and validates a whole shard of either format (as above).
+std::vector<uint32_t> read_token_shard(const std::string& path);
+
+// Writes a shard atomically (path + ".tmp", then rename): uint16 tokens in GPT-2's format,
+// uint32 tokens in the wide one.
 void write_token_shard(const std::string& path, std::span<const uint16_t> tokens);
+void write_token_shard(const std::string& path, std::span<const uint32_t> tokens);
 
 }  // namespace triad
