@@ -82,6 +82,7 @@ class Dims:
     mlp_hidden: int = 0
     tied: bool = True
     n_kv_head: int = 0  # key/value heads; 0: n_head (no grouped-query attention)
+    qk_norm: bool = False  # q_norm / k_norm per head (model.qk_norm): no export format holds it
 
     @property
     def kv(self) -> int:
@@ -91,7 +92,8 @@ class Dims:
     def gpt2(self) -> bool:
         return (self.position, self.norm, self.bias, self.mlp, self.tied) == \
             ("learned", "layernorm", True, "gelu", True) and \
-            self.mlp_hidden in (0, 4 * self.n_embd) and self.kv == self.n_head
+            self.mlp_hidden in (0, 4 * self.n_embd) and self.kv == self.n_head and \
+            not self.qk_norm
 
     @property
     def padded_vocab_size(self) -> int:  # DESIGN.md §3 at tp = 1
@@ -117,7 +119,7 @@ class Dims:
         if not self.gpt2:
             a.update(position=self.position, norm=self.norm, bias=int(self.bias), mlp=self.mlp,
                      mlp_hidden=self.mlp_hidden or 4 * self.n_embd,
-                     tie_embeddings=int(self.tied), n_kv_head=self.kv)
+                     tie_embeddings=int(self.tied), n_kv_head=self.kv, qk_norm=int(self.qk_norm))
             if self.position == "rope":
                 a["rope_theta"] = float(self.rope_theta)
         return a
@@ -133,6 +135,8 @@ class Dims:
                         n_kv_head=self.kv)
             if self.position == "rope":
                 keys["rope_theta"] = self.rope_theta
+            if self.qk_norm:
+                keys["qk_norm"] = "true"
         return "".join(f"{k} = {v}\n" for k, v in keys.items())
 
 
@@ -723,6 +727,11 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
     if not rep.ok:
         raise ConvertError(rep.headline())
     a = rep.model_attrs
+    if a.get("qk_norm", 0) == 1:  # before the other options: no format below holds it
+        raise ConvertError(f"{path}: the model normalizes each attention head's q and k "
+                           f"(model.qk_norm = true, tensors attn/q_norm and attn/k_norm); "
+                           f"Hugging Face's GPT-2 and Llama and llm.c's format have no such "
+                           f"weights, so it is not exported")
     if (a.get("position"), a.get("norm"), int(a.get("bias", 1)), a.get("mlp")) == \
             ("rope", "rmsnorm", 0, "swiglu"):
         return open_triad_llama(path, a)

@@ -68,11 +68,13 @@ def resolve_checkpoint_path(p: str | Path) -> Path:
 def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
     """Parameter names and shapes of DESIGN.md §3 from the /model attributes (no wpe when the
     attribute position is rope: rotary positions; no LayerNorm biases when norm is rmsnorm;
-    c_attn's k and v rows for n_kv_head heads)."""
+    c_attn's k and v rows for n_kv_head heads; q_norm and k_norm [head_dim] when qk_norm is 1)."""
     L, C, T, V = (int(a[k]) for k in ("n_layer", "n_embd", "seq_len", "padded_vocab_size"))
     H = int(a["n_head"])
     # c_attn: q (C rows), then k and v with n_kv_head heads of C / n_head rows (absent: n_head)
     W = C + 2 * int(a.get("n_kv_head", H)) * (C // H) if H > 0 else 3 * C
+    hd = C // H if H > 0 else 0
+    qk = a.get("qk_norm", 0) == 1  # model.qk_norm (absent: a file from before it, 0)
     s = {"wte/weight": (V, C), "ln_f/weight": (C,), "ln_f/bias": (C,)}
     if a.get("position", "learned") != "rope":
         s["wpe/weight"] = (T, C)
@@ -81,6 +83,10 @@ def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
         s.update({
             p + "ln_1/weight": (C,), p + "ln_1/bias": (C,),
             p + "attn/c_attn/weight": (W, C), p + "attn/c_attn/bias": (W,),
+        })
+        if qk:  # per-head RMSNorm weights of q and k, after c_attn in checkpoint order
+            s.update({p + "attn/q_norm/weight": (hd,), p + "attn/k_norm/weight": (hd,)})
+        s.update({
             p + "attn/c_proj/weight": (C, C), p + "attn/c_proj/bias": (C,),
             p + "ln_2/weight": (C,), p + "ln_2/bias": (C,),
             p + "mlp/c_fc/weight": (4 * C, C), p + "mlp/c_fc/bias": (4 * C,),
@@ -275,8 +281,8 @@ def _check(rep: Report) -> None:
     elif position == "rope" and not (isinstance(ma["rope_theta"], (int, float))
                                      and math.isfinite(ma["rope_theta"]) and ma["rope_theta"] > 1):
         P.append(f"/model attribute rope_theta = {ma['rope_theta']!r}, not a finite number > 1")
-    for flag in ("bias", "tie_embeddings"):
-        if ma.get(flag, 1) not in (0, 1):
+    for flag, absent in (("bias", 1), ("tie_embeddings", 1), ("qk_norm", 0)):
+        if ma.get(flag, absent) not in (0, 1):
             P.append(f"/model attribute {flag} = {ma[flag]!r}, expected 0 or 1")
     if not (isinstance(ma.get("mlp_hidden", 1), int) and ma.get("mlp_hidden", 1) >= 1):
         P.append(f"/model attribute mlp_hidden = {ma['mlp_hidden']!r}, not a positive count")

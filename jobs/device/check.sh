@@ -320,13 +320,14 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
     # The same 50 steps with optim.name = muon (Newton-Schulz through cuBLAS, its element-wise
     # kernels), and with Llama's blocks (model.position = rope, model.norm = rmsnorm, model.mlp =
     # swiglu, model.bias = false, model.tie_embeddings = false: the rope and SwiGLU kernels, the
-    # LayerNorm kernels without centering or bias, products without bias epilogues) and multi-query
+    # LayerNorm kernels without centering or bias, products without bias epilogues), multi-query
     # attention (model.n_kv_head = 1 of 2 heads: the key/value head expansion and its reduction
-    # around the flash kernels), on the GPU against the CPU's.
+    # around the flash kernels) and QK-norm (its per-head norm kernels), on the GPU against the
+    # CPU's.
     for tag in muon rope; do
       opts=(--optim.name muon --train.norms_every 10)
       [[ $tag == rope ]] && opts=(--model.position rope --model.norm rmsnorm --model.mlp swiglu --model.bias false
-                                  --model.tie_embeddings false --model.n_kv_head 1)
+                                  --model.tie_embeddings false --model.n_kv_head 1 --model.qk_norm true)
       for v in "${variants[@]}"; do
         read -r be pr <<<"$v"
         timeout "$(tmo 90 150)" "$B/triad-train" --config "$W/tiny.ini" --run.backend "$be" --run.precision "$pr" \
@@ -534,7 +535,7 @@ res "generation on the GPU" "${GEN_ROW:-not run}"
 CHOICE_ROW=$(sed -n 's/^RESULT_CHOICES //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)
 res "multiple choice on the GPU" "${CHOICE_ROW:-failed}"
 res "Muon 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_MUON //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
-res "Llama blocks (multi-query) 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_ROPE //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
+res "Llama blocks (multi-query, QK-norm) 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_ROPE //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "layer norms GPU vs CPU" "$(sed -n 's/^RESULT_NORMS //p' "$RUN/gpu.txt" 2>/dev/null)"
 res "2 ranks on one GPU" "$(sed -n 's/^RESULT_NP2 //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "NCCL Comm in training" "$(sed -n 's/^RESULT_NCCL //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -) ($(sed -n 's/^RESULT_NCCL_LINE //p' "$RUN/gpu.txt" 2>/dev/null))"

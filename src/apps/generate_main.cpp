@@ -160,6 +160,7 @@ int main(int argc, char** argv) {
     shape.mlp_hidden = int(m.mlp_hidden);
     shape.tied = m.tied;
     shape.n_kv_head = int(m.n_kv_head);
+    shape.qk_norm = m.qk_norm;
     TRIAD_CHECK(!bf16 || m.n_embd % 2 == 0,
                 "--precision bf16 needs an even n_embd (the checkpoint's is ", m.n_embd, ")");
     TRIAD_CHECK(m.n_head % tp == 0, "--tp ", tp, " does not divide the model's ", m.n_head,

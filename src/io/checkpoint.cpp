@@ -625,14 +625,15 @@ CheckpointState read_state(hid_t file) {
   s.model.norm = io::read_string_attr(model, "norm").value_or("layernorm");
   TRIAD_CHECK(s.model.norm == "layernorm" || s.model.norm == "rmsnorm",
               "attribute norm of /model is '", s.model.norm, "', not layernorm or rmsnorm");
-  // The model's 0/1 switches, 1 (GPT-2's) where absent.
-  auto flag = [&](const char* name) {
-    const int64_t v = io::read_int64_attr(model, name).value_or(1);
+  // The model's 0/1 switches, GPT-2's setting where absent (1, or `absent`).
+  auto flag = [&](const char* name, int64_t absent = 1) {
+    const int64_t v = io::read_int64_attr(model, name).value_or(absent);
     TRIAD_CHECK(v == 0 || v == 1, "attribute ", name, " of /model is ", v, ", not 0 or 1");
     return v == 1;
   };
   s.model.bias = flag("bias");
   s.model.tied = flag("tie_embeddings");
+  s.model.qk_norm = flag("qk_norm", 0);
   s.model.mlp = io::read_string_attr(model, "mlp").value_or("gelu");
   TRIAD_CHECK(s.model.mlp == "gelu" || s.model.mlp == "swiglu", "attribute mlp of /model is '",
               s.model.mlp, "', not gelu or swiglu");
@@ -959,6 +960,7 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
           io::write_string_attr(model, "mlp", state.model.mlp);
           if (state.model.mlp_hidden > 0)  // 0: not given (the default, 4·n_embd)
             io::write_int64_attr(model, "mlp_hidden", state.model.mlp_hidden);
+          io::write_int64_attr(model, "qk_norm", state.model.qk_norm ? 1 : 0);
           if (state.model.n_kv_head > 0)  // 0: not given (n_head)
             io::write_int64_attr(model, "n_kv_head", state.model.n_kv_head);
         }

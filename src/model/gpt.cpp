@@ -15,8 +15,9 @@ namespace {
 
 size_t aligned(size_t n) { return (n + 15) / 16 * 16; }  // 64-byte aligned tensors
 
-// The 12 tensors of layer l in buffer order, as (name suffix, shape, split axis, blocks);
-// axis -1 = replicated over the tensor-parallel group (DESIGN.md §3 splits).
+// The tensors of layer l in buffer order (DESIGN.md §3's 12, and q_norm, k_norm), as (name suffix,
+// shape, split axis, blocks); axis -1 = replicated over the tensor-parallel group (DESIGN.md §3
+// splits).
 struct LayerTensor {
   const char* name;
   std::vector<int64_t> shape;
@@ -30,12 +31,14 @@ std::vector<LayerTensor> all_layer_tensors(const GptShape& shape) {
   // the same NKV/tp heads of every block, so its query heads h are those whose key/value heads
   // h % NKV it holds. attn.c_proj's input columns (one head's hd each) follow its query heads:
   // NH/NKV blocks (1 without grouped-query attention).
-  const int64_t W = shape.qkv_rows();
+  const int64_t W = shape.qkv_rows(), hd = C / shape.n_head;
   const int q_blocks = shape.n_head / shape.kv_heads();
   return {{"ln_1/weight", {C}, -1, 1},
           {"ln_1/bias", {C}, -1, 1},
           {"attn/c_attn/weight", {W, C}, 0, q_blocks + 2},
           {"attn/c_attn/bias", {W}, 0, q_blocks + 2},
+          {"attn/q_norm/weight", {hd}, -1, 1},  // model.qk_norm: shared by the heads
+          {"attn/k_norm/weight", {hd}, -1, 1},
           {"attn/c_proj/weight", {C, C}, 1, q_blocks},  // row-parallel: input columns
           {"attn/c_proj/bias", {C}, -1, 1},             // added once, after the all-reduce
           {"ln_2/weight", {C}, -1, 1},
@@ -48,6 +51,7 @@ std::vector<LayerTensor> all_layer_tensors(const GptShape& shape) {
 
 // Whether a model of this shape has the tensor of a layer (or ln_f) with this name suffix.
 bool has_tensor(const GptShape& shape, const std::string& suffix) {
+  if (suffix.ends_with("_norm/weight") && suffix.starts_with("attn/")) return shape.qk_norm;
   if (!suffix.ends_with("/bias")) return true;
   if (!shape.bias) return false;
   return !(shape.rmsnorm && suffix.starts_with("ln_"));
@@ -459,7 +463,8 @@ void Gpt::init(uint64_t seed) {
   for (const auto& t : gpt_parameter_layout(shape_)) {
     full.assign(t.numel, 0.0f);
     const bool is_bias = t.name.ends_with("/bias");
-    const bool is_norm = t.name.find("ln_") != std::string::npos;
+    const bool is_norm =
+        t.name.find("ln_") != std::string::npos || t.name.ends_with("_norm/weight");
     if (is_norm && !is_bias) {
       std::fill(full.begin(), full.end(), 1.0f);
     } else if (!is_bias) {

@@ -32,6 +32,10 @@ struct Gpt::Set {
     A *ln1, *ln1g, *ln2g;  // ln_1(x); the same over all rows (sequence parallel; else aliases)
     float *ln1_mean, *ln1_rstd;  //
     A *qkv, *atty;               // attention internals (local heads)
+    // model.qk_norm: c_attn's output before the norm (qkv holds it normalized), and each row's
+    // per-head 1/rms [rows, NHl + NKVl].
+    A* qkv_pre = nullptr;
+    float* qk_rstd = nullptr;
     float* att;                  // fp32: probabilities [B,NH,T,T]; bf16: log-sum-exp [B,NH,T]
     A* attproj;                  // c_proj output (shared scratch: forward only)
     A* residual2;                // x + attn
@@ -75,7 +79,8 @@ struct Gpt::Activations {
   float* ce_stats = nullptr;
   A* logits = nullptr;  // last chunk held: logits_rows × V/tp, the classifier's chunk (dlogits)
   // Sequence parallel: partial sums over all rows before a reduce-scatter, gathered gradients,
-  // and one LayerNorm's weight and bias gradients before their all-reduce.
+  // and one LayerNorm's weight and bias gradients before their all-reduce (or, tp > 1 and
+  // qk_norm, those of q_norm and k_norm).
   A* full = nullptr;
   float* ln_grads = nullptr;
   A *proj = nullptr, *ln_local = nullptr;
@@ -116,6 +121,10 @@ struct Gpt::Activations {
       if (means) want_f(L.ln1_mean, R);
       want_f(L.ln1_rstd, R);
       want(L.qkv, BT * Wl);
+      if (s.qk_norm) {
+        want(L.qkv_pre, BT * Wl);
+        want_f(L.qk_rstd, BT * size_t(s.n_head + s.kv_heads()) / size_t(mp.tp));
+      }
       if (!inference) want_f(L.att, att);  // inference attends without (attention_decode)
       want(L.atty, BT * Cl);
       want(L.residual2, R * C);
@@ -183,10 +192,10 @@ struct Gpt::Activations {
     if (any_recompute && recompute.mode == Recompute::full) want_internals(work, true);
     want(proj, R * C);
     if (sp) want(ln_local, R * C);
-    if (sp) {
-      want(full, BT * C);
-      want_f(ln_grads, 2 * C);
-    }
+    if (sp) want(full, BT * C);
+    // One LayerNorm's (sequence parallel) or the q and k norms' (2·hd) weight gradients before
+    // their tensor-parallel all-reduce.
+    if (sp || (s.qk_norm && mp.tp > 1)) want_f(ln_grads, 2 * C);
     if (!kFp32) {
       if (mp.tp > 1) want_f(reduce_wide, BT * C + R * C);
       want_f(row_wide, size_t(s.padded_vocab_size));

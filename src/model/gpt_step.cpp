@@ -21,18 +21,21 @@ namespace {
 // fp32 gradients).
 template <class T>
 struct LayerTensors {
-  T *ln1w, *ln1b, *qkvw, *qkvb, *projw, *projb, *ln2w, *ln2b, *fcw, *fcb, *fcprojw, *fcprojb;
+  T *ln1w, *ln1b, *qkvw, *qkvb, *qnw, *knw, *projw, *projb, *ln2w, *ln2b, *fcw, *fcb, *fcprojw,
+      *fcprojb;
 };
 
-// The layer's tensors are specs[first ..]; pos[k] is where the k-th of the 12 of DESIGN.md §3
-// sits among them, -1 for a bias the model does not have (a null pointer, as the ops take it).
+// The layer's tensors are specs[first ..]; pos[k] is where the k-th of its 14 possible ones (in
+// all_layer_tensors' order) sits among them, -1 for a bias or norm the model does not have (a
+// null pointer, as the ops take it).
 template <class T>
 LayerTensors<T> layer_tensors(T* base, const std::vector<ParamSpec>& specs, int first,
-                              const int (&pos)[12]) {
+                              const int (&pos)[14]) {
   auto at = [&](int k) -> T* {
     return pos[k] < 0 ? nullptr : base + specs[size_t(first + pos[k])].offset;
   };
-  return {at(0), at(1), at(2), at(3), at(4), at(5), at(6), at(7), at(8), at(9), at(10), at(11)};
+  return {at(0), at(1), at(2), at(3),  at(4),  at(5),  at(6),
+          at(7), at(8), at(9), at(10), at(11), at(12), at(13)};
 }
 
 }  // namespace
@@ -112,6 +115,24 @@ void Gpt::layernorm_backward(A* dinp, float* dw, float* db, const A* dout, const
   if (db != nullptr) be_.accumulate(db, g + C, size_t(C));
 }
 
+template <class A>
+void Gpt::qk_norm_backward(A* dqkv, float* dwq, float* dwk, const A* qkv_pre, const A* wq,
+                           const A* wk, const float* rstd, int N) {
+  const int Cl = shape_.n_embd / mp_.tp, NHl = shape_.n_head / mp_.tp;
+  const int NKVl = shape_.kv_heads() / mp_.tp, hd = shape_.n_embd / shape_.n_head;
+  constexpr GradMode kSet = GradMode::overwrite;
+  if (mp_.tp == 1) {
+    be_.qk_norm_backward(dqkv, dwq, dwk, dqkv, qkv_pre, wq, wk, rstd, N, Cl, NHl, NKVl, kSet);
+    return;
+  }
+  float* g = acts<A>().ln_grads;
+  be_.zero(g, 2 * size_t(hd));
+  be_.qk_norm_backward(dqkv, g, g + hd, dqkv, qkv_pre, wq, wk, rstd, N, Cl, NHl, NKVl, kSet);
+  tp_all_reduce(g, 2 * size_t(hd));
+  be_.accumulate(dwq, g, size_t(hd));
+  be_.accumulate(dwk, g + hd, size_t(hd));
+}
+
 // Token ids as this rank's slice of the vocabulary sees them: id − vocab_begin inside the
 // slice, −1 (held by another rank) outside. With tp = 1 they are the ids themselves.
 void Gpt::upload_ids(const int32_t* inputs, const int32_t* targets, int N) {
@@ -158,8 +179,14 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   const A* projb = mp_.tp_rank == 0 ? w.projb : nullptr;  // bias added once
   A* attproj = mp_.split_rows() ? acts<A>().full : L.attproj;
   const A* ln1 = gather_rows(L.ln1, L.ln1g, N);
+  // c_attn into dst (N rows), through the q and k norms (model.qk_norm) from the kept qkv_pre.
+  auto project = [&](A* dst) {
+    be_.matmul_forward(shape_.qk_norm ? L.qkv_pre : dst, ln1, w.qkvw, w.qkvb, N, C, Wl);
+    if (shape_.qk_norm)
+      be_.qk_norm_forward(dst, L.qk_rstd, L.qkv_pre, w.qnw, w.knw, N, Cl, NHl, NKVl);
+  };
   if (!decoding_) {
-    be_.matmul_forward(L.qkv, ln1, w.qkvw, w.qkvb, N, C, Wl);
+    project(L.qkv);
     rotate(L.qkv, N, T, 0, false);
     // A model for inference keeps nothing for a backward pass: not even the probabilities (fp32)
     // or the log-sum-exp (bf16) the training attention saves.
@@ -174,11 +201,11 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
     const int S_len = shape_.seq_len;
     const size_t row = size_t(Wl);
     if (B == 1) {
-      be_.matmul_forward(L.qkv + size_t(pos0) * row, ln1, w.qkvw, w.qkvb, N, C, Wl);
+      project(L.qkv + size_t(pos0) * row);
       rotate(L.qkv + size_t(pos0) * row, N, T, pos0, false);
     } else {
       A* fresh = decode_scratch<A>();
-      be_.matmul_forward(fresh, ln1, w.qkvw, w.qkvb, N, C, Wl);
+      project(fresh);
       rotate(fresh, N, T, pos0, false);
       for (int b = 0; b < B; ++b)
         be_.copy(words(L.qkv + (size_t(b) * S_len + pos0) * row),
@@ -418,7 +445,9 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
                              kSet);
     else  // flash style: probabilities recomputed from qkv and the saved log-sum-exp
       be_.attention_backward(dqkv, a.datty, L.qkv, L.atty, L.att, B, T, Cl, NHl, NKVl, kSet);
-    rotate(dqkv, N, T, 0, true);  // the gradient of c_attn's output, before the rotation
+    rotate(dqkv, N, T, 0, true);  // the gradient of the normalized q|k|v, before the rotation
+    if (shape_.qk_norm)           // ... and of c_attn's output, before the norm
+      qk_norm_backward(dqkv, gr.qnw, gr.knw, L.qkv_pre, w.qnw, w.knw, L.qk_rstd, N);
     be_.matmul_backward(dpart, wgrad(gr.qkvw), wgrad(gr.qkvb), dqkv, L.ln1g, w.qkvw, N, C, Wl,
                         kSet);
     reduce_rows(dpart, a.dln, N);

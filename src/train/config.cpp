@@ -46,6 +46,8 @@ class KeyTable {
         "swiglu)");
     add("model.tie_embeddings", c.model.tie_embeddings,
         "the output layer is wte (true, GPT-2) or a tensor lm_head of its own (false, as Llama)");
+    add("model.qk_norm", c.model.qk_norm,
+        "per-head RMSNorm of q and k after c_attn, with weights q_norm and k_norm (as Qwen3)");
     add("model.bias", c.model.bias,
         "biases in the linear layers and LayerNorms (false: none, as nanoGPT's bias = False)");
     add("train.steps", c.train.steps, "optimizer steps");

@@ -55,6 +55,7 @@ GptShape gpt_shape(const Config& cfg) {
   s.mlp_hidden = cfg.mlp_hidden_size();
   s.tied = m.tie_embeddings;
   s.n_kv_head = m.n_kv_head;
+  s.qk_norm = m.qk_norm;
   return s;
 }
 

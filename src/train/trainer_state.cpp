@@ -272,6 +272,7 @@ CheckpointState Trainer::State::checkpoint_state() const {
   st.model.mlp_hidden = cfg.mlp_hidden_size();
   st.model.tied = cfg.model.tie_embeddings;
   st.model.n_kv_head = cfg.model.kv_heads();
+  st.model.qk_norm = cfg.model.qk_norm;
   st.loss_window = loss_window.values();
   st.norm_window = norm_window.values();
   st.skipped_in_a_row = skipped_in_a_row;
@@ -333,6 +334,10 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
   TRIAD_CHECK(m.n_kv_head == c.kv_heads(), "checkpoint ", path, " holds a model with ", m.n_kv_head,
               " key/value heads but the config asks for ", c.kv_heads(),
               " (model.n_kv_head = ", c.n_kv_head, ")");
+  TRIAD_CHECK(
+      m.qk_norm == c.qk_norm, "checkpoint ", path, " holds a model ",
+      m.qk_norm ? "with" : "without",
+      " q and k norms but the config asks for model.qk_norm = ", c.qk_norm ? "true" : "false");
 }
 
 CheckpointState Trainer::State::load_weights(const std::string& path) {

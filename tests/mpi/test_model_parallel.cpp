@@ -376,6 +376,38 @@ TEST(ModelParallel, GroupedQueryAttentionMatchesOneRankOnEveryGrid) {
       expect_same_training(run(dir, "mqa_" + g.name(), g, mqa), qref, "mqa " + g.name());
 }
 
+// QK-norm (model.qk_norm): q_norm and k_norm are replicated over the tensor-parallel group
+// while each rank normalizes its own heads, so their gradients are all-reduced there; with
+// grouped-query attention and Llama's blocks, on every grid against one rank, recomputing the
+// layer (which normalizes again), in bf16, resumed across grids, and with Muon at tp = 2.
+TEST(ModelParallel, QkNormMatchesOneRankOnEveryGrid) {
+  const std::vector<std::string> opts = {
+      "--model.qk_norm", "true",    "--model.n_kv_head", "2",     "--model.position", "rope",
+      "--model.norm",    "rmsnorm", "--model.mlp",       "swiglu"};
+  const Result ref = check_variant("qknorm", opts,
+                                   {{2, 1, 1, 1, 2, "1f1b", 1},
+                                    {1, 2, 1, 0, 1, "1f1b", 1},
+                                    {1, 2, 1, 1, 2, "1f1b", 1, true},
+                                    {1, 1, 2, 0, 4, "zb-h1", 1},
+                                    {2, 2, 2, 1, 2, "interleaved", 2}},
+                                   {"full"}, true, Grid{1, 2, 1, 0, 2, "1f1b", 1});
+  std::vector<std::string> muon = opts;
+  muon.insert(muon.end(), {"--resume", "none", "--optim.name", "muon", "--optim.muon_lr", "0.02"});
+  const std::string dir = shared_dir("qknorm");
+  const Result mref = run(dir, "qk_muon_ref", Grid{}, muon);
+  const Grid tp2{2, 2, 1, 1, 2, "1f1b", 1};
+  if (tp2.ranks() <= world_size())
+    expect_same_training(run(dir, "qk_muon_" + tp2.name(), tp2, muon), mref,
+                         "qk_norm muon " + tp2.name());
+  // The norms change the model: the same run without them differs.
+  std::vector<std::string> without = opts;
+  without[1] = "false";
+  without.insert(without.end(), {"--resume", "none"});
+  const Result plain = run(dir, "qk_off_ref", Grid{}, without);
+  ASSERT_FALSE(ref.losses.empty() || plain.losses.empty());
+  EXPECT_GT(std::abs(plain.losses.back() - ref.losses.back()), 1e-4);
+}
+
 TEST(ModelParallel, CheckpointsReshardAcrossTensorAndPipelineGrids) {
   const std::string dir = shared_dir("reshard");
   const Grid big{2, 2, 2, 1, 2, "1f1b", 1};

@@ -344,6 +344,38 @@ def test_gpt2_blocks_with_grouped_query_attention(tmp_path):
     assert p.returncode == 1 and "n_kv_head = 3, not a positive divisor of n_head 4" in p.stdout
 
 
+def test_qk_norm_checkpoints_are_checked_and_not_exported(tmp_path):
+    """model.qk_norm (files the reference writes): triad-ckpt expects q_norm and k_norm [hd] in
+    each layer after the attribute; no export format holds them, so GPT-2's blocks and Llama's
+    architecture with QK-norm are both refused, naming model.qk_norm, and nothing is written."""
+    for name, cfg in (("gpt2", ref.GptConfig(n_layer=2, n_head=4, n_embd=32, seq_len=16,
+                                             vocab_size=300, qk_norm=True)),
+                      ("llama", ref.GptConfig(n_layer=2, n_head=4, n_embd=32, seq_len=16,
+                                              vocab_size=300, position="rope", norm="rmsnorm",
+                                              bias=False, mlp="swiglu", tied=False, n_kv_head=2,
+                                              qk_norm=True))):
+        ckpt = tmp_path / f"{name}.h5"
+        ref.write_checkpoint(ckpt, cfg, ref.random_weights(cfg, seed=1))
+        p = tool("triad-ckpt", ckpt)
+        assert p.returncode == 0 and "status: OK" in p.stdout, p.stdout + p.stderr
+        for t in ("q_norm", "k_norm"):
+            line = next(x for x in p.stdout.splitlines() if f"/model/h/1/attn/{t}/weight" in x)
+            assert "[8]" in line, line
+        for to in ("hf", "llmc"):
+            assert_clean_failure(tool("triad-convert", "export", ckpt, tmp_path / f"out-{to}",
+                                      "--to", to), f"{name}.h5", "model.qk_norm")
+            assert not (tmp_path / f"out-{to}").exists()
+            assert not list(tmp_path.glob(f".out-{to}*"))
+        # The attribute decides the layout: without it the two tensors are unexpected.
+        bad = tmp_path / f"{name}-bad.h5"
+        shutil.copy(ckpt, bad)
+        with h5py.File(bad, "r+") as f:
+            f["model"].attrs["qk_norm"] = np.int64(0)
+        p = tool("triad-ckpt", bad)
+        assert p.returncode == 1 and "unexpected dataset(s): h/0/attn/k_norm/weight" in p.stdout, \
+            p.stdout
+
+
 def test_model_without_biases_exports_as_gpt2_with_zero_biases(imported, tmp_path):
     """model.bias = false (nanoGPT's bias = False) is GPT-2 with every bias zero: the export
     writes zeros there, and transformers computes triad's validation loss."""

@@ -125,6 +125,10 @@ CASES = [
     # Multi-query attention (one key/value head) on GPT-2's blocks, with biases.
     Case("mqa", ref.GptConfig(n_layer=2, n_head=3, n_embd=48, seq_len=17, vocab_size=300,
                               n_kv_head=1), 3, 45, 7, 53),
+    # QK-norm (per-head RMSNorm of q and k, weights [hd]) with grouped-query attention and rope.
+    Case("qknorm", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
+                                 position="rope", rope_theta=500.0, norm="rmsnorm", n_kv_head=2,
+                                 qk_norm=True), 2, 40, 6, 61),
     # A vocabulary above 65536 (ids past 16 bits: the uint32 token shards, the embedding and the
     # classifier over 70,144 padded rows).
     Case("bigvocab", ref.GptConfig(n_layer=1, n_head=2, n_embd=32, seq_len=16,
@@ -138,7 +142,7 @@ def config_sections(case: Case, d: Path, **over) -> dict:
         "model": dict(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, seq_len=c.seq_len,
                       vocab_size=c.vocab_size, position=c.position, rope_theta=c.rope_theta,
                       norm=c.norm, bias=c.bias, mlp=c.mlp, mlp_hidden=c.mlp_hidden,
-                      tie_embeddings=c.tied, n_kv_head=c.n_kv_head),
+                      tie_embeddings=c.tied, n_kv_head=c.n_kv_head, qk_norm=c.qk_norm),
         "train": dict(steps=10, batch_size=2 * case.micro_batch,
                       micro_batch_size=case.micro_batch, lr=3e-3, warmup_steps=2,
                       schedule="cosine", min_lr_ratio=0.1, grad_clip=1.0, seed=5),
@@ -235,16 +239,21 @@ def test_reference_checkpoint_round_trip(tmp_path):
                                                 ("rope", "layernorm", True),
                                                 ("learned", "rmsnorm", True),
                                                 ("learned", "layernorm", False),
-                                                ("swiglu", "layernorm", True)])
+                                                ("swiglu", "layernorm", True),
+                                                ("qk_norm", "layernorm", True)])
 def test_reference_gradients_vs_autograd_finite_differences(position, norm, bias):
     """The reference itself: torch.autograd.gradcheck on a tiny float64 model."""
     mlp = "swiglu" if position == "swiglu" else "gelu"
+    qk = position == "qk_norm"  # QK-norm with rope and one key/value head for both query heads
     cfg = ref.GptConfig(n_layer=1, n_head=2, n_embd=8, seq_len=5, vocab_size=11,
-                        position="learned" if mlp == "swiglu" else position, rope_theta=7.0,
-                        norm=norm, bias=bias, mlp=mlp, mlp_hidden=12 if mlp == "swiglu" else 0)
+                        position="learned" if mlp == "swiglu" else "rope" if qk else position,
+                        rope_theta=7.0, norm=norm, bias=bias, mlp=mlp,
+                        mlp_hidden=12 if mlp == "swiglu" else 0, n_kv_head=1 if qk else 0,
+                        qk_norm=qk)
     w = ref.random_weights(cfg, seed=3, dtype=torch.float64)
     names = ["h/0/attn/c_attn/weight", "h/0/ln_1/weight", "wte/weight"]
     names += ["h/0/mlp/c_fc/bias"] if bias else []
+    names += ["h/0/attn/q_norm/weight", "h/0/attn/k_norm/weight"] if qk else []
     idx = torch.tensor([[1, 4, 2, 9, 0]])
     tgt = torch.tensor([[4, 2, 9, 0, 10]])
 
@@ -575,4 +584,5 @@ def test_layer_norms_match_torch(tmp_root, tmp_path):
 
 # Chosen from the printed norms so that clipping triggers in some steps but not all.
 GRAD_CLIP = {"gpt2vocab": 1.0, "oddshapes": 1.0, "rope": 1.0, "rmsnorm": 1.2, "nobias": 1.0,
-             "swiglu": 1.1, "llama": 1.7, "gqa": 1.7, "mqa": 1.0, "bigvocab": 1.0}
+             "swiglu": 1.1, "llama": 1.7, "gqa": 1.7, "mqa": 1.0, "bigvocab": 1.0,
+             "qknorm": 1.15}

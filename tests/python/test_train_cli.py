@@ -63,6 +63,7 @@ def test_help_lists_every_key_with_defaults():
     (["--model.mlp", "relu2"], ["model.mlp", "gelu or swiglu"]),
     (["--model.mlp_hidden", "-8"], ["model.mlp_hidden", ">= 0"]),
     (["--model.n_kv_head", "-1"], ["model.n_kv_head", ">= 0"]),
+    (["--model.qk_norm", "sometimes"], ["model.qk_norm"]),
     (["--model.vocab_size", "1"], ["model.vocab_size", "[2, 1073741824]"]),
     (["--model.vocab_size", "2000000000"], ["model.vocab_size", "[2, 1073741824]"]),
     (["--model.n_kv_head", "3"], ["model.n_kv_head", "must divide model.n_head"]),
@@ -378,6 +379,21 @@ def test_rmsnorm_checkpoints_hold_no_norm_biases_and_refuse_layernorm(tmp_path):
                              "--run.name", "j"), "2 key/value heads", "asks for 1")
     assert_clean_error(train("--config", cfg, "--model.n_kv_head", "1", "--parallel.tp", "2",
                              "--plan", "--plan-ranks", "2"), "parallel.tp", "model.n_kv_head (1)")
+    # QK-norm: q_norm and k_norm [hd] beside c_attn, the attribute, refused both ways.
+    qk = tmp_path / "runs" / "qk" / "ckpt" / "step_00000005.h5"
+    train("--config", tiny_config(tmp_path, name="qk"), "--model.qk_norm", "true",
+          "--train.steps", "5", check=True)
+    with h5py.File(qk, "r") as f:
+        assert int(f["model"].attrs["qk_norm"]) == 1
+        assert f["model/h/1/attn/q_norm/weight"].shape == f["model/h/1/attn/k_norm/weight"].shape
+        assert f["model/h/1/attn/q_norm/weight"].shape == (16,)
+        assert not np.allclose(f["model/h/1/attn/k_norm/weight"][()], 1.0)  # trained
+    with h5py.File(ln, "r") as f:
+        assert int(f["model"].attrs["qk_norm"]) == 0 and "q_norm" not in f["model/h/0/attn"]
+    assert_clean_error(train("--config", cfg, "--init-from", qk, "--run.name", "q"),
+                       "with q and k norms", "model.qk_norm = false")
+    assert_clean_error(train("--config", cfg, "--model.qk_norm", "true", "--init-from", ln,
+                             "--run.name", "p"), "without q and k norms", "model.qk_norm = true")
 
 
 def _spiky_run(tmp_path, name, **train):
@@ -566,7 +582,8 @@ def test_damaged_checkpoints(tmp_path):
             ("mlp", {"mlp": "relu2"}, "'relu2', not gelu or swiglu"),
             ("tied", {"tie_embeddings": 3}, "attribute tie_embeddings of /model is 3"),
             ("hidden", {"mlp_hidden": 0}, "attribute mlp_hidden of /model is 0"),
-            ("kv", {"n_kv_head": 3}, "attribute n_kv_head of /model is 3")):
+            ("kv", {"n_kv_head": 3}, "attribute n_kv_head of /model is 3"),
+            ("qk", {"qk_norm": 2}, "attribute qk_norm of /model is 2")):
         bad = tmp_path / f"bad_{name}.h5"
         bad.write_bytes(good.read_bytes())
         with h5py.File(bad, "r+") as f:

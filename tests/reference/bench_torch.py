@@ -156,7 +156,7 @@ def main():
     # The peer is GPT-2: a config with another architecture would be measured against the wrong
     # model, so it is refused rather than silently read as GPT-2.
     gpt2 = {"position": "learned", "norm": "layernorm", "bias": "true", "mlp": "gelu",
-            "mlp_hidden": "0", "tie_embeddings": "true", "n_kv_head": "0"}
+            "mlp_hidden": "0", "tie_embeddings": "true", "n_kv_head": "0", "qk_norm": "false"}
     same = {"n_kv_head": cp.get("model", "n_head", fallback="12").strip(),  # 0 means these
             "mlp_hidden": str(4 * int(cp.get("model", "n_embd", fallback="768")))}
     for key, default in gpt2.items():

@@ -41,7 +41,8 @@ import gpt_torch as ref  # noqa: E402
 def block(params: Dict[str, torch.Tensor], cfg: ref.GptConfig, i: int, x: torch.Tensor,
           cache: Optional[List[Tuple[torch.Tensor, torch.Tensor]]]) -> torch.Tensor:
     """Layer i on x [B, T_new, C] at the positions after those cached (cache: per layer (K, V) of
-    shape [B, kv heads, T_old, hd], extended here); cache None: x is the whole context."""
+    shape [B, kv heads, T_old, hd], extended here; K as attention uses it: normalized with
+    model.qk_norm and rotated with rope); cache None: x is the whole context."""
     p = f"h/{i}/"
     B, T, C = x.shape
     nh, kv, hd = cfg.n_head, cfg.kv_heads, cfg.head_dim
@@ -51,6 +52,9 @@ def block(params: Dict[str, torch.Tensor], cfg: ref.GptConfig, i: int, x: torch.
     q = q.reshape(B, T, nh, hd).transpose(1, 2)  # [B, nh, T, hd]
     k, v = (t.reshape(B, T, kv, hd).transpose(1, 2) for t in (k, v))  # [B, kv, T, hd]
     past = cache[i][0].shape[2] if cache is not None and len(cache) > i else 0
+    qn, kn = ref.qk_norm_weights(params, cfg, p)
+    if qn is not None:  # model.qk_norm: each q and k head RMSNormed, before the rotation
+        q, k = ref.rms_norm(q, qn), ref.rms_norm(k, kn)
     if cfg.position == "rope":  # the new rows sit at positions past ..; cached keys are rotated
         q, k = ref.rotary(q, cfg.rope_theta, past), ref.rotary(k, cfg.rope_theta, past)
     if cache is not None:

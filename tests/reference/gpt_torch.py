@@ -12,6 +12,7 @@ The model is a dict name -> tensor with the names and shapes of DESIGN.md §3:
     h/{i}/ln_1/{weight,bias} [C]
     h/{i}/attn/c_attn/weight [W, C]     h/{i}/attn/c_attn/bias [W]    (rows q | k | v,
                                                                        each head-major)
+    h/{i}/attn/q_norm/weight [hd]       h/{i}/attn/k_norm/weight [hd] (qk_norm only)
     h/{i}/attn/c_proj/weight [C, C]     h/{i}/attn/c_proj/bias [C]
     h/{i}/ln_2/{weight,bias} [C]
     h/{i}/mlp/c_fc/weight [4C, C]       h/{i}/mlp/c_fc/bias [4C]
@@ -20,7 +21,8 @@ The model is a dict name -> tensor with the names and shapes of DESIGN.md §3:
 
 Linear weights are [out, in]: y = x @ W.T + b. W = C + 2·n_kv_head·hd (3C without grouped-query
 attention): q has n_head heads, k and v n_kv_head each, and query head h attends with key/value
-head h % n_kv_head.
+head h % n_kv_head. qk_norm: q and k RMSNormed per head (weights [hd] shared by the heads, as
+Qwen3 and Gemma 3) right after c_attn, before rotary positions.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class GptConfig:
     mlp_hidden: int = 0  # 0: 4C for gelu; swiglu: the multiple of 64 at or above 8C/3
     tied: bool = True  # False: an output layer lm_head/weight [Vp, C] of its own
     n_kv_head: int = 0  # key/value heads (0: n_head); fewer: grouped-query attention
+    qk_norm: bool = False  # True: RMSNorm of each q and k head (q_norm, k_norm [hd]) after c_attn
 
     @property
     def hidden(self) -> int:
@@ -102,6 +105,9 @@ def param_shapes(cfg: GptConfig) -> Dict[str, tuple]:
             shapes[p + "ln_1/bias"] = (C,)
         shapes[p + "attn/c_attn/weight"] = (cfg.qkv_width, C)
         shapes[p + "attn/c_attn/bias"] = (cfg.qkv_width,)
+        if cfg.qk_norm:
+            shapes[p + "attn/q_norm/weight"] = (cfg.head_dim,)
+            shapes[p + "attn/k_norm/weight"] = (cfg.head_dim,)
         shapes[p + "attn/c_proj/weight"] = (C, C)
         shapes[p + "attn/c_proj/bias"] = (C,)
         shapes[p + "ln_2/weight"] = (C,)
@@ -125,14 +131,15 @@ def param_shapes(cfg: GptConfig) -> Dict[str, tuple]:
 def random_weights(cfg: GptConfig, seed: int, perturb: bool = True,
                    dtype=torch.float32) -> Dict[str, torch.Tensor]:
     """Seeded weights. perturb=False: DESIGN.md §3's init (N(0, 0.02), residual projections
-    N(0, 0.02/sqrt(2L)), biases 0, LN weight 1). perturb=True additionally makes biases and LN
-    parameters nonzero / non-unit so every term of the backward pass is exercised. Rows of wte
-    at or beyond vocab_size are zero (padding)."""
+    N(0, 0.02/sqrt(2L)), biases 0, LN, q_norm and k_norm weights 1). perturb=True additionally
+    makes biases and these norm weights nonzero / non-unit so every term of the backward pass is
+    exercised. Rows of wte at or beyond vocab_size are zero (padding)."""
     g = torch.Generator().manual_seed(seed)
     out = {}
     resid_std = 0.02 / math.sqrt(2 * cfg.n_layer)
     for name, shape in param_shapes(cfg).items():
-        if name.endswith("ln_1/weight") or name.endswith("ln_2/weight") or name == "ln_f/weight":
+        if name.endswith(("ln_1/weight", "ln_2/weight", "q_norm/weight", "k_norm/weight")) \
+                or name == "ln_f/weight":
             t = torch.ones(shape, dtype=torch.float64)
             if perturb:
                 t += 0.1 * torch.randn(shape, generator=g, dtype=torch.float64)
@@ -197,9 +204,13 @@ def rotary(x: torch.Tensor, theta: float, pos0: int = 0) -> torch.Tensor:
 
 
 def attention(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_head: int,
-              rope_theta: Optional[float] = None, n_kv_head: int = 0) -> torch.Tensor:
+              rope_theta: Optional[float] = None, n_kv_head: int = 0,
+              q_norm: Optional[torch.Tensor] = None,
+              k_norm: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Causal self-attention on x [B, T, C]: c_attn rows are q | k | v, each head-major, k and v
-    with n_kv_head heads (0: n_head); rope_theta: q and k rotated (rotary positions)."""
+    with n_kv_head heads (0: n_head); q_norm, k_norm [hd] (model.qk_norm): each q head and each
+    k head RMSNormed with these weights, shared by the heads, before the rotation; rope_theta:
+    q and k rotated (rotary positions)."""
     B, T, C = x.shape
     hd = C // n_head
     kv = n_kv_head or n_head
@@ -209,6 +220,8 @@ def attention(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_head: int,
     q = q.reshape(B, T, n_head, hd).transpose(1, 2)
     k = k.reshape(B, T, kv, hd).transpose(1, 2)
     v = v.reshape(B, T, kv, hd).transpose(1, 2)
+    if q_norm is not None:  # QK-norm (Qwen3, Gemma 3): over each head's hd values; v as it is
+        q, k = rms_norm(q, q_norm), rms_norm(k, k_norm)
     if rope_theta is not None:
         q, k = rotary(q, rope_theta), rotary(k, rope_theta)
     # Grouped-query attention: the kv heads repeated whole, so query head h meets kv head
@@ -241,6 +254,13 @@ def mlp(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str, h: torch.Tensor
     return linear(a, params[p + "mlp/c_proj/weight"], params.get(p + "mlp/c_proj/bias"))
 
 
+def qk_norm_weights(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str):
+    """Layer p's (q_norm, k_norm) weights, or (None, None) without model.qk_norm."""
+    if not cfg.qk_norm:
+        return None, None
+    return params[p + "attn/q_norm/weight"], params[p + "attn/k_norm/weight"]
+
+
 def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor) -> torch.Tensor:
     """Logits [B, T, vocab_size] (the padded columns are dropped) for token ids idx [B, T]."""
     B, T = idx.shape
@@ -252,9 +272,10 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor) 
     for i in range(cfg.n_layer):
         p = f"h/{i}/"
         h = norm(params, cfg, p + "ln_1", x)
+        qn, kn = qk_norm_weights(params, cfg, p)
         x = x + linear(attention(h, params[p + "attn/c_attn/weight"],
                                  params.get(p + "attn/c_attn/bias"), cfg.n_head, rope,
-                                 cfg.kv_heads),
+                                 cfg.kv_heads, qn, kn),
                        params[p + "attn/c_proj/weight"], params.get(p + "attn/c_proj/bias"))
         h = norm(params, cfg, p + "ln_2", x)
         x = x + mlp(params, cfg, p, h)
@@ -278,7 +299,7 @@ def forward_fast(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Ten
     hd = C // nh
     assert cfg.position == "learned" and cfg.norm == "layernorm" and cfg.bias and \
         cfg.mlp == "gelu" and cfg.hidden == 4 * cfg.n_embd and cfg.tied and \
-        cfg.kv_heads == cfg.n_head, \
+        cfg.kv_heads == cfg.n_head and not cfg.qk_norm, \
         "forward_fast is GPT-2's model"
     mask = torch.ones(T, T, dtype=torch.bool).tril()
     x = F.embedding(idx, params["wte/weight"]) + params["wpe/weight"][:T]
@@ -572,6 +593,7 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
         m.attrs.create("mlp_hidden", i64(cfg.hidden), dtype="<i8")
         m.attrs.create("tie_embeddings", i64(1 if cfg.tied else 0), dtype="<i8")
         m.attrs.create("n_kv_head", i64(cfg.kv_heads), dtype="<i8")
+        m.attrs.create("qk_norm", i64(1 if cfg.qk_norm else 0), dtype="<i8")
         groups = {"model": weights}
         for slot, tensors in (optimizer or {}).items():
             groups["optimizer/" + slot] = tensors
@@ -602,7 +624,8 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                         mlp=_str(a["mlp"]) if "mlp" in a else "gelu",
                         mlp_hidden=int(a["mlp_hidden"]) if "mlp_hidden" in a else 0,
                         tied=int(a["tie_embeddings"]) == 1 if "tie_embeddings" in a else True,
-                        n_kv_head=int(a["n_kv_head"]) if "n_kv_head" in a else 0)
+                        n_kv_head=int(a["n_kv_head"]) if "n_kv_head" in a else 0,
+                        qk_norm=int(a["qk_norm"]) == 1 if "qk_norm" in a else False)
         if cfg.n_kv_head == cfg.n_head:
             cfg = GptConfig(**{**cfg.__dict__, "n_kv_head": 0})  # the default: one per head
         if cfg.mlp_hidden == GptConfig(**{**cfg.__dict__, "mlp_hidden": 0}).hidden:

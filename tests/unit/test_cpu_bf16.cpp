@@ -252,6 +252,38 @@ TEST_F(CpuBf16, OpsRoundTheFp32ResultOnce) {
     be->rope(q32.data(), table.data(), R, 3, 2, RC, RNH, RNH, inverse);
     expect_bits_equal(qh, to_bits(q32), "rope");
   }
+  // Per-head RMSNorm of q and k (4 query heads over 2 key/value heads): forward, and backward
+  // accumulating and in place; the weight gradients in fp32 as the fp32 op's.
+  {
+    const int QN = 5, QC = 32, QH = 4, QKV = 2, hd = QC / QH, QW = qkv_width(QC, QH, QKV);
+    const Vec x = rounded(random_vec(size_t(QN) * QW, 11)), d = rounded(random_vec(x.size(), 12));
+    const Vec wq = rounded(random_vec(size_t(hd), 13)), wk = rounded(random_vec(size_t(hd), 14));
+    Bits o(x.size());
+    Vec o32(x.size()), r(size_t(QN) * (QH + QKV)), r32(r.size());
+    be->qk_norm_forward(o.data(), r.data(), to_bits(x).data(), to_bits(wq).data(),
+                        to_bits(wk).data(), QN, QC, QH, QKV);
+    be->qk_norm_forward(o32.data(), r32.data(), x.data(), wq.data(), wk.data(), QN, QC, QH, QKV);
+    expect_bits_equal(o, to_bits(o32), "qk_norm forward");
+    EXPECT_EQ(r, r32);
+    const Vec old = rounded(random_vec(x.size(), 15));
+    Bits g = to_bits(old);
+    Vec g32 = old, dq(size_t(hd), 0.5f), dk(size_t(hd), 0.5f), dq32 = dq, dk32 = dk;
+    be->qk_norm_backward(g.data(), dq.data(), dk.data(), to_bits(d).data(), to_bits(x).data(),
+                         to_bits(wq).data(), to_bits(wk).data(), r.data(), QN, QC, QH, QKV);
+    be->qk_norm_backward(g32.data(), dq32.data(), dk32.data(), d.data(), x.data(), wq.data(),
+                         wk.data(), r32.data(), QN, QC, QH, QKV);
+    expect_bits_equal(g, to_bits(g32), "qk_norm backward");
+    EXPECT_EQ(dq, dq32);
+    EXPECT_EQ(dk, dk32);
+    Bits in_place = to_bits(d);
+    Vec fresh(x.size(), 0.0f);
+    be->qk_norm_backward(in_place.data(), dq.data(), dk.data(), in_place.data(), to_bits(x).data(),
+                         to_bits(wq).data(), to_bits(wk).data(), r.data(), QN, QC, QH, QKV,
+                         GradMode::overwrite);
+    be->qk_norm_backward(fresh.data(), dq32.data(), dk32.data(), d.data(), x.data(), wq.data(),
+                         wk.data(), r32.data(), QN, QC, QH, QKV);
+    expect_bits_equal(in_place, to_bits(fresh), "qk_norm backward in place");
+  }
 }
 
 // GradMode::overwrite: the input gradient is written, whatever the buffer held (NaN here), and

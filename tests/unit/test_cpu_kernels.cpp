@@ -621,6 +621,70 @@ void check_rope(Backend& be, int NH, int NKV) {
 TEST_F(CpuKernels, RopeForwardBackward) { check_rope(*be, 3, 3); }  // GPT-2's q|k|v
 TEST_F(CpuKernels, RopeForwardBackwardGroupedQuery) { check_rope(*be, 6, 2); }
 
+// ---- per-head RMSNorm of q and k --------------------------------------------------------------
+
+// The norm from its definition, in double: each q head's hd values x → x·wq/sqrt(mean(x²) + 1e-5),
+// each k head's with wk, v unchanged.
+DVec naive_qk_norm(const DVec& qkv, const DVec& wq, const DVec& wk, int N, int C, int NH, int NKV) {
+  const int hd = C / NH;
+  const size_t W = size_t(C) + 2 * size_t(NKV) * hd;
+  DVec out = qkv;
+  for (int n = 0; n < N; ++n)
+    for (int j = 0; j < NH + NKV; ++j) {
+      const size_t o = size_t(n) * W + size_t(j) * hd;
+      double ss = 0;
+      for (int i = 0; i < hd; ++i) ss += qkv[o + i] * qkv[o + i];
+      const double r = 1.0 / std::sqrt(ss / hd + 1e-5);
+      for (int i = 0; i < hd; ++i) out[o + i] = qkv[o + i] * r * (j < NH ? wq : wk)[size_t(i)];
+    }
+  return out;
+}
+
+// Forward against the definition (v copied bit for bit, rstd per head); backward, inputs and both
+// weights, against finite differences of the definition; accumulating adds; in place (dqkv =
+// dout) with overwrite equals the out-of-place gradient. GPT-2's heads and grouped-query ones.
+void check_qk_norm(Backend& be, int NH, int NKV) {
+  const int N = 5, C = 24, hd = C / NH, W = qkv_width(C, NH, NKV);
+  const Vec qkv = random_vec(size_t(N) * W, 71, -2.0f, 2.0f);
+  const Vec wq = random_vec(size_t(hd), 72, 0.5f, 1.5f),
+            wk = random_vec(size_t(hd), 73, 0.5f, 1.5f);
+  Vec out(qkv.size(), 9.0f), rstd(size_t(N) * (NH + NKV));
+  be.qk_norm_forward(out.data(), rstd.data(), qkv.data(), wq.data(), wk.data(), N, C, NH, NKV);
+  DVec x = to_double(qkv), dwq = to_double(wq), dwk = to_double(wk);
+  expect_close(out, naive_qk_norm(x, dwq, dwk, N, C, NH, NKV), 1e-6, "qk_norm");
+  for (int n = 0; n < N; ++n)
+    for (int c = C + NKV * hd; c < W; ++c)
+      ASSERT_EQ(out[size_t(n) * W + c], qkv[size_t(n) * W + c]) << "v changed";
+
+  const Vec R = random_vec(qkv.size(), 74);
+  auto loss = [&] { return dot(naive_qk_norm(x, dwq, dwk, N, C, NH, NKV), R); };
+  const DVec gx = finite_diff(x, loss), gwq = finite_diff(dwq, loss), gwk = finite_diff(dwk, loss);
+  Vec dx(qkv.size(), 0.0f), dq(size_t(hd), 0.0f), dk(size_t(hd), 0.0f);
+  be.qk_norm_backward(dx.data(), dq.data(), dk.data(), R.data(), qkv.data(), wq.data(), wk.data(),
+                      rstd.data(), N, C, NH, NKV);
+  expect_close(dx, gx, 1e-4, "qk_norm dqkv");
+  expect_close(dq, gwq, 1e-4, "qk_norm dwq");
+  expect_close(dk, gwk, 1e-4, "qk_norm dwk");
+
+  Vec acc = random_vec(qkv.size(), 75);
+  const Vec acc0 = acc;
+  Vec dq2 = dq, dk2 = dk;
+  be.qk_norm_backward(acc.data(), dq2.data(), dk2.data(), R.data(), qkv.data(), wq.data(),
+                      wk.data(), rstd.data(), N, C, NH, NKV);
+  expect_accumulated(acc, acc0, dx, "dqkv +=");
+  for (int i = 0; i < hd; ++i) EXPECT_FLOAT_EQ(dq2[size_t(i)], 2 * dq[size_t(i)]) << "dwq +=";
+
+  Vec inplace = R, dq3(size_t(hd), 0.0f), dk3(size_t(hd), 0.0f);
+  be.qk_norm_backward(inplace.data(), dq3.data(), dk3.data(), inplace.data(), qkv.data(), wq.data(),
+                      wk.data(), rstd.data(), N, C, NH, NKV, GradMode::overwrite);
+  EXPECT_EQ(inplace, dx);
+  EXPECT_EQ(dq3, dq);
+  EXPECT_EQ(dk3, dk);
+}
+
+TEST_F(CpuKernels, QkNorm) { check_qk_norm(*be, 3, 3); }
+TEST_F(CpuKernels, QkNormGroupedQuery) { check_qk_norm(*be, 4, 2); }
+
 // ---- SwiGLU ----------------------------------------------------------------------------------
 
 // silu(gate)·up over rows [gate | up], in double from its definition.

@@ -501,6 +501,102 @@ TEST_F(CudaBackendTest, RopeForwardAndInverse) {
   }
 }
 
+// ---- per-head RMSNorm of q and k (qk_norm) ---------------------------------------------------
+
+// The shapes of the qk_norm tests: hd = C/NH of 16, 64 and 128, 40 (lanes partly idle on the
+// second pass over a head) and 2; NKV == NH and NKV < NH; rows enough for many column-sum slices.
+struct QkShape {
+  int N, C, NH, NKV;
+};
+const QkShape kQkShapes[] = {{10, 48, 3, 3}, {37, 64, 4, 2}, {300, 768, 12, 4}, {2048, 768, 12, 12},
+                             {5, 128, 1, 1}, {33, 80, 2, 1}, {7, 8, 4, 2}};
+
+// Forward into NaN-filled buffers (every value of out, v included, and of rstd is written), from
+// the same inputs as the CPU's.
+TEST_F(CudaBackendTest, QkNormForward) {
+  for (const QkShape& s : kQkShapes) {
+    SCOPED_TRACE(::testing::Message()
+                 << "N=" << s.N << " C=" << s.C << " NH=" << s.NH << " NKV=" << s.NKV);
+    const int hd = s.C / s.NH;
+    const size_t n = size_t(s.N) * qkv_width(s.C, s.NH, s.NKV);
+    const size_t nr = size_t(s.N) * (s.NH + s.NKV);
+    const Vec qkv = random_vec(n, 130, -2.0f, 2.0f);
+    const Vec wq = random_vec(hd, 131, 0.5f, 1.5f), wk = random_vec(hd, 132, 0.5f, 1.5f);
+    Vec out(n), rstd(nr);
+    cpu->qk_norm_forward(out.data(), rstd.data(), qkv.data(), wq.data(), wk.data(), s.N, s.C, s.NH,
+                         s.NKV);
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    float *g_out = dev(Vec(n, nan)), *g_rstd = dev(Vec(nr, nan));
+    gpu->qk_norm_forward(g_out, g_rstd, dev(qkv), dev(wq), dev(wk), s.N, s.C, s.NH, s.NKV);
+    EXPECT_TRUE(close(host(g_out, n), out, kElemTol, 1e-6)) << "out";
+    EXPECT_TRUE(close(host(g_rstd, nr), rstd, kElemTol, 0.0)) << "rstd";
+  }
+}
+
+// Backward from the CPU's rstd: accumulating onto random dqkv, dwq and dwk (twice, bit for bit
+// alike), overwriting a NaN-filled dqkv, and overwriting in place (dqkv == dout); the weight
+// gradients accumulate onto what they hold in every mode.
+TEST_F(CudaBackendTest, QkNormBackward) {
+  for (const QkShape& s : kQkShapes) {
+    SCOPED_TRACE(::testing::Message()
+                 << "N=" << s.N << " C=" << s.C << " NH=" << s.NH << " NKV=" << s.NKV);
+    const int hd = s.C / s.NH;
+    const size_t n = size_t(s.N) * qkv_width(s.C, s.NH, s.NKV);
+    const size_t nr = size_t(s.N) * (s.NH + s.NKV);
+    const Vec qkv = random_vec(n, 140, -2.0f, 2.0f);
+    const Vec wq = random_vec(hd, 141, 0.5f, 1.5f), wk = random_vec(hd, 142, 0.5f, 1.5f);
+    const Vec dout = random_vec(n, 143);
+    Vec out(n), rstd(nr);
+    cpu->qk_norm_forward(out.data(), rstd.data(), qkv.data(), wq.data(), wk.data(), s.N, s.C, s.NH,
+                         s.NKV);
+    const Vec dqkv0 = random_vec(n, 144), dwq0 = random_vec(hd, 145), dwk0 = random_vec(hd, 146);
+    Vec dqkv = dqkv0, dwq = dwq0, dwk = dwk0;
+    cpu->qk_norm_backward(dqkv.data(), dwq.data(), dwk.data(), dout.data(), qkv.data(), wq.data(),
+                          wk.data(), rstd.data(), s.N, s.C, s.NH, s.NKV);
+    Vec fresh(n), dwq_fresh = dwq0, dwk_fresh = dwk0;
+    cpu->qk_norm_backward(fresh.data(), dwq_fresh.data(), dwk_fresh.data(), dout.data(), qkv.data(),
+                          wq.data(), wk.data(), rstd.data(), s.N, s.C, s.NH, s.NKV,
+                          GradMode::overwrite);
+    float *d_dout = dev(dout), *d_qkv = dev(qkv), *d_wq = dev(wq), *d_wk = dev(wk);
+    float* d_rstd = dev(rstd);
+    // Column sums over N·NH (N·NKV) head-rows in another order: norm-relative 1e-5.
+    const auto check_dw = [&](float* g_dwq, float* g_dwk, const char* what) {
+      EXPECT_TRUE(close(host(g_dwq, hd), dwq, kElemTol, 1e-5)) << "dwq " << what;
+      EXPECT_TRUE(close(host(g_dwk, hd), dwk, kElemTol, 1e-5)) << "dwk " << what;
+    };
+    Vec first[3];
+    for (int run = 0; run < 2; ++run) {
+      float *g_dqkv = dev(dqkv0), *g_dwq = dev(dwq0), *g_dwk = dev(dwk0);
+      gpu->qk_norm_backward(g_dqkv, g_dwq, g_dwk, d_dout, d_qkv, d_wq, d_wk, d_rstd, s.N, s.C, s.NH,
+                            s.NKV);
+      const Vec got[3] = {host(g_dqkv, n), host(g_dwq, hd), host(g_dwk, hd)};
+      if (run == 0) {
+        EXPECT_TRUE(close(got[0], dqkv, kElemTol, 1e-6)) << "dqkv (accumulated)";
+        check_dw(g_dwq, g_dwk, "(accumulated)");
+        for (int k = 0; k < 3; ++k) first[k] = got[k];
+      } else {
+        for (int k = 0; k < 3; ++k) EXPECT_TRUE(bit_equal(got[k], first[k])) << "output " << k;
+      }
+    }
+    {
+      float* g_nan = dev(Vec(n, std::numeric_limits<float>::quiet_NaN()));
+      float *g_dwq = dev(dwq0), *g_dwk = dev(dwk0);
+      gpu->qk_norm_backward(g_nan, g_dwq, g_dwk, d_dout, d_qkv, d_wq, d_wk, d_rstd, s.N, s.C, s.NH,
+                            s.NKV, GradMode::overwrite);
+      EXPECT_TRUE(close(host(g_nan, n), fresh, kElemTol, 1e-6)) << "dqkv (overwritten)";
+      check_dw(g_dwq, g_dwk, "(overwriting)");
+    }
+    {
+      float* g_inplace = dev(dout);
+      float *g_dwq = dev(dwq0), *g_dwk = dev(dwk0);
+      gpu->qk_norm_backward(g_inplace, g_dwq, g_dwk, g_inplace, d_qkv, d_wq, d_wk, d_rstd, s.N, s.C,
+                            s.NH, s.NKV, GradMode::overwrite);
+      EXPECT_TRUE(close(host(g_inplace, n), fresh, kElemTol, 1e-6)) << "dqkv (in place)";
+      check_dw(g_dwq, g_dwk, "(in place)");
+    }
+  }
+}
+
 // Accumulating (+=) twice, bit for bit alike, then overwriting a NaN-filled gradient. With
 // NKV < NH a key/value head's gradient sums over its query heads.
 TEST_F(CudaBackendTest, AttentionBackwardAccumulatesDeterministically) {

@@ -746,6 +746,79 @@ TEST_F(CudaBf16Test, Rope) {
   }
 }
 
+// Per-head RMSNorm of q and k (qk_norm) in bf16: hd 16, 64, 128, 40 and 2; NKV == NH and
+// NKV < NH. Forward into NaN-filled buffers (the v heads copied bit for bit); backward from the
+// CPU's rstd, accumulating (twice, bit for bit alike), overwriting a NaN-filled dqkv and
+// overwriting in place (dqkv == dout); dwq and dwk accumulate onto what they hold in every mode.
+TEST_F(CudaBf16Test, QkNorm) {
+  struct Case {
+    int N, C, NH, NKV;
+  };
+  for (const Case& c :
+       {Case{10, 48, 3, 3}, Case{37, 64, 4, 2}, Case{300, 768, 12, 4}, Case{2048, 768, 12, 12},
+        Case{5, 128, 1, 1}, Case{33, 80, 2, 1}, Case{7, 8, 4, 2}}) {
+    SCOPED_TRACE(::testing::Message()
+                 << "N=" << c.N << " C=" << c.C << " NH=" << c.NH << " NKV=" << c.NKV);
+    const int hd = c.C / c.NH, W = qkv_width(c.C, c.NH, c.NKV);
+    const size_t n = size_t(c.N) * W, nr = size_t(c.N) * (c.NH + c.NKV);
+    const Bits qkv = random_bits(n, 150, -2.0f, 2.0f);
+    const Bits wq = random_bits(hd, 151, 0.5f, 1.5f), wk = random_bits(hd, 152, 0.5f, 1.5f);
+    const Bits nan = to_bits(Vec(1, std::numeric_limits<float>::quiet_NaN()));
+    Bits out(n);
+    Vec rstd(nr);
+    cpu->qk_norm_forward(out.data(), rstd.data(), qkv.data(), wq.data(), wk.data(), c.N, c.C, c.NH,
+                         c.NKV);
+    bf16_t *d_qkv = dev(qkv), *d_wq = dev(wq), *d_wk = dev(wk);
+    bf16_t* g_out = dev(Bits(n, nan[0]));
+    float* g_rstd = dev(Vec(nr, std::numeric_limits<float>::quiet_NaN()));
+    gpu->qk_norm_forward(g_out, g_rstd, d_qkv, d_wq, d_wk, c.N, c.C, c.NH, c.NKV);
+    const Bits got_out = host(g_out, n);
+    EXPECT_TRUE(close(got_out, out)) << "out";
+    const size_t v0 = size_t(c.C) + size_t(c.NKV) * hd, vw = size_t(c.NKV) * hd;
+    EXPECT_TRUE(bit_equal(columns(got_out, c.N, W, v0, vw), columns(qkv, c.N, W, v0, vw)))
+        << "v copied";
+    EXPECT_TRUE(close(host(g_rstd, nr), rstd)) << "rstd";
+
+    const Bits dout = random_bits(n, 153);
+    const double dw_scale = std::sqrt(double(c.N) * c.NH);
+    const Vec dwq0 = initial_grad(hd, 154, dw_scale), dwk0 = initial_grad(hd, 155, dw_scale);
+    Bits fresh(n);
+    Vec dwq = dwq0, dwk = dwk0;
+    cpu->qk_norm_backward(fresh.data(), dwq.data(), dwk.data(), dout.data(), qkv.data(), wq.data(),
+                          wk.data(), rstd.data(), c.N, c.C, c.NH, c.NKV, GradMode::overwrite);
+    const Bits dqkv0 = initial_grad_bits(n, 156, rms(to_floats(fresh)));
+    Bits dqkv = dqkv0;
+    {
+      Vec tq = dwq0, tk = dwk0;  // as dwq, dwk
+      cpu->qk_norm_backward(dqkv.data(), tq.data(), tk.data(), dout.data(), qkv.data(), wq.data(),
+                            wk.data(), rstd.data(), c.N, c.C, c.NH, c.NKV);
+    }
+    bf16_t* d_dout = dev(dout);
+    float* d_rstd = dev(rstd);
+    Bits first_dqkv;
+    Vec first_dwq, first_dwk;
+    for (int run = 0; run < 2; ++run) {
+      bf16_t* g_dqkv = dev(dqkv0);
+      float *g_dwq = dev(dwq0), *g_dwk = dev(dwk0);
+      gpu->qk_norm_backward(g_dqkv, g_dwq, g_dwk, d_dout, d_qkv, d_wq, d_wk, d_rstd, c.N, c.C, c.NH,
+                            c.NKV);
+      check_run(run, host(g_dqkv, n), dqkv, first_dqkv, "dqkv (accumulated)");
+      check_run(run, host(g_dwq, hd), dwq, first_dwq, "dwq");
+      check_run(run, host(g_dwk, hd), dwk, first_dwk, "dwk");
+    }
+    for (const bool in_place : {false, true}) {
+      SCOPED_TRACE(in_place ? "overwriting in place" : "overwriting NaN");
+      bf16_t* g_dqkv = in_place ? dev(dout) : dev(Bits(n, nan[0]));
+      float *g_dwq = dev(dwq0), *g_dwk = dev(dwk0);
+      gpu->qk_norm_backward(g_dqkv, g_dwq, g_dwk, in_place ? g_dqkv : d_dout, d_qkv, d_wq, d_wk,
+                            d_rstd, c.N, c.C, c.NH, c.NKV, GradMode::overwrite);
+      EXPECT_TRUE(close(host(g_dqkv, n), fresh)) << "dqkv";
+      EXPECT_TRUE(close(host(g_dwq, hd), dwq)) << "dwq";
+      EXPECT_TRUE(close(host(g_dwk, hd), dwk)) << "dwk";
+    }
+  }
+}
+
 TEST_F(CudaBf16Test, OverwriteModeIgnoresTheOldInputGradient) {
   const Bits nan_fill_small = to_bits(Vec(1, std::numeric_limits<float>::quiet_NaN()));
   auto nans = [&](size_t n) { return dev(Bits(n, nan_fill_small[0])); };

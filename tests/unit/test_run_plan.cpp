@@ -77,6 +77,28 @@ TEST(GptMemoryPlan, GroupedQueryAttentionKeepsNarrowerQkv) {
   }
 }
 
+// QK-norm keeps c_attn's output before the norm (W = 1.5·C per row here: 4 query heads, 1
+// key/value head) and one 1/rms per row and q or k head (5, fp32); the plan still equals the
+// model's allocations.
+TEST(GptMemoryPlan, QkNormKeepsThePreNormQkv) {
+  GptShape qk = kSmall;
+  qk.n_kv_head = 1;
+  qk.qk_norm = true;
+  GptShape plain = qk;
+  plain.qk_norm = false;
+  const size_t n = size_t(kB) * kSmall.seq_len, C = size_t(kSmall.n_embd), L = 2;
+  EXPECT_EQ(Gpt::memory_plan(qk, kB).activations,
+            Gpt::memory_plan(plain, kB).activations + 4 * L * (n * C * 3 / 2 + n * 5));
+  auto be = make_cpu_backend();
+  for (Precision p : {Precision::fp32, Precision::bf16}) {
+    const size_t before = be->allocated_bytes();
+    const GptMemory plan = Gpt::memory_plan(qk, kB, 1, {}, nullptr, p);
+    Gpt model(qk, kB, *be, 1, {}, nullptr, p);
+    EXPECT_EQ(be->allocated_bytes() - before, plan.total()) << precision_name(p);
+    EXPECT_EQ(model.activation_bytes(), plan.activations);
+  }
+}
+
 Config gpt2_124m(int batch, int micro) {
   Config c;                // the defaults are GPT-2 124M
   c.run.backend = "cuda";  // bf16 by default

@@ -79,6 +79,8 @@ struct ModelShape {
   // Attribute n_kv_head (int64, the key/value heads, dividing n_head; absent in files from before
   // grouped-query attention: n_head; written when > 0).
   int64_t n_kv_head = 0;
+  // Attribute qk_norm (int64 1 | 0; absent in older files: 0).
+  bool qk_norm = false;
 };
 
 struct CheckpointState {

@@ -140,6 +140,22 @@ class Backend {
   virtual void rope(float* qkv, const float* table, int N, int T, int pos0, int C, int NH, int NKV,
                     bool inverse) = 0;
 
+  // ---- per-head RMSNorm of q and k (model.qk_norm) -----------------------------------------
+  // qkv [N, W] (layout as above) into out [N, W]: each q head's hd values x become x·r·wq and
+  // each k head's x·r·wk, r = 1/sqrt(mean(x²) + 1e-5) over the head's hd values (the sum of
+  // squares accumulated in double); v is copied. rstd [N, NH + NKV] (per row the q heads' r, then
+  // the k heads') is kept for backward; wq, wk [hd]. out must not alias qkv.
+  virtual void qk_norm_forward(float* out, float* rstd, const float* qkv, const float* wq,
+                               const float* wk, int N, int C, int NH, int NKV) = 0;
+  // dqkv [N, W] = (overwrite) or += (accumulate) the input gradient: per head
+  // dx = r·(g − x̂·mean(g·x̂)) with g = dout·w and x̂ = x·r (RMSNorm's); v's is dout's.
+  // dwq, dwk [hd] (fp32) += Σ over rows and heads of dout·x̂, summed in a fixed order
+  // (deterministic). dqkv may alias dout with GradMode::overwrite (in place).
+  virtual void qk_norm_backward(float* dqkv, float* dwq, float* dwk, const float* dout,
+                                const float* qkv, const float* wq, const float* wk,
+                                const float* rstd, int N, int C, int NH, int NKV,
+                                GradMode mode = GradMode::accumulate) = 0;
+
   // ---- SwiGLU (model.mlp = swiglu) ------------------------------------------------------------
   // pre [N, 2H]: each row the gate (its first H values) then the up projection (the last H; on a
   // tensor-parallel rank its H columns of each); out [N, H] = silu(gate)·up with
@@ -281,6 +297,14 @@ class Backend {
   // As the fp32 rope; each rotated element computed in fp32 and rounded once.
   virtual void rope(bf16_t* qkv, const float* table, int N, int T, int pos0, int C, int NH, int NKV,
                     bool inverse) = 0;
+  // As the fp32 qk_norm ops; computed in fp32 from the bf16 values (r, dw fp32), each bf16 output
+  // rounded once (accumulating: round(old + gradient)).
+  virtual void qk_norm_forward(bf16_t* out, float* rstd, const bf16_t* qkv, const bf16_t* wq,
+                               const bf16_t* wk, int N, int C, int NH, int NKV) = 0;
+  virtual void qk_norm_backward(bf16_t* dqkv, float* dwq, float* dwk, const bf16_t* dout,
+                                const bf16_t* qkv, const bf16_t* wq, const bf16_t* wk,
+                                const float* rstd, int N, int C, int NH, int NKV,
+                                GradMode mode = GradMode::accumulate) = 0;
   // As the fp32 attention_decode; scores, softmax and sums in fp32, out rounded once.
   virtual void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n,
                                 int C, int NH, int NKV) = 0;

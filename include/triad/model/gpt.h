@@ -41,6 +41,10 @@ struct GptShape {
   // grouped-query attention: c_attn holds q for n_head heads, then k and v for n_kv_head heads
   // each, and query head h attends with key/value head h % n_kv_head (Backend attention ops).
   int n_kv_head = 0;
+  // Per-head RMSNorm of q and k (model.qk_norm): right after c_attn, before the rotation, each
+  // q head's hd values normalized and scaled by attn/q_norm/weight [hd], each k head's by
+  // attn/k_norm/weight (as Qwen3 and Gemma 3; Backend::qk_norm_forward).
+  bool qk_norm = false;
   int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
   int qkv_rows() const { return qkv_width(n_embd, n_head, kv_heads()); }  // c_attn's output width
   int hidden() const {
@@ -132,9 +136,9 @@ struct ParamSpec {
 };
 
 // The parameter layout of DESIGN.md §3 in buffer order (wte, wpe, 12 tensors per layer, ln_f;
-// no wpe under rope, no LayerNorm biases under rmsnorm, no biases at all without bias, and
-// lm_head last when untied), each tensor 16-float aligned. Tools that need names and shapes
-// without a model use it too.
+// no wpe under rope, no LayerNorm biases under rmsnorm, no biases at all without bias, q_norm and
+// k_norm after c_attn under qk_norm, and lm_head last when untied), each tensor 16-float aligned.
+// Tools that need names and shapes without a model use it too.
 std::vector<ParamSpec> gpt_parameter_layout(const GptShape& shape);
 // The tensors one rank holds under tensor and pipeline parallelism, in its buffer order:
 // [wte, wpe] on the first stage, its chunks' layers, [ln_f] and the head's wte (when not the
@@ -482,6 +486,12 @@ class Gpt {
   template <class A>
   void layernorm_backward(A* dinp, float* dw, float* db, const A* dout, const A* inp, const A* w,
                           const float* mean, const float* rstd, int rows);
+  // model.qk_norm's backward in place on dqkv (the rotated-back gradient of the normalized q|k|v
+  // becomes that of c_attn's output); the weights' gradients, partial sums over this rank's heads
+  // under tensor parallelism, are all-reduced before they accumulate.
+  template <class A>
+  void qk_norm_backward(A* dqkv, float* dwq, float* dwk, const A* qkv_pre, const A* wq, const A* wk,
+                        const float* rstd, int N);
 
   GptShape shape_;
   int max_batch_;
@@ -494,10 +504,11 @@ class Gpt {
   int wte_ = -1, wpe_ = -1, lnf_ = -1, head_ = -1;
   float* rope_table_ = nullptr;  // rope_table(shape_) on the backend (shape_.rope)
   std::vector<int> layer_;
-  // Where each of a layer's 12 tensors of DESIGN.md §3 sits in its run of specs_ (-1: not in
-  // this model, a bias it does not have), and how many it has.
-  int layer_slot_[12] = {};
-  int layer_count_ = 12;
+  // Where each of a layer's 14 possible tensors (DESIGN.md §3's 12, and q_norm and k_norm) sits in
+  // its run of specs_ (-1: not in this model, a bias or norm it does not have), and how many it
+  // has.
+  int layer_slot_[14] = {};
+  int layer_count_ = 14;
   bool lnf_bias_ = true;  // ln_f has a bias (LayerNorm with biases)
   int vocab_begin_ = 0, vocab_local_ = 0, vocab_valid_ = 0;  // this rank's slice of wte rows
   GradReadyHook grad_hook_;

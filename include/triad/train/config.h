@@ -20,6 +20,7 @@ struct ModelConfig {
   std::string mlp = "gelu";          // gelu (GPT-2) | swiglu (Llama)
   int mlp_hidden = 0;                // hidden units (0: 4·n_embd, or ~8·n_embd/3 for swiglu)
   bool tie_embeddings = true;        // false: an output layer lm_head of its own (as Llama)
+  bool qk_norm = false;              // per-head RMSNorm of q and k (as Qwen3, Gemma 3)
   int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
 };
 

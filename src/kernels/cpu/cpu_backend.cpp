@@ -126,6 +126,16 @@ class CpuBackend final : public Backend {
             bool inverse) override {
     cpu::rope(qkv, table, N, T, pos0, C, NH, NKV, inverse);
   }
+  void qk_norm_forward(float* out, float* rstd, const float* qkv, const float* wq, const float* wk,
+                       int N, int C, int NH, int NKV) override {
+    cpu::qk_norm_forward(out, rstd, qkv, wq, wk, N, C, NH, NKV);
+  }
+  void qk_norm_backward(float* dqkv, float* dwq, float* dwk, const float* dout, const float* qkv,
+                        const float* wq, const float* wk, const float* rstd, int N, int C, int NH,
+                        int NKV, GradMode mode) override {
+    cpu::qk_norm_backward(dqkv, dwq, dwk, dout, qkv, wq, wk, rstd, N, C, NH, NKV,
+                          mode == GradMode::accumulate);
+  }
   void gelu_forward(float* out, const float* inp, size_t n) override {
     cpu::gelu_forward(out, inp, n);
   }
@@ -236,6 +246,16 @@ class CpuBackend final : public Backend {
   void rope(bf16_t* qkv, const float* table, int N, int T, int pos0, int C, int NH, int NKV,
             bool inverse) override {
     cpu::rope(qkv, table, N, T, pos0, C, NH, NKV, inverse);
+  }
+  void qk_norm_forward(bf16_t* out, float* rstd, const bf16_t* qkv, const bf16_t* wq,
+                       const bf16_t* wk, int N, int C, int NH, int NKV) override {
+    cpu::qk_norm_forward(out, rstd, qkv, wq, wk, N, C, NH, NKV);
+  }
+  void qk_norm_backward(bf16_t* dqkv, float* dwq, float* dwk, const bf16_t* dout, const bf16_t* qkv,
+                        const bf16_t* wq, const bf16_t* wk, const float* rstd, int N, int C, int NH,
+                        int NKV, GradMode mode) override {
+    cpu::qk_norm_backward(dqkv, dwq, dwk, dout, qkv, wq, wk, rstd, N, C, NH, NKV,
+                          mode == GradMode::accumulate);
   }
   void gelu_forward(bf16_t* out, const bf16_t* inp, size_t n) override {
     cpu::gelu_forward(out, inp, n);

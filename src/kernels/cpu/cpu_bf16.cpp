@@ -102,6 +102,34 @@ void layernorm_backward(bf16_t* dinp, float* dweight, float* dbias, const bf16_t
   });
 }
 
+void qk_norm_forward(bf16_t* out, float* rstd, const bf16_t* qkv, const bf16_t* wq,
+                     const bf16_t* wk, int N, int C, int NH, int NKV) {
+  const size_t n = size_t(N) * size_t(qkv_width(C, NH, NKV)), hd = size_t(C / NH);
+  float* o = scratch(0, n);
+  qk_norm_forward(o, rstd, widen(1, qkv, n), widen(2, wq, hd), widen(3, wk, hd), N, C, NH, NKV);
+  to_bf16(out, o, n);
+}
+
+void qk_norm_backward(bf16_t* dqkv, float* dwq, float* dwk, const bf16_t* dout, const bf16_t* qkv,
+                      const bf16_t* wq, const bf16_t* wk, const float* rstd, int N, int C, int NH,
+                      int NKV, bool accumulate) {
+  const size_t n = size_t(N) * size_t(qkv_width(C, NH, NKV)), hd = size_t(C / NH);
+  // dout is widened before dqkv (which may be the same buffer) is read or written.
+  const float* d = widen(1, dout, n);
+  const float* x = widen(2, qkv, n);
+  const float* w_q = widen(3, wq, hd);
+  const float* w_k = widen(5, wk, hd);
+  if (!accumulate) {
+    float* di = scratch(0, n);
+    qk_norm_backward(di, dwq, dwk, d, x, w_q, w_k, rstd, N, C, NH, NKV, false);
+    to_bf16(dqkv, di, n);
+    return;
+  }
+  through_fp32(0, dqkv, n, [&](float* di) {
+    qk_norm_backward(di, dwq, dwk, d, x, w_q, w_k, rstd, N, C, NH, NKV, true);
+  });
+}
+
 void matmul_forward(bf16_t* out, const bf16_t* inp, const bf16_t* weight, const bf16_t* bias, int N,
                     int IC, int OC) {
   float* o = scratch(0, size_t(N) * OC);

@@ -63,6 +63,18 @@ void swiglu_backward(float* dpre, const float* pre, const float* dout, int N, in
                      bool accumulate);
 void swiglu_backward(bf16_t* dpre, const bf16_t* pre, const bf16_t* dout, int N, int H,
                      bool accumulate);
+// Per-head RMSNorm of q and k (cpu_qk_norm.cpp; bf16 in cpu_bf16.cpp). The backward may run in
+// place (dqkv == dout) when not accumulating.
+void qk_norm_forward(float* out, float* rstd, const float* qkv, const float* wq, const float* wk,
+                     int N, int C, int NH, int NKV);
+void qk_norm_backward(float* dqkv, float* dwq, float* dwk, const float* dout, const float* qkv,
+                      const float* wq, const float* wk, const float* rstd, int N, int C, int NH,
+                      int NKV, bool accumulate);
+void qk_norm_forward(bf16_t* out, float* rstd, const bf16_t* qkv, const bf16_t* wq,
+                     const bf16_t* wk, int N, int C, int NH, int NKV);
+void qk_norm_backward(bf16_t* dqkv, float* dwq, float* dwk, const bf16_t* dout, const bf16_t* qkv,
+                      const bf16_t* wq, const bf16_t* wk, const float* rstd, int N, int C, int NH,
+                      int NKV, bool accumulate);
 // Rotary position embedding in place (cpu_rope.cpp); fp32 and bf16 (computed in fp32).
 void rope(float* qkv, const float* table, int N, int T, int pos0, int C, int NH, int NKV,
           bool inverse);

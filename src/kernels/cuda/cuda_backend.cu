@@ -187,6 +187,16 @@ class CudaBackend final : public Backend {
             bool inverse) override {
     cuda::rope(stream_, qkv, table, N, T, pos0, C, NH, NKV, inverse);
   }
+  void qk_norm_forward(float* out, float* rstd, const float* qkv, const float* wq, const float* wk,
+                       int N, int C, int NH, int NKV) override {
+    cuda::qk_norm_forward(stream_, out, rstd, qkv, wq, wk, N, C, NH, NKV);
+  }
+  void qk_norm_backward(float* dqkv, float* dwq, float* dwk, const float* dout, const float* qkv,
+                        const float* wq, const float* wk, const float* rstd, int N, int C, int NH,
+                        int NKV, GradMode mode) override {
+    cuda::qk_norm_backward(stream_, reduce_partials_, dqkv, dwq, dwk, dout, qkv, wq, wk, rstd, N, C,
+                           NH, NKV, mode == GradMode::accumulate);
+  }
   void gelu_forward(float* out, const float* inp, size_t n) override {
     cuda::gelu_forward(stream_, out, inp, n);
   }
@@ -314,6 +324,16 @@ class CudaBackend final : public Backend {
             bool inverse) override {
     cuda::rope(stream_, dev(qkv), table, N, T, pos0, C, NH, NKV, inverse);
   }
+  void qk_norm_forward(bf16_t* out, float* rstd, const bf16_t* qkv, const bf16_t* wq,
+                       const bf16_t* wk, int N, int C, int NH, int NKV) override {
+    cuda::qk_norm_forward(stream_, dev(out), rstd, dev(qkv), dev(wq), dev(wk), N, C, NH, NKV);
+  }
+  void qk_norm_backward(bf16_t* dqkv, float* dwq, float* dwk, const bf16_t* dout, const bf16_t* qkv,
+                        const bf16_t* wq, const bf16_t* wk, const float* rstd, int N, int C, int NH,
+                        int NKV, GradMode mode) override {
+    cuda::qk_norm_backward(stream_, reduce_partials_, dev(dqkv), dwq, dwk, dev(dout), dev(qkv),
+                           dev(wq), dev(wk), rstd, N, C, NH, NKV, mode == GradMode::accumulate);
+  }
   void gelu_forward(bf16_t* out, const bf16_t* inp, size_t n) override {
     cuda::gelu_forward(stream_, dev(out), dev(inp), n);
   }
@@ -419,8 +439,9 @@ class CudaBackend final : public Backend {
   // workspace, the bf16 fallback's widened copies and grouped-query attention's expanded rows
   // (each grown on demand, in practice once, at the first step)
   cuda::AttentionScratch attention_scratch_;
-  cuda::DeviceScratch reduce_partials_;  // column sums' per-slice partials (bias, LayerNorm grads)
-  std::vector<UpdateRun> runs_host_;     // the optimizer's run table as uploaded to runs_device_
+  // column sums' per-slice partials (bias, LayerNorm and qk-norm weight gradients)
+  cuda::DeviceScratch reduce_partials_;
+  std::vector<UpdateRun> runs_host_;  // the optimizer's run table as uploaded to runs_device_
   cuda::DeviceScratch runs_device_;
   AllocationLedger ledger_;  // the buffers alloc* handed out
 };

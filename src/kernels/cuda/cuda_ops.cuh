@@ -221,6 +221,17 @@ template <typename Elem>
 void rope(cudaStream_t s, Elem* qkv, const float* table, int N, int T, int pos0, int C, int NH,
           int NKV, bool inverse);
 
+// ---- per-head RMSNorm of q and k (cuda_qk_norm.cu): backend.h qk_norm_forward / backward ----
+// The weight gradients' per-slice partials live in scratch (the column sums' scratch);
+// accumulate false: dqkv overwritten (it may then be dout).
+template <typename Elem>
+void qk_norm_forward(cudaStream_t s, Elem* out, float* rstd, const Elem* qkv, const Elem* wq,
+                     const Elem* wk, int N, int C, int NH, int NKV);
+template <typename Elem>
+void qk_norm_backward(cudaStream_t s, DeviceScratch& scratch, Elem* dqkv, float* dwq, float* dwk,
+                      const Elem* dout, const Elem* qkv, const Elem* wq, const Elem* wk,
+                      const float* rstd, int N, int C, int NH, int NKV, bool accumulate);
+
 // ---- elementwise (cuda_elementwise.cu) -----------------------------------------------------
 template <typename Elem>
 void gelu_forward(cudaStream_t s, Elem* out, const Elem* inp, size_t n);
