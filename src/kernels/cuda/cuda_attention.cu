@@ -232,12 +232,7 @@ void attention_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scrat
   check_shape(B, T, C, NH);
   check_kv_heads(NH, NKV);
   float* ws = scratch.fp32_workspace.get_as<float>(attention_workspace_floats(B, T, C), s);
-  if (NKV != NH) {
-    const GroupedHeads<float> g = grouped_heads_scratch<float>(scratch, s, B * T, C, false);
-    expand_kv_heads(s, g.qkv, qkv, B * T, C, NH, NKV);
-    qkv = g.qkv;
-  }
-  attention_forward(s, h, ws, out, att, qkv, B, T, C, NH);
+  attention_forward(s, h, ws, out, att, mha_qkv(scratch, s, qkv, B * T, C, NH, NKV), B, T, C, NH);
 }
 
 void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, float* dqkv,

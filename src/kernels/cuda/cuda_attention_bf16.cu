@@ -109,12 +109,7 @@ void attention_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scrat
                        float* lse, const bf16* qkv, int B, int T, int C, int NH, int NKV) {
   check_shape(B, T, C, NH);
   check_kv_heads(NH, NKV);
-  if (NKV != NH) {
-    const GroupedHeads<bf16> g = grouped_heads_scratch<bf16>(scratch, s, B * T, C, false);
-    expand_kv_heads(s, g.qkv, qkv, B * T, C, NH, NKV);
-    qkv = g.qkv;
-  }
-  mha_forward(s, h, scratch, out, lse, qkv, B, T, C, NH);
+  mha_forward(s, h, scratch, out, lse, mha_qkv(scratch, s, qkv, B * T, C, NH, NKV), B, T, C, NH);
 }
 
 void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* dqkv,

@@ -121,12 +121,25 @@ void reduce_kv_heads(cudaStream_t s, Elem* dqkv, const Elem* dmha, int N, int C,
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
+template <typename Elem>
+const Elem* mha_qkv(AttentionScratch& scratch, cudaStream_t s, const Elem* qkv, int N, int C,
+                    int NH, int NKV) {
+  if (NKV == NH) return qkv;
+  const GroupedHeads<Elem> g = grouped_heads_scratch<Elem>(scratch, s, N, C, false);
+  expand_kv_heads(s, g.qkv, qkv, N, C, NH, NKV);
+  return g.qkv;
+}
+
 template GroupedHeads<float> grouped_heads_scratch<float>(AttentionScratch&, cudaStream_t, int, int,
                                                           bool);
 template GroupedHeads<bf16> grouped_heads_scratch<bf16>(AttentionScratch&, cudaStream_t, int, int,
                                                         bool);
 template void expand_kv_heads<float>(cudaStream_t, float*, const float*, int, int, int, int);
 template void expand_kv_heads<bf16>(cudaStream_t, bf16*, const bf16*, int, int, int, int);
+template const float* mha_qkv<float>(AttentionScratch&, cudaStream_t, const float*, int, int, int,
+                                     int);
+template const bf16* mha_qkv<bf16>(AttentionScratch&, cudaStream_t, const bf16*, int, int, int,
+                                   int);
 template void prepare_expanded_dqkv<float>(cudaStream_t, float*, const float*, int, int, int, int,
                                            bool);
 template void prepare_expanded_dqkv<bf16>(cudaStream_t, bf16*, const bf16*, int, int, int, int,

@@ -190,6 +190,11 @@ GroupedHeads<Elem> grouped_heads_scratch(AttentionScratch& scratch, cudaStream_t
 // head h % NKV.
 template <typename Elem>
 void expand_kv_heads(cudaStream_t s, Elem* mha, const Elem* qkv, int N, int C, int NH, int NKV);
+// The q|k|v rows the MHA kernels read: qkv itself when NKV == NH, else its expansion in the
+// scratch's forward buffer.
+template <typename Elem>
+const Elem* mha_qkv(AttentionScratch& scratch, cudaStream_t s, const Elem* qkv, int N, int C,
+                    int NH, int NKV);
 // The expanded gradient an accumulating MHA backward starts from: its q columns dqkv's (with
 // accumulate) or zero, its k and v columns zero.
 template <typename Elem>
