@@ -85,6 +85,9 @@ def cloze_examples(path: Path, enc, count: int, seed: int):
 
     if path.suffix == ".bin":
         header = np.fromfile(path, dtype="<i4", count=256)
+        if header.size >= 256 and header[0] == 20240801:
+            raise ValueError(f"{path}: a uint32 token shard (magic 20240801); the context text "
+                             f"is decoded with GPT-2's tokenizer, whose shards are uint16")
         if header.size < 256 or header[0] != 20240520:
             raise ValueError(f"{path}: not a token shard (magic 20240520)")
         text = enc.decode(np.fromfile(path, dtype="<u2", offset=1024).tolist())

@@ -145,7 +145,8 @@ std::vector<uint16_t> tokenize_documents(const Tokenizer& tokenizer,
   const auto t0 = Clock::now();
   threads = resolve_threads(threads);
   TRIAD_CHECK(tokenizer.vocab_size() <= 65536, "vocabulary ", tokenizer.path(), " has ",
-              tokenizer.vocab_size(), " tokens; token shards store uint16 ids (at most 65536)");
+              tokenizer.vocab_size(),
+              " tokens; triad-tokenize writes the uint16 token shards (at most 65536 ids)");
   const auto eot = uint16_t(tokenizer.eot());
   std::vector<uint16_t> stream;
   int64_t bytes = 0;

@@ -64,6 +64,8 @@ def test_help_lists_every_key_with_defaults():
     (["--model.mlp_hidden", "-8"], ["model.mlp_hidden", ">= 0"]),
     (["--model.n_kv_head", "-1"], ["model.n_kv_head", ">= 0"]),
     (["--model.qk_norm", "sometimes"], ["model.qk_norm"]),
+    (["--model.vocab_size", "70000", "--sample.length", "8", "--data.vocab", str(VOCAB)],
+     ["sample.length", "model.vocab_size = 70000"]),
     (["--model.vocab_size", "1"], ["model.vocab_size", "[2, 1073741824]"]),
     (["--model.vocab_size", "2000000000"], ["model.vocab_size", "[2, 1073741824]"]),
     (["--model.n_kv_head", "3"], ["model.n_kv_head", "must divide model.n_head"]),

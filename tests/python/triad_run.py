@@ -35,7 +35,7 @@ def write_shard(path, tokens, magic=None, version=None, count=None):
     """A token shard: uint16 ids (magic 20240520, version 1) unless one is above 65535, then llm.c's
     uint32 format (20240801, 7); magic, version and count override the header (bad shards)."""
     tokens = np.asarray(tokens, dtype=np.int64)
-    wide = tokens.size > 0 and tokens.max() >= 65536
+    wide = magic == 20240801 if magic is not None else bool(tokens.size and tokens.max() >= 65536)
     tokens = tokens.astype(np.uint32 if wide else np.uint16)
     magic = magic if magic is not None else (20240801 if wide else 20240520)
     version = version if version is not None else (7 if wide else 1)

@@ -5,6 +5,7 @@
 // thread count.
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "cpu_math.h"
 #include "cpu_ops.h"
@@ -53,20 +54,23 @@ void qk_norm_backward(float* dqkv, float* dwq, float* dwk, const float* dout, co
                       int NKV, bool accumulate) {
   const Heads h(C, NH, NKV);
   // Weight gradients first: dqkv may be dout itself (in place), which the row pass overwrites.
-  // Column i of wq sums over rows n and q heads j in that order; wk likewise.
-  for (int i = 0; i < h.hd; ++i) {
-    float gq = 0.0f, gk = 0.0f;
-    for (int n = 0; n < N; ++n) {
-      const float* x_row = qkv + size_t(n) * h.W;
-      const float* d_row = dout + size_t(n) * h.W;
-      for (int j = 0; j < h.count(); ++j) {
-        const float g =
-            d_row[h.offset(j) + i] * (x_row[h.offset(j) + i] * rstd[size_t(n) * h.count() + j]);
-        (j < NH ? gq : gk) += g;
-      }
+  // Column i of wq sums over rows n and q heads j in that order; wk likewise (one pass over the
+  // rows, each column's order fixed: independent of the thread count).
+  std::vector<float> gq(size_t(h.hd), 0.0f), gk(size_t(h.hd), 0.0f);
+  for (int n = 0; n < N; ++n) {
+    const float* x_row = qkv + size_t(n) * h.W;
+    const float* d_row = dout + size_t(n) * h.W;
+    for (int j = 0; j < h.count(); ++j) {
+      const float r = rstd[size_t(n) * h.count() + j];
+      const float* x = x_row + h.offset(j);
+      const float* d = d_row + h.offset(j);
+      float* g = j < NH ? gq.data() : gk.data();
+      for (int i = 0; i < h.hd; ++i) g[i] += d[i] * (x[i] * r);
     }
-    dwq[i] += gq;
-    dwk[i] += gk;
+  }
+  for (int i = 0; i < h.hd; ++i) {
+    dwq[i] += gq[size_t(i)];
+    dwk[i] += gk[size_t(i)];
   }
 #pragma omp parallel for schedule(static) if (size_t(N) * h.W >= kParallelMin)
   for (int n = 0; n < N; ++n) {

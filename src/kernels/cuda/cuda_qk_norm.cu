@@ -8,10 +8,10 @@
 // Launch shapes:
 //  - forward and input gradient: one warp per head-row, N·(NH + 2·NKV) of them (the v heads
 //    included: copied, or their gradient dout's), kBlock threads per block, a grid-stride loop
-//    over the warps (grid_for). The lanes stride over the hd values (any even hd); Σx² and
-//    Σ g·x̂ are fp32 warp shuffles (warp_reduce: a fixed tree). Each lane reads and writes only
-//    its own elements, and reads an element of dout before writing the same element of dqkv, so
-//    the backward may run in place (dqkv == dout, overwriting).
+//    over the warps (grid_for). The lanes stride over the hd values (any hd); Σx² and
+//    Σ g·x̂ are double warp shuffles (warp_reduce: a fixed tree), as the CPU's sums. Each lane reads
+//    and writes only its own elements, and reads an element of dout before writing the same element
+//    of dqkv, so the backward may run in place (dqkv == dout, overwriting).
 //  - weight gradients dwq, dwk += Σ dout·x̂ over the rows and heads: column sums of the
 //    virtual matrices [N·NH, hd] (q heads) and [N·NKV, hd] (k heads), x̂ recomputed from qkv
 //    and rstd, in the two deterministic passes of the LayerNorm weight gradients
@@ -27,7 +27,7 @@
 namespace triad::cuda {
 namespace {
 
-constexpr float kEps = 1e-5f;
+constexpr double kEps = 1e-5;  // as the CPU backend
 constexpr int kWarpsPerBlock = kBlock / 32;
 constexpr int kColumns = 32;   // columns (of a head's hd) per block in the weight-gradient pass
 constexpr int kRowGroups = 8;  // head-rows summed in parallel per column there
@@ -60,13 +60,13 @@ __global__ void qk_norm_forward_kernel(Elem* out, float* rstd, const Elem* qkv, 
       continue;
     }
     const Elem* w = j < h.NH ? wq : wk;
-    float sq = 0.0f;
+    double sq = 0.0;  // in double, as the CPU backend (and the LayerNorms)
     for (int c = lane; c < h.hd; c += 32) {
-      const float v = widen(x[c]);
+      const double v = widen(x[c]);
       sq += v * v;
     }
     sq = warp_reduce(sq, SumOp{});
-    const float rs = 1.0f / sqrtf(sq / float(h.hd) + kEps);
+    const float rs = float(1.0 / sqrt(sq / h.hd + kEps));
     for (int c = lane; c < h.hd; c += 32) o[c] = narrow<Elem>(widen(x[c]) * rs * widen(w[c]));
     if (lane == 0) rstd[r * h.normed() + j] = rs;
   }
@@ -94,10 +94,11 @@ __global__ void qk_norm_backward_dinp_kernel(Elem* dqkv, const Elem* dout, const
     const Elem* x = qkv + at;
     const Elem* w = j < h.NH ? wq : wk;
     const float rs = rstd[r * h.normed() + j];
-    float gx = 0.0f;
-    for (int c = lane; c < h.hd; c += 32) gx += widen(d[c]) * widen(w[c]) * (widen(x[c]) * rs);
+    double gx = 0.0;
+    for (int c = lane; c < h.hd; c += 32)
+      gx += double(widen(d[c]) * widen(w[c]) * (widen(x[c]) * rs));
     gx = warp_reduce(gx, SumOp{});
-    const float gx_mean = gx / float(h.hd);
+    const float gx_mean = float(gx / h.hd);
     for (int c = lane; c < h.hd; c += 32) {
       const float xhat = widen(x[c]) * rs;
       const float v = rs * (widen(d[c]) * widen(w[c]) - xhat * gx_mean);
@@ -145,10 +146,8 @@ __global__ void qk_norm_backward_params_kernel(float* pq, float* pk, const Elem*
 #undef TRIAD_WARP_STRIDE_LOOP
 
 Heads check_heads(const char* op, int N, int C, int NH, int NKV) {
-  TRIAD_CHECK(N >= 0 && NH > 0 && C % NH == 0 && C / NH >= 2 && (C / NH) % 2 == 0 && NKV > 0 &&
-                  NH % NKV == 0,
-              "cuda ", op, ": bad shape (N = ", N, ", C = ", C, ", NH = ", NH, ", NKV = ", NKV,
-              ")");
+  TRIAD_CHECK(N >= 0 && NH > 0 && C % NH == 0 && C / NH >= 1 && NKV > 0 && NH % NKV == 0, "cuda ",
+              op, ": bad shape (N = ", N, ", C = ", C, ", NH = ", NH, ", NKV = ", NKV, ")");
   return Heads{NH, NKV, C / NH, size_t(qkv_width(C, NH, NKV))};
 }
 
