@@ -291,11 +291,11 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                 return cfg[k]
         return default
 
-    if cfg.get("model_type", "gpt2") == "llama":
+    if cfg.get("model_type", "gpt2") in ("llama", "mistral"):
         return llama_config_dims(cfg, where, seq_len)
     if cfg.get("model_type", "gpt2") != "gpt2":
         raise ConvertError(f"{where}: model_type is {cfg.get('model_type')!r}; triad imports "
-                           f"GPT-2 ('gpt2') and Llama ('llama') models")
+                           f"GPT-2 ('gpt2'), Llama ('llama') and Mistral ('mistral') models")
     try:
         n_layer, n_head, n_embd = int(get("n_layer")), int(get("n_head")), int(get("n_embd"))
         n_pos, vocab = int(get("n_positions", "n_ctx")), int(get("vocab_size"))
@@ -330,7 +330,8 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
 def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     """A Hugging Face Llama config as triad's model: rope (HF's rotate-half pairing, triad's),
     RMSNorm, SwiGLU, no biases, tied or not, grouped-query attention or not; refused where triad
-    computes something else."""
+    computes something else. Mistral's (MistralForCausalLM: Llama's tensors and math, plus a
+    sliding attention window) reads the same, when the window covers the context triad uses."""
     try:
         n_layer, n_head = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
         n_embd, hidden = int(cfg["hidden_size"]), int(cfg["intermediate_size"])
@@ -358,6 +359,10 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         refusals.append(f"head_dim {cfg['head_dim']} (triad's is hidden_size / heads)")
     if int(cfg.get("pretraining_tp", 1) or 1) != 1:
         refusals.append(f"pretraining_tp {cfg['pretraining_tp']}")
+    window = cfg.get("sliding_window") if cfg.get("model_type") == "mistral" else None
+    if window is not None and int(window) < (seq_len or n_pos):
+        refusals.append(f"sliding_window {window}, shorter than the context of {seq_len or n_pos} "
+                        f"(triad attends to the whole context: import with --seq-len {window})")
     refuse_or_check_positions(where, refusals, seq_len, n_pos, "max_position_embeddings")
     d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab, position="rope", rope_theta=theta,
              norm="rmsnorm", bias=False, mlp="swiglu", mlp_hidden=hidden,

@@ -321,6 +321,33 @@ def test_llama_variants_triad_does_not_compute_are_refused(tmp_path):
         assert not (tmp_path / "bad.h5").exists()
 
 
+def test_mistral_imports_and_evaluates_as_transformers(imported, tmp_path):
+    """transformers' MistralForCausalLM (Llama's tensors and math with grouped-query attention and
+    a sliding window) imports when the window covers the context: triad's validation loss is
+    transformers'. A window shorter than the context is refused."""
+    d, _, cfg = imported
+    torch.manual_seed(11)
+    model = transformers.MistralForCausalLM(transformers.MistralConfig(
+        vocab_size=V, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=N_POS,
+        rms_norm_eps=1e-5, rope_theta=500.0, sliding_window=SEQ, tie_word_embeddings=False))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p * 4 if p.dim() == 2 else p + 0.1 * torch.randn_like(p))
+    model.eval().save_pretrained(tmp_path / "mistral", safe_serialization=True)
+    out = tmp_path / "mistral.h5"
+    p = tool("triad-convert", "import", tmp_path / "mistral", out, "--seq-len", SEQ)
+    assert p.returncode == 0, p.stderr
+    want_loss, _ = hf_loss_accuracy(model, d)
+    p = train("--config", cfg, "--eval-only", "--init-from", out, *LLAMA_ARGS, "--model.n_head", 4,
+              "--model.n_kv_head", 2, check=True)
+    loss = float(p.stdout.split("val loss")[1].split()[0])
+    assert abs(loss - want_loss) <= 1e-5 * want_loss, (loss, want_loss)
+    assert_clean_failure(tool("triad-convert", "import", tmp_path / "mistral", tmp_path / "w.h5"),
+                         "config.json", f"sliding_window {SEQ}", f"--seq-len {SEQ}")
+    assert not (tmp_path / "w.h5").exists()
+
+
 def test_gpt2_blocks_with_grouped_query_attention(tmp_path):
     """GPT-2's blocks with fewer key/value heads (model.n_kv_head, a file the reference writes):
     triad-ckpt checks the smaller c_attn and the attribute; GPT-2's formats cannot hold it."""
