@@ -321,6 +321,25 @@ def test_llama_variants_triad_does_not_compute_are_refused(tmp_path):
         assert not (tmp_path / "bad.h5").exists()
 
 
+@pytest.mark.parametrize("name,shape", [("model.layers.1.self_attn.k_proj.weight", (64, 64)),
+                                        ("model.layers.0.mlp.up_proj.weight", (170, 64)),
+                                        ("model.layers.0.self_attn.o_proj.weight", (64, 32))])
+def test_llama_tensors_of_the_wrong_shape_are_refused(tmp_path, name, shape):
+    """A Llama tensor whose shape is not config.json's (k_proj of 4 heads where
+    num_key_value_heads says 2, a narrower up_proj, a cut o_proj): one line naming the file and
+    the tensor, no output left."""
+    from safetensors.torch import save_file
+    model = llama_model(num_key_value_heads=2)
+    src = tmp_path / "bad"
+    model.save_pretrained(src, safe_serialization=True)
+    weights = {k: v.contiguous() for k, v in model.state_dict().items() if "rotary" not in k}
+    weights[name] = torch.zeros(shape)
+    save_file(weights, str(src / "model.safetensors"))
+    out = tmp_path / "bad.h5"
+    assert_clean_failure(tool("triad-convert", "import", src, out), "model.safetensors", name)
+    assert not out.exists()
+
+
 def test_mistral_imports_and_evaluates_as_transformers(imported, tmp_path):
     """transformers' MistralForCausalLM (Llama's tensors and math with grouped-query attention and
     a sliding window) imports when the window covers the context: triad's validation loss is

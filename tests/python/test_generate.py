@@ -225,6 +225,17 @@ def test_generation_grid_refuses_a_bad_shape(checkpoint):
                             "--pp", "0"]), "--tp and --pp must be >= 1")
 
 
+@pytest.mark.parametrize("change,needle", [
+    (dict(n_kv_head=1), "--tp 2 does not divide the model's 1 key/value heads"),
+    (dict(mlp_hidden=65), "--tp 2 does not divide the model's 65 MLP hidden units")])
+def test_generation_grid_refuses_what_tp_cannot_split(tmp_path, change, needle):
+    cfg = ref.GptConfig(**{**CFG.__dict__, **change})
+    path = tmp_path / "m.h5"
+    ref.write_checkpoint(path, cfg, ref.random_weights(cfg, 2))
+    p = mpi_generate(2, "--checkpoint", path, "--vocab", VOCAB, "--tp", 2)
+    assert p.returncode != 0 and needle in p.stderr, p.stderr
+
+
 def test_grid_samples_draw_as_one_rank(checkpoint, tmp_path):
     """Sampled (not greedy) continuations on a grid are one rank's with the same --batch (the
     samples in lockstep on the grid too): the ranks share the logits and the seed, so they draw
