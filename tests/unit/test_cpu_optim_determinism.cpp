@@ -183,6 +183,27 @@ struct BlockRun {
     be.attention_backward(dqkv.data(), scratch.data(), dg.data(), qkv.data(), att.data(), B, T, C,
                           NH, NH);
     keep(dqkv);
+    // Grouped-query attention (2 key/value heads: the backward sums query heads' dK and dV after
+    // a parallel pass), behind QK-norm (its weight gradients summed over rows and heads).
+    {
+      const int NKV = 2, hd = C / NH, W = qkv_width(C, NH, NKV);
+      const Vec pre = random_vec(size_t(N) * W, 10, -2.0f, 2.0f);
+      const Vec wq = random_vec(hd, 11, 0.5f, 1.5f), wk = random_vec(hd, 12, 0.5f, 1.5f);
+      Vec normed(pre.size()), r(size_t(N) * (NH + NKV)), o(size_t(N) * C), p(att.size());
+      be.qk_norm_forward(normed.data(), r.data(), pre.data(), wq.data(), wk.data(), N, C, NH, NKV);
+      be.attention_forward(o.data(), p.data(), normed.data(), B, T, C, NH, NKV);
+      Vec d(pre.size(), 0.0f), dwq(hd, 0.0f), dwk(hd, 0.0f), s(att.size());
+      be.attention_backward(d.data(), s.data(), dout.data(), normed.data(), p.data(), B, T, C, NH,
+                            NKV);
+      keep(d);
+      be.qk_norm_backward(d.data(), dwq.data(), dwk.data(), d.data(), pre.data(), wq.data(),
+                          wk.data(), r.data(), N, C, NH, NKV, GradMode::overwrite);
+      keep(normed);
+      keep(o);
+      keep(d);
+      keep(dwq);
+      keep(dwk);
+    }
     Vec dln(ln.size(), 0.0f);
     if (with_blas) {
       const Vec w = random_vec(size_t(3) * C * C, 6, -0.2f, 0.2f);

@@ -9,7 +9,8 @@
 // at T = 256 than full T×T products, more for longer sequences).
 //
 // Threading: the (batch, head) pairs are independent, so they are spread over OpenMP threads
-// (backward: the (batch, key/value head) pairs, whose query heads add into the same dK and dV),
+// (under grouped-query attention the backward's query heads write their dK and dV apart, summed
+// per key/value head afterwards),
 // each calling (single-threaded, see cpu_blas.cpp) sgemm for its own head. The per-head gemms
 // are small (e.g. 64×256×64), where splitting each over threads costs more than it gains
 // (measured: 5-10x slower attention), and one thread keeps a head's P and dP blocks in its own
@@ -80,8 +81,10 @@ void head_forward(float* out, float* att, const float* q, const float* k, const 
   }
 }
 
-void head_backward(float* dq, float* dk, float* dv, float* ds, const float* dout, const float* q,
-                   const float* k, const float* v, const float* att, const Dims& d) {
+// dK and dV are added at leading dimension ld_dkv (the qkv rows', or a head's own buffer).
+void head_backward(float* dq, float* dk, float* dv, int ld_dkv, float* ds, const float* dout,
+                   const float* q, const float* k, const float* v, const float* att,
+                   const Dims& d) {
   const int T = d.T;
   // Row blocks: dP = dO·Vᵀ, dS = softmax_backward(P, dP), dQ += scale · dS·K.
   for (int i0 = 0; i0 < T; i0 += kBlock) {
@@ -105,7 +108,7 @@ void head_backward(float* dq, float* dk, float* dv, float* ds, const float* dout
     const int w = j1 - j0;
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, w, d.hd, T - j0, d.scale,
                 ds + size_t(j0) * T + j0, T, q + size_t(j0) * d.ld_qkv, d.ld_qkv, 1.0f,
-                dk + size_t(j0) * d.ld_qkv, d.ld_qkv);
+                dk + size_t(j0) * ld_dkv, ld_dkv);
     for (int r = 0; r < w; ++r) {
       const float* src = att + size_t(j0 + r) * T + j0;
       float* dst = p_diag + r * kBlock;
@@ -113,11 +116,11 @@ void head_backward(float* dq, float* dk, float* dv, float* ds, const float* dout
       std::fill(dst + r + 1, dst + w, 0.0f);
     }
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, w, d.hd, w, 1.0f, p_diag, kBlock,
-                dout + size_t(j0) * d.ld_out, d.ld_out, 1.0f, dv + size_t(j0) * d.ld_qkv, d.ld_qkv);
+                dout + size_t(j0) * d.ld_out, d.ld_out, 1.0f, dv + size_t(j0) * ld_dkv, ld_dkv);
     if (j1 < T) {
       cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, w, d.hd, T - j1, 1.0f,
                   att + size_t(j1) * T + j0, T, dout + size_t(j1) * d.ld_out, d.ld_out, 1.0f,
-                  dv + size_t(j0) * d.ld_qkv, d.ld_qkv);
+                  dv + size_t(j0) * ld_dkv, ld_dkv);
     }
   }
 }
@@ -179,21 +182,50 @@ void attention_backward(float* dqkv, float* scratch, const float* dout, const fl
   const Dims d = make_dims(T, C, NH, NKV);
   const int hd = d.hd;
   ensure_single_threaded_blas();
-  // One thread per (batch, key/value head): its query heads g, g + NKV, ... add into the same dK
-  // and dV, in that order (deterministic).
+  if (NKV == NH) {  // each head its own dK and dV: straight into dqkv
 #pragma omp parallel for schedule(static)
-  for (int bg = 0; bg < B * NKV; ++bg) {
-    const int b = bg / NKV;
-    const size_t seq = size_t(b) * T * d.ld_qkv;
-    for (int h = bg % NKV; h < NH; h += NKV) {
-      const size_t bh = size_t(b) * NH + size_t(h);
-      const size_t q = seq + size_t(h) * hd, k = seq + k_offset(C, NKV, h, hd),
-                   v = seq + v_offset(C, NKV, h, hd);
-      head_backward(dqkv + q, dqkv + k, dqkv + v, scratch + bh * T * T,
+    for (int bh = 0; bh < B * NH; ++bh) {
+      const int b = bh / NH, h = bh % NH;
+      const size_t q = size_t(b) * T * d.ld_qkv + size_t(h) * hd, k = q + C, v = k + C;
+      head_backward(dqkv + q, dqkv + k, dqkv + v, d.ld_qkv, scratch + size_t(bh) * T * T,
                     dout + size_t(b) * T * C + size_t(h) * hd, qkv + q, qkv + k, qkv + v,
-                    att + bh * T * T, d);
+                    att + size_t(bh) * T * T, d);
     }
+    return;
   }
+  // Grouped-query attention: the query heads sharing a key/value head would add into the same
+  // dK and dV. Each (batch, query head) writes its own into a buffer of its own, in parallel over
+  // all B·NH of them, and a second pass adds a key/value head's NH/NKV of them into dqkv in
+  // query-head order: the same sums whatever the thread count.
+  const size_t per_head = size_t(T) * hd;  // one head's dK (then its dV)
+  std::vector<float> buffer(2 * size_t(B) * NH * per_head, 0.0f);
+  float* const own = buffer.data();
+#pragma omp parallel for schedule(static)
+  for (int bh = 0; bh < B * NH; ++bh) {
+    const int b = bh / NH, h = bh % NH;
+    const size_t seq = size_t(b) * T * d.ld_qkv;
+    const size_t q = seq + size_t(h) * hd, k = seq + k_offset(C, NKV, h, hd),
+                 v = seq + v_offset(C, NKV, h, hd);
+    float* dk = own + 2 * size_t(bh) * per_head;
+    head_backward(dqkv + q, dk, dk + per_head, hd, scratch + size_t(bh) * T * T,
+                  dout + size_t(b) * T * C + size_t(h) * hd, qkv + q, qkv + k, qkv + v,
+                  att + size_t(bh) * T * T, d);
+  }
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int b = 0; b < B; ++b)
+    for (int t = 0; t < T; ++t) {
+      float* row = dqkv + (size_t(b) * T + t) * d.ld_qkv;
+      for (int g = 0; g < NKV; ++g)
+        for (int h = g; h < NH; h += NKV) {
+          const float* dk = own + 2 * (size_t(b) * NH + h) * per_head + size_t(t) * hd;
+          float* to_k = row + k_offset(C, NKV, g, hd);
+          float* to_v = row + v_offset(C, NKV, g, hd);
+          for (int e = 0; e < hd; ++e) {
+            to_k[e] += dk[e];
+            to_v[e] += dk[per_head + e];
+          }
+        }
+    }
 }
 
 }  // namespace triad::cpu
