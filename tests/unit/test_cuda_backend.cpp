@@ -511,17 +511,29 @@ struct QkShape {
 const QkShape kQkShapes[] = {{10, 48, 3, 3}, {37, 64, 4, 2}, {300, 768, 12, 4}, {2048, 768, 12, 12},
                              {5, 128, 1, 1}, {33, 80, 2, 1}, {7, 8, 4, 2}};
 
+// One qk_norm test case: its sizes and random inputs (seeds from `seed` on).
+struct QkCase {
+  int hd;
+  size_t n, nr;  // elements of qkv and of rstd
+  Vec qkv, wq, wk;
+  QkCase(const QkShape& s, uint32_t seed)
+      : hd(s.C / s.NH),
+        n(size_t(s.N) * qkv_width(s.C, s.NH, s.NKV)),
+        nr(size_t(s.N) * (s.NH + s.NKV)),
+        qkv(random_vec(n, seed, -2.0f, 2.0f)),
+        wq(random_vec(size_t(hd), seed + 1, 0.5f, 1.5f)),
+        wk(random_vec(size_t(hd), seed + 2, 0.5f, 1.5f)) {}
+};
+
 // Forward into NaN-filled buffers (every value of out, v included, and of rstd is written), from
 // the same inputs as the CPU's.
 TEST_F(CudaBackendTest, QkNormForward) {
   for (const QkShape& s : kQkShapes) {
     SCOPED_TRACE(::testing::Message()
                  << "N=" << s.N << " C=" << s.C << " NH=" << s.NH << " NKV=" << s.NKV);
-    const int hd = s.C / s.NH;
-    const size_t n = size_t(s.N) * qkv_width(s.C, s.NH, s.NKV);
-    const size_t nr = size_t(s.N) * (s.NH + s.NKV);
-    const Vec qkv = random_vec(n, 130, -2.0f, 2.0f);
-    const Vec wq = random_vec(hd, 131, 0.5f, 1.5f), wk = random_vec(hd, 132, 0.5f, 1.5f);
+    const QkCase c(s, 130);
+    const size_t n = c.n, nr = c.nr;
+    const Vec &qkv = c.qkv, &wq = c.wq, &wk = c.wk;
     Vec out(n), rstd(nr);
     cpu->qk_norm_forward(out.data(), rstd.data(), qkv.data(), wq.data(), wk.data(), s.N, s.C, s.NH,
                          s.NKV);
@@ -540,11 +552,10 @@ TEST_F(CudaBackendTest, QkNormBackward) {
   for (const QkShape& s : kQkShapes) {
     SCOPED_TRACE(::testing::Message()
                  << "N=" << s.N << " C=" << s.C << " NH=" << s.NH << " NKV=" << s.NKV);
-    const int hd = s.C / s.NH;
-    const size_t n = size_t(s.N) * qkv_width(s.C, s.NH, s.NKV);
-    const size_t nr = size_t(s.N) * (s.NH + s.NKV);
-    const Vec qkv = random_vec(n, 140, -2.0f, 2.0f);
-    const Vec wq = random_vec(hd, 141, 0.5f, 1.5f), wk = random_vec(hd, 142, 0.5f, 1.5f);
+    const QkCase c(s, 140);
+    const int hd = c.hd;
+    const size_t n = c.n, nr = c.nr;
+    const Vec &qkv = c.qkv, &wq = c.wq, &wk = c.wk;
     const Vec dout = random_vec(n, 143);
     Vec out(n), rstd(nr);
     cpu->qk_norm_forward(out.data(), rstd.data(), qkv.data(), wq.data(), wk.data(), s.N, s.C, s.NH,
