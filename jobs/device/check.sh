@@ -476,16 +476,18 @@ EOF
     # further down keep their time.
     for v in "bf16 16 12 deterministic none" "fp32 8 8 deterministic none" "bf16 16 12 atomic none" \
              "bf16 16 12 deterministic full" "bf16 16 12 deterministic none muon" \
-             "bf16 16 12 deterministic none adamw llama"; do
+             "bf16 16 12 deterministic none adamw llama" "bf16 16 12 deterministic none adamw llama_gqa"; do
       read -r pr mb steps fb recomp opt arch <<<"$v"
       opt=${opt:-adamw}
       # llama: the same size with Llama's architecture (rope, RMSNorm, SwiGLU 2048, no biases,
-      # untied head: inputs/models/llama-124m.ini).
-      arch_opts=(); [[ ${arch:-} == llama ]] && arch_opts=(--model.position rope --model.norm rmsnorm
+      # untied head: inputs/models/llama-124m.ini); llama_gqa: with 4 key/value heads of 12 (what
+      # the expansion around the flash kernels costs).
+      arch_opts=(); [[ ${arch:-} == llama* ]] && arch_opts=(--model.position rope --model.norm rmsnorm
         --model.mlp swiglu --model.bias false --model.tie_embeddings false)
+      [[ ${arch:-} == llama_gqa ]] && arch_opts+=(--model.n_kv_head 4)
       tag=$pr; [[ $fb == atomic ]] && tag=${pr}_atomic; [[ $recomp != none ]] && tag=${pr}_recompute
       [[ $opt == muon ]] && tag=${pr}_muon
-      [[ ${arch:-} == llama ]] && tag=${pr}_llama
+      [[ ${arch:-} == llama* ]] && tag=${pr}_$arch
       chunk=0; [[ $recomp != none ]] && chunk=2048  # the memory savers together: loss in 2048-token chunks
       if [[ $tag != "$pr" ]] && (( $(left) < 260 )); then
         echo "RESULT_124M_$tag skipped (time)"
@@ -526,7 +528,7 @@ EOF
   ) 2>&1 | tee "$RUN/gpu.txt"
   GPU_EVAL=$(sed -n 's/^RESULT_EVAL //p' "$RUN/gpu.txt" | paste -sd';' -)
   GPU_CURVE=$(sed -n 's/^RESULT_CURVE //p' "$RUN/gpu.txt" | paste -sd';' -)
-  GPU_124M=$(sed -n 's/^RESULT_124M_bf16 //p' "$RUN/gpu.txt")"; atomic dQ: $(sed -n 's/^RESULT_124M_bf16_atomic //p' "$RUN/gpu.txt"); muon: $(sed -n 's/^RESULT_124M_bf16_muon //p' "$RUN/gpu.txt"); Llama architecture: $(sed -n 's/^RESULT_124M_bf16_llama //p' "$RUN/gpu.txt")"; GPU_124M32=$(sed -n 's/^RESULT_124M_fp32 //p' "$RUN/gpu.txt")
+  GPU_124M=$(sed -n 's/^RESULT_124M_bf16 //p' "$RUN/gpu.txt")"; atomic dQ: $(sed -n 's/^RESULT_124M_bf16_atomic //p' "$RUN/gpu.txt"); muon: $(sed -n 's/^RESULT_124M_bf16_muon //p' "$RUN/gpu.txt"); Llama architecture: $(sed -n 's/^RESULT_124M_bf16_llama //p' "$RUN/gpu.txt"); with 4 key/value heads: $(sed -n 's/^RESULT_124M_bf16_llama_gqa //p' "$RUN/gpu.txt")"; GPU_124M32=$(sed -n 's/^RESULT_124M_fp32 //p' "$RUN/gpu.txt")
 fi
 res "ckpt val loss CPU vs GPU" "${GPU_EVAL:-failed}"
 res "50 steps GPU vs CPU" "${GPU_CURVE:-failed}"
