@@ -142,6 +142,8 @@ RunPlan plan_run(const Config& cfg, int world_size) {
         const ParamSpec& first = specs[r.specs.front()];
         m.optimizer_flops +=
             newton_schulz_flops(first.shape[0], first.shape[1], cfg.optim.muon_ns_steps);
+        if (p.grid.tp > 1 && first.split_axis >= 0)
+          m.tp_muon_gather += first.numel * size_t(p.grid.tp - 1) * sizeof(float);
         gathered += r.count;
       }
       if (p.grid.dp > 1) {
@@ -242,6 +244,12 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
     os << "\nMuon's Newton-Schulz per step on the busiest rank, stage";
     for (const auto& s : p.stages) os << " " << s.stage << ": " << s.optimizer_flops / 1e9;
     os << " GFLOP (on the step's critical path, not counted in MFU)";
+    if (g.tp > 1) {
+      os << "; its tensor-parallel gathers of the whole matrices per step, stage";
+      for (const auto& s : p.stages)
+        os << " " << s.stage << ": " << std::setprecision(1) << double(s.tp_muon_gather) / 1e6;
+      os << " MB received";
+    }
   }
   if (g.pp > 1)
     os << "\npipeline bubble (simulated with each stage's FLOPs, backward = 2 x forward"

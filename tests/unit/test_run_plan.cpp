@@ -206,6 +206,13 @@ TEST(RunPlan, MuonAddsItsNewtonSchulzToTheStep) {
   // 12 attn c_proj (1.5 rounds each: one round holds 4 c_attn and 4 c_proj, rank 0 a c_attn).
   c.train.micro_batch_size = 2;
   EXPECT_DOUBLE_EQ(plan_run(c, 8).stages[0].optimizer_flops, 3 * fc + 2 * attn + proj);
+  EXPECT_EQ(plan_run(c, 8).stages[0].tp_muon_gather, 0u);
+  // tp = 2: each matrix is gathered whole from its two shards, the other rank's half received
+  // (c_attn 3C·C/2, attn c_proj C·C/2, c_fc and mlp c_proj 4C·C/2 each, fp32, 12 layers).
+  c.parallel.tp = 2;
+  c.train.micro_batch_size = 16;
+  const size_t C = 768, half = 12 * (3 * C * C + C * C + 8 * C * C) / 2;
+  EXPECT_EQ(plan_run(c, 2).stages[0].tp_muon_gather, half * sizeof(float));
 }
 
 // zb-h1 against 1f1b on 4 stages, 8 micro-batches. Stages of equal compute (16 layers of GPT-2

@@ -51,6 +51,9 @@ struct StageMemory {
   // stage (rank 0: it takes the largest matrix of every round; optim/muon.h), after the
   // backward pass, on the step's critical path.
   double optimizer_flops = 0;
+  // optim.name = muon, tp > 1: the fp32 bytes that rank receives per step gathering its
+  // Newton–Schulz matrices whole from the tensor-parallel group ((tp − 1) shards of each).
+  size_t tp_muon_gather = 0;
   // Data-parallel payload per step that this rank hands in (CommStats bytes): the gradient
   // all-reduce, or under ZeRO-1 the reduce-scatter of the whole buffer and the all-gather of the
   // slice (in bf16 where the trainer gathers the bf16 copy; Muon adds a gather of its fp32
