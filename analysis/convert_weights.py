@@ -66,6 +66,14 @@ class ConvertError(AnalysisError):
     pass
 
 
+# llama3 rope scaling's four numbers: as /model attributes (also triad-train's [model] keys),
+# and in Hugging Face's rope_scaling.
+ROPE_SCALING_ATTRS = ("rope_scaling_factor", "rope_low_freq_factor", "rope_high_freq_factor",
+                      "rope_original_positions")
+ROPE_SCALING_HF = ("factor", "low_freq_factor", "high_freq_factor",
+                   "original_max_position_embeddings")
+
+
 @dataclass(frozen=True)
 class Dims:
     n_layer: int
@@ -83,6 +91,9 @@ class Dims:
     tied: bool = True
     n_kv_head: int = 0  # key/value heads; 0: n_head (no grouped-query attention)
     qk_norm: bool = False  # q_norm / k_norm per head (model.qk_norm): no export format holds it
+    # Llama 3.1's rope scaling (model.rope_scaling = llama3): (factor, low_freq_factor,
+    # high_freq_factor, original positions); None: plain rope.
+    rope_scaling: tuple | None = None
 
     @property
     def kv(self) -> int:
@@ -122,6 +133,9 @@ class Dims:
                      tie_embeddings=int(self.tied), n_kv_head=self.kv, qk_norm=int(self.qk_norm))
             if self.position == "rope":
                 a["rope_theta"] = float(self.rope_theta)
+            if self.rope_scaling is not None:
+                a["rope_scaling"] = "llama3"
+                a.update(zip(ROPE_SCALING_ATTRS, self.rope_scaling))
         return a
 
     def config_lines(self) -> str:
@@ -135,6 +149,9 @@ class Dims:
                         n_kv_head=self.kv)
             if self.position == "rope":
                 keys["rope_theta"] = self.rope_theta
+            if self.rope_scaling is not None:
+                keys["rope_scaling"] = "llama3"
+                keys.update(zip(ROPE_SCALING_ATTRS, self.rope_scaling))
             if self.qk_norm:
                 keys["qk_norm"] = "true"
         return "".join(f"{k} = {v}\n" for k, v in keys.items())
@@ -350,8 +367,20 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         refusals.append(f"rms_norm_eps {eps} (triad's is 1e-5)")
     if cfg.get("hidden_act", "silu") != "silu":
         refusals.append(f"hidden_act {cfg.get('hidden_act')!r} (SwiGLU uses silu)")
+    scaling = None
     if cfg.get("rope_scaling"):
-        refusals.append(f"rope_scaling {cfg['rope_scaling']} (only plain rope is built)")
+        r = cfg["rope_scaling"]
+        kind = r.get("rope_type", r.get("type")) if isinstance(r, dict) else None
+        try:
+            if kind != "llama3":
+                raise ValueError
+            scaling = tuple(float(r[k]) for k in ROPE_SCALING_HF[:3]) + (
+                int(r[ROPE_SCALING_HF[3]]),)
+            if not (scaling[0] >= 1 and 0 < scaling[1] < scaling[2] and scaling[3] >= 1):
+                raise ValueError
+        except (KeyError, TypeError, ValueError):
+            refusals.append(f"rope_scaling {r} (triad builds plain rope and Llama 3.1's 'llama3' "
+                            f"scaling, with factor >= 1, 0 < low_freq_factor < high_freq_factor)")
     for key in ("attention_bias", "mlp_bias"):
         if cfg.get(key):
             refusals.append(f"{key} = true (triad's Llama has no biases)")
@@ -366,7 +395,7 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     refuse_or_check_positions(where, refusals, seq_len, n_pos, "max_position_embeddings")
     d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab, position="rope", rope_theta=theta,
              norm="rmsnorm", bias=False, mlp="swiglu", mlp_hidden=hidden,
-             tied=bool(cfg.get("tie_word_embeddings", False)), n_kv_head=kv)
+             tied=bool(cfg.get("tie_word_embeddings", False)), n_kv_head=kv, rope_scaling=scaling)
     d.check(where)
     return d
 
@@ -786,7 +815,9 @@ def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
              position="rope", rope_theta=float(a["rope_theta"]), norm="rmsnorm", bias=False,
              mlp="swiglu", mlp_hidden=int(a["mlp_hidden"]),
              tied=int(a.get("tie_embeddings", 1)) == 1,
-             n_kv_head=int(a.get("n_kv_head", a["n_head"])))
+             n_kv_head=int(a.get("n_kv_head", a["n_head"])),
+             rope_scaling=tuple(float(a[k]) for k in ROPE_SCALING_ATTRS[:3]) +
+             (int(a[ROPE_SCALING_ATTRS[3]]),) if a.get("rope_scaling") == "llama3" else None)
 
     def tensors():
         import h5py
@@ -808,7 +839,9 @@ def llama_hf_config(d: Dims) -> dict:
         "num_key_value_heads": d.kv, "hidden_size": d.n_embd,
         "intermediate_size": d.mlp_hidden, "max_position_embeddings": d.seq_len,
         "vocab_size": d.vocab_size, "rms_norm_eps": 1e-5, "rope_theta": d.rope_theta,
-        "rope_scaling": None, "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
+        "rope_scaling": None if d.rope_scaling is None else
+        {"rope_type": "llama3", **dict(zip(ROPE_SCALING_HF, d.rope_scaling))},
+        "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
         "attention_dropout": 0.0, "tie_word_embeddings": d.tied, "initializer_range": 0.02,
         "torch_dtype": "float32",
     }

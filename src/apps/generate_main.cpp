@@ -154,6 +154,12 @@ int main(int argc, char** argv) {
                           int(m.vocab_size), triad::padded_vocab_size(int(m.vocab_size), tp)};
     shape.rope = m.position == "rope";
     if (shape.rope) shape.rope_theta = m.rope_theta;
+    if (m.rope_scaling == "llama3") {
+      shape.rope_factor = m.rope_scaling_factor;
+      shape.rope_low_freq = m.rope_low_freq_factor;
+      shape.rope_high_freq = m.rope_high_freq_factor;
+      shape.rope_original_positions = int(m.rope_original_positions);
+    }
     shape.rmsnorm = m.norm == "rmsnorm";
     shape.bias = m.bias;
     shape.swiglu = m.mlp == "swiglu";

@@ -621,6 +621,27 @@ CheckpointState read_state(hid_t file) {
                 "attribute rope_theta of /model is ",
                 theta ? "not a finite number > 1" : "missing (position is rope)");
     s.model.rope_theta = *theta;
+    s.model.rope_scaling = io::read_string_attr(model, "rope_scaling").value_or("none");
+    TRIAD_CHECK(s.model.rope_scaling == "none" || s.model.rope_scaling == "llama3",
+                "attribute rope_scaling of /model is '", s.model.rope_scaling,
+                "', not none or llama3");
+    if (s.model.rope_scaling == "llama3") {
+      auto positive = [&](const char* name) {
+        const std::optional<double> v = io::read_double_attr(model, name);
+        TRIAD_CHECK(v.has_value() && std::isfinite(*v) && *v > 0, "attribute ", name,
+                    " of /model is ",
+                    v ? "not a finite number > 0" : "missing (rope_scaling is llama3)");
+        return *v;
+      };
+      s.model.rope_scaling_factor = positive("rope_scaling_factor");
+      s.model.rope_low_freq_factor = positive("rope_low_freq_factor");
+      s.model.rope_high_freq_factor = positive("rope_high_freq_factor");
+      s.model.rope_original_positions = require_int64(model, "/model", "rope_original_positions");
+      TRIAD_CHECK(s.model.rope_original_positions >= 1 &&
+                      s.model.rope_high_freq_factor > s.model.rope_low_freq_factor,
+                  "attributes rope_original_positions and rope_*_freq_factor of /model are "
+                  "inconsistent (need >= 1 positions and high > low)");
+    }
   }
   s.model.norm = io::read_string_attr(model, "norm").value_or("layernorm");
   TRIAD_CHECK(s.model.norm == "layernorm" || s.model.norm == "rmsnorm",
@@ -954,6 +975,15 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
           io::write_string_attr(model, "position", state.model.position);
           if (state.model.position == "rope")
             io::write_double_attr(model, "rope_theta", state.model.rope_theta);
+          if (state.model.rope_scaling == "llama3") {
+            io::write_string_attr(model, "rope_scaling", state.model.rope_scaling);
+            io::write_double_attr(model, "rope_scaling_factor", state.model.rope_scaling_factor);
+            io::write_double_attr(model, "rope_low_freq_factor", state.model.rope_low_freq_factor);
+            io::write_double_attr(model, "rope_high_freq_factor",
+                                  state.model.rope_high_freq_factor);
+            io::write_int64_attr(model, "rope_original_positions",
+                                 state.model.rope_original_positions);
+          }
           io::write_string_attr(model, "norm", state.model.norm);
           io::write_int64_attr(model, "bias", state.model.bias ? 1 : 0);
           io::write_int64_attr(model, "tie_embeddings", state.model.tied ? 1 : 0);

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <numbers>
 
 #include "gpt_activations.h"
 #include "triad/core/error.h"
@@ -207,12 +208,30 @@ std::vector<ParamSpec> gpt_rank_layout(const GptShape& shape, const ModelParalle
   return b.take();
 }
 
+namespace {
+
+// Pair i's frequency, rope_theta^(−2i/hd), under Llama 3.1's scaling when rope_factor != 1: with
+// wavelength λ = 2π/f and L the original context, kept where λ < L/high, divided by the factor
+// where λ > L/low, and between them (1 − s)·f/factor + s·f with s = (L/λ − low)/(high − low).
+double rope_frequency(const GptShape& shape, int i, int hd) {
+  const double f = std::pow(shape.rope_theta, -2.0 * i / hd);
+  if (shape.rope_factor == 1.0) return f;
+  const double L = shape.rope_original_positions, wavelength = 2 * std::numbers::pi / f;
+  if (wavelength < L / shape.rope_high_freq) return f;
+  if (wavelength > L / shape.rope_low_freq) return f / shape.rope_factor;
+  const double s =
+      (L / wavelength - shape.rope_low_freq) / (shape.rope_high_freq - shape.rope_low_freq);
+  return (1 - s) * f / shape.rope_factor + s * f;
+}
+
+}  // namespace
+
 std::vector<float> rope_table(const GptShape& shape) {
   const int hd = shape.n_embd / shape.n_head, half = hd / 2;
   std::vector<float> t(size_t(shape.seq_len) * size_t(hd));
   for (int p = 0; p < shape.seq_len; ++p)
     for (int i = 0; i < half; ++i) {
-      const double angle = p * std::pow(shape.rope_theta, -2.0 * i / hd);
+      const double angle = p * rope_frequency(shape, i, hd);
       t[size_t(p) * hd + i] = float(std::cos(angle));
       t[size_t(p) * hd + half + i] = float(std::sin(angle));
     }

@@ -38,6 +38,16 @@ class KeyTable {
         "learned (GPT-2's position table wpe) | rope (rotary embedding of q and k in every layer, "
         "no wpe)");
     add("model.rope_theta", c.model.rope_theta, "rope: base of the rotation frequencies");
+    add("model.rope_scaling", c.model.rope_scaling,
+        "rope: none | llama3 (Llama 3.1's scaling of the low frequencies, for long contexts)");
+    add("model.rope_scaling_factor", c.model.rope_scaling_factor,
+        "llama3: the low frequencies' divisor");
+    add("model.rope_low_freq_factor", c.model.rope_low_freq_factor,
+        "llama3: wavelengths above rope_original_positions / this are divided");
+    add("model.rope_high_freq_factor", c.model.rope_high_freq_factor,
+        "llama3: wavelengths below rope_original_positions / this are kept");
+    add("model.rope_original_positions", c.model.rope_original_positions,
+        "llama3: the context length the frequencies were first trained for");
     add("model.norm", c.model.norm,
         "layernorm (GPT-2's, weight and bias) | rmsnorm (root mean square, weight only, as Llama)");
     add("model.mlp", c.model.mlp, "gelu (GPT-2's MLP) | swiglu (silu(gate)·up, as Llama)");
@@ -410,6 +420,8 @@ void validate(const Config& c, int world_size) {
         "must be in [2, 1073741824] (got " + std::to_string(m.vocab_size) + ")");
   check(m.position == "learned" || m.position == "rope", "model.position",
         "must be learned or rope (got '" + m.position + "')");
+  check(m.position == "rope" || m.rope_scaling == "none", "model.rope_scaling",
+        "needs model.position = rope");
   check(m.norm == "layernorm" || m.norm == "rmsnorm", "model.norm",
         "must be layernorm or rmsnorm (got '" + m.norm + "')");
   check(m.mlp == "gelu" || m.mlp == "swiglu", "model.mlp",
@@ -422,6 +434,18 @@ void validate(const Config& c, int world_size) {
               std::to_string(m.n_embd / m.n_head) + ")");
     check(std::isfinite(m.rope_theta) && m.rope_theta > 1, "model.rope_theta",
           "must be a finite number > 1");
+    check(m.rope_scaling == "none" || m.rope_scaling == "llama3", "model.rope_scaling",
+          "must be none or llama3 (got '" + m.rope_scaling + "')");
+    if (m.rope_scaling == "llama3") {
+      check(std::isfinite(m.rope_scaling_factor) && m.rope_scaling_factor >= 1,
+            "model.rope_scaling_factor", "must be a finite number >= 1");
+      check(std::isfinite(m.rope_low_freq_factor) && m.rope_low_freq_factor > 0,
+            "model.rope_low_freq_factor", "must be a finite number > 0");
+      check(std::isfinite(m.rope_high_freq_factor) &&
+                m.rope_high_freq_factor > m.rope_low_freq_factor,
+            "model.rope_high_freq_factor", "must be a finite number > model.rope_low_freq_factor");
+      check(m.rope_original_positions >= 1, "model.rope_original_positions", "must be >= 1");
+    }
   }
   const auto& t = c.train;
   check(t.steps >= 0, "train.steps", "must be >= 0 (got " + std::to_string(t.steps) + ")");

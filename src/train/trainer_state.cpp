@@ -266,6 +266,13 @@ CheckpointState Trainer::State::checkpoint_state() const {
                         cfg.model.seq_len, cfg.model.vocab_size, cfg.padded_vocab_size()};
   st.model.position = cfg.model.position;
   st.model.rope_theta = cfg.model.position == "rope" ? cfg.model.rope_theta : 0.0;
+  if (cfg.model.rope_scaling == "llama3") {
+    st.model.rope_scaling = "llama3";
+    st.model.rope_scaling_factor = cfg.model.rope_scaling_factor;
+    st.model.rope_low_freq_factor = cfg.model.rope_low_freq_factor;
+    st.model.rope_high_freq_factor = cfg.model.rope_high_freq_factor;
+    st.model.rope_original_positions = cfg.model.rope_original_positions;
+  }
   st.model.norm = cfg.model.norm;
   st.model.bias = cfg.model.bias;
   st.model.mlp = cfg.model.mlp;
@@ -318,6 +325,17 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
     fail("checkpoint ", path, " holds a model with positions ", describe(m.position, m.rope_theta),
          " but the config asks for model.position = ", describe(c.position, c.rope_theta));
   }
+  // Scaled frequencies are other positions too.
+  const bool llama3 = c.rope_scaling == "llama3";
+  TRIAD_CHECK(m.rope_scaling == c.rope_scaling &&
+                  (!llama3 || (m.rope_scaling_factor == c.rope_scaling_factor &&
+                               m.rope_low_freq_factor == c.rope_low_freq_factor &&
+                               m.rope_high_freq_factor == c.rope_high_freq_factor &&
+                               m.rope_original_positions == c.rope_original_positions)),
+              "checkpoint ", path, " holds a model with rope_scaling ", m.rope_scaling,
+              m.rope_scaling == "llama3" ? " (its factors in the file's /model attributes)" : "",
+              " but the config asks for model.rope_scaling = ", c.rope_scaling,
+              llama3 ? " with other factors or original positions" : "");
   // LayerNorm and RMSNorm differ in their tensors (the biases) and in what they compute.
   TRIAD_CHECK(m.norm == c.norm, "checkpoint ", path, " holds a model with norm ", m.norm,
               " but the config asks for model.norm = ", c.norm);

@@ -340,6 +340,45 @@ def test_llama_tensors_of_the_wrong_shape_are_refused(tmp_path, name, shape):
     assert not out.exists()
 
 
+def test_llama3_rope_scaling_imports_and_evaluates_as_transformers(imported, tmp_path):
+    """Llama 3.1's rope scaling (rope_type llama3) imported: with an original context of 32
+    positions, hd 16 and theta 500 the pairs' wavelengths fall in all three of its regimes (kept,
+    interpolated, divided by the factor); triad's loss is transformers', the options reach the
+    checkpoint, and the export carries rope_scaling back."""
+    d, _, cfg = imported
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
+    model = llama_model(num_key_value_heads=2, rope_scaling=scaling)
+    model.save_pretrained(tmp_path / "llama", safe_serialization=True)
+    out = tmp_path / "llama.h5"
+    p = tool("triad-convert", "import", tmp_path / "llama", out, "--seq-len", SEQ)
+    assert p.returncode == 0, p.stderr
+    with h5py.File(out, "r") as f:
+        a = f["model"].attrs
+        assert a["rope_scaling"] in (b"llama3", "llama3") and float(a["rope_scaling_factor"]) == 8
+        assert int(a["rope_original_positions"]) == 32
+    want_loss, _ = hf_loss_accuracy(model, d)
+    args = [*LLAMA_ARGS, "--model.n_head", 4, "--model.n_kv_head", 2, "--model.rope_scaling",
+            "llama3", "--model.rope_scaling_factor", 8, "--model.rope_low_freq_factor", 1,
+            "--model.rope_high_freq_factor", 4, "--model.rope_original_positions", 32]
+    p = train("--config", cfg, "--eval-only", "--init-from", out, *args, check=True)
+    loss = float(p.stdout.split("val loss")[1].split()[0])
+    assert abs(loss - want_loss) <= 1e-5 * want_loss, (loss, want_loss)
+    # Plain rope on the same weights computes something else, and is refused against the file.
+    plain = llama_model(num_key_value_heads=2)
+    assert abs(hf_loss_accuracy(plain, d)[0] - want_loss) > 1e-4
+    p = train("--config", cfg, "--eval-only", "--init-from", out, *LLAMA_ARGS, "--model.n_head", 4,
+              "--model.n_kv_head", 2)
+    assert p.returncode != 0 and "rope_scaling llama3" in p.stderr, p.stderr
+    assert tool("triad-convert", "export", out, tmp_path / "back", "--to", "hf", "--vocab",
+                "none").returncode == 0
+    back = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert back["rope_scaling"]["rope_type"] == "llama3"
+    assert back["rope_scaling"]["original_max_position_embeddings"] == 32
+    again = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "back").eval()
+    assert abs(hf_loss_accuracy(again, d)[0] - want_loss) <= 1e-9 * want_loss
+
+
 def test_mistral_imports_and_evaluates_as_transformers(imported, tmp_path):
     """transformers' MistralForCausalLM (Llama's tensors and math with grouped-query attention and
     a sliding window) imports when the window covers the context: triad's validation loss is

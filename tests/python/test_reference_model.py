@@ -129,6 +129,12 @@ CASES = [
     Case("qknorm", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
                                  position="rope", rope_theta=500.0, norm="rmsnorm", n_kv_head=2,
                                  qk_norm=True), 2, 40, 6, 61),
+    # Llama 3.1's rope scaling: an original context of 32 positions, hd 16, theta 300 put the
+    # pairs in all three regimes (wavelength 6.3 kept, 12.8 and 26 interpolated, the rest divided
+    # by 4).
+    Case("ropescaling", ref.GptConfig(n_layer=2, n_head=3, n_embd=48, seq_len=17, vocab_size=300,
+                                      position="rope", rope_theta=300.0,
+                                      rope_scaling=(4.0, 1.0, 4.0, 32)), 3, 45, 7, 67),
     # A vocabulary above 65536 (ids past 16 bits: the uint32 token shards, the embedding and the
     # classifier over 70,144 padded rows).
     Case("bigvocab", ref.GptConfig(n_layer=1, n_head=2, n_embd=32, seq_len=16,
@@ -142,7 +148,12 @@ def config_sections(case: Case, d: Path, **over) -> dict:
         "model": dict(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, seq_len=c.seq_len,
                       vocab_size=c.vocab_size, position=c.position, rope_theta=c.rope_theta,
                       norm=c.norm, bias=c.bias, mlp=c.mlp, mlp_hidden=c.mlp_hidden,
-                      tie_embeddings=c.tied, n_kv_head=c.n_kv_head, qk_norm=c.qk_norm),
+                      tie_embeddings=c.tied, n_kv_head=c.n_kv_head, qk_norm=c.qk_norm,
+                      **({} if c.rope_scaling is None else dict(
+                          rope_scaling="llama3", rope_scaling_factor=c.rope_scaling[0],
+                          rope_low_freq_factor=c.rope_scaling[1],
+                          rope_high_freq_factor=c.rope_scaling[2],
+                          rope_original_positions=c.rope_scaling[3]))),
         "train": dict(steps=10, batch_size=2 * case.micro_batch,
                       micro_batch_size=case.micro_batch, lr=3e-3, warmup_steps=2,
                       schedule="cosine", min_lr_ratio=0.1, grad_clip=1.0, seed=5),
@@ -585,4 +596,4 @@ def test_layer_norms_match_torch(tmp_root, tmp_path):
 # Chosen from the printed norms so that clipping triggers in some steps but not all.
 GRAD_CLIP = {"gpt2vocab": 1.0, "oddshapes": 1.0, "rope": 1.0, "rmsnorm": 1.2, "nobias": 1.0,
              "swiglu": 1.1, "llama": 1.7, "gqa": 1.7, "mqa": 1.0, "bigvocab": 1.0,
-             "qknorm": 1.15}
+             "qknorm": 1.15, "ropescaling": 1.0}

@@ -56,7 +56,8 @@ def block(params: Dict[str, torch.Tensor], cfg: ref.GptConfig, i: int, x: torch.
     if qn is not None:  # model.qk_norm: each q and k head RMSNormed, before the rotation
         q, k = ref.rms_norm(q, qn), ref.rms_norm(k, kn)
     if cfg.position == "rope":  # the new rows sit at positions past ..; cached keys are rotated
-        q, k = ref.rotary(q, cfg.rope_theta, past), ref.rotary(k, cfg.rope_theta, past)
+        q, k = (ref.rotary(q, cfg.rope_theta, past, cfg.rope_scaling),
+                ref.rotary(k, cfg.rope_theta, past, cfg.rope_scaling))
     if cache is not None:
         if len(cache) > i:
             pk, pv = cache[i]

@@ -61,6 +61,9 @@ class GptConfig:
     mlp_hidden: int = 0  # 0: 4C for gelu; swiglu: the multiple of 64 at or above 8C/3
     tied: bool = True  # False: an output layer lm_head/weight [Vp, C] of its own
     n_kv_head: int = 0  # key/value heads (0: n_head); fewer: grouped-query attention
+    # llama3 rope scaling (model.rope_scaling): (factor, low_freq_factor, high_freq_factor,
+    # original positions); None: plain rope.
+    rope_scaling: Optional[Tuple[float, float, float, int]] = None
     qk_norm: bool = False  # True: RMSNorm of each q and k head (q_norm, k_norm [hd]) after c_attn
 
     @property
@@ -189,13 +192,29 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch
     return y if b is None else y + b
 
 
-def rotary(x: torch.Tensor, theta: float, pos0: int = 0) -> torch.Tensor:
+def rope_frequencies(theta: float, hd: int, scaling=None) -> torch.Tensor:
+    """theta^(-2i/hd) for i < hd/2 (float64); with scaling = (factor, low, high, L), Llama 3.1's:
+    wavelengths 2π/f above L/low divided by factor, below L/high kept, in between
+    (1 - s)·f/factor + s·f with s = (L/wavelength - low)/(high - low)."""
+    freq = theta ** (-2.0 * torch.arange(hd // 2, dtype=torch.float64) / hd)
+    if scaling is None:
+        return freq
+    factor, low, high, L = scaling
+    wavelength = 2 * math.pi / freq
+    s = (L / wavelength - low) / (high - low)
+    middle = (1 - s) * freq / factor + s * freq
+    return torch.where(wavelength < L / high, freq,
+                       torch.where(wavelength > L / low, freq / factor, middle))
+
+
+def rotary(x: torch.Tensor, theta: float, pos0: int = 0, scaling=None) -> torch.Tensor:
     """RoFormer's rotary embedding of x [B, nh, T, hd] at positions pos0 .. pos0 + T - 1, in the
     "rotate half" pairing (GPT-NeoX, Hugging Face Llama): dimension i < hd/2 pairs with i + hd/2,
-    and the pair turns by the angle pos * theta^(-2i/hd). Angles in float64."""
+    and the pair turns by the angle pos * theta^(-2i/hd) (scaled: rope_frequencies). Angles in
+    float64."""
     T, hd = x.shape[-2], x.shape[-1]
     half = hd // 2
-    freq = theta ** (-2.0 * torch.arange(half, dtype=torch.float64) / hd)
+    freq = rope_frequencies(theta, hd, scaling)
     ang = torch.arange(pos0, pos0 + T, dtype=torch.float64)[:, None] * freq[None, :]  # [T, half]
     cos = torch.cat([ang.cos(), ang.cos()], dim=-1).to(x.dtype)
     sin = torch.cat([ang.sin(), ang.sin()], dim=-1).to(x.dtype)
@@ -206,7 +225,7 @@ def rotary(x: torch.Tensor, theta: float, pos0: int = 0) -> torch.Tensor:
 def attention(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_head: int,
               rope_theta: Optional[float] = None, n_kv_head: int = 0,
               q_norm: Optional[torch.Tensor] = None,
-              k_norm: Optional[torch.Tensor] = None) -> torch.Tensor:
+              k_norm: Optional[torch.Tensor] = None, rope_scaling=None) -> torch.Tensor:
     """Causal self-attention on x [B, T, C]: c_attn rows are q | k | v, each head-major, k and v
     with n_kv_head heads (0: n_head); q_norm, k_norm [hd] (model.qk_norm): each q head and each
     k head RMSNormed with these weights, shared by the heads, before the rotation; rope_theta:
@@ -223,7 +242,7 @@ def attention(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_head: int,
     if q_norm is not None:  # QK-norm (Qwen3, Gemma 3): over each head's hd values; v as it is
         q, k = rms_norm(q, q_norm), rms_norm(k, k_norm)
     if rope_theta is not None:
-        q, k = rotary(q, rope_theta), rotary(k, rope_theta)
+        q, k = rotary(q, rope_theta, 0, rope_scaling), rotary(k, rope_theta, 0, rope_scaling)
     # Grouped-query attention: the kv heads repeated whole, so query head h meets kv head
     # h % kv (triad's grouping; not Hugging Face's repeat_interleave, h // (n_head / kv)).
     k, v = k.repeat(1, n_head // kv, 1, 1), v.repeat(1, n_head // kv, 1, 1)
@@ -275,7 +294,7 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor) 
         qn, kn = qk_norm_weights(params, cfg, p)
         x = x + linear(attention(h, params[p + "attn/c_attn/weight"],
                                  params.get(p + "attn/c_attn/bias"), cfg.n_head, rope,
-                                 cfg.kv_heads, qn, kn),
+                                 cfg.kv_heads, qn, kn, cfg.rope_scaling),
                        params[p + "attn/c_proj/weight"], params.get(p + "attn/c_proj/bias"))
         h = norm(params, cfg, p + "ln_2", x)
         x = x + mlp(params, cfg, p, h)
@@ -587,6 +606,12 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
         _string_attr(m, "position", cfg.position)
         if cfg.position == "rope":
             m.attrs.create("rope_theta", np.float64(cfg.rope_theta), dtype="<f8")
+        if cfg.rope_scaling is not None:
+            _string_attr(m, "rope_scaling", "llama3")
+            for key, val in zip(("rope_scaling_factor", "rope_low_freq_factor",
+                                 "rope_high_freq_factor"), cfg.rope_scaling[:3]):
+                m.attrs.create(key, np.float64(val), dtype="<f8")
+            m.attrs.create("rope_original_positions", i64(cfg.rope_scaling[3]), dtype="<i8")
         _string_attr(m, "norm", cfg.norm)
         m.attrs.create("bias", i64(1 if cfg.bias else 0), dtype="<i8")
         _string_attr(m, "mlp", cfg.mlp)
@@ -625,7 +650,12 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                         mlp_hidden=int(a["mlp_hidden"]) if "mlp_hidden" in a else 0,
                         tied=int(a["tie_embeddings"]) == 1 if "tie_embeddings" in a else True,
                         n_kv_head=int(a["n_kv_head"]) if "n_kv_head" in a else 0,
-                        qk_norm=int(a["qk_norm"]) == 1 if "qk_norm" in a else False)
+                        qk_norm=int(a["qk_norm"]) == 1 if "qk_norm" in a else False,
+                        rope_scaling=(float(a["rope_scaling_factor"]),
+                                      float(a["rope_low_freq_factor"]),
+                                      float(a["rope_high_freq_factor"]),
+                                      int(a["rope_original_positions"]))
+                        if "rope_scaling" in a and _str(a["rope_scaling"]) == "llama3" else None)
         if cfg.n_kv_head == cfg.n_head:
             cfg = GptConfig(**{**cfg.__dict__, "n_kv_head": 0})  # the default: one per head
         if cfg.mlp_hidden == GptConfig(**{**cfg.__dict__, "mlp_hidden": 0}).hidden:

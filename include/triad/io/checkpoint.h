@@ -66,6 +66,12 @@ struct ModelShape {
   // are all learned) and rope_theta (rope only).
   std::string position = "learned";
   double rope_theta = 0;
+  // Attribute rope_scaling ("none" | "llama3"; absent: none) and, for llama3, the doubles
+  // rope_scaling_factor, rope_low_freq_factor, rope_high_freq_factor and the int64
+  // rope_original_positions (model.rope_* of the same names).
+  std::string rope_scaling = "none";
+  double rope_scaling_factor = 0, rope_low_freq_factor = 0, rope_high_freq_factor = 0;
+  int64_t rope_original_positions = 0;
   // Attribute norm ("layernorm" | "rmsnorm"; absent in files from before RMSNorm: layernorm).
   std::string norm = "layernorm";
   // Attribute bias (int64 1 | 0; absent in files from before model.bias: 1).

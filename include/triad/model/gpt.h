@@ -22,6 +22,12 @@ struct GptShape {
   // the "rotate half" pairing of GPT-NeoX and Llama; see Backend::rope).
   bool rope = false;
   double rope_theta = 10000.0;
+  // Llama 3.1's rope scaling (model.rope_scaling = llama3; rope_factor 1: none): frequencies
+  // whose wavelength exceeds rope_original_positions / rope_low_freq divided by rope_factor,
+  // those below rope_original_positions / rope_high_freq kept, those between interpolated
+  // smoothly (rope_table).
+  double rope_factor = 1.0, rope_low_freq = 1.0, rope_high_freq = 4.0;
+  int rope_original_positions = 8192;
   // Normalization (model.norm): LayerNorm (weight and bias) or RMSNorm (rmsnorm: weight only, no
   // centering, as Llama); ln_1, ln_2 and ln_f alike.
   bool rmsnorm = false;

@@ -12,15 +12,18 @@ namespace triad {
 
 struct ModelConfig {
   int n_layer = 12, n_head = 12, n_embd = 768, seq_len = 1024, vocab_size = 50257;
-  int n_kv_head = 0;                 // key/value heads (0: n_head; fewer: grouped-query attention)
-  std::string position = "learned";  // learned (GPT-2's wpe) | rope (rotary, no wpe)
-  double rope_theta = 10000.0;       // rope: the base of the rotation frequencies
-  std::string norm = "layernorm";    // layernorm (weight, bias) | rmsnorm (weight only)
-  bool bias = true;                  // false: no biases in linear layers and LayerNorms
-  std::string mlp = "gelu";          // gelu (GPT-2) | swiglu (Llama)
-  int mlp_hidden = 0;                // hidden units (0: 4·n_embd, or ~8·n_embd/3 for swiglu)
-  bool tie_embeddings = true;        // false: an output layer lm_head of its own (as Llama)
-  bool qk_norm = false;              // per-head RMSNorm of q and k (as Qwen3, Gemma 3)
+  int n_kv_head = 0;                  // key/value heads (0: n_head; fewer: grouped-query attention)
+  std::string position = "learned";   // learned (GPT-2's wpe) | rope (rotary, no wpe)
+  double rope_theta = 10000.0;        // rope: the base of the rotation frequencies
+  std::string rope_scaling = "none";  // none | llama3 (Llama 3.1's frequency scaling)
+  double rope_scaling_factor = 8.0, rope_low_freq_factor = 1.0, rope_high_freq_factor = 4.0;
+  int rope_original_positions = 8192;  // llama3: the context the model was first trained on
+  std::string norm = "layernorm";      // layernorm (weight, bias) | rmsnorm (weight only)
+  bool bias = true;                    // false: no biases in linear layers and LayerNorms
+  std::string mlp = "gelu";            // gelu (GPT-2) | swiglu (Llama)
+  int mlp_hidden = 0;                  // hidden units (0: 4·n_embd, or ~8·n_embd/3 for swiglu)
+  bool tie_embeddings = true;          // false: an output layer lm_head of its own (as Llama)
+  bool qk_norm = false;                // per-head RMSNorm of q and k (as Qwen3, Gemma 3)
   int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
 };
 
