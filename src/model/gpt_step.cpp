@@ -97,6 +97,17 @@ const A* Gpt::keep_rows(const A* src, A* dst, int N) {
 // LayerNorm backward on this rank's rows. Under sequence parallelism its weight and bias
 // gradients are partial sums over the group's rows: they are formed apart, all-reduced and
 // then accumulated, so that accumulation over micro-batches counts each once.
+template <class A, class F>
+void Gpt::tp_summed_grads(float* da, float* db, size_t n, F&& form) {
+  float* g = acts<A>().ln_grads;
+  const size_t total = db != nullptr ? 2 * n : n;
+  be_.zero(g, total);
+  form(g, db != nullptr ? g + n : nullptr);
+  tp_all_reduce(g, total);
+  be_.accumulate(da, g, n);
+  if (db != nullptr) be_.accumulate(db, g + n, n);
+}
+
 template <class A>
 void Gpt::layernorm_backward(A* dinp, float* dw, float* db, const A* dout, const A* inp, const A* w,
                              const float* mean, const float* rstd, int rows) {
@@ -105,14 +116,9 @@ void Gpt::layernorm_backward(A* dinp, float* dw, float* db, const A* dout, const
     be_.layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, rows, C);
     return;
   }
-  float* g = acts<A>().ln_grads;
-  const size_t n = db != nullptr ? 2 * size_t(C) : size_t(C);  // RMSNorm: no bias
-  be_.zero(g, n);
-  be_.layernorm_backward(dinp, g, db != nullptr ? g + C : nullptr, dout, inp, w, mean, rstd, rows,
-                         C);
-  tp_all_reduce(g, n);
-  be_.accumulate(dw, g, size_t(C));
-  if (db != nullptr) be_.accumulate(db, g + C, size_t(C));
+  tp_summed_grads<A>(dw, db, size_t(C), [&](float* gw, float* gb) {  // RMSNorm: no bias, gb null
+    be_.layernorm_backward(dinp, gw, gb, dout, inp, w, mean, rstd, rows, C);
+  });
 }
 
 template <class A>
@@ -121,16 +127,13 @@ void Gpt::qk_norm_backward(A* dqkv, float* dwq, float* dwk, const A* qkv_pre, co
   const int Cl = shape_.n_embd / mp_.tp, NHl = shape_.n_head / mp_.tp;
   const int NKVl = shape_.kv_heads() / mp_.tp, hd = shape_.n_embd / shape_.n_head;
   constexpr GradMode kSet = GradMode::overwrite;
-  if (mp_.tp == 1) {
-    be_.qk_norm_backward(dqkv, dwq, dwk, dqkv, qkv_pre, wq, wk, rstd, N, Cl, NHl, NKVl, kSet);
-    return;
-  }
-  float* g = acts<A>().ln_grads;
-  be_.zero(g, 2 * size_t(hd));
-  be_.qk_norm_backward(dqkv, g, g + hd, dqkv, qkv_pre, wq, wk, rstd, N, Cl, NHl, NKVl, kSet);
-  tp_all_reduce(g, 2 * size_t(hd));
-  be_.accumulate(dwq, g, size_t(hd));
-  be_.accumulate(dwk, g + hd, size_t(hd));
+  auto backward = [&](float* gq, float* gk) {
+    be_.qk_norm_backward(dqkv, gq, gk, dqkv, qkv_pre, wq, wk, rstd, N, Cl, NHl, NKVl, kSet);
+  };
+  if (mp_.tp == 1)
+    backward(dwq, dwk);
+  else
+    tp_summed_grads<A>(dwq, dwk, size_t(hd), backward);
 }
 
 // Token ids as this rank's slice of the vocabulary sees them: id − vocab_begin inside the

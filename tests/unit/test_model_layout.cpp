@@ -105,9 +105,11 @@ TEST(ModelLayout, GroupedQueryShardsKeepEachQueryHeadsKeysAndValues) {
   shape.n_kv_head = 4;
   const int hd = 8, NKV = 4;
   const auto full = gpt_parameter_layout(shape);
-  for (const auto& spec : full)
-    if (spec.name == "h/0/attn/c_attn/weight")
+  for (const auto& spec : full) {
+    if (spec.name == "h/0/attn/c_attn/weight") {
       EXPECT_EQ(spec.shape, (std::vector<int64_t>{96 + 2 * 4 * hd, 96}));
+    }
+  }
   for (int tp : {2, 4}) {
     const GptShape s = padded_for(tp, shape);
     for (int r = 0; r < tp; ++r) {

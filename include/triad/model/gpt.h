@@ -492,6 +492,12 @@ class Gpt {
   template <class A>
   void layernorm_backward(A* dinp, float* dw, float* db, const A* dout, const A* inp, const A* w,
                           const float* mean, const float* rstd, int rows);
+  // The gradients of a replicated pair of tensors (n floats each; db null: only one) that are
+  // partial sums over the tensor-parallel group: form(ga, gb) writes them into zeroed scratch,
+  // where they are all-reduced, then accumulated into da and db, so that accumulation over
+  // micro-batches counts each once.
+  template <class A, class F>
+  void tp_summed_grads(float* da, float* db, size_t n, F&& form);
   // model.qk_norm's backward in place on dqkv (the rotated-back gradient of the normalized q|k|v
   // becomes that of c_attn's output); the weights' gradients, partial sums over this rank's heads
   // under tensor parallelism, are all-reduced before they accumulate.

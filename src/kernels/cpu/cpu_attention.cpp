@@ -23,6 +23,7 @@
 
 #include "cpu_math.h"
 #include "cpu_ops.h"
+#include "triad/kernels/backend.h"
 
 namespace triad::cpu {
 namespace {
@@ -127,7 +128,7 @@ void head_backward(float* dq, float* dk, float* dv, int ld_dkv, float* ds, const
 
 Dims make_dims(int T, int C, int NH, int NKV) {
   const int hd = C / NH;
-  return Dims{T, hd, C + 2 * NKV * hd, C, float(1.0 / std::sqrt(double(hd)))};
+  return Dims{T, hd, qkv_width(C, NH, NKV), C, float(1.0 / std::sqrt(double(hd)))};
 }
 
 // Offsets within a qkv row of query head h's k and v (key/value head h % NKV).
