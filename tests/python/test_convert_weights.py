@@ -313,7 +313,9 @@ def test_llama_variants_triad_does_not_compute_are_refused(tmp_path):
     compute, are refused, naming config.json."""
     for bad, needle in (({"num_key_value_heads": 3},
                          "num_key_value_heads 3 does not divide num_attention_heads 4"),
-                        ({"hidden_act": "gelu"}, "hidden_act")):
+                        ({"hidden_act": "gelu"}, "hidden_act"),
+                        ({"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}},
+                         "rope_scaling")):
         m = llama_model(**bad)
         m.save_pretrained(tmp_path / "bad", safe_serialization=True)
         assert_clean_failure(tool("triad-convert", "import", tmp_path / "bad",

@@ -590,7 +590,11 @@ def test_damaged_checkpoints(tmp_path):
             ("tied", {"tie_embeddings": 3}, "attribute tie_embeddings of /model is 3"),
             ("hidden", {"mlp_hidden": 0}, "attribute mlp_hidden of /model is 0"),
             ("kv", {"n_kv_head": 3}, "attribute n_kv_head of /model is 3"),
-            ("qk", {"qk_norm": 2}, "attribute qk_norm of /model is 2")):
+            ("qk", {"qk_norm": 2}, "attribute qk_norm of /model is 2"),
+            ("rscale", {"position": "rope", "rope_theta": 10000.0, "rope_scaling": "yarn"},
+             "'yarn', not none or llama3"),
+            ("rscale_factor", {"position": "rope", "rope_theta": 10000.0, "rope_scaling": "llama3"},
+             "rope_scaling_factor of /model is missing")):
         bad = tmp_path / f"bad_{name}.h5"
         bad.write_bytes(good.read_bytes())
         with h5py.File(bad, "r+") as f:
