@@ -52,6 +52,7 @@ from typing import Callable, Dict, Iterator, Tuple
 import numpy as np
 
 from ._common import AnalysisError, file_kind, prog_name, run_main
+from . import hf_tokenizer
 from .hf_tokenizer import tokenizer_files
 from .inspect_checkpoint import expected_shapes, inspect, resolve_checkpoint_path
 
@@ -938,6 +939,23 @@ def finish(out: Path, write: Callable[[Path], None], directory: bool = False) ->
         raise
 
 
+def is_description(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.readline().strip() == hf_tokenizer.DESCRIPTION_MAGIC.encode()
+
+
+def description_files(path: Path, d: Dims) -> Dict[str, str]:
+    """An HF export's tokenizer.json and tokenizer_config.json from a tokenizer description."""
+    try:
+        desc = hf_tokenizer.read_description(path)
+    except hf_tokenizer.TokenizerError as e:
+        raise ConvertError(f"--vocab: {e}") from None
+    if desc.vocab_size != d.vocab_size:
+        raise ConvertError(f"--vocab {path}: the tokenizer has {desc.vocab_size} tokens, the "
+                           f"model {d.vocab_size}")
+    return hf_tokenizer.hf_files(desc, d.seq_len)
+
+
 def tokenizer_vocab(arg: str | None, d: Dims) -> Tuple[Path | None, str]:
     """The ranks file for an HF export's tokenizer files (or None) and a note for the output."""
     if arg == "none":
@@ -945,6 +963,8 @@ def tokenizer_vocab(arg: str | None, d: Dims) -> Tuple[Path | None, str]:
     if arg is not None:
         if not Path(arg).is_file():
             raise ConvertError(f"--vocab {arg}: no such file")
+        if is_description(Path(arg)):
+            return Path(arg), "; tokenizer.json from " + arg
         if d.vocab_size != 50257:
             raise ConvertError(f"--vocab {arg}: the model has {d.vocab_size} tokens, not GPT-2's "
                                f"50257; give --vocab none")
@@ -956,6 +976,39 @@ def tokenizer_vocab(arg: str | None, d: Dims) -> Tuple[Path | None, str]:
     why = "its vocabulary is not GPT-2's" if d.vocab_size != 50257 else \
         "data/vocab/gpt2.tiktoken not found: give --vocab"
     return None, f"; no tokenizer files ({why})"
+
+
+def convert_tokenizer(prog: str, args) -> int:
+    src, out = Path(args.src), Path(args.out)
+    check_output(out)
+    try:
+        if args.meta_llama3:
+            if args.document_start or args.prompt_start or args.stop:
+                raise ConvertError("--meta-llama3 sets Llama 3's document start, prompt start "
+                                   "and stop tokens; --document-start, --prompt-start and "
+                                   "--stop apply to a tokenizer.json")
+            desc = hf_tokenizer.from_meta_llama3(src)
+            source = f"Meta's Llama 3 tokenizer {src}"
+        else:
+            desc = hf_tokenizer.from_hf(src, args.document_start, args.prompt_start, args.stop)
+            source = f"Hugging Face tokenizer {src}"
+    except hf_tokenizer.TokenizerError as e:
+        raise ConvertError(str(e)) from None
+    files = {"tokenizer.triad": hf_tokenizer.description_text(desc, "tokenizer.tiktoken",
+                                                              f"converted from {source}"),
+             "tokenizer.tiktoken": hf_tokenizer.ranks_text(desc.ranked)}
+
+    def write(tmp: Path) -> None:
+        for name, text in files.items():
+            (tmp / name).write_text(text, encoding="utf-8")
+
+    finish(out, write, directory=True)
+    start = f", prompt start {desc.prompt_start}" if desc.prompt_start else ""
+    print(f"{prog}: wrote {out}/tokenizer.triad ({len(desc.ranked)} ranks + "
+          f"{len(desc.specials)} special tokens = vocab {desc.vocab_size}, pre-tokenizer "
+          f"{desc.pretokenizer}, document start {desc.document_start}{start}, stop "
+          f"{' '.join(desc.stops)}) from {source}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -973,11 +1026,30 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--to", choices=("hf", "llmc"), required=True)
     exp.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
                      help="llm.c file precision (default fp32; bf16 rounds to nearest even)")
-    exp.add_argument("--vocab", help="--to hf: GPT-2's BPE ranks, for the tokenizer's files "
-                     "(default data/vocab/gpt2.tiktoken when found; none: no tokenizer files)")
+    exp.add_argument("--vocab", help="--to hf: GPT-2's BPE ranks, for GPT-2's tokenizer files, "
+                     "or a tokenizer description (tokenizer.triad), for a tokenizer.json "
+                     "(default data/vocab/gpt2.tiktoken when found and the vocabulary is "
+                     "GPT-2's; none: no tokenizer files)")
+    tok = sub.add_parser("tokenizer", help="an HF tokenizer.json or Meta's Llama 3 "
+                         "tokenizer.model -> a triad tokenizer description")
+    tok.add_argument("src", help="HF model directory or its tokenizer.json (with --meta-llama3: "
+                     "Meta's tokenizer.model)")
+    tok.add_argument("out", help="directory to create (must not exist) for tokenizer.triad "
+                     "(give it to --vocab / data.vocab) and tokenizer.tiktoken")
+    tok.add_argument("--meta-llama3", action="store_true",
+                     help="src is Meta's Llama 3 tokenizer.model (tiktoken's format)")
+    tok.add_argument("--document-start", help="special token before each document (default: "
+                     "the BOS the tokenizer adds, else its eos_token)")
+    tok.add_argument("--prompt-start", help="special token before each prompt (default: the "
+                     "BOS the tokenizer adds; none: no token)")
+    tok.add_argument("--stop", action="append", help="special token that ends generation "
+                     "(repeat for several; default: generation_config.json's eos_token_id, "
+                     "else config.json's, else tokenizer_config.json's eos_token)")
     args = ap.parse_args(argv)
 
     def body() -> int:
+        if args.command == "tokenizer":
+            return convert_tokenizer(prog, args)
         if args.command == "import":
             if args.seq_len is not None and args.seq_len <= 0:
                 raise ConvertError(f"--seq-len {args.seq_len}: must be positive")
@@ -997,7 +1069,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.to == "hf":
                 vocab, note = tokenizer_vocab(args.vocab, d)
                 try:  # before the weights: a bad ranks file costs no export
-                    files = tokenizer_files(vocab, d.seq_len) if vocab else {}
+                    if vocab and is_description(vocab):
+                        files = description_files(vocab, d)
+                    else:
+                        files = tokenizer_files(vocab, d.seq_len) if vocab else {}
                 except (OSError, ValueError) as e:
                     raise ConvertError(f"{e}" if str(vocab) in str(e) else f"{vocab}: {e}")
                 write = write_hf if d.gpt2 else write_llama_hf

@@ -1,20 +1,30 @@
-"""GPT-2's tokenizer as the files Hugging Face transformers loads (vocab.json, merges.txt,
-tokenizer_config.json), written from the BPE ranks file triad tokenizes with
-(data/vocab/gpt2.tiktoken: one `base64(token bytes) rank` per line). triad-convert export --to
-hf puts them beside the model, so that AutoTokenizer.from_pretrained (and with it evaluation
-harnesses) can use an exported model as it is.
+"""Tokenizers between triad and Hugging Face's formats.
 
-- vocab.json: each token's bytes in GPT-2's byte-to-character alphabet (printable Latin-1 bytes
-  as themselves, the others moved to U+0100 onwards), with its id; <|endoftext|> = 50256.
-- merges.txt: the merges in rank order. A ranks file holds tokens, not merges: the merge that
-  makes a token is found by byte-pair encoding its bytes with the lower-ranked tokens only,
-  which leaves two parts.
+triad's tokenizer (include/triad/data/tokenizer.h) reads tiktoken's ranks files, one
+`base64(token bytes) rank` per line: GPT-2's alone (data/vocab/gpt2.tiktoken), or any byte-level
+BPE through a tokenizer description (docs/formats.md, "Tokenizer description"): a text file
+`tokenizer.triad` naming the ranks file, the pre-tokenizer (gpt2, llama3 or qwen2), the special
+tokens, and which tokens start documents and prompts and end generation.
+
+- Export (triad-convert export --to hf): GPT-2's files for transformers' GPT2Tokenizer
+  (vocab.json, merges.txt, tokenizer_config.json) from GPT-2's ranks, or a tokenizer.json for
+  PreTrainedTokenizerFast from a description.
+    - vocab.json / tokenizer.json's vocab: each token's bytes in GPT-2's byte-to-character
+      alphabet (printable Latin-1 bytes as themselves, the others moved to U+0100 onwards).
+    - merges: a ranks file holds tokens, not merges. GPT-2's merges.txt has the one merge that
+      makes each token, found by byte-pair encoding its bytes with the lower-ranked tokens
+      only; a tokenizer.json has every split of a token into two tokens, at the token's rank,
+      so that merging by pair (Hugging Face's rule) and by the rank of the joined token
+      (tiktoken's and triad's) agree.
+- Import (triad-convert tokenizer): a Hugging Face tokenizer.json of a byte-level BPE (GPT-2's,
+  Llama 3's and the like) or Meta's Llama 3 tokenizer.model, to a description and its ranks.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 EOT = "<|endoftext|>"
@@ -91,3 +101,395 @@ def tokenizer_files(ranks_path: Path, model_max_length: int) -> dict[str, str]:
             "bos_token": EOT, "eos_token": EOT, "unk_token": EOT, "add_prefix_space": False,
             "clean_up_tokenization_spaces": False}, indent=2) + "\n",
     }
+
+
+# ---- tokenizer descriptions -------------------------------------------------------------------
+
+DESCRIPTION_MAGIC = "triad-tokenizer 1"
+# The pre-tokenizers triad implements, by name, with the regex each one is (as tiktoken and
+# Hugging Face's Split pre-tokenizer take it).
+PATTERNS = {
+    "gpt2": r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
+    "llama3": r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"""
+              r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""",
+    "qwen2": r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"""
+             r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""",
+}
+# Meta's Llama 3 tokenizer.model holds the 128,000 ranks; its 256 special tokens follow, in
+# this order (the rest are <|reserved_special_token_N|>).
+LLAMA3_RANKS = 128000
+LLAMA3_NAMED = ("<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+                "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|step_id|>",
+                "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>",
+                "<|python_tag|>", "<|image|>")
+
+
+class TokenizerError(ValueError):
+    pass
+
+
+@dataclass
+class Description:
+    ranked: dict[int, bytes]       # id (= rank) -> token bytes
+    pretokenizer: str              # a key of PATTERNS
+    specials: dict[str, int]       # text -> id
+    document_start: str
+    prompt_start: str | None
+    stops: list[str]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.ranked) + len(self.specials)
+
+    def check(self, where: str) -> None:
+        if self.pretokenizer not in PATTERNS:
+            raise TokenizerError(f"{where}: unknown pretokenizer {self.pretokenizer!r}")
+        ids = sorted([*self.ranked, *self.specials.values()])
+        if ids != list(range(len(ids))):
+            raise TokenizerError(f"{where}: the ids of its tokens and special tokens are not "
+                                 f"0..{len(ids) - 1}, each once")
+        have = set(self.ranked.values())
+        if len(have) != len(self.ranked):
+            raise TokenizerError(f"{where}: the same token bytes have two ranks")
+        if not all(bytes([b]) in have for b in range(256)):
+            raise TokenizerError(f"{where}: a single byte has no token (a byte-level BPE "
+                                 f"vocabulary needs all 256)")
+        if not self.specials:
+            raise TokenizerError(f"{where}: no special tokens")
+        for name in [self.document_start, self.prompt_start, *self.stops]:
+            if name is not None and name not in self.specials:
+                raise TokenizerError(f"{where}: {name!r} is not one of its special tokens")
+        if not self.stops:
+            raise TokenizerError(f"{where}: no stop token")
+        for name in self.specials:
+            if not name or any(c.isspace() for c in name):
+                raise TokenizerError(f"{where}: special token {name!r} is empty or holds "
+                                     f"white space")
+
+
+def description_text(d: Description, ranks_name: str, source: str) -> str:
+    lines = [DESCRIPTION_MAGIC, f"# {source}", f"ranks {ranks_name}",
+             f"ranks_count {len(d.ranked)}", f"pretokenizer {d.pretokenizer}"]
+    lines += [f"special {i} {s}" for s, i in sorted(d.specials.items(), key=lambda kv: kv[1])]
+    lines.append(f"document_start {d.document_start}")
+    if d.prompt_start is not None:
+        lines.append(f"prompt_start {d.prompt_start}")
+    lines += [f"stop {s}" for s in d.stops]
+    return "\n".join(lines) + "\n"
+
+
+def ranks_text(ranked: dict[int, bytes]) -> str:
+    return "".join(f"{base64.b64encode(ranked[r]).decode()} {r}\n" for r in sorted(ranked))
+
+
+def read_description(path: Path) -> Description:
+    """A description and its ranks, as triad reads them (TokenizerError naming the file)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise TokenizerError(f"{path}: cannot read ({e})") from None
+    lines = text.splitlines()
+    if not lines or lines[0].strip() != DESCRIPTION_MAGIC:
+        raise TokenizerError(f"{path}: not a tokenizer description (first line is not "
+                             f"{DESCRIPTION_MAGIC!r})")
+    single: dict[str, str] = {}
+    specials: dict[str, int] = {}
+    stops: list[str] = []
+    for no, line in enumerate(lines[1:], 2):
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        key = words[0]
+        if len(words) != (3 if key == "special" else 2) or \
+                (key == "special" and not words[1].isdigit()):
+            raise TokenizerError(f"{path}:{no}: expected 'special ID TEXT' or 'key value'")
+        value = words[1]
+        if key == "special":
+            if words[2] in specials:
+                raise TokenizerError(f"{path}:{no}: special token {words[2]!r} given twice")
+            specials[words[2]] = int(value)
+        elif key == "stop":
+            stops.append(value)
+        elif key in ("ranks", "ranks_count", "pretokenizer", "document_start", "prompt_start"):
+            if key in single:
+                raise TokenizerError(f"{path}:{no}: {key!r} given twice")
+            single[key] = value
+        else:
+            raise TokenizerError(f"{path}:{no}: unknown key {key!r}")
+    for key in ("ranks", "ranks_count", "pretokenizer", "document_start"):
+        if key not in single:
+            raise TokenizerError(f"{path}: no {key!r} line")
+    ranks_path = path.parent / single["ranks"]
+    try:
+        ranks = read_ranks(ranks_path)
+    except OSError as e:
+        raise TokenizerError(f"{ranks_path} (named by {path}): cannot read ({e})") from None
+    except ValueError as e:
+        raise TokenizerError(str(e)) from None
+    if str(len(ranks)) != single["ranks_count"]:
+        raise TokenizerError(f"{ranks_path}: {len(ranks)} tokens, ranks_count "
+                             f"{single['ranks_count']}")
+    d = Description({r: t for t, r in ranks.items()}, single["pretokenizer"], specials,
+                    single["document_start"], single.get("prompt_start"), stops)
+    d.check(str(path))
+    return d
+
+
+# ---- Hugging Face tokenizer.json -> description -----------------------------------------------
+
+def byte_decoder() -> dict[str, int]:
+    return {c: b for b, c in byte_alphabet().items()}
+
+
+def _load_json(path: Path, required: bool = True) -> dict | None:
+    if not path.is_file():
+        if required:
+            raise TokenizerError(f"{path}: no such file")
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TokenizerError(f"{path}: not readable JSON ({e})") from None
+
+
+def _pretokenizer_scheme(pre: dict | None, where: str) -> str:
+    """The scheme a tokenizer.json pre_tokenizer is, or TokenizerError saying what it is."""
+    def is_byte_level(p, use_regex):
+        return (isinstance(p, dict) and p.get("type") == "ByteLevel"
+                and not p.get("add_prefix_space", False)
+                and bool(p.get("use_regex", True)) == use_regex)
+
+    if is_byte_level(pre, True):
+        return "gpt2"
+    if isinstance(pre, dict) and pre.get("type") == "Sequence":
+        parts = pre.get("pretokenizers") or []
+        if len(parts) == 2 and is_byte_level(parts[1], False):
+            split = parts[0]
+            pattern = (split.get("pattern") or {}).get("Regex") if isinstance(split, dict) else None
+            if (split.get("type") == "Split" and split.get("behavior") == "Isolated"
+                    and not split.get("invert", False)):
+                for name, pat in PATTERNS.items():
+                    if pattern == pat and name != "gpt2":
+                        return name
+                raise TokenizerError(f"{where}: pre-tokenizer regex {pattern!r} is not one "
+                                     f"triad implements ({', '.join(PATTERNS)})")
+    shown = json.dumps(pre)
+    raise TokenizerError(f"{where}: pre_tokenizer {shown[:200]} is not a byte-level BPE "
+                         f"pre-tokenizer triad implements (GPT-2's ByteLevel, or a Split by "
+                         f"Llama 3's or Qwen2's regex then ByteLevel)")
+
+
+def _token_name(value) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def from_hf(src: Path, document_start: str | None = None, prompt_start: str | None = None,
+            stops: list[str] | None = None) -> Description:
+    """A description from a Hugging Face tokenizer.json (src: the file or its directory, where
+    tokenizer_config.json, generation_config.json and config.json are read too when present).
+    """
+    directory = src if src.is_dir() else src.parent
+    path = src / "tokenizer.json" if src.is_dir() else src
+    if src.is_dir() and not path.is_file():
+        if (src / "tokenizer.model").is_file():
+            raise TokenizerError(f"{src}: has tokenizer.model but no tokenizer.json; Meta's "
+                                 f"Llama 3 tokenizer.model converts with --meta-llama3 FILE, a "
+                                 f"SentencePiece one (Llama 2, Mistral) is not supported")
+        raise TokenizerError(f"{path}: no such file")
+    tj = _load_json(path)
+    where = str(path)
+    model = tj.get("model") or {}
+    if model.get("type") != "BPE":
+        raise TokenizerError(f"{where}: model type {model.get('type')!r}; triad reads byte-level "
+                             f"BPE (SentencePiece/Unigram/WordPiece tokenizers are not supported)")
+    if model.get("byte_fallback"):
+        raise TokenizerError(f"{where}: a BPE with byte_fallback (SentencePiece-style, as Llama "
+                             f"2's and Mistral's) is not byte-level BPE; not supported")
+    if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
+        raise TokenizerError(f"{where}: subword prefixes/suffixes are not byte-level BPE")
+    if tj.get("normalizer") is not None:
+        raise TokenizerError(f"{where}: has a normalizer ({json.dumps(tj['normalizer'])[:120]}); "
+                             f"triad tokenizes the text as it is, so the ids would differ")
+    scheme = _pretokenizer_scheme(tj.get("pre_tokenizer"), where)
+    dec = byte_decoder()
+    vocab = model.get("vocab") or {}
+    added = sorted(tj.get("added_tokens") or [], key=lambda a: a["id"])
+    added_ids = {a["id"] for a in added}
+    for a in added:
+        if not a.get("special", False):
+            raise TokenizerError(f"{where}: added token {a['content']!r} (id {a['id']}) is not "
+                                 f"special: Hugging Face finds it inside text, triad does not")
+    base = {}
+    for text, i in vocab.items():
+        if i in added_ids:
+            continue
+        try:
+            base[i] = bytes(dec[c] for c in text)
+        except KeyError:
+            raise TokenizerError(f"{where}: vocab entry {text!r} is not in the byte-level "
+                                 f"alphabet") from None
+    ids = sorted([*base, *added_ids])
+    if ids != list(range(len(ids))) or len(added_ids) != len(added):
+        raise TokenizerError(f"{where}: the ids of its vocabulary and added tokens are not "
+                             f"0..{len(ids) - 1}, each once")
+    rank = {t: i for i, t in base.items()}
+    # Merges: each joins two tokens into a token, in the order of the joined token's rank, and
+    # every token longer than a byte is made by one: then merging by pair and by rank agree.
+    made = set()
+    last = -1
+    for k, m in enumerate(model.get("merges") or []):
+        a, b = m.split(" ") if isinstance(m, str) else m
+        try:
+            ab = bytes(dec[c] for c in a + b)
+            ra, rb, r = rank[bytes(dec[c] for c in a)], rank[bytes(dec[c] for c in b)], rank[ab]
+        except KeyError:
+            raise TokenizerError(f"{where}: merge {k} ({a!r} {b!r}) joins or makes a token "
+                                 f"that is not in the vocabulary") from None
+        if r < last or r <= max(ra, rb):
+            raise TokenizerError(f"{where}: merge {k} ({a!r} {b!r}) is out of order with the "
+                                 f"token ids; triad merges by token rank and needs them to agree")
+        last = r
+        made.add(r)
+    unmade = sorted(i for i, t in base.items() if len(t) > 1 and i not in made)
+    if unmade:
+        raise TokenizerError(f"{where}: {len(unmade)} tokens (e.g. id {unmade[0]}) are made by "
+                             f"no merge")
+
+    config = _load_json(directory / "tokenizer_config.json", required=False) or {}
+    specials = {a["content"]: a["id"] for a in added}
+    bos = _template_bos(tj.get("post_processor"))
+    if document_start is None:
+        document_start = bos or _token_name(config.get("eos_token"))
+        if document_start is None and "<|endoftext|>" in specials:
+            document_start = "<|endoftext|>"
+    if document_start is None:
+        raise TokenizerError(f"{where}: cannot tell which token starts documents (no BOS in "
+                             f"the post-processor, no eos_token): give --document-start")
+    if prompt_start is None:
+        prompt_start = bos
+    elif prompt_start == "none":
+        prompt_start = None
+    if not stops:
+        stops = _stop_names(directory, config, specials)
+    if not stops:
+        raise TokenizerError(f"{where}: cannot tell which tokens end generation (no eos token "
+                             f"in tokenizer_config.json or generation_config.json): give --stop")
+    d = Description(base, scheme, specials, document_start, prompt_start, stops)
+    d.check(where)
+    return d
+
+
+def _template_bos(post: dict | None) -> str | None:
+    """The special token a TemplateProcessing post-processor puts before a single sequence."""
+    if not isinstance(post, dict):
+        return None
+    if post.get("type") == "Sequence":
+        for p in post.get("processors") or []:
+            name = _template_bos(p)
+            if name:
+                return name
+        return None
+    if post.get("type") != "TemplateProcessing":
+        return None
+    single = post.get("single") or []
+    if single and "SpecialToken" in single[0]:
+        return single[0]["SpecialToken"]["id"]
+    return None
+
+
+def _stop_names(directory: Path, config: dict, specials: dict[str, int]) -> list[str]:
+    by_id = {i: s for s, i in specials.items()}
+    for name in ("generation_config.json", "config.json"):
+        cfg = _load_json(directory / name, required=False) or {}
+        ids = cfg.get("eos_token_id")
+        if ids is None:
+            continue
+        ids = ids if isinstance(ids, list) else [ids]
+        if ids and all(i in by_id for i in ids):
+            return [by_id[i] for i in ids]
+    eos = _token_name(config.get("eos_token"))
+    if eos in specials:
+        return [eos]
+    return ["<|endoftext|>"] if "<|endoftext|>" in specials else []
+
+
+def from_meta_llama3(path: Path) -> Description:
+    """Meta's Llama 3 tokenizer.model (tiktoken's format, 128,000 ranks) and its specials."""
+    try:
+        ranks = read_ranks(path)
+    except OSError as e:
+        raise TokenizerError(f"{path}: cannot read ({e})") from None
+    except ValueError as e:
+        raise TokenizerError(str(e)) from None
+    if len(ranks) != LLAMA3_RANKS or sorted(ranks.values()) != list(range(LLAMA3_RANKS)):
+        raise TokenizerError(f"{path}: {len(ranks)} tokens; Llama 3's tokenizer.model has ranks "
+                             f"0..{LLAMA3_RANKS - 1}")
+    names = list(LLAMA3_NAMED) + [f"<|reserved_special_token_{i}|>"
+                                  for i in range(2, 2 + 256 - len(LLAMA3_NAMED))]
+    specials = {s: LLAMA3_RANKS + i for i, s in enumerate(names)}
+    d = Description({r: t for t, r in ranks.items()}, "llama3", specials, "<|begin_of_text|>",
+                    "<|begin_of_text|>",
+                    ["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"])
+    d.check(str(path))
+    return d
+
+
+# ---- description -> Hugging Face tokenizer.json -----------------------------------------------
+
+def hf_files(d: Description, model_max_length: int) -> dict[str, str]:
+    """tokenizer.json and tokenizer_config.json for transformers' PreTrainedTokenizerFast."""
+    alpha = byte_alphabet()
+
+    def text(b: bytes) -> str:
+        return "".join(alpha[x] for x in b)
+
+    rank = {t: i for i, t in d.ranked.items()}
+    merges = []
+    for r in sorted(d.ranked):
+        t = d.ranked[r]
+        splits = [(rank[t[:k]], rank[t[k:]]) for k in range(1, len(t))
+                  if t[:k] in rank and t[k:] in rank and max(rank[t[:k]], rank[t[k:]]) < r]
+        merges += [[text(d.ranked[a]), text(d.ranked[b])] for a, b in sorted(splits)]
+    if d.pretokenizer == "gpt2":
+        pre = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+               "use_regex": True}
+    else:
+        pre = {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": PATTERNS[d.pretokenizer]},
+             "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+             "use_regex": False}]}
+    post = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False,
+            "use_regex": True}
+    if d.prompt_start is not None:
+        bos = d.prompt_start
+        spec = {"SpecialToken": {"id": bos, "type_id": 0}}
+        post = {"type": "TemplateProcessing",
+                "single": [spec, {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [spec, {"Sequence": {"id": "A", "type_id": 0}}, spec,
+                         {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": {bos: {"id": bos, "ids": [d.specials[bos]],
+                                         "tokens": [bos]}}}
+    tj = {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": i, "content": s, "single_word": False, "lstrip": False,
+                          "rstrip": False, "normalized": False, "special": True}
+                         for s, i in sorted(d.specials.items(), key=lambda kv: kv[1])],
+        "normalizer": None, "pre_tokenizer": pre, "post_processor": post,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
+                    "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None,
+                  "continuing_subword_prefix": None, "end_of_word_suffix": None,
+                  "fuse_unk": False, "byte_fallback": False, "ignore_merges": True,
+                  "vocab": {**{text(t): i for i, t in sorted(d.ranked.items())},
+                            **d.specials},
+                  "merges": merges},
+    }
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model_max_length,
+              "eos_token": d.stops[0], "clean_up_tokenization_spaces": False}
+    if d.prompt_start is not None:
+        config["bos_token"] = d.prompt_start
+    return {"tokenizer.json": json.dumps(tj, ensure_ascii=False),
+            "tokenizer_config.json": json.dumps(config, indent=2) + "\n"}

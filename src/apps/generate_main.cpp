@@ -72,8 +72,11 @@ int main(int argc, char** argv) {
         "run", po::value(&run_dir),
         "run directory: use the newest complete checkpoint of RUN/ckpt")(
         "vocab", po::value(&vocab)->default_value("data/vocab/gpt2.tiktoken"),
-        "GPT-2 BPE ranks file (tiktoken format)")("prompt", po::value(&prompt)->default_value(""),
-                                                  "prompt text (empty: <|endoftext|>)")(
+        "tokenizer: GPT-2's BPE ranks file, or a tokenizer description (triad-convert "
+        "tokenizer)")("prompt", po::value(&prompt)->default_value(""),
+                      "prompt text (after the tokenizer's prompt start, e.g. Llama 3's "
+                      "<|begin_of_text|>; empty and none: its document start, GPT-2's "
+                      "<|endoftext|>)")(
         "length", po::value(&length)->default_value(128), "tokens to generate")(
         "temperature", po::value(&temperature)->default_value(0.8), "sampling temperature")(
         "top-k", po::value(&top_k)->default_value(40), "sample among the k likeliest (0: all)")(
@@ -86,7 +89,7 @@ int main(int argc, char** argv) {
         "batch", po::value(&batch)->default_value(8),
         "samples generated together, in lockstep: each step reads the weights once for all of "
         "them (memory grows with it)")("stop-at-eot", po::bool_switch(&stop_at_eot),
-                                       "end a sample at <|endoftext|>")(
+                                       "end a sample at one of the tokenizer's stop tokens (GPT-2: <|endoftext|>)")(
         "seed", po::value(&seed)->default_value(1), "sampling seed")(
         "prompt-ids", po::value(&prompt_ids),
         "the prompt as token ids separated by spaces (instead of --prompt)")(
@@ -148,6 +151,9 @@ int main(int argc, char** argv) {
     const triad::Tokenizer tok = triad::Tokenizer::from_file(vocab);
     const triad::CheckpointState st = triad::read_checkpoint_state(world, checkpoint);
     const auto& m = st.model;
+    TRIAD_CHECK(m.vocab_size <= tok.vocab_size(), "the model has ", m.vocab_size,
+                " tokens but the tokenizer ", vocab, " only ", tok.vocab_size(),
+                ": it could draw ids that do not decode; give its own tokenizer with --vocab");
     // The vocabulary padded for this grid; the checkpoint's padding may differ.
     triad::GptShape shape{int(m.n_layer),    int(m.n_head),
                           int(m.n_embd),     int(m.seq_len),
@@ -207,8 +213,7 @@ int main(int argc, char** argv) {
         world, checkpoint, {{"model", triad::model_tensor_refs(model, base, 0, true, 0, 0)}});
     if (!host.empty()) be->copy_from_host(model.params(), host.data(), host.size());
     model.params_updated();
-    std::vector<int32_t> ids =
-        prompt.empty() ? std::vector<int32_t>{tok.eot()} : tok.encode(prompt);
+    std::vector<int32_t> ids = tok.encode_prompt(prompt);
     if (vm.count("prompt-ids")) ids = parse_ids(prompt_ids, m.vocab_size);
     triad::Rng rng(static_cast<uint64_t>(seed));
     triad::SampleOptions opt;
@@ -217,7 +222,7 @@ int main(int argc, char** argv) {
     opt.top_k = top_k;
     opt.top_p = top_p;
     opt.kv_cache = !no_cache;
-    opt.stop_at_eot = stop_at_eot ? tok.eot() : -1;
+    if (stop_at_eot) opt.stop_tokens = tok.stop_tokens();
     size_t generated = 0;
     const auto t0 = std::chrono::steady_clock::now();
     for (int first = 0; first < samples; first += together) {

@@ -1,4 +1,4 @@
-// triad-tokenize: GPT-2 BPE on the command line.
+// triad-tokenize: byte-level BPE (GPT-2's, or a tokenizer description's) on the command line.
 //   triad-tokenize encode --vocab FILE            text (bytes) on stdin -> ids, one per line
 //   triad-tokenize decode --vocab FILE            ids (whitespace-separated) on stdin -> bytes
 //   triad-tokenize shards --vocab FILE --out DIR [--prefix NAME] [--val-fraction F]
@@ -27,15 +27,18 @@ constexpr const char* kProg = "triad-tokenize";
 
 constexpr const char* kUsage =
     "usage: triad-tokenize COMMAND [OPTIONS]\n"
-    "GPT-2 byte-level BPE (tiktoken's ranks file; <|endoftext|> is the id after the last rank).\n"
+    "Byte-level BPE. --vocab is GPT-2's ranks file (tiktoken's format; <|endoftext|> is the id\n"
+    "after the last rank) or a tokenizer description (triad-convert tokenizer: Llama 3, Qwen2).\n"
     "\n"
     "commands:\n"
     "  encode --vocab FILE     read text (any bytes) on stdin, write token ids, one per line\n"
     "  decode --vocab FILE     read token ids (whitespace-separated) on stdin, write the bytes\n"
     "  shards --vocab FILE --out DIR [--prefix NAME] [--val-fraction F] [--shard-tokens N]\n"
     "         [--threads N] FILE...\n"
-    "                          tokenize text files (one document each, <|endoftext|> before\n"
-    "                          each) into llm.c token shards DIR/NAME_{train,val}_NNNNNN.bin\n"
+    "                          tokenize text files (one document each, the tokenizer's\n"
+    "                          document start, GPT-2's <|endoftext|>, before each) into llm.c\n"
+    "                          token shards DIR/NAME_{train,val}_NNNNNN.bin (uint16 ids, or\n"
+    "                          uint32 for a vocabulary above 65536)\n"
     "\n"
     "'triad-tokenize COMMAND --help' lists a command's options.\n";
 
@@ -88,7 +91,7 @@ int cmd_encode(const std::vector<std::string>& args) {
   po::options_description desc("encode options");
   std::string vocab;
   int threads = 0;
-  desc.add_options()("vocab", po::value(&vocab)->required(), "ranks file (gpt2.tiktoken)")(
+  desc.add_options()("vocab", po::value(&vocab)->required(), "ranks file (gpt2.tiktoken) or tokenizer description")(
       "threads", po::value(&threads)->default_value(0), "encoding threads (0: one per core)");
   po::variables_map vm;
   if (!parse("encode", args, desc, nullptr, nullptr, vm)) return 0;
@@ -110,7 +113,7 @@ int cmd_encode(const std::vector<std::string>& args) {
 int cmd_decode(const std::vector<std::string>& args) {
   po::options_description desc("decode options");
   std::string vocab;
-  desc.add_options()("vocab", po::value(&vocab)->required(), "ranks file (gpt2.tiktoken)");
+  desc.add_options()("vocab", po::value(&vocab)->required(), "ranks file (gpt2.tiktoken) or tokenizer description");
   po::variables_map vm;
   if (!parse("decode", args, desc, nullptr, nullptr, vm)) return 0;
   const auto tok = triad::Tokenizer::from_file(vocab);
@@ -147,7 +150,7 @@ int cmd_shards(const std::vector<std::string>& args) {
   std::string vocab;
   std::vector<std::string> files;
   triad::ShardWriterOptions o;
-  desc.add_options()("vocab", po::value(&vocab)->required(), "ranks file (gpt2.tiktoken)")(
+  desc.add_options()("vocab", po::value(&vocab)->required(), "ranks file (gpt2.tiktoken) or tokenizer description")(
       "out", po::value(&o.out_dir)->required(), "output directory (created if needed)")(
       "prefix", po::value(&o.prefix)->default_value(o.prefix),
       "shard names: PREFIX_train_NNNNNN.bin, PREFIX_val_NNNNNN.bin")(
@@ -170,7 +173,8 @@ int cmd_shards(const std::vector<std::string>& args) {
   os.precision(2);
   const double secs = std::max(s.encode_seconds, 1e-9);
   os << "documents:    " << s.documents << " (" << double(s.bytes) / 1e6 << " MB)\n"
-     << "tokens:       " << s.tokens << " (eot before each document)\n"
+     << "tokens:       " << s.tokens << " (" << tok.token_bytes(tok.document_start())
+     << " before each document; uint" << 8 * s.token_bytes << " shards)\n"
      << "train:        " << s.train_tokens << " tokens in " << s.train_files.size()
      << " shard(s)\n";
   for (const auto& f : s.train_files) os << "              " << f << "\n";

@@ -51,10 +51,28 @@ int decode_utf8(const unsigned char* p, const unsigned char* end, uint32_t& cp) 
   return 1;
 }
 
-std::vector<std::string_view> split(std::string_view text) {
+std::vector<std::string_view> split(std::string_view text, Scheme scheme) {
   std::vector<std::string_view> out;
-  for_each_piece(text, [&](std::string_view s) { out.push_back(s); });
+  for_each_piece(scheme, text, [&](std::string_view s) { out.push_back(s); });
   return out;
+}
+
+const char* scheme_name(Scheme s) {
+  switch (s) {
+    case Scheme::gpt2:
+      return "gpt2";
+    case Scheme::llama3:
+      return "llama3";
+    case Scheme::qwen2:
+      return "qwen2";
+  }
+  return "?";
+}
+
+std::optional<Scheme> parse_scheme(std::string_view name) {
+  for (const Scheme s : {Scheme::gpt2, Scheme::llama3, Scheme::qwen2})
+    if (name == scheme_name(s)) return s;
+  return std::nullopt;
 }
 
 }  // namespace triad::pretok

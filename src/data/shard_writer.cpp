@@ -139,16 +139,13 @@ std::vector<int32_t> encode_parallel(const Tokenizer& tokenizer, std::string_vie
   return out;
 }
 
-std::vector<uint16_t> tokenize_documents(const Tokenizer& tokenizer,
+std::vector<uint32_t> tokenize_documents(const Tokenizer& tokenizer,
                                          const std::vector<std::string>& files, int threads,
                                          size_t chunk_bytes, ShardSummary* summary) {
   const auto t0 = Clock::now();
   threads = resolve_threads(threads);
-  TRIAD_CHECK(tokenizer.vocab_size() <= 65536, "vocabulary ", tokenizer.path(), " has ",
-              tokenizer.vocab_size(),
-              " tokens; triad-tokenize writes the uint16 token shards (at most 65536 ids)");
-  const auto eot = uint16_t(tokenizer.eot());
-  std::vector<uint16_t> stream;
+  const auto start = uint32_t(tokenizer.document_start());
+  std::vector<uint32_t> stream;
   int64_t bytes = 0;
   for (size_t first = 0; first < files.size();) {
     // A batch: files [first, last) of about kBatchBytes in all, read in parallel.
@@ -180,8 +177,8 @@ std::vector<uint16_t> tokenize_documents(const Tokenizer& tokenizer,
     for (const auto& v : ids) n += v.size();
     stream.reserve(stream.size() + n);
     for (size_t i = 0; i < chunks.size(); ++i) {
-      if (i == 0 || chunks[i].doc != chunks[i - 1].doc) stream.push_back(eot);
-      for (const int32_t id : ids[i]) stream.push_back(uint16_t(id));
+      if (i == 0 || chunks[i].doc != chunks[i - 1].doc) stream.push_back(start);
+      for (const int32_t id : ids[i]) stream.push_back(uint32_t(id));
     }
     first = last;
   }
@@ -208,8 +205,10 @@ ShardSummary write_shards(const Tokenizer& tokenizer, const std::vector<std::str
               "--shard-tokens must be in [1, 2147483647], got ", o.shard_tokens);
 
   ShardSummary s;
-  const std::vector<uint16_t> stream =
+  const std::vector<uint32_t> stream =
       tokenize_documents(tokenizer, files, o.threads, o.chunk_bytes, &s);
+  // GPT-2's uint16 format where every id fits, else the uint32 one.
+  s.token_bytes = tokenizer.vocab_size() <= 65536 ? 2 : 4;
   const auto total = int64_t(stream.size());
   s.val_tokens = std::llround(o.val_fraction * double(total));
   s.train_tokens = total - s.val_tokens;
@@ -227,8 +226,13 @@ ShardSummary write_shards(const Tokenizer& tokenizer, const std::vector<std::str
     for (int64_t off = 0, i = 0; off < count; off += o.shard_tokens, ++i) {
       const int64_t n = std::min(o.shard_tokens, count - off);
       written.push_back(shard_name(o, split, size_t(i)));
-      write_token_shard(written.back(),
-                        std::span<const uint16_t>(stream.data() + begin + off, size_t(n)));
+      const uint32_t* first = stream.data() + begin + off;
+      if (s.token_bytes == 4) {
+        write_token_shard(written.back(), std::span<const uint32_t>(first, size_t(n)));
+      } else {
+        const std::vector<uint16_t> narrow(first, first + n);
+        write_token_shard(written.back(), std::span<const uint16_t>(narrow));
+      }
     }
   };
   write_split("train", 0, s.train_tokens, s.train_files);

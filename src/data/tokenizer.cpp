@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iomanip>
 #include <limits>
@@ -16,6 +17,7 @@ namespace triad {
 namespace {
 
 constexpr std::string_view kEotText = "<|endoftext|>";
+constexpr std::string_view kDescriptionMagic = "triad-tokenizer 1";
 constexpr int32_t kNoRank = std::numeric_limits<int32_t>::max();
 // Pieces up to this many bytes use the quadratic merge loop (fastest for short pieces);
 // longer ones (long digit, space or punctuation runs) use a heap, O(n log n).
@@ -89,16 +91,165 @@ struct Entry {
   int64_t line;
 };
 
-}  // namespace
-
-Tokenizer Tokenizer::from_file(const std::string& ranks_path, int32_t expect_ranks) {
-  const std::string where = "vocabulary file " + ranks_path;
-  std::ifstream in(ranks_path, std::ios::binary);
+std::string read_whole(const std::string& path, const std::string& where) {
+  std::ifstream in(path, std::ios::binary);
   TRIAD_CHECK(in.is_open(), where, ": cannot open (missing or unreadable)");
   std::stringstream buf;
   buf << in.rdbuf();
   TRIAD_CHECK(!in.bad(), where, ": read error");
-  const std::string text = buf.str();
+  return buf.str();
+}
+
+// Non-blank lines: the number of ranks in a ranks file.
+int32_t count_rank_lines(std::string_view text) {
+  int64_t n = 0;
+  for (size_t pos = 0; pos < text.size();) {
+    size_t nl = text.find('\n', pos);
+    if (nl == std::string::npos) nl = text.size();
+    const size_t len = nl - pos - (nl > pos && text[nl - 1] == '\r' ? 1 : 0);
+    n += len > 0;
+    pos = nl + 1;
+  }
+  return int32_t(std::min<int64_t>(n, std::numeric_limits<int32_t>::max() - 1));
+}
+
+}  // namespace
+
+Tokenizer Tokenizer::from_file(const std::string& path, int32_t expect_ranks) {
+  const std::string where = "vocabulary file " + path;
+  const std::string text = read_whole(path, where);
+  const bool description = text.starts_with(kDescriptionMagic) &&
+                           (text.size() == kDescriptionMagic.size() ||
+                            text[kDescriptionMagic.size()] == '\n' ||
+                            text[kDescriptionMagic.size()] == '\r');
+  if (description) return from_description(path, text);
+  TRIAD_CHECK(!text.starts_with("triad-tokenizer"), where, ": a tokenizer description of another ",
+              "version (first line '", excerpt(text.substr(0, text.find('\n'))),
+              "'; this build reads '", kDescriptionMagic, "')");
+  // GPT-2: <|endoftext|> after the ranks, starting documents and ending samples. Its id is the
+  // number of ranks, which from_ranks checks against the file.
+  const int32_t eot = expect_ranks > 0 ? expect_ranks : count_rank_lines(text);
+  Tokenizer t = from_ranks(path, where, expect_ranks, {{eot, std::string(kEotText)}}, {});
+  t.document_start_ = eot;
+  t.stop_ = {eot};
+  return t;
+}
+
+// Parses "key value" lines (blank lines and # comments skipped) after the magic line.
+Tokenizer Tokenizer::from_description(const std::string& path, const std::string& text) {
+  const std::string where = "tokenizer description " + path;
+  std::string ranks, scheme, document_start, prompt_start;
+  int64_t ranks_count = -1;
+  std::vector<Special> specials;
+  std::vector<int64_t> special_lines;
+  std::vector<std::string> stops;
+  std::unordered_map<std::string, int64_t> seen;  // single-valued key -> line
+  int64_t line_no = 0;
+  auto parse_count = [&](std::string_view v, const char* what) {
+    int64_t n = 0;
+    bool ok = !v.empty() && v.size() <= 10;
+    for (const char c : v) {
+      ok = ok && c >= '0' && c <= '9';
+      if (ok) n = n * 10 + (c - '0');
+    }
+    TRIAD_CHECK(ok && n < std::numeric_limits<int32_t>::max(), where, ", line ", line_no, ": ",
+                what, " '", excerpt(v), "' is not a non-negative 32-bit integer");
+    return n;
+  };
+  for (size_t pos = 0; pos < text.size();) {
+    size_t nl = text.find('\n', pos);
+    if (nl == std::string::npos) nl = text.size();
+    std::string_view line(text.data() + pos, nl - pos);
+    pos = nl + 1;
+    ++line_no;
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (line_no == 1) continue;  // the magic line
+    // Words separated by spaces or tabs.
+    std::vector<std::string_view> words;
+    for (size_t i = 0; i < line.size();) {
+      while (i < line.size() && (line[i] == ' ' || line[i] == '\t')) ++i;
+      size_t j = i;
+      while (j < line.size() && line[j] != ' ' && line[j] != '\t') ++j;
+      if (j > i) words.push_back(line.substr(i, j - i));
+      i = j;
+    }
+    if (words.empty() || words[0].front() == '#') continue;
+    const std::string key(words[0]);
+    const size_t want = key == "special" ? 3 : 2;
+    TRIAD_CHECK(words.size() == want, where, ", line ", line_no, ": '", excerpt(line),
+                "': expected '", key, key == "special" ? " ID TEXT'" : " VALUE'",
+                " (single words separated by spaces)");
+    const std::string_view value = words[1];
+    if (key == "special") {
+      const auto id = int32_t(parse_count(value, "special token id"));
+      specials.push_back(Special{id, std::string(words[2])});
+      special_lines.push_back(line_no);
+      continue;
+    }
+    if (key == "stop") {
+      stops.emplace_back(value);
+      continue;
+    }
+    std::string count;
+    std::string* target = key == "ranks"            ? &ranks
+                          : key == "ranks_count"    ? &count
+                          : key == "pretokenizer"   ? &scheme
+                          : key == "document_start" ? &document_start
+                          : key == "prompt_start"   ? &prompt_start
+                                                    : nullptr;
+    TRIAD_CHECK(target, where, ", line ", line_no, ": unknown key '", excerpt(key),
+                "' (expected ranks, ranks_count, pretokenizer, special, document_start, ",
+                "prompt_start or stop)");
+    const auto [it, fresh] = seen.emplace(key, line_no);
+    TRIAD_CHECK(fresh, where, ", line ", line_no, ": '", key, "' was already given on line ",
+                it->second);
+    *target = std::string(value);
+    if (key == "ranks_count") {
+      ranks_count = parse_count(value, "ranks_count");
+      TRIAD_CHECK(ranks_count > 0, where, ", line ", line_no, ": ranks_count must be positive");
+    }
+  }
+  for (const char* k : {"ranks", "ranks_count", "pretokenizer", "document_start"})
+    TRIAD_CHECK(seen.count(k), where, ": no '", k, "' line");
+  TRIAD_CHECK(!specials.empty(), where, ": no 'special ID TEXT' line (its special tokens)");
+  TRIAD_CHECK(!stops.empty(), where, ": no 'stop' line (the tokens that end generation)");
+  const auto sch = pretok::parse_scheme(scheme);
+  TRIAD_CHECK(sch.has_value(), where, ": unknown pretokenizer '", excerpt(scheme),
+              "' (expected gpt2, llama3 or qwen2)");
+  for (size_t i = 0; i < specials.size(); ++i)
+    for (size_t j = 0; j < i; ++j)
+      TRIAD_CHECK(specials[i].text != specials[j].text, where, ", line ", special_lines[i],
+                  ": special token '", excerpt(specials[i].text), "' was already given on line ",
+                  special_lines[j]);
+
+  namespace fs = std::filesystem;
+  fs::path rp(ranks);
+  if (rp.is_relative()) rp = fs::path(path).parent_path() / rp;
+  Tokenizer t = from_ranks(rp.string(), "ranks file " + rp.string() + " (named by " + path + ")",
+                           int32_t(ranks_count), std::move(specials), special_lines);
+  t.path_ = path;
+  t.scheme_ = *sch;
+  auto id_of = [&](const std::string& name, const char* key) {
+    const int32_t id = t.special_id(name);
+    TRIAD_CHECK(id >= 0, where, ": ", key, " '", excerpt(name),
+                "' is not one of the special tokens listed");
+    return id;
+  };
+  t.document_start_ = id_of(document_start, "document_start");
+  if (!prompt_start.empty()) t.prompt_start_ = id_of(prompt_start, "prompt_start");
+  for (const std::string& s : stops) {
+    const int32_t id = id_of(s, "stop");
+    TRIAD_CHECK(std::find(t.stop_.begin(), t.stop_.end(), id) == t.stop_.end(), where,
+                ": stop '", excerpt(s), "' is given twice");
+    t.stop_.push_back(id);
+  }
+  return t;
+}
+
+Tokenizer Tokenizer::from_ranks(const std::string& ranks_path, const std::string& where,
+                                int32_t expect_ranks, std::vector<Special> specials,
+                                const std::vector<int64_t>& special_lines) {
+  const std::string text = read_whole(ranks_path, where);
 
   // Parse every line: `base64 rank`, blank lines skipped (as tiktoken does).
   std::vector<Entry> entries;
@@ -134,45 +285,78 @@ Tokenizer Tokenizer::from_file(const std::string& ranks_path, int32_t expect_ran
   TRIAD_CHECK(!entries.empty(), where,
               ": empty (expected one 'base64(token bytes) rank' line per token)");
   const int64_t n = int64_t(entries.size());
-  TRIAD_CHECK(n < std::numeric_limits<int32_t>::max(), where, ": too many tokens");
   TRIAD_CHECK(expect_ranks <= 0 || n == expect_ranks, where, ": has ", n, " tokens, expected ",
-              expect_ranks, expect_ranks == kGpt2Ranks ? " (GPT-2's gpt2.tiktoken)" : "",
+              expect_ranks,
+              expect_ranks == kGpt2Ranks && where.starts_with("vocabulary file")
+                  ? " (GPT-2's gpt2.tiktoken)"
+                  : "",
               "; truncated or the wrong file?");
+  const int64_t V = n + int64_t(specials.size());
+  TRIAD_CHECK(V < std::numeric_limits<int32_t>::max(), where, ": too many tokens");
 
-  // Ranks must be exactly 0..n-1.
-  std::vector<int64_t> line_of_rank(size_t(n), 0);
-  for (const Entry& e : entries) {
-    TRIAD_CHECK(e.rank < n, where, ", line ", e.line, ": rank ", e.rank,
-                " is out of range: the file has ", n, " tokens, so ranks must be 0..", n - 1);
-    TRIAD_CHECK(line_of_rank[size_t(e.rank)] == 0, where, ", line ", e.line, ": rank ", e.rank,
-                " was already given on line ", line_of_rank[size_t(e.rank)]);
-    line_of_rank[size_t(e.rank)] = e.line;
+  // The ids of ranked and special tokens together must be exactly 0..V-1, each once.
+  std::vector<int64_t> line_of_id(size_t(V), 0);  // ranks file line, or -(description line)
+  auto owner = [&](int64_t id) {
+    const int64_t l = line_of_id[size_t(id)];
+    return l > 0 ? "rank " + std::to_string(id) + " on line " + std::to_string(l)
+                 : "special token id " + std::to_string(id) + " (description line " +
+                       std::to_string(-l) + ")";
+  };
+  for (size_t i = 0; i < specials.size(); ++i) {
+    const Special& sp = specials[i];
+    const int64_t line = special_lines.size() > i ? special_lines[i] : 0;
+    TRIAD_CHECK(sp.id < V, where, ": special token ", sp.text, " has id ", sp.id,
+                ", out of range: with ", n, " ranked and ", specials.size(),
+                " special tokens the ids run 0..", V - 1);
+    TRIAD_CHECK(line_of_id[size_t(sp.id)] == 0, where, ": special token ", sp.text, " has id ",
+                sp.id, ", already taken by ", owner(sp.id));
+    line_of_id[size_t(sp.id)] = -std::max<int64_t>(line, 1);
   }
-  std::vector<const Entry*> by_rank(static_cast<size_t>(n));
-  for (const Entry& e : entries) by_rank[size_t(e.rank)] = &e;
+  // A ranks file alone (no description lines) has ranks 0..n-1 and <|endoftext|> after them.
+  const bool alone = special_lines.empty();
+  for (const Entry& e : entries) {
+    TRIAD_CHECK(e.rank < (alone ? n : V), where, ", line ", e.line, ": rank ", e.rank,
+                " is out of range: the file has ", n, " tokens, so ranks must be 0..",
+                alone ? n - 1 : V - 1, alone ? "" : " (special tokens' ids included)");
+    TRIAD_CHECK(line_of_id[size_t(e.rank)] == 0, where, ", line ", e.line, ": rank ", e.rank,
+                " is already taken by ", owner(e.rank));
+    line_of_id[size_t(e.rank)] = e.line;
+  }
+  std::vector<const std::string*> by_id(static_cast<size_t>(V), nullptr);
+  for (const Entry& e : entries) by_id[size_t(e.rank)] = &e.bytes;
+  std::sort(specials.begin(), specials.end(),
+            [](const Special& a, const Special& b) { return a.id < b.id; });
 
   Tokenizer t;
   t.path_ = ranks_path;
-  t.n_ranks_ = int32_t(n);
-  t.offsets_.reserve(size_t(n) + 1);
+  t.special_.assign(size_t(V), 0);
+  for (const Special& sp : specials) {
+    by_id[size_t(sp.id)] = &sp.text;
+    t.special_[size_t(sp.id)] = 1;
+  }
+  t.offsets_.reserve(size_t(V) + 1);
   t.offsets_.push_back(0);
-  for (const Entry* e : by_rank) {
-    t.bytes_ += e->bytes;
+  for (int64_t id = 0; id < V; ++id) {
+    const std::string& bytes = *by_id[size_t(id)];
+    t.bytes_ += bytes;
     TRIAD_CHECK(t.bytes_.size() < std::numeric_limits<uint32_t>::max(), where,
                 ": token bytes too large");
     t.offsets_.push_back(uint32_t(t.bytes_.size()));
-    t.max_token_len_ = std::max(t.max_token_len_, e->bytes.size());
+    if (!t.special_[size_t(id)]) t.max_token_len_ = std::max(t.max_token_len_, bytes.size());
   }
+  t.specials_ = std::move(specials);
   size_t cap = 1024;
   while (cap < size_t(n) * 2) cap *= 2;
   t.slots_.assign(cap, Slot{0, -1});
   t.mask_ = cap - 1;
-  for (int32_t r = 0; r < n; ++r) {
-    const Entry& e = *by_rank[size_t(r)];
-    const int32_t prev = t.lookup(e.bytes.data(), e.bytes.size());
-    TRIAD_CHECK(prev < 0, where, ", line ", e.line, ": the same token bytes were already given ",
-                "rank ", prev, " on line ", line_of_rank[size_t(prev)]);
-    t.insert(r);
+  for (int32_t id = 0; id < V; ++id) {
+    if (t.special_[size_t(id)]) continue;
+    const std::string& bytes = *by_id[size_t(id)];
+    const int32_t prev = t.lookup(bytes.data(), bytes.size());
+    TRIAD_CHECK(prev < 0, where, ", line ", line_of_id[size_t(id)],
+                ": the same token bytes were already given rank ", prev, " on line ",
+                line_of_id[size_t(prev)]);
+    t.insert(id);
   }
   for (int b = 0; b < 256; ++b) {
     const char c = char(b);
@@ -296,7 +480,7 @@ void Tokenizer::encode_append(std::string_view text, std::vector<int32_t>& out) 
   };
   std::unordered_map<std::string_view, std::pair<uint32_t, uint32_t>, Hash> cache;
   std::vector<int32_t> cached;  // the cache's ids: [first, first + count)
-  pretok::for_each_piece(text, [&](std::string_view piece) {
+  pretok::for_each_piece(scheme_, text, [&](std::string_view piece) {
     const int32_t r = lookup(piece.data(), piece.size());
     if (r >= 0) {
       out.push_back(r);
@@ -323,10 +507,25 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
   return out;
 }
 
+std::vector<int32_t> Tokenizer::encode_prompt(std::string_view text) const {
+  std::vector<int32_t> out;
+  if (prompt_start_ >= 0)
+    out.push_back(prompt_start_);
+  else if (text.empty())
+    out.push_back(document_start_);
+  encode_append(text, out);
+  return out;
+}
+
+int32_t Tokenizer::special_id(std::string_view text) const {
+  for (const Special& sp : specials_)
+    if (sp.text == text) return sp.id;
+  return -1;
+}
+
 std::string Tokenizer::token_bytes(int32_t id) const {
   TRIAD_CHECK(id >= 0 && id < vocab_size(), "token id ", id, " is out of range: ids run from 0 to ",
               vocab_size() - 1);
-  if (id == eot()) return std::string(kEotText);
   const uint32_t off = offsets_[size_t(id)];
   return bytes_.substr(off, offsets_[size_t(id) + 1] - off);
 }
@@ -338,12 +537,8 @@ std::string Tokenizer::decode(std::span<const int32_t> ids) const {
     const int32_t id = ids[i];
     TRIAD_CHECK(id >= 0 && id < vocab_size(), "cannot decode token id ", id, " (position ", i,
                 "): ids run from 0 to ", vocab_size() - 1);
-    if (id == eot()) {
-      out += kEotText;
-    } else {
-      const uint32_t off = offsets_[size_t(id)];
-      out.append(bytes_, off, offsets_[size_t(id) + 1] - off);
-    }
+    const uint32_t off = offsets_[size_t(id)];
+    out.append(bytes_, off, offsets_[size_t(id) + 1] - off);
   }
   return out;
 }

@@ -167,9 +167,8 @@ TrainOutcome Trainer::run() {
   s.open_choices();
   if (cfg.sample.length > 0) {
     s.tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_file(cfg.data.vocab));
-    // The prompt (or <|endoftext|>) must be ids the model has.
-    std::vector<int32_t> prompt = {s.tokenizer->eot()};
-    if (!cfg.sample.prompt.empty()) prompt = s.tokenizer->encode(cfg.sample.prompt);
+    // The prompt (with the tokenizer's prompt or document start) must be ids the model has.
+    const std::vector<int32_t> prompt = s.tokenizer->encode_prompt(cfg.sample.prompt);
     for (int32_t id : prompt)
       TRIAD_CHECK(id < cfg.model.vocab_size, "config: sample.length > 0 samples from token ", id,
                   " of ", cfg.data.vocab, ", beyond model.vocab_size = ", cfg.model.vocab_size,

@@ -487,10 +487,12 @@ void Trainer::State::write_sample() {
   // parallel replica 0 take part (all draw the same tokens); rank 0 writes.
   const bool whole = grid.shape().tp * grid.shape().pp == 1;
   if (cfg.sample.length <= 0 || !tokenizer || dp_rank != 0 || (whole && !root())) return;
-  std::vector<int32_t> prompt = {tokenizer->eot()};
-  if (!cfg.sample.prompt.empty()) prompt = tokenizer->encode(cfg.sample.prompt);
+  const std::vector<int32_t> prompt = tokenizer->encode_prompt(cfg.sample.prompt);
   Rng rng(uint64_t(cfg.train.seed) * 31 + uint64_t(step));
-  SampleOptions o{cfg.sample.length, cfg.sample.temperature, cfg.sample.top_k};
+  SampleOptions o;
+  o.length = cfg.sample.length;
+  o.temperature = cfg.sample.temperature;
+  o.top_k = cfg.sample.top_k;
   o.top_p = cfg.sample.top_p;
   const auto ids = sample_continuation(*model, prompt, o, rng);
   if (!root()) return;

@@ -137,7 +137,7 @@ TEST(Tokenizer, LoadsGpt2Ranks) {
   REQUIRE_GPT2();
   const auto& t = *gpt2();
   EXPECT_EQ(t.vocab_size(), 50257);
-  EXPECT_EQ(t.eot(), 50256);
+  EXPECT_EQ(t.document_start(), 50256);
   EXPECT_EQ(t.token_bytes(15496), "Hello");
   EXPECT_EQ(t.token_bytes(995), " world");
   EXPECT_EQ(t.token_bytes(0), "!");
@@ -231,7 +231,7 @@ TEST(Tokenizer, RoundTripsAnyBytes) {
       s = mixed_text(rng, s.size());
     }
     const std::vector<int32_t> ids = t.encode(s);
-    for (const int32_t id : ids) ASSERT_TRUE(id >= 0 && id < t.eot()) << id;
+    for (const int32_t id : ids) ASSERT_TRUE(id >= 0 && id < t.document_start()) << id;
     ASSERT_EQ(t.decode(ids), s) << "case " << i;
   }
   // Long pieces take the heap-based merge path.
@@ -261,7 +261,7 @@ TEST(Tokenizer, SmallVocabularyMerges) {
   TempDir dir("tok_small");
   const auto t = triad::Tokenizer::from_file(dir.file("small.tiktoken", small_ranks()), 0);
   EXPECT_EQ(t.vocab_size(), 260);
-  EXPECT_EQ(t.eot(), 259);
+  EXPECT_EQ(t.document_start(), 259);
   EXPECT_THAT(t.encode("abab"), ElementsAre(257));         // whole piece is a token
   EXPECT_THAT(t.encode("ababab"), ElementsAre(257, 256));  // leftmost merges first
   EXPECT_THAT(t.encode("abcd"), ElementsAre(256, 258));
@@ -344,7 +344,7 @@ TEST(ShardWriter, DeterministicAcrossThreadCounts) {
   // The expected stream: eot before each document, each document encoded whole.
   std::vector<uint16_t> expect;
   for (const auto& f : files) {
-    expect.push_back(uint16_t(t.eot()));
+    expect.push_back(uint16_t(t.document_start()));
     for (const int32_t id : t.encode(read_bytes(f))) expect.push_back(uint16_t(id));
   }
   const int64_t n = int64_t(expect.size());

@@ -1,18 +1,34 @@
-// GPT-2 pre-tokenization, written out by hand: the split that GPT-2's regex
-//   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
-// makes of a text (leftmost-first alternation, as tiktoken's fancy-regex does), on UTF-8
-// bytes. Classes are Unicode 16.0 (src/data/unicode_tables.cpp, generated), as in the Rust
-// regex crate that tiktoken uses. A byte that is not part of a well-formed UTF-8 sequence
-// (stray continuation, overlong form, surrogate, > U+10FFFF, truncated sequence) counts as one
+// Pre-tokenization, written out by hand: the split that a tokenizer's regex makes of a text
+// before BPE (leftmost-first alternation, as tiktoken's fancy-regex does), on UTF-8 bytes.
+// Three schemes, each named after the first model family that used it:
+//   gpt2    's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+//   llama3  (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
+//            ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+//           (tiktoken's cl100k_base pattern, also Llama 3's)
+//   qwen2   llama3's with \p{N} in place of \p{N}{1,3}: every digit is a piece of its own
+// Classes are Unicode 16.0 (src/data/unicode_tables.cpp, generated), as in the Rust regex crate
+// that tiktoken uses. A byte that is not part of a well-formed UTF-8 sequence (stray
+// continuation, overlong form, surrogate, > U+10FFFF, truncated sequence) counts as one
 // character of class 'other', so the pieces always cover the input exactly, whatever it is.
+//
+// For every scheme, a position between an ASCII non-space byte and an ASCII space byte is a
+// piece boundary that does not depend on the text around it: no piece holds a non-space
+// followed by a space, and no rule looks behind. shard_writer.cpp cuts text there to encode it
+// in parallel.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string_view>
 #include <vector>
 
 namespace triad::pretok {
+
+enum class Scheme : uint8_t { gpt2, llama3, qwen2 };
+// "gpt2", "llama3", "qwen2"; parse_scheme gives nullopt for any other name.
+const char* scheme_name(Scheme s);
+std::optional<Scheme> parse_scheme(std::string_view name);
 
 enum CharClass : uint8_t { kOther = 0, kLetter = 1, kNumber = 2, kSpace = 3 };
 
@@ -32,12 +48,14 @@ inline constexpr uint32_t kInvalidCodePoint = 0xFFFFFFFFu;
 int decode_utf8(const unsigned char* p, const unsigned char* end, uint32_t& cp);
 
 // Calls piece(std::string_view) for each pre-token of text, in order; the pieces are views
-// into text and concatenate to it.
+// into text and concatenate to it. The first form is gpt2's.
 template <typename F>
 void for_each_piece(std::string_view text, F&& piece);
+template <typename F>
+void for_each_piece(Scheme scheme, std::string_view text, F&& piece);
 
 // The pre-tokens as a vector (for tests and tools).
-std::vector<std::string_view> split(std::string_view text);
+std::vector<std::string_view> split(std::string_view text, Scheme scheme = Scheme::gpt2);
 
 // ---- implementation ----
 
@@ -141,6 +159,133 @@ void for_each_piece(std::string_view text, F&& piece) {
     if (q < end && last > p) q = last;
     emit(p, q);
     p = q;
+  }
+}
+
+// llama3 and qwen2 (max_digits 3 and 1).
+template <typename F>
+void for_each_piece_cl100k(std::string_view text, int max_digits, F&& piece) {
+  const auto* const base = reinterpret_cast<const unsigned char*>(text.data());
+  const auto* const end = base + text.size();
+  const auto* p = base;
+  auto emit = [&](const unsigned char* from, const unsigned char* to) {
+    piece(std::string_view(reinterpret_cast<const char*>(from), size_t(to - from)));
+  };
+  auto run_end = [&](const unsigned char* q, CharClass cls) {
+    while (q < end) {
+      const detail::Char c = detail::char_at(q, end);
+      if (c.cls != cls) break;
+      q += c.len;
+    }
+    return q;
+  };
+  auto newline_run_end = [&](const unsigned char* q) {
+    while (q < end && (*q == '\r' || *q == '\n')) ++q;
+    return q;
+  };
+  while (p < end) {
+    // (?i:'s|'t|'re|'ve|'m|'ll|'d): case-insensitive, and under Unicode simple case folding
+    // 's' also matches U+017F (long s, bytes C5 BF).
+    if (*p == '\'' && end - p >= 2) {
+      const unsigned char a = p[1] | 0x20;  // ASCII lower case (a non-letter stays no match)
+      const bool a_letter = (p[1] >= 'a' && p[1] <= 'z') || (p[1] >= 'A' && p[1] <= 'Z');
+      if (a_letter && (a == 's' || a == 't' || a == 'm' || a == 'd')) {
+        emit(p, p + 2);
+        p += 2;
+        continue;
+      }
+      if (end - p >= 3 && p[1] == 0xC5 && p[2] == 0xBF) {
+        emit(p, p + 3);
+        p += 3;
+        continue;
+      }
+      if (a_letter && end - p >= 3) {
+        const bool b_letter = (p[2] >= 'a' && p[2] <= 'z') || (p[2] >= 'A' && p[2] <= 'Z');
+        const unsigned char b = p[2] | 0x20;
+        if (b_letter && ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l'))) {
+          emit(p, p + 3);
+          p += 3;
+          continue;
+        }
+      }
+    }
+    const detail::Char c = detail::char_at(p, end);
+    // [^\r\n\p{L}\p{N}]?\p{L}+
+    if (c.cls == kLetter) {
+      const auto* q = run_end(p + c.len, kLetter);
+      emit(p, q);
+      p = q;
+      continue;
+    }
+    if (c.cls != kNumber && *p != '\r' && *p != '\n' && p + c.len < end) {
+      const detail::Char n = detail::char_at(p + c.len, end);
+      if (n.cls == kLetter) {
+        const auto* q = run_end(p + c.len + n.len, kLetter);
+        emit(p, q);
+        p = q;
+        continue;
+      }
+    }
+    // \p{N}{1,max_digits}
+    if (c.cls == kNumber) {
+      const auto* q = p + c.len;
+      for (int k = 1; k < max_digits && q < end; ++k) {
+        const detail::Char n = detail::char_at(q, end);
+        if (n.cls != kNumber) break;
+        q += n.len;
+      }
+      emit(p, q);
+      p = q;
+      continue;
+    }
+    //  ?[^\s\p{L}\p{N}]+[\r\n]*
+    if (c.cls == kOther) {
+      const auto* q = newline_run_end(run_end(p + c.len, kOther));
+      emit(p, q);
+      p = q;
+      continue;
+    }
+    if (*p == ' ' && p + 1 < end) {
+      const detail::Char n = detail::char_at(p + 1, end);
+      if (n.cls == kOther) {
+        const auto* q = newline_run_end(run_end(p + 1 + n.len, kOther));
+        emit(p, q);
+        p = q;
+        continue;
+      }
+    }
+    // A whitespace run [p, q). \s*[\r\n]+ : up to and with its last CR or LF, if it has one.
+    const auto* last = p;  // start of the run's last character
+    const auto* after_newline = static_cast<const unsigned char*>(nullptr);
+    const auto* q = p;
+    while (q < end) {
+      const detail::Char n = detail::char_at(q, end);
+      if (n.cls != kSpace) break;
+      last = q;
+      q += n.len;
+      if (*last == '\r' || *last == '\n') after_newline = q;
+    }
+    if (after_newline) {
+      emit(p, after_newline);
+      p = after_newline;
+      continue;
+    }
+    // \s+(?!\S) | \s+ : as in gpt2.
+    if (q < end && last > p) q = last;
+    emit(p, q);
+    p = q;
+  }
+}
+
+template <typename F>
+void for_each_piece(Scheme scheme, std::string_view text, F&& piece) {
+  switch (scheme) {
+    case Scheme::gpt2:
+      return for_each_piece(text, piece);
+    case Scheme::llama3:
+      return for_each_piece_cl100k(text, 3, piece);
+    case Scheme::qwen2:
+      return for_each_piece_cl100k(text, 1, piece);
   }
 }
 

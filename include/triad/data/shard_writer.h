@@ -3,8 +3,12 @@
 //
 // Documents: each input file is one document, its raw bytes encoded as ordinary text (a
 // "<|endoftext|>" inside a file is text, not the special token). The token stream is, for the
-// files in the order given, eot (50256) followed by the file's tokens — the separator comes
-// BEFORE each document, as in llm.c's and nanoGPT's data preparation.
+// files in the order given, the tokenizer's document_start (GPT-2: <|endoftext|>, 50256; Llama
+// 3: <|begin_of_text|>, 128000) followed by the file's tokens — the separator comes BEFORE each
+// document, as in llm.c's and nanoGPT's data preparation.
+//
+// Format: GPT-2's uint16 shards when every id of the tokenizer fits in 16 bits (vocabulary at
+// most 65536), else llm.c's uint32 format for Llama 3 (triad/data/token_shard.h).
 //
 // Split: the last round(val_fraction · N) tokens of the stream of N tokens are the validation
 // split and the rest is the training split. The cut is at a token, not a document boundary
@@ -45,7 +49,8 @@ struct ShardWriterOptions {
 struct ShardSummary {
   int64_t documents = 0;
   int64_t bytes = 0;   // input bytes
-  int64_t tokens = 0;  // all tokens, eot separators included
+  int64_t tokens = 0;  // all tokens, document separators included
+  int token_bytes = 2; // of the shards written: 2 (uint16) or 4 (uint32)
   int64_t train_tokens = 0;
   int64_t val_tokens = 0;
   std::vector<std::string> train_files, val_files;  // written, in order
@@ -60,10 +65,9 @@ struct ShardSummary {
 std::vector<int32_t> encode_parallel(const Tokenizer& tokenizer, std::string_view text,
                                      int threads = 0, size_t chunk_bytes = size_t(1) << 20);
 
-// The token stream of the documents (see above), as uint16. Throws triad::Error naming a file
-// that cannot be read, or if the vocabulary does not fit uint16. Fills summary's documents,
-// bytes, tokens, encode_seconds and threads when given.
-std::vector<uint16_t> tokenize_documents(const Tokenizer& tokenizer,
+// The token stream of the documents (see above). Throws triad::Error naming a file that cannot
+// be read. Fills summary's documents, bytes, tokens, encode_seconds and threads when given.
+std::vector<uint32_t> tokenize_documents(const Tokenizer& tokenizer,
                                          const std::vector<std::string>& files, int threads = 0,
                                          size_t chunk_bytes = size_t(1) << 20,
                                          ShardSummary* summary = nullptr);

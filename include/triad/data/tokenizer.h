@@ -1,15 +1,25 @@
-// GPT-2's byte-level BPE tokenizer, reading tiktoken's rank files (DESIGN.md: module data).
+// Byte-level BPE tokenizers read from tiktoken's rank files (DESIGN.md: module data): GPT-2's,
+// and through a tokenizer description those of Llama 3, Qwen2 and other byte-level BPE models.
 //
-// A ranks file has one token per line, `base64(token bytes) rank`, ranks 0..n-1 each once
-// (GPT-2: n = 50,256 in data/vocab/gpt2.tiktoken, the count from_file expects by default). The
-// special token <|endoftext|> gets id n (50256), so vocab_size() = n + 1 (50257).
+// A ranks file has one token per line, `base64(token bytes) rank`, ranks 0..n-1 each once.
+// from_file takes either
+//   - a ranks file alone: GPT-2's tokenizer (n = 50,256 in data/vocab/gpt2.tiktoken, the count
+//     from_file expects by default), whose one special token <|endoftext|> is id n; or
+//   - a tokenizer description (docs/formats.md "Tokenizer description"), a text file whose first
+//     line is "triad-tokenizer 1", naming a ranks file, the pre-tokenizer, the special tokens
+//     with their ids, and which of them start documents and prompts and end generation. A
+//     token's id is its rank; the special tokens take the ids the ranks leave free (after
+//     them for Llama 3's, before them for a tokenizer trained by Hugging Face's tokenizers),
+//     so that the ids together are 0..vocab_size-1. `triad-convert tokenizer` writes one from a Hugging Face tokenizer.json or
+//     Meta's Llama 3 tokenizer.model.
 //
-// encode() gives exactly tiktoken's encode_ordinary(): the text is split by GPT-2's
-// pre-tokenizer (triad/data/pretokenize.h), a piece that is itself a token becomes that token,
-// and any other piece starts as its single bytes, of which the adjacent pair whose
-// concatenation has the lowest rank (the leftmost of equals) is merged repeatedly. The text is
-// bytes: invalid UTF-8 is encoded too, so decode(encode(s)) == s for every byte string s.
-// "<|endoftext|>" in the text is ordinary text, never the special token.
+// encode() gives exactly tiktoken's encode_ordinary() with the same ranks and pattern: the text
+// is split by the pre-tokenizer (triad/data/pretokenize.h), a piece that is itself a token
+// becomes that token, and any other piece starts as its single bytes, of which the adjacent
+// pair whose concatenation has the lowest rank (the leftmost of equals) is merged repeatedly.
+// The text is bytes: invalid UTF-8 is encoded too, so decode(encode(s)) == s for every byte
+// string s. Special tokens' texts (e.g. "<|endoftext|>") in the text are ordinary text, never
+// the special tokens.
 #pragma once
 
 #include <cstdint>
@@ -18,6 +28,8 @@
 #include <string_view>
 #include <vector>
 
+#include "triad/data/pretokenize.h"
+
 namespace triad {
 
 class Tokenizer {
@@ -25,29 +37,60 @@ class Tokenizer {
   // GPT-2's number of ranks; from_file expects it unless told otherwise.
   static constexpr int32_t kGpt2Ranks = 50256;
 
-  // Loads a ranks file. Throws triad::Error naming the file (and the line, for a malformed
-  // one): missing or unreadable file, no tokens, a line not of the form `base64 rank`, bad
-  // base64, a rank that is not a non-negative integer, a rank given twice or missing from
-  // 0..n-1, the same bytes given two ranks, a single byte without a token, or a number of
-  // ranks other than expect_ranks (a truncated file; 0 accepts any number, e.g. for tests).
-  static Tokenizer from_file(const std::string& ranks_path, int32_t expect_ranks = kGpt2Ranks);
+  // Loads a ranks file or a tokenizer description (told apart by the first line). Throws
+  // triad::Error naming the file (and the line, for a malformed one): missing or unreadable
+  // file, no tokens, a line not of the form `base64 rank`, bad base64, a rank that is not a
+  // non-negative integer, a rank given twice or missing from 0..n-1, the same bytes given two
+  // ranks, a single byte without a token, or a number of ranks other than expected (a
+  // truncated file): expect_ranks for a ranks file alone (0 accepts any number, e.g. for
+  // tests), the description's ranks_count for a description. A description is also refused
+  // for an unknown or repeated key, a missing required key, an unknown pre-tokenizer, a special
+  // token given twice, ids that are not exactly 0..vocab_size-1 once each, and a
+  // document_start, prompt_start or stop naming no special token.
+  static Tokenizer from_file(const std::string& path, int32_t expect_ranks = kGpt2Ranks);
 
   // Ordinary text to token ids; no special tokens are recognized.
   std::vector<int32_t> encode(std::string_view text) const;
   // Appends the ids of text to out (the same ids as encode).
   void encode_append(std::string_view text, std::vector<int32_t>& out) const;
 
-  // Ids to raw bytes (eot() decodes to "<|endoftext|>"). Throws triad::Error for an id
+  // Ids to raw bytes (a special token decodes to its text). Throws triad::Error for an id
   // outside [0, vocab_size()).
   std::string decode(std::span<const int32_t> ids) const;
   std::string token_bytes(int32_t id) const;
 
-  int32_t eot() const { return n_ranks_; }
-  int32_t vocab_size() const { return n_ranks_ + 1; }
+  // The token before each document in token shards (GPT-2: <|endoftext|>; Llama 3:
+  // <|begin_of_text|>), and before an empty prompt.
+  int32_t document_start() const { return document_start_; }
+  // The token before every prompt (Llama 3: <|begin_of_text|>), or -1 (GPT-2: none).
+  int32_t prompt_start() const { return prompt_start_; }
+  // The ids a prompt for generation becomes: prompt_start (if any), then the text's tokens; an
+  // empty prompt without prompt_start is document_start alone.
+  std::vector<int32_t> encode_prompt(std::string_view text) const;
+  // Tokens that end a generated sample (GPT-2: <|endoftext|>; Llama 3: <|end_of_text|>,
+  // <|eom_id|>, <|eot_id|>).
+  const std::vector<int32_t>& stop_tokens() const { return stop_; }
+
+  struct Special {
+    int32_t id;
+    std::string text;
+  };
+  int32_t vocab_size() const { return int32_t(special_.size()); }
+  int32_t n_ranks() const { return vocab_size() - int32_t(specials_.size()); }
+  pretok::Scheme pretokenizer() const { return scheme_; }
+  const std::vector<Special>& special_tokens() const { return specials_; }  // by id
+  bool is_special(int32_t id) const { return special_[size_t(id)] != 0; }
+  // Id of a special token by its text, or -1.
+  int32_t special_id(std::string_view text) const;
   const std::string& path() const { return path_; }
 
  private:
   Tokenizer() = default;
+  // The ranks file and the special tokens (their ids and, for messages, description lines).
+  static Tokenizer from_ranks(const std::string& ranks_path, const std::string& where,
+                              int32_t expect_ranks, std::vector<Special> specials,
+                              const std::vector<int64_t>& special_lines);
+  static Tokenizer from_description(const std::string& path, const std::string& text);
   int32_t lookup(const char* p, size_t n) const;  // rank of these bytes, or -1
   void insert(int32_t rank);                      // into the hash table
   void bpe(const char* p, size_t n, std::vector<int32_t>& out) const;
@@ -58,10 +101,15 @@ class Tokenizer {
     int32_t rank;  // -1 = empty
   };
   std::string path_;
-  int32_t n_ranks_ = 0;
+  pretok::Scheme scheme_ = pretok::Scheme::gpt2;
+  std::vector<Special> specials_;  // by id
+  std::vector<uint8_t> special_;   // by id: 1 for a special token
+  int32_t document_start_ = -1;
+  int32_t prompt_start_ = -1;
+  std::vector<int32_t> stop_;
   size_t max_token_len_ = 0;
   std::string bytes_;              // all tokens' bytes, by rank
-  std::vector<uint32_t> offsets_;  // token r is bytes_[offsets_[r], offsets_[r + 1])
+  std::vector<uint32_t> offsets_;  // token id i is bytes_[offsets_[i], offsets_[i + 1])
   std::vector<Slot> slots_;        // open addressing, linear probing
   size_t mask_ = 0;
   int32_t byte_rank_[256] = {};

@@ -20,7 +20,9 @@ struct SampleOptions {
   // Keep every layer's keys and values between tokens (Gpt::decode_logits); false: recompute the
   // whole context for every token (Gpt::next_token_logits).
   bool kv_cache = true;
-  int32_t stop_at_eot = -1;  // a token id that ends the sample once drawn (kept); -1: none
+  // Token ids that end a sample once drawn (the token is kept), e.g. the tokenizer's
+  // stop_tokens(); empty: none.
+  std::vector<int32_t> stop_tokens;
 };
 
 // One token drawn from logits (the first V): temperature, then top-k, then top-p, as above.
@@ -29,7 +31,7 @@ int32_t sample_token(const float* logits, int V, const SampleOptions& opt, Rng& 
                      std::vector<int>& order, std::vector<double>& prob);
 
 // Appends `length` sampled tokens to `tokens` (which must be non-empty) and returns them (fewer
-// when opt.stop_at_eot is drawn).
+// when one of opt.stop_tokens is drawn).
 // The context is the last seq_len tokens. Runs the model with its cache of keys and values
 // (Gpt::decode_logits): the prompt once, then one token per step while the context fits.
 std::vector<int32_t> sample_continuation(Gpt& model, std::vector<int32_t> tokens,
@@ -38,7 +40,7 @@ std::vector<int32_t> sample_continuation(Gpt& model, std::vector<int32_t> tokens
 // `count` continuations of one prompt at once: the model runs the count sequences in lockstep
 // (Gpt::decode_logits over a batch, one rank holding the whole model, max_batch >= count), and
 // each step draws for sequence 0, 1, ... in turn from rng. count = 1 is sample_continuation.
-// With stop_at_eot a sequence ends at its <|endoftext|>; the run, when all have.
+// With stop_tokens a sequence ends at the first it draws; the run, when all have.
 std::vector<std::vector<int32_t>> sample_continuations(Gpt& model,
                                                        const std::vector<int32_t>& prompt,
                                                        int count, const SampleOptions& opt,
