@@ -13,8 +13,9 @@
 #     looked up on PATH / CPATH / *_ROOT and what is missing is printed (exit 1).
 #  2. Python virtual environment .venv (--system-site-packages, so Debian's torch is
 #     visible) with requirements.txt; skipped while requirements.txt is unchanged.
-#  3. GPT-2 BPE ranks -> data/vocab/gpt2.tiktoken (from the openai-whisper sdist, checked
-#     against its sha256).
+#  3. BPE ranks, each checked against its sha256: GPT-2's -> data/vocab/gpt2.tiktoken (from
+#     the openai-whisper sdist); Llama 3's -> data/vocab/llama3.tiktoken (Meta's
+#     tokenizer.model, from the llama-models wheel), for the Llama 3 tokenizer tests.
 #  4. Default corpus -> data/corpus/*.txt: King James Bible and Jane Austen's six novels,
 #     from Debian packages (apt-get download + dpkg-deb -x, no root needed), cleaned to
 #     plain UTF-8 text by jobs/prepare_corpus.py.
@@ -56,6 +57,8 @@ CORPUS_FILES=(kjv.txt austen_emma.txt austen_mansfield_park.txt austen_northange
               austen_sense_and_sensibility.txt)
 WHISPER_SDIST=openai-whisper==20250625
 VOCAB_SHA256=306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930
+LLAMA_MODELS_WHEEL=llama-models==0.3.0
+LLAMA3_SHA256=82e9d31979e92ab929cd544440f129d9ecd797b69e327f80f17e1c50d5551b55
 VENV=$ROOT/.venv
 
 SUMMARY=()
@@ -268,49 +271,57 @@ step_venv() {
 
 # ---- 3. GPT-2 BPE ranks --------------------------------------------------------------------------
 
-step_vocab() {
-  local t0 dst tmp
+# fetch_ranks DST SHA256 MEMBER PIP_ARGS...: pip download PIP_ARGS, take the archive member
+# ending in MEMBER to DST, and check its sha256; a present DST with the right sha256 is kept.
+fetch_ranks() {
+  local dst=$1 sha=$2 member=$3 t0 tmp got
+  shift 3
   t0=$(now)
-  dst=data/vocab/gpt2.tiktoken
   if [ "$FORCE_DATA" -eq 0 ] && [ -f "$dst" ] &&
-     [ "$(sha256sum "$dst" | cut -d' ' -f1)" = "$VOCAB_SHA256" ]; then
+     [ "$(sha256sum "$dst" | cut -d' ' -f1)" = "$sha" ]; then
     SUMMARY+=("vocab: $dst present ($(elapsed "$t0"))")
     return 0
   fi
   tmp=$(mktmp)
-  log "vocab: pip download $WHISPER_SDIST (sdist) for whisper/assets/gpt2.tiktoken"
+  log "vocab: pip download $* for $member"
   if ! "$VENV/bin/python" -m pip download --disable-pip-version-check -q --no-deps \
-         --no-binary :all: "$WHISPER_SDIST" -d "$tmp/dl" >&2; then
+         "$@" -d "$tmp/dl" >&2; then
     log "vocab: retrying without build isolation"
     "$VENV/bin/python" -m pip download --disable-pip-version-check -q --no-deps \
-      --no-binary :all: --no-build-isolation "$WHISPER_SDIST" -d "$tmp/dl" >&2
+      --no-build-isolation "$@" -d "$tmp/dl" >&2
   fi
   mkdir -p data/vocab
-  "$VENV/bin/python" - "$tmp/dl" "$dst.tmp" <<'EOF'
+  "$VENV/bin/python" - "$tmp/dl" "$dst.tmp" "$member" <<'EOF'
 import sys, tarfile, zipfile, pathlib
-src, dst = pathlib.Path(sys.argv[1]), sys.argv[2]
+src, dst, member = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 for a in sorted(src.iterdir()):
     if a.name.endswith((".tar.gz", ".tgz")):
         with tarfile.open(a) as t:
-            m = next((m for m in t.getmembers() if m.name.endswith("whisper/assets/gpt2.tiktoken")), None)
+            m = next((m for m in t.getmembers() if m.name.endswith(member)), None)
             if m:
                 open(dst, "wb").write(t.extractfile(m).read()); sys.exit(0)
-    elif a.suffix == ".zip":
+    elif a.suffix in (".zip", ".whl"):
         with zipfile.ZipFile(a) as z:
-            n = next((n for n in z.namelist() if n.endswith("whisper/assets/gpt2.tiktoken")), None)
+            n = next((n for n in z.namelist() if n.endswith(member)), None)
             if n:
                 open(dst, "wb").write(z.read(n)); sys.exit(0)
-sys.exit(f"setup: vocab: no whisper/assets/gpt2.tiktoken in {[p.name for p in src.iterdir()]}")
+sys.exit(f"setup: vocab: no {member} in {[p.name for p in src.iterdir()]}")
 EOF
-  local got
   got=$(sha256sum "$dst.tmp" | cut -d' ' -f1)
-  if [ "$got" != "$VOCAB_SHA256" ]; then
+  if [ "$got" != "$sha" ]; then
     rm -f "$dst.tmp"
-    echo "setup: vocab: sha256 of gpt2.tiktoken is $got, expected $VOCAB_SHA256" >&2
+    echo "setup: vocab: sha256 of $member is $got, expected $sha" >&2
     exit 1
   fi
   mv -f "$dst.tmp" "$dst"
   SUMMARY+=("vocab: wrote $dst ($(stat -c %s "$dst") bytes, sha256 ok) ($(elapsed "$t0"))")
+}
+
+step_vocab() {
+  fetch_ranks data/vocab/gpt2.tiktoken "$VOCAB_SHA256" whisper/assets/gpt2.tiktoken \
+    --no-binary :all: "$WHISPER_SDIST"
+  fetch_ranks data/vocab/llama3.tiktoken "$LLAMA3_SHA256" llama_models/llama3/tokenizer.model \
+    --only-binary :all: "$LLAMA_MODELS_WHEEL"
 }
 
 # ---- 4. default corpus ---------------------------------------------------------------------------

@@ -76,8 +76,8 @@ int main(int argc, char** argv) {
         "tokenizer)")("prompt", po::value(&prompt)->default_value(""),
                       "prompt text (after the tokenizer's prompt start, e.g. Llama 3's "
                       "<|begin_of_text|>; empty and none: its document start, GPT-2's "
-                      "<|endoftext|>)")(
-        "length", po::value(&length)->default_value(128), "tokens to generate")(
+                      "<|endoftext|>)")("length", po::value(&length)->default_value(128),
+                                        "tokens to generate")(
         "temperature", po::value(&temperature)->default_value(0.8), "sampling temperature")(
         "top-k", po::value(&top_k)->default_value(40), "sample among the k likeliest (0: all)")(
         "top-p", po::value(&top_p)->default_value(1.0),
@@ -88,8 +88,9 @@ int main(int argc, char** argv) {
         "them all)")(
         "batch", po::value(&batch)->default_value(8),
         "samples generated together, in lockstep: each step reads the weights once for all of "
-        "them (memory grows with it)")("stop-at-eot", po::bool_switch(&stop_at_eot),
-                                       "end a sample at one of the tokenizer's stop tokens (GPT-2: <|endoftext|>)")(
+        "them (memory grows with it)")(
+        "stop-at-eot", po::bool_switch(&stop_at_eot),
+        "end a sample at one of the tokenizer's stop tokens (GPT-2: <|endoftext|>)")(
         "seed", po::value(&seed)->default_value(1), "sampling seed")(
         "prompt-ids", po::value(&prompt_ids),
         "the prompt as token ids separated by spaces (instead of --prompt)")(

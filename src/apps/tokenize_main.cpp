@@ -91,7 +91,8 @@ int cmd_encode(const std::vector<std::string>& args) {
   po::options_description desc("encode options");
   std::string vocab;
   int threads = 0;
-  desc.add_options()("vocab", po::value(&vocab)->required(), "ranks file (gpt2.tiktoken) or tokenizer description")(
+  desc.add_options()("vocab", po::value(&vocab)->required(),
+                     "ranks file (gpt2.tiktoken) or tokenizer description")(
       "threads", po::value(&threads)->default_value(0), "encoding threads (0: one per core)");
   po::variables_map vm;
   if (!parse("encode", args, desc, nullptr, nullptr, vm)) return 0;
@@ -113,7 +114,8 @@ int cmd_encode(const std::vector<std::string>& args) {
 int cmd_decode(const std::vector<std::string>& args) {
   po::options_description desc("decode options");
   std::string vocab;
-  desc.add_options()("vocab", po::value(&vocab)->required(), "ranks file (gpt2.tiktoken) or tokenizer description");
+  desc.add_options()("vocab", po::value(&vocab)->required(),
+                     "ranks file (gpt2.tiktoken) or tokenizer description");
   po::variables_map vm;
   if (!parse("decode", args, desc, nullptr, nullptr, vm)) return 0;
   const auto tok = triad::Tokenizer::from_file(vocab);
@@ -150,7 +152,8 @@ int cmd_shards(const std::vector<std::string>& args) {
   std::string vocab;
   std::vector<std::string> files;
   triad::ShardWriterOptions o;
-  desc.add_options()("vocab", po::value(&vocab)->required(), "ranks file (gpt2.tiktoken) or tokenizer description")(
+  desc.add_options()("vocab", po::value(&vocab)->required(),
+                     "ranks file (gpt2.tiktoken) or tokenizer description")(
       "out", po::value(&o.out_dir)->required(), "output directory (created if needed)")(
       "prefix", po::value(&o.prefix)->default_value(o.prefix),
       "shard names: PREFIX_train_NNNNNN.bin, PREFIX_val_NNNNNN.bin")(

@@ -118,10 +118,10 @@ int32_t count_rank_lines(std::string_view text) {
 Tokenizer Tokenizer::from_file(const std::string& path, int32_t expect_ranks) {
   const std::string where = "vocabulary file " + path;
   const std::string text = read_whole(path, where);
-  const bool description = text.starts_with(kDescriptionMagic) &&
-                           (text.size() == kDescriptionMagic.size() ||
-                            text[kDescriptionMagic.size()] == '\n' ||
-                            text[kDescriptionMagic.size()] == '\r');
+  const bool description =
+      text.starts_with(kDescriptionMagic) &&
+      (text.size() == kDescriptionMagic.size() || text[kDescriptionMagic.size()] == '\n' ||
+       text[kDescriptionMagic.size()] == '\r');
   if (description) return from_description(path, text);
   TRIAD_CHECK(!text.starts_with("triad-tokenizer"), where, ": a tokenizer description of another ",
               "version (first line '", excerpt(text.substr(0, text.find('\n'))),
@@ -239,8 +239,8 @@ Tokenizer Tokenizer::from_description(const std::string& path, const std::string
   if (!prompt_start.empty()) t.prompt_start_ = id_of(prompt_start, "prompt_start");
   for (const std::string& s : stops) {
     const int32_t id = id_of(s, "stop");
-    TRIAD_CHECK(std::find(t.stop_.begin(), t.stop_.end(), id) == t.stop_.end(), where,
-                ": stop '", excerpt(s), "' is given twice");
+    TRIAD_CHECK(std::find(t.stop_.begin(), t.stop_.end(), id) == t.stop_.end(), where, ": stop '",
+                excerpt(s), "' is given twice");
     t.stop_.push_back(id);
   }
   return t;

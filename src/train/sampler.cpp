@@ -82,8 +82,7 @@ std::vector<std::vector<int32_t>> sample_continuations(Gpt& model,
       seqs[size_t(b)].push_back(pick);
       if (done[size_t(b)]) continue;
       out[size_t(b)].push_back(pick);
-      if (std::find(opt.stop_tokens.begin(), opt.stop_tokens.end(), pick) !=
-          opt.stop_tokens.end())
+      if (std::find(opt.stop_tokens.begin(), opt.stop_tokens.end(), pick) != opt.stop_tokens.end())
         done[size_t(b)] = 1;
     }
     if (std::all_of(done.begin(), done.end(), [](char d) { return d != 0; })) break;

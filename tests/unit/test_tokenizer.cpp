@@ -438,3 +438,205 @@ TEST(ShardWriter, RemovesStaleShardsAndChecksOptions) {
   expect_error(with([](auto& x) { x.prefix = "a/b"; }), {doc}, "--prefix");
   expect_error(with([&](auto& x) { x.out_dir = doc; }), {doc}, "output directory");
 }
+
+namespace {
+
+std::vector<std::string> pieces(std::string_view text, triad::pretok::Scheme scheme) {
+  std::vector<std::string> out;
+  for (auto p : triad::pretok::split(text, scheme)) out.emplace_back(p);
+  return out;
+}
+
+// A tokenizer description naming `ranks` (a file name beside it) with the given lines after
+// the magic, ranks and pretokenizer lines.
+std::string description(const std::string& ranks, int ranks_count, const std::string& rest,
+                        const std::string& scheme = "llama3") {
+  return "triad-tokenizer 1\n# a test\nranks " + ranks + "\nranks_count " +
+         std::to_string(ranks_count) + "\npretokenizer " + scheme + "\n" + rest;
+}
+
+}  // namespace
+
+TEST(Pretokenize, SplitsLikeLlama3AndQwen2Regexes) {
+  // Expected pieces from Python: regex.findall(pattern, s), with the patterns of
+  // include/triad/data/pretokenize.h (tiktoken's cl100k_base and Llama 3's; Qwen2's).
+  using triad::pretok::Scheme;
+  auto l3 = [](std::string_view s) { return pieces(s, Scheme::llama3); };
+  auto qw = [](std::string_view s) { return pieces(s, Scheme::qwen2); };
+  EXPECT_THAT(l3("Hello world"), ElementsAre("Hello", " world"));
+  EXPECT_THAT(l3("they'll've"), ElementsAre("they", "'ll", "'ve"));
+  EXPECT_THAT(l3("DON'T 'S"), ElementsAre("DON", "'T", " '", "S"));  // case-insensitive
+  EXPECT_THAT(l3("x\n\n\ny"), ElementsAre("x", "\n\n\n", "y"));
+  EXPECT_THAT(l3("x\r\n\r\ny"), ElementsAre("x", "\r\n\r\n", "y"));
+  EXPECT_THAT(l3("a   b"), ElementsAre("a", "  ", " b"));
+  EXPECT_THAT(l3("a \t b"), ElementsAre("a", " \t", " b"));
+  EXPECT_THAT(l3("a\t\tb"), ElementsAre("a", "\t", "\tb"));
+  EXPECT_THAT(l3("end  "), ElementsAre("end", "  "));
+  EXPECT_THAT(l3(" 1234567abc!!?"), ElementsAre(" ", "123", "456", "7", "abc", "!!?"));
+  EXPECT_THAT(qw(" 1234567abc!!?"),
+              ElementsAre(" ", "1", "2", "3", "4", "5", "6", "7", "abc", "!!?"));
+  EXPECT_THAT(l3("2024-11-30"), ElementsAre("202", "4", "-", "11", "-", "30"));
+  EXPECT_THAT(l3("''s"), ElementsAre("''", "s"));
+  EXPECT_THAT(l3("$hello $$x"), ElementsAre("$hello", " $$", "x"));
+  EXPECT_THAT(l3("!!\n\n  x"), ElementsAre("!!\n\n", " ", " x"));
+  EXPECT_THAT(l3("a \n\n  b"), ElementsAre("a", " \n\n", " ", " b"));
+  EXPECT_THAT(l3("\thello"), ElementsAre("\thello"));
+  EXPECT_THAT(l3("(x) [1]"), ElementsAre("(x", ")", " [", "1", "]"));
+  EXPECT_THAT(l3("\u00a0x\u3000y"), ElementsAre("\u00a0x", "\u3000y"));
+  EXPECT_THAT(l3("emoji 👍🏽!"), ElementsAre("emoji", " 👍🏽!"));
+  EXPECT_THAT(l3("a\x1c b"), ElementsAre("a", "\x1c", " b"));
+  // Unicode simple case folding: (?i)s also matches U+017F, long s.
+  EXPECT_THAT(l3("'\u017fx 'Kx"), ElementsAre("'\u017f", "x", " '", "Kx"));
+  // Invalid bytes are 'other' characters of their own (tiktoken takes valid UTF-8 only).
+  EXPECT_THAT(l3("a\xff!b \xc3"), ElementsAre("a", "\xff!", "b", " \xc3"));
+  EXPECT_TRUE(l3("").empty());
+  EXPECT_EQ(triad::pretok::parse_scheme("qwen2"), Scheme::qwen2);
+  EXPECT_FALSE(triad::pretok::parse_scheme("cl100k").has_value());
+}
+
+TEST(Tokenizer, DescriptionWithSpecialTokens) {
+  TempDir dir("tok_desc");
+  dir.file("small.tiktoken", small_ranks());  // ranks 0..258
+  // Special tokens after the ranks, as Llama 3's.
+  const auto t = triad::Tokenizer::from_file(dir.file(
+      "after.triad", description("small.tiktoken", 259,
+                                 "special 259 <|begin|>\nspecial 260 <|end|>\n"
+                                 "special 261 <|eot|>\n\n  # comment\ndocument_start <|begin|>\n"
+                                 "prompt_start <|begin|>\nstop <|end|>\nstop <|eot|>\n")));
+  EXPECT_EQ(t.vocab_size(), 262);
+  EXPECT_EQ(t.n_ranks(), 259);
+  EXPECT_EQ(t.pretokenizer(), triad::pretok::Scheme::llama3);
+  EXPECT_EQ(t.document_start(), 259);
+  EXPECT_EQ(t.prompt_start(), 259);
+  EXPECT_THAT(t.stop_tokens(), ElementsAre(260, 261));
+  EXPECT_EQ(t.special_id("<|eot|>"), 261);
+  EXPECT_EQ(t.special_id("<|nope|>"), -1);
+  EXPECT_TRUE(t.is_special(260));
+  EXPECT_FALSE(t.is_special(258));
+  EXPECT_THAT(t.encode_prompt("abcd"), ElementsAre(259, 256, 258));
+  EXPECT_THAT(t.encode_prompt(""), ElementsAre(259));
+  // Special tokens' texts in the text are ordinary text; decoding gives the texts back.
+  const auto ids = t.encode("ab<|end|>");
+  EXPECT_EQ(std::count(ids.begin(), ids.end(), 260), 0);
+  EXPECT_EQ(t.decode(std::vector<int32_t>{259, 256, 261}), "<|begin|>ab<|eot|>");
+  EXPECT_EQ(t.token_bytes(260), "<|end|>");
+
+  // A special token first (a tokenizer trained by Hugging Face's tokenizers): ranks 1..259,
+  // no prompt start, and the ranks file in another directory.
+  std::string shifted;
+  for (int b = 0; b < 256; ++b)
+    shifted += base64(std::string(1, char(b))) + " " + std::to_string(b + 1) + "\n";
+  shifted += base64("ab") + " 257\n" + base64("abab") + " 258\n" + base64("cd") + " 259\n";
+  fs::create_directories(dir.path("ranks"));
+  dir.file("ranks/shifted.tiktoken", shifted);
+  const auto h = triad::Tokenizer::from_file(
+      dir.file("first.triad", description("ranks/shifted.tiktoken", 259,
+                                          "special 0 <|endoftext|>\ndocument_start "
+                                          "<|endoftext|>\nstop <|endoftext|>\n",
+                                          "gpt2")));
+  EXPECT_EQ(h.vocab_size(), 260);
+  EXPECT_EQ(h.document_start(), 0);
+  EXPECT_EQ(h.prompt_start(), -1);
+  EXPECT_THAT(h.encode("ababab x"), ElementsAre(258, 257, ' ' + 1, 'x' + 1));
+  EXPECT_THAT(h.encode_prompt(""), ElementsAre(0));
+  EXPECT_THAT(h.encode_prompt("ab"), ElementsAre(257));  // GPT-2's way: no prompt start
+  EXPECT_EQ(h.decode(std::vector<int32_t>{0, 258, 1}), std::string("<|endoftext|>abab") + '\0');
+}
+
+TEST(Tokenizer, MalformedDescriptionsAreClearErrors) {
+  TempDir dir("tok_desc_bad");
+  dir.file("small.tiktoken", small_ranks());
+  const std::string specials = "special 259 <|s|>\nspecial 260 <|e|>\n";
+  const std::string roles = "document_start <|s|>\nstop <|e|>\n";
+  auto expect_error = [&](const std::string& name, const std::string& contents,
+                          const std::vector<std::string>& parts) {
+    const std::string path = dir.file(name, contents);
+    try {
+      triad::Tokenizer::from_file(path);
+      ADD_FAILURE() << name << ": no error";
+    } catch (const triad::Error& e) {
+      EXPECT_THAT(e.what(), HasSubstr(path)) << name;
+      for (const auto& p : parts) EXPECT_THAT(e.what(), HasSubstr(p)) << name;
+    }
+  };
+  const std::string ok = description("small.tiktoken", 259, specials + roles);
+  EXPECT_EQ(triad::Tokenizer::from_file(dir.file("ok.triad", ok)).vocab_size(), 261);
+  expect_error("version", "triad-tokenizer 2\n" + ok.substr(ok.find('\n') + 1),
+               {"another version", "triad-tokenizer 1"});
+  expect_error("unknown_key", ok + "colour blue\n", {"line 10", "unknown key 'colour'"});
+  expect_error("repeated", ok + "pretokenizer gpt2\n", {"line 10", "already given on line 5"});
+  expect_error("two_words", ok + "stop <|e|> <|s|>\n", {"line 10", "single words"});
+  expect_error("no_value", ok + "stop\n", {"line 10", "expected 'stop VALUE'"});
+  expect_error("no_ranks",
+               "triad-tokenizer 1\nranks_count 259\npretokenizer gpt2\n" + specials + roles,
+               {"no 'ranks' line"});
+  expect_error("no_specials", description("small.tiktoken", 259, roles), {"no 'special ID TEXT'"});
+  expect_error("no_stop", description("small.tiktoken", 259, specials + "document_start <|s|>\n"),
+               {"no 'stop' line"});
+  expect_error("scheme", description("small.tiktoken", 259, specials + roles, "o200k"),
+               {"unknown pretokenizer 'o200k'"});
+  expect_error("count", description("small.tiktoken", 300, specials + roles),
+               {"small.tiktoken", "has 259 tokens, expected 300", "truncated"});
+  expect_error("bad_id", description("small.tiktoken", 259, "special x1 <|s|>\n" + roles),
+               {"line 6", "special token id 'x1'"});
+  expect_error(
+      "taken_id",
+      description("small.tiktoken", 259, "special 258 <|s|>\nspecial 260 <|e|>\n" + roles),
+      {"line 259: rank 258 is already taken by special token id 258 (description line 6)"});
+  // Ids 259 and 261: 260 is nobody's, so 261 is past vocab_size - 1.
+  expect_error("gap",
+               description("small.tiktoken", 259, "special 259 <|s|>\nspecial 261 <|e|>\n" + roles),
+               {"<|e|> has id 261, out of range", "0..260"});
+  expect_error("same_id",
+               description("small.tiktoken", 259, "special 259 <|s|>\nspecial 259 <|e|>\n" + roles),
+               {"<|e|> has id 259, already taken by special token id 259 (description line 6)"});
+  expect_error("same_text",
+               description("small.tiktoken", 259, "special 259 <|s|>\nspecial 260 <|s|>\n" + roles),
+               {"line 7", "'<|s|>' was already given on line 6"});
+  expect_error("start",
+               description("small.tiktoken", 259, specials + "document_start <|x|>\nstop <|e|>\n"),
+               {"document_start '<|x|>' is not one of the special tokens"});
+  expect_error("stop_twice", description("small.tiktoken", 259, specials + roles + "stop <|e|>\n"),
+               {"stop '<|e|>' is given twice"});
+  expect_error("missing_ranks", description("nowhere.tiktoken", 259, specials + roles),
+               {"nowhere.tiktoken", "cannot open"});
+}
+
+TEST(ShardWriter, WideVocabularyWritesUint32) {
+  // A vocabulary above 65536 ids: 256 bytes and 65,400 two-byte tokens, then special tokens.
+  TempDir dir("shards_wide");
+  std::string ranks = small_ranks({});
+  int r = 256;
+  for (int a = 0; a < 256 && r < 65656; ++a)
+    for (int b = 0; b < 256 && r < 65656; ++b)
+      ranks += base64(std::string{char(a), char(b)}) + " " + std::to_string(r++) + "\n";
+  ASSERT_EQ(r, 65656);
+  dir.file("wide.tiktoken", ranks);
+  const auto t = triad::Tokenizer::from_file(
+      dir.file("wide.triad", description("wide.tiktoken", 65656,
+                                         "special 65656 <|begin|>\nspecial 65657 <|end|>\n"
+                                         "document_start <|begin|>\nstop <|end|>\n")));
+  ASSERT_EQ(t.vocab_size(), 65658);
+  const std::vector<std::string> docs = {"the quick zebra", "zz top\n"};
+  std::vector<std::string> files;
+  std::vector<uint32_t> expect;
+  for (size_t i = 0; i < docs.size(); ++i) {
+    files.push_back(dir.file("d" + std::to_string(i) + ".txt", docs[i]));
+    expect.push_back(65656);
+    for (const int32_t id : t.encode(docs[i])) expect.push_back(uint32_t(id));
+  }
+  EXPECT_GT(*std::max_element(expect.begin() + 1, expect.end()), 65535u);
+  triad::ShardWriterOptions o;
+  o.out_dir = dir.path("out");
+  o.val_fraction = 0;
+  const auto s = triad::write_shards(t, files, o);
+  EXPECT_EQ(s.token_bytes, 4);
+  ASSERT_EQ(s.train_files.size(), 1u);
+  EXPECT_EQ(triad::read_token_shard_header(s.train_files[0]).token_bytes, 4);
+  EXPECT_EQ(triad::read_token_shard(s.train_files[0]), expect);
+  // A GPT-2-sized vocabulary still writes GPT-2's uint16 shards.
+  const auto small = triad::Tokenizer::from_file(dir.file("small.tiktoken", small_ranks()), 0);
+  const auto s16 = triad::write_shards(small, files, o);
+  EXPECT_EQ(s16.token_bytes, 2);
+  EXPECT_EQ(triad::read_token_shard_header(s16.train_files[0]).token_bytes, 2);
+}

@@ -202,7 +202,8 @@ void for_each_piece_cl100k(std::string_view text, int max_digits, F&& piece) {
       if (a_letter && end - p >= 3) {
         const bool b_letter = (p[2] >= 'a' && p[2] <= 'z') || (p[2] >= 'A' && p[2] <= 'Z');
         const unsigned char b = p[2] | 0x20;
-        if (b_letter && ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l'))) {
+        if (b_letter &&
+            ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l'))) {
           emit(p, p + 3);
           p += 3;
           continue;

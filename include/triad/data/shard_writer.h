@@ -48,9 +48,9 @@ struct ShardWriterOptions {
 
 struct ShardSummary {
   int64_t documents = 0;
-  int64_t bytes = 0;   // input bytes
-  int64_t tokens = 0;  // all tokens, document separators included
-  int token_bytes = 2; // of the shards written: 2 (uint16) or 4 (uint32)
+  int64_t bytes = 0;    // input bytes
+  int64_t tokens = 0;   // all tokens, document separators included
+  int token_bytes = 2;  // of the shards written: 2 (uint16) or 4 (uint32)
   int64_t train_tokens = 0;
   int64_t val_tokens = 0;
   std::vector<std::string> train_files, val_files;  // written, in order

@@ -10,8 +10,8 @@
 //     with their ids, and which of them start documents and prompts and end generation. A
 //     token's id is its rank; the special tokens take the ids the ranks leave free (after
 //     them for Llama 3's, before them for a tokenizer trained by Hugging Face's tokenizers),
-//     so that the ids together are 0..vocab_size-1. `triad-convert tokenizer` writes one from a Hugging Face tokenizer.json or
-//     Meta's Llama 3 tokenizer.model.
+//     so that the ids together are 0..vocab_size-1. `triad-convert tokenizer` writes one from a
+//     Hugging Face tokenizer.json or Meta's Llama 3 tokenizer.model.
 //
 // encode() gives exactly tiktoken's encode_ordinary() with the same ranks and pattern: the text
 // is split by the pre-tokenizer (triad/data/pretokenize.h), a piece that is itself a token
