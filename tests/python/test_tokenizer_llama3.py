@@ -1,0 +1,333 @@
+"""Tokenizers beyond GPT-2 against independent references.
+
+- tiktoken: Llama 3's real ranks (data/vocab/llama3.tiktoken, Meta's tokenizer.model, put there
+  by jobs/setup.sh) with Llama 3's pattern on the corpus, on hand-picked strings and on every
+  Unicode code point; the llama3 and qwen2 pre-tokenizers over GPT-2's ranks.
+- Hugging Face's tokenizers (Rust): byte-level BPEs it trains itself on part of the corpus,
+  imported by `triad-convert tokenizer`, must encode held-out text to the same ids in triad;
+  a tokenizer.json exported from a description must encode as triad does, and transformers'
+  AutoTokenizer loads it.
+- transformers' LlamaForCausalLM: a random model imported with Llama 3's vocabulary continues a
+  text prompt, in triad-generate with the Llama 3 description, as the model in transformers
+  does (greedily, float64) from the ids tiktoken gives the prompt.
+"""
+
+import json
+import os
+import random
+import subprocess
+import tempfile
+
+import numpy as np
+import pytest
+
+from test_tokenizer_tiktoken import STRINGS
+from triad_run import ENV, REPO, VOCAB, assert_clean_error, assert_clean_failure, exe, run, tool
+
+tiktoken = pytest.importorskip("tiktoken")
+from tiktoken.load import load_tiktoken_bpe  # noqa: E402
+
+from analysis import hf_tokenizer  # noqa: E402
+
+LLAMA3 = REPO / "data" / "vocab" / "llama3.tiktoken"
+CORPUS = sorted((REPO / "data" / "corpus").glob("*.txt"))
+BEGIN, END = 128000, 128001
+
+
+def need(path):
+    if not path.exists():
+        pytest.fail(f"{path} does not exist: run jobs/setup.sh (it fetches the BPE ranks)")
+
+
+def cli(*args, data=b""):
+    with tempfile.TemporaryDirectory(prefix="triad-ompi-") as session:
+        env = dict(ENV, OMPI_MCA_orte_tmpdir_base=session)
+        p = subprocess.run([exe("triad-tokenize"), *map(str, args)], input=data,
+                           capture_output=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr.decode(errors="replace")
+    return p.stdout
+
+
+def cli_encode(vocab, text: str):
+    return [int(x) for x in cli("encode", "--vocab", vocab, data=text.encode()).split()]
+
+
+def first_difference(got, want, decode):
+    i = next((k for k, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+    return (f"{len(got)} vs {len(want)} tokens; first difference at {i}: "
+            f"{decode(got[max(0, i - 5):i + 5])!r} vs {decode(want[max(0, i - 5):i + 5])!r}")
+
+
+def mixed_strings(seed, count):
+    rng = random.Random(seed)
+    alphabet = [" ", "  ", "\t", "\n", "\r\n", "\n\n", "a", "Z", "é", "ſ", "1", "٣", "!", "$", "'",
+                "'s", "'T", "'LL", "中", "😀", "\u00a0", "\u3000", "\u2028", "x", "\x1c"]
+    return ["".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 40)))
+            for _ in range(count)]
+
+
+@pytest.fixture(scope="module")
+def llama3(tmp_path_factory):
+    """Llama 3's description, made by triad-convert from Meta's tokenizer.model."""
+    need(LLAMA3)
+    out = tmp_path_factory.mktemp("llama3") / "tok"
+    p = tool("triad-convert", "tokenizer", "--meta-llama3", LLAMA3, out)
+    assert p.returncode == 0, p.stderr
+    assert "128000 ranks + 256 special tokens = vocab 128256" in p.stdout
+    return out / "tokenizer.triad"
+
+
+@pytest.fixture(scope="module")
+def llama3_enc():
+    need(LLAMA3)
+    return tiktoken.Encoding("llama3", pat_str=hf_tokenizer.PATTERNS["llama3"],
+                             mergeable_ranks=load_tiktoken_bpe(str(LLAMA3)), special_tokens={})
+
+
+def test_llama3_description(llama3):
+    text = llama3.read_text()
+    assert text.startswith("triad-tokenizer 1\n")
+    assert "pretokenizer llama3" in text and "special 128000 <|begin_of_text|>" in text
+    assert "special 128255 <|reserved_special_token_245|>" in text
+    assert "prompt_start <|begin_of_text|>" in text
+    assert [ln for ln in text.splitlines() if ln.startswith("stop ")] == [
+        "stop <|end_of_text|>", "stop <|eom_id|>", "stop <|eot_id|>"]
+    # Known ids (tiktoken with Meta's file gives the same; the special tokens decode to text).
+    assert cli_encode(llama3, "Hello world") == [9906, 1917]
+    assert cli("decode", "--vocab", llama3, data=b"128000 9906 1917 128009") == \
+        b"<|begin_of_text|>Hello world<|eot_id|>"
+
+
+@pytest.mark.parametrize("path", CORPUS or [None], ids=lambda p: p.name if p else "none")
+def test_llama3_corpus_matches_tiktoken(path, llama3, llama3_enc):
+    if path is None:
+        pytest.fail("data/corpus has no *.txt files: run jobs/setup.sh")
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    want = llama3_enc.encode_ordinary(text)
+    got = cli_encode(llama3, text)
+    assert got == want, first_difference(got, want, llama3_enc.decode)
+
+
+def test_llama3_strings_and_every_code_point_match_tiktoken(llama3, llama3_enc):
+    # The test strings of the GPT-2 comparison, random mixes of the pattern's corner cases, and
+    # every code point between an apostrophe, letters, digits and spaces (a line each: no
+    # piece crosses a line end here, so one difference shows the code point).
+    parts = list(STRINGS.values()) + mixed_strings(3, 3000)
+    lines = [f"'{c}x {c}7{c}'l{c} {c}\n" for c in map(chr, range(0x110000))
+             if not 0xD800 <= ord(c) <= 0xDFFF]
+    text = "\n".join(parts) + "\n" + "".join(lines)
+    want = llama3_enc.encode_ordinary(text)
+    got = cli_encode(llama3, text)
+    assert got == want, first_difference(got, want, llama3_enc.decode)
+
+
+@pytest.mark.parametrize("scheme", ["llama3", "qwen2"])
+def test_pretokenizers_over_gpt2_ranks_match_tiktoken(tmp_path, scheme):
+    """The scheme alone, with GPT-2's ranks: qwen2 (digits one by one) has no ranks file here."""
+    desc = tmp_path / "t.triad"
+    desc.write_text(f"triad-tokenizer 1\nranks {VOCAB}\nranks_count 50256\n"
+                    f"pretokenizer {scheme}\nspecial 50256 <|endoftext|>\n"
+                    f"document_start <|endoftext|>\nstop <|endoftext|>\n")
+    enc = tiktoken.Encoding(scheme, pat_str=hf_tokenizer.PATTERNS[scheme],
+                            mergeable_ranks=load_tiktoken_bpe(str(VOCAB)), special_tokens={})
+    text = "\n".join([*STRINGS.values(), *mixed_strings(4, 3000),
+                      CORPUS[0].read_text(encoding="utf-8")[:300000]])
+    want = enc.encode_ordinary(text)
+    got = cli_encode(desc, text)
+    assert got == want, first_difference(got, want, enc.decode)
+
+
+def read_shard(path):
+    header = np.fromfile(path, dtype="<i4", count=256)
+    assert (header[0], header[1]) == (20240801, 7), header[:3]  # llm.c's Llama 3 format
+    tokens = np.fromfile(path, dtype="<u4", offset=1024)
+    assert len(tokens) == header[2]
+    return tokens.tolist()
+
+
+def test_llama3_shards_are_uint32_with_begin_of_text(tmp_path, llama3, llama3_enc):
+    docs = [STRINGS["accents"] + "\n" + STRINGS["code"], STRINGS["long_random_mix"], "x"]
+    files = []
+    for i, d in enumerate(docs):
+        files.append(tmp_path / f"doc{i}.txt")
+        files[-1].write_text(d, encoding="utf-8")
+    out = tmp_path / "out"
+    summary = cli("shards", "--vocab", llama3, "--out", out, "--prefix", "l3",
+                  "--val-fraction", "0.2", "--shard-tokens", "700", "--threads", "2",
+                  *files).decode()
+    stream = []
+    for d in docs:
+        stream += [BEGIN] + llama3_enc.encode_ordinary(d)
+    n_val = round(0.2 * len(stream))
+    train = sum((read_shard(f) for f in sorted(out.glob("l3_train_*.bin"))), [])
+    val = sum((read_shard(f) for f in sorted(out.glob("l3_val_*.bin"))), [])
+    assert train + val == stream and len(val) == n_val
+    assert "<|begin_of_text|> before each document; uint32 shards" in summary
+
+
+# ---- Hugging Face tokenizers ------------------------------------------------------------------
+
+tokenizers = pytest.importorskip("tokenizers")
+
+
+def train_hf(path, scheme, vocab_size=3000):
+    """A byte-level BPE trained by Hugging Face's tokenizers on two of the corpus's books, with
+    the pre-tokenizer of `scheme`; <|endoftext|> takes id 0, before the ranks."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE(ignore_merges=True))
+    if scheme == "gpt2":
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(hf_tokenizer.PATTERNS[scheme]), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    books = [p for p in CORPUS if p.name.startswith("austen_")][:2]
+    assert books, "data/corpus has no Austen novels: run jobs/setup.sh"
+    tok.train([str(b) for b in books], trainer)
+    tok.save(str(path))
+    return tok
+
+
+def held_out_text():
+    """Text for comparisons with Hugging Face's tokenizers. Its Split pre-tokenizer runs the
+    regex in Oniguruma, whose Unicode tables are older than tiktoken's (Rust's regex crate) and
+    triad's: letters new in Unicode 16 are not letters there, so that string is left out."""
+    books = [p for p in CORPUS if p.name.startswith("austen_")]
+    strings = [s for k, s in STRINGS.items() if k != "unicode16_letters"]
+    return "\n".join([books[-1].read_text(encoding="utf-8")[:400000], *strings,
+                      *mixed_strings(5, 2000)])
+
+
+@pytest.mark.parametrize("scheme", ["gpt2", "llama3", "qwen2"])
+def test_bpe_trained_by_hf_tokenizers_imports_exactly(tmp_path, scheme):
+    hf = train_hf(tmp_path / "tokenizer.json", scheme)
+    p = tool("triad-convert", "tokenizer", tmp_path / "tokenizer.json", tmp_path / "triad")
+    assert p.returncode == 0, p.stderr
+    assert f"pre-tokenizer {scheme}, document start <|endoftext|>" in p.stdout
+    desc = tmp_path / "triad" / "tokenizer.triad"
+    assert "special 0 <|endoftext|>" in desc.read_text()
+    hf.encode_special_tokens = True  # special tokens' texts are ordinary text, as in triad
+    text = held_out_text()
+    want = hf.encode(text, add_special_tokens=False).ids
+    got = cli_encode(desc, text)
+    assert got == want, first_difference(got, want, hf.decode)
+    assert cli("decode", "--vocab", desc, data=" ".join(map(str, got)).encode()) == text.encode()
+
+
+def test_exported_tokenizer_json_encodes_as_triad(tmp_path, llama3, llama3_enc):
+    """A description's tokenizer.json (what export --to hf writes) in Hugging Face's tokenizers
+    and transformers, and imported back."""
+    files = hf_tokenizer.hf_files(hf_tokenizer.read_description(llama3), 8192)
+    for name, text in files.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    hf = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    hf.encode_special_tokens = True
+    text = held_out_text()
+    assert hf.encode(text, add_special_tokens=False).ids == llama3_enc.encode_ordinary(text)
+    assert hf.encode("Hello world").ids == [BEGIN, 9906, 1917]  # the prompt start, as triad's
+    transformers = pytest.importorskip("transformers")
+    auto = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    assert auto("Hello world")["input_ids"] == [BEGIN, 9906, 1917]
+    assert auto.decode([BEGIN, 9906, 1917, 128009]) == "<|begin_of_text|>Hello world<|eot_id|>"
+    back = tool("triad-convert", "tokenizer", tmp_path, tmp_path / "back")
+    assert back.returncode == 0, back.stderr
+    a = hf_tokenizer.read_description(llama3)
+    b = hf_tokenizer.read_description(tmp_path / "back" / "tokenizer.triad")
+    assert (a.ranked, a.specials, a.pretokenizer, a.document_start, a.prompt_start) == \
+        (b.ranked, b.specials, b.pretokenizer, b.document_start, b.prompt_start)
+    assert b.stops == ["<|end_of_text|>"]  # tokenizer_config.json's eos_token
+
+
+def bad_tokenizer_json(tmp_path, change):
+    tj = json.loads((tmp_path / "good.json").read_text())
+    change(tj)
+    path = tmp_path / "bad" / "tokenizer.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(tj))
+    return path
+
+
+def test_convert_refuses_what_triad_cannot_encode_exactly(tmp_path):
+    train_hf(tmp_path / "good.json", "llama3", vocab_size=400)
+
+    def merge_out_of_order(tj):
+        m = tj["model"]["merges"]
+        m[3], m[40] = m[40], m[3]
+
+    def not_special(tj):
+        tj["added_tokens"][0]["special"] = False
+
+    def other_regex(tj):
+        tj["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = r"\p{L}+|\s+"
+
+    cases = [
+        (lambda tj: tj.update(normalizer={"type": "NFC"}), ["normalizer", "NFC"]),
+        (lambda tj: tj["model"].update(byte_fallback=True), ["byte_fallback"]),
+        (lambda tj: tj["model"].update(type="Unigram"), ["'Unigram'"]),
+        (not_special, ["is not special"]),
+        (other_regex, ["is not one triad implements"]),
+        (lambda tj: tj.update(pre_tokenizer={"type": "Metaspace"}), ["Metaspace"]),
+        (merge_out_of_order, ["merge 4", "out of order"]),
+        (lambda tj: tj["model"]["merges"].pop(), ["made by no merge"]),
+        (lambda tj: tj["model"]["vocab"].pop("a"), ["not 0..", "each once"]),
+    ]
+    for change, needles in cases:
+        path = bad_tokenizer_json(tmp_path, change)
+        p = tool("triad-convert", "tokenizer", path, tmp_path / "out")
+        assert_clean_failure(p, str(path), *needles)
+        assert not (tmp_path / "out").exists()
+    p = tool("triad-convert", "tokenizer", tmp_path / "none", tmp_path / "out")
+    assert_clean_failure(p, "no such file")
+    p = tool("triad-convert", "tokenizer", "--meta-llama3", VOCAB, tmp_path / "out")
+    assert_clean_failure(p, "50256 tokens", "Llama 3's tokenizer.model")
+    (tmp_path / "out").mkdir()
+    p = tool("triad-convert", "tokenizer", tmp_path / "good.json", tmp_path / "out")
+    assert_clean_failure(p, "already exists")
+
+
+# ---- generation ---------------------------------------------------------------------------------
+
+def test_llama3_generation_matches_transformers(tmp_path, llama3):
+    """A random LlamaForCausalLM with Llama 3's vocabulary: triad-generate, given the prompt as
+    text and the Llama 3 description, continues as transformers' greedy generate does from the
+    ids tiktoken gives the prompt after <|begin_of_text|>, greedily."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(11)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=128256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=False,
+        bos_token_id=BEGIN, eos_token_id=END)).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # larger weights: greedy choices far from ties
+            p.copy_(p * 4 if p.dim() == 2 else p)
+    model.save_pretrained(tmp_path / "hf", safe_serialization=True)
+    ckpt = tmp_path / "llama.h5"
+    p = tool("triad-convert", "import", tmp_path / "hf", ckpt, "--seq-len", 32, timeout=300)
+    assert p.returncode == 0, p.stderr
+    prompt = "It is a truth universally acknowledged"
+    ids = [BEGIN] + load_enc().encode_ordinary(prompt)
+    # Greedy decoding in float64 (transformers' generate() needs a newer torch.distributed than
+    # Debian's torch has).
+    seq = list(ids)
+    with torch.no_grad():
+        model = model.double()
+        for _ in range(12):
+            seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
+    want = seq[len(ids):]
+    p = run([exe("triad-generate"), "--checkpoint", ckpt, "--vocab", llama3, "--prompt", prompt,
+             "--length", "12", "--top-k", "1", "--output", "ids"], check=True, timeout=300)
+    assert [int(t) for t in p.stdout.split()] == want
+    # The same model refuses GPT-2's tokenizer: it could draw ids GPT-2's cannot decode.
+    p = run([exe("triad-generate"), "--checkpoint", ckpt, "--vocab", VOCAB, "--length", "2"])
+    assert_clean_error(p, "128256 tokens", "50257", "--vocab")
+
+
+def load_enc():
+    return tiktoken.Encoding("llama3", pat_str=hf_tokenizer.PATTERNS["llama3"],
+                             mergeable_ranks=load_tiktoken_bpe(str(LLAMA3)), special_tokens={})
