@@ -1,12 +1,15 @@
-"""GPT-2 weights in and out of triad: Hugging Face transformers models (config.json +
-safetensors) and llm.c model files (gpt2_124M.bin and the like) to a triad checkpoint, and a
-triad checkpoint to either.
+"""Weights and tokenizers in and out of triad: Hugging Face transformers models (config.json +
+safetensors; GPT-2, Llama, Mistral) and llm.c model files (gpt2_124M.bin and the like) to a
+triad checkpoint, a triad checkpoint to either, and Hugging Face or Meta tokenizers to a triad
+tokenizer description (hf_tokenizer.py).
 
     triad-convert import gpt2/ gpt2.h5                    # HF model directory
     triad-convert import gpt2_124M.bin gpt2.h5            # llm.c model file (fp32 or bf16)
     triad-convert import gpt2/ gpt2-t256.h5 --seq-len 256 # keep the first 256 positions
     triad-convert export runs/quick hf-out/ --to hf       # run dir, ckpt dir or checkpoint file
     triad-convert export runs/quick model.bin --to llmc --dtype bf16
+    triad-convert tokenizer llama3-hf/ tok/                # tokenizer.json -> tokenizer.triad
+    triad-convert tokenizer --meta-llama3 tokenizer.model tok/
 
 An imported checkpoint holds the weights only (step 0, no optimizer state): start a run from
 it with `triad-train --init-from FILE` (fine-tuning) or sample from it with `triad-generate

@@ -113,7 +113,8 @@ class KeyTable {
         "blend, each dataset in its own order (empty: one glob)");
     add("data.val", c.data.val, "validation shard glob");
     add("data.shuffle", c.data.shuffle, "seeded per-epoch permutation of the sequences");
-    add("data.vocab", c.data.vocab, "GPT-2 BPE ranks file (tiktoken format) for samples");
+    add("data.vocab", c.data.vocab,
+        "tokenizer for samples: GPT-2's BPE ranks file, or a tokenizer description");
     add("eval.every", c.eval.every, "evaluate every N steps (0: start and end only)");
     add("eval.sequences", c.eval.sequences, "validation sequences per evaluation");
     add("eval.choices", c.eval.choices,

@@ -326,6 +326,21 @@ def test_llama3_generation_matches_transformers(tmp_path, llama3):
     # The same model refuses GPT-2's tokenizer: it could draw ids GPT-2's cannot decode.
     p = run([exe("triad-generate"), "--checkpoint", ckpt, "--vocab", VOCAB, "--length", "2"])
     assert_clean_error(p, "128256 tokens", "50257", "--vocab")
+    # Exported with its tokenizer: transformers' AutoTokenizer gives the prompt's ids.
+    p = tool("triad-convert", "export", ckpt, tmp_path / "out", "--to", "hf", "--vocab", llama3,
+             timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "tokenizer.json from" in p.stdout
+    auto = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "out"))
+    assert auto(prompt)["input_ids"] == ids
+    gpt2_desc = tmp_path / "gpt2.triad"
+    gpt2_desc.write_text(f"triad-tokenizer 1\nranks {VOCAB}\nranks_count 50256\n"
+                         f"pretokenizer gpt2\nspecial 50256 <|endoftext|>\n"
+                         f"document_start <|endoftext|>\nstop <|endoftext|>\n")
+    p = tool("triad-convert", "export", ckpt, tmp_path / "out2", "--to", "hf", "--vocab",
+             gpt2_desc, timeout=300)
+    assert_clean_failure(p, "the tokenizer has 50257 tokens, the model 128256")
+    assert not (tmp_path / "out2").exists()
 
 
 def load_enc():
