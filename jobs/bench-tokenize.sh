@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Tokenizer speed beside its peers: triad-tokenize shards (its own encode timing) against
+# tiktoken (Rust behind Python: encode_ordinary per file on 1 thread, encode_ordinary_batch over
+# the files on N) and Hugging Face's tokenizers (Rust: encode per file on 1 thread, encode_batch
+# on N), with GPT-2's and Llama 3's tokenizers on the default corpus (data/corpus, one document
+# per file). Every peer must give triad's token count. Prints MB/s (best of R runs) and ratios.
+#
+#   jobs/bench-tokenize.sh [--threads N] [--repeat R]
+#
+# Defaults: nproc threads, R = 3. Needs jobs/setup.sh's data (both ranks files, the corpus) and
+# builds triad-tokenize if needed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+threads=$(nproc 2>/dev/null || echo 2)
+repeat=3
+while [[ $# -gt 0 ]]; do
+  [[ $# -ge 2 || ! $1 =~ ^--(threads|repeat)$ ]] || { echo "bench-tokenize: $1 needs a value" >&2; exit 2; }
+  case "$1" in
+    --threads) threads=$2; shift 2 ;;
+    --repeat) repeat=$2; shift 2 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    *) echo "bench-tokenize: unknown option '$1'" >&2; exit 2 ;;
+  esac
+done
+source jobs/bench-prepare.sh
+bench_build triad-tokenize
+py=.venv/bin/python
+[[ -x $py ]] || { echo "bench-tokenize: no .venv (run jobs/setup.sh)" >&2; exit 1; }
+for f in data/vocab/gpt2.tiktoken data/vocab/llama3.tiktoken; do
+  [[ -f $f ]] || { echo "bench-tokenize: $f missing (run jobs/setup.sh)" >&2; exit 1; }
+done
+
+RAYON_NUM_THREADS=$threads OMPI_MCA_ess_singleton_isolated=1 "$py" - "$threads" "$repeat" <<'PY'
+import glob, os, re, subprocess, sys, tempfile, time
+from pathlib import Path
+import tiktoken, tokenizers
+from tiktoken.load import load_tiktoken_bpe
+sys.path.insert(0, ".")
+from analysis import hf_tokenizer as h
+
+threads, repeat = int(sys.argv[1]), int(sys.argv[2])
+files = sorted(glob.glob("data/corpus/*.txt"))
+texts = [Path(f).read_bytes().decode("utf-8") for f in files]
+mb = sum(len(t.encode()) for t in texts) / 1e6
+work = Path(tempfile.mkdtemp(prefix="bench-tokenize-"))
+
+
+def best(fn):
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        n = fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), n
+
+
+def triad(vocab, t):
+    secs, n = [], 0
+    for _ in range(repeat):
+        out = subprocess.run(["build/triad-tokenize", "shards", "--vocab", str(vocab), "--out",
+                              str(work / "shards"), "--val-fraction", "0", "--threads", str(t),
+                              *files], capture_output=True, text=True, check=True).stdout
+        secs.append(float(re.search(r"\(encode ([0-9.]+) s", out).group(1)))
+        n = int(re.search(r"tokens:\s+(\d+)", out).group(1)) - len(files)  # less the separators
+    return min(secs), n
+
+
+def descriptions():
+    gpt2 = work / "gpt2.triad"
+    gpt2.write_text(f"triad-tokenizer 1\nranks {Path('data/vocab/gpt2.tiktoken').resolve()}\n"
+                    "ranks_count 50256\npretokenizer gpt2\nspecial 50256 <|endoftext|>\n"
+                    "document_start <|endoftext|>\nstop <|endoftext|>\n")
+    subprocess.run([sys.executable, "-m", "analysis.convert_weights", "tokenizer",
+                    "--meta-llama3", "data/vocab/llama3.tiktoken", str(work / "llama3")],
+                   check=True, capture_output=True)
+    return {"gpt2": (Path("data/vocab/gpt2.tiktoken"), gpt2),
+            "llama3": (work / "llama3" / "tokenizer.triad", work / "llama3" / "tokenizer.triad")}
+
+
+rows = []
+for name, (vocab, desc) in descriptions().items():
+    d = h.read_description(desc)
+    enc = tiktoken.Encoding(name, pat_str=h.PATTERNS[d.pretokenizer],
+                            mergeable_ranks={t: i for i, t in d.ranked.items()}, special_tokens={})
+    hf = tokenizers.Tokenizer.from_str(h.hf_files(d, 1024)["tokenizer.json"])
+    hf.encode_special_tokens = True
+    for t in sorted({1, threads}):
+        tr, n = triad(vocab, t)
+        if t == 1:
+            tk, n_tk = best(lambda: sum(len(enc.encode_ordinary(x)) for x in texts))
+            hs, n_hf = best(lambda: sum(len(hf.encode(x, add_special_tokens=False).ids)
+                                        for x in texts))
+        else:
+            tk, n_tk = best(lambda: sum(map(len, enc.encode_ordinary_batch(texts, num_threads=t))))
+            hs, n_hf = best(lambda: sum(len(e.ids) for e in
+                                        hf.encode_batch(texts, add_special_tokens=False)))
+        assert n == n_tk, (name, t, n, n_tk)
+        # Hugging Face's Split runs its regex in Oniguruma: a few pieces may differ on rare
+        # characters, so only the count is reported there.
+        rows.append((name, t, n, mb / tr, mb / tk, mb / hs, n_hf))
+
+print(f"corpus: {len(files)} files, {mb:.2f} MB; best of {repeat}; MB/s of encoding")
+print(f"{'tokenizer':9} {'threads':>7} {'tokens':>9} {'triad':>8} {'tiktoken':>9} "
+      f"{'HF tok.':>8} {'triad/tiktoken':>15} {'triad/HF':>9}")
+for name, t, n, a, b, c, n_hf in rows:
+    note = "" if n_hf == n else f"  (HF: {n_hf} tokens)"
+    print(f"{name:9} {t:7d} {n:9d} {a:8.1f} {b:9.1f} {c:8.1f} {a / b:15.2f} {a / c:9.2f}{note}")
+PY
