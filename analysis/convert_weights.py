@@ -95,6 +95,8 @@ class Dims:
     tied: bool = True
     n_kv_head: int = 0  # key/value heads; 0: n_head (no grouped-query attention)
     qk_norm: bool = False  # q_norm / k_norm per head (model.qk_norm): no export format holds it
+    qkv_bias: bool = False  # c_attn's bias without the others (model.qkv_bias: Qwen2)
+    norm_eps: float = 1e-5  # the normalizations' epsilon (model.norm_eps)
     # Llama 3.1's rope scaling (model.rope_scaling = llama3): (factor, low_freq_factor,
     # high_freq_factor, original positions); None: plain rope.
     rope_scaling: tuple | None = None
@@ -108,7 +110,7 @@ class Dims:
         return (self.position, self.norm, self.bias, self.mlp, self.tied) == \
             ("learned", "layernorm", True, "gelu", True) and \
             self.mlp_hidden in (0, 4 * self.n_embd) and self.kv == self.n_head and \
-            not self.qk_norm
+            not self.qk_norm and not self.qkv_bias
 
     @property
     def padded_vocab_size(self) -> int:  # DESIGN.md §3 at tp = 1
@@ -131,10 +133,13 @@ class Dims:
         a = {"n_layer": self.n_layer, "n_head": self.n_head, "n_embd": self.n_embd,
              "seq_len": self.seq_len, "vocab_size": self.vocab_size,
              "padded_vocab_size": self.padded_vocab_size}
+        if self.norm_eps != 1e-5:  # model.norm_eps (absent: 1e-5)
+            a["norm_eps"] = float(self.norm_eps)
         if not self.gpt2:
             a.update(position=self.position, norm=self.norm, bias=int(self.bias), mlp=self.mlp,
                      mlp_hidden=self.mlp_hidden or 4 * self.n_embd,
-                     tie_embeddings=int(self.tied), n_kv_head=self.kv, qk_norm=int(self.qk_norm))
+                     tie_embeddings=int(self.tied), n_kv_head=self.kv, qk_norm=int(self.qk_norm),
+                     qkv_bias=int(self.qkv_bias))
             if self.position == "rope":
                 a["rope_theta"] = float(self.rope_theta)
             if self.rope_scaling is not None:
@@ -146,6 +151,8 @@ class Dims:
         """The [model] keys of triad-train's config for this model."""
         keys = {"n_layer": self.n_layer, "n_head": self.n_head, "n_embd": self.n_embd,
                 "seq_len": self.seq_len, "vocab_size": self.vocab_size}
+        if self.norm_eps != 1e-5:
+            keys["norm_eps"] = repr(float(self.norm_eps))
         if not self.gpt2:
             keys.update(position=self.position, norm=self.norm,
                         bias="true" if self.bias else "false", mlp=self.mlp,
@@ -158,6 +165,8 @@ class Dims:
                 keys.update(zip(ROPE_SCALING_ATTRS, self.rope_scaling))
             if self.qk_norm:
                 keys["qk_norm"] = "true"
+            if self.qkv_bias:
+                keys["qkv_bias"] = "true"
         return "".join(f"{k} = {v}\n" for k, v in keys.items())
 
 
@@ -312,11 +321,12 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                 return cfg[k]
         return default
 
-    if cfg.get("model_type", "gpt2") in ("llama", "mistral"):
+    if cfg.get("model_type", "gpt2") in ("llama", "mistral", "qwen2"):
         return llama_config_dims(cfg, where, seq_len)
     if cfg.get("model_type", "gpt2") != "gpt2":
         raise ConvertError(f"{where}: model_type is {cfg.get('model_type')!r}; triad imports "
-                           f"GPT-2 ('gpt2'), Llama ('llama') and Mistral ('mistral') models")
+                           f"GPT-2 ('gpt2'), Llama ('llama'), Mistral ('mistral') and Qwen2 "
+                           f"('qwen2') models")
     try:
         n_layer, n_head, n_embd = int(get("n_layer")), int(get("n_head")), int(get("n_embd"))
         n_pos, vocab = int(get("n_positions", "n_ctx")), int(get("vocab_size"))
@@ -334,8 +344,8 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     if act not in TANH_GELU:
         refusals.append(f"activation_function {act!r} (triad's MLP uses GELU's tanh "
                         f"approximation: {', '.join(TANH_GELU)})")
-    if abs(eps - 1e-5) > 1e-12:
-        refusals.append(f"layer_norm_epsilon {eps} (triad's is 1e-5)")
+    if not (0 < eps <= 0.1):
+        refusals.append(f"layer_norm_epsilon {eps} (triad's model.norm_eps is in (0, 0.1])")
     if n_inner is not None and n_inner != 4 * n_embd:
         refusals.append(f"n_inner {n_inner} (triad's MLP is 4·n_embd = {4 * n_embd} wide)")
     for key, want in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
@@ -343,7 +353,7 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         if key in cfg and bool(cfg[key]) != want:
             refusals.append(f"{key} = {cfg[key]} (triad's model has {want})")
     refuse_or_check_positions(where, refusals, seq_len, n_pos, "n_positions")
-    d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab)
+    d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab, norm_eps=eps)
     d.check(where)
     return d
 
@@ -352,7 +362,9 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     """A Hugging Face Llama config as triad's model: rope (HF's rotate-half pairing, triad's),
     RMSNorm, SwiGLU, no biases, tied or not, grouped-query attention or not; refused where triad
     computes something else. Mistral's (MistralForCausalLM: Llama's tensors and math, plus a
-    sliding attention window) reads the same, when the window covers the context triad uses."""
+    sliding attention window) reads the same, when the window covers the context triad uses,
+    and so does Qwen2's (Qwen2ForCausalLM: biases on the q, k and v projections only, which
+    model.qkv_bias keeps, and a sliding window that is off or covers the context)."""
     try:
         n_layer, n_head = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
         n_embd, hidden = int(cfg["hidden_size"]), int(cfg["intermediate_size"])
@@ -367,8 +379,9 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     if kv <= 0 or n_head % kv:
         refusals.append(f"num_key_value_heads {kv} does not divide num_attention_heads {n_head} "
                         f"(each key/value head serves an equal group of query heads)")
-    if abs(eps - 1e-5) > 1e-12:
-        refusals.append(f"rms_norm_eps {eps} (triad's is 1e-5)")
+    if not (0 < eps <= 0.1):
+        refusals.append(f"rms_norm_eps {eps} (triad's model.norm_eps is in (0, 0.1])")
+    qwen2 = cfg.get("model_type") == "qwen2"
     if cfg.get("hidden_act", "silu") != "silu":
         refusals.append(f"hidden_act {cfg.get('hidden_act')!r} (SwiGLU uses silu)")
     scaling = None
@@ -392,14 +405,16 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         refusals.append(f"head_dim {cfg['head_dim']} (triad's is hidden_size / heads)")
     if int(cfg.get("pretraining_tp", 1) or 1) != 1:
         refusals.append(f"pretraining_tp {cfg['pretraining_tp']}")
-    window = cfg.get("sliding_window") if cfg.get("model_type") == "mistral" else None
+    window = cfg.get("sliding_window") if cfg.get("model_type") == "mistral" or \
+        (qwen2 and cfg.get("use_sliding_window")) else None
     if window is not None and int(window) < (seq_len or n_pos):
         refusals.append(f"sliding_window {window}, shorter than the context of {seq_len or n_pos} "
                         f"(triad attends to the whole context: import with --seq-len {window})")
     refuse_or_check_positions(where, refusals, seq_len, n_pos, "max_position_embeddings")
     d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab, position="rope", rope_theta=theta,
              norm="rmsnorm", bias=False, mlp="swiglu", mlp_hidden=hidden,
-             tied=bool(cfg.get("tie_word_embeddings", False)), n_kv_head=kv, rope_scaling=scaling)
+             tied=bool(cfg.get("tie_word_embeddings", False)), n_kv_head=kv, rope_scaling=scaling,
+             qkv_bias=qwen2, norm_eps=eps)
     d.check(where)
     return d
 
@@ -412,6 +427,8 @@ def llama_sources(d: Dims) -> dict[str, list[str]]:
         src.update({
             p + "ln_1/weight": [h + "input_layernorm.weight"],
             p + "attn/c_attn/weight": [h + f"self_attn.{x}_proj.weight" for x in "qkv"],
+            **({p + "attn/c_attn/bias": [h + f"self_attn.{x}_proj.bias" for x in "qkv"]}
+               if d.qkv_bias else {}),
             p + "attn/c_proj/weight": [h + "self_attn.o_proj.weight"],
             p + "ln_2/weight": [h + "post_attention_layernorm.weight"],
             p + "mlp/c_fc/weight": [h + "mlp.gate_proj.weight", h + "mlp.up_proj.weight"],
@@ -425,7 +442,7 @@ def llama_sources(d: Dims) -> dict[str, list[str]]:
 def llama_part_rows(d: Dims, t: str, rows: int) -> list[int]:
     """The rows of each HF tensor (llama_sources) stacked into triad's tensor t of `rows` rows:
     c_attn's q (C), k and v (n_kv_head heads each), c_fc's gate and up."""
-    if t.endswith("attn/c_attn/weight"):
+    if t.endswith(("attn/c_attn/weight", "attn/c_attn/bias")):
         kv_rows = d.kv * (d.n_embd // d.n_head)
         return [d.n_embd, kv_rows, kv_rows]
     if t.endswith("mlp/c_fc/weight"):
@@ -440,15 +457,16 @@ def llama_query_order(d: Dims, t: str, a: np.ndarray, to_hf: bool = False) -> np
     head h % n_kv_head, so that tensor parallelism can cut c_attn into equal blocks of
     n_kv_head heads (docs/formats.md). HF's query head kv·g + j is triad's j·n_kv_head + kv:
     c_attn's q rows and attn.c_proj's input columns move by whole heads; k and v stay."""
-    if d.kv == d.n_head or not t.endswith(("attn/c_attn/weight", "attn/c_proj/weight")):
+    if d.kv == d.n_head or not t.endswith(("attn/c_attn/weight", "attn/c_attn/bias",
+                                           "attn/c_proj/weight")):
         return a  # one key/value head per query head: the orders agree
     nh, hd, g = d.n_head, d.n_embd // d.n_head, d.n_head // d.kv
     h = np.arange(nh)
     order = (h % d.kv) * g + h // d.kv  # triad's head h is HF's head order[h]
     if to_hf:
         order = np.argsort(order)  # HF's head h' is triad's head order[h']
-    if t.endswith("c_attn/weight"):  # q: the first C rows, head-major
-        q = a[:d.n_embd].reshape(nh, hd, -1)[order].reshape(d.n_embd, -1)
+    if t.endswith(("c_attn/weight", "c_attn/bias")):  # q: the first C rows, head-major
+        q = a[:d.n_embd].reshape(nh, hd, -1)[order].reshape(d.n_embd, *a.shape[1:])
         return np.concatenate([q, a[d.n_embd:]])
     return a.reshape(a.shape[0], nh, hd)[:, order].reshape(a.shape)  # o_proj's input columns
 
@@ -493,7 +511,8 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
         for name in st.entries:
             where[name] = st
     if d.mlp == "swiglu":
-        return d, llama_tensors(d, where, directory), f"Hugging Face Llama model {directory}"
+        kind = "Qwen2" if d.qkv_bias else "Llama"
+        return d, llama_tensors(d, where, directory), f"Hugging Face {kind} model {directory}"
 
     # HF names as stored (with or without the `transformer.` prefix) -> triad's.
     stored = {}
@@ -593,7 +612,7 @@ def hf_config(d: Dims) -> dict:
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
         "n_layer": d.n_layer, "n_head": d.n_head, "n_embd": d.n_embd,
         "n_positions": d.seq_len, "n_ctx": d.seq_len, "vocab_size": d.vocab_size,
-        "n_inner": None, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
+        "n_inner": None, "activation_function": "gelu_new", "layer_norm_epsilon": d.norm_eps,
         "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "initializer_range": 0.02,
         "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
         "reorder_and_upcast_attn": False, "tie_word_embeddings": True,
@@ -781,7 +800,12 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
     if a.get("norm", "layernorm") != "layernorm":
         raise ConvertError(f"{path}: the model uses {a['norm']} (model.norm); GPT-2's Hugging "
                            f"Face and llm.c formats hold LayerNorms (weight and bias) only")
-    d = Dims(*(int(a[k]) for k in ("n_layer", "n_head", "n_embd", "seq_len", "vocab_size")))
+    d = Dims(*(int(a[k]) for k in ("n_layer", "n_head", "n_embd", "seq_len", "vocab_size")),
+             norm_eps=float(a.get("norm_eps", 1e-5)))
+    if int(a.get("qkv_bias", 0)) == 1:
+        raise ConvertError(f"{path}: the model has c_attn's bias without the others "
+                           f"(model.qkv_bias) in GPT-2's blocks; Hugging Face's GPT-2 and "
+                           f"llm.c's format have all biases or (as zeros) none")
     if a.get("mlp", "gelu") != "gelu" or int(a.get("mlp_hidden", 4 * d.n_embd)) != 4 * d.n_embd:
         raise ConvertError(f"{path}: the model's MLP is {a.get('mlp', 'gelu')} with "
                            f"{a.get('mlp_hidden')} hidden units (model.mlp, model.mlp_hidden); "
@@ -821,7 +845,8 @@ def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
              tied=int(a.get("tie_embeddings", 1)) == 1,
              n_kv_head=int(a.get("n_kv_head", a["n_head"])),
              rope_scaling=tuple(float(a[k]) for k in ROPE_SCALING_ATTRS[:3]) +
-             (int(a[ROPE_SCALING_ATTRS[3]]),) if a.get("rope_scaling") == "llama3" else None)
+             (int(a[ROPE_SCALING_ATTRS[3]]),) if a.get("rope_scaling") == "llama3" else None,
+             qkv_bias=int(a.get("qkv_bias", 0)) == 1, norm_eps=float(a.get("norm_eps", 1e-5)))
 
     def tensors():
         import h5py
@@ -836,13 +861,28 @@ def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
 
 
 def llama_hf_config(d: Dims) -> dict:
-    """config.json for transformers' LlamaForCausalLM computing what triad computes."""
+    """config.json for transformers' LlamaForCausalLM computing what triad computes, or
+    Qwen2ForCausalLM's for a model with c_attn's bias alone (model.qkv_bias)."""
+    if d.qkv_bias:
+        if d.rope_scaling is not None:
+            raise ConvertError("a model with model.qkv_bias exports as Qwen2, whose "
+                               "transformers model has no llama3 rope scaling")
+        return {
+            "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
+            "num_hidden_layers": d.n_layer, "num_attention_heads": d.n_head,
+            "num_key_value_heads": d.kv, "hidden_size": d.n_embd,
+            "intermediate_size": d.mlp_hidden, "max_position_embeddings": d.seq_len,
+            "vocab_size": d.vocab_size, "rms_norm_eps": d.norm_eps, "rope_theta": d.rope_theta,
+            "rope_scaling": None, "hidden_act": "silu", "use_sliding_window": False,
+            "sliding_window": None, "max_window_layers": d.n_layer, "attention_dropout": 0.0,
+            "tie_word_embeddings": d.tied, "initializer_range": 0.02, "torch_dtype": "float32",
+        }
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "num_hidden_layers": d.n_layer, "num_attention_heads": d.n_head,
         "num_key_value_heads": d.kv, "hidden_size": d.n_embd,
         "intermediate_size": d.mlp_hidden, "max_position_embeddings": d.seq_len,
-        "vocab_size": d.vocab_size, "rms_norm_eps": 1e-5, "rope_theta": d.rope_theta,
+        "vocab_size": d.vocab_size, "rms_norm_eps": d.norm_eps, "rope_theta": d.rope_theta,
         "rope_scaling": None if d.rope_scaling is None else
         {"rope_type": "llama3", **dict(zip(ROPE_SCALING_HF, d.rope_scaling))},
         "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
@@ -1069,6 +1109,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.to == "llmc" and not d.gpt2:
                 raise ConvertError(f"{args.ckpt}: llm.c's model file holds GPT-2 only; a model "
                                    f"of Llama's architecture exports with --to hf")
+            if args.to == "llmc" and d.norm_eps != 1e-5:
+                raise ConvertError(f"{args.ckpt}: the model's LayerNorm epsilon is "
+                                   f"{d.norm_eps} (model.norm_eps); llm.c computes with 1e-5 "
+                                   f"(export with --to hf)")
             if args.to == "hf":
                 vocab, note = tokenizer_vocab(args.vocab, d)
                 try:  # before the weights: a bad ranks file costs no export

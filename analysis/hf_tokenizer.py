@@ -3,8 +3,8 @@
 triad's tokenizer (include/triad/data/tokenizer.h) reads tiktoken's ranks files, one
 `base64(token bytes) rank` per line: GPT-2's alone (data/vocab/gpt2.tiktoken), or any byte-level
 BPE through a tokenizer description (docs/formats.md, "Tokenizer description"): a text file
-`tokenizer.triad` naming the ranks file, the pre-tokenizer (gpt2, llama3 or qwen2), the special
-tokens, and which tokens start documents and prompts and end generation.
+`tokenizer.triad` naming the ranks file, the pre-tokenizer (gpt2, llama3 or qwen2), NFC or no
+normalizer, the special tokens, and which tokens start documents and prompts and end generation.
 
 - Export (triad-convert export --to hf): GPT-2's files for transformers' GPT2Tokenizer
   (vocab.json, merges.txt, tokenizer_config.json) from GPT-2's ranks, or a tokenizer.json for
@@ -136,6 +136,7 @@ class Description:
     document_start: str
     prompt_start: str | None
     stops: list[str]
+    normalizer: str | None = None  # "nfc": the text put in Unicode's NFC first (Qwen2)
 
     @property
     def vocab_size(self) -> int:
@@ -144,6 +145,8 @@ class Description:
     def check(self, where: str) -> None:
         if self.pretokenizer not in PATTERNS:
             raise TokenizerError(f"{where}: unknown pretokenizer {self.pretokenizer!r}")
+        if self.normalizer not in (None, "nfc"):
+            raise TokenizerError(f"{where}: unknown normalizer {self.normalizer!r}")
         ids = sorted([*self.ranked, *self.specials.values()])
         if ids != list(range(len(ids))):
             raise TokenizerError(f"{where}: the ids of its tokens and special tokens are not "
@@ -170,6 +173,8 @@ class Description:
 def description_text(d: Description, ranks_name: str, source: str) -> str:
     lines = [DESCRIPTION_MAGIC, f"# {source}", f"ranks {ranks_name}",
              f"ranks_count {len(d.ranked)}", f"pretokenizer {d.pretokenizer}"]
+    if d.normalizer is not None:
+        lines.append(f"normalizer {d.normalizer}")
     lines += [f"special {i} {s}" for s, i in sorted(d.specials.items(), key=lambda kv: kv[1])]
     lines.append(f"document_start {d.document_start}")
     if d.prompt_start is not None:
@@ -210,7 +215,8 @@ def read_description(path: Path) -> Description:
             specials[words[2]] = int(value)
         elif key == "stop":
             stops.append(value)
-        elif key in ("ranks", "ranks_count", "pretokenizer", "document_start", "prompt_start"):
+        elif key in ("ranks", "ranks_count", "pretokenizer", "normalizer", "document_start",
+                     "prompt_start"):
             if key in single:
                 raise TokenizerError(f"{path}:{no}: {key!r} given twice")
             single[key] = value
@@ -230,7 +236,8 @@ def read_description(path: Path) -> Description:
         raise TokenizerError(f"{ranks_path}: {len(ranks)} tokens, ranks_count "
                              f"{single['ranks_count']}")
     d = Description({r: t for t, r in ranks.items()}, single["pretokenizer"], specials,
-                    single["document_start"], single.get("prompt_start"), stops)
+                    single["document_start"], single.get("prompt_start"), stops,
+                    single.get("normalizer"))
     d.check(str(path))
     return d
 
@@ -309,9 +316,10 @@ def from_hf(src: Path, document_start: str | None = None, prompt_start: str | No
                              f"2's and Mistral's) is not byte-level BPE; not supported")
     if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
         raise TokenizerError(f"{where}: subword prefixes/suffixes are not byte-level BPE")
-    if tj.get("normalizer") is not None:
-        raise TokenizerError(f"{where}: has a normalizer ({json.dumps(tj['normalizer'])[:120]}); "
-                             f"triad tokenizes the text as it is, so the ids would differ")
+    normalizer = tj.get("normalizer")
+    if normalizer is not None and normalizer != {"type": "NFC"}:
+        raise TokenizerError(f"{where}: has a normalizer ({json.dumps(normalizer)[:120]}); "
+                             f"triad normalizes with NFC only (Qwen2's), so the ids would differ")
     scheme = _pretokenizer_scheme(tj.get("pre_tokenizer"), where)
     dec = byte_decoder()
     vocab = model.get("vocab") or {}
@@ -376,7 +384,8 @@ def from_hf(src: Path, document_start: str | None = None, prompt_start: str | No
     if not stops:
         raise TokenizerError(f"{where}: cannot tell which tokens end generation (no eos token "
                              f"in tokenizer_config.json or generation_config.json): give --stop")
-    d = Description(base, scheme, specials, document_start, prompt_start, stops)
+    d = Description(base, scheme, specials, document_start, prompt_start, stops,
+                    "nfc" if normalizer is not None else None)
     d.check(where)
     return d
 
@@ -477,7 +486,8 @@ def hf_files(d: Description, model_max_length: int) -> dict[str, str]:
         "added_tokens": [{"id": i, "content": s, "single_word": False, "lstrip": False,
                           "rstrip": False, "normalized": False, "special": True}
                          for s, i in sorted(d.specials.items(), key=lambda kv: kv[1])],
-        "normalizer": None, "pre_tokenizer": pre, "post_processor": post,
+        "normalizer": {"type": "NFC"} if d.normalizer == "nfc" else None,
+        "pre_tokenizer": pre, "post_processor": post,
         "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
                     "use_regex": True},
         "model": {"type": "BPE", "dropout": None, "unk_token": None,

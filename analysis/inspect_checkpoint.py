@@ -68,7 +68,8 @@ def resolve_checkpoint_path(p: str | Path) -> Path:
 def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
     """Parameter names and shapes of DESIGN.md §3 from the /model attributes (no wpe when the
     attribute position is rope: rotary positions; no LayerNorm biases when norm is rmsnorm;
-    c_attn's k and v rows for n_kv_head heads; q_norm and k_norm [head_dim] when qk_norm is 1)."""
+    c_attn's k and v rows for n_kv_head heads; q_norm and k_norm [head_dim] when qk_norm is 1;
+    c_attn's bias alone when bias is 0 and qkv_bias 1)."""
     L, C, T, V = (int(a[k]) for k in ("n_layer", "n_embd", "seq_len", "padded_vocab_size"))
     H = int(a["n_head"])
     # c_attn: q (C rows), then k and v with n_kv_head heads of C / n_head rows (absent: n_head)
@@ -102,8 +103,10 @@ def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
             s.update({p + "c_fc/weight": (F, C), p + "c_fc/bias": (F,), p + "c_proj/weight": (C, H)})
     if int(a.get("tie_embeddings", 1)) == 0:  # an output layer of its own
         s["lm_head/weight"] = (V, C)
-    if int(a.get("bias", 1)) == 0:  # model.bias = false
-        s = {k: v for k, v in s.items() if not k.endswith("/bias")}
+    if int(a.get("bias", 1)) == 0:  # model.bias = false (model.qkv_bias: c_attn's kept)
+        keep = "attn/c_attn/bias" if int(a.get("qkv_bias", 0)) == 1 else None
+        s = {k: v for k, v in s.items()
+             if not k.endswith("/bias") or (keep is not None and k.endswith(keep))}
     return s
 
 
@@ -281,7 +284,7 @@ def _check(rep: Report) -> None:
     elif position == "rope" and not (isinstance(ma["rope_theta"], (int, float))
                                      and math.isfinite(ma["rope_theta"]) and ma["rope_theta"] > 1):
         P.append(f"/model attribute rope_theta = {ma['rope_theta']!r}, not a finite number > 1")
-    for flag, absent in (("bias", 1), ("tie_embeddings", 1), ("qk_norm", 0)):
+    for flag, absent in (("bias", 1), ("tie_embeddings", 1), ("qk_norm", 0), ("qkv_bias", 0)):
         if ma.get(flag, absent) not in (0, 1):
             P.append(f"/model attribute {flag} = {ma[flag]!r}, expected 0 or 1")
     if not (isinstance(ma.get("mlp_hidden", 1), int) and ma.get("mlp_hidden", 1) >= 1):

@@ -15,7 +15,8 @@
 #     visible) with requirements.txt; skipped while requirements.txt is unchanged.
 #  3. BPE ranks, each checked against its sha256: GPT-2's -> data/vocab/gpt2.tiktoken (from
 #     the openai-whisper sdist); Llama 3's -> data/vocab/llama3.tiktoken (Meta's
-#     tokenizer.model, from the llama-models wheel), for the Llama 3 tokenizer tests.
+#     tokenizer.model, from the llama-models wheel) and Qwen's -> data/vocab/qwen.tiktoken (the
+#     151,643 ranks of Qwen and Qwen2, from the dashscope wheel), for the tokenizer tests.
 #  4. Default corpus -> data/corpus/*.txt: King James Bible and Jane Austen's six novels,
 #     from Debian packages (apt-get download + dpkg-deb -x, no root needed), cleaned to
 #     plain UTF-8 text by jobs/prepare_corpus.py.
@@ -59,6 +60,8 @@ WHISPER_SDIST=openai-whisper==20250625
 VOCAB_SHA256=306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930
 LLAMA_MODELS_WHEEL=llama-models==0.3.0
 LLAMA3_SHA256=82e9d31979e92ab929cd544440f129d9ecd797b69e327f80f17e1c50d5551b55
+DASHSCOPE_WHEEL=dashscope==2.0.2
+QWEN_SHA256=b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186
 VENV=$ROOT/.venv
 
 SUMMARY=()
@@ -322,6 +325,8 @@ step_vocab() {
     --no-binary :all: "$WHISPER_SDIST"
   fetch_ranks data/vocab/llama3.tiktoken "$LLAMA3_SHA256" llama_models/llama3/tokenizer.model \
     --only-binary :all: "$LLAMA_MODELS_WHEEL"
+  fetch_ranks data/vocab/qwen.tiktoken "$QWEN_SHA256" dashscope/resources/qwen.tiktoken \
+    --only-binary :all: "$DASHSCOPE_WHEEL"
 }
 
 # ---- 4. default corpus ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@
 
 #include "triad/core/error.h"
 #include "triad/data/pretokenize.h"
+#include "triad/data/unicode_nfc.h"
 
 namespace triad {
 namespace {
@@ -138,7 +139,7 @@ Tokenizer Tokenizer::from_file(const std::string& path, int32_t expect_ranks) {
 // Parses "key value" lines (blank lines and # comments skipped) after the magic line.
 Tokenizer Tokenizer::from_description(const std::string& path, const std::string& text) {
   const std::string where = "tokenizer description " + path;
-  std::string ranks, scheme, document_start, prompt_start;
+  std::string ranks, scheme, document_start, prompt_start, normalizer;
   int64_t ranks_count = -1;
   std::vector<Special> specials;
   std::vector<int64_t> special_lines;
@@ -196,10 +197,11 @@ Tokenizer Tokenizer::from_description(const std::string& path, const std::string
                           : key == "pretokenizer"   ? &scheme
                           : key == "document_start" ? &document_start
                           : key == "prompt_start"   ? &prompt_start
+                          : key == "normalizer"     ? &normalizer
                                                     : nullptr;
     TRIAD_CHECK(target, where, ", line ", line_no, ": unknown key '", excerpt(key),
-                "' (expected ranks, ranks_count, pretokenizer, special, document_start, ",
-                "prompt_start or stop)");
+                "' (expected ranks, ranks_count, pretokenizer, normalizer, special, ",
+                "document_start, prompt_start or stop)");
     const auto [it, fresh] = seen.emplace(key, line_no);
     TRIAD_CHECK(fresh, where, ", line ", line_no, ": '", key, "' was already given on line ",
                 it->second);
@@ -213,6 +215,8 @@ Tokenizer Tokenizer::from_description(const std::string& path, const std::string
     TRIAD_CHECK(seen.count(k), where, ": no '", k, "' line");
   TRIAD_CHECK(!specials.empty(), where, ": no 'special ID TEXT' line (its special tokens)");
   TRIAD_CHECK(!stops.empty(), where, ": no 'stop' line (the tokens that end generation)");
+  TRIAD_CHECK(normalizer.empty() || normalizer == "nfc", where, ": unknown normalizer '",
+              excerpt(normalizer), "' (expected nfc, or no normalizer line)");
   const auto sch = pretok::parse_scheme(scheme);
   TRIAD_CHECK(sch.has_value(), where, ": unknown pretokenizer '", excerpt(scheme),
               "' (expected gpt2, llama3 or qwen2)");
@@ -229,6 +233,7 @@ Tokenizer Tokenizer::from_description(const std::string& path, const std::string
                            int32_t(ranks_count), std::move(specials), special_lines);
   t.path_ = path;
   t.scheme_ = *sch;
+  t.nfc_ = normalizer == "nfc";
   auto id_of = [&](const std::string& name, const char* key) {
     const int32_t id = t.special_id(name);
     TRIAD_CHECK(id >= 0, where, ": ", key, " '", excerpt(name),
@@ -473,6 +478,11 @@ void Tokenizer::bpe_long(const char* p, size_t n, std::vector<int32_t>& out) con
 }
 
 void Tokenizer::encode_append(std::string_view text, std::vector<int32_t>& out) const {
+  if (nfc_) return encode_pieces(nfc(text), out);
+  encode_pieces(text, out);
+}
+
+void Tokenizer::encode_pieces(std::string_view text, std::vector<int32_t>& out) const {
   // Pieces that need merging recur (names, rare words): their ids are cached for this call,
   // keyed by views into text.
   struct Hash {

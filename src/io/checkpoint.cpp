@@ -655,6 +655,12 @@ CheckpointState read_state(hid_t file) {
   s.model.bias = flag("bias");
   s.model.tied = flag("tie_embeddings");
   s.model.qk_norm = flag("qk_norm", 0);
+  s.model.qkv_bias = flag("qkv_bias", 0);
+  TRIAD_CHECK(!(s.model.qkv_bias && s.model.bias),
+              "attributes bias and qkv_bias of /model are both 1 (qkv_bias goes with bias 0)");
+  s.model.norm_eps = io::read_double_attr(model, "norm_eps").value_or(1e-5);
+  TRIAD_CHECK(std::isfinite(s.model.norm_eps) && s.model.norm_eps > 0 && s.model.norm_eps <= 0.1,
+              "attribute norm_eps of /model is ", s.model.norm_eps, ", not in (0, 0.1]");
   s.model.mlp = io::read_string_attr(model, "mlp").value_or("gelu");
   TRIAD_CHECK(s.model.mlp == "gelu" || s.model.mlp == "swiglu", "attribute mlp of /model is '",
               s.model.mlp, "', not gelu or swiglu");
@@ -991,6 +997,8 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
           if (state.model.mlp_hidden > 0)  // 0: not given (the default, 4·n_embd)
             io::write_int64_attr(model, "mlp_hidden", state.model.mlp_hidden);
           io::write_int64_attr(model, "qk_norm", state.model.qk_norm ? 1 : 0);
+          io::write_int64_attr(model, "qkv_bias", state.model.qkv_bias ? 1 : 0);
+          io::write_double_attr(model, "norm_eps", state.model.norm_eps);
           if (state.model.n_kv_head > 0)  // 0: not given (n_head)
             io::write_int64_attr(model, "n_kv_head", state.model.n_kv_head);
         }

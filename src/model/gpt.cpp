@@ -54,7 +54,7 @@ std::vector<LayerTensor> all_layer_tensors(const GptShape& shape) {
 bool has_tensor(const GptShape& shape, const std::string& suffix) {
   if (suffix.ends_with("_norm/weight") && suffix.starts_with("attn/")) return shape.qk_norm;
   if (!suffix.ends_with("/bias")) return true;
-  if (!shape.bias) return false;
+  if (!shape.bias) return shape.qkv_bias && suffix == "attn/c_attn/bias";
   return !(shape.rmsnorm && suffix.starts_with("ln_"));
 }
 

@@ -186,7 +186,8 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   auto project = [&](A* dst) {
     be_.matmul_forward(shape_.qk_norm ? L.qkv_pre : dst, ln1, w.qkvw, w.qkvb, N, C, Wl);
     if (shape_.qk_norm)
-      be_.qk_norm_forward(dst, L.qk_rstd, L.qkv_pre, w.qnw, w.knw, N, Cl, NHl, NKVl);
+      be_.qk_norm_forward(dst, L.qk_rstd, L.qkv_pre, w.qnw, w.knw, N, Cl, NHl, NKVl,
+                          shape_.norm_eps);
   };
   if (!decoding_) {
     project(L.qkv);
@@ -219,7 +220,7 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   be_.matmul_forward(attproj, L.atty, w.projw, projb, N, Cl, C);
   reduce_rows(attproj, L.attproj, N);
   be_.residual_layernorm_forward(L.residual2, L.ln2, L.ln2_mean, L.ln2_rstd, x, L.attproj, w.ln2w,
-                                 w.ln2b, n, C);
+                                 w.ln2b, n, C, shape_.norm_eps);
   const A* ln2 = gather_rows(L.ln2, L.ln2g, N);
   const int Hl = shape_.hidden() / mp_.tp;
   if (shape_.swiglu) {
@@ -265,9 +266,10 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T, int pos0) {
   if (per_chunk > 0) {
     const LayerTensors<const A> w0 = layer_weights(0);
     be_.layernorm_forward(S.layers[0].ln1, S.layers[0].ln1_mean, S.layers[0].ln1_rstd, S.input,
-                          w0.ln1w, w0.ln1b, n, C);
+                          w0.ln1w, w0.ln1b, n, C, shape_.norm_eps);
   } else if (last_chunk) {
-    be_.layernorm_forward(S.lnf, S.lnf_mean, S.lnf_rstd, S.input, lnfw, lnfb, n, C);
+    be_.layernorm_forward(S.lnf, S.lnf_mean, S.lnf_rstd, S.input, lnfw, lnfb, n, C,
+                          shape_.norm_eps);
   }
   for (int i = 0; i < per_chunk; ++i) {
     auto& L = S.layers[size_t(i)];
@@ -281,10 +283,11 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T, int pos0) {
       auto& next = S.layers[size_t(i + 1)];
       const LayerTensors<const A> wn = layer_weights(i + 1);
       be_.residual_layernorm_forward(L.residual3, next.ln1, next.ln1_mean, next.ln1_rstd,
-                                     L.residual2, L.fcproj, wn.ln1w, wn.ln1b, n, C);
+                                     L.residual2, L.fcproj, wn.ln1w, wn.ln1b, n, C,
+                                     shape_.norm_eps);
     } else if (last_chunk) {
       be_.residual_layernorm_forward(L.residual3, S.lnf, S.lnf_mean, S.lnf_rstd, L.residual2,
-                                     L.fcproj, lnfw, lnfb, n, C);
+                                     L.fcproj, lnfw, lnfb, n, C, shape_.norm_eps);
     } else {
       be_.add(L.residual3, L.residual2, L.fcproj, nC);
     }
@@ -413,7 +416,8 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
       // The layer's internals sit in the shared scratch layer: rerun its forward from its input
       // (the same ops on the same values as the forward pass: ln_1 reads x_in as stored, as
       // the fused residual add + LayerNorm did).
-      be_.layernorm_forward(L.ln1, L.ln1_mean, L.ln1_rstd, x_in, w.ln1w, w.ln1b, n, C);
+      be_.layernorm_forward(L.ln1, L.ln1_mean, L.ln1_rstd, x_in, w.ln1w, w.ln1b, n, C,
+                            shape_.norm_eps);
       layer_front(S, g, i, B, T);
     } else if (recompute == Recompute::gelu && !split) {  // split: only the weight pass reads it
       mlp_activation(L.fch_gelu, L.fch, N);

@@ -60,6 +60,11 @@ class KeyTable {
         "per-head RMSNorm of q and k after c_attn, with weights q_norm and k_norm (as Qwen3)");
     add("model.bias", c.model.bias,
         "biases in the linear layers and LayerNorms (false: none, as nanoGPT's bias = False)");
+    add("model.qkv_bias", c.model.qkv_bias,
+        "with model.bias = false: c_attn keeps its bias, the q, k and v projections' (as Qwen2)");
+    add("model.norm_eps", c.model.norm_eps,
+        "epsilon of the LayerNorms or RMSNorms (and QK-norms): 1e-5 as GPT-2 and Llama, 1e-6 "
+        "as Qwen2");
     add("train.steps", c.train.steps, "optimizer steps");
     add("train.batch_size", c.train.batch_size, "sequences per optimizer step (global)");
     add("train.micro_batch_size", c.train.micro_batch_size, "sequences per micro-batch per rank");
@@ -427,6 +432,10 @@ void validate(const Config& c, int world_size) {
         "must be layernorm or rmsnorm (got '" + m.norm + "')");
   check(m.mlp == "gelu" || m.mlp == "swiglu", "model.mlp",
         "must be gelu or swiglu (got '" + m.mlp + "')");
+  check(std::isfinite(m.norm_eps) && m.norm_eps > 0 && m.norm_eps <= 0.1, "model.norm_eps",
+        "must be in (0, 0.1]");
+  check(!(m.qkv_bias && m.bias), "model.qkv_bias",
+        "applies with model.bias = false (with biases, c_attn has its bias anyway)");
   check(m.mlp_hidden >= 0, "model.mlp_hidden",
         "must be >= 0 (0: the default width; got " + std::to_string(m.mlp_hidden) + ")");
   if (m.position == "rope") {

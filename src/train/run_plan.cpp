@@ -57,6 +57,8 @@ GptShape gpt_shape(const Config& cfg) {
   }
   s.rmsnorm = m.norm == "rmsnorm";
   s.bias = m.bias;
+  s.qkv_bias = m.qkv_bias;
+  s.norm_eps = float(m.norm_eps);
   s.swiglu = m.mlp == "swiglu";
   s.mlp_hidden = cfg.mlp_hidden_size();
   s.tied = m.tie_embeddings;

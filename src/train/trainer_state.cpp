@@ -275,6 +275,8 @@ CheckpointState Trainer::State::checkpoint_state() const {
   }
   st.model.norm = cfg.model.norm;
   st.model.bias = cfg.model.bias;
+  st.model.qkv_bias = cfg.model.qkv_bias;
+  st.model.norm_eps = cfg.model.norm_eps;
   st.model.mlp = cfg.model.mlp;
   st.model.mlp_hidden = cfg.mlp_hidden_size();
   st.model.tied = cfg.model.tie_embeddings;
@@ -341,6 +343,12 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
               " but the config asks for model.norm = ", c.norm);
   TRIAD_CHECK(m.bias == c.bias, "checkpoint ", path, " holds a model ", m.bias ? "with" : "without",
               " biases but the config asks for model.bias = ", c.bias ? "true" : "false");
+  TRIAD_CHECK(m.qkv_bias == c.qkv_bias, "checkpoint ", path, " holds a model ",
+              m.qkv_bias ? "with" : "without", " a c_attn bias of its own but the config asks for ",
+              "model.qkv_bias = ", c.qkv_bias ? "true" : "false");
+  TRIAD_CHECK(float(m.norm_eps) == float(c.norm_eps), "checkpoint ", path,
+              " holds a model with norm_eps ", m.norm_eps, " but the config asks for ",
+              "model.norm_eps = ", c.norm_eps);
   TRIAD_CHECK(m.mlp == c.mlp && m.mlp_hidden == cfg.mlp_hidden_size(), "checkpoint ", path,
               " holds a model with a ", m.mlp, " MLP of ", m.mlp_hidden,
               " hidden units but the config asks for model.mlp = ", c.mlp, " with ",

@@ -376,6 +376,28 @@ TEST(ModelParallel, GroupedQueryAttentionMatchesOneRankOnEveryGrid) {
       expect_same_training(run(dir, "mqa_" + g.name(), g, mqa), qref, "mqa " + g.name());
 }
 
+// Qwen2's blocks: c_attn's bias alone (model.qkv_bias, split over the tensor-parallel ranks with
+// c_attn's rows) and an RMSNorm epsilon of 1e-6, with grouped-query attention, on the grids
+// against one rank, recomputing, in bf16 and resumed across grids. The epsilon changes the run.
+TEST(ModelParallel, Qwen2BlocksMatchOneRankOnEveryGrid) {
+  const std::vector<std::string> opts = {
+      "--model.bias",      "false", "--model.qkv_bias", "true", "--model.norm_eps", "1e-6",
+      "--model.n_kv_head", "2",     "--model.position", "rope", "--model.norm",     "rmsnorm",
+      "--model.mlp",       "swiglu"};
+  const Result ref = check_variant("qwen2", opts,
+                                   {{2, 1, 1, 1, 2, "1f1b", 1},
+                                    {1, 2, 1, 0, 1, "1f1b", 1},
+                                    {1, 2, 2, 0, 2, "1f1b", 1, true},
+                                    {2, 2, 2, 1, 2, "interleaved", 2}},
+                                   {"full"}, true, Grid{1, 2, 1, 0, 2, "1f1b", 1});
+  std::vector<std::string> other = opts;
+  other[5] = "1e-5";
+  other.insert(other.end(), {"--resume", "none"});
+  const Result plain = run(shared_dir("qwen2"), "qwen2_eps_ref", Grid{}, other);
+  ASSERT_FALSE(ref.losses.empty() || plain.losses.empty());
+  EXPECT_GT(std::abs(plain.losses.back() - ref.losses.back()), 1e-6);
+}
+
 // QK-norm (model.qk_norm): q_norm and k_norm are replicated over the tensor-parallel group
 // while each rank normalizes its own heads, so their gradients are all-reduced there; with
 // grouped-query attention and Llama's blocks, on every grid against one rank, recomputing the

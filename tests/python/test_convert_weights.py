@@ -19,8 +19,8 @@ import h5py
 import numpy as np
 import pytest
 
-from triad_run import (REPO, VOCAB, assert_clean_failure, exe, gpt2_tiktoken, run, tiny_config,
-                       tool, train)
+from triad_run import (REPO, VOCAB, assert_clean_error, assert_clean_failure, exe, gpt2_tiktoken,
+                       run, tiny_config, tool, train)
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -218,6 +218,83 @@ def test_llama_imports_and_evaluates_as_transformers(imported, tmp_path, heads, 
             assert torch.equal(again[k], v), k
     assert_clean_failure(tool("triad-convert", "export", out, tmp_path / "x.bin", "--to", "llmc"),
                          "holds GPT-2 only")
+
+
+QWEN2_ARGS = ["--model.position", "rope", "--model.rope_theta", "1000000", "--model.norm",
+              "rmsnorm", "--model.bias", "false", "--model.qkv_bias", "true", "--model.norm_eps",
+              "1e-6", "--model.mlp", "swiglu", "--model.mlp_hidden", "176", "--model.n_kv_head",
+              "2", "--model.tie_embeddings", "false"]
+
+
+def test_qwen2_imports_and_evaluates_as_transformers(imported, tmp_path):
+    """transformers' Qwen2ForCausalLM (Llama's blocks with biases on the q, k and v projections
+    only, RMSNorm epsilon 1e-6, grouped-query attention), imported: triad's
+    validation loss and accuracy are transformers'; fine-tuned and exported, Qwen2ForCausalLM
+    loads it and computes triad's loss; the import exported again is the original."""
+    d, _, cfg = imported
+    torch.manual_seed(7)
+    model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
+        vocab_size=V, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=N_POS,
+        rms_norm_eps=1e-6, rope_theta=1e6, tie_word_embeddings=False, use_sliding_window=False))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            # Small embeddings (the first RMSNorm's mean square near the epsilon) and an output
+            # layer of its own at a larger scale: the epsilon, 1e-6 against the default 1e-5,
+            # moves the loss by 2e-3 relative, 200 times the tolerance.
+            if name.endswith("bias"):
+                p.copy_(0.5 * torch.randn_like(p))
+            elif "embed" in name:
+                p.mul_(0.05)
+            elif p.dim() == 2:
+                p.mul_(4)
+            elif p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    model.eval().save_pretrained(tmp_path / "qwen2", safe_serialization=True)
+    out = tmp_path / "qwen2.h5"
+    p = tool("triad-convert", "import", tmp_path / "qwen2", out, "--seq-len", SEQ)
+    assert p.returncode == 0, p.stderr
+    assert "Hugging Face Qwen2 model" in p.stdout
+    with h5py.File(out, "r") as f:
+        a = f["model"].attrs
+        assert int(a["qkv_bias"]) == 1 and int(a["bias"]) == 0 and a["norm_eps"] == 1e-6
+        assert "h/0/attn/c_attn/bias" in f["model"] and "h/0/attn/c_proj/bias" not in f["model"]
+    assert tool("triad-ckpt", out).returncode == 0
+    want_loss, want_acc = hf_loss_accuracy(model, d)
+    p = train("--config", cfg, "--eval-only", "--init-from", out, *QWEN2_ARGS, check=True)
+    loss = float(p.stdout.split("val loss")[1].split()[0])
+    acc = float(p.stdout.split("val accuracy")[1].split()[0])
+    assert abs(loss - want_loss) <= 1e-5 * want_loss, (loss, want_loss)
+    assert abs(acc - want_acc) <= 1.5 / (EVAL_SEQUENCES * SEQ), (acc, want_acc)
+    # The config must say what the checkpoint holds.
+    at = QWEN2_ARGS.index("--model.norm_eps")
+    p = train("--config", cfg, "--eval-only", "--init-from", out,
+              *QWEN2_ARGS[:at], *QWEN2_ARGS[at + 2:])  # the default epsilon, 1e-5
+    assert_clean_error(p, "norm_eps 1e-06", "model.norm_eps = 1e-05")
+    at = QWEN2_ARGS.index("--model.qkv_bias")
+    p = train("--config", cfg, "--eval-only", "--init-from", out,
+              *QWEN2_ARGS[:at], *QWEN2_ARGS[at + 2:])
+    assert_clean_error(p, "with a c_attn bias of its own", "model.qkv_bias = false")
+
+    name = "qwen2-ft"
+    train("--config", cfg, "--init-from", out, *QWEN2_ARGS, "--run.name", name, check=True)
+    run_dir = d / "runs" / name
+    with h5py.File(run_dir / "metrics.h5", "r") as f:
+        triad_loss = float(f["val/loss"][-1])
+    hf_out = tmp_path / "qwen2-out"
+    p = tool("triad-convert", "export", run_dir, hf_out, "--to", "hf", "--vocab", "none")
+    assert p.returncode == 0, p.stderr
+    tuned, info = transformers.Qwen2ForCausalLM.from_pretrained(hf_out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert tuned.config.rms_norm_eps == 1e-6
+    loss, _ = hf_loss_accuracy(tuned.eval(), d)
+    assert abs(loss - triad_loss) <= 1e-5 * triad_loss, (loss, triad_loss)
+    assert tool("triad-convert", "export", out, tmp_path / "again", "--to", "hf", "--vocab",
+                "none").returncode == 0
+    again = transformers.Qwen2ForCausalLM.from_pretrained(tmp_path / "again").state_dict()
+    for k, v in model.float().state_dict().items():
+        if not k.endswith("inv_freq"):
+            assert torch.equal(again[k], v), k
 
 
 def test_llama_vocabulary_above_65536_trains_on_uint32_shards(tmp_path):

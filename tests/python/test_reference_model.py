@@ -139,6 +139,15 @@ CASES = [
     # classifier over 70,144 padded rows).
     Case("bigvocab", ref.GptConfig(n_layer=1, n_head=2, n_embd=32, seq_len=16,
                                    vocab_size=70001), 2, 21, 4, 59),
+    # Qwen2's blocks: Llama's with a bias on c_attn alone (q, k, v) and RMSNorm epsilon 1e-6
+    # (at init the embeddings' mean square is 4e-4, so the epsilon counts). rope_theta is small,
+    # not Qwen2's 1e6: where a pair of dimensions barely turns within 16 positions, the k bias
+    # shifts all of a query's scores alike, its gradient is rounding noise, and AdamW's updates
+    # of it (and so the two runs) part ways.
+    Case("qwen2", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
+                                position="rope", rope_theta=500.0, norm="rmsnorm", bias=False,
+                                mlp="swiglu", tied=False, n_kv_head=2, qkv_bias=True,
+                                norm_eps=1e-6), 2, 40, 6, 71),
 ]
 
 
@@ -149,6 +158,7 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                       vocab_size=c.vocab_size, position=c.position, rope_theta=c.rope_theta,
                       norm=c.norm, bias=c.bias, mlp=c.mlp, mlp_hidden=c.mlp_hidden,
                       tie_embeddings=c.tied, n_kv_head=c.n_kv_head, qk_norm=c.qk_norm,
+                      qkv_bias=c.qkv_bias, norm_eps=c.norm_eps,
                       **({} if c.rope_scaling is None else dict(
                           rope_scaling="llama3", rope_scaling_factor=c.rope_scaling[0],
                           rope_low_freq_factor=c.rope_scaling[1],
@@ -596,4 +606,4 @@ def test_layer_norms_match_torch(tmp_root, tmp_path):
 # Chosen from the printed norms so that clipping triggers in some steps but not all.
 GRAD_CLIP = {"gpt2vocab": 1.0, "oddshapes": 1.0, "rope": 1.0, "rmsnorm": 1.2, "nobias": 1.0,
              "swiglu": 1.1, "llama": 1.7, "gqa": 1.7, "mqa": 1.0, "bigvocab": 1.0,
-             "qknorm": 1.15, "ropescaling": 1.0}
+             "qknorm": 1.15, "ropescaling": 1.0, "qwen2": 1.8}

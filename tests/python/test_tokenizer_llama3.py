@@ -2,7 +2,8 @@
 
 - tiktoken: Llama 3's real ranks (data/vocab/llama3.tiktoken, Meta's tokenizer.model, put there
   by jobs/setup.sh) with Llama 3's pattern on the corpus, on hand-picked strings and on every
-  Unicode code point; the llama3 and qwen2 pre-tokenizers over GPT-2's ranks.
+  Unicode code point; Qwen2's (data/vocab/qwen.tiktoken) with its pattern after NFC
+  (unicodedata2); the llama3 and qwen2 pre-tokenizers over GPT-2's ranks.
 - Hugging Face's tokenizers (Rust): byte-level BPEs it trains itself on part of the corpus,
   imported by `triad-convert tokenizer`, must encode held-out text to the same ids in triad;
   a tokenizer.json exported from a description must encode as triad does, and transformers'
@@ -17,6 +18,7 @@ import os
 import random
 import subprocess
 import tempfile
+import unicodedata
 
 import numpy as np
 import pytest
@@ -30,6 +32,7 @@ from tiktoken.load import load_tiktoken_bpe  # noqa: E402
 from analysis import hf_tokenizer  # noqa: E402
 
 LLAMA3 = REPO / "data" / "vocab" / "llama3.tiktoken"
+QWEN = REPO / "data" / "vocab" / "qwen.tiktoken"
 CORPUS = sorted((REPO / "data" / "corpus").glob("*.txt"))
 BEGIN, END = 128000, 128001
 
@@ -137,6 +140,35 @@ def test_pretokenizers_over_gpt2_ranks_match_tiktoken(tmp_path, scheme):
     assert got == want, first_difference(got, want, enc.decode)
 
 
+def test_nfc_matches_unicode_16_on_every_code_point(tmp_path):
+    """`normalizer nfc`: decode(encode(s)) is s in NFC, here against unicodedata2 (Unicode 16.0,
+    the version of triad's tables), on every code point and on random base + combining-mark
+    clusters (reordered, composed, blocked), with Hangul jamo and composition exclusions."""
+    unicodedata2 = pytest.importorskip("unicodedata2")
+    assert unicodedata2.unidata_version == "16.0.0"
+    desc = tmp_path / "nfc.triad"
+    desc.write_text(f"triad-tokenizer 1\nranks {VOCAB}\nranks_count 50256\n"
+                    f"pretokenizer qwen2\nnormalizer nfc\nspecial 50256 <|endoftext|>\n"
+                    f"document_start <|endoftext|>\nstop <|endoftext|>\n")
+    cps = [c for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    rng = random.Random(11)
+    marks = [*range(0x300, 0x370), 0x93C, 0x94D, 0x3099, 0x309A, 0x1161, 0x11A8, 0x0F71, 0x0F72,
+             0x05B0, 0x0653, 0x0654, 0x0655, 0x1B35, 0x302A, 0x16FF0, 0x113C9, 0x1611E]
+    bases = [*map(ord, "aeiouAEIOUnNcCsSzZ"), 0x1100, 0x1112, 0xAC00, 0xAC01, 0x3046, 0x304B,
+             0x0915, 0x0627, 0x0B47, 0x0DD9, 0x1025, 0x3B1, 0x3C9, 0x438, 0x1B05, 0x0958, 0x212B,
+             0x11382, 0x1611E]
+    clusters = "".join(chr(rng.choice(bases)) + "".join(
+        chr(rng.choice(marks)) for _ in range(rng.randrange(0, 4))) + rng.choice(["", " ", "\n"])
+        for _ in range(100000))
+    for name, text in (("code points", "\n".join("".join(map(chr, cps[i:i + 64]))
+                                                  for i in range(0, len(cps), 64))),
+                       ("clusters", clusters)):
+        ids = cli("encode", "--vocab", desc, data=text.encode())
+        got = cli("decode", "--vocab", desc, data=ids).decode()
+        want = unicodedata2.normalize("NFC", text)
+        assert got == want, (name, first_difference(list(got), list(want), "".join))
+
+
 def read_shard(path):
     header = np.fromfile(path, dtype="<i4", count=256)
     assert (header[0], header[1]) == (20240801, 7), header[:3]  # llm.c's Llama 3 format
@@ -170,11 +202,14 @@ def test_llama3_shards_are_uint32_with_begin_of_text(tmp_path, llama3, llama3_en
 tokenizers = pytest.importorskip("tokenizers")
 
 
-def train_hf(path, scheme, vocab_size=3000):
+def train_hf(path, scheme, vocab_size=3000, nfc=False):
     """A byte-level BPE trained by Hugging Face's tokenizers on two of the corpus's books, with
-    the pre-tokenizer of `scheme`; <|endoftext|> takes id 0, before the ranks."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    the pre-tokenizer of `scheme` (and NFC first, as Qwen2's); <|endoftext|> takes id 0, before
+    the ranks."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     tok = Tokenizer(models.BPE(ignore_merges=True))
+    if nfc:
+        tok.normalizer = normalizers.NFC()
     if scheme == "gpt2":
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     else:
@@ -202,20 +237,31 @@ def held_out_text():
                       *mixed_strings(5, 2000)])
 
 
-@pytest.mark.parametrize("scheme", ["gpt2", "llama3", "qwen2"])
-def test_bpe_trained_by_hf_tokenizers_imports_exactly(tmp_path, scheme):
-    hf = train_hf(tmp_path / "tokenizer.json", scheme)
+# Decomposed accents and Hangul jamo, composed by NFC (U+16FF0 and Unicode 16's new compositions
+# are left out: tokenizers 0.20's tables predate them).
+DECOMPOSED = ("cafe\u0301 nai\u0308ve A\u030a \u212b e\u0323\u0302 a\u0302\u0323 "
+              "\u1100\u1161\u11a8 \u1112\u1161\u11ab \u0915\u093c \u3046\u3099 o\u0308\u0301")
+
+
+@pytest.mark.parametrize("scheme,nfc", [("gpt2", False), ("llama3", False), ("qwen2", False),
+                                        ("qwen2", True)], ids=["gpt2", "llama3", "qwen2",
+                                                               "qwen2-nfc"])
+def test_bpe_trained_by_hf_tokenizers_imports_exactly(tmp_path, scheme, nfc):
+    hf = train_hf(tmp_path / "tokenizer.json", scheme, nfc=nfc)
     p = tool("triad-convert", "tokenizer", tmp_path / "tokenizer.json", tmp_path / "triad")
     assert p.returncode == 0, p.stderr
     assert f"pre-tokenizer {scheme}, document start <|endoftext|>" in p.stdout
     desc = tmp_path / "triad" / "tokenizer.triad"
     assert "special 0 <|endoftext|>" in desc.read_text()
+    assert ("normalizer nfc" in desc.read_text()) == nfc
     hf.encode_special_tokens = True  # special tokens' texts are ordinary text, as in triad
-    text = held_out_text()
+    text = held_out_text() + "\n" + DECOMPOSED * 3
     want = hf.encode(text, add_special_tokens=False).ids
     got = cli_encode(desc, text)
     assert got == want, first_difference(got, want, hf.decode)
-    assert cli("decode", "--vocab", desc, data=" ".join(map(str, got)).encode()) == text.encode()
+    back = cli("decode", "--vocab", desc, data=" ".join(map(str, got)).encode()).decode()
+    assert back == (unicodedata.normalize("NFC", text) if nfc else text)
+    assert (back == text) == (not nfc)  # the decomposed accents came back composed
 
 
 def test_exported_tokenizer_json_encodes_as_triad(tmp_path, llama3, llama3_enc):
@@ -265,7 +311,7 @@ def test_convert_refuses_what_triad_cannot_encode_exactly(tmp_path):
         tj["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = r"\p{L}+|\s+"
 
     cases = [
-        (lambda tj: tj.update(normalizer={"type": "NFC"}), ["normalizer", "NFC"]),
+        (lambda tj: tj.update(normalizer={"type": "NFKC"}), ["normalizer", "NFKC"]),
         (lambda tj: tj["model"].update(byte_fallback=True), ["byte_fallback"]),
         (lambda tj: tj["model"].update(type="Unigram"), ["'Unigram'"]),
         (not_special, ["is not special"]),
@@ -346,3 +392,53 @@ def test_llama3_generation_matches_transformers(tmp_path, llama3):
 def load_enc():
     return tiktoken.Encoding("llama3", pat_str=hf_tokenizer.PATTERNS["llama3"],
                              mergeable_ranks=load_tiktoken_bpe(str(LLAMA3)), special_tokens={})
+
+
+# ---- Qwen2 ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def qwen2(tmp_path_factory):
+    """Qwen2's tokenizer as a Hugging Face tokenizer.json holds it (NFC, then the qwen2 split, then
+    byte-level BPE over Qwen's 151,643 ranks; <|endoftext|>, <|im_start|>, <|im_end|> after them;
+    generation ends at <|endoftext|> or <|im_end|>), written here from Qwen's ranks and imported
+    by triad-convert tokenizer."""
+    need(QWEN)
+    d = tmp_path_factory.mktemp("qwen2")
+    ranked = {r: t for t, r in hf_tokenizer.read_ranks(QWEN).items()}
+    n = len(ranked)
+    assert n == 151643
+    src = hf_tokenizer.Description(
+        ranked, "qwen2", {"<|endoftext|>": n, "<|im_start|>": n + 1, "<|im_end|>": n + 2},
+        "<|endoftext|>", None, ["<|endoftext|>"], "nfc")
+    for name, text in hf_tokenizer.hf_files(src, 32768).items():
+        (d / "hf" / name).parent.mkdir(exist_ok=True)
+        (d / "hf" / name).write_text(text, encoding="utf-8")
+    (d / "hf" / "generation_config.json").write_text(json.dumps({"eos_token_id": [n, n + 2]}))
+    p = tool("triad-convert", "tokenizer", d / "hf", d / "triad", timeout=300)
+    assert p.returncode == 0, p.stderr
+    return d / "triad" / "tokenizer.triad", d / "hf" / "tokenizer.json"
+
+
+def test_qwen2_matches_tiktoken_after_nfc(qwen2):
+    unicodedata2 = pytest.importorskip("unicodedata2")
+    desc, hf_json = qwen2
+    text = desc.read_text()
+    assert "normalizer nfc" in text and "pretokenizer qwen2" in text
+    assert [ln for ln in text.splitlines() if ln.startswith("stop ")] == [
+        "stop <|endoftext|>", "stop <|im_end|>"]
+    assert "prompt_start" not in text  # Qwen2 puts no token before a prompt
+    enc = tiktoken.Encoding("qwen", pat_str=hf_tokenizer.PATTERNS["qwen2"],
+                            mergeable_ranks=load_tiktoken_bpe(str(QWEN)), special_tokens={})
+    parts = [CORPUS[0].read_text(encoding="utf-8")[:600000], *STRINGS.values(),
+             *mixed_strings(6, 3000), DECOMPOSED * 5]
+    text = "\n".join(parts)
+    want = enc.encode_ordinary(unicodedata2.normalize("NFC", text))
+    got = cli_encode(desc, text)
+    assert got == want, first_difference(got, want, enc.decode)
+    # Hugging Face's tokenizers on the same tokenizer.json (Unicode 16's additions left out).
+    hf = tokenizers.Tokenizer.from_file(str(hf_json))
+    hf.encode_special_tokens = True
+    text = held_out_text() + DECOMPOSED
+    assert hf.encode(text, add_special_tokens=False).ids == cli_encode(desc, text)
+    ids = cli("decode", "--vocab", desc, data=b"151644 9707 151645 151643")
+    assert ids == b"<|im_start|>Hello<|im_end|><|endoftext|>"

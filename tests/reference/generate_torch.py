@@ -54,7 +54,7 @@ def block(params: Dict[str, torch.Tensor], cfg: ref.GptConfig, i: int, x: torch.
     past = cache[i][0].shape[2] if cache is not None and len(cache) > i else 0
     qn, kn = ref.qk_norm_weights(params, cfg, p)
     if qn is not None:  # model.qk_norm: each q and k head RMSNormed, before the rotation
-        q, k = ref.rms_norm(q, qn), ref.rms_norm(k, kn)
+        q, k = ref.rms_norm(q, qn, cfg.norm_eps), ref.rms_norm(k, kn, cfg.norm_eps)
     if cfg.position == "rope":  # the new rows sit at positions past ..; cached keys are rotated
         q, k = (ref.rotary(q, cfg.rope_theta, past, cfg.rope_scaling),
                 ref.rotary(k, cfg.rope_theta, past, cfg.rope_scaling))

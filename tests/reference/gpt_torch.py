@@ -65,6 +65,8 @@ class GptConfig:
     # original positions); None: plain rope.
     rope_scaling: Optional[Tuple[float, float, float, int]] = None
     qk_norm: bool = False  # True: RMSNorm of each q and k head (q_norm, k_norm [hd]) after c_attn
+    qkv_bias: bool = False  # with bias False: c_attn keeps its bias (model.qkv_bias, as Qwen2)
+    norm_eps: float = 1e-5  # the normalizations' epsilon (model.norm_eps)
 
     @property
     def hidden(self) -> int:
@@ -125,7 +127,8 @@ def param_shapes(cfg: GptConfig) -> Dict[str, tuple]:
     if not rms:
         shapes["ln_f/bias"] = (C,)
     if not cfg.bias:
-        shapes = {k: v for k, v in shapes.items() if not k.endswith("/bias")}
+        shapes = {k: v for k, v in shapes.items() if not k.endswith("/bias")
+                  or (cfg.qkv_bias and k.endswith("attn/c_attn/bias"))}
     if not cfg.tied:
         shapes["lm_head/weight"] = (Vp, C)
     return shapes
@@ -162,24 +165,25 @@ def random_weights(cfg: GptConfig, seed: int, perturb: bool = True,
 # ---- the model -----------------------------------------------------------------------------
 
 
-def layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
+               eps: float = LN_EPS) -> torch.Tensor:
     mean = x.mean(dim=-1, keepdim=True)
     xc = x - mean
     var = (xc * xc).mean(dim=-1, keepdim=True)  # biased variance, as GPT-2 / PyTorch
-    y = xc * torch.rsqrt(var + LN_EPS) * w
+    y = xc * torch.rsqrt(var + eps) * w
     return y if b is None else y + b
 
 
-def rms_norm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float = LN_EPS) -> torch.Tensor:
     """RMSNorm (Zhang & Sennrich; Llama's): x / sqrt(mean(x^2) + eps) * w, no centering, no bias."""
-    return x * torch.rsqrt((x * x).mean(dim=-1, keepdim=True) + LN_EPS) * w
+    return x * torch.rsqrt((x * x).mean(dim=-1, keepdim=True) + eps) * w
 
 
 def norm(params: Dict[str, torch.Tensor], cfg: GptConfig, name: str, x: torch.Tensor):
     """The model's normalization `name` (h/{i}/ln_1, h/{i}/ln_2, ln_f) of x."""
     if cfg.norm == "rmsnorm":
-        return rms_norm(x, params[name + "/weight"])
-    return layer_norm(x, params[name + "/weight"], params.get(name + "/bias"))
+        return rms_norm(x, params[name + "/weight"], cfg.norm_eps)
+    return layer_norm(x, params[name + "/weight"], params.get(name + "/bias"), cfg.norm_eps)
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -225,7 +229,8 @@ def rotary(x: torch.Tensor, theta: float, pos0: int = 0, scaling=None) -> torch.
 def attention(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_head: int,
               rope_theta: Optional[float] = None, n_kv_head: int = 0,
               q_norm: Optional[torch.Tensor] = None,
-              k_norm: Optional[torch.Tensor] = None, rope_scaling=None) -> torch.Tensor:
+              k_norm: Optional[torch.Tensor] = None, rope_scaling=None,
+              eps: float = LN_EPS) -> torch.Tensor:
     """Causal self-attention on x [B, T, C]: c_attn rows are q | k | v, each head-major, k and v
     with n_kv_head heads (0: n_head); q_norm, k_norm [hd] (model.qk_norm): each q head and each
     k head RMSNormed with these weights, shared by the heads, before the rotation; rope_theta:
@@ -240,7 +245,7 @@ def attention(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_head: int,
     k = k.reshape(B, T, kv, hd).transpose(1, 2)
     v = v.reshape(B, T, kv, hd).transpose(1, 2)
     if q_norm is not None:  # QK-norm (Qwen3, Gemma 3): over each head's hd values; v as it is
-        q, k = rms_norm(q, q_norm), rms_norm(k, k_norm)
+        q, k = rms_norm(q, q_norm, eps), rms_norm(k, k_norm, eps)
     if rope_theta is not None:
         q, k = rotary(q, rope_theta, 0, rope_scaling), rotary(k, rope_theta, 0, rope_scaling)
     # Grouped-query attention: the kv heads repeated whole, so query head h meets kv head
@@ -294,7 +299,7 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor) 
         qn, kn = qk_norm_weights(params, cfg, p)
         x = x + linear(attention(h, params[p + "attn/c_attn/weight"],
                                  params.get(p + "attn/c_attn/bias"), cfg.n_head, rope,
-                                 cfg.kv_heads, qn, kn, cfg.rope_scaling),
+                                 cfg.kv_heads, qn, kn, cfg.rope_scaling, cfg.norm_eps),
                        params[p + "attn/c_proj/weight"], params.get(p + "attn/c_proj/bias"))
         h = norm(params, cfg, p + "ln_2", x)
         x = x + mlp(params, cfg, p, h)
@@ -318,7 +323,7 @@ def forward_fast(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Ten
     hd = C // nh
     assert cfg.position == "learned" and cfg.norm == "layernorm" and cfg.bias and \
         cfg.mlp == "gelu" and cfg.hidden == 4 * cfg.n_embd and cfg.tied and \
-        cfg.kv_heads == cfg.n_head and not cfg.qk_norm, \
+        cfg.kv_heads == cfg.n_head and not cfg.qk_norm and cfg.norm_eps == LN_EPS, \
         "forward_fast is GPT-2's model"
     mask = torch.ones(T, T, dtype=torch.bool).tril()
     x = F.embedding(idx, params["wte/weight"]) + params["wpe/weight"][:T]
@@ -619,6 +624,8 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
         m.attrs.create("tie_embeddings", i64(1 if cfg.tied else 0), dtype="<i8")
         m.attrs.create("n_kv_head", i64(cfg.kv_heads), dtype="<i8")
         m.attrs.create("qk_norm", i64(1 if cfg.qk_norm else 0), dtype="<i8")
+        m.attrs.create("qkv_bias", i64(1 if cfg.qkv_bias else 0), dtype="<i8")
+        m.attrs.create("norm_eps", np.float64(cfg.norm_eps), dtype="<f8")
         groups = {"model": weights}
         for slot, tensors in (optimizer or {}).items():
             groups["optimizer/" + slot] = tensors
@@ -651,6 +658,8 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                         tied=int(a["tie_embeddings"]) == 1 if "tie_embeddings" in a else True,
                         n_kv_head=int(a["n_kv_head"]) if "n_kv_head" in a else 0,
                         qk_norm=int(a["qk_norm"]) == 1 if "qk_norm" in a else False,
+                        qkv_bias=int(a["qkv_bias"]) == 1 if "qkv_bias" in a else False,
+                        norm_eps=float(a["norm_eps"]) if "norm_eps" in a else LN_EPS,
                         rope_scaling=(float(a["rope_scaling_factor"]),
                                       float(a["rope_low_freq_factor"]),
                                       float(a["rope_high_freq_factor"]),

@@ -608,6 +608,43 @@ TEST_F(CudaBackendTest, QkNormBackward) {
   }
 }
 
+// Another epsilon (model.norm_eps; Qwen2's 1e-6) reaches the kernels: small inputs, whose mean
+// square is near it, give the CPU's outputs and statistics (fp32; bf16 in test_cuda_bf16.cpp),
+// LayerNorm, RMSNorm and QK-norm.
+TEST_F(CudaBackendTest, NormsTakeTheirEpsilon) {
+  const float eps = 1e-6f;
+  for (const NCShape& s : kLnShapes) {
+    SCOPED_TRACE(::testing::Message() << "N=" << s.N << " C=" << s.C);
+    const size_t NC = size_t(s.N) * s.C;
+    const Vec a = random_vec(NC, 40, -2e-3f, 2e-3f), b = random_vec(NC, 41, -1e-3f, 1e-3f);
+    const Vec w = random_vec(s.C, 42, 0.5f, 1.5f), bias = random_vec(s.C, 43);
+    for (const bool rms : {false, true}) {
+      Vec sum(NC), out(NC), mean(s.N), rstd(s.N);
+      cpu->residual_layernorm_forward(sum.data(), out.data(), rms ? nullptr : mean.data(),
+                                      rstd.data(), a.data(), b.data(), w.data(),
+                                      rms ? nullptr : bias.data(), s.N, s.C, eps);
+      float *g_sum = dev_zeros(NC), *g_out = dev_zeros(NC), *g_mean = dev_zeros(s.N),
+            *g_rstd = dev_zeros(s.N);
+      gpu->residual_layernorm_forward(g_sum, g_out, rms ? nullptr : g_mean, g_rstd, dev(a), dev(b),
+                                      dev(w), rms ? nullptr : dev(bias), s.N, s.C, eps);
+      EXPECT_TRUE(close(host(g_out, NC), out, kElemTol, 1e-6)) << "out rms=" << rms;
+      EXPECT_TRUE(close(host(g_rstd, s.N), rstd, kElemTol, 0.0)) << "rstd rms=" << rms;
+    }
+  }
+  for (const QkShape& s : kQkShapes) {
+    const QkCase c(s, 140);
+    Vec qkv = c.qkv;
+    for (float& x : qkv) x *= 1e-3f;
+    Vec out(c.n), rstd(c.nr);
+    cpu->qk_norm_forward(out.data(), rstd.data(), qkv.data(), c.wq.data(), c.wk.data(), s.N, s.C,
+                         s.NH, s.NKV, eps);
+    float *g_out = dev_zeros(c.n), *g_rstd = dev_zeros(c.nr);
+    gpu->qk_norm_forward(g_out, g_rstd, dev(qkv), dev(c.wq), dev(c.wk), s.N, s.C, s.NH, s.NKV, eps);
+    EXPECT_TRUE(close(host(g_out, c.n), out, kElemTol, 1e-6)) << "qk out";
+    EXPECT_TRUE(close(host(g_rstd, c.nr), rstd, kElemTol, 0.0)) << "qk rstd";
+  }
+}
+
 // Accumulating (+=) twice, bit for bit alike, then overwriting a NaN-filled gradient. With
 // NKV < NH a key/value head's gradient sums over its query heads.
 TEST_F(CudaBackendTest, AttentionBackwardAccumulatesDeterministically) {

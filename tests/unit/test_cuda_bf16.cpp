@@ -414,6 +414,31 @@ TEST_F(CudaBf16Test, ResidualLayerNormForward) {
   }
 }
 
+// Another epsilon (model.norm_eps): rows whose mean square is near it, through the warp-per-row
+// kernels (C a multiple of 8) and the block-per-row ones, LayerNorm and RMSNorm.
+TEST_F(CudaBf16Test, NormsTakeTheirEpsilon) {
+  const float eps = 1e-6f;
+  for (const NCShape& s : kLnShapes) {
+    SCOPED_TRACE(::testing::Message() << "N=" << s.N << " C=" << s.C);
+    const size_t NC = size_t(s.N) * s.C;
+    const Bits a = random_bits(NC, 50, -2e-3f, 2e-3f), b = random_bits(NC, 51, -1e-3f, 1e-3f);
+    const Bits w = random_bits(s.C, 52, 0.5f, 1.5f), bias = random_bits(s.C, 53);
+    for (const bool rms : {false, true}) {
+      Bits sum(NC), out(NC);
+      Vec mean(s.N), rstd(s.N);
+      cpu->residual_layernorm_forward(sum.data(), out.data(), rms ? nullptr : mean.data(),
+                                      rstd.data(), a.data(), b.data(), w.data(),
+                                      rms ? nullptr : bias.data(), s.N, s.C, eps);
+      bf16_t *g_sum = dev(Bits(NC)), *g_out = dev(Bits(NC));
+      float *g_mean = dev(Vec(s.N)), *g_rstd = dev(Vec(s.N));
+      gpu->residual_layernorm_forward(g_sum, g_out, rms ? nullptr : g_mean, g_rstd, dev(a), dev(b),
+                                      dev(w), rms ? nullptr : dev(bias), s.N, s.C, eps);
+      EXPECT_TRUE(close(host(g_out, NC), out)) << "out rms=" << rms;
+      EXPECT_TRUE(close(host(g_rstd, s.N), rstd)) << "rstd rms=" << rms;
+    }
+  }
+}
+
 // ---- matmul ----------------------------------------------------------------------------------
 
 struct MmShape {

@@ -16,6 +16,7 @@
 #include "triad/data/shard_writer.h"
 #include "triad/data/token_shard.h"
 #include "triad/data/tokenizer.h"
+#include "triad/data/unicode_nfc.h"
 
 namespace fs = std::filesystem;
 using ::testing::ElementsAre;
@@ -639,4 +640,49 @@ TEST(ShardWriter, WideVocabularyWritesUint32) {
   const auto s16 = triad::write_shards(small, files, o);
   EXPECT_EQ(s16.token_bytes, 2);
   EXPECT_EQ(triad::read_token_shard_header(s16.train_files[0]).token_bytes, 2);
+}
+
+TEST(Nfc, ComposesAsUnicodeSays) {
+  // Expected values from Python's unicodedata.normalize("NFC", s).
+  using triad::nfc;
+  EXPECT_EQ(nfc("plain ASCII, unchanged"), "plain ASCII, unchanged");
+  EXPECT_EQ(nfc("cafe\u0301"), "caf\u00e9");        // e + acute
+  EXPECT_EQ(nfc("e\u0323\u0302"), "\u1ec7");        // marks in order
+  EXPECT_EQ(nfc("e\u0302\u0323"), "\u1ec7");        // reordered by class first
+  EXPECT_EQ(nfc("a\u0308\u0308"), "\u00e4\u0308");  // the second is blocked
+  EXPECT_EQ(nfc("\u212b"), "\u00c5");               // singleton (Angstrom)
+  EXPECT_EQ(nfc("\u0958"), "\u0915\u093c");         // composition exclusion
+  EXPECT_EQ(nfc("\u1100\u1161\u11a8"), "\uac01");   // Hangul L V T
+  EXPECT_EQ(nfc("\uac00\u11a8"), "\uac01");         // Hangul LV + T
+  EXPECT_EQ(nfc("\u0301a"), "\u0301a");             // a mark first: nothing to join
+  EXPECT_EQ(nfc("x\xff\u0301 e\xc3\u0301"), "x\xff\u0301 e\xc3\u0301");  // raw bytes block
+  EXPECT_EQ(nfc("\u00e9"), "\u00e9");
+  EXPECT_EQ(nfc(""), "");
+}
+
+TEST(Nfc, TokenizerNormalizesBeforeSplitting) {
+  TempDir dir("tok_nfc");
+  dir.file("small.tiktoken", small_ranks({"\xc3\xa9", "caf", "caf\xc3\xa9"}));
+  const std::string rest = "special 259 <|e|>\ndocument_start <|e|>\nstop <|e|>\n";
+  const auto plain = triad::Tokenizer::from_file(
+      dir.file("plain.triad", description("small.tiktoken", 259, rest, "qwen2")));
+  const auto t = triad::Tokenizer::from_file(dir.file(
+      "nfc.triad", description("small.tiktoken", 259, "normalizer nfc\n" + rest, "qwen2")));
+  EXPECT_TRUE(t.normalizes_nfc());
+  EXPECT_FALSE(plain.normalizes_nfc());
+  EXPECT_THAT(t.encode("cafe\u0301"), ElementsAre(258));  // "café", one token
+  EXPECT_THAT(t.encode("caf\u00e9"), ElementsAre(258));
+  EXPECT_NE(plain.encode("cafe\u0301"), plain.encode("caf\u00e9"));
+  EXPECT_EQ(t.decode(t.encode("cafe\u0301 ok")), "caf\u00e9 ok");
+  // Parallel encoding cuts the text where NFC cannot reach across.
+  std::string text;
+  for (int i = 0; i < 2000; ++i) text += i % 3 ? "cafe\u0301 x\u0301\u0323 " : "na\u0308ive ";
+  EXPECT_EQ(triad::encode_parallel(t, text, 3, 64), t.encode(text));
+  try {
+    triad::Tokenizer::from_file(
+        dir.file("bad.triad", description("small.tiktoken", 259, "normalizer nfkc\n" + rest)));
+    ADD_FAILURE() << "no error";
+  } catch (const triad::Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("unknown normalizer 'nfkc'"));
+  }
 }

@@ -18,8 +18,10 @@
 // becomes that token, and any other piece starts as its single bytes, of which the adjacent
 // pair whose concatenation has the lowest rank (the leftmost of equals) is merged repeatedly.
 // The text is bytes: invalid UTF-8 is encoded too, so decode(encode(s)) == s for every byte
-// string s. Special tokens' texts (e.g. "<|endoftext|>") in the text are ordinary text, never
-// the special tokens.
+// string s, unless the description names `normalizer nfc` (Qwen2's tokenizer): then the text is
+// first put in Unicode's NFC (triad/data/unicode_nfc.h) and decode(encode(s)) == nfc(s).
+// Special tokens' texts (e.g. "<|endoftext|>") in the text are ordinary text, never the special
+// tokens.
 #pragma once
 
 #include <cstdint>
@@ -78,6 +80,7 @@ class Tokenizer {
   int32_t vocab_size() const { return int32_t(special_.size()); }
   int32_t n_ranks() const { return vocab_size() - int32_t(specials_.size()); }
   pretok::Scheme pretokenizer() const { return scheme_; }
+  bool normalizes_nfc() const { return nfc_; }
   const std::vector<Special>& special_tokens() const { return specials_; }  // by id
   bool is_special(int32_t id) const { return special_[size_t(id)] != 0; }
   // Id of a special token by its text, or -1.
@@ -95,6 +98,7 @@ class Tokenizer {
   void insert(int32_t rank);                      // into the hash table
   void bpe(const char* p, size_t n, std::vector<int32_t>& out) const;
   void bpe_long(const char* p, size_t n, std::vector<int32_t>& out) const;
+  void encode_pieces(std::string_view text, std::vector<int32_t>& out) const;  // no normalizing
 
   struct Slot {
     uint32_t tag;  // high bits of the hash
@@ -102,6 +106,7 @@ class Tokenizer {
   };
   std::string path_;
   pretok::Scheme scheme_ = pretok::Scheme::gpt2;
+  bool nfc_ = false;               // normalizer nfc: text to NFC before the pre-tokenizer
   std::vector<Special> specials_;  // by id
   std::vector<uint8_t> special_;   // by id: 1 for a special token
   int32_t document_start_ = -1;

@@ -76,6 +76,10 @@ struct ModelShape {
   std::string norm = "layernorm";
   // Attribute bias (int64 1 | 0; absent in files from before model.bias: 1).
   bool bias = true;
+  // Attribute qkv_bias (int64 1 | 0: c_attn's bias without the others; absent: 0).
+  bool qkv_bias = false;
+  // Attribute norm_eps (double, the normalizations' epsilon; absent in older files: 1e-5).
+  double norm_eps = 1e-5;
   // Attributes mlp ("gelu" | "swiglu"; absent in older files: gelu) and mlp_hidden (int64, the
   // hidden units; absent: 4·n_embd; written when > 0).
   std::string mlp = "gelu";

@@ -32,6 +32,9 @@ enum class GradMode { accumulate, overwrite };
 // v for NKV heads each.
 inline int qkv_width(int C, int NH, int NKV) { return C + 2 * NKV * (C / NH); }
 
+// The normalizations' epsilon unless a model says otherwise (model.norm_eps): GPT-2's and Llama's.
+inline constexpr float kNormEps = 1e-5f;
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -72,13 +75,14 @@ class Backend {
   virtual void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens,
                                 int B, int T, int C) = 0;
 
-  // ---- LayerNorm over the last dim, eps 1e-5; mean/rstd [N] saved for backward ------------
+  // ---- LayerNorm over the last dim, epsilon eps; mean/rstd [N] saved for backward ----------
   // RMSNorm (model.norm = rmsnorm) is the same op with mean == nullptr: no centering (μ = 0),
-  // out = x·r·w with r = 1/sqrt(mean(x²) + 1e-5), and in backward dx = r·(g − x̂·mean(g·x̂))
+  // out = x·r·w with r = 1/sqrt(mean(x²) + eps), and in backward dx = r·(g − x̂·mean(g·x̂))
   // (g = dout·w, x̂ = x·r: no mean(g) term). bias may be nullptr (no bias; RMSNorm has none), and
   // then dbias too. The fused residual form below follows the same rules.
   virtual void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
-                                 const float* weight, const float* bias, int N, int C) = 0;
+                                 const float* weight, const float* bias, int N, int C,
+                                 float eps = kNormEps) = 0;
   virtual void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                                   const float* inp, const float* weight, const float* mean,
                                   const float* rstd, int N, int C) = 0;
@@ -89,9 +93,9 @@ class Backend {
   // LayerNorm reads sum as stored (in bf16: after its rounding). The default runs the two ops.
   virtual void residual_layernorm_forward(float* sum, float* out, float* mean, float* rstd,
                                           const float* a, const float* b, const float* weight,
-                                          const float* bias, int N, int C) {
+                                          const float* bias, int N, int C, float eps = kNormEps) {
     add(sum, a, b, size_t(N) * size_t(C));
-    layernorm_forward(out, mean, rstd, sum, weight, bias, N, C);
+    layernorm_forward(out, mean, rstd, sum, weight, bias, N, C, eps);
   }
 
   // ---- linear: out[N,OC] = inp[N,IC] · weight[OC,IC]ᵀ + bias[OC] (bias may be nullptr) -------
@@ -142,11 +146,12 @@ class Backend {
 
   // ---- per-head RMSNorm of q and k (model.qk_norm) -----------------------------------------
   // qkv [N, W] (layout as above) into out [N, W]: each q head's hd values x become x·r·wq and
-  // each k head's x·r·wk, r = 1/sqrt(mean(x²) + 1e-5) over the head's hd values (the sum of
+  // each k head's x·r·wk, r = 1/sqrt(mean(x²) + eps) over the head's hd values (the sum of
   // squares accumulated in double); v is copied. rstd [N, NH + NKV] (per row the q heads' r, then
   // the k heads') is kept for backward; wq, wk [hd]. out must not alias qkv.
   virtual void qk_norm_forward(float* out, float* rstd, const float* qkv, const float* wq,
-                               const float* wk, int N, int C, int NH, int NKV) = 0;
+                               const float* wk, int N, int C, int NH, int NKV,
+                               float eps = kNormEps) = 0;
   // dqkv [N, W] = (overwrite) or += (accumulate) the input gradient: per head
   // dx = r·(g − x̂·mean(g·x̂)) with g = dout·w and x̂ = x·r (RMSNorm's); v's is dout's.
   // dwq, dwk [hd] (fp32) += Σ over rows and heads of dout·x̂, summed in a fixed order
@@ -247,7 +252,8 @@ class Backend {
   virtual void encoder_backward(float* dwte, float* dwpe, const bf16_t* dout, const int32_t* tokens,
                                 int B, int T, int C) = 0;
   virtual void layernorm_forward(bf16_t* out, float* mean, float* rstd, const bf16_t* inp,
-                                 const bf16_t* weight, const bf16_t* bias, int N, int C) = 0;
+                                 const bf16_t* weight, const bf16_t* bias, int N, int C,
+                                 float eps = kNormEps) = 0;
   virtual void layernorm_backward(bf16_t* dinp, float* dweight, float* dbias, const bf16_t* dout,
                                   const bf16_t* inp, const bf16_t* weight, const float* mean,
                                   const float* rstd, int N, int C) = 0;
@@ -258,9 +264,9 @@ class Backend {
                                GradMode mode = GradMode::accumulate) = 0;
   virtual void residual_layernorm_forward(bf16_t* sum, bf16_t* out, float* mean, float* rstd,
                                           const bf16_t* a, const bf16_t* b, const bf16_t* weight,
-                                          const bf16_t* bias, int N, int C) {
+                                          const bf16_t* bias, int N, int C, float eps = kNormEps) {
     add(sum, a, b, size_t(N) * size_t(C));
-    layernorm_forward(out, mean, rstd, sum, weight, bias, N, C);
+    layernorm_forward(out, mean, rstd, sum, weight, bias, N, C, eps);
   }
   // The fused FFN's first layer: pre = inp · Wᵀ + b and out = gelu(pre), both kept (the
   // backward needs pre); out may be computed from pre before its rounding to bf16. Its backward
@@ -300,7 +306,8 @@ class Backend {
   // As the fp32 qk_norm ops; computed in fp32 from the bf16 values (r, dw fp32), each bf16 output
   // rounded once (accumulating: round(old + gradient)).
   virtual void qk_norm_forward(bf16_t* out, float* rstd, const bf16_t* qkv, const bf16_t* wq,
-                               const bf16_t* wk, int N, int C, int NH, int NKV) = 0;
+                               const bf16_t* wk, int N, int C, int NH, int NKV,
+                               float eps = kNormEps) = 0;
   virtual void qk_norm_backward(bf16_t* dqkv, float* dwq, float* dwk, const bf16_t* dout,
                                 const bf16_t* qkv, const bf16_t* wq, const bf16_t* wk,
                                 const float* rstd, int N, int C, int NH, int NKV,

@@ -31,9 +31,15 @@ struct GptShape {
   // Normalization (model.norm): LayerNorm (weight and bias) or RMSNorm (rmsnorm: weight only, no
   // centering, as Llama); ln_1, ln_2 and ln_f alike.
   bool rmsnorm = false;
+  // The normalizations' epsilon (model.norm_eps): ln_1, ln_2, ln_f and the QK-norms (1e-5:
+  // GPT-2, Llama; Qwen2's is 1e-6).
+  float norm_eps = kNormEps;
   // Biases (model.bias): false drops every bias, of the linear layers and of the LayerNorms
   // (nanoGPT's bias = False; Llama has none either).
   bool bias = true;
+  // c_attn's bias without the others (model.qkv_bias, with bias false: Qwen2's q, k and v
+  // projections have biases, its other linear layers none).
+  bool qkv_bias = false;
   // The MLP (model.mlp, model.mlp_hidden): GPT-2's gelu(x·W_fcᵀ + b)·W_projᵀ, or SwiGLU (swiglu:
   // c_fc holds the gate rows, then the up rows; (silu(gate)·up)·W_projᵀ, as Llama), with hidden()
   // units: mlp_hidden, or by default 4·n_embd for GELU and for SwiGLU the multiple of 64 at or

@@ -20,6 +20,8 @@ struct ModelConfig {
   int rope_original_positions = 8192;  // llama3: the context the model was first trained on
   std::string norm = "layernorm";      // layernorm (weight, bias) | rmsnorm (weight only)
   bool bias = true;                    // false: no biases in linear layers and LayerNorms
+  bool qkv_bias = false;               // with bias = false: c_attn keeps its bias (as Qwen2)
+  double norm_eps = 1e-5;              // the LayerNorms'/RMSNorms' epsilon (Qwen2: 1e-6)
   std::string mlp = "gelu";            // gelu (GPT-2) | swiglu (Llama)
   int mlp_hidden = 0;                  // hidden units (0: 4·n_embd, or ~8·n_embd/3 for swiglu)
   bool tie_embeddings = true;          // false: an output layer lm_head of its own (as Llama)

@@ -80,8 +80,9 @@ class CpuBackend final : public Backend {
     cpu::encoder_backward(dwte, dwpe, dout, tokens, B, T, C);
   }
   void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
-                         const float* weight, const float* bias, int N, int C) override {
-    cpu::layernorm_forward(out, mean, rstd, inp, weight, bias, N, C);
+                         const float* weight, const float* bias, int N, int C,
+                         float eps = kNormEps) override {
+    cpu::layernorm_forward(out, mean, rstd, inp, weight, bias, N, C, eps);
   }
   void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                           const float* inp, const float* weight, const float* mean,
@@ -127,8 +128,8 @@ class CpuBackend final : public Backend {
     cpu::rope(qkv, table, N, T, pos0, C, NH, NKV, inverse);
   }
   void qk_norm_forward(float* out, float* rstd, const float* qkv, const float* wq, const float* wk,
-                       int N, int C, int NH, int NKV) override {
-    cpu::qk_norm_forward(out, rstd, qkv, wq, wk, N, C, NH, NKV);
+                       int N, int C, int NH, int NKV, float eps = kNormEps) override {
+    cpu::qk_norm_forward(out, rstd, qkv, wq, wk, N, C, NH, NKV, eps);
   }
   void qk_norm_backward(float* dqkv, float* dwq, float* dwk, const float* dout, const float* qkv,
                         const float* wq, const float* wk, const float* rstd, int N, int C, int NH,
@@ -201,8 +202,9 @@ class CpuBackend final : public Backend {
     cpu::encoder_backward(dwte, dwpe, dout, tokens, B, T, C);
   }
   void layernorm_forward(bf16_t* out, float* mean, float* rstd, const bf16_t* inp,
-                         const bf16_t* weight, const bf16_t* bias, int N, int C) override {
-    cpu::layernorm_forward(out, mean, rstd, inp, weight, bias, N, C);
+                         const bf16_t* weight, const bf16_t* bias, int N, int C,
+                         float eps = kNormEps) override {
+    cpu::layernorm_forward(out, mean, rstd, inp, weight, bias, N, C, eps);
   }
   void layernorm_backward(bf16_t* dinp, float* dweight, float* dbias, const bf16_t* dout,
                           const bf16_t* inp, const bf16_t* weight, const float* mean,
@@ -248,8 +250,9 @@ class CpuBackend final : public Backend {
     cpu::rope(qkv, table, N, T, pos0, C, NH, NKV, inverse);
   }
   void qk_norm_forward(bf16_t* out, float* rstd, const bf16_t* qkv, const bf16_t* wq,
-                       const bf16_t* wk, int N, int C, int NH, int NKV) override {
-    cpu::qk_norm_forward(out, rstd, qkv, wq, wk, N, C, NH, NKV);
+                       const bf16_t* wk, int N, int C, int NH, int NKV,
+                       float eps = kNormEps) override {
+    cpu::qk_norm_forward(out, rstd, qkv, wq, wk, N, C, NH, NKV, eps);
   }
   void qk_norm_backward(bf16_t* dqkv, float* dwq, float* dwk, const bf16_t* dout, const bf16_t* qkv,
                         const bf16_t* wq, const bf16_t* wk, const float* rstd, int N, int C, int NH,

@@ -84,11 +84,11 @@ void encoder_backward(float* dwte, float* dwpe, const bf16_t* dout, const int32_
 }
 
 void layernorm_forward(bf16_t* out, float* mean, float* rstd, const bf16_t* inp,
-                       const bf16_t* weight, const bf16_t* bias, int N, int C) {
+                       const bf16_t* weight, const bf16_t* bias, int N, int C, float eps) {
   const size_t n = size_t(N) * C;
   float* o = scratch(0, n);
   layernorm_forward(o, mean, rstd, widen(1, inp, n), widen(2, weight, size_t(C)),
-                    widen(3, bias, size_t(C)), N, C);
+                    widen(3, bias, size_t(C)), N, C, eps);
   to_bf16(out, o, n);
 }
 
@@ -103,10 +103,11 @@ void layernorm_backward(bf16_t* dinp, float* dweight, float* dbias, const bf16_t
 }
 
 void qk_norm_forward(bf16_t* out, float* rstd, const bf16_t* qkv, const bf16_t* wq,
-                     const bf16_t* wk, int N, int C, int NH, int NKV) {
+                     const bf16_t* wk, int N, int C, int NH, int NKV, float eps) {
   const size_t n = size_t(N) * size_t(qkv_width(C, NH, NKV)), hd = size_t(C / NH);
   float* o = scratch(0, n);
-  qk_norm_forward(o, rstd, widen(1, qkv, n), widen(2, wq, hd), widen(3, wk, hd), N, C, NH, NKV);
+  qk_norm_forward(o, rstd, widen(1, qkv, n), widen(2, wq, hd), widen(3, wk, hd), N, C, NH, NKV,
+                  eps);
   to_bf16(out, o, n);
 }
 

@@ -9,7 +9,6 @@
 namespace triad::cpu {
 namespace {
 
-constexpr float kEps = 1e-5f;
 constexpr int kColumnSlice = 64;  // channels per task in the parameter-gradient pass
 
 }  // namespace
@@ -17,7 +16,7 @@ constexpr int kColumnSlice = 64;  // channels per task in the parameter-gradient
 // Two passes per row (mean, then the variance of x − mean) in double: the rows are short, so
 // the accuracy costs nothing, and the two-pass form avoids E[x²] − E[x]² cancellation.
 void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
-                       const float* bias, int N, int C) {
+                       const float* bias, int N, int C, float eps) {
 #pragma omp parallel for schedule(static) if (size_t(N) * C >= kParallelMin)
   for (int n = 0; n < N; ++n) {
     const float* x = inp + size_t(n) * C;
@@ -31,7 +30,7 @@ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, c
 #pragma omp simd reduction(+ : sq)
     for (int c = 0; c < C; ++c) sq += (x[c] - mu) * (x[c] - mu);
     const float m = float(mu);
-    const float s = float(1.0 / std::sqrt(sq / C + double(kEps)));
+    const float s = float(1.0 / std::sqrt(sq / C + double(eps)));
     float* o = out + size_t(n) * C;
     if (bias != nullptr) {
 #pragma omp simd

@@ -39,7 +39,7 @@ void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t
                       int T, int C);
 
 void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
-                       const float* bias, int N, int C);
+                       const float* bias, int N, int C, float eps);
 void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                         const float* inp, const float* weight, const float* mean, const float* rstd,
                         int N, int C);
@@ -66,12 +66,12 @@ void swiglu_backward(bf16_t* dpre, const bf16_t* pre, const bf16_t* dout, int N,
 // Per-head RMSNorm of q and k (cpu_qk_norm.cpp; bf16 in cpu_bf16.cpp). The backward may run in
 // place (dqkv == dout) when not accumulating.
 void qk_norm_forward(float* out, float* rstd, const float* qkv, const float* wq, const float* wk,
-                     int N, int C, int NH, int NKV);
+                     int N, int C, int NH, int NKV, float eps);
 void qk_norm_backward(float* dqkv, float* dwq, float* dwk, const float* dout, const float* qkv,
                       const float* wq, const float* wk, const float* rstd, int N, int C, int NH,
                       int NKV, bool accumulate);
 void qk_norm_forward(bf16_t* out, float* rstd, const bf16_t* qkv, const bf16_t* wq,
-                     const bf16_t* wk, int N, int C, int NH, int NKV);
+                     const bf16_t* wk, int N, int C, int NH, int NKV, float eps);
 void qk_norm_backward(bf16_t* dqkv, float* dwq, float* dwk, const bf16_t* dout, const bf16_t* qkv,
                       const bf16_t* wq, const bf16_t* wk, const float* rstd, int N, int C, int NH,
                       int NKV, bool accumulate);
@@ -115,7 +115,7 @@ void encoder_forward(bf16_t* out, const int32_t* tokens, const bf16_t* wte, cons
 void encoder_backward(float* dwte, float* dwpe, const bf16_t* dout, const int32_t* tokens, int B,
                       int T, int C);
 void layernorm_forward(bf16_t* out, float* mean, float* rstd, const bf16_t* inp,
-                       const bf16_t* weight, const bf16_t* bias, int N, int C);
+                       const bf16_t* weight, const bf16_t* bias, int N, int C, float eps);
 void layernorm_backward(bf16_t* dinp, float* dweight, float* dbias, const bf16_t* dout,
                         const bf16_t* inp, const bf16_t* weight, const float* mean,
                         const float* rstd, int N, int C);

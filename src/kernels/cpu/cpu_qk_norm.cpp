@@ -14,8 +14,6 @@
 namespace triad::cpu {
 namespace {
 
-constexpr double kEps = 1e-5;  // as the model's LayerNorms
-
 // Head j of a row: q heads j < NH (weight wq), then k heads (weight wk).
 struct Heads {
   int C, NH, NKV, hd;
@@ -29,7 +27,7 @@ struct Heads {
 }  // namespace
 
 void qk_norm_forward(float* out, float* rstd, const float* qkv, const float* wq, const float* wk,
-                     int N, int C, int NH, int NKV) {
+                     int N, int C, int NH, int NKV, float eps) {
   const Heads h(C, NH, NKV);
 #pragma omp parallel for schedule(static) if (size_t(N) * h.W >= kParallelMin)
   for (int n = 0; n < N; ++n) {
@@ -40,7 +38,7 @@ void qk_norm_forward(float* out, float* rstd, const float* qkv, const float* wq,
       const float* w = j < NH ? wq : wk;
       double ss = 0.0;
       for (int i = 0; i < h.hd; ++i) ss += double(x[i]) * x[i];
-      const float r = float(1.0 / std::sqrt(ss / h.hd + kEps));
+      const float r = float(1.0 / std::sqrt(ss / h.hd + double(eps)));
       rstd[size_t(n) * h.count() + j] = r;
       for (int i = 0; i < h.hd; ++i) y_row[h.offset(j) + i] = x[i] * r * w[i];
     }

@@ -134,12 +134,13 @@ class CudaBackend final : public Backend {
   }
   void residual_layernorm_forward(float* sum, float* out, float* mean, float* rstd, const float* a,
                                   const float* b, const float* weight, const float* bias, int N,
-                                  int C) override {
-    cuda::residual_layernorm_forward(stream_, sum, out, mean, rstd, a, b, weight, bias, N, C);
+                                  int C, float eps = kNormEps) override {
+    cuda::residual_layernorm_forward(stream_, sum, out, mean, rstd, a, b, weight, bias, N, C, eps);
   }
   void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
-                         const float* weight, const float* bias, int N, int C) override {
-    cuda::layernorm_forward(stream_, out, mean, rstd, inp, weight, bias, N, C);
+                         const float* weight, const float* bias, int N, int C,
+                         float eps = kNormEps) override {
+    cuda::layernorm_forward(stream_, out, mean, rstd, inp, weight, bias, N, C, eps);
   }
   void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                           const float* inp, const float* weight, const float* mean,
@@ -188,8 +189,8 @@ class CudaBackend final : public Backend {
     cuda::rope(stream_, qkv, table, N, T, pos0, C, NH, NKV, inverse);
   }
   void qk_norm_forward(float* out, float* rstd, const float* qkv, const float* wq, const float* wk,
-                       int N, int C, int NH, int NKV) override {
-    cuda::qk_norm_forward(stream_, out, rstd, qkv, wq, wk, N, C, NH, NKV);
+                       int N, int C, int NH, int NKV, float eps = kNormEps) override {
+    cuda::qk_norm_forward(stream_, out, rstd, qkv, wq, wk, N, C, NH, NKV, eps);
   }
   void qk_norm_backward(float* dqkv, float* dwq, float* dwk, const float* dout, const float* qkv,
                         const float* wq, const float* wk, const float* rstd, int N, int C, int NH,
@@ -255,13 +256,15 @@ class CudaBackend final : public Backend {
   }
   void residual_layernorm_forward(bf16_t* sum, bf16_t* out, float* mean, float* rstd,
                                   const bf16_t* a, const bf16_t* b, const bf16_t* weight,
-                                  const bf16_t* bias, int N, int C) override {
+                                  const bf16_t* bias, int N, int C, float eps = kNormEps) override {
     cuda::residual_layernorm_forward(stream_, dev(sum), dev(out), mean, rstd, dev(a), dev(b),
-                                     dev(weight), dev(bias), N, C);
+                                     dev(weight), dev(bias), N, C, eps);
   }
   void layernorm_forward(bf16_t* out, float* mean, float* rstd, const bf16_t* inp,
-                         const bf16_t* weight, const bf16_t* bias, int N, int C) override {
-    cuda::layernorm_forward(stream_, dev(out), mean, rstd, dev(inp), dev(weight), dev(bias), N, C);
+                         const bf16_t* weight, const bf16_t* bias, int N, int C,
+                         float eps = kNormEps) override {
+    cuda::layernorm_forward(stream_, dev(out), mean, rstd, dev(inp), dev(weight), dev(bias), N, C,
+                            eps);
   }
   void layernorm_backward(bf16_t* dinp, float* dweight, float* dbias, const bf16_t* dout,
                           const bf16_t* inp, const bf16_t* weight, const float* mean,
@@ -325,8 +328,9 @@ class CudaBackend final : public Backend {
     cuda::rope(stream_, dev(qkv), table, N, T, pos0, C, NH, NKV, inverse);
   }
   void qk_norm_forward(bf16_t* out, float* rstd, const bf16_t* qkv, const bf16_t* wq,
-                       const bf16_t* wk, int N, int C, int NH, int NKV) override {
-    cuda::qk_norm_forward(stream_, dev(out), rstd, dev(qkv), dev(wq), dev(wk), N, C, NH, NKV);
+                       const bf16_t* wk, int N, int C, int NH, int NKV,
+                       float eps = kNormEps) override {
+    cuda::qk_norm_forward(stream_, dev(out), rstd, dev(qkv), dev(wq), dev(wk), N, C, NH, NKV, eps);
   }
   void qk_norm_backward(bf16_t* dqkv, float* dwq, float* dwk, const bf16_t* dout, const bf16_t* qkv,
                         const bf16_t* wq, const bf16_t* wk, const float* rstd, int N, int C, int NH,

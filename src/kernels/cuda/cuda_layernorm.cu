@@ -1,4 +1,4 @@
-// LayerNorm over the last dimension (eps 1e-5), with mean and 1/std saved for backward; RMSNorm
+// LayerNorm over the last dimension (epsilon eps), with mean and 1/std saved for backward; RMSNorm
 // where mean is null (backend.h: no centering, no bias, no mean(g) term in the backward).
 // One block per row; the row statistics are two-pass sums in double, as in the CPU backend.
 // The weight/bias gradients are column sums over the rows, done deterministically in two passes
@@ -19,7 +19,6 @@
 namespace triad::cuda {
 namespace {
 
-constexpr float kEps = 1e-5f;
 constexpr int kRowBlock = 256;  // threads per row
 constexpr int kColumns = 64;    // columns per block in the parameter-gradient pass
 constexpr int kRowGroups = 8;   // rows summed in parallel per column there
@@ -28,7 +27,7 @@ constexpr int kRowGroups = 8;   // rows summed in parallel per column there
 // only, so a caller may have written those columns of inp in the same thread just before.
 template <typename Elem>
 __device__ void layernorm_row(Elem* out, float* mean, float* rstd, const Elem* inp,
-                              const Elem* weight, const Elem* bias, int C, size_t row) {
+                              const Elem* weight, const Elem* bias, int C, size_t row, float eps) {
   const Elem* x = inp + row * C;
   double sum = 0.0;
   if (mean != nullptr) {  // uniform over the block: all threads reduce or none
@@ -43,7 +42,7 @@ __device__ void layernorm_row(Elem* out, float* mean, float* rstd, const Elem* i
   }
   sq = block_reduce(sq, SumOp{}, 0.0);
   const float m = float(mu);
-  const float r = float(1.0 / sqrt(sq / C + double(kEps)));
+  const float r = float(1.0 / sqrt(sq / C + double(eps)));
   Elem* o = out + row * C;
   for (int c = threadIdx.x; c < C; c += blockDim.x)
     o[c] = narrow<Elem>((widen(x[c]) - m) * r * widen(weight[c]) +
@@ -56,8 +55,8 @@ __device__ void layernorm_row(Elem* out, float* mean, float* rstd, const Elem* i
 
 template <typename Elem>
 __global__ void layernorm_forward_kernel(Elem* out, float* mean, float* rstd, const Elem* inp,
-                                         const Elem* weight, const Elem* bias, int C) {
-  layernorm_row(out, mean, rstd, inp, weight, bias, C, blockIdx.x);
+                                         const Elem* weight, const Elem* bias, int C, float eps) {
+  layernorm_row(out, mean, rstd, inp, weight, bias, C, blockIdx.x, eps);
 }
 
 // sum = round(a + b) (the residual stream), then the LayerNorm of the stored sum: the row is
@@ -65,13 +64,13 @@ __global__ void layernorm_forward_kernel(Elem* out, float* mean, float* rstd, co
 template <typename Elem>
 __global__ void residual_layernorm_forward_kernel(Elem* sum, Elem* out, float* mean, float* rstd,
                                                   const Elem* a, const Elem* b, const Elem* weight,
-                                                  const Elem* bias, int C) {
+                                                  const Elem* bias, int C, float eps) {
   const size_t row = blockIdx.x;
   for (int c = threadIdx.x; c < C; c += blockDim.x) {
     const size_t i = row * C + c;
     sum[i] = narrow<Elem>(widen(a[i]) + widen(b[i]));
   }
-  layernorm_row(out, mean, rstd, static_cast<const Elem*>(sum), weight, bias, C, row);
+  layernorm_row(out, mean, rstd, static_cast<const Elem*>(sum), weight, bias, C, row, eps);
 }
 
 // dx += r·(g − mean(g) − x̂·mean(g·x̂)) with g = dout·w, x̂ = (x − μ)·r.
@@ -143,9 +142,9 @@ template <int kVec>
 __global__ void __launch_bounds__(layernorm::kThreads)
     ln_warp_forward_kernel(uint16_t* out, float* mean, float* rstd, uint16_t* inp,
                            const uint16_t* a, const uint16_t* b, const uint16_t* weight,
-                           const uint16_t* bias, int N, int C) {
+                           const uint16_t* bias, int N, int C, float eps) {
   DeviceThread x;
-  layernorm::forward_row<kVec>(x, out, mean, rstd, inp, a, b, weight, bias, N, C);
+  layernorm::forward_row<kVec>(x, out, mean, rstd, inp, a, b, weight, bias, N, C, eps);
 }
 
 template <int kVec>
@@ -180,14 +179,14 @@ uint16_t* bits(Elem* p) {
 template <typename Elem>
 bool warp_row_forward(cudaStream_t s, Elem* out, float* mean, float* rstd, const Elem* inp,
                       const Elem* a, const Elem* b, const Elem* weight, const Elem* bias, int N,
-                      int C) {
+                      int C, float eps) {
   const int vec = warp_row_vectors<Elem>(C, {out, inp, a, b, weight, bias});
   if (vec == 0) return false;
   const unsigned blocks = unsigned((N + layernorm::kWarps - 1) / layernorm::kWarps);
   with_vectors(vec, [&](auto k) {
     ln_warp_forward_kernel<decltype(k)::value><<<blocks, layernorm::kThreads, 0, s>>>(
         bits(out), mean, rstd, bits(inp), a ? bits(a) : nullptr, b ? bits(b) : nullptr,
-        bits(weight), bias ? bits(bias) : nullptr, N, C);
+        bits(weight), bias ? bits(bias) : nullptr, N, C, eps);
   });
   TRIAD_CUDA_CHECK_LAUNCH();
   return true;
@@ -197,21 +196,22 @@ bool warp_row_forward(cudaStream_t s, Elem* out, float* mean, float* rstd, const
 
 template <typename Elem>
 void layernorm_forward(cudaStream_t s, Elem* out, float* mean, float* rstd, const Elem* inp,
-                       const Elem* weight, const Elem* bias, int N, int C) {
+                       const Elem* weight, const Elem* bias, int N, int C, float eps) {
   if (N <= 0 || C <= 0) return;
-  if (warp_row_forward<Elem>(s, out, mean, rstd, inp, nullptr, nullptr, weight, bias, N, C)) return;
-  layernorm_forward_kernel<<<N, kRowBlock, 0, s>>>(out, mean, rstd, inp, weight, bias, C);
+  if (warp_row_forward<Elem>(s, out, mean, rstd, inp, nullptr, nullptr, weight, bias, N, C, eps))
+    return;
+  layernorm_forward_kernel<<<N, kRowBlock, 0, s>>>(out, mean, rstd, inp, weight, bias, C, eps);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
 template <typename Elem>
 void residual_layernorm_forward(cudaStream_t s, Elem* sum, Elem* out, float* mean, float* rstd,
                                 const Elem* a, const Elem* b, const Elem* weight, const Elem* bias,
-                                int N, int C) {
+                                int N, int C, float eps) {
   if (N <= 0 || C <= 0) return;
-  if (warp_row_forward<Elem>(s, out, mean, rstd, sum, a, b, weight, bias, N, C)) return;
+  if (warp_row_forward<Elem>(s, out, mean, rstd, sum, a, b, weight, bias, N, C, eps)) return;
   residual_layernorm_forward_kernel<<<N, kRowBlock, 0, s>>>(sum, out, mean, rstd, a, b, weight,
-                                                            bias, C);
+                                                            bias, C, eps);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
@@ -249,10 +249,10 @@ void layernorm_backward(cudaStream_t s, DeviceScratch& scratch, Elem* dinp, floa
 
 #define TRIAD_INSTANTIATE_LAYERNORM(Elem)                                                     \
   template void layernorm_forward<Elem>(cudaStream_t, Elem*, float*, float*, const Elem*,     \
-                                        const Elem*, const Elem*, int, int);                  \
+                                        const Elem*, const Elem*, int, int, float);           \
   template void residual_layernorm_forward<Elem>(cudaStream_t, Elem*, Elem*, float*, float*,  \
                                                  const Elem*, const Elem*, const Elem*,       \
-                                                 const Elem*, int, int);                      \
+                                                 const Elem*, int, int, float);               \
   template void layernorm_backward<Elem>(cudaStream_t, DeviceScratch&, Elem*, float*, float*, \
                                          const Elem*, const Elem*, const Elem*, const float*, \
                                          const float*, int, int);

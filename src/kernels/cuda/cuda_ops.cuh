@@ -39,12 +39,12 @@ void encoder_backward(cudaStream_t s, float* dwte, float* dwpe, const Elem* dout
 // ---- layernorm (cuda_layernorm.cu) ---------------------------------------------------------
 template <typename Elem>
 void layernorm_forward(cudaStream_t s, Elem* out, float* mean, float* rstd, const Elem* inp,
-                       const Elem* weight, const Elem* bias, int N, int C);
+                       const Elem* weight, const Elem* bias, int N, int C, float eps);
 // sum = a + b (rounded to Elem), out = LayerNorm(sum): backend.h residual_layernorm_forward.
 template <typename Elem>
 void residual_layernorm_forward(cudaStream_t s, Elem* sum, Elem* out, float* mean, float* rstd,
                                 const Elem* a, const Elem* b, const Elem* weight, const Elem* bias,
-                                int N, int C);
+                                int N, int C, float eps);
 template <typename Elem>
 void layernorm_backward(cudaStream_t s, DeviceScratch& scratch, Elem* dinp, float* dweight,
                         float* dbias, const Elem* dout, const Elem* inp, const Elem* weight,
@@ -231,7 +231,7 @@ void rope(cudaStream_t s, Elem* qkv, const float* table, int N, int T, int pos0,
 // accumulate false: dqkv overwritten (it may then be dout).
 template <typename Elem>
 void qk_norm_forward(cudaStream_t s, Elem* out, float* rstd, const Elem* qkv, const Elem* wq,
-                     const Elem* wk, int N, int C, int NH, int NKV);
+                     const Elem* wk, int N, int C, int NH, int NKV, float eps);
 template <typename Elem>
 void qk_norm_backward(cudaStream_t s, DeviceScratch& scratch, Elem* dqkv, float* dwq, float* dwk,
                       const Elem* dout, const Elem* qkv, const Elem* wq, const Elem* wk,

@@ -27,7 +27,6 @@
 namespace triad::cuda {
 namespace {
 
-constexpr double kEps = 1e-5;  // as the CPU backend
 constexpr int kWarpsPerBlock = kBlock / 32;
 constexpr int kColumns = 32;   // columns (of a head's hd) per block in the weight-gradient pass
 constexpr int kRowGroups = 8;  // head-rows summed in parallel per column there
@@ -47,7 +46,7 @@ struct Heads {
 
 template <typename Elem>
 __global__ void qk_norm_forward_kernel(Elem* out, float* rstd, const Elem* qkv, const Elem* wq,
-                                       const Elem* wk, Heads h, size_t head_rows) {
+                                       const Elem* wk, Heads h, size_t head_rows, float eps) {
   const int lane = threadIdx.x % 32;
   TRIAD_WARP_STRIDE_LOOP(k, head_rows) {
     const int j = int(k % size_t(h.total()));  // head j of row r, at column j·hd
@@ -66,7 +65,7 @@ __global__ void qk_norm_forward_kernel(Elem* out, float* rstd, const Elem* qkv, 
       sq += v * v;
     }
     sq = warp_reduce(sq, SumOp{});
-    const float rs = float(1.0 / sqrt(sq / h.hd + kEps));
+    const float rs = float(1.0 / sqrt(sq / h.hd + double(eps)));
     for (int c = lane; c < h.hd; c += 32) o[c] = narrow<Elem>(widen(x[c]) * rs * widen(w[c]));
     if (lane == 0) rstd[r * h.normed() + j] = rs;
   }
@@ -155,12 +154,12 @@ Heads check_heads(const char* op, int N, int C, int NH, int NKV) {
 
 template <typename Elem>
 void qk_norm_forward(cudaStream_t s, Elem* out, float* rstd, const Elem* qkv, const Elem* wq,
-                     const Elem* wk, int N, int C, int NH, int NKV) {
+                     const Elem* wk, int N, int C, int NH, int NKV, float eps) {
   const Heads h = check_heads("qk_norm_forward", N, C, NH, NKV);
   const size_t head_rows = size_t(N) * size_t(NH + 2 * NKV);
   if (head_rows == 0) return;
-  qk_norm_forward_kernel<<<grid_for(head_rows, kWarpsPerBlock), kBlock, 0, s>>>(out, rstd, qkv, wq,
-                                                                                wk, h, head_rows);
+  qk_norm_forward_kernel<<<grid_for(head_rows, kWarpsPerBlock), kBlock, 0, s>>>(
+      out, rstd, qkv, wq, wk, h, head_rows, eps);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
@@ -193,7 +192,7 @@ void qk_norm_backward(cudaStream_t s, DeviceScratch& scratch, Elem* dqkv, float*
 
 #define TRIAD_INSTANTIATE_QK_NORM(Elem)                                                      \
   template void qk_norm_forward<Elem>(cudaStream_t, Elem*, float*, const Elem*, const Elem*, \
-                                      const Elem*, int, int, int, int);                      \
+                                      const Elem*, int, int, int, int, float);               \
   template void qk_norm_backward<Elem>(cudaStream_t, DeviceScratch&, Elem*, float*, float*,  \
                                        const Elem*, const Elem*, const Elem*, const Elem*,   \
                                        const float*, int, int, int, int, bool);

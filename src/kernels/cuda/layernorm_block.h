@@ -21,7 +21,6 @@ namespace triad::layernorm {
 
 constexpr int kWarps = 8;  // rows per block
 constexpr int kThreads = 32 * kWarps;
-constexpr float kEps = 1e-5f;
 
 template <class X>
 TRIAD_BLOCK_FN double warp_sum(X& x, double v) {
@@ -45,7 +44,7 @@ TRIAD_BLOCK_FN void load_row(X& x, Vec16 (&v)[kVec], const uint16_t* p, int nvec
 template <int kVec, class X>
 TRIAD_BLOCK_FN void forward_row(X& x, uint16_t* out, float* mean, float* rstd, uint16_t* inp,
                                 const uint16_t* a, const uint16_t* b, const uint16_t* weight,
-                                const uint16_t* bias, int N, int C) {
+                                const uint16_t* bias, int N, int C, float eps) {
   const int warp = x.thread() / 32, lane = x.thread() % 32;
   const int n = x.block_x() * kWarps + warp;
   if (n >= N) return;  // whole warps leave: no block barrier below
@@ -91,7 +90,7 @@ TRIAD_BLOCK_FN void forward_row(X& x, uint16_t* out, float* mean, float* rstd, u
   }
   sq = warp_sum(x, sq);
   const float m = float(mu);
-  const float r = float(1.0 / x.sqrt(sq / C + double(kEps)));
+  const float r = float(1.0 / x.sqrt(sq / C + double(eps)));
   TRIAD_UNROLL
   for (int i = 0; i < kVec; ++i) {
     const int j = lane + 32 * i;
