@@ -863,21 +863,7 @@ def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
 def llama_hf_config(d: Dims) -> dict:
     """config.json for transformers' LlamaForCausalLM computing what triad computes, or
     Qwen2ForCausalLM's for a model with c_attn's bias alone (model.qkv_bias)."""
-    if d.qkv_bias:
-        if d.rope_scaling is not None:
-            raise ConvertError("a model with model.qkv_bias exports as Qwen2, whose "
-                               "transformers model has no llama3 rope scaling")
-        return {
-            "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
-            "num_hidden_layers": d.n_layer, "num_attention_heads": d.n_head,
-            "num_key_value_heads": d.kv, "hidden_size": d.n_embd,
-            "intermediate_size": d.mlp_hidden, "max_position_embeddings": d.seq_len,
-            "vocab_size": d.vocab_size, "rms_norm_eps": d.norm_eps, "rope_theta": d.rope_theta,
-            "rope_scaling": None, "hidden_act": "silu", "use_sliding_window": False,
-            "sliding_window": None, "max_window_layers": d.n_layer, "attention_dropout": 0.0,
-            "tie_word_embeddings": d.tied, "initializer_range": 0.02, "torch_dtype": "float32",
-        }
-    return {
+    cfg = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "num_hidden_layers": d.n_layer, "num_attention_heads": d.n_head,
         "num_key_value_heads": d.kv, "hidden_size": d.n_embd,
@@ -889,6 +875,15 @@ def llama_hf_config(d: Dims) -> dict:
         "attention_dropout": 0.0, "tie_word_embeddings": d.tied, "initializer_range": 0.02,
         "torch_dtype": "float32",
     }
+    if d.qkv_bias:
+        if d.rope_scaling is not None:
+            raise ConvertError("a model with model.qkv_bias exports as Qwen2, whose "
+                               "transformers model has no llama3 rope scaling")
+        for k in ("attention_bias", "mlp_bias"):  # Qwen2's biases are fixed: q, k, v only
+            del cfg[k]
+        cfg.update(architectures=["Qwen2ForCausalLM"], model_type="qwen2",
+                   use_sliding_window=False, sliding_window=None, max_window_layers=d.n_layer)
+    return cfg
 
 
 def write_llama_hf(out: Path, d: Dims, tensors: Tensors, extra: dict[str, str] | None) -> None:

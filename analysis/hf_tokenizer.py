@@ -187,6 +187,16 @@ def ranks_text(ranked: dict[int, bytes]) -> str:
     return "".join(f"{base64.b64encode(ranked[r]).decode()} {r}\n" for r in sorted(ranked))
 
 
+def _ranks(path: Path, where: str) -> dict[bytes, int]:
+    """read_ranks, its errors as TokenizerError naming `where`."""
+    try:
+        return read_ranks(path)
+    except OSError as e:
+        raise TokenizerError(f"{where}: cannot read ({e})") from None
+    except ValueError as e:
+        raise TokenizerError(str(e)) from None
+
+
 def read_description(path: Path) -> Description:
     """A description and its ranks, as triad reads them (TokenizerError naming the file)."""
     try:
@@ -226,12 +236,7 @@ def read_description(path: Path) -> Description:
         if key not in single:
             raise TokenizerError(f"{path}: no {key!r} line")
     ranks_path = path.parent / single["ranks"]
-    try:
-        ranks = read_ranks(ranks_path)
-    except OSError as e:
-        raise TokenizerError(f"{ranks_path} (named by {path}): cannot read ({e})") from None
-    except ValueError as e:
-        raise TokenizerError(str(e)) from None
+    ranks = _ranks(ranks_path, f"{ranks_path} (named by {path})")
     if str(len(ranks)) != single["ranks_count"]:
         raise TokenizerError(f"{ranks_path}: {len(ranks)} tokens, ranks_count "
                              f"{single['ranks_count']}")
@@ -426,12 +431,7 @@ def _stop_names(directory: Path, config: dict, specials: dict[str, int]) -> list
 
 def from_meta_llama3(path: Path) -> Description:
     """Meta's Llama 3 tokenizer.model (tiktoken's format, 128,000 ranks) and its specials."""
-    try:
-        ranks = read_ranks(path)
-    except OSError as e:
-        raise TokenizerError(f"{path}: cannot read ({e})") from None
-    except ValueError as e:
-        raise TokenizerError(str(e)) from None
+    ranks = _ranks(path, str(path))
     if len(ranks) != LLAMA3_RANKS or sorted(ranks.values()) != list(range(LLAMA3_RANKS)):
         raise TokenizerError(f"{path}: {len(ranks)} tokens; Llama 3's tokenizer.model has ranks "
                              f"0..{LLAMA3_RANKS - 1}")

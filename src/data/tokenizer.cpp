@@ -101,16 +101,24 @@ std::string read_whole(const std::string& path, const std::string& where) {
   return buf.str();
 }
 
-// Non-blank lines: the number of ranks in a ranks file.
-int32_t count_rank_lines(std::string_view text) {
-  int64_t n = 0;
+// Calls fn(line_no, line) for each line of text (numbered from 1, without its "\n" or "\r\n").
+template <typename F>
+void for_each_line(std::string_view text, F&& fn) {
+  int64_t line_no = 0;
   for (size_t pos = 0; pos < text.size();) {
     size_t nl = text.find('\n', pos);
     if (nl == std::string::npos) nl = text.size();
-    const size_t len = nl - pos - (nl > pos && text[nl - 1] == '\r' ? 1 : 0);
-    n += len > 0;
+    std::string_view line(text.data() + pos, nl - pos);
     pos = nl + 1;
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    fn(++line_no, line);
   }
+}
+
+// Non-blank lines: the number of ranks in a ranks file.
+int32_t count_rank_lines(std::string_view text) {
+  int64_t n = 0;
+  for_each_line(text, [&](int64_t, std::string_view line) { n += !line.empty(); });
   return int32_t(std::min<int64_t>(n, std::numeric_limits<int32_t>::max() - 1));
 }
 
@@ -145,7 +153,7 @@ Tokenizer Tokenizer::from_description(const std::string& path, const std::string
   std::vector<int64_t> special_lines;
   std::vector<std::string> stops;
   std::unordered_map<std::string, int64_t> seen;  // single-valued key -> line
-  int64_t line_no = 0;
+  int64_t line_no = 0;  // of the line being parsed, for parse_count's message
   auto parse_count = [&](std::string_view v, const char* what) {
     int64_t n = 0;
     bool ok = !v.empty() && v.size() <= 10;
@@ -157,14 +165,9 @@ Tokenizer Tokenizer::from_description(const std::string& path, const std::string
                 what, " '", excerpt(v), "' is not a non-negative 32-bit integer");
     return n;
   };
-  for (size_t pos = 0; pos < text.size();) {
-    size_t nl = text.find('\n', pos);
-    if (nl == std::string::npos) nl = text.size();
-    std::string_view line(text.data() + pos, nl - pos);
-    pos = nl + 1;
-    ++line_no;
-    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    if (line_no == 1) continue;  // the magic line
+  for_each_line(text, [&](int64_t no, std::string_view line) {
+    line_no = no;
+    if (line_no == 1) return;  // the magic line
     // Words separated by spaces or tabs.
     std::vector<std::string_view> words;
     for (size_t i = 0; i < line.size();) {
@@ -174,7 +177,7 @@ Tokenizer Tokenizer::from_description(const std::string& path, const std::string
       if (j > i) words.push_back(line.substr(i, j - i));
       i = j;
     }
-    if (words.empty() || words[0].front() == '#') continue;
+    if (words.empty() || words[0].front() == '#') return;
     const std::string key(words[0]);
     const size_t want = key == "special" ? 3 : 2;
     TRIAD_CHECK(words.size() == want, where, ", line ", line_no, ": '", excerpt(line),
@@ -185,11 +188,11 @@ Tokenizer Tokenizer::from_description(const std::string& path, const std::string
       const auto id = int32_t(parse_count(value, "special token id"));
       specials.push_back(Special{id, std::string(words[2])});
       special_lines.push_back(line_no);
-      continue;
+      return;
     }
     if (key == "stop") {
       stops.emplace_back(value);
-      continue;
+      return;
     }
     std::string count;
     std::string* target = key == "ranks"            ? &ranks
@@ -210,7 +213,7 @@ Tokenizer Tokenizer::from_description(const std::string& path, const std::string
       ranks_count = parse_count(value, "ranks_count");
       TRIAD_CHECK(ranks_count > 0, where, ", line ", line_no, ": ranks_count must be positive");
     }
-  }
+  });
   for (const char* k : {"ranks", "ranks_count", "pretokenizer", "document_start"})
     TRIAD_CHECK(seen.count(k), where, ": no '", k, "' line");
   TRIAD_CHECK(!specials.empty(), where, ": no 'special ID TEXT' line (its special tokens)");
@@ -259,15 +262,8 @@ Tokenizer Tokenizer::from_ranks(const std::string& ranks_path, const std::string
   // Parse every line: `base64 rank`, blank lines skipped (as tiktoken does).
   std::vector<Entry> entries;
   std::string decoded;
-  int64_t line_no = 0;
-  for (size_t pos = 0; pos < text.size();) {
-    size_t nl = text.find('\n', pos);
-    if (nl == std::string::npos) nl = text.size();
-    std::string_view line(text.data() + pos, nl - pos);
-    pos = nl + 1;
-    ++line_no;
-    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    if (line.empty()) continue;
+  for_each_line(text, [&](int64_t line_no, std::string_view line) {
+    if (line.empty()) return;
     const size_t sp = line.find_first_of(" \t");
     TRIAD_CHECK(sp != std::string_view::npos && sp > 0, where, ", line ", line_no,
                 ": expected 'base64(token bytes) rank', got '", excerpt(line), "'");
@@ -286,7 +282,7 @@ Tokenizer Tokenizer::from_ranks(const std::string& ranks_path, const std::string
                   excerpt(num), "' is too large");
     }
     entries.push_back(Entry{decoded, rank, line_no});
-  }
+  });
   TRIAD_CHECK(!entries.empty(), where,
               ": empty (expected one 'base64(token bytes) rank' line per token)");
   const int64_t n = int64_t(entries.size());

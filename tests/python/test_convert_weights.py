@@ -168,6 +168,32 @@ def llama_model(**config):
     return m.eval()
 
 
+def finetune_export_and_reimport(d, cfg, ckpt, args, name, tmp_path, original):
+    """A run fine-tuned in triad from the imported ckpt and exported: transformers' class of the
+    original model loads it and computes triad's final validation loss; the import exported
+    again holds the original's tensors bit for bit. Returns the loaded fine-tuned model."""
+    cls = type(original)
+    train("--config", cfg, "--init-from", ckpt, *args, "--run.name", name, check=True)
+    run_dir = d / "runs" / name
+    with h5py.File(run_dir / "metrics.h5", "r") as f:
+        triad_loss = float(f["val/loss"][-1])
+    p = tool("triad-convert", "export", run_dir, tmp_path / f"{name}-hf", "--to", "hf", "--vocab",
+             "none")
+    assert p.returncode == 0, p.stderr
+    tuned, info = cls.from_pretrained(tmp_path / f"{name}-hf", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    loss, _ = hf_loss_accuracy(tuned.eval(), d)
+    assert abs(loss - triad_loss) <= 1e-5 * triad_loss, (loss, triad_loss)
+    p = tool("triad-convert", "export", ckpt, tmp_path / f"{name}-again", "--to", "hf", "--vocab",
+             "none")
+    assert p.returncode == 0, p.stderr
+    again = cls.from_pretrained(tmp_path / f"{name}-again").state_dict()
+    for k, v in original.float().state_dict().items():
+        if not k.endswith("inv_freq"):
+            assert torch.equal(again[k], v), k
+    return tuned
+
+
 # (query heads, key/value heads): multi-head attention, grouped-query attention with groups of
 # 2 and of 4 (one key/value head), and 8 heads over 2 (a head order that is not its own inverse).
 HEADS = [(4, 4), (4, 2), (4, 1), (8, 2)]
@@ -196,26 +222,7 @@ def test_llama_imports_and_evaluates_as_transformers(imported, tmp_path, heads, 
     with h5py.File(out, "r") as f:
         assert f["model"].attrs["mlp"] == b"swiglu" and int(f["model"].attrs["tie_embeddings"]) == 0
     assert tool("triad-ckpt", out).returncode == 0
-    # Fine-tuned in triad and exported: LlamaForCausalLM loads it and computes triad's loss.
-    name = f"llama-ft-{heads}h{kv}kv"
-    train("--config", cfg, "--init-from", out, *args, "--run.name", name, check=True)
-    run_dir = d / "runs" / name
-    with h5py.File(run_dir / "metrics.h5", "r") as f:
-        triad_loss = float(f["val/loss"][-1])
-    hf_out = tmp_path / "llama-out"
-    p = tool("triad-convert", "export", run_dir, hf_out, "--to", "hf", "--vocab", "none")
-    assert p.returncode == 0, p.stderr
-    tuned, info = transformers.LlamaForCausalLM.from_pretrained(hf_out, output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"], info
-    loss, _ = hf_loss_accuracy(tuned.eval(), d)
-    assert abs(loss - triad_loss) <= 1e-5 * triad_loss, (loss, triad_loss)
-    # ... and the import exported again is the original, bit for bit.
-    assert tool("triad-convert", "export", out, tmp_path / "again", "--to", "hf", "--vocab",
-                "none").returncode == 0
-    again = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "again").state_dict()
-    for k, v in model.float().state_dict().items():
-        if not k.endswith("inv_freq"):
-            assert torch.equal(again[k], v), k
+    finetune_export_and_reimport(d, cfg, out, args, f"llama-ft-{heads}h{kv}kv", tmp_path, model)
     assert_clean_failure(tool("triad-convert", "export", out, tmp_path / "x.bin", "--to", "llmc"),
                          "holds GPT-2 only")
 
@@ -276,25 +283,8 @@ def test_qwen2_imports_and_evaluates_as_transformers(imported, tmp_path):
               *QWEN2_ARGS[:at], *QWEN2_ARGS[at + 2:])
     assert_clean_error(p, "with a c_attn bias of its own", "model.qkv_bias = false")
 
-    name = "qwen2-ft"
-    train("--config", cfg, "--init-from", out, *QWEN2_ARGS, "--run.name", name, check=True)
-    run_dir = d / "runs" / name
-    with h5py.File(run_dir / "metrics.h5", "r") as f:
-        triad_loss = float(f["val/loss"][-1])
-    hf_out = tmp_path / "qwen2-out"
-    p = tool("triad-convert", "export", run_dir, hf_out, "--to", "hf", "--vocab", "none")
-    assert p.returncode == 0, p.stderr
-    tuned, info = transformers.Qwen2ForCausalLM.from_pretrained(hf_out, output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    tuned = finetune_export_and_reimport(d, cfg, out, QWEN2_ARGS, "qwen2-ft", tmp_path, model)
     assert tuned.config.rms_norm_eps == 1e-6
-    loss, _ = hf_loss_accuracy(tuned.eval(), d)
-    assert abs(loss - triad_loss) <= 1e-5 * triad_loss, (loss, triad_loss)
-    assert tool("triad-convert", "export", out, tmp_path / "again", "--to", "hf", "--vocab",
-                "none").returncode == 0
-    again = transformers.Qwen2ForCausalLM.from_pretrained(tmp_path / "again").state_dict()
-    for k, v in model.float().state_dict().items():
-        if not k.endswith("inv_freq"):
-            assert torch.equal(again[k], v), k
 
 
 def test_llama_vocabulary_above_65536_trains_on_uint32_shards(tmp_path):

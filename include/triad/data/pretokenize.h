@@ -93,6 +93,17 @@ inline Char char_at(const unsigned char* p, const unsigned char* end) {
   return {len, cp == kInvalidCodePoint ? kOther : char_class(cp)};
 }
 
+// The end of the run of characters of class cls that starts at q.
+inline const unsigned char* run_end(const unsigned char* q, const unsigned char* end,
+                                    CharClass cls) {
+  while (q < end) {
+    const Char c = char_at(q, end);
+    if (c.cls != cls) break;
+    q += c.len;
+  }
+  return q;
+}
+
 }  // namespace detail
 
 template <typename F>
@@ -103,14 +114,8 @@ void for_each_piece(std::string_view text, F&& piece) {
   auto emit = [&](const unsigned char* from, const unsigned char* to) {
     piece(std::string_view(reinterpret_cast<const char*>(from), size_t(to - from)));
   };
-  // Returns the end of the run of class cls that starts at q.
   auto run_end = [&](const unsigned char* q, CharClass cls) {
-    while (q < end) {
-      const detail::Char c = detail::char_at(q, end);
-      if (c.cls != cls) break;
-      q += c.len;
-    }
-    return q;
+    return detail::run_end(q, end, cls);
   };
   while (p < end) {
     // 's 't 're 've 'm 'll 'd (lowercase only, as in GPT-2).
@@ -172,12 +177,7 @@ void for_each_piece_cl100k(std::string_view text, int max_digits, F&& piece) {
     piece(std::string_view(reinterpret_cast<const char*>(from), size_t(to - from)));
   };
   auto run_end = [&](const unsigned char* q, CharClass cls) {
-    while (q < end) {
-      const detail::Char c = detail::char_at(q, end);
-      if (c.cls != cls) break;
-      q += c.len;
-    }
-    return q;
+    return detail::run_end(q, end, cls);
   };
   auto newline_run_end = [&](const unsigned char* q) {
     while (q < end && (*q == '\r' || *q == '\n')) ++q;
