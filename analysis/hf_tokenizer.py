@@ -2,9 +2,10 @@
 
 triad's tokenizer (include/triad/data/tokenizer.h) reads tiktoken's ranks files, one
 `base64(token bytes) rank` per line: GPT-2's alone (data/vocab/gpt2.tiktoken), or any byte-level
-BPE through a tokenizer description (docs/formats.md, "Tokenizer description"): a text file
-`tokenizer.triad` naming the ranks file, the pre-tokenizer (gpt2, llama3 or qwen2), NFC or no
-normalizer, the special tokens, and which tokens start documents and prompts and end generation.
+BPE through a tokenizer description (docs/formats.md, "Tokenizers"): a text file
+`tokenizer.triad` naming the ranks file, the pre-tokenizer (gpt2, llama3, qwen2 or gpt2_digits),
+NFC or no normalizer, the special tokens, and which tokens start documents and prompts and end
+generation.
 
 - Export (triad-convert export --to hf): GPT-2's files for transformers' GPT2Tokenizer
   (vocab.json, merges.txt, tokenizer_config.json) from GPT-2's ranks, or a tokenizer.json for
@@ -115,6 +116,9 @@ PATTERNS = {
     "qwen2": r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"""
              r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""",
 }
+# ... and the one that is no single regex: each number character alone, then GPT-2's regex on
+# the stretches between them (Hugging Face's Digits(individual_digits) then ByteLevel: SmolLM's).
+SCHEMES = (*PATTERNS, "gpt2_digits")
 # Meta's Llama 3 tokenizer.model holds the 128,000 ranks; its 256 special tokens follow, in
 # this order (the rest are <|reserved_special_token_N|>).
 LLAMA3_RANKS = 128000
@@ -143,7 +147,7 @@ class Description:
         return len(self.ranked) + len(self.specials)
 
     def check(self, where: str) -> None:
-        if self.pretokenizer not in PATTERNS:
+        if self.pretokenizer not in SCHEMES:
             raise TokenizerError(f"{where}: unknown pretokenizer {self.pretokenizer!r}")
         if self.normalizer not in (None, "nfc"):
             raise TokenizerError(f"{where}: unknown normalizer {self.normalizer!r}")
@@ -275,6 +279,9 @@ def _pretokenizer_scheme(pre: dict | None, where: str) -> str:
         return "gpt2"
     if isinstance(pre, dict) and pre.get("type") == "Sequence":
         parts = pre.get("pretokenizers") or []
+        if len(parts) == 2 and is_byte_level(parts[1], True) and parts[0] == {
+                "type": "Digits", "individual_digits": True}:
+            return "gpt2_digits"
         if len(parts) == 2 and is_byte_level(parts[1], False):
             split = parts[0]
             pattern = (split.get("pattern") or {}).get("Regex") if isinstance(split, dict) else None
@@ -287,8 +294,9 @@ def _pretokenizer_scheme(pre: dict | None, where: str) -> str:
                                      f"triad implements ({', '.join(PATTERNS)})")
     shown = json.dumps(pre)
     raise TokenizerError(f"{where}: pre_tokenizer {shown[:200]} is not a byte-level BPE "
-                         f"pre-tokenizer triad implements (GPT-2's ByteLevel, or a Split by "
-                         f"Llama 3's or Qwen2's regex then ByteLevel)")
+                         f"pre-tokenizer triad implements (GPT-2's ByteLevel, a Split by Llama "
+                         f"3's or Qwen2's regex then ByteLevel, or individual Digits then "
+                         f"ByteLevel)")
 
 
 def _token_name(value) -> str | None:
@@ -461,9 +469,13 @@ def hf_files(d: Description, model_max_length: int) -> dict[str, str]:
         splits = [(rank[t[:k]], rank[t[k:]]) for k in range(1, len(t))
                   if t[:k] in rank and t[k:] in rank and max(rank[t[:k]], rank[t[k:]]) < r]
         merges += [[text(d.ranked[a]), text(d.ranked[b])] for a, b in sorted(splits)]
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                  "use_regex": True}
     if d.pretokenizer == "gpt2":
-        pre = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
-               "use_regex": True}
+        pre = byte_level
+    elif d.pretokenizer == "gpt2_digits":
+        pre = {"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": True}, byte_level]}
     else:
         pre = {"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": PATTERNS[d.pretokenizer]},

@@ -65,12 +65,14 @@ const char* scheme_name(Scheme s) {
       return "llama3";
     case Scheme::qwen2:
       return "qwen2";
+    case Scheme::gpt2_digits:
+      return "gpt2_digits";
   }
   return "?";
 }
 
 std::optional<Scheme> parse_scheme(std::string_view name) {
-  for (const Scheme s : {Scheme::gpt2, Scheme::llama3, Scheme::qwen2})
+  for (const Scheme s : {Scheme::gpt2, Scheme::llama3, Scheme::qwen2, Scheme::gpt2_digits})
     if (name == scheme_name(s)) return s;
   return std::nullopt;
 }

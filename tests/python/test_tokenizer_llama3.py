@@ -212,6 +212,10 @@ def train_hf(path, scheme, vocab_size=3000, nfc=False):
         tok.normalizer = normalizers.NFC()
     if scheme == "gpt2":
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    elif scheme == "gpt2_digits":  # SmolLM's
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
     else:
         tok.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(hf_tokenizer.PATTERNS[scheme]), behavior="isolated"),
@@ -244,8 +248,8 @@ DECOMPOSED = ("cafe\u0301 nai\u0308ve A\u030a \u212b e\u0323\u0302 a\u0302\u0323
 
 
 @pytest.mark.parametrize("scheme,nfc", [("gpt2", False), ("llama3", False), ("qwen2", False),
-                                        ("qwen2", True)], ids=["gpt2", "llama3", "qwen2",
-                                                               "qwen2-nfc"])
+                                        ("qwen2", True), ("gpt2_digits", False)],
+                         ids=["gpt2", "llama3", "qwen2", "qwen2-nfc", "gpt2_digits"])
 def test_bpe_trained_by_hf_tokenizers_imports_exactly(tmp_path, scheme, nfc):
     hf = train_hf(tmp_path / "tokenizer.json", scheme, nfc=nfc)
     p = tool("triad-convert", "tokenizer", tmp_path / "tokenizer.json", tmp_path / "triad")

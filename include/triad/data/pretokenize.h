@@ -6,6 +6,9 @@
 //            ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
 //           (tiktoken's cl100k_base pattern, also Llama 3's)
 //   qwen2   llama3's with \p{N} in place of \p{N}{1,3}: every digit is a piece of its own
+//   gpt2_digits  every \p{N} character a piece of its own, and gpt2's split of each stretch
+//           between them, ends included as the text's ends (Hugging Face's Digits with
+//           individual_digits, then ByteLevel's regex: SmolLM's tokenizer)
 // Classes are Unicode 16.0 (src/data/unicode_tables.cpp, generated), as in the Rust regex crate
 // that tiktoken uses. A byte that is not part of a well-formed UTF-8 sequence (stray
 // continuation, overlong form, surrogate, > U+10FFFF, truncated sequence) counts as one
@@ -25,8 +28,8 @@
 
 namespace triad::pretok {
 
-enum class Scheme : uint8_t { gpt2, llama3, qwen2 };
-// "gpt2", "llama3", "qwen2"; parse_scheme gives nullopt for any other name.
+enum class Scheme : uint8_t { gpt2, llama3, qwen2, gpt2_digits };
+// "gpt2", "llama3", "qwen2", "gpt2_digits"; parse_scheme gives nullopt for any other name.
 const char* scheme_name(Scheme s);
 std::optional<Scheme> parse_scheme(std::string_view name);
 
@@ -278,6 +281,29 @@ void for_each_piece_cl100k(std::string_view text, int max_digits, F&& piece) {
   }
 }
 
+// gpt2_digits: each number character alone, gpt2's split between them.
+template <typename F>
+void for_each_piece_digits(std::string_view text, F&& piece) {
+  const auto* const base = reinterpret_cast<const unsigned char*>(text.data());
+  const auto* const end = base + text.size();
+  const auto* stretch = base;  // start of the stretch without numbers
+  auto flush = [&](const unsigned char* to) {
+    if (to > stretch)
+      for_each_piece(std::string_view(reinterpret_cast<const char*>(stretch), size_t(to - stretch)),
+                     piece);
+  };
+  for (const auto* p = base; p < end;) {
+    const detail::Char c = detail::char_at(p, end);
+    if (c.cls == kNumber) {
+      flush(p);
+      piece(std::string_view(reinterpret_cast<const char*>(p), size_t(c.len)));
+      stretch = p + c.len;
+    }
+    p += c.len;
+  }
+  flush(end);
+}
+
 template <typename F>
 void for_each_piece(Scheme scheme, std::string_view text, F&& piece) {
   switch (scheme) {
@@ -287,6 +313,8 @@ void for_each_piece(Scheme scheme, std::string_view text, F&& piece) {
       return for_each_piece_cl100k(text, 3, piece);
     case Scheme::qwen2:
       return for_each_piece_cl100k(text, 1, piece);
+    case Scheme::gpt2_digits:
+      return for_each_piece_digits(text, piece);
   }
 }
 
