@@ -141,6 +141,9 @@ class Description:
     prompt_start: str | None
     stops: list[str]
     normalizer: str | None = None  # "nfc": the text put in Unicode's NFC first (Qwen2)
+    # Those of `specials` that are found in text and encoded as themselves (`added ID TEXT`:
+    # Hugging Face's non-special added tokens, such as Qwen2.5's <tool_call>).
+    added: frozenset = frozenset()
 
     @property
     def vocab_size(self) -> int:
@@ -161,7 +164,7 @@ class Description:
         if not all(bytes([b]) in have for b in range(256)):
             raise TokenizerError(f"{where}: a single byte has no token (a byte-level BPE "
                                  f"vocabulary needs all 256)")
-        if not self.specials:
+        if not set(self.specials) - set(self.added):
             raise TokenizerError(f"{where}: no special tokens")
         for name in [self.document_start, self.prompt_start, *self.stops]:
             if name is not None and name not in self.specials:
@@ -179,7 +182,8 @@ def description_text(d: Description, ranks_name: str, source: str) -> str:
              f"ranks_count {len(d.ranked)}", f"pretokenizer {d.pretokenizer}"]
     if d.normalizer is not None:
         lines.append(f"normalizer {d.normalizer}")
-    lines += [f"special {i} {s}" for s, i in sorted(d.specials.items(), key=lambda kv: kv[1])]
+    lines += [f"{'added' if s in d.added else 'special'} {i} {s}"
+              for s, i in sorted(d.specials.items(), key=lambda kv: kv[1])]
     lines.append(f"document_start {d.document_start}")
     if d.prompt_start is not None:
         lines.append(f"prompt_start {d.prompt_start}")
@@ -213,20 +217,24 @@ def read_description(path: Path) -> Description:
                              f"{DESCRIPTION_MAGIC!r})")
     single: dict[str, str] = {}
     specials: dict[str, int] = {}
+    added: set[str] = set()
     stops: list[str] = []
     for no, line in enumerate(lines[1:], 2):
         words = line.split()
         if not words or words[0].startswith("#"):
             continue
         key = words[0]
-        if len(words) != (3 if key == "special" else 2) or \
-                (key == "special" and not words[1].isdigit()):
-            raise TokenizerError(f"{path}:{no}: expected 'special ID TEXT' or 'key value'")
+        token = key in ("special", "added")
+        if len(words) != (3 if token else 2) or (token and not words[1].isdigit()):
+            raise TokenizerError(f"{path}:{no}: expected 'special ID TEXT', 'added ID TEXT' or "
+                                 f"'key value'")
         value = words[1]
-        if key == "special":
+        if token:
             if words[2] in specials:
-                raise TokenizerError(f"{path}:{no}: special token {words[2]!r} given twice")
+                raise TokenizerError(f"{path}:{no}: token {words[2]!r} given twice")
             specials[words[2]] = int(value)
+            if key == "added":
+                added.add(words[2])
         elif key == "stop":
             stops.append(value)
         elif key in ("ranks", "ranks_count", "pretokenizer", "normalizer", "document_start",
@@ -246,7 +254,7 @@ def read_description(path: Path) -> Description:
                              f"{single['ranks_count']}")
     d = Description({r: t for t, r in ranks.items()}, single["pretokenizer"], specials,
                     single["document_start"], single.get("prompt_start"), stops,
-                    single.get("normalizer"))
+                    single.get("normalizer"), frozenset(added))
     d.check(str(path))
     return d
 
@@ -339,9 +347,13 @@ def from_hf(src: Path, document_start: str | None = None, prompt_start: str | No
     added = sorted(tj.get("added_tokens") or [], key=lambda a: a["id"])
     added_ids = {a["id"] for a in added}
     for a in added:
-        if not a.get("special", False):
-            raise TokenizerError(f"{where}: added token {a['content']!r} (id {a['id']}) is not "
-                                 f"special: Hugging Face finds it inside text, triad does not")
+        if any(a.get(k) for k in ("lstrip", "rstrip", "single_word")):
+            raise TokenizerError(f"{where}: added token {a['content']!r} (id {a['id']}) strips "
+                                 f"spaces or matches whole words only; triad's added tokens do "
+                                 f"neither")
+        if any(c.isspace() for c in a["content"]) or not a["content"]:
+            raise TokenizerError(f"{where}: added token {a['content']!r} (id {a['id']}) is empty "
+                                 f"or holds white space")
     base = {}
     for text, i in vocab.items():
         if i in added_ids:
@@ -397,8 +409,9 @@ def from_hf(src: Path, document_start: str | None = None, prompt_start: str | No
     if not stops:
         raise TokenizerError(f"{where}: cannot tell which tokens end generation (no eos token "
                              f"in tokenizer_config.json or generation_config.json): give --stop")
+    in_text = frozenset(a["content"] for a in added if not a.get("special", False))
     d = Description(base, scheme, specials, document_start, prompt_start, stops,
-                    "nfc" if normalizer is not None else None)
+                    "nfc" if normalizer is not None else None, in_text)
     d.check(where)
     return d
 
@@ -496,7 +509,7 @@ def hf_files(d: Description, model_max_length: int) -> dict[str, str]:
     tj = {
         "version": "1.0", "truncation": None, "padding": None,
         "added_tokens": [{"id": i, "content": s, "single_word": False, "lstrip": False,
-                          "rstrip": False, "normalized": False, "special": True}
+                          "rstrip": False, "normalized": False, "special": s not in d.added}
                          for s, i in sorted(d.specials.items(), key=lambda kv: kv[1])],
         "normalizer": {"type": "NFC"} if d.normalizer == "nfc" else None,
         "pre_tokenizer": pre, "post_processor": post,

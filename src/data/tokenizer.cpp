@@ -179,14 +179,14 @@ Tokenizer Tokenizer::from_description(const std::string& path, const std::string
     }
     if (words.empty() || words[0].front() == '#') return;
     const std::string key(words[0]);
-    const size_t want = key == "special" ? 3 : 2;
-    TRIAD_CHECK(words.size() == want, where, ", line ", line_no, ": '", excerpt(line),
-                "': expected '", key, key == "special" ? " ID TEXT'" : " VALUE'",
+    const bool token = key == "special" || key == "added";
+    TRIAD_CHECK(words.size() == (token ? 3u : 2u), where, ", line ", line_no, ": '", excerpt(line),
+                "': expected '", key, token ? " ID TEXT'" : " VALUE'",
                 " (single words separated by spaces)");
     const std::string_view value = words[1];
-    if (key == "special") {
-      const auto id = int32_t(parse_count(value, "special token id"));
-      specials.push_back(Special{id, std::string(words[2])});
+    if (token) {
+      const auto id = int32_t(parse_count(value, "token id"));
+      specials.push_back(Special{id, std::string(words[2]), key == "added"});
       special_lines.push_back(line_no);
       return;
     }
@@ -203,7 +203,7 @@ Tokenizer Tokenizer::from_description(const std::string& path, const std::string
                           : key == "normalizer"     ? &normalizer
                                                     : nullptr;
     TRIAD_CHECK(target, where, ", line ", line_no, ": unknown key '", excerpt(key),
-                "' (expected ranks, ranks_count, pretokenizer, normalizer, special, ",
+                "' (expected ranks, ranks_count, pretokenizer, normalizer, special, added, ",
                 "document_start, prompt_start or stop)");
     const auto [it, fresh] = seen.emplace(key, line_no);
     TRIAD_CHECK(fresh, where, ", line ", line_no, ": '", key, "' was already given on line ",
@@ -216,7 +216,9 @@ Tokenizer Tokenizer::from_description(const std::string& path, const std::string
   });
   for (const char* k : {"ranks", "ranks_count", "pretokenizer", "document_start"})
     TRIAD_CHECK(seen.count(k), where, ": no '", k, "' line");
-  TRIAD_CHECK(!specials.empty(), where, ": no 'special ID TEXT' line (its special tokens)");
+  TRIAD_CHECK(
+      std::any_of(specials.begin(), specials.end(), [](const Special& s) { return !s.in_text; }),
+      where, ": no 'special ID TEXT' line (its special tokens)");
   TRIAD_CHECK(!stops.empty(), where, ": no 'stop' line (the tokens that end generation)");
   TRIAD_CHECK(normalizer.empty() || normalizer == "nfc", where, ": unknown normalizer '",
               excerpt(normalizer), "' (expected nfc, or no normalizer line)");
@@ -226,7 +228,7 @@ Tokenizer Tokenizer::from_description(const std::string& path, const std::string
   for (size_t i = 0; i < specials.size(); ++i)
     for (size_t j = 0; j < i; ++j)
       TRIAD_CHECK(specials[i].text != specials[j].text, where, ", line ", special_lines[i],
-                  ": special token '", excerpt(specials[i].text), "' was already given on line ",
+                  ": token '", excerpt(specials[i].text), "' was already given on line ",
                   special_lines[j]);
 
   namespace fs = std::filesystem;
@@ -237,6 +239,11 @@ Tokenizer Tokenizer::from_description(const std::string& path, const std::string
   t.path_ = path;
   t.scheme_ = *sch;
   t.nfc_ = normalizer == "nfc";
+  for (size_t i = 0; i < t.specials_.size(); ++i) {
+    if (!t.specials_[i].in_text) continue;
+    t.added_.push_back(i);
+    t.added_first_[static_cast<unsigned char>(t.specials_[i].text[0])] = true;
+  }
   auto id_of = [&](const std::string& name, const char* key) {
     const int32_t id = t.special_id(name);
     TRIAD_CHECK(id >= 0, where, ": ", key, " '", excerpt(name),
@@ -474,6 +481,36 @@ void Tokenizer::bpe_long(const char* p, size_t n, std::vector<int32_t>& out) con
 }
 
 void Tokenizer::encode_append(std::string_view text, std::vector<int32_t>& out) const {
+  if (added_.empty()) return encode_segment(text, out);
+  size_t from = 0;  // start of the text not yet encoded
+  for (size_t i = 0; i < text.size();) {
+    const Special* a =
+        added_first_[static_cast<unsigned char>(text[i])] ? added_at(text, i) : nullptr;
+    if (a == nullptr) {
+      ++i;
+      continue;
+    }
+    encode_segment(text.substr(from, i - from), out);
+    out.push_back(a->id);
+    i += a->text.size();
+    from = i;
+  }
+  encode_segment(text.substr(from), out);
+}
+
+const Tokenizer::Special* Tokenizer::added_at(std::string_view text, size_t pos) const {
+  const Special* best = nullptr;
+  for (const size_t i : added_) {
+    const Special& a = specials_[i];
+    if (text.substr(pos, a.text.size()) == a.text &&
+        (best == nullptr || a.text.size() > best->text.size()))
+      best = &a;
+  }
+  return best;
+}
+
+void Tokenizer::encode_segment(std::string_view text, std::vector<int32_t>& out) const {
+  if (text.empty()) return;
   if (nfc_) return encode_pieces(nfc(text), out);
   encode_pieces(text, out);
 }

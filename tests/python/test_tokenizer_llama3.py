@@ -227,6 +227,8 @@ def train_hf(path, scheme, vocab_size=3000, nfc=False):
     books = [p for p in CORPUS if p.name.startswith("austen_")][:2]
     assert books, "data/corpus has no Austen novels: run jobs/setup.sh"
     tok.train([str(b) for b in books], trainer)
+    # Added tokens that are not special (as Qwen2.5's): found in text, in both tokenizers.
+    tok.add_tokens(["<tool_call>", "</tool_call>", "<tool_call>x"])
     tok.save(str(path))
     return tok
 
@@ -257,10 +259,13 @@ def test_bpe_trained_by_hf_tokenizers_imports_exactly(tmp_path, scheme, nfc):
     assert f"pre-tokenizer {scheme}, document start <|endoftext|>" in p.stdout
     desc = tmp_path / "triad" / "tokenizer.triad"
     assert "special 0 <|endoftext|>" in desc.read_text()
+    assert "added 3000 <tool_call>" in desc.read_text()
     assert ("normalizer nfc" in desc.read_text()) == nfc
     hf.encode_special_tokens = True  # special tokens' texts are ordinary text, as in triad
-    text = held_out_text() + "\n" + DECOMPOSED * 3
+    text = held_out_text() + "\n" + DECOMPOSED * 3 + \
+        ' <tool_call>{"x": 1}</tool_call> <tool_call>xy <<tool_call>> <|endoftext|>'
     want = hf.encode(text, add_special_tokens=False).ids
+    assert 3000 in want and 3001 in want and 3002 in want
     got = cli_encode(desc, text)
     assert got == want, first_difference(got, want, hf.decode)
     back = cli("decode", "--vocab", desc, data=" ".join(map(str, got)).encode()).decode()
@@ -308,8 +313,8 @@ def test_convert_refuses_what_triad_cannot_encode_exactly(tmp_path):
         m = tj["model"]["merges"]
         m[3], m[40] = m[40], m[3]
 
-    def not_special(tj):
-        tj["added_tokens"][0]["special"] = False
+    def strips(tj):
+        tj["added_tokens"][0]["lstrip"] = True
 
     def other_regex(tj):
         tj["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = r"\p{L}+|\s+"
@@ -318,7 +323,7 @@ def test_convert_refuses_what_triad_cannot_encode_exactly(tmp_path):
         (lambda tj: tj.update(normalizer={"type": "NFKC"}), ["normalizer", "NFKC"]),
         (lambda tj: tj["model"].update(byte_fallback=True), ["byte_fallback"]),
         (lambda tj: tj["model"].update(type="Unigram"), ["'Unigram'"]),
-        (not_special, ["is not special"]),
+        (strips, ["strips spaces"]),
         (other_regex, ["is not one triad implements"]),
         (lambda tj: tj.update(pre_tokenizer={"type": "Metaspace"}), ["Metaspace"]),
         (merge_out_of_order, ["merge 4", "out of order"]),

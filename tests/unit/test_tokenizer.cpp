@@ -590,7 +590,7 @@ TEST(Tokenizer, MalformedDescriptionsAreClearErrors) {
   expect_error("count", description("small.tiktoken", 300, specials + roles),
                {"small.tiktoken", "has 259 tokens, expected 300", "truncated"});
   expect_error("bad_id", description("small.tiktoken", 259, "special x1 <|s|>\n" + roles),
-               {"line 6", "special token id 'x1'"});
+               {"line 6", "token id 'x1'"});
   expect_error(
       "taken_id",
       description("small.tiktoken", 259, "special 258 <|s|>\nspecial 260 <|e|>\n" + roles),
@@ -604,7 +604,7 @@ TEST(Tokenizer, MalformedDescriptionsAreClearErrors) {
                {"<|e|> has id 259, already taken by special token id 259 (description line 6)"});
   expect_error("same_text",
                description("small.tiktoken", 259, "special 259 <|s|>\nspecial 260 <|s|>\n" + roles),
-               {"line 7", "'<|s|>' was already given on line 6"});
+               {"line 7", "token '<|s|>' was already given on line 6"});
   expect_error("start",
                description("small.tiktoken", 259, specials + "document_start <|x|>\nstop <|e|>\n"),
                {"document_start '<|x|>' is not one of the special tokens"});
@@ -696,4 +696,24 @@ TEST(Nfc, TokenizerNormalizesBeforeSplitting) {
   } catch (const triad::Error& e) {
     EXPECT_THAT(e.what(), HasSubstr("unknown normalizer 'nfkc'"));
   }
+}
+
+TEST(Tokenizer, AddedTokensAreFoundInTheText) {
+  // Hugging Face's non-special added tokens (Qwen2.5's <tool_call>): the text is cut at each,
+  // leftmost first and the longest there, and the pieces between are encoded as usual.
+  TempDir dir("tok_added");
+  dir.file("small.tiktoken", small_ranks());
+  const auto t = triad::Tokenizer::from_file(
+      dir.file("added.triad", description("small.tiktoken", 259,
+                                          "special 259 <|e|>\nadded 260 <t>\nadded 261 <t>x\n"
+                                          "added 262 </t>\ndocument_start <|e|>\nstop <|e|>\n")));
+  EXPECT_EQ(t.vocab_size(), 263);
+  EXPECT_THAT(t.encode("ab<t>cd</t>"), ElementsAre(256, 260, 258, 262));
+  EXPECT_THAT(t.encode("<t>xab"), ElementsAre(261, 256));  // the longest at that position
+  EXPECT_THAT(t.encode("<<t>>"), ElementsAre('<', 260, '>'));
+  EXPECT_THAT(t.encode("<|e|>"), ElementsAre('<', '|', 'e', '|', '>'));  // specials stay text
+  EXPECT_EQ(t.decode(t.encode("x<t>y</t>z")), "x<t>y</t>z");
+  std::string text;
+  for (int i = 0; i < 500; ++i) text += i % 2 ? "a <t>b</t> " : "abab <t>x ";
+  EXPECT_EQ(triad::encode_parallel(t, text, 3, 40), t.encode(text));
 }

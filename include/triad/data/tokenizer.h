@@ -5,7 +5,7 @@
 // from_file takes either
 //   - a ranks file alone: GPT-2's tokenizer (n = 50,256 in data/vocab/gpt2.tiktoken, the count
 //     from_file expects by default), whose one special token <|endoftext|> is id n; or
-//   - a tokenizer description (docs/formats.md "Tokenizer description"), a text file whose first
+//   - a tokenizer description (docs/formats.md "Tokenizers"), a text file whose first
 //     line is "triad-tokenizer 1", naming a ranks file, the pre-tokenizer, the special tokens
 //     with their ids, and which of them start documents and prompts and end generation. A
 //     token's id is its rank; the special tokens take the ids the ranks leave free (after
@@ -21,7 +21,8 @@
 // string s, unless the description names `normalizer nfc` (Qwen2's tokenizer): then the text is
 // first put in Unicode's NFC (triad/data/unicode_nfc.h) and decode(encode(s)) == nfc(s).
 // Special tokens' texts (e.g. "<|endoftext|>") in the text are ordinary text, never the special
-// tokens.
+// tokens. Added tokens (`added ID TEXT`) are the exception: the text is first cut at each of
+// them (the leftmost, and the longest there), and each becomes its id.
 #pragma once
 
 #include <cstdint>
@@ -76,6 +77,10 @@ class Tokenizer {
   struct Special {
     int32_t id;
     std::string text;
+    // An added token (description line `added ID TEXT`, Hugging Face's non-special added
+    // tokens): found in the text and encoded as itself, where a special token's text is
+    // ordinary text.
+    bool in_text = false;
   };
   int32_t vocab_size() const { return int32_t(special_.size()); }
   int32_t n_ranks() const { return vocab_size() - int32_t(specials_.size()); }
@@ -98,7 +103,9 @@ class Tokenizer {
   void insert(int32_t rank);                      // into the hash table
   void bpe(const char* p, size_t n, std::vector<int32_t>& out) const;
   void bpe_long(const char* p, size_t n, std::vector<int32_t>& out) const;
-  void encode_pieces(std::string_view text, std::vector<int32_t>& out) const;  // no normalizing
+  void encode_pieces(std::string_view text, std::vector<int32_t>& out) const;   // no normalizing
+  void encode_segment(std::string_view text, std::vector<int32_t>& out) const;  // no added tokens
+  const Special* added_at(std::string_view text, size_t pos) const;  // the longest, or null
 
   struct Slot {
     uint32_t tag;  // high bits of the hash
@@ -109,6 +116,8 @@ class Tokenizer {
   bool nfc_ = false;               // normalizer nfc: text to NFC before the pre-tokenizer
   std::vector<Special> specials_;  // by id
   std::vector<uint8_t> special_;   // by id: 1 for a special token
+  std::vector<size_t> added_;      // indices into specials_ of those found in text (in_text)
+  bool added_first_[256] = {};     // bytes an added token starts with
   int32_t document_start_ = -1;
   int32_t prompt_start_ = -1;
   std::vector<int32_t> stop_;
