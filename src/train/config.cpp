@@ -12,6 +12,7 @@
 #include "triad/core/comma_list.h"
 #include "triad/core/error.h"
 #include "triad/data/blend.h"
+#include "triad/io/checkpoint.h"
 #include "triad/model/gpt.h"
 #include "triad/parallel/pipeline_schedule.h"
 #include "triad/train/run_plan.h"
@@ -305,6 +306,29 @@ int Config::padded_vocab_size() const {
   return triad::padded_vocab_size(model.vocab_size, parallel.tp);
 }
 
+namespace {
+
+// The lines of an INI text's [model] section, under their header; throws naming path when there
+// is none.
+std::string model_section(const std::string& ini, const std::string& path) {
+  std::istringstream in(ini);
+  std::string line, out = "[model]\n";
+  bool inside = false, found = false;
+  while (std::getline(in, line)) {
+    const size_t first = line.find_first_not_of(" \t");
+    if (first != std::string::npos && line[first] == '[') {
+      inside = line.compare(first, 7, "[model]") == 0;
+      found = found || inside;
+      continue;
+    }
+    if (inside) out += line + "\n";
+  }
+  TRIAD_CHECK(found, "--model-from ", path, ": its config has no [model] section");
+  return out;
+}
+
+}  // namespace
+
 CommandLine parse_train_command_line(int argc, const char* const* argv) {
   CommandLine cl;
   KeyTable keys(cl.config);
@@ -316,6 +340,9 @@ CommandLine parse_train_command_line(int argc, const char* const* argv) {
       "auto (newest complete checkpoint of the run, if any) | none | PATH")(
       "init-from", po::value<std::string>(&cl.init_from),
       "start a new run from this checkpoint's weights (fresh optimizer), e.g. fine-tuning")(
+      "model-from", po::value<std::string>(&cl.model_from),
+      "take the model.* keys from this checkpoint (e.g. one triad-convert imported): they "
+      "replace the config files' model keys, command-line --model.* keys still override them")(
       "eval-only", po::bool_switch(&cl.eval_only),
       "evaluate a checkpoint (--resume PATH / --init-from PATH / the run's newest) and exit")(
       "plan", po::bool_switch(&cl.plan),
@@ -350,6 +377,18 @@ CommandLine parse_train_command_line(int argc, const char* const* argv) {
     }
   } catch (const po::error& e) {
     rethrow(e, "command line");
+  }
+  if (vm.count("model-from")) {
+    const std::string path = vm["model-from"].as<std::string>();
+    // Each rank reads the (validated) root attributes itself: MPI_COMM_SELF.
+    const std::string section =
+        model_section(read_checkpoint_state(MPI_COMM_SELF, path).config, path);
+    try {
+      std::istringstream in(section);
+      po::store(po::parse_config_file(in, keys.desc(), false), vm);
+    } catch (const po::error& e) {
+      rethrow(e, "--model-from " + path + " (the [model] section of its config)");
+    }
   }
   std::vector<std::string> files;
   if (vm.count("config")) files = vm["config"].as<std::vector<std::string>>();

@@ -273,6 +273,14 @@ def test_qwen2_imports_and_evaluates_as_transformers(imported, tmp_path):
     acc = float(p.stdout.split("val accuracy")[1].split()[0])
     assert abs(loss - want_loss) <= 1e-5 * want_loss, (loss, want_loss)
     assert abs(acc - want_acc) <= 1.5 / (EVAL_SEQUENCES * SEQ), (acc, want_acc)
+    # --model-from takes the architecture from the checkpoint instead of the options.
+    p = train("--config", cfg, "--eval-only", "--init-from", out, "--model-from", out, check=True)
+    assert float(p.stdout.split("val loss")[1].split()[0]) == loss
+    p = train("--config", cfg, "--eval-only", "--init-from", out, "--model-from", out,
+              "--model.norm_eps", "1e-5")  # the command line still overrides it
+    assert_clean_error(p, "norm_eps 1e-06", "model.norm_eps = 1e-05")
+    p = train("--config", cfg, "--eval-only", "--model-from", tmp_path / "none.h5")
+    assert_clean_error(p, "none.h5")
     # The config must say what the checkpoint holds.
     at = QWEN2_ARGS.index("--model.norm_eps")
     p = train("--config", cfg, "--eval-only", "--init-from", out,

@@ -154,6 +154,9 @@ struct CommandLine {
   std::vector<std::string> config_files;
   std::string resume = "auto";  // auto | none | PATH
   std::string init_from;        // checkpoint whose weights start a new run
+  // A checkpoint whose architecture (the [model] section of its config) replaces the config
+  // files' model.* keys; the command line's still override it.
+  std::string model_from;
   bool eval_only = false;
   // --plan: print the run's memory per rank and compute (train/run_plan.h) and exit, for
   // plan_ranks ranks (0: the job's) and, with plan_tflops > 0, the step time at that rate.
