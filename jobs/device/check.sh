@@ -322,12 +322,14 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
     # swiglu, model.bias = false, model.tie_embeddings = false: the rope and SwiGLU kernels, the
     # LayerNorm kernels without centering or bias, products without bias epilogues), multi-query
     # attention (model.n_kv_head = 1 of 2 heads: the key/value head expansion and its reduction
-    # around the flash kernels) and QK-norm (its per-head norm kernels), on the GPU against the
-    # CPU's.
+    # around the flash kernels), QK-norm (its per-head norm kernels) and Qwen2's c_attn bias
+    # alone with an epsilon of 1e-6 (model.qkv_bias, model.norm_eps: the bias epilogue on one
+    # product, the epsilon through every norm kernel), on the GPU against the CPU's.
     for tag in muon rope; do
       opts=(--optim.name muon --train.norms_every 10)
       [[ $tag == rope ]] && opts=(--model.position rope --model.norm rmsnorm --model.mlp swiglu --model.bias false
-                                  --model.tie_embeddings false --model.n_kv_head 1 --model.qk_norm true)
+                                  --model.tie_embeddings false --model.n_kv_head 1 --model.qk_norm true
+                                  --model.qkv_bias true --model.norm_eps 1e-6)
       for v in "${variants[@]}"; do
         read -r be pr <<<"$v"
         timeout "$(tmo 90 150)" "$B/triad-train" --config "$W/tiny.ini" --run.backend "$be" --run.precision "$pr" \
@@ -537,7 +539,7 @@ res "generation on the GPU" "${GEN_ROW:-not run}"
 CHOICE_ROW=$(sed -n 's/^RESULT_CHOICES //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)
 res "multiple choice on the GPU" "${CHOICE_ROW:-failed}"
 res "Muon 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_MUON //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
-res "Llama blocks (multi-query, QK-norm) 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_ROPE //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
+res "Llama blocks (multi-query, QK-norm, Qwen2's qkv bias and eps) 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_ROPE //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "layer norms GPU vs CPU" "$(sed -n 's/^RESULT_NORMS //p' "$RUN/gpu.txt" 2>/dev/null)"
 res "2 ranks on one GPU" "$(sed -n 's/^RESULT_NP2 //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "NCCL Comm in training" "$(sed -n 's/^RESULT_NCCL //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -) ($(sed -n 's/^RESULT_NCCL_LINE //p' "$RUN/gpu.txt" 2>/dev/null))"
