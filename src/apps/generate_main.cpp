@@ -152,9 +152,6 @@ int main(int argc, char** argv) {
     const triad::Tokenizer tok = triad::Tokenizer::from_file(vocab);
     const triad::CheckpointState st = triad::read_checkpoint_state(world, checkpoint);
     const auto& m = st.model;
-    TRIAD_CHECK(m.vocab_size <= tok.vocab_size(), "the model has ", m.vocab_size,
-                " tokens but the tokenizer ", vocab, " only ", tok.vocab_size(),
-                ": it could draw ids that do not decode; give its own tokenizer with --vocab");
     // The vocabulary padded for this grid; the checkpoint's padding may differ.
     triad::GptShape shape{int(m.n_layer),    int(m.n_head),
                           int(m.n_embd),     int(m.seq_len),
@@ -217,6 +214,10 @@ int main(int argc, char** argv) {
     if (!host.empty()) be->copy_from_host(model.params(), host.data(), host.size());
     model.params_updated();
     std::vector<int32_t> ids = tok.encode_prompt(prompt);
+    for (const int32_t id : ids)
+      TRIAD_CHECK(vm.count("prompt-ids") || id < m.vocab_size, "the prompt's token ", id, " (",
+                  vocab, ") is beyond the model's ", m.vocab_size,
+                  " tokens: give the model's own tokenizer with --vocab");
     if (vm.count("prompt-ids")) ids = parse_ids(prompt_ids, m.vocab_size);
     triad::Rng rng(static_cast<uint64_t>(seed));
     triad::SampleOptions opt;
@@ -226,6 +227,16 @@ int main(int argc, char** argv) {
     opt.top_p = top_p;
     opt.kv_cache = !no_cache;
     if (stop_at_eot) opt.stop_tokens = tok.stop_tokens();
+    // A model with more embedding rows than its tokenizer has ids (Qwen2's padding) draws among
+    // the tokenizer's only, so that every sample decodes.
+    if (m.vocab_size > tok.vocab_size()) {
+      opt.vocab_limit = tok.vocab_size();
+      if (rank == 0)
+        std::cerr << "triad-generate: the model has " << m.vocab_size << " tokens and the "
+                  << "tokenizer " << vocab << " " << tok.vocab_size()
+                  << ": samples are drawn among the tokenizer's ids only (is it the model's "
+                  << "tokenizer?)" << std::endl;
+    }
     size_t generated = 0;
     const auto t0 = std::chrono::steady_clock::now();
     for (int first = 0; first < samples; first += together) {

@@ -168,7 +168,9 @@ class KeyTable {
     add("sample.top_p", c.sample.top_p,
         "nucleus sampling among the top-k: the fewest likeliest tokens whose probability reaches "
         "top_p (1: off)");
-    add("sample.prompt", c.sample.prompt, "sample prompt (empty: <|endoftext|>)");
+    add("sample.prompt", c.sample.prompt,
+        "sample prompt (after the tokenizer's prompt start; empty and none: its document start, "
+        "GPT-2's <|endoftext|>)");
   }
   const po::options_description& desc() const { return desc_; }
   std::string ini() const {

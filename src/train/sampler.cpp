@@ -55,7 +55,9 @@ std::vector<std::vector<int32_t>> sample_continuations(Gpt& model,
                                                        Rng& rng) {
   TRIAD_CHECK(!prompt.empty(), "sampling needs at least one prompt token");
   TRIAD_CHECK(count >= 1, "sampling needs at least one sequence");
-  const int T = model.shape().seq_len, V = model.shape().vocab_size;
+  const int T = model.shape().seq_len, V = opt.vocab_limit > 0
+                                               ? std::min(opt.vocab_limit, model.shape().vocab_size)
+                                               : model.shape().vocab_size;
   std::vector<std::vector<int32_t>> seqs(static_cast<size_t>(count), prompt);
   std::vector<std::vector<int32_t>> out(static_cast<size_t>(count));
   std::vector<char> done(static_cast<size_t>(count), 0);

@@ -502,6 +502,7 @@ void Trainer::State::write_sample() {
   o.temperature = cfg.sample.temperature;
   o.top_k = cfg.sample.top_k;
   o.top_p = cfg.sample.top_p;
+  o.vocab_limit = tokenizer->vocab_size();
   const auto ids = sample_continuation(*model, prompt, o, rng);
   if (!root()) return;
   std::string text = cfg.sample.prompt + tokenizer->decode(ids);

@@ -378,9 +378,21 @@ def test_llama3_generation_matches_transformers(tmp_path, llama3):
     p = run([exe("triad-generate"), "--checkpoint", ckpt, "--vocab", llama3, "--prompt", prompt,
              "--length", "12", "--top-k", "1", "--output", "ids"], check=True, timeout=300)
     assert [int(t) for t in p.stdout.split()] == want
-    # The same model refuses GPT-2's tokenizer: it could draw ids GPT-2's cannot decode.
-    p = run([exe("triad-generate"), "--checkpoint", ckpt, "--vocab", VOCAB, "--length", "2"])
-    assert_clean_error(p, "128256 tokens", "50257", "--vocab")
+    # With GPT-2's tokenizer (fewer ids than the model's rows) it draws among the tokenizer's
+    # ids only, and says so; a prompt of ids past the model's is refused.
+    p = run([exe("triad-generate"), "--checkpoint", ckpt, "--vocab", VOCAB, "--length", "20",
+             "--top-k", "0", "--temperature", "5", "--output", "ids"], check=True, timeout=300)
+    assert "drawn among the tokenizer's ids only" in p.stderr
+    assert all(int(t) < 50257 for t in p.stdout.split())
+    small = tmp_path / "small"
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=4, max_position_embeddings=64, tie_word_embeddings=False)).save_pretrained(
+        small, safe_serialization=True)
+    assert tool("triad-convert", "import", small, tmp_path / "small.h5").returncode == 0
+    p = run([exe("triad-generate"), "--checkpoint", tmp_path / "small.h5", "--vocab", llama3,
+             "--prompt", "Hello world", "--length", "2"])
+    assert_clean_error(p, "the prompt's token 128000", "beyond the model's 1000 tokens")
     # Exported with its tokenizer: transformers' AutoTokenizer gives the prompt's ids.
     p = tool("triad-convert", "export", ckpt, tmp_path / "out", "--to", "hf", "--vocab", llama3,
              timeout=300)

@@ -23,6 +23,9 @@ struct SampleOptions {
   // Token ids that end a sample once drawn (the token is kept), e.g. the tokenizer's
   // stop_tokens(); empty: none.
   std::vector<int32_t> stop_tokens;
+  // Draw among the first vocab_limit ids only (0: all of the model's): a model whose embedding
+  // has rows past its tokenizer's ids (Qwen2's 151,936 for 151,665 tokens) never draws one.
+  int vocab_limit = 0;
 };
 
 // One token drawn from logits (the first V): temperature, then top-k, then top-p, as above.
