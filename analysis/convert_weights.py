@@ -97,6 +97,7 @@ class Dims:
     qk_norm: bool = False  # q_norm / k_norm per head (model.qk_norm): no export format holds it
     qkv_bias: bool = False  # c_attn's bias without the others (model.qkv_bias: Qwen2)
     norm_eps: float = 1e-5  # the normalizations' epsilon (model.norm_eps)
+    head_dim: int = 0  # each head's width (model.head_dim); 0: n_embd / n_head
     # Llama 3.1's rope scaling (model.rope_scaling = llama3): (factor, low_freq_factor,
     # high_freq_factor, original positions); None: plain rope.
     rope_scaling: tuple | None = None
@@ -106,11 +107,19 @@ class Dims:
         return self.n_kv_head or self.n_head
 
     @property
+    def hd(self) -> int:
+        return self.head_dim or self.n_embd // self.n_head
+
+    @property
+    def attn_width(self) -> int:  # q's rows in c_attn, attn.c_proj's columns
+        return self.n_head * self.hd
+
+    @property
     def gpt2(self) -> bool:
         return (self.position, self.norm, self.bias, self.mlp, self.tied) == \
             ("learned", "layernorm", True, "gelu", True) and \
             self.mlp_hidden in (0, 4 * self.n_embd) and self.kv == self.n_head and \
-            not self.qk_norm and not self.qkv_bias
+            not self.qk_norm and not self.qkv_bias and not self.head_dim
 
     @property
     def padded_vocab_size(self) -> int:  # DESIGN.md §3 at tp = 1
@@ -120,7 +129,7 @@ class Dims:
         for k in ("n_layer", "n_head", "n_embd", "seq_len", "vocab_size"):
             if getattr(self, k) <= 0:
                 raise ConvertError(f"{where}: {k} = {getattr(self, k)}, must be positive")
-        if self.n_embd % self.n_head:
+        if self.n_embd % self.n_head and not self.head_dim:
             raise ConvertError(f"{where}: n_embd {self.n_embd} is not a multiple of n_head "
                                f"{self.n_head}")
         if self.kv < 0 or self.n_head % self.kv:
@@ -135,6 +144,8 @@ class Dims:
              "padded_vocab_size": self.padded_vocab_size}
         if self.norm_eps != 1e-5:  # model.norm_eps (absent: 1e-5)
             a["norm_eps"] = float(self.norm_eps)
+        if self.head_dim:  # model.head_dim (absent: n_embd / n_head)
+            a["head_dim"] = int(self.head_dim)
         if not self.gpt2:
             a.update(position=self.position, norm=self.norm, bias=int(self.bias), mlp=self.mlp,
                      mlp_hidden=self.mlp_hidden or 4 * self.n_embd,
@@ -153,6 +164,8 @@ class Dims:
                 "seq_len": self.seq_len, "vocab_size": self.vocab_size}
         if self.norm_eps != 1e-5:
             keys["norm_eps"] = repr(float(self.norm_eps))
+        if self.head_dim:
+            keys["head_dim"] = self.head_dim
         if not self.gpt2:
             keys.update(position=self.position, norm=self.norm,
                         bias="true" if self.bias else "false", mlp=self.mlp,
@@ -321,12 +334,12 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                 return cfg[k]
         return default
 
-    if cfg.get("model_type", "gpt2") in ("llama", "mistral", "qwen2"):
+    if cfg.get("model_type", "gpt2") in ("llama", "mistral", "qwen2", "qwen3"):
         return llama_config_dims(cfg, where, seq_len)
     if cfg.get("model_type", "gpt2") != "gpt2":
         raise ConvertError(f"{where}: model_type is {cfg.get('model_type')!r}; triad imports "
-                           f"GPT-2 ('gpt2'), Llama ('llama'), Mistral ('mistral') and Qwen2 "
-                           f"('qwen2') models")
+                           f"GPT-2 ('gpt2'), Llama ('llama'), Mistral ('mistral'), Qwen2 "
+                           f"('qwen2') and Qwen3 ('qwen3') models")
     try:
         n_layer, n_head, n_embd = int(get("n_layer")), int(get("n_head")), int(get("n_embd"))
         n_pos, vocab = int(get("n_positions", "n_ctx")), int(get("vocab_size"))
@@ -382,6 +395,7 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     if not (0 < eps <= 0.1):
         refusals.append(f"rms_norm_eps {eps} (triad's model.norm_eps is in (0, 0.1])")
     qwen2 = cfg.get("model_type") == "qwen2"
+    qwen3 = cfg.get("model_type") == "qwen3"
     if cfg.get("hidden_act", "silu") != "silu":
         refusals.append(f"hidden_act {cfg.get('hidden_act')!r} (SwiGLU uses silu)")
     scaling = None
@@ -401,12 +415,15 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     for key in ("attention_bias", "mlp_bias"):
         if cfg.get(key):
             refusals.append(f"{key} = true (triad's Llama has no biases)")
-    if cfg.get("head_dim") not in (None, n_embd // max(n_head, 1)):
-        refusals.append(f"head_dim {cfg['head_dim']} (triad's is hidden_size / heads)")
+    head_dim = int(cfg.get("head_dim") or 0)
+    if head_dim == n_embd // max(n_head, 1) and n_embd % max(n_head, 1) == 0:
+        head_dim = 0  # the default width: model.head_dim stays unset
+    if head_dim < 0 or head_dim > 4096:
+        refusals.append(f"head_dim {cfg['head_dim']} (triad's model.head_dim is in [0, 4096])")
     if int(cfg.get("pretraining_tp", 1) or 1) != 1:
         refusals.append(f"pretraining_tp {cfg['pretraining_tp']}")
     window = cfg.get("sliding_window") if cfg.get("model_type") == "mistral" or \
-        (qwen2 and cfg.get("use_sliding_window")) else None
+        ((qwen2 or qwen3) and cfg.get("use_sliding_window")) else None
     if window is not None and int(window) < (seq_len or n_pos):
         refusals.append(f"sliding_window {window}, shorter than the context of {seq_len or n_pos} "
                         f"(triad attends to the whole context: import with --seq-len {window})")
@@ -414,7 +431,7 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab, position="rope", rope_theta=theta,
              norm="rmsnorm", bias=False, mlp="swiglu", mlp_hidden=hidden,
              tied=bool(cfg.get("tie_word_embeddings", False)), n_kv_head=kv, rope_scaling=scaling,
-             qkv_bias=qwen2, norm_eps=eps)
+             qkv_bias=qwen2, norm_eps=eps, head_dim=head_dim, qk_norm=qwen3)
     d.check(where)
     return d
 
@@ -430,6 +447,8 @@ def llama_sources(d: Dims) -> dict[str, list[str]]:
             **({p + "attn/c_attn/bias": [h + f"self_attn.{x}_proj.bias" for x in "qkv"]}
                if d.qkv_bias else {}),
             p + "attn/c_proj/weight": [h + "self_attn.o_proj.weight"],
+            **({p + "attn/q_norm/weight": [h + "self_attn.q_norm.weight"],
+                p + "attn/k_norm/weight": [h + "self_attn.k_norm.weight"]} if d.qk_norm else {}),
             p + "ln_2/weight": [h + "post_attention_layernorm.weight"],
             p + "mlp/c_fc/weight": [h + "mlp.gate_proj.weight", h + "mlp.up_proj.weight"],
             p + "mlp/c_proj/weight": [h + "mlp.down_proj.weight"],
@@ -443,8 +462,8 @@ def llama_part_rows(d: Dims, t: str, rows: int) -> list[int]:
     """The rows of each HF tensor (llama_sources) stacked into triad's tensor t of `rows` rows:
     c_attn's q (C), k and v (n_kv_head heads each), c_fc's gate and up."""
     if t.endswith(("attn/c_attn/weight", "attn/c_attn/bias")):
-        kv_rows = d.kv * (d.n_embd // d.n_head)
-        return [d.n_embd, kv_rows, kv_rows]
+        kv_rows = d.kv * d.hd
+        return [d.attn_width, kv_rows, kv_rows]
     if t.endswith("mlp/c_fc/weight"):
         return [rows // 2, rows // 2]
     return [rows]
@@ -460,14 +479,14 @@ def llama_query_order(d: Dims, t: str, a: np.ndarray, to_hf: bool = False) -> np
     if d.kv == d.n_head or not t.endswith(("attn/c_attn/weight", "attn/c_attn/bias",
                                            "attn/c_proj/weight")):
         return a  # one key/value head per query head: the orders agree
-    nh, hd, g = d.n_head, d.n_embd // d.n_head, d.n_head // d.kv
+    nh, hd, g = d.n_head, d.hd, d.n_head // d.kv
     h = np.arange(nh)
     order = (h % d.kv) * g + h // d.kv  # triad's head h is HF's head order[h]
     if to_hf:
         order = np.argsort(order)  # HF's head h' is triad's head order[h']
     if t.endswith(("c_attn/weight", "c_attn/bias")):  # q: the first C rows, head-major
-        q = a[:d.n_embd].reshape(nh, hd, -1)[order].reshape(d.n_embd, *a.shape[1:])
-        return np.concatenate([q, a[d.n_embd:]])
+        q = a[:d.attn_width].reshape(nh, hd, -1)[order].reshape(d.attn_width, *a.shape[1:])
+        return np.concatenate([q, a[d.attn_width:]])
     return a.reshape(a.shape[0], nh, hd)[:, order].reshape(a.shape)  # o_proj's input columns
 
 
@@ -511,7 +530,7 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
         for name in st.entries:
             where[name] = st
     if d.mlp == "swiglu":
-        kind = "Qwen2" if d.qkv_bias else "Llama"
+        kind = "Qwen2" if d.qkv_bias else "Qwen3" if d.qk_norm else "Llama"
         return d, llama_tensors(d, where, directory), f"Hugging Face {kind} model {directory}"
 
     # HF names as stored (with or without the `transformer.` prefix) -> triad's.
@@ -784,14 +803,18 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
     if not rep.ok:
         raise ConvertError(rep.headline())
     a = rep.model_attrs
-    if a.get("qk_norm", 0) == 1:  # before the other options: no format below holds it
+    llama = (a.get("position"), a.get("norm"), int(a.get("bias", 1)), a.get("mlp")) == \
+        ("rope", "rmsnorm", 0, "swiglu")
+    if a.get("qk_norm", 0) == 1 and not llama:  # Qwen3's blocks hold it; no other format
         raise ConvertError(f"{path}: the model normalizes each attention head's q and k "
-                           f"(model.qk_norm = true, tensors attn/q_norm and attn/k_norm); "
-                           f"Hugging Face's GPT-2 and Llama and llm.c's format have no such "
-                           f"weights, so it is not exported")
-    if (a.get("position"), a.get("norm"), int(a.get("bias", 1)), a.get("mlp")) == \
-            ("rope", "rmsnorm", 0, "swiglu"):
+                           f"(model.qk_norm = true, tensors attn/q_norm and attn/k_norm) in "
+                           f"blocks other than Llama's; only Hugging Face's Qwen3 (Llama's "
+                           f"blocks) holds such weights, so it is not exported")
+    if llama:
         return open_triad_llama(path, a)
+    if int(a.get("head_dim", 0)):
+        raise ConvertError(f"{path}: the model's heads are {a['head_dim']} wide "
+                           f"(model.head_dim); GPT-2's formats hold n_embd / n_head only")
     if a.get("position", "learned") != "learned":
         raise ConvertError(f"{path}: the model uses {a['position']} positions (model.position); "
                            f"GPT-2's Hugging Face and llm.c formats hold learned positions (wpe) "
@@ -846,7 +869,8 @@ def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
              n_kv_head=int(a.get("n_kv_head", a["n_head"])),
              rope_scaling=tuple(float(a[k]) for k in ROPE_SCALING_ATTRS[:3]) +
              (int(a[ROPE_SCALING_ATTRS[3]]),) if a.get("rope_scaling") == "llama3" else None,
-             qkv_bias=int(a.get("qkv_bias", 0)) == 1, norm_eps=float(a.get("norm_eps", 1e-5)))
+             qkv_bias=int(a.get("qkv_bias", 0)) == 1, norm_eps=float(a.get("norm_eps", 1e-5)),
+             head_dim=int(a.get("head_dim", 0)), qk_norm=int(a.get("qk_norm", 0)) == 1)
 
     def tensors():
         import h5py
@@ -862,7 +886,8 @@ def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
 
 def llama_hf_config(d: Dims) -> dict:
     """config.json for transformers' LlamaForCausalLM computing what triad computes, or
-    Qwen2ForCausalLM's for a model with c_attn's bias alone (model.qkv_bias)."""
+    Qwen2ForCausalLM's for a model with c_attn's bias alone (model.qkv_bias), or
+    Qwen3ForCausalLM's for one with QK-norm (model.qk_norm)."""
     cfg = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "num_hidden_layers": d.n_layer, "num_attention_heads": d.n_head,
@@ -875,6 +900,16 @@ def llama_hf_config(d: Dims) -> dict:
         "attention_dropout": 0.0, "tie_word_embeddings": d.tied, "initializer_range": 0.02,
         "torch_dtype": "float32",
     }
+    if d.head_dim:
+        cfg["head_dim"] = d.head_dim
+    if d.qk_norm:
+        if d.rope_scaling is not None or d.qkv_bias:
+            raise ConvertError("a model with model.qk_norm exports as Qwen3, whose transformers "
+                               "model has neither llama3 rope scaling nor a c_attn bias")
+        for k in ("mlp_bias",):
+            del cfg[k]
+        cfg.update(architectures=["Qwen3ForCausalLM"], model_type="qwen3", head_dim=d.hd,
+                   use_sliding_window=False, sliding_window=None, max_window_layers=d.n_layer)
     if d.qkv_bias:
         if d.rope_scaling is not None:
             raise ConvertError("a model with model.qkv_bias exports as Qwen2, whose "

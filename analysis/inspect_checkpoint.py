@@ -73,8 +73,10 @@ def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
     L, C, T, V = (int(a[k]) for k in ("n_layer", "n_embd", "seq_len", "padded_vocab_size"))
     H = int(a["n_head"])
     # c_attn: q (C rows), then k and v with n_kv_head heads of C / n_head rows (absent: n_head)
-    W = C + 2 * int(a.get("n_kv_head", H)) * (C // H) if H > 0 else 3 * C
-    hd = C // H if H > 0 else 0
+    # model.head_dim (absent or 0: C / n_head) sets the heads' width, q's is n_head · head_dim
+    hd = int(a.get("head_dim", 0)) or (C // H if H > 0 else 0)
+    A = H * hd if H > 0 else C
+    W = A + 2 * int(a.get("n_kv_head", H)) * hd if H > 0 else 3 * C
     qk = a.get("qk_norm", 0) == 1  # model.qk_norm (absent: a file from before it, 0)
     s = {"wte/weight": (V, C), "ln_f/weight": (C,), "ln_f/bias": (C,)}
     if a.get("position", "learned") != "rope":
@@ -88,7 +90,7 @@ def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
         if qk:  # per-head RMSNorm weights of q and k, after c_attn in checkpoint order
             s.update({p + "attn/q_norm/weight": (hd,), p + "attn/k_norm/weight": (hd,)})
         s.update({
-            p + "attn/c_proj/weight": (C, C), p + "attn/c_proj/bias": (C,),
+            p + "attn/c_proj/weight": (C, A), p + "attn/c_proj/bias": (C,),
             p + "ln_2/weight": (C,), p + "ln_2/bias": (C,),
             p + "mlp/c_fc/weight": (4 * C, C), p + "mlp/c_fc/bias": (4 * C,),
             p + "mlp/c_proj/weight": (C, 4 * C), p + "mlp/c_proj/bias": (C,),

@@ -659,6 +659,12 @@ CheckpointState read_state(hid_t file) {
   TRIAD_CHECK(!(s.model.qkv_bias && s.model.bias),
               "attributes bias and qkv_bias of /model are both 1 (qkv_bias goes with bias 0)");
   s.model.norm_eps = io::read_double_attr(model, "norm_eps").value_or(1e-5);
+  s.model.head_dim = io::read_int64_attr(model, "head_dim").value_or(0);
+  TRIAD_CHECK(
+      s.model.head_dim >= 0 && s.model.head_dim <= 4096 &&
+          (s.model.head_dim > 0 || s.model.n_embd % std::max<int64_t>(1, s.model.n_head) == 0),
+      "attribute head_dim of /model is ", s.model.head_dim,
+      ", not in [0, 4096] (0 needs n_head to divide n_embd)");
   TRIAD_CHECK(std::isfinite(s.model.norm_eps) && s.model.norm_eps > 0 && s.model.norm_eps <= 0.1,
               "attribute norm_eps of /model is ", s.model.norm_eps, ", not in (0, 0.1]");
   s.model.mlp = io::read_string_attr(model, "mlp").value_or("gelu");
@@ -999,6 +1005,8 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
           io::write_int64_attr(model, "qk_norm", state.model.qk_norm ? 1 : 0);
           io::write_int64_attr(model, "qkv_bias", state.model.qkv_bias ? 1 : 0);
           io::write_double_attr(model, "norm_eps", state.model.norm_eps);
+          if (state.model.head_dim > 0)  // 0: n_embd / n_head
+            io::write_int64_attr(model, "head_dim", state.model.head_dim);
           if (state.model.n_kv_head > 0)  // 0: not given (n_head)
             io::write_int64_attr(model, "n_kv_head", state.model.n_kv_head);
         }

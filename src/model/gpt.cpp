@@ -31,8 +31,8 @@ std::vector<LayerTensor> all_layer_tensors(const GptShape& shape) {
   // in NH/NKV blocks, then k, then v; 3 blocks without grouped-query attention): each rank holds
   // the same NKV/tp heads of every block, so its query heads h are those whose key/value heads
   // h % NKV it holds. attn.c_proj's input columns (one head's hd each) follow its query heads:
-  // NH/NKV blocks (1 without grouped-query attention).
-  const int64_t W = shape.qkv_rows(), hd = C / shape.n_head;
+  // NH/NKV blocks (1 without grouped-query attention). A = NH·hd (C unless model.head_dim).
+  const int64_t W = shape.qkv_rows(), hd = shape.hd(), A = shape.attn_width();
   const int q_blocks = shape.n_head / shape.kv_heads();
   return {{"ln_1/weight", {C}, -1, 1},
           {"ln_1/bias", {C}, -1, 1},
@@ -40,7 +40,7 @@ std::vector<LayerTensor> all_layer_tensors(const GptShape& shape) {
           {"attn/c_attn/bias", {W}, 0, q_blocks + 2},
           {"attn/q_norm/weight", {hd}, -1, 1},  // model.qk_norm: shared by the heads
           {"attn/k_norm/weight", {hd}, -1, 1},
-          {"attn/c_proj/weight", {C, C}, 1, q_blocks},  // row-parallel: input columns
+          {"attn/c_proj/weight", {C, A}, 1, q_blocks},  // row-parallel: input columns
           {"attn/c_proj/bias", {C}, -1, 1},             // added once, after the all-reduce
           {"ln_2/weight", {C}, -1, 1},
           {"ln_2/bias", {C}, -1, 1},
@@ -227,7 +227,7 @@ double rope_frequency(const GptShape& shape, int i, int hd) {
 }  // namespace
 
 std::vector<float> rope_table(const GptShape& shape) {
-  const int hd = shape.n_embd / shape.n_head, half = hd / 2;
+  const int hd = shape.hd(), half = hd / 2;
   std::vector<float> t(size_t(shape.seq_len) * size_t(hd));
   for (int p = 0; p < shape.seq_len; ++p)
     for (int i = 0; i < half; ++i) {
@@ -241,7 +241,7 @@ std::vector<float> rope_table(const GptShape& shape) {
 namespace {
 // Floats of the rope table a model of this shape keeps on its backend (0 without rope).
 size_t rope_table_floats(const GptShape& shape) {
-  return shape.rope ? size_t(shape.seq_len) * size_t(shape.n_embd / shape.n_head) : 0;
+  return shape.rope ? size_t(shape.seq_len) * size_t(shape.hd()) : 0;
 }
 }  // namespace
 
@@ -276,7 +276,7 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
       inference_(options.inference),
       logits_rows_(logits_chunk_rows(options, max_batch, shape)) {
   TRIAD_ASSERT(shards >= 1);
-  TRIAD_ASSERT(shape.n_embd % shape.n_head == 0 && max_batch >= 1);
+  TRIAD_ASSERT((shape.head_dim > 0 || shape.n_embd % shape.n_head == 0) && max_batch >= 1);
   TRIAD_ASSERT(shape.padded_vocab_size >= shape.vocab_size);
   TRIAD_ASSERT(mp.tp >= 1 && shape.n_head % mp.tp == 0 && shape.padded_vocab_size % mp.tp == 0);
   TRIAD_CHECK(shape.kv_heads() >= 1 && shape.n_head % shape.kv_heads() == 0, "the model's ",
@@ -286,9 +286,8 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
               " key/value heads do not split over tp = ", mp.tp);
   TRIAD_CHECK(shape.hidden() % mp.tp == 0, "the MLP's ", shape.hidden(),
               " hidden units do not split over tp = ", mp.tp);
-  TRIAD_CHECK(!shape.rope || (shape.n_embd / shape.n_head) % 2 == 0,
-              "rotary positions need an even head dimension (n_embd / n_head = ",
-              shape.n_embd / shape.n_head, ")");
+  TRIAD_CHECK(!shape.rope || shape.hd() % 2 == 0,
+              "rotary positions need an even head dimension (got ", shape.hd(), ")");
   TRIAD_ASSERT(mp.pp >= 1 && mp.virtual_stages >= 1);
   TRIAD_ASSERT(mp.stage_layers.empty()
                    ? shape.n_layer % mp.chunks() == 0
@@ -444,7 +443,7 @@ int64_t Gpt::num_parameters(const GptShape& shape) {
 
 double Gpt::flops_per_token(const GptShape& shape) {
   return 6.0 * double(num_parameters(shape)) +
-         6.0 * shape.n_layer * double(shape.n_embd) * double(shape.seq_len);
+         6.0 * shape.n_layer * double(shape.attn_width()) * double(shape.seq_len);
 }
 
 // Rounded up to a multiple of 8 rows, so that every chunk's rows start 16-byte aligned for the
@@ -467,10 +466,11 @@ double Gpt::recompute_flops_per_token(const GptShape& shape, const ModelParallel
 }
 
 double Gpt::layer_recompute_flops_per_token(const GptShape& shape) {
-  // c_attn, attn.c_proj and c_fc forward (2·(W + C + F)·C per token, W = c_attn's outputs: 3C
-  // for GPT-2, F = c_fc's: 4C for GPT-2), attention forward (2·C·T as in the model's 6·C·T).
-  const double C = shape.n_embd;
-  return 2.0 * (double(shape.qkv_rows()) + C + shape.fc_rows()) * C + 2.0 * C * shape.seq_len;
+  // c_attn, attn.c_proj and c_fc forward (2·(W + A + F)·C per token, W = c_attn's outputs: 3C
+  // for GPT-2, A = the attention's width: C for GPT-2, F = c_fc's: 4C for GPT-2), attention
+  // forward (2·A·T as in the model's 6·A·T).
+  const double C = shape.n_embd, A = shape.attn_width();
+  return 2.0 * (double(shape.qkv_rows()) + A + shape.fc_rows()) * C + 2.0 * A * shape.seq_len;
 }
 
 void Gpt::init(uint64_t seed) {

@@ -100,8 +100,9 @@ struct Gpt::Activations {
     const size_t BT = size_t(B) * s.seq_len, C = s.n_embd;
     const bool sp = mp.split_rows();
     const size_t R = sp ? BT / size_t(mp.tp) : BT;  // rows of the residual stream here
-    const size_t Cl = C / size_t(mp.tp), Vl = size_t(s.padded_vocab_size) / size_t(mp.tp);
-    const size_t Wl = size_t(s.qkv_rows()) / size_t(mp.tp);  // q|k|v (3·Cl without GQA)
+    const size_t Vl = size_t(s.padded_vocab_size) / size_t(mp.tp);
+    const size_t Wl = size_t(s.qkv_rows()) / size_t(mp.tp);    // q|k|v (3·Cl without GQA)
+    const size_t Al = size_t(s.attn_width()) / size_t(mp.tp);  // attention output (Cl)
     // The MLP's widths on this rank: c_fc's outputs (the pre-activation, Fl) and the hidden
     // activation c_proj reads (Hl): 4C/tp both for GPT-2, 2·H/tp and H/tp for SwiGLU.
     const size_t Fl = size_t(s.fc_rows()) / size_t(mp.tp), Hl = size_t(s.hidden()) / size_t(mp.tp);
@@ -126,7 +127,7 @@ struct Gpt::Activations {
         want_f(L.qk_rstd, BT * size_t(s.n_head + s.kv_heads()) / size_t(mp.tp));
       }
       if (!inference) want_f(L.att, att);  // inference attends without (attention_decode)
-      want(L.atty, BT * Cl);
+      want(L.atty, BT * Al);
       want(L.residual2, R * C);
       if (!sp) want(L.ln2, R * C);
       if (means) want_f(L.ln2_mean, R);
@@ -178,7 +179,7 @@ struct Gpt::Activations {
     if (!inference) want(dresidual, R * C);
     if (!inference && mp.rank_layers(s.n_layer) > 0) {  // the layers' backward scratch
       want(dln, BT * C);
-      want(datty, BT * Cl);
+      want(datty, BT * Al);
       if (!split_backward) want(dqkv, BT * Wl);  // else each layer's own
       if (kFp32) want_f(datt_scratch, att);
       if (!split_backward) want(dfch, BT * Fl);

@@ -124,11 +124,11 @@ void Gpt::layernorm_backward(A* dinp, float* dw, float* db, const A* dout, const
 template <class A>
 void Gpt::qk_norm_backward(A* dqkv, float* dwq, float* dwk, const A* qkv_pre, const A* wq,
                            const A* wk, const float* rstd, int N) {
-  const int Cl = shape_.n_embd / mp_.tp, NHl = shape_.n_head / mp_.tp;
-  const int NKVl = shape_.kv_heads() / mp_.tp, hd = shape_.n_embd / shape_.n_head;
+  const int Al = shape_.attn_width() / mp_.tp, NHl = shape_.n_head / mp_.tp;
+  const int NKVl = shape_.kv_heads() / mp_.tp, hd = shape_.hd();
   constexpr GradMode kSet = GradMode::overwrite;
   auto backward = [&](float* gq, float* gk) {
-    be_.qk_norm_backward(dqkv, gq, gk, dqkv, qkv_pre, wq, wk, rstd, N, Cl, NHl, NKVl, kSet);
+    be_.qk_norm_backward(dqkv, gq, gk, dqkv, qkv_pre, wq, wk, rstd, N, Al, NHl, NKVl, kSet);
   };
   if (mp_.tp == 1)
     backward(dwq, dwk);
@@ -166,13 +166,13 @@ void Gpt::mlp_activation(A* act, const A* pre, int N) {
 template <class A>
 void Gpt::rotate(A* qkv, int N, int T, int pos0, bool inverse) {
   if (!shape_.rope) return;
-  be_.rope(qkv, rope_table_, N, T, pos0, shape_.n_embd / mp_.tp, shape_.n_head / mp_.tp,
+  be_.rope(qkv, rope_table_, N, T, pos0, shape_.attn_width() / mp_.tp, shape_.n_head / mp_.tp,
            shape_.kv_heads() / mp_.tp, inverse);
 }
 
 template <class A>
 void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
-  const int C = shape_.n_embd, Cl = C / mp_.tp, NHl = shape_.n_head / mp_.tp;
+  const int C = shape_.n_embd, Al = shape_.attn_width() / mp_.tp, NHl = shape_.n_head / mp_.tp;
   const int NKVl = shape_.kv_heads() / mp_.tp, Wl = shape_.qkv_rows() / mp_.tp;
   const int N = B * T, n = local_rows(N);
   auto& L = S.layers[size_t(i)];
@@ -186,7 +186,7 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   auto project = [&](A* dst) {
     be_.matmul_forward(shape_.qk_norm ? L.qkv_pre : dst, ln1, w.qkvw, w.qkvb, N, C, Wl);
     if (shape_.qk_norm)
-      be_.qk_norm_forward(dst, L.qk_rstd, L.qkv_pre, w.qnw, w.knw, N, Cl, NHl, NKVl,
+      be_.qk_norm_forward(dst, L.qk_rstd, L.qkv_pre, w.qnw, w.knw, N, Al, NHl, NKVl,
                           shape_.norm_eps);
   };
   if (!decoding_) {
@@ -195,9 +195,9 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
     // A model for inference keeps nothing for a backward pass: not even the probabilities (fp32)
     // or the log-sum-exp (bf16) the training attention saves.
     if (inference_)
-      be_.attention_decode(L.atty, L.qkv, B, T, 0, T, Cl, NHl, NKVl);
+      be_.attention_decode(L.atty, L.qkv, B, T, 0, T, Al, NHl, NKVl);
     else
-      be_.attention_forward(L.atty, L.att, L.qkv, B, T, Cl, NHl, NKVl);
+      be_.attention_forward(L.atty, L.att, L.qkv, B, T, Al, NHl, NKVl);
   } else {
     // Decoding: sequence b keeps its q|k|v in rows b·seq_len + t of L.qkv (the cache); the new
     // rows go after the kept ones, straight from the product for one sequence, through a scratch
@@ -215,9 +215,9 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
         be_.copy(words(L.qkv + (size_t(b) * S_len + pos0) * row),
                  words(fresh + size_t(b) * T * row), word_count<A>(size_t(T) * row));
     }
-    be_.attention_decode(L.atty, L.qkv, B, S_len, pos0, T, Cl, NHl, NKVl);
+    be_.attention_decode(L.atty, L.qkv, B, S_len, pos0, T, Al, NHl, NKVl);
   }
-  be_.matmul_forward(attproj, L.atty, w.projw, projb, N, Cl, C);
+  be_.matmul_forward(attproj, L.atty, w.projw, projb, N, Al, C);
   reduce_rows(attproj, L.attproj, N);
   be_.residual_layernorm_forward(L.residual2, L.ln2, L.ln2_mean, L.ln2_rstd, x, L.attproj, w.ln2w,
                                  w.ln2b, n, C, shape_.norm_eps);
@@ -378,7 +378,7 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
 
 template <class A>
 void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
-  const int C = shape_.n_embd, Cl = C / mp_.tp, NHl = shape_.n_head / mp_.tp;
+  const int C = shape_.n_embd, Al = shape_.attn_width() / mp_.tp, NHl = shape_.n_head / mp_.tp;
   const int NKVl = shape_.kv_heads() / mp_.tp, Wl = shape_.qkv_rows() / mp_.tp;
   const int N = B * T, n = local_rows(N);
   auto& a = acts<A>();
@@ -445,13 +445,13 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
                        L.ln2_rstd, n);
     // Attention branch: residual2 = x + c_proj(attn(c_attn(ln_1(x)))).
     dres = split ? keep_rows(a.dresidual, L.dproj, N) : gather_rows(a.dresidual, a.full, N);
-    be_.matmul_backward(a.datty, wgrad(gr.projw), wgrad(gr.projb), dres, L.atty, w.projw, N, Cl, C,
+    be_.matmul_backward(a.datty, wgrad(gr.projw), wgrad(gr.projb), dres, L.atty, w.projw, N, Al, C,
                         kSet);
     if constexpr (std::is_same_v<A, float>)
-      be_.attention_backward(dqkv, a.datt_scratch, a.datty, L.qkv, L.att, B, T, Cl, NHl, NKVl,
+      be_.attention_backward(dqkv, a.datt_scratch, a.datty, L.qkv, L.att, B, T, Al, NHl, NKVl,
                              kSet);
     else  // flash style: probabilities recomputed from qkv and the saved log-sum-exp
-      be_.attention_backward(dqkv, a.datty, L.qkv, L.atty, L.att, B, T, Cl, NHl, NKVl, kSet);
+      be_.attention_backward(dqkv, a.datty, L.qkv, L.atty, L.att, B, T, Al, NHl, NKVl, kSet);
     rotate(dqkv, N, T, 0, true);  // the gradient of the normalized q|k|v, before the rotation
     if (shape_.qk_norm)           // ... and of c_attn's output, before the norm
       qk_norm_backward(dqkv, gr.qnw, gr.knw, L.qkv_pre, w.qnw, w.knw, L.qk_rstd, N);
@@ -486,7 +486,8 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
 template <class A>
 void Gpt::weight_chunk(int chunk, Set<A>& S, int B, int T) {
   TRIAD_ASSERT(split_backward_);
-  const int C = shape_.n_embd, Cl = C / mp_.tp, N = B * T, Wl = shape_.qkv_rows() / mp_.tp;
+  const int C = shape_.n_embd, Al = shape_.attn_width() / mp_.tp, N = B * T;
+  const int Wl = shape_.qkv_rows() / mp_.tp;
   const int g = mp_.global_chunk(chunk), per_chunk = mp_.chunk_layers(g, shape_.n_layer);
   const int first_layer = mp_.first_layer(g, shape_.n_layer);
   for (int i = per_chunk - 1; i >= 0; --i) {
@@ -500,7 +501,7 @@ void Gpt::weight_chunk(int chunk, Set<A>& S, int B, int T) {
     be_.matmul_backward(nullptr, gr.fcprojw, gr.fcprojb, L.dfcproj, L.fch_gelu, w.fcprojw, N, Hl,
                         C);
     be_.matmul_backward(nullptr, gr.fcw, gr.fcb, L.dfch, L.ln2g, w.fcw, N, C, Fl);
-    be_.matmul_backward(nullptr, gr.projw, gr.projb, L.dproj, L.atty, w.projw, N, Cl, C);
+    be_.matmul_backward(nullptr, gr.projw, gr.projb, L.dproj, L.atty, w.projw, N, Al, C);
     be_.matmul_backward(nullptr, gr.qkvw, gr.qkvb, L.dqkv, L.ln1g, w.qkvw, N, C, Wl);
   }
 }

@@ -29,7 +29,8 @@ class KeyTable {
   explicit KeyTable(Config& c)
       : desc_("Config keys (INI [section] key = value, or --section.key value)") {
     add("model.n_layer", c.model.n_layer, "transformer layers");
-    add("model.n_head", c.model.n_head, "attention heads (must divide n_embd)");
+    add("model.n_head", c.model.n_head,
+        "attention heads (must divide n_embd unless model.head_dim is given)");
     add("model.n_kv_head", c.model.n_kv_head,
         "key/value heads (0: n_head; fewer, dividing n_head: grouped-query attention)");
     add("model.n_embd", c.model.n_embd, "model width C");
@@ -61,6 +62,9 @@ class KeyTable {
         "per-head RMSNorm of q and k after c_attn, with weights q_norm and k_norm (as Qwen3)");
     add("model.bias", c.model.bias,
         "biases in the linear layers and LayerNorms (false: none, as nanoGPT's bias = False)");
+    add("model.head_dim", c.model.head_dim,
+        "each attention head's width (0: n_embd / n_head; another makes the attention n_head · "
+        "head_dim wide, as Qwen3's 128 at n_embd 1024 and 16 heads)");
     add("model.qkv_bias", c.model.qkv_bias,
         "with model.bias = false: c_attn keeps its bias, the q, k and v projections' (as Qwen2)");
     add("model.norm_eps", c.model.norm_eps,
@@ -265,12 +269,14 @@ std::vector<int> stage_layers(const Config& cfg) {
   // nearest the end (the first stages keep the most micro-batches in flight under 1F1B); k
   // minimizes the busiest stage, the largest such k on a tie.
   const double C = cfg.model.n_embd, T = cfg.model.seq_len;
-  // 6 FLOPs per weight: (c_attn's outputs + C)·C in attention (4C² without grouped-query
-  // attention), (c_fc's outputs + hidden units)·C in the MLP (72·C² in all for GPT-2).
+  // 6 FLOPs per weight: (c_attn's outputs + A)·C in attention (4C² without grouped-query
+  // attention; A = the attention's width, C unless model.head_dim), (c_fc's outputs + hidden
+  // units)·C in the MLP (72·C² in all for GPT-2).
   const GptShape shape = gpt_shape(cfg);
+  const double A = shape.attn_width();
   const double mlp = double(shape.fc_rows() + shape.hidden()) * C;
-  const double attn = double(shape.qkv_rows() + shape.n_embd) * C;
-  const double layer = 6 * (attn + mlp) + 6 * C * T, head = 6.0 * cfg.padded_vocab_size() * C;
+  const double attn = double(shape.qkv_rows() + A) * C;
+  const double layer = 6 * (attn + mlp) + 6 * A * T, head = 6.0 * cfg.padded_vocab_size() * C;
   const Recomputation recompute = activation_options(cfg).recompute;
   const double rerun = recompute.mode == Recompute::full
                            ? Gpt::layer_recompute_flops_per_token(gpt_shape(cfg))
@@ -453,7 +459,9 @@ void validate(const Config& c, int world_size) {
   check(m.n_layer >= 1, "model.n_layer", "must be >= 1 (got " + std::to_string(m.n_layer) + ")");
   check(m.n_head >= 1, "model.n_head", "must be >= 1 (got " + std::to_string(m.n_head) + ")");
   check(m.n_embd >= 1, "model.n_embd", "must be >= 1 (got " + std::to_string(m.n_embd) + ")");
-  check(m.n_embd % m.n_head == 0, "model.n_head",
+  check(m.head_dim >= 0 && m.head_dim <= 4096, "model.head_dim",
+        "must be in [0, 4096] (0: n_embd / n_head; got " + std::to_string(m.head_dim) + ")");
+  check(m.head_dim > 0 || m.n_embd % m.n_head == 0, "model.n_head",
         "(" + std::to_string(m.n_head) + ") must divide model.n_embd (" + std::to_string(m.n_embd) +
             ")");
   check(m.n_kv_head >= 0, "model.n_kv_head",
@@ -480,9 +488,9 @@ void validate(const Config& c, int world_size) {
   check(m.mlp_hidden >= 0, "model.mlp_hidden",
         "must be >= 0 (0: the default width; got " + std::to_string(m.mlp_hidden) + ")");
   if (m.position == "rope") {
-    check(m.n_embd / m.n_head % 2 == 0, "model.position",
-          "rope needs an even head dimension (model.n_embd / model.n_head = " +
-              std::to_string(m.n_embd / m.n_head) + ")");
+    check(m.hd() % 2 == 0, "model.position",
+          "rope needs an even head dimension (model.head_dim, or n_embd / n_head: " +
+              std::to_string(m.hd()) + ")");
     check(std::isfinite(m.rope_theta) && m.rope_theta > 1, "model.rope_theta",
           "must be a finite number > 1");
     check(m.rope_scaling == "none" || m.rope_scaling == "llama3", "model.rope_scaling",

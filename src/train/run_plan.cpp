@@ -25,7 +25,7 @@ double stage_flops_per_token(const std::vector<ParamSpec>& specs, const GptShape
     if (s.name == "wte/weight" && (!mp.last_stage() || !shape.tied)) continue;
     weights += double(s.numel);
   }
-  return 6.0 * weights + 6.0 * layers * double(shape.n_embd / mp.tp) * double(shape.seq_len);
+  return 6.0 * weights + 6.0 * layers * double(shape.attn_width() / mp.tp) * double(shape.seq_len);
 }
 
 // 2 FLOPs per weight of the layers' linear layers per token: their weight gradients.
@@ -58,6 +58,7 @@ GptShape gpt_shape(const Config& cfg) {
   s.rmsnorm = m.norm == "rmsnorm";
   s.bias = m.bias;
   s.qkv_bias = m.qkv_bias;
+  s.head_dim = m.head_dim;
   s.norm_eps = float(m.norm_eps);
   s.swiglu = m.mlp == "swiglu";
   s.mlp_hidden = cfg.mlp_hidden_size();

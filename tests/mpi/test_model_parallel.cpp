@@ -398,6 +398,22 @@ TEST(ModelParallel, Qwen2BlocksMatchOneRankOnEveryGrid) {
   EXPECT_GT(std::abs(plain.losses.back() - ref.losses.back()), 1e-6);
 }
 
+// Heads wider than n_embd / n_head (model.head_dim, Qwen3's shape: q and the attention output
+// n_head·head_dim wide, attn.c_proj's input columns split by those heads), with QK-norm and
+// grouped-query attention, on the grids against one rank, recomputing, in bf16 and resumed.
+TEST(ModelParallel, WideHeadsMatchOneRankOnEveryGrid) {
+  const std::vector<std::string> opts = {
+      "--model.head_dim", "24",   "--model.qk_norm", "true",    "--model.n_kv_head", "2",
+      "--model.position", "rope", "--model.norm",    "rmsnorm", "--model.mlp",       "swiglu",
+      "--model.bias",     "false"};
+  check_variant("headdim", opts,
+                {{2, 1, 1, 1, 2, "1f1b", 1},
+                 {1, 2, 1, 0, 1, "1f1b", 1},
+                 {1, 2, 2, 0, 2, "1f1b", 1, true},
+                 {2, 2, 2, 1, 2, "interleaved", 2}},
+                {"full"}, true, Grid{1, 2, 1, 0, 2, "1f1b", 1});
+}
+
 // QK-norm (model.qk_norm): q_norm and k_norm are replicated over the tensor-parallel group
 // while each rank normalizes its own heads, so their gradients are all-reduced there; with
 // grouped-query attention and Llama's blocks, on every grid against one rank, recomputing the

@@ -295,6 +295,92 @@ def test_qwen2_imports_and_evaluates_as_transformers(imported, tmp_path):
     assert tuned.config.rms_norm_eps == 1e-6
 
 
+def test_llama_with_wider_heads_imports_and_evaluates_as_transformers(imported, tmp_path):
+    """LlamaForCausalLM with head_dim 24 at hidden_size 64 and 4 heads (q 96 wide, o_proj
+    [64, 96]; Qwen3's shape of attention), grouped-query attention: triad's loss and accuracy are
+    transformers'; fine-tuned, exported and re-imported as the Llama tests."""
+    d, _, cfg = imported
+    model = llama_model(num_attention_heads=4, num_key_value_heads=2, head_dim=24)
+    assert model.model.layers[0].self_attn.q_proj.weight.shape == (96, 64)
+    model.save_pretrained(tmp_path / "llama", safe_serialization=True)
+    out = tmp_path / "llama.h5"
+    p = tool("triad-convert", "import", tmp_path / "llama", out, "--seq-len", SEQ)
+    assert p.returncode == 0, p.stderr
+    with h5py.File(out, "r") as f:
+        assert int(f["model"].attrs["head_dim"]) == 24
+        assert f["model/h/0/attn/c_attn/weight"].shape == (96 + 2 * 2 * 24, 64)
+        assert f["model/h/0/attn/c_proj/weight"].shape == (64, 96)
+    args = [*LLAMA_ARGS, "--model.n_kv_head", "2", "--model.head_dim", "24"]
+    want_loss, want_acc = hf_loss_accuracy(model, d)
+    p = train("--config", cfg, "--eval-only", "--init-from", out, *args, check=True)
+    loss = float(p.stdout.split("val loss")[1].split()[0])
+    acc = float(p.stdout.split("val accuracy")[1].split()[0])
+    assert abs(loss - want_loss) <= 1e-5 * want_loss, (loss, want_loss)
+    assert abs(acc - want_acc) <= 1.5 / (EVAL_SEQUENCES * SEQ), (acc, want_acc)
+    p = train("--config", cfg, "--eval-only", "--init-from", out, *args[:-2])
+    assert_clean_error(p, "heads 24 wide", "model.head_dim = 0")
+    finetune_export_and_reimport(d, cfg, out, args, "llama-hd24", tmp_path, model)
+
+
+def test_qwen3_imports_and_evaluates_as_its_definition(imported, tmp_path):
+    """A Qwen3 model (model_type qwen3: Llama's blocks with head_dim 24 at hidden_size 64 and
+    per-head RMSNorms q_norm, k_norm on q and k before the rotation, epsilon 1e-6, tied
+    embeddings) written in Qwen3ForCausalLM's tensor names. transformers 4.46 predates Qwen3, so
+    the reference is its LlamaForCausalLM with forward hooks on q_proj and k_proj that apply
+    Qwen3's q_norm and k_norm to each head (what Qwen3Attention does before the rotation): triad's
+    loss of the import is that model's; export writes Qwen3's config and tensors back, bit for
+    bit."""
+    from safetensors.torch import load_file, save_file
+    d, _, cfg = imported
+    hd, eps = 24, 1e-6
+    model = llama_model(num_attention_heads=4, num_key_value_heads=2, head_dim=hd,
+                        rms_norm_eps=eps, rope_theta=1e6, tie_word_embeddings=True)
+    torch.manual_seed(13)
+    norms = {}
+    for i, layer in enumerate(model.model.layers):
+        for name in ("q_norm", "k_norm"):
+            w = 1 + 0.3 * torch.randn(hd)
+            norms[f"model.layers.{i}.self_attn.{name}.weight"] = w
+
+            def hook(module, inputs, out, w=w):
+                x = out.reshape(*out.shape[:-1], -1, hd)
+                x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w.to(x.dtype)
+                return x.reshape(out.shape)
+
+            getattr(layer.self_attn, name[0] + "_proj").register_forward_hook(hook)
+    src = tmp_path / "qwen3"
+    model.save_pretrained(src, safe_serialization=True)
+    tensors = {**load_file(src / "model.safetensors"), **norms}
+    tensors.pop("lm_head.weight", None)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, src / "model.safetensors")
+    config = json.loads((src / "config.json").read_text())
+    config.update(model_type="qwen3", architectures=["Qwen3ForCausalLM"], use_sliding_window=False)
+    (src / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "qwen3.h5"
+    p = tool("triad-convert", "import", src, out, "--seq-len", SEQ)
+    assert p.returncode == 0, p.stderr
+    assert "Hugging Face Qwen3 model" in p.stdout
+    with h5py.File(out, "r") as f:
+        a = f["model"].attrs
+        assert (int(a["qk_norm"]), int(a["head_dim"]), a["norm_eps"]) == (1, hd, eps)
+    want_loss, want_acc = hf_loss_accuracy(model, d)
+    p = train("--config", cfg, "--eval-only", "--init-from", out, "--model-from", out, check=True)
+    loss = float(p.stdout.split("val loss")[1].split()[0])
+    acc = float(p.stdout.split("val accuracy")[1].split()[0])
+    assert abs(loss - want_loss) <= 1e-5 * want_loss, (loss, want_loss)
+    assert abs(acc - want_acc) <= 1.5 / (EVAL_SEQUENCES * SEQ), (acc, want_acc)
+    back = tmp_path / "back"
+    p = tool("triad-convert", "export", out, back, "--to", "hf", "--vocab", "none")
+    assert p.returncode == 0, p.stderr
+    exported = json.loads((back / "config.json").read_text())
+    assert (exported["model_type"], exported["head_dim"], exported["rms_norm_eps"]) == \
+        ("qwen3", hd, eps)
+    again = load_file(back / "model.safetensors")
+    assert sorted(again) == sorted(tensors)
+    for k, v in tensors.items():
+        assert torch.equal(again[k], v.float()), k
+
+
 def test_llama_vocabulary_above_65536_trains_on_uint32_shards(tmp_path):
     """A Llama with Llama 3's kind of vocabulary (70,000 ids here): imported, evaluated by triad on
     llm.c's uint32 token shards, and its loss is transformers' on the same ids."""
@@ -508,8 +594,9 @@ def test_gpt2_blocks_with_grouped_query_attention(tmp_path):
 
 def test_qk_norm_checkpoints_are_checked_and_not_exported(tmp_path):
     """model.qk_norm (files the reference writes): triad-ckpt expects q_norm and k_norm [hd] in
-    each layer after the attribute; no export format holds them, so GPT-2's blocks and Llama's
-    architecture with QK-norm are both refused, naming model.qk_norm, and nothing is written."""
+    each layer after the attribute; GPT-2's blocks with QK-norm are refused by every export,
+    naming model.qk_norm, and nothing is written; Llama's blocks with it export as Qwen3 (and not
+    to llm.c's GPT-2 format)."""
     for name, cfg in (("gpt2", ref.GptConfig(n_layer=2, n_head=4, n_embd=32, seq_len=16,
                                              vocab_size=300, qk_norm=True)),
                       ("llama", ref.GptConfig(n_layer=2, n_head=4, n_embd=32, seq_len=16,
@@ -524,8 +611,14 @@ def test_qk_norm_checkpoints_are_checked_and_not_exported(tmp_path):
             line = next(x for x in p.stdout.splitlines() if f"/model/h/1/attn/{t}/weight" in x)
             assert "[8]" in line, line
         for to in ("hf", "llmc"):
-            assert_clean_failure(tool("triad-convert", "export", ckpt, tmp_path / f"out-{to}",
-                                      "--to", to), f"{name}.h5", "model.qk_norm")
+            p = tool("triad-convert", "export", ckpt, tmp_path / f"out-{to}", "--to", to)
+            if name == "llama" and to == "hf":
+                assert p.returncode == 0, p.stderr
+                config = json.loads((tmp_path / "out-hf" / "config.json").read_text())
+                assert config["model_type"] == "qwen3"
+                continue
+            assert_clean_failure(p, f"{name}.h5",
+                                 "holds GPT-2 only" if name == "llama" else "model.qk_norm")
             assert not (tmp_path / f"out-{to}").exists()
             assert not list(tmp_path.glob(f".out-{to}*"))
         # The attribute decides the layout: without it the two tensors are unexpected.

@@ -148,6 +148,12 @@ CASES = [
                                 position="rope", rope_theta=500.0, norm="rmsnorm", bias=False,
                                 mlp="swiglu", tied=False, n_kv_head=2, qkv_bias=True,
                                 norm_eps=1e-6), 2, 40, 6, 71),
+    # Heads wider than n_embd / n_head (model.head_dim, as Qwen3: q is 4·24 = 96 wide at n_embd
+    # 64, c_proj [64, 96]), with QK-norm over the 24 values of a head and grouped-query attention.
+    Case("headdim", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
+                                  position="rope", rope_theta=500.0, norm="rmsnorm", bias=False,
+                                  mlp="swiglu", tied=False, n_kv_head=2, qk_norm=True,
+                                  attn_head_dim=24), 2, 40, 6, 73),
 ]
 
 
@@ -158,7 +164,7 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                       vocab_size=c.vocab_size, position=c.position, rope_theta=c.rope_theta,
                       norm=c.norm, bias=c.bias, mlp=c.mlp, mlp_hidden=c.mlp_hidden,
                       tie_embeddings=c.tied, n_kv_head=c.n_kv_head, qk_norm=c.qk_norm,
-                      qkv_bias=c.qkv_bias, norm_eps=c.norm_eps,
+                      qkv_bias=c.qkv_bias, norm_eps=c.norm_eps, head_dim=c.attn_head_dim,
                       **({} if c.rope_scaling is None else dict(
                           rope_scaling="llama3", rope_scaling_factor=c.rope_scaling[0],
                           rope_low_freq_factor=c.rope_scaling[1],
@@ -606,4 +612,4 @@ def test_layer_norms_match_torch(tmp_root, tmp_path):
 # Chosen from the printed norms so that clipping triggers in some steps but not all.
 GRAD_CLIP = {"gpt2vocab": 1.0, "oddshapes": 1.0, "rope": 1.0, "rmsnorm": 1.2, "nobias": 1.0,
              "swiglu": 1.1, "llama": 1.7, "gqa": 1.7, "mqa": 1.0, "bigvocab": 1.0,
-             "qknorm": 1.15, "ropescaling": 1.0, "qwen2": 1.8}
+             "qknorm": 1.15, "ropescaling": 1.0, "qwen2": 1.8, "headdim": 1.8}

@@ -48,7 +48,8 @@ def block(params: Dict[str, torch.Tensor], cfg: ref.GptConfig, i: int, x: torch.
     nh, kv, hd = cfg.n_head, cfg.kv_heads, cfg.head_dim
     h = ref.norm(params, cfg, p + "ln_1", x)
     q, k, v = ref.linear(h, params[p + "attn/c_attn/weight"],
-                         params.get(p + "attn/c_attn/bias")).split([C, kv * hd, kv * hd], dim=-1)
+                         params.get(p + "attn/c_attn/bias")).split([nh * hd, kv * hd, kv * hd],
+                                                                   dim=-1)
     q = q.reshape(B, T, nh, hd).transpose(1, 2)  # [B, nh, T, hd]
     k, v = (t.reshape(B, T, kv, hd).transpose(1, 2) for t in (k, v))  # [B, kv, T, hd]
     past = cache[i][0].shape[2] if cache is not None and len(cache) > i else 0
@@ -71,7 +72,7 @@ def block(params: Dict[str, torch.Tensor], cfg: ref.GptConfig, i: int, x: torch.
     # Row r (position past + r) sees keys 0 .. past + r.
     mask = torch.ones(T, past + T, dtype=torch.bool).tril(diagonal=past)
     att = torch.softmax(att.masked_fill(~mask, float("-inf")), dim=-1)
-    y = torch.matmul(att, v).transpose(1, 2).reshape(B, T, C)
+    y = torch.matmul(att, v).transpose(1, 2).reshape(B, T, nh * hd)
     x = x + ref.linear(y, params[p + "attn/c_proj/weight"], params.get(p + "attn/c_proj/bias"))
     h = ref.norm(params, cfg, p + "ln_2", x)
     return x + ref.mlp(params, cfg, p, h)

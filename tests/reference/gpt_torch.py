@@ -67,6 +67,7 @@ class GptConfig:
     qk_norm: bool = False  # True: RMSNorm of each q and k head (q_norm, k_norm [hd]) after c_attn
     qkv_bias: bool = False  # with bias False: c_attn keeps its bias (model.qkv_bias, as Qwen2)
     norm_eps: float = 1e-5  # the normalizations' epsilon (model.norm_eps)
+    attn_head_dim: int = 0  # model.head_dim: each head's width (0: n_embd / n_head)
 
     @property
     def hidden(self) -> int:
@@ -81,8 +82,15 @@ class GptConfig:
 
     @property
     def head_dim(self) -> int:
+        if self.attn_head_dim:
+            return self.attn_head_dim
         assert self.n_embd % self.n_head == 0
         return self.n_embd // self.n_head
+
+    @property
+    def attn_width(self) -> int:
+        """q's width and the attention output's: n_head · head_dim (C unless model.head_dim)."""
+        return self.n_head * self.head_dim
 
     @property
     def kv_heads(self) -> int:
@@ -92,8 +100,8 @@ class GptConfig:
 
     @property
     def qkv_width(self) -> int:
-        """c_attn's rows: q (C), then k and v of kv_heads heads each."""
-        return self.n_embd + 2 * self.kv_heads * self.head_dim
+        """c_attn's rows: q (attn_width), then k and v of kv_heads heads each."""
+        return self.attn_width + 2 * self.kv_heads * self.head_dim
 
 
 def param_shapes(cfg: GptConfig) -> Dict[str, tuple]:
@@ -113,7 +121,7 @@ def param_shapes(cfg: GptConfig) -> Dict[str, tuple]:
         if cfg.qk_norm:
             shapes[p + "attn/q_norm/weight"] = (cfg.head_dim,)
             shapes[p + "attn/k_norm/weight"] = (cfg.head_dim,)
-        shapes[p + "attn/c_proj/weight"] = (C, C)
+        shapes[p + "attn/c_proj/weight"] = (C, cfg.attn_width)
         shapes[p + "attn/c_proj/bias"] = (C,)
         shapes[p + "ln_2/weight"] = (C,)
         if not rms:
@@ -230,16 +238,16 @@ def attention(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_head: int,
               rope_theta: Optional[float] = None, n_kv_head: int = 0,
               q_norm: Optional[torch.Tensor] = None,
               k_norm: Optional[torch.Tensor] = None, rope_scaling=None,
-              eps: float = LN_EPS) -> torch.Tensor:
+              eps: float = LN_EPS, head_dim: int = 0) -> torch.Tensor:
     """Causal self-attention on x [B, T, C]: c_attn rows are q | k | v, each head-major, k and v
     with n_kv_head heads (0: n_head); q_norm, k_norm [hd] (model.qk_norm): each q head and each
     k head RMSNormed with these weights, shared by the heads, before the rotation; rope_theta:
     q and k rotated (rotary positions)."""
     B, T, C = x.shape
-    hd = C // n_head
+    hd = head_dim or C // n_head  # model.head_dim: q is n_head·hd wide, not C
     kv = n_kv_head or n_head
-    qkv = linear(x, w, b)  # [B, T, C + 2·kv·hd]
-    q, k, v = qkv.split([C, kv * hd, kv * hd], dim=-1)
+    qkv = linear(x, w, b)  # [B, T, n_head·hd + 2·kv·hd]
+    q, k, v = qkv.split([n_head * hd, kv * hd, kv * hd], dim=-1)
     # [B, T, heads·hd] -> [B, heads, T, hd]; head j = columns j*hd .. (j+1)*hd of its block
     q = q.reshape(B, T, n_head, hd).transpose(1, 2)
     k = k.reshape(B, T, kv, hd).transpose(1, 2)
@@ -258,7 +266,7 @@ def attention(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_head: int,
     e = torch.exp(att)
     att = e / e.sum(dim=-1, keepdim=True)
     y = torch.matmul(att, v)  # [B, nh, T, hd]
-    return y.transpose(1, 2).reshape(B, T, C)
+    return y.transpose(1, 2).reshape(B, T, n_head * hd)
 
 
 def head(params: Dict[str, torch.Tensor], cfg: GptConfig) -> torch.Tensor:
@@ -299,7 +307,8 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor) 
         qn, kn = qk_norm_weights(params, cfg, p)
         x = x + linear(attention(h, params[p + "attn/c_attn/weight"],
                                  params.get(p + "attn/c_attn/bias"), cfg.n_head, rope,
-                                 cfg.kv_heads, qn, kn, cfg.rope_scaling, cfg.norm_eps),
+                                 cfg.kv_heads, qn, kn, cfg.rope_scaling, cfg.norm_eps,
+                                 cfg.head_dim),
                        params[p + "attn/c_proj/weight"], params.get(p + "attn/c_proj/bias"))
         h = norm(params, cfg, p + "ln_2", x)
         x = x + mlp(params, cfg, p, h)
@@ -323,7 +332,8 @@ def forward_fast(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Ten
     hd = C // nh
     assert cfg.position == "learned" and cfg.norm == "layernorm" and cfg.bias and \
         cfg.mlp == "gelu" and cfg.hidden == 4 * cfg.n_embd and cfg.tied and \
-        cfg.kv_heads == cfg.n_head and not cfg.qk_norm and cfg.norm_eps == LN_EPS, \
+        cfg.kv_heads == cfg.n_head and not cfg.qk_norm and cfg.norm_eps == LN_EPS and \
+        not cfg.attn_head_dim, \
         "forward_fast is GPT-2's model"
     mask = torch.ones(T, T, dtype=torch.bool).tril()
     x = F.embedding(idx, params["wte/weight"]) + params["wpe/weight"][:T]
@@ -626,6 +636,8 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
         m.attrs.create("qk_norm", i64(1 if cfg.qk_norm else 0), dtype="<i8")
         m.attrs.create("qkv_bias", i64(1 if cfg.qkv_bias else 0), dtype="<i8")
         m.attrs.create("norm_eps", np.float64(cfg.norm_eps), dtype="<f8")
+        if cfg.attn_head_dim:
+            m.attrs.create("head_dim", i64(cfg.attn_head_dim), dtype="<i8")
         groups = {"model": weights}
         for slot, tensors in (optimizer or {}).items():
             groups["optimizer/" + slot] = tensors
@@ -660,6 +672,7 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                         qk_norm=int(a["qk_norm"]) == 1 if "qk_norm" in a else False,
                         qkv_bias=int(a["qkv_bias"]) == 1 if "qkv_bias" in a else False,
                         norm_eps=float(a["norm_eps"]) if "norm_eps" in a else LN_EPS,
+                        attn_head_dim=int(a["head_dim"]) if "head_dim" in a else 0,
                         rope_scaling=(float(a["rope_scaling_factor"]),
                                       float(a["rope_low_freq_factor"]),
                                       float(a["rope_high_freq_factor"]),

@@ -80,6 +80,9 @@ struct ModelShape {
   bool qkv_bias = false;
   // Attribute norm_eps (double, the normalizations' epsilon; absent in older files: 1e-5).
   double norm_eps = 1e-5;
+  // Attribute head_dim (int64, each head's width; absent or 0: n_embd / n_head; written when
+  // > 0).
+  int64_t head_dim = 0;
   // Attributes mlp ("gelu" | "swiglu"; absent in older files: gelu) and mlp_hidden (int64, the
   // hidden units; absent: 4·n_embd; written when > 0).
   std::string mlp = "gelu";

@@ -57,8 +57,14 @@ struct GptShape {
   // q head's hd values normalized and scaled by attn/q_norm/weight [hd], each k head's by
   // attn/k_norm/weight (as Qwen3 and Gemma 3; Backend::qk_norm_forward).
   bool qk_norm = false;
+  // Each head's width (model.head_dim): 0 = n_embd / n_head (GPT-2, Llama); another (Qwen3's
+  // 128 at n_embd 1024 and 16 heads) makes the attention attn_width() = n_head·head_dim wide:
+  // c_attn [attn_width + 2·kv_heads·head_dim, C] and attn.c_proj [C, attn_width].
+  int head_dim = 0;
   int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
-  int qkv_rows() const { return qkv_width(n_embd, n_head, kv_heads()); }  // c_attn's output width
+  int hd() const { return head_dim > 0 ? head_dim : n_embd / n_head; }
+  int attn_width() const { return n_head * hd(); }  // q's width, and the attention output's
+  int qkv_rows() const { return qkv_width(attn_width(), n_head, kv_heads()); }  // c_attn's rows
   int hidden() const {
     if (mlp_hidden > 0) return mlp_hidden;
     return swiglu ? (8 * n_embd + 3 * 64 - 1) / (3 * 64) * 64 : 4 * n_embd;
