@@ -276,7 +276,8 @@ def _check(rep: Report) -> None:
     V, Vp = int(ma["vocab_size"]), int(ma["padded_vocab_size"])
     if Vp < V:
         P.append(f"padded_vocab_size {Vp} < vocab_size {V}")
-    if int(ma["n_head"]) <= 0 or int(ma["n_embd"]) % int(ma["n_head"]) != 0:
+    if int(ma["n_head"]) <= 0 or (int(ma["n_embd"]) % int(ma["n_head"]) != 0
+                                  and not ma.get("head_dim", 0)):
         P.append(f"n_embd {ma['n_embd']} is not a multiple of n_head {ma['n_head']}")
     position = ma.get("position", "learned")  # absent: a file from before rotary positions
     if position not in ("learned", "rope"):
@@ -291,6 +292,9 @@ def _check(rep: Report) -> None:
             P.append(f"/model attribute {flag} = {ma[flag]!r}, expected 0 or 1")
     if not (isinstance(ma.get("mlp_hidden", 1), int) and ma.get("mlp_hidden", 1) >= 1):
         P.append(f"/model attribute mlp_hidden = {ma['mlp_hidden']!r}, not a positive count")
+    head_dim = ma.get("head_dim", 0)  # absent: n_embd / n_head
+    if not (isinstance(head_dim, int) and 0 <= head_dim <= 4096):
+        P.append(f"/model attribute head_dim = {head_dim!r}, not a width in [0, 4096]")
     kv = ma.get("n_kv_head", ma["n_head"])  # absent: a file from before grouped-query attention
     if not (isinstance(kv, int) and kv >= 1 and int(ma["n_head"]) % kv == 0):
         P.append(f"/model attribute n_kv_head = {kv!r}, not a positive divisor of n_head "

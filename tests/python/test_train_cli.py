@@ -92,6 +92,20 @@ def test_llama_model_config_plans_its_parameters(tmp_path):
     assert 162_100_000 < floats - 2 * (50304 - V) * C < 162_200_000
 
 
+def test_qwen3_model_config_plans_its_parameters(tmp_path):
+    """inputs/models/qwen3-0.6b.ini: --plan counts Qwen3-0.6B's tensors with heads of 128 at
+    n_embd 1024 (c_attn [2048 + 2·8·128, 1024], attn.c_proj [1024, 2048]), QK-norm weights and the
+    tied 151,936-row embedding: 596,049,920 parameters, of which 0.44B outside the embedding, as
+    Qwen publishes ("0.6B; non-embedding 0.44B")."""
+    p = train("--config", REPO / "inputs/models/qwen3-0.6b.ini", "--run.backend", "cuda",
+              "--data.train", str(tmp_path / "none_*.bin"), "--run.dir", str(tmp_path / "runs"),
+              "--train.batch_size", "8", "--train.micro_batch_size", "8", "--plan", check=True)
+    row = next(l.split() for l in p.stdout.splitlines() if l.split()[:2] == ["0", "28"])
+    floats = int(row[2])
+    assert floats == 596_049_920, p.stdout
+    assert 440_000_000 < floats - 151_936 * 1024 < 440_500_000
+
+
 def test_plan_prints_each_stage_without_data_or_peers(tmp_path):
     # A grid of 16 ranks planned by one process; the data globs name no files, and no run
     # directory is made.
