@@ -76,6 +76,10 @@ ROPE_SCALING_ATTRS = ("rope_scaling_factor", "rope_low_freq_factor", "rope_high_
                       "rope_original_positions")
 ROPE_SCALING_HF = ("factor", "low_freq_factor", "high_freq_factor",
                    "original_max_position_embeddings")
+# YaRN's (model.rope_scaling = yarn): attributes and Hugging Face's keys, in the same order.
+YARN_ATTRS = ("rope_scaling_factor", "rope_yarn_beta_fast", "rope_yarn_beta_slow",
+              "rope_original_positions")
+YARN_HF = ("factor", "beta_fast", "beta_slow", "original_max_position_embeddings")
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,9 @@ class Dims:
     # Llama 3.1's rope scaling (model.rope_scaling = llama3): (factor, low_freq_factor,
     # high_freq_factor, original positions); None: plain rope.
     rope_scaling: tuple | None = None
+    # YaRN's instead (model.rope_scaling = yarn): (factor, beta_fast, beta_slow, original
+    # positions).
+    yarn: tuple | None = None
 
     @property
     def kv(self) -> int:
@@ -156,6 +163,9 @@ class Dims:
             if self.rope_scaling is not None:
                 a["rope_scaling"] = "llama3"
                 a.update(zip(ROPE_SCALING_ATTRS, self.rope_scaling))
+            if self.yarn is not None:
+                a["rope_scaling"] = "yarn"
+                a.update(zip(YARN_ATTRS, self.yarn))
         return a
 
     def config_lines(self) -> str:
@@ -176,6 +186,9 @@ class Dims:
             if self.rope_scaling is not None:
                 keys["rope_scaling"] = "llama3"
                 keys.update(zip(ROPE_SCALING_ATTRS, self.rope_scaling))
+            if self.yarn is not None:
+                keys["rope_scaling"] = "yarn"
+                keys.update(zip(YARN_ATTRS, self.yarn))
             if self.qk_norm:
                 keys["qk_norm"] = "true"
             if self.qkv_bias:
@@ -398,20 +411,28 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     qwen3 = cfg.get("model_type") == "qwen3"
     if cfg.get("hidden_act", "silu") != "silu":
         refusals.append(f"hidden_act {cfg.get('hidden_act')!r} (SwiGLU uses silu)")
-    scaling = None
+    scaling = yarn = None
     if cfg.get("rope_scaling"):
         r = cfg["rope_scaling"]
         kind = r.get("rope_type", r.get("type")) if isinstance(r, dict) else None
         try:
+            if kind == "yarn":
+                yarn = yarn_scaling(r, n_pos)
+                n_pos = int(n_pos * yarn[0])  # the context YaRN stretches the model to
+                raise StopIteration
             if kind != "llama3":
                 raise ValueError
             scaling = tuple(float(r[k]) for k in ROPE_SCALING_HF[:3]) + (
                 int(r[ROPE_SCALING_HF[3]]),)
             if not (scaling[0] >= 1 and 0 < scaling[1] < scaling[2] and scaling[3] >= 1):
                 raise ValueError
-        except (KeyError, TypeError, ValueError):
-            refusals.append(f"rope_scaling {r} (triad builds plain rope and Llama 3.1's 'llama3' "
-                            f"scaling, with factor >= 1, 0 < low_freq_factor < high_freq_factor)")
+        except StopIteration:
+            pass
+        except (KeyError, TypeError, ValueError) as e:
+            refusals.append(f"rope_scaling {r} (triad builds plain rope, Llama 3.1's 'llama3' "
+                            f"scaling, with factor >= 1, 0 < low_freq_factor < high_freq_factor, "
+                            f"and 'yarn' with factor >= 1, beta_fast > beta_slow > 0"
+                            f"{'; ' + str(e) if str(e) else ''})")
     for key in ("attention_bias", "mlp_bias"):
         if cfg.get(key):
             refusals.append(f"{key} = true (triad's Llama has no biases)")
@@ -431,9 +452,31 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab, position="rope", rope_theta=theta,
              norm="rmsnorm", bias=False, mlp="swiglu", mlp_hidden=hidden,
              tied=bool(cfg.get("tie_word_embeddings", False)), n_kv_head=kv, rope_scaling=scaling,
+             yarn=yarn,
              qkv_bias=qwen2, norm_eps=eps, head_dim=head_dim, qk_norm=qwen3)
     d.check(where)
     return d
+
+
+def yarn_scaling(r: dict, n_pos: int) -> tuple:
+    """(factor, beta_fast, beta_slow, original positions) of a Hugging Face YaRN rope_scaling.
+    transformers' versions differ on which positions set YaRN's ramp (max_position_embeddings,
+    or original_max_position_embeddings when given), so a config where the two differ is
+    refused; so are the mscale variants."""
+    for k in ("mscale", "mscale_all_dim"):
+        if r.get(k):
+            raise ValueError(f"{k} is not built")
+    factor = float(r["factor"])
+    original = int(r.get("original_max_position_embeddings") or n_pos)
+    if original != n_pos:
+        raise ValueError(f"original_max_position_embeddings {original} differs from "
+                         f"max_position_embeddings {n_pos}")
+    fast, slow = float(r.get("beta_fast") or 32), float(r.get("beta_slow") or 1)
+    if r.get("attention_factor") not in (None, 0.1 * math.log(factor) + 1 if factor > 1 else 1):
+        raise ValueError("an attention_factor other than 0.1·ln(factor) + 1 is not built")
+    if not (factor >= 1 and fast > slow > 0 and original >= 1):
+        raise ValueError("")
+    return factor, fast, slow, original
 
 
 def llama_sources(d: Dims) -> dict[str, list[str]]:
@@ -869,6 +912,8 @@ def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
              n_kv_head=int(a.get("n_kv_head", a["n_head"])),
              rope_scaling=tuple(float(a[k]) for k in ROPE_SCALING_ATTRS[:3]) +
              (int(a[ROPE_SCALING_ATTRS[3]]),) if a.get("rope_scaling") == "llama3" else None,
+             yarn=tuple(float(a[k]) for k in YARN_ATTRS[:3]) + (int(a[YARN_ATTRS[3]]),)
+             if a.get("rope_scaling") == "yarn" else None,
              qkv_bias=int(a.get("qkv_bias", 0)) == 1, norm_eps=float(a.get("norm_eps", 1e-5)),
              head_dim=int(a.get("head_dim", 0)), qk_norm=int(a.get("qk_norm", 0)) == 1)
 
@@ -902,6 +947,9 @@ def llama_hf_config(d: Dims) -> dict:
     }
     if d.head_dim:
         cfg["head_dim"] = d.head_dim
+    if d.yarn is not None:  # HF's convention: the original context, stretched by the factor
+        cfg["rope_scaling"] = {"rope_type": "yarn", **dict(zip(YARN_HF, d.yarn))}
+        cfg["max_position_embeddings"] = d.yarn[3]
     if d.qk_norm:
         if d.rope_scaling is not None or d.qkv_bias:
             raise ConvertError("a model with model.qk_norm exports as Qwen3, whose transformers "

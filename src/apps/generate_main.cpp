@@ -163,6 +163,12 @@ int main(int argc, char** argv) {
       shape.rope_low_freq = m.rope_low_freq_factor;
       shape.rope_high_freq = m.rope_high_freq_factor;
       shape.rope_original_positions = int(m.rope_original_positions);
+    } else if (m.rope_scaling == "yarn") {
+      shape.yarn = true;
+      shape.rope_factor = m.rope_scaling_factor;
+      shape.rope_beta_fast = m.rope_yarn_beta_fast;
+      shape.rope_beta_slow = m.rope_yarn_beta_slow;
+      shape.rope_original_positions = int(m.rope_original_positions);
     }
     shape.rmsnorm = m.norm == "rmsnorm";
     shape.bias = m.bias;

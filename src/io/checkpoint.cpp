@@ -622,9 +622,27 @@ CheckpointState read_state(hid_t file) {
                 theta ? "not a finite number > 1" : "missing (position is rope)");
     s.model.rope_theta = *theta;
     s.model.rope_scaling = io::read_string_attr(model, "rope_scaling").value_or("none");
-    TRIAD_CHECK(s.model.rope_scaling == "none" || s.model.rope_scaling == "llama3",
+    TRIAD_CHECK(s.model.rope_scaling == "none" || s.model.rope_scaling == "llama3" ||
+                    s.model.rope_scaling == "yarn",
                 "attribute rope_scaling of /model is '", s.model.rope_scaling,
-                "', not none or llama3");
+                "', not none, llama3 or yarn");
+    if (s.model.rope_scaling == "yarn") {
+      auto positive = [&](const char* name) {
+        const std::optional<double> v = io::read_double_attr(model, name);
+        TRIAD_CHECK(v.has_value() && std::isfinite(*v) && *v > 0, "attribute ", name,
+                    " of /model is ",
+                    v ? "not a finite number > 0" : "missing (rope_scaling is yarn)");
+        return *v;
+      };
+      s.model.rope_scaling_factor = positive("rope_scaling_factor");
+      s.model.rope_yarn_beta_fast = positive("rope_yarn_beta_fast");
+      s.model.rope_yarn_beta_slow = positive("rope_yarn_beta_slow");
+      s.model.rope_original_positions = require_int64(model, "/model", "rope_original_positions");
+      TRIAD_CHECK(s.model.rope_original_positions >= 1 &&
+                      s.model.rope_yarn_beta_fast > s.model.rope_yarn_beta_slow,
+                  "attributes rope_original_positions and rope_yarn_beta_* of /model are "
+                  "inconsistent (need >= 1 positions and fast > slow)");
+    }
     if (s.model.rope_scaling == "llama3") {
       auto positive = [&](const char* name) {
         const std::optional<double> v = io::read_double_attr(model, name);
@@ -987,6 +1005,14 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
           io::write_string_attr(model, "position", state.model.position);
           if (state.model.position == "rope")
             io::write_double_attr(model, "rope_theta", state.model.rope_theta);
+          if (state.model.rope_scaling == "yarn") {
+            io::write_string_attr(model, "rope_scaling", state.model.rope_scaling);
+            io::write_double_attr(model, "rope_scaling_factor", state.model.rope_scaling_factor);
+            io::write_double_attr(model, "rope_yarn_beta_fast", state.model.rope_yarn_beta_fast);
+            io::write_double_attr(model, "rope_yarn_beta_slow", state.model.rope_yarn_beta_slow);
+            io::write_int64_attr(model, "rope_original_positions",
+                                 state.model.rope_original_positions);
+          }
           if (state.model.rope_scaling == "llama3") {
             io::write_string_attr(model, "rope_scaling", state.model.rope_scaling);
             io::write_double_attr(model, "rope_scaling_factor", state.model.rope_scaling_factor);

@@ -215,6 +215,19 @@ namespace {
 // where λ > L/low, and between them (1 − s)·f/factor + s·f with s = (L/λ − low)/(high − low).
 double rope_frequency(const GptShape& shape, int i, int hd) {
   const double f = std::pow(shape.rope_theta, -2.0 * i / hd);
+  if (shape.yarn) {
+    // The pair index at which a frequency turns r times in the original context; the pairs
+    // below floor(at(beta_fast)) keep f, those from ceil(at(beta_slow)) take f / factor.
+    auto at = [&](double r) {
+      return hd * std::log(shape.rope_original_positions / (r * 2 * std::numbers::pi)) /
+             (2 * std::log(shape.rope_theta));
+    };
+    double low = std::max(0.0, std::floor(at(shape.rope_beta_fast)));
+    double high = std::min(double(hd - 1), std::ceil(at(shape.rope_beta_slow)));
+    if (low == high) high += 0.001;
+    const double ramp = std::clamp((i - low) / (high - low), 0.0, 1.0);
+    return f / shape.rope_factor * ramp + f * (1 - ramp);
+  }
   if (shape.rope_factor == 1.0) return f;
   const double L = shape.rope_original_positions, wavelength = 2 * std::numbers::pi / f;
   if (wavelength < L / shape.rope_high_freq) return f;
@@ -228,12 +241,14 @@ double rope_frequency(const GptShape& shape, int i, int hd) {
 
 std::vector<float> rope_table(const GptShape& shape) {
   const int hd = shape.hd(), half = hd / 2;
+  // YaRN scales the rotated q and k (so the attention scores by its square) by this.
+  const double scale = shape.yarn ? 0.1 * std::log(shape.rope_factor) + 1.0 : 1.0;
   std::vector<float> t(size_t(shape.seq_len) * size_t(hd));
   for (int p = 0; p < shape.seq_len; ++p)
     for (int i = 0; i < half; ++i) {
       const double angle = p * rope_frequency(shape, i, hd);
-      t[size_t(p) * hd + i] = float(std::cos(angle));
-      t[size_t(p) * hd + half + i] = float(std::sin(angle));
+      t[size_t(p) * hd + i] = float(std::cos(angle) * scale);
+      t[size_t(p) * hd + half + i] = float(std::sin(angle) * scale);
     }
   return t;
 }

@@ -41,15 +41,21 @@ class KeyTable {
         "no wpe)");
     add("model.rope_theta", c.model.rope_theta, "rope: base of the rotation frequencies");
     add("model.rope_scaling", c.model.rope_scaling,
-        "rope: none | llama3 (Llama 3.1's scaling of the low frequencies, for long contexts)");
+        "rope: none | llama3 (Llama 3.1's scaling of the low frequencies, for long contexts) | "
+        "yarn (YaRN, as Qwen2.5 and Qwen3 for long contexts)");
     add("model.rope_scaling_factor", c.model.rope_scaling_factor,
-        "llama3: the low frequencies' divisor");
+        "llama3, yarn: the low frequencies' divisor");
+    add("model.rope_yarn_beta_fast", c.model.rope_yarn_beta_fast,
+        "yarn: frequencies turning more than this many times in rope_original_positions are "
+        "kept");
+    add("model.rope_yarn_beta_slow", c.model.rope_yarn_beta_slow,
+        "yarn: frequencies turning fewer than this many times are divided");
     add("model.rope_low_freq_factor", c.model.rope_low_freq_factor,
         "llama3: wavelengths above rope_original_positions / this are divided");
     add("model.rope_high_freq_factor", c.model.rope_high_freq_factor,
         "llama3: wavelengths below rope_original_positions / this are kept");
     add("model.rope_original_positions", c.model.rope_original_positions,
-        "llama3: the context length the frequencies were first trained for");
+        "llama3, yarn: the context length the frequencies were first trained for");
     add("model.norm", c.model.norm,
         "layernorm (GPT-2's, weight and bias) | rmsnorm (root mean square, weight only, as Llama)");
     add("model.mlp", c.model.mlp, "gelu (GPT-2's MLP) | swiglu (silu(gate)·up, as Llama)");
@@ -493,8 +499,17 @@ void validate(const Config& c, int world_size) {
               std::to_string(m.hd()) + ")");
     check(std::isfinite(m.rope_theta) && m.rope_theta > 1, "model.rope_theta",
           "must be a finite number > 1");
-    check(m.rope_scaling == "none" || m.rope_scaling == "llama3", "model.rope_scaling",
-          "must be none or llama3 (got '" + m.rope_scaling + "')");
+    check(m.rope_scaling == "none" || m.rope_scaling == "llama3" || m.rope_scaling == "yarn",
+          "model.rope_scaling", "must be none, llama3 or yarn (got '" + m.rope_scaling + "')");
+    if (m.rope_scaling == "yarn") {
+      check(std::isfinite(m.rope_scaling_factor) && m.rope_scaling_factor >= 1,
+            "model.rope_scaling_factor", "must be a finite number >= 1");
+      check(std::isfinite(m.rope_yarn_beta_slow) && m.rope_yarn_beta_slow > 0,
+            "model.rope_yarn_beta_slow", "must be a finite number > 0");
+      check(std::isfinite(m.rope_yarn_beta_fast) && m.rope_yarn_beta_fast > m.rope_yarn_beta_slow,
+            "model.rope_yarn_beta_fast", "must be a finite number > model.rope_yarn_beta_slow");
+      check(m.rope_original_positions >= 1, "model.rope_original_positions", "must be >= 1");
+    }
     if (m.rope_scaling == "llama3") {
       check(std::isfinite(m.rope_scaling_factor) && m.rope_scaling_factor >= 1,
             "model.rope_scaling_factor", "must be a finite number >= 1");

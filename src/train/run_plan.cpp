@@ -49,11 +49,14 @@ GptShape gpt_shape(const Config& cfg) {
   GptShape s{m.n_layer, m.n_head, m.n_embd, m.seq_len, m.vocab_size, cfg.padded_vocab_size()};
   s.rope = m.position == "rope";
   s.rope_theta = m.rope_theta;
-  if (m.rope_scaling == "llama3") {
+  if (m.rope_scaling == "llama3" || m.rope_scaling == "yarn") {
     s.rope_factor = m.rope_scaling_factor;
     s.rope_low_freq = m.rope_low_freq_factor;
     s.rope_high_freq = m.rope_high_freq_factor;
     s.rope_original_positions = m.rope_original_positions;
+    s.yarn = m.rope_scaling == "yarn";
+    s.rope_beta_fast = m.rope_yarn_beta_fast;
+    s.rope_beta_slow = m.rope_yarn_beta_slow;
   }
   s.rmsnorm = m.norm == "rmsnorm";
   s.bias = m.bias;

@@ -272,6 +272,12 @@ CheckpointState Trainer::State::checkpoint_state() const {
     st.model.rope_low_freq_factor = cfg.model.rope_low_freq_factor;
     st.model.rope_high_freq_factor = cfg.model.rope_high_freq_factor;
     st.model.rope_original_positions = cfg.model.rope_original_positions;
+  } else if (cfg.model.rope_scaling == "yarn") {
+    st.model.rope_scaling = "yarn";
+    st.model.rope_scaling_factor = cfg.model.rope_scaling_factor;
+    st.model.rope_yarn_beta_fast = cfg.model.rope_yarn_beta_fast;
+    st.model.rope_yarn_beta_slow = cfg.model.rope_yarn_beta_slow;
+    st.model.rope_original_positions = cfg.model.rope_original_positions;
   }
   st.model.norm = cfg.model.norm;
   st.model.bias = cfg.model.bias;
@@ -329,16 +335,20 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
          " but the config asks for model.position = ", describe(c.position, c.rope_theta));
   }
   // Scaled frequencies are other positions too.
-  const bool llama3 = c.rope_scaling == "llama3";
+  const bool llama3 = c.rope_scaling == "llama3", yarn = c.rope_scaling == "yarn";
   TRIAD_CHECK(m.rope_scaling == c.rope_scaling &&
                   (!llama3 || (m.rope_scaling_factor == c.rope_scaling_factor &&
                                m.rope_low_freq_factor == c.rope_low_freq_factor &&
                                m.rope_high_freq_factor == c.rope_high_freq_factor &&
-                               m.rope_original_positions == c.rope_original_positions)),
+                               m.rope_original_positions == c.rope_original_positions)) &&
+                  (!yarn || (m.rope_scaling_factor == c.rope_scaling_factor &&
+                             m.rope_yarn_beta_fast == c.rope_yarn_beta_fast &&
+                             m.rope_yarn_beta_slow == c.rope_yarn_beta_slow &&
+                             m.rope_original_positions == c.rope_original_positions)),
               "checkpoint ", path, " holds a model with rope_scaling ", m.rope_scaling,
-              m.rope_scaling == "llama3" ? " (its factors in the file's /model attributes)" : "",
+              m.rope_scaling != "none" ? " (its factors in the file's /model attributes)" : "",
               " but the config asks for model.rope_scaling = ", c.rope_scaling,
-              llama3 ? " with other factors or original positions" : "");
+              llama3 || yarn ? " with other factors or original positions" : "");
   // LayerNorm and RMSNorm differ in their tensors (the biases) and in what they compute.
   TRIAD_CHECK(m.norm == c.norm, "checkpoint ", path, " holds a model with norm ", m.norm,
               " but the config asks for model.norm = ", c.norm);

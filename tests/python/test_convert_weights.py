@@ -542,6 +542,43 @@ def test_llama3_rope_scaling_imports_and_evaluates_as_transformers(imported, tmp
     assert abs(hf_loss_accuracy(again, d)[0] - want_loss) <= 1e-9 * want_loss
 
 
+def test_yarn_rope_scaling_imports_and_evaluates_as_transformers(imported, tmp_path):
+    """YaRN (rope_type yarn, Qwen2.5's and Qwen3's long-context setting) imported: with 64
+    original positions, hd 16 and theta 500, pairs 0..2 ramp between kept and divided by the
+    factor and the rest are divided; cos and sin are scaled by 0.1·ln 4 + 1. triad's loss is
+    transformers', and the export carries rope_scaling back."""
+    d, _, cfg = imported
+    model = llama_model(num_key_value_heads=2, rope_scaling={"rope_type": "yarn", "factor": 4.0})
+    model.save_pretrained(tmp_path / "llama", safe_serialization=True)
+    out = tmp_path / "llama.h5"
+    p = tool("triad-convert", "import", tmp_path / "llama", out, "--seq-len", SEQ)
+    assert p.returncode == 0, p.stderr
+    with h5py.File(out, "r") as f:
+        a = f["model"].attrs
+        assert a["rope_scaling"] in (b"yarn", "yarn") and float(a["rope_scaling_factor"]) == 4
+        assert (float(a["rope_yarn_beta_fast"]), float(a["rope_yarn_beta_slow"])) == (32, 1)
+        assert int(a["rope_original_positions"]) == N_POS
+    want_loss, _ = hf_loss_accuracy(model, d)
+    p = train("--config", cfg, "--eval-only", "--init-from", out, "--model-from", out, check=True)
+    loss = float(p.stdout.split("val loss")[1].split()[0])
+    assert abs(loss - want_loss) <= 1e-5 * want_loss, (loss, want_loss)
+    plain = llama_model(num_key_value_heads=2)  # the same weights without YaRN differ
+    assert abs(hf_loss_accuracy(plain, d)[0] - want_loss) > 1e-4
+    assert tool("triad-convert", "export", out, tmp_path / "back", "--to", "hf", "--vocab",
+                "none").returncode == 0
+    back = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert back["rope_scaling"]["rope_type"] == "yarn" and back["max_position_embeddings"] == N_POS
+    again = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "back").eval()
+    assert abs(hf_loss_accuracy(again, d)[0] - want_loss) <= 1e-9 * want_loss
+    # A config whose two context lengths disagree is refused (transformers' versions differ on
+    # which one YaRN's ramp takes).
+    bad = json.loads((tmp_path / "llama" / "config.json").read_text())
+    bad["rope_scaling"]["original_max_position_embeddings"] = 32
+    (tmp_path / "llama" / "config.json").write_text(json.dumps(bad))
+    p = tool("triad-convert", "import", tmp_path / "llama", tmp_path / "bad.h5")
+    assert_clean_failure(p, "original_max_position_embeddings 32 differs")
+
+
 def test_mistral_imports_and_evaluates_as_transformers(imported, tmp_path):
     """transformers' MistralForCausalLM (Llama's tensors and math with grouped-query attention and
     a sliding window) imports when the window covers the context: triad's validation loss is

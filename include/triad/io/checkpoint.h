@@ -72,6 +72,9 @@ struct ModelShape {
   std::string rope_scaling = "none";
   double rope_scaling_factor = 0, rope_low_freq_factor = 0, rope_high_freq_factor = 0;
   int64_t rope_original_positions = 0;
+  // "yarn" instead: rope_scaling_factor, rope_original_positions and the doubles
+  // rope_yarn_beta_fast, rope_yarn_beta_slow.
+  double rope_yarn_beta_fast = 0, rope_yarn_beta_slow = 0;
   // Attribute norm ("layernorm" | "rmsnorm"; absent in files from before RMSNorm: layernorm).
   std::string norm = "layernorm";
   // Attribute bias (int64 1 | 0; absent in files from before model.bias: 1).

@@ -28,6 +28,12 @@ struct GptShape {
   // smoothly (rope_table).
   double rope_factor = 1.0, rope_low_freq = 1.0, rope_high_freq = 4.0;
   int rope_original_positions = 8192;
+  // YaRN instead (model.rope_scaling = yarn; Qwen's long-context setting): each frequency f
+  // blends f (pairs turning more than beta_fast times in rope_original_positions) with
+  // f / rope_factor (fewer than beta_slow times), linearly between, and cos and sin are scaled by
+  // 0.1·ln(rope_factor) + 1 (rope_table).
+  bool yarn = false;
+  double rope_beta_fast = 32.0, rope_beta_slow = 1.0;
   // Normalization (model.norm): LayerNorm (weight and bias) or RMSNorm (rmsnorm: weight only, no
   // centering, as Llama); ln_1, ln_2 and ln_f alike.
   bool rmsnorm = false;

@@ -15,14 +15,15 @@ struct ModelConfig {
   int n_kv_head = 0;                  // key/value heads (0: n_head; fewer: grouped-query attention)
   std::string position = "learned";   // learned (GPT-2's wpe) | rope (rotary, no wpe)
   double rope_theta = 10000.0;        // rope: the base of the rotation frequencies
-  std::string rope_scaling = "none";  // none | llama3 (Llama 3.1's frequency scaling)
+  std::string rope_scaling = "none";  // none | llama3 (Llama 3.1's) | yarn (YaRN, Qwen's)
   double rope_scaling_factor = 8.0, rope_low_freq_factor = 1.0, rope_high_freq_factor = 4.0;
-  int rope_original_positions = 8192;  // llama3: the context the model was first trained on
-  std::string norm = "layernorm";      // layernorm (weight, bias) | rmsnorm (weight only)
-  bool bias = true;                    // false: no biases in linear layers and LayerNorms
-  bool qkv_bias = false;               // with bias = false: c_attn keeps its bias (as Qwen2)
-  double norm_eps = 1e-5;              // the LayerNorms'/RMSNorms' epsilon (Qwen2: 1e-6)
-  int head_dim = 0;                    // each head's width (0: n_embd / n_head; Qwen3: 128)
+  int rope_original_positions = 8192;  // llama3, yarn: the context first trained on
+  double rope_yarn_beta_fast = 32.0, rope_yarn_beta_slow = 1.0;  // yarn: the ramp's ends
+  std::string norm = "layernorm";  // layernorm (weight, bias) | rmsnorm (weight only)
+  bool bias = true;                // false: no biases in linear layers and LayerNorms
+  bool qkv_bias = false;           // with bias = false: c_attn keeps its bias (as Qwen2)
+  double norm_eps = 1e-5;          // the LayerNorms'/RMSNorms' epsilon (Qwen2: 1e-6)
+  int head_dim = 0;                // each head's width (0: n_embd / n_head; Qwen3: 128)
   int hd() const { return head_dim > 0 ? head_dim : n_embd / n_head; }
   std::string mlp = "gelu";    // gelu (GPT-2) | swiglu (Llama)
   int mlp_hidden = 0;          // hidden units (0: 4·n_embd, or ~8·n_embd/3 for swiglu)
