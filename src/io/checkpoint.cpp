@@ -626,35 +626,30 @@ CheckpointState read_state(hid_t file) {
                     s.model.rope_scaling == "yarn",
                 "attribute rope_scaling of /model is '", s.model.rope_scaling,
                 "', not none, llama3 or yarn");
-    if (s.model.rope_scaling == "yarn") {
-      auto positive = [&](const char* name) {
-        const std::optional<double> v = io::read_double_attr(model, name);
-        TRIAD_CHECK(v.has_value() && std::isfinite(*v) && *v > 0, "attribute ", name,
-                    " of /model is ",
-                    v ? "not a finite number > 0" : "missing (rope_scaling is yarn)");
-        return *v;
-      };
+    // A scaling's numbers: finite doubles > 0, and the original context.
+    auto positive = [&](const char* name) {
+      const std::optional<double> v = io::read_double_attr(model, name);
+      TRIAD_CHECK(v.has_value() && std::isfinite(*v) && *v > 0, "attribute ", name,
+                  " of /model is ",
+                  v ? std::string("not a finite number > 0")
+                    : "missing (rope_scaling is " + s.model.rope_scaling + ")");
+      return *v;
+    };
+    if (s.model.rope_scaling != "none") {
       s.model.rope_scaling_factor = positive("rope_scaling_factor");
+      s.model.rope_original_positions = require_int64(model, "/model", "rope_original_positions");
+    }
+    if (s.model.rope_scaling == "yarn") {
       s.model.rope_yarn_beta_fast = positive("rope_yarn_beta_fast");
       s.model.rope_yarn_beta_slow = positive("rope_yarn_beta_slow");
-      s.model.rope_original_positions = require_int64(model, "/model", "rope_original_positions");
       TRIAD_CHECK(s.model.rope_original_positions >= 1 &&
                       s.model.rope_yarn_beta_fast > s.model.rope_yarn_beta_slow,
                   "attributes rope_original_positions and rope_yarn_beta_* of /model are "
                   "inconsistent (need >= 1 positions and fast > slow)");
     }
     if (s.model.rope_scaling == "llama3") {
-      auto positive = [&](const char* name) {
-        const std::optional<double> v = io::read_double_attr(model, name);
-        TRIAD_CHECK(v.has_value() && std::isfinite(*v) && *v > 0, "attribute ", name,
-                    " of /model is ",
-                    v ? "not a finite number > 0" : "missing (rope_scaling is llama3)");
-        return *v;
-      };
-      s.model.rope_scaling_factor = positive("rope_scaling_factor");
       s.model.rope_low_freq_factor = positive("rope_low_freq_factor");
       s.model.rope_high_freq_factor = positive("rope_high_freq_factor");
-      s.model.rope_original_positions = require_int64(model, "/model", "rope_original_positions");
       TRIAD_CHECK(s.model.rope_original_positions >= 1 &&
                       s.model.rope_high_freq_factor > s.model.rope_low_freq_factor,
                   "attributes rope_original_positions and rope_*_freq_factor of /model are "
