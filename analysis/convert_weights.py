@@ -902,6 +902,12 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
     return d, tensors, f"triad checkpoint {path}"
 
 
+def scaling_attrs(a: dict, names: tuple) -> tuple:
+    """A rope scaling's four numbers from the /model attributes `names`: three floats and the
+    original context."""
+    return tuple(float(a[k]) for k in names[:3]) + (int(a[names[3]]),)
+
+
 def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
     """A triad checkpoint of Llama's architecture (rope, RMSNorm, SwiGLU, no biases), its
     tensors in triad's names, the vocabulary tensors cropped to vocab_size rows."""
@@ -910,10 +916,9 @@ def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
              mlp="swiglu", mlp_hidden=int(a["mlp_hidden"]),
              tied=int(a.get("tie_embeddings", 1)) == 1,
              n_kv_head=int(a.get("n_kv_head", a["n_head"])),
-             rope_scaling=tuple(float(a[k]) for k in ROPE_SCALING_ATTRS[:3]) +
-             (int(a[ROPE_SCALING_ATTRS[3]]),) if a.get("rope_scaling") == "llama3" else None,
-             yarn=tuple(float(a[k]) for k in YARN_ATTRS[:3]) + (int(a[YARN_ATTRS[3]]),)
-             if a.get("rope_scaling") == "yarn" else None,
+             rope_scaling=scaling_attrs(a, ROPE_SCALING_ATTRS)
+             if a.get("rope_scaling") == "llama3" else None,
+             yarn=scaling_attrs(a, YARN_ATTRS) if a.get("rope_scaling") == "yarn" else None,
              qkv_bias=int(a.get("qkv_bias", 0)) == 1, norm_eps=float(a.get("norm_eps", 1e-5)),
              head_dim=int(a.get("head_dim", 0)), qk_norm=int(a.get("qk_norm", 0)) == 1)
 
@@ -954,8 +959,7 @@ def llama_hf_config(d: Dims) -> dict:
         if d.rope_scaling is not None or d.qkv_bias:
             raise ConvertError("a model with model.qk_norm exports as Qwen3, whose transformers "
                                "model has neither llama3 rope scaling nor a c_attn bias")
-        for k in ("mlp_bias",):
-            del cfg[k]
+        del cfg["mlp_bias"]  # Qwen3 has attention_bias (false) but no MLP biases
         cfg.update(architectures=["Qwen3ForCausalLM"], model_type="qwen3", head_dim=d.hd,
                    use_sliding_window=False, sliding_window=None, max_window_layers=d.n_layer)
     if d.qkv_bias:

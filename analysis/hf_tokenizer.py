@@ -45,6 +45,14 @@ def byte_alphabet() -> dict[int, str]:
     return out
 
 
+_ALPHABET = byte_alphabet()
+
+
+def alphabet_text(token: bytes) -> str:
+    """A token's bytes as vocab.json, merges.txt and tokenizer.json write them."""
+    return "".join(_ALPHABET[b] for b in token)
+
+
 def read_ranks(path: Path) -> dict[bytes, int]:
     ranks = {}
     with open(path, "rb") as f:
@@ -82,18 +90,13 @@ def tokenizer_files(ranks_path: Path, model_max_length: int) -> dict[str, str]:
     ranks = read_ranks(ranks_path)
     if len(ranks) != 50256 or sorted(ranks.values()) != list(range(50256)):
         raise ValueError(f"{ranks_path}: {len(ranks)} tokens; GPT-2's ranks are 0..50255")
-    alpha = byte_alphabet()
-
-    def text(b: bytes) -> str:
-        return "".join(alpha[x] for x in b)
-
-    vocab = {text(t): r for t, r in ranks.items()}
+    vocab = {alphabet_text(t): r for t, r in ranks.items()}
     vocab[EOT] = 50256
     merges = []
     for t, r in sorted(ranks.items(), key=lambda kv: kv[1]):
         if len(t) >= 2:
             a, b = merge_of(t, ranks)
-            merges.append(f"{text(a)} {text(b)}")
+            merges.append(f"{alphabet_text(a)} {alphabet_text(b)}")
     return {
         "vocab.json": json.dumps(vocab, ensure_ascii=False),
         "merges.txt": "#version: 0.2\n" + "\n".join(merges) + "\n",
@@ -470,18 +473,14 @@ def from_meta_llama3(path: Path) -> Description:
 
 def hf_files(d: Description, model_max_length: int) -> dict[str, str]:
     """tokenizer.json and tokenizer_config.json for transformers' PreTrainedTokenizerFast."""
-    alpha = byte_alphabet()
-
-    def text(b: bytes) -> str:
-        return "".join(alpha[x] for x in b)
-
     rank = {t: i for i, t in d.ranked.items()}
     merges = []
     for r in sorted(d.ranked):
         t = d.ranked[r]
         splits = [(rank[t[:k]], rank[t[k:]]) for k in range(1, len(t))
                   if t[:k] in rank and t[k:] in rank and max(rank[t[:k]], rank[t[k:]]) < r]
-        merges += [[text(d.ranked[a]), text(d.ranked[b])] for a, b in sorted(splits)]
+        merges += [[alphabet_text(d.ranked[a]), alphabet_text(d.ranked[b])]
+                   for a, b in sorted(splits)]
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
                   "use_regex": True}
     if d.pretokenizer == "gpt2":
@@ -518,7 +517,7 @@ def hf_files(d: Description, model_max_length: int) -> dict[str, str]:
         "model": {"type": "BPE", "dropout": None, "unk_token": None,
                   "continuing_subword_prefix": None, "end_of_word_suffix": None,
                   "fuse_unk": False, "byte_fallback": False, "ignore_merges": True,
-                  "vocab": {**{text(t): i for i, t in sorted(d.ranked.items())},
+                  "vocab": {**{alphabet_text(t): i for i, t in sorted(d.ranked.items())},
                             **d.specials},
                   "merges": merges},
     }

@@ -152,6 +152,17 @@ int main(int argc, char** argv) {
     const triad::Tokenizer tok = triad::Tokenizer::from_file(vocab);
     const triad::CheckpointState st = triad::read_checkpoint_state(world, checkpoint);
     const auto& m = st.model;
+    // The prompt's ids, checked before the weights load.
+    std::vector<int32_t> ids;
+    if (vm.count("prompt-ids")) {
+      ids = parse_ids(prompt_ids, m.vocab_size);
+    } else {
+      ids = tok.encode_prompt(prompt);
+      for (const int32_t id : ids)
+        TRIAD_CHECK(id < m.vocab_size, "the prompt's token ", id, " (", vocab,
+                    ") is beyond the model's ", m.vocab_size,
+                    " tokens: give the model's own tokenizer with --vocab");
+    }
     // The vocabulary padded for this grid; the checkpoint's padding may differ.
     triad::GptShape shape{int(m.n_layer),    int(m.n_head),
                           int(m.n_embd),     int(m.seq_len),
@@ -220,12 +231,6 @@ int main(int argc, char** argv) {
         world, checkpoint, {{"model", triad::model_tensor_refs(model, base, 0, true, 0, 0)}});
     if (!host.empty()) be->copy_from_host(model.params(), host.data(), host.size());
     model.params_updated();
-    std::vector<int32_t> ids = tok.encode_prompt(prompt);
-    for (const int32_t id : ids)
-      TRIAD_CHECK(vm.count("prompt-ids") || id < m.vocab_size, "the prompt's token ", id, " (",
-                  vocab, ") is beyond the model's ", m.vocab_size,
-                  " tokens: give the model's own tokenizer with --vocab");
-    if (vm.count("prompt-ids")) ids = parse_ids(prompt_ids, m.vocab_size);
     triad::Rng rng(static_cast<uint64_t>(seed));
     triad::SampleOptions opt;
     opt.length = length;

@@ -139,13 +139,17 @@ std::vector<int32_t> encode_parallel(const Tokenizer& tokenizer, std::string_vie
   return out;
 }
 
-std::vector<uint32_t> tokenize_documents(const Tokenizer& tokenizer,
-                                         const std::vector<std::string>& files, int threads,
-                                         size_t chunk_bytes, ShardSummary* summary) {
+namespace {
+
+// tokenize_documents with the ids held as T: uint16_t where the vocabulary fits, so that a GPT-2
+// corpus takes half the memory.
+template <typename T>
+std::vector<T> tokenize_stream(const Tokenizer& tokenizer, const std::vector<std::string>& files,
+                               int threads, size_t chunk_bytes, ShardSummary* summary) {
   const auto t0 = Clock::now();
   threads = resolve_threads(threads);
-  const auto start = uint32_t(tokenizer.document_start());
-  std::vector<uint32_t> stream;
+  const auto start = T(tokenizer.document_start());
+  std::vector<T> stream;
   int64_t bytes = 0;
   for (size_t first = 0; first < files.size();) {
     // A batch: files [first, last) of about kBatchBytes in all, read in parallel.
@@ -178,7 +182,7 @@ std::vector<uint32_t> tokenize_documents(const Tokenizer& tokenizer,
     stream.reserve(stream.size() + n);
     for (size_t i = 0; i < chunks.size(); ++i) {
       if (i == 0 || chunks[i].doc != chunks[i - 1].doc) stream.push_back(start);
-      for (const int32_t id : ids[i]) stream.push_back(uint32_t(id));
+      for (const int32_t id : ids[i]) stream.push_back(T(id));
     }
     first = last;
   }
@@ -192,23 +196,10 @@ std::vector<uint32_t> tokenize_documents(const Tokenizer& tokenizer,
   return stream;
 }
 
-ShardSummary write_shards(const Tokenizer& tokenizer, const std::vector<std::string>& files,
-                          const ShardWriterOptions& o) {
-  const auto t0 = Clock::now();
-  TRIAD_CHECK(!files.empty(), "no input files given");
-  TRIAD_CHECK(!o.out_dir.empty(), "no output directory given");
-  TRIAD_CHECK(!o.prefix.empty() && o.prefix.find('/') == std::string::npos,
-              "--prefix must be a non-empty file name prefix without '/', got '", o.prefix, "'");
-  TRIAD_CHECK(o.val_fraction >= 0 && o.val_fraction < 1, "--val-fraction must be in [0, 1), got ",
-              o.val_fraction);
-  TRIAD_CHECK(o.shard_tokens >= 1 && o.shard_tokens <= INT32_MAX,
-              "--shard-tokens must be in [1, 2147483647], got ", o.shard_tokens);
-
-  ShardSummary s;
-  const std::vector<uint32_t> stream =
-      tokenize_documents(tokenizer, files, o.threads, o.chunk_bytes, &s);
-  // GPT-2's uint16 format where every id fits, else the uint32 one.
-  s.token_bytes = tokenizer.vocab_size() <= 65536 ? 2 : 4;
+// Cuts the token stream into the validation split (its last val_fraction) and the training split
+// and writes each as shards of at most shard_tokens, recording them in s.
+template <typename T>
+void write_stream(const std::vector<T>& stream, const ShardWriterOptions& o, ShardSummary& s) {
   const auto total = int64_t(stream.size());
   s.val_tokens = std::llround(o.val_fraction * double(total));
   s.train_tokens = total - s.val_tokens;
@@ -226,19 +217,43 @@ ShardSummary write_shards(const Tokenizer& tokenizer, const std::vector<std::str
     for (int64_t off = 0, i = 0; off < count; off += o.shard_tokens, ++i) {
       const int64_t n = std::min(o.shard_tokens, count - off);
       written.push_back(shard_name(o, split, size_t(i)));
-      const uint32_t* first = stream.data() + begin + off;
-      if (s.token_bytes == 4) {
-        write_token_shard(written.back(), std::span<const uint32_t>(first, size_t(n)));
-      } else {
-        const std::vector<uint16_t> narrow(first, first + n);
-        write_token_shard(written.back(), std::span<const uint16_t>(narrow));
-      }
+      write_token_shard(written.back(), std::span<const T>(stream.data() + begin + off, size_t(n)));
     }
   };
   write_split("train", 0, s.train_tokens, s.train_files);
   write_split("val", s.train_tokens, s.val_tokens, s.val_files);
+}
+
+}  // namespace
+
+std::vector<uint32_t> tokenize_documents(const Tokenizer& tokenizer,
+                                         const std::vector<std::string>& files, int threads,
+                                         size_t chunk_bytes, ShardSummary* summary) {
+  return tokenize_stream<uint32_t>(tokenizer, files, threads, chunk_bytes, summary);
+}
+
+ShardSummary write_shards(const Tokenizer& tokenizer, const std::vector<std::string>& files,
+                          const ShardWriterOptions& o) {
+  const auto t0 = Clock::now();
+  TRIAD_CHECK(!files.empty(), "no input files given");
+  TRIAD_CHECK(!o.out_dir.empty(), "no output directory given");
+  TRIAD_CHECK(!o.prefix.empty() && o.prefix.find('/') == std::string::npos,
+              "--prefix must be a non-empty file name prefix without '/', got '", o.prefix, "'");
+  TRIAD_CHECK(o.val_fraction >= 0 && o.val_fraction < 1, "--val-fraction must be in [0, 1), got ",
+              o.val_fraction);
+  TRIAD_CHECK(o.shard_tokens >= 1 && o.shard_tokens <= INT32_MAX,
+              "--shard-tokens must be in [1, 2147483647], got ", o.shard_tokens);
+
+  ShardSummary s;
+  // GPT-2's uint16 format where every id fits, else the uint32 one; the stream is held so.
+  s.token_bytes = tokenizer.vocab_size() <= 65536 ? 2 : 4;
+  if (s.token_bytes == 2)
+    write_stream(tokenize_stream<uint16_t>(tokenizer, files, o.threads, o.chunk_bytes, &s), o, s);
+  else
+    write_stream(tokenize_stream<uint32_t>(tokenizer, files, o.threads, o.chunk_bytes, &s), o, s);
 
   // Remove shards of an earlier run with this prefix that this run did not write.
+  std::error_code ec;
   std::set<std::string> written;
   for (const auto& f : s.train_files) written.insert(fs::path(f).filename().string());
   for (const auto& f : s.val_files) written.insert(fs::path(f).filename().string());

@@ -89,13 +89,6 @@ struct Entry {
   int64_t line;
 };
 
-// Non-blank lines: the number of ranks in a ranks file.
-int32_t count_rank_lines(std::string_view text) {
-  int64_t n = 0;
-  for_each_line(text, [&](int64_t, std::string_view line) { n += !line.empty(); });
-  return int32_t(std::min<int64_t>(n, std::numeric_limits<int32_t>::max() - 1));
-}
-
 }  // namespace
 
 Tokenizer Tokenizer::from_file(const std::string& path, int32_t expect_ranks) {
@@ -109,20 +102,18 @@ Tokenizer Tokenizer::from_file(const std::string& path, int32_t expect_ranks) {
   TRIAD_CHECK(!text.starts_with("triad-tokenizer"), where, ": a tokenizer description of another ",
               "version (first line '", excerpt(text.substr(0, text.find('\n'))),
               "'; this build reads '", kDescriptionMagic, "')");
-  // GPT-2: <|endoftext|> after the ranks, starting documents and ending samples. Its id is the
-  // number of ranks, which from_ranks checks against the file.
-  const int32_t eot = expect_ranks > 0 ? expect_ranks : count_rank_lines(text);
-  Tokenizer t = from_ranks(path, where, expect_ranks, {{eot, std::string(kEotText)}}, {});
-  t.document_start_ = eot;
-  t.stop_ = {eot};
+  // GPT-2: <|endoftext|> after the ranks (from_ranks gives it the id n), starting documents and
+  // ending samples.
+  Tokenizer t = from_ranks(text, path, where, expect_ranks, {{-1, std::string(kEotText)}}, {});
+  t.document_start_ = t.n_ranks();
+  t.stop_ = {t.n_ranks()};
   return t;
 }
 
-Tokenizer Tokenizer::from_ranks(const std::string& ranks_path, const std::string& where,
-                                int32_t expect_ranks, std::vector<Special> specials,
+Tokenizer Tokenizer::from_ranks(const std::string& text, const std::string& ranks_path,
+                                const std::string& where, int32_t expect_ranks,
+                                std::vector<Special> specials,
                                 const std::vector<int64_t>& special_lines) {
-  const std::string text = read_whole(ranks_path, where);
-
   // Parse every line: `base64 rank`, blank lines skipped (as tiktoken does).
   std::vector<Entry> entries;
   std::string decoded;
@@ -158,6 +149,9 @@ Tokenizer Tokenizer::from_ranks(const std::string& ranks_path, const std::string
               "; truncated or the wrong file?");
   const int64_t V = n + int64_t(specials.size());
   TRIAD_CHECK(V < std::numeric_limits<int32_t>::max(), where, ": too many tokens");
+  // A ranks file alone (no description lines) has ranks 0..n-1 and <|endoftext|> after them.
+  const bool alone = special_lines.empty();
+  if (alone) specials.front().id = int32_t(n);
 
   // The ids of ranked and special tokens together must be exactly 0..V-1, each once.
   std::vector<int64_t> line_of_id(size_t(V), 0);  // ranks file line, or -(description line)
@@ -177,8 +171,6 @@ Tokenizer Tokenizer::from_ranks(const std::string& ranks_path, const std::string
                 sp.id, ", already taken by ", owner(sp.id));
     line_of_id[size_t(sp.id)] = -std::max<int64_t>(line, 1);
   }
-  // A ranks file alone (no description lines) has ranks 0..n-1 and <|endoftext|> after them.
-  const bool alone = special_lines.empty();
   for (const Entry& e : entries) {
     TRIAD_CHECK(e.rank < (alone ? n : V), where, ", line ", e.line, ": rank ", e.rank,
                 " is out of range: the file has ", n, " tokens, so ranks must be 0..",

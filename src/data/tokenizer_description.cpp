@@ -106,8 +106,9 @@ Tokenizer Tokenizer::from_description(const std::string& path, const std::string
   namespace fs = std::filesystem;
   fs::path rp(ranks);
   if (rp.is_relative()) rp = fs::path(path).parent_path() / rp;
-  Tokenizer t = from_ranks(rp.string(), "ranks file " + rp.string() + " (named by " + path + ")",
-                           int32_t(ranks_count), std::move(specials), special_lines);
+  const std::string where_ranks = "ranks file " + rp.string() + " (named by " + path + ")";
+  Tokenizer t = from_ranks(tokenizer_files::read_whole(rp.string(), where_ranks), rp.string(),
+                           where_ranks, int32_t(ranks_count), std::move(specials), special_lines);
   t.path_ = path;
   t.scheme_ = *sch;
   t.nfc_ = normalizer == "nfc";

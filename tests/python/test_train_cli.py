@@ -82,17 +82,25 @@ def test_bad_config_values(tmp_path, args, needles):
     assert_clean_error(train("--config", cfg, *args), *needles)
 
 
+def planned_floats(tmp_path, model_ini, layers):
+    """The parameter floats --plan counts for inputs/models/<model_ini> on one rank (its stage 0
+    row of `layers` layers), without data."""
+    p = train("--config", REPO / "inputs/models" / model_ini, "--run.backend", "cuda",
+              "--data.train", str(tmp_path / "none_*.bin"), "--run.dir", str(tmp_path / "runs"),
+              "--train.batch_size", "8", "--train.micro_batch_size", "8", "--plan", check=True)
+    row = next((l.split() for l in p.stdout.splitlines() if l.split()[:2] == ["0", str(layers)]),
+               None)
+    assert row is not None, p.stdout
+    return int(row[2])
+
+
 def test_llama_model_config_plans_its_parameters(tmp_path):
     """inputs/models/llama-124m.ini: --plan counts Llama's tensors (no biases, no wpe, SwiGLU's
     2048 units, the untied head), each padded vocabulary tensor with its 47 padding rows."""
-    p = train("--config", REPO / "inputs/models/llama-124m.ini", "--run.backend", "cuda",
-              "--data.train", str(tmp_path / "none_*.bin"), "--run.dir", str(tmp_path / "runs"),
-              "--train.batch_size", "8", "--train.micro_batch_size", "8", "--plan", check=True)
     C, L, V, H = 768, 12, 50257, 2048
     layer = 4 * C * C + 3 * C * H + 2 * C  # q|k|v and o; gate|up and down; two RMSNorm weights
     floats = L * layer + C + 2 * 50304 * C  # ln_f; wte and lm_head padded to 50304 rows
-    row = next(l.split() for l in p.stdout.splitlines() if l.split()[:2] == ["0", "12"])
-    assert int(row[2]) == floats, p.stdout
+    assert planned_floats(tmp_path, "llama-124m.ini", L) == floats
     assert 162_100_000 < floats - 2 * (50304 - V) * C < 162_200_000
 
 
@@ -101,12 +109,8 @@ def test_qwen3_model_config_plans_its_parameters(tmp_path):
     n_embd 1024 (c_attn [2048 + 2·8·128, 1024], attn.c_proj [1024, 2048]), QK-norm weights and the
     tied 151,936-row embedding: 596,049,920 parameters, of which 0.44B outside the embedding, as
     Qwen publishes ("0.6B; non-embedding 0.44B")."""
-    p = train("--config", REPO / "inputs/models/qwen3-0.6b.ini", "--run.backend", "cuda",
-              "--data.train", str(tmp_path / "none_*.bin"), "--run.dir", str(tmp_path / "runs"),
-              "--train.batch_size", "8", "--train.micro_batch_size", "8", "--plan", check=True)
-    row = next(l.split() for l in p.stdout.splitlines() if l.split()[:2] == ["0", "28"])
-    floats = int(row[2])
-    assert floats == 596_049_920, p.stdout
+    floats = planned_floats(tmp_path, "qwen3-0.6b.ini", 28)
+    assert floats == 596_049_920
     assert 440_000_000 < floats - 151_936 * 1024 < 440_500_000
 
 

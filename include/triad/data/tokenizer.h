@@ -94,9 +94,12 @@ class Tokenizer {
 
  private:
   Tokenizer() = default;
-  // The ranks file and the special tokens (their ids and, for messages, description lines).
-  static Tokenizer from_ranks(const std::string& ranks_path, const std::string& where,
-                              int32_t expect_ranks, std::vector<Special> specials,
+  // The ranks file's text (read from ranks_path) and the special tokens (their ids and, for
+  // messages, description lines; none for a ranks file alone, whose one special token then takes
+  // the id after the ranks).
+  static Tokenizer from_ranks(const std::string& text, const std::string& ranks_path,
+                              const std::string& where, int32_t expect_ranks,
+                              std::vector<Special> specials,
                               const std::vector<int64_t>& special_lines);
   static Tokenizer from_description(const std::string& path, const std::string& text);
   int32_t lookup(const char* p, size_t n) const;  // rank of these bytes, or -1
