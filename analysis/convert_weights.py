@@ -1107,7 +1107,13 @@ def convert_tokenizer(prog: str, args) -> int:
     src, out = Path(args.src), Path(args.out)
     check_output(out)
     try:
-        if args.meta_llama3:
+        if args.meta_llama3 and args.sentencepiece:
+            raise ConvertError("--meta-llama3 and --sentencepiece: give one")
+        if args.sentencepiece:
+            desc = hf_tokenizer.from_sentencepiece(src, args.document_start, args.prompt_start,
+                                                   args.stop)
+            source = f"SentencePiece model {src}"
+        elif args.meta_llama3:
             if args.document_start or args.prompt_start or args.stop:
                 raise ConvertError("--meta-llama3 sets Llama 3's document start, prompt start "
                                    "and stop tokens; --document-start, --prompt-start and "
@@ -1119,20 +1125,14 @@ def convert_tokenizer(prog: str, args) -> int:
             source = f"Hugging Face tokenizer {src}"
     except hf_tokenizer.TokenizerError as e:
         raise ConvertError(str(e)) from None
-    files = {"tokenizer.triad": hf_tokenizer.description_text(desc, "tokenizer.tiktoken",
-                                                              f"converted from {source}"),
-             "tokenizer.tiktoken": hf_tokenizer.ranks_text(desc.ranked)}
+    files = desc.files(f"converted from {source}")
 
     def write(tmp: Path) -> None:
         for name, text in files.items():
             (tmp / name).write_text(text, encoding="utf-8")
 
     finish(out, write, directory=True)
-    start = f", prompt start {desc.prompt_start}" if desc.prompt_start else ""
-    print(f"{prog}: wrote {out}/tokenizer.triad ({len(desc.ranked)} ranks + "
-          f"{len(desc.specials)} special tokens = vocab {desc.vocab_size}, pre-tokenizer "
-          f"{desc.pretokenizer}, document start {desc.document_start}{start}, stop "
-          f"{' '.join(desc.stops)}) from {source}")
+    print(f"{prog}: wrote {out}/tokenizer.triad ({desc.summary()}) from {source}")
     return 0
 
 
@@ -1155,14 +1155,19 @@ def main(argv: list[str] | None = None) -> int:
                      "or a tokenizer description (tokenizer.triad), for a tokenizer.json "
                      "(default data/vocab/gpt2.tiktoken when found and the vocabulary is "
                      "GPT-2's; none: no tokenizer files)")
-    tok = sub.add_parser("tokenizer", help="an HF tokenizer.json or Meta's Llama 3 "
-                         "tokenizer.model -> a triad tokenizer description")
-    tok.add_argument("src", help="HF model directory or its tokenizer.json (with --meta-llama3: "
-                     "Meta's tokenizer.model)")
+    tok = sub.add_parser("tokenizer", help="an HF tokenizer.json, Meta's Llama 3 "
+                         "tokenizer.model or a SentencePiece model -> a triad tokenizer "
+                         "description")
+    tok.add_argument("src", help="HF model directory or its tokenizer.json (with --meta-llama3 "
+                     "or --sentencepiece: the tokenizer.model)")
     tok.add_argument("out", help="directory to create (must not exist) for tokenizer.triad "
-                     "(give it to --vocab / data.vocab) and tokenizer.tiktoken")
+                     "(give it to --vocab / data.vocab) and the ranks file (or pieces and merges files) "
+                     "it names")
     tok.add_argument("--meta-llama3", action="store_true",
                      help="src is Meta's Llama 3 tokenizer.model (tiktoken's format)")
+    tok.add_argument("--sentencepiece", action="store_true",
+                     help="src is a SentencePiece BPE model (Llama 2's or Mistral's "
+                     "tokenizer.model)")
     tok.add_argument("--document-start", help="special token before each document (default: "
                      "the BOS the tokenizer adds, else its eos_token)")
     tok.add_argument("--prompt-start", help="special token before each prompt (default: the "

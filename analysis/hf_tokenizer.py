@@ -19,6 +19,8 @@ generation.
       (tiktoken's and triad's) agree.
 - Import (triad-convert tokenizer): a Hugging Face tokenizer.json of a byte-level BPE (GPT-2's,
   Llama 3's and the like) or Meta's Llama 3 tokenizer.model, to a description and its ranks.
+SentencePiece-style BPEs (Llama 2's, Mistral's) are sp_tokenizer.py's: from_hf hands a
+tokenizer.json with byte_fallback to it, and read_description a description naming `pieces`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import base64
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from . import sp_tokenizer
 
 EOT = "<|endoftext|>"
 
@@ -135,6 +139,21 @@ class TokenizerError(ValueError):
     pass
 
 
+def _sp_errors(fn, *args, **kwargs):
+    """fn's SentencePieceError as a TokenizerError (one kind of error for callers)."""
+    try:
+        return fn(*args, **kwargs)
+    except sp_tokenizer.SentencePieceError as e:
+        raise TokenizerError(str(e)) from None
+
+
+def from_sentencepiece(path: Path, document_start: str | None = None,
+                       prompt_start: str | None = None,
+                       stops: list[str] | None = None) -> sp_tokenizer.PiecesDescription:
+    """A description from a SentencePiece BPE model (Llama 2's, Mistral's tokenizer.model)."""
+    return _sp_errors(sp_tokenizer.from_sentencepiece, path, document_start, prompt_start, stops)
+
+
 @dataclass
 class Description:
     ranked: dict[int, bytes]       # id (= rank) -> token bytes
@@ -179,6 +198,17 @@ class Description:
                 raise TokenizerError(f"{where}: special token {name!r} is empty or holds "
                                      f"white space")
 
+    def files(self, source: str) -> dict[str, str]:
+        """tokenizer.triad and the ranks file it names."""
+        return {"tokenizer.triad": description_text(self, "tokenizer.tiktoken", source),
+                "tokenizer.tiktoken": ranks_text(self.ranked)}
+
+    def summary(self) -> str:
+        start = f", prompt start {self.prompt_start}" if self.prompt_start else ""
+        return (f"{len(self.ranked)} ranks + {len(self.specials)} special tokens = vocab "
+                f"{self.vocab_size}, pre-tokenizer {self.pretokenizer}, document start "
+                f"{self.document_start}{start}, stop {' '.join(self.stops)}")
+
 
 def description_text(d: Description, ranks_name: str, source: str) -> str:
     lines = [DESCRIPTION_MAGIC, f"# {source}", f"ranks {ranks_name}",
@@ -208,8 +238,9 @@ def _ranks(path: Path, where: str) -> dict[bytes, int]:
         raise TokenizerError(str(e)) from None
 
 
-def read_description(path: Path) -> Description:
-    """A description and its ranks, as triad reads them (TokenizerError naming the file)."""
+def read_description(path: Path) -> Description | sp_tokenizer.PiecesDescription:
+    """A description and its ranks (or pieces and merges), as triad reads them (TokenizerError
+    naming the file)."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -241,12 +272,15 @@ def read_description(path: Path) -> Description:
         elif key == "stop":
             stops.append(value)
         elif key in ("ranks", "ranks_count", "pretokenizer", "normalizer", "document_start",
-                     "prompt_start"):
+                     "prompt_start", "pieces", "pieces_count", "merges", "merges_count",
+                     "space_prefix"):
             if key in single:
                 raise TokenizerError(f"{path}:{no}: {key!r} given twice")
             single[key] = value
         else:
             raise TokenizerError(f"{path}:{no}: unknown key {key!r}")
+    if "pieces" in single:
+        return _sp_errors(sp_tokenizer.read_description, path, single, specials, added, stops)
     for key in ("ranks", "ranks_count", "pretokenizer", "document_start"):
         if key not in single:
             raise TokenizerError(f"{path}: no {key!r} line")
@@ -327,17 +361,43 @@ def from_hf(src: Path, document_start: str | None = None, prompt_start: str | No
         if (src / "tokenizer.model").is_file():
             raise TokenizerError(f"{src}: has tokenizer.model but no tokenizer.json; Meta's "
                                  f"Llama 3 tokenizer.model converts with --meta-llama3 FILE, a "
-                                 f"SentencePiece one (Llama 2, Mistral) is not supported")
+                                 f"SentencePiece one (Llama 2, Mistral) with --sentencepiece "
+                                 f"FILE")
         raise TokenizerError(f"{path}: no such file")
     tj = _load_json(path)
     where = str(path)
     model = tj.get("model") or {}
     if model.get("type") != "BPE":
-        raise TokenizerError(f"{where}: model type {model.get('type')!r}; triad reads byte-level "
-                             f"BPE (SentencePiece/Unigram/WordPiece tokenizers are not supported)")
-    if model.get("byte_fallback"):
-        raise TokenizerError(f"{where}: a BPE with byte_fallback (SentencePiece-style, as Llama "
-                             f"2's and Mistral's) is not byte-level BPE; not supported")
+        raise TokenizerError(f"{where}: model type {model.get('type')!r}; triad reads BPE "
+                             f"(Unigram and WordPiece tokenizers are not supported)")
+    config = _load_json(directory / "tokenizer_config.json", required=False) or {}
+
+    def roles(specials: dict[str, int]) -> tuple[str, str | None, list[str]]:
+        """The document start, prompt start and stop tokens: the options, else what the
+        post-processor and the config files say."""
+        start, prompt, stop = document_start, prompt_start, stops
+        bos = _template_bos(tj.get("post_processor"))
+        if start is None:
+            start = bos or _token_name(config.get("eos_token"))
+            if start is None and "<|endoftext|>" in specials:
+                start = "<|endoftext|>"
+        if start is None:
+            raise TokenizerError(f"{where}: cannot tell which token starts documents (no BOS in "
+                                 f"the post-processor, no eos_token): give --document-start")
+        if prompt is None:
+            prompt = bos
+        elif prompt == "none":
+            prompt = None
+        if not stop:
+            stop = _stop_names(directory, config, specials)
+        if not stop:
+            raise TokenizerError(f"{where}: cannot tell which tokens end generation (no eos "
+                                 f"token in tokenizer_config.json or generation_config.json): "
+                                 f"give --stop")
+        return start, prompt, stop
+
+    if model.get("byte_fallback"):  # SentencePiece-style (Llama 2's, Mistral's)
+        return _sp_errors(sp_tokenizer.from_hf_json, tj, where, roles)
     if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
         raise TokenizerError(f"{where}: subword prefixes/suffixes are not byte-level BPE")
     normalizer = tj.get("normalizer")
@@ -393,25 +453,8 @@ def from_hf(src: Path, document_start: str | None = None, prompt_start: str | No
         raise TokenizerError(f"{where}: {len(unmade)} tokens (e.g. id {unmade[0]}) are made by "
                              f"no merge")
 
-    config = _load_json(directory / "tokenizer_config.json", required=False) or {}
     specials = {a["content"]: a["id"] for a in added}
-    bos = _template_bos(tj.get("post_processor"))
-    if document_start is None:
-        document_start = bos or _token_name(config.get("eos_token"))
-        if document_start is None and "<|endoftext|>" in specials:
-            document_start = "<|endoftext|>"
-    if document_start is None:
-        raise TokenizerError(f"{where}: cannot tell which token starts documents (no BOS in "
-                             f"the post-processor, no eos_token): give --document-start")
-    if prompt_start is None:
-        prompt_start = bos
-    elif prompt_start == "none":
-        prompt_start = None
-    if not stops:
-        stops = _stop_names(directory, config, specials)
-    if not stops:
-        raise TokenizerError(f"{where}: cannot tell which tokens end generation (no eos token "
-                             f"in tokenizer_config.json or generation_config.json): give --stop")
+    document_start, prompt_start, stops = roles(specials)
     in_text = frozenset(a["content"] for a in added if not a.get("special", False))
     d = Description(base, scheme, specials, document_start, prompt_start, stops,
                     "nfc" if normalizer is not None else None, in_text)
@@ -471,8 +514,11 @@ def from_meta_llama3(path: Path) -> Description:
 
 # ---- description -> Hugging Face tokenizer.json -----------------------------------------------
 
-def hf_files(d: Description, model_max_length: int) -> dict[str, str]:
+def hf_files(d: Description | sp_tokenizer.PiecesDescription,
+             model_max_length: int) -> dict[str, str]:
     """tokenizer.json and tokenizer_config.json for transformers' PreTrainedTokenizerFast."""
+    if isinstance(d, sp_tokenizer.PiecesDescription):
+        return sp_tokenizer.hf_files(d, model_max_length)
     rank = {t: i for i, t in d.ranked.items()}
     merges = []
     for r in sorted(d.ranked):

@@ -31,27 +31,14 @@ int resolve_threads(int threads) {
   return threads;
 }
 
-bool ascii_space(unsigned char c) { return c == ' ' || (c >= 0x09 && c <= 0x0D); }
-
-// A position p where GPT-2's pre-tokenization of text equals that of text[..p) followed by
-// that of text[p..): text[p-1] is a non-space character and text[p] a space character. Then
-// the piece holding text[p-1] ends at p (pieces that hold a non-space never extend over a
-// space after it) and decided so by seeing a space, as the end of text[..p) would; a match
-// at p never looks behind p. ASCII bytes are always characters of their own in UTF-8 (and
-// in the pre-tokenizer's handling of invalid bytes), so bytes are enough to check.
-bool safe_cut(std::string_view text, size_t p) {
-  const auto a = static_cast<unsigned char>(text[p - 1]);
-  const auto b = static_cast<unsigned char>(text[p]);
-  return a < 0x80 && !ascii_space(a) && ascii_space(b);
-}
-
-// Cuts [0, text.size()) into chunks of about chunk_bytes at safe positions.
-void cut_chunks(std::string_view text, size_t chunk_bytes, std::vector<std::string_view>& out) {
+// Cuts [0, text.size()) into chunks of about chunk_bytes where the tokenizer allows it.
+void cut_chunks(const Tokenizer& tokenizer, std::string_view text, size_t chunk_bytes,
+                std::vector<std::string_view>& out) {
   chunk_bytes = std::max<size_t>(chunk_bytes, 1);
   size_t pos = 0;
   while (pos < text.size()) {
     size_t p = pos + chunk_bytes;
-    while (p < text.size() && !safe_cut(text, p)) ++p;
+    while (p < text.size() && !tokenizer.cut_is_safe(text, p)) ++p;
     if (p > text.size()) p = text.size();
     out.push_back(text.substr(pos, p - pos));
     pos = p;
@@ -128,9 +115,11 @@ std::vector<int32_t> encode_parallel(const Tokenizer& tokenizer, std::string_vie
   threads = resolve_threads(threads);
   if (threads == 1 || text.size() <= chunk_bytes) return tokenizer.encode(text);
   std::vector<std::string_view> chunks;
-  cut_chunks(text, chunk_bytes, chunks);
+  cut_chunks(tokenizer, text, chunk_bytes, chunks);
   std::vector<std::vector<int32_t>> parts(chunks.size());
-  parallel_for(chunks.size(), threads, [&](size_t i) { parts[i] = tokenizer.encode(chunks[i]); });
+  parallel_for(chunks.size(), threads, [&](size_t i) {
+    tokenizer.encode_append(chunks[i], parts[i], /*continuation=*/i > 0);
+  });
   size_t total = 0;
   for (const auto& p : parts) total += p.size();
   std::vector<int32_t> out;
@@ -169,14 +158,16 @@ std::vector<T> tokenize_stream(const Tokenizer& tokenizer, const std::vector<std
     std::vector<Chunk> chunks;
     for (size_t d = 0; d < texts.size(); ++d) {
       std::vector<std::string_view> cut;
-      cut_chunks(texts[d], chunk_bytes, cut);
+      cut_chunks(tokenizer, texts[d], chunk_bytes, cut);
       if (cut.empty()) chunks.push_back({d, std::string_view()});
       for (auto c : cut) chunks.push_back({d, c});
       bytes += int64_t(texts[d].size());
     }
     std::vector<std::vector<int32_t>> ids(chunks.size());
-    parallel_for(chunks.size(), threads,
-                 [&](size_t i) { ids[i] = tokenizer.encode(chunks[i].text); });
+    parallel_for(chunks.size(), threads, [&](size_t i) {
+      const bool continuation = i > 0 && chunks[i].doc == chunks[i - 1].doc;
+      tokenizer.encode_append(chunks[i].text, ids[i], continuation);
+    });
     size_t n = texts.size();
     for (const auto& v : ids) n += v.size();
     stream.reserve(stream.size() + n);

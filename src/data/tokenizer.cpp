@@ -16,8 +16,10 @@
 namespace triad {
 namespace {
 
+using tokenizer_files::base64_decode;
 using tokenizer_files::excerpt;
 using tokenizer_files::for_each_line;
+using tokenizer_files::hash_bytes;
 using tokenizer_files::read_whole;
 
 constexpr std::string_view kEotText = "<|endoftext|>";
@@ -26,68 +28,6 @@ constexpr int32_t kNoRank = std::numeric_limits<int32_t>::max();
 // Pieces up to this many bytes use the quadratic merge loop (fastest for short pieces);
 // longer ones (long digit, space or punctuation runs) use a heap, O(n log n).
 constexpr size_t kShortPiece = 128;
-
-uint64_t hash_bytes(const char* p, size_t n) {
-  uint64_t h = 0x9E3779B97F4A7C15ull ^ (uint64_t(n) * 0xFF51AFD7ED558CCDull);
-  while (n >= 8) {
-    uint64_t v;
-    std::memcpy(&v, p, 8);
-    h = (h ^ v) * 0x9E3779B97F4A7C15ull;
-    h ^= h >> 29;
-    p += 8;
-    n -= 8;
-  }
-  uint64_t v = 0;
-  std::memcpy(&v, p, n);
-  h = (h ^ v) * 0xBF58476D1CE4E5B9ull;
-  h ^= h >> 31;
-  h *= 0x94D049BB133111EBull;
-  h ^= h >> 32;
-  return h;
-}
-
-// Strict base64 (standard alphabet, '=' padding to a multiple of 4). False if malformed.
-bool base64_decode(std::string_view s, std::string& out) {
-  static constexpr auto table = [] {
-    struct T {
-      int8_t v[256];
-    } t{};
-    for (int i = 0; i < 256; ++i) t.v[i] = -1;
-    const char* a = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    for (int i = 0; i < 64; ++i) t.v[static_cast<unsigned char>(a[i])] = int8_t(i);
-    return t;
-  }();
-  out.clear();
-  if (s.empty() || s.size() % 4 != 0) return false;
-  size_t pad = 0;
-  if (s.back() == '=') pad = s[s.size() - 2] == '=' ? 2 : 1;
-  for (size_t i = 0; i < s.size(); i += 4) {
-    const bool last = i + 4 == s.size();
-    uint32_t acc = 0;
-    for (size_t j = 0; j < 4; ++j) {
-      const unsigned char c = static_cast<unsigned char>(s[i + j]);
-      int v;
-      if (last && j >= 4 - pad) {
-        v = 0;  // a padding position ('=' checked above for the final one or two)
-        if (c != '=') return false;
-      } else {
-        v = table.v[c];
-        if (v < 0) return false;
-      }
-      acc = (acc << 6) | uint32_t(v);
-    }
-    out.push_back(char(acc >> 16));
-    if (!(last && pad == 2)) out.push_back(char((acc >> 8) & 0xFF));
-    if (!(last && pad >= 1)) out.push_back(char(acc & 0xFF));
-  }
-  return true;
-}
-
-struct Entry {
-  std::string bytes;
-  int64_t rank;
-  int64_t line;
-};
 
 }  // namespace
 
@@ -115,7 +55,7 @@ Tokenizer Tokenizer::from_ranks(const std::string& text, const std::string& rank
                                 std::vector<Special> specials,
                                 const std::vector<int64_t>& special_lines) {
   // Parse every line: `base64 rank`, blank lines skipped (as tiktoken does).
-  std::vector<Entry> entries;
+  std::vector<FileToken> entries;
   std::string decoded;
   for_each_line(text, [&](int64_t line_no, std::string_view line) {
     if (line.empty()) return;
@@ -128,15 +68,7 @@ Tokenizer Tokenizer::from_ranks(const std::string& text, const std::string& rank
     TRIAD_CHECK(base64_decode(b64, decoded), where, ", line ", line_no, ": '", excerpt(b64),
                 "' is not valid base64");
     TRIAD_CHECK(!num.empty(), where, ", line ", line_no, ": no rank after the token");
-    int64_t rank = 0;
-    for (const char c : num) {
-      TRIAD_CHECK(c >= '0' && c <= '9', where, ", line ", line_no, ": rank '", excerpt(num),
-                  "' is not a non-negative integer");
-      rank = rank * 10 + (c - '0');
-      TRIAD_CHECK(rank < std::numeric_limits<int32_t>::max(), where, ", line ", line_no, ": rank '",
-                  excerpt(num), "' is too large");
-    }
-    entries.push_back(Entry{decoded, rank, line_no});
+    entries.push_back(FileToken{decoded, parse_id(num, where, line_no, "rank"), line_no});
   });
   TRIAD_CHECK(!entries.empty(), where,
               ": empty (expected one 'base64(token bytes) rank' line per token)");
@@ -147,17 +79,54 @@ Tokenizer Tokenizer::from_ranks(const std::string& text, const std::string& rank
                   ? " (GPT-2's gpt2.tiktoken)"
                   : "",
               "; truncated or the wrong file?");
+  // A ranks file alone (no description lines) has ranks 0..n-1 and <|endoftext|> after them.
+  if (special_lines.empty()) {
+    specials.front().id = int32_t(n);
+    for (const FileToken& e : entries)
+      TRIAD_CHECK(e.id < n, where, ", line ", e.line, ": rank ", e.id,
+                  " is out of range: the file has ", n, " tokens, so ranks must be 0..", n - 1);
+  }
+  Tokenizer t = assemble(where, "rank", entries, std::move(specials), special_lines);
+  t.path_ = ranks_path;
+  for (int b = 0; b < 256; ++b) {
+    const char c = char(b);
+    t.byte_rank_[b] = t.lookup(&c, 1);
+    if (t.byte_rank_[b] < 0) {
+      std::ostringstream os;
+      os << std::hex << std::setw(2) << std::setfill('0') << b;
+      fail(where, ": byte 0x", os.str(),
+           " has no token (a byte-level BPE vocabulary needs all 256 single bytes)");
+    }
+  }
+  return t;
+}
+
+int64_t Tokenizer::parse_id(std::string_view num, const std::string& where, int64_t line_no,
+                            const char* what) {
+  int64_t v = 0;
+  TRIAD_CHECK(!num.empty(), where, ", line ", line_no, ": no ", what);
+  for (const char c : num) {
+    TRIAD_CHECK(c >= '0' && c <= '9', where, ", line ", line_no, ": ", what, " '", excerpt(num),
+                "' is not a non-negative integer");
+    v = v * 10 + (c - '0');
+    TRIAD_CHECK(v < std::numeric_limits<int32_t>::max(), where, ", line ", line_no, ": ", what,
+                " '", excerpt(num), "' is too large");
+  }
+  return v;
+}
+
+Tokenizer Tokenizer::assemble(const std::string& where, const char* id_word,
+                              const std::vector<FileToken>& entries, std::vector<Special> specials,
+                              const std::vector<int64_t>& special_lines) {
+  const int64_t n = int64_t(entries.size());
   const int64_t V = n + int64_t(specials.size());
   TRIAD_CHECK(V < std::numeric_limits<int32_t>::max(), where, ": too many tokens");
-  // A ranks file alone (no description lines) has ranks 0..n-1 and <|endoftext|> after them.
-  const bool alone = special_lines.empty();
-  if (alone) specials.front().id = int32_t(n);
-
-  // The ids of ranked and special tokens together must be exactly 0..V-1, each once.
-  std::vector<int64_t> line_of_id(size_t(V), 0);  // ranks file line, or -(description line)
+  // The ids of the file's and the special tokens together must be exactly 0..V-1, each once.
+  std::vector<int64_t> line_of_id(size_t(V), 0);  // file line, or -(description line)
   auto owner = [&](int64_t id) {
     const int64_t l = line_of_id[size_t(id)];
-    return l > 0 ? "rank " + std::to_string(id) + " on line " + std::to_string(l)
+    return l > 0 ? std::string(id_word) + " " + std::to_string(id) + " on line " +
+                       std::to_string(l)
                  : "special token id " + std::to_string(id) + " (description line " +
                        std::to_string(-l) + ")";
   };
@@ -165,28 +134,29 @@ Tokenizer Tokenizer::from_ranks(const std::string& text, const std::string& rank
     const Special& sp = specials[i];
     const int64_t line = special_lines.size() > i ? special_lines[i] : 0;
     TRIAD_CHECK(sp.id < V, where, ": special token ", sp.text, " has id ", sp.id,
-                ", out of range: with ", n, " ranked and ", specials.size(),
+                ", out of range: with ", n, " tokens in the file and ", specials.size(),
                 " special tokens the ids run 0..", V - 1);
     TRIAD_CHECK(line_of_id[size_t(sp.id)] == 0, where, ": special token ", sp.text, " has id ",
                 sp.id, ", already taken by ", owner(sp.id));
     line_of_id[size_t(sp.id)] = -std::max<int64_t>(line, 1);
   }
-  for (const Entry& e : entries) {
-    TRIAD_CHECK(e.rank < (alone ? n : V), where, ", line ", e.line, ": rank ", e.rank,
-                " is out of range: the file has ", n, " tokens, so ranks must be 0..",
-                alone ? n - 1 : V - 1, alone ? "" : " (special tokens' ids included)");
-    TRIAD_CHECK(line_of_id[size_t(e.rank)] == 0, where, ", line ", e.line, ": rank ", e.rank,
-                " is already taken by ", owner(e.rank));
-    line_of_id[size_t(e.rank)] = e.line;
+  for (const FileToken& e : entries) {
+    TRIAD_CHECK(e.id < V, where, ", line ", e.line, ": ", id_word, " ", e.id,
+                " is out of range: the file has ", n, " tokens, so ids must be 0..", V - 1,
+                " (special tokens' ids included)");
+    TRIAD_CHECK(line_of_id[size_t(e.id)] == 0, where, ", line ", e.line, ": ", id_word, " ", e.id,
+                " is already taken by ", owner(e.id));
+    line_of_id[size_t(e.id)] = e.line;
   }
-  std::vector<const std::string*> by_id(static_cast<size_t>(V), nullptr);
-  for (const Entry& e : entries) by_id[size_t(e.rank)] = &e.bytes;
+  std::vector<const FileToken*> entry_of(static_cast<size_t>(V), nullptr);
+  for (const FileToken& e : entries) entry_of[size_t(e.id)] = &e;
   std::sort(specials.begin(), specials.end(),
             [](const Special& a, const Special& b) { return a.id < b.id; });
 
   Tokenizer t;
-  t.path_ = ranks_path;
   t.special_.assign(size_t(V), 0);
+  std::vector<const std::string*> by_id(static_cast<size_t>(V), nullptr);
+  for (const FileToken& e : entries) by_id[size_t(e.id)] = &e.bytes;
   for (const Special& sp : specials) {
     by_id[size_t(sp.id)] = &sp.text;
     t.special_[size_t(sp.id)] = 1;
@@ -207,23 +177,12 @@ Tokenizer Tokenizer::from_ranks(const std::string& text, const std::string& rank
   t.slots_.assign(cap, Slot{0, -1});
   t.mask_ = cap - 1;
   for (int32_t id = 0; id < V; ++id) {
-    if (t.special_[size_t(id)]) continue;
-    const std::string& bytes = *by_id[size_t(id)];
-    const int32_t prev = t.lookup(bytes.data(), bytes.size());
-    TRIAD_CHECK(prev < 0, where, ", line ", line_of_id[size_t(id)],
-                ": the same token bytes were already given rank ", prev, " on line ",
-                line_of_id[size_t(prev)]);
+    const FileToken* e = entry_of[size_t(id)];
+    if (e == nullptr || e->byte_fallback) continue;
+    const int32_t prev = t.lookup(e->bytes.data(), e->bytes.size());
+    TRIAD_CHECK(prev < 0, where, ", line ", e->line, ": the same token bytes were already given ",
+                id_word, " ", prev, " on line ", line_of_id[size_t(prev)]);
     t.insert(id);
-  }
-  for (int b = 0; b < 256; ++b) {
-    const char c = char(b);
-    t.byte_rank_[b] = t.lookup(&c, 1);
-    if (t.byte_rank_[b] < 0) {
-      std::ostringstream os;
-      os << std::hex << std::setw(2) << std::setfill('0') << b;
-      fail(where, ": byte 0x", os.str(),
-           " has no token (a byte-level BPE vocabulary needs all 256 single bytes)");
-    }
   }
   return t;
 }
@@ -329,8 +288,27 @@ void Tokenizer::bpe_long(const char* p, size_t n, std::vector<int32_t>& out) con
   for (uint32_t s = 0; s < n; s = next[s]) out.push_back(id[s]);
 }
 
-void Tokenizer::encode_append(std::string_view text, std::vector<int32_t>& out) const {
-  if (added_.empty()) return encode_segment(text, out);
+void Tokenizer::encode_append(std::string_view text, std::vector<int32_t>& out,
+                              bool continuation) const {
+  if (sentencepiece_) {
+    const std::string normalized = sentencepiece_normalize(text, space_prefix_ && !continuation);
+    return cut_at_added(normalized, out, &Tokenizer::encode_words);
+  }
+  cut_at_added(text, out, &Tokenizer::encode_segment);
+}
+
+bool Tokenizer::cut_is_safe(std::string_view text, size_t p) const {
+  if (p == 0 || p >= text.size()) return p == text.size();
+  const auto a = static_cast<unsigned char>(text[p - 1]);
+  const auto b = static_cast<unsigned char>(text[p]);
+  auto space = [](unsigned char c) { return c == ' ' || (c >= 0x09 && c <= 0x0D); };
+  if (sentencepiece_) return word_split_ && a < 0x80 && !space(a) && b == ' ';
+  return a < 0x80 && !space(a) && space(b);
+}
+
+void Tokenizer::cut_at_added(std::string_view text, std::vector<int32_t>& out,
+                             SegmentEncoder segment) const {
+  if (added_.empty()) return (this->*segment)(text, out);
   size_t from = 0;  // start of the text not yet encoded
   for (size_t i = 0; i < text.size();) {
     const Special* a =
@@ -339,12 +317,12 @@ void Tokenizer::encode_append(std::string_view text, std::vector<int32_t>& out) 
       ++i;
       continue;
     }
-    encode_segment(text.substr(from, i - from), out);
+    (this->*segment)(text.substr(from, i - from), out);
     out.push_back(a->id);
     i += a->text.size();
     from = i;
   }
-  encode_segment(text.substr(from), out);
+  (this->*segment)(text.substr(from), out);
 }
 
 const Tokenizer::Special* Tokenizer::added_at(std::string_view text, size_t pos) const {

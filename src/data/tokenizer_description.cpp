@@ -1,5 +1,6 @@
 // Tokenizer descriptions (docs/formats.md "Tokenizers"): the `key value` lines that name a ranks
-// file, the pre-tokenizer, the normalizer, the special and added tokens and their roles.
+// file and the pre-tokenizer (byte-level BPE) or a pieces and a merges file (SentencePiece-style
+// BPE), the normalizer, the special and added tokens and their roles.
 #include <algorithm>
 #include <filesystem>
 #include <limits>
@@ -19,8 +20,8 @@ using tokenizer_files::for_each_line;
 // Parses "key value" lines (blank lines and # comments skipped) after the magic line.
 Tokenizer Tokenizer::from_description(const std::string& path, const std::string& text) {
   const std::string where = "tokenizer description " + path;
-  std::string ranks, scheme, document_start, prompt_start, normalizer;
-  int64_t ranks_count = -1;
+  std::string ranks, scheme, document_start, prompt_start, normalizer, pieces, merges, space_prefix;
+  int64_t ranks_count = -1, pieces_count = -1, merges_count = -1;
   std::vector<Special> specials;
   std::vector<int64_t> special_lines;
   std::vector<std::string> stops;
@@ -68,33 +69,57 @@ Tokenizer Tokenizer::from_description(const std::string& path, const std::string
     }
     std::string count;
     std::string* target = key == "ranks"            ? &ranks
-                          : key == "ranks_count"    ? &count
+                          : key == "pieces"         ? &pieces
+                          : key == "merges"         ? &merges
+                          : key == "space_prefix"   ? &space_prefix
+                          : key.ends_with("_count") ? &count
                           : key == "pretokenizer"   ? &scheme
                           : key == "document_start" ? &document_start
                           : key == "prompt_start"   ? &prompt_start
                           : key == "normalizer"     ? &normalizer
                                                     : nullptr;
-    TRIAD_CHECK(target, where, ", line ", line_no, ": unknown key '", excerpt(key),
-                "' (expected ranks, ranks_count, pretokenizer, normalizer, special, added, ",
-                "document_start, prompt_start or stop)");
+    int64_t* count_of = key == "ranks_count"    ? &ranks_count
+                        : key == "pieces_count" ? &pieces_count
+                        : key == "merges_count" ? &merges_count
+                                                : nullptr;
+    TRIAD_CHECK(target && (target != &count || count_of), where, ", line ", line_no,
+                ": unknown key '", excerpt(key),
+                "' (expected ranks, ranks_count, pretokenizer, pieces, pieces_count, merges, ",
+                "merges_count, space_prefix, normalizer, special, added, document_start, ",
+                "prompt_start or stop)");
     const auto [it, fresh] = seen.emplace(key, line_no);
     TRIAD_CHECK(fresh, where, ", line ", line_no, ": '", key, "' was already given on line ",
                 it->second);
     *target = std::string(value);
-    if (key == "ranks_count") {
-      ranks_count = parse_count(value, "ranks_count");
-      TRIAD_CHECK(ranks_count > 0, where, ", line ", line_no, ": ranks_count must be positive");
+    if (count_of) {
+      *count_of = parse_count(value, key.c_str());
+      TRIAD_CHECK(*count_of > 0, where, ", line ", line_no, ": ", key, " must be positive");
     }
   });
-  for (const char* k : {"ranks", "ranks_count", "pretokenizer", "document_start"})
+  // Byte-level BPE names a ranks file and a pre-tokenizer; SentencePiece-style names pieces and
+  // merges files and whether a space goes before the text.
+  const bool sentencepiece = seen.count("pieces") != 0;
+  const std::vector<const char*> byte_level_keys = {"ranks", "ranks_count", "pretokenizer"};
+  const std::vector<const char*> sentencepiece_keys = {"pieces", "pieces_count", "merges",
+                                                       "merges_count", "space_prefix"};
+  for (const char* k : sentencepiece ? byte_level_keys : sentencepiece_keys)
+    TRIAD_CHECK(!seen.count(k), where, ", line ", seen[k], ": '", k, "' belongs to ",
+                sentencepiece ? "a byte-level BPE (ranks), but this description names 'pieces'"
+                              : "a SentencePiece-style BPE (pieces), but this description has no "
+                                "'pieces' line");
+  for (const char* k : sentencepiece ? sentencepiece_keys : byte_level_keys)
     TRIAD_CHECK(seen.count(k), where, ": no '", k, "' line");
+  TRIAD_CHECK(seen.count("document_start"), where, ": no 'document_start' line");
+  TRIAD_CHECK(!sentencepiece || space_prefix == "true" || space_prefix == "false", where,
+              ", line ", seen["space_prefix"], ": space_prefix '", excerpt(space_prefix),
+              "' must be true or false");
   TRIAD_CHECK(
       std::any_of(specials.begin(), specials.end(), [](const Special& s) { return !s.in_text; }),
       where, ": no 'special ID TEXT' line (its special tokens)");
   TRIAD_CHECK(!stops.empty(), where, ": no 'stop' line (the tokens that end generation)");
   TRIAD_CHECK(normalizer.empty() || normalizer == "nfc", where, ": unknown normalizer '",
               excerpt(normalizer), "' (expected nfc, or no normalizer line)");
-  const auto sch = pretok::parse_scheme(scheme);
+  const auto sch = sentencepiece ? pretok::Scheme::gpt2 : pretok::parse_scheme(scheme);
   TRIAD_CHECK(sch.has_value(), where, ": unknown pretokenizer '", excerpt(scheme),
               "' (expected gpt2, llama3, qwen2 or gpt2_digits)");
   for (size_t i = 0; i < specials.size(); ++i)
@@ -104,16 +129,33 @@ Tokenizer Tokenizer::from_description(const std::string& path, const std::string
                   special_lines[j]);
 
   namespace fs = std::filesystem;
-  fs::path rp(ranks);
-  if (rp.is_relative()) rp = fs::path(path).parent_path() / rp;
-  const std::string where_ranks = "ranks file " + rp.string() + " (named by " + path + ")";
-  Tokenizer t = from_ranks(tokenizer_files::read_whole(rp.string(), where_ranks), rp.string(),
-                           where_ranks, int32_t(ranks_count), std::move(specials), special_lines);
+  auto beside = [&](const std::string& name) {  // relative to the description's directory
+    fs::path rp(name);
+    if (rp.is_relative()) rp = fs::path(path).parent_path() / rp;
+    return rp.string();
+  };
+  Tokenizer t;
+  if (sentencepiece) {
+    t = from_pieces(beside(pieces), pieces_count, beside(merges), merges_count,
+                    std::move(specials), special_lines, path);
+    t.space_prefix_ = space_prefix == "true";
+  } else {
+    const std::string rp = beside(ranks);
+    const std::string where_ranks = "ranks file " + rp + " (named by " + path + ")";
+    t = from_ranks(tokenizer_files::read_whole(rp, where_ranks), rp, where_ranks,
+                   int32_t(ranks_count), std::move(specials), special_lines);
+  }
   t.path_ = path;
   t.scheme_ = *sch;
   t.nfc_ = normalizer == "nfc";
   for (size_t i = 0; i < t.specials_.size(); ++i) {
     if (!t.specials_[i].in_text) continue;
+    // SentencePiece-style added tokens are found in the normalized text, where a space and
+    // U+2581 are one character.
+    TRIAD_CHECK(!t.sentencepiece_ || (t.specials_[i].text.find("\xE2\x96\x81") ==
+                                       std::string::npos),
+                where, ": added token '", excerpt(t.specials_[i].text),
+                "' holds U+2581, which a SentencePiece-style tokenizer reads as a space");
     t.added_.push_back(i);
     t.added_first_[static_cast<unsigned char>(t.specials_[i].text[0])] = true;
   }

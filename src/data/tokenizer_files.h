@@ -1,8 +1,10 @@
-// Reading the tokenizer's text files (tokenizer.cpp's ranks files, tokenizer_description.cpp's
-// descriptions): the whole file, its lines, a line's excerpt for messages.
+// Reading the tokenizer's text files (tokenizer.cpp's ranks files, tokenizer_pieces.cpp's pieces
+// and merges, tokenizer_description.cpp's descriptions): the whole file, its lines, a line's
+// excerpt for messages, base64, and the hash of a token's bytes.
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -41,6 +43,62 @@ void for_each_line(std::string_view text, F&& fn) {
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
     fn(++line_no, line);
   }
+}
+
+inline uint64_t hash_bytes(const char* p, size_t n) {
+  uint64_t h = 0x9E3779B97F4A7C15ull ^ (uint64_t(n) * 0xFF51AFD7ED558CCDull);
+  while (n >= 8) {
+    uint64_t v;
+    std::memcpy(&v, p, 8);
+    h = (h ^ v) * 0x9E3779B97F4A7C15ull;
+    h ^= h >> 29;
+    p += 8;
+    n -= 8;
+  }
+  uint64_t v = 0;
+  std::memcpy(&v, p, n);
+  h = (h ^ v) * 0xBF58476D1CE4E5B9ull;
+  h ^= h >> 31;
+  h *= 0x94D049BB133111EBull;
+  h ^= h >> 32;
+  return h;
+}
+
+// Strict base64 (standard alphabet, '=' padding to a multiple of 4). False if malformed.
+inline bool base64_decode(std::string_view s, std::string& out) {
+  static constexpr auto table = [] {
+    struct T {
+      int8_t v[256];
+    } t{};
+    for (int i = 0; i < 256; ++i) t.v[i] = -1;
+    const char* a = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for (int i = 0; i < 64; ++i) t.v[static_cast<unsigned char>(a[i])] = int8_t(i);
+    return t;
+  }();
+  out.clear();
+  if (s.empty() || s.size() % 4 != 0) return false;
+  size_t pad = 0;
+  if (s.back() == '=') pad = s[s.size() - 2] == '=' ? 2 : 1;
+  for (size_t i = 0; i < s.size(); i += 4) {
+    const bool last = i + 4 == s.size();
+    uint32_t acc = 0;
+    for (size_t j = 0; j < 4; ++j) {
+      const unsigned char c = static_cast<unsigned char>(s[i + j]);
+      int v;
+      if (last && j >= 4 - pad) {
+        v = 0;  // a padding position ('=' checked above for the final one or two)
+        if (c != '=') return false;
+      } else {
+        v = table.v[c];
+        if (v < 0) return false;
+      }
+      acc = (acc << 6) | uint32_t(v);
+    }
+    out.push_back(char(acc >> 16));
+    if (!(last && pad == 2)) out.push_back(char((acc >> 8) & 0xFF));
+    if (!(last && pad >= 1)) out.push_back(char(acc & 0xFF));
+  }
+  return true;
 }
 
 }  // namespace triad::tokenizer_files

@@ -22,9 +22,10 @@
 // <prefix>_train_000007.bin) are removed, so that the loader's globs see this run only.
 //
 // Threads: large files are cut into chunks of about chunk_bytes at positions where the
-// pre-tokenization is known not to change (an ASCII non-space byte followed by an ASCII
-// space byte), chunks are encoded in parallel, and results are joined in order: the output is
-// the same for every thread count and chunk size, and equals encoding each file whole.
+// encoding is known not to change (Tokenizer::cut_is_safe: an ASCII non-space byte followed by
+// an ASCII space byte), chunks are encoded in parallel, and results are joined in order: the
+// output is the same for every thread count and chunk size, and equals encoding each file
+// whole.
 #pragma once
 
 #include <cstddef>

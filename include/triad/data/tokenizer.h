@@ -1,25 +1,40 @@
-// Byte-level BPE tokenizers read from tiktoken's rank files (DESIGN.md: module data): GPT-2's,
-// and through a tokenizer description those of Llama 3, Qwen2 and other byte-level BPE models.
+// BPE tokenizers (DESIGN.md: module data) of two kinds, both read from text files:
+//   - byte-level BPE from tiktoken's rank files: GPT-2's, and through a tokenizer description
+//     those of Llama 3, Qwen2 and other byte-level BPE models;
+//   - SentencePiece-style BPE (Llama 2's, Mistral's, TinyLlama's): characters merged by a
+//     table of merges, with bytes as the fallback for characters that are no token.
 //
 // A ranks file has one token per line, `base64(token bytes) rank`, ranks 0..n-1 each once.
 // from_file takes either
 //   - a ranks file alone: GPT-2's tokenizer (n = 50,256 in data/vocab/gpt2.tiktoken, the count
 //     from_file expects by default), whose one special token <|endoftext|> is id n; or
 //   - a tokenizer description (docs/formats.md "Tokenizers"), a text file whose first
-//     line is "triad-tokenizer 1", naming a ranks file, the pre-tokenizer, the special tokens
-//     with their ids, and which of them start documents and prompts and end generation. A
-//     token's id is its rank; the special tokens take the ids the ranks leave free (after
-//     them for Llama 3's, before them for a tokenizer trained by Hugging Face's tokenizers),
-//     so that the ids together are 0..vocab_size-1. `triad-convert tokenizer` writes one from a
-//     Hugging Face tokenizer.json or Meta's Llama 3 tokenizer.model.
+//     line is "triad-tokenizer 1", naming a ranks file (or a pieces and a merges file), the
+//     pre-tokenizer, the special tokens with their ids, and which of them start documents and
+//     prompts and end generation. A token's id is its rank; the special tokens take the ids the
+//     ranks leave free (after them for Llama 3's, before them for a tokenizer trained by Hugging
+//     Face's tokenizers), so that the ids together are 0..vocab_size-1. `triad-convert
+//     tokenizer` writes one from a Hugging Face tokenizer.json, Meta's Llama 3 tokenizer.model
+//     or a SentencePiece model.
 //
-// encode() gives exactly tiktoken's encode_ordinary() with the same ranks and pattern: the text
-// is split by the pre-tokenizer (triad/data/pretokenize.h), a piece that is itself a token
-// becomes that token, and any other piece starts as its single bytes, of which the adjacent
-// pair whose concatenation has the lowest rank (the leftmost of equals) is merged repeatedly.
-// The text is bytes: invalid UTF-8 is encoded too, so decode(encode(s)) == s for every byte
-// string s, unless the description names `normalizer nfc` (Qwen2's tokenizer): then the text is
-// first put in Unicode's NFC (triad/data/unicode_nfc.h) and decode(encode(s)) == nfc(s).
+// Byte-level: encode() gives exactly tiktoken's encode_ordinary() with the same ranks and
+// pattern: the text is split by the pre-tokenizer (triad/data/pretokenize.h), a piece that is
+// itself a token becomes that token, and any other piece starts as its single bytes, of which
+// the adjacent pair whose concatenation has the lowest rank (the leftmost of equals) is merged
+// repeatedly. The text is bytes: invalid UTF-8 is encoded too, so decode(encode(s)) == s for
+// every byte string s, unless the description names `normalizer nfc` (Qwen2's tokenizer): then
+// the text is first put in Unicode's NFC (triad/data/unicode_nfc.h) and decode(encode(s)) ==
+// nfc(s).
+//
+// SentencePiece-style (tokenizer_sentencepiece.cpp): tokens are stored as the bytes they decode
+// to, a space where SentencePiece writes U+2581, so the text's U+2581 counts as a space; with
+// `space_prefix true` a non-empty text gets a space in front (SentencePiece's dummy prefix). The
+// text starts as its UTF-8 characters (an invalid byte alone), each its token's id if it is one,
+// and the adjacent pair with the lowest merge rank (the leftmost of equals) becomes the merge's
+// token until no pair has a merge; a character that is no token becomes its bytes' fallback
+// tokens. That is SentencePiece's BPE when the ranks order the merged tokens' scores, and
+// Hugging Face's BPE when they are its merges' positions.
+//
 // Special tokens' texts (e.g. "<|endoftext|>") in the text are ordinary text, never the special
 // tokens. Added tokens (`added ID TEXT`) are the exception: the text is first cut at each of
 // them (the leftmost, and the longest there), and each becomes its id.
@@ -54,8 +69,17 @@ class Tokenizer {
 
   // Ordinary text to token ids; no special tokens are recognized.
   std::vector<int32_t> encode(std::string_view text) const;
-  // Appends the ids of text to out (the same ids as encode).
-  void encode_append(std::string_view text, std::vector<int32_t>& out) const;
+  // Appends the ids of text to out (the same ids as encode). A continuation is text that
+  // follows other text, cut where cut_is_safe allows: a SentencePiece-style tokenizer puts no
+  // space before it.
+  void encode_append(std::string_view text, std::vector<int32_t>& out,
+                     bool continuation = false) const;
+  // Whether encoding text[..p) and then text[p..) as a continuation gives the ids of text:
+  // text[p - 1] is an ASCII character other than white space and text[p] is white space (a
+  // space for SentencePiece-style tokenizers, and never where a token may hold a space after
+  // another character). Pre-tokenizers never join such characters into one piece, and a match
+  // at p never looks behind p.
+  bool cut_is_safe(std::string_view text, size_t p) const;
 
   // Ids to raw bytes (a special token decodes to its text). Throws triad::Error for an id
   // outside [0, vocab_size()).
@@ -84,6 +108,10 @@ class Tokenizer {
   };
   int32_t vocab_size() const { return int32_t(special_.size()); }
   int32_t n_ranks() const { return vocab_size() - int32_t(specials_.size()); }
+  // SentencePiece-style BPE (a description naming `pieces`), and whether it puts a space before
+  // the text.
+  bool is_sentencepiece() const { return sentencepiece_; }
+  bool space_prefix() const { return space_prefix_; }
   pretok::Scheme pretokenizer() const { return scheme_; }
   bool normalizes_nfc() const { return nfc_; }
   const std::vector<Special>& special_tokens() const { return specials_; }  // by id
@@ -97,18 +125,58 @@ class Tokenizer {
   // The ranks file's text (read from ranks_path) and the special tokens (their ids and, for
   // messages, description lines; none for a ranks file alone, whose one special token then takes
   // the id after the ranks).
+  // A token of a ranks or pieces file: its bytes, id, line, and whether it is a byte fallback
+  // token (SentencePiece's <0xAB>: decodes to that byte, never the result of a merge).
+  struct FileToken {
+    std::string bytes;
+    int64_t id;
+    int64_t line;
+    bool byte_fallback = false;
+  };
+  // The ranks file's text (read from ranks_path) and the special tokens (their ids and, for
+  // messages, description lines; none for a ranks file alone, whose one special token then takes
+  // the id after the ranks).
   static Tokenizer from_ranks(const std::string& text, const std::string& ranks_path,
                               const std::string& where, int32_t expect_ranks,
                               std::vector<Special> specials,
                               const std::vector<int64_t>& special_lines);
+  // A SentencePiece-style tokenizer from its pieces and merges files (tokenizer_sentencepiece.cpp).
+  static Tokenizer from_pieces(const std::string& pieces_path, int64_t pieces_count,
+                               const std::string& merges_path, int64_t merges_count,
+                               std::vector<Special> specials,
+                               const std::vector<int64_t>& special_lines, const std::string& by);
   static Tokenizer from_description(const std::string& path, const std::string& text);
+  // The tokens of a file and the special tokens, checked to have the ids 0..V-1 once each, with
+  // the hash table of the file's tokens (byte fallback tokens left out). id_word names a file
+  // token's id in messages ("rank").
+  static Tokenizer assemble(const std::string& where, const char* id_word,
+                            const std::vector<FileToken>& entries, std::vector<Special> specials,
+                            const std::vector<int64_t>& special_lines);
+  // A non-negative 32-bit decimal; throws naming where, the line and what it is.
+  static int64_t parse_id(std::string_view num, const std::string& where, int64_t line_no,
+                          const char* what);
   int32_t lookup(const char* p, size_t n) const;  // rank of these bytes, or -1
   void insert(int32_t rank);                      // into the hash table
   void bpe(const char* p, size_t n, std::vector<int32_t>& out) const;
   void bpe_long(const char* p, size_t n, std::vector<int32_t>& out) const;
   void encode_pieces(std::string_view text, std::vector<int32_t>& out) const;   // no normalizing
   void encode_segment(std::string_view text, std::vector<int32_t>& out) const;  // no added tokens
+  // Encodes each stretch of text between added tokens with `segment`, their ids between.
+  using SegmentEncoder = void (Tokenizer::*)(std::string_view, std::vector<int32_t>&) const;
+  void cut_at_added(std::string_view text, std::vector<int32_t>& out,
+                    SegmentEncoder segment) const;
   const Special* added_at(std::string_view text, size_t pos) const;  // the longest, or null
+  // SentencePiece-style: the normalized text (U+2581 as a space, the space prefix), a stretch of
+  // it between added tokens cut into words, and one word merged.
+  std::string sentencepiece_normalize(std::string_view text, bool space_prefix) const;
+  void encode_words(std::string_view text, std::vector<int32_t>& out) const;
+  void merge_word(std::string_view word, std::vector<int32_t>& out) const;
+  struct Merge {
+    uint64_t key;    // (left id + 1) << 32 | (right id + 1); 0 = empty slot
+    int32_t rank;    // lower merges first; equal ranks: the leftmost first
+    int32_t result;  // the merged token's id
+  };
+  const Merge* find_merge(int32_t left, int32_t right) const;  // or null
 
   struct Slot {
     uint32_t tag;  // high bits of the hash
@@ -130,6 +198,13 @@ class Tokenizer {
   std::vector<Slot> slots_;        // open addressing, linear probing
   size_t mask_ = 0;
   int32_t byte_rank_[256] = {};
+  // SentencePiece-style only.
+  bool sentencepiece_ = false;
+  bool space_prefix_ = false;
+  bool word_split_ = false;    // no token holds a space after a non-space: cut words before those
+  std::vector<Merge> merges_;  // open addressing, linear probing
+  size_t merge_mask_ = 0;
+  int32_t byte_token_[256] = {};  // the byte fallback tokens
 };
 
 }  // namespace triad
