@@ -7,8 +7,9 @@ triad reads them through a tokenizer description (docs/formats.md, "Tokenizers")
   where SentencePiece writes U+2581 ("▁");
 - a merges file: `left right rank` per merge (token ids): two adjacent parts with a merge
   become its joined token, the lowest rank first and the leftmost of equal ranks first;
-- `space_prefix true|false`: whether a space goes before the text (SentencePiece's dummy
-  prefix).
+- `space_prefix true|false|unless_space`: whether a space goes before the text (SentencePiece's
+  dummy prefix; unless_space: only before a text that does not begin with a space, as Hugging
+  Face's Metaspace pre-tokenizer does).
 
 Sources (triad-convert tokenizer):
 - a SentencePiece model (`tokenizer.model` of Llama 2 or Mistral; --sentencepiece), read here
@@ -43,7 +44,7 @@ class PiecesDescription:
     pieces: dict[int, bytes]               # id -> token bytes (spaces as spaces)
     byte_tokens: dict[int, int]            # id -> the byte it falls back to
     merges: list[tuple[int, int, int]]     # (left id, right id, rank)
-    space_prefix: bool
+    space_prefix: str                      # "true", "false" or "unless_space"
     specials: dict[str, int]               # text -> id
     document_start: str
     prompt_start: str | None
@@ -80,7 +81,7 @@ class PiecesDescription:
         lines = ["triad-tokenizer 1", f"# {source}", "pieces tokenizer.pieces",
                  f"pieces_count {len(self.pieces) + len(self.byte_tokens)}",
                  "merges tokenizer.merges", f"merges_count {len(self.merges)}",
-                 f"space_prefix {'true' if self.space_prefix else 'false'}"]
+                 f"space_prefix {self.space_prefix}"]
         if self.normalizer is not None:
             lines.append(f"normalizer {self.normalizer}")
         lines += [f"{'added' if s in self.added else 'special'} {i} {s}"
@@ -100,7 +101,7 @@ class PiecesDescription:
         start = f", prompt start {self.prompt_start}" if self.prompt_start else ""
         return (f"SentencePiece-style: {len(self.pieces)} pieces + 256 byte tokens + "
                 f"{len(self.specials)} special tokens = vocab {self.vocab_size}, "
-                f"{len(self.merges)} merges, space prefix {str(self.space_prefix).lower()}, "
+                f"{len(self.merges)} merges, space prefix {self.space_prefix}, "
                 f"document start {self.document_start}{start}, stop {' '.join(self.stops)}")
 
 
@@ -276,8 +277,10 @@ def from_sentencepiece(path: Path, document_start: str | None = None,
         for k in range(1, len(text)):
             a, b = text[:k].encode("utf-8"), text[k:].encode("utf-8")
             if a in by_bytes and b in by_bytes:
-                merges.append((by_bytes[a], by_bytes[b], order[scores[i]]))
-    merges.sort(key=lambda g: (g[2], g[0], g[1]))
+                merges.append((by_bytes[a], by_bytes[b], order[scores[i]], i))
+    # Equal ranks in the order transformers writes them to a tokenizer.json: by the joined
+    # piece's id, then the parts' ids (Hugging Face breaks ties by that order).
+    merges = [g[:3] for g in sorted(merges, key=lambda g: (g[2], g[3], g[0], g[1]))]
     names = {i: s for s, i in specials.items()}
     bos, eos = names.get(m["bos_id"]), names.get(m["eos_id"])
     document_start = document_start or bos
@@ -290,7 +293,8 @@ def from_sentencepiece(path: Path, document_start: str | None = None,
         raise SentencePieceError(f"{where}: no BOS piece: give --document-start")
     if not stops:
         raise SentencePieceError(f"{where}: no EOS piece: give --stop")
-    d = PiecesDescription(pieces, byte_tokens, merges, m["dummy_prefix"], specials,
+    d = PiecesDescription(pieces, byte_tokens, merges, "true" if m["dummy_prefix"] else "false",
+                          specials,
                           document_start, prompt_start, stops, frozenset(added))
     d.check(where)
     return d
@@ -298,26 +302,27 @@ def from_sentencepiece(path: Path, document_start: str | None = None,
 
 # ---- Hugging Face tokenizer.json ----------------------------------------------------------------
 
-def space_prefix_of(tj: dict, where: str) -> bool:
-    """Whether a SentencePiece-style tokenizer.json puts U+2581 before the text; refuses a
-    normalizer or pre-tokenizer that does anything else."""
+def space_prefix_of(tj: dict, where: str) -> str:
+    """When a SentencePiece-style tokenizer.json puts U+2581 before the text (a space_prefix
+    value); refuses a normalizer or pre-tokenizer that does anything else."""
     norm, pre = tj.get("normalizer"), tj.get("pre_tokenizer")
     replace = {"type": "Replace", "pattern": {"String": " "}, "content": SPACE}
     prepend = {"type": "Prepend", "prepend": SPACE}
     if pre is None and norm == replace:
-        return False
+        return "false"
     if pre is None and isinstance(norm, dict) and norm.get("type") == "Sequence":
         parts = norm.get("normalizers") or []
         if parts == [prepend, replace]:
-            return True
+            return "true"
         if parts == [replace]:
-            return False
+            return "false"
     if norm is None and isinstance(pre, dict) and pre.get("type") == "Metaspace" \
             and pre.get("replacement") == SPACE and pre.get("split", True) is False:
         scheme = pre.get("prepend_scheme", "always" if pre.get("add_prefix_space", True)
                          else "never")
+        # Metaspace puts U+2581 first unless the text begins with one (a space, replaced).
         if scheme in ("always", "first", "never"):
-            return scheme != "never"
+            return "never" if scheme == "never" else "unless_space"
     raise SentencePieceError(
         f"{where}: normalizer {json.dumps(norm)[:160]} with pre_tokenizer "
         f"{json.dumps(pre)[:160]}; triad reads SentencePiece-style tokenizers that write spaces "
@@ -376,14 +381,25 @@ def from_hf_json(tj: dict, where: str, roles) -> PiecesDescription:
 
 def hf_files(d: PiecesDescription, model_max_length: int) -> dict[str, str]:
     """tokenizer.json and tokenizer_config.json for transformers' PreTrainedTokenizerFast: a BPE
-    with byte fallback whose merges are the table's in rank order (equal ranks in file order:
-    Hugging Face breaks ties by that order where triad takes the leftmost pair)."""
+    with byte fallback whose merges are the table's in rank order. Hugging Face breaks ties by
+    the merges' order where triad (and SentencePiece) take the leftmost pair: equal ranks are
+    written as transformers writes them (by the joined token's id, then the parts' ids), which
+    gives SentencePiece's ids on the texts tested."""
+    by_bytes = {t: i for i, t in d.pieces.items()}
     names = {i: piece_text(t) for i, t in d.pieces.items()}
     names.update({i: f"<0x{b:02X}>" for i, b in d.byte_tokens.items()})
     names.update({i: s for s, i in d.specials.items()})
-    merges = [[names[a], names[b]] for a, b, _ in sorted(d.merges, key=lambda g: g[2])]
+    joined = {(a, b): by_bytes.get(d.pieces[a] + d.pieces[b], -1) for a, b, _ in d.merges}
+    merges = [[names[a], names[b]]
+              for a, b, _ in sorted(d.merges, key=lambda g: (g[2], joined[g[:2]], g[0], g[1]))]
     replace = {"type": "Replace", "pattern": {"String": " "}, "content": SPACE}
-    norm = [{"type": "Prepend", "prepend": SPACE}, replace] if d.space_prefix else [replace]
+    norm = {"type": "Sequence", "normalizers": [replace]}
+    pre = None
+    if d.space_prefix == "true":
+        norm["normalizers"].insert(0, {"type": "Prepend", "prepend": SPACE})
+    elif d.space_prefix == "unless_space":
+        norm, pre = None, {"type": "Metaspace", "replacement": SPACE, "prepend_scheme": "first",
+                           "split": False}
     unk = next((s for s in d.specials if s == "<unk>"), None)
     post = None
     if d.prompt_start is not None:
@@ -397,15 +413,14 @@ def hf_files(d: PiecesDescription, model_max_length: int) -> dict[str, str]:
                                          "tokens": [bos]}}}
     decoder = [{"type": "Replace", "pattern": {"String": SPACE}, "content": " "},
                {"type": "ByteFallback"}, {"type": "Fuse"}]
-    if d.space_prefix:
+    if d.space_prefix != "false":
         decoder.append({"type": "Strip", "content": " ", "start": 1, "stop": 0})
     tj = {
         "version": "1.0", "truncation": None, "padding": None,
         "added_tokens": [{"id": i, "content": s, "single_word": False, "lstrip": False,
                           "rstrip": False, "normalized": False, "special": True}
                          for s, i in sorted(d.specials.items(), key=lambda kv: kv[1])],
-        "normalizer": {"type": "Sequence", "normalizers": norm},
-        "pre_tokenizer": None, "post_processor": post,
+        "normalizer": norm, "pre_tokenizer": pre, "post_processor": post,
         "decoder": {"type": "Sequence", "decoders": decoder},
         "model": {"type": "BPE", "dropout": None, "unk_token": unk,
                   "continuing_subword_prefix": None, "end_of_word_suffix": None,
@@ -454,7 +469,9 @@ def read_description(path: Path, single: dict[str, str], specials: dict[str, int
         raise SentencePieceError(f"{path}: cannot read its pieces or merges ({e})") from None
     if any(len(g) != 3 for g in merges):
         raise SentencePieceError(f"{path}: a merges line is not 'left right rank'")
-    d = PiecesDescription(pieces, byte_tokens, merges, single["space_prefix"] == "true",
+    if single["space_prefix"] not in ("true", "false", "unless_space"):
+        raise SentencePieceError(f"{path}: space_prefix {single['space_prefix']!r}")
+    d = PiecesDescription(pieces, byte_tokens, merges, single["space_prefix"],
                           specials, single["document_start"], single.get("prompt_start"), stops,
                           frozenset(added), single.get("normalizer"))
     d.check(str(path))

@@ -16,7 +16,10 @@
 #  3. BPE ranks, each checked against its sha256: GPT-2's -> data/vocab/gpt2.tiktoken (from
 #     the openai-whisper sdist); Llama 3's -> data/vocab/llama3.tiktoken (Meta's
 #     tokenizer.model, from the llama-models wheel) and Qwen's -> data/vocab/qwen.tiktoken (the
-#     151,643 ranks of Qwen and Qwen2, from the dashscope wheel), for the tokenizer tests.
+#     151,643 ranks of Qwen and Qwen2, from the dashscope wheel), and Mistral's SentencePiece
+#     models -> data/vocab/mistral-v1.model (Mistral 7B v0.1's, the scheme of Llama 2's) and
+#     data/vocab/mistral-v3.model (with control and user-defined pieces), from the
+#     mistral_common wheel, for the tokenizer tests.
 #  4. Default corpus -> data/corpus/*.txt: King James Bible and Jane Austen's six novels,
 #     from Debian packages (apt-get download + dpkg-deb -x, no root needed), cleaned to
 #     plain UTF-8 text by jobs/prepare_corpus.py.
@@ -62,6 +65,9 @@ LLAMA_MODELS_WHEEL=llama-models==0.3.0
 LLAMA3_SHA256=82e9d31979e92ab929cd544440f129d9ecd797b69e327f80f17e1c50d5551b55
 DASHSCOPE_WHEEL=dashscope==2.0.2
 QWEN_SHA256=b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186
+MISTRAL_COMMON_WHEEL=mistral_common==1.5.4
+MISTRAL_V1_SHA256=dadfd56d766715c61d2ef780a525ab43b8e6da4de6865bda3d95fdef5e134055
+MISTRAL_V3_SHA256=9addc8bdce5988448ae81b729336f43a81262160ae8da760674badab9d4c7d33
 VENV=$ROOT/.venv
 
 SUMMARY=()
@@ -327,6 +333,10 @@ step_vocab() {
     --only-binary :all: "$LLAMA_MODELS_WHEEL"
   fetch_ranks data/vocab/qwen.tiktoken "$QWEN_SHA256" dashscope/resources/qwen.tiktoken \
     --only-binary :all: "$DASHSCOPE_WHEEL"
+  fetch_ranks data/vocab/mistral-v1.model "$MISTRAL_V1_SHA256" data/tokenizer.model.v1 \
+    --only-binary :all: "$MISTRAL_COMMON_WHEEL"
+  fetch_ranks data/vocab/mistral-v3.model "$MISTRAL_V3_SHA256" \
+    data/mistral_instruct_tokenizer_240323.model.v3 --only-binary :all: "$MISTRAL_COMMON_WHEEL"
 }
 
 # ---- 4. default corpus ---------------------------------------------------------------------------

@@ -291,7 +291,8 @@ void Tokenizer::bpe_long(const char* p, size_t n, std::vector<int32_t>& out) con
 void Tokenizer::encode_append(std::string_view text, std::vector<int32_t>& out,
                               bool continuation) const {
   if (sentencepiece_) {
-    const std::string normalized = sentencepiece_normalize(text, space_prefix_ && !continuation);
+    const std::string normalized =
+        sentencepiece_normalize(text, continuation ? SpacePrefix::never : space_prefix_);
     return cut_at_added(normalized, out, &Tokenizer::encode_words);
   }
   cut_at_added(text, out, &Tokenizer::encode_segment);

@@ -110,9 +110,10 @@ Tokenizer Tokenizer::from_description(const std::string& path, const std::string
   for (const char* k : sentencepiece ? sentencepiece_keys : byte_level_keys)
     TRIAD_CHECK(seen.count(k), where, ": no '", k, "' line");
   TRIAD_CHECK(seen.count("document_start"), where, ": no 'document_start' line");
-  TRIAD_CHECK(!sentencepiece || space_prefix == "true" || space_prefix == "false", where,
-              ", line ", seen["space_prefix"], ": space_prefix '", excerpt(space_prefix),
-              "' must be true or false");
+  TRIAD_CHECK(!sentencepiece || space_prefix == "true" || space_prefix == "false" ||
+                  space_prefix == "unless_space",
+              where, ", line ", seen["space_prefix"], ": space_prefix '", excerpt(space_prefix),
+              "' must be true, false or unless_space");
   TRIAD_CHECK(
       std::any_of(specials.begin(), specials.end(), [](const Special& s) { return !s.in_text; }),
       where, ": no 'special ID TEXT' line (its special tokens)");
@@ -138,7 +139,9 @@ Tokenizer Tokenizer::from_description(const std::string& path, const std::string
   if (sentencepiece) {
     t = from_pieces(beside(pieces), pieces_count, beside(merges), merges_count,
                     std::move(specials), special_lines, path);
-    t.space_prefix_ = space_prefix == "true";
+    t.space_prefix_ = space_prefix == "true"    ? SpacePrefix::always
+                      : space_prefix == "false" ? SpacePrefix::never
+                                                : SpacePrefix::unless_space;
   } else {
     const std::string rp = beside(ranks);
     const std::string where_ranks = "ranks file " + rp + " (named by " + path + ")";

@@ -164,11 +164,14 @@ const Tokenizer::Merge* Tokenizer::find_merge(int32_t left, int32_t right) const
   }
 }
 
-std::string Tokenizer::sentencepiece_normalize(std::string_view text, bool space_prefix) const {
+std::string Tokenizer::sentencepiece_normalize(std::string_view text, SpacePrefix prefix) const {
   std::string src = nfc_ ? nfc(text) : std::string(text);
   std::string out;
   out.reserve(src.size() + 1);
-  if (space_prefix && !src.empty()) out.push_back(' ');
+  const bool space_first = src.starts_with(' ') || src.starts_with(kLowerBlock);
+  if (!src.empty() && (prefix == SpacePrefix::always ||
+                       (prefix == SpacePrefix::unless_space && !space_first)))
+    out.push_back(' ');
   for (size_t i = 0; i < src.size();) {
     if (src.compare(i, kLowerBlock.size(), kLowerBlock) == 0) {
       out.push_back(' ');

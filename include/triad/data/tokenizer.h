@@ -28,7 +28,8 @@
 //
 // SentencePiece-style (tokenizer_sentencepiece.cpp): tokens are stored as the bytes they decode
 // to, a space where SentencePiece writes U+2581, so the text's U+2581 counts as a space; with
-// `space_prefix true` a non-empty text gets a space in front (SentencePiece's dummy prefix). The
+// `space_prefix true` a non-empty text gets a space in front (SentencePiece's dummy prefix; with
+// `unless_space` only a text that does not begin with one: Hugging Face's Metaspace). The
 // text starts as its UTF-8 characters (an invalid byte alone), each its token's id if it is one,
 // and the adjacent pair with the lowest merge rank (the leftmost of equals) becomes the merge's
 // token until no pair has a merge; a character that is no token becomes its bytes' fallback
@@ -111,7 +112,8 @@ class Tokenizer {
   // SentencePiece-style BPE (a description naming `pieces`), and whether it puts a space before
   // the text.
   bool is_sentencepiece() const { return sentencepiece_; }
-  bool space_prefix() const { return space_prefix_; }
+  enum class SpacePrefix { never, always, unless_space };
+  SpacePrefix space_prefix() const { return space_prefix_; }
   pretok::Scheme pretokenizer() const { return scheme_; }
   bool normalizes_nfc() const { return nfc_; }
   const std::vector<Special>& special_tokens() const { return specials_; }  // by id
@@ -168,7 +170,7 @@ class Tokenizer {
   const Special* added_at(std::string_view text, size_t pos) const;  // the longest, or null
   // SentencePiece-style: the normalized text (U+2581 as a space, the space prefix), a stretch of
   // it between added tokens cut into words, and one word merged.
-  std::string sentencepiece_normalize(std::string_view text, bool space_prefix) const;
+  std::string sentencepiece_normalize(std::string_view text, SpacePrefix prefix) const;
   void encode_words(std::string_view text, std::vector<int32_t>& out) const;
   void merge_word(std::string_view word, std::vector<int32_t>& out) const;
   struct Merge {
@@ -200,7 +202,7 @@ class Tokenizer {
   int32_t byte_rank_[256] = {};
   // SentencePiece-style only.
   bool sentencepiece_ = false;
-  bool space_prefix_ = false;
+  SpacePrefix space_prefix_ = SpacePrefix::never;
   bool word_split_ = false;    // no token holds a space after a non-space: cut words before those
   std::vector<Merge> merges_;  // open addressing, linear probing
   size_t merge_mask_ = 0;
