@@ -125,8 +125,7 @@ Tokenizer Tokenizer::assemble(const std::string& where, const char* id_word,
   std::vector<int64_t> line_of_id(size_t(V), 0);  // file line, or -(description line)
   auto owner = [&](int64_t id) {
     const int64_t l = line_of_id[size_t(id)];
-    return l > 0 ? std::string(id_word) + " " + std::to_string(id) + " on line " +
-                       std::to_string(l)
+    return l > 0 ? std::string(id_word) + " " + std::to_string(id) + " on line " + std::to_string(l)
                  : "special token id " + std::to_string(id) + " (description line " +
                        std::to_string(-l) + ")";
   };

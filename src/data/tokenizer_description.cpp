@@ -137,8 +137,8 @@ Tokenizer Tokenizer::from_description(const std::string& path, const std::string
   };
   Tokenizer t;
   if (sentencepiece) {
-    t = from_pieces(beside(pieces), pieces_count, beside(merges), merges_count,
-                    std::move(specials), special_lines, path);
+    t = from_pieces(beside(pieces), pieces_count, beside(merges), merges_count, std::move(specials),
+                    special_lines, path);
     t.space_prefix_ = space_prefix == "true"    ? SpacePrefix::always
                       : space_prefix == "false" ? SpacePrefix::never
                                                 : SpacePrefix::unless_space;
@@ -155,10 +155,10 @@ Tokenizer Tokenizer::from_description(const std::string& path, const std::string
     if (!t.specials_[i].in_text) continue;
     // SentencePiece-style added tokens are found in the normalized text, where a space and
     // U+2581 are one character.
-    TRIAD_CHECK(!t.sentencepiece_ || (t.specials_[i].text.find("\xE2\x96\x81") ==
-                                       std::string::npos),
-                where, ": added token '", excerpt(t.specials_[i].text),
-                "' holds U+2581, which a SentencePiece-style tokenizer reads as a space");
+    TRIAD_CHECK(
+        !t.sentencepiece_ || (t.specials_[i].text.find("\xE2\x96\x81") == std::string::npos), where,
+        ": added token '", excerpt(t.specials_[i].text),
+        "' holds U+2581, which a SentencePiece-style tokenizer reads as a space");
     t.added_.push_back(i);
     t.added_first_[static_cast<unsigned char>(t.specials_[i].text[0])] = true;
   }

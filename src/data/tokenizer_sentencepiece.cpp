@@ -62,8 +62,7 @@ std::string hex_byte(unsigned b) {
 Tokenizer Tokenizer::from_pieces(const std::string& pieces_path, int64_t pieces_count,
                                  const std::string& merges_path, int64_t merges_count,
                                  std::vector<Special> specials,
-                                 const std::vector<int64_t>& special_lines,
-                                 const std::string& by) {
+                                 const std::vector<int64_t>& special_lines, const std::string& by) {
   // Pieces: `base64(bytes) id`, or `base64(byte) id byte` for a byte fallback token.
   const std::string where_p = "pieces file " + pieces_path + " (named by " + by + ")";
   std::vector<FileToken> entries;
@@ -71,15 +70,16 @@ Tokenizer Tokenizer::from_pieces(const std::string& pieces_path, int64_t pieces_
   for_each_line(read_whole(pieces_path, where_p), [&](int64_t line_no, std::string_view line) {
     if (line.empty()) return;
     const auto w = words_of(line);
-    TRIAD_CHECK((w.size() == 2 || (w.size() == 3 && w[2] == "byte")), where_p, ", line ",
-                line_no, ": expected 'base64(token bytes) id' or 'base64(byte) id byte', got '",
+    TRIAD_CHECK((w.size() == 2 || (w.size() == 3 && w[2] == "byte")), where_p, ", line ", line_no,
+                ": expected 'base64(token bytes) id' or 'base64(byte) id byte', got '",
                 excerpt(line), "'");
     TRIAD_CHECK(base64_decode(w[0], decoded), where_p, ", line ", line_no, ": '", excerpt(w[0]),
                 "' is not valid base64");
     const bool fallback = w.size() == 3;
     TRIAD_CHECK(!fallback || decoded.size() == 1, where_p, ", line ", line_no,
                 ": a byte fallback token must be one byte, this one has ", decoded.size());
-    entries.push_back(FileToken{decoded, parse_id(w[1], where_p, line_no, "id"), line_no, fallback});
+    entries.push_back(
+        FileToken{decoded, parse_id(w[1], where_p, line_no, "id"), line_no, fallback});
   });
   TRIAD_CHECK(int64_t(entries.size()) == pieces_count, where_p, ": has ", entries.size(),
               " tokens, the description says pieces_count ", pieces_count,
@@ -169,8 +169,8 @@ std::string Tokenizer::sentencepiece_normalize(std::string_view text, SpacePrefi
   std::string out;
   out.reserve(src.size() + 1);
   const bool space_first = src.starts_with(' ') || src.starts_with(kLowerBlock);
-  if (!src.empty() && (prefix == SpacePrefix::always ||
-                       (prefix == SpacePrefix::unless_space && !space_first)))
+  if (!src.empty() &&
+      (prefix == SpacePrefix::always || (prefix == SpacePrefix::unless_space && !space_first)))
     out.push_back(' ');
   for (size_t i = 0; i < src.size();) {
     if (src.compare(i, kLowerBlock.size(), kLowerBlock) == 0) {

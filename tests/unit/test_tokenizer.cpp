@@ -716,3 +716,130 @@ TEST(Tokenizer, AddedTokensAreFoundInTheText) {
   for (int i = 0; i < 500; ++i) text += i % 2 ? "a <t>b</t> " : "abab <t>x ";
   EXPECT_EQ(triad::encode_parallel(t, text, 3, 40), t.encode(text));
 }
+
+namespace {
+
+// A small SentencePiece-style tokenizer: <unk> <s> </s>, the 256 byte fallback tokens (ids
+// 3..258), then the pieces below, and merges with their ranks (a rank-0 tie between "ab" and
+// "bc"). tests/python/test_tokenizer_sentencepiece.py checks real models against sentencepiece.
+const std::vector<std::string> kPieces = {" ", "a", "b", "c", " a", "ab", " ab", "bc", "  "};
+constexpr int32_t kFirstPiece = 259;
+int32_t piece(const std::string& s) {
+  return kFirstPiece + int32_t(std::find(kPieces.begin(), kPieces.end(), s) - kPieces.begin());
+}
+
+std::string sp_pieces(std::string extra = "") {
+  std::string s;
+  for (int b = 0; b < 256; ++b)
+    s += base64(std::string(1, char(b))) + " " + std::to_string(3 + b) + " byte\n";
+  for (size_t i = 0; i < kPieces.size(); ++i)
+    s += base64(kPieces[i]) + " " + std::to_string(kFirstPiece + int32_t(i)) + "\n";
+  return s + extra;
+}
+
+std::string sp_merges(std::string extra = "") {
+  auto m = [](const std::string& a, const std::string& b, int rank) {
+    return std::to_string(piece(a)) + " " + std::to_string(piece(b)) + " " + std::to_string(rank) +
+           "\n";
+  };
+  return m("a", "b", 0) + m("b", "c", 0) + m(" ", "a", 1) + m(" ", "ab", 2) + m(" a", "b", 2) +
+         m(" ", " ", 3) + extra;
+}
+
+std::string sp_description(const std::string& prefix = "true", int pieces = 265, int merges = 6,
+                           const std::string& rest = "") {
+  return "triad-tokenizer 1\npieces sp.pieces\npieces_count " + std::to_string(pieces) +
+         "\nmerges sp.merges\nmerges_count " + std::to_string(merges) + "\nspace_prefix " + prefix +
+         "\nspecial 0 <unk>\nspecial 1 <s>\nspecial 2 </s>\ndocument_start <s>\n" +
+         "prompt_start <s>\nstop </s>\n" + rest;
+}
+
+}  // namespace
+
+TEST(Tokenizer, SentencePieceStyleMergesByRankLeftmostFirst) {
+  TempDir dir("tok_sp");
+  dir.file("sp.pieces", sp_pieces());
+  dir.file("sp.merges", sp_merges());
+  const auto t = triad::Tokenizer::from_file(dir.file("t.triad", sp_description()));
+  EXPECT_TRUE(t.is_sentencepiece());
+  EXPECT_EQ(t.vocab_size(), 268);
+  // " ab": ab (rank 0) first, then " "+"ab" (rank 2).
+  EXPECT_THAT(t.encode("ab"), ElementsAre(piece(" ab")));
+  // "abc": ab and bc tie at rank 0; the leftmost wins, so " ab" then c.
+  EXPECT_THAT(t.encode("abc"), ElementsAre(piece(" ab"), piece("c")));
+  // A character without a piece becomes its bytes' fallback tokens (é = C3 A9).
+  EXPECT_THAT(t.encode("\xC3\xA9"), ElementsAre(piece(" "), 3 + 0xC3, 3 + 0xA9));
+  // U+2581 counts as a space: "  a" -> "  " (rank 3) loses to " a" (rank 1) at the right.
+  EXPECT_THAT(t.encode("\xE2\x96\x81"
+                       "a"),
+              ElementsAre(piece(" "), piece(" a")));
+  EXPECT_TRUE(t.encode("").empty());
+  EXPECT_EQ(t.decode(t.encode("abc \xC3\xA9")), " abc \xC3\xA9");
+  EXPECT_THAT(t.encode_prompt("a"), ElementsAre(1, piece(" a")));
+  // No prefix, and the prefix unless the text begins with a space (Hugging Face's Metaspace).
+  dir.file("never.triad", sp_description("false"));
+  dir.file("unless.triad", sp_description("unless_space"));
+  const auto never = triad::Tokenizer::from_file(dir.path("never.triad"));
+  const auto unless = triad::Tokenizer::from_file(dir.path("unless.triad"));
+  EXPECT_THAT(never.encode("abc"), ElementsAre(piece("ab"), piece("c")));
+  EXPECT_THAT(unless.encode("ab"), ElementsAre(piece(" ab")));
+  EXPECT_THAT(unless.encode(" ab"), ElementsAre(piece(" ab")));
+  EXPECT_THAT(t.encode(" ab"), ElementsAre(piece(" "), piece(" ab")));
+  // Cut into chunks on threads: the same ids as the whole text.
+  std::mt19937 rng(3);
+  const std::vector<std::string> parts = {" ", "  ",       "a",  "b",
+                                          "c", "\xC3\xA9", "\n", "\xE2\x96\x81"};
+  for (const auto* tok : {&t, &never, &unless})
+    for (int i = 0; i < 20; ++i) {
+      std::string s;
+      for (int k = 0; k < 3000; ++k) s += parts[rng() % parts.size()];
+      const auto whole = tok->encode(s);
+      for (const size_t chunk : {size_t(1), size_t(40)})
+        ASSERT_EQ(triad::encode_parallel(*tok, s, 3, chunk), whole) << i << " " << chunk;
+    }
+}
+
+TEST(Tokenizer, MalformedSentencePieceFilesAreClearErrors) {
+  TempDir dir("tok_sp_bad");
+  auto expect_error = [&](const std::string& name, const std::string& pieces,
+                          const std::string& merges, const std::string& desc,
+                          const std::vector<std::string>& parts) {
+    dir.file("sp.pieces", pieces);
+    dir.file("sp.merges", merges);
+    const std::string path = dir.file(name + ".triad", desc);
+    try {
+      triad::Tokenizer::from_file(path);
+      ADD_FAILURE() << name << ": no error";
+    } catch (const triad::Error& e) {
+      for (const auto& p : parts) EXPECT_THAT(e.what(), HasSubstr(p)) << name;
+    }
+  };
+  const std::string P = sp_pieces(), M = sp_merges(), D = sp_description();
+  expect_error("with_ranks", P, M, D + "ranks x.tiktoken\n",
+               {"'ranks' belongs to a byte-level BPE"});
+  expect_error("no_merges", P, M, "triad-tokenizer 1\npieces sp.pieces\n", {"no 'pieces_count'"});
+  expect_error("prefix", P, M, sp_description("maybe"), {"space_prefix 'maybe'"});
+  expect_error("scheme", P, M, D + "pretokenizer gpt2\n", {"'pretokenizer' belongs to"});
+  expect_error("count", P, M, sp_description("true", 300), {"has 265 tokens", "pieces_count 300"});
+  expect_error("line", P + "YQ==\n", M, sp_description("true", 266), {"sp.pieces", "line 266"});
+  expect_error("wide_byte", P + base64("xy") + " 268 byte\n", M, sp_description("true", 266),
+               {"line 266", "must be one byte"});
+  std::string no_a = P;
+  no_a.replace(no_a.find(base64("A") + " 68 byte"), (base64("A") + " 68 byte").size(),
+               base64("A") + " 68");
+  expect_error("no_byte_a", no_a, M, D, {"byte 0x41 has no byte fallback token"});
+  expect_error("taken", P + base64("z") + " 260\n", M, sp_description("true", 266),
+               {"line 266", "id 260 is already taken by id 260 on line 258"});
+  expect_error("merge_byte", P, M + "3 4 5\n", sp_description("true", 265, 7),
+               {"sp.merges", "line 7", "left id 3 is not a token of the pieces file"});
+  expect_error("merge_join", P, M + std::to_string(piece("c")) + " 260\n" + "", D,
+               {"line 7", "expected 'left right rank'"});
+  expect_error("no_join", P,
+               M + std::to_string(piece("c")) + " " + std::to_string(piece("a")) + " 4\n",
+               sp_description("true", 265, 7), {"line 7", "join to 'ca', which is no token"});
+  expect_error("twice", P,
+               M + std::to_string(piece("a")) + " " + std::to_string(piece("b")) + " 9\n",
+               sp_description("true", 265, 7), {"line 7", "was already given on line 1"});
+  expect_error("merges_count", P, M, sp_description("true", 265, 9), {"has 6 merges"});
+  expect_error("added_lower_block", P, M, D + "added 268 x\xE2\x96\x81y\n", {"holds U+2581"});
+}

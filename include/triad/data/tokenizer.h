@@ -165,8 +165,7 @@ class Tokenizer {
   void encode_segment(std::string_view text, std::vector<int32_t>& out) const;  // no added tokens
   // Encodes each stretch of text between added tokens with `segment`, their ids between.
   using SegmentEncoder = void (Tokenizer::*)(std::string_view, std::vector<int32_t>&) const;
-  void cut_at_added(std::string_view text, std::vector<int32_t>& out,
-                    SegmentEncoder segment) const;
+  void cut_at_added(std::string_view text, std::vector<int32_t>& out, SegmentEncoder segment) const;
   const Special* added_at(std::string_view text, size_t pos) const;  // the longest, or null
   // SentencePiece-style: the normalized text (U+2581 as a space, the space prefix), a stretch of
   // it between added tokens cut into words, and one word merged.
