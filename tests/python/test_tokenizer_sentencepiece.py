@@ -270,3 +270,45 @@ def test_convert_refuses_what_triad_cannot_encode_exactly(tmp_path):
                  tmp_path / "out")
         assert_clean_failure(p, "tokenizer.json", *needles)
         assert not (tmp_path / "out").exists()
+
+
+# ---- generation ---------------------------------------------------------------------------------
+
+def test_mistral_generation_matches_transformers(tmp_path, mistral):
+    """A random MistralForCausalLM with Mistral's vocabulary: triad-generate, given the prompt as
+    text and the description converted from Mistral's model, continues as transformers does
+    (greedily, float64) from sentencepiece's ids of the prompt after <s>; the export carries a
+    tokenizer.json that gives AutoTokenizer the same prompt ids."""
+    from triad_run import exe, run
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    sp, desc = mistral["v1"]
+    torch.manual_seed(5)
+    model = transformers.MistralForCausalLM(transformers.MistralConfig(
+        vocab_size=32000, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False, sliding_window=None,
+        bos_token_id=1, eos_token_id=2)).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # larger weights: greedy choices far from ties
+            p.copy_(p * 4 if p.dim() == 2 else p)
+    model.save_pretrained(tmp_path / "hf", safe_serialization=True)
+    ckpt = tmp_path / "mistral.h5"
+    p = tool("triad-convert", "import", tmp_path / "hf", ckpt, "--seq-len", 32, timeout=300)
+    assert p.returncode == 0, p.stderr
+    prompt = "It is a truth universally acknowledged, ünïcödé"
+    ids = [1] + sp.encode(prompt)
+    seq = list(ids)
+    with torch.no_grad():
+        model = model.double()
+        for _ in range(10):
+            seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
+    want = seq[len(ids):]
+    p = run([exe("triad-generate"), "--checkpoint", ckpt, "--vocab", desc, "--prompt", prompt,
+             "--length", "10", "--top-k", "1", "--output", "ids"], check=True, timeout=300)
+    assert [int(t) for t in p.stdout.split()] == want
+    p = tool("triad-convert", "export", ckpt, tmp_path / "out", "--to", "hf", "--vocab", desc,
+             timeout=300)
+    assert p.returncode == 0, p.stderr
+    auto = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "out"))
+    assert auto(prompt)["input_ids"] == ids
