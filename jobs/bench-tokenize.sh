@@ -3,7 +3,10 @@
 # tiktoken (Rust behind Python: encode_ordinary per file on 1 thread, encode_ordinary_batch over
 # the files on N) and Hugging Face's tokenizers (Rust: encode per file on 1 thread, encode_batch
 # on N), with GPT-2's and Llama 3's tokenizers on the default corpus (data/corpus, one document
-# per file). Every peer must give triad's token count. Prints MB/s (best of R runs) and ratios.
+# per file); then Mistral's SentencePiece tokenizer against sentencepiece (C++ behind Python:
+# encode per file, or the list on N threads) and the tokenizer.json transformers converts it to.
+# Every peer must give triad's token count (sentencepiece its ids). Prints MB/s (best of R runs)
+# and ratios.
 #
 #   jobs/bench-tokenize.sh [--threads N] [--repeat R]
 #
@@ -27,7 +30,7 @@ source jobs/bench-prepare.sh
 bench_build triad-tokenize
 py=.venv/bin/python
 [[ -x $py ]] || { echo "bench-tokenize: no .venv (run jobs/setup.sh)" >&2; exit 1; }
-for f in data/vocab/gpt2.tiktoken data/vocab/llama3.tiktoken; do
+for f in data/vocab/gpt2.tiktoken data/vocab/llama3.tiktoken data/vocab/mistral-v1.model; do
   [[ -f $f ]] || { echo "bench-tokenize: $f missing (run jobs/setup.sh)" >&2; exit 1; }
 done
 
@@ -106,4 +109,36 @@ print(f"{'tokenizer':9} {'threads':>7} {'tokens':>9} {'triad':>8} {'tiktoken':>9
 for name, t, n, a, b, c, n_hf in rows:
     note = "" if n_hf == n else f"  (HF: {n_hf} tokens)"
     print(f"{name:9} {t:7d} {n:9d} {a:8.1f} {b:9.1f} {c:8.1f} {a / b:15.2f} {a / c:9.2f}{note}")
+
+# Mistral 7B v0.1's SentencePiece BPE (Llama 2's scheme): converted by triad-convert from the
+# model; sentencepiece reads the model itself; Hugging Face's tokenizers the tokenizer.json
+# transformers makes from it (the legacy Prepend + Replace form of the Hub's files).
+import sentencepiece as spm
+import transformers
+model = "data/vocab/mistral-v1.model"
+subprocess.run([sys.executable, "-m", "analysis.convert_weights", "tokenizer", "--sentencepiece",
+                model, str(work / "mistral")], check=True, capture_output=True)
+slow = transformers.LlamaTokenizer(vocab_file=model, legacy=True)
+transformers.LlamaTokenizerFast(__slow_tokenizer=slow, legacy=True, from_slow=True) \
+    .save_pretrained(str(work / "mistral-hf"))
+sp = spm.SentencePieceProcessor(model_file=model)
+hf = tokenizers.Tokenizer.from_file(str(work / "mistral-hf" / "tokenizer.json"))
+want = sum(len(sp.encode(x)) for x in texts)
+rows = []
+for t in sorted({1, threads}):
+    tr, n = triad(work / "mistral" / "tokenizer.triad", t)
+    if t == 1:
+        ss, n_sp = best(lambda: sum(len(sp.encode(x)) for x in texts))
+        hs, n_hf = best(lambda: sum(len(hf.encode(x, add_special_tokens=False).ids)
+                                    for x in texts))
+    else:
+        ss, n_sp = best(lambda: sum(map(len, sp.encode(texts, num_threads=t))))
+        hs, n_hf = best(lambda: sum(len(e.ids) for e in
+                                    hf.encode_batch(texts, add_special_tokens=False)))
+    assert n == n_sp == n_hf == want, (t, n, n_sp, n_hf, want)
+    rows.append((t, n, mb / tr, mb / ss, mb / hs))
+print(f"\n{'tokenizer':9} {'threads':>7} {'tokens':>9} {'triad':>8} {'sentencepiece':>14} "
+      f"{'HF tok.':>8} {'triad/sentencepiece':>20} {'triad/HF':>9}")
+for t, n, a, b, c in rows:
+    print(f"{'mistral':9} {t:7d} {n:9d} {a:8.1f} {b:14.1f} {c:8.1f} {a / b:20.2f} {a / c:9.2f}")
 PY

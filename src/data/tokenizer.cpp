@@ -302,7 +302,7 @@ bool Tokenizer::cut_is_safe(std::string_view text, size_t p) const {
   const auto a = static_cast<unsigned char>(text[p - 1]);
   const auto b = static_cast<unsigned char>(text[p]);
   auto space = [](unsigned char c) { return c == ' ' || (c >= 0x09 && c <= 0x0D); };
-  if (sentencepiece_) return word_split_ && a < 0x80 && !space(a) && b == ' ';
+  if (sentencepiece_) return a < 0x80 && b < 0x80 && !joined_[a * 128 + b];
   return a < 0x80 && !space(a) && space(b);
 }
 

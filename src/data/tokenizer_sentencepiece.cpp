@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <filesystem>
 #include <limits>
-#include <queue>
 #include <unordered_map>
 
 #include "tokenizer_files.h"
@@ -101,14 +100,15 @@ Tokenizer Tokenizer::from_pieces(const std::string& pieces_path, int64_t pieces_
     TRIAD_CHECK(t.byte_token_[b] >= 0, where_p, ": byte ", hex_byte(unsigned(b)),
                 " has no byte fallback token (a SentencePiece-style vocabulary needs all 256, ",
                 "for characters that are no token)");
-  // Words can be cut before each space that follows a non-space unless a token holds such a
-  // space (then the text is merged whole).
-  t.word_split_ = true;
+  // The pairs of ASCII bytes that tokens hold (no merge can join a pair that none holds).
+  t.joined_.assign(128 * 128, 0);
   for (const FileToken& e : entries) {
     if (e.byte_fallback) continue;
-    const std::string_view b = e.bytes;
-    const size_t sp = b.find(' ', 1);
-    if (sp != std::string_view::npos && b.find_first_not_of(' ') < sp) t.word_split_ = false;
+    for (size_t i = 0; i + 1 < e.bytes.size(); ++i) {
+      const auto a = static_cast<unsigned char>(e.bytes[i]);
+      const auto b = static_cast<unsigned char>(e.bytes[i + 1]);
+      if (a < 0x80 && b < 0x80) t.joined_[a * 128 + b] = 1;
+    }
   }
 
   // Merges: `left right rank`, each pair once; the join of left and right must be a token.
@@ -183,10 +183,24 @@ std::string Tokenizer::sentencepiece_normalize(std::string_view text, SpacePrefi
   return out;
 }
 
+struct Tokenizer::WordScratch {
+  struct Cand {
+    int32_t rank;
+    uint32_t left, right;
+    int32_t left_id, right_id, result;
+    bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : left > o.left; }
+  };
+  std::vector<uint32_t> start, next, prev, stop;
+  std::vector<int32_t> id;
+  std::vector<char> alive;
+  std::vector<Cand> heap;  // a min-heap through std::push_heap / pop_heap with greater
+};
+
 void Tokenizer::encode_words(std::string_view text, std::vector<int32_t>& out) const {
   if (text.empty()) return;
-  if (!word_split_) return merge_word(text, out);
-  // Repeated words are merged once per call, keyed by views into text.
+  WordScratch scratch;
+  // Words end between two ASCII bytes that no token holds together; repeated words are merged
+  // once per call, keyed by views into text.
   struct Hash {
     size_t operator()(std::string_view s) const { return size_t(hash_bytes(s.data(), s.size())); }
   };
@@ -194,7 +208,11 @@ void Tokenizer::encode_words(std::string_view text, std::vector<int32_t>& out) c
   std::vector<int32_t> cached;  // the cache's ids: [first, first + count)
   size_t start = 0;
   for (size_t i = 1; i <= text.size(); ++i) {
-    if (i < text.size() && !(text[i] == ' ' && text[i - 1] != ' ')) continue;
+    if (i < text.size()) {
+      const auto a = static_cast<unsigned char>(text[i - 1]);
+      const auto b = static_cast<unsigned char>(text[i]);
+      if (a >= 0x80 || b >= 0x80 || joined_[a * 128 + b]) continue;
+    }
     const std::string_view word = text.substr(start, i - start);
     start = i;
     const auto it = cache.find(word);
@@ -204,7 +222,7 @@ void Tokenizer::encode_words(std::string_view text, std::vector<int32_t>& out) c
       continue;
     }
     const size_t before = out.size();
-    merge_word(word, out);
+    merge_word(word, out, scratch);
     cache.emplace(word, std::make_pair(uint32_t(cached.size()), uint32_t(out.size() - before)));
     cached.insert(cached.end(), out.begin() + std::ptrdiff_t(before), out.end());
   }
@@ -212,60 +230,61 @@ void Tokenizer::encode_words(std::string_view text, std::vector<int32_t>& out) c
 
 // The parts are the word's characters, kept in a linked list; a heap holds the candidate merges
 // keyed by (rank, position), and a candidate whose parts have changed since is skipped.
-void Tokenizer::merge_word(std::string_view word, std::vector<int32_t>& out) const {
+void Tokenizer::merge_word(std::string_view word, std::vector<int32_t>& out, WordScratch& s) const {
   const auto* p = reinterpret_cast<const unsigned char*>(word.data());
   const auto* end = p + word.size();
-  std::vector<uint32_t> start;  // byte offset of each character
+  s.start.clear();  // byte offset of each character
   for (const unsigned char* q = p; q < end;) {
-    start.push_back(uint32_t(q - p));
+    s.start.push_back(uint32_t(q - p));
     uint32_t cp;
     q += pretok::decode_utf8(q, end, cp);
   }
-  const uint32_t m = uint32_t(start.size());
-  start.push_back(uint32_t(word.size()));
-  std::vector<int32_t> id(m);
-  std::vector<uint32_t> next(m), prev(m), stop(m);  // stop: the byte after part i
-  std::vector<char> alive(m, 1);
+  const uint32_t m = uint32_t(s.start.size());
+  s.start.push_back(uint32_t(word.size()));
+  s.id.resize(m);
+  s.next.resize(m);
+  s.prev.resize(m);
+  s.stop.resize(m);  // the byte after part i
+  s.alive.assign(m, 1);
   for (uint32_t i = 0; i < m; ++i) {
-    id[i] = lookup(word.data() + start[i], start[i + 1] - start[i]);  // -1: no token
-    next[i] = i + 1;
-    prev[i] = i == 0 ? 0 : i - 1;
-    stop[i] = start[i + 1];
+    s.id[i] = lookup(word.data() + s.start[i], s.start[i + 1] - s.start[i]);  // -1: no token
+    s.next[i] = i + 1;
+    s.prev[i] = i == 0 ? 0 : i - 1;
+    s.stop[i] = s.start[i + 1];
   }
-  struct Cand {
-    int32_t rank;
-    uint32_t left, right;
-    int32_t left_id, right_id, result;
-    bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : left > o.left; }
-  };
-  std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> heap;
+  using Cand = WordScratch::Cand;
+  const std::greater<Cand> later;
+  s.heap.clear();
   auto push = [&](uint32_t left) {
-    const uint32_t right = next[left];
-    if (right >= m || id[left] < 0 || id[right] < 0) return;
-    if (const Merge* g = find_merge(id[left], id[right]))
-      heap.push(Cand{g->rank, left, right, id[left], id[right], g->result});
+    const uint32_t right = s.next[left];
+    if (right >= m || s.id[left] < 0 || s.id[right] < 0) return;
+    if (const Merge* g = find_merge(s.id[left], s.id[right])) {
+      s.heap.push_back(Cand{g->rank, left, right, s.id[left], s.id[right], g->result});
+      std::push_heap(s.heap.begin(), s.heap.end(), later);
+    }
   };
   for (uint32_t i = 0; i + 1 < m; ++i) push(i);
-  while (!heap.empty()) {
-    const Cand c = heap.top();
-    heap.pop();
-    if (!alive[c.left] || !alive[c.right] || next[c.left] != c.right || id[c.left] != c.left_id ||
-        id[c.right] != c.right_id)
+  while (!s.heap.empty()) {
+    std::pop_heap(s.heap.begin(), s.heap.end(), later);
+    const Cand c = s.heap.back();
+    s.heap.pop_back();
+    if (!s.alive[c.left] || !s.alive[c.right] || s.next[c.left] != c.right ||
+        s.id[c.left] != c.left_id || s.id[c.right] != c.right_id)
       continue;  // stale
-    alive[c.right] = 0;
-    next[c.left] = next[c.right];
-    if (next[c.left] < m) prev[next[c.left]] = c.left;
-    stop[c.left] = stop[c.right];
-    id[c.left] = c.result;
-    if (c.left > 0) push(prev[c.left]);
+    s.alive[c.right] = 0;
+    s.next[c.left] = s.next[c.right];
+    if (s.next[c.left] < m) s.prev[s.next[c.left]] = c.left;
+    s.stop[c.left] = s.stop[c.right];
+    s.id[c.left] = c.result;
+    if (c.left > 0) push(s.prev[c.left]);
     push(c.left);
   }
-  for (uint32_t i = 0; i < m; i = next[i]) {
-    if (id[i] >= 0) {
-      out.push_back(id[i]);
+  for (uint32_t i = 0; i < m; i = s.next[i]) {
+    if (s.id[i] >= 0) {
+      out.push_back(s.id[i]);
       continue;
     }
-    for (uint32_t b = start[i]; b < stop[i]; ++b) out.push_back(byte_token_[p[b]]);
+    for (uint32_t b = s.start[i]; b < s.stop[i]; ++b) out.push_back(byte_token_[p[b]]);
   }
 }
 

@@ -75,11 +75,11 @@ class Tokenizer {
   // space before it.
   void encode_append(std::string_view text, std::vector<int32_t>& out,
                      bool continuation = false) const;
-  // Whether encoding text[..p) and then text[p..) as a continuation gives the ids of text:
-  // text[p - 1] is an ASCII character other than white space and text[p] is white space (a
-  // space for SentencePiece-style tokenizers, and never where a token may hold a space after
-  // another character). Pre-tokenizers never join such characters into one piece, and a match
-  // at p never looks behind p.
+  // Whether encoding text[..p) and then text[p..) as a continuation gives the ids of text.
+  // Byte-level: text[p - 1] is an ASCII character other than white space and text[p] is white
+  // space; pre-tokenizers never join such characters into one piece, and a match at p never
+  // looks behind p. SentencePiece-style: text[p - 1] and text[p] are ASCII characters that no
+  // token holds side by side, so no merge joins them.
   bool cut_is_safe(std::string_view text, size_t p) const;
 
   // Ids to raw bytes (a special token decodes to its text). Throws triad::Error for an id
@@ -171,7 +171,8 @@ class Tokenizer {
   // it between added tokens cut into words, and one word merged.
   std::string sentencepiece_normalize(std::string_view text, SpacePrefix prefix) const;
   void encode_words(std::string_view text, std::vector<int32_t>& out) const;
-  void merge_word(std::string_view word, std::vector<int32_t>& out) const;
+  struct WordScratch;  // merge_word's buffers, reused across the words of a text
+  void merge_word(std::string_view word, std::vector<int32_t>& out, WordScratch& s) const;
   struct Merge {
     uint64_t key;    // (left id + 1) << 32 | (right id + 1); 0 = empty slot
     int32_t rank;    // lower merges first; equal ranks: the leftmost first
@@ -202,7 +203,9 @@ class Tokenizer {
   // SentencePiece-style only.
   bool sentencepiece_ = false;
   SpacePrefix space_prefix_ = SpacePrefix::never;
-  bool word_split_ = false;    // no token holds a space after a non-space: cut words before those
+  // joined_[a * 128 + b]: some token holds ASCII byte a followed by b. Between two ASCII bytes
+  // that no token holds together no merge can happen, so the text is cut into words there.
+  std::vector<uint8_t> joined_;
   std::vector<Merge> merges_;  // open addressing, linear probing
   size_t merge_mask_ = 0;
   int32_t byte_token_[256] = {};  // the byte fallback tokens
