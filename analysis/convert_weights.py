@@ -1107,9 +1107,16 @@ def convert_tokenizer(prog: str, args) -> int:
     src, out = Path(args.src), Path(args.out)
     check_output(out)
     try:
-        if args.meta_llama3 and args.sentencepiece:
-            raise ConvertError("--meta-llama3 and --sentencepiece: give one")
-        if args.sentencepiece:
+        if sum(map(bool, (args.meta_llama3, args.sentencepiece, args.tekken))) > 1:
+            raise ConvertError("--meta-llama3, --sentencepiece and --tekken: give one")
+        if args.tekken and (args.document_start or args.prompt_start or args.stop):
+            raise ConvertError("--tekken sets <s> as document and prompt start and </s> as "
+                               "stop; --document-start, --prompt-start and --stop apply to a "
+                               "tokenizer.json or a SentencePiece model")
+        if args.tekken:
+            desc = hf_tokenizer.from_tekken(src)
+            source = f"Mistral's Tekken tokenizer {src}"
+        elif args.sentencepiece:
             desc = hf_tokenizer.from_sentencepiece(src, args.document_start, args.prompt_start,
                                                    args.stop)
             source = f"SentencePiece model {src}"
@@ -1165,6 +1172,8 @@ def main(argv: list[str] | None = None) -> int:
                      "it names")
     tok.add_argument("--meta-llama3", action="store_true",
                      help="src is Meta's Llama 3 tokenizer.model (tiktoken's format)")
+    tok.add_argument("--tekken", action="store_true",
+                     help="src is Mistral's tekken.json (Mistral NeMo, Small 3, Ministral)")
     tok.add_argument("--sentencepiece", action="store_true",
                      help="src is a SentencePiece BPE model (Llama 2's or Mistral's "
                      "tokenizer.model)")

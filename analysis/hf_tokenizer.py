@@ -3,7 +3,8 @@
 triad's tokenizer (include/triad/data/tokenizer.h) reads tiktoken's ranks files, one
 `base64(token bytes) rank` per line: GPT-2's alone (data/vocab/gpt2.tiktoken), or any byte-level
 BPE through a tokenizer description (docs/formats.md, "Tokenizers"): a text file
-`tokenizer.triad` naming the ranks file, the pre-tokenizer (gpt2, llama3, qwen2 or gpt2_digits),
+`tokenizer.triad` naming the ranks file, the pre-tokenizer (gpt2, llama3, qwen2, gpt2_digits or
+tekken),
 NFC or no normalizer, the special tokens, and which tokens start documents and prompts and end
 generation.
 
@@ -122,6 +123,10 @@ PATTERNS = {
               r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""",
     "qwen2": r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"""
              r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""",
+    # Mistral's Tekken (NeMo, Small 3, Ministral): letters told apart by case.
+    "tekken": r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|"""
+              r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|"""
+              r"""\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+""",
 }
 # ... and the one that is no single regex: each number character alone, then GPT-2's regex on
 # the stretches between them (Hugging Face's Digits(individual_digits) then ByteLevel: SmolLM's).
@@ -340,8 +345,8 @@ def _pretokenizer_scheme(pre: dict | None, where: str) -> str:
     shown = json.dumps(pre)
     raise TokenizerError(f"{where}: pre_tokenizer {shown[:200]} is not a byte-level BPE "
                          f"pre-tokenizer triad implements (GPT-2's ByteLevel, a Split by Llama "
-                         f"3's or Qwen2's regex then ByteLevel, or individual Digits then "
-                         f"ByteLevel)")
+                         f"3's, Qwen2's or Tekken's regex then ByteLevel, or individual Digits "
+                         f"then ByteLevel)")
 
 
 def _token_name(value) -> str | None:
@@ -509,6 +514,49 @@ def from_meta_llama3(path: Path) -> Description:
                     "<|begin_of_text|>",
                     ["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"])
     d.check(str(path))
+    return d
+
+
+# Mistral's Tekken files before version v7 list no special tokens: these come first, in this order,
+# then <SPECIAL_N> up to the file's default_num_special_tokens (as mistral_common numbers them).
+TEKKEN_NAMED = ("<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]",
+                "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]", "[/TOOL_RESULTS]", "[TOOL_CALLS]", "[IMG]",
+                "<pad>", "[IMG_BREAK]", "[IMG_END]", "[PREFIX]", "[MIDDLE]", "[SUFFIX]",
+                "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[TOOL_CONTENT]")
+
+
+def from_tekken(path: Path) -> Description:
+    """Mistral's tekken.json (Mistral NeMo, Small 3, Ministral): tiktoken-style ranks after the
+    special tokens (a token's id is its rank plus their number), with tekken's pattern."""
+    where = str(path)
+    tj = _load_json(path)
+    try:
+        config, vocab = tj["config"], tj["vocab"]
+        n_special = int(config["default_num_special_tokens"])
+        n_ranks = int(config["default_vocab_size"]) - n_special
+        pattern = config["pattern"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise TokenizerError(f"{where}: not a Tekken file (no {e})") from None
+    if pattern != PATTERNS["tekken"]:
+        raise TokenizerError(f"{where}: pattern {pattern[:80]!r}... is not the tekken pattern "
+                             f"triad implements")
+    if not 0 < n_ranks <= len(vocab):
+        raise TokenizerError(f"{where}: default_vocab_size {config['default_vocab_size']} leaves "
+                             f"{n_ranks} of its {len(vocab)} ranks")
+    ranked = {}
+    for i, v in enumerate(vocab[:n_ranks]):
+        if v.get("rank") != i:
+            raise TokenizerError(f"{where}: vocab entry {i} has rank {v.get('rank')}")
+        ranked[n_special + i] = base64.b64decode(v["token_bytes"], validate=True)
+    if "special_tokens" in tj:  # v7 and later list them
+        names = {int(s["rank"]): s["token_str"] for s in tj["special_tokens"]}
+    else:
+        names = dict(enumerate(TEKKEN_NAMED))
+    specials = {names.get(i, f"<SPECIAL_{i}>"): i for i in range(n_special)}
+    if len(specials) != n_special:
+        raise TokenizerError(f"{where}: two special tokens share a name")
+    d = Description(ranked, "tekken", specials, "<s>", "<s>", ["</s>"])
+    d.check(where)
     return d
 
 

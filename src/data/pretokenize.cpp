@@ -13,6 +13,14 @@ CharClass char_class(uint32_t cp) {
   return (r != last && r->first <= cp) ? r->cls : kOther;
 }
 
+LetterCase letter_case(uint32_t cp) {
+  const CaseRange* const first = kCaseRanges;
+  const CaseRange* const last = kCaseRanges + kCaseRangeCount;
+  const CaseRange* r =
+      std::lower_bound(first, last, cp, [](const CaseRange& a, uint32_t v) { return a.last < v; });
+  return (r != last && r->first <= cp) ? r->kind : kNoCase;
+}
+
 int decode_utf8(const unsigned char* p, const unsigned char* end, uint32_t& cp) {
   // Well-formed sequences (Unicode Table 3-7); anything else is one invalid byte.
   const unsigned char b0 = p[0];
@@ -67,12 +75,15 @@ const char* scheme_name(Scheme s) {
       return "qwen2";
     case Scheme::gpt2_digits:
       return "gpt2_digits";
+    case Scheme::tekken:
+      return "tekken";
   }
   return "?";
 }
 
 std::optional<Scheme> parse_scheme(std::string_view name) {
-  for (const Scheme s : {Scheme::gpt2, Scheme::llama3, Scheme::qwen2, Scheme::gpt2_digits})
+  for (const Scheme s :
+       {Scheme::gpt2, Scheme::llama3, Scheme::qwen2, Scheme::gpt2_digits, Scheme::tekken})
     if (name == scheme_name(s)) return s;
   return std::nullopt;
 }

@@ -843,3 +843,31 @@ TEST(Tokenizer, MalformedSentencePieceFilesAreClearErrors) {
   expect_error("merges_count", P, M, sp_description("true", 265, 9), {"has 6 merges"});
   expect_error("added_lower_block", P, M, D + "added 268 x\xE2\x96\x81y\n", {"holds U+2581"});
 }
+
+TEST(Pretokenize, SplitsLikeTekkenRegex) {
+  // Expected pieces from Python: regex.findall(pattern, s) with tekken's pattern (Mistral's
+  // tekken.json; analysis/hf_tokenizer.py PATTERNS["tekken"]).
+  auto tk = [](std::string_view s) { return pieces(s, triad::pretok::Scheme::tekken); };
+  EXPECT_THAT(tk("HELLOworld helloWORLD"), ElementsAre("HELLOworld", " hello", "WORLD"));
+  EXPECT_THAT(tk("I'm McDonald's"), ElementsAre("I", "'m", " Mc", "Donald", "'s"));
+  // Combining acute (a mark: in both letter sets, and also [^\s\p{L}\p{N}]).
+  EXPECT_THAT(tk("x\xCC\x81y A\xCC\x81"
+                 "B \xCC\x81"
+                 "a"),
+              ElementsAre("x\xCC\x81y", " A\xCC\x81", "B",
+                          " \xCC\x81"
+                          "a"));
+  EXPECT_THAT(tk("a/b//c\n/ 123 \xD9\xA3"),
+              ElementsAre("a", "/b", "//", "c", "\n", "/", " ", "1", "2", "3", " ", "\xD9\xA3"));
+  // U+02B0 (modifier letter, Lm) and U+01C5 (title case, Lt).
+  EXPECT_THAT(tk("ab\xCA\xB0"
+                 "CD\xCA\xB0"
+                 "ef \xC7\x85"
+                 "a"),
+              ElementsAre("ab\xCA\xB0",
+                          "CD\xCA\xB0"
+                          "ef",
+                          " \xC7\x85"
+                          "a"));
+  EXPECT_THAT(tk("  \n\n x  "), ElementsAre("  \n\n", " x", "  "));
+}

@@ -9,6 +9,10 @@
 //   gpt2_digits  every \p{N} character a piece of its own, and gpt2's split of each stretch
 //           between them, ends included as the text's ends (Hugging Face's Digits with
 //           individual_digits, then ByteLevel's regex: SmolLM's tokenizer)
+//   tekken  [^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|
+//           [^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}|
+//            ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+
+//           (Mistral's Tekken tokenizer: Mistral NeMo, Small 3, Ministral; pretokenize_tekken.cpp)
 // Classes are Unicode 16.0 (src/data/unicode_tables.cpp, generated), as in the Rust regex crate
 // that tiktoken uses. A byte that is not part of a well-formed UTF-8 sequence (stray
 // continuation, overlong form, surrogate, > U+10FFFF, truncated sequence) counts as one
@@ -24,12 +28,13 @@
 #include <cstdint>
 #include <optional>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 namespace triad::pretok {
 
-enum class Scheme : uint8_t { gpt2, llama3, qwen2, gpt2_digits };
-// "gpt2", "llama3", "qwen2", "gpt2_digits"; parse_scheme gives nullopt for any other name.
+enum class Scheme : uint8_t { gpt2, llama3, qwen2, gpt2_digits, tekken };
+// "gpt2", "llama3", "qwen2", "gpt2_digits", "tekken"; parse_scheme gives nullopt for any other.
 const char* scheme_name(Scheme s);
 std::optional<Scheme> parse_scheme(std::string_view name);
 
@@ -44,6 +49,21 @@ extern const size_t kUnicodeRangeCount;
 
 // The class of a code point (kOther for anything outside the tables).
 CharClass char_class(uint32_t cp);
+
+// Letter case and marks, for tekken: Lu Lt upper, Ll lower, M* marks; kNoCase for the rest (of
+// the letters, Lm and Lo, which tekken's pattern counts as both cases).
+enum LetterCase : uint8_t { kNoCase = 0, kUpperCase = 1, kLowerCase = 2, kMark = 3 };
+struct CaseRange {
+  uint32_t first, last;
+  LetterCase kind;
+};
+extern const CaseRange kCaseRanges[];  // sorted, disjoint
+extern const size_t kCaseRangeCount;
+LetterCase letter_case(uint32_t cp);
+
+// tekken's split (not a template: pretokenize_tekken.cpp), calling piece(ctx, s) per piece.
+void for_each_piece_tekken(std::string_view text, void (*piece)(void*, std::string_view),
+                           void* ctx);
 
 // Decodes one character at p (p < end): returns its length in bytes (1 to 4) and sets cp; an
 // ill-formed byte returns 1 and sets cp = kInvalidCodePoint.
@@ -105,6 +125,25 @@ inline const unsigned char* run_end(const unsigned char* q, const unsigned char*
     q += c.len;
   }
   return q;
+}
+
+// The end of the piece of \s*[\r\n]+|\s+(?!\S)|\s+ at p (a white space character): up to and
+// with the run's last CR or LF if it has one; else the whole run at the end of the text, and
+// before a non-space the run less its last character when that leaves at least one, else the
+// single character.
+inline const unsigned char* space_piece_end(const unsigned char* p, const unsigned char* end) {
+  const unsigned char* last = p;  // start of the run's last character
+  const unsigned char* after_newline = nullptr;
+  const unsigned char* q = p;
+  while (q < end) {
+    const Char n = char_at(q, end);
+    if (n.cls != kSpace) break;
+    last = q;
+    q += n.len;
+    if (*last == '\r' || *last == '\n') after_newline = q;
+  }
+  if (after_newline) return after_newline;
+  return (q < end && last > p) ? last : q;
 }
 
 }  // namespace detail
@@ -258,24 +297,8 @@ void for_each_piece_cl100k(std::string_view text, int max_digits, F&& piece) {
         continue;
       }
     }
-    // A whitespace run [p, q). \s*[\r\n]+ : up to and with its last CR or LF, if it has one.
-    const auto* last = p;  // start of the run's last character
-    const auto* after_newline = static_cast<const unsigned char*>(nullptr);
-    const auto* q = p;
-    while (q < end) {
-      const detail::Char n = detail::char_at(q, end);
-      if (n.cls != kSpace) break;
-      last = q;
-      q += n.len;
-      if (*last == '\r' || *last == '\n') after_newline = q;
-    }
-    if (after_newline) {
-      emit(p, after_newline);
-      p = after_newline;
-      continue;
-    }
-    // \s+(?!\S) | \s+ : as in gpt2.
-    if (q < end && last > p) q = last;
+    // \s*[\r\n]+ | \s+(?!\S) | \s+
+    const auto* q = detail::space_piece_end(p, end);
     emit(p, q);
     p = q;
   }
@@ -315,6 +338,12 @@ void for_each_piece(Scheme scheme, std::string_view text, F&& piece) {
       return for_each_piece_cl100k(text, 1, piece);
     case Scheme::gpt2_digits:
       return for_each_piece_digits(text, piece);
+    case Scheme::tekken: {
+      using Fn = std::remove_reference_t<F>;
+      auto thunk = [](void* ctx, std::string_view s) { (*static_cast<Fn*>(ctx))(s); };
+      return for_each_piece_tekken(text, thunk,
+                                   const_cast<void*>(static_cast<const void*>(&piece)));
+    }
   }
 }
 
