@@ -2,7 +2,7 @@
 //   triad-tokenize encode --vocab FILE            text (bytes) on stdin -> ids, one per line
 //   triad-tokenize decode --vocab FILE            ids (whitespace-separated) on stdin -> bytes
 //   triad-tokenize shards --vocab FILE --out DIR [--prefix NAME] [--val-fraction F]
-//                         [--shard-tokens N] [--threads N] FILE...
+//                         [--shard-tokens N] [--threads N] [--jsonl [--field NAME]] FILE...
 // Every error: one line "triad-tokenize: error: ..." on stderr and exit code 1.
 #include <mpi.h>
 
@@ -152,6 +152,8 @@ int cmd_shards(const std::vector<std::string>& args) {
   std::string vocab;
   std::vector<std::string> files;
   triad::ShardWriterOptions o;
+  bool jsonl = false;
+  std::string field;
   desc.add_options()("vocab", po::value(&vocab)->required(),
                      "ranks file (gpt2.tiktoken) or tokenizer description")(
       "out", po::value(&o.out_dir)->required(), "output directory (created if needed)")(
@@ -161,14 +163,22 @@ int cmd_shards(const std::vector<std::string>& args) {
       "fraction of all tokens, taken from the end of the token stream, for validation")(
       "shard-tokens", po::value(&o.shard_tokens)->default_value(o.shard_tokens),
       "tokens per shard at most")("threads", po::value(&o.threads)->default_value(0),
-                                  "encoding threads (0: one per core)");
+                                  "encoding threads (0: one per core)")(
+      "jsonl", po::bool_switch(&jsonl),
+      "the files are JSON Lines: each line an object whose --field is a document")(
+      "field", po::value(&field)->default_value("text"),
+      "with --jsonl: the field holding each document's text");
   po::options_description hidden;
-  hidden.add_options()("input", po::value(&files), "text files, one document each");
+  hidden.add_options()("input", po::value(&files),
+                       "text files, one document each (JSON Lines files with --jsonl)");
   po::positional_options_description pos;
   pos.add("input", -1);
   po::variables_map vm;
   if (!parse("shards", args, desc, &hidden, &pos, vm)) return 0;
   TRIAD_CHECK(!files.empty(), "shards: no input files given (see 'triad-tokenize shards --help')");
+  TRIAD_CHECK(jsonl || vm["field"].defaulted(), "shards: --field applies to --jsonl input only");
+  TRIAD_CHECK(!field.empty(), "shards: --field must name a field");
+  if (jsonl) o.jsonl_field = field;
   const auto tok = triad::Tokenizer::from_file(vocab);
   const triad::ShardSummary s = triad::write_shards(tok, files, o);
   std::ostringstream os;

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "triad/core/error.h"
+#include "triad/data/json_lines.h"
 #include "triad/data/token_shard.h"
 
 namespace triad {
@@ -132,14 +133,16 @@ namespace {
 
 // tokenize_documents with the ids held as T: uint16_t where the vocabulary fits, so that a GPT-2
 // corpus takes half the memory.
+// jsonl_field: non-empty for JSON Lines files (their lines' values of that field the documents).
 template <typename T>
 std::vector<T> tokenize_stream(const Tokenizer& tokenizer, const std::vector<std::string>& files,
-                               int threads, size_t chunk_bytes, ShardSummary* summary) {
+                               int threads, size_t chunk_bytes, ShardSummary* summary,
+                               const std::string& jsonl_field = "") {
   const auto t0 = Clock::now();
   threads = resolve_threads(threads);
   const auto start = T(tokenizer.document_start());
   std::vector<T> stream;
-  int64_t bytes = 0;
+  int64_t bytes = 0, documents = 0;
   for (size_t first = 0; first < files.size();) {
     // A batch: files [first, last) of about kBatchBytes in all, read in parallel.
     size_t last = first, batch_bytes = 0;
@@ -151,6 +154,18 @@ std::vector<T> tokenize_stream(const Tokenizer& tokenizer, const std::vector<std
     }
     std::vector<std::string> texts(last - first);
     parallel_for(texts.size(), threads, [&](size_t i) { texts[i] = read_file(files[first + i]); });
+    for (const auto& t : texts) bytes += int64_t(t.size());
+    if (!jsonl_field.empty()) {  // the files' lines become the documents
+      std::vector<std::vector<std::string>> per_file(texts.size());
+      parallel_for(texts.size(), threads, [&](size_t i) {
+        per_file[i] = json_lines_documents(texts[i], jsonl_field, "input file " + files[first + i]);
+        std::string().swap(texts[i]);
+      });
+      texts.clear();
+      for (auto& docs : per_file)
+        for (auto& d : docs) texts.push_back(std::move(d));
+    }
+    documents += int64_t(texts.size());
     struct Chunk {
       size_t doc;
       std::string_view text;
@@ -161,7 +176,6 @@ std::vector<T> tokenize_stream(const Tokenizer& tokenizer, const std::vector<std
       cut_chunks(tokenizer, texts[d], chunk_bytes, cut);
       if (cut.empty()) chunks.push_back({d, std::string_view()});
       for (auto c : cut) chunks.push_back({d, c});
-      bytes += int64_t(texts[d].size());
     }
     std::vector<std::vector<int32_t>> ids(chunks.size());
     parallel_for(chunks.size(), threads, [&](size_t i) {
@@ -178,7 +192,7 @@ std::vector<T> tokenize_stream(const Tokenizer& tokenizer, const std::vector<std
     first = last;
   }
   if (summary) {
-    summary->documents = int64_t(files.size());
+    summary->documents = documents;
     summary->bytes = bytes;
     summary->tokens = int64_t(stream.size());
     summary->encode_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -239,9 +253,13 @@ ShardSummary write_shards(const Tokenizer& tokenizer, const std::vector<std::str
   // GPT-2's uint16 format where every id fits, else the uint32 one; the stream is held so.
   s.token_bytes = tokenizer.vocab_size() <= 65536 ? 2 : 4;
   if (s.token_bytes == 2)
-    write_stream(tokenize_stream<uint16_t>(tokenizer, files, o.threads, o.chunk_bytes, &s), o, s);
+    write_stream(tokenize_stream<uint16_t>(tokenizer, files, o.threads, o.chunk_bytes, &s,
+                                           o.jsonl_field),
+                 o, s);
   else
-    write_stream(tokenize_stream<uint32_t>(tokenizer, files, o.threads, o.chunk_bytes, &s), o, s);
+    write_stream(tokenize_stream<uint32_t>(tokenizer, files, o.threads, o.chunk_bytes, &s,
+                                           o.jsonl_field),
+                 o, s);
 
   // Remove shards of an earlier run with this prefix that this run did not write.
   std::error_code ec;

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "triad/core/error.h"
+#include "triad/data/json_lines.h"
 #include "triad/data/pretokenize.h"
 #include "triad/data/shard_writer.h"
 #include "triad/data/token_shard.h"
@@ -870,4 +871,49 @@ TEST(Pretokenize, SplitsLikeTekkenRegex) {
                           " \xC7\x85"
                           "a"));
   EXPECT_THAT(tk("  \n\n x  "), ElementsAre("  \n\n", " x", "  "));
+}
+
+TEST(JsonLines, ReadsTheFieldOfEachLine) {
+  const std::string text =
+      "{\"text\": \"Hello\", \"id\": 1}\n"
+      "\n"
+      "  {\"meta\": {\"a\": [1, -2.5e+3, true, false, null, \"}\"]}, \"text\": \"caf\\u00e9 "
+      "\\ud83d\\ude00\\n\\t\\\"q\\\"\\/\\\\\"}\r\n"
+      "{\"text\": \"first\", \"text\": \"last\"}\n"
+      "{\"te\\u0078t\": \"escaped key\"}";
+  EXPECT_THAT(triad::json_lines_documents(text, "text", "f"),
+              ElementsAre("Hello", "caf\xC3\xA9 \xF0\x9F\x98\x80\n\t\"q\"/\\", "last",
+                          "escaped key"));
+  EXPECT_TRUE(triad::json_lines_documents("\n \n", "text", "f").empty());
+}
+
+TEST(JsonLines, MalformedLinesAreClearErrors) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"[1, 2]", "expected a JSON object"},
+      {"{\"text\": \"x\",}", "expected a field name in double quotes at column 14"},
+      {"{\"text\": \"x\"} 7", "unexpected text after the object"},
+      {"{\"text\": 5}", "field \"text\" is not a string"},
+      {"{\"id\": 5}", "no \"text\" field"},
+      {"{\"text\": \"a\tb\"}", "raw control character"},
+      {"{\"text\": \"\\x\"}", "invalid escape"},
+      {"{\"text\": \"\\ud800 \"}", "lone surrogate escape (\\uD800)"},
+      {"{\"text\": \"\\udc00\"}", "lone surrogate escape (\\uDC00)"},
+      {"{\"text\": \"\\u12G4\"}", "4 hex digits"},
+      {"{\"text\": \"open", "a string is not closed"},
+      {"{\"a\": 01, \"text\": \"x\"}", "expected ',' or '}'"},
+      {"{\"a\": tru, \"text\": \"x\"}", "expected a value"},
+      {"{\"a\": [1 2], \"text\": \"x\"}", "expected ',' or ']'"},
+      {"{\"a\": 1.}", "digits after '.'"},
+      {"{\"text\" \"x\"}", "expected ':'"},
+      {"{\"a\": " + std::string(600, '[') + std::string(600, ']') + "}", "deeper than 512"},
+  };
+  for (const auto& [line, message] : cases) {
+    try {
+      triad::json_lines_documents("{\"text\": \"ok\"}\n" + line + "\n", "text", "input f.jsonl");
+      ADD_FAILURE() << line << ": no error";
+    } catch (const triad::Error& e) {
+      EXPECT_THAT(e.what(), HasSubstr("input f.jsonl, line 2: ")) << line;
+      EXPECT_THAT(e.what(), HasSubstr(message)) << line;
+    }
+  }
 }

@@ -2,7 +2,9 @@
 // shards` does.
 //
 // Documents: each input file is one document, its raw bytes encoded as ordinary text (a
-// "<|endoftext|>" inside a file is text, not the special token). The token stream is, for the
+// "<|endoftext|>" inside a file is text, not the special token); with jsonl_field set, each
+// input file is JSON Lines and each line's value of that field is a document
+// (triad/data/json_lines.h), in file and line order. The token stream is, for the
 // files in the order given, the tokenizer's document_start (GPT-2: <|endoftext|>, 50256; Llama
 // 3: <|begin_of_text|>, 128000) followed by the file's tokens — the separator comes BEFORE each
 // document, as in llm.c's and nanoGPT's data preparation.
@@ -45,11 +47,12 @@ struct ShardWriterOptions {
   int64_t shard_tokens = 100'000'000;  // tokens per shard at most, 1 .. 2^31 - 1
   int threads = 0;                     // 0: std::thread::hardware_concurrency()
   size_t chunk_bytes = size_t(1) << 20;
+  std::string jsonl_field;  // non-empty: the files are JSON Lines, documents this field's values
 };
 
 struct ShardSummary {
   int64_t documents = 0;
-  int64_t bytes = 0;    // input bytes
+  int64_t bytes = 0;    // input bytes (of the files, JSON Lines included)
   int64_t tokens = 0;   // all tokens, document separators included
   int token_bytes = 2;  // of the shards written: 2 (uint16) or 4 (uint32)
   int64_t train_tokens = 0;

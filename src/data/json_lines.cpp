@@ -1,0 +1,286 @@
+// A strict JSON reader of one object per line, keeping one string field: a small recursive-descent
+// parser, since only that field is needed and the rest is checked and skipped.
+#include "triad/data/json_lines.h"
+
+#include <cstdint>
+
+#include "triad/core/error.h"
+
+namespace triad {
+namespace {
+
+constexpr int kMaxDepth = 512;
+
+class LineParser {
+ public:
+  LineParser(std::string_view line, const std::string& where, int64_t line_no)
+      : s_(line), where_(where), line_no_(line_no) {}
+
+  // The object's `field` value (set has_value), checking the whole line.
+  void parse_object_line(std::string_view field, std::string& value, bool& has_value) {
+    skip_space();
+    if (at_end() || s_[i_] != '{') fail_here("expected a JSON object ('{')");
+    ++i_;
+    skip_space();
+    if (peek('}')) {
+      ++i_;
+    } else {
+      std::string key;
+      for (;;) {
+        skip_space();
+        if (!peek('"')) fail_here("expected a field name in double quotes");
+        key.clear();
+        parse_string(&key);
+        skip_space();
+        if (!peek(':')) fail_here("expected ':' after a field name");
+        ++i_;
+        skip_space();
+        if (key == field) {
+          if (!peek('"')) {
+            if (at_end()) fail_here("expected a value");
+            fail(std::string("field \"") + std::string(field) + "\" is not a string");
+          }
+          value.clear();
+          parse_string(&value);
+          has_value = true;
+        } else {
+          skip_value(1);
+        }
+        skip_space();
+        if (peek(',')) {
+          ++i_;
+          continue;
+        }
+        if (peek('}')) {
+          ++i_;
+          break;
+        }
+        fail_here("expected ',' or '}' after a value");
+      }
+    }
+    skip_space();
+    if (!at_end()) fail_here("unexpected text after the object");
+  }
+
+ private:
+  bool at_end() const { return i_ >= s_.size(); }
+  bool peek(char c) const { return i_ < s_.size() && s_[i_] == c; }
+  void skip_space() {
+    while (i_ < s_.size() && (s_[i_] == ' ' || s_[i_] == '\t' || s_[i_] == '\r')) ++i_;
+  }
+  [[noreturn]] void fail(const std::string& what) const {
+    triad::fail(where_, ", line ", line_no_, ": ", what);
+  }
+  [[noreturn]] void fail_here(const char* what) const {
+    if (at_end()) fail(std::string(what) + ", found the end of the line");
+    fail(std::string(what) + " at column " + std::to_string(i_ + 1) + ", found '" +
+         std::string(s_.substr(i_, 12)) + "'");
+  }
+
+  static void put_utf8(uint32_t cp, std::string& out) {
+    if (cp < 0x80) {
+      out.push_back(char(cp));
+    } else if (cp < 0x800) {
+      out.push_back(char(0xC0 | (cp >> 6)));
+      out.push_back(char(0x80 | (cp & 0x3F)));
+    } else if (cp < 0x10000) {
+      out.push_back(char(0xE0 | (cp >> 12)));
+      out.push_back(char(0x80 | ((cp >> 6) & 0x3F)));
+      out.push_back(char(0x80 | (cp & 0x3F)));
+    } else {
+      out.push_back(char(0xF0 | (cp >> 18)));
+      out.push_back(char(0x80 | ((cp >> 12) & 0x3F)));
+      out.push_back(char(0x80 | ((cp >> 6) & 0x3F)));
+      out.push_back(char(0x80 | (cp & 0x3F)));
+    }
+  }
+
+  uint32_t hex4() {
+    if (s_.size() - i_ < 4) fail_here("expected 4 hex digits after \\u");
+    uint32_t v = 0;
+    for (int k = 0; k < 4; ++k) {
+      const char c = s_[i_ + size_t(k)];
+      const int d = c >= '0' && c <= '9'   ? c - '0'
+                    : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                    : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                           : -1;
+      if (d < 0) fail_here("expected 4 hex digits after \\u");
+      v = v * 16 + uint32_t(d);
+    }
+    i_ += 4;
+    return v;
+  }
+
+  // A string at s_[i_] == '"'; its decoded bytes appended to out (if given).
+  void parse_string(std::string* out) {
+    ++i_;
+    for (;;) {
+      const size_t start = i_;
+      while (i_ < s_.size() && s_[i_] != '"' && s_[i_] != '\\' &&
+             static_cast<unsigned char>(s_[i_]) >= 0x20)
+        ++i_;
+      if (out) out->append(s_.data() + start, i_ - start);
+      if (at_end()) fail("a string is not closed");
+      const char c = s_[i_];
+      if (c == '"') {
+        ++i_;
+        return;
+      }
+      if (c != '\\') fail_here("a raw control character in a string (it must be escaped)");
+      ++i_;
+      if (at_end()) fail("a string is not closed");
+      const char e = s_[i_++];
+      char plain = 0;
+      switch (e) {
+        case '"':
+          plain = '"';
+          break;
+        case '\\':
+          plain = '\\';
+          break;
+        case '/':
+          plain = '/';
+          break;
+        case 'b':
+          plain = '\b';
+          break;
+        case 'f':
+          plain = '\f';
+          break;
+        case 'n':
+          plain = '\n';
+          break;
+        case 'r':
+          plain = '\r';
+          break;
+        case 't':
+          plain = '\t';
+          break;
+        case 'u': {
+          uint32_t cp = hex4();
+          if (cp >= 0xD800 && cp <= 0xDBFF) {
+            if (s_.size() - i_ < 6 || s_[i_] != '\\' || s_[i_ + 1] != 'u')
+              fail("a lone surrogate escape (\\u" + to_hex(cp) + ") is not a character");
+            i_ += 2;
+            const uint32_t lo = hex4();
+            if (lo < 0xDC00 || lo > 0xDFFF)
+              fail("a lone surrogate escape (\\u" + to_hex(cp) + ") is not a character");
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+          } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
+            fail("a lone surrogate escape (\\u" + to_hex(cp) + ") is not a character");
+          }
+          if (out) put_utf8(cp, *out);
+          continue;
+        }
+        default:
+          --i_;
+          fail_here("an invalid escape in a string");
+      }
+      if (out) out->push_back(plain);
+    }
+  }
+
+  static std::string to_hex(uint32_t v) {
+    const char* d = "0123456789ABCDEF";
+    return {d[(v >> 12) & 15], d[(v >> 8) & 15], d[(v >> 4) & 15], d[v & 15]};
+  }
+
+  void parse_number() {
+    const size_t start = i_;
+    if (peek('-')) ++i_;
+    auto digits = [&] {
+      const size_t d = i_;
+      while (i_ < s_.size() && s_[i_] >= '0' && s_[i_] <= '9') ++i_;
+      return i_ - d;
+    };
+    if (peek('0')) {
+      ++i_;
+    } else if (digits() == 0) {
+      i_ = start;
+      fail_here("expected a value");
+    }
+    if (peek('.')) {
+      ++i_;
+      if (digits() == 0) fail_here("expected digits after '.'");
+    }
+    if (peek('e') || peek('E')) {
+      ++i_;
+      if (peek('+') || peek('-')) ++i_;
+      if (digits() == 0) fail_here("expected digits in an exponent");
+    }
+  }
+
+  void skip_value(int depth) {
+    if (depth > kMaxDepth) fail("nested deeper than 512 levels");
+    if (at_end()) fail_here("expected a value");
+    const char c = s_[i_];
+    if (c == '"') return parse_string(nullptr);
+    if (c == '{' || c == '[') {
+      const char close = c == '{' ? '}' : ']';
+      ++i_;
+      skip_space();
+      if (peek(close)) {
+        ++i_;
+        return;
+      }
+      for (;;) {
+        skip_space();
+        if (c == '{') {
+          if (!peek('"')) fail_here("expected a field name in double quotes");
+          parse_string(nullptr);
+          skip_space();
+          if (!peek(':')) fail_here("expected ':' after a field name");
+          ++i_;
+          skip_space();
+        }
+        skip_value(depth + 1);
+        skip_space();
+        if (peek(',')) {
+          ++i_;
+          continue;
+        }
+        if (peek(close)) {
+          ++i_;
+          return;
+        }
+        fail_here(c == '{' ? "expected ',' or '}' after a value" : "expected ',' or ']'");
+      }
+    }
+    for (const std::string_view lit : {"true", "false", "null"})
+      if (s_.substr(i_, lit.size()) == lit) {
+        i_ += lit.size();
+        return;
+      }
+    parse_number();
+  }
+
+  std::string_view s_;
+  size_t i_ = 0;
+  const std::string& where_;
+  int64_t line_no_;
+};
+
+}  // namespace
+
+std::vector<std::string> json_lines_documents(std::string_view text, std::string_view field,
+                                              const std::string& where) {
+  std::vector<std::string> docs;
+  int64_t line_no = 0;
+  for (size_t pos = 0; pos < text.size();) {
+    size_t nl = text.find('\n', pos);
+    if (nl == std::string_view::npos) nl = text.size();
+    std::string_view line = text.substr(pos, nl - pos);
+    pos = nl + 1;
+    ++line_no;
+    if (line.find_first_not_of(" \t\r") == std::string_view::npos) continue;
+    LineParser p(line, where, line_no);
+    std::string value;
+    bool has_value = false;
+    p.parse_object_line(field, value, has_value);
+    TRIAD_CHECK(has_value, where, ", line ", line_no, ": no \"", field, "\" field");
+    docs.push_back(std::move(value));
+  }
+  return docs;
+}
+
+}  // namespace triad
