@@ -253,13 +253,13 @@ ShardSummary write_shards(const Tokenizer& tokenizer, const std::vector<std::str
   // GPT-2's uint16 format where every id fits, else the uint32 one; the stream is held so.
   s.token_bytes = tokenizer.vocab_size() <= 65536 ? 2 : 4;
   if (s.token_bytes == 2)
-    write_stream(tokenize_stream<uint16_t>(tokenizer, files, o.threads, o.chunk_bytes, &s,
-                                           o.jsonl_field),
-                 o, s);
+    write_stream(
+        tokenize_stream<uint16_t>(tokenizer, files, o.threads, o.chunk_bytes, &s, o.jsonl_field), o,
+        s);
   else
-    write_stream(tokenize_stream<uint32_t>(tokenizer, files, o.threads, o.chunk_bytes, &s,
-                                           o.jsonl_field),
-                 o, s);
+    write_stream(
+        tokenize_stream<uint32_t>(tokenizer, files, o.threads, o.chunk_bytes, &s, o.jsonl_field), o,
+        s);
 
   // Remove shards of an earlier run with this prefix that this run did not write.
   std::error_code ec;

@@ -881,9 +881,9 @@ TEST(JsonLines, ReadsTheFieldOfEachLine) {
       "\\ud83d\\ude00\\n\\t\\\"q\\\"\\/\\\\\"}\r\n"
       "{\"text\": \"first\", \"text\": \"last\"}\n"
       "{\"te\\u0078t\": \"escaped key\"}";
-  EXPECT_THAT(triad::json_lines_documents(text, "text", "f"),
-              ElementsAre("Hello", "caf\xC3\xA9 \xF0\x9F\x98\x80\n\t\"q\"/\\", "last",
-                          "escaped key"));
+  EXPECT_THAT(
+      triad::json_lines_documents(text, "text", "f"),
+      ElementsAre("Hello", "caf\xC3\xA9 \xF0\x9F\x98\x80\n\t\"q\"/\\", "last", "escaped key"));
   EXPECT_TRUE(triad::json_lines_documents("\n \n", "text", "f").empty());
 }
 
