@@ -1132,6 +1132,8 @@ def convert_tokenizer(prog: str, args) -> int:
             source = f"Hugging Face tokenizer {src}"
     except hf_tokenizer.TokenizerError as e:
         raise ConvertError(str(e)) from None
+    if args.chat is not None:
+        desc.chat = None if args.chat == "none" else args.chat
     files = desc.files(f"converted from {source}")
 
     def write(tmp: Path) -> None:
@@ -1174,6 +1176,10 @@ def main(argv: list[str] | None = None) -> int:
                      help="src is Meta's Llama 3 tokenizer.model (tiktoken's format)")
     tok.add_argument("--tekken", action="store_true",
                      help="src is Mistral's tekken.json (Mistral NeMo, Small 3, Ministral)")
+    tok.add_argument("--chat", choices=(*hf_tokenizer.CHAT_FORMATS, "none"),
+                     help="the chat format of the model's instruct version, for triad-generate "
+                     "--chat auto (default: told from the tokenizer where it can be: llama3, "
+                     "Mistral's v3 and v7 formats; none: no chat line)")
     tok.add_argument("--sentencepiece", action="store_true",
                      help="src is a SentencePiece BPE model (Llama 2's or Mistral's "
                      "tokenizer.model)")

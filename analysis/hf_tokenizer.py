@@ -115,6 +115,8 @@ def tokenizer_files(ranks_path: Path, model_max_length: int) -> dict[str, str]:
 # ---- tokenizer descriptions -------------------------------------------------------------------
 
 DESCRIPTION_MAGIC = "triad-tokenizer 1"
+# The chat formats triad-generate --chat and triad-tokenize chat build (triad/data/chat_format.h).
+CHAT_FORMATS = ("mistral_v1", "mistral_v3", "mistral_v7", "llama3")
 # The pre-tokenizers triad implements, by name, with the regex each one is (as tiktoken and
 # Hugging Face's Split pre-tokenizer take it).
 PATTERNS = {
@@ -171,6 +173,7 @@ class Description:
     # Those of `specials` that are found in text and encoded as themselves (`added ID TEXT`:
     # Hugging Face's non-special added tokens, such as Qwen2.5's <tool_call>).
     added: frozenset = frozenset()
+    chat: str | None = None        # a CHAT_FORMATS name: the `chat` line
 
     @property
     def vocab_size(self) -> int:
@@ -202,6 +205,8 @@ class Description:
             if not name or any(c.isspace() for c in name):
                 raise TokenizerError(f"{where}: special token {name!r} is empty or holds "
                                      f"white space")
+        if self.chat not in (None, *CHAT_FORMATS):
+            raise TokenizerError(f"{where}: unknown chat format {self.chat!r}")
 
     def files(self, source: str) -> dict[str, str]:
         """tokenizer.triad and the ranks file it names."""
@@ -226,6 +231,8 @@ def description_text(d: Description, ranks_name: str, source: str) -> str:
     if d.prompt_start is not None:
         lines.append(f"prompt_start {d.prompt_start}")
     lines += [f"stop {s}" for s in d.stops]
+    if d.chat is not None:
+        lines.append(f"chat {d.chat}")
     return "\n".join(lines) + "\n"
 
 
@@ -278,7 +285,7 @@ def read_description(path: Path) -> Description | sp_tokenizer.PiecesDescription
             stops.append(value)
         elif key in ("ranks", "ranks_count", "pretokenizer", "normalizer", "document_start",
                      "prompt_start", "pieces", "pieces_count", "merges", "merges_count",
-                     "space_prefix"):
+                     "space_prefix", "chat"):
             if key in single:
                 raise TokenizerError(f"{path}:{no}: {key!r} given twice")
             single[key] = value
@@ -296,7 +303,7 @@ def read_description(path: Path) -> Description | sp_tokenizer.PiecesDescription
                              f"{single['ranks_count']}")
     d = Description({r: t for t, r in ranks.items()}, single["pretokenizer"], specials,
                     single["document_start"], single.get("prompt_start"), stops,
-                    single.get("normalizer"), frozenset(added))
+                    single.get("normalizer"), frozenset(added), single.get("chat"))
     d.check(str(path))
     return d
 
@@ -461,8 +468,11 @@ def from_hf(src: Path, document_start: str | None = None, prompt_start: str | No
     specials = {a["content"]: a["id"] for a in added}
     document_start, prompt_start, stops = roles(specials)
     in_text = frozenset(a["content"] for a in added if not a.get("special", False))
+    template = config.get("chat_template")
+    chat = "llama3" if isinstance(template, str) and "<|start_header_id|>" in template and \
+        "<|start_header_id|>" in specials else None
     d = Description(base, scheme, specials, document_start, prompt_start, stops,
-                    "nfc" if normalizer is not None else None, in_text)
+                    "nfc" if normalizer is not None else None, in_text, chat)
     d.check(where)
     return d
 
@@ -512,7 +522,7 @@ def from_meta_llama3(path: Path) -> Description:
     specials = {s: LLAMA3_RANKS + i for i, s in enumerate(names)}
     d = Description({r: t for t, r in ranks.items()}, "llama3", specials, "<|begin_of_text|>",
                     "<|begin_of_text|>",
-                    ["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"])
+                    ["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"], chat="llama3")
     d.check(str(path))
     return d
 
@@ -555,7 +565,10 @@ def from_tekken(path: Path) -> Description:
     specials = {names.get(i, f"<SPECIAL_{i}>"): i for i in range(n_special)}
     if len(specials) != n_special:
         raise TokenizerError(f"{where}: two special tokens share a name")
-    d = Description(ranked, "tekken", specials, "<s>", "<s>", ["</s>"])
+    # Instruct formats: v3 puts the system message before the user's; v7 on has its own tokens.
+    version = str(config.get("version", "v3")).lstrip("v")
+    chat = "mistral_v7" if version.isdigit() and int(version) >= 7 else "mistral_v3"
+    d = Description(ranked, "tekken", specials, "<s>", "<s>", ["</s>"], chat=chat)
     d.check(where)
     return d
 

@@ -51,6 +51,7 @@ class PiecesDescription:
     stops: list[str]
     added: frozenset = field(default_factory=frozenset)  # specials found in text
     normalizer: str | None = None
+    chat: str | None = None                # a chat format (hf_tokenizer.CHAT_FORMATS)
 
     @property
     def vocab_size(self) -> int:
@@ -90,6 +91,8 @@ class PiecesDescription:
         if self.prompt_start is not None:
             lines.append(f"prompt_start {self.prompt_start}")
         lines += [f"stop {s}" for s in self.stops]
+        if self.chat is not None:
+            lines.append(f"chat {self.chat}")
         entries = [(i, f"{base64.b64encode(t).decode()} {i}") for i, t in self.pieces.items()]
         entries += [(i, f"{base64.b64encode(bytes([b])).decode()} {i} byte")
                     for i, b in self.byte_tokens.items()]
@@ -293,9 +296,15 @@ def from_sentencepiece(path: Path, document_start: str | None = None,
         raise SentencePieceError(f"{where}: no BOS piece: give --document-start")
     if not stops:
         raise SentencePieceError(f"{where}: no EOS piece: give --stop")
+    # Mistral's instruct models: [INST] as a control piece means its v3 format, and
+    # [SYSTEM_PROMPT] too its v7 one (an older model, or Llama 2's, names none: --chat).
+    controls = {p["text"] for p in m["pieces"] if p["type"] == CONTROL}
+    chat = None
+    if "[INST]" in controls:
+        chat = "mistral_v7" if "[SYSTEM_PROMPT]" in controls else "mistral_v3"
     d = PiecesDescription(pieces, byte_tokens, merges, "true" if m["dummy_prefix"] else "false",
-                          specials,
-                          document_start, prompt_start, stops, frozenset(added))
+                          specials, document_start, prompt_start, stops, frozenset(added),
+                          chat=chat)
     d.check(where)
     return d
 
@@ -373,8 +382,11 @@ def from_hf_json(tj: dict, where: str, roles) -> PiecesDescription:
                                      f"not a piece of the vocabulary")
         merges.append((by_text[a], by_text[b], k))
     document_start, prompt_start, stops = roles(specials)
+    chat = None  # as for a SentencePiece model: Mistral's formats by their special tokens
+    if "[INST]" in specials:
+        chat = "mistral_v7" if "[SYSTEM_PROMPT]" in specials else "mistral_v3"
     d = PiecesDescription(pieces, byte_tokens, merges, space_prefix, specials, document_start,
-                          prompt_start, stops)
+                          prompt_start, stops, chat=chat)
     d.check(where)
     return d
 
@@ -473,6 +485,6 @@ def read_description(path: Path, single: dict[str, str], specials: dict[str, int
         raise SentencePieceError(f"{path}: space_prefix {single['space_prefix']!r}")
     d = PiecesDescription(pieces, byte_tokens, merges, single["space_prefix"],
                           specials, single["document_start"], single.get("prompt_start"), stops,
-                          frozenset(added), single.get("normalizer"))
+                          frozenset(added), single.get("normalizer"), single.get("chat"))
     d.check(str(path))
     return d

@@ -18,7 +18,8 @@
 #     tokenizer.model, from the llama-models wheel) and Qwen's -> data/vocab/qwen.tiktoken (the
 #     151,643 ranks of Qwen and Qwen2, from the dashscope wheel), and Mistral's SentencePiece
 #     models -> data/vocab/mistral-v1.model (Mistral 7B v0.1's, the scheme of Llama 2's) and
-#     data/vocab/mistral-v3.model (with control and user-defined pieces), and Mistral's Tekken
+#     data/vocab/mistral-v3.model (with control and user-defined pieces), mistral-v7.model (with
+#     [SYSTEM_PROMPT]), and Mistral's Tekken
 #     tokenizer -> data/vocab/tekken.json (Mistral NeMo's), from the mistral_common wheel, for
 #     the tokenizer tests.
 #  4. Default corpus -> data/corpus/*.txt: King James Bible and Jane Austen's six novels,
@@ -70,6 +71,7 @@ MISTRAL_COMMON_WHEEL=mistral_common==1.5.4
 MISTRAL_V1_SHA256=dadfd56d766715c61d2ef780a525ab43b8e6da4de6865bda3d95fdef5e134055
 MISTRAL_V3_SHA256=9addc8bdce5988448ae81b729336f43a81262160ae8da760674badab9d4c7d33
 TEKKEN_SHA256=386b1f98fba69b38c3de512a4eb602dc69a95dae0e54e6ce048ea3e29a2627a8
+MISTRAL_V7_SHA256=1b968b8dc352f42192367337c78ccc61e1eaddc6d641a579372d4f20694beb7a
 VENV=$ROOT/.venv
 
 SUMMARY=()
@@ -341,6 +343,8 @@ step_vocab() {
     data/mistral_instruct_tokenizer_240323.model.v3 --only-binary :all: "$MISTRAL_COMMON_WHEEL"
   fetch_ranks data/vocab/tekken.json "$TEKKEN_SHA256" data/tekken_240911.json \
     --only-binary :all: "$MISTRAL_COMMON_WHEEL"
+  fetch_ranks data/vocab/mistral-v7.model "$MISTRAL_V7_SHA256" \
+    data/mistral_instruct_tokenizer_241114.model.v7 --only-binary :all: "$MISTRAL_COMMON_WHEEL"
 }
 
 # ---- 4. default corpus ---------------------------------------------------------------------------

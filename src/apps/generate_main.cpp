@@ -11,6 +11,7 @@
 
 #include "triad/core/error.h"
 #include "triad/core/rng.h"
+#include "triad/data/chat_format.h"
 #include "triad/data/tokenizer.h"
 #include "triad/io/checkpoint.h"
 #include "triad/kernels/backend.h"
@@ -61,7 +62,8 @@ std::vector<int32_t> parse_ids(const std::string& text, int64_t vocab_size) {
 
 int main(int argc, char** argv) {
   return triad::run_main(argc, argv, "triad-generate", [&](MPI_Comm world) {
-    std::string checkpoint, run_dir, vocab, prompt, prompt_ids, backend, precision, output;
+    std::string checkpoint, run_dir, vocab, prompt, prompt_ids, backend, precision, output, chat,
+        system;
     int64_t length = 0, seed = 0;
     double temperature = 0, top_p = 1;
     int top_k = 0, threads = 0, samples = 1, batch = 0, tp = 1, pp = 1;
@@ -94,6 +96,11 @@ int main(int argc, char** argv) {
         "seed", po::value(&seed)->default_value(1), "sampling seed")(
         "prompt-ids", po::value(&prompt_ids),
         "the prompt as token ids separated by spaces (instead of --prompt)")(
+        "chat", po::value(&chat),
+        "--prompt is a user's message to an instruct model, put in this chat format: "
+        "mistral_v1, mistral_v3, mistral_v7, llama3, or auto (the tokenizer description's); the "
+        "reply ends at a stop token and is printed alone")(
+        "system", po::value(&system)->default_value(""), "with --chat: a system message")(
         "backend", po::value(&backend)->default_value("cpu"), "cpu or cuda")(
         "precision", po::value(&precision)->default_value("auto"),
         "fp32, bf16, or auto (bf16 on cuda, fp32 on cpu)")(
@@ -142,6 +149,9 @@ int main(int argc, char** argv) {
                 "')");
     TRIAD_CHECK(!(vm.count("prompt-ids") && !vm["prompt"].defaulted()),
                 "give --prompt or --prompt-ids, not both");
+    TRIAD_CHECK(!(vm.count("prompt-ids") && vm.count("chat")),
+                "--chat formats --prompt, not --prompt-ids");
+    TRIAD_CHECK(vm.count("chat") || vm["system"].defaulted(), "--system needs --chat");
     if (threads > 0) omp_set_num_threads(threads);
     const bool bf16 = precision == "bf16" || (precision == "auto" && backend == "cuda");
     if (checkpoint.empty()) {
@@ -157,7 +167,21 @@ int main(int argc, char** argv) {
     if (vm.count("prompt-ids")) {
       ids = parse_ids(prompt_ids, m.vocab_size);
     } else {
-      ids = tok.encode_prompt(prompt);
+      if (vm.count("chat")) {
+        if (chat == "auto") {
+          chat = tok.chat_format();
+          TRIAD_CHECK(!chat.empty(), "--chat auto: the tokenizer description ", vocab,
+                      " names no chat format (give one: mistral_v1, mistral_v3, mistral_v7, "
+                      "llama3)");
+        }
+        const auto f = triad::parse_chat_format(chat);
+        TRIAD_CHECK(f.has_value(), "--chat '", chat,
+                    "' is not a chat format (expected mistral_v1, mistral_v3, mistral_v7, "
+                    "llama3 or auto)");
+        ids = triad::chat_prompt(tok, *f, system, prompt);
+      } else {
+        ids = tok.encode_prompt(prompt);
+      }
       for (const int32_t id : ids)
         TRIAD_CHECK(id < m.vocab_size, "the prompt's token ", id, " (", vocab,
                     ") is beyond the model's ", m.vocab_size,
@@ -238,7 +262,9 @@ int main(int argc, char** argv) {
     opt.top_k = top_k;
     opt.top_p = top_p;
     opt.kv_cache = !no_cache;
-    if (stop_at_eot) opt.stop_tokens = tok.stop_tokens();
+    // A chat reply ends at the tokenizer's stop tokens (Llama 3's <|eot_id|>, Mistral's </s>).
+    const bool chatting = vm.count("chat") != 0;
+    if (stop_at_eot || chatting) opt.stop_tokens = tok.stop_tokens();
     // A model with more embedding rows than its tokenizer has ids (Qwen2's padding) draws among
     // the tokenizer's only, so that every sample decodes.
     if (m.vocab_size > tok.vocab_size()) {
@@ -263,8 +289,16 @@ int main(int argc, char** argv) {
           std::cout << std::endl;
         } else {  // samples separated by a line "---"
           if (i > 0) std::cout << "---" << std::endl;
-          std::cout << (vm.count("prompt-ids") ? tok.decode(ids) : prompt) << tok.decode(out)
-                    << std::endl;
+          if (chatting) {  // the reply alone, without its stop token
+            std::vector<int32_t> reply(out.begin(), out.end());
+            if (!reply.empty() && std::find(opt.stop_tokens.begin(), opt.stop_tokens.end(),
+                                            reply.back()) != opt.stop_tokens.end())
+              reply.pop_back();
+            std::cout << tok.decode(reply) << std::endl;
+          } else {
+            std::cout << (vm.count("prompt-ids") ? tok.decode(ids) : prompt) << tok.decode(out)
+                      << std::endl;
+          }
         }
       }
     }

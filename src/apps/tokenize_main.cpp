@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "triad/core/error.h"
+#include "triad/data/chat_format.h"
 #include "triad/data/shard_writer.h"
 #include "triad/data/tokenizer.h"
 #include "triad/train/app_main.h"
@@ -27,8 +28,8 @@ constexpr const char* kProg = "triad-tokenize";
 
 constexpr const char* kUsage =
     "usage: triad-tokenize COMMAND [OPTIONS]\n"
-    "Byte-level BPE. --vocab is GPT-2's ranks file (tiktoken's format; <|endoftext|> is the id\n"
-    "after the last rank) or a tokenizer description (triad-convert tokenizer: Llama 3, Qwen2).\n"
+    "--vocab is GPT-2's ranks file (tiktoken's format; <|endoftext|> is the id after the last\n"
+    "rank) or a tokenizer description (triad-convert tokenizer: Llama 3, Qwen2, Mistral, ...).\n"
     "\n"
     "commands:\n"
     "  encode --vocab FILE     read text (any bytes) on stdin, write token ids, one per line\n"
@@ -38,7 +39,12 @@ constexpr const char* kUsage =
     "                          tokenize text files (one document each, the tokenizer's\n"
     "                          document start, GPT-2's <|endoftext|>, before each) into llm.c\n"
     "                          token shards DIR/NAME_{train,val}_NNNNNN.bin (uint16 ids, or\n"
-    "                          uint32 for a vocabulary above 65536)\n"
+    "                          uint32 for a vocabulary above 65536); --jsonl [--field NAME]:\n"
+    "                          JSON Lines files, each line's text field a document\n"
+    "  chat --vocab FILE [--format NAME] [--system TEXT]\n"
+    "                          read a user message on stdin, write the ids of a chat prompt\n"
+    "                          (mistral_v1, mistral_v3, mistral_v7, llama3; default: the\n"
+    "                          description's chat format), one per line\n"
     "\n"
     "'triad-tokenize COMMAND --help' lists a command's options.\n";
 
@@ -87,6 +93,19 @@ bool parse(const char* command, const std::vector<std::string>& args, po::option
   return true;
 }
 
+// The ids as text, one per line.
+std::string ids_text(const std::vector<int32_t>& ids) {
+  std::string out;
+  out.reserve(ids.size() * 6);
+  char num[16];
+  for (const int32_t id : ids) {
+    const auto r = std::to_chars(num, num + sizeof(num), id);
+    out.append(num, r.ptr);
+    out.push_back('\n');
+  }
+  return out;
+}
+
 int cmd_encode(const std::vector<std::string>& args) {
   po::options_description desc("encode options");
   std::string vocab;
@@ -98,16 +117,27 @@ int cmd_encode(const std::vector<std::string>& args) {
   if (!parse("encode", args, desc, nullptr, nullptr, vm)) return 0;
   const auto tok = triad::Tokenizer::from_file(vocab);
   const std::string text = read_stdin();
-  const std::vector<int32_t> ids = triad::encode_parallel(tok, text, threads);
-  std::string out;
-  out.reserve(ids.size() * 6);
-  char num[16];
-  for (const int32_t id : ids) {
-    const auto r = std::to_chars(num, num + sizeof(num), id);
-    out.append(num, r.ptr);
-    out.push_back('\n');
-  }
-  write_stdout(out);
+  write_stdout(ids_text(triad::encode_parallel(tok, text, threads)));
+  return 0;
+}
+
+int cmd_chat(const std::vector<std::string>& args) {
+  po::options_description desc("chat options");
+  std::string vocab, format, system;
+  desc.add_options()("vocab", po::value(&vocab)->required(), "tokenizer description")(
+      "format", po::value(&format),
+      "mistral_v1, mistral_v3, mistral_v7 or llama3 (default: the "
+      "description's 'chat' line)")("system", po::value(&system)->default_value(""),
+                                    "system message (empty: none)");
+  po::variables_map vm;
+  if (!parse("chat", args, desc, nullptr, nullptr, vm)) return 0;
+  const auto tok = triad::Tokenizer::from_file(vocab);
+  if (format.empty()) format = tok.chat_format();
+  TRIAD_CHECK(!format.empty(), "chat: ", vocab, " names no chat format: give --format");
+  const auto f = triad::parse_chat_format(format);
+  TRIAD_CHECK(f.has_value(), "chat: unknown --format '", format,
+              "' (expected mistral_v1, mistral_v3, mistral_v7 or llama3)");
+  write_stdout(ids_text(triad::chat_prompt(tok, *f, system, read_stdin())));
   return 0;
 }
 
@@ -213,7 +243,7 @@ int main(int argc, char** argv) {
     TRIAD_CHECK(size == 1, "this program runs as one process, but was started with ", size,
                 " MPI ranks; run it without mpirun (it uses threads: --threads)");
     TRIAD_CHECK(argc >= 2,
-                "no command given: encode, decode or shards (see 'triad-tokenize --help')");
+                "no command given: encode, decode, shards or chat (see 'triad-tokenize --help')");
     const std::string command = argv[1];
     const std::vector<std::string> args(argv + 2, argv + argc);
     if (command == "--help" || command == "-h" || command == "help") {
@@ -223,7 +253,8 @@ int main(int argc, char** argv) {
     if (command == "encode") return cmd_encode(args);
     if (command == "decode") return cmd_decode(args);
     if (command == "shards") return cmd_shards(args);
+    if (command == "chat") return cmd_chat(args);
     triad::fail("unknown command '", command,
-                "': expected encode, decode or shards (see 'triad-tokenize --help')");
+                "': expected encode, decode, shards or chat (see 'triad-tokenize --help')");
   });
 }

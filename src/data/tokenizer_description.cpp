@@ -10,6 +10,7 @@
 
 #include "tokenizer_files.h"
 #include "triad/core/error.h"
+#include "triad/data/chat_format.h"
 #include "triad/data/tokenizer.h"
 
 namespace triad {
@@ -20,7 +21,8 @@ using tokenizer_files::for_each_line;
 // Parses "key value" lines (blank lines and # comments skipped) after the magic line.
 Tokenizer Tokenizer::from_description(const std::string& path, const std::string& text) {
   const std::string where = "tokenizer description " + path;
-  std::string ranks, scheme, document_start, prompt_start, normalizer, pieces, merges, space_prefix;
+  std::string ranks, scheme, document_start, prompt_start, normalizer, pieces, merges, space_prefix,
+      chat;
   int64_t ranks_count = -1, pieces_count = -1, merges_count = -1;
   std::vector<Special> specials;
   std::vector<int64_t> special_lines;
@@ -77,6 +79,7 @@ Tokenizer Tokenizer::from_description(const std::string& path, const std::string
                           : key == "document_start" ? &document_start
                           : key == "prompt_start"   ? &prompt_start
                           : key == "normalizer"     ? &normalizer
+                          : key == "chat"           ? &chat
                                                     : nullptr;
     int64_t* count_of = key == "ranks_count"    ? &ranks_count
                         : key == "pieces_count" ? &pieces_count
@@ -86,7 +89,7 @@ Tokenizer Tokenizer::from_description(const std::string& path, const std::string
                 ": unknown key '", excerpt(key),
                 "' (expected ranks, ranks_count, pretokenizer, pieces, pieces_count, merges, ",
                 "merges_count, space_prefix, normalizer, special, added, document_start, ",
-                "prompt_start or stop)");
+                "prompt_start, stop or chat)");
     const auto [it, fresh] = seen.emplace(key, line_no);
     TRIAD_CHECK(fresh, where, ", line ", line_no, ": '", key, "' was already given on line ",
                 it->second);
@@ -110,6 +113,9 @@ Tokenizer Tokenizer::from_description(const std::string& path, const std::string
   for (const char* k : sentencepiece ? sentencepiece_keys : byte_level_keys)
     TRIAD_CHECK(seen.count(k), where, ": no '", k, "' line");
   TRIAD_CHECK(seen.count("document_start"), where, ": no 'document_start' line");
+  TRIAD_CHECK(chat.empty() || parse_chat_format(chat).has_value(), where, ", line ", seen["chat"],
+              ": unknown chat format '", excerpt(chat),
+              "' (expected mistral_v1, mistral_v3, mistral_v7 or llama3)");
   TRIAD_CHECK(!sentencepiece || space_prefix == "true" || space_prefix == "false" ||
                   space_prefix == "unless_space",
               where, ", line ", seen["space_prefix"], ": space_prefix '", excerpt(space_prefix),
@@ -151,6 +157,7 @@ Tokenizer Tokenizer::from_description(const std::string& path, const std::string
   t.path_ = path;
   t.scheme_ = *sch;
   t.nfc_ = normalizer == "nfc";
+  t.chat_ = chat;
   for (size_t i = 0; i < t.specials_.size(); ++i) {
     if (!t.specials_[i].in_text) continue;
     // SentencePiece-style added tokens are found in the normalized text, where a space and

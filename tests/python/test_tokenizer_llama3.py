@@ -321,7 +321,7 @@ def test_convert_refuses_what_triad_cannot_encode_exactly(tmp_path):
 
     cases = [
         (lambda tj: tj.update(normalizer={"type": "NFKC"}), ["normalizer", "NFKC"]),
-        (lambda tj: tj["model"].update(byte_fallback=True), ["SentencePiece-style"]),
+        (lambda tj: tj["model"].update(byte_fallback=True), ["byte_fallback"]),
         (lambda tj: tj["model"].update(type="Unigram"), ["'Unigram'"]),
         (strips, ["strips spaces"]),
         (other_regex, ["is not one triad implements"]),

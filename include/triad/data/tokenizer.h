@@ -121,6 +121,8 @@ class Tokenizer {
   // Id of a special token by its text, or -1.
   int32_t special_id(std::string_view text) const;
   const std::string& path() const { return path_; }
+  // The chat format its description names (`chat NAME`, triad/data/chat_format.h), or "".
+  const std::string& chat_format() const { return chat_; }
 
  private:
   Tokenizer() = default;
@@ -185,6 +187,7 @@ class Tokenizer {
     int32_t rank;  // -1 = empty
   };
   std::string path_;
+  std::string chat_;
   pretok::Scheme scheme_ = pretok::Scheme::gpt2;
   bool nfc_ = false;               // normalizer nfc: text to NFC before the pre-tokenizer
   std::vector<Special> specials_;  // by id

@@ -1,0 +1,141 @@
+"""Chat prompts (`triad-tokenize chat`, `triad-generate --chat`) against the reference encoders:
+mistral_common's encode_chat_completion for Mistral's v1, v3 and v7 SentencePiece tokenizers and
+its v3 Tekken one, and Meta's ChatFormat (llama_models) for Llama 3."""
+
+import shutil
+
+import pytest
+
+from test_tokenizer_llama3 import cli
+from triad_run import REPO, assert_clean_error, exe, run, tool
+
+VOCAB = REPO / "data" / "vocab"
+MESSAGES = ["Hello world", "  two leading spaces and a trailing one ", "Ünïcödé 漢字 🙂",
+            "lines\n\nand\ttabs", "[INST] not a token [/INST] <s>", "x"]
+
+
+def need(path):
+    if not path.exists():
+        pytest.fail(f"{path} does not exist: run jobs/setup.sh (it fetches Mistral's and Meta's "
+                    f"tokenizer files)")
+
+
+def convert(src, out, *flags):
+    p = tool("triad-convert", "tokenizer", *flags, src, out, timeout=300)
+    assert p.returncode == 0, p.stderr
+    return out / "tokenizer.triad"
+
+
+def chat(desc, user, system="", fmt=None):
+    args = ["chat", "--vocab", desc, "--system", system] + (["--format", fmt] if fmt else [])
+    return [int(t) for t in cli(*args, data=user.encode()).split()]
+
+
+@pytest.mark.parametrize("name,file,flag,fmt", [
+    ("v1", "mistral-v1.model", "--sentencepiece", None),
+    ("v3", "mistral-v3.model", "--sentencepiece", "mistral_v3"),
+    ("v7", "mistral-v7.model", "--sentencepiece", "mistral_v7"),
+    ("tekken", "tekken.json", "--tekken", "mistral_v3"),
+])
+def test_mistral_chat_prompts_match_mistral_common(tmp_path, name, file, flag, fmt):
+    mc = pytest.importorskip("mistral_common.tokens.tokenizers.mistral")
+    from mistral_common.protocol.instruct.messages import SystemMessage, UserMessage
+    from mistral_common.protocol.instruct.request import ChatCompletionRequest
+    need(VOCAB / file)
+    # mistral_common tells the version from the file name.
+    ref_file = tmp_path / ({"v1": "tokenizer.model.v1", "v3": "tokenizer.model.v3",
+                            "v7": "tokenizer.model.v7", "tekken": "tekken.json"}[name])
+    shutil.copy(VOCAB / file, ref_file)
+    ref = mc.MistralTokenizer.from_file(str(ref_file))
+    desc = convert(VOCAB / file, tmp_path / "tok", flag)
+    assert (f"chat {fmt}\n" in desc.read_text()) == (fmt is not None)
+    fmt = fmt or "mistral_v1"  # Mistral 7B Instruct v0.1's, which its tokenizer cannot tell
+    for user in MESSAGES:
+        for system in ["", "Be brief.", "Answer in French.\nAlways."]:
+            msgs = ([SystemMessage(content=system)] if system else []) + [UserMessage(content=user)]
+            want = ref.encode_chat_completion(ChatCompletionRequest(messages=msgs)).tokens
+            assert chat(desc, user, system, fmt) == want, (user, system)
+
+
+def test_llama3_chat_prompts_match_meta(tmp_path):
+    pytest.importorskip("llama_models")
+    from llama_models.datatypes import RawMessage
+    from llama_models.llama3.chat_format import ChatFormat
+    from llama_models.llama3.tokenizer import Tokenizer
+    need(VOCAB / "llama3.tiktoken")
+    ref = ChatFormat(Tokenizer(VOCAB / "llama3.tiktoken"))
+    desc = convert(VOCAB / "llama3.tiktoken", tmp_path / "tok", "--meta-llama3")
+    assert "chat llama3\n" in desc.read_text()
+    for user in MESSAGES:
+        for system in ["", "Be brief."]:
+            msgs = ([RawMessage(role="system", content=system)] if system else []) + \
+                [RawMessage(role="user", content=user)]
+            assert chat(desc, user, system) == ref.encode_dialog_prompt(msgs).tokens
+
+
+def test_chat_errors(tmp_path):
+    desc = convert(VOCAB / "mistral-v1.model", tmp_path / "tok", "--sentencepiece")
+    p = run([exe("triad-tokenize"), "chat", "--vocab", desc], input="hi")
+    assert_clean_error(p, "names no chat format: give --format")
+    p = run([exe("triad-tokenize"), "chat", "--vocab", desc, "--format", "mistral_v3"],
+            input="hi")
+    assert_clean_error(p, "chat format mistral_v3", "has no special token [INST]")
+    p = run([exe("triad-tokenize"), "chat", "--vocab", desc, "--format", "chatml"], input="hi")
+    assert_clean_error(p, "unknown --format 'chatml'")
+    bad = tmp_path / "bad.triad"
+    bad.write_text(desc.read_text() + "chat zephyr\n")
+    (tmp_path / "tokenizer.pieces").write_bytes((desc.parent / "tokenizer.pieces").read_bytes())
+    (tmp_path / "tokenizer.merges").write_bytes((desc.parent / "tokenizer.merges").read_bytes())
+    p = run([exe("triad-tokenize"), "chat", "--vocab", bad, "--format", "mistral_v1"],
+            input="hi")
+    assert_clean_error(p, str(bad), "unknown chat format 'zephyr'")
+    # triad-convert --chat sets or removes the line.
+    d2 = convert(VOCAB / "mistral-v1.model", tmp_path / "tok2", "--sentencepiece", "--chat",
+                 "mistral_v1")
+    assert chat(d2, "hi") == chat(desc, "hi", fmt="mistral_v1")
+
+
+def test_generate_chat_continues_the_reference_prompt(tmp_path):
+    """A random MistralForCausalLM with the v3 tokenizer: triad-generate --chat auto continues the
+    prompt mistral_common encodes as transformers does (greedily, float64), and prints the reply
+    alone."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    mc = pytest.importorskip("mistral_common.tokens.tokenizers.mistral")
+    from mistral_common.protocol.instruct.messages import SystemMessage, UserMessage
+    from mistral_common.protocol.instruct.request import ChatCompletionRequest
+    need(VOCAB / "mistral-v3.model")
+    shutil.copy(VOCAB / "mistral-v3.model", tmp_path / "tokenizer.model.v3")
+    ref = mc.MistralTokenizer.from_file(str(tmp_path / "tokenizer.model.v3"))
+    desc = convert(VOCAB / "mistral-v3.model", tmp_path / "tok", "--sentencepiece")
+    torch.manual_seed(8)
+    model = transformers.MistralForCausalLM(transformers.MistralConfig(
+        vocab_size=32768, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        tie_word_embeddings=False, sliding_window=None)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p * 4 if p.dim() == 2 else p)
+    model.save_pretrained(tmp_path / "hf", safe_serialization=True)
+    ckpt = tmp_path / "m.h5"
+    assert tool("triad-convert", "import", tmp_path / "hf", ckpt, timeout=300).returncode == 0
+    ids = ref.encode_chat_completion(ChatCompletionRequest(messages=[
+        SystemMessage(content="Be brief."), UserMessage(content="Hello world")])).tokens
+    seq = list(ids)
+    with torch.no_grad():
+        model = model.double()
+        for _ in range(8):
+            seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
+    want = [t for t in seq[len(ids):]]
+    if 2 in want:  # the reply ends at </s>
+        want = want[:want.index(2) + 1]
+    args = [exe("triad-generate"), "--checkpoint", ckpt, "--vocab", desc, "--chat", "auto",
+            "--system", "Be brief.", "--prompt", "Hello world", "--length", "8", "--top-k", "1"]
+    p = run(args + ["--output", "ids"], check=True, timeout=300)
+    assert [int(t) for t in p.stdout.split()] == want
+    p = run(args, check=True, timeout=300)
+    reply = [t for t in want if t != 2]
+    assert p.stdout == cli("decode", "--vocab", desc,
+                           data=" ".join(map(str, reply)).encode()).decode() + "\n"
+    p = run([exe("triad-generate"), "--checkpoint", ckpt, "--vocab", desc, "--system", "x"])
+    assert_clean_error(p, "--system needs --chat")
