@@ -116,7 +116,7 @@ def tokenizer_files(ranks_path: Path, model_max_length: int) -> dict[str, str]:
 
 DESCRIPTION_MAGIC = "triad-tokenizer 1"
 # The chat formats triad-generate --chat and triad-tokenize chat build (triad/data/chat_format.h).
-CHAT_FORMATS = ("mistral_v1", "mistral_v3", "mistral_v7", "llama3")
+CHAT_FORMATS = sp_tokenizer.CHAT_FORMATS
 # The pre-tokenizers triad implements, by name, with the regex each one is (as tiktoken and
 # Hugging Face's Split pre-tokenizer take it).
 PATTERNS = {
@@ -196,17 +196,9 @@ class Description:
                                  f"vocabulary needs all 256)")
         if not set(self.specials) - set(self.added):
             raise TokenizerError(f"{where}: no special tokens")
-        for name in [self.document_start, self.prompt_start, *self.stops]:
-            if name is not None and name not in self.specials:
-                raise TokenizerError(f"{where}: {name!r} is not one of its special tokens")
-        if not self.stops:
-            raise TokenizerError(f"{where}: no stop token")
-        for name in self.specials:
-            if not name or any(c.isspace() for c in name):
-                raise TokenizerError(f"{where}: special token {name!r} is empty or holds "
-                                     f"white space")
-        if self.chat not in (None, *CHAT_FORMATS):
-            raise TokenizerError(f"{where}: unknown chat format {self.chat!r}")
+        problem = sp_tokenizer.roles_problem(self)
+        if problem:
+            raise TokenizerError(f"{where}: {problem}")
 
     def files(self, source: str) -> dict[str, str]:
         """tokenizer.triad and the ranks file it names."""
@@ -222,17 +214,8 @@ class Description:
 
 def description_text(d: Description, ranks_name: str, source: str) -> str:
     lines = [DESCRIPTION_MAGIC, f"# {source}", f"ranks {ranks_name}",
-             f"ranks_count {len(d.ranked)}", f"pretokenizer {d.pretokenizer}"]
-    if d.normalizer is not None:
-        lines.append(f"normalizer {d.normalizer}")
-    lines += [f"{'added' if s in d.added else 'special'} {i} {s}"
-              for s, i in sorted(d.specials.items(), key=lambda kv: kv[1])]
-    lines.append(f"document_start {d.document_start}")
-    if d.prompt_start is not None:
-        lines.append(f"prompt_start {d.prompt_start}")
-    lines += [f"stop {s}" for s in d.stops]
-    if d.chat is not None:
-        lines.append(f"chat {d.chat}")
+             f"ranks_count {len(d.ranked)}", f"pretokenizer {d.pretokenizer}",
+             *sp_tokenizer.token_lines(d)]
     return "\n".join(lines) + "\n"
 
 

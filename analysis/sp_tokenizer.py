@@ -67,32 +67,16 @@ class PiecesDescription:
                                      f"once each (it has {len(self.byte_tokens)})")
         if len(set(self.pieces.values())) != len(self.pieces):
             raise SentencePieceError(f"{where}: two pieces have the same text")
-        for name in [self.document_start, self.prompt_start, *self.stops]:
-            if name is not None and name not in self.specials:
-                raise SentencePieceError(f"{where}: {name!r} is not one of its special tokens")
-        if not self.stops:
-            raise SentencePieceError(f"{where}: no stop token")
-        for name in self.specials:
-            if not name or any(c.isspace() for c in name):
-                raise SentencePieceError(f"{where}: special token {name!r} is empty or holds "
-                                         f"white space")
+        problem = roles_problem(self)
+        if problem:
+            raise SentencePieceError(f"{where}: {problem}")
 
     def files(self, source: str) -> dict[str, str]:
         """tokenizer.triad and the pieces and merges files it names."""
         lines = ["triad-tokenizer 1", f"# {source}", "pieces tokenizer.pieces",
                  f"pieces_count {len(self.pieces) + len(self.byte_tokens)}",
                  "merges tokenizer.merges", f"merges_count {len(self.merges)}",
-                 f"space_prefix {self.space_prefix}"]
-        if self.normalizer is not None:
-            lines.append(f"normalizer {self.normalizer}")
-        lines += [f"{'added' if s in self.added else 'special'} {i} {s}"
-                  for s, i in sorted(self.specials.items(), key=lambda kv: kv[1])]
-        lines.append(f"document_start {self.document_start}")
-        if self.prompt_start is not None:
-            lines.append(f"prompt_start {self.prompt_start}")
-        lines += [f"stop {s}" for s in self.stops]
-        if self.chat is not None:
-            lines.append(f"chat {self.chat}")
+                 f"space_prefix {self.space_prefix}", *token_lines(self)]
         entries = [(i, f"{base64.b64encode(t).decode()} {i}") for i, t in self.pieces.items()]
         entries += [(i, f"{base64.b64encode(bytes([b])).decode()} {i} byte")
                     for i, b in self.byte_tokens.items()]
@@ -106,6 +90,42 @@ class PiecesDescription:
                 f"{len(self.specials)} special tokens = vocab {self.vocab_size}, "
                 f"{len(self.merges)} merges, space prefix {self.space_prefix}, "
                 f"document start {self.document_start}{start}, stop {' '.join(self.stops)}")
+
+
+# ---- what both kinds of description hold: special tokens and their roles -------------------------
+# (hf_tokenizer.Description and PiecesDescription: specials, added, normalizer, document_start,
+# prompt_start, stops, chat)
+
+CHAT_FORMATS = ("mistral_v1", "mistral_v3", "mistral_v7", "llama3")
+
+
+def roles_problem(d) -> str | None:
+    """What is wrong with d's special tokens, roles and chat format, or None."""
+    for name in [d.document_start, d.prompt_start, *d.stops]:
+        if name is not None and name not in d.specials:
+            return f"{name!r} is not one of its special tokens"
+    if not d.stops:
+        return "no stop token"
+    for name in d.specials:
+        if not name or any(c.isspace() for c in name):
+            return f"special token {name!r} is empty or holds white space"
+    if d.chat not in (None, *CHAT_FORMATS):
+        return f"unknown chat format {d.chat!r}"
+    return None
+
+
+def token_lines(d) -> list[str]:
+    """The description lines of d's normalizer, special and added tokens, roles and chat."""
+    lines = [] if d.normalizer is None else [f"normalizer {d.normalizer}"]
+    lines += [f"{'added' if s in d.added else 'special'} {i} {s}"
+              for s, i in sorted(d.specials.items(), key=lambda kv: kv[1])]
+    lines.append(f"document_start {d.document_start}")
+    if d.prompt_start is not None:
+        lines.append(f"prompt_start {d.prompt_start}")
+    lines += [f"stop {s}" for s in d.stops]
+    if d.chat is not None:
+        lines.append(f"chat {d.chat}")
+    return lines
 
 
 def piece_bytes(text: str) -> bytes:

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "triad/core/error.h"
+#include "triad/data/pretokenize.h"
 
 namespace triad {
 namespace {
@@ -75,24 +76,6 @@ class LineParser {
     if (at_end()) fail(std::string(what) + ", found the end of the line");
     fail(std::string(what) + " at column " + std::to_string(i_ + 1) + ", found '" +
          std::string(s_.substr(i_, 12)) + "'");
-  }
-
-  static void put_utf8(uint32_t cp, std::string& out) {
-    if (cp < 0x80) {
-      out.push_back(char(cp));
-    } else if (cp < 0x800) {
-      out.push_back(char(0xC0 | (cp >> 6)));
-      out.push_back(char(0x80 | (cp & 0x3F)));
-    } else if (cp < 0x10000) {
-      out.push_back(char(0xE0 | (cp >> 12)));
-      out.push_back(char(0x80 | ((cp >> 6) & 0x3F)));
-      out.push_back(char(0x80 | (cp & 0x3F)));
-    } else {
-      out.push_back(char(0xF0 | (cp >> 18)));
-      out.push_back(char(0x80 | ((cp >> 12) & 0x3F)));
-      out.push_back(char(0x80 | ((cp >> 6) & 0x3F)));
-      out.push_back(char(0x80 | (cp & 0x3F)));
-    }
   }
 
   uint32_t hex4() {
@@ -169,7 +152,7 @@ class LineParser {
           } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
             fail("a lone surrogate escape (\\u" + to_hex(cp) + ") is not a character");
           }
-          if (out) put_utf8(cp, *out);
+          if (out) pretok::encode_utf8(cp, *out);
           continue;
         }
         default:

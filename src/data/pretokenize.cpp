@@ -59,6 +59,24 @@ int decode_utf8(const unsigned char* p, const unsigned char* end, uint32_t& cp) 
   return 1;
 }
 
+void encode_utf8(uint32_t cp, std::string& out) {
+  if (cp < 0x80) {
+    out.push_back(char(cp));
+  } else if (cp < 0x800) {
+    out.push_back(char(0xC0 | (cp >> 6)));
+    out.push_back(char(0x80 | (cp & 0x3F)));
+  } else if (cp < 0x10000) {
+    out.push_back(char(0xE0 | (cp >> 12)));
+    out.push_back(char(0x80 | ((cp >> 6) & 0x3F)));
+    out.push_back(char(0x80 | (cp & 0x3F)));
+  } else {
+    out.push_back(char(0xF0 | (cp >> 18)));
+    out.push_back(char(0x80 | ((cp >> 12) & 0x3F)));
+    out.push_back(char(0x80 | ((cp >> 6) & 0x3F)));
+    out.push_back(char(0x80 | (cp & 0x3F)));
+  }
+}
+
 std::vector<std::string_view> split(std::string_view text, Scheme scheme) {
   std::vector<std::string_view> out;
   for_each_piece(scheme, text, [&](std::string_view s) { out.push_back(s); });

@@ -43,15 +43,7 @@ Tokenizer Tokenizer::from_description(const std::string& path, const std::string
   for_each_line(text, [&](int64_t no, std::string_view line) {
     line_no = no;
     if (line_no == 1) return;  // the magic line
-    // Words separated by spaces or tabs.
-    std::vector<std::string_view> words;
-    for (size_t i = 0; i < line.size();) {
-      while (i < line.size() && (line[i] == ' ' || line[i] == '\t')) ++i;
-      size_t j = i;
-      while (j < line.size() && line[j] != ' ' && line[j] != '\t') ++j;
-      if (j > i) words.push_back(line.substr(i, j - i));
-      i = j;
-    }
+    const std::vector<std::string_view> words = tokenizer_files::words_of(line);
     if (words.empty() || words[0].front() == '#') return;
     const std::string key(words[0]);
     const bool token = key == "special" || key == "added";

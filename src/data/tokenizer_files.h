@@ -9,6 +9,7 @@
 #include <sstream>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "triad/core/error.h"
 
@@ -43,6 +44,19 @@ void for_each_line(std::string_view text, F&& fn) {
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
     fn(++line_no, line);
   }
+}
+
+// The words of a line separated by spaces or tabs.
+inline std::vector<std::string_view> words_of(std::string_view line) {
+  std::vector<std::string_view> words;
+  for (size_t i = 0; i < line.size();) {
+    while (i < line.size() && (line[i] == ' ' || line[i] == '\t')) ++i;
+    size_t j = i;
+    while (j < line.size() && line[j] != ' ' && line[j] != '\t') ++j;
+    if (j > i) words.push_back(line.substr(i, j - i));
+    i = j;
+  }
+  return words;
 }
 
 inline uint64_t hash_bytes(const char* p, size_t n) {

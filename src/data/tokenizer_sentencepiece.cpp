@@ -24,6 +24,7 @@ using tokenizer_files::excerpt;
 using tokenizer_files::for_each_line;
 using tokenizer_files::hash_bytes;
 using tokenizer_files::read_whole;
+using tokenizer_files::words_of;
 
 constexpr std::string_view kLowerBlock = "\xE2\x96\x81";  // U+2581, SentencePiece's space
 
@@ -36,19 +37,6 @@ uint64_t mix(uint64_t k) {
   k *= 0xFF51AFD7ED558CCDull;
   k ^= k >> 33;
   return k;
-}
-
-// The words of a line separated by spaces or tabs.
-std::vector<std::string_view> words_of(std::string_view line) {
-  std::vector<std::string_view> words;
-  for (size_t i = 0; i < line.size();) {
-    while (i < line.size() && (line[i] == ' ' || line[i] == '\t')) ++i;
-    size_t j = i;
-    while (j < line.size() && line[j] != ' ' && line[j] != '\t') ++j;
-    if (j > i) words.push_back(line.substr(i, j - i));
-    i = j;
-  }
-  return words;
 }
 
 std::string hex_byte(unsigned b) {

@@ -64,23 +64,10 @@ uint32_t compose(uint32_t a, uint32_t b) {
 }
 
 void append_utf8(uint32_t cp, std::string& out) {
-  if (cp >= kRawByte) {
+  if (cp >= kRawByte)
     out.push_back(char(cp & 0xFF));
-  } else if (cp < 0x80) {
-    out.push_back(char(cp));
-  } else if (cp < 0x800) {
-    out.push_back(char(0xC0 | (cp >> 6)));
-    out.push_back(char(0x80 | (cp & 0x3F)));
-  } else if (cp < 0x10000) {
-    out.push_back(char(0xE0 | (cp >> 12)));
-    out.push_back(char(0x80 | ((cp >> 6) & 0x3F)));
-    out.push_back(char(0x80 | (cp & 0x3F)));
-  } else {
-    out.push_back(char(0xF0 | (cp >> 18)));
-    out.push_back(char(0x80 | ((cp >> 12) & 0x3F)));
-    out.push_back(char(0x80 | ((cp >> 6) & 0x3F)));
-    out.push_back(char(0x80 | (cp & 0x3F)));
-  }
+  else
+    pretok::encode_utf8(cp, out);
 }
 
 // NFC of one segment (composition never reaches across its ends).

@@ -7,7 +7,8 @@ import shutil
 import pytest
 
 from test_tokenizer_llama3 import cli
-from triad_run import REPO, assert_clean_error, exe, run, tool
+from triad_run import (REPO, assert_clean_error, exe, greedy_continuation, import_random_model,
+                       run, tool)
 
 VOCAB = REPO / "data" / "vocab"
 MESSAGES = ["Hello world", "  two leading spaces and a trailing one ", "Ünïcödé 漢字 🙂",
@@ -113,20 +114,10 @@ def test_generate_chat_continues_the_reference_prompt(tmp_path):
         vocab_size=32768, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
         tie_word_embeddings=False, sliding_window=None)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(p * 4 if p.dim() == 2 else p)
-    model.save_pretrained(tmp_path / "hf", safe_serialization=True)
-    ckpt = tmp_path / "m.h5"
-    assert tool("triad-convert", "import", tmp_path / "hf", ckpt, timeout=300).returncode == 0
+    ckpt = import_random_model(model, tmp_path)
     ids = ref.encode_chat_completion(ChatCompletionRequest(messages=[
         SystemMessage(content="Be brief."), UserMessage(content="Hello world")])).tokens
-    seq = list(ids)
-    with torch.no_grad():
-        model = model.double()
-        for _ in range(8):
-            seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
-    want = [t for t in seq[len(ids):]]
+    want = greedy_continuation(model, ids, 8)
     if 2 in want:  # the reply ends at </s>
         want = want[:want.index(2) + 1]
     args = [exe("triad-generate"), "--checkpoint", ckpt, "--vocab", desc, "--chat", "auto",

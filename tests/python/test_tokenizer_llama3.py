@@ -24,7 +24,8 @@ import numpy as np
 import pytest
 
 from test_tokenizer_tiktoken import STRINGS
-from triad_run import ENV, REPO, VOCAB, assert_clean_error, assert_clean_failure, exe, run, tool
+from triad_run import (ENV, REPO, VOCAB, assert_clean_error, assert_clean_failure, exe,
+                       greedy_continuation, import_random_model, run, tool)
 
 tiktoken = pytest.importorskip("tiktoken")
 from tiktoken.load import load_tiktoken_bpe  # noqa: E402
@@ -358,23 +359,10 @@ def test_llama3_generation_matches_transformers(tmp_path, llama3):
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
         rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=False,
         bos_token_id=BEGIN, eos_token_id=END)).eval()
-    with torch.no_grad():
-        for p in model.parameters():  # larger weights: greedy choices far from ties
-            p.copy_(p * 4 if p.dim() == 2 else p)
-    model.save_pretrained(tmp_path / "hf", safe_serialization=True)
-    ckpt = tmp_path / "llama.h5"
-    p = tool("triad-convert", "import", tmp_path / "hf", ckpt, "--seq-len", 32, timeout=300)
-    assert p.returncode == 0, p.stderr
+    ckpt = import_random_model(model, tmp_path, seq_len=32)
     prompt = "It is a truth universally acknowledged"
     ids = [BEGIN] + load_enc().encode_ordinary(prompt)
-    # Greedy decoding in float64 (transformers' generate() needs a newer torch.distributed than
-    # Debian's torch has).
-    seq = list(ids)
-    with torch.no_grad():
-        model = model.double()
-        for _ in range(12):
-            seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
-    want = seq[len(ids):]
+    want = greedy_continuation(model, ids, 12)
     p = run([exe("triad-generate"), "--checkpoint", ckpt, "--vocab", llama3, "--prompt", prompt,
              "--length", "12", "--top-k", "1", "--output", "ids"], check=True, timeout=300)
     assert [int(t) for t in p.stdout.split()] == want

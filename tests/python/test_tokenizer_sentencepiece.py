@@ -279,7 +279,7 @@ def test_mistral_generation_matches_transformers(tmp_path, mistral):
     text and the description converted from Mistral's model, continues as transformers does
     (greedily, float64) from sentencepiece's ids of the prompt after <s>; the export carries a
     tokenizer.json that gives AutoTokenizer the same prompt ids."""
-    from triad_run import exe, run
+    from triad_run import exe, greedy_continuation, import_random_model, run
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     sp, desc = mistral["v1"]
@@ -289,21 +289,10 @@ def test_mistral_generation_matches_transformers(tmp_path, mistral):
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
         rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False, sliding_window=None,
         bos_token_id=1, eos_token_id=2)).eval()
-    with torch.no_grad():
-        for p in model.parameters():  # larger weights: greedy choices far from ties
-            p.copy_(p * 4 if p.dim() == 2 else p)
-    model.save_pretrained(tmp_path / "hf", safe_serialization=True)
-    ckpt = tmp_path / "mistral.h5"
-    p = tool("triad-convert", "import", tmp_path / "hf", ckpt, "--seq-len", 32, timeout=300)
-    assert p.returncode == 0, p.stderr
+    ckpt = import_random_model(model, tmp_path, seq_len=32)
     prompt = "It is a truth universally acknowledged, ünïcödé"
     ids = [1] + sp.encode(prompt)
-    seq = list(ids)
-    with torch.no_grad():
-        model = model.double()
-        for _ in range(10):
-            seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
-    want = seq[len(ids):]
+    want = greedy_continuation(model, ids, 10)
     p = run([exe("triad-generate"), "--checkpoint", ckpt, "--vocab", desc, "--prompt", prompt,
              "--length", "10", "--top-k", "1", "--output", "ids"], check=True, timeout=300)
     assert [int(t) for t in p.stdout.split()] == want

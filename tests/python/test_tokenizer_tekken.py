@@ -114,7 +114,7 @@ def test_nemo_shaped_generation_matches_transformers(tmp_path, tekken):
     than hidden / heads, 4 query heads over 2 key/value heads): triad-generate, given the prompt
     as text and the description converted from tekken.json, continues as transformers does
     (greedily, float64) from tiktoken's ids of the prompt after <s>."""
-    from triad_run import exe, run
+    from triad_run import exe, greedy_continuation, import_random_model, run
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     desc, want_ids = tekken
@@ -124,20 +124,10 @@ def test_nemo_shaped_generation_matches_transformers(tmp_path, tekken):
         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=64,
         rms_norm_eps=1e-5, rope_theta=1000000.0, tie_word_embeddings=False,
         sliding_window=None, bos_token_id=1, eos_token_id=2)).eval()
-    with torch.no_grad():
-        for p in model.parameters():  # larger weights: greedy choices far from ties
-            p.copy_(p * 4 if p.dim() == 2 else p)
-    model.save_pretrained(tmp_path / "hf", safe_serialization=True)
-    ckpt = tmp_path / "nemo.h5"
-    p = tool("triad-convert", "import", tmp_path / "hf", ckpt, "--seq-len", 32, timeout=300)
-    assert p.returncode == 0, p.stderr
+    ckpt = import_random_model(model, tmp_path, seq_len=32)
     prompt = "It is a truth universally acknowledged, that a SINGLE man"
     ids = [1] + want_ids(prompt)
-    seq = list(ids)
-    with torch.no_grad():
-        model = model.double()
-        for _ in range(10):
-            seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
+    want = greedy_continuation(model, ids, 10)
     p = run([exe("triad-generate"), "--checkpoint", ckpt, "--vocab", desc, "--prompt", prompt,
              "--length", "10", "--top-k", "1", "--output", "ids"], check=True, timeout=300)
-    assert [int(t) for t in p.stdout.split()] == seq[len(ids):]
+    assert [int(t) for t in p.stdout.split()] == want

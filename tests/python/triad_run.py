@@ -137,3 +137,32 @@ def gpt2_tiktoken():
         name="gpt2_local", mergeable_ranks=load_tiktoken_bpe(str(VOCAB)),
         pat_str=r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
         special_tokens={"<|endoftext|>": 50256})
+
+
+# ---- random transformers models for generation tests ---------------------------------------------
+
+def import_random_model(model, directory, seq_len=None):
+    """Scales a random transformers model's matrices by 4 (so greedy choices sit far from ties),
+    saves it under directory/hf and imports it with triad-convert: returns the checkpoint."""
+    import torch
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p * 4 if p.dim() == 2 else p)
+    model.save_pretrained(directory / "hf", safe_serialization=True)
+    ckpt = directory / "imported.h5"
+    extra = ["--seq-len", str(seq_len)] if seq_len else []
+    p = tool("triad-convert", "import", directory / "hf", ckpt, *extra, timeout=300)
+    assert p.returncode == 0, p.stderr
+    return ckpt
+
+
+def greedy_continuation(model, ids, n):
+    """n tokens after ids, greedily, in float64 (transformers' generate() needs a newer
+    torch.distributed than Debian's torch has)."""
+    import torch
+    seq = list(ids)
+    with torch.no_grad():
+        model = model.double()
+        for _ in range(n):
+            seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
+    return seq[len(ids):]

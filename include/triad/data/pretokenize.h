@@ -27,6 +27,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <string_view>
 #include <type_traits>
 #include <vector>
@@ -69,6 +70,8 @@ void for_each_piece_tekken(std::string_view text, void (*piece)(void*, std::stri
 // ill-formed byte returns 1 and sets cp = kInvalidCodePoint.
 inline constexpr uint32_t kInvalidCodePoint = 0xFFFFFFFFu;
 int decode_utf8(const unsigned char* p, const unsigned char* end, uint32_t& cp);
+// Appends code point cp (at most U+10FFFF) as UTF-8.
+void encode_utf8(uint32_t cp, std::string& out);
 
 // Calls piece(std::string_view) for each pre-token of text, in order; the pieces are views
 // into text and concatenate to it. The first form is gpt2's.
