@@ -586,15 +586,7 @@ def hf_files(d: Description | sp_tokenizer.PiecesDescription,
              "use_regex": False}]}
     post = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False,
             "use_regex": True}
-    if d.prompt_start is not None:
-        bos = d.prompt_start
-        spec = {"SpecialToken": {"id": bos, "type_id": 0}}
-        post = {"type": "TemplateProcessing",
-                "single": [spec, {"Sequence": {"id": "A", "type_id": 0}}],
-                "pair": [spec, {"Sequence": {"id": "A", "type_id": 0}}, spec,
-                         {"Sequence": {"id": "B", "type_id": 1}}],
-                "special_tokens": {bos: {"id": bos, "ids": [d.specials[bos]],
-                                         "tokens": [bos]}}}
+    post = sp_tokenizer.bos_template(d) or post
     tj = {
         "version": "1.0", "truncation": None, "padding": None,
         "added_tokens": [{"id": i, "content": s, "single_word": False, "lstrip": False,

@@ -128,6 +128,19 @@ def token_lines(d) -> list[str]:
     return lines
 
 
+def bos_template(d) -> dict | None:
+    """A tokenizer.json post-processor putting d's prompt start before a text (None if none)."""
+    if d.prompt_start is None:
+        return None
+    bos = d.prompt_start
+    spec = {"SpecialToken": {"id": bos, "type_id": 0}}
+    return {"type": "TemplateProcessing",
+            "single": [spec, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [spec, {"Sequence": {"id": "A", "type_id": 0}}, spec,
+                     {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {bos: {"id": bos, "ids": [d.specials[bos]], "tokens": [bos]}}}
+
+
 def piece_bytes(text: str) -> bytes:
     return text.replace(SPACE, " ").encode("utf-8")
 
@@ -433,16 +446,7 @@ def hf_files(d: PiecesDescription, model_max_length: int) -> dict[str, str]:
         norm, pre = None, {"type": "Metaspace", "replacement": SPACE, "prepend_scheme": "first",
                            "split": False}
     unk = next((s for s in d.specials if s == "<unk>"), None)
-    post = None
-    if d.prompt_start is not None:
-        bos = d.prompt_start
-        spec = {"SpecialToken": {"id": bos, "type_id": 0}}
-        post = {"type": "TemplateProcessing",
-                "single": [spec, {"Sequence": {"id": "A", "type_id": 0}}],
-                "pair": [spec, {"Sequence": {"id": "A", "type_id": 0}}, spec,
-                         {"Sequence": {"id": "B", "type_id": 1}}],
-                "special_tokens": {bos: {"id": bos, "ids": [d.specials[bos]],
-                                         "tokens": [bos]}}}
+    post = bos_template(d)
     decoder = [{"type": "Replace", "pattern": {"String": SPACE}, "content": " "},
                {"type": "ByteFallback"}, {"type": "Fuse"}]
     if d.space_prefix != "false":
