@@ -2,8 +2,8 @@
 # Tokenizer speed beside its peers: triad-tokenize shards (its own encode timing) against
 # tiktoken (Rust behind Python: encode_ordinary per file on 1 thread, encode_ordinary_batch over
 # the files on N) and Hugging Face's tokenizers (Rust: encode per file on 1 thread, encode_batch
-# on N), with GPT-2's and Llama 3's tokenizers on the default corpus (data/corpus, one document
-# per file); then Mistral's SentencePiece tokenizer against sentencepiece (C++ behind Python:
+# on N), with GPT-2's, Llama 3's and Mistral's Tekken tokenizers on the default corpus
+# (data/corpus, one document per file); then Mistral's SentencePiece tokenizer against sentencepiece (C++ behind Python:
 # encode per file, or the list on N threads) and the tokenizer.json transformers converts it to.
 # Every peer must give triad's token count (sentencepiece its ids). Prints MB/s (best of R runs)
 # and ratios.
@@ -30,7 +30,8 @@ source jobs/bench-prepare.sh
 bench_build triad-tokenize
 py=.venv/bin/python
 [[ -x $py ]] || { echo "bench-tokenize: no .venv (run jobs/setup.sh)" >&2; exit 1; }
-for f in data/vocab/gpt2.tiktoken data/vocab/llama3.tiktoken data/vocab/mistral-v1.model; do
+for f in data/vocab/gpt2.tiktoken data/vocab/llama3.tiktoken data/vocab/tekken.json \
+         data/vocab/mistral-v1.model; do
   [[ -f $f ]] || { echo "bench-tokenize: $f missing (run jobs/setup.sh)" >&2; exit 1; }
 done
 
@@ -77,8 +78,12 @@ def descriptions():
     subprocess.run([sys.executable, "-m", "analysis.convert_weights", "tokenizer",
                     "--meta-llama3", "data/vocab/llama3.tiktoken", str(work / "llama3")],
                    check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "analysis.convert_weights", "tokenizer",
+                    "--tekken", "data/vocab/tekken.json", str(work / "tekken")],
+                   check=True, capture_output=True)
     return {"gpt2": (Path("data/vocab/gpt2.tiktoken"), gpt2),
-            "llama3": (work / "llama3" / "tokenizer.triad", work / "llama3" / "tokenizer.triad")}
+            "llama3": (work / "llama3" / "tokenizer.triad", work / "llama3" / "tokenizer.triad"),
+            "tekken": (work / "tekken" / "tokenizer.triad", work / "tekken" / "tokenizer.triad")}
 
 
 rows = []
