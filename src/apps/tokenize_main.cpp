@@ -209,6 +209,7 @@ int cmd_shards(const std::vector<std::string>& args) {
   TRIAD_CHECK(jsonl || vm["field"].defaulted(), "shards: --field applies to --jsonl input only");
   TRIAD_CHECK(!field.empty(), "shards: --field must name a field");
   if (jsonl) o.jsonl_field = field;
+  o.progress = &std::cerr;  // a corpus larger than one batch reports each
   const auto tok = triad::Tokenizer::from_file(vocab);
   const triad::ShardSummary s = triad::write_shards(tok, files, o);
   std::ostringstream os;

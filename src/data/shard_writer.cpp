@@ -22,10 +22,6 @@ namespace {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
-// Files are read and encoded in batches of about this many bytes (a larger file is a batch of
-// its own), which bounds the text held in memory.
-constexpr size_t kBatchBytes = size_t(256) << 20;
-
 int resolve_threads(int threads) {
   TRIAD_CHECK(threads >= 0, "threads must be >= 0 (0: one per core), got ", threads);
   if (threads == 0) threads = int(std::max(1u, std::thread::hardware_concurrency()));
@@ -133,20 +129,29 @@ namespace {
 
 // tokenize_documents with the ids held as T: uint16_t where the vocabulary fits, so that a GPT-2
 // corpus takes half the memory.
-// jsonl_field: non-empty for JSON Lines files (their lines' values of that field the documents).
+// Files are read and encoded in batches of about o.batch_bytes (a larger file is a batch of its
+// own), which bounds the text held in memory; o.jsonl_field, o.threads and o.chunk_bytes as
+// ShardWriterOptions says, and progress lines to o.progress when there are several batches.
 template <typename T>
 std::vector<T> tokenize_stream(const Tokenizer& tokenizer, const std::vector<std::string>& files,
-                               int threads, size_t chunk_bytes, ShardSummary* summary,
-                               const std::string& jsonl_field = "") {
+                               const ShardWriterOptions& o, ShardSummary* summary) {
   const auto t0 = Clock::now();
-  threads = resolve_threads(threads);
+  const int threads = resolve_threads(o.threads);
+  const size_t chunk_bytes = o.chunk_bytes;
+  const std::string& jsonl_field = o.jsonl_field;
   const auto start = T(tokenizer.document_start());
   std::vector<T> stream;
-  int64_t bytes = 0, documents = 0;
+  int64_t bytes = 0, documents = 0, total_bytes = 0;
+  for (const auto& f : files) {
+    std::error_code ec;
+    const auto size = fs::file_size(f, ec);
+    total_bytes += ec ? 0 : int64_t(size);  // read_file reports the error
+  }
+  const bool report = o.progress != nullptr && total_bytes > int64_t(o.batch_bytes);
   for (size_t first = 0; first < files.size();) {
-    // A batch: files [first, last) of about kBatchBytes in all, read in parallel.
+    // A batch: files [first, last) of about batch_bytes in all, read in parallel.
     size_t last = first, batch_bytes = 0;
-    while (last < files.size() && (last == first || batch_bytes < kBatchBytes)) {
+    while (last < files.size() && (last == first || batch_bytes < o.batch_bytes)) {
       std::error_code ec;
       const auto size = fs::file_size(files[last], ec);
       batch_bytes += ec ? 0 : size_t(size);  // read_file reports the error
@@ -190,6 +195,19 @@ std::vector<T> tokenize_stream(const Tokenizer& tokenizer, const std::vector<std
       for (const int32_t id : ids[i]) stream.push_back(T(id));
     }
     first = last;
+    if (report) {
+      const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+      const double rate = double(bytes) / std::max(secs, 1e-9);
+      char line[200];
+      std::snprintf(line, sizeof(line),
+                    "tokenize: %.1f of %.1f MB (%.0f%%), %lld documents, %lld tokens, %.1f MB/s, "
+                    "about %.0f s left\n",
+                    double(bytes) / 1e6, double(total_bytes) / 1e6,
+                    100.0 * double(bytes) / double(std::max<int64_t>(total_bytes, 1)),
+                    static_cast<long long>(documents), static_cast<long long>(stream.size()),
+                    rate / 1e6, double(std::max<int64_t>(total_bytes - bytes, 0)) / rate);
+      *o.progress << line << std::flush;
+    }
   }
   if (summary) {
     summary->documents = documents;
@@ -234,7 +252,10 @@ void write_stream(const std::vector<T>& stream, const ShardWriterOptions& o, Sha
 std::vector<uint32_t> tokenize_documents(const Tokenizer& tokenizer,
                                          const std::vector<std::string>& files, int threads,
                                          size_t chunk_bytes, ShardSummary* summary) {
-  return tokenize_stream<uint32_t>(tokenizer, files, threads, chunk_bytes, summary);
+  ShardWriterOptions o;
+  o.threads = threads;
+  o.chunk_bytes = chunk_bytes;
+  return tokenize_stream<uint32_t>(tokenizer, files, o, summary);
 }
 
 ShardSummary write_shards(const Tokenizer& tokenizer, const std::vector<std::string>& files,
@@ -253,13 +274,9 @@ ShardSummary write_shards(const Tokenizer& tokenizer, const std::vector<std::str
   // GPT-2's uint16 format where every id fits, else the uint32 one; the stream is held so.
   s.token_bytes = tokenizer.vocab_size() <= 65536 ? 2 : 4;
   if (s.token_bytes == 2)
-    write_stream(
-        tokenize_stream<uint16_t>(tokenizer, files, o.threads, o.chunk_bytes, &s, o.jsonl_field), o,
-        s);
+    write_stream(tokenize_stream<uint16_t>(tokenizer, files, o, &s), o, s);
   else
-    write_stream(
-        tokenize_stream<uint32_t>(tokenizer, files, o.threads, o.chunk_bytes, &s, o.jsonl_field), o,
-        s);
+    write_stream(tokenize_stream<uint32_t>(tokenizer, files, o, &s), o, s);
 
   // Remove shards of an earlier run with this prefix that this run did not write.
   std::error_code ec;

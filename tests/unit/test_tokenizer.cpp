@@ -353,8 +353,12 @@ TEST(ShardWriter, DeterministicAcrossThreadCounts) {
   const int64_t n_val = std::llround(0.1 * double(n));
 
   std::vector<std::vector<std::string>> contents;
-  for (const auto& [threads, chunk] : std::vector<std::pair<int, size_t>>{
-           {1, size_t(1) << 20}, {2, 1000}, {3, 64}, {2, size_t(1) << 20}}) {
+  // Batches of 40 KB: a.txt, then empty.txt and b.txt with c.txt, each reported.
+  for (const auto& [threads, chunk, batch] :
+       std::vector<std::tuple<int, size_t, size_t>>{{1, size_t(1) << 20, size_t(256) << 20},
+                                                    {2, 1000, 40000},
+                                                    {3, 64, 40000},
+                                                    {2, size_t(1) << 20, size_t(256) << 20}}) {
     triad::ShardWriterOptions o;
     o.out_dir = dir.path("out_" + std::to_string(threads) + "_" + std::to_string(chunk));
     o.prefix = "test";
@@ -362,7 +366,19 @@ TEST(ShardWriter, DeterministicAcrossThreadCounts) {
     o.shard_tokens = 10000;
     o.threads = threads;
     o.chunk_bytes = chunk;
+    o.batch_bytes = batch;
+    std::ostringstream progress;
+    o.progress = &progress;
     const triad::ShardSummary s = triad::write_shards(t, files, o);
+    if (batch < 170011) {  // the corpus's bytes: several batches, one line each
+      EXPECT_THAT(progress.str(), HasSubstr("tokenize: 0.1 of 0.2 MB (29%), 1 documents, "));
+      EXPECT_THAT(progress.str(),
+                  HasSubstr("(100%), 4 documents, " + std::to_string(n) + " tokens"));
+      const std::string lines = progress.str();
+      EXPECT_EQ(std::count(lines.begin(), lines.end(), '\n'), 2);
+    } else {
+      EXPECT_EQ(progress.str(), "");  // one batch: no progress lines
+    }
     EXPECT_EQ(s.documents, 4);
     EXPECT_EQ(s.tokens, n);
     EXPECT_EQ(s.val_tokens, n_val);

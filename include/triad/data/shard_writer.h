@@ -32,6 +32,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <ostream>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -48,6 +49,11 @@ struct ShardWriterOptions {
   int threads = 0;                     // 0: std::thread::hardware_concurrency()
   size_t chunk_bytes = size_t(1) << 20;
   std::string jsonl_field;  // non-empty: the files are JSON Lines, documents this field's values
+  // Files are read and encoded in batches of about this many bytes (bounding the text in memory);
+  // with more than one batch, a progress line per batch goes to *progress (if not null): bytes
+  // and share done, documents, tokens, MB/s and the time left.
+  size_t batch_bytes = size_t(256) << 20;
+  std::ostream* progress = nullptr;
 };
 
 struct ShardSummary {
