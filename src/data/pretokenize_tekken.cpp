@@ -81,14 +81,17 @@ void for_each_piece_tekken(std::string_view text, void (*piece)(void*, std::stri
   while (p < end) {
     const TChar c = tchar_at(p, end);
     const bool a = c.cls != kLetter && c.cls != kNumber && *p != '\r' && *p != '\n';
-    // Alternatives 1 then 2, each with A taken first.
+    // Alternatives 1 then 2, each with A taken first. A scan from p itself can match only if
+    // p is a letter or a mark, and is made only when the scan after A did not match already.
     const Scan with_a = a && p + c.len < end ? scan(p + c.len, end) : Scan{};
-    const Scan without_a = scan(p, end);
-    const unsigned char* m = nullptr;
-    if (with_a.u_end) m = upper_then_lower(with_a);
-    if (!m) m = upper_then_lower(without_a);
+    const unsigned char* m = with_a.u_end ? upper_then_lower(with_a) : nullptr;
+    Scan without_a{};
+    if (!m && (c.upper || c.lower)) {
+      without_a = scan(p, end);
+      m = upper_then_lower(without_a);
+    }
     if (!m && with_a.u_end) m = upper_run(p + c.len, with_a);
-    if (!m) m = upper_run(p, without_a);
+    if (!m && without_a.u_end) m = upper_run(p, without_a);
     if (m) {
       emit(m);
       continue;
