@@ -59,6 +59,13 @@ def best(fn):
     return min(times), n
 
 
+def hf_speed(hf, t):
+    """Hugging Face's tokenizers: per file on 1 thread, encode_batch over the files on more."""
+    if t == 1:
+        return best(lambda: sum(len(hf.encode(x, add_special_tokens=False).ids) for x in texts))
+    return best(lambda: sum(len(e.ids) for e in hf.encode_batch(texts, add_special_tokens=False)))
+
+
 def triad(vocab, t):
     secs, n = [], 0
     for _ in range(repeat):
@@ -97,12 +104,9 @@ for name, (vocab, desc) in descriptions().items():
         tr, n = triad(vocab, t)
         if t == 1:
             tk, n_tk = best(lambda: sum(len(enc.encode_ordinary(x)) for x in texts))
-            hs, n_hf = best(lambda: sum(len(hf.encode(x, add_special_tokens=False).ids)
-                                        for x in texts))
         else:
             tk, n_tk = best(lambda: sum(map(len, enc.encode_ordinary_batch(texts, num_threads=t))))
-            hs, n_hf = best(lambda: sum(len(e.ids) for e in
-                                        hf.encode_batch(texts, add_special_tokens=False)))
+        hs, n_hf = hf_speed(hf, t)
         assert n == n_tk, (name, t, n, n_tk)
         # Hugging Face's Split runs its regex in Oniguruma: a few pieces may differ on rare
         # characters, so only the count is reported there.
@@ -134,12 +138,9 @@ for t in sorted({1, threads}):
     tr, n = triad(work / "mistral" / "tokenizer.triad", t)
     if t == 1:
         ss, n_sp = best(lambda: sum(len(sp.encode(x)) for x in texts))
-        hs, n_hf = best(lambda: sum(len(hf.encode(x, add_special_tokens=False).ids)
-                                    for x in texts))
     else:
         ss, n_sp = best(lambda: sum(map(len, sp.encode(texts, num_threads=t))))
-        hs, n_hf = best(lambda: sum(len(e.ids) for e in
-                                    hf.encode_batch(texts, add_special_tokens=False)))
+    hs, n_hf = hf_speed(hf, t)
     assert n == n_sp == n_hf == want, (t, n, n_sp, n_hf, want)
     rows.append((t, n, mb / tr, mb / ss, mb / hs))
 print(f"\n{'tokenizer':9} {'threads':>7} {'tokens':>9} {'triad':>8} {'sentencepiece':>14} "
