@@ -131,3 +131,28 @@ def test_nemo_shaped_generation_matches_transformers(tmp_path, tekken):
     p = run([exe("triad-generate"), "--checkpoint", ckpt, "--vocab", desc, "--prompt", prompt,
              "--length", "10", "--top-k", "1", "--output", "ids"], check=True, timeout=300)
     assert [int(t) for t in p.stdout.split()] == want
+
+
+def test_tekken_v7_lists_its_special_tokens(tmp_path):
+    """A v7 file (Mistral Small 3's) lists its special tokens with their ranks; they name ids
+    0..n-1 and its chat format is mistral_v7 (here a small file cut from NeMo's)."""
+    tj = json.loads(TEKKEN.read_text())
+    tj["vocab"] = tj["vocab"][:2000]
+    tj["config"].update(default_vocab_size=2100, default_num_special_tokens=100, version="v7")
+    names = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]"]
+    tj["special_tokens"] = [{"rank": i, "token_str": n, "is_control": True}
+                            for i, n in enumerate(names)] + \
+        [{"rank": i, "token_str": f"<SPECIAL_{i}>", "is_control": True} for i in range(7, 100)]
+    path = tmp_path / "tekken_v7.json"
+    path.write_text(json.dumps(tj))
+    desc = tmp_path / "tok" / "tokenizer.triad"
+    p = tool("triad-convert", "tokenizer", "--tekken", path, tmp_path / "tok")
+    assert p.returncode == 0, p.stderr
+    assert "2000 ranks + 100 special tokens = vocab 2100" in p.stdout
+    text = desc.read_text()
+    for line in ["special 5 [SYSTEM_PROMPT]", "special 99 <SPECIAL_99>", "chat mistral_v7"]:
+        assert line + "\n" in text
+    ids = [int(t) for t in cli("chat", "--vocab", desc, "--system", "Be brief.",
+                               data=b"Hi").split()]
+    assert ids[:2] == [1, 5] and ids[-1] == 4 and 6 in ids and 3 in ids
+
