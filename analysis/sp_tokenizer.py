@@ -99,6 +99,14 @@ class PiecesDescription:
 CHAT_FORMATS = ("mistral_v1", "mistral_v3", "mistral_v7", "llama3")
 
 
+def mistral_chat(special_names) -> str | None:
+    """Mistral's instruct format its special tokens tell: [INST] as a special token means v3,
+    [SYSTEM_PROMPT] too v7; None otherwise (an older model's, or Llama 2's: --chat names it)."""
+    if "[INST]" not in special_names:
+        return None
+    return "mistral_v7" if "[SYSTEM_PROMPT]" in special_names else "mistral_v3"
+
+
 def roles_problem(d) -> str | None:
     """What is wrong with d's special tokens, roles and chat format, or None."""
     for name in [d.document_start, d.prompt_start, *d.stops]:
@@ -329,12 +337,7 @@ def from_sentencepiece(path: Path, document_start: str | None = None,
         raise SentencePieceError(f"{where}: no BOS piece: give --document-start")
     if not stops:
         raise SentencePieceError(f"{where}: no EOS piece: give --stop")
-    # Mistral's instruct models: [INST] as a control piece means its v3 format, and
-    # [SYSTEM_PROMPT] too its v7 one (an older model, or Llama 2's, names none: --chat).
-    controls = {p["text"] for p in m["pieces"] if p["type"] == CONTROL}
-    chat = None
-    if "[INST]" in controls:
-        chat = "mistral_v7" if "[SYSTEM_PROMPT]" in controls else "mistral_v3"
+    chat = mistral_chat({p["text"] for p in m["pieces"] if p["type"] == CONTROL})
     d = PiecesDescription(pieces, byte_tokens, merges, "true" if m["dummy_prefix"] else "false",
                           specials, document_start, prompt_start, stops, frozenset(added),
                           chat=chat)
@@ -415,9 +418,7 @@ def from_hf_json(tj: dict, where: str, roles) -> PiecesDescription:
                                      f"not a piece of the vocabulary")
         merges.append((by_text[a], by_text[b], k))
     document_start, prompt_start, stops = roles(specials)
-    chat = None  # as for a SentencePiece model: Mistral's formats by their special tokens
-    if "[INST]" in specials:
-        chat = "mistral_v7" if "[SYSTEM_PROMPT]" in specials else "mistral_v3"
+    chat = mistral_chat(specials)
     d = PiecesDescription(pieces, byte_tokens, merges, space_prefix, specials, document_start,
                           prompt_start, stops, chat=chat)
     d.check(where)

@@ -168,17 +168,8 @@ int main(int argc, char** argv) {
       ids = parse_ids(prompt_ids, m.vocab_size);
     } else {
       if (vm.count("chat")) {
-        if (chat == "auto") {
-          chat = tok.chat_format();
-          TRIAD_CHECK(!chat.empty(), "--chat auto: the tokenizer description ", vocab,
-                      " names no chat format (give one: mistral_v1, mistral_v3, mistral_v7, "
-                      "llama3)");
-        }
-        const auto f = triad::parse_chat_format(chat);
-        TRIAD_CHECK(f.has_value(), "--chat '", chat,
-                    "' is not a chat format (expected mistral_v1, mistral_v3, mistral_v7, "
-                    "llama3 or auto)");
-        ids = triad::chat_prompt(tok, *f, system, prompt);
+        const auto f = triad::resolve_chat_format(tok, chat, "--chat");
+        ids = triad::chat_prompt(tok, f, system, prompt);
       } else {
         ids = tok.encode_prompt(prompt);
       }

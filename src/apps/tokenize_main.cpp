@@ -132,12 +132,8 @@ int cmd_chat(const std::vector<std::string>& args) {
   po::variables_map vm;
   if (!parse("chat", args, desc, nullptr, nullptr, vm)) return 0;
   const auto tok = triad::Tokenizer::from_file(vocab);
-  if (format.empty()) format = tok.chat_format();
-  TRIAD_CHECK(!format.empty(), "chat: ", vocab, " names no chat format: give --format");
-  const auto f = triad::parse_chat_format(format);
-  TRIAD_CHECK(f.has_value(), "chat: unknown --format '", format,
-              "' (expected mistral_v1, mistral_v3, mistral_v7 or llama3)");
-  write_stdout(ids_text(triad::chat_prompt(tok, *f, system, read_stdin())));
+  const auto f = triad::resolve_chat_format(tok, format, "--format");
+  write_stdout(ids_text(triad::chat_prompt(tok, f, system, read_stdin())));
   return 0;
 }
 

@@ -27,6 +27,20 @@ std::optional<ChatFormat> parse_chat_format(std::string_view name) {
   return std::nullopt;
 }
 
+ChatFormat resolve_chat_format(const Tokenizer& tokenizer, std::string_view name,
+                               const char* option) {
+  std::string chosen(name);
+  if (chosen.empty() || chosen == "auto") {
+    chosen = tokenizer.chat_format();
+    TRIAD_CHECK(!chosen.empty(), tokenizer.path(), " names no chat format: give ", option,
+                " (mistral_v1, mistral_v3, mistral_v7 or llama3)");
+  }
+  const auto f = parse_chat_format(chosen);
+  TRIAD_CHECK(f.has_value(), "unknown ", option, " '", chosen,
+              "' (expected mistral_v1, mistral_v3, mistral_v7, llama3 or auto)");
+  return *f;
+}
+
 std::vector<int32_t> chat_prompt(const Tokenizer& tokenizer, ChatFormat format,
                                  std::string_view system, std::string_view user) {
   auto special = [&](std::string_view text) {

@@ -343,13 +343,7 @@ void Tokenizer::encode_segment(std::string_view text, std::vector<int32_t>& out)
 }
 
 void Tokenizer::encode_pieces(std::string_view text, std::vector<int32_t>& out) const {
-  // Pieces that need merging recur (names, rare words): their ids are cached for this call,
-  // keyed by views into text.
-  struct Hash {
-    size_t operator()(std::string_view s) const { return size_t(hash_bytes(s.data(), s.size())); }
-  };
-  std::unordered_map<std::string_view, std::pair<uint32_t, uint32_t>, Hash> cache;
-  std::vector<int32_t> cached;  // the cache's ids: [first, first + count)
+  tokenizer_files::WordCache cache;
   pretok::for_each_piece(scheme_, text, [&](std::string_view piece) {
     const int32_t r = lookup(piece.data(), piece.size());
     if (r >= 0) {
@@ -357,16 +351,8 @@ void Tokenizer::encode_pieces(std::string_view text, std::vector<int32_t>& out) 
       return;
     }
     if (piece.size() > kShortPiece) return bpe(piece.data(), piece.size(), out);
-    const auto it = cache.find(piece);
-    if (it != cache.end()) {
-      const int32_t* ids = cached.data() + it->second.first;
-      out.insert(out.end(), ids, ids + it->second.second);
-      return;
-    }
-    const size_t before = out.size();
-    bpe(piece.data(), piece.size(), out);
-    cache.emplace(piece, std::make_pair(uint32_t(cached.size()), uint32_t(out.size() - before)));
-    cached.insert(cached.end(), out.begin() + std::ptrdiff_t(before), out.end());
+    cache.append(piece, out,
+                 [&](std::string_view w, std::vector<int32_t>& o) { bpe(w.data(), w.size(), o); });
   });
 }
 

@@ -9,6 +9,8 @@
 #include <sstream>
 #include <string>
 #include <string_view>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "triad/core/error.h"
@@ -114,5 +116,32 @@ inline bool base64_decode(std::string_view s, std::string& out) {
   }
   return true;
 }
+
+// The ids of words (views into one text) already encoded in one encode call: words that need
+// merging recur (names, rare words), and each is merged once.
+class WordCache {
+ public:
+  // Appends word's ids to out: the cached ones, or encode(word, out)'s, then cached.
+  template <typename F>
+  void append(std::string_view word, std::vector<int32_t>& out, F&& encode) {
+    const auto it = map_.find(word);
+    if (it != map_.end()) {
+      const int32_t* ids = ids_.data() + it->second.first;
+      out.insert(out.end(), ids, ids + it->second.second);
+      return;
+    }
+    const size_t before = out.size();
+    encode(word, out);
+    map_.emplace(word, std::make_pair(uint32_t(ids_.size()), uint32_t(out.size() - before)));
+    ids_.insert(ids_.end(), out.begin() + std::ptrdiff_t(before), out.end());
+  }
+
+ private:
+  struct Hash {
+    size_t operator()(std::string_view s) const { return size_t(hash_bytes(s.data(), s.size())); }
+  };
+  std::unordered_map<std::string_view, std::pair<uint32_t, uint32_t>, Hash> map_;
+  std::vector<int32_t> ids_;  // the cached ids: word's are [first, first + count)
+};
 
 }  // namespace triad::tokenizer_files

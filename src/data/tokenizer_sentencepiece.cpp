@@ -22,7 +22,6 @@ namespace {
 using tokenizer_files::base64_decode;
 using tokenizer_files::excerpt;
 using tokenizer_files::for_each_line;
-using tokenizer_files::hash_bytes;
 using tokenizer_files::read_whole;
 using tokenizer_files::words_of;
 
@@ -153,7 +152,9 @@ const Tokenizer::Merge* Tokenizer::find_merge(int32_t left, int32_t right) const
 }
 
 std::string Tokenizer::sentencepiece_normalize(std::string_view text, SpacePrefix prefix) const {
-  std::string src = nfc_ ? nfc(text) : std::string(text);
+  std::string composed;
+  std::string_view src = text;
+  if (nfc_) src = composed = nfc(text);
   std::string out;
   out.reserve(src.size() + 1);
   const bool space_first = src.starts_with(' ') || src.starts_with(kLowerBlock);
@@ -161,7 +162,7 @@ std::string Tokenizer::sentencepiece_normalize(std::string_view text, SpacePrefi
       (prefix == SpacePrefix::always || (prefix == SpacePrefix::unless_space && !space_first)))
     out.push_back(' ');
   for (size_t i = 0; i < src.size();) {
-    if (src.compare(i, kLowerBlock.size(), kLowerBlock) == 0) {
+    if (src.substr(i, kLowerBlock.size()) == kLowerBlock) {
       out.push_back(' ');
       i += kLowerBlock.size();
     } else {
@@ -175,10 +176,10 @@ struct Tokenizer::WordScratch {
   struct Cand {
     int32_t rank;
     uint32_t left, right;
-    int32_t left_id, right_id, result;
+    int32_t right_id, result;
     bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : left > o.left; }
   };
-  std::vector<uint32_t> start, next, prev, stop;
+  std::vector<uint32_t> start, next, prev;
   std::vector<int32_t> id;
   std::vector<char> alive;
   std::vector<Cand> heap;  // a min-heap through std::push_heap / pop_heap with greater
@@ -187,13 +188,9 @@ struct Tokenizer::WordScratch {
 void Tokenizer::encode_words(std::string_view text, std::vector<int32_t>& out) const {
   if (text.empty()) return;
   WordScratch scratch;
-  // Words end between two ASCII bytes that no token holds together; repeated words are merged
-  // once per call, keyed by views into text.
-  struct Hash {
-    size_t operator()(std::string_view s) const { return size_t(hash_bytes(s.data(), s.size())); }
-  };
-  std::unordered_map<std::string_view, std::pair<uint32_t, uint32_t>, Hash> cache;
-  std::vector<int32_t> cached;  // the cache's ids: [first, first + count)
+  tokenizer_files::WordCache cache;
+  auto merge = [&](std::string_view w, std::vector<int32_t>& o) { merge_word(w, o, scratch); };
+  // Words end between two ASCII bytes that no token holds together.
   size_t start = 0;
   for (size_t i = 1; i <= text.size(); ++i) {
     if (i < text.size()) {
@@ -201,18 +198,8 @@ void Tokenizer::encode_words(std::string_view text, std::vector<int32_t>& out) c
       const auto b = static_cast<unsigned char>(text[i]);
       if (a >= 0x80 || b >= 0x80 || joined_[a * 128 + b]) continue;
     }
-    const std::string_view word = text.substr(start, i - start);
+    cache.append(text.substr(start, i - start), out, merge);
     start = i;
-    const auto it = cache.find(word);
-    if (it != cache.end()) {
-      const int32_t* ids = cached.data() + it->second.first;
-      out.insert(out.end(), ids, ids + it->second.second);
-      continue;
-    }
-    const size_t before = out.size();
-    merge_word(word, out, scratch);
-    cache.emplace(word, std::make_pair(uint32_t(cached.size()), uint32_t(out.size() - before)));
-    cached.insert(cached.end(), out.begin() + std::ptrdiff_t(before), out.end());
   }
 }
 
@@ -232,13 +219,11 @@ void Tokenizer::merge_word(std::string_view word, std::vector<int32_t>& out, Wor
   s.id.resize(m);
   s.next.resize(m);
   s.prev.resize(m);
-  s.stop.resize(m);  // the byte after part i
   s.alive.assign(m, 1);
   for (uint32_t i = 0; i < m; ++i) {
     s.id[i] = lookup(word.data() + s.start[i], s.start[i + 1] - s.start[i]);  // -1: no token
     s.next[i] = i + 1;
     s.prev[i] = i == 0 ? 0 : i - 1;
-    s.stop[i] = s.start[i + 1];
   }
   using Cand = WordScratch::Cand;
   const std::greater<Cand> later;
@@ -247,7 +232,7 @@ void Tokenizer::merge_word(std::string_view word, std::vector<int32_t>& out, Wor
     const uint32_t right = s.next[left];
     if (right >= m || s.id[left] < 0 || s.id[right] < 0) return;
     if (const Merge* g = find_merge(s.id[left], s.id[right])) {
-      s.heap.push_back(Cand{g->rank, left, right, s.id[left], s.id[right], g->result});
+      s.heap.push_back(Cand{g->rank, left, right, s.id[right], g->result});
       std::push_heap(s.heap.begin(), s.heap.end(), later);
     }
   };
@@ -256,13 +241,12 @@ void Tokenizer::merge_word(std::string_view word, std::vector<int32_t>& out, Wor
     std::pop_heap(s.heap.begin(), s.heap.end(), later);
     const Cand c = s.heap.back();
     s.heap.pop_back();
-    if (!s.alive[c.left] || !s.alive[c.right] || s.next[c.left] != c.right ||
-        s.id[c.left] != c.left_id || s.id[c.right] != c.right_id)
-      continue;  // stale
+    // Stale if the left part was merged away, or merged with its right neighbour (which moves
+    // its next), or the right part merged with its own (which changes its id).
+    if (!s.alive[c.left] || s.next[c.left] != c.right || s.id[c.right] != c.right_id) continue;
     s.alive[c.right] = 0;
     s.next[c.left] = s.next[c.right];
     if (s.next[c.left] < m) s.prev[s.next[c.left]] = c.left;
-    s.stop[c.left] = s.stop[c.right];
     s.id[c.left] = c.result;
     if (c.left > 0) push(s.prev[c.left]);
     push(c.left);
@@ -272,7 +256,8 @@ void Tokenizer::merge_word(std::string_view word, std::vector<int32_t>& out, Wor
       out.push_back(s.id[i]);
       continue;
     }
-    for (uint32_t b = s.start[i]; b < s.stop[i]; ++b) out.push_back(byte_token_[p[b]]);
+    // A part with no token is a single character (merges join tokens): its bytes' tokens.
+    for (uint32_t b = s.start[i]; b < s.start[i + 1]; ++b) out.push_back(byte_token_[p[b]]);
   }
 }
 

@@ -19,7 +19,7 @@ import random
 import pytest
 
 from test_tokenizer_llama3 import CORPUS, cli, cli_encode, first_difference, mixed_strings
-from test_tokenizer_tiktoken import STRINGS
+from test_tokenizer_tiktoken import STRINGS, read_shard
 from triad_run import REPO, assert_clean_failure, tool
 
 spm = pytest.importorskip("sentencepiece")
@@ -135,8 +135,7 @@ def test_mistral_shards_equal_sentencepiece_per_document(tmp_path, mistral):
     summary = cli("shards", "--vocab", desc, "--out", out, "--val-fraction", "0",
                   "--threads", "2", *files).decode()
     assert "<s> before each document; uint16 shards" in summary
-    import numpy as np
-    got = np.fromfile(out / "tokens_train_000000.bin", dtype=np.uint16, offset=1024).tolist()
+    got = read_shard(out / "tokens_train_000000.bin")
     want = sum(([1] + sp.encode(d) for d in docs), [])
     assert got == want, first_difference(got, want, sp.decode)
 

@@ -27,6 +27,12 @@ enum class ChatFormat : uint8_t { mistral_v1, mistral_v3, mistral_v7, llama3 };
 const char* chat_format_name(ChatFormat f);
 std::optional<ChatFormat> parse_chat_format(std::string_view name);
 
+// The format `name` names, where "auto" (or "") means the tokenizer description's `chat` line.
+// Throws triad::Error naming `option` (the command-line option that gave name) for an unknown
+// name, or for "auto" with a description that names no format.
+ChatFormat resolve_chat_format(const Tokenizer& tokenizer, std::string_view name,
+                               const char* option);
+
 // The prompt ids; an empty system means none. Throws triad::Error naming the format and the
 // special token the tokenizer lacks.
 std::vector<int32_t> chat_prompt(const Tokenizer& tokenizer, ChatFormat format,
