@@ -130,3 +130,9 @@ def test_generate_chat_continues_the_reference_prompt(tmp_path):
                            data=" ".join(map(str, reply)).encode()).decode() + "\n"
     p = run([exe("triad-generate"), "--checkpoint", ckpt, "--vocab", desc, "--system", "x"])
     assert_clean_error(p, "--system needs --chat")
+    p = run([exe("triad-generate"), "--checkpoint", ckpt, "--vocab", desc, "--chat", "auto",
+             "--prompt-ids", "1 2"])
+    assert_clean_error(p, "--chat formats --prompt, not --prompt-ids")
+    p = run([exe("triad-generate"), "--checkpoint", ckpt, "--vocab", desc, "--chat", "zephyr",
+             "--prompt", "hi"])
+    assert_clean_error(p, "unknown --chat 'zephyr'")
