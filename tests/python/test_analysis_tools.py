@@ -275,7 +275,7 @@ checkpoint.every = 0
                             env=dict(ENV, OMP_NUM_THREADS="1"))
     run = tmp_path / "runs" / "live-000"
     try:
-        deadline = time.time() + 30
+        deadline = time.time() + 90  # start-up alone can take seconds on a busy machine
         rows = 0
         while time.time() < deadline and rows < 10:
             time.sleep(0.05)

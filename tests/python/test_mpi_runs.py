@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from triad_run import ENV, REPO, VOCAB, exe, tiny_config, tool, train
+from triad_run import ENV, REPO, VOCAB, catching_pids, exe, tiny_config, tool, train
 
 MPIRUN = shutil.which("mpirun")
 MPI_ENV = dict(ENV, OMP_NUM_THREADS="1", OMPI_MCA_pml="ob1", OMPI_MCA_btl="self,vader")
@@ -77,9 +77,8 @@ def test_preemption_on_one_rank_stops_all_and_resumes_bit_exactly(tmp_path, n, g
     pre = tiny_config(tmp_path, name="pre")
     proc = subprocess.Popen(mpirun(n, "--config", pre, "--train.steps", 10**6, *common),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=MPI_ENV)
-    time.sleep(3)
-    pids = rank_pids(proc.pid)
-    assert len(pids) == n, pids
+    pids = catching_pids(lambda: rank_pids(proc.pid), n, signal.SIGUSR1)
+    time.sleep(1)  # into training, mostly; a signal before the first step is honoured there too
     os.kill(pids[-1], signal.SIGUSR1)  # one rank only, as a scheduler's signal may arrive
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err

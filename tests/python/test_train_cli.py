@@ -11,8 +11,8 @@ import h5py
 import numpy as np
 import pytest
 
-from triad_run import (ENV, REPO, VOCAB, assert_clean_error, exe, run, tiny_config, train,
-                       write_shard)
+from triad_run import (ENV, REPO, VOCAB, assert_clean_error, catching_pids, exe, run,
+                       tiny_config, train, write_shard)
 
 
 def losses(run_dir):
@@ -663,7 +663,8 @@ def test_preemption_signal_checkpoints_and_exits_zero(tmp_path):
     proc = subprocess.Popen([exe("triad-train"), "--config", cfg, "--train.steps", "100000",
                              "--checkpoint.every", "0", "--eval.every", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    time.sleep(3)
+    catching_pids(lambda: [proc.pid], 1, signal.SIGUSR1)
+    time.sleep(1)  # into training, mostly; a signal before the first step is honoured there too
     proc.send_signal(signal.SIGUSR1)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err

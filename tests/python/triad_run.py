@@ -4,6 +4,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -83,6 +84,24 @@ def run(args, timeout=120, check=False, **kw):
     if check and p.returncode != 0:
         raise AssertionError(f"{args} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
     return p
+
+
+def catching_pids(list_pids, n, sig, timeout=60):
+    """The n pids list_pids() returns once each has a handler for sig installed (Linux's SigCgt
+    mask), so a signal sent next tests the handler instead of racing start-up: loading the CUDA
+    libraries alone can take seconds on a busy machine, and before its handler a process dies."""
+    deadline = time.time() + timeout
+    while True:
+        pids = list_pids()
+        try:
+            masks = [int(line.split()[1], 16) for p in pids
+                     for line in open(f"/proc/{p}/status") if line.startswith("SigCgt:")]
+        except FileNotFoundError:  # a process in the list exited or is being replaced
+            masks = []
+        if len(pids) == n and len(masks) == n and all(m >> (sig - 1) & 1 for m in masks):
+            return pids
+        assert time.time() < deadline, f"no {n} processes catching signal {sig}: {pids}"
+        time.sleep(0.05)
 
 
 def train(*args, **kw):
