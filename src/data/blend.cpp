@@ -34,12 +34,12 @@ BlendSpec parse_blend(const std::string& train, const std::string& weights) {
 }
 
 BlendedLoader::BlendedLoader(const BlendSpec& spec, int seq_len, int vocab_size, bool shuffle,
-                             uint64_t seed) {
+                             uint64_t seed, LossMask mask) {
   const size_t D = spec.globs.size();
   TRIAD_ASSERT(D >= 1 && spec.weights.size() == D);
   for (size_t d = 0; d < D; ++d) {
     const std::string key = D == 1 ? "data.train" : "data.train (" + spec.globs[d] + ")";
-    sources_.push_back(std::make_unique<SequenceSource>(spec.globs[d], key, seq_len, vocab_size));
+    sources_.push_back(std::make_unique<SequenceSource>(spec.globs[d], key, seq_len, vocab_size, mask));
     loaders_.push_back(std::make_unique<DataLoader>(*sources_[d], shuffle, seed + d));
     total_ += sources_[d]->num_sequences();
   }
@@ -96,6 +96,21 @@ void BlendedLoader::fill(int64_t position, int count, int32_t* inputs, int32_t* 
     const Place p = locate(position + b);
     loaders_[size_t(p.dataset)]->fill(p.sample, 1, inputs + size_t(b) * T, targets + size_t(b) * T);
   }
+}
+
+int64_t BlendedLoader::counted_targets(int64_t position, int count) {
+  int64_t n = 0;
+  for (int b = 0; b < count; ++b) {
+    const Place p = locate(position + b);
+    n += loaders_[size_t(p.dataset)]->counted_targets(p.sample, 1);
+  }
+  return n;
+}
+
+int BlendedLoader::masked_shards() const {
+  int n = 0;
+  for (const auto& s : sources_) n += s->masked_shards();
+  return n;
 }
 
 }  // namespace triad

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
 
 #include "triad/core/error.h"
 #include "triad/core/rng.h"
@@ -23,8 +24,12 @@ struct SequenceSource::Shard {
   void* map = nullptr;
   size_t map_bytes = 0;
   const char* tokens = nullptr;
+  std::string mask_path;  // empty: no mask, every target counts
+  void* mask_map = nullptr;
+  size_t mask_bytes = 0;
+  const uint8_t* mask = nullptr;
 
-  explicit Shard(const std::string& p) : path(p) {
+  Shard(const std::string& p, LossMask loss_mask) : path(p) {
     const ShardHeader h = read_token_shard_header(p);  // validates magic, version and size
     n_tokens = h.count;
     token_bytes = h.token_bytes;
@@ -35,6 +40,32 @@ struct SequenceSource::Shard {
     ::close(fd);
     TRIAD_CHECK(map != MAP_FAILED, "token shard ", p, ": cannot map (", std::strerror(errno), ")");
     tokens = static_cast<const char*>(map) + kShardHeaderInts * 4;
+    if (loss_mask == LossMask::none) return;
+    const std::string mp = loss_mask_path(p);
+    if (!std::filesystem::exists(mp)) {
+      TRIAD_CHECK(loss_mask != LossMask::require, "loss mask ", mp,
+                  ": missing (data.loss_mask = require needs one beside every shard)");
+      return;
+    }
+    const int64_t count = read_loss_mask_count(mp);  // validates header and size
+    TRIAD_CHECK(count == n_tokens, "loss mask ", mp, ": ", count, " values for the ", n_tokens,
+                " tokens of ", p, "; not this shard's mask");
+    mask_path = mp;
+    mask_bytes = kShardHeaderInts * 4 + size_t(count);
+    const int mfd = ::open(mp.c_str(), O_RDONLY);
+    TRIAD_CHECK(mfd >= 0, "loss mask ", mp, ": cannot open (", std::strerror(errno), ")");
+    mask_map = ::mmap(nullptr, mask_bytes, PROT_READ, MAP_PRIVATE, mfd, 0);
+    ::close(mfd);
+    TRIAD_CHECK(mask_map != MAP_FAILED, "loss mask ", mp, ": cannot map (", std::strerror(errno),
+                ")");
+    mask = static_cast<const uint8_t*>(mask_map) + kShardHeaderInts * 4;
+  }
+  // Whether token i counts as a target; a value other than 0 or 1 is refused.
+  bool counts(int64_t i) const {
+    if (mask == nullptr) return true;
+    const uint8_t m = mask[i];
+    if (m > 1) fail("loss mask ", mask_path, ": value ", int(m), " at position ", i, " (0 or 1)");
+    return m == 1;
   }
   uint32_t at(int64_t i) const {  // the header keeps the tokens 4-byte aligned
     return token_bytes == 2 ? reinterpret_cast<const uint16_t*>(tokens)[i]
@@ -42,11 +73,19 @@ struct SequenceSource::Shard {
   }
   ~Shard() {
     if (map && map != MAP_FAILED) ::munmap(map, map_bytes);
+    if (mask_map && mask_map != MAP_FAILED) ::munmap(mask_map, mask_bytes);
   }
 };
 
+LossMask parse_loss_mask(const std::string& value) {
+  if (value == "auto") return LossMask::auto_;
+  if (value == "require") return LossMask::require;
+  if (value == "none") return LossMask::none;
+  fail("config: data.loss_mask = '", value, "' is not auto, require or none");
+}
+
 SequenceSource::SequenceSource(const std::string& pattern, const std::string& key, int seq_len,
-                               int vocab_size)
+                               int vocab_size, LossMask mask)
     : key_(key), seq_len_(seq_len), vocab_size_(vocab_size) {
   TRIAD_CHECK(!pattern.empty(), "config: ", key, " is empty; set it to a glob of token shards");
   glob_t g{};
@@ -57,7 +96,8 @@ SequenceSource::SequenceSource(const std::string& pattern, const std::string& ke
   TRIAD_CHECK(!files_.empty(), "config: ", key, " = '", pattern, "' matches no files");
   std::sort(files_.begin(), files_.end());  // lexicographic order (DESIGN.md §4)
   for (const auto& f : files_) {
-    shards_.push_back(std::make_unique<Shard>(f));
+    shards_.push_back(std::make_unique<Shard>(f, mask));
+    masked_ += shards_.back()->mask != nullptr ? 1 : 0;
     first_.push_back(total_);
     const int64_t n = shards_.back()->n_tokens;
     total_ += n > 0 ? (n - 1) / seq_len : 0;
@@ -68,20 +108,34 @@ SequenceSource::SequenceSource(const std::string& pattern, const std::string& ke
 
 SequenceSource::~SequenceSource() = default;
 
-void SequenceSource::read(int64_t index, int32_t* inputs, int32_t* targets) const {
+const SequenceSource::Shard& SequenceSource::shard_of(int64_t index, int64_t& start) const {
   TRIAD_ASSERT(index >= 0 && index < total_);
   const size_t j =
       size_t(std::upper_bound(first_.begin(), first_.end(), index) - first_.begin() - 1);
-  const Shard& s = *shards_[j];
-  const int64_t start = (index - first_[j]) * seq_len_;
+  start = (index - first_[j]) * seq_len_;
+  return *shards_[j];
+}
+
+void SequenceSource::read(int64_t index, int32_t* inputs, int32_t* targets) const {
+  int64_t start = 0;
+  const Shard& s = shard_of(index, start);
   for (int i = 0; i <= seq_len_; ++i) {
     const uint32_t t = s.at(start + i);
     if (t >= uint32_t(vocab_size_))
       fail("token shard ", s.path, ": token id ", t, " at position ", start + i,
            " is >= model.vocab_size (", vocab_size_, ")");
     if (i < seq_len_) inputs[i] = int32_t(t);
-    if (i > 0) targets[i - 1] = int32_t(t);
+    if (i > 0) targets[i - 1] = s.counts(start + i) ? int32_t(t) : kMaskedTarget;
   }
+}
+
+int SequenceSource::counted_targets(int64_t index) const {
+  int64_t start = 0;
+  const Shard& s = shard_of(index, start);
+  if (s.mask == nullptr) return seq_len_;
+  int n = 0;
+  for (int i = 1; i <= seq_len_; ++i) n += s.counts(start + i) ? 1 : 0;
+  return n;
 }
 
 DataLoader::DataLoader(const SequenceSource& source, bool shuffle, uint64_t seed)
@@ -108,6 +162,12 @@ void DataLoader::fill(int64_t position, int count, int32_t* inputs, int32_t* tar
   const size_t T = size_t(source_.seq_len());
   for (int b = 0; b < count; ++b)
     source_.read(sequence_at(position + b), inputs + size_t(b) * T, targets + size_t(b) * T);
+}
+
+int64_t DataLoader::counted_targets(int64_t position, int count) {
+  int64_t n = 0;
+  for (int b = 0; b < count; ++b) n += source_.counted_targets(sequence_at(position + b));
+  return n;
 }
 
 }  // namespace triad

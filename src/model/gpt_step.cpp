@@ -139,10 +139,11 @@ void Gpt::qk_norm_backward(A* dqkv, float* dwq, float* dwk, const A* qkv_pre, co
 // Token ids as this rank's slice of the vocabulary sees them: id − vocab_begin inside the
 // slice, −1 (held by another rank) outside. With tp = 1 they are the ids themselves.
 void Gpt::upload_ids(const int32_t* inputs, const int32_t* targets, int N) {
+  // A negative (masked) target becomes kIgnoredTarget on every rank: no loss, no gradient.
   auto local = [&](const int32_t* ids, int32_t* dev) {
     for (int i = 0; i < N; ++i) {
       const int32_t t = ids[i] - vocab_begin_;
-      host_ids_[size_t(i)] = t >= 0 && t < vocab_valid_ ? t : -1;
+      host_ids_[size_t(i)] = ids[i] < 0 ? kIgnoredTarget : t >= 0 && t < vocab_valid_ ? t : -1;
     }
     be_.copy_ints_from_host(dev, host_ids_.data(), size_t(N));
   };
@@ -314,7 +315,7 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
   float* head_grad = with_grad ? grads_ + specs_[size_t(head_)].offset : nullptr;
   float* host = host_scratch_.data();  // planned in the constructor: no allocation per step
   ForwardStats st;
-  st.tokens = N;
+  for (int i = 0; i < N; ++i) st.tokens += host_targets[i] >= 0 ? 1 : 0;  // masked ones do not count
   for (int r0 = 0; r0 < N; r0 += logits_rows_) {
     const int rows = std::min(logits_rows_, N - r0);
     const A* x = S.lnfg + size_t(r0) * C;
@@ -354,6 +355,10 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
                                           Vl, dloss_scale);
       }
       for (int i = 0; i < rows; ++i) {
+        if (host_targets[r0 + i] < 0) {  // masked: no loss (the kernels gave it no gradient)
+          if (row_losses) row_losses[r0 + i] = 0.0f;
+          continue;
+        }
         const double loss = std::log(double(hsum[i])) + double(hmax[i]) - double(htgt[i]);
         st.loss_sum += loss;
         if (row_losses) row_losses[r0 + i] = float(loss);

@@ -129,6 +129,9 @@ class KeyTable {
         "blend, each dataset in its own order (empty: one glob)");
     add("data.val", c.data.val, "validation shard glob");
     add("data.shuffle", c.data.shuffle, "seeded per-epoch permutation of the sequences");
+    add("data.loss_mask", c.data.loss_mask,
+        "loss masks beside the shards (<shard>.mask: which targets count, e.g. only a chat "
+        "example's replies): auto (where present) | require (every shard) | none (ignored)");
     add("data.vocab", c.data.vocab,
         "tokenizer for samples: GPT-2's BPE ranks file, or a tokenizer description");
     add("eval.every", c.eval.every, "evaluate every N steps (0: start and end only)");
@@ -555,6 +558,7 @@ void validate(const Config& c, int world_size) {
         "needs train.recompute = gelu or full (it is none)");
   check(t.seed >= 0, "train.seed", "must be >= 0");
   parse_blend(c.data.train, c.data.train_weights);  // throws on a malformed blend
+  parse_loss_mask(c.data.loss_mask);
   parse_val_sets(c.eval.sets);
   check(std::isfinite(t.skip_loss_z) && t.skip_loss_z >= 0, "train.skip_loss_z",
         "must be a finite number >= 0 (0: off)");

@@ -162,7 +162,10 @@ TrainOutcome Trainer::run() {
   const int T = cfg.model.seq_len, mbs = cfg.train.micro_batch_size;
   s.train_data = std::make_unique<BlendedLoader>(
       parse_blend(cfg.data.train, cfg.data.train_weights), T, cfg.model.vocab_size,
-      cfg.data.shuffle, uint64_t(cfg.train.seed));
+      cfg.data.shuffle, uint64_t(cfg.train.seed), parse_loss_mask(cfg.data.loss_mask));
+  if (s.train_data->masked_shards() > 0)
+    s.say("data.train: " + std::to_string(s.train_data->masked_shards()) +
+          " shard(s) with loss masks: the loss is the mean over the targets they count");
   s.open_val();
   s.open_choices();
   if (cfg.sample.length > 0) {
@@ -298,7 +301,6 @@ TrainOutcome Trainer::run() {
           " was run before this resumed run's step " + std::to_string(s.step + 1) +
           ": no pipeline trace");
   const double tokens_per_step = double(cfg.train.batch_size) * T;
-  const float dloss_scale = float(1.0 / tokens_per_step);
   Timer run_timer;
   const int64_t first_step = s.step;
   s.grid.dp().reset_stats();
@@ -314,6 +316,14 @@ TrainOutcome Trainer::run() {
     // the step, in micro-batches; the gradient is the sum over ranks of the local sums, each
     // token weighted 1/(B·T), i.e. exactly the global mean.
     const int64_t base = s.position + int64_t(s.dp_rank) * (cfg.train.batch_size / s.dp);
+    // The mean is over the global batch's targets that count (all of them without loss masks),
+    // which every rank counts alike from the masks; a batch with none has no gradient, and NaN
+    // for its loss.
+    const double counted =
+        s.train_data->masked_shards() > 0
+            ? double(s.train_data->counted_targets(s.position, int(cfg.train.batch_size)))
+            : tokens_per_step;
+    const float dloss_scale = counted > 0 ? float(1.0 / counted) : 0.0f;
     const bool zero = cfg.parallel.zero == 1;
     if (s.grid.shape().pp > 1) {
       // The pipeline runs all micro-batches of the step by the schedule; every stage reads
@@ -345,7 +355,9 @@ TrainOutcome Trainer::run() {
     }
     for (auto& r : s.pending) r.wait();
     s.pending.clear();
-    const double loss = s.grid.dp().all_reduce_sum(loss_sum) / tokens_per_step;
+    const double loss_total = s.grid.dp().all_reduce_sum(loss_sum);
+    const double loss =
+        counted > 0 ? loss_total / counted : std::numeric_limits<double>::quiet_NaN();
     out.losses.push_back(loss);
     // This rank's gradient [lo, hi) of the buffer: all of it, or under ZeRO-1 the slice it
     // receives from a reduce-scatter and updates before the weights are all-gathered. Clipped

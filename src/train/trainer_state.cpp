@@ -431,7 +431,8 @@ void Trainer::State::open_val() {
   // A validation set's shards, which must hold the eval.sequences it is scored on; `key` names
   // it in errors.
   auto open = [&](const std::string& glob, const std::string& key) {
-    auto src = std::make_unique<SequenceSource>(glob, key, cfg.model.seq_len, cfg.model.vocab_size);
+    auto src = std::make_unique<SequenceSource>(glob, key, cfg.model.seq_len, cfg.model.vocab_size,
+                                                parse_loss_mask(cfg.data.loss_mask));
     TRIAD_CHECK(src->num_sequences() >= cfg.eval.sequences, "config: ", key, " holds ",
                 src->num_sequences(), " sequences of seq_len ", cfg.model.seq_len,
                 ", fewer than eval.sequences = ", cfg.eval.sequences);

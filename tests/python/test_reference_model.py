@@ -385,10 +385,10 @@ def check_probe_against_torch(p: Prepared, recompute: str, logits_chunk: int = 0
 # ---- 2. optimizer steps ---------------------------------------------------------------------
 
 
-def torch_train(p: Prepared, sections: dict, batch_of_step=None):
+def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None):
     """The reference training loop in float64: returns per-step (loss, lr, grad_norm) and the
     validation losses/accuracies before and after training. batch_of_step(s) -> (x, y) replaces
-    the plain data order."""
+    the plain data order, val_batch (x, y) the validation sequences (targets < 0 are ignored)."""
     case, tr, op = p.case, sections["train"], sections["optim"]
     cfg, T, B = case.cfg, case.cfg.seq_len, tr["batch_size"]
     model = ref.build_model(p.weights, cfg, dtype=torch.float64)
@@ -409,12 +409,12 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None):
                                 eps=op["eps"])
     else:
         opt = torch.optim.SGD(groups, lr=tr["lr"], momentum=op["momentum"])
-    xv, yv = ref.batch(p.val_tokens, 0, sections["eval"]["sequences"], T)
+    xv, yv = val_batch or ref.batch(p.val_tokens, 0, sections["eval"]["sequences"], T)
 
     def evaluate():
         with torch.no_grad():
             logits, loss = model(xv, yv)
-            acc = float((logits.argmax(-1) == yv).double().mean())
+            acc = float((logits.argmax(-1) == yv)[yv >= 0].double().mean())
         return float(loss), acc
 
     val = [evaluate()]
@@ -448,7 +448,7 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None):
 
 
 def compare_training(p: Prepared, tmp_path: Path, sections: dict, label: str,
-                     batch_of_step=None):
+                     batch_of_step=None, val_batch=None):
     train_bin = binary("triad-train")
     cfg_path = tmp_path / f"{label}.ini"
     ref.write_config(cfg_path, sections)
@@ -456,7 +456,7 @@ def compare_training(p: Prepared, tmp_path: Path, sections: dict, label: str,
     run([train_bin, "--config", cfg_path, "--init-from", p.ckpt, "--resume", "none",
                   "--run.dir", run_dir, "--run.name", "ref"])
     m = ref.read_metrics(run_dir / "ref" / "metrics.h5")
-    losses, lrs, norms, val, final = torch_train(p, sections, batch_of_step)
+    losses, lrs, norms, val, final = torch_train(p, sections, batch_of_step, val_batch)
     steps = sections["train"]["steps"]
     clip = sections["train"]["grad_clip"]
 
@@ -572,6 +572,39 @@ def test_blended_datasets_train_as_the_documented_order(tmp_root, tmp_path):
         return torch.tensor(np.stack(xs)), torch.tensor(np.stack(ys))
 
     compare_training(p, tmp_path, sections, "blend", batch_of_step)
+
+
+@pytest.mark.parametrize("name", ["oddshapes", "llama"])
+def test_loss_masks_match_torch_ignore_index(name, tmp_root, tmp_path):
+    """Loss masks beside the shards (<shard>.mask, data.loss_mask = require): training and
+    validation against PyTorch's cross_entropy(ignore_index = -1), the mean over the targets
+    kept. Runs of kept and masked targets as a chat corpus has them, and a sequence whose targets
+    are all masked."""
+    case = next(c for c in CASES if c.name == name)
+    p = prepare(case, tmp_root)
+    T = case.cfg.seq_len
+    rng = np.random.default_rng(17)
+
+    def runs(n):
+        m, i, keep = np.zeros(n, dtype=np.uint8), 0, 0
+        while i < n:
+            length = int(rng.integers(1, 2 * T))
+            m[i:i + length] = keep
+            keep, i = 1 - keep, i + length
+        return m
+
+    train_mask, val_mask = runs(p.train_tokens.size), runs(p.val_tokens.size)
+    train_mask[T + 1:2 * T + 1] = 0  # sequence 1: no target counts
+    for shard, tokens, mask in (("train_000.bin", p.train_tokens, train_mask),
+                                ("val_000.bin", p.val_tokens, val_mask)):
+        ref.write_token_shard(tmp_path / shard, tokens)
+        ref.write_loss_mask(tmp_path / (shard + ".mask"), mask)
+    sections = config_sections(case, tmp_path, train__grad_clip=GRAD_CLIP[case.name],
+                               data__loss_mask="require")
+    B, n_val = sections["train"]["batch_size"], sections["eval"]["sequences"]
+    compare_training(p, tmp_path, sections, "masked",
+                     lambda s: ref.masked_batch(p.train_tokens, train_mask, s * B, B, T),
+                     ref.masked_batch(p.val_tokens, val_mask, 0, n_val, T))
 
 
 def test_layer_norms_match_torch(tmp_root, tmp_path):

@@ -40,6 +40,7 @@ SHARD_MAGIC = 20240520  # uint16 tokens (GPT-2's format)
 SHARD_VERSION = 1
 SHARD_MAGIC_U32, SHARD_VERSION_U32 = 20240801, 7  # uint32 tokens (llm.c's Llama 3 format)
 SHARD_HEADER_INTS = 256
+LOSS_MASK_MAGIC, LOSS_MASK_VERSION = 20261130, 1  # <shard>.mask: a byte per token (docs/formats.md)
 
 
 # ---- configuration -------------------------------------------------------------------------
@@ -407,6 +408,11 @@ class Gpt(torch.nn.Module):
         logits = forward(self.tensors(), self.cfg, idx)
         if targets is None:
             return logits, None
+        if (targets < 0).any():  # masked targets: PyTorch's own mean over the kept ones
+            import torch.nn.functional as F
+
+            return logits, F.cross_entropy(logits.reshape(-1, logits.size(-1)),
+                                           targets.reshape(-1), ignore_index=-1)
         return logits, cross_entropy_sum(logits, targets) / targets.numel()
 
     def param_groups(self, weight_decay: float) -> List[dict]:
@@ -526,6 +532,25 @@ def write_token_shard(path, tokens) -> None:
     with open(path, "wb") as f:
         f.write(header.tobytes())
         f.write(tokens.astype("<u4" if wide else "<u2").tobytes())
+
+
+def write_loss_mask(path, mask) -> None:
+    """A loss-mask file: the shard header with its own magic, then a uint8 (0 or 1) per token."""
+    mask = np.asarray(mask)
+    assert mask.ndim == 1 and set(np.unique(mask)) <= {0, 1}
+    header = np.zeros(SHARD_HEADER_INTS, dtype="<i4")
+    header[0], header[1], header[2] = LOSS_MASK_MAGIC, LOSS_MASK_VERSION, mask.size
+    with open(path, "wb") as f:
+        f.write(header.tobytes())
+        f.write(mask.astype(np.uint8).tobytes())
+
+
+def masked_batch(tokens: np.ndarray, mask: np.ndarray, first: int, count: int, T: int):
+    """batch() with the targets a loss mask does not count set to -1 (PyTorch's ignore_index
+    as the tests use it)."""
+    x, y = batch(tokens, first, count, T)
+    _, keep = batch(mask, first, count, T)  # the mask of each target token
+    return x, torch.where(keep == 1, y, torch.full_like(y, -1))
 
 
 def read_token_shard(path) -> np.ndarray:

@@ -897,6 +897,44 @@ TEST_F(CpuKernels, CrossEntropyAccuracyFlags) {
   EXPECT_EQ(losses, losses2);
 }
 
+// Masked targets (kIgnoredTarget; the fused op takes any negative one): their rows get loss 0,
+// no hit and zero gradients, while the other rows are those of a call without them, bit for bit.
+TEST_F(CpuKernels, CrossEntropyIgnoredRows) {
+  const int N = 6, V = 37, Vp = 64;
+  const Vec logits = random_vec(size_t(N) * Vp, 63, -4.0f, 4.0f);
+  const std::vector<int32_t> kept = {3, 9, 36, 0, 5, 20};
+  std::vector<int32_t> masked = kept;
+  masked[1] = kIgnoredTarget;
+  masked[4] = -1;
+  Vec a = logits, b = logits, la(N), lb(N), ca(N), cb(N);
+  be->crossentropy_forward_backward(a.data(), la.data(), ca.data(), kept.data(), N, V, Vp, 0.5f);
+  be->crossentropy_forward_backward(b.data(), lb.data(), cb.data(), masked.data(), N, V, Vp, 0.5f);
+  for (int n = 0; n < N; ++n) {
+    const bool ignored = masked[n] < 0;
+    EXPECT_EQ(lb[n], ignored ? 0.0f : la[n]) << n;
+    EXPECT_EQ(cb[n], ignored ? 0.0f : ca[n]) << n;
+    for (int j = 0; j < Vp; ++j)
+      ASSERT_EQ(b[size_t(n) * Vp + j], ignored ? 0.0f : a[size_t(n) * Vp + j]) << n << "," << j;
+  }
+  // The vocabulary-parallel backward: kIgnoredTarget zeroes the row, -1 (another rank's
+  // target) keeps the softmax.
+  Vec row_max(N), argmax(N), sum_exp(N), tl(N);
+  be->logits_row_max(row_max.data(), argmax.data(), logits.data(), N, V, Vp);
+  be->softmax_partial_sums(sum_exp.data(), tl.data(), logits.data(), row_max.data(), masked.data(),
+                           N, V, Vp);
+  Vec p = logits, q = logits;
+  std::vector<int32_t> elsewhere = masked;
+  elsewhere[1] = -1;
+  be->crossentropy_backward_partial(p.data(), row_max.data(), sum_exp.data(), masked.data(), N, V,
+                                    Vp, 0.5f);
+  be->crossentropy_backward_partial(q.data(), row_max.data(), sum_exp.data(), elsewhere.data(), N,
+                                    V, Vp, 0.5f);
+  for (int n = 0; n < N; ++n)
+    for (int j = 0; j < Vp; ++j)
+      ASSERT_EQ(p[size_t(n) * Vp + j], n == 1 ? 0.0f : q[size_t(n) * Vp + j]) << n << "," << j;
+  EXPECT_GT(q[1 * Vp + 2], 0.0f);  // the softmax of a row whose target is elsewhere
+}
+
 // A GPT-2-sized vocabulary with a wide logit range: the loss stays accurate (the exponentials
 // and their sum run through the backend's own exp).
 TEST_F(CpuKernels, CrossEntropyLargeVocabulary) {

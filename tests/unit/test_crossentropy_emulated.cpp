@@ -1,8 +1,9 @@
 // The one-pass bf16 cross-entropy block program (src/kernels/cuda/crossentropy_block.h), run on
 // the CPU through the SIMT emulator, against softmax cross-entropy in double on the same bf16
 // logits: every gradient within bf16 rounding (2^-8 relative) of the exact one, zeros in the
-// padded columns, the loss within 1e-5, the first index of the maximum for `correct`, and a
-// target outside [0, V) contributing no −dloss_scale. Needs no GPU.
+// padded columns, the loss within 1e-5, the first index of the maximum for `correct`, a target
+// at or beyond V contributing no −dloss_scale, and a negative (ignored) target giving a row of
+// zeros, loss 0 and no hit. Needs no GPU.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -49,6 +50,14 @@ void check(const Case& c, std::vector<int32_t> targets, uint32_t seed, bool ties
 
   for (int n = 0; n < c.N; ++n) {
     const uint16_t* row = &in[size_t(n) * c.Vp];
+    const int t = targets[size_t(n)];
+    if (t < 0) {  // ignored: everything 0
+      EXPECT_EQ(losses[size_t(n)], 0.0f) << "row " << n;
+      EXPECT_EQ(correct[size_t(n)], 0.0f) << "row " << n;
+      for (int j = 0; j < c.Vp; ++j)
+        ASSERT_EQ(data[size_t(n) * c.Vp + j], 0u) << "column " << j << " of ignored row " << n;
+      continue;
+    }
     double mx = -INFINITY;
     int first = 0;
     for (int j = 0; j < c.V; ++j) {
@@ -60,8 +69,7 @@ void check(const Case& c, std::vector<int32_t> targets, uint32_t seed, bool ties
     }
     double sum = 0.0;
     for (int j = 0; j < c.V; ++j) sum += std::exp(to_float(bf16_t{row[j]}) - mx);
-    const int t = targets[size_t(n)];
-    const bool valid = t >= 0 && t < c.V;
+    const bool valid = t < c.V;
     const double want_loss =
         std::log(sum) - ((valid ? double(to_float(bf16_t{row[t]})) : 0.0) - mx);
     EXPECT_NEAR(losses[size_t(n)], want_loss, 1e-5 * std::max(1.0, std::abs(want_loss)))
@@ -100,8 +108,13 @@ TEST(CrossEntropyEmulated, TiesGoToTheFirstIndex) {
   check<64, 2>({2, 900, 1024, 1.0f}, {300, 450}, 4u, /*ties=*/true);
 }
 
-TEST(CrossEntropyEmulated, TargetOutsideTheVocabulary) {
-  check<64, 2>({2, 900, 1024, 1.0f}, {-1, 950}, 5u);
+TEST(CrossEntropyEmulated, TargetBeyondTheVocabulary) {
+  check<64, 2>({2, 900, 1024, 1.0f}, {3, 950}, 5u);
+}
+
+TEST(CrossEntropyEmulated, IgnoredRowsGetNoLossAndNoGradient) {
+  // Ignored rows between kept ones, in several vectors per thread and with padding.
+  check<64, 3>({4, 1000, 1024, 0.25f}, {crossentropy::kIgnored, 7, -1, 998}, 6u);
 }
 
 }  // namespace

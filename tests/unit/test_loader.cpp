@@ -117,6 +117,90 @@ TEST_F(LoaderTest, BadShardsAreRefusedWithTheirName) {
   EXPECT_NE(e.find("vocab_size"), std::string::npos) << e;
 }
 
+// Loss masks beside shards: a target whose mask byte is 0 comes out as kMaskedTarget, the
+// count of counted targets follows the mask, a shard without one counts all (auto), and
+// data.loss_mask = none reads no mask.
+TEST_F(LoaderTest, LossMasksMarkTargetsThatDoNotCount) {
+  const std::string a = shard("a.bin", iota(9, 10));  // 2 sequences of 4
+  shard("b.bin", iota(5, 50));                         // 1 sequence, no mask
+  const std::vector<uint8_t> mask = {1, 0, 0, 1, 1, 0, 1, 1, 0};
+  write_loss_mask(loss_mask_path(a), mask);
+  EXPECT_EQ(read_loss_mask(loss_mask_path(a)), mask);
+  {  // the header
+    std::ifstream f(loss_mask_path(a), std::ios::binary);
+    int32_t head[3];
+    f.read(reinterpret_cast<char*>(head), sizeof head);
+    EXPECT_EQ(head[0], 20261130);
+    EXPECT_EQ(head[1], 1);
+    EXPECT_EQ(head[2], 9);
+  }
+  EXPECT_EQ(fs::file_size(loss_mask_path(a)), 1024u + 9u);
+  const std::string glob = (dir_ / "*.bin").string();  // the .mask files do not match it
+  SequenceSource src(glob, "data.train", 4, 1000, LossMask::auto_);
+  ASSERT_EQ(src.num_sequences(), 3);
+  EXPECT_EQ(src.masked_shards(), 1);
+  std::vector<int32_t> in(4), tg(4);
+  src.read(0, in.data(), tg.data());  // tokens 10..14; targets are tokens 1..4 of the shard
+  EXPECT_EQ(in, (std::vector<int32_t>{10, 11, 12, 13}));
+  EXPECT_EQ(tg, (std::vector<int32_t>{kMaskedTarget, kMaskedTarget, 13, 14}));
+  EXPECT_EQ(src.counted_targets(0), 2);
+  src.read(1, in.data(), tg.data());  // tokens 14..18; targets 5..8
+  EXPECT_EQ(tg, (std::vector<int32_t>{kMaskedTarget, 16, 17, kMaskedTarget}));
+  EXPECT_EQ(src.counted_targets(1), 2);
+  src.read(2, in.data(), tg.data());  // b.bin: no mask, every target counts
+  EXPECT_EQ(tg, (std::vector<int32_t>{51, 52, 53, 54}));
+  EXPECT_EQ(src.counted_targets(2), 4);
+  DataLoader loader(src, false, 1);
+  EXPECT_EQ(loader.counted_targets(0, 3), 8);
+  EXPECT_EQ(loader.counted_targets(2, 2), 4 + 2);  // wraps to sequence 0
+
+  SequenceSource plain(glob, "data.train", 4, 1000, LossMask::none);
+  EXPECT_EQ(plain.masked_shards(), 0);
+  plain.read(0, in.data(), tg.data());
+  EXPECT_EQ(tg, (std::vector<int32_t>{11, 12, 13, 14}));
+}
+
+TEST_F(LoaderTest, BadLossMasksAreRefusedWithTheirName) {
+  const std::string a = shard("a.bin", iota(9, 10));
+  const std::string glob = (dir_ / "*.bin").string();
+  auto error = [&](LossMask m) {
+    try {
+      SequenceSource s(glob, "data.train", 4, 1000, m);
+      std::vector<int32_t> in(4), tg(4);
+      for (int64_t i = 0; i < s.num_sequences(); ++i) s.read(i, in.data(), tg.data());
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  std::string e = error(LossMask::require);  // none beside the shard
+  EXPECT_NE(e.find("a.bin.mask"), std::string::npos) << e;
+  EXPECT_NE(e.find("missing"), std::string::npos) << e;
+  EXPECT_EQ(error(LossMask::auto_), "");
+
+  write_loss_mask(loss_mask_path(a), std::vector<uint8_t>(8, 1));  // another shard's
+  e = error(LossMask::auto_);
+  EXPECT_NE(e.find("8 values for the 9 tokens"), std::string::npos) << e;
+  EXPECT_EQ(error(LossMask::none), "");
+
+  write_token_shard(loss_mask_path(a), iota(9, 0));  // a token shard, not a mask
+  e = error(LossMask::auto_);
+  EXPECT_NE(e.find("wrong magic number 20240520"), std::string::npos) << e;
+
+  std::vector<uint8_t> two(9, 1);
+  write_loss_mask(loss_mask_path(a), two);
+  {  // a value of 2, written past the writer's check
+    std::fstream f(loss_mask_path(a), std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(1024 + 6);
+    const char v = 2;
+    f.write(&v, 1);
+  }
+  e = error(LossMask::auto_);
+  EXPECT_NE(e.find("a.bin.mask: value 2 at position 6"), std::string::npos) << e;
+  EXPECT_THROW(write_loss_mask(loss_mask_path(a), std::vector<uint8_t>{0, 3}), Error);
+  EXPECT_THROW(parse_loss_mask("yes"), Error);
+}
+
 // llm.c's uint32 shards (magic 20240801, version 7, as its Llama 3 data scripts write them) for
 // vocabularies above 65536, read beside GPT-2's uint16 ones in one glob, each by its header.
 TEST_F(LoaderTest, Uint32ShardsHoldIdsAbove65535) {

@@ -35,9 +35,10 @@ class BlendedLoader {
  public:
   static constexpr int64_t kPeriod = 10000;
 
-  // Opens every dataset (errors name data.train and the glob). Throws if a weight is too small
-  // to get a position in a period.
-  BlendedLoader(const BlendSpec& spec, int seq_len, int vocab_size, bool shuffle, uint64_t seed);
+  // Opens every dataset (errors name data.train and the glob), with loss masks by `mask`.
+  // Throws if a weight is too small to get a position in a period.
+  BlendedLoader(const BlendSpec& spec, int seq_len, int vocab_size, bool shuffle, uint64_t seed,
+                LossMask mask = LossMask::none);
   ~BlendedLoader();
 
   struct Place {
@@ -47,6 +48,9 @@ class BlendedLoader {
   Place locate(int64_t position) const;
   // Fills count sequences from absolute position p into inputs/targets [count, T].
   void fill(int64_t position, int count, int32_t* inputs, int32_t* targets);
+  // The targets of those count sequences that count in the loss (count · T without masks).
+  int64_t counted_targets(int64_t position, int count);
+  int masked_shards() const;  // shards of all datasets read with a mask file
   int64_t num_sequences() const { return total_; }  // the nominal epoch
   int datasets() const { return int(sources_.size()); }
   const SequenceSource& source(int d) const { return *sources_[size_t(d)]; }

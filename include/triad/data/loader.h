@@ -4,6 +4,10 @@
 // turns an absolute position (step · batch_size + i) into a global sequence index, through a
 // seeded per-epoch permutation when shuffling. Positions, not rank-local cursors, are the
 // loader's state, so any grid resumes the same order.
+//
+// Loss masks (data.loss_mask; token_shard.h): a shard's <shard>.mask file marks the targets that
+// count in the loss; a target it does not count is given as kMaskedTarget (−1), which the model
+// leaves out of the loss, its gradient and the token count of the mean.
 #pragma once
 
 #include <cstdint>
@@ -13,11 +17,22 @@
 
 namespace triad {
 
+inline constexpr int32_t kMaskedTarget = -1;
+
+// data.loss_mask: use a shard's mask file where there is one (auto), require one for every
+// shard (require), or read none (none: every target counts).
+enum class LossMask { auto_, require, none };
+// "auto", "require" or "none"; throws triad::Error naming data.loss_mask otherwise.
+LossMask parse_loss_mask(const std::string& value);
+
 class SequenceSource {
  public:
   // `key` names the config key in errors (e.g. "data.train"). Throws triad::Error if nothing
   // matches, a shard is malformed, or the shards hold no complete sequence.
-  SequenceSource(const std::string& glob, const std::string& key, int seq_len, int vocab_size);
+  // Loss masks by `mask`: a mask file that does not belong to its shard (another token count, a
+  // bad header), or a missing one under LossMask::require, is an error naming it.
+  SequenceSource(const std::string& glob, const std::string& key, int seq_len, int vocab_size,
+                 LossMask mask = LossMask::none);
   ~SequenceSource();
   SequenceSource(const SequenceSource&) = delete;
   SequenceSource& operator=(const SequenceSource&) = delete;
@@ -25,9 +40,13 @@ class SequenceSource {
   int64_t num_sequences() const { return total_; }
   int seq_len() const { return seq_len_; }
   const std::vector<std::string>& files() const { return files_; }
-  // Copies sequence `index` into inputs[T] and targets[T]; throws triad::Error naming the
-  // shard and offset if a token id is >= vocab_size.
+  // Copies sequence `index` into inputs[T] and targets[T] (kMaskedTarget where its shard's mask
+  // says 0); throws triad::Error naming the shard and offset if a token id is >= vocab_size, or
+  // the mask file and offset if a mask value is not 0 or 1.
   void read(int64_t index, int32_t* inputs, int32_t* targets) const;
+  // The targets of sequence `index` that count in the loss: T without a mask.
+  int counted_targets(int64_t index) const;
+  int masked_shards() const { return masked_; }  // shards read with a mask file
 
  private:
   struct Shard;
@@ -37,6 +56,8 @@ class SequenceSource {
   std::vector<std::unique_ptr<Shard>> shards_;
   std::vector<int64_t> first_;  // global index of each shard's first sequence
   int64_t total_ = 0;
+  int masked_ = 0;
+  const Shard& shard_of(int64_t index, int64_t& start) const;
 };
 
 class DataLoader {
@@ -46,6 +67,8 @@ class DataLoader {
   int64_t sequence_at(int64_t position);
   // Fills count sequences starting at absolute position p into inputs/targets [count, T].
   void fill(int64_t position, int count, int32_t* inputs, int32_t* targets);
+  // The targets of those count sequences that count in the loss (count · T without masks).
+  int64_t counted_targets(int64_t position, int count);
   int64_t num_sequences() const { return source_.num_sequences(); }
 
  private:

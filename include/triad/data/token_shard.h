@@ -18,6 +18,12 @@ struct ShardFormat {
 inline constexpr ShardFormat kShardUint16{20240520, 1, 2};
 inline constexpr ShardFormat kShardUint32{20240801, 7, 4};
 inline constexpr size_t kShardHeaderInts = 256;
+// Loss masks (triad's own; docs/formats.md): a file beside a shard, <shard>.mask, with the
+// same header ([0] magic 20261130, [1] version 1, [2] the shard's token count) and then one
+// byte per token: 1 where the token, as a target, counts in the loss, 0 where it does not (the
+// prompt of a chat example). Values other than 0 and 1 are refused where they are read.
+inline constexpr ShardFormat kLossMask{20261130, 1, 1};
+inline std::string loss_mask_path(const std::string& shard) { return shard + ".mask"; }
 
 struct ShardHeader {
   int64_t count = 0;    // tokens
@@ -32,6 +38,9 @@ inline int64_t read_token_shard_count(const std::string& path) {
   return read_token_shard_header(path).count;
 }
 
+// The token count of a loss-mask file, after the same checks for its format.
+int64_t read_loss_mask_count(const std::string& path);
+
 // Reads and validates a whole shard of either format (as above).
 std::vector<uint32_t> read_token_shard(const std::string& path);
 
@@ -39,5 +48,9 @@ std::vector<uint32_t> read_token_shard(const std::string& path);
 // uint32 tokens in the wide one.
 void write_token_shard(const std::string& path, std::span<const uint16_t> tokens);
 void write_token_shard(const std::string& path, std::span<const uint32_t> tokens);
+// Writes a loss-mask file atomically (values 0 or 1, one per token of its shard).
+void write_loss_mask(const std::string& path, std::span<const uint8_t> mask);
+// Reads and validates a whole loss-mask file (header, size and every value).
+std::vector<uint8_t> read_loss_mask(const std::string& path);
 
 }  // namespace triad

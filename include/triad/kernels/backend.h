@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <climits>
 #include <memory>
 
 #include "triad/core/bf16.h"
@@ -31,6 +32,11 @@ enum class GradMode { accumulate, overwrite };
 // The width of an attention op's qkv rows (see attention_forward): q for NH heads (C wide), k and
 // v for NKV heads each.
 inline int qkv_width(int C, int NH, int NKV) { return C + 2 * NKV * (C / NH); }
+
+// The target of a row without a loss (a masked target, data.loss_mask): every cross-entropy op
+// gives it loss 0, no hit and a zero gradient row. The fused op takes any negative target so;
+// in the vocabulary-parallel ops other negative targets mean "on another rank's slice".
+inline constexpr int32_t kIgnoredTarget = INT32_MIN;
 
 // The normalizations' epsilon unless a model says otherwise (model.norm_eps): GPT-2's and Llama's.
 inline constexpr float kNormEps = 1e-5f;
@@ -205,7 +211,8 @@ class Backend {
   // logits [N,Vp] is overwritten by dloss/dlogits = (softmax − onehot(target)) · dloss_scale,
   // with zeros in the padded columns V..Vp. losses[N] gets −log p[target];
   // correct[N] (may be nullptr) gets 1.0f where argmax over the first V equals the target.
-  // Targets outside [0,V) are a caller error (checked by the data loader).
+  // A negative target (kIgnoredTarget) makes the row's loss, hit and gradient 0; targets >= V
+  // are a caller error (checked by the data loader).
   virtual void crossentropy_forward_backward(float* logits, float* losses, float* correct,
                                              const int32_t* targets, int N, int V, int Vp,
                                              float dloss_scale) = 0;
@@ -221,7 +228,8 @@ class Backend {
   //     row_max[n]) (0 when V = 0); target_logit[n] = logits[n, targets[n]] when
   //     0 <= targets[n] < V, else 0.   Caller: all-reduce sums; loss = log(sum) + max − target.
   //  3. crossentropy_backward_partial: in place, logits[n,j] = (exp(logits[n,j] − row_max[n]) /
-  //     sum_exp[n] − [j == targets[n]]) · dloss_scale for j < V, and 0 for V <= j < Vp.
+  //     sum_exp[n] − [j == targets[n]]) · dloss_scale for j < V, and 0 for V <= j < Vp; a row
+  //     whose target is kIgnoredTarget becomes all 0 (the caller drops its loss).
   // All row vectors are [N] floats in the backend's memory.
   virtual void logits_row_max(float* row_max, float* argmax, const float* logits, int N, int V,
                               int Vp) = 0;

@@ -78,6 +78,8 @@ struct DataConfig {
   std::string train_weights;  // "" one dataset; else comma-separated weights (data/blend.h)
   bool shuffle = false;
   std::string vocab = "data/vocab/gpt2.tiktoken";  // BPE ranks, for samples and prompts
+  // Loss masks beside the shards (data/loader.h): auto (where present) | require | none.
+  std::string loss_mask = "auto";
 };
 
 struct EvalConfig {

@@ -11,6 +11,7 @@
 
 #include "cpu_math.h"
 #include "cpu_ops.h"
+#include "triad/kernels/backend.h"  // kIgnoredTarget
 
 namespace triad::cpu {
 namespace {
@@ -43,6 +44,12 @@ void crossentropy_forward_backward(float* logits, float* losses, float* correct,
   for (int n = 0; n < N; ++n) {
     float* row = logits + size_t(n) * Vp;
     const int target = targets[n];
+    if (target < 0) {  // an ignored row (kIgnoredTarget): no loss, no gradient
+      losses[n] = 0.0f;
+      if (correct != nullptr) correct[n] = 0.0f;
+      std::fill(row, row + Vp, 0.0f);
+      continue;
+    }
 
     float max_val = row[0];
 #pragma omp simd reduction(max : max_val)
@@ -106,6 +113,10 @@ void crossentropy_backward_partial(float* logits, const float* row_max, const fl
 #pragma omp parallel for schedule(static) if (size_t(N) * Vp >= kParallelMin)
   for (int n = 0; n < N; ++n) {
     float* row = logits + size_t(n) * Vp;
+    if (targets[n] == kIgnoredTarget) {
+      std::fill(row, row + Vp, 0.0f);
+      continue;
+    }
     if (V > 0) {
       // As crossentropy_forward_backward: softmax · scale with tiny values flushed to 0, minus
       // scale at the target (when this slice holds it).

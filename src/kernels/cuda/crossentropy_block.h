@@ -9,7 +9,8 @@
 //   loss    = log Σ_j e^{x_j − max} − (x_target − max)      (the sum in double)
 //   dlogits = e^{x_j − max} · (dloss_scale / Σ) − dloss_scale · [j = target],  0 for j >= V
 //   correct = 1 where the first index of the maximum equals the target
-// A target outside [0, V) counts as a logit of 0 in the loss and receives no −dloss_scale.
+// A negative target (kIgnored, backend.h's kIgnoredTarget: a masked target) makes the row's
+// loss, hit and gradient 0.
 #pragma once
 
 #include <climits>
@@ -20,6 +21,8 @@
 #include "block_program.h"
 
 namespace triad::crossentropy {
+
+constexpr int32_t kIgnored = INT32_MIN;  // backend.h's kIgnoredTarget (asserted where both meet)
 
 // Shared memory the block program needs (cross-warp partials of the reductions).
 TRIAD_BLOCK_SIZE size_t row_smem() { return 32 * sizeof(double) + 32 * (sizeof(float) + 4); }
@@ -82,9 +85,23 @@ TRIAD_BLOCK_FN void crossentropy_row(X& x, uint16_t* logits, float* losses, floa
   uint16_t* row = logits + n * size_t(Vp);
   const int t = x.thread(), nvec = Vp / 8;
   const int target = targets[n];
-  const bool has_target = target >= 0 && target < V;
+  if (target < 0) {  // an ignored row, the same branch in every thread: zeros, loss 0, no hit
+    Vec16 zero;
+    TRIAD_UNROLL
+    for (int e = 0; e < 4; ++e) zero.w[e] = 0u;
+    TRIAD_UNROLL
+    for (int i = 0; i < kVec; ++i) {
+      const int j = t + i * kThreads;
+      if (j < nvec) x.store16(row + 8 * size_t(j), zero);
+    }
+    if (t == 0) {
+      losses[n] = 0.0f;
+      if (correct != nullptr) correct[n] = 0.0f;
+    }
+    return;
+  }
   // Read before the first barrier, so before any thread writes the row.
-  const float target_logit = has_target ? x.bf16_float(row[target]) : 0.0f;
+  const float target_logit = target < V ? x.bf16_float(row[target]) : 0.0f;
 
   Vec16 v[kVec];
   TRIAD_UNROLL

@@ -3,6 +3,9 @@
 //   loss = log Σ_j e^{x_j − max} − (x_target − max)   (the sum in double)
 //   dlogits = softmax · dloss_scale − dloss_scale · onehot(target)
 // correct = 1 where the first index holding the maximum (torch.argmax) equals the target.
+// A row whose target is negative (kIgnoredTarget, a masked target) gets loss 0, correct 0 and a
+// zero gradient; in the vocabulary-parallel backward only kIgnoredTarget does (other negative
+// targets are on another rank's slice).
 //
 // The vocabulary-parallel form (backend.h) splits it into three per-row kernels, one block per
 // row as well (row max and first argmax; Σ exp in double and the target logit; the backward),
@@ -17,6 +20,7 @@
 #include <type_traits>
 
 #include "crossentropy_block.h"
+#include "triad/kernels/backend.h"  // kIgnoredTarget
 #include "cuda_ops.cuh"
 #include "device_thread.cuh"
 
@@ -24,6 +28,7 @@ namespace triad::cuda {
 namespace {
 
 constexpr int kRowBlock = 512;
+static_assert(crossentropy::kIgnored == kIgnoredTarget);
 
 struct ArgMax {
   float val;
@@ -66,6 +71,14 @@ __global__ void crossentropy_kernel(Elem* logits, float* losses, float* correct,
   const size_t n = blockIdx.x;
   Elem* row = logits + n * Vp;
   const int target = targets[n];
+  if (target < 0) {  // an ignored row: the same branch in every thread of the block
+    for (int j = threadIdx.x; j < Vp; j += blockDim.x) row[j] = narrow<Elem>(0.0f);
+    if (threadIdx.x == 0) {
+      losses[n] = 0.0f;
+      if (correct != nullptr) correct[n] = 0.0f;
+    }
+    return;
+  }
   const float target_logit = widen(row[target]);  // read by every thread before any write below
 
   ArgMax best{-INFINITY, INT_MAX};
@@ -143,6 +156,10 @@ __global__ void crossentropy_backward_partial_kernel(Elem* logits, const float* 
   Elem* row = logits + n * Vp;
   const float max_val = row_max[n];
   const int target = targets[n];
+  if (target == kIgnoredTarget) {  // an ignored row: the same branch in every thread
+    for (int j = threadIdx.x; j < Vp; j += blockDim.x) row[j] = narrow<Elem>(0.0f);
+    return;
+  }
   const float factor = float(double(dloss_scale) / double(sum_exp[n]));
   for (int j = threadIdx.x; j < V; j += blockDim.x) {
     float g = expf(widen(row[j]) - max_val) * factor;
