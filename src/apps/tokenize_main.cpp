@@ -2,7 +2,8 @@
 //   triad-tokenize encode --vocab FILE            text (bytes) on stdin -> ids, one per line
 //   triad-tokenize decode --vocab FILE            ids (whitespace-separated) on stdin -> bytes
 //   triad-tokenize shards --vocab FILE --out DIR [--prefix NAME] [--val-fraction F]
-//                         [--shard-tokens N] [--threads N] [--jsonl [--field NAME]] FILE...
+//                         [--shard-tokens N] [--threads N] [--jsonl [--field NAME]]
+//                         [--chat FORMAT|auto] FILE...
 // Every error: one line "triad-tokenize: error: ..." on stderr and exit code 1.
 #include <mpi.h>
 
@@ -40,7 +41,10 @@ constexpr const char* kUsage =
     "                          document start, GPT-2's <|endoftext|>, before each) into llm.c\n"
     "                          token shards DIR/NAME_{train,val}_NNNNNN.bin (uint16 ids, or\n"
     "                          uint32 for a vocabulary above 65536); --jsonl [--field NAME]:\n"
-    "                          JSON Lines files, each line's text field a document\n"
+    "                          JSON Lines files, each line's text field a document;\n"
+    "                          --chat FORMAT|auto [--field NAME]: JSON Lines conversations\n"
+    "                          (\"messages\": [{\"role\": ..., \"content\": ...}]) in a chat\n"
+    "                          format, with loss masks (.mask) counting the replies only\n"
     "  chat --vocab FILE [--format NAME] [--system TEXT]\n"
     "                          read a user message on stdin, write the ids of a chat prompt\n"
     "                          (mistral_v1, mistral_v3, mistral_v7, llama3; default: the\n"
@@ -179,7 +183,7 @@ int cmd_shards(const std::vector<std::string>& args) {
   std::vector<std::string> files;
   triad::ShardWriterOptions o;
   bool jsonl = false;
-  std::string field;
+  std::string field, chat;
   desc.add_options()("vocab", po::value(&vocab)->required(),
                      "ranks file (gpt2.tiktoken) or tokenizer description")(
       "out", po::value(&o.out_dir)->required(), "output directory (created if needed)")(
@@ -193,7 +197,12 @@ int cmd_shards(const std::vector<std::string>& args) {
       "jsonl", po::bool_switch(&jsonl),
       "the files are JSON Lines: each line an object whose --field is a document")(
       "field", po::value(&field)->default_value("text"),
-      "with --jsonl: the field holding each document's text");
+      "with --jsonl: the field holding each document's text; with --chat: the field holding "
+      "each conversation's messages (default messages)")(
+      "chat", po::value(&chat),
+      "the files are JSON Lines conversations, encoded in this chat format (mistral_v1, "
+      "mistral_v3, mistral_v7, llama3, or auto: the tokenizer description's); a loss mask "
+      "beside each shard counts the assistant replies (data.loss_mask)");
   po::options_description hidden;
   hidden.add_options()("input", po::value(&files),
                        "text files, one document each (JSON Lines files with --jsonl)");
@@ -202,26 +211,38 @@ int cmd_shards(const std::vector<std::string>& args) {
   po::variables_map vm;
   if (!parse("shards", args, desc, &hidden, &pos, vm)) return 0;
   TRIAD_CHECK(!files.empty(), "shards: no input files given (see 'triad-tokenize shards --help')");
-  TRIAD_CHECK(jsonl || vm["field"].defaulted(), "shards: --field applies to --jsonl input only");
+  const bool chats = vm.count("chat") > 0;
+  TRIAD_CHECK(jsonl || chats || vm["field"].defaulted(),
+              "shards: --field applies to --jsonl or --chat input only");
+  TRIAD_CHECK(!(jsonl && chats), "shards: --chat reads JSON Lines conversations; drop --jsonl");
   TRIAD_CHECK(!field.empty(), "shards: --field must name a field");
-  if (jsonl) o.jsonl_field = field;
+  if (chats && vm["field"].defaulted()) field = "messages";
+  if (jsonl || chats) o.jsonl_field = field;
   o.progress = &std::cerr;  // a corpus larger than one batch reports each
   const auto tok = triad::Tokenizer::from_file(vocab);
+  if (chats) o.chat = triad::resolve_chat_format(tok, chat, "--chat");
   const triad::ShardSummary s = triad::write_shards(tok, files, o);
   std::ostringstream os;
   os.setf(std::ios::fixed);
   os.precision(2);
   const double secs = std::max(s.encode_seconds, 1e-9);
-  os << "documents:    " << s.documents << " (" << double(s.bytes) / 1e6 << " MB)\n"
-     << "tokens:       " << s.tokens << " (" << tok.token_bytes(tok.document_start())
-     << " before each document; uint" << 8 * s.token_bytes << " shards)\n"
-     << "train:        " << s.train_tokens << " tokens in " << s.train_files.size()
+  if (o.chat) {
+    os << "conversations: " << s.documents << " (" << double(s.bytes) / 1e6 << " MB)\n"
+       << "tokens:       " << s.tokens << " (" << triad::chat_format_name(*o.chat)
+       << " format; uint" << 8 * s.token_bytes << " shards), " << s.counted
+       << " of them counted by the loss masks (the replies)\n";
+  } else {
+    os << "documents:    " << s.documents << " (" << double(s.bytes) / 1e6 << " MB)\n"
+       << "tokens:       " << s.tokens << " (" << tok.token_bytes(tok.document_start())
+       << " before each document; uint" << 8 * s.token_bytes << " shards)\n";
+  }
+  os << "train:        " << s.train_tokens << " tokens in " << s.train_files.size()
      << " shard(s)\n";
   for (const auto& f : s.train_files) os << "              " << f << "\n";
   os << "val:          " << s.val_tokens << " tokens in " << s.val_files.size() << " shard(s)\n";
   for (const auto& f : s.val_files) os << "              " << f << "\n";
   if (!s.removed_files.empty()) {
-    os << "removed:      " << s.removed_files.size() << " stale shard(s) of an earlier run\n";
+    os << "removed:      " << s.removed_files.size() << " stale shard(s) or mask(s) of an earlier run\n";
     for (const auto& f : s.removed_files) os << "              " << f << "\n";
   }
   os << "speed:        " << double(s.tokens) / secs / 1e6 << " M tokens/s, "

@@ -41,62 +41,124 @@ ChatFormat resolve_chat_format(const Tokenizer& tokenizer, std::string_view name
   return *f;
 }
 
-std::vector<int32_t> chat_prompt(const Tokenizer& tokenizer, ChatFormat format,
-                                 std::string_view system, std::string_view user) {
+namespace {
+
+// Checks the order of roles: [system] user assistant user assistant ... ending with `last`.
+void check_turns(std::span<const ChatMessage> messages, std::string_view last) {
+  TRIAD_CHECK(!messages.empty(), "a conversation without messages");
+  size_t i = messages[0].role == "system" ? 1 : 0;
+  for (size_t k = 0; k < messages.size(); ++k) {
+    const std::string& role = messages[k].role;
+    TRIAD_CHECK(role == "system" || role == "user" || role == "assistant", "message ", k + 1,
+                ": role '", role, "' (expected system, user or assistant)");
+    if (k < i) continue;
+    const char* want = (k - i) % 2 == 0 ? "user" : "assistant";
+    TRIAD_CHECK(role == want, "message ", k + 1, ": role '", role, "' where the ", want,
+                "'s turn is (an optional system message, then user and assistant in turn)");
+    if (role == "assistant")
+      TRIAD_CHECK(!messages[k].content.empty(), "message ", k + 1, ": an empty assistant reply");
+  }
+  TRIAD_CHECK(messages.size() > i && messages.back().role == last, "the conversation ends with a ",
+              messages.size() > i ? messages.back().role : "system", " message, not ",
+              last == "user" ? "a user message" : "an assistant reply");
+}
+
+// The messages' ids and counts (see the header); `prompt`: the messages end with the user's and
+// the ids with the opening of the reply, as a model is prompted.
+ChatExample encode_chat(const Tokenizer& tokenizer, ChatFormat format,
+                        std::span<const ChatMessage> messages, bool prompt) {
+  check_turns(messages, prompt ? "user" : "assistant");
   auto special = [&](std::string_view text) {
     const int32_t id = tokenizer.special_id(text);
     TRIAD_CHECK(id >= 0, "chat format ", chat_format_name(format), ": the tokenizer (",
                 tokenizer.path(), ") has no special token ", text);
     return id;
   };
-  std::vector<int32_t> ids;
-  auto text = [&](std::string_view s) { tokenizer.encode_append(s, ids); };
-  // Mistral's formats before v7 put the system message before the user's.
-  std::string content(user);
-  if (!system.empty()) content = std::string(system) + "\n\n" + std::string(user);
+  ChatExample ex;
+  auto put = [&](int32_t id, bool counted = false) {
+    ex.ids.push_back(id);
+    ex.counts.push_back(counted ? 1 : 0);
+  };
+  auto text = [&](std::string_view s, bool counted = false) {
+    tokenizer.encode_append(s, ex.ids);
+    ex.counts.resize(ex.ids.size(), counted ? 1 : 0);
+  };
+  const bool has_system = messages[0].role == "system";
+  const std::string_view system = has_system ? std::string_view(messages[0].content) : "";
+  size_t first_user = has_system ? 1 : 0, last_user = first_user;
+  for (size_t k = first_user; k < messages.size(); ++k)
+    if (messages[k].role == "user") last_user = k;
+  auto with_system = [&](size_t k) {  // Mistral's v1 and v3: the system text before a user's
+    const size_t at = format == ChatFormat::mistral_v1 ? first_user : last_user;
+    return k == at && !system.empty() ? std::string(system) + "\n\n" + messages[k].content
+                                      : messages[k].content;
+  };
+  auto reply = [&](const std::string& s) {  // v3 and later drop the trailing spaces
+    if (format == ChatFormat::mistral_v1) return std::string_view(s);
+    const size_t end = s.find_last_not_of(' ');
+    return std::string_view(s).substr(0, end == std::string::npos ? 0 : end + 1);
+  };
   switch (format) {
     case ChatFormat::mistral_v1:
-      ids.push_back(special("<s>"));
-      text("[INST] " + content + " [/INST]");
-      break;
     case ChatFormat::mistral_v3:
-      ids.push_back(special("<s>"));
-      ids.push_back(special("[INST]"));
-      text(content);
-      ids.push_back(special("[/INST]"));
-      break;
     case ChatFormat::mistral_v7:
-      ids.push_back(special("<s>"));
-      if (!system.empty()) {
-        ids.push_back(special("[SYSTEM_PROMPT]"));
-        text(system);
-        ids.push_back(special("[/SYSTEM_PROMPT]"));
+      put(special("<s>"));
+      for (size_t k = 0; k < messages.size(); ++k) {
+        const ChatMessage& m = messages[k];
+        if (m.role == "system") {
+          if (format != ChatFormat::mistral_v7 || system.empty()) continue;
+          put(special("[SYSTEM_PROMPT]"));
+          text(m.content);
+          put(special("[/SYSTEM_PROMPT]"));
+        } else if (m.role == "user") {
+          if (format == ChatFormat::mistral_v1) {
+            text("[INST] " + with_system(k) + " [/INST]");
+          } else {
+            put(special("[INST]"));
+            text(format == ChatFormat::mistral_v7 ? m.content : with_system(k));
+            put(special("[/INST]"));
+          }
+        } else {
+          text(reply(m.content), true);
+          put(special("</s>"), true);
+        }
       }
-      ids.push_back(special("[INST]"));
-      text(user);
-      ids.push_back(special("[/INST]"));
       break;
     case ChatFormat::llama3: {
       auto header = [&](std::string_view role) {
-        ids.push_back(special("<|start_header_id|>"));
+        put(special("<|start_header_id|>"));
         text(role);
-        ids.push_back(special("<|end_header_id|>"));
+        put(special("<|end_header_id|>"));
         text("\n\n");
       };
-      ids.push_back(special("<|begin_of_text|>"));
-      if (!system.empty()) {
-        header("system");
-        text(system);
-        ids.push_back(special("<|eot_id|>"));
+      put(special("<|begin_of_text|>"));
+      for (const ChatMessage& m : messages) {
+        if (m.role == "system" && m.content.empty()) continue;
+        const bool counted = m.role == "assistant";
+        header(m.role);
+        text(m.content, counted);
+        put(special("<|eot_id|>"), counted);
       }
-      header("user");
-      text(user);
-      ids.push_back(special("<|eot_id|>"));
-      header("assistant");
+      if (prompt) header("assistant");
       break;
     }
   }
-  return ids;
+  return ex;
+}
+
+}  // namespace
+
+std::vector<int32_t> chat_prompt(const Tokenizer& tokenizer, ChatFormat format,
+                                 std::string_view system, std::string_view user) {
+  std::vector<ChatMessage> messages;
+  if (!system.empty()) messages.push_back({"system", std::string(system)});
+  messages.push_back({"user", std::string(user)});
+  return encode_chat(tokenizer, format, messages, /*prompt=*/true).ids;
+}
+
+ChatExample chat_example(const Tokenizer& tokenizer, ChatFormat format,
+                         std::span<const ChatMessage> messages) {
+  return encode_chat(tokenizer, format, messages, /*prompt=*/false);
 }
 
 }  // namespace triad

@@ -19,48 +19,67 @@ class LineParser {
 
   // The object's `field` value (set has_value), checking the whole line.
   void parse_object_line(std::string_view field, std::string& value, bool& has_value) {
-    skip_space();
-    if (at_end() || s_[i_] != '{') fail_here("expected a JSON object ('{')");
-    ++i_;
-    skip_space();
-    if (peek('}')) {
+    parse_line([&](const std::string& key) {
+      if (key != field) return false;
+      if (!peek('"')) {
+        if (at_end()) fail_here("expected a value");
+        fail(std::string("field \"") + std::string(field) + "\" is not a string");
+      }
+      value.clear();
+      parse_string(&value);
+      has_value = true;
+      return true;
+    });
+  }
+
+  // The object's `field` array of messages (set has_value), checking the whole line.
+  void parse_conversation_line(std::string_view field, std::vector<ChatMessage>& messages,
+                               bool& has_value) {
+    parse_line([&](const std::string& key) {
+      if (key != field) return false;
+      if (!peek('[')) {
+        if (at_end()) fail_here("expected a value");
+        fail(std::string("field \"") + std::string(field) + "\" is not an array of messages");
+      }
+      messages.clear();
+      has_value = true;
       ++i_;
-    } else {
-      std::string key;
+      skip_space();
+      if (peek(']')) {
+        ++i_;
+        return true;
+      }
       for (;;) {
         skip_space();
-        if (!peek('"')) fail_here("expected a field name in double quotes");
-        key.clear();
-        parse_string(&key);
-        skip_space();
-        if (!peek(':')) fail_here("expected ':' after a field name");
-        ++i_;
-        skip_space();
-        if (key == field) {
-          if (!peek('"')) {
-            if (at_end()) fail_here("expected a value");
-            fail(std::string("field \"") + std::string(field) + "\" is not a string");
-          }
-          value.clear();
-          parse_string(&value);
-          has_value = true;
-        } else {
-          skip_value(1);
-        }
+        if (!peek('{')) fail_here("expected a message object ('{')");
+        ChatMessage m;
+        bool has_role = false, has_content = false;
+        const size_t n = messages.size() + 1;
+        parse_object(2, [&](const std::string& k) {
+          std::string* out = k == "role" ? &m.role : k == "content" ? &m.content : nullptr;
+          if (out == nullptr) return false;
+          if (!peek('"'))
+            fail("message " + std::to_string(n) + ": \"" + k + "\" is not a string");
+          out->clear();
+          parse_string(out);
+          (k == "role" ? has_role : has_content) = true;
+          return true;
+        });
+        if (!has_role) fail("message " + std::to_string(n) + " has no \"role\"");
+        if (!has_content) fail("message " + std::to_string(n) + " has no \"content\"");
+        messages.push_back(std::move(m));
         skip_space();
         if (peek(',')) {
           ++i_;
           continue;
         }
-        if (peek('}')) {
+        if (peek(']')) {
           ++i_;
-          break;
+          return true;
         }
-        fail_here("expected ',' or '}' after a value");
+        fail_here("expected ',' or ']' after a message");
       }
-    }
-    skip_space();
-    if (!at_end()) fail_here("unexpected text after the object");
+    });
   }
 
  private:
@@ -68,6 +87,50 @@ class LineParser {
   bool peek(char c) const { return i_ < s_.size() && s_[i_] == c; }
   void skip_space() {
     while (i_ < s_.size() && (s_[i_] == ' ' || s_[i_] == '\t' || s_[i_] == '\r')) ++i_;
+  }
+  // A whole line holding one object; on_field(key) parses the value of a field it wants (the
+  // parser at the value) and returns true, or returns false to have it checked and skipped.
+  template <class OnField>
+  void parse_line(OnField&& on_field) {
+    skip_space();
+    if (at_end() || s_[i_] != '{') fail_here("expected a JSON object ('{')");
+    parse_object(1, on_field);
+    skip_space();
+    if (!at_end()) fail_here("unexpected text after the object");
+  }
+
+  // An object at s_[i_] == '{', nested `depth` deep.
+  template <class OnField>
+  void parse_object(int depth, OnField&& on_field) {
+    if (depth > kMaxDepth) fail("nested deeper than 512 levels");
+    ++i_;
+    skip_space();
+    if (peek('}')) {
+      ++i_;
+      return;
+    }
+    std::string key;
+    for (;;) {
+      skip_space();
+      if (!peek('"')) fail_here("expected a field name in double quotes");
+      key.clear();
+      parse_string(&key);
+      skip_space();
+      if (!peek(':')) fail_here("expected ':' after a field name");
+      ++i_;
+      skip_space();
+      if (!on_field(key)) skip_value(depth + 1);
+      skip_space();
+      if (peek(',')) {
+        ++i_;
+        continue;
+      }
+      if (peek('}')) {
+        ++i_;
+        return;
+      }
+      fail_here("expected ',' or '}' after a value");
+    }
   }
   [[noreturn]] void fail(const std::string& what) const {
     triad::fail(where_, ", line ", line_no_, ": ", what);
@@ -264,6 +327,29 @@ std::vector<std::string> json_lines_documents(std::string_view text, std::string
     docs.push_back(std::move(value));
   }
   return docs;
+}
+
+std::vector<JsonConversation> json_lines_conversations(std::string_view text,
+                                                       std::string_view field,
+                                                       const std::string& where) {
+  std::vector<JsonConversation> out;
+  int64_t line_no = 0;
+  for (size_t pos = 0; pos < text.size();) {
+    size_t nl = text.find('\n', pos);
+    if (nl == std::string_view::npos) nl = text.size();
+    std::string_view line = text.substr(pos, nl - pos);
+    pos = nl + 1;
+    ++line_no;
+    if (line.find_first_not_of(" \t\r") == std::string_view::npos) continue;
+    LineParser p(line, where, line_no);
+    JsonConversation c;
+    c.line = line_no;
+    bool has_value = false;
+    p.parse_conversation_line(field, c.messages, has_value);
+    TRIAD_CHECK(has_value, where, ", line ", line_no, ": no \"", field, "\" field");
+    out.push_back(std::move(c));
+  }
+  return out;
 }
 
 }  // namespace triad

@@ -219,10 +219,53 @@ std::vector<T> tokenize_stream(const Tokenizer& tokenizer, const std::vector<std
   return stream;
 }
 
+// The stream of a chat corpus (ShardWriterOptions::chat) and its loss mask, file by file, the
+// conversations of a file encoded in parallel.
+template <typename T>
+std::vector<T> chat_stream(const Tokenizer& tokenizer, const std::vector<std::string>& files,
+                           const ShardWriterOptions& o, ShardSummary* summary,
+                           std::vector<uint8_t>& mask) {
+  const auto t0 = Clock::now();
+  const int threads = resolve_threads(o.threads);
+  std::vector<T> stream;
+  int64_t bytes = 0, documents = 0, counted = 0;
+  for (const auto& f : files) {
+    const std::string where = "input file " + f;
+    const std::string text = read_file(f);
+    bytes += int64_t(text.size());
+    const std::vector<JsonConversation> convs = json_lines_conversations(text, o.jsonl_field, where);
+    std::vector<ChatExample> examples(convs.size());
+    parallel_for(convs.size(), threads, [&](size_t i) {
+      try {
+        examples[i] = chat_example(tokenizer, *o.chat, convs[i].messages);
+      } catch (const Error& e) {
+        fail(where, ", line ", convs[i].line, ": ", e.what());
+      }
+    });
+    for (const ChatExample& ex : examples) {
+      for (const int32_t id : ex.ids) stream.push_back(T(id));
+      mask.insert(mask.end(), ex.counts.begin(), ex.counts.end());
+      for (const uint8_t c : ex.counts) counted += c;
+    }
+    documents += int64_t(examples.size());
+  }
+  if (summary) {
+    summary->documents = documents;
+    summary->bytes = bytes;
+    summary->tokens = int64_t(stream.size());
+    summary->counted = counted;
+    summary->encode_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    summary->threads = threads;
+  }
+  return stream;
+}
+
 // Cuts the token stream into the validation split (its last val_fraction) and the training split
 // and writes each as shards of at most shard_tokens, recording them in s.
+// With a mask (chat), each shard's slice of it goes beside the shard.
 template <typename T>
-void write_stream(const std::vector<T>& stream, const ShardWriterOptions& o, ShardSummary& s) {
+void write_stream(const std::vector<T>& stream, const ShardWriterOptions& o, ShardSummary& s,
+                  const std::vector<uint8_t>* mask = nullptr) {
   const auto total = int64_t(stream.size());
   s.val_tokens = std::llround(o.val_fraction * double(total));
   s.train_tokens = total - s.val_tokens;
@@ -241,6 +284,9 @@ void write_stream(const std::vector<T>& stream, const ShardWriterOptions& o, Sha
       const int64_t n = std::min(o.shard_tokens, count - off);
       written.push_back(shard_name(o, split, size_t(i)));
       write_token_shard(written.back(), std::span<const T>(stream.data() + begin + off, size_t(n)));
+      if (mask)
+        write_loss_mask(loss_mask_path(written.back()),
+                        std::span<const uint8_t>(mask->data() + begin + off, size_t(n)));
     }
   };
   write_split("train", 0, s.train_tokens, s.train_files);
@@ -270,13 +316,22 @@ ShardSummary write_shards(const Tokenizer& tokenizer, const std::vector<std::str
   TRIAD_CHECK(o.shard_tokens >= 1 && o.shard_tokens <= INT32_MAX,
               "--shard-tokens must be in [1, 2147483647], got ", o.shard_tokens);
 
+  TRIAD_CHECK(!o.chat || !o.jsonl_field.empty(), "chat input needs the field of its messages");
+
   ShardSummary s;
   // GPT-2's uint16 format where every id fits, else the uint32 one; the stream is held so.
   s.token_bytes = tokenizer.vocab_size() <= 65536 ? 2 : 4;
-  if (s.token_bytes == 2)
+  if (o.chat) {
+    std::vector<uint8_t> mask;
+    if (s.token_bytes == 2)
+      write_stream(chat_stream<uint16_t>(tokenizer, files, o, &s, mask), o, s, &mask);
+    else
+      write_stream(chat_stream<uint32_t>(tokenizer, files, o, &s, mask), o, s, &mask);
+  } else if (s.token_bytes == 2) {
     write_stream(tokenize_stream<uint16_t>(tokenizer, files, o, &s), o, s);
-  else
+  } else {
     write_stream(tokenize_stream<uint32_t>(tokenizer, files, o, &s), o, s);
+  }
 
   // Remove shards of an earlier run with this prefix that this run did not write.
   std::error_code ec;
@@ -287,6 +342,12 @@ ShardSummary write_shards(const Tokenizer& tokenizer, const std::vector<std::str
   for (const auto& entry : fs::directory_iterator(o.out_dir, ec)) {
     const std::string name = entry.path().filename().string();
     if (is_shard_name(name, o.prefix) && !written.count(name))
+      stale.push_back(entry.path().string());
+    // A mask beside a shard of this prefix that this run wrote none for (a stale shard's, or a
+    // chat run's before a plain one): the loader would read it with the new tokens.
+    const std::string shard = name.size() > 5 ? name.substr(0, name.size() - 5) : "";
+    if (name.ends_with(".mask") && is_shard_name(shard, o.prefix) &&
+        (!o.chat || !written.count(shard)))
       stale.push_back(entry.path().string());
   }
   std::sort(stale.begin(), stale.end());

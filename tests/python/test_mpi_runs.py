@@ -102,6 +102,39 @@ def test_preemption_on_one_rank_stops_all_and_resumes_bit_exactly(tmp_path, n, g
         assert np.array_equal(w1[k], w2[k]), k
 
 
+def test_loss_masks_give_the_same_curve_on_every_grid(tmp_path):
+    """Loss masks on tensor (the vocabulary-parallel loss), pipeline, data (ZeRO-1) and 2 x 2
+    grids: the one-rank curve within fp32 rounding (its values against PyTorch:
+    test_reference_model.py). Half the targets masked, in runs, shuffled data."""
+    cfg = tiny_config(tmp_path, name="one", train__steps=8, eval__every=4)
+    rng = np.random.default_rng(3)
+    for shard in sorted((tmp_path / "data").glob("*.bin")):
+        n = int(np.frombuffer(shard.read_bytes()[:12], dtype="<i4")[2])
+        mask = np.repeat(rng.integers(0, 2, n // 7 + 1), 7)[:n].astype(np.uint8)
+        header = np.zeros(256, dtype="<i4")
+        header[:3] = (20261130, 1, n)
+        (shard.parent / (shard.name + ".mask")).write_bytes(header.tobytes() + mask.tobytes())
+    common = ["--data.loss_mask", "require", "--eval.every", 4, "--checkpoint.every", 0]
+    p = run(1, "--config", cfg, *common)
+    assert p.returncode == 0, p.stderr
+    assert "3 shard(s) with loss masks" not in p.stdout  # the train shards: 2
+    assert "2 shard(s) with loss masks" in p.stdout, p.stdout
+    want = metrics(tmp_path / "runs" / "one")[1]
+    with h5py.File(tmp_path / "runs" / "one" / "metrics.h5", "r") as f:
+        want_val = f["val/loss"][:]
+    for name, n, grid in [("tp", 2, ["--parallel.tp", 2]),
+                          ("pp", 2, ["--parallel.pp", 2, "--train.micro_batch_size", 2]),
+                          ("dp", 2, ["--parallel.zero", 1]),
+                          ("tppp", 4, ["--parallel.tp", 2, "--parallel.pp", 2,
+                                       "--train.micro_batch_size", 2])]:
+        p = run(n, "--config", cfg, *common, *grid, "--run.name", name)
+        assert p.returncode == 0, (name, p.stderr)
+        got = metrics(tmp_path / "runs" / name)[1]
+        np.testing.assert_allclose(got, want, rtol=2e-6, err_msg=name)
+        with h5py.File(tmp_path / "runs" / name / "metrics.h5", "r") as f:
+            np.testing.assert_allclose(f["val/loss"][:], want_val, rtol=2e-6, err_msg=name)
+
+
 def test_rank_killed_during_checkpoint_leaves_previous_one_loadable(tmp_path):
     # A model whose checkpoint takes long enough to be caught in the middle of writing.
     cfg = tiny_config(tmp_path, name="kill", model__n_embd=256, model__n_head=4,

@@ -61,7 +61,7 @@ def test_documents_match_json_and_tiktoken(tmp_path, gpt2):
     assert read_shard(out / "tokens_train_000000.bin") == [EOT] + gpt2.encode_ordinary(
         "Hello world")
     # --field without --jsonl, and an empty one, are refused.
-    for args, message in [(["--field", "body"], "--field applies to --jsonl input only"),
+    for args, message in [(["--field", "body"], "--field applies to --jsonl or --chat input only"),
                           (["--jsonl", "--field", ""], "--field must name a field")]:
         p = subprocess.run([exe("triad-tokenize"), "shards", "--vocab", str(VOCAB), "--out",
                             str(out), *args, str(f)], capture_output=True, text=True, env=ENV,

@@ -12,10 +12,19 @@
 //   llama3      <|begin_of_text|> then per message <|start_header_id|>{role}<|end_header_id|>
 //               "\n\n" {text} <|eot_id|>, and the assistant's header (Llama 3 Instruct)
 // as mistral_common's and Meta's reference encoders write them (tests/python compares).
+//
+// Whole conversations (chat_example, for fine-tuning: `triad-tokenize shards --chat`) follow the
+// same encoders' training form (mistral_common's encode_instruct, Meta's encode_message per
+// message): each assistant reply is its text and the end token (</s>; <|eot_id|>) after its
+// user turn; mistral_v1 puts the system message before the first user message, mistral_v3 before
+// the last (as mistral_common does); v3 and v7 drop a reply's trailing spaces. The loss counts
+// the replies and their end tokens, not the prompts, headers or system text.
 #pragma once
 
 #include <cstdint>
 #include <optional>
+#include <span>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -37,5 +46,23 @@ ChatFormat resolve_chat_format(const Tokenizer& tokenizer, std::string_view name
 // special token the tokenizer lacks.
 std::vector<int32_t> chat_prompt(const Tokenizer& tokenizer, ChatFormat format,
                                  std::string_view system, std::string_view user);
+
+struct ChatMessage {
+  std::string role;  // system | user | assistant
+  std::string content;
+};
+
+// A conversation's ids and, for each, whether the loss counts it as a target (1: a token of an
+// assistant reply or its end token; 0: everything else).
+struct ChatExample {
+  std::vector<int32_t> ids;
+  std::vector<uint8_t> counts;
+};
+
+// The conversation: an optional system message first, then user and assistant messages taking
+// turns, from a user message to an assistant reply (non-empty). Throws triad::Error naming the
+// message (1-based) that breaks this, or the special token the tokenizer lacks.
+ChatExample chat_example(const Tokenizer& tokenizer, ChatFormat format,
+                         std::span<const ChatMessage> messages);
 
 }  // namespace triad

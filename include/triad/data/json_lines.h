@@ -7,6 +7,8 @@
 #include <string_view>
 #include <vector>
 
+#include "triad/data/chat_format.h"
+
 namespace triad {
 
 // The value of `field` in each non-blank line of text (lines end at "\n", a "\r" before it
@@ -17,5 +19,17 @@ namespace triad {
 // deep), a lone surrogate escape, or a missing or non-string field.
 std::vector<std::string> json_lines_documents(std::string_view text, std::string_view field,
                                               const std::string& where);
+
+// Conversations (`triad-tokenize shards --chat`): in each non-blank line, `field` holds an array
+// of message objects, each with string "role" and "content" fields (others are skipped), as
+// chat datasets export them ({"messages": [{"role": "user", "content": "..."}, ...]}). The same
+// strictness as above; a message without a string role or content is refused, naming the line.
+struct JsonConversation {
+  int64_t line = 0;  // 1-based, for errors about the conversation
+  std::vector<ChatMessage> messages;
+};
+std::vector<JsonConversation> json_lines_conversations(std::string_view text,
+                                                       std::string_view field,
+                                                       const std::string& where);
 
 }  // namespace triad

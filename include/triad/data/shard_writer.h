@@ -23,6 +23,12 @@
 // files of an earlier run with the same prefix and split that this run did not write (e.g.
 // <prefix>_train_000007.bin) are removed, so that the loader's globs see this run only.
 //
+// Chat (chat set): the files are JSON Lines of conversations (jsonl_field: the array of
+// messages, json_lines.h), each encoded by chat_example in the format given (chat_format.h), its
+// own begin token first (no document_start added); beside each shard goes its loss mask,
+// <shard>.mask (token_shard.h), counting the assistant replies only. Without chat, masks of
+// earlier runs beside this prefix's shards are removed.
+//
 // Threads: large files are cut into chunks of about chunk_bytes at positions where the
 // encoding is known not to change (Tokenizer::cut_is_safe: an ASCII non-space byte followed by
 // an ASCII space byte), chunks are encoded in parallel, and results are joined in order: the
@@ -32,11 +38,13 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <ostream>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "triad/data/chat_format.h"
 #include "triad/data/tokenizer.h"
 
 namespace triad {
@@ -49,6 +57,7 @@ struct ShardWriterOptions {
   int threads = 0;                     // 0: std::thread::hardware_concurrency()
   size_t chunk_bytes = size_t(1) << 20;
   std::string jsonl_field;  // non-empty: the files are JSON Lines, documents this field's values
+  std::optional<ChatFormat> chat;  // conversations in jsonl_field, written with loss masks
   // Files are read and encoded in batches of about this many bytes (bounding the text in memory);
   // with more than one batch, a progress line per batch goes to *progress (if not null): bytes
   // and share done, documents, tokens, MB/s and the time left.
@@ -57,7 +66,8 @@ struct ShardWriterOptions {
 };
 
 struct ShardSummary {
-  int64_t documents = 0;
+  int64_t documents = 0;  // conversations with chat
+  int64_t counted = 0;    // with chat: the targets the masks count (reply tokens)
   int64_t bytes = 0;    // input bytes (of the files, JSON Lines included)
   int64_t tokens = 0;   // all tokens, document separators included
   int token_bytes = 2;  // of the shards written: 2 (uint16) or 4 (uint32)

@@ -1,0 +1,215 @@
+"""`triad-tokenize shards --chat`: JSON Lines conversations to token shards and loss masks,
+against the reference encoders' training form — mistral_common's encode_instruct for Mistral's
+v1, v3 and v7 SentencePiece tokenizers and its Tekken one, Meta's encode_message (llama_models)
+for Llama 3 — with the mask counting exactly the tokens each reference emits for the assistant
+replies (mistral_common's encode_assistant_message; Meta's message after its header). Then a
+fine-tuning run on such shards, and the refusals."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from test_chat_format import VOCAB, convert, need
+from triad_run import ENV, assert_clean_error, exe, run, tiny_config, train
+
+CONVERSATIONS = [
+    [("user", "Hello world"), ("assistant", "Hi! How can I help?")],
+    [("system", "Be brief."), ("user", "Name a colour."), ("assistant", "Blue."),
+     ("user", "Another?"), ("assistant", "Green.  ")],  # trailing spaces: v3+ drop them
+    [("user", "  two leading spaces"), ("assistant", " a leading space"),
+     ("user", "Ünïcödé 漢字 🙂"), ("assistant", "lines\n\nand\ttabs"),
+     ("user", "[INST] not a token [/INST] <s>"), ("assistant", "x")],
+    [("system", "Answer in French.\nAlways."), ("user", "Hi"), ("assistant", "Bonjour")],
+]
+
+
+def write_jsonl(path, conversations, field="messages"):
+    with open(path, "w", encoding="utf-8") as f:
+        for conv in conversations:
+            f.write(json.dumps({"id": 1, field: [{"role": r, "content": c} for r, c in conv]},
+                               ensure_ascii=False) + "\n")
+
+
+def read_ids_and_mask(path):
+    head = np.fromfile(path, dtype="<i4", count=256)
+    ids = np.fromfile(path, dtype="<u2" if head[0] == 20240520 else "<u4", offset=1024)
+    mhead = np.fromfile(str(path) + ".mask", dtype="<i4", count=256)
+    assert list(mhead[:3]) == [20261130, 1, ids.size]
+    mask = np.fromfile(str(path) + ".mask", dtype=np.uint8, offset=1024)
+    assert mask.size == ids.size
+    return ids.tolist(), mask.tolist()
+
+
+def shards(desc, jsonl, out, *flags):
+    p = run([str(a) for a in (exe("triad-tokenize"), "shards", "--vocab", desc, "--out", out,
+                              "--val-fraction", 0, *flags, jsonl)], timeout=300)
+    assert p.returncode == 0, p.stderr
+    return p
+
+
+def mistral_reference(tok, version, conv):
+    """(ids, counts) by mistral_common's instruct tokenizer, message by message as its
+    encode_instruct goes (which the ids are checked against)."""
+    from mistral_common.protocol.instruct.messages import (AssistantMessage, SystemMessage,
+                                                           UserMessage)
+    from mistral_common.tokens.instruct.request import InstructRequest
+    it = tok.instruct_tokenizer
+    system = next((c for r, c in conv if r == "system"), None)
+    turns = [UserMessage(content=c) if r == "user" else AssistantMessage(content=c)
+             for r, c in conv if r != "system"]
+    messages = ([SystemMessage(content=system)] if version == "v7" and system else []) + turns
+    request = InstructRequest(messages=messages,
+                              system_prompt=None if version == "v7" else system)
+    want = it.encode_instruct(request).tokens
+    users = [i for i, m in enumerate(messages) if isinstance(m, UserMessage)]
+    ids, counts = list(it.start()), [0] * len(it.start())
+    for i, m in enumerate(messages):
+        if isinstance(m, UserMessage):
+            t, _ = it.encode_user_message(m, None, i == users[-1], i == users[0],
+                                          system_prompt=request.system_prompt)
+        elif isinstance(m, AssistantMessage):
+            t = it.encode_assistant_message(m, False)
+        else:
+            t = it.encode_system_message(m)
+        ids += t
+        counts += [1 if isinstance(m, AssistantMessage) else 0] * len(t)
+    assert ids == want  # the walk above is encode_instruct's
+    return ids, counts
+
+
+@pytest.mark.parametrize("name,file,flag,fmt", [
+    ("v1", "mistral-v1.model", "--sentencepiece", "mistral_v1"),
+    ("v3", "mistral-v3.model", "--sentencepiece", "auto"),
+    ("v7", "mistral-v7.model", "--sentencepiece", "auto"),
+    ("tekken", "tekken.json", "--tekken", "auto"),
+])
+def test_mistral_conversations_match_mistral_common(tmp_path, name, file, flag, fmt):
+    mc = pytest.importorskip("mistral_common.tokens.tokenizers.mistral")
+    need(VOCAB / file)
+    ref_file = tmp_path / ({"v1": "tokenizer.model.v1", "v3": "tokenizer.model.v3",
+                            "v7": "tokenizer.model.v7", "tekken": "tekken.json"}[name])
+    shutil.copy(VOCAB / file, ref_file)
+    ref = mc.MistralTokenizer.from_file(str(ref_file))
+    desc = convert(VOCAB / file, tmp_path / "tok", flag)
+    write_jsonl(tmp_path / "chat.jsonl", CONVERSATIONS)
+    p = shards(desc, tmp_path / "chat.jsonl", tmp_path / "out", "--chat", fmt)
+    assert "conversations: 4" in p.stdout, p.stdout
+    ids, mask = read_ids_and_mask(tmp_path / "out" / "tokens_train_000000.bin")
+    want_ids, want_mask = [], []
+    version = "v7" if name == "v7" else "v3" if name in ("v3", "tekken") else "v1"
+    for conv in CONVERSATIONS:
+        i, c = mistral_reference(ref, version, conv)
+        want_ids += i
+        want_mask += c
+    assert ids == want_ids
+    assert mask == want_mask
+    assert f"{sum(want_mask)} of them counted" in p.stdout
+
+
+def test_llama3_conversations_match_meta(tmp_path):
+    pytest.importorskip("llama_models")
+    from llama_models.datatypes import RawMessage
+    from llama_models.llama3.chat_format import ChatFormat
+    from llama_models.llama3.tokenizer import Tokenizer
+    need(VOCAB / "llama3.tiktoken")
+    ref = ChatFormat(Tokenizer(VOCAB / "llama3.tiktoken"))
+    desc = convert(VOCAB / "llama3.tiktoken", tmp_path / "tok", "--meta-llama3")
+    write_jsonl(tmp_path / "chat.jsonl", CONVERSATIONS, field="conversation")
+    shards(desc, tmp_path / "chat.jsonl", tmp_path / "out", "--chat", "llama3", "--field",
+           "conversation")
+    ids, mask = read_ids_and_mask(tmp_path / "out" / "tokens_train_000000.bin")
+    header = len(ref._encode_header("assistant"))
+    want_ids, want_mask = [], []
+    for conv in CONVERSATIONS:
+        want_ids.append(ref.tokenizer.special_tokens["<|begin_of_text|>"])
+        want_mask.append(0)
+        for role, content in conv:
+            t, _ = ref.encode_message(RawMessage(role=role, content=content), None)
+            want_ids += t
+            want_mask += [0] * len(t) if role != "assistant" else [0] * header + [1] * (len(t) - header)
+    assert ids == want_ids
+    assert mask == want_mask
+    assert ids.count(128006) == sum(len(c) for c in CONVERSATIONS)  # a header per message
+
+
+def test_chat_shards_fine_tune_with_masks_and_replace_stale_masks(tmp_path):
+    """Shards with masks split into train and val (the mask cut with the tokens), train with
+    data.loss_mask = require; a later plain run with the same prefix removes the masks."""
+    need(VOCAB / "mistral-v3.model")
+    desc = convert(VOCAB / "mistral-v3.model", tmp_path / "tok", "--sentencepiece")
+    write_jsonl(tmp_path / "chat.jsonl", CONVERSATIONS * 40)
+    out = tmp_path / "sft"
+    p = run([str(a) for a in (exe("triad-tokenize"), "shards", "--vocab", desc, "--out", out,
+                              "--chat", "auto", "--val-fraction", 0.2, "--shard-tokens", 2000,
+                              tmp_path / "chat.jsonl")], timeout=300)
+    assert p.returncode == 0, p.stderr
+    bins = sorted(out.glob("*.bin"))
+    assert len(bins) >= 3 and all((out / (b.name + ".mask")).exists() for b in bins)
+    stream = [read_ids_and_mask(b) for b in bins if "_train_" in b.name] + \
+        [read_ids_and_mask(b) for b in bins if "_val_" in b.name]
+    ids = sum((s[0] for s in stream), [])
+    mask = sum((s[1] for s in stream), [])
+    one = len(ids) // 40
+    assert ids == ids[:one] * 40 and mask == mask[:one] * 40  # cut with the tokens
+
+    cfg = tiny_config(tmp_path, name="sft", vocab=32768, model__seq_len=32, train__steps=3,
+                      train__batch_size=4, train__micro_batch_size=4, eval__every=0,
+                      eval__sequences=4, data__train=f"{out}/tokens_train_*.bin",
+                      data__val=f"{out}/tokens_val_*.bin", data__loss_mask="require",
+                      data__vocab=desc)
+    t = train("--config", cfg, check=True)
+    assert "shard(s) with loss masks" in t.stdout, t.stdout
+
+    (tmp_path / "plain.txt").write_text("plain text " * 400)
+    p = run([str(a) for a in (exe("triad-tokenize"), "shards", "--vocab", desc, "--out", out,
+                              "--val-fraction", 0.2, tmp_path / "plain.txt")], timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert not list(out.glob("*.mask")), "masks of the chat run were left beside new shards"
+    assert "mask(s) of an earlier run" in p.stdout
+
+
+@pytest.mark.parametrize("line,needle", [
+    ('{"messages": [{"role": "assistant", "content": "hi"}]}',
+     "line 2: message 1: role 'assistant' where the user's turn is"),
+    ('{"messages": [{"role": "user", "content": "hi"}]}',
+     "line 2: the conversation ends with a user message, not an assistant reply"),
+    ('{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}',
+     "line 2: message 2: role 'user' where the assistant's turn is"),
+    ('{"messages": [{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}]}',
+     "line 2: message 2: role 'tool' (expected system, user or assistant)"),
+    ('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": ""}]}',
+     "line 2: message 2: an empty assistant reply"),
+    ('{"messages": [{"role": "user"}]}', "line 2: message 1 has no \"content\""),
+    ('{"messages": [{"role": "user", "content": null}]}', "line 2: message 1: \"content\" is not"),
+    ('{"messages": "hi"}', "line 2: field \"messages\" is not an array of messages"),
+    ('{"text": "hi"}', "line 2: no \"messages\" field"),
+    ('{"messages": []}', "line 2: a conversation without messages"),
+    ('{"messages": [{"role": "user", "content": "a"},]}', "line 2: expected a message object"),
+])
+def test_bad_conversations_are_refused_naming_the_line(tmp_path, line, needle):
+    need(VOCAB / "mistral-v3.model")
+    desc = convert(VOCAB / "mistral-v3.model", tmp_path / "tok", "--sentencepiece")
+    good = json.dumps({"messages": [{"role": "user", "content": "a"},
+                                    {"role": "assistant", "content": "b"}]})
+    (tmp_path / "c.jsonl").write_text(good + "\n" + line + "\n")
+    p = run([exe("triad-tokenize"), "shards", "--vocab", desc, "--out", tmp_path / "o", "--chat",
+             "auto", tmp_path / "c.jsonl"])
+    assert_clean_error(p, "c.jsonl", needle)
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
+def test_chat_option_errors(tmp_path):
+    desc = convert(VOCAB / "mistral-v1.model", tmp_path / "tok", "--sentencepiece")
+    (tmp_path / "c.jsonl").write_text("")
+    base = [exe("triad-tokenize"), "shards", "--vocab", desc, "--out", tmp_path / "o"]
+    assert_clean_error(run(base + ["--chat", "auto", tmp_path / "c.jsonl"]),
+                       "names no chat format: give --chat")
+    assert_clean_error(run(base + ["--chat", "chatml", tmp_path / "c.jsonl"]), "unknown --chat")
+    assert_clean_error(run(base + ["--chat", "mistral_v1", "--jsonl", tmp_path / "c.jsonl"]),
+                       "drop --jsonl")
+    write_jsonl(tmp_path / "c.jsonl", CONVERSATIONS[:1])
+    assert_clean_error(run([exe("triad-tokenize"), "shards", "--vocab", VOCAB / "gpt2.tiktoken",
+                            "--out", tmp_path / "o", "--chat", "llama3", tmp_path / "c.jsonl"]),
+                       "c.jsonl, line 1: chat format llama3", "no special token <|begin_of_text|>")
