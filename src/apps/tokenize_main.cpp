@@ -242,7 +242,8 @@ int cmd_shards(const std::vector<std::string>& args) {
   os << "val:          " << s.val_tokens << " tokens in " << s.val_files.size() << " shard(s)\n";
   for (const auto& f : s.val_files) os << "              " << f << "\n";
   if (!s.removed_files.empty()) {
-    os << "removed:      " << s.removed_files.size() << " stale shard(s) or mask(s) of an earlier run\n";
+    os << "removed:      " << s.removed_files.size()
+       << " stale shard(s) or mask(s) of an earlier run\n";
     for (const auto& f : s.removed_files) os << "              " << f << "\n";
   }
   os << "speed:        " << double(s.tokens) / secs / 1e6 << " M tokens/s, "

@@ -39,7 +39,8 @@ BlendedLoader::BlendedLoader(const BlendSpec& spec, int seq_len, int vocab_size,
   TRIAD_ASSERT(D >= 1 && spec.weights.size() == D);
   for (size_t d = 0; d < D; ++d) {
     const std::string key = D == 1 ? "data.train" : "data.train (" + spec.globs[d] + ")";
-    sources_.push_back(std::make_unique<SequenceSource>(spec.globs[d], key, seq_len, vocab_size, mask));
+    sources_.push_back(
+        std::make_unique<SequenceSource>(spec.globs[d], key, seq_len, vocab_size, mask));
     loaders_.push_back(std::make_unique<DataLoader>(*sources_[d], shuffle, seed + d));
     total_ += sources_[d]->num_sequences();
   }

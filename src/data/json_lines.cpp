@@ -58,8 +58,7 @@ class LineParser {
         parse_object(2, [&](const std::string& k) {
           std::string* out = k == "role" ? &m.role : k == "content" ? &m.content : nullptr;
           if (out == nullptr) return false;
-          if (!peek('"'))
-            fail("message " + std::to_string(n) + ": \"" + k + "\" is not a string");
+          if (!peek('"')) fail("message " + std::to_string(n) + ": \"" + k + "\" is not a string");
           out->clear();
           parse_string(out);
           (k == "role" ? has_role : has_content) = true;

@@ -233,7 +233,8 @@ std::vector<T> chat_stream(const Tokenizer& tokenizer, const std::vector<std::st
     const std::string where = "input file " + f;
     const std::string text = read_file(f);
     bytes += int64_t(text.size());
-    const std::vector<JsonConversation> convs = json_lines_conversations(text, o.jsonl_field, where);
+    const std::vector<JsonConversation> convs =
+        json_lines_conversations(text, o.jsonl_field, where);
     std::vector<ChatExample> examples(convs.size());
     parallel_for(convs.size(), threads, [&](size_t i) {
       try {

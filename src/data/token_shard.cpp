@@ -29,11 +29,14 @@ ShardHeader read_header(std::ifstream& in, const std::string& path, const char* 
     std::string expected;
     for (const ShardFormat& f : formats)
       expected += (expected.empty() ? "" : " or ") + std::to_string(f.magic) +
-                  (f.token_bytes == 1 ? "" : f.token_bytes == 2 ? " for uint16 tokens" : " for uint32");
-    fail(what, " ", path, ": wrong magic number ", h[0], " (expected ", expected, "); not a ", what);
+                  (f.token_bytes == 1   ? ""
+                   : f.token_bytes == 2 ? " for uint16 tokens"
+                                        : " for uint32");
+    fail(what, " ", path, ": wrong magic number ", h[0], " (expected ", expected, "); not a ",
+         what);
   }
-  TRIAD_CHECK(h[1] == format->version, what, " ", path, ": unsupported version ", h[1],
-              " (magic ", h[0], " goes with version ", format->version, ")");
+  TRIAD_CHECK(h[1] == format->version, what, " ", path, ": unsupported version ", h[1], " (magic ",
+              h[0], " goes with version ", format->version, ")");
   TRIAD_CHECK(h[2] >= 0, what, " ", path, ": negative token count ", h[2]);
   const uint64_t expect = header_bytes + uint64_t(h[2]) * uint64_t(format->token_bytes);
   TRIAD_CHECK(size == expect, what, " ", path, ": header says ", h[2], " tokens (", expect,

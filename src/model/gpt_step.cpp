@@ -315,7 +315,8 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
   float* head_grad = with_grad ? grads_ + specs_[size_t(head_)].offset : nullptr;
   float* host = host_scratch_.data();  // planned in the constructor: no allocation per step
   ForwardStats st;
-  for (int i = 0; i < N; ++i) st.tokens += host_targets[i] >= 0 ? 1 : 0;  // masked ones do not count
+  for (int i = 0; i < N; ++i)
+    st.tokens += host_targets[i] >= 0 ? 1 : 0;  // masked ones do not count
   for (int r0 = 0; r0 < N; r0 += logits_rows_) {
     const int rows = std::min(logits_rows_, N - r0);
     const A* x = S.lnfg + size_t(r0) * C;

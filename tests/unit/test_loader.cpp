@@ -122,7 +122,7 @@ TEST_F(LoaderTest, BadShardsAreRefusedWithTheirName) {
 // data.loss_mask = none reads no mask.
 TEST_F(LoaderTest, LossMasksMarkTargetsThatDoNotCount) {
   const std::string a = shard("a.bin", iota(9, 10));  // 2 sequences of 4
-  shard("b.bin", iota(5, 50));                         // 1 sequence, no mask
+  shard("b.bin", iota(5, 50));                        // 1 sequence, no mask
   const std::vector<uint8_t> mask = {1, 0, 0, 1, 1, 0, 1, 1, 0};
   write_loss_mask(loss_mask_path(a), mask);
   EXPECT_EQ(read_loss_mask(loss_mask_path(a)), mask);

@@ -68,9 +68,9 @@ struct ShardWriterOptions {
 struct ShardSummary {
   int64_t documents = 0;  // conversations with chat
   int64_t counted = 0;    // with chat: the targets the masks count (reply tokens)
-  int64_t bytes = 0;    // input bytes (of the files, JSON Lines included)
-  int64_t tokens = 0;   // all tokens, document separators included
-  int token_bytes = 2;  // of the shards written: 2 (uint16) or 4 (uint32)
+  int64_t bytes = 0;      // input bytes (of the files, JSON Lines included)
+  int64_t tokens = 0;     // all tokens, document separators included
+  int token_bytes = 2;    // of the shards written: 2 (uint16) or 4 (uint32)
   int64_t train_tokens = 0;
   int64_t val_tokens = 0;
   std::vector<std::string> train_files, val_files;  // written, in order

@@ -12,11 +12,11 @@
 //  - Pointers may be nullptr only where a comment says so (e.g. a missing bias).
 #pragma once
 
+#include <climits>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <climits>
 #include <memory>
 
 #include "triad/core/bf16.h"

@@ -20,9 +20,9 @@
 #include <type_traits>
 
 #include "crossentropy_block.h"
-#include "triad/kernels/backend.h"  // kIgnoredTarget
 #include "cuda_ops.cuh"
 #include "device_thread.cuh"
+#include "triad/kernels/backend.h"  // kIgnoredTarget
 
 namespace triad::cuda {
 namespace {
