@@ -57,12 +57,10 @@ def rank_pids(mpirun_pid):
 ])
 def test_grid_that_does_not_fit_fails_on_every_rank(tmp_path, n, args, needle):
     cfg = tiny_config(tmp_path)
-    t = time.time()
-    p = run(n, "--config", cfg, *args, timeout=60)
+    p = run(n, "--config", cfg, *args, timeout=60)  # a hang would time out
     assert p.returncode != 0
     assert needle in p.stderr, p.stderr
     assert p.stderr.count("triad-train: error") == 1, p.stderr  # one message, not one per rank
-    assert time.time() - t < 30
 
 
 @pytest.mark.parametrize("n,grid", [
