@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,6 +118,27 @@ def tokenizer_files(ranks_path: Path, model_max_length: int) -> dict[str, str]:
 DESCRIPTION_MAGIC = "triad-tokenizer 1"
 # The chat formats triad-generate --chat and triad-tokenize chat build (triad/data/chat_format.h).
 CHAT_FORMATS = sp_tokenizer.CHAT_FORMATS
+# A ChatML template's default system message, where it writes one for a conversation without:
+# the text between "<|im_start|>system" and its newline (raw, or escaped in a Jinja string) and
+# "<|im_end|>", with no template syntax inside.
+_CHATML_DEFAULT_SYSTEM = re.compile(r"<\|im_start\|>system(?:\n|\\n)([^{}<]+?)<\|im_end\|>")
+
+
+def chat_format_of_template(template, specials) -> str | None:
+    """The chat format a tokenizer_config.json's chat_template writes, where triad has it:
+    llama3 (Llama 3's headers), qwen2 (ChatML with Qwen2's default system message), chatml
+    (ChatML without a default system message); None otherwise (e.g. Qwen2.5's own default
+    system message: --chat chatml with that message given as the system)."""
+    if not isinstance(template, str):
+        return None
+    if "<|start_header_id|>" in template and "<|start_header_id|>" in specials:
+        return "llama3"
+    if "<|im_start|>" in template and "<|im_start|>" in specials and "<|im_end|>" in specials:
+        default = _CHATML_DEFAULT_SYSTEM.search(template)
+        if default is None:
+            return "chatml"
+        return "qwen2" if default.group(1) == "You are a helpful assistant." else None
+    return None
 # The pre-tokenizers triad implements, by name, with the regex each one is (as tiktoken and
 # Hugging Face's Split pre-tokenizer take it).
 PATTERNS = {
@@ -451,9 +473,7 @@ def from_hf(src: Path, document_start: str | None = None, prompt_start: str | No
     specials = {a["content"]: a["id"] for a in added}
     document_start, prompt_start, stops = roles(specials)
     in_text = frozenset(a["content"] for a in added if not a.get("special", False))
-    template = config.get("chat_template")
-    chat = "llama3" if isinstance(template, str) and "<|start_header_id|>" in template and \
-        "<|start_header_id|>" in specials else None
+    chat = chat_format_of_template(config.get("chat_template"), specials)
     d = Description(base, scheme, specials, document_start, prompt_start, stops,
                     "nfc" if normalizer is not None else None, in_text, chat)
     d.check(where)

@@ -47,8 +47,8 @@ constexpr const char* kUsage =
     "                          format, with loss masks (.mask) counting the replies only\n"
     "  chat --vocab FILE [--format NAME] [--system TEXT]\n"
     "                          read a user message on stdin, write the ids of a chat prompt\n"
-    "                          (mistral_v1, mistral_v3, mistral_v7, llama3; default: the\n"
-    "                          description's chat format), one per line\n"
+    "                          (mistral_v1, mistral_v3, mistral_v7, llama3, chatml, qwen2;\n"
+    "                          default: the description's chat format), one per line\n"
     "\n"
     "'triad-tokenize COMMAND --help' lists a command's options.\n";
 
@@ -130,7 +130,7 @@ int cmd_chat(const std::vector<std::string>& args) {
   std::string vocab, format, system;
   desc.add_options()("vocab", po::value(&vocab)->required(), "tokenizer description")(
       "format", po::value(&format),
-      "mistral_v1, mistral_v3, mistral_v7 or llama3 (default: the "
+      "mistral_v1, mistral_v3, mistral_v7, llama3, chatml or qwen2 (default: the "
       "description's 'chat' line)")("system", po::value(&system)->default_value(""),
                                     "system message (empty: none)");
   po::variables_map vm;
@@ -201,7 +201,8 @@ int cmd_shards(const std::vector<std::string>& args) {
       "each conversation's messages (default messages)")(
       "chat", po::value(&chat),
       "the files are JSON Lines conversations, encoded in this chat format (mistral_v1, "
-      "mistral_v3, mistral_v7, llama3, or auto: the tokenizer description's); a loss mask "
+      "mistral_v3, mistral_v7, llama3, chatml, qwen2, or auto: the tokenizer description's); a "
+      "loss mask "
       "beside each shard counts the assistant replies (data.loss_mask)");
   po::options_description hidden;
   hidden.add_options()("input", po::value(&files),

@@ -16,13 +16,17 @@ const char* chat_format_name(ChatFormat f) {
       return "mistral_v7";
     case ChatFormat::llama3:
       return "llama3";
+    case ChatFormat::chatml:
+      return "chatml";
+    case ChatFormat::qwen2:
+      return "qwen2";
   }
   return "?";
 }
 
 std::optional<ChatFormat> parse_chat_format(std::string_view name) {
-  for (const ChatFormat f :
-       {ChatFormat::mistral_v1, ChatFormat::mistral_v3, ChatFormat::mistral_v7, ChatFormat::llama3})
+  for (const ChatFormat f : {ChatFormat::mistral_v1, ChatFormat::mistral_v3, ChatFormat::mistral_v7,
+                             ChatFormat::llama3, ChatFormat::chatml, ChatFormat::qwen2})
     if (name == chat_format_name(f)) return f;
   return std::nullopt;
 }
@@ -33,11 +37,11 @@ ChatFormat resolve_chat_format(const Tokenizer& tokenizer, std::string_view name
   if (chosen.empty() || chosen == "auto") {
     chosen = tokenizer.chat_format();
     TRIAD_CHECK(!chosen.empty(), tokenizer.path(), " names no chat format: give ", option,
-                " (mistral_v1, mistral_v3, mistral_v7 or llama3)");
+                " (mistral_v1, mistral_v3, mistral_v7, llama3, chatml or qwen2)");
   }
   const auto f = parse_chat_format(chosen);
   TRIAD_CHECK(f.has_value(), "unknown ", option, " '", chosen,
-              "' (expected mistral_v1, mistral_v3, mistral_v7, llama3 or auto)");
+              "' (expected mistral_v1, mistral_v3, mistral_v7, llama3, chatml, qwen2 or auto)");
   return *f;
 }
 
@@ -106,7 +110,7 @@ ChatExample encode_chat(const Tokenizer& tokenizer, ChatFormat format,
       for (size_t k = 0; k < messages.size(); ++k) {
         const ChatMessage& m = messages[k];
         if (m.role == "system") {
-          if (format != ChatFormat::mistral_v7 || system.empty()) continue;
+          if (format != ChatFormat::mistral_v7) continue;  // v1, v3: with a user's message
           put(special("[SYSTEM_PROMPT]"));
           text(m.content);
           put(special("[/SYSTEM_PROMPT]"));
@@ -133,13 +137,38 @@ ChatExample encode_chat(const Tokenizer& tokenizer, ChatFormat format,
       };
       put(special("<|begin_of_text|>"));
       for (const ChatMessage& m : messages) {
-        if (m.role == "system" && m.content.empty()) continue;
         const bool counted = m.role == "assistant";
         header(m.role);
         text(m.content, counted);
         put(special("<|eot_id|>"), counted);
       }
       if (prompt) header("assistant");
+      break;
+    }
+    case ChatFormat::chatml:
+    case ChatFormat::qwen2: {
+      // "{role}\n{text}" is one stretch of text between special tokens, encoded whole; with
+      // `counted`, the tokens ending past the role's line count.
+      auto message = [&](std::string_view role, std::string_view content, bool counted) {
+        put(special("<|im_start|>"));
+        const size_t first = ex.ids.size();
+        const std::string head = std::string(role) + "\n";
+        text(head + std::string(content));
+        size_t end = 0;
+        for (size_t t = first; t < ex.ids.size(); ++t) {
+          end += tokenizer.token_bytes(ex.ids[t]).size();
+          ex.counts[t] = counted && end > head.size() ? 1 : 0;
+        }
+        put(special("<|im_end|>"), counted);
+        text("\n");
+      };
+      if (!has_system && format == ChatFormat::qwen2)
+        message("system", "You are a helpful assistant.", false);
+      for (const ChatMessage& m : messages) message(m.role, m.content, m.role == "assistant");
+      if (prompt) {
+        put(special("<|im_start|>"));
+        text("assistant\n");
+      }
       break;
     }
   }

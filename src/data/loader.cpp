@@ -41,15 +41,24 @@ struct SequenceSource::Shard {
     TRIAD_CHECK(map != MAP_FAILED, "token shard ", p, ": cannot map (", std::strerror(errno), ")");
     tokens = static_cast<const char*>(map) + kShardHeaderInts * 4;
     if (loss_mask == LossMask::none) return;
-    const std::string mp = loss_mask_path(p);
-    if (!std::filesystem::exists(mp)) {
+    try {
+      map_mask(loss_mask);
+    } catch (...) {  // the destructor does not run for a constructor that throws
+      ::munmap(map, map_bytes);
+      throw;
+    }
+  }
+  void map_mask(LossMask loss_mask) {
+    const std::string mp = loss_mask_path(path);
+    std::error_code ec;
+    if (!std::filesystem::exists(mp, ec)) {
       TRIAD_CHECK(loss_mask != LossMask::require, "loss mask ", mp,
                   ": missing (data.loss_mask = require needs one beside every shard)");
       return;
     }
     const int64_t count = read_loss_mask_count(mp);  // validates header and size
     TRIAD_CHECK(count == n_tokens, "loss mask ", mp, ": ", count, " values for the ", n_tokens,
-                " tokens of ", p, "; not this shard's mask");
+                " tokens of ", path, "; not this shard's mask");
     mask_path = mp;
     mask_bytes = kShardHeaderInts * 4 + size_t(count);
     const int mfd = ::open(mp.c_str(), O_RDONLY);

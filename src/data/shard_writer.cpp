@@ -284,6 +284,9 @@ void write_stream(const std::vector<T>& stream, const ShardWriterOptions& o, Sha
     for (int64_t off = 0, i = 0; off < count; off += o.shard_tokens, ++i) {
       const int64_t n = std::min(o.shard_tokens, count - off);
       written.push_back(shard_name(o, split, size_t(i)));
+      // An earlier run's mask beside this name would go with the new tokens if this run stopped
+      // before the stale masks are removed (at the end): gone first.
+      if (!mask) fs::remove(loss_mask_path(written.back()), ec);
       write_token_shard(written.back(), std::span<const T>(stream.data() + begin + off, size_t(n)));
       if (mask)
         write_loss_mask(loss_mask_path(written.back()),

@@ -314,11 +314,11 @@ TrainOutcome Trainer::run() {
     double loss_sum = 0;
     // This rank's share of the global batch: sequences [dp_rank·B/dp, (dp_rank+1)·B/dp) of
     // the step, in micro-batches; the gradient is the sum over ranks of the local sums, each
-    // token weighted 1/(B·T), i.e. exactly the global mean.
+    // counted target weighted 1/counted, i.e. exactly the global mean.
     const int64_t base = s.position + int64_t(s.dp_rank) * (cfg.train.batch_size / s.dp);
-    // The mean is over the global batch's targets that count (all of them without loss masks),
-    // which every rank counts alike from the masks; a batch with none has no gradient, and NaN
-    // for its loss.
+    // The mean is over the global batch's targets that count (all B·T of them without loss
+    // masks), which every rank counts alike from the masks; a batch with none has no loss (NaN)
+    // and gets no update.
     const double counted =
         s.train_data->masked_shards() > 0
             ? double(s.train_data->counted_targets(s.position, int(cfg.train.batch_size)))
@@ -384,8 +384,17 @@ TrainOutcome Trainer::run() {
         skipping && (!finite || (cfg.train.skip_loss_z > 0 && z_loss > cfg.train.skip_loss_z) ||
                      (cfg.train.skip_norm_z > 0 && z_norm > cfg.train.skip_norm_z));
     if (skipping) MPI_Allreduce(MPI_IN_PLACE, &skip, 1, MPI_INT, MPI_MAX, s.grid.world());
-    s.skipped_in_a_row = skip ? s.skipped_in_a_row + 1 : 0;
-    if (skip) {
+    // A batch whose targets the loss masks all leave out: nothing to learn from, which is no
+    // sign of divergence (every rank counted the same).
+    const bool nothing_counted = counted == 0;
+    if (nothing_counted) {
+      skip = 1;
+      s.say("step " + std::to_string(st + 1) +
+            ": the loss masks count no target of its batch; no update");
+    } else {
+      s.skipped_in_a_row = skip ? s.skipped_in_a_row + 1 : 0;
+    }
+    if (skip && !nothing_counted) {
       std::ostringstream os;
       os << std::fixed << std::setprecision(2) << "step " << st + 1 << " skipped: loss "
          << std::setprecision(4) << loss << " (z " << std::setprecision(1) << z_loss

@@ -436,6 +436,13 @@ void Trainer::State::open_val() {
     TRIAD_CHECK(src->num_sequences() >= cfg.eval.sequences, "config: ", key, " holds ",
                 src->num_sequences(), " sequences of seq_len ", cfg.model.seq_len,
                 ", fewer than eval.sequences = ", cfg.eval.sequences);
+    if (src->masked_shards() > 0 && cfg.eval.sequences > 0) {  // else its loss would be 0 / 0
+      int64_t counted = 0;
+      for (int64_t i = 0; i < cfg.eval.sequences && counted == 0; ++i)
+        counted += src->counted_targets(i);
+      TRIAD_CHECK(counted > 0, "config: ", key, ": the loss masks count no target in its first ",
+                  cfg.eval.sequences, " sequences (eval.sequences), so there is no loss to report");
+    }
     return src;
   };
   if (!cfg.data.val.empty()) val_src = open(cfg.data.val, "data.val");

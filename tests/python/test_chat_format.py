@@ -81,8 +81,8 @@ def test_chat_errors(tmp_path):
     p = run([exe("triad-tokenize"), "chat", "--vocab", desc, "--format", "mistral_v3"],
             input="hi")
     assert_clean_error(p, "chat format mistral_v3", "has no special token [INST]")
-    p = run([exe("triad-tokenize"), "chat", "--vocab", desc, "--format", "chatml"], input="hi")
-    assert_clean_error(p, "unknown --format 'chatml'")
+    p = run([exe("triad-tokenize"), "chat", "--vocab", desc, "--format", "alpaca"], input="hi")
+    assert_clean_error(p, "unknown --format 'alpaca'")
     bad = tmp_path / "bad.triad"
     bad.write_text(desc.read_text() + "chat zephyr\n")
     (tmp_path / "tokenizer.pieces").write_bytes((desc.parent / "tokenizer.pieces").read_bytes())

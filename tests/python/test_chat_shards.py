@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from test_chat_format import VOCAB, convert, need
-from triad_run import ENV, assert_clean_error, exe, run, tiny_config, train
+from triad_run import assert_clean_error, exe, run, tiny_config, tool, train
 
 CONVERSATIONS = [
     [("user", "Hello world"), ("assistant", "Hi! How can I help?")],
@@ -22,6 +22,7 @@ CONVERSATIONS = [
      ("user", "Ünïcödé 漢字 🙂"), ("assistant", "lines\n\nand\ttabs"),
      ("user", "[INST] not a token [/INST] <s>"), ("assistant", "x")],
     [("system", "Answer in French.\nAlways."), ("user", "Hi"), ("assistant", "Bonjour")],
+    [("system", ""), ("user", "q"), ("assistant", "r")],  # an empty system message, given
 ]
 
 
@@ -59,7 +60,8 @@ def mistral_reference(tok, version, conv):
     system = next((c for r, c in conv if r == "system"), None)
     turns = [UserMessage(content=c) if r == "user" else AssistantMessage(content=c)
              for r, c in conv if r != "system"]
-    messages = ([SystemMessage(content=system)] if version == "v7" and system else []) + turns
+    messages = ([SystemMessage(content=system)] if version == "v7" and system is not None
+                else []) + turns
     request = InstructRequest(messages=messages,
                               system_prompt=None if version == "v7" else system)
     want = it.encode_instruct(request).tokens
@@ -95,7 +97,7 @@ def test_mistral_conversations_match_mistral_common(tmp_path, name, file, flag, 
     desc = convert(VOCAB / file, tmp_path / "tok", flag)
     write_jsonl(tmp_path / "chat.jsonl", CONVERSATIONS)
     p = shards(desc, tmp_path / "chat.jsonl", tmp_path / "out", "--chat", fmt)
-    assert "conversations: 4" in p.stdout, p.stdout
+    assert f"conversations: {len(CONVERSATIONS)}" in p.stdout, p.stdout
     ids, mask = read_ids_and_mask(tmp_path / "out" / "tokens_train_000000.bin")
     want_ids, want_mask = [], []
     version = "v7" if name == "v7" else "v3" if name in ("v3", "tekken") else "v1"
@@ -206,10 +208,113 @@ def test_chat_option_errors(tmp_path):
     base = [exe("triad-tokenize"), "shards", "--vocab", desc, "--out", tmp_path / "o"]
     assert_clean_error(run(base + ["--chat", "auto", tmp_path / "c.jsonl"]),
                        "names no chat format: give --chat")
-    assert_clean_error(run(base + ["--chat", "chatml", tmp_path / "c.jsonl"]), "unknown --chat")
+    assert_clean_error(run(base + ["--chat", "alpaca", tmp_path / "c.jsonl"]), "unknown --chat")
     assert_clean_error(run(base + ["--chat", "mistral_v1", "--jsonl", tmp_path / "c.jsonl"]),
                        "drop --jsonl")
     write_jsonl(tmp_path / "c.jsonl", CONVERSATIONS[:1])
     assert_clean_error(run([exe("triad-tokenize"), "shards", "--vocab", VOCAB / "gpt2.tiktoken",
                             "--out", tmp_path / "o", "--chat", "llama3", tmp_path / "c.jsonl"]),
                        "c.jsonl, line 1: chat format llama3", "no special token <|begin_of_text|>")
+
+
+# ---- ChatML (Qwen2, Qwen3, SmolLM2) -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def qwen2_chat(tmp_path_factory):
+    """Qwen2's tokenizer (Qwen's 151,643 ranks, NFC, the qwen2 split; <|endoftext|>,
+    <|im_start|>, <|im_end|> after them) with Qwen2 Instruct's chat template, the one
+    transformers ships as Qwen2-Audio's default, imported by triad-convert tokenizer; and the
+    reference: tiktoken on the template's text, rendered by transformers' jinja2 environment."""
+    pytest.importorskip("transformers")
+    tiktoken = pytest.importorskip("tiktoken")
+    unicodedata2 = pytest.importorskip("unicodedata2")
+    from tiktoken.load import load_tiktoken_bpe
+    from transformers.models.qwen2_audio.processing_qwen2_audio import Qwen2AudioProcessor
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    from analysis import hf_tokenizer
+    qwen = VOCAB / "qwen.tiktoken"
+    need(qwen)
+    d = tmp_path_factory.mktemp("qwen2chat")
+    ranked = {r: t for t, r in hf_tokenizer.read_ranks(qwen).items()}
+    n = len(ranked)
+    specials = {"<|endoftext|>": n, "<|im_start|>": n + 1, "<|im_end|>": n + 2}
+    src = hf_tokenizer.Description(ranked, "qwen2", specials, "<|endoftext|>", None,
+                                   ["<|endoftext|>", "<|im_end|>"], "nfc")
+    template = Qwen2AudioProcessor.default_chat_template.fget(None)
+    for name, text in hf_tokenizer.hf_files(src, 32768).items():
+        if name == "tokenizer_config.json":
+            text = json.dumps(dict(json.loads(text), chat_template=template))
+        (d / "hf" / name).parent.mkdir(exist_ok=True)
+        (d / "hf" / name).write_text(text, encoding="utf-8")
+    p = tool("triad-convert", "tokenizer", d / "hf", d / "triad", timeout=300)
+    assert p.returncode == 0, p.stderr
+    enc = tiktoken.Encoding("qwen", pat_str=hf_tokenizer.PATTERNS["qwen2"],
+                            mergeable_ranks=load_tiktoken_bpe(str(qwen)), special_tokens=specials)
+    render = _compile_jinja_template(template)
+
+    def reference(messages, prompt):
+        """ids and per-token counts: the template's text encoded by tiktoken; a token counts if
+        its characters overlap an assistant reply or its <|im_end|> (tiktoken's offsets)."""
+        def text_of(msgs, gen):
+            return unicodedata2.normalize("NFC", render.render(
+                messages=[{"role": r, "content": c} for r, c in msgs], add_generation_prompt=gen))
+        text = text_of(messages, prompt)
+        ids = enc.encode(text, allowed_special="all")
+        spans = []
+        for k, (role, _) in enumerate(messages):
+            if role == "assistant":
+                start = len(text_of(messages[:k], True))
+                spans.append((start, len(text_of(messages[:k + 1], False)) - 1))  # not the "\n"
+        _, offsets = enc.decode_with_offsets(ids)
+        ends = offsets[1:] + [len(text)]
+        counts = [int(any(b > s and a < e for s, e in spans)) for a, b in zip(offsets, ends)]
+        return ids, counts
+
+    return d / "triad" / "tokenizer.triad", reference
+
+
+CHATML_CONVERSATIONS = CONVERSATIONS + [
+    [("user", "Why?"), ("assistant", "\n\nA reply that starts with blank lines")],
+]
+
+
+@pytest.mark.parametrize("fmt", ["auto", "chatml"])
+def test_chatml_conversations_match_qwen2_template(tmp_path, qwen2_chat, fmt):
+    """chatml, and qwen2 (told from the template: auto) which adds Qwen2's default system
+    message to a conversation without one; a reply starting with newlines shares a token with
+    its header line, which counts."""
+    desc, reference = qwen2_chat
+    assert "chat qwen2\n" in desc.read_text()
+    write_jsonl(tmp_path / "chat.jsonl", CHATML_CONVERSATIONS)
+    p = shards(desc, tmp_path / "chat.jsonl", tmp_path / "out", "--chat", fmt)
+    ids, mask = read_ids_and_mask(tmp_path / "out" / "tokens_train_000000.bin")
+    want_ids, want_mask = [], []
+    for conv in CHATML_CONVERSATIONS:
+        if fmt == "chatml" and conv[0][0] != "system":
+            # chatml has no default system message: the template's output without it.
+            i, c = reference([("system", "")] + conv, False)
+            head = i.index(qwen2_im_end(desc)) + 2  # <|im_start|>system\n<|im_end|>\n
+            i, c = i[head:], c[head:]
+        else:
+            i, c = reference(conv, False)
+        want_ids += i
+        want_mask += c
+    assert ids == want_ids
+    assert mask == want_mask
+    assert f"{sum(want_mask)} of them counted" in p.stdout
+
+
+def qwen2_im_end(desc):
+    return int(next(ln.split()[1] for ln in desc.read_text().splitlines()
+                    if ln.startswith("special ") and ln.endswith("<|im_end|>")))
+
+
+def test_chatml_prompts_match_qwen2_template(qwen2_chat):
+    from test_chat_format import chat
+    desc, reference = qwen2_chat
+    for user in ["Hello world", "  two leading spaces and a trailing one ", "Ünïcödé 漢字 🙂"]:
+        for system in ["", "Be brief."]:
+            msgs = ([("system", system)] if system else []) + [("user", user)]
+            assert chat(desc, user, system, "qwen2") == reference(msgs, True)[0]
+            assert chat(desc, user, system) == reference(msgs, True)[0]  # auto: qwen2

@@ -11,14 +11,21 @@
 //               Small 3 and later)
 //   llama3      <|begin_of_text|> then per message <|start_header_id|>{role}<|end_header_id|>
 //               "\n\n" {text} <|eot_id|>, and the assistant's header (Llama 3 Instruct)
-// as mistral_common's and Meta's reference encoders write them (tests/python compares).
+//   chatml      per message <|im_start|> "{role}\n{text}" <|im_end|> "\n", then <|im_start|>
+//               "assistant\n" (Qwen3, SmolLM2 and other ChatML models, no default system)
+//   qwen2       chatml with the system message "You are a helpful assistant." where none is
+//               given (Qwen2 Instruct's template, as transformers' Qwen2-Audio default)
+// as mistral_common's and Meta's reference encoders and transformers' Qwen2 template write them
+// (tests/python compares).
 //
 // Whole conversations (chat_example, for fine-tuning: `triad-tokenize shards --chat`) follow the
 // same encoders' training form (mistral_common's encode_instruct, Meta's encode_message per
 // message): each assistant reply is its text and the end token (</s>; <|eot_id|>) after its
 // user turn; mistral_v1 puts the system message before the first user message, mistral_v3 before
 // the last (as mistral_common does); v3 and v7 drop a reply's trailing spaces. The loss counts
-// the replies and their end tokens, not the prompts, headers or system text.
+// the replies and their end tokens, not the prompts, headers or system text. In ChatML the text
+// between two special tokens is encoded whole ("assistant\n" and the reply), so a token that
+// spans the header's end counts.
 #pragma once
 
 #include <cstdint>
@@ -32,7 +39,7 @@
 
 namespace triad {
 
-enum class ChatFormat : uint8_t { mistral_v1, mistral_v3, mistral_v7, llama3 };
+enum class ChatFormat : uint8_t { mistral_v1, mistral_v3, mistral_v7, llama3, chatml, qwen2 };
 const char* chat_format_name(ChatFormat f);
 std::optional<ChatFormat> parse_chat_format(std::string_view name);
 
