@@ -318,3 +318,19 @@ def test_chatml_prompts_match_qwen2_template(qwen2_chat):
             msgs = ([("system", system)] if system else []) + [("user", user)]
             assert chat(desc, user, system, "qwen2") == reference(msgs, True)[0]
             assert chat(desc, user, system) == reference(msgs, True)[0]  # auto: qwen2
+
+
+def test_chat_format_told_from_templates():
+    from analysis.hf_tokenizer import chat_format_of_template
+    specials = {"<|im_start|>": 1, "<|im_end|>": 2, "<|start_header_id|>": 3}
+    plain = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>"
+             "\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    assert chat_format_of_template(plain, specials) == "chatml"
+    qwen2 = "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}" + plain
+    assert chat_format_of_template(qwen2, specials) == "qwen2"
+    qwen25 = ("{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a "
+              "helpful assistant.<|im_end|>\\n' }}" + plain)
+    assert chat_format_of_template(qwen25, specials) is None  # a default triad has no format for
+    assert chat_format_of_template(plain, {"<|im_start|>": 1}) is None  # no <|im_end|> token
+    assert chat_format_of_template(None, specials) is None
+    assert chat_format_of_template("<|start_header_id|>", specials) == "llama3"
