@@ -305,11 +305,11 @@ class LineParser {
   int64_t line_no_;
 };
 
-}  // namespace
-
-std::vector<std::string> json_lines_documents(std::string_view text, std::string_view field,
-                                              const std::string& where) {
-  std::vector<std::string> docs;
+// Calls fn(parser, line number, has_value) for each non-blank line of text (lines end at "\n");
+// fn parses the line and sets has_value where it held `field`.
+template <class F>
+void for_each_line(std::string_view text, std::string_view field, const std::string& where,
+                   F&& fn) {
   int64_t line_no = 0;
   for (size_t pos = 0; pos < text.size();) {
     size_t nl = text.find('\n', pos);
@@ -319,12 +319,22 @@ std::vector<std::string> json_lines_documents(std::string_view text, std::string
     ++line_no;
     if (line.find_first_not_of(" \t\r") == std::string_view::npos) continue;
     LineParser p(line, where, line_no);
-    std::string value;
     bool has_value = false;
-    p.parse_object_line(field, value, has_value);
+    fn(p, line_no, has_value);
     TRIAD_CHECK(has_value, where, ", line ", line_no, ": no \"", field, "\" field");
-    docs.push_back(std::move(value));
   }
+}
+
+}  // namespace
+
+std::vector<std::string> json_lines_documents(std::string_view text, std::string_view field,
+                                              const std::string& where) {
+  std::vector<std::string> docs;
+  for_each_line(text, field, where, [&](LineParser& p, int64_t, bool& has_value) {
+    std::string value;
+    p.parse_object_line(field, value, has_value);
+    docs.push_back(std::move(value));
+  });
   return docs;
 }
 
@@ -332,22 +342,12 @@ std::vector<JsonConversation> json_lines_conversations(std::string_view text,
                                                        std::string_view field,
                                                        const std::string& where) {
   std::vector<JsonConversation> out;
-  int64_t line_no = 0;
-  for (size_t pos = 0; pos < text.size();) {
-    size_t nl = text.find('\n', pos);
-    if (nl == std::string_view::npos) nl = text.size();
-    std::string_view line = text.substr(pos, nl - pos);
-    pos = nl + 1;
-    ++line_no;
-    if (line.find_first_not_of(" \t\r") == std::string_view::npos) continue;
-    LineParser p(line, where, line_no);
+  for_each_line(text, field, where, [&](LineParser& p, int64_t line_no, bool& has_value) {
     JsonConversation c;
     c.line = line_no;
-    bool has_value = false;
     p.parse_conversation_line(field, c.messages, has_value);
-    TRIAD_CHECK(has_value, where, ", line ", line_no, ": no \"", field, "\" field");
     out.push_back(std::move(c));
-  }
+  });
   return out;
 }
 

@@ -32,23 +32,30 @@ def chat(desc, user, system="", fmt=None):
     return [int(t) for t in cli(*args, data=user.encode()).split()]
 
 
-@pytest.mark.parametrize("name,file,flag,fmt", [
-    ("v1", "mistral-v1.model", "--sentencepiece", None),
-    ("v3", "mistral-v3.model", "--sentencepiece", "mistral_v3"),
-    ("v7", "mistral-v7.model", "--sentencepiece", "mistral_v7"),
-    ("tekken", "tekken.json", "--tekken", "mistral_v3"),
-])
-def test_mistral_chat_prompts_match_mistral_common(tmp_path, name, file, flag, fmt):
+# Mistral's tokenizer files: the file, triad-convert's flag, and the name mistral_common needs
+# (it tells the version from the file name).
+MISTRAL = {"v1": ("mistral-v1.model", "--sentencepiece", "tokenizer.model.v1"),
+           "v3": ("mistral-v3.model", "--sentencepiece", "tokenizer.model.v3"),
+           "v7": ("mistral-v7.model", "--sentencepiece", "tokenizer.model.v7"),
+           "tekken": ("tekken.json", "--tekken", "tekken.json")}
+
+
+def mistral_pair(tmp_path, name):
+    """mistral_common's tokenizer for Mistral's file `name`, and triad's description of it."""
     mc = pytest.importorskip("mistral_common.tokens.tokenizers.mistral")
+    file, flag, ref_name = MISTRAL[name]
+    need(VOCAB / file)
+    shutil.copy(VOCAB / file, tmp_path / ref_name)
+    return (mc.MistralTokenizer.from_file(str(tmp_path / ref_name)),
+            convert(VOCAB / file, tmp_path / "tok", flag))
+
+
+@pytest.mark.parametrize("name,fmt", [("v1", None), ("v3", "mistral_v3"), ("v7", "mistral_v7"),
+                                      ("tekken", "mistral_v3")])
+def test_mistral_chat_prompts_match_mistral_common(tmp_path, name, fmt):
     from mistral_common.protocol.instruct.messages import SystemMessage, UserMessage
     from mistral_common.protocol.instruct.request import ChatCompletionRequest
-    need(VOCAB / file)
-    # mistral_common tells the version from the file name.
-    ref_file = tmp_path / ({"v1": "tokenizer.model.v1", "v3": "tokenizer.model.v3",
-                            "v7": "tokenizer.model.v7", "tekken": "tekken.json"}[name])
-    shutil.copy(VOCAB / file, ref_file)
-    ref = mc.MistralTokenizer.from_file(str(ref_file))
-    desc = convert(VOCAB / file, tmp_path / "tok", flag)
+    ref, desc = mistral_pair(tmp_path, name)
     assert (f"chat {fmt}\n" in desc.read_text()) == (fmt is not None)
     fmt = fmt or "mistral_v1"  # Mistral 7B Instruct v0.1's, which its tokenizer cannot tell
     for user in MESSAGES:

@@ -6,12 +6,11 @@ replies (mistral_common's encode_assistant_message; Meta's message after its hea
 fine-tuning run on such shards, and the refusals."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 
-from test_chat_format import VOCAB, convert, need
+from test_chat_format import VOCAB, convert, mistral_pair, need
 from triad_run import assert_clean_error, exe, run, tiny_config, tool, train
 
 CONVERSATIONS = [
@@ -81,33 +80,23 @@ def mistral_reference(tok, version, conv):
     return ids, counts
 
 
-@pytest.mark.parametrize("name,file,flag,fmt", [
-    ("v1", "mistral-v1.model", "--sentencepiece", "mistral_v1"),
-    ("v3", "mistral-v3.model", "--sentencepiece", "auto"),
-    ("v7", "mistral-v7.model", "--sentencepiece", "auto"),
-    ("tekken", "tekken.json", "--tekken", "auto"),
-])
-def test_mistral_conversations_match_mistral_common(tmp_path, name, file, flag, fmt):
-    mc = pytest.importorskip("mistral_common.tokens.tokenizers.mistral")
-    need(VOCAB / file)
-    ref_file = tmp_path / ({"v1": "tokenizer.model.v1", "v3": "tokenizer.model.v3",
-                            "v7": "tokenizer.model.v7", "tekken": "tekken.json"}[name])
-    shutil.copy(VOCAB / file, ref_file)
-    ref = mc.MistralTokenizer.from_file(str(ref_file))
-    desc = convert(VOCAB / file, tmp_path / "tok", flag)
+@pytest.mark.parametrize("name,fmt", [("v1", "mistral_v1"), ("v3", "auto"), ("v7", "auto"),
+                                      ("tekken", "auto")])
+def test_mistral_conversations_match_mistral_common(tmp_path, name, fmt):
+    ref, desc = mistral_pair(tmp_path, name)
     write_jsonl(tmp_path / "chat.jsonl", CONVERSATIONS)
     p = shards(desc, tmp_path / "chat.jsonl", tmp_path / "out", "--chat", fmt)
     assert f"conversations: {len(CONVERSATIONS)}" in p.stdout, p.stdout
-    ids, mask = read_ids_and_mask(tmp_path / "out" / "tokens_train_000000.bin")
-    want_ids, want_mask = [], []
     version = "v7" if name == "v7" else "v3" if name in ("v3", "tekken") else "v1"
-    for conv in CONVERSATIONS:
-        i, c = mistral_reference(ref, version, conv)
-        want_ids += i
-        want_mask += c
-    assert ids == want_ids
-    assert mask == want_mask
-    assert f"{sum(want_mask)} of them counted" in p.stdout
+    check_stream(p, tmp_path / "out", [mistral_reference(ref, version, c) for c in CONVERSATIONS])
+
+
+def check_stream(p, out, examples):
+    """The one shard in out holds the (ids, counts) examples in order, its mask the counts."""
+    ids, mask = read_ids_and_mask(out / "tokens_train_000000.bin")
+    assert ids == [t for i, _ in examples for t in i]
+    assert mask == [c for _, m in examples for c in m]
+    assert f"{sum(mask)} of them counted" in p.stdout
 
 
 def test_llama3_conversations_match_meta(tmp_path):
@@ -119,20 +108,20 @@ def test_llama3_conversations_match_meta(tmp_path):
     ref = ChatFormat(Tokenizer(VOCAB / "llama3.tiktoken"))
     desc = convert(VOCAB / "llama3.tiktoken", tmp_path / "tok", "--meta-llama3")
     write_jsonl(tmp_path / "chat.jsonl", CONVERSATIONS, field="conversation")
-    shards(desc, tmp_path / "chat.jsonl", tmp_path / "out", "--chat", "llama3", "--field",
-           "conversation")
-    ids, mask = read_ids_and_mask(tmp_path / "out" / "tokens_train_000000.bin")
+    p = shards(desc, tmp_path / "chat.jsonl", tmp_path / "out", "--chat", "llama3", "--field",
+               "conversation")
     header = len(ref._encode_header("assistant"))
-    want_ids, want_mask = [], []
-    for conv in CONVERSATIONS:
-        want_ids.append(ref.tokenizer.special_tokens["<|begin_of_text|>"])
-        want_mask.append(0)
+
+    def want(conv):
+        ids, counts = [ref.tokenizer.special_tokens["<|begin_of_text|>"]], [0]
         for role, content in conv:
             t, _ = ref.encode_message(RawMessage(role=role, content=content), None)
-            want_ids += t
-            want_mask += [0] * len(t) if role != "assistant" else [0] * header + [1] * (len(t) - header)
-    assert ids == want_ids
-    assert mask == want_mask
+            ids += t
+            counts += [0] * len(t) if role != "assistant" else [0] * header + [1] * (len(t) - header)
+        return ids, counts
+
+    check_stream(p, tmp_path / "out", [want(c) for c in CONVERSATIONS])
+    ids, _ = read_ids_and_mask(tmp_path / "out" / "tokens_train_000000.bin")
     assert ids.count(128006) == sum(len(c) for c in CONVERSATIONS)  # a header per message
 
 
@@ -288,21 +277,16 @@ def test_chatml_conversations_match_qwen2_template(tmp_path, qwen2_chat, fmt):
     assert "chat qwen2\n" in desc.read_text()
     write_jsonl(tmp_path / "chat.jsonl", CHATML_CONVERSATIONS)
     p = shards(desc, tmp_path / "chat.jsonl", tmp_path / "out", "--chat", fmt)
-    ids, mask = read_ids_and_mask(tmp_path / "out" / "tokens_train_000000.bin")
-    want_ids, want_mask = [], []
-    for conv in CHATML_CONVERSATIONS:
-        if fmt == "chatml" and conv[0][0] != "system":
-            # chatml has no default system message: the template's output without it.
-            i, c = reference([("system", "")] + conv, False)
-            head = i.index(qwen2_im_end(desc)) + 2  # <|im_start|>system\n<|im_end|>\n
-            i, c = i[head:], c[head:]
-        else:
-            i, c = reference(conv, False)
-        want_ids += i
-        want_mask += c
-    assert ids == want_ids
-    assert mask == want_mask
-    assert f"{sum(want_mask)} of them counted" in p.stdout
+
+    def want(conv):
+        if fmt == "auto" or conv[0][0] == "system":
+            return reference(conv, False)
+        # chatml has no default system message: the template's output without it.
+        i, c = reference([("system", "")] + conv, False)
+        head = i.index(qwen2_im_end(desc)) + 2  # <|im_start|>system\n<|im_end|>\n
+        return i[head:], c[head:]
+
+    check_stream(p, tmp_path / "out", [want(c) for c in CHATML_CONVERSATIONS])
 
 
 def qwen2_im_end(desc):
