@@ -12,6 +12,7 @@
 #include "triad/core/error.h"
 #include "triad/core/rng.h"
 #include "triad/data/chat_format.h"
+#include "triad/data/json_lines.h"
 #include "triad/data/tokenizer.h"
 #include "triad/io/checkpoint.h"
 #include "triad/kernels/backend.h"
@@ -63,7 +64,7 @@ std::vector<int32_t> parse_ids(const std::string& text, int64_t vocab_size) {
 int main(int argc, char** argv) {
   return triad::run_main(argc, argv, "triad-generate", [&](MPI_Comm world) {
     std::string checkpoint, run_dir, vocab, prompt, prompt_ids, backend, precision, output, chat,
-        system;
+        system, messages;
     int64_t length = 0, seed = 0;
     double temperature = 0, top_p = 1;
     int top_k = 0, threads = 0, samples = 1, batch = 0, tp = 1, pp = 1;
@@ -102,6 +103,10 @@ int main(int argc, char** argv) {
         "description's); the "
         "reply ends at a stop token and is printed alone")(
         "system", po::value(&system)->default_value(""), "with --chat: a system message")(
+        "messages", po::value(&messages),
+        "with --chat, instead of --prompt: a JSON Lines file holding one conversation "
+        "({\"messages\": [{\"role\": ..., \"content\": ...}, ...]}) that ends with the user's "
+        "message; the model writes the next reply")(
         "backend", po::value(&backend)->default_value("cpu"), "cpu or cuda")(
         "precision", po::value(&precision)->default_value("auto"),
         "fp32, bf16, or auto (bf16 on cuda, fp32 on cpu)")(
@@ -153,6 +158,9 @@ int main(int argc, char** argv) {
     TRIAD_CHECK(!(vm.count("prompt-ids") && vm.count("chat")),
                 "--chat formats --prompt, not --prompt-ids");
     TRIAD_CHECK(vm.count("chat") || vm["system"].defaulted(), "--system needs --chat");
+    TRIAD_CHECK(messages.empty() || vm.count("chat"), "--messages needs --chat");
+    TRIAD_CHECK(messages.empty() || (vm["prompt"].defaulted() && vm["system"].defaulted()),
+                "--messages holds the conversation: drop --prompt and --system");
     if (threads > 0) omp_set_num_threads(threads);
     const bool bf16 = precision == "bf16" || (precision == "auto" && backend == "cuda");
     if (checkpoint.empty()) {
@@ -170,7 +178,14 @@ int main(int argc, char** argv) {
     } else {
       if (vm.count("chat")) {
         const auto f = triad::resolve_chat_format(tok, chat, "--chat");
-        ids = triad::chat_prompt(tok, f, system, prompt);
+        if (messages.empty()) {
+          ids = triad::chat_prompt(tok, f, system, prompt);
+        } else {
+          const auto convs = triad::read_conversations(messages, "--messages");
+          TRIAD_CHECK(convs.size() == 1, "--messages ", messages, ": ", convs.size(),
+                      " conversations; give one (the model continues one conversation)");
+          ids = triad::conversation_prompt(tok, f, convs[0], messages, "--messages");
+        }
       } else {
         ids = tok.encode_prompt(prompt);
       }

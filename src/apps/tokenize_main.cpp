@@ -17,6 +17,7 @@
 
 #include "triad/core/error.h"
 #include "triad/data/chat_format.h"
+#include "triad/data/json_lines.h"
 #include "triad/data/shard_writer.h"
 #include "triad/data/tokenizer.h"
 #include "triad/train/app_main.h"
@@ -45,10 +46,12 @@ constexpr const char* kUsage =
     "                          --chat FORMAT|auto [--field NAME]: JSON Lines conversations\n"
     "                          (\"messages\": [{\"role\": ..., \"content\": ...}]) in a chat\n"
     "                          format, with loss masks (.mask) counting the replies only\n"
-    "  chat --vocab FILE [--format NAME] [--system TEXT]\n"
+    "  chat --vocab FILE [--format NAME] [--system TEXT | --messages FILE]\n"
     "                          read a user message on stdin, write the ids of a chat prompt\n"
     "                          (mistral_v1, mistral_v3, mistral_v7, llama3, chatml, qwen2;\n"
-    "                          default: the description's chat format), one per line\n"
+    "                          default: the description's chat format), one per line;\n"
+    "                          --messages: JSON Lines conversations ending with the user's\n"
+    "                          message (multi-turn), each prompt's ids on a line\n"
     "\n"
     "'triad-tokenize COMMAND --help' lists a command's options.\n";
 
@@ -127,17 +130,35 @@ int cmd_encode(const std::vector<std::string>& args) {
 
 int cmd_chat(const std::vector<std::string>& args) {
   po::options_description desc("chat options");
-  std::string vocab, format, system;
+  std::string vocab, format, system, messages;
   desc.add_options()("vocab", po::value(&vocab)->required(), "tokenizer description")(
       "format", po::value(&format),
       "mistral_v1, mistral_v3, mistral_v7, llama3, chatml or qwen2 (default: the "
       "description's 'chat' line)")("system", po::value(&system)->default_value(""),
-                                    "system message (empty: none)");
+                                    "system message (empty: none)")(
+      "messages", po::value(&messages),
+      "instead of stdin: JSON Lines conversations ({\"messages\": [{\"role\": ..., \"content\": "
+      "...}, ...]}, each ending with the user's message): each prompt's ids on a line");
   po::variables_map vm;
   if (!parse("chat", args, desc, nullptr, nullptr, vm)) return 0;
+  TRIAD_CHECK(messages.empty() || vm["system"].defaulted(),
+              "chat: --messages holds its own system messages; drop --system");
   const auto tok = triad::Tokenizer::from_file(vocab);
   const auto f = triad::resolve_chat_format(tok, format, "--format");
-  write_stdout(ids_text(triad::chat_prompt(tok, f, system, read_stdin())));
+  if (messages.empty()) {
+    write_stdout(ids_text(triad::chat_prompt(tok, f, system, read_stdin())));
+    return 0;
+  }
+  std::string out;
+  for (const auto& c : triad::read_conversations(messages, "--messages")) {
+    const auto ids = triad::conversation_prompt(tok, f, c, messages, "--messages");
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (i > 0) out += ' ';
+      out += std::to_string(ids[i]);
+    }
+    out += "\n";
+  }
+  write_stdout(out);
   return 0;
 }
 

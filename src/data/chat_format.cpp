@@ -62,9 +62,10 @@ void check_turns(std::span<const ChatMessage> messages, std::string_view last) {
     if (role == "assistant")
       TRIAD_CHECK(!messages[k].content.empty(), "message ", k + 1, ": an empty assistant reply");
   }
-  TRIAD_CHECK(messages.size() > i && messages.back().role == last, "the conversation ends with a ",
-              messages.size() > i ? messages.back().role : "system", " message, not ",
-              last == "user" ? "a user message" : "an assistant reply");
+  TRIAD_CHECK(
+      messages.size() > i && messages.back().role == last, "the conversation ends with the ",
+      messages.size() > i ? messages.back().role : "system", "'s message; it must end with ",
+      last == "user" ? "the user's (the reply comes next)" : "an assistant reply");
 }
 
 // The messages' ids and counts (see the header); `prompt`: the messages end with the user's and
@@ -182,6 +183,11 @@ std::vector<int32_t> chat_prompt(const Tokenizer& tokenizer, ChatFormat format,
   std::vector<ChatMessage> messages;
   if (!system.empty()) messages.push_back({"system", std::string(system)});
   messages.push_back({"user", std::string(user)});
+  return chat_prompt(tokenizer, format, messages);
+}
+
+std::vector<int32_t> chat_prompt(const Tokenizer& tokenizer, ChatFormat format,
+                                 std::span<const ChatMessage> messages) {
   return encode_chat(tokenizer, format, messages, /*prompt=*/true).ids;
 }
 

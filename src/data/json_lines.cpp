@@ -3,6 +3,8 @@
 #include "triad/data/json_lines.h"
 
 #include <cstdint>
+#include <fstream>
+#include <sstream>
 
 #include "triad/core/error.h"
 #include "triad/data/pretokenize.h"
@@ -349,6 +351,27 @@ std::vector<JsonConversation> json_lines_conversations(std::string_view text,
     out.push_back(std::move(c));
   });
   return out;
+}
+
+std::vector<JsonConversation> read_conversations(const std::string& path, const char* option) {
+  std::ifstream in(path, std::ios::binary);
+  TRIAD_CHECK(in.is_open(), option, " ", path, ": cannot open (missing or unreadable)");
+  std::ostringstream text;
+  text << in.rdbuf();
+  TRIAD_CHECK(!in.bad(), option, " ", path, ": read error");
+  auto convs = json_lines_conversations(text.str(), "messages", std::string(option) + " " + path);
+  TRIAD_CHECK(!convs.empty(), option, " ", path, ": no conversation in it");
+  return convs;
+}
+
+std::vector<int32_t> conversation_prompt(const Tokenizer& tokenizer, ChatFormat format,
+                                         const JsonConversation& c, const std::string& path,
+                                         const char* option) {
+  try {
+    return chat_prompt(tokenizer, format, c.messages);
+  } catch (const Error& e) {
+    fail(option, " ", path, ", line ", c.line, ": ", e.what());
+  }
 }
 
 }  // namespace triad

@@ -2,6 +2,7 @@
 mistral_common's encode_chat_completion for Mistral's v1, v3 and v7 SentencePiece tokenizers and
 its v3 Tekken one, and Meta's ChatFormat (llama_models) for Llama 3."""
 
+import json
 import shutil
 
 import pytest
@@ -135,6 +136,26 @@ def test_generate_chat_continues_the_reference_prompt(tmp_path):
     reply = [t for t in want if t != 2]
     assert p.stdout == cli("decode", "--vocab", desc,
                            data=" ".join(map(str, reply)).encode()).decode() + "\n"
+    # A conversation (--messages): the next reply to its prompt, as mistral_common encodes it.
+    from mistral_common.protocol.instruct.messages import AssistantMessage
+    conv = [SystemMessage(content="Be brief."), UserMessage(content="Hi"),
+            AssistantMessage(content="Hello."), UserMessage(content="Name a river.")]
+    ids = ref.encode_chat_completion(ChatCompletionRequest(messages=conv)).tokens
+    want = greedy_continuation(model, ids, 8)
+    if 2 in want:
+        want = want[:want.index(2) + 1]
+    line = json.dumps({"messages": [{"role": m.role, "content": m.content} for m in conv]})
+    (tmp_path / "conv.jsonl").write_text(line + "\n")
+    base = [exe("triad-generate"), "--checkpoint", ckpt, "--vocab", desc]
+    p = run(base + ["--chat", "auto", "--messages", tmp_path / "conv.jsonl", "--length", "8",
+                    "--top-k", "1", "--output", "ids"], check=True, timeout=300)
+    assert [int(t) for t in p.stdout.split()] == want
+    assert_clean_error(run(base + ["--messages", tmp_path / "conv.jsonl"]), "--messages needs --chat")
+    assert_clean_error(run(base + ["--chat", "auto", "--messages", tmp_path / "conv.jsonl",
+                                   "--prompt", "hi"]), "drop --prompt and --system")
+    (tmp_path / "two.jsonl").write_text(line + "\n" + line + "\n")
+    assert_clean_error(run(base + ["--chat", "auto", "--messages", tmp_path / "two.jsonl"]),
+                       "2 conversations; give one")
     p = run([exe("triad-generate"), "--checkpoint", ckpt, "--vocab", desc, "--system", "x"])
     assert_clean_error(p, "--system needs --chat")
     p = run([exe("triad-generate"), "--checkpoint", ckpt, "--vocab", desc, "--chat", "auto",

@@ -165,7 +165,7 @@ def test_chat_shards_fine_tune_with_masks_and_replace_stale_masks(tmp_path):
     ('{"messages": [{"role": "assistant", "content": "hi"}]}',
      "line 2: message 1: role 'assistant' where the user's turn is"),
     ('{"messages": [{"role": "user", "content": "hi"}]}',
-     "line 2: the conversation ends with a user message, not an assistant reply"),
+     "line 2: the conversation ends with the user's message; it must end with an assistant reply"),
     ('{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}',
      "line 2: message 2: role 'user' where the assistant's turn is"),
     ('{"messages": [{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}]}',
@@ -318,3 +318,63 @@ def test_chat_format_told_from_templates():
     assert chat_format_of_template(plain, {"<|im_start|>": 1}) is None  # no <|im_end|> token
     assert chat_format_of_template(None, specials) is None
     assert chat_format_of_template("<|start_header_id|>", specials) == "llama3"
+
+
+# ---- multi-turn prompts (triad-tokenize chat --messages, triad-generate --messages) -------------
+
+def prompts(desc, conversations, fmt=None):
+    """triad-tokenize chat --messages: each conversation's prompt ids."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        path = f"{d}/m.jsonl"
+        write_jsonl(path, conversations)
+        p = run([str(a) for a in (exe("triad-tokenize"), "chat", "--vocab", desc, "--messages",
+                                  path, *(["--format", fmt] if fmt else []))])
+    assert p.returncode == 0, p.stderr
+    return [[int(t) for t in line.split()] for line in p.stdout.splitlines()]
+
+
+# Every conversation without its last reply: it ends with the user's message.
+OPEN = [c[:-1] for c in CONVERSATIONS]
+
+
+@pytest.mark.parametrize("name", ["v1", "v3", "v7", "tekken"])
+def test_multi_turn_prompts_match_mistral_common(tmp_path, name):
+    from mistral_common.protocol.instruct.messages import (AssistantMessage, SystemMessage,
+                                                           UserMessage)
+    from mistral_common.protocol.instruct.request import ChatCompletionRequest
+    ref, desc = mistral_pair(tmp_path, name)
+    kind = {"system": SystemMessage, "user": UserMessage, "assistant": AssistantMessage}
+    want = [ref.encode_chat_completion(ChatCompletionRequest(
+        messages=[kind[r](content=c) for r, c in conv])).tokens
+        for conv in OPEN]
+    assert prompts(desc, OPEN, "mistral_v1" if name == "v1" else None) == want
+
+
+def test_multi_turn_prompts_match_meta_and_qwen2(tmp_path, qwen2_chat):
+    pytest.importorskip("llama_models")
+    from llama_models.datatypes import RawMessage
+    from llama_models.llama3.chat_format import ChatFormat
+    from llama_models.llama3.tokenizer import Tokenizer
+    need(VOCAB / "llama3.tiktoken")
+    ref = ChatFormat(Tokenizer(VOCAB / "llama3.tiktoken"))
+    desc = convert(VOCAB / "llama3.tiktoken", tmp_path / "tok", "--meta-llama3")
+    want = [ref.encode_dialog_prompt([RawMessage(role=r, content=c) for r, c in conv]).tokens
+            for conv in OPEN]
+    assert prompts(desc, OPEN) == want
+    qdesc, reference = qwen2_chat
+    assert prompts(qdesc, OPEN) == [reference(conv, True)[0] for conv in OPEN]
+
+
+def test_messages_errors(tmp_path):
+    need(VOCAB / "mistral-v3.model")
+    desc = convert(VOCAB / "mistral-v3.model", tmp_path / "tok", "--sentencepiece")
+    write_jsonl(tmp_path / "done.jsonl", CONVERSATIONS[:1])  # ends with a reply
+    p = run([exe("triad-tokenize"), "chat", "--vocab", desc, "--messages", tmp_path / "done.jsonl"])
+    assert_clean_error(p, "--messages", "done.jsonl, line 1",
+                       "ends with the assistant's message; it must end with the user's")
+    p = run([exe("triad-tokenize"), "chat", "--vocab", desc, "--messages", tmp_path / "none.jsonl"])
+    assert_clean_error(p, "--messages", "none.jsonl: cannot open")
+    p = run([exe("triad-tokenize"), "chat", "--vocab", desc, "--messages", tmp_path / "done.jsonl",
+             "--system", "x"])
+    assert_clean_error(p, "drop --system")

@@ -59,6 +59,12 @@ struct ChatMessage {
   std::string content;
 };
 
+// The prompt of a conversation that ends with the user's message (an optional system message
+// first, then user and assistant in turn, as chat_example below): the earlier replies as they
+// were, then the opening of the next one. Throws triad::Error as chat_example does.
+std::vector<int32_t> chat_prompt(const Tokenizer& tokenizer, ChatFormat format,
+                                 std::span<const ChatMessage> messages);
+
 // A conversation's ids and, for each, whether the loss counts it as a target (1: a token of an
 // assistant reply or its end token; 0: everything else).
 struct ChatExample {

@@ -31,5 +31,12 @@ struct JsonConversation {
 std::vector<JsonConversation> json_lines_conversations(std::string_view text,
                                                        std::string_view field,
                                                        const std::string& where);
+// The conversations of a JSON Lines file (`--messages FILE` of triad-tokenize chat and
+// triad-generate), their messages in the field "messages"; `option` names it in errors.
+std::vector<JsonConversation> read_conversations(const std::string& path, const char* option);
+// chat_prompt of conversation c of that file, an error naming the file and c's line.
+std::vector<int32_t> conversation_prompt(const Tokenizer& tokenizer, ChatFormat format,
+                                         const JsonConversation& c, const std::string& path,
+                                         const char* option);
 
 }  // namespace triad
