@@ -4,9 +4,10 @@
 # the files on N) and Hugging Face's tokenizers (Rust: encode per file on 1 thread, encode_batch
 # on N), with GPT-2's, Llama 3's and Mistral's Tekken tokenizers on the default corpus
 # (data/corpus, one document per file); then Mistral's SentencePiece tokenizer against sentencepiece (C++ behind Python:
-# encode per file, or the list on N threads) and the tokenizer.json transformers converts it to.
-# Every peer must give triad's token count (sentencepiece its ids). Prints MB/s (best of R runs)
-# and ratios.
+# encode per file, or the list on N threads) and the tokenizer.json transformers converts it to;
+# then chat conversations to shards with loss masks (--chat) against mistral_common's and Meta's
+# chat encoders. Every peer must give triad's token count (sentencepiece its ids). Prints MB/s
+# (best of R runs) and ratios.
 #
 #   jobs/bench-tokenize.sh [--threads N] [--repeat R]
 #
@@ -31,7 +32,7 @@ bench_build triad-tokenize
 py=.venv/bin/python
 [[ -x $py ]] || { echo "bench-tokenize: no .venv (run jobs/setup.sh)" >&2; exit 1; }
 for f in data/vocab/gpt2.tiktoken data/vocab/llama3.tiktoken data/vocab/tekken.json \
-         data/vocab/mistral-v1.model; do
+         data/vocab/mistral-v1.model data/vocab/mistral-v3.model; do
   [[ -f $f ]] || { echo "bench-tokenize: $f missing (run jobs/setup.sh)" >&2; exit 1; }
 done
 
@@ -147,4 +148,76 @@ print(f"\n{'tokenizer':9} {'threads':>7} {'tokens':>9} {'triad':>8} {'sentencepi
       f"{'HF tok.':>8} {'triad/sentencepiece':>20} {'triad/HF':>9}")
 for t, n, a, b, c in rows:
     print(f"{'mistral':9} {t:7d} {n:9d} {a:8.1f} {b:14.1f} {c:8.1f} {a / b:20.2f} {a / c:9.2f}")
+
+# Fine-tuning data: conversations (the corpus's paragraphs as user and assistant turns, 4 per
+# conversation) in JSON Lines, to shards with loss masks (triad-tokenize shards --chat) against
+# the reference encoders' training form on the same lines, JSON parsing included: Mistral's
+# mistral_common (encode_instruct, v3 SentencePiece) and Meta's llama_models (encode_message per
+# message, tiktoken underneath) on one thread. Both must give triad's token count.
+import json
+import shutil
+from mistral_common.protocol.instruct.messages import AssistantMessage, UserMessage
+from mistral_common.tokens.instruct.request import InstructRequest
+from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+from llama_models.datatypes import RawMessage
+from llama_models.llama3.chat_format import ChatFormat
+from llama_models.llama3.tokenizer import Tokenizer as MetaTokenizer
+paragraphs = [p.strip() for t in texts for p in t.split("\n\n") if p.strip()]
+roles = ["user", "assistant"] * 2
+lines = [json.dumps({"messages": [{"role": r, "content": c}
+                                  for r, c in zip(roles, paragraphs[i:i + 4])]})
+         for i in range(0, len(paragraphs) - 3, 4)]
+chats = work / "chats.jsonl"
+chats.write_text("\n".join(lines) + "\n")
+chat_mb = chats.stat().st_size / 1e6
+subprocess.run([sys.executable, "-m", "analysis.convert_weights", "tokenizer", "--sentencepiece",
+                "data/vocab/mistral-v3.model", str(work / "mistral3")], check=True, capture_output=True)
+shutil.copy("data/vocab/mistral-v3.model", work / "tokenizer.model.v3")
+mistral = MistralTokenizer.from_file(str(work / "tokenizer.model.v3")).instruct_tokenizer
+meta = ChatFormat(MetaTokenizer(Path("data/vocab/llama3.tiktoken")))
+
+
+def triad_chat(vocab, t):
+    secs, n = [], 0
+    for _ in range(repeat):
+        out = subprocess.run(["build/triad-tokenize", "shards", "--vocab", str(vocab), "--out",
+                              str(work / "chat-shards"), "--val-fraction", "0", "--threads",
+                              str(t), "--chat", "auto", str(chats)],
+                             capture_output=True, text=True, check=True).stdout
+        secs.append(float(re.search(r"\(encode ([0-9.]+) s", out).group(1)))
+        n = int(re.search(r"tokens:\s+(\d+)", out).group(1))
+    return min(secs), n
+
+
+def mistral_chat():
+    n = 0
+    for line in chats.read_text().splitlines():
+        m = json.loads(line)["messages"]
+        n += len(mistral.encode_instruct(InstructRequest(messages=[
+            (UserMessage if x["role"] == "user" else AssistantMessage)(content=x["content"])
+            for x in m])).tokens)
+    return n
+
+
+def meta_chat():
+    n = 0
+    for line in chats.read_text().splitlines():
+        n += 1 + sum(len(meta.encode_message(RawMessage(**x), None)[0])
+                     for x in json.loads(line)["messages"])
+    return n
+
+
+rows = []
+for name, vocab, peer in [("mistral3", work / "mistral3" / "tokenizer.triad", mistral_chat),
+                          ("llama3", work / "llama3" / "tokenizer.triad", meta_chat)]:
+    ps, n_peer = best(peer)
+    for t in sorted({1, threads}):
+        tr, n = triad_chat(vocab, t)
+        assert n == n_peer, (name, t, n, n_peer)
+        rows.append((name, t, n, chat_mb / tr, chat_mb / ps))
+print(f"\nconversations: {len(lines)} ({chat_mb:.2f} MB of JSON Lines); MB/s, JSON parsing included")
+print(f"{'tokenizer':9} {'threads':>7} {'tokens':>9} {'triad':>8} {'reference (1 thread)':>21} "
+      f"{'triad/reference':>16}")
+for name, t, n, a, b in rows:
+    print(f"{name:9} {t:7d} {n:9d} {a:8.1f} {b:21.1f} {a / b:16.1f}")
 PY
