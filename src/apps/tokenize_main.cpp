@@ -45,7 +45,9 @@ constexpr const char* kUsage =
     "                          JSON Lines files, each line's text field a document;\n"
     "                          --chat FORMAT|auto [--field NAME]: JSON Lines conversations\n"
     "                          (\"messages\": [{\"role\": ..., \"content\": ...}]) in a chat\n"
-    "                          format, with loss masks (.mask) counting the replies only\n"
+    "                          format, with loss masks (.mask) counting the replies only;\n"
+    "                          --jsonl --prompt-field P [--field C]: prompt and completion\n"
+    "                          pairs, the masks counting the completions\n"
     "  chat --vocab FILE [--format NAME] [--system TEXT | --messages FILE]\n"
     "                          read a user message on stdin, write the ids of a chat prompt\n"
     "                          (mistral_v1, mistral_v3, mistral_v7, llama3, chatml, qwen2;\n"
@@ -204,7 +206,7 @@ int cmd_shards(const std::vector<std::string>& args) {
   std::vector<std::string> files;
   triad::ShardWriterOptions o;
   bool jsonl = false;
-  std::string field, chat;
+  std::string field, chat, prompt_field;
   desc.add_options()("vocab", po::value(&vocab)->required(),
                      "ranks file (gpt2.tiktoken) or tokenizer description")(
       "out", po::value(&o.out_dir)->required(), "output directory (created if needed)")(
@@ -220,6 +222,10 @@ int cmd_shards(const std::vector<std::string>& args) {
       "field", po::value(&field)->default_value("text"),
       "with --jsonl: the field holding each document's text; with --chat: the field holding "
       "each conversation's messages (default messages)")(
+      "prompt-field", po::value(&prompt_field),
+      "with --jsonl: each line is a prompt (this field) and its completion (--field, default "
+      "completion); a loss mask beside each shard counts the completion and the stop token "
+      "after it")(
       "chat", po::value(&chat),
       "the files are JSON Lines conversations, encoded in this chat format (mistral_v1, "
       "mistral_v3, mistral_v7, llama3, chatml, qwen2, or auto: the tokenizer description's); a "
@@ -238,7 +244,12 @@ int cmd_shards(const std::vector<std::string>& args) {
               "shards: --field applies to --jsonl or --chat input only");
   TRIAD_CHECK(!(jsonl && chats), "shards: --chat reads JSON Lines conversations; drop --jsonl");
   TRIAD_CHECK(!field.empty(), "shards: --field must name a field");
+  TRIAD_CHECK(!vm.count("prompt-field") || jsonl, "shards: --prompt-field needs --jsonl");
+  TRIAD_CHECK(!vm.count("prompt-field") || !prompt_field.empty(),
+              "shards: --prompt-field must name a field");
   if (chats && vm["field"].defaulted()) field = "messages";
+  if (!prompt_field.empty() && vm["field"].defaulted()) field = "completion";
+  o.prompt_field = prompt_field;
   if (jsonl || chats) o.jsonl_field = field;
   o.progress = &std::cerr;  // a corpus larger than one batch reports each
   const auto tok = triad::Tokenizer::from_file(vocab);
@@ -248,7 +259,12 @@ int cmd_shards(const std::vector<std::string>& args) {
   os.setf(std::ios::fixed);
   os.precision(2);
   const double secs = std::max(s.encode_seconds, 1e-9);
-  if (o.chat) {
+  if (!o.prompt_field.empty()) {
+    os << "documents:    " << s.documents << " prompt and completion pairs ("
+       << double(s.bytes) / 1e6 << " MB)\n"
+       << "tokens:       " << s.tokens << " (uint" << 8 * s.token_bytes << " shards), " << s.counted
+       << " of them counted by the loss masks (completions and stop tokens)\n";
+  } else if (o.chat) {
     os << "conversations: " << s.documents << " (" << double(s.bytes) / 1e6 << " MB)\n"
        << "tokens:       " << s.tokens << " (" << triad::chat_format_name(*o.chat)
        << " format; uint" << 8 * s.token_bytes << " shards), " << s.counted

@@ -2,8 +2,10 @@
 // parser, since only that field is needed and the rest is checked and skipped.
 #include "triad/data/json_lines.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <fstream>
+#include <span>
 #include <sstream>
 
 #include "triad/core/error.h"
@@ -19,17 +21,19 @@ class LineParser {
   LineParser(std::string_view line, const std::string& where, int64_t line_no)
       : s_(line), where_(where), line_no_(line_no) {}
 
-  // The object's `field` value (set has_value), checking the whole line.
-  void parse_object_line(std::string_view field, std::string& value, bool& has_value) {
+  // The string values of `fields` (setting found[k] for fields[k]), checking the whole line.
+  void parse_string_fields(std::span<const std::string_view> fields, std::string* values,
+                           bool* found) {
     parse_line([&](const std::string& key) {
-      if (key != field) return false;
+      const auto k = size_t(std::find(fields.begin(), fields.end(), key) - fields.begin());
+      if (k == fields.size()) return false;
       if (!peek('"')) {
         if (at_end()) fail_here("expected a value");
-        fail(std::string("field \"") + std::string(field) + "\" is not a string");
+        fail(std::string("field \"") + key + "\" is not a string");
       }
-      value.clear();
-      parse_string(&value);
-      has_value = true;
+      values[k].clear();
+      parse_string(&values[k]);
+      found[k] = true;
       return true;
     });
   }
@@ -334,10 +338,27 @@ std::vector<std::string> json_lines_documents(std::string_view text, std::string
   std::vector<std::string> docs;
   for_each_line(text, field, where, [&](LineParser& p, int64_t, bool& has_value) {
     std::string value;
-    p.parse_object_line(field, value, has_value);
+    p.parse_string_fields({&field, 1}, &value, &has_value);
     docs.push_back(std::move(value));
   });
   return docs;
+}
+
+std::vector<JsonPair> json_lines_pairs(std::string_view text, std::string_view prompt_field,
+                                       std::string_view completion_field,
+                                       const std::string& where) {
+  std::vector<JsonPair> out;
+  const std::string_view fields[] = {completion_field, prompt_field};
+  for_each_line(
+      text, completion_field, where, [&](LineParser& p, int64_t line_no, bool& has_completion) {
+        std::string values[2];
+        bool found[2] = {false, false};
+        p.parse_string_fields(fields, values, found);
+        TRIAD_CHECK(found[1], where, ", line ", line_no, ": no \"", prompt_field, "\" field");
+        has_completion = found[0];
+        out.push_back({line_no, std::move(values[1]), std::move(values[0])});
+      });
+  return out;
 }
 
 std::vector<JsonConversation> json_lines_conversations(std::string_view text,

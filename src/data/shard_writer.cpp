@@ -219,12 +219,60 @@ std::vector<T> tokenize_stream(const Tokenizer& tokenizer, const std::vector<std
   return stream;
 }
 
-// The stream of a chat corpus (ShardWriterOptions::chat) and its loss mask, file by file, the
-// conversations of a file encoded in parallel.
+// A prompt and its completion: the document start, the prompt, then the completion (encoded on
+// its own, as a continuation) and the tokenizer's first stop token, which the mask counts.
+ChatExample completion_example(const Tokenizer& tokenizer, std::string_view prompt,
+                               std::string_view completion) {
+  TRIAD_CHECK(!tokenizer.stop_tokens().empty(), "the tokenizer (", tokenizer.path(),
+              ") has no stop token to end a completion with");
+  ChatExample ex;
+  ex.ids.push_back(tokenizer.document_start());
+  tokenizer.encode_append(prompt, ex.ids);
+  ex.counts.assign(ex.ids.size(), 0);
+  tokenizer.encode_append(completion, ex.ids, /*continuation=*/true);
+  ex.ids.push_back(tokenizer.stop_tokens()[0]);
+  ex.counts.resize(ex.ids.size(), 1);
+  return ex;
+}
+
+// The examples of one file of a masked corpus: its conversations (o.chat) or prompt and
+// completion pairs (o.prompt_field), encoded in parallel; errors name the file and line.
+std::vector<ChatExample> masked_examples(const Tokenizer& tokenizer, const std::string& text,
+                                         const std::string& where, const ShardWriterOptions& o,
+                                         int threads) {
+  std::vector<int64_t> lines;
+  std::vector<ChatExample> examples;
+  auto encode_each = [&](size_t n, auto&& encode) {
+    examples.resize(n);
+    parallel_for(n, threads, [&](size_t i) {
+      try {
+        examples[i] = encode(i);
+      } catch (const Error& e) {
+        fail(where, ", line ", lines[i], ": ", e.what());
+      }
+    });
+  };
+  if (o.chat) {
+    const auto convs = json_lines_conversations(text, o.jsonl_field, where);
+    for (const auto& c : convs) lines.push_back(c.line);
+    encode_each(convs.size(),
+                [&](size_t i) { return chat_example(tokenizer, *o.chat, convs[i].messages); });
+  } else {
+    const auto pairs = json_lines_pairs(text, o.prompt_field, o.jsonl_field, where);
+    for (const auto& p : pairs) lines.push_back(p.line);
+    encode_each(pairs.size(), [&](size_t i) {
+      return completion_example(tokenizer, pairs[i].prompt, pairs[i].completion);
+    });
+  }
+  return examples;
+}
+
+// The stream of a masked corpus (ShardWriterOptions::chat or prompt_field) and its loss mask,
+// file by file.
 template <typename T>
-std::vector<T> chat_stream(const Tokenizer& tokenizer, const std::vector<std::string>& files,
-                           const ShardWriterOptions& o, ShardSummary* summary,
-                           std::vector<uint8_t>& mask) {
+std::vector<T> masked_stream(const Tokenizer& tokenizer, const std::vector<std::string>& files,
+                             const ShardWriterOptions& o, ShardSummary* summary,
+                             std::vector<uint8_t>& mask) {
   const auto t0 = Clock::now();
   const int threads = resolve_threads(o.threads);
   std::vector<T> stream;
@@ -233,22 +281,12 @@ std::vector<T> chat_stream(const Tokenizer& tokenizer, const std::vector<std::st
     const std::string where = "input file " + f;
     const std::string text = read_file(f);
     bytes += int64_t(text.size());
-    const std::vector<JsonConversation> convs =
-        json_lines_conversations(text, o.jsonl_field, where);
-    std::vector<ChatExample> examples(convs.size());
-    parallel_for(convs.size(), threads, [&](size_t i) {
-      try {
-        examples[i] = chat_example(tokenizer, *o.chat, convs[i].messages);
-      } catch (const Error& e) {
-        fail(where, ", line ", convs[i].line, ": ", e.what());
-      }
-    });
-    for (const ChatExample& ex : examples) {
+    for (const ChatExample& ex : masked_examples(tokenizer, text, where, o, threads)) {
       for (const int32_t id : ex.ids) stream.push_back(T(id));
       mask.insert(mask.end(), ex.counts.begin(), ex.counts.end());
       for (const uint8_t c : ex.counts) counted += c;
+      ++documents;
     }
-    documents += int64_t(examples.size());
   }
   if (summary) {
     summary->documents = documents;
@@ -320,17 +358,21 @@ ShardSummary write_shards(const Tokenizer& tokenizer, const std::vector<std::str
   TRIAD_CHECK(o.shard_tokens >= 1 && o.shard_tokens <= INT32_MAX,
               "--shard-tokens must be in [1, 2147483647], got ", o.shard_tokens);
 
-  TRIAD_CHECK(!o.chat || !o.jsonl_field.empty(), "chat input needs the field of its messages");
+  const bool masked = o.chat.has_value() || !o.prompt_field.empty();
+  TRIAD_CHECK(!masked || !o.jsonl_field.empty(), "chat and completion input need a field");
+  TRIAD_CHECK(!(o.chat && !o.prompt_field.empty()), "give chat or prompt_field, not both");
+  TRIAD_CHECK(o.prompt_field.empty() || o.prompt_field != o.jsonl_field,
+              "--prompt-field and --field name the same field '", o.jsonl_field, "'");
 
   ShardSummary s;
   // GPT-2's uint16 format where every id fits, else the uint32 one; the stream is held so.
   s.token_bytes = tokenizer.vocab_size() <= 65536 ? 2 : 4;
-  if (o.chat) {
+  if (masked) {
     std::vector<uint8_t> mask;
     if (s.token_bytes == 2)
-      write_stream(chat_stream<uint16_t>(tokenizer, files, o, &s, mask), o, s, &mask);
+      write_stream(masked_stream<uint16_t>(tokenizer, files, o, &s, mask), o, s, &mask);
     else
-      write_stream(chat_stream<uint32_t>(tokenizer, files, o, &s, mask), o, s, &mask);
+      write_stream(masked_stream<uint32_t>(tokenizer, files, o, &s, mask), o, s, &mask);
   } else if (s.token_bytes == 2) {
     write_stream(tokenize_stream<uint16_t>(tokenizer, files, o, &s), o, s);
   } else {
@@ -351,7 +393,7 @@ ShardSummary write_shards(const Tokenizer& tokenizer, const std::vector<std::str
     // chat run's before a plain one): the loader would read it with the new tokens.
     const std::string shard = name.size() > 5 ? name.substr(0, name.size() - 5) : "";
     if (name.ends_with(".mask") && is_shard_name(shard, o.prefix) &&
-        (!o.chat || !written.count(shard)))
+        (!masked || !written.count(shard)))
       stale.push_back(entry.path().string());
   }
   std::sort(stale.begin(), stale.end());

@@ -378,3 +378,60 @@ def test_messages_errors(tmp_path):
     p = run([exe("triad-tokenize"), "chat", "--vocab", desc, "--messages", tmp_path / "done.jsonl",
              "--system", "x"])
     assert_clean_error(p, "drop --system")
+
+
+# ---- prompt and completion pairs (--jsonl --prompt-field) -----------------------------------
+
+PAIRS = [("Q: What is 2+2?\nA:", " 4"), ("Translate to French: cheese\n", "fromage"),
+         ("", "an empty prompt"), ("Ünïcödé 漢字 ", "🙂 and <|endoftext|> as text"),
+         ("x", "")]
+
+
+def test_prompt_completion_pairs_match_tiktoken_and_meta(tmp_path):
+    """GPT-2 (tiktoken) and Llama 3 (Meta's tokenizer): the document start, the prompt, the
+    completion encoded on its own and the first stop token; the mask counts the last two."""
+    tiktoken = pytest.importorskip("tiktoken")
+    from tiktoken.load import load_tiktoken_bpe
+    with open(tmp_path / "pairs.jsonl", "w", encoding="utf-8") as f:
+        for prompt, completion in PAIRS:
+            f.write(json.dumps({"instruction": prompt, "output": completion, "n": 1}) + "\n")
+    gpt2 = tiktoken.Encoding("gpt2", pat_str=r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+"""
+                             r"""| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
+                             mergeable_ranks=load_tiktoken_bpe(str(VOCAB / "gpt2.tiktoken")),
+                             special_tokens={})
+    cases = [(VOCAB / "gpt2.tiktoken", gpt2.encode_ordinary, 50256, 50256)]
+    if pytest.importorskip("llama_models"):
+        from llama_models.llama3.tokenizer import Tokenizer
+        need(VOCAB / "llama3.tiktoken")
+        meta = Tokenizer(VOCAB / "llama3.tiktoken")
+        desc = convert(VOCAB / "llama3.tiktoken", tmp_path / "l3", "--meta-llama3")
+        cases.append((desc, lambda s: meta.encode(s, bos=False, eos=False), 128000, 128001))
+    for k, (vocab, encode, start, stop) in enumerate(cases):
+        out = tmp_path / f"out{k}"
+        p = shards(vocab, tmp_path / "pairs.jsonl", out, "--jsonl", "--prompt-field",
+                   "instruction", "--field", "output")
+        assert f"documents:    {len(PAIRS)} prompt and completion pairs" in p.stdout, p.stdout
+        examples = []
+        for prompt, completion in PAIRS:
+            a, b = [start] + encode(prompt), encode(completion) + [stop]
+            examples.append((a + b, [0] * len(a) + [1] * len(b)))
+        check_stream(p, out, examples)
+
+
+@pytest.mark.parametrize("line,args,needle", [
+    ('{"prompt": "a"}', [], "line 2: no \"completion\" field"),
+    ('{"completion": "a"}', [], "line 2: no \"prompt\" field"),
+    ('{"prompt": 1, "completion": "a"}', [], "line 2: field \"prompt\" is not a string"),
+    ('{"prompt": "a", "completion": "b"}', ["--field", "prompt"],
+     "--prompt-field and --field name the same field 'prompt'"),
+])
+def test_bad_pairs_are_refused(tmp_path, line, args, needle):
+    good = json.dumps({"prompt": "p", "completion": "c"})
+    (tmp_path / "p.jsonl").write_text(good + "\n" + line + "\n")
+    p = run([str(a) for a in (exe("triad-tokenize"), "shards", "--vocab", VOCAB / "gpt2.tiktoken",
+                              "--out", tmp_path / "o", "--jsonl", "--prompt-field", "prompt",
+                              *args, tmp_path / "p.jsonl")])
+    assert_clean_error(p, needle)
+    p = run([exe("triad-tokenize"), "shards", "--vocab", VOCAB / "gpt2.tiktoken", "--out",
+             tmp_path / "o", "--prompt-field", "prompt", tmp_path / "p.jsonl"])
+    assert_clean_error(p, "--prompt-field needs --jsonl")

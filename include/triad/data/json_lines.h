@@ -20,6 +20,15 @@ namespace triad {
 std::vector<std::string> json_lines_documents(std::string_view text, std::string_view field,
                                               const std::string& where);
 
+// Prompt and completion pairs (`triad-tokenize shards --jsonl --prompt-field P [--field C]`):
+// the string values of both fields of each line, as above.
+struct JsonPair {
+  int64_t line = 0;
+  std::string prompt, completion;
+};
+std::vector<JsonPair> json_lines_pairs(std::string_view text, std::string_view prompt_field,
+                                       std::string_view completion_field, const std::string& where);
+
 // Conversations (`triad-tokenize shards --chat`): in each non-blank line, `field` holds an array
 // of message objects, each with string "role" and "content" fields (others are skipped), as
 // chat datasets export them ({"messages": [{"role": "user", "content": "..."}, ...]}). The same

@@ -29,6 +29,11 @@
 // <shard>.mask (token_shard.h), counting the assistant replies only. Without chat, masks of
 // earlier runs beside this prefix's shards are removed.
 //
+// Completions (prompt_field set): each JSON Lines line's prompt_field and jsonl_field strings
+// are one document: the document start, the prompt, the completion (encoded on its own, as a
+// continuation) and the tokenizer's first stop token; the mask counts the completion and the
+// stop token.
+//
 // Threads: large files are cut into chunks of about chunk_bytes at positions where the
 // encoding is known not to change (Tokenizer::cut_is_safe: an ASCII non-space byte followed by
 // an ASCII space byte), chunks are encoded in parallel, and results are joined in order: the
@@ -58,6 +63,7 @@ struct ShardWriterOptions {
   size_t chunk_bytes = size_t(1) << 20;
   std::string jsonl_field;  // non-empty: the files are JSON Lines, documents this field's values
   std::optional<ChatFormat> chat;  // conversations in jsonl_field, written with loss masks
+  std::string prompt_field;  // non-empty: prompt and completion (jsonl_field) pairs, with masks
   // Files are read and encoded in batches of about this many bytes (bounding the text in memory);
   // with more than one batch, a progress line per batch goes to *progress (if not null): bytes
   // and share done, documents, tokens, MB/s and the time left.
@@ -66,8 +72,8 @@ struct ShardWriterOptions {
 };
 
 struct ShardSummary {
-  int64_t documents = 0;  // conversations with chat
-  int64_t counted = 0;    // with chat: the targets the masks count (reply tokens)
+  int64_t documents = 0;  // conversations with chat, pairs with prompt_field
+  int64_t counted = 0;    // with masks: the targets they count
   int64_t bytes = 0;      // input bytes (of the files, JSON Lines included)
   int64_t tokens = 0;     // all tokens, document separators included
   int token_bytes = 2;    // of the shards written: 2 (uint16) or 4 (uint32)
