@@ -1,6 +1,7 @@
 #include "triad/data/chat_format.h"
 
 #include <string>
+#include <vector>
 
 #include "triad/core/error.h"
 
@@ -24,11 +25,28 @@ const char* chat_format_name(ChatFormat f) {
   return "?";
 }
 
+namespace {
+constexpr ChatFormat kChatFormats[] = {ChatFormat::mistral_v1, ChatFormat::mistral_v3,
+                                       ChatFormat::mistral_v7, ChatFormat::llama3,
+                                       ChatFormat::chatml,     ChatFormat::qwen2};
+}  // namespace
+
 std::optional<ChatFormat> parse_chat_format(std::string_view name) {
-  for (const ChatFormat f : {ChatFormat::mistral_v1, ChatFormat::mistral_v3, ChatFormat::mistral_v7,
-                             ChatFormat::llama3, ChatFormat::chatml, ChatFormat::qwen2})
+  for (const ChatFormat f : kChatFormats)
     if (name == chat_format_name(f)) return f;
   return std::nullopt;
+}
+
+std::string chat_format_names(std::string_view last) {
+  std::vector<std::string_view> names;
+  for (const ChatFormat f : kChatFormats) names.push_back(chat_format_name(f));
+  if (!last.empty()) names.push_back(last);
+  std::string out;
+  for (size_t i = 0; i < names.size(); ++i) {
+    if (i > 0) out += i + 1 < names.size() ? ", " : " or ";
+    out += names[i];
+  }
+  return out;
 }
 
 ChatFormat resolve_chat_format(const Tokenizer& tokenizer, std::string_view name,
@@ -36,12 +54,12 @@ ChatFormat resolve_chat_format(const Tokenizer& tokenizer, std::string_view name
   std::string chosen(name);
   if (chosen.empty() || chosen == "auto") {
     chosen = tokenizer.chat_format();
-    TRIAD_CHECK(!chosen.empty(), tokenizer.path(), " names no chat format: give ", option,
-                " (mistral_v1, mistral_v3, mistral_v7, llama3, chatml or qwen2)");
+    TRIAD_CHECK(!chosen.empty(), tokenizer.path(), " names no chat format: give ", option, " (",
+                chat_format_names(), ")");
   }
   const auto f = parse_chat_format(chosen);
-  TRIAD_CHECK(f.has_value(), "unknown ", option, " '", chosen,
-              "' (expected mistral_v1, mistral_v3, mistral_v7, llama3, chatml, qwen2 or auto)");
+  TRIAD_CHECK(f.has_value(), "unknown ", option, " '", chosen, "' (expected ",
+              chat_format_names("auto"), ")");
   return *f;
 }
 

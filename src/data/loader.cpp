@@ -14,6 +14,21 @@
 #include "triad/data/token_shard.h"
 
 namespace triad {
+namespace {
+
+// A read-only map of the whole file `path`, `bytes` long (its reader has checked the size);
+// `what` names the file's kind in errors.
+void* map_file(const std::string& path, size_t bytes, const char* what) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  TRIAD_CHECK(fd >= 0, what, " ", path, ": cannot open (", std::strerror(errno), ")");
+  void* map = ::mmap(nullptr, bytes, PROT_READ, MAP_PRIVATE, fd, 0);
+  const int map_errno = errno;
+  ::close(fd);
+  TRIAD_CHECK(map != MAP_FAILED, what, " ", path, ": cannot map (", std::strerror(map_errno), ")");
+  return map;
+}
+
+}  // namespace
 
 // A read-only memory map of one validated shard: large corpora are paged in on demand
 // instead of read up front. Its tokens are uint16 or uint32 (token_bytes), by its header.
@@ -34,11 +49,7 @@ struct SequenceSource::Shard {
     n_tokens = h.count;
     token_bytes = h.token_bytes;
     map_bytes = kShardHeaderInts * 4 + size_t(n_tokens) * size_t(token_bytes);
-    const int fd = ::open(p.c_str(), O_RDONLY);
-    TRIAD_CHECK(fd >= 0, "token shard ", p, ": cannot open (", std::strerror(errno), ")");
-    map = ::mmap(nullptr, map_bytes, PROT_READ, MAP_PRIVATE, fd, 0);
-    ::close(fd);
-    TRIAD_CHECK(map != MAP_FAILED, "token shard ", p, ": cannot map (", std::strerror(errno), ")");
+    map = map_file(p, map_bytes, "token shard");
     tokens = static_cast<const char*>(map) + kShardHeaderInts * 4;
     if (loss_mask == LossMask::none) return;
     try {
@@ -61,12 +72,7 @@ struct SequenceSource::Shard {
                 " tokens of ", path, "; not this shard's mask");
     mask_path = mp;
     mask_bytes = kShardHeaderInts * 4 + size_t(count);
-    const int mfd = ::open(mp.c_str(), O_RDONLY);
-    TRIAD_CHECK(mfd >= 0, "loss mask ", mp, ": cannot open (", std::strerror(errno), ")");
-    mask_map = ::mmap(nullptr, mask_bytes, PROT_READ, MAP_PRIVATE, mfd, 0);
-    ::close(mfd);
-    TRIAD_CHECK(mask_map != MAP_FAILED, "loss mask ", mp, ": cannot map (", std::strerror(errno),
-                ")");
+    mask_map = map_file(mp, mask_bytes, "loss mask");
     mask = static_cast<const uint8_t*>(mask_map) + kShardHeaderInts * 4;
   }
   // Whether token i counts as a target; a value other than 0 or 1 is refused.
@@ -81,8 +87,8 @@ struct SequenceSource::Shard {
                             : reinterpret_cast<const uint32_t*>(tokens)[i];
   }
   ~Shard() {
-    if (map && map != MAP_FAILED) ::munmap(map, map_bytes);
-    if (mask_map && mask_map != MAP_FAILED) ::munmap(mask_map, mask_bytes);
+    if (map) ::munmap(map, map_bytes);  // map_file never leaves MAP_FAILED
+    if (mask_map) ::munmap(mask_map, mask_bytes);
   }
 };
 

@@ -389,11 +389,9 @@ ShardSummary write_shards(const Tokenizer& tokenizer, const std::vector<std::str
     const std::string name = entry.path().filename().string();
     if (is_shard_name(name, o.prefix) && !written.count(name))
       stale.push_back(entry.path().string());
-    // A mask beside a shard of this prefix that this run wrote none for (a stale shard's, or a
-    // chat run's before a plain one): the loader would read it with the new tokens.
+    // A stale shard's mask (write_split already removed any beside a shard it wrote plain).
     const std::string shard = name.size() > 5 ? name.substr(0, name.size() - 5) : "";
-    if (name.ends_with(".mask") && is_shard_name(shard, o.prefix) &&
-        (!masked || !written.count(shard)))
+    if (name.ends_with(".mask") && is_shard_name(shard, o.prefix) && !written.count(shard))
       stale.push_back(entry.path().string());
   }
   std::sort(stale.begin(), stale.end());

@@ -106,8 +106,7 @@ Tokenizer Tokenizer::from_description(const std::string& path, const std::string
     TRIAD_CHECK(seen.count(k), where, ": no '", k, "' line");
   TRIAD_CHECK(seen.count("document_start"), where, ": no 'document_start' line");
   TRIAD_CHECK(chat.empty() || parse_chat_format(chat).has_value(), where, ", line ", seen["chat"],
-              ": unknown chat format '", excerpt(chat),
-              "' (expected mistral_v1, mistral_v3, mistral_v7, llama3, chatml or qwen2)");
+              ": unknown chat format '", excerpt(chat), "' (expected ", chat_format_names(), ")");
   TRIAD_CHECK(!sentencepiece || space_prefix == "true" || space_prefix == "false" ||
                   space_prefix == "unless_space",
               where, ", line ", seen["space_prefix"], ": space_prefix '", excerpt(space_prefix),

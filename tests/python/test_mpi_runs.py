@@ -13,7 +13,8 @@ import h5py
 import numpy as np
 import pytest
 
-from triad_run import ENV, REPO, VOCAB, catching_pids, exe, tiny_config, tool, train
+from triad_run import (ENV, REPO, VOCAB, catching_pids, exe, tiny_config, tool, train,
+                       write_loss_mask)
 
 MPIRUN = shutil.which("mpirun")
 MPI_ENV = dict(ENV, OMP_NUM_THREADS="1", OMPI_MCA_pml="ob1", OMPI_MCA_btl="self,vader")
@@ -108,10 +109,7 @@ def test_loss_masks_give_the_same_curve_on_every_grid(tmp_path):
     rng = np.random.default_rng(3)
     for shard in sorted((tmp_path / "data").glob("*.bin")):
         n = int(np.frombuffer(shard.read_bytes()[:12], dtype="<i4")[2])
-        mask = np.repeat(rng.integers(0, 2, n // 7 + 1), 7)[:n].astype(np.uint8)
-        header = np.zeros(256, dtype="<i4")
-        header[:3] = (20261130, 1, n)
-        (shard.parent / (shard.name + ".mask")).write_bytes(header.tobytes() + mask.tobytes())
+        write_loss_mask(shard, np.repeat(rng.integers(0, 2, n // 7 + 1), 7)[:n])
     common = ["--data.loss_mask", "require", "--eval.every", 4, "--checkpoint.every", 0]
     p = run(1, "--config", cfg, *common)
     assert p.returncode == 0, p.stderr

@@ -23,7 +23,7 @@ import unicodedata
 import numpy as np
 import pytest
 
-from test_tokenizer_tiktoken import STRINGS
+from test_tokenizer_tiktoken import STRINGS, write_documents
 from triad_run import (ENV, REPO, VOCAB, assert_clean_error, assert_clean_failure, exe,
                        greedy_continuation, import_random_model, run, tool)
 
@@ -180,10 +180,7 @@ def read_shard(path):
 
 def test_llama3_shards_are_uint32_with_begin_of_text(tmp_path, llama3, llama3_enc):
     docs = [STRINGS["accents"] + "\n" + STRINGS["code"], STRINGS["long_random_mix"], "x"]
-    files = []
-    for i, d in enumerate(docs):
-        files.append(tmp_path / f"doc{i}.txt")
-        files[-1].write_text(d, encoding="utf-8")
+    files = write_documents(tmp_path, docs)
     out = tmp_path / "out"
     summary = cli("shards", "--vocab", llama3, "--out", out, "--prefix", "l3",
                   "--val-fraction", "0.2", "--shard-tokens", "700", "--threads", "2",

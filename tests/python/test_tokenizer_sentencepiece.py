@@ -19,7 +19,7 @@ import random
 import pytest
 
 from test_tokenizer_llama3 import CORPUS, cli, cli_encode, first_difference, mixed_strings
-from test_tokenizer_tiktoken import STRINGS, read_shard
+from test_tokenizer_tiktoken import STRINGS, read_shard, write_documents
 from triad_run import REPO, assert_clean_failure, tool
 
 spm = pytest.importorskip("sentencepiece")
@@ -127,10 +127,7 @@ def test_mistral_shards_equal_sentencepiece_per_document(tmp_path, mistral):
     space prefix) give sentencepiece's ids of each whole document, after <s>."""
     sp, desc = mistral["v1"]
     docs = [book_text(2_500_000), " starts with a space\n" + STRINGS["accents"], "x"]
-    files = []
-    for i, d in enumerate(docs):
-        files.append(tmp_path / f"doc{i}.txt")
-        files[-1].write_text(d, encoding="utf-8")
+    files = write_documents(tmp_path, docs)
     out = tmp_path / "out"
     summary = cli("shards", "--vocab", desc, "--out", out, "--val-fraction", "0",
                   "--threads", "2", *files).decode()

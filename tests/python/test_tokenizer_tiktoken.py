@@ -210,12 +210,17 @@ def read_shard(path):
     return tokens.tolist()
 
 
+def write_documents(directory, docs):
+    """Each document as its own UTF-8 file directory/doc{i}.txt; returns the paths in order."""
+    files = [directory / f"doc{i}.txt" for i in range(len(docs))]
+    for f, d in zip(files, docs):
+        f.write_text(d, encoding="utf-8")
+    return files
+
+
 def test_shards_cli(tmp_path, enc):
     docs = [STRINGS["accents"] + "\n" + STRINGS["code"] * 50, STRINGS["long_random_mix"], "x"]
-    files = []
-    for i, d in enumerate(docs):
-        files.append(tmp_path / f"doc{i}.txt")
-        files[-1].write_text(d, encoding="utf-8")
+    files = write_documents(tmp_path, docs)
     out = tmp_path / "out"
     p = run(["shards", "--vocab", str(VOCAB), "--out", str(out), "--prefix", "t",
              "--val-fraction", "0.1", "--shard-tokens", "1000", "--threads", "2",

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from triad_run import (ENV, REPO, VOCAB, assert_clean_error, catching_pids, exe, run,
-                       tiny_config, train, write_shard)
+                       tiny_config, train, write_loss_mask, write_shard)
 
 
 def losses(run_dir):
@@ -658,13 +658,6 @@ def test_init_from_eval_only_and_generate(tmp_path):
         assert abs(f["val/loss"][-1] - val) < 1e-5
 
 
-def write_mask(shard, mask):
-    header = np.zeros(256, dtype="<i4")
-    header[:3] = (20261130, 1, len(mask))
-    (shard.parent / (shard.name + ".mask")).write_bytes(header.tobytes() +
-                                                        np.asarray(mask, np.uint8).tobytes())
-
-
 def test_loss_masks_batch_without_targets_and_bad_val(tmp_path):
     """A step whose batch the masks leave without a counted target gets no update (its loss
     NaN, the run goes on), and a validation set without one is refused before training."""
@@ -674,8 +667,8 @@ def test_loss_masks_batch_without_targets_and_bad_val(tmp_path):
     n0 = 6000
     first = np.zeros(n0, np.uint8)
     first[8 * 16 + 1:] = 1  # the 8 sequences of step 0: no counted target
-    write_mask(data / "train_000.bin", first)
-    write_mask(data / "val_000.bin", np.ones(2000, np.uint8))
+    write_loss_mask(data / "train_000.bin", first)
+    write_loss_mask(data / "val_000.bin", np.ones(2000, np.uint8))
     p = train("--config", cfg, check=True)
     assert "step 1: the loss masks count no target of its batch; no update" in p.stdout, p.stdout
     steps, loss = losses(tmp_path / "runs" / "m")
@@ -686,7 +679,7 @@ def test_loss_masks_batch_without_targets_and_bad_val(tmp_path):
         assert f["train/skipped"][0] == 1 and f["train/skipped"][1] == 0
     assert any(not np.array_equal(w0[k], w1[k]) for k in w0)  # step 2 updates
 
-    write_mask(data / "val_000.bin", np.zeros(2000, np.uint8))
+    write_loss_mask(data / "val_000.bin", np.zeros(2000, np.uint8))
     p = train("--config", cfg, "--run.name", "bad")
     assert_clean_error(p, "data.val", "count no target in its first 16 sequences")
 

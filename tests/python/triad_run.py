@@ -49,6 +49,16 @@ def write_shard(path, tokens, magic=None, version=None, count=None):
     return str(path)
 
 
+def write_loss_mask(shard, mask):
+    """The loss mask beside a token shard (shard + ".mask"): magic 20261130, version 1, a byte per
+    token (docs/formats.md)."""
+    header = np.zeros(256, dtype="<i4")
+    header[:3] = (20261130, 1, len(mask))
+    with open(str(shard) + ".mask", "wb") as f:
+        f.write(header.tobytes())
+        f.write(np.asarray(mask, np.uint8).tobytes())
+
+
 def tiny_config(tmp, name="run", vocab=512, **overrides):
     """A model small enough that a step takes milliseconds, on random token shards."""
     rng = np.random.default_rng(0)
