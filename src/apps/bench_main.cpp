@@ -500,10 +500,11 @@ int cmd_attention(MPI_Comm world, const std::vector<std::string>& args) {
   cudaEvent_t e0, e1;
   TRIAD_CUDA_CHECK(cudaEventCreate(&e0));
   TRIAD_CUDA_CHECK(cudaEventCreate(&e1));
-  auto fwd = [&] { tc::flash_attention_forward(out, lse, qkv, B, T, C, NH, s, kernel); };
+  auto fwd = [&] { tc::flash_attention_forward(out, lse, qkv, B, T, C, NH, nullptr, s, kernel); };
   auto fwd_bwd = [&] {
     fwd();
-    tc::flash_attention_backward(dqkv, dout, qkv, out, lse, ws, B, T, C, NH, s, false, kernel,
+    tc::flash_attention_backward(dqkv, dout, qkv, out, lse, ws, B, T, C, NH, nullptr, s, false,
+                                 kernel,
                                  backward);
   };
   auto time_ms = [&](auto&& f) {

@@ -27,13 +27,31 @@ inline void random_bf16(size_t n, uint32_t seed, Bits& bits, std::vector<double>
   }
 }
 
+// A document mask ([B,T] key_begin, backend.h) from the positions where documents start in
+// each sequence (ascending; rows before the first start see from key 0).
+inline std::vector<int32_t> key_begin_of_starts(int B, int T,
+                                                const std::vector<std::vector<int>>& starts) {
+  std::vector<int32_t> kb(size_t(B) * T, 0);
+  for (int b = 0; b < B; ++b) {
+    int lo = 0;
+    size_t next = 0;
+    for (int t = 0; t < T; ++t) {
+      while (next < starts[size_t(b)].size() && starts[size_t(b)][next] <= t)
+        lo = starts[size_t(b)][next++];
+      kb[size_t(b) * T + t] = lo;
+    }
+  }
+  return kb;
+}
+
 struct Reference {
   std::vector<double> out, lse, dqkv;
 };
 
-// Naive causal attention in double: forward and backward, one head at a time.
+// Naive causal attention in double: forward and backward, one head at a time; with key_begin
+// ([B,T]) query t of sequence b sees keys key_begin[b·T+t] .. t only.
 inline Reference reference(const std::vector<double>& qkv, const std::vector<double>& dout, int B,
-                           int T, int C, int NH) {
+                           int T, int C, int NH, const std::vector<int32_t>* key_begin = nullptr) {
   const int hd = C / NH;
   const double scale = 1.0 / std::sqrt(double(hd));
   Reference r;
@@ -50,34 +68,35 @@ inline Reference reference(const std::vector<double>& qkv, const std::vector<dou
     auto dq = [&](int t) { return &r.dqkv[(size_t(b) * T + t) * pitch + size_t(h) * hd]; };
     auto o = [&](int t) { return &r.out[(size_t(b) * T + t) * C + size_t(h) * hd]; };
     auto dO = [&](int t) { return &dout[(size_t(b) * T + t) * C + size_t(h) * hd]; };
-    std::vector<double> P(size_t(T) * T, 0.0);  // row i: keys 0..i
+    std::vector<double> P(size_t(T) * T, 0.0);  // row i: keys lo(i)..i
+    auto lo = [&](int i) { return key_begin ? int((*key_begin)[size_t(b) * T + i]) : 0; };
     for (int i = 0; i < T; ++i) {
       double* p = &P[size_t(i) * T];
       double mx = -INFINITY;
-      for (int j = 0; j <= i; ++j) {
+      for (int j = lo(i); j <= i; ++j) {
         double s = 0.0;
         for (int d = 0; d < hd; ++d) s += q(i)[d] * k(j)[d];
         p[j] = s * scale;
         mx = std::max(mx, p[j]);
       }
       double sum = 0.0;
-      for (int j = 0; j <= i; ++j) sum += std::exp(p[j] - mx);
+      for (int j = lo(i); j <= i; ++j) sum += std::exp(p[j] - mx);
       r.lse[size_t(bh) * T + i] = mx + std::log(sum);
-      for (int j = 0; j <= i; ++j) p[j] = std::exp(p[j] - mx) / sum;
-      for (int j = 0; j <= i; ++j)
+      for (int j = lo(i); j <= i; ++j) p[j] = std::exp(p[j] - mx) / sum;
+      for (int j = lo(i); j <= i; ++j)
         for (int d = 0; d < hd; ++d) o(i)[d] += p[j] * v(j)[d];
     }
     for (int i = 0; i < T; ++i) {
       const double* p = &P[size_t(i) * T];
       std::vector<double> dp(size_t(i) + 1);
       double Di = 0.0;
-      for (int j = 0; j <= i; ++j) {
+      for (int j = lo(i); j <= i; ++j) {
         double s = 0.0;
         for (int d = 0; d < hd; ++d) s += dO(i)[d] * v(j)[d];
         dp[j] = s;
         Di += p[j] * s;
       }
-      for (int j = 0; j <= i; ++j) {
+      for (int j = lo(i); j <= i; ++j) {
         const double ds = p[j] * (dp[j] - Di) * scale;
         for (int d = 0; d < hd; ++d) {
           dq(i)[d] += ds * k(j)[d];
@@ -96,12 +115,13 @@ struct Problem {
   Bits qkv, dout;
   Reference want;
 };
-inline Problem random_problem(int B, int T, int C, int NH, uint32_t qkv_seed, uint32_t dout_seed) {
+inline Problem random_problem(int B, int T, int C, int NH, uint32_t qkv_seed, uint32_t dout_seed,
+                              const std::vector<int32_t>* key_begin = nullptr) {
   Problem p;
   std::vector<double> qkv, dout;
   random_bf16(size_t(B) * T * 3 * C, qkv_seed, p.qkv, qkv);
   random_bf16(size_t(B) * T * C, dout_seed, p.dout, dout);
-  p.want = reference(qkv, dout, B, T, C, NH);
+  p.want = reference(qkv, dout, B, T, C, NH, key_begin);
   return p;
 }
 

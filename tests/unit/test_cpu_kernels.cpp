@@ -13,6 +13,7 @@
 #include <random>
 #include <vector>
 
+#include "../support/attention_reference.h"
 #include "../support/random_data.h"
 #include "triad/kernels/backend.h"
 
@@ -112,9 +113,10 @@ double naive_gelu(double x) {
 }
 
 // Returns out [B,T,C]; fills probs [B,NH,T,T] (0 above the diagonal) when given.
-// NKV key/value heads (0: NH); query head h reads key/value head h % NKV (backend.h).
+// NKV key/value heads (0: NH); query head h reads key/value head h % NKV (backend.h). With
+// key_begin ([B,T]) query t of sequence b sees keys key_begin[b·T+t] .. t only.
 DVec naive_attention(const DVec& qkv, int B, int T, int C, int NH, DVec* probs = nullptr,
-                     int NKV = 0) {
+                     int NKV = 0, const std::vector<int32_t>* key_begin = nullptr) {
   if (NKV == 0) NKV = NH;
   const int hd = C / NH;
   const size_t W = size_t(C) + 2 * size_t(NKV) * hd;
@@ -127,7 +129,8 @@ DVec naive_attention(const DVec& qkv, int B, int T, int C, int NH, DVec* probs =
       for (int i = 0; i < T; ++i) {
         const double* q = &qkv[(size_t(b) * T + i) * W + h * hd];
         double mx = -std::numeric_limits<double>::infinity();
-        for (int j = 0; j <= i; ++j) {
+        const int lo = key_begin ? (*key_begin)[size_t(b) * T + i] : 0;
+        for (int j = lo; j <= i; ++j) {
           const double* k = &qkv[(size_t(b) * T + j) * W + C + (h % NKV) * hd];
           double s = 0.0;
           for (int e = 0; e < hd; ++e) s += q[e] * k[e];
@@ -135,8 +138,8 @@ DVec naive_attention(const DVec& qkv, int B, int T, int C, int NH, DVec* probs =
           mx = std::max(mx, p[j]);
         }
         double sum = 0.0;
-        for (int j = 0; j <= i; ++j) sum += (p[j] = std::exp(p[j] - mx));
-        for (int j = 0; j <= i; ++j) {
+        for (int j = lo; j <= i; ++j) sum += (p[j] = std::exp(p[j] - mx));
+        for (int j = lo; j <= i; ++j) {
           p[j] /= sum;
           if (probs) (*probs)[((size_t(b) * NH + h) * T + i) * T + j] = p[j];
           const double* v = &qkv[(size_t(b) * T + j) * W + C + (NKV + h % NKV) * hd];
@@ -481,14 +484,16 @@ TEST_F(CpuKernels, MatmulSplitOverThreadsWideOutput) { check_matmul_split(*be, 4
 // ---- attention -----------------------------------------------------------------------------
 
 // stride > 1 checks only every stride-th coordinate of dqkv (for the longer sequence). NKV
-// key/value heads (0: NH).
-void check_attention(Backend& be, int B, int T, int C, int NH, size_t stride, int NKV = 0) {
+// key/value heads (0: NH). key_begin: a document mask ([B,T], backend.h), or none.
+void check_attention(Backend& be, int B, int T, int C, int NH, size_t stride, int NKV = 0,
+                     const std::vector<int32_t>* key_begin = nullptr) {
   if (NKV == 0) NKV = NH;
   const Vec qkv = random_vec(size_t(B) * T * qkv_width(C, NH, NKV), 31, -2.0f, 2.0f);
   Vec out(size_t(B) * T * C), att(size_t(B) * NH * T * T, 7.0f);
-  be.attention_forward(out.data(), att.data(), qkv.data(), B, T, C, NH, NKV);
+  const int32_t* kb = key_begin ? key_begin->data() : nullptr;
+  be.attention_forward(out.data(), att.data(), qkv.data(), B, T, C, NH, NKV, kb);
   DVec x = to_double(qkv), probs;
-  expect_close(out, naive_attention(x, B, T, C, NH, &probs, NKV), 1e-5, "out");
+  expect_close(out, naive_attention(x, B, T, C, NH, &probs, NKV, key_begin), 1e-5, "out");
   for (int bh = 0; bh < B * NH; ++bh)
     for (int i = 0; i < T; ++i)
       for (int j = 0; j <= i; ++j) {
@@ -497,7 +502,7 @@ void check_attention(Backend& be, int B, int T, int C, int NH, size_t stride, in
       }
 
   const Vec R = random_vec(out.size(), 32);
-  auto loss = [&] { return dot(naive_attention(x, B, T, C, NH, nullptr, NKV), R); };
+  auto loss = [&] { return dot(naive_attention(x, B, T, C, NH, nullptr, NKV, key_begin), R); };
   const DVec g = finite_diff(x, loss, stride);
   // Garbage above the diagonal of att must not matter to the backward (it is unspecified).
   for (int bh = 0; bh < B * NH; ++bh)
@@ -505,19 +510,19 @@ void check_attention(Backend& be, int B, int T, int C, int NH, size_t stride, in
       for (int j = i + 1; j < T; ++j) att[(size_t(bh) * T + i) * T + j] = 1e3f;
   Vec dqkv(qkv.size(), 0.0f), scratch(att.size(), 5.0f);
   be.attention_backward(dqkv.data(), scratch.data(), R.data(), qkv.data(), att.data(), B, T, C, NH,
-                        NKV);
+                        NKV, GradMode::accumulate, kb);
   expect_close(dqkv, g, 1e-4, "dqkv", stride);
 
   Vec dqkv2 = random_vec(qkv.size(), 33);
   const Vec dqkv0 = dqkv2;
   be.attention_backward(dqkv2.data(), scratch.data(), R.data(), qkv.data(), att.data(), B, T, C, NH,
-                        NKV);
+                        NKV, GradMode::accumulate, kb);
   expect_accumulated(dqkv2, dqkv0, dqkv, "dqkv +=");
 
   // overwrite: whatever dqkv held is replaced by the gradient.
   Vec dqkv3 = random_vec(qkv.size(), 34);
   be.attention_backward(dqkv3.data(), scratch.data(), R.data(), qkv.data(), att.data(), B, T, C, NH,
-                        NKV, GradMode::overwrite);
+                        NKV, GradMode::overwrite, kb);
   EXPECT_EQ(dqkv3, dqkv);
 }
 
@@ -551,6 +556,19 @@ TEST_F(CpuKernels, AttentionExtremeLogits) {
 TEST_F(CpuKernels, AttentionSeveralCausalBlocks) { check_attention(*be, 1, 150, 6, 2, 7); }
 TEST_F(CpuKernels, AttentionGroupedSeveralCausalBlocks) {
   check_attention(*be, 1, 150, 12, 6, 11, 2);
+}
+
+// Document masks (packed sequences): each query sees the keys of its own document only, against
+// the definition and finite differences; documents of one token, a document per sequence, and
+// boundaries inside and at the edges of the kernel's 64-row blocks.
+TEST_F(CpuKernels, AttentionDocumentMask) {
+  const std::vector<int32_t> kb = attention_reference::key_begin_of_starts(2, 7, {{0, 3, 4}, {0}});
+  check_attention(*be, 2, 7, 12, 3, 1, 0, &kb);
+}
+TEST_F(CpuKernels, AttentionDocumentMaskGroupedSeveralBlocks) {
+  const std::vector<int32_t> kb =
+      attention_reference::key_begin_of_starts(1, 150, {{0, 1, 63, 64, 100, 149}});
+  check_attention(*be, 1, 150, 12, 6, 11, 2, &kb);
 }
 
 // ---- rotary position embedding --------------------------------------------------------------

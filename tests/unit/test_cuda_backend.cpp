@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "../support/attention_reference.h"
 #include "../support/cuda_test_fixture.h"
 #include "../support/random_data.h"
 #include "triad/core/error.h"
@@ -693,6 +694,39 @@ TEST_F(CudaBackendTest, AttentionBackwardAccumulatesDeterministically) {
     gpu->attention_backward(g_nan, dev(random_vec(natt, 64)), d_dout, d_qkv, g_att, s.B, s.T, s.C,
                             s.NH, s.NKV, GradMode::overwrite);
     EXPECT_TRUE(close(host(g_nan, nqkv), fresh, kGemmTol, 1e-5)) << "dqkv (overwritten)";
+  }
+}
+
+// Document masks (key_begin): forward (out, probabilities) and backward against the CPU
+// backend, with boundaries inside and at the edges of rows, and grouped-query heads.
+TEST_F(CudaBackendTest, AttentionDocumentMask) {
+  const AttShape shapes[] = {{2, 100, 96, 4, 4}, {2, 130, 96, 4, 2}};
+  for (const AttShape& s : shapes) {
+    SCOPED_TRACE(::testing::Message() << "B=" << s.B << " T=" << s.T << " NKV=" << s.NKV);
+    const std::vector<int32_t> kb =
+        attention_reference::key_begin_of_starts(s.B, s.T, {{0, 1, 50, 64, 99}, {0, 70}});
+    const size_t nqkv = size_t(s.B) * s.T * qkv_width(s.C, s.NH, s.NKV);
+    const size_t nout = size_t(s.B) * s.T * s.C;
+    const size_t M = size_t(s.B) * s.NH, natt = M * s.T * s.T;
+    const Vec qkv = random_vec(nqkv, 70, -2.0f, 2.0f), dout = random_vec(nout, 71);
+    Vec out(nout), att(natt, 0.0f), scratch(natt, 0.0f), dqkv(nqkv, 0.0f);
+    cpu->attention_forward(out.data(), att.data(), qkv.data(), s.B, s.T, s.C, s.NH, s.NKV,
+                           kb.data());
+    cpu->attention_backward(dqkv.data(), scratch.data(), dout.data(), qkv.data(), att.data(), s.B,
+                            s.T, s.C, s.NH, s.NKV, GradMode::accumulate, kb.data());
+    const int32_t* g_kb = dev(kb);
+    float* d_qkv = dev(qkv);
+    float* g_out = dev(random_vec(nout, 72));
+    float* g_att = dev(random_vec(natt, 73));
+    gpu->attention_forward(g_out, g_att, d_qkv, s.B, s.T, s.C, s.NH, s.NKV, g_kb);
+    EXPECT_TRUE(close(host(g_out, nout), out, kGemmTol, 1e-5)) << "out";
+    EXPECT_TRUE(close(lower_triangle(host(g_att, natt), M, s.T), lower_triangle(att, M, s.T),
+                      kGemmTol, 1e-6))
+        << "att (zero before each row's first key)";
+    float* g_dqkv = dev_zeros(nqkv);
+    gpu->attention_backward(g_dqkv, dev(random_vec(natt, 74)), dev(dout), d_qkv, g_att, s.B, s.T,
+                            s.C, s.NH, s.NKV, GradMode::accumulate, g_kb);
+    EXPECT_TRUE(close(host(g_dqkv, nqkv), dqkv, kGemmTol, 1e-5)) << "dqkv";
   }
 }
 

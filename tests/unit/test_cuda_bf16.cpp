@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "../support/attention_reference.h"
 #include "../support/bf16_data.h"
 #include "../support/cuda_test_fixture.h"
 #include "../support/optimizer_step.h"
@@ -714,6 +715,41 @@ TEST_F(CudaBf16Test, AttentionForwardBackward) {
         EXPECT_TRUE(bit_equal(got, first)) << "dqkv";
       }
     }
+  }
+}
+
+// Document masks (key_begin) against the CPU backend: the flash kernels (hd 64 and 128, documents
+// long enough that whole tiles are skipped, grouped-query heads) and the fp32 fallback (hd 16).
+TEST_F(CudaBf16Test, AttentionDocumentMask) {
+  const AttShape shapes[] = {{2, 300, 2, 64, 2}, {1, 200, 4, 128, 2}, {2, 37, 3, 16, 3}};
+  for (const AttShape& s : shapes) {
+    SCOPED_TRACE(::testing::Message() << "B=" << s.B << " T=" << s.T << " NH=" << s.NH
+                                      << " hd=" << s.hd << " NKV=" << s.NKV);
+    std::vector<std::vector<int>> starts = {{0, 1, 30, 63, 64, 65, 200, 299}, {0, 130}};
+    for (auto& seq : starts) seq.erase(std::remove_if(seq.begin(), seq.end(), [&](int t) {
+                                         return t >= s.T;
+                                       }), seq.end());
+    const std::vector<int32_t> kb = attention_reference::key_begin_of_starts(s.B, s.T, starts);
+    const int C = s.NH * s.hd, W = qkv_width(C, s.NH, s.NKV);
+    const size_t rows = size_t(s.B) * s.T, BTC = rows * C, BTW = rows * W;
+    const size_t L = size_t(s.B) * s.NH * s.T;
+    const Bits qkv = random_bits(BTW, 80, -1.5f, 1.5f), dout = random_bits(BTC, 81);
+    Bits out(BTC), dqkv(BTW);
+    Vec lse(L);
+    cpu->attention_forward(out.data(), lse.data(), qkv.data(), s.B, s.T, C, s.NH, s.NKV, kb.data());
+    cpu->attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.B, s.T,
+                            C, s.NH, s.NKV, GradMode::overwrite, kb.data());
+    const int32_t* g_kb = dev(kb);
+    bf16_t* d_qkv = dev(qkv);
+    bf16_t* g_out = dev(to_bits(Vec(BTC, 42.0f)));
+    float* g_lse = dev(Vec(L, 42.0f));
+    gpu->attention_forward(g_out, g_lse, d_qkv, s.B, s.T, C, s.NH, s.NKV, g_kb);
+    EXPECT_TRUE(close(host(g_out, BTC), out)) << "out";
+    EXPECT_TRUE(close(host(g_lse, L), lse)) << "lse";
+    bf16_t* g_dqkv = dev(to_bits(Vec(BTW, 42.0f)));
+    gpu->attention_backward(g_dqkv, dev(dout), d_qkv, dev(out), dev(lse), s.B, s.T, C, s.NH, s.NKV,
+                            GradMode::overwrite, g_kb);
+    EXPECT_TRUE(close(host(g_dqkv, BTW), dqkv)) << "dqkv";
   }
 }
 

@@ -1,7 +1,8 @@
 // The fused bf16 flash attention (src/kernels/cuda/flash_attention.cu) against a naive causal
 // attention in double on the same bf16-rounded inputs: out, lse and dqkv (each of dq, dk, dv
 // separately), error = max|got − want| / max|want| <= 1e-2, lse within 1e-3; no NaN; the
-// backward overwrites dqkv, or accumulates into it on request. Both kernels (mma, wgmma) and
+// backward overwrites dqkv, or accumulates into it on request; with a document mask too. Both
+// kernels (mma, wgmma) and
 // every backward way: the deterministic and ordered ones agree with themselves bit for bit run to
 // run; the atomic one (dQ added in fp32 with atomics) does so for dK and dV.
 // Skips without a usable CUDA device and in builds without CUDA.
@@ -57,10 +58,13 @@ struct DeviceProblem {
   cuda::FlashBackward mode;
   cuda::bf16 *qkv, *dout, *out, *dqkv;
   float *lse, *ws;
+  int32_t* key_begin = nullptr;
 
   DeviceProblem(int B_, int T_, int NH_, int hd, cuda::FlashKernel k, cuda::FlashBackward bw,
-                const Bits& qkv_bits, const Bits& dout_bits, const Bits& dqkv_bits)
+                const Bits& qkv_bits, const Bits& dout_bits, const Bits& dqkv_bits,
+                const std::vector<int32_t>* kb = nullptr)
       : B(B_), T(T_), C(NH_ * hd), NH(NH_), kernel(k), mode(bw) {
+    if (kb != nullptr) key_begin = device_copy(*kb);
     qkv = reinterpret_cast<cuda::bf16*>(device_copy(qkv_bits));
     dout = reinterpret_cast<cuda::bf16*>(device_copy(dout_bits));
     out = reinterpret_cast<cuda::bf16*>(device_copy(Bits(size_t(B) * T * C, 0xFFFFu)));
@@ -71,13 +75,16 @@ struct DeviceProblem {
   }
   ~DeviceProblem() {
     for (void* p : {static_cast<void*>(qkv), static_cast<void*>(dout), static_cast<void*>(out),
-                    static_cast<void*>(dqkv), static_cast<void*>(lse), static_cast<void*>(ws)})
+                    static_cast<void*>(dqkv), static_cast<void*>(lse), static_cast<void*>(ws),
+                    static_cast<void*>(key_begin)})
       cudaFree(p);
   }
-  void forward() { cuda::flash_attention_forward(out, lse, qkv, B, T, C, NH, nullptr, kernel); }
+  void forward() {
+    cuda::flash_attention_forward(out, lse, qkv, B, T, C, NH, key_begin, nullptr, kernel);
+  }
   void backward(bool accumulate) {
-    cuda::flash_attention_backward(dqkv, dout, qkv, out, lse, ws, B, T, C, NH, nullptr, accumulate,
-                                   kernel, mode);
+    cuda::flash_attention_backward(dqkv, dout, qkv, out, lse, ws, B, T, C, NH, key_begin, nullptr,
+                                   accumulate, kernel, mode);
   }
   Bits get(const cuda::bf16* p, size_t n) const {
     TRIAD_CUDA_CHECK(cudaDeviceSynchronize());
@@ -91,16 +98,19 @@ struct FlashCase {
   cuda::FlashBackward backward;
 };
 
-void check_shape(int B, int T, int NH, int hd, FlashCase fc) {
+// key_begin: a document mask, or none.
+void check_shape(int B, int T, int NH, int hd, FlashCase fc,
+                 const std::vector<int32_t>* key_begin = nullptr) {
   const int C = NH * hd;
   SCOPED_TRACE(::testing::Message() << cuda::flash_kernel_name(fc.kernel) << " "
                                     << cuda::flash_backward_name(fc.backward) << " B=" << B
-                                    << " T=" << T << " NH=" << NH << " hd=" << hd);
-  const Problem p = random_problem(B, T, C, NH, 1234u + T, 999u + T);
+                                    << " T=" << T << " NH=" << NH << " hd=" << hd
+                                    << (key_begin ? " documents" : ""));
+  const Problem p = random_problem(B, T, C, NH, 1234u + T, 999u + T, key_begin);
   const Reference& want = p.want;
 
   DeviceProblem d(B, T, NH, hd, fc.kernel, fc.backward, p.qkv, p.dout,
-                  Bits(size_t(B) * T * 3 * C, 0xFFFFu));
+                  Bits(size_t(B) * T * 3 * C, 0xFFFFu), key_begin);
   d.forward();
   d.backward(false);
   const Bits out = d.get(d.out, size_t(B) * T * C);
@@ -209,6 +219,19 @@ TEST_P(FlashKernels, Gpt2Shape) { check_shape(2, 1024, 12, 64, GetParam()); }
 
 TEST_P(FlashKernels, BackwardAccumulates) { check_accumulate(2, 150, 3, 64, GetParam()); }
 
+// Packed documents: boundaries inside tiles and on tile edges, one-token documents, a sequence
+// of one document, and long documents whose queries skip whole key tiles (and key blocks whose
+// later query tiles are skipped).
+TEST_P(FlashKernels, DocumentMask) {
+  const std::vector<int32_t> kb =
+      key_begin_of_starts(2, 300, {{0, 1, 63, 64, 65, 200, 299}, {0, 130}});
+  check_shape(2, 300, 2, 64, GetParam(), &kb);
+}
+TEST_P(FlashKernels, DocumentMaskHeadDim128) {
+  const std::vector<int32_t> kb = key_begin_of_starts(1, 256, {{0, 100, 128, 129}});
+  check_shape(1, 256, 2, 128, GetParam(), &kb);
+}
+
 std::string case_name(const ::testing::TestParamInfo<FlashCase>& info) {
   return std::string(cuda::flash_kernel_name(info.param.kernel)) + "_" +
          cuda::flash_backward_name(info.param.backward);
@@ -229,8 +252,9 @@ INSTANTIATE_TEST_SUITE_P(Tma, FlashKernels, ::testing::ValuesIn(every_backward(F
 
 TEST(FlashAttention, RejectsOtherHeadDims) {
   SKIP_WITHOUT_DEVICE();
-  EXPECT_THROW(cuda::flash_attention_forward(nullptr, nullptr, nullptr, 1, 16, 96, 3, nullptr),
-               triad::Error);
+  EXPECT_THROW(
+      cuda::flash_attention_forward(nullptr, nullptr, nullptr, 1, 16, 96, 3, nullptr, nullptr),
+      triad::Error);
 }
 
 // Sets the environment variable `name` to `value`, expects `resolve` to throw triad::Error

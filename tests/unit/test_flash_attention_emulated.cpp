@@ -48,7 +48,7 @@ enum class Backward { deterministic, atomic, ordered };
 // (dot_block zeroes it).
 template <class Tiles>
 Outputs run(const Bits& qkv, const Bits& dout, int B, int T, int NH, CopyTiming timing,
-            Backward backward, const Bits* dqkv0) {
+            Backward backward, const Bits* dqkv0, const int32_t* key_begin) {
   constexpr int HD = Tiles::kHD;
   const int C = NH * HD;
   Outputs r;
@@ -68,7 +68,7 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, int T, int NH, CopyTiming 
   simt::launch(l.blocks_x, l.blocks_y, threads, flash::forward_smem<Tiles>(), timing,
                [&](simt::Thread& x) {
                  flash::forward_block<Tiles>(x, r.out.data(), r.lse.data(), qkv.data(), qm, T, C,
-                                             NH, l.scale_log2);
+                                             NH, l.scale_log2, key_begin);
                });
   const bool acc = dqkv0 != nullptr;
   const bool atomic = backward != Backward::deterministic;
@@ -86,7 +86,7 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, int T, int NH, CopyTiming 
     auto body = [&](simt::Thread& x) {
       flash::dkdv_block<Tiles, kAtomic, kOrdered>(
           x, r.dqkv.data(), dq_accum.data(), dq_turns, dout.data(), qkv.data(), qm, dm,
-          r.lse.data(), D.data(), B, T, C, NH, l.scale, l.scale_log2, acc);
+          r.lse.data(), D.data(), B, T, C, NH, l.scale, l.scale_log2, acc, key_begin);
     };
     // The dQ additions of different blocks meet only when the blocks run at the same time.
     const size_t smem = flash::dkdv_smem<Tiles, kAtomic>();
@@ -110,26 +110,28 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, int T, int NH, CopyTiming 
     simt::launch(
         l.blocks_x, l.blocks_y, threads, flash::dq_smem<Tiles>(), timing, [&](simt::Thread& x) {
           flash::dq_block<Tiles>(x, r.dqkv.data(), dout.data(), qkv.data(), qm, dm, r.lse.data(),
-                                 D.data(), T, C, NH, l.scale, l.scale_log2, acc);
+                                 D.data(), T, C, NH, l.scale, l.scale_log2, acc, key_begin);
         });
   }
   return r;
 }
 
 Outputs run_kernel(Kernel k, Backward bw, int hd, const Bits& qkv, const Bits& dout, int B, int T,
-                   int NH, CopyTiming timing, const Bits* dqkv0 = nullptr) {
-  if (k == Kernel::mma)
-    return hd == 64 ? run<flash::MmaTiles<64>>(qkv, dout, B, T, NH, timing, bw, dqkv0)
-                    : run<flash::MmaTiles<128>>(qkv, dout, B, T, NH, timing, bw, dqkv0);
+                   int NH, CopyTiming timing, const Bits* dqkv0 = nullptr,
+                   const int32_t* key_begin = nullptr) {
+  auto go = [&](auto tiles) {
+    return run<decltype(tiles)>(qkv, dout, B, T, NH, timing, bw, dqkv0, key_begin);
+  };
+  if (k == Kernel::mma) return hd == 64 ? go(flash::MmaTiles<64>{}) : go(flash::MmaTiles<128>{});
   if (k == Kernel::tma)
-    return hd == 64 ? run<flash::WgmmaTiles<64, true>>(qkv, dout, B, T, NH, timing, bw, dqkv0)
-                    : run<flash::WgmmaTiles<128, true>>(qkv, dout, B, T, NH, timing, bw, dqkv0);
-  return hd == 64 ? run<flash::WgmmaTiles<64>>(qkv, dout, B, T, NH, timing, bw, dqkv0)
-                  : run<flash::WgmmaTiles<128>>(qkv, dout, B, T, NH, timing, bw, dqkv0);
+    return hd == 64 ? go(flash::WgmmaTiles<64, true>{}) : go(flash::WgmmaTiles<128, true>{});
+  return hd == 64 ? go(flash::WgmmaTiles<64>{}) : go(flash::WgmmaTiles<128>{});
 }
 
+// key_begin: a document mask ([B,T]), or none.
 void check(int B, int T, int NH, int hd, CopyTiming timing, Kernel kernel = Kernel::mma,
-           Backward backward = Backward::deterministic) {
+           Backward backward = Backward::deterministic,
+           const std::vector<int32_t>* key_begin = nullptr) {
   const int C = NH * hd;
   SCOPED_TRACE(::testing::Message()
                << kernel_name(kernel)
@@ -137,10 +139,12 @@ void check(int B, int T, int NH, int hd, CopyTiming timing, Kernel kernel = Kern
                    : backward == Backward::ordered ? " ordered dQ"
                                                    : "")
                << " B=" << B << " T=" << T << " NH=" << NH << " hd=" << hd
-               << (timing == CopyTiming::at_wait ? " copies at wait" : " copies at issue"));
-  const Problem p = random_problem(B, T, C, NH, 4321u + T, 777u + T);
+               << (timing == CopyTiming::at_wait ? " copies at wait" : " copies at issue")
+               << (key_begin ? " documents" : ""));
+  const Problem p = random_problem(B, T, C, NH, 4321u + T, 777u + T, key_begin);
   const Reference& want = p.want;
-  const Outputs got = run_kernel(kernel, backward, hd, p.qkv, p.dout, B, T, NH, timing);
+  const Outputs got = run_kernel(kernel, backward, hd, p.qkv, p.dout, B, T, NH, timing, nullptr,
+                                 key_begin ? key_begin->data() : nullptr);
 
   const size_t rows = size_t(B) * T;
   EXPECT_LE(rel_error(got.out, want.out, rows, C, 0, C), 1e-2) << "out";
@@ -239,6 +243,43 @@ INSTANTIATE_TEST_SUITE_P(Policies, AtomicDq,
                          ::testing::Values(Kernel::mma, Kernel::wgmma, Kernel::tma),
                          [](const ::testing::TestParamInfo<Kernel>& info) {
                            return std::string(kernel_name(info.param));
+                         });
+
+// Document masks (packed sequences; key_begin): every policy and backward way, boundaries inside
+// tiles and on tile edges, one-token documents, documents long enough that a query block skips
+// whole key tiles (forward, dQ) and rows see no key of a tile they still visit, and key blocks
+// whose later query tiles are skipped (dK/dV; the ordered way's turns still pass through them).
+struct MaskCase {
+  Kernel kernel;
+  Backward backward;
+};
+class DocumentMask : public ::testing::TestWithParam<MaskCase> {};
+
+TEST_P(DocumentMask, PackedDocuments) {
+  const std::vector<int32_t> kb =
+      key_begin_of_starts(2, 260, {{0, 1, 63, 64, 65, 200, 259}, {0, 130}});
+  check(2, 260, 1, 64, CopyTiming::at_wait, GetParam().kernel, GetParam().backward, &kb);
+}
+
+TEST_P(DocumentMask, HeadDim128) {
+  const std::vector<int32_t> kb = key_begin_of_starts(1, 200, {{0, 70, 128}});
+  check(1, 200, 1, 128, CopyTiming::at_issue, GetParam().kernel, GetParam().backward, &kb);
+}
+
+std::vector<MaskCase> mask_cases() {
+  std::vector<MaskCase> v;
+  for (Kernel k : {Kernel::mma, Kernel::wgmma, Kernel::tma})
+    for (Backward b : {Backward::deterministic, Backward::atomic, Backward::ordered})
+      v.push_back({k, b});
+  return v;
+}
+INSTANTIATE_TEST_SUITE_P(Policies, DocumentMask, ::testing::ValuesIn(mask_cases()),
+                         [](const ::testing::TestParamInfo<MaskCase>& info) {
+                           const Backward b = info.param.backward;
+                           return std::string(kernel_name(info.param.kernel)) + "_" +
+                                  (b == Backward::atomic    ? "atomic"
+                                   : b == Backward::ordered ? "ordered"
+                                                            : "deterministic");
                          });
 
 // The primitive probes the GPU test runs to tell which building block the hardware reads

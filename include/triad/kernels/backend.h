@@ -122,13 +122,19 @@ class Backend {
   // docs/formats.md for why not Hugging Face's interleaved grouping). NKV = NH is GPT-2's
   // attention: W = 3C. out [B,T,C] (head-major). att [B,NH,T,T] keeps the softmax probabilities
   // for backward (entries above the diagonal are unspecified). Scale 1/sqrt(hd).
+  // key_begin (nullptr: plain causal attention) narrows the keys a query sees: [B,T] ints in the
+  // backend's memory (alloc_ints), query t of sequence b attending keys key_begin[b·T+t] .. t,
+  // where 0 <= key_begin[b·T+t] <= t and key_begin never decreases along a sequence (a document
+  // mask: each token sees its own document only; model/attention_mask.h). Backward takes the
+  // forward's key_begin.
   virtual void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C,
-                                 int NH, int NKV) = 0;
+                                 int NH, int NKV, const int32_t* key_begin = nullptr) = 0;
   // dqkv [B,T,W] (+=); scratch is B*NH*T*T floats the op may overwrite. A key/value head's
   // gradient sums over its NH/NKV query heads in a fixed order (deterministic).
   virtual void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
                                   const float* att, int B, int T, int C, int NH, int NKV,
-                                  GradMode mode = GradMode::accumulate) = 0;
+                                  GradMode mode = GradMode::accumulate,
+                                  const int32_t* key_begin = nullptr) = 0;
   // Decoding with a cache of keys and values (generation), for B sequences of equal length: the
   // causal attention of rows p .. p+n-1 of each, whose q|k|v are its rows p .. p+n-1 in qkv,
   // against the keys and values of its rows 0 .. p+n-1 (rows before p: those an earlier call
@@ -298,12 +304,13 @@ class Backend {
   // Causal self-attention, flash-attention style: only lse [B,NH,T] (fp32, natural log of the
   // softmax denominator of each query row, scores scaled by 1/sqrt(hd)) is kept for backward,
   // no T×T matrix. Backward recomputes the probabilities from qkv and lse; it reads the
-  // forward's out; dqkv (+=). Layouts as the fp32 attention.
+  // forward's out; dqkv (+=). Layouts and key_begin as the fp32 attention.
   virtual void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C,
-                                 int NH, int NKV) = 0;
+                                 int NH, int NKV, const int32_t* key_begin = nullptr) = 0;
   virtual void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv,
                                   const bf16_t* out, const float* lse, int B, int T, int C, int NH,
-                                  int NKV, GradMode mode = GradMode::accumulate) = 0;
+                                  int NKV, GradMode mode = GradMode::accumulate,
+                                  const int32_t* key_begin = nullptr) = 0;
   // As the fp32 SwiGLU; computed in fp32, each output rounded once.
   virtual void swiglu_forward(bf16_t* out, const bf16_t* pre, int N, int H) = 0;
   virtual void swiglu_backward(bf16_t* dpre, const bf16_t* pre, const bf16_t* dout, int N, int H,

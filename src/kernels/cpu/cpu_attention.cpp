@@ -6,7 +6,9 @@
 //
 // Causality: the T query rows are processed in blocks of kBlock rows; block [i0, i1) only needs
 // keys 0 .. i1-1, so every product skips the blocks above the diagonal (about 40% fewer flops
-// at T = 256 than full T×T products, more for longer sequences).
+// at T = 256 than full T×T products, more for longer sequences). A document mask (key_begin:
+// row i sees keys lo_i .. i) only zeroes the probabilities before lo_i: the products still run
+// from key 0, which keeps one code path and costs what the plain causal attention costs.
 //
 // Threading: the (batch, head) pairs are independent, so they are spread over OpenMP threads
 // (under grouped-query attention the backward's query heads write their dK and dV apart, summed
@@ -39,43 +41,55 @@ struct Dims {
   float scale;
 };
 
-// Row i of S → row i of P over keys 0..i (tiny probabilities flushed to 0, see kFlushBelow).
-// Keys i+1 .. end-1 (the rest of the diagonal block, which the P·V product reads) are set to 0;
-// keys beyond end are left untouched.
-void causal_softmax_row(float* row, int i, int end) {
-  float max_val = row[0];
+// Row i of S → row i of P over keys lo..i (tiny probabilities flushed to 0, see kFlushBelow).
+// Keys 0 .. lo-1 and i+1 .. end-1 (the rest of the diagonal block, which the P·V product reads)
+// are set to 0; keys beyond end are left untouched.
+void causal_softmax_row(float* row, int lo, int i, int end) {
+  float* r = row + lo;
+  const int n = i + 1 - lo;
+  float max_val = r[0];
 #pragma omp simd reduction(max : max_val)
-  for (int j = 0; j <= i; ++j) max_val = std::max(max_val, row[j]);
-  exp_shifted_inplace(row, size_t(i) + 1, max_val);
+  for (int j = 0; j < n; ++j) max_val = std::max(max_val, r[j]);
+  exp_shifted_inplace(r, size_t(n), max_val);
   float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
-  for (int j = 0; j <= i; ++j) sum += row[j];
-  scale_flush_inplace(row, size_t(i) + 1, 1.0f / sum);
+  for (int j = 0; j < n; ++j) sum += r[j];
+  scale_flush_inplace(r, size_t(n), 1.0f / sum);
+  std::fill(row, r, 0.0f);
   std::fill(row + i + 1, row + end, 0.0f);
 }
 
-// Softmax backward for row i: dS_j = P_j·(dP_j − Σ_k P_k dP_k) over keys 0..i, in place over
-// dP (tiny values flushed to 0). Keys i+1 .. end-1 are set to 0: the dQ and dK products read
-// them.
-void causal_softmax_backward_row(float* ds, const float* p, int i, int end) {
+// Softmax backward for row i: dS_j = P_j·(dP_j − Σ_k P_k dP_k) over keys lo..i, in place over
+// dP (tiny values flushed to 0). Keys 0 .. lo-1 and i+1 .. end-1 are set to 0: the dQ and dK
+// products read them.
+void causal_softmax_backward_row(float* ds, const float* p, int lo, int i, int end) {
+  float* d = ds + lo;
+  const float* pr = p + lo;
+  const int n = i + 1 - lo;
   float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
-  for (int j = 0; j <= i; ++j) dot += p[j] * ds[j];
+  for (int j = 0; j < n; ++j) dot += pr[j] * d[j];
 #pragma omp simd
-  for (int j = 0; j <= i; ++j) ds[j] = p[j] * (ds[j] - dot);
-  scale_flush_inplace(ds, size_t(i) + 1, 1.0f);
+  for (int j = 0; j < n; ++j) d[j] = pr[j] * (d[j] - dot);
+  scale_flush_inplace(d, size_t(n), 1.0f);
+  std::fill(ds, d, 0.0f);
   std::fill(ds + i + 1, ds + end, 0.0f);
 }
 
+// The first key row i of a sequence sees: key_begin[i] (the sequence's row of the [B,T] array)
+// or 0 without a mask.
+int first_key(const int32_t* key_begin, int i) { return key_begin != nullptr ? key_begin[i] : 0; }
+
 void head_forward(float* out, float* att, const float* q, const float* k, const float* v,
-                  const Dims& d) {
+                  const int32_t* key_begin, const Dims& d) {
   const int T = d.T;
   for (int i0 = 0; i0 < T; i0 += kBlock) {
     const int i1 = std::min(T, i0 + kBlock);
     // S[i0:i1, 0:i1] = scale · Q[i0:i1] · K[0:i1]ᵀ
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i1 - i0, i1, d.hd, d.scale,
                 q + size_t(i0) * d.ld_qkv, d.ld_qkv, k, d.ld_qkv, 0.0f, att + size_t(i0) * T, T);
-    for (int i = i0; i < i1; ++i) causal_softmax_row(att + size_t(i) * T, i, i1);
+    for (int i = i0; i < i1; ++i)
+      causal_softmax_row(att + size_t(i) * T, first_key(key_begin, i), i, i1);
     // O[i0:i1] = P[i0:i1, 0:i1] · V[0:i1]
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i1 - i0, d.hd, i1, 1.0f,
                 att + size_t(i0) * T, T, v, d.ld_qkv, 0.0f, out + size_t(i0) * d.ld_out, d.ld_out);
@@ -85,7 +99,7 @@ void head_forward(float* out, float* att, const float* q, const float* k, const 
 // dK and dV are added at leading dimension ld_dkv (the qkv rows', or a head's own buffer).
 void head_backward(float* dq, float* dk, float* dv, int ld_dkv, float* ds, const float* dout,
                    const float* q, const float* k, const float* v, const float* att,
-                   const Dims& d) {
+                   const int32_t* key_begin, const Dims& d) {
   const int T = d.T;
   // Row blocks: dP = dO·Vᵀ, dS = softmax_backward(P, dP), dQ += scale · dS·K.
   for (int i0 = 0; i0 < T; i0 += kBlock) {
@@ -93,7 +107,8 @@ void head_backward(float* dq, float* dk, float* dv, int ld_dkv, float* ds, const
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i1 - i0, i1, d.hd, 1.0f,
                 dout + size_t(i0) * d.ld_out, d.ld_out, v, d.ld_qkv, 0.0f, ds + size_t(i0) * T, T);
     for (int i = i0; i < i1; ++i) {
-      causal_softmax_backward_row(ds + size_t(i) * T, att + size_t(i) * T, i, i1);
+      causal_softmax_backward_row(ds + size_t(i) * T, att + size_t(i) * T,
+                                  first_key(key_begin, i), i, i1);
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i1 - i0, d.hd, i1, d.scale,
                 ds + size_t(i0) * T, T, k, d.ld_qkv, 1.0f, dq + size_t(i0) * d.ld_qkv, d.ld_qkv);
@@ -102,7 +117,8 @@ void head_backward(float* dq, float* dk, float* dv, int ld_dkv, float* ds, const
   //   dK[j0:j1] += scale · dS[j0:T, j0:j1]ᵀ · Q[j0:T],   dV[j0:j1] += P[j0:T, j0:j1]ᵀ · dO[j0:T]
   // dS is zero above the diagonal within its diagonal blocks (we wrote it). P above the
   // diagonal is unspecified by the interface, so its diagonal block is copied with the upper
-  // triangle zeroed and the rows below the block are taken from att directly.
+  // triangle zeroed and the rows below the block are taken from att directly (zero before each
+  // row's first key: the forward wrote those zeros).
   float p_diag[kBlock * kBlock];
   for (int j0 = 0; j0 < T; j0 += kBlock) {
     const int j1 = std::min(T, j0 + kBlock);
@@ -124,6 +140,11 @@ void head_backward(float* dq, float* dk, float* dv, int ld_dkv, float* ds, const
                   dv + size_t(j0) * ld_dkv, ld_dkv);
     }
   }
+}
+
+// Sequence b's row of key_begin [B,T] (nullptr without a mask).
+const int32_t* seq_key_begin(const int32_t* key_begin, int b, int T) {
+  return key_begin != nullptr ? key_begin + size_t(b) * T : nullptr;
 }
 
 Dims make_dims(int T, int C, int NH, int NKV) {
@@ -155,7 +176,7 @@ void attention_decode(float* out, const float* qkv, int B, int stride, int p, in
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, L, d.hd, d.scale, q, d.ld_qkv, k,
                   d.ld_qkv, 0.0f, s.data(), L);
       // New row r is position p + r: it sees keys 0 .. p + r (the same softmax as the forward's).
-      for (int r = 0; r < n; ++r) causal_softmax_row(s.data() + size_t(r) * L, p + r, L);
+      for (int r = 0; r < n; ++r) causal_softmax_row(s.data() + size_t(r) * L, 0, p + r, L);
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d.hd, L, 1.0f, s.data(), L, v,
                   d.ld_qkv, 0.0f, out + size_t(b) * n * C + size_t(h) * d.hd, d.ld_out);
     }
@@ -163,7 +184,7 @@ void attention_decode(float* out, const float* qkv, int B, int stride, int p, in
 }
 
 void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH,
-                       int NKV) {
+                       int NKV, const int32_t* key_begin) {
   const Dims d = make_dims(T, C, NH, NKV);
   const int hd = d.hd;
   ensure_single_threaded_blas();
@@ -174,12 +195,13 @@ void attention_forward(float* out, float* att, const float* qkv, int B, int T, i
     const float* seq = qkv + size_t(b) * T * d.ld_qkv;
     head_forward(out + size_t(b) * T * C + size_t(h) * hd, att + size_t(bh) * T * T,
                  seq + size_t(h) * hd, seq + k_offset(C, NKV, h, hd), seq + v_offset(C, NKV, h, hd),
-                 d);
+                 seq_key_begin(key_begin, b, T), d);
   }
 }
 
 void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
-                        const float* att, int B, int T, int C, int NH, int NKV) {
+                        const float* att, int B, int T, int C, int NH, int NKV,
+                        const int32_t* key_begin) {
   const Dims d = make_dims(T, C, NH, NKV);
   const int hd = d.hd;
   ensure_single_threaded_blas();
@@ -190,7 +212,7 @@ void attention_backward(float* dqkv, float* scratch, const float* dout, const fl
       const size_t q = size_t(b) * T * d.ld_qkv + size_t(h) * hd, k = q + C, v = k + C;
       head_backward(dqkv + q, dqkv + k, dqkv + v, d.ld_qkv, scratch + size_t(bh) * T * T,
                     dout + size_t(b) * T * C + size_t(h) * hd, qkv + q, qkv + k, qkv + v,
-                    att + size_t(bh) * T * T, d);
+                    att + size_t(bh) * T * T, seq_key_begin(key_begin, b, T), d);
     }
     return;
   }
@@ -210,7 +232,7 @@ void attention_backward(float* dqkv, float* scratch, const float* dout, const fl
     float* dk = own + 2 * size_t(bh) * per_head;
     head_backward(dqkv + q, dk, dk + per_head, hd, scratch + size_t(bh) * T * T,
                   dout + size_t(b) * T * C + size_t(h) * hd, qkv + q, qkv + k, qkv + v,
-                  att + size_t(bh) * T * T, d);
+                  att + size_t(bh) * T * T, seq_key_begin(key_begin, b, T), d);
   }
 #pragma omp parallel for collapse(2) schedule(static)
   for (int b = 0; b < B; ++b)

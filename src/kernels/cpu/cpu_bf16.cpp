@@ -153,8 +153,10 @@ void bias_backward(float* dbias, const bf16_t* dout, int N, int OC) {
   bias_backward(dbias, widen(1, dout, size_t(N) * OC), N, OC);
 }
 
-// lse[b,h,i] = ln Σ_{j<=i} exp(scale · q_i·k_j), from the widened qkv (max-shifted).
-static void attention_lse(float* lse, const float* qkv, int B, int T, int C, int NH, int NKV) {
+// lse[b,h,i] = ln Σ_{lo<=j<=i} exp(scale · q_i·k_j), lo = key_begin[b,i] (0 without), from the
+// widened qkv (max-shifted).
+static void attention_lse(float* lse, const float* qkv, int B, int T, int C, int NH, int NKV,
+                          const int32_t* key_begin) {
   const int hd = C / NH;
   const float scale = 1.0f / std::sqrt(float(hd));
   const size_t ld = size_t(qkv_width(C, NH, NKV));
@@ -166,7 +168,8 @@ static void attention_lse(float* lse, const float* qkv, int B, int T, int C, int
       for (int i = 0; i < T; ++i) {
         const float* q = base + size_t(i) * ld + size_t(h) * hd;
         float mx = -std::numeric_limits<float>::infinity();
-        for (int j = 0; j <= i; ++j) {
+        const int lo = key_begin != nullptr ? key_begin[size_t(b) * T + i] : 0;
+        for (int j = lo; j <= i; ++j) {
           const float* k = base + size_t(j) * ld + C + size_t(h % NKV) * hd;
           float dot = 0.0f;
           for (int d = 0; d < hd; ++d) dot += q[d] * k[d];
@@ -174,25 +177,26 @@ static void attention_lse(float* lse, const float* qkv, int B, int T, int C, int
           mx = std::max(mx, s[size_t(j)]);
         }
         double sum = 0.0;
-        for (int j = 0; j <= i; ++j) sum += std::exp(double(s[size_t(j)] - mx));
+        for (int j = lo; j <= i; ++j) sum += std::exp(double(s[size_t(j)] - mx));
         lse[(size_t(b) * NH + h) * T + i] = mx + float(std::log(sum));
       }
     }
 }
 
 void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C, int NH,
-                       int NKV) {
+                       int NKV, const int32_t* key_begin) {
   const size_t nqkv = size_t(B) * T * qkv_width(C, NH, NKV), nout = size_t(B) * T * C;
   const float* q = widen(0, qkv, nqkv);
   float* o = scratch(1, nout);
   float* att = scratch(2, size_t(B) * NH * T * T);
-  attention_forward(o, att, q, B, T, C, NH, NKV);
-  attention_lse(lse, q, B, T, C, NH, NKV);
+  attention_forward(o, att, q, B, T, C, NH, NKV, key_begin);
+  attention_lse(lse, q, B, T, C, NH, NKV, key_begin);
   to_bf16(out, o, nout);
 }
 
 void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, const bf16_t* out,
-                        const float* lse, int B, int T, int C, int NH, int NKV) {
+                        const float* lse, int B, int T, int C, int NH, int NKV,
+                        const int32_t* key_begin) {
   // The probabilities are recomputed in fp32 from the bf16 qkv, as the forward computed them
   // (the flash kernels use lse for that; here the fp32 forward is the simpler reference).
   (void)out;
@@ -201,9 +205,10 @@ void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, con
   const size_t natt = size_t(B) * NH * T * T;
   const float* q = widen(0, qkv, nqkv);
   float* att = scratch(2, natt);
-  attention_forward(scratch(1, nout), att, q, B, T, C, NH, NKV);
+  attention_forward(scratch(1, nout), att, q, B, T, C, NH, NKV, key_begin);
   through_fp32(3, dqkv, nqkv, [&](float* dq) {
-    attention_backward(dq, scratch(4, natt), widen(5, dout, nout), q, att, B, T, C, NH, NKV);
+    attention_backward(dq, scratch(4, natt), widen(5, dout, nout), q, att, B, T, C, NH, NKV,
+                       key_begin);
   });
 }
 

@@ -50,10 +50,12 @@ void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dou
                      const float* weight, int N, int IC, int OC);
 void bias_backward(float* dbias, const float* dout, int N, int OC);
 
+// key_begin: Backend::attention_forward's ([B,T], nullptr without a mask).
 void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH,
-                       int NKV);
+                       int NKV, const int32_t* key_begin = nullptr);
 void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
-                        const float* att, int B, int T, int C, int NH, int NKV);
+                        const float* att, int B, int T, int C, int NH, int NKV,
+                        const int32_t* key_begin = nullptr);
 void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n, int C, int NH,
                       int NKV);
 // SwiGLU over rows [gate | up] (cpu_swiglu.cpp); fp32 and bf16 (computed in fp32).
@@ -125,9 +127,10 @@ void matmul_backward(bf16_t* dinp, float* dweight, float* dbias, const bf16_t* d
                      const bf16_t* inp, const bf16_t* weight, int N, int IC, int OC);
 void bias_backward(float* dbias, const bf16_t* dout, int N, int OC);
 void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C, int NH,
-                       int NKV);
+                       int NKV, const int32_t* key_begin = nullptr);
 void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, const bf16_t* out,
-                        const float* lse, int B, int T, int C, int NH, int NKV);
+                        const float* lse, int B, int T, int C, int NH, int NKV,
+                        const int32_t* key_begin = nullptr);
 void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n, int C,
                       int NH, int NKV);
 void gelu_forward(bf16_t* out, const bf16_t* inp, size_t n);

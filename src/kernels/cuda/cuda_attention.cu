@@ -4,7 +4,8 @@
 // backend's workspace), so that every product is one plain strided-batched sgemm over the
 // B·NH heads with contiguous, non-interleaved matrices; O is copied back into out [B,T,C].
 // The products are full T×T (no causal skipping): the softmax writes exact zeros above the
-// diagonal, so those entries add nothing.
+// diagonal, and before each row's first key under a document mask (key_begin, backend.h), so
+// those entries add nothing.
 //
 // Backward, per head (dO = dout):
 //   dV = Pᵀ dO  (P with its upper triangle zeroed: att is unspecified there by the interface)
@@ -73,49 +74,59 @@ __global__ void accumulate_dqkv_kernel(float* dqkv, const float* dq, const float
   }
 }
 
-// One block per row r of att [B·NH·T, T]; query position i = r mod T. In place: S → P over keys
-// 0..i, exact zeros for keys i+1..T-1. Each thread touches the same j's in every loop.
-// lse (may be nullptr): lse[r] = max + ln Σ exp(S − max), the log of the row's denominator.
-__global__ void causal_softmax_kernel(float* att, float* lse, int T) {
+// The first key query row r of att [B·NH·T, T] sees: key_begin[b·T + r mod T] (b = r / (NH·T)),
+// or 0 without a document mask.
+__device__ int row_first_key(const int32_t* key_begin, size_t r, int T, int NH) {
+  if (key_begin == nullptr) return 0;
+  return key_begin[r / (size_t(NH) * T) * T + r % size_t(T)];
+}
+
+// One block per row r of att [B·NH·T, T]; query position i = r mod T, first key lo. In place:
+// S → P over keys lo..i, exact zeros for the others. Each thread touches the same j's in every
+// loop. lse (may be nullptr): lse[r] = max + ln Σ exp(S − max), the log of the row's denominator.
+__global__ void causal_softmax_kernel(float* att, float* lse, int T, int NH,
+                                      const int32_t* key_begin) {
   const size_t r = blockIdx.x;
-  const int i = int(r % size_t(T));
+  const int i = int(r % size_t(T)), lo = row_first_key(key_begin, r, T, NH);
   float* row = att + r * T;
   float max_val = -INFINITY;
-  for (int j = threadIdx.x; j <= i; j += blockDim.x) max_val = fmaxf(max_val, row[j]);
+  for (int j = lo + threadIdx.x; j <= i; j += blockDim.x) max_val = fmaxf(max_val, row[j]);
   max_val = block_reduce(max_val, MaxOp{}, -INFINITY);
   float sum = 0.0f;
-  for (int j = threadIdx.x; j <= i; j += blockDim.x) {
+  for (int j = lo + threadIdx.x; j <= i; j += blockDim.x) {
     const float e = expf(row[j] - max_val);
     row[j] = e;
     sum += e;
   }
   sum = block_reduce(sum, SumOp{}, 0.0f);
   const float inv = 1.0f / sum;
-  for (int j = threadIdx.x; j < T; j += blockDim.x) row[j] = j <= i ? row[j] * inv : 0.0f;
+  for (int j = threadIdx.x; j < T; j += blockDim.x) row[j] = j <= i && j >= lo ? row[j] * inv : 0.0f;
   if (lse != nullptr && threadIdx.x == 0) lse[r] = max_val + logf(sum);
 }
 
-// dst[r, j] = j <= (r mod T) ? att[r, j] : 0 over B·NH·T·T entries.
-__global__ void causal_mask_copy_kernel(float* dst, const float* att, int T, size_t total) {
+// dst[r, j] = lo_r <= j <= (r mod T) ? att[r, j] : 0 over B·NH·T·T entries.
+__global__ void causal_mask_copy_kernel(float* dst, const float* att, int T, int NH,
+                                        const int32_t* key_begin, size_t total) {
   TRIAD_GRID_STRIDE_LOOP(idx, total) {
-    const size_t j = idx % size_t(T);
-    const size_t i = (idx / size_t(T)) % size_t(T);
-    dst[idx] = j <= i ? att[idx] : 0.0f;
+    const size_t j = idx % size_t(T), r = idx / size_t(T);
+    const size_t i = r % size_t(T);
+    dst[idx] = j <= i && int(j) >= row_first_key(key_begin, r, T, NH) ? att[idx] : 0.0f;
   }
 }
 
-// One block per row: dS = P ⊙ (dP − Σ_j P dP) over keys 0..i, in place over dP; zeros above the
-// diagonal (the dQ and dK products read the full rows). Reads att only at j <= i.
-__global__ void causal_softmax_backward_kernel(float* ds, const float* att, int T) {
+// One block per row: dS = P ⊙ (dP − Σ_j P dP) over keys lo..i, in place over dP; zeros elsewhere
+// (the dQ and dK products read the full rows). Reads att only at lo <= j <= i.
+__global__ void causal_softmax_backward_kernel(float* ds, const float* att, int T, int NH,
+                                               const int32_t* key_begin) {
   const size_t r = blockIdx.x;
-  const int i = int(r % size_t(T));
+  const int i = int(r % size_t(T)), lo = row_first_key(key_begin, r, T, NH);
   float* drow = ds + r * T;
   const float* prow = att + r * T;
   float dot = 0.0f;
-  for (int j = threadIdx.x; j <= i; j += blockDim.x) dot += prow[j] * drow[j];
+  for (int j = lo + threadIdx.x; j <= i; j += blockDim.x) dot += prow[j] * drow[j];
   dot = block_reduce(dot, SumOp{}, 0.0f);
   for (int j = threadIdx.x; j < T; j += blockDim.x) {
-    drow[j] = j <= i ? prow[j] * (drow[j] - dot) : 0.0f;
+    drow[j] = j <= i && j >= lo ? prow[j] * (drow[j] - dot) : 0.0f;
   }
 }
 
@@ -158,7 +169,8 @@ void check_kv_heads(int NH, int NKV) {
 size_t attention_workspace_floats(int B, int T, int C) { return size_t(7) * B * T * C; }
 
 void attention_forward(cudaStream_t s, cublasHandle_t h, float* workspace, float* out, float* att,
-                       const float* qkv, int B, int T, int C, int NH, float* lse) {
+                       const float* qkv, int B, int T, int C, int NH, float* lse,
+                       const int32_t* key_begin) {
   check_shape(B, T, C, NH);
   const int hd = C / NH;
   const int batch = B * NH;
@@ -174,7 +186,8 @@ void attention_forward(cudaStream_t s, cublasHandle_t h, float* workspace, float
   // S[T,T] = scale · Q[T,hd] · K[T,hd]ᵀ  ⇔  Sᵀ = K (hd×T col-major, transposed) · Qᵀ (hd×T)
   gemm_batched(h, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, scale, w.k, hd, head, w.q, hd, head, 0.0f,
                att, T, tt, batch);
-  causal_softmax_kernel<<<unsigned(size_t(batch) * T), kSoftmaxBlock, 0, s>>>(att, lse, T);
+  causal_softmax_kernel<<<unsigned(size_t(batch) * T), kSoftmaxBlock, 0, s>>>(att, lse, T, NH,
+                                                                               key_begin);
   TRIAD_CUDA_CHECK_LAUNCH();
   // O[T,hd] = P[T,T] · V[T,hd]  ⇔  Oᵀ (hd×T) = Vᵀ (hd×T col-major) · Pᵀ (T×T col-major)
   gemm_batched(h, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, 1.0f, w.v, hd, head, att, T, tt, 0.0f, w.o,
@@ -185,7 +198,7 @@ void attention_forward(cudaStream_t s, cublasHandle_t h, float* workspace, float
 
 void attention_backward(cudaStream_t s, cublasHandle_t h, float* workspace, float* dqkv,
                         float* scratch, const float* dout, const float* qkv, const float* att,
-                        int B, int T, int C, int NH) {
+                        int B, int T, int C, int NH, const int32_t* key_begin) {
   check_shape(B, T, C, NH);
   const int hd = C / NH;
   const int batch = B * NH;
@@ -204,7 +217,8 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, float* workspace, floa
 
   // dV[T,hd] = Pᵀ[T,T] · dO[T,hd] with P lower-triangular (masked copy in scratch)
   //   ⇔ dVᵀ (hd×T) = dOᵀ (hd×T col-major) · P (Pᵀ col-major, transposed)
-  causal_mask_copy_kernel<<<grid_for(att_total), kBlock, 0, s>>>(scratch, att, T, att_total);
+  causal_mask_copy_kernel<<<grid_for(att_total), kBlock, 0, s>>>(scratch, att, T, NH, key_begin,
+                                                                  att_total);
   TRIAD_CUDA_CHECK_LAUNCH();
   gemm_batched(h, CUBLAS_OP_N, CUBLAS_OP_T, hd, T, T, 1.0f, w.o, hd, head, scratch, T, tt, 0.0f,
                w.dv, hd, head, batch);
@@ -212,8 +226,8 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, float* workspace, floa
   // dP[T,T] = dO[T,hd] · V[T,hd]ᵀ  (same form as S = Q Kᵀ), into scratch
   gemm_batched(h, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, 1.0f, w.v, hd, head, w.o, hd, head, 0.0f,
                scratch, T, tt, batch);
-  causal_softmax_backward_kernel<<<unsigned(size_t(batch) * T), kSoftmaxBlock, 0, s>>>(scratch, att,
-                                                                                       T);
+  causal_softmax_backward_kernel<<<unsigned(size_t(batch) * T), kSoftmaxBlock, 0, s>>>(
+      scratch, att, T, NH, key_begin);
   TRIAD_CUDA_CHECK_LAUNCH();
 
   // dQ[T,hd] = scale · dS[T,T] · K[T,hd]  (same form as O = P V)
@@ -228,16 +242,19 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, float* workspace, floa
 }
 
 void attention_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, float* out,
-                       float* att, const float* qkv, int B, int T, int C, int NH, int NKV) {
+                       float* att, const float* qkv, int B, int T, int C, int NH, int NKV,
+                       const int32_t* key_begin) {
   check_shape(B, T, C, NH);
   check_kv_heads(NH, NKV);
   float* ws = scratch.fp32_workspace.get_as<float>(attention_workspace_floats(B, T, C), s);
-  attention_forward(s, h, ws, out, att, mha_qkv(scratch, s, qkv, B * T, C, NH, NKV), B, T, C, NH);
+  attention_forward(s, h, ws, out, att, mha_qkv(scratch, s, qkv, B * T, C, NH, NKV), B, T, C, NH,
+                    nullptr, key_begin);
 }
 
 void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, float* dqkv,
                         float* tt_scratch, const float* dout, const float* qkv, const float* att,
-                        int B, int T, int C, int NH, int NKV, bool accumulate) {
+                        int B, int T, int C, int NH, int NKV, bool accumulate,
+                        const int32_t* key_begin) {
   check_shape(B, T, C, NH);
   check_kv_heads(NH, NKV);
   float* ws = scratch.fp32_workspace.get_as<float>(attention_workspace_floats(B, T, C), s);
@@ -246,7 +263,7 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scra
     if (!accumulate) {
       TRIAD_CUDA_CHECK(cudaMemsetAsync(dqkv, 0, size_t(B) * T * 3 * C * sizeof(float), s));
     }
-    attention_backward(s, h, ws, dqkv, tt_scratch, dout, qkv, att, B, T, C, NH);
+    attention_backward(s, h, ws, dqkv, tt_scratch, dout, qkv, att, B, T, C, NH, key_begin);
     return;
   }
   // The MHA backward adds into the expanded gradient: dq onto the old dq (so each dq element is
@@ -255,7 +272,7 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scra
   const GroupedHeads<float> g = grouped_heads_scratch<float>(scratch, s, N, C, true);
   expand_kv_heads(s, g.qkv, qkv, N, C, NH, NKV);
   prepare_expanded_dqkv(s, g.dqkv, static_cast<const float*>(dqkv), N, C, NH, NKV, accumulate);
-  attention_backward(s, h, ws, g.dqkv, tt_scratch, dout, g.qkv, att, B, T, C, NH);
+  attention_backward(s, h, ws, g.dqkv, tt_scratch, dout, g.qkv, att, B, T, C, NH, key_begin);
   reduce_kv_heads(s, dqkv, static_cast<const float*>(g.dqkv), N, C, NH, NKV, accumulate);
 }
 

@@ -65,26 +65,27 @@ Widened carve(AttentionScratch& scratch, cudaStream_t s, int B, int T, int C, in
 
 // The MHA op: qkv and dqkv [B,T,3C].
 void mha_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* out, float* lse,
-                 const bf16* qkv, int B, int T, int C, int NH) {
+                 const bf16* qkv, int B, int T, int C, int NH, const int32_t* key_begin) {
   if (flash_head_dim(C, NH) && pointer_alignment(qkv) >= 16 && pointer_alignment(out) >= 4) {
-    flash_attention_forward(out, lse, qkv, B, T, C, NH, s);
+    flash_attention_forward(out, lse, qkv, B, T, C, NH, key_begin, s);
     return;
   }
   const size_t n = size_t(B) * T * C;
   const Widened w = carve(scratch, s, B, T, C, NH, /*backward=*/false);
   float* ws = scratch.fp32_workspace.get_as<float>(attention_workspace_floats(B, T, C), s);
   convert(s, w.qkv, qkv, 3 * n);
-  attention_forward(s, h, ws, w.out, w.att, w.qkv, B, T, C, NH, lse);
+  attention_forward(s, h, ws, w.out, w.att, w.qkv, B, T, C, NH, lse, key_begin);
   convert(s, out, static_cast<const float*>(w.out), n);
 }
 
 void mha_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* dqkv,
                   const bf16* dout, const bf16* qkv, const bf16* out, const float* lse, int B,
-                  int T, int C, int NH, bool accumulate) {
+                  int T, int C, int NH, bool accumulate, const int32_t* key_begin) {
   if (flash_head_dim(C, NH) && pointer_alignment(qkv) >= 16 && pointer_alignment(dout) >= 16 &&
       pointer_alignment(out) >= 4 && pointer_alignment(dqkv) >= 4) {
     float* ws = scratch.flash.get_as<float>(flash_attention_workspace_floats(B, T, C, NH), s);
-    flash_attention_backward(dqkv, dout, qkv, out, lse, ws, B, T, C, NH, s, accumulate);
+    flash_attention_backward(dqkv, dout, qkv, out, lse, ws, B, T, C, NH, key_begin, s,
+                             accumulate);
     return;
   }
   const size_t n = size_t(B) * T * C;
@@ -98,27 +99,30 @@ void mha_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, b
     TRIAD_CUDA_CHECK(cudaMemsetAsync(w.dqkv, 0, 3 * n * sizeof(float), s));
   }
   // The fp32 forward recomputes the probabilities (w.out is not needed but must be written).
-  attention_forward(s, h, ws, w.out, w.att, w.qkv, B, T, C, NH);
-  attention_backward(s, h, ws, w.dqkv, w.scr, w.dout, w.qkv, w.att, B, T, C, NH);
+  attention_forward(s, h, ws, w.out, w.att, w.qkv, B, T, C, NH, nullptr, key_begin);
+  attention_backward(s, h, ws, w.dqkv, w.scr, w.dout, w.qkv, w.att, B, T, C, NH, key_begin);
   convert(s, dqkv, static_cast<const float*>(w.dqkv), 3 * n);
 }
 
 }  // namespace
 
 void attention_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* out,
-                       float* lse, const bf16* qkv, int B, int T, int C, int NH, int NKV) {
+                       float* lse, const bf16* qkv, int B, int T, int C, int NH, int NKV,
+                       const int32_t* key_begin) {
   check_shape(B, T, C, NH);
   check_kv_heads(NH, NKV);
-  mha_forward(s, h, scratch, out, lse, mha_qkv(scratch, s, qkv, B * T, C, NH, NKV), B, T, C, NH);
+  mha_forward(s, h, scratch, out, lse, mha_qkv(scratch, s, qkv, B * T, C, NH, NKV), B, T, C, NH,
+              key_begin);
 }
 
 void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* dqkv,
                         const bf16* dout, const bf16* qkv, const bf16* out, const float* lse, int B,
-                        int T, int C, int NH, int NKV, bool accumulate) {
+                        int T, int C, int NH, int NKV, bool accumulate,
+                        const int32_t* key_begin) {
   check_shape(B, T, C, NH);
   check_kv_heads(NH, NKV);
   if (NKV == NH) {
-    mha_backward(s, h, scratch, dqkv, dout, qkv, out, lse, B, T, C, NH, accumulate);
+    mha_backward(s, h, scratch, dqkv, dout, qkv, out, lse, B, T, C, NH, accumulate, key_begin);
     return;
   }
   const int N = B * T;
@@ -128,7 +132,7 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scra
   if (accumulate) {
     prepare_expanded_dqkv(s, g.dqkv, static_cast<const bf16*>(dqkv), N, C, NH, NKV, true);
   }
-  mha_backward(s, h, scratch, g.dqkv, dout, g.qkv, out, lse, B, T, C, NH, accumulate);
+  mha_backward(s, h, scratch, g.dqkv, dout, g.qkv, out, lse, B, T, C, NH, accumulate, key_begin);
   reduce_kv_heads(s, dqkv, static_cast<const bf16*>(g.dqkv), N, C, NH, NKV, accumulate);
 }
 

@@ -164,14 +164,15 @@ class CudaBackend final : public Backend {
     cuda::column_sum_accumulate(stream_, reduce_partials_, dbias, dout, N, OC);
   }
   void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH,
-                         int NKV) override {
-    cuda::attention_forward(stream_, cublas_, attention_scratch_, out, att, qkv, B, T, C, NH, NKV);
+                         int NKV, const int32_t* key_begin) override {
+    cuda::attention_forward(stream_, cublas_, attention_scratch_, out, att, qkv, B, T, C, NH, NKV,
+                            key_begin);
   }
   void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
-                          const float* att, int B, int T, int C, int NH, int NKV,
-                          GradMode mode) override {
+                          const float* att, int B, int T, int C, int NH, int NKV, GradMode mode,
+                          const int32_t* key_begin) override {
     cuda::attention_backward(stream_, cublas_, attention_scratch_, dqkv, scratch, dout, qkv, att, B,
-                             T, C, NH, NKV, mode == GradMode::accumulate);
+                             T, C, NH, NKV, mode == GradMode::accumulate, key_begin);
   }
   void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n, int C,
                         int NH, int NKV) override {
@@ -301,15 +302,16 @@ class CudaBackend final : public Backend {
                                   mode);
   }
   void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C, int NH,
-                         int NKV) override {
+                         int NKV, const int32_t* key_begin) override {
     cuda::attention_forward(stream_, cublas_, attention_scratch_, dev(out), lse, dev(qkv), B, T, C,
-                            NH, NKV);
+                            NH, NKV, key_begin);
   }
   void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, const bf16_t* out,
-                          const float* lse, int B, int T, int C, int NH, int NKV,
-                          GradMode mode) override {
+                          const float* lse, int B, int T, int C, int NH, int NKV, GradMode mode,
+                          const int32_t* key_begin) override {
     cuda::attention_backward(stream_, cublas_, attention_scratch_, dev(dqkv), dev(dout), dev(qkv),
-                             dev(out), lse, B, T, C, NH, NKV, mode == GradMode::accumulate);
+                             dev(out), lse, B, T, C, NH, NKV, mode == GradMode::accumulate,
+                             key_begin);
   }
   void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n, int C,
                         int NH, int NKV) override {

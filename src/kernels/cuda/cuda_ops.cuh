@@ -149,30 +149,36 @@ struct AttentionScratch {
 // The MHA op (qkv [B,T,3C]); also the bf16 fallback's. workspace: at least
 // attention_workspace_floats(B, T, C) floats, owned by the backend. lse (may be nullptr):
 // [B,NH,T] log-sum-exp of the scaled scores of each query row. Backward accumulates (+=).
+// key_begin: the document mask of backend.h (device memory), or nullptr.
 size_t attention_workspace_floats(int B, int T, int C);
 void attention_forward(cudaStream_t s, cublasHandle_t h, float* workspace, float* out, float* att,
-                       const float* qkv, int B, int T, int C, int NH, float* lse = nullptr);
+                       const float* qkv, int B, int T, int C, int NH, float* lse = nullptr,
+                       const int32_t* key_begin = nullptr);
 void attention_backward(cudaStream_t s, cublasHandle_t h, float* workspace, float* dqkv,
                         float* scratch, const float* dout, const float* qkv, const float* att,
-                        int B, int T, int C, int NH);
+                        int B, int T, int C, int NH, const int32_t* key_begin = nullptr);
 // Backend::attention_forward / attention_backward (fp32), any NKV: the MHA op above, on the
 // expanded rows where NKV < NH. accumulate false: dqkv overwritten.
 void attention_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, float* out,
-                       float* att, const float* qkv, int B, int T, int C, int NH, int NKV);
+                       float* att, const float* qkv, int B, int T, int C, int NH, int NKV,
+                       const int32_t* key_begin = nullptr);
 void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, float* dqkv,
                         float* tt_scratch, const float* dout, const float* qkv, const float* att,
-                        int B, int T, int C, int NH, int NKV, bool accumulate);
+                        int B, int T, int C, int NH, int NKV, bool accumulate,
+                        const int32_t* key_begin = nullptr);
 
 // ---- attention, bf16 (cuda_attention_bf16.cu) ----------------------------------------------
 // The fused flash kernels (flash_attention.cuh) where they apply (head dim 64 or 128, aligned
 // pointers); otherwise the fp32 path on widened copies; with NKV < NH either on the expanded
 // rows.
 void attention_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* out,
-                       float* lse, const bf16* qkv, int B, int T, int C, int NH, int NKV);
+                       float* lse, const bf16* qkv, int B, int T, int C, int NH, int NKV,
+                       const int32_t* key_begin = nullptr);
 void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* dqkv,
                         const bf16* dout, const bf16* qkv, const bf16* out, const float* lse, int B,
                         int T, int C, int NH, int NKV,
-                        bool accumulate = true);  // false: dqkv overwritten
+                        bool accumulate = true,  // false: dqkv overwritten
+                        const int32_t* key_begin = nullptr);
 
 // ---- grouped-query attention through the MHA ops (cuda_grouped_heads.cu) -------------------
 // N rows; compact rows W = C + 2·NKV·hd wide, expanded (MHA) rows 3C wide.

@@ -65,9 +65,10 @@ template <class Tiles>
 __global__ void __launch_bounds__(flash::kThreads)
     forward_kernel(uint16_t* __restrict__ out, float* __restrict__ lse,
                    const uint16_t* __restrict__ qkv, const __grid_constant__ TileMaps maps, int T,
-                   int C, int NH, float scale_log2) {
+                   int C, int NH, float scale_log2, const int32_t* __restrict__ key_begin) {
   DeviceThread x;
-  flash::forward_block<Tiles>(x, out, lse, qkv, map_of<Tiles>(maps.qkv), T, C, NH, scale_log2);
+  flash::forward_block<Tiles>(x, out, lse, qkv, map_of<Tiles>(maps.qkv), T, C, NH, scale_log2,
+                              key_begin);
 }
 
 template <int HD>
@@ -85,11 +86,11 @@ __global__ void __launch_bounds__(flash::kThreads)
                 const uint16_t* __restrict__ dout, const uint16_t* __restrict__ qkv,
                 const __grid_constant__ TileMaps maps, const float* __restrict__ lse,
                 const float* __restrict__ Dv, int B, int T, int C, int NH, float scale,
-                float scale_log2, bool accumulate) {
+                float scale_log2, bool accumulate, const int32_t* __restrict__ key_begin) {
   DeviceThread x;
-  flash::dkdv_block<Tiles, AtomicDq, Ordered>(x, dqkv, dq_accum, dq_turns, dout, qkv,
-                                              map_of<Tiles>(maps.qkv), map_of<Tiles>(maps.dout),
-                                              lse, Dv, B, T, C, NH, scale, scale_log2, accumulate);
+  flash::dkdv_block<Tiles, AtomicDq, Ordered>(
+      x, dqkv, dq_accum, dq_turns, dout, qkv, map_of<Tiles>(maps.qkv), map_of<Tiles>(maps.dout),
+      lse, Dv, B, T, C, NH, scale, scale_log2, accumulate, key_begin);
 }
 
 __global__ void __launch_bounds__(flash::kConvertThreads)
@@ -104,10 +105,11 @@ __global__ void __launch_bounds__(flash::kThreads)
     dq_kernel(uint16_t* __restrict__ dqkv, const uint16_t* __restrict__ dout,
               const uint16_t* __restrict__ qkv, const __grid_constant__ TileMaps maps,
               const float* __restrict__ lse, const float* __restrict__ Dv, int T, int C, int NH,
-              float scale, float scale_log2, bool accumulate) {
+              float scale, float scale_log2, bool accumulate,
+              const int32_t* __restrict__ key_begin) {
   DeviceThread x;
   flash::dq_block<Tiles>(x, dqkv, dout, qkv, map_of<Tiles>(maps.qkv), map_of<Tiles>(maps.dout), lse,
-                         Dv, T, C, NH, scale, scale_log2, accumulate);
+                         Dv, T, C, NH, scale, scale_log2, accumulate, key_begin);
 }
 
 template <class Tiles>
@@ -153,14 +155,14 @@ void allow_smem(Kernel k, size_t bytes) {
 
 template <class Tiles>
 void forward_with(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH,
-                  cudaStream_t s) {
+                  const int32_t* key_begin, cudaStream_t s) {
   constexpr size_t smem = flash::forward_smem<Tiles>();
   allow_smem(forward_kernel<Tiles>, smem);
   const flash::Launch l = flash::launch_shape(B, T, NH, Tiles::kHD);
   const dim3 grid(unsigned(l.blocks_x), unsigned(l.blocks_y));
   const TileMaps maps = tile_maps<Tiles>(qkv, nullptr, B, T, C);
-  forward_kernel<Tiles>
-      <<<grid, flash::kThreads, smem, s>>>(bits(out), lse, bits(qkv), maps, T, C, NH, l.scale_log2);
+  forward_kernel<Tiles><<<grid, flash::kThreads, smem, s>>>(bits(out), lse, bits(qkv), maps, T, C,
+                                                           NH, l.scale_log2, key_begin);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
@@ -177,7 +179,8 @@ size_t dq_turns_count(int B, int T, int NH) {  // the turns and the ticket count
 // Ordered: the dQ additions in key-block order (AtomicDq only).
 template <class Tiles, bool AtomicDq, bool Ordered>
 void backward_with(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out, const float* lse,
-                   float* ws, int B, int T, int C, int NH, cudaStream_t s, bool accumulate) {
+                   float* ws, int B, int T, int C, int NH, const int32_t* key_begin, cudaStream_t s,
+                   bool accumulate) {
   constexpr int HD = Tiles::kHD;
   constexpr size_t dkdv_smem = flash::dkdv_smem<Tiles, AtomicDq>();
   allow_smem(dkdv_kernel<Tiles, AtomicDq, Ordered>, dkdv_smem);
@@ -192,7 +195,7 @@ void backward_with(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* ou
   const TileMaps maps = tile_maps<Tiles>(qkv, dout, B, T, C);
   dkdv_kernel<Tiles, AtomicDq, Ordered><<<grid, flash::kThreads, dkdv_smem, s>>>(
       bits(dqkv), dq_accum, dq_turns, bits(dout), bits(qkv), maps, lse, Dv, B, T, C, NH, l.scale,
-      l.scale_log2, accumulate);
+      l.scale_log2, accumulate, key_begin);
   TRIAD_CUDA_CHECK_LAUNCH();
   if constexpr (AtomicDq) {
     const size_t total = size_t(B) * T * C;
@@ -205,7 +208,7 @@ void backward_with(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* ou
     allow_smem(dq_kernel<Tiles>, dq_smem);
     dq_kernel<Tiles><<<grid, flash::kThreads, dq_smem, s>>>(bits(dqkv), bits(dout), bits(qkv), maps,
                                                             lse, Dv, T, C, NH, l.scale,
-                                                            l.scale_log2, accumulate);
+                                                            l.scale_log2, accumulate, key_begin);
     TRIAD_CUDA_CHECK_LAUNCH();
   }
 }
@@ -346,16 +349,17 @@ void with_tiles(FlashKernel kernel, int hd, F f) {
 }  // namespace
 
 void flash_attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH,
-                             cudaStream_t s, FlashKernel kernel) {
+                             const int32_t* key_begin, cudaStream_t s, FlashKernel kernel) {
   check_shape(B, T, C, NH);
-  with_tiles(flash_kernel_for_device(kernel), C / NH,
-             [&](auto tiles) { forward_with<decltype(tiles)>(out, lse, qkv, B, T, C, NH, s); });
+  with_tiles(flash_kernel_for_device(kernel), C / NH, [&](auto tiles) {
+    forward_with<decltype(tiles)>(out, lse, qkv, B, T, C, NH, key_begin, s);
+  });
 }
 
 void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out,
                               const float* lse, float* workspace, int B, int T, int C, int NH,
-                              cudaStream_t s, bool accumulate, FlashKernel kernel,
-                              FlashBackward mode) {
+                              const int32_t* key_begin, cudaStream_t s, bool accumulate,
+                              FlashKernel kernel, FlashBackward mode) {
   check_shape(B, T, C, NH);
   const FlashKernel resolved = flash_kernel_for_device(kernel);
   const FlashBackward m = flash_backward_mode(mode);
@@ -365,14 +369,14 @@ void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, con
   with_tiles(resolved, C / NH, [&](auto tiles) {
     using Tiles = decltype(tiles);
     if (m == FlashBackward::ordered)
-      backward_with<Tiles, true, true>(dqkv, dout, qkv, out, lse, workspace, B, T, C, NH, s,
-                                       accumulate);
+      backward_with<Tiles, true, true>(dqkv, dout, qkv, out, lse, workspace, B, T, C, NH,
+                                       key_begin, s, accumulate);
     else if (atomic)
-      backward_with<Tiles, true, false>(dqkv, dout, qkv, out, lse, workspace, B, T, C, NH, s,
-                                        accumulate);
+      backward_with<Tiles, true, false>(dqkv, dout, qkv, out, lse, workspace, B, T, C, NH,
+                                        key_begin, s, accumulate);
     else
-      backward_with<Tiles, false, false>(dqkv, dout, qkv, out, lse, workspace, B, T, C, NH, s,
-                                         accumulate);
+      backward_with<Tiles, false, false>(dqkv, dout, qkv, out, lse, workspace, B, T, C, NH,
+                                         key_begin, s, accumulate);
   });
 }
 

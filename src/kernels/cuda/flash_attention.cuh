@@ -8,6 +8,9 @@
 //   lse  [B,NH,T]  fp32, natural log of Σ_j exp(scale · q_i·k_j) over the keys j <= i
 //   dqkv [B,T,3C]  overwritten, or accumulated into (round(old + gradient)) on request
 // scale = 1/sqrt(hd), hd = C/NH ∈ {64, 128}; any T >= 1. No T×T matrix in global memory.
+// key_begin (nullptr: plain causal) is a document mask [B,T] in device memory, query t of
+// sequence b seeing keys key_begin[b·T+t] .. t (never decreasing along a sequence; backend.h);
+// lse then sums over those keys. Key tiles a query block does not see are skipped.
 //
 // Backward, two ways (FlashBackward):
 //   deterministic  one kernel per key block computes dK, dV; a second per query block computes
@@ -67,9 +70,10 @@ size_t flash_attention_workspace_floats(int B, int T, int C, int NH,
 // out [B,T,C] bf16 and lse [B,NH,T] fp32 from qkv [B,T,3C] bf16 (device pointers), on stream s.
 // qkv must be 16-byte aligned (vector loads), out 4-byte aligned.
 void flash_attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH,
-                             cudaStream_t s, FlashKernel kernel = FlashKernel::automatic);
+                             const int32_t* key_begin, cudaStream_t s,
+                             FlashKernel kernel = FlashKernel::automatic);
 
-// dqkv [B,T,3C] from dout [B,T,C], the forward's qkv, out and lse: overwritten, or with
+// dqkv [B,T,3C] from dout [B,T,C], the forward's qkv, out, lse and key_begin: overwritten, or with
 // accumulate each element becomes round(old + gradient) in fp32 (the Backend's += contract).
 // workspace holds flash_attention_workspace_floats(B, T, C, NH, mode) floats (the same mode, so
 // that both resolve `automatic` alike), 16-byte aligned.
@@ -77,7 +81,7 @@ void flash_attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int 
 // 4-byte aligned.
 void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out,
                               const float* lse, float* workspace, int B, int T, int C, int NH,
-                              cudaStream_t s, bool accumulate = false,
+                              const int32_t* key_begin, cudaStream_t s, bool accumulate = false,
                               FlashKernel kernel = FlashKernel::automatic,
                               FlashBackward mode = FlashBackward::automatic);
 

@@ -9,6 +9,12 @@
 // h·HD..), out and dout [B,T,C], lse [B,NH,T] (natural log), dqkv [B,T,3C]. bf16 values are
 // their raw 16-bit patterns here (uint16_t), so this header needs no CUDA header.
 //
+// Document masks: key_begin (nullptr: plain causal) [B,T], query t of sequence b seeing keys
+// key_begin[b·T+t] .. t, key_begin never decreasing along a sequence. So the key tiles a query
+// block needs start at the tile of its first row's key_begin (forward, dQ), and the query tiles
+// a key block feeds end before the first tile whose first row begins after the block (dK/dV):
+// whole tiles outside a document are skipped, not computed and masked.
+//
 // Tiles: 64 query rows × 64 keys, 4 warps (128 threads); a warp owns 16 rows (forward, dQ) or 16
 // keys (dK/dV) of the block's 64. Products run on mma.m16n8k16 (A 16×16 row-major, B 16×8
 // column-major, fp32 C/D); fragments come from shared memory through ldmatrix (the .trans form
@@ -313,32 +319,44 @@ TRIAD_BLOCK_FN Head head(int bh, const uint16_t* qkv, const uint16_t* dout, cons
   return r;
 }
 
-// The key-tile loop of the forward and dQ kernels, at the top of step kt of 0..last: starts
-// copying K, V tile kt + 1 (batch kt + 1) into the other buffers of sK, sV ([2] tiles each),
-// waits for tile kt (batch kt: loaded by the previous step, or before the loop) and hands it to
-// every warp.
+// The key-tile loop of the forward and dQ kernels, at the top of its step `step` (0, 1, ..),
+// which works on key tile kt of first .. last: starts copying K, V tile kt + 1 (batch step + 1)
+// into the other buffers of sK, sV ([2] tiles each; step i uses buffer i & 1), waits for tile kt
+// (batch step: loaded by the previous step, or before the loop) and hands it to every warp.
 template <class Tiles, class Pipe, class X>
 TRIAD_BLOCK_FN void next_kv_tiles(X& x, Pipe& pipe, uint16_t* sK, uint16_t* sV, const Head& here,
-                                  int kt, int last, int T) {
+                                  int kt, int step, int last, int T) {
   if (kt < last) {
-    const int other = ((kt & 1) ^ 1) * Tiles::kElems;
-    pipe.load(sK + other, here.k, (kt + 1) * kTile, T, kt + 1);
-    pipe.load(sV + other, here.v, (kt + 1) * kTile, T, kt + 1);
-    pipe.commit(kt + 1);
-    pipe.template wait<1>(kt);
+    const int other = ((step & 1) ^ 1) * Tiles::kElems;
+    pipe.load(sK + other, here.k, (kt + 1) * kTile, T, step + 1);
+    pipe.load(sV + other, here.v, (kt + 1) * kTile, T, step + 1);
+    pipe.commit(step + 1);
+    pipe.template wait<1>(step);
   } else {
-    pipe.template wait<0>(kt);
+    pipe.template wait<0>(step);
   }
   x.sync_threads();
 }
 
+// Sequence b's row of key_begin [B,T], or nullptr without a document mask.
+TRIAD_BLOCK_FN const int32_t* sequence_key_begin(const int32_t* key_begin, int b, int T) {
+  return key_begin != nullptr ? key_begin + size_t(b) * T : nullptr;
+}
+
+// The first key query `row` sees (0 without a mask, or for a row past T).
+TRIAD_BLOCK_FN int first_key(const int32_t* kbeg, int row, int T) {
+  return kbeg != nullptr && row < T ? int(kbeg[row]) : 0;
+}
+
 // ---- forward ------------------------------------------------------------------------------------
 // Block (bh, y): query block nqb-1-y of head bh (y = 0: the longest rows).
-// Per key tile kt <= qb: S = Q Kᵀ, online softmax in the log2 domain (row max m and the
-// thread's part of the row sum l), O = O·α + P V. out = O / l, lse = ln 2 · (m + log2 l).
+// Per key tile kt <= qb (from the first one the block's rows see): S = Q Kᵀ, online softmax in
+// the log2 domain (row max m and the thread's part of the row sum l), O = O·α + P V.
+// out = O / l, lse = ln 2 · (m + log2 l).
 template <class Tiles, class X>
 TRIAD_BLOCK_FN void forward_block(X& x, uint16_t* out, float* lse, const uint16_t* qkv,
-                                  const void* qkv_map, int T, int C, int NH, float scale_log2) {
+                                  const void* qkv_map, int T, int C, int NH, float scale_log2,
+                                  const int32_t* key_begin) {
   constexpr int HD = Tiles::kHD, L = Tiles::kElems;  // L: elements per tile
   unsigned char* smem = aligned_smem<Tiles>(x);
   uint16_t* sQ = reinterpret_cast<uint16_t*>(smem);
@@ -355,10 +373,14 @@ TRIAD_BLOCK_FN void forward_block(X& x, uint16_t* out, float* lse, const uint16_
   const int warp = x.thread() / 32, lane = x.thread() % 32;
   const int gr = lane >> 2, tc = (lane & 3) * 2;
   const int row0 = q0 + warp * 16 + gr;  // this thread's rows: row0 and row0 + 8
+  const int32_t* kbeg = sequence_key_begin(key_begin, b, T);
+  const int lo[2] = {first_key(kbeg, row0, T), first_key(kbeg, row0 + 8, T)};
+  const int lo_max = lo[0] > lo[1] ? lo[0] : lo[1];
+  const int kt0 = kbeg != nullptr ? int(kbeg[q0]) / kTile : 0;  // the first tile any row sees
 
   pipe.load(sQ, here.q, q0, T, 0);
-  pipe.load(sK, here.k, 0, T, 0);
-  pipe.load(sV, here.v, 0, T, 0);
+  pipe.load(sK, here.k, kt0 * kTile, T, 0);
+  pipe.load(sV, here.v, kt0 * kTile, T, 0);
   pipe.commit(0);
 
   float o[HD / 8][4];
@@ -366,19 +388,22 @@ TRIAD_BLOCK_FN void forward_block(X& x, uint16_t* out, float* lse, const uint16_
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 
   Held<HD> q;  // Q's rows in registers, loaded once its tile has landed (step 0)
-  for (int kt = 0; kt <= qb; ++kt) {
-    const int buf = kt & 1;
-    next_kv_tiles<Tiles>(x, pipe, sK, sV, here, kt, qb, T);
-    if (kt == 0) hold<Tiles>(x, q, sQ);
+  for (int kt = kt0; kt <= qb; ++kt) {
+    const int step = kt - kt0, buf = step & 1;
+    next_kv_tiles<Tiles>(x, pipe, sK, sV, here, kt, step, qb, T);
+    if (step == 0) hold<Tiles>(x, q, sQ);
 
     float s[8][4];
     zero(s);
     Tiles::abt(x, s, q, sK + buf * L);
 
     // Only the diagonal tile (the last) has keys after a row or past T: every earlier key
-    // precedes q0. Key 0 counts for every row, so the row max is finite from the first tile on.
+    // precedes q0. Keys before a row's first key (a document mask) lie in the tiles before
+    // lo_max. Without a mask key 0 counts for every row, so the row max is finite from the first
+    // tile on; with one a row may see no key of a tile (its document starts in a later one),
+    // whose max stays -inf: its exponentials are taken against 0 then, which makes them 0.
     const int k0 = kt * kTile;
-    const bool diagonal = kt == qb;
+    const bool cut = kt == qb || k0 < lo_max;
     TRIAD_UNROLL
     for (int r = 0; r < 2; ++r) {
       const int row = row0 + 8 * r;
@@ -388,7 +413,7 @@ TRIAD_BLOCK_FN void forward_block(X& x, uint16_t* out, float* lse, const uint16_
       for (int e = 0; e < 2; ++e) {
         const int key = k0 + n * 8 + tc + e;
         float v = s[n][2 * r + e] * scale_log2;
-        if (diagonal && (key > row || key >= T)) v = -INFINITY;
+        if (cut && (key > row || key >= T || key < lo[r])) v = -INFINITY;
         s[n][2 * r + e] = v;
         mx = mx > v ? mx : v;
       }
@@ -397,12 +422,13 @@ TRIAD_BLOCK_FN void forward_block(X& x, uint16_t* out, float* lse, const uint16_
       const float m2 = x.shfl_xor(mx, 2);
       mx = mx > m2 ? mx : m2;
       const float m_new = m[r] > mx ? m[r] : mx;
-      const float alpha = x.exp2(m[r] - m_new);
+      const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+      const float alpha = x.exp2(m[r] - m_use);
       float sum = 0.0f;
       TRIAD_UNROLL
       for (int n = 0; n < 8; ++n) TRIAD_UNROLL
       for (int e = 0; e < 2; ++e) {
-        const float p = x.exp2(s[n][2 * r + e] - m_new);
+        const float p = x.exp2(s[n][2 * r + e] - m_use);
         s[n][2 * r + e] = p;
         sum += p;
       }
@@ -497,7 +523,7 @@ TRIAD_BLOCK_FN void probabilities_and_ds(X& x, float (&s)[8][4], float (&dp)[8][
 }
 
 // dK, dV of key block blockIdx.y (warp w: keys k0 + 16w ..), iterating over the query tiles
-// qt >= kb: Sᵀ = K Qᵀ, dPᵀ = V dOᵀ, Pᵀ = exp(Sᵀ·scale − lse), dSᵀ = Pᵀ ∘ (dPᵀ − D),
+// qt >= kb (up to the last one whose rows see a key of the block): Sᵀ = K Qᵀ, dPᵀ = V dOᵀ, Pᵀ = exp(Sᵀ·scale − lse), dSᵀ = Pᵀ ∘ (dPᵀ − D),
 // dV += Pᵀ dO, dK += dSᵀ Q; dK scaled by 1/sqrt(HD) at the end.
 // AtomicDq: also this key block's part of dQ (unscaled) for every query tile, dQ += dS K with dS
 // (bf16, as the dK product rounds it) passed through shared memory, added into dq_accum
@@ -509,13 +535,14 @@ TRIAD_BLOCK_FN void probabilities_and_ds(X& x, float (&s)[8][4], float (&dp)[8][
 // from its block index but from a ticket (the counter after the turns, in the order blocks start
 // running: ticket t is head t mod B·NH, key block t / (B·NH), heaviest first as the grid), so a
 // block only ever waits for blocks that started before it, which are running or done, whatever
-// order the GPU dispatches them in.
+// order the GPU dispatches them in. The query tiles a block skips (a document mask) still pass
+// their turns on.
 template <class Tiles, bool AtomicDq, bool Ordered, class X>
 TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_turns,
                                const uint16_t* dout, const uint16_t* qkv, const void* qkv_map,
                                const void* dout_map, const float* lse, const float* Dv, int B,
-                               int T, int C, int NH, float scale, float scale_log2,
-                               bool accumulate) {
+                               int T, int C, int NH, float scale, float scale_log2, bool accumulate,
+                               const int32_t* key_begin) {
   constexpr int HD = Tiles::kHD, L = Tiles::kElems;  // L: elements per tile
   static_assert((6 * tile_bytes<Tiles>() + 4 * kTile * sizeof(float)) % Tiles::kSmemAlign == 0,
                 "the dS tile must start as aligned as the others");
@@ -551,6 +578,18 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
   const int k0 = kb * kTile;
   const int warp = x.thread() / 32, lane = x.thread() % 32;
   const int key0 = k0 + warp * 16 + (lane >> 2);  // this thread's keys: key0 and key0 + 8
+  // The last query tile that sees a key of this block: the tiles after the first one whose first
+  // row begins past the block's last key see none (key_begin never decreases).
+  const int32_t* kbeg = sequence_key_begin(key_begin, b, T);
+  int qt_last = nb - 1;
+  if (kbeg != nullptr) {
+    const int last_key = (k0 + kTile < T ? k0 + kTile : T) - 1;
+    for (int qt = kb + 1; qt < nb; ++qt)
+      if (int(kbeg[qt * kTile]) > last_key) {
+        qt_last = qt - 1;
+        break;
+      }
+  }
 
   // lse (log2 domain) and D of query tile qt into buffer buf: plain loads, zero past T.
   auto load_rows = [&](int qt, int buf) {
@@ -577,9 +616,9 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
   constexpr bool kHold = HD == 64 && !AtomicDq;
   Held<HD> kh, vh;
 
-  for (int qt = kb; qt < nb; ++qt) {
+  for (int qt = kb; qt <= qt_last; ++qt) {
     const int buf = (qt - kb) & 1;
-    if (qt + 1 < nb) {
+    if (qt < qt_last) {
       pipe.load(sQ + (buf ^ 1) * L, here.q, (qt + 1) * kTile, T, qt + 1 - kb);
       pipe.load(sdO + (buf ^ 1) * L, here.dout, (qt + 1) * kTile, T, qt + 1 - kb);
       pipe.commit(qt + 1 - kb);
@@ -607,11 +646,14 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
       Tiles::abt2(x, s, sK, q, dp, sV, d_o);
     }
     const int q0 = qt * kTile;
+    // Whether some query of the tile begins after the block's first key (its last query does,
+    // if any).
+    const bool cut = kbeg != nullptr && int(kbeg[(q0 + kTile < T ? q0 + kTile : T) - 1]) > k0;
     probabilities_and_ds(
         x, s, dp, scale_log2,
         [&](int r, int c) {
           const int key = key0 + 8 * r, query = q0 + c;
-          return key <= query && query < T && key < T;
+          return key <= query && query < T && key < T && (!cut || key >= int(kbeg[query]));
         },
         [&](int, int c) { return lse2[c]; }, [&](int, int c) { return dd[c]; });
     Tiles::pv2(x, dv, s, d_o, dk, dp, q);  // dV += Pᵀ dO, dK += dSᵀ Q
@@ -652,6 +694,17 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
     }
     x.sync_threads();  // every warp is done with these buffers before they are refilled
   }
+  if constexpr (Ordered) {
+    // The query tiles after qt_last get nothing from this block, but their turns pass through
+    // it (kb → kb + 1), or the next key block would wait for them forever.
+    for (int qt = qt_last + 1; qt < nb; ++qt) {
+      int* turn = dq_turns + size_t(bh) * nb + qt;
+      if (x.thread() == 0) {
+        x.wait_equal(turn, kb);
+        x.store_release(turn, kb + 1);
+      }
+    }
+  }
 
   uint16_t* gdk = dqkv + size_t(b) * T * stride + C + size_t(h) * HD;
   store_rows<HD>(x, gdk, stride, k0 + warp * 16, T, dk, scale, accumulate);
@@ -689,13 +742,13 @@ TRIAD_BLOCK_FN void dq_convert_block(X& x, uint16_t* dqkv, const float* dq_accum
 }
 
 // dQ of query block nqb-1-blockIdx.y (warp w: rows q0 + 16w ..), iterating over the key tiles
-// kt <= qb: S = Q Kᵀ, dP = dO Vᵀ, P = exp(S·scale − lse), dS = P ∘ (dP − D), dQ += dS K; scaled
+// kt <= qb (from the first one the block's rows see): S = Q Kᵀ, dP = dO Vᵀ, P = exp(S·scale − lse), dS = P ∘ (dP − D), dQ += dS K; scaled
 // by 1/sqrt(HD) at the end.
 template <class Tiles, class X>
 TRIAD_BLOCK_FN void dq_block(X& x, uint16_t* dqkv, const uint16_t* dout, const uint16_t* qkv,
                              const void* qkv_map, const void* dout_map, const float* lse,
                              const float* Dv, int T, int C, int NH, float scale, float scale_log2,
-                             bool accumulate) {
+                             bool accumulate, const int32_t* key_begin) {
   constexpr int HD = Tiles::kHD, L = Tiles::kElems;  // L: elements per tile
   unsigned char* smem = aligned_smem<Tiles>(x);
   uint16_t* sQ = reinterpret_cast<uint16_t*>(smem);
@@ -712,11 +765,14 @@ TRIAD_BLOCK_FN void dq_block(X& x, uint16_t* dqkv, const uint16_t* dout, const u
   const int q0 = qb * kTile;
   const int warp = x.thread() / 32, lane = x.thread() % 32;
   const int row0 = q0 + warp * 16 + (lane >> 2);  // this thread's rows: row0 and row0 + 8
+  const int32_t* kbeg = sequence_key_begin(key_begin, b, T);
+  const int lo[2] = {first_key(kbeg, row0, T), first_key(kbeg, row0 + 8, T)};
+  const int kt0 = kbeg != nullptr ? int(kbeg[q0]) / kTile : 0;  // the first tile any row sees
 
   pipe.load(sQ, here.q, q0, T, 0);
   pipe.load(sdO, here.dout, q0, T, 0);
-  pipe.load(sK, here.k, 0, T, 0);
-  pipe.load(sV, here.v, 0, T, 0);
+  pipe.load(sK, here.k, kt0 * kTile, T, 0);
+  pipe.load(sV, here.v, kt0 * kTile, T, 0);
   pipe.commit(0);
   float lse2[2], dd[2];
   TRIAD_UNROLL
@@ -731,16 +787,16 @@ TRIAD_BLOCK_FN void dq_block(X& x, uint16_t* dqkv, const uint16_t* dout, const u
   // Q and dO held in registers (from the first step on) where the registers allow (HD 64).
   constexpr bool kHold = HD == 64;
   Held<HD> qh, doh;
-  for (int kt = 0; kt <= qb; ++kt) {
-    const int buf = kt & 1;
-    next_kv_tiles<Tiles>(x, pipe, sK, sV, here, kt, qb, T);
+  for (int kt = kt0; kt <= qb; ++kt) {
+    const int step = kt - kt0, buf = step & 1;
+    next_kv_tiles<Tiles>(x, pipe, sK, sV, here, kt, step, qb, T);
 
     const uint16_t* k = sK + buf * L;
     float s[8][4], dp[8][4];
     zero(s);
     zero(dp);
     if constexpr (kHold) {  // S[query][key], dP[query][key]
-      if (kt == 0) {
+      if (step == 0) {
         hold<Tiles>(x, qh, sQ);
         hold<Tiles>(x, doh, sdO);
       }
@@ -753,7 +809,7 @@ TRIAD_BLOCK_FN void dq_block(X& x, uint16_t* dqkv, const uint16_t* dout, const u
         x, s, dp, scale_log2,
         [&](int r, int c) {
           const int row = row0 + 8 * r, key = k0 + c;
-          return key <= row && key < T && row < T;
+          return key <= row && key < T && row < T && key >= lo[r];
         },
         [&](int r, int) { return lse2[r]; }, [&](int r, int) { return dd[r]; });
     Tiles::pv(x, dq, dp, k);  // dQ += dS K
