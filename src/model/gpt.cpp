@@ -368,6 +368,8 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
   }
   d_inputs_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
   d_targets_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
+  if (shape_.document_token >= 0)
+    d_key_begin_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
   host_ids_.resize(size_t(max_batch_) * shape_.seq_len);
   host_candidates_.resize(host_ids_.size());
   // Host scratch: one row of logits and its local slice (sampling), or the per-token losses and
@@ -402,11 +404,13 @@ GptMemory Gpt::memory_plan(const GptShape& shape, int max_batch, int shards,
   }
   m.other = ((options.inference ? 0 : tied_scratch_floats(shape, mp)) + rope_table_floats(shape)) *
                 sizeof(float) +
-            2 * size_t(max_batch) * size_t(shape.seq_len) * sizeof(int32_t);
+            (shape.document_token >= 0 ? 3 : 2) * size_t(max_batch) * size_t(shape.seq_len) *
+                sizeof(int32_t);
   return m;
 }
 
 Gpt::~Gpt() {
+  if (d_key_begin_) be_.free_ints(d_key_begin_);
   be_.free_ints(d_targets_);
   be_.free_ints(d_inputs_);
   if (tied_scratch_) be_.free(tied_scratch_);

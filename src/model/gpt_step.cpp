@@ -12,6 +12,7 @@
 
 #include "gpt_activations.h"
 #include "triad/core/error.h"
+#include "triad/model/attention_mask.h"
 #include "triad/model/gpt.h"
 
 namespace triad {
@@ -151,6 +152,16 @@ void Gpt::upload_ids(const int32_t* inputs, const int32_t* targets, int N) {
   if (targets) local(targets, d_targets_);
 }
 
+void Gpt::set_documents(const int32_t* inputs, int B, int T) {
+  key_begin_ = nullptr;
+  if (shape_.document_token < 0) return;
+  TRIAD_ASSERT(inputs != nullptr && d_key_begin_ != nullptr);
+  host_key_begin_.resize(size_t(B) * size_t(T));
+  document_key_begin(host_key_begin_.data(), inputs, B, T, shape_.document_token);
+  be_.copy_ints_from_host(d_key_begin_, host_key_begin_.data(), host_key_begin_.size());
+  key_begin_ = d_key_begin_;
+}
+
 // The MLP's activation of N rows of c_fc's outputs (pre) into c_proj's input (act): GELU, or
 // SwiGLU's silu(gate)·up (what train.recompute = gelu recomputes).
 template <class A>
@@ -194,11 +205,15 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
     project(L.qkv);
     rotate(L.qkv, N, T, 0, false);
     // A model for inference keeps nothing for a backward pass: not even the probabilities (fp32)
-    // or the log-sum-exp (bf16) the training attention saves.
-    if (inference_)
+    // or the log-sum-exp (bf16) the training attention saves. It generates and scores prompts,
+    // each one document: no document mask.
+    if (inference_) {
+      TRIAD_CHECK(key_begin_ == nullptr, "internal error: a model for inference has no document "
+                                         "mask (data.document_mask)");
       be_.attention_decode(L.atty, L.qkv, B, T, 0, T, Al, NHl, NKVl);
-    else
-      be_.attention_forward(L.atty, L.att, L.qkv, B, T, Al, NHl, NKVl);
+    } else {
+      be_.attention_forward(L.atty, L.att, L.qkv, B, T, Al, NHl, NKVl, key_begin_);
+    }
   } else {
     // Decoding: sequence b keeps its q|k|v in rows b·seq_len + t of L.qkv (the cache); the new
     // rows go after the kept ones, straight from the product for one sequence, through a scratch
@@ -455,9 +470,10 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
                         kSet);
     if constexpr (std::is_same_v<A, float>)
       be_.attention_backward(dqkv, a.datt_scratch, a.datty, L.qkv, L.att, B, T, Al, NHl, NKVl,
-                             kSet);
+                             kSet, key_begin_);
     else  // flash style: probabilities recomputed from qkv and the saved log-sum-exp
-      be_.attention_backward(dqkv, a.datty, L.qkv, L.atty, L.att, B, T, Al, NHl, NKVl, kSet);
+      be_.attention_backward(dqkv, a.datty, L.qkv, L.atty, L.att, B, T, Al, NHl, NKVl, kSet,
+                             key_begin_);
     rotate(dqkv, N, T, 0, true);  // the gradient of the normalized q|k|v, before the rotation
     if (shape_.qk_norm)           // ... and of c_attn's output, before the norm
       qk_norm_backward(dqkv, gr.qnw, gr.knw, L.qkv_pre, w.qnw, w.knw, L.qk_rstd, N);
@@ -521,6 +537,7 @@ ForwardStats Gpt::forward_backward_t(const int32_t* inputs, const int32_t* targe
   TRIAD_ASSERT(B >= 1 && B <= max_batch_);
   Set<A>& S = acts<A>().sets[0][0];
   upload_ids(inputs, targets, B * T);
+  set_documents(inputs, B, T);
   forward_chunk(0, S, B, T);
   ForwardStats st = classifier(S, targets, B, T, dloss_scale, true);
   backward_chunk(0, S, B, T);
@@ -532,6 +549,7 @@ ForwardStats Gpt::evaluate_t(const int32_t* inputs, const int32_t* targets, int 
   TRIAD_ASSERT(B >= 1 && B <= max_batch_);
   const int T = shape_.seq_len;
   ForwardStats st;
+  set_documents(inputs, B, T);
   if (Set<A>* last = forward_pipeline<A>(inputs, B, T)) {
     upload_ids(nullptr, targets, B * T);
     st = classifier(*last, targets, B, T, 0.0f, false);
@@ -563,6 +581,7 @@ void Gpt::forward_logits_t(const int32_t* inputs, int B, float* host_out) {
   const int Vp = shape_.padded_vocab_size;
   Set<A>& S = acts<A>().sets[0][0];
   upload_ids(inputs, nullptr, B * T);
+  set_documents(inputs, B, T);
   forward_chunk(0, S, B, T);
   std::vector<float> rows(size_t(logits_rows_) * Vp);
   for (int r0 = 0; r0 < B * T; r0 += logits_rows_) {

@@ -132,6 +132,10 @@ class KeyTable {
     add("data.loss_mask", c.data.loss_mask,
         "loss masks beside the shards (<shard>.mask: which targets count, e.g. only a chat "
         "example's replies): auto (where present) | require (every shard) | none (ignored)");
+    add("data.document_mask", c.data.document_mask,
+        "attention within documents of packed sequences: none | the token id that starts a "
+        "document (GPT-2's <|endoftext|> 50256, Llama 3's <|begin_of_text|> 128000); each token "
+        "then attends to its own document's tokens only");
     add("data.vocab", c.data.vocab,
         "tokenizer for samples: GPT-2's BPE ranks file, or a tokenizer description");
     add("eval.every", c.eval.every, "evaluate every N steps (0: start and end only)");
@@ -238,6 +242,19 @@ void check(bool ok, const std::string& key, const std::string& problem) {
 }
 
 }  // namespace
+
+int32_t parse_document_mask(const std::string& text, int vocab_size) {
+  if (text == "none") return -1;
+  int64_t v = -1;
+  const auto r = std::from_chars(text.data(), text.data() + text.size(), v);
+  TRIAD_CHECK(!text.empty() && r.ec == std::errc() && r.ptr == text.data() + text.size() && v >= 0,
+              "config: data.document_mask must be none or the token id that starts a document "
+              "(got '",
+              text, "')");
+  TRIAD_CHECK(v < vocab_size, "config: data.document_mask ", v,
+              " is not a token of the vocabulary (model.vocab_size ", vocab_size, ")");
+  return int32_t(v);
+}
 
 std::vector<int> parse_stage_layers(const std::string& text, int pp, int n_layer) {
   const std::string key = "config: parallel.stage_layers";
@@ -559,6 +576,7 @@ void validate(const Config& c, int world_size) {
   check(t.seed >= 0, "train.seed", "must be >= 0");
   parse_blend(c.data.train, c.data.train_weights);  // throws on a malformed blend
   parse_loss_mask(c.data.loss_mask);
+  parse_document_mask(c.data.document_mask, c.model.vocab_size);
   parse_val_sets(c.eval.sets);
   check(std::isfinite(t.skip_loss_z) && t.skip_loss_z >= 0, "train.skip_loss_z",
         "must be a finite number >= 0 (0: off)");

@@ -68,6 +68,7 @@ GptShape gpt_shape(const Config& cfg) {
   s.tied = m.tie_embeddings;
   s.n_kv_head = m.n_kv_head;
   s.qk_norm = m.qk_norm;
+  s.document_token = parse_document_mask(cfg.data.document_mask, m.vocab_size);
   return s;
 }
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from triad_run import (ENV, REPO, VOCAB, catching_pids, exe, tiny_config, tool, train,
-                       write_loss_mask)
+                       write_loss_mask, write_shard)
 
 MPIRUN = shutil.which("mpirun")
 MPI_ENV = dict(ENV, OMP_NUM_THREADS="1", OMPI_MCA_pml="ob1", OMPI_MCA_btl="self,vader")
@@ -120,6 +120,41 @@ def test_loss_masks_give_the_same_curve_on_every_grid(tmp_path):
         want_val = f["val/loss"][:]
     for name, n, grid in [("tp", 2, ["--parallel.tp", 2]),
                           ("pp", 2, ["--parallel.pp", 2, "--train.micro_batch_size", 2]),
+                          ("dp", 2, ["--parallel.zero", 1]),
+                          ("tppp", 4, ["--parallel.tp", 2, "--parallel.pp", 2,
+                                       "--train.micro_batch_size", 2])]:
+        p = run(n, "--config", cfg, *common, *grid, "--run.name", name)
+        assert p.returncode == 0, (name, p.stderr)
+        got = metrics(tmp_path / "runs" / name)[1]
+        np.testing.assert_allclose(got, want, rtol=2e-6, err_msg=name)
+        with h5py.File(tmp_path / "runs" / name / "metrics.h5", "r") as f:
+            np.testing.assert_allclose(f["val/loss"][:], want_val, rtol=2e-6, err_msg=name)
+
+
+def test_document_masks_give_the_same_curve_on_every_grid(tmp_path):
+    """data.document_mask on tensor, pipeline (every stage masks its layers' attention with the
+    micro-batch's documents), data (ZeRO-1) and 2 x 2 grids, with full recomputation on one:
+    the one-rank curve within fp32 rounding (its values against PyTorch:
+    test_reference_model.py), which differs from the unmasked one."""
+    cfg = tiny_config(tmp_path, name="one", train__steps=8, eval__every=4)
+    rng = np.random.default_rng(4)
+    for shard in sorted((tmp_path / "data").glob("*.bin")):
+        tokens = np.frombuffer(shard.read_bytes()[1024:], dtype="<u2").astype(np.int64)
+        tokens[rng.random(tokens.size) < 0.15] = 3  # documents of ~7 tokens, starting with 3
+        write_shard(shard, tokens)
+    common = ["--data.document_mask", 3, "--eval.every", 4, "--checkpoint.every", 0]
+    p = run(1, "--config", cfg, *common)
+    assert p.returncode == 0, p.stderr
+    want = metrics(tmp_path / "runs" / "one")[1]
+    with h5py.File(tmp_path / "runs" / "one" / "metrics.h5", "r") as f:
+        want_val = f["val/loss"][:]
+    p = run(1, "--config", cfg, "--eval.every", 4, "--checkpoint.every", 0, "--run.name", "plain")
+    assert p.returncode == 0, p.stderr
+    plain = metrics(tmp_path / "runs" / "plain")[1]  # random tokens: attention matters little
+    assert np.max(np.abs(plain - want) / want) > 1e-4, (plain, want)
+    for name, n, grid in [("tp", 2, ["--parallel.tp", 2]),
+                          ("pp", 2, ["--parallel.pp", 2, "--train.micro_batch_size", 2,
+                                     "--train.recompute", "full"]),
                           ("dp", 2, ["--parallel.zero", 1]),
                           ("tppp", 4, ["--parallel.tp", 2, "--parallel.pp", 2,
                                        "--train.micro_batch_size", 2])]:

@@ -69,6 +69,9 @@ class GptConfig:
     qkv_bias: bool = False  # with bias False: c_attn keeps its bias (model.qkv_bias, as Qwen2)
     norm_eps: float = 1e-5  # the normalizations' epsilon (model.norm_eps)
     attn_head_dim: int = 0  # model.head_dim: each head's width (0: n_embd / n_head)
+    # data.document_mask: the token that starts a document; each token then attends to its own
+    # document only (None: to the whole sequence).
+    document_token: Optional[int] = None
 
     @property
     def hidden(self) -> int:
@@ -239,11 +242,13 @@ def attention(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_head: int,
               rope_theta: Optional[float] = None, n_kv_head: int = 0,
               q_norm: Optional[torch.Tensor] = None,
               k_norm: Optional[torch.Tensor] = None, rope_scaling=None,
-              eps: float = LN_EPS, head_dim: int = 0) -> torch.Tensor:
+              eps: float = LN_EPS, head_dim: int = 0,
+              mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Causal self-attention on x [B, T, C]: c_attn rows are q | k | v, each head-major, k and v
     with n_kv_head heads (0: n_head); q_norm, k_norm [hd] (model.qk_norm): each q head and each
     k head RMSNormed with these weights, shared by the heads, before the rotation; rope_theta:
-    q and k rotated (rotary positions)."""
+    q and k rotated (rotary positions). mask [B, 1, T, T] (True: query i sees key j) replaces
+    the causal one (document_mask)."""
     B, T, C = x.shape
     hd = head_dim or C // n_head  # model.head_dim: q is n_head·hd wide, not C
     kv = n_kv_head or n_head
@@ -261,7 +266,8 @@ def attention(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_head: int,
     # h % kv (triad's grouping; not Hugging Face's repeat_interleave, h // (n_head / kv)).
     k, v = k.repeat(1, n_head // kv, 1, 1), v.repeat(1, n_head // kv, 1, 1)
     att = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(hd))  # [B, nh, T, T]
-    mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+    if mask is None:
+        mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
     att = att.masked_fill(~mask, float("-inf"))
     att = att - att.max(dim=-1, keepdim=True).values.detach()
     e = torch.exp(att)
@@ -294,11 +300,24 @@ def qk_norm_weights(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str):
     return params[p + "attn/q_norm/weight"], params[p + "attn/k_norm/weight"]
 
 
+def document_mask(idx: torch.Tensor, token: int) -> torch.Tensor:
+    """[B, 1, T, T]: query i sees key j when j <= i and no token at positions j+1 .. i starts
+    a document (written from that definition, not from triad's key_begin form)."""
+    B, T = idx.shape
+    starts = (idx == token).to(torch.int64)  # [B, T]
+    # starts strictly after j, up to and including i: cum[i] - cum[j]
+    cum = starts.cumsum(dim=1)
+    later = cum.unsqueeze(2) - cum.unsqueeze(1)  # [B, i, j]
+    causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
+    return (causal & (later == 0)).unsqueeze(1)
+
+
 def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor) -> torch.Tensor:
     """Logits [B, T, vocab_size] (the padded columns are dropped) for token ids idx [B, T]."""
     B, T = idx.shape
     assert T <= cfg.seq_len
     rope = cfg.rope_theta if cfg.position == "rope" else None
+    mask = None if cfg.document_token is None else document_mask(idx, cfg.document_token)
     x = params["wte/weight"][idx]
     if rope is None:
         x = x + params["wpe/weight"][:T]
@@ -309,7 +328,7 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor) 
         x = x + linear(attention(h, params[p + "attn/c_attn/weight"],
                                  params.get(p + "attn/c_attn/bias"), cfg.n_head, rope,
                                  cfg.kv_heads, qn, kn, cfg.rope_scaling, cfg.norm_eps,
-                                 cfg.head_dim),
+                                 cfg.head_dim, mask),
                        params[p + "attn/c_proj/weight"], params.get(p + "attn/c_proj/bias"))
         h = norm(params, cfg, p + "ln_2", x)
         x = x + mlp(params, cfg, p, h)

@@ -6,6 +6,7 @@
 
 #include "triad/core/error.h"
 #include "triad/train/config.h"
+#include "triad/train/run_plan.h"
 
 namespace triad {
 namespace {
@@ -151,6 +152,20 @@ TEST(Config, InvalidGridsAreRefused) {
                       "--parallel.pp", "2", "--train.micro_batch_size", "1"},
                      2),
             "");
+}
+
+// data.document_mask: none, or a token id of the vocabulary; gpt_shape carries it to the model.
+TEST(Config, DocumentMaskIsNoneOrATokenOfTheVocabulary) {
+  EXPECT_EQ(error_of({"--data.document_mask", "none"}), "");
+  EXPECT_EQ(error_of({"--data.document_mask", "50256"}), "");
+  for (const char* bad : {"50257", "-1", "eot", "", "3x", "1e3"}) {
+    const std::string e = error_of({"--data.document_mask", bad});
+    EXPECT_NE(e.find("data.document_mask"), std::string::npos) << bad << ": " << e;
+  }
+  EXPECT_NE(error_of({"--data.document_mask", "50257"}).find("model.vocab_size 50257"),
+            std::string::npos);
+  EXPECT_EQ(gpt_shape(parse({"--data.document_mask", "50256"}).config).document_token, 50256);
+  EXPECT_EQ(gpt_shape(parse({}).config).document_token, -1);
 }
 
 TEST(Config, UnknownNamesAndUnbuiltModesAreRefused) {

@@ -67,6 +67,11 @@ struct GptShape {
   // 128 at n_embd 1024 and 16 heads) makes the attention attn_width() = n_head·head_dim wide:
   // c_attn [attn_width + 2·kv_heads·head_dim, C] and attn.c_proj [C, attn_width].
   int head_dim = 0;
+  // Attention within documents (data.document_mask; model/attention_mask.h): a token equal to
+  // document_token starts a document, and in training and evaluation each token attends to the
+  // tokens of its own document only. -1: to every earlier token of the sequence (GPT-2).
+  // Generation and scoring (decode_logits, sequence_losses) take a prompt as one document.
+  int32_t document_token = -1;
   int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
   int hd() const { return head_dim > 0 ? head_dim : n_embd / n_head; }
   int attn_width() const { return n_head * hd(); }  // q's width, and the attention output's
@@ -464,6 +469,9 @@ class Gpt {
   template <class A>
   void logits_to_host(float* host, const A* dev, size_t n);
   void upload_ids(const int32_t* inputs, const int32_t* targets, int N);
+  // The attention mask of B sequences of T input tokens (host ids) for the layers that run next:
+  // their document mask on the backend (key_begin_) under shape_.document_token, else none.
+  void set_documents(const int32_t* inputs, int B, int T);
   // Decoding (decoding_, set by decode_logits): the T rows of each of the B sequences are its
   // positions pos0 .. pos0 + T − 1; the layers' qkv buffers hold each sequence's earlier rows'
   // q|k|v (at rows b·seq_len + t) and the new ones are written after them.
@@ -544,7 +552,9 @@ class Gpt {
   GradReadyHook grad_hook_;
   int32_t* d_inputs_ = nullptr;  // this rank's local token ids on the backend's device
   int32_t* d_targets_ = nullptr;
-  std::vector<int32_t> host_ids_, padded_;
+  int32_t* d_key_begin_ = nullptr;        // the document mask's buffer (shape_.document_token)
+  const int32_t* key_begin_ = nullptr;    // the mask the attention applies now (null: none)
+  std::vector<int32_t> host_ids_, padded_, host_key_begin_;
   // decode_logits: the tokens whose q|k|v rows the first activation set of every chunk holds.
   // Cleared by every forward pass and by params_updated(); set again by decode_logits.
   std::vector<int32_t> decoded_;

@@ -80,6 +80,9 @@ struct DataConfig {
   std::string vocab = "data/vocab/gpt2.tiktoken";  // BPE ranks, for samples and prompts
   // Loss masks beside the shards (data/loader.h): auto (where present) | require | none.
   std::string loss_mask = "auto";
+  // Attention within documents (model/attention_mask.h): none, or the token id that starts a
+  // document (GPT-2: 50256, Llama 3: 128000); parse_document_mask.
+  std::string document_mask = "none";
 };
 
 struct EvalConfig {
@@ -178,6 +181,9 @@ struct CommandLine {
 // parallel.stage_layers as pp counts summing to n_layer ("7,7,7,3", spaces allowed); throws
 // triad::Error naming the key otherwise.
 std::vector<int> parse_stage_layers(const std::string& text, int pp, int n_layer);
+// data.document_mask: -1 for none, else the token id (below vocab_size) that starts a document;
+// throws triad::Error naming the key otherwise.
+int32_t parse_document_mask(const std::string& text, int vocab_size);
 // parallel.stage_layers resolved: empty (equal chunks; also for pp = 1), the given counts, or
 // for "auto" the split that balances the stages' compute against the last stage's head.
 std::vector<int> stage_layers(const Config& cfg);
