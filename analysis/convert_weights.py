@@ -102,6 +102,7 @@ class Dims:
     qkv_bias: bool = False  # c_attn's bias without the others (model.qkv_bias: Qwen2)
     norm_eps: float = 1e-5  # the normalizations' epsilon (model.norm_eps)
     head_dim: int = 0  # each head's width (model.head_dim); 0: n_embd / n_head
+    sliding_window: int = 0  # keys each query sees at most (model.sliding_window); 0: all
     # Llama 3.1's rope scaling (model.rope_scaling = llama3): (factor, low_freq_factor,
     # high_freq_factor, original positions); None: plain rope.
     rope_scaling: tuple | None = None
@@ -126,7 +127,8 @@ class Dims:
         return (self.position, self.norm, self.bias, self.mlp, self.tied) == \
             ("learned", "layernorm", True, "gelu", True) and \
             self.mlp_hidden in (0, 4 * self.n_embd) and self.kv == self.n_head and \
-            not self.qk_norm and not self.qkv_bias and not self.head_dim
+            not self.qk_norm and not self.qkv_bias and not self.head_dim and \
+            not self.sliding_window
 
     @property
     def padded_vocab_size(self) -> int:  # DESIGN.md §3 at tp = 1
@@ -153,6 +155,8 @@ class Dims:
             a["norm_eps"] = float(self.norm_eps)
         if self.head_dim:  # model.head_dim (absent: n_embd / n_head)
             a["head_dim"] = int(self.head_dim)
+        if self.sliding_window:  # model.sliding_window (absent: none)
+            a["sliding_window"] = int(self.sliding_window)
         if not self.gpt2:
             a.update(position=self.position, norm=self.norm, bias=int(self.bias), mlp=self.mlp,
                      mlp_hidden=self.mlp_hidden or 4 * self.n_embd,
@@ -176,6 +180,8 @@ class Dims:
             keys["norm_eps"] = repr(float(self.norm_eps))
         if self.head_dim:
             keys["head_dim"] = self.head_dim
+        if self.sliding_window:
+            keys["sliding_window"] = self.sliding_window
         if not self.gpt2:
             keys.update(position=self.position, norm=self.norm,
                         bias="true" if self.bias else "false", mlp=self.mlp,
@@ -388,9 +394,10 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     """A Hugging Face Llama config as triad's model: rope (HF's rotate-half pairing, triad's),
     RMSNorm, SwiGLU, no biases, tied or not, grouped-query attention or not; refused where triad
     computes something else. Mistral's (MistralForCausalLM: Llama's tensors and math, plus a
-    sliding attention window) reads the same, when the window covers the context triad uses,
-    and so does Qwen2's (Qwen2ForCausalLM: biases on the q, k and v projections only, which
-    model.qkv_bias keeps, and a sliding window that is off or covers the context)."""
+    sliding attention window in every layer, model.sliding_window where it is shorter than the
+    context) reads the same, and so does Qwen2's (Qwen2ForCausalLM: biases on the q, k and v
+    projections only, which model.qkv_bias keeps, and a sliding window that is off or covers the
+    context: Qwen's windows are per layer, max_window_layers, which triad does not build)."""
     try:
         n_layer, n_head = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
         n_embd, hidden = int(cfg["hidden_size"]), int(cfg["intermediate_size"])
@@ -443,17 +450,33 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         refusals.append(f"head_dim {cfg['head_dim']} (triad's model.head_dim is in [0, 4096])")
     if int(cfg.get("pretraining_tp", 1) or 1) != 1:
         refusals.append(f"pretraining_tp {cfg['pretraining_tp']}")
-    window = cfg.get("sliding_window") if cfg.get("model_type") == "mistral" or \
+    mistral = cfg.get("model_type") == "mistral"
+    window = cfg.get("sliding_window") if mistral or \
         ((qwen2 or qwen3) and cfg.get("use_sliding_window")) else None
-    if window is not None and int(window) < (seq_len or n_pos):
-        refusals.append(f"sliding_window {window}, shorter than the context of {seq_len or n_pos} "
-                        f"(triad attends to the whole context: import with --seq-len {window})")
+    sliding = 0  # model.sliding_window: Mistral's window where it cuts the context
+    if window is not None:
+        try:
+            window = int(window)
+            if window < 1:
+                raise ValueError
+        except (TypeError, ValueError):
+            refusals.append(f"sliding_window {cfg.get('sliding_window')!r} (a positive count)")
+            window = None
+    if window is not None and window < (seq_len or n_pos):
+        if mistral:
+            sliding = window
+        else:
+            refusals.append(f"sliding_window {window} with use_sliding_window, shorter than the "
+                            f"context of {seq_len or n_pos} (Qwen's windows are per layer, "
+                            f"max_window_layers, which triad does not build: import with "
+                            f"--seq-len {window})")
     refuse_or_check_positions(where, refusals, seq_len, n_pos, "max_position_embeddings")
     d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab, position="rope", rope_theta=theta,
              norm="rmsnorm", bias=False, mlp="swiglu", mlp_hidden=hidden,
              tied=bool(cfg.get("tie_word_embeddings", False)), n_kv_head=kv, rope_scaling=scaling,
              yarn=yarn,
-             qkv_bias=qwen2, norm_eps=eps, head_dim=head_dim, qk_norm=qwen3)
+             qkv_bias=qwen2, norm_eps=eps, head_dim=head_dim, qk_norm=qwen3,
+             sliding_window=sliding)
     d.check(where)
     return d
 
@@ -573,7 +596,8 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
         for name in st.entries:
             where[name] = st
     if d.mlp == "swiglu":
-        kind = "Qwen2" if d.qkv_bias else "Qwen3" if d.qk_norm else "Llama"
+        kind = "Qwen2" if d.qkv_bias else "Qwen3" if d.qk_norm else \
+            "Mistral" if d.sliding_window else "Llama"
         return d, llama_tensors(d, where, directory), f"Hugging Face {kind} model {directory}"
 
     # HF names as stored (with or without the `transformer.` prefix) -> triad's.
@@ -855,6 +879,10 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
                            f"blocks) holds such weights, so it is not exported")
     if llama:
         return open_triad_llama(path, a)
+    if int(a.get("sliding_window", 0)):
+        raise ConvertError(f"{path}: the model attends to its last {a['sliding_window']} tokens "
+                           f"(model.sliding_window); GPT-2's formats attend to the whole context "
+                           f"(Llama's architecture exports a window as Hugging Face's Mistral)")
     if int(a.get("head_dim", 0)):
         raise ConvertError(f"{path}: the model's heads are {a['head_dim']} wide "
                            f"(model.head_dim); GPT-2's formats hold n_embd / n_head only")
@@ -920,7 +948,8 @@ def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
              if a.get("rope_scaling") == "llama3" else None,
              yarn=scaling_attrs(a, YARN_ATTRS) if a.get("rope_scaling") == "yarn" else None,
              qkv_bias=int(a.get("qkv_bias", 0)) == 1, norm_eps=float(a.get("norm_eps", 1e-5)),
-             head_dim=int(a.get("head_dim", 0)), qk_norm=int(a.get("qk_norm", 0)) == 1)
+             head_dim=int(a.get("head_dim", 0)), qk_norm=int(a.get("qk_norm", 0)) == 1,
+             sliding_window=int(a.get("sliding_window", 0)))
 
     def tensors():
         import h5py
@@ -937,7 +966,8 @@ def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
 def llama_hf_config(d: Dims) -> dict:
     """config.json for transformers' LlamaForCausalLM computing what triad computes, or
     Qwen2ForCausalLM's for a model with c_attn's bias alone (model.qkv_bias), or
-    Qwen3ForCausalLM's for one with QK-norm (model.qk_norm)."""
+    Qwen3ForCausalLM's for one with QK-norm (model.qk_norm), or MistralForCausalLM's for one with
+    a sliding window (model.sliding_window)."""
     cfg = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "num_hidden_layers": d.n_layer, "num_attention_heads": d.n_head,
@@ -962,6 +992,15 @@ def llama_hf_config(d: Dims) -> dict:
         del cfg["mlp_bias"]  # Qwen3 has attention_bias (false) but no MLP biases
         cfg.update(architectures=["Qwen3ForCausalLM"], model_type="qwen3", head_dim=d.hd,
                    use_sliding_window=False, sliding_window=None, max_window_layers=d.n_layer)
+    if d.sliding_window:
+        if d.qk_norm or d.qkv_bias or d.rope_scaling is not None or d.yarn is not None:
+            raise ConvertError("a model with model.sliding_window exports as Mistral, whose "
+                               "transformers model has neither QK-norm, a c_attn bias of its "
+                               "own nor rope scaling")
+        for k in ("attention_bias", "mlp_bias", "rope_scaling"):
+            del cfg[k]
+        cfg.update(architectures=["MistralForCausalLM"], model_type="mistral",
+                   sliding_window=d.sliding_window, head_dim=d.hd)
     if d.qkv_bias:
         if d.rope_scaling is not None:
             raise ConvertError("a model with model.qkv_bias exports as Qwen2, whose "

@@ -216,6 +216,7 @@ int main(int argc, char** argv) {
     shape.bias = m.bias;
     shape.qkv_bias = m.qkv_bias;
     shape.head_dim = int(m.head_dim);
+    shape.sliding_window = int(m.sliding_window);
     shape.norm_eps = float(m.norm_eps);
     shape.swiglu = m.mlp == "swiglu";
     shape.mlp_hidden = int(m.mlp_hidden);

@@ -673,6 +673,10 @@ CheckpointState read_state(hid_t file) {
               "attributes bias and qkv_bias of /model are both 1 (qkv_bias goes with bias 0)");
   s.model.norm_eps = io::read_double_attr(model, "norm_eps").value_or(1e-5);
   s.model.head_dim = io::read_int64_attr(model, "head_dim").value_or(0);
+  s.model.sliding_window = io::read_int64_attr(model, "sliding_window").value_or(0);
+  TRIAD_CHECK(s.model.sliding_window >= 0 && s.model.sliding_window <= (int64_t(1) << 30),
+              "attribute sliding_window of /model is ", s.model.sliding_window,
+              ", not in [0, 2^30]");
   TRIAD_CHECK(
       s.model.head_dim >= 0 && s.model.head_dim <= 4096 &&
           (s.model.head_dim > 0 || s.model.n_embd % std::max<int64_t>(1, s.model.n_head) == 0),
@@ -1028,6 +1032,8 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
           io::write_double_attr(model, "norm_eps", state.model.norm_eps);
           if (state.model.head_dim > 0)  // 0: n_embd / n_head
             io::write_int64_attr(model, "head_dim", state.model.head_dim);
+          if (state.model.sliding_window > 0)  // 0: no window
+            io::write_int64_attr(model, "sliding_window", state.model.sliding_window);
           if (state.model.n_kv_head > 0)  // 0: not given (n_head)
             io::write_int64_attr(model, "n_kv_head", state.model.n_kv_head);
         }

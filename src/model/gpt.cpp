@@ -368,7 +368,7 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
   }
   d_inputs_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
   d_targets_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
-  if (shape_.document_token >= 0)
+  if (shape_.masks_attention(shape_.seq_len))
     d_key_begin_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
   host_ids_.resize(size_t(max_batch_) * shape_.seq_len);
   host_candidates_.resize(host_ids_.size());
@@ -404,8 +404,8 @@ GptMemory Gpt::memory_plan(const GptShape& shape, int max_batch, int shards,
   }
   m.other = ((options.inference ? 0 : tied_scratch_floats(shape, mp)) + rope_table_floats(shape)) *
                 sizeof(float) +
-            (shape.document_token >= 0 ? 3 : 2) * size_t(max_batch) * size_t(shape.seq_len) *
-                sizeof(int32_t);
+            (shape.masks_attention(shape.seq_len) ? 3 : 2) * size_t(max_batch) *
+                size_t(shape.seq_len) * sizeof(int32_t);
   return m;
 }
 

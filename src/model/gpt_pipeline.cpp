@@ -128,7 +128,7 @@ ForwardStats Gpt::pipeline_step_t(const int32_t* inputs, const int32_t* targets,
       case ActionKind::Forward: {
         Set<A>& S = set_of(c, mb);
         if (g == 0) upload_ids(in, nullptr, N);
-        set_documents(in, B, T);  // every stage: its layers' attention
+        set_attention_mask(in, B, T);  // every stage: its layers' attention
         forward_chunk(c, S, B, T);
         if (g == G - 1) {
           upload_ids(nullptr, tg, N);
@@ -153,7 +153,7 @@ ForwardStats Gpt::pipeline_step_t(const int32_t* inputs, const int32_t* targets,
         int& s = slot[size_t(c)][size_t(mb)];
         TRIAD_ASSERT(s >= 0);
         if (g == 0) upload_ids(in, nullptr, N);
-        set_documents(in, B, T);
+        set_attention_mask(in, B, T);
         backward_chunk(c, a.sets[size_t(c)][size_t(s)], B, T);
         if (split_backward_) break;  // the set waits for its weight pass
         free_sets[size_t(c)].push_back(s);
@@ -272,7 +272,12 @@ Gpt::Set<A>* Gpt::decode_forward(const int32_t* tokens, int B, int len, bool cac
     ~Decoding() { flag = false; }
   } scope{decoding_};
   decoding_ = keeps;
-  key_begin_ = nullptr;  // a prompt is one document
+  // A prompt is one document. Decoding takes the window through attention_decode; a forward pass
+  // over the whole prompt (nothing kept) through the mask.
+  if (keeps)
+    key_begin_ = nullptr;
+  else
+    set_attention_mask(ids, B, rows, false);
   Set<A>* last = forward_pipeline<A>(ids, B, rows, p);
   decoding_ = false;
   if (keeps) {  // the forward pass cleared it

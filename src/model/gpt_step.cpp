@@ -152,12 +152,14 @@ void Gpt::upload_ids(const int32_t* inputs, const int32_t* targets, int N) {
   if (targets) local(targets, d_targets_);
 }
 
-void Gpt::set_documents(const int32_t* inputs, int B, int T) {
+void Gpt::set_attention_mask(const int32_t* inputs, int B, int T, bool documents) {
   key_begin_ = nullptr;
-  if (shape_.document_token < 0) return;
+  const int32_t token = documents ? shape_.document_token : -1;
+  const bool window = shape_.sliding_window > 0 && shape_.sliding_window < T;
+  if (inference_ || (token < 0 && !window)) return;
   TRIAD_ASSERT(inputs != nullptr && d_key_begin_ != nullptr);
   host_key_begin_.resize(size_t(B) * size_t(T));
-  document_key_begin(host_key_begin_.data(), inputs, B, T, shape_.document_token);
+  document_key_begin(host_key_begin_.data(), inputs, B, T, token, shape_.sliding_window);
   be_.copy_ints_from_host(d_key_begin_, host_key_begin_.data(), host_key_begin_.size());
   key_begin_ = d_key_begin_;
 }
@@ -206,11 +208,11 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
     rotate(L.qkv, N, T, 0, false);
     // A model for inference keeps nothing for a backward pass: not even the probabilities (fp32)
     // or the log-sum-exp (bf16) the training attention saves. It generates and scores prompts,
-    // each one document: no document mask.
+    // each one document: no document mask, the sliding window through attention_decode's.
     if (inference_) {
       TRIAD_CHECK(key_begin_ == nullptr, "internal error: a model for inference has no document "
                                          "mask (data.document_mask)");
-      be_.attention_decode(L.atty, L.qkv, B, T, 0, T, Al, NHl, NKVl);
+      be_.attention_decode(L.atty, L.qkv, B, T, 0, T, Al, NHl, NKVl, shape_.sliding_window);
     } else {
       be_.attention_forward(L.atty, L.att, L.qkv, B, T, Al, NHl, NKVl, key_begin_);
     }
@@ -231,7 +233,7 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
         be_.copy(words(L.qkv + (size_t(b) * S_len + pos0) * row),
                  words(fresh + size_t(b) * T * row), word_count<A>(size_t(T) * row));
     }
-    be_.attention_decode(L.atty, L.qkv, B, S_len, pos0, T, Al, NHl, NKVl);
+    be_.attention_decode(L.atty, L.qkv, B, S_len, pos0, T, Al, NHl, NKVl, shape_.sliding_window);
   }
   be_.matmul_forward(attproj, L.atty, w.projw, projb, N, Al, C);
   reduce_rows(attproj, L.attproj, N);
@@ -537,7 +539,7 @@ ForwardStats Gpt::forward_backward_t(const int32_t* inputs, const int32_t* targe
   TRIAD_ASSERT(B >= 1 && B <= max_batch_);
   Set<A>& S = acts<A>().sets[0][0];
   upload_ids(inputs, targets, B * T);
-  set_documents(inputs, B, T);
+  set_attention_mask(inputs, B, T);
   forward_chunk(0, S, B, T);
   ForwardStats st = classifier(S, targets, B, T, dloss_scale, true);
   backward_chunk(0, S, B, T);
@@ -549,7 +551,7 @@ ForwardStats Gpt::evaluate_t(const int32_t* inputs, const int32_t* targets, int 
   TRIAD_ASSERT(B >= 1 && B <= max_batch_);
   const int T = shape_.seq_len;
   ForwardStats st;
-  set_documents(inputs, B, T);
+  set_attention_mask(inputs, B, T);
   if (Set<A>* last = forward_pipeline<A>(inputs, B, T)) {
     upload_ids(nullptr, targets, B * T);
     st = classifier(*last, targets, B, T, 0.0f, false);
@@ -581,7 +583,7 @@ void Gpt::forward_logits_t(const int32_t* inputs, int B, float* host_out) {
   const int Vp = shape_.padded_vocab_size;
   Set<A>& S = acts<A>().sets[0][0];
   upload_ids(inputs, nullptr, B * T);
-  set_documents(inputs, B, T);
+  set_attention_mask(inputs, B, T);
   forward_chunk(0, S, B, T);
   std::vector<float> rows(size_t(logits_rows_) * Vp);
   for (int r0 = 0; r0 < B * T; r0 += logits_rows_) {

@@ -73,6 +73,9 @@ class KeyTable {
         "head_dim wide, as Qwen3's 128 at n_embd 1024 and 16 heads)");
     add("model.qkv_bias", c.model.qkv_bias,
         "with model.bias = false: c_attn keeps its bias, the q, k and v projections' (as Qwen2)");
+    add("model.sliding_window", c.model.sliding_window,
+        "sliding-window attention: each token attends to the last N tokens (itself included) "
+        "at most (Mistral 7B v0.1: 4096); 0: to all earlier ones");
     add("model.norm_eps", c.model.norm_eps,
         "epsilon of the LayerNorms or RMSNorms (and QK-norms): 1e-5 as GPT-2 and Llama, 1e-6 "
         "as Qwen2");
@@ -511,6 +514,8 @@ void validate(const Config& c, int world_size) {
         "must be in (0, 0.1]");
   check(!(m.qkv_bias && m.bias), "model.qkv_bias",
         "applies with model.bias = false (with biases, c_attn has its bias anyway)");
+  check(m.sliding_window >= 0, "model.sliding_window",
+        "must be >= 0 (0: no window; got " + std::to_string(m.sliding_window) + ")");
   check(m.mlp_hidden >= 0, "model.mlp_hidden",
         "must be >= 0 (0: the default width; got " + std::to_string(m.mlp_hidden) + ")");
   if (m.position == "rope") {

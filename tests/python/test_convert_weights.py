@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from triad_run import (REPO, VOCAB, assert_clean_error, assert_clean_failure, exe, gpt2_tiktoken,
-                       run, tiny_config, tool, train)
+                       greedy_continuation, run, tiny_config, tool, train)
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -484,6 +484,20 @@ def test_llama_variants_triad_does_not_compute_are_refused(tmp_path):
         assert not (tmp_path / "bad.h5").exists()
 
 
+def test_windows_triad_does_not_build_are_refused(tmp_path):
+    """Qwen's sliding windows (per layer: use_sliding_window with max_window_layers) shorter than
+    the context, and a window that is not a positive count, are refused naming config.json."""
+    llama_model().save_pretrained(tmp_path / "m", safe_serialization=True)
+    original = json.loads((tmp_path / "m" / "config.json").read_text())
+    for change, needle in (({"model_type": "qwen2", "use_sliding_window": True, "sliding_window": 8,
+                             "max_window_layers": 1}, "max_window_layers"),
+                           ({"model_type": "mistral", "sliding_window": 0}, "sliding_window 0")):
+        (tmp_path / "m" / "config.json").write_text(json.dumps({**original, **change}))
+        assert_clean_failure(tool("triad-convert", "import", tmp_path / "m", tmp_path / "w.h5",
+                                  "--seq-len", SEQ), "config.json", needle)
+        assert not (tmp_path / "w.h5").exists()
+
+
 @pytest.mark.parametrize("name,shape", [("model.layers.1.self_attn.k_proj.weight", (64, 64)),
                                         ("model.layers.0.mlp.up_proj.weight", (170, 64)),
                                         ("model.layers.0.self_attn.o_proj.weight", (64, 32))])
@@ -579,31 +593,58 @@ def test_yarn_rope_scaling_imports_and_evaluates_as_transformers(imported, tmp_p
     assert_clean_failure(p, "original_max_position_embeddings 32 differs")
 
 
-def test_mistral_imports_and_evaluates_as_transformers(imported, tmp_path):
-    """transformers' MistralForCausalLM (Llama's tensors and math with grouped-query attention and
-    a sliding window) imports when the window covers the context: triad's validation loss is
-    transformers'. A window shorter than the context is refused."""
-    d, _, cfg = imported
+def mistral_model(window):
     torch.manual_seed(11)
     model = transformers.MistralForCausalLM(transformers.MistralConfig(
         vocab_size=V, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=N_POS,
-        rms_norm_eps=1e-5, rope_theta=500.0, sliding_window=SEQ, tie_word_embeddings=False))
+        rms_norm_eps=1e-5, rope_theta=500.0, sliding_window=window, tie_word_embeddings=False))
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(p * 4 if p.dim() == 2 else p + 0.1 * torch.randn_like(p))
-    model.eval().save_pretrained(tmp_path / "mistral", safe_serialization=True)
+    return model.eval()
+
+
+@pytest.mark.parametrize("window", [SEQ, 8])
+def test_mistral_imports_and_evaluates_as_transformers(imported, tmp_path, window):
+    """transformers' MistralForCausalLM (Llama's tensors and math with grouped-query attention and
+    a sliding window), imported: triad's validation loss and accuracy are transformers'. A window
+    that covers the context needs none; a shorter one (8 of 32 positions) becomes
+    model.sliding_window, which the config must then give (a checkpoint holds its window), and
+    generation keeps to it. Fine-tuned and exported, MistralForCausalLM loads it and computes
+    triad's loss; the import exported again is the original."""
+    d, _, cfg = imported
+    model = mistral_model(window)
+    model.save_pretrained(tmp_path / "mistral", safe_serialization=True)
     out = tmp_path / "mistral.h5"
     p = tool("triad-convert", "import", tmp_path / "mistral", out, "--seq-len", SEQ)
     assert p.returncode == 0, p.stderr
-    want_loss, _ = hf_loss_accuracy(model, d)
-    p = train("--config", cfg, "--eval-only", "--init-from", out, *LLAMA_ARGS, "--model.n_head", 4,
-              "--model.n_kv_head", 2, check=True)
+    with h5py.File(out, "r") as f:
+        assert int(f["model"].attrs.get("sliding_window", 0)) == (window if window < SEQ else 0)
+        assert ("sliding_window" in f.attrs["config"].decode()) == (window < SEQ)
+    want_loss, want_acc = hf_loss_accuracy(model, d)
+    args = [*LLAMA_ARGS, "--model.n_head", 4, "--model.n_kv_head", 2]
+    if window < SEQ:
+        # The window matters here: the same weights attending to the whole context differ.
+        whole, _ = hf_loss_accuracy(mistral_model(None), d)
+        assert abs(whole - want_loss) > 1e-3 * want_loss, (whole, want_loss)
+        refused = train("--config", cfg, "--eval-only", "--init-from", out, *args)
+        assert_clean_error(refused, "attention window is 8 keys", "model.sliding_window = 0")
+        args += ["--model.sliding_window", window]
+    p = train("--config", cfg, "--eval-only", "--init-from", out, *args, check=True)
     loss = float(p.stdout.split("val loss")[1].split()[0])
+    acc = float(p.stdout.split("val accuracy")[1].split()[0])
     assert abs(loss - want_loss) <= 1e-5 * want_loss, (loss, want_loss)
-    assert_clean_failure(tool("triad-convert", "import", tmp_path / "mistral", tmp_path / "w.h5"),
-                         "config.json", f"sliding_window {SEQ}", f"--seq-len {SEQ}")
-    assert not (tmp_path / "w.h5").exists()
+    assert abs(acc - want_acc) <= 1.5 / (EVAL_SEQUENCES * SEQ), (acc, want_acc)
+    if window < SEQ:
+        # Greedy generation past the window: triad-generate's tokens are transformers'.
+        p = run([exe("triad-generate"), "--checkpoint", out, "--vocab", VOCAB, "--top-k", "1",
+                 "--prompt-ids", " ".join(map(str, PROMPT)), "--length", "20", "--output", "ids"],
+                check=True)
+        assert [int(t) for t in p.stdout.split()] == greedy_continuation(model, PROMPT, 20)
+        tuned = finetune_export_and_reimport(d, cfg, out, args, "mistral-ft", tmp_path, model)
+        assert tuned.config.sliding_window == window
+    assert tool("triad-ckpt", out).returncode == 0
 
 
 def test_gpt2_blocks_with_grouped_query_attention(tmp_path):

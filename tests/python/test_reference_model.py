@@ -165,6 +165,7 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                       norm=c.norm, bias=c.bias, mlp=c.mlp, mlp_hidden=c.mlp_hidden,
                       tie_embeddings=c.tied, n_kv_head=c.n_kv_head, qk_norm=c.qk_norm,
                       qkv_bias=c.qkv_bias, norm_eps=c.norm_eps, head_dim=c.attn_head_dim,
+                      sliding_window=c.sliding_window,
                       **({} if c.rope_scaling is None else dict(
                           rope_scaling="llama3", rope_scaling_factor=c.rope_scaling[0],
                           rope_low_freq_factor=c.rope_scaling[1],
@@ -451,7 +452,7 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None)
 
 
 def compare_training(p: Prepared, tmp_path: Path, sections: dict, label: str,
-                     batch_of_step=None, val_batch=None):
+                     batch_of_step=None, val_batch=None, tol_train: float = TOL_TRAIN):
     train_bin = binary("triad-train")
     cfg_path = tmp_path / f"{label}.ini"
     ref.write_config(cfg_path, sections)
@@ -503,9 +504,9 @@ def compare_training(p: Prepared, tmp_path: Path, sections: dict, label: str,
           ", ".join(f"{k} {e:.1e}" for k, e in worst[:4]))
 
     assert err_lr <= 1e-12, f"lr schedule differs (rel {err_lr:.2e})"
-    assert err_loss <= TOL_TRAIN, f"train loss differs (rel {err_loss:.2e})"
-    assert err_norm <= TOL_TRAIN, f"grad norm differs (rel {err_norm:.2e})"
-    assert err_val <= TOL_TRAIN, f"val loss differs (rel {err_val:.2e})"
+    assert err_loss <= tol_train, f"train loss differs (rel {err_loss:.2e})"
+    assert err_norm <= tol_train, f"grad norm differs (rel {err_norm:.2e})"
+    assert err_val <= tol_train, f"val loss differs (rel {err_val:.2e})"
     assert err_acc <= 2.5, f"val accuracy differs by {err_acc:.1f} tokens"
     bad = [(k, e) for k, e in worst if not e <= TOL_WEIGHTS]
     assert not bad, "final weights differ from the reference: " + ", ".join(
@@ -639,6 +640,45 @@ def test_document_mask_gradients_match_torch(name, recompute, tmp_root, tmp_path
     p = prepare(next(c for c in CASES if c.name == name), tmp_root)
     q = packed_documents(p, tmp_path, 7, 19)
     check_probe_against_torch(q, recompute, data_dir=tmp_path, data__document_mask=7)
+
+
+def with_window(p: Prepared, tmp_path: Path, window: int) -> Prepared:
+    """p's model with model.sliding_window = window: its weights in a checkpoint whose /model
+    attributes say so (a checkpoint holds its model's window; the config must agree)."""
+    cfg = replace(p.case.cfg, sliding_window=window)
+    ckpt = tmp_path / "window.h5"
+    ref.write_checkpoint(ckpt, cfg, p.weights)
+    return replace(p, case=replace(p.case, cfg=cfg), ckpt=ckpt)
+
+
+# model.sliding_window: every gradient against the reference's attention cut to each query's last
+# `window` keys (learned positions and GPT-2's blocks; Llama's; with grouped queries), alone and
+# with document masks.
+@pytest.mark.parametrize("documents", [False, True])
+@pytest.mark.parametrize("name", ["oddshapes", "llama", "gqa"])
+def test_sliding_window_gradients_match_torch(name, documents, tmp_root, tmp_path):
+    p = prepare(next(c for c in CASES if c.name == name), tmp_root)
+    q = packed_documents(p, tmp_path, 7, 29)
+    if not documents:
+        q = replace(q, case=replace(q.case, cfg=replace(q.case.cfg, document_token=None)))
+    q = with_window(q, tmp_path, 5)
+    over = {"data__document_mask": 7} if documents else {}
+    check_probe_against_torch(q, "none", data_dir=tmp_path, **over)
+
+
+@pytest.mark.parametrize("name", ["oddshapes", "llama"])
+def test_sliding_window_training_matches_torch(name, tmp_root, tmp_path):
+    """model.sliding_window = 5 (a third of the context): 10 AdamW steps and the validation
+    losses against the reference."""
+    case = next(c for c in CASES if c.name == name)
+    p = prepare(case, tmp_root)
+    q = with_window(p, tmp_path, 5)
+    # A third of the usual learning rate, as for document masks, and twice the usual tolerance:
+    # sharper attention whose fp32 rounding Adam's first step amplifies (oddshapes: 1.1e-6 in the
+    # gradient norm of step 1, 1.8e-6 at 3e-3; its gradients agree to 1e-6 as every case's do).
+    sections = config_sections(q.case, p.dir, train__grad_clip=GRAD_CLIP[case.name],
+                               train__lr=1e-3)
+    compare_training(q, tmp_path, sections, "window", tol_train=2e-6)
 
 
 @pytest.mark.parametrize("name", ["oddshapes", "llama", "gqa"])

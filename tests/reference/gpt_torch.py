@@ -72,6 +72,8 @@ class GptConfig:
     # data.document_mask: the token that starts a document; each token then attends to its own
     # document only (None: to the whole sequence).
     document_token: Optional[int] = None
+    # model.sliding_window: each token attends to the last sliding_window tokens at most (0: all).
+    sliding_window: int = 0
 
     @property
     def hidden(self) -> int:
@@ -318,6 +320,11 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor) 
     assert T <= cfg.seq_len
     rope = cfg.rope_theta if cfg.position == "rope" else None
     mask = None if cfg.document_token is None else document_mask(idx, cfg.document_token)
+    if cfg.sliding_window:  # key j within the last sliding_window positions of query i
+        i = torch.arange(T).unsqueeze(1)
+        near = (i - torch.arange(T).unsqueeze(0)) < cfg.sliding_window
+        causal = torch.ones(T, T, dtype=torch.bool).tril()
+        mask = (causal & near) if mask is None else (mask & near)
     x = params["wte/weight"][idx]
     if rope is None:
         x = x + params["wpe/weight"][:T]
@@ -682,6 +689,8 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
         m.attrs.create("norm_eps", np.float64(cfg.norm_eps), dtype="<f8")
         if cfg.attn_head_dim:
             m.attrs.create("head_dim", i64(cfg.attn_head_dim), dtype="<i8")
+        if cfg.sliding_window:
+            m.attrs.create("sliding_window", i64(cfg.sliding_window), dtype="<i8")
         groups = {"model": weights}
         for slot, tensors in (optimizer or {}).items():
             groups["optimizer/" + slot] = tensors

@@ -455,21 +455,24 @@ TEST_F(CudaBackendTest, AttentionForward) {
 // NKV < NH the compact grouped-query cache.
 TEST_F(CudaBackendTest, AttentionDecode) {
   struct Case {
-    int B, stride, p, n, C, NH, NKV;
+    int B, stride, p, n, C, NH, NKV, window = 0;
   };
   for (const Case& c :
        {Case{1, 5, 0, 5, 12, 3, 3}, Case{1, 201, 200, 1, 768, 12, 12}, Case{3, 70, 63, 3, 96, 4, 4},
         Case{2, 1024, 1023, 1, 256, 2, 2}, Case{1, 5, 0, 5, 16, 4, 2},
-        Case{1, 201, 200, 1, 768, 12, 4}, Case{3, 70, 63, 3, 256, 4, 1}}) {
+        Case{1, 201, 200, 1, 768, 12, 4}, Case{3, 70, 63, 3, 256, 4, 1},
+        Case{3, 70, 63, 3, 96, 4, 2, 20}, Case{1, 40, 0, 40, 96, 4, 4, 9}}) {
     SCOPED_TRACE(::testing::Message() << "B=" << c.B << " p=" << c.p << " n=" << c.n << " C=" << c.C
-                                      << " NH=" << c.NH << " NKV=" << c.NKV);
+                                      << " NH=" << c.NH << " NKV=" << c.NKV
+                                      << " window=" << c.window);
     const size_t nqkv = size_t(c.B) * c.stride * qkv_width(c.C, c.NH, c.NKV);
     const size_t nout = size_t(c.B) * c.n * c.C;
     const Vec qkv = random_vec(nqkv, 53, -2.0f, 2.0f);
     Vec out(nout);
-    cpu->attention_decode(out.data(), qkv.data(), c.B, c.stride, c.p, c.n, c.C, c.NH, c.NKV);
+    cpu->attention_decode(out.data(), qkv.data(), c.B, c.stride, c.p, c.n, c.C, c.NH, c.NKV,
+                          c.window);
     float* g_out = dev(random_vec(nout, 54));  // garbage: overwritten
-    gpu->attention_decode(g_out, dev(qkv), c.B, c.stride, c.p, c.n, c.C, c.NH, c.NKV);
+    gpu->attention_decode(g_out, dev(qkv), c.B, c.stride, c.p, c.n, c.C, c.NH, c.NKV, c.window);
     EXPECT_TRUE(close(host(g_out, nout), out, kGemmTol, 1e-5)) << "out";
   }
 }

@@ -757,22 +757,25 @@ TEST_F(CudaBf16Test, AttentionDocumentMask) {
 // NKV < NH the compact grouped-query cache.
 TEST_F(CudaBf16Test, AttentionDecode) {
   struct Case {
-    int B, stride, p, n, NH, hd, NKV;
+    int B, stride, p, n, NH, hd, NKV, window = 0;
   };
   for (const Case& c : {Case{1, 5, 0, 5, 2, 64, 2}, Case{1, 301, 300, 1, 12, 64, 12},
                         Case{2, 80, 63, 3, 2, 128, 2}, Case{4, 1024, 1023, 1, 3, 16, 3},
                         Case{1, 5, 0, 5, 4, 64, 2}, Case{1, 301, 300, 1, 12, 64, 4},
-                        Case{2, 80, 63, 3, 4, 128, 1}, Case{4, 1024, 1023, 1, 6, 16, 3}}) {
+                        Case{2, 80, 63, 3, 4, 128, 1}, Case{4, 1024, 1023, 1, 6, 16, 3},
+                        Case{2, 80, 63, 3, 4, 64, 2, 17}}) {
     SCOPED_TRACE(::testing::Message() << "B=" << c.B << " p=" << c.p << " n=" << c.n
-                                      << " hd=" << c.hd << " NH=" << c.NH << " NKV=" << c.NKV);
+                                      << " hd=" << c.hd << " NH=" << c.NH << " NKV=" << c.NKV
+                                      << " window=" << c.window);
     const int C = c.NH * c.hd;
     const size_t nqkv = size_t(c.B) * c.stride * qkv_width(C, c.NH, c.NKV);
     const size_t nout = size_t(c.B) * c.n * C;
     const Bits qkv = random_bits(nqkv, 55, -1.5f, 1.5f);
     Bits out(nout);
-    cpu->attention_decode(out.data(), qkv.data(), c.B, c.stride, c.p, c.n, C, c.NH, c.NKV);
+    cpu->attention_decode(out.data(), qkv.data(), c.B, c.stride, c.p, c.n, C, c.NH, c.NKV,
+                          c.window);
     bf16_t* g_out = dev(to_bits(Vec(nout, 42.0f)));
-    gpu->attention_decode(g_out, dev(qkv), c.B, c.stride, c.p, c.n, C, c.NH, c.NKV);
+    gpu->attention_decode(g_out, dev(qkv), c.B, c.stride, c.p, c.n, C, c.NH, c.NKV, c.window);
     EXPECT_TRUE(close(host(g_out, nout), out)) << "out";
   }
 }

@@ -4,8 +4,9 @@
 //    and a plain double-precision reference, in fp32 and bf16, for one new row and for several;
 //  - decode_logits, fed a sequence one token longer each call (as sampling does) and then
 //    sliding past seq_len, gives next_token_logits' logits to fp32 rounding, in fp32 and bf16,
-//    with and without GELU recomputation, and computes only the new token while the prefix is
-//    kept (decoded_tokens());
+//    with and without GELU recomputation, and with a sliding attention window
+//    (model.sliding_window: attention_decode's window against the forward pass's mask), and
+//    computes only the new token while the prefix is kept (decoded_tokens());
 //  - full recomputation (no per-layer keys to keep), another prefix, a training step and
 //    params_updated() all drop the cache and still give the right logits;
 //  - sequence_losses (multiple-choice scoring) gives the logits' cross-entropy, reusing the
@@ -115,6 +116,7 @@ std::vector<int32_t> tokens(int n, int salt) {
 struct DecodeCase {
   Precision precision;
   Recompute recompute;
+  int window = 0;  // model.sliding_window
 };
 
 class Decode : public ::testing::TestWithParam<DecodeCase> {};
@@ -122,13 +124,15 @@ class Decode : public ::testing::TestWithParam<DecodeCase> {};
 TEST_P(Decode, FollowsTheRecomputedLogitsOneTokenAtATime) {
   auto be = make_cpu_backend();
   const DecodeCase c = GetParam();
-  Gpt m(kShape, 2, *be, 1, {}, nullptr, c.precision, c.recompute);
+  GptShape shape = kShape;
+  shape.sliding_window = c.window;
+  Gpt m(shape, 2, *be, 1, {}, nullptr, c.precision, c.recompute);
   m.init(7);
   const int V = kShape.vocab_size, T = kShape.seq_len;
   const std::vector<int32_t> seq = tokens(T + 6, 0);
   const double tol = c.precision == Precision::fp32 ? 1e-5 : 2e-2;
   const bool keeps = c.recompute != Recompute::full;
-  Gpt ref(kShape, 2, *be, 1, {}, nullptr, c.precision, c.recompute);
+  Gpt ref(shape, 2, *be, 1, {}, nullptr, c.precision, c.recompute);
   ref.init(7);
   m.forget_decoded();
   // A prompt of 5 tokens, then one more each call up to seq_len, then a sliding window.
@@ -153,10 +157,13 @@ INSTANTIATE_TEST_SUITE_P(Cpu, Decode,
                          ::testing::Values(DecodeCase{Precision::fp32, Recompute::none},
                                            DecodeCase{Precision::bf16, Recompute::none},
                                            DecodeCase{Precision::fp32, Recompute::gelu},
-                                           DecodeCase{Precision::fp32, Recompute::full}),
+                                           DecodeCase{Precision::fp32, Recompute::full},
+                                           DecodeCase{Precision::fp32, Recompute::none, 7},
+                                           DecodeCase{Precision::bf16, Recompute::none, 7}),
                          [](const auto& info) {
                            return std::string(precision_name(info.param.precision)) + "_" +
-                                  recompute_name(info.param.recompute);
+                                  recompute_name(info.param.recompute) +
+                                  (info.param.window ? "_window" : "");
                          });
 
 TEST(Decode, OtherUsesOfTheModelDropTheCache) {

@@ -23,28 +23,28 @@ namespace triad {
 namespace {
 
 // Rows p .. p+n-1 of causal attention over qkv [p+n, W] (values as doubles), query head h
-// against key/value head h % NKV.
+// against key/value head h % NKV; window > 0: row i sees keys i - window + 1 .. i only.
 std::vector<double> reference(const std::vector<double>& qkv, int p, int n, int C, int NH,
-                              int NKV) {
+                              int NKV, int window) {
   const int hd = C / NH;
   const size_t ld = size_t(qkv_width(C, NH, NKV));
   std::vector<double> out(size_t(n) * C);
   for (int h = 0; h < NH; ++h) {
     const size_t k_col = size_t(C) + size_t(h % NKV) * hd, v_col = k_col + size_t(NKV) * hd;
     for (int r = 0; r < n; ++r) {
-      const int i = p + r;
-      std::vector<double> s(size_t(i) + 1);
+      const int i = p + r, lo = window > 0 ? std::max(0, i - window + 1) : 0;
+      std::vector<double> s(size_t(i) + 1, 0.0);
       double mx = -1e300, z = 0;
-      for (int j = 0; j <= i; ++j) {
+      for (int j = lo; j <= i; ++j) {
         double dot = 0;
         for (int d = 0; d < hd; ++d) dot += qkv[i * ld + h * hd + d] * qkv[j * ld + k_col + d];
         s[size_t(j)] = dot / std::sqrt(double(hd));
         mx = std::max(mx, s[size_t(j)]);
       }
-      for (auto& v : s) z += (v = std::exp(v - mx));
+      for (int j = lo; j <= i; ++j) z += (s[size_t(j)] = std::exp(s[size_t(j)] - mx));
       for (int d = 0; d < hd; ++d) {
         double acc = 0;
-        for (int j = 0; j <= i; ++j) acc += s[size_t(j)] * qkv[j * ld + v_col + d];
+        for (int j = lo; j <= i; ++j) acc += s[size_t(j)] * qkv[j * ld + v_col + d];
         out[size_t(r) * C + h * hd + d] = acc / z;
       }
     }
@@ -65,12 +65,15 @@ double worst_error(const std::vector<double>& got, const std::vector<double>& wa
   return worst;
 }
 
-// B sequences, each stride rows apart in qkv (the rows between are never read).
-void check(int p, int n, int C, int NH, int NKV, bool bf16, int B = 1, int stride = 0) {
+// B sequences, each stride rows apart in qkv (the rows between are never read); window > 0: a
+// sliding window.
+void check(int p, int n, int C, int NH, int NKV, bool bf16, int B = 1, int stride = 0,
+           int window = 0) {
   if (stride == 0) stride = p + n;
   SCOPED_TRACE(::testing::Message()
                << "p=" << p << " n=" << n << " C=" << C << " NH=" << NH << " NKV=" << NKV
-               << " B=" << B << " stride=" << stride << (bf16 ? " bf16" : " fp32"));
+               << " B=" << B << " stride=" << stride << (bf16 ? " bf16" : " fp32")
+               << " window=" << window);
   const size_t W = size_t(qkv_width(C, NH, NKV));
   const size_t seq = size_t(stride) * W, nqkv = size_t(B) * seq, nout = size_t(B) * n * C;
   const size_t smem = decode_attention::smem_bytes(p + n, C / NH);
@@ -78,7 +81,9 @@ void check(int p, int n, int C, int NH, int NKV, bool bf16, int B = 1, int strid
   auto body = [&](auto* out, const auto* qkv) {
     simt::launch(
         NH, B * n, decode_attention::kThreads, smem, simt::CopyTiming::at_issue,
-        [&](simt::Thread& x) { decode_attention::row(x, out, qkv, stride, p, n, C, NH, NKV); });
+        [&](simt::Thread& x) {
+          decode_attention::row(x, out, qkv, stride, p, n, C, NH, NKV, window);
+        });
   };
   const std::unique_ptr<Backend> cpu = make_cpu_backend();
   if (bf16) {
@@ -89,7 +94,7 @@ void check(int p, int n, int C, int NH, int NKV, bool bf16, int B = 1, int strid
       cpu_qkv[i] = bf16_t{qkv.data()[i]};
     }
     body(out.data(), qkv.data());
-    cpu->attention_decode(cpu_out.data(), cpu_qkv.data(), B, stride, p, n, C, NH, NKV);
+    cpu->attention_decode(cpu_out.data(), cpu_qkv.data(), B, stride, p, n, C, NH, NKV, window);
     for (size_t i = 0; i < nout; ++i) {
       got[i] = out.at(i);
       cpu_got[i] = to_float(cpu_out[i]);
@@ -100,7 +105,7 @@ void check(int p, int n, int C, int NH, int NKV, bool bf16, int B = 1, int strid
     std::vector<float> qkv(nqkv), out(nout, NAN), cpu_out(nout, NAN);
     for (size_t i = 0; i < nqkv; ++i) values[i] = qkv[i] = u(gen);
     body(out.data(), qkv.data());
-    cpu->attention_decode(cpu_out.data(), qkv.data(), B, stride, p, n, C, NH, NKV);
+    cpu->attention_decode(cpu_out.data(), qkv.data(), B, stride, p, n, C, NH, NKV, window);
     for (size_t i = 0; i < nout; ++i) {
       got[i] = out[i];
       cpu_got[i] = cpu_out[i];
@@ -110,7 +115,7 @@ void check(int p, int n, int C, int NH, int NKV, bool bf16, int B = 1, int strid
   for (int b = 0; b < B; ++b) {
     const std::vector<double> one(values.begin() + long(b * seq),
                                   values.begin() + long(b * seq + size_t(p + n) * W));
-    const std::vector<double> w = reference(one, p, n, C, NH, NKV);
+    const std::vector<double> w = reference(one, p, n, C, NH, NKV, window);
     want.insert(want.end(), w.begin(), w.end());
   }
   EXPECT_LE(worst_error(got, want, bf16), bf16 ? 1e-2 : 1e-5) << "against the reference";
@@ -128,6 +133,11 @@ TEST(DecodeAttentionEmulated, TwoSequencesApartBf16) { check(9, 1, 64, 1, 1, tru
 // from the compact cache.
 TEST(DecodeAttentionEmulated, GroupedQueryManyKeysFp32) { check(150, 1, 128, 4, 2, false); }
 TEST(DecodeAttentionEmulated, GroupedQueryManyKeysBf16) { check(150, 1, 128, 4, 2, true); }
+
+// A sliding window (model.sliding_window): rows whose window starts past key 0, beside rows it
+// does not yet cut (the prompt's first ones), several sequences, grouped-query heads.
+TEST(DecodeAttentionEmulated, SlidingWindowFp32) { check(140, 3, 128, 4, 2, false, 2, 150, 50); }
+TEST(DecodeAttentionEmulated, SlidingWindowWholePromptBf16) { check(0, 40, 64, 2, 1, true, 1, 0, 7); }
 TEST(DecodeAttentionEmulated, MultiQueryHeadDim64Bf16) { check(5, 3, 256, 4, 1, true); }
 TEST(DecodeAttentionEmulated, GroupedQueryWholePromptHeadDim32) { check(0, 4, 192, 6, 3, false); }
 TEST(DecodeAttentionEmulated, GroupedQuerySequencesApartFp32) {

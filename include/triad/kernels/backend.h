@@ -141,9 +141,11 @@ class Backend {
   // left there, the cache). Sequence b's row t is row b·stride + t of qkv (stride >= p+n rows of
   // W); out [B, n, C]. The same math as rows p .. p+n-1 of attention_forward on each whole
   // sequence, without its T×T work: n·(p+n) scores instead of (p+n)². With NKV < NH the cache
-  // (the k and v columns) is NKV/NH of GPT-2's.
+  // (the k and v columns) is NKV/NH of GPT-2's. window > 0 (a sliding window, model.
+  // sliding_window): the row at position t sees keys max(0, t − window + 1) .. t only, as
+  // attention_forward with that key_begin.
   virtual void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n,
-                                int C, int NH, int NKV) = 0;
+                                int C, int NH, int NKV, int window = 0) = 0;
 
   // ---- rotary position embedding (model.position = rope) -----------------------------------
   // Rotates in place the NH q heads and NKV k heads of qkv [N, W] (layout as above; v untouched).
@@ -329,7 +331,7 @@ class Backend {
                                 GradMode mode = GradMode::accumulate) = 0;
   // As the fp32 attention_decode; scores, softmax and sums in fp32, out rounded once.
   virtual void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n,
-                                int C, int NH, int NKV) = 0;
+                                int C, int NH, int NKV, int window = 0) = 0;
   virtual void gelu_forward(bf16_t* out, const bf16_t* inp, size_t n) = 0;
   virtual void gelu_backward(bf16_t* dinp, const bf16_t* inp, const bf16_t* dout, size_t n,
                              GradMode mode = GradMode::accumulate) = 0;

@@ -72,6 +72,14 @@ struct GptShape {
   // tokens of its own document only. -1: to every earlier token of the sequence (GPT-2).
   // Generation and scoring (decode_logits, sequence_losses) take a prompt as one document.
   int32_t document_token = -1;
+  // Sliding-window attention (model.sliding_window, Mistral 7B v0.1's): each token attends to the
+  // last sliding_window tokens at most, itself included, in every layer and in generation too.
+  // 0: to every earlier token.
+  int sliding_window = 0;
+  // Whether sequences of T tokens need an attention mask beyond the causal one.
+  bool masks_attention(int T) const {
+    return document_token >= 0 || (sliding_window > 0 && sliding_window < T);
+  }
   int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
   int hd() const { return head_dim > 0 ? head_dim : n_embd / n_head; }
   int attn_width() const { return n_head * hd(); }  // q's width, and the attention output's
@@ -470,8 +478,10 @@ class Gpt {
   void logits_to_host(float* host, const A* dev, size_t n);
   void upload_ids(const int32_t* inputs, const int32_t* targets, int N);
   // The attention mask of B sequences of T input tokens (host ids) for the layers that run next:
-  // their document mask on the backend (key_begin_) under shape_.document_token, else none.
-  void set_documents(const int32_t* inputs, int B, int T);
+  // their document mask (shape_.document_token, with `documents`) and sliding window on the
+  // backend (key_begin_), or none where neither cuts anything. A model for inference attends
+  // through attention_decode, which takes the window itself: none.
+  void set_attention_mask(const int32_t* inputs, int B, int T, bool documents = true);
   // Decoding (decoding_, set by decode_logits): the T rows of each of the B sequences are its
   // positions pos0 .. pos0 + T − 1; the layers' qkv buffers hold each sequence's earlier rows'
   // q|k|v (at rows b·seq_len + t) and the new ones are written after them.
@@ -552,7 +562,7 @@ class Gpt {
   GradReadyHook grad_hook_;
   int32_t* d_inputs_ = nullptr;  // this rank's local token ids on the backend's device
   int32_t* d_targets_ = nullptr;
-  int32_t* d_key_begin_ = nullptr;        // the document mask's buffer (shape_.document_token)
+  int32_t* d_key_begin_ = nullptr;  // the attention mask's buffer (document mask, window)
   const int32_t* key_begin_ = nullptr;    // the mask the attention applies now (null: none)
   std::vector<int32_t> host_ids_, padded_, host_key_begin_;
   // decode_logits: the tokens whose q|k|v rows the first activation set of every chunk holds.

@@ -29,6 +29,7 @@ struct ModelConfig {
   int mlp_hidden = 0;          // hidden units (0: 4·n_embd, or ~8·n_embd/3 for swiglu)
   bool tie_embeddings = true;  // false: an output layer lm_head of its own (as Llama)
   bool qk_norm = false;        // per-head RMSNorm of q and k (as Qwen3, Gemma 3)
+  int sliding_window = 0;      // each query attends to its last N keys at most (0: all; Mistral)
   int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
 };
 

@@ -159,7 +159,7 @@ size_t v_offset(int C, int NKV, int h, int hd) { return size_t(C) + size_t(NKV +
 }  // namespace
 
 void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n, int C, int NH,
-                      int NKV) {
+                      int NKV, int window) {
   const int L = p + n;  // keys: the cached rows and the new ones
   const Dims d = make_dims(L, C, NH, NKV);
   ensure_single_threaded_blas();
@@ -175,8 +175,12 @@ void attention_decode(float* out, const float* qkv, int B, int stride, int p, in
       const float* v = seq + v_offset(C, NKV, h, d.hd);
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, L, d.hd, d.scale, q, d.ld_qkv, k,
                   d.ld_qkv, 0.0f, s.data(), L);
-      // New row r is position p + r: it sees keys 0 .. p + r (the same softmax as the forward's).
-      for (int r = 0; r < n; ++r) causal_softmax_row(s.data() + size_t(r) * L, 0, p + r, L);
+      // New row r is position p + r: it sees keys 0 .. p + r, or the window's last ones (the same
+      // softmax as the forward's).
+      for (int r = 0; r < n; ++r) {
+        const int lo = window > 0 ? std::max(0, p + r - window + 1) : 0;
+        causal_softmax_row(s.data() + size_t(r) * L, lo, p + r, L);
+      }
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d.hd, L, 1.0f, s.data(), L, v,
                   d.ld_qkv, 0.0f, out + size_t(b) * n * C + size_t(h) * d.hd, d.ld_out);
     }

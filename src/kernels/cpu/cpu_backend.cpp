@@ -113,8 +113,8 @@ class CpuBackend final : public Backend {
     cpu::attention_backward(dqkv, scratch, dout, qkv, att, B, T, C, NH, NKV, key_begin);
   }
   void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n, int C,
-                        int NH, int NKV) override {
-    cpu::attention_decode(out, qkv, B, stride, p, n, C, NH, NKV);
+                        int NH, int NKV, int window) override {
+    cpu::attention_decode(out, qkv, B, stride, p, n, C, NH, NKV, window);
   }
   void swiglu_forward(float* out, const float* pre, int N, int H) override {
     cpu::swiglu_forward(out, pre, N, H);
@@ -235,8 +235,8 @@ class CpuBackend final : public Backend {
     cpu::attention_backward(dqkv, dout, qkv, out, lse, B, T, C, NH, NKV, key_begin);
   }
   void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n, int C,
-                        int NH, int NKV) override {
-    cpu::attention_decode(out, qkv, B, stride, p, n, C, NH, NKV);
+                        int NH, int NKV, int window) override {
+    cpu::attention_decode(out, qkv, B, stride, p, n, C, NH, NKV, window);
   }
   void swiglu_forward(bf16_t* out, const bf16_t* pre, int N, int H) override {
     cpu::swiglu_forward(out, pre, N, H);

@@ -213,14 +213,14 @@ void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, con
 }
 
 void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n, int C,
-                      int NH, int NKV) {
+                      int NH, int NKV, int window) {
   const size_t W = size_t(qkv_width(C, NH, NKV));
   const size_t nout = size_t(B) * n * C, seq = size_t(p + n) * W;
   float* o = scratch(1, nout);
   // Each sequence's rows 0 .. p+n-1 only (not the rows its stride leaves unused), packed.
   float* q = scratch(0, size_t(B) * seq);
   for (int b = 0; b < B; ++b) widen_into(q + size_t(b) * seq, qkv + size_t(b) * stride * W, seq);
-  attention_decode(o, q, B, p + n, p, n, C, NH, NKV);
+  attention_decode(o, q, B, p + n, p, n, C, NH, NKV, window);
   to_bf16(out, o, nout);
 }
 

@@ -57,7 +57,7 @@ void attention_backward(float* dqkv, float* scratch, const float* dout, const fl
                         const float* att, int B, int T, int C, int NH, int NKV,
                         const int32_t* key_begin = nullptr);
 void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n, int C, int NH,
-                      int NKV);
+                      int NKV, int window = 0);
 // SwiGLU over rows [gate | up] (cpu_swiglu.cpp); fp32 and bf16 (computed in fp32).
 void swiglu_forward(float* out, const float* pre, int N, int H);
 void swiglu_forward(bf16_t* out, const bf16_t* pre, int N, int H);
@@ -132,7 +132,7 @@ void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, con
                         const float* lse, int B, int T, int C, int NH, int NKV,
                         const int32_t* key_begin = nullptr);
 void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n, int C,
-                      int NH, int NKV);
+                      int NH, int NKV, int window = 0);
 void gelu_forward(bf16_t* out, const bf16_t* inp, size_t n);
 void gelu_backward(bf16_t* dinp, const bf16_t* inp, const bf16_t* dout, size_t n);
 void add(bf16_t* out, const bf16_t* a, const bf16_t* b, size_t n);

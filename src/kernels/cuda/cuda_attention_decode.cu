@@ -12,19 +12,19 @@ namespace {
 
 template <class E>
 __global__ void __launch_bounds__(decode_attention::kThreads)
-    decode_attention_kernel(E* out, const E* qkv, int stride, int p, int n, int C, int NH,
-                            int NKV) {
+    decode_attention_kernel(E* out, const E* qkv, int stride, int p, int n, int C, int NH, int NKV,
+                            int window) {
   DeviceThread x;
-  decode_attention::row(x, out, qkv, stride, p, n, C, NH, NKV);
+  decode_attention::row(x, out, qkv, stride, p, n, C, NH, NKV, window);
 }
 
 template <class E>
 void launch(cudaStream_t s, E* out, const E* qkv, int B, int stride, int p, int n, int C, int NH,
-            int NKV) {
+            int NKV, int window) {
   TRIAD_CHECK(NH > 0 && C % NH == 0 && NKV > 0 && NKV <= NH && NH % NKV == 0 && p >= 0 && n > 0 &&
-                  B > 0 && int64_t(B) * n <= 65535 && stride >= p + n,
+                  B > 0 && int64_t(B) * n <= 65535 && stride >= p + n && window >= 0,
               "cuda attention_decode: bad shape (B = ", B, ", stride = ", stride, ", p = ", p,
-              ", n = ", n, ", C = ", C, ", NH = ", NH, ", NKV = ", NKV, ")");
+              ", n = ", n, ", C = ", C, ", NH = ", NH, ", NKV = ", NKV, ", window = ", window, ")");
   const size_t smem = decode_attention::smem_bytes(p + n, C / NH);
   // Bytes of dynamic shared memory the kernel may ask for (48 KB without opting in); the opt-in
   // beyond (up to 227 KB on Hopper: 57k keys) fails with the runtime's message past the device's
@@ -37,21 +37,21 @@ void launch(cudaStream_t s, E* out, const E* qkv, int B, int stride, int p, int 
   }
   decode_attention_kernel<E>
       <<<dim3(unsigned(NH), unsigned(B * n)), decode_attention::kThreads, smem, s>>>(
-          out, qkv, stride, p, n, C, NH, NKV);
+          out, qkv, stride, p, n, C, NH, NKV, window);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
 
 void attention_decode(cudaStream_t s, float* out, const float* qkv, int B, int stride, int p, int n,
-                      int C, int NH, int NKV) {
-  launch(s, out, qkv, B, stride, p, n, C, NH, NKV);
+                      int C, int NH, int NKV, int window) {
+  launch(s, out, qkv, B, stride, p, n, C, NH, NKV, window);
 }
 
 void attention_decode(cudaStream_t s, bf16* out, const bf16* qkv, int B, int stride, int p, int n,
-                      int C, int NH, int NKV) {
+                      int C, int NH, int NKV, int window) {
   launch(s, reinterpret_cast<uint16_t*>(out), reinterpret_cast<const uint16_t*>(qkv), B, stride, p,
-         n, C, NH, NKV);
+         n, C, NH, NKV, window);
 }
 
 }  // namespace triad::cuda

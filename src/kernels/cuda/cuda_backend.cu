@@ -175,8 +175,8 @@ class CudaBackend final : public Backend {
                              T, C, NH, NKV, mode == GradMode::accumulate, key_begin);
   }
   void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n, int C,
-                        int NH, int NKV) override {
-    cuda::attention_decode(stream_, out, qkv, B, stride, p, n, C, NH, NKV);
+                        int NH, int NKV, int window) override {
+    cuda::attention_decode(stream_, out, qkv, B, stride, p, n, C, NH, NKV, window);
   }
   void swiglu_forward(float* out, const float* pre, int N, int H) override {
     cuda::swiglu_forward(stream_, out, pre, N, H);
@@ -314,8 +314,8 @@ class CudaBackend final : public Backend {
                              key_begin);
   }
   void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n, int C,
-                        int NH, int NKV) override {
-    cuda::attention_decode(stream_, dev(out), dev(qkv), B, stride, p, n, C, NH, NKV);
+                        int NH, int NKV, int window) override {
+    cuda::attention_decode(stream_, dev(out), dev(qkv), B, stride, p, n, C, NH, NKV, window);
   }
   void swiglu_forward(bf16_t* out, const bf16_t* pre, int N, int H) override {
     cuda::swiglu_forward(stream_, dev(out), dev(pre), N, H);

@@ -214,11 +214,12 @@ void reduce_kv_heads(cudaStream_t s, Elem* dqkv, const Elem* dmha, int N, int C,
                      bool accumulate);
 
 // ---- attention against a cache of keys and values (cuda_attention_decode.cu) ---------------
-// Backend::attention_decode: out [B, n, C], sequence b's rows at qkv + b·stride rows of W.
+// Backend::attention_decode: out [B, n, C], sequence b's rows at qkv + b·stride rows of W;
+// window > 0: each row's last `window` keys only.
 void attention_decode(cudaStream_t s, float* out, const float* qkv, int B, int stride, int p, int n,
-                      int C, int NH, int NKV);
+                      int C, int NH, int NKV, int window = 0);
 void attention_decode(cudaStream_t s, bf16* out, const bf16* qkv, int B, int stride, int p, int n,
-                      int C, int NH, int NKV);
+                      int C, int NH, int NKV, int window = 0);
 
 // ---- SwiGLU (cuda_swiglu.cu): backend.h swiglu_forward / swiglu_backward ------------------
 template <typename Elem>

@@ -63,12 +63,13 @@ TRIAD_BLOCK_FN float block_reduce(X& x, float* red, float v, bool is_max) {
 }
 
 // E: float (fp32) or uint16_t (bf16 bits). out [B, n, C], sequence b's rows at qkv + b·stride
-// rows of W = C + 2·NKV·hd, as in backend.h.
+// rows of W = C + 2·NKV·hd, as in backend.h. window > 0: a row sees its last `window` keys.
 template <class X, class E>
 TRIAD_BLOCK_FN void row(X& x, E* out, const E* qkv, int stride, int p, int n, int C, int NH,
-                        int NKV) {
+                        int NKV, int window) {
   const int h = x.block_x(), b = x.block_y() / n, r = x.block_y() % n, t = x.thread();
-  const int hd = C / NH, keys = p + r + 1;  // row p + r sees keys 0 .. p + r
+  const int hd = C / NH, keys = p + r + 1;  // row p + r sees keys lo .. p + r
+  const int lo = window > 0 && keys > window ? keys - window : 0;
   const size_t ld = size_t(C) + 2 * size_t(NKV) * hd;
   const size_t k_col = size_t(C) + size_t(h % NKV) * hd;  // this head's key, then value, columns
   const size_t v_col = k_col + size_t(NKV) * hd;
@@ -82,7 +83,7 @@ TRIAD_BLOCK_FN void row(X& x, E* out, const E* qkv, int stride, int p, int n, in
     q[d] = scale * load(x, qkv + size_t(p + r) * ld + size_t(h) * hd + d);
   x.sync_threads();
   float mx = -3.0e38f;
-  for (int j = t; j < keys; j += kThreads) {
+  for (int j = lo + t; j < keys; j += kThreads) {
     const E* k = qkv + size_t(j) * ld + k_col;
     float dot = 0.0f;
     for (int d = 0; d < hd; ++d) dot += q[d] * load(x, k + d);
@@ -91,7 +92,7 @@ TRIAD_BLOCK_FN void row(X& x, E* out, const E* qkv, int stride, int p, int n, in
   }
   mx = block_reduce(x, red, mx, true);
   float sum = 0.0f;
-  for (int j = t; j < keys; j += kThreads) {
+  for (int j = lo + t; j < keys; j += kThreads) {
     const float e = x.exp(s[j] - mx);
     s[j] = e;
     sum += e;
@@ -101,7 +102,7 @@ TRIAD_BLOCK_FN void row(X& x, E* out, const E* qkv, int stride, int p, int n, in
   for (int d = t; d < hd; d += kThreads) {
     const E* v = qkv + v_col + d;
     float acc = 0.0f;
-    for (int j = 0; j < keys; ++j) acc += s[j] * load(x, v + size_t(j) * ld);
+    for (int j = lo; j < keys; ++j) acc += s[j] * load(x, v + size_t(j) * ld);
     store(x, out + size_t(r) * C + size_t(h) * hd + d, acc * inv);
   }
 }
