@@ -131,6 +131,42 @@ def test_loss_masks_give_the_same_curve_on_every_grid(tmp_path):
             np.testing.assert_allclose(f["val/loss"][:], want_val, rtol=2e-6, err_msg=name)
 
 
+@pytest.mark.parametrize("n,grid", [(2, []), (4, ["--parallel.tp", 2, "--parallel.pp", 2,
+                                                   "--train.micro_batch_size", 2])],
+                         ids=["dp2", "tp2pp2"])
+def test_bad_loss_masks_stop_every_rank(tmp_path, n, grid):
+    """Loss masks that do not belong to their shard, a value other than 0 or 1 deep in a shard
+    (read by whichever rank's batch reaches it, mid-run), and a missing mask under
+    data.loss_mask = require: every rank stops with an error naming the file, never a hang."""
+    # 80 steps of 8 sequences: a whole epoch of the 562 train sequences, so the bad value is read.
+    cfg = tiny_config(tmp_path, name="bad", train__steps=80, eval__every=0, checkpoint__every=0)
+    data = tmp_path / "data"
+    shards = sorted(data.glob("*.bin"))
+    sizes = {s: int(np.frombuffer(s.read_bytes()[:12], dtype="<i4")[2]) for s in shards}
+    mask_of = {s: s.with_name(s.name + ".mask") for s in shards}
+
+    def masks(short=None, bad_at=None):
+        for s in shards:
+            m = np.ones(sizes[s] - (1 if s == short else 0), np.uint8)
+            if s == bad_at:
+                m[sizes[s] * 2 // 3] = 7
+            write_loss_mask(s, m)
+
+    masks(short=shards[1])
+    p = run(n, "--config", cfg, *grid, timeout=120)
+    assert p.returncode != 0 and f"loss mask {mask_of[shards[1]]}" in p.stderr, p.stderr
+    assert "not this shard's mask" in p.stderr, p.stderr
+    masks(bad_at=shards[0])
+    p = run(n, "--config", cfg, *grid, "--run.name", "late", timeout=120)
+    assert p.returncode != 0 and f"loss mask {mask_of[shards[0]]}" in p.stderr, p.stderr
+    assert "value 7" in p.stderr, p.stderr
+    masks()
+    mask_of[shards[2]].unlink()
+    p = run(n, "--config", cfg, *grid, "--data.loss_mask", "require", "--run.name", "missing",
+            timeout=120)
+    assert p.returncode != 0 and f"loss mask {mask_of[shards[2]]}: missing" in p.stderr, p.stderr
+
+
 def test_document_masks_give_the_same_curve_on_every_grid(tmp_path):
     """data.document_mask on tensor, pipeline (every stage masks its layers' attention with the
     micro-batch's documents), data (ZeRO-1) and 2 x 2 grids, with full recomputation on one:

@@ -168,6 +168,14 @@ TEST(Config, DocumentMaskIsNoneOrATokenOfTheVocabulary) {
   EXPECT_EQ(gpt_shape(parse({}).config).document_token, -1);
 }
 
+TEST(Config, SlidingWindowIsACountOfKeys) {
+  EXPECT_EQ(error_of({"--model.sliding_window", "256"}), "");
+  EXPECT_NE(error_of({"--model.sliding_window", "-1"}).find("model.sliding_window"),
+            std::string::npos);
+  EXPECT_EQ(gpt_shape(parse({"--model.sliding_window", "256"}).config).sliding_window, 256);
+  EXPECT_EQ(gpt_shape(parse({}).config).sliding_window, 0);
+}
+
 TEST(Config, UnknownNamesAndUnbuiltModesAreRefused) {
   EXPECT_NE(error_of({"--train.schedule", "exp"}).find("train.schedule"), std::string::npos);
   EXPECT_NE(error_of({"--optim.name", "lion"}).find("optim.name"), std::string::npos);
