@@ -1,6 +1,7 @@
 #include "triad/data/tokenizer.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <iomanip>
 #include <limits>
@@ -38,7 +39,11 @@ Tokenizer Tokenizer::from_file(const std::string& path, int32_t expect_ranks) {
       text.starts_with(kDescriptionMagic) &&
       (text.size() == kDescriptionMagic.size() || text[kDescriptionMagic.size()] == '\n' ||
        text[kDescriptionMagic.size()] == '\r');
-  if (description) return from_description(path, text);
+  if (description) {
+    Tokenizer t = from_description(path, text);
+    t.instance_ = next_instance();  // built in steps: numbered once complete
+    return t;
+  }
   TRIAD_CHECK(!text.starts_with("triad-tokenizer"), where, ": a tokenizer description of another ",
               "version (first line '", excerpt(text.substr(0, text.find('\n'))),
               "'; this build reads '", kDescriptionMagic, "')");
@@ -47,7 +52,13 @@ Tokenizer Tokenizer::from_file(const std::string& path, int32_t expect_ranks) {
   Tokenizer t = from_ranks(text, path, where, expect_ranks, {{-1, std::string(kEotText)}}, {});
   t.document_start_ = t.n_ranks();
   t.stop_ = {t.n_ranks()};
+  t.instance_ = next_instance();
   return t;
+}
+
+uint64_t Tokenizer::next_instance() {
+  static std::atomic<uint64_t> count{0};
+  return ++count;
 }
 
 Tokenizer Tokenizer::from_ranks(const std::string& text, const std::string& ranks_path,
@@ -343,7 +354,7 @@ void Tokenizer::encode_segment(std::string_view text, std::vector<int32_t>& out)
 }
 
 void Tokenizer::encode_pieces(std::string_view text, std::vector<int32_t>& out) const {
-  tokenizer_files::WordCache cache;
+  tokenizer_files::WordCache& cache = tokenizer_files::WordCache::of_thread(instance_);
   pretok::for_each_piece(scheme_, text, [&](std::string_view piece) {
     const int32_t r = lookup(piece.data(), piece.size());
     if (r >= 0) {

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -117,10 +118,14 @@ inline bool base64_decode(std::string_view s, std::string& out) {
   return true;
 }
 
-// The ids of words (views into one text) already encoded in one encode call: words that need
-// merging recur (names, rare words), and each is merged once.
+// The ids of words already encoded: words that need merging recur (names, rare words, and across
+// documents and chat messages the same common words), and each is merged once. One cache serves
+// one thread and one tokenizer (owner: Tokenizer's instance number, so a cache never hands one
+// tokenizer's ids to another); it starts over when it holds kMaxIds ids, which bounds its memory
+// (about 4 MB of ids and their words per thread).
 class WordCache {
  public:
+  static constexpr size_t kMaxIds = size_t(1) << 20;
   // Appends word's ids to out: the cached ones, or encode(word, out)'s, then cached.
   template <typename F>
   void append(std::string_view word, std::vector<int32_t>& out, F&& encode) {
@@ -132,16 +137,33 @@ class WordCache {
     }
     const size_t before = out.size();
     encode(word, out);
-    map_.emplace(word, std::make_pair(uint32_t(ids_.size()), uint32_t(out.size() - before)));
+    if (ids_.size() + (out.size() - before) > kMaxIds) clear();
+    map_.emplace(std::string(word), std::make_pair(uint32_t(ids_.size()), uint32_t(out.size() - before)));
     ids_.insert(ids_.end(), out.begin() + std::ptrdiff_t(before), out.end());
+  }
+  // The cache of this thread for the tokenizer numbered `owner`: emptied when it last served
+  // another one.
+  static WordCache& of_thread(uint64_t owner) {
+    thread_local WordCache cache;
+    if (cache.owner_ != owner) {
+      cache.clear();
+      cache.owner_ = owner;
+    }
+    return cache;
+  }
+  void clear() {
+    map_.clear();
+    ids_.clear();
   }
 
  private:
   struct Hash {
+    using is_transparent = void;  // found by string_view, stored as string
     size_t operator()(std::string_view s) const { return size_t(hash_bytes(s.data(), s.size())); }
   };
-  std::unordered_map<std::string_view, std::pair<uint32_t, uint32_t>, Hash> map_;
+  std::unordered_map<std::string, std::pair<uint32_t, uint32_t>, Hash, std::equal_to<>> map_;
   std::vector<int32_t> ids_;  // the cached ids: word's are [first, first + count)
+  uint64_t owner_ = 0;
 };
 
 }  // namespace triad::tokenizer_files

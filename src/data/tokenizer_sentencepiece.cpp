@@ -188,7 +188,7 @@ struct Tokenizer::WordScratch {
 void Tokenizer::encode_words(std::string_view text, std::vector<int32_t>& out) const {
   if (text.empty()) return;
   WordScratch scratch;
-  tokenizer_files::WordCache cache;
+  tokenizer_files::WordCache& cache = tokenizer_files::WordCache::of_thread(instance_);
   auto merge = [&](std::string_view w, std::vector<int32_t>& o) { merge_word(w, o, scratch); };
   // Words end between two ASCII bytes that no token holds together.
   size_t start = 0;

@@ -271,6 +271,22 @@ TEST(Tokenizer, SmallVocabularyMerges) {
   EXPECT_EQ(t.decode(t.encode("ab abab\xff")), "ab abab\xff");
 }
 
+// Each thread keeps the words it has encoded for the next calls (a cache per tokenizer): two
+// tokenizers with other merges, used in turns on the same words in one thread, each give their
+// own ids every time.
+TEST(Tokenizer, EncodedWordsAreRememberedPerTokenizer) {
+  TempDir dir("tok_cache");
+  const auto t1 = triad::Tokenizer::from_file(dir.file("t1.tiktoken", small_ranks()), 0);
+  const auto t2 =
+      triad::Tokenizer::from_file(dir.file("t2.tiktoken", small_ranks({"cd", "ab", "abcd"})), 0);
+  const triad::Tokenizer copy = t1;
+  for (int round = 0; round < 3; ++round) {
+    EXPECT_THAT(t1.encode("xabcd"), ElementsAre('x', 256, 258)) << round;  // ab, then cd
+    EXPECT_THAT(t2.encode("xabcd"), ElementsAre('x', 258)) << round;       // cd, ab, abcd
+    EXPECT_THAT(copy.encode("xabcd"), ElementsAre('x', 256, 258)) << round;
+  }
+}
+
 TEST(Tokenizer, MalformedRanksFilesAreClearErrors) {
   TempDir dir("tok_bad");
   auto expect_error = [&](const std::string& name, const std::string& contents,

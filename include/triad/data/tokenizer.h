@@ -186,6 +186,10 @@ class Tokenizer {
     uint32_t tag;  // high bits of the hash
     int32_t rank;  // -1 = empty
   };
+  // This tokenizer's number, for the per-thread caches of encoded words (WordCache): a copy
+  // shares it, being the same tokenizer; every other tokenizer has its own.
+  uint64_t instance_ = next_instance();
+  static uint64_t next_instance();
   std::string path_;
   std::string chat_;
   pretok::Scheme scheme_ = pretok::Scheme::gpt2;
