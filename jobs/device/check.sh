@@ -577,6 +577,22 @@ if [[ -x $RUN/bin/triad-bench ]]; then
 fi
 res "triad flash attention" "${FA_ROW:-not available}"
 
+# Sliding-window attention (model.sliding_window): the kernels skip the key tiles before each
+# query tile's window, so at T=4096 a 512-key window is 23% of the causal work.
+SW_ROW="not run"
+if [[ -x $RUN/bin/triad-bench ]] && (( $(left) > 240 )); then
+  (
+    # shellcheck disable=SC1091
+    source "$DEV/env.sh"
+    sw=("$RUN/bin/triad-bench" attention --B 4 --T 4096 --NH 12 --hd 64 --repeat 10)
+    timeout "$(tmo 30 220)" "${sw[@]}" 2>&1 | tail -4
+    timeout "$(tmo 30 220)" "${sw[@]}" --window 512 2>&1 | tail -4
+  ) | tee "$RUN/fa_window.txt"
+  sw_ms() { grep "^RESULT .* window=$1 " "$RUN/fa_window.txt" | head -1 | grep -o 'fwd_bwd_ms=[0-9.]*' | cut -d= -f2; }
+  SW_ROW="B=4 T=4096 fwd+bwd: causal $(sw_ms 0) ms, window 512 $(sw_ms 512) ms"
+fi
+res "flash attention window" "$SW_ROW"
+
 # Every op of a GPT-2 124M step (bf16, B=16 T=1024) against the matmul and copy ceilings
 # measured in the same run: where the step's time goes.
 KB_ROW="not run"

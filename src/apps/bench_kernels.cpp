@@ -2,7 +2,8 @@
 //
 // Work counted per op, N = B·T tokens, E = bytes per activation (2 in bf16, 4 in fp32):
 //   products: 2·N·IC·OC forward, 4·N·IC·OC backward (input and weight gradients);
-//   causal attention: 2·B·T²·C forward (half of 4·B·NH·T²·hd), 2.5× that backward;
+//   causal attention: 2·B·T²·C forward (half of 4·B·NH·T²·hd), 2.5× that backward; with a
+//   sliding window W, 4·B·C·Σ_t min(t + 1, W) forward (the products the window keeps);
 //   memory-bound ops: the bytes they must read and write at least (inputs once, outputs once).
 #include "bench_kernels.h"
 
@@ -20,6 +21,12 @@
 #include "triad/model/gpt.h"
 
 namespace triad {
+
+double attention_key_count(int T, int window) {
+  if (window <= 0 || window >= T) return double(T) * T / 2.0;  // the causal count used so far
+  return double(window) * (window + 1) / 2.0 + double(T - window) * window;
+}
+
 namespace {
 
 // Device buffers of one element type, random-filled, freed together.
@@ -174,7 +181,22 @@ std::vector<KernelRate> run_ops(Backend& be, const KernelBenchShape& sh, int rep
         },
         in_step);
   };
-  const double attn_fwd = 2.0 * B * double(T) * T * c;
+  const double attn_fwd = 4.0 * B * c * attention_key_count(T, sh.window);
+  // The window's attention mask (Backend::attention_forward's key_begin), or none.
+  int32_t* key_begin = nullptr;
+  if (sh.window > 0 && sh.window < T) {
+    std::vector<int32_t> host(N);
+    for (size_t r = 0; r < N; ++r) host[r] = std::max(0, int(r % size_t(T)) - sh.window + 1);
+    key_begin = be.alloc_ints(N);
+    be.copy_ints_from_host(key_begin, host.data(), N);
+  }
+  struct FreeInts {
+    Backend& be;
+    int32_t* p;
+    ~FreeInts() {
+      if (p) be.free_ints(p);
+    }
+  } free_key_begin{be, key_begin};
 
   // ---- forward ----
   add("encoder_forward", dims({B, T, C}), (2.0 * n + T) * c * E, false,
@@ -184,10 +206,10 @@ std::vector<KernelRate> run_ops(Backend& be, const KernelBenchShape& sh, int rep
   mm("matmul_forward qkv", qkv, ln, w_qkv, b_qkv, C, 3 * C);
   if constexpr (std::is_same_v<A, float>) {
     add("attention_forward", dims({B, NH, T, C / NH}), attn_fwd, true,
-        [&] { be.attention_forward(att_out, att, qkv, B, T, C, NH, NH); });
+        [&] { be.attention_forward(att_out, att, qkv, B, T, C, NH, NH, key_begin); });
   } else {
     add("attention_forward", dims({B, NH, T, C / NH}), attn_fwd, true,
-        [&] { be.attention_forward(att_out, lse, qkv, B, T, C, NH, NH); });
+        [&] { be.attention_forward(att_out, lse, qkv, B, T, C, NH, NH, key_begin); });
   }
   mm("matmul_forward attn proj", res, att_out, w_ao, b_c, C, C);
   add("residual_layernorm_fwd", dims({(long long)N, C}), 4.0 * n * c * E + 8.0 * n, false,
@@ -214,11 +236,13 @@ std::vector<KernelRate> run_ops(Backend& be, const KernelBenchShape& sh, int rep
   mm_back("matmul_backward attn proj", dx, res, att_out, w_ao, C, C);
   if constexpr (std::is_same_v<A, float>) {
     add("attention_backward", dims({B, NH, T, C / NH}), 2.5 * attn_fwd, true, [&] {
-      be.attention_backward(dqkv, scratch, dx, qkv, att, B, T, C, NH, NH, GradMode::overwrite);
+      be.attention_backward(dqkv, scratch, dx, qkv, att, B, T, C, NH, NH, GradMode::overwrite,
+                            key_begin);
     });
   } else {
     add("attention_backward", dims({B, NH, T, C / NH}), 2.5 * attn_fwd, true, [&] {
-      be.attention_backward(dqkv, dx, qkv, att_out, lse, B, T, C, NH, NH, GradMode::overwrite);
+      be.attention_backward(dqkv, dx, qkv, att_out, lse, B, T, C, NH, NH, GradMode::overwrite,
+                            key_begin);
     });
   }
   mm_back("matmul_backward qkv", dx, dqkv, ln, w_qkv, C, 3 * C);

@@ -13,7 +13,12 @@ namespace triad {
 
 struct KernelBenchShape {
   int B = 16, T = 1024, C = 768, NH = 12, V = 50257, layers = 12;
+  int window = 0;  // attention within each query's last `window` keys (0: causal over all)
 };
+
+// The keys the T queries of a sequence see under a sliding window (0: causal), summed: the
+// attention's work is 4·hd·NH·B times this per forward (two products).
+double attention_key_count(int T, int window);
 
 struct KernelRate {
   std::string name, shape;

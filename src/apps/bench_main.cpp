@@ -436,9 +436,11 @@ int cmd_checkpoint(MPI_Comm world, const std::vector<std::string>& args) {
 
 int cmd_attention(MPI_Comm world, const std::vector<std::string>& args) {
   po::options_description desc("attention options");
-  int B = 16, T = 1024, NH = 12, hd = 64, repeat = 20;
+  int B = 16, T = 1024, NH = 12, hd = 64, repeat = 20, window = 0;
   std::string kernel_name = "auto", backward_name = "auto";
   desc.add_options()("B", po::value(&B)->default_value(16), "batch size")(
+      "window", po::value(&window)->default_value(0),
+      "sliding window: each query attends to its last N keys (0: causal over all)")(
       "T", po::value(&T)->default_value(1024), "sequence length")(
       "NH", po::value(&NH)->default_value(12), "heads")("hd", po::value(&hd)->default_value(64),
                                                         "head dimension (64 or 128)")(
@@ -463,6 +465,7 @@ int cmd_attention(MPI_Comm world, const std::vector<std::string>& args) {
   TRIAD_CHECK(B >= 1 && T >= 1 && NH >= 1, "attention: --B, --T and --NH must be at least 1");
   TRIAD_CHECK(hd == 64 || hd == 128, "attention: --hd must be 64 or 128");
   TRIAD_CHECK(repeat >= 1, "attention: --repeat must be at least 1");
+  TRIAD_CHECK(window >= 0, "attention: --window must be >= 0 (0: none)");
   TRIAD_CHECK(triad::cuda_device_available(), "attention: ", triad::cuda_device_description());
   if (world_rank(world) != 0) return 0;
   namespace tc = triad::cuda;
@@ -495,17 +498,26 @@ int cmd_attention(MPI_Comm world, const std::vector<std::string>& args) {
       cudaMalloc(&ws, tc::flash_attention_workspace_floats(B, T, C, NH, backward) * sizeof(float)));
   TRIAD_CUDA_CHECK(cudaMemcpy(qkv, h_qkv.data(), n_qkv * 2, cudaMemcpyHostToDevice));
   TRIAD_CUDA_CHECK(cudaMemcpy(dout, h_dout.data(), n_out * 2, cudaMemcpyHostToDevice));
+  int32_t* key_begin = nullptr;  // the window's mask (flash_attention.cuh), or none
+  if (window > 0 && window < T) {
+    std::vector<int32_t> h(size_t(B) * T);
+    for (size_t r = 0; r < h.size(); ++r) h[r] = std::max(0, int(r % size_t(T)) - window + 1);
+    TRIAD_CUDA_CHECK(cudaMalloc(&key_begin, h.size() * sizeof(int32_t)));
+    TRIAD_CUDA_CHECK(
+        cudaMemcpy(key_begin, h.data(), h.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
+  }
   cudaStream_t s = nullptr;
   TRIAD_CUDA_CHECK(cudaStreamCreate(&s));
   cudaEvent_t e0, e1;
   TRIAD_CUDA_CHECK(cudaEventCreate(&e0));
   TRIAD_CUDA_CHECK(cudaEventCreate(&e1));
-  auto fwd = [&] { tc::flash_attention_forward(out, lse, qkv, B, T, C, NH, nullptr, s, kernel); };
+  auto fwd = [&] {
+    tc::flash_attention_forward(out, lse, qkv, B, T, C, NH, key_begin, s, kernel);
+  };
   auto fwd_bwd = [&] {
     fwd();
-    tc::flash_attention_backward(dqkv, dout, qkv, out, lse, ws, B, T, C, NH, nullptr, s, false,
-                                 kernel,
-                                 backward);
+    tc::flash_attention_backward(dqkv, dout, qkv, out, lse, ws, B, T, C, NH, key_begin, s, false,
+                                 kernel, backward);
   };
   auto time_ms = [&](auto&& f) {
     for (int w = 0; w < 3; ++w) f();  // warm-up
@@ -522,29 +534,33 @@ int cmd_attention(MPI_Comm world, const std::vector<std::string>& args) {
     return median(ms);
   };
   const double f_ms = time_ms(fwd), fb_ms = time_ms(fwd_bwd);
-  // Causal FLOPs: forward 4·B·NH·T²·hd / 2 (two products over half the T×T scores); the
-  // backward counts as 2.5 forwards (its five products), whatever the kernels recompute.
-  const double fwd_flops = 4.0 * B * NH * double(T) * T * hd / 2.0;
+  // Causal FLOPs: forward 4·B·NH·T²·hd / 2 (two products over half the T×T scores), or over the
+  // keys a window keeps; the backward counts as 2.5 forwards (its five products), whatever the
+  // kernels recompute.
+  const double fwd_flops = 4.0 * B * NH * hd * triad::attention_key_count(T, window);
   const double fb_flops = fwd_flops * 3.5;
   std::printf(
-      "triad-bench attention: %s; %s kernel, %s backward, B=%d T=%d NH=%d hd=%d, bf16, causal, "
+      "triad-bench attention: %s; %s kernel, %s backward, B=%d T=%d NH=%d hd=%d, bf16, causal%s, "
       "median of %d\n"
       "  forward            %.4f ms  %.1f TFLOP/s\n"
       "  forward + backward %.4f ms  %.1f TFLOP/s\n",
       triad::cuda_device_description().c_str(), tc::flash_kernel_name(kernel),
-      tc::flash_backward_name(backward), B, T, NH, hd, repeat, f_ms,
+      tc::flash_backward_name(backward), B, T, NH, hd,
+      window > 0 && window < T ? (", window " + std::to_string(window)).c_str() : "", repeat, f_ms,
       fwd_flops / (f_ms * 1e-3) / 1e12, fb_ms, fb_flops / (fb_ms * 1e-3) / 1e12);
   std::printf(
-      "RESULT kernel=%s backward=%s B=%d T=%d NH=%d hd=%d fwd_ms=%.4f fwd_bwd_ms=%.4f "
+      "RESULT kernel=%s backward=%s B=%d T=%d NH=%d hd=%d window=%d fwd_ms=%.4f fwd_bwd_ms=%.4f "
       "fwd_tflops=%.2f fwd_bwd_tflops=%.2f\n",
-      tc::flash_kernel_name(kernel), tc::flash_backward_name(backward), B, T, NH, hd, f_ms, fb_ms,
+      tc::flash_kernel_name(kernel), tc::flash_backward_name(backward), B, T, NH, hd, window, f_ms,
+      fb_ms,
       fwd_flops / (f_ms * 1e-3) / 1e12, fb_flops / (fb_ms * 1e-3) / 1e12);
   std::fflush(stdout);
   TRIAD_CUDA_CHECK(cudaEventDestroy(e0));
   TRIAD_CUDA_CHECK(cudaEventDestroy(e1));
   TRIAD_CUDA_CHECK(cudaStreamDestroy(s));
   for (void* p : {static_cast<void*>(qkv), static_cast<void*>(dqkv), static_cast<void*>(out),
-                  static_cast<void*>(dout), static_cast<void*>(lse), static_cast<void*>(ws)})
+                  static_cast<void*>(dout), static_cast<void*>(lse), static_cast<void*>(ws),
+                  static_cast<void*>(key_begin)})
     TRIAD_CUDA_CHECK(cudaFree(p));
   return 0;
 #else
@@ -675,6 +691,8 @@ int cmd_kernels(MPI_Comm world, const std::vector<std::string>& args) {
       "C", po::value(&sh.C)->default_value(768), "width")(
       "NH", po::value(&sh.NH)->default_value(12), "heads")(
       "V", po::value(&sh.V)->default_value(50257), "vocabulary")(
+      "window", po::value(&sh.window)->default_value(0),
+      "sliding window of the attention ops: each query's last N keys (0: causal over all)")(
       "layers", po::value(&sh.layers)->default_value(12),
       "layers (for the step sum and the "
       "optimizer's parameter count)")("repeat", po::value(&repeat)->default_value(0),
@@ -692,6 +710,7 @@ int cmd_kernels(MPI_Comm world, const std::vector<std::string>& args) {
   TRIAD_CHECK(sh.B >= 1 && sh.T >= 1 && sh.C >= 2 && sh.NH >= 1 && sh.V >= 1 && sh.layers >= 1 &&
                   repeat >= 1,
               "kernels: --B, --T, --NH, --V, --layers and --repeat must be at least 1, --C 2");
+  TRIAD_CHECK(sh.window >= 0, "kernels: --window must be >= 0 (0: none)");
   TRIAD_CHECK(sh.C % sh.NH == 0 && sh.C % 2 == 0, "kernels: --C (", sh.C,
               ") must be even and divisible by --NH (", sh.NH, ")");
   const bool bf16 = precision == "bf16" || (precision == "auto" && cuda);
@@ -701,7 +720,9 @@ int cmd_kernels(MPI_Comm world, const std::vector<std::string>& args) {
     std::ostringstream title;
     title << "triad-bench kernels: backend " << be->name() << " " << (bf16 ? "bf16" : "fp32")
           << ", B=" << sh.B << " T=" << sh.T << " C=" << sh.C << " NH=" << sh.NH << " V=" << sh.V
-          << " layers=" << sh.layers << ", best of 3 rounds of " << repeat << " calls; "
+          << " layers=" << sh.layers
+          << (sh.window > 0 && sh.window < sh.T ? ", window " + std::to_string(sh.window) : "")
+          << ", best of 3 rounds of " << repeat << " calls; "
           << (cuda ? triad::cuda_device_description() : "cpu");
     if (cuda && bf16 && sh.C / sh.NH % 64 == 0 && sh.C / sh.NH <= 128)
       title << ", flash attention " << triad::cuda_flash_kernel();

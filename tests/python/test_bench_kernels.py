@@ -52,8 +52,24 @@ def test_every_op_is_reported_against_measured_ceilings(precision, adamw):
     assert step and float(step.group(1)) > 0, out
 
 
+def test_sliding_window_attention_counts_the_keys_it_keeps():
+    """--window: the attention ops run with the window's mask and count its work: 8 keys of 32
+    per query at most (the first 7 fewer) is 228 of the causal 512 key pairs per head."""
+    p = run(bench(precision="fp32", window="8"), timeout=300, check=True)
+    assert ", window 8," in p.stdout, p.stdout
+    rows = dict(re.findall(r"^KERNEL name=(attention_\w+) ms=(\S+) ", p.stdout, re.M))
+    full = dict(re.findall(r"^KERNEL name=(attention_\w+) ms=(\S+) ",
+                           run(bench(precision="fp32"), timeout=300, check=True).stdout, re.M))
+    assert sorted(rows) == sorted(full) == ["attention_backward", "attention_forward"]
+    work = {m.group(1): float(m.group(2)) * float(m.group(3)) for m in re.finditer(
+        r"^KERNEL name=(attention_\w+) ms=(\S+) rate=(\S+) ", p.stdout, re.M)}
+    # 2 heads of 32: forward 4·B·C·keys = 4·1·64·228 FLOPs (ms·TFLOP/s = 1e9 FLOP)
+    assert math.isclose(work["attention_forward"] * 1e9, 4 * 64 * 228, rel_tol=1e-3), work
+
+
 @pytest.mark.parametrize("override, needle", [
     ({"backend": "tpu"}, "--backend must be cpu or cuda"),
+    ({"window": "-2"}, "--window must be >= 0"),
     ({"precision": "fp16"}, "--precision must be fp32, bf16 or auto"),
     ({"C": "65", "NH": "5"}, "--C (65) must be even and divisible by --NH"),
     ({"repeat": "-1"}, "must be at least 1"),

@@ -565,6 +565,14 @@ TEST_F(CpuKernels, AttentionDocumentMask) {
   const std::vector<int32_t> kb = attention_reference::key_begin_of_starts(2, 7, {{0, 3, 4}, {0}});
   check_attention(*be, 2, 7, 12, 3, 1, 0, &kb);
 }
+// A sliding window of 40 keys over 150 rows (model.sliding_window): the kernel's row blocks start
+// their products at their first row's window and its key blocks end theirs at the last query
+// that sees them.
+TEST_F(CpuKernels, AttentionSlidingWindowSeveralBlocks) {
+  std::vector<int32_t> kb(150);
+  for (int t = 0; t < 150; ++t) kb[size_t(t)] = std::max(0, t - 39);
+  check_attention(*be, 1, 150, 12, 6, 11, 3, &kb);
+}
 TEST_F(CpuKernels, AttentionDocumentMaskGroupedSeveralBlocks) {
   const std::vector<int32_t> kb =
       attention_reference::key_begin_of_starts(1, 150, {{0, 1, 63, 64, 100, 149}});

@@ -6,9 +6,11 @@
 //
 // Causality: the T query rows are processed in blocks of kBlock rows; block [i0, i1) only needs
 // keys 0 .. i1-1, so every product skips the blocks above the diagonal (about 40% fewer flops
-// at T = 256 than full T×T products, more for longer sequences). A document mask (key_begin:
-// row i sees keys lo_i .. i) only zeroes the probabilities before lo_i: the products still run
-// from key 0, which keeps one code path and costs what the plain causal attention costs.
+// at T = 256 than full T×T products, more for longer sequences). A document mask or window
+// (key_begin: row i sees keys lo_i .. i, lo never decreasing) also narrows them: block [i0, i1)
+// needs keys lo_i0 .. i1-1, and key block [j0, j1) receives from the queries whose lo is below
+// j1 only; the probabilities (and their gradients) before each row's lo are written as zeros, so
+// the products over the rest of a row add nothing.
 //
 // Threading: the (batch, head) pairs are independent, so they are spread over OpenMP threads
 // (under grouped-query attention the backward's query heads write their dK and dV apart, summed
@@ -80,19 +82,28 @@ void causal_softmax_backward_row(float* ds, const float* p, int lo, int i, int e
 // or 0 without a mask.
 int first_key(const int32_t* key_begin, int i) { return key_begin != nullptr ? key_begin[i] : 0; }
 
+// The end of the queries that see a key before j1: the first row i >= j1 whose first key is j1
+// or later (T when none is).
+int queries_end(const int32_t* key_begin, int j1, int T) {
+  if (key_begin == nullptr) return T;
+  return int(std::upper_bound(key_begin + j1, key_begin + T, j1 - 1) - key_begin);
+}
+
 void head_forward(float* out, float* att, const float* q, const float* k, const float* v,
                   const int32_t* key_begin, const Dims& d) {
   const int T = d.T;
   for (int i0 = 0; i0 < T; i0 += kBlock) {
-    const int i1 = std::min(T, i0 + kBlock);
-    // S[i0:i1, 0:i1] = scale · Q[i0:i1] · K[0:i1]ᵀ
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i1 - i0, i1, d.hd, d.scale,
-                q + size_t(i0) * d.ld_qkv, d.ld_qkv, k, d.ld_qkv, 0.0f, att + size_t(i0) * T, T);
+    const int i1 = std::min(T, i0 + kBlock), k0 = first_key(key_begin, i0);
+    // S[i0:i1, k0:i1] = scale · Q[i0:i1] · K[k0:i1]ᵀ
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i1 - i0, i1 - k0, d.hd, d.scale,
+                q + size_t(i0) * d.ld_qkv, d.ld_qkv, k + size_t(k0) * d.ld_qkv, d.ld_qkv, 0.0f,
+                att + size_t(i0) * T + k0, T);
     for (int i = i0; i < i1; ++i)
       causal_softmax_row(att + size_t(i) * T, first_key(key_begin, i), i, i1);
-    // O[i0:i1] = P[i0:i1, 0:i1] · V[0:i1]
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i1 - i0, d.hd, i1, 1.0f,
-                att + size_t(i0) * T, T, v, d.ld_qkv, 0.0f, out + size_t(i0) * d.ld_out, d.ld_out);
+    // O[i0:i1] = P[i0:i1, k0:i1] · V[k0:i1]
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i1 - i0, d.hd, i1 - k0, 1.0f,
+                att + size_t(i0) * T + k0, T, v + size_t(k0) * d.ld_qkv, d.ld_qkv, 0.0f,
+                out + size_t(i0) * d.ld_out, d.ld_out);
   }
 }
 
@@ -103,27 +114,30 @@ void head_backward(float* dq, float* dk, float* dv, int ld_dkv, float* ds, const
   const int T = d.T;
   // Row blocks: dP = dO·Vᵀ, dS = softmax_backward(P, dP), dQ += scale · dS·K.
   for (int i0 = 0; i0 < T; i0 += kBlock) {
-    const int i1 = std::min(T, i0 + kBlock);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i1 - i0, i1, d.hd, 1.0f,
-                dout + size_t(i0) * d.ld_out, d.ld_out, v, d.ld_qkv, 0.0f, ds + size_t(i0) * T, T);
+    const int i1 = std::min(T, i0 + kBlock), k0 = first_key(key_begin, i0);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i1 - i0, i1 - k0, d.hd, 1.0f,
+                dout + size_t(i0) * d.ld_out, d.ld_out, v + size_t(k0) * d.ld_qkv, d.ld_qkv, 0.0f,
+                ds + size_t(i0) * T + k0, T);
     for (int i = i0; i < i1; ++i) {
       causal_softmax_backward_row(ds + size_t(i) * T, att + size_t(i) * T,
                                   first_key(key_begin, i), i, i1);
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i1 - i0, d.hd, i1, d.scale,
-                ds + size_t(i0) * T, T, k, d.ld_qkv, 1.0f, dq + size_t(i0) * d.ld_qkv, d.ld_qkv);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i1 - i0, d.hd, i1 - k0, d.scale,
+                ds + size_t(i0) * T + k0, T, k + size_t(k0) * d.ld_qkv, d.ld_qkv, 1.0f,
+                dq + size_t(i0) * d.ld_qkv, d.ld_qkv);
   }
-  // Key blocks [j0, j1) receive from the queries i >= j0 only:
-  //   dK[j0:j1] += scale · dS[j0:T, j0:j1]ᵀ · Q[j0:T],   dV[j0:j1] += P[j0:T, j0:j1]ᵀ · dO[j0:T]
+  // Key blocks [j0, j1) receive from the queries j0 <= i < e only (e = queries_end: T without
+  // a mask):
+  //   dK[j0:j1] += scale · dS[j0:e, j0:j1]ᵀ · Q[j0:e],   dV[j0:j1] += P[j0:e, j0:j1]ᵀ · dO[j0:e]
   // dS is zero above the diagonal within its diagonal blocks (we wrote it). P above the
   // diagonal is unspecified by the interface, so its diagonal block is copied with the upper
   // triangle zeroed and the rows below the block are taken from att directly (zero before each
   // row's first key: the forward wrote those zeros).
   float p_diag[kBlock * kBlock];
   for (int j0 = 0; j0 < T; j0 += kBlock) {
-    const int j1 = std::min(T, j0 + kBlock);
+    const int j1 = std::min(T, j0 + kBlock), e = queries_end(key_begin, j1, T);
     const int w = j1 - j0;
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, w, d.hd, T - j0, d.scale,
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, w, d.hd, e - j0, d.scale,
                 ds + size_t(j0) * T + j0, T, q + size_t(j0) * d.ld_qkv, d.ld_qkv, 1.0f,
                 dk + size_t(j0) * ld_dkv, ld_dkv);
     for (int r = 0; r < w; ++r) {
@@ -134,8 +148,8 @@ void head_backward(float* dq, float* dk, float* dv, int ld_dkv, float* ds, const
     }
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, w, d.hd, w, 1.0f, p_diag, kBlock,
                 dout + size_t(j0) * d.ld_out, d.ld_out, 1.0f, dv + size_t(j0) * ld_dkv, ld_dkv);
-    if (j1 < T) {
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, w, d.hd, T - j1, 1.0f,
+    if (j1 < e) {
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, w, d.hd, e - j1, 1.0f,
                   att + size_t(j1) * T + j0, T, dout + size_t(j1) * d.ld_out, d.ld_out, 1.0f,
                   dv + size_t(j0) * ld_dkv, ld_dkv);
     }
