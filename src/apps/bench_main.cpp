@@ -511,9 +511,7 @@ int cmd_attention(MPI_Comm world, const std::vector<std::string>& args) {
   cudaEvent_t e0, e1;
   TRIAD_CUDA_CHECK(cudaEventCreate(&e0));
   TRIAD_CUDA_CHECK(cudaEventCreate(&e1));
-  auto fwd = [&] {
-    tc::flash_attention_forward(out, lse, qkv, B, T, C, NH, key_begin, s, kernel);
-  };
+  auto fwd = [&] { tc::flash_attention_forward(out, lse, qkv, B, T, C, NH, key_begin, s, kernel); };
   auto fwd_bwd = [&] {
     fwd();
     tc::flash_attention_backward(dqkv, dout, qkv, out, lse, ws, B, T, C, NH, key_begin, s, false,
@@ -552,8 +550,7 @@ int cmd_attention(MPI_Comm world, const std::vector<std::string>& args) {
       "RESULT kernel=%s backward=%s B=%d T=%d NH=%d hd=%d window=%d fwd_ms=%.4f fwd_bwd_ms=%.4f "
       "fwd_tflops=%.2f fwd_bwd_tflops=%.2f\n",
       tc::flash_kernel_name(kernel), tc::flash_backward_name(backward), B, T, NH, hd, window, f_ms,
-      fb_ms,
-      fwd_flops / (f_ms * 1e-3) / 1e12, fb_flops / (fb_ms * 1e-3) / 1e12);
+      fb_ms, fwd_flops / (f_ms * 1e-3) / 1e12, fb_flops / (fb_ms * 1e-3) / 1e12);
   std::fflush(stdout);
   TRIAD_CUDA_CHECK(cudaEventDestroy(e0));
   TRIAD_CUDA_CHECK(cudaEventDestroy(e1));

@@ -5,8 +5,8 @@
 
 #include <cstdint>
 #include <cstring>
-#include <functional>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -138,7 +138,8 @@ class WordCache {
     const size_t before = out.size();
     encode(word, out);
     if (ids_.size() + (out.size() - before) > kMaxIds) clear();
-    map_.emplace(std::string(word), std::make_pair(uint32_t(ids_.size()), uint32_t(out.size() - before)));
+    map_.emplace(std::string(word),
+                 std::make_pair(uint32_t(ids_.size()), uint32_t(out.size() - before)));
     ids_.insert(ids_.end(), out.begin() + std::ptrdiff_t(before), out.end());
   }
   // The cache of this thread for the tokenizer numbered `owner`: emptied when it last served

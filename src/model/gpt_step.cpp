@@ -210,8 +210,9 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
     // or the log-sum-exp (bf16) the training attention saves. It generates and scores prompts,
     // each one document: no document mask, the sliding window through attention_decode's.
     if (inference_) {
-      TRIAD_CHECK(key_begin_ == nullptr, "internal error: a model for inference has no document "
-                                         "mask (data.document_mask)");
+      TRIAD_CHECK(key_begin_ == nullptr,
+                  "internal error: a model for inference has no document "
+                  "mask (data.document_mask)");
       be_.attention_decode(L.atty, L.qkv, B, T, 0, T, Al, NHl, NKVl, shape_.sliding_window);
     } else {
       be_.attention_forward(L.atty, L.att, L.qkv, B, T, Al, NHl, NKVl, key_begin_);
@@ -471,8 +472,8 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     be_.matmul_backward(a.datty, wgrad(gr.projw), wgrad(gr.projb), dres, L.atty, w.projw, N, Al, C,
                         kSet);
     if constexpr (std::is_same_v<A, float>)
-      be_.attention_backward(dqkv, a.datt_scratch, a.datty, L.qkv, L.att, B, T, Al, NHl, NKVl,
-                             kSet, key_begin_);
+      be_.attention_backward(dqkv, a.datt_scratch, a.datty, L.qkv, L.att, B, T, Al, NHl, NKVl, kSet,
+                             key_begin_);
     else  // flash style: probabilities recomputed from qkv and the saved log-sum-exp
       be_.attention_backward(dqkv, a.datty, L.qkv, L.atty, L.att, B, T, Al, NHl, NKVl, kSet,
                              key_begin_);

@@ -361,10 +361,11 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
   TRIAD_CHECK((m.head_dim > 0 ? m.head_dim : m.n_embd / m.n_head) == c.hd(), "checkpoint ", path,
               " holds a model with heads ", m.head_dim > 0 ? m.head_dim : m.n_embd / m.n_head,
               " wide but the config's are ", c.hd(), " (model.head_dim = ", c.head_dim, ")");
-  TRIAD_CHECK(m.sliding_window == c.sliding_window, "checkpoint ", path,
-              " holds a model whose attention window is ",
-              m.sliding_window > 0 ? std::to_string(m.sliding_window) + " keys" : "the whole context",
-              " but the config asks for model.sliding_window = ", c.sliding_window);
+  TRIAD_CHECK(
+      m.sliding_window == c.sliding_window, "checkpoint ", path,
+      " holds a model whose attention window is ",
+      m.sliding_window > 0 ? std::to_string(m.sliding_window) + " keys" : "the whole context",
+      " but the config asks for model.sliding_window = ", c.sliding_window);
   TRIAD_CHECK(float(m.norm_eps) == float(c.norm_eps), "checkpoint ", path,
               " holds a model with norm_eps ", m.norm_eps, " but the config asks for ",
               "model.norm_eps = ", c.norm_eps);

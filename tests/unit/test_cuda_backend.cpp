@@ -462,9 +462,9 @@ TEST_F(CudaBackendTest, AttentionDecode) {
         Case{2, 1024, 1023, 1, 256, 2, 2}, Case{1, 5, 0, 5, 16, 4, 2},
         Case{1, 201, 200, 1, 768, 12, 4}, Case{3, 70, 63, 3, 256, 4, 1},
         Case{3, 70, 63, 3, 96, 4, 2, 20}, Case{1, 40, 0, 40, 96, 4, 4, 9}}) {
-    SCOPED_TRACE(::testing::Message() << "B=" << c.B << " p=" << c.p << " n=" << c.n << " C=" << c.C
-                                      << " NH=" << c.NH << " NKV=" << c.NKV
-                                      << " window=" << c.window);
+    SCOPED_TRACE(::testing::Message()
+                 << "B=" << c.B << " p=" << c.p << " n=" << c.n << " C=" << c.C << " NH=" << c.NH
+                 << " NKV=" << c.NKV << " window=" << c.window);
     const size_t nqkv = size_t(c.B) * c.stride * qkv_width(c.C, c.NH, c.NKV);
     const size_t nout = size_t(c.B) * c.n * c.C;
     const Vec qkv = random_vec(nqkv, 53, -2.0f, 2.0f);

@@ -726,9 +726,8 @@ TEST_F(CudaBf16Test, AttentionDocumentMask) {
     SCOPED_TRACE(::testing::Message() << "B=" << s.B << " T=" << s.T << " NH=" << s.NH
                                       << " hd=" << s.hd << " NKV=" << s.NKV);
     std::vector<std::vector<int>> starts = {{0, 1, 30, 63, 64, 65, 200, 299}, {0, 130}};
-    for (auto& seq : starts) seq.erase(std::remove_if(seq.begin(), seq.end(), [&](int t) {
-                                         return t >= s.T;
-                                       }), seq.end());
+    for (auto& seq : starts)
+      seq.erase(std::remove_if(seq.begin(), seq.end(), [&](int t) { return t >= s.T; }), seq.end());
     const std::vector<int32_t> kb = attention_reference::key_begin_of_starts(s.B, s.T, starts);
     const int C = s.NH * s.hd, W = qkv_width(C, s.NH, s.NKV);
     const size_t rows = size_t(s.B) * s.T, BTC = rows * C, BTW = rows * W;
@@ -759,14 +758,14 @@ TEST_F(CudaBf16Test, AttentionDecode) {
   struct Case {
     int B, stride, p, n, NH, hd, NKV, window = 0;
   };
-  for (const Case& c : {Case{1, 5, 0, 5, 2, 64, 2}, Case{1, 301, 300, 1, 12, 64, 12},
-                        Case{2, 80, 63, 3, 2, 128, 2}, Case{4, 1024, 1023, 1, 3, 16, 3},
-                        Case{1, 5, 0, 5, 4, 64, 2}, Case{1, 301, 300, 1, 12, 64, 4},
-                        Case{2, 80, 63, 3, 4, 128, 1}, Case{4, 1024, 1023, 1, 6, 16, 3},
-                        Case{2, 80, 63, 3, 4, 64, 2, 17}}) {
-    SCOPED_TRACE(::testing::Message() << "B=" << c.B << " p=" << c.p << " n=" << c.n
-                                      << " hd=" << c.hd << " NH=" << c.NH << " NKV=" << c.NKV
-                                      << " window=" << c.window);
+  for (const Case& c :
+       {Case{1, 5, 0, 5, 2, 64, 2}, Case{1, 301, 300, 1, 12, 64, 12}, Case{2, 80, 63, 3, 2, 128, 2},
+        Case{4, 1024, 1023, 1, 3, 16, 3}, Case{1, 5, 0, 5, 4, 64, 2},
+        Case{1, 301, 300, 1, 12, 64, 4}, Case{2, 80, 63, 3, 4, 128, 1},
+        Case{4, 1024, 1023, 1, 6, 16, 3}, Case{2, 80, 63, 3, 4, 64, 2, 17}}) {
+    SCOPED_TRACE(::testing::Message()
+                 << "B=" << c.B << " p=" << c.p << " n=" << c.n << " hd=" << c.hd << " NH=" << c.NH
+                 << " NKV=" << c.NKV << " window=" << c.window);
     const int C = c.NH * c.hd;
     const size_t nqkv = size_t(c.B) * c.stride * qkv_width(C, c.NH, c.NKV);
     const size_t nout = size_t(c.B) * c.n * C;

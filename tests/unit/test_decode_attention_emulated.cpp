@@ -24,8 +24,8 @@ namespace {
 
 // Rows p .. p+n-1 of causal attention over qkv [p+n, W] (values as doubles), query head h
 // against key/value head h % NKV; window > 0: row i sees keys i - window + 1 .. i only.
-std::vector<double> reference(const std::vector<double>& qkv, int p, int n, int C, int NH,
-                              int NKV, int window) {
+std::vector<double> reference(const std::vector<double>& qkv, int p, int n, int C, int NH, int NKV,
+                              int window) {
   const int hd = C / NH;
   const size_t ld = size_t(qkv_width(C, NH, NKV));
   std::vector<double> out(size_t(n) * C);
@@ -70,20 +70,18 @@ double worst_error(const std::vector<double>& got, const std::vector<double>& wa
 void check(int p, int n, int C, int NH, int NKV, bool bf16, int B = 1, int stride = 0,
            int window = 0) {
   if (stride == 0) stride = p + n;
-  SCOPED_TRACE(::testing::Message()
-               << "p=" << p << " n=" << n << " C=" << C << " NH=" << NH << " NKV=" << NKV
-               << " B=" << B << " stride=" << stride << (bf16 ? " bf16" : " fp32")
-               << " window=" << window);
+  SCOPED_TRACE(::testing::Message() << "p=" << p << " n=" << n << " C=" << C << " NH=" << NH
+                                    << " NKV=" << NKV << " B=" << B << " stride=" << stride
+                                    << (bf16 ? " bf16" : " fp32") << " window=" << window);
   const size_t W = size_t(qkv_width(C, NH, NKV));
   const size_t seq = size_t(stride) * W, nqkv = size_t(B) * seq, nout = size_t(B) * n * C;
   const size_t smem = decode_attention::smem_bytes(p + n, C / NH);
   std::vector<double> values(nqkv), got(nout), cpu_got(nout);
   auto body = [&](auto* out, const auto* qkv) {
-    simt::launch(
-        NH, B * n, decode_attention::kThreads, smem, simt::CopyTiming::at_issue,
-        [&](simt::Thread& x) {
-          decode_attention::row(x, out, qkv, stride, p, n, C, NH, NKV, window);
-        });
+    simt::launch(NH, B * n, decode_attention::kThreads, smem, simt::CopyTiming::at_issue,
+                 [&](simt::Thread& x) {
+                   decode_attention::row(x, out, qkv, stride, p, n, C, NH, NKV, window);
+                 });
   };
   const std::unique_ptr<Backend> cpu = make_cpu_backend();
   if (bf16) {
@@ -137,7 +135,9 @@ TEST(DecodeAttentionEmulated, GroupedQueryManyKeysBf16) { check(150, 1, 128, 4, 
 // A sliding window (model.sliding_window): rows whose window starts past key 0, beside rows it
 // does not yet cut (the prompt's first ones), several sequences, grouped-query heads.
 TEST(DecodeAttentionEmulated, SlidingWindowFp32) { check(140, 3, 128, 4, 2, false, 2, 150, 50); }
-TEST(DecodeAttentionEmulated, SlidingWindowWholePromptBf16) { check(0, 40, 64, 2, 1, true, 1, 0, 7); }
+TEST(DecodeAttentionEmulated, SlidingWindowWholePromptBf16) {
+  check(0, 40, 64, 2, 1, true, 1, 0, 7);
+}
 TEST(DecodeAttentionEmulated, MultiQueryHeadDim64Bf16) { check(5, 3, 256, 4, 1, true); }
 TEST(DecodeAttentionEmulated, GroupedQueryWholePromptHeadDim32) { check(0, 4, 192, 6, 3, false); }
 TEST(DecodeAttentionEmulated, GroupedQuerySequencesApartFp32) {

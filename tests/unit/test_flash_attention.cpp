@@ -102,10 +102,10 @@ struct FlashCase {
 void check_shape(int B, int T, int NH, int hd, FlashCase fc,
                  const std::vector<int32_t>* key_begin = nullptr) {
   const int C = NH * hd;
-  SCOPED_TRACE(::testing::Message() << cuda::flash_kernel_name(fc.kernel) << " "
-                                    << cuda::flash_backward_name(fc.backward) << " B=" << B
-                                    << " T=" << T << " NH=" << NH << " hd=" << hd
-                                    << (key_begin ? " documents" : ""));
+  SCOPED_TRACE(::testing::Message()
+               << cuda::flash_kernel_name(fc.kernel) << " "
+               << cuda::flash_backward_name(fc.backward) << " B=" << B << " T=" << T << " NH=" << NH
+               << " hd=" << hd << (key_begin ? " documents" : ""));
   const Problem p = random_problem(B, T, C, NH, 1234u + T, 999u + T, key_begin);
   const Reference& want = p.want;
 

@@ -562,8 +562,8 @@ class Gpt {
   GradReadyHook grad_hook_;
   int32_t* d_inputs_ = nullptr;  // this rank's local token ids on the backend's device
   int32_t* d_targets_ = nullptr;
-  int32_t* d_key_begin_ = nullptr;  // the attention mask's buffer (document mask, window)
-  const int32_t* key_begin_ = nullptr;    // the mask the attention applies now (null: none)
+  int32_t* d_key_begin_ = nullptr;      // the attention mask's buffer (document mask, window)
+  const int32_t* key_begin_ = nullptr;  // the mask the attention applies now (null: none)
   std::vector<int32_t> host_ids_, padded_, host_key_begin_;
   // decode_logits: the tokens whose q|k|v rows the first activation set of every chunk holds.
   // Cleared by every forward pass and by params_updated(); set again by decode_logits.

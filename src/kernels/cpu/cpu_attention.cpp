@@ -119,8 +119,8 @@ void head_backward(float* dq, float* dk, float* dv, int ld_dkv, float* ds, const
                 dout + size_t(i0) * d.ld_out, d.ld_out, v + size_t(k0) * d.ld_qkv, d.ld_qkv, 0.0f,
                 ds + size_t(i0) * T + k0, T);
     for (int i = i0; i < i1; ++i) {
-      causal_softmax_backward_row(ds + size_t(i) * T, att + size_t(i) * T,
-                                  first_key(key_begin, i), i, i1);
+      causal_softmax_backward_row(ds + size_t(i) * T, att + size_t(i) * T, first_key(key_begin, i),
+                                  i, i1);
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i1 - i0, d.hd, i1 - k0, d.scale,
                 ds + size_t(i0) * T + k0, T, k + size_t(k0) * d.ld_qkv, d.ld_qkv, 1.0f,

@@ -100,7 +100,8 @@ __global__ void causal_softmax_kernel(float* att, float* lse, int T, int NH,
   }
   sum = block_reduce(sum, SumOp{}, 0.0f);
   const float inv = 1.0f / sum;
-  for (int j = threadIdx.x; j < T; j += blockDim.x) row[j] = j <= i && j >= lo ? row[j] * inv : 0.0f;
+  for (int j = threadIdx.x; j < T; j += blockDim.x)
+    row[j] = j <= i && j >= lo ? row[j] * inv : 0.0f;
   if (lse != nullptr && threadIdx.x == 0) lse[r] = max_val + logf(sum);
 }
 
@@ -187,7 +188,7 @@ void attention_forward(cudaStream_t s, cublasHandle_t h, float* workspace, float
   gemm_batched(h, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, scale, w.k, hd, head, w.q, hd, head, 0.0f,
                att, T, tt, batch);
   causal_softmax_kernel<<<unsigned(size_t(batch) * T), kSoftmaxBlock, 0, s>>>(att, lse, T, NH,
-                                                                               key_begin);
+                                                                              key_begin);
   TRIAD_CUDA_CHECK_LAUNCH();
   // O[T,hd] = P[T,T] · V[T,hd]  ⇔  Oᵀ (hd×T) = Vᵀ (hd×T col-major) · Pᵀ (T×T col-major)
   gemm_batched(h, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, 1.0f, w.v, hd, head, att, T, tt, 0.0f, w.o,
@@ -218,7 +219,7 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, float* workspace, floa
   // dV[T,hd] = Pᵀ[T,T] · dO[T,hd] with P lower-triangular (masked copy in scratch)
   //   ⇔ dVᵀ (hd×T) = dOᵀ (hd×T col-major) · P (Pᵀ col-major, transposed)
   causal_mask_copy_kernel<<<grid_for(att_total), kBlock, 0, s>>>(scratch, att, T, NH, key_begin,
-                                                                  att_total);
+                                                                 att_total);
   TRIAD_CUDA_CHECK_LAUNCH();
   gemm_batched(h, CUBLAS_OP_N, CUBLAS_OP_T, hd, T, T, 1.0f, w.o, hd, head, scratch, T, tt, 0.0f,
                w.dv, hd, head, batch);

@@ -84,8 +84,7 @@ void mha_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, b
   if (flash_head_dim(C, NH) && pointer_alignment(qkv) >= 16 && pointer_alignment(dout) >= 16 &&
       pointer_alignment(out) >= 4 && pointer_alignment(dqkv) >= 4) {
     float* ws = scratch.flash.get_as<float>(flash_attention_workspace_floats(B, T, C, NH), s);
-    flash_attention_backward(dqkv, dout, qkv, out, lse, ws, B, T, C, NH, key_begin, s,
-                             accumulate);
+    flash_attention_backward(dqkv, dout, qkv, out, lse, ws, B, T, C, NH, key_begin, s, accumulate);
     return;
   }
   const size_t n = size_t(B) * T * C;
@@ -117,8 +116,7 @@ void attention_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scrat
 
 void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* dqkv,
                         const bf16* dout, const bf16* qkv, const bf16* out, const float* lse, int B,
-                        int T, int C, int NH, int NKV, bool accumulate,
-                        const int32_t* key_begin) {
+                        int T, int C, int NH, int NKV, bool accumulate, const int32_t* key_begin) {
   check_shape(B, T, C, NH);
   check_kv_heads(NH, NKV);
   if (NKV == NH) {

@@ -162,7 +162,7 @@ void forward_with(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, i
   const dim3 grid(unsigned(l.blocks_x), unsigned(l.blocks_y));
   const TileMaps maps = tile_maps<Tiles>(qkv, nullptr, B, T, C);
   forward_kernel<Tiles><<<grid, flash::kThreads, smem, s>>>(bits(out), lse, bits(qkv), maps, T, C,
-                                                           NH, l.scale_log2, key_begin);
+                                                            NH, l.scale_log2, key_begin);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
@@ -369,8 +369,8 @@ void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, con
   with_tiles(resolved, C / NH, [&](auto tiles) {
     using Tiles = decltype(tiles);
     if (m == FlashBackward::ordered)
-      backward_with<Tiles, true, true>(dqkv, dout, qkv, out, lse, workspace, B, T, C, NH,
-                                       key_begin, s, accumulate);
+      backward_with<Tiles, true, true>(dqkv, dout, qkv, out, lse, workspace, B, T, C, NH, key_begin,
+                                       s, accumulate);
     else if (atomic)
       backward_with<Tiles, true, false>(dqkv, dout, qkv, out, lse, workspace, B, T, C, NH,
                                         key_begin, s, accumulate);

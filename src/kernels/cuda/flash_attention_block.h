@@ -523,7 +523,8 @@ TRIAD_BLOCK_FN void probabilities_and_ds(X& x, float (&s)[8][4], float (&dp)[8][
 }
 
 // dK, dV of key block blockIdx.y (warp w: keys k0 + 16w ..), iterating over the query tiles
-// qt >= kb (up to the last one whose rows see a key of the block): Sᵀ = K Qᵀ, dPᵀ = V dOᵀ, Pᵀ = exp(Sᵀ·scale − lse), dSᵀ = Pᵀ ∘ (dPᵀ − D),
+// qt >= kb (up to the last one whose rows see a key of the block):
+// Sᵀ = K Qᵀ, dPᵀ = V dOᵀ, Pᵀ = exp(Sᵀ·scale − lse), dSᵀ = Pᵀ ∘ (dPᵀ − D),
 // dV += Pᵀ dO, dK += dSᵀ Q; dK scaled by 1/sqrt(HD) at the end.
 // AtomicDq: also this key block's part of dQ (unscaled) for every query tile, dQ += dS K with dS
 // (bf16, as the dK product rounds it) passed through shared memory, added into dq_accum
@@ -742,8 +743,8 @@ TRIAD_BLOCK_FN void dq_convert_block(X& x, uint16_t* dqkv, const float* dq_accum
 }
 
 // dQ of query block nqb-1-blockIdx.y (warp w: rows q0 + 16w ..), iterating over the key tiles
-// kt <= qb (from the first one the block's rows see): S = Q Kᵀ, dP = dO Vᵀ, P = exp(S·scale − lse), dS = P ∘ (dP − D), dQ += dS K; scaled
-// by 1/sqrt(HD) at the end.
+// kt <= qb (from the first one the block's rows see): S = Q Kᵀ, dP = dO Vᵀ, P = exp(S·scale − lse),
+// dS = P ∘ (dP − D), dQ += dS K; scaled by 1/sqrt(HD) at the end.
 template <class Tiles, class X>
 TRIAD_BLOCK_FN void dq_block(X& x, uint16_t* dqkv, const uint16_t* dout, const uint16_t* qkv,
                              const void* qkv_map, const void* dout_map, const float* lse,
