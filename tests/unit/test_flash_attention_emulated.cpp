@@ -83,10 +83,16 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, int T, int NH, CopyTiming 
   });
   auto dkdv = [&](auto atomic_dq, auto ordered_dq) {
     constexpr bool kAtomic = decltype(atomic_dq)::value, kOrdered = decltype(ordered_dq)::value;
+    // The kernel with the mask's test compiled in where there is a mask (as flash_attention.cu).
     auto body = [&](simt::Thread& x) {
-      flash::dkdv_block<Tiles, kAtomic, kOrdered>(
-          x, r.dqkv.data(), dq_accum.data(), dq_turns, dout.data(), qkv.data(), qm, dm,
-          r.lse.data(), D.data(), B, T, C, NH, l.scale, l.scale_log2, acc, key_begin);
+      if (key_begin != nullptr)
+        flash::dkdv_block<Tiles, kAtomic, kOrdered, true>(
+            x, r.dqkv.data(), dq_accum.data(), dq_turns, dout.data(), qkv.data(), qm, dm,
+            r.lse.data(), D.data(), B, T, C, NH, l.scale, l.scale_log2, acc, key_begin);
+      else
+        flash::dkdv_block<Tiles, kAtomic, kOrdered, false>(
+            x, r.dqkv.data(), dq_accum.data(), dq_turns, dout.data(), qkv.data(), qm, dm,
+            r.lse.data(), D.data(), B, T, C, NH, l.scale, l.scale_log2, acc, nullptr);
     };
     // The dQ additions of different blocks meet only when the blocks run at the same time.
     const size_t smem = flash::dkdv_smem<Tiles, kAtomic>();

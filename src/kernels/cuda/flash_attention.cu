@@ -80,7 +80,7 @@ __global__ void __launch_bounds__(flash::kThreads)
   flash::dot_block<HD>(x, Dv, dq_accum, dq_turns, dout, out, B, T, NH);
 }
 
-template <class Tiles, bool AtomicDq, bool Ordered>
+template <class Tiles, bool AtomicDq, bool Ordered, bool Masked>
 __global__ void __launch_bounds__(flash::kThreads)
     dkdv_kernel(uint16_t* __restrict__ dqkv, float* __restrict__ dq_accum, int* dq_turns,
                 const uint16_t* __restrict__ dout, const uint16_t* __restrict__ qkv,
@@ -88,7 +88,7 @@ __global__ void __launch_bounds__(flash::kThreads)
                 const float* __restrict__ Dv, int B, int T, int C, int NH, float scale,
                 float scale_log2, bool accumulate, const int32_t* __restrict__ key_begin) {
   DeviceThread x;
-  flash::dkdv_block<Tiles, AtomicDq, Ordered>(
+  flash::dkdv_block<Tiles, AtomicDq, Ordered, Masked>(
       x, dqkv, dq_accum, dq_turns, dout, qkv, map_of<Tiles>(maps.qkv), map_of<Tiles>(maps.dout),
       lse, Dv, B, T, C, NH, scale, scale_log2, accumulate, key_begin);
 }
@@ -143,13 +143,15 @@ int current_device() {
 }
 
 // Lets kernel k use `bytes` of dynamic shared memory (above the default 48 KB). The attribute
-// belongs to the current device's context, so it is set once per device and kernel.
-template <typename Kernel>
-void allow_smem(Kernel k, size_t bytes) {
+// belongs to the current device's context, so it is set once per device and kernel. The kernel
+// is a template argument, not a function argument: the kernels of different tile policies have
+// the same type, and a flag per type would set the attribute for the first of them only.
+template <auto Kernel>
+void allow_smem(size_t bytes) {
   static std::once_flag done[kMaxDevices];
   std::call_once(done[current_device()], [&] {
     TRIAD_CUDA_CHECK(
-        cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+        cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
   });
 }
 
@@ -157,7 +159,7 @@ template <class Tiles>
 void forward_with(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH,
                   const int32_t* key_begin, cudaStream_t s) {
   constexpr size_t smem = flash::forward_smem<Tiles>();
-  allow_smem(forward_kernel<Tiles>, smem);
+  allow_smem<forward_kernel<Tiles>>(smem);
   const flash::Launch l = flash::launch_shape(B, T, NH, Tiles::kHD);
   const dim3 grid(unsigned(l.blocks_x), unsigned(l.blocks_y));
   const TileMaps maps = tile_maps<Tiles>(qkv, nullptr, B, T, C);
@@ -183,7 +185,14 @@ void backward_with(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* ou
                    bool accumulate) {
   constexpr int HD = Tiles::kHD;
   constexpr size_t dkdv_smem = flash::dkdv_smem<Tiles, AtomicDq>();
-  allow_smem(dkdv_kernel<Tiles, AtomicDq, Ordered>, dkdv_smem);
+  // The dK/dV kernel with the mask's test compiled in only where there is a mask.
+  constexpr auto dkdv_masked = dkdv_kernel<Tiles, AtomicDq, Ordered, true>;
+  constexpr auto dkdv_plain = dkdv_kernel<Tiles, AtomicDq, Ordered, false>;
+  if (key_begin != nullptr)
+    allow_smem<dkdv_masked>(dkdv_smem);
+  else
+    allow_smem<dkdv_plain>(dkdv_smem);
+  auto* const dkdv = key_begin != nullptr ? dkdv_masked : dkdv_plain;
   float* Dv = ws;
   float* dq_accum = AtomicDq ? ws + dq_accum_offset(B, T, NH) : nullptr;
   int* dq_turns = Ordered ? reinterpret_cast<int*>(ws + dq_turns_offset(B, T, C, NH)) : nullptr;
@@ -193,7 +202,7 @@ void backward_with(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* ou
   TRIAD_CUDA_CHECK_LAUNCH();
   const dim3 grid(unsigned(l.blocks_x), unsigned(l.blocks_y));
   const TileMaps maps = tile_maps<Tiles>(qkv, dout, B, T, C);
-  dkdv_kernel<Tiles, AtomicDq, Ordered><<<grid, flash::kThreads, dkdv_smem, s>>>(
+  dkdv<<<grid, flash::kThreads, dkdv_smem, s>>>(
       bits(dqkv), dq_accum, dq_turns, bits(dout), bits(qkv), maps, lse, Dv, B, T, C, NH, l.scale,
       l.scale_log2, accumulate, key_begin);
   TRIAD_CUDA_CHECK_LAUNCH();
@@ -205,7 +214,7 @@ void backward_with(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* ou
     TRIAD_CUDA_CHECK_LAUNCH();
   } else {
     constexpr size_t dq_smem = flash::dq_smem<Tiles>();
-    allow_smem(dq_kernel<Tiles>, dq_smem);
+    allow_smem<dq_kernel<Tiles>>(dq_smem);
     dq_kernel<Tiles><<<grid, flash::kThreads, dq_smem, s>>>(bits(dqkv), bits(dout), bits(qkv), maps,
                                                             lse, Dv, T, C, NH, l.scale,
                                                             l.scale_log2, accumulate, key_begin);
@@ -403,7 +412,7 @@ template <class Tiles>
 FlashProbeResult probe_with(flash::Probe probe) {
   constexpr int HD = Tiles::kHD;
   constexpr size_t smem = flash::probe_smem<Tiles>();
-  allow_smem(probe_kernel<Tiles>, smem);
+  allow_smem<probe_kernel<Tiles>>(smem);
   const flash::ProbeInputs in(
       probe, HD, [](float f) { return float_to_bf16_bits(f); },
       [](uint16_t b) { return bf16_bits_to_float(b); });

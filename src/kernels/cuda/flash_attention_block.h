@@ -86,11 +86,15 @@ TRIAD_BLOCK_SIZE size_t forward_data() {
   return 5 * tile_bytes<Tiles>();  // Q, K ×2, V ×2
 }
 // K, V, Q ×2, dO ×2, lse ×2, D ×2, and with the atomic dQ a 64×64 tile of dSᵀ and a slot for
-// the block's ticket (16 bytes).
+// the block's ticket (16 bytes); then the query tiles' first keys ×2 (a document mask's).
 template <class Tiles, bool AtomicDq>
-TRIAD_BLOCK_SIZE size_t dkdv_data() {
+TRIAD_BLOCK_SIZE size_t dkdv_first_keys_offset() {
   return 6 * tile_bytes<Tiles>() + 4 * kTile * sizeof(float) +
          (AtomicDq ? tile_bytes<typename Tiles::Square>() + 16 : 0);
+}
+template <class Tiles, bool AtomicDq>
+TRIAD_BLOCK_SIZE size_t dkdv_data() {
+  return dkdv_first_keys_offset<Tiles, AtomicDq>() + 2 * kTile * sizeof(int32_t);
 }
 template <class Tiles>
 TRIAD_BLOCK_SIZE size_t dq_data() {
@@ -538,7 +542,10 @@ TRIAD_BLOCK_FN void probabilities_and_ds(X& x, float (&s)[8][4], float (&dp)[8][
 // block only ever waits for blocks that started before it, which are running or done, whatever
 // order the GPU dispatches them in. The query tiles a block skips (a document mask) still pass
 // their turns on.
-template <class Tiles, bool AtomicDq, bool Ordered, class X>
+// Masked: whether key_begin may be non-null, a compile-time choice: the mask's per-element test
+// costs the HD 128 kernels registers they do not have (spills), so the kernels without a mask are
+// compiled without it.
+template <class Tiles, bool AtomicDq, bool Ordered, bool Masked, class X>
 TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_turns,
                                const uint16_t* dout, const uint16_t* qkv, const void* qkv_map,
                                const void* dout_map, const float* lse, const float* Dv, int B,
@@ -555,6 +562,9 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
   float* sLse = reinterpret_cast<float*>(sdO + 2 * L);          // [2][64], log2 domain
   float* sD = sLse + 2 * kTile;                                 // [2][64]
   uint16_t* sdS = reinterpret_cast<uint16_t*>(sD + 2 * kTile);  // dSᵀ [key][query] (AtomicDq)
+  // [2][64]: each query's first key (document mask), read per element from shared memory, not
+  // global: the HD 128 kernels have no registers to spare for global addresses.
+  int32_t* sKb = reinterpret_cast<int32_t*>(smem + dkdv_first_keys_offset<Tiles, AtomicDq>());
   typename Tiles::template Pipe<X> pipe(
       x, reinterpret_cast<uint64_t*>(smem + dkdv_data<Tiles, AtomicDq>()));
 
@@ -581,9 +591,9 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
   const int key0 = k0 + warp * 16 + (lane >> 2);  // this thread's keys: key0 and key0 + 8
   // The last query tile that sees a key of this block: the tiles after the first one whose first
   // row begins past the block's last key see none (key_begin never decreases).
-  const int32_t* kbeg = sequence_key_begin(key_begin, b, T);
+  const int32_t* kbeg = Masked ? sequence_key_begin(key_begin, b, T) : nullptr;
   int qt_last = nb - 1;
-  if (kbeg != nullptr) {
+  if constexpr (Masked) {
     const int last_key = (k0 + kTile < T ? k0 + kTile : T) - 1;
     for (int qt = kb + 1; qt < nb; ++qt)
       if (int(kbeg[qt * kTile]) > last_key) {
@@ -592,13 +602,15 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
       }
   }
 
-  // lse (log2 domain) and D of query tile qt into buffer buf: plain loads, zero past T.
+  // lse (log2 domain), D and (with a mask) the first key of query tile qt into buffer buf: plain
+  // loads, zero past T.
   auto load_rows = [&](int qt, int buf) {
     const int t = x.thread();
     if (t < kTile) {
       const int q = qt * kTile + t;
       sLse[buf * kTile + t] = q < T ? glse[q] * kLog2e : 0.0f;
       sD[buf * kTile + t] = q < T ? gD[q] : 0.0f;
+      if constexpr (Masked) sKb[buf * kTile + t] = q < T ? int(kbeg[q]) : 0;
     }
   };
   // Batch i (0, 1, ..) holds query tile kb + i (and, in batch 0, this block's K and V).
@@ -649,12 +661,17 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
     const int q0 = qt * kTile;
     // Whether some query of the tile begins after the block's first key (its last query does,
     // if any).
-    const bool cut = kbeg != nullptr && int(kbeg[(q0 + kTile < T ? q0 + kTile : T) - 1]) > k0;
+    const int32_t* first = sKb + buf * kTile;
+    bool cut = false;
+    if constexpr (Masked) cut = first[(T - q0 < kTile ? T - q0 : kTile) - 1] > k0;
     probabilities_and_ds(
         x, s, dp, scale_log2,
         [&](int r, int c) {
           const int key = key0 + 8 * r, query = q0 + c;
-          return key <= query && query < T && key < T && (!cut || key >= int(kbeg[query]));
+          if constexpr (Masked)
+            return key <= query && query < T && key < T && (!cut || key >= first[c]);
+          else
+            return key <= query && query < T && key < T;
         },
         [&](int, int c) { return lse2[c]; }, [&](int, int c) { return dd[c]; });
     Tiles::pv2(x, dv, s, d_o, dk, dp, q);  // dV += Pᵀ dO, dK += dSᵀ Q
@@ -695,7 +712,7 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
     }
     x.sync_threads();  // every warp is done with these buffers before they are refilled
   }
-  if constexpr (Ordered) {
+  if constexpr (Ordered && Masked) {
     // The query tiles after qt_last get nothing from this block, but their turns pass through
     // it (kb → kb + 1), or the next key block would wait for them forever.
     for (int qt = qt_last + 1; qt < nb; ++qt) {
