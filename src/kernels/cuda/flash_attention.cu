@@ -202,9 +202,9 @@ void backward_with(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* ou
   TRIAD_CUDA_CHECK_LAUNCH();
   const dim3 grid(unsigned(l.blocks_x), unsigned(l.blocks_y));
   const TileMaps maps = tile_maps<Tiles>(qkv, dout, B, T, C);
-  dkdv<<<grid, flash::kThreads, dkdv_smem, s>>>(
-      bits(dqkv), dq_accum, dq_turns, bits(dout), bits(qkv), maps, lse, Dv, B, T, C, NH, l.scale,
-      l.scale_log2, accumulate, key_begin);
+  dkdv<<<grid, flash::kThreads, dkdv_smem, s>>>(bits(dqkv), dq_accum, dq_turns, bits(dout),
+                                                bits(qkv), maps, lse, Dv, B, T, C, NH, l.scale,
+                                                l.scale_log2, accumulate, key_begin);
   TRIAD_CUDA_CHECK_LAUNCH();
   if constexpr (AtomicDq) {
     const size_t total = size_t(B) * T * C;
