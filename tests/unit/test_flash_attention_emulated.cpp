@@ -267,6 +267,14 @@ TEST_P(DocumentMask, PackedDocuments) {
   check(2, 260, 1, 64, CopyTiming::at_wait, GetParam().kernel, GetParam().backward, &kb);
 }
 
+// A sliding window of 100 keys (model.sliding_window): every query block past the first two
+// skips key tiles, every key block but the last ones skips query tiles.
+TEST_P(DocumentMask, SlidingWindow) {
+  std::vector<int32_t> kb(260);
+  for (int t = 0; t < 260; ++t) kb[size_t(t)] = t < 100 ? 0 : t - 99;
+  check(1, 260, 1, 64, CopyTiming::at_issue, GetParam().kernel, GetParam().backward, &kb);
+}
+
 TEST_P(DocumentMask, HeadDim128) {
   const std::vector<int32_t> kb = key_begin_of_starts(1, 200, {{0, 70, 128}});
   check(1, 200, 1, 128, CopyTiming::at_issue, GetParam().kernel, GetParam().backward, &kb);
