@@ -101,6 +101,27 @@ def test_preemption_on_one_rank_stops_all_and_resumes_bit_exactly(tmp_path, n, g
         assert np.array_equal(w1[k], w2[k]), k
 
 
+def assert_grids_follow_one_rank(tmp_path, cfg, common, pp_extra=()):
+    """Tensor, pipeline (with pp_extra), data (ZeRO-1) and 2 x 2 grids of cfg with the options
+    `common`: their train and val losses are run "one"'s within fp32 rounding."""
+    def curves(name):
+        with h5py.File(tmp_path / "runs" / name / "metrics.h5", "r") as f:
+            return f["train/loss"][:], f["val/loss"][:]
+
+    want, want_val = curves("one")
+    for name, n, grid in [("tp", 2, ["--parallel.tp", 2]),
+                          ("pp", 2, ["--parallel.pp", 2, "--train.micro_batch_size", 2,
+                                     *pp_extra]),
+                          ("dp", 2, ["--parallel.zero", 1]),
+                          ("tppp", 4, ["--parallel.tp", 2, "--parallel.pp", 2,
+                                       "--train.micro_batch_size", 2])]:
+        p = run(n, "--config", cfg, *common, *grid, "--run.name", name)
+        assert p.returncode == 0, (name, p.stderr)
+        got, got_val = curves(name)
+        np.testing.assert_allclose(got, want, rtol=2e-6, err_msg=name)
+        np.testing.assert_allclose(got_val, want_val, rtol=2e-6, err_msg=name)
+
+
 def test_loss_masks_give_the_same_curve_on_every_grid(tmp_path):
     """Loss masks on tensor (the vocabulary-parallel loss), pipeline, data (ZeRO-1) and 2 x 2
     grids: the one-rank curve within fp32 rounding (its values against PyTorch:
@@ -115,20 +136,7 @@ def test_loss_masks_give_the_same_curve_on_every_grid(tmp_path):
     assert p.returncode == 0, p.stderr
     assert "3 shard(s) with loss masks" not in p.stdout  # the train shards: 2
     assert "2 shard(s) with loss masks" in p.stdout, p.stdout
-    want = metrics(tmp_path / "runs" / "one")[1]
-    with h5py.File(tmp_path / "runs" / "one" / "metrics.h5", "r") as f:
-        want_val = f["val/loss"][:]
-    for name, n, grid in [("tp", 2, ["--parallel.tp", 2]),
-                          ("pp", 2, ["--parallel.pp", 2, "--train.micro_batch_size", 2]),
-                          ("dp", 2, ["--parallel.zero", 1]),
-                          ("tppp", 4, ["--parallel.tp", 2, "--parallel.pp", 2,
-                                       "--train.micro_batch_size", 2])]:
-        p = run(n, "--config", cfg, *common, *grid, "--run.name", name)
-        assert p.returncode == 0, (name, p.stderr)
-        got = metrics(tmp_path / "runs" / name)[1]
-        np.testing.assert_allclose(got, want, rtol=2e-6, err_msg=name)
-        with h5py.File(tmp_path / "runs" / name / "metrics.h5", "r") as f:
-            np.testing.assert_allclose(f["val/loss"][:], want_val, rtol=2e-6, err_msg=name)
+    assert_grids_follow_one_rank(tmp_path, cfg, common)
 
 
 @pytest.mark.parametrize("n,grid", [(2, []), (4, ["--parallel.tp", 2, "--parallel.pp", 2,
@@ -167,39 +175,29 @@ def test_bad_loss_masks_stop_every_rank(tmp_path, n, grid):
     assert p.returncode != 0 and f"loss mask {mask_of[shards[2]]}: missing" in p.stderr, p.stderr
 
 
-def test_document_masks_give_the_same_curve_on_every_grid(tmp_path):
-    """data.document_mask on tensor, pipeline (every stage masks its layers' attention with the
-    micro-batch's documents), data (ZeRO-1) and 2 x 2 grids, with full recomputation on one:
-    the one-rank curve within fp32 rounding (its values against PyTorch:
-    test_reference_model.py), which differs from the unmasked one."""
+@pytest.mark.parametrize("window", [0, 5])
+def test_document_masks_give_the_same_curve_on_every_grid(tmp_path, window):
+    """data.document_mask (and with it a sliding window of 5, model.sliding_window) on tensor,
+    pipeline (every stage masks its layers' attention with the micro-batch's documents), data
+    (ZeRO-1) and 2 x 2 grids, with full recomputation on one: the one-rank curve within fp32
+    rounding (its values against PyTorch: test_reference_model.py), which differs from the
+    unmasked one."""
     cfg = tiny_config(tmp_path, name="one", train__steps=8, eval__every=4)
     rng = np.random.default_rng(4)
     for shard in sorted((tmp_path / "data").glob("*.bin")):
         tokens = np.frombuffer(shard.read_bytes()[1024:], dtype="<u2").astype(np.int64)
         tokens[rng.random(tokens.size) < 0.15] = 3  # documents of ~7 tokens, starting with 3
         write_shard(shard, tokens)
-    common = ["--data.document_mask", 3, "--eval.every", 4, "--checkpoint.every", 0]
+    common = ["--data.document_mask", 3, "--model.sliding_window", window, "--eval.every", 4,
+              "--checkpoint.every", 0]
     p = run(1, "--config", cfg, *common)
     assert p.returncode == 0, p.stderr
     want = metrics(tmp_path / "runs" / "one")[1]
-    with h5py.File(tmp_path / "runs" / "one" / "metrics.h5", "r") as f:
-        want_val = f["val/loss"][:]
     p = run(1, "--config", cfg, "--eval.every", 4, "--checkpoint.every", 0, "--run.name", "plain")
     assert p.returncode == 0, p.stderr
     plain = metrics(tmp_path / "runs" / "plain")[1]  # random tokens: attention matters little
     assert np.max(np.abs(plain - want) / want) > 1e-4, (plain, want)
-    for name, n, grid in [("tp", 2, ["--parallel.tp", 2]),
-                          ("pp", 2, ["--parallel.pp", 2, "--train.micro_batch_size", 2,
-                                     "--train.recompute", "full"]),
-                          ("dp", 2, ["--parallel.zero", 1]),
-                          ("tppp", 4, ["--parallel.tp", 2, "--parallel.pp", 2,
-                                       "--train.micro_batch_size", 2])]:
-        p = run(n, "--config", cfg, *common, *grid, "--run.name", name)
-        assert p.returncode == 0, (name, p.stderr)
-        got = metrics(tmp_path / "runs" / name)[1]
-        np.testing.assert_allclose(got, want, rtol=2e-6, err_msg=name)
-        with h5py.File(tmp_path / "runs" / name / "metrics.h5", "r") as f:
-            np.testing.assert_allclose(f["val/loss"][:], want_val, rtol=2e-6, err_msg=name)
+    assert_grids_follow_one_rank(tmp_path, cfg, common, pp_extra=["--train.recompute", "full"])
 
 
 def test_rank_killed_during_checkpoint_leaves_previous_one_loadable(tmp_path):
