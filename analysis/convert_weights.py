@@ -103,6 +103,7 @@ class Dims:
     norm_eps: float = 1e-5  # the normalizations' epsilon (model.norm_eps)
     head_dim: int = 0  # each head's width (model.head_dim); 0: n_embd / n_head
     sliding_window: int = 0  # keys each query sees at most (model.sliding_window); 0: all
+    full_attention_every: int = 0  # with a window, every N-th layer sees all (model.full_...)
     # Llama 3.1's rope scaling (model.rope_scaling = llama3): (factor, low_freq_factor,
     # high_freq_factor, original positions); None: plain rope.
     rope_scaling: tuple | None = None
@@ -157,6 +158,8 @@ class Dims:
             a["head_dim"] = int(self.head_dim)
         if self.sliding_window:  # model.sliding_window (absent: none)
             a["sliding_window"] = int(self.sliding_window)
+        if self.full_attention_every:  # model.full_attention_every (absent: 0)
+            a["full_attention_every"] = int(self.full_attention_every)
         if not self.gpt2:
             a.update(position=self.position, norm=self.norm, bias=int(self.bias), mlp=self.mlp,
                      mlp_hidden=self.mlp_hidden or 4 * self.n_embd,
@@ -182,6 +185,8 @@ class Dims:
             keys["head_dim"] = self.head_dim
         if self.sliding_window:
             keys["sliding_window"] = self.sliding_window
+        if self.full_attention_every:
+            keys["full_attention_every"] = self.full_attention_every
         if not self.gpt2:
             keys.update(position=self.position, norm=self.norm,
                         bias="true" if self.bias else "false", mlp=self.mlp,
@@ -949,7 +954,8 @@ def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
              yarn=scaling_attrs(a, YARN_ATTRS) if a.get("rope_scaling") == "yarn" else None,
              qkv_bias=int(a.get("qkv_bias", 0)) == 1, norm_eps=float(a.get("norm_eps", 1e-5)),
              head_dim=int(a.get("head_dim", 0)), qk_norm=int(a.get("qk_norm", 0)) == 1,
-             sliding_window=int(a.get("sliding_window", 0)))
+             sliding_window=int(a.get("sliding_window", 0)),
+             full_attention_every=int(a.get("full_attention_every", 0)))
 
     def tensors():
         import h5py
@@ -992,6 +998,10 @@ def llama_hf_config(d: Dims) -> dict:
         del cfg["mlp_bias"]  # Qwen3 has attention_bias (false) but no MLP biases
         cfg.update(architectures=["Qwen3ForCausalLM"], model_type="qwen3", head_dim=d.hd,
                    use_sliding_window=False, sliding_window=None, max_window_layers=d.n_layer)
+    if d.full_attention_every:
+        raise ConvertError(f"the model's every {d.full_attention_every}th layer attends to the "
+                           f"whole context (model.full_attention_every); Hugging Face's Llama, "
+                           f"Mistral and Qwen classes hold one window for every layer")
     if d.sliding_window:
         if d.qk_norm or d.qkv_bias or d.rope_scaling is not None or d.yarn is not None:
             raise ConvertError("a model with model.sliding_window exports as Mistral, whose "

@@ -217,6 +217,7 @@ int main(int argc, char** argv) {
     shape.qkv_bias = m.qkv_bias;
     shape.head_dim = int(m.head_dim);
     shape.sliding_window = int(m.sliding_window);
+    shape.full_attention_every = int(m.full_attention_every);
     shape.norm_eps = float(m.norm_eps);
     shape.swiglu = m.mlp == "swiglu";
     shape.mlp_hidden = int(m.mlp_hidden);

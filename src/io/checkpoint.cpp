@@ -677,6 +677,11 @@ CheckpointState read_state(hid_t file) {
   TRIAD_CHECK(s.model.sliding_window >= 0 && s.model.sliding_window <= (int64_t(1) << 30),
               "attribute sliding_window of /model is ", s.model.sliding_window,
               ", not in [0, 2^30]");
+  s.model.full_attention_every = io::read_int64_attr(model, "full_attention_every").value_or(0);
+  TRIAD_CHECK(s.model.full_attention_every >= 0 &&
+                  (s.model.full_attention_every == 0 || s.model.sliding_window > 0),
+              "attribute full_attention_every of /model is ", s.model.full_attention_every,
+              ", not >= 0 (and > 0 only with sliding_window)");
   TRIAD_CHECK(
       s.model.head_dim >= 0 && s.model.head_dim <= 4096 &&
           (s.model.head_dim > 0 || s.model.n_embd % std::max<int64_t>(1, s.model.n_head) == 0),
@@ -1034,6 +1039,8 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
             io::write_int64_attr(model, "head_dim", state.model.head_dim);
           if (state.model.sliding_window > 0)  // 0: no window
             io::write_int64_attr(model, "sliding_window", state.model.sliding_window);
+          if (state.model.full_attention_every > 0)  // 0: every layer keeps to the window
+            io::write_int64_attr(model, "full_attention_every", state.model.full_attention_every);
           if (state.model.n_kv_head > 0)  // 0: not given (n_head)
             io::write_int64_attr(model, "n_kv_head", state.model.n_kv_head);
         }

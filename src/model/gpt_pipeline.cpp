@@ -275,7 +275,7 @@ Gpt::Set<A>* Gpt::decode_forward(const int32_t* tokens, int B, int len, bool cac
   // A prompt is one document. Decoding takes the window through attention_decode; a forward pass
   // over the whole prompt (nothing kept) through the mask.
   if (keeps)
-    key_begin_ = nullptr;
+    key_begin_ = key_begin_full_ = nullptr;
   else
     set_attention_mask(ids, B, rows, false);
   Set<A>* last = forward_pipeline<A>(ids, B, rows, p);

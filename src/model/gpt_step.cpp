@@ -153,15 +153,25 @@ void Gpt::upload_ids(const int32_t* inputs, const int32_t* targets, int N) {
 }
 
 void Gpt::set_attention_mask(const int32_t* inputs, int B, int T, bool documents) {
-  key_begin_ = nullptr;
+  key_begin_ = key_begin_full_ = nullptr;
   const int32_t token = documents ? shape_.document_token : -1;
   const bool window = shape_.sliding_window > 0 && shape_.sliding_window < T;
   if (inference_ || (token < 0 && !window)) return;
   TRIAD_ASSERT(inputs != nullptr && d_key_begin_ != nullptr);
-  host_key_begin_.resize(size_t(B) * size_t(T));
+  const size_t n = size_t(B) * size_t(T);
+  host_key_begin_.resize(n);
   document_key_begin(host_key_begin_.data(), inputs, B, T, token, shape_.sliding_window);
-  be_.copy_ints_from_host(d_key_begin_, host_key_begin_.data(), host_key_begin_.size());
+  be_.copy_ints_from_host(d_key_begin_, host_key_begin_.data(), n);
   key_begin_ = d_key_begin_;
+  if (!window) {  // the window cuts nothing: every layer applies the document mask
+    key_begin_full_ = key_begin_;
+  } else if (token >= 0 && shape_.full_attention_every > 0) {  // full layers: documents only
+    TRIAD_ASSERT(d_key_begin_full_ != nullptr);
+    host_key_begin_full_.resize(n);
+    document_key_begin(host_key_begin_full_.data(), inputs, B, T, token, 0);
+    be_.copy_ints_from_host(d_key_begin_full_, host_key_begin_full_.data(), n);
+    key_begin_full_ = d_key_begin_full_;
+  }
 }
 
 // The MLP's activation of N rows of c_fc's outputs (pre) into c_proj's input (act): GELU, or
@@ -196,6 +206,7 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   const A* projb = mp_.tp_rank == 0 ? w.projb : nullptr;  // bias added once
   A* attproj = mp_.split_rows() ? acts<A>().full : L.attproj;
   const A* ln1 = gather_rows(L.ln1, L.ln1g, N);
+  const int layer = mp_.first_layer(g, shape_.n_layer) + i;  // of the whole model
   // c_attn into dst (N rows), through the q and k norms (model.qk_norm) from the kept qkv_pre.
   auto project = [&](A* dst) {
     be_.matmul_forward(shape_.qk_norm ? L.qkv_pre : dst, ln1, w.qkvw, w.qkvb, N, C, Wl);
@@ -213,9 +224,9 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
       TRIAD_CHECK(key_begin_ == nullptr,
                   "internal error: a model for inference has no document "
                   "mask (data.document_mask)");
-      be_.attention_decode(L.atty, L.qkv, B, T, 0, T, Al, NHl, NKVl, shape_.sliding_window);
+      be_.attention_decode(L.atty, L.qkv, B, T, 0, T, Al, NHl, NKVl, shape_.layer_window(layer));
     } else {
-      be_.attention_forward(L.atty, L.att, L.qkv, B, T, Al, NHl, NKVl, key_begin_);
+      be_.attention_forward(L.atty, L.att, L.qkv, B, T, Al, NHl, NKVl, layer_key_begin(layer));
     }
   } else {
     // Decoding: sequence b keeps its q|k|v in rows b·seq_len + t of L.qkv (the cache); the new
@@ -234,7 +245,8 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
         be_.copy(words(L.qkv + (size_t(b) * S_len + pos0) * row),
                  words(fresh + size_t(b) * T * row), word_count<A>(size_t(T) * row));
     }
-    be_.attention_decode(L.atty, L.qkv, B, S_len, pos0, T, Al, NHl, NKVl, shape_.sliding_window);
+    be_.attention_decode(L.atty, L.qkv, B, S_len, pos0, T, Al, NHl, NKVl,
+                         shape_.layer_window(layer));
   }
   be_.matmul_forward(attproj, L.atty, w.projw, projb, N, Al, C);
   reduce_rows(attproj, L.attproj, N);
@@ -473,10 +485,10 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
                         kSet);
     if constexpr (std::is_same_v<A, float>)
       be_.attention_backward(dqkv, a.datt_scratch, a.datty, L.qkv, L.att, B, T, Al, NHl, NKVl, kSet,
-                             key_begin_);
+                             layer_key_begin(first_layer + i));
     else  // flash style: probabilities recomputed from qkv and the saved log-sum-exp
       be_.attention_backward(dqkv, a.datty, L.qkv, L.atty, L.att, B, T, Al, NHl, NKVl, kSet,
-                             key_begin_);
+                             layer_key_begin(first_layer + i));
     rotate(dqkv, N, T, 0, true);  // the gradient of the normalized q|k|v, before the rotation
     if (shape_.qk_norm)           // ... and of c_attn's output, before the norm
       qk_norm_backward(dqkv, gr.qnw, gr.knw, L.qkv_pre, w.qnw, w.knw, L.qk_rstd, N);

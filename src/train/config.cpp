@@ -76,6 +76,10 @@ class KeyTable {
     add("model.sliding_window", c.model.sliding_window,
         "sliding-window attention: each token attends to the last N tokens (itself included) "
         "at most (Mistral 7B v0.1: 4096); 0: to all earlier ones");
+    add("model.full_attention_every", c.model.full_attention_every,
+        "with model.sliding_window: layers N, 2N, .. (1-based) attend to the whole context, the "
+        "others keep to the window (interleaved local and global attention: Gemma 3's 6, "
+        "gpt-oss's 2); 0: every layer keeps to the window");
     add("model.norm_eps", c.model.norm_eps,
         "epsilon of the LayerNorms or RMSNorms (and QK-norms): 1e-5 as GPT-2 and Llama, 1e-6 "
         "as Qwen2");
@@ -516,6 +520,10 @@ void validate(const Config& c, int world_size) {
         "applies with model.bias = false (with biases, c_attn has its bias anyway)");
   check(m.sliding_window >= 0, "model.sliding_window",
         "must be >= 0 (0: no window; got " + std::to_string(m.sliding_window) + ")");
+  check(m.full_attention_every >= 0, "model.full_attention_every",
+        "must be >= 0 (0: every layer keeps to the window)");
+  check(m.full_attention_every == 0 || m.sliding_window > 0, "model.full_attention_every",
+        "needs model.sliding_window > 0 (the other layers' window)");
   check(m.mlp_hidden >= 0, "model.mlp_hidden",
         "must be >= 0 (0: the default width; got " + std::to_string(m.mlp_hidden) + ")");
   if (m.position == "rope") {

@@ -70,6 +70,7 @@ GptShape gpt_shape(const Config& cfg) {
   s.qk_norm = m.qk_norm;
   s.document_token = parse_document_mask(cfg.data.document_mask, m.vocab_size);
   s.sliding_window = m.sliding_window;
+  s.full_attention_every = m.full_attention_every;
   return s;
 }
 

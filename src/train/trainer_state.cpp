@@ -284,6 +284,7 @@ CheckpointState Trainer::State::checkpoint_state() const {
   st.model.qkv_bias = cfg.model.qkv_bias;
   st.model.head_dim = cfg.model.head_dim;
   st.model.sliding_window = cfg.model.sliding_window;
+  st.model.full_attention_every = cfg.model.full_attention_every;
   st.model.norm_eps = cfg.model.norm_eps;
   st.model.mlp = cfg.model.mlp;
   st.model.mlp_hidden = cfg.mlp_hidden_size();
@@ -366,6 +367,10 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
       " holds a model whose attention window is ",
       m.sliding_window > 0 ? std::to_string(m.sliding_window) + " keys" : "the whole context",
       " but the config asks for model.sliding_window = ", c.sliding_window);
+  TRIAD_CHECK(m.full_attention_every == c.full_attention_every, "checkpoint ", path,
+              " holds a model whose every ", m.full_attention_every,
+              "th layer attends to the whole context (0: none) but the config asks for ",
+              "model.full_attention_every = ", c.full_attention_every);
   TRIAD_CHECK(float(m.norm_eps) == float(c.norm_eps), "checkpoint ", path,
               " holds a model with norm_eps ", m.norm_eps, " but the config asks for ",
               "model.norm_eps = ", c.norm_eps);

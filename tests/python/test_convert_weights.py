@@ -484,6 +484,22 @@ def test_llama_variants_triad_does_not_compute_are_refused(tmp_path):
         assert not (tmp_path / "bad.h5").exists()
 
 
+def test_interleaved_full_attention_does_not_export(tmp_path):
+    """A model whose every 2nd layer attends to the whole context (model.full_attention_every)
+    has no Hugging Face class among those triad writes: export is refused, naming the option;
+    triad-ckpt reads the attribute."""
+    cfg = ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
+                        position="rope", norm="rmsnorm", bias=False, mlp="swiglu", tied=False,
+                        sliding_window=4, full_attention_every=2)
+    ckpt = tmp_path / "swa.h5"
+    ref.write_checkpoint(ckpt, cfg, ref.random_weights(cfg, seed=2))
+    p = tool("triad-ckpt", ckpt)
+    assert p.returncode == 0 and "full_attention_every=2" in p.stdout, p.stdout + p.stderr
+    assert_clean_failure(tool("triad-convert", "export", ckpt, tmp_path / "hf", "--to", "hf",
+                              "--vocab", "none"), "model.full_attention_every")
+    assert not (tmp_path / "hf").exists()
+
+
 def test_windows_triad_does_not_build_are_refused(tmp_path):
     """Qwen's sliding windows (per layer: use_sliding_window with max_window_layers) shorter than
     the context, and a window that is not a positive count, are refused naming config.json."""

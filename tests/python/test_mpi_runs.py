@@ -175,21 +175,22 @@ def test_bad_loss_masks_stop_every_rank(tmp_path, n, grid):
     assert p.returncode != 0 and f"loss mask {mask_of[shards[2]]}: missing" in p.stderr, p.stderr
 
 
-@pytest.mark.parametrize("window", [0, 5])
-def test_document_masks_give_the_same_curve_on_every_grid(tmp_path, window):
-    """data.document_mask (and with it a sliding window of 5, model.sliding_window) on tensor,
-    pipeline (every stage masks its layers' attention with the micro-batch's documents), data
-    (ZeRO-1) and 2 x 2 grids, with full recomputation on one: the one-rank curve within fp32
-    rounding (its values against PyTorch: test_reference_model.py), which differs from the
-    unmasked one."""
+@pytest.mark.parametrize("window,every", [(0, 0), (5, 0), (5, 2)])
+def test_document_masks_give_the_same_curve_on_every_grid(tmp_path, window, every):
+    """data.document_mask (and with it a sliding window of 5, model.sliding_window, in both
+    layers or, model.full_attention_every = 2, in the first: the pipeline's second stage holds a
+    full-attention layer) on tensor, pipeline (every stage masks its layers' attention with the
+    micro-batch's documents), data (ZeRO-1) and 2 x 2 grids, with full recomputation on one: the
+    one-rank curve within fp32 rounding (its values against PyTorch: test_reference_model.py),
+    which differs from the unmasked one."""
     cfg = tiny_config(tmp_path, name="one", train__steps=8, eval__every=4)
     rng = np.random.default_rng(4)
     for shard in sorted((tmp_path / "data").glob("*.bin")):
         tokens = np.frombuffer(shard.read_bytes()[1024:], dtype="<u2").astype(np.int64)
         tokens[rng.random(tokens.size) < 0.15] = 3  # documents of ~7 tokens, starting with 3
         write_shard(shard, tokens)
-    common = ["--data.document_mask", 3, "--model.sliding_window", window, "--eval.every", 4,
-              "--checkpoint.every", 0]
+    common = ["--data.document_mask", 3, "--model.sliding_window", window,
+              "--model.full_attention_every", every, "--eval.every", 4, "--checkpoint.every", 0]
     p = run(1, "--config", cfg, *common)
     assert p.returncode == 0, p.stderr
     want = metrics(tmp_path / "runs" / "one")[1]

@@ -166,6 +166,7 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                       tie_embeddings=c.tied, n_kv_head=c.n_kv_head, qk_norm=c.qk_norm,
                       qkv_bias=c.qkv_bias, norm_eps=c.norm_eps, head_dim=c.attn_head_dim,
                       sliding_window=c.sliding_window,
+                      full_attention_every=c.full_attention_every,
                       **({} if c.rope_scaling is None else dict(
                           rope_scaling="llama3", rope_scaling_factor=c.rope_scaling[0],
                           rope_low_freq_factor=c.rope_scaling[1],
@@ -642,10 +643,11 @@ def test_document_mask_gradients_match_torch(name, recompute, tmp_root, tmp_path
     check_probe_against_torch(q, recompute, data_dir=tmp_path, data__document_mask=7)
 
 
-def with_window(p: Prepared, tmp_path: Path, window: int) -> Prepared:
-    """p's model with model.sliding_window = window: its weights in a checkpoint whose /model
-    attributes say so (a checkpoint holds its model's window; the config must agree)."""
-    cfg = replace(p.case.cfg, sliding_window=window)
+def with_window(p: Prepared, tmp_path: Path, window: int, full_every: int = 0) -> Prepared:
+    """p's model with model.sliding_window = window (and model.full_attention_every): its
+    weights in a checkpoint whose /model attributes say so (a checkpoint holds its model's
+    window; the config must agree)."""
+    cfg = replace(p.case.cfg, sliding_window=window, full_attention_every=full_every)
     ckpt = tmp_path / "window.h5"
     ref.write_checkpoint(ckpt, cfg, p.weights)
     return replace(p, case=replace(p.case, cfg=cfg), ckpt=ckpt)
@@ -664,6 +666,26 @@ def test_sliding_window_gradients_match_torch(name, documents, tmp_root, tmp_pat
     q = with_window(q, tmp_path, 5)
     over = {"data__document_mask": 7} if documents else {}
     check_probe_against_torch(q, "none", data_dir=tmp_path, **over)
+
+
+# model.full_attention_every = 2: the second layer attends to everything (to its documents), the
+# first keeps to the window; every gradient against the reference's per-layer masks.
+@pytest.mark.parametrize("documents", [False, True])
+def test_interleaved_full_attention_gradients_match_torch(documents, tmp_root, tmp_path):
+    p = prepare(next(c for c in CASES if c.name == "llama"), tmp_root)
+    q = packed_documents(p, tmp_path, 7, 31)
+    if not documents:
+        q = replace(q, case=replace(q.case, cfg=replace(q.case.cfg, document_token=None)))
+    q = with_window(q, tmp_path, 4, full_every=2)
+    over = {"data__document_mask": 7} if documents else {}
+    check_probe_against_torch(q, "none", data_dir=tmp_path, **over)
+    # ... and the window's layers alone would give other gradients: the test can tell them apart
+    with h5py.File(tmp_path / "probe_none_0.h5", "r") as f:
+        got = f["grad/h/0/attn/c_attn/weight"][...]
+    cfg = replace(q.case.cfg, full_attention_every=0)
+    x, y = ref.batch(q.train_tokens, 0, q.case.micro_batch, cfg.seq_len)
+    _, _, grads = torch_forward_backward(q.weights, cfg, x, y)
+    assert rel_err(got, grads["h/0/attn/c_attn/weight"]) > 1e-3
 
 
 @pytest.mark.parametrize("name", ["oddshapes", "llama"])

@@ -74,6 +74,8 @@ class GptConfig:
     document_token: Optional[int] = None
     # model.sliding_window: each token attends to the last sliding_window tokens at most (0: all).
     sliding_window: int = 0
+    # model.full_attention_every: with a window, layers N, 2N, .. (1-based) attend to everything.
+    full_attention_every: int = 0
 
     @property
     def hidden(self) -> int:
@@ -319,12 +321,18 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor) 
     B, T = idx.shape
     assert T <= cfg.seq_len
     rope = cfg.rope_theta if cfg.position == "rope" else None
-    mask = None if cfg.document_token is None else document_mask(idx, cfg.document_token)
+    full = None if cfg.document_token is None else document_mask(idx, cfg.document_token)
+    windowed = full
     if cfg.sliding_window:  # key j within the last sliding_window positions of query i
         i = torch.arange(T).unsqueeze(1)
         near = (i - torch.arange(T).unsqueeze(0)) < cfg.sliding_window
         causal = torch.ones(T, T, dtype=torch.bool).tril()
-        mask = (causal & near) if mask is None else (mask & near)
+        windowed = (causal & near) if full is None else (full & near)
+
+    def layer_mask(layer):  # interleaved local (windowed) and global (full) layers
+        every = cfg.full_attention_every
+        return full if cfg.sliding_window and every and (layer + 1) % every == 0 else windowed
+
     x = params["wte/weight"][idx]
     if rope is None:
         x = x + params["wpe/weight"][:T]
@@ -335,7 +343,7 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor) 
         x = x + linear(attention(h, params[p + "attn/c_attn/weight"],
                                  params.get(p + "attn/c_attn/bias"), cfg.n_head, rope,
                                  cfg.kv_heads, qn, kn, cfg.rope_scaling, cfg.norm_eps,
-                                 cfg.head_dim, mask),
+                                 cfg.head_dim, layer_mask(i)),
                        params[p + "attn/c_proj/weight"], params.get(p + "attn/c_proj/bias"))
         h = norm(params, cfg, p + "ln_2", x)
         x = x + mlp(params, cfg, p, h)
@@ -691,6 +699,8 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
             m.attrs.create("head_dim", i64(cfg.attn_head_dim), dtype="<i8")
         if cfg.sliding_window:
             m.attrs.create("sliding_window", i64(cfg.sliding_window), dtype="<i8")
+        if cfg.full_attention_every:
+            m.attrs.create("full_attention_every", i64(cfg.full_attention_every), dtype="<i8")
         groups = {"model": weights}
         for slot, tensors in (optimizer or {}).items():
             groups["optimizer/" + slot] = tensors

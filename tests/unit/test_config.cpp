@@ -174,6 +174,18 @@ TEST(Config, SlidingWindowIsACountOfKeys) {
             std::string::npos);
   EXPECT_EQ(gpt_shape(parse({"--model.sliding_window", "256"}).config).sliding_window, 256);
   EXPECT_EQ(gpt_shape(parse({}).config).sliding_window, 0);
+  // Interleaved full-attention layers need a window for the others.
+  EXPECT_NE(error_of({"--model.full_attention_every", "2"}).find("needs model.sliding_window"),
+            std::string::npos);
+  EXPECT_NE(error_of({"--model.sliding_window", "8", "--model.full_attention_every", "-1"})
+                .find("model.full_attention_every"),
+            std::string::npos);
+  const GptShape s =
+      gpt_shape(parse({"--model.sliding_window", "8", "--model.full_attention_every", "3"}).config);
+  EXPECT_EQ(s.full_attention_every, 3);
+  EXPECT_TRUE(s.windowed(0) && s.windowed(1) && !s.windowed(2) && s.windowed(3) && !s.windowed(5));
+  EXPECT_EQ(s.layer_window(2), 0);
+  EXPECT_EQ(s.layer_window(4), 8);
 }
 
 TEST(Config, UnknownNamesAndUnbuiltModesAreRefused) {

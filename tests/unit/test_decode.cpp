@@ -116,7 +116,8 @@ std::vector<int32_t> tokens(int n, int salt) {
 struct DecodeCase {
   Precision precision;
   Recompute recompute;
-  int window = 0;  // model.sliding_window
+  int window = 0;      // model.sliding_window
+  int full_every = 0;  // model.full_attention_every
 };
 
 class Decode : public ::testing::TestWithParam<DecodeCase> {};
@@ -126,6 +127,7 @@ TEST_P(Decode, FollowsTheRecomputedLogitsOneTokenAtATime) {
   const DecodeCase c = GetParam();
   GptShape shape = kShape;
   shape.sliding_window = c.window;
+  shape.full_attention_every = c.full_every;
   Gpt m(shape, 2, *be, 1, {}, nullptr, c.precision, c.recompute);
   m.init(7);
   const int V = kShape.vocab_size, T = kShape.seq_len;
@@ -159,11 +161,13 @@ INSTANTIATE_TEST_SUITE_P(Cpu, Decode,
                                            DecodeCase{Precision::fp32, Recompute::gelu},
                                            DecodeCase{Precision::fp32, Recompute::full},
                                            DecodeCase{Precision::fp32, Recompute::none, 7},
-                                           DecodeCase{Precision::bf16, Recompute::none, 7}),
+                                           DecodeCase{Precision::bf16, Recompute::none, 7},
+                                           DecodeCase{Precision::fp32, Recompute::none, 7, 2}),
                          [](const auto& info) {
                            return std::string(precision_name(info.param.precision)) + "_" +
                                   recompute_name(info.param.recompute) +
-                                  (info.param.window ? "_window" : "");
+                                  (info.param.window ? "_window" : "") +
+                                  (info.param.full_every ? "_interleaved" : "");
                          });
 
 TEST(Decode, OtherUsesOfTheModelDropTheCache) {

@@ -100,6 +100,9 @@ struct ModelShape {
   // Attribute sliding_window (int64, the keys each query attends to at most; absent or 0: all
   // earlier ones; written when > 0).
   int64_t sliding_window = 0;
+  // Attribute full_attention_every (int64: with a window, every N-th layer attends to the whole
+  // context; absent or 0: none; written when > 0).
+  int64_t full_attention_every = 0;
 };
 
 struct CheckpointState {

@@ -76,6 +76,17 @@ struct GptShape {
   // last sliding_window tokens at most, itself included, in every layer and in generation too.
   // 0: to every earlier token.
   int sliding_window = 0;
+  // Interleaved local and global attention (model.full_attention_every, Gemma 3's
+  // sliding_window_pattern; gpt-oss alternates): with a window, layer i (0-based, of the whole
+  // model) attends to the whole context when full_attention_every > 0 and (i + 1) is a multiple of
+  // it; the other layers keep to the window. 0: every layer keeps to the window.
+  int full_attention_every = 0;
+  bool windowed(int layer) const {
+    return sliding_window > 0 &&
+           !(full_attention_every > 0 && (layer + 1) % full_attention_every == 0);
+  }
+  // The window of layer `layer` for attention_decode (0: none).
+  int layer_window(int layer) const { return windowed(layer) ? sliding_window : 0; }
   // Whether sequences of T tokens need an attention mask beyond the causal one.
   bool masks_attention(int T) const {
     return document_token >= 0 || (sliding_window > 0 && sliding_window < T);
@@ -564,7 +575,14 @@ class Gpt {
   int32_t* d_targets_ = nullptr;
   int32_t* d_key_begin_ = nullptr;      // the attention mask's buffer (document mask, window)
   const int32_t* key_begin_ = nullptr;  // the mask the attention applies now (null: none)
-  std::vector<int32_t> host_ids_, padded_, host_key_begin_;
+  // The full-attention layers' mask (shape_.full_attention_every): the document mask alone.
+  int32_t* d_key_begin_full_ = nullptr;
+  const int32_t* key_begin_full_ = nullptr;
+  // The mask layer `layer` (of the whole model) applies.
+  const int32_t* layer_key_begin(int layer) const {
+    return shape_.windowed(layer) ? key_begin_ : key_begin_full_;
+  }
+  std::vector<int32_t> host_ids_, padded_, host_key_begin_, host_key_begin_full_;
   // decode_logits: the tokens whose q|k|v rows the first activation set of every chunk holds.
   // Cleared by every forward pass and by params_updated(); set again by decode_logits.
   std::vector<int32_t> decoded_;
