@@ -75,7 +75,8 @@ void check(int p, int n, int C, int NH, int NKV, bool bf16, int B = 1, int strid
                                     << (bf16 ? " bf16" : " fp32") << " window=" << window);
   const size_t W = size_t(qkv_width(C, NH, NKV));
   const size_t seq = size_t(stride) * W, nqkv = size_t(B) * seq, nout = size_t(B) * n * C;
-  const size_t smem = decode_attention::smem_bytes(p + n, C / NH);
+  const size_t smem =
+      decode_attention::smem_bytes(decode_attention::keys_seen(p, n, window), C / NH);
   std::vector<double> values(nqkv), got(nout), cpu_got(nout);
   auto body = [&](auto* out, const auto* qkv) {
     simt::launch(NH, B * n, decode_attention::kThreads, smem, simt::CopyTiming::at_issue,

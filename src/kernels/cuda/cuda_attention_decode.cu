@@ -25,7 +25,8 @@ void launch(cudaStream_t s, E* out, const E* qkv, int B, int stride, int p, int 
                   B > 0 && int64_t(B) * n <= 65535 && stride >= p + n && window >= 0,
               "cuda attention_decode: bad shape (B = ", B, ", stride = ", stride, ", p = ", p,
               ", n = ", n, ", C = ", C, ", NH = ", NH, ", NKV = ", NKV, ", window = ", window, ")");
-  const size_t smem = decode_attention::smem_bytes(p + n, C / NH);
+  const size_t smem =
+      decode_attention::smem_bytes(decode_attention::keys_seen(p, n, window), C / NH);
   // Bytes of dynamic shared memory the kernel may ask for (48 KB without opting in); the opt-in
   // beyond (up to 227 KB on Hopper: 57k keys) fails with the runtime's message past the device's
   // limit. One process drives one device.

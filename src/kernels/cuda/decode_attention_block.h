@@ -12,7 +12,8 @@
 // depends on the shapes only) give the softmax; then thread d forms output element d
 // (consecutive threads read consecutive elements of each value row). Decoding reads the whole
 // cache once per new row: memory-bound, with n·NH blocks for n new rows. Shared memory: the
-// query, the scores of keys 0 .. p + r, and the reduction's kThreads.
+// query, the scores of the keys the row sees (0 .. p + r, or a window's last ones: a window
+// decodes over caches of any length), and the reduction's kThreads.
 #pragma once
 
 #include <cstddef>
@@ -24,9 +25,13 @@ namespace triad::decode_attention {
 
 constexpr int kThreads = 128;
 
-// Dynamic shared memory of a launch whose longest row sees `keys` keys (p + n), head dim hd.
+// Dynamic shared memory of a launch whose longest row sees `keys` keys (p + n, or at most the
+// window: only the keys a row sees have a score slot), head dim hd.
 TRIAD_BLOCK_SIZE size_t smem_bytes(int keys, int hd) {
   return (size_t(hd) + size_t(keys) + kThreads) * sizeof(float);
+}
+TRIAD_BLOCK_SIZE int keys_seen(int p, int n, int window) {
+  return window > 0 && window < p + n ? window : p + n;
 }
 
 template <class X>
@@ -76,8 +81,8 @@ TRIAD_BLOCK_FN void row(X& x, E* out, const E* qkv, int stride, int p, int n, in
   qkv += size_t(b) * stride * ld;
   out += size_t(b) * n * C;
   float* q = reinterpret_cast<float*>(x.smem());  // [hd], scaled
-  float* s = q + hd;                              // [keys]
-  float* red = s + keys;                          // [kThreads]
+  float* s = q + hd;                              // [keys - lo]: key j's score at s[j - lo]
+  float* red = s + (keys - lo);                   // [kThreads]
   const float scale = 1.0f / float(x.sqrt(double(hd)));
   for (int d = t; d < hd; d += kThreads)
     q[d] = scale * load(x, qkv + size_t(p + r) * ld + size_t(h) * hd + d);
@@ -87,14 +92,14 @@ TRIAD_BLOCK_FN void row(X& x, E* out, const E* qkv, int stride, int p, int n, in
     const E* k = qkv + size_t(j) * ld + k_col;
     float dot = 0.0f;
     for (int d = 0; d < hd; ++d) dot += q[d] * load(x, k + d);
-    s[j] = dot;
+    s[j - lo] = dot;
     mx = dot > mx ? dot : mx;
   }
   mx = block_reduce(x, red, mx, true);
   float sum = 0.0f;
   for (int j = lo + t; j < keys; j += kThreads) {
-    const float e = x.exp(s[j] - mx);
-    s[j] = e;
+    const float e = x.exp(s[j - lo] - mx);
+    s[j - lo] = e;
     sum += e;
   }
   sum = block_reduce(x, red, sum, false);  // its barriers also publish every s[j]
@@ -102,7 +107,7 @@ TRIAD_BLOCK_FN void row(X& x, E* out, const E* qkv, int stride, int p, int n, in
   for (int d = t; d < hd; d += kThreads) {
     const E* v = qkv + v_col + d;
     float acc = 0.0f;
-    for (int j = lo; j < keys; ++j) acc += s[j] * load(x, v + size_t(j) * ld);
+    for (int j = lo; j < keys; ++j) acc += s[j - lo] * load(x, v + size_t(j) * ld);
     store(x, out + size_t(r) * C + size_t(h) * hd + d, acc * inv);
   }
 }
