@@ -45,7 +45,8 @@ constexpr const char* kUsage =
     "                          JSON Lines files, each line's text field a document;\n"
     "                          --chat FORMAT|auto [--field NAME]: JSON Lines conversations\n"
     "                          (\"messages\": [{\"role\": ..., \"content\": ...}]) in a chat\n"
-    "                          format, with loss masks (.mask) counting the replies only;\n"
+    "                          format, with loss masks (.mask) counting the replies only\n"
+    "                          (--document-start: the document start before each one);\n"
     "                          --jsonl --prompt-field P [--field C]: prompt and completion\n"
     "                          pairs, the masks counting the completions\n"
     "  chat --vocab FILE [--format NAME] [--system TEXT | --messages FILE]\n"
@@ -205,7 +206,7 @@ int cmd_shards(const std::vector<std::string>& args) {
   std::string vocab;
   std::vector<std::string> files;
   triad::ShardWriterOptions o;
-  bool jsonl = false;
+  bool jsonl = false, document_start = false;
   std::string field, chat, prompt_field;
   desc.add_options()("vocab", po::value(&vocab)->required(),
                      "ranks file (gpt2.tiktoken) or tokenizer description")(
@@ -230,7 +231,11 @@ int cmd_shards(const std::vector<std::string>& args) {
       "the files are JSON Lines conversations, encoded in this chat format (mistral_v1, "
       "mistral_v3, mistral_v7, llama3, chatml, qwen2, or auto: the tokenizer description's); a "
       "loss mask "
-      "beside each shard counts the assistant replies (data.loss_mask)");
+      "beside each shard counts the assistant replies (data.loss_mask)")(
+      "document-start", po::bool_switch(&document_start),
+      "with --chat: the tokenizer's document start (not counted) before each conversation that "
+      "does not begin with it (chatml, qwen2), so that data.document_mask = its id keeps packed "
+      "conversations apart");
   po::options_description hidden;
   hidden.add_options()("input", po::value(&files),
                        "text files, one document each (JSON Lines files with --jsonl)");
@@ -253,6 +258,8 @@ int cmd_shards(const std::vector<std::string>& args) {
   if (jsonl || chats) o.jsonl_field = field;
   o.progress = &std::cerr;  // a corpus larger than one batch reports each
   const auto tok = triad::Tokenizer::from_file(vocab);
+  TRIAD_CHECK(!document_start || chats, "shards: --document-start applies to --chat input only");
+  o.chat_document_start = document_start;
   if (chats) o.chat = triad::resolve_chat_format(tok, chat, "--chat");
   const triad::ShardSummary s = triad::write_shards(tok, files, o);
   std::ostringstream os;

@@ -255,8 +255,17 @@ std::vector<ChatExample> masked_examples(const Tokenizer& tokenizer, const std::
   if (o.chat) {
     const auto convs = json_lines_conversations(text, o.jsonl_field, where);
     for (const auto& c : convs) lines.push_back(c.line);
-    encode_each(convs.size(),
-                [&](size_t i) { return chat_example(tokenizer, *o.chat, convs[i].messages); });
+    const int32_t start = tokenizer.document_start();
+    TRIAD_CHECK(!o.chat_document_start || start >= 0, "the tokenizer (", tokenizer.path(),
+                ") has no document start to put before each conversation");
+    encode_each(convs.size(), [&](size_t i) {
+      ChatExample ex = chat_example(tokenizer, *o.chat, convs[i].messages);
+      if (o.chat_document_start && (ex.ids.empty() || ex.ids[0] != start)) {
+        ex.ids.insert(ex.ids.begin(), start);
+        ex.counts.insert(ex.counts.begin(), 0);
+      }
+      return ex;
+    });
   } else {
     const auto pairs = json_lines_pairs(text, o.prompt_field, o.jsonl_field, where);
     for (const auto& p : pairs) lines.push_back(p.line);

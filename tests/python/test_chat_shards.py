@@ -200,6 +200,8 @@ def test_chat_option_errors(tmp_path):
     assert_clean_error(run(base + ["--chat", "alpaca", tmp_path / "c.jsonl"]), "unknown --chat")
     assert_clean_error(run(base + ["--chat", "mistral_v1", "--jsonl", tmp_path / "c.jsonl"]),
                        "drop --jsonl")
+    assert_clean_error(run(base + ["--document-start", tmp_path / "c.jsonl"]),
+                       "--document-start applies to --chat input only")
     write_jsonl(tmp_path / "c.jsonl", CONVERSATIONS[:1])
     assert_clean_error(run([exe("triad-tokenize"), "shards", "--vocab", VOCAB / "gpt2.tiktoken",
                             "--out", tmp_path / "o", "--chat", "llama3", tmp_path / "c.jsonl"]),
@@ -287,6 +289,36 @@ def test_chatml_conversations_match_qwen2_template(tmp_path, qwen2_chat, fmt):
         return i[head:], c[head:]
 
     check_stream(p, tmp_path / "out", [want(c) for c in CHATML_CONVERSATIONS])
+
+
+def test_chatml_conversations_with_document_starts(tmp_path, qwen2_chat):
+    """--document-start: Qwen2's <|endoftext|> (the description's document start, not counted)
+    before each conversation, the rest as the template's; a Mistral conversation, which begins
+    with <s> (its document start) already, gets none. (data.document_mask = that id then keeps
+    the packed conversations apart: the mask itself is tested in test_reference_model.py.)"""
+    desc, reference = qwen2_chat
+    write_jsonl(tmp_path / "chat.jsonl", CHATML_CONVERSATIONS)
+    p = shards(desc, tmp_path / "chat.jsonl", tmp_path / "out", "--chat", "auto",
+               "--document-start")
+    start = int(next(ln.split()[1] for ln in desc.read_text().splitlines()
+                     if ln.startswith("special ") and ln.endswith("<|endoftext|>")))
+
+    def want(conv):
+        ids, counts = reference(conv, False)
+        return [start] + ids, [0] + counts
+
+    check_stream(p, tmp_path / "out", [want(c) for c in CHATML_CONVERSATIONS])
+    ids, _ = read_ids_and_mask(tmp_path / "out" / "tokens_train_000000.bin")
+    assert ids.count(start) == len(CHATML_CONVERSATIONS)
+
+    mistral = convert(VOCAB / "mistral-v3.model", tmp_path / "m", "--sentencepiece")
+    write_jsonl(tmp_path / "m.jsonl", CONVERSATIONS)
+    plain = shards(mistral, tmp_path / "m.jsonl", tmp_path / "mo", "--chat", "mistral_v3")
+    marked = shards(mistral, tmp_path / "m.jsonl", tmp_path / "mo2", "--chat", "mistral_v3",
+                    "--document-start")
+    assert (read_ids_and_mask(tmp_path / "mo" / "tokens_train_000000.bin") ==
+            read_ids_and_mask(tmp_path / "mo2" / "tokens_train_000000.bin"))
+    assert "tokens:" in plain.stdout and "tokens:" in marked.stdout
 
 
 def qwen2_im_end(desc):

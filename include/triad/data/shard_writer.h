@@ -63,6 +63,10 @@ struct ShardWriterOptions {
   size_t chunk_bytes = size_t(1) << 20;
   std::string jsonl_field;  // non-empty: the files are JSON Lines, documents this field's values
   std::optional<ChatFormat> chat;  // conversations in jsonl_field, written with loss masks
+  // With chat: the tokenizer's document start (not counted) before each conversation that does
+  // not begin with it (ChatML's and Qwen2's begin with <|im_start|>, as every message does), so
+  // that data.document_mask tells packed conversations apart.
+  bool chat_document_start = false;
   std::string prompt_field;  // non-empty: prompt and completion (jsonl_field) pairs, with masks
   // Files are read and encoded in batches of about this many bytes (bounding the text in memory);
   // with more than one batch, a progress line per batch goes to *progress (if not null): bytes
