@@ -18,6 +18,7 @@
 #include "triad/core/bf16.h"
 #include "triad/core/timer.h"
 #include "triad/kernels/peak_flops.h"
+#include "triad/model/attention_mask.h"
 #include "triad/model/gpt.h"
 
 namespace triad {
@@ -186,7 +187,7 @@ std::vector<KernelRate> run_ops(Backend& be, const KernelBenchShape& sh, int rep
   int32_t* key_begin = nullptr;
   if (sh.window > 0 && sh.window < T) {
     std::vector<int32_t> host(N);
-    for (size_t r = 0; r < N; ++r) host[r] = std::max(0, int(r % size_t(T)) - sh.window + 1);
+    document_key_begin(host.data(), nullptr, B, T, -1, sh.window);
     key_begin = be.alloc_ints(N);
     be.copy_ints_from_host(key_begin, host.data(), N);
   }

@@ -39,6 +39,7 @@
 #include "triad/io/checkpoint.h"
 #include "triad/kernels/backend.h"
 #include "triad/kernels/cuda_backend.h"
+#include "triad/model/attention_mask.h"
 #include "triad/model/gpt.h"
 #include "triad/parallel/pipeline_schedule.h"
 #include "triad/train/app_main.h"
@@ -501,7 +502,7 @@ int cmd_attention(MPI_Comm world, const std::vector<std::string>& args) {
   int32_t* key_begin = nullptr;  // the window's mask (flash_attention.cuh), or none
   if (window > 0 && window < T) {
     std::vector<int32_t> h(size_t(B) * T);
-    for (size_t r = 0; r < h.size(); ++r) h[r] = std::max(0, int(r % size_t(T)) - window + 1);
+    triad::document_key_begin(h.data(), nullptr, B, T, -1, window);
     TRIAD_CUDA_CHECK(cudaMalloc(&key_begin, h.size() * sizeof(int32_t)));
     TRIAD_CUDA_CHECK(
         cudaMemcpy(key_begin, h.data(), h.size() * sizeof(int32_t), cudaMemcpyHostToDevice));

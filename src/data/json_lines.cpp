@@ -49,13 +49,8 @@ class LineParser {
       }
       messages.clear();
       has_value = true;
-      ++i_;
-      skip_space();
-      if (peek(']')) {
-        ++i_;
-        return true;
-      }
-      for (;;) {
+      if (!open_container(']')) return true;
+      do {
         skip_space();
         if (!peek('{')) fail_here("expected a message object ('{')");
         ChatMessage m;
@@ -73,17 +68,8 @@ class LineParser {
         if (!has_role) fail("message " + std::to_string(n) + " has no \"role\"");
         if (!has_content) fail("message " + std::to_string(n) + " has no \"content\"");
         messages.push_back(std::move(m));
-        skip_space();
-        if (peek(',')) {
-          ++i_;
-          continue;
-        }
-        if (peek(']')) {
-          ++i_;
-          return true;
-        }
-        fail_here("expected ',' or ']' after a message");
-      }
+      } while (next_item(']', "expected ',' or ']' after a message"));
+      return true;
     });
   }
 
@@ -92,6 +78,27 @@ class LineParser {
   bool peek(char c) const { return i_ < s_.size() && s_[i_] == c; }
   void skip_space() {
     while (i_ < s_.size() && (s_[i_] == ' ' || s_[i_] == '\t' || s_[i_] == '\r')) ++i_;
+  }
+  // At a container's opening '{' or '[': steps past it; false (past `close` too) when the
+  // container is empty.
+  bool open_container(char close) {
+    ++i_;
+    skip_space();
+    if (!peek(close)) return true;
+    ++i_;
+    return false;
+  }
+  // After an item of a container: true past a ',' (another item follows), false past `close`;
+  // a line with neither fails with `what`.
+  bool next_item(char close, const char* what) {
+    skip_space();
+    if (peek(',')) {
+      ++i_;
+      return true;
+    }
+    if (!peek(close)) fail_here(what);
+    ++i_;
+    return false;
   }
   // A whole line holding one object; on_field(key) parses the value of a field it wants (the
   // parser at the value) and returns true, or returns false to have it checked and skipped.
@@ -108,14 +115,9 @@ class LineParser {
   template <class OnField>
   void parse_object(int depth, OnField&& on_field) {
     if (depth > kMaxDepth) fail("nested deeper than 512 levels");
-    ++i_;
-    skip_space();
-    if (peek('}')) {
-      ++i_;
-      return;
-    }
+    if (!open_container('}')) return;
     std::string key;
-    for (;;) {
+    do {
       skip_space();
       if (!peek('"')) fail_here("expected a field name in double quotes");
       key.clear();
@@ -125,17 +127,7 @@ class LineParser {
       ++i_;
       skip_space();
       if (!on_field(key)) skip_value(depth + 1);
-      skip_space();
-      if (peek(',')) {
-        ++i_;
-        continue;
-      }
-      if (peek('}')) {
-        ++i_;
-        return;
-      }
-      fail_here("expected ',' or '}' after a value");
-    }
+    } while (next_item('}', "expected ',' or '}' after a value"));
   }
   [[noreturn]] void fail(const std::string& what) const {
     triad::fail(where_, ", line ", line_no_, ": ", what);
@@ -268,13 +260,8 @@ class LineParser {
     if (c == '"') return parse_string(nullptr);
     if (c == '{' || c == '[') {
       const char close = c == '{' ? '}' : ']';
-      ++i_;
-      skip_space();
-      if (peek(close)) {
-        ++i_;
-        return;
-      }
-      for (;;) {
+      if (!open_container(close)) return;
+      do {
         skip_space();
         if (c == '{') {
           if (!peek('"')) fail_here("expected a field name in double quotes");
@@ -285,17 +272,9 @@ class LineParser {
           skip_space();
         }
         skip_value(depth + 1);
-        skip_space();
-        if (peek(',')) {
-          ++i_;
-          continue;
-        }
-        if (peek(close)) {
-          ++i_;
-          return;
-        }
-        fail_here(c == '{' ? "expected ',' or '}' after a value" : "expected ',' or ']'");
-      }
+      } while (
+          next_item(close, c == '{' ? "expected ',' or '}' after a value" : "expected ',' or ']'"));
+      return;
     }
     for (const std::string_view lit : {"true", "false", "null"})
       if (s_.substr(i_, lit.size()) == lit) {

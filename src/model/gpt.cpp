@@ -370,7 +370,7 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
   d_targets_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
   if (shape_.masks_attention(shape_.seq_len))
     d_key_begin_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
-  if (shape_.document_token >= 0 && shape_.full_attention_every > 0)
+  if (shape_.masks_full_layers())
     d_key_begin_full_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
   host_ids_.resize(size_t(max_batch_) * shape_.seq_len);
   host_candidates_.resize(host_ids_.size());
@@ -404,11 +404,11 @@ GptMemory Gpt::memory_plan(const GptShape& shape, int max_batch, int shards,
                            a.split_backward, options.inference, nullptr)
             .bytes();
   }
-  m.other = ((options.inference ? 0 : tied_scratch_floats(shape, mp)) + rope_table_floats(shape)) *
-                sizeof(float) +
-            (2 + (shape.masks_attention(shape.seq_len) ? 1 : 0) +
-             (shape.document_token >= 0 && shape.full_attention_every > 0 ? 1 : 0)) *
-                size_t(max_batch) * size_t(shape.seq_len) * sizeof(int32_t);
+  m.other =
+      ((options.inference ? 0 : tied_scratch_floats(shape, mp)) + rope_table_floats(shape)) *
+          sizeof(float) +
+      (2 + (shape.masks_attention(shape.seq_len) ? 1 : 0) + (shape.masks_full_layers() ? 1 : 0)) *
+          size_t(max_batch) * size_t(shape.seq_len) * sizeof(int32_t);
   return m;
 }
 

@@ -165,7 +165,7 @@ void Gpt::set_attention_mask(const int32_t* inputs, int B, int T, bool documents
   key_begin_ = d_key_begin_;
   if (!window) {  // the window cuts nothing: every layer applies the document mask
     key_begin_full_ = key_begin_;
-  } else if (token >= 0 && shape_.full_attention_every > 0) {  // full layers: documents only
+  } else if (documents && shape_.masks_full_layers()) {  // full layers: documents only
     TRIAD_ASSERT(d_key_begin_full_ != nullptr);
     host_key_begin_full_.resize(n);
     document_key_begin(host_key_begin_full_.data(), inputs, B, T, token, 0);
@@ -219,11 +219,9 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
     rotate(L.qkv, N, T, 0, false);
     // A model for inference keeps nothing for a backward pass: not even the probabilities (fp32)
     // or the log-sum-exp (bf16) the training attention saves. It generates and scores prompts,
-    // each one document: no document mask, the sliding window through attention_decode's.
+    // each one document (set_attention_mask gives it no mask), the sliding window through
+    // attention_decode's.
     if (inference_) {
-      TRIAD_CHECK(key_begin_ == nullptr,
-                  "internal error: a model for inference has no document "
-                  "mask (data.document_mask)");
       be_.attention_decode(L.atty, L.qkv, B, T, 0, T, Al, NHl, NKVl, shape_.layer_window(layer));
     } else {
       be_.attention_forward(L.atty, L.att, L.qkv, B, T, Al, NHl, NKVl, layer_key_begin(layer));

@@ -12,8 +12,9 @@ namespace triad {
 
 // Backend::attention_forward's key_begin [B,T] for B sequences of T input tokens (tokens [B,T]):
 // the first key of query t of sequence b is the last position p <= t of that sequence holding
-// document_token (none: -1), or 0 when none does (the sequence began inside a document); with
-// window > 0 (sliding-window attention) at least t − window + 1.
+// document_token (none: -1; tokens is then not read and may be null), or 0 when none does (the
+// sequence began inside a document); with window > 0 (sliding-window attention) at least
+// t − window + 1.
 void document_key_begin(int32_t* key_begin, const int32_t* tokens, int B, int T,
                         int32_t document_token, int window = 0);
 

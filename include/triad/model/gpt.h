@@ -91,6 +91,9 @@ struct GptShape {
   bool masks_attention(int T) const {
     return document_token >= 0 || (sliding_window > 0 && sliding_window < T);
   }
+  // Whether the full-attention layers need a mask of their own (the documents without the
+  // window).
+  bool masks_full_layers() const { return document_token >= 0 && full_attention_every > 0; }
   int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
   int hd() const { return head_dim > 0 ? head_dim : n_embd / n_head; }
   int attn_width() const { return n_head * hd(); }  // q's width, and the attention output's
