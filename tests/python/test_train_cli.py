@@ -616,6 +616,9 @@ def test_damaged_checkpoints(tmp_path):
             ("qkv_bias", {"qkv_bias": 1}, "attributes bias and qkv_bias of /model are both 1"),
             ("eps", {"norm_eps": 0.0}, "attribute norm_eps of /model is 0"),
             ("head_dim", {"head_dim": -4}, "attribute head_dim of /model is -4"),
+            ("window", {"sliding_window": -3}, "attribute sliding_window of /model is -3"),
+            ("full_every", {"full_attention_every": 2},
+             "attribute full_attention_every of /model is 2"),
             ("rscale", {"position": "rope", "rope_theta": 10000.0, "rope_scaling": "ntk"},
              "'ntk', not none, llama3 or yarn"),
             ("rscale_yarn", {"position": "rope", "rope_theta": 10000.0, "rope_scaling": "yarn"},
@@ -637,6 +640,10 @@ def test_damaged_checkpoints(tmp_path):
                              "--run.name", "b"), "n_embd")
     assert_clean_error(train("--config", cfg, "--eval-only", "--resume", good,
                              "--model.n_layer", "3"), "n_layer")
+    # A window the checkpoint's model does not have.
+    assert_clean_error(train("--config", cfg, "--eval-only", "--resume", good,
+                             "--model.sliding_window", "4"),
+                       "attention window is the whole context", "model.sliding_window = 4")
 
 
 def test_init_from_eval_only_and_generate(tmp_path):
