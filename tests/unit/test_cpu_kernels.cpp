@@ -579,6 +579,70 @@ TEST_F(CpuKernels, AttentionDocumentMaskGroupedSeveralBlocks) {
   check_attention(*be, 1, 150, 12, 6, 11, 2, &kb);
 }
 
+// Query ranges (QueryRows, context parallelism): rows first .. first+count-1 of each sequence
+// against keys 0 .. first+count-1, out and att holding the range's rows only. Against the
+// definition's rows and the finite differences of their loss; the range starting inside and at
+// the edges of the kernel's 64-row blocks, with masks and grouped heads.
+void check_attention_rows(Backend& be, int B, int T, int C, int NH, int NKV, QueryRows rows,
+                          size_t stride, const std::vector<int32_t>* key_begin = nullptr) {
+  const int n = rows.count, q0 = rows.first, L = q0 + n;
+  const Vec qkv = random_vec(size_t(B) * T * qkv_width(C, NH, NKV), 41, -2.0f, 2.0f);
+  Vec out(size_t(B) * n * C, 3.0f), att(size_t(B) * NH * n * L, 7.0f);
+  const int32_t* kb = key_begin ? key_begin->data() : nullptr;
+  be.attention_forward(out.data(), att.data(), qkv.data(), B, T, C, NH, NKV, kb, rows);
+  DVec x = to_double(qkv), probs;
+  const DVec full = naive_attention(x, B, T, C, NH, &probs, NKV, key_begin);
+  auto range_of = [&](const DVec& all) {  // rows q0 .. L-1 of each sequence
+    DVec r(size_t(B) * n * C);
+    for (int b = 0; b < B; ++b)
+      std::copy_n(all.begin() + (size_t(b) * T + q0) * C, size_t(n) * C,
+                  r.begin() + size_t(b) * n * C);
+    return r;
+  };
+  expect_close(out, range_of(full), 1e-5, "out");
+  for (int bh = 0; bh < B * NH; ++bh)
+    for (int i = q0; i < L; ++i)
+      for (int j = 0; j <= i; ++j) {
+        const float got = att[(size_t(bh) * n + (i - q0)) * L + j];
+        ASSERT_NEAR(got, probs[(size_t(bh) * T + i) * T + j], 1e-6)
+            << "att at bh=" << bh << " i=" << i << " j=" << j;
+      }
+  const Vec R = random_vec(out.size(), 42);
+  auto loss = [&] { return dot(range_of(naive_attention(x, B, T, C, NH, nullptr, NKV, key_begin)), R); };
+  const DVec g = finite_diff(x, loss, stride);
+  for (int bh = 0; bh < B * NH; ++bh)  // unspecified above the diagonal: must not matter
+    for (int i = q0; i < L; ++i)
+      for (int j = i + 1; j < L; ++j) att[(size_t(bh) * n + (i - q0)) * L + j] = 1e3f;
+  Vec dqkv = random_vec(qkv.size(), 43), scratch(att.size(), 5.0f);
+  be.attention_backward(dqkv.data(), scratch.data(), R.data(), qkv.data(), att.data(), B, T, C, NH,
+                        NKV, GradMode::overwrite, kb, rows);
+  expect_close(dqkv, g, 1e-4, "dqkv", stride);
+  Vec dqkv2 = random_vec(qkv.size(), 44);
+  const Vec dqkv0 = dqkv2;
+  be.attention_backward(dqkv2.data(), scratch.data(), R.data(), qkv.data(), att.data(), B, T, C, NH,
+                        NKV, GradMode::accumulate, kb, rows);
+  expect_accumulated(dqkv2, dqkv0, dqkv, "dqkv +=");
+}
+
+TEST_F(CpuKernels, AttentionQueryRowsSmall) {
+  check_attention_rows(*be, 2, 7, 12, 3, 3, QueryRows{3, 2}, 1);
+  check_attention_rows(*be, 2, 7, 12, 3, 3, QueryRows{0, 4}, 1);
+  check_attention_rows(*be, 2, 7, 12, 3, 3, QueryRows{5, 2}, 1);
+}
+TEST_F(CpuKernels, AttentionQueryRowsSeveralBlocks) {
+  check_attention_rows(*be, 1, 150, 6, 2, 2, QueryRows{70, 50}, 7);   // inside, unaligned
+  check_attention_rows(*be, 1, 150, 6, 2, 2, QueryRows{64, 86}, 7);   // aligned, to the end
+  check_attention_rows(*be, 1, 150, 12, 6, 3, QueryRows{37, 80}, 11);  // grouped heads
+}
+TEST_F(CpuKernels, AttentionQueryRowsMasked) {
+  const std::vector<int32_t> kb =
+      attention_reference::key_begin_of_starts(1, 150, {{0, 1, 63, 64, 100, 149}});
+  check_attention_rows(*be, 1, 150, 12, 6, 2, QueryRows{70, 75}, 11, &kb);
+  std::vector<int32_t> window(150);
+  for (int t = 0; t < 150; ++t) window[size_t(t)] = std::max(0, t - 39);
+  check_attention_rows(*be, 1, 150, 6, 2, 2, QueryRows{100, 30}, 7, &window);
+}
+
 // ---- rotary position embedding --------------------------------------------------------------
 
 // The rotation written from its definition (RoFormer, in the "rotate half" pairing): for head

@@ -41,6 +41,21 @@ inline constexpr int32_t kIgnoredTarget = INT32_MIN;
 // The normalizations' epsilon unless a model says otherwise (model.norm_eps): GPT-2's and Llama's.
 inline constexpr float kNormEps = 1e-5f;
 
+// The query rows an attention call computes (context parallelism, where a rank holds some of a
+// sequence's rows and gathers the keys and values of the others): queries first .. first+count-1
+// of each sequence, against its keys 0 .. first+count-1 (narrowed by key_begin as usual). The
+// default, count 0, is every row (first 0, count T). With a range, out and dout are [B, count, C]
+// (the range's rows only), att [B, NH, count, first+count] and lse [B, NH, count]; qkv, dqkv and
+// key_begin keep their T rows per sequence; backward adds the gradient of the range's q rows and
+// of the keys and values they read (rows 0 .. first+count-1), and GradMode::overwrite writes all
+// of dqkv (zero where the range reads nothing).
+struct QueryRows {
+  int first = 0, count = 0;
+  bool whole(int T) const { return count == 0 || (first == 0 && count == T); }
+  int rows(int T) const { return count == 0 ? T : count; }      // queries per sequence
+  int keys(int T) const { return count == 0 ? T : first + count; }  // key extent
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -58,6 +73,13 @@ class Backend {
   // dst = src within the backend's memory: a plain copy by the platform (memcpy / cudaMemcpy),
   // which the benchmarks take as the memory-bandwidth ceiling.
   virtual void copy(float* dst, const float* src, size_t n) = 0;
+  // `rows` rows of `width` floats from src (rows ld_src apart) to dst (rows ld_dst apart): a
+  // column block of a matrix (context parallelism's key and value columns). The default copies
+  // row by row; the CUDA backend in one strided copy.
+  virtual void copy_rows(float* dst, size_t ld_dst, const float* src, size_t ld_src, size_t rows,
+                         size_t width) {
+    for (size_t r = 0; r < rows; ++r) copy(dst + r * ld_dst, src + r * ld_src, width);
+  }
   virtual void copy_from_host(float* dev, const float* host, size_t n) = 0;
   virtual void synchronize() = 0;
 
@@ -127,14 +149,16 @@ class Backend {
   // where 0 <= key_begin[b·T+t] <= t and key_begin never decreases along a sequence (a document
   // mask: each token sees its own document only; model/attention_mask.h). Backward takes the
   // forward's key_begin.
+  // `rows` (QueryRows) limits the call to some query rows of each sequence.
   virtual void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C,
-                                 int NH, int NKV, const int32_t* key_begin = nullptr) = 0;
-  // dqkv [B,T,W] (+=); scratch is B*NH*T*T floats the op may overwrite. A key/value head's
-  // gradient sums over its NH/NKV query heads in a fixed order (deterministic).
+                                 int NH, int NKV, const int32_t* key_begin = nullptr,
+                                 QueryRows rows = {}) = 0;
+  // dqkv [B,T,W] (+=); scratch is as large as att, floats the op may overwrite. A key/value
+  // head's gradient sums over its NH/NKV query heads in a fixed order (deterministic).
   virtual void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
                                   const float* att, int B, int T, int C, int NH, int NKV,
                                   GradMode mode = GradMode::accumulate,
-                                  const int32_t* key_begin = nullptr) = 0;
+                                  const int32_t* key_begin = nullptr, QueryRows rows = {}) = 0;
   // Decoding with a cache of keys and values (generation), for B sequences of equal length: the
   // causal attention of rows p .. p+n-1 of each, whose q|k|v are its rows p .. p+n-1 in qkv,
   // against the keys and values of its rows 0 .. p+n-1 (rows before p: those an earlier call
@@ -308,11 +332,12 @@ class Backend {
   // no T×T matrix. Backward recomputes the probabilities from qkv and lse; it reads the
   // forward's out; dqkv (+=). Layouts and key_begin as the fp32 attention.
   virtual void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C,
-                                 int NH, int NKV, const int32_t* key_begin = nullptr) = 0;
+                                 int NH, int NKV, const int32_t* key_begin = nullptr,
+                                 QueryRows rows = {}) = 0;
   virtual void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv,
                                   const bf16_t* out, const float* lse, int B, int T, int C, int NH,
                                   int NKV, GradMode mode = GradMode::accumulate,
-                                  const int32_t* key_begin = nullptr) = 0;
+                                  const int32_t* key_begin = nullptr, QueryRows rows = {}) = 0;
   // As the fp32 SwiGLU; computed in fp32, each output rounded once.
   virtual void swiglu_forward(bf16_t* out, const bf16_t* pre, int N, int H) = 0;
   virtual void swiglu_backward(bf16_t* dpre, const bf16_t* pre, const bf16_t* dout, int N, int H,

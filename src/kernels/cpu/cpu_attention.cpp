@@ -12,6 +12,11 @@
 // j1 only; the probabilities (and their gradients) before each row's lo are written as zeros, so
 // the products over the rest of a row add nothing.
 //
+// A query range (QueryRows: context parallelism) computes rows q0 .. L-1 only, against keys
+// 0 .. L-1: the row blocks start at q0, and the key blocks before q0 (which every query of the
+// range sees whole) end at q0, so that from q0 on the key blocks are the row blocks and the
+// diagonal blocks line up as without a range.
+//
 // Threading: the (batch, head) pairs are independent, so they are spread over OpenMP threads
 // (under grouped-query attention the backward's query heads write their dK and dV apart, summed
 // per key/value head afterwards),
@@ -36,11 +41,14 @@ constexpr int kBlock = 64;
 
 // The shape of one attention call and the strides of its views.
 struct Dims {
-  int T;
+  int T;       // rows per sequence in qkv, dqkv and key_begin
+  int q0, L;   // the query rows q0 .. L-1, against keys 0 .. L-1 (whole: 0 and T)
   int hd;      // head dimension C / NH
   int ld_qkv;  // W = C + 2·NKV·hd
   int ld_out;  // C
   float scale;
+  int rows() const { return L - q0; }
+  size_t att_floats() const { return size_t(rows()) * size_t(L); }  // per head: [rows, L]
 };
 
 // Row i of S → row i of P over keys lo..i (tiny probabilities flushed to 0, see kFlushBelow).
@@ -89,69 +97,75 @@ int queries_end(const int32_t* key_begin, int j1, int T) {
   return int(std::upper_bound(key_begin + j1, key_begin + T, j1 - 1) - key_begin);
 }
 
+// att and out hold the range's rows: row i of the sequence at (i − q0).
 void head_forward(float* out, float* att, const float* q, const float* k, const float* v,
                   const int32_t* key_begin, const Dims& d) {
-  const int T = d.T;
-  for (int i0 = 0; i0 < T; i0 += kBlock) {
-    const int i1 = std::min(T, i0 + kBlock), k0 = first_key(key_begin, i0);
+  const int L = d.L;
+  auto p_row = [&](int i) { return att + size_t(i - d.q0) * L; };
+  for (int i0 = d.q0; i0 < L; i0 += kBlock) {
+    const int i1 = std::min(L, i0 + kBlock), k0 = first_key(key_begin, i0);
     // S[i0:i1, k0:i1] = scale · Q[i0:i1] · K[k0:i1]ᵀ
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i1 - i0, i1 - k0, d.hd, d.scale,
                 q + size_t(i0) * d.ld_qkv, d.ld_qkv, k + size_t(k0) * d.ld_qkv, d.ld_qkv, 0.0f,
-                att + size_t(i0) * T + k0, T);
-    for (int i = i0; i < i1; ++i)
-      causal_softmax_row(att + size_t(i) * T, first_key(key_begin, i), i, i1);
+                p_row(i0) + k0, L);
+    for (int i = i0; i < i1; ++i) causal_softmax_row(p_row(i), first_key(key_begin, i), i, i1);
     // O[i0:i1] = P[i0:i1, k0:i1] · V[k0:i1]
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i1 - i0, d.hd, i1 - k0, 1.0f,
-                att + size_t(i0) * T + k0, T, v + size_t(k0) * d.ld_qkv, d.ld_qkv, 0.0f,
-                out + size_t(i0) * d.ld_out, d.ld_out);
+                p_row(i0) + k0, L, v + size_t(k0) * d.ld_qkv, d.ld_qkv, 0.0f,
+                out + size_t(i0 - d.q0) * d.ld_out, d.ld_out);
   }
 }
 
-// dK and dV are added at leading dimension ld_dkv (the qkv rows', or a head's own buffer).
+// dK and dV are added at leading dimension ld_dkv (the qkv rows', or a head's own buffer). dq,
+// dk and dv rows are the sequence's; dout, att and ds rows the range's (row i at i − q0).
 void head_backward(float* dq, float* dk, float* dv, int ld_dkv, float* ds, const float* dout,
                    const float* q, const float* k, const float* v, const float* att,
                    const int32_t* key_begin, const Dims& d) {
-  const int T = d.T;
+  const int L = d.L, q0 = d.q0;
+  auto p_row = [&](int i) { return att + size_t(i - q0) * L; };
+  auto ds_row = [&](int i) { return ds + size_t(i - q0) * L; };
+  auto dout_row = [&](int i) { return dout + size_t(i - q0) * d.ld_out; };
   // Row blocks: dP = dO·Vᵀ, dS = softmax_backward(P, dP), dQ += scale · dS·K.
-  for (int i0 = 0; i0 < T; i0 += kBlock) {
-    const int i1 = std::min(T, i0 + kBlock), k0 = first_key(key_begin, i0);
+  for (int i0 = q0; i0 < L; i0 += kBlock) {
+    const int i1 = std::min(L, i0 + kBlock), k0 = first_key(key_begin, i0);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i1 - i0, i1 - k0, d.hd, 1.0f,
-                dout + size_t(i0) * d.ld_out, d.ld_out, v + size_t(k0) * d.ld_qkv, d.ld_qkv, 0.0f,
-                ds + size_t(i0) * T + k0, T);
-    for (int i = i0; i < i1; ++i) {
-      causal_softmax_backward_row(ds + size_t(i) * T, att + size_t(i) * T, first_key(key_begin, i),
-                                  i, i1);
-    }
+                dout_row(i0), d.ld_out, v + size_t(k0) * d.ld_qkv, d.ld_qkv, 0.0f, ds_row(i0) + k0,
+                L);
+    for (int i = i0; i < i1; ++i)
+      causal_softmax_backward_row(ds_row(i), p_row(i), first_key(key_begin, i), i, i1);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i1 - i0, d.hd, i1 - k0, d.scale,
-                ds + size_t(i0) * T + k0, T, k + size_t(k0) * d.ld_qkv, d.ld_qkv, 1.0f,
+                ds_row(i0) + k0, L, k + size_t(k0) * d.ld_qkv, d.ld_qkv, 1.0f,
                 dq + size_t(i0) * d.ld_qkv, d.ld_qkv);
   }
-  // Key blocks [j0, j1) receive from the queries j0 <= i < e only (e = queries_end: T without
-  // a mask):
-  //   dK[j0:j1] += scale · dS[j0:e, j0:j1]ᵀ · Q[j0:e],   dV[j0:j1] += P[j0:e, j0:j1]ᵀ · dO[j0:e]
+  // Key blocks [j0, j1) receive from the queries a <= i < e only (a = max(j0, q0); e =
+  // queries_end: L without a mask):
+  //   dK[j0:j1] += scale · dS[a:e, j0:j1]ᵀ · Q[a:e],   dV[j0:j1] += P[a:e, j0:j1]ᵀ · dO[a:e]
   // dS is zero above the diagonal within its diagonal blocks (we wrote it). P above the
   // diagonal is unspecified by the interface, so its diagonal block is copied with the upper
   // triangle zeroed and the rows below the block are taken from att directly (zero before each
-  // row's first key: the forward wrote those zeros).
+  // row's first key: the forward wrote those zeros). Blocks before q0 have no diagonal.
   float p_diag[kBlock * kBlock];
-  for (int j0 = 0; j0 < T; j0 += kBlock) {
-    const int j1 = std::min(T, j0 + kBlock), e = queries_end(key_begin, j1, T);
-    const int w = j1 - j0;
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, w, d.hd, e - j0, d.scale,
-                ds + size_t(j0) * T + j0, T, q + size_t(j0) * d.ld_qkv, d.ld_qkv, 1.0f,
-                dk + size_t(j0) * ld_dkv, ld_dkv);
-    for (int r = 0; r < w; ++r) {
-      const float* src = att + size_t(j0 + r) * T + j0;
-      float* dst = p_diag + r * kBlock;
-      std::copy(src, src + r + 1, dst);
-      std::fill(dst + r + 1, dst + w, 0.0f);
+  for (int j0 = 0, j1 = 0; j0 < L; j0 = j1) {
+    j1 = std::min(j0 < q0 ? q0 : L, j0 + kBlock);
+    const int a = std::max(j0, q0), e = queries_end(key_begin, j1, L), w = j1 - j0;
+    if (a >= e) continue;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, w, d.hd, e - a, d.scale, ds_row(a) + j0, L,
+                q + size_t(a) * d.ld_qkv, d.ld_qkv, 1.0f, dk + size_t(j0) * ld_dkv, ld_dkv);
+    if (j0 >= q0) {  // the diagonal block: queries j0 .. j1-1
+      for (int r = 0; r < w; ++r) {
+        const float* src = p_row(j0 + r) + j0;
+        float* dst = p_diag + r * kBlock;
+        std::copy(src, src + r + 1, dst);
+        std::fill(dst + r + 1, dst + w, 0.0f);
+      }
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, w, d.hd, w, 1.0f, p_diag, kBlock,
+                  dout_row(j0), d.ld_out, 1.0f, dv + size_t(j0) * ld_dkv, ld_dkv);
     }
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, w, d.hd, w, 1.0f, p_diag, kBlock,
-                dout + size_t(j0) * d.ld_out, d.ld_out, 1.0f, dv + size_t(j0) * ld_dkv, ld_dkv);
-    if (j1 < e) {
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, w, d.hd, e - j1, 1.0f,
-                  att + size_t(j1) * T + j0, T, dout + size_t(j1) * d.ld_out, d.ld_out, 1.0f,
-                  dv + size_t(j0) * ld_dkv, ld_dkv);
+    const int below = std::max(j1, q0);  // the first query past the diagonal
+    if (below < e) {
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, w, d.hd, e - below, 1.0f,
+                  p_row(below) + j0, L, dout_row(below), d.ld_out, 1.0f, dv + size_t(j0) * ld_dkv,
+                  ld_dkv);
     }
   }
 }
@@ -161,9 +175,10 @@ const int32_t* seq_key_begin(const int32_t* key_begin, int b, int T) {
   return key_begin != nullptr ? key_begin + size_t(b) * T : nullptr;
 }
 
-Dims make_dims(int T, int C, int NH, int NKV) {
+Dims make_dims(int T, int C, int NH, int NKV, QueryRows rows = {}) {
   const int hd = C / NH;
-  return Dims{T, hd, qkv_width(C, NH, NKV), C, float(1.0 / std::sqrt(double(hd)))};
+  const int q0 = rows.whole(T) ? 0 : rows.first, L = rows.keys(T);
+  return Dims{T, q0, L, hd, qkv_width(C, NH, NKV), C, float(1.0 / std::sqrt(double(hd)))};
 }
 
 // Offsets within a qkv row of query head h's k and v (key/value head h % NKV).
@@ -202,8 +217,8 @@ void attention_decode(float* out, const float* qkv, int B, int stride, int p, in
 }
 
 void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH,
-                       int NKV, const int32_t* key_begin) {
-  const Dims d = make_dims(T, C, NH, NKV);
+                       int NKV, const int32_t* key_begin, QueryRows rows) {
+  const Dims d = make_dims(T, C, NH, NKV, rows);
   const int hd = d.hd;
   ensure_single_threaded_blas();
 #pragma omp parallel for schedule(static)
@@ -211,7 +226,7 @@ void attention_forward(float* out, float* att, const float* qkv, int B, int T, i
     const int b = bh / NH;
     const int h = bh % NH;
     const float* seq = qkv + size_t(b) * T * d.ld_qkv;
-    head_forward(out + size_t(b) * T * C + size_t(h) * hd, att + size_t(bh) * T * T,
+    head_forward(out + size_t(b) * d.rows() * C + size_t(h) * hd, att + size_t(bh) * d.att_floats(),
                  seq + size_t(h) * hd, seq + k_offset(C, NKV, h, hd), seq + v_offset(C, NKV, h, hd),
                  seq_key_begin(key_begin, b, T), d);
   }
@@ -219,18 +234,19 @@ void attention_forward(float* out, float* att, const float* qkv, int B, int T, i
 
 void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
                         const float* att, int B, int T, int C, int NH, int NKV,
-                        const int32_t* key_begin) {
-  const Dims d = make_dims(T, C, NH, NKV);
+                        const int32_t* key_begin, QueryRows rows) {
+  const Dims d = make_dims(T, C, NH, NKV, rows);
   const int hd = d.hd;
+  const size_t per_att = d.att_floats(), per_out = size_t(d.rows()) * C;
   ensure_single_threaded_blas();
   if (NKV == NH) {  // each head its own dK and dV: straight into dqkv
 #pragma omp parallel for schedule(static)
     for (int bh = 0; bh < B * NH; ++bh) {
       const int b = bh / NH, h = bh % NH;
       const size_t q = size_t(b) * T * d.ld_qkv + size_t(h) * hd, k = q + C, v = k + C;
-      head_backward(dqkv + q, dqkv + k, dqkv + v, d.ld_qkv, scratch + size_t(bh) * T * T,
-                    dout + size_t(b) * T * C + size_t(h) * hd, qkv + q, qkv + k, qkv + v,
-                    att + size_t(bh) * T * T, seq_key_begin(key_begin, b, T), d);
+      head_backward(dqkv + q, dqkv + k, dqkv + v, d.ld_qkv, scratch + size_t(bh) * per_att,
+                    dout + size_t(b) * per_out + size_t(h) * hd, qkv + q, qkv + k, qkv + v,
+                    att + size_t(bh) * per_att, seq_key_begin(key_begin, b, T), d);
     }
     return;
   }
@@ -238,7 +254,7 @@ void attention_backward(float* dqkv, float* scratch, const float* dout, const fl
   // dK and dV. Each (batch, query head) writes its own into a buffer of its own, in parallel over
   // all B·NH of them, and a second pass adds a key/value head's NH/NKV of them into dqkv in
   // query-head order: the same sums whatever the thread count.
-  const size_t per_head = size_t(T) * hd;  // one head's dK (then its dV)
+  const size_t per_head = size_t(d.L) * hd;  // one head's dK (then its dV), keys 0 .. L-1
   std::vector<float> buffer(2 * size_t(B) * NH * per_head, 0.0f);
   float* const own = buffer.data();
 #pragma omp parallel for schedule(static)
@@ -248,13 +264,13 @@ void attention_backward(float* dqkv, float* scratch, const float* dout, const fl
     const size_t q = seq + size_t(h) * hd, k = seq + k_offset(C, NKV, h, hd),
                  v = seq + v_offset(C, NKV, h, hd);
     float* dk = own + 2 * size_t(bh) * per_head;
-    head_backward(dqkv + q, dk, dk + per_head, hd, scratch + size_t(bh) * T * T,
-                  dout + size_t(b) * T * C + size_t(h) * hd, qkv + q, qkv + k, qkv + v,
-                  att + size_t(bh) * T * T, seq_key_begin(key_begin, b, T), d);
+    head_backward(dqkv + q, dk, dk + per_head, hd, scratch + size_t(bh) * per_att,
+                  dout + size_t(b) * per_out + size_t(h) * hd, qkv + q, qkv + k, qkv + v,
+                  att + size_t(bh) * per_att, seq_key_begin(key_begin, b, T), d);
   }
 #pragma omp parallel for collapse(2) schedule(static)
   for (int b = 0; b < B; ++b)
-    for (int t = 0; t < T; ++t) {
+    for (int t = 0; t < d.L; ++t) {
       float* row = dqkv + (size_t(b) * T + t) * d.ld_qkv;
       for (int g = 0; g < NKV; ++g)
         for (int h = g; h < NH; h += NKV) {

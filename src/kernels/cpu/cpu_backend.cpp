@@ -18,6 +18,12 @@ namespace {
 // 64 bytes: one cache line and one AVX-512 register, so no vector load straddles two lines.
 constexpr size_t kAlignment = 64;
 
+void check_query_rows(QueryRows rows, int T) {
+  TRIAD_CHECK(rows.first >= 0 && rows.count >= 0 && rows.first + rows.count <= T,
+              "cpu attention: query rows ", rows.first, " + ", rows.count, " outside a sequence of ",
+              T, " rows");
+}
+
 class CpuBackend final : public Backend {
  public:
   CpuBackend() { cpu::configure_blas(); }
@@ -103,14 +109,16 @@ class CpuBackend final : public Backend {
     cpu::bias_backward(dbias, dout, N, OC);
   }
   void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH,
-                         int NKV, const int32_t* key_begin) override {
-    cpu::attention_forward(out, att, qkv, B, T, C, NH, NKV, key_begin);
+                         int NKV, const int32_t* key_begin, QueryRows rows) override {
+    check_query_rows(rows, T);
+    cpu::attention_forward(out, att, qkv, B, T, C, NH, NKV, key_begin, rows);
   }
   void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
                           const float* att, int B, int T, int C, int NH, int NKV, GradMode mode,
-                          const int32_t* key_begin) override {
+                          const int32_t* key_begin, QueryRows rows) override {
+    check_query_rows(rows, T);
     if (mode == GradMode::overwrite) zero(dqkv, size_t(B) * T * qkv_width(C, NH, NKV));
-    cpu::attention_backward(dqkv, scratch, dout, qkv, att, B, T, C, NH, NKV, key_begin);
+    cpu::attention_backward(dqkv, scratch, dout, qkv, att, B, T, C, NH, NKV, key_begin, rows);
   }
   void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n, int C,
                         int NH, int NKV, int window) override {
@@ -225,14 +233,16 @@ class CpuBackend final : public Backend {
     cpu::bias_backward(dbias, dout, N, OC);
   }
   void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C, int NH,
-                         int NKV, const int32_t* key_begin) override {
-    cpu::attention_forward(out, lse, qkv, B, T, C, NH, NKV, key_begin);
+                         int NKV, const int32_t* key_begin, QueryRows rows) override {
+    check_query_rows(rows, T);
+    cpu::attention_forward(out, lse, qkv, B, T, C, NH, NKV, key_begin, rows);
   }
   void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, const bf16_t* out,
                           const float* lse, int B, int T, int C, int NH, int NKV, GradMode mode,
-                          const int32_t* key_begin) override {
+                          const int32_t* key_begin, QueryRows rows) override {
+    check_query_rows(rows, T);
     if (mode == GradMode::overwrite) zero(dqkv, size_t(B) * T * qkv_width(C, NH, NKV));
-    cpu::attention_backward(dqkv, dout, qkv, out, lse, B, T, C, NH, NKV, key_begin);
+    cpu::attention_backward(dqkv, dout, qkv, out, lse, B, T, C, NH, NKV, key_begin, rows);
   }
   void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n, int C,
                         int NH, int NKV, int window) override {

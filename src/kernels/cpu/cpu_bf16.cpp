@@ -153,19 +153,20 @@ void bias_backward(float* dbias, const bf16_t* dout, int N, int OC) {
   bias_backward(dbias, widen(1, dout, size_t(N) * OC), N, OC);
 }
 
-// lse[b,h,i] = ln Σ_{lo<=j<=i} exp(scale · q_i·k_j), lo = key_begin[b,i] (0 without), from the
-// widened qkv (max-shifted).
+// lse[b,h,i − q0] = ln Σ_{lo<=j<=i} exp(scale · q_i·k_j), lo = key_begin[b,i] (0 without), for
+// the range's rows q0 <= i < L, from the widened qkv (max-shifted).
 static void attention_lse(float* lse, const float* qkv, int B, int T, int C, int NH, int NKV,
-                          const int32_t* key_begin) {
+                          const int32_t* key_begin, QueryRows rows) {
   const int hd = C / NH;
   const float scale = 1.0f / std::sqrt(float(hd));
   const size_t ld = size_t(qkv_width(C, NH, NKV));
+  const int L = rows.keys(T), n = rows.rows(T), q0 = L - n;
 #pragma omp parallel for collapse(2) schedule(static)
   for (int b = 0; b < B; ++b)
     for (int h = 0; h < NH; ++h) {
-      std::vector<float> s(static_cast<size_t>(T));
+      std::vector<float> s(static_cast<size_t>(L));
       const float* base = qkv + size_t(b) * T * ld;
-      for (int i = 0; i < T; ++i) {
+      for (int i = q0; i < L; ++i) {
         const float* q = base + size_t(i) * ld + size_t(h) * hd;
         float mx = -std::numeric_limits<float>::infinity();
         const int lo = key_begin != nullptr ? key_begin[size_t(b) * T + i] : 0;
@@ -178,37 +179,39 @@ static void attention_lse(float* lse, const float* qkv, int B, int T, int C, int
         }
         double sum = 0.0;
         for (int j = lo; j <= i; ++j) sum += std::exp(double(s[size_t(j)] - mx));
-        lse[(size_t(b) * NH + h) * T + i] = mx + float(std::log(sum));
+        lse[(size_t(b) * NH + h) * n + (i - q0)] = mx + float(std::log(sum));
       }
     }
 }
 
 void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C, int NH,
-                       int NKV, const int32_t* key_begin) {
-  const size_t nqkv = size_t(B) * T * qkv_width(C, NH, NKV), nout = size_t(B) * T * C;
+                       int NKV, const int32_t* key_begin, QueryRows rows) {
+  const size_t n = size_t(rows.rows(T)), L = size_t(rows.keys(T));
+  const size_t nqkv = size_t(B) * T * qkv_width(C, NH, NKV), nout = size_t(B) * n * C;
   const float* q = widen(0, qkv, nqkv);
   float* o = scratch(1, nout);
-  float* att = scratch(2, size_t(B) * NH * T * T);
-  attention_forward(o, att, q, B, T, C, NH, NKV, key_begin);
-  attention_lse(lse, q, B, T, C, NH, NKV, key_begin);
+  float* att = scratch(2, size_t(B) * NH * n * L);
+  attention_forward(o, att, q, B, T, C, NH, NKV, key_begin, rows);
+  attention_lse(lse, q, B, T, C, NH, NKV, key_begin, rows);
   to_bf16(out, o, nout);
 }
 
 void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, const bf16_t* out,
                         const float* lse, int B, int T, int C, int NH, int NKV,
-                        const int32_t* key_begin) {
+                        const int32_t* key_begin, QueryRows rows) {
   // The probabilities are recomputed in fp32 from the bf16 qkv, as the forward computed them
   // (the flash kernels use lse for that; here the fp32 forward is the simpler reference).
   (void)out;
   (void)lse;
-  const size_t nqkv = size_t(B) * T * qkv_width(C, NH, NKV), nout = size_t(B) * T * C;
-  const size_t natt = size_t(B) * NH * T * T;
+  const size_t n = size_t(rows.rows(T)), L = size_t(rows.keys(T));
+  const size_t nqkv = size_t(B) * T * qkv_width(C, NH, NKV), nout = size_t(B) * n * C;
+  const size_t natt = size_t(B) * NH * n * L;
   const float* q = widen(0, qkv, nqkv);
   float* att = scratch(2, natt);
-  attention_forward(scratch(1, nout), att, q, B, T, C, NH, NKV, key_begin);
+  attention_forward(scratch(1, nout), att, q, B, T, C, NH, NKV, key_begin, rows);
   through_fp32(3, dqkv, nqkv, [&](float* dq) {
     attention_backward(dq, scratch(4, natt), widen(5, dout, nout), q, att, B, T, C, NH, NKV,
-                       key_begin);
+                       key_begin, rows);
   });
 }
 

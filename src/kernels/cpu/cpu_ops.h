@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "triad/core/bf16.h"
+#include "triad/kernels/backend.h"
 
 namespace triad::cpu {
 
@@ -52,10 +53,10 @@ void bias_backward(float* dbias, const float* dout, int N, int OC);
 
 // key_begin: Backend::attention_forward's ([B,T], nullptr without a mask).
 void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH,
-                       int NKV, const int32_t* key_begin = nullptr);
+                       int NKV, const int32_t* key_begin = nullptr, QueryRows rows = {});
 void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
                         const float* att, int B, int T, int C, int NH, int NKV,
-                        const int32_t* key_begin = nullptr);
+                        const int32_t* key_begin = nullptr, QueryRows rows = {});
 void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n, int C, int NH,
                       int NKV, int window = 0);
 // SwiGLU over rows [gate | up] (cpu_swiglu.cpp); fp32 and bf16 (computed in fp32).
@@ -127,10 +128,10 @@ void matmul_backward(bf16_t* dinp, float* dweight, float* dbias, const bf16_t* d
                      const bf16_t* inp, const bf16_t* weight, int N, int IC, int OC);
 void bias_backward(float* dbias, const bf16_t* dout, int N, int OC);
 void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C, int NH,
-                       int NKV, const int32_t* key_begin = nullptr);
+                       int NKV, const int32_t* key_begin = nullptr, QueryRows rows = {});
 void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, const bf16_t* out,
                         const float* lse, int B, int T, int C, int NH, int NKV,
-                        const int32_t* key_begin = nullptr);
+                        const int32_t* key_begin = nullptr, QueryRows rows = {});
 void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n, int C,
                       int NH, int NKV, int window = 0);
 void gelu_forward(bf16_t* out, const bf16_t* inp, size_t n);

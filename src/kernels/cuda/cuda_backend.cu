@@ -51,6 +51,14 @@ cudaError_t device_count(int* count) {
   return err;
 }
 
+// The CUDA attention computes whole sequences: query ranges (QueryRows, context parallelism) are
+// the CPU backend's alone so far.
+void check_whole_rows(QueryRows rows, int T) {
+  TRIAD_CHECK(rows.whole(T), "cuda attention: query rows ", rows.first, " + ", rows.count,
+              " of ", T, ": the CUDA backend computes the attention of whole sequences only, so "
+              "context parallelism (parallel.cp > 1) runs on the CPU backend");
+}
+
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(int device) : device_(device) {
@@ -97,6 +105,13 @@ class CudaBackend final : public Backend {
     if (n == 0) return;
     TRIAD_CUDA_CHECK(
         cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, stream_));
+  }
+  void copy_rows(float* dst, size_t ld_dst, const float* src, size_t ld_src, size_t rows,
+                 size_t width) override {
+    if (rows == 0 || width == 0) return;
+    const size_t f = sizeof(float);
+    TRIAD_CUDA_CHECK(cudaMemcpy2DAsync(dst, ld_dst * f, src, ld_src * f, width * f, rows,
+                                       cudaMemcpyDeviceToDevice, stream_));
   }
   void copy_to_host(float* host, const float* dev, size_t n) override {
     if (n == 0) return;
@@ -164,13 +179,15 @@ class CudaBackend final : public Backend {
     cuda::column_sum_accumulate(stream_, reduce_partials_, dbias, dout, N, OC);
   }
   void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH,
-                         int NKV, const int32_t* key_begin) override {
+                         int NKV, const int32_t* key_begin, QueryRows rows) override {
+    check_whole_rows(rows, T);
     cuda::attention_forward(stream_, cublas_, attention_scratch_, out, att, qkv, B, T, C, NH, NKV,
                             key_begin);
   }
   void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
                           const float* att, int B, int T, int C, int NH, int NKV, GradMode mode,
-                          const int32_t* key_begin) override {
+                          const int32_t* key_begin, QueryRows rows) override {
+    check_whole_rows(rows, T);
     cuda::attention_backward(stream_, cublas_, attention_scratch_, dqkv, scratch, dout, qkv, att, B,
                              T, C, NH, NKV, mode == GradMode::accumulate, key_begin);
   }
@@ -302,13 +319,15 @@ class CudaBackend final : public Backend {
                                   mode);
   }
   void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C, int NH,
-                         int NKV, const int32_t* key_begin) override {
+                         int NKV, const int32_t* key_begin, QueryRows rows) override {
+    check_whole_rows(rows, T);
     cuda::attention_forward(stream_, cublas_, attention_scratch_, dev(out), lse, dev(qkv), B, T, C,
                             NH, NKV, key_begin);
   }
   void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, const bf16_t* out,
                           const float* lse, int B, int T, int C, int NH, int NKV, GradMode mode,
-                          const int32_t* key_begin) override {
+                          const int32_t* key_begin, QueryRows rows) override {
+    check_whole_rows(rows, T);
     cuda::attention_backward(stream_, cublas_, attention_scratch_, dev(dqkv), dev(dout), dev(qkv),
                              dev(out), lse, B, T, C, NH, NKV, mode == GradMode::accumulate,
                              key_begin);
