@@ -309,6 +309,15 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
                    : mp.virtual_stages == 1 && int(mp.stage_layers.size()) == mp.pp &&
                          mp.first_layer(mp.pp, shape.n_layer) == shape.n_layer);
   TRIAD_ASSERT(mp.tp == 1 || mp.tp_comm != nullptr);
+  if (mp.cp > 1) {
+    TRIAD_ASSERT(mp.cp_comm != nullptr && mp.cp_rank >= 0 && mp.cp_rank < mp.cp);
+    TRIAD_CHECK(!options.inference, "a model for inference runs without context parallelism");
+    TRIAD_CHECK(shape.seq_len % (2 * mp.cp) == 0, "context parallelism over ", mp.cp,
+                " ranks needs seq_len (", shape.seq_len, ") divisible by ", 2 * mp.cp);
+    TRIAD_CHECK(precision == Precision::fp32 ||
+                    (shape.attn_width() / mp.tp % 2 == 0 && shape.qkv_rows() / mp.tp % 2 == 0),
+                "context parallelism in bf16 needs even widths of q and of q|k|v per rank");
+  }
   TRIAD_ASSERT(mp.pp == 1 || (mp.pp_comm != nullptr && (schedule != nullptr || inference_)));
   specs_ = gpt_rank_layout(shape, mp);
   layer_.assign(size_t(shape.n_layer), -1);

@@ -36,7 +36,9 @@ struct Gpt::Set {
     // per-head 1/rms [rows, NHl + NKVl].
     A* qkv_pre = nullptr;
     float* qk_rstd = nullptr;
-    float* att;                  // fp32: probabilities [B,NH,T,T]; bf16: log-sum-exp [B,NH,T]
+    // fp32: probabilities [B,NH,T,T]; bf16: log-sum-exp [B,NH,T]. Context parallel: those of
+    // the rank's two pieces of rows, one after the other (cp_attention_rows).
+    float* att;
     A* attproj;                  // c_proj output (shared scratch: forward only)
     A* residual2;                // x + attn
     A* ln2;                      // ln_2(residual2)
@@ -90,6 +92,12 @@ struct Gpt::Activations {
   // host.
   float* reduce_wide = nullptr;
   float* row_wide = nullptr;
+  // Context parallelism (cp > 1): a layer's q|k|v over whole sequences [B, T, Wl] (this rank's
+  // rows, the other ranks' keys and values gathered around them), its gradient, and the packed
+  // key and value columns that travel ([B·T, 2·NKVl·hd]: sent and received); bf16: their fp32
+  // staging for the gradients' reduce-scatter (the packed gradients, then this rank's sum).
+  A *cp_qkv = nullptr, *cp_dqkv = nullptr, *cp_send = nullptr, *cp_recv = nullptr;
+  float* cp_wide = nullptr;
 
   // Plans and allocates the buffers on `be`; without a backend (be == nullptr) only plans them,
   // so that bytes() tells what the allocation would take (Gpt::memory_plan).
@@ -97,7 +105,8 @@ struct Gpt::Activations {
               int n_grad_sends, Recomputation recompute, int logits_rows, bool split_backward,
               bool inference, Backend* be)
       : be_(be) {
-    const size_t BT = size_t(B) * s.seq_len, C = s.n_embd;
+    // Rows here: B sequences of seq_len tokens, of which a context-parallel rank holds 1/cp.
+    const size_t BT = size_t(B) * size_t(mp.seq_rows(s.seq_len)), C = s.n_embd;
     const bool sp = mp.split_rows();
     const size_t R = sp ? BT / size_t(mp.tp) : BT;  // rows of the residual stream here
     const size_t Vl = size_t(s.padded_vocab_size) / size_t(mp.tp);
@@ -106,8 +115,13 @@ struct Gpt::Activations {
     // The MLP's widths on this rank: c_fc's outputs (the pre-activation, Fl) and the hidden
     // activation c_proj reads (Hl): 4C/tp both for GPT-2, 2·H/tp and H/tp for SwiGLU.
     const size_t Fl = size_t(s.fc_rows()) / size_t(mp.tp), Hl = size_t(s.hidden()) / size_t(mp.tp);
-    const size_t nh = size_t(B) * size_t(s.n_head / mp.tp) * s.seq_len;
-    const size_t att = kFp32 ? nh * s.seq_len : nh;  // probabilities, or log-sum-exp
+    const size_t nh = size_t(B) * size_t(s.n_head / mp.tp) * size_t(mp.seq_rows(s.seq_len));
+    // Probabilities, or log-sum-exp. Context parallel: each of the two pieces' queries against
+    // the keys up to its end (piece·(start + piece) per head; 2·cp + 1 pieces² together).
+    const size_t piece = size_t(s.seq_len) / size_t(2 * mp.cp);
+    const size_t att = !kFp32       ? nh
+                       : mp.cp == 1 ? nh * s.seq_len
+                                    : nh / (2 * piece) * piece * piece * size_t(2 * mp.cp + 1);
     std::vector<std::pair<A**, size_t>> plan;
     std::vector<std::pair<float**, size_t>> plan_f;
     auto want = [&plan](A*& p, size_t n) { plan.emplace_back(&p, n); };
@@ -200,6 +214,14 @@ struct Gpt::Activations {
     if (!kFp32) {
       if (mp.tp > 1) want_f(reduce_wide, BT * C + R * C);
       want_f(row_wide, size_t(s.padded_vocab_size));
+    }
+    if (mp.cp > 1 && !inference) {
+      const size_t whole = size_t(B) * s.seq_len, KVl = Wl - Al;
+      want(cp_qkv, whole * Wl);
+      want(cp_dqkv, whole * Wl);
+      want(cp_send, whole * KVl);
+      want(cp_recv, whole * KVl);
+      if (!kFp32) want_f(cp_wide, whole * KVl + BT * KVl);
     }
     grad_sends.resize(size_t(n_grad_sends));
     for (auto& g : grad_sends) want(g, R * C);

@@ -72,8 +72,11 @@ ForwardStats Gpt::pipeline_step_t(const int32_t* inputs, const int32_t* targets,
                                   float dloss_scale) {
   TRIAD_CHECK(!inference_, "internal error: a model for inference cannot train");
   TRIAD_CHECK(!schedule_.empty(), "internal error: pipeline_step without a schedule");
-  const int T = shape_.seq_len, N = B * T, G = mp_.chunks();
+  // Rows per sequence here: Tl (T / cp under context parallelism, in this rank's order).
+  const int T = shape_.seq_len, Tl = mp_.seq_rows(T), N = B * Tl, G = mp_.chunks();
   TRIAD_ASSERT(B >= 1 && B <= max_batch_ && m >= 1);
+  const int32_t* local_inputs = cp_local_ids(inputs, m, B, cp_inputs_);
+  const int32_t* local_targets = cp_local_ids(targets, m, B, cp_targets_);
   // A chunk boundary carries this rank's rows of the residual stream (1/tp of them under
   // sequence parallelism).
   const size_t NC = size_t(local_rows(N)) * shape_.n_embd, per_mb = size_t(N);
@@ -119,8 +122,9 @@ ForwardStats Gpt::pipeline_step_t(const int32_t* inputs, const int32_t* targets,
     TRIAD_ASSERT(mb < m);
     const bool timed = trace && is_compute(x.kind);
     const double start = timed ? seconds() : 0.0;
-    const int32_t* in = inputs + size_t(mb) * per_mb;
-    const int32_t* tg = targets + size_t(mb) * per_mb;
+    const int32_t* in = local_inputs + size_t(mb) * per_mb;
+    const int32_t* tg = local_targets + size_t(mb) * per_mb;
+    const int32_t* whole = inputs + size_t(mb) * B * T;  // the attention mask's
     switch (x.kind) {
       case ActionKind::RecvActivation:
         pp.recv(words(set_of(c, mb).input), NW, x.peer, kTagActivation);
@@ -128,11 +132,11 @@ ForwardStats Gpt::pipeline_step_t(const int32_t* inputs, const int32_t* targets,
       case ActionKind::Forward: {
         Set<A>& S = set_of(c, mb);
         if (g == 0) upload_ids(in, nullptr, N);
-        set_attention_mask(in, B, T);  // every stage: its layers' attention
-        forward_chunk(c, S, B, T);
+        set_attention_mask(whole, B, T);  // every stage: its layers' attention
+        forward_chunk(c, S, B, Tl);
         if (g == G - 1) {
           upload_ids(nullptr, tg, N);
-          const ForwardStats f = classifier(S, tg, B, T, dloss_scale, true);
+          const ForwardStats f = classifier(S, tg, B, Tl, dloss_scale, true);
           st.loss_sum += f.loss_sum;
           st.correct += f.correct;
           st.tokens += f.tokens;
@@ -153,8 +157,8 @@ ForwardStats Gpt::pipeline_step_t(const int32_t* inputs, const int32_t* targets,
         int& s = slot[size_t(c)][size_t(mb)];
         TRIAD_ASSERT(s >= 0);
         if (g == 0) upload_ids(in, nullptr, N);
-        set_attention_mask(in, B, T);
-        backward_chunk(c, a.sets[size_t(c)][size_t(s)], B, T);
+        set_attention_mask(whole, B, T);
+        backward_chunk(c, a.sets[size_t(c)][size_t(s)], B, Tl);
         if (split_backward_) break;  // the set waits for its weight pass
         free_sets[size_t(c)].push_back(s);
         s = -1;
@@ -163,7 +167,7 @@ ForwardStats Gpt::pipeline_step_t(const int32_t* inputs, const int32_t* targets,
       case ActionKind::BackwardWeight: {
         int& s = slot[size_t(c)][size_t(mb)];
         TRIAD_ASSERT(s >= 0 && split_backward_);
-        weight_chunk(c, a.sets[size_t(c)][size_t(s)], B, T);
+        weight_chunk(c, a.sets[size_t(c)][size_t(s)], B, Tl);
         free_sets[size_t(c)].push_back(s);
         s = -1;
         break;
@@ -231,6 +235,9 @@ Gpt::Set<A>* Gpt::decode_forward(const int32_t* tokens, int B, int len, bool cac
                                  int& n, int& rows) {
   const int T = shape_.seq_len;
   TRIAD_ASSERT(len >= 1 && len <= T && B >= 1 && B <= max_batch_ && need >= 1 && need <= len);
+  TRIAD_CHECK(mp_.cp == 1,
+              "generation and scoring (multiple-choice evaluation, samples) run without context "
+              "parallelism: use parallel.cp = 1");
   // Sequence parallelism cuts the rows into tp equal parts: pad the new rows at their end (the
   // attention is causal, so later positions change neither the outputs of earlier ones nor the
   // kept keys and values before them; a padding row's are overwritten by the next call's).

@@ -195,6 +195,18 @@ void Gpt::rotate(A* qkv, int N, int T, int pos0, bool inverse) {
 }
 
 template <class A>
+void Gpt::rotate_pieces(A* qkv, int B, int T, bool inverse) {
+  if (mp_.cp == 1) {
+    rotate(qkv, B * T, T, 0, inverse);
+    return;
+  }
+  const int P = T / 2;  // T: this rank's rows per sequence, two pieces
+  const size_t piece = size_t(B) * P * size_t(shape_.qkv_rows() / mp_.tp);
+  for (int k = 0; k < 2; ++k)
+    rotate(qkv + k * piece, B * P, P, mp_.piece_start(k, shape_.seq_len, mp_.cp_rank), inverse);
+}
+
+template <class A>
 void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   const int C = shape_.n_embd, Al = shape_.attn_width() / mp_.tp, NHl = shape_.n_head / mp_.tp;
   const int NKVl = shape_.kv_heads() / mp_.tp, Wl = shape_.qkv_rows() / mp_.tp;
@@ -216,13 +228,15 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   };
   if (!decoding_) {
     project(L.qkv);
-    rotate(L.qkv, N, T, 0, false);
+    rotate_pieces(L.qkv, B, T, false);
     // A model for inference keeps nothing for a backward pass: not even the probabilities (fp32)
     // or the log-sum-exp (bf16) the training attention saves. It generates and scores prompts,
     // each one document (set_attention_mask gives it no mask), the sliding window through
     // attention_decode's.
     if (inference_) {
       be_.attention_decode(L.atty, L.qkv, B, T, 0, T, Al, NHl, NKVl, shape_.layer_window(layer));
+    } else if (mp_.cp > 1) {
+      cp_attention_forward(L.atty, L.att, L.qkv, B, layer);
     } else {
       be_.attention_forward(L.atty, L.att, L.qkv, B, T, Al, NHl, NKVl, layer_key_begin(layer));
     }
@@ -281,7 +295,18 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T, int pos0) {
                        ? W + specs_[size_t(wpe_)].offset + size_t(pos0) * C
                        : nullptr;
     A* out = sp ? full : S.input;
-    be_.encoder_forward(out, d_inputs_, W + specs_[size_t(wte_)].offset, wpe, B, T, C);
+    const A* wte = W + specs_[size_t(wte_)].offset;
+    if (mp_.cp == 1) {
+      be_.encoder_forward(out, d_inputs_, wte, wpe, B, T, C);
+    } else {  // each piece at its own positions
+      const int P = T / 2;
+      for (int k = 0; k < 2; ++k) {
+        const size_t at = size_t(k) * B * P;
+        const int p0 = mp_.piece_start(k, shape_.seq_len, mp_.cp_rank);
+        be_.encoder_forward(out + at * C, d_inputs_ + at, wte,
+                            wpe != nullptr ? wpe + size_t(p0) * C : nullptr, B, P, C);
+      }
+    }
     reduce_rows(out, S.input, N);
   }
   const bool last_chunk = g == mp_.chunks() - 1;
@@ -481,13 +506,16 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     dres = split ? keep_rows(a.dresidual, L.dproj, N) : gather_rows(a.dresidual, a.full, N);
     be_.matmul_backward(a.datty, wgrad(gr.projw), wgrad(gr.projb), dres, L.atty, w.projw, N, Al, C,
                         kSet);
-    if constexpr (std::is_same_v<A, float>)
+    if (mp_.cp > 1)
+      cp_attention_backward(dqkv, a.datt_scratch, a.datty, L.qkv, L.atty, L.att, B,
+                            first_layer + i);
+    else if constexpr (std::is_same_v<A, float>)
       be_.attention_backward(dqkv, a.datt_scratch, a.datty, L.qkv, L.att, B, T, Al, NHl, NKVl, kSet,
                              layer_key_begin(first_layer + i));
     else  // flash style: probabilities recomputed from qkv and the saved log-sum-exp
       be_.attention_backward(dqkv, a.datty, L.qkv, L.atty, L.att, B, T, Al, NHl, NKVl, kSet,
                              layer_key_begin(first_layer + i));
-    rotate(dqkv, N, T, 0, true);  // the gradient of the normalized q|k|v, before the rotation
+    rotate_pieces(dqkv, B, T, true);  // the gradient of the normalized q|k|v, before the rotation
     if (shape_.qk_norm)           // ... and of c_attn's output, before the norm
       qk_norm_backward(dqkv, gr.qnw, gr.knw, L.qkv_pre, w.qnw, w.knw, L.qk_rstd, N);
     be_.matmul_backward(dpart, wgrad(gr.qkvw), wgrad(gr.qkvb), dqkv, L.ln1g, w.qkvw, N, C, Wl,
@@ -507,9 +535,19 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     // wpe is replicated: every rank accumulates the same gradient (of all rows); wte rows
     // only for the ids this rank holds.
     const A* dres = gather_rows(a.dresidual, a.full, N);
-    be_.encoder_backward(grads_ + sp[size_t(wte_)].offset,
-                         wpe_ >= 0 ? grads_ + sp[size_t(wpe_)].offset : nullptr, dres, d_inputs_, B,
-                         T, C);
+    float* dwte = grads_ + sp[size_t(wte_)].offset;
+    float* dwpe = wpe_ >= 0 ? grads_ + sp[size_t(wpe_)].offset : nullptr;
+    if (mp_.cp == 1) {
+      be_.encoder_backward(dwte, dwpe, dres, d_inputs_, B, T, C);
+    } else {
+      const int P = T / 2;
+      for (int k = 0; k < 2; ++k) {
+        const size_t at = size_t(k) * B * P;
+        const int p0 = mp_.piece_start(k, shape_.seq_len, mp_.cp_rank);
+        be_.encoder_backward(dwte, dwpe != nullptr ? dwpe + size_t(p0) * C : nullptr,
+                             dres + at * C, d_inputs_ + at, B, P, C);
+      }
+    }
     if (grad_hook_) grad_hook_(0, sp[size_t(std::max(wte_, wpe_)) + 1].offset);  // wte, wpe
   }
 }
@@ -546,26 +584,30 @@ ForwardStats Gpt::forward_backward_t(const int32_t* inputs, const int32_t* targe
                                      float dloss_scale) {
   TRIAD_CHECK(!inference_, "internal error: a model for inference cannot train");
   TRIAD_CHECK(mp_.pp == 1, "internal error: forward_backward with pp > 1 (use pipeline_step)");
-  const int T = shape_.seq_len;
+  const int T = shape_.seq_len, Tl = mp_.seq_rows(T);  // rows per sequence here: Tl
   TRIAD_ASSERT(B >= 1 && B <= max_batch_);
   Set<A>& S = acts<A>().sets[0][0];
-  upload_ids(inputs, targets, B * T);
-  set_attention_mask(inputs, B, T);
-  forward_chunk(0, S, B, T);
-  ForwardStats st = classifier(S, targets, B, T, dloss_scale, true);
-  backward_chunk(0, S, B, T);
+  const int32_t* in = cp_local_ids(inputs, 1, B, cp_inputs_);
+  const int32_t* tg = cp_local_ids(targets, 1, B, cp_targets_);
+  upload_ids(in, tg, B * Tl);
+  set_attention_mask(inputs, B, T);  // over the whole sequences
+  forward_chunk(0, S, B, Tl);
+  ForwardStats st = classifier(S, tg, B, Tl, dloss_scale, true);
+  backward_chunk(0, S, B, Tl);
   return st;
 }
 
 template <class A>
 ForwardStats Gpt::evaluate_t(const int32_t* inputs, const int32_t* targets, int B) {
   TRIAD_ASSERT(B >= 1 && B <= max_batch_);
-  const int T = shape_.seq_len;
+  const int T = shape_.seq_len, Tl = mp_.seq_rows(T);
   ForwardStats st;
   set_attention_mask(inputs, B, T);
-  if (Set<A>* last = forward_pipeline<A>(inputs, B, T)) {
-    upload_ids(nullptr, targets, B * T);
-    st = classifier(*last, targets, B, T, 0.0f, false);
+  const int32_t* in = cp_local_ids(inputs, 1, B, cp_inputs_);
+  if (Set<A>* last = forward_pipeline<A>(in, B, Tl)) {
+    const int32_t* tg = cp_local_ids(targets, 1, B, cp_targets_);
+    upload_ids(nullptr, tg, B * Tl);
+    st = classifier(*last, tg, B, Tl, 0.0f, false);
   }
   return share_from_last_stage(st);
 }
@@ -589,7 +631,8 @@ void Gpt::logits_to_host(float* host, const A* dev, size_t n) {
 
 template <class A>
 void Gpt::forward_logits_t(const int32_t* inputs, int B, float* host_out) {
-  TRIAD_CHECK(mp_.tp == 1 && mp_.pp == 1, "forward_logits needs the whole model on one rank");
+  TRIAD_CHECK(mp_.tp == 1 && mp_.pp == 1 && mp_.cp == 1,
+              "forward_logits needs the whole model on one rank");
   const int T = shape_.seq_len, C = shape_.n_embd, V = shape_.vocab_size;
   const int Vp = shape_.padded_vocab_size;
   Set<A>& S = acts<A>().sets[0][0];

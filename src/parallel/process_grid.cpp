@@ -4,15 +4,16 @@
 
 namespace triad {
 
-ProcessGrid::ProcessGrid(MPI_Comm world, int tp, int pp) : world_(world) {
+ProcessGrid::ProcessGrid(MPI_Comm world, int tp, int pp, int cp) : world_(world) {
   TRIAD_MPI_CHECK(MPI_Comm_rank(world, &rank_));
   TRIAD_MPI_CHECK(MPI_Comm_size(world, &size_));
-  TRIAD_CHECK(tp >= 1 && pp >= 1, "parallel.tp and parallel.pp must be >= 1 (got tp=", tp,
-              ", pp=", pp, ")");
-  TRIAD_CHECK(size_ % (tp * pp) == 0, "the job has ", size_,
-              " ranks, which is not a multiple of parallel.tp · parallel.pp = ", tp, " · ", pp,
-              " = ", tp * pp);
-  shape_ = GridShape{size_ / (tp * pp), pp, tp};
+  TRIAD_CHECK(tp >= 1 && pp >= 1 && cp >= 1,
+              "parallel.tp, parallel.pp and parallel.cp must be >= 1 (got tp=", tp, ", pp=", pp,
+              ", cp=", cp, ")");
+  TRIAD_CHECK(size_ % (tp * pp * cp) == 0, "the job has ", size_,
+              " ranks, which is not a multiple of parallel.tp · parallel.pp · parallel.cp = ", tp,
+              " · ", pp, " · ", cp, " = ", tp * pp * cp);
+  shape_ = GridShape{size_ / (tp * pp * cp), pp, tp, cp};
   // One split per group: the colour is the coordinates the group shares, the key the
   // coordinate that varies inside it (so a group's rank equals that coordinate).
   auto split = [&](int color, int key, const char* name) {
@@ -20,9 +21,10 @@ ProcessGrid::ProcessGrid(MPI_Comm world, int tp, int pp) : world_(world) {
     TRIAD_MPI_CHECK(MPI_Comm_split(world, color, key, &c));
     return make_mpi_comm(c, name, true);
   };
-  dp_ = split(pp_rank() * tp + tp_rank(), dp_rank(), "dp");
-  pp_ = split(dp_rank() * tp + tp_rank(), pp_rank(), "pp");
-  tp_ = split(dp_rank() * pp + pp_rank(), tp_rank(), "tp");
+  dp_ = split(pp_rank() * tp + tp_rank(), replica_rank(), "dp");
+  cp_ = split((dp_rank() * pp + pp_rank()) * tp + tp_rank(), cp_rank(), "cp");
+  pp_ = split((dp_rank() * cp + cp_rank()) * tp + tp_rank(), pp_rank(), "pp");
+  tp_ = split((dp_rank() * pp + pp_rank()) * cp + cp_rank(), tp_rank(), "tp");
   MPI_Comm all = MPI_COMM_NULL;
   TRIAD_MPI_CHECK(MPI_Comm_dup(world, &all));
   all_ = make_mpi_comm(all, "world", true);
@@ -32,16 +34,17 @@ ProcessGrid::~ProcessGrid() = default;
 
 std::string ProcessGrid::describe() const {
   return "dp=" + std::to_string(shape_.dp) + " pp=" + std::to_string(shape_.pp) +
-         " tp=" + std::to_string(shape_.tp);
+         " tp=" + std::to_string(shape_.tp) +
+         (shape_.cp > 1 ? " cp=" + std::to_string(shape_.cp) : std::string());
 }
 
 void ProcessGrid::wrap_comms(
     const std::function<std::unique_ptr<Comm>(std::unique_ptr<Comm>)>& wrap) {
-  for (auto* c : {&dp_, &pp_, &tp_, &all_}) *c = wrap(std::move(*c));
+  for (auto* c : {&dp_, &cp_, &pp_, &tp_, &all_}) *c = wrap(std::move(*c));
 }
 
 void ProcessGrid::abort_comms() {
-  for (auto* c : {&dp_, &pp_, &tp_, &all_}) (*c)->abort();
+  for (auto* c : {&dp_, &cp_, &pp_, &tp_, &all_}) (*c)->abort();
 }
 
 }  // namespace triad

@@ -174,6 +174,8 @@ class KeyTable {
     add("run.peak_tflops", c.run.peak_tflops, "peak TFLOP/s for MFU (0: measure / datasheet)");
     add("parallel.tp", c.parallel.tp, "tensor-parallel size");
     add("parallel.pp", c.parallel.pp, "pipeline-parallel size");
+    add("parallel.cp", c.parallel.cp,
+        "context-parallel size: each sequence's tokens split over cp ranks (cpu backend)");
     add("parallel.zero", c.parallel.zero, "ZeRO stage (0 or 1)");
     add("parallel.schedule", c.parallel.schedule,
         "pipeline schedule (1f1b | gpipe | interleaved | zb-h1; interleaved and zb-h1 take "
@@ -560,7 +562,7 @@ void validate(const Config& c, int world_size) {
         "must be >= 1 (got " + std::to_string(t.batch_size) + ")");
   check(t.micro_batch_size >= 1, "train.micro_batch_size",
         "must be >= 1 (got " + std::to_string(t.micro_batch_size) + ")");
-  const int dp = world_size / std::max(1, c.parallel.tp * c.parallel.pp);
+  const int dp = world_size / std::max(1, c.parallel.tp * c.parallel.pp * c.parallel.cp);
   check(t.batch_size % (t.micro_batch_size * std::max(1, dp)) == 0, "train.batch_size",
         "(" + std::to_string(t.batch_size) + ") must be divisible by micro_batch_size · dp (" +
             std::to_string(t.micro_batch_size) + " · " + std::to_string(dp) + ")");
@@ -641,6 +643,7 @@ void validate(const Config& c, int world_size) {
   check(c.run.peak_tflops >= 0, "run.peak_tflops", "must be >= 0");
   check(c.parallel.tp >= 1, "parallel.tp", "must be >= 1");
   check(c.parallel.pp >= 1, "parallel.pp", "must be >= 1");
+  check(c.parallel.cp >= 1, "parallel.cp", "must be >= 1");
   check(c.parallel.zero == 0 || c.parallel.zero == 1, "parallel.zero", "must be 0 or 1");
   check(is_schedule_kind(c.parallel.schedule), "parallel.schedule",
         std::string("must be ") + kScheduleKindNames + " (got '" + c.parallel.schedule + "')");
@@ -649,11 +652,29 @@ void validate(const Config& c, int world_size) {
         "parallel.comm", "must be auto, mpi or nccl (got '" + c.parallel.comm + "')");
   check(c.parallel.comm != "nccl" || c.run.backend == "cuda", "parallel.comm",
         "nccl needs run.backend = cuda (the cpu backend communicates through MPI)");
-  // The grid must fit the job and the model (DESIGN.md §3 splits, §4 dp = world / (tp·pp)).
+  // The grid must fit the job and the model (DESIGN.md §3 splits, §4 dp = world / (tp·pp·cp)).
   const auto& par = c.parallel;
-  check(world_size % std::max(1, par.tp * par.pp) == 0, "parallel.tp",
-        "· parallel.pp (" + std::to_string(par.tp) + " · " + std::to_string(par.pp) +
-            ") must divide the number of ranks (" + std::to_string(world_size) + ")");
+  check(world_size % std::max(1, par.tp * par.pp * par.cp) == 0, "parallel.tp",
+        "· parallel.pp · parallel.cp (" + std::to_string(par.tp) + " · " + std::to_string(par.pp) +
+            " · " + std::to_string(par.cp) + ") must divide the number of ranks (" +
+            std::to_string(world_size) + ")");
+  if (par.cp > 1) {
+    check(m.seq_len % (2 * par.cp) == 0, "parallel.cp",
+          "(" + std::to_string(par.cp) + ") needs model.seq_len (" + std::to_string(m.seq_len) +
+              ") divisible by 2 · parallel.cp: each rank holds two equal chunks of a sequence");
+    check(c.run.backend == "cpu", "parallel.cp",
+          "> 1 runs on the cpu backend only: the CUDA attention kernels compute whole sequences");
+    // Generation and scoring decode prompts with the KV cache, a whole sequence on one rank.
+    check(c.sample.length == 0, "sample.length",
+          "must be 0 with parallel.cp > 1: samples are generated without context parallelism");
+    check(c.eval.choices.empty(), "eval.choices",
+          "cannot be scored with parallel.cp > 1 (scoring runs without context parallelism)");
+    check(!par.sequence_parallel || (m.seq_len / par.cp) % std::max(1, par.tp) == 0,
+          "parallel.sequence_parallel",
+          "with parallel.cp needs model.seq_len / parallel.cp (" +
+              std::to_string(m.seq_len / par.cp) + ") divisible by parallel.tp (" +
+              std::to_string(par.tp) + ")");
+  }
   check(m.n_head % std::max(1, par.tp) == 0, "parallel.tp",
         "(" + std::to_string(par.tp) + ") must divide model.n_head (" + std::to_string(m.n_head) +
             "): attention is split by heads");

@@ -83,6 +83,7 @@ ModelParallel model_parallel(const Config& cfg, int pp_rank, int tp_rank) {
   mp.pp_rank = pp_rank;
   mp.virtual_stages = cfg.parallel.virtual_stages;
   mp.sequence_parallel = cfg.parallel.sequence_parallel;
+  mp.cp = cfg.parallel.cp;
   return mp;
 }
 
@@ -100,7 +101,10 @@ RunPlan plan_run(const Config& cfg, int world_size) {
   RunPlan p;
   p.grid.tp = cfg.parallel.tp;
   p.grid.pp = cfg.parallel.pp;
-  p.grid.dp = world_size / (p.grid.tp * p.grid.pp);
+  p.grid.cp = cfg.parallel.cp;
+  p.grid.dp = world_size / (p.grid.tp * p.grid.pp * p.grid.cp);
+  // The parameters' replicas: data- and context-parallel ranks alike (ProcessGrid::dp()).
+  const int replicas = p.grid.dp * p.grid.cp;
   p.micro_batch_size = cfg.train.micro_batch_size;
   p.micro_batches = cfg.train.batch_size / (p.micro_batch_size * p.grid.dp);
   p.precision = cfg.bf16() ? Precision::bf16 : Precision::fp32;
@@ -119,12 +123,12 @@ RunPlan plan_run(const Config& cfg, int world_size) {
     m.layers = mp.rank_layers(shape.n_layer);
     const auto specs = gpt_rank_layout(shape, mp);
     for (const auto& s : specs) m.parameters += int64_t(s.numel);
-    m.model = Gpt::memory_plan(shape, p.micro_batch_size, p.grid.dp, mp,
+    m.model = Gpt::memory_plan(shape, p.micro_batch_size, replicas, mp,
                                p.grid.pp > 1 ? &schedule : nullptr, p.precision, options);
     // The trainer's optimizer and ZeRO slice (Trainer::State::setup_model).
     const bool zero = cfg.parallel.zero == 1;
-    const size_t range = zero ? m.model.buffer_floats / size_t(p.grid.dp) : m.model.buffer_floats;
-    m.optimizer = Optimizer::state_bytes_for(cfg.optim, range, specs, p.grid.tp, p.grid.dp);
+    const size_t range = zero ? m.model.buffer_floats / size_t(replicas) : m.model.buffer_floats;
+    m.optimizer = Optimizer::state_bytes_for(cfg.optim, range, specs, p.grid.tp, replicas);
     m.grad_shard = zero ? range * sizeof(float) : 0;
     m.flops_per_token = stage_flops_per_token(specs, shape, mp, m.layers);
     m.recompute_flops_per_token = Gpt::recompute_flops_per_token(shape, mp, p.recompute);
@@ -134,8 +138,8 @@ RunPlan plan_run(const Config& cfg, int world_size) {
         if (s.name == (shape.tied ? "wte/weight" : "lm_head/weight"))
           m.head_backward_flops_per_token = 4.0 * double(s.numel);
     // The trainer's reduction (Trainer::run): ZeRO-1 reduce-scatters and gathers even on a
-    // group of one (local copies, no wire); the all-reduce runs for dp > 1.
-    const double d = p.grid.dp;
+    // group of one (local copies, no wire); the all-reduce runs for dp·cp > 1.
+    const double d = replicas;
     if (zero) {
       m.dp_reduce_scatter = m.model.buffer_floats * sizeof(float);
       // The slices come back as the bf16 copy or as fp32 master weights (zero_gathers_bf16).
@@ -144,7 +148,7 @@ RunPlan plan_run(const Config& cfg, int world_size) {
       // slices of the gather.
       m.dp_wire_bytes =
           (d - 1) / d * double(m.dp_reduce_scatter) + (d - 1) * double(m.dp_all_gather);
-    } else if (p.grid.dp > 1) {
+    } else if (replicas > 1) {
       m.dp_all_reduce = m.model.param_floats * sizeof(float);
       m.dp_wire_bytes = 2 * (d - 1) / d * double(m.dp_all_reduce);
     }
@@ -153,7 +157,7 @@ RunPlan plan_run(const Config& cfg, int world_size) {
       // dp > 1 its fp32 all-gathers: under ZeRO its update's slices, then in each round the
       // ranks' results (the round's largest shard each).
       size_t gathered = zero ? range : 0;
-      for (const auto& r : muon_rounds(specs, p.grid.dp)) {
+      for (const auto& r : muon_rounds(specs, replicas)) {
         const ParamSpec& first = specs[r.specs.front()];
         m.optimizer_flops +=
             newton_schulz_flops(first.shape[0], first.shape[1], cfg.optim.muon_ns_steps);
@@ -161,7 +165,7 @@ RunPlan plan_run(const Config& cfg, int world_size) {
           m.tp_muon_gather += first.numel * size_t(p.grid.tp - 1) * sizeof(float);
         gathered += r.count;
       }
-      if (p.grid.dp > 1) {
+      if (replicas > 1) {
         m.dp_all_gather += gathered * sizeof(float);
         m.dp_wire_bytes += (d - 1) * double(gathered * sizeof(float));
       }
@@ -169,7 +173,8 @@ RunPlan plan_run(const Config& cfg, int world_size) {
     p.stages.push_back(m);
   }
   p.model_flops_per_token = Gpt::flops_per_token(shape);
-  const double tokens_mb = double(p.micro_batch_size) * shape.seq_len;
+  // Tokens of a micro-batch on one rank: a context-parallel rank holds 1/cp of each sequence.
+  const double tokens_mb = double(p.micro_batch_size) * shape.seq_len / p.grid.cp;
   if (p.grid.pp > 1) {
     std::vector<double> fwd, bwd, wgt;
     for (const auto& s : p.stages) {
@@ -197,9 +202,10 @@ RunPlan plan_run(const Config& cfg, int world_size) {
 std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, double gbps) {
   const auto& g = p.grid;
   std::ostringstream os;
-  const int ranks = g.dp * g.pp * g.tp;
+  const int ranks = g.dp * g.pp * g.tp * g.cp;
   os << std::fixed << "plan: " << ranks << (ranks == 1 ? " rank" : " ranks") << " = dp " << g.dp
-     << " x pp " << g.pp << " x tp " << g.tp << " | " << precision_name(p.precision) << " on "
+     << " x pp " << g.pp << " x tp " << g.tp << (g.cp > 1 ? " x cp " + std::to_string(g.cp) : "")
+     << " | " << precision_name(p.precision) << " on "
      << cfg.run.backend << " | batch " << cfg.train.batch_size << " x " << cfg.model.seq_len
      << " tokens: " << p.micro_batches << (p.micro_batches == 1 ? " micro-batch" : " micro-batches")
      << " of " << p.micro_batch_size << " sequences per data-parallel rank";
@@ -272,7 +278,20 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
        << (cfg.parallel.schedule == "zb-h1" ? " with the weight gradients in the weight pass" : "")
        << ", the head's backward with the loss): " << std::setprecision(1) << p.bubble * 100
        << "% of the stages' time";
-  if (g.dp > 1) {
+  if (g.cp > 1) {
+    // Each layer gathers the other ranks' keys and values twice (forward, and again in the
+    // backward pass) and reduce-scatters their gradients (in fp32): (cp−1)/cp of a micro-batch's
+    // whole key and value columns each time, per layer, on every rank of the group.
+    const auto& m = cfg.model;
+    const double hd = m.head_dim > 0 ? m.head_dim : m.n_embd / m.n_head;
+    const double kv = 2.0 * m.kv_heads() * hd / g.tp;
+    const double bytes = p.precision == Precision::bf16 ? 2.0 : 4.0;
+    const double per_layer =
+        (2 * bytes + 4) * (g.cp - 1) / g.cp * p.micro_batch_size * m.seq_len * kv;
+    os << "\ncontext-parallel key/value traffic per step and rank: " << std::setprecision(1)
+       << per_layer * p.micro_batches * m.n_layer / g.pp / 1e6 << " MB (not overlapped)";
+  }
+  if (g.dp * g.cp > 1) {
     double wire = 0;
     for (const auto& s : p.stages) wire = std::max(wire, s.dp_wire_bytes);
     os << "\ndata-parallel gradient reduction per step and rank (ring): " << std::setprecision(1)

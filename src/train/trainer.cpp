@@ -136,7 +136,7 @@ std::vector<float> Trainer::parameters() const {
     n += full[i].numel;
   }
   std::vector<float> out(n, -0.0f);
-  if (s.dp_rank == 0) {
+  if (s.replica_rank == 0) {
     for (const auto& p : s.model->specs()) {
       if (p.replica) continue;
       size_t i = 0;
@@ -337,12 +337,13 @@ TrainOutcome Trainer::run() {
       loss_sum = s.model->pipeline_step(s.inputs.data(), s.targets.data(), accum, mbs, dloss_scale)
                      .loss_sum;
       if (profile) s.write_pipeline_trace(actions, int(st + 1), accum);
-      if (s.dp > 1 && !zero) s.grid.dp().all_reduce_sum(s.model->grads(), s.model->num_floats());
+      if (s.replicas > 1 && !zero)
+        s.grid.dp().all_reduce_sum(s.model->grads(), s.model->num_floats());
     } else {
       for (int m = 0; m < accum; ++m) {
         // Without ZeRO, the last micro-batch's backward hands each finished bucket (ln_f, every
         // layer, the embeddings) to a non-blocking all-reduce while it computes the next one.
-        if (m == accum - 1 && s.dp > 1 && !zero) {
+        if (m == accum - 1 && s.replicas > 1 && !zero) {
           s.model->set_grad_ready_hook([&s](size_t off, size_t n) {
             s.pending.push_back(s.grid.dp().iall_reduce_sum(s.model->grads() + off, n));
           });

@@ -18,7 +18,9 @@ namespace fs = std::filesystem;
 namespace triad {
 
 Trainer::State::State(MPI_Comm world, const CommandLine& c)
-    : cl(c), cfg(c.config), grid(world, c.config.parallel.tp, c.config.parallel.pp) {}
+    : cl(c),
+      cfg(c.config),
+      grid(world, c.config.parallel.tp, c.config.parallel.pp, c.config.parallel.cp) {}
 
 void Trainer::State::say(const std::string& line) {
   if (!root()) return;
@@ -96,22 +98,27 @@ GptShape Trainer::State::model_shape() const { return gpt_shape(cfg); }
 void Trainer::State::setup_model() {
   dp = grid.shape().dp;
   dp_rank = grid.dp_rank();
+  replicas = grid.replicas();
+  replica_rank = grid.replica_rank();
   const int mbs = cfg.train.micro_batch_size;
   const int accum = cfg.train.batch_size / (mbs * dp);
   ModelParallel mp = model_parallel(cfg, grid.pp_rank(), grid.tp_rank());
   mp.tp_comm = &grid.tp();
   mp.pp_comm = &grid.pp();
+  mp.cp_rank = grid.cp_rank();
+  mp.cp_comm = &grid.cp();
   PipelineSchedule schedule;
   if (mp.pp > 1) {
     const ScheduleKind kind = parse_schedule_kind(cfg.parallel.schedule);
     schedule = make_schedule(kind, mp.pp, accum, mp.virtual_stages);
     check_schedule(schedule, mp.pp, accum, mp.virtual_stages);
   }
-  model = std::make_unique<Gpt>(model_shape(), mbs, *be, dp, mp, mp.pp > 1 ? &schedule : nullptr,
+  model = std::make_unique<Gpt>(model_shape(), mbs, *be, replicas, mp,
+                                mp.pp > 1 ? &schedule : nullptr,
                                 cfg.bf16() ? Precision::bf16 : Precision::fp32,
                                 activation_options(cfg));
-  const size_t S = model->buffer_floats() / size_t(dp);
-  shard_lo = size_t(dp_rank) * S;
+  const size_t S = model->buffer_floats() / size_t(replicas);
+  shard_lo = size_t(replica_rank) * S;
   shard_hi = shard_lo + S;
   if (cfg.parallel.zero == 1) {
     opt = std::make_unique<Optimizer>(cfg.optim, model->specs(), shard_lo, shard_hi, *be,
@@ -163,7 +170,7 @@ void Trainer::State::layer_norms(const float* g, size_t lo, size_t hi, std::vect
   std::vector<double> sq(2 * groups.size(), 0.0);  // gradient squares, then weight squares
   // As grad_norm: each parameter once (not replicas); without ZeRO dp rank 0 alone; under ZeRO
   // the slice, where the fp32 weights are current too.
-  if (cfg.parallel.zero == 1 || dp_rank == 0)
+  if (cfg.parallel.zero == 1 || replica_rank == 0)
     for (const auto& s : model->specs()) {
       if (s.replica) continue;
       const size_t x = std::max(s.offset, lo), y = std::min(s.offset + s.numel, hi);
@@ -187,7 +194,7 @@ double Trainer::State::grad_norm(const float* g, size_t lo, size_t hi) {
   // over the world. Without ZeRO every data-parallel replica holds the whole reduced gradient,
   // so only dp rank 0 contributes; with ZeRO each rank holds a disjoint slice.
   double sq = 0;
-  if (cfg.parallel.zero == 1 || dp_rank == 0)
+  if (cfg.parallel.zero == 1 || replica_rank == 0)
     for (const auto& [a, b] : counted) {
       const size_t x = std::max(a, lo), y = std::min(b, hi);
       if (x < y) sq += be->sum_squares(g + (x - lo), y - x);

@@ -59,7 +59,10 @@ struct Trainer::State {
   int64_t skipped_in_a_row = 0;  // update skipping: a whole window of them means divergence
   // Data parallelism: this rank's slice [shard_lo, shard_hi) of the flat parameter buffer is
   // what it updates under ZeRO-1 and what it writes into checkpoints (always).
-  int dp = 1, dp_rank = 0;
+  // Data parallelism: dp ranks read different sequences (dp_rank's share); the parameters have
+  // replicas = dp·cp copies (context-parallel ranks read the same sequences, hold the same
+  // parameters), which reduce gradients and cut ZeRO slices and checkpoint writes among them.
+  int dp = 1, dp_rank = 0, replicas = 1, replica_rank = 0;
   size_t shard_lo = 0, shard_hi = 0;
   float* grad_shard = nullptr;  // ZeRO-1: the reduce-scattered gradient of the slice
   // Ranges of the parameter buffer whose gradients count in the global norm (see setup_model).

@@ -45,12 +45,14 @@ struct Grid {
   std::string schedule = "1f1b";
   int v = 1;
   bool sp = false;  // sequence parallelism
+  int cp = 1;       // context parallelism
   std::string name() const {
     return std::to_string(dp) + "x" + std::to_string(tp) + "x" + std::to_string(pp) + "_z" +
            std::to_string(zero) + "_a" + std::to_string(accum) + "_" + schedule +
-           (v > 1 ? "_v" + std::to_string(v) : "") + (sp ? "_sp" : "");
+           (v > 1 ? "_v" + std::to_string(v) : "") + (sp ? "_sp" : "") +
+           (cp > 1 ? "_cp" + std::to_string(cp) : "");
   }
-  int ranks() const { return dp * tp * pp; }
+  int ranks() const { return dp * tp * pp * cp; }
 };
 
 // triad-train's command line for grid g: the small model, then "--key value" pairs of `extra`
@@ -63,7 +65,8 @@ std::vector<std::string> grid_args(const std::string& dir, const std::string& na
               {"--run.threads", "1", "--parallel.zero", std::to_string(g.zero), "--parallel.tp",
                std::to_string(g.tp), "--parallel.pp", std::to_string(g.pp), "--parallel.schedule",
                g.schedule, "--parallel.virtual_stages", std::to_string(g.v),
-               "--parallel.sequence_parallel", g.sp ? "true" : "false"});
+               "--parallel.sequence_parallel", g.sp ? "true" : "false", "--parallel.cp",
+               std::to_string(g.cp)});
   if (extra.empty()) extra = {"--resume", "none"};
   // Extra "--key value" pairs replace the defaults above or add to them.
   for (size_t i = 0; i + 1 < extra.size(); i += 2) {
@@ -94,7 +97,7 @@ Config config_of(const std::vector<std::string>& args) {
 // What --plan says this rank holds on its backend for the run of `args` on grid g.
 size_t planned_bytes(const std::vector<std::string>& args, const Grid& g) {
   const RunPlan plan = plan_run(config_of(args), g.ranks());
-  return plan.stages[size_t((world_rank() / g.tp) % g.pp)].total();
+  return plan.stages[size_t((world_rank() / (g.tp * g.cp)) % g.pp)].total();
 }
 
 // Muon needs whole matrices: tensor parallelism gathers the shards (by rows for c_attn and c_fc,
@@ -200,6 +203,61 @@ TEST(ModelParallel, EveryGridMatchesOneRank) {
 }
 
 void expect_close_losses(const Result& a, const Result& b, double rel, const std::string& what);
+
+// Context parallelism (parallel.cp): each rank holds two pieces of every sequence and gathers the
+// others' keys and values. Alone and with data (ZeRO-1), tensor (sequence parallel), pipeline
+// (1F1B and zero bubble) parallelism, with full recomputation, for GPT-2's blocks and for Llama's
+// (rotary positions, grouped-query attention) under a document mask and a sliding window: the
+// losses and final weights of one rank to fp32 rounding; in bf16 close to one rank's bf16; a
+// checkpoint of a context-parallel run resumes on one rank and one rank's on a context-parallel
+// grid as the runs continued.
+TEST(ModelParallel, ContextParallelMatchesOneRank) {
+  const std::vector<Grid> grids = {
+      {1, 1, 1, 0, 1, "1f1b", 1, false, 2}, {1, 1, 1, 0, 2, "1f1b", 1, false, 4},
+      {2, 1, 1, 1, 2, "1f1b", 1, false, 2}, {1, 2, 1, 0, 2, "1f1b", 1, true, 2},
+      {1, 1, 2, 0, 4, "1f1b", 1, false, 2}, {1, 1, 2, 0, 4, "zb-h1", 1, false, 2},
+      {2, 2, 1, 1, 1, "1f1b", 1, true, 2},  {1, 2, 2, 0, 2, "1f1b", 1, false, 2}};
+  const std::vector<std::vector<std::string>> variants = {
+      {}, {"--model.position", "rope", "--model.n_kv_head", "2", "--model.norm", "rmsnorm",
+           "--model.mlp", "swiglu", "--data.document_mask", "7", "--model.sliding_window", "5"}};
+  for (size_t k = 0; k < variants.size(); ++k) {
+    const std::string name = "cp" + std::to_string(k);
+    const std::string dir = shared_dir(name);
+    auto with = [&](std::vector<std::string> a) {
+      a.insert(a.begin(), variants[k].begin(), variants[k].end());
+      return a;
+    };
+    const Result ref = run(dir, name + "_ref", Grid{}, with({"--resume", "none"}));
+    ASSERT_EQ(ref.losses.size(), 6u);
+    for (const Grid& g : grids) {
+      if (g.ranks() > world_size()) continue;
+      expect_same_training(run(dir, name + "_" + g.name(), g, with({"--resume", "none"})), ref,
+                           name + " " + g.name());
+    }
+    const Grid cp2{1, 1, 1, 0, 1, "1f1b", 1, false, 2};
+    expect_same_training(
+        run(dir, name + "_full_" + cp2.name(), cp2,
+            with({"--resume", "none", "--train.recompute", "full"})),
+        ref, name + " recompute full " + cp2.name());
+    const std::vector<std::string> bf16 = with({"--resume", "none", "--run.precision", "bf16"});
+    const Result bf1 = run(dir, name + "_bf16_ref", Grid{}, bf16);
+    expect_close_losses(run(dir, name + "_bf16_" + cp2.name(), cp2, bf16), bf1, 5e-4,
+                        name + " bf16 " + cp2.name());
+    // Checkpoints: written by the replicas (dp·cp ranks), read on any grid.
+    Result tail = ref;
+    tail.losses.erase(tail.losses.begin(), tail.losses.begin() + 3);
+    const Grid cp4{1, 1, 1, 0, 2, "1f1b", 1, false, 4};
+    if (cp4.ranks() <= world_size()) {
+      const std::string from_one = dir + "/runs/" + name + "_ref/ckpt/step_00000003.h5";
+      expect_same_training(run(dir, name + "_from1_" + cp4.name(), cp4,
+                               with({"--resume", from_one})),
+                           tail, name + " from one rank to " + cp4.name());
+    }
+    const std::string from_cp = dir + "/runs/" + name + "_" + cp2.name() + "/ckpt/step_00000003.h5";
+    expect_same_training(run(dir, name + "_fromcp", Grid{}, with({"--resume", from_cp})), tail,
+                         name + " from " + cp2.name() + " to one rank");
+  }
+}
 
 // An architecture variant (its --model.* options) trained on every grid of `grids`, and with
 // each recomputation mode of `recompute` on a sequence-parallel 1×2×2 grid, against one rank;
@@ -662,7 +720,13 @@ TEST(ModelParallel, MemoryPlanEqualsWhatEachRankAllocates) {
       {{2, 1, 2, 0, 2, "1f1b", 1}, "muon"},       {{4, 1, 1, 1, 1, "1f1b", 1}, "muon"},
       {{1, 1, 1, 1, 1, "1f1b", 1}, "muon"},       {{1, 2, 2, 0, 2, "1f1b", 1, true}, "rope"},
       {{2, 1, 2, 1, 2, "1f1b", 1}, "rmsnorm"},    {{1, 2, 1, 0, 1, "1f1b", 1}, "swiglu"},
-      {{1, 2, 2, 1, 2, "1f1b", 1}, "untied"}};
+      {{1, 2, 2, 1, 2, "1f1b", 1}, "untied"},
+      // Context parallelism: the whole-sequence q|k|v, its gradient and the packed keys and
+      // values, and the pieces' probabilities (fp32).
+      {{1, 1, 1, 0, 1, "1f1b", 1, false, 2}, "fp32"},
+      {{2, 1, 1, 1, 2, "1f1b", 1, false, 2}, "bf16"},
+      {{1, 2, 1, 0, 2, "1f1b", 1, true, 4}, "bf16"},
+      {{1, 1, 2, 0, 4, "zb-h1", 1, false, 2}, "rope"}};
   for (const auto& [g, variant] : grids) {
     if (g.ranks() > world_size()) continue;
     const std::string name = "plan_" + g.name() + "_" + variant;
@@ -688,7 +752,7 @@ TEST(ModelParallel, MemoryPlanEqualsWhatEachRankAllocates) {
     ASSERT_EQ(plan.stages.size(), size_t(g.pp)) << name;
     const Result r = run_trainer(g.ranks(), args);
     if (world_rank() >= g.ranks()) continue;
-    const int stage = (world_rank() / g.tp) % g.pp;
+    const int stage = (world_rank() / (g.tp * g.cp)) % g.pp;
     const StageMemory& m = plan.stages[size_t(stage)];
     EXPECT_EQ(r.out.allocated_bytes, m.total()) << name << " rank " << world_rank();
     EXPECT_EQ(r.out.buffer_floats, m.model.buffer_floats) << name;

@@ -1,5 +1,6 @@
-// The dp × pp × tp grid (run under mpiexec -np 4): coordinates follow the Megatron layout (tp
-// fastest), and each group holds exactly the ranks that share its other coordinates.
+// The dp × pp × tp (× cp) grid (run under mpiexec -np 4): coordinates follow the Megatron layout
+// (tp fastest, then cp, pp, dp), and each group holds exactly the ranks that share its other
+// coordinates; dp() holds the parameters' replicas, every (dp, cp) pair.
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -18,10 +19,14 @@ int expected_sum(const ProcessGrid& g, char which) {
   const auto& s = g.shape();
   int sum = 0;
   for (int r = 0; r < g.world_size(); ++r) {
-    const int tp = r % s.tp, pp = (r / s.tp) % s.pp, dp = r / (s.tp * s.pp);
-    const bool same = which == 'd'   ? (pp == g.pp_rank() && tp == g.tp_rank())
-                      : which == 'p' ? (dp == g.dp_rank() && tp == g.tp_rank())
-                                     : (dp == g.dp_rank() && pp == g.pp_rank());
+    const int tp = r % s.tp, cp = (r / s.tp) % s.cp, pp = (r / (s.tp * s.cp)) % s.pp;
+    const int dp = r / (s.tp * s.cp * s.pp);
+    const bool same_dp = dp == g.dp_rank(), same_cp = cp == g.cp_rank();
+    const bool same_pp = pp == g.pp_rank(), same_tp = tp == g.tp_rank();
+    const bool same = which == 'd'   ? same_pp && same_tp
+                      : which == 'c' ? same_dp && same_pp && same_tp
+                      : which == 'p' ? same_dp && same_cp && same_tp
+                                     : same_dp && same_cp && same_pp;
     if (same) sum += r;
   }
   return sum;
@@ -30,25 +35,34 @@ int expected_sum(const ProcessGrid& g, char which) {
 TEST(ProcessGrid, GroupsFollowTheLayout) {
   const int n = world_size();
   for (int tp = 1; tp <= n; ++tp)
-    for (int pp = 1; tp * pp <= n; ++pp) {
-      if (n % (tp * pp) != 0) continue;
-      ProcessGrid g(MPI_COMM_WORLD, tp, pp);
-      const std::string what = g.describe();
-      EXPECT_EQ(g.shape().dp * tp * pp, n) << what;
-      const int r = g.world_rank();
-      EXPECT_EQ(r, (g.dp_rank() * pp + g.pp_rank()) * tp + g.tp_rank()) << what;
-      EXPECT_EQ(g.dp().size(), g.shape().dp) << what;
-      EXPECT_EQ(g.pp().size(), pp) << what;
-      EXPECT_EQ(g.tp().size(), tp) << what;
-      EXPECT_EQ(g.dp().rank(), g.dp_rank()) << what;
-      EXPECT_EQ(g.pp().rank(), g.pp_rank()) << what;
-      EXPECT_EQ(g.tp().rank(), g.tp_rank()) << what;
-      // Membership: the sum of the members' world ranks, through each group's all-reduce.
-      for (char which : {'d', 'p', 't'}) {
-        Comm& c = which == 'd' ? g.dp() : which == 'p' ? g.pp() : g.tp();
-        EXPECT_EQ(int(c.all_reduce_sum(double(r))), expected_sum(g, which)) << what << " " << which;
+    for (int pp = 1; tp * pp <= n; ++pp)
+      for (int cp = 1; tp * pp * cp <= n; ++cp) {
+        if (n % (tp * pp * cp) != 0) continue;
+        ProcessGrid g(MPI_COMM_WORLD, tp, pp, cp);
+        const std::string what = g.describe();
+        EXPECT_EQ(g.shape().dp * tp * pp * cp, n) << what;
+        const int r = g.world_rank();
+        EXPECT_EQ(r, ((g.dp_rank() * pp + g.pp_rank()) * cp + g.cp_rank()) * tp + g.tp_rank())
+            << what;
+        EXPECT_EQ(g.dp().size(), g.shape().dp * cp) << what;
+        EXPECT_EQ(g.cp().size(), cp) << what;
+        EXPECT_EQ(g.pp().size(), pp) << what;
+        EXPECT_EQ(g.tp().size(), tp) << what;
+        EXPECT_EQ(g.dp().rank(), g.replica_rank()) << what;
+        EXPECT_EQ(g.replica_rank(), g.dp_rank() * cp + g.cp_rank()) << what;
+        EXPECT_EQ(g.cp().rank(), g.cp_rank()) << what;
+        EXPECT_EQ(g.pp().rank(), g.pp_rank()) << what;
+        EXPECT_EQ(g.tp().rank(), g.tp_rank()) << what;
+        // Membership: the sum of the members' world ranks, through each group's all-reduce.
+        for (char which : {'d', 'c', 'p', 't'}) {
+          Comm& c = which == 'd'   ? g.dp()
+                    : which == 'c' ? g.cp()
+                    : which == 'p' ? g.pp()
+                                   : g.tp();
+          EXPECT_EQ(int(c.all_reduce_sum(double(r))), expected_sum(g, which))
+              << what << " " << which;
+        }
       }
-    }
 }
 
 // wrap_comms hands every group's Comm to the wrapper (the CUDA backend wraps them in a Comm
@@ -60,7 +74,7 @@ TEST(ProcessGrid, WrapCommsReplacesEveryGroup) {
     seen.push_back(c->name());
     return c;
   });
-  EXPECT_EQ(seen.size(), 4u);
+  EXPECT_EQ(seen.size(), 5u);
   EXPECT_EQ(int(g.dp().all_reduce_sum(1.0)), world_size());
 }
 

@@ -136,10 +136,25 @@ struct ModelParallel {
   // hold this rank's 1/tp of the micro-batch's rows; all-gathers and reduce-scatters replace the
   // tensor-parallel all-reduces (Megatron's sequence parallelism).
   bool sequence_parallel = false;
+  // Context parallelism (cp > 1; docs/parallelism.md): each sequence of T tokens is cut into 2·cp
+  // equal pieces and this rank holds two of them, cp_rank and 2·cp − 1 − cp_rank (an early and a
+  // late one, so that the causal attention costs every rank the same), its rows ordered piece by
+  // piece: [2][B][T/(2·cp)]. Everything but attention is row by row; attention all-gathers the
+  // keys and values of the other ranks' pieces over cp_comm and its backward reduce-scatters
+  // their gradients.
+  int cp = 1, cp_rank = 0;
   Comm* tp_comm = nullptr;  // needed when tp > 1
   Comm* pp_comm = nullptr;  // needed when pp > 1
+  Comm* cp_comm = nullptr;  // needed when cp > 1
   int chunks() const { return pp * virtual_stages; }
   bool split_rows() const { return sequence_parallel && tp > 1; }
+  // Tokens of a T-token sequence this rank holds (T / cp), and the first position of its piece k
+  // (0: the early one, 1: the late one) of rank `rank`'s.
+  int seq_rows(int T) const { return T / cp; }
+  int piece_start(int k, int T, int rank) const {
+    const int piece = T / (2 * cp);
+    return (k == 0 ? rank : 2 * cp - 1 - rank) * piece;
+  }
   // The layers of each stage when they differ (virtual_stages = 1; parallel.stage_layers): pp
   // counts summing to n_layer, so that the last stage's head can be balanced against the
   // others' layers; the first and the last stage may have none (they hold the embeddings and
@@ -520,6 +535,25 @@ class Gpt {
   void layer_front(Set<A>& S, int g, int i, int B, int T, int pos0 = 0);
   template <class A>
   void rotate(A* qkv, int N, int T, int pos0, bool inverse);
+  // rotate() over the T rows per sequence this rank holds of B training sequences: at positions
+  // 0 .. T-1, or under context parallelism each of its two pieces at its own positions.
+  template <class A>
+  void rotate_pieces(A* qkv, int B, int T, bool inverse);
+  // Context parallelism (gpt_context.cpp): the attention of this rank's pieces of B sequences
+  // (forward: into atty [2][B][piece] and att, from its rows' q|k|v; backward: dqkv written over)
+  // with the keys and values of the whole sequences gathered from the context-parallel group.
+  template <class A>
+  void cp_attention_forward(A* atty, float* att, const A* qkv, int B, int layer);
+  template <class A>
+  void cp_attention_backward(A* dqkv, float* scratch, const A* datty, const A* qkv, const A* atty,
+                             const float* att, int B, int layer);
+  template <class A>
+  void cp_gather_qkv(const A* qkv, int B);  // into the whole-sequence buffer cp_qkv
+  size_t cp_att_offset(int piece, int B, bool probabilities) const;
+  // The ids of m micro-batches of B sequences ([m][B][seq_len], host) in the order of this rank's
+  // rows: the ids themselves, or under context parallelism its pieces ([m][2][B][piece]) copied
+  // into `out`.
+  const int32_t* cp_local_ids(const int32_t* ids, int m, int B, std::vector<int32_t>& out) const;
   template <class A>
   void mlp_activation(A* act, const A* pre, int N);
   // row_losses (optional, host, B·T): each row's cross-entropy.
@@ -586,6 +620,7 @@ class Gpt {
     return shape_.windowed(layer) ? key_begin_ : key_begin_full_;
   }
   std::vector<int32_t> host_ids_, padded_, host_key_begin_, host_key_begin_full_;
+  std::vector<int32_t> cp_inputs_, cp_targets_;  // cp_local_ids' copies
   // decode_logits: the tokens whose q|k|v rows the first activation set of every chunk holds.
   // Cleared by every forward pass and by params_updated(); set again by decode_logits.
   std::vector<int32_t> decoded_;

@@ -1,7 +1,11 @@
-// The dp × pp × tp grid of ranks (DESIGN.md §1). Layers never talk to MPI directly: they are
-// handed the communicators (Comm) of their groups from here. Rank layout: tp innermost, then
-// pp, then dp (world rank = (dp_rank·pp + pp_rank)·tp + tp_rank), as in Megatron, so that a
-// tensor-parallel group shares a node. The grid builds all three groups; the training loop
+// The dp × pp × tp grid of ranks (DESIGN.md §1), with context parallelism a fourth axis, cp.
+// Layers never talk to MPI directly: they are handed the communicators (Comm) of their groups
+// from here. Rank layout: tp innermost, then cp, then pp, then dp (world rank = ((dp_rank·pp +
+// pp_rank)·cp + cp_rank)·tp + tp_rank; with cp = 1 Megatron's (dp_rank·pp + pp_rank)·tp +
+// tp_rank), so that a tensor-parallel group, and then a context-parallel one, shares a node. The
+// ranks of a context-parallel group hold parts of the same sequences and the same parameters:
+// for the parameters (gradient reduction, ZeRO, checkpoints) they are data-parallel replicas, and
+// dp() spans them; for the data they are one data-parallel rank (dp_rank()). The training loop
 // runs every shape (see docs/parallelism.md).
 #pragma once
 
@@ -16,14 +20,14 @@
 namespace triad {
 
 struct GridShape {
-  int dp = 1, pp = 1, tp = 1;
+  int dp = 1, pp = 1, tp = 1, cp = 1;
 };
 
 class ProcessGrid {
  public:
-  // Builds the grid over `world` for the requested tp × pp (dp = world size / (tp·pp)).
-  // Throws triad::Error (on every rank alike) if the world size is not a multiple of tp·pp.
-  ProcessGrid(MPI_Comm world, int tp, int pp);
+  // Builds the grid over `world` for the requested tp × pp × cp (dp = world size / (tp·pp·cp)).
+  // Throws triad::Error (on every rank alike) if the world size is not a multiple of tp·pp·cp.
+  ProcessGrid(MPI_Comm world, int tp, int pp, int cp = 1);
   ~ProcessGrid();
 
   MPI_Comm world() const { return world_; }
@@ -31,14 +35,20 @@ class ProcessGrid {
   int world_size() const { return size_; }
   const GridShape& shape() const { return shape_; }
   bool is_root() const { return rank_ == 0; }
-  int dp_rank() const { return rank_ / (shape_.tp * shape_.pp); }
-  int pp_rank() const { return (rank_ / shape_.tp) % shape_.pp; }
+  int dp_rank() const { return rank_ / (shape_.tp * shape_.cp * shape_.pp); }
+  int pp_rank() const { return (rank_ / (shape_.tp * shape_.cp)) % shape_.pp; }
+  int cp_rank() const { return (rank_ / shape_.tp) % shape_.cp; }
   int tp_rank() const { return rank_ % shape_.tp; }
-  Comm& dp() { return *dp_; }  // same (pp, tp) coordinates, ordered by dp rank
-  Comm& pp() { return *pp_; }  // same (dp, tp): the stages of one pipeline, in stage order
-  Comm& tp() { return *tp_; }  // same (dp, pp): one tensor-parallel group
+  // The parameters' replicas: dp·cp ranks, this one dp_rank·cp + cp_rank of them (its rank in
+  // dp()).
+  int replicas() const { return shape_.dp * shape_.cp; }
+  int replica_rank() const { return dp_rank() * shape_.cp + cp_rank(); }
+  Comm& dp() { return *dp_; }  // same (pp, tp): the replicas, ordered by replica rank
+  Comm& cp() { return *cp_; }  // same (dp, pp, tp): one context-parallel group
+  Comm& pp() { return *pp_; }  // same (dp, cp, tp): the stages of one pipeline, in stage order
+  Comm& tp() { return *tp_; }  // same (dp, cp, pp): one tensor-parallel group
   Comm& all() { return *all_; }
-  std::string describe() const;  // "dp=2 pp=1 tp=1"
+  std::string describe() const;  // "dp=2 pp=1 tp=1", and " cp=2" when cp > 1
   // Replaces each group's Comm by wrap(that Comm), e.g. one that also takes device buffers.
   void wrap_comms(const std::function<std::unique_ptr<Comm>(std::unique_ptr<Comm>)>& wrap);
   // Comm::abort() on every group (after an error, before tearing down).
@@ -48,7 +58,7 @@ class ProcessGrid {
   MPI_Comm world_;
   int rank_ = 0, size_ = 1;
   GridShape shape_;
-  std::unique_ptr<Comm> dp_, pp_, tp_, all_;
+  std::unique_ptr<Comm> dp_, cp_, pp_, tp_, all_;
 };
 
 }  // namespace triad

@@ -117,6 +117,9 @@ struct RunConfig {
 
 struct ParallelConfig {
   int tp = 1, pp = 1, zero = 0;
+  // Context parallelism: each sequence's tokens split over cp ranks (two chunks each, balanced
+  // for causal attention), whose attention gathers the others' keys and values.
+  int cp = 1;
   std::string schedule = "1f1b";
   int virtual_stages = 1;
   bool sequence_parallel = false;  // LayerNorm regions split by sequence over the tp group
