@@ -385,6 +385,16 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
           "${extra[@]}" --resume none --run.name "curve_np2_$name" --train.steps 50 \
           --checkpoint.every 0 >"$RUN/curve_np2_$name.txt" 2>&1 || tail -8 "$RUN/curve_np2_$name.txt"
       done
+      # Context parallelism on the flash kernels' query ranges: 256-token sequences cut into 4
+      # pieces of 64 rows (two per rank), against one rank on the same GPU, with a document mask.
+      cp_args=(--config "$W/tiny.ini" --run.backend cuda --run.precision bf16 --model.seq_len 256
+               --eval.sequences 4 --data.document_mask 3 --resume none --train.steps 50
+               --checkpoint.every 0)
+      timeout "$(tmo 90 150)" "$B/triad-train" "${cp_args[@]}" --run.name curve_cp_ref \
+        >"$RUN/curve_cp_ref.txt" 2>&1 || tail -8 "$RUN/curve_cp_ref.txt"
+      timeout "$(tmo 90 150)" mpirun -np 2 --oversubscribe --mca btl self,vader --mca pml ob1 \
+        "$B/triad-train" "${cp_args[@]}" --parallel.cp 2 --run.name curve_np2_cp \
+        >"$RUN/curve_np2_cp.txt" 2>&1 || tail -8 "$RUN/curve_np2_cp.txt"
     fi
     "$PY" - "$RUN" "$W" <<'EOF'
 import sys, re, pathlib
@@ -454,10 +464,15 @@ try:
         print(against_cpu("RESULT_ROPE", v, "_rope"))
 except Exception as e:
     print("RESULT_ROPE failed:", e)
-for g in ("dp", "tp", "pp", "zb", "tpmuon", "dpmuon"):
-    what = {"zb": "pp=2 zb-h1", "tpmuon": "tp=2 muon", "dpmuon": "dp=2 zero muon"}.get(g, f"{g}=2")
-    ref = l.get("cuda_bf16_muon") if g.endswith("muon") else l["cuda_bf16"]
+for g in ("dp", "tp", "pp", "zb", "tpmuon", "dpmuon", "cp"):
+    what = {"zb": "pp=2 zb-h1", "tpmuon": "tp=2 muon", "dpmuon": "dp=2 zero muon",
+            "cp": "cp=2 T=256 documents"}.get(g, f"{g}=2")
     try:
+        if g == "cp":
+            with h5py.File(w / "runs" / "curve_cp_ref" / "metrics.h5", "r") as f:
+                ref = f["train/loss"][:]
+        else:
+            ref = l.get("cuda_bf16_muon") if g.endswith("muon") else l["cuda_bf16"]
         with h5py.File(w / "runs" / f"curve_np2_{g}" / "metrics.h5", "r") as f:
             x = f["train/loss"][:]
         d = np.abs(ref - x) / np.abs(ref)

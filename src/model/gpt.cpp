@@ -289,7 +289,7 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
       precision_(precision),
       recompute_(options.recompute),
       inference_(options.inference),
-      logits_rows_(logits_chunk_rows(options, max_batch, shape)) {
+      logits_rows_(logits_chunk_rows(options, max_batch, shape, mp.cp)) {
   TRIAD_ASSERT(shards >= 1);
   TRIAD_ASSERT((shape.head_dim > 0 || shape.n_embd % shape.n_head == 0) && max_batch >= 1);
   TRIAD_ASSERT(shape.padded_vocab_size >= shape.vocab_size);
@@ -392,7 +392,7 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
 GptMemory Gpt::memory_plan(const GptShape& shape, int max_batch, int shards,
                            const ModelParallel& mp, const PipelineSchedule* schedule,
                            Precision precision, ActivationOptions options) {
-  const int rows = logits_chunk_rows(options, max_batch, shape);
+  const int rows = logits_chunk_rows(options, max_batch, shape, mp.cp);
   GptMemory m;
   const auto specs = gpt_rank_layout(shape, mp);
   m.param_floats = layout_floats(specs);
@@ -480,8 +480,9 @@ double Gpt::flops_per_token(const GptShape& shape) {
 
 // Rounded up to a multiple of 8 rows, so that every chunk's rows start 16-byte aligned for the
 // GPU's vectorized loads and cuBLASLt.
-int Gpt::logits_chunk_rows(const ActivationOptions& o, int max_batch, const GptShape& shape) {
-  const int all = max_batch * shape.seq_len;
+int Gpt::logits_chunk_rows(const ActivationOptions& o, int max_batch, const GptShape& shape,
+                           int cp) {
+  const int all = max_batch * (shape.seq_len / cp);
   if (o.logits_chunk <= 0) return all;
   const int rows = std::min(o.logits_chunk, all);  // first: no overflow rounding a huge value
   return std::min((rows + 7) / 8 * 8, all);

@@ -662,8 +662,19 @@ void validate(const Config& c, int world_size) {
     check(m.seq_len % (2 * par.cp) == 0, "parallel.cp",
           "(" + std::to_string(par.cp) + ") needs model.seq_len (" + std::to_string(m.seq_len) +
               ") divisible by 2 · parallel.cp: each rank holds two equal chunks of a sequence");
-    check(c.run.backend == "cpu", "parallel.cp",
-          "> 1 runs on the cpu backend only: the CUDA attention kernels compute whole sequences");
+    // On the GPU the pieces' attention runs on the flash kernels: bf16, their head dims, and
+    // pieces of whole 64-row tiles.
+    if (c.run.backend == "cuda") {
+      const int hd = m.head_dim > 0 ? m.head_dim : m.n_embd / std::max(1, m.n_head);
+      check(c.bf16(), "parallel.cp",
+            "> 1 on the cuda backend needs run.precision = bf16 (the flash kernels)");
+      check(hd == 64 || hd == 128, "parallel.cp",
+            "> 1 on the cuda backend needs a head dimension of 64 or 128 (got " +
+                std::to_string(hd) + ")");
+      check(m.seq_len % (2 * par.cp * 64) == 0, "parallel.cp",
+            "> 1 on the cuda backend needs model.seq_len (" + std::to_string(m.seq_len) +
+                ") divisible by 2 · parallel.cp · 64: each piece whole 64-row tiles");
+    }
     // Generation and scoring decode prompts with the KV cache, a whole sequence on one rank.
     check(c.sample.length == 0, "sample.length",
           "must be 0 with parallel.cp > 1: samples are generated without context parallelism");

@@ -222,7 +222,8 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
   }
   if (cfg.train.logits_chunk > 0)
     os << " | logits in chunks of "
-       << Gpt::logits_chunk_rows(activation_options(cfg), p.micro_batch_size, gpt_shape(cfg))
+       << Gpt::logits_chunk_rows(activation_options(cfg), p.micro_batch_size, gpt_shape(cfg),
+                                 cfg.parallel.cp)
        << " tokens";
   if (p.recompute.mode != Recompute::none)
     os << " | recompute "

@@ -80,13 +80,14 @@ void Trainer::State::setup_device_comms(bool shares_gpu) {
   const bool nccl =
       want == "nccl" || (want == "auto" && grid.world_size() > 1 && !any_shared && !any_missing);
   if (nccl) {
-    // NCCL for the groups that move tensors in collectives every step (dp, tp); the pipeline
+    // NCCL for the groups that move tensors in collectives every step (dp, cp, tp); the pipeline
     // group (point-to-point, which stays on MPI anyway) and the world (scalars) are staged.
     grid.wrap_comms([this](std::unique_ptr<Comm> c) {
-      if (c->name() == "dp" || c->name() == "tp") return make_nccl_comm(std::move(c), *be);
+      if (c->name() == "dp" || c->name() == "cp" || c->name() == "tp")
+        return make_nccl_comm(std::move(c), *be);
       return make_device_staged_comm(std::move(c));
     });
-    comm_desc = "nccl " + nccl_version() + " (dp, tp collectives)";
+    comm_desc = "nccl " + nccl_version() + " (dp, cp, tp collectives)";
   } else if (grid.world_size() > 1) {
     grid.wrap_comms(make_device_staged_comm);
     comm_desc = "mpi (device buffers staged through host memory)";

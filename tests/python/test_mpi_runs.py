@@ -55,6 +55,8 @@ def rank_pids(mpirun_pid):
     (4, ["--parallel.pp", "4"], "must not exceed model.n_layer"),  # 2 layers
     (2, ["--parallel.pp", "2", "--model.n_layer", "3"], "must be divisible"),
     (2, ["--parallel.pp", "2", "--parallel.schedule", "interleaved"], "parallel.virtual_stages"),
+    (3, ["--parallel.cp", "3"], "divisible by 2 · parallel.cp"),  # 16 tokens in 6 pieces
+    (2, ["--parallel.cp", "2", "--sample.length", "4"], "sample.length"),
 ])
 def test_grid_that_does_not_fit_fails_on_every_rank(tmp_path, n, args, needle):
     cfg = tiny_config(tmp_path)

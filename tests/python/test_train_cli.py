@@ -138,6 +138,33 @@ def test_plan_prints_each_stage_without_data_or_peers(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_plan_context_parallel_shares_each_sequence(tmp_path):
+    """parallel.cp = 4 on GPT-2 124M (fp32, the cpu backend): each rank holds a quarter of every
+    sequence, so its activations shrink about 4x (the attention probabilities of its two pieces,
+    (2·4 + 1)/16 of T x T, a little more), its compute per step 4x, and --plan prints the keys' and
+    values' traffic: per layer two gathers and a reduce-scatter of (cp − 1)/cp of the micro-batch's
+    key and value columns."""
+    def plan(cp):
+        out = train("--config", REPO / "inputs/models/gpt2-124m.ini", "--data.train",
+                    str(tmp_path / "none_*.bin"), "--train.batch_size", "8",
+                    "--train.micro_batch_size", "8", "--parallel.cp", str(cp), "--plan",
+                    "--plan-ranks", str(cp), "--plan-tflops", "1", check=True).stdout
+        row = next(l.split() for l in out.splitlines() if l.split()[:2] == ["0", "12"])
+        ms = float(re.search(r"counted\): ([0-9.]+) ms", out).group(1))
+        return out, float(row[7].split("(")[0]), ms
+
+    one, act1, ms1 = plan(1)
+    four, act4, ms4 = plan(4)
+    assert "plan: 4 ranks = dp 1 x pp 1 x tp 1 x cp 4 | fp32 on cpu" in four, four
+    assert "x cp" not in one and "context-parallel" not in one, one
+    assert 3.5 < act1 / act4 < 5, (act1, act4)
+    assert abs(ms1 / ms4 - 4) < 0.01, (ms1, ms4)
+    mb = re.search(r"context-parallel key/value traffic per step and rank: ([0-9.]+) MB", four)
+    assert mb, four
+    want = (2 * 4 + 4) * 3 / 4 * 8 * 1024 * (2 * 768) * 12 / 1e6  # fp32: 4 bytes, 12 layers
+    assert abs(float(mb.group(1)) - want) < 0.1, (mb.group(1), want)
+
+
 def test_plan_shows_what_recomputation_saves_and_costs(tmp_path):
     def plan(mode):
         p = train("--config", REPO / "inputs/models/gpt2-124m.ini", "--run.backend", "cuda",

@@ -154,6 +154,54 @@ TEST(Config, InvalidGridsAreRefused) {
             "");
 }
 
+// Context parallelism: the grid must hold it, every rank two equal pieces of a sequence, and
+// what decodes whole sequences on one rank (samples, multiple-choice scoring) or runs on the GPU
+// is refused with it.
+TEST(Config, ContextParallelGridsAreChecked) {
+  auto expect = [](const std::string& err, const std::string& key, const std::string& what) {
+    EXPECT_NE(err.find(key), std::string::npos) << err;
+    EXPECT_NE(err.find(what), std::string::npos) << err;
+  };
+  const std::vector<std::string> seq = {"--model.seq_len", "16"};
+  auto with = [&](std::vector<std::string> a) {
+    a.insert(a.end(), seq.begin(), seq.end());
+    return a;
+  };
+  expect(error_of(with({"--parallel.cp", "0"})), "parallel.cp", "must be >= 1");
+  expect(error_of(with({"--parallel.cp", "3"}), 4), "parallel.tp",
+         "· parallel.cp (1 · 1 · 3) must divide the number of ranks (4)");
+  expect(error_of({"--parallel.cp", "2", "--model.seq_len", "6"}, 2), "parallel.cp",
+         "divisible by 2 · parallel.cp");
+  // On the GPU: the flash kernels' bf16, head dims and whole 64-row tiles per piece (GPT-2's 64
+  // at seq_len 256 over cp 2).
+  const std::vector<std::string> gpu = {"--run.backend", "cuda", "--model.seq_len", "256"};
+  auto on_gpu = [&](std::vector<std::string> a) {
+    a.insert(a.end(), gpu.begin(), gpu.end());
+    return a;
+  };
+  EXPECT_EQ(error_of(on_gpu({"--parallel.cp", "2"}), 2), "");
+  expect(error_of(on_gpu({"--parallel.cp", "2", "--run.precision", "fp32"}), 2), "parallel.cp",
+         "needs run.precision = bf16");
+  expect(error_of(on_gpu({"--parallel.cp", "2", "--model.n_head", "24"}), 2), "parallel.cp",
+         "head dimension of 64 or 128 (got 32)");
+  expect(error_of(on_gpu({"--parallel.cp", "4"}), 4), "parallel.cp",
+         "divisible by 2 · parallel.cp · 64");
+  expect(error_of(with({"--parallel.cp", "2", "--sample.length", "8"}), 2), "sample.length",
+         "must be 0 with parallel.cp > 1");
+  expect(error_of(with({"--parallel.cp", "2", "--eval.choices", "hellaswag.bin"}), 2),
+         "eval.choices", "parallel.cp > 1");
+  // 8 tokens over cp 2: 4 per rank, not divisible by tp = 3 for sequence parallelism.
+  expect(error_of({"--parallel.cp", "2", "--parallel.tp", "3", "--model.n_head", "3",
+                   "--model.n_embd", "48", "--model.seq_len", "8",
+                   "--parallel.sequence_parallel", "true"},
+                  6),
+         "parallel.sequence_parallel", "model.seq_len / parallel.cp (4) divisible by parallel.tp");
+  // dp = world / (tp·pp·cp): 8 sequences over dp 2 · micro-batches of 4.
+  EXPECT_EQ(error_of(with({"--parallel.cp", "2", "--train.micro_batch_size", "4"}), 4), "");
+  expect(error_of(with({"--parallel.cp", "2", "--train.micro_batch_size", "8"}), 4),
+         "train.batch_size", "micro_batch_size · dp (8 · 2)");
+}
+
 // data.document_mask: none, or a token id of the vocabulary; gpt_shape carries it to the model.
 TEST(Config, DocumentMaskIsNoneOrATokenOfTheVocabulary) {
   EXPECT_EQ(error_of({"--data.document_mask", "none"}), "");

@@ -752,6 +752,58 @@ TEST_F(CudaBf16Test, AttentionDocumentMask) {
   }
 }
 
+// Query ranges (QueryRows, context parallelism) against the CPU backend's: the flash kernels for
+// an early and a late piece of whole tiles, with a document mask and grouped-query heads, hd 64
+// and 128; the backward overwriting (rows the range does not reach become zero) and accumulating.
+TEST_F(CudaBf16Test, AttentionQueryRows) {
+  struct Case {
+    AttShape s;
+    QueryRows rows;
+    bool masked;
+  };
+  const Case cases[] = {{{2, 256, 2, 64, 2}, {64, 64}, false},
+                        {{1, 256, 4, 64, 2}, {192, 64}, true},
+                        {{2, 300, 2, 128, 1}, {128, 100}, true}};
+  for (const Case& c : cases) {
+    const AttShape& s = c.s;
+    SCOPED_TRACE(::testing::Message() << "B=" << s.B << " T=" << s.T << " NH=" << s.NH
+                                      << " hd=" << s.hd << " NKV=" << s.NKV << " rows "
+                                      << c.rows.first << " + " << c.rows.count);
+    const std::vector<int32_t> kb =
+        attention_reference::key_begin_of_starts(s.B, s.T, {{0, 30, 100, 150}, {0, 200}});
+    const int32_t* cpu_kb = c.masked ? kb.data() : nullptr;
+    const int32_t* g_kb = c.masked ? dev(kb) : nullptr;
+    const int C = s.NH * s.hd, W = qkv_width(C, s.NH, s.NKV), n = c.rows.count;
+    const size_t BTW = size_t(s.B) * s.T * W, BnC = size_t(s.B) * n * C;
+    const size_t L = size_t(s.B) * s.NH * n;
+    const Bits qkv = random_bits(BTW, 90, -1.5f, 1.5f), dout = random_bits(BnC, 91);
+    Bits out(BnC), dqkv(BTW);
+    Vec lse(L);
+    cpu->attention_forward(out.data(), lse.data(), qkv.data(), s.B, s.T, C, s.NH, s.NKV, cpu_kb,
+                           c.rows);
+    cpu->attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.B, s.T,
+                            C, s.NH, s.NKV, GradMode::overwrite, cpu_kb, c.rows);
+    bf16_t* d_qkv = dev(qkv);
+    bf16_t* g_out = dev(to_bits(Vec(BnC, 42.0f)));
+    float* g_lse = dev(Vec(L, 42.0f));
+    gpu->attention_forward(g_out, g_lse, d_qkv, s.B, s.T, C, s.NH, s.NKV, g_kb, c.rows);
+    EXPECT_TRUE(close(host(g_out, BnC), out)) << "out";
+    EXPECT_TRUE(close(host(g_lse, L), lse)) << "lse";
+    bf16_t* g_dqkv = dev(to_bits(Vec(BTW, 42.0f)));
+    gpu->attention_backward(g_dqkv, dev(dout), d_qkv, dev(out), dev(lse), s.B, s.T, C, s.NH, s.NKV,
+                            GradMode::overwrite, g_kb, c.rows);
+    EXPECT_TRUE(close(host(g_dqkv, BTW), dqkv)) << "dqkv (overwritten)";
+    const Bits dqkv0 = initial_grad_bits(BTW, 92, rms(to_floats(dqkv)));
+    Bits acc = dqkv0;
+    cpu->attention_backward(acc.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.B, s.T,
+                            C, s.NH, s.NKV, GradMode::accumulate, cpu_kb, c.rows);
+    bf16_t* g_acc = dev(dqkv0);
+    gpu->attention_backward(g_acc, dev(dout), d_qkv, dev(out), dev(lse), s.B, s.T, C, s.NH, s.NKV,
+                            GradMode::accumulate, g_kb, c.rows);
+    EXPECT_TRUE(close(host(g_acc, BTW), acc)) << "dqkv (accumulated)";
+  }
+}
+
 // Decoding (KV cache): n new rows at positions p.. against the kept keys and values; with
 // NKV < NH the compact grouped-query cache.
 TEST_F(CudaBf16Test, AttentionDecode) {

@@ -43,43 +43,44 @@ const char* kernel_name(Kernel k) {
 }
 enum class Backward { deterministic, atomic, ordered };
 
-// Forward then backward (D, dK/dV, dQ) exactly as flash_attention.cu launches them. dqkv starts
+// Forward then backward (D, dK/dV, dQ) exactly as flash_attention.cu launches them, for the
+// query rows `rows` of sequences of rows.seq rows (dout, out, lse: the range's rows). dqkv starts
 // as `dqkv0` (accumulate) or NaN patterns (overwrite); so does the atomic way's accumulator
 // (dot_block zeroes it).
 template <class Tiles>
-Outputs run(const Bits& qkv, const Bits& dout, int B, int T, int NH, CopyTiming timing,
+Outputs run(const Bits& qkv, const Bits& dout, int B, flash::Rows rows, int NH, CopyTiming timing,
             Backward backward, const Bits* dqkv0, const int32_t* key_begin) {
   constexpr int HD = Tiles::kHD;
-  const int C = NH * HD;
+  const int C = NH * HD, T = rows.seq, n = rows.count;
   Outputs r;
-  r.out.assign(size_t(B) * T * C, 0xFFFFu);
-  r.lse.assign(size_t(B) * NH * T, NAN);
+  r.out.assign(size_t(B) * n * C, 0xFFFFu);
+  r.lse.assign(size_t(B) * NH * n, NAN);
   r.dqkv = dqkv0 ? *dqkv0 : Bits(size_t(B) * T * 3 * C, 0xFFFFu);
-  std::vector<float> D(size_t(B) * NH * T, NAN);
-  const flash::Launch l = flash::launch_shape(B, T, NH, HD);
+  std::vector<float> D(size_t(B) * NH * n, NAN);
+  const flash::Launch l = flash::launch_shape(B, rows, NH, HD);
   const int threads = flash::kThreads;
   // The tensor maps flash_attention.cu makes, for the tma policy.
   const simt::TensorMap qkv_map =
       simt::tensor_map(qkv.data(), flash::tma_tile_shape(3 * uint64_t(C), T, B));
   const simt::TensorMap dout_map =
-      simt::tensor_map(dout.data(), flash::tma_tile_shape(uint64_t(C), T, B));
+      simt::tensor_map(dout.data(), flash::tma_tile_shape(uint64_t(C), n, B));
   const void* qm = Tiles::kTma ? &qkv_map : nullptr;
   const void* dm = Tiles::kTma ? &dout_map : nullptr;
   simt::launch(l.blocks_x, l.blocks_y, threads, flash::forward_smem<Tiles>(), timing,
                [&](simt::Thread& x) {
-                 flash::forward_block<Tiles>(x, r.out.data(), r.lse.data(), qkv.data(), qm, T, C,
-                                             NH, l.scale_log2, key_begin);
+                 flash::forward_block<Tiles>(x, r.out.data(), r.lse.data(), qkv.data(), qm, rows,
+                                             C, NH, l.scale_log2, key_begin);
                });
   const bool acc = dqkv0 != nullptr;
   const bool atomic = backward != Backward::deterministic;
   const bool ordered = backward == Backward::ordered;
-  std::vector<float> dq_accum(atomic ? size_t(B) * T * C : 0, NAN);
+  std::vector<float> dq_accum(atomic ? size_t(B) * n * C : 0, NAN);
   // The ordered way's turns: garbage until dot_block zeroes them.
   std::vector<int> turns(size_t(B) * NH * l.blocks_y + 1, -7);  // and the ticket counter
   int* dq_turns = ordered ? turns.data() : nullptr;
   simt::launch(int(l.dot_blocks), 1, threads, 0, timing, [&](simt::Thread& x) {
     flash::dot_block<HD>(x, D.data(), atomic ? dq_accum.data() : nullptr, dq_turns, dout.data(),
-                         r.out.data(), B, T, NH);
+                         r.out.data(), B, n, NH);
   });
   auto dkdv = [&](auto atomic_dq, auto ordered_dq) {
     constexpr bool kAtomic = decltype(atomic_dq)::value, kOrdered = decltype(ordered_dq)::value;
@@ -88,35 +89,35 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, int T, int NH, CopyTiming 
       if (key_begin != nullptr)
         flash::dkdv_block<Tiles, kAtomic, kOrdered, true>(
             x, r.dqkv.data(), dq_accum.data(), dq_turns, dout.data(), qkv.data(), qm, dm,
-            r.lse.data(), D.data(), B, T, C, NH, l.scale, l.scale_log2, acc, key_begin);
+            r.lse.data(), D.data(), B, rows, C, NH, l.scale, l.scale_log2, acc, key_begin);
       else
         flash::dkdv_block<Tiles, kAtomic, kOrdered, false>(
             x, r.dqkv.data(), dq_accum.data(), dq_turns, dout.data(), qkv.data(), qm, dm,
-            r.lse.data(), D.data(), B, T, C, NH, l.scale, l.scale_log2, acc, nullptr);
+            r.lse.data(), D.data(), B, rows, C, NH, l.scale, l.scale_log2, acc, nullptr);
     };
     // The dQ additions of different blocks meet only when the blocks run at the same time.
     const size_t smem = flash::dkdv_smem<Tiles, kAtomic>();
     if (atomic)
-      simt::launch_concurrent(l.blocks_x, l.blocks_y, threads, smem, timing, body);
+      simt::launch_concurrent(l.blocks_x, l.key_blocks, threads, smem, timing, body);
     else
-      simt::launch(l.blocks_x, l.blocks_y, threads, smem, timing, body);
+      simt::launch(l.blocks_x, l.key_blocks, threads, smem, timing, body);
   };
   if (atomic) {
     if (ordered)
       dkdv(std::true_type{}, std::true_type{});
     else
       dkdv(std::true_type{}, std::false_type{});
-    const size_t total = size_t(B) * T * C;
+    const size_t total = size_t(B) * n * C;
     const int blocks = int((total / 8 + flash::kConvertThreads - 1) / flash::kConvertThreads);
     simt::launch(blocks, 1, flash::kConvertThreads, 0, timing, [&](simt::Thread& x) {
-      flash::dq_convert_block(x, r.dqkv.data(), dq_accum.data(), total, C, l.scale, acc);
+      flash::dq_convert_block(x, r.dqkv.data(), dq_accum.data(), rows, total, C, l.scale, acc);
     });
   } else {
     dkdv(std::false_type{}, std::false_type{});
     simt::launch(
         l.blocks_x, l.blocks_y, threads, flash::dq_smem<Tiles>(), timing, [&](simt::Thread& x) {
           flash::dq_block<Tiles>(x, r.dqkv.data(), dout.data(), qkv.data(), qm, dm, r.lse.data(),
-                                 D.data(), T, C, NH, l.scale, l.scale_log2, acc, key_begin);
+                                 D.data(), rows, C, NH, l.scale, l.scale_log2, acc, key_begin);
         });
   }
   return r;
@@ -124,9 +125,10 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, int T, int NH, CopyTiming 
 
 Outputs run_kernel(Kernel k, Backward bw, int hd, const Bits& qkv, const Bits& dout, int B, int T,
                    int NH, CopyTiming timing, const Bits* dqkv0 = nullptr,
-                   const int32_t* key_begin = nullptr) {
+                   const int32_t* key_begin = nullptr, flash::Rows rows = {0, 0, 0}) {
+  if (rows.seq == 0) rows = flash::Rows{T, 0, T};
   auto go = [&](auto tiles) {
-    return run<decltype(tiles)>(qkv, dout, B, T, NH, timing, bw, dqkv0, key_begin);
+    return run<decltype(tiles)>(qkv, dout, B, rows, NH, timing, bw, dqkv0, key_begin);
   };
   if (k == Kernel::mma) return hd == 64 ? go(flash::MmaTiles<64>{}) : go(flash::MmaTiles<128>{});
   if (k == Kernel::tma)
@@ -295,6 +297,79 @@ INSTANTIATE_TEST_SUITE_P(Policies, DocumentMask, ::testing::ValuesIn(mask_cases(
                                    : b == Backward::ordered ? "ordered"
                                                             : "deterministic");
                          });
+
+// Query ranges (context parallelism): the queries first .. first+count-1 of each sequence against
+// keys 0 .. first+count-1, out, lse and dout holding the range's rows only; against the whole
+// sequence's reference with dout zero outside the range (whose dq there is zero, and whose dk, dv
+// are the range's), dqkv accumulated onto zeros (what the backend's overwrite then means).
+void check_range(int B, int T, int NH, int hd, flash::Rows rows, Kernel kernel, Backward backward,
+                 const std::vector<int32_t>* key_begin = nullptr) {
+  const int C = NH * hd, n = rows.count;
+  SCOPED_TRACE(::testing::Message() << kernel_name(kernel) << " backward " << int(backward)
+                                    << " T=" << T << " rows " << rows.first << " + " << n
+                                    << " hd=" << hd << (key_begin ? " masked" : ""));
+  Bits qkv, dout_all;
+  std::vector<double> qkv_v, dout_v;
+  random_bf16(size_t(B) * T * 3 * C, 61u + T, qkv, qkv_v);
+  random_bf16(size_t(B) * T * C, 62u + T, dout_all, dout_v);
+  Bits dout(size_t(B) * n * C);  // the range's rows
+  for (int b = 0; b < B; ++b)
+    for (int t = 0; t < T; ++t)
+      for (int c = 0; c < C; ++c) {
+        const size_t at = (size_t(b) * T + t) * C + c;
+        if (t >= rows.first && t < rows.first + n) {
+          dout[(size_t(b) * n + (t - rows.first)) * C + c] = dout_all[at];
+        } else {
+          dout_v[at] = 0.0;
+        }
+      }
+  const Reference want = reference(qkv_v, dout_v, B, T, C, NH, key_begin);
+  const Bits zeros(size_t(B) * T * 3 * C, 0);
+  const Outputs got = run_kernel(kernel, backward, hd, qkv, dout, B, T, NH, CopyTiming::at_wait,
+                                 &zeros, key_begin ? key_begin->data() : nullptr, rows);
+  std::vector<double> want_out(size_t(B) * n * C), want_lse(size_t(B) * NH * n);
+  for (int b = 0; b < B; ++b) {
+    for (int t = 0; t < n; ++t)
+      for (int c = 0; c < C; ++c)
+        want_out[(size_t(b) * n + t) * C + c] = want.out[(size_t(b) * T + rows.first + t) * C + c];
+    for (int h = 0; h < NH; ++h)
+      for (int t = 0; t < n; ++t)
+        want_lse[(size_t(b) * NH + h) * n + t] =
+            want.lse[(size_t(b) * NH + h) * T + rows.first + t];
+  }
+  EXPECT_LE(rel_error(got.out, want_out, size_t(B) * n, C, 0, C), 1e-2) << "out";
+  double lse_err = 0.0;
+  for (size_t i = 0; i < got.lse.size(); ++i) {
+    const double e = std::abs(double(got.lse[i]) - want_lse[i]);
+    lse_err = std::isfinite(e) ? std::max(lse_err, e) : INFINITY;
+  }
+  EXPECT_LE(lse_err, 1e-3) << "lse";
+  const size_t all = size_t(B) * T, pitch = 3 * size_t(C);
+  EXPECT_LE(rel_error(got.dqkv, want.dqkv, all, pitch, 0, C), 1e-2) << "dq";
+  EXPECT_LE(rel_error(got.dqkv, want.dqkv, all, pitch, C, C), 1e-2) << "dk";
+  EXPECT_LE(rel_error(got.dqkv, want.dqkv, all, pitch, 2 * size_t(C), C), 1e-2) << "dv";
+  for (size_t i = 0; i < got.dqkv.size(); ++i) {  // nothing outside the range's reach is written
+    if (want.dqkv[i] == 0.0) {
+      ASSERT_EQ(got.dqkv[i], 0u) << "dqkv element " << i;
+    }
+  }
+}
+
+// Ranges over several tiles: an early one, a late one ending at the sequence's end, one ending in
+// a partial tile; a document mask and a sliding window over them; head dim 128.
+TEST_P(DocumentMask, QueryRanges) {
+  const Kernel k = GetParam().kernel;
+  const Backward bw = GetParam().backward;
+  check_range(1, 256, 2, 64, flash::Rows{256, 64, 64}, k, bw);
+  check_range(2, 256, 1, 64, flash::Rows{256, 192, 64}, k, bw);
+  check_range(1, 300, 1, 64, flash::Rows{300, 128, 100}, k, bw);
+  const std::vector<int32_t> docs = key_begin_of_starts(1, 256, {{0, 30, 100, 150}});
+  check_range(1, 256, 1, 64, flash::Rows{256, 128, 128}, k, bw, &docs);
+  std::vector<int32_t> window(256);
+  for (int t = 0; t < 256; ++t) window[size_t(t)] = t < 70 ? 0 : t - 69;
+  check_range(1, 256, 1, 64, flash::Rows{256, 192, 64}, k, bw, &window);
+  check_range(1, 200, 1, 128, flash::Rows{200, 64, 128}, k, bw);
+}
 
 // The primitive probes the GPU test runs to tell which building block the hardware reads
 // differently (flash_probe_block.h), checked here against the same host reference: each probe of

@@ -349,9 +349,10 @@ class Gpt {
   const Recomputation& recompute() const { return recompute_; }
   int logits_chunk() const { return logits_rows_; }  // rows of logits formed at a time
   // The rows of logits a model with these options forms at a time (the option rounded up to a
-  // multiple of 8, at most and by default a micro-batch of max_batch sequences).
+  // multiple of 8, at most and by default a micro-batch of max_batch sequences: the rows a rank
+  // holds of them, 1/cp under context parallelism).
   static int logits_chunk_rows(const ActivationOptions& options, int max_batch,
-                               const GptShape& shape);
+                               const GptShape& shape, int cp = 1);
 
   Precision precision() const { return precision_; }
   // The fp32 parameters (master weights under bf16) and their fp32 gradients (null for

@@ -10,6 +10,10 @@
 // element is rounded once from old + gradient. The fallback keeps two T×T matrices per head:
 // meant for small models and tests, not for long sequences.
 //
+// A query range (QueryRows, context parallelism) runs on the flash kernels only (its first a
+// multiple of 64 rows); a backward that overwrites dqkv zeroes it first and then accumulates, as
+// the range leaves rows it does not reach.
+//
 // Grouped-query attention (NKV < NH): either path runs on rows expanded to one key/value head
 // per query head (cuda_grouped_heads.cu). The backward adds into an expanded gradient whose dq
 // columns hold the old dq (so dq is rounded once from old + gradient, as with NKV = NH) and whose
@@ -63,11 +67,22 @@ Widened carve(AttentionScratch& scratch, cudaStream_t s, int B, int T, int C, in
   return w;
 }
 
+// A query range needs the flash kernels: the fallback computes whole sequences.
+void check_range_runs(bool flash, QueryRows rows, int T) {
+  TRIAD_CHECK(rows.whole(T) || flash, "cuda attention: query rows ", rows.first, " + ", rows.count,
+              " of ", T, " need the flash kernels (head dim 64 or 128, aligned buffers)");
+}
+
 // The MHA op: qkv and dqkv [B,T,3C].
 void mha_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* out, float* lse,
-                 const bf16* qkv, int B, int T, int C, int NH, const int32_t* key_begin) {
-  if (flash_head_dim(C, NH) && pointer_alignment(qkv) >= 16 && pointer_alignment(out) >= 4) {
-    flash_attention_forward(out, lse, qkv, B, T, C, NH, key_begin, s);
+                 const bf16* qkv, int B, int T, int C, int NH, const int32_t* key_begin,
+                 QueryRows rows) {
+  const bool flash =
+      flash_head_dim(C, NH) && pointer_alignment(qkv) >= 16 && pointer_alignment(out) >= 4;
+  check_range_runs(flash, rows, T);
+  if (flash) {
+    flash_attention_forward(out, lse, qkv, B, T, C, NH, key_begin, s, FlashKernel::automatic,
+                            rows);
     return;
   }
   const size_t n = size_t(B) * T * C;
@@ -80,11 +95,15 @@ void mha_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf
 
 void mha_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* dqkv,
                   const bf16* dout, const bf16* qkv, const bf16* out, const float* lse, int B,
-                  int T, int C, int NH, bool accumulate, const int32_t* key_begin) {
-  if (flash_head_dim(C, NH) && pointer_alignment(qkv) >= 16 && pointer_alignment(dout) >= 16 &&
-      pointer_alignment(out) >= 4 && pointer_alignment(dqkv) >= 4) {
+                  int T, int C, int NH, bool accumulate, const int32_t* key_begin, QueryRows rows) {
+  const bool flash = flash_head_dim(C, NH) && pointer_alignment(qkv) >= 16 &&
+                     pointer_alignment(dout) >= 16 && pointer_alignment(out) >= 4 &&
+                     pointer_alignment(dqkv) >= 4;
+  check_range_runs(flash, rows, T);
+  if (flash) {
     float* ws = scratch.flash.get_as<float>(flash_attention_workspace_floats(B, T, C, NH), s);
-    flash_attention_backward(dqkv, dout, qkv, out, lse, ws, B, T, C, NH, key_begin, s, accumulate);
+    flash_attention_backward(dqkv, dout, qkv, out, lse, ws, B, T, C, NH, key_begin, s, accumulate,
+                             FlashKernel::automatic, FlashBackward::automatic, rows);
     return;
   }
   const size_t n = size_t(B) * T * C;
@@ -107,20 +126,27 @@ void mha_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, b
 
 void attention_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* out,
                        float* lse, const bf16* qkv, int B, int T, int C, int NH, int NKV,
-                       const int32_t* key_begin) {
+                       const int32_t* key_begin, QueryRows rows) {
   check_shape(B, T, C, NH);
   check_kv_heads(NH, NKV);
   mha_forward(s, h, scratch, out, lse, mha_qkv(scratch, s, qkv, B * T, C, NH, NKV), B, T, C, NH,
-              key_begin);
+              key_begin, rows);
 }
 
 void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* dqkv,
                         const bf16* dout, const bf16* qkv, const bf16* out, const float* lse, int B,
-                        int T, int C, int NH, int NKV, bool accumulate, const int32_t* key_begin) {
+                        int T, int C, int NH, int NKV, bool accumulate, const int32_t* key_begin,
+                        QueryRows rows) {
   check_shape(B, T, C, NH);
   check_kv_heads(NH, NKV);
+  if (!rows.whole(T) && !accumulate) {  // the rows the range does not reach get zero
+    TRIAD_CUDA_CHECK(cudaMemsetAsync(dqkv, 0, size_t(B) * T * qkv_width(C, NH, NKV) * sizeof(bf16),
+                                     s));
+    accumulate = true;
+  }
   if (NKV == NH) {
-    mha_backward(s, h, scratch, dqkv, dout, qkv, out, lse, B, T, C, NH, accumulate, key_begin);
+    mha_backward(s, h, scratch, dqkv, dout, qkv, out, lse, B, T, C, NH, accumulate, key_begin,
+                 rows);
     return;
   }
   const int N = B * T;
@@ -130,7 +156,8 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scra
   if (accumulate) {
     prepare_expanded_dqkv(s, g.dqkv, static_cast<const bf16*>(dqkv), N, C, NH, NKV, true);
   }
-  mha_backward(s, h, scratch, g.dqkv, dout, g.qkv, out, lse, B, T, C, NH, accumulate, key_begin);
+  mha_backward(s, h, scratch, g.dqkv, dout, g.qkv, out, lse, B, T, C, NH, accumulate, key_begin,
+               rows);
   reduce_kv_heads(s, dqkv, static_cast<const bf16*>(g.dqkv), N, C, NH, NKV, accumulate);
 }
 

@@ -51,12 +51,12 @@ cudaError_t device_count(int* count) {
   return err;
 }
 
-// The CUDA attention computes whole sequences: query ranges (QueryRows, context parallelism) are
-// the CPU backend's alone so far.
+// The fp32 CUDA attention computes whole sequences: query ranges (QueryRows, context parallelism)
+// run in bf16, on the flash kernels.
 void check_whole_rows(QueryRows rows, int T) {
   TRIAD_CHECK(rows.whole(T), "cuda attention: query rows ", rows.first, " + ", rows.count,
-              " of ", T, ": the CUDA backend computes the attention of whole sequences only, so "
-              "context parallelism (parallel.cp > 1) runs on the CPU backend");
+              " of ", T, ": the fp32 CUDA attention computes whole sequences only (context "
+              "parallelism on the GPU runs in bf16, run.precision = bf16)");
 }
 
 class CudaBackend final : public Backend {
@@ -320,17 +320,15 @@ class CudaBackend final : public Backend {
   }
   void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C, int NH,
                          int NKV, const int32_t* key_begin, QueryRows rows) override {
-    check_whole_rows(rows, T);
     cuda::attention_forward(stream_, cublas_, attention_scratch_, dev(out), lse, dev(qkv), B, T, C,
-                            NH, NKV, key_begin);
+                            NH, NKV, key_begin, rows);
   }
   void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, const bf16_t* out,
                           const float* lse, int B, int T, int C, int NH, int NKV, GradMode mode,
                           const int32_t* key_begin, QueryRows rows) override {
-    check_whole_rows(rows, T);
     cuda::attention_backward(stream_, cublas_, attention_scratch_, dev(dqkv), dev(dout), dev(qkv),
                              dev(out), lse, B, T, C, NH, NKV, mode == GradMode::accumulate,
-                             key_begin);
+                             key_begin, rows);
   }
   void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n, int C,
                         int NH, int NKV, int window) override {

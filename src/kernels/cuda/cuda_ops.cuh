@@ -171,14 +171,15 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scra
 // The fused flash kernels (flash_attention.cuh) where they apply (head dim 64 or 128, aligned
 // pointers); otherwise the fp32 path on widened copies; with NKV < NH either on the expanded
 // rows.
+// rows: a query range (QueryRows of backend.h), on the flash kernels only.
 void attention_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* out,
                        float* lse, const bf16* qkv, int B, int T, int C, int NH, int NKV,
-                       const int32_t* key_begin = nullptr);
+                       const int32_t* key_begin = nullptr, QueryRows rows = {});
 void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* dqkv,
                         const bf16* dout, const bf16* qkv, const bf16* out, const float* lse, int B,
                         int T, int C, int NH, int NKV,
                         bool accumulate = true,  // false: dqkv overwritten
-                        const int32_t* key_begin = nullptr);
+                        const int32_t* key_begin = nullptr, QueryRows rows = {});
 
 // ---- grouped-query attention through the MHA ops (cuda_grouped_heads.cu) -------------------
 // N rows; compact rows W = C + 2·NKV·hd wide, expanded (MHA) rows 3C wide.

@@ -45,11 +45,12 @@ struct TileMaps {
 };
 
 template <class Tiles>
-TileMaps tile_maps(const bf16* qkv, const bf16* dout, int B, int T, int C) {
+TileMaps tile_maps(const bf16* qkv, const bf16* dout, int B, const flash::Rows& rows, int C) {
   TileMaps m{};
   if constexpr (Tiles::kTma) {
-    m.qkv = bf16_tensor_map(qkv, flash::tma_tile_shape(3 * uint64_t(C), T, B));
-    if (dout != nullptr) m.dout = bf16_tensor_map(dout, flash::tma_tile_shape(uint64_t(C), T, B));
+    m.qkv = bf16_tensor_map(qkv, flash::tma_tile_shape(3 * uint64_t(C), rows.seq, B));
+    if (dout != nullptr)  // the range's rows
+      m.dout = bf16_tensor_map(dout, flash::tma_tile_shape(uint64_t(C), rows.count, B));
   }
   return m;
 }
@@ -64,10 +65,11 @@ __device__ __forceinline__ const void* map_of(const CUtensorMap& m) {
 template <class Tiles>
 __global__ void __launch_bounds__(flash::kThreads)
     forward_kernel(uint16_t* __restrict__ out, float* __restrict__ lse,
-                   const uint16_t* __restrict__ qkv, const __grid_constant__ TileMaps maps, int T,
-                   int C, int NH, float scale_log2, const int32_t* __restrict__ key_begin) {
+                   const uint16_t* __restrict__ qkv, const __grid_constant__ TileMaps maps,
+                   flash::Rows rows, int C, int NH, float scale_log2,
+                   const int32_t* __restrict__ key_begin) {
   DeviceThread x;
-  flash::forward_block<Tiles>(x, out, lse, qkv, map_of<Tiles>(maps.qkv), T, C, NH, scale_log2,
+  flash::forward_block<Tiles>(x, out, lse, qkv, map_of<Tiles>(maps.qkv), rows, C, NH, scale_log2,
                               key_begin);
 }
 
@@ -85,31 +87,32 @@ __global__ void __launch_bounds__(flash::kThreads)
     dkdv_kernel(uint16_t* __restrict__ dqkv, float* __restrict__ dq_accum, int* dq_turns,
                 const uint16_t* __restrict__ dout, const uint16_t* __restrict__ qkv,
                 const __grid_constant__ TileMaps maps, const float* __restrict__ lse,
-                const float* __restrict__ Dv, int B, int T, int C, int NH, float scale,
-                float scale_log2, bool accumulate, const int32_t* __restrict__ key_begin) {
+                const float* __restrict__ Dv, int B, flash::Rows rows, int C, int NH,
+                float scale, float scale_log2, bool accumulate,
+                const int32_t* __restrict__ key_begin) {
   DeviceThread x;
   flash::dkdv_block<Tiles, AtomicDq, Ordered, Masked>(
       x, dqkv, dq_accum, dq_turns, dout, qkv, map_of<Tiles>(maps.qkv), map_of<Tiles>(maps.dout),
-      lse, Dv, B, T, C, NH, scale, scale_log2, accumulate, key_begin);
+      lse, Dv, B, rows, C, NH, scale, scale_log2, accumulate, key_begin);
 }
 
 __global__ void __launch_bounds__(flash::kConvertThreads)
-    dq_convert_kernel(uint16_t* __restrict__ dqkv, const float* __restrict__ dq_accum, size_t total,
-                      int C, float scale, bool accumulate) {
+    dq_convert_kernel(uint16_t* __restrict__ dqkv, const float* __restrict__ dq_accum,
+                      flash::Rows rows, size_t total, int C, float scale, bool accumulate) {
   DeviceThread x;
-  flash::dq_convert_block(x, dqkv, dq_accum, total, C, scale, accumulate);
+  flash::dq_convert_block(x, dqkv, dq_accum, rows, total, C, scale, accumulate);
 }
 
 template <class Tiles>
 __global__ void __launch_bounds__(flash::kThreads)
     dq_kernel(uint16_t* __restrict__ dqkv, const uint16_t* __restrict__ dout,
               const uint16_t* __restrict__ qkv, const __grid_constant__ TileMaps maps,
-              const float* __restrict__ lse, const float* __restrict__ Dv, int T, int C, int NH,
-              float scale, float scale_log2, bool accumulate,
+              const float* __restrict__ lse, const float* __restrict__ Dv, flash::Rows rows,
+              int C, int NH, float scale, float scale_log2, bool accumulate,
               const int32_t* __restrict__ key_begin) {
   DeviceThread x;
   flash::dq_block<Tiles>(x, dqkv, dout, qkv, map_of<Tiles>(maps.qkv), map_of<Tiles>(maps.dout), lse,
-                         Dv, T, C, NH, scale, scale_log2, accumulate, key_begin);
+                         Dv, rows, C, NH, scale, scale_log2, accumulate, key_begin);
 }
 
 template <class Tiles>
@@ -119,6 +122,16 @@ __global__ void __launch_bounds__(flash::kThreads)
                  flash::Probe probe) {
   DeviceThread x;
   flash::probe_block<Tiles>(x, out, a, p, y, wide, map_of<Tiles>(wide_map), rows, probe);
+}
+
+// The rows of a call: the whole sequence, or a query range starting at a multiple of the tile.
+flash::Rows rows_of(int T, QueryRows r) {
+  if (r.whole(T)) return flash::Rows{T, 0, T};
+  TRIAD_CHECK(r.first >= 0 && r.count > 0 && r.first + r.count <= T, "flash attention: query rows ",
+              r.first, " + ", r.count, " outside a sequence of ", T);
+  TRIAD_CHECK(r.first % flash::kTile == 0, "flash attention: a query range must start at a "
+              "multiple of ", flash::kTile, " rows (got ", r.first, ")");
+  return flash::Rows{T, r.first, r.count};
 }
 
 void check_shape(int B, int T, int C, int NH) {
@@ -156,20 +169,21 @@ void allow_smem(size_t bytes) {
 }
 
 template <class Tiles>
-void forward_with(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH,
-                  const int32_t* key_begin, cudaStream_t s) {
+void forward_with(bf16* out, float* lse, const bf16* qkv, int B, const flash::Rows& rows, int C,
+                  int NH, const int32_t* key_begin, cudaStream_t s) {
   constexpr size_t smem = flash::forward_smem<Tiles>();
   allow_smem<forward_kernel<Tiles>>(smem);
-  const flash::Launch l = flash::launch_shape(B, T, NH, Tiles::kHD);
+  const flash::Launch l = flash::launch_shape(B, rows, NH, Tiles::kHD);
   const dim3 grid(unsigned(l.blocks_x), unsigned(l.blocks_y));
-  const TileMaps maps = tile_maps<Tiles>(qkv, nullptr, B, T, C);
-  forward_kernel<Tiles><<<grid, flash::kThreads, smem, s>>>(bits(out), lse, bits(qkv), maps, T, C,
-                                                            NH, l.scale_log2, key_begin);
+  const TileMaps maps = tile_maps<Tiles>(qkv, nullptr, B, rows, C);
+  forward_kernel<Tiles><<<grid, flash::kThreads, smem, s>>>(bits(out), lse, bits(qkv), maps, rows,
+                                                            C, NH, l.scale_log2, key_begin);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
 // The workspace: D [B·NH·T] first, then (atomic, ordered) the dQ accumulator [B,T,C], 16-byte
-// aligned, then (ordered) the turns [B·NH][nqb] (ints, in float-sized slots).
+// aligned, then (ordered) the turns [B·NH][nqb] (ints, in float-sized slots). A query range uses
+// the first B·NH·count, B·count·C and B·NH·ceil(count/64) + 1 of them.
 size_t dq_accum_offset(int B, int T, int NH) { return (size_t(B) * NH * T + 3) / 4 * 4; }
 size_t dq_turns_offset(int B, int T, int C, int NH) {
   return dq_accum_offset(B, T, NH) + size_t(B) * T * C;
@@ -181,8 +195,9 @@ size_t dq_turns_count(int B, int T, int NH) {  // the turns and the ticket count
 // Ordered: the dQ additions in key-block order (AtomicDq only).
 template <class Tiles, bool AtomicDq, bool Ordered>
 void backward_with(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out, const float* lse,
-                   float* ws, int B, int T, int C, int NH, const int32_t* key_begin, cudaStream_t s,
-                   bool accumulate) {
+                   float* ws, int B, const flash::Rows& rows, int C, int NH,
+                   const int32_t* key_begin, cudaStream_t s, bool accumulate) {
+  const int T = rows.seq;  // the workspace's layout: sized for whole sequences
   constexpr int HD = Tiles::kHD;
   constexpr size_t dkdv_smem = flash::dkdv_smem<Tiles, AtomicDq>();
   // The dK/dV kernel with the mask's test compiled in only where there is a mask.
@@ -196,28 +211,30 @@ void backward_with(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* ou
   float* Dv = ws;
   float* dq_accum = AtomicDq ? ws + dq_accum_offset(B, T, NH) : nullptr;
   int* dq_turns = Ordered ? reinterpret_cast<int*>(ws + dq_turns_offset(B, T, C, NH)) : nullptr;
-  const flash::Launch l = flash::launch_shape(B, T, NH, HD);
+  const flash::Launch l = flash::launch_shape(B, rows, NH, HD);
+  // D and the zeroed accumulator and turns over the range's rows (out and dout hold only those).
   dot_kernel<HD><<<unsigned(l.dot_blocks), flash::kThreads, 0, s>>>(
-      Dv, dq_accum, dq_turns, bits(dout), bits(out), B, T, NH);
+      Dv, dq_accum, dq_turns, bits(dout), bits(out), B, rows.count, NH);
   TRIAD_CUDA_CHECK_LAUNCH();
-  const dim3 grid(unsigned(l.blocks_x), unsigned(l.blocks_y));
-  const TileMaps maps = tile_maps<Tiles>(qkv, dout, B, T, C);
-  dkdv<<<grid, flash::kThreads, dkdv_smem, s>>>(bits(dqkv), dq_accum, dq_turns, bits(dout),
-                                                bits(qkv), maps, lse, Dv, B, T, C, NH, l.scale,
-                                                l.scale_log2, accumulate, key_begin);
+  const dim3 key_grid(unsigned(l.blocks_x), unsigned(l.key_blocks));
+  const TileMaps maps = tile_maps<Tiles>(qkv, dout, B, rows, C);
+  dkdv<<<key_grid, flash::kThreads, dkdv_smem, s>>>(bits(dqkv), dq_accum, dq_turns, bits(dout),
+                                                    bits(qkv), maps, lse, Dv, B, rows, C, NH,
+                                                    l.scale, l.scale_log2, accumulate, key_begin);
   TRIAD_CUDA_CHECK_LAUNCH();
   if constexpr (AtomicDq) {
-    const size_t total = size_t(B) * T * C;
+    const size_t total = size_t(B) * rows.count * C;
     const size_t blocks = (total / 8 + flash::kConvertThreads - 1) / flash::kConvertThreads;
     dq_convert_kernel<<<unsigned(blocks), flash::kConvertThreads, 0, s>>>(
-        bits(dqkv), dq_accum, total, C, l.scale, accumulate);
+        bits(dqkv), dq_accum, rows, total, C, l.scale, accumulate);
     TRIAD_CUDA_CHECK_LAUNCH();
   } else {
     constexpr size_t dq_smem = flash::dq_smem<Tiles>();
     allow_smem<dq_kernel<Tiles>>(dq_smem);
-    dq_kernel<Tiles><<<grid, flash::kThreads, dq_smem, s>>>(bits(dqkv), bits(dout), bits(qkv), maps,
-                                                            lse, Dv, T, C, NH, l.scale,
-                                                            l.scale_log2, accumulate, key_begin);
+    const dim3 query_grid(unsigned(l.blocks_x), unsigned(l.blocks_y));
+    dq_kernel<Tiles><<<query_grid, flash::kThreads, dq_smem, s>>>(
+        bits(dqkv), bits(dout), bits(qkv), maps, lse, Dv, rows, C, NH, l.scale, l.scale_log2,
+        accumulate, key_begin);
     TRIAD_CUDA_CHECK_LAUNCH();
   }
 }
@@ -358,18 +375,21 @@ void with_tiles(FlashKernel kernel, int hd, F f) {
 }  // namespace
 
 void flash_attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH,
-                             const int32_t* key_begin, cudaStream_t s, FlashKernel kernel) {
+                             const int32_t* key_begin, cudaStream_t s, FlashKernel kernel,
+                             QueryRows range) {
   check_shape(B, T, C, NH);
+  const flash::Rows rows = rows_of(T, range);
   with_tiles(flash_kernel_for_device(kernel), C / NH, [&](auto tiles) {
-    forward_with<decltype(tiles)>(out, lse, qkv, B, T, C, NH, key_begin, s);
+    forward_with<decltype(tiles)>(out, lse, qkv, B, rows, C, NH, key_begin, s);
   });
 }
 
 void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out,
                               const float* lse, float* workspace, int B, int T, int C, int NH,
                               const int32_t* key_begin, cudaStream_t s, bool accumulate,
-                              FlashKernel kernel, FlashBackward mode) {
+                              FlashKernel kernel, FlashBackward mode, QueryRows range) {
   check_shape(B, T, C, NH);
+  const flash::Rows rows = rows_of(T, range);
   const FlashKernel resolved = flash_kernel_for_device(kernel);
   const FlashBackward m = flash_backward_mode(mode);
   const bool atomic = m == FlashBackward::atomic || m == FlashBackward::ordered;
@@ -378,13 +398,13 @@ void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, con
   with_tiles(resolved, C / NH, [&](auto tiles) {
     using Tiles = decltype(tiles);
     if (m == FlashBackward::ordered)
-      backward_with<Tiles, true, true>(dqkv, dout, qkv, out, lse, workspace, B, T, C, NH, key_begin,
-                                       s, accumulate);
+      backward_with<Tiles, true, true>(dqkv, dout, qkv, out, lse, workspace, B, rows, C, NH,
+                                       key_begin, s, accumulate);
     else if (atomic)
-      backward_with<Tiles, true, false>(dqkv, dout, qkv, out, lse, workspace, B, T, C, NH,
+      backward_with<Tiles, true, false>(dqkv, dout, qkv, out, lse, workspace, B, rows, C, NH,
                                         key_begin, s, accumulate);
     else
-      backward_with<Tiles, false, false>(dqkv, dout, qkv, out, lse, workspace, B, T, C, NH,
+      backward_with<Tiles, false, false>(dqkv, dout, qkv, out, lse, workspace, B, rows, C, NH,
                                          key_begin, s, accumulate);
   });
 }

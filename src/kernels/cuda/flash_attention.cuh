@@ -37,6 +37,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "triad/kernels/backend.h"  // QueryRows
+
 namespace triad::cuda {
 
 using bf16 = __nv_bfloat16;
@@ -68,10 +70,12 @@ size_t flash_attention_workspace_floats(int B, int T, int C, int NH,
                                         FlashBackward mode = FlashBackward::automatic);
 
 // out [B,T,C] bf16 and lse [B,NH,T] fp32 from qkv [B,T,3C] bf16 (device pointers), on stream s.
-// qkv must be 16-byte aligned (vector loads), out 4-byte aligned.
+// qkv must be 16-byte aligned (vector loads), out 4-byte aligned. `rows` (QueryRows of backend.h,
+// its first a multiple of 64): the queries of that range only, out [B,count,C], lse [B,NH,count];
+// the backward's dout likewise, dqkv keeping T rows.
 void flash_attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH,
                              const int32_t* key_begin, cudaStream_t s,
-                             FlashKernel kernel = FlashKernel::automatic);
+                             FlashKernel kernel = FlashKernel::automatic, QueryRows rows = {});
 
 // dqkv [B,T,3C] from dout [B,T,C], the forward's qkv, out, lse and key_begin: overwritten, or with
 // accumulate each element becomes round(old + gradient) in fp32 (the Backend's += contract).
@@ -83,7 +87,7 @@ void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, con
                               const float* lse, float* workspace, int B, int T, int C, int NH,
                               const int32_t* key_begin, cudaStream_t s, bool accumulate = false,
                               FlashKernel kernel = FlashKernel::automatic,
-                              FlashBackward mode = FlashBackward::automatic);
+                              FlashBackward mode = FlashBackward::automatic, QueryRows rows = {});
 
 // The building blocks of the kernel's tile policy, one per call on the current device
 // (flash_probe_block.h: probe `index` of flash_probe_count(), a product form or the tile load,

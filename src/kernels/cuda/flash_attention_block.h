@@ -9,6 +9,12 @@
 // h·HD..), out and dout [B,T,C], lse [B,NH,T] (natural log), dqkv [B,T,3C]. bf16 values are
 // their raw 16-bit patterns here (uint16_t), so this header needs no CUDA header.
 //
+// Query ranges (Rows, below; Backend's QueryRows, context parallelism): a call may compute the
+// query rows first .. first+count-1 of each sequence only, against keys 0 .. first+count-1; then
+// qkv, dqkv and key_begin keep their `seq` rows per sequence, while out, dout, lse, D and the dQ
+// accumulator hold the range's rows (row t at t − first). first is a multiple of the 64-row
+// tile, so query and key tiles line up as over a whole sequence, whose T is first + count.
+//
 // Document masks: key_begin (nullptr: plain causal) [B,T], query t of sequence b seeing keys
 // key_begin[b·T+t] .. t, key_begin never decreasing along a sequence. So the key tiles a query
 // block needs start at the tile of its first row's key_begin (forward, dQ), and the query tiles
@@ -126,25 +132,39 @@ TRIAD_BLOCK_FN unsigned char* aligned_smem(X& x) {
   return a == 0 ? p : p + (uint32_t(Tiles::kSmemAlign) - a);
 }
 
+// The rows of a call: `seq` rows per sequence in qkv, dqkv and key_begin; queries first ..
+// first+count-1 (first a multiple of kTile), keys 0 .. first+count-1. A whole sequence of T rows:
+// {T, 0, T}.
+struct Rows {
+  int seq, first, count;
+  TRIAD_BLOCK_SIZE int keys() const { return first + count; }  // the T of the tile loops
+  TRIAD_BLOCK_SIZE int first_tile() const { return first / kTile; }
+  TRIAD_BLOCK_SIZE int query_tiles() const { return (count + kTile - 1) / kTile; }
+};
+
 // How the kernels are launched for a [B, T, NH·HD] problem (host side; the GPU launchers and
-// the emulated test share it): grid (blocks_x, blocks_y) = (B·NH heads, 64-row tiles) of
-// kThreads threads for the forward, dK/dV and dQ kernels, dot_blocks × 1 for D = rowsum(dO ∘ O).
-// Blocks are dispatched x first, so every head's heaviest tile (blockIdx.y = 0: the last query
-// block, or the first key block) starts before any lighter one: the causal triangle's long
-// rows do not trail at the end of the grid.
+// the emulated test share it): grid (blocks_x, blocks_y) = (B·NH heads, 64-row query tiles) of
+// kThreads threads for the forward and dQ kernels, (blocks_x, key_blocks) for dK/dV, dot_blocks
+// × 1 for D = rowsum(dO ∘ O). Blocks are dispatched x first, so every head's heaviest tile
+// (blockIdx.y = 0: the last query block, or the first key block) starts before any lighter one:
+// the causal triangle's long rows do not trail at the end of the grid.
 struct Launch {
-  int blocks_x, blocks_y;
+  int blocks_x, blocks_y, key_blocks;
   size_t dot_blocks;
   float scale, scale_log2;  // 1/sqrt(HD), and times log2(e)
 };
-inline Launch launch_shape(int B, int T, int NH, int HD) {
+inline Launch launch_shape(int B, const Rows& rows, int NH, int HD) {
   Launch l;
   l.blocks_x = B * NH;
-  l.blocks_y = (T + kTile - 1) / kTile;
-  l.dot_blocks = (size_t(B) * T * NH + kWarps - 1) / kWarps;
+  l.blocks_y = rows.query_tiles();
+  l.key_blocks = (rows.keys() + kTile - 1) / kTile;
+  l.dot_blocks = (size_t(B) * rows.count * NH + kWarps - 1) / kWarps;
   l.scale = float(1.0 / std::sqrt(double(HD)));
   l.scale_log2 = l.scale * kLog2e;
   return l;
+}
+inline Launch launch_shape(int B, int T, int NH, int HD) {
+  return launch_shape(B, Rows{T, 0, T}, NH, HD);
 }
 
 // Where the tiles of one of the head's matrices (q, k, v or dO) come from: its HD columns at g
@@ -298,9 +318,9 @@ TRIAD_BLOCK_FN void add_rows(X& x, float* g, size_t stride, int row0, int T,
   });
 }
 
-// The head of block (blockIdx.x = b·NH + h): where its q, k, v columns of qkv [B,T,3C] (row
-// stride 3C) and its columns of dout [B,T,C] (when given) come from; qkv_map and dout_map are
-// the tensor maps of the two matrices (null without bulk tensor copies).
+// The head of block (blockIdx.x = b·NH + h): where its q, k, v columns of qkv [B,seq,3C] (row
+// stride 3C) and its columns of dout [B,count,C] (when given; the range's rows) come from;
+// qkv_map and dout_map are the tensor maps of the two matrices (null without bulk tensor copies).
 struct Head {
   int bh, b, h;
   size_t stride;
@@ -308,18 +328,19 @@ struct Head {
 };
 template <int HD>
 TRIAD_BLOCK_FN Head head(int bh, const uint16_t* qkv, const uint16_t* dout, const void* qkv_map,
-                         const void* dout_map, int T, int C, int NH) {
+                         const void* dout_map, const Rows& rows, int C, int NH) {
   Head r;
   r.bh = bh;
   r.b = r.bh / NH;
   r.h = r.bh % NH;
   r.stride = size_t(3) * C;
-  const uint16_t* q = qkv + size_t(r.b) * T * r.stride + size_t(r.h) * HD;
+  const uint16_t* q = qkv + size_t(r.b) * rows.seq * r.stride + size_t(r.h) * HD;
   r.q = TileSource{q, r.stride, qkv_map, r.h * HD, r.b};
   r.k = TileSource{q + C, r.stride, qkv_map, C + r.h * HD, r.b};
   r.v = TileSource{q + 2 * size_t(C), r.stride, qkv_map, 2 * C + r.h * HD, r.b};
-  r.dout = TileSource{dout != nullptr ? dout + size_t(r.b) * T * C + size_t(r.h) * HD : nullptr,
-                      size_t(C), dout_map, r.h * HD, r.b};
+  r.dout = TileSource{
+      dout != nullptr ? dout + size_t(r.b) * rows.count * C + size_t(r.h) * HD : nullptr,
+      size_t(C), dout_map, r.h * HD, r.b};
   return r;
 }
 
@@ -353,14 +374,16 @@ TRIAD_BLOCK_FN int first_key(const int32_t* kbeg, int row, int T) {
 }
 
 // ---- forward ------------------------------------------------------------------------------------
-// Block (bh, y): query block nqb-1-y of head bh (y = 0: the longest rows).
+// Block (bh, y): query block nqb-1-y of head bh (y = 0: the longest rows; nqb over the keys, so
+// with a range the blocks are the range's tiles).
 // Per key tile kt <= qb (from the first one the block's rows see): S = Q Kᵀ, online softmax in
 // the log2 domain (row max m and the thread's part of the row sum l), O = O·α + P V.
 // out = O / l, lse = ln 2 · (m + log2 l).
 template <class Tiles, class X>
 TRIAD_BLOCK_FN void forward_block(X& x, uint16_t* out, float* lse, const uint16_t* qkv,
-                                  const void* qkv_map, int T, int C, int NH, float scale_log2,
+                                  const void* qkv_map, Rows rows, int C, int NH, float scale_log2,
                                   const int32_t* key_begin) {
+  const int T = rows.keys();
   constexpr int HD = Tiles::kHD, L = Tiles::kElems;  // L: elements per tile
   unsigned char* smem = aligned_smem<Tiles>(x);
   uint16_t* sQ = reinterpret_cast<uint16_t*>(smem);
@@ -371,13 +394,13 @@ TRIAD_BLOCK_FN void forward_block(X& x, uint16_t* out, float* lse, const uint16_
 
   const int nqb = (T + kTile - 1) / kTile;
   const int qb = nqb - 1 - x.block_y();
-  const Head here = head<HD>(x.block_x(), qkv, nullptr, qkv_map, nullptr, T, C, NH);
+  const Head here = head<HD>(x.block_x(), qkv, nullptr, qkv_map, nullptr, rows, C, NH);
   const int bh = here.bh, b = here.b, h = here.h;
   const int q0 = qb * kTile;
   const int warp = x.thread() / 32, lane = x.thread() % 32;
   const int gr = lane >> 2, tc = (lane & 3) * 2;
   const int row0 = q0 + warp * 16 + gr;  // this thread's rows: row0 and row0 + 8
-  const int32_t* kbeg = sequence_key_begin(key_begin, b, T);
+  const int32_t* kbeg = sequence_key_begin(key_begin, b, rows.seq);
   const int lo[2] = {first_key(kbeg, row0, T), first_key(kbeg, row0 + 8, T)};
   const int lo_max = lo[0] > lo[1] ? lo[0] : lo[1];
   const int kt0 = kbeg != nullptr ? int(kbeg[q0]) / kTile : 0;  // the first tile any row sees
@@ -455,7 +478,8 @@ TRIAD_BLOCK_FN void forward_block(X& x, uint16_t* out, float* lse, const uint16_
     l[r] += x.shfl_xor(l[r], 2);
     inv[r] = 1.0f / l[r];
     const int row = row0 + 8 * r;
-    if ((lane & 3) == 0 && row < T) lse[size_t(bh) * T + row] = (m[r] + x.log2(l[r])) * kLn2;
+    if ((lane & 3) == 0 && row < T)
+      lse[size_t(bh) * rows.count + (row - rows.first)] = (m[r] + x.log2(l[r])) * kLn2;
   }
   TRIAD_UNROLL
   for (int n = 0; n < HD / 8; ++n) TRIAD_UNROLL
@@ -463,8 +487,8 @@ TRIAD_BLOCK_FN void forward_block(X& x, uint16_t* out, float* lse, const uint16_
     o[n][2 * r] *= inv[r];
     o[n][2 * r + 1] *= inv[r];
   }
-  store_rows<HD>(x, out + size_t(b) * T * C + size_t(h) * HD, size_t(C), q0 + warp * 16, T, o, 1.0f,
-                 false);
+  store_rows<HD>(x, out + size_t(b) * rows.count * C + size_t(h) * HD, size_t(C),
+                 q0 - rows.first + warp * 16, rows.count, o, 1.0f, false);
 }
 
 // ---- backward -----------------------------------------------------------------------------------
@@ -527,7 +551,7 @@ TRIAD_BLOCK_FN void probabilities_and_ds(X& x, float (&s)[8][4], float (&dp)[8][
 }
 
 // dK, dV of key block blockIdx.y (warp w: keys k0 + 16w ..), iterating over the query tiles
-// qt >= kb (up to the last one whose rows see a key of the block):
+// qt >= kb (and from the range's first; up to the last one whose rows see a key of the block):
 // Sᵀ = K Qᵀ, dPᵀ = V dOᵀ, Pᵀ = exp(Sᵀ·scale − lse), dSᵀ = Pᵀ ∘ (dPᵀ − D),
 // dV += Pᵀ dO, dK += dSᵀ Q; dK scaled by 1/sqrt(HD) at the end.
 // AtomicDq: also this key block's part of dQ (unscaled) for every query tile, dQ += dS K with dS
@@ -549,9 +573,10 @@ template <class Tiles, bool AtomicDq, bool Ordered, bool Masked, class X>
 TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_turns,
                                const uint16_t* dout, const uint16_t* qkv, const void* qkv_map,
                                const void* dout_map, const float* lse, const float* Dv, int B,
-                               int T, int C, int NH, float scale, float scale_log2, bool accumulate,
-                               const int32_t* key_begin) {
+                               Rows rows, int C, int NH, float scale, float scale_log2,
+                               bool accumulate, const int32_t* key_begin) {
   constexpr int HD = Tiles::kHD, L = Tiles::kElems;  // L: elements per tile
+  const int T = rows.keys(), first_row = rows.first;
   static_assert((6 * tile_bytes<Tiles>() + 4 * kTile * sizeof(float)) % Tiles::kSmemAlign == 0,
                 "the dS tile must start as aligned as the others");
   unsigned char* smem = aligned_smem<Tiles>(x);
@@ -569,6 +594,8 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
       x, reinterpret_cast<uint64_t*>(smem + dkdv_data<Tiles, AtomicDq>()));
 
   const int nb = (T + kTile - 1) / kTile;
+  // The range's query tiles (their turns and dQ rows are numbered from its first).
+  const int qt_first = rows.first_tile(), nq = rows.query_tiles();
   static_assert(AtomicDq || !Ordered, "the ordered way is a way of adding the dQ");
   // This block's (head, key block): the block index, or (Ordered) the ticket. A compile-time
   // choice: the index is a special register the compiler re-reads for free, the ticket a value
@@ -576,26 +603,27 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
   int block = x.block_y() * B * NH + x.block_x();
   if constexpr (Ordered) {
     int* slot = reinterpret_cast<int*>(sdS + Tiles::Square::kElems);
-    if (x.thread() == 0) *slot = x.take_ticket(dq_turns + size_t(B) * NH * nb);
+    if (x.thread() == 0) *slot = x.take_ticket(dq_turns + size_t(B) * NH * nq);
     x.sync_threads();
     block = *slot;
   }
   const int kb = block / (B * NH);  // the blocks with the most query tiles (small kb) first
-  const Head here = head<HD>(block % (B * NH), qkv, dout, qkv_map, dout_map, T, C, NH);
+  const Head here = head<HD>(block % (B * NH), qkv, dout, qkv_map, dout_map, rows, C, NH);
   const int bh = here.bh, b = here.b, h = here.h;
   const size_t stride = here.stride;
-  const float* glse = lse + size_t(bh) * T;
-  const float* gD = Dv + size_t(bh) * T;
+  const float* glse = lse + size_t(bh) * rows.count;  // the range's rows: query q at q − first
+  const float* gD = Dv + size_t(bh) * rows.count;
   const int k0 = kb * kTile;
+  const int qs = kb > qt_first ? kb : qt_first;  // the first query tile that sees the block
   const int warp = x.thread() / 32, lane = x.thread() % 32;
   const int key0 = k0 + warp * 16 + (lane >> 2);  // this thread's keys: key0 and key0 + 8
   // The last query tile that sees a key of this block: the tiles after the first one whose first
   // row begins past the block's last key see none (key_begin never decreases).
-  const int32_t* kbeg = Masked ? sequence_key_begin(key_begin, b, T) : nullptr;
+  const int32_t* kbeg = Masked ? sequence_key_begin(key_begin, b, rows.seq) : nullptr;
   int qt_last = nb - 1;
   if constexpr (Masked) {
     const int last_key = (k0 + kTile < T ? k0 + kTile : T) - 1;
-    for (int qt = kb + 1; qt < nb; ++qt)
+    for (int qt = qs + 1; qt < nb; ++qt)
       if (int(kbeg[qt * kTile]) > last_key) {
         qt_last = qt - 1;
         break;
@@ -608,18 +636,19 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
     const int t = x.thread();
     if (t < kTile) {
       const int q = qt * kTile + t;
-      sLse[buf * kTile + t] = q < T ? glse[q] * kLog2e : 0.0f;
-      sD[buf * kTile + t] = q < T ? gD[q] : 0.0f;
+      sLse[buf * kTile + t] = q < T ? glse[q - first_row] * kLog2e : 0.0f;
+      sD[buf * kTile + t] = q < T ? gD[q - first_row] : 0.0f;
       if constexpr (Masked) sKb[buf * kTile + t] = q < T ? int(kbeg[q]) : 0;
     }
   };
-  // Batch i (0, 1, ..) holds query tile kb + i (and, in batch 0, this block's K and V).
+  // Batch i (0, 1, ..) holds query tile qs + i (and, in batch 0, this block's K and V). dO's
+  // rows are the range's (query row t at t − first).
   pipe.load(sK, here.k, k0, T, 0);
   pipe.load(sV, here.v, k0, T, 0);
-  pipe.load(sQ, here.q, k0, T, 0);
-  pipe.load(sdO, here.dout, k0, T, 0);
+  pipe.load(sQ, here.q, qs * kTile, T, 0);
+  pipe.load(sdO, here.dout, qs * kTile - first_row, rows.count, 0);
   pipe.commit(0);
-  load_rows(kb, 0);
+  load_rows(qs, 0);
 
   float dk[HD / 8][4], dv[HD / 8][4];
   zero(dk);
@@ -629,16 +658,17 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
   constexpr bool kHold = HD == 64 && !AtomicDq;
   Held<HD> kh, vh;
 
-  for (int qt = kb; qt <= qt_last; ++qt) {
-    const int buf = (qt - kb) & 1;
+  for (int qt = qs; qt <= qt_last; ++qt) {
+    const int buf = (qt - qs) & 1;
     if (qt < qt_last) {
-      pipe.load(sQ + (buf ^ 1) * L, here.q, (qt + 1) * kTile, T, qt + 1 - kb);
-      pipe.load(sdO + (buf ^ 1) * L, here.dout, (qt + 1) * kTile, T, qt + 1 - kb);
-      pipe.commit(qt + 1 - kb);
+      pipe.load(sQ + (buf ^ 1) * L, here.q, (qt + 1) * kTile, T, qt + 1 - qs);
+      pipe.load(sdO + (buf ^ 1) * L, here.dout, (qt + 1) * kTile - first_row, rows.count,
+                qt + 1 - qs);
+      pipe.commit(qt + 1 - qs);
       load_rows(qt + 1, buf ^ 1);
-      pipe.template wait<1>(qt - kb);
+      pipe.template wait<1>(qt - qs);
     } else {
-      pipe.template wait<0>(qt - kb);
+      pipe.template wait<0>(qt - qs);
     }
     x.sync_threads();
 
@@ -650,7 +680,7 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
     zero(s);
     zero(dp);
     if constexpr (kHold) {  // Sᵀ[key][query], dPᵀ[key][query]
-      if (qt == kb) {
+      if (qt == qs) {
         hold<Tiles>(x, kh, sK);
         hold<Tiles>(x, vh, sV);
       }
@@ -685,8 +715,8 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
                          x.pack_bf16(dp[n][2 * r], dp[n][2 * r + 1]));
       Tiles::publish(x);
       x.sync_threads();
-      float* rows = dq_accum + size_t(b) * T * C + size_t(h) * HD;
-      int* turn = Ordered ? dq_turns + size_t(bh) * nb + qt : nullptr;
+      float* dq_rows = dq_accum + size_t(b) * rows.count * C + size_t(h) * HD;
+      int* turn = Ordered ? dq_turns + size_t(bh) * nq + (qt - qt_first) : nullptr;
       // Rows 16w.. of dQ (queries q0 + 16w ..) += dS K, 64 columns at a time: 32 accumulators
       // beside dK's and dV's instead of HD/2 (at HD 128 the kernel would spill). At HD 64 the
       // product comes before the wait for the turn, outside the part that runs one block at a
@@ -702,7 +732,8 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
         zero(dq);
         Tiles::atb(x, dq, sdS, sK, c0);
         if (HD == 64 && turn != nullptr) take_turn();
-        add_rows<64>(x, rows + c0, size_t(C), q0 + warp * 16, T, dq, turn != nullptr);
+        add_rows<64>(x, dq_rows + c0, size_t(C), q0 - first_row + warp * 16, rows.count, dq,
+                     turn != nullptr);
       }
       if (turn != nullptr) {
         x.fence_device();  // this thread's additions are visible before the turn passes
@@ -716,7 +747,7 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
     // The query tiles after qt_last get nothing from this block, but their turns pass through
     // it (kb → kb + 1), or the next key block would wait for them forever.
     for (int qt = qt_last + 1; qt < nb; ++qt) {
-      int* turn = dq_turns + size_t(bh) * nb + qt;
+      int* turn = dq_turns + size_t(bh) * nq + (qt - qt_first);
       if (x.thread() == 0) {
         x.wait_equal(turn, kb);
         x.store_release(turn, kb + 1);
@@ -724,21 +755,24 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
     }
   }
 
-  uint16_t* gdk = dqkv + size_t(b) * T * stride + C + size_t(h) * HD;
+  uint16_t* gdk = dqkv + size_t(b) * rows.seq * stride + C + size_t(h) * HD;
   store_rows<HD>(x, gdk, stride, k0 + warp * 16, T, dk, scale, accumulate);
   store_rows<HD>(x, gdk + C, stride, k0 + warp * 16, T, dv, 1.0f, accumulate);
 }
 
-// dqkv's q columns from the atomic-dQ accumulator ([B,T,C] fp32, 16-byte aligned): thread t of
-// block blockIdx.x takes 8 elements, (blockIdx.x · kConvertThreads + t) · 8 .., of the B·T·C;
-// each becomes round(scale · acc), or round(old + scale · acc) with accumulate. C % 8 == 0.
+// dqkv's q columns from the atomic-dQ accumulator ([B,count,C] fp32, 16-byte aligned: the range's
+// rows): thread t of block blockIdx.x takes 8 elements, (blockIdx.x · kConvertThreads + t) · 8 ..,
+// of the B·count·C; each becomes round(scale · acc), or round(old + scale · acc) with accumulate,
+// in its row of dqkv [B,seq,3C]. C % 8 == 0.
 constexpr int kConvertThreads = 256;
 template <class X>
-TRIAD_BLOCK_FN void dq_convert_block(X& x, uint16_t* dqkv, const float* dq_accum, size_t total,
-                                     int C, float scale, bool accumulate) {
+TRIAD_BLOCK_FN void dq_convert_block(X& x, uint16_t* dqkv, const float* dq_accum, Rows rows,
+                                     size_t total, int C, float scale, bool accumulate) {
   const size_t e0 = (size_t(x.block_x()) * kConvertThreads + x.thread()) * 8;
   if (e0 >= total) return;
-  const size_t row = e0 / size_t(C), col = e0 % size_t(C);
+  const size_t at = e0 / size_t(C), col = e0 % size_t(C);  // the range's row b·count + t
+  const size_t row = at / size_t(rows.count) * size_t(rows.seq) + size_t(rows.first) +
+                     at % size_t(rows.count);
   float v[8];
   TRIAD_UNROLL
   for (int half = 0; half < 2; ++half) {
@@ -765,9 +799,10 @@ TRIAD_BLOCK_FN void dq_convert_block(X& x, uint16_t* dqkv, const float* dq_accum
 template <class Tiles, class X>
 TRIAD_BLOCK_FN void dq_block(X& x, uint16_t* dqkv, const uint16_t* dout, const uint16_t* qkv,
                              const void* qkv_map, const void* dout_map, const float* lse,
-                             const float* Dv, int T, int C, int NH, float scale, float scale_log2,
-                             bool accumulate, const int32_t* key_begin) {
+                             const float* Dv, Rows rows, int C, int NH, float scale,
+                             float scale_log2, bool accumulate, const int32_t* key_begin) {
   constexpr int HD = Tiles::kHD, L = Tiles::kElems;  // L: elements per tile
+  const int T = rows.keys();
   unsigned char* smem = aligned_smem<Tiles>(x);
   uint16_t* sQ = reinterpret_cast<uint16_t*>(smem);
   uint16_t* sdO = sQ + L;
@@ -777,18 +812,18 @@ TRIAD_BLOCK_FN void dq_block(X& x, uint16_t* dqkv, const uint16_t* dout, const u
 
   const int nb = (T + kTile - 1) / kTile;
   const int qb = nb - 1 - x.block_y();  // the longest rows first
-  const Head here = head<HD>(x.block_x(), qkv, dout, qkv_map, dout_map, T, C, NH);
+  const Head here = head<HD>(x.block_x(), qkv, dout, qkv_map, dout_map, rows, C, NH);
   const int bh = here.bh, b = here.b, h = here.h;
   const size_t stride = here.stride;
   const int q0 = qb * kTile;
   const int warp = x.thread() / 32, lane = x.thread() % 32;
   const int row0 = q0 + warp * 16 + (lane >> 2);  // this thread's rows: row0 and row0 + 8
-  const int32_t* kbeg = sequence_key_begin(key_begin, b, T);
+  const int32_t* kbeg = sequence_key_begin(key_begin, b, rows.seq);
   const int lo[2] = {first_key(kbeg, row0, T), first_key(kbeg, row0 + 8, T)};
   const int kt0 = kbeg != nullptr ? int(kbeg[q0]) / kTile : 0;  // the first tile any row sees
 
   pipe.load(sQ, here.q, q0, T, 0);
-  pipe.load(sdO, here.dout, q0, T, 0);
+  pipe.load(sdO, here.dout, q0 - rows.first, rows.count, 0);  // the range's rows
   pipe.load(sK, here.k, kt0 * kTile, T, 0);
   pipe.load(sV, here.v, kt0 * kTile, T, 0);
   pipe.commit(0);
@@ -796,8 +831,9 @@ TRIAD_BLOCK_FN void dq_block(X& x, uint16_t* dqkv, const uint16_t* dout, const u
   TRIAD_UNROLL
   for (int r = 0; r < 2; ++r) {
     const int row = row0 + 8 * r;
-    lse2[r] = row < T ? lse[size_t(bh) * T + row] * kLog2e : 0.0f;
-    dd[r] = row < T ? Dv[size_t(bh) * T + row] : 0.0f;
+    const size_t at = size_t(bh) * rows.count + size_t(row - rows.first);
+    lse2[r] = row < T ? lse[at] * kLog2e : 0.0f;
+    dd[r] = row < T ? Dv[at] : 0.0f;
   }
 
   float dq[HD / 8][4];
@@ -833,8 +869,8 @@ TRIAD_BLOCK_FN void dq_block(X& x, uint16_t* dqkv, const uint16_t* dout, const u
     Tiles::pv(x, dq, dp, k);  // dQ += dS K
     x.sync_threads();
   }
-  store_rows<HD>(x, dqkv + size_t(b) * T * stride + size_t(h) * HD, stride, q0 + warp * 16, T, dq,
-                 scale, accumulate);
+  store_rows<HD>(x, dqkv + size_t(b) * rows.seq * stride + size_t(h) * HD, stride, q0 + warp * 16,
+                 T, dq, scale, accumulate);
 }
 
 }  // namespace triad::flash
