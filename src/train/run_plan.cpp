@@ -289,8 +289,13 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
     const double bytes = p.precision == Precision::bf16 ? 2.0 : 4.0;
     const double per_layer =
         (2 * bytes + 4) * (g.cp - 1) / g.cp * p.micro_batch_size * m.seq_len * kv;
-    os << "\ncontext-parallel key/value traffic per step and rank: " << std::setprecision(1)
-       << per_layer * p.micro_batches * m.n_layer / g.pp / 1e6 << " MB (not overlapped)";
+    const double mb = per_layer * p.micro_batches * m.n_layer / g.pp / 1e6;
+    os << "\ncontext-parallel key/value traffic per step and rank: " << std::setprecision(1) << mb
+       << " MB";
+    if (gbps > 0)
+      os << ", " << mb / (gbps * 1e3) * 1e3 << " ms at " << std::defaultfloat
+         << std::setprecision(4) << gbps << std::fixed << " GB/s";
+    os << " (not overlapped)";
   }
   if (g.dp * g.cp > 1) {
     double wire = 0;

@@ -174,6 +174,17 @@ TEST_F(CpuKernels, AllocIsAlignedAndZeroed) {
   EXPECT_STREQ(be->name(), "cpu");
 }
 
+// copy_rows: a column block of one matrix into another's, every other element untouched.
+TEST_F(CpuKernels, CopyRowsCopiesAColumnBlock) {
+  const Vec src = random_vec(7 * 10, 3);
+  Vec dst(5 * 9, -1.0f);
+  be->copy_rows(dst.data() + 2, 9, src.data() + 4, 10, 5, 6);  // rows 0..4, columns 4..9 → 2..7
+  for (int r = 0; r < 5; ++r)
+    for (int c = 0; c < 9; ++c)
+      EXPECT_EQ(dst[size_t(r) * 9 + c], c >= 2 && c < 8 ? src[size_t(r) * 10 + c + 2] : -1.0f)
+          << r << "," << c;
+}
+
 // ---- encoder -------------------------------------------------------------------------------
 
 TEST_F(CpuKernels, EncoderForwardBackward) {

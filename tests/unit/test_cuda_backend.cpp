@@ -126,6 +126,18 @@ TEST_F(CudaBackendTest, AllocZeroedCopyRoundTripAndZero) {
     gpu->synchronize();
     gpu->free(d);
   }
+  // copy_rows (one strided copy): a column block, every other element untouched.
+  {
+    const Vec src = random_vec(7 * 10, 3);
+    float* d_src = dev(src);
+    float* d_dst = dev(Vec(5 * 9, -1.0f));
+    gpu->copy_rows(d_dst + 2, 9, d_src + 4, 10, 5, 6);
+    const Vec got = host(d_dst, 5 * 9);
+    for (int r = 0; r < 5; ++r)
+      for (int c = 0; c < 9; ++c)
+        EXPECT_EQ(got[size_t(r) * 9 + c], c >= 2 && c < 8 ? src[size_t(r) * 10 + c + 2] : -1.0f)
+            << "copy_rows " << r << "," << c;
+  }
   // int buffers: zero-filled, and uploads land (read back through encoder_forward with
   // wte[v, 0] = v, wpe = 0).
   const int V = 50, N = 9;
