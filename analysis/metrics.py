@@ -288,7 +288,7 @@ def load_metrics(p: str | os.PathLike, strict: bool = True, wait: float = 1.0,
     return Metrics(path=path, train=train, val=val, attrs=attrs, val_sets=sets)
 
 
-_GRID_RE = re.compile(r"\b(dp|pp|tp)\s*=\s*(\d+)")
+_GRID_RE = re.compile(r"\b(dp|pp|tp|cp)\s*=\s*(\d+)")
 
 
 
@@ -305,12 +305,12 @@ def load_runs(paths, prog: str, strict: bool = True) -> list[Metrics]:
     return runs
 
 def parse_grid(text: str | None) -> dict[str, int] | None:
-    """"dp=2 pp=1 tp=1" -> {"dp": 2, "pp": 1, "tp": 1} (missing axes are 1); None when the
-    text names no axis."""
+    """"dp=2 pp=1 tp=1" -> {"dp": 2, "pp": 1, "tp": 1, "cp": 1} (missing axes are 1: "cp=N"
+    appears only for context-parallel runs); None when the text names no axis."""
     found = {k: int(v) for k, v in _GRID_RE.findall(str(text or ""))}
     if not found:
         return None
-    return {"dp": found.get("dp", 1), "pp": found.get("pp", 1), "tp": found.get("tp", 1)}
+    return {a: found.get(a, 1) for a in ("dp", "pp", "tp", "cp")}
 
 
 def steady_tokens_per_sec(m: Metrics, skip: int = 5) -> tuple[float, int]:

@@ -2,7 +2,8 @@
 
     triad-scaling runs/dp1 runs/dp2 runs/dp4 [--out scaling.png] [--csv scaling.csv]
 
-Each run's rank count comes from its `grid` attribute ("dp=2 pp=1 tp=1" -> dp·pp·tp = 2),
+Each run's rank count comes from its `grid` attribute ("dp=2 pp=1 tp=1" -> dp·pp·tp = 2; with
+context parallelism "dp=1 pp=1 tp=1 cp=4" -> 4),
 its throughput is the median tokens/s of /train without the first --skip steps (start-up).
 Efficiency = (tokens/s per rank) / (tokens/s per rank of the run on the fewest ranks);
 speed-up = tokens/s / tokens/s of that run. Prints a Markdown table and writes a PNG
@@ -51,9 +52,10 @@ def scaling_table(runs: list[Metrics], skip: int = 5, any_model: bool = False):
         tps, used = steady_tokens_per_sec(m, skip)
         if not np.isfinite(tps) or tps <= 0:
             raise AnalysisError(f"{m.path}: no positive tokens/s in /train/tokens_per_sec")
-        ranks = grid["dp"] * grid["pp"] * grid["tp"]
+        ranks = grid["dp"] * grid["pp"] * grid["tp"] * grid["cp"]
+        label = f"dp={grid['dp']} pp={grid['pp']} tp={grid['tp']}"
         rows.append({"run": m.name, "path": _run_label(m),
-                     "grid": f"dp={grid['dp']} pp={grid['pp']} tp={grid['tp']}",
+                     "grid": label + (f" cp={grid['cp']}" if grid["cp"] > 1 else ""),
                      "ranks": ranks, "batch_size": m.config("train.batch_size", ""),
                      "steps_used": used, "tokens_per_sec": tps,
                      "tokens_per_sec_per_rank": tps / ranks})

@@ -37,14 +37,15 @@ def mpi_train(n, *args):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Three runs of one model and data: 1 rank, dp=2, tp=2 (12 steps each)."""
+    """Four runs of one model and data: 1 rank, dp=2, tp=2, cp=2 (12 steps each)."""
     tmp = tmp_path_factory.mktemp("analysis_runs")
     common = ["--train.steps", 12, "--eval.every", 4, "--checkpoint.every", 6]
     cfg = tiny_config(tmp, name="r1", vocab=VOCAB)
     train("--config", cfg, *common, check=True)
     mpi_train(2, "--config", cfg, *common, "--run.name", "dp2")
     mpi_train(2, "--config", cfg, *common, "--run.name", "tp2", "--parallel.tp", 2)
-    return {"tmp": tmp, "cfg": cfg, **{n: tmp / "runs" / n for n in ("r1", "dp2", "tp2")}}
+    mpi_train(2, "--config", cfg, *common, "--run.name", "cp2", "--parallel.cp", 2)
+    return {"tmp": tmp, "cfg": cfg, **{n: tmp / "runs" / n for n in ("r1", "dp2", "tp2", "cp2")}}
 
 
 # ---- triad-plot ---------------------------------------------------------------------------
@@ -184,16 +185,17 @@ def test_ckpt_bad_files(runs, tmp_path):
 
 def test_scaling_from_runs_on_one_and_two_ranks(runs, tmp_path):
     out, csv = tmp_path / "scaling.png", tmp_path / "scaling.csv"
-    p = tool("triad-scaling", runs["dp2"], runs["r1"], runs["tp2"], "--skip", 3, "--out", out,
-             "--csv", csv)
+    p = tool("triad-scaling", runs["dp2"], runs["r1"], runs["tp2"], runs["cp2"], "--skip", 3,
+             "--out", out, "--csv", csv)
     assert p.returncode == 0, p.stderr
     assert out.read_bytes()[:8] == PNG
     import pandas as pd
 
     df = pd.read_csv(csv)
-    assert list(df["run"]) == ["r1", "dp2", "tp2"]  # by rank count, stable
-    assert list(df["ranks"]) == [1, 2, 2]
-    assert list(df["grid"]) == ["dp=1 pp=1 tp=1", "dp=2 pp=1 tp=1", "dp=1 pp=1 tp=2"]
+    assert list(df["run"]) == ["r1", "dp2", "tp2", "cp2"]  # by rank count, stable
+    assert list(df["ranks"]) == [1, 2, 2, 2]  # context-parallel ranks count too
+    assert list(df["grid"]) == ["dp=1 pp=1 tp=1", "dp=2 pp=1 tp=1", "dp=1 pp=1 tp=2",
+                                "dp=1 pp=1 tp=1 cp=2"]
     for name, row in zip(df["run"], df.to_dict("records")):
         with h5py.File(runs[name] / "metrics.h5", "r") as f:
             tps = np.median(f["train/tokens_per_sec"][3:])
@@ -204,7 +206,7 @@ def test_scaling_from_runs_on_one_and_two_ranks(runs, tmp_path):
     assert df["efficiency"][1] == pytest.approx(df["tokens_per_sec"][1] / 2 / base, rel=1e-5)
     assert df["speedup"][2] == pytest.approx(df["tokens_per_sec"][2] / base, rel=1e-5)
     table = p.stdout.splitlines()
-    assert table[0].startswith("| run") and "efficiency" in table[0] and len(table) == 5
+    assert table[0].startswith("| run") and "efficiency" in table[0] and len(table) == 6
 
 
 def test_scaling_refuses_another_model(runs, tmp_path):
