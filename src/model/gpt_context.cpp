@@ -9,7 +9,9 @@
 // Layouts: this rank's rows are [2][B][piece] (piece = T / (2·cp)); whole sequences [B][T] in
 // cp_qkv and cp_dqkv; the key and value columns (the last 2·NKVl·hd of a q|k|v row) travel packed,
 // [rank][2][B][piece] rows of them. bf16 rows are copied and gathered as fp32 words (their widths
-// are even, checked by the constructor) and their gradients summed in fp32.
+// are even, checked by the constructor). In bf16 each rank's key and value gradients come out of
+// the bf16 attention backward (its two pieces' calls each adding into the bf16 buffer, one
+// rounding each), and the ranks' partial sums are then added in fp32 and rounded once.
 #include <type_traits>
 
 #include "gpt_activations.h"

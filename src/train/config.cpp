@@ -175,7 +175,7 @@ class KeyTable {
     add("parallel.tp", c.parallel.tp, "tensor-parallel size");
     add("parallel.pp", c.parallel.pp, "pipeline-parallel size");
     add("parallel.cp", c.parallel.cp,
-        "context-parallel size: each sequence's tokens split over cp ranks (cpu backend)");
+        "context-parallel size: each sequence's tokens split over cp ranks");
     add("parallel.zero", c.parallel.zero, "ZeRO stage (0 or 1)");
     add("parallel.schedule", c.parallel.schedule,
         "pipeline schedule (1f1b | gpipe | interleaved | zb-h1; interleaved and zb-h1 take "

@@ -281,15 +281,24 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
        << "% of the stages' time";
   if (g.cp > 1) {
     // Each layer gathers the other ranks' keys and values twice (forward, and again in the
-    // backward pass) and reduce-scatters their gradients (in fp32): (cp−1)/cp of a micro-batch's
-    // whole key and value columns each time, per layer, on every rank of the group.
+    // backward pass; a third time where full recomputation reruns its forward) and
+    // reduce-scatters their gradients (in fp32): (cp−1)/cp of a micro-batch's whole key and value
+    // columns each time, per layer, on every rank of the group. The busiest stage's layers.
     const auto& m = cfg.model;
     const double hd = m.head_dim > 0 ? m.head_dim : m.n_embd / m.n_head;
     const double kv = 2.0 * m.kv_heads() * hd / g.tp;
     const double bytes = p.precision == Precision::bf16 ? 2.0 : 4.0;
-    const double per_layer =
-        (2 * bytes + 4) * (g.cp - 1) / g.cp * p.micro_batch_size * m.seq_len * kv;
-    const double mb = per_layer * p.micro_batches * m.n_layer / g.pp / 1e6;
+    const double share = double(g.cp - 1) / g.cp * p.micro_batch_size * m.seq_len * kv;
+    const ModelParallel mp = model_parallel(cfg, 0, 0);
+    double most = 0;
+    for (const auto& s : p.stages) {
+      int recomputed = 0;  // this stage's layers that rerun their forward
+      if (p.recompute.mode == Recompute::full)
+        for (int c = 0; c < mp.virtual_stages; ++c)
+          recomputed += p.recompute.count(mp.chunk_layers(c * g.pp + s.stage, m.n_layer));
+      most = std::max(most, (s.layers * (2 * bytes + 4) + recomputed * bytes) * share);
+    }
+    const double mb = most * p.micro_batches / 1e6;
     os << "\ncontext-parallel key/value traffic per step and rank: " << std::setprecision(1) << mb
        << " MB";
     if (gbps > 0)

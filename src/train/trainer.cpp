@@ -304,6 +304,7 @@ TrainOutcome Trainer::run() {
   Timer run_timer;
   const int64_t first_step = s.step;
   s.grid.dp().reset_stats();
+  s.grid.cp().reset_stats();
   s.grid.tp().reset_stats();
   s.grid.pp().reset_stats();
   while (s.step < cfg.train.steps) {

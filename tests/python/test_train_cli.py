@@ -143,12 +143,12 @@ def test_plan_context_parallel_shares_each_sequence(tmp_path):
     sequence, so its activations shrink about 4x (the attention probabilities of its two pieces,
     (2·4 + 1)/16 of T x T, a little more), its compute per step 4x, and --plan prints the keys' and
     values' traffic: per layer two gathers and a reduce-scatter of (cp − 1)/cp of the micro-batch's
-    key and value columns."""
-    def plan(cp):
+    key and value columns, and a third gather where full recomputation reruns the layer."""
+    def plan(cp, *extra):
         out = train("--config", REPO / "inputs/models/gpt2-124m.ini", "--data.train",
                     str(tmp_path / "none_*.bin"), "--train.batch_size", "8",
                     "--train.micro_batch_size", "8", "--parallel.cp", str(cp), "--plan",
-                    "--plan-ranks", str(cp), "--plan-tflops", "1", check=True).stdout
+                    "--plan-ranks", str(cp), "--plan-tflops", "1", *extra, check=True).stdout
         row = next(l.split() for l in out.splitlines() if l.split()[:2] == ["0", "12"])
         ms = float(re.search(r"counted\): ([0-9.]+) ms", out).group(1))
         return out, float(row[7].split("(")[0]), ms
@@ -163,6 +163,9 @@ def test_plan_context_parallel_shares_each_sequence(tmp_path):
     assert mb, four
     want = (2 * 4 + 4) * 3 / 4 * 8 * 1024 * (2 * 768) * 12 / 1e6  # fp32: 4 bytes, 12 layers
     assert abs(float(mb.group(1)) - want) < 0.1, (mb.group(1), want)
+    full = plan(4, "--train.recompute", "full")[0]
+    mb = re.search(r"context-parallel key/value traffic per step and rank: ([0-9.]+) MB", full)
+    assert abs(float(mb.group(1)) - want * 16 / 12) < 0.1, (mb.group(1), want)
 
 
 def test_plan_shows_what_recomputation_saves_and_costs(tmp_path):

@@ -131,6 +131,13 @@ flash::Rows rows_of(int T, QueryRows r) {
               r.first, " + ", r.count, " outside a sequence of ", T);
   TRIAD_CHECK(r.first % flash::kTile == 0, "flash attention: a query range must start at a "
               "multiple of ", flash::kTile, " rows (got ", r.first, ")");
+  // Its last key tile ends at a whole tile or at the sequence's end: the tiles' rows past the
+  // range's keys are then zero-filled (cp.async) or outside the tensor map (bulk copies), never
+  // other rows' memory, whose values could be anything (NaN · 0 is NaN).
+  const int end = r.first + r.count;
+  TRIAD_CHECK(end % flash::kTile == 0 || end == T, "flash attention: a query range must end at a "
+              "multiple of ", flash::kTile, " rows or at the sequence's end (got ", end, " of ", T,
+              ")");
   return flash::Rows{T, r.first, r.count};
 }
 

@@ -71,8 +71,8 @@ size_t flash_attention_workspace_floats(int B, int T, int C, int NH,
 
 // out [B,T,C] bf16 and lse [B,NH,T] fp32 from qkv [B,T,3C] bf16 (device pointers), on stream s.
 // qkv must be 16-byte aligned (vector loads), out 4-byte aligned. `rows` (QueryRows of backend.h,
-// its first a multiple of 64): the queries of that range only, out [B,count,C], lse [B,NH,count];
-// the backward's dout likewise, dqkv keeping T rows.
+// starting at a multiple of 64 and ending at one or at T): the queries of that range only, out
+// [B,count,C], lse [B,NH,count]; the backward's dout likewise, dqkv keeping T rows.
 void flash_attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH,
                              const int32_t* key_begin, cudaStream_t s,
                              FlashKernel kernel = FlashKernel::automatic, QueryRows rows = {});

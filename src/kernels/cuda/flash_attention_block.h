@@ -617,13 +617,15 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
   const int qs = kb > qt_first ? kb : qt_first;  // the first query tile that sees the block
   const int warp = x.thread() / 32, lane = x.thread() % 32;
   const int key0 = k0 + warp * 16 + (lane >> 2);  // this thread's keys: key0 and key0 + 8
-  // The last query tile that sees a key of this block: the tiles after the first one whose first
-  // row begins past the block's last key see none (key_begin never decreases).
+  // The last query tile that sees a key of this block: the tiles from the first one whose first
+  // row begins past the block's last key see none (key_begin never decreases). The block's own
+  // diagonal tile always sees it; a block before a query range may be seen by none of the
+  // range's tiles (qt_last < qs: nothing to compute, only turns to pass on).
   const int32_t* kbeg = Masked ? sequence_key_begin(key_begin, b, rows.seq) : nullptr;
   int qt_last = nb - 1;
   if constexpr (Masked) {
     const int last_key = (k0 + kTile < T ? k0 + kTile : T) - 1;
-    for (int qt = qs + 1; qt < nb; ++qt)
+    for (int qt = qs; qt < nb; ++qt)
       if (int(kbeg[qt * kTile]) > last_key) {
         qt_last = qt - 1;
         break;
@@ -643,12 +645,14 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
   };
   // Batch i (0, 1, ..) holds query tile qs + i (and, in batch 0, this block's K and V). dO's
   // rows are the range's (query row t at t − first).
-  pipe.load(sK, here.k, k0, T, 0);
-  pipe.load(sV, here.v, k0, T, 0);
-  pipe.load(sQ, here.q, qs * kTile, T, 0);
-  pipe.load(sdO, here.dout, qs * kTile - first_row, rows.count, 0);
-  pipe.commit(0);
-  load_rows(qs, 0);
+  if (qs <= qt_last) {
+    pipe.load(sK, here.k, k0, T, 0);
+    pipe.load(sV, here.v, k0, T, 0);
+    pipe.load(sQ, here.q, qs * kTile, T, 0);
+    pipe.load(sdO, here.dout, qs * kTile - first_row, rows.count, 0);
+    pipe.commit(0);
+    load_rows(qs, 0);
+  }
 
   float dk[HD / 8][4], dv[HD / 8][4];
   zero(dk);
