@@ -23,8 +23,8 @@ namespace triad {
 size_t Gpt::cp_att_offset(int piece, int B, bool probabilities) const {
   if (piece == 0) return 0;
   const int T = shape_.seq_len, P = T / (2 * mp_.cp);
-  const size_t per_head = probabilities ? size_t(P) * size_t(mp_.piece_start(0, T, mp_.cp_rank) + P)
-                                        : size_t(P);
+  const size_t per_head =
+      probabilities ? size_t(P) * size_t(mp_.piece_start(0, T, mp_.cp_rank) + P) : size_t(P);
   return size_t(B) * size_t(shape_.n_head / mp_.tp) * per_head;
 }
 
@@ -58,12 +58,13 @@ void Gpt::cp_gather_qkv(const A* qkv, int B) {
     for (int k = 0; k < 2; ++k)
       for (int b = 0; b < B; ++b) {
         const size_t at = size_t(b) * T + size_t(mp_.piece_start(k, T, r));  // in the sequences
-        const size_t from = (size_t(k) * B + b) * P;                          // among rank r's
+        const size_t from = (size_t(k) * B + b) * P;                         // among rank r's
         if (r == mp_.cp_rank) {
           be_.copy(words(a.cp_qkv + at * Wl), words(qkv + from * Wl), w(size_t(P) * Wl));
         } else {
           be_.copy_rows(words(a.cp_qkv + at * Wl + Al), w(Wl),
-                        words(a.cp_recv + (size_t(r) * local + from) * KV), w(KV), size_t(P), w(KV));
+                        words(a.cp_recv + (size_t(r) * local + from) * KV), w(KV), size_t(P),
+                        w(KV));
         }
       }
 }
@@ -98,7 +99,8 @@ void Gpt::cp_attention_backward(A* dqkv, float* scratch, const A* datty, const A
     if constexpr (std::is_same_v<A, float>) {
       const size_t off = cp_att_offset(k, B, true);
       be_.attention_backward(a.cp_dqkv, scratch + off, datty + out, a.cp_qkv, att + off, B, T,
-                             int(Al), NHl, NKVl, GradMode::accumulate, layer_key_begin(layer), rows);
+                             int(Al), NHl, NKVl, GradMode::accumulate, layer_key_begin(layer),
+                             rows);
     } else {
       (void)scratch;
       be_.attention_backward(a.cp_dqkv, datty + out, a.cp_qkv, atty + out,

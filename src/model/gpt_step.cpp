@@ -516,7 +516,7 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
       be_.attention_backward(dqkv, a.datty, L.qkv, L.atty, L.att, B, T, Al, NHl, NKVl, kSet,
                              layer_key_begin(first_layer + i));
     rotate_pieces(dqkv, B, T, true);  // the gradient of the normalized q|k|v, before the rotation
-    if (shape_.qk_norm)           // ... and of c_attn's output, before the norm
+    if (shape_.qk_norm)               // ... and of c_attn's output, before the norm
       qk_norm_backward(dqkv, gr.qnw, gr.knw, L.qkv_pre, w.qnw, w.knw, L.qk_rstd, N);
     be_.matmul_backward(dpart, wgrad(gr.qkvw), wgrad(gr.qkvb), dqkv, L.ln1g, w.qkvw, N, C, Wl,
                         kSet);
@@ -544,8 +544,8 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
       for (int k = 0; k < 2; ++k) {
         const size_t at = size_t(k) * B * P;
         const int p0 = mp_.piece_start(k, shape_.seq_len, mp_.cp_rank);
-        be_.encoder_backward(dwte, dwpe != nullptr ? dwpe + size_t(p0) * C : nullptr,
-                             dres + at * C, d_inputs_ + at, B, P, C);
+        be_.encoder_backward(dwte, dwpe != nullptr ? dwpe + size_t(p0) * C : nullptr, dres + at * C,
+                             d_inputs_ + at, B, P, C);
       }
     }
     if (grad_hook_) grad_hook_(0, sp[size_t(std::max(wte_, wpe_)) + 1].offset);  // wte, wpe

@@ -205,10 +205,10 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
   const int ranks = g.dp * g.pp * g.tp * g.cp;
   os << std::fixed << "plan: " << ranks << (ranks == 1 ? " rank" : " ranks") << " = dp " << g.dp
      << " x pp " << g.pp << " x tp " << g.tp << (g.cp > 1 ? " x cp " + std::to_string(g.cp) : "")
-     << " | " << precision_name(p.precision) << " on "
-     << cfg.run.backend << " | batch " << cfg.train.batch_size << " x " << cfg.model.seq_len
-     << " tokens: " << p.micro_batches << (p.micro_batches == 1 ? " micro-batch" : " micro-batches")
-     << " of " << p.micro_batch_size << " sequences per data-parallel rank";
+     << " | " << precision_name(p.precision) << " on " << cfg.run.backend << " | batch "
+     << cfg.train.batch_size << " x " << cfg.model.seq_len << " tokens: " << p.micro_batches
+     << (p.micro_batches == 1 ? " micro-batch" : " micro-batches") << " of " << p.micro_batch_size
+     << " sequences per data-parallel rank";
   if (g.pp > 1)
     os << " | schedule " << cfg.parallel.schedule
        << (cfg.parallel.virtual_stages > 1

@@ -114,10 +114,9 @@ void Trainer::State::setup_model() {
     schedule = make_schedule(kind, mp.pp, accum, mp.virtual_stages);
     check_schedule(schedule, mp.pp, accum, mp.virtual_stages);
   }
-  model = std::make_unique<Gpt>(model_shape(), mbs, *be, replicas, mp,
-                                mp.pp > 1 ? &schedule : nullptr,
-                                cfg.bf16() ? Precision::bf16 : Precision::fp32,
-                                activation_options(cfg));
+  model = std::make_unique<Gpt>(
+      model_shape(), mbs, *be, replicas, mp, mp.pp > 1 ? &schedule : nullptr,
+      cfg.bf16() ? Precision::bf16 : Precision::fp32, activation_options(cfg));
   const size_t S = model->buffer_floats() / size_t(replicas);
   shard_lo = size_t(replica_rank) * S;
   shard_hi = shard_lo + S;

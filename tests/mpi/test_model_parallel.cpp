@@ -61,12 +61,12 @@ std::vector<std::string> grid_args(const std::string& dir, const std::string& na
                                    std::vector<std::string> extra = {}) {
   std::vector<std::string> args = triad::testing::small_run_args(
       dir, name, {kLayers, kHeads, kEmbd, kSeq, kVocab}, kBatch, kBatch / (g.dp * g.accum));
-  args.insert(args.end(),
-              {"--run.threads", "1", "--parallel.zero", std::to_string(g.zero), "--parallel.tp",
-               std::to_string(g.tp), "--parallel.pp", std::to_string(g.pp), "--parallel.schedule",
-               g.schedule, "--parallel.virtual_stages", std::to_string(g.v),
-               "--parallel.sequence_parallel", g.sp ? "true" : "false", "--parallel.cp",
-               std::to_string(g.cp)});
+  args.insert(
+      args.end(),
+      {"--run.threads", "1", "--parallel.zero", std::to_string(g.zero), "--parallel.tp",
+       std::to_string(g.tp), "--parallel.pp", std::to_string(g.pp), "--parallel.schedule",
+       g.schedule, "--parallel.virtual_stages", std::to_string(g.v), "--parallel.sequence_parallel",
+       g.sp ? "true" : "false", "--parallel.cp", std::to_string(g.cp)});
   if (extra.empty()) extra = {"--resume", "none"};
   // Extra "--key value" pairs replace the defaults above or add to them.
   for (size_t i = 0; i + 1 < extra.size(); i += 2) {
@@ -218,8 +218,9 @@ TEST(ModelParallel, ContextParallelMatchesOneRank) {
       {1, 1, 2, 0, 4, "1f1b", 1, false, 2}, {1, 1, 2, 0, 4, "zb-h1", 1, false, 2},
       {2, 2, 1, 1, 1, "1f1b", 1, true, 2},  {1, 2, 2, 0, 2, "1f1b", 1, false, 2}};
   const std::vector<std::vector<std::string>> variants = {
-      {}, {"--model.position", "rope", "--model.n_kv_head", "2", "--model.norm", "rmsnorm",
-           "--model.mlp", "swiglu", "--data.document_mask", "7", "--model.sliding_window", "5"}};
+      {},
+      {"--model.position", "rope", "--model.n_kv_head", "2", "--model.norm", "rmsnorm",
+       "--model.mlp", "swiglu", "--data.document_mask", "7", "--model.sliding_window", "5"}};
   for (size_t k = 0; k < variants.size(); ++k) {
     const std::string name = "cp" + std::to_string(k);
     const std::string dir = shared_dir(name);
@@ -235,10 +236,9 @@ TEST(ModelParallel, ContextParallelMatchesOneRank) {
                            name + " " + g.name());
     }
     const Grid cp2{1, 1, 1, 0, 1, "1f1b", 1, false, 2};
-    expect_same_training(
-        run(dir, name + "_full_" + cp2.name(), cp2,
-            with({"--resume", "none", "--train.recompute", "full"})),
-        ref, name + " recompute full " + cp2.name());
+    expect_same_training(run(dir, name + "_full_" + cp2.name(), cp2,
+                             with({"--resume", "none", "--train.recompute", "full"})),
+                         ref, name + " recompute full " + cp2.name());
     const std::vector<std::string> bf16 = with({"--resume", "none", "--run.precision", "bf16"});
     const Result bf1 = run(dir, name + "_bf16_ref", Grid{}, bf16);
     expect_close_losses(run(dir, name + "_bf16_" + cp2.name(), cp2, bf16), bf1, 5e-4,
@@ -249,9 +249,9 @@ TEST(ModelParallel, ContextParallelMatchesOneRank) {
     const Grid cp4{1, 1, 1, 0, 2, "1f1b", 1, false, 4};
     if (cp4.ranks() <= world_size()) {
       const std::string from_one = dir + "/runs/" + name + "_ref/ckpt/step_00000003.h5";
-      expect_same_training(run(dir, name + "_from1_" + cp4.name(), cp4,
-                               with({"--resume", from_one})),
-                           tail, name + " from one rank to " + cp4.name());
+      expect_same_training(
+          run(dir, name + "_from1_" + cp4.name(), cp4, with({"--resume", from_one})), tail,
+          name + " from one rank to " + cp4.name());
     }
     const std::string from_cp = dir + "/runs/" + name + "_" + cp2.name() + "/ckpt/step_00000003.h5";
     expect_same_training(run(dir, name + "_fromcp", Grid{}, with({"--resume", from_cp})), tail,
@@ -709,17 +709,28 @@ TEST(ModelParallel, PerRankMemoryShrinksWithTheGrid) {
 TEST(ModelParallel, MemoryPlanEqualsWhatEachRankAllocates) {
   const std::string dir = shared_dir("plan");
   const std::vector<std::pair<Grid, std::string>> grids = {
-      {{1, 1, 1, 0, 1, "1f1b", 1}, "fp32"},       {{1, 1, 1, 0, 2, "1f1b", 1}, "bf16"},
-      {{2, 1, 1, 1, 2, "1f1b", 1}, "bf16"},       {{1, 2, 1, 0, 1, "1f1b", 1, true}, "bf16"},
-      {{1, 1, 4, 0, 4, "gpipe", 1}, "fp32"},      {{1, 1, 2, 1, 4, "interleaved", 2}, "bf16"},
-      {{2, 2, 2, 1, 2, "1f1b", 1, true}, "bf16"}, {{1, 2, 2, 0, 2, "interleaved", 2}, "fp32"},
-      {{1, 1, 4, 1, 4, "1f1b", 1}, "bf16"},       {{2, 2, 1, 0, 1, "1f1b", 1}, "bf16"},
-      {{2, 1, 2, 0, 2, "gpipe", 1}, "fp32"},      {{1, 2, 2, 0, 4, "zb-h1", 1, true}, "bf16"},
-      {{1, 1, 4, 0, 4, "zb-h1", 1}, "fp32"},      {{1, 1, 1, 0, 1, "1f1b", 1}, "muon"},
-      {{2, 2, 1, 1, 1, "1f1b", 1}, "muon"},       {{1, 2, 2, 0, 2, "1f1b", 1}, "muon"},
-      {{2, 1, 2, 0, 2, "1f1b", 1}, "muon"},       {{4, 1, 1, 1, 1, "1f1b", 1}, "muon"},
-      {{1, 1, 1, 1, 1, "1f1b", 1}, "muon"},       {{1, 2, 2, 0, 2, "1f1b", 1, true}, "rope"},
-      {{2, 1, 2, 1, 2, "1f1b", 1}, "rmsnorm"},    {{1, 2, 1, 0, 1, "1f1b", 1}, "swiglu"},
+      {{1, 1, 1, 0, 1, "1f1b", 1}, "fp32"},
+      {{1, 1, 1, 0, 2, "1f1b", 1}, "bf16"},
+      {{2, 1, 1, 1, 2, "1f1b", 1}, "bf16"},
+      {{1, 2, 1, 0, 1, "1f1b", 1, true}, "bf16"},
+      {{1, 1, 4, 0, 4, "gpipe", 1}, "fp32"},
+      {{1, 1, 2, 1, 4, "interleaved", 2}, "bf16"},
+      {{2, 2, 2, 1, 2, "1f1b", 1, true}, "bf16"},
+      {{1, 2, 2, 0, 2, "interleaved", 2}, "fp32"},
+      {{1, 1, 4, 1, 4, "1f1b", 1}, "bf16"},
+      {{2, 2, 1, 0, 1, "1f1b", 1}, "bf16"},
+      {{2, 1, 2, 0, 2, "gpipe", 1}, "fp32"},
+      {{1, 2, 2, 0, 4, "zb-h1", 1, true}, "bf16"},
+      {{1, 1, 4, 0, 4, "zb-h1", 1}, "fp32"},
+      {{1, 1, 1, 0, 1, "1f1b", 1}, "muon"},
+      {{2, 2, 1, 1, 1, "1f1b", 1}, "muon"},
+      {{1, 2, 2, 0, 2, "1f1b", 1}, "muon"},
+      {{2, 1, 2, 0, 2, "1f1b", 1}, "muon"},
+      {{4, 1, 1, 1, 1, "1f1b", 1}, "muon"},
+      {{1, 1, 1, 1, 1, "1f1b", 1}, "muon"},
+      {{1, 2, 2, 0, 2, "1f1b", 1, true}, "rope"},
+      {{2, 1, 2, 1, 2, "1f1b", 1}, "rmsnorm"},
+      {{1, 2, 1, 0, 1, "1f1b", 1}, "swiglu"},
       {{1, 2, 2, 1, 2, "1f1b", 1}, "untied"},
       // Context parallelism: the whole-sequence q|k|v, its gradient and the packed keys and
       // values, and the pieces' probabilities (fp32).

@@ -55,10 +55,7 @@ TEST(ProcessGrid, GroupsFollowTheLayout) {
         EXPECT_EQ(g.tp().rank(), g.tp_rank()) << what;
         // Membership: the sum of the members' world ranks, through each group's all-reduce.
         for (char which : {'d', 'c', 'p', 't'}) {
-          Comm& c = which == 'd'   ? g.dp()
-                    : which == 'c' ? g.cp()
-                    : which == 'p' ? g.pp()
-                                   : g.tp();
+          Comm& c = which == 'd' ? g.dp() : which == 'c' ? g.cp() : which == 'p' ? g.pp() : g.tp();
           EXPECT_EQ(int(c.all_reduce_sum(double(r))), expected_sum(g, which))
               << what << " " << which;
         }

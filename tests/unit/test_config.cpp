@@ -191,11 +191,11 @@ TEST(Config, ContextParallelGridsAreChecked) {
   expect(error_of(with({"--parallel.cp", "2", "--eval.choices", "hellaswag.bin"}), 2),
          "eval.choices", "parallel.cp > 1");
   // 8 tokens over cp 2: 4 per rank, not divisible by tp = 3 for sequence parallelism.
-  expect(error_of({"--parallel.cp", "2", "--parallel.tp", "3", "--model.n_head", "3",
-                   "--model.n_embd", "48", "--model.seq_len", "8",
-                   "--parallel.sequence_parallel", "true"},
-                  6),
-         "parallel.sequence_parallel", "model.seq_len / parallel.cp (4) divisible by parallel.tp");
+  expect(
+      error_of({"--parallel.cp", "2", "--parallel.tp", "3", "--model.n_head", "3", "--model.n_embd",
+                "48", "--model.seq_len", "8", "--parallel.sequence_parallel", "true"},
+               6),
+      "parallel.sequence_parallel", "model.seq_len / parallel.cp (4) divisible by parallel.tp");
   // dp = world / (tp·pp·cp): 8 sequences over dp 2 · micro-batches of 4.
   EXPECT_EQ(error_of(with({"--parallel.cp", "2", "--train.micro_batch_size", "4"}), 4), "");
   expect(error_of(with({"--parallel.cp", "2", "--train.micro_batch_size", "8"}), 4),

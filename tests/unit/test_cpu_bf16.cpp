@@ -152,8 +152,7 @@ void check_attention_bf16(Backend& be_ref, int NKV, bool documents = false, Quer
                  qkv[(size_t(b) * T + j) * W + C + (h % NKV) * hd + d];
           sum += std::exp(s / std::sqrt(double(hd)));
         }
-        worst = std::max(worst,
-                         std::abs(std::log(sum) - lse[(size_t(b) * NH + h) * n + (i - q0)]));
+        worst = std::max(worst, std::abs(std::log(sum) - lse[(size_t(b) * NH + h) * n + (i - q0)]));
       }
   EXPECT_LT(worst, 1e-5);
   // Output and gradient: the fp32 attention on the same values, rounded once.

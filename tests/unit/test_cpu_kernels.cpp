@@ -619,7 +619,9 @@ void check_attention_rows(Backend& be, int B, int T, int C, int NH, int NKV, Que
             << "att at bh=" << bh << " i=" << i << " j=" << j;
       }
   const Vec R = random_vec(out.size(), 42);
-  auto loss = [&] { return dot(range_of(naive_attention(x, B, T, C, NH, nullptr, NKV, key_begin)), R); };
+  auto loss = [&] {
+    return dot(range_of(naive_attention(x, B, T, C, NH, nullptr, NKV, key_begin)), R);
+  };
   const DVec g = finite_diff(x, loss, stride);
   for (int bh = 0; bh < B * NH; ++bh)  // unspecified above the diagonal: must not matter
     for (int i = q0; i < L; ++i)
@@ -641,8 +643,8 @@ TEST_F(CpuKernels, AttentionQueryRowsSmall) {
   check_attention_rows(*be, 2, 7, 12, 3, 3, QueryRows{5, 2}, 1);
 }
 TEST_F(CpuKernels, AttentionQueryRowsSeveralBlocks) {
-  check_attention_rows(*be, 1, 150, 6, 2, 2, QueryRows{70, 50}, 7);   // inside, unaligned
-  check_attention_rows(*be, 1, 150, 6, 2, 2, QueryRows{64, 86}, 7);   // aligned, to the end
+  check_attention_rows(*be, 1, 150, 6, 2, 2, QueryRows{70, 50}, 7);    // inside, unaligned
+  check_attention_rows(*be, 1, 150, 6, 2, 2, QueryRows{64, 86}, 7);    // aligned, to the end
   check_attention_rows(*be, 1, 150, 12, 6, 3, QueryRows{37, 80}, 11);  // grouped heads
 }
 TEST_F(CpuKernels, AttentionQueryRowsMasked) {

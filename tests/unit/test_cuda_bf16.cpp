@@ -766,9 +766,9 @@ TEST_F(CudaBf16Test, AttentionQueryRows) {
                         {{2, 300, 2, 128, 1}, {128, 172}, true}};
   for (const Case& c : cases) {
     const AttShape& s = c.s;
-    SCOPED_TRACE(::testing::Message() << "B=" << s.B << " T=" << s.T << " NH=" << s.NH
-                                      << " hd=" << s.hd << " NKV=" << s.NKV << " rows "
-                                      << c.rows.first << " + " << c.rows.count);
+    SCOPED_TRACE(::testing::Message()
+                 << "B=" << s.B << " T=" << s.T << " NH=" << s.NH << " hd=" << s.hd
+                 << " NKV=" << s.NKV << " rows " << c.rows.first << " + " << c.rows.count);
     const std::vector<int32_t> kb =
         attention_reference::key_begin_of_starts(s.B, s.T, {{0, 30, 100, 150}, {0, 200}});
     const int32_t* cpu_kb = c.masked ? kb.data() : nullptr;

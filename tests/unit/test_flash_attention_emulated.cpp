@@ -68,8 +68,8 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, flash::Rows rows, int NH, 
   const void* dm = Tiles::kTma ? &dout_map : nullptr;
   simt::launch(l.blocks_x, l.blocks_y, threads, flash::forward_smem<Tiles>(), timing,
                [&](simt::Thread& x) {
-                 flash::forward_block<Tiles>(x, r.out.data(), r.lse.data(), qkv.data(), qm, rows,
-                                             C, NH, l.scale_log2, key_begin);
+                 flash::forward_block<Tiles>(x, r.out.data(), r.lse.data(), qkv.data(), qm, rows, C,
+                                             NH, l.scale_log2, key_begin);
                });
   const bool acc = dqkv0 != nullptr;
   const bool atomic = backward != Backward::deterministic;
@@ -305,9 +305,9 @@ INSTANTIATE_TEST_SUITE_P(Policies, DocumentMask, ::testing::ValuesIn(mask_cases(
 void check_range(int B, int T, int NH, int hd, flash::Rows rows, Kernel kernel, Backward backward,
                  const std::vector<int32_t>* key_begin = nullptr) {
   const int C = NH * hd, n = rows.count;
-  SCOPED_TRACE(::testing::Message() << kernel_name(kernel) << " backward " << int(backward)
-                                    << " T=" << T << " rows " << rows.first << " + " << n
-                                    << " hd=" << hd << (key_begin ? " masked" : ""));
+  SCOPED_TRACE(::testing::Message()
+               << kernel_name(kernel) << " backward " << int(backward) << " T=" << T << " rows "
+               << rows.first << " + " << n << " hd=" << hd << (key_begin ? " masked" : ""));
   Bits qkv, dout_all;
   std::vector<double> qkv_v, dout_v;
   random_bf16(size_t(B) * T * 3 * C, 61u + T, qkv, qkv_v);

@@ -52,7 +52,7 @@ inline constexpr float kNormEps = 1e-5f;
 struct QueryRows {
   int first = 0, count = 0;
   bool whole(int T) const { return count == 0 || (first == 0 && count == T); }
-  int rows(int T) const { return count == 0 ? T : count; }      // queries per sequence
+  int rows(int T) const { return count == 0 ? T : count; }          // queries per sequence
   int keys(int T) const { return count == 0 ? T : first + count; }  // key extent
 };
 

@@ -128,9 +128,8 @@ void head_backward(float* dq, float* dk, float* dv, int ld_dkv, float* ds, const
   // Row blocks: dP = dO·Vᵀ, dS = softmax_backward(P, dP), dQ += scale · dS·K.
   for (int i0 = q0; i0 < L; i0 += kBlock) {
     const int i1 = std::min(L, i0 + kBlock), k0 = first_key(key_begin, i0);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i1 - i0, i1 - k0, d.hd, 1.0f,
-                dout_row(i0), d.ld_out, v + size_t(k0) * d.ld_qkv, d.ld_qkv, 0.0f, ds_row(i0) + k0,
-                L);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i1 - i0, i1 - k0, d.hd, 1.0f, dout_row(i0),
+                d.ld_out, v + size_t(k0) * d.ld_qkv, d.ld_qkv, 0.0f, ds_row(i0) + k0, L);
     for (int i = i0; i < i1; ++i)
       causal_softmax_backward_row(ds_row(i), p_row(i), first_key(key_begin, i), i, i1);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i1 - i0, d.hd, i1 - k0, d.scale,

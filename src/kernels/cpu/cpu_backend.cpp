@@ -20,8 +20,8 @@ constexpr size_t kAlignment = 64;
 
 void check_query_rows(QueryRows rows, int T) {
   TRIAD_CHECK(rows.first >= 0 && rows.count >= 0 && rows.first + rows.count <= T,
-              "cpu attention: query rows ", rows.first, " + ", rows.count, " outside a sequence of ",
-              T, " rows");
+              "cpu attention: query rows ", rows.first, " + ", rows.count,
+              " outside a sequence of ", T, " rows");
 }
 
 class CpuBackend final : public Backend {

@@ -81,8 +81,7 @@ void mha_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf
       flash_head_dim(C, NH) && pointer_alignment(qkv) >= 16 && pointer_alignment(out) >= 4;
   check_range_runs(flash, rows, T);
   if (flash) {
-    flash_attention_forward(out, lse, qkv, B, T, C, NH, key_begin, s, FlashKernel::automatic,
-                            rows);
+    flash_attention_forward(out, lse, qkv, B, T, C, NH, key_begin, s, FlashKernel::automatic, rows);
     return;
   }
   const size_t n = size_t(B) * T * C;
@@ -140,8 +139,8 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scra
   check_shape(B, T, C, NH);
   check_kv_heads(NH, NKV);
   if (!rows.whole(T) && !accumulate) {  // the rows the range does not reach get zero
-    TRIAD_CUDA_CHECK(cudaMemsetAsync(dqkv, 0, size_t(B) * T * qkv_width(C, NH, NKV) * sizeof(bf16),
-                                     s));
+    TRIAD_CUDA_CHECK(
+        cudaMemsetAsync(dqkv, 0, size_t(B) * T * qkv_width(C, NH, NKV) * sizeof(bf16), s));
     accumulate = true;
   }
   if (NKV == NH) {

@@ -54,8 +54,9 @@ cudaError_t device_count(int* count) {
 // The fp32 CUDA attention computes whole sequences: query ranges (QueryRows, context parallelism)
 // run in bf16, on the flash kernels.
 void check_whole_rows(QueryRows rows, int T) {
-  TRIAD_CHECK(rows.whole(T), "cuda attention: query rows ", rows.first, " + ", rows.count,
-              " of ", T, ": the fp32 CUDA attention computes whole sequences only (context "
+  TRIAD_CHECK(rows.whole(T), "cuda attention: query rows ", rows.first, " + ", rows.count, " of ",
+              T,
+              ": the fp32 CUDA attention computes whole sequences only (context "
               "parallelism on the GPU runs in bf16, run.precision = bf16)");
 }
 

@@ -87,9 +87,8 @@ __global__ void __launch_bounds__(flash::kThreads)
     dkdv_kernel(uint16_t* __restrict__ dqkv, float* __restrict__ dq_accum, int* dq_turns,
                 const uint16_t* __restrict__ dout, const uint16_t* __restrict__ qkv,
                 const __grid_constant__ TileMaps maps, const float* __restrict__ lse,
-                const float* __restrict__ Dv, int B, flash::Rows rows, int C, int NH,
-                float scale, float scale_log2, bool accumulate,
-                const int32_t* __restrict__ key_begin) {
+                const float* __restrict__ Dv, int B, flash::Rows rows, int C, int NH, float scale,
+                float scale_log2, bool accumulate, const int32_t* __restrict__ key_begin) {
   DeviceThread x;
   flash::dkdv_block<Tiles, AtomicDq, Ordered, Masked>(
       x, dqkv, dq_accum, dq_turns, dout, qkv, map_of<Tiles>(maps.qkv), map_of<Tiles>(maps.dout),
@@ -107,8 +106,8 @@ template <class Tiles>
 __global__ void __launch_bounds__(flash::kThreads)
     dq_kernel(uint16_t* __restrict__ dqkv, const uint16_t* __restrict__ dout,
               const uint16_t* __restrict__ qkv, const __grid_constant__ TileMaps maps,
-              const float* __restrict__ lse, const float* __restrict__ Dv, flash::Rows rows,
-              int C, int NH, float scale, float scale_log2, bool accumulate,
+              const float* __restrict__ lse, const float* __restrict__ Dv, flash::Rows rows, int C,
+              int NH, float scale, float scale_log2, bool accumulate,
               const int32_t* __restrict__ key_begin) {
   DeviceThread x;
   flash::dq_block<Tiles>(x, dqkv, dout, qkv, map_of<Tiles>(maps.qkv), map_of<Tiles>(maps.dout), lse,
@@ -129,15 +128,18 @@ flash::Rows rows_of(int T, QueryRows r) {
   if (r.whole(T)) return flash::Rows{T, 0, T};
   TRIAD_CHECK(r.first >= 0 && r.count > 0 && r.first + r.count <= T, "flash attention: query rows ",
               r.first, " + ", r.count, " outside a sequence of ", T);
-  TRIAD_CHECK(r.first % flash::kTile == 0, "flash attention: a query range must start at a "
-              "multiple of ", flash::kTile, " rows (got ", r.first, ")");
+  TRIAD_CHECK(r.first % flash::kTile == 0,
+              "flash attention: a query range must start at a "
+              "multiple of ",
+              flash::kTile, " rows (got ", r.first, ")");
   // Its last key tile ends at a whole tile or at the sequence's end: the tiles' rows past the
   // range's keys are then zero-filled (cp.async) or outside the tensor map (bulk copies), never
   // other rows' memory, whose values could be anything (NaN · 0 is NaN).
   const int end = r.first + r.count;
-  TRIAD_CHECK(end % flash::kTile == 0 || end == T, "flash attention: a query range must end at a "
-              "multiple of ", flash::kTile, " rows or at the sequence's end (got ", end, " of ", T,
-              ")");
+  TRIAD_CHECK(end % flash::kTile == 0 || end == T,
+              "flash attention: a query range must end at a "
+              "multiple of ",
+              flash::kTile, " rows or at the sequence's end (got ", end, " of ", T, ")");
   return flash::Rows{T, r.first, r.count};
 }
 

@@ -338,9 +338,9 @@ TRIAD_BLOCK_FN Head head(int bh, const uint16_t* qkv, const uint16_t* dout, cons
   r.q = TileSource{q, r.stride, qkv_map, r.h * HD, r.b};
   r.k = TileSource{q + C, r.stride, qkv_map, C + r.h * HD, r.b};
   r.v = TileSource{q + 2 * size_t(C), r.stride, qkv_map, 2 * C + r.h * HD, r.b};
-  r.dout = TileSource{
-      dout != nullptr ? dout + size_t(r.b) * rows.count * C + size_t(r.h) * HD : nullptr,
-      size_t(C), dout_map, r.h * HD, r.b};
+  r.dout =
+      TileSource{dout != nullptr ? dout + size_t(r.b) * rows.count * C + size_t(r.h) * HD : nullptr,
+                 size_t(C), dout_map, r.h * HD, r.b};
   return r;
 }
 
@@ -775,8 +775,8 @@ TRIAD_BLOCK_FN void dq_convert_block(X& x, uint16_t* dqkv, const float* dq_accum
   const size_t e0 = (size_t(x.block_x()) * kConvertThreads + x.thread()) * 8;
   if (e0 >= total) return;
   const size_t at = e0 / size_t(C), col = e0 % size_t(C);  // the range's row b·count + t
-  const size_t row = at / size_t(rows.count) * size_t(rows.seq) + size_t(rows.first) +
-                     at % size_t(rows.count);
+  const size_t row =
+      at / size_t(rows.count) * size_t(rows.seq) + size_t(rows.first) + at % size_t(rows.count);
   float v[8];
   TRIAD_UNROLL
   for (int half = 0; half < 2; ++half) {
