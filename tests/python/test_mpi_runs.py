@@ -69,6 +69,7 @@ def test_grid_that_does_not_fit_fails_on_every_rank(tmp_path, n, args, needle):
 @pytest.mark.parametrize("n,grid", [
     (2, []),
     (4, ["--parallel.tp", 2, "--parallel.pp", 2, "--train.micro_batch_size", 2]),
+    (2, ["--parallel.cp", 2]),  # context parallel: ZeRO-1 slices over the cp replicas
 ])
 def test_preemption_on_one_rank_stops_all_and_resumes_bit_exactly(tmp_path, n, grid):
     # A constant LR makes the schedule independent of train.steps, so the interrupted run can be
