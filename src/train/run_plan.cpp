@@ -170,6 +170,23 @@ RunPlan plan_run(const Config& cfg, int world_size) {
         m.dp_wire_bytes += (d - 1) * double(gathered * sizeof(float));
       }
     }
+    if (p.grid.cp > 1) {
+      // Each layer gathers its keys and values in the forward pass, again in the backward, and a
+      // third time where full recomputation reruns the forward; one reduce-scatter of their
+      // gradients (ModelParallel: gpt_context.cpp). Rows here: mbs·seq_len/cp per micro-batch.
+      const auto& mc = cfg.model;
+      const size_t hd = size_t(mc.head_dim > 0 ? mc.head_dim : mc.n_embd / mc.n_head);
+      const size_t kv = 2 * size_t(mc.kv_heads()) * hd / size_t(p.grid.tp);
+      const size_t local = size_t(p.micro_batch_size) * size_t(mc.seq_len / p.grid.cp) * kv;
+      const size_t elem = p.precision == Precision::bf16 ? sizeof(bf16_t) : sizeof(float);
+      int recomputed = 0;  // this stage's layers that rerun their forward
+      if (p.recompute.mode == Recompute::full)
+        for (int c = 0; c < mp.virtual_stages; ++c)
+          recomputed += p.recompute.count(mp.chunk_layers(mp.global_chunk(c), mc.n_layer));
+      const size_t mbs = size_t(p.micro_batches);
+      m.cp_all_gather = (2 * size_t(m.layers) + size_t(recomputed)) * mbs * local * elem;
+      m.cp_reduce_scatter = size_t(m.layers) * mbs * size_t(p.grid.cp) * local * sizeof(float);
+    }
     p.stages.push_back(m);
   }
   p.model_flops_per_token = Gpt::flops_per_token(shape);
@@ -280,25 +297,13 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
        << ", the head's backward with the loss): " << std::setprecision(1) << p.bubble * 100
        << "% of the stages' time";
   if (g.cp > 1) {
-    // Each layer gathers the other ranks' keys and values twice (forward, and again in the
-    // backward pass; a third time where full recomputation reruns its forward) and
-    // reduce-scatters their gradients (in fp32): (cp−1)/cp of a micro-batch's whole key and value
-    // columns each time, per layer, on every rank of the group. The busiest stage's layers.
-    const auto& m = cfg.model;
-    const double hd = m.head_dim > 0 ? m.head_dim : m.n_embd / m.n_head;
-    const double kv = 2.0 * m.kv_heads() * hd / g.tp;
-    const double bytes = p.precision == Precision::bf16 ? 2.0 : 4.0;
-    const double share = double(g.cp - 1) / g.cp * p.micro_batch_size * m.seq_len * kv;
-    const ModelParallel mp = model_parallel(cfg, 0, 0);
+    // What a ring moves over a rank's link: (cp−1)/cp of each gather's and reduce-scatter's
+    // whole-sequence payload (StageMemory::cp_all_gather: this rank's share of a gather, 1/cp).
     double most = 0;
-    for (const auto& s : p.stages) {
-      int recomputed = 0;  // this stage's layers that rerun their forward
-      if (p.recompute.mode == Recompute::full)
-        for (int c = 0; c < mp.virtual_stages; ++c)
-          recomputed += p.recompute.count(mp.chunk_layers(c * g.pp + s.stage, m.n_layer));
-      most = std::max(most, (s.layers * (2 * bytes + 4) + recomputed * bytes) * share);
-    }
-    const double mb = most * p.micro_batches / 1e6;
+    for (const auto& s : p.stages)
+      most = std::max(most, double(g.cp - 1) * double(s.cp_all_gather) +
+                                double(g.cp - 1) / g.cp * double(s.cp_reduce_scatter));
+    const double mb = most / 1e6;
     os << "\ncontext-parallel key/value traffic per step and rank: " << std::setprecision(1) << mb
        << " MB";
     if (gbps > 0)

@@ -484,6 +484,7 @@ TrainOutcome Trainer::run() {
   out.dp_traffic = s.grid.dp().stats();
   out.tp_traffic = s.grid.tp().stats();
   out.pp_traffic = s.grid.pp().stats();
+  out.cp_traffic = s.grid.cp().stats();
   out.param_floats = s.model->num_floats();
   out.buffer_floats = s.model->buffer_floats();
   out.optimizer_floats = s.opt->state_bytes() / sizeof(float);

@@ -755,7 +755,9 @@ TEST(ModelParallel, MemoryPlanEqualsWhatEachRankAllocates) {
                    "--checkpoint.every", "0", "--optim.name", muon ? "muon" : "adamw",
                    "--model.position", rope ? "rope" : "learned", "--model.norm",
                    rmsnorm ? "rmsnorm" : "layernorm", "--model.mlp", swiglu ? "swiglu" : "gelu",
-                   "--model.tie_embeddings", untied ? "false" : "true"});
+                   "--model.tie_embeddings", untied ? "false" : "true",
+                   // Context parallel: no evaluation, whose forward passes gather keys too.
+                   "--eval.sequences", g.cp > 1 ? "0" : "20"});
     std::vector<const char*> argv;
     for (const auto& a : args) argv.push_back(a.c_str());
     const RunPlan plan =
@@ -773,6 +775,13 @@ TEST(ModelParallel, MemoryPlanEqualsWhatEachRankAllocates) {
     EXPECT_EQ(dp.bytes[CommStats::kAllReduce], m.dp_all_reduce) << name;
     EXPECT_EQ(dp.bytes[CommStats::kReduceScatter], m.dp_reduce_scatter) << name;
     EXPECT_EQ(dp.bytes[CommStats::kAllGather], m.dp_all_gather) << name;
+    // And the context-parallel group's: the layers' key and value gathers and reduce-scatters.
+    const CommStats& cp = r.out.cp_traffic;
+    EXPECT_EQ(cp.bytes[CommStats::kAllGather], m.cp_all_gather) << name;
+    EXPECT_EQ(cp.bytes[CommStats::kReduceScatter], m.cp_reduce_scatter) << name;
+    if (g.cp > 1) {
+      EXPECT_GT(m.cp_all_gather, 0u) << name;
+    }
   }
 }
 

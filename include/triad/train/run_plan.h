@@ -61,6 +61,11 @@ struct StageMemory {
   // 1.5(dp-1)/dp with the bf16 gather.
   size_t dp_all_reduce = 0, dp_reduce_scatter = 0, dp_all_gather = 0;
   double dp_wire_bytes = 0;
+  // Context parallelism (cp > 1): what this rank hands the context-parallel group per step
+  // (CommStats bytes): each layer's gathers of its keys and values (forward, backward, and a
+  // full recomputation's rerun; bf16 or fp32) and the reduce-scatter of their gradients (the
+  // whole sequences', in fp32), for every micro-batch.
+  size_t cp_all_gather = 0, cp_reduce_scatter = 0;
   size_t total() const { return model.total() + optimizer + grad_shard; }
 };
 

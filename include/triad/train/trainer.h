@@ -42,6 +42,7 @@ struct TrainOutcome {
   // included), and the sizes it follows from (docs/parallelism.md, "Communication volume").
   CommStats dp_traffic;
   CommStats tp_traffic, pp_traffic;            // the tensor- and pipeline-parallel groups, likewise
+  CommStats cp_traffic;                        // and the context-parallel group
   size_t param_floats = 0, buffer_floats = 0;  // this rank's part of the model
   size_t optimizer_floats = 0;                 // this rank's optimizer state
   size_t allocated_bytes = 0;  // live on this rank's backend at the end (Backend::allocated_bytes)
