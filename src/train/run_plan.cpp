@@ -264,11 +264,17 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
   }
   os << "(activations: kept for the micro-batches in flight per chunk, in parentheses, plus the "
         "backward scratch; gradients include ZeRO-1's reduce-scattered slice";
-  if (cfg.run.backend == "cuda")
+  if (cfg.run.backend == "cuda") {
+    // Grouped-query attention outside the flash kernels (bf16, head dims 64 and 128) runs on
+    // rows expanded to one key/value head per query head.
+    const int hd =
+        cfg.model.head_dim > 0 ? cfg.model.head_dim : cfg.model.n_embd / cfg.model.n_head;
+    const bool flash = cfg.bf16() && (hd == 64 || hd == 128);
     os << "; on a GPU add the backend's workspace: cuBLASLt's 32 MiB and attention scratch"
-       << (cfg.model.kv_heads() < cfg.model.n_head
+       << (cfg.model.kv_heads() < cfg.model.n_head && !flash
                ? ", with grouped-query attention 2·B·T·3C expanded q|k|v elements"
                : "");
+  }
   os << ")\n\ncompute: " << std::setprecision(3) << p.model_flops_per_token / 1e9
      << " GFLOP per token for the model (6N + 6LCT); per rank and token, stage";
   for (const auto& s : p.stages) os << " " << s.stage << ": " << s.flops_per_token / 1e9;

@@ -48,20 +48,20 @@ enum class Backward { deterministic, atomic, ordered };
 // as `dqkv0` (accumulate) or NaN patterns (overwrite); so does the atomic way's accumulator
 // (dot_block zeroes it).
 template <class Tiles>
-Outputs run(const Bits& qkv, const Bits& dout, int B, flash::Rows rows, int NH, CopyTiming timing,
-            Backward backward, const Bits* dqkv0, const int32_t* key_begin) {
+Outputs run(const Bits& qkv, const Bits& dout, int B, flash::Rows rows, int NH, int NKV,
+            CopyTiming timing, Backward backward, const Bits* dqkv0, const int32_t* key_begin) {
   constexpr int HD = Tiles::kHD;
-  const int C = NH * HD, T = rows.seq, n = rows.count;
+  const int C = NH * HD, W = C + 2 * NKV * HD, T = rows.seq, n = rows.count;
   Outputs r;
   r.out.assign(size_t(B) * n * C, 0xFFFFu);
   r.lse.assign(size_t(B) * NH * n, NAN);
-  r.dqkv = dqkv0 ? *dqkv0 : Bits(size_t(B) * T * 3 * C, 0xFFFFu);
+  r.dqkv = dqkv0 ? *dqkv0 : Bits(size_t(B) * T * W, 0xFFFFu);
   std::vector<float> D(size_t(B) * NH * n, NAN);
-  const flash::Launch l = flash::launch_shape(B, rows, NH, HD);
+  const flash::Launch l = flash::launch_shape(B, rows, NH, HD, NKV);
   const int threads = flash::kThreads;
   // The tensor maps flash_attention.cu makes, for the tma policy.
   const simt::TensorMap qkv_map =
-      simt::tensor_map(qkv.data(), flash::tma_tile_shape(3 * uint64_t(C), T, B));
+      simt::tensor_map(qkv.data(), flash::tma_tile_shape(uint64_t(W), T, B));
   const simt::TensorMap dout_map =
       simt::tensor_map(dout.data(), flash::tma_tile_shape(uint64_t(C), n, B));
   const void* qm = Tiles::kTma ? &qkv_map : nullptr;
@@ -69,7 +69,7 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, flash::Rows rows, int NH, 
   simt::launch(l.blocks_x, l.blocks_y, threads, flash::forward_smem<Tiles>(), timing,
                [&](simt::Thread& x) {
                  flash::forward_block<Tiles>(x, r.out.data(), r.lse.data(), qkv.data(), qm, rows, C,
-                                             NH, l.scale_log2, key_begin);
+                                             NH, NKV, l.scale_log2, key_begin);
                });
   const bool acc = dqkv0 != nullptr;
   const bool atomic = backward != Backward::deterministic;
@@ -89,18 +89,18 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, flash::Rows rows, int NH, 
       if (key_begin != nullptr)
         flash::dkdv_block<Tiles, kAtomic, kOrdered, true>(
             x, r.dqkv.data(), dq_accum.data(), dq_turns, dout.data(), qkv.data(), qm, dm,
-            r.lse.data(), D.data(), B, rows, C, NH, l.scale, l.scale_log2, acc, key_begin);
+            r.lse.data(), D.data(), B, rows, C, NH, NKV, l.scale, l.scale_log2, acc, key_begin);
       else
         flash::dkdv_block<Tiles, kAtomic, kOrdered, false>(
             x, r.dqkv.data(), dq_accum.data(), dq_turns, dout.data(), qkv.data(), qm, dm,
-            r.lse.data(), D.data(), B, rows, C, NH, l.scale, l.scale_log2, acc, nullptr);
+            r.lse.data(), D.data(), B, rows, C, NH, NKV, l.scale, l.scale_log2, acc, nullptr);
     };
     // The dQ additions of different blocks meet only when the blocks run at the same time.
     const size_t smem = flash::dkdv_smem<Tiles, kAtomic>();
     if (atomic)
-      simt::launch_concurrent(l.blocks_x, l.key_blocks, threads, smem, timing, body);
+      simt::launch_concurrent(l.kv_blocks_x, l.key_blocks, threads, smem, timing, body);
     else
-      simt::launch(l.blocks_x, l.key_blocks, threads, smem, timing, body);
+      simt::launch(l.kv_blocks_x, l.key_blocks, threads, smem, timing, body);
   };
   if (atomic) {
     if (ordered)
@@ -110,14 +110,14 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, flash::Rows rows, int NH, 
     const size_t total = size_t(B) * n * C;
     const int blocks = int((total / 8 + flash::kConvertThreads - 1) / flash::kConvertThreads);
     simt::launch(blocks, 1, flash::kConvertThreads, 0, timing, [&](simt::Thread& x) {
-      flash::dq_convert_block(x, r.dqkv.data(), dq_accum.data(), rows, total, C, l.scale, acc);
+      flash::dq_convert_block(x, r.dqkv.data(), dq_accum.data(), rows, total, C, W, l.scale, acc);
     });
   } else {
     dkdv(std::false_type{}, std::false_type{});
     simt::launch(
         l.blocks_x, l.blocks_y, threads, flash::dq_smem<Tiles>(), timing, [&](simt::Thread& x) {
           flash::dq_block<Tiles>(x, r.dqkv.data(), dout.data(), qkv.data(), qm, dm, r.lse.data(),
-                                 D.data(), rows, C, NH, l.scale, l.scale_log2, acc, key_begin);
+                                 D.data(), rows, C, NH, NKV, l.scale, l.scale_log2, acc, key_begin);
         });
   }
   return r;
@@ -125,10 +125,11 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, flash::Rows rows, int NH, 
 
 Outputs run_kernel(Kernel k, Backward bw, int hd, const Bits& qkv, const Bits& dout, int B, int T,
                    int NH, CopyTiming timing, const Bits* dqkv0 = nullptr,
-                   const int32_t* key_begin = nullptr, flash::Rows rows = {0, 0, 0}) {
+                   const int32_t* key_begin = nullptr, flash::Rows rows = {0, 0, 0}, int NKV = 0) {
   if (rows.seq == 0) rows = flash::Rows{T, 0, T};
+  if (NKV == 0) NKV = NH;
   auto go = [&](auto tiles) {
-    return run<decltype(tiles)>(qkv, dout, B, rows, NH, timing, bw, dqkv0, key_begin);
+    return run<decltype(tiles)>(qkv, dout, B, rows, NH, NKV, timing, bw, dqkv0, key_begin);
   };
   if (k == Kernel::mma) return hd == 64 ? go(flash::MmaTiles<64>{}) : go(flash::MmaTiles<128>{});
   if (k == Kernel::tma)
@@ -370,6 +371,91 @@ TEST_P(DocumentMask, QueryRanges) {
   for (int t = 0; t < 256; ++t) window[size_t(t)] = t < 70 ? 0 : t - 69;
   check_range(1, 256, 1, 64, flash::Rows{256, 192, 64}, k, bw, &window);
   check_range(1, 200, 1, 128, flash::Rows{200, 64, 128}, k, bw);
+}
+
+// Grouped-query attention, natively (NKV < NH: query head h reads key/value head h % NKV, each
+// dK/dV block summing over the query heads of its key/value head): against the reference on the
+// rows expanded to one key/value head per query head, whose dk and dv are then summed per
+// key/value head; whole sequences and a query range, with a document mask, dqkv accumulated.
+void check_grouped(int B, int T, int NH, int NKV, int hd, Kernel kernel, Backward backward,
+                   flash::Rows rows, const std::vector<int32_t>* key_begin = nullptr) {
+  const int C = NH * hd, W = C + 2 * NKV * hd, n = rows.count;
+  SCOPED_TRACE(::testing::Message() << kernel_name(kernel) << " backward " << int(backward)
+                                    << " NH=" << NH << " NKV=" << NKV << " hd=" << hd << " rows "
+                                    << rows.first << " + " << n << (key_begin ? " masked" : ""));
+  Bits qkv, dout_all, dqkv0;
+  std::vector<double> qkv_v, dout_v, old;
+  random_bf16(size_t(B) * T * W, 71u + T, qkv, qkv_v);
+  random_bf16(size_t(B) * T * C, 72u + T, dout_all, dout_v);
+  random_bf16(size_t(B) * T * W, 73u + T, dqkv0, old);
+  Bits dout(size_t(B) * n * C);  // the range's rows; dout zero outside it for the reference
+  for (int b = 0; b < B; ++b)
+    for (int t = 0; t < T; ++t)
+      for (int c = 0; c < C; ++c) {
+        const size_t at = (size_t(b) * T + t) * C + c;
+        if (t >= rows.first && t < rows.first + n)
+          dout[(size_t(b) * n + (t - rows.first)) * C + c] = dout_all[at];
+        else
+          dout_v[at] = 0.0;
+      }
+  // The expanded rows: query head h's k and v are key/value head h % NKV's.
+  std::vector<double> wide(size_t(B) * T * 3 * C);
+  for (size_t r = 0; r < size_t(B) * T; ++r)
+    for (int h = 0; h < NH; ++h)
+      for (int d = 0; d < hd; ++d) {
+        const int kv = h % NKV;
+        wide[r * 3 * C + size_t(h) * hd + d] = qkv_v[r * W + size_t(h) * hd + d];
+        wide[r * 3 * C + C + size_t(h) * hd + d] = qkv_v[r * W + C + size_t(kv) * hd + d];
+        wide[r * 3 * C + 2 * C + size_t(h) * hd + d] = qkv_v[r * W + C + size_t(NKV + kv) * hd + d];
+      }
+  const Reference ref = reference(wide, dout_v, B, T, C, NH, key_begin);
+  std::vector<double> want(size_t(B) * T * W, 0.0);  // old + the grouped gradient
+  for (size_t r = 0; r < size_t(B) * T; ++r) {
+    for (int i = 0; i < W; ++i) want[r * W + i] = old[r * W + i];
+    for (int h = 0; h < NH; ++h)
+      for (int d = 0; d < hd; ++d) {
+        const int kv = h % NKV;
+        want[r * W + size_t(h) * hd + d] += ref.dqkv[r * 3 * C + size_t(h) * hd + d];
+        want[r * W + C + size_t(kv) * hd + d] += ref.dqkv[r * 3 * C + C + size_t(h) * hd + d];
+        want[r * W + C + size_t(NKV + kv) * hd + d] +=
+            ref.dqkv[r * 3 * C + 2 * C + size_t(h) * hd + d];
+      }
+  }
+  const Outputs got = run_kernel(kernel, backward, hd, qkv, dout, B, T, NH, CopyTiming::at_wait,
+                                 &dqkv0, key_begin ? key_begin->data() : nullptr, rows, NKV);
+  double out_diff = 0, out_ref = 0;
+  for (int b = 0; b < B; ++b)
+    for (int t = 0; t < n; ++t)
+      for (int c = 0; c < C; ++c) {
+        const double w = ref.out[(size_t(b) * T + rows.first + t) * C + c];
+        const double g = to_float(bf16_t{got.out[(size_t(b) * n + t) * C + c]});
+        out_diff = std::max(out_diff, std::abs(g - w));
+        out_ref = std::max(out_ref, std::abs(w));
+      }
+  EXPECT_LE(out_diff / out_ref, 1e-2) << "out";
+  double lse_err = 0.0;
+  for (int bh = 0; bh < B * NH; ++bh)
+    for (int t = 0; t < n; ++t) {
+      const double e =
+          std::abs(double(got.lse[size_t(bh) * n + t]) - ref.lse[size_t(bh) * T + rows.first + t]);
+      lse_err = std::isfinite(e) ? std::max(lse_err, e) : INFINITY;
+    }
+  EXPECT_LE(lse_err, 1e-3) << "lse";
+  // Accumulated onto old values: each element round(old + gradient), within 1e-2 of the largest
+  // gradient (accumulate_error).
+  std::vector<double> grad(want.size());
+  for (size_t i = 0; i < want.size(); ++i) grad[i] = want[i] - old[i];
+  EXPECT_LE(accumulate_error(got.dqkv, old, grad), 1.0) << "dqkv";
+}
+
+TEST_P(DocumentMask, GroupedQueryHeads) {
+  const Kernel k = GetParam().kernel;
+  const Backward bw = GetParam().backward;
+  check_grouped(1, 200, 4, 2, 64, k, bw, flash::Rows{200, 0, 200});
+  check_grouped(2, 130, 3, 1, 64, k, bw, flash::Rows{130, 0, 130});  // multi-query
+  const std::vector<int32_t> docs = key_begin_of_starts(1, 256, {{0, 30, 100, 150}});
+  check_grouped(1, 256, 4, 2, 64, k, bw, flash::Rows{256, 128, 128}, &docs);
+  check_grouped(1, 130, 2, 1, 128, k, bw, flash::Rows{130, 0, 130});
 }
 
 // The primitive probes the GPU test runs to tell which building block the hardware reads

@@ -14,12 +14,13 @@
 // multiple of 64 rows); a backward that overwrites dqkv zeroes it first and then accumulates, as
 // the range leaves rows it does not reach.
 //
-// Grouped-query attention (NKV < NH): either path runs on rows expanded to one key/value head
-// per query head (cuda_grouped_heads.cu). The backward adds into an expanded gradient whose dq
-// columns hold the old dq (so dq is rounded once from old + gradient, as with NKV = NH) and whose
-// dk and dv columns start at zero; each query head's dk and dv come out rounded to bf16 (the MHA
-// ops write bf16), and each kv head's are then summed over its query heads in fp32 and rounded
-// once with the old value.
+// Grouped-query attention (NKV < NH): the flash kernels read each query head's key/value head in
+// place, and each dK/dV block sums its key/value head's gradient over the query heads that read
+// it in fp32 registers, rounded once with the old value. The fallback runs on rows expanded to
+// one key/value head per query head (cuda_grouped_heads.cu): its backward adds into an expanded
+// gradient whose dq columns hold the old dq (so dq is rounded once from old + gradient) and whose
+// dk and dv columns start at zero; each query head's dk and dv come out rounded to bf16, and each
+// kv head's are then summed over its query heads in fp32 and rounded once with the old value.
 #include "cuda_ops.cuh"
 #include "flash_attention.cuh"
 
@@ -73,17 +74,19 @@ void check_range_runs(bool flash, QueryRows rows, int T) {
               " of ", T, " need the flash kernels (head dim 64 or 128, aligned buffers)");
 }
 
-// The MHA op: qkv and dqkv [B,T,3C].
-void mha_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* out, float* lse,
-                 const bf16* qkv, int B, int T, int C, int NH, const int32_t* key_begin,
-                 QueryRows rows) {
-  const bool flash =
-      flash_head_dim(C, NH) && pointer_alignment(qkv) >= 16 && pointer_alignment(out) >= 4;
-  check_range_runs(flash, rows, T);
-  if (flash) {
-    flash_attention_forward(out, lse, qkv, B, T, C, NH, key_begin, s, FlashKernel::automatic, rows);
-    return;
-  }
+// Whether the flash kernels run a call: their head dims and the alignment of their vector loads
+// (qkv's rows, of any NKV, are then 16-byte aligned too: W·2 bytes, W a multiple of 64).
+bool flash_runs(int C, int NH, const void* qkv, const void* out, const void* dout = nullptr,
+                const void* dqkv = nullptr) {
+  return flash_head_dim(C, NH) && pointer_alignment(qkv) >= 16 && pointer_alignment(out) >= 4 &&
+         (dout == nullptr || pointer_alignment(dout) >= 16) &&
+         (dqkv == nullptr || pointer_alignment(dqkv) >= 4);
+}
+
+// The fallback's MHA op (qkv and dqkv [B,T,3C]): the fp32 attention on widened copies.
+void fallback_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* out,
+                      float* lse, const bf16* qkv, int B, int T, int C, int NH,
+                      const int32_t* key_begin) {
   const size_t n = size_t(B) * T * C;
   const Widened w = carve(scratch, s, B, T, C, NH, /*backward=*/false);
   float* ws = scratch.fp32_workspace.get_as<float>(attention_workspace_floats(B, T, C), s);
@@ -92,19 +95,9 @@ void mha_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf
   convert(s, out, static_cast<const float*>(w.out), n);
 }
 
-void mha_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* dqkv,
-                  const bf16* dout, const bf16* qkv, const bf16* out, const float* lse, int B,
-                  int T, int C, int NH, bool accumulate, const int32_t* key_begin, QueryRows rows) {
-  const bool flash = flash_head_dim(C, NH) && pointer_alignment(qkv) >= 16 &&
-                     pointer_alignment(dout) >= 16 && pointer_alignment(out) >= 4 &&
-                     pointer_alignment(dqkv) >= 4;
-  check_range_runs(flash, rows, T);
-  if (flash) {
-    float* ws = scratch.flash.get_as<float>(flash_attention_workspace_floats(B, T, C, NH), s);
-    flash_attention_backward(dqkv, dout, qkv, out, lse, ws, B, T, C, NH, key_begin, s, accumulate,
-                             FlashKernel::automatic, FlashBackward::automatic, rows);
-    return;
-  }
+void fallback_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* dqkv,
+                       const bf16* dout, const bf16* qkv, int B, int T, int C, int NH,
+                       bool accumulate, const int32_t* key_begin) {
   const size_t n = size_t(B) * T * C;
   const Widened w = carve(scratch, s, B, T, C, NH, /*backward=*/true);
   float* ws = scratch.fp32_workspace.get_as<float>(attention_workspace_floats(B, T, C), s);
@@ -128,8 +121,14 @@ void attention_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scrat
                        const int32_t* key_begin, QueryRows rows) {
   check_shape(B, T, C, NH);
   check_kv_heads(NH, NKV);
-  mha_forward(s, h, scratch, out, lse, mha_qkv(scratch, s, qkv, B * T, C, NH, NKV), B, T, C, NH,
-              key_begin, rows);
+  if (flash_runs(C, NH, qkv, out)) {  // any NKV, natively
+    flash_attention_forward(out, lse, qkv, B, T, C, NH, key_begin, s, FlashKernel::automatic, rows,
+                            NKV);
+    return;
+  }
+  check_range_runs(false, rows, T);
+  fallback_forward(s, h, scratch, out, lse, mha_qkv(scratch, s, qkv, B * T, C, NH, NKV), B, T, C,
+                   NH, key_begin);
 }
 
 void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* dqkv,
@@ -143,9 +142,15 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scra
         cudaMemsetAsync(dqkv, 0, size_t(B) * T * qkv_width(C, NH, NKV) * sizeof(bf16), s));
     accumulate = true;
   }
+  if (flash_runs(C, NH, qkv, out, dout, dqkv)) {
+    float* ws = scratch.flash.get_as<float>(flash_attention_workspace_floats(B, T, C, NH), s);
+    flash_attention_backward(dqkv, dout, qkv, out, lse, ws, B, T, C, NH, key_begin, s, accumulate,
+                             FlashKernel::automatic, FlashBackward::automatic, rows, NKV);
+    return;
+  }
+  check_range_runs(false, rows, T);
   if (NKV == NH) {
-    mha_backward(s, h, scratch, dqkv, dout, qkv, out, lse, B, T, C, NH, accumulate, key_begin,
-                 rows);
+    fallback_backward(s, h, scratch, dqkv, dout, qkv, B, T, C, NH, accumulate, key_begin);
     return;
   }
   const int N = B * T;
@@ -155,8 +160,7 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scra
   if (accumulate) {
     prepare_expanded_dqkv(s, g.dqkv, static_cast<const bf16*>(dqkv), N, C, NH, NKV, true);
   }
-  mha_backward(s, h, scratch, g.dqkv, dout, g.qkv, out, lse, B, T, C, NH, accumulate, key_begin,
-               rows);
+  fallback_backward(s, h, scratch, g.dqkv, dout, g.qkv, B, T, C, NH, accumulate, key_begin);
   reduce_kv_heads(s, dqkv, static_cast<const bf16*>(g.dqkv), N, C, NH, NKV, accumulate);
 }
 

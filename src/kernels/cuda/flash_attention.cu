@@ -45,10 +45,12 @@ struct TileMaps {
 };
 
 template <class Tiles>
-TileMaps tile_maps(const bf16* qkv, const bf16* dout, int B, const flash::Rows& rows, int C) {
+TileMaps tile_maps(const bf16* qkv, const bf16* dout, int B, const flash::Rows& rows, int C,
+                   int NKV_HD) {
   TileMaps m{};
   if constexpr (Tiles::kTma) {
-    m.qkv = bf16_tensor_map(qkv, flash::tma_tile_shape(3 * uint64_t(C), rows.seq, B));
+    const uint64_t W = uint64_t(C) + 2 * uint64_t(NKV_HD);  // q | k | v
+    m.qkv = bf16_tensor_map(qkv, flash::tma_tile_shape(W, rows.seq, B));
     if (dout != nullptr)  // the range's rows
       m.dout = bf16_tensor_map(dout, flash::tma_tile_shape(uint64_t(C), rows.count, B));
   }
@@ -66,11 +68,11 @@ template <class Tiles>
 __global__ void __launch_bounds__(flash::kThreads)
     forward_kernel(uint16_t* __restrict__ out, float* __restrict__ lse,
                    const uint16_t* __restrict__ qkv, const __grid_constant__ TileMaps maps,
-                   flash::Rows rows, int C, int NH, float scale_log2,
+                   flash::Rows rows, int C, int NH, int NKV, float scale_log2,
                    const int32_t* __restrict__ key_begin) {
   DeviceThread x;
-  flash::forward_block<Tiles>(x, out, lse, qkv, map_of<Tiles>(maps.qkv), rows, C, NH, scale_log2,
-                              key_begin);
+  flash::forward_block<Tiles>(x, out, lse, qkv, map_of<Tiles>(maps.qkv), rows, C, NH, NKV,
+                              scale_log2, key_begin);
 }
 
 template <int HD>
@@ -87,19 +89,20 @@ __global__ void __launch_bounds__(flash::kThreads)
     dkdv_kernel(uint16_t* __restrict__ dqkv, float* __restrict__ dq_accum, int* dq_turns,
                 const uint16_t* __restrict__ dout, const uint16_t* __restrict__ qkv,
                 const __grid_constant__ TileMaps maps, const float* __restrict__ lse,
-                const float* __restrict__ Dv, int B, flash::Rows rows, int C, int NH, float scale,
-                float scale_log2, bool accumulate, const int32_t* __restrict__ key_begin) {
+                const float* __restrict__ Dv, int B, flash::Rows rows, int C, int NH, int NKV,
+                float scale, float scale_log2, bool accumulate,
+                const int32_t* __restrict__ key_begin) {
   DeviceThread x;
   flash::dkdv_block<Tiles, AtomicDq, Ordered, Masked>(
       x, dqkv, dq_accum, dq_turns, dout, qkv, map_of<Tiles>(maps.qkv), map_of<Tiles>(maps.dout),
-      lse, Dv, B, rows, C, NH, scale, scale_log2, accumulate, key_begin);
+      lse, Dv, B, rows, C, NH, NKV, scale, scale_log2, accumulate, key_begin);
 }
 
 __global__ void __launch_bounds__(flash::kConvertThreads)
     dq_convert_kernel(uint16_t* __restrict__ dqkv, const float* __restrict__ dq_accum,
-                      flash::Rows rows, size_t total, int C, float scale, bool accumulate) {
+                      flash::Rows rows, size_t total, int C, int W, float scale, bool accumulate) {
   DeviceThread x;
-  flash::dq_convert_block(x, dqkv, dq_accum, rows, total, C, scale, accumulate);
+  flash::dq_convert_block(x, dqkv, dq_accum, rows, total, C, W, scale, accumulate);
 }
 
 template <class Tiles>
@@ -107,11 +110,11 @@ __global__ void __launch_bounds__(flash::kThreads)
     dq_kernel(uint16_t* __restrict__ dqkv, const uint16_t* __restrict__ dout,
               const uint16_t* __restrict__ qkv, const __grid_constant__ TileMaps maps,
               const float* __restrict__ lse, const float* __restrict__ Dv, flash::Rows rows, int C,
-              int NH, float scale, float scale_log2, bool accumulate,
+              int NH, int NKV, float scale, float scale_log2, bool accumulate,
               const int32_t* __restrict__ key_begin) {
   DeviceThread x;
   flash::dq_block<Tiles>(x, dqkv, dout, qkv, map_of<Tiles>(maps.qkv), map_of<Tiles>(maps.dout), lse,
-                         Dv, rows, C, NH, scale, scale_log2, accumulate, key_begin);
+                         Dv, rows, C, NH, NKV, scale, scale_log2, accumulate, key_begin);
 }
 
 template <class Tiles>
@@ -143,9 +146,11 @@ flash::Rows rows_of(int T, QueryRows r) {
   return flash::Rows{T, r.first, r.count};
 }
 
-void check_shape(int B, int T, int C, int NH) {
+void check_shape(int B, int T, int C, int NH, int NKV) {
   TRIAD_CHECK(B > 0 && T > 0, "flash attention: empty batch (B = ", B, ", T = ", T, ")");
   TRIAD_CHECK(NH > 0 && C % NH == 0, "flash attention: C = ", C, " is not a multiple of NH = ", NH);
+  TRIAD_CHECK(NKV > 0 && NH % NKV == 0, "flash attention: NKV = ", NKV,
+              " key/value heads do not divide NH = ", NH, " query heads");
   const int hd = C / NH;
   TRIAD_CHECK(hd == 64 || hd == 128, "flash attention: head dimension ", hd,
               " is not supported (64 or 128)");
@@ -179,14 +184,14 @@ void allow_smem(size_t bytes) {
 
 template <class Tiles>
 void forward_with(bf16* out, float* lse, const bf16* qkv, int B, const flash::Rows& rows, int C,
-                  int NH, const int32_t* key_begin, cudaStream_t s) {
+                  int NH, int NKV, const int32_t* key_begin, cudaStream_t s) {
   constexpr size_t smem = flash::forward_smem<Tiles>();
   allow_smem<forward_kernel<Tiles>>(smem);
-  const flash::Launch l = flash::launch_shape(B, rows, NH, Tiles::kHD);
+  const flash::Launch l = flash::launch_shape(B, rows, NH, Tiles::kHD, NKV);
   const dim3 grid(unsigned(l.blocks_x), unsigned(l.blocks_y));
-  const TileMaps maps = tile_maps<Tiles>(qkv, nullptr, B, rows, C);
+  const TileMaps maps = tile_maps<Tiles>(qkv, nullptr, B, rows, C, NKV * Tiles::kHD);
   forward_kernel<Tiles><<<grid, flash::kThreads, smem, s>>>(bits(out), lse, bits(qkv), maps, rows,
-                                                            C, NH, l.scale_log2, key_begin);
+                                                            C, NH, NKV, l.scale_log2, key_begin);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
@@ -204,7 +209,7 @@ size_t dq_turns_count(int B, int T, int NH) {  // the turns and the ticket count
 // Ordered: the dQ additions in key-block order (AtomicDq only).
 template <class Tiles, bool AtomicDq, bool Ordered>
 void backward_with(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out, const float* lse,
-                   float* ws, int B, const flash::Rows& rows, int C, int NH,
+                   float* ws, int B, const flash::Rows& rows, int C, int NH, int NKV,
                    const int32_t* key_begin, cudaStream_t s, bool accumulate) {
   const int T = rows.seq;  // the workspace's layout: sized for whole sequences
   constexpr int HD = Tiles::kHD;
@@ -220,29 +225,30 @@ void backward_with(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* ou
   float* Dv = ws;
   float* dq_accum = AtomicDq ? ws + dq_accum_offset(B, T, NH) : nullptr;
   int* dq_turns = Ordered ? reinterpret_cast<int*>(ws + dq_turns_offset(B, T, C, NH)) : nullptr;
-  const flash::Launch l = flash::launch_shape(B, rows, NH, HD);
+  const flash::Launch l = flash::launch_shape(B, rows, NH, HD, NKV);
   // D and the zeroed accumulator and turns over the range's rows (out and dout hold only those).
   dot_kernel<HD><<<unsigned(l.dot_blocks), flash::kThreads, 0, s>>>(
       Dv, dq_accum, dq_turns, bits(dout), bits(out), B, rows.count, NH);
   TRIAD_CUDA_CHECK_LAUNCH();
-  const dim3 key_grid(unsigned(l.blocks_x), unsigned(l.key_blocks));
-  const TileMaps maps = tile_maps<Tiles>(qkv, dout, B, rows, C);
+  // dK/dV: one block per key/value head and key block, over the query heads that read it.
+  const dim3 key_grid(unsigned(l.kv_blocks_x), unsigned(l.key_blocks));
+  const TileMaps maps = tile_maps<Tiles>(qkv, dout, B, rows, C, NKV * HD);
   dkdv<<<key_grid, flash::kThreads, dkdv_smem, s>>>(bits(dqkv), dq_accum, dq_turns, bits(dout),
-                                                    bits(qkv), maps, lse, Dv, B, rows, C, NH,
+                                                    bits(qkv), maps, lse, Dv, B, rows, C, NH, NKV,
                                                     l.scale, l.scale_log2, accumulate, key_begin);
   TRIAD_CUDA_CHECK_LAUNCH();
   if constexpr (AtomicDq) {
     const size_t total = size_t(B) * rows.count * C;
     const size_t blocks = (total / 8 + flash::kConvertThreads - 1) / flash::kConvertThreads;
     dq_convert_kernel<<<unsigned(blocks), flash::kConvertThreads, 0, s>>>(
-        bits(dqkv), dq_accum, rows, total, C, l.scale, accumulate);
+        bits(dqkv), dq_accum, rows, total, C, C + 2 * NKV * HD, l.scale, accumulate);
     TRIAD_CUDA_CHECK_LAUNCH();
   } else {
     constexpr size_t dq_smem = flash::dq_smem<Tiles>();
     allow_smem<dq_kernel<Tiles>>(dq_smem);
     const dim3 query_grid(unsigned(l.blocks_x), unsigned(l.blocks_y));
     dq_kernel<Tiles><<<query_grid, flash::kThreads, dq_smem, s>>>(
-        bits(dqkv), bits(dout), bits(qkv), maps, lse, Dv, rows, C, NH, l.scale, l.scale_log2,
+        bits(dqkv), bits(dout), bits(qkv), maps, lse, Dv, rows, C, NH, NKV, l.scale, l.scale_log2,
         accumulate, key_begin);
     TRIAD_CUDA_CHECK_LAUNCH();
   }
@@ -385,19 +391,21 @@ void with_tiles(FlashKernel kernel, int hd, F f) {
 
 void flash_attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH,
                              const int32_t* key_begin, cudaStream_t s, FlashKernel kernel,
-                             QueryRows range) {
-  check_shape(B, T, C, NH);
+                             QueryRows range, int NKV) {
+  if (NKV == 0) NKV = NH;
+  check_shape(B, T, C, NH, NKV);
   const flash::Rows rows = rows_of(T, range);
   with_tiles(flash_kernel_for_device(kernel), C / NH, [&](auto tiles) {
-    forward_with<decltype(tiles)>(out, lse, qkv, B, rows, C, NH, key_begin, s);
+    forward_with<decltype(tiles)>(out, lse, qkv, B, rows, C, NH, NKV, key_begin, s);
   });
 }
 
 void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out,
                               const float* lse, float* workspace, int B, int T, int C, int NH,
                               const int32_t* key_begin, cudaStream_t s, bool accumulate,
-                              FlashKernel kernel, FlashBackward mode, QueryRows range) {
-  check_shape(B, T, C, NH);
+                              FlashKernel kernel, FlashBackward mode, QueryRows range, int NKV) {
+  if (NKV == 0) NKV = NH;
+  check_shape(B, T, C, NH, NKV);
   const flash::Rows rows = rows_of(T, range);
   const FlashKernel resolved = flash_kernel_for_device(kernel);
   const FlashBackward m = flash_backward_mode(mode);
@@ -407,13 +415,13 @@ void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, con
   with_tiles(resolved, C / NH, [&](auto tiles) {
     using Tiles = decltype(tiles);
     if (m == FlashBackward::ordered)
-      backward_with<Tiles, true, true>(dqkv, dout, qkv, out, lse, workspace, B, rows, C, NH,
+      backward_with<Tiles, true, true>(dqkv, dout, qkv, out, lse, workspace, B, rows, C, NH, NKV,
                                        key_begin, s, accumulate);
     else if (atomic)
-      backward_with<Tiles, true, false>(dqkv, dout, qkv, out, lse, workspace, B, rows, C, NH,
+      backward_with<Tiles, true, false>(dqkv, dout, qkv, out, lse, workspace, B, rows, C, NH, NKV,
                                         key_begin, s, accumulate);
     else
-      backward_with<Tiles, false, false>(dqkv, dout, qkv, out, lse, workspace, B, rows, C, NH,
+      backward_with<Tiles, false, false>(dqkv, dout, qkv, out, lse, workspace, B, rows, C, NH, NKV,
                                          key_begin, s, accumulate);
   });
 }

@@ -3,10 +3,13 @@
 // thread block does is in flash_attention_block.h, which the CPU tests run through an emulator.
 //
 // Layouts (those of the fp32 attention of backend.h, in bf16):
-//   qkv  [B,T,3C]  per row q | k | v, each head-major (head h at columns h·hd .. h·hd+hd-1)
+//   qkv  [B,T,W]   per row q (NH heads) | k | v (NKV heads each), each head-major (head h at
+//                  columns h·hd .. h·hd+hd-1 of its part); W = C + 2·NKV·hd (3C: NKV = NH).
+//                  Query head h reads key/value head h % NKV (grouped-query attention, natively:
+//                  each dK/dV block sums over the query heads of its key/value head)
 //   out  [B,T,C]
 //   lse  [B,NH,T]  fp32, natural log of Σ_j exp(scale · q_i·k_j) over the keys j <= i
-//   dqkv [B,T,3C]  overwritten, or accumulated into (round(old + gradient)) on request
+//   dqkv [B,T,W]   overwritten, or accumulated into (round(old + gradient)) on request
 // scale = 1/sqrt(hd), hd = C/NH ∈ {64, 128}; any T >= 1. No T×T matrix in global memory.
 // key_begin (nullptr: plain causal) is a document mask [B,T] in device memory, query t of
 // sequence b seeing keys key_begin[b·T+t] .. t (never decreasing along a sequence; backend.h);
@@ -75,7 +78,8 @@ size_t flash_attention_workspace_floats(int B, int T, int C, int NH,
 // [B,count,C], lse [B,NH,count]; the backward's dout likewise, dqkv keeping T rows.
 void flash_attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH,
                              const int32_t* key_begin, cudaStream_t s,
-                             FlashKernel kernel = FlashKernel::automatic, QueryRows rows = {});
+                             FlashKernel kernel = FlashKernel::automatic, QueryRows rows = {},
+                             int NKV = 0);  // 0: NH
 
 // dqkv [B,T,3C] from dout [B,T,C], the forward's qkv, out, lse and key_begin: overwritten, or with
 // accumulate each element becomes round(old + gradient) in fp32 (the Backend's += contract).
@@ -87,7 +91,8 @@ void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, con
                               const float* lse, float* workspace, int B, int T, int C, int NH,
                               const int32_t* key_begin, cudaStream_t s, bool accumulate = false,
                               FlashKernel kernel = FlashKernel::automatic,
-                              FlashBackward mode = FlashBackward::automatic, QueryRows rows = {});
+                              FlashBackward mode = FlashBackward::automatic, QueryRows rows = {},
+                              int NKV = 0);
 
 // The building blocks of the kernel's tile policy, one per call on the current device
 // (flash_probe_block.h: probe `index` of flash_probe_count(), a product form or the tile load,

@@ -5,9 +5,11 @@
 // instructions emulated from their PTX definitions), where CI runs it against a double
 // reference without a GPU.
 //
-// Layouts (those of flash_attention.cuh): qkv [B,T,3C] (q | k | v per row, head h at columns
-// h·HD..), out and dout [B,T,C], lse [B,NH,T] (natural log), dqkv [B,T,3C]. bf16 values are
-// their raw 16-bit patterns here (uint16_t), so this header needs no CUDA header.
+// Layouts (those of flash_attention.cuh): qkv [B,T,W] (q | k | v per row: NH query heads, then
+// NKV key and value heads each, head h at columns h·HD.. of its part; W = C + 2·NKV·HD, 3C
+// without grouped-query attention), out and dout [B,T,C], lse [B,NH,T] (natural log), dqkv
+// [B,T,W]. Query head h reads key/value head h % NKV (backend.h). bf16 values are their raw
+// 16-bit patterns here (uint16_t), so this header needs no CUDA header.
 //
 // Query ranges (Rows, below; Backend's QueryRows, context parallelism): a call may compute the
 // query rows first .. first+count-1 of each sequence only, against keys 0 .. first+count-1; then
@@ -143,19 +145,21 @@ struct Rows {
 };
 
 // How the kernels are launched for a [B, T, NH·HD] problem (host side; the GPU launchers and
-// the emulated test share it): grid (blocks_x, blocks_y) = (B·NH heads, 64-row query tiles) of
-// kThreads threads for the forward and dQ kernels, (blocks_x, key_blocks) for dK/dV, dot_blocks
-// × 1 for D = rowsum(dO ∘ O). Blocks are dispatched x first, so every head's heaviest tile
-// (blockIdx.y = 0: the last query block, or the first key block) starts before any lighter one:
-// the causal triangle's long rows do not trail at the end of the grid.
+// the emulated test share it): grid (blocks_x, blocks_y) = (B·NH query heads, 64-row query
+// tiles) of kThreads threads for the forward and dQ kernels, (kv_blocks_x, key_blocks) = (B·NKV
+// key/value heads, 64-row key tiles) for dK/dV, dot_blocks × 1 for D = rowsum(dO ∘ O). Blocks are
+// dispatched x first, so every head's heaviest tile (blockIdx.y = 0: the last query block, or the
+// first key block) starts before any lighter one: the causal triangle's long rows do not trail at
+// the end of the grid.
 struct Launch {
-  int blocks_x, blocks_y, key_blocks;
+  int blocks_x, blocks_y, kv_blocks_x, key_blocks;
   size_t dot_blocks;
   float scale, scale_log2;  // 1/sqrt(HD), and times log2(e)
 };
-inline Launch launch_shape(int B, const Rows& rows, int NH, int HD) {
+inline Launch launch_shape(int B, const Rows& rows, int NH, int HD, int NKV = 0) {
   Launch l;
   l.blocks_x = B * NH;
+  l.kv_blocks_x = B * (NKV > 0 ? NKV : NH);
   l.blocks_y = rows.query_tiles();
   l.key_blocks = (rows.keys() + kTile - 1) / kTile;
   l.dot_blocks = (size_t(B) * rows.count * NH + kWarps - 1) / kWarps;
@@ -163,8 +167,8 @@ inline Launch launch_shape(int B, const Rows& rows, int NH, int HD) {
   l.scale_log2 = l.scale * kLog2e;
   return l;
 }
-inline Launch launch_shape(int B, int T, int NH, int HD) {
-  return launch_shape(B, Rows{T, 0, T}, NH, HD);
+inline Launch launch_shape(int B, int T, int NH, int HD, int NKV = 0) {
+  return launch_shape(B, Rows{T, 0, T}, NH, HD, NKV);
 }
 
 // Where the tiles of one of the head's matrices (q, k, v or dO) come from: its HD columns at g
@@ -318,9 +322,10 @@ TRIAD_BLOCK_FN void add_rows(X& x, float* g, size_t stride, int row0, int T,
   });
 }
 
-// The head of block (blockIdx.x = b·NH + h): where its q, k, v columns of qkv [B,seq,3C] (row
-// stride 3C) and its columns of dout [B,count,C] (when given; the range's rows) come from;
-// qkv_map and dout_map are the tensor maps of the two matrices (null without bulk tensor copies).
+// Query head bh = b·NH + h: where its q columns and its key/value head's (h % NKV) k and v columns
+// of qkv [B,seq,W] (row stride W = C + 2·NKV·HD) and its columns of dout [B,count,C] (when given;
+// the range's rows) come from; qkv_map and dout_map are the tensor maps of the two matrices (null
+// without bulk tensor copies).
 struct Head {
   int bh, b, h;
   size_t stride;
@@ -328,16 +333,17 @@ struct Head {
 };
 template <int HD>
 TRIAD_BLOCK_FN Head head(int bh, const uint16_t* qkv, const uint16_t* dout, const void* qkv_map,
-                         const void* dout_map, const Rows& rows, int C, int NH) {
+                         const void* dout_map, const Rows& rows, int C, int NH, int NKV) {
   Head r;
   r.bh = bh;
   r.b = r.bh / NH;
   r.h = r.bh % NH;
-  r.stride = size_t(3) * C;
-  const uint16_t* q = qkv + size_t(r.b) * rows.seq * r.stride + size_t(r.h) * HD;
-  r.q = TileSource{q, r.stride, qkv_map, r.h * HD, r.b};
-  r.k = TileSource{q + C, r.stride, qkv_map, C + r.h * HD, r.b};
-  r.v = TileSource{q + 2 * size_t(C), r.stride, qkv_map, 2 * C + r.h * HD, r.b};
+  r.stride = size_t(C) + 2 * size_t(NKV) * HD;
+  const uint16_t* row0 = qkv + size_t(r.b) * rows.seq * r.stride;
+  const int k_col = C + (r.h % NKV) * HD, v_col = k_col + NKV * HD;
+  r.q = TileSource{row0 + size_t(r.h) * HD, r.stride, qkv_map, r.h * HD, r.b};
+  r.k = TileSource{row0 + k_col, r.stride, qkv_map, k_col, r.b};
+  r.v = TileSource{row0 + v_col, r.stride, qkv_map, v_col, r.b};
   r.dout =
       TileSource{dout != nullptr ? dout + size_t(r.b) * rows.count * C + size_t(r.h) * HD : nullptr,
                  size_t(C), dout_map, r.h * HD, r.b};
@@ -381,8 +387,8 @@ TRIAD_BLOCK_FN int first_key(const int32_t* kbeg, int row, int T) {
 // out = O / l, lse = ln 2 · (m + log2 l).
 template <class Tiles, class X>
 TRIAD_BLOCK_FN void forward_block(X& x, uint16_t* out, float* lse, const uint16_t* qkv,
-                                  const void* qkv_map, Rows rows, int C, int NH, float scale_log2,
-                                  const int32_t* key_begin) {
+                                  const void* qkv_map, Rows rows, int C, int NH, int NKV,
+                                  float scale_log2, const int32_t* key_begin) {
   const int T = rows.keys();
   constexpr int HD = Tiles::kHD, L = Tiles::kElems;  // L: elements per tile
   unsigned char* smem = aligned_smem<Tiles>(x);
@@ -394,7 +400,7 @@ TRIAD_BLOCK_FN void forward_block(X& x, uint16_t* out, float* lse, const uint16_
 
   const int nqb = (T + kTile - 1) / kTile;
   const int qb = nqb - 1 - x.block_y();
-  const Head here = head<HD>(x.block_x(), qkv, nullptr, qkv_map, nullptr, rows, C, NH);
+  const Head here = head<HD>(x.block_x(), qkv, nullptr, qkv_map, nullptr, rows, C, NH, NKV);
   const int bh = here.bh, b = here.b, h = here.h;
   const int q0 = qb * kTile;
   const int warp = x.thread() / 32, lane = x.thread() % 32;
@@ -550,10 +556,12 @@ TRIAD_BLOCK_FN void probabilities_and_ds(X& x, float (&s)[8][4], float (&dp)[8][
   }
 }
 
-// dK, dV of key block blockIdx.y (warp w: keys k0 + 16w ..), iterating over the query tiles
-// qt >= kb (and from the range's first; up to the last one whose rows see a key of the block):
-// Sᵀ = K Qᵀ, dPᵀ = V dOᵀ, Pᵀ = exp(Sᵀ·scale − lse), dSᵀ = Pᵀ ∘ (dPᵀ − D),
-// dV += Pᵀ dO, dK += dSᵀ Q; dK scaled by 1/sqrt(HD) at the end.
+// dK, dV of key block blockIdx.y (warp w: keys k0 + 16w ..) of key/value head blockIdx.x (b·NKV +
+// j), iterating over the NH/NKV query heads that read it (j, j + NKV, ..) and for each over the
+// query tiles qt >= kb (and from the range's first; up to the last one whose rows see a key of
+// the block): Sᵀ = K Qᵀ, dPᵀ = V dOᵀ, Pᵀ = exp(Sᵀ·scale − lse), dSᵀ = Pᵀ ∘ (dPᵀ − D),
+// dV += Pᵀ dO, dK += dSᵀ Q (summed over the query heads in fp32, rounded once); dK scaled by
+// 1/sqrt(HD) at the end.
 // AtomicDq: also this key block's part of dQ (unscaled) for every query tile, dQ += dS K with dS
 // (bf16, as the dK product rounds it) passed through shared memory, added into dq_accum
 // ([B,T,C] fp32, zeroed by dot_block); dq_convert_block finishes it. The additions are atomic,
@@ -564,8 +572,9 @@ TRIAD_BLOCK_FN void probabilities_and_ds(X& x, float (&s)[8][4], float (&dp)[8][
 // from its block index but from a ticket (the counter after the turns, in the order blocks start
 // running: ticket t is head t mod B·NH, key block t / (B·NH), heaviest first as the grid), so a
 // block only ever waits for blocks that started before it, which are running or done, whatever
-// order the GPU dispatches them in. The query tiles a block skips (a document mask) still pass
-// their turns on.
+// order the GPU dispatches them in (a block passes its query heads' turns in one order; the next
+// key block waits on them in the same). The query tiles a block skips (a document mask) still
+// pass their turns on.
 // Masked: whether key_begin may be non-null, a compile-time choice: the mask's per-element test
 // costs the HD 128 kernels registers they do not have (spills), so the kernels without a mask are
 // compiled without it.
@@ -573,7 +582,7 @@ template <class Tiles, bool AtomicDq, bool Ordered, bool Masked, class X>
 TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_turns,
                                const uint16_t* dout, const uint16_t* qkv, const void* qkv_map,
                                const void* dout_map, const float* lse, const float* Dv, int B,
-                               Rows rows, int C, int NH, float scale, float scale_log2,
+                               Rows rows, int C, int NH, int NKV, float scale, float scale_log2,
                                bool accumulate, const int32_t* key_begin) {
   constexpr int HD = Tiles::kHD, L = Tiles::kElems;  // L: elements per tile
   const int T = rows.keys(), first_row = rows.first;
@@ -600,19 +609,23 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
   // This block's (head, key block): the block index, or (Ordered) the ticket. A compile-time
   // choice: the index is a special register the compiler re-reads for free, the ticket a value
   // it must keep (the HD 128 kernels would spill).
-  int block = x.block_y() * B * NH + x.block_x();
+  int block = x.block_y() * B * NKV + x.block_x();
   if constexpr (Ordered) {
     int* slot = reinterpret_cast<int*>(sdS + Tiles::Square::kElems);
     if (x.thread() == 0) *slot = x.take_ticket(dq_turns + size_t(B) * NH * nq);
     x.sync_threads();
     block = *slot;
   }
-  const int kb = block / (B * NH);  // the blocks with the most query tiles (small kb) first
-  const Head here = head<HD>(block % (B * NH), qkv, dout, qkv_map, dout_map, rows, C, NH);
-  const int bh = here.bh, b = here.b, h = here.h;
+  const int kb = block / (B * NKV);  // the blocks with the most query tiles (small kb) first
+  const int b = block % (B * NKV) / NKV, j = block % NKV;  // sequence, key/value head
+  const int G = NH / NKV;  // query heads per key/value head: j + g·NKV, g < G
+  // The query head of group member g: its q and dO tiles, lse and D rows (the range's rows: query
+  // q at q − first), and dQ turns.
+  auto member = [&](int g) {
+    return head<HD>(b * NH + j + g * NKV, qkv, dout, qkv_map, dout_map, rows, C, NH, NKV);
+  };
+  const Head here = member(0);  // the key/value head's K and V
   const size_t stride = here.stride;
-  const float* glse = lse + size_t(bh) * rows.count;  // the range's rows: query q at q − first
-  const float* gD = Dv + size_t(bh) * rows.count;
   const int k0 = kb * kTile;
   const int qs = kb > qt_first ? kb : qt_first;  // the first query tile that sees the block
   const int warp = x.thread() / 32, lane = x.thread() % 32;
@@ -632,26 +645,31 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
       }
   }
 
-  // lse (log2 domain), D and (with a mask) the first key of query tile qt into buffer buf: plain
-  // loads, zero past T.
-  auto load_rows = [&](int qt, int buf) {
+  // Steps i = 0, 1, .. run query head g = i / tiles of the group, its tile qt = qs + i % tiles.
+  const int tiles = qt_last - qs + 1, steps = tiles > 0 ? G * tiles : 0;
+  // Step i's Q and dO tiles into buffer buf (batch i), and its lse (log2 domain), D and (with a
+  // mask) the queries' first keys: plain loads, zero past T.
+  auto load_step = [&](int i, int buf) {
+    const int g = i / tiles, qt = qs + i % tiles;
+    const Head m = member(g);
+    pipe.load(sQ + buf * L, m.q, qt * kTile, T, i);
+    pipe.load(sdO + buf * L, m.dout, qt * kTile - first_row, rows.count, i);
     const int t = x.thread();
     if (t < kTile) {
       const int q = qt * kTile + t;
-      sLse[buf * kTile + t] = q < T ? glse[q - first_row] * kLog2e : 0.0f;
-      sD[buf * kTile + t] = q < T ? gD[q - first_row] : 0.0f;
+      const size_t at = size_t(m.bh) * rows.count + size_t(q - first_row);
+      sLse[buf * kTile + t] = q < T ? lse[at] * kLog2e : 0.0f;
+      sD[buf * kTile + t] = q < T ? Dv[at] : 0.0f;
       if constexpr (Masked) sKb[buf * kTile + t] = q < T ? int(kbeg[q]) : 0;
     }
   };
-  // Batch i (0, 1, ..) holds query tile qs + i (and, in batch 0, this block's K and V). dO's
-  // rows are the range's (query row t at t − first).
-  if (qs <= qt_last) {
+  // Batch i (0, 1, ..) holds step i's tiles (and, in batch 0, this block's K and V). dO's rows are
+  // the range's (query row t at t − first).
+  if (steps > 0) {
     pipe.load(sK, here.k, k0, T, 0);
     pipe.load(sV, here.v, k0, T, 0);
-    pipe.load(sQ, here.q, qs * kTile, T, 0);
-    pipe.load(sdO, here.dout, qs * kTile - first_row, rows.count, 0);
+    load_step(0, 0);
     pipe.commit(0);
-    load_rows(qs, 0);
   }
 
   float dk[HD / 8][4], dv[HD / 8][4];
@@ -662,17 +680,14 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
   constexpr bool kHold = HD == 64 && !AtomicDq;
   Held<HD> kh, vh;
 
-  for (int qt = qs; qt <= qt_last; ++qt) {
-    const int buf = (qt - qs) & 1;
-    if (qt < qt_last) {
-      pipe.load(sQ + (buf ^ 1) * L, here.q, (qt + 1) * kTile, T, qt + 1 - qs);
-      pipe.load(sdO + (buf ^ 1) * L, here.dout, (qt + 1) * kTile - first_row, rows.count,
-                qt + 1 - qs);
-      pipe.commit(qt + 1 - qs);
-      load_rows(qt + 1, buf ^ 1);
-      pipe.template wait<1>(qt - qs);
+  for (int i = 0; i < steps; ++i) {
+    const int buf = i & 1, g = i / tiles, qt = qs + i % tiles;
+    if (i + 1 < steps) {
+      load_step(i + 1, buf ^ 1);
+      pipe.commit(i + 1);
+      pipe.template wait<1>(i);
     } else {
-      pipe.template wait<0>(qt - qs);
+      pipe.template wait<0>(i);
     }
     x.sync_threads();
 
@@ -684,7 +699,7 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
     zero(s);
     zero(dp);
     if constexpr (kHold) {  // Sᵀ[key][query], dPᵀ[key][query]
-      if (qt == qs) {
+      if (i == 0) {
         hold<Tiles>(x, kh, sK);
         hold<Tiles>(x, vh, sV);
       }
@@ -719,8 +734,9 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
                          x.pack_bf16(dp[n][2 * r], dp[n][2 * r + 1]));
       Tiles::publish(x);
       x.sync_threads();
+      const int h = j + g * NKV;  // the query head
       float* dq_rows = dq_accum + size_t(b) * rows.count * C + size_t(h) * HD;
-      int* turn = Ordered ? dq_turns + size_t(bh) * nq + (qt - qt_first) : nullptr;
+      int* turn = Ordered ? dq_turns + (size_t(b) * NH + h) * nq + (qt - qt_first) : nullptr;
       // Rows 16w.. of dQ (queries q0 + 16w ..) += dS K, 64 columns at a time: 32 accumulators
       // beside dK's and dV's instead of HD/2 (at HD 128 the kernel would spill). At HD 64 the
       // product comes before the wait for the turn, outside the part that runs one block at a
@@ -750,28 +766,29 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
   if constexpr (Ordered && Masked) {
     // The query tiles after qt_last get nothing from this block, but their turns pass through
     // it (kb → kb + 1), or the next key block would wait for them forever.
-    for (int qt = qt_last + 1; qt < nb; ++qt) {
-      int* turn = dq_turns + size_t(bh) * nq + (qt - qt_first);
-      if (x.thread() == 0) {
-        x.wait_equal(turn, kb);
-        x.store_release(turn, kb + 1);
+    for (int g = 0; g < G; ++g)
+      for (int qt = qt_last + 1; qt < nb; ++qt) {
+        int* turn = dq_turns + (size_t(b) * NH + j + g * NKV) * nq + (qt - qt_first);
+        if (x.thread() == 0) {
+          x.wait_equal(turn, kb);
+          x.store_release(turn, kb + 1);
+        }
       }
-    }
   }
 
-  uint16_t* gdk = dqkv + size_t(b) * rows.seq * stride + C + size_t(h) * HD;
+  uint16_t* gdk = dqkv + size_t(b) * rows.seq * stride + C + size_t(j) * HD;
   store_rows<HD>(x, gdk, stride, k0 + warp * 16, T, dk, scale, accumulate);
-  store_rows<HD>(x, gdk + C, stride, k0 + warp * 16, T, dv, 1.0f, accumulate);
+  store_rows<HD>(x, gdk + size_t(NKV) * HD, stride, k0 + warp * 16, T, dv, 1.0f, accumulate);
 }
 
 // dqkv's q columns from the atomic-dQ accumulator ([B,count,C] fp32, 16-byte aligned: the range's
 // rows): thread t of block blockIdx.x takes 8 elements, (blockIdx.x · kConvertThreads + t) · 8 ..,
 // of the B·count·C; each becomes round(scale · acc), or round(old + scale · acc) with accumulate,
-// in its row of dqkv [B,seq,3C]. C % 8 == 0.
+// in its row of dqkv [B,seq,W]. C % 8 == 0.
 constexpr int kConvertThreads = 256;
 template <class X>
 TRIAD_BLOCK_FN void dq_convert_block(X& x, uint16_t* dqkv, const float* dq_accum, Rows rows,
-                                     size_t total, int C, float scale, bool accumulate) {
+                                     size_t total, int C, int W, float scale, bool accumulate) {
   const size_t e0 = (size_t(x.block_x()) * kConvertThreads + x.thread()) * 8;
   if (e0 >= total) return;
   const size_t at = e0 / size_t(C), col = e0 % size_t(C);  // the range's row b·count + t
@@ -784,7 +801,7 @@ TRIAD_BLOCK_FN void dq_convert_block(X& x, uint16_t* dqkv, const float* dq_accum
     TRIAD_UNROLL
     for (int i = 0; i < 4; ++i) v[4 * half + i] = float_from_bits(a.w[i]) * scale;
   }
-  uint32_t* dst = reinterpret_cast<uint32_t*>(dqkv + row * 3 * size_t(C) + col);
+  uint32_t* dst = reinterpret_cast<uint32_t*>(dqkv + row * size_t(W) + col);
   TRIAD_UNROLL
   for (int i = 0; i < 4; ++i) {
     float lo = v[2 * i], hi = v[2 * i + 1];
@@ -803,7 +820,7 @@ TRIAD_BLOCK_FN void dq_convert_block(X& x, uint16_t* dqkv, const float* dq_accum
 template <class Tiles, class X>
 TRIAD_BLOCK_FN void dq_block(X& x, uint16_t* dqkv, const uint16_t* dout, const uint16_t* qkv,
                              const void* qkv_map, const void* dout_map, const float* lse,
-                             const float* Dv, Rows rows, int C, int NH, float scale,
+                             const float* Dv, Rows rows, int C, int NH, int NKV, float scale,
                              float scale_log2, bool accumulate, const int32_t* key_begin) {
   constexpr int HD = Tiles::kHD, L = Tiles::kElems;  // L: elements per tile
   const int T = rows.keys();
@@ -816,7 +833,7 @@ TRIAD_BLOCK_FN void dq_block(X& x, uint16_t* dqkv, const uint16_t* dout, const u
 
   const int nb = (T + kTile - 1) / kTile;
   const int qb = nb - 1 - x.block_y();  // the longest rows first
-  const Head here = head<HD>(x.block_x(), qkv, dout, qkv_map, dout_map, rows, C, NH);
+  const Head here = head<HD>(x.block_x(), qkv, dout, qkv_map, dout_map, rows, C, NH, NKV);
   const int bh = here.bh, b = here.b, h = here.h;
   const size_t stride = here.stride;
   const int q0 = qb * kTile;
