@@ -456,6 +456,10 @@ TEST_P(DocumentMask, GroupedQueryHeads) {
   const std::vector<int32_t> docs = key_begin_of_starts(1, 256, {{0, 30, 100, 150}});
   check_grouped(1, 256, 4, 2, 64, k, bw, flash::Rows{256, 128, 128}, &docs);
   check_grouped(1, 130, 2, 1, 128, k, bw, flash::Rows{130, 0, 130});
+  // Four query heads per key/value head at HD 128 under a mask: the ordered way's turns of skipped
+  // tiles passed for every query head before the block computes.
+  const std::vector<int32_t> docs130 = key_begin_of_starts(1, 130, {{0, 70, 128}});
+  check_grouped(1, 130, 4, 1, 128, k, bw, flash::Rows{130, 0, 130}, &docs130);
 }
 
 // The primitive probes the GPU test runs to tell which building block the hardware reads

@@ -15,12 +15,17 @@
 // the range leaves rows it does not reach.
 //
 // Grouped-query attention (NKV < NH): the flash kernels read each query head's key/value head in
-// place, and each dK/dV block sums its key/value head's gradient over the query heads that read
-// it in fp32 registers, rounded once with the old value. The fallback runs on rows expanded to
+// place; their backward either does too, each dK/dV block summing its key/value head's gradient
+// over the query heads that read it in fp32 registers, rounded once with the old value, or, where
+// that grid would be too small for the GPU, runs on expanded rows as the fallback does
+// (native_gqa_backward). The fallback runs on rows expanded to
 // one key/value head per query head (cuda_grouped_heads.cu): its backward adds into an expanded
 // gradient whose dq columns hold the old dq (so dq is rounded once from old + gradient) and whose
 // dk and dv columns start at zero; each query head's dk and dv come out rounded to bf16, and each
 // kv head's are then summed over its query heads in fp32 and rounded once with the old value.
+#include <cstdlib>
+#include <string>
+
 #include "cuda_ops.cuh"
 #include "flash_attention.cuh"
 
@@ -81,6 +86,28 @@ bool flash_runs(int C, int NH, const void* qkv, const void* out, const void* dou
   return flash_head_dim(C, NH) && pointer_alignment(qkv) >= 16 && pointer_alignment(out) >= 4 &&
          (dout == nullptr || pointer_alignment(dout) >= 16) &&
          (dqkv == nullptr || pointer_alignment(dqkv) >= 4);
+}
+
+// How the flash backward of grouped-query attention runs (TRIAD_FLASH_GQA_BACKWARD): native, each
+// dK/dV block summing its key/value head over the NH/NKV query heads that read it (no expanded
+// copies, one rounding, but NH/NKV times fewer and longer blocks: a small grid leaves SMs idle);
+// expand, the key/value heads expanded to one per query head around the MHA kernels and their
+// gradients reduced back (the full grid, 2·B·T·3C elements of scratch and four passes over
+// them); auto (default), native where its grid still has 4 blocks per SM. Not yet timed on a GPU.
+bool native_gqa_backward(int B, int keys, int NKV) {
+  static const std::string mode = [] {
+    const char* env = std::getenv("TRIAD_FLASH_GQA_BACKWARD");
+    const std::string v = env != nullptr && *env ? env : "auto";
+    TRIAD_CHECK(v == "auto" || v == "native" || v == "expand", "TRIAD_FLASH_GQA_BACKWARD = '", v,
+                "' is not one of auto, native, expand");
+    return v;
+  }();
+  if (mode != "auto") return mode == "native";
+  int dev = 0, sms = 0;
+  TRIAD_CUDA_CHECK(cudaGetDevice(&dev));
+  TRIAD_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  const long long blocks = (long long)B * NKV * ((keys + 63) / 64);
+  return blocks >= 4LL * sms;
 }
 
 // The fallback's MHA op (qkv and dqkv [B,T,3C]): the fp32 attention on widened copies.
@@ -144,8 +171,21 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scra
   }
   if (flash_runs(C, NH, qkv, out, dout, dqkv)) {
     float* ws = scratch.flash.get_as<float>(flash_attention_workspace_floats(B, T, C, NH), s);
-    flash_attention_backward(dqkv, dout, qkv, out, lse, ws, B, T, C, NH, key_begin, s, accumulate,
-                             FlashKernel::automatic, FlashBackward::automatic, rows, NKV);
+    if (NKV == NH || native_gqa_backward(B, rows.keys(T), NKV)) {
+      flash_attention_backward(dqkv, dout, qkv, out, lse, ws, B, T, C, NH, key_begin, s, accumulate,
+                               FlashKernel::automatic, FlashBackward::automatic, rows, NKV);
+      return;
+    }
+    // Expanded: the MHA kernels on one key/value head per query head (an overwriting backward
+    // writes every expanded element; accumulating starts from the old dq and zero dk, dv).
+    const int N = B * T;
+    const GroupedHeads<bf16> g = grouped_heads_scratch<bf16>(scratch, s, N, C, true);
+    expand_kv_heads(s, g.qkv, qkv, N, C, NH, NKV);
+    if (accumulate)
+      prepare_expanded_dqkv(s, g.dqkv, static_cast<const bf16*>(dqkv), N, C, NH, NKV, true);
+    flash_attention_backward(g.dqkv, dout, g.qkv, out, lse, ws, B, T, C, NH, key_begin, s,
+                             accumulate, FlashKernel::automatic, FlashBackward::automatic, rows);
+    reduce_kv_heads(s, dqkv, static_cast<const bf16*>(g.dqkv), N, C, NH, NKV, accumulate);
     return;
   }
   check_range_runs(false, rows, T);

@@ -9,9 +9,10 @@
 //   forward   grid (B·NH, ceil(T/64)), every head's heaviest query block first.
 //   backward  (1) D = rowsum(dO ∘ O), one warp per (b, t, h) row, into the workspace (the
 //                 atomic way also zeroes its dQ accumulator there);
-//             (2) grid (B·NH, nkb): dK, dV of one key block over the query tiles after it (the
-//                 atomic and ordered ways: and that block's part of dQ, added into the
-//                 accumulator, atomically or in key-block order);
+//             (2) grid (B·NKV, nkb): dK, dV of one key/value head's key block over the query
+//                 heads that read it and the query tiles after it (the atomic and ordered ways:
+//                 and that block's part of dQ, added into the accumulator, atomically or in
+//                 key-block order);
 //             (3) deterministic: grid (B·NH, nqb): dQ of one query block (recomputing P and dP),
 //                 no atomics, fixed summation orders, bit-identical run to run;
 //                 atomic, ordered: dQ = scale · accumulator, rounded into dqkv.
@@ -38,7 +39,7 @@ namespace {
 const uint16_t* bits(const bf16* p) { return reinterpret_cast<const uint16_t*>(p); }
 uint16_t* bits(bf16* p) { return reinterpret_cast<uint16_t*>(p); }
 
-// The tensor maps of qkv [B,T,3C] and dout [B,T,C] (flash::tma_tile_shape) for the
+// The tensor maps of qkv [B,T,W] and dout [B,T,C] (flash::tma_tile_shape) for the
 // policies that load with bulk tensor copies; zero and unused for the others.
 struct TileMaps {
   CUtensorMap qkv, dout;

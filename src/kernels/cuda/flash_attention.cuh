@@ -72,7 +72,7 @@ const char* flash_backward_name(FlashBackward m);
 size_t flash_attention_workspace_floats(int B, int T, int C, int NH,
                                         FlashBackward mode = FlashBackward::automatic);
 
-// out [B,T,C] bf16 and lse [B,NH,T] fp32 from qkv [B,T,3C] bf16 (device pointers), on stream s.
+// out [B,T,C] bf16 and lse [B,NH,T] fp32 from qkv [B,T,W] bf16 (device pointers), on stream s.
 // qkv must be 16-byte aligned (vector loads), out 4-byte aligned. `rows` (QueryRows of backend.h,
 // starting at a multiple of 64 and ending at one or at T): the queries of that range only, out
 // [B,count,C], lse [B,NH,count]; the backward's dout likewise, dqkv keeping T rows.
@@ -81,7 +81,7 @@ void flash_attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int 
                              FlashKernel kernel = FlashKernel::automatic, QueryRows rows = {},
                              int NKV = 0);  // 0: NH
 
-// dqkv [B,T,3C] from dout [B,T,C], the forward's qkv, out, lse and key_begin: overwritten, or with
+// dqkv [B,T,W] from dout [B,T,C], the forward's qkv, out, lse and key_begin: overwritten, or with
 // accumulate each element becomes round(old + gradient) in fp32 (the Backend's += contract).
 // workspace holds flash_attention_workspace_floats(B, T, C, NH, mode) floats (the same mode, so
 // that both resolve `automatic` alike), 16-byte aligned.

@@ -570,7 +570,8 @@ TRIAD_BLOCK_FN void probabilities_and_ds(X& x, float (&s)[8][4], float (&dp)[8][
 // and stores, and passes the turn to kb + 1, so every dQ element is summed in the same order on
 // every run. The wait cannot deadlock: in this mode a block does not take its (head, key block)
 // from its block index but from a ticket (the counter after the turns, in the order blocks start
-// running: ticket t is head t mod B·NH, key block t / (B·NH), heaviest first as the grid), so a
+// running: ticket t is key/value head t mod B·NKV, key block t / (B·NKV), heaviest first as the
+// grid), so a
 // block only ever waits for blocks that started before it, which are running or done, whatever
 // order the GPU dispatches them in (a block passes its query heads' turns in one order; the next
 // key block waits on them in the same). The query tiles a block skips (a document mask) still
@@ -647,6 +648,20 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
 
   // Steps i = 0, 1, .. run query head g = i / tiles of the group, its tile qt = qs + i % tiles.
   const int tiles = qt_last - qs + 1, steps = tiles > 0 ? G * tiles : 0;
+  if constexpr (Ordered && Masked) {
+    // The query tiles after qt_last get nothing from this block, but their turns pass through
+    // it (kb → kb + 1), or the next key block would wait for them forever. First, before any
+    // computing: the previous key block skips every tile this one skips (key_begin never
+    // decreases) and passes them first too, so these waits never wait on a computing block.
+    for (int g = 0; g < G; ++g)
+      for (int qt = qt_last + 1; qt < nb; ++qt) {
+        int* turn = dq_turns + (size_t(b) * NH + j + g * NKV) * nq + (qt - qt_first);
+        if (x.thread() == 0) {
+          x.wait_equal(turn, kb);
+          x.store_release(turn, kb + 1);
+        }
+      }
+  }
   // Step i's Q and dO tiles into buffer buf (batch i), and its lse (log2 domain), D and (with a
   // mask) the queries' first keys: plain loads, zero past T.
   auto load_step = [&](int i, int buf) {
@@ -763,19 +778,6 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
     }
     x.sync_threads();  // every warp is done with these buffers before they are refilled
   }
-  if constexpr (Ordered && Masked) {
-    // The query tiles after qt_last get nothing from this block, but their turns pass through
-    // it (kb → kb + 1), or the next key block would wait for them forever.
-    for (int g = 0; g < G; ++g)
-      for (int qt = qt_last + 1; qt < nb; ++qt) {
-        int* turn = dq_turns + (size_t(b) * NH + j + g * NKV) * nq + (qt - qt_first);
-        if (x.thread() == 0) {
-          x.wait_equal(turn, kb);
-          x.store_release(turn, kb + 1);
-        }
-      }
-  }
-
   uint16_t* gdk = dqkv + size_t(b) * rows.seq * stride + C + size_t(j) * HD;
   store_rows<HD>(x, gdk, stride, k0 + warp * 16, T, dk, scale, accumulate);
   store_rows<HD>(x, gdk + size_t(NKV) * HD, stride, k0 + warp * 16, T, dv, 1.0f, accumulate);
