@@ -12,6 +12,7 @@
 // are even, checked by the constructor). In bf16 each rank's key and value gradients come out of
 // the bf16 attention backward (its two pieces' calls each adding into the bf16 buffer, one
 // rounding each), and the ranks' partial sums are then added in fp32 and rounded once.
+#include <algorithm>
 #include <type_traits>
 
 #include "gpt_activations.h"
@@ -19,6 +20,19 @@
 #include "triad/model/gpt.h"
 
 namespace triad {
+namespace {
+
+// Each of rank r's pieces of each of B sequences of T tokens: f(at, from), `at` the piece's first
+// row in the whole sequences ([B][T]) and `from` its first row among rank r's rows ([2][B][piece]).
+template <class F>
+void for_each_piece_of(const ModelParallel& mp, int r, int B, int T, F&& f) {
+  const size_t P = size_t(T) / size_t(2 * mp.cp);
+  for (int k = 0; k < 2; ++k)
+    for (int b = 0; b < B; ++b)
+      f(size_t(b) * T + size_t(mp.piece_start(k, T, r)), (size_t(k) * B + b) * P);
+}
+
+}  // namespace
 
 size_t Gpt::cp_att_offset(int piece, int B, bool probabilities) const {
   if (piece == 0) return 0;
@@ -32,14 +46,15 @@ const int32_t* Gpt::cp_local_ids(const int32_t* ids, int m, int B,
                                  std::vector<int32_t>& out) const {
   if (mp_.cp == 1 || ids == nullptr) return ids;
   const int T = shape_.seq_len, P = T / (2 * mp_.cp);
-  out.resize(size_t(m) * B * mp_.seq_rows(T));
-  int32_t* to = out.data();
-  for (int mb = 0; mb < m; ++mb)
-    for (int k = 0; k < 2; ++k)
-      for (int b = 0; b < B; ++b) {
-        const int32_t* from = ids + (size_t(mb) * B + b) * T + mp_.piece_start(k, T, mp_.cp_rank);
-        to = std::copy(from, from + P, to);
-      }
+  const size_t per_mb = size_t(B) * mp_.seq_rows(T);
+  out.resize(size_t(m) * per_mb);
+  for (int mb = 0; mb < m; ++mb) {
+    const int32_t* whole = ids + size_t(mb) * B * T;
+    int32_t* mine = out.data() + size_t(mb) * per_mb;
+    for_each_piece_of(mp_, mp_.cp_rank, B, T, [&](size_t at, size_t from) {
+      std::copy(whole + at, whole + at + P, mine + from);
+    });
+  }
   return out.data();
 }
 
@@ -55,18 +70,14 @@ void Gpt::cp_gather_qkv(const A* qkv, int B) {
   // Every rank's pieces into their places in the whole sequences: the others' keys and values,
   // and this rank's whole rows (its queries too).
   for (int r = 0; r < mp_.cp; ++r)
-    for (int k = 0; k < 2; ++k)
-      for (int b = 0; b < B; ++b) {
-        const size_t at = size_t(b) * T + size_t(mp_.piece_start(k, T, r));  // in the sequences
-        const size_t from = (size_t(k) * B + b) * P;                         // among rank r's
-        if (r == mp_.cp_rank) {
-          be_.copy(words(a.cp_qkv + at * Wl), words(qkv + from * Wl), w(size_t(P) * Wl));
-        } else {
-          be_.copy_rows(words(a.cp_qkv + at * Wl + Al), w(Wl),
-                        words(a.cp_recv + (size_t(r) * local + from) * KV), w(KV), size_t(P),
-                        w(KV));
-        }
+    for_each_piece_of(mp_, r, B, T, [&](size_t at, size_t from) {
+      if (r == mp_.cp_rank) {
+        be_.copy(words(a.cp_qkv + at * Wl), words(qkv + from * Wl), w(size_t(P) * Wl));
+      } else {
+        be_.copy_rows(words(a.cp_qkv + at * Wl + Al), w(Wl),
+                      words(a.cp_recv + (size_t(r) * local + from) * KV), w(KV), size_t(P), w(KV));
       }
+    });
 }
 
 template <class A>
@@ -111,13 +122,10 @@ void Gpt::cp_attention_backward(A* dqkv, float* scratch, const A* datty, const A
   // The keys' and values' gradients go to their owners, summed over the group: packed by owner,
   // reduce-scattered (in fp32 for bf16).
   for (int r = 0; r < cp; ++r)
-    for (int k = 0; k < 2; ++k)
-      for (int b = 0; b < B; ++b) {
-        const size_t at = size_t(b) * T + size_t(mp_.piece_start(k, T, r));
-        const size_t from = (size_t(k) * B + b) * P;
-        be_.copy_rows(words(a.cp_send + (size_t(r) * local + from) * KV), w(KV),
-                      words(a.cp_dqkv + at * Wl + Al), w(Wl), size_t(P), w(KV));
-      }
+    for_each_piece_of(mp_, r, B, T, [&](size_t at, size_t from) {
+      be_.copy_rows(words(a.cp_send + (size_t(r) * local + from) * KV), w(KV),
+                    words(a.cp_dqkv + at * Wl + Al), w(Wl), size_t(P), w(KV));
+    });
   const size_t all = size_t(cp) * local * KV;
   if constexpr (std::is_same_v<A, float>) {
     mp_.cp_comm->reduce_scatter_sum(a.cp_send, a.cp_recv, local * KV);
@@ -128,13 +136,10 @@ void Gpt::cp_attention_backward(A* dqkv, float* scratch, const A* datty, const A
   }
   be_.copy_rows(words(dqkv + Al), w(Wl), words(a.cp_recv), w(KV), local, w(KV));
   // This rank's queries' gradients, from their places in the whole sequences.
-  for (int k = 0; k < 2; ++k)
-    for (int b = 0; b < B; ++b) {
-      const size_t at = size_t(b) * T + size_t(mp_.piece_start(k, T, mp_.cp_rank));
-      const size_t from = (size_t(k) * B + b) * P;
-      be_.copy_rows(words(dqkv + from * Wl), w(Wl), words(a.cp_dqkv + at * Wl), w(Wl), size_t(P),
-                    w(Al));
-    }
+  for_each_piece_of(mp_, mp_.cp_rank, B, T, [&](size_t at, size_t from) {
+    be_.copy_rows(words(dqkv + from * Wl), w(Wl), words(a.cp_dqkv + at * Wl), w(Wl), size_t(P),
+                  w(Al));
+  });
 }
 
 template void Gpt::cp_gather_qkv<float>(const float*, int);

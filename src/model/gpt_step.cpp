@@ -194,16 +194,22 @@ void Gpt::rotate(A* qkv, int N, int T, int pos0, bool inverse) {
            shape_.kv_heads() / mp_.tp, inverse);
 }
 
-template <class A>
-void Gpt::rotate_pieces(A* qkv, int B, int T, bool inverse) {
+template <class F>
+void Gpt::for_each_piece(int B, int T, F&& f) const {
   if (mp_.cp == 1) {
-    rotate(qkv, B * T, T, 0, inverse);
+    f(size_t(0), T, 0);
     return;
   }
   const int P = T / 2;  // T: this rank's rows per sequence, two pieces
-  const size_t piece = size_t(B) * P * size_t(shape_.qkv_rows() / mp_.tp);
   for (int k = 0; k < 2; ++k)
-    rotate(qkv + k * piece, B * P, P, mp_.piece_start(k, shape_.seq_len, mp_.cp_rank), inverse);
+    f(size_t(k) * B * P, P, mp_.piece_start(k, shape_.seq_len, mp_.cp_rank));
+}
+
+template <class A>
+void Gpt::rotate_pieces(A* qkv, int B, int T, bool inverse) {
+  const size_t Wl = size_t(shape_.qkv_rows() / mp_.tp);
+  for_each_piece(
+      B, T, [&](size_t at, int n, int pos0) { rotate(qkv + at * Wl, B * n, n, pos0, inverse); });
 }
 
 template <class A>
@@ -296,17 +302,10 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T, int pos0) {
                        : nullptr;
     A* out = sp ? full : S.input;
     const A* wte = W + specs_[size_t(wte_)].offset;
-    if (mp_.cp == 1) {
-      be_.encoder_forward(out, d_inputs_, wte, wpe, B, T, C);
-    } else {  // each piece at its own positions
-      const int P = T / 2;
-      for (int k = 0; k < 2; ++k) {
-        const size_t at = size_t(k) * B * P;
-        const int p0 = mp_.piece_start(k, shape_.seq_len, mp_.cp_rank);
-        be_.encoder_forward(out + at * C, d_inputs_ + at, wte,
-                            wpe != nullptr ? wpe + size_t(p0) * C : nullptr, B, P, C);
-      }
-    }
+    for_each_piece(B, T, [&](size_t at, int n, int p0) {  // each piece at its own positions
+      be_.encoder_forward(out + at * C, d_inputs_ + at, wte,
+                          wpe != nullptr ? wpe + size_t(p0) * C : nullptr, B, n, C);
+    });
     reduce_rows(out, S.input, N);
   }
   const bool last_chunk = g == mp_.chunks() - 1;
@@ -537,17 +536,10 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     const A* dres = gather_rows(a.dresidual, a.full, N);
     float* dwte = grads_ + sp[size_t(wte_)].offset;
     float* dwpe = wpe_ >= 0 ? grads_ + sp[size_t(wpe_)].offset : nullptr;
-    if (mp_.cp == 1) {
-      be_.encoder_backward(dwte, dwpe, dres, d_inputs_, B, T, C);
-    } else {
-      const int P = T / 2;
-      for (int k = 0; k < 2; ++k) {
-        const size_t at = size_t(k) * B * P;
-        const int p0 = mp_.piece_start(k, shape_.seq_len, mp_.cp_rank);
-        be_.encoder_backward(dwte, dwpe != nullptr ? dwpe + size_t(p0) * C : nullptr, dres + at * C,
-                             d_inputs_ + at, B, P, C);
-      }
-    }
+    for_each_piece(B, T, [&](size_t at, int n, int p0) {
+      be_.encoder_backward(dwte, dwpe != nullptr ? dwpe + size_t(p0) * C : nullptr, dres + at * C,
+                           d_inputs_ + at, B, n, C);
+    });
     if (grad_hook_) grad_hook_(0, sp[size_t(std::max(wte_, wpe_)) + 1].offset);  // wte, wpe
   }
 }

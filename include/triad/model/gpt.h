@@ -536,8 +536,12 @@ class Gpt {
   void layer_front(Set<A>& S, int g, int i, int B, int T, int pos0 = 0);
   template <class A>
   void rotate(A* qkv, int N, int T, int pos0, bool inverse);
-  // rotate() over the T rows per sequence this rank holds of B training sequences: at positions
-  // 0 .. T-1, or under context parallelism each of its two pieces at its own positions.
+  // The T rows per sequence this rank holds of B training sequences as runs of consecutive
+  // positions: f(first row, rows per sequence, position of its rows' first) once for the whole
+  // sequences, or under context parallelism once for each of its two pieces ([2][B][T/2] rows).
+  template <class F>
+  void for_each_piece(int B, int T, F&& f) const;
+  // rotate() over those rows, each piece at its own positions.
   template <class A>
   void rotate_pieces(A* qkv, int B, int T, bool inverse);
   // Context parallelism (gpt_context.cpp): the attention of this rank's pieces of B sequences

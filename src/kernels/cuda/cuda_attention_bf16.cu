@@ -169,38 +169,33 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scra
         cudaMemsetAsync(dqkv, 0, size_t(B) * T * qkv_width(C, NH, NKV) * sizeof(bf16), s));
     accumulate = true;
   }
-  if (flash_runs(C, NH, qkv, out, dout, dqkv)) {
-    float* ws = scratch.flash.get_as<float>(flash_attention_workspace_floats(B, T, C, NH), s);
-    if (NKV == NH || native_gqa_backward(B, rows.keys(T), NKV)) {
-      flash_attention_backward(dqkv, dout, qkv, out, lse, ws, B, T, C, NH, key_begin, s, accumulate,
-                               FlashKernel::automatic, FlashBackward::automatic, rows, NKV);
-      return;
+  const bool flash = flash_runs(C, NH, qkv, out, dout, dqkv);
+  check_range_runs(flash, rows, T);
+  // The backward of nkv key/value heads on rows d (gradient) and q (q|k|v): the flash kernels, or
+  // the fallback (MHA rows only).
+  auto backward = [&](bf16* d, const bf16* q, int nkv) {
+    if (flash) {
+      float* ws = scratch.flash.get_as<float>(flash_attention_workspace_floats(B, T, C, NH), s);
+      flash_attention_backward(d, dout, q, out, lse, ws, B, T, C, NH, key_begin, s, accumulate,
+                               FlashKernel::automatic, FlashBackward::automatic, rows, nkv);
+    } else {
+      fallback_backward(s, h, scratch, d, dout, q, B, T, C, NH, accumulate, key_begin);
     }
-    // Expanded: the MHA kernels on one key/value head per query head (an overwriting backward
-    // writes every expanded element; accumulating starts from the old dq and zero dk, dv).
-    const int N = B * T;
-    const GroupedHeads<bf16> g = grouped_heads_scratch<bf16>(scratch, s, N, C, true);
-    expand_kv_heads(s, g.qkv, qkv, N, C, NH, NKV);
-    if (accumulate)
-      prepare_expanded_dqkv(s, g.dqkv, static_cast<const bf16*>(dqkv), N, C, NH, NKV, true);
-    flash_attention_backward(g.dqkv, dout, g.qkv, out, lse, ws, B, T, C, NH, key_begin, s,
-                             accumulate, FlashKernel::automatic, FlashBackward::automatic, rows);
-    reduce_kv_heads(s, dqkv, static_cast<const bf16*>(g.dqkv), N, C, NH, NKV, accumulate);
+  };
+  if (NKV == NH || (flash && native_gqa_backward(B, rows.keys(T), NKV))) {
+    backward(dqkv, qkv, NKV);
     return;
   }
-  check_range_runs(false, rows, T);
-  if (NKV == NH) {
-    fallback_backward(s, h, scratch, dqkv, dout, qkv, B, T, C, NH, accumulate, key_begin);
-    return;
-  }
+  // Expanded: one key/value head per query head. Overwriting needs no preparation: the MHA
+  // backward then writes every expanded element; accumulating starts from the old dq and zero
+  // dk, dv.
   const int N = B * T;
   const GroupedHeads<bf16> g = grouped_heads_scratch<bf16>(scratch, s, N, C, true);
   expand_kv_heads(s, g.qkv, qkv, N, C, NH, NKV);
-  // Overwriting needs no preparation: the MHA backward then writes every expanded element.
   if (accumulate) {
     prepare_expanded_dqkv(s, g.dqkv, static_cast<const bf16*>(dqkv), N, C, NH, NKV, true);
   }
-  fallback_backward(s, h, scratch, g.dqkv, dout, g.qkv, B, T, C, NH, accumulate, key_begin);
+  backward(g.dqkv, g.qkv, NH);
   reduce_kv_heads(s, dqkv, static_cast<const bf16*>(g.dqkv), N, C, NH, NKV, accumulate);
 }
 
