@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <deque>
+#include <limits>
 #include <map>
 #include <set>
 #include <tuple>
@@ -14,11 +15,12 @@
 
 namespace triad {
 
-const char* const kScheduleKindNames = "1f1b, gpipe, interleaved or zb-h1";
+const char* const kScheduleKindNames = "1f1b, gpipe, interleaved, zb-h1 or zb-v";
 
 namespace {
 constexpr ScheduleKind kScheduleKinds[] = {ScheduleKind::OneFOneB, ScheduleKind::GPipe,
-                                           ScheduleKind::Interleaved, ScheduleKind::ZeroBubble};
+                                           ScheduleKind::Interleaved, ScheduleKind::ZeroBubble,
+                                           ScheduleKind::ZeroBubbleV};
 }  // namespace
 
 bool is_schedule_kind(const std::string& name) {
@@ -44,8 +46,24 @@ const char* schedule_kind_name(ScheduleKind kind) {
       return "interleaved";
     case ScheduleKind::ZeroBubble:
       return "zb-h1";
+    case ScheduleKind::ZeroBubbleV:
+      return "zb-v";
   }
   return "?";
+}
+
+ChunkPlacement chunk_placement(ScheduleKind kind) {
+  return kind == ScheduleKind::ZeroBubbleV ? ChunkPlacement::V : ChunkPlacement::Interleaved;
+}
+
+int chunk_rank(ChunkPlacement placement, int pp, int g) {
+  if (placement == ChunkPlacement::V) return g < pp ? g : 2 * pp - 1 - g;
+  return g % pp;
+}
+
+int global_chunk_of(ChunkPlacement placement, int pp, int rank, int chunk) {
+  if (placement == ChunkPlacement::V) return chunk == 0 ? rank : 2 * pp - 1 - rank;
+  return chunk * pp + rank;
 }
 
 bool is_compute(ActionKind kind) {
@@ -84,6 +102,10 @@ void validate_schedule_shape(ScheduleKind kind, int pp, int m, int v) {
         "pipeline schedule interleaved: needs at least 2 virtual stages per rank, got v = ", v);
     TRIAD_CHECK(m % pp == 0, "pipeline schedule interleaved: the number of micro-batches (", m,
                 ") must be a multiple of pp (", pp, ")");
+  } else if (kind == ScheduleKind::ZeroBubbleV) {
+    TRIAD_CHECK(pp >= 2, "pipeline schedule zb-v: needs pp >= 2, got ", pp);
+    TRIAD_CHECK(v == 2,
+                "pipeline schedule zb-v: takes exactly 2 chunks per rank (v = 2), got v = ", v);
   } else if (kind == ScheduleKind::ZeroBubble) {
     TRIAD_CHECK(v >= 1, "pipeline schedule zb-h1: v must be at least 1, got ", v);
     TRIAD_CHECK(v == 1 || m % pp == 0, "pipeline schedule zb-h1 with ", v,
@@ -158,9 +180,85 @@ std::vector<Compute> with_weight_passes(const std::vector<Compute>& order, int l
   return out;
 }
 
+// ZB-V's orders for all ranks at once (the header's rule): list scheduling in unit steps, every
+// F, B and W one unit, a result usable in the step after the one that computed it. A rank runs a
+// chunk's forwards, and its backwards, in micro-batch order (each transfer channel is then in
+// order too).
+std::vector<std::vector<Compute>> zb_v_orders(int pp, int m) {
+  const int G = 2 * pp, cap = 2 * pp;
+  constexpr int kNever = std::numeric_limits<int>::max();
+  // The unit step after which (micro-batch, global chunk)'s forward / backward is done.
+  std::vector<std::vector<int>> fwd_done(size_t(m), std::vector<int>(size_t(G), kNever)),
+      bwd_done = fwd_done;
+  struct Rank {
+    int next_fwd[2] = {0, 0}, next_bwd[2] = {0, 0};
+    int live = 0, free_at = 0;
+    std::deque<Compute> weights;  // W owed, oldest first
+  };
+  std::vector<Rank> ranks(static_cast<size_t>(pp));
+  std::vector<std::vector<Compute>> order(static_cast<size_t>(pp));
+  const size_t total = size_t(6) * size_t(m) * size_t(pp);
+  size_t done = 0;
+  for (int t = 0; done < total; ++t) {
+    bool running = false;
+    for (int s = 0; s < pp; ++s) {
+      Rank& r = ranks[size_t(s)];
+      if (r.free_at > t) {
+        running = true;
+        continue;
+      }
+      auto global = [&](int c) { return global_chunk_of(ChunkPlacement::V, pp, s, c); };
+      // The B whose input gradient arrived first (the last chunk's own loss: at its forward).
+      int pick_b = -1, arrived_b = kNever;
+      for (int c = 0; c < 2; ++c) {
+        const int mb = r.next_bwd[c], g = global(c);
+        if (mb >= m || fwd_done[size_t(mb)][size_t(g)] > t) continue;
+        const int arrived =
+            g == G - 1 ? fwd_done[size_t(mb)][size_t(g)] : bwd_done[size_t(mb)][size_t(g + 1)];
+        if (arrived <= t && arrived < arrived_b) pick_b = c, arrived_b = arrived;
+      }
+      Compute x{};
+      if (pick_b >= 0) {
+        const int mb = r.next_bwd[pick_b]++;
+        x = {ActionKind::Backward, mb, pick_b};
+        bwd_done[size_t(mb)][size_t(global(pick_b))] = t + 1;
+        r.weights.push_back({ActionKind::BackwardWeight, mb, pick_b});
+      } else {
+        int pick_f = -1;
+        for (int c = 1; c >= 0 && pick_f < 0 && r.live < cap; --c) {
+          const int mb = r.next_fwd[c], g = global(c);
+          if (mb < m && (g == 0 || fwd_done[size_t(mb)][size_t(g - 1)] <= t)) pick_f = c;
+        }
+        if (pick_f >= 0) {
+          const int mb = r.next_fwd[pick_f]++;
+          x = {ActionKind::Forward, mb, pick_f};
+          fwd_done[size_t(mb)][size_t(global(pick_f))] = t + 1;
+          ++r.live;
+        } else if (!r.weights.empty()) {
+          x = r.weights.front();
+          r.weights.pop_front();
+          --r.live;
+        } else {
+          continue;  // idle this unit
+        }
+      }
+      order[size_t(s)].push_back(x);
+      r.free_at = t + 1;
+      running = true;
+      ++done;
+    }
+    // Nothing ran and nothing can: the rule is stuck (not seen for pp <= 16, m <= 64).
+    TRIAD_CHECK(running, "internal error: the zb-v order for pp = ", pp, ", m = ", m,
+                " cannot be built");
+  }
+  return order;
+}
+
 std::vector<Compute> compute_order(ScheduleKind kind, int pp, int s, int m, int v) {
   std::vector<Compute> order;
   switch (kind) {
+    case ScheduleKind::ZeroBubbleV:
+      return zb_v_orders(pp, m)[size_t(s)];
     case ScheduleKind::GPipe:
       for (int i = 0; i < m; ++i) order.push_back({ActionKind::Forward, i, 0});
       for (int i = 0; i < m; ++i) order.push_back({ActionKind::Backward, i, 0});
@@ -186,11 +284,16 @@ PipelineSchedule make_schedule(ScheduleKind kind, int pp, int m, int v) {
   validate_schedule_shape(kind, pp, m, v);
   const int last = pp * v - 1;  // the global chunk that computes the loss
   PipelineSchedule schedule(pp);
+  schedule.placement = chunk_placement(kind);
+  const std::vector<std::vector<Compute>> v_orders =
+      kind == ScheduleKind::ZeroBubbleV ? zb_v_orders(pp, m) : std::vector<std::vector<Compute>>{};
   for (int s = 0; s < pp; ++s) {
     std::vector<Action>& a = schedule[s];
-    for (const Compute& c : compute_order(kind, pp, s, m, v)) {
-      const int g = c.chunk * pp + s;
-      const int prev_rank = (g - 1 + pp) % pp, next_rank = (g + 1) % pp;
+    for (const Compute& c :
+         v_orders.empty() ? compute_order(kind, pp, s, m, v) : v_orders[size_t(s)]) {
+      const int g = global_chunk_of(schedule.placement, pp, s, c.chunk);
+      const int prev_rank = g > 0 ? chunk_rank(schedule.placement, pp, g - 1) : -1;
+      const int next_rank = g < last ? chunk_rank(schedule.placement, pp, g + 1) : -1;
       if (c.kind == ActionKind::Forward) {
         if (g > 0) a.push_back({ActionKind::RecvActivation, c.microbatch, c.chunk, prev_rank});
         a.push_back({ActionKind::Forward, c.microbatch, c.chunk, -1});
@@ -226,10 +329,10 @@ int partner_chunk(ActionKind k, int g) {
   }
 }
 
-std::string where(int rank, size_t step, const Action& a, int pp) {
+std::string where(int rank, size_t step, const Action& a, int pp, ChunkPlacement placement) {
   return detail::concat("rank ", rank, " step ", step, " (", action_kind_name(a.kind),
                         " micro-batch ", a.microbatch, " chunk ", a.chunk, " = global chunk ",
-                        a.chunk * pp + rank, a.peer >= 0 ? " peer " : "",
+                        global_chunk_of(placement, pp, rank, a.chunk), a.peer >= 0 ? " peer " : "",
                         a.peer >= 0 ? std::to_string(a.peer) : std::string(), ")");
 }
 
@@ -259,6 +362,9 @@ void check_schedule(const PipelineSchedule& schedule, int pp, int m, int v) {
   TRIAD_CHECK(int(schedule.size()) == pp, "check_schedule: ", schedule.size(),
               " ranks, expected pp = ", pp);
   const int last = pp * v - 1;
+  const ChunkPlacement P = schedule.placement;
+  TRIAD_CHECK(P == ChunkPlacement::Interleaved || v == 2,
+              "check_schedule: the V placement takes 2 chunks per rank, got v = ", v);
   const bool split = has_weight_pass(schedule);
   std::map<Channel, std::vector<std::pair<int, int>>> sends, recvs;
   for (int s = 0; s < pp; ++s) {
@@ -267,47 +373,48 @@ void check_schedule(const PipelineSchedule& schedule, int pp, int m, int v) {
     for (size_t i = 0; i < schedule[s].size(); ++i) {
       const Action& a = schedule[s][i];
       TRIAD_CHECK(a.microbatch >= 0 && a.microbatch < m && a.chunk >= 0 && a.chunk < v,
-                  "check_schedule: ", where(s, i, a, pp), ": micro-batch or chunk out of range");
+                  "check_schedule: ", where(s, i, a, pp, P), ": micro-batch or chunk out of range");
       const std::pair<int, int> key{a.microbatch, a.chunk};
-      const int g = a.chunk * pp + s;
+      const int g = global_chunk_of(P, pp, s, a.chunk);
       switch (a.kind) {
         case ActionKind::Forward:
-          TRIAD_CHECK(fwd.insert(key).second, "check_schedule: ", where(s, i, a, pp),
+          TRIAD_CHECK(fwd.insert(key).second, "check_schedule: ", where(s, i, a, pp, P),
                       ": second forward");
-          TRIAD_CHECK(g == 0 || act_in.count(key), "check_schedule: ", where(s, i, a, pp),
+          TRIAD_CHECK(g == 0 || act_in.count(key), "check_schedule: ", where(s, i, a, pp, P),
                       ": forward before its activation was received");
           break;
         case ActionKind::Backward:
-          TRIAD_CHECK(fwd.count(key), "check_schedule: ", where(s, i, a, pp),
+          TRIAD_CHECK(fwd.count(key), "check_schedule: ", where(s, i, a, pp, P),
                       ": backward before its forward");
-          TRIAD_CHECK(bwd.insert(key).second, "check_schedule: ", where(s, i, a, pp),
+          TRIAD_CHECK(bwd.insert(key).second, "check_schedule: ", where(s, i, a, pp, P),
                       ": second backward");
-          TRIAD_CHECK(g == last || grad_in.count(key), "check_schedule: ", where(s, i, a, pp),
+          TRIAD_CHECK(g == last || grad_in.count(key), "check_schedule: ", where(s, i, a, pp, P),
                       ": backward before its gradient was received");
           break;
         case ActionKind::BackwardWeight:
-          TRIAD_CHECK(bwd.count(key), "check_schedule: ", where(s, i, a, pp),
+          TRIAD_CHECK(bwd.count(key), "check_schedule: ", where(s, i, a, pp, P),
                       ": weight pass before its backward");
-          TRIAD_CHECK(wgt.insert(key).second, "check_schedule: ", where(s, i, a, pp),
+          TRIAD_CHECK(wgt.insert(key).second, "check_schedule: ", where(s, i, a, pp, P),
                       ": second weight pass");
           break;
         default: {
           const int other = partner_chunk(a.kind, g);
-          TRIAD_CHECK(other >= 0 && other <= last, "check_schedule: ", where(s, i, a, pp),
+          TRIAD_CHECK(other >= 0 && other <= last, "check_schedule: ", where(s, i, a, pp, P),
                       ": global chunk ", g, " has no neighbour to transfer this with");
-          TRIAD_CHECK(a.peer == other % pp, "check_schedule: ", where(s, i, a, pp),
-                      ": peer should be rank ", other % pp, ", which holds global chunk ", other);
+          TRIAD_CHECK(a.peer == chunk_rank(P, pp, other), "check_schedule: ", where(s, i, a, pp, P),
+                      ": peer should be rank ", chunk_rank(P, pp, other),
+                      ", which holds global chunk ", other);
           std::set<std::pair<int, int>>& seen = a.kind == ActionKind::SendActivation   ? act_out
                                                 : a.kind == ActionKind::RecvActivation ? act_in
                                                 : a.kind == ActionKind::SendGrad       ? grad_out
                                                                                        : grad_in;
-          TRIAD_CHECK(seen.insert(key).second, "check_schedule: ", where(s, i, a, pp),
+          TRIAD_CHECK(seen.insert(key).second, "check_schedule: ", where(s, i, a, pp, P),
                       ": repeated transfer");
           if (a.kind == ActionKind::SendActivation)
-            TRIAD_CHECK(fwd.count(key), "check_schedule: ", where(s, i, a, pp),
+            TRIAD_CHECK(fwd.count(key), "check_schedule: ", where(s, i, a, pp, P),
                         ": sent before its forward");
           if (a.kind == ActionKind::SendGrad)
-            TRIAD_CHECK(bwd.count(key), "check_schedule: ", where(s, i, a, pp),
+            TRIAD_CHECK(bwd.count(key), "check_schedule: ", where(s, i, a, pp, P),
                         ": sent before its backward");
           const bool act = is_activation(a.kind);
           if (is_send(a.kind)) {
@@ -320,7 +427,7 @@ void check_schedule(const PipelineSchedule& schedule, int pp, int m, int v) {
     }
     // Everything computed on this rank, and sent on where it has a consumer.
     for (int c = 0; c < v; ++c) {
-      const int g = c * pp + s;
+      const int g = global_chunk_of(P, pp, s, c);
       for (int mb = 0; mb < m; ++mb) {
         const std::pair<int, int> key{mb, c};
         const auto what = detail::concat("check_schedule: rank ", s, " micro-batch ", mb, " chunk ",
@@ -416,7 +523,7 @@ SimResult simulate(const PipelineSchedule& schedule, int pp, int m, int v,
     for (int s = 0; s < pp; ++s) {
       while (pc[s] < schedule[s].size()) {
         const Action& a = schedule[s][pc[s]];
-        const int g = a.chunk * pp + s;
+        const int g = global_chunk_of(schedule.placement, pp, s, a.chunk);
         if (is_compute(a.kind)) {
           const double t = compute_time(a.kind, s);
           r.timeline[s].push_back({a.kind, a.microbatch, a.chunk, clock[s], clock[s] + t});
@@ -442,8 +549,8 @@ SimResult simulate(const PipelineSchedule& schedule, int pp, int m, int v,
           const Message msg = q.in_flight.front();
           TRIAD_CHECK(
               msg.microbatch == a.microbatch && msg.global_chunk == partner_chunk(a.kind, g),
-              "simulate: ", where(s, pc[s], a, pp), " received micro-batch ", msg.microbatch,
-              " from global chunk ", msg.global_chunk, " instead");
+              "simulate: ", where(s, pc[s], a, pp, schedule.placement), " received micro-batch ",
+              msg.microbatch, " from global chunk ", msg.global_chunk, " instead");
           q.in_flight.pop_front();
           clock[s] = std::max(clock[s], msg.time);
           q.received_at.push_back(clock[s]);
@@ -456,7 +563,8 @@ SimResult simulate(const PipelineSchedule& schedule, int pp, int m, int v,
     if (!progressed) {
       std::string blocked;
       for (int s = 0; s < pp; ++s) {
-        if (pc[s] < schedule[s].size()) blocked += "\n  " + where(s, pc[s], schedule[s][pc[s]], pp);
+        if (pc[s] < schedule[s].size())
+          blocked += "\n  " + where(s, pc[s], schedule[s][pc[s]], pp, schedule.placement);
       }
       fail("simulate: deadlock: no rank can progress; blocked at", blocked);
     }
@@ -469,20 +577,12 @@ SimResult simulate(const PipelineSchedule& schedule, int pp, int m, int v,
 }
 
 int grad_send_buffers(const PipelineSchedule& schedule, int pp, int m, int v) {
-  int most = 0;  // the most gradient sends of any rank: with as many buffers nothing waits
+  int most = 0;  // the most gradient sends of any channel: with as many buffers nothing waits
   for (const auto& actions : schedule) {
-    int sends = 0, peer = -1;
-    for (const Action& a : actions) {
-      if (a.kind != ActionKind::SendGrad) continue;
-      // simulate() bounds each (sender, receiver) channel, the executor each rank's buffers:
-      // the same while a rank sends its gradients to one peer, as every built schedule does.
-      TRIAD_CHECK(peer < 0 || a.peer == peer,
-                  "grad_send_buffers: a rank sends gradients to two peers (", peer, " and ", a.peer,
-                  ")");
-      peer = a.peer;
-      ++sends;
-    }
-    most = std::max(most, sends);
+    // simulate() bounds each (sender, receiver) channel, as the executor keeps its buffers.
+    std::map<int, int> sends;  // per peer
+    for (const Action& a : actions)
+      if (a.kind == ActionKind::SendGrad) most = std::max(most, ++sends[a.peer]);
   }
   if (most == 0) return 0;
   const std::vector<double> fwd(size_t(pp), 1.0), bwd(size_t(pp), 2.0);
@@ -510,6 +610,9 @@ double theoretical_bubble(ScheduleKind kind, int pp, int m, int v) {
     if (v > 1 && m == pp) makespan = 3.0 * m + 2 * p1 / v;
     return 1.0 - 3.0 * m / makespan;
   }
+  // A lower bound: the last rank starts pp − 1 chunk units late (F = B = W = half of t_fwd); met
+  // for m ≥ pp with most (pp, m) (the header).
+  if (kind == ScheduleKind::ZeroBubbleV) return p1 / (6.0 * m + p1);
   return p1 / (m + p1);
 }
 

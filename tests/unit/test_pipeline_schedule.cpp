@@ -14,6 +14,7 @@ namespace triad {
 namespace {
 
 bool valid_shape(ScheduleKind kind, int pp, int m, int v) {
+  if (kind == ScheduleKind::ZeroBubbleV) return pp >= 2 && v == 2;
   if (kind == ScheduleKind::Interleaved) return v >= 2 && m % pp == 0;
   if (kind == ScheduleKind::ZeroBubble) return v == 1 || m % pp == 0;
   return v == 1;
@@ -28,7 +29,13 @@ int find(const PipelineSchedule& s, int rank, ActionKind kind, int nth = 0) {
 }
 
 constexpr ScheduleKind kKinds[] = {ScheduleKind::GPipe, ScheduleKind::OneFOneB,
-                                   ScheduleKind::Interleaved, ScheduleKind::ZeroBubble};
+                                   ScheduleKind::Interleaved, ScheduleKind::ZeroBubble,
+                                   ScheduleKind::ZeroBubbleV};
+
+// The chunks per rank each kind is tested with where one shape serves.
+int v_of(ScheduleKind kind) {
+  return kind == ScheduleKind::Interleaved || kind == ScheduleKind::ZeroBubbleV ? 2 : 1;
+}
 
 TEST(PipelineSchedule, AllShapesCheckAndSimulate) {
   int n = 0;
@@ -60,6 +67,18 @@ TEST(PipelineSchedule, AllShapesCheckAndSimulate) {
             for (int st = 0; st < pp; ++st) EXPECT_LE(r.peak_live[st], most);
             EXPECT_NEAR(r.bubble, theory, 1e-9);
             EXPECT_LE(r.bubble, plain.bubble + 1e-12);
+          } else if (kind == ScheduleKind::ZeroBubbleV) {
+            // 1F1B's stage-0 memory on every rank: 2·pp (micro-batch, chunk) pairs of half a
+            // stage; the bound 6m + pp − 1 chunk units (of t_fwd / 2), met up to pp = 4 and
+            // nearly met beyond (m ≥ pp), and less idle than ZB-H1 with the same memory.
+            for (int st = 0; st < pp; ++st) EXPECT_LE(r.peak_live[st], 2 * std::min(pp, m));
+            EXPECT_GE(r.bubble, theory - 1e-9);
+            if (m >= pp) {
+              EXPECT_LE(r.makespan, (6.0 * m + pp - 1 + (pp <= 4 ? 0 : 4)) / 2 + 1e-9);
+              const SimResult h1 =
+                  simulate(make_schedule(ScheduleKind::ZeroBubble, pp, m, 1), pp, m, 1);
+              EXPECT_LT(r.bubble, h1.bubble);
+            }
           } else {
             const SimResult plain =
                 simulate(make_schedule(ScheduleKind::OneFOneB, pp, m, 1), pp, m, 1);
@@ -73,7 +92,71 @@ TEST(PipelineSchedule, AllShapesCheckAndSimulate) {
       }
     }
   }
-  EXPECT_GT(n, 300);
+  EXPECT_GT(n, 400);
+}
+
+// ZB-V's V: rank s holds global chunks s and 2·pp − 1 − s, so rank 0 both embeds and computes
+// the loss, and rank pp − 1 hands its chunk 0's output to its chunk 1 (and the gradient back)
+// through transfers addressed to itself.
+TEST(PipelineSchedule, ZeroBubbleVRunsDownAndBackUp) {
+  EXPECT_EQ(chunk_placement(ScheduleKind::ZeroBubbleV), ChunkPlacement::V);
+  EXPECT_EQ(chunk_placement(ScheduleKind::ZeroBubble), ChunkPlacement::Interleaved);
+  for (int g = 0; g < 8; ++g) EXPECT_EQ(chunk_rank(ChunkPlacement::V, 4, g), g < 4 ? g : 7 - g);
+  for (int s = 0; s < 4; ++s) {
+    EXPECT_EQ(global_chunk_of(ChunkPlacement::V, 4, s, 0), s);
+    EXPECT_EQ(global_chunk_of(ChunkPlacement::V, 4, s, 1), 7 - s);
+    EXPECT_EQ(global_chunk_of(ChunkPlacement::Interleaved, 4, s, 1), 4 + s);
+  }
+  const int pp = 4, m = 6;
+  const PipelineSchedule z = make_schedule(ScheduleKind::ZeroBubbleV, pp, m, 2);
+  EXPECT_EQ(z.placement, ChunkPlacement::V);
+  for (int s = 0; s < pp; ++s) {
+    int fwd[2] = {0, 0}, bwd[2] = {0, 0}, local = 0;
+    for (const Action& a : z[size_t(s)]) {
+      if (a.kind == ActionKind::Forward) {
+        EXPECT_EQ(a.microbatch, fwd[a.chunk]++);  // in order
+      }
+      if (a.kind == ActionKind::Backward) {
+        EXPECT_EQ(a.microbatch, bwd[a.chunk]++);
+      }
+      if (a.peer == s) {
+        ++local;
+        EXPECT_EQ(s, pp - 1);
+        // Out of chunk 0 into chunk 1, and the gradient back.
+        const bool out_of_chunk_0 =
+            a.kind == ActionKind::SendActivation || a.kind == ActionKind::RecvGrad;
+        EXPECT_EQ(a.chunk, out_of_chunk_0 ? 0 : 1);
+      }
+      if (s == 0) {  // the loss is local, and nothing arrives before chunk 0
+        EXPECT_FALSE(a.kind == ActionKind::RecvActivation && a.chunk == 0);
+        EXPECT_FALSE(a.kind == ActionKind::RecvGrad && a.chunk == 1);
+        EXPECT_FALSE(a.kind == ActionKind::SendActivation && a.chunk == 1);
+      }
+      if (a.peer >= 0 && a.peer != s) {
+        EXPECT_EQ(std::abs(a.peer - s), 1);  // neighbours only
+      }
+    }
+    EXPECT_EQ(local, s == pp - 1 ? 4 * m : 0);
+  }
+  // The right peer is enforced on the V too.
+  PipelineSchedule bad = z;
+  bad[1][size_t(find(bad, 1, ActionKind::SendActivation))].peer = 0;
+  EXPECT_THROW(check_schedule(bad, pp, m, 2), Error);
+  // Not on a single rank, and only with two chunks per rank.
+  EXPECT_THROW(make_schedule(ScheduleKind::ZeroBubbleV, 1, 4, 2), Error);
+  EXPECT_THROW(make_schedule(ScheduleKind::ZeroBubbleV, 4, 4, 1), Error);
+  EXPECT_THROW(make_schedule(ScheduleKind::ZeroBubbleV, 4, 4, 3), Error);
+  // Its order is not stuck on larger pipelines either, and keeps within the memory cap.
+  for (int p : {12, 16})
+    for (int mb : {1, 7, p, 3 * p + 1}) {
+      const PipelineSchedule big = make_schedule(ScheduleKind::ZeroBubbleV, p, mb, 2);
+      ASSERT_NO_THROW(check_schedule(big, p, mb, 2)) << p << " " << mb;
+      const SimResult r = simulate(big, p, mb, 2);
+      for (int st = 0; st < p; ++st) EXPECT_LE(r.peak_live[st], 2 * p);
+      if (mb >= p) {
+        EXPECT_LE(r.makespan, (6.0 * mb + p - 1 + 12) / 2 + 1e-9);
+      }
+    }
 }
 
 TEST(PipelineSchedule, OneFOneBUsesLessMemoryThanGPipe) {
@@ -206,7 +289,7 @@ TEST(PipelineSchedule, GradientBuffersReusedInTurnCanDeadlockAndAreSizedToAvoidI
   for (ScheduleKind kind : kKinds)
     for (int pp : {2, 4, 8})
       for (int m : {8, 64}) {
-        const int v = kind == ScheduleKind::Interleaved ? 2 : 1;
+        const int v = v_of(kind);
         const PipelineSchedule s = make_schedule(kind, pp, m, v);
         const std::vector<double> f(size_t(pp), 1.0), b(size_t(pp), 2.0);
         EXPECT_DOUBLE_EQ(simulate(s, pp, m, v, f, b, 1).makespan, simulate(s, pp, m, v).makespan)
@@ -247,13 +330,15 @@ TEST(PipelineSchedule, ParsesNames) {
   EXPECT_EQ(parse_schedule_kind("1f1b"), ScheduleKind::OneFOneB);
   EXPECT_EQ(parse_schedule_kind("interleaved"), ScheduleKind::Interleaved);
   EXPECT_EQ(parse_schedule_kind("zb-h1"), ScheduleKind::ZeroBubble);
+  EXPECT_EQ(parse_schedule_kind("zb-v"), ScheduleKind::ZeroBubbleV);
   for (ScheduleKind k : kKinds) EXPECT_EQ(parse_schedule_kind(schedule_kind_name(k)), k);
   try {
     parse_schedule_kind("zero-bubble");
     FAIL() << "no error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("zero-bubble"), std::string::npos);
-    EXPECT_NE(std::string(e.what()).find("1f1b, gpipe, interleaved or zb-h1"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("1f1b, gpipe, interleaved, zb-h1 or zb-v"),
+              std::string::npos);
   }
   EXPECT_THROW(parse_schedule_kind(""), Error);
   EXPECT_THROW(parse_schedule_kind("GPipe"), Error);
@@ -277,7 +362,7 @@ TEST(PipelineSchedule, RejectsInvalidShapes) {
 
 TEST(PipelineSchedule, DroppedSendIsCaught) {
   for (ScheduleKind kind : kKinds) {
-    const int v = kind == ScheduleKind::Interleaved ? 2 : 1;
+    const int v = v_of(kind);
     PipelineSchedule s = make_schedule(kind, 4, 8, v);
     const int i = find(s, 1, ActionKind::SendActivation);
     ASSERT_GE(i, 0);
@@ -289,7 +374,7 @@ TEST(PipelineSchedule, DroppedSendIsCaught) {
 
 TEST(PipelineSchedule, SwappedReceivesAreCaught) {
   for (ScheduleKind kind : kKinds) {
-    const int v = kind == ScheduleKind::Interleaved ? 2 : 1;
+    const int v = v_of(kind);
     PipelineSchedule s = make_schedule(kind, 4, 8, v);
     const int a = find(s, 3, ActionKind::RecvActivation, 0);
     const int b = find(s, 3, ActionKind::RecvActivation, 1);

@@ -6,8 +6,11 @@
 //
 // Model layout: the model is cut into pp·v consecutive chunks ("global chunks"). Rank s holds
 // the v chunks c = chunk·pp + s, chunk = 0..v-1 (Megatron's interleaved assignment; v = 1 is
-// the plain one-chunk-per-stage pipeline). Activations flow from global chunk c to c+1, the
-// gradients from c+1 back to c; the last global chunk computes the loss locally.
+// the plain one-chunk-per-stage pipeline), or under ZB-V (v = 2) chunks s and 2·pp − 1 − s: the
+// V, down the ranks and back up, so that rank 0 holds the first and the last chunk and rank
+// pp − 1 the two in the middle. Activations flow from global chunk c to c+1, the gradients from
+// c+1 back to c (between rank pp − 1's two chunks of a V without leaving the rank: a transfer
+// whose peer is the rank itself); the last global chunk computes the loss locally.
 //
 // Zero bubble (ZB-H1, Qi et al. 2023): the backward pass is cut in two. Backward computes only
 // the gradient of the chunk's input (B), which the previous stage is waiting for; BackwardWeight
@@ -20,6 +23,15 @@
 // rank s) splits Megatron's interleaved order: no rank then keeps more (micro-batch, chunk)
 // pairs than interleaved keeps on rank 0, and the bubble shrinks by another factor of v.
 //
+// ZB-V (the V-shaped zero-bubble schedule of Qi et al.'s zero-bubble work): the same split over
+// the V placement. Its order is built by list scheduling with unit times (F = B = W): each rank,
+// when free, runs the B whose gradient arrived first (chunk 0 on a tie), else a forward (chunk 1
+// first) while it keeps fewer than 2·pp (micro-batch, chunk) pairs, else its oldest W. The cap is
+// 1F1B's stage-0 activation memory (pp micro-batches of whole stages), on every rank. For
+// m ≥ pp the step takes 6m + pp − 1 units, the bound of the last rank, which starts pp − 1 units
+// late: exactly for pp ≤ 4, within 4 units for pp ≤ 8 and m ≤ 16, within 12 for pp ≤ 16 and
+// m ≤ 64 (tested). Any m ≥ 1 (no multiple of pp needed).
+//
 // Bubble: simulate() measures the bubble fraction idle / (idle + busy) summed over the ranks,
 // i.e. 1 − Σ busy_s / (pp · makespan). theoretical_bubble() uses the same definition:
 //   GPipe, 1F1B:  (pp−1) / (m + pp−1)            (exact for any t_bwd / t_fwd)
@@ -28,6 +40,7 @@
 //                                                 takes 2(pp + m) − 1 instead of 3m + pp − 1)
 //   ZB, v ≥ 2:    (pp−1) / (3·v·m + pp−1)        (m ≥ 2pp; at m = pp the step takes
 //                                                 3m + 2(pp−1)/v)
+//   ZB-V:         (pp−1) / (6·m + pp−1)          (the bound above: met for pp ≤ 4, m ≥ pp)
 // the interleaved one being Megatron's "bubble time / ideal time" = (pp−1)/(v·m) converted by
 // r ↦ r / (1 + r), the ZB-H1 one the paper's (pp−1)(t_F + t_B − t_W) idle per stage. With
 // t_bwd / t_fwd = 2 (split evenly into B and W) the simulator meets them all exactly (tested
@@ -41,7 +54,14 @@
 
 namespace triad {
 
-enum class ScheduleKind { GPipe, OneFOneB, Interleaved, ZeroBubble };
+enum class ScheduleKind { GPipe, OneFOneB, Interleaved, ZeroBubble, ZeroBubbleV };
+
+// Which rank holds which global chunk (the layout above).
+enum class ChunkPlacement { Interleaved, V };
+ChunkPlacement chunk_placement(ScheduleKind kind);  // V for ZeroBubbleV
+// The rank holding global chunk g of pp·v, and rank's local chunk `chunk` as a global chunk.
+int chunk_rank(ChunkPlacement placement, int pp, int g);
+int global_chunk_of(ChunkPlacement placement, int pp, int rank, int chunk);
 
 // Backward is the whole backward pass, or only its input-gradient part (B) where the schedule
 // has a BackwardWeight (W) for the same micro-batch and chunk.
@@ -59,16 +79,20 @@ struct Action {
   ActionKind kind;
   int microbatch;  // 0..m-1
   int chunk;       // virtual stage on this rank, 0..v-1 (global chunk = chunk·pp + rank)
-  int peer;        // the rank sent to / received from; -1 for computations
+  int peer;  // the rank sent to / received from (itself: within the rank); -1 for computations
 };
 
-using PipelineSchedule = std::vector<std::vector<Action>>;  // [rank][step]
+// [rank][step], and where the chunks are.
+struct PipelineSchedule : std::vector<std::vector<Action>> {
+  using std::vector<std::vector<Action>>::vector;
+  ChunkPlacement placement = ChunkPlacement::Interleaved;
+};
 
-// "gpipe", "1f1b", "interleaved", "zb-h1" (the config's parallel.schedule); triad::Error
+// "gpipe", "1f1b", "interleaved", "zb-h1", "zb-v" (the config's parallel.schedule); triad::Error
 // otherwise.
 ScheduleKind parse_schedule_kind(const std::string& name);
 bool is_schedule_kind(const std::string& name);  // whether parse_schedule_kind takes it
-// The names parse_schedule_kind takes, for messages: "1f1b, gpipe, interleaved or zb-h1".
+// The names parse_schedule_kind takes, for messages: "1f1b, gpipe, interleaved, zb-h1 or zb-v".
 extern const char* const kScheduleKindNames;
 const char* schedule_kind_name(ScheduleKind kind);
 const char* action_kind_name(ActionKind kind);
@@ -84,7 +108,7 @@ ActionKind releasing_action(const PipelineSchedule& schedule);
 
 // Throws triad::Error unless (pp, m, v) suit the kind: pp, m ≥ 1; GPipe and 1F1B take v = 1;
 // Interleaved takes v ≥ 2 and m a multiple of pp (Megatron's constraint), ZeroBubble v = 1 or
-// the same as Interleaved.
+// the same as Interleaved; ZeroBubbleV pp ≥ 2 and v = 2.
 void validate_schedule_shape(ScheduleKind kind, int pp, int m, int v);
 
 // The per-rank action lists. Receives sit right before the computation that needs them,
@@ -132,9 +156,10 @@ SimResult simulate(const PipelineSchedule& schedule, int pp, int m, int v,
                    const std::vector<double>& t_fwd, const std::vector<double>& t_bwd,
                    int grad_buffers = 0, const std::vector<double>& t_wgt = {});
 
-// How many buffers the executor gives each rank for its outgoing gradients: the fewest K with
-// which the simulated step (backward = 2 × forward) neither deadlocks nor takes longer than with
-// one buffer per send, plus one spare, at most the sends of the busiest rank (0 without any).
+// How many buffers the executor gives a rank for the gradients it sends to one peer (ZB-V's
+// ranks send to two, or to one and themselves): the fewest K with which the simulated step
+// (backward = 2 × forward) neither deadlocks nor takes longer than with one buffer per send, plus
+// one spare, at most the sends of the busiest channel (0 without any).
 // The buffers reused in turn form a bounded channel, and whether a network of processes with
 // blocking receives and bounded channels deadlocks does not depend on timing (Kahn), so the
 // simulation's answer holds on any machine; only the speed does not.
