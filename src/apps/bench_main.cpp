@@ -12,8 +12,8 @@
 //       time, TFLOP/s or GB/s, and the fraction of the matmul / copy ceilings measured in the
 //       same run; their sum as a bound on the step time.
 //   triad-bench schedule [--pp N] [--m N] [--v N] [--t-wgt W] [--timeline]
-//       the pipeline schedules (gpipe, 1f1b, interleaved, zb-h1) simulated with t_bwd = 2·t_fwd
-//       (zb-h1: W half of it): bubble against theory, peak live micro-batches per stage,
+//       the pipeline schedules (gpipe, 1f1b, interleaved, zb-h1, zb-v) simulated with t_bwd =
+//       2·t_fwd (zb-h1: W half of it): bubble against theory, peak live micro-batches per stage,
 //       optionally a timeline. No MPI needed.
 // Every error: one line "triad-bench: error: ..." on stderr and exit code 1.
 #include <fcntl.h>
@@ -77,7 +77,7 @@ constexpr const char* kUsage =
     "                  every op of a GPT-2 training step: time, TFLOP/s or GB/s, fraction of\n"
     "                  the matmul and copy ceilings measured in the same run\n"
     "  schedule [--pp N] [--m N] [--v N] [--t-wgt W] [--timeline]\n"
-    "                  simulate the pipeline schedules gpipe, 1f1b, interleaved and zb-h1:\n"
+    "                  simulate the pipeline schedules gpipe, 1f1b, interleaved, zb-h1, zb-v:\n"
     "                  bubble against theory, peak live micro-batches per stage\n"
     "\n"
     "'triad-bench COMMAND --help' lists a command's options.\n";
@@ -618,8 +618,8 @@ int cmd_schedule(MPI_Comm world, const std::vector<std::string>& args) {
       "triad-bench schedule: pp=%d m=%d v=%d, t_fwd=%g t_bwd=%g (zb-h1: W %g of it) per stage (a "
       "chunk: 1/v of it)\n"
       "  bubble = idle / (idle + busy) over all stages; theory (pp-1)/(m+pp-1), interleaved "
-      "(pp-1)/(v*m+pp-1),\n  zb-h1 (pp-1)/(3m+pp-1), with v > 1 (pp-1)/(3vm+pp-1) for m >= 2pp "
-      "(theory for t_bwd = 2 t_fwd, t_W = t_bwd/2)\n"
+      "(pp-1)/(v*m+pp-1),\n  zb-h1 (pp-1)/(3m+pp-1), with v > 1 (pp-1)/(3vm+pp-1) for m >= 2pp, "
+      "zb-v (v = 2) a bound (pp-1)/(6m+pp-1)\n  (theory for t_bwd = 2 t_fwd, t_W = t_bwd/2)\n"
       "  %-12s %2s %9s %10s %8s %9s  %s\n",
       pp, m, v, t_fwd, t_bwd, t_wgt, "schedule", "v", "makespan", "sim bubble", "theory",
       "sim/theo", "peak live (micro-batch, chunk) pairs per stage");
@@ -635,6 +635,7 @@ int cmd_schedule(MPI_Comm world, const std::vector<std::string>& args) {
                                                             {triad::ScheduleKind::Interleaved, v},
                                                             {triad::ScheduleKind::ZeroBubble, 1}};
   if (v > 1) kinds.emplace_back(triad::ScheduleKind::ZeroBubble, v);
+  kinds.emplace_back(triad::ScheduleKind::ZeroBubbleV, 2);  // two chunks per rank, as a V
   for (const auto& [kind, kv] : kinds) {
     const char* name = triad::schedule_kind_name(kind);
     triad::PipelineSchedule s;

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <numbers>
 
 #include "gpt_activations.h"
@@ -114,7 +115,8 @@ size_t padded_buffer_floats(const std::vector<ParamSpec>& specs, int shards) {
 // reads the output gradients the input-gradient pass leaves in it.
 struct ActivationSlots {
   std::vector<int> slots;
-  int grad_sends = 0;
+  int grad_sends = 0;                           // buffers in all
+  std::vector<std::pair<int, int>> grad_pools;  // (peer, buffers), in grad_sends' order
   bool split_backward = false;
 };
 ActivationSlots activation_slots(const ModelParallel& mp, const PipelineSchedule* schedule) {
@@ -124,23 +126,30 @@ ActivationSlots activation_slots(const ModelParallel& mp, const PipelineSchedule
   a.split_backward = has_weight_pass(*schedule);
   const ActionKind release = releasing_action(*schedule);
   std::vector<int> live(a.slots.size(), 0);
-  int forwards = 0, sends = 0;
+  int forwards = 0;
+  std::map<int, int> sends;  // per peer (ZB-V: two, or one and this rank itself)
   for (const Action& x : (*schedule)[size_t(mp.pp_rank)]) {
     if (x.kind == ActionKind::Forward) {
       ++forwards;
       a.slots[size_t(x.chunk)] = std::max(a.slots[size_t(x.chunk)], ++live[size_t(x.chunk)]);
     }
     if (x.kind == release) --live[size_t(x.chunk)];
-    if (x.kind == ActionKind::SendGrad) ++sends;
+    if (x.kind == ActionKind::SendGrad) ++sends[x.peer];
   }
+  if (sends.empty()) return a;
   const int m = forwards / mp.virtual_stages;
-  a.grad_sends = std::min(sends, grad_send_buffers(*schedule, mp.pp, m, mp.virtual_stages));
+  const int per_peer = grad_send_buffers(*schedule, mp.pp, m, mp.virtual_stages);
+  for (const auto& [peer, n] : sends) {
+    a.grad_pools.emplace_back(peer, std::min(n, per_peer));
+    a.grad_sends += a.grad_pools.back().second;
+  }
   return a;
 }
 
-// The head's buffer for the other stage's wte gradient (pp > 1, first and last stage), floats.
+// The buffer for the other copy's wte gradient (ModelParallel::tied_copy: the first stage and the
+// head's, apart), floats.
 size_t tied_scratch_floats(const GptShape& shape, const ModelParallel& mp) {
-  if (!shape.tied || mp.pp == 1 || !(mp.first_stage() || mp.last_stage())) return 0;
+  if (!shape.tied || !mp.tied_copy()) return 0;
   return size_t(shape.padded_vocab_size / mp.tp) * size_t(shape.n_embd);
 }
 
@@ -196,7 +205,7 @@ std::vector<ParamSpec> gpt_rank_layout(const GptShape& shape, const ModelParalle
       for (const auto& t : layer_tensor_list(shape))
         b.add("h/" + std::to_string(l) + "/" + t.name, t.shape, t.axis, t.blocks, false);
   }
-  if (mp.last_stage()) {
+  if (mp.holds_head()) {
     b.add("ln_f/weight", {C}, -1, 1, false);
     if (has_tensor(shape, "ln_f/bias")) b.add("ln_f/bias", {C}, -1, 1, false);
     // The tied head's copy of wte (the first stage owns the values), or the untied head.
@@ -330,7 +339,7 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
     if (n.starts_with("h/") && n.ends_with("/ln_1/weight"))
       layer_[size_t(std::stoi(n.substr(2)))] = int(i);
   }
-  if (mp.pp == 1 && shape.tied) head_ = wte_;
+  if (shape.tied && mp.first_stage() && mp.holds_head()) head_ = wte_;  // one copy of wte
   {
     const std::vector<LayerTensor> all = all_layer_tensors(shape);
     int at = 0;
@@ -353,15 +362,21 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
   vocab_begin_ = mp.tp_rank * vocab_local_;
   vocab_valid_ = std::clamp(shape.vocab_size - vocab_begin_, 0, vocab_local_);
 
-  if (schedule != nullptr && mp.pp > 1) schedule_ = *schedule;
+  if (schedule != nullptr && mp.pp > 1) {
+    TRIAD_CHECK(schedule->placement == mp.placement,
+                "internal error: the pipeline schedule places the chunks otherwise than the model");
+    schedule_ = *schedule;
+  }
   // Inference: one set per chunk, as without a schedule (forward passes run chunk by chunk).
   const ActivationSlots a = activation_slots(mp, inference_ ? nullptr : schedule);
   split_backward_ = a.split_backward;
+  grad_pools_ = a.grad_pools;
   // The weight pass reads each layer's matmul inputs from its activation set; full
   // recomputation keeps them only in a scratch layer that the next layer's recompute overwrites.
-  TRIAD_CHECK(!split_backward_ || recompute_.mode != Recompute::full,
-              "a pipeline schedule that splits the backward pass (zb-h1) cannot recompute full "
-              "layers: use train.recompute = gelu or none, or parallel.schedule = 1f1b");
+  TRIAD_CHECK(
+      !split_backward_ || recompute_.mode != Recompute::full,
+      "a pipeline schedule that splits the backward pass (zb-h1, zb-v) cannot recompute full "
+      "layers: use train.recompute = gelu or none, or parallel.schedule = 1f1b");
   if (precision_ == Precision::bf16)
     acts_bf16_ = new Activations<bf16_t>(shape_, mp_, max_batch_, a.slots, a.grad_sends, recompute_,
                                          logits_rows_, a.split_backward, inference_, &be_);

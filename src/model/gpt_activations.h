@@ -199,7 +199,7 @@ struct Gpt::Activations {
       if (!split_backward) want(dfch, BT * Fl);
       want(dfch_gelu, BT * Hl);
     }
-    if (mp.last_stage()) {  // it holds the last chunk
+    if (mp.holds_head()) {  // it holds the last chunk
       want(logits, size_t(logits_rows) * Vl);
       if (mp.tp > 1) want_f(ce_stats, 4 * size_t(logits_rows));
     }

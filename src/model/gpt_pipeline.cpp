@@ -6,14 +6,18 @@
 // non-blocking, as the schedule simulator assumes, so no schedule that passes check_schedule
 // can deadlock. An activation is sent straight from the activation set that keeps it for the
 // backward pass (the request is completed before the set is reused); a gradient is copied to
-// the next of the buffers planned for outgoing gradients, reused in turn once their previous
-// send has completed (grad_send_buffers in pipeline_schedule.h sizes them).
+// the next of the buffers planned for outgoing gradients to its peer, reused in turn once their
+// previous send has completed (grad_send_buffers in pipeline_schedule.h sizes them). A transfer
+// addressed to this rank itself (ZB-V's turn between its two chunks) is a copy: an activation
+// from the earlier chunk's set when the later one receives it, a gradient through the buffers.
 //
 // A schedule with weight passes (zero bubble) keeps a micro-batch's activation set from its
 // forward to its W; without, to its backward. trace_next_step() times one step's computations.
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <deque>
+#include <map>
 #include <type_traits>
 #include <utility>
 
@@ -94,7 +98,19 @@ ForwardStats Gpt::pipeline_step_t(const int32_t* inputs, const int32_t* targets,
   // Outgoing gradients go out of the planned buffers in turn; a buffer is reused once the send
   // it last carried is complete (the schedule was simulated with as many: no deadlock).
   std::vector<CommRequest> grad_sends(a.grad_sends.size());
-  size_t next_grad = 0;
+  // Per peer: its buffers [first, first + count) of a.grad_sends, how many sends it has made,
+  // and (this rank itself) the buffers sent and not yet received, oldest first.
+  struct GradPool {
+    size_t first = 0, count = 0, sent = 0;
+    std::deque<size_t> queued;
+  };
+  std::map<int, GradPool> pools;
+  for (size_t first = 0; const auto& [peer, count] : grad_pools_) {
+    pools[peer].first = first;
+    pools[peer].count = size_t(count);
+    first += size_t(count);
+  }
+  const int me = mp_.pp_rank;
   auto set_of = [&](int c, int mb) -> Set<A>& {
     int& s = slot[size_t(c)][size_t(mb)];
     if (s < 0) {
@@ -127,7 +143,14 @@ ForwardStats Gpt::pipeline_step_t(const int32_t* inputs, const int32_t* targets,
     const int32_t* whole = inputs + size_t(mb) * B * T;  // the attention mask's
     switch (x.kind) {
       case ActionKind::RecvActivation:
-        pp.recv(words(set_of(c, mb).input), NW, x.peer, kTagActivation);
+        if (x.peer == me) {  // the output of this rank's chunk before, still in its set
+          const int from = slot[size_t(mp_.local_chunk(g - 1))][size_t(mb)];
+          TRIAD_ASSERT(from >= 0);
+          be_.copy(words(set_of(c, mb).input),
+                   words(a.sets[size_t(mp_.local_chunk(g - 1))][size_t(from)].output()), NW);
+        } else {
+          pp.recv(words(set_of(c, mb).input), NW, x.peer, kTagActivation);
+        }
         break;
       case ActionKind::Forward: {
         Set<A>& S = set_of(c, mb);
@@ -146,12 +169,20 @@ ForwardStats Gpt::pipeline_step_t(const int32_t* inputs, const int32_t* targets,
       case ActionKind::SendActivation: {
         const int s = slot[size_t(c)][size_t(mb)];
         TRIAD_ASSERT(s >= 0);
+        if (x.peer == me) break;  // the receive copies it
         act_sends[size_t(c)][size_t(s)] =
             pp.isend(words(a.sets[size_t(c)][size_t(s)].output()), NW, x.peer, kTagActivation);
         break;
       }
       case ActionKind::RecvGrad:
-        pp.recv(words(a.dresidual), NW, x.peer, kTagGrad);
+        if (x.peer == me) {
+          GradPool& pool = pools.at(me);
+          TRIAD_ASSERT(!pool.queued.empty());
+          be_.copy(words(a.dresidual), words(a.grad_sends[pool.queued.front()]), NW);
+          pool.queued.pop_front();
+        } else {
+          pp.recv(words(a.dresidual), NW, x.peer, kTagGrad);
+        }
         break;
       case ActionKind::Backward: {
         int& s = slot[size_t(c)][size_t(mb)];
@@ -173,13 +204,22 @@ ForwardStats Gpt::pipeline_step_t(const int32_t* inputs, const int32_t* targets,
         break;
       }
       case ActionKind::SendGrad: {
-        TRIAD_ASSERT(!a.grad_sends.empty());
-        const size_t k = next_grad++ % a.grad_sends.size();
+        GradPool& pool = pools.at(x.peer);
+        TRIAD_ASSERT(pool.count > 0);
+        const size_t k = pool.first + pool.sent++ % pool.count;
         grad_sends[k].wait();
         A* buf = a.grad_sends[k];
         be_.zero(buf, NC);
         be_.accumulate(buf, a.dresidual, NC);
-        grad_sends[k] = pp.isend(words(buf), NW, x.peer, kTagGrad);
+        if (x.peer == me) {
+          // Its buffer comes round again only after its receive (the simulation sized them).
+          TRIAD_CHECK(
+              pool.queued.size() < pool.count,
+              "internal error: a gradient to this rank itself overwrites one not yet taken");
+          pool.queued.push_back(k);
+        } else {
+          grad_sends[k] = pp.isend(words(buf), NW, x.peer, kTagGrad);
+        }
         break;
       }
     }
@@ -201,20 +241,24 @@ Gpt::Set<A>* Gpt::forward_pipeline(const int32_t* inputs, int B, int T, int pos0
   const size_t NW = word_count<A>(size_t(local_rows(N)) * shape_.n_embd);
   TRIAD_CHECK(mp_.pp > 1 || G == 1, "internal error: virtual stages need pp > 1");
   Set<A>* last = nullptr;
-  for (int g = mp_.pp_rank; g < G; g += mp_.pp) {
-    const int c = g / mp_.pp;
+  const int me = mp_.pp_rank;
+  for (int c = 0; c < mp_.virtual_stages; ++c) {  // this rank's chunks, in the model's order
+    const int g = mp_.global_chunk(c);
     Set<A>& S = acts<A>().sets[size_t(c)][0];  // no step is in flight: the first set is free
     if (g == 0) {
       upload_ids(inputs, nullptr, N);
+    } else if (mp_.stage_of(g - 1) == me) {  // ZB-V's turn: the chunk before is this rank's too
+      be_.copy(words(S.input), words(acts<A>().sets[size_t(mp_.local_chunk(g - 1))][0].output()),
+               NW);
     } else {
-      mp_.pp_comm->recv(words(S.input), NW, (g - 1) % mp_.pp, kTagActivation);
+      mp_.pp_comm->recv(words(S.input), NW, mp_.stage_of(g - 1), kTagActivation);
     }
     forward_chunk(c, S, B, T, pos0);
-    if (g < G - 1) {
-      // Blocking is safe: the next chunk's owner waits for exactly this message.
-      mp_.pp_comm->send(words(S.output()), NW, (g + 1) % mp_.pp, kTagActivation);
-    } else {
+    if (g == G - 1) {
       last = &S;
+    } else if (mp_.stage_of(g + 1) != me) {
+      // Blocking is safe: the next chunk's owner waits for exactly this message.
+      mp_.pp_comm->send(words(S.output()), NW, mp_.stage_of(g + 1), kTagActivation);
     }
   }
   return last;
@@ -322,7 +366,7 @@ const float* Gpt::next_token_logits_t(const int32_t* tokens, int B, int len, boo
       }
     }
   }
-  if (mp_.pp > 1) mp_.pp_comm->broadcast(out, size_t(B) * Vp, mp_.pp - 1);
+  if (mp_.pp > 1) mp_.pp_comm->broadcast(out, size_t(B) * Vp, mp_.head_stage());
   // Rows of vocab_size logits (the padding dropped), one per sequence.
   for (int b = 1; b < B; ++b)
     std::memmove(out + size_t(b) * V, out + size_t(b) * Vp, size_t(V) * sizeof(float));
@@ -353,7 +397,7 @@ const float* Gpt::sequence_losses_t(const int32_t* tokens, int B, int len, int l
       std::copy_n(scored_losses_.begin() + ptrdiff_t(size_t(b) * rows + size_t(n - last)), last,
                   scored_losses_.begin() + ptrdiff_t(size_t(b) * last));
   }
-  if (mp_.pp > 1) mp_.pp_comm->broadcast(scored_losses_.data(), size_t(B) * last, mp_.pp - 1);
+  if (mp_.pp > 1) mp_.pp_comm->broadcast(scored_losses_.data(), size_t(B) * last, mp_.head_stage());
   return scored_losses_.data();
 }
 
@@ -361,20 +405,20 @@ template Gpt::Set<float>* Gpt::forward_pipeline<float>(const int32_t*, int, int,
 template Gpt::Set<bf16_t>* Gpt::forward_pipeline<bf16_t>(const int32_t*, int, int, int);
 
 void Gpt::sync_tied_embedding(bool master_current) {
-  if (!shape_.tied || mp_.pp == 1 || !(mp_.first_stage() || mp_.last_stage())) return;
+  if (!shape_.tied || !mp_.tied_copy()) return;
   const ParamSpec& s = specs_[size_t(mp_.first_stage() ? wte_ : head_)];
   if (!master_current) {
     TRIAD_ASSERT(params_bf16_ != nullptr && s.numel % 2 == 0);
     float* copy = words(params_bf16_ + s.offset);  // bf16 pairs as fp32 words (a copy, no sum)
     if (mp_.first_stage())
-      mp_.pp_comm->send(copy, s.numel / 2, mp_.pp - 1, kTagTied);
+      mp_.pp_comm->send(copy, s.numel / 2, mp_.head_stage(), kTagTied);
     else
       mp_.pp_comm->recv(copy, s.numel / 2, 0, kTagTied);
     return;
   }
   float* w = params_ + s.offset;
   if (mp_.first_stage()) {
-    mp_.pp_comm->send(w, s.numel, mp_.pp - 1, kTagTied);
+    mp_.pp_comm->send(w, s.numel, mp_.head_stage(), kTagTied);
   } else {
     mp_.pp_comm->recv(w, s.numel, 0, kTagTied);
     if (params_bf16_) be_.convert(params_bf16_ + s.offset, w, s.numel);
@@ -382,12 +426,12 @@ void Gpt::sync_tied_embedding(bool master_current) {
 }
 
 void Gpt::sum_tied_embedding_grads() {
-  if (!shape_.tied || mp_.pp == 1 || !(mp_.first_stage() || mp_.last_stage())) return;
+  if (!shape_.tied || !mp_.tied_copy()) return;
   // wte's gradient from the embedding (first stage) plus the head's (last stage), on both
   // (a + b on one and b + a on the other are the same float); sync_tied_embedding() makes the
   // updated copies identical again after the data-parallel reduction and the update.
   const ParamSpec& s = specs_[size_t(mp_.first_stage() ? wte_ : head_)];
-  const int peer = mp_.first_stage() ? mp_.pp - 1 : 0;
+  const int peer = mp_.first_stage() ? mp_.head_stage() : 0;
   float* g = grads_ + s.offset;
   CommRequest req = mp_.pp_comm->isend(g, s.numel, peer, kTagTied);
   mp_.pp_comm->recv(tied_scratch_, s.numel, peer, kTagTied);

@@ -178,8 +178,8 @@ class KeyTable {
         "context-parallel size: each sequence's tokens split over cp ranks");
     add("parallel.zero", c.parallel.zero, "ZeRO stage (0 or 1)");
     add("parallel.schedule", c.parallel.schedule,
-        "pipeline schedule (1f1b | gpipe | interleaved | zb-h1; interleaved and zb-h1 take "
-        "parallel.virtual_stages)");
+        "pipeline schedule (1f1b | gpipe | interleaved | zb-h1 | zb-v; interleaved and zb-h1 take "
+        "parallel.virtual_stages, zb-v two)");
     add("parallel.virtual_stages", c.parallel.virtual_stages, "virtual stages per pipeline rank");
     add("parallel.comm", c.parallel.comm,
         "auto | mpi | nccl: device-buffer communication of the cuda backend");
@@ -748,14 +748,21 @@ void validate(const Config& c, int world_size) {
           "gives " + std::to_string(accum) + " micro-batches per step, which " + par.schedule +
               " with virtual stages needs to be a multiple of parallel.pp (" +
               std::to_string(par.pp) + ")");
+  } else if (par.schedule == "zb-v") {
+    check(par.pp >= 2, "parallel.schedule",
+          "zb-v needs parallel.pp >= 2 (its V runs down the pipeline ranks and back up)");
+    check(par.virtual_stages == 2, "parallel.virtual_stages",
+          "must be 2 for parallel.schedule = zb-v (each rank holds two chunks of the V)");
   } else if (par.schedule != "zb-h1") {
     check(par.virtual_stages == 1, "parallel.virtual_stages",
           "must be 1 for parallel.schedule = " + par.schedule + " (use interleaved or zb-h1)");
   }
   // The weight pass reads each layer's matmul inputs, which full recomputation does not keep.
-  check(par.schedule != "zb-h1" || par.pp == 1 || t.recompute != "full", "train.recompute",
-        "full cannot be combined with parallel.schedule = zb-h1 (its weight pass reads the "
-        "layer inputs full recomputation discards): use gelu or none, or the 1f1b schedule");
+  const bool weight_pass = par.schedule == "zb-h1" || par.schedule == "zb-v";
+  check(!weight_pass || par.pp == 1 || t.recompute != "full", "train.recompute",
+        "full cannot be combined with parallel.schedule = " + par.schedule +
+            " (its weight pass reads the layer inputs full recomputation discards): use gelu or "
+            "none, or the 1f1b schedule");
   check(c.sample.length >= 0, "sample.length", "must be >= 0");
   check(c.sample.temperature > 0, "sample.temperature", "must be > 0");
   check(c.sample.top_k >= 0, "sample.top_k", "must be >= 0");

@@ -15,14 +15,14 @@ namespace {
 
 // 6 FLOPs per weight of a matmul per token (2 forward, 4 backward), for the weights this rank
 // multiplies with: every 2-D tensor but the position table, and wte where it is the head (the
-// last stage; on a first stage of several it is only looked up).
+// rank of the last chunk; on a first stage without the head it is only looked up).
 double stage_flops_per_token(const std::vector<ParamSpec>& specs, const GptShape& shape,
                              const ModelParallel& mp, int layers) {
   double weights = 0;
   for (const auto& s : specs) {
     if (s.shape.size() != 2 || s.name == "wpe/weight") continue;
     // wte is only looked up where it is not the head (the first stages; every stage untied).
-    if (s.name == "wte/weight" && (!mp.last_stage() || !shape.tied)) continue;
+    if (s.name == "wte/weight" && (!mp.holds_head() || !shape.tied)) continue;
     weights += double(s.numel);
   }
   return 6.0 * weights + 6.0 * layers * double(shape.attn_width() / mp.tp) * double(shape.seq_len);
@@ -82,6 +82,7 @@ ModelParallel model_parallel(const Config& cfg, int pp_rank, int tp_rank) {
   mp.pp = cfg.parallel.pp;
   mp.pp_rank = pp_rank;
   mp.virtual_stages = cfg.parallel.virtual_stages;
+  if (mp.pp > 1) mp.placement = chunk_placement(parse_schedule_kind(cfg.parallel.schedule));
   mp.sequence_parallel = cfg.parallel.sequence_parallel;
   mp.cp = cfg.parallel.cp;
   return mp;
@@ -133,7 +134,7 @@ RunPlan plan_run(const Config& cfg, int world_size) {
     m.flops_per_token = stage_flops_per_token(specs, shape, mp, m.layers);
     m.recompute_flops_per_token = Gpt::recompute_flops_per_token(shape, mp, p.recompute);
     m.weight_grad_flops_per_token = weight_grad_flops_per_token(specs);
-    if (mp.last_stage())
+    if (mp.holds_head())
       for (const auto& s : specs)
         if (s.name == (shape.tied ? "wte/weight" : "lm_head/weight"))
           m.head_backward_flops_per_token = 4.0 * double(s.numel);
@@ -299,7 +300,9 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
   if (g.pp > 1)
     os << "\npipeline bubble (simulated with each stage's FLOPs, backward = 2 x forward"
        << (p.recompute.mode == Recompute::full ? " + recomputation" : "")
-       << (cfg.parallel.schedule == "zb-h1" ? " with the weight gradients in the weight pass" : "")
+       << (cfg.parallel.schedule.starts_with("zb-")
+               ? " with the weight gradients in the weight pass"
+               : "")
        << ", the head's backward with the loss): " << std::setprecision(1) << p.bubble * 100
        << "% of the stages' time";
   if (g.cp > 1) {
@@ -343,8 +346,9 @@ std::string format_recompute_fit(const Config& cfg, int world_size, double tflop
   TRIAD_CHECK(memory_gb > 0, "--plan-memory-gb must be > 0 (got ", memory_gb, ")");
   const int per_chunk = model_parallel(cfg, 0, 0).most_chunk_layers(cfg.model.n_layer);
   std::vector<std::pair<std::string, int>> options = {{"none", 0}, {"gelu", 0}};
-  // zb-h1's weight pass reads the layer inputs that full recomputation discards (validate()).
-  const bool full_allowed = cfg.parallel.schedule != "zb-h1" || cfg.parallel.pp == 1;
+  // A zero-bubble weight pass reads the layer inputs that full recomputation discards
+  // (validate()).
+  const bool full_allowed = !cfg.parallel.schedule.starts_with("zb-") || cfg.parallel.pp == 1;
   for (int k = 1; k <= per_chunk && full_allowed; ++k)
     options.emplace_back("full", k == per_chunk ? 0 : k);
   std::ostringstream os;
@@ -389,8 +393,8 @@ std::string format_recompute_fit(const Config& cfg, int world_size, double tflop
   }
   if (fit.empty())
     fit = std::string(full_allowed ? "does not fit even with full recomputation"
-                                   : "does not fit (zb-h1 cannot recompute full layers: the "
-                                     "1f1b schedule can)") +
+                                   : "does not fit (" + cfg.parallel.schedule +
+                                         " cannot recompute full layers: the 1f1b schedule can)") +
           ": more pipeline or tensor parallelism, ZeRO-1 over more data-parallel ranks, or a "
           "smaller train.micro_batch_size";
   os << fit << "\n";

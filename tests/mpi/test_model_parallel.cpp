@@ -903,6 +903,62 @@ TEST(ModelParallel, ZeroBubbleTrainsBitForBitAsOneFOneB) {
       0);
 }
 
+// ZB-V (parallel.schedule = zb-v): two chunks per rank placed as a V, rank 0 holding the
+// embeddings and the head (the tied wte once: no copy to keep in step), rank pp − 1 handing
+// activations and gradients between its two chunks itself. With ZeRO-1, tensor and sequence
+// parallelism, GELU recomputation, chunked logits, an untied head and data parallelism it follows
+// the one-rank run to fp32 rounding (the tied wte's two gradients, head and embedding, meet in
+// another order), each rank allocating what --plan says; in bf16 close to one rank's bf16; a
+// checkpoint of step 3 resumes bit for bit on the V and on one rank as the run continued.
+TEST(ModelParallel, ZeroBubbleVMatchesOneRank) {
+  const std::string dir = shared_dir("zero_bubble_v");
+  const Result ref = run(dir, "ref", Grid{});
+  const std::vector<std::pair<Grid, std::vector<std::string>>> cases = {
+      {{1, 1, 2, 0, 4, "zb-v", 2}, {}},
+      {{1, 1, 2, 0, 1, "zb-v", 2}, {}},  // one micro-batch
+      {{1, 2, 2, 1, 2, "zb-v", 2, true}, {"--train.recompute", "gelu"}},
+      {{1, 2, 2, 0, 2, "zb-v", 2}, {"--train.logits_chunk", "24"}},
+      {{2, 1, 2, 1, 2, "zb-v", 2}, {}},
+      {{2, 2, 2, 1, 2, "zb-v", 2, true}, {}}};
+  for (const auto& [g, extra] : cases) {
+    if (g.ranks() > world_size()) continue;
+    std::vector<std::string> opts = {"--resume", "none"};
+    opts.insert(opts.end(), extra.begin(), extra.end());
+    std::string name = g.name();
+    for (size_t i = 1; i < extra.size(); i += 2) name += "_" + extra[i];
+    const auto args = grid_args(dir, name, g, opts);
+    const Result r = run_trainer(g.ranks(), args);
+    expect_same_training(r, ref, name);
+    if (world_rank() >= g.ranks()) continue;
+    EXPECT_EQ(r.out.allocated_bytes, planned_bytes(args, g)) << name;
+  }
+  const Grid v2{1, 1, 2, 0, 4, "zb-v", 2};
+  if (v2.ranks() > world_size()) return;
+  // The untied head sits on rank 0 with the embeddings.
+  const std::vector<std::string> untied = {"--model.tie_embeddings", "false"};
+  const Result untied_one =
+      run(dir, "untied_ref", Grid{}, {"--resume", "none", untied[0], untied[1]});
+  const Result untied_v = run(dir, "untied_v", v2, {"--resume", "none", untied[0], untied[1]});
+  expect_same_training(untied_v, untied_one, "untied");
+  const std::vector<std::string> bf16 = {"--resume", "none", "--run.precision", "bf16"};
+  const Result bf16_one = run(dir, "bf16_ref", Grid{}, bf16);
+  expect_close_losses(run(dir, "bf16_v", v2, bf16), bf16_one, 5e-4, "bf16");
+  // Resumed bit for bit on the V, and from the V's checkpoint on one rank.
+  const Result full = run(dir, "v_whole", v2);
+  const std::string ckpt = dir + "/runs/v_whole/ckpt/step_00000003.h5";
+  const Result resumed = run(dir, "v_resumed", v2, {"--resume", ckpt});
+  ASSERT_EQ(full.losses.size(), 6u);
+  EXPECT_EQ(resumed.losses, std::vector<double>(full.losses.begin() + 3, full.losses.end()));
+  EXPECT_EQ(resumed.val_loss, full.val_loss);
+  ASSERT_EQ(resumed.params.size(), full.params.size());
+  EXPECT_EQ(
+      std::memcmp(resumed.params.data(), full.params.data(), full.params.size() * sizeof(float)),
+      0);
+  Result tail = full;
+  tail.losses.erase(tail.losses.begin(), tail.losses.begin() + 3);
+  expect_same_training(run(dir, "v_to_one", Grid{}, {"--resume", ckpt}), tail, "zb-v to one rank");
+}
+
 // The classifier in chunks of logits on the grids: vocabulary-parallel cross-entropy chunk by
 // chunk (its row statistics reduced per chunk), the head's input gradient reduced (or
 // reduce-scattered under sequence parallelism) after the last chunk, and on a pipeline the last
@@ -1045,6 +1101,7 @@ TEST(ModelParallel, DecodingMatchesOneRankOnEveryGrid) {
     bool inference = false;  // ActivationOptions::inference on the grid
     bool rope = false;       // rotary positions: the new rows rotated at their positions
     bool rmsnorm = false;
+    bool vee = false;  // ZB-V's placement of the chunks
   };
   for (const G& g :
        {G{2, 1, 1, false, Precision::fp32}, G{2, 1, 1, true, Precision::fp32},
@@ -1054,7 +1111,9 @@ TEST(ModelParallel, DecodingMatchesOneRankOnEveryGrid) {
         G{2, 1, 1, true, Precision::fp32, false, true},
         G{1, 2, 2, false, Precision::bf16, true, true},
         G{2, 2, 1, false, Precision::fp32, false, true},
-        G{2, 2, 1, true, Precision::bf16, true, true, true}}) {
+        G{2, 2, 1, true, Precision::bf16, true, true, true},
+        G{1, 2, 2, false, Precision::fp32, false, false, false, true},
+        G{2, 2, 2, true, Precision::bf16, true, false, false, true}}) {
     const int ranks = g.tp * g.pp;
     MPI_Comm sub = MPI_COMM_NULL;
     MPI_Comm_split(MPI_COMM_WORLD, world_rank() < ranks ? 0 : MPI_UNDEFINED, world_rank(), &sub);
@@ -1062,7 +1121,8 @@ TEST(ModelParallel, DecodingMatchesOneRankOnEveryGrid) {
     SCOPED_TRACE(::testing::Message()
                  << "tp=" << g.tp << " pp=" << g.pp << " v=" << g.v << (g.sp ? " sp " : " ")
                  << precision_name(g.precision) << (g.inference ? " inference" : "")
-                 << (g.rope ? " rope" : "") << (g.rmsnorm ? " rmsnorm" : ""));
+                 << (g.rope ? " rope" : "") << (g.rmsnorm ? " rmsnorm" : "")
+                 << (g.vee ? " zb-v" : ""));
     const int q = 128 * g.tp, Vp = (kVocab + q - 1) / q * q;
     GptShape shape{kLayers, kHeads, kEmbd, kSeq, kVocab, Vp};
     shape.rope = g.rope;
@@ -1085,8 +1145,11 @@ TEST(ModelParallel, DecodingMatchesOneRankOnEveryGrid) {
       mp.sequence_parallel = g.sp;
       mp.tp_comm = &grid.tp();
       mp.pp_comm = &grid.pp();
-      const PipelineSchedule schedule = make_schedule(
-          g.v > 1 ? ScheduleKind::Interleaved : ScheduleKind::OneFOneB, g.pp, 2 * g.pp, g.v);
+      const ScheduleKind kind = g.vee     ? ScheduleKind::ZeroBubbleV
+                                : g.v > 1 ? ScheduleKind::Interleaved
+                                          : ScheduleKind::OneFOneB;
+      mp.placement = chunk_placement(kind);
+      const PipelineSchedule schedule = make_schedule(kind, g.pp, 2 * g.pp, g.v);
       ActivationOptions options;
       options.inference = g.inference;
       Gpt m(shape, 1, *be, 1, mp, g.pp > 1 ? &schedule : nullptr, g.precision, options);

@@ -135,7 +135,21 @@ TEST(Config, InvalidGridsAreRefused) {
                      2),
             "");
   expect(error_of({"--parallel.schedule", "zb-h2"}, 1), "parallel.schedule",
-         "must be 1f1b, gpipe, interleaved or zb-h1 (got 'zb-h2')");
+         "must be 1f1b, gpipe, interleaved, zb-h1 or zb-v (got 'zb-h2')");
+  // zb-v: two chunks per rank of a real pipeline, no full recomputation; any micro-batch count.
+  expect(error_of({"--parallel.schedule", "zb-v", "--parallel.pp", "2"}, 2),
+         "parallel.virtual_stages", "must be 2 for parallel.schedule = zb-v");
+  expect(error_of({"--parallel.schedule", "zb-v", "--parallel.virtual_stages", "2"}, 1),
+         "parallel.schedule", "zb-v needs parallel.pp >= 2");
+  expect(error_of({"--parallel.schedule", "zb-v", "--parallel.virtual_stages", "2", "--parallel.pp",
+                   "2", "--train.recompute", "full"},
+                  2),
+         "train.recompute", "full cannot be combined with parallel.schedule = zb-v");
+  EXPECT_EQ(
+      error_of({"--parallel.schedule", "zb-v", "--parallel.virtual_stages", "2", "--parallel.pp",
+                "3", "--model.n_layer", "6", "--train.micro_batch_size", "1"},
+               3),
+      "");  // 8 micro-batches on 3 stages
   EXPECT_EQ(
       error_of({"--parallel.schedule", "zb-h1", "--parallel.pp", "2", "--train.recompute", "gelu"},
                2),

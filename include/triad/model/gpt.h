@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "triad/kernels/backend.h"
@@ -127,11 +128,13 @@ inline int padded_vocab_size(int vocab_size, int tp) {
 // holding the whole model. The pipeline cuts the n_layer layers into pp·virtual_stages
 // consecutive chunks, equal ones unless stage_layers says otherwise; rank s holds chunks s,
 // s + pp, s + 2·pp, ... (Megatron's interleaved assignment, one chunk per rank when
-// virtual_stages = 1). Global chunk 0 also holds the embeddings, the last global chunk the final
-// LayerNorm and the tied head (a copy of wte when pp > 1).
+// virtual_stages = 1), or under ZB-V's V placement chunks s and 2·pp − 1 − s
+// (pipeline_schedule.h). Global chunk 0 also holds the embeddings, the last global chunk the
+// final LayerNorm and the tied head (a copy of wte where another rank holds chunk 0).
 struct ModelParallel {
   int tp = 1, tp_rank = 0;
   int pp = 1, pp_rank = 0, virtual_stages = 1;
+  ChunkPlacement placement = ChunkPlacement::Interleaved;
   // Sequence parallelism (tp > 1): the residual stream, LayerNorms and the chunk boundaries
   // hold this rank's 1/tp of the micro-batch's rows; all-gathers and reduce-scatters replace the
   // tensor-parallel all-reduces (Megatron's sequence parallelism).
@@ -178,9 +181,21 @@ struct ModelParallel {
     for (int c = 0; c < virtual_stages; ++c) n += chunk_layers(global_chunk(c), n_layer);
     return n;
   }
-  int global_chunk(int local_chunk) const { return local_chunk * pp + pp_rank; }
-  bool first_stage() const { return pp_rank == 0; }
-  bool last_stage() const { return pp_rank == pp - 1; }
+  int global_chunk(int local_chunk) const {
+    return global_chunk_of(placement, pp, pp_rank, local_chunk);
+  }
+  int stage_of(int g) const { return chunk_rank(placement, pp, g); }  // the rank holding chunk g
+  int local_chunk(int g) const {  // this rank's index of its global chunk g
+    for (int c = 0; c < virtual_stages; ++c)
+      if (global_chunk(c) == g) return c;
+    return -1;
+  }
+  bool first_stage() const { return pp_rank == 0; }  // it holds global chunk 0, the embeddings
+  int head_stage() const { return stage_of(chunks() - 1); }  // the rank of the last chunk
+  bool holds_head() const { return pp_rank == head_stage(); }
+  // The tied head's copy of wte lives apart from wte (the head on another rank than chunk 0), and
+  // this rank holds one of the two.
+  bool tied_copy() const { return head_stage() != 0 && (first_stage() || holds_head()); }
 };
 
 struct ParamSpec {
@@ -637,8 +652,10 @@ class Gpt {
   Precision precision_ = Precision::fp32;
   Recomputation recompute_;
   bool split_backward_ = false;  // the schedule has weight passes (zero bubble)
-  bool inference_ = false;       // ActivationOptions::inference
-  int logits_rows_ = 0;  // the classifier's chunk: ActivationOptions::logits_chunk, resolved
+  // The outgoing gradients' buffers per peer (peer, count), in the activations' grad_sends order.
+  std::vector<std::pair<int, int>> grad_pools_;
+  bool inference_ = false;  // ActivationOptions::inference
+  int logits_rows_ = 0;     // the classifier's chunk: ActivationOptions::logits_chunk, resolved
   float* params_ = nullptr;
   float* grads_ = nullptr;
   bf16_t* params_bf16_ = nullptr;            // bf16 precision: the copy the layers read
