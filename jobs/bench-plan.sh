@@ -3,7 +3,7 @@
 # plan's FLOPs of a step / its measured time), then the plan predicts pipeline-parallel grids at
 # that R and the same grids are measured with mpirun: equal stages under 1F1B and GPipe, the
 # layers balanced against the head (parallel.stage_layers = auto), the zero-bubble schedule
-# (zb-h1) on both, and two virtual stages per rank (interleaved, and zb-h1 splitting it). Prints
+# (zb-h1) on both, and two virtual stages per rank (interleaved, zb-h1 splitting it, zb-v). Prints
 # planned vs measured step times (the median of the steps after the first 3) and their ratio.
 # 1 thread per rank; the model is the quick-start GPT with 8 layers (uneven stages: GPT-2's
 # vocabulary makes the head heavy; --vocab 512 makes it light, so that the stages are even and
@@ -77,9 +77,10 @@ echo "   measured $one ms per step: R = $rate TFLOP/s"
 printf '%-22s %14s %14s %8s\n' grid "measured ms" "planned ms" ratio
 # Equal stages under 1F1B and GPipe, then the layers balanced against the head (stage_layers
 # auto), then the zero-bubble schedule on both splits (its gain over 1F1B is the ratio of their
-# measured times), then two virtual stages per rank: interleaved and zb-h1 splitting it.
+# measured times), then two virtual stages per rank: interleaved, zb-h1 splitting it, and zb-v's
+# V.
 for v in "1f1b - 1" "gpipe - 1" "1f1b auto 1" "zb-h1 - 1" "zb-h1 auto 1" "interleaved - 2" \
-         "zb-h1 - 2"; do
+         "zb-h1 - 2" "zb-v - 2"; do
   read -r sched split vs <<<"$v"
   [[ $split == - ]] && split=
   grid=(--parallel.pp "$pp" --parallel.schedule "$sched" --parallel.stage_layers "$split"

@@ -294,7 +294,7 @@ def test_sampling_and_generation_across_tensor_and_pipeline_grids(tmp_path):
         np.testing.assert_allclose(a, b, rtol=0, atol=2e-4, err_msg=k)
 
 
-@pytest.mark.parametrize("schedule,v", [("1f1b", 1), ("zb-h1", 1), ("zb-h1", 2)])
+@pytest.mark.parametrize("schedule,v", [("1f1b", 1), ("zb-h1", 1), ("zb-h1", 2), ("zb-v", 2)])
 def test_profile_step_writes_the_pipeline_trace_and_triad_timeline_draws_it(tmp_path, schedule,
                                                                             v):
     """--train.profile_step N: every stage's actions of step N, measured, then the schedule
@@ -308,7 +308,7 @@ def test_profile_step_writes_the_pipeline_trace_and_triad_timeline_draws_it(tmp_
     path = tmp_path / "runs" / "trace" / "pipeline_trace_step_00000002.csv"
     assert f"pipeline trace of step 2 ({path}): measured" in p.stdout, p.stdout
     rows = list(csv.DictReader(open(path)))
-    kinds = "FBW" if schedule == "zb-h1" else "FB"
+    kinds = "FBW" if schedule.startswith("zb-") else "FB"
     for source in ("measured", "simulated"):
         for stage in (0, 1):
             mine = [r for r in rows if r["source"] == source and int(r["stage"]) == stage]
