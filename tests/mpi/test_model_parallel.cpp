@@ -100,6 +100,22 @@ size_t planned_bytes(const std::vector<std::string>& args, const Grid& g) {
   return plan.stages[size_t((world_rank() / (g.tp * g.cp)) % g.pp)].total();
 }
 
+// Runs `name` (6 steps) on g, then again resumed from its checkpoint of step 3: the resumed steps'
+// losses, the validation loss and the final weights must be the uninterrupted run's, bit for bit.
+// Returns the uninterrupted run.
+Result expect_resumes_exactly(const std::string& dir, const std::string& name, const Grid& g) {
+  const Result full = run(dir, name, g);
+  const Result resumed = run(dir, name + "_resumed", g,
+                             {"--resume", dir + "/runs/" + name + "/ckpt/step_00000003.h5"});
+  EXPECT_EQ(full.losses.size(), 6u) << name;
+  if (full.losses.size() != 6u) return full;
+  EXPECT_EQ(resumed.losses, std::vector<double>(full.losses.begin() + 3, full.losses.end()))
+      << name;
+  EXPECT_EQ(resumed.val_loss, full.val_loss) << name;
+  EXPECT_EQ(resumed.params, full.params) << name << ": weights differ";
+  return full;
+}
+
 // Muon needs whole matrices: tensor parallelism gathers the shards (by rows for c_attn and c_fc,
 // by columns for the c_proj), ZeRO-1 the data-parallel slices first. Every grid follows the
 // single-rank run to fp32 rounding (the sums over a gathered matrix go in another order).
@@ -614,13 +630,7 @@ TEST(ModelParallel, Bf16ResumesExactlyAndSharesCheckpointsWithFp32) {
 TEST(ModelParallel, TiedEmbeddingCopiesStayIdenticalWithFourReplicas) {
   const Grid g{4, 1, 2, 0, 1, "1f1b", 1};
   if (g.ranks() > world_size()) GTEST_SKIP() << "needs 8 ranks";
-  const std::string dir = shared_dir("tied");
-  const Result full = run(dir, "full", g);
-  const Result resumed =
-      run(dir, "resumed", g, {"--resume", dir + "/runs/full/ckpt/step_00000003.h5"});
-  ASSERT_EQ(resumed.losses.size(), 3u);
-  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(resumed.losses[i], full.losses[3 + i]) << i;
-  EXPECT_EQ(resumed.params, full.params);
+  expect_resumes_exactly(shared_dir("tied"), "full", g);
 }
 
 // One step's traffic of the tensor- and pipeline-parallel groups, as docs/parallelism.md
@@ -891,16 +901,7 @@ TEST(ModelParallel, ZeroBubbleTrainsBitForBitAsOneFOneB) {
   // A checkpoint of step 3 resumes bit for bit as the run continued.
   const Grid g{1, 2, 2, 0, 4, "zb-h1", 1, true};
   if (g.ranks() > world_size()) return;
-  const Result full = run(dir, "zb_whole", g);
-  const Result resumed =
-      run(dir, "zb_resumed", g, {"--resume", dir + "/runs/zb_whole/ckpt/step_00000003.h5"});
-  ASSERT_EQ(full.losses.size(), 6u);
-  EXPECT_EQ(resumed.losses, std::vector<double>(full.losses.begin() + 3, full.losses.end()));
-  EXPECT_EQ(resumed.val_loss, full.val_loss);
-  ASSERT_EQ(resumed.params.size(), full.params.size());
-  EXPECT_EQ(
-      std::memcmp(resumed.params.data(), full.params.data(), full.params.size() * sizeof(float)),
-      0);
+  expect_resumes_exactly(dir, "zb_whole", g);
 }
 
 // ZB-V (parallel.schedule = zb-v): two chunks per rank placed as a V, rank 0 holding the
@@ -944,16 +945,8 @@ TEST(ModelParallel, ZeroBubbleVMatchesOneRank) {
   const Result bf16_one = run(dir, "bf16_ref", Grid{}, bf16);
   expect_close_losses(run(dir, "bf16_v", v2, bf16), bf16_one, 5e-4, "bf16");
   // Resumed bit for bit on the V, and from the V's checkpoint on one rank.
-  const Result full = run(dir, "v_whole", v2);
+  const Result full = expect_resumes_exactly(dir, "v_whole", v2);
   const std::string ckpt = dir + "/runs/v_whole/ckpt/step_00000003.h5";
-  const Result resumed = run(dir, "v_resumed", v2, {"--resume", ckpt});
-  ASSERT_EQ(full.losses.size(), 6u);
-  EXPECT_EQ(resumed.losses, std::vector<double>(full.losses.begin() + 3, full.losses.end()));
-  EXPECT_EQ(resumed.val_loss, full.val_loss);
-  ASSERT_EQ(resumed.params.size(), full.params.size());
-  EXPECT_EQ(
-      std::memcmp(resumed.params.data(), full.params.data(), full.params.size() * sizeof(float)),
-      0);
   Result tail = full;
   tail.losses.erase(tail.losses.begin(), tail.losses.begin() + 3);
   expect_same_training(run(dir, "v_to_one", Grid{}, {"--resume", ckpt}), tail, "zb-v to one rank");
