@@ -308,6 +308,8 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
               " attention heads");
   TRIAD_CHECK(shape.kv_heads() % mp.tp == 0, "the model's ", shape.kv_heads(),
               " key/value heads do not split over tp = ", mp.tp);
+  TRIAD_CHECK(!shape.reset_positions || shape.document_token >= 0,
+              "positions that restart at each document need a document mask");
   TRIAD_CHECK(shape.hidden() % mp.tp == 0, "the MLP's ", shape.hidden(),
               " hidden units do not split over tp = ", mp.tp);
   TRIAD_CHECK(!shape.rope || shape.hd() % 2 == 0,
@@ -396,6 +398,7 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
     d_key_begin_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
   if (shape_.masks_full_layers())
     d_key_begin_full_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
+  if (shape_.reset_positions) d_positions_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
   host_ids_.resize(size_t(max_batch_) * shape_.seq_len);
   host_candidates_.resize(host_ids_.size());
   // Host scratch: one row of logits and its local slice (sampling), or the per-token losses and
@@ -428,17 +431,18 @@ GptMemory Gpt::memory_plan(const GptShape& shape, int max_batch, int shards,
                            a.split_backward, options.inference, nullptr)
             .bytes();
   }
-  m.other =
-      ((options.inference ? 0 : tied_scratch_floats(shape, mp)) + rope_table_floats(shape)) *
-          sizeof(float) +
-      (2 + (shape.masks_attention(shape.seq_len) ? 1 : 0) + (shape.masks_full_layers() ? 1 : 0)) *
-          size_t(max_batch) * size_t(shape.seq_len) * sizeof(int32_t);
+  m.other = ((options.inference ? 0 : tied_scratch_floats(shape, mp)) + rope_table_floats(shape)) *
+                sizeof(float) +
+            (2 + (shape.masks_attention(shape.seq_len) ? 1 : 0) +
+             (shape.masks_full_layers() ? 1 : 0) + (shape.reset_positions ? 1 : 0)) *
+                size_t(max_batch) * size_t(shape.seq_len) * sizeof(int32_t);
   return m;
 }
 
 Gpt::~Gpt() {
   if (d_key_begin_) be_.free_ints(d_key_begin_);
   if (d_key_begin_full_) be_.free_ints(d_key_begin_full_);
+  if (d_positions_) be_.free_ints(d_positions_);
   be_.free_ints(d_targets_);
   be_.free_ints(d_inputs_);
   if (tied_scratch_) be_.free(tied_scratch_);

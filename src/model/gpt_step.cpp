@@ -154,6 +154,7 @@ void Gpt::upload_ids(const int32_t* inputs, const int32_t* targets, int N) {
 
 void Gpt::set_attention_mask(const int32_t* inputs, int B, int T, bool documents) {
   key_begin_ = key_begin_full_ = nullptr;
+  positions_ = nullptr;
   const int32_t token = documents ? shape_.document_token : -1;
   const bool window = shape_.sliding_window > 0 && shape_.sliding_window < T;
   if (inference_ || (token < 0 && !window)) return;
@@ -172,6 +173,23 @@ void Gpt::set_attention_mask(const int32_t* inputs, int B, int T, bool documents
     be_.copy_ints_from_host(d_key_begin_full_, host_key_begin_full_.data(), n);
     key_begin_full_ = d_key_begin_full_;
   }
+  if (!documents || !shape_.reset_positions) return;
+  // Each row's distance from its document's first token (the sequence's first token where it
+  // began inside a document), laid out as this rank's rows: [B][T], or its two pieces
+  // [2][B][T/(2·cp)] under context parallelism.
+  std::vector<int32_t>& start = host_document_start_;
+  start.resize(n);
+  document_key_begin(start.data(), inputs, B, T, token, 0);
+  host_positions_.resize(size_t(B) * size_t(mp_.seq_rows(T)));
+  for_each_piece(B, mp_.seq_rows(T), [&](size_t at, int rows, int p0) {
+    for (int b = 0; b < B; ++b)
+      for (int i = 0; i < rows; ++i) {
+        const size_t t = size_t(b) * size_t(T) + size_t(p0 + i);
+        host_positions_[at + size_t(b) * size_t(rows) + size_t(i)] = int32_t(p0 + i) - start[t];
+      }
+  });
+  be_.copy_ints_from_host(d_positions_, host_positions_.data(), host_positions_.size());
+  positions_ = d_positions_;
 }
 
 // The MLP's activation of N rows of c_fc's outputs (pre) into c_proj's input (act): GELU, or
@@ -207,6 +225,11 @@ void Gpt::for_each_piece(int B, int T, F&& f) const {
 
 template <class A>
 void Gpt::rotate_pieces(A* qkv, int B, int T, bool inverse) {
+  if (shape_.rope && positions_ != nullptr) {  // each row at its position in its document
+    be_.rope(qkv, rope_table_, B * T, T, 0, shape_.attn_width() / mp_.tp, shape_.n_head / mp_.tp,
+             shape_.kv_heads() / mp_.tp, inverse, positions_);
+    return;
+  }
   const size_t Wl = size_t(shape_.qkv_rows() / mp_.tp);
   for_each_piece(
       B, T, [&](size_t at, int n, int pos0) { rotate(qkv + at * Wl, B * n, n, pos0, inverse); });
@@ -302,10 +325,14 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T, int pos0) {
                        : nullptr;
     A* out = sp ? full : S.input;
     const A* wte = W + specs_[size_t(wte_)].offset;
-    for_each_piece(B, T, [&](size_t at, int n, int p0) {  // each piece at its own positions
-      be_.encoder_forward(out + at * C, d_inputs_ + at, wte,
-                          wpe != nullptr ? wpe + size_t(p0) * C : nullptr, B, n, C);
-    });
+    if (positions_ != nullptr) {  // each row at its position in its document
+      be_.encoder_forward(out, d_inputs_, wte, wpe, B, T, C, positions_);
+    } else {
+      for_each_piece(B, T, [&](size_t at, int n, int p0) {  // each piece at its own positions
+        be_.encoder_forward(out + at * C, d_inputs_ + at, wte,
+                            wpe != nullptr ? wpe + size_t(p0) * C : nullptr, B, n, C);
+      });
+    }
     reduce_rows(out, S.input, N);
   }
   const bool last_chunk = g == mp_.chunks() - 1;
@@ -536,10 +563,14 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     const A* dres = gather_rows(a.dresidual, a.full, N);
     float* dwte = grads_ + sp[size_t(wte_)].offset;
     float* dwpe = wpe_ >= 0 ? grads_ + sp[size_t(wpe_)].offset : nullptr;
-    for_each_piece(B, T, [&](size_t at, int n, int p0) {
-      be_.encoder_backward(dwte, dwpe != nullptr ? dwpe + size_t(p0) * C : nullptr, dres + at * C,
-                           d_inputs_ + at, B, n, C);
-    });
+    if (positions_ != nullptr) {
+      be_.encoder_backward(dwte, dwpe, dres, d_inputs_, B, T, C, positions_);
+    } else {
+      for_each_piece(B, T, [&](size_t at, int n, int p0) {
+        be_.encoder_backward(dwte, dwpe != nullptr ? dwpe + size_t(p0) * C : nullptr, dres + at * C,
+                             d_inputs_ + at, B, n, C);
+      });
+    }
     if (grad_hook_) grad_hook_(0, sp[size_t(std::max(wte_, wpe_)) + 1].offset);  // wte, wpe
   }
 }

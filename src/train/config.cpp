@@ -143,6 +143,9 @@ class KeyTable {
         "attention within documents of packed sequences: none | the token id that starts a "
         "document (GPT-2's <|endoftext|> 50256, Llama 3's <|begin_of_text|> 128000); each token "
         "then attends to its own document's tokens only");
+    add("data.reset_positions", c.data.reset_positions,
+        "with data.document_mask: positions restart at every document (the learned table's row, "
+        "the rotation under rope), as if each packed document were a sequence of its own");
     add("data.vocab", c.data.vocab,
         "tokenizer for samples: GPT-2's BPE ranks file, or a tokenizer description");
     add("eval.every", c.eval.every, "evaluate every N steps (0: start and end only)");
@@ -592,6 +595,8 @@ void validate(const Config& c, int world_size) {
   parse_blend(c.data.train, c.data.train_weights);  // throws on a malformed blend
   parse_loss_mask(c.data.loss_mask);
   parse_document_mask(c.data.document_mask, c.model.vocab_size);
+  check(!c.data.reset_positions || c.data.document_mask != "none", "data.reset_positions",
+        "needs data.document_mask (the token that starts a document)");
   parse_val_sets(c.eval.sets);
   check(std::isfinite(t.skip_loss_z) && t.skip_loss_z >= 0, "train.skip_loss_z",
         "must be a finite number >= 0 (0: off)");

@@ -69,6 +69,7 @@ GptShape gpt_shape(const Config& cfg) {
   s.n_kv_head = m.n_kv_head;
   s.qk_norm = m.qk_norm;
   s.document_token = parse_document_mask(cfg.data.document_mask, m.vocab_size);
+  s.reset_positions = cfg.data.reset_positions;
   s.sliding_window = m.sliding_window;
   s.full_attention_every = m.full_attention_every;
   return s;

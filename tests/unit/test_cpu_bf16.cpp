@@ -260,6 +260,12 @@ TEST_F(CpuBf16, OpsRoundTheFp32ResultOnce) {
     be->rope(qh.data(), table.data(), R, 3, 2, RC, RNH, RNH, inverse);
     be->rope(q32.data(), table.data(), R, 3, 2, RC, RNH, RNH, inverse);
     expect_bits_equal(qh, to_bits(q32), "rope");
+    const std::vector<int32_t> at = {8, 0, 1, 0, 5, 2};  // each row's own position
+    qh = to_bits(q);
+    q32 = q;
+    be->rope(qh.data(), table.data(), R, 3, 2, RC, RNH, RNH, inverse, at.data());
+    be->rope(q32.data(), table.data(), R, 3, 2, RC, RNH, RNH, inverse, at.data());
+    expect_bits_equal(qh, to_bits(q32), "rope at positions");
   }
   // Per-head RMSNorm of q and k (4 query heads over 2 key/value heads): forward, and backward
   // accumulating and in place; the weight gradients in fp32 as the fp32 op's.

@@ -222,6 +222,40 @@ TEST_F(CpuKernels, EncoderForwardBackward) {
   expect_accumulated(dwpe2, dwpe0, dwpe, "dwpe +=");
 }
 
+// Rows at positions of their own (data.reset_positions: each packed document from 0, so several
+// rows of a sequence share a row of wpe): forward against the definition, backward against finite
+// differences, and accumulating onto what dwpe held.
+TEST_F(CpuKernels, EncoderAtGivenPositions) {
+  const int B = 2, T = 5, C = 70, V = 7;  // C > 64: several channel slices in backward
+  const std::vector<int32_t> tokens = {3, 1, 3, 6, 0, 1, 1, 5, 3, 2};
+  const std::vector<int32_t> positions = {0, 1, 0, 1, 2, 3, 4, 0, 1, 0};
+  const Vec wte = random_vec(size_t(V) * C, 1), wpe = random_vec(size_t(T) * C, 2);
+  Vec out(size_t(B) * T * C);
+  be->encoder_forward(out.data(), tokens.data(), wte.data(), wpe.data(), B, T, C, positions.data());
+  DVec dwte_d = to_double(wte), dwpe_d = to_double(wpe);
+  auto forward = [&] {
+    DVec o(size_t(B) * T * C);
+    for (int n = 0; n < B * T; ++n)
+      for (int c = 0; c < C; ++c)
+        o[size_t(n) * C + c] =
+            dwte_d[size_t(tokens[n]) * C + c] + dwpe_d[size_t(positions[n]) * C + c];
+    return o;
+  };
+  expect_close(out, forward(), 1e-7, "out");
+  const Vec R = random_vec(out.size(), 3);
+  const DVec g_wpe = finite_diff(dwpe_d, [&] { return dot(forward(), R); });
+  Vec dwte(wte.size(), 0.0f), dwpe = random_vec(wpe.size(), 5);
+  const Vec dwpe0 = dwpe;
+  Vec fresh(wpe.size(), 0.0f);
+  be->encoder_backward(dwte.data(), fresh.data(), R.data(), tokens.data(), B, T, C,
+                       positions.data());
+  expect_close(fresh, g_wpe, 1e-5, "dwpe");
+  dwte.assign(wte.size(), 0.0f);
+  be->encoder_backward(dwte.data(), dwpe.data(), R.data(), tokens.data(), B, T, C,
+                       positions.data());
+  expect_accumulated(dwpe, dwpe0, fresh, "dwpe +=");
+}
+
 // Vocabulary-parallel form: tokens < 0 (held by another rank) add a zero row and no dwte;
 // wpe / dwpe == nullptr leave out the position term. The reference is computed in float in the
 // kernel's order (one add per term, positions in order), so the comparison is exact.
@@ -661,12 +695,14 @@ TEST_F(CpuKernels, AttentionQueryRowsMasked) {
 // The rotation written from its definition (RoFormer, in the "rotate half" pairing): for head
 // dimension hd, frequency f_i = theta^(−2i/hd), the pair (x_i, x_{i+hd/2}) at position p turns
 // by the angle p·f_i; v is not touched. In double, with the angles computed here.
-DVec naive_rope(const DVec& qkv, int N, int T, int pos0, int C, int NH, int NKV, double theta) {
+// positions (non-empty): row r at positions[r] instead of pos0 + r % T.
+DVec naive_rope(const DVec& qkv, int N, int T, int pos0, int C, int NH, int NKV, double theta,
+                const std::vector<int32_t>& positions = {}) {
   const int hd = C / NH, half = hd / 2;
   const size_t W = size_t(C) + 2 * size_t(NKV) * hd;
   DVec out = qkv;
   for (int r = 0; r < N; ++r) {
-    const double p = pos0 + r % T;
+    const double p = positions.empty() ? pos0 + r % T : positions[size_t(r)];
     for (int j = 0; j < NH + NKV; ++j)  // q heads then k heads
       for (int i = 0; i < half; ++i) {
         const double a = p * std::pow(theta, -2.0 * i / hd);
@@ -723,6 +759,23 @@ void check_rope(Backend& be, int NH, int NKV) {
 
 TEST_F(CpuKernels, RopeForwardBackward) { check_rope(*be, 3, 3); }  // GPT-2's q|k|v
 TEST_F(CpuKernels, RopeForwardBackwardGroupedQuery) { check_rope(*be, 6, 2); }
+
+// Rows at positions of their own (data.reset_positions: each packed document from 0), against the
+// definition; the inverse undoes the forward.
+TEST_F(CpuKernels, RopeAtGivenPositions) {
+  const int N = 10, C = 24, NH = 6, NKV = 2, hd = C / NH, W = qkv_width(C, NH, NKV);
+  const double theta = 500.0;
+  const Vec table = rope_angles(16, hd, theta);
+  const std::vector<int32_t> positions = {3, 4, 0, 1, 2, 0, 15, 0, 1, 9};
+  const Vec qkv = random_vec(size_t(N) * W, 63, -2.0f, 2.0f);
+  Vec out = qkv;
+  // T and pos0 are not read: values that would give other positions.
+  be->rope(out.data(), table.data(), N, 2, 5, C, NH, NKV, false, positions.data());
+  expect_close(out, naive_rope(to_double(qkv), N, 1, 0, C, NH, NKV, theta, positions), 1e-6,
+               "rope at positions");
+  be->rope(out.data(), table.data(), N, 2, 5, C, NH, NKV, true, positions.data());
+  expect_close(out, qkv, 1e-6, "inverse");
+}
 
 // ---- per-head RMSNorm of q and k --------------------------------------------------------------
 

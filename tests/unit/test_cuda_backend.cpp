@@ -244,6 +244,32 @@ TEST_F(CudaBackendTest, EncoderNegativeTokensAndNullPositions) {
   }
 }
 
+// Rows at positions of their own (data.reset_positions: packed documents each from 0, several
+// rows sharing a row of wpe): as the CPU backend, dwpe summed in row order (bit for bit).
+TEST_F(CudaBackendTest, EncoderAtGivenPositions) {
+  for (const EncShape& s : kEncShapes) {
+    SCOPED_TRACE(::testing::Message() << "B=" << s.B << " T=" << s.T << " C=" << s.C);
+    const size_t N = size_t(s.B) * s.T;
+    const IVec tokens = random_ints(N, 14, 0, s.V), positions = random_ints(N, 15, 0, s.T);
+    const Vec wte = random_vec(size_t(s.V) * s.C, 16), wpe = random_vec(size_t(s.T) * s.C, 17);
+    const Vec dout = random_vec(N * s.C, 18), dwpe0 = random_vec(wpe.size(), 19);
+    Vec want(N * s.C);
+    cpu->encoder_forward(want.data(), tokens.data(), wte.data(), wpe.data(), s.B, s.T, s.C,
+                         positions.data());
+    float* out = dev(Vec(N * s.C, 42.0f));
+    const int32_t *d_tok = dev(tokens), *d_pos = dev(positions);
+    gpu->encoder_forward(out, d_tok, dev(wte), dev(wpe), s.B, s.T, s.C, d_pos);
+    EXPECT_TRUE(close(host(out, N * s.C), want, kElemTol, 0.0)) << "out";
+    Vec dwte(wte.size(), 0.0f), dwpe = dwpe0;
+    cpu->encoder_backward(dwte.data(), dwpe.data(), dout.data(), tokens.data(), s.B, s.T, s.C,
+                          positions.data());
+    float *g_wte = dev(Vec(wte.size(), 0.0f)), *g_wpe = dev(dwpe0);
+    gpu->encoder_backward(g_wte, g_wpe, dev(dout), d_tok, s.B, s.T, s.C, d_pos);
+    EXPECT_TRUE(bit_equal(host(g_wpe, dwpe.size()), dwpe)) << "dwpe";
+    EXPECT_TRUE(bit_equal(host(g_wte, dwte.size()), dwte)) << "dwte";
+  }
+}
+
 // ---- layernorm -----------------------------------------------------------------------------
 
 struct NCShape {
@@ -513,6 +539,13 @@ TEST_F(CudaBackendTest, RopeForwardAndInverse) {
       cpu->rope(qkv.data(), table.data(), c.N, c.T, c.pos0, c.C, c.NH, c.NKV, inverse);
       gpu->rope(g_qkv, g_table, c.N, c.T, c.pos0, c.C, c.NH, c.NKV, inverse);
       EXPECT_TRUE(close(host(g_qkv, n), qkv, kElemTol, 1e-6)) << (inverse ? "inverse" : "forward");
+      // Each row at a position of its own (data.reset_positions), T and pos0 then unused.
+      std::vector<int32_t> at(size_t(c.N));
+      for (size_t r = 0; r < at.size(); ++r) at[r] = int32_t((r * 37 + 11) % 1024);
+      const int32_t* g_at = dev(at);
+      cpu->rope(qkv.data(), table.data(), c.N, 1, 0, c.C, c.NH, c.NKV, inverse, at.data());
+      gpu->rope(g_qkv, g_table, c.N, 1, 0, c.C, c.NH, c.NKV, inverse, g_at);
+      EXPECT_TRUE(close(host(g_qkv, n), qkv, kElemTol, 1e-6)) << "at positions";
     }
   }
 }

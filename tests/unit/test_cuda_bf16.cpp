@@ -857,6 +857,13 @@ TEST_F(CudaBf16Test, Rope) {
       cpu->rope(qkv.data(), table.data(), c.N, c.T, c.pos0, c.C, c.NH, c.NKV, inverse);
       gpu->rope(g_qkv, g_table, c.N, c.T, c.pos0, c.C, c.NH, c.NKV, inverse);
       EXPECT_TRUE(close(host(g_qkv, n), qkv)) << (inverse ? "inverse" : "forward");
+      // Each row at a position of its own (data.reset_positions), T and pos0 then unused.
+      std::vector<int32_t> at(size_t(c.N));
+      for (size_t r = 0; r < at.size(); ++r) at[r] = int32_t((r * 37 + 11) % 1024);
+      const int32_t* g_at = dev(at);
+      cpu->rope(qkv.data(), table.data(), c.N, 1, 0, c.C, c.NH, c.NKV, inverse, at.data());
+      gpu->rope(g_qkv, g_table, c.N, 1, 0, c.C, c.NH, c.NKV, inverse, g_at);
+      EXPECT_TRUE(close(host(g_qkv, n), qkv)) << "at positions";
     }
   }
 }

@@ -98,10 +98,14 @@ class Backend {
   // Vocabulary-parallel form (tensor parallelism): a token < 0 is an id another rank holds; it
   // contributes a zero row (forward) and nothing to dwte (backward). wpe == nullptr: no position
   // term; dwpe == nullptr: no position gradient (a rank that is not the one adding wpe).
+  // positions (the backend's ints, [B·T], each below wpe's rows; data.reset_positions): row n
+  // adds wpe[positions[n],:] instead of wpe[n % T,:], and its gradient goes there (summed in row
+  // order: deterministic).
   virtual void encoder_forward(float* out, const int32_t* tokens, const float* wte,
-                               const float* wpe, int B, int T, int C) = 0;
+                               const float* wpe, int B, int T, int C,
+                               const int32_t* positions = nullptr) = 0;
   virtual void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens,
-                                int B, int T, int C) = 0;
+                                int B, int T, int C, const int32_t* positions = nullptr) = 0;
 
   // ---- LayerNorm over the last dim, epsilon eps; mean/rstd [N] saved for backward ----------
   // RMSNorm (model.norm = rmsnorm) is the same op with mean == nullptr: no centering (μ = 0),
@@ -178,9 +182,11 @@ class Backend {
   // c = table[p·hd + i] and s = table[p·hd + h + i] (the "rotate half" pairing of GPT-NeoX and
   // Hugging Face's Llama; the table is gpt.h's rope_table, [seq_len, hd] floats in the backend's
   // memory). inverse rotates by the opposite angles: the transpose, i.e. the backward pass,
-  // applied to dqkv.
+  // applied to dqkv. positions (the backend's ints, [N], each below the table's rows): row r is
+  // at position positions[r] instead, T and pos0 unused (data.reset_positions: each packed
+  // document from 0).
   virtual void rope(float* qkv, const float* table, int N, int T, int pos0, int C, int NH, int NKV,
-                    bool inverse) = 0;
+                    bool inverse, const int32_t* positions = nullptr) = 0;
 
   // ---- per-head RMSNorm of q and k (model.qk_norm) -----------------------------------------
   // qkv [N, W] (layout as above) into out [N, W]: each q head's hd values x become x·r·wq and
@@ -288,9 +294,10 @@ class Backend {
   virtual void convert(float* dst, const bf16_t* src, size_t n) = 0;
 
   virtual void encoder_forward(bf16_t* out, const int32_t* tokens, const bf16_t* wte,
-                               const bf16_t* wpe, int B, int T, int C) = 0;
+                               const bf16_t* wpe, int B, int T, int C,
+                               const int32_t* positions = nullptr) = 0;
   virtual void encoder_backward(float* dwte, float* dwpe, const bf16_t* dout, const int32_t* tokens,
-                                int B, int T, int C) = 0;
+                                int B, int T, int C, const int32_t* positions = nullptr) = 0;
   virtual void layernorm_forward(bf16_t* out, float* mean, float* rstd, const bf16_t* inp,
                                  const bf16_t* weight, const bf16_t* bias, int N, int C,
                                  float eps = kNormEps) = 0;
@@ -344,7 +351,7 @@ class Backend {
                                GradMode mode = GradMode::accumulate) = 0;
   // As the fp32 rope; each rotated element computed in fp32 and rounded once.
   virtual void rope(bf16_t* qkv, const float* table, int N, int T, int pos0, int C, int NH, int NKV,
-                    bool inverse) = 0;
+                    bool inverse, const int32_t* positions = nullptr) = 0;
   // As the fp32 qk_norm ops; computed in fp32 from the bf16 values (r, dw fp32), each bf16 output
   // rounded once (accumulating: round(old + gradient)).
   virtual void qk_norm_forward(bf16_t* out, float* rstd, const bf16_t* qkv, const bf16_t* wq,

@@ -73,6 +73,14 @@ struct GptShape {
   // tokens of its own document only. -1: to every earlier token of the sequence (GPT-2).
   // Generation and scoring (decode_logits, sequence_losses) take a prompt as one document.
   int32_t document_token = -1;
+  // Positions restart at every document (data.reset_positions, with a document mask): in training
+  // and evaluation a token's position is its distance from its document's first token, as if
+  // each packed document were a sequence of its own (Megatron's reset_position_ids): the row of
+  // wpe it adds, and its rotation under rope. With rotary positions that changes nothing but
+  // rounding (a score depends on the distance between query and key, and the mask keeps both in
+  // one document); with the learned table it is another model. Generation and scoring take a
+  // prompt as one document.
+  bool reset_positions = false;
   // Sliding-window attention (model.sliding_window, Mistral 7B v0.1's): each token attends to the
   // last sliding_window tokens at most, itself included, in every layer and in generation too.
   // 0: to every earlier token.
@@ -525,7 +533,8 @@ class Gpt {
   // The attention mask of B sequences of T input tokens (host ids) for the layers that run next:
   // their document mask (shape_.document_token, with `documents`) and sliding window on the
   // backend (key_begin_), or none where neither cuts anything. A model for inference attends
-  // through attention_decode, which takes the window itself: none.
+  // through attention_decode, which takes the window itself: none. With shape_.reset_positions
+  // and `documents`, also each row's position in its document (positions_).
   void set_attention_mask(const int32_t* inputs, int B, int T, bool documents = true);
   // Decoding (decoding_, set by decode_logits): the T rows of each of the B sequences are its
   // positions pos0 .. pos0 + T − 1; the layers' qkv buffers hold each sequence's earlier rows'
@@ -635,12 +644,17 @@ class Gpt {
   // The full-attention layers' mask (shape_.full_attention_every): the document mask alone.
   int32_t* d_key_begin_full_ = nullptr;
   const int32_t* key_begin_full_ = nullptr;
+  // Each row's position in its document (shape_.reset_positions), in this rank's row order; set
+  // with the attention mask (null: positions count from each sequence's start).
+  int32_t* d_positions_ = nullptr;
+  const int32_t* positions_ = nullptr;
   // The mask layer `layer` (of the whole model) applies.
   const int32_t* layer_key_begin(int layer) const {
     return shape_.windowed(layer) ? key_begin_ : key_begin_full_;
   }
   std::vector<int32_t> host_ids_, padded_, host_key_begin_, host_key_begin_full_;
-  std::vector<int32_t> cp_inputs_, cp_targets_;  // cp_local_ids' copies
+  std::vector<int32_t> host_document_start_, host_positions_;  // set_attention_mask's positions
+  std::vector<int32_t> cp_inputs_, cp_targets_;                // cp_local_ids' copies
   // decode_logits: the tokens whose q|k|v rows the first activation set of every chunk holds.
   // Cleared by every forward pass and by params_updated(); set again by decode_logits.
   std::vector<int32_t> decoded_;

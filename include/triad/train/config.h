@@ -85,6 +85,8 @@ struct DataConfig {
   // Attention within documents (model/attention_mask.h): none, or the token id that starts a
   // document (GPT-2: 50256, Llama 3: 128000); parse_document_mask.
   std::string document_mask = "none";
+  // Positions restart at every document (GptShape::reset_positions): needs document_mask.
+  bool reset_positions = false;
 };
 
 struct EvalConfig {

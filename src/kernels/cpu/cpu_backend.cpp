@@ -78,12 +78,12 @@ class CpuBackend final : public Backend {
 
   // ---- ops ---------------------------------------------------------------------------------
   void encoder_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B,
-                       int T, int C) override {
-    cpu::encoder_forward(out, tokens, wte, wpe, B, T, C);
+                       int T, int C, const int32_t* positions) override {
+    cpu::encoder_forward(out, tokens, wte, wpe, B, T, C, positions);
   }
   void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens, int B,
-                        int T, int C) override {
-    cpu::encoder_backward(dwte, dwpe, dout, tokens, B, T, C);
+                        int T, int C, const int32_t* positions) override {
+    cpu::encoder_backward(dwte, dwpe, dout, tokens, B, T, C, positions);
   }
   void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
                          const float* weight, const float* bias, int N, int C,
@@ -132,8 +132,8 @@ class CpuBackend final : public Backend {
     cpu::swiglu_backward(dpre, pre, dout, N, H, mode == GradMode::accumulate);
   }
   void rope(float* qkv, const float* table, int N, int T, int pos0, int C, int NH, int NKV,
-            bool inverse) override {
-    cpu::rope(qkv, table, N, T, pos0, C, NH, NKV, inverse);
+            bool inverse, const int32_t* positions) override {
+    cpu::rope(qkv, table, N, T, pos0, C, NH, NKV, inverse, positions);
   }
   void qk_norm_forward(float* out, float* rstd, const float* qkv, const float* wq, const float* wk,
                        int N, int C, int NH, int NKV, float eps = kNormEps) override {
@@ -202,12 +202,12 @@ class CpuBackend final : public Backend {
   void convert(bf16_t* dst, const float* src, size_t n) override { cpu::to_bf16(dst, src, n); }
   void convert(float* dst, const bf16_t* src, size_t n) override { cpu::to_fp32(dst, src, n); }
   void encoder_forward(bf16_t* out, const int32_t* tokens, const bf16_t* wte, const bf16_t* wpe,
-                       int B, int T, int C) override {
-    cpu::encoder_forward(out, tokens, wte, wpe, B, T, C);
+                       int B, int T, int C, const int32_t* positions) override {
+    cpu::encoder_forward(out, tokens, wte, wpe, B, T, C, positions);
   }
   void encoder_backward(float* dwte, float* dwpe, const bf16_t* dout, const int32_t* tokens, int B,
-                        int T, int C) override {
-    cpu::encoder_backward(dwte, dwpe, dout, tokens, B, T, C);
+                        int T, int C, const int32_t* positions) override {
+    cpu::encoder_backward(dwte, dwpe, dout, tokens, B, T, C, positions);
   }
   void layernorm_forward(bf16_t* out, float* mean, float* rstd, const bf16_t* inp,
                          const bf16_t* weight, const bf16_t* bias, int N, int C,
@@ -256,8 +256,8 @@ class CpuBackend final : public Backend {
     cpu::swiglu_backward(dpre, pre, dout, N, H, mode == GradMode::accumulate);
   }
   void rope(bf16_t* qkv, const float* table, int N, int T, int pos0, int C, int NH, int NKV,
-            bool inverse) override {
-    cpu::rope(qkv, table, N, T, pos0, C, NH, NKV, inverse);
+            bool inverse, const int32_t* positions) override {
+    cpu::rope(qkv, table, N, T, pos0, C, NH, NKV, inverse, positions);
   }
   void qk_norm_forward(bf16_t* out, float* rstd, const bf16_t* qkv, const bf16_t* wq,
                        const bf16_t* wk, int N, int C, int NH, int NKV,

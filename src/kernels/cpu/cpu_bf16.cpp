@@ -62,13 +62,14 @@ void to_bf16(bf16_t* dst, const float* src, size_t n) {
 void to_fp32(float* dst, const bf16_t* src, size_t n) { widen_into(dst, src, n); }
 
 void encoder_forward(bf16_t* out, const int32_t* tokens, const bf16_t* wte, const bf16_t* wpe,
-                     int B, int T, int C) {
+                     int B, int T, int C, const int32_t* positions) {
   // Row by row (widening all of wte would cost a pass over the whole table).
   const int N = B * T;
 #pragma omp parallel for schedule(static) if (size_t(N) * C >= kParallelMin)
   for (int n = 0; n < N; ++n) {
     const int32_t tok = tokens[n];
-    const bf16_t* pos = wpe != nullptr ? wpe + size_t(n % T) * C : nullptr;
+    const size_t p = positions != nullptr ? size_t(positions[n]) : size_t(n % T);
+    const bf16_t* pos = wpe != nullptr ? wpe + p * C : nullptr;
     const bf16_t* row = tok >= 0 ? wte + size_t(tok) * C : nullptr;
     bf16_t* o = out + size_t(n) * C;
     for (int c = 0; c < C; ++c) {  // the fp32 kernel's arithmetic (no "+ 0" that turns -0 to +0)
@@ -79,8 +80,8 @@ void encoder_forward(bf16_t* out, const int32_t* tokens, const bf16_t* wte, cons
 }
 
 void encoder_backward(float* dwte, float* dwpe, const bf16_t* dout, const int32_t* tokens, int B,
-                      int T, int C) {
-  encoder_backward(dwte, dwpe, widen(0, dout, size_t(B) * T * C), tokens, B, T, C);
+                      int T, int C, const int32_t* positions) {
+  encoder_backward(dwte, dwpe, widen(0, dout, size_t(B) * T * C), tokens, B, T, C, positions);
 }
 
 void layernorm_forward(bf16_t* out, float* mean, float* rstd, const bf16_t* inp,

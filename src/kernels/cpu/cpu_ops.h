@@ -35,9 +35,9 @@ void parallel_sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha
 
 // ---- ops -----------------------------------------------------------------------------------
 void encoder_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B,
-                     int T, int C);
+                     int T, int C, const int32_t* positions);
 void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens, int B,
-                      int T, int C);
+                      int T, int C, const int32_t* positions);
 
 void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
                        const float* bias, int N, int C, float eps);
@@ -80,9 +80,9 @@ void qk_norm_backward(bf16_t* dqkv, float* dwq, float* dwk, const bf16_t* dout, 
                       int NKV, bool accumulate);
 // Rotary position embedding in place (cpu_rope.cpp); fp32 and bf16 (computed in fp32).
 void rope(float* qkv, const float* table, int N, int T, int pos0, int C, int NH, int NKV,
-          bool inverse);
+          bool inverse, const int32_t* positions);
 void rope(bf16_t* qkv, const float* table, int N, int T, int pos0, int C, int NH, int NKV,
-          bool inverse);
+          bool inverse, const int32_t* positions);
 
 void gelu_forward(float* out, const float* inp, size_t n);
 void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n);
@@ -114,9 +114,9 @@ void zero_bf16(bf16_t* p, size_t n);
 void to_bf16(bf16_t* dst, const float* src, size_t n);
 void to_fp32(float* dst, const bf16_t* src, size_t n);
 void encoder_forward(bf16_t* out, const int32_t* tokens, const bf16_t* wte, const bf16_t* wpe,
-                     int B, int T, int C);
+                     int B, int T, int C, const int32_t* positions);
 void encoder_backward(float* dwte, float* dwpe, const bf16_t* dout, const int32_t* tokens, int B,
-                      int T, int C);
+                      int T, int C, const int32_t* positions);
 void layernorm_forward(bf16_t* out, float* mean, float* rstd, const bf16_t* inp,
                        const bf16_t* weight, const bf16_t* bias, int N, int C, float eps);
 void layernorm_backward(bf16_t* dinp, float* dweight, float* dbias, const bf16_t* dout,

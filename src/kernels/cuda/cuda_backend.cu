@@ -141,12 +141,12 @@ class CudaBackend final : public Backend {
 
   // ---- ops ---------------------------------------------------------------------------------
   void encoder_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B,
-                       int T, int C) override {
-    cuda::encoder_forward(stream_, out, tokens, wte, wpe, B, T, C);
+                       int T, int C, const int32_t* positions) override {
+    cuda::encoder_forward(stream_, out, tokens, wte, wpe, B, T, C, positions);
   }
   void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens, int B,
-                        int T, int C) override {
-    cuda::encoder_backward(stream_, dwte, dwpe, dout, tokens, B, T, C);
+                        int T, int C, const int32_t* positions) override {
+    cuda::encoder_backward(stream_, dwte, dwpe, dout, tokens, B, T, C, positions);
   }
   void residual_layernorm_forward(float* sum, float* out, float* mean, float* rstd, const float* a,
                                   const float* b, const float* weight, const float* bias, int N,
@@ -204,8 +204,8 @@ class CudaBackend final : public Backend {
     cuda::swiglu_backward(stream_, dpre, pre, dout, N, H, mode == GradMode::accumulate);
   }
   void rope(float* qkv, const float* table, int N, int T, int pos0, int C, int NH, int NKV,
-            bool inverse) override {
-    cuda::rope(stream_, qkv, table, N, T, pos0, C, NH, NKV, inverse);
+            bool inverse, const int32_t* positions) override {
+    cuda::rope(stream_, qkv, table, N, T, pos0, C, NH, NKV, inverse, positions);
   }
   void qk_norm_forward(float* out, float* rstd, const float* qkv, const float* wq, const float* wk,
                        int N, int C, int NH, int NKV, float eps = kNormEps) override {
@@ -266,12 +266,12 @@ class CudaBackend final : public Backend {
     cuda::convert(stream_, dst, dev(src), n);
   }
   void encoder_forward(bf16_t* out, const int32_t* tokens, const bf16_t* wte, const bf16_t* wpe,
-                       int B, int T, int C) override {
-    cuda::encoder_forward(stream_, dev(out), tokens, dev(wte), dev(wpe), B, T, C);
+                       int B, int T, int C, const int32_t* positions) override {
+    cuda::encoder_forward(stream_, dev(out), tokens, dev(wte), dev(wpe), B, T, C, positions);
   }
   void encoder_backward(float* dwte, float* dwpe, const bf16_t* dout, const int32_t* tokens, int B,
-                        int T, int C) override {
-    cuda::encoder_backward(stream_, dwte, dwpe, dev(dout), tokens, B, T, C);
+                        int T, int C, const int32_t* positions) override {
+    cuda::encoder_backward(stream_, dwte, dwpe, dev(dout), tokens, B, T, C, positions);
   }
   void residual_layernorm_forward(bf16_t* sum, bf16_t* out, float* mean, float* rstd,
                                   const bf16_t* a, const bf16_t* b, const bf16_t* weight,
@@ -344,8 +344,8 @@ class CudaBackend final : public Backend {
                           mode == GradMode::accumulate);
   }
   void rope(bf16_t* qkv, const float* table, int N, int T, int pos0, int C, int NH, int NKV,
-            bool inverse) override {
-    cuda::rope(stream_, dev(qkv), table, N, T, pos0, C, NH, NKV, inverse);
+            bool inverse, const int32_t* positions) override {
+    cuda::rope(stream_, dev(qkv), table, N, T, pos0, C, NH, NKV, inverse, positions);
   }
   void qk_norm_forward(bf16_t* out, float* rstd, const bf16_t* qkv, const bf16_t* wq,
                        const bf16_t* wk, int N, int C, int NH, int NKV,

@@ -11,7 +11,9 @@
 // deterministic, and the same order as the CPU backend (bit-identical sums). The buckets only
 // add parallelism (C·kBuckets threads instead of C); each thread reads all N token ids, which
 // are the same address across a warp (one broadcast load).
-// dwpe: thread (t, c) sums over the B sequences in order.
+// dwpe: thread (t, c) sums over the B sequences in order; with positions of their own
+// (data.reset_positions: several rows of a sequence share a position) the buckets' walk above,
+// over positions instead of token ids, in row order as the CPU backend.
 #include "cuda_ops.cuh"
 
 namespace triad::cuda {
@@ -24,11 +26,12 @@ constexpr int kChannelBlock = 128;
 
 template <typename Elem>
 __global__ void encoder_forward_kernel(Elem* out, const int32_t* tokens, const Elem* wte,
-                                       const Elem* wpe, int T, int C, size_t total) {
+                                       const Elem* wpe, const int32_t* positions, int T, int C,
+                                       size_t total) {
   TRIAD_GRID_STRIDE_LOOP(i, total) {
     const size_t n = i / size_t(C);
     const size_t c = i % size_t(C);
-    const size_t t = n % size_t(T);
+    const size_t t = positions != nullptr ? size_t(positions[n]) : n % size_t(T);
     const int32_t tok = tokens[n];
     const float x = tok >= 0 ? widen(wte[size_t(tok) * C + c]) : 0.0f;  // foreign: a zero row
     out[i] = narrow<Elem>(wpe != nullptr ? x + widen(wpe[t * C + c]) : x);
@@ -64,30 +67,36 @@ __global__ void encoder_backward_wpe_kernel(float* dwpe, const Elem* dout, int B
 
 template <typename Elem>
 void encoder_forward(cudaStream_t s, Elem* out, const int32_t* tokens, const Elem* wte,
-                     const Elem* wpe, int B, int T, int C) {
+                     const Elem* wpe, int B, int T, int C, const int32_t* positions) {
   const size_t total = size_t(B) * T * C;
   if (total == 0) return;
-  encoder_forward_kernel<<<grid_for(total), kBlock, 0, s>>>(out, tokens, wte, wpe, T, C, total);
+  encoder_forward_kernel<<<grid_for(total), kBlock, 0, s>>>(out, tokens, wte, wpe, positions, T, C,
+                                                            total);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
 template <typename Elem>
 void encoder_backward(cudaStream_t s, float* dwte, float* dwpe, const Elem* dout,
-                      const int32_t* tokens, int B, int T, int C) {
+                      const int32_t* tokens, int B, int T, int C, const int32_t* positions) {
   if (size_t(B) * T * C == 0) return;
   const dim3 grid((C + kChannelBlock - 1) / kChannelBlock, kBuckets);
   encoder_backward_wte_kernel<<<grid, kChannelBlock, 0, s>>>(dwte, dout, tokens, B * T, C);
   TRIAD_CUDA_CHECK_LAUNCH();
   if (dwpe == nullptr) return;
+  if (positions != nullptr) {  // rows sharing a position: the buckets' walk, over positions
+    encoder_backward_wte_kernel<<<grid, kChannelBlock, 0, s>>>(dwpe, dout, positions, B * T, C);
+    TRIAD_CUDA_CHECK_LAUNCH();
+    return;
+  }
   encoder_backward_wpe_kernel<<<grid_for(size_t(T) * C), kBlock, 0, s>>>(dwpe, dout, B, T, C);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
 #define TRIAD_INSTANTIATE_ENCODER(Elem)                                                           \
   template void encoder_forward<Elem>(cudaStream_t, Elem*, const int32_t*, const Elem*,           \
-                                      const Elem*, int, int, int);                                \
+                                      const Elem*, int, int, int, const int32_t*);                \
   template void encoder_backward<Elem>(cudaStream_t, float*, float*, const Elem*, const int32_t*, \
-                                       int, int, int);
+                                       int, int, int, const int32_t*);
 TRIAD_INSTANTIATE_ENCODER(float)
 TRIAD_INSTANTIATE_ENCODER(bf16)
 #undef TRIAD_INSTANTIATE_ENCODER

@@ -31,10 +31,11 @@ void convert(cudaStream_t s, Dst* dst, const Src* src, size_t n);
 // ---- encoder (cuda_encoder.cu) -------------------------------------------------------------
 template <typename Elem>
 void encoder_forward(cudaStream_t s, Elem* out, const int32_t* tokens, const Elem* wte,
-                     const Elem* wpe, int B, int T, int C);
+                     const Elem* wpe, int B, int T, int C, const int32_t* positions = nullptr);
 template <typename Elem>
 void encoder_backward(cudaStream_t s, float* dwte, float* dwpe, const Elem* dout,
-                      const int32_t* tokens, int B, int T, int C);
+                      const int32_t* tokens, int B, int T, int C,
+                      const int32_t* positions = nullptr);
 
 // ---- layernorm (cuda_layernorm.cu) ---------------------------------------------------------
 template <typename Elem>
@@ -232,7 +233,7 @@ void swiglu_backward(cudaStream_t s, Elem* dpre, const Elem* pre, const Elem* do
 // ---- rotary position embedding (cuda_rope.cu): backend.h rope, in place -------------------
 template <typename Elem>
 void rope(cudaStream_t s, Elem* qkv, const float* table, int N, int T, int pos0, int C, int NH,
-          int NKV, bool inverse);
+          int NKV, bool inverse, const int32_t* positions = nullptr);
 
 // ---- per-head RMSNorm of q and k (cuda_qk_norm.cu): backend.h qk_norm_forward / backward ----
 // The weight gradients' per-slice partials live in scratch (the column sums' scratch);

@@ -9,15 +9,16 @@ namespace triad::cuda {
 namespace {
 
 template <typename Elem>
-__global__ void rope_kernel(Elem* qkv, const float* table, int T, int pos0, int hd, int heads,
-                            size_t W, size_t pairs, float sign) {
+__global__ void rope_kernel(Elem* qkv, const float* table, const int32_t* positions, int T,
+                            int pos0, int hd, int heads, size_t W, size_t pairs, float sign) {
   const int half = hd / 2;
   TRIAD_GRID_STRIDE_LOOP(k, pairs) {
     const int i = int(k % size_t(half));
     const size_t head = k / size_t(half);  // row · heads + j
     const int j = int(head % size_t(heads));
     const size_t r = head / size_t(heads);
-    const float* cs = table + size_t(pos0 + int(r % size_t(T))) * hd;
+    const int p = positions != nullptr ? positions[r] : pos0 + int(r % size_t(T));
+    const float* cs = table + size_t(p) * hd;
     Elem* x = qkv + r * W + size_t(j) * hd;  // k head g is column C + g·hd = (NH + g)·hd
     const float c = cs[i], s = sign * cs[half + i];
     const float a = widen(x[i]), b = widen(x[half + i]);
@@ -30,7 +31,7 @@ __global__ void rope_kernel(Elem* qkv, const float* table, int T, int pos0, int 
 
 template <typename Elem>
 void rope(cudaStream_t s, Elem* qkv, const float* table, int N, int T, int pos0, int C, int NH,
-          int NKV, bool inverse) {
+          int NKV, bool inverse, const int32_t* positions) {
   TRIAD_CHECK(
       NH > 0 && C % NH == 0 && (C / NH) % 2 == 0 && NKV > 0 && NH % NKV == 0 && (N == 0 || T > 0),
       "cuda rope: bad shape (N = ", N, ", T = ", T, ", C = ", C, ", NH = ", NH, ", NKV = ", NKV,
@@ -39,12 +40,14 @@ void rope(cudaStream_t s, Elem* qkv, const float* table, int N, int T, int pos0,
   const size_t W = size_t(qkv_width(C, NH, NKV));
   const size_t pairs = size_t(N) * heads * (hd / 2);
   if (pairs == 0) return;
-  rope_kernel<<<grid_for(pairs), kBlock, 0, s>>>(qkv, table, T, pos0, hd, heads, W, pairs,
-                                                 inverse ? -1.0f : 1.0f);
+  rope_kernel<<<grid_for(pairs), kBlock, 0, s>>>(qkv, table, positions, T, pos0, hd, heads, W,
+                                                 pairs, inverse ? -1.0f : 1.0f);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
-template void rope<float>(cudaStream_t, float*, const float*, int, int, int, int, int, int, bool);
-template void rope<bf16>(cudaStream_t, bf16*, const float*, int, int, int, int, int, int, bool);
+template void rope<float>(cudaStream_t, float*, const float*, int, int, int, int, int, int, bool,
+                          const int32_t*);
+template void rope<bf16>(cudaStream_t, bf16*, const float*, int, int, int, int, int, int, bool,
+                         const int32_t*);
 
 }  // namespace triad::cuda
