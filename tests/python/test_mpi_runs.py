@@ -104,9 +104,10 @@ def test_preemption_on_one_rank_stops_all_and_resumes_bit_exactly(tmp_path, n, g
         assert np.array_equal(w1[k], w2[k]), k
 
 
-def assert_grids_follow_one_rank(tmp_path, cfg, common, pp_extra=()):
+def assert_grids_follow_one_rank(tmp_path, cfg, common, pp_extra=(), more=()):
     """Tensor, pipeline (with pp_extra), data (ZeRO-1) and 2 x 2 grids of cfg with the options
-    `common`: their train and val losses are run "one"'s within fp32 rounding."""
+    `common`, and the grids `more` ((name, ranks, options)): their train and val losses are run
+    "one"'s within fp32 rounding."""
     def curves(name):
         with h5py.File(tmp_path / "runs" / name / "metrics.h5", "r") as f:
             return f["train/loss"][:], f["val/loss"][:]
@@ -117,7 +118,7 @@ def assert_grids_follow_one_rank(tmp_path, cfg, common, pp_extra=()):
                                      *pp_extra]),
                           ("dp", 2, ["--parallel.zero", 1]),
                           ("tppp", 4, ["--parallel.tp", 2, "--parallel.pp", 2,
-                                       "--train.micro_batch_size", 2])]:
+                                       "--train.micro_batch_size", 2]), *more]:
         p = run(n, "--config", cfg, *common, *grid, "--run.name", name)
         assert p.returncode == 0, (name, p.stderr)
         got, got_val = curves(name)
@@ -178,30 +179,40 @@ def test_bad_loss_masks_stop_every_rank(tmp_path, n, grid):
     assert p.returncode != 0 and f"loss mask {mask_of[shards[2]]}: missing" in p.stderr, p.stderr
 
 
-@pytest.mark.parametrize("window,every", [(0, 0), (5, 0), (5, 2)])
-def test_document_masks_give_the_same_curve_on_every_grid(tmp_path, window, every):
+@pytest.mark.parametrize("window,every,reset", [(0, 0, False), (5, 0, False), (5, 2, False),
+                                                (0, 0, True)])
+def test_document_masks_give_the_same_curve_on_every_grid(tmp_path, window, every, reset):
     """data.document_mask (and with it a sliding window of 5, model.sliding_window, in both
     layers or, model.full_attention_every = 2, in the first: the pipeline's second stage holds a
-    full-attention layer) on tensor, pipeline (every stage masks its layers' attention with the
-    micro-batch's documents), data (ZeRO-1) and 2 x 2 grids, with full recomputation on one: the
-    one-rank curve within fp32 rounding (its values against PyTorch: test_reference_model.py),
-    which differs from the unmasked one."""
+    full-attention layer; or positions that restart at every document, data.reset_positions) on
+    tensor, pipeline (every stage masks its layers' attention with the micro-batch's documents),
+    data (ZeRO-1) and 2 x 2 grids, with full recomputation on one: the one-rank curve within fp32
+    rounding (its values against PyTorch: test_reference_model.py), which differs from the
+    unmasked one (with reset positions: from the masked one without)."""
     cfg = tiny_config(tmp_path, name="one", train__steps=8, eval__every=4)
     rng = np.random.default_rng(4)
     for shard in sorted((tmp_path / "data").glob("*.bin")):
         tokens = np.frombuffer(shard.read_bytes()[1024:], dtype="<u2").astype(np.int64)
         tokens[rng.random(tokens.size) < 0.15] = 3  # documents of ~7 tokens, starting with 3
         write_shard(shard, tokens)
-    common = ["--data.document_mask", 3, "--model.sliding_window", window,
+    masked = ["--data.document_mask", 3, "--model.sliding_window", window,
               "--model.full_attention_every", every, "--eval.every", 4, "--checkpoint.every", 0]
+    common = masked + (["--data.reset_positions", "true"] if reset else [])
     p = run(1, "--config", cfg, *common)
     assert p.returncode == 0, p.stderr
     want = metrics(tmp_path / "runs" / "one")[1]
-    p = run(1, "--config", cfg, "--eval.every", 4, "--checkpoint.every", 0, "--run.name", "plain")
+    other = masked if reset else ["--eval.every", 4, "--checkpoint.every", 0]
+    p = run(1, "--config", cfg, *other, "--run.name", "plain")
     assert p.returncode == 0, p.stderr
     plain = metrics(tmp_path / "runs" / "plain")[1]  # random tokens: attention matters little
     assert np.max(np.abs(plain - want) / want) > 1e-4, (plain, want)
-    assert_grids_follow_one_rank(tmp_path, cfg, common, pp_extra=["--train.recompute", "full"])
+    # Reset positions: context parallelism too (each rank's two pieces at their documents'
+    # positions), alone and with sequence parallelism.
+    more = [("cp", 2, ["--parallel.cp", 2]),
+            ("cpsp", 4, ["--parallel.cp", 2, "--parallel.tp", 2,
+                         "--parallel.sequence_parallel", "true"])] if reset else []
+    assert_grids_follow_one_rank(tmp_path, cfg, common, pp_extra=["--train.recompute", "full"],
+                                 more=more)
 
 
 def test_rank_killed_during_checkpoint_leaves_previous_one_loadable(tmp_path):

@@ -643,6 +643,26 @@ def test_document_mask_gradients_match_torch(name, recompute, tmp_root, tmp_path
     check_probe_against_torch(q, recompute, data_dir=tmp_path, data__document_mask=7)
 
 
+# data.reset_positions: every gradient of one forward/backward on packed documents whose
+# positions restart at each document, against the reference's (written from that definition):
+# GPT-2's learned table (another model than without the reset: the test tells them apart) and
+# Llama's rotary positions.
+@pytest.mark.parametrize("name", ["oddshapes", "llama"])
+def test_reset_positions_gradients_match_torch(name, tmp_root, tmp_path):
+    p = prepare(next(c for c in CASES if c.name == name), tmp_root)
+    q = packed_documents(p, tmp_path, 7, 41)
+    q = replace(q, case=replace(q.case, cfg=replace(q.case.cfg, reset_positions=True)))
+    check_probe_against_torch(q, "none", data_dir=tmp_path, data__document_mask=7,
+                              data__reset_positions="true")
+    if name == "oddshapes":  # the learned table's gradient differs from the one without reset
+        with h5py.File(tmp_path / "probe_none_0.h5", "r") as f:
+            got = f["grad/wpe/weight"][...]
+        cfg = replace(q.case.cfg, reset_positions=False)
+        x, y = ref.batch(q.train_tokens, 0, q.case.micro_batch, cfg.seq_len)
+        _, _, grads = torch_forward_backward(q.weights, cfg, x, y)
+        assert rel_err(got, grads["wpe/weight"]) > 1e-2
+
+
 def with_window(p: Prepared, tmp_path: Path, window: int, full_every: int = 0) -> Prepared:
     """p's model with model.sliding_window = window (and model.full_attention_every): its
     weights in a checkpoint whose /model attributes say so (a checkpoint holds its model's

@@ -72,6 +72,9 @@ class GptConfig:
     # data.document_mask: the token that starts a document; each token then attends to its own
     # document only (None: to the whole sequence).
     document_token: Optional[int] = None
+    # data.reset_positions: with document_token, each token's position is its distance from its
+    # document's first token (the learned table's row, the rotation under rope).
+    reset_positions: bool = False
     # model.sliding_window: each token attends to the last sliding_window tokens at most (0: all).
     sliding_window: int = 0
     # model.full_attention_every: with a window, layers N, 2N, .. (1-based) attend to everything.
@@ -227,15 +230,20 @@ def rope_frequencies(theta: float, hd: int, scaling=None) -> torch.Tensor:
                        torch.where(wavelength > L / low, freq / factor, middle))
 
 
-def rotary(x: torch.Tensor, theta: float, pos0: int = 0, scaling=None) -> torch.Tensor:
-    """RoFormer's rotary embedding of x [B, nh, T, hd] at positions pos0 .. pos0 + T - 1, in the
-    "rotate half" pairing (GPT-NeoX, Hugging Face Llama): dimension i < hd/2 pairs with i + hd/2,
-    and the pair turns by the angle pos * theta^(-2i/hd) (scaled: rope_frequencies). Angles in
-    float64."""
+def rotary(x: torch.Tensor, theta: float, pos0: int = 0, scaling=None,
+           positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """RoFormer's rotary embedding of x [B, nh, T, hd] at positions pos0 .. pos0 + T - 1 (or each
+    token at positions [B, T]), in the "rotate half" pairing (GPT-NeoX, Hugging Face Llama):
+    dimension i < hd/2 pairs with i + hd/2, and the pair turns by the angle pos * theta^(-2i/hd)
+    (scaled: rope_frequencies). Angles in float64."""
     T, hd = x.shape[-2], x.shape[-1]
     half = hd // 2
     freq = rope_frequencies(theta, hd, scaling)
-    ang = torch.arange(pos0, pos0 + T, dtype=torch.float64)[:, None] * freq[None, :]  # [T, half]
+    if positions is None:
+        pos = torch.arange(pos0, pos0 + T, dtype=torch.float64)[:, None]  # [T, 1]
+    else:
+        pos = positions.to(torch.float64)[:, None, :, None]  # [B, 1, T, 1]
+    ang = pos * freq  # [T, half] or [B, 1, T, half]
     cos = torch.cat([ang.cos(), ang.cos()], dim=-1).to(x.dtype)
     sin = torch.cat([ang.sin(), ang.sin()], dim=-1).to(x.dtype)
     turned = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
@@ -247,12 +255,13 @@ def attention(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_head: int,
               q_norm: Optional[torch.Tensor] = None,
               k_norm: Optional[torch.Tensor] = None, rope_scaling=None,
               eps: float = LN_EPS, head_dim: int = 0,
-              mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+              mask: Optional[torch.Tensor] = None,
+              positions: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Causal self-attention on x [B, T, C]: c_attn rows are q | k | v, each head-major, k and v
     with n_kv_head heads (0: n_head); q_norm, k_norm [hd] (model.qk_norm): each q head and each
     k head RMSNormed with these weights, shared by the heads, before the rotation; rope_theta:
-    q and k rotated (rotary positions). mask [B, 1, T, T] (True: query i sees key j) replaces
-    the causal one (document_mask)."""
+    q and k rotated (rotary positions; at positions [B, T] where given). mask [B, 1, T, T] (True:
+    query i sees key j) replaces the causal one (document_mask)."""
     B, T, C = x.shape
     hd = head_dim or C // n_head  # model.head_dim: q is n_head·hd wide, not C
     kv = n_kv_head or n_head
@@ -265,7 +274,8 @@ def attention(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_head: int,
     if q_norm is not None:  # QK-norm (Qwen3, Gemma 3): over each head's hd values; v as it is
         q, k = rms_norm(q, q_norm, eps), rms_norm(k, k_norm, eps)
     if rope_theta is not None:
-        q, k = rotary(q, rope_theta, 0, rope_scaling), rotary(k, rope_theta, 0, rope_scaling)
+        q = rotary(q, rope_theta, 0, rope_scaling, positions)
+        k = rotary(k, rope_theta, 0, rope_scaling, positions)
     # Grouped-query attention: the kv heads repeated whole, so query head h meets kv head
     # h % kv (triad's grouping; not Hugging Face's repeat_interleave, h // (n_head / kv)).
     k, v = k.repeat(1, n_head // kv, 1, 1), v.repeat(1, n_head // kv, 1, 1)
@@ -316,6 +326,15 @@ def document_mask(idx: torch.Tensor, token: int) -> torch.Tensor:
     return (causal & (later == 0)).unsqueeze(1)
 
 
+def document_positions(idx: torch.Tensor, token: int) -> torch.Tensor:
+    """[B, T]: each token's distance from the last token at or before it that starts a document
+    (from the sequence's first token where none does)."""
+    B, T = idx.shape
+    t = torch.arange(T).expand(B, T)
+    starts = torch.where(idx == token, t, torch.zeros_like(t))
+    return t - torch.cummax(starts, dim=1).values
+
+
 def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor) -> torch.Tensor:
     """Logits [B, T, vocab_size] (the padded columns are dropped) for token ids idx [B, T]."""
     B, T = idx.shape
@@ -333,9 +352,13 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor) 
         every = cfg.full_attention_every
         return full if cfg.sliding_window and every and (layer + 1) % every == 0 else windowed
 
+    positions = None
+    if cfg.reset_positions:
+        assert cfg.document_token is not None
+        positions = document_positions(idx, cfg.document_token)
     x = params["wte/weight"][idx]
     if rope is None:
-        x = x + params["wpe/weight"][:T]
+        x = x + (params["wpe/weight"][:T] if positions is None else params["wpe/weight"][positions])
     for i in range(cfg.n_layer):
         p = f"h/{i}/"
         h = norm(params, cfg, p + "ln_1", x)
@@ -343,7 +366,7 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor) 
         x = x + linear(attention(h, params[p + "attn/c_attn/weight"],
                                  params.get(p + "attn/c_attn/bias"), cfg.n_head, rope,
                                  cfg.kv_heads, qn, kn, cfg.rope_scaling, cfg.norm_eps,
-                                 cfg.head_dim, layer_mask(i)),
+                                 cfg.head_dim, layer_mask(i), positions),
                        params[p + "attn/c_proj/weight"], params.get(p + "attn/c_proj/bias"))
         h = norm(params, cfg, p + "ln_2", x)
         x = x + mlp(params, cfg, p, h)
