@@ -228,6 +228,16 @@ TEST(Config, DocumentMaskIsNoneOrATokenOfTheVocabulary) {
             std::string::npos);
   EXPECT_EQ(gpt_shape(parse({"--data.document_mask", "50256"}).config).document_token, 50256);
   EXPECT_EQ(gpt_shape(parse({}).config).document_token, -1);
+  // data.reset_positions needs the documents it restarts at; gpt_shape carries it.
+  EXPECT_NE(error_of({"--data.reset_positions", "true"})
+                .find("data.reset_positions needs data.document_mask"),
+            std::string::npos);
+  EXPECT_NE(error_of({"--data.reset_positions", "yes please"}).find("data.reset_positions"),
+            std::string::npos);
+  EXPECT_TRUE(
+      gpt_shape(parse({"--data.document_mask", "50256", "--data.reset_positions", "true"}).config)
+          .reset_positions);
+  EXPECT_FALSE(gpt_shape(parse({}).config).reset_positions);
 }
 
 TEST(Config, SlidingWindowIsACountOfKeys) {
