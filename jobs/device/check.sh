@@ -493,15 +493,19 @@ EOF
     # further down keep their time.
     for v in "bf16 16 12 deterministic none" "fp32 8 8 deterministic none" "bf16 16 12 atomic none" \
              "bf16 16 12 deterministic full" "bf16 16 12 deterministic none muon" \
-             "bf16 16 12 deterministic none adamw llama" "bf16 16 12 deterministic none adamw llama_gqa"; do
+             "bf16 16 12 deterministic none adamw llama" "bf16 16 12 deterministic none adamw llama_gqa" \
+             "bf16 16 12 deterministic none adamw llama_gqa_expand"; do
       read -r pr mb steps fb recomp opt arch <<<"$v"
       opt=${opt:-adamw}
       # llama: the same size with Llama's architecture (rope, RMSNorm, SwiGLU 2048, no biases,
       # untied head: inputs/models/llama-124m.ini); llama_gqa: with 4 key/value heads of 12 (what
-      # the expansion around the flash kernels costs).
+      # the expansion around the flash kernels costs); its backward's dK/dV native (auto picks it
+      # at this grid: B·NKV·key blocks = 1024 >= 4 blocks per SM) against the expanded rows
+      # (llama_gqa_expand, TRIAD_FLASH_GQA_BACKWARD=expand).
       arch_opts=(); [[ ${arch:-} == llama* ]] && arch_opts=(--model.position rope --model.norm rmsnorm
         --model.mlp swiglu --model.bias false --model.tie_embeddings false)
-      [[ ${arch:-} == llama_gqa ]] && arch_opts+=(--model.n_kv_head 4)
+      [[ ${arch:-} == llama_gqa* ]] && arch_opts+=(--model.n_kv_head 4)
+      gqa_bw=auto; [[ ${arch:-} == llama_gqa_expand ]] && gqa_bw=expand
       tag=$pr; [[ $fb == atomic ]] && tag=${pr}_atomic; [[ $recomp != none ]] && tag=${pr}_recompute
       [[ $opt == muon ]] && tag=${pr}_muon
       [[ ${arch:-} == llama* ]] && tag=${pr}_$arch
@@ -512,7 +516,7 @@ EOF
         continue
       fi
       echo "-- GPT-2 124M, CUDA backend $pr, B=$mb T=1024, $steps steps, $fb flash backward, recompute $recomp, logits chunk $chunk"
-      TRIAD_FLASH_BACKWARD=$fb timeout "$(tmo 120 170)" "$B/triad-train" --model.n_layer 12 --model.n_head 12 --model.n_embd 768 \
+      TRIAD_FLASH_BACKWARD=$fb TRIAD_FLASH_GQA_BACKWARD=$gqa_bw timeout "$(tmo 120 170)" "$B/triad-train" --model.n_layer 12 --model.n_head 12 --model.n_embd 768 \
         --model.seq_len 1024 --train.steps "$steps" --train.batch_size "$mb" --train.micro_batch_size "$mb" \
         --train.warmup_steps 1 --data.train "$W/data124/train_*.bin" --eval.sequences 0 \
         --checkpoint.every 0 --run.dir "$W/runs" --run.name "gpt124_$tag" --run.backend cuda \
@@ -545,7 +549,7 @@ EOF
   ) 2>&1 | tee "$RUN/gpu.txt"
   GPU_EVAL=$(sed -n 's/^RESULT_EVAL //p' "$RUN/gpu.txt" | paste -sd';' -)
   GPU_CURVE=$(sed -n 's/^RESULT_CURVE //p' "$RUN/gpu.txt" | paste -sd';' -)
-  GPU_124M=$(sed -n 's/^RESULT_124M_bf16 //p' "$RUN/gpu.txt")"; atomic dQ: $(sed -n 's/^RESULT_124M_bf16_atomic //p' "$RUN/gpu.txt"); muon: $(sed -n 's/^RESULT_124M_bf16_muon //p' "$RUN/gpu.txt"); Llama architecture: $(sed -n 's/^RESULT_124M_bf16_llama //p' "$RUN/gpu.txt"); with 4 key/value heads: $(sed -n 's/^RESULT_124M_bf16_llama_gqa //p' "$RUN/gpu.txt")"; GPU_124M32=$(sed -n 's/^RESULT_124M_fp32 //p' "$RUN/gpu.txt")
+  GPU_124M=$(sed -n 's/^RESULT_124M_bf16 //p' "$RUN/gpu.txt")"; atomic dQ: $(sed -n 's/^RESULT_124M_bf16_atomic //p' "$RUN/gpu.txt"); muon: $(sed -n 's/^RESULT_124M_bf16_muon //p' "$RUN/gpu.txt"); Llama architecture: $(sed -n 's/^RESULT_124M_bf16_llama //p' "$RUN/gpu.txt"); with 4 key/value heads: $(sed -n 's/^RESULT_124M_bf16_llama_gqa //p' "$RUN/gpu.txt"), expanded dK/dV: $(sed -n 's/^RESULT_124M_bf16_llama_gqa_expand //p' "$RUN/gpu.txt")"; GPU_124M32=$(sed -n 's/^RESULT_124M_fp32 //p' "$RUN/gpu.txt")
 fi
 res "ckpt val loss CPU vs GPU" "${GPU_EVAL:-failed}"
 res "50 steps GPU vs CPU" "${GPU_CURVE:-failed}"
