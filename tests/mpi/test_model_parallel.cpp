@@ -907,10 +907,11 @@ TEST(ModelParallel, ZeroBubbleTrainsBitForBitAsOneFOneB) {
 // ZB-V (parallel.schedule = zb-v): two chunks per rank placed as a V, rank 0 holding the
 // embeddings and the head (the tied wte once: no copy to keep in step), rank pp − 1 handing
 // activations and gradients between its two chunks itself. With ZeRO-1, tensor and sequence
-// parallelism, GELU recomputation, chunked logits, an untied head and data parallelism it follows
-// the one-rank run to fp32 rounding (the tied wte's two gradients, head and embedding, meet in
-// another order), each rank allocating what --plan says; in bf16 close to one rank's bf16; a
-// checkpoint of step 3 resumes bit for bit on the V and on one rank as the run continued.
+// parallelism, GELU recomputation, chunked logits, an untied head, data and context parallelism
+// it follows the one-rank run to fp32 rounding (the tied wte's two gradients, head and
+// embedding, meet in another order), each rank allocating what --plan says; in bf16 close to one
+// rank's bf16; a checkpoint of step 3 resumes bit for bit on the V and on one rank as the run
+// continued.
 TEST(ModelParallel, ZeroBubbleVMatchesOneRank) {
   const std::string dir = shared_dir("zero_bubble_v");
   const Result ref = run(dir, "ref", Grid{});
@@ -920,7 +921,8 @@ TEST(ModelParallel, ZeroBubbleVMatchesOneRank) {
       {{1, 2, 2, 1, 2, "zb-v", 2, true}, {"--train.recompute", "gelu"}},
       {{1, 2, 2, 0, 2, "zb-v", 2}, {"--train.logits_chunk", "24"}},
       {{2, 1, 2, 1, 2, "zb-v", 2}, {}},
-      {{2, 2, 2, 1, 2, "zb-v", 2, true}, {}}};
+      {{2, 2, 2, 1, 2, "zb-v", 2, true}, {}},
+      {{1, 1, 2, 0, 2, "zb-v", 2, false, 2}, {}}};  // and context parallelism
   for (const auto& [g, extra] : cases) {
     if (g.ranks() > world_size()) continue;
     std::vector<std::string> opts = {"--resume", "none"};
