@@ -185,14 +185,16 @@ std::vector<Compute> with_weight_passes(const std::vector<Compute>& order, int l
 // chunk's forwards, and its backwards, in micro-batch order (each transfer channel is then in
 // order too).
 std::vector<std::vector<Compute>> zb_v_orders(int pp, int m) {
-  const int G = 2 * pp, cap = 2 * pp;
+  // With m a multiple of pp each chunk may keep pp pairs too: the same steps (tested for pp <= 16,
+  // m <= 64), and the activation sets, allocated per chunk for its own peak, are 2·pp in all.
+  const int G = 2 * pp, cap = 2 * pp, chunk_cap = m % pp == 0 ? pp : cap;
   constexpr int kNever = std::numeric_limits<int>::max();
   // The unit step after which (micro-batch, global chunk)'s forward / backward is done.
   std::vector<std::vector<int>> fwd_done(size_t(m), std::vector<int>(size_t(G), kNever)),
       bwd_done = fwd_done;
   struct Rank {
     int next_fwd[2] = {0, 0}, next_bwd[2] = {0, 0};
-    int live = 0, free_at = 0;
+    int live = 0, free_at = 0, chunk_live[2] = {0, 0};
     std::deque<Compute> weights;  // W owed, oldest first
   };
   std::vector<Rank> ranks(static_cast<size_t>(pp));
@@ -227,17 +229,21 @@ std::vector<std::vector<Compute>> zb_v_orders(int pp, int m) {
         int pick_f = -1;
         for (int c = 1; c >= 0 && pick_f < 0 && r.live < cap; --c) {
           const int mb = r.next_fwd[c], g = global(c);
-          if (mb < m && (g == 0 || fwd_done[size_t(mb)][size_t(g - 1)] <= t)) pick_f = c;
+          if (mb < m && r.chunk_live[c] < chunk_cap &&
+              (g == 0 || fwd_done[size_t(mb)][size_t(g - 1)] <= t))
+            pick_f = c;
         }
         if (pick_f >= 0) {
           const int mb = r.next_fwd[pick_f]++;
           x = {ActionKind::Forward, mb, pick_f};
           fwd_done[size_t(mb)][size_t(global(pick_f))] = t + 1;
           ++r.live;
+          ++r.chunk_live[pick_f];
         } else if (!r.weights.empty()) {
           x = r.weights.front();
           r.weights.pop_front();
           --r.live;
+          --r.chunk_live[x.chunk];
         } else {
           continue;  // idle this unit
         }

@@ -32,6 +32,18 @@ constexpr ScheduleKind kKinds[] = {ScheduleKind::GPipe, ScheduleKind::OneFOneB,
                                    ScheduleKind::Interleaved, ScheduleKind::ZeroBubble,
                                    ScheduleKind::ZeroBubbleV};
 
+// The most (micro-batch, chunk c) pairs rank s keeps from forward to W at once (what the trainer
+// allocates activation sets for, chunk by chunk).
+int chunk_peak(const PipelineSchedule& s, int rank, int c) {
+  int live = 0, most = 0;
+  for (const Action& a : s[size_t(rank)]) {
+    if (a.chunk != c) continue;
+    if (a.kind == ActionKind::Forward) most = std::max(most, ++live);
+    if (a.kind == ActionKind::BackwardWeight) --live;
+  }
+  return most;
+}
+
 // The chunks per rank each kind is tested with where one shape serves.
 int v_of(ScheduleKind kind) {
   return kind == ScheduleKind::Interleaved || kind == ScheduleKind::ZeroBubbleV ? 2 : 1;
@@ -72,6 +84,11 @@ TEST(PipelineSchedule, AllShapesCheckAndSimulate) {
             // stage; the bound 6m + pp − 1 chunk units (of t_fwd / 2), met up to pp = 4 and
             // nearly met beyond (m ≥ pp), and less idle than ZB-H1 with the same memory.
             for (int st = 0; st < pp; ++st) EXPECT_LE(r.peak_live[st], 2 * std::min(pp, m));
+            // With m a multiple of pp, pp per chunk: the sets allocated per chunk are 2·pp too.
+            for (int st = 0; st < pp && m % pp == 0; ++st) {
+              EXPECT_LE(chunk_peak(s, st, 0), pp);
+              EXPECT_LE(chunk_peak(s, st, 1), pp);
+            }
             EXPECT_GE(r.bubble, theory - 1e-9);
             if (m >= pp) {
               EXPECT_LE(r.makespan, (6.0 * m + pp - 1 + (pp <= 4 ? 0 : 4)) / 2 + 1e-9);

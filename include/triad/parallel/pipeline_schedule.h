@@ -26,8 +26,9 @@
 // ZB-V (the V-shaped zero-bubble schedule of Qi et al.'s zero-bubble work): the same split over
 // the V placement. Its order is built by list scheduling with unit times (F = B = W): each rank,
 // when free, runs the B whose gradient arrived first (chunk 0 on a tie), else a forward (chunk 1
-// first) while it keeps fewer than 2·pp (micro-batch, chunk) pairs, else its oldest W. The cap is
-// 1F1B's stage-0 activation memory (pp micro-batches of whole stages), on every rank. For
+// first) while it keeps fewer than 2·pp (micro-batch, chunk) pairs (and, where m is a multiple of
+// pp, fewer than pp of that chunk's), else its oldest W. The cap is 1F1B's stage-0 activation
+// memory (pp micro-batches of whole stages), on every rank. For
 // m ≥ pp the step takes 6m + pp − 1 units, the bound of the last rank, which starts pp − 1 units
 // late: exactly for pp ≤ 4, within 4 units for pp ≤ 8 and m ≤ 16, within 12 for pp ≤ 16 and
 // m ≤ 64 (tested). Any m ≥ 1 (no multiple of pp needed).
