@@ -481,25 +481,44 @@ SimResult simulate(const PipelineSchedule& schedule, int pp, int m, int v, doubl
 SimResult simulate(const PipelineSchedule& schedule, int pp, int m, int v,
                    const std::vector<double>& t_fwd, const std::vector<double>& t_bwd,
                    int grad_buffers, const std::vector<double>& t_wgt) {
-  TRIAD_CHECK(int(schedule.size()) == pp, "simulate: ", schedule.size(),
-              " ranks, expected pp = ", pp);
   TRIAD_CHECK(int(t_fwd.size()) == pp && int(t_bwd.size()) == pp,
               "simulate: one forward and one backward time per rank expected");
-  TRIAD_CHECK(m >= 1 && v >= 1 && grad_buffers >= 0, "simulate: bad shape");
   TRIAD_CHECK(t_wgt.empty() || int(t_wgt.size()) == pp,
               "simulate: one weight-pass time per rank expected");
-  for (int s = 0; s < pp; ++s)
-    TRIAD_CHECK(
-        t_fwd[size_t(s)] >= 0 && t_bwd[size_t(s)] >= 0 &&
-            (t_wgt.empty() || (t_wgt[size_t(s)] >= 0 && t_wgt[size_t(s)] <= t_bwd[size_t(s)])),
-        "simulate: bad times of rank ", s);
-  // A split backward: B takes t_bwd − t_wgt, W t_wgt, and a micro-batch is live until its W.
-  const bool split = has_weight_pass(schedule);
-  auto compute_time = [&](ActionKind k, int s) {
+  TRIAD_CHECK(v >= 1, "simulate: bad shape");
+  ChunkTimes t;  // each chunk 1/v of its rank's
+  for (int s = 0; s < pp; ++s) {
     const double w = t_wgt.empty() ? t_bwd[size_t(s)] / 2 : t_wgt[size_t(s)];
-    if (k == ActionKind::Forward) return t_fwd[size_t(s)] / v;
-    if (!split) return t_bwd[size_t(s)] / v;
-    return (k == ActionKind::BackwardWeight ? w : t_bwd[size_t(s)] - w) / v;
+    t.fwd.emplace_back(size_t(v), t_fwd[size_t(s)] / v);
+    t.bwd.emplace_back(size_t(v), t_bwd[size_t(s)] / v);
+    t.wgt.emplace_back(size_t(v), w / v);
+  }
+  return simulate(schedule, pp, m, v, t, grad_buffers);
+}
+
+SimResult simulate(const PipelineSchedule& schedule, int pp, int m, int v, const ChunkTimes& t,
+                   int grad_buffers) {
+  TRIAD_CHECK(int(schedule.size()) == pp, "simulate: ", schedule.size(),
+              " ranks, expected pp = ", pp);
+  TRIAD_CHECK(m >= 1 && v >= 1 && grad_buffers >= 0, "simulate: bad shape");
+  TRIAD_CHECK(int(t.fwd.size()) == pp && int(t.bwd.size()) == pp && int(t.wgt.size()) == pp,
+              "simulate: times for every rank expected");
+  for (int s = 0; s < pp; ++s) {
+    const size_t r = size_t(s);
+    TRIAD_CHECK(int(t.fwd[r].size()) == v && int(t.bwd[r].size()) == v && int(t.wgt[r].size()) == v,
+                "simulate: times for each of rank ", s, "'s ", v, " chunks expected");
+    for (int c = 0; c < v; ++c)
+      TRIAD_CHECK(t.fwd[r][size_t(c)] >= 0 && t.bwd[r][size_t(c)] >= 0 &&
+                      t.wgt[r][size_t(c)] >= 0 && t.wgt[r][size_t(c)] <= t.bwd[r][size_t(c)],
+                  "simulate: bad times of rank ", s, " chunk ", c);
+  }
+  // A split backward: B takes bwd − wgt, W wgt, and a micro-batch is live until its W.
+  const bool split = has_weight_pass(schedule);
+  auto compute_time = [&](ActionKind k, int s, int c) {
+    const size_t r = size_t(s), i = size_t(c);
+    if (k == ActionKind::Forward) return t.fwd[r][i];
+    if (!split) return t.bwd[r][i];
+    return k == ActionKind::BackwardWeight ? t.wgt[r][i] : t.bwd[r][i] - t.wgt[r][i];
   };
   const ActionKind release = releasing_action(schedule);
   struct Message {
@@ -531,10 +550,10 @@ SimResult simulate(const PipelineSchedule& schedule, int pp, int m, int v,
         const Action& a = schedule[s][pc[s]];
         const int g = global_chunk_of(schedule.placement, pp, s, a.chunk);
         if (is_compute(a.kind)) {
-          const double t = compute_time(a.kind, s);
-          r.timeline[s].push_back({a.kind, a.microbatch, a.chunk, clock[s], clock[s] + t});
-          clock[s] += t;
-          r.busy[s] += t;
+          const double dt = compute_time(a.kind, s, a.chunk);
+          r.timeline[s].push_back({a.kind, a.microbatch, a.chunk, clock[s], clock[s] + dt});
+          clock[s] += dt;
+          r.busy[s] += dt;
           live[s] += a.kind == ActionKind::Forward ? 1 : a.kind == release ? -1 : 0;
           r.peak_live[s] = std::max(r.peak_live[s], live[s]);
         } else if (is_send(a.kind)) {

@@ -1,6 +1,7 @@
 #include "triad/train/pipeline_trace.h"
 
 #include <algorithm>
+#include <array>
 #include <fstream>
 #include <iomanip>
 #include <sstream>
@@ -52,10 +53,11 @@ PipelineTrace gather_pipeline_trace(Comm& pp, const std::vector<ComputeInterval>
   PipelineTrace t;
   t.step = step;
   t.measured.resize(size_t(P));
-  std::vector<double> fwd(size_t(P), 0), bwd(size_t(P), 0), wgt(size_t(P), 0);
+  ChunkTimes times;  // each chunk's mean action times
   for (int s = 0; s < P; ++s) {
-    int n[3] = {0, 0, 0};  // forwards, backwards, weight passes
-    double sum[3] = {0, 0, 0};
+    // [chunk][forwards, backwards, weight passes]
+    std::vector<std::array<int, 3>> n(size_t(v), {0, 0, 0});
+    std::vector<std::array<double, 3>> sum(size_t(v), {0, 0, 0});
     for (size_t i = 0; i < most; ++i) {
       const float* r = all.data() + (size_t(s) * most + i) * kFields;
       if (r[0] < 0) continue;
@@ -64,17 +66,25 @@ PipelineTrace gather_pipeline_trace(Comm& pp, const std::vector<ComputeInterval>
       t.measured[size_t(s)].push_back(c);
       t.measured_seconds = std::max(t.measured_seconds, c.end);
       const int k = c.kind == ActionKind::Forward ? 0 : c.kind == ActionKind::Backward ? 1 : 2;
-      ++n[k];
-      sum[k] += c.end - c.start;
+      TRIAD_CHECK(c.chunk >= 0 && c.chunk < v, "pipeline trace: chunk ", c.chunk, " of ", v);
+      ++n[size_t(c.chunk)][size_t(k)];
+      sum[size_t(c.chunk)][size_t(k)] += c.end - c.start;
     }
-    // simulate() takes a stage's time for all its chunks together and gives a chunk 1/v of it.
-    auto mean = [&](int k) { return n[k] > 0 ? sum[k] / n[k] * v : 0.0; };
-    fwd[size_t(s)] = mean(0);
-    wgt[size_t(s)] = mean(2);
-    bwd[size_t(s)] = mean(1) + mean(2);
+    times.fwd.emplace_back();
+    times.bwd.emplace_back();
+    times.wgt.emplace_back();
+    for (int c = 0; c < v; ++c) {
+      auto mean = [&](int k) {
+        const size_t i = size_t(c), j = size_t(k);
+        return n[i][j] > 0 ? sum[i][j] / n[i][j] : 0.0;
+      };
+      times.fwd.back().push_back(mean(0));
+      times.wgt.back().push_back(mean(2));
+      times.bwd.back().push_back(mean(1) + mean(2));
+    }
   }
   t.measured_bubble = bubble_of(t.measured, t.measured_seconds);
-  t.simulated = simulate(schedule, P, m, v, fwd, bwd, 0, wgt);
+  t.simulated = simulate(schedule, P, m, v, times);
   return t;
 }
 

@@ -195,14 +195,28 @@ RunPlan plan_run(const Config& cfg, int world_size) {
   // Tokens of a micro-batch on one rank: a context-parallel rank holds 1/cp of each sequence.
   const double tokens_mb = double(p.micro_batch_size) * shape.seq_len / p.grid.cp;
   if (p.grid.pp > 1) {
-    std::vector<double> fwd, bwd, wgt;
+    // Each chunk's share of its stage's layers, and the head (forward 2, backward 4 FLOPs per
+    // weight, both with the loss in the forward pass) on the chunk that holds it.
+    ChunkTimes t;
     for (const auto& s : p.stages) {
-      const double f = s.flops_per_token / 3, head = s.head_backward_flops_per_token;
-      fwd.push_back((f + head) * tokens_mb);
-      bwd.push_back((2 * f - head + s.recompute_flops_per_token) * tokens_mb);
-      wgt.push_back(s.weight_grad_flops_per_token * tokens_mb);
+      const ModelParallel mp = model_parallel(cfg, s.stage, 0);
+      const double head_bwd = s.head_backward_flops_per_token, head = 1.5 * head_bwd;
+      const double layers_fwd = (s.flops_per_token - head) / 3;
+      std::vector<double> fwd, bwd, wgt;
+      for (int c = 0; c < v; ++c) {
+        const int g = mp.global_chunk(c);
+        const double share =
+            s.layers > 0 ? double(mp.chunk_layers(g, shape.n_layer)) / s.layers : 1.0 / v;
+        const bool with_head = g == mp.chunks() - 1;
+        fwd.push_back((layers_fwd * share + (with_head ? head : 0.0)) * tokens_mb);
+        bwd.push_back((2 * layers_fwd + s.recompute_flops_per_token) * share * tokens_mb);
+        wgt.push_back(s.weight_grad_flops_per_token * share * tokens_mb);
+      }
+      t.fwd.push_back(fwd);
+      t.bwd.push_back(bwd);
+      t.wgt.push_back(wgt);
     }
-    const SimResult r = simulate(schedule, p.grid.pp, p.micro_batches, v, fwd, bwd, 0, wgt);
+    const SimResult r = simulate(schedule, p.grid.pp, p.micro_batches, v, t);
     p.critical_flops = r.makespan;
     double opt = 0;  // the optimizer step follows the slowest stage's
     for (const auto& s : p.stages) opt = std::max(opt, s.optimizer_flops);

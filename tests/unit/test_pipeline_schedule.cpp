@@ -176,6 +176,49 @@ TEST(PipelineSchedule, ZeroBubbleVRunsDownAndBackUp) {
     }
 }
 
+// Per-chunk times (the head's chunk heavier): each action takes its own chunk's time, a rank's
+// busy time is their sum, and equal shares give the per-rank simulation exactly.
+TEST(PipelineSchedule, ChunksTakeTheirOwnTimes) {
+  for (ScheduleKind kind :
+       {ScheduleKind::Interleaved, ScheduleKind::ZeroBubble, ScheduleKind::ZeroBubbleV}) {
+    SCOPED_TRACE(schedule_kind_name(kind));
+    const int pp = 3, m = 6, v = 2;
+    const PipelineSchedule s = make_schedule(kind, pp, m, v);
+    ChunkTimes even, uneven;
+    for (int r = 0; r < pp; ++r) {
+      even.fwd.push_back({0.5, 0.5});
+      even.bwd.push_back({1.0, 1.0});
+      even.wgt.push_back({0.5, 0.5});
+      // The rank holding the last chunk carries the head there: 3x its other chunk's forward.
+      const bool head = global_chunk_of(s.placement, pp, r, 1) == pp * v - 1;
+      uneven.fwd.push_back(head ? std::vector<double>{0.25, 0.75} : std::vector<double>{0.5, 0.5});
+      uneven.bwd.push_back({1.0, 1.0});
+      uneven.wgt.push_back({0.5, 0.5});
+    }
+    const SimResult a = simulate(s, pp, m, v, even), b = simulate(s, pp, m, v);
+    EXPECT_DOUBLE_EQ(a.makespan, b.makespan);
+    EXPECT_DOUBLE_EQ(a.bubble, b.bubble);
+    const SimResult u = simulate(s, pp, m, v, uneven);
+    for (int r = 0; r < pp; ++r) {
+      EXPECT_NEAR(u.busy[size_t(r)], 3.0 * m, 1e-9);
+      for (const ComputeInterval& x : u.timeline[size_t(r)]) {
+        const double want = x.kind == ActionKind::Forward ? uneven.fwd[size_t(r)][size_t(x.chunk)]
+                            : x.kind == ActionKind::BackwardWeight
+                                ? uneven.wgt[size_t(r)][size_t(x.chunk)]
+                            : has_weight_pass(s) ? 1.0 - uneven.wgt[size_t(r)][size_t(x.chunk)]
+                                                 : 1.0;
+        EXPECT_NEAR(x.end - x.start, want, 1e-12);
+      }
+    }
+    ChunkTimes bad = even;
+    bad.fwd[1].pop_back();
+    EXPECT_THROW(simulate(s, pp, m, v, bad), Error);
+    bad = even;
+    bad.wgt[0][1] = 2.0;  // a weight pass longer than its whole backward
+    EXPECT_THROW(simulate(s, pp, m, v, bad), Error);
+  }
+}
+
 TEST(PipelineSchedule, OneFOneBUsesLessMemoryThanGPipe) {
   const SimResult g = simulate(make_schedule(ScheduleKind::GPipe, 4, 8, 1), 4, 8, 1);
   const SimResult f = simulate(make_schedule(ScheduleKind::OneFOneB, 4, 8, 1), 4, 8, 1);

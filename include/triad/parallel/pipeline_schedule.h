@@ -157,6 +157,14 @@ SimResult simulate(const PipelineSchedule& schedule, int pp, int m, int v,
                    const std::vector<double>& t_fwd, const std::vector<double>& t_bwd,
                    int grad_buffers = 0, const std::vector<double>& t_wgt = {});
 
+// Per-chunk times, [rank][local chunk]: fwd, bwd (the whole backward) and wgt (the part of bwd a
+// split backward's W takes), for chunks of unequal work (the head's chunk).
+struct ChunkTimes {
+  std::vector<std::vector<double>> fwd, bwd, wgt;
+};
+SimResult simulate(const PipelineSchedule& schedule, int pp, int m, int v, const ChunkTimes& t,
+                   int grad_buffers = 0);
+
 // How many buffers the executor gives a rank for the gradients it sends to one peer (ZB-V's
 // ranks send to two, or to one and themselves): the fewest K with which the simulated step
 // (backward = 2 × forward) neither deadlocks nor takes longer than with one buffer per send, plus
