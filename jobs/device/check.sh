@@ -395,6 +395,16 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
       timeout "$(tmo 90 150)" mpirun -np 2 --oversubscribe --mca btl self,vader --mca pml ob1 \
         "$B/triad-train" "${cp_args[@]}" --parallel.cp 2 --run.name curve_np2_cp \
         >"$RUN/curve_np2_cp.txt" 2>&1 || tail -8 "$RUN/curve_np2_cp.txt"
+      # ZB-V (4 layers: two chunks per rank as a V; rank 1 hands its chunks' activations and
+      # gradients over on the device itself, rank 0 holds embedding and head), against one rank.
+      zbv_args=(--config "$W/tiny.ini" --run.backend cuda --run.precision bf16 --model.n_layer 4
+                --resume none --train.steps 50 --checkpoint.every 0)
+      timeout "$(tmo 60 140)" "$B/triad-train" "${zbv_args[@]}" --run.name curve_zbv_ref \
+        >"$RUN/curve_zbv_ref.txt" 2>&1 || tail -8 "$RUN/curve_zbv_ref.txt"
+      timeout "$(tmo 90 140)" mpirun -np 2 --oversubscribe --mca btl self,vader --mca pml ob1 \
+        "$B/triad-train" "${zbv_args[@]}" --parallel.pp 2 --parallel.schedule zb-v \
+        --parallel.virtual_stages 2 --run.name curve_np2_zbv \
+        >"$RUN/curve_np2_zbv.txt" 2>&1 || tail -8 "$RUN/curve_np2_zbv.txt"
     fi
     "$PY" - "$RUN" "$W" <<'EOF'
 import sys, re, pathlib
@@ -464,12 +474,12 @@ try:
         print(against_cpu("RESULT_ROPE", v, "_rope"))
 except Exception as e:
     print("RESULT_ROPE failed:", e)
-for g in ("dp", "tp", "pp", "zb", "tpmuon", "dpmuon", "cp"):
+for g in ("dp", "tp", "pp", "zb", "tpmuon", "dpmuon", "cp", "zbv"):
     what = {"zb": "pp=2 zb-h1", "tpmuon": "tp=2 muon", "dpmuon": "dp=2 zero muon",
-            "cp": "cp=2 T=256 documents"}.get(g, f"{g}=2")
+            "cp": "cp=2 T=256 documents", "zbv": "pp=2 zb-v 4 layers"}.get(g, f"{g}=2")
     try:
-        if g == "cp":
-            with h5py.File(w / "runs" / "curve_cp_ref" / "metrics.h5", "r") as f:
+        if g in ("cp", "zbv"):
+            with h5py.File(w / "runs" / f"curve_{g}_ref" / "metrics.h5", "r") as f:
                 ref = f["train/loss"][:]
         else:
             ref = l.get("cuda_bf16_muon") if g.endswith("muon") else l["cuda_bf16"]
