@@ -144,10 +144,10 @@ ForwardStats Gpt::pipeline_step_t(const int32_t* inputs, const int32_t* targets,
     switch (x.kind) {
       case ActionKind::RecvActivation:
         if (x.peer == me) {  // the output of this rank's chunk before, still in its set
-          const int from = slot[size_t(mp_.local_chunk(g - 1))][size_t(mb)];
+          const size_t before = size_t(mp_.local_chunk(g - 1));
+          const int from = slot[before][size_t(mb)];
           TRIAD_ASSERT(from >= 0);
-          be_.copy(words(set_of(c, mb).input),
-                   words(a.sets[size_t(mp_.local_chunk(g - 1))][size_t(from)].output()), NW);
+          be_.copy(words(set_of(c, mb).input), words(a.sets[before][size_t(from)].output()), NW);
         } else {
           pp.recv(words(set_of(c, mb).input), NW, x.peer, kTagActivation);
         }

@@ -204,12 +204,13 @@ void Gpt::mlp_activation(A* act, const A* pre, int N) {
 }
 
 // Rotary positions (shape_.rope) on the q and k of N rows of q|k|v, row r at position
-// pos0 + r % T; inverse: the backward pass on their gradient. Nothing without rope.
+// pos0 + r % T (positions[r] where given); inverse: the backward pass on their gradient. Nothing
+// without rope.
 template <class A>
-void Gpt::rotate(A* qkv, int N, int T, int pos0, bool inverse) {
+void Gpt::rotate(A* qkv, int N, int T, int pos0, bool inverse, const int32_t* positions) {
   if (!shape_.rope) return;
   be_.rope(qkv, rope_table_, N, T, pos0, shape_.attn_width() / mp_.tp, shape_.n_head / mp_.tp,
-           shape_.kv_heads() / mp_.tp, inverse);
+           shape_.kv_heads() / mp_.tp, inverse, positions);
 }
 
 template <class F>
@@ -225,9 +226,8 @@ void Gpt::for_each_piece(int B, int T, F&& f) const {
 
 template <class A>
 void Gpt::rotate_pieces(A* qkv, int B, int T, bool inverse) {
-  if (shape_.rope && positions_ != nullptr) {  // each row at its position in its document
-    be_.rope(qkv, rope_table_, B * T, T, 0, shape_.attn_width() / mp_.tp, shape_.n_head / mp_.tp,
-             shape_.kv_heads() / mp_.tp, inverse, positions_);
+  if (positions_ != nullptr) {  // each row at its position in its document
+    rotate(qkv, B * T, T, 0, inverse, positions_);
     return;
   }
   const size_t Wl = size_t(shape_.qkv_rows() / mp_.tp);

@@ -52,6 +52,10 @@ const char* schedule_kind_name(ScheduleKind kind) {
   return "?";
 }
 
+bool splits_backward(ScheduleKind kind) {
+  return kind == ScheduleKind::ZeroBubble || kind == ScheduleKind::ZeroBubbleV;
+}
+
 ChunkPlacement chunk_placement(ScheduleKind kind) {
   return kind == ScheduleKind::ZeroBubbleV ? ChunkPlacement::V : ChunkPlacement::Interleaved;
 }
@@ -260,28 +264,33 @@ std::vector<std::vector<Compute>> zb_v_orders(int pp, int m) {
   return order;
 }
 
-std::vector<Compute> compute_order(ScheduleKind kind, int pp, int s, int m, int v) {
-  std::vector<Compute> order;
-  switch (kind) {
-    case ScheduleKind::ZeroBubbleV:
-      return zb_v_orders(pp, m)[size_t(s)];
-    case ScheduleKind::GPipe:
-      for (int i = 0; i < m; ++i) order.push_back({ActionKind::Forward, i, 0});
-      for (int i = 0; i < m; ++i) order.push_back({ActionKind::Backward, i, 0});
-      break;
-    case ScheduleKind::OneFOneB:
-      order = one_f_one_b_order(pp, s, m);
-      break;
-    case ScheduleKind::ZeroBubble:
-      // Stage s lags its Ws s backward passes behind (ZB-H1 for v = 1).
-      order = with_weight_passes(
-          v == 1 ? one_f_one_b_order(pp, s, m) : interleaved_order(pp, s, m, v), s);
-      break;
-    case ScheduleKind::Interleaved:
-      order = interleaved_order(pp, s, m, v);
-      break;
+// Every rank's compute order: ZB-V's built for all ranks together, the others rank by rank.
+std::vector<std::vector<Compute>> compute_orders(ScheduleKind kind, int pp, int m, int v) {
+  if (kind == ScheduleKind::ZeroBubbleV) return zb_v_orders(pp, m);
+  std::vector<std::vector<Compute>> orders(static_cast<size_t>(pp));
+  for (int s = 0; s < pp; ++s) {
+    std::vector<Compute>& order = orders[size_t(s)];
+    switch (kind) {
+      case ScheduleKind::ZeroBubbleV:
+        break;  // above
+      case ScheduleKind::GPipe:
+        for (int i = 0; i < m; ++i) order.push_back({ActionKind::Forward, i, 0});
+        for (int i = 0; i < m; ++i) order.push_back({ActionKind::Backward, i, 0});
+        break;
+      case ScheduleKind::OneFOneB:
+        order = one_f_one_b_order(pp, s, m);
+        break;
+      case ScheduleKind::ZeroBubble:
+        // Stage s lags its Ws s backward passes behind (ZB-H1 for v = 1).
+        order = with_weight_passes(
+            v == 1 ? one_f_one_b_order(pp, s, m) : interleaved_order(pp, s, m, v), s);
+        break;
+      case ScheduleKind::Interleaved:
+        order = interleaved_order(pp, s, m, v);
+        break;
+    }
   }
-  return order;
+  return orders;
 }
 
 }  // namespace
@@ -291,12 +300,10 @@ PipelineSchedule make_schedule(ScheduleKind kind, int pp, int m, int v) {
   const int last = pp * v - 1;  // the global chunk that computes the loss
   PipelineSchedule schedule(pp);
   schedule.placement = chunk_placement(kind);
-  const std::vector<std::vector<Compute>> v_orders =
-      kind == ScheduleKind::ZeroBubbleV ? zb_v_orders(pp, m) : std::vector<std::vector<Compute>>{};
+  const std::vector<std::vector<Compute>> orders = compute_orders(kind, pp, m, v);
   for (int s = 0; s < pp; ++s) {
     std::vector<Action>& a = schedule[s];
-    for (const Compute& c :
-         v_orders.empty() ? compute_order(kind, pp, s, m, v) : v_orders[size_t(s)]) {
+    for (const Compute& c : orders[size_t(s)]) {
       const int g = global_chunk_of(schedule.placement, pp, s, c.chunk);
       const int prev_rank = g > 0 ? chunk_rank(schedule.placement, pp, g - 1) : -1;
       const int next_rank = g < last ? chunk_rank(schedule.placement, pp, g + 1) : -1;

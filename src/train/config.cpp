@@ -763,7 +763,7 @@ void validate(const Config& c, int world_size) {
           "must be 1 for parallel.schedule = " + par.schedule + " (use interleaved or zb-h1)");
   }
   // The weight pass reads each layer's matmul inputs, which full recomputation does not keep.
-  const bool weight_pass = par.schedule == "zb-h1" || par.schedule == "zb-v";
+  const bool weight_pass = splits_backward(parse_schedule_kind(par.schedule));
   check(!weight_pass || par.pp == 1 || t.recompute != "full", "train.recompute",
         "full cannot be combined with parallel.schedule = " + par.schedule +
             " (its weight pass reads the layer inputs full recomputation discards): use gelu or "

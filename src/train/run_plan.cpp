@@ -315,7 +315,7 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
   if (g.pp > 1)
     os << "\npipeline bubble (simulated with each stage's FLOPs, backward = 2 x forward"
        << (p.recompute.mode == Recompute::full ? " + recomputation" : "")
-       << (cfg.parallel.schedule.starts_with("zb-")
+       << (splits_backward(parse_schedule_kind(cfg.parallel.schedule))
                ? " with the weight gradients in the weight pass"
                : "")
        << ", the head's backward with the loss): " << std::setprecision(1) << p.bubble * 100
@@ -363,7 +363,8 @@ std::string format_recompute_fit(const Config& cfg, int world_size, double tflop
   std::vector<std::pair<std::string, int>> options = {{"none", 0}, {"gelu", 0}};
   // A zero-bubble weight pass reads the layer inputs that full recomputation discards
   // (validate()).
-  const bool full_allowed = !cfg.parallel.schedule.starts_with("zb-") || cfg.parallel.pp == 1;
+  const bool full_allowed =
+      !splits_backward(parse_schedule_kind(cfg.parallel.schedule)) || cfg.parallel.pp == 1;
   for (int k = 1; k <= per_chunk && full_allowed; ++k)
     options.emplace_back("full", k == per_chunk ? 0 : k);
   std::ostringstream os;

@@ -559,7 +559,7 @@ class Gpt {
   template <class A>
   void layer_front(Set<A>& S, int g, int i, int B, int T, int pos0 = 0);
   template <class A>
-  void rotate(A* qkv, int N, int T, int pos0, bool inverse);
+  void rotate(A* qkv, int N, int T, int pos0, bool inverse, const int32_t* positions = nullptr);
   // The T rows per sequence this rank holds of B training sequences as runs of consecutive
   // positions: f(first row, rows per sequence, position of its rows' first) once for the whole
   // sequences, or under context parallelism once for each of its two pieces ([2][B][T/2] rows).

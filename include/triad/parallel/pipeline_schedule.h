@@ -98,6 +98,9 @@ extern const char* const kScheduleKindNames;
 const char* schedule_kind_name(ScheduleKind kind);
 const char* action_kind_name(ActionKind kind);
 
+// Whether the kind's schedules split the backward into B and W (zb-h1, zb-v).
+bool splits_backward(ScheduleKind kind);
+
 // A computation (Forward, Backward, BackwardWeight), not a transfer.
 bool is_compute(ActionKind kind);
 
