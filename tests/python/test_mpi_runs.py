@@ -57,6 +57,10 @@ def rank_pids(mpirun_pid):
     (2, ["--parallel.pp", "2", "--parallel.schedule", "interleaved"], "parallel.virtual_stages"),
     (3, ["--parallel.cp", "3"], "divisible by 2 · parallel.cp"),  # 16 tokens in 6 pieces
     (2, ["--parallel.cp", "2", "--sample.length", "4"], "sample.length"),
+    (2, ["--parallel.pp", "2", "--parallel.schedule", "zb-v"], "must be 2 for parallel.schedule = zb-v"),
+    (2, ["--parallel.pp", "2", "--parallel.schedule", "zb-v", "--parallel.virtual_stages", "2"],
+     "must be divisible"),  # 2 layers in 4 chunks
+    (2, ["--data.reset_positions", "true"], "needs data.document_mask"),
 ])
 def test_grid_that_does_not_fit_fails_on_every_rank(tmp_path, n, args, needle):
     cfg = tiny_config(tmp_path)
