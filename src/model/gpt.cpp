@@ -290,7 +290,7 @@ std::string Recomputation::describe(int per_chunk) const {
 
 Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
          const ModelParallel& mp, const PipelineSchedule* schedule, Precision precision,
-         ActivationOptions options)
+         ActivationOptions options, int master_shard)
     : shape_(shape),
       max_batch_(max_batch),
       be_(backend),
@@ -299,7 +299,9 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
       recompute_(options.recompute),
       inference_(options.inference),
       logits_rows_(logits_chunk_rows(options, max_batch, shape, mp.cp)) {
-  TRIAD_ASSERT(shards >= 1);
+  TRIAD_ASSERT(shards >= 1 && master_shard < shards);
+  TRIAD_CHECK(master_shard < 0 || (precision == Precision::bf16 && !options.inference),
+              "internal error: only bf16 training keeps a slice of the master weights");
   TRIAD_ASSERT((shape.head_dim > 0 || shape.n_embd % shape.n_head == 0) && max_batch >= 1);
   TRIAD_ASSERT(shape.padded_vocab_size >= shape.vocab_size);
   TRIAD_ASSERT(mp.tp >= 1 && shape.n_head % mp.tp == 0 && shape.padded_vocab_size % mp.tp == 0);
@@ -352,7 +354,13 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
   }
   n_floats_ = layout_floats(specs_);
   buffer_floats_ = padded_buffer_floats(specs_, shards);
-  params_ = be_.alloc(buffer_floats_);
+  master_end_ = buffer_floats_;
+  if (master_shard >= 0) {
+    const size_t slice = buffer_floats_ / size_t(shards);
+    master_begin_ = size_t(master_shard) * slice;
+    master_end_ = master_begin_ + slice;
+  }
+  params_ = be_.alloc(master_end_ - master_begin_);
   if (!inference_) grads_ = be_.alloc(buffer_floats_);
   if (precision_ == Precision::bf16) {
     // bf16 activation rows travel between ranks as pairs of bf16 in fp32 words.
@@ -409,14 +417,15 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
 
 GptMemory Gpt::memory_plan(const GptShape& shape, int max_batch, int shards,
                            const ModelParallel& mp, const PipelineSchedule* schedule,
-                           Precision precision, ActivationOptions options) {
+                           Precision precision, ActivationOptions options, int master_shard) {
   const int rows = logits_chunk_rows(options, max_batch, shape, mp.cp);
   GptMemory m;
   const auto specs = gpt_rank_layout(shape, mp);
   m.param_floats = layout_floats(specs);
   m.buffer_floats = padded_buffer_floats(specs, shards);
-  m.weights = m.buffer_floats * sizeof(float);
-  m.grads = options.inference ? 0 : m.weights;
+  m.grads = options.inference ? 0 : m.buffer_floats * sizeof(float);
+  m.weights =
+      (master_shard >= 0 ? m.buffer_floats / size_t(shards) : m.buffer_floats) * sizeof(float);
   const ActivationSlots a = activation_slots(mp, options.inference ? nullptr : schedule);
   m.activation_sets = a.slots;
   if (precision == Precision::bf16) {
@@ -480,8 +489,25 @@ const bf16_t* Gpt::weights<bf16_t>() const {
 }
 
 void Gpt::params_updated() {
+  TRIAD_CHECK(!sharded_master(),
+              "internal error: a slice of the master weights cannot refresh the bf16 copy");
   decoded_.clear();  // the kept keys and values came from the old weights
   if (params_bf16_) be_.convert(params_bf16_, params_, buffer_floats_);
+}
+
+void Gpt::set_params(const float* host) {
+  if (!sharded_master()) {
+    be_.copy_from_host(params_, host, buffer_floats_);
+    params_updated();
+    return;
+  }
+  // The whole buffer through the gradient buffer (as large, and zeroed before every step's
+  // backward): the bf16 copy from all of it, the master weights from their slice.
+  decoded_.clear();
+  be_.copy_from_host(grads_, host, buffer_floats_);
+  be_.convert(params_bf16_, grads_, buffer_floats_);
+  be_.copy(params_, grads_ + master_begin_, master_end_ - master_begin_);
+  zero_grads();
 }
 
 int64_t Gpt::num_parameters(const GptShape& shape) {
@@ -549,8 +575,7 @@ void Gpt::init(uint64_t seed) {
     for (const auto& s : specs_)  // wte may be held twice (embedding and head)
       if (s.name == t.name) extract_shard(s, mp_.tp, mp_.tp_rank, full.data(), &host[s.offset]);
   }
-  be_.copy_from_host(params_, host.data(), buffer_floats_);
-  params_updated();
+  set_params(host.data());
   if (!inference_) zero_grads();
 }
 

@@ -219,8 +219,9 @@ void MuonMatrices::update(float* params, const float* grads, float* momentum, fl
       const Matrix& mtx = matrices_[round.specs[i]];
       if (mtx.lo >= mtx.hi) continue;  // none of its elements in [begin, end)
       const float* o = results + i * stride + (mtx.lo - mtx.spec->offset);
-      be_.muon_apply(params + mtx.lo, o, mtx.hi - mtx.lo, float(lr), float(cfg_.weight_decay),
-                     mtx.scale, copy != nullptr ? copy + mtx.lo : nullptr);
+      be_.muon_apply(params + (mtx.lo - begin_), o, mtx.hi - mtx.lo, float(lr),
+                     float(cfg_.weight_decay), mtx.scale,
+                     copy != nullptr ? copy + mtx.lo : nullptr);
     }
   }
 }

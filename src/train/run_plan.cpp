@@ -97,6 +97,8 @@ ActivationOptions activation_options(const Config& cfg) {
 
 bool zero_gathers_bf16(const Config& cfg) { return cfg.bf16(); }
 
+bool shards_master(const Config& cfg) { return cfg.parallel.zero == 1 && zero_gathers_bf16(cfg); }
+
 RunPlan plan_run(const Config& cfg, int world_size) {
   TRIAD_CHECK(world_size >= 1, "--plan-ranks must be >= 1 (got ", world_size, ")");
   validate(cfg, world_size);
@@ -126,7 +128,8 @@ RunPlan plan_run(const Config& cfg, int world_size) {
     const auto specs = gpt_rank_layout(shape, mp);
     for (const auto& s : specs) m.parameters += int64_t(s.numel);
     m.model = Gpt::memory_plan(shape, p.micro_batch_size, replicas, mp,
-                               p.grid.pp > 1 ? &schedule : nullptr, p.precision, options);
+                               p.grid.pp > 1 ? &schedule : nullptr, p.precision, options,
+                               shards_master(cfg) ? 0 : -1);
     // The trainer's optimizer and ZeRO slice (Trainer::State::setup_model).
     const bool zero = cfg.parallel.zero == 1;
     const size_t range = zero ? m.model.buffer_floats / size_t(replicas) : m.model.buffer_floats;

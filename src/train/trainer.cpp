@@ -119,14 +119,15 @@ std::vector<float> Trainer::parameters() const {
   // for every x, the sign of a zero included (+0 + (−0) = +0, −0 + (−0) = −0).
   auto& s = *s_;
   const auto& mp = s.model->parallel();
-  std::vector<float> local(s.model->num_floats());
-  s.be->copy_to_host(local.data(), s.model->params(), local.size());
-  if (s.cfg.parallel.zero == 1 && zero_gathers_bf16(s.cfg)) {
-    // Only this rank's slice of the fp32 master weights is current: assemble them first.
-    const size_t lo = std::min(s.shard_lo, local.size()), hi = std::min(s.shard_hi, local.size());
-    std::fill(local.begin(), local.begin() + long(lo), -0.0f);
-    std::fill(local.begin() + long(hi), local.end(), -0.0f);
+  std::vector<float> local(s.model->num_floats(), -0.0f);
+  if (s.model->sharded_master()) {
+    // This rank holds its slice of the fp32 master weights: assemble them first.
+    const size_t lo = std::min(s.model->master_begin(), local.size());
+    const size_t hi = std::min(s.model->master_end(), local.size());
+    s.be->copy_to_host(local.data() + lo, s.model->params(), hi - lo);
     s.grid.dp().all_reduce_sum(local.data(), local.size());
+  } else {
+    s.be->copy_to_host(local.data(), s.model->params(), local.size());
   }
   std::vector<ParamSpec> full = gpt_parameter_layout(s.model_shape());
   std::vector<size_t> at(full.size());
@@ -257,7 +258,11 @@ TrainOutcome Trainer::run() {
       return double(s.grid.all().all_reduce_max(int64_t(bytes))) / 1e6;
     };
     const size_t copy = s.model->precision() == Precision::bf16 ? sizeof(bf16_t) : 0;
-    const double param_mb = largest(s.model->num_floats() * (sizeof(float) + copy));
+    // The fp32 weights: a slice of them where the master is sharded (bf16 ZeRO-1).
+    const size_t master = s.model->sharded_master()
+                              ? s.model->master_end() - s.model->master_begin()
+                              : s.model->num_floats();
+    const double param_mb = largest(master * sizeof(float) + s.model->num_floats() * copy);
     const double opt_mb = largest(s.opt->state_bytes());
     const double act_mb = largest(s.model->activation_bytes());
     const double all_mb = largest(s.be->allocated_bytes());
@@ -412,13 +417,12 @@ TrainOutcome Trainer::run() {
     if (!skip) {
       // Muon under ZeRO gathers its update's slices into the gradient buffer, which the reduce-
       // scatter has left free until the next step.
-      s.opt->update(s.model->params(), g, lr, st + 1,
+      s.opt->update(s.model->params() + (lo - s.model->master_begin()), g, lr, st + 1,
                     !zero || gather_bf16 ? s.model->params_bf16() : nullptr,
                     clip_scale(norm, cfg.train.grad_clip), muon_lr_at(cfg.train, cfg.optim, st),
                     zero ? s.model->grads() : nullptr);
       if (gather_bf16) {
-        // The fp32 master weights outside this rank's slice go stale; only the slice owner's are
-        // read (checkpoints write each rank's slice, parameters() gathers them).
+        // Each rank holds the fp32 master weights of its slice only (shards_master).
         bf16_t* copy = s.model->params_bf16();
         s.grid.dp().all_gather(reinterpret_cast<float*>(copy + lo), reinterpret_cast<float*>(copy),
                                (hi - lo) / 2);
@@ -487,6 +491,7 @@ TrainOutcome Trainer::run() {
   out.cp_traffic = s.grid.cp().stats();
   out.param_floats = s.model->num_floats();
   out.buffer_floats = s.model->buffer_floats();
+  out.master_floats = s.model->master_end() - s.model->master_begin();
   out.optimizer_floats = s.opt->state_bytes() / sizeof(float);
   out.allocated_bytes = s.be->allocated_bytes();
   out.last_eval = s.last_eval;

@@ -114,12 +114,15 @@ void Trainer::State::setup_model() {
     schedule = make_schedule(kind, mp.pp, accum, mp.virtual_stages);
     check_schedule(schedule, mp.pp, accum, mp.virtual_stages);
   }
-  model = std::make_unique<Gpt>(
-      model_shape(), mbs, *be, replicas, mp, mp.pp > 1 ? &schedule : nullptr,
-      cfg.bf16() ? Precision::bf16 : Precision::fp32, activation_options(cfg));
+  model =
+      std::make_unique<Gpt>(model_shape(), mbs, *be, replicas, mp, mp.pp > 1 ? &schedule : nullptr,
+                            cfg.bf16() ? Precision::bf16 : Precision::fp32, activation_options(cfg),
+                            shards_master(cfg) ? replica_rank : -1);
   const size_t S = model->buffer_floats() / size_t(replicas);
   shard_lo = size_t(replica_rank) * S;
   shard_hi = shard_lo + S;
+  TRIAD_ASSERT(!model->sharded_master() ||
+               (model->master_begin() == shard_lo && model->master_end() == shard_hi));
   if (cfg.parallel.zero == 1) {
     opt = std::make_unique<Optimizer>(cfg.optim, model->specs(), shard_lo, shard_hi, *be,
                                       &grid.dp(), &grid.tp(), true);
@@ -178,7 +181,8 @@ void Trainer::State::layer_norms(const float* g, size_t lo, size_t hi, std::vect
       const size_t k =
           size_t(std::find(groups.begin(), groups.end(), layer_of(s.name)) - groups.begin());
       sq[k] += be->sum_squares(g + (x - lo), y - x);
-      sq[groups.size() + k] += be->sum_squares(model->params() + x, y - x);
+      sq[groups.size() + k] +=
+          be->sum_squares(model->params() + (x - model->master_begin()), y - x);
     }
   MPI_Allreduce(MPI_IN_PLACE, sq.data(), int(sq.size()), MPI_DOUBLE, MPI_SUM, grid.world());
   grad.resize(groups.size());
@@ -215,7 +219,7 @@ std::vector<TensorRef> Trainer::State::tensor_refs(float* base, size_t first, bo
 }
 
 float* Trainer::State::param_base() {
-  if (!on_device) return model->params();
+  if (!on_device && !model->sharded_master()) return model->params();
   host_params.resize(model->buffer_floats());
   return host_params.data();
 }
@@ -228,20 +232,23 @@ float* Trainer::State::slot_base(size_t i) {
 }
 
 void Trainer::State::stage_to_host() {
-  if (!on_device) return;
-  be->copy_to_host(param_base(), model->params(), model->buffer_floats());
-  for (size_t i = 0; i < opt->slot_count(); ++i)
-    be->copy_to_host(slot_base(i), opt->slot(i), opt->end() - opt->begin());
+  // A sharded master fills its slice, the only part a save writes (tensor_refs).
+  if (param_base() != model->params())
+    be->copy_to_host(param_base() + model->master_begin(), model->params(),
+                     model->master_end() - model->master_begin());
+  if (on_device)
+    for (size_t i = 0; i < opt->slot_count(); ++i)
+      be->copy_to_host(slot_base(i), opt->slot(i), opt->end() - opt->begin());
 }
 
 void Trainer::State::stage_to_device(bool with_optimizer) {
-  if (on_device) {
-    be->copy_from_host(model->params(), param_base(), model->buffer_floats());
-    if (with_optimizer)
-      for (size_t i = 0; i < opt->slot_count(); ++i)
-        be->copy_from_host(opt->slot(i), slot_base(i), opt->end() - opt->begin());
-  }
-  model->params_updated();  // new weights (on the CPU loaded in place): refresh the bf16 copy
+  if (on_device && with_optimizer)
+    for (size_t i = 0; i < opt->slot_count(); ++i)
+      be->copy_from_host(opt->slot(i), slot_base(i), opt->end() - opt->begin());
+  if (param_base() != model->params())
+    model->set_params(param_base());
+  else
+    model->params_updated();  // loaded in place (CPU): refresh the bf16 copy
 }
 
 std::vector<TensorGroup> Trainer::State::groups(bool with_optimizer, bool for_save) {

@@ -1042,7 +1042,7 @@ TEST(ModelParallel, UnevenStagesMatchOneRank) {
 }
 
 // ZeRO-1 in bf16 gathers the updated slices as the bf16 copy (half the bytes of fp32 master
-// weights), leaving each rank's fp32 weights outside its slice stale; with a pipeline the tied
+// weights), each rank keeping the fp32 master weights of its slice only; with a pipeline the tied
 // embedding's copies are synchronized as bf16. With two data-parallel ranks a reduce-scatter and
 // an all-reduce add the same two numbers, so without clipping (whose norm sums in another order)
 // ZeRO-1 must train bit for bit as plain data parallelism, whose every rank updates all weights;
@@ -1071,6 +1071,13 @@ TEST(ModelParallel, ZeroGathersTheBf16CopyExactly) {
       // This rank's slice, gathered as bf16 at each of the resumed run's 3 steps.
       const size_t slice = r.out.buffer_floats / 2;
       EXPECT_EQ(r.out.dp_traffic.bytes[CommStats::kAllGather], 3 * slice * sizeof(bf16_t));
+      // Its master weights: the slice, against all of them without ZeRO.
+      EXPECT_EQ(r.out.master_floats, slice) << zero.name();
+      EXPECT_EQ(a.out.master_floats, a.out.buffer_floats) << plain.name();
+      EXPECT_EQ(a.out.allocated_bytes - z.out.allocated_bytes,
+                slice * sizeof(float) /* master */ + 2 * slice * sizeof(float) /* m, v */ -
+                    slice * sizeof(float) /* the gradient's slice */)
+          << zero.name();
     }
   }
 }

@@ -6,8 +6,10 @@
 // test_model_parallel.cpp, MemoryPlanEqualsWhatEachRankAllocates.)
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <iomanip>
 #include <sstream>
+#include <vector>
 
 #include "triad/core/error.h"
 #include "triad/kernels/backend.h"
@@ -36,6 +38,44 @@ TEST(GptMemoryPlan, EqualsTheBackendsAllocations) {
       }
       EXPECT_EQ(be->allocated_bytes(), before) << "freed with the model";
     }
+  // A sharded master (bf16 ZeRO-1): the fp32 weights of one slice of three.
+  const size_t before = be->allocated_bytes();
+  const GptMemory plan =
+      Gpt::memory_plan(kSmall, kB, 3, {}, nullptr, Precision::bf16, {}, /*master_shard=*/1);
+  EXPECT_EQ(plan.weights, plan.buffer_floats / 3 * sizeof(float));
+  Gpt model(kSmall, kB, *be, 3, {}, nullptr, Precision::bf16, {}, 1);
+  EXPECT_EQ(be->allocated_bytes() - before, plan.total());
+}
+
+// The model with a sharded master holds its slice of the weights the whole one holds, and the
+// same bf16 copy of all of them, from init and from set_params; the staging leaves the gradient
+// buffer zero.
+TEST(GptMemoryPlan, AShardedMasterHoldsItsSliceOfTheSameWeights) {
+  auto be = make_cpu_backend();
+  Gpt whole(kSmall, kB, *be, 3, {}, nullptr, Precision::bf16);
+  Gpt part(kSmall, kB, *be, 3, {}, nullptr, Precision::bf16, {}, 2);
+  const size_t n = whole.buffer_floats(), slice = n / 3;
+  ASSERT_EQ(part.master_begin(), 2 * slice);
+  ASSERT_EQ(part.master_end(), n);
+  EXPECT_TRUE(part.sharded_master());
+  EXPECT_FALSE(whole.sharded_master());
+  auto same = [&](const char* when) {
+    for (size_t i = 0; i < n; ++i)
+      ASSERT_EQ(whole.params_bf16()[i].bits, part.params_bf16()[i].bits) << when << " " << i;
+    for (size_t i = 0; i < slice; ++i)
+      ASSERT_EQ(whole.params()[2 * slice + i], part.params()[i]) << when << " " << i;
+    for (size_t i = 0; i < n; ++i) ASSERT_EQ(part.grads()[i], 0.0f) << when << " " << i;
+  };
+  whole.init(7);
+  part.init(7);
+  same("init");
+  std::vector<float> host(n);
+  for (size_t i = 0; i < n; ++i) host[i] = float(std::sin(0.37 * double(i)));
+  whole.set_params(host.data());
+  part.set_params(host.data());
+  same("set_params");
+  EXPECT_EQ(part.params()[0], host[2 * slice]);
+  EXPECT_THROW(part.params_updated(), Error) << "a slice cannot refresh the whole copy";
 }
 
 TEST(GptMemoryPlan, ActivationsFollowTheDocumentedFormula) {
@@ -126,20 +166,23 @@ TEST(RunPlan, ShardsAndZeroShrinkWhatTheyShould) {
   EXPECT_EQ(dp8.grid.dp, 8);
   EXPECT_EQ(dp8.micro_batches, 1);
   const StageMemory& d = dp8.stages[0];
-  EXPECT_EQ(d.optimizer, 2 * d.model.weights / 8);
-  EXPECT_EQ(d.grad_shard, d.model.weights / 8);
+  // bf16 ZeRO-1: the fp32 master weights, the AdamW state and the gradient's slice are 1/8.
+  EXPECT_EQ(d.model.weights, d.model.grads / 8);
+  EXPECT_EQ(d.optimizer, 2 * d.model.grads / 8);
+  EXPECT_EQ(d.grad_shard, d.model.grads / 8);
   EXPECT_LT(d.model.activations, s.model.activations) << "micro-batch 8 instead of 16";
   // ZeRO-1's reduction: the whole fp32 gradient buffer reduce-scattered, the slice gathered as
   // its bf16 copy (bf16 precision, no pipeline); a ring moves 7/8 of the buffer and 7 bf16
   // slices over each link: 1.5·7/8 of the fp32 buffer. One rank without ZeRO: nothing.
-  EXPECT_EQ(d.dp_reduce_scatter, d.model.weights);
-  EXPECT_EQ(d.dp_all_gather, d.model.weights / 8 / 2);
+  EXPECT_EQ(d.dp_reduce_scatter, d.model.grads);
+  EXPECT_EQ(d.dp_all_gather, d.model.grads / 8 / 2);
   EXPECT_EQ(d.dp_all_reduce, 0u);
-  EXPECT_DOUBLE_EQ(d.dp_wire_bytes, 1.5 * 7 / 8 * double(d.model.weights));
-  // fp32, or a pipeline (the tied embedding is synchronized from fp32): the slice in fp32.
+  EXPECT_DOUBLE_EQ(d.dp_wire_bytes, 1.5 * 7 / 8 * double(d.model.grads));
+  // fp32: the slice gathered in fp32 into every rank's whole fp32 weights.
   Config zp = z;
   zp.run.precision = "fp32";
   const StageMemory& f = plan_run(zp, 8).stages[0];
+  EXPECT_EQ(f.model.weights, f.model.grads);
   EXPECT_EQ(f.dp_all_gather, f.model.weights / 8);
   EXPECT_DOUBLE_EQ(f.dp_wire_bytes, 2.0 * 7 / 8 * double(f.model.weights));
   EXPECT_EQ(s.dp_reduce_scatter + s.dp_all_gather + s.dp_all_reduce, 0u);

@@ -314,7 +314,8 @@ struct ForwardStats {
 // so the sum is the model's whole share of the device memory (the backend's own workspace and
 // the optimizer's state come on top).
 struct GptMemory {
-  size_t weights = 0;        // fp32 parameters (the master weights under bf16), padded for ZeRO
+  size_t weights = 0;        // fp32 parameters (the master weights under bf16), padded for ZeRO;
+                             // one slice of them with a master_shard
   size_t weights_bf16 = 0;   // bf16 copy the layers read (bf16 precision)
   size_t grads = 0;          // fp32 parameter gradients (none for inference)
   size_t activations = 0;    // the activation plan: kept sets, backward scratch, sends
@@ -334,10 +335,13 @@ class Gpt {
   // ZeRO can cut them into `shards` equal contiguous slices. `mp` says which part of the model
   // this rank holds. `schedule` (pp > 1) is the pipeline schedule pipeline_step() will run: it
   // sizes the activation sets (one per micro-batch a chunk keeps in flight) and the buffers of
-  // outgoing gradients; without one, each chunk gets one activation set.
+  // outgoing gradients; without one, each chunk gets one activation set. master_shard >= 0
+  // (bf16 training under ZeRO-1, as Megatron's distributed optimizer): the fp32 master weights
+  // exist for that slice of the `shards` only, the only ones its rank's optimizer updates; the
+  // layers read the whole bf16 copy, which the ranks' updated slices are gathered into.
   Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards = 1,
       const ModelParallel& mp = {}, const PipelineSchedule* schedule = nullptr,
-      Precision precision = Precision::fp32, ActivationOptions options = {});
+      Precision precision = Precision::fp32, ActivationOptions options = {}, int master_shard = -1);
   ~Gpt();
   // What the constructor with these arguments allocates, without allocating it (planning a
   // grid's memory before a job runs); equal to the backend's allocations, tested.
@@ -345,7 +349,7 @@ class Gpt {
                                const ModelParallel& mp = {},
                                const PipelineSchedule* schedule = nullptr,
                                Precision precision = Precision::fp32,
-                               ActivationOptions options = {});
+                               ActivationOptions options = {}, int master_shard = -1);
   Gpt(const Gpt&) = delete;
   Gpt& operator=(const Gpt&) = delete;
 
@@ -378,16 +382,24 @@ class Gpt {
                                const GptShape& shape, int cp = 1);
 
   Precision precision() const { return precision_; }
-  // The fp32 parameters (master weights under bf16) and their fp32 gradients (null for
-  // inference).
+  // The fp32 parameters (master weights under bf16): elements [master_begin(), master_end())
+  // of the parameter buffer at params()[0 ..), the whole buffer unless the model was made with
+  // a master_shard. And the fp32 gradients of the whole buffer (null for inference).
   float* params() { return params_; }
+  size_t master_begin() const { return master_begin_; }
+  size_t master_end() const { return master_end_; }
+  bool sharded_master() const { return master_end_ - master_begin_ < buffer_floats_; }
   float* grads() { return grads_; }
   // After anything writes params() (an optimizer update, a checkpoint load): refreshes the bf16
   // copy the layers read (bf16 precision; nothing to do in fp32). sync_tied_embedding() keeps
-  // the copy of what it receives current itself. Only while all of params() is current: after
-  // a ZeRO-1 step that gathered the bf16 copy (the trainer in bf16) the fp32 weights outside
-  // this rank's slice are stale and would overwrite the gathered ones.
+  // the copy of what it receives current itself. Not with a sharded master (the slice alone
+  // cannot refresh the copy): there set_params() loads weights, and the trainer gathers the
+  // updated slices into the bf16 copy.
   void params_updated();
+  // Loads the whole buffer's weights from host memory (buffer_floats() floats, this rank's
+  // layout): the master weights it keeps and the bf16 copy. Any model; the way to load one with
+  // a sharded master, whose gradient buffer serves as the staging area (it holds zeros after).
+  void set_params(const float* host);
   // The bf16 copy of params() (same layout), for an optimizer update that writes it in the same
   // pass; null in fp32.
   bf16_t* params_bf16() { return params_bf16_; }
@@ -668,9 +680,10 @@ class Gpt {
   bool split_backward_ = false;  // the schedule has weight passes (zero bubble)
   // The outgoing gradients' buffers per peer (peer, count), in the activations' grad_sends order.
   std::vector<std::pair<int, int>> grad_pools_;
-  bool inference_ = false;  // ActivationOptions::inference
-  int logits_rows_ = 0;     // the classifier's chunk: ActivationOptions::logits_chunk, resolved
-  float* params_ = nullptr;
+  bool inference_ = false;   // ActivationOptions::inference
+  int logits_rows_ = 0;      // the classifier's chunk: ActivationOptions::logits_chunk, resolved
+  float* params_ = nullptr;  // master weights [master_begin_, master_end_) of the buffer
+  size_t master_begin_ = 0, master_end_ = 0;
   float* grads_ = nullptr;
   bf16_t* params_bf16_ = nullptr;            // bf16 precision: the copy the layers read
   Activations<float>* acts_fp32_ = nullptr;  // the plan of the model's precision (one of them)

@@ -41,7 +41,8 @@ class Optimizer {
   Optimizer(const Optimizer&) = delete;
   Optimizer& operator=(const Optimizer&) = delete;
 
-  // Applies one update with learning rate lr to params[begin, end), from grads holding the
+  // Applies one update with learning rate lr to the range [begin, end) of the parameter buffer,
+  // held at params[0 .. end-begin) (a sharded master holds no more), from grads holding the
   // gradient of that range at grads[0 .. end-begin); `step` counts updates including this one
   // (1-based, for Adam's bias correction). With `copy` (a bf16 buffer laid out like params), the
   // same pass writes the updated range rounded to bf16 there. The gradient enters multiplied

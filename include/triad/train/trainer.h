@@ -44,8 +44,9 @@ struct TrainOutcome {
   CommStats tp_traffic, pp_traffic;            // the tensor- and pipeline-parallel groups, likewise
   CommStats cp_traffic;                        // and the context-parallel group
   size_t param_floats = 0, buffer_floats = 0;  // this rank's part of the model
-  size_t optimizer_floats = 0;                 // this rank's optimizer state
-  size_t allocated_bytes = 0;  // live on this rank's backend at the end (Backend::allocated_bytes)
+  size_t master_floats = 0;     // the fp32 (master) weights it keeps: its ZeRO-1 slice in bf16
+  size_t optimizer_floats = 0;  // this rank's optimizer state
+  size_t allocated_bytes = 0;   // live on this rank's backend at the end (Backend::allocated_bytes)
 };
 
 class Trainer {
