@@ -148,6 +148,38 @@ ActivationSlots activation_slots(const ModelParallel& mp, const PipelineSchedule
 
 // The buffer for the other copy's wte gradient (ModelParallel::tied_copy: the first stage and the
 // head's, apart), floats.
+// ZeRO-2's buckets (ZeroOptions::bucketed_grads) of a one-stage layout of n floats: the
+// embeddings' [0, lo), the layers' between lo and hi, each within `layer` floats (the largest
+// distance between the starts of two layers, alignment included), and ln_f's and an untied
+// head's [hi, n).
+struct GradBuckets {
+  size_t lo = 0, hi = 0, n = 0, layer = 0;
+  size_t ends() const { return lo + (n - hi); }
+};
+
+GradBuckets grad_buckets(const std::vector<ParamSpec>& specs, size_t n) {
+  GradBuckets b;
+  b.n = n;
+  std::vector<size_t> starts;  // each layer's first offset, then ln_f's
+  std::string layer;
+  for (const auto& s : specs) {
+    if (s.name.starts_with("h/")) {
+      const std::string l = s.name.substr(0, s.name.find('/', 2));
+      if (l != layer) starts.push_back(s.offset);
+      layer = l;
+    } else if (s.name == "ln_f/weight") {
+      starts.push_back(s.offset);
+    }
+  }
+  TRIAD_CHECK(!starts.empty() && specs.back().offset + specs.back().numel <= n,
+              "internal error: gradient buckets need the whole model on one stage");
+  b.lo = starts.front();
+  b.hi = starts.back();
+  for (size_t i = 0; i + 1 < starts.size(); ++i)
+    b.layer = std::max(b.layer, starts[i + 1] - starts[i]);
+  return b;
+}
+
 size_t tied_scratch_floats(const GptShape& shape, const ModelParallel& mp) {
   if (!shape.tied || !mp.tied_copy()) return 0;
   return size_t(shape.padded_vocab_size / mp.tp) * size_t(shape.n_embd);
@@ -290,7 +322,7 @@ std::string Recomputation::describe(int per_chunk) const {
 
 Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
          const ModelParallel& mp, const PipelineSchedule* schedule, Precision precision,
-         ActivationOptions options, int master_shard)
+         ActivationOptions options, ZeroOptions zero)
     : shape_(shape),
       max_batch_(max_batch),
       be_(backend),
@@ -299,9 +331,12 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
       recompute_(options.recompute),
       inference_(options.inference),
       logits_rows_(logits_chunk_rows(options, max_batch, shape, mp.cp)) {
-  TRIAD_ASSERT(shards >= 1 && master_shard < shards);
-  TRIAD_CHECK(master_shard < 0 || (precision == Precision::bf16 && !options.inference),
-              "internal error: only bf16 training keeps a slice of the master weights");
+  TRIAD_ASSERT(shards >= 1 && zero.shard < shards);
+  TRIAD_CHECK(
+      !zero.master || (zero.shard >= 0 && precision == Precision::bf16 && !options.inference),
+      "internal error: only bf16 training keeps a slice of the master weights");
+  TRIAD_CHECK(!zero.bucketed_grads || (zero.shard >= 0 && mp.pp == 1 && !options.inference),
+              "internal error: gradient buckets need ZeRO, one pipeline stage and training");
   TRIAD_ASSERT((shape.head_dim > 0 || shape.n_embd % shape.n_head == 0) && max_batch >= 1);
   TRIAD_ASSERT(shape.padded_vocab_size >= shape.vocab_size);
   TRIAD_ASSERT(mp.tp >= 1 && shape.n_head % mp.tp == 0 && shape.padded_vocab_size % mp.tp == 0);
@@ -355,13 +390,23 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
   n_floats_ = layout_floats(specs_);
   buffer_floats_ = padded_buffer_floats(specs_, shards);
   master_end_ = buffer_floats_;
-  if (master_shard >= 0) {
+  if (zero.master) {
     const size_t slice = buffer_floats_ / size_t(shards);
-    master_begin_ = size_t(master_shard) * slice;
+    master_begin_ = size_t(zero.shard) * slice;
     master_end_ = master_begin_ + slice;
   }
   params_ = be_.alloc(master_end_ - master_begin_);
-  if (!inference_) grads_ = be_.alloc(buffer_floats_);
+  bucketed_ = zero.bucketed_grads;
+  if (bucketed_) {
+    const GradBuckets gb = grad_buckets(specs_, n_floats_);
+    grad_lo_ = gb.lo;
+    grad_hi_ = gb.hi;
+    layer_floats_ = gb.layer;
+    grad_ends_ = be_.alloc(gb.ends());
+    for (float*& r : grad_ring_) r = be_.alloc(std::max<size_t>(1, layer_floats_));
+  } else if (!inference_) {
+    grads_ = be_.alloc(buffer_floats_);
+  }
   if (precision_ == Precision::bf16) {
     // bf16 activation rows travel between ranks as pairs of bf16 in fp32 words.
     TRIAD_CHECK(shape.n_embd % 2 == 0, "bf16 precision needs an even n_embd (got ", shape.n_embd,
@@ -417,15 +462,18 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
 
 GptMemory Gpt::memory_plan(const GptShape& shape, int max_batch, int shards,
                            const ModelParallel& mp, const PipelineSchedule* schedule,
-                           Precision precision, ActivationOptions options, int master_shard) {
+                           Precision precision, ActivationOptions options, ZeroOptions zero) {
   const int rows = logits_chunk_rows(options, max_batch, shape, mp.cp);
   GptMemory m;
   const auto specs = gpt_rank_layout(shape, mp);
   m.param_floats = layout_floats(specs);
   m.buffer_floats = padded_buffer_floats(specs, shards);
   m.grads = options.inference ? 0 : m.buffer_floats * sizeof(float);
-  m.weights =
-      (master_shard >= 0 ? m.buffer_floats / size_t(shards) : m.buffer_floats) * sizeof(float);
+  if (zero.bucketed_grads) {
+    const GradBuckets gb = grad_buckets(specs, m.param_floats);
+    m.grads = (gb.ends() + 2 * std::max<size_t>(1, gb.layer)) * sizeof(float);
+  }
+  m.weights = (zero.master ? m.buffer_floats / size_t(shards) : m.buffer_floats) * sizeof(float);
   const ActivationSlots a = activation_slots(mp, options.inference ? nullptr : schedule);
   m.activation_sets = a.slots;
   if (precision == Precision::bf16) {
@@ -462,6 +510,9 @@ Gpt::~Gpt() {
   if (decode_scratch_fp32_) be_.free(decode_scratch_fp32_);
   if (decode_scratch_bf16_) be_.free_bf16(decode_scratch_bf16_);
   if (grads_) be_.free(grads_);
+  if (grad_ends_) be_.free(grad_ends_);
+  for (float* r : grad_ring_)
+    if (r != nullptr) be_.free(r);
   be_.free(params_);
 }
 
@@ -501,12 +552,18 @@ void Gpt::set_params(const float* host) {
     params_updated();
     return;
   }
-  // The whole buffer through the gradient buffer (as large, and zeroed before every step's
-  // backward): the bf16 copy from all of it, the master weights from their slice.
+  // The whole buffer in pieces through gradient memory (zeroed before every step's backward):
+  // the bf16 copy from all of it, the master weights from their slice.
   decoded_.clear();
-  be_.copy_from_host(grads_, host, buffer_floats_);
-  be_.convert(params_bf16_, grads_, buffer_floats_);
-  be_.copy(params_, grads_ + master_begin_, master_end_ - master_begin_);
+  float* stage = bucketed_ ? grad_ring_[0] : grads_;
+  const size_t piece = bucketed_ ? std::max<size_t>(1, layer_floats_) : buffer_floats_;
+  for (size_t at = 0; at < buffer_floats_; at += piece) {
+    const size_t n = std::min(piece, buffer_floats_ - at);
+    be_.copy_from_host(stage, host + at, n);
+    be_.convert(params_bf16_ + at, stage, n);
+    const size_t a = std::max(at, master_begin_), b = std::min(at + n, master_end_);
+    if (a < b) be_.copy(params_ + (a - master_begin_), stage + (a - at), b - a);
+  }
   zero_grads();
 }
 
@@ -581,7 +638,13 @@ void Gpt::init(uint64_t seed) {
 
 void Gpt::zero_grads() {
   TRIAD_CHECK(!inference_, "internal error: a model for inference has no gradients");
-  be_.zero(grads_, buffer_floats_);
+  if (!bucketed_) {
+    be_.zero(grads_, buffer_floats_);
+    return;
+  }
+  for (auto& r : ring_pending_) r.wait();
+  be_.zero(grad_ends_, grad_lo_ + (n_floats_ - grad_hi_));
+  for (float* r : grad_ring_) be_.zero(r, std::max<size_t>(1, layer_floats_));
 }
 
 }  // namespace triad

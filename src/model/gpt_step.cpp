@@ -28,18 +28,42 @@ struct LayerTensors {
 
 // The layer's tensors are specs[first ..]; pos[k] is where the k-th of its 14 possible ones (in
 // all_layer_tensors' order) sits among them, -1 for a bias or norm the model does not have (a
-// null pointer, as the ops take it).
+// null pointer, as the ops take it). base holds buffer element `origin` at base[0].
 template <class T>
 LayerTensors<T> layer_tensors(T* base, const std::vector<ParamSpec>& specs, int first,
-                              const int (&pos)[14]) {
+                              const int (&pos)[14], size_t origin = 0) {
   auto at = [&](int k) -> T* {
-    return pos[k] < 0 ? nullptr : base + specs[size_t(first + pos[k])].offset;
+    return pos[k] < 0 ? nullptr : base + (specs[size_t(first + pos[k])].offset - origin);
   };
   return {at(0), at(1), at(2), at(3),  at(4),  at(5),  at(6),
           at(7), at(8), at(9), at(10), at(11), at(12), at(13)};
 }
 
 }  // namespace
+
+float* Gpt::grad_at(size_t offset) {
+  if (!bucketed_) return grads_ + offset;
+  TRIAD_ASSERT(offset < grad_lo_ || (offset >= grad_hi_ && offset < n_floats_));
+  return grad_ends_ + (offset < grad_lo_ ? offset : grad_lo_ + (offset - grad_hi_));
+}
+
+float* Gpt::layer_grad_bucket(int l, size_t at) {
+  if (!bucketed_) return grads_ + at;
+  CommRequest& previous = ring_pending_[l % 2];
+  previous.wait();
+  float* bucket = grad_ring_[l % 2];
+  be_.zero(bucket, layer_floats_);
+  return bucket;
+}
+
+void Gpt::grad_ready(size_t offset, size_t count, float* data, CommRequest* into) {
+  if (!grad_hook_) return;
+  CommRequest r = grad_hook_(offset, count, data);
+  if (into != nullptr)
+    *into = std::move(r);
+  else
+    grad_pending_.push_back(std::move(r));
+}
 
 void Gpt::tp_all_reduce(float* x, size_t n) {
   if (mp_.tp > 1) mp_.tp_comm->all_reduce_sum(x, n);
@@ -391,7 +415,7 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
   // The head is column-parallel over the vocabulary: its input gradient is a partial sum over
   // the group, formed over all rows and then reduced into this rank's rows.
   A* dpart = mp_.split_rows() ? a.full : S.dlnf;
-  float* head_grad = with_grad ? grads_ + specs_[size_t(head_)].offset : nullptr;
+  float* head_grad = with_grad ? grad_at(specs_[size_t(head_)].offset) : nullptr;
   float* host = host_scratch_.data();  // planned in the constructor: no allocation per step
   ForwardStats st;
   for (int i = 0; i < N; ++i)
@@ -484,17 +508,20 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
   if (g == mp_.chunks() - 1) {
     // The classifier ran its backward with the loss: ln_f's output gradient is in S.dlnf.
     be_.zero(a.dresidual, size_t(n) * C);
-    layernorm_backward(a.dresidual, grads_ + sp[size_t(lnf_)].offset,
-                       lnf_bias_ ? grads_ + sp[size_t(lnf_) + 1].offset : nullptr, S.dlnf,
-                       S.output(), W + sp[size_t(lnf_)].offset, S.lnf_mean, S.lnf_rstd, n);
-    if (grad_hook_) grad_hook_(sp[size_t(lnf_)].offset, n_floats_ - sp[size_t(lnf_)].offset);
+    const size_t lnf = sp[size_t(lnf_)].offset;
+    layernorm_backward(a.dresidual, grad_at(lnf),
+                       lnf_bias_ ? grad_at(sp[size_t(lnf_) + 1].offset) : nullptr, S.dlnf,
+                       S.output(), W + lnf, S.lnf_mean, S.lnf_rstd, n);
+    grad_ready(lnf, n_floats_ - lnf, grad_at(lnf), nullptr);  // with an untied head
   }
   // Otherwise the caller has put the gradient of the chunk's output into dresidual.
   for (int i = per_chunk - 1; i >= 0; --i) {
     auto& L = S.layers[size_t(i)];
     const int first = layer_[size_t(first_layer + i)];
     const LayerTensors<const A> w = layer_tensors(W, specs_, first, layer_slot_);
-    const LayerTensors<float> gr = layer_tensors(grads_, specs_, first, layer_slot_);
+    const size_t at = sp[size_t(first)].offset;
+    float* bucket = layer_grad_bucket(first_layer + i, at);
+    const LayerTensors<float> gr = layer_tensors(bucket, specs_, first, layer_slot_, at);
     const A* x_in = i == 0 ? S.input : S.layers[size_t(i - 1)].residual3;
     const Recompute recompute = recompute_.in_layer(i);
     if (recompute == Recompute::full) {
@@ -550,19 +577,18 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     layernorm_backward(a.dresidual, gr.ln1w, gr.ln1b, a.dln, x_in, w.ln1w, L.ln1_mean, L.ln1_rstd,
                        n);
     if (grad_hook_) {
-      const size_t lo = sp[size_t(first)].offset;
       const size_t count = size_t(layer_count_);
       const size_t hi =
           size_t(first) + count < sp.size() ? sp[size_t(first) + count].offset : n_floats_;
-      grad_hook_(lo, hi - lo);
+      grad_ready(at, hi - at, bucket, bucketed_ ? &ring_pending_[(first_layer + i) % 2] : nullptr);
     }
   }
   if (g == 0) {
     // wpe is replicated: every rank accumulates the same gradient (of all rows); wte rows
     // only for the ids this rank holds.
     const A* dres = gather_rows(a.dresidual, a.full, N);
-    float* dwte = grads_ + sp[size_t(wte_)].offset;
-    float* dwpe = wpe_ >= 0 ? grads_ + sp[size_t(wpe_)].offset : nullptr;
+    float* dwte = grad_at(sp[size_t(wte_)].offset);
+    float* dwpe = wpe_ >= 0 ? grad_at(sp[size_t(wpe_)].offset) : nullptr;
     if (positions_ != nullptr) {
       be_.encoder_backward(dwte, dwpe, dres, d_inputs_, B, T, C, positions_);
     } else {
@@ -571,7 +597,7 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
                              d_inputs_ + at, B, n, C);
       });
     }
-    if (grad_hook_) grad_hook_(0, sp[size_t(std::max(wte_, wpe_)) + 1].offset);  // wte, wpe
+    grad_ready(0, sp[size_t(std::max(wte_, wpe_)) + 1].offset, grad_at(0), nullptr);  // wte, wpe
   }
 }
 
@@ -581,7 +607,7 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
 // the CPU backend the gradients are bit for bit those of 1F1B).
 template <class A>
 void Gpt::weight_chunk(int chunk, Set<A>& S, int B, int T) {
-  TRIAD_ASSERT(split_backward_);
+  TRIAD_ASSERT(split_backward_ && !bucketed_);
   const int C = shape_.n_embd, Al = shape_.attn_width() / mp_.tp, N = B * T;
   const int Wl = shape_.qkv_rows() / mp_.tp;
   const int g = mp_.global_chunk(chunk), per_chunk = mp_.chunk_layers(g, shape_.n_layer);
@@ -607,6 +633,11 @@ ForwardStats Gpt::forward_backward_t(const int32_t* inputs, const int32_t* targe
                                      float dloss_scale) {
   TRIAD_CHECK(!inference_, "internal error: a model for inference cannot train");
   TRIAD_CHECK(mp_.pp == 1, "internal error: forward_backward with pp > 1 (use pipeline_step)");
+  TRIAD_CHECK(!bucketed_ || grad_hook_,
+              "internal error: gradient buckets without a hook to reduce them");
+  // A bucket holds one micro-batch's gradient: the ends start from zero (each layer's bucket is
+  // zeroed as its backward begins).
+  if (bucketed_) be_.zero(grad_ends_, grad_lo_ + (n_floats_ - grad_hi_));
   const int T = shape_.seq_len, Tl = mp_.seq_rows(T);  // rows per sequence here: Tl
   TRIAD_ASSERT(B >= 1 && B <= max_batch_);
   Set<A>& S = acts<A>().sets[0][0];
@@ -617,6 +648,10 @@ ForwardStats Gpt::forward_backward_t(const int32_t* inputs, const int32_t* targe
   forward_chunk(0, S, B, Tl);
   ForwardStats st = classifier(S, tg, B, Tl, dloss_scale, true);
   backward_chunk(0, S, B, Tl);
+  // The reductions the hook started, complete (their buckets are free for the next backward).
+  for (auto& r : grad_pending_) r.wait();
+  grad_pending_.clear();
+  for (auto& r : ring_pending_) r.wait();
   return st;
 }
 

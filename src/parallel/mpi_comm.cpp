@@ -1,4 +1,5 @@
 #include <climits>
+#include <memory>
 
 #include "triad/core/error.h"
 #include "triad/parallel/comm.h"
@@ -95,6 +96,26 @@ class MpiComm final : public Comm {
     TRIAD_MPI_CHECK(
         MPI_Ireduce_scatter_block(send, recv, count_of(count), MPI_FLOAT, MPI_SUM, comm_, &r));
     return CommRequest(r);
+  }
+  CommRequest ireduce_scatter_pieces_sum(const float* send, float* recv,
+                                         const std::vector<size_t>& counts) override {
+    TRIAD_CHECK(counts.size() == size_t(size_), "internal error: ", counts.size(),
+                " pieces for a group of ", size_);
+    size_t total = 0;
+    for (size_t c : counts) total += c;
+    stats_.add(CommStats::kReduceScatter, total * sizeof(float));
+    if (size_ == 1) {
+      if (send != recv) std::copy(send, send + total, recv);
+      return {};
+    }
+    // The counts stay alive (and unchanged) until the operation completes.
+    auto ints = std::make_shared<std::vector<int>>();
+    for (size_t c : counts) ints->push_back(count_of(c));
+    MPI_Request r;
+    TRIAD_MPI_CHECK(MPI_Ireduce_scatter(send, recv, ints->data(), MPI_FLOAT, MPI_SUM, comm_, &r));
+    CommRequest req(r);
+    req.on_complete([ints] {});
+    return req;
   }
   void all_gather(const float* send, float* recv, size_t count) override {
     stats_.add(CommStats::kAllGather, count * sizeof(float));

@@ -97,7 +97,14 @@ ActivationOptions activation_options(const Config& cfg) {
 
 bool zero_gathers_bf16(const Config& cfg) { return cfg.bf16(); }
 
-bool shards_master(const Config& cfg) { return cfg.parallel.zero == 1 && zero_gathers_bf16(cfg); }
+ZeroOptions zero_options(const Config& cfg, int shard) {
+  ZeroOptions z;
+  if (cfg.parallel.zero == 0) return z;
+  z.shard = shard;
+  z.master = zero_gathers_bf16(cfg);
+  z.bucketed_grads = cfg.parallel.zero == 2;
+  return z;
+}
 
 RunPlan plan_run(const Config& cfg, int world_size) {
   TRIAD_CHECK(world_size >= 1, "--plan-ranks must be >= 1 (got ", world_size, ")");
@@ -129,9 +136,9 @@ RunPlan plan_run(const Config& cfg, int world_size) {
     for (const auto& s : specs) m.parameters += int64_t(s.numel);
     m.model = Gpt::memory_plan(shape, p.micro_batch_size, replicas, mp,
                                p.grid.pp > 1 ? &schedule : nullptr, p.precision, options,
-                               shards_master(cfg) ? 0 : -1);
+                               zero_options(cfg, 0));
     // The trainer's optimizer and ZeRO slice (Trainer::State::setup_model).
-    const bool zero = cfg.parallel.zero == 1;
+    const bool zero = cfg.parallel.zero >= 1;
     const size_t range = zero ? m.model.buffer_floats / size_t(replicas) : m.model.buffer_floats;
     m.optimizer = Optimizer::state_bytes_for(cfg.optim, range, specs, p.grid.tp, replicas);
     m.grad_shard = zero ? range * sizeof(float) : 0;
@@ -143,10 +150,13 @@ RunPlan plan_run(const Config& cfg, int world_size) {
         if (s.name == (shape.tied ? "wte/weight" : "lm_head/weight"))
           m.head_backward_flops_per_token = 4.0 * double(s.numel);
     // The trainer's reduction (Trainer::run): ZeRO-1 reduce-scatters and gathers even on a
-    // group of one (local copies, no wire); the all-reduce runs for dp·cp > 1.
+    // group of one (local copies, no wire); ZeRO-2 reduce-scatters each micro-batch's buckets
+    // (the parameters, unpadded); the all-reduce runs for dp·cp > 1.
     const double d = replicas;
     if (zero) {
-      m.dp_reduce_scatter = m.model.buffer_floats * sizeof(float);
+      m.dp_reduce_scatter = (cfg.parallel.zero == 2 ? m.model.param_floats * size_t(p.micro_batches)
+                                                    : m.model.buffer_floats) *
+                            sizeof(float);
       // The slices come back as the bf16 copy or as fp32 master weights (zero_gathers_bf16).
       m.dp_all_gather = range * (zero_gathers_bf16(cfg) ? sizeof(bf16_t) : sizeof(float));
       // A ring moves (dp−1)/dp of the buffer for the reduce-scatter and receives the dp−1 other
@@ -250,7 +260,7 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
        << (cfg.parallel.virtual_stages > 1
                ? " (" + std::to_string(cfg.parallel.virtual_stages) + " virtual stages)"
                : "");
-  if (cfg.parallel.zero == 1) os << " | ZeRO-1";
+  if (cfg.parallel.zero >= 1) os << " | ZeRO-" << cfg.parallel.zero;
   if (cfg.parallel.sequence_parallel && g.tp > 1) os << " | sequence parallel";
   if (const auto split = stage_layers(cfg); !split.empty()) {
     os << " | stage layers ";
@@ -282,7 +292,8 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
     for (int i = 0; i < 10; ++i) os << std::setw(w[i]) << cells[i] << (i < 9 ? "  " : "\n");
   }
   os << "(activations: kept for the micro-batches in flight per chunk, in parentheses, plus the "
-        "backward scratch; gradients include ZeRO-1's reduce-scattered slice";
+        "backward scratch; gradients include ZeRO's reduce-scattered slice, under ZeRO-2 with "
+        "the buckets instead of the whole buffer";
   if (cfg.run.backend == "cuda") {
     // Grouped-query attention outside the flash kernels (bf16, head dims 64 and 128) runs on
     // rows expanded to one key/value head per query head.
@@ -345,8 +356,11 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
        << wire / 1e6 << " MB over its link";
     if (gbps > 0)
       os << ", " << wire / (gbps * 1e9) * 1e3 << " ms at " << std::defaultfloat
-         << std::setprecision(4) << gbps << std::fixed
-         << " GB/s (overlapped with the backward pass where pp = 1 and no ZeRO)";
+         << std::setprecision(4) << gbps << std::fixed << " GB/s ("
+         << (p.grid.pp == 1 && cfg.parallel.zero != 1
+                 ? "overlapped with the backward pass"
+                 : "after the backward pass: overlapped only where pp = 1 and ZeRO is 0 or 2")
+         << ")";
   }
   if (tflops > 0) {
     const double step = p.critical_flops / (tflops * 1e12);

@@ -330,7 +330,7 @@ TrainOutcome Trainer::run() {
             ? double(s.train_data->counted_targets(s.position, int(cfg.train.batch_size)))
             : tokens_per_step;
     const float dloss_scale = counted > 0 ? float(1.0 / counted) : 0.0f;
-    const bool zero = cfg.parallel.zero == 1;
+    const bool zero = cfg.parallel.zero >= 1;
     if (s.grid.shape().pp > 1) {
       // The pipeline runs all micro-batches of the step by the schedule; every stage reads
       // the same sequences (the first stage needs the inputs, the last the targets).
@@ -346,13 +346,17 @@ TrainOutcome Trainer::run() {
       if (s.replicas > 1 && !zero)
         s.grid.dp().all_reduce_sum(s.model->grads(), s.model->num_floats());
     } else {
+      if (cfg.parallel.zero == 2) s.be->zero(s.grad_shard, s.shard_hi - s.shard_lo);
       for (int m = 0; m < accum; ++m) {
         // Without ZeRO, the last micro-batch's backward hands each finished bucket (ln_f, every
-        // layer, the embeddings) to a non-blocking all-reduce while it computes the next one.
-        if (m == accum - 1 && s.replicas > 1 && !zero) {
-          s.model->set_grad_ready_hook([&s](size_t off, size_t n) {
-            s.pending.push_back(s.grid.dp().iall_reduce_sum(s.model->grads() + off, n));
-          });
+        // layer, the embeddings) to a non-blocking all-reduce while it computes the next one;
+        // ZeRO-2 reduces every micro-batch's buckets into the slices so.
+        if (cfg.parallel.zero == 2) {
+          s.model->set_grad_ready_hook(
+              [&s](size_t off, size_t n, float* data) { return s.reduce_bucket(off, n, data); });
+        } else if (m == accum - 1 && s.replicas > 1 && !zero) {
+          s.model->set_grad_ready_hook(
+              [&s](size_t, size_t n, float* data) { return s.grid.dp().iall_reduce_sum(data, n); });
         }
         s.train_data->fill(base + int64_t(m) * mbs, mbs, s.inputs.data(), s.targets.data());
         loss_sum +=
@@ -360,18 +364,17 @@ TrainOutcome Trainer::run() {
         s.model->set_grad_ready_hook(nullptr);
       }
     }
-    for (auto& r : s.pending) r.wait();
-    s.pending.clear();
     const double loss_total = s.grid.dp().all_reduce_sum(loss_sum);
     const double loss =
         counted > 0 ? loss_total / counted : std::numeric_limits<double>::quiet_NaN();
     out.losses.push_back(loss);
-    // This rank's gradient [lo, hi) of the buffer: all of it, or under ZeRO-1 the slice it
-    // receives from a reduce-scatter and updates before the weights are all-gathered. Clipped
-    // by the global norm of the whole gradient.
+    // This rank's gradient [lo, hi) of the buffer: all of it, or under ZeRO the slice it
+    // receives from a reduce-scatter (ZeRO-1 here, ZeRO-2 bucket by bucket in the backward
+    // passes) and updates before the weights are all-gathered. Clipped by the global norm of
+    // the whole gradient.
     float* g = zero ? s.grad_shard : s.model->grads();
     const size_t lo = zero ? s.shard_lo : 0, hi = zero ? s.shard_hi : s.model->num_floats();
-    if (zero) s.grid.dp().reduce_scatter_sum(s.model->grads(), g, hi - lo);
+    if (cfg.parallel.zero == 1) s.grid.dp().reduce_scatter_sum(s.model->grads(), g, hi - lo);
     const double norm = s.grad_norm(g, lo, hi);
     if (cfg.train.norms_every > 0 && st % cfg.train.norms_every == 0) {
       std::vector<double> grad_norms, weight_norms;
@@ -422,7 +425,7 @@ TrainOutcome Trainer::run() {
                     clip_scale(norm, cfg.train.grad_clip), muon_lr_at(cfg.train, cfg.optim, st),
                     zero ? s.model->grads() : nullptr);
       if (gather_bf16) {
-        // Each rank holds the fp32 master weights of its slice only (shards_master).
+        // Each rank holds the fp32 master weights of its slice only (zero_options).
         bf16_t* copy = s.model->params_bf16();
         s.grid.dp().all_gather(reinterpret_cast<float*>(copy + lo), reinterpret_cast<float*>(copy),
                                (hi - lo) / 2);

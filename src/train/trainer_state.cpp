@@ -117,13 +117,13 @@ void Trainer::State::setup_model() {
   model =
       std::make_unique<Gpt>(model_shape(), mbs, *be, replicas, mp, mp.pp > 1 ? &schedule : nullptr,
                             cfg.bf16() ? Precision::bf16 : Precision::fp32, activation_options(cfg),
-                            shards_master(cfg) ? replica_rank : -1);
+                            zero_options(cfg, replica_rank));
   const size_t S = model->buffer_floats() / size_t(replicas);
   shard_lo = size_t(replica_rank) * S;
   shard_hi = shard_lo + S;
   TRIAD_ASSERT(!model->sharded_master() ||
                (model->master_begin() == shard_lo && model->master_end() == shard_hi));
-  if (cfg.parallel.zero == 1) {
+  if (cfg.parallel.zero >= 1) {
     opt = std::make_unique<Optimizer>(cfg.optim, model->specs(), shard_lo, shard_hi, *be,
                                       &grid.dp(), &grid.tp(), true);
     grad_shard = be->alloc(S);
@@ -173,7 +173,7 @@ void Trainer::State::layer_norms(const float* g, size_t lo, size_t hi, std::vect
   std::vector<double> sq(2 * groups.size(), 0.0);  // gradient squares, then weight squares
   // As grad_norm: each parameter once (not replicas); without ZeRO dp rank 0 alone; under ZeRO
   // the slice, where the fp32 weights are current too.
-  if (cfg.parallel.zero == 1 || replica_rank == 0)
+  if (cfg.parallel.zero >= 1 || replica_rank == 0)
     for (const auto& s : model->specs()) {
       if (s.replica) continue;
       const size_t x = std::max(s.offset, lo), y = std::min(s.offset + s.numel, hi);
@@ -193,12 +193,25 @@ void Trainer::State::layer_norms(const float* g, size_t lo, size_t hi, std::vect
   }
 }
 
+CommRequest Trainer::State::reduce_bucket(size_t off, size_t n, float* data) {
+  const size_t S = shard_hi - shard_lo;
+  std::vector<size_t> counts(static_cast<size_t>(replicas), 0);
+  for (size_t r = 0; r < counts.size(); ++r) {
+    const size_t a = std::max(off, r * S), b = std::min(off + n, (r + 1) * S);
+    counts[r] = a < b ? b - a : 0;
+  }
+  const size_t mine = counts[size_t(replica_rank)], a = std::max(off, shard_lo);
+  float* sum = grad_shard + (mine > 0 ? a - shard_lo : 0);
+  if (mine > 0) be->accumulate(data + (a - off), sum, mine);
+  return grid.dp().ireduce_scatter_pieces_sum(data, sum, counts);
+}
+
 double Trainer::State::grad_norm(const float* g, size_t lo, size_t hi) {
   // The squares of this rank's counted gradients in [lo, hi) (g points at element lo), summed
   // over the world. Without ZeRO every data-parallel replica holds the whole reduced gradient,
   // so only dp rank 0 contributes; with ZeRO each rank holds a disjoint slice.
   double sq = 0;
-  if (cfg.parallel.zero == 1 || replica_rank == 0)
+  if (cfg.parallel.zero >= 1 || replica_rank == 0)
     for (const auto& [a, b] : counted) {
       const size_t x = std::max(a, lo), y = std::min(b, hi);
       if (x < y) sq += be->sum_squares(g + (x - lo), y - x);
@@ -254,7 +267,7 @@ void Trainer::State::stage_to_device(bool with_optimizer) {
 std::vector<TensorGroup> Trainer::State::groups(bool with_optimizer, bool for_save) {
   std::vector<TensorGroup> g{{"model", tensor_refs(param_base(), 0, !for_save)}};
   if (with_optimizer) {
-    const bool zero = cfg.parallel.zero == 1;
+    const bool zero = cfg.parallel.zero >= 1;
     for (const auto& sg : opt->state_groups()) {
       const size_t first = zero ? shard_lo : 0;
       // Every rank keeps the same names (the reads and writes are collective).

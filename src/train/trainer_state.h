@@ -73,7 +73,6 @@ struct Trainer::State {
   std::string flash_desc;         // the flash-attention kernel (cuda, bf16), for the start line
   std::vector<float> host_params;
   std::vector<std::vector<float>> host_slots;
-  std::vector<CommRequest> pending;
   double peak_flops = 0;
   std::vector<int32_t> inputs, targets;
 
@@ -87,6 +86,11 @@ struct Trainer::State {
   void setup_device_comms(bool shares_gpu);
   GptShape model_shape() const;
   void setup_model();
+  // ZeRO-2's grad-ready hook: one micro-batch's bucket [off, off + n) of the gradient, at data,
+  // reduced into the ranks' slices. This rank's piece first takes what its slice (grad_shard)
+  // has summed over the step's earlier micro-batches, so the reduction leaves the running sum
+  // there; grad_shard starts the step at zero.
+  CommRequest reduce_bucket(size_t off, size_t n, float* data);
   // Global L2 norm of the gradient, from the part [lo, hi) of the buffer this rank holds at g.
   double grad_norm(const float* g, size_t lo, size_t hi);
   // train.norms_every: the layers of the model ("wte", "wpe" (learned positions), "h0", ...,

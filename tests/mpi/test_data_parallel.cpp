@@ -1,6 +1,6 @@
-// Data parallelism and ZeRO-1 against one rank (run under mpiexec -np 4): every dp in {1, 2, 4}
-// × ZeRO in {0, 1} × accumulation in {1, 4} gives the per-step losses and final weights of the
-// single-rank run to fp32 rounding; checkpoints saved on one grid resume on another.
+// Data parallelism and ZeRO against one rank (run under mpiexec -np 4): every dp in {1, 2, 4}
+// × ZeRO in {0, 1, 2} × accumulation in {1, 4} gives the per-step losses and final weights of
+// the single-rank run to fp32 rounding; checkpoints saved on one grid resume on another.
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -43,7 +43,7 @@ TEST(DataParallel, EveryGridMatchesOneRank) {
   ASSERT_EQ(ref.losses.size(), 6u);
   for (int dp : {1, 2, 4}) {
     if (dp > world_size()) continue;
-    for (int zero : {0, 1})
+    for (int zero : {0, 1, 2})
       for (int accum : {1, 4}) {
         if (dp == 1 && zero == 0 && accum == 1) continue;
         const std::string name =
@@ -60,7 +60,7 @@ TEST(DataParallel, CommunicationVolumeMatchesTheFormulas) {
   if (world_size() < 2) GTEST_SKIP() << "needs 2 ranks";
   const std::string dir = shared_dir("traffic");
   const int steps = 6, dp = 2;
-  for (int zero : {0, 1}) {
+  for (int zero : {0, 1, 2}) {
     const Result r = run(dir, "traffic_z" + std::to_string(zero), dp, zero, 2);
     if (world_rank() != 0) continue;  // the result struct's traffic is rank 0's
     const CommStats& t = r.out.dp_traffic;
@@ -71,9 +71,15 @@ TEST(DataParallel, CommunicationVolumeMatchesTheFormulas) {
       EXPECT_EQ(t.calls[CommStats::kAllReduce], uint64_t(steps * 4));
       EXPECT_EQ(t.bytes[CommStats::kReduceScatter], 0u);
       EXPECT_EQ(t.bytes[CommStats::kAllGather], 0u);
-    } else {
+    } else if (zero == 1) {
       EXPECT_EQ(t.bytes[CommStats::kAllReduce], 0u);
       EXPECT_EQ(t.bytes[CommStats::kReduceScatter], steps * buffer);
+      EXPECT_EQ(t.bytes[CommStats::kAllGather], steps * buffer / dp);
+    } else {
+      // ZeRO-2: each of the 2 micro-batches' 4 buckets, unpadded, into the slices.
+      EXPECT_EQ(t.bytes[CommStats::kAllReduce], 0u);
+      EXPECT_EQ(t.bytes[CommStats::kReduceScatter], steps * 2 * grad);
+      EXPECT_EQ(t.calls[CommStats::kReduceScatter], uint64_t(steps * 2 * 4));
       EXPECT_EQ(t.bytes[CommStats::kAllGather], steps * buffer / dp);
     }
     EXPECT_EQ(t.bytes[CommStats::kSend] + t.bytes[CommStats::kRecv], 0u);
@@ -89,7 +95,8 @@ TEST(DataParallel, CheckpointsResumeOnOtherGrids) {
     Result r = run(dir, name, dp, zero, 1, {"--resume", ckpt});
     return r;
   };
-  for (auto [dp, zero] : std::vector<std::pair<int, int>>{{big, 1}, {2, 0}, {1, 0}, {1, 1}}) {
+  for (auto [dp, zero] :
+       std::vector<std::pair<int, int>>{{big, 1}, {2, 0}, {1, 0}, {1, 1}, {big, 2}, {1, 2}}) {
     if (dp > world_size()) continue;
     const std::string name =
         "from" + std::to_string(big) + "_dp" + std::to_string(dp) + "_z" + std::to_string(zero);

@@ -747,7 +747,12 @@ TEST(ModelParallel, MemoryPlanEqualsWhatEachRankAllocates) {
       {{1, 1, 1, 0, 1, "1f1b", 1, false, 2}, "fp32"},
       {{2, 1, 1, 1, 2, "1f1b", 1, false, 2}, "bf16"},
       {{1, 2, 1, 0, 2, "1f1b", 1, true, 4}, "bf16"},
-      {{1, 1, 2, 0, 4, "zb-h1", 1, false, 2}, "rope"}};
+      {{1, 1, 2, 0, 4, "zb-h1", 1, false, 2}, "rope"},
+      // ZeRO-2: the gradient buckets instead of the whole buffer, each micro-batch reduced.
+      {{2, 1, 1, 2, 2, "1f1b", 1}, "bf16"},
+      {{2, 2, 1, 2, 1, "1f1b", 1, true}, "fp32"},
+      {{1, 1, 1, 2, 2, "1f1b", 1, false, 2}, "bf16"},
+      {{2, 1, 1, 2, 2, "1f1b", 1}, "untied"}};
   for (const auto& [g, variant] : grids) {
     if (g.ranks() > world_size()) continue;
     const std::string name = "plan_" + g.name() + "_" + variant;
@@ -1079,6 +1084,57 @@ TEST(ModelParallel, ZeroGathersTheBf16CopyExactly) {
                     slice * sizeof(float) /* the gradient's slice */)
           << zero.name();
     }
+  }
+}
+
+// ZeRO-2 reduces each micro-batch's gradient bucket by bucket (ln_f, each layer, the
+// embeddings) into the slices as the backward pass finishes them, holding the embeddings' and
+// head's buckets and two layers' instead of the whole gradient buffer. With two data-parallel
+// ranks and one micro-batch each reduction adds the same two numbers as ZeRO-1's reduce-scatter,
+// so it trains bit for bit as ZeRO-1 (clipped, at tp 1 and 2 with sequence parallelism, in
+// fp32 and bf16), allocates exactly the gradient buffer less the buckets, and its checkpoints
+// resume exactly, under ZeRO-2 and under ZeRO-1. Over micro-batches, within the grids'
+// tolerance of one rank (the slices sum in another order).
+TEST(ModelParallel, ZeroTwoTrainsAsZeroOne) {
+  const std::string dir = shared_dir("zero2");
+  for (const auto& [tp, precision] :
+       std::vector<std::pair<int, std::string>>{{1, "fp32"}, {1, "bf16"}, {2, "bf16"}}) {
+    const Grid one{2, tp, 1, 1, 1, "1f1b", 1, tp > 1}, two{2, tp, 1, 2, 1, "1f1b", 1, tp > 1};
+    if (two.ranks() > world_size()) continue;
+    const std::string tag = two.name() + "_" + precision;
+    const std::vector<std::string> args = {"--resume", "none", "--run.precision", precision};
+    const Result z1 = run(dir, "z1_" + tag, one, args);
+    const Result z2 = run(dir, "z2_" + tag, two, args);
+    EXPECT_EQ(z2.losses, z1.losses) << tag;
+    EXPECT_EQ(z2.val_loss, z1.val_loss) << tag;
+    EXPECT_EQ(z2.params, z1.params) << tag;
+    if (world_rank() < two.ranks()) {
+      EXPECT_EQ(z1.out.master_floats, z2.out.master_floats) << tag;
+      // The gradient buffer against the buckets: wte (the padded vocabulary over tp) and wpe,
+      // ln_f, and two of the model's layers (kLayers of them, all alike).
+      const size_t C = kEmbd, Vp = (tp == 1 ? 384 : 512) / size_t(tp);
+      const size_t ends = Vp * C + kSeq * C + 2 * C;
+      const size_t layers = z1.out.param_floats - ends;
+      EXPECT_EQ(z1.out.allocated_bytes - z2.out.allocated_bytes,
+                (z1.out.buffer_floats - ends - 2 * layers / kLayers) * sizeof(float))
+          << tag;
+    }
+    const std::string ckpt = dir + "/runs/z2_" + tag + "/ckpt/step_00000003.h5";
+    for (const Grid& g : {two, one}) {
+      std::vector<std::string> resume = args;
+      resume[1] = ckpt;
+      const Result r = run(dir, "resumed_z" + std::to_string(g.zero) + "_" + tag, g, resume);
+      ASSERT_EQ(r.losses.size(), 3u) << tag;
+      for (size_t i = 0; i < 3; ++i) EXPECT_EQ(r.losses[i], z2.losses[3 + i]) << tag << i;
+      EXPECT_EQ(r.params, z2.params) << tag << " resumed under ZeRO-" << g.zero;
+    }
+  }
+  // Four micro-batches per rank, in bf16 at tp 2 with sequence parallelism, against one rank.
+  const Grid acc{2, 2, 1, 2, 4, "1f1b", 1, true};
+  if (acc.ranks() <= world_size()) {
+    const std::vector<std::string> bf16 = {"--resume", "none", "--run.precision", "bf16"};
+    expect_close_losses(run(dir, "acc_" + acc.name(), acc, bf16), run(dir, "acc_ref", Grid{}, bf16),
+                        5e-4, "ZeRO-2 " + acc.name());
   }
 }
 

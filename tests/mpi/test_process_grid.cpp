@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <vector>
+
 #include "../support/mpi_test_helpers.h"
 #include "../support/mpi_test_main.h"
 #include "triad/core/error.h"
@@ -96,6 +98,31 @@ TEST(ProcessGrid, CompletionActionRunsOnceAfterTheTransfer) {
   EXPECT_EQ(runs, 1);
   EXPECT_FALSE(recv.pending());
   EXPECT_EQ(seen, float((r + n - 1) % n));
+}
+
+// ZeRO-2's reduction of a bucket cut by the slices: rank r receives the sum of its piece, of any
+// length (rank 1's empty), and the call counts the whole send buffer.
+TEST(ProcessGrid, ReduceScatterOfPiecesGivesEachRankItsPiece) {
+  ProcessGrid g(MPI_COMM_WORLD, 1, 1);
+  Comm& c = g.dp();
+  const int n = c.size(), r = c.rank();
+  std::vector<size_t> counts(static_cast<size_t>(n), 0);
+  size_t total = 0, at = 0;
+  for (int k = 0; k < n; ++k) {
+    counts[size_t(k)] = k == 1 ? 0 : size_t(3 + 5 * k);
+    if (k < r) at += counts[size_t(k)];
+    total += counts[size_t(k)];
+  }
+  std::vector<float> send(total), recv(counts[size_t(r)] + 1, -7.0f);
+  for (size_t i = 0; i < total; ++i) send[i] = float(i) + 0.25f * float(r + 1);
+  c.reset_stats();
+  CommRequest req = c.ireduce_scatter_pieces_sum(send.data(), recv.data(), counts);
+  req.wait();
+  const float ranks = 0.25f * float(n * (n + 1) / 2);  // Σ 0.25·(k + 1), exact in binary
+  for (size_t i = 0; i < counts[size_t(r)]; ++i)
+    EXPECT_EQ(recv[i], float(n) * float(at + i) + ranks) << "rank " << r << " at " << i;
+  EXPECT_EQ(recv.back(), -7.0f) << "nothing beyond the piece";
+  EXPECT_EQ(c.stats().bytes[CommStats::kReduceScatter], total * sizeof(float));
 }
 
 TEST(ProcessGrid, WorldNotDivisibleIsAClearError) {

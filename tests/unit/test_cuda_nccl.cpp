@@ -140,6 +140,27 @@ TEST_F(CudaNcclTest, ReduceScatterGivesEachRankItsBlockSum) {
     ASSERT_EQ(got[i], float(rank_weight_sum() * x[size_t(rank_) * count + i])) << "at " << i;
 }
 
+// ZeRO-2's pieces of unequal length (rank 1's empty), one grouped ncclReduce per rank.
+TEST_F(CudaNcclTest, ReduceScatterOfPiecesGivesEachRankItsPiece) {
+  std::vector<size_t> counts(size_t(size_), 0);
+  size_t total = 0, at = 0;
+  for (int k = 0; k < size_; ++k) {
+    counts[size_t(k)] = k == 1 ? 0 : size_t(1000 + 4097 * k);
+    if (k < rank_) at += counts[size_t(k)];
+    total += counts[size_t(k)];
+  }
+  const Vec x = small_ints(total, 3);
+  Vec mine(total);
+  for (size_t i = 0; i < total; ++i) mine[i] = float(rank_ + 1) * x[i];
+  float* send = upload(mine);
+  const size_t n = counts[size_t(rank_)];
+  float* recv = device(std::max<size_t>(1, n));
+  comm_->ireduce_scatter_pieces_sum(send, recv, counts).wait();
+  const Vec got = download(recv, n);
+  for (size_t i = 0; i < n; ++i)
+    ASSERT_EQ(got[i], float(rank_weight_sum() * x[at + i])) << "at " << i;
+}
+
 // All-gather and broadcast move words: bf16 pairs and NaN payloads arrive bit for bit.
 TEST_F(CudaNcclTest, AllGatherAndBroadcastMoveBitsUnchanged) {
   const size_t count = 4099;

@@ -38,22 +38,37 @@ TEST(GptMemoryPlan, EqualsTheBackendsAllocations) {
       }
       EXPECT_EQ(be->allocated_bytes(), before) << "freed with the model";
     }
-  // A sharded master (bf16 ZeRO-1): the fp32 weights of one slice of three.
-  const size_t before = be->allocated_bytes();
-  const GptMemory plan =
-      Gpt::memory_plan(kSmall, kB, 3, {}, nullptr, Precision::bf16, {}, /*master_shard=*/1);
-  EXPECT_EQ(plan.weights, plan.buffer_floats / 3 * sizeof(float));
-  Gpt model(kSmall, kB, *be, 3, {}, nullptr, Precision::bf16, {}, 1);
-  EXPECT_EQ(be->allocated_bytes() - before, plan.total());
+  // A sharded master (bf16 ZeRO-1): the fp32 weights of one slice of three; with gradient
+  // buckets (ZeRO-2) the embeddings' and head's gradients and two layers' instead of all.
+  const GptMemory whole = Gpt::memory_plan(kSmall, kB, 3, {}, nullptr, Precision::bf16);
+  for (const ZeroOptions z :
+       {ZeroOptions{1, true, false}, ZeroOptions{1, true, true}, ZeroOptions{0, false, true}}) {
+    const Precision p = z.master ? Precision::bf16 : Precision::fp32;
+    const size_t before = be->allocated_bytes();
+    const GptMemory plan = Gpt::memory_plan(kSmall, kB, 3, {}, nullptr, p, {}, z);
+    EXPECT_EQ(plan.weights, plan.buffer_floats / (z.master ? 3 : 1) * sizeof(float));
+    // wte 512·64, wpe 32·64 | 2 layers of 12·64² + 13·64 | ln_f 2·64 (kSmall).
+    const size_t layer = 12 * 64 * 64 + 13 * 64, ends = 512 * 64 + 32 * 64 + 2 * 64;
+    EXPECT_EQ(plan.grads, z.bucketed_grads ? (ends + 2 * layer) * sizeof(float) : whole.grads);
+    {
+      Gpt model(kSmall, kB, *be, 3, {}, nullptr, p, {}, z);
+      EXPECT_EQ(be->allocated_bytes() - before, plan.total());
+      EXPECT_EQ(model.bucketed_grads(), z.bucketed_grads);
+    }
+  }
 }
 
 // The model with a sharded master holds its slice of the weights the whole one holds, and the
-// same bf16 copy of all of them, from init and from set_params; the staging leaves the gradient
-// buffer zero.
-TEST(GptMemoryPlan, AShardedMasterHoldsItsSliceOfTheSameWeights) {
+// same bf16 copy of all of them, from init and from set_params; staged through the gradient
+// buffer, which it leaves zero, or with ZeRO-2's buckets through one layer's bucket, piece by
+// piece.
+class ShardedMaster : public ::testing::TestWithParam<bool> {};
+
+TEST_P(ShardedMaster, HoldsItsSliceOfTheSameWeights) {
+  const bool bucketed = GetParam();
   auto be = make_cpu_backend();
   Gpt whole(kSmall, kB, *be, 3, {}, nullptr, Precision::bf16);
-  Gpt part(kSmall, kB, *be, 3, {}, nullptr, Precision::bf16, {}, 2);
+  Gpt part(kSmall, kB, *be, 3, {}, nullptr, Precision::bf16, {}, {2, true, bucketed});
   const size_t n = whole.buffer_floats(), slice = n / 3;
   ASSERT_EQ(part.master_begin(), 2 * slice);
   ASSERT_EQ(part.master_end(), n);
@@ -64,7 +79,8 @@ TEST(GptMemoryPlan, AShardedMasterHoldsItsSliceOfTheSameWeights) {
       ASSERT_EQ(whole.params_bf16()[i].bits, part.params_bf16()[i].bits) << when << " " << i;
     for (size_t i = 0; i < slice; ++i)
       ASSERT_EQ(whole.params()[2 * slice + i], part.params()[i]) << when << " " << i;
-    for (size_t i = 0; i < n; ++i) ASSERT_EQ(part.grads()[i], 0.0f) << when << " " << i;
+    if (!bucketed)
+      for (size_t i = 0; i < n; ++i) ASSERT_EQ(part.grads()[i], 0.0f) << when << " " << i;
   };
   whole.init(7);
   part.init(7);
@@ -76,7 +92,10 @@ TEST(GptMemoryPlan, AShardedMasterHoldsItsSliceOfTheSameWeights) {
   same("set_params");
   EXPECT_EQ(part.params()[0], host[2 * slice]);
   EXPECT_THROW(part.params_updated(), Error) << "a slice cannot refresh the whole copy";
+  EXPECT_EQ(part.grads() == nullptr, bucketed);
 }
+
+INSTANTIATE_TEST_SUITE_P(GptMemoryPlan, ShardedMaster, ::testing::Bool());
 
 TEST(GptMemoryPlan, ActivationsFollowTheDocumentedFormula) {
   const size_t n = size_t(kB) * kSmall.seq_len, C = size_t(kSmall.n_embd), L = 2, NH = 4;

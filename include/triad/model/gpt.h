@@ -310,6 +310,22 @@ struct ForwardStats {
   int64_t tokens = 0;
 };
 
+// What ZeRO (parallel.zero) changes in what a training model holds; `shard` is this rank's
+// slice of the `shards` the constructor cuts the buffers into.
+//   master (ZeRO-1 and 2 in bf16, as Megatron's distributed optimizer): the fp32 master
+//     weights exist for the slice only, the only ones its rank's optimizer updates; the layers
+//     read the whole bf16 copy, which the ranks' updated slices are gathered into.
+//   bucketed_grads (ZeRO-2, pp = 1): no whole gradient buffer. Each micro-batch's backward
+//     forms the gradients in buckets, the embeddings' and the head's (with ln_f) kept for the
+//     whole backward, each layer's in one of two buffers used in turn, and hands every bucket
+//     to the grad-ready hook as soon as it is final, which reduces it into the slices; a layer's
+//     buffer is reused once the request the hook returned for it has completed.
+struct ZeroOptions {
+  int shard = -1;  // -1: none of the below
+  bool master = false;
+  bool bucketed_grads = false;
+};
+
 // What a Gpt allocates on its backend, in bytes (Gpt::memory_plan): everything it holds there,
 // so the sum is the model's whole share of the device memory (the backend's own workspace and
 // the optimizer's state come on top).
@@ -317,7 +333,7 @@ struct GptMemory {
   size_t weights = 0;        // fp32 parameters (the master weights under bf16), padded for ZeRO;
                              // one slice of them with a master_shard
   size_t weights_bf16 = 0;   // bf16 copy the layers read (bf16 precision)
-  size_t grads = 0;          // fp32 parameter gradients (none for inference)
+  size_t grads = 0;          // fp32 parameter gradients (none for inference; ZeRO-2: buckets)
   size_t activations = 0;    // the activation plan: kept sets, backward scratch, sends
   size_t other = 0;          // token ids and targets, the tied head's gradient exchange (pp > 1),
                              // the rope table
@@ -335,13 +351,11 @@ class Gpt {
   // ZeRO can cut them into `shards` equal contiguous slices. `mp` says which part of the model
   // this rank holds. `schedule` (pp > 1) is the pipeline schedule pipeline_step() will run: it
   // sizes the activation sets (one per micro-batch a chunk keeps in flight) and the buffers of
-  // outgoing gradients; without one, each chunk gets one activation set. master_shard >= 0
-  // (bf16 training under ZeRO-1, as Megatron's distributed optimizer): the fp32 master weights
-  // exist for that slice of the `shards` only, the only ones its rank's optimizer updates; the
-  // layers read the whole bf16 copy, which the ranks' updated slices are gathered into.
+  // outgoing gradients; without one, each chunk gets one activation set. `zero`: what ZeRO
+  // keeps of the master weights and gradients (ZeroOptions).
   Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards = 1,
       const ModelParallel& mp = {}, const PipelineSchedule* schedule = nullptr,
-      Precision precision = Precision::fp32, ActivationOptions options = {}, int master_shard = -1);
+      Precision precision = Precision::fp32, ActivationOptions options = {}, ZeroOptions zero = {});
   ~Gpt();
   // What the constructor with these arguments allocates, without allocating it (planning a
   // grid's memory before a job runs); equal to the backend's allocations, tested.
@@ -349,7 +363,7 @@ class Gpt {
                                const ModelParallel& mp = {},
                                const PipelineSchedule* schedule = nullptr,
                                Precision precision = Precision::fp32,
-                               ActivationOptions options = {}, int master_shard = -1);
+                               ActivationOptions options = {}, ZeroOptions zero = {});
   Gpt(const Gpt&) = delete;
   Gpt& operator=(const Gpt&) = delete;
 
@@ -383,8 +397,8 @@ class Gpt {
 
   Precision precision() const { return precision_; }
   // The fp32 parameters (master weights under bf16): elements [master_begin(), master_end())
-  // of the parameter buffer at params()[0 ..), the whole buffer unless the model was made with
-  // a master_shard. And the fp32 gradients of the whole buffer (null for inference).
+  // of the parameter buffer at params()[0 ..), the whole buffer unless ZeroOptions::master.
+  // And the fp32 gradients of the whole buffer (null for inference and with bucketed_grads).
   float* params() { return params_; }
   size_t master_begin() const { return master_begin_; }
   size_t master_end() const { return master_end_; }
@@ -404,12 +418,16 @@ class Gpt {
   // pass; null in fp32.
   bf16_t* params_bf16() { return params_bf16_; }
 
-  // Called during backward with (offset, count) of a contiguous range of the gradient buffer
-  // as soon as its gradients are final for this micro-batch (ln_f, then each layer from the
-  // last to the first, then wte/wpe), so data-parallel reduction can overlap the backward.
-  // Used by forward_backward() (pp = 1) only.
-  using GradReadyHook = std::function<void(size_t offset, size_t count)>;
+  // Called during backward with (offset, count, data) of a contiguous range of the gradient
+  // buffer, held at data[0 .. count), as soon as its gradients are final for this micro-batch
+  // (ln_f and the head, then each layer from the last to the first, then wte/wpe; together all
+  // of [0, num_floats())), so data-parallel reduction can overlap the backward. The hook may
+  // change the data in place and returns the request of its reduction: the model waits for it
+  // before it reuses the bucket and for all of them before forward_backward() returns. Used by
+  // forward_backward() (pp = 1) only; needed with bucketed_grads.
+  using GradReadyHook = std::function<CommRequest(size_t offset, size_t count, float* data)>;
   void set_grad_ready_hook(GradReadyHook hook) { grad_hook_ = std::move(hook); }
+  bool bucketed_grads() const { return bucketed_; }
 
   // Seeded init (DESIGN.md §3): N(0, 0.02) weights, residual projections
   // N(0, 0.02/sqrt(2·n_layer)), zero biases, LayerNorm weight 1; wte padding rows zero. Every
@@ -685,6 +703,23 @@ class Gpt {
   float* params_ = nullptr;  // master weights [master_begin_, master_end_) of the buffer
   size_t master_begin_ = 0, master_end_ = 0;
   float* grads_ = nullptr;
+  // ZeRO-2's buckets (ZeroOptions::bucketed_grads): the gradients of [0, grad_lo_) (wte, wpe)
+  // then of [grad_hi_, n_floats_) (ln_f, an untied head) in grad_ends_; each layer's, of
+  // layer_floats_, in grad_ring_[its index % 2], whose last reduction is ring_pending_.
+  bool bucketed_ = false;
+  size_t grad_lo_ = 0, grad_hi_ = 0, layer_floats_ = 0;
+  float* grad_ends_ = nullptr;
+  float* grad_ring_[2] = {};
+  CommRequest ring_pending_[2];
+  std::vector<CommRequest> grad_pending_;  // the hook's other requests of this backward
+  // Where the gradient of buffer element `offset` outside the layers is (all layouts).
+  float* grad_at(size_t offset);
+  // Where global layer l's gradients go, its first element at [0]: with bucketed_grads its
+  // buffer, once the reduction of the layer that used it before has completed, zeroed (the
+  // backward accumulates); else the gradient buffer at the layer's offset `at`.
+  float* layer_grad_bucket(int l, size_t at);
+  // Hands [offset, offset + count) at data to the hook, keeping its request in `into`.
+  void grad_ready(size_t offset, size_t count, float* data, CommRequest* into);
   bf16_t* params_bf16_ = nullptr;            // bf16 precision: the copy the layers read
   Activations<float>* acts_fp32_ = nullptr;  // the plan of the model's precision (one of them)
   Activations<bf16_t>* acts_bf16_ = nullptr;

@@ -15,6 +15,7 @@
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace triad {
 
@@ -86,6 +87,12 @@ class Comm {
   // send holds size()·count floats; rank r receives the sum of the r-th blocks.
   virtual void reduce_scatter_sum(const float* send, float* recv, size_t count) = 0;
   virtual CommRequest ireduce_scatter_sum(const float* send, float* recv, size_t count) = 0;
+  // Pieces of unequal length (a ZeRO-2 bucket cut by the ranks' slices): sums `send` over the
+  // group and writes rank r's piece, counts[r] elements from offset counts[0] + … + counts[r−1],
+  // to recv on rank r. Every rank passes the same counts, one per rank; pieces may be empty.
+  // Counted as a reduce-scatter of the whole send buffer. Non-blocking.
+  virtual CommRequest ireduce_scatter_pieces_sum(const float* send, float* recv,
+                                                 const std::vector<size_t>& counts) = 0;
   // Every rank contributes count floats; recv gets size()·count in rank order.
   virtual void all_gather(const float* send, float* recv, size_t count) = 0;
   virtual void broadcast(float* buf, size_t n, int root) = 0;

@@ -27,10 +27,11 @@ ActivationOptions activation_options(const Config& cfg);
 // read (bf16 precision) rather than as fp32 master weights (fp32). With a pipeline the tied
 // embedding's two copies are then synchronized as bf16 too.
 bool zero_gathers_bf16(const Config& cfg);
-// Whether each rank keeps the fp32 master weights of its ZeRO-1 slice only (Gpt's
-// master_shard): ZeRO-1 in bf16, where nothing reads the others' master weights, as in
-// Megatron's distributed optimizer. Saves 4·(1 − 1/dp) bytes per parameter on every rank.
-bool shards_master(const Config& cfg);
+// What ZeRO (parallel.zero) keeps of the model on the rank of slice `shard` (ZeroOptions):
+// under ZeRO-1 and 2 in bf16, where nothing reads the others' master weights, the fp32 master
+// weights of its slice only, as in Megatron's distributed optimizer (4·(1 − 1/dp) bytes per
+// parameter less); under ZeRO-2 gradient buckets instead of a whole gradient buffer.
+ZeroOptions zero_options(const Config& cfg, int shard);
 
 // One pipeline stage: every tensor- and data-parallel rank of it allocates the same sizes.
 struct StageMemory {

@@ -47,6 +47,9 @@ struct NcclApi {
   decltype(&ncclReduceScatter) reduce_scatter = nullptr;
   decltype(&ncclAllGather) all_gather = nullptr;
   decltype(&ncclBroadcast) broadcast = nullptr;
+  decltype(&ncclReduce) reduce = nullptr;
+  decltype(&ncclGroupStart) group_start = nullptr;
+  decltype(&ncclGroupEnd) group_end = nullptr;
   int version = 0;
   std::string error;  // why NCCL cannot be used; empty when it can
 };
@@ -84,6 +87,9 @@ const NcclApi& nccl_api() {
     get(a.reduce_scatter, "ncclReduceScatter");
     get(a.all_gather, "ncclAllGather");
     get(a.broadcast, "ncclBroadcast");
+    get(a.reduce, "ncclReduce");
+    get(a.group_start, "ncclGroupStart");
+    get(a.group_end, "ncclGroupEnd");
     if (a.error.empty() && a.get_version(&a.version) != ncclSuccess)
       a.error = "ncclGetVersion failed";
     return a;
@@ -188,6 +194,30 @@ class NcclComm final : public Comm {
     enqueue(CommStats::kReduceScatter, count * size_t(size()), [&] {
       TRIAD_NCCL_CHECK(api_.reduce_scatter(send, recv, count, ncclFloat, ncclSum, comm_, stream_),
                        comm_);
+    });
+    return join_later();
+  }
+  // One reduce per non-empty piece to the rank it belongs to, fused into one launch by a group.
+  CommRequest ireduce_scatter_pieces_sum(const float* send, float* recv,
+                                         const std::vector<size_t>& counts) override {
+    if (!both_on_device(send, recv))
+      return delegated(host_->ireduce_scatter_pieces_sum(send, recv, counts));
+    TRIAD_CHECK(counts.size() == size_t(size()), "internal error: ", counts.size(),
+                " pieces for a group of ", size());
+    size_t total = 0;
+    for (size_t c : counts) total += c;
+    enqueue(CommStats::kReduceScatter, total, [&] {
+      TRIAD_NCCL_CHECK(api_.group_start(), comm_);
+      size_t at = 0;
+      for (int r = 0; r < size(); ++r) {
+        const size_t n = counts[size_t(r)];
+        if (n > 0)
+          TRIAD_NCCL_CHECK(api_.reduce(send + at, r == rank() ? recv : nullptr, n, ncclFloat,
+                                       ncclSum, r, comm_, stream_),
+                           comm_);
+        at += n;
+      }
+      TRIAD_NCCL_CHECK(api_.group_end(), comm_);
     });
     return join_later();
   }

@@ -96,6 +96,16 @@ class DeviceStagedComm final : public Comm {
     reduce_scatter_sum(send, recv, count);
     return {};
   }
+  CommRequest ireduce_scatter_pieces_sum(const float* send, float* recv,
+                                         const std::vector<size_t>& counts) override {
+    if (!on_device(send) && !on_device(recv))
+      return sync(in_->ireduce_scatter_pieces_sum(send, recv, counts));
+    size_t total = 0;
+    for (size_t c : counts) total += c;
+    staged(send, total, recv, counts[size_t(rank())],
+           [&](const float* s, float* r) { in_->ireduce_scatter_pieces_sum(s, r, counts).wait(); });
+    return {};
+  }
   void all_gather(const float* send, float* recv, size_t count) override {
     staged(send, count, recv, count * size_t(size()),
            [&](const float* s, float* r) { in_->all_gather(s, r, count); });
