@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What each ZeRO stage costs and saves on two data-parallel ranks: the quick-start GPT (8 layers,
 # GPT-2's vocabulary, tied embeddings) in bf16, 2 micro-batches of 4 sequences per rank, under
-# parallel.zero = 0, 1 and 2. Prints, per stage, the plan's megabytes of fp32 weights,
+# parallel.zero = 0, 1, 2 and 3. Prints, per stage, the plan's megabytes of fp32 weights,
 # gradients, optimizer state and the rank's total (triad-train --plan, which
 # tests/mpi/test_model_parallel.cpp checks equals the backend's allocations), what the run itself
 # reported holding on its backend at start ("in all" of its start line, the largest rank), the
@@ -60,7 +60,7 @@ median_ms() {
 }
 printf '%-6s %11s %13s %13s %11s %11s %13s %10s\n' zero "weights MB" "gradients MB" \
   "optimizer MB" "planned MB" "run MB" "dp MB / step" "ms / step"
-for z in 0 1 2; do
+for z in 0 1 2 3; do
   mpirun --oversubscribe -np 2 build/triad-train "${args[@]}" --parallel.zero "$z" \
     --run.name "zero$z" > "$tmp/zero$z.txt" 2>&1 || { cat "$tmp/zero$z.txt"; exit 1; }
   # The plan's row of the one stage: weights, bf16 copy, gradients, optimizer, ..., total.

@@ -371,11 +371,13 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
     # and the loss in chunks of 24 tokens, and pp=2 under the zero-bubble schedule (the split
     # backward's cuBLASLt products) with GELU recomputation, in bf16.
     if [[ -x $DEV/mpi/bin/mpirun ]]; then
-      for name in dp tp pp zb tpmuon dpmuon dpz2; do
+      for name in dp tp pp zb tpmuon dpmuon dpz2 dpz3; do
         extra=()
         [[ $name == tp ]] && extra=(--parallel.tp 2)
         # ZeRO-2: the gradient buckets reduced into the slices, staged pieces of unequal length.
         [[ $name == dpz2 ]] && extra=(--parallel.zero 2)
+        # ZeRO-3: the layers' weights gathered from the slices (staged pieces), layer by layer.
+        [[ $name == dpz3 ]] && extra=(--parallel.zero 3)
         # Muon gathers the matrices' shards over tp, and its update's ZeRO slices over dp.
         [[ $name == tpmuon ]] && extra=(--parallel.tp 2 --optim.name muon)
         [[ $name == dpmuon ]] && extra=(--parallel.zero 1 --optim.name muon)
@@ -476,9 +478,9 @@ try:
         print(against_cpu("RESULT_ROPE", v, "_rope"))
 except Exception as e:
     print("RESULT_ROPE failed:", e)
-for g in ("dp", "tp", "pp", "zb", "tpmuon", "dpmuon", "dpz2", "cp", "zbv"):
+for g in ("dp", "tp", "pp", "zb", "tpmuon", "dpmuon", "dpz2", "dpz3", "cp", "zbv"):
     what = {"zb": "pp=2 zb-h1", "tpmuon": "tp=2 muon", "dpmuon": "dp=2 zero muon",
-            "dpz2": "dp=2 zero 2",
+            "dpz2": "dp=2 zero 2", "dpz3": "dp=2 zero 3",
             "cp": "cp=2 T=256 documents", "zbv": "pp=2 zb-v 4 layers"}.get(g, f"{g}=2")
     try:
         if g in ("cp", "zbv"):

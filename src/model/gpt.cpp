@@ -180,6 +180,18 @@ GradBuckets grad_buckets(const std::vector<ParamSpec>& specs, size_t n) {
   return b;
 }
 
+}  // namespace
+
+size_t Gpt::gathered_per_step(const GptShape& shape, const ModelParallel& mp, int m) {
+  const auto specs = gpt_rank_layout(shape, mp);
+  const GradBuckets gb = grad_buckets(specs, layout_floats(specs));
+  const size_t n = size_t(shape.n_layer), held = std::min<size_t>(3, n);
+  const size_t layers = n + (n - held) + size_t(m - 1) * 2 * (n - held);
+  return gb.ends() + layers * ((gb.hi - gb.lo) / n);
+}
+
+namespace {
+
 size_t tied_scratch_floats(const GptShape& shape, const ModelParallel& mp) {
   if (!shape.tied || !mp.tied_copy()) return 0;
   return size_t(shape.padded_vocab_size / mp.tp) * size_t(shape.n_embd);
@@ -332,11 +344,15 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
       inference_(options.inference),
       logits_rows_(logits_chunk_rows(options, max_batch, shape, mp.cp)) {
   TRIAD_ASSERT(shards >= 1 && zero.shard < shards);
-  TRIAD_CHECK(
-      !zero.master || (zero.shard >= 0 && precision == Precision::bf16 && !options.inference),
-      "internal error: only bf16 training keeps a slice of the master weights");
+  TRIAD_CHECK(!zero.master || (zero.shard >= 0 && !options.inference &&
+                               (precision == Precision::bf16 || zero.gathered_weights)),
+              "internal error: only bf16 training or ZeRO-3 keeps a slice of the master weights");
   TRIAD_CHECK(!zero.bucketed_grads || (zero.shard >= 0 && mp.pp == 1 && !options.inference),
               "internal error: gradient buckets need ZeRO, one pipeline stage and training");
+  TRIAD_CHECK(
+      !zero.gathered_weights || (zero.master && zero.bucketed_grads && zero.comm != nullptr &&
+                                 zero.comm->size() == shards && zero.comm->rank() == zero.shard),
+      "internal error: gathered weights need ZeRO-2's slices and their group");
   TRIAD_ASSERT((shape.head_dim > 0 || shape.n_embd % shape.n_head == 0) && max_batch >= 1);
   TRIAD_ASSERT(shape.padded_vocab_size >= shape.vocab_size);
   TRIAD_ASSERT(mp.tp >= 1 && shape.n_head % mp.tp == 0 && shape.padded_vocab_size % mp.tp == 0);
@@ -396,6 +412,8 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
     master_end_ = master_begin_ + slice;
   }
   params_ = be_.alloc(master_end_ - master_begin_);
+  gathers_ = zero.gathered_weights;
+  zero_comm_ = zero.comm;
   bucketed_ = zero.bucketed_grads;
   if (bucketed_) {
     const GradBuckets gb = grad_buckets(specs_, n_floats_);
@@ -404,6 +422,11 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
     layer_floats_ = gb.layer;
     grad_ends_ = be_.alloc(gb.ends());
     for (float*& r : grad_ring_) r = be_.alloc(std::max<size_t>(1, layer_floats_));
+    if (gathers_) {  // in words: bf16 pairs (every piece starts 16-float aligned, even)
+      const size_t per_word = precision == Precision::bf16 ? 2 : 1;
+      gw_ends_ = be_.alloc(gb.ends() / per_word);
+      for (float*& r : gw_ring_) r = be_.alloc(std::max<size_t>(1, layer_floats_ / per_word));
+    }
   } else if (!inference_) {
     grads_ = be_.alloc(buffer_floats_);
   }
@@ -411,7 +434,7 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
     // bf16 activation rows travel between ranks as pairs of bf16 in fp32 words.
     TRIAD_CHECK(shape.n_embd % 2 == 0, "bf16 precision needs an even n_embd (got ", shape.n_embd,
                 ")");
-    params_bf16_ = be_.alloc_bf16(buffer_floats_);
+    params_bf16_ = be_.alloc_bf16(gathers_ ? master_end_ - master_begin_ : buffer_floats_);
   }
   vocab_local_ = shape.padded_vocab_size / mp.tp;
   vocab_begin_ = mp.tp_rank * vocab_local_;
@@ -469,20 +492,28 @@ GptMemory Gpt::memory_plan(const GptShape& shape, int max_batch, int shards,
   m.param_floats = layout_floats(specs);
   m.buffer_floats = padded_buffer_floats(specs, shards);
   m.grads = options.inference ? 0 : m.buffer_floats * sizeof(float);
+  size_t gathered = 0;  // ZeRO-3's buffers of gathered weights
   if (zero.bucketed_grads) {
     const GradBuckets gb = grad_buckets(specs, m.param_floats);
     m.grads = (gb.ends() + 2 * std::max<size_t>(1, gb.layer)) * sizeof(float);
+    if (zero.gathered_weights) {
+      const size_t per_word = precision == Precision::bf16 ? 2 : 1;
+      gathered =
+          (gb.ends() / per_word + 3 * std::max<size_t>(1, gb.layer / per_word)) * sizeof(float);
+    }
   }
-  m.weights = (zero.master ? m.buffer_floats / size_t(shards) : m.buffer_floats) * sizeof(float);
+  const size_t slice = m.buffer_floats / size_t(shards);
+  m.weights = (zero.master ? slice : m.buffer_floats) * sizeof(float);
   const ActivationSlots a = activation_slots(mp, options.inference ? nullptr : schedule);
   m.activation_sets = a.slots;
   if (precision == Precision::bf16) {
-    m.weights_bf16 = m.buffer_floats * sizeof(bf16_t);
+    m.weights_bf16 = (zero.gathered_weights ? slice : m.buffer_floats) * sizeof(bf16_t) + gathered;
     m.activations =
         Activations<bf16_t>(shape, mp, max_batch, a.slots, a.grad_sends, options.recompute, rows,
                             a.split_backward, options.inference, nullptr)
             .bytes();
   } else {
+    m.weights += gathered;  // fp32: the gathered weights are what the layers read
     m.activations =
         Activations<float>(shape, mp, max_batch, a.slots, a.grad_sends, options.recompute, rows,
                            a.split_backward, options.inference, nullptr)
@@ -511,6 +542,9 @@ Gpt::~Gpt() {
   if (decode_scratch_bf16_) be_.free_bf16(decode_scratch_bf16_);
   if (grads_) be_.free(grads_);
   if (grad_ends_) be_.free(grad_ends_);
+  if (gw_ends_) be_.free(gw_ends_);
+  for (float* r : gw_ring_)
+    if (r != nullptr) be_.free(r);
   for (float* r : grad_ring_)
     if (r != nullptr) be_.free(r);
   be_.free(params_);
@@ -532,10 +566,12 @@ Gpt::Activations<bf16_t>& Gpt::acts<bf16_t>() {
 }
 template <>
 const float* Gpt::weights<float>() const {
+  TRIAD_ASSERT(!gathers_ && !sharded_master());
   return params_;
 }
 template <>
 const bf16_t* Gpt::weights<bf16_t>() const {
+  TRIAD_ASSERT(!gathers_);
   return params_bf16_;
 }
 
@@ -547,6 +583,14 @@ void Gpt::params_updated() {
 }
 
 void Gpt::set_params(const float* host) {
+  if (gathers_) {  // ZeRO-3: the slice's master weights, and of them its bf16 copy
+    const size_t slice = master_end_ - master_begin_;
+    be_.copy_from_host(params_, host + master_begin_, slice);
+    if (params_bf16_) be_.convert(params_bf16_, params_, slice);
+    weights_changed();
+    zero_grads();
+    return;
+  }
   if (!sharded_master()) {
     be_.copy_from_host(params_, host, buffer_floats_);
     params_updated();

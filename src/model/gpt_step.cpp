@@ -41,30 +41,6 @@ LayerTensors<T> layer_tensors(T* base, const std::vector<ParamSpec>& specs, int 
 
 }  // namespace
 
-float* Gpt::grad_at(size_t offset) {
-  if (!bucketed_) return grads_ + offset;
-  TRIAD_ASSERT(offset < grad_lo_ || (offset >= grad_hi_ && offset < n_floats_));
-  return grad_ends_ + (offset < grad_lo_ ? offset : grad_lo_ + (offset - grad_hi_));
-}
-
-float* Gpt::layer_grad_bucket(int l, size_t at) {
-  if (!bucketed_) return grads_ + at;
-  CommRequest& previous = ring_pending_[l % 2];
-  previous.wait();
-  float* bucket = grad_ring_[l % 2];
-  be_.zero(bucket, layer_floats_);
-  return bucket;
-}
-
-void Gpt::grad_ready(size_t offset, size_t count, float* data, CommRequest* into) {
-  if (!grad_hook_) return;
-  CommRequest r = grad_hook_(offset, count, data);
-  if (into != nullptr)
-    *into = std::move(r);
-  else
-    grad_pending_.push_back(std::move(r));
-}
-
 void Gpt::tp_all_reduce(float* x, size_t n) {
   if (mp_.tp > 1) mp_.tp_comm->all_reduce_sum(x, n);
 }
@@ -266,8 +242,11 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   const int N = B * T, n = local_rows(N);
   auto& L = S.layers[size_t(i)];
   const A* x = i == 0 ? S.input : S.layers[size_t(i - 1)].residual3;
-  const LayerTensors<const A> w = layer_tensors(
-      weights<A>(), specs_, layer_[size_t(mp_.first_layer(g, shape_.n_layer) + i)], layer_slot_);
+  const int l = mp_.first_layer(g, shape_.n_layer) + i;
+  size_t origin = 0;
+  const A* base = layer_weight_base<A>(l, &origin);
+  const LayerTensors<const A> w =
+      layer_tensors(base, specs_, layer_[size_t(l)], layer_slot_, origin);
   const A* projb = mp_.tp_rank == 0 ? w.projb : nullptr;  // bias added once
   A* attproj = mp_.split_rows() ? acts<A>().full : L.attproj;
   const A* ln1 = gather_rows(L.ln1, L.ln1g, N);
@@ -337,7 +316,6 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T, int pos0) {
   const size_t nC = size_t(n) * C;
   const bool sp = mp_.split_rows();
   A* full = acts<A>().full;  // sequence parallel: partial sums over all rows
-  const A* W = weights<A>();
   const int g = mp_.global_chunk(chunk), per_chunk = mp_.chunk_layers(g, shape_.n_layer);
   const int first_layer = mp_.first_layer(g, shape_.n_layer);
   if (g == 0) {
@@ -345,10 +323,10 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T, int pos0) {
     // rank adds wpe, and the reduction completes wte[tok] + wpe[pos].
     // (No wpe under rope: the positions enter each layer's attention instead.)
     const A* wpe = mp_.tp_rank == 0 && wpe_ >= 0
-                       ? W + specs_[size_t(wpe_)].offset + size_t(pos0) * C
+                       ? weight_at<A>(specs_[size_t(wpe_)].offset) + size_t(pos0) * C
                        : nullptr;
     A* out = sp ? full : S.input;
-    const A* wte = W + specs_[size_t(wte_)].offset;
+    const A* wte = weight_at<A>(specs_[size_t(wte_)].offset);
     if (positions_ != nullptr) {  // each row at its position in its document
       be_.encoder_forward(out, d_inputs_, wte, wpe, B, T, C, positions_);
     } else {
@@ -360,10 +338,12 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T, int pos0) {
     reduce_rows(out, S.input, N);
   }
   const bool last_chunk = g == mp_.chunks() - 1;
-  const A* lnfw = last_chunk ? W + specs_[size_t(lnf_)].offset : nullptr;
-  const A* lnfb = last_chunk && lnf_bias_ ? W + specs_[size_t(lnf_) + 1].offset : nullptr;
+  const A* lnfw = last_chunk ? weight_at<A>(specs_[size_t(lnf_)].offset) : nullptr;
+  const A* lnfb = last_chunk && lnf_bias_ ? weight_at<A>(specs_[size_t(lnf_) + 1].offset) : nullptr;
   auto layer_weights = [&](int i) {
-    return layer_tensors(W, specs_, layer_[size_t(first_layer + i)], layer_slot_);
+    size_t origin = 0;
+    const A* base = layer_weight_base<A>(first_layer + i, &origin);
+    return layer_tensors(base, specs_, layer_[size_t(first_layer + i)], layer_slot_, origin);
   };
   // Each residual add is fused with the LayerNorm that reads its result: ln_2 in the layer,
   // the next layer's ln_1 (or ln_f) at its end. Only the chunk's first ln_1 stands alone.
@@ -377,6 +357,10 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T, int pos0) {
   }
   for (int i = 0; i < per_chunk; ++i) {
     auto& L = S.layers[size_t(i)];
+    // ZeRO-3: the next two layers' weights gather while this one computes (their buffers held
+    // layers already done); this layer's end reads the next one's ln_1.
+    prefetch_layer_weights<A>(first_layer + i + 1);
+    prefetch_layer_weights<A>(first_layer + i + 2);
     const LayerTensors<const A> w = layer_weights(i);
     const A* fcprojb = mp_.tp_rank == 0 ? w.fcprojb : nullptr;  // bias added once
     layer_front(S, g, i, B, T, pos0);
@@ -491,7 +475,6 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
   const int NKVl = shape_.kv_heads() / mp_.tp, Wl = shape_.qkv_rows() / mp_.tp;
   const int N = B * T, n = local_rows(N);
   auto& a = acts<A>();
-  const A* W = weights<A>();
   // Each activation gradient below is formed by one op, which writes over the buffer (no
   // zeroing pass); the residual stream's gradient (dresidual) accumulates its branches.
   constexpr GradMode kSet = GradMode::overwrite;
@@ -511,14 +494,20 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     const size_t lnf = sp[size_t(lnf_)].offset;
     layernorm_backward(a.dresidual, grad_at(lnf),
                        lnf_bias_ ? grad_at(sp[size_t(lnf_) + 1].offset) : nullptr, S.dlnf,
-                       S.output(), W + lnf, S.lnf_mean, S.lnf_rstd, n);
+                       S.output(), weight_at<A>(lnf), S.lnf_mean, S.lnf_rstd, n);
     grad_ready(lnf, n_floats_ - lnf, grad_at(lnf), nullptr);  // with an untied head
   }
   // Otherwise the caller has put the gradient of the chunk's output into dresidual.
   for (int i = per_chunk - 1; i >= 0; --i) {
     auto& L = S.layers[size_t(i)];
     const int first = layer_[size_t(first_layer + i)];
-    const LayerTensors<const A> w = layer_tensors(W, specs_, first, layer_slot_);
+    // ZeRO-3: the two layers below gather while this one computes (their buffers held layers
+    // above it, done).
+    prefetch_layer_weights<A>(first_layer + i - 1);
+    prefetch_layer_weights<A>(first_layer + i - 2);
+    size_t origin = 0;
+    const A* base = layer_weight_base<A>(first_layer + i, &origin);
+    const LayerTensors<const A> w = layer_tensors(base, specs_, first, layer_slot_, origin);
     const size_t at = sp[size_t(first)].offset;
     float* bucket = layer_grad_bucket(first_layer + i, at);
     const LayerTensors<float> gr = layer_tensors(bucket, specs_, first, layer_slot_, at);

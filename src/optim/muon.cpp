@@ -221,7 +221,7 @@ void MuonMatrices::update(float* params, const float* grads, float* momentum, fl
       const float* o = results + i * stride + (mtx.lo - mtx.spec->offset);
       be_.muon_apply(params + (mtx.lo - begin_), o, mtx.hi - mtx.lo, float(lr),
                      float(cfg_.weight_decay), mtx.scale,
-                     copy != nullptr ? copy + mtx.lo : nullptr);
+                     copy != nullptr ? copy + (mtx.lo - begin_) : nullptr);
     }
   }
 }

@@ -104,8 +104,7 @@ void Optimizer::update(float* params, const float* grads, double lr, int64_t ste
     if (!runs_.empty())
       be_.adamw_update_runs(params, grads, slots_[0], slots_[1], runs_.data(), runs_.size(),
                             float(lr), float(cfg_.beta1), float(cfg_.beta2), float(cfg_.eps),
-                            float(bc1), float(bc2), copy != nullptr ? copy + begin_ : nullptr,
-                            grad_scale);
+                            float(bc1), float(bc2), copy, grad_scale);
     // Muon's momentum lives in slot 0 and its u (scratch) in slot 1, in the matrices' elements,
     // which AdamW leaves alone.
     TRIAD_CHECK(!muon_ || matrix_lr >= 0, "internal error: Muon's update needs its matrix_lr");
@@ -116,7 +115,7 @@ void Optimizer::update(float* params, const float* grads, double lr, int64_t ste
   for (const auto& r : runs_) {  // element-wise updates make any cut exact
     be_.sgd_update(params + r.begin, grads + r.begin, slots_[0] + r.begin, r.end - r.begin,
                    float(lr), float(cfg_.momentum), r.wd,
-                   copy != nullptr ? copy + begin_ + r.begin : nullptr, grad_scale);
+                   copy != nullptr ? copy + r.begin : nullptr, grad_scale);
   }
 }
 

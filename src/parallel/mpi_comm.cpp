@@ -128,6 +128,32 @@ class MpiComm final : public Comm {
     TRIAD_MPI_CHECK(
         MPI_Allgather(s, count_of(count), MPI_FLOAT, recv, count_of(count), MPI_FLOAT, comm_));
   }
+  CommRequest iall_gather_pieces(const float* send, float* recv,
+                                 const std::vector<size_t>& counts) override {
+    TRIAD_CHECK(counts.size() == size_t(size_), "internal error: ", counts.size(),
+                " pieces for a group of ", size_);
+    const size_t mine = counts[size_t(rank_)];
+    stats_.add(CommStats::kAllGather, mine * sizeof(float));
+    if (size_ == 1) {
+      if (send != recv) std::copy(send, send + mine, recv);
+      return {};
+    }
+    // Counts and displacements stay alive (and unchanged) until the operation completes. As
+    // MPI_INT: words are moved, never read as floats.
+    auto ints = std::make_shared<std::vector<int>>();
+    int at = 0;
+    for (size_t c : counts) ints->push_back(count_of(c));
+    for (size_t c : counts) {
+      ints->push_back(at);
+      at += count_of(c);
+    }
+    MPI_Request r;
+    TRIAD_MPI_CHECK(MPI_Iallgatherv(send, count_of(mine), MPI_INT, recv, ints->data(),
+                                    ints->data() + size_, MPI_INT, comm_, &r));
+    CommRequest req(r);
+    req.on_complete([ints] {});
+    return req;
+  }
   void broadcast(float* buf, size_t n, int root) override {
     stats_.add(CommStats::kBroadcast, n * sizeof(float));
     if (size_ == 1) return;

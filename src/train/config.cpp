@@ -180,8 +180,8 @@ class KeyTable {
     add("parallel.cp", c.parallel.cp,
         "context-parallel size: each sequence's tokens split over cp ranks");
     add("parallel.zero", c.parallel.zero,
-        "ZeRO stage: 0, 1 (optimizer state sharded; in bf16 the master weights too) or 2 "
-        "(and gradients, pp = 1)");
+        "ZeRO stage: 0, 1 (optimizer state sharded; in bf16 the master weights too), 2 (and "
+        "gradients, pp = 1) or 3 (and the weights the layers read, gathered per layer; pp = 1)");
     add("parallel.schedule", c.parallel.schedule,
         "pipeline schedule (1f1b | gpipe | interleaved | zb-h1 | zb-v; interleaved and zb-h1 take "
         "parallel.virtual_stages, zb-v two)");
@@ -651,16 +651,24 @@ void validate(const Config& c, int world_size) {
   check(c.parallel.tp >= 1, "parallel.tp", "must be >= 1");
   check(c.parallel.pp >= 1, "parallel.pp", "must be >= 1");
   check(c.parallel.cp >= 1, "parallel.cp", "must be >= 1");
-  check(c.parallel.zero >= 0 && c.parallel.zero <= 2, "parallel.zero", "must be 0, 1 or 2");
-  // ZeRO-2 reduces each micro-batch's gradient as the backward pass finishes it; a pipeline
+  check(c.parallel.zero >= 0 && c.parallel.zero <= 3, "parallel.zero", "must be 0, 1, 2 or 3");
+  // ZeRO-2 and 3 reduce each micro-batch's gradient as the backward pass finishes it; a pipeline
   // accumulates every layer's over its micro-batches in flight, so it needs the whole buffer.
-  check(c.parallel.zero != 2 || c.parallel.pp == 1, "parallel.zero",
-        "= 2 needs parallel.pp = 1 (a pipeline keeps every layer's gradient over its "
-        "micro-batches; use parallel.zero = 1)");
+  const std::string stage = "= " + std::to_string(c.parallel.zero);
+  check(c.parallel.zero < 2 || c.parallel.pp == 1, "parallel.zero",
+        stage +
+            " needs parallel.pp = 1 (a pipeline keeps every layer's gradient over its "
+            "micro-batches; use parallel.zero = 1)");
   // Muon gathers whole matrices' updates into a whole-buffer workspace ZeRO-2 does not have.
-  check(c.parallel.zero != 2 || c.optim.name != "muon", "parallel.zero",
-        "= 2 cannot run optim.name = muon (its ZeRO gather needs a whole gradient buffer; use "
-        "parallel.zero = 1)");
+  check(c.parallel.zero < 2 || c.optim.name != "muon", "parallel.zero",
+        stage +
+            " cannot run optim.name = muon (its ZeRO gather needs a whole gradient buffer; "
+            "use parallel.zero = 1)");
+  // Each data-parallel rank scores its own examples, a different number of forward passes,
+  // while ZeRO-3's weight gathers are collective over the ranks.
+  check(c.parallel.zero != 3 || c.eval.choices.empty(), "eval.choices",
+        "cannot be scored with parallel.zero = 3 (yet): score the checkpoint with --eval-only "
+        "and parallel.zero < 3");
   check(is_schedule_kind(c.parallel.schedule), "parallel.schedule",
         std::string("must be ") + kScheduleKindNames + " (got '" + c.parallel.schedule + "')");
   check(c.parallel.virtual_stages >= 1, "parallel.virtual_stages", "must be >= 1");

@@ -101,8 +101,9 @@ ZeroOptions zero_options(const Config& cfg, int shard) {
   ZeroOptions z;
   if (cfg.parallel.zero == 0) return z;
   z.shard = shard;
-  z.master = zero_gathers_bf16(cfg);
-  z.bucketed_grads = cfg.parallel.zero == 2;
+  z.master = zero_gathers_bf16(cfg) || cfg.parallel.zero == 3;
+  z.bucketed_grads = cfg.parallel.zero >= 2;
+  z.gathered_weights = cfg.parallel.zero == 3;
   return z;
 }
 
@@ -150,15 +151,21 @@ RunPlan plan_run(const Config& cfg, int world_size) {
         if (s.name == (shape.tied ? "wte/weight" : "lm_head/weight"))
           m.head_backward_flops_per_token = 4.0 * double(s.numel);
     // The trainer's reduction (Trainer::run): ZeRO-1 reduce-scatters and gathers even on a
-    // group of one (local copies, no wire); ZeRO-2 reduce-scatters each micro-batch's buckets
-    // (the parameters, unpadded); the all-reduce runs for dp·cp > 1.
+    // group of one (local copies, no wire); ZeRO-2 and 3 reduce-scatter each micro-batch's
+    // buckets (the parameters, unpadded); the all-reduce runs for dp·cp > 1.
     const double d = replicas;
     if (zero) {
-      m.dp_reduce_scatter = (cfg.parallel.zero == 2 ? m.model.param_floats * size_t(p.micro_batches)
+      m.dp_reduce_scatter = (cfg.parallel.zero >= 2 ? m.model.param_floats * size_t(p.micro_batches)
                                                     : m.model.buffer_floats) *
                             sizeof(float);
-      // The slices come back as the bf16 copy or as fp32 master weights (zero_gathers_bf16).
-      m.dp_all_gather = range * (zero_gathers_bf16(cfg) ? sizeof(bf16_t) : sizeof(float));
+      // The slices come back as the bf16 copy or as fp32 master weights (zero_gathers_bf16);
+      // ZeRO-3 gathers layers instead, each rank handing in its part of each (on average 1/dp:
+      // the parts differ by rank, their sum over the group does not).
+      const size_t elem = zero_gathers_bf16(cfg) ? sizeof(bf16_t) : sizeof(float);
+      m.dp_all_gather =
+          cfg.parallel.zero == 3
+              ? Gpt::gathered_per_step(shape, mp, p.micro_batches) * elem / size_t(replicas)
+              : range * elem;
       // A ring moves (dp−1)/dp of the buffer for the reduce-scatter and receives the dp−1 other
       // slices of the gather.
       m.dp_wire_bytes =
@@ -359,7 +366,7 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
          << std::setprecision(4) << gbps << std::fixed << " GB/s ("
          << (p.grid.pp == 1 && cfg.parallel.zero != 1
                  ? "overlapped with the backward pass"
-                 : "after the backward pass: overlapped only where pp = 1 and ZeRO is 0 or 2")
+                 : "after the backward pass: overlapped only where pp = 1 and ZeRO is not 1")
          << ")";
   }
   if (tflops > 0) {

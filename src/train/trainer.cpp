@@ -346,12 +346,12 @@ TrainOutcome Trainer::run() {
       if (s.replicas > 1 && !zero)
         s.grid.dp().all_reduce_sum(s.model->grads(), s.model->num_floats());
     } else {
-      if (cfg.parallel.zero == 2) s.be->zero(s.grad_shard, s.shard_hi - s.shard_lo);
+      if (s.model->bucketed_grads()) s.be->zero(s.grad_shard, s.shard_hi - s.shard_lo);
       for (int m = 0; m < accum; ++m) {
         // Without ZeRO, the last micro-batch's backward hands each finished bucket (ln_f, every
         // layer, the embeddings) to a non-blocking all-reduce while it computes the next one;
-        // ZeRO-2 reduces every micro-batch's buckets into the slices so.
-        if (cfg.parallel.zero == 2) {
+        // ZeRO-2 and 3 reduce every micro-batch's buckets into the slices so.
+        if (s.model->bucketed_grads()) {
           s.model->set_grad_ready_hook(
               [&s](size_t off, size_t n, float* data) { return s.reduce_bucket(off, n, data); });
         } else if (m == accum - 1 && s.replicas > 1 && !zero) {
@@ -420,11 +420,16 @@ TrainOutcome Trainer::run() {
     if (!skip) {
       // Muon under ZeRO gathers its update's slices into the gradient buffer, which the reduce-
       // scatter has left free until the next step.
-      s.opt->update(s.model->params() + (lo - s.model->master_begin()), g, lr, st + 1,
-                    !zero || gather_bf16 ? s.model->params_bf16() : nullptr,
+      bf16_t* copy = (!zero || gather_bf16) && s.model->params_bf16() != nullptr
+                         ? s.model->params_bf16() + (lo - s.model->copy_begin())
+                         : nullptr;
+      s.opt->update(s.model->params() + (lo - s.model->master_begin()), g, lr, st + 1, copy,
                     clip_scale(norm, cfg.train.grad_clip), muon_lr_at(cfg.train, cfg.optim, st),
                     zero ? s.model->grads() : nullptr);
-      if (gather_bf16) {
+      if (s.model->gathered_weights()) {
+        // ZeRO-3: nothing to gather now; the layers gather the weights they read from the slices.
+        s.model->weights_changed();
+      } else if (gather_bf16) {
         // Each rank holds the fp32 master weights of its slice only (zero_options).
         bf16_t* copy = s.model->params_bf16();
         s.grid.dp().all_gather(reinterpret_cast<float*>(copy + lo), reinterpret_cast<float*>(copy),

@@ -114,10 +114,11 @@ void Trainer::State::setup_model() {
     schedule = make_schedule(kind, mp.pp, accum, mp.virtual_stages);
     check_schedule(schedule, mp.pp, accum, mp.virtual_stages);
   }
-  model =
-      std::make_unique<Gpt>(model_shape(), mbs, *be, replicas, mp, mp.pp > 1 ? &schedule : nullptr,
-                            cfg.bf16() ? Precision::bf16 : Precision::fp32, activation_options(cfg),
-                            zero_options(cfg, replica_rank));
+  ZeroOptions zero = zero_options(cfg, replica_rank);
+  zero.comm = &grid.dp();  // the replicas: ZeRO-3 gathers the weights from their slices
+  model = std::make_unique<Gpt>(
+      model_shape(), mbs, *be, replicas, mp, mp.pp > 1 ? &schedule : nullptr,
+      cfg.bf16() ? Precision::bf16 : Precision::fp32, activation_options(cfg), zero);
   const size_t S = model->buffer_floats() / size_t(replicas);
   shard_lo = size_t(replica_rank) * S;
   shard_hi = shard_lo + S;
@@ -531,8 +532,15 @@ EvalResult Trainer::State::evaluate_source(const SequenceSource* src) {
   const int B = cfg.train.micro_batch_size, T = cfg.model.seq_len;
   double loss = 0;
   int64_t correct = 0, tokens = 0;
-  // Micro-batch k of the validation sequences goes to data-parallel rank k mod dp.
-  for (int64_t i = int64_t(dp_rank) * B; i < n; i += int64_t(dp) * B) {
+  // Micro-batch k of the validation sequences goes to data-parallel rank k mod dp. Under ZeRO-3
+  // every rank takes part in every round's weight gathers, with a batch or without.
+  const int64_t rounds = (n + int64_t(dp) * B - 1) / (int64_t(dp) * B);
+  for (int64_t k = 0; k < rounds; ++k) {
+    const int64_t i = (k * dp + dp_rank) * B;
+    if (i >= n) {
+      model->join_forward_gathers();
+      continue;
+    }
     const int b = int(std::min<int64_t>(B, n - i));
     for (int k = 0; k < b; ++k)
       src->read(i + k, inputs.data() + size_t(k) * T, targets.data() + size_t(k) * T);
@@ -554,7 +562,11 @@ void Trainer::State::write_sample() {
   // Sampling is collective over the model's tensor and pipeline groups: the ranks of data-
   // parallel replica 0 take part (all draw the same tokens); rank 0 writes.
   const bool whole = grid.shape().tp * grid.shape().pp == 1;
-  if (cfg.sample.length <= 0 || !tokenizer || dp_rank != 0 || (whole && !root())) return;
+  // Under ZeRO-3 every data-parallel rank samples too (the same tokens): the weight gathers
+  // are collective over them.
+  const bool gathers = model->gathered_weights();
+  if (cfg.sample.length <= 0 || !tokenizer || (!gathers && (dp_rank != 0 || (whole && !root()))))
+    return;
   const std::vector<int32_t> prompt = tokenizer->encode_prompt(cfg.sample.prompt);
   Rng rng(uint64_t(cfg.train.seed) * 31 + uint64_t(step));
   SampleOptions o;

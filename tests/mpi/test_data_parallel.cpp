@@ -1,5 +1,5 @@
 // Data parallelism and ZeRO against one rank (run under mpiexec -np 4): every dp in {1, 2, 4}
-// × ZeRO in {0, 1, 2} × accumulation in {1, 4} gives the per-step losses and final weights of
+// × ZeRO in {0, 1, 2, 3} × accumulation in {1, 4} gives the per-step losses and final weights of
 // the single-rank run to fp32 rounding; checkpoints saved on one grid resume on another.
 #include <gtest/gtest.h>
 #include <mpi.h>
@@ -43,7 +43,7 @@ TEST(DataParallel, EveryGridMatchesOneRank) {
   ASSERT_EQ(ref.losses.size(), 6u);
   for (int dp : {1, 2, 4}) {
     if (dp > world_size()) continue;
-    for (int zero : {0, 1, 2})
+    for (int zero : {0, 1, 2, 3})
       for (int accum : {1, 4}) {
         if (dp == 1 && zero == 0 && accum == 1) continue;
         const std::string name =
@@ -95,8 +95,8 @@ TEST(DataParallel, CheckpointsResumeOnOtherGrids) {
     Result r = run(dir, name, dp, zero, 1, {"--resume", ckpt});
     return r;
   };
-  for (auto [dp, zero] :
-       std::vector<std::pair<int, int>>{{big, 1}, {2, 0}, {1, 0}, {1, 1}, {big, 2}, {1, 2}}) {
+  for (auto [dp, zero] : std::vector<std::pair<int, int>>{
+           {big, 1}, {2, 0}, {1, 0}, {1, 1}, {big, 2}, {1, 2}, {big, 3}, {1, 3}}) {
     if (dp > world_size()) continue;
     const std::string name =
         "from" + std::to_string(big) + "_dp" + std::to_string(dp) + "_z" + std::to_string(zero);

@@ -752,7 +752,12 @@ TEST(ModelParallel, MemoryPlanEqualsWhatEachRankAllocates) {
       {{2, 1, 1, 2, 2, "1f1b", 1}, "bf16"},
       {{2, 2, 1, 2, 1, "1f1b", 1, true}, "fp32"},
       {{1, 1, 1, 2, 2, "1f1b", 1, false, 2}, "bf16"},
-      {{2, 1, 1, 2, 2, "1f1b", 1}, "untied"}};
+      {{2, 1, 1, 2, 2, "1f1b", 1}, "untied"},
+      // ZeRO-3: the slices' weights and the buffers the layers' are gathered into.
+      {{2, 1, 1, 3, 2, "1f1b", 1}, "bf16"},
+      {{2, 2, 1, 3, 1, "1f1b", 1, true}, "fp32"},
+      {{1, 1, 1, 3, 2, "1f1b", 1, false, 2}, "rope"},
+      {{4, 1, 1, 3, 1, "1f1b", 1}, "untied"}};
   for (const auto& [g, variant] : grids) {
     if (g.ranks() > world_size()) continue;
     const std::string name = "plan_" + g.name() + "_" + variant;
@@ -771,14 +776,19 @@ TEST(ModelParallel, MemoryPlanEqualsWhatEachRankAllocates) {
                    "--model.position", rope ? "rope" : "learned", "--model.norm",
                    rmsnorm ? "rmsnorm" : "layernorm", "--model.mlp", swiglu ? "swiglu" : "gelu",
                    "--model.tie_embeddings", untied ? "false" : "true",
-                   // Context parallel: no evaluation, whose forward passes gather keys too.
-                   "--eval.sequences", g.cp > 1 ? "0" : "20"});
+                   // Context parallel: no evaluation, whose forward passes gather keys too; nor
+                   // under ZeRO-3, whose gathers of the weights it would count.
+                   "--eval.sequences", g.cp > 1 || g.zero == 3 ? "0" : "20"});
     std::vector<const char*> argv;
     for (const auto& a : args) argv.push_back(a.c_str());
     const RunPlan plan =
         plan_run(parse_train_command_line(int(argv.size()), argv.data()).config, g.ranks());
     ASSERT_EQ(plan.stages.size(), size_t(g.pp)) << name;
     const Result r = run_trainer(g.ranks(), args);
+    // ZeRO-3's gathers: each rank hands in its part of every layer, which differs by rank; the
+    // plan states the mean, and the world's sum is exact.
+    uint64_t gathered = r.out.dp_traffic.bytes[CommStats::kAllGather];
+    MPI_Allreduce(MPI_IN_PLACE, &gathered, 1, MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD);
     if (world_rank() >= g.ranks()) continue;
     const int stage = (world_rank() / (g.tp * g.cp)) % g.pp;
     const StageMemory& m = plan.stages[size_t(stage)];
@@ -789,7 +799,15 @@ TEST(ModelParallel, MemoryPlanEqualsWhatEachRankAllocates) {
     const CommStats& dp = r.out.dp_traffic;
     EXPECT_EQ(dp.bytes[CommStats::kAllReduce], m.dp_all_reduce) << name;
     EXPECT_EQ(dp.bytes[CommStats::kReduceScatter], m.dp_reduce_scatter) << name;
-    EXPECT_EQ(dp.bytes[CommStats::kAllGather], m.dp_all_gather) << name;
+    if (g.zero == 3) {
+      const size_t replicas = size_t(g.dp * g.cp);
+      EXPECT_NEAR(double(gathered), double(m.dp_all_gather * size_t(g.ranks())),
+                  double(g.ranks() / replicas * replicas))
+          << name;
+      EXPECT_GT(gathered, 0u) << name;
+    } else {
+      EXPECT_EQ(dp.bytes[CommStats::kAllGather], m.dp_all_gather) << name;
+    }
     // And the context-parallel group's: the layers' key and value gathers and reduce-scatters.
     const CommStats& cp = r.out.cp_traffic;
     EXPECT_EQ(cp.bytes[CommStats::kAllGather], m.cp_all_gather) << name;
@@ -1135,6 +1153,71 @@ TEST(ModelParallel, ZeroTwoTrainsAsZeroOne) {
     const std::vector<std::string> bf16 = {"--resume", "none", "--run.precision", "bf16"};
     expect_close_losses(run(dir, "acc_" + acc.name(), acc, bf16), run(dir, "acc_ref", Grid{}, bf16),
                         5e-4, "ZeRO-2 " + acc.name());
+  }
+}
+
+// ZeRO-3 changes only where the layers' weights come from: gathered from the ranks' slices, bit
+// for bit the values ZeRO-2 keeps whole. So on every grid it trains bit for bit as ZeRO-2 (the
+// same reductions): over micro-batches, in fp32 and bf16, at tp 2 with sequence parallelism,
+// under context parallelism, with full recomputation (which reads a layer's weights again in
+// the backward pass) and Llama's blocks (rope, RMSNorm, SwiGLU, grouped queries, an untied
+// head); the evaluations between updates (20 sequences in micro-batches of 4: the ranks have
+// different numbers of batches, and the one without joins the others' gathers) give the same
+// validation loss; each rank holds 1/dp of the master weights; a checkpoint resumes exactly
+// under ZeRO-3 and, for one micro-batch on two ranks, under ZeRO-1 (else to fp32 rounding).
+// Samples under ZeRO-3: tests/python/test_mpi_runs.py.
+TEST(ModelParallel, ZeroThreeTrainsBitForBitAsZeroTwo) {
+  const std::string dir = shared_dir("zero3");
+  const std::vector<std::string> llama = {
+      "--model.position",  "rope", "--model.norm",           "rmsnorm", "--model.mlp",  "swiglu",
+      "--model.n_kv_head", "2",    "--model.tie_embeddings", "false",   "--model.bias", "false"};
+  struct Case {
+    Grid two;
+    std::string precision;
+    std::vector<std::string> extra;
+  };
+  const std::vector<Case> cases = {
+      {{2, 1, 1, 2, 4, "1f1b", 1}, "fp32", {}},
+      {{2, 2, 1, 2, 2, "1f1b", 1, true}, "bf16", {}},
+      {{2, 1, 1, 2, 2, "1f1b", 1, false, 2}, "bf16", {}},
+      {{4, 1, 1, 2, 1, "1f1b", 1}, "bf16", {"--train.recompute", "full"}},
+      {{2, 1, 1, 2, 2, "1f1b", 1}, "bf16", llama}};
+  for (const Case& c : cases) {
+    if (c.two.ranks() > world_size()) continue;
+    Grid three = c.two;
+    three.zero = 3;
+    const std::string tag = three.name() + "_" + c.precision + (c.extra.empty() ? "" : "_x");
+    std::vector<std::string> args = {"--resume", "none", "--run.precision", c.precision};
+    args.insert(args.end(), c.extra.begin(), c.extra.end());
+    const Result z2 = run(dir, "z2_" + tag, c.two, args);
+    const Result z3 = run(dir, "z3_" + tag, three, args);
+    EXPECT_EQ(z3.losses, z2.losses) << tag;
+    EXPECT_EQ(z3.val_loss, z2.val_loss) << tag;
+    EXPECT_EQ(z3.params, z2.params) << tag;
+    if (world_rank() < three.ranks()) {
+      const size_t slice = z3.out.buffer_floats / size_t(three.dp * three.cp);
+      EXPECT_EQ(z3.out.master_floats, slice) << tag;
+    }
+    const std::string ckpt = dir + "/runs/z3_" + tag + "/ckpt/step_00000003.h5";
+    Grid one = c.two;
+    one.zero = 1;
+    for (const Grid& g : {three, one}) {
+      std::vector<std::string> resume = args;
+      resume[1] = ckpt;
+      const Result r = run(dir, "resumed_z" + std::to_string(g.zero) + "_" + tag, g, resume);
+      ASSERT_EQ(r.losses.size(), 3u) << tag;
+      // ZeRO-1 sums a rank's micro-batches before reducing them, and its reduce-scatter adds
+      // more than two ranks' in another order: the same numbers only for one micro-batch on
+      // two ranks, else the same training to fp32 rounding.
+      if (g.zero == 1 && (c.two.accum > 1 || c.two.dp * c.two.cp > 2)) {
+        Result tail = z3;
+        tail.losses.erase(tail.losses.begin(), tail.losses.begin() + 3);
+        if (c.precision == "fp32") expect_same_training(r, tail, tag + " under ZeRO-1");
+        continue;
+      }
+      for (size_t i = 0; i < 3; ++i) EXPECT_EQ(r.losses[i], z3.losses[3 + i]) << tag << i;
+      EXPECT_EQ(r.params, z3.params) << tag << " resumed under ZeRO-" << g.zero;
+    }
   }
 }
 

@@ -125,6 +125,29 @@ TEST(ProcessGrid, ReduceScatterOfPiecesGivesEachRankItsPiece) {
   EXPECT_EQ(c.stats().bytes[CommStats::kReduceScatter], total * sizeof(float));
 }
 
+// ZeRO-3's gather of a layer from the slices that hold it: every rank receives every piece in
+// rank order (rank 1's empty), as words; the call counts this rank's piece.
+TEST(ProcessGrid, AllGatherOfPiecesPlacesEachRanksPiece) {
+  ProcessGrid g(MPI_COMM_WORLD, 1, 1);
+  Comm& c = g.dp();
+  const int n = c.size(), r = c.rank();
+  std::vector<size_t> counts(static_cast<size_t>(n), 0);
+  size_t total = 0, at = 0;
+  for (int k = 0; k < n; ++k) {
+    counts[size_t(k)] = k == 1 ? 0 : size_t(2 + 7 * k);
+    if (k < r) at += counts[size_t(k)];
+    total += counts[size_t(k)];
+  }
+  std::vector<float> send(counts[size_t(r)] + 1), recv(total + 1, -7.0f);
+  for (size_t i = 0; i < counts[size_t(r)]; ++i) send[i] = float(at + i) + 0.5f;
+  c.reset_stats();
+  c.iall_gather_pieces(send.data(), recv.data(), counts).wait();
+  for (size_t i = 0; i < total; ++i)
+    EXPECT_EQ(recv[i], float(i) + 0.5f) << "rank " << r << " at " << i;
+  EXPECT_EQ(recv.back(), -7.0f) << "nothing beyond the pieces";
+  EXPECT_EQ(c.stats().bytes[CommStats::kAllGather], counts[size_t(r)] * sizeof(float));
+}
+
 TEST(ProcessGrid, WorldNotDivisibleIsAClearError) {
   const int n = world_size();
   try {

@@ -300,6 +300,11 @@ def test_sampling_and_generation_across_tensor_and_pipeline_grids(tmp_path):
                        env=ENV, timeout=120)
     assert g.returncode == 0, g.stderr
     assert g.stdout.startswith("Hello")
+    # ZeRO-3 on two data-parallel ranks: both sample (the weight gathers are collective over
+    # them), rank 0 writes the single rank's greedy samples.
+    p = run(2, "--config", cfg, "--run.name", "g2z3", "--parallel.zero", 3, *common)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "runs" / "g2z3" / "samples.txt").read_text() == one
     # The 2×2 run's weights equal the single rank's to fp32 rounding.
     w1 = model(tmp_path / "runs" / "g1" / "ckpt" / "step_00000004.h5")
     w4 = model(ckpt)

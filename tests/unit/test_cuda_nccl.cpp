@@ -161,6 +161,32 @@ TEST_F(CudaNcclTest, ReduceScatterOfPiecesGivesEachRankItsPiece) {
     ASSERT_EQ(got[i], float(rank_weight_sum() * x[at + i])) << "at " << i;
 }
 
+// ZeRO-3's gather of pieces of unequal length (rank 1's empty), one grouped ncclBroadcast per
+// rank, moving words: NaN payloads arrive bit for bit.
+TEST_F(CudaNcclTest, AllGatherOfPiecesPlacesEachRanksPiece) {
+  std::vector<size_t> counts(size_t(size_), 0);
+  size_t total = 0, at = 0;
+  for (int k = 0; k < size_; ++k) {
+    counts[size_t(k)] = k == 1 ? 0 : size_t(777 + 3001 * k);
+    if (k < rank_) at += counts[size_t(k)];
+    total += counts[size_t(k)];
+  }
+  const size_t n = counts[size_t(rank_)];
+  std::vector<uint32_t> bits(std::max<size_t>(1, n));
+  for (size_t i = 0; i < n; ++i) bits[i] = 0x7fc00000u + uint32_t(at + i);  // NaN payloads
+  Vec mine(bits.size());
+  std::memcpy(mine.data(), bits.data(), bits.size() * sizeof(float));
+  float* send = upload(mine);
+  float* recv = device(total);
+  comm_->iall_gather_pieces(send, recv, counts).wait();
+  const Vec got = download(recv, total);
+  for (size_t i = 0; i < total; ++i) {
+    uint32_t b = 0;
+    std::memcpy(&b, &got[i], sizeof b);
+    ASSERT_EQ(b, 0x7fc00000u + uint32_t(i)) << "at " << i;
+  }
+}
+
 // All-gather and broadcast move words: bf16 pairs and NaN payloads arrive bit for bit.
 TEST_F(CudaNcclTest, AllGatherAndBroadcastMoveBitsUnchanged) {
   const size_t count = 4099;

@@ -320,10 +320,18 @@ struct ForwardStats {
 //     whole backward, each layer's in one of two buffers used in turn, and hands every bucket
 //     to the grad-ready hook as soon as it is final, which reduces it into the slices; a layer's
 //     buffer is reused once the request the hook returned for it has completed.
+//   gathered_weights (ZeRO-3, with the two above, in fp32 too): no whole copy of the weights
+//     either. The rank keeps its slice of the master weights (and in bf16 of their bf16 copy);
+//     the layers read weights gathered from every rank's slice over `comm`: the embeddings',
+//     ln_f's and the head's once after each update, each layer's before its forward and again
+//     before its backward, into one of three layer buffers, the next layers' gathers running
+//     while the current one computes.
 struct ZeroOptions {
   int shard = -1;  // -1: none of the below
   bool master = false;
   bool bucketed_grads = false;
+  bool gathered_weights = false;
+  Comm* comm = nullptr;  // the group holding the other slices (ZeRO-3's gathers)
 };
 
 // What a Gpt allocates on its backend, in bytes (Gpt::memory_plan): everything it holds there,
@@ -332,7 +340,9 @@ struct ZeroOptions {
 struct GptMemory {
   size_t weights = 0;        // fp32 parameters (the master weights under bf16), padded for ZeRO;
                              // one slice of them with a master_shard
-  size_t weights_bf16 = 0;   // bf16 copy the layers read (bf16 precision)
+  size_t weights_bf16 = 0;   // bf16 copy the layers read (bf16 precision); ZeRO-3: the slice's
+                             // copy and the buffers the weights are gathered into (in fp32 those
+                             // count in `weights`)
   size_t grads = 0;          // fp32 parameter gradients (none for inference; ZeRO-2: buckets)
   size_t activations = 0;    // the activation plan: kept sets, backward scratch, sends
   size_t other = 0;          // token ids and targets, the tied head's gradient exchange (pp > 1),
@@ -364,6 +374,12 @@ class Gpt {
                                const PipelineSchedule* schedule = nullptr,
                                Precision precision = Precision::fp32,
                                ActivationOptions options = {}, ZeroOptions zero = {});
+  // ZeRO-3: the buffer elements gathered in a training step of m micro-batches (after an update
+  // nothing is held): the embeddings', ln_f's and the head's once; each layer's before its
+  // forward and again before its backward, less those the three layer buffers still hold (the
+  // backward starts with the forward's last three layers, the next forward with the backward's
+  // first three).
+  static size_t gathered_per_step(const GptShape& shape, const ModelParallel& mp, int m);
   Gpt(const Gpt&) = delete;
   Gpt& operator=(const Gpt&) = delete;
 
@@ -414,9 +430,18 @@ class Gpt {
   // layout): the master weights it keeps and the bf16 copy. Any model; the way to load one with
   // a sharded master, whose gradient buffer serves as the staging area (it holds zeros after).
   void set_params(const float* host);
-  // The bf16 copy of params() (same layout), for an optimizer update that writes it in the same
-  // pass; null in fp32.
+  // The bf16 copy of the weights, for an optimizer update that writes it in the same pass:
+  // elements [copy_begin(), ...) of the buffer at params_bf16()[0 ..), the whole buffer but
+  // under ZeRO-3 (its slice); null in fp32.
   bf16_t* params_bf16() { return params_bf16_; }
+  size_t copy_begin() const { return gathers_ ? master_begin_ : 0; }
+  bool gathered_weights() const { return gathers_; }
+  // ZeRO-3: the slices changed (an update): the gathered weights are stale.
+  void weights_changed();
+  // ZeRO-3: takes part in the weight gathers of one forward pass (as forward_chunk issues them)
+  // without computing, for a data-parallel rank with no batch while the others evaluate one
+  // (the gathers are collective over the group). Nothing to do without ZeRO-3.
+  void join_forward_gathers();
 
   // Called during backward with (offset, count, data) of a contiguous range of the gradient
   // buffer, held at data[0 .. count), as soon as its gradients are final for this micro-batch
@@ -527,10 +552,21 @@ class Gpt {
   template <class A>
   Activations<A>& acts();
   template <class A>
-  const A* weights() const;  // the parameters as the layers read them
+  const A* weights() const;  // the whole buffer of weights the layers read (not under ZeRO-3)
+  // The weights the layers read, whole or gathered (ZeRO-3): the embeddings', ln_f's and the
+  // head's at buffer element `offset`, and the base of global layer l's, holding buffer element
+  // *origin at [0].
   template <class A>
-  const A* head_weight() const {
-    return weights<A>() + specs_[size_t(head_)].offset;
+  const A* weight_at(size_t offset);
+  template <class A>
+  const A* layer_weight_base(int l, size_t* origin);
+  // ZeRO-3: starts gathering global layer l's weights (if it exists and is not held) into its
+  // buffer, whose previous layer the caller is done with.
+  template <class A>
+  void prefetch_layer_weights(int l);
+  template <class A>
+  const A* head_weight() {
+    return weight_at<A>(specs_[size_t(head_)].offset);
   }
   // The steps, for both activation types (explicitly instantiated in gpt_step.cpp and
   // gpt_pipeline.cpp); the public calls dispatch on precision_.
@@ -710,6 +746,18 @@ class Gpt {
   size_t grad_lo_ = 0, grad_hi_ = 0, layer_floats_ = 0;
   float* grad_ends_ = nullptr;
   float* grad_ring_[2] = {};
+  // ZeRO-3's gathered weights (ZeroOptions::gathered_weights), of the model's precision: the
+  // ends as grad_ends_, each layer's in ring slot l % 3, which holds layer ring_layer_[k] (-1:
+  // none) once ring_gather_[k] has completed; ends_current_ while the ends are gathered.
+  bool gathers_ = false;
+  Comm* zero_comm_ = nullptr;
+  float* gw_ends_ = nullptr;  // fp32, or bf16 pairs as words
+  float* gw_ring_[3] = {};
+  int ring_layer_[3] = {-1, -1, -1};
+  CommRequest ring_gather_[3];
+  bool ends_current_ = false;
+  template <class A>
+  CommRequest gather_weights(size_t lo, size_t hi, A* dst);
   CommRequest ring_pending_[2];
   std::vector<CommRequest> grad_pending_;  // the hook's other requests of this backward
   // Where the gradient of buffer element `offset` outside the layers is (all layouts).

@@ -69,8 +69,8 @@ class MuonMatrices {
   // The parts of [begin, end) it updates, relative to begin, sorted.
   const std::vector<Backend::UpdateRun>& runs() const { return runs_; }
 
-  // One step with learning rate lr. params, grads, momentum and u hold the range [begin, end)
-  // (u is scratch shaped like it); copy (bf16, may be null) is a whole buffer. workspace:
+  // One step with learning rate lr. params, grads, momentum, u (scratch shaped like it) and copy
+  // (bf16, may be null) hold the range [begin, end). workspace:
   // a whole parameter buffer's worth of floats that may be overwritten (needed with dp).
   void update(float* params, const float* grads, float* momentum, float* u, double lr, bf16_t* copy,
               float grad_scale, float* workspace);

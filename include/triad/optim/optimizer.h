@@ -44,9 +44,9 @@ class Optimizer {
   // Applies one update with learning rate lr to the range [begin, end) of the parameter buffer,
   // held at params[0 .. end-begin) (a sharded master holds no more), from grads holding the
   // gradient of that range at grads[0 .. end-begin); `step` counts updates including this one
-  // (1-based, for Adam's bias correction). With `copy` (a bf16 buffer laid out like params), the
-  // same pass writes the updated range rounded to bf16 there. The gradient enters multiplied
-  // by grad_scale (clip_scale()). Muon: matrix_lr is the matrices' learning rate, and
+  // (1-based, for Adam's bias correction). With `copy` (a bf16 buffer holding the range as params
+  // does), the same pass writes the updated range rounded to bf16 there. The gradient enters
+  // multiplied by grad_scale (clip_scale()). Muon: matrix_lr is the matrices' learning rate, and
   // `workspace` (a whole parameter buffer's worth of floats it may overwrite, e.g. the gradient
   // buffer after a ZeRO reduce-scatter) is needed when [begin, end) is a ZeRO slice.
   void update(float* params, const float* grads, double lr, int64_t step, bf16_t* copy = nullptr,

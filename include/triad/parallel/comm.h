@@ -95,6 +95,12 @@ class Comm {
                                                  const std::vector<size_t>& counts) = 0;
   // Every rank contributes count floats; recv gets size()·count in rank order.
   virtual void all_gather(const float* send, float* recv, size_t count) = 0;
+  // Pieces of unequal length (ZeRO-3 gathering a layer's weights from the slices that hold
+  // them): rank r's counts[r] words at send land at offset counts[0] + … + counts[r−1] of recv
+  // on every rank. Moves 32-bit words unchanged (bf16 pairs travel as one word). Counted as an
+  // all-gather of this rank's piece. Non-blocking.
+  virtual CommRequest iall_gather_pieces(const float* send, float* recv,
+                                         const std::vector<size_t>& counts) = 0;
   virtual void broadcast(float* buf, size_t n, int root) = 0;
   virtual void send(const float* buf, size_t n, int dst, int tag) = 0;
   virtual void recv(float* buf, size_t n, int src, int tag) = 0;

@@ -221,6 +221,28 @@ class NcclComm final : public Comm {
     });
     return join_later();
   }
+  // One broadcast per non-empty piece from the rank that holds it, fused by a group; as words.
+  CommRequest iall_gather_pieces(const float* send, float* recv,
+                                 const std::vector<size_t>& counts) override {
+    if (!both_on_device(send, recv))
+      return delegated(host_->iall_gather_pieces(send, recv, counts));
+    TRIAD_CHECK(counts.size() == size_t(size()), "internal error: ", counts.size(),
+                " pieces for a group of ", size());
+    enqueue(CommStats::kAllGather, counts[size_t(rank())], [&] {
+      TRIAD_NCCL_CHECK(api_.group_start(), comm_);
+      size_t at = 0;
+      for (int r = 0; r < size(); ++r) {
+        const size_t n = counts[size_t(r)];
+        if (n > 0)
+          TRIAD_NCCL_CHECK(api_.broadcast(r == rank() ? send : nullptr, recv + at, n, ncclUint32, r,
+                                          comm_, stream_),
+                           comm_);
+        at += n;
+      }
+      TRIAD_NCCL_CHECK(api_.group_end(), comm_);
+    });
+    return join_later();
+  }
   // All-gather and broadcast only move words (some callers pass bf16 pairs as floats): they go
   // as 32-bit integers so that no NaN pattern could ever be touched.
   void all_gather(const float* send, float* recv, size_t count) override {

@@ -110,6 +110,16 @@ class DeviceStagedComm final : public Comm {
     staged(send, count, recv, count * size_t(size()),
            [&](const float* s, float* r) { in_->all_gather(s, r, count); });
   }
+  CommRequest iall_gather_pieces(const float* send, float* recv,
+                                 const std::vector<size_t>& counts) override {
+    if (!on_device(send) && !on_device(recv))
+      return sync(in_->iall_gather_pieces(send, recv, counts));
+    size_t total = 0;
+    for (size_t c : counts) total += c;
+    staged(send, counts[size_t(rank())], recv, total,
+           [&](const float* s, float* r) { in_->iall_gather_pieces(s, r, counts).wait(); });
+    return {};
+  }
   void broadcast(float* buf, size_t n, int root) override {
     in_place(buf, n, [&](float* b) { in_->broadcast(b, n, root); });
   }

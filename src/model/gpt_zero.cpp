@@ -1,0 +1,142 @@
+// What ZeRO-2 and ZeRO-3 change in where the model's gradients go and where its weights come
+// from (ZeroOptions, gpt.h): gradient buckets handed to the grad-ready hook, and weights
+// gathered from every rank's slice into buffers the layers read.
+#include <algorithm>
+
+#include "gpt_activations.h"
+#include "triad/core/error.h"
+#include "triad/model/gpt.h"
+
+namespace triad {
+
+// ---- gradients (ZeRO-2) ---------------------------------------------------------------------
+
+float* Gpt::grad_at(size_t offset) {
+  if (!bucketed_) return grads_ + offset;
+  TRIAD_ASSERT(offset < grad_lo_ || (offset >= grad_hi_ && offset < n_floats_));
+  return grad_ends_ + (offset < grad_lo_ ? offset : grad_lo_ + (offset - grad_hi_));
+}
+
+float* Gpt::layer_grad_bucket(int l, size_t at) {
+  if (!bucketed_) return grads_ + at;
+  CommRequest& previous = ring_pending_[l % 2];
+  previous.wait();
+  float* bucket = grad_ring_[l % 2];
+  be_.zero(bucket, layer_floats_);
+  return bucket;
+}
+
+void Gpt::grad_ready(size_t offset, size_t count, float* data, CommRequest* into) {
+  if (!grad_hook_) return;
+  CommRequest r = grad_hook_(offset, count, data);
+  if (into != nullptr)
+    *into = std::move(r);
+  else
+    grad_pending_.push_back(std::move(r));
+}
+
+// ---- weights (ZeRO-3) -----------------------------------------------------------------------
+
+void Gpt::weights_changed() {
+  decoded_.clear();  // the kept keys and values came from the old weights
+  if (!gathers_) return;
+  for (int k = 0; k < 3; ++k) {
+    ring_gather_[k].wait();  // a pending gather must not land after this
+    ring_layer_[k] = -1;
+  }
+  ends_current_ = false;
+}
+
+// Buffer elements [lo, hi) from the ranks' slices, each rank's piece of it from its own (the
+// bf16 copy, or the fp32 master weights in fp32), into dst, in words.
+template <class A>
+CommRequest Gpt::gather_weights(size_t lo, size_t hi, A* dst) {
+  constexpr size_t per_word = sizeof(float) / sizeof(A);
+  const size_t slice = master_end_ - master_begin_;
+  std::vector<size_t> counts(static_cast<size_t>(zero_comm_->size()), 0);
+  for (size_t r = 0; r < counts.size(); ++r) {
+    const size_t a = std::max(lo, r * slice), b = std::min(hi, (r + 1) * slice);
+    TRIAD_ASSERT(a >= b || ((a | b) % per_word == 0));
+    counts[r] = a < b ? (b - a) / per_word : 0;
+  }
+  const A* mine = nullptr;
+  if constexpr (std::is_same_v<A, float>)
+    mine = params_;
+  else
+    mine = params_bf16_;
+  const size_t a = std::max(lo, master_begin_);
+  const A* send = mine + (a < master_end_ ? a - master_begin_ : 0);
+  return zero_comm_->iall_gather_pieces(words(send), words(dst), counts);
+}
+
+template <class A>
+const A* Gpt::weight_at(size_t offset) {
+  if (!gathers_) return weights<A>() + offset;
+  A* ends = reinterpret_cast<A*>(gw_ends_);
+  if (!ends_current_) {
+    // wte and wpe, then ln_f with an untied head: once after each update (every micro-batch
+    // and evaluation of a step reads the same ones).
+    CommRequest front = gather_weights<A>(0, grad_lo_, ends);
+    CommRequest back = gather_weights<A>(grad_hi_, n_floats_, ends + grad_lo_);
+    front.wait();
+    back.wait();
+    ends_current_ = true;
+  }
+  TRIAD_ASSERT(offset < grad_lo_ || (offset >= grad_hi_ && offset < n_floats_));
+  return ends + (offset < grad_lo_ ? offset : grad_lo_ + (offset - grad_hi_));
+}
+
+template <class A>
+void Gpt::prefetch_layer_weights(int l) {
+  if (!gathers_ || l < 0 || l >= shape_.n_layer || ring_layer_[l % 3] == l) return;
+  const int k = l % 3;
+  ring_gather_[k].wait();
+  const size_t lo = specs_[size_t(layer_[size_t(l)])].offset;
+  const size_t hi =
+      l + 1 < shape_.n_layer ? specs_[size_t(layer_[size_t(l + 1)])].offset : grad_hi_;
+  ring_gather_[k] = gather_weights<A>(lo, hi, reinterpret_cast<A*>(gw_ring_[k]));
+  ring_layer_[k] = l;
+}
+
+template <class A>
+const A* Gpt::layer_weight_base(int l, size_t* origin) {
+  *origin = 0;
+  if (!gathers_) return weights<A>();
+  prefetch_layer_weights<A>(l);  // nothing when it is held or on its way
+  ring_gather_[l % 3].wait();
+  *origin = specs_[size_t(layer_[size_t(l)])].offset;
+  return reinterpret_cast<const A*>(gw_ring_[l % 3]);
+}
+
+void Gpt::join_forward_gathers() {
+  if (!gathers_) return;
+  auto pass = [this](auto zero) {
+    using A = decltype(zero);
+    // forward_chunk's order: the ends (the embedding), the first layer (its ln_1), then at each
+    // layer the next two and the layer itself and the next one (the fused ln_1).
+    weight_at<A>(0);
+    size_t origin = 0;
+    layer_weight_base<A>(0, &origin);
+    for (int i = 0; i < shape_.n_layer; ++i) {
+      prefetch_layer_weights<A>(i + 1);
+      prefetch_layer_weights<A>(i + 2);
+      layer_weight_base<A>(i, &origin);
+      if (i + 1 < shape_.n_layer) layer_weight_base<A>(i + 1, &origin);
+    }
+  };
+  if (precision_ == Precision::bf16)
+    pass(bf16_t{});
+  else
+    pass(0.0f);
+}
+
+#define TRIAD_GPT_ZERO(A)                                    \
+  template const A* Gpt::weight_at<A>(size_t);               \
+  template void Gpt::prefetch_layer_weights<A>(int);         \
+  template const A* Gpt::layer_weight_base<A>(int, size_t*); \
+  template CommRequest Gpt::gather_weights<A>(size_t, size_t, A*);
+TRIAD_GPT_ZERO(float)
+TRIAD_GPT_ZERO(bf16_t)
+#undef TRIAD_GPT_ZERO
+
+}  // namespace triad
