@@ -42,26 +42,14 @@ export OMPI_MCA_sharedfp=^sm
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/triad-bench-plan.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
-# Random tokens: the data does not change the speed. The shard format of docs/formats.md.
-python3 - "$tmp/plan_train_000.bin" "$vocab" <<'PY'
-import random, struct, sys
-n, vocab = 400_000, int(sys.argv[2])
-random.seed(0)
-with open(sys.argv[1], "wb") as f:
-    f.write(struct.pack("<3i", 20240520, 1, n) + bytes(253 * 4))
-    f.write(struct.pack(f"<{n}H", *(random.randrange(vocab) for _ in range(n))))
-PY
+# Random tokens: the data does not change the speed.
+bench_uniform_tokens "$tmp/plan_train_000.bin" "$vocab"
 
 args=(--config inputs/runs/quickstart.ini --model.n_layer 8 --model.vocab_size "$vocab"
       --train.batch_size 16 --train.micro_batch_size 4 --train.steps "$steps" --train.log_every 1
       --eval.every 0 --eval.sequences 0 --sample.length 0 --checkpoint.every 0 --run.threads 1
       --resume none --data.train "$tmp/plan_train_*.bin" --data.val '' --run.dir "$tmp"
       "${extra[@]}")
-# Median step time (ms) of a log's step lines, the first 3 left out.
-median_ms() {
-  grep '^step' "$1" | awk -F'|' 'NR > 3 { gsub(/ ms/, "", $7); print $7 + 0 }' | sort -n |
-    awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'
-}
 # The plan's step time (ms) at TFLOP/s $1 for the extra arguments after it.
 planned_ms() {
   local r=$1; shift
@@ -71,7 +59,7 @@ planned_ms() {
 
 echo "== one rank: the sustained rate"
 build/triad-train "${args[@]}" --run.name one > "$tmp/one.txt" 2>&1 || { cat "$tmp/one.txt"; exit 1; }
-one=$(median_ms "$tmp/one.txt")
+one=$(bench_median_ms "$tmp/one.txt")
 rate=$(awk -v p="$(planned_ms 1)" -v m="$one" 'BEGIN { printf "%.6g", p / m }')  # TFLOP/s
 echo "   measured $one ms per step: R = $rate TFLOP/s"
 printf '%-22s %14s %14s %8s\n' grid "measured ms" "planned ms" ratio
@@ -88,7 +76,7 @@ for v in "1f1b - 1" "gpipe - 1" "1f1b auto 1" "zb-h1 - 1" "zb-h1 auto 1" "interl
   name="pp$sched${split:+_$split}_v$vs"
   mpirun --oversubscribe -np "$pp" build/triad-train "${args[@]}" "${grid[@]}" \
     --run.name "$name" > "$tmp/$name.txt" 2>&1 || { cat "$tmp/$name.txt"; exit 1; }
-  m=$(median_ms "$tmp/$name.txt")
+  m=$(bench_median_ms "$tmp/$name.txt")
   p=$(planned_ms "$rate" "${grid[@]}" --plan-ranks "$pp")
   label="pp $pp $sched${split:+ layers $(build/triad-train "${args[@]}" "${grid[@]}" --plan \
     --plan-ranks "$pp" | sed -n 's/.*stage layers \([0-9,]*\).*/\1/p')}"

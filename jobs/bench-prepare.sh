@@ -40,6 +40,26 @@ ref.write_token_shard(path, np.random.default_rng(0).integers(0, V, steps * B * 
 PY
 }
 
+# bench_uniform_tokens FILE VOCAB: a shard (docs/formats.md) of 400,000 uniform random ids below
+# VOCAB, with the system python3 alone (no numpy needed): enough for the MPI benchmarks' steps.
+bench_uniform_tokens() {
+  python3 - "$1" "$2" <<'PY'
+import random, struct, sys
+n, vocab = 400_000, int(sys.argv[2])
+random.seed(0)
+with open(sys.argv[1], "wb") as f:
+    f.write(struct.pack("<3i", 20240520, 1, n) + bytes(253 * 4))
+    f.write(struct.pack(f"<{n}H", *(random.randrange(vocab) for _ in range(n))))
+PY
+}
+
+# bench_median_ms LOG: the median step time (ms) of a triad-train log's step lines, the first 3
+# left out (start-up).
+bench_median_ms() {
+  grep '^step' "$1" | awk -F'|' 'NR > 3 { gsub(/ ms/, "", $7); print $7 + 0 }' | sort -n |
+    awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'
+}
+
 # bench_prepare NAME CONFIG STEPS: all of the above for a benchmark NAME that runs triad-train
 # (singleton MPI allowed as root) and the PyTorch peer: sets $py and $tmp (removed on exit), with
 # the shard at $tmp/bench_train_000.bin.

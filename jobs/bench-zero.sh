@@ -37,27 +37,14 @@ export OMPI_MCA_sharedfp=^sm
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/triad-bench-zero.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
-# Random tokens: the data does not change the speed or the memory. The shard format of
-# docs/formats.md.
-python3 - "$tmp/zero_train_000.bin" <<'PY'
-import random, struct, sys
-n = 400_000
-random.seed(0)
-with open(sys.argv[1], "wb") as f:
-    f.write(struct.pack("<3i", 20240520, 1, n) + bytes(253 * 4))
-    f.write(struct.pack(f"<{n}H", *(random.randrange(50257) for _ in range(n))))
-PY
+# Random tokens: the data does not change the speed or the memory.
+bench_uniform_tokens "$tmp/zero_train_000.bin" 50257
 
 args=(--config inputs/runs/quickstart.ini --model.n_layer 8 --run.precision bf16
       --train.batch_size 16 --train.micro_batch_size 4 --train.steps "$steps" --train.log_every 1
       --eval.every 0 --eval.sequences 0 --sample.length 0 --checkpoint.every 0 --run.threads 1
       --resume none --data.train "$tmp/zero_train_*.bin" --data.val '' --run.dir "$tmp"
       "${extra[@]}")
-# Median step time (ms) of a log's step lines, the first 3 left out.
-median_ms() {
-  grep '^step' "$1" | awk -F'|' 'NR > 3 { gsub(/ ms/, "", $7); print $7 + 0 }' | sort -n |
-    awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'
-}
 printf '%-6s %11s %13s %13s %11s %11s %13s %10s\n' zero "weights MB" "gradients MB" \
   "optimizer MB" "planned MB" "run MB" "dp MB / step" "ms / step"
 for z in 0 1 2 3; do
@@ -71,6 +58,6 @@ for z in 0 1 2 3; do
     sed -n 's/^data-parallel gradient reduction per step and rank (ring): \([0-9.]*\) MB.*/\1/p')
   run=$(sed -n 's/.*in all \([0-9.]*\) MB.*/\1/p' "$tmp/zero$z.txt" | head -1)
   printf '%-6s %11s %13s %13s %11s %11s %13s %10s\n' "$z" "$w" "$g" "$o" "$t" "${run:--}" \
-    "${dp:--}" "$(median_ms "$tmp/zero$z.txt")"
+    "${dp:--}" "$(bench_median_ms "$tmp/zero$z.txt")"
 done
 echo "(MB = 1e6 bytes; dp MB: the ring's wire bytes over a rank's link per step, from the plan)"

@@ -150,14 +150,17 @@ RunPlan plan_run(const Config& cfg, int world_size) {
       for (const auto& s : specs)
         if (s.name == (shape.tied ? "wte/weight" : "lm_head/weight"))
           m.head_backward_flops_per_token = 4.0 * double(s.numel);
-    // The trainer's reduction (Trainer::run): ZeRO-1 reduce-scatters and gathers even on a
-    // group of one (local copies, no wire); ZeRO-2 and 3 reduce-scatter each micro-batch's
-    // buckets (the parameters, unpadded); the all-reduce runs for dp·cp > 1.
+    // The trainer's reduction (Trainer::run): ZeRO reduce-scatters and gathers even on a group
+    // of one (local copies, no wire): with a pipeline the padded buffer after the step, else
+    // the buckets of the parameters (unpadded), ZeRO-1 the last micro-batch's, ZeRO-2 and 3
+    // each micro-batch's; the all-reduce runs for dp·cp > 1.
     const double d = replicas;
     if (zero) {
-      m.dp_reduce_scatter = (cfg.parallel.zero >= 2 ? m.model.param_floats * size_t(p.micro_batches)
-                                                    : m.model.buffer_floats) *
-                            sizeof(float);
+      const size_t reduced = p.grid.pp > 1 ? m.model.buffer_floats
+                             : cfg.parallel.zero == 1
+                                 ? m.model.param_floats
+                                 : m.model.param_floats * size_t(p.micro_batches);
+      m.dp_reduce_scatter = reduced * sizeof(float);
       // The slices come back as the bf16 copy or as fp32 master weights (zero_gathers_bf16);
       // ZeRO-3 gathers layers instead, each rank handing in its part of each (on average 1/dp:
       // the parts differ by rank, their sum over the group does not).
@@ -364,9 +367,8 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
     if (gbps > 0)
       os << ", " << wire / (gbps * 1e9) * 1e3 << " ms at " << std::defaultfloat
          << std::setprecision(4) << gbps << std::fixed << " GB/s ("
-         << (p.grid.pp == 1 && cfg.parallel.zero != 1
-                 ? "overlapped with the backward pass"
-                 : "after the backward pass: overlapped only where pp = 1 and ZeRO is not 1")
+         << (p.grid.pp == 1 ? "overlapped with the backward pass"
+                            : "after the backward pass: overlapped only where pp = 1")
          << ")";
   }
   if (tflops > 0) {

@@ -346,14 +346,21 @@ TrainOutcome Trainer::run() {
       if (s.replicas > 1 && !zero)
         s.grid.dp().all_reduce_sum(s.model->grads(), s.model->num_floats());
     } else {
-      if (s.model->bucketed_grads()) s.be->zero(s.grad_shard, s.shard_hi - s.shard_lo);
+      // The slices' padding past the parameters is no bucket's: zero.
+      if (zero) s.be->zero(s.grad_shard, s.shard_hi - s.shard_lo);
       for (int m = 0; m < accum; ++m) {
-        // Without ZeRO, the last micro-batch's backward hands each finished bucket (ln_f, every
-        // layer, the embeddings) to a non-blocking all-reduce while it computes the next one;
-        // ZeRO-2 and 3 reduce every micro-batch's buckets into the slices so.
+        // The last micro-batch's backward hands each finished bucket (ln_f and the head, every
+        // layer, the embeddings) to a non-blocking all-reduce (no ZeRO) or reduction into the
+        // slices (ZeRO-1) while it computes the next one; ZeRO-2 and 3 reduce every micro-batch's
+        // buckets into the slices so.
         if (s.model->bucketed_grads()) {
-          s.model->set_grad_ready_hook(
-              [&s](size_t off, size_t n, float* data) { return s.reduce_bucket(off, n, data); });
+          s.model->set_grad_ready_hook([&s](size_t off, size_t n, float* data) {
+            return s.reduce_bucket(off, n, data, true);
+          });
+        } else if (m == accum - 1 && zero) {
+          s.model->set_grad_ready_hook([&s](size_t off, size_t n, float* data) {
+            return s.reduce_bucket(off, n, data, false);
+          });
         } else if (m == accum - 1 && s.replicas > 1 && !zero) {
           s.model->set_grad_ready_hook(
               [&s](size_t, size_t n, float* data) { return s.grid.dp().iall_reduce_sum(data, n); });
@@ -369,12 +376,12 @@ TrainOutcome Trainer::run() {
         counted > 0 ? loss_total / counted : std::numeric_limits<double>::quiet_NaN();
     out.losses.push_back(loss);
     // This rank's gradient [lo, hi) of the buffer: all of it, or under ZeRO the slice it
-    // receives from a reduce-scatter (ZeRO-1 here, ZeRO-2 bucket by bucket in the backward
-    // passes) and updates before the weights are all-gathered. Clipped by the global norm of
-    // the whole gradient.
+    // receives (bucket by bucket in the backward pass where pp = 1, in one reduce-scatter after
+    // the pipeline's step) and updates before the weights are all-gathered. Clipped by the
+    // global norm of the whole gradient.
     float* g = zero ? s.grad_shard : s.model->grads();
     const size_t lo = zero ? s.shard_lo : 0, hi = zero ? s.shard_hi : s.model->num_floats();
-    if (cfg.parallel.zero == 1) s.grid.dp().reduce_scatter_sum(s.model->grads(), g, hi - lo);
+    if (zero && s.grid.shape().pp > 1) s.grid.dp().reduce_scatter_sum(s.model->grads(), g, hi - lo);
     const double norm = s.grad_norm(g, lo, hi);
     if (cfg.train.norms_every > 0 && st % cfg.train.norms_every == 0) {
       std::vector<double> grad_norms, weight_norms;

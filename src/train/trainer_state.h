@@ -86,11 +86,12 @@ struct Trainer::State {
   void setup_device_comms(bool shares_gpu);
   GptShape model_shape() const;
   void setup_model();
-  // ZeRO-2's grad-ready hook: one micro-batch's bucket [off, off + n) of the gradient, at data,
-  // reduced into the ranks' slices. This rank's piece first takes what its slice (grad_shard)
-  // has summed over the step's earlier micro-batches, so the reduction leaves the running sum
-  // there; grad_shard starts the step at zero.
-  CommRequest reduce_bucket(size_t off, size_t n, float* data);
+  // ZeRO's grad-ready hook (pp = 1): bucket [off, off + n) of the gradient, at data, reduced
+  // into the ranks' slices (grad_shard, zeroed at the step's start). ZeRO-2 and 3 reduce each
+  // micro-batch's buckets (`accumulate`): this rank's piece first takes what its slice has
+  // summed over the step's earlier micro-batches, so the reduction leaves the running sum
+  // there. ZeRO-1 reduces the last micro-batch's, which its buffer has summed over the step.
+  CommRequest reduce_bucket(size_t off, size_t n, float* data, bool accumulate);
   // Global L2 norm of the gradient, from the part [lo, hi) of the buffer this rank holds at g.
   double grad_norm(const float* g, size_t lo, size_t hi);
   // train.norms_every: the layers of the model ("wte", "wpe" (learned positions), "h0", ...,

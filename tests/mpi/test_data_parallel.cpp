@@ -72,8 +72,10 @@ TEST(DataParallel, CommunicationVolumeMatchesTheFormulas) {
       EXPECT_EQ(t.bytes[CommStats::kReduceScatter], 0u);
       EXPECT_EQ(t.bytes[CommStats::kAllGather], 0u);
     } else if (zero == 1) {
+      // The last micro-batch's 4 buckets, unpadded, into the slices.
       EXPECT_EQ(t.bytes[CommStats::kAllReduce], 0u);
-      EXPECT_EQ(t.bytes[CommStats::kReduceScatter], steps * buffer);
+      EXPECT_EQ(t.bytes[CommStats::kReduceScatter], steps * grad);
+      EXPECT_EQ(t.calls[CommStats::kReduceScatter], uint64_t(steps * 4));
       EXPECT_EQ(t.bytes[CommStats::kAllGather], steps * buffer / dp);
     } else {
       // ZeRO-2: each of the 2 micro-batches' 4 buckets, unpadded, into the slices.

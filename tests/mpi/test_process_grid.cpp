@@ -100,19 +100,29 @@ TEST(ProcessGrid, CompletionActionRunsOnceAfterTheTransfer) {
   EXPECT_EQ(seen, float((r + n - 1) % n));
 }
 
+// Pieces of unequal length for a group of n, rank 1's empty, rank k's base + step·k long: the
+// counts, where rank r's piece starts and the total.
+struct Pieces {
+  std::vector<size_t> counts;
+  size_t at = 0, total = 0;
+};
+Pieces pieces(int n, int r, size_t base, size_t step) {
+  Pieces p;
+  for (int k = 0; k < n; ++k) {
+    p.counts.push_back(k == 1 ? 0 : base + step * size_t(k));
+    if (k < r) p.at += p.counts.back();
+    p.total += p.counts.back();
+  }
+  return p;
+}
+
 // ZeRO-2's reduction of a bucket cut by the slices: rank r receives the sum of its piece, of any
 // length (rank 1's empty), and the call counts the whole send buffer.
 TEST(ProcessGrid, ReduceScatterOfPiecesGivesEachRankItsPiece) {
   ProcessGrid g(MPI_COMM_WORLD, 1, 1);
   Comm& c = g.dp();
   const int n = c.size(), r = c.rank();
-  std::vector<size_t> counts(static_cast<size_t>(n), 0);
-  size_t total = 0, at = 0;
-  for (int k = 0; k < n; ++k) {
-    counts[size_t(k)] = k == 1 ? 0 : size_t(3 + 5 * k);
-    if (k < r) at += counts[size_t(k)];
-    total += counts[size_t(k)];
-  }
+  const auto [counts, at, total] = pieces(n, r, 3, 5);
   std::vector<float> send(total), recv(counts[size_t(r)] + 1, -7.0f);
   for (size_t i = 0; i < total; ++i) send[i] = float(i) + 0.25f * float(r + 1);
   c.reset_stats();
@@ -131,13 +141,7 @@ TEST(ProcessGrid, AllGatherOfPiecesPlacesEachRanksPiece) {
   ProcessGrid g(MPI_COMM_WORLD, 1, 1);
   Comm& c = g.dp();
   const int n = c.size(), r = c.rank();
-  std::vector<size_t> counts(static_cast<size_t>(n), 0);
-  size_t total = 0, at = 0;
-  for (int k = 0; k < n; ++k) {
-    counts[size_t(k)] = k == 1 ? 0 : size_t(2 + 7 * k);
-    if (k < r) at += counts[size_t(k)];
-    total += counts[size_t(k)];
-  }
+  const auto [counts, at, total] = pieces(n, r, 2, 7);
   std::vector<float> send(counts[size_t(r)] + 1), recv(total + 1, -7.0f);
   for (size_t i = 0; i < counts[size_t(r)]; ++i) send[i] = float(at + i) + 0.5f;
   c.reset_stats();

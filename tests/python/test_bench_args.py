@@ -31,6 +31,10 @@ CASES = [
     ("bench-muon", ["--threads"], "--threads needs a value"),
     ("bench-checkpoint", ["--repeat", "0"], "--repeat must be >= 1"),
     ("bench-checkpoint", ["--ranks", "1 two"], "--ranks must be counts"),
+    ("bench-zero", ["--bogus"], "unknown option --bogus"),
+    ("bench-zero", ["--steps", "4"], "--steps must be >= 5"),
+    ("bench-zero", ["--steps"], "--steps needs a count"),
+    ("bench-zero", ["--train.lr"], "--train.lr needs a value"),
     # an option without its value
     ("bench-cpu", ["--threads"], "--threads needs a count"),
     ("bench-plan", ["--steps"], "--steps needs a count"),
@@ -51,7 +55,8 @@ def test_bad_arguments_are_refused_up_front(script, args, needle):
 
 
 @pytest.mark.parametrize("script", ["bench-cpu", "bench-plan", "bench-recompute", "bench-generate",
-                                    "bench-choices", "bench-checkpoint", "bench-muon"])
+                                    "bench-choices", "bench-checkpoint", "bench-muon",
+                                    "bench-zero"])
 def test_help(script):
     p = subprocess.run(["bash", str(REPO / "jobs" / f"{script}.sh"), "--help"],
                        capture_output=True, text=True, timeout=60, cwd=REPO)

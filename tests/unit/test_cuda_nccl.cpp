@@ -103,6 +103,21 @@ class CudaNcclTest : public ::testing::Test {
   }
   // Σ over ranks r of (r + 1).
   double rank_weight_sum() const { return double(size_) * double(size_ + 1) / 2.0; }
+  // Pieces of unequal length, rank 1's empty, rank k's base + step·k long: the counts, where this
+  // rank's piece starts and the total.
+  struct Pieces {
+    std::vector<size_t> counts;
+    size_t at = 0, total = 0;
+  };
+  Pieces pieces(size_t base, size_t step) const {
+    Pieces p;
+    for (int k = 0; k < size_; ++k) {
+      p.counts.push_back(k == 1 ? 0 : base + step * size_t(k));
+      if (k < rank_) p.at += p.counts.back();
+      p.total += p.counts.back();
+    }
+    return p;
+  }
 
   int rank_ = 0, size_ = 1;
   std::unique_ptr<Backend> be_;
@@ -142,13 +157,7 @@ TEST_F(CudaNcclTest, ReduceScatterGivesEachRankItsBlockSum) {
 
 // ZeRO-2's pieces of unequal length (rank 1's empty), one grouped ncclReduce per rank.
 TEST_F(CudaNcclTest, ReduceScatterOfPiecesGivesEachRankItsPiece) {
-  std::vector<size_t> counts(size_t(size_), 0);
-  size_t total = 0, at = 0;
-  for (int k = 0; k < size_; ++k) {
-    counts[size_t(k)] = k == 1 ? 0 : size_t(1000 + 4097 * k);
-    if (k < rank_) at += counts[size_t(k)];
-    total += counts[size_t(k)];
-  }
+  const auto [counts, at, total] = pieces(1000, 4097);
   const Vec x = small_ints(total, 3);
   Vec mine(total);
   for (size_t i = 0; i < total; ++i) mine[i] = float(rank_ + 1) * x[i];
@@ -164,13 +173,7 @@ TEST_F(CudaNcclTest, ReduceScatterOfPiecesGivesEachRankItsPiece) {
 // ZeRO-3's gather of pieces of unequal length (rank 1's empty), one grouped ncclBroadcast per
 // rank, moving words: NaN payloads arrive bit for bit.
 TEST_F(CudaNcclTest, AllGatherOfPiecesPlacesEachRanksPiece) {
-  std::vector<size_t> counts(size_t(size_), 0);
-  size_t total = 0, at = 0;
-  for (int k = 0; k < size_; ++k) {
-    counts[size_t(k)] = k == 1 ? 0 : size_t(777 + 3001 * k);
-    if (k < rank_) at += counts[size_t(k)];
-    total += counts[size_t(k)];
-  }
+  const auto [counts, at, total] = pieces(777, 3001);
   const size_t n = counts[size_t(rank_)];
   std::vector<uint32_t> bits(std::max<size_t>(1, n));
   for (size_t i = 0; i < n; ++i) bits[i] = 0x7fc00000u + uint32_t(at + i);  // NaN payloads

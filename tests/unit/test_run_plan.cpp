@@ -193,17 +193,19 @@ TEST(RunPlan, ShardsAndZeroShrinkWhatTheyShould) {
   // ZeRO-1's reduction: the whole fp32 gradient buffer reduce-scattered, the slice gathered as
   // its bf16 copy (bf16 precision, no pipeline); a ring moves 7/8 of the buffer and 7 bf16
   // slices over each link: 1.5·7/8 of the fp32 buffer. One rank without ZeRO: nothing.
-  EXPECT_EQ(d.dp_reduce_scatter, d.model.grads);
+  EXPECT_EQ(d.dp_reduce_scatter, d.model.param_floats * 4) << "the parameters' buckets";
   EXPECT_EQ(d.dp_all_gather, d.model.grads / 8 / 2);
   EXPECT_EQ(d.dp_all_reduce, 0u);
-  EXPECT_DOUBLE_EQ(d.dp_wire_bytes, 1.5 * 7 / 8 * double(d.model.grads));
+  EXPECT_DOUBLE_EQ(d.dp_wire_bytes,
+                   7.0 / 8 * double(d.dp_reduce_scatter) + 7.0 / 8 * 0.5 * double(d.model.grads));
   // fp32: the slice gathered in fp32 into every rank's whole fp32 weights.
   Config zp = z;
   zp.run.precision = "fp32";
   const StageMemory& f = plan_run(zp, 8).stages[0];
   EXPECT_EQ(f.model.weights, f.model.grads);
   EXPECT_EQ(f.dp_all_gather, f.model.weights / 8);
-  EXPECT_DOUBLE_EQ(f.dp_wire_bytes, 2.0 * 7 / 8 * double(f.model.weights));
+  EXPECT_DOUBLE_EQ(f.dp_wire_bytes,
+                   7.0 / 8 * double(f.dp_reduce_scatter) + 7.0 / 8 * double(f.model.weights));
   EXPECT_EQ(s.dp_reduce_scatter + s.dp_all_gather + s.dp_all_reduce, 0u);
   const std::string text = format_run_plan(dp8, z, 0, 100);
   std::ostringstream want;  // at 100 GB/s
