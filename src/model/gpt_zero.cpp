@@ -2,6 +2,8 @@
 // from (ZeroOptions, gpt.h): gradient buckets handed to the grad-ready hook, and weights
 // gathered from every rank's slice into buffers the layers read.
 #include <algorithm>
+#include <type_traits>
+#include <vector>
 
 #include "gpt_activations.h"
 #include "triad/core/error.h"

@@ -664,11 +664,6 @@ void validate(const Config& c, int world_size) {
         stage +
             " cannot run optim.name = muon (its ZeRO gather needs a whole gradient buffer; "
             "use parallel.zero = 1)");
-  // Each data-parallel rank scores its own examples, a different number of forward passes,
-  // while ZeRO-3's weight gathers are collective over the ranks.
-  check(c.parallel.zero != 3 || c.eval.choices.empty(), "eval.choices",
-        "cannot be scored with parallel.zero = 3 (yet): score the checkpoint with --eval-only "
-        "and parallel.zero < 3");
   check(is_schedule_kind(c.parallel.schedule), "parallel.schedule",
         std::string("must be ") + kScheduleKindNames + " (got '" + c.parallel.schedule + "')");
   check(c.parallel.virtual_stages >= 1, "parallel.virtual_stages", "must be >= 1");

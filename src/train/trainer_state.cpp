@@ -501,13 +501,18 @@ EvalResult Trainer::State::evaluate() {
   EvalResult r = evaluate_val();
   if (!choices.empty()) {
     // Example i goes to data-parallel rank i mod dp; the counts are exact, the loss sum is
-    // rounded with the ranks' partial sums (its last bits depend on dp).
+    // rounded with the ranks' partial sums (its last bits depend on dp). Under ZeRO-3 every
+    // rank scores every example instead (dp times the work): the weight gathers are collective
+    // over the ranks, which must run the same forward passes.
     const ChoiceMode mode =
         cfg.eval.choice_mode == "cached" ? ChoiceMode::cached : ChoiceMode::batched;
-    const ChoiceScore sc = score_choices(*model, choices, size_t(dp_rank), size_t(dp), mode);
+    const bool all = model->gathered_weights();
+    const ChoiceScore sc =
+        score_choices(*model, choices, all ? 0 : size_t(dp_rank), all ? 1 : size_t(dp), mode);
     double v[4] = {double(sc.correct), double(sc.correct_by_sum), sc.ending_loss_sum,
                    double(sc.endings)};
-    for (double& x : v) x = grid.dp().all_reduce_sum(x);
+    if (!all)
+      for (double& x : v) x = grid.dp().all_reduce_sum(x);
     r.choice_examples = int64_t(choices.size());
     r.choice_accuracy = v[0] / double(r.choice_examples);
     r.choice_accuracy_by_sum = v[1] / double(r.choice_examples);

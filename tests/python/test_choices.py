@@ -157,7 +157,9 @@ def test_file_holds_gpt2_tokens(setup):
     # near the end of the context)
     (2, ("--parallel.tp", 2) + CACHED), (2, ("--parallel.pp", 2) + CACHED), (2, CACHED),
     (2, ("--parallel.tp", 2, "--parallel.sequence_parallel", 1) + CACHED),
-    (4, ("--parallel.tp", 4, "--parallel.sequence_parallel", 1) + CACHED)])
+    (4, ("--parallel.tp", 4, "--parallel.sequence_parallel", 1) + CACHED),
+    # ZeRO-3: every rank scores every example (the weight gathers are collective)
+    (2, ("--parallel.zero", 3)), (2, ("--parallel.zero", 3) + CACHED)])
 def test_grids_match_the_reference(setup, ranks, grid):
     d, out, ckpt, cfg, want = setup
     p = subprocess.run([MPIRUN, "--oversubscribe", "-np", str(ranks), exe("triad-train"), "--config",

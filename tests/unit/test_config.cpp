@@ -273,8 +273,6 @@ TEST(Config, UnknownNamesAndUnbuiltModesAreRefused) {
   EXPECT_EQ(error_of({"--parallel.zero", "3"}), "");
   EXPECT_NE(error_of({"--parallel.zero", "3", "--parallel.pp", "2"}, 2).find("parallel.pp = 1"),
             std::string::npos);
-  EXPECT_NE(error_of({"--parallel.zero", "3", "--eval.choices", "x.bin"}).find("eval.choices"),
-            std::string::npos);
   EXPECT_NE(error_of({"--run.backend", "tpu"}).find("run.backend"), std::string::npos);
   EXPECT_NE(error_of({"--data.shuffle", "maybe"}).find("data.shuffle"), std::string::npos);
   EXPECT_NE(error_of({"--run.precision", "fp16"}).find("run.precision"), std::string::npos);
