@@ -426,6 +426,8 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
       const size_t per_word = precision == Precision::bf16 ? 2 : 1;
       gw_ends_ = be_.alloc(gb.ends() / per_word);
       for (float*& r : gw_ring_) r = be_.alloc(std::max<size_t>(1, layer_floats_ / per_word));
+      weight_bytes_ += (gb.ends() / per_word + 3 * std::max<size_t>(1, layer_floats_ / per_word)) *
+                       sizeof(float);
     }
   } else if (!inference_) {
     grads_ = be_.alloc(buffer_floats_);
@@ -434,8 +436,11 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
     // bf16 activation rows travel between ranks as pairs of bf16 in fp32 words.
     TRIAD_CHECK(shape.n_embd % 2 == 0, "bf16 precision needs an even n_embd (got ", shape.n_embd,
                 ")");
-    params_bf16_ = be_.alloc_bf16(gathers_ ? master_end_ - master_begin_ : buffer_floats_);
+    const size_t copy = gathers_ ? master_end_ - master_begin_ : buffer_floats_;
+    params_bf16_ = be_.alloc_bf16(copy);
+    weight_bytes_ += copy * sizeof(bf16_t);
   }
+  weight_bytes_ += (master_end_ - master_begin_) * sizeof(float);
   vocab_local_ = shape.padded_vocab_size / mp.tp;
   vocab_begin_ = mp.tp_rank * vocab_local_;
   vocab_valid_ = std::clamp(shape.vocab_size - vocab_begin_, 0, vocab_local_);

@@ -257,12 +257,9 @@ TrainOutcome Trainer::run() {
     auto largest = [&s](size_t bytes) {
       return double(s.grid.all().all_reduce_max(int64_t(bytes))) / 1e6;
     };
-    const size_t copy = s.model->precision() == Precision::bf16 ? sizeof(bf16_t) : 0;
-    // The fp32 weights: a slice of them where the master is sharded (bf16 ZeRO-1).
-    const size_t master = s.model->sharded_master()
-                              ? s.model->master_end() - s.model->master_begin()
-                              : s.model->num_floats();
-    const double param_mb = largest(master * sizeof(float) + s.model->num_floats() * copy);
+    // The weights held: fp32 (a slice where the master is sharded), the bf16 copy, and ZeRO-3's
+    // gathered ones.
+    const double param_mb = largest(s.model->weight_bytes());
     const double opt_mb = largest(s.opt->state_bytes());
     const double act_mb = largest(s.model->activation_bytes());
     const double all_mb = largest(s.be->allocated_bytes());

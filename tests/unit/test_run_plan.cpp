@@ -53,6 +53,7 @@ TEST(GptMemoryPlan, EqualsTheBackendsAllocations) {
     {
       Gpt model(kSmall, kB, *be, 3, {}, nullptr, p, {}, z);
       EXPECT_EQ(be->allocated_bytes() - before, plan.total());
+      EXPECT_EQ(model.weight_bytes(), plan.weights + plan.weights_bf16);
       EXPECT_EQ(model.bucketed_grads(), z.bucketed_grads);
     }
   }

@@ -389,6 +389,9 @@ class Gpt {
   size_t num_floats() const { return n_floats_; }          // floats holding parameters
   size_t buffer_floats() const { return buffer_floats_; }  // allocated, padded for sharding
   size_t activation_bytes() const;
+  // What this rank holds of the weights, in bytes: its fp32 (master) weights, the bf16 copy and
+  // ZeRO-3's buffers of gathered weights (GptMemory's weights + weights_bf16).
+  size_t weight_bytes() const { return weight_bytes_; }
   // Parameters of the whole model counted as in DESIGN.md §5 (MFU): every tensor once, wte's
   // padding excluded, whatever part this rank holds.
   int64_t num_parameters() const { return num_parameters(shape_); }
@@ -738,6 +741,7 @@ class Gpt {
   int logits_rows_ = 0;      // the classifier's chunk: ActivationOptions::logits_chunk, resolved
   float* params_ = nullptr;  // master weights [master_begin_, master_end_) of the buffer
   size_t master_begin_ = 0, master_end_ = 0;
+  size_t weight_bytes_ = 0;
   float* grads_ = nullptr;
   // ZeRO-2's buckets (ZeroOptions::bucketed_grads): the gradients of [0, grad_lo_) (wte, wpe)
   // then of [grad_hi_, n_floats_) (ln_f, an untied head) in grad_ends_; each layer's, of
