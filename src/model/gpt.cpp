@@ -177,6 +177,8 @@ GradBuckets grad_buckets(const std::vector<ParamSpec>& specs, size_t n) {
   b.hi = starts.back();
   for (size_t i = 0; i + 1 < starts.size(); ++i)
     b.layer = std::max(b.layer, starts[i + 1] - starts[i]);
+  // Layers and ends start 16-float aligned: whole bf16 pairs everywhere.
+  TRIAD_ASSERT(b.layer > 0 && b.lo % 2 == 0 && b.hi % 2 == 0 && b.layer % 2 == 0 && n % 2 == 0);
   return b;
 }
 
@@ -421,13 +423,12 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
     grad_hi_ = gb.hi;
     layer_floats_ = gb.layer;
     grad_ends_ = be_.alloc(gb.ends());
-    for (float*& r : grad_ring_) r = be_.alloc(std::max<size_t>(1, layer_floats_));
+    for (float*& r : grad_ring_) r = be_.alloc(layer_floats_);
     if (gathers_) {  // in words: bf16 pairs (every piece starts 16-float aligned, even)
       const size_t per_word = precision == Precision::bf16 ? 2 : 1;
       gw_ends_ = be_.alloc(gb.ends() / per_word);
-      for (float*& r : gw_ring_) r = be_.alloc(std::max<size_t>(1, layer_floats_ / per_word));
-      weight_bytes_ += (gb.ends() / per_word + 3 * std::max<size_t>(1, layer_floats_ / per_word)) *
-                       sizeof(float);
+      for (float*& r : gw_ring_) r = be_.alloc(layer_floats_ / per_word);
+      weight_bytes_ += (gb.ends() + 3 * layer_floats_) / per_word * sizeof(float);
     }
   } else if (!inference_) {
     grads_ = be_.alloc(buffer_floats_);
@@ -500,11 +501,10 @@ GptMemory Gpt::memory_plan(const GptShape& shape, int max_batch, int shards,
   size_t gathered = 0;  // ZeRO-3's buffers of gathered weights
   if (zero.bucketed_grads) {
     const GradBuckets gb = grad_buckets(specs, m.param_floats);
-    m.grads = (gb.ends() + 2 * std::max<size_t>(1, gb.layer)) * sizeof(float);
+    m.grads = (gb.ends() + 2 * gb.layer) * sizeof(float);
     if (zero.gathered_weights) {
       const size_t per_word = precision == Precision::bf16 ? 2 : 1;
-      gathered =
-          (gb.ends() / per_word + 3 * std::max<size_t>(1, gb.layer / per_word)) * sizeof(float);
+      gathered = (gb.ends() + 3 * gb.layer) / per_word * sizeof(float);
     }
   }
   const size_t slice = m.buffer_floats / size_t(shards);
@@ -605,7 +605,7 @@ void Gpt::set_params(const float* host) {
   // the bf16 copy from all of it, the master weights from their slice.
   decoded_.clear();
   float* stage = bucketed_ ? grad_ring_[0] : grads_;
-  const size_t piece = bucketed_ ? std::max<size_t>(1, layer_floats_) : buffer_floats_;
+  const size_t piece = bucketed_ ? layer_floats_ : buffer_floats_;
   for (size_t at = 0; at < buffer_floats_; at += piece) {
     const size_t n = std::min(piece, buffer_floats_ - at);
     be_.copy_from_host(stage, host + at, n);
@@ -687,13 +687,9 @@ void Gpt::init(uint64_t seed) {
 
 void Gpt::zero_grads() {
   TRIAD_CHECK(!inference_, "internal error: a model for inference has no gradients");
-  if (!bucketed_) {
-    be_.zero(grads_, buffer_floats_);
-    return;
-  }
-  for (auto& r : ring_pending_) r.wait();
-  be_.zero(grad_ends_, grad_lo_ + (n_floats_ - grad_hi_));
-  for (float* r : grad_ring_) be_.zero(r, std::max<size_t>(1, layer_floats_));
+  // Gradient buckets start from zero where they are filled (forward_backward's ends, each
+  // layer's as its backward begins): nothing to clear between steps.
+  if (!bucketed_) be_.zero(grads_, buffer_floats_);
 }
 
 }  // namespace triad

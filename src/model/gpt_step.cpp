@@ -565,12 +565,9 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     reduce_rows(dpart, a.dln, N);
     layernorm_backward(a.dresidual, gr.ln1w, gr.ln1b, a.dln, x_in, w.ln1w, L.ln1_mean, L.ln1_rstd,
                        n);
-    if (grad_hook_) {
-      const size_t count = size_t(layer_count_);
-      const size_t hi =
-          size_t(first) + count < sp.size() ? sp[size_t(first) + count].offset : n_floats_;
-      grad_ready(at, hi - at, bucket, bucketed_ ? &ring_pending_[(first_layer + i) % 2] : nullptr);
-    }
+    if (grad_hook_)
+      grad_ready(at, layer_end(first) - at, bucket,
+                 bucketed_ ? &ring_pending_[(first_layer + i) % 2] : nullptr);
   }
   if (g == 0) {
     // wpe is replicated: every rank accumulates the same gradient (of all rows); wte rows
@@ -626,7 +623,7 @@ ForwardStats Gpt::forward_backward_t(const int32_t* inputs, const int32_t* targe
               "internal error: gradient buckets without a hook to reduce them");
   // A bucket holds one micro-batch's gradient: the ends start from zero (each layer's bucket is
   // zeroed as its backward begins).
-  if (bucketed_) be_.zero(grad_ends_, grad_lo_ + (n_floats_ - grad_hi_));
+  if (bucketed_) be_.zero(grad_ends_, ends_floats());
   const int T = shape_.seq_len, Tl = mp_.seq_rows(T);  // rows per sequence here: Tl
   TRIAD_ASSERT(B >= 1 && B <= max_batch_);
   Set<A>& S = acts<A>().sets[0][0];

@@ -13,10 +13,19 @@ namespace triad {
 
 // ---- gradients (ZeRO-2) ---------------------------------------------------------------------
 
+size_t Gpt::ends_index(size_t offset) const {
+  TRIAD_ASSERT(offset < grad_lo_ || (offset >= grad_hi_ && offset < n_floats_));
+  return offset < grad_lo_ ? offset : grad_lo_ + (offset - grad_hi_);
+}
+
+size_t Gpt::layer_end(int first) const {
+  const size_t next = size_t(first) + size_t(layer_count_);
+  return next < specs_.size() ? specs_[next].offset : n_floats_;
+}
+
 float* Gpt::grad_at(size_t offset) {
   if (!bucketed_) return grads_ + offset;
-  TRIAD_ASSERT(offset < grad_lo_ || (offset >= grad_hi_ && offset < n_floats_));
-  return grad_ends_ + (offset < grad_lo_ ? offset : grad_lo_ + (offset - grad_hi_));
+  return grad_ends_ + ends_index(offset);
 }
 
 float* Gpt::layer_grad_bucket(int l, size_t at) {
@@ -55,11 +64,12 @@ template <class A>
 CommRequest Gpt::gather_weights(size_t lo, size_t hi, A* dst) {
   constexpr size_t per_word = sizeof(float) / sizeof(A);
   const size_t slice = master_end_ - master_begin_;
-  std::vector<size_t> counts(static_cast<size_t>(zero_comm_->size()), 0);
-  for (size_t r = 0; r < counts.size(); ++r) {
-    const size_t a = std::max(lo, r * slice), b = std::min(hi, (r + 1) * slice);
-    TRIAD_ASSERT(a >= b || ((a | b) % per_word == 0));
-    counts[r] = a < b ? (b - a) / per_word : 0;
+  std::vector<size_t> counts = slice_pieces(lo, hi, slice, zero_comm_->size());
+  // Every piece starts at lo or a slice's start, both 16-float aligned: whole words.
+  TRIAD_ASSERT(lo % per_word == 0 && slice % per_word == 0);
+  for (size_t& c : counts) {
+    TRIAD_ASSERT(c % per_word == 0);
+    c /= per_word;
   }
   const A* mine = nullptr;
   if constexpr (std::is_same_v<A, float>)
@@ -84,19 +94,16 @@ const A* Gpt::weight_at(size_t offset) {
     back.wait();
     ends_current_ = true;
   }
-  TRIAD_ASSERT(offset < grad_lo_ || (offset >= grad_hi_ && offset < n_floats_));
-  return ends + (offset < grad_lo_ ? offset : grad_lo_ + (offset - grad_hi_));
+  return ends + ends_index(offset);
 }
 
 template <class A>
 void Gpt::prefetch_layer_weights(int l) {
   if (!gathers_ || l < 0 || l >= shape_.n_layer || ring_layer_[l % 3] == l) return;
-  const int k = l % 3;
+  const int k = l % 3, first = layer_[size_t(l)];
   ring_gather_[k].wait();
-  const size_t lo = specs_[size_t(layer_[size_t(l)])].offset;
-  const size_t hi =
-      l + 1 < shape_.n_layer ? specs_[size_t(layer_[size_t(l + 1)])].offset : grad_hi_;
-  ring_gather_[k] = gather_weights<A>(lo, hi, reinterpret_cast<A*>(gw_ring_[k]));
+  ring_gather_[k] = gather_weights<A>(specs_[size_t(first)].offset, layer_end(first),
+                                      reinterpret_cast<A*>(gw_ring_[k]));
   ring_layer_[k] = l;
 }
 

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <climits>
 #include <memory>
 
@@ -189,6 +190,15 @@ class MpiComm final : public Comm {
 };
 
 }  // namespace
+
+std::vector<size_t> slice_pieces(size_t lo, size_t hi, size_t slice, int ranks) {
+  std::vector<size_t> counts(static_cast<size_t>(ranks), 0);
+  for (size_t r = 0; r < counts.size(); ++r) {
+    const size_t a = std::max(lo, r * slice), b = std::min(hi, (r + 1) * slice);
+    counts[r] = a < b ? b - a : 0;
+  }
+  return counts;
+}
 
 std::unique_ptr<Comm> make_mpi_comm(MPI_Comm comm, std::string name, bool owns) {
   return std::make_unique<MpiComm>(comm, std::move(name), owns);

@@ -424,7 +424,9 @@ TrainOutcome Trainer::run() {
     if (!skip) {
       // Muon under ZeRO gathers its update's slices into the gradient buffer, which the reduce-
       // scatter has left free until the next step.
-      bf16_t* copy = (!zero || gather_bf16) && s.model->params_bf16() != nullptr
+      // The bf16 copy of the updated range (bf16 precision; under ZeRO its slice is then
+      // gathered, or under ZeRO-3 kept).
+      bf16_t* copy = s.model->params_bf16() != nullptr
                          ? s.model->params_bf16() + (lo - s.model->copy_begin())
                          : nullptr;
       s.opt->update(s.model->params() + (lo - s.model->master_begin()), g, lr, st + 1, copy,

@@ -195,12 +195,7 @@ void Trainer::State::layer_norms(const float* g, size_t lo, size_t hi, std::vect
 }
 
 CommRequest Trainer::State::reduce_bucket(size_t off, size_t n, float* data, bool accumulate) {
-  const size_t S = shard_hi - shard_lo;
-  std::vector<size_t> counts(static_cast<size_t>(replicas), 0);
-  for (size_t r = 0; r < counts.size(); ++r) {
-    const size_t a = std::max(off, r * S), b = std::min(off + n, (r + 1) * S);
-    counts[r] = a < b ? b - a : 0;
-  }
+  const std::vector<size_t> counts = slice_pieces(off, off + n, shard_hi - shard_lo, replicas);
   const size_t mine = counts[size_t(replica_rank)], a = std::max(off, shard_lo);
   float* sum = grad_shard + (mine > 0 ? a - shard_lo : 0);
   if (accumulate && mine > 0) be->accumulate(data + (a - off), sum, mine);

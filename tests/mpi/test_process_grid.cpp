@@ -14,6 +14,7 @@
 namespace triad {
 namespace {
 
+using triad::testing::pieces;
 using triad::testing::world_size;
 
 // The sum of the world ranks in a group, computed from the layout alone.
@@ -98,22 +99,6 @@ TEST(ProcessGrid, CompletionActionRunsOnceAfterTheTransfer) {
   EXPECT_EQ(runs, 1);
   EXPECT_FALSE(recv.pending());
   EXPECT_EQ(seen, float((r + n - 1) % n));
-}
-
-// Pieces of unequal length for a group of n, rank 1's empty, rank k's base + step·k long: the
-// counts, where rank r's piece starts and the total.
-struct Pieces {
-  std::vector<size_t> counts;
-  size_t at = 0, total = 0;
-};
-Pieces pieces(int n, int r, size_t base, size_t step) {
-  Pieces p;
-  for (int k = 0; k < n; ++k) {
-    p.counts.push_back(k == 1 ? 0 : base + step * size_t(k));
-    if (k < r) p.at += p.counts.back();
-    p.total += p.counts.back();
-  }
-  return p;
 }
 
 // ZeRO-2's reduction of a bucket cut by the slices: rank r receives the sum of its piece, of any

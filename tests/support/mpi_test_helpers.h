@@ -7,10 +7,27 @@
 #include <exception>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "triad/core/error.h"
 
 namespace triad::testing {
+
+// Pieces of unequal length for the pieces collectives in a group of n: rank 1's empty, rank k's
+// base + step·k long; the counts, where rank r's piece starts and the total.
+struct Pieces {
+  std::vector<size_t> counts;
+  size_t at = 0, total = 0;
+};
+inline Pieces pieces(int n, int r, size_t base, size_t step) {
+  Pieces p;
+  for (int k = 0; k < n; ++k) {
+    p.counts.push_back(k == 1 ? 0 : base + step * size_t(k));
+    if (k < r) p.at += p.counts.back();
+    p.total += p.counts.back();
+  }
+  return p;
+}
 
 inline int world_rank() {
   int r = 0;

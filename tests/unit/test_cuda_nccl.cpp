@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "../support/mpi_environment.h"
+#include "../support/mpi_test_helpers.h"
 #include "triad/core/error.h"
 #include "triad/kernels/backend.h"
 #include "triad/kernels/cuda_backend.h"
@@ -103,21 +104,6 @@ class CudaNcclTest : public ::testing::Test {
   }
   // Σ over ranks r of (r + 1).
   double rank_weight_sum() const { return double(size_) * double(size_ + 1) / 2.0; }
-  // Pieces of unequal length, rank 1's empty, rank k's base + step·k long: the counts, where this
-  // rank's piece starts and the total.
-  struct Pieces {
-    std::vector<size_t> counts;
-    size_t at = 0, total = 0;
-  };
-  Pieces pieces(size_t base, size_t step) const {
-    Pieces p;
-    for (int k = 0; k < size_; ++k) {
-      p.counts.push_back(k == 1 ? 0 : base + step * size_t(k));
-      if (k < rank_) p.at += p.counts.back();
-      p.total += p.counts.back();
-    }
-    return p;
-  }
 
   int rank_ = 0, size_ = 1;
   std::unique_ptr<Backend> be_;
@@ -157,7 +143,7 @@ TEST_F(CudaNcclTest, ReduceScatterGivesEachRankItsBlockSum) {
 
 // ZeRO-2's pieces of unequal length (rank 1's empty), one grouped ncclReduce per rank.
 TEST_F(CudaNcclTest, ReduceScatterOfPiecesGivesEachRankItsPiece) {
-  const auto [counts, at, total] = pieces(1000, 4097);
+  const auto [counts, at, total] = triad::testing::pieces(size_, rank_, 1000, 4097);
   const Vec x = small_ints(total, 3);
   Vec mine(total);
   for (size_t i = 0; i < total; ++i) mine[i] = float(rank_ + 1) * x[i];
@@ -173,7 +159,7 @@ TEST_F(CudaNcclTest, ReduceScatterOfPiecesGivesEachRankItsPiece) {
 // ZeRO-3's gather of pieces of unequal length (rank 1's empty), one grouped ncclBroadcast per
 // rank, moving words: NaN payloads arrive bit for bit.
 TEST_F(CudaNcclTest, AllGatherOfPiecesPlacesEachRanksPiece) {
-  const auto [counts, at, total] = pieces(777, 3001);
+  const auto [counts, at, total] = triad::testing::pieces(size_, rank_, 777, 3001);
   const size_t n = counts[size_t(rank_)];
   std::vector<uint32_t> bits(std::max<size_t>(1, n));
   for (size_t i = 0; i < n; ++i) bits[i] = 0x7fc00000u + uint32_t(at + i);  // NaN payloads

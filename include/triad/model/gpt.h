@@ -766,6 +766,13 @@ class Gpt {
   std::vector<CommRequest> grad_pending_;  // the hook's other requests of this backward
   // Where the gradient of buffer element `offset` outside the layers is (all layouts).
   float* grad_at(size_t offset);
+  // The ends (ZeRO-2's embedding and head buckets, ZeRO-3's gathered ends): buffer element
+  // `offset` outside the layers sits at this index of them; ends_floats() of them in all.
+  size_t ends_index(size_t offset) const;
+  size_t ends_floats() const { return grad_lo_ + (n_floats_ - grad_hi_); }
+  // The buffer offset just past the layer whose tensors start at spec `first` (the next spec's
+  // offset, or the layout's end).
+  size_t layer_end(int first) const;
   // Where global layer l's gradients go, its first element at [0]: with bucketed_grads its
   // buffer, once the reduction of the layer that used it before has completed, zeroed (the
   // backward accumulates); else the gradient buffer at the layer's offset `at`.

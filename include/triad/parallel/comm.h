@@ -112,6 +112,11 @@ class Comm {
   CommStats stats_;
 };
 
+// The pieces of the buffer range [lo, hi) held by ranks that each hold an equal contiguous slice
+// of `slice` elements, in rank order: counts[r] = |[lo, hi) ∩ [r·slice, (r+1)·slice)| (the
+// counts ireduce_scatter_pieces_sum and iall_gather_pieces take for a ZeRO bucket or layer).
+std::vector<size_t> slice_pieces(size_t lo, size_t hi, size_t slice, int ranks);
+
 // A Comm over an MPI communicator (which it frees on destruction when it owns it).
 std::unique_ptr<Comm> make_mpi_comm(MPI_Comm comm, std::string name, bool owns);
 

@@ -202,22 +202,14 @@ class NcclComm final : public Comm {
                                          const std::vector<size_t>& counts) override {
     if (!both_on_device(send, recv))
       return delegated(host_->ireduce_scatter_pieces_sum(send, recv, counts));
-    TRIAD_CHECK(counts.size() == size_t(size()), "internal error: ", counts.size(),
-                " pieces for a group of ", size());
     size_t total = 0;
     for (size_t c : counts) total += c;
     enqueue(CommStats::kReduceScatter, total, [&] {
-      TRIAD_NCCL_CHECK(api_.group_start(), comm_);
-      size_t at = 0;
-      for (int r = 0; r < size(); ++r) {
-        const size_t n = counts[size_t(r)];
-        if (n > 0)
-          TRIAD_NCCL_CHECK(api_.reduce(send + at, r == rank() ? recv : nullptr, n, ncclFloat,
-                                       ncclSum, r, comm_, stream_),
-                           comm_);
-        at += n;
-      }
-      TRIAD_NCCL_CHECK(api_.group_end(), comm_);
+      for_each_piece(counts, [&](int r, size_t at, size_t n) {
+        TRIAD_NCCL_CHECK(api_.reduce(send + at, r == rank() ? recv : nullptr, n, ncclFloat, ncclSum,
+                                     r, comm_, stream_),
+                         comm_);
+      });
     });
     return join_later();
   }
@@ -229,17 +221,11 @@ class NcclComm final : public Comm {
     TRIAD_CHECK(counts.size() == size_t(size()), "internal error: ", counts.size(),
                 " pieces for a group of ", size());
     enqueue(CommStats::kAllGather, counts[size_t(rank())], [&] {
-      TRIAD_NCCL_CHECK(api_.group_start(), comm_);
-      size_t at = 0;
-      for (int r = 0; r < size(); ++r) {
-        const size_t n = counts[size_t(r)];
-        if (n > 0)
-          TRIAD_NCCL_CHECK(api_.broadcast(r == rank() ? send : nullptr, recv + at, n, ncclUint32, r,
-                                          comm_, stream_),
-                           comm_);
-        at += n;
-      }
-      TRIAD_NCCL_CHECK(api_.group_end(), comm_);
+      for_each_piece(counts, [&](int r, size_t at, size_t n) {
+        TRIAD_NCCL_CHECK(api_.broadcast(r == rank() ? send : nullptr, recv + at, n, ncclUint32, r,
+                                        comm_, stream_),
+                         comm_);
+      });
     });
     return join_later();
   }
@@ -298,6 +284,20 @@ class NcclComm final : public Comm {
   T delegated(T value) {
     sync();
     return value;
+  }
+  // One NCCL group of f(r, at, n) for each rank r's non-empty piece: n elements at offset `at`
+  // (the pieces follow each other in rank order).
+  template <class F>
+  void for_each_piece(const std::vector<size_t>& counts, F f) {
+    TRIAD_CHECK(counts.size() == size_t(size()), "internal error: ", counts.size(),
+                " pieces for a group of ", size());
+    TRIAD_NCCL_CHECK(api_.group_start(), comm_);
+    size_t at = 0;
+    for (int r = 0; r < size(); ++r) {
+      if (counts[size_t(r)] > 0) f(r, at, counts[size_t(r)]);
+      at += counts[size_t(r)];
+    }
+    TRIAD_NCCL_CHECK(api_.group_end(), comm_);
   }
   // Counts the call and runs `launch` (which enqueues one NCCL collective on stream_) after the
   // work already enqueued on the compute stream.
