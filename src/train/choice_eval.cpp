@@ -132,4 +132,20 @@ ChoiceScore score_choices(Gpt& model, const std::vector<ChoiceExample>& examples
   return sc;
 }
 
+int64_t choice_forward_passes(const Gpt& model, const std::vector<ChoiceExample>& examples,
+                              size_t first, size_t stride, ChoiceMode mode) {
+  TRIAD_ASSERT(stride >= 1);
+  int64_t endings = 0, contexts = 0;
+  for (size_t e = first; e < examples.size(); e += stride) {
+    endings += int64_t(examples[e].endings.size());
+    ++contexts;
+  }
+  if (mode == ChoiceMode::batched) {  // score_batched: the model's batch of rows per pass
+    const int64_t R = model.max_batch();
+    return (endings + R - 1) / R;
+  }
+  // score_cached: the context once where the model keeps its keys and values, then each ending.
+  return endings + (model.keeps_decoded() ? contexts : 0);
+}
+
 }  // namespace triad

@@ -1,6 +1,7 @@
 // The operations of a training run's state (see trainer_state.h).
 #include "trainer_state.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cstdio>
 #include <exception>
@@ -496,18 +497,23 @@ EvalResult Trainer::State::evaluate() {
   EvalResult r = evaluate_val();
   if (!choices.empty()) {
     // Example i goes to data-parallel rank i mod dp; the counts are exact, the loss sum is
-    // rounded with the ranks' partial sums (its last bits depend on dp). Under ZeRO-3 every
-    // rank scores every example instead (dp times the work): the weight gathers are collective
-    // over the ranks, which must run the same forward passes.
+    // rounded with the ranks' partial sums (its last bits depend on dp).
     const ChoiceMode mode =
         cfg.eval.choice_mode == "cached" ? ChoiceMode::cached : ChoiceMode::batched;
-    const bool all = model->gathered_weights();
-    const ChoiceScore sc =
-        score_choices(*model, choices, all ? 0 : size_t(dp_rank), all ? 1 : size_t(dp), mode);
+    const ChoiceScore sc = score_choices(*model, choices, size_t(dp_rank), size_t(dp), mode);
+    if (model->gathered_weights()) {
+      // ZeRO-3: the weight gathers are collective over the data-parallel ranks, which must run
+      // as many forward passes as the busiest of them (every rank counts every rank's).
+      int64_t most = 0;
+      for (int r = 0; r < dp; ++r)
+        most = std::max(most, choice_forward_passes(*model, choices, size_t(r), size_t(dp), mode));
+      const int64_t mine =
+          choice_forward_passes(*model, choices, size_t(dp_rank), size_t(dp), mode);
+      for (int64_t i = mine; i < most; ++i) model->join_forward_gathers();
+    }
     double v[4] = {double(sc.correct), double(sc.correct_by_sum), sc.ending_loss_sum,
                    double(sc.endings)};
-    if (!all)
-      for (double& x : v) x = grid.dp().all_reduce_sum(x);
+    for (double& x : v) x = grid.dp().all_reduce_sum(x);
     r.choice_examples = int64_t(choices.size());
     r.choice_accuracy = v[0] / double(r.choice_examples);
     r.choice_accuracy_by_sum = v[1] / double(r.choice_examples);

@@ -51,7 +51,7 @@ def jsonl_examples(n=24, seed=0):
     return out
 
 
-def reference_score(params, examples):
+def reference_score(params, examples, cfg=CFG):
     correct = correct_sum = 0
     ending_losses = []
     for label, ctx, ends in examples:
@@ -61,7 +61,7 @@ def reference_score(params, examples):
         for e in ends:
             row = torch.tensor([ctx + e[:-1]])
             with torch.no_grad():
-                logp = torch.log_softmax(ref.forward(params, CFG, row)[0], -1)
+                logp = torch.log_softmax(ref.forward(params, cfg, row)[0], -1)
             s = -sum(logp[len(ctx) - 1 + j, t].item() for j, t in enumerate(e))
             sums.append(s)
             means.append(s / len(e))
@@ -158,7 +158,6 @@ def test_file_holds_gpt2_tokens(setup):
     (2, ("--parallel.tp", 2) + CACHED), (2, ("--parallel.pp", 2) + CACHED), (2, CACHED),
     (2, ("--parallel.tp", 2, "--parallel.sequence_parallel", 1) + CACHED),
     (4, ("--parallel.tp", 4, "--parallel.sequence_parallel", 1) + CACHED),
-    # ZeRO-3: every rank scores every example (the weight gathers are collective)
     (2, ("--parallel.zero", 3)), (2, ("--parallel.zero", 3) + CACHED)])
 def test_grids_match_the_reference(setup, ranks, grid):
     d, out, ckpt, cfg, want = setup
@@ -167,6 +166,30 @@ def test_grids_match_the_reference(setup, ranks, grid):
                        capture_output=True, text=True, env=MPI_ENV, timeout=180)
     assert p.returncode == 0, p.stdout + p.stderr
     check(parse(p.stdout), want)
+
+
+@pytest.mark.skipif(MPIRUN is None, reason="mpirun not found")
+@pytest.mark.parametrize("ranks,extra", [(2, ()), (3, CACHED), (3, CACHED + FULL)])
+def test_zero3_ranks_split_uneven_examples(setup, tmp_path, ranks, extra):
+    """ZeRO-3 gathers each layer's weights from every data-parallel rank, so the ranks must run
+    the same forward passes; the examples are still split over them: 7 examples give ranks 4 and
+    3 (2 ranks, batched: 4 and 3 passes of 4 rows) or 3, 2 and 2 (cached: a pass per context and
+    per ending, or per ending only under full recomputation), and the ranks with fewer join the
+    others' gathers. Four layers, so that every pass gathers again (three are held at a time; a
+    rank that stopped early would leave the others waiting). The scores are the reference's."""
+    d, out, _, cfg, _ = setup
+    cfg4 = ref.GptConfig(n_layer=4, n_head=4, n_embd=64, seq_len=32, vocab_size=50257)
+    ckpt = tmp_path / "model4.h5"
+    w = {k: (v * 8 if v.dim() == 2 else v) for k, v in ref.random_weights(cfg4, 12).items()}
+    ref.write_checkpoint(ckpt, cfg4, w)
+    p = subprocess.run([MPIRUN, "--oversubscribe", "-np", str(ranks), exe("triad-train"), "--config",
+                        str(cfg), "--eval-only", "--init-from", str(ckpt), "--model.n_layer", "4",
+                        "--parallel.zero", "3", "--eval.choice_examples", "7",
+                        "--train.batch_size", str(4 * ranks), *map(str, extra)],
+                       capture_output=True, text=True, env=MPI_ENV, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    _, params = ref.load_checkpoint(ckpt, dtype=torch.float64)
+    check(parse(p.stdout), reference_score(params, read_eval_file(out)[:7], cfg4), n=7)
 
 
 def test_during_training_into_metrics(setup):

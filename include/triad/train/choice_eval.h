@@ -41,4 +41,11 @@ enum class ChoiceMode { cached, batched };
 ChoiceScore score_choices(Gpt& model, const std::vector<ChoiceExample>& examples, size_t first,
                           size_t stride, ChoiceMode mode = ChoiceMode::batched);
 
+// The forward passes score_choices(model, examples, first, stride, mode) makes, known from the
+// examples alone: under ZeRO-3 the weight gathers of a forward pass are collective over the
+// data-parallel ranks, so a rank with fewer passes than another joins the rest of its gathers
+// (Gpt::join_forward_gathers) without a reduction first.
+int64_t choice_forward_passes(const Gpt& model, const std::vector<ChoiceExample>& examples,
+                              size_t first, size_t stride, ChoiceMode mode);
+
 }  // namespace triad
