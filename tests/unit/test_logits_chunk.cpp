@@ -75,15 +75,19 @@ TEST_P(LogitsChunk, ChangesMemoryNotResults) {
   auto be = make_cpu_backend();
   const Precision p = GetParam();
   const Result whole = run(*be, p, 0);
-  // bf16: the head's weight gradient is fp32 either way, the activations' rounding the same.
-  const double tol = 1e-5;
+  // bf16: the head's weight gradient is fp32 either way, the activations' rounding the same,
+  // but the BLAS may sum the classifier's input gradient in another order for another row count
+  // (OpenBLAS on an AVX-512 machine does), and one bf16 rounding that falls the other way moves
+  // the gradients below it by up to a bf16 step's share: 9e-4 seen, within 2e-3 here; a wrong or
+  // missing row moves them by far more.
+  const double tol = 1e-5, grad_tol = p == Precision::bf16 ? 2e-3 : tol;
   for (int chunk : {1, 24, 32, kN}) {
     const Result got = run(*be, p, chunk);
     for (size_t i = 0; i < whole.loss.size(); ++i)
       EXPECT_NEAR(got.loss[i], whole.loss[i], tol * std::abs(whole.loss[i])) << chunk;
     EXPECT_NEAR(got.eval_loss, whole.eval_loss, tol * std::abs(whole.eval_loss)) << chunk;
     EXPECT_EQ(got.eval_correct, whole.eval_correct) << chunk;
-    EXPECT_LT(rel(got.grads, whole.grads), tol) << chunk;
+    EXPECT_LT(rel(got.grads, whole.grads), grad_tol) << chunk;
     EXPECT_LT(rel(got.logits, whole.logits), tol) << chunk;
     const Result again = run(*be, p, chunk);
     EXPECT_EQ(again.loss, got.loss) << chunk;
