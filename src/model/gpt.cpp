@@ -146,6 +146,33 @@ ActivationSlots activation_slots(const ModelParallel& mp, const PipelineSchedule
   return a;
 }
 
+// The activation sets and gradient buffers that hold both `schedule`'s needs and each of
+// `also`'s (the most of each chunk's sets, of each peer's buffers).
+ActivationSlots activation_slots(const ModelParallel& mp, const PipelineSchedule* schedule,
+                                 const std::vector<PipelineSchedule>& also) {
+  ActivationSlots a = activation_slots(mp, schedule);
+  if (schedule == nullptr) return a;
+  for (const PipelineSchedule& s : also) {
+    const ActivationSlots b = activation_slots(mp, &s);
+    TRIAD_CHECK(b.split_backward == a.split_backward,
+                "internal error: pipeline schedules of one model split the backward pass or not "
+                "alike");
+    for (size_t c = 0; c < a.slots.size(); ++c) a.slots[c] = std::max(a.slots[c], b.slots[c]);
+    for (const auto& [peer, n] : b.grad_pools) {
+      auto it = std::find_if(a.grad_pools.begin(), a.grad_pools.end(),
+                             [peer = peer](const auto& p) { return p.first == peer; });
+      if (it == a.grad_pools.end()) {
+        a.grad_pools.emplace_back(peer, n);
+      } else {
+        it->second = std::max(it->second, n);
+      }
+    }
+  }
+  a.grad_sends = 0;
+  for (const auto& [peer, n] : a.grad_pools) a.grad_sends += n;
+  return a;
+}
+
 // The buffer for the other copy's wte gradient (ModelParallel::tied_copy: the first stage and the
 // head's, apart), floats.
 // ZeRO-2's buckets (ZeroOptions::bucketed_grads) of a one-stage layout of n floats: the
@@ -336,7 +363,7 @@ std::string Recomputation::describe(int per_chunk) const {
 
 Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
          const ModelParallel& mp, const PipelineSchedule* schedule, Precision precision,
-         ActivationOptions options, ZeroOptions zero)
+         ActivationOptions options, ZeroOptions zero, const std::vector<PipelineSchedule>& also)
     : shape_(shape),
       max_batch_(max_batch),
       be_(backend),
@@ -452,9 +479,10 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
     schedule_ = *schedule;
   }
   // Inference: one set per chunk, as without a schedule (forward passes run chunk by chunk).
-  const ActivationSlots a = activation_slots(mp, inference_ ? nullptr : schedule);
+  const ActivationSlots a = activation_slots(mp, inference_ ? nullptr : schedule, also);
   split_backward_ = a.split_backward;
   grad_pools_ = a.grad_pools;
+  planned_slots_ = a.slots;
   // The weight pass reads each layer's matmul inputs from its activation set; full
   // recomputation keeps them only in a scratch layer that the next layer's recompute overwrites.
   TRIAD_CHECK(
@@ -491,7 +519,8 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
 
 GptMemory Gpt::memory_plan(const GptShape& shape, int max_batch, int shards,
                            const ModelParallel& mp, const PipelineSchedule* schedule,
-                           Precision precision, ActivationOptions options, ZeroOptions zero) {
+                           Precision precision, ActivationOptions options, ZeroOptions zero,
+                           const std::vector<PipelineSchedule>& also) {
   const int rows = logits_chunk_rows(options, max_batch, shape, mp.cp);
   GptMemory m;
   const auto specs = gpt_rank_layout(shape, mp);
@@ -509,7 +538,7 @@ GptMemory Gpt::memory_plan(const GptShape& shape, int max_batch, int shards,
   }
   const size_t slice = m.buffer_floats / size_t(shards);
   m.weights = (zero.master ? slice : m.buffer_floats) * sizeof(float);
-  const ActivationSlots a = activation_slots(mp, options.inference ? nullptr : schedule);
+  const ActivationSlots a = activation_slots(mp, options.inference ? nullptr : schedule, also);
   m.activation_sets = a.slots;
   if (precision == Precision::bf16) {
     m.weights_bf16 = (zero.gathered_weights ? slice : m.buffer_floats) * sizeof(bf16_t) + gathered;
@@ -578,6 +607,32 @@ template <>
 const bf16_t* Gpt::weights<bf16_t>() const {
   TRIAD_ASSERT(!gathers_);
   return params_bf16_;
+}
+
+void Gpt::set_schedule(const PipelineSchedule& schedule) {
+  TRIAD_CHECK(
+      mp_.pp > 1 && !inference_ && !schedule_.empty() && schedule.placement == mp_.placement,
+      "internal error: set_schedule needs a training model of a pipeline, with the "
+      "chunks placed alike");
+  const ActivationSlots a = activation_slots(mp_, &schedule);
+  TRIAD_CHECK(a.split_backward == split_backward_, "a pipeline schedule that ",
+              a.split_backward ? "splits" : "does not split",
+              " the backward pass cannot replace one that ", split_backward_ ? "does" : "does not");
+  for (size_t c = 0; c < a.slots.size(); ++c)
+    TRIAD_CHECK(a.slots[c] <= planned_slots_[c], "the pipeline schedule keeps ", a.slots[c],
+                " micro-batches of chunk ", c, " in flight on stage ", mp_.pp_rank,
+                ", more than the ", planned_slots_[c],
+                " its memory was planned for (the full batch's schedule)");
+  // The step takes each peer's buffers in turn as the constructor's schedule had them: at least
+  // as many as this schedule was simulated with keeps it free of deadlock.
+  for (const auto& [peer, n] : a.grad_pools) {
+    const auto it = std::find_if(grad_pools_.begin(), grad_pools_.end(),
+                                 [peer = peer](const auto& p) { return p.first == peer; });
+    TRIAD_CHECK(it != grad_pools_.end() && it->second >= n, "the pipeline schedule sends ", n,
+                " gradients to stage ", peer, " in flight from stage ", mp_.pp_rank,
+                ", more than the buffers its memory was planned for");
+  }
+  schedule_ = schedule;
 }
 
 void Gpt::params_updated() {

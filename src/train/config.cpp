@@ -86,6 +86,10 @@ class KeyTable {
     add("train.steps", c.train.steps, "optimizer steps");
     add("train.batch_size", c.train.batch_size, "sequences per optimizer step (global)");
     add("train.micro_batch_size", c.train.micro_batch_size, "sequences per micro-batch per rank");
+    add("train.batch_rampup", c.train.batch_rampup,
+        "batch-size ramp-up \"START, INCREMENT, SEQUENCES\": the global batch starts at START "
+        "sequences and grows by INCREMENT in equal shares of the first SEQUENCES sequences, "
+        "train.batch_size after them (as Megatron's --rampup-batch-size); empty: none");
     add("train.lr", c.train.lr, "peak learning rate");
     add("train.warmup_steps", c.train.warmup_steps, "linear warmup steps");
     add("train.schedule", c.train.schedule, "cosine | linear | constant | wsd");
@@ -268,6 +272,53 @@ int32_t parse_document_mask(const std::string& text, int vocab_size) {
   TRIAD_CHECK(v < vocab_size, "config: data.document_mask ", v,
               " is not a token of the vocabulary (model.vocab_size ", vocab_size, ")");
   return int32_t(v);
+}
+
+BatchRampup parse_batch_rampup(const std::string& text, int batch_size) {
+  BatchRampup r;
+  if (trim_blanks(text).empty()) return r;
+  const std::string key = "config: train.batch_rampup";
+  const std::vector<std::string> items = split_comma_list(text);
+  int64_t v[3] = {0, 0, 0};
+  bool ok = items.size() == 3;
+  for (size_t i = 0; ok && i < 3; ++i) {
+    const std::string& item = items[i];
+    const auto p = std::from_chars(item.data(), item.data() + item.size(), v[i]);
+    ok = !item.empty() && p.ec == std::errc() && p.ptr == item.data() + item.size() && v[i] >= 1;
+  }
+  TRIAD_CHECK(ok, key,
+              " must be empty or \"START, INCREMENT, SEQUENCES\", three integers >= 1 (got '", text,
+              "')");
+  TRIAD_CHECK(v[0] < batch_size, key, " '", text, "' starts at ", v[0],
+              " sequences, which must be below train.batch_size (", batch_size, ")");
+  TRIAD_CHECK((batch_size - v[0]) % v[1] == 0, key, " '", text, "': train.batch_size (", batch_size,
+              ") − START (", v[0], ") must be a multiple of INCREMENT (", v[1], ")");
+  r.start = int(v[0]);
+  r.increment = int(v[1]);
+  r.sequences = v[2];
+  return r;
+}
+
+int batch_size_at(const BatchRampup& ramp, int batch_size, int64_t consumed) {
+  if (!ramp.on() || consumed >= ramp.sequences) return batch_size;
+  const int64_t n = (batch_size - ramp.start) / ramp.increment;
+  // 0 <= consumed < sequences: the quotient is below n; the product in 128 bits cannot overflow.
+  return ramp.start + ramp.increment * int(__int128(consumed) * n / ramp.sequences);
+}
+
+int64_t sequences_after_steps(const BatchRampup& ramp, int batch_size, int64_t consumed,
+                              int64_t steps) {
+  for (; steps > 0 && ramp.on() && consumed < ramp.sequences; --steps)
+    consumed += batch_size_at(ramp, batch_size, consumed);
+  return consumed + std::max<int64_t>(steps, 0) * batch_size;  // the rest at the full batch
+}
+
+std::vector<int> ramp_batch_sizes(const BatchRampup& ramp, int batch_size) {
+  std::vector<int> sizes;
+  if (ramp.on())
+    for (int b = ramp.start; b < batch_size; b += ramp.increment) sizes.push_back(b);
+  sizes.push_back(batch_size);
+  return sizes;
 }
 
 std::vector<int> parse_stage_layers(const std::string& text, int pp, int n_layer) {
@@ -571,6 +622,15 @@ void validate(const Config& c, int world_size) {
   check(t.batch_size % (t.micro_batch_size * std::max(1, dp)) == 0, "train.batch_size",
         "(" + std::to_string(t.batch_size) + ") must be divisible by micro_batch_size · dp (" +
             std::to_string(t.micro_batch_size) + " · " + std::to_string(dp) + ")");
+  // Every batch of a ramp is split as batch_size is: START and INCREMENT divisible like it.
+  const BatchRampup ramp = parse_batch_rampup(t.batch_rampup, t.batch_size);
+  if (ramp.on()) {
+    const int unit = t.micro_batch_size * std::max(1, dp);
+    check(ramp.start % unit == 0 && ramp.increment % unit == 0, "train.batch_rampup",
+          "'" + t.batch_rampup + "': START and INCREMENT must be multiples of micro_batch_size · " +
+              "dp (" + std::to_string(t.micro_batch_size) + " · " + std::to_string(dp) +
+              "), as every batch of the ramp is split into micro-batches on each rank");
+  }
   check(std::isfinite(t.lr) && t.lr >= 0, "train.lr", "must be a finite number >= 0");
   check(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0");
   check(t.schedule == "cosine" || t.schedule == "linear" || t.schedule == "constant" ||
@@ -762,11 +822,14 @@ void validate(const Config& c, int world_size) {
           par.schedule + " with parallel.virtual_stages > 1 needs parallel.pp >= 2");
     check(par.virtual_stages >= 2, "parallel.virtual_stages",
           "must be >= 2 for parallel.schedule = interleaved");
-    const int accum = t.batch_size / std::max(1, t.micro_batch_size * std::max(1, dp));
-    check(accum % par.pp == 0, "train.batch_size",
-          "gives " + std::to_string(accum) + " micro-batches per step, which " + par.schedule +
-              " with virtual stages needs to be a multiple of parallel.pp (" +
-              std::to_string(par.pp) + ")");
+    for (int b : ramp_batch_sizes(ramp, t.batch_size)) {
+      const int accum = b / std::max(1, t.micro_batch_size * std::max(1, dp));
+      check(accum % par.pp == 0, b == t.batch_size ? "train.batch_size" : "train.batch_rampup",
+            "gives " + std::to_string(accum) + " micro-batches per step" +
+                (b == t.batch_size ? "" : " at a batch of " + std::to_string(b)) + ", which " +
+                par.schedule + " with virtual stages needs to be a multiple of parallel.pp (" +
+                std::to_string(par.pp) + ")");
+    }
   } else if (par.schedule == "zb-v") {
     check(par.pp >= 2, "parallel.schedule",
           "zb-v needs parallel.pp >= 2 (its V runs down the pipeline ranks and back up)");

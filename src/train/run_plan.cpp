@@ -97,6 +97,21 @@ ActivationOptions activation_options(const Config& cfg) {
 
 bool zero_gathers_bf16(const Config& cfg) { return cfg.bf16(); }
 
+std::map<int, PipelineSchedule> pipeline_schedules(const Config& cfg, int dp) {
+  std::map<int, PipelineSchedule> out;
+  const int pp = cfg.parallel.pp, v = cfg.parallel.virtual_stages;
+  if (pp == 1) return out;
+  const ScheduleKind kind = parse_schedule_kind(cfg.parallel.schedule);
+  for (int b : ramp_batch_sizes(parse_batch_rampup(cfg.train.batch_rampup, cfg.train.batch_size),
+                                cfg.train.batch_size)) {
+    const int m = b / (cfg.train.micro_batch_size * dp);
+    PipelineSchedule s = make_schedule(kind, pp, m, v);
+    check_schedule(s, pp, m, v);
+    out.emplace(m, std::move(s));
+  }
+  return out;
+}
+
 ZeroOptions zero_options(const Config& cfg, int shard) {
   ZeroOptions z;
   if (cfg.parallel.zero == 0) return z;
@@ -124,10 +139,16 @@ RunPlan plan_run(const Config& cfg, int world_size) {
   p.recompute = options.recompute;
   const GptShape shape = gpt_shape(cfg);
   const int v = cfg.parallel.virtual_stages;
+  // The full batch's schedule, and those of a batch-size ramp's smaller batches
+  // (train.batch_rampup) whose activations the memory holds too.
   PipelineSchedule schedule;
-  if (p.grid.pp > 1)
-    schedule =
-        make_schedule(parse_schedule_kind(cfg.parallel.schedule), p.grid.pp, p.micro_batches, v);
+  std::vector<PipelineSchedule> ramp;
+  for (auto& [m, s] : pipeline_schedules(cfg, p.grid.dp)) {
+    if (m == p.micro_batches)
+      schedule = s;
+    else
+      ramp.push_back(s);
+  }
   for (int stage = 0; stage < p.grid.pp; ++stage) {
     const ModelParallel mp = model_parallel(cfg, stage, 0);  // every tp rank holds the same sizes
     StageMemory m;
@@ -137,7 +158,7 @@ RunPlan plan_run(const Config& cfg, int world_size) {
     for (const auto& s : specs) m.parameters += int64_t(s.numel);
     m.model = Gpt::memory_plan(shape, p.micro_batch_size, replicas, mp,
                                p.grid.pp > 1 ? &schedule : nullptr, p.precision, options,
-                               zero_options(cfg, 0));
+                               zero_options(cfg, 0), ramp);
     // The trainer's optimizer and ZeRO slice (Trainer::State::setup_model).
     const bool zero = cfg.parallel.zero >= 1;
     const size_t range = zero ? m.model.buffer_floats / size_t(replicas) : m.model.buffer_floats;
@@ -265,6 +286,9 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
      << cfg.train.batch_size << " x " << cfg.model.seq_len << " tokens: " << p.micro_batches
      << (p.micro_batches == 1 ? " micro-batch" : " micro-batches") << " of " << p.micro_batch_size
      << " sequences per data-parallel rank";
+  // The memory holds every batch's schedule; the step time below is the full batch's.
+  if (parse_batch_rampup(cfg.train.batch_rampup, cfg.train.batch_size).on())
+    os << " (batch ramped up: " << cfg.train.batch_rampup << ")";
   if (g.pp > 1)
     os << " | schedule " << cfg.parallel.schedule
        << (cfg.parallel.virtual_stages > 1

@@ -251,7 +251,7 @@ TrainOutcome Trainer::run() {
         run_path + "/metrics.h5", a, resumed ? s.step : int64_t(-1), set_names,
         cfg.train.norms_every > 0 ? s.norm_groups() : std::vector<std::string>{});
   }
-  const int accum = cfg.train.batch_size / (mbs * s.grid.shape().dp);
+  const int full_accum = cfg.train.batch_size / (mbs * s.grid.shape().dp);
   {
     // Memory of the most loaded rank (stages differ: the last one holds the head and its logits).
     auto largest = [&s](size_t bytes) {
@@ -280,8 +280,12 @@ TrainOutcome Trainer::run() {
                          s.model->parallel().most_chunk_layers(s.model->shape().n_layer)) +
                      ")")
        << ", in all " << all_mb << " MB | batch " << cfg.train.batch_size << " x " << T
-       << " tokens, " << accum << " micro-batches of " << mbs << " | train "
-       << s.train_data->num_sequences() << " sequences"
+       << " tokens, " << full_accum << " micro-batches of " << mbs
+       << (s.ramp.on() ? " (ramped up from " + std::to_string(s.ramp.start) + " by " +
+                             std::to_string(s.ramp.increment) + " over the first " +
+                             std::to_string(s.ramp.sequences) + " sequences)"
+                       : std::string())
+       << " | train " << s.train_data->num_sequences() << " sequences"
        << (s.train_data->datasets() > 1
                ? " in " + std::to_string(s.train_data->datasets()) + " blended datasets"
                : std::string())
@@ -302,9 +306,12 @@ TrainOutcome Trainer::run() {
     s.say("train.profile_step " + std::to_string(cfg.train.profile_step) +
           " was run before this resumed run's step " + std::to_string(s.step + 1) +
           ": no pipeline trace");
-  const double tokens_per_step = double(cfg.train.batch_size) * T;
   Timer run_timer;
   const int64_t first_step = s.step;
+  // The run's last sequence count, for the ETA by tokens (a ramp's steps grow).
+  const int64_t last_consumed =
+      sequences_after_steps(s.ramp, cfg.train.batch_size, s.consumed, cfg.train.steps - s.step);
+  const int64_t first_consumed = s.consumed;
   s.grid.dp().reset_stats();
   s.grid.cp().reset_stats();
   s.grid.tp().reset_stats();
@@ -313,19 +320,22 @@ TrainOutcome Trainer::run() {
     Timer step_timer;
     const int64_t st = s.step;
     const double lr = lr_at(cfg.train, st);
+    // The step's global batch (train.batch_rampup) in micro-batches of mbs on each rank.
+    const int batch = s.batch_size_now(), accum = s.micro_batches(batch);
+    const double tokens_per_step = double(batch) * T;
+    s.use_schedule(accum);
     s.model->zero_grads();
     double loss_sum = 0;
     // This rank's share of the global batch: sequences [dp_rank·B/dp, (dp_rank+1)·B/dp) of
     // the step, in micro-batches; the gradient is the sum over ranks of the local sums, each
     // counted target weighted 1/counted, i.e. exactly the global mean.
-    const int64_t base = s.position + int64_t(s.dp_rank) * (cfg.train.batch_size / s.dp);
+    const int64_t base = s.position + int64_t(s.dp_rank) * (batch / s.dp);
     // The mean is over the global batch's targets that count (all B·T of them without loss
     // masks), which every rank counts alike from the masks; a batch with none has no loss (NaN)
     // and gets no update.
-    const double counted =
-        s.train_data->masked_shards() > 0
-            ? double(s.train_data->counted_targets(s.position, int(cfg.train.batch_size)))
-            : tokens_per_step;
+    const double counted = s.train_data->masked_shards() > 0
+                               ? double(s.train_data->counted_targets(s.position, batch))
+                               : tokens_per_step;
     const float dloss_scale = counted > 0 ? float(1.0 / counted) : 0.0f;
     const bool zero = cfg.parallel.zero >= 1;
     if (s.grid.shape().pp > 1) {
@@ -446,7 +456,8 @@ TrainOutcome Trainer::run() {
       }
       s.model->sync_tied_embedding(!gather_bf16);
     }
-    s.position += cfg.train.batch_size;
+    s.position += batch;
+    s.consumed += batch;
     s.step = st + 1;
     s.be->synchronize();
     const double dt = step_timer.seconds();
@@ -465,22 +476,22 @@ TrainOutcome Trainer::run() {
     // MFU per device: the achieved rate of one rank over its peak.
     const double mfu = tps / s.grid.world_size() * s.model->flops_per_token() / s.peak_flops;
     if (s.metrics)
-      s.metrics->append(TrainRow{st, loss, lr, norm, tps, mfu, dt * 1e3,
-                                 s.step * int64_t(tokens_per_step), skip ? 1.0 : 0.0});
+      s.metrics->append(
+          TrainRow{st, loss, lr, norm, tps, mfu, dt * 1e3, s.consumed * T, skip ? 1.0 : 0.0});
     TRIAD_CHECK(skip || std::isfinite(loss), "training diverged: loss is ", loss, " at step ", st,
                 " (lower train.lr or check the data)");
     TRIAD_CHECK(s.skipped_in_a_row < cfg.train.skip_window, "training diverged: the last ",
                 s.skipped_in_a_row, " steps (train.skip_window) were all skipped, up to step ",
                 st + 1, " (loss ", loss, ", grad norm ", norm, ")");
     if (st % cfg.train.log_every == 0 || s.step == cfg.train.steps) {
-      const double per_step = run_timer.seconds() / double(s.step - first_step);
+      const double per_sequence = run_timer.seconds() / double(s.consumed - first_consumed);
       std::ostringstream os;
       os << "step " << std::setw(5) << s.step << "/" << cfg.train.steps << " | loss " << std::fixed
          << std::setprecision(4) << loss << " | lr " << std::scientific << std::setprecision(2)
          << lr << " | norm " << std::fixed << std::setprecision(3) << norm << " | "
          << std::setprecision(0) << tps << " tok/s | MFU " << std::setprecision(1) << mfu * 100
          << "% | " << std::setprecision(0) << dt * 1e3 << " ms | ETA "
-         << format_duration(per_step * double(cfg.train.steps - s.step));
+         << format_duration(per_sequence * double(last_consumed - s.consumed));
       s.say(os.str());
     }
     const bool last = s.step == cfg.train.steps;

@@ -109,17 +109,23 @@ void Trainer::State::setup_model() {
   mp.pp_comm = &grid.pp();
   mp.cp_rank = grid.cp_rank();
   mp.cp_comm = &grid.cp();
+  ramp = parse_batch_rampup(cfg.train.batch_rampup, cfg.train.batch_size);
+  // The full batch's schedule, and a ramp's smaller batches' (the memory holds each of them).
+  schedules = pipeline_schedules(cfg, dp);
   PipelineSchedule schedule;
-  if (mp.pp > 1) {
-    const ScheduleKind kind = parse_schedule_kind(cfg.parallel.schedule);
-    schedule = make_schedule(kind, mp.pp, accum, mp.virtual_stages);
-    check_schedule(schedule, mp.pp, accum, mp.virtual_stages);
+  std::vector<PipelineSchedule> also;
+  for (const auto& [m, s] : schedules) {
+    if (m == accum)
+      schedule = s;
+    else
+      also.push_back(s);
   }
   ZeroOptions zero = zero_options(cfg, replica_rank);
   zero.comm = &grid.dp();  // the replicas: ZeRO-3 gathers the weights from their slices
   model = std::make_unique<Gpt>(
       model_shape(), mbs, *be, replicas, mp, mp.pp > 1 ? &schedule : nullptr,
-      cfg.bf16() ? Precision::bf16 : Precision::fp32, activation_options(cfg), zero);
+      cfg.bf16() ? Precision::bf16 : Precision::fp32, activation_options(cfg), zero, also);
+  schedule_m = accum;
   const size_t S = model->buffer_floats() / size_t(replicas);
   shard_lo = size_t(replica_rank) * S;
   shard_hi = shard_lo + S;
@@ -280,7 +286,7 @@ std::vector<TensorGroup> Trainer::State::groups(bool with_optimizer, bool for_sa
 CheckpointState Trainer::State::checkpoint_state() const {
   CheckpointState st;
   st.step = step;
-  st.tokens_seen = step * int64_t(cfg.train.batch_size) * cfg.model.seq_len;
+  st.tokens_seen = consumed * cfg.model.seq_len;
   const int64_t n = train_data ? train_data->num_sequences() : 1;
   st.next_sequence = position % n;
   st.epoch = position / n;
@@ -456,6 +462,12 @@ void Trainer::State::load_from(const std::string& path, bool resume) {
   TRIAD_CHECK(st.next_sequence >= 0 && st.epoch >= 0, "checkpoint ", path,
               ": negative loader position");
   position = st.epoch * n + st.next_sequence;
+  // The sequences trained on, which a batch-size ramp-up follows (the loader's position does not
+  // count them where the data changed between the runs).
+  TRIAD_CHECK(st.tokens_seen >= 0 && st.tokens_seen % cfg.model.seq_len == 0, "checkpoint ", path,
+              ": tokens_seen (", st.tokens_seen, ") is not a whole number of sequences of ",
+              cfg.model.seq_len, " tokens");
+  consumed = st.tokens_seen / cfg.model.seq_len;
   loss_window.restore(st.loss_window);
   norm_window.restore(st.norm_window);
   skipped_in_a_row = st.skipped_in_a_row;
@@ -483,6 +495,18 @@ void Trainer::State::open_val() {
   if (!cfg.data.val.empty()) val_src = open(cfg.data.val, "data.val");
   for (const auto& [name, glob] : parse_val_sets(cfg.eval.sets))
     val_sets.emplace_back(name, open(glob, "eval.sets (" + name + ")"));
+}
+
+int Trainer::State::batch_size_now() const {
+  // From the sequences trained on (0 at a fresh start or --init-from, the checkpoint's
+  // tokens_seen on resume), so a resumed ramp continues exactly.
+  return batch_size_at(ramp, cfg.train.batch_size, consumed);
+}
+
+void Trainer::State::use_schedule(int m) {
+  if (grid.shape().pp == 1 || m == schedule_m) return;
+  model->set_schedule(schedules.at(m));
+  schedule_m = m;
 }
 
 void Trainer::State::open_choices() {

@@ -13,6 +13,7 @@
 #include <fstream>
 #include <iomanip>
 #include <iostream>
+#include <map>
 #include <sstream>
 
 #include "triad/core/error.h"
@@ -53,6 +54,7 @@ struct Trainer::State {
   std::ofstream log;
   int64_t step = 0;      // updates applied
   int64_t position = 0;  // absolute position of the next training sequence
+  int64_t consumed = 0;  // sequences trained on (a checkpoint's tokens_seen / seq_len)
   // The z-scores of update skipping: the last train.skip_window losses and gradient norms.
   OutlierWindow loss_window{size_t(cfg.train.skip_window)},
       norm_window{size_t(cfg.train.skip_window)};
@@ -75,8 +77,19 @@ struct Trainer::State {
   std::vector<std::vector<float>> host_slots;
   double peak_flops = 0;
   std::vector<int32_t> inputs, targets;
+  // train.batch_rampup, and (pp > 1) the pipeline schedule of each of its batches' micro-batch
+  // counts, checked against the model's memory at set-up.
+  BatchRampup ramp;
+  std::map<int, PipelineSchedule> schedules;
+  int schedule_m = 0;  // the micro-batches of the schedule the model runs
 
   State(MPI_Comm world, const CommandLine& c);
+
+  // The global batch of the next step (train.batch_rampup) and its micro-batches per rank.
+  int batch_size_now() const;
+  int micro_batches(int batch) const { return batch / (cfg.train.micro_batch_size * dp); }
+  // pp > 1: the model runs the schedule for m micro-batches from the next step on.
+  void use_schedule(int m);
 
   bool root() const { return grid.is_root(); }
 

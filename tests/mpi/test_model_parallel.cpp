@@ -220,6 +220,46 @@ TEST(ModelParallel, EveryGridMatchesOneRank) {
 
 void expect_close_losses(const Result& a, const Result& b, double rel, const std::string& what);
 
+// train.batch_rampup "4, 4, 24" under the full batch of 16: steps of 4, 4, 8, 12, 16 and 16
+// sequences (Megatron's rule: an increment at each of 3 equal shares of the first 24), so each
+// grid runs 1 to 4 micro-batches per rank as the batch grows, and pipelines switch between their
+// schedules of as many. Every grid follows the single-rank ramp to fp32 rounding; a run resumed
+// from its checkpoint of step 3 (16 sequences trained, the next batch 12) continues it bit for
+// bit, and on another grid to fp32 rounding.
+TEST(ModelParallel, BatchRampupMatchesOneRankAndResumesExactly) {
+  const std::string dir = shared_dir("rampup");
+  const std::vector<std::string> ramp = {"--train.batch_rampup", "4, 4, 24"};
+  auto with = [&](std::vector<std::string> a) {
+    a.insert(a.end(), ramp.begin(), ramp.end());
+    return a;
+  };
+  const Result ref = run(dir, "ref", Grid{1, 1, 1, 0, 4}, with({"--resume", "none"}));
+  ASSERT_EQ(ref.losses.size(), 6u);
+  // Not the full batch's training: the first steps see fewer sequences.
+  const Result plain = run(dir, "plain", Grid{1, 1, 1, 0, 4});
+  EXPECT_NE(plain.losses[1], ref.losses[1]);
+  // dp, tp, pp, zero, accum (at the full batch), schedule, v
+  const std::vector<Grid> grids = {{2, 1, 1, 1, 4, "1f1b", 1},        {2, 1, 1, 3, 4, "1f1b", 1},
+                                   {1, 2, 1, 0, 4, "1f1b", 1, true},  {1, 1, 2, 0, 4, "1f1b", 1},
+                                   {1, 1, 2, 1, 8, "interleaved", 2}, {2, 1, 2, 0, 4, "zb-h1", 1},
+                                   {1, 1, 2, 0, 4, "zb-v", 2},        {2, 2, 2, 1, 4, "1f1b", 1}};
+  for (const Grid& g : grids) {
+    if (g.ranks() > world_size()) continue;
+    expect_same_training(run(dir, g.name(), g, with({"--resume", "none"})), ref, g.name());
+  }
+  const Grid pipe{2, 1, 2, 1, 4, "1f1b", 1};
+  if (pipe.ranks() > world_size()) return;
+  const Result full = run(dir, "full", pipe, with({"--resume", "none"}));
+  const std::string ckpt = dir + "/runs/full/ckpt/step_00000003.h5";
+  Result tail = full;
+  tail.losses.erase(tail.losses.begin(), tail.losses.begin() + 3);
+  const Result same = run(dir, "same", pipe, with({"--resume", ckpt}));
+  EXPECT_EQ(same.losses, tail.losses) << "resumed mid-ramp on the same grid";
+  EXPECT_EQ(same.params, full.params) << "resumed mid-ramp on the same grid: bit-identical";
+  const Result one = run(dir, "one", Grid{1, 1, 1, 0, 4}, with({"--resume", ckpt}));
+  expect_same_training(one, tail, "resumed mid-ramp on one rank");
+}
+
 // Context parallelism (parallel.cp): each rank holds two pieces of every sequence and gathers the
 // others' keys and values. Alone and with data (ZeRO-1), tensor (sequence parallel), pipeline
 // (1F1B and zero bubble) parallelism, with full recomputation, for GPT-2's blocks and for Llama's
@@ -757,7 +797,10 @@ TEST(ModelParallel, MemoryPlanEqualsWhatEachRankAllocates) {
       {{2, 1, 1, 3, 2, "1f1b", 1}, "bf16"},
       {{2, 2, 1, 3, 1, "1f1b", 1, true}, "fp32"},
       {{1, 1, 1, 3, 2, "1f1b", 1, false, 2}, "rope"},
-      {{4, 1, 1, 3, 1, "1f1b", 1}, "untied"}};
+      {{4, 1, 1, 3, 1, "1f1b", 1}, "untied"},
+      // A batch-size ramp: the interleaved schedule of its first batch (2 micro-batches) keeps
+      // more of chunk 1 in flight on stage 1 than the full batch's (8), fp32.
+      {{1, 1, 2, 1, 8, "interleaved", 2}, "rampup"}};
   for (const auto& [g, variant] : grids) {
     if (g.ranks() > world_size()) continue;
     const std::string name = "plan_" + g.name() + "_" + variant;
@@ -766,19 +809,20 @@ TEST(ModelParallel, MemoryPlanEqualsWhatEachRankAllocates) {
     const bool muon = variant == "muon", rope = variant == "rope", rmsnorm = variant == "rmsnorm";
     const bool swiglu = variant == "swiglu";  // its wider c_fc outputs, bf16
     const bool untied = variant == "untied";  // lm_head, no tied-gradient scratch, fp32
-    const std::string precision = muon || rope || swiglu ? "bf16"
-                                  : rmsnorm || untied    ? "fp32"
-                                                         : variant;
-    const auto args =
-        grid_args(dir, name, g,
-                  {"--resume", "none", "--train.steps", "1", "--run.precision", precision,
-                   "--checkpoint.every", "0", "--optim.name", muon ? "muon" : "adamw",
-                   "--model.position", rope ? "rope" : "learned", "--model.norm",
-                   rmsnorm ? "rmsnorm" : "layernorm", "--model.mlp", swiglu ? "swiglu" : "gelu",
-                   "--model.tie_embeddings", untied ? "false" : "true",
-                   // Context parallel: no evaluation, whose forward passes gather keys too; nor
-                   // under ZeRO-3, whose gathers of the weights it would count.
-                   "--eval.sequences", g.cp > 1 || g.zero == 3 ? "0" : "20"});
+    const bool rampup = variant == "rampup";
+    const std::string precision = muon || rope || swiglu        ? "bf16"
+                                  : rmsnorm || untied || rampup ? "fp32"
+                                                                : variant;
+    const auto args = grid_args(
+        dir, name, g,
+        {"--resume", "none", "--train.steps", "1", "--run.precision", precision,
+         "--checkpoint.every", "0", "--optim.name", muon ? "muon" : "adamw", "--model.position",
+         rope ? "rope" : "learned", "--model.norm", rmsnorm ? "rmsnorm" : "layernorm",
+         "--model.mlp", swiglu ? "swiglu" : "gelu", "--model.tie_embeddings",
+         untied ? "false" : "true", "--train.batch_rampup", rampup ? "4, 4, 24" : "",
+         // Context parallel: no evaluation, whose forward passes gather keys too; nor
+         // under ZeRO-3, whose gathers of the weights it would count.
+         "--eval.sequences", g.cp > 1 || g.zero == 3 ? "0" : "20"});
     std::vector<const char*> argv;
     for (const auto& a : args) argv.push_back(a.c_str());
     const RunPlan plan =

@@ -36,6 +36,10 @@ TOL_TENSOR = 1e-5
 # After 10 fp32 optimizer steps the losses agree to ~1e-8 here; 1e-4 would miss real bugs
 # (weight decay on every parameter or on none, lr 0.1% off: 1e-5 .. 6e-5), so 1e-6.
 TOL_TRAIN = 1e-6
+# The gradient norm drifts more than the loss over the steps (a norm of a sum of nearly cancelling
+# terms): up to 1.3e-6 seen after 10 steps where the BLAS sums in another order (OpenBLAS on an
+# AVX-512 machine), so 4 times the loss's tolerance (which still catches the bugs above).
+NORM_OVER_LOSS_TOL = 4
 # Final weights: rms(triad - reference) / rms(reference update); ~2e-4 seen (Adam amplifies
 # fp32 noise of near-zero gradient elements), the bugs above give 1.3e-3 .. 0.26.
 TOL_WEIGHTS = 1e-3
@@ -506,7 +510,7 @@ def compare_training(p: Prepared, tmp_path: Path, sections: dict, label: str,
 
     assert err_lr <= 1e-12, f"lr schedule differs (rel {err_lr:.2e})"
     assert err_loss <= tol_train, f"train loss differs (rel {err_loss:.2e})"
-    assert err_norm <= tol_train, f"grad norm differs (rel {err_norm:.2e})"
+    assert err_norm <= NORM_OVER_LOSS_TOL * tol_train, f"grad norm differs (rel {err_norm:.2e})"
     assert err_val <= tol_train, f"val loss differs (rel {err_val:.2e})"
     assert err_acc <= 2.5, f"val accuracy differs by {err_acc:.1f} tokens"
     bad = [(k, e) for k, e in worst if not e <= TOL_WEIGHTS]
@@ -577,6 +581,44 @@ def test_blended_datasets_train_as_the_documented_order(tmp_root, tmp_path):
         return torch.tensor(np.stack(xs)), torch.tensor(np.stack(ys))
 
     compare_training(p, tmp_path, sections, "blend", batch_of_step)
+
+
+def ramp_batch(start: int, increment: int, sequences: int, full: int, consumed: int) -> int:
+    """Megatron's batch-size ramp-up, written here from its description: the batch grows from
+    `start` by `increment` at each of (full - start) / increment equal shares of the first
+    `sequences` sequences, then stays at `full`."""
+    if consumed >= sequences:
+        return full
+    per_increment = sequences / ((full - start) // increment)
+    return start + increment * int(consumed // per_increment)
+
+
+@pytest.mark.parametrize("name", ["oddshapes", "llama"])
+def test_batch_rampup_trains_as_the_documented_order(name, tmp_root, tmp_path):
+    """train.batch_rampup: the global batch of each step from the sequences trained before it,
+    the steps reading the data in order; the reference trains on the same batches (its loss the
+    mean over each step's own batch, the data wrapping at the shard's end)."""
+    case = next(c for c in CASES if c.name == name)
+    p = prepare(case, tmp_root)
+    mb, T = case.micro_batch, case.cfg.seq_len
+    full, ramp = 4 * mb, (mb, mb, 6 * mb)
+    sections = config_sections(case, p.dir, train__batch_size=full,
+                               train__grad_clip=GRAD_CLIP[case.name],
+                               train__batch_rampup=", ".join(map(str, ramp)))
+    first, consumed = [], 0
+    for _ in range(sections["train"]["steps"]):
+        first.append(consumed)
+        consumed += ramp_batch(*ramp, full, consumed)
+    sizes = [b - a for a, b in zip(first, first[1:] + [consumed])]
+    assert sizes == [mb, mb, 2 * mb, 3 * mb] + [full] * 6  # every stage of the ramp is met
+    assert consumed > case.train_sequences  # and the data wraps
+
+    def batch_of_step(s):
+        return ref.batch(p.train_tokens, first[s], sizes[s], T)
+
+    compare_training(p, tmp_path, sections, "rampup", batch_of_step)
+    m = ref.read_metrics(tmp_path / "runs" / "ref" / "metrics.h5")
+    np.testing.assert_array_equal(m["train/tokens"], np.cumsum(sizes) * T)
 
 
 @pytest.mark.parametrize("name", ["oddshapes", "llama"])

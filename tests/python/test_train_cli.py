@@ -623,8 +623,10 @@ def test_damaged_checkpoints(tmp_path):
         f["x"] = np.zeros(3)
     assert_clean_error(train("--config", cfg, "--resume", foreign), "foreign.h5")
     # The update-skipping state of the root attributes, of the wrong kind.
+    # ... and the tokens trained on (where a batch-size ramp continues): whole sequences only.
     for attr, value in (("loss_window", "not numbers"), ("grad_norm_window", np.zeros((2, 2))),
-                        ("skipped_in_a_row", 1.5)):
+                        ("skipped_in_a_row", 1.5), ("tokens_seen", np.int64(-32)),
+                        ("tokens_seen", np.int64(33))):
         bad = tmp_path / f"bad_{attr}.h5"
         bad.write_bytes(good.read_bytes())
         with h5py.File(bad, "r+") as f:

@@ -240,6 +240,56 @@ TEST(Config, DocumentMaskIsNoneOrATokenOfTheVocabulary) {
   EXPECT_FALSE(gpt_shape(parse({}).config).reset_positions);
 }
 
+// train.batch_rampup: Megatron's rule, and one error naming the key for every bad value.
+TEST(Config, BatchRampupFollowsMegatronsRuleAndIsChecked) {
+  const std::vector<std::string> full = {"--train.batch_size", "64", "--train.micro_batch_size",
+                                         "4"};
+  auto with = [&](const std::string& ramp) {
+    std::vector<std::string> a = full;
+    a.insert(a.end(), {"--train.batch_rampup", ramp});
+    return a;
+  };
+  EXPECT_EQ(error_of(with("16, 16, 300")), "");
+  EXPECT_EQ(error_of(with(" 16 ,16,300 ")), "");
+  EXPECT_EQ(error_of(with("")), "");
+  // 3 increments over 300 sequences: 100 each; batch_size from the 300th on.
+  const BatchRampup r = parse_batch_rampup("16, 16, 300", 64);
+  ASSERT_TRUE(r.on());
+  const std::vector<std::pair<int64_t, int>> want = {{0, 16},   {99, 16},  {100, 32}, {199, 32},
+                                                     {200, 48}, {299, 48}, {300, 64}, {10000, 64}};
+  for (const auto& [consumed, batch] : want)
+    EXPECT_EQ(batch_size_at(r, 64, consumed), batch) << consumed;
+  EXPECT_EQ(ramp_batch_sizes(r, 64), (std::vector<int>{16, 32, 48, 64}));
+  EXPECT_EQ(ramp_batch_sizes(BatchRampup{}, 64), (std::vector<int>{64}));
+  EXPECT_EQ(batch_size_at(BatchRampup{}, 64, 0), 64);
+  // The steps' batches: 16 ×7 (112), 32 ×3 (208), 48 ×2 (304), then 64.
+  EXPECT_EQ(sequences_after_steps(r, 64, 0, 7), 112);
+  EXPECT_EQ(sequences_after_steps(r, 64, 0, 12), 304);
+  EXPECT_EQ(sequences_after_steps(r, 64, 0, 14), 304 + 128);
+  EXPECT_EQ(sequences_after_steps(BatchRampup{}, 64, 5, 3), 5 + 192);
+  // Increments a large ramp's product would overflow in 64 bits: still the rule.
+  const BatchRampup big = parse_batch_rampup("1, 1, 4000000000000", 1 << 30);
+  EXPECT_EQ(batch_size_at(big, 1 << 30, 2000000000000), 1 + ((1 << 30) - 1) / 2);
+  for (const char* bad : {"16", "16, 16", "16, 16, 300, 1", "0, 16, 300", "16, 0, 300", "16, 16, 0",
+                          "x, 16, 300", "16, 16, -3", "16,,300", "1e2, 16, 300"}) {
+    const std::string e = error_of(with(bad));
+    EXPECT_NE(e.find("train.batch_rampup"), std::string::npos) << bad << ": " << e;
+  }
+  // START below batch_size, batch_size − START whole increments, each batch splittable.
+  EXPECT_NE(error_of(with("64, 16, 300")).find("below train.batch_size"), std::string::npos);
+  EXPECT_NE(error_of(with("16, 20, 300")).find("multiple of INCREMENT"), std::string::npos);
+  EXPECT_NE(error_of(with("4, 4, 300"), 2).find("multiples of micro_batch_size · dp (4 · 2)"),
+            std::string::npos);
+  EXPECT_EQ(error_of(with("4, 4, 300"), 1), "");
+  // Interleaved schedules need each batch's micro-batches a multiple of pp.
+  std::vector<std::string> inter = with("8, 8, 300");
+  inter.insert(inter.end(), {"--model.n_layer", "8", "--parallel.pp", "4", "--parallel.schedule",
+                             "interleaved", "--parallel.virtual_stages", "2"});
+  const std::string e = error_of(inter, 4);
+  EXPECT_NE(e.find("train.batch_rampup"), std::string::npos) << e;
+  EXPECT_NE(e.find("at a batch of 8"), std::string::npos) << e;
+}
+
 TEST(Config, SlidingWindowIsACountOfKeys) {
   EXPECT_EQ(error_of({"--model.sliding_window", "256"}), "");
   EXPECT_NE(error_of({"--model.sliding_window", "-1"}).find("model.sliding_window"),

@@ -362,10 +362,13 @@ class Gpt {
   // this rank holds. `schedule` (pp > 1) is the pipeline schedule pipeline_step() will run: it
   // sizes the activation sets (one per micro-batch a chunk keeps in flight) and the buffers of
   // outgoing gradients; without one, each chunk gets one activation set. `zero`: what ZeRO
-  // keeps of the master weights and gradients (ZeroOptions).
+  // keeps of the master weights and gradients (ZeroOptions). `also`: the schedules set_schedule
+  // may switch to (a batch-size ramp's, of other micro-batch counts), whose needs the activation
+  // sets and gradient buffers cover as well.
   Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards = 1,
       const ModelParallel& mp = {}, const PipelineSchedule* schedule = nullptr,
-      Precision precision = Precision::fp32, ActivationOptions options = {}, ZeroOptions zero = {});
+      Precision precision = Precision::fp32, ActivationOptions options = {}, ZeroOptions zero = {},
+      const std::vector<PipelineSchedule>& also = {});
   ~Gpt();
   // What the constructor with these arguments allocates, without allocating it (planning a
   // grid's memory before a job runs); equal to the backend's allocations, tested.
@@ -373,7 +376,8 @@ class Gpt {
                                const ModelParallel& mp = {},
                                const PipelineSchedule* schedule = nullptr,
                                Precision precision = Precision::fp32,
-                               ActivationOptions options = {}, ZeroOptions zero = {});
+                               ActivationOptions options = {}, ZeroOptions zero = {},
+                               const std::vector<PipelineSchedule>& also = {});
   // ZeRO-3: the buffer elements gathered in a training step of m micro-batches (after an update
   // nothing is held): the embeddings', ln_f's and the head's once; each layer's before its
   // forward and again before its backward, less those the three layer buffers still hold (the
@@ -482,6 +486,11 @@ class Gpt {
   // end is when the device finished. One step only; null: none.
   void trace_next_step(std::vector<ComputeInterval>* out) { trace_ = out; }
   const PipelineSchedule& schedule() const { return schedule_; }  // pp > 1
+  // pp > 1: the schedule the next pipeline_step calls run, for another number of micro-batches
+  // (a batch-size ramp-up: one of the constructor's `also`). Throws triad::Error unless the
+  // memory planned holds it: as many activation sets in flight per chunk at most, as many
+  // outgoing gradient buffers per peer at least, the same kind of backward pass.
+  void set_schedule(const PipelineSchedule& schedule);
   // After an optimizer update (pp > 1): the first stage's wte overwrites the last stage's copy.
   // Both received the same summed gradient, but a data-parallel reduction may round the two
   // copies' gradients differently (they sit at different offsets of differently sized buffers),
@@ -737,7 +746,8 @@ class Gpt {
   bool split_backward_ = false;  // the schedule has weight passes (zero bubble)
   // The outgoing gradients' buffers per peer (peer, count), in the activations' grad_sends order.
   std::vector<std::pair<int, int>> grad_pools_;
-  bool inference_ = false;   // ActivationOptions::inference
+  std::vector<int> planned_slots_;  // activation sets per chunk (the constructor's schedule)
+  bool inference_ = false;          // ActivationOptions::inference
   int logits_rows_ = 0;      // the classifier's chunk: ActivationOptions::logits_chunk, resolved
   float* params_ = nullptr;  // master weights [master_begin_, master_end_) of the buffer
   size_t master_begin_ = 0, master_end_ = 0;

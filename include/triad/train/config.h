@@ -37,6 +37,10 @@ struct ModelConfig {
 struct TrainConfig {
   int64_t steps = 1000;
   int batch_size = 8, micro_batch_size = 8;
+  // Batch-size ramp-up (Megatron's --rampup-batch-size): "START, INCREMENT, SEQUENCES" makes the
+  // global batch START sequences at first, growing by INCREMENT in equal shares of the first
+  // SEQUENCES sequences trained on, batch_size after them (batch_size_at); "" none.
+  std::string batch_rampup;
   double lr = 6e-4;
   int64_t warmup_steps = 0;
   std::string schedule = "cosine";  // cosine | linear | constant | wsd
@@ -188,6 +192,25 @@ struct CommandLine {
 // parallel.stage_layers as pp counts summing to n_layer ("7,7,7,3", spaces allowed); throws
 // triad::Error naming the key otherwise.
 std::vector<int> parse_stage_layers(const std::string& text, int pp, int n_layer);
+// train.batch_rampup parsed ("" gives start = 0: none); throws triad::Error naming the key when
+// it is not three integers START >= 1, INCREMENT >= 1, SEQUENCES >= 1 with START < batch_size
+// and batch_size − START a multiple of INCREMENT.
+struct BatchRampup {
+  int start = 0, increment = 0;
+  int64_t sequences = 0;
+  bool on() const { return start > 0; }
+};
+BatchRampup parse_batch_rampup(const std::string& text, int batch_size);
+// The global batch of the step that starts once `consumed` sequences have been trained on:
+// START + INCREMENT · floor(consumed · n / SEQUENCES), n = (batch_size − START) / INCREMENT
+// increments, batch_size from SEQUENCES on (Megatron's rule; without a ramp, batch_size).
+int batch_size_at(const BatchRampup& ramp, int batch_size, int64_t consumed);
+// The sequences trained on after `steps` more steps from `consumed`.
+int64_t sequences_after_steps(const BatchRampup& ramp, int batch_size, int64_t consumed,
+                              int64_t steps);
+// The global batches a ramp passes through, smallest first, batch_size last (one without one).
+std::vector<int> ramp_batch_sizes(const BatchRampup& ramp, int batch_size);
+
 // data.document_mask: -1 for none, else the token id (below vocab_size) that starts a document;
 // throws triad::Error naming the key otherwise.
 int32_t parse_document_mask(const std::string& text, int vocab_size);

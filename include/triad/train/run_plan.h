@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -32,6 +33,11 @@ bool zero_gathers_bf16(const Config& cfg);
 // weights of its slice only, as in Megatron's distributed optimizer (4·(1 − 1/dp) bytes per
 // parameter less); under ZeRO-2 gradient buckets instead of a whole gradient buffer.
 ZeroOptions zero_options(const Config& cfg, int shard);
+// pp > 1: the pipeline schedule (parallel.schedule, checked) of every micro-batch count per rank
+// the run's batches give at dp data-parallel ranks, keyed by that count: the full batch's, and
+// with train.batch_rampup each smaller batch's (the model's memory covers them all); empty
+// for pp = 1.
+std::map<int, PipelineSchedule> pipeline_schedules(const Config& cfg, int dp);
 
 // One pipeline stage: every tensor- and data-parallel rank of it allocates the same sizes.
 struct StageMemory {
