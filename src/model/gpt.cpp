@@ -108,17 +108,6 @@ size_t padded_buffer_floats(const std::vector<ParamSpec>& specs, int shards) {
   return (n + quantum - 1) / quantum * quantum;
 }
 
-// Activation sets per local chunk (the most micro-batches the schedule keeps in flight on it;
-// one without a schedule) and the buffers for outgoing gradients, reused in turn
-// (grad_send_buffers: as many as the schedule needs not to wait, not one per send of the step).
-// A schedule that splits the backward (zero bubble) keeps a set until the weight pass, which
-// reads the output gradients the input-gradient pass leaves in it.
-struct ActivationSlots {
-  std::vector<int> slots;
-  int grad_sends = 0;                           // buffers in all
-  std::vector<std::pair<int, int>> grad_pools;  // (peer, buffers), in grad_sends' order
-  bool split_backward = false;
-};
 ActivationSlots activation_slots(const ModelParallel& mp, const PipelineSchedule* schedule) {
   ActivationSlots a;
   a.slots.assign(size_t(mp.virtual_stages), 1);
@@ -146,30 +135,12 @@ ActivationSlots activation_slots(const ModelParallel& mp, const PipelineSchedule
   return a;
 }
 
-// The activation sets and gradient buffers that hold both `schedule`'s needs and each of
-// `also`'s (the most of each chunk's sets, of each peer's buffers).
+// The activation sets and gradient buffers the constructor allocates: the schedule's, or with
+// `also` the most of each chunk's sets and each peer's buffers of both.
 ActivationSlots activation_slots(const ModelParallel& mp, const PipelineSchedule* schedule,
-                                 const std::vector<PipelineSchedule>& also) {
+                                 const ActivationSlots* also) {
   ActivationSlots a = activation_slots(mp, schedule);
-  if (schedule == nullptr) return a;
-  for (const PipelineSchedule& s : also) {
-    const ActivationSlots b = activation_slots(mp, &s);
-    TRIAD_CHECK(b.split_backward == a.split_backward,
-                "internal error: pipeline schedules of one model split the backward pass or not "
-                "alike");
-    for (size_t c = 0; c < a.slots.size(); ++c) a.slots[c] = std::max(a.slots[c], b.slots[c]);
-    for (const auto& [peer, n] : b.grad_pools) {
-      auto it = std::find_if(a.grad_pools.begin(), a.grad_pools.end(),
-                             [peer = peer](const auto& p) { return p.first == peer; });
-      if (it == a.grad_pools.end()) {
-        a.grad_pools.emplace_back(peer, n);
-      } else {
-        it->second = std::max(it->second, n);
-      }
-    }
-  }
-  a.grad_sends = 0;
-  for (const auto& [peer, n] : a.grad_pools) a.grad_sends += n;
+  if (schedule != nullptr && also != nullptr) a.cover(*also);
   return a;
 }
 
@@ -363,7 +334,7 @@ std::string Recomputation::describe(int per_chunk) const {
 
 Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
          const ModelParallel& mp, const PipelineSchedule* schedule, Precision precision,
-         ActivationOptions options, ZeroOptions zero, const std::vector<PipelineSchedule>& also)
+         ActivationOptions options, ZeroOptions zero, const ActivationSlots* also)
     : shape_(shape),
       max_batch_(max_batch),
       be_(backend),
@@ -520,7 +491,7 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
 GptMemory Gpt::memory_plan(const GptShape& shape, int max_batch, int shards,
                            const ModelParallel& mp, const PipelineSchedule* schedule,
                            Precision precision, ActivationOptions options, ZeroOptions zero,
-                           const std::vector<PipelineSchedule>& also) {
+                           const ActivationSlots* also) {
   const int rows = logits_chunk_rows(options, max_batch, shape, mp.cp);
   GptMemory m;
   const auto specs = gpt_rank_layout(shape, mp);
@@ -609,6 +580,31 @@ const bf16_t* Gpt::weights<bf16_t>() const {
   return params_bf16_;
 }
 
+void ActivationSlots::cover(const ActivationSlots& other) {
+  if (slots.empty()) {
+    *this = other;
+    return;
+  }
+  TRIAD_CHECK(other.split_backward == split_backward && other.slots.size() == slots.size(),
+              "internal error: pipeline schedules of one model differ in their chunks or in "
+              "splitting the backward pass");
+  for (size_t c = 0; c < slots.size(); ++c) slots[c] = std::max(slots[c], other.slots[c]);
+  for (const auto& [peer, n] : other.grad_pools) {
+    auto it = std::find_if(grad_pools.begin(), grad_pools.end(),
+                           [peer = peer](const auto& p) { return p.first == peer; });
+    if (it == grad_pools.end())
+      grad_pools.emplace_back(peer, n);
+    else
+      it->second = std::max(it->second, n);
+  }
+  grad_sends = 0;
+  for (const auto& [peer, n] : grad_pools) grad_sends += n;
+}
+
+ActivationSlots Gpt::schedule_slots(const ModelParallel& mp, const PipelineSchedule& schedule) {
+  return activation_slots(mp, &schedule);
+}
+
 void Gpt::set_schedule(const PipelineSchedule& schedule) {
   TRIAD_CHECK(
       mp_.pp > 1 && !inference_ && !schedule_.empty() && schedule.placement == mp_.placement,
@@ -621,8 +617,7 @@ void Gpt::set_schedule(const PipelineSchedule& schedule) {
   for (size_t c = 0; c < a.slots.size(); ++c)
     TRIAD_CHECK(a.slots[c] <= planned_slots_[c], "the pipeline schedule keeps ", a.slots[c],
                 " micro-batches of chunk ", c, " in flight on stage ", mp_.pp_rank,
-                ", more than the ", planned_slots_[c],
-                " its memory was planned for (the full batch's schedule)");
+                ", more than the ", planned_slots_[c], " its memory was planned for");
   // The step takes each peer's buffers in turn as the constructor's schedule had them: at least
   // as many as this schedule was simulated with keeps it free of deadlock.
   for (const auto& [peer, n] : a.grad_pools) {

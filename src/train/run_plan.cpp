@@ -97,19 +97,27 @@ ActivationOptions activation_options(const Config& cfg) {
 
 bool zero_gathers_bf16(const Config& cfg) { return cfg.bf16(); }
 
-std::map<int, PipelineSchedule> pipeline_schedules(const Config& cfg, int dp) {
-  std::map<int, PipelineSchedule> out;
+PipelineSchedule pipeline_schedule(const Config& cfg, int m) {
   const int pp = cfg.parallel.pp, v = cfg.parallel.virtual_stages;
-  if (pp == 1) return out;
-  const ScheduleKind kind = parse_schedule_kind(cfg.parallel.schedule);
+  PipelineSchedule s = make_schedule(parse_schedule_kind(cfg.parallel.schedule), pp, m, v);
+  check_schedule(s, pp, m, v);
+  return s;
+}
+
+std::vector<int> micro_batch_counts(const Config& cfg, int dp) {
+  std::vector<int> counts;
   for (int b : ramp_batch_sizes(parse_batch_rampup(cfg.train.batch_rampup, cfg.train.batch_size),
-                                cfg.train.batch_size)) {
-    const int m = b / (cfg.train.micro_batch_size * dp);
-    PipelineSchedule s = make_schedule(kind, pp, m, v);
-    check_schedule(s, pp, m, v);
-    out.emplace(m, std::move(s));
-  }
-  return out;
+                                cfg.train.batch_size))
+    counts.push_back(b / (cfg.train.micro_batch_size * dp));
+  return counts;
+}
+
+std::unique_ptr<ActivationSlots> ramp_slots(const Config& cfg, const ModelParallel& mp, int dp) {
+  const std::vector<int> counts = micro_batch_counts(cfg, dp);
+  if (mp.pp == 1 || counts.size() == 1) return nullptr;
+  auto slots = std::make_unique<ActivationSlots>();
+  for (int m : counts) slots->cover(Gpt::schedule_slots(mp, pipeline_schedule(cfg, m)));
+  return slots;
 }
 
 ZeroOptions zero_options(const Config& cfg, int shard) {
@@ -139,16 +147,8 @@ RunPlan plan_run(const Config& cfg, int world_size) {
   p.recompute = options.recompute;
   const GptShape shape = gpt_shape(cfg);
   const int v = cfg.parallel.virtual_stages;
-  // The full batch's schedule, and those of a batch-size ramp's smaller batches
-  // (train.batch_rampup) whose activations the memory holds too.
   PipelineSchedule schedule;
-  std::vector<PipelineSchedule> ramp;
-  for (auto& [m, s] : pipeline_schedules(cfg, p.grid.dp)) {
-    if (m == p.micro_batches)
-      schedule = s;
-    else
-      ramp.push_back(s);
-  }
+  if (p.grid.pp > 1) schedule = pipeline_schedule(cfg, p.micro_batches);
   for (int stage = 0; stage < p.grid.pp; ++stage) {
     const ModelParallel mp = model_parallel(cfg, stage, 0);  // every tp rank holds the same sizes
     StageMemory m;
@@ -158,7 +158,7 @@ RunPlan plan_run(const Config& cfg, int world_size) {
     for (const auto& s : specs) m.parameters += int64_t(s.numel);
     m.model = Gpt::memory_plan(shape, p.micro_batch_size, replicas, mp,
                                p.grid.pp > 1 ? &schedule : nullptr, p.precision, options,
-                               zero_options(cfg, 0), ramp);
+                               zero_options(cfg, 0), ramp_slots(cfg, mp, p.grid.dp).get());
     // The trainer's optimizer and ZeRO slice (Trainer::State::setup_model).
     const bool zero = cfg.parallel.zero >= 1;
     const size_t range = zero ? m.model.buffer_floats / size_t(replicas) : m.model.buffer_floats;

@@ -110,21 +110,16 @@ void Trainer::State::setup_model() {
   mp.cp_rank = grid.cp_rank();
   mp.cp_comm = &grid.cp();
   ramp = parse_batch_rampup(cfg.train.batch_rampup, cfg.train.batch_size);
-  // The full batch's schedule, and a ramp's smaller batches' (the memory holds each of them).
-  schedules = pipeline_schedules(cfg, dp);
+  // The full batch's schedule; the memory holds what a ramp's smaller batches' need too (each
+  // built when its batch comes: use_schedule).
   PipelineSchedule schedule;
-  std::vector<PipelineSchedule> also;
-  for (const auto& [m, s] : schedules) {
-    if (m == accum)
-      schedule = s;
-    else
-      also.push_back(s);
-  }
+  if (mp.pp > 1) schedule = pipeline_schedule(cfg, accum);
+  const std::unique_ptr<ActivationSlots> also = ramp_slots(cfg, mp, dp);
   ZeroOptions zero = zero_options(cfg, replica_rank);
   zero.comm = &grid.dp();  // the replicas: ZeRO-3 gathers the weights from their slices
   model = std::make_unique<Gpt>(
       model_shape(), mbs, *be, replicas, mp, mp.pp > 1 ? &schedule : nullptr,
-      cfg.bf16() ? Precision::bf16 : Precision::fp32, activation_options(cfg), zero, also);
+      cfg.bf16() ? Precision::bf16 : Precision::fp32, activation_options(cfg), zero, also.get());
   schedule_m = accum;
   const size_t S = model->buffer_floats() / size_t(replicas);
   shard_lo = size_t(replica_rank) * S;
@@ -505,7 +500,7 @@ int Trainer::State::batch_size_now() const {
 
 void Trainer::State::use_schedule(int m) {
   if (grid.shape().pp == 1 || m == schedule_m) return;
-  model->set_schedule(schedules.at(m));
+  model->set_schedule(pipeline_schedule(cfg, m));
   schedule_m = m;
 }
 

@@ -13,7 +13,6 @@
 #include <fstream>
 #include <iomanip>
 #include <iostream>
-#include <map>
 #include <sstream>
 
 #include "triad/core/error.h"
@@ -77,11 +76,8 @@ struct Trainer::State {
   std::vector<std::vector<float>> host_slots;
   double peak_flops = 0;
   std::vector<int32_t> inputs, targets;
-  // train.batch_rampup, and (pp > 1) the pipeline schedule of each of its batches' micro-batch
-  // counts, checked against the model's memory at set-up.
-  BatchRampup ramp;
-  std::map<int, PipelineSchedule> schedules;
-  int schedule_m = 0;  // the micro-batches of the schedule the model runs
+  BatchRampup ramp;    // train.batch_rampup
+  int schedule_m = 0;  // pp > 1: the micro-batches of the schedule the model runs
 
   State(MPI_Comm world, const CommandLine& c);
 

@@ -1,9 +1,9 @@
 // The deterministic data order of DESIGN.md §4. A SequenceSource maps the shards of one split
 // (files matching a glob, in lexicographic order) and enumerates their sequences: shard j
 // yields floor((n_j − 1) / T) sequences, sequence k being tokens [k·T, k·T + T]. A DataLoader
-// turns an absolute position (step · batch_size + i) into a global sequence index, through a
-// seeded per-epoch permutation when shuffling. Positions, not rank-local cursors, are the
-// loader's state, so any grid resumes the same order.
+// turns an absolute position (the sequences of earlier steps + i) into a global sequence index,
+// through a seeded per-epoch permutation when shuffling. Positions, not rank-local cursors, are
+// the loader's state, so any grid resumes the same order.
 //
 // Loss masks (data.loss_mask; token_shard.h): a shard's <shard>.mask file marks the targets that
 // count in the loss; a target it does not count is given as kMaskedTarget (−1), which the model

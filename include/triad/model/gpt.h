@@ -353,6 +353,21 @@ struct GptMemory {
   size_t total() const { return weights + weights_bf16 + grads + activations + other; }
 };
 
+// What a pipeline schedule needs of a stage's memory: activation sets per local chunk (the most
+// micro-batches it keeps in flight on it; one without a schedule) and the buffers for outgoing
+// gradients, reused in turn (grad_send_buffers: as many as the schedule needs not to wait, not
+// one per send of the step). A schedule that splits the backward (zero bubble) keeps a set until
+// the weight pass, which reads the output gradients the input-gradient pass leaves in it.
+struct ActivationSlots {
+  std::vector<int> slots;
+  int grad_sends = 0;                           // buffers in all
+  std::vector<std::pair<int, int>> grad_pools;  // (peer, buffers), in grad_sends' order
+  bool split_backward = false;
+  // Grows to hold `other`'s needs too (each chunk's sets, each peer's buffers: the most of both);
+  // an empty one takes other's. Throws triad::Error where one splits the backward and one not.
+  void cover(const ActivationSlots& other);
+};
+
 class Gpt {
  public:
   // Plans parameters, gradients and activations for micro-batches of up to max_batch
@@ -362,13 +377,13 @@ class Gpt {
   // this rank holds. `schedule` (pp > 1) is the pipeline schedule pipeline_step() will run: it
   // sizes the activation sets (one per micro-batch a chunk keeps in flight) and the buffers of
   // outgoing gradients; without one, each chunk gets one activation set. `zero`: what ZeRO
-  // keeps of the master weights and gradients (ZeroOptions). `also`: the schedules set_schedule
-  // may switch to (a batch-size ramp's, of other micro-batch counts), whose needs the activation
-  // sets and gradient buffers cover as well.
+  // keeps of the master weights and gradients (ZeroOptions). `also` (pp > 1): what the schedules
+  // set_schedule may switch to need (a batch-size ramp's, of other micro-batch counts: their
+  // schedule_slots covered), which the activation sets and gradient buffers hold as well.
   Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards = 1,
       const ModelParallel& mp = {}, const PipelineSchedule* schedule = nullptr,
       Precision precision = Precision::fp32, ActivationOptions options = {}, ZeroOptions zero = {},
-      const std::vector<PipelineSchedule>& also = {});
+      const ActivationSlots* also = nullptr);
   ~Gpt();
   // What the constructor with these arguments allocates, without allocating it (planning a
   // grid's memory before a job runs); equal to the backend's allocations, tested.
@@ -377,7 +392,9 @@ class Gpt {
                                const PipelineSchedule* schedule = nullptr,
                                Precision precision = Precision::fp32,
                                ActivationOptions options = {}, ZeroOptions zero = {},
-                               const std::vector<PipelineSchedule>& also = {});
+                               const ActivationSlots* also = nullptr);
+  // What `schedule` needs of the memory of the stage `mp` describes (pp > 1).
+  static ActivationSlots schedule_slots(const ModelParallel& mp, const PipelineSchedule& schedule);
   // ZeRO-3: the buffer elements gathered in a training step of m micro-batches (after an update
   // nothing is held): the embeddings', ln_f's and the head's once; each layer's before its
   // forward and again before its backward, less those the three layer buffers still hold (the

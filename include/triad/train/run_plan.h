@@ -7,7 +7,7 @@
 #pragma once
 
 #include <cstdint>
-#include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -33,11 +33,15 @@ bool zero_gathers_bf16(const Config& cfg);
 // weights of its slice only, as in Megatron's distributed optimizer (4·(1 − 1/dp) bytes per
 // parameter less); under ZeRO-2 gradient buckets instead of a whole gradient buffer.
 ZeroOptions zero_options(const Config& cfg, int shard);
-// pp > 1: the pipeline schedule (parallel.schedule, checked) of every micro-batch count per rank
-// the run's batches give at dp data-parallel ranks, keyed by that count: the full batch's, and
-// with train.batch_rampup each smaller batch's (the model's memory covers them all); empty
-// for pp = 1.
-std::map<int, PipelineSchedule> pipeline_schedules(const Config& cfg, int dp);
+// parallel.schedule's pipeline schedule (checked) for m micro-batches per rank (pp > 1).
+PipelineSchedule pipeline_schedule(const Config& cfg, int m);
+// The micro-batches per rank of the run's global batches at dp data-parallel ranks: with
+// train.batch_rampup each of the ramp's, smallest first; the full batch's last.
+std::vector<int> micro_batch_counts(const Config& cfg, int dp);
+// pp > 1 with train.batch_rampup: what the schedules of every count the ramp passes through need
+// of the memory of the stage mp describes, covered (Gpt's `also`), each schedule built and
+// dropped in turn; null without a ramp or a pipeline.
+std::unique_ptr<ActivationSlots> ramp_slots(const Config& cfg, const ModelParallel& mp, int dp);
 
 // One pipeline stage: every tensor- and data-parallel rank of it allocates the same sizes.
 struct StageMemory {
