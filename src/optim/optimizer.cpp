@@ -8,30 +8,37 @@
 
 namespace triad {
 
-double lr_at(const TrainConfig& t, int64_t s) {
+double lr_at(const TrainConfig& t, const SchedulePoint& p) {
+  // In steps every quantity is a whole number below 2^53 (and in sequences a count of them), so
+  // the sums and differences are exact and the quotients those of the integers.
   const double lr = t.lr, min_lr = t.lr * t.min_lr_ratio;
-  if (s < t.warmup_steps) return lr * double(s + 1) / double(t.warmup_steps);
-  const int64_t decay_steps = t.steps - t.warmup_steps;
-  if (t.schedule == "constant" || decay_steps <= 0) return lr;
-  const double progress = std::min(1.0, double(s - t.warmup_steps) / double(decay_steps));
+  if (p.done + p.step <= p.warmup) return lr * (p.done + p.step) / p.warmup;
+  const double decay = p.total - p.warmup;
+  if (t.schedule == "constant" || decay <= 0) return lr;
+  // A step across the warmup's end (by sequences) takes the peak: progress 0, not below.
+  const double progress = std::min(1.0, std::max(0.0, p.done - p.warmup) / decay);
   if (t.schedule == "cosine")
     return min_lr + 0.5 * (lr - min_lr) * (1.0 + std::cos(M_PI * progress));
   if (t.schedule == "linear") return lr - (lr - min_lr) * progress;
   if (t.schedule == "wsd") {
     // Warmup-stable-decay: constant, then linear to min_lr over the last decay_fraction of
-    // all steps.
-    const double decay_len = t.decay_fraction * double(t.steps);
-    const double decay_start = double(t.steps) - decay_len;
-    if (double(s) < decay_start || decay_len <= 0) return lr;
-    return lr - (lr - min_lr) * std::min(1.0, (double(s) - decay_start) / decay_len);
+    // the run.
+    const double decay_len = t.decay_fraction * p.total;
+    const double decay_start = p.total - decay_len;
+    if (p.done < decay_start || decay_len <= 0) return lr;
+    return lr - (lr - min_lr) * std::min(1.0, (p.done - decay_start) / decay_len);
   }
   fail("internal error: unknown schedule ", t.schedule);
 }
 
-double muon_lr_at(const TrainConfig& t, const OptimConfig& o, int64_t step) {
+double lr_at(const TrainConfig& t, int64_t step) {
+  return lr_at(t, SchedulePoint{double(step), 1.0, double(t.steps), double(t.warmup_steps)});
+}
+
+double muon_lr_at(const TrainConfig& t, const OptimConfig& o, const SchedulePoint& p) {
   TrainConfig m = t;
   m.lr = o.muon_lr;
-  return lr_at(m, step);
+  return lr_at(m, p);
 }
 
 float clip_scale(double norm, double clip) {

@@ -93,8 +93,15 @@ class KeyTable {
     add("train.lr", c.train.lr, "peak learning rate");
     add("train.warmup_steps", c.train.warmup_steps, "linear warmup steps");
     add("train.schedule", c.train.schedule, "cosine | linear | constant | wsd");
+    add("train.lr_by", c.train.lr_by,
+        "what the lr schedule counts: steps (warmup_steps, decay to train.steps) | sequences "
+        "(trained on: warmup_sequences, decay to the run's last; for a batch-size ramp-up, as "
+        "Megatron's sample-based schedule)");
+    add("train.warmup_sequences", c.train.warmup_sequences,
+        "train.lr_by = sequences: linear warmup over the first N sequences trained on");
     add("train.min_lr_ratio", c.train.min_lr_ratio, "final lr / peak lr");
-    add("train.decay_fraction", c.train.decay_fraction, "wsd: fraction of steps in the decay");
+    add("train.decay_fraction", c.train.decay_fraction,
+        "wsd: fraction of the run (steps, or sequences) in the decay");
     add("train.grad_clip", c.train.grad_clip, "global grad-norm clip (0: off)");
     add("train.seed", c.train.seed, "seed of the initialization and data shuffling");
     add("train.log_every", c.train.log_every, "progress line every N steps");
@@ -311,6 +318,14 @@ int64_t sequences_after_steps(const BatchRampup& ramp, int batch_size, int64_t c
   for (; steps > 0 && ramp.on() && consumed < ramp.sequences; --steps)
     consumed += batch_size_at(ramp, batch_size, consumed);
   return consumed + std::max<int64_t>(steps, 0) * batch_size;  // the rest at the full batch
+}
+
+SchedulePoint schedule_point(const TrainConfig& t, int64_t step, int64_t consumed) {
+  if (t.lr_by != "sequences") return {double(step), 1.0, double(t.steps), double(t.warmup_steps)};
+  const BatchRampup ramp = parse_batch_rampup(t.batch_rampup, t.batch_size);
+  return {double(consumed), double(batch_size_at(ramp, t.batch_size, consumed)),
+          double(sequences_after_steps(ramp, t.batch_size, 0, t.steps)),
+          double(t.warmup_sequences)};
 }
 
 std::vector<int> ramp_batch_sizes(const BatchRampup& ramp, int batch_size) {
@@ -633,6 +648,13 @@ void validate(const Config& c, int world_size) {
   }
   check(std::isfinite(t.lr) && t.lr >= 0, "train.lr", "must be a finite number >= 0");
   check(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0");
+  check(t.lr_by == "steps" || t.lr_by == "sequences", "train.lr_by",
+        "must be steps or sequences (got '" + t.lr_by + "')");
+  check(t.warmup_sequences >= 0, "train.warmup_sequences", "must be >= 0");
+  check(t.lr_by == "sequences" || t.warmup_sequences == 0, "train.warmup_sequences",
+        "counts for train.lr_by = sequences only (with steps, set train.warmup_steps)");
+  check(t.lr_by == "steps" || t.warmup_steps == 0, "train.warmup_steps",
+        "counts for train.lr_by = steps only (with sequences, set train.warmup_sequences)");
   check(t.schedule == "cosine" || t.schedule == "linear" || t.schedule == "constant" ||
             t.schedule == "wsd",
         "train.schedule", "must be cosine, linear, constant or wsd (got '" + t.schedule + "')");

@@ -319,7 +319,8 @@ TrainOutcome Trainer::run() {
   while (s.step < cfg.train.steps) {
     Timer step_timer;
     const int64_t st = s.step;
-    const double lr = lr_at(cfg.train, st);
+    const SchedulePoint at = schedule_point(cfg.train, st, s.consumed);
+    const double lr = lr_at(cfg.train, at);
     // The step's global batch (train.batch_rampup) in micro-batches of mbs on each rank.
     const int batch = s.batch_size_now(), accum = s.micro_batches(batch);
     const double tokens_per_step = double(batch) * T;
@@ -440,7 +441,7 @@ TrainOutcome Trainer::run() {
                          ? s.model->params_bf16() + (lo - s.model->copy_begin())
                          : nullptr;
       s.opt->update(s.model->params() + (lo - s.model->master_begin()), g, lr, st + 1, copy,
-                    clip_scale(norm, cfg.train.grad_clip), muon_lr_at(cfg.train, cfg.optim, st),
+                    clip_scale(norm, cfg.train.grad_clip), muon_lr_at(cfg.train, cfg.optim, at),
                     zero ? s.model->grads() : nullptr);
       if (s.model->gathered_weights()) {
         // ZeRO-3: nothing to gather now; the layers gather the weights they read from the slices.

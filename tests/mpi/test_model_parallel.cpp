@@ -221,14 +221,24 @@ TEST(ModelParallel, EveryGridMatchesOneRank) {
 void expect_close_losses(const Result& a, const Result& b, double rel, const std::string& what);
 
 // train.batch_rampup "4, 4, 24" under the full batch of 16: steps of 4, 4, 8, 12, 16 and 16
-// sequences (Megatron's rule: an increment at each of 3 equal shares of the first 24), so each
+// sequences (Megatron's rule: an increment at each of 3 equal shares of the first 24), the lr
+// schedule counted in sequences, so each
 // grid runs 1 to 4 micro-batches per rank as the batch grows, and pipelines switch between their
 // schedules of as many. Every grid follows the single-rank ramp to fp32 rounding; a run resumed
 // from its checkpoint of step 3 (16 sequences trained, the next batch 12) continues it bit for
 // bit, and on another grid to fp32 rounding.
 TEST(ModelParallel, BatchRampupMatchesOneRankAndResumesExactly) {
   const std::string dir = shared_dir("rampup");
-  const std::vector<std::string> ramp = {"--train.batch_rampup", "4, 4, 24"};
+  // The schedule by sequences: warmup over the first 12, the decay to the run's 60 (a resumed
+  // run finds where it was from the checkpoint's tokens_seen).
+  const std::vector<std::string> ramp = {"--train.batch_rampup",
+                                         "4, 4, 24",
+                                         "--train.lr_by",
+                                         "sequences",
+                                         "--train.warmup_steps",
+                                         "0",
+                                         "--train.warmup_sequences",
+                                         "12"};
   auto with = [&](std::vector<std::string> a) {
     a.insert(a.end(), ramp.begin(), ramp.end());
     return a;

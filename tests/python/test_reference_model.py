@@ -12,6 +12,7 @@ when the binaries are not built unless TRIAD_BUILD_DIR is set (then a missing bi
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -394,10 +395,11 @@ def check_probe_against_torch(p: Prepared, recompute: str, logits_chunk: int = 0
 # ---- 2. optimizer steps ---------------------------------------------------------------------
 
 
-def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None):
+def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None, lr_of_step=None):
     """The reference training loop in float64: returns per-step (loss, lr, grad_norm) and the
     validation losses/accuracies before and after training. batch_of_step(s) -> (x, y) replaces
-    the plain data order, val_batch (x, y) the validation sequences (targets < 0 are ignored)."""
+    the plain data order, val_batch (x, y) the validation sequences (targets < 0 are ignored),
+    lr_of_step(s) the step-based schedule (AdamW only)."""
     case, tr, op = p.case, sections["train"], sections["optim"]
     cfg, T, B = case.cfg, case.cfg.seq_len, tr["batch_size"]
     model = ref.build_model(p.weights, cfg, dtype=torch.float64)
@@ -430,7 +432,8 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None)
     losses, lrs, norms = [], [], []
     for s in range(tr["steps"]):
         lr = ref.lr_at(s, tr["lr"], tr["warmup_steps"], tr["steps"], tr["schedule"],
-                       tr["min_lr_ratio"])
+                       tr["min_lr_ratio"]) if lr_of_step is None else lr_of_step(s)
+        assert lr_of_step is None or muon is None
         for g in opt.param_groups:
             g["lr"] = lr
         if muon is not None:  # the same schedule with its own peak
@@ -457,7 +460,8 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None)
 
 
 def compare_training(p: Prepared, tmp_path: Path, sections: dict, label: str,
-                     batch_of_step=None, val_batch=None, tol_train: float = TOL_TRAIN):
+                     batch_of_step=None, val_batch=None, tol_train: float = TOL_TRAIN,
+                     lr_of_step=None):
     train_bin = binary("triad-train")
     cfg_path = tmp_path / f"{label}.ini"
     ref.write_config(cfg_path, sections)
@@ -465,7 +469,8 @@ def compare_training(p: Prepared, tmp_path: Path, sections: dict, label: str,
     run([train_bin, "--config", cfg_path, "--init-from", p.ckpt, "--resume", "none",
                   "--run.dir", run_dir, "--run.name", "ref"])
     m = ref.read_metrics(run_dir / "ref" / "metrics.h5")
-    losses, lrs, norms, val, final = torch_train(p, sections, batch_of_step, val_batch)
+    losses, lrs, norms, val, final = torch_train(p, sections, batch_of_step, val_batch,
+                                                 lr_of_step)
     steps = sections["train"]["steps"]
     clip = sections["train"]["grad_clip"]
 
@@ -593,18 +598,23 @@ def ramp_batch(start: int, increment: int, sequences: int, full: int, consumed: 
     return start + increment * int(consumed // per_increment)
 
 
-@pytest.mark.parametrize("name", ["oddshapes", "llama"])
-def test_batch_rampup_trains_as_the_documented_order(name, tmp_root, tmp_path):
+@pytest.mark.parametrize("name,lr_by", [("oddshapes", "steps"), ("llama", "steps"),
+                                        ("oddshapes", "sequences")])
+def test_batch_rampup_trains_as_the_documented_order(name, lr_by, tmp_root, tmp_path):
     """train.batch_rampup: the global batch of each step from the sequences trained before it,
     the steps reading the data in order; the reference trains on the same batches (its loss the
-    mean over each step's own batch, the data wrapping at the shard's end)."""
+    mean over each step's own batch, the data wrapping at the shard's end). train.lr_by =
+    sequences: the warmup over the first sequences trained on, the cosine decay over the rest
+    of the run's, written out here from docs/formats.md."""
     case = next(c for c in CASES if c.name == name)
     p = prepare(case, tmp_root)
     mb, T = case.micro_batch, case.cfg.seq_len
     full, ramp = 4 * mb, (mb, mb, 6 * mb)
+    by_seq = dict(train__lr_by="sequences", train__warmup_steps=0,
+                  train__warmup_sequences=3 * mb) if lr_by == "sequences" else {}
     sections = config_sections(case, p.dir, train__batch_size=full,
                                train__grad_clip=GRAD_CLIP[case.name],
-                               train__batch_rampup=", ".join(map(str, ramp)))
+                               train__batch_rampup=", ".join(map(str, ramp)), **by_seq)
     first, consumed = [], 0
     for _ in range(sections["train"]["steps"]):
         first.append(consumed)
@@ -616,7 +626,22 @@ def test_batch_rampup_trains_as_the_documented_order(name, tmp_root, tmp_path):
     def batch_of_step(s):
         return ref.batch(p.train_tokens, first[s], sizes[s], T)
 
-    compare_training(p, tmp_path, sections, "rampup", batch_of_step)
+    def lr_of_step(s):  # by sequences: n before the step, b in it, N in the run, W warmup
+        tr = sections["train"]
+        n, b, total, w = first[s], sizes[s], consumed, tr["warmup_sequences"]
+        if n + b <= w:
+            return tr["lr"] * (n + b) / w
+        lo = tr["lr"] * tr["min_lr_ratio"]
+        progress = max(0, n - w) / (total - w)  # a step across the warmup's end starts the decay
+        return lo + 0.5 * (tr["lr"] - lo) * (1 + math.cos(math.pi * progress))
+
+    compare_training(p, tmp_path, sections, f"rampup_{lr_by}", batch_of_step,
+                     lr_of_step=lr_of_step if lr_by == "sequences" else None)
+    if lr_by == "sequences":  # the warmup (3 micro-batches) ends within step 2 (2 of 4): its peak
+        lr = ref.read_metrics(tmp_path / "runs" / "ref" / "metrics.h5")["train/lr"]
+        peak = sections["train"]["lr"]
+        assert lr[0] == pytest.approx(peak / 3) and lr[1] == pytest.approx(2 * peak / 3)
+        assert lr[2] == pytest.approx(peak) and lr[3] < peak
     m = ref.read_metrics(tmp_path / "runs" / "ref" / "metrics.h5")
     np.testing.assert_array_equal(m["train/tokens"], np.cumsum(sizes) * T)
 

@@ -290,6 +290,25 @@ TEST(Config, BatchRampupFollowsMegatronsRuleAndIsChecked) {
   EXPECT_NE(e.find("at a batch of 8"), std::string::npos) << e;
 }
 
+// train.lr_by: steps or sequences, each with its own warmup key, the other's refused.
+TEST(Config, ScheduleUnitAndItsWarmupAreChecked) {
+  EXPECT_EQ(error_of({"--train.lr_by", "sequences", "--train.warmup_sequences", "512"}), "");
+  EXPECT_EQ(error_of({"--train.lr_by", "steps", "--train.warmup_steps", "5"}), "");
+  const std::string unit = error_of({"--train.lr_by", "tokens"});
+  EXPECT_NE(unit.find("train.lr_by"), std::string::npos) << unit;
+  const std::string steps = error_of({"--train.lr_by", "sequences", "--train.warmup_steps", "5"});
+  EXPECT_NE(steps.find("train.warmup_steps counts for train.lr_by = steps only"),
+            std::string::npos)
+      << steps;
+  const std::string seqs = error_of({"--train.warmup_sequences", "64"});
+  EXPECT_NE(seqs.find("train.warmup_sequences counts for train.lr_by = sequences only"),
+            std::string::npos)
+      << seqs;
+  EXPECT_NE(error_of({"--train.lr_by", "sequences", "--train.warmup_sequences", "-1"})
+                .find("train.warmup_sequences"),
+            std::string::npos);
+}
+
 TEST(Config, SlidingWindowIsACountOfKeys) {
   EXPECT_EQ(error_of({"--model.sliding_window", "256"}), "");
   EXPECT_NE(error_of({"--model.sliding_window", "-1"}).find("model.sliding_window"),

@@ -1,9 +1,11 @@
 // LR schedules and clipping against the formulas of DESIGN.md §4, written out independently.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "triad/optim/optimizer.h"
+#include "triad/train/config.h"
 
 namespace triad {
 namespace {
@@ -41,6 +43,63 @@ TEST(Schedule, LinearConstantWsd) {
   const auto w = base("wsd");
   EXPECT_DOUBLE_EQ(lr_at(w, 79), 1e-3);  // decay starts at 100 - 20 = 80
   EXPECT_NEAR(lr_at(w, 90), 1e-3 - (1e-3 - 1e-4) * 10.0 / 20.0, 1e-15);
+}
+
+// train.lr_by = sequences without a ramp: the same rates as by steps (warmup_sequences = 10
+// steps of 32), the warmup's and the decay's bit for bit, wsd's within rounding.
+TEST(Schedule, BySequencesWithoutARampIsBySteps) {
+  for (const char* kind : {"cosine", "linear", "constant", "wsd"}) {
+    TrainConfig steps = base(kind);
+    steps.batch_size = 32;
+    TrainConfig seqs = steps;
+    seqs.lr_by = "sequences";
+    seqs.warmup_steps = 0;
+    seqs.warmup_sequences = 10 * 32;
+    for (int64_t s = 0; s < steps.steps; ++s) {
+      const SchedulePoint p = schedule_point(seqs, s, s * 32);
+      EXPECT_EQ(p.done, double(s * 32));
+      EXPECT_EQ(p.step, 32.0);
+      EXPECT_EQ(p.total, 3200.0);
+      if (std::string(kind) == "wsd")
+        EXPECT_NEAR(lr_at(seqs, p), lr_at(steps, s), 1e-18) << kind << " " << s;
+      else
+        EXPECT_EQ(lr_at(seqs, p), lr_at(steps, s)) << kind << " " << s;
+    }
+  }
+}
+
+// ... and with a ramp (batches of 8, 16, 24 over the first 96 sequences, then 32): the warmup
+// and the decay follow the sequences trained on, the run's total from its steps' batches.
+TEST(Schedule, BySequencesFollowsARamp) {
+  TrainConfig t = base("cosine");
+  t.batch_size = 32;
+  t.batch_rampup = "8, 8, 96";
+  t.lr_by = "sequences";
+  t.warmup_steps = 0;
+  t.warmup_sequences = 40;
+  t.steps = 20;
+  // Before each step: 0 8 16 24 32 (8 each: 4·8 < 32), then 16s up to 64, 24s to 112 > 96, 32s.
+  std::vector<int64_t> done = {0};
+  for (int64_t b : {8, 8, 8, 8, 16, 16, 24, 24}) done.push_back(done.back() + b);
+  ASSERT_EQ(done.back(), 112);
+  const double total = 112 + 12 * 32;
+  for (size_t s = 0; s < done.size(); ++s) {
+    const SchedulePoint p = schedule_point(t, int64_t(s), done[s]);
+    EXPECT_EQ(p.total, total);
+    const double n = double(done[s]), b = p.step;
+    const double want =
+        n + b <= 40
+            ? 1e-3 * (n + b) / 40
+            : 1e-4 + 0.5 * 9e-4 * (1 + std::cos(M_PI * std::max(0.0, n - 40) / (total - 40)));
+    EXPECT_NEAR(lr_at(t, p), want, 1e-15) << s;
+  }
+  // The step from 32 to 48 sequences crosses the warmup's end at 40: the peak, not above it.
+  EXPECT_NEAR(lr_at(t, schedule_point(t, 4, 32)), 1e-3, 1e-18);
+  t.schedule = "linear";
+  EXPECT_NEAR(lr_at(t, schedule_point(t, 4, 32)), 1e-3, 1e-18);
+  EXPECT_EQ(schedule_point(t, 4, 32).step, 16.0);
+  EXPECT_EQ(schedule_point(t, 6, 64).step, 24.0);
+  EXPECT_EQ(schedule_point(t, 8, 112).step, 32.0);
 }
 
 }  // namespace

@@ -15,10 +15,15 @@
 
 namespace triad {
 
-// Learning rate of 0-based step s (warmup, then train.schedule).
+// Learning rate of the step at p (schedule_point, config.h): linear warmup lr·(done + step) /
+// warmup while done + step <= warmup, then train.schedule over max(0, done − warmup) / (total −
+// warmup) (a step across the warmup's end takes the peak), or wsd's decay over the last
+// decay_fraction of total.
+double lr_at(const TrainConfig& t, const SchedulePoint& p);
+// ... of 0-based step s counted in steps (train.lr_by = steps; DESIGN.md §4).
 double lr_at(const TrainConfig& t, int64_t step);
-// Muon's matrix learning rate at step s: train.schedule's shape with peak optim.muon_lr.
-double muon_lr_at(const TrainConfig& t, const OptimConfig& o, int64_t step);
+// Muon's matrix learning rate: train.schedule's shape with peak optim.muon_lr.
+double muon_lr_at(const TrainConfig& t, const OptimConfig& o, const SchedulePoint& p);
 
 // Gradient clipping (DESIGN.md §4): the factor the gradient is scaled by, clip / (norm + 1e-6)
 // where the global L2 norm `norm` of the whole gradient is above clip (> 0), else 1. The

@@ -44,6 +44,10 @@ struct TrainConfig {
   double lr = 6e-4;
   int64_t warmup_steps = 0;
   std::string schedule = "cosine";  // cosine | linear | constant | wsd
+  // What the schedule counts (schedule_point): steps, or sequences trained on (with a batch-size
+  // ramp the steps grow; Megatron's sample-based schedule), the warmup then warmup_sequences.
+  std::string lr_by = "steps";
+  int64_t warmup_sequences = 0;
   double min_lr_ratio = 0.1;
   double decay_fraction = 0.2;  // wsd: fraction of steps in the final linear decay
   double grad_clip = 1.0;       // <= 0 disables clipping
@@ -208,6 +212,15 @@ int batch_size_at(const BatchRampup& ramp, int batch_size, int64_t consumed);
 // The sequences trained on after `steps` more steps from `consumed`.
 int64_t sequences_after_steps(const BatchRampup& ramp, int batch_size, int64_t consumed,
                               int64_t steps);
+// Where a step sits in the run for the learning-rate schedule (lr_at), in train.lr_by's unit:
+// what came before it, the step itself, the whole run, and the warmup. By steps: step s is
+// {s, 1, train.steps, warmup_steps}; by sequences: {sequences trained on before it, its batch,
+// the run's sequences, warmup_sequences}. Without a ramp the two give the same rates (warmup
+// W steps of B sequences being warmup_sequences = W·B).
+struct SchedulePoint {
+  double done = 0, step = 1, total = 0, warmup = 0;
+};
+SchedulePoint schedule_point(const TrainConfig& t, int64_t step, int64_t consumed);
 // The global batches a ramp passes through, smallest first, batch_size last (one without one).
 std::vector<int> ramp_batch_sizes(const BatchRampup& ramp, int batch_size);
 
