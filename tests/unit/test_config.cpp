@@ -297,8 +297,7 @@ TEST(Config, ScheduleUnitAndItsWarmupAreChecked) {
   const std::string unit = error_of({"--train.lr_by", "tokens"});
   EXPECT_NE(unit.find("train.lr_by"), std::string::npos) << unit;
   const std::string steps = error_of({"--train.lr_by", "sequences", "--train.warmup_steps", "5"});
-  EXPECT_NE(steps.find("train.warmup_steps counts for train.lr_by = steps only"),
-            std::string::npos)
+  EXPECT_NE(steps.find("train.warmup_steps counts for train.lr_by = steps only"), std::string::npos)
       << steps;
   const std::string seqs = error_of({"--train.warmup_sequences", "64"});
   EXPECT_NE(seqs.find("train.warmup_sequences counts for train.lr_by = sequences only"),
