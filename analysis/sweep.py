@@ -34,7 +34,8 @@ Point i runs::
 
 and is *finished* when its run directory holds the checkpoint of its final step,
 ckpt/step_<train.steps:08d>.h5, with the root attribute complete = 1 (train.steps resolved as
-triad-train does: later config files, then [set], then the point's values win); *running* when
+triad-train does: later config files, then [set], then the point's values win; train.sequences
+> 0 replaces it by the steps that train that many, a batch-size ramp's counted); *running* when
 the run directory exists but that checkpoint does not (a run in progress, or one that
 stopped); *missing* otherwise.
 """
@@ -62,7 +63,24 @@ RESERVED = {"run.name": "the sweep names its runs <name>-NNN",
             "run.dir": "use run_dir in [sweep]"}
 # triad-train's defaults of the keys the status needs (`triad-train --help`)
 TRIAD_DEFAULTS = {"train.steps": "1000", "run.dir": "runs", "run.name": "run",
-                  "checkpoint.dir": ""}
+                  "checkpoint.dir": "", "train.sequences": "0", "train.batch_size": "8",
+                  "train.batch_rampup": ""}
+
+
+def run_steps(sequences: int, batch: int, rampup: str) -> int:
+    """train.sequences resolved as triad-train does (docs/formats.md, "Run length"): the fewest
+    steps after which at least `sequences` have been trained on, a batch-size ramp's steps
+    (rampup "START, INCREMENT, SEQUENCES", Megatron's rule) counted by their batches."""
+    done = steps = 0
+    if rampup.strip():
+        start, inc, ramp_n = (int(x) for x in rampup.split(","))
+        k = (batch - start) // inc
+        while done < sequences and done < ramp_n:
+            done += start + inc * (done * k // ramp_n)
+            steps += 1
+    if done < sequences:
+        steps += -(-(sequences - done) // batch)
+    return steps
 
 STATUSES = ("finished", "running", "missing")
 
@@ -198,12 +216,23 @@ class Sweep:
         return self.run_dir / p.run_name
 
     def steps(self, p: Point) -> int:
-        v = self.resolved(p)["train.steps"]
+        """The point's final step: train.steps, or where train.sequences > 0 the steps that
+        train that many (run_steps)."""
+        cfg = self.resolved(p)
+        key = "train.steps"
         try:
-            return int(float(v))
+            key = "train.sequences"
+            sequences = int(float(cfg[key]))
+            if sequences <= 0:
+                key = "train.steps"
+                return int(float(cfg[key]))
+            key = "train.batch_size"
+            batch = int(float(cfg[key]))
+            key = "train.batch_rampup"
+            return run_steps(sequences, batch, cfg[key])
         except ValueError:
-            raise SweepError(f"{self.path}: point {p.index}: train.steps = {v!r} is not a "
-                             "number") from None
+            raise SweepError(f"{self.path}: point {p.index}: {key} = {cfg[key]!r} is not "
+                             "what triad-train takes") from None
 
     def final_checkpoint(self, p: Point) -> Path:
         cfg = self.resolved(p)

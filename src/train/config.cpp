@@ -83,7 +83,10 @@ class KeyTable {
     add("model.norm_eps", c.model.norm_eps,
         "epsilon of the LayerNorms or RMSNorms (and QK-norms): 1e-5 as GPT-2 and Llama, 1e-6 "
         "as Qwen2");
-    add("train.steps", c.train.steps, "optimizer steps");
+    add("train.steps", c.train.steps, "optimizer steps (replaced where train.sequences > 0)");
+    add("train.sequences", c.train.sequences,
+        "the run's length in sequences trained on: > 0 sets train.steps to the fewest steps that "
+        "train this many (with train.batch_rampup, whose steps grow); 0: train.steps counts");
     add("train.batch_size", c.train.batch_size, "sequences per optimizer step (global)");
     add("train.micro_batch_size", c.train.micro_batch_size, "sequences per micro-batch per rank");
     add("train.batch_rampup", c.train.batch_rampup,
@@ -328,6 +331,21 @@ SchedulePoint schedule_point(const TrainConfig& t, int64_t step, int64_t consume
           double(t.warmup_sequences)};
 }
 
+int64_t steps_for_sequences(const BatchRampup& ramp, int batch_size, int64_t sequences) {
+  int64_t consumed = 0, steps = 0;
+  for (; consumed < sequences && ramp.on() && consumed < ramp.sequences; ++steps)
+    consumed += batch_size_at(ramp, batch_size, consumed);
+  if (consumed < sequences) steps += (sequences - consumed + batch_size - 1) / batch_size;
+  return steps;
+}
+
+void resolve_run_length(Config& c) {
+  // validate() refuses what cannot be resolved (a batch below 1, negative sequences).
+  if (c.train.sequences <= 0 || c.train.batch_size < 1) return;
+  c.train.steps = steps_for_sequences(parse_batch_rampup(c.train.batch_rampup, c.train.batch_size),
+                                      c.train.batch_size, c.train.sequences);
+}
+
 std::vector<int> ramp_batch_sizes(const BatchRampup& ramp, int batch_size) {
   std::vector<int> sizes;
   if (ramp.on())
@@ -520,6 +538,7 @@ CommandLine parse_train_command_line(int argc, const char* const* argv) {
   } catch (const po::error& e) {
     rethrow(e, "command line");
   }
+  resolve_run_length(cl.config);
   return cl;
 }
 
@@ -534,6 +553,7 @@ Config parse_config_text(const std::string& ini_text, const std::string& origin)
   } catch (const po::error& e) {
     rethrow(e, origin);
   }
+  resolve_run_length(c);
   return c;
 }
 
@@ -629,6 +649,8 @@ void validate(const Config& c, int world_size) {
   }
   const auto& t = c.train;
   check(t.steps >= 0, "train.steps", "must be >= 0 (got " + std::to_string(t.steps) + ")");
+  check(t.sequences >= 0, "train.sequences",
+        "must be >= 0 (got " + std::to_string(t.sequences) + ")");
   check(t.batch_size >= 1, "train.batch_size",
         "must be >= 1 (got " + std::to_string(t.batch_size) + ")");
   check(t.micro_batch_size >= 1, "train.micro_batch_size",

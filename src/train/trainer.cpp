@@ -285,6 +285,10 @@ TrainOutcome Trainer::run() {
                              std::to_string(s.ramp.increment) + " over the first " +
                              std::to_string(s.ramp.sequences) + " sequences)"
                        : std::string())
+       << (cfg.train.sequences > 0
+               ? ", " + std::to_string(cfg.train.steps) +
+                     " steps for train.sequences = " + std::to_string(cfg.train.sequences)
+               : std::string())
        << " | train " << s.train_data->num_sequences() << " sequences"
        << (s.train_data->datasets() > 1
                ? " in " + std::to_string(s.train_data->datasets()) + " blended datasets"

@@ -100,6 +100,30 @@ checkpoint.dir = ckpts
     assert s.final_checkpoint(s.points[1]) == Path.cwd() / "ckpts" / "step_00000020.h5"
 
 
+def test_run_length_in_sequences_sets_the_final_step(tmp_path):
+    """A sweep of batch sizes at one token budget (train.sequences): each point's final step is
+    what triad-train resolves (the same numbers test_config.cpp and test_train_cli.py check
+    against triad-train itself: 4800 sequences are 300 steps of 16, or 450 through a ramp of 8s
+    over the first 2400, and 52 through 4s over the first 16 with a batch of 8 are 9)."""
+    assert sw.run_steps(4800, 16, "") == 300 and sw.run_steps(4801, 16, "") == 301
+    assert sw.run_steps(4800, 16, "8, 8, 2400") == 450
+    assert sw.run_steps(2401, 16, "8, 8, 2400") == 301
+    assert sw.run_steps(52, 8, "4, 4, 16") == 9
+    # 32 through the ramp: 259, as triad-train printed it ("259 steps for train.sequences =
+    # 4800" at the start of a run of the quick start with these keys).
+    a, _ = base_files(tmp_path)
+    f = write(tmp_path / "s.ini", f"[sweep]\nname = b\nbase = {a}\n[set]\n"
+              "train.sequences = 4800\ntrain.batch_rampup = 8, 8, 2400\n"
+              "[values]\ntrain.batch_size = 16, 32\n")
+    s = sw.load_sweep(f)
+    assert [s.steps(p) for p in s.points] == [450, 259]  # the base's train.steps replaced
+    assert s.final_checkpoint(s.points[0]).name == "step_00000450.h5"
+    bad = write(tmp_path / "bad.ini", f"[sweep]\nname = b\nbase = {a}\n[set]\n"
+                "train.sequences = many\n[values]\ntrain.lr = 1\n")
+    with pytest.raises(sw.SweepError, match="train.sequences = 'many'"):
+        sw.load_sweep(bad).steps(sw.load_sweep(bad).points[0])
+
+
 def test_relative_paths_are_taken_from_the_repository_root(tmp_path):
     repo = tmp_path / "repo"
     (repo / "jobs").mkdir(parents=True)

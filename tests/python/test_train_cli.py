@@ -610,6 +610,20 @@ def test_more_validation_sets_are_scored_into_metrics_and_resume(tmp_path):
                        "eval.sets (short) holds")
 
 
+def test_run_length_in_sequences_through_a_ramp(tmp_path):
+    """train.sequences sets the steps: batches of 4 over the first 16 sequences (4 steps), then
+    8; 52 sequences take 4 + 5 steps (56 trained), which the start line, metrics.h5's rows and
+    its tokens say."""
+    cfg = tiny_config(tmp_path, name="len")
+    p = train("--config", cfg, "--train.sequences", "52", "--train.batch_rampup", "4, 4, 16",
+              "--train.steps", "1000", check=True)
+    assert "9 steps for train.sequences = 52" in p.stdout, p.stdout
+    assert "step     9/9 " in p.stdout, p.stdout
+    with h5py.File(tmp_path / "runs" / "len" / "metrics.h5") as f:
+        assert list(f["train/step"][...]) == list(range(9))
+        assert list(f["train/tokens"][...]) == [16 * n for n in (4, 8, 12, 16, 24, 32, 40, 48, 56)]
+
+
 def test_damaged_checkpoints(tmp_path):
     cfg = tiny_config(tmp_path, name="a")
     train("--config", cfg, "--train.steps", "5", check=True)

@@ -290,6 +290,31 @@ TEST(Config, BatchRampupFollowsMegatronsRuleAndIsChecked) {
   EXPECT_NE(e.find("at a batch of 8"), std::string::npos) << e;
 }
 
+// train.sequences: the fewest steps that train that many, through a ramp; it replaces
+// train.steps (also one given), and the resolved config parses back to the same steps.
+TEST(Config, RunLengthInSequencesSetsTheSteps) {
+  auto steps_of = [](std::vector<std::string> a) { return parse(a).config.train.steps; };
+  const std::vector<std::string> q = {"--train.batch_size", "16", "--train.micro_batch_size", "8"};
+  auto with = [&](std::vector<std::string> more) {
+    std::vector<std::string> a = q;
+    a.insert(a.end(), more.begin(), more.end());
+    return a;
+  };
+  EXPECT_EQ(steps_of(with({"--train.sequences", "4800"})), 300);
+  EXPECT_EQ(steps_of(with({"--train.sequences", "4801"})), 301);
+  EXPECT_EQ(steps_of(with({"--train.sequences", "1"})), 1);
+  EXPECT_EQ(steps_of(with({"--train.steps", "77"})), 77);
+  EXPECT_EQ(steps_of(with({"--train.steps", "77", "--train.sequences", "160"})), 10);
+  // 2400 sequences in batches of 8 (300 steps), then 2400 in 16 (150).
+  const auto ramp = with({"--train.batch_rampup", "8, 8, 2400", "--train.sequences", "4800"});
+  EXPECT_EQ(steps_of(ramp), 450);
+  EXPECT_EQ(steps_of(with({"--train.batch_rampup", "8, 8, 2400", "--train.sequences", "2401"})),
+            301);
+  EXPECT_EQ(sequences_after_steps(parse_batch_rampup("8, 8, 2400", 16), 16, 0, 450), 4800);
+  EXPECT_EQ(parse_config_text(to_ini(parse(ramp).config), "test").train.steps, 450);
+  EXPECT_NE(error_of({"--train.sequences", "-5"}).find("train.sequences"), std::string::npos);
+}
+
 // train.lr_by: steps or sequences, each with its own warmup key, the other's refused.
 TEST(Config, ScheduleUnitAndItsWarmupAreChecked) {
   EXPECT_EQ(error_of({"--train.lr_by", "sequences", "--train.warmup_sequences", "512"}), "");

@@ -36,6 +36,10 @@ struct ModelConfig {
 
 struct TrainConfig {
   int64_t steps = 1000;
+  // The run's length in sequences trained on (Megatron's --train-samples): > 0 replaces steps
+  // by the fewest steps that train at least this many (resolve_run_length; with a batch-size
+  // ramp the steps' batches differ); 0: steps counts.
+  int64_t sequences = 0;
   int batch_size = 8, micro_batch_size = 8;
   // Batch-size ramp-up (Megatron's --rampup-batch-size): "START, INCREMENT, SEQUENCES" makes the
   // global batch START sequences at first, growing by INCREMENT in equal shares of the first
@@ -221,6 +225,11 @@ struct SchedulePoint {
   double done = 0, step = 1, total = 0, warmup = 0;
 };
 SchedulePoint schedule_point(const TrainConfig& t, int64_t step, int64_t consumed);
+// The fewest steps after which at least `sequences` have been trained on, from none.
+int64_t steps_for_sequences(const BatchRampup& ramp, int batch_size, int64_t sequences);
+// train.sequences > 0: train.steps = steps_for_sequences (done by the parsers below, so every
+// reader of a Config sees the steps the run takes).
+void resolve_run_length(Config& c);
 // The global batches a ramp passes through, smallest first, batch_size last (one without one).
 std::vector<int> ramp_batch_sizes(const BatchRampup& ramp, int batch_size);
 
