@@ -219,20 +219,19 @@ class Sweep:
         """The point's final step: train.steps, or where train.sequences > 0 the steps that
         train that many (run_steps)."""
         cfg = self.resolved(p)
-        key = "train.steps"
-        try:
-            key = "train.sequences"
-            sequences = int(float(cfg[key]))
-            if sequences <= 0:
-                key = "train.steps"
-                return int(float(cfg[key]))
-            key = "train.batch_size"
-            batch = int(float(cfg[key]))
-            key = "train.batch_rampup"
-            return run_steps(sequences, batch, cfg[key])
-        except ValueError:
-            raise SweepError(f"{self.path}: point {p.index}: {key} = {cfg[key]!r} is not "
-                             "what triad-train takes") from None
+
+        def value(key, convert=lambda v: int(float(v))):
+            try:
+                return convert(cfg[key])
+            except ValueError:
+                raise SweepError(f"{self.path}: point {p.index}: {key} = {cfg[key]!r} is not "
+                                 "what triad-train takes") from None
+
+        sequences = value("train.sequences")
+        if sequences <= 0:
+            return value("train.steps")
+        batch = value("train.batch_size")
+        return value("train.batch_rampup", lambda v: run_steps(sequences, batch, v))
 
     def final_checkpoint(self, p: Point) -> Path:
         cfg = self.resolved(p)

@@ -323,12 +323,17 @@ int64_t sequences_after_steps(const BatchRampup& ramp, int batch_size, int64_t c
   return consumed + std::max<int64_t>(steps, 0) * batch_size;  // the rest at the full batch
 }
 
-SchedulePoint schedule_point(const TrainConfig& t, int64_t step, int64_t consumed) {
-  if (t.lr_by != "sequences") return {double(step), 1.0, double(t.steps), double(t.warmup_steps)};
-  const BatchRampup ramp = parse_batch_rampup(t.batch_rampup, t.batch_size);
-  return {double(consumed), double(batch_size_at(ramp, t.batch_size, consumed)),
-          double(sequences_after_steps(ramp, t.batch_size, 0, t.steps)),
-          double(t.warmup_sequences)};
+ScheduleClock::ScheduleClock(const TrainConfig& t)
+    : by_sequences_(t.lr_by == "sequences"),
+      ramp_(parse_batch_rampup(t.batch_rampup, t.batch_size)),
+      batch_size_(t.batch_size),
+      total_(by_sequences_ ? double(sequences_after_steps(ramp_, t.batch_size, 0, t.steps))
+                           : double(t.steps)),
+      warmup_(by_sequences_ ? double(t.warmup_sequences) : double(t.warmup_steps)) {}
+
+SchedulePoint ScheduleClock::at(int64_t step, int64_t consumed) const {
+  if (!by_sequences_) return {double(step), 1.0, total_, warmup_};
+  return {double(consumed), double(batch_size_at(ramp_, batch_size_, consumed)), total_, warmup_};
 }
 
 int64_t steps_for_sequences(const BatchRampup& ramp, int batch_size, int64_t sequences) {

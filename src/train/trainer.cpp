@@ -316,6 +316,7 @@ TrainOutcome Trainer::run() {
   const int64_t last_consumed =
       sequences_after_steps(s.ramp, cfg.train.batch_size, s.consumed, cfg.train.steps - s.step);
   const int64_t first_consumed = s.consumed;
+  const ScheduleClock clock(cfg.train);
   s.grid.dp().reset_stats();
   s.grid.cp().reset_stats();
   s.grid.tp().reset_stats();
@@ -323,7 +324,7 @@ TrainOutcome Trainer::run() {
   while (s.step < cfg.train.steps) {
     Timer step_timer;
     const int64_t st = s.step;
-    const SchedulePoint at = schedule_point(cfg.train, st, s.consumed);
+    const SchedulePoint at = clock.at(st, s.consumed);
     const double lr = lr_at(cfg.train, at);
     // The step's global batch (train.batch_rampup) in micro-batches of mbs on each rank.
     const int batch = s.batch_size_now(), accum = s.micro_batches(batch);

@@ -56,7 +56,7 @@ TEST(Schedule, BySequencesWithoutARampIsBySteps) {
     seqs.warmup_steps = 0;
     seqs.warmup_sequences = 10 * 32;
     for (int64_t s = 0; s < steps.steps; ++s) {
-      const SchedulePoint p = schedule_point(seqs, s, s * 32);
+      const SchedulePoint p = ScheduleClock(seqs).at(s, s * 32);
       EXPECT_EQ(p.done, double(s * 32));
       EXPECT_EQ(p.step, 32.0);
       EXPECT_EQ(p.total, 3200.0);
@@ -84,7 +84,7 @@ TEST(Schedule, BySequencesFollowsARamp) {
   ASSERT_EQ(done.back(), 112);
   const double total = 112 + 12 * 32;
   for (size_t s = 0; s < done.size(); ++s) {
-    const SchedulePoint p = schedule_point(t, int64_t(s), done[s]);
+    const SchedulePoint p = ScheduleClock(t).at(int64_t(s), done[s]);
     EXPECT_EQ(p.total, total);
     const double n = double(done[s]), b = p.step;
     const double want =
@@ -94,12 +94,12 @@ TEST(Schedule, BySequencesFollowsARamp) {
     EXPECT_NEAR(lr_at(t, p), want, 1e-15) << s;
   }
   // The step from 32 to 48 sequences crosses the warmup's end at 40: the peak, not above it.
-  EXPECT_NEAR(lr_at(t, schedule_point(t, 4, 32)), 1e-3, 1e-18);
+  EXPECT_NEAR(lr_at(t, ScheduleClock(t).at(4, 32)), 1e-3, 1e-18);
   t.schedule = "linear";
-  EXPECT_NEAR(lr_at(t, schedule_point(t, 4, 32)), 1e-3, 1e-18);
-  EXPECT_EQ(schedule_point(t, 4, 32).step, 16.0);
-  EXPECT_EQ(schedule_point(t, 6, 64).step, 24.0);
-  EXPECT_EQ(schedule_point(t, 8, 112).step, 32.0);
+  EXPECT_NEAR(lr_at(t, ScheduleClock(t).at(4, 32)), 1e-3, 1e-18);
+  EXPECT_EQ(ScheduleClock(t).at(4, 32).step, 16.0);
+  EXPECT_EQ(ScheduleClock(t).at(6, 64).step, 24.0);
+  EXPECT_EQ(ScheduleClock(t).at(8, 112).step, 32.0);
 }
 
 }  // namespace

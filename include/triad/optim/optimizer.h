@@ -15,7 +15,7 @@
 
 namespace triad {
 
-// Learning rate of the step at p (schedule_point, config.h): linear warmup lr·(done + step) /
+// Learning rate of the step at p (ScheduleClock, config.h): linear warmup lr·(done + step) /
 // warmup while done + step <= warmup, then train.schedule over max(0, done − warmup) / (total −
 // warmup) (a step across the warmup's end takes the peak), or wsd's decay over the last
 // decay_fraction of total.

@@ -48,7 +48,7 @@ struct TrainConfig {
   double lr = 6e-4;
   int64_t warmup_steps = 0;
   std::string schedule = "cosine";  // cosine | linear | constant | wsd
-  // What the schedule counts (schedule_point): steps, or sequences trained on (with a batch-size
+  // What the schedule counts (ScheduleClock): steps, or sequences trained on (with a batch-size
   // ramp the steps grow; Megatron's sample-based schedule), the warmup then warmup_sequences.
   std::string lr_by = "steps";
   int64_t warmup_sequences = 0;
@@ -224,7 +224,19 @@ int64_t sequences_after_steps(const BatchRampup& ramp, int batch_size, int64_t c
 struct SchedulePoint {
   double done = 0, step = 1, total = 0, warmup = 0;
 };
-SchedulePoint schedule_point(const TrainConfig& t, int64_t step, int64_t consumed);
+// A run's points: the ramp parsed and the run's sequences counted once, so that each step's
+// point (at) is a lookup.
+class ScheduleClock {
+ public:
+  explicit ScheduleClock(const TrainConfig& t);
+  SchedulePoint at(int64_t step, int64_t consumed) const;
+
+ private:
+  bool by_sequences_;
+  BatchRampup ramp_;
+  int batch_size_;
+  double total_, warmup_;
+};
 // The fewest steps after which at least `sequences` have been trained on, from none.
 int64_t steps_for_sequences(const BatchRampup& ramp, int batch_size, int64_t sequences);
 // train.sequences > 0: train.steps = steps_for_sequences (done by the parsers below, so every
