@@ -150,7 +150,10 @@ class Metrics:
                 parts.append(f"val loss {self.val['loss'][-1]:.4f}{at}")
             mc = self.val.get("choice_accuracy")
             if mc is not None and np.isfinite(mc[-1]):
-                parts.append(f"choice accuracy {mc[-1]:.4f}{at}")
+                norm = self.val.get("choice_accuracy_by_chars")  # lm-eval's acc_norm
+                by_chars = (f" (by characters {norm[-1]:.4f})"
+                            if norm is not None and np.isfinite(norm[-1]) else "")
+                parts.append(f"choice accuracy {mc[-1]:.4f}{by_chars}{at}")
         g = self.attrs.get("grid")
         if g:
             parts.append(f"grid {g}")

@@ -88,7 +88,7 @@ for r in $(seq "$repeat"); do
   done
   for pt in $( (echo "$threads"; echo 1) | sort -u); do
     "$py" tests/reference/choices_torch.py --hf "$tmp/hf" --choices "$tmp/ex.bin" \
-      --threads "$pt" >"$tmp/torch_${r}_$pt.txt" || { cat "$tmp/torch_${r}_$pt.txt" >&2; exit 1; }
+      --vocab "$vocab" --threads "$pt" >"$tmp/torch_${r}_$pt.txt" || { cat "$tmp/torch_${r}_$pt.txt" >&2; exit 1; }
   done
 done
 grep -h 'choice accuracy' "$tmp"/triad_*_1.txt
@@ -102,11 +102,12 @@ p_best=$(grep -ho 'examples in [0-9.]* s' "$tmp"/torch_*.txt | awk '{print $3}' 
 import re, sys
 tmp, n, t, p, b = sys.argv[1], int(sys.argv[2]), *map(float, sys.argv[3:6])
 def scores(path):
-    m = re.search(r"choice accuracy ([0-9.]+) \(by summed loss ([0-9.]+), ending loss ([0-9.]+)",
-                  open(path).read())
-    return tuple(float(g) for g in m.groups())
+    # accuracy, by summed loss, by characters (lm-eval's acc_norm), mean ending loss
+    m = re.search(r"choice accuracy ([0-9.]+) \(by summed loss ([0-9.]+),"
+                  r"(?: by characters ([0-9.]+),)? ending loss ([0-9.]+)", open(path).read())
+    return tuple(float(g) if g else None for g in m.groups())
 a, a2, c = (scores(f"{tmp}/{f}.txt") for f in ("triad_cached_1", "triad_batched_1", "torch_1_1"))
-same = all(x[:2] == c[:2] and abs(x[2] - c[2]) <= 1e-4 * c[2] for x in (a, a2))
+same = all(x[:3] == c[:3] and abs(x[3] - c[3]) <= 1e-4 * c[3] for x in (a, a2))
 print("| scorer | examples/s |\n| --- | ---: |")
 print(f"| triad, cached (the context once, its keys and values kept for the endings) | {n / t:.2f} |")
 print(f"| triad, batched (rows of several examples per pass, as llm.c) | {n / b:.2f} |")

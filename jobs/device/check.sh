@@ -424,7 +424,8 @@ for v in ("cuda_fp32", "cuda_bf16"):
 # Multiple choice (eval.choices: batched rows by default, the KV cache in "fp32cached"):
 # accuracies and the mean ending loss on the GPU against the CPU's.
 def choices(v):
-    m = re.search(r"choice accuracy ([0-9.]+) \(by summed loss ([0-9.]+), ending loss ([0-9.]+)",
+    m = re.search(r"choice accuracy ([0-9.]+) \(by summed loss ([0-9.]+),"
+                  r"(?: by characters [0-9.]+,)? ending loss ([0-9.]+)",
                   (run / f"eval_{v}.txt").read_text())
     return tuple(float(g) for g in m.groups()) if m else None
 cref = choices("cpu_fp32")

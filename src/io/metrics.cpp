@@ -83,8 +83,12 @@ struct MetricsWriter::Impl {
                                      {"step_ms", false},
                                      {"tokens", true},
                                      {"skipped", false}});
-  Table val = make_table(
-      "val", {{"step", true}, {"loss", false}, {"accuracy", false}, {"choice_accuracy", false}});
+  Table val = make_table("val", {{"step", true},
+                                 {"loss", false},
+                                 {"accuracy", false},
+                                 {"choice_accuracy", false},
+                                 {"choice_accuracy_by_sum", false},
+                                 {"choice_accuracy_by_chars", false}});
 
   [[noreturn]] void fail_here(const std::string& what) const {
     fail("metrics file ", path, ": ", what);
@@ -323,6 +327,8 @@ void MetricsWriter::append(const ValRow& r) {
   t.col(1).doubles.push_back(r.loss);
   t.col(2).doubles.push_back(r.accuracy);
   t.col(3).doubles.push_back(r.choice_accuracy);
+  t.col(4).doubles.push_back(r.choice_accuracy_by_sum);
+  t.col(5).doubles.push_back(r.choice_accuracy_by_chars);
   if (t.col(0).buffered() >= kAutoFlushRows) flush();
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "triad/core/error.h"
+#include "triad/data/tokenizer.h"
 #include "triad/model/gpt.h"
 
 namespace triad {
@@ -28,6 +29,12 @@ void tally(ChoiceScore& sc, const ChoiceExample& ex, const std::vector<double>& 
   ++sc.examples;
   sc.correct += best(means) == ex.label ? 1 : 0;
   sc.correct_by_sum += best(sums) == ex.label ? 1 : 0;
+  if (!ex.ending_chars.empty()) {
+    std::vector<double> per_char(sums.size());
+    for (size_t i = 0; i < sums.size(); ++i) per_char[i] = sums[i] / double(ex.ending_chars[i]);
+    ++sc.examples_with_chars;
+    sc.correct_by_chars += best(per_char) == ex.label ? 1 : 0;
+  }
   for (double x : means) sc.ending_loss_sum += x;
   sc.endings += int64_t(sums.size());
 }
@@ -107,6 +114,24 @@ void score_batched(Gpt& model, const std::vector<ChoiceExample>& examples, size_
 }
 
 }  // namespace
+
+bool count_ending_chars(std::vector<ChoiceExample>& examples, const Tokenizer& tokenizer) {
+  for (const auto& ex : examples)
+    for (const auto& end : ex.endings)
+      for (int32_t id : end)
+        if (id < 0 || id >= tokenizer.vocab_size()) return false;
+  for (auto& ex : examples) {
+    ex.ending_chars.clear();
+    for (const auto& end : ex.endings) {
+      const std::string text = tokenizer.decode(end);
+      int64_t chars = 0;
+      for (unsigned char c : text) chars += (c & 0xC0) != 0x80 ? 1 : 0;  // a character's start
+      if (!text.empty() && text[0] == ' ') --chars;
+      ex.ending_chars.push_back(std::max<int64_t>(1, chars));
+    }
+  }
+  return true;
+}
 
 void check_choices_fit(const std::vector<ChoiceExample>& examples, int seq_len,
                        const std::string& where) {

@@ -68,8 +68,11 @@ Trainer::~Trainer() = default;
 std::string describe_choices(const EvalResult& r) {
   std::ostringstream os;
   os << std::fixed << std::setprecision(4) << "choice accuracy " << r.choice_accuracy
-     << " (by summed loss " << r.choice_accuracy_by_sum << ", ending loss " << std::setprecision(6)
-     << r.choice_ending_loss << ") | " << r.choice_examples << " examples";
+     << " (by summed loss " << r.choice_accuracy_by_sum;
+  if (!std::isnan(r.choice_accuracy_by_chars))
+    os << ", by characters " << r.choice_accuracy_by_chars;
+  os << ", ending loss " << std::setprecision(6) << r.choice_ending_loss << ") | "
+     << r.choice_examples << " examples";
   return os.str();
 }
 
@@ -170,7 +173,7 @@ TrainOutcome Trainer::run() {
   s.open_val();
   s.open_choices();
   if (cfg.sample.length > 0) {
-    s.tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_file(cfg.data.vocab));
+    s.load_tokenizer();
     // The prompt (with the tokenizer's prompt or document start) must be ids the model has.
     const std::vector<int32_t> prompt = s.tokenizer->encode_prompt(cfg.sample.prompt);
     for (int32_t id : prompt)

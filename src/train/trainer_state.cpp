@@ -510,6 +510,21 @@ void Trainer::State::open_choices() {
   if (cfg.eval.choice_examples > 0 && size_t(cfg.eval.choice_examples) < choices.size())
     choices.resize(size_t(cfg.eval.choice_examples));
   check_choices_fit(choices, cfg.model.seq_len, "eval.choices " + cfg.eval.choices);
+  // lm-eval's acc_norm divides by the endings' characters, which the file does not hold: the
+  // tokenizer decodes them (data.vocab, the one that wrote the file, as for samples).
+  const std::string no_chars = "eval.choices: no accuracy by characters (lm-eval's acc_norm): ";
+  if (!fs::exists(cfg.data.vocab)) {
+    say(no_chars + "data.vocab " + cfg.data.vocab + " does not exist");
+    return;
+  }
+  load_tokenizer();
+  if (!count_ending_chars(choices, *tokenizer))
+    say(no_chars + "the file holds token ids beyond the " +
+        std::to_string(tokenizer->vocab_size()) + " of data.vocab " + cfg.data.vocab);
+}
+
+void Trainer::State::load_tokenizer() {
+  if (!tokenizer) tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_file(cfg.data.vocab));
 }
 
 EvalResult Trainer::State::evaluate() {
@@ -530,13 +545,15 @@ EvalResult Trainer::State::evaluate() {
           choice_forward_passes(*model, choices, size_t(dp_rank), size_t(dp), mode);
       for (int64_t i = mine; i < most; ++i) model->join_forward_gathers();
     }
-    double v[4] = {double(sc.correct), double(sc.correct_by_sum), sc.ending_loss_sum,
-                   double(sc.endings)};
+    double v[5] = {double(sc.correct), double(sc.correct_by_sum), sc.ending_loss_sum,
+                   double(sc.endings), double(sc.correct_by_chars)};
     for (double& x : v) x = grid.dp().all_reduce_sum(x);
     r.choice_examples = int64_t(choices.size());
     r.choice_accuracy = v[0] / double(r.choice_examples);
     r.choice_accuracy_by_sum = v[1] / double(r.choice_examples);
     r.choice_ending_loss = v[2] / v[3];
+    if (!choices[0].ending_chars.empty())  // all examples have them, or none
+      r.choice_accuracy_by_chars = v[4] / double(r.choice_examples);
   }
   return r;
 }
@@ -632,7 +649,9 @@ void Trainer::State::run_eval() {
       const double nan = std::numeric_limits<double>::quiet_NaN();
       metrics->append(ValRow{step, r.sequences > 0 ? r.loss : nan,
                              r.sequences > 0 ? r.accuracy : nan,
-                             r.choice_examples > 0 ? r.choice_accuracy : nan});
+                             r.choice_examples > 0 ? r.choice_accuracy : nan,
+                             r.choice_examples > 0 ? r.choice_accuracy_by_sum : nan,
+                             r.choice_examples > 0 ? r.choice_accuracy_by_chars : nan});
       for (size_t i = 0; i < r.sets.size(); ++i)
         metrics->append_set(i, step, r.sets[i].loss, r.sets[i].accuracy);
       metrics->flush();

@@ -141,7 +141,8 @@ struct Trainer::State {
   CheckpointState load_weights(const std::string& path);
   // Opens data.val and checks it holds eval.sequences sequences.
   void open_val();
-  void open_choices();  // eval.choices, if set
+  void open_choices();    // eval.choices, if set
+  void load_tokenizer();  // data.vocab, once
 
   // ---- evaluation ---------------------------------------------------------------------------
   EvalResult evaluate();      // the validation loss and the multiple-choice examples

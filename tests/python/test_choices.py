@@ -3,10 +3,11 @@
 HellaSwag-style JSON lines are written to llm.c's eval file format by jobs/prepare_choices.py;
 `triad-train --eval-only` scores them on a seeded random model, and tests/reference/gpt_torch.py
 scores the same token rows in float64 the documented way (each ending after the shared
-context; the least mean token loss picks, and the least summed loss for the second number;
-contexts too long for seq_len lose their first tokens): both accuracies must be equal and the
-mean ending loss equal within fp32 rounding, on one rank and on dp, tp and pp grids, during
-training (metrics.h5's /val/choice_accuracy) too. The file reader's refusals are in
+context; the least mean token loss picks, the least summed loss for the second number, and the
+least summed loss per character of the ending's JSON text, lm-eval-harness's acc_norm, for the
+third; contexts too long for seq_len lose their first tokens): the accuracies must be equal and
+the mean ending loss equal within fp32 rounding, on one rank and on dp, tp and pp grids, during
+training (metrics.h5's /val/choice_accuracy*) too. The file reader's refusals are in
 tests/unit/test_choice_file.cpp; here the script's and the config's."""
 
 import json
@@ -36,8 +37,10 @@ MPI_ENV = dict(ENV, OMP_NUM_THREADS="1", OMPI_MCA_pml="ob1", OMPI_MCA_btl="self,
 
 def jsonl_examples(n=24, seed=0):
     rng = np.random.default_rng(seed)
+    # Words of 2-byte and 3-byte UTF-8 characters too: acc_norm counts characters, not bytes.
     words = ("the man woman dog ball house runs jumps slowly quickly into over under red blue "
-             "green a an is was then and but because while after before it they we").split()
+             "green a an is was then and but because while after before it they we café naïve "
+             "über … —").split()
 
     def text(k):
         return " ".join(rng.choice(words, k))
@@ -51,10 +54,16 @@ def jsonl_examples(n=24, seed=0):
     return out
 
 
+def ending_chars():
+    """lm-eval-harness's acc_norm length: len() of each ending's string, without the space the
+    continuation puts before it."""
+    return [[len(e) for e in ex["endings"]] for ex in jsonl_examples()]
+
+
 def reference_score(params, examples, cfg=CFG):
-    correct = correct_sum = 0
+    correct = correct_sum = correct_chars = 0
     ending_losses = []
-    for label, ctx, ends in examples:
+    for (label, ctx, ends), chars in zip(examples, ending_chars()):
         m = max(len(e) for e in ends)
         ctx = ctx[-(CFG.seq_len - m):]
         sums, means = [], []
@@ -67,9 +76,10 @@ def reference_score(params, examples, cfg=CFG):
             means.append(s / len(e))
         correct += int(np.argmin(means) == label)
         correct_sum += int(np.argmin(sums) == label)
+        correct_chars += int(np.argmin(np.array(sums) / np.array(chars)) == label)
         ending_losses += means
     n = len(examples)
-    return correct / n, correct_sum / n, float(np.mean(ending_losses))
+    return correct / n, correct_sum / n, float(np.mean(ending_losses)), correct_chars / n
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +97,7 @@ def setup(tmp_path_factory):
     ref.write_checkpoint(ckpt, CFG, w)
     cfg = tiny_config(d, name="mc", vocab=CFG.vocab_size, model__n_layer=2, model__n_head=4,
                       model__n_embd=64, model__seq_len=32, eval__choices=out,
-                      train__micro_batch_size=4, train__batch_size=8)
+                      train__micro_batch_size=4, train__batch_size=8, data__vocab=VOCAB)
     _, params = ref.load_checkpoint(ckpt, dtype=torch.float64)
     want = reference_score(params, read_eval_file(out))
     return d, out, ckpt, cfg, want
@@ -99,13 +109,16 @@ def parse(stdout):
     by_sum = float(line.split("by summed loss")[1].split(",")[0])
     loss = float(line.split("ending loss")[1].split(")")[0])
     n = int(line.split("|")[1].split()[0])
-    return acc, by_sum, loss, n
+    by_chars = float(line.split("by characters")[1].split(",")[0]) if "by characters" in line \
+        else None
+    return acc, by_sum, loss, n, by_chars
 
 
 def check(got, want, n=24):
-    acc, by_sum, loss, count = got
+    acc, by_sum, loss, count, by_chars = got
     assert count == n
     assert abs(acc - want[0]) < 1e-4 and abs(by_sum - want[1]) < 1e-4, (got, want)
+    assert by_chars is not None and abs(by_chars - want[3]) < 1e-4, (got, want)
     assert abs(loss - want[2]) <= 1e-5 * want[2], (loss, want[2])
 
 
@@ -201,11 +214,30 @@ def test_during_training_into_metrics(setup):
         assert list(f["val/step"][()]) == [0, 2]
         got = f["val/choice_accuracy"][()]
         assert abs(got[0] - want[0]) < 1e-9 and np.isfinite(got[1])
+        assert abs(f["val/choice_accuracy_by_sum"][0] - want[1]) < 1e-9
+        assert abs(f["val/choice_accuracy_by_chars"][0] - want[3]) < 1e-9
+    from analysis.metrics import load_metrics
+    m = load_metrics(d / "runs" / "mc-train")
+    assert f"(by characters {m.val['choice_accuracy_by_chars'][-1]:.4f}) at step 2" in m.summary()
     # Without eval.choices the column is NaN.
     train("--config", cfg, "--train.steps", 1, "--eval.choices", "", "--run.name", "plain",
           check=True)
     with h5py.File(d / "runs" / "plain" / "metrics.h5", "r") as f:
-        assert np.all(np.isnan(f["val/choice_accuracy"][()]))
+        for col in ("", "_by_sum", "_by_chars"):
+            assert np.all(np.isnan(f["val/choice_accuracy" + col][()]))
+
+
+def test_characters_need_the_tokenizer_that_wrote_the_file(setup, tmp_path):
+    """acc_norm's characters come from data.vocab decoding the endings: without that file the
+    run says so and reports the others (a tokenizer too small for the file's ids:
+    tests/unit/test_choice_file.cpp)."""
+    d, out, ckpt, cfg, want = setup
+    p = train("--config", cfg, "--eval-only", "--init-from", ckpt, "--data.vocab",
+              tmp_path / "none.tiktoken", check=True)
+    assert "no accuracy by characters (lm-eval's acc_norm): data.vocab" in p.stdout
+    assert "does not exist" in p.stdout
+    got = parse(p.stdout)
+    assert got[4] is None and abs(got[0] - want[0]) < 1e-4
 
 
 def test_cloze_examples_from_held_out_text(tmp_path):

@@ -6,12 +6,15 @@ jobs/bench-choices.sh.
 Per example, one row per ending (the context, then the ending; shorter rows padded), one
 forward pass of transformers' GPT2LMHeadModel over all of them, the cross-entropy of each
 ending's tokens; the least mean loss picks (llm.c's accuracy), and the least summed loss for
-the second number. Contexts keep their last seq_len − (longest ending) tokens, as triad's.
+the second number. With --vocab (GPT-2's ranks file), also lm-eval-harness's acc_norm: the least
+summed loss per character of the ending's text, tiktoken decoding the tokens (less the space
+before the ending). Contexts keep their last seq_len − (longest ending) tokens, as triad's.
 
-    choices_torch.py --hf DIR --choices FILE.bin [--threads N] [--limit N] [--dtype float32]
+    choices_torch.py --hf DIR --choices FILE.bin [--vocab gpt2.tiktoken] [--threads N]
+                     [--limit N] [--dtype float32]
 
-Prints "choice accuracy A (by summed loss B, ending loss L) | N examples" as triad does, then
-"torch: N examples in S s: R examples/s (...)".
+Prints "choice accuracy A (by summed loss B[, by characters C], ending loss L) | N examples" as
+triad does, then "torch: N examples in S s: R examples/s (...)".
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--hf", required=True, help="HF model directory (triad-convert export)")
     ap.add_argument("--choices", required=True)
+    ap.add_argument("--vocab", help="GPT-2's ranks file: also the accuracy by characters")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
@@ -74,11 +78,24 @@ def main():
     examples = read_choices(args.choices)
     if args.limit:
         examples = examples[:args.limit]
-    correct = correct_sum = 0
+    chars = None
+    if args.vocab:
+        from tiktoken import Encoding
+        from tiktoken.load import load_tiktoken_bpe
+        enc = Encoding(name="gpt2-local", explicit_n_vocab=50257,
+                       mergeable_ranks=load_tiktoken_bpe(args.vocab), special_tokens={
+                           "<|endoftext|>": 50256}, pat_str=r"\S+")  # decoding only
+
+        def length(ids):
+            text = enc.decode(ids)
+            return max(1, len(text[1:] if text.startswith(" ") else text))
+
+        chars = [[length(e) for e in ends] for _, _, ends in examples]
+    correct = correct_sum = correct_chars = 0
     ending_losses = []
     t0 = time.perf_counter()
     with torch.no_grad():
-        for label, ctx, ends in examples:
+        for k, (label, ctx, ends) in enumerate(examples):
             m = max(len(e) for e in ends)
             ctx = ctx[-(T - m):]
             L = len(ctx) + m
@@ -97,11 +114,14 @@ def main():
             means = sums / m_shift.sum(1)
             correct += int(means.argmin()) == label
             correct_sum += int(sums.argmin()) == label
+            if chars:
+                correct_chars += int((sums / torch.tensor(chars[k]).double()).argmin()) == label
             ending_losses += means.tolist()
     dt = time.perf_counter() - t0
     n = len(examples)
-    print(f"choice accuracy {correct / n:.4f} (by summed loss {correct_sum / n:.4f}, ending loss "
-          f"{float(np.mean(ending_losses)):.6f}) | {n} examples")
+    by_chars = f", by characters {correct_chars / n:.4f}" if chars else ""
+    print(f"choice accuracy {correct / n:.4f} (by summed loss {correct_sum / n:.4f}{by_chars}, "
+          f"ending loss {float(np.mean(ending_losses)):.6f}) | {n} examples")
     print(f"torch: {n} examples in {dt:.2f} s: {n / dt:.2f} examples/s ({args.dtype}, "
           f"{torch.get_num_threads()} threads{CORE_NOTE}, torch {torch.__version__})")
 

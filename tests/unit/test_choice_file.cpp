@@ -11,6 +11,7 @@
 
 #include "triad/core/error.h"
 #include "triad/data/choice_file.h"
+#include "triad/data/tokenizer.h"
 #include "triad/train/choice_eval.h"
 
 namespace triad {
@@ -126,6 +127,30 @@ TEST(ChoiceFile, AnEndingMustLeaveRoomForContext) {
     EXPECT_NE(std::string(e.what()).find("example 0 has an ending of 3 tokens"), std::string::npos)
         << e.what();
   }
+}
+
+TEST(ChoiceChars, CountsTheCharactersOfEachEndingWithoutItsLeadingSpace) {
+  // lm-eval-harness's acc_norm length is Python's len() of the ending without the space that
+  // separates it from the context: code points, not bytes.
+  const Tokenizer gpt2 = Tokenizer::from_file(TRIAD_SOURCE_DIR "/data/vocab/gpt2.tiktoken");
+  ChoiceExample ex;
+  ex.context = gpt2.encode("The cat");
+  for (const char* e : {" café", " naïve — yes", "x", " ", "  two"})
+    ex.endings.push_back(gpt2.encode(e));
+  std::vector<ChoiceExample> all = {ex, ex};
+  ASSERT_TRUE(count_ending_chars(all, gpt2));
+  for (const auto& e : all) EXPECT_EQ(e.ending_chars, (std::vector<int64_t>{4, 11, 1, 1, 4}));
+  // A tokenizer without the file's ids (the first 300 of GPT-2's ranks) sets nothing.
+  const std::string small = (fs::path(::testing::TempDir()) / "small.tiktoken").string();
+  {
+    std::ifstream in(TRIAD_SOURCE_DIR "/data/vocab/gpt2.tiktoken");
+    std::ofstream out(small);
+    std::string line;
+    for (int i = 0; i < 300 && std::getline(in, line); ++i) out << line << '\n';
+  }
+  std::vector<ChoiceExample> fresh = {ex};
+  EXPECT_FALSE(count_ending_chars(fresh, Tokenizer::from_file(small, 0)));
+  EXPECT_TRUE(fresh[0].ending_chars.empty());
 }
 
 }  // namespace

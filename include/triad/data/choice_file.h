@@ -22,6 +22,9 @@ struct ChoiceExample {
   int label = 0;      // the right ending
   std::vector<int32_t> context;
   std::vector<std::vector<int32_t>> endings;  // at least 2, none empty
+  // Not in the file: each ending's length in characters of its text, for lm-eval-harness's
+  // acc_norm (count_ending_chars, train/choice_eval.h); empty when no tokenizer gave them.
+  std::vector<int64_t> ending_chars;
 };
 
 // Reads and validates the whole file: magic, version, example count and sizes, every example's

@@ -1,7 +1,7 @@
 // metrics.h5 (DESIGN.md §5): training curves written by rank 0. Groups /train and /val hold
 // 1-D chunked, extendible datasets of equal length within each group:
 //   /train/{step, loss, lr, grad_norm, tokens_per_sec, mfu, step_ms, tokens, skipped}
-//   /val/{step, loss, accuracy, choice_accuracy}
+//   /val/{step, loss, accuracy, choice_accuracy, choice_accuracy_by_sum, choice_accuracy_by_chars}
 //   /val_sets/<name>/{step, loss, accuracy}  (eval.sets: more validation sets)
 //   /norms/{step, grad_<g>, weight_<g>}      (train.norms_every: per layer g = wte, wpe, h0, ...)
 // step and tokens are int64, the rest float64. Root attributes: config, grid, n_params,
@@ -26,7 +26,10 @@ struct TrainRow {
 struct ValRow {
   int64_t step = 0;  // updates applied when the evaluation ran
   double loss = 0, accuracy = 0;
-  double choice_accuracy = std::numeric_limits<double>::quiet_NaN();  // NaN: no eval.choices
+  // eval.choices' accuracies (NaN: none; by_chars also where characters were not counted)
+  double choice_accuracy = std::numeric_limits<double>::quiet_NaN();
+  double choice_accuracy_by_sum = std::numeric_limits<double>::quiet_NaN();
+  double choice_accuracy_by_chars = std::numeric_limits<double>::quiet_NaN();
 };
 
 struct MetricsAttributes {

@@ -5,6 +5,7 @@
 
 #include <mpi.h>
 
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -18,9 +19,11 @@ struct EvalResult {
   double loss = 0, accuracy = 0;
   int64_t sequences = 0;
   // eval.choices (train/choice_eval.h): the share of examples whose right ending has the least
-  // mean token loss (llm.c's HellaSwag accuracy) or least summed loss, and the mean over all
-  // endings of their mean token loss.
+  // mean token loss (llm.c's HellaSwag accuracy), least summed loss (lm-eval's acc) or least
+  // summed loss per character (lm-eval's acc_norm; NaN when the tokenizer could not count the
+  // characters), and the mean over all endings of their mean token loss.
   double choice_accuracy = 0, choice_accuracy_by_sum = 0, choice_ending_loss = 0;
+  double choice_accuracy_by_chars = std::numeric_limits<double>::quiet_NaN();
   int64_t choice_examples = 0;
   // eval.sets, in its order: name, loss, accuracy.
   struct Set {
@@ -30,7 +33,8 @@ struct EvalResult {
   std::vector<Set> sets;
 };
 
-// "choice accuracy 0.2955 (by summed loss 0.2859, ending loss 3.123456) | 10042 examples"
+// "choice accuracy 0.2955 (by summed loss 0.2859, by characters 0.3114, ending loss 3.123456) |
+// 10042 examples" (no "by characters" where it is NaN)
 std::string describe_choices(const EvalResult& r);
 
 struct TrainOutcome {
