@@ -605,6 +605,16 @@ ActivationSlots Gpt::schedule_slots(const ModelParallel& mp, const PipelineSched
   return activation_slots(mp, &schedule);
 }
 
+void Gpt::set_window(int window) {
+  TRIAD_ASSERT(window >= 0);
+  if (window == shape_.sliding_window) return;
+  TRIAD_CHECK(shape_.window_scheduled || (window == 0 || window >= shape_.seq_len),
+              "internal error: set_window needs a model planned for a changing window");
+  // A model without a window of its own gets one in every layer: full_attention_every is 0 there.
+  shape_.sliding_window = window;
+  forget_decoded();  // keys and values cached under another window
+}
+
 void Gpt::set_schedule(const PipelineSchedule& schedule) {
   TRIAD_CHECK(
       mp_.pp > 1 && !inference_ && !schedule_.empty() && schedule.placement == mp_.placement,

@@ -93,6 +93,11 @@ class KeyTable {
         "batch-size ramp-up \"START, INCREMENT, SEQUENCES\": the global batch starts at START "
         "sequences and grows by INCREMENT in equal shares of the first SEQUENCES sequences, "
         "train.batch_size after them (as Megatron's --rampup-batch-size); empty: none");
+    add("train.window_warmup", c.train.window_warmup,
+        "attention-window warmup \"START, STEPS[, MULTIPLE]\": the windowed layers (all of a "
+        "model without model.sliding_window) attend to the last START tokens at first, the "
+        "window growing linearly to the model's (the whole context) over STEPS steps, rounded up "
+        "to a multiple of MULTIPLE (64); empty: none");
     add("train.lr", c.train.lr, "peak learning rate");
     add("train.warmup_steps", c.train.warmup_steps, "linear warmup steps");
     add("train.schedule", c.train.schedule, "cosine | linear | constant | wsd");
@@ -284,18 +289,30 @@ int32_t parse_document_mask(const std::string& text, int vocab_size) {
   return int32_t(v);
 }
 
+namespace {
+// A comma-separated list of integers >= 1 (blanks around them allowed) into v; false where an
+// item is not one or their number is outside [least, most].
+bool positive_integers(const std::string& text, size_t least, size_t most,
+                       std::vector<int64_t>& v) {
+  const std::vector<std::string> items = split_comma_list(text);
+  if (items.size() < least || items.size() > most) return false;
+  v.assign(items.size(), 0);
+  for (size_t i = 0; i < items.size(); ++i) {
+    const std::string& item = items[i];
+    const auto p = std::from_chars(item.data(), item.data() + item.size(), v[i]);
+    if (item.empty() || p.ec != std::errc() || p.ptr != item.data() + item.size() || v[i] < 1)
+      return false;
+  }
+  return true;
+}
+}  // namespace
+
 BatchRampup parse_batch_rampup(const std::string& text, int batch_size) {
   BatchRampup r;
   if (trim_blanks(text).empty()) return r;
   const std::string key = "config: train.batch_rampup";
-  const std::vector<std::string> items = split_comma_list(text);
-  int64_t v[3] = {0, 0, 0};
-  bool ok = items.size() == 3;
-  for (size_t i = 0; ok && i < 3; ++i) {
-    const std::string& item = items[i];
-    const auto p = std::from_chars(item.data(), item.data() + item.size(), v[i]);
-    ok = !item.empty() && p.ec == std::errc() && p.ptr == item.data() + item.size() && v[i] >= 1;
-  }
+  std::vector<int64_t> v;
+  const bool ok = positive_integers(text, 3, 3, v);
   TRIAD_CHECK(ok, key,
               " must be empty or \"START, INCREMENT, SEQUENCES\", three integers >= 1 (got '", text,
               "')");
@@ -307,6 +324,37 @@ BatchRampup parse_batch_rampup(const std::string& text, int batch_size) {
   r.increment = int(v[1]);
   r.sequences = v[2];
   return r;
+}
+
+WindowWarmup parse_window_warmup(const std::string& text, const ModelConfig& m) {
+  WindowWarmup w;
+  if (trim_blanks(text).empty()) return w;
+  const std::string key = "config: train.window_warmup";
+  std::vector<int64_t> v;
+  TRIAD_CHECK(positive_integers(text, 2, 3, v) && v[0] <= (int64_t(1) << 30) &&
+                  (v.size() < 3 || v[2] <= (int64_t(1) << 30)),
+              key, " must be empty or \"START, STEPS[, MULTIPLE]\", integers >= 1 (got '", text,
+              "')");
+  const int64_t target = m.sliding_window > 0 ? m.sliding_window : m.seq_len;
+  TRIAD_CHECK(v[0]<target, key, " '", text, "' starts at a window of ", v[0],
+                   " tokens, which must be below the one it grows to: ", m.sliding_window> 0
+                  ? "model.sliding_window ("
+                  : "model.seq_len (",
+              target, ")");
+  w.start = int(v[0]);
+  w.steps = v[1];
+  if (v.size() == 3) w.multiple = int(v[2]);
+  return w;
+}
+
+int window_at(const WindowWarmup& w, const ModelConfig& m, int64_t step) {
+  if (!w.on() || step >= w.steps) return m.sliding_window;
+  const int64_t target = m.sliding_window > 0 ? m.sliding_window : m.seq_len;
+  // 0 <= step < steps: the product in 128 bits cannot overflow.
+  int64_t now =
+      w.start + int64_t(__int128(target - w.start) * std::max<int64_t>(step, 0) / w.steps);
+  now = (now + w.multiple - 1) / w.multiple * w.multiple;
+  return now < target ? int(now) : m.sliding_window;
 }
 
 int batch_size_at(const BatchRampup& ramp, int batch_size, int64_t consumed) {
@@ -673,6 +721,7 @@ void validate(const Config& c, int world_size) {
               "dp (" + std::to_string(t.micro_batch_size) + " · " + std::to_string(dp) +
               "), as every batch of the ramp is split into micro-batches on each rank");
   }
+  parse_window_warmup(t.window_warmup, c.model);  // throws naming the key
   check(std::isfinite(t.lr) && t.lr >= 0, "train.lr", "must be a finite number >= 0");
   check(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0");
   check(t.lr_by == "steps" || t.lr_by == "sequences", "train.lr_by",

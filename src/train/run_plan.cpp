@@ -72,6 +72,7 @@ GptShape gpt_shape(const Config& cfg) {
   s.reset_positions = cfg.data.reset_positions;
   s.sliding_window = m.sliding_window;
   s.full_attention_every = m.full_attention_every;
+  s.window_scheduled = parse_window_warmup(cfg.train.window_warmup, m).on();
   return s;
 }
 
@@ -289,6 +290,9 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
   // The memory holds every batch's schedule; the step time below is the full batch's.
   if (parse_batch_rampup(cfg.train.batch_rampup, cfg.train.batch_size).on())
     os << " (batch ramped up: " << cfg.train.batch_rampup << ")";
+  // The step time below counts the attention of the model's own window, as after the warmup.
+  if (parse_window_warmup(cfg.train.window_warmup, cfg.model).on())
+    os << " (attention window warmup: " << cfg.train.window_warmup << ")";
   if (g.pp > 1)
     os << " | schedule " << cfg.parallel.schedule
        << (cfg.parallel.virtual_stages > 1

@@ -99,6 +99,7 @@ EvalResult Trainer::evaluate_only() {
                 s.cfg.checkpoint_dir());
   }
   const CheckpointState st = s.load_weights(path);
+  s.use_window(st.step);  // as the run evaluated at that step
   const Timer clock;
   const EvalResult r = s.evaluate();
   const double seconds = clock.seconds();
@@ -288,6 +289,12 @@ TrainOutcome Trainer::run() {
                              std::to_string(s.ramp.increment) + " over the first " +
                              std::to_string(s.ramp.sequences) + " sequences)"
                        : std::string())
+       << (s.window_warmup.on()
+               ? " | attention window from " + std::to_string(s.window_warmup.start) + " to " +
+                     (cfg.model.sliding_window > 0 ? std::to_string(cfg.model.sliding_window)
+                                                   : std::string("the whole context")) +
+                     " over " + std::to_string(s.window_warmup.steps) + " steps"
+               : std::string())
        << (cfg.train.sequences > 0
                ? ", " + std::to_string(cfg.train.steps) +
                      " steps for train.sequences = " + std::to_string(cfg.train.sequences)
@@ -333,6 +340,7 @@ TrainOutcome Trainer::run() {
     const int batch = s.batch_size_now(), accum = s.micro_batches(batch);
     const double tokens_per_step = double(batch) * T;
     s.use_schedule(accum);
+    s.use_window(st);
     s.model->zero_grads();
     double loss_sum = 0;
     // This rank's share of the global batch: sequences [dp_rank·B/dp, (dp_rank+1)·B/dp) of

@@ -110,6 +110,7 @@ void Trainer::State::setup_model() {
   mp.cp_rank = grid.cp_rank();
   mp.cp_comm = &grid.cp();
   ramp = parse_batch_rampup(cfg.train.batch_rampup, cfg.train.batch_size);
+  window_warmup = parse_window_warmup(cfg.train.window_warmup, cfg.model);
   // The full batch's schedule; the memory holds what a ramp's smaller batches' need too (each
   // built when its batch comes: use_schedule).
   PipelineSchedule schedule;
@@ -504,6 +505,10 @@ void Trainer::State::use_schedule(int m) {
   schedule_m = m;
 }
 
+void Trainer::State::use_window(int64_t updates) {
+  if (window_warmup.on()) model->set_window(window_at(window_warmup, cfg.model, updates));
+}
+
 void Trainer::State::open_choices() {
   if (cfg.eval.choices.empty()) return;
   choices = read_choice_file(cfg.eval.choices, cfg.model.vocab_size, "eval.choices");
@@ -637,6 +642,7 @@ void Trainer::State::write_pipeline_trace(const std::vector<ComputeInterval>& ac
 }
 
 void Trainer::State::run_eval() {
+  use_window(step);  // the window the next step trains with (the last one's after the last)
   const EvalResult r = evaluate();
   if (r.sequences > 0 || r.choice_examples > 0 || !r.sets.empty()) {
     std::ostringstream os;

@@ -76,8 +76,9 @@ struct Trainer::State {
   std::vector<std::vector<float>> host_slots;
   double peak_flops = 0;
   std::vector<int32_t> inputs, targets;
-  BatchRampup ramp;    // train.batch_rampup
-  int schedule_m = 0;  // pp > 1: the micro-batches of the schedule the model runs
+  BatchRampup ramp;            // train.batch_rampup
+  int schedule_m = 0;          // pp > 1: the micro-batches of the schedule the model runs
+  WindowWarmup window_warmup;  // train.window_warmup
 
   State(MPI_Comm world, const CommandLine& c);
 
@@ -86,6 +87,8 @@ struct Trainer::State {
   int micro_batches(int batch) const { return batch / (cfg.train.micro_batch_size * dp); }
   // pp > 1: the model runs the schedule for m micro-batches from the next step on.
   void use_schedule(int m);
+  // The attention window of the step after `updates` (train.window_warmup) for what runs next.
+  void use_window(int64_t updates);
 
   bool root() const { return grid.is_root(); }
 

@@ -222,6 +222,32 @@ def test_document_masks_give_the_same_curve_on_every_grid(tmp_path, window, ever
                                  more=more)
 
 
+def test_window_warmup_gives_the_same_curve_on_every_grid_and_resumes_exactly(tmp_path):
+    """train.window_warmup (windows 2, 4, 6, 10, 12, 14, then the whole context of 16; the
+    evaluation at step 4 keeps to step 4's window) on tensor, pipeline, data (ZeRO-1 and 3),
+    context-parallel and 2 x 2 grids: the one-rank curve within fp32 rounding (its values against
+    PyTorch: test_reference_model.py), which differs from the curve without the warmup; a run
+    resumed at step 3 gives the uninterrupted run's losses bit for bit."""
+    cfg = tiny_config(tmp_path, name="one", train__steps=8, eval__every=4)
+    common = ["--train.window_warmup", "2, 6, 2", "--eval.every", 4, "--checkpoint.every", 3]
+    p = run(1, "--config", cfg, *common)
+    assert p.returncode == 0, p.stderr
+    want = metrics(tmp_path / "runs" / "one")
+    p = run(1, "--config", cfg, "--eval.every", 4, "--run.name", "plain")
+    assert p.returncode == 0, p.stderr
+    plain = metrics(tmp_path / "runs" / "plain")[1]
+    assert np.max(np.abs(plain - want[1]) / want[1]) > 1e-4, (plain, want[1])
+    p = run(1, "--config", cfg, *common, "--run.name", "resumed", "--resume",
+            tmp_path / "runs" / "one" / "ckpt" / "step_00000003.h5")
+    assert p.returncode == 0, p.stderr
+    steps, got = metrics(tmp_path / "runs" / "resumed")
+    assert list(steps[-5:]) == [3, 4, 5, 6, 7], steps
+    np.testing.assert_array_equal(got[-5:], want[1][-5:])
+    assert_grids_follow_one_rank(tmp_path, cfg, common,
+                                 more=[("cp", 2, ["--parallel.cp", 2]),
+                                       ("zero3", 2, ["--parallel.zero", 3])])
+
+
 def test_rank_killed_during_checkpoint_leaves_previous_one_loadable(tmp_path):
     # A model whose checkpoint takes long enough to be caught in the middle of writing.
     cfg = tiny_config(tmp_path, name="kill", model__n_embd=256, model__n_head=4,

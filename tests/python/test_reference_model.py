@@ -395,11 +395,13 @@ def check_probe_against_torch(p: Prepared, recompute: str, logits_chunk: int = 0
 # ---- 2. optimizer steps ---------------------------------------------------------------------
 
 
-def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None, lr_of_step=None):
+def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None, lr_of_step=None,
+                window_of_step=None):
     """The reference training loop in float64: returns per-step (loss, lr, grad_norm) and the
     validation losses/accuracies before and after training. batch_of_step(s) -> (x, y) replaces
     the plain data order, val_batch (x, y) the validation sequences (targets < 0 are ignored),
-    lr_of_step(s) the step-based schedule (AdamW only)."""
+    lr_of_step(s) the step-based schedule (AdamW only), window_of_step(s) the attention window
+    after s updates (the model's sliding_window then; the evaluations' too)."""
     case, tr, op = p.case, sections["train"], sections["optim"]
     cfg, T, B = case.cfg, case.cfg.seq_len, tr["batch_size"]
     model = ref.build_model(p.weights, cfg, dtype=torch.float64)
@@ -428,9 +430,15 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
             acc = float((logits.argmax(-1) == yv)[yv >= 0].double().mean())
         return float(loss), acc
 
+    def use_window(s):
+        if window_of_step is not None:
+            model.cfg = replace(model.cfg, sliding_window=window_of_step(s))
+
+    use_window(0)
     val = [evaluate()]
     losses, lrs, norms = [], [], []
     for s in range(tr["steps"]):
+        use_window(s)
         lr = ref.lr_at(s, tr["lr"], tr["warmup_steps"], tr["steps"], tr["schedule"],
                        tr["min_lr_ratio"]) if lr_of_step is None else lr_of_step(s)
         assert lr_of_step is None or muon is None
@@ -454,6 +462,7 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
             muon.step()
         losses.append(float(loss))
         lrs.append(lr)
+    use_window(tr["steps"])
     val.append(evaluate())
     final = {k: v.detach().numpy() for k, v in model.tensors().items()}
     return np.array(losses), np.array(lrs), np.array(norms), val, final
@@ -461,7 +470,7 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
 
 def compare_training(p: Prepared, tmp_path: Path, sections: dict, label: str,
                      batch_of_step=None, val_batch=None, tol_train: float = TOL_TRAIN,
-                     lr_of_step=None):
+                     lr_of_step=None, window_of_step=None):
     train_bin = binary("triad-train")
     cfg_path = tmp_path / f"{label}.ini"
     ref.write_config(cfg_path, sections)
@@ -470,7 +479,7 @@ def compare_training(p: Prepared, tmp_path: Path, sections: dict, label: str,
                   "--run.dir", run_dir, "--run.name", "ref"])
     m = ref.read_metrics(run_dir / "ref" / "metrics.h5")
     losses, lrs, norms, val, final = torch_train(p, sections, batch_of_step, val_batch,
-                                                 lr_of_step)
+                                                 lr_of_step, window_of_step)
     steps = sections["train"]["steps"]
     clip = sections["train"]["grad_clip"]
 
@@ -788,6 +797,36 @@ def test_sliding_window_training_matches_torch(name, tmp_root, tmp_path):
     sections = config_sections(q.case, p.dir, train__grad_clip=GRAD_CLIP[case.name],
                                train__lr=1e-3)
     compare_training(q, tmp_path, sections, "window", tol_train=2e-6)
+
+
+def warmup_window(s, start, steps, multiple, model_window, seq_len):
+    """train.window_warmup's window after s updates, written from docs/formats.md."""
+    if s >= steps:
+        return model_window
+    target = model_window or seq_len
+    w = start + (target - start) * s // steps
+    w = -(-w // multiple) * multiple  # rounded up to a multiple
+    return w if w < target else model_window
+
+
+# train.window_warmup: a model without a window attends to a growing one until step 8, then to
+# the whole context (oddshapes, 17 positions: windows 4, 4, 6, 8, 10, 12, 14, 16); one with a
+# window of 8 and a full-attention layer (llama) grows its windowed layer's window from 2 over 12
+# steps, so its last evaluation (after 10) keeps to a warmup window too.
+@pytest.mark.parametrize("name,model_window,full_every,warmup", [
+    ("oddshapes", 0, 0, (3, 8, 2)), ("llama", 8, 2, (2, 12, 1))])
+def test_window_warmup_matches_torch(name, model_window, full_every, warmup, tmp_root, tmp_path):
+    case = next(c for c in CASES if c.name == name)
+    p = prepare(case, tmp_root)
+    q = with_window(p, tmp_path, model_window, full_every) if model_window else p
+    T = case.cfg.seq_len
+    windows = [warmup_window(s, *warmup, model_window, T) for s in range(11)]
+    assert len(set(windows)) >= 5, windows  # the window does change, step by step
+    sections = config_sections(q.case, p.dir, train__grad_clip=GRAD_CLIP[case.name],
+                               train__lr=1e-3,
+                               train__window_warmup=", ".join(map(str, warmup)))
+    compare_training(q, tmp_path, sections, "window_warmup", tol_train=2e-6,
+                     window_of_step=lambda s: warmup_window(s, *warmup, model_window, T))
 
 
 @pytest.mark.parametrize("name", ["oddshapes", "llama", "gqa"])

@@ -290,6 +290,54 @@ TEST(Config, BatchRampupFollowsMegatronsRuleAndIsChecked) {
   EXPECT_NE(e.find("at a batch of 8"), std::string::npos) << e;
 }
 
+// train.window_warmup: the window of each step from the documented formula, the model's own
+// from STEPS on, and one error naming the key for every bad value.
+TEST(Config, WindowWarmupGrowsToTheModelsWindowAndIsChecked) {
+  auto with = [](std::vector<std::string> a, const std::string& w) {
+    a.insert(a.end(), {"--train.window_warmup", w});
+    return a;
+  };
+  const std::vector<std::string> T1024 = {"--model.seq_len", "1024"};
+  EXPECT_EQ(error_of(with(T1024, "128, 1000")), "");
+  EXPECT_EQ(error_of(with(T1024, " 128 , 1000 , 1 ")), "");
+  EXPECT_EQ(error_of(with(T1024, "")), "");
+  // No model window: from 128 towards 1024 over 1000 steps in multiples of 64, then 0 (none).
+  ModelConfig m;
+  m.seq_len = 1024;
+  const WindowWarmup w = parse_window_warmup("128, 1000", m);
+  ASSERT_TRUE(w.on());
+  EXPECT_EQ(w.multiple, 64);
+  // step 1: 128 + floor(896/1000) = 128; 2: 129 -> 192; 500: 576; 999: 1023 -> 1024 (no cut)
+  const std::vector<std::pair<int64_t, int>> want = {{0, 128},   {1, 128}, {2, 192},  {500, 576},
+                                                     {928, 960}, {999, 0}, {1000, 0}, {5000, 0}};
+  for (const auto& [step, window] : want) EXPECT_EQ(window_at(w, m, step), window) << step;
+  EXPECT_EQ(window_at(WindowWarmup{}, m, 0), 0);
+  // A model window of 256: the warmup grows to it, in multiples of 1 here.
+  m.sliding_window = 256;
+  const WindowWarmup w1 = parse_window_warmup("16, 10, 1", m);
+  EXPECT_EQ(window_at(w1, m, 0), 16);
+  EXPECT_EQ(window_at(w1, m, 5), 16 + 120);
+  EXPECT_EQ(window_at(w1, m, 9), 16 + 216);
+  EXPECT_EQ(window_at(w1, m, 10), 256);
+  EXPECT_EQ(window_at(WindowWarmup{}, m, 3), 256);
+  // The shape plans the mask for the window to come.
+  EXPECT_TRUE(gpt_shape(parse(with(T1024, "128, 1000")).config).window_scheduled);
+  EXPECT_FALSE(gpt_shape(parse(T1024).config).window_scheduled);
+  EXPECT_TRUE(gpt_shape(parse(with(T1024, "128, 1000")).config).masks_attention(1024));
+  for (const char* bad : {"128", "128, 1000, 64, 1", "0, 1000", "128, 0", "128, 1000, 0", "x, 1000",
+                          "128, -1", "128,,64", "1e2, 1000"}) {
+    const std::string e = error_of(with(T1024, bad));
+    EXPECT_NE(e.find("train.window_warmup"), std::string::npos) << bad << ": " << e;
+  }
+  // START below what it grows to: the context, or the model's window.
+  EXPECT_NE(error_of(with(T1024, "1024, 10")).find("model.seq_len (1024)"), std::string::npos);
+  std::vector<std::string> windowed = T1024;
+  windowed.insert(windowed.end(), {"--model.sliding_window", "256"});
+  EXPECT_NE(error_of(with(windowed, "256, 10")).find("model.sliding_window (256)"),
+            std::string::npos);
+  EXPECT_EQ(error_of(with(windowed, "255, 10")), "");
+}
+
 // train.sequences: the fewest steps that train that many, through a ramp; it replaces
 // train.steps (also one given), and the resolved config parses back to the same steps.
 TEST(Config, RunLengthInSequencesSetsTheSteps) {

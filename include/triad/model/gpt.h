@@ -90,6 +90,9 @@ struct GptShape {
   // model) attends to the whole context when full_attention_every > 0 and (i + 1) is a multiple of
   // it; the other layers keep to the window. 0: every layer keeps to the window.
   int full_attention_every = 0;
+  // The window changes during training (train.window_warmup, Gpt::set_window): the attention
+  // mask is planned for even where sliding_window cuts nothing. Not part of the model.
+  bool window_scheduled = false;
   bool windowed(int layer) const {
     return sliding_window > 0 &&
            !(full_attention_every > 0 && (layer + 1) % full_attention_every == 0);
@@ -98,7 +101,7 @@ struct GptShape {
   int layer_window(int layer) const { return windowed(layer) ? sliding_window : 0; }
   // Whether sequences of T tokens need an attention mask beyond the causal one.
   bool masks_attention(int T) const {
-    return document_token >= 0 || (sliding_window > 0 && sliding_window < T);
+    return document_token >= 0 || window_scheduled || (sliding_window > 0 && sliding_window < T);
   }
   // Whether the full-attention layers need a mask of their own (the documents without the
   // window).
@@ -508,6 +511,11 @@ class Gpt {
   // memory planned holds it: as many activation sets in flight per chunk at most, as many
   // outgoing gradient buffers per peer at least, the same kind of backward pass.
   void set_schedule(const PipelineSchedule& schedule);
+  // The window the windowed layers keep to from the next forward pass on (train.window_warmup;
+  // 0: none), in training, evaluation and generation alike: every layer of a model built without
+  // one, the windowed layers of one built with one. Needs a shape with window_scheduled (the
+  // attention mask's memory) unless it cuts nothing. Forgets the cached keys and values.
+  void set_window(int window);
   // After an optimizer update (pp > 1): the first stage's wte overwrites the last stage's copy.
   // Both received the same summed gradient, but a data-parallel reduction may round the two
   // copies' gradients differently (they sit at different offsets of differently sized buffers),

@@ -45,6 +45,11 @@ struct TrainConfig {
   // global batch START sequences at first, growing by INCREMENT in equal shares of the first
   // SEQUENCES sequences trained on, batch_size after them (batch_size_at); "" none.
   std::string batch_rampup;
+  // Attention-window warmup (modded-nanogpt's window schedule): "START, STEPS[, MULTIPLE]" makes
+  // the windowed layers (every layer of a model without model.sliding_window) keep to a window
+  // that grows from START tokens to the model's window (the whole context without one) over the
+  // first STEPS steps (window_at); "" none.
+  std::string window_warmup;
   double lr = 6e-4;
   int64_t warmup_steps = 0;
   std::string schedule = "cosine";  // cosine | linear | constant | wsd
@@ -244,6 +249,21 @@ int64_t steps_for_sequences(const BatchRampup& ramp, int batch_size, int64_t seq
 void resolve_run_length(Config& c);
 // The global batches a ramp passes through, smallest first, batch_size last (one without one).
 std::vector<int> ramp_batch_sizes(const BatchRampup& ramp, int batch_size);
+
+// train.window_warmup parsed ("" gives start = 0: none; MULTIPLE 64 where not given, the flash
+// kernels' tile); throws triad::Error naming the key when it is not two or three integers >= 1
+// with START below the window it grows to.
+struct WindowWarmup {
+  int start = 0, multiple = 64;
+  int64_t steps = 0;
+  bool on() const { return start > 0; }
+};
+WindowWarmup parse_window_warmup(const std::string& text, const ModelConfig& m);
+// The window (as model.sliding_window: 0 none) of the windowed layers once `step` updates are
+// applied: with W the model's window (seq_len without one), START + floor((W − START)·step /
+// STEPS) rounded up to a multiple of MULTIPLE while that is below W; the model's own window from
+// then on, and without a warmup.
+int window_at(const WindowWarmup& w, const ModelConfig& m, int64_t step);
 
 // data.document_mask: -1 for none, else the token id (below vocab_size) that starts a document;
 // throws triad::Error naming the key otherwise.
