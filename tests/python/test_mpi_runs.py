@@ -248,6 +248,22 @@ def test_window_warmup_gives_the_same_curve_on_every_grid_and_resumes_exactly(tm
                                        ("zero3", 2, ["--parallel.zero", 3])])
 
 
+@pytest.mark.parametrize("args,needle", [
+    (["--train.window_warmup", "0, 10"], "train.window_warmup"),
+    (["--train.window_warmup", "16, 10"], "model.seq_len (16)"),
+    (["--train.batch_rampup", "4, 4, 100"], "multiples of micro_batch_size · dp (4 · 2)"),
+    (["--train.lr_by", "tokens"], "train.lr_by"),
+    (["--train.lr_by", "sequences", "--train.warmup_steps", 2], "train.warmup_steps"),
+    (["--train.sequences", -5], "train.sequences")])
+def test_bad_schedule_keys_stop_every_rank(tmp_path, args, needle):
+    """The schedule keys (window warmup, batch ramp, lr by sequences, run length) refused on a
+    2-rank grid: one error naming the key, exit status 1 from mpirun, no hang."""
+    cfg = tiny_config(tmp_path, name="bad", train__steps=4)
+    p = run(2, "--config", cfg, *args, timeout=60)
+    assert p.returncode == 1, (p.returncode, p.stderr)
+    assert needle in p.stderr and "error" in p.stderr, p.stderr
+
+
 def test_rank_killed_during_checkpoint_leaves_previous_one_loadable(tmp_path):
     # A model whose checkpoint takes long enough to be caught in the middle of writing.
     cfg = tiny_config(tmp_path, name="kill", model__n_embd=256, model__n_head=4,
