@@ -324,12 +324,16 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
     # attention (model.n_kv_head = 1 of 2 heads: the key/value head expansion and its reduction
     # around the flash kernels), QK-norm (its per-head norm kernels) and Qwen2's c_attn bias
     # alone with an epsilon of 1e-6 (model.qkv_bias, model.norm_eps: the bias epilogue on one
-    # product, the epsilon through every norm kernel), on the GPU against the CPU's.
-    for tag in muon rope; do
+    # product, the epsilon through every norm kernel), on the GPU against the CPU's. And the
+    # schedules (sched): an attention window growing from 4 over 30 steps (the flash kernels'
+    # masks change from step to step) with a batch ramped up from 4 sequences (one micro-batch,
+    # then two).
+    for tag in muon rope sched; do
       opts=(--optim.name muon --train.norms_every 10)
       [[ $tag == rope ]] && opts=(--model.position rope --model.norm rmsnorm --model.mlp swiglu --model.bias false
                                   --model.tie_embeddings false --model.n_kv_head 1 --model.qk_norm true
                                   --model.qkv_bias true --model.norm_eps 1e-6)
+      [[ $tag == sched ]] && opts=(--train.window_warmup "4, 30, 4" --train.batch_rampup "4, 4, 120")
       for v in "${variants[@]}"; do
         read -r be pr <<<"$v"
         timeout "$(tmo 90 150)" "$B/triad-train" --config "$W/tiny.ini" --run.backend "$be" --run.precision "$pr" \
@@ -479,6 +483,12 @@ try:
         print(against_cpu("RESULT_ROPE", v, "_rope"))
 except Exception as e:
     print("RESULT_ROPE failed:", e)
+try:
+    load_curves("_sched")
+    for v in ("cuda_fp32", "cuda_bf16"):
+        print(against_cpu("RESULT_SCHED", v, "_sched"))
+except Exception as e:
+    print("RESULT_SCHED failed:", e)
 for g in ("dp", "tp", "pp", "zb", "tpmuon", "dpmuon", "dpz2", "dpz3", "cp", "zbv"):
     what = {"zb": "pp=2 zb-h1", "tpmuon": "tp=2 muon", "dpmuon": "dp=2 zero muon",
             "dpz2": "dp=2 zero 2", "dpz3": "dp=2 zero 3",
@@ -575,6 +585,7 @@ CHOICE_ROW=$(sed -n 's/^RESULT_CHOICES //p' "$RUN/gpu.txt" 2>/dev/null | paste -
 res "multiple choice on the GPU" "${CHOICE_ROW:-failed}"
 res "Muon 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_MUON //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "Llama blocks (multi-query, QK-norm, Qwen2's qkv bias and eps) 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_ROPE //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
+res "window warmup + batch ramp 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_SCHED //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "layer norms GPU vs CPU" "$(sed -n 's/^RESULT_NORMS //p' "$RUN/gpu.txt" 2>/dev/null)"
 res "2 ranks on one GPU" "$(sed -n 's/^RESULT_NP2 //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "NCCL Comm in training" "$(sed -n 's/^RESULT_NCCL //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -) ($(sed -n 's/^RESULT_NCCL_LINE //p' "$RUN/gpu.txt" 2>/dev/null))"
