@@ -173,24 +173,36 @@ MuonMatrices::~MuonMatrices() {
 }
 
 void MuonMatrices::update(float* params, const float* grads, float* momentum, float* u, double lr,
-                          bf16_t* copy, float grad_scale, float* workspace) {
+                          bf16_t* copy, float grad_scale) {
   for (const auto& r : runs_)
     be_.muon_momentum(momentum + r.begin, u + r.begin, grads + r.begin, r.end - r.begin,
                       float(cfg_.muon_momentum), cfg_.muon_nesterov, grad_scale);
   const int dps = dp_ != nullptr ? dp_->size() : 1, tps = tp_ != nullptr ? tp_->size() : 1;
-  // Every local matrix's u, whole on this rank: under ZeRO its slices gathered over dp (u is
-  // laid out as [begin, end) of the parameter buffer, so the gather rebuilds the buffer's layout).
-  const bool gathered = zero_slice_ && dps > 1;
-  if (gathered) {
-    TRIAD_CHECK(workspace != nullptr, "internal error: Muon under ZeRO needs a workspace");
-    dp_->all_gather(u, workspace, end_ - begin_);
-  }
-  // u of the tensor at buffer offset o (whole: begin_ <= o when not gathered).
-  auto local = [&](size_t o) -> const float* {
-    return gathered ? workspace + o : u + (o - begin_);
-  };
+  const bool sliced = zero_slice_ && dps > 1;
   const int k = dps > 1 ? dp_->rank() : 0;
   for (const auto& round : rounds_) {
+    // Under ZeRO each matrix of the round is gathered whole from the slices holding its u, on
+    // every rank of the group (a collective; the rank whose matrix it is keeps it): one matrix at
+    // a time in Newton–Schulz's scratch, so no stage needs a whole buffer for it, and only the
+    // matrices' elements travel.
+    const float* mine = nullptr;  // this rank's matrix of the round: its u, whole on this rank
+    if (sliced) {
+      const size_t slice = end_ - begin_;
+      TRIAD_ASSERT(begin_ == size_t(k) * slice);
+      for (size_t i = 0; i < round.specs.size(); ++i) {
+        const ParamSpec& s = *matrices_[round.specs[i]].spec;
+        const size_t a = std::clamp(s.offset, begin_, end_);
+        dp_->iall_gather_pieces(u + (a - begin_), y_,
+                                slice_pieces(s.offset, s.offset + s.numel, slice, dps))
+            .wait();
+        if (i == size_t(k)) {
+          be_.copy(x_, y_, s.numel);
+          mine = x_;
+        }
+      }
+    } else if (size_t(k) < round.specs.size()) {
+      mine = u + (matrices_[round.specs[size_t(k)]].spec->offset - begin_);
+    }
     // This rank's matrix of the round, if the round has one for it: the whole matrix's NS, and
     // this rank's tp shard of the result (the tp_rank-th block of what was gathered).
     const float* own = nullptr;
@@ -198,10 +210,15 @@ void MuonMatrices::update(float* params, const float* grads, float* momentum, fl
       const Matrix& mtx = matrices_[round.specs[size_t(k)]];
       const ParamSpec& s = *mtx.spec;
       const bool split = tps > 1 && s.split_axis >= 0;
-      if (split)
-        tp_->all_gather(local(s.offset), x_, s.numel);
-      else
-        be_.copy(x_, local(s.offset), s.numel);
+      if (split) {
+        if (mine == x_) {  // the gather's source and destination must differ
+          be_.copy(y_, x_, s.numel);
+          mine = y_;
+        }
+        tp_->all_gather(mine, x_, s.numel);
+      } else if (mine != x_) {
+        be_.copy(x_, mine, s.numel);
+      }
       newton_schulz(be_, x_, y_, a_, a2_, s.shape[0], s.shape[1], split ? mtx.blocks : 1,
                     cfg_.muon_ns_steps);
       own = x_ + (split ? size_t(tp_->rank()) * s.numel : 0);

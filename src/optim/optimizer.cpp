@@ -103,7 +103,7 @@ void Optimizer::reset() {
 }
 
 void Optimizer::update(float* params, const float* grads, double lr, int64_t step, bf16_t* copy,
-                       float grad_scale, double matrix_lr, float* workspace) {
+                       float grad_scale, double matrix_lr) {
   TRIAD_ASSERT(step >= 1);
   const double bc1 = 1.0 - std::pow(cfg_.beta1, double(step));
   const double bc2 = 1.0 - std::pow(cfg_.beta2, double(step));
@@ -115,8 +115,7 @@ void Optimizer::update(float* params, const float* grads, double lr, int64_t ste
     // Muon's momentum lives in slot 0 and its u (scratch) in slot 1, in the matrices' elements,
     // which AdamW leaves alone.
     TRIAD_CHECK(!muon_ || matrix_lr >= 0, "internal error: Muon's update needs its matrix_lr");
-    if (muon_)
-      muon_->update(params, grads, slots_[0], slots_[1], matrix_lr, copy, grad_scale, workspace);
+    if (muon_) muon_->update(params, grads, slots_[0], slots_[1], matrix_lr, copy, grad_scale);
     return;
   }
   for (const auto& r : runs_) {  // element-wise updates make any cut exact

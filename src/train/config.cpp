@@ -817,11 +817,6 @@ void validate(const Config& c, int world_size) {
         stage +
             " needs parallel.pp = 1 (a pipeline keeps every layer's gradient over its "
             "micro-batches; use parallel.zero = 1)");
-  // Muon gathers whole matrices' updates into a whole-buffer workspace ZeRO-2 does not have.
-  check(c.parallel.zero < 2 || c.optim.name != "muon", "parallel.zero",
-        stage +
-            " cannot run optim.name = muon (its ZeRO gather needs a whole gradient buffer; "
-            "use parallel.zero = 1)");
   check(is_schedule_kind(c.parallel.schedule), "parallel.schedule",
         std::string("must be ") + kScheduleKindNames + " (got '" + c.parallel.schedule + "')");
   check(c.parallel.virtual_stages >= 1, "parallel.virtual_stages", "must be >= 1");

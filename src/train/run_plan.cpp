@@ -201,11 +201,14 @@ RunPlan plan_run(const Config& cfg, int world_size) {
     }
     if (cfg.optim.name == "muon") {
       // Muon (optim/muon.h): rank 0's Newton–Schulz, the first matrix of each round; with
-      // dp > 1 its fp32 all-gathers: under ZeRO its update's slices, then in each round the
-      // ranks' results (the round's largest shard each).
-      size_t gathered = zero ? range : 0;
+      // dp > 1 its fp32 all-gathers: under ZeRO each matrix's u from the slices (each rank
+      // handing in its pieces, on average 1/dp of them: they differ by rank, their sum over the
+      // group does not), then in each round the ranks' results (the round's largest shard each).
+      size_t gathered = 0, pieces = 0;
       for (const auto& r : muon_rounds(specs, replicas)) {
         const ParamSpec& first = specs[r.specs.front()];
+        if (zero)
+          for (size_t i : r.specs) pieces += specs[i].numel;
         m.optimizer_flops +=
             newton_schulz_flops(first.shape[0], first.shape[1], cfg.optim.muon_ns_steps);
         if (p.grid.tp > 1 && first.split_axis >= 0)
@@ -213,8 +216,9 @@ RunPlan plan_run(const Config& cfg, int world_size) {
         gathered += r.count;
       }
       if (replicas > 1) {
-        m.dp_all_gather += gathered * sizeof(float);
-        m.dp_wire_bytes += (d - 1) * double(gathered * sizeof(float));
+        m.dp_all_gather += gathered * sizeof(float) + pieces * sizeof(float) / size_t(replicas);
+        m.dp_wire_bytes += (d - 1) * double(gathered * sizeof(float)) +
+                           (d - 1) / d * double(pieces * sizeof(float));
       }
     }
     if (p.grid.cp > 1) {

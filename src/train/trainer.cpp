@@ -449,16 +449,13 @@ TrainOutcome Trainer::run() {
     // Clipped by the global norm as the optimizer reads the gradient (no pass of its own).
     const bool gather_bf16 = zero && zero_gathers_bf16(cfg);
     if (!skip) {
-      // Muon under ZeRO gathers its update's slices into the gradient buffer, which the reduce-
-      // scatter has left free until the next step.
       // The bf16 copy of the updated range (bf16 precision; under ZeRO its slice is then
       // gathered, or under ZeRO-3 kept).
       bf16_t* copy = s.model->params_bf16() != nullptr
                          ? s.model->params_bf16() + (lo - s.model->copy_begin())
                          : nullptr;
       s.opt->update(s.model->params() + (lo - s.model->master_begin()), g, lr, st + 1, copy,
-                    clip_scale(norm, cfg.train.grad_clip), muon_lr_at(cfg.train, cfg.optim, at),
-                    zero ? s.model->grads() : nullptr);
+                    clip_scale(norm, cfg.train.grad_clip), muon_lr_at(cfg.train, cfg.optim, at));
       if (s.model->gathered_weights()) {
         // ZeRO-3: nothing to gather now; the layers gather the weights they read from the slices.
         s.model->weights_changed();

@@ -117,8 +117,9 @@ Result expect_resumes_exactly(const std::string& dir, const std::string& name, c
 }
 
 // Muon needs whole matrices: tensor parallelism gathers the shards (by rows for c_attn and c_fc,
-// by columns for the c_proj), ZeRO-1 the data-parallel slices first. Every grid follows the
-// single-rank run to fp32 rounding (the sums over a gathered matrix go in another order).
+// by columns for the c_proj), ZeRO (1, 2 and 3) the data-parallel slices of each matrix first.
+// Every grid follows the single-rank run to fp32 rounding (the sums over a gathered matrix go in
+// another order).
 TEST(ModelParallel, MuonMatchesOneRankOnEveryGrid) {
   const std::string dir = shared_dir("grid");
   const std::vector<std::string> muon = {"--resume",        "none", "--optim.name", "muon",
@@ -130,7 +131,9 @@ TEST(ModelParallel, MuonMatchesOneRankOnEveryGrid) {
       {1, 2, 1, 0, 1, "1f1b", 1},        {1, 4, 1, 1, 2, "1f1b", 1},
       {1, 1, 2, 0, 4, "1f1b", 1},        {2, 2, 1, 1, 2, "1f1b", 1},
       {2, 2, 2, 1, 2, "interleaved", 2}, {1, 2, 2, 0, 2, "1f1b", 1, true},
-      {4, 2, 1, 1, 1, "1f1b", 1}};
+      {4, 2, 1, 1, 1, "1f1b", 1},        {2, 1, 1, 2, 2, "1f1b", 1},
+      {2, 1, 1, 3, 1, "1f1b", 1},        {2, 2, 1, 2, 1, "1f1b", 1},
+      {4, 2, 1, 3, 1, "1f1b", 1}};
   for (const Grid& g : grids) {
     if (g.ranks() > world_size()) continue;
     expect_same_training(run(dir, "muon_" + g.name(), g, muon), ref, "muon " + g.name());
@@ -149,7 +152,7 @@ TEST(ModelParallel, MuonMatchesOneRankOnEveryGrid) {
   std::vector<std::string> b12 = muon;
   b12.insert(b12.end(), {"--train.batch_size", "12", "--train.micro_batch_size", "4"});
   const Result ref12 = run(dir, "muon_ref12", Grid{}, b12);
-  for (const int zero : {0, 1}) {
+  for (const int zero : {0, 1, 2, 3}) {
     const Grid g{3, 1, 1, zero, 1, "1f1b", 1};
     if (g.ranks() <= world_size())
       expect_same_training(run(dir, "muon_b12_" + g.name(), g, b12), ref12, "muon " + g.name());
@@ -788,6 +791,8 @@ TEST(ModelParallel, MemoryPlanEqualsWhatEachRankAllocates) {
       {{2, 1, 2, 0, 2, "1f1b", 1}, "muon"},
       {{4, 1, 1, 1, 1, "1f1b", 1}, "muon"},
       {{1, 1, 1, 1, 1, "1f1b", 1}, "muon"},
+      {{2, 1, 1, 2, 2, "1f1b", 1}, "muon"},
+      {{2, 2, 1, 3, 1, "1f1b", 1}, "muon"},
       {{1, 2, 2, 0, 2, "1f1b", 1, true}, "rope"},
       {{2, 1, 2, 1, 2, "1f1b", 1}, "rmsnorm"},
       {{1, 2, 1, 0, 1, "1f1b", 1}, "swiglu"},
@@ -840,7 +845,8 @@ TEST(ModelParallel, MemoryPlanEqualsWhatEachRankAllocates) {
     ASSERT_EQ(plan.stages.size(), size_t(g.pp)) << name;
     const Result r = run_trainer(g.ranks(), args);
     // ZeRO-3's gathers: each rank hands in its part of every layer, which differs by rank; the
-    // plan states the mean, and the world's sum is exact.
+    // plan states the mean, and the world's sum is exact. So for Muon's gathers of its matrices
+    // under ZeRO (the grids here with pp = 1, every stage's plan the same).
     uint64_t gathered = r.out.dp_traffic.bytes[CommStats::kAllGather];
     MPI_Allreduce(MPI_IN_PLACE, &gathered, 1, MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD);
     if (world_rank() >= g.ranks()) continue;
@@ -853,7 +859,7 @@ TEST(ModelParallel, MemoryPlanEqualsWhatEachRankAllocates) {
     const CommStats& dp = r.out.dp_traffic;
     EXPECT_EQ(dp.bytes[CommStats::kAllReduce], m.dp_all_reduce) << name;
     EXPECT_EQ(dp.bytes[CommStats::kReduceScatter], m.dp_reduce_scatter) << name;
-    if (g.zero == 3) {
+    if (g.zero == 3 || (muon && g.zero >= 1)) {  // the gathers' pieces differ by rank
       const size_t replicas = size_t(g.dp * g.cp);
       EXPECT_NEAR(double(gathered), double(m.dp_all_gather * size_t(g.ranks())),
                   double(g.ranks() / replicas * replicas))

@@ -62,7 +62,6 @@ def rank_pids(mpirun_pid):
      "must be divisible"),  # 2 layers in 4 chunks
     (2, ["--data.reset_positions", "true"], "needs data.document_mask"),
     (2, ["--parallel.zero", "2", "--parallel.pp", "2"], "= 2 needs parallel.pp = 1"),
-    (2, ["--parallel.zero", "3", "--optim.name", "muon"], "= 3 cannot run optim.name = muon"),
     (2, ["--parallel.zero", "4"], "must be 0, 1, 2 or 3"),
 ])
 def test_grid_that_does_not_fit_fails_on_every_rank(tmp_path, n, args, needle):

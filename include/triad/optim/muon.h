@@ -58,8 +58,9 @@ class MuonMatrices {
  public:
   // The matrices of `specs` (one rank's layout); it updates their elements inside [begin, end)
   // of the parameter buffer. dp: the data-parallel group (nullptr or size 1: no sharing);
-  // zero_slice: [begin, end) is this rank's ZeRO-1 slice, the dp group's ranks holding the
-  // others; tp: the tensor-parallel group (nullptr or size 1: whole matrices).
+  // zero_slice: [begin, end) is this rank's ZeRO slice (ZeRO-1, 2 or 3: slices of equal length in
+  // rank order), the dp group's ranks holding the others; tp: the tensor-parallel group (nullptr or
+  // size 1: whole matrices).
   MuonMatrices(const OptimConfig& cfg, const std::vector<ParamSpec>& specs, size_t begin,
                size_t end, Backend& be, Comm* dp, Comm* tp, bool zero_slice);
   ~MuonMatrices();
@@ -70,10 +71,10 @@ class MuonMatrices {
   const std::vector<Backend::UpdateRun>& runs() const { return runs_; }
 
   // One step with learning rate lr. params, grads, momentum, u (scratch shaped like it) and copy
-  // (bf16, may be null) hold the range [begin, end). workspace:
-  // a whole parameter buffer's worth of floats that may be overwritten (needed with dp).
+  // (bf16, may be null) hold the range [begin, end). Under ZeRO (zero_slice) a collective over
+  // dp: each matrix's u is gathered from the slices into the scratch, one at a time.
   void update(float* params, const float* grads, float* momentum, float* u, double lr, bf16_t* copy,
-              float grad_scale, float* workspace);
+              float grad_scale);
 
   // Floats of scratch it allocates for these specs at tensor-parallel size tp and data-parallel
   // size dp (the run plan).

@@ -51,11 +51,10 @@ class Optimizer {
   // gradient of that range at grads[0 .. end-begin); `step` counts updates including this one
   // (1-based, for Adam's bias correction). With `copy` (a bf16 buffer holding the range as params
   // does), the same pass writes the updated range rounded to bf16 there. The gradient enters
-  // multiplied by grad_scale (clip_scale()). Muon: matrix_lr is the matrices' learning rate, and
-  // `workspace` (a whole parameter buffer's worth of floats it may overwrite, e.g. the gradient
-  // buffer after a ZeRO reduce-scatter) is needed when [begin, end) is a ZeRO slice.
+  // multiplied by grad_scale (clip_scale()). Muon: matrix_lr is the matrices' learning rate;
+  // when [begin, end) is a ZeRO slice the update is collective over the data-parallel group.
   void update(float* params, const float* grads, double lr, int64_t step, bf16_t* copy = nullptr,
-              float grad_scale = 1.0f, double matrix_lr = kNoMatrixLr, float* workspace = nullptr);
+              float grad_scale = 1.0f, double matrix_lr = kNoMatrixLr);
   // matrix_lr's default: no value (Muon refuses it rather than freeze its matrices silently).
   static constexpr double kNoMatrixLr = -1.0;
 
