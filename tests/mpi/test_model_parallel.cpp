@@ -160,7 +160,7 @@ TEST(ModelParallel, MuonMatchesOneRankOnEveryGrid) {
 }
 
 // Muon's state (momentum of the matrices, m and v of the rest) resumes bit for bit on the grid
-// that saved it and reshards onto others, like AdamW's.
+// that saved it and reshards onto others (ZeRO-2 and 3 too), like AdamW's.
 TEST(ModelParallel, MuonResumesExactlyAndReshards) {
   const std::string dir = shared_dir("muon_reshard");
   const Grid big{2, 2, 2, 1, 2, "1f1b", 1};
@@ -178,7 +178,10 @@ TEST(ModelParallel, MuonResumesExactlyAndReshards) {
   for (size_t i = 0; i < 3; ++i) EXPECT_EQ(same.losses[i], tail.losses[i]) << "same grid";
   EXPECT_EQ(same.params, full.params) << "same grid: bit-identical";
   for (const Grid& g :
-       std::vector<Grid>{{1, 1, 1, 0, 1, "1f1b", 1}, {1, 4, 1, 1, 1, "1f1b", 1, true}}) {
+       std::vector<Grid>{{1, 1, 1, 0, 1, "1f1b", 1},
+                         {1, 4, 1, 1, 1, "1f1b", 1, true},
+                         {4, 1, 1, 2, 1, "1f1b", 1},
+                         {4, 2, 1, 3, 1, "1f1b", 1}}) {
     const Result r = run(dir, "from222_" + g.name(), g, with({"--resume", ckpt}));
     ASSERT_EQ(r.losses.size(), 3u) << g.name();
     expect_same_training(r, tail, "muon from 2x2x2 to " + g.name());
