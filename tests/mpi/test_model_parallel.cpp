@@ -177,11 +177,10 @@ TEST(ModelParallel, MuonResumesExactlyAndReshards) {
   const Result same = run(dir, "same", big, with({"--resume", ckpt}));
   for (size_t i = 0; i < 3; ++i) EXPECT_EQ(same.losses[i], tail.losses[i]) << "same grid";
   EXPECT_EQ(same.params, full.params) << "same grid: bit-identical";
-  for (const Grid& g :
-       std::vector<Grid>{{1, 1, 1, 0, 1, "1f1b", 1},
-                         {1, 4, 1, 1, 1, "1f1b", 1, true},
-                         {4, 1, 1, 2, 1, "1f1b", 1},
-                         {4, 2, 1, 3, 1, "1f1b", 1}}) {
+  for (const Grid& g : std::vector<Grid>{{1, 1, 1, 0, 1, "1f1b", 1},
+                                         {1, 4, 1, 1, 1, "1f1b", 1, true},
+                                         {4, 1, 1, 2, 1, "1f1b", 1},
+                                         {4, 2, 1, 3, 1, "1f1b", 1}}) {
     const Result r = run(dir, "from222_" + g.name(), g, with({"--resume", ckpt}));
     ASSERT_EQ(r.losses.size(), 3u) << g.name();
     expect_same_training(r, tail, "muon from 2x2x2 to " + g.name());
