@@ -1,8 +1,11 @@
 #include "triad/optim/optimizer.h"
 
+#include <fnmatch.h>
+
 #include <algorithm>
 #include <cmath>
 
+#include "triad/core/comma_list.h"
 #include "triad/core/error.h"
 #include "triad/optim/muon.h"
 
@@ -39,6 +42,33 @@ double muon_lr_at(const TrainConfig& t, const OptimConfig& o, const SchedulePoin
   TrainConfig m = t;
   m.lr = o.muon_lr;
   return lr_at(m, p);
+}
+
+bool frozen_tensor(const std::string& freeze, const std::string& name) {
+  if (trim_blanks(freeze).empty()) return false;
+  for (const std::string& p : split_comma_list(freeze))
+    if (fnmatch(p.c_str(), name.c_str(), 0) == 0) return true;
+  return false;
+}
+
+std::vector<ParamSpec> trainable_specs(const std::vector<ParamSpec>& specs,
+                                       const std::vector<ParamSpec>& layout,
+                                       const std::string& freeze) {
+  if (trim_blanks(freeze).empty()) return specs;
+  size_t kept = 0;
+  for (const std::string& p : split_comma_list(freeze)) {
+    bool any = false;
+    for (const auto& s : layout) any = any || fnmatch(p.c_str(), s.name.c_str(), 0) == 0;
+    TRIAD_CHECK(any, "config: train.freeze: pattern '", p,
+                "' matches no tensor of the model (names as in a checkpoint's /model, e.g. "
+                "h/0/attn/c_attn/weight)");
+  }
+  for (const auto& s : layout) kept += frozen_tensor(freeze, s.name) ? 0 : 1;
+  TRIAD_CHECK(kept > 0, "config: train.freeze '", freeze, "' freezes every tensor of the model");
+  std::vector<ParamSpec> out;
+  for (const auto& s : specs)
+    if (!frozen_tensor(freeze, s.name)) out.push_back(s);
+  return out;
 }
 
 float clip_scale(double norm, double clip) {

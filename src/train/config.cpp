@@ -98,6 +98,10 @@ class KeyTable {
         "model without model.sliding_window) attend to the last START tokens at first, the "
         "window growing linearly to the model's (the whole context) over STEPS steps, rounded up "
         "to a multiple of MULTIPLE (64); empty: none");
+    add("train.freeze", c.train.freeze,
+        "tensors not trained: comma-separated globs over parameter names (* matches any "
+        "characters, / too), e.g. \"wte/weight, wpe/weight, h/0/*\"; no update, no weight decay, "
+        "left out of the gradient norm; empty: none");
     add("train.lr", c.train.lr, "peak learning rate");
     add("train.warmup_steps", c.train.warmup_steps, "linear warmup steps");
     add("train.schedule", c.train.schedule, "cosine | linear | constant | wsd");
@@ -722,6 +726,10 @@ void validate(const Config& c, int world_size) {
               "), as every batch of the ramp is split into micro-batches on each rank");
   }
   parse_window_warmup(t.window_warmup, c.model);  // throws naming the key
+  if (!trim_blanks(t.freeze).empty())
+    for (const std::string& p : split_comma_list(t.freeze))
+      check(!p.empty(), "train.freeze",
+            "'" + t.freeze + "' holds an empty pattern (comma-separated globs of tensor names)");
   check(std::isfinite(t.lr) && t.lr >= 0, "train.lr", "must be a finite number >= 0");
   check(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0");
   check(t.lr_by == "steps" || t.lr_by == "sequences", "train.lr_by",

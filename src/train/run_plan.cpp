@@ -163,7 +163,9 @@ RunPlan plan_run(const Config& cfg, int world_size) {
     // The trainer's optimizer and ZeRO slice (Trainer::State::setup_model).
     const bool zero = cfg.parallel.zero >= 1;
     const size_t range = zero ? m.model.buffer_floats / size_t(replicas) : m.model.buffer_floats;
-    m.optimizer = Optimizer::state_bytes_for(cfg.optim, range, specs, p.grid.tp, replicas);
+    // The optimizer's matrices (Muon's scratch and rounds): the trainable ones (train.freeze).
+    const auto trained = trainable_specs(specs, gpt_parameter_layout(shape), cfg.train.freeze);
+    m.optimizer = Optimizer::state_bytes_for(cfg.optim, range, trained, p.grid.tp, replicas);
     m.grad_shard = zero ? range * sizeof(float) : 0;
     m.flops_per_token = stage_flops_per_token(specs, shape, mp, m.layers);
     m.recompute_flops_per_token = Gpt::recompute_flops_per_token(shape, mp, p.recompute);
@@ -205,10 +207,10 @@ RunPlan plan_run(const Config& cfg, int world_size) {
       // handing in its pieces, on average 1/dp of them: they differ by rank, their sum over the
       // group does not), then in each round the ranks' results (the round's largest shard each).
       size_t gathered = 0, pieces = 0;
-      for (const auto& r : muon_rounds(specs, replicas)) {
-        const ParamSpec& first = specs[r.specs.front()];
+      for (const auto& r : muon_rounds(trained, replicas)) {
+        const ParamSpec& first = trained[r.specs.front()];
         if (zero)
-          for (size_t i : r.specs) pieces += specs[i].numel;
+          for (size_t i : r.specs) pieces += trained[i].numel;
         m.optimizer_flops +=
             newton_schulz_flops(first.shape[0], first.shape[1], cfg.optim.muon_ns_steps);
         if (p.grid.tp > 1 && first.split_axis >= 0)

@@ -65,6 +65,23 @@ Trainer::Trainer(MPI_Comm world, const CommandLine& cl) : s_(std::make_unique<St
 
 Trainer::~Trainer() = default;
 
+namespace {
+// " | frozen: N tensors (P parameters)" for train.freeze, else "".
+std::string frozen_note(const GptShape& shape, const std::string& freeze) {
+  int64_t tensors = 0, params = 0;
+  for (const auto& s : gpt_parameter_layout(shape)) {
+    if (!frozen_tensor(freeze, s.name)) continue;
+    ++tensors;
+    int64_t n = 1;
+    for (int64_t d : s.shape) n *= d;
+    params += n;
+  }
+  if (tensors == 0) return "";
+  return " | frozen (train.freeze): " + std::to_string(tensors) + " tensors, " +
+         std::to_string(params) + " parameters";
+}
+}  // namespace
+
 std::string describe_choices(const EvalResult& r) {
   std::ostringstream os;
   os << std::fixed << std::setprecision(4) << "choice accuracy " << r.choice_accuracy
@@ -289,6 +306,7 @@ TrainOutcome Trainer::run() {
                              std::to_string(s.ramp.increment) + " over the first " +
                              std::to_string(s.ramp.sequences) + " sequences)"
                        : std::string())
+       << frozen_note(s.model_shape(), cfg.train.freeze)
        << (s.window_warmup.on()
                ? " | attention window from " + std::to_string(s.window_warmup.start) + " to " +
                      (cfg.model.sliding_window > 0 ? std::to_string(cfg.model.sliding_window)

@@ -127,19 +127,23 @@ void Trainer::State::setup_model() {
   shard_hi = shard_lo + S;
   TRIAD_ASSERT(!model->sharded_master() ||
                (model->master_begin() == shard_lo && model->master_end() == shard_hi));
+  // train.freeze: the optimizer sees the trainable tensors only.
+  const std::vector<ParamSpec> trained =
+      trainable_specs(model->specs(), gpt_parameter_layout(model_shape()), cfg.train.freeze);
   if (cfg.parallel.zero >= 1) {
-    opt = std::make_unique<Optimizer>(cfg.optim, model->specs(), shard_lo, shard_hi, *be,
-                                      &grid.dp(), &grid.tp(), true);
+    opt = std::make_unique<Optimizer>(cfg.optim, trained, shard_lo, shard_hi, *be, &grid.dp(),
+                                      &grid.tp(), true);
     grad_shard = be->alloc(S);
   } else {
-    opt = std::make_unique<Optimizer>(cfg.optim, model->specs(), 0, model->buffer_floats(), *be,
+    opt = std::make_unique<Optimizer>(cfg.optim, trained, 0, model->buffer_floats(), *be,
                                       &grid.dp(), &grid.tp(), false);
   }
-  // The gradient norm counts each parameter once: not the tensor-parallel replicas, not the
-  // head's copy of wte. Adjacent counted tensors merge into one range (alignment gaps hold 0).
+  // The gradient norm counts each trainable parameter once: not the tensor-parallel replicas,
+  // not the head's copy of wte, not a frozen tensor. Adjacent counted tensors merge into one
+  // range (alignment gaps hold 0).
   const auto& sp = model->specs();
   for (size_t i = 0; i < sp.size(); ++i) {
-    if (sp[i].replica) continue;
+    if (sp[i].replica || frozen_tensor(cfg.train.freeze, sp[i].name)) continue;
     const size_t lo = sp[i].offset, hi = i + 1 < sp.size() ? sp[i + 1].offset : model->num_floats();
     if (!counted.empty() && counted.back().second == lo) {
       counted.back().second = hi;

@@ -263,6 +263,33 @@ def test_bad_schedule_keys_stop_every_rank(tmp_path, args, needle):
     assert needle in p.stderr and "error" in p.stderr, p.stderr
 
 
+@pytest.mark.parametrize("optim", ["adamw", "muon"])
+def test_frozen_tensors_give_the_same_curve_on_every_grid(tmp_path, optim):
+    """train.freeze (the embeddings and the first layer's attention) on tensor, pipeline, data
+    (ZeRO-1, 2 and 3) and 2 x 2 grids, with AdamW and with Muon (whose matrices of the first
+    layer are frozen): the one-rank curve within fp32 rounding (its values against PyTorch:
+    test_reference_model.py), and every grid's frozen tensors in its last checkpoint bit for bit
+    the initial ones."""
+    cfg = tiny_config(tmp_path, name="one", train__steps=6, eval__every=3)
+    freeze = "wte/weight, wpe/weight, h/0/attn/*"
+    common = ["--train.freeze", freeze, "--optim.name", optim, "--checkpoint.at_start", "true",
+              "--checkpoint.every", 0]
+    p = run(1, "--config", cfg, *common)
+    assert p.returncode == 0, p.stderr
+    assert "frozen (train.freeze): 6 tensors" in p.stdout, p.stdout
+    assert_grids_follow_one_rank(tmp_path, cfg, common,
+                                 more=[("zero2", 2, ["--parallel.zero", 2]),
+                                       ("zero3", 2, ["--parallel.zero", 3])])
+    start = model(tmp_path / "runs" / "one" / "ckpt" / "step_00000000.h5")
+    frozen = [n for n in start if n.startswith(("wte/", "wpe/", "h/0/attn/"))]
+    assert len(frozen) == 6, frozen
+    for run_name in ("one", "tp", "pp", "dp", "tppp", "zero2", "zero3"):
+        end = model(tmp_path / "runs" / run_name / "ckpt" / "step_00000006.h5")
+        for n in frozen:
+            np.testing.assert_array_equal(end[n], start[n], err_msg=f"{run_name} {n}")
+        assert not np.array_equal(end["h/1/attn/c_attn/weight"], start["h/1/attn/c_attn/weight"])
+
+
 def test_rank_killed_during_checkpoint_leaves_previous_one_loadable(tmp_path):
     # A model whose checkpoint takes long enough to be caught in the middle of writing.
     cfg = tiny_config(tmp_path, name="kill", model__n_embd=256, model__n_head=4,

@@ -12,6 +12,7 @@ when the binaries are not built unless TRIAD_BUILD_DIR is set (then a missing bi
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import os
 import subprocess
@@ -405,6 +406,11 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
     case, tr, op = p.case, sections["train"], sections["optim"]
     cfg, T, B = case.cfg, case.cfg.seq_len, tr["batch_size"]
     model = ref.build_model(p.weights, cfg, dtype=torch.float64)
+    # train.freeze: the matching tensors get no gradient, so no update and no share of the norm.
+    for pattern in filter(None, (s.strip() for s in str(tr.get("freeze", "")).split(","))):
+        for name, t in model.tensors().items():
+            if fnmatch.fnmatchcase(name, pattern):
+                t.requires_grad_(False)
     groups = model.param_groups(op["weight_decay"])
     muon = None
     if op["name"] == "muon":
@@ -517,6 +523,9 @@ def compare_training(p: Prepared, tmp_path: Path, sections: dict, label: str,
             C, kv = p.case.cfg.n_embd, p.case.cfg.kv_heads * p.case.cfg.head_dim
             keep = np.r_[0:C, C + kv:C + 2 * kv]
             d, u = d[keep], u[keep]
+        if not u.any():  # a frozen tensor (train.freeze): exactly as it was
+            w_err[name] = 0.0 if not d.any() else float("inf")
+            continue
         w_err[name] = float(np.sqrt(np.mean(d * d)) / np.sqrt(np.mean(u * u)))
     worst = sorted(w_err.items(), key=lambda kv: -kv[1])
     print("  final weights, rms(diff)/rms(update), worst: " +
@@ -797,6 +806,31 @@ def test_sliding_window_training_matches_torch(name, tmp_root, tmp_path):
     sections = config_sections(q.case, p.dir, train__grad_clip=GRAD_CLIP[case.name],
                                train__lr=1e-3)
     compare_training(q, tmp_path, sections, "window", tol_train=2e-6)
+
+
+# train.freeze: the embeddings and the first layer (GPT-2's blocks), Llama's second MLP and every
+# norm, or the first attention (SGD) left as they were, the rest trained; PyTorch with
+# requires_grad off for the same tensors. Frozen tensors come out of triad bit for bit as they
+# went in.
+@pytest.mark.parametrize("name,freeze,optim", [
+    ("oddshapes", "wte/weight, wpe/weight, h/0/*", "adamw"),
+    ("llama", "h/1/mlp/*, */ln_*, ln_f/*", "adamw"),
+    ("oddshapes", "h/0/attn/*", "sgd")])
+def test_frozen_tensors_match_torch(name, freeze, optim, tmp_root, tmp_path):
+    case = next(c for c in CASES if c.name == name)
+    p = prepare(case, tmp_root)
+    frozen = [n for n in p.weights if any(fnmatch.fnmatchcase(n, s.strip())
+                                          for s in freeze.split(","))]
+    assert frozen and len(frozen) < len(p.weights)
+    sections = config_sections(case, p.dir, train__grad_clip=GRAD_CLIP[case.name],
+                               train__freeze=freeze, optim__name=optim)
+    if optim == "sgd":  # as test_sgd_momentum_steps_match_torch: updates well above rounding
+        sections["train"]["lr"] = 0.5
+    compare_training(p, tmp_path, sections, "freeze")
+    _, got = ref.load_checkpoint(tmp_path / "runs" / "ref" / "ckpt" / "step_00000010.h5",
+                                 dtype=torch.float32)
+    for n in frozen:
+        assert torch.equal(got[n], p.weights[n].float()), n
 
 
 def warmup_window(s, start, steps, multiple, model_window, seq_len):

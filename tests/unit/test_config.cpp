@@ -5,6 +5,7 @@
 #include <fstream>
 
 #include "triad/core/error.h"
+#include "triad/optim/optimizer.h"
 #include "triad/train/config.h"
 #include "triad/train/run_plan.h"
 
@@ -336,6 +337,36 @@ TEST(Config, WindowWarmupGrowsToTheModelsWindowAndIsChecked) {
   EXPECT_NE(error_of(with(windowed, "256, 10")).find("model.sliding_window (256)"),
             std::string::npos);
   EXPECT_EQ(error_of(with(windowed, "255, 10")), "");
+}
+
+// train.freeze: globs over the parameter names ('*' crosses '/'); a pattern that matches nothing
+// and a freeze of everything are refused by name, an empty item by the config.
+TEST(Config, FreezeSelectsTensorsByGlob) {
+  const GptShape shape = gpt_shape(parse({"--model.n_layer", "2"}).config);
+  const auto layout = gpt_parameter_layout(shape);
+  EXPECT_TRUE(frozen_tensor("wte/weight, h/0/*", "h/0/mlp/c_fc/bias"));
+  EXPECT_TRUE(frozen_tensor("*/ln_*", "h/1/ln_2/weight"));
+  EXPECT_FALSE(frozen_tensor("h/0/*", "h/1/attn/c_attn/weight"));
+  EXPECT_FALSE(frozen_tensor("", "wte/weight"));
+  const auto kept = trainable_specs(layout, layout, "wte/weight, wpe/weight, h/0/*");
+  ASSERT_EQ(kept.size(), layout.size() - 2 - (layout.size() - 4) / 2);  // 2 layers alike
+  for (const auto& s : kept)
+    EXPECT_TRUE(s.name.rfind("h/1/", 0) == 0 || s.name.rfind("ln_f", 0) == 0) << s.name;
+  EXPECT_EQ(trainable_specs(layout, layout, "").size(), layout.size());
+  auto error = [&](const std::string& freeze) {
+    try {
+      trainable_specs(layout, layout, freeze);
+    } catch (const triad::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(error("h/2/*").find("train.freeze: pattern 'h/2/*' matches no tensor"),
+            std::string::npos);
+  EXPECT_NE(error("*").find("freezes every tensor"), std::string::npos);
+  EXPECT_NE(error_of({"--train.freeze", "wte/weight, ,h/0/*"}).find("empty pattern"),
+            std::string::npos);
+  EXPECT_EQ(error_of({"--train.freeze", "wte/weight"}), "");
 }
 
 // train.sequences: the fewest steps that train that many, through a ramp; it replaces

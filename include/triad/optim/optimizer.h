@@ -32,6 +32,16 @@ float clip_scale(double norm, double clip);
 
 class MuonMatrices;
 
+// train.freeze: whether a parameter name matches one of its comma-separated globs (fnmatch: *
+// matches any characters, '/' too).
+bool frozen_tensor(const std::string& freeze, const std::string& name);
+// The specs the optimizer updates: those train.freeze leaves trainable. Throws triad::Error
+// naming the key when a pattern matches no tensor of `layout` (the whole model's, so a pattern
+// for another pipeline stage's layers is not an error) or when every tensor is frozen.
+std::vector<ParamSpec> trainable_specs(const std::vector<ParamSpec>& specs,
+                                       const std::vector<ParamSpec>& layout,
+                                       const std::string& freeze);
+
 // Updates the parameters of the flat range [begin, end) of the parameter buffer: the whole
 // buffer without ZeRO, this data-parallel rank's slice with ZeRO-1 (then the optimizer state
 // exists only for that slice, and shrinks as 1/dp; zero_slice says so). optim.name = muon:

@@ -50,6 +50,9 @@ struct TrainConfig {
   // that grows from START tokens to the model's window (the whole context without one) over the
   // first STEPS steps (window_at); "" none.
   std::string window_warmup;
+  // Tensors left as they are (fine-tuning part of a model): comma-separated globs over parameter
+  // names ("wte/weight, h/0/*"; trainable_specs in optim/optimizer.h); "" none.
+  std::string freeze;
   double lr = 6e-4;
   int64_t warmup_steps = 0;
   std::string schedule = "cosine";  // cosine | linear | constant | wsd
