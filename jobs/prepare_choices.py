@@ -8,6 +8,12 @@
 
 Each line is a JSON object with "ctx" (the shared context), "endings" (a list of at least two
 strings) and "label" (the index of the right ending), as in HellaSwag's hellaswag_val.jsonl.
+--render lm-eval renders HellaSwag's lines as lm-evaluation-harness's hellaswag task does, so
+that eval.choices' accuracy by characters is the acc_norm it reports: the context is
+"activity_label: ctx_a Ctx_b" (ctx_b through Python's str.capitalize), and the context and each
+ending are cleaned of the WikiHow markup (stripped, " [title]" made ". ", every "[...]" removed,
+then each double space made one); --render llmc (default) keeps "ctx" and the endings as they
+are, as llm.c's and nanoGPT's HellaSwag scripts do.
 With --cloze N the examples are made from held-out text instead (the quick start's val shard):
 the first half of a sentence, and its own second half among three others' (cloze_examples).
 As llm.c and nanoGPT do, the context is encoded as it is and each ending with a space before
@@ -43,7 +49,15 @@ def gpt2_encoding(vocab: Path):
         special_tokens={"<|endoftext|>": 50256})
 
 
-def examples(path: Path, limit: int = 0):
+def lm_eval_clean(text: str) -> str:
+    """lm-evaluation-harness's HellaSwag cleanup of WikiHow markup (see the module docstring)."""
+    import re
+
+    text = text.strip().replace(" [title]", ". ")
+    return re.sub(r"\[.*?\]", "", text).replace("  ", " ")
+
+
+def examples(path: Path, limit: int = 0, render: str = "llmc"):
     count = 0
     with open(path, encoding="utf-8") as f:
         for no, line in enumerate(f, 1):
@@ -60,6 +74,14 @@ def examples(path: Path, limit: int = 0):
             if not isinstance(ex, dict):
                 raise ValueError(f"{where}: not a JSON object")
             ctx, endings, label = ex.get("ctx"), ex.get("endings"), ex.get("label")
+            if render == "lm-eval":
+                parts = [ex.get(k) for k in ("activity_label", "ctx_a", "ctx_b")]
+                if not all(isinstance(s, str) for s in parts):
+                    raise ValueError(f'{where}: --render lm-eval needs "activity_label", "ctx_a" '
+                                     f'and "ctx_b" strings (HellaSwag\'s fields)')
+                ctx = lm_eval_clean(f"{parts[0]}: {parts[1]} {parts[2].capitalize()}")
+                if isinstance(endings, list) and all(isinstance(e, str) for e in endings):
+                    endings = [lm_eval_clean(e) for e in endings]
             if not isinstance(ctx, str) or not ctx:
                 raise ValueError(f'{where}: "ctx" must be a non-empty string')
             if (not isinstance(endings, list) or len(endings) < 2
@@ -149,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vocab", type=Path, default=root / "data" / "vocab" / "gpt2.tiktoken",
                     help="GPT-2 BPE ranks (default: data/vocab/gpt2.tiktoken)")
     ap.add_argument("--limit", type=int, default=0, help="the first N examples only (0: all)")
+    ap.add_argument("--render", choices=("llmc", "lm-eval"), default="llmc",
+                    help="HellaSwag's text as llm.c keeps it, or as lm-evaluation-harness renders "
+                         "it (for its acc_norm)")
     args = ap.parse_args(argv)
     prog = "prepare_choices.py"
     try:
@@ -162,8 +187,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--limit and --cloze must be >= 0")
         if args.limit and args.cloze:
             raise ValueError("--limit applies to JSON lines; --cloze N sets the count itself")
+        if args.render != "llmc" and args.cloze:
+            raise ValueError("--render applies to HellaSwag's JSON lines, not to --cloze")
         source = cloze_examples(args.jsonl, enc, args.cloze, args.seed) if args.cloze else \
-            examples(args.jsonl, args.limit)
+            examples(args.jsonl, args.limit, args.render)
         for i, (ctx, endings, label) in enumerate(source):
             if i >= START:
                 raise ValueError(f"{args.jsonl}: more than {START} examples (the format numbers "

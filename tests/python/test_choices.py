@@ -146,6 +146,34 @@ def test_matches_the_reference(setup):
     assert abs(parse(p.stdout)[2] - want[2]) <= 2e-2 * want[2]
 
 
+def test_lm_eval_rendering_of_hellaswag(tmp_path):
+    """--render lm-eval: lm-evaluation-harness's HellaSwag text (written out here by hand from
+    its rules), each ending after a space; a line without HellaSwag's fields is refused."""
+    line = {"activity_label": "Home and Garden",
+            "ctx_a": "[header] How to plant roses [title] Choose a spot.",
+            "ctx_b": "you should PICK a sunny place", "ctx": "unused",
+            "endings": ["[step] Dig a hole.", " Water  the roses. [substeps] Then wait."],
+            "label": 1}
+    src = tmp_path / "hs.jsonl"
+    src.write_text(json.dumps(line) + "\n")
+    out = tmp_path / "hs.bin"
+    p = subprocess.run([sys.executable, PREPARE, src, out, "--vocab", VOCAB, "--render", "lm-eval"],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    enc = gpt2_tiktoken()
+    [(label, ctx, ends)] = read_eval_file(out)
+    assert label == 1
+    assert ctx == enc.encode("Home and Garden: How to plant roses. Choose a spot. You should pick "
+                             "a sunny place")
+    # The cleanup strips before it removes the markup: the first ending keeps a leading space.
+    assert ends == [enc.encode("  Dig a hole."), enc.encode(" Water the roses. Then wait.")]
+    del line["ctx_b"]
+    src.write_text(json.dumps(line) + "\n")
+    p = subprocess.run([sys.executable, PREPARE, src, out, "--vocab", VOCAB, "--render", "lm-eval"],
+                       capture_output=True, text=True)
+    assert p.returncode == 1 and f"{src}:1" in p.stderr and "ctx_b" in p.stderr, p.stderr
+
+
 def test_file_holds_gpt2_tokens(setup):
     """The script's tokens against tiktoken's GPT-2 encoding built here: the context as it is,
     each ending after a space (llm.c's and nanoGPT's HellaSwag rendering)."""
