@@ -524,6 +524,12 @@ TrainOutcome Trainer::run() {
          << std::setprecision(0) << tps << " tok/s | MFU " << std::setprecision(1) << mfu * 100
          << "% | " << std::setprecision(0) << dt * 1e3 << " ms | ETA "
          << format_duration(per_sequence * double(last_consumed - s.consumed));
+      // The schedules while they run: the step's global batch (ramp) and attention window.
+      if (batch != cfg.train.batch_size) os << " | batch " << batch;
+      if (s.window_warmup.on() && st < s.window_warmup.steps) {
+        const int w = window_at(s.window_warmup, cfg.model, st);
+        if (w > 0 && w < T) os << " | window " << w;
+      }
       s.say(os.str());
     }
     const bool last = s.step == cfg.train.steps;
