@@ -327,13 +327,14 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
     # product, the epsilon through every norm kernel), on the GPU against the CPU's. And the
     # schedules (sched): an attention window growing from 4 over 30 steps (the flash kernels'
     # masks change from step to step) with a batch ramped up from 4 sequences (one micro-batch,
-    # then two).
+    # then two), and a z-loss (the cross-entropy kernels' z-loss path, bf16's one-pass kernel).
     for tag in muon rope sched; do
       opts=(--optim.name muon --train.norms_every 10)
       [[ $tag == rope ]] && opts=(--model.position rope --model.norm rmsnorm --model.mlp swiglu --model.bias false
                                   --model.tie_embeddings false --model.n_kv_head 1 --model.qk_norm true
                                   --model.qkv_bias true --model.norm_eps 1e-6)
-      [[ $tag == sched ]] && opts=(--train.window_warmup "4, 30, 4" --train.batch_rampup "4, 4, 120")
+      [[ $tag == sched ]] && opts=(--train.window_warmup "4, 30, 4" --train.batch_rampup "4, 4, 120"
+                                   --train.z_loss 0.01)
       for v in "${variants[@]}"; do
         read -r be pr <<<"$v"
         timeout "$(tmo 90 150)" "$B/triad-train" --config "$W/tiny.ini" --run.backend "$be" --run.precision "$pr" \
@@ -580,7 +581,7 @@ CHOICE_ROW=$(sed -n 's/^RESULT_CHOICES //p' "$RUN/gpu.txt" 2>/dev/null | paste -
 res "multiple choice on the GPU" "${CHOICE_ROW:-failed}"
 res "Muon 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_MUON //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "Llama blocks (multi-query, QK-norm, Qwen2's qkv bias and eps) 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_ROPE //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
-res "window warmup + batch ramp 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_SCHED //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
+res "window warmup + batch ramp + z-loss 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_SCHED //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "layer norms GPU vs CPU" "$(sed -n 's/^RESULT_NORMS //p' "$RUN/gpu.txt" 2>/dev/null)"
 res "2 ranks on one GPU" "$(sed -n 's/^RESULT_NP2 //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "NCCL Comm in training" "$(sed -n 's/^RESULT_NCCL //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -) ($(sed -n 's/^RESULT_NCCL_LINE //p' "$RUN/gpu.txt" 2>/dev/null))"

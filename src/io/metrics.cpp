@@ -82,7 +82,8 @@ struct MetricsWriter::Impl {
                                      {"mfu", false},
                                      {"step_ms", false},
                                      {"tokens", true},
-                                     {"skipped", false}});
+                                     {"skipped", false},
+                                     {"z_loss", false}});
   Table val = make_table("val", {{"step", true},
                                  {"loss", false},
                                  {"accuracy", false},
@@ -318,6 +319,7 @@ void MetricsWriter::append(const TrainRow& r) {
   t.col(6).doubles.push_back(r.step_ms);
   t.col(7).ints.push_back(r.tokens);
   t.col(8).doubles.push_back(r.skipped);
+  t.col(9).doubles.push_back(r.z_loss);
   if (t.col(0).buffered() >= kAutoFlushRows) flush();
 }
 

@@ -161,6 +161,7 @@ ForwardStats Gpt::pipeline_step_t(const int32_t* inputs, const int32_t* targets,
           upload_ids(nullptr, tg, N);
           const ForwardStats f = classifier(S, tg, B, Tl, dloss_scale, true);
           st.loss_sum += f.loss_sum;
+          st.z_sum += f.z_sum;
           st.correct += f.correct;
           st.tokens += f.tokens;
         }
@@ -269,6 +270,7 @@ ForwardStats Gpt::share_from_last_stage(ForwardStats st) {
   // Only the last stage holds the statistics; the others add zeros.
   Comm& pp = *mp_.pp_comm;
   st.loss_sum = pp.all_reduce_sum(st.loss_sum);
+  st.z_sum = pp.all_reduce_sum(st.z_sum);
   st.correct = int64_t(pp.all_reduce_sum(double(st.correct)));
   st.tokens = int64_t(pp.all_reduce_sum(double(st.tokens)));
   return st;

@@ -401,6 +401,11 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
   A* dpart = mp_.split_rows() ? a.full : S.dlnf;
   float* head_grad = with_grad ? grad_at(specs_[size_t(head_)].offset) : nullptr;
   float* host = host_scratch_.data();  // planned in the constructor: no allocation per step
+  // train.z_loss, in training only. The hit buffer holds log Z instead of the hits then (a
+  // training step reads no accuracy), so the z-loss needs no memory of its own.
+  const float z = with_grad ? z_loss_ : 0.0f;
+  float* hits = z > 0.0f ? nullptr : S.correct;
+  float* log_z = z > 0.0f ? S.correct : nullptr;
   ForwardStats st;
   for (int i = 0; i < N; ++i)
     st.tokens += host_targets[i] >= 0 ? 1 : 0;  // masked ones do not count
@@ -410,8 +415,9 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
     const int32_t* tgt = d_targets_ + r0;
     be_.matmul_forward(logits, x, head_weight<A>(), nullptr, rows, C, Vl);
     if (mp_.tp == 1) {
-      be_.crossentropy_forward_backward(logits, S.losses + r0, S.correct + r0, tgt, rows,
-                                        shape_.vocab_size, Vl, dloss_scale);
+      be_.crossentropy_forward_backward(logits, S.losses + r0, hits ? hits + r0 : nullptr, tgt,
+                                        rows, shape_.vocab_size, Vl, dloss_scale, z,
+                                        log_z ? log_z + r0 : nullptr);
     } else {
       // Vocabulary-parallel cross-entropy: only per-row statistics cross the group, never
       // logits. stats: row max | argmax | sum exp | target logit, `rows` each.
@@ -440,7 +446,7 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
       if (with_grad) {
         be_.copy_from_host(stats + 2 * rows, hsum, size_t(rows));
         be_.crossentropy_backward_partial(logits, stats, stats + 2 * rows, tgt, rows, vocab_valid_,
-                                          Vl, dloss_scale);
+                                          Vl, dloss_scale, z);
       }
       for (int i = 0; i < rows; ++i) {
         if (host_targets[r0 + i] < 0) {  // masked: no loss (the kernels gave it no gradient)
@@ -449,6 +455,10 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
         }
         const double loss = std::log(double(hsum[i])) + double(hmax[i]) - double(htgt[i]);
         st.loss_sum += loss;
+        if (z > 0.0f) {  // log Z, as the kernel computes it from the same statistics
+          const double lz = double(hmax[i]) + std::log(double(hsum[i]));
+          st.z_sum += lz * lz;
+        }
         if (row_losses) row_losses[r0 + i] = float(loss);
         st.correct += int(-harg[i]) == host_targets[r0 + i] ? 1 : 0;
       }
@@ -464,7 +474,11 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
     be_.copy_to_host(host + N, S.correct, size_t(N));
     for (int i = 0; i < N; ++i) st.loss_sum += host[size_t(i)];
     if (row_losses) std::copy(host, host + N, row_losses);
-    for (int i = 0; i < N; ++i) st.correct += host[size_t(N + i)] > 0.5f ? 1 : 0;
+    if (z > 0.0f) {  // log Z of each row (0 for a masked one)
+      for (int i = 0; i < N; ++i) st.z_sum += double(host[size_t(N + i)]) * host[size_t(N + i)];
+    } else {
+      for (int i = 0; i < N; ++i) st.correct += host[size_t(N + i)] > 0.5f ? 1 : 0;
+    }
   }
   return st;
 }

@@ -132,6 +132,10 @@ class KeyTable {
         "skip the update of a step whose loss is more than this many standard deviations above "
         "the mean of the previous train.skip_window steps (0: never)");
     add("train.skip_norm_z", c.train.skip_norm_z, "the same for the gradient norm (0: never)");
+    add("train.z_loss", c.train.z_loss,
+        "z-loss coefficient c (PaLM's 1e-4): c·(log Z)² per token joins the training loss, Z the "
+        "softmax's normalizer; the logged loss stays the cross-entropy, /train/z_loss the mean "
+        "term (0: none)");
     add("train.norms_every", c.train.norms_every,
         "every N steps write each layer's gradient and weight L2 norms to /norms of metrics.h5 "
         "(0: never)");
@@ -770,6 +774,8 @@ void validate(const Config& c, int world_size) {
         "must be a finite number >= 0 (0: off)");
   check(std::isfinite(t.skip_norm_z) && t.skip_norm_z >= 0, "train.skip_norm_z",
         "must be a finite number >= 0 (0: off)");
+  check(std::isfinite(t.z_loss) && t.z_loss >= 0 && t.z_loss <= 1, "train.z_loss",
+        "must be a number in [0, 1] (PaLM's 1e-4; 0: none)");
   check(t.norms_every >= 0, "train.norms_every", "must be >= 0 (0: never)");
   check(t.skip_window >= 2 && t.skip_window <= 1000000, "train.skip_window",
         "must be in [2, 1000000]");

@@ -360,7 +360,7 @@ TrainOutcome Trainer::run() {
     s.use_schedule(accum);
     s.use_window(st);
     s.model->zero_grads();
-    double loss_sum = 0;
+    double loss_sum = 0, z_sum = 0;  // z_sum: Σ (log Z)² (train.z_loss)
     // This rank's share of the global batch: sequences [dp_rank·B/dp, (dp_rank+1)·B/dp) of
     // the step, in micro-batches; the gradient is the sum over ranks of the local sums, each
     // counted target weighted 1/counted, i.e. exactly the global mean.
@@ -382,8 +382,10 @@ TrainOutcome Trainer::run() {
       const bool profile = cfg.train.profile_step == st + 1;
       std::vector<ComputeInterval> actions;
       if (profile) s.model->trace_next_step(&actions);
-      loss_sum = s.model->pipeline_step(s.inputs.data(), s.targets.data(), accum, mbs, dloss_scale)
-                     .loss_sum;
+      const ForwardStats f =
+          s.model->pipeline_step(s.inputs.data(), s.targets.data(), accum, mbs, dloss_scale);
+      loss_sum = f.loss_sum;
+      z_sum = f.z_sum;
       if (profile) s.write_pipeline_trace(actions, int(st + 1), accum);
       if (s.replicas > 1 && !zero)
         s.grid.dp().all_reduce_sum(s.model->grads(), s.model->num_floats());
@@ -408,14 +410,20 @@ TrainOutcome Trainer::run() {
               [&s](size_t, size_t n, float* data) { return s.grid.dp().iall_reduce_sum(data, n); });
         }
         s.train_data->fill(base + int64_t(m) * mbs, mbs, s.inputs.data(), s.targets.data());
-        loss_sum +=
-            s.model->forward_backward(s.inputs.data(), s.targets.data(), mbs, dloss_scale).loss_sum;
+        const ForwardStats f =
+            s.model->forward_backward(s.inputs.data(), s.targets.data(), mbs, dloss_scale);
+        loss_sum += f.loss_sum;
+        z_sum += f.z_sum;
         s.model->set_grad_ready_hook(nullptr);
       }
     }
     const double loss_total = s.grid.dp().all_reduce_sum(loss_sum);
     const double loss =
         counted > 0 ? loss_total / counted : std::numeric_limits<double>::quiet_NaN();
+    // The z-loss term's mean over the counted targets, c·(log Z)² (NaN: no z-loss).
+    const double z_loss_mean = cfg.train.z_loss > 0 && counted > 0
+                                   ? cfg.train.z_loss * s.grid.dp().all_reduce_sum(z_sum) / counted
+                                   : std::numeric_limits<double>::quiet_NaN();
     out.losses.push_back(loss);
     // This rank's gradient [lo, hi) of the buffer: all of it, or under ZeRO the slice it
     // receives (bucket by bucket in the backward pass where pp = 1, in one reduce-scatter after
@@ -508,8 +516,8 @@ TrainOutcome Trainer::run() {
     // MFU per device: the achieved rate of one rank over its peak.
     const double mfu = tps / s.grid.world_size() * s.model->flops_per_token() / s.peak_flops;
     if (s.metrics)
-      s.metrics->append(
-          TrainRow{st, loss, lr, norm, tps, mfu, dt * 1e3, s.consumed * T, skip ? 1.0 : 0.0});
+      s.metrics->append(TrainRow{st, loss, lr, norm, tps, mfu, dt * 1e3, s.consumed * T,
+                                 skip ? 1.0 : 0.0, z_loss_mean});
     TRIAD_CHECK(skip || std::isfinite(loss), "training diverged: loss is ", loss, " at step ", st,
                 " (lower train.lr or check the data)");
     TRIAD_CHECK(s.skipped_in_a_row < cfg.train.skip_window, "training diverged: the last ",
@@ -524,6 +532,8 @@ TrainOutcome Trainer::run() {
          << std::setprecision(0) << tps << " tok/s | MFU " << std::setprecision(1) << mfu * 100
          << "% | " << std::setprecision(0) << dt * 1e3 << " ms | ETA "
          << format_duration(per_sequence * double(last_consumed - s.consumed));
+      if (cfg.train.z_loss > 0)
+        os << " | z-loss " << std::scientific << std::setprecision(2) << z_loss_mean;
       // The schedules while they run: the step's global batch (ramp) and attention window.
       if (batch != cfg.train.batch_size) os << " | batch " << batch;
       if (s.window_warmup.on() && st < s.window_warmup.steps) {

@@ -121,6 +121,7 @@ void Trainer::State::setup_model() {
   model = std::make_unique<Gpt>(
       model_shape(), mbs, *be, replicas, mp, mp.pp > 1 ? &schedule : nullptr,
       cfg.bf16() ? Precision::bf16 : Precision::fp32, activation_options(cfg), zero, also.get());
+  model->set_z_loss(float(cfg.train.z_loss));
   schedule_m = accum;
   const size_t S = model->buffer_floats() / size_t(replicas);
   shard_lo = size_t(replica_rank) * S;

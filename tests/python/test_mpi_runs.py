@@ -290,6 +290,32 @@ def test_frozen_tensors_give_the_same_curve_on_every_grid(tmp_path, optim):
         assert not np.array_equal(end["h/1/attn/c_attn/weight"], start["h/1/attn/c_attn/weight"])
 
 
+def test_z_loss_gives_the_same_curve_on_every_grid(tmp_path):
+    """train.z_loss = 0.05 on tensor (the vocabulary-parallel loss: log Z from the group's row
+    statistics), pipeline, data (ZeRO-1, 3), context-parallel and 2 x 2 grids: the one-rank
+    curves of the loss and of /train/z_loss within fp32 rounding (their values against PyTorch:
+    test_reference_model.py), which differ from the curve without it."""
+    def z_curve(name):
+        with h5py.File(tmp_path / "runs" / name / "metrics.h5", "r") as f:
+            return f["train/z_loss"][:]
+
+    cfg = tiny_config(tmp_path, name="one", train__steps=6, eval__every=3)
+    common = ["--train.z_loss", 0.05, "--checkpoint.every", 0]
+    p = run(1, "--config", cfg, *common)
+    assert p.returncode == 0, p.stderr
+    assert "| z-loss " in p.stdout, p.stdout
+    want = metrics(tmp_path / "runs" / "one")[1]
+    p = run(1, "--config", cfg, "--checkpoint.every", 0, "--run.name", "plain")
+    assert p.returncode == 0, p.stderr
+    plain = metrics(tmp_path / "runs" / "plain")[1]
+    assert np.max(np.abs(plain - want) / want) > 1e-4, (plain, want)
+    assert np.all(np.isnan(z_curve("plain")))
+    more = [("cp", 2, ["--parallel.cp", 2]), ("zero3", 2, ["--parallel.zero", 3])]
+    assert_grids_follow_one_rank(tmp_path, cfg, common, more=more)
+    for name in ("tp", "pp", "dp", "tppp", "cp", "zero3"):
+        np.testing.assert_allclose(z_curve(name), z_curve("one"), rtol=2e-6, err_msg=name)
+
+
 def test_rank_killed_during_checkpoint_leaves_previous_one_loadable(tmp_path):
     # A model whose checkpoint takes long enough to be caught in the middle of writing.
     cfg = tiny_config(tmp_path, name="kill", model__n_embd=256, model__n_head=4,

@@ -442,7 +442,7 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
 
     use_window(0)
     val = [evaluate()]
-    losses, lrs, norms = [], [], []
+    losses, lrs, norms, z_terms = [], [], [], []
     for s in range(tr["steps"]):
         use_window(s)
         lr = ref.lr_at(s, tr["lr"], tr["warmup_steps"], tr["steps"], tr["schedule"],
@@ -460,8 +460,14 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
         opt.zero_grad(set_to_none=True)
         if muon is not None:
             muon.zero_grad(set_to_none=True)
-        _, loss = model(x, y)
-        loss.backward()
+        logits, loss = model(x, y)
+        objective = loss
+        if tr.get("z_loss", 0):  # PaLM's z-loss: c·(log Z)² per (counted) token, mean
+            keep = y >= 0
+            log_z = torch.logsumexp(logits, -1)[keep]
+            z_terms.append(float(tr["z_loss"] * (log_z ** 2).mean()))
+            objective = loss + tr["z_loss"] * (log_z ** 2).mean()
+        objective.backward()
         norms.append(ref.clip_grad_norm_(model.parameters(), tr["grad_clip"]))
         opt.step()
         if muon is not None:
@@ -471,6 +477,7 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
     use_window(tr["steps"])
     val.append(evaluate())
     final = {k: v.detach().numpy() for k, v in model.tensors().items()}
+    torch_train.z_terms = z_terms  # train.z_loss: the mean term of each step
     return np.array(losses), np.array(lrs), np.array(norms), val, final
 
 
@@ -831,6 +838,26 @@ def test_frozen_tensors_match_torch(name, freeze, optim, tmp_root, tmp_path):
                                  dtype=torch.float32)
     for n in frozen:
         assert torch.equal(got[n], p.weights[n].float()), n
+
+
+# train.z_loss (a large c, 0.05, so that the term moves the weights): the cross-entropy curve,
+# the gradient norm, the final weights and /train/z_loss against PyTorch differentiating
+# CE + c·mean((log Z)²); GPT-2's blocks in fp32, Llama's (untied head) too.
+@pytest.mark.parametrize("name", ["oddshapes", "llama"])
+def test_z_loss_matches_torch(name, tmp_root, tmp_path):
+    case = next(c for c in CASES if c.name == name)
+    p = prepare(case, tmp_root)
+    sections = config_sections(case, p.dir, train__grad_clip=GRAD_CLIP[case.name],
+                               train__z_loss=0.05)
+    compare_training(p, tmp_path, sections, "zloss")
+    m = ref.read_metrics(tmp_path / "runs" / "ref" / "metrics.h5")
+    want = np.array(torch_train.z_terms)
+    np.testing.assert_allclose(m["train/z_loss"], want, rtol=1e-5)
+    assert want.min() > 0.05 * 10, want  # log Z ≈ log V: a term the size of the loss itself
+    # ... and without it the curve differs (the test can tell).
+    plain = config_sections(case, p.dir, train__grad_clip=GRAD_CLIP[case.name])
+    losses, *_ = torch_train(p, plain)
+    assert np.max(np.abs(losses - m["train/loss"]) / losses) > 1e-4
 
 
 def warmup_window(s, start, steps, multiple, model_window, seq_len):

@@ -1025,6 +1025,66 @@ TEST_F(CpuKernels, CrossEntropyLossGradientAndPadding) {
     for (int j = V; j < Vp; ++j) ASSERT_EQ(logits[size_t(n) * Vp + j], 0.0f) << n << "," << j;
 }
 
+// train.z_loss: the gradient of the mean cross-entropy plus c·(log Z)² per row (finite
+// differences of that loss in double), log Z written out, the losses still the cross-entropy; the
+// vocabulary-parallel backward (two slices) gives the fused dlogits.
+TEST_F(CpuKernels, CrossEntropyZLossGradientMatchesFiniteDifferences) {
+  const int N = 6, V = 37, Vp = 64;
+  const float dloss_scale = 1.0f / N, c = 0.05f;
+  Vec logits = random_vec(size_t(N) * Vp, 71, -4.0f, 4.0f);
+  std::vector<int32_t> targets(N);
+  std::mt19937 rng(72);
+  for (int32_t& t : targets) t = int32_t(rng() % V);
+  DVec x = to_double(logits);
+  auto log_z_of = [&](const DVec& v, int n) {
+    double mx = -INFINITY, sum = 0.0;
+    for (int j = 0; j < V; ++j) mx = std::max(mx, v[size_t(n) * Vp + j]);
+    for (int j = 0; j < V; ++j) sum += std::exp(v[size_t(n) * Vp + j] - mx);
+    return mx + std::log(sum);
+  };
+  auto loss = [&] {
+    double s = 0.0;
+    const DVec ce = naive_losses(x, targets, N, V, Vp);
+    for (int n = 0; n < N; ++n) s += ce[size_t(n)] + c * log_z_of(x, n) * log_z_of(x, n);
+    return s * dloss_scale;
+  };
+  DVec g = finite_diff(x, loss);
+  Vec fused = logits, losses(N), log_z(N);
+  be->crossentropy_forward_backward(fused.data(), losses.data(), nullptr, targets.data(), N, V, Vp,
+                                    dloss_scale, c, log_z.data());
+  expect_close(losses, naive_losses(x, targets, N, V, Vp), 1e-6, "losses");
+  for (int n = 0; n < N; ++n) EXPECT_NEAR(log_z[n], log_z_of(x, n), 1e-5) << n;
+  for (int n = 0; n < N; ++n)
+    for (int j = V; j < Vp; ++j) g[size_t(n) * Vp + j] = 0.0;
+  expect_close(fused, g, 1e-5, "dlogits with the z-loss");
+  // The vocabulary-parallel backward from the global statistics, two slices of 32 columns.
+  Vec gmax(N), gsum(N);
+  for (int n = 0; n < N; ++n) {
+    double mx = -INFINITY, sum = 0.0;
+    for (int j = 0; j < V; ++j) mx = std::max(mx, double(logits[size_t(n) * Vp + j]));
+    for (int j = 0; j < V; ++j) sum += std::exp(double(logits[size_t(n) * Vp + j]) - mx);
+    gmax[n] = float(mx);
+    gsum[n] = float(sum);
+  }
+  for (int r = 0; r < 2; ++r) {
+    const int W = Vp / 2, lv = std::clamp(V - r * W, 0, W);
+    Vec slice(size_t(N) * W);
+    std::vector<int32_t> local(N);
+    for (int n = 0; n < N; ++n) {
+      std::copy(logits.begin() + ptrdiff_t(n * Vp + r * W),
+                logits.begin() + ptrdiff_t(n * Vp + (r + 1) * W), slice.begin() + ptrdiff_t(n * W));
+      const int t = targets[n] - r * W;
+      local[n] = t >= 0 && t < lv ? t : -1;
+    }
+    be->crossentropy_backward_partial(slice.data(), gmax.data(), gsum.data(), local.data(), N, lv,
+                                      W, dloss_scale, c);
+    for (int n = 0; n < N; ++n)
+      for (int j = 0; j < W; ++j)
+        ASSERT_NEAR(slice[size_t(n) * W + j], fused[size_t(n) * Vp + r * W + j], 1e-7)
+            << "slice " << r << " row " << n << " column " << j;
+  }
+}
+
 TEST_F(CpuKernels, CrossEntropyAccuracyFlags) {
   const int N = 5, V = 10, Vp = 16;
   Vec logits(size_t(N) * Vp, 0.0f);

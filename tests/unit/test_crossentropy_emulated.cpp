@@ -3,7 +3,8 @@
 // logits: every gradient within bf16 rounding (2^-8 relative) of the exact one, zeros in the
 // padded columns, the loss within 1e-5, the first index of the maximum for `correct`, a target
 // at or beyond V contributing no −dloss_scale, and a negative (ignored) target giving a row of
-// zeros, loss 0 and no hit. Needs no GPU.
+// zeros, loss 0 and no hit; with a z-loss of coefficient c, the softmax term scaled by
+// 1 + 2c·log Z and log Z written out (0 for an ignored row). Needs no GPU.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -20,6 +21,7 @@ namespace {
 struct Case {
   int N, V, Vp;
   float scale;
+  float z_loss = 0.0f;
 };
 
 template <int kThreads, int kVec>
@@ -40,13 +42,14 @@ void check(const Case& c, std::vector<int32_t> targets, uint32_t seed, bool ties
   simt::Bf16Buffer storage(logits.size());
   uint16_t* data = storage.data();
   std::copy(logits.begin(), logits.end(), data);
-  std::vector<float> losses(size_t(c.N), NAN), correct(size_t(c.N), NAN);
+  std::vector<float> losses(size_t(c.N), NAN), correct(size_t(c.N), NAN), log_z(size_t(c.N), NAN);
 
-  simt::launch(c.N, 1, kThreads, crossentropy::row_smem(), simt::CopyTiming::at_issue,
-               [&](simt::Thread& x) {
-                 crossentropy::crossentropy_row<kThreads, kVec>(
-                     x, data, losses.data(), correct.data(), targets.data(), c.V, c.Vp, c.scale);
-               });
+  simt::launch(
+      c.N, 1, kThreads, crossentropy::row_smem(), simt::CopyTiming::at_issue, [&](simt::Thread& x) {
+        crossentropy::crossentropy_row<kThreads, kVec>(x, data, losses.data(), correct.data(),
+                                                       targets.data(), c.V, c.Vp, c.scale, c.z_loss,
+                                                       c.z_loss > 0 ? log_z.data() : nullptr);
+      });
 
   for (int n = 0; n < c.N; ++n) {
     const uint16_t* row = &in[size_t(n) * c.Vp];
@@ -54,6 +57,7 @@ void check(const Case& c, std::vector<int32_t> targets, uint32_t seed, bool ties
     if (t < 0) {  // ignored: everything 0
       EXPECT_EQ(losses[size_t(n)], 0.0f) << "row " << n;
       EXPECT_EQ(correct[size_t(n)], 0.0f) << "row " << n;
+      if (c.z_loss > 0) EXPECT_EQ(log_z[size_t(n)], 0.0f) << "row " << n;
       for (int j = 0; j < c.Vp; ++j)
         ASSERT_EQ(data[size_t(n) * c.Vp + j], 0u) << "column " << j << " of ignored row " << n;
       continue;
@@ -75,6 +79,9 @@ void check(const Case& c, std::vector<int32_t> targets, uint32_t seed, bool ties
     EXPECT_NEAR(losses[size_t(n)], want_loss, 1e-5 * std::max(1.0, std::abs(want_loss)))
         << "row " << n;
     EXPECT_EQ(correct[size_t(n)], first == t ? 1.0f : 0.0f) << "row " << n;
+    const double lz = mx + std::log(sum);
+    if (c.z_loss > 0) EXPECT_NEAR(log_z[size_t(n)], lz, 1e-5 * std::max(1.0, std::abs(lz)));
+    const double softmax_scale = c.scale * (1.0 + 2.0 * c.z_loss * lz);
     double worst = 0.0;
     for (int j = 0; j < c.Vp; ++j) {
       const double got = to_float(bf16_t{data[size_t(n) * c.Vp + j]});
@@ -82,7 +89,7 @@ void check(const Case& c, std::vector<int32_t> targets, uint32_t seed, bool ties
         EXPECT_EQ(got, 0.0) << "padded column " << j << " of row " << n;
         continue;
       }
-      double want = std::exp(to_float(bf16_t{row[j]}) - mx) / sum * c.scale;
+      double want = std::exp(to_float(bf16_t{row[j]}) - mx) / sum * softmax_scale;
       if (j == t) want -= c.scale;
       const double allowed = std::ldexp(std::abs(want), -8) + 1e-12;
       worst = std::isfinite(got) ? std::max(worst, std::abs(got - want) / allowed) : INFINITY;
@@ -115,6 +122,11 @@ TEST(CrossEntropyEmulated, TargetBeyondTheVocabulary) {
 TEST(CrossEntropyEmulated, IgnoredRowsGetNoLossAndNoGradient) {
   // Ignored rows between kept ones, in several vectors per thread and with padding.
   check<64, 3>({4, 1000, 1024, 0.25f}, {crossentropy::kIgnored, 7, -1, 998}, 6u);
+}
+
+TEST(CrossEntropyEmulated, ZLossScalesTheSoftmaxTerm) {
+  // c = 0.05 on logits whose log Z is ~10: the softmax term twice as large, and log Z out.
+  check<64, 3>({4, 1000, 1024, 0.25f, 0.05f}, {5, crossentropy::kIgnored, 999, 0}, 7u);
 }
 
 }  // namespace

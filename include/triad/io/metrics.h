@@ -1,6 +1,6 @@
 // metrics.h5 (DESIGN.md §5): training curves written by rank 0. Groups /train and /val hold
 // 1-D chunked, extendible datasets of equal length within each group:
-//   /train/{step, loss, lr, grad_norm, tokens_per_sec, mfu, step_ms, tokens, skipped}
+//   /train/{step, loss, lr, grad_norm, tokens_per_sec, mfu, step_ms, tokens, skipped, z_loss}
 //   /val/{step, loss, accuracy, choice_accuracy, choice_accuracy_by_sum, choice_accuracy_by_chars}
 //   /val_sets/<name>/{step, loss, accuracy}  (eval.sets: more validation sets)
 //   /norms/{step, grad_<g>, weight_<g>}      (train.norms_every: per layer g = wte, wpe, h0, ...)
@@ -21,6 +21,8 @@ struct TrainRow {
   double loss = 0, lr = 0, grad_norm = 0, tokens_per_sec = 0, mfu = 0, step_ms = 0;
   int64_t tokens = 0;  // tokens seen after this step
   double skipped = 0;  // 1: the update was skipped (train.skip_*); NaN in rows of older files
+  // The z-loss term's mean, c·(log Z)² (train.z_loss); NaN without one and in older files.
+  double z_loss = std::numeric_limits<double>::quiet_NaN();
 };
 
 struct ValRow {

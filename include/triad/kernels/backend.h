@@ -251,9 +251,13 @@ class Backend {
   // correct[N] (may be nullptr) gets 1.0f where argmax over the first V equals the target.
   // A negative target (kIgnoredTarget) makes the row's loss, hit and gradient 0; targets >= V
   // are a caller error (checked by the data loader).
+  // z_loss = c > 0 (train.z_loss, PaLM's auxiliary loss c·(log Z)², Z = Σ_{j<V} e^{logit_j}) adds
+  // its gradient: the softmax term becomes softmax · dloss_scale · (1 + 2c·log Z); losses stay
+  // the cross-entropy. log_z[N] (may be nullptr) gets log Z (0 for an ignored row).
   virtual void crossentropy_forward_backward(float* logits, float* losses, float* correct,
                                              const int32_t* targets, int N, int V, int Vp,
-                                             float dloss_scale) = 0;
+                                             float dloss_scale, float z_loss = 0.0f,
+                                             float* log_z = nullptr) = 0;
 
   // ---- vocabulary-parallel softmax cross-entropy (tensor parallelism) -----------------------
   // Each rank holds logits [N,Vp] for its slice of the vocabulary, of which the first V columns
@@ -266,8 +270,9 @@ class Backend {
   //     row_max[n]) (0 when V = 0); target_logit[n] = logits[n, targets[n]] when
   //     0 <= targets[n] < V, else 0.   Caller: all-reduce sums; loss = log(sum) + max − target.
   //  3. crossentropy_backward_partial: in place, logits[n,j] = (exp(logits[n,j] − row_max[n]) /
-  //     sum_exp[n] − [j == targets[n]]) · dloss_scale for j < V, and 0 for V <= j < Vp; a row
-  //     whose target is kIgnoredTarget becomes all 0 (the caller drops its loss).
+  //     sum_exp[n] · (1 + 2·z_loss·log Z) − [j == targets[n]]) · dloss_scale for j < V, log Z =
+  //     row_max + log sum_exp (z_loss 0: no z-loss), and 0 for V <= j < Vp; a row whose target
+  //     is kIgnoredTarget becomes all 0 (the caller drops its loss).
   // All row vectors are [N] floats in the backend's memory.
   virtual void logits_row_max(float* row_max, float* argmax, const float* logits, int N, int V,
                               int Vp) = 0;
@@ -276,7 +281,8 @@ class Backend {
                                     int Vp) = 0;
   virtual void crossentropy_backward_partial(float* logits, const float* row_max,
                                              const float* sum_exp, const int32_t* targets, int N,
-                                             int V, int Vp, float dloss_scale) = 0;
+                                             int V, int Vp, float dloss_scale,
+                                             float z_loss = 0.0f) = 0;
 
   // ---- mixed precision: bf16 activations and weight copies, fp32 parameter gradients --------
   // The same ops as above with every activation, activation gradient, weight and logit in bf16
@@ -373,7 +379,8 @@ class Backend {
   // fp32 and computed from the widened logits.
   virtual void crossentropy_forward_backward(bf16_t* logits, float* losses, float* correct,
                                              const int32_t* targets, int N, int V, int Vp,
-                                             float dloss_scale) = 0;
+                                             float dloss_scale, float z_loss = 0.0f,
+                                             float* log_z = nullptr) = 0;
   virtual void logits_row_max(float* row_max, float* argmax, const bf16_t* logits, int N, int V,
                               int Vp) = 0;
   virtual void softmax_partial_sums(float* sum_exp, float* target_logit, const bf16_t* logits,
@@ -381,7 +388,8 @@ class Backend {
                                     int Vp) = 0;
   virtual void crossentropy_backward_partial(bf16_t* logits, const float* row_max,
                                              const float* sum_exp, const int32_t* targets, int N,
-                                             int V, int Vp, float dloss_scale) = 0;
+                                             int V, int Vp, float dloss_scale,
+                                             float z_loss = 0.0f) = 0;
 
   // ---- reductions and optimizer updates ------------------------------------------------------
   virtual double sum_squares(const float* x, size_t n) = 0;  // accumulated in double

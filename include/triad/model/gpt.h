@@ -309,6 +309,7 @@ struct ActivationOptions {
 
 struct ForwardStats {
   double loss_sum = 0;  // sum of token cross-entropies (nats)
+  double z_sum = 0;     // training with a z-loss (Gpt::set_z_loss): sum of (log Z)² per token
   int64_t correct = 0;  // top-1 hits among the first vocab_size logits
   int64_t tokens = 0;
 };
@@ -516,6 +517,11 @@ class Gpt {
   // one, the windowed layers of one built with one. Needs a shape with window_scheduled (the
   // attention mask's memory) unless it cuts nothing. Forgets the cached keys and values.
   void set_window(int window);
+  // train.z_loss = c: training steps add c·(log Z)² per counted token to the loss they
+  // differentiate (PaLM's z-loss; Z the softmax's normalizer over the vocabulary), and their
+  // ForwardStats give Σ (log Z)²; the cross-entropy they report, and evaluation, stay as they
+  // are. 0: none.
+  void set_z_loss(float c) { z_loss_ = c; }
   // After an optimizer update (pp > 1): the first stage's wte overwrites the last stage's copy.
   // Both received the same summed gradient, but a data-parallel reduction may round the two
   // copies' gradients differently (they sit at different offsets of differently sized buffers),
@@ -722,6 +728,7 @@ class Gpt {
                         const float* rstd, int N);
 
   GptShape shape_;
+  float z_loss_ = 0.0f;  // set_z_loss
   int max_batch_;
   Backend& be_;
   ModelParallel mp_;

@@ -78,6 +78,9 @@ struct TrainConfig {
   // skip_window steps; 0: off.
   double skip_loss_z = 0, skip_norm_z = 0;
   int skip_window = 128;
+  // PaLM's z-loss: c·(log Z)² per counted token added to the training loss (Z the softmax's
+  // normalizer; 1e-4 in PaLM); the reported loss stays the cross-entropy. 0: none.
+  double z_loss = 0;
   // Every N steps (0: never) the L2 norms of each layer's gradient and weights go into /norms of
   // metrics.h5 (before the update, the gradient before clipping).
   int64_t norms_every = 0;

@@ -159,8 +159,9 @@ class CpuBackend final : public Backend {
   void accumulate(float* dst, const float* src, size_t n) override { cpu::accumulate(dst, src, n); }
   void crossentropy_forward_backward(float* logits, float* losses, float* correct,
                                      const int32_t* targets, int N, int V, int Vp,
-                                     float dloss_scale) override {
-    cpu::crossentropy_forward_backward(logits, losses, correct, targets, N, V, Vp, dloss_scale);
+                                     float dloss_scale, float z_loss, float* log_z) override {
+    cpu::crossentropy_forward_backward(logits, losses, correct, targets, N, V, Vp, dloss_scale,
+                                       z_loss, log_z);
   }
   void logits_row_max(float* row_max, float* argmax, const float* logits, int N, int V,
                       int Vp) override {
@@ -173,8 +174,9 @@ class CpuBackend final : public Backend {
   }
   void crossentropy_backward_partial(float* logits, const float* row_max, const float* sum_exp,
                                      const int32_t* targets, int N, int V, int Vp,
-                                     float dloss_scale) override {
-    cpu::crossentropy_backward_partial(logits, row_max, sum_exp, targets, N, V, Vp, dloss_scale);
+                                     float dloss_scale, float z_loss) override {
+    cpu::crossentropy_backward_partial(logits, row_max, sum_exp, targets, N, V, Vp, dloss_scale,
+                                       z_loss);
   }
   double sum_squares(const float* x, size_t n) override { return cpu::sum_squares(x, n); }
   void scale(float* x, float s, size_t n) override { cpu::scale(x, s, n); }
@@ -286,8 +288,9 @@ class CpuBackend final : public Backend {
   }
   void crossentropy_forward_backward(bf16_t* logits, float* losses, float* correct,
                                      const int32_t* targets, int N, int V, int Vp,
-                                     float dloss_scale) override {
-    cpu::crossentropy_forward_backward(logits, losses, correct, targets, N, V, Vp, dloss_scale);
+                                     float dloss_scale, float z_loss, float* log_z) override {
+    cpu::crossentropy_forward_backward(logits, losses, correct, targets, N, V, Vp, dloss_scale,
+                                       z_loss, log_z);
   }
   void logits_row_max(float* row_max, float* argmax, const bf16_t* logits, int N, int V,
                       int Vp) override {
@@ -300,8 +303,9 @@ class CpuBackend final : public Backend {
   }
   void crossentropy_backward_partial(bf16_t* logits, const float* row_max, const float* sum_exp,
                                      const int32_t* targets, int N, int V, int Vp,
-                                     float dloss_scale) override {
-    cpu::crossentropy_backward_partial(logits, row_max, sum_exp, targets, N, V, Vp, dloss_scale);
+                                     float dloss_scale, float z_loss) override {
+    cpu::crossentropy_backward_partial(logits, row_max, sum_exp, targets, N, V, Vp, dloss_scale,
+                                       z_loss);
   }
 
  private:

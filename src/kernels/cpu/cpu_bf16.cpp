@@ -247,10 +247,11 @@ void add(bf16_t* out, const bf16_t* a, const bf16_t* b, size_t n) {
 void accumulate(bf16_t* dst, const bf16_t* src, size_t n) { add(dst, dst, src, n); }
 
 void crossentropy_forward_backward(bf16_t* logits, float* losses, float* correct,
-                                   const int32_t* targets, int N, int V, int Vp,
-                                   float dloss_scale) {
+                                   const int32_t* targets, int N, int V, int Vp, float dloss_scale,
+                                   float z_loss, float* log_z) {
   through_fp32(0, logits, size_t(N) * Vp, [&](float* l) {
-    crossentropy_forward_backward(l, losses, correct, targets, N, V, Vp, dloss_scale);
+    crossentropy_forward_backward(l, losses, correct, targets, N, V, Vp, dloss_scale, z_loss,
+                                  log_z);
   });
 }
 
@@ -265,10 +266,10 @@ void softmax_partial_sums(float* sum_exp, float* target_logit, const bf16_t* log
 }
 
 void crossentropy_backward_partial(bf16_t* logits, const float* row_max, const float* sum_exp,
-                                   const int32_t* targets, int N, int V, int Vp,
-                                   float dloss_scale) {
+                                   const int32_t* targets, int N, int V, int Vp, float dloss_scale,
+                                   float z_loss) {
   through_fp32(0, logits, size_t(N) * Vp, [&](float* l) {
-    crossentropy_backward_partial(l, row_max, sum_exp, targets, N, V, Vp, dloss_scale);
+    crossentropy_backward_partial(l, row_max, sum_exp, targets, N, V, Vp, dloss_scale, z_loss);
   });
 }
 

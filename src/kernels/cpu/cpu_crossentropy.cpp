@@ -35,11 +35,18 @@ double sum_exp_shifted(const float* x, int n, float shift) {
   return sum;
 }
 
+// The softmax term's scale: dloss_scale, times 1 + 2c·log Z with a z-loss of coefficient c
+// (exactly dloss_scale without one).
+double z_loss_factor(float dloss_scale, float z_loss, double log_z) {
+  if (z_loss == 0.0f) return double(dloss_scale);
+  return double(dloss_scale) * (1.0 + 2.0 * double(z_loss) * log_z);
+}
+
 }  // namespace
 
 void crossentropy_forward_backward(float* logits, float* losses, float* correct,
-                                   const int32_t* targets, int N, int V, int Vp,
-                                   float dloss_scale) {
+                                   const int32_t* targets, int N, int V, int Vp, float dloss_scale,
+                                   float z_loss, float* log_z) {
 #pragma omp parallel for schedule(static) if (size_t(N) * Vp >= kParallelMin)
   for (int n = 0; n < N; ++n) {
     float* row = logits + size_t(n) * Vp;
@@ -47,6 +54,7 @@ void crossentropy_forward_backward(float* logits, float* losses, float* correct,
     if (target < 0) {  // an ignored row (kIgnoredTarget): no loss, no gradient
       losses[n] = 0.0f;
       if (correct != nullptr) correct[n] = 0.0f;
+      if (log_z != nullptr) log_z[n] = 0.0f;
       std::fill(row, row + Vp, 0.0f);
       continue;
     }
@@ -67,11 +75,14 @@ void crossentropy_forward_backward(float* logits, float* losses, float* correct,
 #pragma omp simd reduction(+ : sum)
     for (int j = 0; j < V; ++j) sum += row[j];
     // loss = logsumexp − logit[target] = log(Σ e) − (logit[target] − max)
-    losses[n] = float(std::log(sum) - double(target_logit - max_val));
+    const double log_sum = std::log(sum);
+    losses[n] = float(log_sum - double(target_logit - max_val));
+    const double lz = double(max_val) + log_sum;  // log Z
+    if (log_z != nullptr) log_z[n] = float(lz);
 
     // dlogits = softmax · scale (tiny values flushed to 0: they feed the LM-head gemms, see
-    // kFlushBelow), minus scale at the target.
-    scale_flush_inplace(row, size_t(V), float(double(dloss_scale) / sum));
+    // kFlushBelow), minus scale at the target; the z-loss scales the softmax term.
+    scale_flush_inplace(row, size_t(V), float(z_loss_factor(dloss_scale, z_loss, lz) / sum));
     row[target] -= dloss_scale;
     for (int j = V; j < Vp; ++j) row[j] = 0.0f;
   }
@@ -108,8 +119,8 @@ void softmax_partial_sums(float* sum_exp, float* target_logit, const float* logi
 }
 
 void crossentropy_backward_partial(float* logits, const float* row_max, const float* sum_exp,
-                                   const int32_t* targets, int N, int V, int Vp,
-                                   float dloss_scale) {
+                                   const int32_t* targets, int N, int V, int Vp, float dloss_scale,
+                                   float z_loss) {
 #pragma omp parallel for schedule(static) if (size_t(N) * Vp >= kParallelMin)
   for (int n = 0; n < N; ++n) {
     float* row = logits + size_t(n) * Vp;
@@ -121,7 +132,9 @@ void crossentropy_backward_partial(float* logits, const float* row_max, const fl
       // As crossentropy_forward_backward: softmax · scale with tiny values flushed to 0, minus
       // scale at the target (when this slice holds it).
       exp_shifted_inplace(row, size_t(V), row_max[n]);
-      scale_flush_inplace(row, size_t(V), float(double(dloss_scale) / double(sum_exp[n])));
+      const double lz = double(row_max[n]) + std::log(double(sum_exp[n]));
+      scale_flush_inplace(row, size_t(V),
+                          float(z_loss_factor(dloss_scale, z_loss, lz) / double(sum_exp[n])));
       const int32_t target = targets[n];
       if (target >= 0 && target < V) row[target] -= dloss_scale;
     }

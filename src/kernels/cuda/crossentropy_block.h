@@ -7,7 +7,8 @@
 // and writes dloss/dlogits back over the row from the registers. The arithmetic is that of the
 // other cross-entropy kernels (cuda_crossentropy.cu):
 //   loss    = log Σ_j e^{x_j − max} − (x_target − max)      (the sum in double)
-//   dlogits = e^{x_j − max} · (dloss_scale / Σ) − dloss_scale · [j = target],  0 for j >= V
+//   dlogits = e^{x_j − max} · (s / Σ) − dloss_scale · [j = target],  0 for j >= V, where
+//             s = dloss_scale, times (1 + 2·z_loss·log Z) with a z-loss (log Z = max + log Σ)
 //   correct = 1 where the first index of the maximum equals the target
 // A negative target (kIgnored, backend.h's kIgnoredTarget: a masked target) makes the row's
 // loss, hit and gradient 0.
@@ -77,10 +78,12 @@ TRIAD_BLOCK_FN double block_sum(X& x, double v) {
 }
 
 // Row blockIdx.x of logits [N, Vp] (bf16 bits; 16-byte aligned rows, Vp % 8 == 0, Vp <= 8 ·
-// kVec · kThreads, 0 < V <= Vp), replaced by its gradient; losses[n], correct[n] (if non-null).
+// kVec · kThreads, 0 < V <= Vp), replaced by its gradient; losses[n], correct[n] and log_z[n]
+// (each if non-null).
 template <int kThreads, int kVec, class X>
 TRIAD_BLOCK_FN void crossentropy_row(X& x, uint16_t* logits, float* losses, float* correct,
-                                     const int32_t* targets, int V, int Vp, float dloss_scale) {
+                                     const int32_t* targets, int V, int Vp, float dloss_scale,
+                                     float z_loss = 0.0f, float* log_z = nullptr) {
   const size_t n = size_t(x.block_x());
   uint16_t* row = logits + n * size_t(Vp);
   const int t = x.thread(), nvec = Vp / 8;
@@ -97,6 +100,7 @@ TRIAD_BLOCK_FN void crossentropy_row(X& x, uint16_t* logits, float* losses, floa
     if (t == 0) {
       losses[n] = 0.0f;
       if (correct != nullptr) correct[n] = 0.0f;
+      if (log_z != nullptr) log_z[n] = 0.0f;
     }
     return;
   }
@@ -141,7 +145,10 @@ TRIAD_BLOCK_FN void crossentropy_row(X& x, uint16_t* logits, float* losses, floa
   }
   sum = block_sum<kThreads>(x, sum);
 
-  const float factor = float(double(dloss_scale) / sum);
+  const double log_sum = x.log(sum), lz = double(mx) + log_sum;
+  const double scale = z_loss == 0.0f ? double(dloss_scale)
+                                      : double(dloss_scale) * (1.0 + 2.0 * double(z_loss) * lz);
+  const float factor = float(scale / sum);
   TRIAD_UNROLL
   for (int i = 0; i < kVec; ++i) {
     const int j = t + i * kThreads;
@@ -165,7 +172,8 @@ TRIAD_BLOCK_FN void crossentropy_row(X& x, uint16_t* logits, float* losses, floa
     x.store16(row + 8 * size_t(j), g);
   }
   if (t == 0) {
-    losses[n] = float(x.log(sum) - double(target_logit - mx));
+    losses[n] = float(log_sum - double(target_logit - mx));
+    if (log_z != nullptr) log_z[n] = float(lz);
     if (correct != nullptr) {
       const int argmax = best_idx == INT_MAX ? 0 : best_idx;  // all −inf (or NaN): index 0
       correct[n] = argmax == target ? 1.0f : 0.0f;

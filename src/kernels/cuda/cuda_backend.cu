@@ -232,9 +232,9 @@ class CudaBackend final : public Backend {
   }
   void crossentropy_forward_backward(float* logits, float* losses, float* correct,
                                      const int32_t* targets, int N, int V, int Vp,
-                                     float dloss_scale) override {
+                                     float dloss_scale, float z_loss, float* log_z) override {
     cuda::crossentropy_forward_backward(stream_, logits, losses, correct, targets, N, V, Vp,
-                                        dloss_scale);
+                                        dloss_scale, z_loss, log_z);
   }
   void logits_row_max(float* row_max, float* argmax, const float* logits, int N, int V,
                       int Vp) override {
@@ -247,9 +247,9 @@ class CudaBackend final : public Backend {
   }
   void crossentropy_backward_partial(float* logits, const float* row_max, const float* sum_exp,
                                      const int32_t* targets, int N, int V, int Vp,
-                                     float dloss_scale) override {
+                                     float dloss_scale, float z_loss) override {
     cuda::crossentropy_backward_partial(stream_, logits, row_max, sum_exp, targets, N, V, Vp,
-                                        dloss_scale);
+                                        dloss_scale, z_loss);
   }
   // ---- mixed precision (bf16) ----------------------------------------------------------------
   // The fp32 ones keep Backend's two-op defaults.
@@ -373,9 +373,9 @@ class CudaBackend final : public Backend {
   }
   void crossentropy_forward_backward(bf16_t* logits, float* losses, float* correct,
                                      const int32_t* targets, int N, int V, int Vp,
-                                     float dloss_scale) override {
+                                     float dloss_scale, float z_loss, float* log_z) override {
     cuda::crossentropy_forward_backward(stream_, dev(logits), losses, correct, targets, N, V, Vp,
-                                        dloss_scale);
+                                        dloss_scale, z_loss, log_z);
   }
   void logits_row_max(float* row_max, float* argmax, const bf16_t* logits, int N, int V,
                       int Vp) override {
@@ -389,9 +389,9 @@ class CudaBackend final : public Backend {
   }
   void crossentropy_backward_partial(bf16_t* logits, const float* row_max, const float* sum_exp,
                                      const int32_t* targets, int N, int V, int Vp,
-                                     float dloss_scale) override {
+                                     float dloss_scale, float z_loss) override {
     cuda::crossentropy_backward_partial(stream_, dev(logits), row_max, sum_exp, targets, N, V, Vp,
-                                        dloss_scale);
+                                        dloss_scale, z_loss);
   }
 
   // ---- reductions and optimizer updates ----------------------------------------------------

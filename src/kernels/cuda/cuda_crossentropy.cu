@@ -1,7 +1,8 @@
 // Fused softmax + cross-entropy over the first V of Vp logits per row, one block per row; the
 // logits are replaced by dloss/dlogits in place (zeros in the padded columns V..Vp).
 //   loss = log Σ_j e^{x_j − max} − (x_target − max)   (the sum in double)
-//   dlogits = softmax · dloss_scale − dloss_scale · onehot(target)
+//   dlogits = softmax · dloss_scale · (1 + 2·z_loss·log Z) − dloss_scale · onehot(target)
+//             (log Z = max + log Σ; z_loss 0: no z-loss), log_z = log Z where asked
 // correct = 1 where the first index holding the maximum (torch.argmax) equals the target.
 // A row whose target is negative (kIgnoredTarget, a masked target) gets loss 0, correct 0 and a
 // zero gradient; in the vocabulary-parallel backward only kIgnoredTarget does (other negative
@@ -65,9 +66,16 @@ __device__ ArgMax block_argmax(ArgMax v) {
   return r;
 }
 
+// The softmax term's scale: dloss_scale, times 1 + 2c·log Z with a z-loss of coefficient c.
+__device__ double z_loss_scale(float dloss_scale, float z_loss, double log_z) {
+  return z_loss == 0.0f ? double(dloss_scale)
+                        : double(dloss_scale) * (1.0 + 2.0 * double(z_loss) * log_z);
+}
+
 template <typename Elem>
 __global__ void crossentropy_kernel(Elem* logits, float* losses, float* correct,
-                                    const int32_t* targets, int V, int Vp, float dloss_scale) {
+                                    const int32_t* targets, int V, int Vp, float dloss_scale,
+                                    float z_loss, float* log_z) {
   const size_t n = blockIdx.x;
   Elem* row = logits + n * Vp;
   const int target = targets[n];
@@ -76,6 +84,7 @@ __global__ void crossentropy_kernel(Elem* logits, float* losses, float* correct,
     if (threadIdx.x == 0) {
       losses[n] = 0.0f;
       if (correct != nullptr) correct[n] = 0.0f;
+      if (log_z != nullptr) log_z[n] = 0.0f;
     }
     return;
   }
@@ -93,7 +102,8 @@ __global__ void crossentropy_kernel(Elem* logits, float* losses, float* correct,
   for (int j = threadIdx.x; j < V; j += blockDim.x) sum += double(expf(widen(row[j]) - max_val));
   sum = block_reduce(sum, SumOp{}, 0.0);  // its __syncthreads order every read before the writes
 
-  const float factor = float(double(dloss_scale) / sum);
+  const double log_sum = log(sum), lz = double(max_val) + log_sum;
+  const float factor = float(z_loss_scale(dloss_scale, z_loss, lz) / sum);
   for (int j = threadIdx.x; j < V; j += blockDim.x) {
     float g = expf(widen(row[j]) - max_val) * factor;
     if (j == target) g -= dloss_scale;
@@ -101,7 +111,8 @@ __global__ void crossentropy_kernel(Elem* logits, float* losses, float* correct,
   }
   for (int j = V + threadIdx.x; j < Vp; j += blockDim.x) row[j] = narrow<Elem>(0.0f);
   if (threadIdx.x == 0) {
-    losses[n] = float(log(sum) - double(target_logit - max_val));
+    losses[n] = float(log_sum - double(target_logit - max_val));
+    if (log_z != nullptr) log_z[n] = float(lz);
     if (correct != nullptr) {
       const int argmax = best.idx == INT_MAX ? 0 : best.idx;  // all −inf (or NaN): index 0
       correct[n] = argmax == target ? 1.0f : 0.0f;
@@ -151,7 +162,8 @@ __global__ void softmax_partial_sums_kernel(float* sum_exp, float* target_logit,
 template <typename Elem>
 __global__ void crossentropy_backward_partial_kernel(Elem* logits, const float* row_max,
                                                      const float* sum_exp, const int32_t* targets,
-                                                     int V, int Vp, float dloss_scale) {
+                                                     int V, int Vp, float dloss_scale,
+                                                     float z_loss) {
   const size_t n = blockIdx.x;
   Elem* row = logits + n * Vp;
   const float max_val = row_max[n];
@@ -160,7 +172,8 @@ __global__ void crossentropy_backward_partial_kernel(Elem* logits, const float* 
     for (int j = threadIdx.x; j < Vp; j += blockDim.x) row[j] = narrow<Elem>(0.0f);
     return;
   }
-  const float factor = float(double(dloss_scale) / double(sum_exp[n]));
+  const double lz = double(max_val) + log(double(sum_exp[n]));
+  const float factor = float(z_loss_scale(dloss_scale, z_loss, lz) / double(sum_exp[n]));
   for (int j = threadIdx.x; j < V; j += blockDim.x) {
     float g = expf(widen(row[j]) - max_val) * factor;
     if (j == target) g -= dloss_scale;
@@ -175,16 +188,18 @@ constexpr int kOnePassMaxVec = 8;  // rows of up to 8·8·1024 = 65536 logits
 template <int kVec>
 __global__ void __launch_bounds__(kOnePassThreads, 1)
     crossentropy_one_pass_kernel(uint16_t* logits, float* losses, float* correct,
-                                 const int32_t* targets, int V, int Vp, float dloss_scale) {
+                                 const int32_t* targets, int V, int Vp, float dloss_scale,
+                                 float z_loss, float* log_z) {
   DeviceThread x;
   crossentropy::crossentropy_row<kOnePassThreads, kVec>(x, logits, losses, correct, targets, V, Vp,
-                                                        dloss_scale);
+                                                        dloss_scale, z_loss, log_z);
 }
 
 // Launches the one-pass kernel where it applies (see the top of this file); false otherwise.
 template <typename Elem>
 bool crossentropy_one_pass(cudaStream_t s, Elem* logits, float* losses, float* correct,
-                           const int32_t* targets, int N, int V, int Vp, float dloss_scale) {
+                           const int32_t* targets, int N, int V, int Vp, float dloss_scale,
+                           float z_loss, float* log_z) {
   if constexpr (!std::is_same_v<Elem, bf16>) {
     return false;
   } else {
@@ -195,8 +210,8 @@ bool crossentropy_one_pass(cudaStream_t s, Elem* logits, float* losses, float* c
     uint16_t* bits = reinterpret_cast<uint16_t*>(logits);
     const size_t smem = crossentropy::row_smem();
     with_vectors(vec, [&](auto k) {
-      crossentropy_one_pass_kernel<decltype(k)::value>
-          <<<N, kOnePassThreads, smem, s>>>(bits, losses, correct, targets, V, Vp, dloss_scale);
+      crossentropy_one_pass_kernel<decltype(k)::value><<<N, kOnePassThreads, smem, s>>>(
+          bits, losses, correct, targets, V, Vp, dloss_scale, z_loss, log_z);
     });
     TRIAD_CUDA_CHECK_LAUNCH();
     return true;
@@ -231,34 +246,38 @@ void softmax_partial_sums(cudaStream_t s, float* sum_exp, float* target_logit, c
 template <typename Elem>
 void crossentropy_backward_partial(cudaStream_t s, Elem* logits, const float* row_max,
                                    const float* sum_exp, const int32_t* targets, int N, int V,
-                                   int Vp, float dloss_scale) {
+                                   int Vp, float dloss_scale, float z_loss) {
   if (N <= 0) return;
   check_slice("crossentropy_backward_partial", V, Vp);
   crossentropy_backward_partial_kernel<<<N, kRowBlock, 0, s>>>(logits, row_max, sum_exp, targets, V,
-                                                               Vp, dloss_scale);
+                                                               Vp, dloss_scale, z_loss);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
 template <typename Elem>
 void crossentropy_forward_backward(cudaStream_t s, Elem* logits, float* losses, float* correct,
-                                   const int32_t* targets, int N, int V, int Vp,
-                                   float dloss_scale) {
+                                   const int32_t* targets, int N, int V, int Vp, float dloss_scale,
+                                   float z_loss, float* log_z) {
   if (N <= 0) return;
   TRIAD_CHECK(V > 0 && V <= Vp, "cuda cross-entropy: need 0 < V <= Vp (V = ", V, ", Vp = ", Vp,
               ")");
-  if (crossentropy_one_pass(s, logits, losses, correct, targets, N, V, Vp, dloss_scale)) return;
-  crossentropy_kernel<<<N, kRowBlock, 0, s>>>(logits, losses, correct, targets, V, Vp, dloss_scale);
+  if (crossentropy_one_pass(s, logits, losses, correct, targets, N, V, Vp, dloss_scale, z_loss,
+                            log_z))
+    return;
+  crossentropy_kernel<<<N, kRowBlock, 0, s>>>(logits, losses, correct, targets, V, Vp, dloss_scale,
+                                              z_loss, log_z);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
-#define TRIAD_INSTANTIATE_CROSSENTROPY(Elem)                                                    \
-  template void crossentropy_forward_backward<Elem>(cudaStream_t, Elem*, float*, float*,        \
-                                                    const int32_t*, int, int, int, float);      \
-  template void logits_row_max<Elem>(cudaStream_t, float*, float*, const Elem*, int, int, int); \
-  template void softmax_partial_sums<Elem>(cudaStream_t, float*, float*, const Elem*,           \
-                                           const float*, const int32_t*, int, int, int);        \
-  template void crossentropy_backward_partial<Elem>(                                            \
-      cudaStream_t, Elem*, const float*, const float*, const int32_t*, int, int, int, float);
+#define TRIAD_INSTANTIATE_CROSSENTROPY(Elem)                                                     \
+  template void crossentropy_forward_backward<Elem>(                                             \
+      cudaStream_t, Elem*, float*, float*, const int32_t*, int, int, int, float, float, float*); \
+  template void logits_row_max<Elem>(cudaStream_t, float*, float*, const Elem*, int, int, int);  \
+  template void softmax_partial_sums<Elem>(cudaStream_t, float*, float*, const Elem*,            \
+                                           const float*, const int32_t*, int, int, int);         \
+  template void crossentropy_backward_partial<Elem>(cudaStream_t, Elem*, const float*,           \
+                                                    const float*, const int32_t*, int, int, int, \
+                                                    float, float);
 TRIAD_INSTANTIATE_CROSSENTROPY(float)
 TRIAD_INSTANTIATE_CROSSENTROPY(bf16)
 #undef TRIAD_INSTANTIATE_CROSSENTROPY

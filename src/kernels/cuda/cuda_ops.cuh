@@ -261,7 +261,8 @@ void scale(cudaStream_t s, float* x, float factor, size_t n);
 // ---- cross-entropy (cuda_crossentropy.cu) --------------------------------------------------
 template <typename Elem>
 void crossentropy_forward_backward(cudaStream_t s, Elem* logits, float* losses, float* correct,
-                                   const int32_t* targets, int N, int V, int Vp, float dloss_scale);
+                                   const int32_t* targets, int N, int V, int Vp, float dloss_scale,
+                                   float z_loss, float* log_z);
 // Vocabulary-parallel cross-entropy (backend.h): row max, partial sums, backward.
 template <typename Elem>
 void logits_row_max(cudaStream_t s, float* row_max, float* argmax, const Elem* logits, int N, int V,
@@ -272,7 +273,7 @@ void softmax_partial_sums(cudaStream_t s, float* sum_exp, float* target_logit, c
 template <typename Elem>
 void crossentropy_backward_partial(cudaStream_t s, Elem* logits, const float* row_max,
                                    const float* sum_exp, const int32_t* targets, int N, int V,
-                                   int Vp, float dloss_scale);
+                                   int Vp, float dloss_scale, float z_loss);
 
 // ---- reductions (cuda_reduce.cu) -----------------------------------------------------------
 // dst[c] += Σ_n src[n, c] over the N rows of a row-major [N, C] matrix (deterministic, fp32):
