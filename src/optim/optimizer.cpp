@@ -24,12 +24,15 @@ double lr_at(const TrainConfig& t, const SchedulePoint& p) {
     return min_lr + 0.5 * (lr - min_lr) * (1.0 + std::cos(M_PI * progress));
   if (t.schedule == "linear") return lr - (lr - min_lr) * progress;
   if (t.schedule == "wsd") {
-    // Warmup-stable-decay: constant, then linear to min_lr over the last decay_fraction of
-    // the run.
+    // Warmup-stable-decay: constant, then down to min_lr over the last decay_fraction of the
+    // run, in train.decay_shape.
     const double decay_len = t.decay_fraction * p.total;
     const double decay_start = p.total - decay_len;
     if (p.done < decay_start || decay_len <= 0) return lr;
-    return lr - (lr - min_lr) * std::min(1.0, (p.done - decay_start) / decay_len);
+    const double f = std::min(1.0, (p.done - decay_start) / decay_len);
+    if (t.decay_shape == "1-sqrt") return min_lr + (lr - min_lr) * (1.0 - std::sqrt(f));
+    if (t.decay_shape == "cosine") return min_lr + 0.5 * (lr - min_lr) * (1.0 + std::cos(M_PI * f));
+    return lr - (lr - min_lr) * f;
   }
   fail("internal error: unknown schedule ", t.schedule);
 }

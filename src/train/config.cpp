@@ -114,6 +114,9 @@ class KeyTable {
     add("train.min_lr_ratio", c.train.min_lr_ratio, "final lr / peak lr");
     add("train.decay_fraction", c.train.decay_fraction,
         "wsd: fraction of the run (steps, or sequences) in the decay");
+    add("train.decay_shape", c.train.decay_shape,
+        "wsd: the decay's shape over its fraction f done: linear (1 - f), 1-sqrt (1 - sqrt f) or "
+        "cosine ((1 + cos pi f) / 2), from lr to min_lr");
     add("train.grad_clip", c.train.grad_clip, "global grad-norm clip (0: off)");
     add("train.seed", c.train.seed, "seed of the initialization and data shuffling");
     add("train.log_every", c.train.log_every, "progress line every N steps");
@@ -747,6 +750,10 @@ void validate(const Config& c, int world_size) {
             t.schedule == "wsd",
         "train.schedule", "must be cosine, linear, constant or wsd (got '" + t.schedule + "')");
   check(t.min_lr_ratio >= 0 && t.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]");
+  check(t.decay_shape == "linear" || t.decay_shape == "1-sqrt" || t.decay_shape == "cosine",
+        "train.decay_shape", "must be linear, 1-sqrt or cosine (got '" + t.decay_shape + "')");
+  check(t.decay_shape == "linear" || t.schedule == "wsd", "train.decay_shape",
+        "shapes the decay of train.schedule = wsd only (the schedule is " + t.schedule + ")");
   check(t.decay_fraction >= 0 && t.decay_fraction <= 1, "train.decay_fraction",
         "must be in [0, 1]");
   check(std::isfinite(t.grad_clip) && t.grad_clip >= 0, "train.grad_clip",

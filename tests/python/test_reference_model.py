@@ -446,7 +446,8 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
     for s in range(tr["steps"]):
         use_window(s)
         lr = ref.lr_at(s, tr["lr"], tr["warmup_steps"], tr["steps"], tr["schedule"],
-                       tr["min_lr_ratio"]) if lr_of_step is None else lr_of_step(s)
+                       tr["min_lr_ratio"], tr.get("decay_fraction", 0.2),
+                       tr.get("decay_shape", "linear")) if lr_of_step is None else lr_of_step(s)
         assert lr_of_step is None or muon is None
         for g in opt.param_groups:
             g["lr"] = lr
@@ -838,6 +839,20 @@ def test_frozen_tensors_match_torch(name, freeze, optim, tmp_root, tmp_path):
                                  dtype=torch.float32)
     for n in frozen:
         assert torch.equal(got[n], p.weights[n].float()), n
+
+
+# train.decay_shape: wsd (its last half decaying) in 1-sqrt and cosine shapes, 10 steps.
+@pytest.mark.parametrize("shape", ["1-sqrt", "cosine"])
+def test_wsd_decay_shapes_match_torch(shape, tmp_root, tmp_path):
+    case = next(c for c in CASES if c.name == "oddshapes")
+    p = prepare(case, tmp_root)
+    sections = config_sections(case, p.dir, train__grad_clip=GRAD_CLIP[case.name],
+                               train__schedule="wsd", train__decay_fraction=0.5,
+                               train__decay_shape=shape)
+    compare_training(p, tmp_path, sections, "wsd_" + shape)
+    lrs = [ref.lr_at(s, 3e-3, 2, 10, "wsd", 0.1, 0.5, shape) for s in range(10)]
+    linear = [ref.lr_at(s, 3e-3, 2, 10, "wsd", 0.1, 0.5) for s in range(10)]
+    assert lrs[:6] == linear[:6] and all(a != b for a, b in zip(lrs[6:], linear[6:]))
 
 
 # train.z_loss (a large c, 0.05, so that the term moves the weights): the cross-entropy curve,

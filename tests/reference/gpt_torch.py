@@ -541,7 +541,8 @@ def build_model(weights: Dict[str, torch.Tensor], cfg: GptConfig, dtype=None,
 
 
 def lr_at(step: int, lr: float, warmup_steps: int, steps: int, schedule: str = "cosine",
-          min_lr_ratio: float = 0.1, decay_fraction: float = 0.2) -> float:
+          min_lr_ratio: float = 0.1, decay_fraction: float = 0.2,
+          decay_shape: str = "linear") -> float:
     """Learning rate of 0-based step `step`, from DESIGN.md §4's formula."""
     min_lr = lr * min_lr_ratio
     if step < warmup_steps:
@@ -558,7 +559,12 @@ def lr_at(step: int, lr: float, warmup_steps: int, steps: int, schedule: str = "
         start = steps - decay_len
         if step < start or decay_len <= 0:
             return lr
-        return lr - (lr - min_lr) * min(1.0, (step - start) / decay_len)
+        f = min(1.0, (step - start) / decay_len)
+        if decay_shape == "1-sqrt":
+            return min_lr + (lr - min_lr) * (1.0 - math.sqrt(f))
+        if decay_shape == "cosine":
+            return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * f))
+        return lr - (lr - min_lr) * f
     raise ValueError(schedule)
 
 

@@ -339,6 +339,18 @@ TEST(Config, WindowWarmupGrowsToTheModelsWindowAndIsChecked) {
   EXPECT_EQ(error_of(with(windowed, "255, 10")), "");
 }
 
+// train.decay_shape: one of three, and only for wsd's decay.
+TEST(Config, DecayShapeIsWsdsOnly) {
+  EXPECT_EQ(error_of({"--train.schedule", "wsd", "--train.decay_shape", "1-sqrt"}), "");
+  EXPECT_EQ(error_of({"--train.schedule", "wsd", "--train.decay_shape", "cosine"}), "");
+  EXPECT_NE(
+      error_of({"--train.schedule", "wsd", "--train.decay_shape", "exp"}).find("train.decay_shape"),
+      std::string::npos);
+  EXPECT_NE(
+      error_of({"--train.schedule", "cosine", "--train.decay_shape", "1-sqrt"}).find("wsd only"),
+      std::string::npos);
+}
+
 // train.freeze: globs over the parameter names ('*' crosses '/'); a pattern that matches nothing
 // and a freeze of everything are refused by name, an empty item by the config.
 TEST(Config, FreezeSelectsTensorsByGlob) {

@@ -45,6 +45,24 @@ TEST(Schedule, LinearConstantWsd) {
   EXPECT_NEAR(lr_at(w, 90), 1e-3 - (1e-3 - 1e-4) * 10.0 / 20.0, 1e-15);
 }
 
+// train.decay_shape: wsd's decay (steps 80..99 of 100) as 1 − √f and ½(1 + cos πf), f = (s −
+// 80) / 20; the stable part and the start of the decay unchanged.
+TEST(Schedule, WsdDecayShapes) {
+  auto w = base("wsd");
+  w.decay_shape = "1-sqrt";
+  EXPECT_DOUBLE_EQ(lr_at(w, 79), 1e-3);
+  EXPECT_DOUBLE_EQ(lr_at(w, 80), 1e-3);
+  for (int s : {85, 90, 99})
+    EXPECT_NEAR(lr_at(w, s), 1e-4 + 9e-4 * (1 - std::sqrt((s - 80) / 20.0)), 1e-15) << s;
+  w.decay_shape = "cosine";
+  for (int s : {85, 90, 99})
+    EXPECT_NEAR(lr_at(w, s), 1e-4 + 4.5e-4 * (1 + std::cos(M_PI * (s - 80) / 20.0)), 1e-15) << s;
+  // 1-sqrt lies below linear all through the decay (it drops fast at first).
+  auto lin = base("wsd");
+  w.decay_shape = "1-sqrt";
+  EXPECT_LT(lr_at(w, 85), lr_at(lin, 85));
+}
+
 // train.lr_by = sequences without a ramp: the same rates as by steps (warmup_sequences = 10
 // steps of 32), the warmup's and the decay's bit for bit, wsd's within rounding.
 TEST(Schedule, BySequencesWithoutARampIsBySteps) {

@@ -61,8 +61,11 @@ struct TrainConfig {
   std::string lr_by = "steps";
   int64_t warmup_sequences = 0;
   double min_lr_ratio = 0.1;
-  double decay_fraction = 0.2;  // wsd: fraction of steps in the final linear decay
-  double grad_clip = 1.0;       // <= 0 disables clipping
+  double decay_fraction = 0.2;  // wsd: fraction of steps in the final decay
+  // wsd's decay from lr to min_lr over the fraction f of it done: linear (1 − f), 1-sqrt
+  // (1 − √f, Hägele et al. 2024's cooldown) or cosine (½(1 + cos πf)).
+  std::string decay_shape = "linear";
+  double grad_clip = 1.0;  // <= 0 disables clipping
   int64_t seed = 1337;
   int64_t log_every = 1;
   // Activation recomputation: none | gelu | full (Recompute in model/gpt.h). Changes memory and
