@@ -1,0 +1,135 @@
+"""triad-average: the element-wise mean of a run's checkpoints, as one checkpoint.
+
+    triad-average runs/gpt2/ckpt/step_00009000.h5 runs/gpt2/ckpt/step_00010000.h5 \\
+        --out runs/gpt2/avg_last2.h5
+    build/triad-train --config RUN.ini --eval-only --init-from runs/gpt2/avg_last2.h5
+
+Averaging the weights of the last checkpoints of a run (LAWA, and the checkpoint averaging of
+Llama 3's annealing) often gives a model better than each of them. The inputs must be complete
+triad checkpoints whose checksums verify, of one model: the same /model attributes and the same
+tensors at the same shapes (any grids wrote them: checkpoints hold full tensors). Each tensor of
+the output is the mean of the inputs' (summed in float64, stored as fp32) with its CRC-32; the
+root attributes are the newest input's (by step) plus `averaged_from` (each input's path and
+step). The output holds no optimizer state, so it is for `--init-from`, `--eval-only`,
+`triad-generate` and `triad-convert export`, not for `--resume`; a name a run directory would
+take for a resumable checkpoint (step_NNNNNNNN.h5) is refused. It is written under a temporary
+name and published only where nothing is, so it never replaces a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from ._common import AnalysisError, prog_name, run_main
+from .convert_weights import _string_attr, finish
+from .inspect_checkpoint import Report, inspect
+
+
+class AverageError(AnalysisError):
+    pass
+
+
+def _check_inputs(reps: list[Report]) -> None:
+    for rep in reps:
+        if rep.kind != "checkpoint" or not rep.ok or not rep.complete:
+            raise AverageError(rep.headline() or f"{rep.path}: not a complete checkpoint")
+    first = reps[0]
+    for rep in reps[1:]:
+        for k in sorted(set(first.model_attrs) | set(rep.model_attrs)):
+            a, b = first.model_attrs.get(k), rep.model_attrs.get(k)
+            if np.asarray(a).tolist() != np.asarray(b).tolist():
+                raise AverageError(f"{first.path} and {rep.path} hold different models: /model "
+                                   f"attribute {k} is {a!r} against {b!r}")
+        mine = {n: d[0] for n, d in first.datasets.items() if n.startswith("model/")}
+        theirs = {n: d[0] for n, d in rep.datasets.items() if n.startswith("model/")}
+        if mine != theirs:
+            diff = sorted(set(mine.items()) ^ set(theirs.items()))[0]
+            raise AverageError(f"{first.path} and {rep.path} hold different tensors: "
+                               f"{diff[0]} {tuple(diff[1])} is in only one of them")
+
+
+def _copy_attrs(src, dst, skip: tuple = ()) -> None:
+    """Attributes as triad writes them: strings fixed-length, numbers with their own types."""
+    for k in src.attrs:
+        if k in skip:
+            continue
+        v = src.attrs[k]
+        if isinstance(v, (bytes, str)) or (isinstance(v, np.ndarray) and v.dtype.kind == "S"):
+            text = v.decode() if isinstance(v, bytes) else str(np.asarray(v).astype(str))
+            _string_attr(dst, k, text)
+        else:
+            a = np.asarray(v)
+            dst.attrs.create(k, a, dtype=a.dtype)
+
+
+def average(paths: list[Path], out: Path) -> tuple[int, int]:
+    """Writes the mean of the checkpoints `paths` to `out`; returns (tensors, parameters)."""
+    import h5py
+
+    if len(paths) < 2:
+        raise AverageError("give two or more checkpoints to average")
+    if re.fullmatch(r"step_\d{8}\.h5", out.name):
+        raise AverageError(f"{out}: a run takes step_NNNNNNNN.h5 for a resumable checkpoint, "
+                           "which an average (no optimizer state) is not; choose another name")
+    reps = [inspect(p, verify=True) for p in paths]
+    _check_inputs(reps)
+    steps = [int(r.root_attrs.get("step", 0)) for r in reps]
+    newest = reps[int(np.argmax(steps))]
+    names = sorted(n for n in reps[0].datasets if n.startswith("model/"))
+    count = [0, 0]
+
+    def write(tmp: Path) -> None:
+        files = [h5py.File(r.path, "r") for r in reps]
+        try:
+            with h5py.File(tmp, "w") as f:
+                src = files[reps.index(newest)]
+                _copy_attrs(src, f, skip=("complete",))
+                _string_attr(f, "averaged_from", ", ".join(
+                    f"{r.path} (step {s})" for r, s in zip(reps, steps)))
+                m = f.create_group("model")
+                _copy_attrs(src["model"], m)
+                for name in names:
+                    total = np.zeros(files[0][name].shape, dtype=np.float64)
+                    for h in files:
+                        total += h[name][...]
+                    a = np.ascontiguousarray(total / len(files), dtype="<f4")
+                    ds = f.create_dataset(name, data=a, dtype="<f4")
+                    ds.attrs.create("checksum", np.uint32(zlib.crc32(a.tobytes()) & 0xFFFFFFFF),
+                                    dtype="<u4")
+                    count[0] += 1
+                    count[1] += a.size
+                f.flush()
+                f.attrs.create("complete", np.int64(1), dtype="<i8")
+        finally:
+            for h in files:
+                h.close()
+
+    finish(out, write)
+    return count[0], count[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    prog = prog_name("python -m analysis.average_checkpoints")
+    ap = argparse.ArgumentParser(
+        prog=prog, description="The element-wise mean of checkpoints of one model, as one "
+        "checkpoint (weights only: for --init-from, --eval-only, triad-generate).")
+    ap.add_argument("ckpts", nargs="+", type=Path, help="two or more checkpoint files")
+    ap.add_argument("--out", type=Path, required=True, help="the checkpoint to write")
+    a = ap.parse_args(argv)
+
+    def body() -> int:
+        tensors, params = average(a.ckpts, a.out)
+        print(f"{prog}: wrote {a.out}: the mean of {len(a.ckpts)} checkpoints, {tensors} "
+              f"tensors, {params} values")
+        return 0
+
+    return run_main(prog, body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
