@@ -355,6 +355,12 @@ WindowWarmup parse_window_warmup(const std::string& text, const ModelConfig& m) 
   w.start = int(v[0]);
   w.steps = v[1];
   if (v.size() == 3) w.multiple = int(v[2]);
+  // The windows are multiples of MULTIPLE: a START between them would be rounded up, and the
+  // first window would not be START (or, at a MULTIPLE at or above W, there would be no warmup).
+  TRIAD_CHECK(w.start % w.multiple == 0, key, " '", text, "': START (", w.start,
+              ") must be a multiple of MULTIPLE (", w.multiple,
+              v.size() == 3 ? "" : ", the default: the flash kernels' tile",
+              "), the windows' granularity");
   return w;
 }
 

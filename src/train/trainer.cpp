@@ -116,7 +116,9 @@ EvalResult Trainer::evaluate_only() {
                 s.cfg.checkpoint_dir());
   }
   const CheckpointState st = s.load_weights(path);
-  s.use_window(st.step);  // as the run evaluated at that step
+  // A checkpoint of this run (--resume, or found) is evaluated as the run evaluated it at that
+  // step (train.window_warmup's window); one given by --init-from, as a model: its own window.
+  if (s.cl.init_from.empty()) s.use_window(st.step);
   const Timer clock;
   const EvalResult r = s.evaluate();
   const double seconds = clock.seconds();

@@ -528,9 +528,15 @@ void Trainer::State::open_choices() {
     return;
   }
   load_tokenizer();
-  if (!count_ending_chars(choices, *tokenizer))
+  if (!count_ending_chars(choices, *tokenizer)) {
     say(no_chars + "the file holds token ids beyond the " +
         std::to_string(tokenizer->vocab_size()) + " of data.vocab " + cfg.data.vocab);
+    return;
+  }
+  // Which tokenizer decoded them: it must be the one that wrote the file, which the file does
+  // not record (ids of another vocabulary decode to other text, and to other counts).
+  say("eval.choices: characters of the endings (lm-eval's acc_norm) decoded with data.vocab " +
+      cfg.data.vocab);
 }
 
 void Trainer::State::load_tokenizer() {

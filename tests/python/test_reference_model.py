@@ -886,11 +886,11 @@ def warmup_window(s, start, steps, multiple, model_window, seq_len):
 
 
 # train.window_warmup: a model without a window attends to a growing one until step 8, then to
-# the whole context (oddshapes, 17 positions: windows 4, 4, 6, 8, 10, 12, 14, 16); one with a
+# the whole context (oddshapes, 17 positions: windows 4, 6, 8, 8, 10, 12, 14, 16); one with a
 # window of 8 and a full-attention layer (llama) grows its windowed layer's window from 2 over 12
 # steps, so its last evaluation (after 10) keeps to a warmup window too.
 @pytest.mark.parametrize("name,model_window,full_every,warmup", [
-    ("oddshapes", 0, 0, (3, 8, 2)), ("llama", 8, 2, (2, 12, 1))])
+    ("oddshapes", 0, 0, (4, 8, 2)), ("llama", 8, 2, (2, 12, 1))])
 def test_window_warmup_matches_torch(name, model_window, full_every, warmup, tmp_root, tmp_path):
     case = next(c for c in CASES if c.name == name)
     p = prepare(case, tmp_root)

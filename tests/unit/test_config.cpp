@@ -336,7 +336,14 @@ TEST(Config, WindowWarmupGrowsToTheModelsWindowAndIsChecked) {
   windowed.insert(windowed.end(), {"--model.sliding_window", "256"});
   EXPECT_NE(error_of(with(windowed, "256, 10")).find("model.sliding_window (256)"),
             std::string::npos);
-  EXPECT_EQ(error_of(with(windowed, "255, 10")), "");
+  EXPECT_EQ(error_of(with(windowed, "192, 10")), "");
+  // START a multiple of MULTIPLE: the first window is START (not START rounded up, nor, with a
+  // MULTIPLE at or above the window, no warmup at all).
+  EXPECT_NE(error_of(with(windowed, "100, 10")).find("must be a multiple of MULTIPLE (64"),
+            std::string::npos);
+  EXPECT_NE(error_of(with(T1024, "4, 10, 2048")).find("multiple of MULTIPLE (2048)"),
+            std::string::npos);
+  EXPECT_EQ(error_of(with(T1024, "100, 10, 4")), "");
 }
 
 // train.decay_shape: one of three, and only for wsd's decay.

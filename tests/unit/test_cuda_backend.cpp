@@ -1008,6 +1008,43 @@ TEST_F(CudaBackendTest, CrossEntropyBackwardPartial) {
   }
 }
 
+// train.z_loss: the fused op and the vocabulary-parallel backward with c > 0 against the CPU
+// backend's (the softmax term scaled by 1 + 2c·log Z, log Z written out, 0 for a masked row).
+TEST_F(CudaBackendTest, CrossEntropyZLossMatchesCpu) {
+  const float c = 0.05f;
+  for (const CeShape& s : kCeShapes) {
+    SCOPED_TRACE(::testing::Message() << "N=" << s.N << " V=" << s.V << " Vp=" << s.Vp);
+    const size_t total = size_t(s.N) * s.Vp;
+    const Vec logits = random_vec(total, 95, -4.0f, 4.0f);
+    IVec targets = random_ints(s.N, 96, 0, s.V);
+    if (s.N > 2) targets[1] = kIgnoredTarget;
+    const float dloss_scale = 1.0f / float(s.N);
+    Vec want = logits, losses(s.N), log_z(s.N);
+    cpu->crossentropy_forward_backward(want.data(), losses.data(), nullptr, targets.data(), s.N,
+                                       s.V, s.Vp, dloss_scale, c, log_z.data());
+    float* g_logits = dev(logits);
+    float *g_losses = dev_zeros(s.N), *g_log_z = dev(Vec(s.N, 7.0f));
+    int32_t* g_targets = dev(targets);
+    gpu->crossentropy_forward_backward(g_logits, g_losses, nullptr, g_targets, s.N, s.V, s.Vp,
+                                       dloss_scale, c, g_log_z);
+    EXPECT_TRUE(close(host(g_losses, s.N), losses, kElemTol, 1e-7)) << "losses";
+    EXPECT_TRUE(close(host(g_log_z, s.N), log_z, kElemTol, 1e-7)) << "log Z";
+    EXPECT_TRUE(close(host(g_logits, total), want, kElemTol, 1e-7)) << "dlogits";
+    // The vocabulary-parallel backward from the whole row's statistics: the same dlogits.
+    Vec row_max(s.N), argmax(s.N), sum_exp(s.N), target_logit(s.N);
+    cpu->logits_row_max(row_max.data(), argmax.data(), logits.data(), s.N, s.V, s.Vp);
+    cpu->softmax_partial_sums(sum_exp.data(), target_logit.data(), logits.data(), row_max.data(),
+                              targets.data(), s.N, s.V, s.Vp);
+    Vec want_partial = logits;
+    cpu->crossentropy_backward_partial(want_partial.data(), row_max.data(), sum_exp.data(),
+                                       targets.data(), s.N, s.V, s.Vp, dloss_scale, c);
+    float* g_partial = dev(logits);
+    gpu->crossentropy_backward_partial(g_partial, dev(row_max), dev(sum_exp), g_targets, s.N, s.V,
+                                       s.Vp, dloss_scale, c);
+    EXPECT_TRUE(close(host(g_partial, total), want_partial, kElemTol, 1e-7)) << "partial";
+  }
+}
+
 // One slice holding the whole vocabulary: the three ops give the fused op's loss and dlogits.
 TEST_F(CudaBackendTest, SingleSliceMatchesFusedCrossEntropy) {
   const int N = 8, V = 50257, Vp = 50304;

@@ -1106,6 +1106,31 @@ TEST_F(CudaBf16Test, CrossEntropyForwardBackward) {
   }
 }
 
+// train.z_loss on bf16 logits (the one-pass kernel where Vp is a multiple of 8): dlogits, losses
+// and log Z against the CPU backend's.
+TEST_F(CudaBf16Test, CrossEntropyZLossMatchesCpu) {
+  const float c = 0.05f;
+  for (const CeShape& s : kCeShapes) {
+    SCOPED_TRACE(::testing::Message() << "N=" << s.N << " V=" << s.V << " Vp=" << s.Vp);
+    const size_t NV = size_t(s.N) * s.Vp;
+    const Bits logits = random_bits(NV, 75, -4.0f, 4.0f);
+    IVec targets = random_ints(s.N, 76, 0, s.V);
+    targets[size_t(s.N / 2)] = kIgnoredTarget;
+    const float scale = 1.0f / float(s.N);
+    Bits want = logits;
+    Vec losses(s.N), log_z(s.N);
+    cpu->crossentropy_forward_backward(want.data(), losses.data(), nullptr, targets.data(), s.N,
+                                       s.V, s.Vp, scale, c, log_z.data());
+    bf16_t* g_logits = dev(logits);
+    float *g_losses = dev(Vec(s.N, 42.0f)), *g_log_z = dev(Vec(s.N, 42.0f));
+    gpu->crossentropy_forward_backward(g_logits, g_losses, nullptr, dev(targets), s.N, s.V, s.Vp,
+                                       scale, c, g_log_z);
+    EXPECT_TRUE(close(host(g_logits, NV), want)) << "dlogits";
+    EXPECT_TRUE(close(host(g_losses, s.N), losses)) << "losses";
+    EXPECT_TRUE(close(host(g_log_z, s.N), log_z)) << "log Z";
+  }
+}
+
 // The three vocabulary-parallel steps, each fed the CPU's results of the previous one (what the
 // caller's all-reduce would hand both backends). Targets < 0 belong to other ranks; V = 0 is a
 // rank holding only padding columns.

@@ -7,7 +7,8 @@
 // W = W (1 − lr wd) − lr · s · O with s = sqrt(max(1, m/n)) (original) or 0.2 sqrt(max(m, n))
 // (match_rms_adamw).
 //
-// NS needs the whole matrix. Under ZeRO-1 the data-parallel slices of u are gathered first.
+// NS needs the whole matrix. Under ZeRO (1, 2 or 3) each matrix's u is gathered first from the
+// data-parallel slices holding its pieces, one matrix at a time.
 // The data-parallel ranks share the NS work out: the matrices go in rounds of dp (largest
 // first), rank k of the dp group takes the k-th of each round, and an all-gather over dp hands
 // every rank the results of the round. For its matrix a rank gathers the tp shards of u (its

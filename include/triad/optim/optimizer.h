@@ -43,8 +43,8 @@ std::vector<ParamSpec> trainable_specs(const std::vector<ParamSpec>& specs,
                                        const std::string& freeze);
 
 // Updates the parameters of the flat range [begin, end) of the parameter buffer: the whole
-// buffer without ZeRO, this data-parallel rank's slice with ZeRO-1 (then the optimizer state
-// exists only for that slice, and shrinks as 1/dp; zero_slice says so). optim.name = muon:
+// buffer without ZeRO, this data-parallel rank's slice with ZeRO 1, 2 or 3 (then the optimizer
+// state exists only for that slice, and shrinks as 1/dp; zero_slice says so). optim.name = muon:
 // Muon on the hidden matrices (optim/muon.h), AdamW on the rest; it gathers whole matrices over
 // tp (the tensor-parallel group) and shares its Newton–Schulz work out over dp (the
 // data-parallel group, which also holds the other ZeRO slices).

@@ -261,7 +261,7 @@ std::vector<int> ramp_batch_sizes(const BatchRampup& ramp, int batch_size);
 
 // train.window_warmup parsed ("" gives start = 0: none; MULTIPLE 64 where not given, the flash
 // kernels' tile); throws triad::Error naming the key when it is not two or three integers >= 1
-// with START below the window it grows to.
+// with START below the window it grows to and a multiple of MULTIPLE.
 struct WindowWarmup {
   int start = 0, multiple = 64;
   int64_t steps = 0;
