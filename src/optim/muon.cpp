@@ -181,45 +181,42 @@ void MuonMatrices::update(float* params, const float* grads, float* momentum, fl
   const bool sliced = zero_slice_ && dps > 1;
   const int k = dps > 1 ? dp_->rank() : 0;
   for (const auto& round : rounds_) {
-    // Under ZeRO each matrix of the round is gathered whole from the slices holding its u, on
-    // every rank of the group (a collective; the rank whose matrix it is keeps it): one matrix at
-    // a time in Newton–Schulz's scratch, so no stage needs a whole buffer for it, and only the
-    // matrices' elements travel.
-    const float* mine = nullptr;  // this rank's matrix of the round: its u, whole on this rank
+    // This rank's matrix of the round, if the round has one for it; split: its tp shards are
+    // gathered into x_ for NS, so its own shard must wait elsewhere (y_).
+    const Matrix* mtx =
+        size_t(k) < round.specs.size() ? &matrices_[round.specs[size_t(k)]] : nullptr;
+    const bool split = mtx != nullptr && tps > 1 && mtx->spec->split_axis >= 0;
+    float* mine_at = split ? y_ : x_;
+    // Its u, whole on this rank. Under ZeRO each matrix of the round is gathered whole from the
+    // slices holding its u, on every rank of the group (a collective; the rank whose matrix it
+    // is keeps it, the others land in the other scratch): one matrix at a time in Newton–Schulz's
+    // scratch, so no stage needs a whole buffer for it, and only the matrices' elements travel.
+    const float* mine = nullptr;
     if (sliced) {
       const size_t slice = end_ - begin_;
       TRIAD_ASSERT(begin_ == size_t(k) * slice);
       for (size_t i = 0; i < round.specs.size(); ++i) {
         const ParamSpec& s = *matrices_[round.specs[i]].spec;
         const size_t a = std::clamp(s.offset, begin_, end_);
-        dp_->iall_gather_pieces(u + (a - begin_), y_,
+        float* into = i == size_t(k) ? mine_at : (split ? x_ : y_);
+        dp_->iall_gather_pieces(u + (a - begin_), into,
                                 slice_pieces(s.offset, s.offset + s.numel, slice, dps))
             .wait();
-        if (i == size_t(k)) {
-          be_.copy(x_, y_, s.numel);
-          mine = x_;
-        }
       }
-    } else if (size_t(k) < round.specs.size()) {
-      mine = u + (matrices_[round.specs[size_t(k)]].spec->offset - begin_);
+      mine = mtx != nullptr ? mine_at : nullptr;
+    } else if (mtx != nullptr) {
+      mine = u + (mtx->spec->offset - begin_);
     }
-    // This rank's matrix of the round, if the round has one for it: the whole matrix's NS, and
-    // this rank's tp shard of the result (the tp_rank-th block of what was gathered).
+    // The whole matrix's NS, and this rank's tp shard of the result (the tp_rank-th block of
+    // what was gathered).
     const float* own = nullptr;
-    if (size_t(k) < round.specs.size()) {
-      const Matrix& mtx = matrices_[round.specs[size_t(k)]];
-      const ParamSpec& s = *mtx.spec;
-      const bool split = tps > 1 && s.split_axis >= 0;
-      if (split) {
-        if (mine == x_) {  // the gather's source and destination must differ
-          be_.copy(y_, x_, s.numel);
-          mine = y_;
-        }
+    if (mtx != nullptr) {
+      const ParamSpec& s = *mtx->spec;
+      if (split)
         tp_->all_gather(mine, x_, s.numel);
-      } else if (mine != x_) {
+      else if (mine != x_)
         be_.copy(x_, mine, s.numel);
-      }
-      newton_schulz(be_, x_, y_, a_, a2_, s.shape[0], s.shape[1], split ? mtx.blocks : 1,
+      newton_schulz(be_, x_, y_, a_, a2_, s.shape[0], s.shape[1], split ? mtx->blocks : 1,
                     cfg_.muon_ns_steps);
       own = x_ + (split ? size_t(tp_->rank()) * s.numel : 0);
       if (dps > 1) be_.copy(send_, own, s.numel);

@@ -32,7 +32,6 @@ void tally(ChoiceScore& sc, const ChoiceExample& ex, const std::vector<double>& 
   if (!ex.ending_chars.empty()) {
     std::vector<double> per_char(sums.size());
     for (size_t i = 0; i < sums.size(); ++i) per_char[i] = sums[i] / double(ex.ending_chars[i]);
-    ++sc.examples_with_chars;
     sc.correct_by_chars += best(per_char) == ex.label ? 1 : 0;
   }
   for (double x : means) sc.ending_loss_sum += x;

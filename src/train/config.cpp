@@ -337,6 +337,13 @@ BatchRampup parse_batch_rampup(const std::string& text, int batch_size) {
   return r;
 }
 
+namespace {
+// What a window warmup grows to: the model's window, or the whole context without one.
+int64_t warmup_target(const ModelConfig& m) {
+  return m.sliding_window > 0 ? m.sliding_window : m.seq_len;
+}
+}  // namespace
+
 WindowWarmup parse_window_warmup(const std::string& text, const ModelConfig& m) {
   WindowWarmup w;
   if (trim_blanks(text).empty()) return w;
@@ -346,12 +353,10 @@ WindowWarmup parse_window_warmup(const std::string& text, const ModelConfig& m) 
                   (v.size() < 3 || v[2] <= (int64_t(1) << 30)),
               key, " must be empty or \"START, STEPS[, MULTIPLE]\", integers >= 1 (got '", text,
               "')");
-  const int64_t target = m.sliding_window > 0 ? m.sliding_window : m.seq_len;
-  TRIAD_CHECK(v[0]<target, key, " '", text, "' starts at a window of ", v[0],
-                   " tokens, which must be below the one it grows to: ", m.sliding_window> 0
-                  ? "model.sliding_window ("
-                  : "model.seq_len (",
-              target, ")");
+  const int64_t target = warmup_target(m);
+  const char* grows_to = m.sliding_window > 0 ? "model.sliding_window (" : "model.seq_len (";
+  TRIAD_CHECK((v[0] < target), key, " '", text, "' starts at a window of ", v[0],
+              " tokens, which must be below the one it grows to: ", grows_to, target, ")");
   w.start = int(v[0]);
   w.steps = v[1];
   if (v.size() == 3) w.multiple = int(v[2]);
@@ -366,7 +371,7 @@ WindowWarmup parse_window_warmup(const std::string& text, const ModelConfig& m) 
 
 int window_at(const WindowWarmup& w, const ModelConfig& m, int64_t step) {
   if (!w.on() || step >= w.steps) return m.sliding_window;
-  const int64_t target = m.sliding_window > 0 ? m.sliding_window : m.seq_len;
+  const int64_t target = warmup_target(m);
   // 0 <= step < steps: the product in 128 bits cannot overflow.
   int64_t now =
       w.start + int64_t(__int128(target - w.start) * std::max<int64_t>(step, 0) / w.steps);

@@ -72,9 +72,7 @@ std::string frozen_note(const GptShape& shape, const std::string& freeze) {
   for (const auto& s : gpt_parameter_layout(shape)) {
     if (!frozen_tensor(freeze, s.name)) continue;
     ++tensors;
-    int64_t n = 1;
-    for (int64_t d : s.shape) n *= d;
-    params += n;
+    params += int64_t(s.numel);  // the whole model's layout: whole tensors
   }
   if (tensors == 0) return "";
   return " | frozen (train.freeze): " + std::to_string(tensors) + " tensors, " +

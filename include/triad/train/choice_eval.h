@@ -23,8 +23,7 @@ struct ChoiceScore {
   int64_t correct = 0;           // least mean loss per token
   int64_t correct_by_sum = 0;    // least summed loss
   int64_t correct_by_chars = 0;  // least summed loss per character (examples with ending_chars)
-  int64_t examples_with_chars = 0;
-  double ending_loss_sum = 0;  // over examples and endings: each ending's mean token loss
+  double ending_loss_sum = 0;    // over examples and endings: each ending's mean token loss
   int64_t endings = 0;
 };
 

@@ -28,6 +28,13 @@ constexpr int32_t kIgnored = INT32_MIN;  // backend.h's kIgnoredTarget (asserted
 // Shared memory the block program needs (cross-warp partials of the reductions).
 TRIAD_BLOCK_SIZE size_t row_smem() { return 32 * sizeof(double) + 32 * (sizeof(float) + 4); }
 
+// The softmax term's scale: dloss_scale, times 1 + 2c·log Z with a z-loss of coefficient c
+// (exactly dloss_scale without one). The row kernels of cuda_crossentropy.cu use it too.
+TRIAD_BLOCK_FN double z_loss_scale(float dloss_scale, float z_loss, double log_z) {
+  return z_loss == 0.0f ? double(dloss_scale)
+                        : double(dloss_scale) * (1.0 + 2.0 * double(z_loss) * log_z);
+}
+
 // Max with the first index on ties, over the warp (a shuffle butterfly); every lane gets it.
 template <class X>
 TRIAD_BLOCK_FN void warp_argmax(X& x, float& v, int& idx) {
@@ -146,9 +153,7 @@ TRIAD_BLOCK_FN void crossentropy_row(X& x, uint16_t* logits, float* losses, floa
   sum = block_sum<kThreads>(x, sum);
 
   const double log_sum = x.log(sum), lz = double(mx) + log_sum;
-  const double scale = z_loss == 0.0f ? double(dloss_scale)
-                                      : double(dloss_scale) * (1.0 + 2.0 * double(z_loss) * lz);
-  const float factor = float(scale / sum);
+  const float factor = float(z_loss_scale(dloss_scale, z_loss, lz) / sum);
   TRIAD_UNROLL
   for (int i = 0; i < kVec; ++i) {
     const int j = t + i * kThreads;

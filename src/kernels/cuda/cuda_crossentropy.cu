@@ -66,12 +66,6 @@ __device__ ArgMax block_argmax(ArgMax v) {
   return r;
 }
 
-// The softmax term's scale: dloss_scale, times 1 + 2c·log Z with a z-loss of coefficient c.
-__device__ double z_loss_scale(float dloss_scale, float z_loss, double log_z) {
-  return z_loss == 0.0f ? double(dloss_scale)
-                        : double(dloss_scale) * (1.0 + 2.0 * double(z_loss) * log_z);
-}
-
 template <typename Elem>
 __global__ void crossentropy_kernel(Elem* logits, float* losses, float* correct,
                                     const int32_t* targets, int V, int Vp, float dloss_scale,
@@ -103,7 +97,7 @@ __global__ void crossentropy_kernel(Elem* logits, float* losses, float* correct,
   sum = block_reduce(sum, SumOp{}, 0.0);  // its __syncthreads order every read before the writes
 
   const double log_sum = log(sum), lz = double(max_val) + log_sum;
-  const float factor = float(z_loss_scale(dloss_scale, z_loss, lz) / sum);
+  const float factor = float(crossentropy::z_loss_scale(dloss_scale, z_loss, lz) / sum);
   for (int j = threadIdx.x; j < V; j += blockDim.x) {
     float g = expf(widen(row[j]) - max_val) * factor;
     if (j == target) g -= dloss_scale;
@@ -173,7 +167,8 @@ __global__ void crossentropy_backward_partial_kernel(Elem* logits, const float* 
     return;
   }
   const double lz = double(max_val) + log(double(sum_exp[n]));
-  const float factor = float(z_loss_scale(dloss_scale, z_loss, lz) / double(sum_exp[n]));
+  const float factor =
+      float(crossentropy::z_loss_scale(dloss_scale, z_loss, lz) / double(sum_exp[n]));
   for (int j = threadIdx.x; j < V; j += blockDim.x) {
     float g = expf(widen(row[j]) - max_val) * factor;
     if (j == target) g -= dloss_scale;
