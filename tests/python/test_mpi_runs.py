@@ -253,10 +253,16 @@ def test_window_warmup_gives_the_same_curve_on_every_grid_and_resumes_exactly(tm
     (["--train.batch_rampup", "4, 4, 100"], "multiples of micro_batch_size · dp (4 · 2)"),
     (["--train.lr_by", "tokens"], "train.lr_by"),
     (["--train.lr_by", "sequences", "--train.warmup_steps", 2], "train.warmup_steps"),
-    (["--train.sequences", -5], "train.sequences")])
+    (["--train.sequences", -5], "train.sequences"),
+    (["--train.window_warmup", "6, 10, 4"], "must be a multiple of MULTIPLE (4)"),
+    (["--train.freeze", "h/7/*"], "pattern 'h/7/*' matches no tensor"),
+    (["--train.freeze", "*"], "freezes every tensor"),
+    (["--train.z_loss", -1], "train.z_loss"),
+    (["--train.schedule", "wsd", "--train.decay_shape", "exp"], "train.decay_shape")])
 def test_bad_schedule_keys_stop_every_rank(tmp_path, args, needle):
-    """The schedule keys (window warmup, batch ramp, lr by sequences, run length) refused on a
-    2-rank grid: one error naming the key, exit status 1 from mpirun, no hang."""
+    """The schedule and objective keys (window warmup, batch ramp, lr by sequences, run length,
+    frozen tensors, z-loss, decay shape) refused on a 2-rank grid: one error naming the key, exit
+    status 1 from mpirun, no hang."""
     cfg = tiny_config(tmp_path, name="bad", train__steps=4)
     p = run(2, "--config", cfg, *args, timeout=60)
     assert p.returncode == 1, (p.returncode, p.stderr)
