@@ -875,6 +875,10 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
     if not rep.ok:
         raise ConvertError(rep.headline())
     a = rep.model_attrs
+    if float(a.get("logit_softcap", 0.0)):  # dropping it would change every probability
+        raise ConvertError(f"{path}: the model caps its logits at {a['logit_softcap']} "
+                           f"(model.logit_softcap); none of the export formats (GPT-2's, llm.c's, "
+                           f"Hugging Face's Llama, Qwen2, Qwen3 and Mistral) caps logits")
     llama = (a.get("position"), a.get("norm"), int(a.get("bias", 1)), a.get("mlp")) == \
         ("rope", "rmsnorm", 0, "swiglu")
     if a.get("qk_norm", 0) == 1 and not llama:  # Qwen3's blocks hold it; no other format

@@ -357,7 +357,7 @@ const float* Gpt::next_token_logits_t(const int32_t* tokens, int B, int len, boo
     for (int b0 = 0; b0 < B; b0 += together) {
       const int k = std::min(together, B - b0);
       const A* x = last->lnfg + (size_t(b0) * rows + size_t(n - 1)) * C;
-      be_.matmul_forward(logits, x, head_weight<A>(), nullptr, k, C, Vl);
+      head_logits(logits, x, k, Vl);
       if (mp_.tp == 1) {
         logits_to_host(out + size_t(b0) * Vp, logits, size_t(k) * Vl);
       } else {

@@ -413,11 +413,11 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
     const int rows = std::min(logits_rows_, N - r0);
     const A* x = S.lnfg + size_t(r0) * C;
     const int32_t* tgt = d_targets_ + r0;
-    be_.matmul_forward(logits, x, head_weight<A>(), nullptr, rows, C, Vl);
+    head_logits(logits, x, rows, Vl);
     if (mp_.tp == 1) {
       be_.crossentropy_forward_backward(logits, S.losses + r0, hits ? hits + r0 : nullptr, tgt,
                                         rows, shape_.vocab_size, Vl, dloss_scale, z,
-                                        log_z ? log_z + r0 : nullptr);
+                                        log_z ? log_z + r0 : nullptr, shape_.logit_softcap);
     } else {
       // Vocabulary-parallel cross-entropy: only per-row statistics cross the group, never
       // logits. stats: row max | argmax | sum exp | target logit, `rows` each.
@@ -446,7 +446,7 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
       if (with_grad) {
         be_.copy_from_host(stats + 2 * rows, hsum, size_t(rows));
         be_.crossentropy_backward_partial(logits, stats, stats + 2 * rows, tgt, rows, vocab_valid_,
-                                          Vl, dloss_scale, z);
+                                          Vl, dloss_scale, z, shape_.logit_softcap);
       }
       for (int i = 0; i < rows; ++i) {
         if (host_targets[r0 + i] < 0) {  // masked: no loss (the kernels gave it no gradient)
@@ -700,8 +700,7 @@ void Gpt::forward_logits_t(const int32_t* inputs, int B, float* host_out) {
   std::vector<float> rows(size_t(logits_rows_) * Vp);
   for (int r0 = 0; r0 < B * T; r0 += logits_rows_) {
     const int n = std::min(logits_rows_, B * T - r0);
-    be_.matmul_forward(acts<A>().logits, S.lnf + size_t(r0) * C, head_weight<A>(), nullptr, n, C,
-                       Vp);
+    head_logits(acts<A>().logits, S.lnf + size_t(r0) * C, n, Vp);
     logits_to_host(rows.data(), acts<A>().logits, size_t(n) * Vp);
     for (size_t i = 0; i < size_t(n); ++i)
       std::copy_n(rows.data() + i * Vp, V, host_out + (size_t(r0) + i) * V);

@@ -80,6 +80,9 @@ class KeyTable {
         "with model.sliding_window: layers N, 2N, .. (1-based) attend to the whole context, the "
         "others keep to the window (interleaved local and global attention: Gemma 3's 6, "
         "gpt-oss's 2); 0: every layer keeps to the window");
+    add("model.logit_softcap", c.model.logit_softcap,
+        "soft-capped logits: the head's logits become c·tanh(logit / c), within (-c, c), before "
+        "the loss and sampling (Gemma 2: 30); 0: none");
     add("model.norm_eps", c.model.norm_eps,
         "epsilon of the LayerNorms or RMSNorms (and QK-norms): 1e-5 as GPT-2 and Llama, 1e-6 "
         "as Qwen2");
@@ -692,6 +695,8 @@ void validate(const Config& c, int world_size) {
         "must be >= 0 (0: every layer keeps to the window)");
   check(m.full_attention_every == 0 || m.sliding_window > 0, "model.full_attention_every",
         "needs model.sliding_window > 0 (the other layers' window)");
+  check(std::isfinite(m.logit_softcap) && m.logit_softcap >= 0 && m.logit_softcap <= 1e4,
+        "model.logit_softcap", "must be in [0, 1e4] (0: no cap)");
   check(m.mlp_hidden >= 0, "model.mlp_hidden",
         "must be >= 0 (0: the default width; got " + std::to_string(m.mlp_hidden) + ")");
   if (m.position == "rope") {

@@ -72,6 +72,7 @@ GptShape gpt_shape(const Config& cfg) {
   s.reset_positions = cfg.data.reset_positions;
   s.sliding_window = m.sliding_window;
   s.full_attention_every = m.full_attention_every;
+  s.logit_softcap = float(m.logit_softcap);
   s.window_scheduled = parse_window_warmup(cfg.train.window_warmup, m).on();
   return s;
 }

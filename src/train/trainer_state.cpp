@@ -316,6 +316,7 @@ CheckpointState Trainer::State::checkpoint_state() const {
   st.model.head_dim = cfg.model.head_dim;
   st.model.sliding_window = cfg.model.sliding_window;
   st.model.full_attention_every = cfg.model.full_attention_every;
+  st.model.logit_softcap = cfg.model.logit_softcap;
   st.model.norm_eps = cfg.model.norm_eps;
   st.model.mlp = cfg.model.mlp;
   st.model.mlp_hidden = cfg.mlp_hidden_size();
@@ -402,6 +403,9 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
               " holds a model whose every ", m.full_attention_every,
               "th layer attends to the whole context (0: none) but the config asks for ",
               "model.full_attention_every = ", c.full_attention_every);
+  TRIAD_CHECK(float(m.logit_softcap) == float(c.logit_softcap), "checkpoint ", path,
+              " holds a model whose logits are capped at ", m.logit_softcap,
+              " (0: none) but the config asks for model.logit_softcap = ", c.logit_softcap);
   TRIAD_CHECK(float(m.norm_eps) == float(c.norm_eps), "checkpoint ", path,
               " holds a model with norm_eps ", m.norm_eps, " but the config asks for ",
               "model.norm_eps = ", c.norm_eps);

@@ -408,6 +408,22 @@ TEST(ModelParallel, RmsNormMatchesOneRankOnEveryGrid) {
                 {"full"}, true, Grid{1, 4, 1, 0, 2, "1f1b", 1});
 }
 
+// Soft-capped logits (model.logit_softcap, near this model's logits, so that tanh bends them):
+// on tensor-parallel grids each rank caps its vocabulary slice and the vocabulary-parallel
+// backward applies the cap's derivative; every grid against one rank, recomputing, in bf16 and
+// resumed across grids. The cap changes the run.
+TEST(ModelParallel, LogitSoftcapMatchesOneRankOnEveryGrid) {
+  const Result ref = check_variant("softcap", {"--model.logit_softcap", "0.5"},
+                                   {{2, 1, 1, 1, 2, "1f1b", 1},
+                                    {1, 2, 1, 0, 1, "1f1b", 1},
+                                    {1, 1, 2, 0, 4, "1f1b", 1},
+                                    {2, 2, 2, 1, 2, "1f1b", 1, true}},
+                                   {"full"}, true, Grid{1, 2, 1, 0, 2, "1f1b", 1});
+  const Result plain = run(shared_dir("softcap"), "softcap_plain", Grid{}, {"--resume", "none"});
+  ASSERT_FALSE(ref.losses.empty() || plain.losses.empty());
+  EXPECT_GT(std::abs(plain.losses.back() - ref.losses.back()), 1e-4);
+}
+
 // model.bias = false: no bias tensors at all (the row-parallel layers' bias "added once" is
 // absent on every rank), LayerNorms centred without a bias; the buffer and the gradient hooks'
 // per-layer ranges shrink accordingly. Every grid against one rank, and a Muon run.

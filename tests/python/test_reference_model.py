@@ -172,7 +172,7 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                       tie_embeddings=c.tied, n_kv_head=c.n_kv_head, qk_norm=c.qk_norm,
                       qkv_bias=c.qkv_bias, norm_eps=c.norm_eps, head_dim=c.attn_head_dim,
                       sliding_window=c.sliding_window,
-                      full_attention_every=c.full_attention_every,
+                      full_attention_every=c.full_attention_every, logit_softcap=c.logit_softcap,
                       **({} if c.rope_scaling is None else dict(
                           rope_scaling="llama3", rope_scaling_factor=c.rope_scaling[0],
                           rope_low_freq_factor=c.rope_scaling[1],
@@ -883,6 +883,39 @@ def warmup_window(s, start, steps, multiple, model_window, seq_len):
     w = start + (target - start) * s // steps
     w = -(-w // multiple) * multiple  # rounded up to a multiple
     return w if w < target else model_window
+
+
+def with_softcap(p: Prepared, tmp_path: Path, cap: float) -> Prepared:
+    """p's model with model.logit_softcap = cap, in a checkpoint that says so."""
+    cfg = replace(p.case.cfg, logit_softcap=cap)
+    ckpt = tmp_path / "softcap.h5"
+    ref.write_checkpoint(ckpt, cfg, p.weights)
+    return replace(p, case=replace(p.case, cfg=cfg), ckpt=ckpt)
+
+
+# model.logit_softcap: the logits, the loss and every gradient against the reference's
+# c·tanh(logits / c), with the tied head (oddshapes) and an untied one (llama); the cap is
+# near the random models' largest logits, so that tanh bends them (checked: a plain model's
+# logits differ by more than 1e-2 relative).
+@pytest.mark.parametrize("name,cap", [("oddshapes", 0.5), ("llama", 1.0)])
+def test_logit_softcap_gradients_match_torch(name, cap, tmp_root, tmp_path):
+    p = prepare(next(c for c in CASES if c.name == name), tmp_root)
+    x, _ = ref.batch(p.train_tokens, 0, p.case.micro_batch, p.case.cfg.seq_len)
+    with torch.no_grad():
+        plain = ref.forward({k: v.double() for k, v in p.weights.items()}, p.case.cfg, x)
+    capped = cap * torch.tanh(plain / cap)
+    assert rel_err(capped.numpy(), plain.numpy()) > 1e-2, float(plain.abs().max())
+    check_probe_against_torch(with_softcap(p, tmp_path, cap), "none")
+
+
+# model.logit_softcap over 10 AdamW steps (with a z-loss on the capped logits): the curve, the
+# gradient norms and the final weights against PyTorch's.
+def test_logit_softcap_training_matches_torch(tmp_root, tmp_path):
+    case = next(c for c in CASES if c.name == "oddshapes")
+    q = with_softcap(prepare(case, tmp_root), tmp_path, 0.5)
+    sections = config_sections(q.case, q.dir, train__grad_clip=GRAD_CLIP[case.name],
+                               train__z_loss=0.05)
+    compare_training(q, tmp_path, sections, "softcap")
 
 
 # train.window_warmup: a model without a window attends to a growing one until step 8, then to

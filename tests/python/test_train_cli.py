@@ -75,6 +75,8 @@ def test_help_lists_every_key_with_defaults():
     (["--model.head_dim", "-2"], ["model.head_dim", "[0, 4096]"]),
     (["--model.qkv_bias", "true"], ["model.qkv_bias", "model.bias = false"]),
     (["--model.norm_eps", "0"], ["model.norm_eps", "(0, 0.1]"]),
+    (["--model.logit_softcap", "-30"], ["model.logit_softcap", "[0, 1e4]"]),
+    (["--model.logit_softcap", "nan"], ["model.logit_softcap", "[0, 1e4]"]),
     (["--model.vocab_size", "1"], ["model.vocab_size", "[2, 1073741824]"]),
     (["--model.vocab_size", "2000000000"], ["model.vocab_size", "[2, 1073741824]"]),
     (["--model.n_kv_head", "3"], ["model.n_kv_head", "must divide model.n_head"]),
@@ -663,6 +665,7 @@ def test_damaged_checkpoints(tmp_path):
             ("eps", {"norm_eps": 0.0}, "attribute norm_eps of /model is 0"),
             ("head_dim", {"head_dim": -4}, "attribute head_dim of /model is -4"),
             ("window", {"sliding_window": -3}, "attribute sliding_window of /model is -3"),
+            ("softcap", {"logit_softcap": -1.0}, "attribute logit_softcap of /model is -1"),
             ("full_every", {"full_attention_every": 2},
              "attribute full_attention_every of /model is 2"),
             ("rscale", {"position": "rope", "rope_theta": 10000.0, "rope_scaling": "ntk"},
@@ -690,6 +693,10 @@ def test_damaged_checkpoints(tmp_path):
     assert_clean_error(train("--config", cfg, "--eval-only", "--resume", good,
                              "--model.sliding_window", "4"),
                        "attention window is the whole context", "model.sliding_window = 4")
+    # ... or a cap on its logits it does not have.
+    assert_clean_error(train("--config", cfg, "--eval-only", "--resume", good,
+                             "--model.logit_softcap", "30"),
+                       "logits are capped at 0", "model.logit_softcap = 30")
 
 
 def test_init_from_eval_only_and_generate(tmp_path):

@@ -87,7 +87,10 @@ def last_logits(params, cfg: ref.GptConfig, ids: torch.Tensor, pos0: int,
     for i in range(cfg.n_layer):
         x = block(params, cfg, i, x, cache)
     x = ref.norm(params, cfg, "ln_f", x[:, -1])
-    return torch.matmul(x, ref.head(params, cfg).t())[:, :cfg.vocab_size]
+    logits = torch.matmul(x, ref.head(params, cfg).t())[:, :cfg.vocab_size]
+    if cfg.logit_softcap:  # model.logit_softcap
+        logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
+    return logits
 
 
 @torch.no_grad()

@@ -79,6 +79,8 @@ class GptConfig:
     sliding_window: int = 0
     # model.full_attention_every: with a window, layers N, 2N, .. (1-based) attend to everything.
     full_attention_every: int = 0
+    # model.logit_softcap: the logits are c·tanh(logit / c) (0: as they are).
+    logit_softcap: float = 0.0
 
     @property
     def hidden(self) -> int:
@@ -372,6 +374,8 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor) 
         x = x + mlp(params, cfg, p, h)
     x = norm(params, cfg, "ln_f", x)
     logits = torch.matmul(x, head(params, cfg).t())  # [B, T, Vp]
+    if cfg.logit_softcap:
+        logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
     return logits[..., : cfg.vocab_size]
 
 
@@ -730,6 +734,8 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
             m.attrs.create("sliding_window", i64(cfg.sliding_window), dtype="<i8")
         if cfg.full_attention_every:
             m.attrs.create("full_attention_every", i64(cfg.full_attention_every), dtype="<i8")
+        if cfg.logit_softcap:
+            m.attrs.create("logit_softcap", np.float64(cfg.logit_softcap), dtype="<f8")
         groups = {"model": weights}
         for slot, tensors in (optimizer or {}).items():
             groups["optimizer/" + slot] = tensors
@@ -765,6 +771,7 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                         qkv_bias=int(a["qkv_bias"]) == 1 if "qkv_bias" in a else False,
                         norm_eps=float(a["norm_eps"]) if "norm_eps" in a else LN_EPS,
                         attn_head_dim=int(a["head_dim"]) if "head_dim" in a else 0,
+                        logit_softcap=float(a.get("logit_softcap", 0.0)),
                         rope_scaling=(float(a["rope_scaling_factor"]),
                                       float(a["rope_low_freq_factor"]),
                                       float(a["rope_high_freq_factor"]),

@@ -1085,6 +1085,78 @@ TEST_F(CpuKernels, CrossEntropyZLossGradientMatchesFiniteDifferences) {
   }
 }
 
+// model.logit_softcap: logit_softcap caps raw logits (c·tanh(x/c) in double, to 1e-6 of each
+// value even near 0, where 1 − 2/(e^{2u} + 1) would lose its digits), and the cross-entropy's
+// softcap factor makes dlogits the gradient with respect to the raw logits: finite differences
+// of the mean cross-entropy (with a z-loss too) of the capped logits, in double. The
+// vocabulary-parallel backward (two slices) gives the fused dlogits.
+TEST_F(CpuKernels, CrossEntropySoftcapGradientMatchesFiniteDifferences) {
+  const int N = 6, V = 37, Vp = 64;
+  const float dloss_scale = 1.0f / N, cap = 8.0f, zc = 0.02f;
+  Vec raw = random_vec(size_t(N) * Vp, 73, -30.0f, 30.0f);  // past the cap: tanh bends
+  for (int j = 0; j < 8; ++j) raw[size_t(j)] = std::ldexp(1.0f, -3 * j) * (j % 2 ? -1.0f : 1.0f);
+  DVec x = to_double(raw);
+  auto capped = [&](const DVec& v) {
+    DVec y(v.size());
+    for (size_t i = 0; i < v.size(); ++i) y[i] = double(cap) * std::tanh(v[i] / double(cap));
+    return y;
+  };
+  std::vector<int32_t> targets(N);
+  std::mt19937 rng(74);
+  for (int32_t& t : targets) t = int32_t(rng() % V);
+  auto loss = [&] {
+    const DVec y = capped(x);
+    const DVec ce = naive_losses(y, targets, N, V, Vp);
+    double s = 0.0;
+    for (int n = 0; n < N; ++n) {
+      double mx = -INFINITY, sum = 0.0;
+      for (int j = 0; j < V; ++j) mx = std::max(mx, y[size_t(n) * Vp + j]);
+      for (int j = 0; j < V; ++j) sum += std::exp(y[size_t(n) * Vp + j] - mx);
+      const double lz = mx + std::log(sum);
+      s += ce[size_t(n)] + zc * lz * lz;
+    }
+    return s * dloss_scale;
+  };
+  const DVec want_y = capped(x);
+  Vec y = raw;
+  be->logit_softcap(y.data(), y.size(), cap);
+  for (size_t i = 0; i < y.size(); ++i)
+    ASSERT_NEAR(y[i], want_y[i], 1e-6 * std::abs(want_y[i]) + 1e-30) << "capped logit " << i;
+  DVec g = finite_diff(x, loss);
+  for (int n = 0; n < N; ++n)
+    for (int j = V; j < Vp; ++j) g[size_t(n) * Vp + j] = 0.0;
+  Vec fused = y, losses(N);
+  be->crossentropy_forward_backward(fused.data(), losses.data(), nullptr, targets.data(), N, V, Vp,
+                                    dloss_scale, zc, nullptr, cap);
+  expect_close(losses, naive_losses(want_y, targets, N, V, Vp), 1e-6, "losses");
+  expect_close(fused, g, 1e-5, "dlogits of the raw logits");
+  Vec gmax(N), gsum(N);
+  for (int n = 0; n < N; ++n) {
+    double mx = -INFINITY, sum = 0.0;
+    for (int j = 0; j < V; ++j) mx = std::max(mx, double(y[size_t(n) * Vp + j]));
+    for (int j = 0; j < V; ++j) sum += std::exp(double(y[size_t(n) * Vp + j]) - mx);
+    gmax[n] = float(mx);
+    gsum[n] = float(sum);
+  }
+  for (int r = 0; r < 2; ++r) {
+    const int W = Vp / 2, lv = std::clamp(V - r * W, 0, W);
+    Vec slice(size_t(N) * W);
+    std::vector<int32_t> local(N);
+    for (int n = 0; n < N; ++n) {
+      std::copy(y.begin() + ptrdiff_t(n * Vp + r * W), y.begin() + ptrdiff_t(n * Vp + (r + 1) * W),
+                slice.begin() + ptrdiff_t(n * W));
+      const int t = targets[n] - r * W;
+      local[n] = t >= 0 && t < lv ? t : -1;
+    }
+    be->crossentropy_backward_partial(slice.data(), gmax.data(), gsum.data(), local.data(), N, lv,
+                                      W, dloss_scale, zc, cap);
+    for (int n = 0; n < N; ++n)
+      for (int j = 0; j < W; ++j)
+        ASSERT_NEAR(slice[size_t(n) * W + j], fused[size_t(n) * Vp + r * W + j], 1e-7)
+            << "slice " << r << " row " << n << " column " << j;
+  }
+}
+
 TEST_F(CpuKernels, CrossEntropyAccuracyFlags) {
   const int N = 5, V = 10, Vp = 16;
   Vec logits(size_t(N) * Vp, 0.0f);

@@ -4,7 +4,8 @@
 // padded columns, the loss within 1e-5, the first index of the maximum for `correct`, a target
 // at or beyond V contributing no −dloss_scale, and a negative (ignored) target giving a row of
 // zeros, loss 0 and no hit; with a z-loss of coefficient c, the softmax term scaled by
-// 1 + 2c·log Z and log Z written out (0 for an ignored row). Needs no GPU.
+// 1 + 2c·log Z and log Z written out (0 for an ignored row); with a softcap c (capped logits y),
+// every gradient value times 1 − (y/c)². Needs no GPU.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -22,6 +23,7 @@ struct Case {
   int N, V, Vp;
   float scale;
   float z_loss = 0.0f;
+  float softcap = 0.0f;
 };
 
 template <int kThreads, int kVec>
@@ -44,12 +46,12 @@ void check(const Case& c, std::vector<int32_t> targets, uint32_t seed, bool ties
   std::copy(logits.begin(), logits.end(), data);
   std::vector<float> losses(size_t(c.N), NAN), correct(size_t(c.N), NAN), log_z(size_t(c.N), NAN);
 
-  simt::launch(
-      c.N, 1, kThreads, crossentropy::row_smem(), simt::CopyTiming::at_issue, [&](simt::Thread& x) {
-        crossentropy::crossentropy_row<kThreads, kVec>(x, data, losses.data(), correct.data(),
-                                                       targets.data(), c.V, c.Vp, c.scale, c.z_loss,
-                                                       c.z_loss > 0 ? log_z.data() : nullptr);
-      });
+  simt::launch(c.N, 1, kThreads, crossentropy::row_smem(), simt::CopyTiming::at_issue,
+               [&](simt::Thread& x) {
+                 crossentropy::crossentropy_row<kThreads, kVec>(
+                     x, data, losses.data(), correct.data(), targets.data(), c.V, c.Vp, c.scale,
+                     c.z_loss, c.z_loss > 0 ? log_z.data() : nullptr, c.softcap);
+               });
 
   for (int n = 0; n < c.N; ++n) {
     const uint16_t* row = &in[size_t(n) * c.Vp];
@@ -89,8 +91,10 @@ void check(const Case& c, std::vector<int32_t> targets, uint32_t seed, bool ties
         EXPECT_EQ(got, 0.0) << "padded column " << j << " of row " << n;
         continue;
       }
-      double want = std::exp(to_float(bf16_t{row[j]}) - mx) / sum * softmax_scale;
+      const double y = to_float(bf16_t{row[j]});
+      double want = std::exp(y - mx) / sum * softmax_scale;
       if (j == t) want -= c.scale;
+      if (c.softcap > 0) want *= 1.0 - (y / c.softcap) * (y / c.softcap);
       const double allowed = std::ldexp(std::abs(want), -8) + 1e-12;
       worst = std::isfinite(got) ? std::max(worst, std::abs(got - want) / allowed) : INFINITY;
     }
@@ -127,6 +131,12 @@ TEST(CrossEntropyEmulated, IgnoredRowsGetNoLossAndNoGradient) {
 TEST(CrossEntropyEmulated, ZLossScalesTheSoftmaxTerm) {
   // c = 0.05 on logits whose log Z is ~10: the softmax term twice as large, and log Z out.
   check<64, 3>({4, 1000, 1024, 0.25f, 0.05f}, {5, crossentropy::kIgnored, 999, 0}, 7u);
+}
+
+TEST(CrossEntropyEmulated, SoftcapScalesByTheCapsDerivative) {
+  // Capped logits (|y| < 12; N(0, 3) draws): each value times 1 − (y/12)², a z-loss with it.
+  check<64, 3>({3, 1000, 1024, 0.25f, 0.0f, 12.0f}, {5, 999, crossentropy::kIgnored}, 8u);
+  check<64, 3>({2, 1000, 1024, 0.5f, 0.05f, 12.0f}, {17, 500}, 9u);
 }
 
 }  // namespace

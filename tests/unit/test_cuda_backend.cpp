@@ -1045,6 +1045,46 @@ TEST_F(CudaBackendTest, CrossEntropyZLossMatchesCpu) {
   }
 }
 
+// model.logit_softcap: the cap on raw logits past it (tanhf against the CPU's series and exp
+// forms), then the fused op and the vocabulary-parallel backward with the cap's derivative (and
+// a z-loss) against the CPU backend's.
+TEST_F(CudaBackendTest, LogitSoftcapAndItsCrossEntropyMatchCpu) {
+  const float cap = 15.0f, c = 0.01f;
+  for (const CeShape& s : kCeShapes) {
+    SCOPED_TRACE(::testing::Message() << "N=" << s.N << " V=" << s.V << " Vp=" << s.Vp);
+    const size_t total = size_t(s.N) * s.Vp;
+    Vec capped = random_vec(total, 97, -40.0f, 40.0f);
+    float* g_logits = dev(capped);
+    cpu->logit_softcap(capped.data(), total, cap);
+    gpu->logit_softcap(g_logits, total, cap);
+    EXPECT_TRUE(close(host(g_logits, total), capped, kElemTol, 1e-7)) << "capped logits";
+    IVec targets = random_ints(s.N, 98, 0, s.V);
+    if (s.N > 2) targets[1] = kIgnoredTarget;
+    const float dloss_scale = 1.0f / float(s.N);
+    Vec want = capped, losses(s.N);
+    cpu->crossentropy_forward_backward(want.data(), losses.data(), nullptr, targets.data(), s.N,
+                                       s.V, s.Vp, dloss_scale, c, nullptr, cap);
+    g_logits = dev(capped);
+    float* g_losses = dev_zeros(s.N);
+    int32_t* g_targets = dev(targets);
+    gpu->crossentropy_forward_backward(g_logits, g_losses, nullptr, g_targets, s.N, s.V, s.Vp,
+                                       dloss_scale, c, nullptr, cap);
+    EXPECT_TRUE(close(host(g_losses, s.N), losses, kElemTol, 1e-7)) << "losses";
+    EXPECT_TRUE(close(host(g_logits, total), want, kElemTol, 1e-7)) << "dlogits";
+    Vec row_max(s.N), argmax(s.N), sum_exp(s.N), target_logit(s.N);
+    cpu->logits_row_max(row_max.data(), argmax.data(), capped.data(), s.N, s.V, s.Vp);
+    cpu->softmax_partial_sums(sum_exp.data(), target_logit.data(), capped.data(), row_max.data(),
+                              targets.data(), s.N, s.V, s.Vp);
+    Vec want_partial = capped;
+    cpu->crossentropy_backward_partial(want_partial.data(), row_max.data(), sum_exp.data(),
+                                       targets.data(), s.N, s.V, s.Vp, dloss_scale, c, cap);
+    float* g_partial = dev(capped);
+    gpu->crossentropy_backward_partial(g_partial, dev(row_max), dev(sum_exp), g_targets, s.N, s.V,
+                                       s.Vp, dloss_scale, c, cap);
+    EXPECT_TRUE(close(host(g_partial, total), want_partial, kElemTol, 1e-7)) << "partial";
+  }
+}
+
 // One slice holding the whole vocabulary: the three ops give the fused op's loss and dlogits.
 TEST_F(CudaBackendTest, SingleSliceMatchesFusedCrossEntropy) {
   const int N = 8, V = 50257, Vp = 50304;

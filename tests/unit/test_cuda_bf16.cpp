@@ -1131,6 +1131,35 @@ TEST_F(CudaBf16Test, CrossEntropyZLossMatchesCpu) {
   }
 }
 
+// model.logit_softcap on bf16 logits: the cap (computed in fp32, rounded once) against the CPU
+// backend's, then the fused op with the cap's derivative on the capped logits, through the
+// one-pass kernel where Vp is a multiple of 8 and the three-pass one otherwise.
+TEST_F(CudaBf16Test, LogitSoftcapAndItsCrossEntropyMatchCpu) {
+  const float cap = 30.0f;
+  for (const CeShape& s : kCeShapes) {
+    SCOPED_TRACE(::testing::Message() << "N=" << s.N << " V=" << s.V << " Vp=" << s.Vp);
+    const size_t NV = size_t(s.N) * s.Vp;
+    Bits capped = random_bits(NV, 77, -60.0f, 60.0f);
+    bf16_t* g_logits = dev(capped);
+    cpu->logit_softcap(capped.data(), NV, cap);
+    gpu->logit_softcap(g_logits, NV, cap);
+    EXPECT_TRUE(close(host(g_logits, NV), capped)) << "capped logits";
+    IVec targets = random_ints(s.N, 78, 0, s.V);
+    targets[0] = kIgnoredTarget;
+    const float scale = 0.5f;
+    Bits want = capped;
+    Vec losses(s.N);
+    cpu->crossentropy_forward_backward(want.data(), losses.data(), nullptr, targets.data(), s.N,
+                                       s.V, s.Vp, scale, 0.0f, nullptr, cap);
+    g_logits = dev(capped);
+    float* g_losses = dev(Vec(s.N, 42.0f));
+    gpu->crossentropy_forward_backward(g_logits, g_losses, nullptr, dev(targets), s.N, s.V, s.Vp,
+                                       scale, 0.0f, nullptr, cap);
+    EXPECT_TRUE(close(host(g_logits, NV), want)) << "dlogits";
+    EXPECT_TRUE(close(host(g_losses, s.N), losses)) << "losses";
+  }
+}
+
 // The three vocabulary-parallel steps, each fed the CPU's results of the previous one (what the
 // caller's all-reduce would hand both backends). Targets < 0 belong to other ranks; V = 0 is a
 // rank holding only padding columns.

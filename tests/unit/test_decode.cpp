@@ -10,7 +10,9 @@
 //  - full recomputation (no per-layer keys to keep), another prefix, a training step and
 //    params_updated() all drop the cache and still give the right logits;
 //  - sequence_losses (multiple-choice scoring) gives the logits' cross-entropy, reusing the
-//    longest prefix shared with the previous call.
+//    longest prefix shared with the previous call;
+//  - with model.logit_softcap, next_token_logits, decode_logits and sequence_losses see the
+//    uncapped model's logits capped.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -311,6 +313,46 @@ TEST(Decode, SequenceLossesAreTheLogitsCrossEntropy) {
     const float* again = m.sequence_losses(seqs.data(), B, len, last, targets.data());
     for (size_t i = 0; i < g.size(); ++i) EXPECT_NEAR(g[i], again[i], 1e-5 * std::abs(again[i]));
   }
+}
+
+// model.logit_softcap = c: every way of reading the head gives c·tanh(l / c) of the same model's
+// uncapped logits l (c at their largest magnitude, where tanh bends them by a quarter), and the
+// scores are the capped logits' cross-entropy.
+TEST(Decode, SoftcappedLogitsAreTheCappedHead) {
+  auto be = make_cpu_backend();
+  const int V = kShape.vocab_size, len = 12;
+  const std::vector<int32_t> seq = tokens(len + 1, 3);
+  Gpt plain(kShape, 1, *be);
+  plain.init(9);
+  const float* p = plain.next_token_logits(seq.data(), len);
+  const std::vector<float> l(p, p + V);
+  double c = 0;
+  for (float v : l) c = std::max(c, std::abs(double(v)));
+  GptShape shape = kShape;
+  shape.logit_softcap = float(c);
+  Gpt capped(shape, 1, *be);
+  capped.init(9);
+  std::vector<double> want(static_cast<size_t>(V), 0.0);
+  for (int v = 0; v < V; ++v) want[size_t(v)] = c * std::tanh(double(l[size_t(v)]) / c);
+  auto expect_capped = [&](const float* got, const char* what) {
+    double worst = 0;
+    for (int v = 0; v < V; ++v) worst = std::max(worst, std::abs(got[v] - want[size_t(v)]) / c);
+    EXPECT_LE(worst, 1e-5) << what;
+  };
+  expect_capped(capped.next_token_logits(seq.data(), len), "next_token_logits");
+  capped.forget_decoded();
+  capped.decode_logits(seq.data(), len - 1);
+  expect_capped(capped.decode_logits(seq.data(), len), "decode_logits, one token on the cache");
+  const int32_t target = seq[size_t(len)];
+  double mx = -1e300, z = 0;
+  for (double w : want) mx = std::max(mx, w);
+  for (double w : want) z += std::exp(w - mx);
+  const double ce = std::log(z) + mx - want[size_t(target)];
+  EXPECT_NEAR(capped.sequence_losses(seq.data(), 1, len, 1, &target)[0], ce, 1e-5 * ce);
+  // The cap changes the logits (the test can tell).
+  double moved = 0;
+  for (int v = 0; v < V; ++v) moved = std::max(moved, std::abs(l[size_t(v)] - want[size_t(v)]));
+  EXPECT_GT(moved, 0.2 * c);
 }
 
 // A model for forward passes only (ActivationOptions::inference): the same logits, decoding and

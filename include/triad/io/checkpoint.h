@@ -103,6 +103,9 @@ struct ModelShape {
   // Attribute full_attention_every (int64: with a window, every N-th layer attends to the whole
   // context; absent or 0: none; written when > 0).
   int64_t full_attention_every = 0;
+  // Attribute logit_softcap (double: the head's logits are c·tanh(logit/c); absent or 0: none;
+  // written when > 0).
+  double logit_softcap = 0;
 };
 
 struct CheckpointState {

@@ -254,10 +254,17 @@ class Backend {
   // z_loss = c > 0 (train.z_loss, PaLM's auxiliary loss c·(log Z)², Z = Σ_{j<V} e^{logit_j}) adds
   // its gradient: the softmax term becomes softmax · dloss_scale · (1 + 2c·log Z); losses stay
   // the cross-entropy. log_z[N] (may be nullptr) gets log Z (0 for an ignored row).
+  // softcap = c > 0 (model.logit_softcap): the logits were capped by logit_softcap, and each
+  // gradient value is multiplied by the cap's derivative 1 − (y/c)² at the logit y it replaces.
   virtual void crossentropy_forward_backward(float* logits, float* losses, float* correct,
                                              const int32_t* targets, int N, int V, int Vp,
                                              float dloss_scale, float z_loss = 0.0f,
-                                             float* log_z = nullptr) = 0;
+                                             float* log_z = nullptr, float softcap = 0.0f) = 0;
+
+  // ---- logit soft-capping (model.logit_softcap; Gemma 2's, modded-nanogpt's) ----------------
+  // In place, x[i] = c·tanh(x[i] / c) for i < n (c > 0): the head's logits before the loss or
+  // sampling, kept within (−c, c). Its backward is the softcap factor of the loss kernels.
+  virtual void logit_softcap(float* x, size_t n, float c) = 0;
 
   // ---- vocabulary-parallel softmax cross-entropy (tensor parallelism) -----------------------
   // Each rank holds logits [N,Vp] for its slice of the vocabulary, of which the first V columns
@@ -272,7 +279,8 @@ class Backend {
   //  3. crossentropy_backward_partial: in place, logits[n,j] = (exp(logits[n,j] − row_max[n]) /
   //     sum_exp[n] · (1 + 2·z_loss·log Z) − [j == targets[n]]) · dloss_scale for j < V, log Z =
   //     row_max + log sum_exp (z_loss 0: no z-loss), and 0 for V <= j < Vp; a row whose target
-  //     is kIgnoredTarget becomes all 0 (the caller drops its loss).
+  //     is kIgnoredTarget becomes all 0 (the caller drops its loss); with softcap = c > 0 each
+  //     value j < V times 1 − (logits[n,j] / c)², as crossentropy_forward_backward's.
   // All row vectors are [N] floats in the backend's memory.
   virtual void logits_row_max(float* row_max, float* argmax, const float* logits, int N, int V,
                               int Vp) = 0;
@@ -281,8 +289,8 @@ class Backend {
                                     int Vp) = 0;
   virtual void crossentropy_backward_partial(float* logits, const float* row_max,
                                              const float* sum_exp, const int32_t* targets, int N,
-                                             int V, int Vp, float dloss_scale,
-                                             float z_loss = 0.0f) = 0;
+                                             int V, int Vp, float dloss_scale, float z_loss = 0.0f,
+                                             float softcap = 0.0f) = 0;
 
   // ---- mixed precision: bf16 activations and weight copies, fp32 parameter gradients --------
   // The same ops as above with every activation, activation gradient, weight and logit in bf16
@@ -380,7 +388,9 @@ class Backend {
   virtual void crossentropy_forward_backward(bf16_t* logits, float* losses, float* correct,
                                              const int32_t* targets, int N, int V, int Vp,
                                              float dloss_scale, float z_loss = 0.0f,
-                                             float* log_z = nullptr) = 0;
+                                             float* log_z = nullptr, float softcap = 0.0f) = 0;
+  // c·tanh(x/c) computed in fp32 from the widened value, rounded once.
+  virtual void logit_softcap(bf16_t* x, size_t n, float c) = 0;
   virtual void logits_row_max(float* row_max, float* argmax, const bf16_t* logits, int N, int V,
                               int Vp) = 0;
   virtual void softmax_partial_sums(float* sum_exp, float* target_logit, const bf16_t* logits,
@@ -388,8 +398,8 @@ class Backend {
                                     int Vp) = 0;
   virtual void crossentropy_backward_partial(bf16_t* logits, const float* row_max,
                                              const float* sum_exp, const int32_t* targets, int N,
-                                             int V, int Vp, float dloss_scale,
-                                             float z_loss = 0.0f) = 0;
+                                             int V, int Vp, float dloss_scale, float z_loss = 0.0f,
+                                             float softcap = 0.0f) = 0;
 
   // ---- reductions and optimizer updates ------------------------------------------------------
   virtual double sum_squares(const float* x, size_t n) = 0;  // accumulated in double

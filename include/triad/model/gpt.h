@@ -90,6 +90,10 @@ struct GptShape {
   // model) attends to the whole context when full_attention_every > 0 and (i + 1) is a multiple of
   // it; the other layers keep to the window. 0: every layer keeps to the window.
   int full_attention_every = 0;
+  // Soft-capped logits (model.logit_softcap; Gemma 2's 30, modded-nanogpt's): the head's logits
+  // become c·tanh(logit / c), within (−c, c), before the loss, evaluation and sampling
+  // (Backend::logit_softcap). 0: none.
+  float logit_softcap = 0.0f;
   // The window changes during training (train.window_warmup, Gpt::set_window): the attention
   // mask is planned for even where sliding_window cuts nothing. Not part of the model.
   bool window_scheduled = false;
@@ -610,6 +614,14 @@ class Gpt {
   template <class A>
   const A* head_weight() {
     return weight_at<A>(specs_[size_t(head_)].offset);
+  }
+  // The head's logits [rows, cols] (cols: this rank's vocabulary slice) for `rows` rows x of
+  // ln_f's output, soft-capped under model.logit_softcap.
+  template <class A>
+  void head_logits(A* logits, const A* x, int rows, int cols) {
+    be_.matmul_forward(logits, x, head_weight<A>(), nullptr, rows, shape_.n_embd, cols);
+    if (shape_.logit_softcap > 0.0f)
+      be_.logit_softcap(logits, size_t(rows) * size_t(cols), shape_.logit_softcap);
   }
   // The steps, for both activation types (explicitly instantiated in gpt_step.cpp and
   // gpt_pipeline.cpp); the public calls dispatch on precision_.

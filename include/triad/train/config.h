@@ -31,6 +31,7 @@ struct ModelConfig {
   bool qk_norm = false;          // per-head RMSNorm of q and k (as Qwen3, Gemma 3)
   int sliding_window = 0;        // each query attends to its last N keys at most (0: all; Mistral)
   int full_attention_every = 0;  // with a window: every N-th layer attends to all (Gemma 3: 6)
+  double logit_softcap = 0;      // > 0: logits c·tanh(logit/c) (Gemma 2: 30); 0: none
   int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
 };
 

@@ -159,10 +159,12 @@ class CpuBackend final : public Backend {
   void accumulate(float* dst, const float* src, size_t n) override { cpu::accumulate(dst, src, n); }
   void crossentropy_forward_backward(float* logits, float* losses, float* correct,
                                      const int32_t* targets, int N, int V, int Vp,
-                                     float dloss_scale, float z_loss, float* log_z) override {
+                                     float dloss_scale, float z_loss, float* log_z,
+                                     float softcap) override {
     cpu::crossentropy_forward_backward(logits, losses, correct, targets, N, V, Vp, dloss_scale,
-                                       z_loss, log_z);
+                                       z_loss, log_z, softcap);
   }
+  void logit_softcap(float* x, size_t n, float c) override { cpu::logit_softcap(x, n, c); }
   void logits_row_max(float* row_max, float* argmax, const float* logits, int N, int V,
                       int Vp) override {
     cpu::logits_row_max(row_max, argmax, logits, N, V, Vp);
@@ -174,9 +176,9 @@ class CpuBackend final : public Backend {
   }
   void crossentropy_backward_partial(float* logits, const float* row_max, const float* sum_exp,
                                      const int32_t* targets, int N, int V, int Vp,
-                                     float dloss_scale, float z_loss) override {
+                                     float dloss_scale, float z_loss, float softcap) override {
     cpu::crossentropy_backward_partial(logits, row_max, sum_exp, targets, N, V, Vp, dloss_scale,
-                                       z_loss);
+                                       z_loss, softcap);
   }
   double sum_squares(const float* x, size_t n) override { return cpu::sum_squares(x, n); }
   void scale(float* x, float s, size_t n) override { cpu::scale(x, s, n); }
@@ -288,10 +290,12 @@ class CpuBackend final : public Backend {
   }
   void crossentropy_forward_backward(bf16_t* logits, float* losses, float* correct,
                                      const int32_t* targets, int N, int V, int Vp,
-                                     float dloss_scale, float z_loss, float* log_z) override {
+                                     float dloss_scale, float z_loss, float* log_z,
+                                     float softcap) override {
     cpu::crossentropy_forward_backward(logits, losses, correct, targets, N, V, Vp, dloss_scale,
-                                       z_loss, log_z);
+                                       z_loss, log_z, softcap);
   }
+  void logit_softcap(bf16_t* x, size_t n, float c) override { cpu::logit_softcap(x, n, c); }
   void logits_row_max(float* row_max, float* argmax, const bf16_t* logits, int N, int V,
                       int Vp) override {
     cpu::logits_row_max(row_max, argmax, logits, N, V, Vp);
@@ -303,9 +307,9 @@ class CpuBackend final : public Backend {
   }
   void crossentropy_backward_partial(bf16_t* logits, const float* row_max, const float* sum_exp,
                                      const int32_t* targets, int N, int V, int Vp,
-                                     float dloss_scale, float z_loss) override {
+                                     float dloss_scale, float z_loss, float softcap) override {
     cpu::crossentropy_backward_partial(logits, row_max, sum_exp, targets, N, V, Vp, dloss_scale,
-                                       z_loss);
+                                       z_loss, softcap);
   }
 
  private:

@@ -248,11 +248,15 @@ void accumulate(bf16_t* dst, const bf16_t* src, size_t n) { add(dst, dst, src, n
 
 void crossentropy_forward_backward(bf16_t* logits, float* losses, float* correct,
                                    const int32_t* targets, int N, int V, int Vp, float dloss_scale,
-                                   float z_loss, float* log_z) {
+                                   float z_loss, float* log_z, float softcap) {
   through_fp32(0, logits, size_t(N) * Vp, [&](float* l) {
-    crossentropy_forward_backward(l, losses, correct, targets, N, V, Vp, dloss_scale, z_loss,
-                                  log_z);
+    crossentropy_forward_backward(l, losses, correct, targets, N, V, Vp, dloss_scale, z_loss, log_z,
+                                  softcap);
   });
+}
+
+void logit_softcap(bf16_t* x, size_t n, float c) {
+  through_fp32(0, x, n, [&](float* l) { logit_softcap(l, n, c); });
 }
 
 void logits_row_max(float* row_max, float* argmax, const bf16_t* logits, int N, int V, int Vp) {
@@ -267,9 +271,10 @@ void softmax_partial_sums(float* sum_exp, float* target_logit, const bf16_t* log
 
 void crossentropy_backward_partial(bf16_t* logits, const float* row_max, const float* sum_exp,
                                    const int32_t* targets, int N, int V, int Vp, float dloss_scale,
-                                   float z_loss) {
+                                   float z_loss, float softcap) {
   through_fp32(0, logits, size_t(N) * Vp, [&](float* l) {
-    crossentropy_backward_partial(l, row_max, sum_exp, targets, N, V, Vp, dloss_scale, z_loss);
+    crossentropy_backward_partial(l, row_max, sum_exp, targets, N, V, Vp, dloss_scale, z_loss,
+                                  softcap);
   });
 }
 

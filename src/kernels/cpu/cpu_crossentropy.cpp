@@ -5,6 +5,10 @@
 // partial sums, backward) between which the caller reduces over the tensor-parallel ranks; it
 // uses the same exp and flush helpers, so one slice holding the whole vocabulary gives the
 // fused op's dlogits up to the rounding of the float sum_exp it is handed.
+//
+// Soft-capped logits (model.logit_softcap = c): logit_softcap caps them in place, and the
+// gradient passes multiply each value by the cap's derivative 1 − (y/c)² at the logit y it
+// replaces, so they read y before writing (the row is not turned into exponentials first).
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -35,6 +39,45 @@ double sum_exp_shifted(const float* x, int n, float shift) {
   return sum;
 }
 
+// tanh(u) to ~2e-7 relative everywhere (tanh8's cancellation near 0 would cost a capped logit
+// near 0 all of its digits): the odd Taylor series through u^17 for |u| < 0.5, where its
+// first dropped term is below 1e-9 relative, and 1 − 2/(e^{2u} + 1) beyond (|tanh u| > 0.46 there,
+// so its ~1e-7 absolute error is relative too).
+f32x8 tanh_accurate8(f32x8 u) {
+  const f32x8 u2 = u * u;
+  f32x8 p = splat8(5.90027440e-4f);
+  p = p * u2 - 1.45583438e-3f;
+  p = p * u2 + 3.59212803e-3f;
+  p = p * u2 - 8.86323552e-3f;
+  p = p * u2 + 2.18694885e-2f;
+  p = p * u2 - 5.39682540e-2f;
+  p = p * u2 + 1.33333333e-1f;
+  p = p * u2 - 3.33333333e-1f;
+  const f32x8 series = u + u * u2 * p;
+  return u2 < 0.25f ? series : tanh8(u);
+}
+
+// row[j] = flush_tiny(e^{row[j] − shift} · f) · (1 − (row[j]/c)²) for j < n: the softmax term
+// of the gradient of capped logits (c > 0), times the cap's derivative.
+void capped_softmax_grad(float* row, int n, float shift, float f, float c) {
+  const int n8 = n / 8 * 8;
+  for (int j = 0; j < n8; j += 8) {
+    const f32x8 y = load8(row + j), t = y / c;
+    store8(row + j, flush_tiny8(exp8(y - shift) * f) * (1.0f - t * t));
+  }
+  for (int j = n8; j < n; ++j) {
+    const float t = row[j] / c;
+    row[j] = flush_tiny(exp_approx(row[j] - shift) * f) * (1.0f - t * t);
+  }
+}
+
+// The cap's derivative at logit y (1 without a cap).
+float cap_slope(float y, float c) {
+  if (c <= 0.0f) return 1.0f;
+  const float t = y / c;
+  return 1.0f - t * t;
+}
+
 // The softmax term's scale: dloss_scale, times 1 + 2c·log Z with a z-loss of coefficient c
 // (exactly dloss_scale without one).
 double z_loss_factor(float dloss_scale, float z_loss, double log_z) {
@@ -46,7 +89,7 @@ double z_loss_factor(float dloss_scale, float z_loss, double log_z) {
 
 void crossentropy_forward_backward(float* logits, float* losses, float* correct,
                                    const int32_t* targets, int N, int V, int Vp, float dloss_scale,
-                                   float z_loss, float* log_z) {
+                                   float z_loss, float* log_z, float softcap) {
 #pragma omp parallel for schedule(static) if (size_t(N) * Vp >= kParallelMin)
   for (int n = 0; n < N; ++n) {
     float* row = logits + size_t(n) * Vp;
@@ -69,11 +112,16 @@ void crossentropy_forward_backward(float* logits, float* losses, float* correct,
     }
     const float target_logit = row[target];
 
-    // Shifted exponentials overwrite the row; their sum is kept in double.
-    exp_shifted_inplace(row, V, max_val);
+    // Shifted exponentials overwrite the row (capped logits: the row is kept for the gradient);
+    // their sum is kept in double.
     double sum = 0.0;
+    if (softcap > 0.0f) {
+      sum = sum_exp_shifted(row, V, max_val);
+    } else {
+      exp_shifted_inplace(row, V, max_val);
 #pragma omp simd reduction(+ : sum)
-    for (int j = 0; j < V; ++j) sum += row[j];
+      for (int j = 0; j < V; ++j) sum += row[j];
+    }
     // loss = logsumexp − logit[target] = log(Σ e) − (logit[target] − max)
     const double log_sum = std::log(sum);
     losses[n] = float(log_sum - double(target_logit - max_val));
@@ -81,9 +129,15 @@ void crossentropy_forward_backward(float* logits, float* losses, float* correct,
     if (log_z != nullptr) log_z[n] = float(lz);
 
     // dlogits = softmax · scale (tiny values flushed to 0: they feed the LM-head gemms, see
-    // kFlushBelow), minus scale at the target; the z-loss scales the softmax term.
-    scale_flush_inplace(row, size_t(V), float(z_loss_factor(dloss_scale, z_loss, lz) / sum));
-    row[target] -= dloss_scale;
+    // kFlushBelow), minus scale at the target; the z-loss scales the softmax term, a cap's
+    // derivative all of it.
+    const float f = float(z_loss_factor(dloss_scale, z_loss, lz) / sum);
+    if (softcap > 0.0f) {
+      capped_softmax_grad(row, V, max_val, f, softcap);
+    } else {
+      scale_flush_inplace(row, size_t(V), f);
+    }
+    row[target] -= dloss_scale * cap_slope(target_logit, softcap);
     for (int j = V; j < Vp; ++j) row[j] = 0.0f;
   }
 }
@@ -120,7 +174,7 @@ void softmax_partial_sums(float* sum_exp, float* target_logit, const float* logi
 
 void crossentropy_backward_partial(float* logits, const float* row_max, const float* sum_exp,
                                    const int32_t* targets, int N, int V, int Vp, float dloss_scale,
-                                   float z_loss) {
+                                   float z_loss, float softcap) {
 #pragma omp parallel for schedule(static) if (size_t(N) * Vp >= kParallelMin)
   for (int n = 0; n < N; ++n) {
     float* row = logits + size_t(n) * Vp;
@@ -130,16 +184,28 @@ void crossentropy_backward_partial(float* logits, const float* row_max, const fl
     }
     if (V > 0) {
       // As crossentropy_forward_backward: softmax · scale with tiny values flushed to 0, minus
-      // scale at the target (when this slice holds it).
-      exp_shifted_inplace(row, size_t(V), row_max[n]);
-      const double lz = double(row_max[n]) + std::log(double(sum_exp[n]));
-      scale_flush_inplace(row, size_t(V),
-                          float(z_loss_factor(dloss_scale, z_loss, lz) / double(sum_exp[n])));
+      // scale at the target (when this slice holds it), all of it times a cap's derivative.
       const int32_t target = targets[n];
-      if (target >= 0 && target < V) row[target] -= dloss_scale;
+      const float target_logit = target >= 0 && target < V ? row[target] : 0.0f;
+      const double lz = double(row_max[n]) + std::log(double(sum_exp[n]));
+      const float f = float(z_loss_factor(dloss_scale, z_loss, lz) / double(sum_exp[n]));
+      if (softcap > 0.0f) {
+        capped_softmax_grad(row, V, row_max[n], f, softcap);
+      } else {
+        exp_shifted_inplace(row, size_t(V), row_max[n]);
+        scale_flush_inplace(row, size_t(V), f);
+      }
+      if (target >= 0 && target < V) row[target] -= dloss_scale * cap_slope(target_logit, softcap);
     }
     for (int j = std::max(V, 0); j < Vp; ++j) row[j] = 0.0f;
   }
+}
+
+void logit_softcap(float* x, size_t n, float c) {
+  const size_t n8 = n / 8 * 8;
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (size_t j = 0; j < n8; j += 8) store8(x + j, c * tanh_accurate8(load8(x + j) / c));
+  for (size_t j = n8; j < n; ++j) x[j] = c * tanh_accurate8(splat8(x[j] / c))[0];
 }
 
 }  // namespace triad::cpu

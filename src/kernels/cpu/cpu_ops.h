@@ -93,14 +93,15 @@ double sum_squares(const float* x, size_t n);
 
 void crossentropy_forward_backward(float* logits, float* losses, float* correct,
                                    const int32_t* targets, int N, int V, int Vp, float dloss_scale,
-                                   float z_loss, float* log_z);
+                                   float z_loss, float* log_z, float softcap);
+void logit_softcap(float* x, size_t n, float c);
 // Vocabulary-parallel cross-entropy (backend.h): row max, partial sums, backward.
 void logits_row_max(float* row_max, float* argmax, const float* logits, int N, int V, int Vp);
 void softmax_partial_sums(float* sum_exp, float* target_logit, const float* logits,
                           const float* row_max, const int32_t* targets, int N, int V, int Vp);
 void crossentropy_backward_partial(float* logits, const float* row_max, const float* sum_exp,
                                    const int32_t* targets, int N, int V, int Vp, float dloss_scale,
-                                   float z_loss);
+                                   float z_loss, float softcap);
 
 void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float lr, float beta1,
                   float beta2, float eps, float wd, float bc1, float bc2, bf16_t* copy,
@@ -142,12 +143,13 @@ void add(bf16_t* out, const bf16_t* a, const bf16_t* b, size_t n);
 void accumulate(bf16_t* dst, const bf16_t* src, size_t n);
 void crossentropy_forward_backward(bf16_t* logits, float* losses, float* correct,
                                    const int32_t* targets, int N, int V, int Vp, float dloss_scale,
-                                   float z_loss, float* log_z);
+                                   float z_loss, float* log_z, float softcap);
+void logit_softcap(bf16_t* x, size_t n, float c);
 void logits_row_max(float* row_max, float* argmax, const bf16_t* logits, int N, int V, int Vp);
 void softmax_partial_sums(float* sum_exp, float* target_logit, const bf16_t* logits,
                           const float* row_max, const int32_t* targets, int N, int V, int Vp);
 void crossentropy_backward_partial(bf16_t* logits, const float* row_max, const float* sum_exp,
                                    const int32_t* targets, int N, int V, int Vp, float dloss_scale,
-                                   float z_loss);
+                                   float z_loss, float softcap);
 
 }  // namespace triad::cpu

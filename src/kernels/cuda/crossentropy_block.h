@@ -9,6 +9,7 @@
 //   loss    = log Σ_j e^{x_j − max} − (x_target − max)      (the sum in double)
 //   dlogits = e^{x_j − max} · (s / Σ) − dloss_scale · [j = target],  0 for j >= V, where
 //             s = dloss_scale, times (1 + 2·z_loss·log Z) with a z-loss (log Z = max + log Σ)
+//             and with a softcap c > 0 every value times 1 − (x_j/c)² (the logits were capped)
 //   correct = 1 where the first index of the maximum equals the target
 // A negative target (kIgnored, backend.h's kIgnoredTarget: a masked target) makes the row's
 // loss, hit and gradient 0.
@@ -27,6 +28,13 @@ constexpr int32_t kIgnored = INT32_MIN;  // backend.h's kIgnoredTarget (asserted
 
 // Shared memory the block program needs (cross-warp partials of the reductions).
 TRIAD_BLOCK_SIZE size_t row_smem() { return 32 * sizeof(double) + 32 * (sizeof(float) + 4); }
+
+// The cap's derivative at logit y for capped logits (model.logit_softcap = c > 0), 1 without.
+TRIAD_BLOCK_FN float cap_slope(float y, float c) {
+  if (c <= 0.0f) return 1.0f;
+  const float t = y / c;
+  return 1.0f - t * t;
+}
 
 // The softmax term's scale: dloss_scale, times 1 + 2c·log Z with a z-loss of coefficient c
 // (exactly dloss_scale without one). The row kernels of cuda_crossentropy.cu use it too.
@@ -90,7 +98,8 @@ TRIAD_BLOCK_FN double block_sum(X& x, double v) {
 template <int kThreads, int kVec, class X>
 TRIAD_BLOCK_FN void crossentropy_row(X& x, uint16_t* logits, float* losses, float* correct,
                                      const int32_t* targets, int V, int Vp, float dloss_scale,
-                                     float z_loss = 0.0f, float* log_z = nullptr) {
+                                     float z_loss = 0.0f, float* log_z = nullptr,
+                                     float softcap = 0.0f) {
   const size_t n = size_t(x.block_x());
   uint16_t* row = logits + n * size_t(Vp);
   const int t = x.thread(), nvec = Vp / 8;
@@ -167,8 +176,10 @@ TRIAD_BLOCK_FN void crossentropy_row(X& x, uint16_t* logits, float* losses, floa
         const int col = 8 * j + e + k;
         float d = 0.0f;  // padded columns
         if (col < V) {
-          d = x.exp(bf16_element(x, v[i], e + k) - mx) * factor;
+          const float y = bf16_element(x, v[i], e + k);
+          d = x.exp(y - mx) * factor;
           if (col == target) d -= dloss_scale;
+          d *= cap_slope(y, softcap);
         }
         pair[k] = d;
       }

@@ -232,9 +232,13 @@ class CudaBackend final : public Backend {
   }
   void crossentropy_forward_backward(float* logits, float* losses, float* correct,
                                      const int32_t* targets, int N, int V, int Vp,
-                                     float dloss_scale, float z_loss, float* log_z) override {
+                                     float dloss_scale, float z_loss, float* log_z,
+                                     float softcap) override {
     cuda::crossentropy_forward_backward(stream_, logits, losses, correct, targets, N, V, Vp,
-                                        dloss_scale, z_loss, log_z);
+                                        dloss_scale, z_loss, log_z, softcap);
+  }
+  void logit_softcap(float* x, size_t n, float c) override {
+    cuda::logit_softcap(stream_, x, n, c);
   }
   void logits_row_max(float* row_max, float* argmax, const float* logits, int N, int V,
                       int Vp) override {
@@ -247,9 +251,9 @@ class CudaBackend final : public Backend {
   }
   void crossentropy_backward_partial(float* logits, const float* row_max, const float* sum_exp,
                                      const int32_t* targets, int N, int V, int Vp,
-                                     float dloss_scale, float z_loss) override {
+                                     float dloss_scale, float z_loss, float softcap) override {
     cuda::crossentropy_backward_partial(stream_, logits, row_max, sum_exp, targets, N, V, Vp,
-                                        dloss_scale, z_loss);
+                                        dloss_scale, z_loss, softcap);
   }
   // ---- mixed precision (bf16) ----------------------------------------------------------------
   // The fp32 ones keep Backend's two-op defaults.
@@ -373,9 +377,13 @@ class CudaBackend final : public Backend {
   }
   void crossentropy_forward_backward(bf16_t* logits, float* losses, float* correct,
                                      const int32_t* targets, int N, int V, int Vp,
-                                     float dloss_scale, float z_loss, float* log_z) override {
+                                     float dloss_scale, float z_loss, float* log_z,
+                                     float softcap) override {
     cuda::crossentropy_forward_backward(stream_, dev(logits), losses, correct, targets, N, V, Vp,
-                                        dloss_scale, z_loss, log_z);
+                                        dloss_scale, z_loss, log_z, softcap);
+  }
+  void logit_softcap(bf16_t* x, size_t n, float c) override {
+    cuda::logit_softcap(stream_, dev(x), n, c);
   }
   void logits_row_max(float* row_max, float* argmax, const bf16_t* logits, int N, int V,
                       int Vp) override {
@@ -389,9 +397,9 @@ class CudaBackend final : public Backend {
   }
   void crossentropy_backward_partial(bf16_t* logits, const float* row_max, const float* sum_exp,
                                      const int32_t* targets, int N, int V, int Vp,
-                                     float dloss_scale, float z_loss) override {
+                                     float dloss_scale, float z_loss, float softcap) override {
     cuda::crossentropy_backward_partial(stream_, dev(logits), row_max, sum_exp, targets, N, V, Vp,
-                                        dloss_scale, z_loss);
+                                        dloss_scale, z_loss, softcap);
   }
 
   // ---- reductions and optimizer updates ----------------------------------------------------

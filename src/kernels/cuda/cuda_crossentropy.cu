@@ -3,6 +3,8 @@
 //   loss = log Σ_j e^{x_j − max} − (x_target − max)   (the sum in double)
 //   dlogits = softmax · dloss_scale · (1 + 2·z_loss·log Z) − dloss_scale · onehot(target)
 //             (log Z = max + log Σ; z_loss 0: no z-loss), log_z = log Z where asked
+// With a softcap c > 0 (model.logit_softcap: the logits were capped, logit_softcap) each
+// gradient value is multiplied by the cap's derivative 1 − (x_j/c)².
 // correct = 1 where the first index holding the maximum (torch.argmax) equals the target.
 // A row whose target is negative (kIgnoredTarget, a masked target) gets loss 0, correct 0 and a
 // zero gradient; in the vocabulary-parallel backward only kIgnoredTarget does (other negative
@@ -69,7 +71,7 @@ __device__ ArgMax block_argmax(ArgMax v) {
 template <typename Elem>
 __global__ void crossentropy_kernel(Elem* logits, float* losses, float* correct,
                                     const int32_t* targets, int V, int Vp, float dloss_scale,
-                                    float z_loss, float* log_z) {
+                                    float z_loss, float* log_z, float softcap) {
   const size_t n = blockIdx.x;
   Elem* row = logits + n * Vp;
   const int target = targets[n];
@@ -99,9 +101,10 @@ __global__ void crossentropy_kernel(Elem* logits, float* losses, float* correct,
   const double log_sum = log(sum), lz = double(max_val) + log_sum;
   const float factor = float(crossentropy::z_loss_scale(dloss_scale, z_loss, lz) / sum);
   for (int j = threadIdx.x; j < V; j += blockDim.x) {
-    float g = expf(widen(row[j]) - max_val) * factor;
+    const float y = widen(row[j]);
+    float g = expf(y - max_val) * factor;
     if (j == target) g -= dloss_scale;
-    row[j] = narrow<Elem>(g);
+    row[j] = narrow<Elem>(g * crossentropy::cap_slope(y, softcap));
   }
   for (int j = V + threadIdx.x; j < Vp; j += blockDim.x) row[j] = narrow<Elem>(0.0f);
   if (threadIdx.x == 0) {
@@ -156,8 +159,8 @@ __global__ void softmax_partial_sums_kernel(float* sum_exp, float* target_logit,
 template <typename Elem>
 __global__ void crossentropy_backward_partial_kernel(Elem* logits, const float* row_max,
                                                      const float* sum_exp, const int32_t* targets,
-                                                     int V, int Vp, float dloss_scale,
-                                                     float z_loss) {
+                                                     int V, int Vp, float dloss_scale, float z_loss,
+                                                     float softcap) {
   const size_t n = blockIdx.x;
   Elem* row = logits + n * Vp;
   const float max_val = row_max[n];
@@ -170,9 +173,10 @@ __global__ void crossentropy_backward_partial_kernel(Elem* logits, const float* 
   const float factor =
       float(crossentropy::z_loss_scale(dloss_scale, z_loss, lz) / double(sum_exp[n]));
   for (int j = threadIdx.x; j < V; j += blockDim.x) {
-    float g = expf(widen(row[j]) - max_val) * factor;
+    const float y = widen(row[j]);
+    float g = expf(y - max_val) * factor;
     if (j == target) g -= dloss_scale;
-    row[j] = narrow<Elem>(g);
+    row[j] = narrow<Elem>(g * crossentropy::cap_slope(y, softcap));
   }
   for (int j = max(V, 0) + threadIdx.x; j < Vp; j += blockDim.x) row[j] = narrow<Elem>(0.0f);
 }
@@ -184,17 +188,17 @@ template <int kVec>
 __global__ void __launch_bounds__(kOnePassThreads, 1)
     crossentropy_one_pass_kernel(uint16_t* logits, float* losses, float* correct,
                                  const int32_t* targets, int V, int Vp, float dloss_scale,
-                                 float z_loss, float* log_z) {
+                                 float z_loss, float* log_z, float softcap) {
   DeviceThread x;
   crossentropy::crossentropy_row<kOnePassThreads, kVec>(x, logits, losses, correct, targets, V, Vp,
-                                                        dloss_scale, z_loss, log_z);
+                                                        dloss_scale, z_loss, log_z, softcap);
 }
 
 // Launches the one-pass kernel where it applies (see the top of this file); false otherwise.
 template <typename Elem>
 bool crossentropy_one_pass(cudaStream_t s, Elem* logits, float* losses, float* correct,
                            const int32_t* targets, int N, int V, int Vp, float dloss_scale,
-                           float z_loss, float* log_z) {
+                           float z_loss, float* log_z, float softcap) {
   if constexpr (!std::is_same_v<Elem, bf16>) {
     return false;
   } else {
@@ -206,7 +210,7 @@ bool crossentropy_one_pass(cudaStream_t s, Elem* logits, float* losses, float* c
     const size_t smem = crossentropy::row_smem();
     with_vectors(vec, [&](auto k) {
       crossentropy_one_pass_kernel<decltype(k)::value><<<N, kOnePassThreads, smem, s>>>(
-          bits, losses, correct, targets, V, Vp, dloss_scale, z_loss, log_z);
+          bits, losses, correct, targets, V, Vp, dloss_scale, z_loss, log_z, softcap);
     });
     TRIAD_CUDA_CHECK_LAUNCH();
     return true;
@@ -241,38 +245,39 @@ void softmax_partial_sums(cudaStream_t s, float* sum_exp, float* target_logit, c
 template <typename Elem>
 void crossentropy_backward_partial(cudaStream_t s, Elem* logits, const float* row_max,
                                    const float* sum_exp, const int32_t* targets, int N, int V,
-                                   int Vp, float dloss_scale, float z_loss) {
+                                   int Vp, float dloss_scale, float z_loss, float softcap) {
   if (N <= 0) return;
   check_slice("crossentropy_backward_partial", V, Vp);
   crossentropy_backward_partial_kernel<<<N, kRowBlock, 0, s>>>(logits, row_max, sum_exp, targets, V,
-                                                               Vp, dloss_scale, z_loss);
+                                                               Vp, dloss_scale, z_loss, softcap);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
 template <typename Elem>
 void crossentropy_forward_backward(cudaStream_t s, Elem* logits, float* losses, float* correct,
                                    const int32_t* targets, int N, int V, int Vp, float dloss_scale,
-                                   float z_loss, float* log_z) {
+                                   float z_loss, float* log_z, float softcap) {
   if (N <= 0) return;
   TRIAD_CHECK(V > 0 && V <= Vp, "cuda cross-entropy: need 0 < V <= Vp (V = ", V, ", Vp = ", Vp,
               ")");
   if (crossentropy_one_pass(s, logits, losses, correct, targets, N, V, Vp, dloss_scale, z_loss,
-                            log_z))
+                            log_z, softcap))
     return;
   crossentropy_kernel<<<N, kRowBlock, 0, s>>>(logits, losses, correct, targets, V, Vp, dloss_scale,
-                                              z_loss, log_z);
+                                              z_loss, log_z, softcap);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
 #define TRIAD_INSTANTIATE_CROSSENTROPY(Elem)                                                     \
-  template void crossentropy_forward_backward<Elem>(                                             \
-      cudaStream_t, Elem*, float*, float*, const int32_t*, int, int, int, float, float, float*); \
+  template void crossentropy_forward_backward<Elem>(cudaStream_t, Elem*, float*, float*,         \
+                                                    const int32_t*, int, int, int, float, float, \
+                                                    float*, float);                              \
   template void logits_row_max<Elem>(cudaStream_t, float*, float*, const Elem*, int, int, int);  \
   template void softmax_partial_sums<Elem>(cudaStream_t, float*, float*, const Elem*,            \
                                            const float*, const int32_t*, int, int, int);         \
   template void crossentropy_backward_partial<Elem>(cudaStream_t, Elem*, const float*,           \
                                                     const float*, const int32_t*, int, int, int, \
-                                                    float, float);
+                                                    float, float, float);
 TRIAD_INSTANTIATE_CROSSENTROPY(float)
 TRIAD_INSTANTIATE_CROSSENTROPY(bf16)
 #undef TRIAD_INSTANTIATE_CROSSENTROPY

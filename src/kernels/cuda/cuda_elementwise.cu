@@ -1,7 +1,8 @@
 // Elementwise ops: GELU (tanh approximation) forward/backward, residual add, accumulate, scale,
-// and the float ↔ bf16 conversions. Memory-bound grid-stride loops; the formulas are those of
-// the CPU backend (src/kernels/cpu/cpu_elementwise.cpp) with the accurate tanhf. Templated on
-// the storage type (float or bf16): always computed in fp32, each output rounded once.
+// the logits' soft cap, and the float ↔ bf16 conversions. Memory-bound grid-stride loops; the
+// formulas are those of the CPU backend (src/kernels/cpu/cpu_elementwise.cpp) with the accurate
+// tanhf. Templated on the storage type (float or bf16): always computed in fp32, each output
+// rounded once.
 #include "cuda_ops.cuh"
 
 namespace triad::cuda {
@@ -44,6 +45,12 @@ __global__ void accumulate_kernel(Elem* dst, const Elem* src, size_t n) {
   TRIAD_GRID_STRIDE_LOOP(i, n) { dst[i] = narrow<Elem>(widen(dst[i]) + widen(src[i])); }
 }
 
+// x = c·tanh(x/c) (model.logit_softcap; its backward is in the cross-entropy kernels).
+template <typename Elem>
+__global__ void logit_softcap_kernel(Elem* x, size_t n, float c) {
+  TRIAD_GRID_STRIDE_LOOP(i, n) { x[i] = narrow<Elem>(c * tanhf(widen(x[i]) / c)); }
+}
+
 __global__ void scale_kernel(float* x, float factor, size_t n) {
   TRIAD_GRID_STRIDE_LOOP(i, n) { x[i] *= factor; }
 }
@@ -84,6 +91,13 @@ void accumulate(cudaStream_t s, Elem* dst, const Elem* src, size_t n) {
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
+template <typename Elem>
+void logit_softcap(cudaStream_t s, Elem* x, size_t n, float c) {
+  if (n == 0) return;
+  logit_softcap_kernel<<<grid_for(n), kBlock, 0, s>>>(x, n, c);
+  TRIAD_CUDA_CHECK_LAUNCH();
+}
+
 void scale(cudaStream_t s, float* x, float factor, size_t n) {
   if (n == 0) return;
   scale_kernel<<<grid_for(n), kBlock, 0, s>>>(x, factor, n);
@@ -101,7 +115,8 @@ void convert(cudaStream_t s, Dst* dst, const Src* src, size_t n) {
   template void gelu_forward<Elem>(cudaStream_t, Elem*, const Elem*, size_t);                     \
   template void gelu_backward<Elem>(cudaStream_t, Elem*, const Elem*, const Elem*, size_t, bool); \
   template void add<Elem>(cudaStream_t, Elem*, const Elem*, const Elem*, size_t);                 \
-  template void accumulate<Elem>(cudaStream_t, Elem*, const Elem*, size_t);
+  template void accumulate<Elem>(cudaStream_t, Elem*, const Elem*, size_t);                       \
+  template void logit_softcap<Elem>(cudaStream_t, Elem*, size_t, float);
 TRIAD_INSTANTIATE_ELEMENTWISE(float)
 TRIAD_INSTANTIATE_ELEMENTWISE(bf16)
 #undef TRIAD_INSTANTIATE_ELEMENTWISE

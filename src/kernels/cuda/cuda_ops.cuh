@@ -255,6 +255,8 @@ void gelu_backward(cudaStream_t s, Elem* dinp, const Elem* inp, const Elem* dout
 template <typename Elem>
 void add(cudaStream_t s, Elem* out, const Elem* a, const Elem* b, size_t n);
 template <typename Elem>
+void logit_softcap(cudaStream_t s, Elem* x, size_t n, float c);  // x = c·tanh(x/c)
+template <typename Elem>
 void accumulate(cudaStream_t s, Elem* dst, const Elem* src, size_t n);
 void scale(cudaStream_t s, float* x, float factor, size_t n);
 
@@ -262,7 +264,7 @@ void scale(cudaStream_t s, float* x, float factor, size_t n);
 template <typename Elem>
 void crossentropy_forward_backward(cudaStream_t s, Elem* logits, float* losses, float* correct,
                                    const int32_t* targets, int N, int V, int Vp, float dloss_scale,
-                                   float z_loss, float* log_z);
+                                   float z_loss, float* log_z, float softcap);
 // Vocabulary-parallel cross-entropy (backend.h): row max, partial sums, backward.
 template <typename Elem>
 void logits_row_max(cudaStream_t s, float* row_max, float* argmax, const Elem* logits, int N, int V,
@@ -273,7 +275,7 @@ void softmax_partial_sums(cudaStream_t s, float* sum_exp, float* target_logit, c
 template <typename Elem>
 void crossentropy_backward_partial(cudaStream_t s, Elem* logits, const float* row_max,
                                    const float* sum_exp, const int32_t* targets, int N, int V,
-                                   int Vp, float dloss_scale, float z_loss);
+                                   int Vp, float dloss_scale, float z_loss, float softcap);
 
 // ---- reductions (cuda_reduce.cu) -----------------------------------------------------------
 // dst[c] += Σ_n src[n, c] over the N rows of a row-major [N, C] matrix (deterministic, fp32):
