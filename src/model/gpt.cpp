@@ -615,6 +615,21 @@ void Gpt::set_window(int window) {
   forget_decoded();  // keys and values cached under another window
 }
 
+void Gpt::set_frozen(const std::function<bool(const std::string&)>& frozen) {
+  frozen_.assign(specs_.size(), 0);
+  for (size_t i = 0; i < specs_.size(); ++i) frozen_[i] = frozen(specs_[i].name) ? 1 : 0;
+  // With every embedding frozen, the leading layers whose tensors are all frozen need no
+  // backward: layers 0, 1, .. of the first chunk (held here only on its stage: wte_ >= 0).
+  frozen_layers_ = 0;
+  if (wte_ < 0 || !frozen_[size_t(wte_)] || (wpe_ >= 0 && !frozen_[size_t(wpe_)])) return;
+  const int held = mp_.chunk_layers(0, shape_.n_layer);
+  for (int l = 0; l < held && layer_[size_t(l)] >= 0; ++l) {
+    for (int k = 0; k < layer_count_; ++k)
+      if (!frozen_[size_t(layer_[size_t(l)] + k)]) return;
+    ++frozen_layers_;
+  }
+}
+
 void Gpt::set_schedule(const PipelineSchedule& schedule) {
   TRIAD_CHECK(
       mp_.pp > 1 && !inference_ && !schedule_.empty() && schedule.placement == mp_.placement,

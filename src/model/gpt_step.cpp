@@ -39,6 +39,25 @@ LayerTensors<T> layer_tensors(T* base, const std::vector<ParamSpec>& specs, int 
           at(7), at(8), at(9), at(10), at(11), at(12), at(13)};
 }
 
+// gr without the gradients of frozen linear-layer tensors (train.freeze; frozen: per spec, empty
+// for none), whose products the ops then skip: a frozen bias's, and a frozen weight's where its
+// bias is gone too (the ops take a weight gradient without a bias gradient, not the reverse).
+// The norms' stay: their ops form them with the input gradient.
+LayerTensors<float> without_frozen(LayerTensors<float> gr, const std::vector<char>& frozen,
+                                   int first, const int (&pos)[14]) {
+  if (frozen.empty()) return gr;
+  auto is_frozen = [&](int k) { return pos[k] >= 0 && frozen[size_t(first + pos[k])] != 0; };
+  auto drop = [&](float*& w, int kw, float*& b, int kb) {
+    if (is_frozen(kb)) b = nullptr;
+    if (is_frozen(kw) && b == nullptr) w = nullptr;
+  };
+  drop(gr.qkvw, 2, gr.qkvb, 3);
+  drop(gr.projw, 6, gr.projb, 7);
+  drop(gr.fcw, 10, gr.fcb, 11);
+  drop(gr.fcprojw, 12, gr.fcprojb, 13);
+  return gr;
+}
+
 }  // namespace
 
 void Gpt::tp_all_reduce(float* x, size_t n) {
@@ -399,7 +418,8 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
   // The head is column-parallel over the vocabulary: its input gradient is a partial sum over
   // the group, formed over all rows and then reduced into this rank's rows.
   A* dpart = mp_.split_rows() ? a.full : S.dlnf;
-  float* head_grad = with_grad ? grad_at(specs_[size_t(head_)].offset) : nullptr;
+  const bool head_frozen = !frozen_.empty() && frozen_[size_t(head_)];  // train.freeze
+  float* head_grad = with_grad && !head_frozen ? grad_at(specs_[size_t(head_)].offset) : nullptr;
   float* host = host_scratch_.data();  // planned in the constructor: no allocation per step
   // train.z_loss, in training only. The hit buffer holds log Z instead of the hits then (a
   // training step reads no accuracy), so the z-loss needs no memory of its own.
@@ -524,7 +544,14 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     const LayerTensors<const A> w = layer_tensors(base, specs_, first, layer_slot_, origin);
     const size_t at = sp[size_t(first)].offset;
     float* bucket = layer_grad_bucket(first_layer + i, at);
-    const LayerTensors<float> gr = layer_tensors(bucket, specs_, first, layer_slot_, at);
+    if (g == 0 && first_layer + i < frozen_layers_) {  // frozen, as everything below it
+      if (grad_hook_)
+        grad_ready(at, layer_end(first) - at, bucket,
+                   bucketed_ ? &ring_pending_[(first_layer + i) % 2] : nullptr);
+      continue;
+    }
+    const LayerTensors<float> gr = without_frozen(
+        layer_tensors(bucket, specs_, first, layer_slot_, at), frozen_, first, layer_slot_);
     const A* x_in = i == 0 ? S.input : S.layers[size_t(i - 1)].residual3;
     const Recompute recompute = recompute_.in_layer(i);
     if (recompute == Recompute::full) {
@@ -586,16 +613,20 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
   if (g == 0) {
     // wpe is replicated: every rank accumulates the same gradient (of all rows); wte rows
     // only for the ids this rank holds.
-    const A* dres = gather_rows(a.dresidual, a.full, N);
     float* dwte = grad_at(sp[size_t(wte_)].offset);
     float* dwpe = wpe_ >= 0 ? grad_at(sp[size_t(wpe_)].offset) : nullptr;
-    if (positions_ != nullptr) {
-      be_.encoder_backward(dwte, dwpe, dres, d_inputs_, B, T, C, positions_);
-    } else {
-      for_each_piece(B, T, [&](size_t at, int n, int p0) {
-        be_.encoder_backward(dwte, dwpe != nullptr ? dwpe + size_t(p0) * C : nullptr, dres + at * C,
-                             d_inputs_ + at, B, n, C);
-      });
+    const bool frozen = !frozen_.empty() && frozen_[size_t(wte_)] &&
+                        (wpe_ < 0 || frozen_[size_t(wpe_)]);  // train.freeze: nothing to form
+    if (!frozen) {
+      const A* dres = gather_rows(a.dresidual, a.full, N);
+      if (positions_ != nullptr) {
+        be_.encoder_backward(dwte, dwpe, dres, d_inputs_, B, T, C, positions_);
+      } else {
+        for_each_piece(B, T, [&](size_t at, int n, int p0) {
+          be_.encoder_backward(dwte, dwpe != nullptr ? dwpe + size_t(p0) * C : nullptr,
+                               dres + at * C, d_inputs_ + at, B, n, C);
+        });
+      }
     }
     grad_ready(0, sp[size_t(std::max(wte_, wpe_)) + 1].offset, grad_at(0), nullptr);  // wte, wpe
   }
@@ -616,7 +647,9 @@ void Gpt::weight_chunk(int chunk, Set<A>& S, int B, int T) {
     auto& L = S.layers[size_t(i)];
     const int first = layer_[size_t(first_layer + i)];
     const LayerTensors<const A> w = layer_tensors(weights<A>(), specs_, first, layer_slot_);
-    const LayerTensors<float> gr = layer_tensors(grads_, specs_, first, layer_slot_);
+    if (g == 0 && first_layer + i < frozen_layers_) continue;  // set_frozen
+    const LayerTensors<float> gr = without_frozen(layer_tensors(grads_, specs_, first, layer_slot_),
+                                                  frozen_, first, layer_slot_);
     if (recompute_.in_layer(i) == Recompute::gelu)  // mlp.c_proj's input, in the shared buffer
       mlp_activation(L.fch_gelu, L.fch, N);
     const int Hl = shape_.hidden() / mp_.tp, Fl = shape_.fc_rows() / mp_.tp;

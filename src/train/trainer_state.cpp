@@ -122,6 +122,9 @@ void Trainer::State::setup_model() {
       model_shape(), mbs, *be, replicas, mp, mp.pp > 1 ? &schedule : nullptr,
       cfg.bf16() ? Precision::bf16 : Precision::fp32, activation_options(cfg), zero, also.get());
   model->set_z_loss(float(cfg.train.z_loss));
+  if (!cfg.train.freeze.empty())  // no gradient products for the frozen tensors
+    model->set_frozen(
+        [&](const std::string& name) { return frozen_tensor(cfg.train.freeze, name); });
   schedule_m = accum;
   const size_t S = model->buffer_floats() / size_t(replicas);
   shard_lo = size_t(replica_rank) * S;

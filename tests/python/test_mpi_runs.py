@@ -271,25 +271,27 @@ def test_bad_schedule_keys_stop_every_rank(tmp_path, args, needle):
 
 @pytest.mark.parametrize("optim", ["adamw", "muon"])
 def test_frozen_tensors_give_the_same_curve_on_every_grid(tmp_path, optim):
-    """train.freeze (the embeddings and the first layer's attention) on tensor, pipeline, data
-    (ZeRO-1, 2 and 3) and 2 x 2 grids, with AdamW and with Muon (whose matrices of the first
-    layer are frozen): the one-rank curve within fp32 rounding (its values against PyTorch:
-    test_reference_model.py), and every grid's frozen tensors in its last checkpoint bit for bit
-    the initial ones."""
+    """train.freeze (the embeddings and the whole first layer, whose backward is then left out,
+    and the second layer's c_fc) on tensor, pipeline (the first stage's backward is all frozen),
+    data (ZeRO-1, 2 and 3) and 2 x 2 grids, with AdamW and with Muon: the one-rank curve within
+    fp32 rounding (its values against PyTorch: test_reference_model.py), and every grid's frozen
+    tensors in its last checkpoint bit for bit the initial ones."""
     cfg = tiny_config(tmp_path, name="one", train__steps=6, eval__every=3)
-    freeze = "wte/weight, wpe/weight, h/0/attn/*"
+    freeze = "wte/weight, wpe/weight, h/0/*, h/1/mlp/c_fc/*"
     common = ["--train.freeze", freeze, "--optim.name", optim, "--checkpoint.at_start", "true",
               "--checkpoint.every", 0]
     p = run(1, "--config", cfg, *common)
     assert p.returncode == 0, p.stderr
-    assert "frozen (train.freeze): 6 tensors" in p.stdout, p.stdout
+    assert "frozen (train.freeze): 16 tensors" in p.stdout, p.stdout
     assert_grids_follow_one_rank(tmp_path, cfg, common,
                                  more=[("zero2", 2, ["--parallel.zero", 2]),
-                                       ("zero3", 2, ["--parallel.zero", 3])])
+                                       ("zero3", 2, ["--parallel.zero", 3]),
+                                       ("zb", 2, ["--parallel.pp", 2, "--parallel.schedule",
+                                                  "zb-h1"])])
     start = model(tmp_path / "runs" / "one" / "ckpt" / "step_00000000.h5")
-    frozen = [n for n in start if n.startswith(("wte/", "wpe/", "h/0/attn/"))]
-    assert len(frozen) == 6, frozen
-    for run_name in ("one", "tp", "pp", "dp", "tppp", "zero2", "zero3"):
+    frozen = [n for n in start if n.startswith(("wte/", "wpe/", "h/0/", "h/1/mlp/c_fc/"))]
+    assert len(frozen) == 16, frozen
+    for run_name in ("one", "tp", "pp", "dp", "tppp", "zero2", "zero3", "zb"):
         end = model(tmp_path / "runs" / run_name / "ckpt" / "step_00000006.h5")
         for n in frozen:
             np.testing.assert_array_equal(end[n], start[n], err_msg=f"{run_name} {n}")

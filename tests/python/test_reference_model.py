@@ -841,6 +841,32 @@ def test_frozen_tensors_match_torch(name, freeze, optim, tmp_root, tmp_path):
         assert torch.equal(got[n], p.weights[n].float()), n
 
 
+# train.freeze leaves the frozen tensors' gradient products out: their gradients stay exactly 0
+# (the embeddings and the whole first layer frozen: the backward stops above them; c_attn's
+# weight and bias; an untied head; a weight without a bias), a frozen bias under a trainable
+# weight is left out while the weight's is formed, and every other gradient is PyTorch's.
+@pytest.mark.parametrize("name,freeze,zero", [
+    ("oddshapes", "wte/weight, wpe/weight, h/0/*, h/1/attn/c_attn/*, h/1/mlp/c_proj/bias",
+     ["wte/weight", "wpe/weight", "h/0/*", "h/1/attn/c_attn/*", "h/1/mlp/c_proj/bias"]),
+    ("llama", "lm_head/weight, h/1/mlp/c_fc/weight", ["lm_head/weight", "h/1/mlp/c_fc/weight"])])
+def test_frozen_gradients_are_not_formed(name, freeze, zero, tmp_root, tmp_path):
+    p = prepare(next(c for c in CASES if c.name == name), tmp_root)
+    cfg = tmp_path / "probe.ini"
+    ref.write_config(cfg, config_sections(p.case, p.dir, train__freeze=freeze))
+    out = tmp_path / "probe.h5"
+    run([binary("triad_model_probe"), "--config", cfg, "--checkpoint", p.ckpt, "--out", out])
+    x, y = ref.batch(p.train_tokens, 0, p.case.micro_batch, p.case.cfg.seq_len)
+    _, _, grads = torch_forward_backward(p.weights, p.case.cfg, x, y)
+    with h5py.File(out, "r") as f:
+        for n, g in grads.items():
+            got = f["grad/" + n][...]
+            if any(fnmatch.fnmatchcase(n, z) for z in zero):
+                assert not got.any(), f"{n} is frozen but its gradient was formed"
+            else:
+                assert np.abs(g).max() > 0, n
+                assert rel_err(got[:g.shape[0]], g) <= TOL_TENSOR, n
+
+
 # train.decay_shape: wsd (its last half decaying) in 1-sqrt and cosine shapes, 10 steps.
 @pytest.mark.parametrize("shape", ["1-sqrt", "cosine"])
 def test_wsd_decay_shapes_match_torch(shape, tmp_root, tmp_path):

@@ -5,7 +5,8 @@
 //   triad_model_probe --config CFG.ini --checkpoint CKPT.h5 --out OUT.h5
 //
 // OUT.h5: /loss (mean token cross-entropy, float64 scalar as shape [1]), /logits [B, T, V],
-// /grad/<parameter name> at the parameter's full shape (wte: [padded_vocab_size, C]).
+// /grad/<parameter name> at the parameter's full shape (wte: [padded_vocab_size, C]; zeros where
+// train.freeze leaves a gradient unformed).
 #include <hdf5.h>
 
 #include <iostream>
@@ -15,6 +16,7 @@
 #include "triad/io/checkpoint.h"
 #include "triad/kernels/backend.h"
 #include "triad/model/gpt.h"
+#include "triad/optim/optimizer.h"
 #include "triad/train/app_main.h"
 #include "triad/train/config.h"
 #include "triad/train/run_plan.h"
@@ -60,6 +62,9 @@ int main(int argc, char** argv) {
     auto be = triad::make_cpu_backend();
     triad::Gpt model(shape, B, *be, 1, {}, nullptr, triad::Precision::fp32,
                      triad::activation_options(cfg));
+    if (!cfg.train.freeze.empty())  // train.freeze: their gradient products left out
+      model.set_frozen(
+          [&](const std::string& name) { return triad::frozen_tensor(cfg.train.freeze, name); });
     std::vector<triad::TensorRef> refs;
     for (const auto& p : model.specs()) {
       triad::TensorRef r{p.name, p.shape, model.params() + p.offset, -1};

@@ -526,6 +526,16 @@ class Gpt {
   // ForwardStats give Σ (log Z)²; the cross-entropy they report, and evaluation, stay as they
   // are. 0: none.
   void set_z_loss(float c) { z_loss_ = c; }
+  // train.freeze: the tensors whose names `frozen` holds get no gradient. Their products in the
+  // backward pass are left out: a linear layer's weight-gradient product where its weight is
+  // frozen (and its bias too, or it has none), a bias sum where its bias is, the head's where it
+  // is; and where the embeddings and the first layers are all frozen, the backward pass stops
+  // above them on the first pipeline chunk (nothing below needs their input gradient). Their
+  // gradient ranges keep what they held (zeros) and still go through the reductions; the
+  // optimizer and the gradient norm leave them out. The norms' weight gradients are formed.
+  void set_frozen(const std::function<bool(const std::string&)>& frozen);
+  // The leading layers the backward pass leaves out (set_frozen).
+  int frozen_layers() const { return frozen_layers_; }
   // After an optimizer update (pp > 1): the first stage's wte overwrites the last stage's copy.
   // Both received the same summed gradient, but a data-parallel reduction may round the two
   // copies' gradients differently (they sit at different offsets of differently sized buffers),
@@ -741,6 +751,10 @@ class Gpt {
 
   GptShape shape_;
   float z_loss_ = 0.0f;  // set_z_loss
+  // set_frozen: per spec, 1 where frozen (empty: none); the global layers 0 .. frozen_layers_ − 1
+  // are skipped by the backward pass.
+  std::vector<char> frozen_;
+  int frozen_layers_ = 0;
   int max_batch_;
   Backend& be_;
   ModelParallel mp_;
