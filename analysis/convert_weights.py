@@ -879,6 +879,10 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
         raise ConvertError(f"{path}: the model caps its logits at {a['logit_softcap']} "
                            f"(model.logit_softcap); none of the export formats (GPT-2's, llm.c's, "
                            f"Hugging Face's Llama, Qwen2, Qwen3 and Mistral) caps logits")
+    if float(a.get("attn_scale", 0.0)):  # the formats scale the scores by 1/sqrt(head width)
+        raise ConvertError(f"{path}: the model scales its attention scores by {a['attn_scale']} "
+                           f"(model.attn_scale); the export formats scale them by 1/sqrt(head "
+                           f"width) only")
     llama = (a.get("position"), a.get("norm"), int(a.get("bias", 1)), a.get("mlp")) == \
         ("rope", "rmsnorm", 0, "swiglu")
     if a.get("qk_norm", 0) == 1 and not llama:  # Qwen3's blocks hold it; no other format

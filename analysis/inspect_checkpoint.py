@@ -292,6 +292,9 @@ def _check(rep: Report) -> None:
             P.append(f"/model attribute {flag} = {ma[flag]!r}, expected 0 or 1")
     if not (isinstance(ma.get("mlp_hidden", 1), int) and ma.get("mlp_hidden", 1) >= 1):
         P.append(f"/model attribute mlp_hidden = {ma['mlp_hidden']!r}, not a positive count")
+    scale = ma.get("attn_scale", 0.0)  # absent: 1/sqrt(head width)
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and 0 <= scale <= 100):
+        P.append(f"/model attribute attn_scale = {scale!r}, not a number in [0, 100]")
     cap = ma.get("logit_softcap", 0.0)  # absent: no cap
     if not (isinstance(cap, (int, float)) and math.isfinite(cap) and 0 <= cap <= 1e4):
         P.append(f"/model attribute logit_softcap = {cap!r}, not a number in [0, 1e4]")

@@ -219,6 +219,7 @@ int main(int argc, char** argv) {
     shape.sliding_window = int(m.sliding_window);
     shape.full_attention_every = int(m.full_attention_every);
     shape.logit_softcap = float(m.logit_softcap);
+    shape.attn_scale = float(m.attn_scale);
     shape.norm_eps = float(m.norm_eps);
     shape.swiglu = m.mlp == "swiglu";
     shape.mlp_hidden = int(m.mlp_hidden);

@@ -682,6 +682,10 @@ CheckpointState read_state(hid_t file) {
                   (s.model.full_attention_every == 0 || s.model.sliding_window > 0),
               "attribute full_attention_every of /model is ", s.model.full_attention_every,
               ", not >= 0 (and > 0 only with sliding_window)");
+  s.model.attn_scale = io::read_double_attr(model, "attn_scale").value_or(0.0);
+  TRIAD_CHECK(
+      std::isfinite(s.model.attn_scale) && s.model.attn_scale >= 0 && s.model.attn_scale <= 100,
+      "attribute attn_scale of /model is ", s.model.attn_scale, ", not in [0, 100]");
   s.model.logit_softcap = io::read_double_attr(model, "logit_softcap").value_or(0.0);
   TRIAD_CHECK(std::isfinite(s.model.logit_softcap) && s.model.logit_softcap >= 0 &&
                   s.model.logit_softcap <= 1e4,
@@ -1045,6 +1049,8 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
             io::write_int64_attr(model, "sliding_window", state.model.sliding_window);
           if (state.model.full_attention_every > 0)  // 0: every layer keeps to the window
             io::write_int64_attr(model, "full_attention_every", state.model.full_attention_every);
+          if (state.model.attn_scale > 0)  // 0: 1/sqrt(head width)
+            io::write_double_attr(model, "attn_scale", state.model.attn_scale);
           if (state.model.logit_softcap > 0)  // 0: no cap
             io::write_double_attr(model, "logit_softcap", state.model.logit_softcap);
           if (state.model.n_kv_head > 0)  // 0: not given (n_head)

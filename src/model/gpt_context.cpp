@@ -89,7 +89,8 @@ void Gpt::cp_attention_forward(A* atty, float* att, const A* qkv, int B, int lay
   for (int k = 0; k < 2; ++k) {
     const QueryRows rows{mp_.piece_start(k, T, mp_.cp_rank), P};
     be_.attention_forward(atty + size_t(k) * B * P * Al, att + cp_att_offset(k, B, kProbabilities),
-                          acts<A>().cp_qkv, B, T, Al, NHl, NKVl, layer_key_begin(layer), rows);
+                          acts<A>().cp_qkv, B, T, Al, NHl, NKVl, layer_key_begin(layer), rows,
+                          shape_.attn_scale);
   }
 }
 
@@ -110,13 +111,13 @@ void Gpt::cp_attention_backward(A* dqkv, float* scratch, const A* datty, const A
     if constexpr (std::is_same_v<A, float>) {
       const size_t off = cp_att_offset(k, B, true);
       be_.attention_backward(a.cp_dqkv, scratch + off, datty + out, a.cp_qkv, att + off, B, T,
-                             int(Al), NHl, NKVl, GradMode::accumulate, layer_key_begin(layer),
-                             rows);
+                             int(Al), NHl, NKVl, GradMode::accumulate, layer_key_begin(layer), rows,
+                             shape_.attn_scale);
     } else {
       (void)scratch;
       be_.attention_backward(a.cp_dqkv, datty + out, a.cp_qkv, atty + out,
                              att + cp_att_offset(k, B, false), B, T, int(Al), NHl, NKVl,
-                             GradMode::accumulate, layer_key_begin(layer), rows);
+                             GradMode::accumulate, layer_key_begin(layer), rows, shape_.attn_scale);
     }
   }
   // The keys' and values' gradients go to their owners, summed over the group: packed by owner,

@@ -83,6 +83,9 @@ class KeyTable {
     add("model.logit_softcap", c.model.logit_softcap,
         "soft-capped logits: the head's logits become c·tanh(logit / c), within (-c, c), before "
         "the loss and sampling (Gemma 2: 30); 0: none");
+    add("model.attn_scale", c.model.attn_scale,
+        "the attention scores' scale, q·k times it (0: 1/sqrt(head width), the usual one; μP's "
+        "is 1/head width)");
     add("model.norm_eps", c.model.norm_eps,
         "epsilon of the LayerNorms or RMSNorms (and QK-norms): 1e-5 as GPT-2 and Llama, 1e-6 "
         "as Qwen2");
@@ -697,6 +700,8 @@ void validate(const Config& c, int world_size) {
         "needs model.sliding_window > 0 (the other layers' window)");
   check(std::isfinite(m.logit_softcap) && m.logit_softcap >= 0 && m.logit_softcap <= 1e4,
         "model.logit_softcap", "must be in [0, 1e4] (0: no cap)");
+  check(std::isfinite(m.attn_scale) && m.attn_scale >= 0 && m.attn_scale <= 100, "model.attn_scale",
+        "must be in [0, 100] (0: 1/sqrt(head width))");
   check(m.mlp_hidden >= 0, "model.mlp_hidden",
         "must be >= 0 (0: the default width; got " + std::to_string(m.mlp_hidden) + ")");
   if (m.position == "rope") {

@@ -320,6 +320,7 @@ CheckpointState Trainer::State::checkpoint_state() const {
   st.model.sliding_window = cfg.model.sliding_window;
   st.model.full_attention_every = cfg.model.full_attention_every;
   st.model.logit_softcap = cfg.model.logit_softcap;
+  st.model.attn_scale = cfg.model.attn_scale;
   st.model.norm_eps = cfg.model.norm_eps;
   st.model.mlp = cfg.model.mlp;
   st.model.mlp_hidden = cfg.mlp_hidden_size();
@@ -409,6 +410,9 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
   TRIAD_CHECK(float(m.logit_softcap) == float(c.logit_softcap), "checkpoint ", path,
               " holds a model whose logits are capped at ", m.logit_softcap,
               " (0: none) but the config asks for model.logit_softcap = ", c.logit_softcap);
+  TRIAD_CHECK(float(m.attn_scale) == float(c.attn_scale), "checkpoint ", path,
+              " holds a model whose attention scale is ", m.attn_scale,
+              " (0: 1/sqrt(head width)) but the config asks for model.attn_scale = ", c.attn_scale);
   TRIAD_CHECK(float(m.norm_eps) == float(c.norm_eps), "checkpoint ", path,
               " holds a model with norm_eps ", m.norm_eps, " but the config asks for ",
               "model.norm_eps = ", c.norm_eps);

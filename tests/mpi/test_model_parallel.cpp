@@ -278,7 +278,8 @@ TEST(ModelParallel, BatchRampupMatchesOneRankAndResumesExactly) {
 // Context parallelism (parallel.cp): each rank holds two pieces of every sequence and gathers the
 // others' keys and values. Alone and with data (ZeRO-1), tensor (sequence parallel), pipeline
 // (1F1B and zero bubble) parallelism, with full recomputation, for GPT-2's blocks and for Llama's
-// (rotary positions, grouped-query attention) under a document mask and a sliding window: the
+// (rotary positions, grouped-query attention) under a document mask and a sliding window, with
+// μP's attention scale 1/hd (model.attn_scale): the
 // losses and final weights of one rank to fp32 rounding; in bf16 close to one rank's bf16; a
 // checkpoint of a context-parallel run resumes on one rank and one rank's on a context-parallel
 // grid as the runs continued.
@@ -291,7 +292,8 @@ TEST(ModelParallel, ContextParallelMatchesOneRank) {
   const std::vector<std::vector<std::string>> variants = {
       {},
       {"--model.position", "rope", "--model.n_kv_head", "2", "--model.norm", "rmsnorm",
-       "--model.mlp", "swiglu", "--data.document_mask", "7", "--model.sliding_window", "5"}};
+       "--model.mlp", "swiglu", "--data.document_mask", "7", "--model.sliding_window", "5",
+       "--model.attn_scale", "0.0625"}};
   for (size_t k = 0; k < variants.size(); ++k) {
     const std::string name = "cp" + std::to_string(k);
     const std::string dir = shared_dir(name);
@@ -410,15 +412,18 @@ TEST(ModelParallel, RmsNormMatchesOneRankOnEveryGrid) {
 
 // Soft-capped logits (model.logit_softcap, near this model's logits, so that tanh bends them):
 // on tensor-parallel grids each rank caps its vocabulary slice and the vocabulary-parallel
-// backward applies the cap's derivative; every grid against one rank, recomputing, in bf16 and
-// resumed across grids. The cap changes the run.
-TEST(ModelParallel, LogitSoftcapMatchesOneRankOnEveryGrid) {
-  const Result ref = check_variant("softcap", {"--model.logit_softcap", "0.5"},
-                                   {{2, 1, 1, 1, 2, "1f1b", 1},
-                                    {1, 2, 1, 0, 1, "1f1b", 1},
-                                    {1, 1, 2, 0, 4, "1f1b", 1},
-                                    {2, 2, 2, 1, 2, "1f1b", 1, true}},
-                                   {"full"}, true, Grid{1, 2, 1, 0, 2, "1f1b", 1});
+// backward applies the cap's derivative; with another attention scale (model.attn_scale, μP's
+// 1/hd) through the attention ops of every grid (the context-parallel ones: the cp test's second
+// variant). Every grid against one rank, recomputing, in bf16 and resumed across grids. The
+// options change the run.
+TEST(ModelParallel, LogitSoftcapAndAttentionScaleMatchOneRankOnEveryGrid) {
+  const Result ref =
+      check_variant("softcap", {"--model.logit_softcap", "0.5", "--model.attn_scale", "0.0625"},
+                    {{2, 1, 1, 1, 2, "1f1b", 1},
+                     {1, 2, 1, 0, 1, "1f1b", 1},
+                     {1, 1, 2, 0, 4, "1f1b", 1},
+                     {2, 2, 2, 1, 2, "1f1b", 1, true}},
+                    {"full"}, true, Grid{1, 2, 1, 0, 2, "1f1b", 1});
   const Result plain = run(shared_dir("softcap"), "softcap_plain", Grid{}, {"--resume", "none"});
   ASSERT_FALSE(ref.losses.empty() || plain.losses.empty());
   EXPECT_GT(std::abs(plain.losses.back() - ref.losses.back()), 1e-4);

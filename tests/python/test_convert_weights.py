@@ -1003,14 +1003,16 @@ def test_refuses_to_replace_and_reports_bad_checkpoints(imported, tmp_path):
     assert_clean_failure(tool("triad-convert", "export", bad, tmp_path / "x", "--to", "hf"),
                          "bad.h5", "checksum")
     assert not (tmp_path / "x").exists()
-    # A model whose logits are capped (model.logit_softcap): no export format holds the cap.
-    capped = tmp_path / "capped.h5"
-    capped.write_bytes(before)
-    with h5py.File(capped, "r+") as f:
-        f["model"].attrs["logit_softcap"] = 30.0
-    for to in ("hf", "llmc"):
-        assert_clean_failure(tool("triad-convert", "export", capped, tmp_path / "c", "--to", to),
-                             "capped.h5", "model.logit_softcap")
+    # A model whose logits are capped (model.logit_softcap) or whose attention scores have another
+    # scale (model.attn_scale): no export format holds either.
+    for attr, key in (("logit_softcap", 30.0), ("attn_scale", 0.01)):
+        capped = tmp_path / f"{attr}.h5"
+        capped.write_bytes(before)
+        with h5py.File(capped, "r+") as f:
+            f["model"].attrs[attr] = key
+        for to in ("hf", "llmc"):
+            assert_clean_failure(tool("triad-convert", "export", capped, tmp_path / "c", "--to",
+                                      to), f"{attr}.h5", "model." + attr)
     assert not (tmp_path / "c").exists()
     assert_clean_failure(tool("triad-convert", "export", ckpt, tmp_path / "y", "--to", "hf",
                               "--dtype", "bf16"), "--dtype")

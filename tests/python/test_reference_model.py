@@ -173,6 +173,7 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                       qkv_bias=c.qkv_bias, norm_eps=c.norm_eps, head_dim=c.attn_head_dim,
                       sliding_window=c.sliding_window,
                       full_attention_every=c.full_attention_every, logit_softcap=c.logit_softcap,
+                      attn_scale=c.attn_scale,
                       **({} if c.rope_scaling is None else dict(
                           rope_scaling="llama3", rope_scaling_factor=c.rope_scaling[0],
                           rope_low_freq_factor=c.rope_scaling[1],
@@ -932,6 +933,24 @@ def test_logit_softcap_gradients_match_torch(name, cap, tmp_root, tmp_path):
     capped = cap * torch.tanh(plain / cap)
     assert rel_err(capped.numpy(), plain.numpy()) > 1e-2, float(plain.abs().max())
     check_probe_against_torch(with_softcap(p, tmp_path, cap), "none")
+
+
+# model.attn_scale: the logits, the loss and every gradient against the reference's attention
+# with the scores scaled so (μP's 1/hd, and a larger one), GPT-2's blocks and Llama's (grouped
+# queries, rotary positions); a plain model's logits differ (the test can tell).
+@pytest.mark.parametrize("name,scale", [("oddshapes", "1/hd"), ("llama", 0.7)])
+def test_attention_scale_gradients_match_torch(name, scale, tmp_root, tmp_path):
+    p = prepare(next(c for c in CASES if c.name == name), tmp_root)
+    s = 1.0 / p.case.cfg.head_dim if scale == "1/hd" else scale
+    cfg = replace(p.case.cfg, attn_scale=s)
+    ckpt = tmp_path / "scaled.h5"
+    ref.write_checkpoint(ckpt, cfg, p.weights)
+    x, _ = ref.batch(p.train_tokens, 0, p.case.micro_batch, p.case.cfg.seq_len)
+    with torch.no_grad():
+        w = {k: v.double() for k, v in p.weights.items()}
+        plain, scaled = ref.forward(w, p.case.cfg, x), ref.forward(w, cfg, x)
+    assert rel_err(scaled.numpy(), plain.numpy()) > 1e-3
+    check_probe_against_torch(replace(p, case=replace(p.case, cfg=cfg), ckpt=ckpt), "none")
 
 
 # model.logit_softcap over 10 AdamW steps (with a z-loss on the capped logits): the curve, the

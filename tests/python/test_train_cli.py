@@ -77,6 +77,7 @@ def test_help_lists_every_key_with_defaults():
     (["--model.norm_eps", "0"], ["model.norm_eps", "(0, 0.1]"]),
     (["--model.logit_softcap", "-30"], ["model.logit_softcap", "[0, 1e4]"]),
     (["--model.logit_softcap", "nan"], ["model.logit_softcap", "[0, 1e4]"]),
+    (["--model.attn_scale", "-0.1"], ["model.attn_scale", "[0, 100]"]),
     (["--model.vocab_size", "1"], ["model.vocab_size", "[2, 1073741824]"]),
     (["--model.vocab_size", "2000000000"], ["model.vocab_size", "[2, 1073741824]"]),
     (["--model.n_kv_head", "3"], ["model.n_kv_head", "must divide model.n_head"]),
@@ -666,6 +667,7 @@ def test_damaged_checkpoints(tmp_path):
             ("head_dim", {"head_dim": -4}, "attribute head_dim of /model is -4"),
             ("window", {"sliding_window": -3}, "attribute sliding_window of /model is -3"),
             ("softcap", {"logit_softcap": -1.0}, "attribute logit_softcap of /model is -1"),
+            ("attn_scale", {"attn_scale": 1e9}, "attribute attn_scale of /model is 1e+09"),
             ("full_every", {"full_attention_every": 2},
              "attribute full_attention_every of /model is 2"),
             ("rscale", {"position": "rope", "rope_theta": 10000.0, "rope_scaling": "ntk"},
@@ -697,6 +699,9 @@ def test_damaged_checkpoints(tmp_path):
     assert_clean_error(train("--config", cfg, "--eval-only", "--resume", good,
                              "--model.logit_softcap", "30"),
                        "logits are capped at 0", "model.logit_softcap = 30")
+    assert_clean_error(train("--config", cfg, "--eval-only", "--resume", good,
+                             "--model.attn_scale", "0.01"),
+                       "attention scale is 0", "model.attn_scale = 0.01")
 
 
 def test_init_from_eval_only_and_generate(tmp_path):

@@ -68,7 +68,7 @@ def block(params: Dict[str, torch.Tensor], cfg: ref.GptConfig, i: int, x: torch.
             cache.append((k, v))
     # The cache keeps kv heads; query head j attends with key/value head j % kv (gpt_torch.py).
     k, v = k.repeat(1, nh // kv, 1, 1), v.repeat(1, nh // kv, 1, 1)
-    att = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(hd))  # [B, nh, T, past + T]
+    att = torch.matmul(q, k.transpose(-2, -1)) * (cfg.attn_scale or 1.0 / math.sqrt(hd))
     # Row r (position past + r) sees keys 0 .. past + r.
     mask = torch.ones(T, past + T, dtype=torch.bool).tril(diagonal=past)
     att = torch.softmax(att.masked_fill(~mask, float("-inf")), dim=-1)

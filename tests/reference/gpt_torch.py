@@ -81,6 +81,8 @@ class GptConfig:
     full_attention_every: int = 0
     # model.logit_softcap: the logits are c·tanh(logit / c) (0: as they are).
     logit_softcap: float = 0.0
+    # model.attn_scale: the attention scores' scale (0: 1/sqrt(head width)).
+    attn_scale: float = 0.0
 
     @property
     def hidden(self) -> int:
@@ -258,12 +260,13 @@ def attention(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_head: int,
               k_norm: Optional[torch.Tensor] = None, rope_scaling=None,
               eps: float = LN_EPS, head_dim: int = 0,
               mask: Optional[torch.Tensor] = None,
-              positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+              positions: Optional[torch.Tensor] = None, scale: float = 0.0) -> torch.Tensor:
     """Causal self-attention on x [B, T, C]: c_attn rows are q | k | v, each head-major, k and v
     with n_kv_head heads (0: n_head); q_norm, k_norm [hd] (model.qk_norm): each q head and each
     k head RMSNormed with these weights, shared by the heads, before the rotation; rope_theta:
     q and k rotated (rotary positions; at positions [B, T] where given). mask [B, 1, T, T] (True:
-    query i sees key j) replaces the causal one (document_mask)."""
+    query i sees key j) replaces the causal one (document_mask). scale: the scores' (model.
+    attn_scale; 0: 1/sqrt(hd))."""
     B, T, C = x.shape
     hd = head_dim or C // n_head  # model.head_dim: q is n_head·hd wide, not C
     kv = n_kv_head or n_head
@@ -281,7 +284,7 @@ def attention(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_head: int,
     # Grouped-query attention: the kv heads repeated whole, so query head h meets kv head
     # h % kv (triad's grouping; not Hugging Face's repeat_interleave, h // (n_head / kv)).
     k, v = k.repeat(1, n_head // kv, 1, 1), v.repeat(1, n_head // kv, 1, 1)
-    att = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(hd))  # [B, nh, T, T]
+    att = torch.matmul(q, k.transpose(-2, -1)) * (scale or 1.0 / math.sqrt(hd))  # [B, nh, T, T]
     if mask is None:
         mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
     att = att.masked_fill(~mask, float("-inf"))
@@ -368,7 +371,7 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor) 
         x = x + linear(attention(h, params[p + "attn/c_attn/weight"],
                                  params.get(p + "attn/c_attn/bias"), cfg.n_head, rope,
                                  cfg.kv_heads, qn, kn, cfg.rope_scaling, cfg.norm_eps,
-                                 cfg.head_dim, layer_mask(i), positions),
+                                 cfg.head_dim, layer_mask(i), positions, cfg.attn_scale),
                        params[p + "attn/c_proj/weight"], params.get(p + "attn/c_proj/bias"))
         h = norm(params, cfg, p + "ln_2", x)
         x = x + mlp(params, cfg, p, h)
@@ -736,6 +739,8 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
             m.attrs.create("full_attention_every", i64(cfg.full_attention_every), dtype="<i8")
         if cfg.logit_softcap:
             m.attrs.create("logit_softcap", np.float64(cfg.logit_softcap), dtype="<f8")
+        if cfg.attn_scale:
+            m.attrs.create("attn_scale", np.float64(cfg.attn_scale), dtype="<f8")
         groups = {"model": weights}
         for slot, tensors in (optimizer or {}).items():
             groups["optimizer/" + slot] = tensors
@@ -772,6 +777,7 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                         norm_eps=float(a["norm_eps"]) if "norm_eps" in a else LN_EPS,
                         attn_head_dim=int(a["head_dim"]) if "head_dim" in a else 0,
                         logit_softcap=float(a.get("logit_softcap", 0.0)),
+                        attn_scale=float(a.get("attn_scale", 0.0)),
                         rope_scaling=(float(a["rope_scaling_factor"]),
                                       float(a["rope_low_freq_factor"]),
                                       float(a["rope_high_freq_factor"]),

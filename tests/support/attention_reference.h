@@ -49,11 +49,13 @@ struct Reference {
 };
 
 // Naive causal attention in double: forward and backward, one head at a time; with key_begin
-// ([B,T]) query t of sequence b sees keys key_begin[b·T+t] .. t only.
+// ([B,T]) query t of sequence b sees keys key_begin[b·T+t] .. t only. scale: the scores' (0:
+// 1/sqrt(hd)).
 inline Reference reference(const std::vector<double>& qkv, const std::vector<double>& dout, int B,
-                           int T, int C, int NH, const std::vector<int32_t>* key_begin = nullptr) {
+                           int T, int C, int NH, const std::vector<int32_t>* key_begin = nullptr,
+                           double scale_or_0 = 0.0) {
   const int hd = C / NH;
-  const double scale = 1.0 / std::sqrt(double(hd));
+  const double scale = scale_or_0 > 0.0 ? scale_or_0 : 1.0 / std::sqrt(double(hd));
   Reference r;
   r.out.assign(size_t(B) * T * C, 0.0);
   r.lse.assign(size_t(B) * NH * T, 0.0);
@@ -116,12 +118,12 @@ struct Problem {
   Reference want;
 };
 inline Problem random_problem(int B, int T, int C, int NH, uint32_t qkv_seed, uint32_t dout_seed,
-                              const std::vector<int32_t>* key_begin = nullptr) {
+                              const std::vector<int32_t>* key_begin = nullptr, double scale = 0.0) {
   Problem p;
   std::vector<double> qkv, dout;
   random_bf16(size_t(B) * T * 3 * C, qkv_seed, p.qkv, qkv);
   random_bf16(size_t(B) * T * C, dout_seed, p.dout, dout);
-  p.want = reference(qkv, dout, B, T, C, NH, key_begin);
+  p.want = reference(qkv, dout, B, T, C, NH, key_begin, scale);
   return p;
 }
 

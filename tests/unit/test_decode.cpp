@@ -5,7 +5,8 @@
 //  - decode_logits, fed a sequence one token longer each call (as sampling does) and then
 //    sliding past seq_len, gives next_token_logits' logits to fp32 rounding, in fp32 and bf16,
 //    with and without GELU recomputation, and with a sliding attention window
-//    (model.sliding_window: attention_decode's window against the forward pass's mask), and
+//    (model.sliding_window: attention_decode's window against the forward pass's mask) or
+//    another attention scale (model.attn_scale), and
 //    computes only the new token while the prefix is kept (decoded_tokens());
 //  - full recomputation (no per-layer keys to keep), another prefix, a training step and
 //    params_updated() all drop the cache and still give the right logits;
@@ -118,8 +119,9 @@ std::vector<int32_t> tokens(int n, int salt) {
 struct DecodeCase {
   Precision precision;
   Recompute recompute;
-  int window = 0;      // model.sliding_window
-  int full_every = 0;  // model.full_attention_every
+  int window = 0;           // model.sliding_window
+  int full_every = 0;       // model.full_attention_every
+  float attn_scale = 0.0f;  // model.attn_scale
 };
 
 class Decode : public ::testing::TestWithParam<DecodeCase> {};
@@ -130,6 +132,7 @@ TEST_P(Decode, FollowsTheRecomputedLogitsOneTokenAtATime) {
   GptShape shape = kShape;
   shape.sliding_window = c.window;
   shape.full_attention_every = c.full_every;
+  shape.attn_scale = c.attn_scale;
   Gpt m(shape, 2, *be, 1, {}, nullptr, c.precision, c.recompute);
   m.init(7);
   const int V = kShape.vocab_size, T = kShape.seq_len;
@@ -157,20 +160,23 @@ TEST_P(Decode, FollowsTheRecomputedLogitsOneTokenAtATime) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Cpu, Decode,
-                         ::testing::Values(DecodeCase{Precision::fp32, Recompute::none},
-                                           DecodeCase{Precision::bf16, Recompute::none},
-                                           DecodeCase{Precision::fp32, Recompute::gelu},
-                                           DecodeCase{Precision::fp32, Recompute::full},
-                                           DecodeCase{Precision::fp32, Recompute::none, 7},
-                                           DecodeCase{Precision::bf16, Recompute::none, 7},
-                                           DecodeCase{Precision::fp32, Recompute::none, 7, 2}),
-                         [](const auto& info) {
-                           return std::string(precision_name(info.param.precision)) + "_" +
-                                  recompute_name(info.param.recompute) +
-                                  (info.param.window ? "_window" : "") +
-                                  (info.param.full_every ? "_interleaved" : "");
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    Cpu, Decode,
+    ::testing::Values(DecodeCase{Precision::fp32, Recompute::none},
+                      DecodeCase{Precision::bf16, Recompute::none},
+                      DecodeCase{Precision::fp32, Recompute::gelu},
+                      DecodeCase{Precision::fp32, Recompute::full},
+                      DecodeCase{Precision::fp32, Recompute::none, 7},
+                      DecodeCase{Precision::bf16, Recompute::none, 7},
+                      DecodeCase{Precision::fp32, Recompute::none, 7, 2},
+                      DecodeCase{Precision::fp32, Recompute::none, 0, 0, 0.0625f},
+                      DecodeCase{Precision::bf16, Recompute::none, 0, 0, 0.0625f}),
+    [](const auto& info) {
+      return std::string(precision_name(info.param.precision)) + "_" +
+             recompute_name(info.param.recompute) + (info.param.window ? "_window" : "") +
+             (info.param.full_every ? "_interleaved" : "") +
+             (info.param.attn_scale > 0 ? "_scaled" : "");
+    });
 
 TEST(Decode, OtherUsesOfTheModelDropTheCache) {
   auto be = make_cpu_backend();

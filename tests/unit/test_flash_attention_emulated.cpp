@@ -49,7 +49,8 @@ enum class Backward { deterministic, atomic, ordered };
 // (dot_block zeroes it).
 template <class Tiles>
 Outputs run(const Bits& qkv, const Bits& dout, int B, flash::Rows rows, int NH, int NKV,
-            CopyTiming timing, Backward backward, const Bits* dqkv0, const int32_t* key_begin) {
+            CopyTiming timing, Backward backward, const Bits* dqkv0, const int32_t* key_begin,
+            float scale = 0.0f) {
   constexpr int HD = Tiles::kHD;
   const int C = NH * HD, W = C + 2 * NKV * HD, T = rows.seq, n = rows.count;
   Outputs r;
@@ -57,7 +58,7 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, flash::Rows rows, int NH, 
   r.lse.assign(size_t(B) * NH * n, NAN);
   r.dqkv = dqkv0 ? *dqkv0 : Bits(size_t(B) * T * W, 0xFFFFu);
   std::vector<float> D(size_t(B) * NH * n, NAN);
-  const flash::Launch l = flash::launch_shape(B, rows, NH, HD, NKV);
+  const flash::Launch l = flash::launch_shape(B, rows, NH, HD, NKV, scale);
   const int threads = flash::kThreads;
   // The tensor maps flash_attention.cu makes, for the tma policy.
   const simt::TensorMap qkv_map =
@@ -125,11 +126,12 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, flash::Rows rows, int NH, 
 
 Outputs run_kernel(Kernel k, Backward bw, int hd, const Bits& qkv, const Bits& dout, int B, int T,
                    int NH, CopyTiming timing, const Bits* dqkv0 = nullptr,
-                   const int32_t* key_begin = nullptr, flash::Rows rows = {0, 0, 0}, int NKV = 0) {
+                   const int32_t* key_begin = nullptr, flash::Rows rows = {0, 0, 0}, int NKV = 0,
+                   float scale = 0.0f) {
   if (rows.seq == 0) rows = flash::Rows{T, 0, T};
   if (NKV == 0) NKV = NH;
   auto go = [&](auto tiles) {
-    return run<decltype(tiles)>(qkv, dout, B, rows, NH, NKV, timing, bw, dqkv0, key_begin);
+    return run<decltype(tiles)>(qkv, dout, B, rows, NH, NKV, timing, bw, dqkv0, key_begin, scale);
   };
   if (k == Kernel::mma) return hd == 64 ? go(flash::MmaTiles<64>{}) : go(flash::MmaTiles<128>{});
   if (k == Kernel::tma)
@@ -137,10 +139,10 @@ Outputs run_kernel(Kernel k, Backward bw, int hd, const Bits& qkv, const Bits& d
   return hd == 64 ? go(flash::WgmmaTiles<64>{}) : go(flash::WgmmaTiles<128>{});
 }
 
-// key_begin: a document mask ([B,T]), or none.
+// key_begin: a document mask ([B,T]), or none. scale: the scores' (0: 1/sqrt(hd)).
 void check(int B, int T, int NH, int hd, CopyTiming timing, Kernel kernel = Kernel::mma,
            Backward backward = Backward::deterministic,
-           const std::vector<int32_t>* key_begin = nullptr) {
+           const std::vector<int32_t>* key_begin = nullptr, float scale = 0.0f) {
   const int C = NH * hd;
   SCOPED_TRACE(::testing::Message()
                << kernel_name(kernel)
@@ -149,11 +151,11 @@ void check(int B, int T, int NH, int hd, CopyTiming timing, Kernel kernel = Kern
                                                    : "")
                << " B=" << B << " T=" << T << " NH=" << NH << " hd=" << hd
                << (timing == CopyTiming::at_wait ? " copies at wait" : " copies at issue")
-               << (key_begin ? " documents" : ""));
-  const Problem p = random_problem(B, T, C, NH, 4321u + T, 777u + T, key_begin);
+               << (key_begin ? " documents" : "") << " scale " << scale);
+  const Problem p = random_problem(B, T, C, NH, 4321u + T, 777u + T, key_begin, scale);
   const Reference& want = p.want;
   const Outputs got = run_kernel(kernel, backward, hd, p.qkv, p.dout, B, T, NH, timing, nullptr,
-                                 key_begin ? key_begin->data() : nullptr);
+                                 key_begin ? key_begin->data() : nullptr, {0, 0, 0}, 0, scale);
 
   const size_t rows = size_t(B) * T;
   EXPECT_LE(rel_error(got.out, want.out, rows, C, 0, C), 1e-2) << "out";
@@ -177,6 +179,15 @@ TEST(FlashAttentionEmulated, ThreeTiles) { check(1, 150, 2, 64, CopyTiming::at_i
 TEST(FlashAttentionEmulated, ThreeTilesCopiesAtWait) { check(1, 150, 1, 64, CopyTiming::at_wait); }
 
 TEST(FlashAttentionEmulated, HeadDim128) { check(1, 130, 1, 128, CopyTiming::at_wait); }
+
+// model.attn_scale: μP's 1/hd (the scores 8 times smaller at hd 64) and a larger one, through
+// the forward's exp2 scale and the backward's dS scale, both ways of forming dQ.
+TEST(FlashAttentionEmulated, OtherScales) {
+  check(1, 77, 2, 64, CopyTiming::at_issue, Kernel::mma, Backward::deterministic, nullptr,
+        1.0f / 64);
+  check(1, 77, 2, 64, CopyTiming::at_wait, Kernel::mma, Backward::atomic, nullptr, 0.3f);
+  check(1, 77, 1, 64, CopyTiming::at_wait, Kernel::wgmma, Backward::deterministic, nullptr, 0.3f);
+}
 
 // The backward's accumulate mode: every element of dqkv becomes round(old + gradient).
 void check_accumulate(Kernel kernel, Backward backward = Backward::deterministic) {

@@ -106,6 +106,9 @@ struct ModelShape {
   // Attribute logit_softcap (double: the head's logits are c·tanh(logit/c); absent or 0: none;
   // written when > 0).
   double logit_softcap = 0;
+  // Attribute attn_scale (double: the attention scores' scale; absent or 0: 1/sqrt(head width);
+  // written when > 0).
+  double attn_scale = 0;
 };
 
 struct CheckpointState {

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <climits>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -55,6 +56,11 @@ struct QueryRows {
   int rows(int T) const { return count == 0 ? T : count; }          // queries per sequence
   int keys(int T) const { return count == 0 ? T : first + count; }  // key extent
 };
+
+// The attention ops' score scale: `scale` where given (> 0), else 1/sqrt(hd).
+inline float attention_scale(float scale, int hd) {
+  return scale > 0.0f ? scale : float(1.0 / std::sqrt(double(hd)));
+}
 
 class Backend {
  public:
@@ -147,7 +153,8 @@ class Backend {
   // h attends with key/value head h % NKV (the kv heads repeat, as torch.Tensor.repeat; see
   // docs/formats.md for why not Hugging Face's interleaved grouping). NKV = NH is GPT-2's
   // attention: W = 3C. out [B,T,C] (head-major). att [B,NH,T,T] keeps the softmax probabilities
-  // for backward (entries above the diagonal are unspecified). Scale 1/sqrt(hd).
+  // for backward (entries above the diagonal are unspecified). The scores are q·k times
+  // `scale`: 0 (the default) is 1/sqrt(hd); another (model.attn_scale, μP's 1/hd) replaces it.
   // key_begin (nullptr: plain causal attention) narrows the keys a query sees: [B,T] ints in the
   // backend's memory (alloc_ints), query t of sequence b attending keys key_begin[b·T+t] .. t,
   // where 0 <= key_begin[b·T+t] <= t and key_begin never decreases along a sequence (a document
@@ -156,13 +163,14 @@ class Backend {
   // `rows` (QueryRows) limits the call to some query rows of each sequence.
   virtual void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C,
                                  int NH, int NKV, const int32_t* key_begin = nullptr,
-                                 QueryRows rows = {}) = 0;
+                                 QueryRows rows = {}, float scale = 0.0f) = 0;
   // dqkv [B,T,W] (+=); scratch is as large as att, floats the op may overwrite. A key/value
   // head's gradient sums over its NH/NKV query heads in a fixed order (deterministic).
   virtual void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
                                   const float* att, int B, int T, int C, int NH, int NKV,
                                   GradMode mode = GradMode::accumulate,
-                                  const int32_t* key_begin = nullptr, QueryRows rows = {}) = 0;
+                                  const int32_t* key_begin = nullptr, QueryRows rows = {},
+                                  float scale = 0.0f) = 0;
   // Decoding with a cache of keys and values (generation), for B sequences of equal length: the
   // causal attention of rows p .. p+n-1 of each, whose q|k|v are its rows p .. p+n-1 in qkv,
   // against the keys and values of its rows 0 .. p+n-1 (rows before p: those an earlier call
@@ -171,9 +179,9 @@ class Backend {
   // sequence, without its T×T work: n·(p+n) scores instead of (p+n)². With NKV < NH the cache
   // (the k and v columns) is NKV/NH of GPT-2's. window > 0 (a sliding window, model.
   // sliding_window): the row at position t sees keys max(0, t − window + 1) .. t only, as
-  // attention_forward with that key_begin.
+  // attention_forward with that key_begin. scale as attention_forward's.
   virtual void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n,
-                                int C, int NH, int NKV, int window = 0) = 0;
+                                int C, int NH, int NKV, int window = 0, float scale = 0.0f) = 0;
 
   // ---- rotary position embedding (model.position = rope) -----------------------------------
   // Rotates in place the NH q heads and NKV k heads of qkv [N, W] (layout as above; v untouched).
@@ -349,16 +357,17 @@ class Backend {
     gelu_backward(dpre, pre, dact, size_t(N) * size_t(IC), mode);
   }
   // Causal self-attention, flash-attention style: only lse [B,NH,T] (fp32, natural log of the
-  // softmax denominator of each query row, scores scaled by 1/sqrt(hd)) is kept for backward,
+  // softmax denominator of each query row, of the scaled scores) is kept for backward,
   // no T×T matrix. Backward recomputes the probabilities from qkv and lse; it reads the
   // forward's out; dqkv (+=). Layouts and key_begin as the fp32 attention.
   virtual void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C,
                                  int NH, int NKV, const int32_t* key_begin = nullptr,
-                                 QueryRows rows = {}) = 0;
+                                 QueryRows rows = {}, float scale = 0.0f) = 0;
   virtual void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv,
                                   const bf16_t* out, const float* lse, int B, int T, int C, int NH,
                                   int NKV, GradMode mode = GradMode::accumulate,
-                                  const int32_t* key_begin = nullptr, QueryRows rows = {}) = 0;
+                                  const int32_t* key_begin = nullptr, QueryRows rows = {},
+                                  float scale = 0.0f) = 0;
   // As the fp32 SwiGLU; computed in fp32, each output rounded once.
   virtual void swiglu_forward(bf16_t* out, const bf16_t* pre, int N, int H) = 0;
   virtual void swiglu_backward(bf16_t* dpre, const bf16_t* pre, const bf16_t* dout, int N, int H,
@@ -377,7 +386,7 @@ class Backend {
                                 GradMode mode = GradMode::accumulate) = 0;
   // As the fp32 attention_decode; scores, softmax and sums in fp32, out rounded once.
   virtual void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n,
-                                int C, int NH, int NKV, int window = 0) = 0;
+                                int C, int NH, int NKV, int window = 0, float scale = 0.0f) = 0;
   virtual void gelu_forward(bf16_t* out, const bf16_t* inp, size_t n) = 0;
   virtual void gelu_backward(bf16_t* dinp, const bf16_t* inp, const bf16_t* dout, size_t n,
                              GradMode mode = GradMode::accumulate) = 0;

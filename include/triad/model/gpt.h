@@ -90,6 +90,10 @@ struct GptShape {
   // model) attends to the whole context when full_attention_every > 0 and (i + 1) is a multiple of
   // it; the other layers keep to the window. 0: every layer keeps to the window.
   int full_attention_every = 0;
+  // The attention scores' scale (model.attn_scale): q·k times attn_scale; 0: 1/sqrt(hd()), the
+  // usual one (μP's 1/hd, Gemma 2's 1/sqrt(query_pre_attn_scalar) and Granite's multiplier are
+  // others).
+  float attn_scale = 0.0f;
   // Soft-capped logits (model.logit_softcap; Gemma 2's 30, modded-nanogpt's): the head's logits
   // become c·tanh(logit / c), within (−c, c), before the loss, evaluation and sampling
   // (Backend::logit_softcap). 0: none.

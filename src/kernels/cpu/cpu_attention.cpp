@@ -174,10 +174,10 @@ const int32_t* seq_key_begin(const int32_t* key_begin, int b, int T) {
   return key_begin != nullptr ? key_begin + size_t(b) * T : nullptr;
 }
 
-Dims make_dims(int T, int C, int NH, int NKV, QueryRows rows = {}) {
+Dims make_dims(int T, int C, int NH, int NKV, QueryRows rows, float scale) {
   const int hd = C / NH;
   const int q0 = rows.whole(T) ? 0 : rows.first, L = rows.keys(T);
-  return Dims{T, q0, L, hd, qkv_width(C, NH, NKV), C, float(1.0 / std::sqrt(double(hd)))};
+  return Dims{T, q0, L, hd, qkv_width(C, NH, NKV), C, attention_scale(scale, hd)};
 }
 
 // Offsets within a qkv row of query head h's k and v (key/value head h % NKV).
@@ -187,9 +187,9 @@ size_t v_offset(int C, int NKV, int h, int hd) { return size_t(C) + size_t(NKV +
 }  // namespace
 
 void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n, int C, int NH,
-                      int NKV, int window) {
+                      int NKV, int window, float scale) {
   const int L = p + n;  // keys: the cached rows and the new ones
-  const Dims d = make_dims(L, C, NH, NKV);
+  const Dims d = make_dims(L, C, NH, NKV, {}, scale);
   ensure_single_threaded_blas();
 #pragma omp parallel
   {
@@ -216,8 +216,8 @@ void attention_decode(float* out, const float* qkv, int B, int stride, int p, in
 }
 
 void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH,
-                       int NKV, const int32_t* key_begin, QueryRows rows) {
-  const Dims d = make_dims(T, C, NH, NKV, rows);
+                       int NKV, const int32_t* key_begin, QueryRows rows, float scale) {
+  const Dims d = make_dims(T, C, NH, NKV, rows, scale);
   const int hd = d.hd;
   ensure_single_threaded_blas();
 #pragma omp parallel for schedule(static)
@@ -233,8 +233,8 @@ void attention_forward(float* out, float* att, const float* qkv, int B, int T, i
 
 void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
                         const float* att, int B, int T, int C, int NH, int NKV,
-                        const int32_t* key_begin, QueryRows rows) {
-  const Dims d = make_dims(T, C, NH, NKV, rows);
+                        const int32_t* key_begin, QueryRows rows, float scale) {
+  const Dims d = make_dims(T, C, NH, NKV, rows, scale);
   const int hd = d.hd;
   const size_t per_att = d.att_floats(), per_out = size_t(d.rows()) * C;
   ensure_single_threaded_blas();

@@ -109,20 +109,21 @@ class CpuBackend final : public Backend {
     cpu::bias_backward(dbias, dout, N, OC);
   }
   void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH,
-                         int NKV, const int32_t* key_begin, QueryRows rows) override {
+                         int NKV, const int32_t* key_begin, QueryRows rows, float scale) override {
     check_query_rows(rows, T);
-    cpu::attention_forward(out, att, qkv, B, T, C, NH, NKV, key_begin, rows);
+    cpu::attention_forward(out, att, qkv, B, T, C, NH, NKV, key_begin, rows, scale);
   }
   void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
                           const float* att, int B, int T, int C, int NH, int NKV, GradMode mode,
-                          const int32_t* key_begin, QueryRows rows) override {
+                          const int32_t* key_begin, QueryRows rows, float scale) override {
     check_query_rows(rows, T);
     if (mode == GradMode::overwrite) zero(dqkv, size_t(B) * T * qkv_width(C, NH, NKV));
-    cpu::attention_backward(dqkv, scratch, dout, qkv, att, B, T, C, NH, NKV, key_begin, rows);
+    cpu::attention_backward(dqkv, scratch, dout, qkv, att, B, T, C, NH, NKV, key_begin, rows,
+                            scale);
   }
   void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n, int C,
-                        int NH, int NKV, int window) override {
-    cpu::attention_decode(out, qkv, B, stride, p, n, C, NH, NKV, window);
+                        int NH, int NKV, int window, float scale) override {
+    cpu::attention_decode(out, qkv, B, stride, p, n, C, NH, NKV, window, scale);
   }
   void swiglu_forward(float* out, const float* pre, int N, int H) override {
     cpu::swiglu_forward(out, pre, N, H);
@@ -237,20 +238,20 @@ class CpuBackend final : public Backend {
     cpu::bias_backward(dbias, dout, N, OC);
   }
   void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C, int NH,
-                         int NKV, const int32_t* key_begin, QueryRows rows) override {
+                         int NKV, const int32_t* key_begin, QueryRows rows, float scale) override {
     check_query_rows(rows, T);
-    cpu::attention_forward(out, lse, qkv, B, T, C, NH, NKV, key_begin, rows);
+    cpu::attention_forward(out, lse, qkv, B, T, C, NH, NKV, key_begin, rows, scale);
   }
   void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, const bf16_t* out,
                           const float* lse, int B, int T, int C, int NH, int NKV, GradMode mode,
-                          const int32_t* key_begin, QueryRows rows) override {
+                          const int32_t* key_begin, QueryRows rows, float scale) override {
     check_query_rows(rows, T);
     if (mode == GradMode::overwrite) zero(dqkv, size_t(B) * T * qkv_width(C, NH, NKV));
-    cpu::attention_backward(dqkv, dout, qkv, out, lse, B, T, C, NH, NKV, key_begin, rows);
+    cpu::attention_backward(dqkv, dout, qkv, out, lse, B, T, C, NH, NKV, key_begin, rows, scale);
   }
   void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n, int C,
-                        int NH, int NKV, int window) override {
-    cpu::attention_decode(out, qkv, B, stride, p, n, C, NH, NKV, window);
+                        int NH, int NKV, int window, float scale) override {
+    cpu::attention_decode(out, qkv, B, stride, p, n, C, NH, NKV, window, scale);
   }
   void swiglu_forward(bf16_t* out, const bf16_t* pre, int N, int H) override {
     cpu::swiglu_forward(out, pre, N, H);

@@ -157,9 +157,9 @@ void bias_backward(float* dbias, const bf16_t* dout, int N, int OC) {
 // lse[b,h,i − q0] = ln Σ_{lo<=j<=i} exp(scale · q_i·k_j), lo = key_begin[b,i] (0 without), for
 // the range's rows q0 <= i < L, from the widened qkv (max-shifted).
 static void attention_lse(float* lse, const float* qkv, int B, int T, int C, int NH, int NKV,
-                          const int32_t* key_begin, QueryRows rows) {
+                          const int32_t* key_begin, QueryRows rows, float scale_or_0) {
   const int hd = C / NH;
-  const float scale = 1.0f / std::sqrt(float(hd));
+  const float scale = attention_scale(scale_or_0, hd);
   const size_t ld = size_t(qkv_width(C, NH, NKV));
   const int L = rows.keys(T), n = rows.rows(T), q0 = L - n;
 #pragma omp parallel for collapse(2) schedule(static)
@@ -186,20 +186,20 @@ static void attention_lse(float* lse, const float* qkv, int B, int T, int C, int
 }
 
 void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C, int NH,
-                       int NKV, const int32_t* key_begin, QueryRows rows) {
+                       int NKV, const int32_t* key_begin, QueryRows rows, float scale) {
   const size_t n = size_t(rows.rows(T)), L = size_t(rows.keys(T));
   const size_t nqkv = size_t(B) * T * qkv_width(C, NH, NKV), nout = size_t(B) * n * C;
   const float* q = widen(0, qkv, nqkv);
   float* o = scratch(1, nout);
   float* att = scratch(2, size_t(B) * NH * n * L);
-  attention_forward(o, att, q, B, T, C, NH, NKV, key_begin, rows);
-  attention_lse(lse, q, B, T, C, NH, NKV, key_begin, rows);
+  attention_forward(o, att, q, B, T, C, NH, NKV, key_begin, rows, scale);
+  attention_lse(lse, q, B, T, C, NH, NKV, key_begin, rows, scale);
   to_bf16(out, o, nout);
 }
 
 void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, const bf16_t* out,
                         const float* lse, int B, int T, int C, int NH, int NKV,
-                        const int32_t* key_begin, QueryRows rows) {
+                        const int32_t* key_begin, QueryRows rows, float scale) {
   // The probabilities are recomputed in fp32 from the bf16 qkv, as the forward computed them
   // (the flash kernels use lse for that; here the fp32 forward is the simpler reference).
   (void)out;
@@ -209,22 +209,22 @@ void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, con
   const size_t natt = size_t(B) * NH * n * L;
   const float* q = widen(0, qkv, nqkv);
   float* att = scratch(2, natt);
-  attention_forward(scratch(1, nout), att, q, B, T, C, NH, NKV, key_begin, rows);
+  attention_forward(scratch(1, nout), att, q, B, T, C, NH, NKV, key_begin, rows, scale);
   through_fp32(3, dqkv, nqkv, [&](float* dq) {
     attention_backward(dq, scratch(4, natt), widen(5, dout, nout), q, att, B, T, C, NH, NKV,
-                       key_begin, rows);
+                       key_begin, rows, scale);
   });
 }
 
 void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n, int C,
-                      int NH, int NKV, int window) {
+                      int NH, int NKV, int window, float scale) {
   const size_t W = size_t(qkv_width(C, NH, NKV));
   const size_t nout = size_t(B) * n * C, seq = size_t(p + n) * W;
   float* o = scratch(1, nout);
   // Each sequence's rows 0 .. p+n-1 only (not the rows its stride leaves unused), packed.
   float* q = scratch(0, size_t(B) * seq);
   for (int b = 0; b < B; ++b) widen_into(q + size_t(b) * seq, qkv + size_t(b) * stride * W, seq);
-  attention_decode(o, q, B, p + n, p, n, C, NH, NKV, window);
+  attention_decode(o, q, B, p + n, p, n, C, NH, NKV, window, scale);
   to_bf16(out, o, nout);
 }
 

@@ -171,11 +171,11 @@ size_t attention_workspace_floats(int B, int T, int C) { return size_t(7) * B * 
 
 void attention_forward(cudaStream_t s, cublasHandle_t h, float* workspace, float* out, float* att,
                        const float* qkv, int B, int T, int C, int NH, float* lse,
-                       const int32_t* key_begin) {
+                       const int32_t* key_begin, float scale_or_0) {
   check_shape(B, T, C, NH);
   const int hd = C / NH;
   const int batch = B * NH;
-  const float scale = float(1.0 / std::sqrt(double(hd)));
+  const float scale = attention_scale(scale_or_0, hd);
   const long long head = (long long)T * hd;  // stride between heads in q/k/v/o
   const long long tt = (long long)T * T;     // stride between heads in att
   const size_t total = size_t(B) * T * C;
@@ -199,11 +199,11 @@ void attention_forward(cudaStream_t s, cublasHandle_t h, float* workspace, float
 
 void attention_backward(cudaStream_t s, cublasHandle_t h, float* workspace, float* dqkv,
                         float* scratch, const float* dout, const float* qkv, const float* att,
-                        int B, int T, int C, int NH, const int32_t* key_begin) {
+                        int B, int T, int C, int NH, const int32_t* key_begin, float scale_or_0) {
   check_shape(B, T, C, NH);
   const int hd = C / NH;
   const int batch = B * NH;
-  const float scale = float(1.0 / std::sqrt(double(hd)));
+  const float scale = attention_scale(scale_or_0, hd);
   const long long head = (long long)T * hd;
   const long long tt = (long long)T * T;
   const size_t total = size_t(B) * T * C;
@@ -244,18 +244,18 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, float* workspace, floa
 
 void attention_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, float* out,
                        float* att, const float* qkv, int B, int T, int C, int NH, int NKV,
-                       const int32_t* key_begin) {
+                       const int32_t* key_begin, float scale) {
   check_shape(B, T, C, NH);
   check_kv_heads(NH, NKV);
   float* ws = scratch.fp32_workspace.get_as<float>(attention_workspace_floats(B, T, C), s);
   attention_forward(s, h, ws, out, att, mha_qkv(scratch, s, qkv, B * T, C, NH, NKV), B, T, C, NH,
-                    nullptr, key_begin);
+                    nullptr, key_begin, scale);
 }
 
 void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, float* dqkv,
                         float* tt_scratch, const float* dout, const float* qkv, const float* att,
                         int B, int T, int C, int NH, int NKV, bool accumulate,
-                        const int32_t* key_begin) {
+                        const int32_t* key_begin, float scale) {
   check_shape(B, T, C, NH);
   check_kv_heads(NH, NKV);
   float* ws = scratch.fp32_workspace.get_as<float>(attention_workspace_floats(B, T, C), s);
@@ -264,7 +264,7 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scra
     if (!accumulate) {
       TRIAD_CUDA_CHECK(cudaMemsetAsync(dqkv, 0, size_t(B) * T * 3 * C * sizeof(float), s));
     }
-    attention_backward(s, h, ws, dqkv, tt_scratch, dout, qkv, att, B, T, C, NH, key_begin);
+    attention_backward(s, h, ws, dqkv, tt_scratch, dout, qkv, att, B, T, C, NH, key_begin, scale);
     return;
   }
   // The MHA backward adds into the expanded gradient: dq onto the old dq (so each dq element is
@@ -273,7 +273,7 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scra
   const GroupedHeads<float> g = grouped_heads_scratch<float>(scratch, s, N, C, true);
   expand_kv_heads(s, g.qkv, qkv, N, C, NH, NKV);
   prepare_expanded_dqkv(s, g.dqkv, static_cast<const float*>(dqkv), N, C, NH, NKV, accumulate);
-  attention_backward(s, h, ws, g.dqkv, tt_scratch, dout, g.qkv, att, B, T, C, NH, key_begin);
+  attention_backward(s, h, ws, g.dqkv, tt_scratch, dout, g.qkv, att, B, T, C, NH, key_begin, scale);
   reduce_kv_heads(s, dqkv, static_cast<const float*>(g.dqkv), N, C, NH, NKV, accumulate);
 }
 

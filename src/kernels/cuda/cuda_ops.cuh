@@ -150,23 +150,25 @@ struct AttentionScratch {
 // The MHA op (qkv [B,T,3C]); also the bf16 fallback's. workspace: at least
 // attention_workspace_floats(B, T, C) floats, owned by the backend. lse (may be nullptr):
 // [B,NH,T] log-sum-exp of the scaled scores of each query row. Backward accumulates (+=).
-// key_begin: the document mask of backend.h (device memory), or nullptr.
+// key_begin: the document mask of backend.h (device memory), or nullptr. scale: backend.h's (0:
+// 1/sqrt(hd)), here and below.
 size_t attention_workspace_floats(int B, int T, int C);
 void attention_forward(cudaStream_t s, cublasHandle_t h, float* workspace, float* out, float* att,
                        const float* qkv, int B, int T, int C, int NH, float* lse = nullptr,
-                       const int32_t* key_begin = nullptr);
+                       const int32_t* key_begin = nullptr, float scale = 0.0f);
 void attention_backward(cudaStream_t s, cublasHandle_t h, float* workspace, float* dqkv,
                         float* scratch, const float* dout, const float* qkv, const float* att,
-                        int B, int T, int C, int NH, const int32_t* key_begin = nullptr);
+                        int B, int T, int C, int NH, const int32_t* key_begin = nullptr,
+                        float scale = 0.0f);
 // Backend::attention_forward / attention_backward (fp32), any NKV: the MHA op above, on the
 // expanded rows where NKV < NH. accumulate false: dqkv overwritten.
 void attention_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, float* out,
                        float* att, const float* qkv, int B, int T, int C, int NH, int NKV,
-                       const int32_t* key_begin = nullptr);
+                       const int32_t* key_begin = nullptr, float scale = 0.0f);
 void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, float* dqkv,
                         float* tt_scratch, const float* dout, const float* qkv, const float* att,
                         int B, int T, int C, int NH, int NKV, bool accumulate,
-                        const int32_t* key_begin = nullptr);
+                        const int32_t* key_begin = nullptr, float scale = 0.0f);
 
 // ---- attention, bf16 (cuda_attention_bf16.cu) ----------------------------------------------
 // The fused flash kernels (flash_attention.cuh) where they apply (head dim 64 or 128, aligned
@@ -175,12 +177,13 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scra
 // rows: a query range (QueryRows of backend.h), on the flash kernels only.
 void attention_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* out,
                        float* lse, const bf16* qkv, int B, int T, int C, int NH, int NKV,
-                       const int32_t* key_begin = nullptr, QueryRows rows = {});
+                       const int32_t* key_begin = nullptr, QueryRows rows = {}, float scale = 0.0f);
 void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* dqkv,
                         const bf16* dout, const bf16* qkv, const bf16* out, const float* lse, int B,
                         int T, int C, int NH, int NKV,
                         bool accumulate = true,  // false: dqkv overwritten
-                        const int32_t* key_begin = nullptr, QueryRows rows = {});
+                        const int32_t* key_begin = nullptr, QueryRows rows = {},
+                        float scale = 0.0f);
 
 // ---- grouped-query attention through the MHA ops (cuda_grouped_heads.cu) -------------------
 // N rows; compact rows W = C + 2·NKV·hd wide, expanded (MHA) rows 3C wide.
@@ -219,9 +222,9 @@ void reduce_kv_heads(cudaStream_t s, Elem* dqkv, const Elem* dmha, int N, int C,
 // Backend::attention_decode: out [B, n, C], sequence b's rows at qkv + b·stride rows of W;
 // window > 0: each row's last `window` keys only.
 void attention_decode(cudaStream_t s, float* out, const float* qkv, int B, int stride, int p, int n,
-                      int C, int NH, int NKV, int window = 0);
+                      int C, int NH, int NKV, int window = 0, float scale = 0.0f);
 void attention_decode(cudaStream_t s, bf16* out, const bf16* qkv, int B, int stride, int p, int n,
-                      int C, int NH, int NKV, int window = 0);
+                      int C, int NH, int NKV, int window = 0, float scale = 0.0f);
 
 // ---- SwiGLU (cuda_swiglu.cu): backend.h swiglu_forward / swiglu_backward ------------------
 template <typename Elem>

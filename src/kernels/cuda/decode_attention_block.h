@@ -69,9 +69,10 @@ TRIAD_BLOCK_FN float block_reduce(X& x, float* red, float v, bool is_max) {
 
 // E: float (fp32) or uint16_t (bf16 bits). out [B, n, C], sequence b's rows at qkv + b·stride
 // rows of W = C + 2·NKV·hd, as in backend.h. window > 0: a row sees its last `window` keys.
+// scale: the scores' (0: 1/sqrt(hd)).
 template <class X, class E>
 TRIAD_BLOCK_FN void row(X& x, E* out, const E* qkv, int stride, int p, int n, int C, int NH,
-                        int NKV, int window) {
+                        int NKV, int window, float scale_or_0 = 0.0f) {
   const int h = x.block_x(), b = x.block_y() / n, r = x.block_y() % n, t = x.thread();
   const int hd = C / NH, keys = p + r + 1;  // row p + r sees keys lo .. p + r
   const int lo = window > 0 && keys > window ? keys - window : 0;
@@ -83,7 +84,7 @@ TRIAD_BLOCK_FN void row(X& x, E* out, const E* qkv, int stride, int p, int n, in
   float* q = reinterpret_cast<float*>(x.smem());  // [hd], scaled
   float* s = q + hd;                              // [keys - lo]: key j's score at s[j - lo]
   float* red = s + (keys - lo);                   // [kThreads]
-  const float scale = 1.0f / float(x.sqrt(double(hd)));
+  const float scale = scale_or_0 > 0.0f ? scale_or_0 : 1.0f / float(x.sqrt(double(hd)));
   for (int d = t; d < hd; d += kThreads)
     q[d] = scale * load(x, qkv + size_t(p + r) * ld + size_t(h) * hd + d);
   x.sync_threads();

@@ -185,10 +185,10 @@ void allow_smem(size_t bytes) {
 
 template <class Tiles>
 void forward_with(bf16* out, float* lse, const bf16* qkv, int B, const flash::Rows& rows, int C,
-                  int NH, int NKV, const int32_t* key_begin, cudaStream_t s) {
+                  int NH, int NKV, const int32_t* key_begin, cudaStream_t s, float scale) {
   constexpr size_t smem = flash::forward_smem<Tiles>();
   allow_smem<forward_kernel<Tiles>>(smem);
-  const flash::Launch l = flash::launch_shape(B, rows, NH, Tiles::kHD, NKV);
+  const flash::Launch l = flash::launch_shape(B, rows, NH, Tiles::kHD, NKV, scale);
   const dim3 grid(unsigned(l.blocks_x), unsigned(l.blocks_y));
   const TileMaps maps = tile_maps<Tiles>(qkv, nullptr, B, rows, C, NKV * Tiles::kHD);
   forward_kernel<Tiles><<<grid, flash::kThreads, smem, s>>>(bits(out), lse, bits(qkv), maps, rows,
@@ -211,7 +211,7 @@ size_t dq_turns_count(int B, int T, int NH) {  // the turns and the ticket count
 template <class Tiles, bool AtomicDq, bool Ordered>
 void backward_with(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out, const float* lse,
                    float* ws, int B, const flash::Rows& rows, int C, int NH, int NKV,
-                   const int32_t* key_begin, cudaStream_t s, bool accumulate) {
+                   const int32_t* key_begin, cudaStream_t s, bool accumulate, float scale) {
   const int T = rows.seq;  // the workspace's layout: sized for whole sequences
   constexpr int HD = Tiles::kHD;
   constexpr size_t dkdv_smem = flash::dkdv_smem<Tiles, AtomicDq>();
@@ -226,7 +226,7 @@ void backward_with(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* ou
   float* Dv = ws;
   float* dq_accum = AtomicDq ? ws + dq_accum_offset(B, T, NH) : nullptr;
   int* dq_turns = Ordered ? reinterpret_cast<int*>(ws + dq_turns_offset(B, T, C, NH)) : nullptr;
-  const flash::Launch l = flash::launch_shape(B, rows, NH, HD, NKV);
+  const flash::Launch l = flash::launch_shape(B, rows, NH, HD, NKV, scale);
   // D and the zeroed accumulator and turns over the range's rows (out and dout hold only those).
   dot_kernel<HD><<<unsigned(l.dot_blocks), flash::kThreads, 0, s>>>(
       Dv, dq_accum, dq_turns, bits(dout), bits(out), B, rows.count, NH);
@@ -392,19 +392,20 @@ void with_tiles(FlashKernel kernel, int hd, F f) {
 
 void flash_attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH,
                              const int32_t* key_begin, cudaStream_t s, FlashKernel kernel,
-                             QueryRows range, int NKV) {
+                             QueryRows range, int NKV, float scale) {
   if (NKV == 0) NKV = NH;
   check_shape(B, T, C, NH, NKV);
   const flash::Rows rows = rows_of(T, range);
   with_tiles(flash_kernel_for_device(kernel), C / NH, [&](auto tiles) {
-    forward_with<decltype(tiles)>(out, lse, qkv, B, rows, C, NH, NKV, key_begin, s);
+    forward_with<decltype(tiles)>(out, lse, qkv, B, rows, C, NH, NKV, key_begin, s, scale);
   });
 }
 
 void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out,
                               const float* lse, float* workspace, int B, int T, int C, int NH,
                               const int32_t* key_begin, cudaStream_t s, bool accumulate,
-                              FlashKernel kernel, FlashBackward mode, QueryRows range, int NKV) {
+                              FlashKernel kernel, FlashBackward mode, QueryRows range, int NKV,
+                              float scale) {
   if (NKV == 0) NKV = NH;
   check_shape(B, T, C, NH, NKV);
   const flash::Rows rows = rows_of(T, range);
@@ -417,13 +418,13 @@ void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, con
     using Tiles = decltype(tiles);
     if (m == FlashBackward::ordered)
       backward_with<Tiles, true, true>(dqkv, dout, qkv, out, lse, workspace, B, rows, C, NH, NKV,
-                                       key_begin, s, accumulate);
+                                       key_begin, s, accumulate, scale);
     else if (atomic)
       backward_with<Tiles, true, false>(dqkv, dout, qkv, out, lse, workspace, B, rows, C, NH, NKV,
-                                        key_begin, s, accumulate);
+                                        key_begin, s, accumulate, scale);
     else
       backward_with<Tiles, false, false>(dqkv, dout, qkv, out, lse, workspace, B, rows, C, NH, NKV,
-                                         key_begin, s, accumulate);
+                                         key_begin, s, accumulate, scale);
   });
 }
 

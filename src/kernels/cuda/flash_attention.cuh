@@ -10,7 +10,8 @@
 //   out  [B,T,C]
 //   lse  [B,NH,T]  fp32, natural log of Σ_j exp(scale · q_i·k_j) over the keys j <= i
 //   dqkv [B,T,W]   overwritten, or accumulated into (round(old + gradient)) on request
-// scale = 1/sqrt(hd), hd = C/NH ∈ {64, 128}; any T >= 1. No T×T matrix in global memory.
+// scale = 1/sqrt(hd) unless given, hd = C/NH ∈ {64, 128}; any T >= 1. No T×T matrix in global
+// memory.
 // key_begin (nullptr: plain causal) is a document mask [B,T] in device memory, query t of
 // sequence b seeing keys key_begin[b·T+t] .. t (never decreasing along a sequence; backend.h);
 // lse then sums over those keys. Key tiles a query block does not see are skipped.
@@ -79,7 +80,8 @@ size_t flash_attention_workspace_floats(int B, int T, int C, int NH,
 void flash_attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH,
                              const int32_t* key_begin, cudaStream_t s,
                              FlashKernel kernel = FlashKernel::automatic, QueryRows rows = {},
-                             int NKV = 0);  // 0: NH
+                             int NKV = 0,          // 0: NH
+                             float scale = 0.0f);  // backend.h's (0: 1/sqrt(hd))
 
 // dqkv [B,T,W] from dout [B,T,C], the forward's qkv, out, lse and key_begin: overwritten, or with
 // accumulate each element becomes round(old + gradient) in fp32 (the Backend's += contract).
@@ -92,7 +94,7 @@ void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, con
                               const int32_t* key_begin, cudaStream_t s, bool accumulate = false,
                               FlashKernel kernel = FlashKernel::automatic,
                               FlashBackward mode = FlashBackward::automatic, QueryRows rows = {},
-                              int NKV = 0);
+                              int NKV = 0, float scale = 0.0f);
 
 // The building blocks of the kernel's tile policy, one per call on the current device
 // (flash_probe_block.h: probe `index` of flash_probe_count(), a product form or the tile load,

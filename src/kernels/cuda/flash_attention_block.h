@@ -154,16 +154,18 @@ struct Rows {
 struct Launch {
   int blocks_x, blocks_y, kv_blocks_x, key_blocks;
   size_t dot_blocks;
-  float scale, scale_log2;  // 1/sqrt(HD), and times log2(e)
+  float scale, scale_log2;  // the scores' scale (1/sqrt(HD) by default), and times log2(e)
 };
-inline Launch launch_shape(int B, const Rows& rows, int NH, int HD, int NKV = 0) {
+// scale: the attention ops' (backend.h; 0: 1/sqrt(HD)).
+inline Launch launch_shape(int B, const Rows& rows, int NH, int HD, int NKV = 0,
+                           float scale = 0.0f) {
   Launch l;
   l.blocks_x = B * NH;
   l.kv_blocks_x = B * (NKV > 0 ? NKV : NH);
   l.blocks_y = rows.query_tiles();
   l.key_blocks = (rows.keys() + kTile - 1) / kTile;
   l.dot_blocks = (size_t(B) * rows.count * NH + kWarps - 1) / kWarps;
-  l.scale = float(1.0 / std::sqrt(double(HD)));
+  l.scale = scale > 0.0f ? scale : float(1.0 / std::sqrt(double(HD)));
   l.scale_log2 = l.scale * kLog2e;
   return l;
 }
