@@ -879,6 +879,10 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
         raise ConvertError(f"{path}: the model caps its logits at {a['logit_softcap']} "
                            f"(model.logit_softcap); none of the export formats (GPT-2's, llm.c's, "
                            f"Hugging Face's Llama, Qwen2, Qwen3 and Mistral) caps logits")
+    if int(a.get("mup_base_width", 0)):  # its logits multiplier and attention scale
+        raise ConvertError(f"{path}: the model is μP-parametrized (model.mup_base_width = "
+                           f"{a['mup_base_width']}: logits times 1/m, another attention scale); "
+                           f"the export formats hold neither")
     if float(a.get("attn_scale", 0.0)):  # the formats scale the scores by 1/sqrt(head width)
         raise ConvertError(f"{path}: the model scales its attention scores by {a['attn_scale']} "
                            f"(model.attn_scale); the export formats scale them by 1/sqrt(head "

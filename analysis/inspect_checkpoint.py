@@ -295,6 +295,9 @@ def _check(rep: Report) -> None:
     scale = ma.get("attn_scale", 0.0)  # absent: 1/sqrt(head width)
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and 0 <= scale <= 100):
         P.append(f"/model attribute attn_scale = {scale!r}, not a number in [0, 100]")
+    base = ma.get("mup_base_width", 0)  # absent: no μP
+    if not (isinstance(base, int) and 0 <= base <= 1 << 20):
+        P.append(f"/model attribute mup_base_width = {base!r}, not a width in [0, 2^20]")
     cap = ma.get("logit_softcap", 0.0)  # absent: no cap
     if not (isinstance(cap, (int, float)) and math.isfinite(cap) and 0 <= cap <= 1e4):
         P.append(f"/model attribute logit_softcap = {cap!r}, not a number in [0, 1e4]")

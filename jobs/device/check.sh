@@ -328,14 +328,17 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
     # schedules (sched): an attention window growing from 4 over 30 steps (the flash kernels'
     # masks change from step to step) with a batch ramped up from 4 sequences (one micro-batch,
     # then two), a z-loss (the cross-entropy kernels' z-loss path, bf16's one-pass kernel) and
-    # logits soft-capped at 3 (the cap's kernel and its derivative in the cross-entropy kernels).
+    # logits soft-capped at 3 (the cap's kernel and its derivative in the cross-entropy kernels),
+    # under μP (the logits' multiplier, μP's attention scale in the flash kernels, the AdamW
+    # runs' learning-rate scales).
     for tag in muon rope sched; do
       opts=(--optim.name muon --train.norms_every 10)
       [[ $tag == rope ]] && opts=(--model.position rope --model.norm rmsnorm --model.mlp swiglu --model.bias false
                                   --model.tie_embeddings false --model.n_kv_head 1 --model.qk_norm true
                                   --model.qkv_bias true --model.norm_eps 1e-6)
       [[ $tag == sched ]] && opts=(--train.window_warmup "4, 30, 4" --train.batch_rampup "4, 4, 120"
-                                   --train.z_loss 0.01 --model.logit_softcap 3)
+                                   --train.z_loss 0.01 --model.logit_softcap 3
+                                   --model.mup_base_width 64)
       for v in "${variants[@]}"; do
         read -r be pr <<<"$v"
         timeout "$(tmo 90 150)" "$B/triad-train" --config "$W/tiny.ini" --run.backend "$be" --run.precision "$pr" \
@@ -479,7 +482,7 @@ try:
     print(f"RESULT_NORMS cuda fp32 vs cpu, step 0, {len(n_cpu)} layer norms: max rel diff {worst:.2e}")
 except Exception as e:
     print("RESULT_MUON failed:", e)
-for tag in ("rope", "sched"):  # Llama's blocks; the window warmup, batch ramp, z-loss and cap
+for tag in ("rope", "sched"):  # Llama's blocks; window warmup, batch ramp, z-loss, cap and μP
     try:
         load_curves("_" + tag)
         for v in ("cuda_fp32", "cuda_bf16"):

@@ -686,6 +686,10 @@ CheckpointState read_state(hid_t file) {
   TRIAD_CHECK(
       std::isfinite(s.model.attn_scale) && s.model.attn_scale >= 0 && s.model.attn_scale <= 100,
       "attribute attn_scale of /model is ", s.model.attn_scale, ", not in [0, 100]");
+  s.model.mup_base_width = io::read_int64_attr(model, "mup_base_width").value_or(0);
+  TRIAD_CHECK(s.model.mup_base_width >= 0 && s.model.mup_base_width <= (int64_t(1) << 20),
+              "attribute mup_base_width of /model is ", s.model.mup_base_width,
+              ", not in [0, 2^20]");
   s.model.logit_softcap = io::read_double_attr(model, "logit_softcap").value_or(0.0);
   TRIAD_CHECK(std::isfinite(s.model.logit_softcap) && s.model.logit_softcap >= 0 &&
                   s.model.logit_softcap <= 1e4,
@@ -1051,6 +1055,8 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
             io::write_int64_attr(model, "full_attention_every", state.model.full_attention_every);
           if (state.model.attn_scale > 0)  // 0: 1/sqrt(head width)
             io::write_double_attr(model, "attn_scale", state.model.attn_scale);
+          if (state.model.mup_base_width > 0)  // 0: the standard parametrization
+            io::write_int64_attr(model, "mup_base_width", state.model.mup_base_width);
           if (state.model.logit_softcap > 0)  // 0: no cap
             io::write_double_attr(model, "logit_softcap", state.model.logit_softcap);
           if (state.model.n_kv_head > 0)  // 0: not given (n_head)

@@ -738,6 +738,8 @@ void Gpt::init(uint64_t seed) {
   std::vector<float> host(buffer_floats_, 0.0f), full;
   Rng rng(seed);
   const double residual_std = 0.02 / std::sqrt(2.0 * shape_.n_layer);
+  // μP: the hidden matrices' deviation shrinks with the width, 1/sqrt(m) of the base model's.
+  const double hidden = 1.0 / std::sqrt(shape_.mup_mult());
   for (const auto& t : gpt_parameter_layout(shape_)) {
     full.assign(t.numel, 0.0f);
     const bool is_bias = t.name.ends_with("/bias");
@@ -747,7 +749,8 @@ void Gpt::init(uint64_t seed) {
       std::fill(full.begin(), full.end(), 1.0f);
     } else if (!is_bias) {
       const bool residual = t.name.ends_with("c_proj/weight");
-      const double std = residual ? residual_std : 0.02;
+      const bool matrix = t.name.starts_with("h/") && t.shape.size() == 2;
+      const double std = (residual ? residual_std : 0.02) * (matrix ? hidden : 1.0);
       size_t n = t.numel;
       if (has_vocabulary_rows(t.name))  // padding rows 0
         n = size_t(shape_.vocab_size) * shape_.n_embd;

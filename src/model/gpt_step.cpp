@@ -286,12 +286,12 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
     // attention_decode's.
     if (inference_) {
       be_.attention_decode(L.atty, L.qkv, B, T, 0, T, Al, NHl, NKVl, shape_.layer_window(layer),
-                           shape_.attn_scale);
+                           shape_.scores_scale());
     } else if (mp_.cp > 1) {
       cp_attention_forward(L.atty, L.att, L.qkv, B, layer);
     } else {
       be_.attention_forward(L.atty, L.att, L.qkv, B, T, Al, NHl, NKVl, layer_key_begin(layer), {},
-                            shape_.attn_scale);
+                            shape_.scores_scale());
     }
   } else {
     // Decoding: sequence b keeps its q|k|v in rows b·seq_len + t of L.qkv (the cache); the new
@@ -311,7 +311,7 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
                  words(fresh + size_t(b) * T * row), word_count<A>(size_t(T) * row));
     }
     be_.attention_decode(L.atty, L.qkv, B, S_len, pos0, T, Al, NHl, NKVl,
-                         shape_.layer_window(layer), shape_.attn_scale);
+                         shape_.layer_window(layer), shape_.scores_scale());
   }
   be_.matmul_forward(attproj, L.atty, w.projw, projb, N, Al, C);
   reduce_rows(attproj, L.attproj, N);
@@ -426,6 +426,8 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
   // train.z_loss, in training only. The hit buffer holds log Z instead of the hits then (a
   // training step reads no accuracy), so the z-loss needs no memory of its own.
   const float z = with_grad ? z_loss_ : 0.0f;
+  // μP's logits multiplier: the gradient of the head's products is the loss's times it.
+  const float gscale = dloss_scale * shape_.logits_mult();
   float* hits = z > 0.0f ? nullptr : S.correct;
   float* log_z = z > 0.0f ? S.correct : nullptr;
   ForwardStats st;
@@ -438,7 +440,7 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
     head_logits(logits, x, rows, Vl);
     if (mp_.tp == 1) {
       be_.crossentropy_forward_backward(logits, S.losses + r0, hits ? hits + r0 : nullptr, tgt,
-                                        rows, shape_.vocab_size, Vl, dloss_scale, z,
+                                        rows, shape_.vocab_size, Vl, gscale, z,
                                         log_z ? log_z + r0 : nullptr, shape_.logit_softcap);
     } else {
       // Vocabulary-parallel cross-entropy: only per-row statistics cross the group, never
@@ -468,7 +470,7 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
       if (with_grad) {
         be_.copy_from_host(stats + 2 * rows, hsum, size_t(rows));
         be_.crossentropy_backward_partial(logits, stats, stats + 2 * rows, tgt, rows, vocab_valid_,
-                                          Vl, dloss_scale, z, shape_.logit_softcap);
+                                          Vl, gscale, z, shape_.logit_softcap);
       }
       for (int i = 0; i < rows; ++i) {
         if (host_targets[r0 + i] < 0) {  // masked: no loss (the kernels gave it no gradient)
@@ -596,10 +598,10 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
                             first_layer + i);
     else if constexpr (std::is_same_v<A, float>)
       be_.attention_backward(dqkv, a.datt_scratch, a.datty, L.qkv, L.att, B, T, Al, NHl, NKVl, kSet,
-                             layer_key_begin(first_layer + i), {}, shape_.attn_scale);
+                             layer_key_begin(first_layer + i), {}, shape_.scores_scale());
     else  // flash style: probabilities recomputed from qkv and the saved log-sum-exp
       be_.attention_backward(dqkv, a.datty, L.qkv, L.atty, L.att, B, T, Al, NHl, NKVl, kSet,
-                             layer_key_begin(first_layer + i), {}, shape_.attn_scale);
+                             layer_key_begin(first_layer + i), {}, shape_.scores_scale());
     rotate_pieces(dqkv, B, T, true);  // the gradient of the normalized q|k|v, before the rotation
     if (shape_.qk_norm)               // ... and of c_attn's output, before the norm
       qk_norm_backward(dqkv, gr.qnw, gr.knw, L.qkv_pre, w.qnw, w.knw, L.qk_rstd, N);

@@ -91,7 +91,8 @@ size_t Optimizer::state_bytes_for(const OptimConfig& cfg, size_t n,
 }
 
 Optimizer::Optimizer(const OptimConfig& cfg, const std::vector<ParamSpec>& specs, size_t begin,
-                     size_t end, Backend& be, Comm* dp, Comm* tp, bool zero_slice)
+                     size_t end, Backend& be, Comm* dp, Comm* tp, bool zero_slice,
+                     float hidden_lr_scale)
     : cfg_(cfg), begin_(begin), end_(end), be_(be) {
   TRIAD_ASSERT(begin <= end);
   for (size_t i = 0; i < slots_of(cfg); ++i)
@@ -108,7 +109,8 @@ Optimizer::Optimizer(const OptimConfig& cfg, const std::vector<ParamSpec>& specs
     const size_t lo = std::max(begin_, s.offset), hi = std::min(end_, s.offset + s.numel);
     // Weight decay only on matrices (wte, wpe, linear weights), as DESIGN.md §4 says.
     if (lo < hi)
-      runs_.push_back({lo - begin_, hi - begin_, s.decay ? float(cfg_.weight_decay) : 0.0f});
+      runs_.push_back({lo - begin_, hi - begin_, s.decay ? float(cfg_.weight_decay) : 0.0f,
+                       muon_updates(s.name) ? hidden_lr_scale : 1.0f});
   }
   std::sort(
       runs_.begin(), runs_.end(),
@@ -153,7 +155,7 @@ void Optimizer::update(float* params, const float* grads, double lr, int64_t ste
   }
   for (const auto& r : runs_) {  // element-wise updates make any cut exact
     be_.sgd_update(params + r.begin, grads + r.begin, slots_[0] + r.begin, r.end - r.begin,
-                   float(lr), float(cfg_.momentum), r.wd,
+                   float(lr) * r.lr_scale, float(cfg_.momentum), r.wd,
                    copy != nullptr ? copy + r.begin : nullptr, grad_scale);
   }
 }

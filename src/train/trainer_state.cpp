@@ -131,16 +131,18 @@ void Trainer::State::setup_model() {
   shard_hi = shard_lo + S;
   TRIAD_ASSERT(!model->sharded_master() ||
                (model->master_begin() == shard_lo && model->master_end() == shard_hi));
+  // μP (model.mup_base_width): AdamW moves the hidden matrices at lr / m.
+  const float hidden_lr = float(1.0 / model_shape().mup_mult());
   // train.freeze: the optimizer sees the trainable tensors only.
   const std::vector<ParamSpec> trained =
       trainable_specs(model->specs(), gpt_parameter_layout(model_shape()), cfg.train.freeze);
   if (cfg.parallel.zero >= 1) {
     opt = std::make_unique<Optimizer>(cfg.optim, trained, shard_lo, shard_hi, *be, &grid.dp(),
-                                      &grid.tp(), true);
+                                      &grid.tp(), true, hidden_lr);
     grad_shard = be->alloc(S);
   } else {
     opt = std::make_unique<Optimizer>(cfg.optim, trained, 0, model->buffer_floats(), *be,
-                                      &grid.dp(), &grid.tp(), false);
+                                      &grid.dp(), &grid.tp(), false, hidden_lr);
   }
   // The gradient norm counts each trainable parameter once: not the tensor-parallel replicas,
   // not the head's copy of wte, not a frozen tensor. Adjacent counted tensors merge into one
@@ -321,6 +323,7 @@ CheckpointState Trainer::State::checkpoint_state() const {
   st.model.full_attention_every = cfg.model.full_attention_every;
   st.model.logit_softcap = cfg.model.logit_softcap;
   st.model.attn_scale = cfg.model.attn_scale;
+  st.model.mup_base_width = cfg.model.mup_base_width;
   st.model.norm_eps = cfg.model.norm_eps;
   st.model.mlp = cfg.model.mlp;
   st.model.mlp_hidden = cfg.mlp_hidden_size();
@@ -413,6 +416,9 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
   TRIAD_CHECK(float(m.attn_scale) == float(c.attn_scale), "checkpoint ", path,
               " holds a model whose attention scale is ", m.attn_scale,
               " (0: 1/sqrt(head width)) but the config asks for model.attn_scale = ", c.attn_scale);
+  TRIAD_CHECK(m.mup_base_width == c.mup_base_width, "checkpoint ", path,
+              " holds a model of μP base width ", m.mup_base_width,
+              " (0: no μP) but the config asks for model.mup_base_width = ", c.mup_base_width);
   TRIAD_CHECK(float(m.norm_eps) == float(c.norm_eps), "checkpoint ", path,
               " holds a model with norm_eps ", m.norm_eps, " but the config asks for ",
               "model.norm_eps = ", c.norm_eps);

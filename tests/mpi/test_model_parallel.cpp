@@ -414,16 +414,19 @@ TEST(ModelParallel, RmsNormMatchesOneRankOnEveryGrid) {
 // on tensor-parallel grids each rank caps its vocabulary slice and the vocabulary-parallel
 // backward applies the cap's derivative; with another attention scale (model.attn_scale, μP's
 // 1/hd) through the attention ops of every grid (the context-parallel ones: the cp test's second
-// variant). Every grid against one rank, recomputing, in bf16 and resumed across grids. The
-// options change the run.
-TEST(ModelParallel, LogitSoftcapAndAttentionScaleMatchOneRankOnEveryGrid) {
-  const Result ref =
-      check_variant("softcap", {"--model.logit_softcap", "0.5", "--model.attn_scale", "0.0625"},
-                    {{2, 1, 1, 1, 2, "1f1b", 1},
-                     {1, 2, 1, 0, 1, "1f1b", 1},
-                     {1, 1, 2, 0, 4, "1f1b", 1},
-                     {2, 2, 2, 1, 2, "1f1b", 1, true}},
-                    {"full"}, true, Grid{1, 2, 1, 0, 2, "1f1b", 1});
+// variant); under μP (model.mup_base_width: the logits' multiplier in the vocabulary-parallel
+// loss, the hidden matrices' learning rate in each rank's and ZeRO slice's update runs). Every
+// grid against one rank, recomputing, in bf16 and resumed across grids. The options change the
+// run.
+TEST(ModelParallel, SoftcapScaleAndMupMatchOneRankOnEveryGrid) {
+  const Result ref = check_variant("softcap",
+                                   {"--model.logit_softcap", "0.5", "--model.attn_scale", "0.0625",
+                                    "--model.mup_base_width", "16"},
+                                   {{2, 1, 1, 1, 2, "1f1b", 1},
+                                    {1, 2, 1, 0, 1, "1f1b", 1},
+                                    {1, 1, 2, 0, 4, "1f1b", 1},
+                                    {2, 2, 2, 1, 2, "1f1b", 1, true}},
+                                   {"full"}, true, Grid{1, 2, 1, 0, 2, "1f1b", 1});
   const Result plain = run(shared_dir("softcap"), "softcap_plain", Grid{}, {"--resume", "none"});
   ASSERT_FALSE(ref.losses.empty() || plain.losses.empty());
   EXPECT_GT(std::abs(plain.losses.back() - ref.losses.back()), 1e-4);

@@ -1005,7 +1005,7 @@ def test_refuses_to_replace_and_reports_bad_checkpoints(imported, tmp_path):
     assert not (tmp_path / "x").exists()
     # A model whose logits are capped (model.logit_softcap) or whose attention scores have another
     # scale (model.attn_scale): no export format holds either.
-    for attr, key in (("logit_softcap", 30.0), ("attn_scale", 0.01)):
+    for attr, key in (("logit_softcap", 30.0), ("attn_scale", 0.01), ("mup_base_width", 64)):
         capped = tmp_path / f"{attr}.h5"
         capped.write_bytes(before)
         with h5py.File(capped, "r+") as f:

@@ -298,6 +298,24 @@ def test_frozen_tensors_give_the_same_curve_on_every_grid(tmp_path, optim):
         assert not np.array_equal(end["h/1/attn/c_attn/weight"], start["h/1/attn/c_attn/weight"])
 
 
+def test_mup_gives_the_same_curve_on_every_grid(tmp_path):
+    """μP (model.mup_base_width = 8: m = 4) on tensor, pipeline, data (ZeRO-1, 2 and 3: the
+    hidden matrices' learning rate in each slice's update runs) and 2 x 2 grids: the one-rank
+    curve within fp32 rounding (its values against PyTorch: test_reference_model.py), which
+    differs from the standard parametrization's."""
+    cfg = tiny_config(tmp_path, name="one", train__steps=6, eval__every=3)
+    common = ["--model.mup_base_width", 8, "--checkpoint.every", 0]
+    p = run(1, "--config", cfg, *common)
+    assert p.returncode == 0, p.stderr
+    p = run(1, "--config", cfg, "--checkpoint.every", 0, "--run.name", "sp")
+    assert p.returncode == 0, p.stderr
+    want, sp = metrics(tmp_path / "runs" / "one")[1], metrics(tmp_path / "runs" / "sp")[1]
+    assert np.max(np.abs(sp - want) / want) > 1e-4, (sp, want)
+    assert_grids_follow_one_rank(tmp_path, cfg, common,
+                                 more=[("zero2", 2, ["--parallel.zero", 2]),
+                                       ("zero3", 2, ["--parallel.zero", 3])])
+
+
 def test_z_loss_gives_the_same_curve_on_every_grid(tmp_path):
     """train.z_loss = 0.05 on tensor (the vocabulary-parallel loss: log Z from the group's row
     statistics), pipeline, data (ZeRO-1, 3), context-parallel and 2 x 2 grids: the one-rank

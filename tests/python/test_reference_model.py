@@ -173,7 +173,7 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                       qkv_bias=c.qkv_bias, norm_eps=c.norm_eps, head_dim=c.attn_head_dim,
                       sliding_window=c.sliding_window,
                       full_attention_every=c.full_attention_every, logit_softcap=c.logit_softcap,
-                      attn_scale=c.attn_scale,
+                      attn_scale=c.attn_scale, mup_base_width=c.mup_base_width,
                       **({} if c.rope_scaling is None else dict(
                           rope_scaling="llama3", rope_scaling_factor=c.rope_scaling[0],
                           rope_low_freq_factor=c.rope_scaling[1],
@@ -413,6 +413,13 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
             if fnmatch.fnmatchcase(name, pattern):
                 t.requires_grad_(False)
     groups = model.param_groups(op["weight_decay"])
+    if cfg.mup_base_width:  # μP: AdamW moves the hidden matrices at lr / m
+        t = model.tensors()
+        hidden = [t[n] for n in model.names if ref.is_muon_matrix(n)]
+        ids = {id(m) for m in hidden}
+        groups = [dict(g, params=[q for q in g["params"] if id(q) not in ids]) for g in groups]
+        groups.append({"params": hidden, "weight_decay": op["weight_decay"],
+                       "lr_scale": 1.0 / cfg.mup_mult})
     muon = None
     if op["name"] == "muon":
         # Muon on the attention and MLP matrices, AdamW on the rest (with its decay groups).
@@ -451,7 +458,7 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
                        tr.get("decay_shape", "linear")) if lr_of_step is None else lr_of_step(s)
         assert lr_of_step is None or muon is None
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)
         if muon is not None:  # the same schedule with its own peak
             muon.param_groups[0]["lr"] = ref.lr_at(s, op["muon_lr"], tr["warmup_steps"],
                                                    tr["steps"], tr["schedule"], tr["min_lr_ratio"])
@@ -951,6 +958,33 @@ def test_attention_scale_gradients_match_torch(name, scale, tmp_root, tmp_path):
         plain, scaled = ref.forward(w, p.case.cfg, x), ref.forward(w, cfg, x)
     assert rel_err(scaled.numpy(), plain.numpy()) > 1e-3
     check_probe_against_torch(replace(p, case=replace(p.case, cfg=cfg), ckpt=ckpt), "none")
+
+
+def with_mup(p: Prepared, tmp_path: Path, base: int) -> Prepared:
+    """p's model under μP with model.mup_base_width = base, in a checkpoint that says so."""
+    cfg = replace(p.case.cfg, mup_base_width=base)
+    ckpt = tmp_path / "mup.h5"
+    ref.write_checkpoint(ckpt, cfg, p.weights)
+    return replace(p, case=replace(p.case, cfg=cfg), ckpt=ckpt)
+
+
+# μP (model.mup_base_width, m = 4 and 2): the logits times 1/m, the attention scores times
+# 1/sqrt(hd·m), every gradient against the reference; then 10 AdamW steps (the hidden matrices
+# at lr / m) against PyTorch's with that parameter group, GPT-2's blocks and Llama's (an untied
+# head, which keeps its learning rate).
+@pytest.mark.parametrize("name,div", [("oddshapes", 4), ("llama", 2)])
+def test_mup_matches_torch(name, div, tmp_root, tmp_path):
+    case = next(c for c in CASES if c.name == name)
+    q = with_mup(prepare(case, tmp_root), tmp_path, case.cfg.n_embd // div)
+    assert q.case.cfg.mup_mult == div
+    check_probe_against_torch(q, "none")
+    sections = config_sections(q.case, q.dir, train__grad_clip=GRAD_CLIP[case.name])
+    compare_training(q, tmp_path, sections, "mup")
+    # The hidden matrices' rate is the one μP changes: without the group the curve differs.
+    plain_sp = replace(q, case=replace(q.case, cfg=replace(q.case.cfg, mup_base_width=0)))
+    losses, *_ = torch_train(plain_sp, sections)
+    m = ref.read_metrics(tmp_path / "runs" / "ref" / "metrics.h5")
+    assert np.max(np.abs(losses - m["train/loss"]) / losses) > 1e-4
 
 
 # model.logit_softcap over 10 AdamW steps (with a z-loss on the capped logits): the curve, the

@@ -78,6 +78,9 @@ def test_help_lists_every_key_with_defaults():
     (["--model.logit_softcap", "-30"], ["model.logit_softcap", "[0, 1e4]"]),
     (["--model.logit_softcap", "nan"], ["model.logit_softcap", "[0, 1e4]"]),
     (["--model.attn_scale", "-0.1"], ["model.attn_scale", "[0, 100]"]),
+    (["--model.mup_base_width", "-64"], ["model.mup_base_width", "[0, 2^20]"]),
+    (["--model.mup_base_width", "16", "--optim.name", "sgd"],
+     ["model.mup_base_width", "optim.name = adamw or muon"]),
     (["--model.vocab_size", "1"], ["model.vocab_size", "[2, 1073741824]"]),
     (["--model.vocab_size", "2000000000"], ["model.vocab_size", "[2, 1073741824]"]),
     (["--model.n_kv_head", "3"], ["model.n_kv_head", "must divide model.n_head"]),
@@ -668,6 +671,7 @@ def test_damaged_checkpoints(tmp_path):
             ("window", {"sliding_window": -3}, "attribute sliding_window of /model is -3"),
             ("softcap", {"logit_softcap": -1.0}, "attribute logit_softcap of /model is -1"),
             ("attn_scale", {"attn_scale": 1e9}, "attribute attn_scale of /model is 1e+09"),
+            ("mup", {"mup_base_width": -8}, "attribute mup_base_width of /model is -8"),
             ("full_every", {"full_attention_every": 2},
              "attribute full_attention_every of /model is 2"),
             ("rscale", {"position": "rope", "rope_theta": 10000.0, "rope_scaling": "ntk"},
@@ -702,6 +706,9 @@ def test_damaged_checkpoints(tmp_path):
     assert_clean_error(train("--config", cfg, "--eval-only", "--resume", good,
                              "--model.attn_scale", "0.01"),
                        "attention scale is 0", "model.attn_scale = 0.01")
+    assert_clean_error(train("--config", cfg, "--eval-only", "--resume", good,
+                             "--model.mup_base_width", "16"),
+                       "μP base width 0", "model.mup_base_width = 16")
 
 
 def test_init_from_eval_only_and_generate(tmp_path):

@@ -68,7 +68,7 @@ def block(params: Dict[str, torch.Tensor], cfg: ref.GptConfig, i: int, x: torch.
             cache.append((k, v))
     # The cache keeps kv heads; query head j attends with key/value head j % kv (gpt_torch.py).
     k, v = k.repeat(1, nh // kv, 1, 1), v.repeat(1, nh // kv, 1, 1)
-    att = torch.matmul(q, k.transpose(-2, -1)) * (cfg.attn_scale or 1.0 / math.sqrt(hd))
+    att = torch.matmul(q, k.transpose(-2, -1)) * cfg.scores_scale
     # Row r (position past + r) sees keys 0 .. past + r.
     mask = torch.ones(T, past + T, dtype=torch.bool).tril(diagonal=past)
     att = torch.softmax(att.masked_fill(~mask, float("-inf")), dim=-1)
@@ -87,7 +87,7 @@ def last_logits(params, cfg: ref.GptConfig, ids: torch.Tensor, pos0: int,
     for i in range(cfg.n_layer):
         x = block(params, cfg, i, x, cache)
     x = ref.norm(params, cfg, "ln_f", x[:, -1])
-    logits = torch.matmul(x, ref.head(params, cfg).t())[:, :cfg.vocab_size]
+    logits = torch.matmul(x, ref.head(params, cfg).t())[:, :cfg.vocab_size] / cfg.mup_mult
     if cfg.logit_softcap:  # model.logit_softcap
         logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
     return logits

@@ -83,6 +83,19 @@ class GptConfig:
     logit_softcap: float = 0.0
     # model.attn_scale: the attention scores' scale (0: 1/sqrt(head width)).
     attn_scale: float = 0.0
+    # model.mup_base_width: μP relative to a base model this wide (0: off); m = n_embd / it.
+    mup_base_width: int = 0
+
+    @property
+    def mup_mult(self) -> float:
+        return self.n_embd / self.mup_base_width if self.mup_base_width else 1.0
+
+    @property
+    def scores_scale(self) -> float:
+        """The attention scores' scale: attn_scale, or μP's 1/sqrt(hd·m), or 1/sqrt(hd)."""
+        if self.attn_scale:
+            return self.attn_scale
+        return 1.0 / math.sqrt(self.head_dim * self.mup_mult)
 
     @property
     def hidden(self) -> int:
@@ -371,12 +384,12 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor) 
         x = x + linear(attention(h, params[p + "attn/c_attn/weight"],
                                  params.get(p + "attn/c_attn/bias"), cfg.n_head, rope,
                                  cfg.kv_heads, qn, kn, cfg.rope_scaling, cfg.norm_eps,
-                                 cfg.head_dim, layer_mask(i), positions, cfg.attn_scale),
+                                 cfg.head_dim, layer_mask(i), positions, cfg.scores_scale),
                        params[p + "attn/c_proj/weight"], params.get(p + "attn/c_proj/bias"))
         h = norm(params, cfg, p + "ln_2", x)
         x = x + mlp(params, cfg, p, h)
     x = norm(params, cfg, "ln_f", x)
-    logits = torch.matmul(x, head(params, cfg).t())  # [B, T, Vp]
+    logits = torch.matmul(x, head(params, cfg).t()) / cfg.mup_mult  # [B, T, Vp]; μP: times 1/m
     if cfg.logit_softcap:
         logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
     return logits[..., : cfg.vocab_size]
@@ -741,6 +754,8 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
             m.attrs.create("logit_softcap", np.float64(cfg.logit_softcap), dtype="<f8")
         if cfg.attn_scale:
             m.attrs.create("attn_scale", np.float64(cfg.attn_scale), dtype="<f8")
+        if cfg.mup_base_width:
+            m.attrs.create("mup_base_width", i64(cfg.mup_base_width), dtype="<i8")
         groups = {"model": weights}
         for slot, tensors in (optimizer or {}).items():
             groups["optimizer/" + slot] = tensors
@@ -778,6 +793,7 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                         attn_head_dim=int(a["head_dim"]) if "head_dim" in a else 0,
                         logit_softcap=float(a.get("logit_softcap", 0.0)),
                         attn_scale=float(a.get("attn_scale", 0.0)),
+                        mup_base_width=int(a.get("mup_base_width", 0)),
                         rope_scaling=(float(a["rope_scaling_factor"]),
                                       float(a["rope_low_freq_factor"]),
                                       float(a["rope_high_freq_factor"]),

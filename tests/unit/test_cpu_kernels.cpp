@@ -1085,20 +1085,22 @@ TEST_F(CpuKernels, CrossEntropyZLossGradientMatchesFiniteDifferences) {
   }
 }
 
-// model.logit_softcap: logit_softcap caps raw logits (c·tanh(x/c) in double, to 1e-6 of each
-// value even near 0, where 1 − 2/(e^{2u} + 1) would lose its digits), and the cross-entropy's
-// softcap factor makes dlogits the gradient with respect to the raw logits: finite differences
-// of the mean cross-entropy (with a z-loss too) of the capped logits, in double. The
+// model.logit_softcap: scale_cap_logits caps raw logits times a multiplier (μP's; c·tanh(m·x/c)
+// in double, to 1e-6 of each value even near 0, where 1 − 2/(e^{2u} + 1) would lose its digits),
+// and the cross-entropy's softcap factor with dloss_scale times m makes dlogits the gradient with
+// respect to the raw logits: finite differences of the mean cross-entropy (with a z-loss too) of
+// the capped logits, in double. The
 // vocabulary-parallel backward (two slices) gives the fused dlogits.
 TEST_F(CpuKernels, CrossEntropySoftcapGradientMatchesFiniteDifferences) {
   const int N = 6, V = 37, Vp = 64;
-  const float dloss_scale = 1.0f / N, cap = 8.0f, zc = 0.02f;
+  const float dloss_scale = 1.0f / N, cap = 8.0f, zc = 0.02f, mult = 0.75f;
   Vec raw = random_vec(size_t(N) * Vp, 73, -30.0f, 30.0f);  // past the cap: tanh bends
   for (int j = 0; j < 8; ++j) raw[size_t(j)] = std::ldexp(1.0f, -3 * j) * (j % 2 ? -1.0f : 1.0f);
   DVec x = to_double(raw);
   auto capped = [&](const DVec& v) {
     DVec y(v.size());
-    for (size_t i = 0; i < v.size(); ++i) y[i] = double(cap) * std::tanh(v[i] / double(cap));
+    for (size_t i = 0; i < v.size(); ++i)
+      y[i] = double(cap) * std::tanh(double(mult) * v[i] / double(cap));
     return y;
   };
   std::vector<int32_t> targets(N);
@@ -1119,7 +1121,7 @@ TEST_F(CpuKernels, CrossEntropySoftcapGradientMatchesFiniteDifferences) {
   };
   const DVec want_y = capped(x);
   Vec y = raw;
-  be->logit_softcap(y.data(), y.size(), cap);
+  be->scale_cap_logits(y.data(), y.size(), mult, cap);
   for (size_t i = 0; i < y.size(); ++i)
     ASSERT_NEAR(y[i], want_y[i], 1e-6 * std::abs(want_y[i]) + 1e-30) << "capped logit " << i;
   DVec g = finite_diff(x, loss);
@@ -1127,7 +1129,7 @@ TEST_F(CpuKernels, CrossEntropySoftcapGradientMatchesFiniteDifferences) {
     for (int j = V; j < Vp; ++j) g[size_t(n) * Vp + j] = 0.0;
   Vec fused = y, losses(N);
   be->crossentropy_forward_backward(fused.data(), losses.data(), nullptr, targets.data(), N, V, Vp,
-                                    dloss_scale, zc, nullptr, cap);
+                                    dloss_scale * mult, zc, nullptr, cap);
   expect_close(losses, naive_losses(want_y, targets, N, V, Vp), 1e-6, "losses");
   expect_close(fused, g, 1e-5, "dlogits of the raw logits");
   Vec gmax(N), gsum(N);
@@ -1149,12 +1151,20 @@ TEST_F(CpuKernels, CrossEntropySoftcapGradientMatchesFiniteDifferences) {
       local[n] = t >= 0 && t < lv ? t : -1;
     }
     be->crossentropy_backward_partial(slice.data(), gmax.data(), gsum.data(), local.data(), N, lv,
-                                      W, dloss_scale, zc, cap);
+                                      W, dloss_scale * mult, zc, cap);
     for (int n = 0; n < N; ++n)
       for (int j = 0; j < W; ++j)
         ASSERT_NEAR(slice[size_t(n) * W + j], fused[size_t(n) * Vp + r * W + j], 1e-7)
             << "slice " << r << " row " << n << " column " << j;
   }
+}
+
+// scale_cap_logits without a cap is μP's multiplier alone: x times mult, one fp32 product.
+TEST_F(CpuKernels, ScaleCapLogitsWithoutACapMultiplies) {
+  const Vec x = random_vec(1000, 75, -9.0f, 9.0f);
+  Vec y = x;
+  be->scale_cap_logits(y.data(), y.size(), 0.25f, 0.0f);
+  for (size_t i = 0; i < x.size(); ++i) ASSERT_EQ(y[i], x[i] * 0.25f) << i;
 }
 
 TEST_F(CpuKernels, CrossEntropyAccuracyFlags) {

@@ -1084,8 +1084,8 @@ TEST_F(CudaBackendTest, LogitSoftcapAndItsCrossEntropyMatchCpu) {
     const size_t total = size_t(s.N) * s.Vp;
     Vec capped = random_vec(total, 97, -40.0f, 40.0f);
     float* g_logits = dev(capped);
-    cpu->logit_softcap(capped.data(), total, cap);
-    gpu->logit_softcap(g_logits, total, cap);
+    cpu->scale_cap_logits(capped.data(), total, 1.0f, cap);
+    gpu->scale_cap_logits(g_logits, total, 1.0f, cap);
     EXPECT_TRUE(close(host(g_logits, total), capped, kElemTol, 1e-7)) << "capped logits";
     IVec targets = random_ints(s.N, 98, 0, s.V);
     if (s.N > 2) targets[1] = kIgnoredTarget;

@@ -1176,8 +1176,8 @@ TEST_F(CudaBf16Test, LogitSoftcapAndItsCrossEntropyMatchCpu) {
     const size_t NV = size_t(s.N) * s.Vp;
     Bits capped = random_bits(NV, 77, -60.0f, 60.0f);
     bf16_t* g_logits = dev(capped);
-    cpu->logit_softcap(capped.data(), NV, cap);
-    gpu->logit_softcap(g_logits, NV, cap);
+    cpu->scale_cap_logits(capped.data(), NV, 1.0f, cap);
+    gpu->scale_cap_logits(g_logits, NV, 1.0f, cap);
     EXPECT_TRUE(close(host(g_logits, NV), capped)) << "capped logits";
     IVec targets = random_ints(s.N, 78, 0, s.V);
     targets[0] = kIgnoredTarget;

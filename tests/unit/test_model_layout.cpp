@@ -198,3 +198,38 @@ TEST(ModelLayout, UnevenStagesHoldConsecutiveLayers) {
 
 }  // namespace
 }  // namespace triad
+
+namespace triad {
+namespace {
+
+// μP (GptShape::mup_base_width, m = 4 here): the same draws, the hidden matrices (c_attn,
+// attn.c_proj, c_fc, mlp.c_proj; the residual projections' 0.02/sqrt(2L) too) at 1/sqrt(m) = 1/2
+// of the standard parametrization's values, every other tensor (embeddings, norms, biases) the
+// same bits.
+TEST(ModelLayout, MupInitScalesTheHiddenMatrices) {
+  const GptShape sp{2, 4, 256, 32, 300, 384};
+  GptShape mup = sp;
+  mup.mup_base_width = 64;
+  ASSERT_EQ(mup.mup_mult(), 4.0);
+  auto be = make_cpu_backend();
+  Gpt a(sp, 1, *be), b(mup, 1, *be);
+  a.init(3);
+  b.init(3);
+  int hidden = 0;
+  for (const ParamSpec& s : a.specs()) {
+    const float* x = a.params() + s.offset;
+    const float* y = b.params() + s.offset;
+    const bool matrix = s.name.starts_with("h/") && s.shape.size() == 2;
+    hidden += matrix ? 1 : 0;
+    for (size_t i = 0; i < s.numel; ++i) {
+      if (matrix)
+        ASSERT_NEAR(y[i], 0.5f * x[i], 1e-7f * std::abs(x[i])) << s.name << " " << i;
+      else
+        ASSERT_EQ(y[i], x[i]) << s.name << " " << i;
+    }
+  }
+  EXPECT_EQ(hidden, 8);
+}
+
+}  // namespace
+}  // namespace triad

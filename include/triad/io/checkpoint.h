@@ -109,6 +109,9 @@ struct ModelShape {
   // Attribute attn_scale (double: the attention scores' scale; absent or 0: 1/sqrt(head width);
   // written when > 0).
   double attn_scale = 0;
+  // Attribute mup_base_width (int64: μP relative to a base model this wide; absent or 0: the
+  // standard parametrization; written when > 0).
+  int64_t mup_base_width = 0;
 };
 
 struct CheckpointState {

@@ -269,10 +269,12 @@ class Backend {
                                              float dloss_scale, float z_loss = 0.0f,
                                              float* log_z = nullptr, float softcap = 0.0f) = 0;
 
-  // ---- logit soft-capping (model.logit_softcap; Gemma 2's, modded-nanogpt's) ----------------
-  // In place, x[i] = c·tanh(x[i] / c) for i < n (c > 0): the head's logits before the loss or
-  // sampling, kept within (−c, c). Its backward is the softcap factor of the loss kernels.
-  virtual void logit_softcap(float* x, size_t n, float c) = 0;
+  // ---- the head's logits: a multiplier and a soft cap --------------------------------------
+  // In place, x[i] = c·tanh(mult·x[i] / c) for i < n with c > 0 (model.logit_softcap: Gemma 2's,
+  // modded-nanogpt's; kept within (−c, c)), or mult·x[i] with c = 0 (μP's output multiplier,
+  // model.mup_base_width). Its backward: the loss kernels' softcap factor, and dloss_scale
+  // times mult.
+  virtual void scale_cap_logits(float* x, size_t n, float mult, float c) = 0;
 
   // ---- vocabulary-parallel softmax cross-entropy (tensor parallelism) -----------------------
   // Each rank holds logits [N,Vp] for its slice of the vocabulary, of which the first V columns
@@ -398,8 +400,8 @@ class Backend {
                                              const int32_t* targets, int N, int V, int Vp,
                                              float dloss_scale, float z_loss = 0.0f,
                                              float* log_z = nullptr, float softcap = 0.0f) = 0;
-  // c·tanh(x/c) computed in fp32 from the widened value, rounded once.
-  virtual void logit_softcap(bf16_t* x, size_t n, float c) = 0;
+  // Computed in fp32 from the widened value, rounded once.
+  virtual void scale_cap_logits(bf16_t* x, size_t n, float mult, float c) = 0;
   virtual void logits_row_max(float* row_max, float* argmax, const bf16_t* logits, int N, int V,
                               int Vp) = 0;
   virtual void softmax_partial_sums(float* sum_exp, float* target_logit, const bf16_t* logits,
@@ -430,6 +432,7 @@ class Backend {
   struct UpdateRun {
     size_t begin, end;
     float wd;
+    float lr_scale = 1.0f;  // the run's learning rate is lr times it (μP's hidden matrices)
   };
   virtual void adamw_update_runs(float* p, const float* g, float* m, float* v,
                                  const UpdateRun* runs, size_t nruns, float lr, float beta1,
@@ -437,8 +440,8 @@ class Backend {
                                  bf16_t* copy = nullptr, float grad_scale = 1.0f) {
     for (size_t r = 0; r < nruns; ++r) {
       const size_t at = runs[r].begin, n = runs[r].end - runs[r].begin;
-      adamw_update(p + at, g + at, m + at, v + at, n, lr, beta1, beta2, eps, runs[r].wd, bc1, bc2,
-                   copy != nullptr ? copy + at : nullptr, grad_scale);
+      adamw_update(p + at, g + at, m + at, v + at, n, lr * runs[r].lr_scale, beta1, beta2, eps,
+                   runs[r].wd, bc1, bc2, copy != nullptr ? copy + at : nullptr, grad_scale);
     }
   }
   // SGD with momentum (PyTorch semantics, dampening 0, decoupled-free L2 as PyTorch):

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -94,6 +95,23 @@ struct GptShape {
   // usual one (μP's 1/hd, Gemma 2's 1/sqrt(query_pre_attn_scalar) and Granite's multiplier are
   // others).
   float attn_scale = 0.0f;
+  // μP, the maximal update parametrization (model.mup_base_width > 0; Tensor Programs V, the rules
+  // of the mup package for Adam), relative to a base model mup_base_width wide: with the width
+  // multiplier m = n_embd / mup_base_width, the hidden matrices (c_attn, attn.c_proj, c_fc,
+  // mlp.c_proj) start with 1/sqrt(m) of the usual deviation and AdamW moves them at lr / m
+  // (Optimizer's hidden_lr_scale), the logits are multiplied by 1/m, and the attention scores
+  // scaled by 1/sqrt(hd·m) unless attn_scale says otherwise (1/sqrt(hd) at the base width, 1/hd
+  // in the limit of wider heads). Embeddings, norms, biases and the head keep their
+  // initialization and learning rate. 0: the standard parametrization.
+  int mup_base_width = 0;
+  double mup_mult() const { return mup_base_width > 0 ? double(n_embd) / mup_base_width : 1.0; }
+  // The scale the attention ops take: attn_scale, or μP's, or 0 (their 1/sqrt(hd)).
+  float scores_scale() const {
+    if (attn_scale > 0.0f) return attn_scale;
+    return mup_base_width > 0 ? float(1.0 / std::sqrt(double(hd()) * mup_mult())) : 0.0f;
+  }
+  // The logits' multiplier: μP's 1/m, else 1.
+  float logits_mult() const { return float(1.0 / mup_mult()); }
   // Soft-capped logits (model.logit_softcap; Gemma 2's 30, modded-nanogpt's): the head's logits
   // become c·tanh(logit / c), within (−c, c), before the loss, evaluation and sampling
   // (Backend::logit_softcap). 0: none.
@@ -630,12 +648,13 @@ class Gpt {
     return weight_at<A>(specs_[size_t(head_)].offset);
   }
   // The head's logits [rows, cols] (cols: this rank's vocabulary slice) for `rows` rows x of
-  // ln_f's output, soft-capped under model.logit_softcap.
+  // ln_f's output, times μP's multiplier and soft-capped under model.logit_softcap.
   template <class A>
   void head_logits(A* logits, const A* x, int rows, int cols) {
     be_.matmul_forward(logits, x, head_weight<A>(), nullptr, rows, shape_.n_embd, cols);
-    if (shape_.logit_softcap > 0.0f)
-      be_.logit_softcap(logits, size_t(rows) * size_t(cols), shape_.logit_softcap);
+    if (shape_.logit_softcap > 0.0f || shape_.mup_base_width > 0)
+      be_.scale_cap_logits(logits, size_t(rows) * size_t(cols), shape_.logits_mult(),
+                           shape_.logit_softcap);
   }
   // The steps, for both activation types (explicitly instantiated in gpt_step.cpp and
   // gpt_pipeline.cpp); the public calls dispatch on precision_.

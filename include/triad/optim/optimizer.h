@@ -47,11 +47,14 @@ std::vector<ParamSpec> trainable_specs(const std::vector<ParamSpec>& specs,
 // state exists only for that slice, and shrinks as 1/dp; zero_slice says so). optim.name = muon:
 // Muon on the hidden matrices (optim/muon.h), AdamW on the rest; it gathers whole matrices over
 // tp (the tensor-parallel group) and shares its Newton–Schulz work out over dp (the
-// data-parallel group, which also holds the other ZeRO slices).
+// data-parallel group, which also holds the other ZeRO slices). hidden_lr_scale: the learning
+// rate of the hidden matrices where AdamW or SGD updates them is lr times it (μP's 1/m,
+// GptShape::mup_base_width; Muon's matrices keep their own).
 class Optimizer {
  public:
   Optimizer(const OptimConfig& cfg, const std::vector<ParamSpec>& specs, size_t begin, size_t end,
-            Backend& be, Comm* dp = nullptr, Comm* tp = nullptr, bool zero_slice = false);
+            Backend& be, Comm* dp = nullptr, Comm* tp = nullptr, bool zero_slice = false,
+            float hidden_lr_scale = 1.0f);
   ~Optimizer();
   Optimizer(const Optimizer&) = delete;
   Optimizer& operator=(const Optimizer&) = delete;

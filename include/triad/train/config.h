@@ -33,6 +33,7 @@ struct ModelConfig {
   int full_attention_every = 0;  // with a window: every N-th layer attends to all (Gemma 3: 6)
   double logit_softcap = 0;      // > 0: logits c·tanh(logit/c) (Gemma 2: 30); 0: none
   double attn_scale = 0;         // > 0: attention scores q·k times it; 0: 1/sqrt(head width)
+  int mup_base_width = 0;        // > 0: μP relative to a base model this wide (GptShape); 0: off
   int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
 };
 

@@ -165,7 +165,9 @@ class CpuBackend final : public Backend {
     cpu::crossentropy_forward_backward(logits, losses, correct, targets, N, V, Vp, dloss_scale,
                                        z_loss, log_z, softcap);
   }
-  void logit_softcap(float* x, size_t n, float c) override { cpu::logit_softcap(x, n, c); }
+  void scale_cap_logits(float* x, size_t n, float mult, float c) override {
+    cpu::scale_cap_logits(x, n, mult, c);
+  }
   void logits_row_max(float* row_max, float* argmax, const float* logits, int N, int V,
                       int Vp) override {
     cpu::logits_row_max(row_max, argmax, logits, N, V, Vp);
@@ -296,7 +298,9 @@ class CpuBackend final : public Backend {
     cpu::crossentropy_forward_backward(logits, losses, correct, targets, N, V, Vp, dloss_scale,
                                        z_loss, log_z, softcap);
   }
-  void logit_softcap(bf16_t* x, size_t n, float c) override { cpu::logit_softcap(x, n, c); }
+  void scale_cap_logits(bf16_t* x, size_t n, float mult, float c) override {
+    cpu::scale_cap_logits(x, n, mult, c);
+  }
   void logits_row_max(float* row_max, float* argmax, const bf16_t* logits, int N, int V,
                       int Vp) override {
     cpu::logits_row_max(row_max, argmax, logits, N, V, Vp);

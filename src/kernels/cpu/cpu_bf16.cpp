@@ -255,8 +255,8 @@ void crossentropy_forward_backward(bf16_t* logits, float* losses, float* correct
   });
 }
 
-void logit_softcap(bf16_t* x, size_t n, float c) {
-  through_fp32(0, x, n, [&](float* l) { logit_softcap(l, n, c); });
+void scale_cap_logits(bf16_t* x, size_t n, float mult, float c) {
+  through_fp32(0, x, n, [&](float* l) { scale_cap_logits(l, n, mult, c); });
 }
 
 void logits_row_max(float* row_max, float* argmax, const bf16_t* logits, int N, int V, int Vp) {

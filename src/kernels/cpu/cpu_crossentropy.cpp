@@ -201,11 +201,15 @@ void crossentropy_backward_partial(float* logits, const float* row_max, const fl
   }
 }
 
-void logit_softcap(float* x, size_t n, float c) {
+void scale_cap_logits(float* x, size_t n, float mult, float c) {
   const size_t n8 = n / 8 * 8;
+  if (c <= 0.0f) {
+    scale(x, mult, n);
+    return;
+  }
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
-  for (size_t j = 0; j < n8; j += 8) store8(x + j, c * tanh_accurate8(load8(x + j) / c));
-  for (size_t j = n8; j < n; ++j) x[j] = c * tanh_accurate8(splat8(x[j] / c))[0];
+  for (size_t j = 0; j < n8; j += 8) store8(x + j, c * tanh_accurate8(mult * load8(x + j) / c));
+  for (size_t j = n8; j < n; ++j) x[j] = c * tanh_accurate8(splat8(mult * x[j] / c))[0];
 }
 
 }  // namespace triad::cpu

@@ -97,7 +97,7 @@ double sum_squares(const float* x, size_t n);
 void crossentropy_forward_backward(float* logits, float* losses, float* correct,
                                    const int32_t* targets, int N, int V, int Vp, float dloss_scale,
                                    float z_loss, float* log_z, float softcap);
-void logit_softcap(float* x, size_t n, float c);
+void scale_cap_logits(float* x, size_t n, float mult, float c);
 // Vocabulary-parallel cross-entropy (backend.h): row max, partial sums, backward.
 void logits_row_max(float* row_max, float* argmax, const float* logits, int N, int V, int Vp);
 void softmax_partial_sums(float* sum_exp, float* target_logit, const float* logits,
@@ -149,7 +149,7 @@ void accumulate(bf16_t* dst, const bf16_t* src, size_t n);
 void crossentropy_forward_backward(bf16_t* logits, float* losses, float* correct,
                                    const int32_t* targets, int N, int V, int Vp, float dloss_scale,
                                    float z_loss, float* log_z, float softcap);
-void logit_softcap(bf16_t* x, size_t n, float c);
+void scale_cap_logits(bf16_t* x, size_t n, float mult, float c);
 void logits_row_max(float* row_max, float* argmax, const bf16_t* logits, int N, int V, int Vp);
 void softmax_partial_sums(float* sum_exp, float* target_logit, const bf16_t* logits,
                           const float* row_max, const int32_t* targets, int N, int V, int Vp);

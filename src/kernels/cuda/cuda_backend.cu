@@ -237,8 +237,8 @@ class CudaBackend final : public Backend {
     cuda::crossentropy_forward_backward(stream_, logits, losses, correct, targets, N, V, Vp,
                                         dloss_scale, z_loss, log_z, softcap);
   }
-  void logit_softcap(float* x, size_t n, float c) override {
-    cuda::logit_softcap(stream_, x, n, c);
+  void scale_cap_logits(float* x, size_t n, float mult, float c) override {
+    cuda::scale_cap_logits(stream_, x, n, mult, c);
   }
   void logits_row_max(float* row_max, float* argmax, const float* logits, int N, int V,
                       int Vp) override {
@@ -382,8 +382,8 @@ class CudaBackend final : public Backend {
     cuda::crossentropy_forward_backward(stream_, dev(logits), losses, correct, targets, N, V, Vp,
                                         dloss_scale, z_loss, log_z, softcap);
   }
-  void logit_softcap(bf16_t* x, size_t n, float c) override {
-    cuda::logit_softcap(stream_, dev(x), n, c);
+  void scale_cap_logits(bf16_t* x, size_t n, float mult, float c) override {
+    cuda::scale_cap_logits(stream_, dev(x), n, mult, c);
   }
   void logits_row_max(float* row_max, float* argmax, const bf16_t* logits, int N, int V,
                       int Vp) override {

@@ -45,10 +45,14 @@ __global__ void accumulate_kernel(Elem* dst, const Elem* src, size_t n) {
   TRIAD_GRID_STRIDE_LOOP(i, n) { dst[i] = narrow<Elem>(widen(dst[i]) + widen(src[i])); }
 }
 
-// x = c·tanh(x/c) (model.logit_softcap; its backward is in the cross-entropy kernels).
+// x = c·tanh(mult·x/c), or mult·x with c = 0 (model.logit_softcap, μP's output multiplier; the
+// backward is in the cross-entropy kernels).
 template <typename Elem>
-__global__ void logit_softcap_kernel(Elem* x, size_t n, float c) {
-  TRIAD_GRID_STRIDE_LOOP(i, n) { x[i] = narrow<Elem>(c * tanhf(widen(x[i]) / c)); }
+__global__ void scale_cap_logits_kernel(Elem* x, size_t n, float mult, float c) {
+  TRIAD_GRID_STRIDE_LOOP(i, n) {
+    const float y = mult * widen(x[i]);
+    x[i] = narrow<Elem>(c > 0.0f ? c * tanhf(y / c) : y);
+  }
 }
 
 __global__ void scale_kernel(float* x, float factor, size_t n) {
@@ -92,9 +96,9 @@ void accumulate(cudaStream_t s, Elem* dst, const Elem* src, size_t n) {
 }
 
 template <typename Elem>
-void logit_softcap(cudaStream_t s, Elem* x, size_t n, float c) {
+void scale_cap_logits(cudaStream_t s, Elem* x, size_t n, float mult, float c) {
   if (n == 0) return;
-  logit_softcap_kernel<<<grid_for(n), kBlock, 0, s>>>(x, n, c);
+  scale_cap_logits_kernel<<<grid_for(n), kBlock, 0, s>>>(x, n, mult, c);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
@@ -116,7 +120,7 @@ void convert(cudaStream_t s, Dst* dst, const Src* src, size_t n) {
   template void gelu_backward<Elem>(cudaStream_t, Elem*, const Elem*, const Elem*, size_t, bool); \
   template void add<Elem>(cudaStream_t, Elem*, const Elem*, const Elem*, size_t);                 \
   template void accumulate<Elem>(cudaStream_t, Elem*, const Elem*, size_t);                       \
-  template void logit_softcap<Elem>(cudaStream_t, Elem*, size_t, float);
+  template void scale_cap_logits<Elem>(cudaStream_t, Elem*, size_t, float, float);
 TRIAD_INSTANTIATE_ELEMENTWISE(float)
 TRIAD_INSTANTIATE_ELEMENTWISE(bf16)
 #undef TRIAD_INSTANTIATE_ELEMENTWISE

@@ -258,7 +258,8 @@ void gelu_backward(cudaStream_t s, Elem* dinp, const Elem* inp, const Elem* dout
 template <typename Elem>
 void add(cudaStream_t s, Elem* out, const Elem* a, const Elem* b, size_t n);
 template <typename Elem>
-void logit_softcap(cudaStream_t s, Elem* x, size_t n, float c);  // x = c·tanh(x/c)
+void scale_cap_logits(cudaStream_t s, Elem* x, size_t n, float mult,
+                      float c);  // x = c·tanh(mult·x/c), or mult·x (c = 0)
 template <typename Elem>
 void accumulate(cudaStream_t s, Elem* dst, const Elem* src, size_t n);
 void scale(cudaStream_t s, float* x, float factor, size_t n);

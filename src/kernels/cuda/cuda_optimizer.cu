@@ -58,7 +58,8 @@ __global__ void adamw_runs_kernel(float* p, const float* g, float* m, float* v,
     }
     const Backend::UpdateRun r = runs[lo];
     if (i < r.begin || i >= r.end) continue;  // between runs: untouched
-    adamw_element(p[i], g[i] * grad_scale, m[i], v[i], lr, beta1, beta2, eps, r.wd, bc1, bc2);
+    adamw_element(p[i], g[i] * grad_scale, m[i], v[i], lr * r.lr_scale, beta1, beta2, eps, r.wd,
+                  bc1, bc2);
     if (copy != nullptr) copy[i] = narrow<bf16>(p[i]);
   }
 }
@@ -71,7 +72,8 @@ void adamw_update_runs(cudaStream_t s, std::vector<Backend::UpdateRun>& runs_hos
                        float beta2, float eps, float bc1, float bc2, bf16* copy, float grad_scale) {
   if (nruns == 0) return;
   auto same = [](const Backend::UpdateRun& a, const Backend::UpdateRun& b) {
-    return a.begin == b.begin && a.end == b.end && a.wd == b.wd;  // fields, not padding bytes
+    return a.begin == b.begin && a.end == b.end && a.wd == b.wd &&
+           a.lr_scale == b.lr_scale;  // fields, not padding bytes
   };
   const bool cached =
       runs_host.size() == nruns && std::equal(runs, runs + nruns, runs_host.begin(), same);
