@@ -8,6 +8,11 @@ tokens/s (median over the steps after the first few). Written to DIR/<name>.csv 
 DIR/<name>.md (DIR defaults to <run dir>/<name>-report), printed as a Markdown table, and
 plotted into DIR/<name>.png: final and best val loss against each swept key. Runs still
 training are read as they are.
+
+With --x KEY --lines KEY [--panels KEY] (swept keys) the PNG is instead the final val loss
+against --x, one line per value of --lines, one panel per value of --panels, and a table of the
+best --x of each line follows (where the loss is least): a learning-rate transfer plot, e.g.
+--x train.lr --lines model.n_embd --panels model.mup_base_width for μP's.
 """
 
 from __future__ import annotations
@@ -148,6 +153,59 @@ def plot(df, sweep: Sweep, out: Path) -> Path:
     return save_figure(fig, out)
 
 
+def _numeric_or_str(v):
+    return float(v) if is_number(str(v)) else str(v)
+
+
+def best_by_line(df, x: str, lines: str, panels: str | None):
+    """[(panel value, line value, best x, its final val loss)] over the finished points, the
+    least final val loss of each line (None where a line has none)."""
+    done = df[(df["status"] == "finished") & df["final_val_loss"].notna()]
+    out = []
+    for pv in (list(dict.fromkeys(df[panels])) if panels else [None]):
+        part = df if panels is None else df[df[panels] == pv]
+        for lv in dict.fromkeys(part[lines]):
+            rows = done if panels is None else done[done[panels] == pv]
+            rows = rows[rows[lines] == lv]
+            if len(rows) == 0:
+                out.append((pv, lv, None, None))
+                continue
+            b = rows.loc[rows["final_val_loss"].idxmin()]
+            out.append((pv, lv, b[x], float(b["final_val_loss"])))
+    return out
+
+
+def plot_lines(df, sweep: Sweep, x: str, lines: str, panels: str | None, out: Path) -> Path:
+    """Final val loss against x, a line per value of `lines`, a panel per value of `panels`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pvals = list(dict.fromkeys(df[panels])) if panels else [None]
+    fig, axes = plt.subplots(1, len(pvals), figsize=(5.4 * len(pvals), 4.4), squeeze=False,
+                             sharey=True, constrained_layout=True)
+    xs_all = [_numeric_or_str(v) for v in df[x]]
+    numeric = all(isinstance(v, float) for v in xs_all)
+    for ax, pv in zip(axes[0], pvals):
+        part = df if panels is None else df[df[panels] == pv]
+        for lv in dict.fromkeys(part[lines]):
+            rows = part[part[lines] == lv]
+            xv = [_numeric_or_str(v) for v in rows[x]]
+            order = sorted(range(len(xv)), key=lambda i: xv[i]) if numeric else range(len(xv))
+            ys = rows["final_val_loss"].to_numpy(dtype=float)
+            ax.plot([xv[i] for i in order], [ys[i] for i in order], "-o", label=f"{lines}={lv}")
+        if numeric and min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 10:
+            ax.set_xscale("log")
+        ax.set_xlabel(x)
+        ax.set_title(f"{panels}={pv}" if panels else sweep.name, fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("final val loss (nats/token)")
+    fig.suptitle(f"sweep {sweep.name}", fontsize=11)
+    return save_figure(fig, out)
+
+
 def main(argv: list[str] | None = None) -> int:
     prog = prog_name("python -m analysis.sweep_report")
     ap = argparse.ArgumentParser(
@@ -161,10 +219,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip", type=int, default=5,
                     help="steps left out of the tokens/s median (start-up; default 5)")
     ap.add_argument("--no-plot", action="store_true", help="tables only")
+    ap.add_argument("--x", default=None, metavar="KEY",
+                    help="with --lines: plot the final val loss against this swept key")
+    ap.add_argument("--lines", default=None, metavar="KEY", help="one line per value of KEY")
+    ap.add_argument("--panels", default=None, metavar="KEY", help="one panel per value of KEY")
     a = ap.parse_args(argv)
 
     def body() -> int:
         sweep = load_sweep(a.sweep)
+        lined = [k for k in (a.x, a.lines, a.panels) if k is not None]
+        if lined and (a.x is None or a.lines is None):
+            raise AnalysisError("--x and --lines go together (--panels with them)")
+        for k in lined:
+            if k not in sweep.values:
+                raise AnalysisError(f"{a.sweep}: {k} is not a swept key (swept: "
+                                    f"{', '.join(sweep.values) or 'none'})")
+        if len(set(lined)) != len(lined):
+            raise AnalysisError("--x, --lines and --panels must be different keys")
         notes: list = []
         df = collect(sweep, skip=a.skip, notes=notes)
         keys = list(sweep.values)
@@ -186,7 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         write_text(out_dir / f"{sweep.name}.md", md)
         written = [csv, out_dir / f"{sweep.name}.md"]
         if not a.no_plot:
-            written.append(plot(df, sweep, out_dir / f"{sweep.name}.png"))
+            png = out_dir / f"{sweep.name}.png"
+            written.append(plot_lines(df, sweep, a.x, a.lines, a.panels, png) if a.x
+                           else plot(df, sweep, png))
         print(head)
         if fixed:
             print(fixed)
@@ -198,6 +271,13 @@ def main(argv: list[str] | None = None) -> int:
             desc = " ".join(f"{k}={b[k]}" for k in keys) or b["run"]
             print(f"\nbest finished point: {int(b['index'])} ({desc}), best val loss "
                   f"{b['best_val_loss']:.4f} at step {int(b['best_val_step'])}")
+        if a.x:
+            hdr = ([a.panels] if a.panels else []) + [a.lines, f"best {a.x}", "final val loss"]
+            rows = [([str(pv)] if a.panels else []) + [str(lv), "" if bx is None else str(bx),
+                                                        "" if bl is None else f"{bl:.4f}"]
+                    for pv, lv, bx, bl in best_by_line(df, a.x, a.lines, a.panels)]
+            print(f"\nbest {a.x} of each line (least final val loss):\n")
+            print(markdown_table(hdr, rows))
         for n in notes:
             print(f"{prog}: warning: {n}", file=sys.stderr)
         for w in written:

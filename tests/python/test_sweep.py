@@ -277,6 +277,52 @@ optim.name = adamw, sgd
     assert "0 finished, 0 running, 4 missing" in r.stdout
 
 
+# --x/--lines/--panels: the final val loss against the learning rate, a line per width, a panel
+# per optimizer; the best rate of each line is the least final val loss of its finished points.
+def test_report_lines_and_best_of_each(tmp_path):
+    cfg = tiny_config(tmp_path, name="base")
+    f = write(tmp_path / "t.ini", f"""[sweep]
+name = t
+base = {cfg}
+mode = cartesian
+[values]
+optim.name = adamw, muon
+model.n_embd = 16, 32
+train.lr = 1e-3, 8e-3
+[set]
+train.steps = 4
+eval.every = 4
+""")
+    for i in range(8):
+        a = tool("triad-sweep", "args", f, i)
+        assert a.returncode == 0, a.stderr
+        train(*a.stdout.splitlines(), check=True)
+    out = tmp_path / "rep"
+    r = tool("triad-sweep-report", f, "--out-dir", out, "--x", "train.lr", "--lines",
+             "model.n_embd", "--panels", "optim.name")
+    assert r.returncode == 0, r.stderr
+    assert (out / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import pandas as pd
+
+    df = pd.read_csv(out / "t.csv")
+    table = r.stdout.split("best train.lr of each line (least final val loss):")[1]
+    best = {}
+    for line in table.strip().splitlines()[2:]:
+        opt, width, lr, loss = (c.strip() for c in line.strip("|").split("|"))
+        best[(opt, int(width))] = (float(lr), float(loss))
+    assert len(best) == 4, table
+    for (opt, width), g in df.groupby(["optim.name", "model.n_embd"]):
+        b = g.loc[g["final_val_loss"].idxmin()]
+        assert best[(opt, int(width))] == (b["train.lr"], pytest.approx(b["final_val_loss"],
+                                                                         abs=1e-4)), (opt, width)
+    for args, needle in ((["--x", "train.lr"], "--x and --lines go together"),
+                         (["--x", "train.lr", "--lines", "model.n_layer"],
+                          "model.n_layer is not a swept key"),
+                         (["--x", "train.lr", "--lines", "train.lr"], "must be different keys")):
+        p = tool("triad-sweep-report", f, "--out-dir", out, *args)
+        assert p.returncode != 0 and needle in p.stderr, p.stderr
+
+
 # ---- errors -------------------------------------------------------------------------------
 
 def good(tmp_path, **kw):
