@@ -764,14 +764,19 @@ def test_reset_positions_gradients_match_torch(name, tmp_root, tmp_path):
         assert rel_err(got, grads["wpe/weight"]) > 1e-2
 
 
-def with_window(p: Prepared, tmp_path: Path, window: int, full_every: int = 0) -> Prepared:
-    """p's model with model.sliding_window = window (and model.full_attention_every): its
-    weights in a checkpoint whose /model attributes say so (a checkpoint holds its model's
-    window; the config must agree)."""
-    cfg = replace(p.case.cfg, sliding_window=window, full_attention_every=full_every)
-    ckpt = tmp_path / "window.h5"
+def with_model(p: Prepared, tmp_path: Path, **options) -> Prepared:
+    """p's model with other model options (GptConfig fields: sliding_window, logit_softcap,
+    mup_base_width, ...): its weights in a checkpoint whose /model attributes say so (a
+    checkpoint holds its model's options; the config must agree)."""
+    cfg = replace(p.case.cfg, **options)
+    ckpt = tmp_path / "model.h5"
     ref.write_checkpoint(ckpt, cfg, p.weights)
     return replace(p, case=replace(p.case, cfg=cfg), ckpt=ckpt)
+
+
+def with_window(p: Prepared, tmp_path: Path, window: int, full_every: int = 0) -> Prepared:
+    """p's model with model.sliding_window = window (and model.full_attention_every)."""
+    return with_model(p, tmp_path, sliding_window=window, full_attention_every=full_every)
 
 
 # model.sliding_window: every gradient against the reference's attention cut to each query's last
@@ -919,14 +924,6 @@ def warmup_window(s, start, steps, multiple, model_window, seq_len):
     return w if w < target else model_window
 
 
-def with_softcap(p: Prepared, tmp_path: Path, cap: float) -> Prepared:
-    """p's model with model.logit_softcap = cap, in a checkpoint that says so."""
-    cfg = replace(p.case.cfg, logit_softcap=cap)
-    ckpt = tmp_path / "softcap.h5"
-    ref.write_checkpoint(ckpt, cfg, p.weights)
-    return replace(p, case=replace(p.case, cfg=cfg), ckpt=ckpt)
-
-
 # model.logit_softcap: the logits, the loss and every gradient against the reference's
 # c·tanh(logits / c), with the tied head (oddshapes) and an untied one (llama); the cap is
 # near the random models' largest logits, so that tanh bends them (checked: a plain model's
@@ -939,7 +936,7 @@ def test_logit_softcap_gradients_match_torch(name, cap, tmp_root, tmp_path):
         plain = ref.forward({k: v.double() for k, v in p.weights.items()}, p.case.cfg, x)
     capped = cap * torch.tanh(plain / cap)
     assert rel_err(capped.numpy(), plain.numpy()) > 1e-2, float(plain.abs().max())
-    check_probe_against_torch(with_softcap(p, tmp_path, cap), "none")
+    check_probe_against_torch(with_model(p, tmp_path, logit_softcap=cap), "none")
 
 
 # model.attn_scale: the logits, the loss and every gradient against the reference's attention
@@ -948,24 +945,13 @@ def test_logit_softcap_gradients_match_torch(name, cap, tmp_root, tmp_path):
 @pytest.mark.parametrize("name,scale", [("oddshapes", "1/hd"), ("llama", 0.7)])
 def test_attention_scale_gradients_match_torch(name, scale, tmp_root, tmp_path):
     p = prepare(next(c for c in CASES if c.name == name), tmp_root)
-    s = 1.0 / p.case.cfg.head_dim if scale == "1/hd" else scale
-    cfg = replace(p.case.cfg, attn_scale=s)
-    ckpt = tmp_path / "scaled.h5"
-    ref.write_checkpoint(ckpt, cfg, p.weights)
+    q = with_model(p, tmp_path, attn_scale=1.0 / p.case.cfg.head_dim if scale == "1/hd" else scale)
     x, _ = ref.batch(p.train_tokens, 0, p.case.micro_batch, p.case.cfg.seq_len)
     with torch.no_grad():
         w = {k: v.double() for k, v in p.weights.items()}
-        plain, scaled = ref.forward(w, p.case.cfg, x), ref.forward(w, cfg, x)
+        plain, scaled = ref.forward(w, p.case.cfg, x), ref.forward(w, q.case.cfg, x)
     assert rel_err(scaled.numpy(), plain.numpy()) > 1e-3
-    check_probe_against_torch(replace(p, case=replace(p.case, cfg=cfg), ckpt=ckpt), "none")
-
-
-def with_mup(p: Prepared, tmp_path: Path, base: int) -> Prepared:
-    """p's model under μP with model.mup_base_width = base, in a checkpoint that says so."""
-    cfg = replace(p.case.cfg, mup_base_width=base)
-    ckpt = tmp_path / "mup.h5"
-    ref.write_checkpoint(ckpt, cfg, p.weights)
-    return replace(p, case=replace(p.case, cfg=cfg), ckpt=ckpt)
+    check_probe_against_torch(q, "none")
 
 
 # μP (model.mup_base_width, m = 4 and 2): the logits times 1/m, the attention scores times
@@ -975,7 +961,7 @@ def with_mup(p: Prepared, tmp_path: Path, base: int) -> Prepared:
 @pytest.mark.parametrize("name,div", [("oddshapes", 4), ("llama", 2)])
 def test_mup_matches_torch(name, div, tmp_root, tmp_path):
     case = next(c for c in CASES if c.name == name)
-    q = with_mup(prepare(case, tmp_root), tmp_path, case.cfg.n_embd // div)
+    q = with_model(prepare(case, tmp_root), tmp_path, mup_base_width=case.cfg.n_embd // div)
     assert q.case.cfg.mup_mult == div
     check_probe_against_torch(q, "none")
     sections = config_sections(q.case, q.dir, train__grad_clip=GRAD_CLIP[case.name])
@@ -991,7 +977,7 @@ def test_mup_matches_torch(name, div, tmp_root, tmp_path):
 # gradient norms and the final weights against PyTorch's.
 def test_logit_softcap_training_matches_torch(tmp_root, tmp_path):
     case = next(c for c in CASES if c.name == "oddshapes")
-    q = with_softcap(prepare(case, tmp_root), tmp_path, 0.5)
+    q = with_model(prepare(case, tmp_root), tmp_path, logit_softcap=0.5)
     sections = config_sections(q.case, q.dir, train__grad_clip=GRAD_CLIP[case.name],
                                train__z_loss=0.05)
     compare_training(q, tmp_path, sections, "softcap")

@@ -1025,6 +1025,39 @@ TEST_F(CpuKernels, CrossEntropyLossGradientAndPadding) {
     for (int j = V; j < Vp; ++j) ASSERT_EQ(logits[size_t(n) * Vp + j], 0.0f) << n << "," << j;
 }
 
+// The vocabulary-parallel backward of logits [N, Vp] in two slices of Vp/2 columns, from the
+// global row max and sum of exponentials (in double, rounded to float as the caller's reduction
+// hands them over), gives the fused op's dlogits `fused` to 1e-7.
+void expect_vocab_parallel_backward(Backend& be, const Vec& logits, const Vec& fused,
+                                    const std::vector<int32_t>& targets, int N, int V, int Vp,
+                                    float dloss_scale, float z_loss, float softcap) {
+  Vec gmax(N), gsum(N);
+  for (int n = 0; n < N; ++n) {
+    double mx = -INFINITY, sum = 0.0;
+    for (int j = 0; j < V; ++j) mx = std::max(mx, double(logits[size_t(n) * Vp + j]));
+    for (int j = 0; j < V; ++j) sum += std::exp(double(logits[size_t(n) * Vp + j]) - mx);
+    gmax[n] = float(mx);
+    gsum[n] = float(sum);
+  }
+  for (int r = 0; r < 2; ++r) {
+    const int W = Vp / 2, lv = std::clamp(V - r * W, 0, W);
+    Vec slice(size_t(N) * W);
+    std::vector<int32_t> local(N);
+    for (int n = 0; n < N; ++n) {
+      std::copy(logits.begin() + ptrdiff_t(n * Vp + r * W),
+                logits.begin() + ptrdiff_t(n * Vp + (r + 1) * W), slice.begin() + ptrdiff_t(n * W));
+      const int t = targets[n] - r * W;
+      local[n] = t >= 0 && t < lv ? t : -1;
+    }
+    be.crossentropy_backward_partial(slice.data(), gmax.data(), gsum.data(), local.data(), N, lv, W,
+                                     dloss_scale, z_loss, softcap);
+    for (int n = 0; n < N; ++n)
+      for (int j = 0; j < W; ++j)
+        ASSERT_NEAR(slice[size_t(n) * W + j], fused[size_t(n) * Vp + r * W + j], 1e-7)
+            << "slice " << r << " row " << n << " column " << j;
+  }
+}
+
 // train.z_loss: the gradient of the mean cross-entropy plus c·(log Z)² per row (finite
 // differences of that loss in double), log Z written out, the losses still the cross-entropy; the
 // vocabulary-parallel backward (two slices) gives the fused dlogits.
@@ -1058,31 +1091,7 @@ TEST_F(CpuKernels, CrossEntropyZLossGradientMatchesFiniteDifferences) {
     for (int j = V; j < Vp; ++j) g[size_t(n) * Vp + j] = 0.0;
   expect_close(fused, g, 1e-5, "dlogits with the z-loss");
   // The vocabulary-parallel backward from the global statistics, two slices of 32 columns.
-  Vec gmax(N), gsum(N);
-  for (int n = 0; n < N; ++n) {
-    double mx = -INFINITY, sum = 0.0;
-    for (int j = 0; j < V; ++j) mx = std::max(mx, double(logits[size_t(n) * Vp + j]));
-    for (int j = 0; j < V; ++j) sum += std::exp(double(logits[size_t(n) * Vp + j]) - mx);
-    gmax[n] = float(mx);
-    gsum[n] = float(sum);
-  }
-  for (int r = 0; r < 2; ++r) {
-    const int W = Vp / 2, lv = std::clamp(V - r * W, 0, W);
-    Vec slice(size_t(N) * W);
-    std::vector<int32_t> local(N);
-    for (int n = 0; n < N; ++n) {
-      std::copy(logits.begin() + ptrdiff_t(n * Vp + r * W),
-                logits.begin() + ptrdiff_t(n * Vp + (r + 1) * W), slice.begin() + ptrdiff_t(n * W));
-      const int t = targets[n] - r * W;
-      local[n] = t >= 0 && t < lv ? t : -1;
-    }
-    be->crossentropy_backward_partial(slice.data(), gmax.data(), gsum.data(), local.data(), N, lv,
-                                      W, dloss_scale, c);
-    for (int n = 0; n < N; ++n)
-      for (int j = 0; j < W; ++j)
-        ASSERT_NEAR(slice[size_t(n) * W + j], fused[size_t(n) * Vp + r * W + j], 1e-7)
-            << "slice " << r << " row " << n << " column " << j;
-  }
+  expect_vocab_parallel_backward(*be, logits, fused, targets, N, V, Vp, dloss_scale, c, 0.0f);
 }
 
 // model.logit_softcap: scale_cap_logits caps raw logits times a multiplier (μP's; c·tanh(m·x/c)
@@ -1132,31 +1141,7 @@ TEST_F(CpuKernels, CrossEntropySoftcapGradientMatchesFiniteDifferences) {
                                     dloss_scale * mult, zc, nullptr, cap);
   expect_close(losses, naive_losses(want_y, targets, N, V, Vp), 1e-6, "losses");
   expect_close(fused, g, 1e-5, "dlogits of the raw logits");
-  Vec gmax(N), gsum(N);
-  for (int n = 0; n < N; ++n) {
-    double mx = -INFINITY, sum = 0.0;
-    for (int j = 0; j < V; ++j) mx = std::max(mx, double(y[size_t(n) * Vp + j]));
-    for (int j = 0; j < V; ++j) sum += std::exp(double(y[size_t(n) * Vp + j]) - mx);
-    gmax[n] = float(mx);
-    gsum[n] = float(sum);
-  }
-  for (int r = 0; r < 2; ++r) {
-    const int W = Vp / 2, lv = std::clamp(V - r * W, 0, W);
-    Vec slice(size_t(N) * W);
-    std::vector<int32_t> local(N);
-    for (int n = 0; n < N; ++n) {
-      std::copy(y.begin() + ptrdiff_t(n * Vp + r * W), y.begin() + ptrdiff_t(n * Vp + (r + 1) * W),
-                slice.begin() + ptrdiff_t(n * W));
-      const int t = targets[n] - r * W;
-      local[n] = t >= 0 && t < lv ? t : -1;
-    }
-    be->crossentropy_backward_partial(slice.data(), gmax.data(), gsum.data(), local.data(), N, lv,
-                                      W, dloss_scale * mult, zc, cap);
-    for (int n = 0; n < N; ++n)
-      for (int j = 0; j < W; ++j)
-        ASSERT_NEAR(slice[size_t(n) * W + j], fused[size_t(n) * Vp + r * W + j], 1e-7)
-            << "slice " << r << " row " << n << " column " << j;
-  }
+  expect_vocab_parallel_backward(*be, y, fused, targets, N, V, Vp, dloss_scale * mult, zc, cap);
 }
 
 // scale_cap_logits without a cap is μP's multiplier alone: x times mult, one fp32 product.
