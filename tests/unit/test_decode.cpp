@@ -12,8 +12,8 @@
 //    params_updated() all drop the cache and still give the right logits;
 //  - sequence_losses (multiple-choice scoring) gives the logits' cross-entropy, reusing the
 //    longest prefix shared with the previous call;
-//  - with model.logit_softcap, next_token_logits, decode_logits and sequence_losses see the
-//    uncapped model's logits capped.
+//  - with model.logit_softcap (and μP's multiplier), next_token_logits, decode_logits and
+//    sequence_losses see the plain model's logits scaled and capped.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -321,9 +321,9 @@ TEST(Decode, SequenceLossesAreTheLogitsCrossEntropy) {
   }
 }
 
-// model.logit_softcap = c: every way of reading the head gives c·tanh(l / c) of the same model's
-// uncapped logits l (c at their largest magnitude, where tanh bends them by a quarter), and the
-// scores are the capped logits' cross-entropy.
+// model.logit_softcap = c under μP's multiplier 1/m: every way of reading the head gives
+// c·tanh(l / (m·c)) of the same weights' plain logits l (c at the largest l/m, where tanh bends
+// them by a quarter), and the scores are those logits' cross-entropy.
 TEST(Decode, SoftcappedLogitsAreTheCappedHead) {
   auto be = make_cpu_backend();
   const int V = kShape.vocab_size, len = 12;
@@ -333,13 +333,17 @@ TEST(Decode, SoftcappedLogitsAreTheCappedHead) {
   const float* p = plain.next_token_logits(seq.data(), len);
   const std::vector<float> l(p, p + V);
   double c = 0;
-  for (float v : l) c = std::max(c, std::abs(double(v)));
+  for (float v : l) c = std::max(c, std::abs(double(v)) / 2);
+  // Under μP with m = 2 too (the logits halved before the cap), with the usual attention scale
+  // kept (model.attn_scale) and the same weights, so that only the head's output changes.
   GptShape shape = kShape;
   shape.logit_softcap = float(c);
+  shape.mup_base_width = kShape.n_embd / 2;
+  shape.attn_scale = float(1.0 / std::sqrt(double(kShape.hd())));
   Gpt capped(shape, 1, *be);
-  capped.init(9);
+  capped.set_params(plain.params());
   std::vector<double> want(static_cast<size_t>(V), 0.0);
-  for (int v = 0; v < V; ++v) want[size_t(v)] = c * std::tanh(double(l[size_t(v)]) / c);
+  for (int v = 0; v < V; ++v) want[size_t(v)] = c * std::tanh(double(l[size_t(v)]) / 2 / c);
   auto expect_capped = [&](const float* got, const char* what) {
     double worst = 0;
     for (int v = 0; v < V; ++v) worst = std::max(worst, std::abs(got[v] - want[size_t(v)]) / c);
