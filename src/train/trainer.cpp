@@ -397,17 +397,20 @@ TrainOutcome Trainer::run() {
         // layer, the embeddings) to a non-blocking all-reduce (no ZeRO) or reduction into the
         // slices (ZeRO-1) while it computes the next one; ZeRO-2 and 3 reduce every micro-batch's
         // buckets into the slices so.
+        // A bucket of frozen tensors only (train.freeze) is not reduced: every rank holds zeros
+        // there, which no update reads.
         if (s.model->bucketed_grads()) {
           s.model->set_grad_ready_hook([&s](size_t off, size_t n, float* data) {
-            return s.reduce_bucket(off, n, data, true);
+            return s.all_frozen(off, n) ? CommRequest{} : s.reduce_bucket(off, n, data, true);
           });
         } else if (m == accum - 1 && zero) {
           s.model->set_grad_ready_hook([&s](size_t off, size_t n, float* data) {
-            return s.reduce_bucket(off, n, data, false);
+            return s.all_frozen(off, n) ? CommRequest{} : s.reduce_bucket(off, n, data, false);
           });
         } else if (m == accum - 1 && s.replicas > 1 && !zero) {
-          s.model->set_grad_ready_hook(
-              [&s](size_t, size_t n, float* data) { return s.grid.dp().iall_reduce_sum(data, n); });
+          s.model->set_grad_ready_hook([&s](size_t off, size_t n, float* data) {
+            return s.all_frozen(off, n) ? CommRequest{} : s.grid.dp().iall_reduce_sum(data, n);
+          });
         }
         s.train_data->fill(base + int64_t(m) * mbs, mbs, s.inputs.data(), s.targets.data());
         const ForwardStats f =

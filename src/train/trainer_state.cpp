@@ -148,14 +148,18 @@ void Trainer::State::setup_model() {
   // not the head's copy of wte, not a frozen tensor. Adjacent counted tensors merge into one
   // range (alignment gaps hold 0).
   const auto& sp = model->specs();
+  auto extend = [](std::vector<std::pair<size_t, size_t>>& ranges, size_t lo, size_t hi) {
+    if (!ranges.empty() && ranges.back().second == lo)
+      ranges.back().second = hi;
+    else
+      ranges.emplace_back(lo, hi);
+  };
   for (size_t i = 0; i < sp.size(); ++i) {
-    if (sp[i].replica || frozen_tensor(cfg.train.freeze, sp[i].name)) continue;
     const size_t lo = sp[i].offset, hi = i + 1 < sp.size() ? sp[i + 1].offset : model->num_floats();
-    if (!counted.empty() && counted.back().second == lo) {
-      counted.back().second = hi;
-    } else {
-      counted.emplace_back(lo, hi);
-    }
+    if (frozen_tensor(cfg.train.freeze, sp[i].name))
+      extend(frozen, lo, hi);
+    else if (!sp[i].replica)
+      extend(counted, lo, hi);
   }
   // Host token buffers: one micro-batch, or all of a step's for the pipeline.
   inputs.resize(size_t(mp.pp > 1 ? accum : 1) * mbs * cfg.model.seq_len);
@@ -205,6 +209,12 @@ void Trainer::State::layer_norms(const float* g, size_t lo, size_t hi, std::vect
     grad[k] = std::sqrt(sq[k]);
     weight[k] = std::sqrt(sq[groups.size() + k]);
   }
+}
+
+bool Trainer::State::all_frozen(size_t off, size_t n) const {
+  for (const auto& [a, b] : frozen)
+    if (off >= a && off + n <= b) return true;
+  return false;
 }
 
 CommRequest Trainer::State::reduce_bucket(size_t off, size_t n, float* data, bool accumulate) {

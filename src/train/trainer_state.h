@@ -68,6 +68,10 @@ struct Trainer::State {
   float* grad_shard = nullptr;  // ZeRO-1: the reduce-scattered gradient of the slice
   // Ranges of the parameter buffer whose gradients count in the global norm (see setup_model).
   std::vector<std::pair<size_t, size_t>> counted;
+  // The frozen tensors' extents of the buffer (train.freeze), merged as `counted` is: a gradient
+  // bucket inside one of them is not reduced (its values are zeros no update reads).
+  std::vector<std::pair<size_t, size_t>> frozen;
+  bool all_frozen(size_t off, size_t n) const;
   // A device backend's parameters and optimizer state pass through host copies for I/O.
   bool on_device = false;
   std::string comm_desc = "mpi";  // how ranks communicate, for the start line

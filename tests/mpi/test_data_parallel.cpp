@@ -88,6 +88,28 @@ TEST(DataParallel, CommunicationVolumeMatchesTheFormulas) {
   }
 }
 
+// train.freeze: a bucket of frozen tensors only is not reduced. With the embeddings (wte
+// [256, 32], wpe [16, 32]: 8704 floats) and the first layer frozen (12 tensors of C = 32, each
+// 16-float aligned: 12704 floats), each step's reduction leaves out both buckets: 2 of the 4
+// travel (ln_f's, the second layer's), with and without ZeRO-1.
+TEST(DataParallel, FrozenBucketsAreNotReduced) {
+  if (world_size() < 2) GTEST_SKIP() << "needs 2 ranks";
+  const std::string dir = shared_dir("traffic");
+  const int steps = 6, dp = 2;
+  for (int zero : {0, 1}) {
+    const Result all = run(dir, "frozen_all_z" + std::to_string(zero), dp, zero, 2);
+    const Result r = run(dir, "frozen_z" + std::to_string(zero), dp, zero, 2,
+                         {"--resume", "none", "--train.freeze", "wte/weight, wpe/weight, h/0/*"});
+    if (world_rank() != 0) continue;
+    const int kind = zero == 0 ? CommStats::kAllReduce : CommStats::kReduceScatter;
+    const CommStats& t = r.out.dp_traffic;
+    const uint64_t grad = r.out.param_floats * 4, frozen = (8704 + 12704) * 4;
+    EXPECT_EQ(all.out.dp_traffic.bytes[kind], steps * grad) << "zero " << zero;
+    EXPECT_EQ(t.calls[kind], uint64_t(steps * 2)) << "zero " << zero;
+    EXPECT_EQ(t.bytes[kind], steps * (grad - frozen)) << "zero " << zero;
+  }
+}
+
 TEST(DataParallel, CheckpointsResumeOnOtherGrids) {
   const std::string dir = shared_dir("reshard");
   const int big = std::min(4, world_size());
