@@ -89,9 +89,11 @@ class KeyTable {
     add("model.mup_base_width", c.model.mup_base_width,
         "μP (maximal update parametrization) relative to a base model of this width, m = "
         "n_embd / it: hidden matrices initialized at 1/sqrt(m) of the usual deviation and moved "
-        "by AdamW at lr / m, logits times 1/m, attention scores times 1/sqrt(head width · m) "
-        "(unless model.attn_scale); a learning rate tuned at the base width then carries over "
-        "to wider models. 0: the standard parametrization");
+        "by AdamW at lr / m (Muon's matrices keep Muon's rate), logits times 1/m, attention "
+        "scores times 1/sqrt(head width · m) unless model.attn_scale (right where the head "
+        "count stays fixed; where the heads keep their width and grow in number set "
+        "model.attn_scale = 1/sqrt(head width)); a learning rate tuned at the base width then "
+        "carries over to wider models. 0: the standard parametrization");
     add("model.norm_eps", c.model.norm_eps,
         "epsilon of the LayerNorms or RMSNorms (and QK-norms): 1e-5 as GPT-2 and Llama, 1e-6 "
         "as Qwen2");
@@ -711,7 +713,8 @@ void validate(const Config& c, int world_size) {
   check(m.mup_base_width >= 0 && m.mup_base_width <= (1 << 20), "model.mup_base_width",
         "must be in [0, 2^20] (0: no μP; got " + std::to_string(m.mup_base_width) + ")");
   check(m.mup_base_width == 0 || c.optim.name != "sgd", "model.mup_base_width",
-        "μP's learning-rate rules here are Adam's: use optim.name = adamw or muon, not sgd");
+        "μP's learning-rate rules here are Adam's (Muon's matrices keep Muon's own): use "
+        "optim.name = adamw or muon, not sgd");
   check(m.mlp_hidden >= 0, "model.mlp_hidden",
         "must be >= 0 (0: the default width; got " + std::to_string(m.mlp_hidden) + ")");
   if (m.position == "rope") {

@@ -198,7 +198,8 @@ void Trainer::State::layer_norms(const float* g, size_t lo, size_t hi, std::vect
       if (x >= y) continue;
       const size_t k =
           size_t(std::find(groups.begin(), groups.end(), layer_of(s.name)) - groups.begin());
-      sq[k] += be->sum_squares(g + (x - lo), y - x);
+      // A frozen tensor's gradient is no update's (and no reduction sums it): its weight counts.
+      if (!frozen_tensor(cfg.train.freeze, s.name)) sq[k] += be->sum_squares(g + (x - lo), y - x);
       sq[groups.size() + k] +=
           be->sum_squares(model->params() + (x - model->master_begin()), y - x);
     }

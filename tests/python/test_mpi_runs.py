@@ -279,10 +279,15 @@ def test_frozen_tensors_give_the_same_curve_on_every_grid(tmp_path, optim):
     cfg = tiny_config(tmp_path, name="one", train__steps=6, eval__every=3)
     freeze = "wte/weight, wpe/weight, h/0/*, h/1/mlp/c_fc/*"
     common = ["--train.freeze", freeze, "--optim.name", optim, "--checkpoint.at_start", "true",
-              "--checkpoint.every", 0]
+              "--checkpoint.every", 0, "--train.norms_every", 2]
     p = run(1, "--config", cfg, *common)
     assert p.returncode == 0, p.stderr
     assert "frozen (train.freeze): 16 tensors" in p.stdout, p.stdout
+    # The per-layer gradient norms leave frozen tensors out (their weights' norms stay).
+    with h5py.File(tmp_path / "runs" / "one" / "metrics.h5", "r") as f:
+        n = {k: f["norms"][k][:] for k in f["norms"]}
+    assert not n["grad_h0"].any() and not n["grad_wte"].any() and n["grad_h1"].all()
+    assert n["weight_h0"].all() and n["weight_wte"].all()
     assert_grids_follow_one_rank(tmp_path, cfg, common,
                                  more=[("zero2", 2, ["--parallel.zero", 2]),
                                        ("zero3", 2, ["--parallel.zero", 3]),

@@ -262,7 +262,7 @@ class Backend {
   // z_loss = c > 0 (train.z_loss, PaLM's auxiliary loss c·(log Z)², Z = Σ_{j<V} e^{logit_j}) adds
   // its gradient: the softmax term becomes softmax · dloss_scale · (1 + 2c·log Z); losses stay
   // the cross-entropy. log_z[N] (may be nullptr) gets log Z (0 for an ignored row).
-  // softcap = c > 0 (model.logit_softcap): the logits were capped by logit_softcap, and each
+  // softcap = c > 0 (model.logit_softcap): the logits were capped by scale_cap_logits, and each
   // gradient value is multiplied by the cap's derivative 1 − (y/c)² at the logit y it replaces.
   virtual void crossentropy_forward_backward(float* logits, float* losses, float* correct,
                                              const int32_t* targets, int N, int V, int Vp,

@@ -101,8 +101,10 @@ struct GptShape {
   // mlp.c_proj) start with 1/sqrt(m) of the usual deviation and AdamW moves them at lr / m
   // (Optimizer's hidden_lr_scale), the logits are multiplied by 1/m, and the attention scores
   // scaled by 1/sqrt(hd·m) unless attn_scale says otherwise (1/sqrt(hd) at the base width, 1/hd
-  // in the limit of wider heads). Embeddings, norms, biases and the head keep their
-  // initialization and learning rate. 0: the standard parametrization.
+  // in the limit of wider heads: right where the head count stays and the heads widen; where the
+  // heads stay as wide and grow in number, μP keeps 1/sqrt(hd), which attn_scale must then
+  // say). Embeddings, norms, biases and the head keep their initialization and learning rate.
+  // 0: the standard parametrization.
   int mup_base_width = 0;
   double mup_mult() const { return mup_base_width > 0 ? double(n_embd) / mup_base_width : 1.0; }
   // The scale the attention ops take: attn_scale, or μP's, or 0 (their 1/sqrt(hd)).
@@ -114,7 +116,7 @@ struct GptShape {
   float logits_mult() const { return float(1.0 / mup_mult()); }
   // Soft-capped logits (model.logit_softcap; Gemma 2's 30, modded-nanogpt's): the head's logits
   // become c·tanh(logit / c), within (−c, c), before the loss, evaluation and sampling
-  // (Backend::logit_softcap). 0: none.
+  // (Backend::scale_cap_logits). 0: none.
   float logit_softcap = 0.0f;
   // The window changes during training (train.window_warmup, Gpt::set_window): the attention
   // mask is planned for even where sliding_window cuts nothing. Not part of the model.
@@ -552,9 +554,10 @@ class Gpt {
   // backward pass are left out: a linear layer's weight-gradient product where its weight is
   // frozen (and its bias too, or it has none), a bias sum where its bias is, the head's where it
   // is; and where the embeddings and the first layers are all frozen, the backward pass stops
-  // above them on the first pipeline chunk (nothing below needs their input gradient). Their
-  // gradient ranges keep what they held (zeros) and still go through the reductions; the
-  // optimizer and the gradient norm leave them out. The norms' weight gradients are formed.
+  // above them on the first pipeline chunk (nothing below needs their input gradient). The norms'
+  // weight gradients (and wte's with a trainable wpe) are still formed; nothing reads them: the
+  // optimizer and the gradient norms leave frozen tensors out, and the trainer does not reduce
+  // a bucket of frozen tensors only.
   void set_frozen(const std::function<bool(const std::string&)>& frozen);
   // The leading layers the backward pass leaves out (set_frozen).
   int frozen_layers() const { return frozen_layers_; }

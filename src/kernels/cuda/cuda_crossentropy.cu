@@ -3,7 +3,7 @@
 //   loss = log Σ_j e^{x_j − max} − (x_target − max)   (the sum in double)
 //   dlogits = softmax · dloss_scale · (1 + 2·z_loss·log Z) − dloss_scale · onehot(target)
 //             (log Z = max + log Σ; z_loss 0: no z-loss), log_z = log Z where asked
-// With a softcap c > 0 (model.logit_softcap: the logits were capped, logit_softcap) each
+// With a softcap c > 0 (model.logit_softcap: the logits were capped, scale_cap_logits) each
 // gradient value is multiplied by the cap's derivative 1 − (x_j/c)².
 // correct = 1 where the first index holding the maximum (torch.argmax) equals the target.
 // A row whose target is negative (kIgnoredTarget, a masked target) gets loss 0, correct 0 and a
