@@ -4,10 +4,12 @@
 # the same thread count, back to back, on a random token shard (data does not change speed).
 # Prints both median tokens/s (first 2 steps left out as warm-up) and the ratio.
 #
-#   jobs/bench-cpu.sh [--threads N] [--steps N] [--section.key value ...]
+#   jobs/bench-cpu.sh [--threads N] [--steps N] [--freeze GLOBS] [--section.key value ...]
 #
-# N defaults to nproc. Extra --section.key options go to triad-train only (change the model in
-# the INI instead, so that both sides run the same one). Builds triad-train if needed.
+# N defaults to nproc. --freeze: fine-tuning with the tensors GLOBS matches left as they are, on
+# both sides (triad's train.freeze; PyTorch's requires_grad = False). Extra --section.key options
+# go to triad-train only (change the model in the INI instead, so that both sides run the same
+# one). Builds triad-train if needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,12 +17,16 @@ threads=$(nproc 2>/dev/null || echo 2)
 steps=10
 config=inputs/runs/bench-cpu.ini
 extra=()
+freeze=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --threads|--steps)
       [[ $# -ge 2 && $2 =~ ^[1-9][0-9]*$ ]] || { echo "bench-cpu: $1 needs a count >= 1 (got '${2:-}')" >&2; exit 2; }
       [[ $1 == --threads ]] && threads=$2 || steps=$2; shift 2 ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    --freeze)
+      [[ $# -ge 2 && -n $2 ]] || { echo "bench-cpu: --freeze needs comma-separated globs" >&2; exit 2; }
+      freeze=(--freeze "$2"); extra+=(--train.freeze "$2"); shift 2 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     --[a-z]*.[a-z]*)
       [[ $# -ge 2 ]] || { echo "bench-cpu: $1 needs a value" >&2; exit 2; }
       extra+=("$1" "$2"); shift 2 ;;
@@ -50,4 +56,4 @@ build/triad-train --config "$config" --data.train "$tmp/bench_train_*.bin" \
 
 echo "== pytorch"
 "$py" tests/reference/bench_torch.py --config "$config" --threads "$threads" --steps "$steps" \
-  --triad-metrics "$tmp/bench/metrics.h5" --triad-log "$tmp/bench/log.txt"
+  --triad-metrics "$tmp/bench/metrics.h5" --triad-log "$tmp/bench/log.txt" "${freeze[@]}"

@@ -13,6 +13,7 @@ CASES = [
     ("bench-cpu", ["--threads", "two"], "--threads needs a count"),
     ("bench-cpu", ["--steps", "2"], "--steps must be >= 3"),
     ("bench-cpu", ["--train.lr"], "--train.lr needs a value"),
+    ("bench-cpu", ["--freeze"], "--freeze needs comma-separated globs"),
     ("bench-plan", ["--bogus"], "unknown option --bogus"),
     ("bench-plan", ["--pp", "x"], "--pp needs a count"),
     ("bench-plan", ["--pp", "1"], "--pp must be >= 2"),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import fnmatch
 import os
 import re
 import statistics
@@ -34,6 +35,9 @@ def parse_args():
     ap.add_argument("--triad-metrics", help="triad's metrics.h5 of the same benchmark")
     ap.add_argument("--triad-log", help="triad's log.txt (for its measured sgemm peak)")
     ap.add_argument("--sgemm-size", type=int, default=2048)
+    ap.add_argument("--freeze", default="",
+                    help="comma-separated globs (triad's train.freeze): those tensors get "
+                         "requires_grad = False and stay out of the optimizer")
     ap.add_argument("--recompute", choices=["none", "full"], default="none",
                     help="full: each layer under torch.utils.checkpoint (activation recompute)")
     ap.add_argument("--no-single-intra-op", action="store_true",
@@ -203,7 +207,13 @@ def main():
         model = ref.build_model(ref.random_weights(cfg, seed=0, perturb=False), cfg, fast=True,
                                 checkpoint_layers=args.recompute == "full")
         model.train()
-        opt = torch.optim.AdamW(model.param_groups(wd), lr=lr, betas=betas, eps=eps)
+        globs = [g.strip() for g in args.freeze.split(",") if g.strip()]
+        for name, t in model.tensors().items():  # fine-tuning part of the model
+            if any(fnmatch.fnmatchcase(name, g) for g in globs):
+                t.requires_grad_(False)
+        groups = [dict(g, params=[p for p in g["params"] if p.requires_grad])
+                  for g in model.param_groups(wd)]
+        opt = torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
         gen = torch.Generator().manual_seed(1)
         data = torch.randint(0, cfg.vocab_size, (steps * B, T + 1), generator=gen)
         times = []
@@ -249,7 +259,8 @@ def main():
     print(f"model: n_layer={cfg.n_layer} n_head={cfg.n_head} n_embd={cfg.n_embd} "
           f"seq_len={T} vocab={cfg.vocab_size} (padded {cfg.padded_vocab_size}) | batch {B} = "
           f"{accum} x {mbs} sequences | {steps} steps, median of steps {args.warmup}.."
-          f"{steps - 1} | threads {args.threads} | recompute {args.recompute}")
+          f"{steps - 1} | threads {args.threads} | recompute {args.recompute}"
+          + (f" | frozen: {args.freeze}" if args.freeze else ""))
     print(f"torch {torch.__version__}: BLAS_INFO={m.group(1) if m else '?'}; BLAS libraries "
           f"loaded: {', '.join(blas_in_use()) or '?'}")
     if core:
