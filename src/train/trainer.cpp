@@ -387,8 +387,15 @@ TrainOutcome Trainer::run() {
       loss_sum = f.loss_sum;
       z_sum = f.z_sum;
       if (profile) s.write_pipeline_trace(actions, int(st + 1), accum);
-      if (s.replicas > 1 && !zero)
-        s.grid.dp().all_reduce_sum(s.model->grads(), s.model->num_floats());
+      if (s.replicas > 1 && !zero) {  // the gradient between the frozen tensors' extents
+        size_t at = 0;
+        for (const auto& [a, b] : s.frozen) {
+          if (a > at) s.grid.dp().all_reduce_sum(s.model->grads() + at, a - at);
+          at = std::max(at, b);
+        }
+        if (s.model->num_floats() > at)
+          s.grid.dp().all_reduce_sum(s.model->grads() + at, s.model->num_floats() - at);
+      }
     } else {
       // The slices' padding past the parameters is no bucket's: zero.
       if (zero) s.be->zero(s.grad_shard, s.shard_hi - s.shard_lo);

@@ -765,6 +765,24 @@ TEST(ModelParallel, CommunicationVolumeMatchesTheFormulas) {
       EXPECT_EQ(t.bytes[CommStats::kAllReduce], 0u);
     }
   }
+  {
+    // dp = 2 × pp = 2 without ZeRO: each stage all-reduces its gradient after the pipeline's
+    // step, less the frozen tensors' extents (train.freeze: the embeddings and layer 0, the
+    // first stage's wte [384, C], wpe [kSeq, C] and the first of its two layers).
+    const Grid g{2, 1, 2, 0, 4, "1f1b", 1};
+    const Result all = run(dir, "dppp_traffic", g, {"--resume", "none", "--eval.sequences", "0"});
+    const Result r = run(dir, "dppp_frozen_traffic", g,
+                         {"--resume", "none", "--eval.sequences", "0", "--train.freeze",
+                          "wte/weight, wpe/weight, h/0/*"});
+    if (world_rank() == 0) {  // the first stage
+      const uint64_t floats = r.out.param_floats, embeddings = (384 + kSeq) * C;
+      const uint64_t layer = (floats - embeddings) / 2;
+      EXPECT_EQ(all.out.dp_traffic.bytes[CommStats::kAllReduce], steps * floats * 4);
+      EXPECT_EQ(r.out.dp_traffic.bytes[CommStats::kAllReduce],
+                steps * (floats - embeddings - layer) * 4);
+      EXPECT_EQ(r.out.dp_traffic.calls[CommStats::kAllReduce], uint64_t(steps));
+    }
+  }
 }
 
 // Parameters per rank shrink as 1/(tp·pp) for the transformer layers and 1/tp for the tied

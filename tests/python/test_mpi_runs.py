@@ -273,7 +273,8 @@ def test_bad_schedule_keys_stop_every_rank(tmp_path, args, needle):
 def test_frozen_tensors_give_the_same_curve_on_every_grid(tmp_path, optim):
     """train.freeze (the embeddings and the whole first layer, whose backward is then left out,
     and the second layer's c_fc) on tensor, pipeline (the first stage's backward is all frozen),
-    data (ZeRO-1, 2 and 3) and 2 x 2 grids, with AdamW and with Muon: the one-rank curve within
+    data (ZeRO-1, 2 and 3), 2 x 2 and dp 2 x pp 2 grids (the pipeline's all-reduce between the
+    frozen extents), with AdamW and with Muon: the one-rank curve within
     fp32 rounding (its values against PyTorch: test_reference_model.py), and every grid's frozen
     tensors in its last checkpoint bit for bit the initial ones."""
     cfg = tiny_config(tmp_path, name="one", train__steps=6, eval__every=3)
@@ -292,11 +293,13 @@ def test_frozen_tensors_give_the_same_curve_on_every_grid(tmp_path, optim):
                                  more=[("zero2", 2, ["--parallel.zero", 2]),
                                        ("zero3", 2, ["--parallel.zero", 3]),
                                        ("zb", 2, ["--parallel.pp", 2, "--parallel.schedule",
-                                                  "zb-h1"])])
+                                                  "zb-h1"]),
+                                       ("dppp", 4, ["--parallel.pp", 2,
+                                                    "--train.micro_batch_size", 2])])
     start = model(tmp_path / "runs" / "one" / "ckpt" / "step_00000000.h5")
     frozen = [n for n in start if n.startswith(("wte/", "wpe/", "h/0/", "h/1/mlp/c_fc/"))]
     assert len(frozen) == 16, frozen
-    for run_name in ("one", "tp", "pp", "dp", "tppp", "zero2", "zero3", "zb"):
+    for run_name in ("one", "tp", "pp", "dp", "tppp", "zero2", "zero3", "zb", "dppp"):
         end = model(tmp_path / "runs" / run_name / "ckpt" / "step_00000006.h5")
         for n in frozen:
             np.testing.assert_array_equal(end[n], start[n], err_msg=f"{run_name} {n}")
