@@ -94,7 +94,15 @@ TEST(CudaBackendNoDevice, MakeThrowsClearErrorWithoutDevice) {
   EXPECT_FALSE(cuda_device_description().empty());
 }
 
-class CudaBackendTest : public triad::testing::CudaVsCpuTest {};
+struct CeShape;
+class CudaBackendTest : public triad::testing::CudaVsCpuTest {
+ protected:
+  // The loss kernels on logits [s.N, s.Vp] (capped already where softcap > 0) against the CPU
+  // backend's: the fused op (losses, log Z, dlogits) and the vocabulary-parallel backward from
+  // the whole rows' statistics.
+  void expect_loss_matches_cpu(const CeShape& s, const Vec& logits, const IVec& targets,
+                               float dloss_scale, float z_loss, float softcap);
+};
 
 // ---- memory, errors ------------------------------------------------------------------------
 
@@ -1037,40 +1045,44 @@ TEST_F(CudaBackendTest, CrossEntropyBackwardPartial) {
   }
 }
 
+void CudaBackendTest::expect_loss_matches_cpu(const CeShape& s, const Vec& logits,
+                                              const IVec& targets, float dloss_scale, float z_loss,
+                                              float softcap) {
+  const size_t total = size_t(s.N) * s.Vp;
+  Vec want = logits, losses(s.N), log_z(s.N);
+  cpu->crossentropy_forward_backward(want.data(), losses.data(), nullptr, targets.data(), s.N, s.V,
+                                     s.Vp, dloss_scale, z_loss, log_z.data(), softcap);
+  float* g_logits = dev(logits);
+  float *g_losses = dev_zeros(s.N), *g_log_z = dev(Vec(s.N, 7.0f));
+  int32_t* g_targets = dev(targets);
+  gpu->crossentropy_forward_backward(g_logits, g_losses, nullptr, g_targets, s.N, s.V, s.Vp,
+                                     dloss_scale, z_loss, g_log_z, softcap);
+  EXPECT_TRUE(close(host(g_losses, s.N), losses, kElemTol, 1e-7)) << "losses";
+  EXPECT_TRUE(close(host(g_log_z, s.N), log_z, kElemTol, 1e-7)) << "log Z";
+  EXPECT_TRUE(close(host(g_logits, total), want, kElemTol, 1e-7)) << "dlogits";
+  // The vocabulary-parallel backward from the whole row's statistics: the same dlogits.
+  Vec row_max(s.N), argmax(s.N), sum_exp(s.N), target_logit(s.N);
+  cpu->logits_row_max(row_max.data(), argmax.data(), logits.data(), s.N, s.V, s.Vp);
+  cpu->softmax_partial_sums(sum_exp.data(), target_logit.data(), logits.data(), row_max.data(),
+                            targets.data(), s.N, s.V, s.Vp);
+  Vec want_partial = logits;
+  cpu->crossentropy_backward_partial(want_partial.data(), row_max.data(), sum_exp.data(),
+                                     targets.data(), s.N, s.V, s.Vp, dloss_scale, z_loss, softcap);
+  float* g_partial = dev(logits);
+  gpu->crossentropy_backward_partial(g_partial, dev(row_max), dev(sum_exp), g_targets, s.N, s.V,
+                                     s.Vp, dloss_scale, z_loss, softcap);
+  EXPECT_TRUE(close(host(g_partial, total), want_partial, kElemTol, 1e-7)) << "partial";
+}
+
 // train.z_loss: the fused op and the vocabulary-parallel backward with c > 0 against the CPU
 // backend's (the softmax term scaled by 1 + 2c·log Z, log Z written out, 0 for a masked row).
 TEST_F(CudaBackendTest, CrossEntropyZLossMatchesCpu) {
-  const float c = 0.05f;
   for (const CeShape& s : kCeShapes) {
     SCOPED_TRACE(::testing::Message() << "N=" << s.N << " V=" << s.V << " Vp=" << s.Vp);
-    const size_t total = size_t(s.N) * s.Vp;
-    const Vec logits = random_vec(total, 95, -4.0f, 4.0f);
     IVec targets = random_ints(s.N, 96, 0, s.V);
     if (s.N > 2) targets[1] = kIgnoredTarget;
-    const float dloss_scale = 1.0f / float(s.N);
-    Vec want = logits, losses(s.N), log_z(s.N);
-    cpu->crossentropy_forward_backward(want.data(), losses.data(), nullptr, targets.data(), s.N,
-                                       s.V, s.Vp, dloss_scale, c, log_z.data());
-    float* g_logits = dev(logits);
-    float *g_losses = dev_zeros(s.N), *g_log_z = dev(Vec(s.N, 7.0f));
-    int32_t* g_targets = dev(targets);
-    gpu->crossentropy_forward_backward(g_logits, g_losses, nullptr, g_targets, s.N, s.V, s.Vp,
-                                       dloss_scale, c, g_log_z);
-    EXPECT_TRUE(close(host(g_losses, s.N), losses, kElemTol, 1e-7)) << "losses";
-    EXPECT_TRUE(close(host(g_log_z, s.N), log_z, kElemTol, 1e-7)) << "log Z";
-    EXPECT_TRUE(close(host(g_logits, total), want, kElemTol, 1e-7)) << "dlogits";
-    // The vocabulary-parallel backward from the whole row's statistics: the same dlogits.
-    Vec row_max(s.N), argmax(s.N), sum_exp(s.N), target_logit(s.N);
-    cpu->logits_row_max(row_max.data(), argmax.data(), logits.data(), s.N, s.V, s.Vp);
-    cpu->softmax_partial_sums(sum_exp.data(), target_logit.data(), logits.data(), row_max.data(),
-                              targets.data(), s.N, s.V, s.Vp);
-    Vec want_partial = logits;
-    cpu->crossentropy_backward_partial(want_partial.data(), row_max.data(), sum_exp.data(),
-                                       targets.data(), s.N, s.V, s.Vp, dloss_scale, c);
-    float* g_partial = dev(logits);
-    gpu->crossentropy_backward_partial(g_partial, dev(row_max), dev(sum_exp), g_targets, s.N, s.V,
-                                       s.Vp, dloss_scale, c);
-    EXPECT_TRUE(close(host(g_partial, total), want_partial, kElemTol, 1e-7)) << "partial";
+    expect_loss_matches_cpu(s, random_vec(size_t(s.N) * s.Vp, 95, -4.0f, 4.0f), targets,
+                            1.0f / float(s.N), 0.05f, 0.0f);
   }
 }
 
@@ -1078,7 +1090,7 @@ TEST_F(CudaBackendTest, CrossEntropyZLossMatchesCpu) {
 // forms), then the fused op and the vocabulary-parallel backward with the cap's derivative (and
 // a z-loss) against the CPU backend's.
 TEST_F(CudaBackendTest, LogitSoftcapAndItsCrossEntropyMatchCpu) {
-  const float cap = 15.0f, c = 0.01f;
+  const float cap = 15.0f;
   for (const CeShape& s : kCeShapes) {
     SCOPED_TRACE(::testing::Message() << "N=" << s.N << " V=" << s.V << " Vp=" << s.Vp);
     const size_t total = size_t(s.N) * s.Vp;
@@ -1089,28 +1101,7 @@ TEST_F(CudaBackendTest, LogitSoftcapAndItsCrossEntropyMatchCpu) {
     EXPECT_TRUE(close(host(g_logits, total), capped, kElemTol, 1e-7)) << "capped logits";
     IVec targets = random_ints(s.N, 98, 0, s.V);
     if (s.N > 2) targets[1] = kIgnoredTarget;
-    const float dloss_scale = 1.0f / float(s.N);
-    Vec want = capped, losses(s.N);
-    cpu->crossentropy_forward_backward(want.data(), losses.data(), nullptr, targets.data(), s.N,
-                                       s.V, s.Vp, dloss_scale, c, nullptr, cap);
-    g_logits = dev(capped);
-    float* g_losses = dev_zeros(s.N);
-    int32_t* g_targets = dev(targets);
-    gpu->crossentropy_forward_backward(g_logits, g_losses, nullptr, g_targets, s.N, s.V, s.Vp,
-                                       dloss_scale, c, nullptr, cap);
-    EXPECT_TRUE(close(host(g_losses, s.N), losses, kElemTol, 1e-7)) << "losses";
-    EXPECT_TRUE(close(host(g_logits, total), want, kElemTol, 1e-7)) << "dlogits";
-    Vec row_max(s.N), argmax(s.N), sum_exp(s.N), target_logit(s.N);
-    cpu->logits_row_max(row_max.data(), argmax.data(), capped.data(), s.N, s.V, s.Vp);
-    cpu->softmax_partial_sums(sum_exp.data(), target_logit.data(), capped.data(), row_max.data(),
-                              targets.data(), s.N, s.V, s.Vp);
-    Vec want_partial = capped;
-    cpu->crossentropy_backward_partial(want_partial.data(), row_max.data(), sum_exp.data(),
-                                       targets.data(), s.N, s.V, s.Vp, dloss_scale, c, cap);
-    float* g_partial = dev(capped);
-    gpu->crossentropy_backward_partial(g_partial, dev(row_max), dev(sum_exp), g_targets, s.N, s.V,
-                                       s.Vp, dloss_scale, c, cap);
-    EXPECT_TRUE(close(host(g_partial, total), want_partial, kElemTol, 1e-7)) << "partial";
+    expect_loss_matches_cpu(s, capped, targets, 1.0f / float(s.N), 0.01f, cap);
   }
 }
 

@@ -157,7 +157,14 @@ TEST(CudaBf16NoDevice, MakeThrowsWithoutDevice) {
   EXPECT_THROW(make_cuda_backend(), Error);
 }
 
-class CudaBf16Test : public triad::testing::CudaVsCpuTest {};
+struct CeShape;
+class CudaBf16Test : public triad::testing::CudaVsCpuTest {
+ protected:
+  // The fused loss on bf16 logits [s.N, s.Vp] (capped already where softcap > 0) against the
+  // CPU backend's: dlogits, losses and log Z.
+  void expect_loss_matches_cpu(const CeShape& s, const Bits& logits, const IVec& targets,
+                               float dloss_scale, float z_loss, float softcap);
+};
 
 // ---- memory and conversions ------------------------------------------------------------------
 
@@ -1141,28 +1148,32 @@ TEST_F(CudaBf16Test, CrossEntropyForwardBackward) {
   }
 }
 
+void CudaBf16Test::expect_loss_matches_cpu(const CeShape& s, const Bits& logits,
+                                           const IVec& targets, float dloss_scale, float z_loss,
+                                           float softcap) {
+  const size_t NV = size_t(s.N) * s.Vp;
+  Bits want = logits;
+  Vec losses(s.N), log_z(s.N);
+  cpu->crossentropy_forward_backward(want.data(), losses.data(), nullptr, targets.data(), s.N, s.V,
+                                     s.Vp, dloss_scale, z_loss, log_z.data(), softcap);
+  bf16_t* g_logits = dev(logits);
+  float *g_losses = dev(Vec(s.N, 42.0f)), *g_log_z = dev(Vec(s.N, 42.0f));
+  gpu->crossentropy_forward_backward(g_logits, g_losses, nullptr, dev(targets), s.N, s.V, s.Vp,
+                                     dloss_scale, z_loss, g_log_z, softcap);
+  EXPECT_TRUE(close(host(g_logits, NV), want)) << "dlogits";
+  EXPECT_TRUE(close(host(g_losses, s.N), losses)) << "losses";
+  EXPECT_TRUE(close(host(g_log_z, s.N), log_z)) << "log Z";
+}
+
 // train.z_loss on bf16 logits (the one-pass kernel where Vp is a multiple of 8): dlogits, losses
 // and log Z against the CPU backend's.
 TEST_F(CudaBf16Test, CrossEntropyZLossMatchesCpu) {
-  const float c = 0.05f;
   for (const CeShape& s : kCeShapes) {
     SCOPED_TRACE(::testing::Message() << "N=" << s.N << " V=" << s.V << " Vp=" << s.Vp);
-    const size_t NV = size_t(s.N) * s.Vp;
-    const Bits logits = random_bits(NV, 75, -4.0f, 4.0f);
     IVec targets = random_ints(s.N, 76, 0, s.V);
     targets[size_t(s.N / 2)] = kIgnoredTarget;
-    const float scale = 1.0f / float(s.N);
-    Bits want = logits;
-    Vec losses(s.N), log_z(s.N);
-    cpu->crossentropy_forward_backward(want.data(), losses.data(), nullptr, targets.data(), s.N,
-                                       s.V, s.Vp, scale, c, log_z.data());
-    bf16_t* g_logits = dev(logits);
-    float *g_losses = dev(Vec(s.N, 42.0f)), *g_log_z = dev(Vec(s.N, 42.0f));
-    gpu->crossentropy_forward_backward(g_logits, g_losses, nullptr, dev(targets), s.N, s.V, s.Vp,
-                                       scale, c, g_log_z);
-    EXPECT_TRUE(close(host(g_logits, NV), want)) << "dlogits";
-    EXPECT_TRUE(close(host(g_losses, s.N), losses)) << "losses";
-    EXPECT_TRUE(close(host(g_log_z, s.N), log_z)) << "log Z";
+    expect_loss_matches_cpu(s, random_bits(size_t(s.N) * s.Vp, 75, -4.0f, 4.0f), targets,
+                            1.0f / float(s.N), 0.05f, 0.0f);
   }
 }
 
@@ -1181,17 +1192,7 @@ TEST_F(CudaBf16Test, LogitSoftcapAndItsCrossEntropyMatchCpu) {
     EXPECT_TRUE(close(host(g_logits, NV), capped)) << "capped logits";
     IVec targets = random_ints(s.N, 78, 0, s.V);
     targets[0] = kIgnoredTarget;
-    const float scale = 0.5f;
-    Bits want = capped;
-    Vec losses(s.N);
-    cpu->crossentropy_forward_backward(want.data(), losses.data(), nullptr, targets.data(), s.N,
-                                       s.V, s.Vp, scale, 0.0f, nullptr, cap);
-    g_logits = dev(capped);
-    float* g_losses = dev(Vec(s.N, 42.0f));
-    gpu->crossentropy_forward_backward(g_logits, g_losses, nullptr, dev(targets), s.N, s.V, s.Vp,
-                                       scale, 0.0f, nullptr, cap);
-    EXPECT_TRUE(close(host(g_logits, NV), want)) << "dlogits";
-    EXPECT_TRUE(close(host(g_losses, s.N), losses)) << "losses";
+    expect_loss_matches_cpu(s, capped, targets, 0.5f, 0.0f, cap);
   }
 }
 
