@@ -258,11 +258,14 @@ def test_window_warmup_gives_the_same_curve_on_every_grid_and_resumes_exactly(tm
     (["--train.freeze", "h/7/*"], "pattern 'h/7/*' matches no tensor"),
     (["--train.freeze", "*"], "freezes every tensor"),
     (["--train.z_loss", -1], "train.z_loss"),
-    (["--train.schedule", "wsd", "--train.decay_shape", "exp"], "train.decay_shape")])
+    (["--train.schedule", "wsd", "--train.decay_shape", "exp"], "train.decay_shape"),
+    (["--model.logit_softcap", -30], "model.logit_softcap"),
+    (["--model.attn_scale", 1000], "model.attn_scale"),
+    (["--model.mup_base_width", 16, "--optim.name", "sgd"], "model.mup_base_width")])
 def test_bad_schedule_keys_stop_every_rank(tmp_path, args, needle):
-    """The schedule and objective keys (window warmup, batch ramp, lr by sequences, run length,
-    frozen tensors, z-loss, decay shape) refused on a 2-rank grid: one error naming the key, exit
-    status 1 from mpirun, no hang."""
+    """The schedule, objective and parametrization keys (window warmup, batch ramp, lr by
+    sequences, run length, frozen tensors, z-loss, decay shape, logit cap, attention scale, μP)
+    refused on a 2-rank grid: one error naming the key, exit status 1 from mpirun, no hang."""
     cfg = tiny_config(tmp_path, name="bad", train__steps=4)
     p = run(2, "--config", cfg, *args, timeout=60)
     assert p.returncode == 1, (p.returncode, p.stderr)

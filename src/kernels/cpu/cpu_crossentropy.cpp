@@ -6,7 +6,7 @@
 // uses the same exp and flush helpers, so one slice holding the whole vocabulary gives the
 // fused op's dlogits up to the rounding of the float sum_exp it is handed.
 //
-// Soft-capped logits (model.logit_softcap = c): logit_softcap caps them in place, and the
+// Soft-capped logits (model.logit_softcap = c): scale_cap_logits caps them in place, and the
 // gradient passes multiply each value by the cap's derivative 1 − (y/c)² at the logit y it
 // replaces, so they read y before writing (the row is not turned into exponentials first).
 #include <algorithm>
