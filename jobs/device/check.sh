@@ -330,8 +330,9 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
     # then two), a z-loss (the cross-entropy kernels' z-loss path, bf16's one-pass kernel) and
     # logits soft-capped at 3 (the cap's kernel and its derivative in the cross-entropy kernels),
     # under μP (the logits' multiplier, μP's attention scale in the flash kernels, the AdamW
-    # runs' learning-rate scales).
-    for tag in muon rope sched; do
+    # runs' learning-rate scales). And the FP8 products (fp8: run.fp8 = tensorwise, the absmax and
+    # cast kernels and cuBLASLt's FP8 products; bf16 only on the GPU) against the CPU's emulation.
+    for tag in muon rope sched fp8; do
       opts=(--optim.name muon --train.norms_every 10)
       [[ $tag == rope ]] && opts=(--model.position rope --model.norm rmsnorm --model.mlp swiglu --model.bias false
                                   --model.tie_embeddings false --model.n_kv_head 1 --model.qk_norm true
@@ -339,8 +340,10 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
       [[ $tag == sched ]] && opts=(--train.window_warmup "4, 30, 4" --train.batch_rampup "4, 4, 120"
                                    --train.z_loss 0.01 --model.logit_softcap 3
                                    --model.mup_base_width 64)
+      [[ $tag == fp8 ]] && opts=(--run.fp8 tensorwise)
       for v in "${variants[@]}"; do
         read -r be pr <<<"$v"
+        [[ $tag == fp8 && $be == cuda && $pr == fp32 ]] && continue  # the GPU's FP8 reads bf16
         timeout "$(tmo 90 150)" "$B/triad-train" --config "$W/tiny.ini" --run.backend "$be" --run.precision "$pr" \
           "${opts[@]}" --resume none --run.name "curve_${be}_${pr}_$tag" --train.steps 50 \
           --checkpoint.every 0 >"$RUN/curve_${be}_${pr}_$tag.txt" 2>&1 || tail -8 "$RUN/curve_${be}_${pr}_$tag.txt"
@@ -444,9 +447,9 @@ for v in ("cuda_fp32", "cuda_bf16", "cuda_fp32cached"):
         print(f"RESULT_CHOICES {v.split('_')[1]}: acc {c[0]:.4f}/{c[1]:.4f} vs cpu "
               f"{cref[0]:.4f}/{cref[1]:.4f}, ending loss rel {abs(c[2]-cref[2])/cref[2]:.2e}")
 l = {}  # the 50-step loss curves, "cpu_fp32", "cuda_bf16_muon", ...
-def load_curves(suffix=""):
+def load_curves(suffix="", variants=("cpu_fp32", "cuda_fp32", "cuda_bf16")):
     import h5py
-    for v in ("cpu_fp32", "cuda_fp32", "cuda_bf16"):
+    for v in variants:
         with h5py.File(w / "runs" / f"curve_{v}{suffix}" / "metrics.h5", "r") as f:
             l[v + suffix] = f["train/loss"][:]
 def against_cpu(key, v, suffix=""):  # one GPU curve against the CPU's: a RESULT_ line
@@ -489,6 +492,11 @@ for tag in ("rope", "sched"):  # Llama's blocks; window warmup, batch ramp, z-lo
             print(against_cpu("RESULT_" + tag.upper(), v, "_" + tag))
     except Exception as e:
         print(f"RESULT_{tag.upper()} failed:", e)
+try:  # FP8 products: the GPU's bf16 run against the CPU's fp32 emulation
+    load_curves("_fp8", ("cpu_fp32", "cuda_bf16"))
+    print(against_cpu("RESULT_FP8", "cuda_bf16", "_fp8"))
+except Exception as e:
+    print("RESULT_FP8 failed:", e)
 for g in ("dp", "tp", "pp", "zb", "tpmuon", "dpmuon", "dpz2", "dpz3", "cp", "zbv"):
     what = {"zb": "pp=2 zb-h1", "tpmuon": "tp=2 muon", "dpmuon": "dp=2 zero muon",
             "dpz2": "dp=2 zero 2", "dpz3": "dp=2 zero 3",
@@ -520,7 +528,7 @@ EOF
     for v in "bf16 16 12 deterministic none" "fp32 8 8 deterministic none" "bf16 16 12 atomic none" \
              "bf16 16 12 deterministic full" "bf16 16 12 deterministic none muon" \
              "bf16 16 12 deterministic none adamw llama" "bf16 16 12 deterministic none adamw llama_gqa" \
-             "bf16 16 12 deterministic none adamw llama_gqa_expand"; do
+             "bf16 16 12 deterministic none adamw llama_gqa_expand" "bf16 16 12 deterministic none adamw fp8"; do
       read -r pr mb steps fb recomp opt arch <<<"$v"
       opt=${opt:-adamw}
       # llama: the same size with Llama's architecture (rope, RMSNorm, SwiGLU 2048, no biases,
@@ -531,10 +539,12 @@ EOF
       arch_opts=(); [[ ${arch:-} == llama* ]] && arch_opts=(--model.position rope --model.norm rmsnorm
         --model.mlp swiglu --model.bias false --model.tie_embeddings false)
       [[ ${arch:-} == llama_gqa* ]] && arch_opts+=(--model.n_kv_head 4)
+      [[ ${arch:-} == fp8 ]] && arch_opts=(--run.fp8 tensorwise)  # GPT-2 with FP8 products
       gqa_bw=auto; [[ ${arch:-} == llama_gqa_expand ]] && gqa_bw=expand
       tag=$pr; [[ $fb == atomic ]] && tag=${pr}_atomic; [[ $recomp != none ]] && tag=${pr}_recompute
       [[ $opt == muon ]] && tag=${pr}_muon
       [[ ${arch:-} == llama* ]] && tag=${pr}_$arch
+      [[ ${arch:-} == fp8 ]] && tag=${pr}_fp8
       chunk=0; [[ $recomp != none ]] && chunk=2048  # the memory savers together: loss in 2048-token chunks
       if [[ $tag != "$pr" ]] && (( $(left) < 260 )); then
         echo "RESULT_124M_$tag skipped (time)"
@@ -575,7 +585,7 @@ EOF
   ) 2>&1 | tee "$RUN/gpu.txt"
   GPU_EVAL=$(sed -n 's/^RESULT_EVAL //p' "$RUN/gpu.txt" | paste -sd';' -)
   GPU_CURVE=$(sed -n 's/^RESULT_CURVE //p' "$RUN/gpu.txt" | paste -sd';' -)
-  GPU_124M=$(sed -n 's/^RESULT_124M_bf16 //p' "$RUN/gpu.txt")"; atomic dQ: $(sed -n 's/^RESULT_124M_bf16_atomic //p' "$RUN/gpu.txt"); muon: $(sed -n 's/^RESULT_124M_bf16_muon //p' "$RUN/gpu.txt"); Llama architecture: $(sed -n 's/^RESULT_124M_bf16_llama //p' "$RUN/gpu.txt"); with 4 key/value heads: $(sed -n 's/^RESULT_124M_bf16_llama_gqa //p' "$RUN/gpu.txt"), expanded dK/dV: $(sed -n 's/^RESULT_124M_bf16_llama_gqa_expand //p' "$RUN/gpu.txt")"; GPU_124M32=$(sed -n 's/^RESULT_124M_fp32 //p' "$RUN/gpu.txt")
+  GPU_124M=$(sed -n 's/^RESULT_124M_bf16 //p' "$RUN/gpu.txt")"; atomic dQ: $(sed -n 's/^RESULT_124M_bf16_atomic //p' "$RUN/gpu.txt"); muon: $(sed -n 's/^RESULT_124M_bf16_muon //p' "$RUN/gpu.txt"); Llama architecture: $(sed -n 's/^RESULT_124M_bf16_llama //p' "$RUN/gpu.txt"); with 4 key/value heads: $(sed -n 's/^RESULT_124M_bf16_llama_gqa //p' "$RUN/gpu.txt"), expanded dK/dV: $(sed -n 's/^RESULT_124M_bf16_llama_gqa_expand //p' "$RUN/gpu.txt"); FP8 products: $(sed -n 's/^RESULT_124M_bf16_fp8 //p' "$RUN/gpu.txt")"; GPU_124M32=$(sed -n 's/^RESULT_124M_fp32 //p' "$RUN/gpu.txt")
 fi
 res "ckpt val loss CPU vs GPU" "${GPU_EVAL:-failed}"
 res "50 steps GPU vs CPU" "${GPU_CURVE:-failed}"
@@ -586,6 +596,7 @@ res "multiple choice on the GPU" "${CHOICE_ROW:-failed}"
 res "Muon 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_MUON //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "Llama blocks (multi-query, QK-norm, Qwen2's qkv bias and eps) 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_ROPE //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "window warmup + batch ramp + z-loss 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_SCHED //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
+res "FP8 products (bf16 GPU vs CPU emulation) 50 steps" "$(sed -n 's/^RESULT_FP8 //p' "$RUN/gpu.txt" 2>/dev/null)"
 res "layer norms GPU vs CPU" "$(sed -n 's/^RESULT_NORMS //p' "$RUN/gpu.txt" 2>/dev/null)"
 res "2 ranks on one GPU" "$(sed -n 's/^RESULT_NP2 //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "NCCL Comm in training" "$(sed -n 's/^RESULT_NCCL //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -) ($(sed -n 's/^RESULT_NCCL_LINE //p' "$RUN/gpu.txt" 2>/dev/null))"

@@ -536,6 +536,7 @@ Gpt::~Gpt() {
   if (d_key_begin_) be_.free_ints(d_key_begin_);
   if (d_key_begin_full_) be_.free_ints(d_key_begin_full_);
   if (d_positions_) be_.free_ints(d_positions_);
+  if (fp8_amax_) be_.free(fp8_amax_);
   be_.free_ints(d_targets_);
   be_.free_ints(d_inputs_);
   if (tied_scratch_) be_.free(tied_scratch_);

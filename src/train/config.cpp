@@ -217,6 +217,10 @@ class KeyTable {
     add("run.backend", c.run.backend, "cpu (cuda when built with it)");
     add("run.precision", c.run.precision,
         "fp32 | bf16 (mixed: bf16 activations, fp32 master weights) | auto (bf16 on cuda)");
+    add("run.fp8", c.run.fp8,
+        "off | tensorwise: the blocks' linear layers multiply in FP8 (e4m3 weights and "
+        "activations, e5m2 gradients, each tensor scaled by a power of two from its amax; the "
+        "head, attention and norms as they are); run.precision = bf16 (cpu: fp32 too)");
     add("run.threads", c.run.threads, "CPU threads (0: OpenMP default)");
     add("run.peak_tflops", c.run.peak_tflops, "peak TFLOP/s for MFU (0: measure / datasheet)");
     add("parallel.tp", c.parallel.tp, "tensor-parallel size");
@@ -922,6 +926,31 @@ void validate(const Config& c, int world_size) {
   check(c.mlp_hidden_size() % std::max(1, par.tp) == 0, "parallel.tp",
         "(" + std::to_string(par.tp) + ") must divide the MLP's hidden units (" +
             std::to_string(c.mlp_hidden_size()) + ", model.mlp_hidden)");
+  check(c.run.fp8 == "off" || c.run.fp8 == "tensorwise", "run.fp8",
+        "must be off or tensorwise (got '" + c.run.fp8 + "')");
+  if (c.run.fp8 != "off") {
+    check(c.bf16() || c.run.backend == "cpu", "run.fp8",
+          "= " + c.run.fp8 +
+              " on the cuda backend needs run.precision = bf16 (the FP8 products read bf16)");
+    // The GPU's FP8 products need every dimension a multiple of 16: each linear layer's widths
+    // on a tensor-parallel rank, and the rows of a micro-batch on a context-parallel rank.
+    const GptShape s = gpt_shape(c);
+    const int tp = std::max(1, par.tp);
+    const std::pair<const char*, int> widths[] = {{"model.n_embd", s.n_embd},
+                                                  {"c_attn's outputs", s.qkv_rows() / tp},
+                                                  {"the attention's width", s.attn_width() / tp},
+                                                  {"c_fc's outputs", s.fc_rows() / tp},
+                                                  {"the MLP's hidden units", s.hidden() / tp}};
+    for (const auto& [name, w] : widths)
+      check(w % 16 == 0, "run.fp8",
+            "needs " + std::string(name) + " (" + std::to_string(w) +
+                (tp > 1 ? " per tensor-parallel rank" : "") + ") to be a multiple of 16");
+    const int rows = t.micro_batch_size * m.seq_len / std::max(1, par.cp);
+    check(rows % 16 == 0, "run.fp8",
+          "needs the rows of a micro-batch (train.micro_batch_size · model.seq_len" +
+              std::string(par.cp > 1 ? " / parallel.cp" : "") + " = " + std::to_string(rows) +
+              ") to be a multiple of 16");
+  }
   // Muon orthogonalizes a column-split matrix (mlp.c_proj, [C, hidden]) as its column blocks,
   // which needs it no taller than wide.
   check(c.optim.name != "muon" || par.tp == 1 || c.mlp_hidden_size() >= m.n_embd, "optim.name",

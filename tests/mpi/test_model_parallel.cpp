@@ -432,6 +432,49 @@ TEST(ModelParallel, SoftcapScaleAndMupMatchOneRankOnEveryGrid) {
   EXPECT_GT(std::abs(plain.losses.back() - ref.losses.back()), 1e-4);
 }
 
+// FP8 products (run.fp8 = tensorwise, here on fp32 operands) on every grid against one rank
+// running micro-batches of 4 sequences as the grids do (the scales are per micro-batch). Close
+// rather than equal to fp32 rounding: a last-bit difference of the grids' sums can move an operand
+// across an FP8 rounding boundary (an e5m2 gradient element by 25%): measured up to 1e-5 (tp, cp),
+// 1e-9 where the sums are the same (dp, pp). The FP8 run differs from the plain one by more
+// (5e-5), and resumes bit for bit. (The amax of a tensor split over tp or cp ranks is their
+// maximum, as one rank's; with power-of-two scales a per-shard scale would change only the
+// elements 2^15 below the amax, e4m3's subnormals, which these curves cannot resolve.)
+TEST(ModelParallel, Fp8MatchesOneRankOnEveryGrid) {
+  const std::string dir = shared_dir("fp8");
+  const std::vector<std::string> fp8 = {"--resume", "none", "--run.fp8", "tensorwise"};
+  const Result ref = run(dir, "fp8_ref", Grid{1, 1, 1, 0, 4}, fp8);
+  const Result plain = run(dir, "fp8_plain", Grid{1, 1, 1, 0, 4});
+  ASSERT_EQ(ref.losses.size(), 6u);
+  double moved = 0;
+  for (size_t i = 0; i < ref.losses.size(); ++i)
+    moved = std::max(moved, std::abs(ref.losses[i] - plain.losses[i]) / plain.losses[i]);
+  EXPECT_GT(moved, 1e-5) << "the FP8 products change the run";
+  const std::vector<Grid> grids = {{2, 1, 1, 0, 2},
+                                   {1, 2, 1, 0, 4},
+                                   {1, 2, 1, 0, 4, "1f1b", 1, true},
+                                   {1, 1, 2, 0, 4},
+                                   {1, 1, 4, 0, 4, "zb-h1", 1},
+                                   {1, 1, 1, 0, 4, "1f1b", 1, false, 2},
+                                   {2, 2, 2, 1, 2, "1f1b", 1, true}};
+  for (const Grid& g : grids) {
+    if (g.ranks() > world_size()) continue;
+    const Result r = run(dir, "fp8_" + g.name(), g, fp8);
+    double worst = 0;
+    for (size_t i = 0; i < r.losses.size() && i < ref.losses.size(); ++i)
+      worst = std::max(worst, std::abs(r.losses[i] - ref.losses[i]) / ref.losses[i]);
+    if (world_rank() == 0)
+      std::printf("fp8 %s: largest loss difference %.2e\n", g.name().c_str(), worst);
+    expect_close_losses(r, ref, 2e-5, "fp8 " + g.name());
+  }
+  // Resumed from step 3: the same steps 4..6, bit for bit (the scales come from the tensors).
+  const Result resumed =
+      run(dir, "fp8_resumed", Grid{1, 1, 1, 0, 4},
+          {"--run.fp8", "tensorwise", "--resume", dir + "/runs/fp8_ref/ckpt/step_00000003.h5"});
+  ASSERT_EQ(resumed.losses.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(resumed.losses[i], ref.losses[i + 3]) << "step " << i;
+}
+
 // model.bias = false: no bias tensors at all (the row-parallel layers' bias "added once" is
 // absent on every rank), LayerNorms centred without a bias; the buffer and the gradient hooks'
 // per-layer ranges shrink accordingly. Every grid against one rank, and a Muon run.

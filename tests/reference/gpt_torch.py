@@ -227,9 +227,65 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
-    """x @ w.T + b; b None: no bias."""
+    """x @ w.T + b; b None: no bias. Within fp8_linears(): Fp8Linear's products."""
+    if _FP8_LINEARS:
+        return Fp8Linear.apply(x, w, b)
     y = torch.matmul(x, w.t())
     return y if b is None else y + b
+
+
+# ---- FP8 linear layers (run.fp8 = tensorwise) ----------------------------------------------
+# Each operand of a product through an 8-bit float at its tensorwise scale, the largest power of
+# two s with amax·s <= the format's largest value: q = fp8(x·s), then the product of the q's
+# divided by both scales. The casts are ml_dtypes' (JAX's float8 types: round to nearest even),
+# which triad shares nothing with; the arithmetic is in the tensors' own precision (double).
+
+_FP8_LINEARS = False
+FP8_MAX = {"e4m3": 448.0, "e5m2": 57344.0}
+
+
+class fp8_linears:
+    """Context manager: the blocks' linear layers (linear()) multiply in FP8 inside it."""
+
+    def __enter__(self):
+        global _FP8_LINEARS
+        _FP8_LINEARS = True
+
+    def __exit__(self, *exc):
+        global _FP8_LINEARS
+        _FP8_LINEARS = False
+
+
+def fp8_quantized(t: torch.Tensor, fmt: str) -> torch.Tensor:
+    """t as an FP8 product reads it: fp8(t·s)/s at t's tensorwise scale s."""
+    import ml_dtypes
+    amax = float(t.detach().abs().max())
+    s = 1.0 if amax == 0 else 2.0 ** math.floor(math.log2(FP8_MAX[fmt] / amax))
+    dtype = ml_dtypes.float8_e4m3fn if fmt == "e4m3" else ml_dtypes.float8_e5m2
+    q = (t.detach().cpu().numpy() * s).astype(dtype).astype(np.float64) / s
+    return torch.from_numpy(q).to(t.dtype)
+
+
+class Fp8Linear(torch.autograd.Function):
+    """y = x·Wᵀ + b with x and W in e4m3; backward: dy in e5m2 (x and W in e4m3 as forward) for
+    dx = dy·W and dW = dyᵀ·x; db sums dy itself (Transformer Engine's and torchao's recipe)."""
+
+    @staticmethod
+    def forward(ctx, x, w, b):
+        ctx.save_for_backward(x, w)
+        ctx.has_bias = b is not None
+        y = torch.matmul(fp8_quantized(x, "e4m3"), fp8_quantized(w, "e4m3").t())
+        return y if b is None else y + b
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w = ctx.saved_tensors
+        qd = fp8_quantized(dy, "e5m2")
+        dx = torch.matmul(qd, fp8_quantized(w, "e4m3"))
+        dw = torch.matmul(qd.reshape(-1, qd.shape[-1]).t(),
+                          fp8_quantized(x, "e4m3").reshape(-1, x.shape[-1]))
+        db = dy.reshape(-1, dy.shape[-1]).sum(0) if ctx.has_bias else None
+        return dx, dw, db
 
 
 def rope_frequencies(theta: float, hd: int, scaling=None) -> torch.Tensor:

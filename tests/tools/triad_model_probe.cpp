@@ -1,6 +1,7 @@
 // triad_model_probe: one forward/backward of the model on the first micro-batch of data.train,
-// from a checkpoint's weights, dumped to HDF5 for comparison with an independent reference
-// (tests/python/test_reference_model.py runs PyTorch on the same weights and batch).
+// from a checkpoint's weights (in the config's run.precision and run.fp8), dumped to HDF5 for
+// comparison with an independent reference (tests/python/test_reference_model.py runs PyTorch on
+// the same weights and batch).
 //
 //   triad_model_probe --config CFG.ini --checkpoint CKPT.h5 --out OUT.h5
 //
@@ -60,8 +61,10 @@ int main(int argc, char** argv) {
     const int B = cfg.train.micro_batch_size, T = cfg.model.seq_len, V = cfg.model.vocab_size;
     const triad::GptShape shape = triad::gpt_shape(cfg);
     auto be = triad::make_cpu_backend();
-    triad::Gpt model(shape, B, *be, 1, {}, nullptr, triad::Precision::fp32,
+    triad::Gpt model(shape, B, *be, 1, {}, nullptr,
+                     cfg.bf16() ? triad::Precision::bf16 : triad::Precision::fp32,
                      triad::activation_options(cfg));
+    model.set_fp8(cfg.run.fp8 != "off");
     if (!cfg.train.freeze.empty())  // train.freeze: their gradient products left out
       model.set_frozen(
           [&](const std::string& name) { return triad::frozen_tensor(cfg.train.freeze, name); });
@@ -72,6 +75,7 @@ int main(int argc, char** argv) {
       refs.push_back(std::move(r));
     }
     triad::load_checkpoint_tensors(world, ckpt, {{"model", refs}});
+    model.params_updated();  // the bf16 copy the layers read (run.precision = bf16)
     triad::SequenceSource src(cfg.data.train, "data.train", T, V);
     std::vector<int32_t> in(size_t(B) * T), tg(size_t(B) * T);
     for (int b = 0; b < B; ++b) src.read(b, in.data() + size_t(b) * T, tg.data() + size_t(b) * T);

@@ -21,6 +21,7 @@
 #include <memory>
 
 #include "triad/core/bf16.h"
+#include "triad/core/error.h"
 
 namespace triad {
 
@@ -145,6 +146,28 @@ class Backend {
   virtual void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                                const float* inp, const float* weight, int N, int IC, int OC,
                                GradMode mode = GradMode::accumulate) = 0;
+
+  // FP8 products of fp32 operands (run.fp8 with run.precision = fp32): as the bf16 versions
+  // (below), with fp32 outputs. The CPU backend has them: they let a model with FP8 products be
+  // compared with a reference that has no bf16 roundings. A GPU's FP8 products read bf16.
+  virtual void absmax(float* /*out*/, const float* /*x*/, size_t /*n*/) { no_fp32_fp8(); }
+  virtual void matmul_forward_fp8(float* /*out*/, const float* /*inp*/, const float* /*weight*/,
+                                  const float* /*bias*/, int /*N*/, int /*IC*/, int /*OC*/,
+                                  const float* /*amax*/) {
+    no_fp32_fp8();
+  }
+  virtual void matmul_backward_fp8(float* /*dinp*/, float* /*dweight*/, float* /*dbias*/,
+                                   const float* /*dout*/, const float* /*inp*/,
+                                   const float* /*weight*/, int /*N*/, int /*IC*/, int /*OC*/,
+                                   const float* /*amax*/,
+                                   GradMode /*mode*/ = GradMode::accumulate) {
+    no_fp32_fp8();
+  }
+  [[noreturn]] static void no_fp32_fp8() {
+    fail(
+        "run.fp8 with fp32 operands is not implemented by this backend (use run.precision = "
+        "bf16)");
+  }
 
   // ---- causal self-attention -----------------------------------------------------------------
   // NH query heads and NKV key/value heads (NKV divides NH; NKV < NH is grouped-query
@@ -358,6 +381,23 @@ class Backend {
     matmul_backward(dact, dweight, dbias, dout, act, weight, N, IC, OC, GradMode::overwrite);
     gelu_backward(dpre, pre, dact, size_t(N) * size_t(IC), mode);
   }
+  // FP8 linear layers (run.fp8 = tensorwise; core/fp8.h). absmax writes max |x| over the n
+  // values into out[0] (a float of this backend's memory; NaN if any value is NaN), so the
+  // caller can take the maximum over the ranks holding pieces of a tensor before the product.
+  // matmul_forward_fp8 is matmul_forward with inp and weight through e4m3 at their tensorwise
+  // scales s_i = fp8_scale(amax[0], e4m3), s_w = fp8_scale(amax[1], e4m3):
+  //   out = round( Σ_k fp8_round(inp·s_i)·fp8_round(W·s_w) / (s_i·s_w) + bias )   (fp32 sums)
+  // matmul_backward_fp8 is matmul_backward with both products in fp8: dout through e5m2 at
+  // s_d = fp8_scale(amax[2], e5m2), inp and weight through e4m3 as in the forward; the bias
+  // gradient sums the bf16 dout itself. amax points at three floats (inp, weight, dout) of this
+  // backend's memory. The caller guarantees IC, OC and N are multiples of 16 (the GPU's FP8
+  // products need it).
+  virtual void absmax(float* out, const bf16_t* x, size_t n) = 0;
+  virtual void matmul_forward_fp8(bf16_t* out, const bf16_t* inp, const bf16_t* weight,
+                                  const bf16_t* bias, int N, int IC, int OC, const float* amax) = 0;
+  virtual void matmul_backward_fp8(bf16_t* dinp, float* dweight, float* dbias, const bf16_t* dout,
+                                   const bf16_t* inp, const bf16_t* weight, int N, int IC, int OC,
+                                   const float* amax, GradMode mode = GradMode::accumulate) = 0;
   // Causal self-attention, flash-attention style: only lse [B,NH,T] (fp32, natural log of the
   // softmax denominator of each query row, of the scaled scores) is kept for backward,
   // no T×T matrix. Backward recomputes the probabilities from qkv and lse; it reads the

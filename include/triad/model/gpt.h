@@ -561,6 +561,16 @@ class Gpt {
   void set_frozen(const std::function<bool(const std::string&)>& frozen);
   // The leading layers the backward pass leaves out (set_frozen).
   int frozen_layers() const { return frozen_layers_; }
+  // run.fp8 = tensorwise: the products of the blocks' four linear layers (c_attn,
+  // attn.c_proj, c_fc, mlp.c_proj) run in FP8 (Backend::matmul_forward_fp8 / _backward_fp8),
+  // each operand at its tensorwise scale; the amax of a tensor split over the tensor- or
+  // context-parallel ranks is their maximum, so every grid quantizes as one rank does. The head,
+  // the attention and the norms stay bf16, as do decoding, an inference model and products whose
+  // row count is not a multiple of 16. Needs every layer width (per tensor-parallel rank) a
+  // multiple of 16; throws naming run.fp8 otherwise. (An fp32 model runs them on fp32 operands,
+  // which only the CPU backend implements: the form the PyTorch reference checks.)
+  void set_fp8(bool on);
+  bool fp8() const { return fp8_amax_ != nullptr; }
   // After an optimizer update (pp > 1): the first stage's wte overwrites the last stage's copy.
   // Both received the same summed gradient, but a data-parallel reduction may round the two
   // copies' gradients differently (they sit at different offsets of differently sized buffers),
@@ -742,6 +752,25 @@ class Gpt {
   const int32_t* cp_local_ids(const int32_t* ids, int m, int B, std::vector<int32_t>& out) const;
   template <class A>
   void mlp_activation(A* act, const A* pre, int N);
+  // A block's linear layer (gpt_fp8.cpp): the FP8 products under set_fp8 where fp8_rows(N),
+  // else the backend's matmul_forward / matmul_backward. The GELU variants run the product, then
+  // the GELU (its forward or backward) as its own op under FP8.
+  template <class A>
+  void linear_forward(A* out, const A* inp, const A* w, const A* b, int N, int IC, int OC);
+  template <class A>
+  void linear_gelu_forward(A* pre, A* out, const A* inp, const A* w, const A* b, int N, int IC,
+                           int OC);
+  template <class A>
+  void linear_backward(A* dinp, float* dw, float* db, const A* dout, const A* inp, const A* w,
+                       int N, int IC, int OC, GradMode mode = GradMode::accumulate);
+  template <class A>
+  void linear_backward_gelu(A* dpre, A* dact, float* dw, float* db, const A* dout, const A* act,
+                            const A* pre, const A* w, int N, int IC, int OC,
+                            GradMode mode = GradMode::accumulate);
+  bool fp8_rows(int N) const { return fp8_amax_ != nullptr && !decoding_ && N % 16 == 0; }
+  // The amax of each operand given (null: not needed), maximal over the ranks holding parts.
+  template <class A>
+  void fp8_amax(const A* inp, size_t ni, const A* w, size_t nw, const A* dout, size_t nd);
   // row_losses (optional, host, B·T): each row's cross-entropy.
   template <class A>
   ForwardStats classifier(Set<A>& S, const int32_t* host_targets, int B, int T, float dloss_scale,
@@ -776,7 +805,8 @@ class Gpt {
                         const float* rstd, int N);
 
   GptShape shape_;
-  float z_loss_ = 0.0f;  // set_z_loss
+  float z_loss_ = 0.0f;        // set_z_loss
+  float* fp8_amax_ = nullptr;  // set_fp8: three floats of the backend (inp, weight, dout)
   // set_frozen: per spec, 1 where frozen (empty: none); the global layers 0 .. frozen_layers_ − 1
   // are skipped by the backward pass.
   std::vector<char> frozen_;

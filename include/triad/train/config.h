@@ -142,6 +142,9 @@ struct RunConfig {
   std::string backend = "cpu";
   // auto: bf16 mixed precision on cuda, fp32 on cpu (Precision in model/gpt.h).
   std::string precision = "auto";
+  // off, or tensorwise: the blocks' linear layers multiply in FP8 (Gpt::set_fp8), each operand
+  // scaled by a power of two from its amax; bf16 precision (fp32 too on the cpu backend).
+  std::string fp8 = "off";
   int threads = 0;         // OpenMP/BLAS threads; 0: the library default
   double peak_tflops = 0;  // for MFU; 0: measured (CPU sgemm) or the device's datasheet
 };

@@ -108,6 +108,17 @@ class CpuBackend final : public Backend {
   void bias_backward(float* dbias, const float* dout, int N, int OC) override {
     cpu::bias_backward(dbias, dout, N, OC);
   }
+  void absmax(float* out, const float* x, size_t n) override { cpu::absmax(out, x, n); }
+  void matmul_forward_fp8(float* out, const float* inp, const float* weight, const float* bias,
+                          int N, int IC, int OC, const float* amax) override {
+    cpu::matmul_forward_fp8(out, inp, weight, bias, N, IC, OC, amax);
+  }
+  void matmul_backward_fp8(float* dinp, float* dweight, float* dbias, const float* dout,
+                           const float* inp, const float* weight, int N, int IC, int OC,
+                           const float* amax, GradMode mode) override {
+    if (mode == GradMode::overwrite && dinp != nullptr) zero(dinp, size_t(N) * IC);
+    cpu::matmul_backward_fp8(dinp, dweight, dbias, dout, inp, weight, N, IC, OC, amax);
+  }
   void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH,
                          int NKV, const int32_t* key_begin, QueryRows rows, float scale) override {
     check_query_rows(rows, T);
@@ -238,6 +249,17 @@ class CpuBackend final : public Backend {
   }
   void bias_backward(float* dbias, const bf16_t* dout, int N, int OC) override {
     cpu::bias_backward(dbias, dout, N, OC);
+  }
+  void absmax(float* out, const bf16_t* x, size_t n) override { cpu::absmax(out, x, n); }
+  void matmul_forward_fp8(bf16_t* out, const bf16_t* inp, const bf16_t* weight, const bf16_t* bias,
+                          int N, int IC, int OC, const float* amax) override {
+    cpu::matmul_forward_fp8(out, inp, weight, bias, N, IC, OC, amax);
+  }
+  void matmul_backward_fp8(bf16_t* dinp, float* dweight, float* dbias, const bf16_t* dout,
+                           const bf16_t* inp, const bf16_t* weight, int N, int IC, int OC,
+                           const float* amax, GradMode mode) override {
+    if (mode == GradMode::overwrite && dinp != nullptr) zero(dinp, size_t(N) * IC);
+    cpu::matmul_backward_fp8(dinp, dweight, dbias, dout, inp, weight, N, IC, OC, amax);
   }
   void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C, int NH,
                          int NKV, const int32_t* key_begin, QueryRows rows, float scale) override {

@@ -133,6 +133,19 @@ void matmul_forward(bf16_t* out, const bf16_t* inp, const bf16_t* weight, const 
 void matmul_backward(bf16_t* dinp, float* dweight, float* dbias, const bf16_t* dout,
                      const bf16_t* inp, const bf16_t* weight, int N, int IC, int OC);
 void bias_backward(float* dbias, const bf16_t* dout, int N, int OC);
+// FP8 linear layers (cpu_fp8.cpp): emulated exactly, as backend.h specifies them.
+void absmax(float* out, const float* x, size_t n);
+void absmax(float* out, const bf16_t* x, size_t n);
+void matmul_forward_fp8(float* out, const float* inp, const float* weight, const float* bias, int N,
+                        int IC, int OC, const float* amax);
+void matmul_backward_fp8(float* dinp, float* dweight, float* dbias, const float* dout,
+                         const float* inp, const float* weight, int N, int IC, int OC,
+                         const float* amax);
+void matmul_forward_fp8(bf16_t* out, const bf16_t* inp, const bf16_t* weight, const bf16_t* bias,
+                        int N, int IC, int OC, const float* amax);
+void matmul_backward_fp8(bf16_t* dinp, float* dweight, float* dbias, const bf16_t* dout,
+                         const bf16_t* inp, const bf16_t* weight, int N, int IC, int OC,
+                         const float* amax);
 void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C, int NH,
                        int NKV, const int32_t* key_begin = nullptr, QueryRows rows = {},
                        float scale = 0.0f);

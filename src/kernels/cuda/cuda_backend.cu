@@ -82,6 +82,7 @@ class CudaBackend final : public Backend {
     attention_scratch_.widened.release();
     attention_scratch_.grouped.release();
     reduce_partials_.release();
+    fp8_operands_.release();
     if (partials_ != nullptr) cudaFree(partials_);
     if (cublas_ != nullptr) cublasDestroy(cublas_);
     if (stream_ != nullptr) cudaStreamDestroy(stream_);
@@ -313,6 +314,26 @@ class CudaBackend final : public Backend {
   void bias_backward(float* dbias, const bf16_t* dout, int N, int OC) override {
     cuda::column_sum_accumulate(stream_, reduce_partials_, dbias, dev(dout), N, OC);
   }
+  // FP8 linear layers (cuda_fp8.cu): quantized operands in fp8_operands_, products on lt_.
+  // Overloads for other operand types keep Backend's versions.
+  using Backend::absmax;
+  using Backend::matmul_backward_fp8;
+  using Backend::matmul_forward_fp8;
+  void absmax(float* out, const bf16_t* x, size_t n) override {
+    cuda::absmax(stream_, out, dev(x), n);
+  }
+  void matmul_forward_fp8(bf16_t* out, const bf16_t* inp, const bf16_t* weight, const bf16_t* bias,
+                          int N, int IC, int OC, const float* amax) override {
+    cuda::matmul_forward_fp8(stream_, *lt_, fp8_operands_, dev(out), dev(inp), dev(weight),
+                             dev(bias), N, IC, OC, amax);
+  }
+  void matmul_backward_fp8(bf16_t* dinp, float* dweight, float* dbias, const bf16_t* dout,
+                           const bf16_t* inp, const bf16_t* weight, int N, int IC, int OC,
+                           const float* amax, GradMode mode) override {
+    cuda::matmul_backward_fp8(stream_, *lt_, fp8_operands_, reduce_partials_, dev(dinp), dweight,
+                              dbias, dev(dout), dev(inp), dev(weight), N, IC, OC, amax,
+                              mode == GradMode::accumulate);
+  }
   void matmul_backward_gelu(bf16_t* dpre, bf16_t* dact, float* dweight, float* dbias,
                             const bf16_t* dout, const bf16_t* act, const bf16_t* pre,
                             const bf16_t* weight, int N, int IC, int OC, GradMode mode) override {
@@ -473,6 +494,8 @@ class CudaBackend final : public Backend {
   cuda::AttentionScratch attention_scratch_;
   // column sums' per-slice partials (bias, LayerNorm and qk-norm weight gradients)
   cuda::DeviceScratch reduce_partials_;
+  // the FP8 products' quantized operands and their inverse scales (cuda_fp8.cu)
+  cuda::DeviceScratch fp8_operands_;
   std::vector<UpdateRun> runs_host_;  // the optimizer's run table as uploaded to runs_device_
   cuda::DeviceScratch runs_device_;
   AllocationLedger ledger_;  // the buffers alloc* handed out

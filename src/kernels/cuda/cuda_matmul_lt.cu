@@ -23,6 +23,12 @@
 // step; cuBLASLt's split-K reduction schemes all reduce in a fixed order (no atomics). The
 // cublasGemmEx path for products cuBLASLt declines runs on the backend's handle, whose atomics
 // are disabled.
+//
+// FP8 products (cuda_fp8.cu builds them) go through the same run(): A and B of an FP8 type, their
+// scale pointers set and FAST_ACCUM off (each partial sum promoted to fp32, not Hopper's faster
+// reduced-precision accumulation). There is no cublasGemmEx fallback for them (it would not be
+// FP8): a problem cuBLASLt has no algorithm for throws, except that a declined BIAS epilogue
+// becomes the FP8 product into fp32 scratch plus bias_round_kernel.
 #include <cstdio>
 #include <string>
 
@@ -60,10 +66,27 @@ void set_pref(cublasLtMatmulPreference_t p, cublasLtMatmulPreferenceAttributes_t
   TRIAD_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(p, attr, &value, sizeof value));
 }
 
-const char* type_name(cudaDataType_t t) { return t == CUDA_R_32F ? "fp32" : "bf16"; }
+const char* type_name(cudaDataType_t t) {
+  switch (t) {
+    case CUDA_R_32F:
+      return "fp32";
+    case CUDA_R_8F_E4M3:
+      return "e4m3";
+    case CUDA_R_8F_E5M2:
+      return "e5m2";
+    default:
+      return "bf16";
+  }
+}
+
+bool is_fp8(cudaDataType_t t) { return t == CUDA_R_8F_E4M3 || t == CUDA_R_8F_E5M2; }
+bool fp8_product(const LtGemm& g) { return is_fp8(g.a_type) || is_fp8(g.b_type); }
 
 std::string describe(const LtGemm& g) {
-  return std::string(type_name(g.d_type)) + " product m=" + std::to_string(g.m) +
+  const std::string inputs = fp8_product(g) ? std::string("FP8 (A ") + type_name(g.a_type) +
+                                                  ", B " + type_name(g.b_type) + ") -> "
+                                            : std::string();
+  return inputs + type_name(g.d_type) + " product m=" + std::to_string(g.m) +
          " n=" + std::to_string(g.n) + " k=" + std::to_string(g.k) + " (op A " +
          (g.trans_a == CUBLAS_OP_N ? "N" : "T") + ", op B " +
          (g.trans_b == CUBLAS_OP_N ? "N" : "T") + ", lda " + std::to_string(g.lda) + ", ldb " +
@@ -166,15 +189,22 @@ bool LtMatmul::run(cudaStream_t s, const LtGemm& g, bool may_decline) {
     set_desc(desc.p, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, g.aux);
     set_desc(desc.p, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, g.aux_ld);
   }
+  const bool fp8 = fp8_product(g);
+  if (fp8) {
+    // Device pointers, read when the product runs (their values may change from call to call).
+    if (g.a_scale != nullptr) set_desc(desc.p, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, g.a_scale);
+    if (g.b_scale != nullptr) set_desc(desc.p, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, g.b_scale);
+    set_desc(desc.p, CUBLASLT_MATMUL_DESC_FAST_ACCUM, int8_t(0));
+  }
 
   // Layouts describe the matrices as stored (before op): op(A) is m×k, op(B) is k×n.
   const bool ta = g.trans_a != CUBLAS_OP_N;
   const bool tb = g.trans_b != CUBLAS_OP_N;
   Layout la, lb, ld;
   TRIAD_CUBLAS_CHECK(
-      cublasLtMatrixLayoutCreate(&la.p, CUDA_R_16BF, ta ? g.k : g.m, ta ? g.m : g.k, g.lda));
+      cublasLtMatrixLayoutCreate(&la.p, g.a_type, ta ? g.k : g.m, ta ? g.m : g.k, g.lda));
   TRIAD_CUBLAS_CHECK(
-      cublasLtMatrixLayoutCreate(&lb.p, CUDA_R_16BF, tb ? g.n : g.k, tb ? g.k : g.n, g.ldb));
+      cublasLtMatrixLayoutCreate(&lb.p, g.b_type, tb ? g.n : g.k, tb ? g.k : g.n, g.ldb));
   TRIAD_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&ld.p, g.d_type, g.m, g.n, g.ldd));
 
   // The heuristic takes the pointers' alignment into account (its default assumes 256 bytes,
@@ -191,6 +221,8 @@ bool LtMatmul::run(cudaStream_t s, const LtGemm& g, bool may_decline) {
                                     g.ldb,
                                     g.ldd,
                                     g.d_type,
+                                    g.a_type,
+                                    g.b_type,
                                     int64_t(g.epilogue),
                                     g.aux_ld,
                                     align_a,
@@ -220,18 +252,23 @@ bool LtMatmul::run(cudaStream_t s, const LtGemm& g, bool may_decline) {
         status == CUBLAS_STATUS_SUCCESS && count > 0 && result.state == CUBLAS_STATUS_SUCCESS;
     if (choice.found) choice.algo = result.algo;
     // Said once per problem: which fused epilogues this GPU's cuBLASLt takes is worth knowing.
-    if (!choice.found) {
+    // (An FP8 product without a fallback throws instead, naming the problem.)
+    const char* fallback = may_decline ? "its work runs as separate kernels"
+                           : !fp8      ? "using cublasGemmEx for it"
+                           : g.epilogue == CUBLASLT_EPILOGUE_BIAS
+                               ? "the FP8 product runs without it, a kernel adds the bias"
+                               : nullptr;
+    if (!choice.found && fallback != nullptr) {
       std::fprintf(stderr,
                    "triad cuda backend: cuBLASLt has no algorithm for the %s (heuristic: %s, %d "
                    "result(s)); %s\n",
-                   describe(g).c_str(), cublasGetStatusName(status), count,
-                   may_decline ? "its work runs as separate kernels" : "using cublasGemmEx for it");
+                   describe(g).c_str(), cublasGetStatusName(status), count, fallback);
     }
     it = cache_.emplace(key, choice).first;
   }
   if (!it->second.found) {
     if (may_decline) return false;
-    run_gemm_ex(s, g);
+    run_fallback(s, g);
     return true;
   }
   // C and D are the same buffer (in place, same layout): with β = 1 the product accumulates.
@@ -253,7 +290,12 @@ bool LtMatmul::run(cudaStream_t s, const LtGemm& g, bool may_decline) {
   return true;
 }
 
-void LtMatmul::run_gemm_ex(cudaStream_t s, const LtGemm& g) {
+void LtMatmul::run_fallback(cudaStream_t s, const LtGemm& g) {
+  const bool fp8 = fp8_product(g);
+  TRIAD_CHECK(!fp8 || g.epilogue == CUBLASLT_EPILOGUE_BIAS,
+              "cuda backend: cuBLASLt has no algorithm for the ", describe(g),
+              " on this GPU, and FP8 products have no fallback (they need an FP8 GPU, compute "
+              "capability 8.9 or 9.0 and later; run.fp8 = off runs the layers in bf16)");
   TRIAD_CHECK(g.epilogue == CUBLASLT_EPILOGUE_DEFAULT ||
                   (g.epilogue == CUBLASLT_EPILOGUE_BIAS && g.d_type == CUDA_R_16BF),
               "cuda backend: no cublasGemmEx path for the ", describe(g));
@@ -268,10 +310,20 @@ void LtMatmul::run_gemm_ex(cudaStream_t s, const LtGemm& g) {
   TRIAD_CHECK(g.beta == 0.0f, "cuda backend: a bias with beta != 0 in the ", describe(g));
   const size_t total = size_t(g.m) * size_t(g.n);
   float* acc = product_.get_as<float>(total, s);
-  const float zero = 0.0f;
-  TRIAD_CUBLAS_CHECK(cublasGemmEx(blas_, g.trans_a, g.trans_b, g.m, g.n, g.k, &g.alpha, g.a,
-                                  CUDA_R_16BF, g.lda, g.b, CUDA_R_16BF, g.ldb, &zero, acc,
-                                  CUDA_R_32F, g.m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  if (fp8) {  // the same FP8 product without the epilogue, D fp32 (or the error above)
+    LtGemm p = g;
+    p.epilogue = CUBLASLT_EPILOGUE_DEFAULT;
+    p.bias = nullptr;
+    p.d = acc;
+    p.d_type = CUDA_R_32F;
+    p.ldd = g.m;
+    run(s, p);
+  } else {
+    const float zero = 0.0f;
+    TRIAD_CUBLAS_CHECK(cublasGemmEx(blas_, g.trans_a, g.trans_b, g.m, g.n, g.k, &g.alpha, g.a,
+                                    CUDA_R_16BF, g.lda, g.b, CUDA_R_16BF, g.ldb, &zero, acc,
+                                    CUDA_R_32F, g.m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  }
   bias_round_kernel<<<grid_for(total), kBlock, 0, s>>>(
       static_cast<bf16*>(g.d), g.ldd, acc, static_cast<const bf16*>(g.bias), g.m, total);
   TRIAD_CUDA_CHECK_LAUNCH();

@@ -62,6 +62,10 @@ void matmul_backward(cudaStream_t s, cublasHandle_t h, DeviceScratch& scratch, f
 // One column-major cuBLASLt product D = α·op(A)·op(B) + β·D (C and D the same buffer), fp32
 // compute and scale; A and B bf16, D bf16 or fp32. Optional epilogue with a bias (type of D,
 // length m) and an aux output (the GELU input, type of D, leading dimension aux_ld).
+// FP8 products (cuda_fp8.cu) set a_type / b_type to CUDA_R_8F_E4M3 or CUDA_R_8F_E5M2 and
+// a_scale / b_scale to device floats the fp32 product is multiplied by (cuBLASLt's A/B scale
+// pointers: the dequantization factors 1/s); they run with full fp32 accumulation (FAST_ACCUM
+// off) and never fall back to a product that is not FP8.
 struct LtGemm {
   cublasOperation_t trans_a = CUBLAS_OP_N;
   cublasOperation_t trans_b = CUBLAS_OP_N;
@@ -70,6 +74,10 @@ struct LtGemm {
   int lda = 0;
   const void* b = nullptr;
   int ldb = 0;
+  cudaDataType_t a_type = CUDA_R_16BF;
+  cudaDataType_t b_type = CUDA_R_16BF;
+  const float* a_scale = nullptr;
+  const float* b_scale = nullptr;
   void* d = nullptr;
   cudaDataType_t d_type = CUDA_R_16BF;
   int ldd = 0;
@@ -98,6 +106,9 @@ class LtMatmul {
   // having done nothing; otherwise (epilogue DEFAULT or BIAS only) runs it through cublasGemmEx
   // instead (bf16 inputs, fp32 compute; a bias is added to the fp32 product before the one
   // rounding), with a warning on stderr the first time for each problem, and returns true.
+  // An FP8 product has no such fallback: with a declined BIAS epilogue it runs as the FP8
+  // product into fp32 scratch, then one kernel adds the bias and rounds; a product cuBLASLt has
+  // no FP8 algorithm for at all throws an Error naming the problem.
   bool run(cudaStream_t s, const LtGemm& g, bool may_decline = false);
 
   static constexpr size_t kWorkspaceBytes = size_t(32) << 20;
@@ -107,13 +118,14 @@ class LtMatmul {
     bool found = false;
     cublasLtMatmulAlgo_t algo{};
   };
-  void run_gemm_ex(cudaStream_t s, const LtGemm& g);
+  // A problem without a cuBLASLt algorithm (may_decline false): see run.
+  void run_fallback(cudaStream_t s, const LtGemm& g);
 
   cublasHandle_t blas_ = nullptr;
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;
   std::map<std::vector<int64_t>, Choice> cache_;
-  DeviceScratch product_;  // the fp32 product of the cublasGemmEx path with a bias
+  DeviceScratch product_;  // the fp32 product of a fallback with a bias
 };
 
 void matmul_forward(cudaStream_t s, LtMatmul& lt, bf16* out, const bf16* inp, const bf16* weight,
@@ -130,6 +142,21 @@ void matmul_gelu_forward(cudaStream_t s, LtMatmul& lt, bf16* pre, bf16* out, con
 bool matmul_backward_dgelu(cudaStream_t s, LtMatmul& lt, DeviceScratch& scratch, bf16* dpre,
                            float* dweight, float* dbias, const bf16* dout, const bf16* act,
                            const bf16* pre, const bf16* weight, int N, int IC, int OC);
+
+// ---- FP8 linear layers (cuda_fp8.cu) ---------------------------------------------------------
+// backend.h's absmax, matmul_forward_fp8 and matmul_backward_fp8 (amax: three device floats,
+// inp, weight, dout). The quantized operands live in fp8_scratch (grown on demand); the backward's
+// bias gradient is column_sum_accumulate's (its partials in scratch). accumulate false: dinp
+// overwritten. N, IC and OC must be multiples of 16.
+// out[0] = max |x| over the n values (NaN if any is NaN); order-free, so deterministic.
+void absmax(cudaStream_t s, float* out, const bf16* x, size_t n);
+void matmul_forward_fp8(cudaStream_t s, LtMatmul& lt, DeviceScratch& fp8_scratch, bf16* out,
+                        const bf16* inp, const bf16* weight, const bf16* bias, int N, int IC,
+                        int OC, const float* amax);
+void matmul_backward_fp8(cudaStream_t s, LtMatmul& lt, DeviceScratch& fp8_scratch,
+                         DeviceScratch& scratch, bf16* dinp, float* dweight, float* dbias,
+                         const bf16* dout, const bf16* inp, const bf16* weight, int N, int IC,
+                         int OC, const float* amax, bool accumulate);
 
 // ---- attention: layouts ---------------------------------------------------------------------
 // backend.h's: NH query heads, NKV key/value heads (NKV divides NH), hd = C/NH, qkv rows

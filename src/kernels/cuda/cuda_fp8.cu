@@ -1,0 +1,281 @@
+// FP8 linear layers on the GPU (backend.h's absmax / matmul_forward_fp8 / matmul_backward_fp8;
+// cpu_fp8.cpp is the reference): each operand is quantized by a kernel here, at the tensorwise
+// power-of-two scale s = fp8_scale(amax, format) computed in the kernel from the device amax
+// (core/fp8.h, shared with the CPU), and the product runs on cuBLASLt's FP8 tensor-core kernels
+// (LtMatmul, cuda_matmul_lt.cu) with fp32 accumulation, which multiply the fp32 sums by 1/s of
+// both operands (the A/B scale pointers). Quantization: __nv_cvt_float_to_fp8(x·s, SATFINITE):
+// round to nearest even, saturating to ±fp8_max, NaN kept: fp8_round's rounding bit for bit
+// (x·s is exact, s a power of two). So the GPU computes what the CPU emulates, up to the order of
+// the fp32 sums.
+//
+// cuBLASLt's FP8 rules (cuBLAS documentation, cublasLtMatmul, "FP8"; cublasLt.h; the same
+// choices as Transformer Engine's cublaslt_gemm.cu):
+//  - compute type CUBLAS_COMPUTE_32F, scale type CUDA_R_32F;
+//  - on Hopper (sm_90) and Ada only the "TN" form: op(A) = T, op(B) = N, i.e. both operands
+//    K-major (the inner dimension contiguous); later GPUs take any form;
+//  - A e4m3 or e5m2 and B e4m3 or e5m2 but not both e5m2; D bf16 with C bf16 (β = 1 with C = D
+//    accumulates), D fp32 with C fp32; with D bf16 the BIAS epilogue takes a bf16 bias;
+//  - 16-byte aligned pointers and leading dimensions that are multiples of 16 bytes (the
+//    caller's N, IC, OC multiples of 16);
+//  - CUBLASLT_MATMUL_DESC_FAST_ACCUM (default 0) kept off: partial sums promoted to fp32.
+//
+// Row-major [R, K] = column-major K×R; the three products, each in the TN form:
+//   forward  out[N,OC] = inp·Wᵀ:  m = OC, n = N, k = IC; A = W (col-major IC×OC, ld IC, op T),
+//            B = inp (IC×N, ld IC); D bf16 OC×N, ld OC; bias by the BIAS epilogue.
+//   dinp[N,IC] (+)= dout·W:      m = IC, n = N, k = OC; A = Wᵀ (a transposed cast: row-major
+//            [IC,OC] = col-major OC×IC, ld OC, op T), B = dout e5m2 (OC×N, ld OC); D bf16,
+//            β = 1 for accumulate (round(old + product), as the bf16 op).
+//   dW[OC,IC] += doutᵀ·inp:      m = IC, n = OC, k = N; A = inpᵀ (row-major [IC,N] = col-major
+//            N×IC, ld N, op T), B = doutᵀ e5m2 (row-major [OC,N] = col-major N×OC, ld N); D fp32
+//            IC×OC, ld IC, β = 1.
+//   dbias += column sums of the bf16 dout (not quantized): column_sum_accumulate.
+//
+// Memory: the quantized operands live in one DeviceScratch of the backend (grown on demand, in
+// practice at the first step; nothing here is captured into CUDA graphs): 256 bytes of inverse
+// scales, then two operand buffers. The backward reuses them for its two products one after the
+// other (stream order), so it needs N·OC + max(OC·IC, N·IC) bytes, the forward N·IC + OC·IC.
+//
+// Determinism: the casts are elementwise, absmax is a maximum (order-free; atomicMax on the bits),
+// the products run the cached cuBLASLt algorithm and the bias gradient is the deterministic
+// column sum.
+#include <cuda_fp8.h>
+
+#include <algorithm>
+
+#include "cuda_ops.cuh"
+#include "triad/core/fp8.h"
+
+namespace triad::cuda {
+namespace {
+
+using fp8 = __nv_fp8_storage_t;  // one byte, e4m3 or e5m2 by context
+
+template <Fp8Format F>
+constexpr __nv_fp8_interpretation_t kInterpretation = F == Fp8Format::e4m3 ? __NV_E4M3 : __NV_E5M2;
+constexpr cudaDataType_t cuda_type(Fp8Format f) {
+  return f == Fp8Format::e4m3 ? CUDA_R_8F_E4M3 : CUDA_R_8F_E5M2;
+}
+
+// ---- absmax -------------------------------------------------------------------------------------
+// On the bits of |x|: for non-negative floats (and bf16) the order of the values is the order of
+// their bit patterns as unsigned integers, and every NaN pattern lies above +inf's, so an integer
+// maximum is the float maximum that lets a NaN win.
+struct UnsignedMax {
+  __device__ unsigned operator()(unsigned a, unsigned b) const { return max(a, b); }
+};
+
+// The larger magnitude of the two bf16 in a 32-bit word, as bf16 bits.
+__device__ __forceinline__ unsigned pair_abs_bits(unsigned w) {
+  return max(w & 0x7fffu, (w >> 16) & 0x7fffu);
+}
+
+// out (zeroed before) = max |x| as float bits: a block's maximum by one atomicMax. vec: x is
+// 16-byte aligned, read 8 values at a time up to the last whole group.
+__global__ void absmax_kernel(unsigned* out, const bf16* x, size_t n, bool vec) {
+  unsigned m = 0;
+  size_t tail = 0;
+  if (vec) {
+    const auto* v = reinterpret_cast<const uint4*>(x);
+    TRIAD_GRID_STRIDE_LOOP(i, n / 8) {
+      const uint4 q = v[i];
+      m = max(m, max(max(pair_abs_bits(q.x), pair_abs_bits(q.y)),
+                     max(pair_abs_bits(q.z), pair_abs_bits(q.w))));
+    }
+    tail = n / 8 * 8;
+  }
+  for (size_t i = tail + size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += size_t(gridDim.x) * blockDim.x)
+    m = max(m, unsigned(__bfloat16_as_ushort(x[i])) & 0x7fffu);
+  m = block_reduce(m, UnsignedMax{}, 0u);
+  if (threadIdx.x == 0 && m != 0) atomicMax(out, m << 16);  // bf16 bits → float bits
+}
+
+// ---- casts --------------------------------------------------------------------------------------
+template <Fp8Format F>
+__device__ __forceinline__ fp8 to_fp8(float v) {
+  return __nv_cvt_float_to_fp8(v, __NV_SATFINITE, kInterpretation<F>);
+}
+
+// Four bf16 (two words, the first value in the low half of w0) times s, as four fp8 bytes (the
+// first in the lowest byte: the order in memory).
+template <Fp8Format F>
+__device__ __forceinline__ unsigned to_fp8x4(unsigned w0, unsigned w1, float s) {
+  const auto pair = [s](unsigned w) {
+    const float2 f =
+        make_float2(__uint_as_float(w << 16) * s, __uint_as_float(w & 0xffff0000u) * s);
+    return unsigned(__nv_cvt_float2_to_fp8x2(f, __NV_SATFINITE, kInterpretation<F>));
+  };
+  return pair(w0) | (pair(w1) << 16);
+}
+
+// The scale of the tensor whose max |x| is *amax; the kernels' first thread also writes its
+// inverse, the dequantization factor cuBLASLt multiplies the product by (exact: a power of two).
+template <Fp8Format F>
+__device__ __forceinline__ float tensor_scale(const float* amax, float* inv_scale) {
+  const float s = fp8_scale(*amax, F);
+  if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0 && threadIdx.y == 0)
+    *inv_scale = 1.0f / s;
+  return s;
+}
+
+// dst[i] = fp8(src[i]·s), layout kept. vec: src 16-byte and dst 8-byte aligned, 8 values a time.
+template <Fp8Format F>
+__global__ void cast_kernel(fp8* dst, float* inv_scale, const bf16* src, size_t n,
+                            const float* amax, bool vec) {
+  const float s = tensor_scale<F>(amax, inv_scale);
+  size_t tail = 0;
+  if (vec) {
+    const auto* in = reinterpret_cast<const uint4*>(src);
+    auto* out = reinterpret_cast<uint2*>(dst);
+    TRIAD_GRID_STRIDE_LOOP(i, n / 8) {
+      const uint4 q = in[i];
+      out[i] = make_uint2(to_fp8x4<F>(q.x, q.y, s), to_fp8x4<F>(q.z, q.w, s));
+    }
+    tail = n / 8 * 8;
+  }
+  for (size_t i = tail + size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += size_t(gridDim.x) * blockDim.x)
+    dst[i] = to_fp8<F>(__bfloat162float(src[i]) * s);
+}
+
+// dst [C, R] = fp8(src [R, C]·s)ᵀ through 32×32 tiles in shared memory: reads and writes both
+// along rows. Block (32, 8); grid (ceil(R / 32), ceil(C / 32)). The tile holds the bytes as
+// words, so the transposed reads hit 33 different banks.
+constexpr int kTile = 32;
+constexpr int kTileRows = 8;
+
+template <Fp8Format F>
+__global__ void cast_transpose_kernel(fp8* dst, float* inv_scale, const bf16* src, int R, int C,
+                                      const float* amax) {
+  __shared__ unsigned tile[kTile][kTile + 1];
+  const float s = tensor_scale<F>(amax, inv_scale);
+  const int r0 = int(blockIdx.x) * kTile, c0 = int(blockIdx.y) * kTile;
+  const int t = int(threadIdx.x);
+  for (int j = int(threadIdx.y); j < kTile; j += kTileRows) {
+    const int r = r0 + j, c = c0 + t;
+    if (r < R && c < C) tile[j][t] = to_fp8<F>(__bfloat162float(src[size_t(r) * C + c]) * s);
+  }
+  __syncthreads();
+  for (int j = int(threadIdx.y); j < kTile; j += kTileRows) {
+    const int c = c0 + j, r = r0 + t;
+    if (r < R && c < C) dst[size_t(c) * R + r] = fp8(tile[t][j]);
+  }
+}
+
+template <Fp8Format F>
+void cast(cudaStream_t s, fp8* dst, float* inv_scale, const bf16* src, size_t n,
+          const float* amax) {
+  const bool vec = pointer_alignment(src) >= 16 && pointer_alignment(dst) >= 8;
+  cast_kernel<F><<<grid_for(std::max<size_t>(vec ? n / 8 : n, 1)), kBlock, 0, s>>>(
+      dst, inv_scale, src, n, amax, vec);
+  TRIAD_CUDA_CHECK_LAUNCH();
+}
+
+// src row-major [R, C] → dst row-major [C, R].
+template <Fp8Format F>
+void cast_transposed(cudaStream_t s, fp8* dst, float* inv_scale, const bf16* src, int R, int C,
+                     const float* amax) {
+  const dim3 grid((R + kTile - 1) / kTile, (C + kTile - 1) / kTile);
+  TRIAD_CHECK(grid.y <= 65535u, "cuda fp8: a transposed cast of ", C, " columns is too wide");
+  cast_transpose_kernel<F><<<grid, dim3(kTile, kTileRows), 0, s>>>(dst, inv_scale, src, R, C, amax);
+  TRIAD_CUDA_CHECK_LAUNCH();
+}
+
+// ---- workspace and products -------------------------------------------------------------------
+// The backend's FP8 scratch carved into the inverse scales of a product's A and B operands
+// (inv[0], inv[1]) and two operand buffers, each 256-byte aligned.
+struct Operands {
+  float* inv;
+  fp8* a;
+  fp8* b;
+};
+
+Operands operands(DeviceScratch& scratch, cudaStream_t s, size_t a_bytes, size_t b_bytes) {
+  constexpr size_t kAlign = 256;
+  const size_t a_padded = (a_bytes + kAlign - 1) / kAlign * kAlign;
+  auto* p = static_cast<unsigned char*>(scratch.get(kAlign + a_padded + b_bytes, s));
+  return {reinterpret_cast<float*>(p), p + kAlign, p + kAlign + a_padded};
+}
+
+void check_shape(const char* op, int N, int IC, int OC) {
+  TRIAD_CHECK(N >= 0 && IC >= 0 && OC >= 0 && N % 16 == 0 && IC % 16 == 0 && OC % 16 == 0, "cuda ",
+              op, ": N, IC and OC must be multiples of 16 for the FP8 products; got N=", N,
+              " IC=", IC, " OC=", OC);
+}
+
+// The TN product D = (1/s_a)(1/s_b)·op_T(A)·B + β·D of quantized operands (scales in inv).
+LtGemm fp8_gemm(const Operands& q, Fp8Format fa, Fp8Format fb, int m, int n, int k, void* d,
+                cudaDataType_t d_type, float beta) {
+  return LtGemm{.trans_a = CUBLAS_OP_T,
+                .trans_b = CUBLAS_OP_N,
+                .m = m,
+                .n = n,
+                .k = k,
+                .a = q.a,
+                .lda = k,
+                .b = q.b,
+                .ldb = k,
+                .a_type = cuda_type(fa),
+                .b_type = cuda_type(fb),
+                .a_scale = q.inv,
+                .b_scale = q.inv + 1,
+                .d = d,
+                .d_type = d_type,
+                .ldd = m,
+                .beta = beta};
+}
+
+}  // namespace
+
+void absmax(cudaStream_t s, float* out, const bf16* x, size_t n) {
+  TRIAD_CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(float), s));
+  if (n == 0) return;
+  const bool vec = pointer_alignment(x) >= 16;
+  absmax_kernel<<<grid_for(std::max<size_t>(vec ? n / 8 : n, 1)), kBlock, 0, s>>>(
+      reinterpret_cast<unsigned*>(out), x, n, vec);
+  TRIAD_CUDA_CHECK_LAUNCH();
+}
+
+void matmul_forward_fp8(cudaStream_t s, LtMatmul& lt, DeviceScratch& fp8_scratch, bf16* out,
+                        const bf16* inp, const bf16* weight, const bf16* bias, int N, int IC,
+                        int OC, const float* amax) {
+  check_shape("matmul_forward_fp8", N, IC, OC);
+  if (N == 0 || OC == 0) return;
+  if (IC == 0) {  // no product: out = bias (or 0), as the bf16 op writes it
+    matmul_forward(s, lt, out, inp, weight, bias, N, IC, OC);
+    return;
+  }
+  const Operands q = operands(fp8_scratch, s, size_t(OC) * IC, size_t(N) * IC);
+  cast<Fp8Format::e4m3>(s, q.a, q.inv, weight, size_t(OC) * IC, amax + 1);
+  cast<Fp8Format::e4m3>(s, q.b, q.inv + 1, inp, size_t(N) * IC, amax + 0);
+  LtGemm g = fp8_gemm(q, Fp8Format::e4m3, Fp8Format::e4m3, OC, N, IC, out, CUDA_R_16BF, 0.0f);
+  g.bias = bias;
+  g.epilogue = bias != nullptr ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+  lt.run(s, g);
+}
+
+void matmul_backward_fp8(cudaStream_t s, LtMatmul& lt, DeviceScratch& fp8_scratch,
+                         DeviceScratch& scratch, bf16* dinp, float* dweight, float* dbias,
+                         const bf16* dout, const bf16* inp, const bf16* weight, int N, int IC,
+                         int OC, const float* amax, bool accumulate) {
+  check_shape("matmul_backward_fp8", N, IC, OC);
+  if (N == 0 || OC == 0) return;
+  if (dbias != nullptr) column_sum_accumulate(s, scratch, dbias, dout, N, OC);
+  if (IC == 0 || (dinp == nullptr && dweight == nullptr)) return;
+  const size_t a_bytes =
+      std::max(dinp != nullptr ? size_t(OC) * IC : 0, dweight != nullptr ? size_t(N) * IC : 0);
+  const Operands q = operands(fp8_scratch, s, a_bytes, size_t(N) * OC);
+  if (dinp != nullptr) {
+    cast_transposed<Fp8Format::e4m3>(s, q.a, q.inv, weight, OC, IC, amax + 1);  // Wᵀ [IC, OC]
+    cast<Fp8Format::e5m2>(s, q.b, q.inv + 1, dout, size_t(N) * OC, amax + 2);
+    lt.run(s, fp8_gemm(q, Fp8Format::e4m3, Fp8Format::e5m2, IC, N, OC, dinp, CUDA_R_16BF,
+                       accumulate ? 1.0f : 0.0f));
+  }
+  if (dweight != nullptr) {  // after the dinp product in stream order: q's buffers are free again
+    cast_transposed<Fp8Format::e4m3>(s, q.a, q.inv, inp, N, IC, amax + 0);       // [IC, N]
+    cast_transposed<Fp8Format::e5m2>(s, q.b, q.inv + 1, dout, N, OC, amax + 2);  // [OC, N]
+    lt.run(s, fp8_gemm(q, Fp8Format::e4m3, Fp8Format::e5m2, IC, OC, N, dweight, CUDA_R_32F, 1.0f));
+  }
+}
+
+}  // namespace triad::cuda

@@ -1,0 +1,99 @@
+// The blocks' linear layers, with run.fp8's FP8 products (Gpt::set_fp8): where they apply, each
+// product takes its operands' tensorwise amax first (the maximum over the tensor- and
+// context-parallel ranks, which hold pieces of the activations, gradients and weights), then
+// runs through the backend's FP8 ops; elsewhere the backend's bf16/fp32 products.
+//
+// The amax of the forward's input and weight are taken again in the backward pass rather than
+// kept: they are functions of tensors the backward reads anyway (the input kept for the weight
+// gradient, the weight), so nothing per micro-batch has to be stored, pipelined or recomputed.
+#include "triad/core/error.h"
+#include "triad/model/gpt.h"
+
+namespace triad {
+
+void Gpt::set_fp8(bool on) {
+  if (!on) {
+    if (fp8_amax_ != nullptr) be_.free(fp8_amax_);
+    fp8_amax_ = nullptr;
+    return;
+  }
+  TRIAD_CHECK(!inference_, "internal error: run.fp8 is for training models");
+  const int widths[] = {shape_.n_embd, shape_.qkv_rows() / mp_.tp, shape_.attn_width() / mp_.tp,
+                        shape_.fc_rows() / mp_.tp, shape_.hidden() / mp_.tp};
+  for (int w : widths)
+    TRIAD_CHECK(w % 16 == 0,
+                "run.fp8 needs the layers' widths on each tensor-parallel rank to be multiples "
+                "of 16 (n_embd ",
+                shape_.n_embd, ", c_attn ", widths[1], ", attention ", widths[2], ", c_fc ",
+                widths[3], ", MLP ", widths[4], ")");
+  if (fp8_amax_ == nullptr) fp8_amax_ = be_.alloc(3);
+}
+
+template <class A>
+void Gpt::fp8_amax(const A* inp, size_t ni, const A* w, size_t nw, const A* dout, size_t nd) {
+  if (inp != nullptr) be_.absmax(fp8_amax_ + 0, inp, ni);
+  if (w != nullptr) be_.absmax(fp8_amax_ + 1, w, nw);
+  if (dout != nullptr) be_.absmax(fp8_amax_ + 2, dout, nd);
+  // Every rank of a group calls this in the same order (the same layers, the same schedule), so
+  // the three floats are reduced together; a slot no one set this time is not read.
+  if (mp_.tp > 1) mp_.tp_comm->all_reduce_max(fp8_amax_, 3);
+  if (mp_.cp > 1) mp_.cp_comm->all_reduce_max(fp8_amax_, 3);
+}
+
+template <class A>
+void Gpt::linear_forward(A* out, const A* inp, const A* w, const A* b, int N, int IC, int OC) {
+  if (fp8_rows(N)) {
+    fp8_amax<A>(inp, size_t(N) * IC, w, size_t(OC) * IC, nullptr, 0);
+    be_.matmul_forward_fp8(out, inp, w, b, N, IC, OC, fp8_amax_);
+    return;
+  }
+  be_.matmul_forward(out, inp, w, b, N, IC, OC);
+}
+
+template <class A>
+void Gpt::linear_gelu_forward(A* pre, A* out, const A* inp, const A* w, const A* b, int N, int IC,
+                              int OC) {
+  if (fp8_rows(N)) {
+    linear_forward(pre, inp, w, b, N, IC, OC);
+    be_.gelu_forward(out, pre, size_t(N) * size_t(OC));
+    return;
+  }
+  be_.matmul_gelu_forward(pre, out, inp, w, b, N, IC, OC);
+}
+
+template <class A>
+void Gpt::linear_backward(A* dinp, float* dw, float* db, const A* dout, const A* inp, const A* w,
+                          int N, int IC, int OC, GradMode mode) {
+  if (fp8_rows(N)) {
+    const size_t ni = size_t(N) * IC, nw = size_t(OC) * IC, nd = size_t(N) * OC;
+    fp8_amax<A>(dw != nullptr ? inp : nullptr, ni, dinp != nullptr ? w : nullptr, nw, dout, nd);
+    be_.matmul_backward_fp8(dinp, dw, db, dout, inp, w, N, IC, OC, fp8_amax_, mode);
+    return;
+  }
+  be_.matmul_backward(dinp, dw, db, dout, inp, w, N, IC, OC, mode);
+}
+
+template <class A>
+void Gpt::linear_backward_gelu(A* dpre, A* dact, float* dw, float* db, const A* dout, const A* act,
+                               const A* pre, const A* w, int N, int IC, int OC, GradMode mode) {
+  if (fp8_rows(N)) {
+    linear_backward(dact, dw, db, dout, act, w, N, IC, OC, GradMode::overwrite);
+    be_.gelu_backward(dpre, pre, dact, size_t(N) * size_t(IC), mode);
+    return;
+  }
+  be_.matmul_backward_gelu(dpre, dact, dw, db, dout, act, pre, w, N, IC, OC, mode);
+}
+
+#define TRIAD_LINEAR(A)                                                                            \
+  template void Gpt::fp8_amax<A>(const A*, size_t, const A*, size_t, const A*, size_t);            \
+  template void Gpt::linear_forward<A>(A*, const A*, const A*, const A*, int, int, int);           \
+  template void Gpt::linear_gelu_forward<A>(A*, A*, const A*, const A*, const A*, int, int, int);  \
+  template void Gpt::linear_backward<A>(A*, float*, float*, const A*, const A*, const A*, int,     \
+                                        int, int, GradMode);                                       \
+  template void Gpt::linear_backward_gelu<A>(A*, A*, float*, float*, const A*, const A*, const A*, \
+                                             const A*, int, int, int, GradMode);
+TRIAD_LINEAR(float)
+TRIAD_LINEAR(bf16_t)
+#undef TRIAD_LINEAR
+
+}  // namespace triad
