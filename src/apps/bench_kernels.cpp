@@ -265,6 +265,31 @@ std::vector<KernelRate> run_ops(Backend& be, const KernelBenchShape& sh, int rep
       "bias_backward qkv", dims({(long long)N, 3 * C}), 3.0 * n * c * E, false,
       [&] { be.bias_backward(db, dqkv, int(N), 3 * C); }, false);
   mm_back("matmul_backward qkv no bias", dx, dqkv, ln, w_qkv, C, 3 * C, false, false);
+  if constexpr (!std::is_same_v<A, float>) {
+    // run.fp8's products of the FFN's first layer as the model runs them (each operand's absmax,
+    // then the casts and the FP8 product with fp32 sums), beside the bf16 rows above; against
+    // the bf16 matmul ceiling, so FP8 tensor cores (twice bf16's rate) can pass 100%. On the CPU
+    // an emulation (extra passes, then the fp32 product).
+    float* amax = f32.make(3);
+    add(
+        "matmul_forward_fp8 fc", dims({(long long)N, C, 4 * C}), 2.0 * n * c * 4 * c, true,
+        [&] {
+          be.absmax(amax, ln, N * C);
+          be.absmax(amax + 1, w_fc, size_t(4) * C * C);
+          be.matmul_forward_fp8(pre, ln, w_fc, b_fc, int(N), C, 4 * C, amax);
+        },
+        false);
+    add(
+        "matmul_backward_fp8 fc", dims({(long long)N, C, 4 * C}), 4.0 * n * c * 4 * c, true,
+        [&] {
+          be.absmax(amax, ln, N * C);
+          be.absmax(amax + 1, w_fc, size_t(4) * C * C);
+          be.absmax(amax + 2, dhid, N * 4 * C);
+          be.matmul_backward_fp8(dx, dW, db, dhid, ln, w_fc, int(N), C, 4 * C, amax,
+                                 GradMode::overwrite);
+        },
+        false);
+  }
   be.free_ints(tokens);
   return rows;
 }

@@ -351,6 +351,15 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
        << (cfg.model.kv_heads() < cfg.model.n_head && !flash
                ? ", with grouped-query attention 2·B·T·3C expanded q|k|v elements"
                : "");
+    if (cfg.run.fp8 != "off") {
+      // The quantized operands of the largest FP8 backward (cuda_fp8.cu): c_fc's output gradient
+      // (N·F bytes) and the larger of its weight and its input, N the micro-batch's rows.
+      const GptShape s = gpt_shape(cfg);
+      const double N =
+          double(cfg.train.micro_batch_size) * cfg.model.seq_len / std::max(1, cfg.parallel.cp);
+      const double F = double(s.fc_rows()) / std::max(1, cfg.parallel.tp), C = s.n_embd;
+      os << ", FP8 operands " << megabytes(size_t(N * F + std::max(F * C, N * C))) << " MB";
+    }
   }
   os << ")\n\ncompute: " << std::setprecision(3) << p.model_flops_per_token / 1e9
      << " GFLOP per token for the model (6N + 6LCT); per rank and token, stage";

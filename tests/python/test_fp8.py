@@ -25,23 +25,11 @@ h5py = pytest.importorskip("h5py")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reference"))
 import gpt_torch as ref  # noqa: E402
 import test_reference_model as trm  # noqa: E402
+from test_reference_model import _torch_threads, tmp_root  # noqa: E402,F401 (its fixtures)
 
 # Cases whose widths and micro-batch rows are multiples of 16 (run.fp8's condition): GPT-2's
 # blocks, and Llama's with grouped-query attention (SwiGLU, RMSNorm, rope, untied head).
 FP8_CASES = [c for c in trm.CASES if c.name in ("gpt2vocab", "gqa")]
-
-
-@pytest.fixture(scope="module")
-def tmp_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("fp8")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _torch_threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(old)
 
 
 def probe(p: trm.Prepared, tag: str, **run) -> dict:

@@ -29,24 +29,27 @@ TRIAD_HOST_DEVICE constexpr float fp8_max(Fp8Format f) {
 // The scale of a tensor whose largest magnitude is amax: the largest power of two s with
 // amax·s <= fp8_max, so the tensor's largest element lands in the format's top binade. A zero
 // tensor gets 1; a NaN or infinite amax gives NaN (the product then is NaN, as it would be
-// without FP8, and the loss shows it). Bounded to 2^127 for tiny amax (fp8_max/amax overflows).
+// without FP8, and the loss shows it). At most 2^126, for tiny amax: its inverse, the factor a
+// GPU product is multiplied by, stays a normal float (2^-127 would be subnormal, which cuBLASLt
+// may flush to zero).
 TRIAD_HOST_DEVICE inline float fp8_scale(float amax, Fp8Format f) {
   if (amax == 0.0f) return 1.0f;
   if (!(amax < INFINITY)) return NAN;  // NaN or +inf
   const float ratio = fp8_max(f) / amax;
-  if (!(ratio < 1.7e38f)) return ldexpf(1.0f, 127);  // overflowed: amax below ~2.6e-36
+  if (!(ratio < 1.7e38f)) return ldexpf(1.0f, 126);  // overflowed: amax below ~2.6e-36
   int e = 0;
   frexpf(ratio, &e);  // ratio = m·2^e, m in [0.5, 1): the power of two below is 2^(e-1)
-  return ldexpf(1.0f, e - 1);
+  return ldexpf(1.0f, e - 1 < 126 ? e - 1 : 126);
 }
 
 // v rounded to the nearest value format f holds (ties to even), saturating to ±fp8_max (as the
-// GPU's __NV_SATFINITE conversion: ±inf too); NaN stays NaN. The result is a float.
+// GPU's __NV_SATFINITE conversion: ±inf too); NaN stays NaN; the sign kept (−0 too, as the GPU's
+// conversion gives 0x80). The result is a float.
 TRIAD_HOST_DEVICE inline float fp8_round(float v, Fp8Format f) {
   if (v != v) return v;
   const float top = fp8_max(f);
   const float a = fabsf(v);
-  if (a >= top) return v < 0 ? -top : top;  // (what rounds above top is past it already)
+  if (a >= top) return copysignf(top, v);  // (what rounds above top is past it already)
   const int mbits = f == Fp8Format::e4m3 ? 3 : 2;
   const int emin = f == Fp8Format::e4m3 ? -6 : -14;  // exponent of the smallest normal
   int e = 0;
@@ -54,8 +57,7 @@ TRIAD_HOST_DEVICE inline float fp8_round(float v, Fp8Format f) {
   const int binade = e - 1 < emin ? emin : e - 1;  // below: the subnormals' spacing
   const float ulp = ldexpf(1.0f, binade - mbits);
   const float r = rintf(a / ulp) * ulp;  // exact division by a power of two; rint: ties to even
-  const float q = r > top ? top : r;
-  return v < 0 ? -q : q;
+  return copysignf(r > top ? top : r, v);
 }
 
 }  // namespace triad

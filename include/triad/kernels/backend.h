@@ -382,8 +382,9 @@ class Backend {
     gelu_backward(dpre, pre, dact, size_t(N) * size_t(IC), mode);
   }
   // FP8 linear layers (run.fp8 = tensorwise; core/fp8.h). absmax writes max |x| over the n
-  // values into out[0] (a float of this backend's memory; NaN if any value is NaN), so the
-  // caller can take the maximum over the ranks holding pieces of a tensor before the product.
+  // values into out[0] (a float of this backend's memory; +inf if any value is NaN, which any
+  // maximum keeps, unlike a NaN, and fp8_scale turns into NaN), so the caller can take the
+  // maximum over the ranks holding pieces of a tensor before the product.
   // matmul_forward_fp8 is matmul_forward with inp and weight through e4m3 at their tensorwise
   // scales s_i = fp8_scale(amax[0], e4m3), s_w = fp8_scale(amax[1], e4m3):
   //   out = round( Σ_k fp8_round(inp·s_i)·fp8_round(W·s_w) / (s_i·s_w) + bias )   (fp32 sums)

@@ -38,13 +38,16 @@ const float* quantized(int slot, const T* src, size_t n, float amax, Fp8Format f
 template <class T>
 void absmax_of(float* out, const T* x, size_t n) {
   float m = 0.0f;
-  bool nan = false;
+  bool nan = false;  // a maximum is order-free: the threads' partial ones give the same value
+#pragma omp parallel for schedule(static) reduction(max               \
+                                                    : m) reduction(|| \
+                                                                   : nan) if (n >= kParallelMin)
   for (size_t i = 0; i < n; ++i) {
     const float a = std::fabs(value(x[i]));
     if (a > m) m = a;
     nan = nan || a != a;
   }
-  out[0] = nan ? NAN : m;
+  out[0] = nan ? INFINITY : m;  // backend.h: a NaN as +inf, which the ranks' maximum keeps
 }
 
 // The product into o (fp32, N×OC), the bias widened into scratch.

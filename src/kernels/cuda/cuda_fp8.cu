@@ -59,7 +59,7 @@ constexpr cudaDataType_t cuda_type(Fp8Format f) {
 // ---- absmax -------------------------------------------------------------------------------------
 // On the bits of |x|: for non-negative floats (and bf16) the order of the values is the order of
 // their bit patterns as unsigned integers, and every NaN pattern lies above +inf's, so an integer
-// maximum is the float maximum that lets a NaN win.
+// maximum is the float maximum, in which a NaN wins (then written as +inf, below).
 struct UnsignedMax {
   __device__ unsigned operator()(unsigned a, unsigned b) const { return max(a, b); }
 };
@@ -87,7 +87,8 @@ __global__ void absmax_kernel(unsigned* out, const bf16* x, size_t n, bool vec) 
        i += size_t(gridDim.x) * blockDim.x)
     m = max(m, unsigned(__bfloat16_as_ushort(x[i])) & 0x7fffu);
   m = block_reduce(m, UnsignedMax{}, 0u);
-  if (threadIdx.x == 0 && m != 0) atomicMax(out, m << 16);  // bf16 bits → float bits
+  // bf16 bits → float bits; a NaN (above +inf's 0x7f80) as +inf (backend.h: any maximum keeps it)
+  if (threadIdx.x == 0 && m != 0) atomicMax(out, min(m, 0x7f80u) << 16);
 }
 
 // ---- casts --------------------------------------------------------------------------------------
