@@ -11,7 +11,18 @@
 
 namespace triad {
 
-void Gpt::set_fp8(bool on) {
+std::vector<std::string> Gpt::fp8_layer_names(int n_layer) {
+  std::vector<std::string> names;
+  for (int l = 0; l < n_layer; ++l)
+    for (const char* k : {"attn/c_attn", "attn/c_proj", "mlp/c_fc", "mlp/c_proj"})
+      names.push_back("h/" + std::to_string(l) + "/" + k);
+  return names;
+}
+
+void Gpt::set_fp8(bool on, const std::function<bool(const std::string&)>& skip) {
+  const std::vector<std::string> names = fp8_layer_names(shape_.n_layer);
+  fp8_skipped_.assign(names.size(), 0);
+  for (size_t i = 0; i < names.size(); ++i) fp8_skipped_[i] = skip && skip(names[i]) ? 1 : 0;
   if (!on) {
     if (fp8_amax_ != nullptr) be_.free(fp8_amax_);
     fp8_amax_ = nullptr;
@@ -41,8 +52,9 @@ void Gpt::fp8_amax(const A* inp, size_t ni, const A* w, size_t nw, const A* dout
 }
 
 template <class A>
-void Gpt::linear_forward(A* out, const A* inp, const A* w, const A* b, int N, int IC, int OC) {
-  if (fp8_rows(N)) {
+void Gpt::linear_forward(int site, A* out, const A* inp, const A* w, const A* b, int N, int IC,
+                         int OC) {
+  if (fp8_at(site, N)) {
     fp8_amax<A>(inp, size_t(N) * IC, w, size_t(OC) * IC, nullptr, 0);
     be_.matmul_forward_fp8(out, inp, w, b, N, IC, OC, fp8_amax_);
     return;
@@ -51,10 +63,10 @@ void Gpt::linear_forward(A* out, const A* inp, const A* w, const A* b, int N, in
 }
 
 template <class A>
-void Gpt::linear_gelu_forward(A* pre, A* out, const A* inp, const A* w, const A* b, int N, int IC,
-                              int OC) {
-  if (fp8_rows(N)) {
-    linear_forward(pre, inp, w, b, N, IC, OC);
+void Gpt::linear_gelu_forward(int site, A* pre, A* out, const A* inp, const A* w, const A* b, int N,
+                              int IC, int OC) {
+  if (fp8_at(site, N)) {
+    linear_forward(site, pre, inp, w, b, N, IC, OC);
     be_.gelu_forward(out, pre, size_t(N) * size_t(OC));
     return;
   }
@@ -62,9 +74,9 @@ void Gpt::linear_gelu_forward(A* pre, A* out, const A* inp, const A* w, const A*
 }
 
 template <class A>
-void Gpt::linear_backward(A* dinp, float* dw, float* db, const A* dout, const A* inp, const A* w,
-                          int N, int IC, int OC, GradMode mode) {
-  if (fp8_rows(N)) {
+void Gpt::linear_backward(int site, A* dinp, float* dw, float* db, const A* dout, const A* inp,
+                          const A* w, int N, int IC, int OC, GradMode mode) {
+  if (fp8_at(site, N)) {
     const size_t ni = size_t(N) * IC, nw = size_t(OC) * IC, nd = size_t(N) * OC;
     fp8_amax<A>(dw != nullptr ? inp : nullptr, ni, dinp != nullptr ? w : nullptr, nw, dout, nd);
     be_.matmul_backward_fp8(dinp, dw, db, dout, inp, w, N, IC, OC, fp8_amax_, mode);
@@ -74,24 +86,26 @@ void Gpt::linear_backward(A* dinp, float* dw, float* db, const A* dout, const A*
 }
 
 template <class A>
-void Gpt::linear_backward_gelu(A* dpre, A* dact, float* dw, float* db, const A* dout, const A* act,
-                               const A* pre, const A* w, int N, int IC, int OC, GradMode mode) {
-  if (fp8_rows(N)) {
-    linear_backward(dact, dw, db, dout, act, w, N, IC, OC, GradMode::overwrite);
+void Gpt::linear_backward_gelu(int site, A* dpre, A* dact, float* dw, float* db, const A* dout,
+                               const A* act, const A* pre, const A* w, int N, int IC, int OC,
+                               GradMode mode) {
+  if (fp8_at(site, N)) {
+    linear_backward(site, dact, dw, db, dout, act, w, N, IC, OC, GradMode::overwrite);
     be_.gelu_backward(dpre, pre, dact, size_t(N) * size_t(IC), mode);
     return;
   }
   be_.matmul_backward_gelu(dpre, dact, dw, db, dout, act, pre, w, N, IC, OC, mode);
 }
 
-#define TRIAD_LINEAR(A)                                                                            \
-  template void Gpt::fp8_amax<A>(const A*, size_t, const A*, size_t, const A*, size_t);            \
-  template void Gpt::linear_forward<A>(A*, const A*, const A*, const A*, int, int, int);           \
-  template void Gpt::linear_gelu_forward<A>(A*, A*, const A*, const A*, const A*, int, int, int);  \
-  template void Gpt::linear_backward<A>(A*, float*, float*, const A*, const A*, const A*, int,     \
-                                        int, int, GradMode);                                       \
-  template void Gpt::linear_backward_gelu<A>(A*, A*, float*, float*, const A*, const A*, const A*, \
-                                             const A*, int, int, int, GradMode);
+#define TRIAD_LINEAR(A)                                                                          \
+  template void Gpt::fp8_amax<A>(const A*, size_t, const A*, size_t, const A*, size_t);          \
+  template void Gpt::linear_forward<A>(int, A*, const A*, const A*, const A*, int, int, int);    \
+  template void Gpt::linear_gelu_forward<A>(int, A*, A*, const A*, const A*, const A*, int, int, \
+                                            int);                                                \
+  template void Gpt::linear_backward<A>(int, A*, float*, float*, const A*, const A*, const A*,   \
+                                        int, int, int, GradMode);                                \
+  template void Gpt::linear_backward_gelu<A>(int, A*, A*, float*, float*, const A*, const A*,    \
+                                             const A*, const A*, int, int, int, GradMode);
 TRIAD_LINEAR(float)
 TRIAD_LINEAR(bf16_t)
 #undef TRIAD_LINEAR

@@ -272,7 +272,7 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   const int layer = mp_.first_layer(g, shape_.n_layer) + i;  // of the whole model
   // c_attn into dst (N rows), through the q and k norms (model.qk_norm) from the kept qkv_pre.
   auto project = [&](A* dst) {
-    linear_forward(shape_.qk_norm ? L.qkv_pre : dst, ln1, w.qkvw, w.qkvb, N, C, Wl);
+    linear_forward(fp8_site(l, 0), shape_.qk_norm ? L.qkv_pre : dst, ln1, w.qkvw, w.qkvb, N, C, Wl);
     if (shape_.qk_norm)
       be_.qk_norm_forward(dst, L.qk_rstd, L.qkv_pre, w.qnw, w.knw, N, Al, NHl, NKVl,
                           shape_.norm_eps);
@@ -313,17 +313,17 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
     be_.attention_decode(L.atty, L.qkv, B, S_len, pos0, T, Al, NHl, NKVl,
                          shape_.layer_window(layer), shape_.scores_scale());
   }
-  linear_forward(attproj, L.atty, w.projw, projb, N, Al, C);
+  linear_forward(fp8_site(l, 1), attproj, L.atty, w.projw, projb, N, Al, C);
   reduce_rows(attproj, L.attproj, N);
   be_.residual_layernorm_forward(L.residual2, L.ln2, L.ln2_mean, L.ln2_rstd, x, L.attproj, w.ln2w,
                                  w.ln2b, n, C, shape_.norm_eps);
   const A* ln2 = gather_rows(L.ln2, L.ln2g, N);
   const int Hl = shape_.hidden() / mp_.tp;
   if (shape_.swiglu) {
-    linear_forward(L.fch, ln2, w.fcw, w.fcb, N, C, 2 * Hl);
+    linear_forward(fp8_site(l, 2), L.fch, ln2, w.fcw, w.fcb, N, C, 2 * Hl);
     be_.swiglu_forward(L.fch_gelu, L.fch, N, Hl);
   } else {
-    linear_gelu_forward(L.fch, L.fch_gelu, ln2, w.fcw, w.fcb, N, C, Hl);
+    linear_gelu_forward(fp8_site(l, 2), L.fch, L.fch_gelu, ln2, w.fcw, w.fcb, N, C, Hl);
   }
 }
 
@@ -386,7 +386,8 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T, int pos0) {
     const A* fcprojb = mp_.tp_rank == 0 ? w.fcprojb : nullptr;  // bias added once
     layer_front(S, g, i, B, T, pos0);
     A* fcproj = sp ? full : L.fcproj;
-    linear_forward(fcproj, L.fch_gelu, w.fcprojw, fcprojb, N, shape_.hidden() / mp_.tp, C);
+    linear_forward(fp8_site(first_layer + i, 3), fcproj, L.fch_gelu, w.fcprojw, fcprojb, N,
+                   shape_.hidden() / mp_.tp, C);
     reduce_rows(fcproj, L.fcproj, N);
     if (i + 1 < per_chunk) {
       auto& next = S.layers[size_t(i + 1)];
@@ -578,21 +579,22 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
         split ? keep_rows(a.dresidual, L.dfcproj, N) : gather_rows(a.dresidual, a.full, N);
     const int Hl = shape_.hidden() / mp_.tp, Fl = shape_.fc_rows() / mp_.tp;
     if (shape_.swiglu) {  // c_proj's input gradient, then through the SwiGLU into c_fc's outputs
-      linear_backward(a.dfch_gelu, wgrad(gr.fcprojw), wgrad(gr.fcprojb), dres, L.fch_gelu,
-                      w.fcprojw, N, Hl, C, kSet);
+      linear_backward(fp8_site(first_layer + i, 3), a.dfch_gelu, wgrad(gr.fcprojw),
+                      wgrad(gr.fcprojb), dres, L.fch_gelu, w.fcprojw, N, Hl, C, kSet);
       be_.swiglu_backward(dfch, L.fch, a.dfch_gelu, N, Hl, kSet);
     } else {
-      linear_backward_gelu(dfch, a.dfch_gelu, wgrad(gr.fcprojw), wgrad(gr.fcprojb), dres,
-                           L.fch_gelu, L.fch, w.fcprojw, N, Hl, C, kSet);
+      linear_backward_gelu(fp8_site(first_layer + i, 3), dfch, a.dfch_gelu, wgrad(gr.fcprojw),
+                           wgrad(gr.fcprojb), dres, L.fch_gelu, L.fch, w.fcprojw, N, Hl, C, kSet);
     }
-    linear_backward(dpart, wgrad(gr.fcw), wgrad(gr.fcb), dfch, L.ln2g, w.fcw, N, C, Fl, kSet);
+    linear_backward(fp8_site(first_layer + i, 2), dpart, wgrad(gr.fcw), wgrad(gr.fcb), dfch, L.ln2g,
+                    w.fcw, N, C, Fl, kSet);
     reduce_rows(dpart, a.dln, N);
     layernorm_backward(a.dresidual, gr.ln2w, gr.ln2b, a.dln, L.residual2, w.ln2w, L.ln2_mean,
                        L.ln2_rstd, n);
     // Attention branch: residual2 = x + c_proj(attn(c_attn(ln_1(x)))).
     dres = split ? keep_rows(a.dresidual, L.dproj, N) : gather_rows(a.dresidual, a.full, N);
-    linear_backward(a.datty, wgrad(gr.projw), wgrad(gr.projb), dres, L.atty, w.projw, N, Al, C,
-                    kSet);
+    linear_backward(fp8_site(first_layer + i, 1), a.datty, wgrad(gr.projw), wgrad(gr.projb), dres,
+                    L.atty, w.projw, N, Al, C, kSet);
     if (mp_.cp > 1)
       cp_attention_backward(dqkv, a.datt_scratch, a.datty, L.qkv, L.atty, L.att, B,
                             first_layer + i);
@@ -605,7 +607,8 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     rotate_pieces(dqkv, B, T, true);  // the gradient of the normalized q|k|v, before the rotation
     if (shape_.qk_norm)               // ... and of c_attn's output, before the norm
       qk_norm_backward(dqkv, gr.qnw, gr.knw, L.qkv_pre, w.qnw, w.knw, L.qk_rstd, N);
-    linear_backward(dpart, wgrad(gr.qkvw), wgrad(gr.qkvb), dqkv, L.ln1g, w.qkvw, N, C, Wl, kSet);
+    linear_backward(fp8_site(first_layer + i, 0), dpart, wgrad(gr.qkvw), wgrad(gr.qkvb), dqkv,
+                    L.ln1g, w.qkvw, N, C, Wl, kSet);
     reduce_rows(dpart, a.dln, N);
     layernorm_backward(a.dresidual, gr.ln1w, gr.ln1b, a.dln, x_in, w.ln1w, L.ln1_mean, L.ln1_rstd,
                        n);
@@ -656,10 +659,14 @@ void Gpt::weight_chunk(int chunk, Set<A>& S, int B, int T) {
     if (recompute_.in_layer(i) == Recompute::gelu)  // mlp.c_proj's input, in the shared buffer
       mlp_activation(L.fch_gelu, L.fch, N);
     const int Hl = shape_.hidden() / mp_.tp, Fl = shape_.fc_rows() / mp_.tp;
-    linear_backward<A>(nullptr, gr.fcprojw, gr.fcprojb, L.dfcproj, L.fch_gelu, w.fcprojw, N, Hl, C);
-    linear_backward<A>(nullptr, gr.fcw, gr.fcb, L.dfch, L.ln2g, w.fcw, N, C, Fl);
-    linear_backward<A>(nullptr, gr.projw, gr.projb, L.dproj, L.atty, w.projw, N, Al, C);
-    linear_backward<A>(nullptr, gr.qkvw, gr.qkvb, L.dqkv, L.ln1g, w.qkvw, N, C, Wl);
+    linear_backward<A>(fp8_site(first_layer + i, 3), nullptr, gr.fcprojw, gr.fcprojb, L.dfcproj,
+                       L.fch_gelu, w.fcprojw, N, Hl, C);
+    linear_backward<A>(fp8_site(first_layer + i, 2), nullptr, gr.fcw, gr.fcb, L.dfch, L.ln2g, w.fcw,
+                       N, C, Fl);
+    linear_backward<A>(fp8_site(first_layer + i, 1), nullptr, gr.projw, gr.projb, L.dproj, L.atty,
+                       w.projw, N, Al, C);
+    linear_backward<A>(fp8_site(first_layer + i, 0), nullptr, gr.qkvw, gr.qkvb, L.dqkv, L.ln1g,
+                       w.qkvw, N, C, Wl);
   }
 }
 

@@ -14,6 +14,7 @@
 #include "triad/data/blend.h"
 #include "triad/io/checkpoint.h"
 #include "triad/model/gpt.h"
+#include "triad/optim/optimizer.h"  // frozen_tensor: a name against comma-separated globs
 #include "triad/parallel/pipeline_schedule.h"
 #include "triad/train/run_plan.h"
 
@@ -221,6 +222,10 @@ class KeyTable {
         "off | tensorwise: the blocks' linear layers multiply in FP8 (e4m3 weights and "
         "activations, e5m2 gradients, each tensor scaled by a power of two from its amax; the "
         "head, attention and norms as they are); run.precision = bf16 (cpu: fp32 too)");
+    add("run.fp8_skip", c.run.fp8_skip,
+        "linear layers run.fp8 leaves out: comma-separated globs over h/<i>/attn/c_attn, "
+        "h/<i>/attn/c_proj, h/<i>/mlp/c_fc, h/<i>/mlp/c_proj (* matches / too), e.g. "
+        "\"h/0/*, h/11/*\" for the first and last blocks; empty: none");
     add("run.threads", c.run.threads, "CPU threads (0: OpenMP default)");
     add("run.peak_tflops", c.run.peak_tflops, "peak TFLOP/s for MFU (0: measure / datasheet)");
     add("parallel.tp", c.parallel.tp, "tensor-parallel size");
@@ -950,6 +955,19 @@ void validate(const Config& c, int world_size) {
           "needs the rows of a micro-batch (train.micro_batch_size · model.seq_len" +
               std::string(par.cp > 1 ? " / parallel.cp" : "") + " = " + std::to_string(rows) +
               ") to be a multiple of 16");
+  }
+  if (!trim_blanks(c.run.fp8_skip).empty()) {
+    check(c.run.fp8 != "off", "run.fp8_skip", "needs run.fp8 (it is off)");
+    const std::vector<std::string> names = Gpt::fp8_layer_names(m.n_layer);
+    for (const std::string& p : split_comma_list(c.run.fp8_skip)) {
+      bool any = false;
+      for (const std::string& n : names) any = any || frozen_tensor(p, n);
+      check(!p.empty() && any, "run.fp8_skip",
+            "pattern '" + p +
+                "' matches no linear layer (names h/<i>/attn/c_attn, "
+                "h/<i>/attn/c_proj, h/<i>/mlp/c_fc, h/<i>/mlp/c_proj; i < model.n_layer = " +
+                std::to_string(m.n_layer) + ")");
+    }
   }
   // Muon orthogonalizes a column-split matrix (mlp.c_proj, [C, hidden]) as its column blocks,
   // which needs it no taller than wide.

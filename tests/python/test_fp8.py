@@ -102,3 +102,22 @@ def test_fp8_gradients_follow_the_fp8_reference(case, tmp_root):
     # on the GPU in test_cuda_fp8).
     assert e_bf16["loss"] < 5e-4 and e_bf16["logits"] < 5e-2, e_bf16
 
+
+
+def test_fp8_skip_leaves_the_named_layers_in_the_plain_products(tmp_root):
+    """run.fp8_skip: every linear layer named ("h/*") gives the reference without FP8 to fp32
+    rounding; the first block alone named ("h/0/*") is neither that nor the all-FP8 run."""
+    case = FP8_CASES[0]
+    p = trm.prepare(case, tmp_root)
+    V = case.cfg.vocab_size
+    fp32 = dict(run__precision="fp32", run__fp8="tensorwise")
+    none = probe(p, "skip_all", run__fp8_skip="h/*", **fp32)
+    first = probe(p, "skip_first", run__fp8_skip="h/0/*", **fp32)
+    every = probe(p, "skip_nothing", **fp32)
+    e_none = errors(none, reference(p, False), V)
+    bad = {k: e for k, e in e_none.items() if not e < 1e-5}
+    assert not bad, f"with every layer skipped, not the plain products: {bad}"
+    # Layer 0's gradients come from both layers' products, layer 1's c_fc only from its own.
+    for k in ("grad/h/0/mlp/c_fc/weight", "grad/h/1/mlp/c_fc/weight"):
+        assert trm.rel_err(first[k], none[k]) > 1e-3, k
+        assert trm.rel_err(first[k], every[k]) > 1e-3, k

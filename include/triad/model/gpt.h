@@ -569,8 +569,12 @@ class Gpt {
   // row count is not a multiple of 16. Needs every layer width (per tensor-parallel rank) a
   // multiple of 16; throws naming run.fp8 otherwise. (An fp32 model runs them on fp32 operands,
   // which only the CPU backend implements: the form the PyTorch reference checks.)
-  void set_fp8(bool on);
+  // run.fp8_skip: `skip` names the layers that stay out (h/<i>/attn/c_attn, h/<i>/attn/c_proj,
+  // h/<i>/mlp/c_fc, h/<i>/mlp/c_proj; empty: none).
+  void set_fp8(bool on, const std::function<bool(const std::string&)>& skip = {});
   bool fp8() const { return fp8_amax_ != nullptr; }
+  // The names run.fp8_skip matches: the four linear layers of each block, in order.
+  static std::vector<std::string> fp8_layer_names(int n_layer);
   // After an optimizer update (pp > 1): the first stage's wte overwrites the last stage's copy.
   // Both received the same summed gradient, but a data-parallel reduction may round the two
   // copies' gradients differently (they sit at different offsets of differently sized buffers),
@@ -752,22 +756,27 @@ class Gpt {
   const int32_t* cp_local_ids(const int32_t* ids, int m, int B, std::vector<int32_t>& out) const;
   template <class A>
   void mlp_activation(A* act, const A* pre, int N);
-  // A block's linear layer (gpt_fp8.cpp): the FP8 products under set_fp8 where fp8_rows(N),
+  // A block's linear layer (gpt_fp8.cpp), `site` = fp8_site(global layer, k) with k = 0 c_attn,
+  // 1 attn.c_proj, 2 c_fc, 3 mlp.c_proj: the FP8 products under set_fp8 where fp8_at(site, N),
   // else the backend's matmul_forward / matmul_backward. The GELU variants run the product, then
   // the GELU (its forward or backward) as its own op under FP8.
   template <class A>
-  void linear_forward(A* out, const A* inp, const A* w, const A* b, int N, int IC, int OC);
+  void linear_forward(int site, A* out, const A* inp, const A* w, const A* b, int N, int IC,
+                      int OC);
   template <class A>
-  void linear_gelu_forward(A* pre, A* out, const A* inp, const A* w, const A* b, int N, int IC,
-                           int OC);
+  void linear_gelu_forward(int site, A* pre, A* out, const A* inp, const A* w, const A* b, int N,
+                           int IC, int OC);
   template <class A>
-  void linear_backward(A* dinp, float* dw, float* db, const A* dout, const A* inp, const A* w,
-                       int N, int IC, int OC, GradMode mode = GradMode::accumulate);
+  void linear_backward(int site, A* dinp, float* dw, float* db, const A* dout, const A* inp,
+                       const A* w, int N, int IC, int OC, GradMode mode = GradMode::accumulate);
   template <class A>
-  void linear_backward_gelu(A* dpre, A* dact, float* dw, float* db, const A* dout, const A* act,
-                            const A* pre, const A* w, int N, int IC, int OC,
+  void linear_backward_gelu(int site, A* dpre, A* dact, float* dw, float* db, const A* dout,
+                            const A* act, const A* pre, const A* w, int N, int IC, int OC,
                             GradMode mode = GradMode::accumulate);
-  bool fp8_rows(int N) const { return fp8_amax_ != nullptr && !decoding_ && N % 16 == 0; }
+  static int fp8_site(int layer, int k) { return 4 * layer + k; }
+  bool fp8_at(int site, int N) const {
+    return fp8_amax_ != nullptr && !decoding_ && N % 16 == 0 && !fp8_skipped_[size_t(site)];
+  }
   // The amax of each operand given (null: not needed), maximal over the ranks holding parts.
   template <class A>
   void fp8_amax(const A* inp, size_t ni, const A* w, size_t nw, const A* dout, size_t nd);
@@ -805,8 +814,9 @@ class Gpt {
                         const float* rstd, int N);
 
   GptShape shape_;
-  float z_loss_ = 0.0f;        // set_z_loss
-  float* fp8_amax_ = nullptr;  // set_fp8: three floats of the backend (inp, weight, dout)
+  float z_loss_ = 0.0f;            // set_z_loss
+  float* fp8_amax_ = nullptr;      // set_fp8: three floats of the backend (inp, weight, dout)
+  std::vector<char> fp8_skipped_;  // set_fp8: per fp8_site, 1 where run.fp8_skip names it
   // set_frozen: per spec, 1 where frozen (empty: none); the global layers 0 .. frozen_layers_ − 1
   // are skipped by the backward pass.
   std::vector<char> frozen_;

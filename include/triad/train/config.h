@@ -145,6 +145,9 @@ struct RunConfig {
   // off, or tensorwise: the blocks' linear layers multiply in FP8 (Gpt::set_fp8), each operand
   // scaled by a power of two from its amax; bf16 precision (fp32 too on the cpu backend).
   std::string fp8 = "off";
+  // Comma-separated globs over the linear layers run.fp8 leaves in bf16 (Gpt::fp8_layer_names:
+  // "h/0/*, h/11/*" keeps the first and last blocks out); empty: none.
+  std::string fp8_skip;
   int threads = 0;         // OpenMP/BLAS threads; 0: the library default
   double peak_tflops = 0;  // for MFU; 0: measured (CPU sgemm) or the device's datasheet
 };
