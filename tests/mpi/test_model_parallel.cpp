@@ -467,6 +467,11 @@ TEST(ModelParallel, Fp8MatchesOneRankOnEveryGrid) {
       std::printf("fp8 %s: largest loss difference %.2e\n", g.name().c_str(), worst);
     expect_close_losses(r, ref, 2e-5, "fp8 " + g.name());
   }
+  // Full recomputation reruns the forward's FP8 products in the backward pass: the same values.
+  std::vector<std::string> recompute = fp8;
+  recompute.insert(recompute.end(), {"--train.recompute", "full"});
+  expect_same_training(run(dir, "fp8_recompute", Grid{1, 1, 1, 0, 4}, recompute), ref,
+                       "fp8 recompute full");
   // Resumed from step 3: the same steps 4..6, bit for bit (the scales come from the tensors).
   const Result resumed =
       run(dir, "fp8_resumed", Grid{1, 1, 1, 0, 4},
