@@ -202,8 +202,9 @@ struct MetricsWriter::Impl {
     t.rows_in_file = total;
   }
 
-  std::vector<Table> sets;   // /val_sets/<name>
-  std::vector<Table> norms;  // /norms (one table, or none)
+  std::vector<Table> sets;         // /val_sets/<name>
+  std::vector<Table> norms;        // /norms (one table, or none)
+  std::vector<Table> activations;  // /activations (one table, or none)
 
   // The names of the groups under /val_sets in the file.
   std::vector<std::string> existing_sets() {
@@ -229,13 +230,15 @@ struct MetricsWriter::Impl {
     write_buffered(val);
     for (Table& t : sets) write_buffered(t);
     for (Table& t : norms) write_buffered(t);
+    for (Table& t : activations) write_buffered(t);
     h5check(H5Fflush(file, H5F_SCOPE_GLOBAL), "cannot flush the file");
   }
 };
 
 MetricsWriter::MetricsWriter(const std::string& path, const MetricsAttributes& attrs,
                              int64_t resume_step, const std::vector<std::string>& val_sets,
-                             const std::vector<std::string>& norm_groups)
+                             const std::vector<std::string>& norm_groups,
+                             const std::vector<std::string>& activations)
     : impl_(std::make_unique<Impl>()) {
   io::silence_hdf5_errors();
   Impl& m = *impl_;
@@ -269,8 +272,15 @@ MetricsWriter::MetricsWriter(const std::string& path, const MetricsAttributes& a
       m.norms.push_back(make_table("norms", spec));
       m.open_table(m.norms.back());
     }
+    if (!activations.empty()) {
+      std::vector<std::pair<const char*, bool>> spec{{"step", true}};
+      for (const auto& n : activations) spec.emplace_back(n.c_str(), false);
+      m.activations.push_back(make_table("activations", spec));
+      m.open_table(m.activations.back());
+    }
     if (resume) {
       for (Table& t : m.norms) m.truncate_table(t, resume_step);
+      for (Table& t : m.activations) m.truncate_table(t, resume_step);
       m.truncate_table(m.train, resume_step);
       m.truncate_table(m.val, resume_step);
       for (Table& t : m.sets) m.truncate_table(t, resume_step);
@@ -304,6 +314,8 @@ MetricsWriter::~MetricsWriter() {
   for (Table& t : impl_->sets)
     for (Column& c : t.cols) c.dset.reset();
   for (Table& t : impl_->norms)
+    for (Column& c : t.cols) c.dset.reset();
+  for (Table& t : impl_->activations)
     for (Column& c : t.cols) c.dset.reset();
   impl_->file.reset();
 }
@@ -343,6 +355,14 @@ void MetricsWriter::append_norms(int64_t step, const std::vector<double>& grad,
   for (size_t i = 0; i < grad.size(); ++i) t.col(1 + i).doubles.push_back(grad[i]);
   for (size_t i = 0; i < weight.size(); ++i)
     t.col(1 + grad.size() + i).doubles.push_back(weight[i]);
+  if (t.col(0).buffered() >= kAutoFlushRows) flush();
+}
+
+void MetricsWriter::append_activations(int64_t step, const std::vector<double>& rms) {
+  TRIAD_ASSERT(!impl_->activations.empty() && impl_->activations[0].cols.size() == 1 + rms.size());
+  Table& t = impl_->activations[0];
+  t.col(0).ints.push_back(step);
+  for (size_t i = 0; i < rms.size(); ++i) t.col(1 + i).doubles.push_back(rms[i]);
   if (t.col(0).buffered() >= kAutoFlushRows) flush();
 }
 

@@ -154,6 +154,10 @@ class KeyTable {
         "z-loss coefficient c (PaLM's 1e-4): c·(log Z)² per token joins the training loss, Z the "
         "softmax's normalizer; the logged loss stays the cross-entropy, /train/z_loss the mean "
         "term (0: none)");
+    add("train.activations_every", c.train.activations_every,
+        "every N steps (0: never), before the step: the root mean square of each block's "
+        "attention and MLP outputs and residual stream on the first validation micro-batch "
+        "(/activations in metrics.h5; μP's coordinate check: triad-coord-check)");
     add("train.norms_every", c.train.norms_every,
         "every N steps write each layer's gradient and weight L2 norms to /norms of metrics.h5 "
         "(0: never)");
@@ -827,6 +831,9 @@ void validate(const Config& c, int world_size) {
   check(std::isfinite(t.z_loss) && t.z_loss >= 0 && t.z_loss <= 1, "train.z_loss",
         "must be a number in [0, 1] (PaLM's 1e-4; 0: none)");
   check(t.norms_every >= 0, "train.norms_every", "must be >= 0 (0: never)");
+  check(t.activations_every >= 0, "train.activations_every", "must be >= 0 (0: never)");
+  check(t.activations_every == 0 || !c.data.val.empty(), "train.activations_every",
+        "needs data.val (the activations are those of its first micro-batch)");
   check(t.skip_window >= 2 && t.skip_window <= 1000000, "train.skip_window",
         "must be in [2, 1000000]");
   const auto& o = c.optim;

@@ -270,7 +270,9 @@ TrainOutcome Trainer::run() {
     for (const auto& [name, src] : s.val_sets) set_names.push_back(name);
     s.metrics = std::make_unique<MetricsWriter>(
         run_path + "/metrics.h5", a, resumed ? s.step : int64_t(-1), set_names,
-        cfg.train.norms_every > 0 ? s.norm_groups() : std::vector<std::string>{});
+        cfg.train.norms_every > 0 ? s.norm_groups() : std::vector<std::string>{},
+        cfg.train.activations_every > 0 ? Gpt::activation_names(cfg.model.n_layer)
+                                        : std::vector<std::string>{});
   }
   const int full_accum = cfg.train.batch_size / (mbs * s.grid.shape().dp);
   {
@@ -350,6 +352,10 @@ TrainOutcome Trainer::run() {
   s.grid.tp().reset_stats();
   s.grid.pp().reset_stats();
   while (s.step < cfg.train.steps) {
+    if (cfg.train.activations_every > 0 && s.step % cfg.train.activations_every == 0) {
+      const std::vector<double> rms = s.activation_rms();  // before the step: step 0 at init
+      if (s.metrics) s.metrics->append_activations(s.step, rms);
+    }
     Timer step_timer;
     const int64_t st = s.step;
     const SchedulePoint at = clock.at(st, s.consumed);

@@ -604,6 +604,22 @@ EvalResult Trainer::State::evaluate() {
   return r;
 }
 
+std::vector<double> Trainer::State::activation_rms() {
+  const int T = cfg.model.seq_len;
+  const int b = int(std::min<int64_t>(cfg.train.micro_batch_size, val_src->num_sequences()));
+  for (int k = 0; k < b; ++k)
+    val_src->read(k, inputs.data() + size_t(k) * T, targets.data() + size_t(k) * T);
+  // Every replica runs the pass (ZeRO-3's weight gathers are collective over them); the first
+  // counts it.
+  std::vector<double> sums(Gpt::activation_names(cfg.model.n_layer).size(), 0.0);
+  model->set_activation_sums(dp_rank == 0 ? sums.data() : nullptr);
+  (void)model->evaluate(inputs.data(), targets.data(), b);
+  model->set_activation_sums(nullptr);
+  MPI_Allreduce(MPI_IN_PLACE, sums.data(), int(sums.size()), MPI_DOUBLE, MPI_SUM, grid.world());
+  for (double& s : sums) s = std::sqrt(s / (double(b) * T * cfg.model.n_embd));
+  return sums;
+}
+
 EvalResult Trainer::State::evaluate_val() {
   EvalResult r = evaluate_source(val_src.get());
   for (const auto& [name, src] : val_sets) {

@@ -409,8 +409,12 @@ def document_positions(idx: torch.Tensor, token: int) -> torch.Tensor:
     return t - torch.cummax(starts, dim=1).values
 
 
-def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor) -> torch.Tensor:
-    """Logits [B, T, vocab_size] (the padded columns are dropped) for token ids idx [B, T]."""
+def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor,
+            record: Optional[dict] = None) -> torch.Tensor:
+    """Logits [B, T, vocab_size] (the padded columns are dropped) for token ids idx [B, T].
+    record: filled with the activations triad's train.activations_every measures ("embed",
+    "h<i>_attn", "h<i>_mlp", "h<i>_out": the embedding's output, each block's attention and MLP
+    branch outputs, the residual stream after the block)."""
     B, T = idx.shape
     assert T <= cfg.seq_len
     rope = cfg.rope_theta if cfg.position == "rope" else None
@@ -433,17 +437,23 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor) 
     x = params["wte/weight"][idx]
     if rope is None:
         x = x + (params["wpe/weight"][:T] if positions is None else params["wpe/weight"][positions])
+    if record is not None:
+        record["embed"] = x
     for i in range(cfg.n_layer):
         p = f"h/{i}/"
         h = norm(params, cfg, p + "ln_1", x)
         qn, kn = qk_norm_weights(params, cfg, p)
-        x = x + linear(attention(h, params[p + "attn/c_attn/weight"],
-                                 params.get(p + "attn/c_attn/bias"), cfg.n_head, rope,
-                                 cfg.kv_heads, qn, kn, cfg.rope_scaling, cfg.norm_eps,
-                                 cfg.head_dim, layer_mask(i), positions, cfg.scores_scale),
-                       params[p + "attn/c_proj/weight"], params.get(p + "attn/c_proj/bias"))
+        a = linear(attention(h, params[p + "attn/c_attn/weight"],
+                             params.get(p + "attn/c_attn/bias"), cfg.n_head, rope,
+                             cfg.kv_heads, qn, kn, cfg.rope_scaling, cfg.norm_eps,
+                             cfg.head_dim, layer_mask(i), positions, cfg.scores_scale),
+                   params[p + "attn/c_proj/weight"], params.get(p + "attn/c_proj/bias"))
+        x = x + a
         h = norm(params, cfg, p + "ln_2", x)
-        x = x + mlp(params, cfg, p, h)
+        m = mlp(params, cfg, p, h)
+        x = x + m
+        if record is not None:  # the activations train.activations_every reports
+            record[f"h{i}_attn"], record[f"h{i}_mlp"], record[f"h{i}_out"] = a, m, x
     x = norm(params, cfg, "ln_f", x)
     logits = torch.matmul(x, head(params, cfg).t()) / cfg.mup_mult  # [B, T, Vp]; μP: times 1/m
     if cfg.logit_softcap:

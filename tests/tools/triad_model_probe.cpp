@@ -6,10 +6,12 @@
 //   triad_model_probe --config CFG.ini --checkpoint CKPT.h5 --out OUT.h5
 //
 // OUT.h5: /loss (mean token cross-entropy, float64 scalar as shape [1]), /logits [B, T, V],
+// /activations/<name> (train.activations_every's root mean squares, float64 [1]),
 // /grad/<parameter name> at the parameter's full shape (wte: [padded_vocab_size, C]; zeros where
 // train.freeze leaves a gradient unformed).
 #include <hdf5.h>
 
+#include <cmath>
 #include <iostream>
 
 #include "triad/core/error.h"
@@ -83,6 +85,13 @@ int main(int argc, char** argv) {
     for (int b = 0; b < B; ++b) src.read(b, in.data() + size_t(b) * T, tg.data() + size_t(b) * T);
     std::vector<float> logits(size_t(B) * T * V);
     model.forward_logits(in.data(), B, logits.data());
+    // train.activations_every's root mean squares, from a forward pass of the same batch.
+    const std::vector<std::string> act_names = triad::Gpt::activation_names(shape.n_layer);
+    std::vector<double> act(act_names.size(), 0.0);
+    model.set_activation_sums(act.data());
+    (void)model.evaluate(in.data(), tg.data(), B);
+    model.set_activation_sums(nullptr);
+    for (double& s : act) s = std::sqrt(s / (double(B) * T * shape.n_embd));
     model.zero_grads();
     const auto st = model.forward_backward(in.data(), tg.data(), B, 1.0f / float(B * T));
     const double loss = st.loss_sum / double(st.tokens);
@@ -90,6 +99,8 @@ int main(int argc, char** argv) {
     TRIAD_CHECK(f >= 0, "cannot create ", out);
     write(f, "loss", {1}, H5T_NATIVE_DOUBLE, &loss);
     write(f, "logits", {hsize_t(B), hsize_t(T), hsize_t(V)}, H5T_NATIVE_FLOAT, logits.data());
+    for (size_t k = 0; k < act.size(); ++k)
+      write(f, "activations/" + act_names[k], {1}, H5T_NATIVE_DOUBLE, &act[k]);
     for (const auto& p : model.specs()) {
       std::vector<hsize_t> dims(p.shape.begin(), p.shape.end());
       write(f, "grad/" + p.name, dims, H5T_NATIVE_FLOAT, model.grads() + p.offset);

@@ -123,6 +123,14 @@ TEST_F(CpuOptim, SumSquaresInDouble) {
     for (float v : x) want += double(v) * v;
     EXPECT_NEAR(be->sum_squares(x.data(), n), want, 1e-12 * (1.0 + want)) << n;
   }
+  // bf16 values (train.activations_every): the sum of their widened values, bit for bit.
+  {
+    const Vec x = random_vec(200003, 4, -3.0f, 3.0f);
+    std::vector<bf16_t> b(x.size());
+    Vec wide(x.size());
+    for (size_t i = 0; i < x.size(); ++i) wide[i] = to_float(b[i] = to_bf16(x[i]));
+    EXPECT_EQ(be->sum_squares(b.data(), b.size()), be->sum_squares(wide.data(), wide.size()));
+  }
   // Values whose float squares would lose the small ones next to the large one.
   Vec x(1000, 1e-4f);
   x[0] = 1e4f;

@@ -226,6 +226,20 @@ TEST_F(CudaBf16Test, ConvertRoundsToNearestEvenAndWidensExactly) {
   }
 }
 
+// The squares of bf16 values (train.activations_every) in double: the CPU's sum within the sums'
+// order, and the same bits run to run.
+TEST_F(CudaBf16Test, SumSquaresOfBf16) {
+  for (size_t n : {size_t{1}, size_t{257}, (size_t{1} << 22) + 3}) {
+    SCOPED_TRACE(::testing::Message() << "n=" << n);
+    const Bits x = random_bits(n, 101, -3.0f, 3.0f);
+    const double want = cpu->sum_squares(x.data(), n);
+    bf16_t* d_x = dev(x);
+    const double got = gpu->sum_squares(d_x, n);
+    EXPECT_NEAR(got, want, 1e-12 * want);
+    EXPECT_EQ(gpu->sum_squares(d_x, n), got);
+  }
+}
+
 TEST_F(CudaBf16Test, AllocIsZeroedAndZeroClearsExactlyTheRange) {
   for (size_t n : {size_t{1}, size_t{7}, size_t{1001}}) {
     SCOPED_TRACE(::testing::Message() << "n=" << n);

@@ -4,6 +4,8 @@
 //   /val/{step, loss, accuracy, choice_accuracy, choice_accuracy_by_sum, choice_accuracy_by_chars}
 //   /val_sets/<name>/{step, loss, accuracy}  (eval.sets: more validation sets)
 //   /norms/{step, grad_<g>, weight_<g>}      (train.norms_every: per layer g = wte, wpe, h0, ...)
+//   /activations/{step, <a>}                  (train.activations_every: root mean squares of the
+//                                             activations a = embed, h0_attn, h0_mlp, h0_out, ...)
 // step and tokens are int64, the rest float64. Root attributes: config, grid, n_params,
 // flops_per_token, peak_flops.
 #pragma once
@@ -53,10 +55,12 @@ class MetricsWriter {
   // destructor write them and H5Fflush, after which a reader (h5py) sees them. The file is
   // not locked, so readers may open it meanwhile (they see the state of the last flush).
   // `val_sets` names the groups /val_sets/<name> (eval.sets), truncated on resume as /val.
-  // `norm_groups` (non-empty: train.norms_every) the columns of /norms.
+  // `norm_groups` (non-empty: train.norms_every) the columns of /norms, `activations`
+  // (non-empty: train.activations_every) those of /activations.
   MetricsWriter(const std::string& path, const MetricsAttributes& attrs, int64_t resume_step,
                 const std::vector<std::string>& val_sets = {},
-                const std::vector<std::string>& norm_groups = {});
+                const std::vector<std::string>& norm_groups = {},
+                const std::vector<std::string>& activations = {});
   ~MetricsWriter();
   MetricsWriter(const MetricsWriter&) = delete;
   MetricsWriter& operator=(const MetricsWriter&) = delete;
@@ -68,6 +72,8 @@ class MetricsWriter {
   // A row of /norms: the gradient and weight norms of norm_groups, in their order.
   void append_norms(int64_t step, const std::vector<double>& grad,
                     const std::vector<double>& weight);
+  // A row of /activations: the values of `activations`, in their order.
+  void append_activations(int64_t step, const std::vector<double>& rms);
   void flush();  // H5Fflush; called at least every evaluation
 
  private:

@@ -454,8 +454,9 @@ class Backend {
                                              float softcap = 0.0f) = 0;
 
   // ---- reductions and optimizer updates ------------------------------------------------------
-  virtual double sum_squares(const float* x, size_t n) = 0;  // accumulated in double
-  virtual void scale(float* x, float s, size_t n) = 0;       // x *= s
+  virtual double sum_squares(const float* x, size_t n) = 0;   // accumulated in double
+  virtual double sum_squares(const bf16_t* x, size_t n) = 0;  // of the widened values, in double
+  virtual void scale(float* x, float s, size_t n) = 0;        // x *= s
   // AdamW (PyTorch semantics; bias corrections precomputed by the caller):
   //   m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g²;
   //   p -= lr * (wd * p + (m / bc1) / (sqrt(v / bc2) + eps))

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <string>
 #include <utility>
 #include <vector>
@@ -575,6 +576,16 @@ class Gpt {
   bool fp8() const { return fp8_amax_ != nullptr; }
   // The names run.fp8_skip matches: the four linear layers of each block, in order.
   static std::vector<std::string> fp8_layer_names(int n_layer);
+  // train.activations_every (μP's coordinate check): while `sums` is set (host, one double per
+  // activation_names entry), each forward pass (not decoding) adds the sums of squares of the
+  // activations this rank holds once: the embedding's output ("embed") and, per block, its
+  // attention and MLP branches' outputs ("h<i>_attn", "h<i>_mlp": after c_proj and its
+  // tensor-parallel reduction) and the residual stream after it ("h<i>_out"). "Once": the rows
+  // of this rank's tokens (context parallelism), on tensor-parallel rank 0 unless sequence
+  // parallelism splits the rows; the blocks this pipeline stage holds. Summed over a replica's
+  // ranks, they are the whole micro-batch's. nullptr: off.
+  void set_activation_sums(double* sums) { activation_sums_ = sums; }
+  static std::vector<std::string> activation_names(int n_layer);
   // After an optimizer update (pp > 1): the first stage's wte overwrites the last stage's copy.
   // Both received the same summed gradient, but a data-parallel reduction may round the two
   // copies' gradients differently (they sit at different offsets of differently sized buffers),
@@ -814,8 +825,11 @@ class Gpt {
                         const float* rstd, int N);
 
   GptShape shape_;
-  float z_loss_ = 0.0f;            // set_z_loss
-  float* fp8_amax_ = nullptr;      // set_fp8: three floats of the backend (inp, weight, dout)
+  float z_loss_ = 0.0f;                // set_z_loss
+  float* fp8_amax_ = nullptr;          // set_fp8: three floats of the backend (inp, weight, dout)
+  double* activation_sums_ = nullptr;  // set_activation_sums
+  template <class A>
+  void add_activation_sums(size_t at, std::initializer_list<const A*> xs, size_t n);
   std::vector<char> fp8_skipped_;  // set_fp8: per fp8_site, 1 where run.fp8_skip names it
   // set_frozen: per spec, 1 where frozen (empty: none); the global layers 0 .. frozen_layers_ − 1
   // are skipped by the backward pass.

@@ -44,6 +44,9 @@ struct TrainConfig {
   // ramp the steps' batches differ); 0: steps counts.
   int64_t sequences = 0;
   int batch_size = 8, micro_batch_size = 8;
+  // Every N steps (0: never), before the step: the root mean squares of the activations of the
+  // first validation micro-batch (/activations in metrics.h5; μP's coordinate check).
+  int activations_every = 0;
   // Batch-size ramp-up (Megatron's --rampup-batch-size): "START, INCREMENT, SEQUENCES" makes the
   // global batch START sequences at first, growing by INCREMENT in equal shares of the first
   // SEQUENCES sequences trained on, batch_size after them (batch_size_at); "" none.

@@ -195,6 +195,7 @@ class CpuBackend final : public Backend {
                                        z_loss, softcap);
   }
   double sum_squares(const float* x, size_t n) override { return cpu::sum_squares(x, n); }
+  double sum_squares(const bf16_t* x, size_t n) override { return cpu::sum_squares(x, n); }
   void scale(float* x, float s, size_t n) override { cpu::scale(x, s, n); }
   void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float lr, float beta1,
                     float beta2, float eps, float wd, float bc1, float bc2, bf16_t* copy,

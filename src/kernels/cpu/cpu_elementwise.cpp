@@ -60,7 +60,14 @@ void scale(float* x, float s, size_t n) {
 
 // Fixed-size chunks summed independently, then combined in chunk order: the result does not
 // depend on the thread count. Within a chunk the simd reduction order is fixed at compile time.
-double sum_squares(const float* x, size_t n) {
+namespace {
+inline double squared(float x) { return double(x) * double(x); }
+inline double squared(bf16_t x) { return squared(to_float(x)); }
+}  // namespace
+
+// Fixed chunks summed in order: the same value for any thread count.
+template <class T>
+double sum_squares_of(const T* x, size_t n) {
   constexpr size_t kChunk = size_t{1} << 16;
   const size_t n_chunks = (n + kChunk - 1) / kChunk;
   std::vector<double> partial(n_chunks, 0.0);
@@ -70,12 +77,15 @@ double sum_squares(const float* x, size_t n) {
     const size_t end = begin + kChunk < n ? begin + kChunk : n;
     double s = 0.0;
 #pragma omp simd reduction(+ : s)
-    for (size_t i = begin; i < end; ++i) s += double(x[i]) * double(x[i]);
+    for (size_t i = begin; i < end; ++i) s += squared(x[i]);
     partial[c] = s;
   }
   double total = 0.0;
   for (double s : partial) total += s;
   return total;
 }
+
+double sum_squares(const float* x, size_t n) { return sum_squares_of(x, n); }
+double sum_squares(const bf16_t* x, size_t n) { return sum_squares_of(x, n); }
 
 }  // namespace triad::cpu

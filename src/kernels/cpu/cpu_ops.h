@@ -113,6 +113,7 @@ void sgd_update(float* p, const float* g, float* buf, size_t n, float lr, float 
                 bf16_t* copy, float grad_scale);
 void muon_momentum(float* buf, float* u, const float* g, size_t n, float mu, bool nesterov,
                    float grad_scale);
+double sum_squares(const bf16_t* x, size_t n);
 void muon_apply(float* p, const float* o, size_t n, float lr, float wd, float scale, bf16_t* copy);
 
 // ---- mixed precision (cpu_bf16.cpp): widen, run the fp32 kernel, round once --------------

@@ -427,6 +427,9 @@ class CudaBackend final : public Backend {
   double sum_squares(const float* x, size_t n) override {
     return cuda::sum_squares(stream_, partials_, x, n);
   }
+  double sum_squares(const bf16_t* x, size_t n) override {
+    return cuda::sum_squares(stream_, partials_, dev(x), n);
+  }
   void scale(float* x, float s, size_t n) override { cuda::scale(stream_, x, s, n); }
   void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float lr, float beta1,
                     float beta2, float eps, float wd, float bc1, float bc2, bf16_t* copy,

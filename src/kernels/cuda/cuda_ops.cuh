@@ -329,7 +329,8 @@ int column_sum_slices(int N);
 void column_sum_finish(cudaStream_t s, float* dst, const float* partials, int N, int C);
 // Σ x² in double. partials: kSumSquaresPartials + 1 doubles of device memory. Synchronizes s.
 inline constexpr int kSumSquaresPartials = 1024;
-double sum_squares(cudaStream_t s, double* partials, const float* x, size_t n);
+template <class T>  // float, bf16
+double sum_squares(cudaStream_t s, double* partials, const T* x, size_t n);
 
 // ---- optimizers (cuda_optimizer.cu) --------------------------------------------------------
 // `copy` (may be null) receives the updated weights rounded to bf16 in the same pass.

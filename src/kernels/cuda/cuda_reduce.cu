@@ -55,10 +55,11 @@ __global__ void column_finish_kernel(float* dst, const float* partials, int C, i
 
 // Σ x² in double: kSumSquaresPartials blocks at most (the count depends on n only), each
 // reducing a grid-stride slice; then one block adds the partial sums in a fixed tree.
-__global__ void sum_squares_partial_kernel(double* partials, const float* x, size_t n) {
+template <class T>
+__global__ void sum_squares_partial_kernel(double* partials, const T* x, size_t n) {
   double sum = 0.0;
   TRIAD_GRID_STRIDE_LOOP(i, n) {
-    const double v = x[i];
+    const double v = widen(x[i]);
     sum += v * v;
   }
   sum = block_reduce(sum, SumOp{}, 0.0);
@@ -128,7 +129,8 @@ template void column_sum_accumulate<float>(cudaStream_t, DeviceScratch&, float*,
 template void column_sum_accumulate<bf16>(cudaStream_t, DeviceScratch&, float*, const bf16*, int,
                                           int);
 
-double sum_squares(cudaStream_t s, double* partials, const float* x, size_t n) {
+template <class T>
+double sum_squares(cudaStream_t s, double* partials, const T* x, size_t n) {
   if (n == 0) return 0.0;
   const size_t blocks = std::min<size_t>((n + kBlock - 1) / kBlock, kSumSquaresPartials);
   sum_squares_partial_kernel<<<unsigned(blocks), kBlock, 0, s>>>(partials, x, n);
@@ -141,5 +143,7 @@ double sum_squares(cudaStream_t s, double* partials, const float* x, size_t n) {
   TRIAD_CUDA_CHECK(cudaStreamSynchronize(s));
   return host;
 }
+template double sum_squares<float>(cudaStream_t, double*, const float*, size_t);
+template double sum_squares<bf16>(cudaStream_t, double*, const bf16*, size_t);
 
 }  // namespace triad::cuda
