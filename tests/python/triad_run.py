@@ -21,7 +21,8 @@ MODULES = {"triad-plot": ["analysis.plot_curves"],
            "triad-sweep-report": ["analysis.sweep_report"],
            "triad-timeline": ["analysis.plot_timeline"],
            "triad-convert": ["analysis.convert_weights"],
-           "triad-average": ["analysis.average_checkpoints"]}
+           "triad-average": ["analysis.average_checkpoints"],
+           "triad-coord-check": ["analysis.coord_check"]}
 
 ENV = dict(os.environ, OMPI_MCA_ess_singleton_isolated="1", OMP_NUM_THREADS="2",
            OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
