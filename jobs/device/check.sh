@@ -528,7 +528,7 @@ EOF
     for v in "bf16 16 12 deterministic none" "fp32 8 8 deterministic none" "bf16 16 12 atomic none" \
              "bf16 16 12 deterministic full" "bf16 16 12 deterministic none muon" \
              "bf16 16 12 deterministic none adamw llama" "bf16 16 12 deterministic none adamw llama_gqa" \
-             "bf16 16 12 deterministic none adamw llama_gqa_expand" "bf16 16 12 deterministic none adamw fp8"; do
+             "bf16 16 12 deterministic none adamw llama_gqa_expand" "bf16 16 12 deterministic none adamw fp8" "bf16 16 12 deterministic none adamw fp8head"; do
       read -r pr mb steps fb recomp opt arch <<<"$v"
       opt=${opt:-adamw}
       # llama: the same size with Llama's architecture (rope, RMSNorm, SwiGLU 2048, no biases,
@@ -540,11 +540,12 @@ EOF
         --model.mlp swiglu --model.bias false --model.tie_embeddings false)
       [[ ${arch:-} == llama_gqa* ]] && arch_opts+=(--model.n_kv_head 4)
       [[ ${arch:-} == fp8 ]] && arch_opts=(--run.fp8 tensorwise)  # GPT-2 with FP8 products
+      [[ ${arch:-} == fp8head ]] && arch_opts=(--run.fp8 tensorwise --run.fp8_head true)
       gqa_bw=auto; [[ ${arch:-} == llama_gqa_expand ]] && gqa_bw=expand
       tag=$pr; [[ $fb == atomic ]] && tag=${pr}_atomic; [[ $recomp != none ]] && tag=${pr}_recompute
       [[ $opt == muon ]] && tag=${pr}_muon
       [[ ${arch:-} == llama* ]] && tag=${pr}_$arch
-      [[ ${arch:-} == fp8 ]] && tag=${pr}_fp8
+      [[ ${arch:-} == fp8* ]] && tag=${pr}_$arch
       chunk=0; [[ $recomp != none ]] && chunk=2048  # the memory savers together: loss in 2048-token chunks
       if [[ $tag != "$pr" ]] && (( $(left) < 260 )); then
         echo "RESULT_124M_$tag skipped (time)"
@@ -585,7 +586,7 @@ EOF
   ) 2>&1 | tee "$RUN/gpu.txt"
   GPU_EVAL=$(sed -n 's/^RESULT_EVAL //p' "$RUN/gpu.txt" | paste -sd';' -)
   GPU_CURVE=$(sed -n 's/^RESULT_CURVE //p' "$RUN/gpu.txt" | paste -sd';' -)
-  GPU_124M=$(sed -n 's/^RESULT_124M_bf16 //p' "$RUN/gpu.txt")"; atomic dQ: $(sed -n 's/^RESULT_124M_bf16_atomic //p' "$RUN/gpu.txt"); muon: $(sed -n 's/^RESULT_124M_bf16_muon //p' "$RUN/gpu.txt"); Llama architecture: $(sed -n 's/^RESULT_124M_bf16_llama //p' "$RUN/gpu.txt"); with 4 key/value heads: $(sed -n 's/^RESULT_124M_bf16_llama_gqa //p' "$RUN/gpu.txt"), expanded dK/dV: $(sed -n 's/^RESULT_124M_bf16_llama_gqa_expand //p' "$RUN/gpu.txt"); FP8 products: $(sed -n 's/^RESULT_124M_bf16_fp8 //p' "$RUN/gpu.txt")"; GPU_124M32=$(sed -n 's/^RESULT_124M_fp32 //p' "$RUN/gpu.txt")
+  GPU_124M=$(sed -n 's/^RESULT_124M_bf16 //p' "$RUN/gpu.txt")"; atomic dQ: $(sed -n 's/^RESULT_124M_bf16_atomic //p' "$RUN/gpu.txt"); muon: $(sed -n 's/^RESULT_124M_bf16_muon //p' "$RUN/gpu.txt"); Llama architecture: $(sed -n 's/^RESULT_124M_bf16_llama //p' "$RUN/gpu.txt"); with 4 key/value heads: $(sed -n 's/^RESULT_124M_bf16_llama_gqa //p' "$RUN/gpu.txt"), expanded dK/dV: $(sed -n 's/^RESULT_124M_bf16_llama_gqa_expand //p' "$RUN/gpu.txt"); FP8 products: $(sed -n 's/^RESULT_124M_bf16_fp8 //p' "$RUN/gpu.txt"), with the head's: $(sed -n 's/^RESULT_124M_bf16_fp8head //p' "$RUN/gpu.txt")"; GPU_124M32=$(sed -n 's/^RESULT_124M_fp32 //p' "$RUN/gpu.txt")
 fi
 res "ckpt val loss CPU vs GPU" "${GPU_EVAL:-failed}"
 res "50 steps GPU vs CPU" "${GPU_CURVE:-failed}"

@@ -19,10 +19,11 @@ std::vector<std::string> Gpt::fp8_layer_names(int n_layer) {
   return names;
 }
 
-void Gpt::set_fp8(bool on, const std::function<bool(const std::string&)>& skip) {
+void Gpt::set_fp8(bool on, const std::function<bool(const std::string&)>& skip, bool head) {
   const std::vector<std::string> names = fp8_layer_names(shape_.n_layer);
-  fp8_skipped_.assign(names.size(), 0);
+  fp8_skipped_.assign(names.size() + 1, 0);  // the blocks' sites, then the head's
   for (size_t i = 0; i < names.size(); ++i) fp8_skipped_[i] = skip && skip(names[i]) ? 1 : 0;
+  fp8_skipped_[size_t(fp8_head_site())] = head ? 0 : 1;
   if (!on) {
     if (fp8_amax_ != nullptr) be_.free(fp8_amax_);
     fp8_amax_ = nullptr;

@@ -444,7 +444,7 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
     const int rows = std::min(logits_rows_, N - r0);
     const A* x = S.lnfg + size_t(r0) * C;
     const int32_t* tgt = d_targets_ + r0;
-    head_logits(logits, x, rows, Vl);
+    head_logits(logits, x, rows, Vl, true);
     if (mp_.tp == 1) {
       be_.crossentropy_forward_backward(logits, S.losses + r0, hits ? hits + r0 : nullptr, tgt,
                                         rows, shape_.vocab_size, Vl, gscale, z,
@@ -495,8 +495,8 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
       }
     }
     if (with_grad)  // dlogits sit in `logits`
-      be_.matmul_backward(dpart + size_t(r0) * C, head_grad, nullptr, logits, x, head_weight<A>(),
-                          rows, C, Vl, GradMode::overwrite);
+      linear_backward<A>(fp8_head_site(), dpart + size_t(r0) * C, head_grad, nullptr, logits, x,
+                         head_weight<A>(), rows, C, Vl, GradMode::overwrite);
   }
   if (with_grad) reduce_rows(dpart, S.dlnf, N);
   if (mp_.tp == 1) {
@@ -748,7 +748,7 @@ void Gpt::forward_logits_t(const int32_t* inputs, int B, float* host_out) {
   std::vector<float> rows(size_t(logits_rows_) * Vp);
   for (int r0 = 0; r0 < B * T; r0 += logits_rows_) {
     const int n = std::min(logits_rows_, B * T - r0);
-    head_logits(acts<A>().logits, S.lnf + size_t(r0) * C, n, Vp);
+    head_logits(acts<A>().logits, S.lnf + size_t(r0) * C, n, Vp, true);
     logits_to_host(rows.data(), acts<A>().logits, size_t(n) * Vp);
     for (size_t i = 0; i < size_t(n); ++i)
       std::copy_n(rows.data() + i * Vp, V, host_out + (size_t(r0) + i) * V);

@@ -230,6 +230,10 @@ class KeyTable {
         "linear layers run.fp8 leaves out: comma-separated globs over h/<i>/attn/c_attn, "
         "h/<i>/attn/c_proj, h/<i>/mlp/c_fc, h/<i>/mlp/c_proj (* matches / too), e.g. "
         "\"h/0/*, h/11/*\" for the first and last blocks; empty: none");
+    add("run.fp8_head", c.run.fp8_head,
+        "the output layer's products in FP8 too (with run.fp8; the loss's passes, not "
+        "generation's): its vocabulary slice and ln_f's output in e4m3, the logits' gradient in "
+        "e5m2");
     add("run.threads", c.run.threads, "CPU threads (0: OpenMP default)");
     add("run.peak_tflops", c.run.peak_tflops, "peak TFLOP/s for MFU (0: measure / datasheet)");
     add("parallel.tp", c.parallel.tp, "tensor-parallel size");
@@ -963,6 +967,10 @@ void validate(const Config& c, int world_size) {
               std::string(par.cp > 1 ? " / parallel.cp" : "") + " = " + std::to_string(rows) +
               ") to be a multiple of 16");
   }
+  check(!c.run.fp8_head || c.run.fp8 != "off", "run.fp8_head", "needs run.fp8 (it is off)");
+  check(!c.run.fp8_head || t.logits_chunk % 16 == 0, "run.fp8_head",
+        "needs train.logits_chunk (" + std::to_string(t.logits_chunk) +
+            ") to be a multiple of 16: the FP8 products take rows 16 at a time");
   if (!trim_blanks(c.run.fp8_skip).empty()) {
     check(c.run.fp8 != "off", "run.fp8_skip", "needs run.fp8 (it is off)");
     const std::vector<std::string> names = Gpt::fp8_layer_names(m.n_layer);

@@ -122,8 +122,10 @@ void Trainer::State::setup_model() {
       model_shape(), mbs, *be, replicas, mp, mp.pp > 1 ? &schedule : nullptr,
       cfg.bf16() ? Precision::bf16 : Precision::fp32, activation_options(cfg), zero, also.get());
   model->set_z_loss(float(cfg.train.z_loss));
-  model->set_fp8(cfg.run.fp8 != "off",
-                 [&](const std::string& name) { return frozen_tensor(cfg.run.fp8_skip, name); });
+  model->set_fp8(
+      cfg.run.fp8 != "off",
+      [&](const std::string& name) { return frozen_tensor(cfg.run.fp8_skip, name); },
+      cfg.run.fp8_head);
   if (!cfg.train.freeze.empty())  // no gradient products for the frozen tensors
     model->set_frozen(
         [&](const std::string& name) { return frozen_tensor(cfg.train.freeze, name); });

@@ -45,10 +45,10 @@ def probe(p: trm.Prepared, tag: str, **run) -> dict:
     return got
 
 
-def reference(p: trm.Prepared, fp8: bool) -> dict:
+def reference(p: trm.Prepared, fp8: bool, head: bool = False) -> dict:
     x, y = ref.batch(p.train_tokens, 0, p.case.micro_batch, p.case.cfg.seq_len)
     if fp8:
-        with ref.fp8_linears():
+        with ref.fp8_linears(head):
             loss, logits, grads = trm.torch_forward_backward(p.weights, p.case.cfg, x, y)
     else:
         loss, logits, grads = trm.torch_forward_backward(p.weights, p.case.cfg, x, y)
@@ -121,3 +121,21 @@ def test_fp8_skip_leaves_the_named_layers_in_the_plain_products(tmp_root):
     for k in ("grad/h/0/mlp/c_fc/weight", "grad/h/1/mlp/c_fc/weight"):
         assert trm.rel_err(first[k], none[k]) > 1e-3, k
         assert trm.rel_err(first[k], every[k]) > 1e-3, k
+
+
+@pytest.mark.parametrize("case", FP8_CASES, ids=lambda c: c.name)
+def test_fp8_head_follows_the_fp8_reference(case, tmp_root):
+    """run.fp8_head: the output layer's products in FP8 as well (tied wte for GPT-2, lm_head for
+    the Llama case), against the reference with Fp8Linear on its head; without the head's FP8
+    it is far."""
+    p = trm.prepare(case, tmp_root)
+    V = case.cfg.vocab_size
+    got = probe(p, "head", run__precision="fp32", run__fp8="tensorwise", run__fp8_head="true")
+    e = errors(got, reference(p, True, head=True), V)
+    e_blocks = errors(got, reference(p, True, head=False), V)
+    print(f"\n[{case.name} head] " + ", ".join(f"{k} {v:.1e}" for k, v in sorted(
+        e.items(), key=lambda kv: -kv[1])[:6]))
+    assert e["loss"] < 1e-6 and e["logits"] < 1e-5, e
+    bad = {k: v for k, v in e.items() if not v < 2e-2}
+    assert not bad, bad
+    assert e_blocks["logits"] > 1e-3, "the head's FP8 product changes the logits"

@@ -241,19 +241,24 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch
 # which triad shares nothing with; the arithmetic is in the tensors' own precision (double).
 
 _FP8_LINEARS = False
+_FP8_HEAD = False
 FP8_MAX = {"e4m3": 448.0, "e5m2": 57344.0}
 
 
 class fp8_linears:
-    """Context manager: the blocks' linear layers (linear()) multiply in FP8 inside it."""
+    """Context manager: the blocks' linear layers (linear()) multiply in FP8 inside it, and with
+    head=True the output layer too (run.fp8_head)."""
+
+    def __init__(self, head: bool = False):
+        self.head = head
 
     def __enter__(self):
-        global _FP8_LINEARS
-        _FP8_LINEARS = True
+        global _FP8_LINEARS, _FP8_HEAD
+        _FP8_LINEARS, _FP8_HEAD = True, self.head
 
     def __exit__(self, *exc):
-        global _FP8_LINEARS
-        _FP8_LINEARS = False
+        global _FP8_LINEARS, _FP8_HEAD
+        _FP8_LINEARS = _FP8_HEAD = False
 
 
 def fp8_quantized(t: torch.Tensor, fmt: str) -> torch.Tensor:
@@ -455,7 +460,9 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor,
         if record is not None:  # the activations train.activations_every reports
             record[f"h{i}_attn"], record[f"h{i}_mlp"], record[f"h{i}_out"] = a, m, x
     x = norm(params, cfg, "ln_f", x)
-    logits = torch.matmul(x, head(params, cfg).t()) / cfg.mup_mult  # [B, T, Vp]; μP: times 1/m
+    w = head(params, cfg)
+    logits = Fp8Linear.apply(x, w, None) if _FP8_HEAD else torch.matmul(x, w.t())
+    logits = logits / cfg.mup_mult  # [B, T, Vp]; μP: times 1/m
     if cfg.logit_softcap:
         logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
     return logits[..., : cfg.vocab_size]

@@ -66,9 +66,10 @@ int main(int argc, char** argv) {
     triad::Gpt model(shape, B, *be, 1, {}, nullptr,
                      cfg.bf16() ? triad::Precision::bf16 : triad::Precision::fp32,
                      triad::activation_options(cfg));
-    model.set_fp8(cfg.run.fp8 != "off", [&](const std::string& name) {
-      return triad::frozen_tensor(cfg.run.fp8_skip, name);
-    });
+    model.set_fp8(
+        cfg.run.fp8 != "off",
+        [&](const std::string& name) { return triad::frozen_tensor(cfg.run.fp8_skip, name); },
+        cfg.run.fp8_head);
     if (!cfg.train.freeze.empty())  // train.freeze: their gradient products left out
       model.set_frozen(
           [&](const std::string& name) { return triad::frozen_tensor(cfg.train.freeze, name); });

@@ -571,8 +571,12 @@ class Gpt {
   // multiple of 16; throws naming run.fp8 otherwise. (An fp32 model runs them on fp32 operands,
   // which only the CPU backend implements: the form the PyTorch reference checks.)
   // run.fp8_skip: `skip` names the layers that stay out (h/<i>/attn/c_attn, h/<i>/attn/c_proj,
-  // h/<i>/mlp/c_fc, h/<i>/mlp/c_proj; empty: none).
-  void set_fp8(bool on, const std::function<bool(const std::string&)>& skip = {});
+  // h/<i>/mlp/c_fc, h/<i>/mlp/c_proj; empty: none). run.fp8_head: the head's products too (the
+  // loss's forward and backward and forward_logits; the amax of its vocabulary slices, of the
+  // logits' gradient and of ln_f's output over the tensor- and context-parallel ranks), where a
+  // chunk's rows are a multiple of 16.
+  void set_fp8(bool on, const std::function<bool(const std::string&)>& skip = {},
+               bool head = false);
   bool fp8() const { return fp8_amax_ != nullptr; }
   // The names run.fp8_skip matches: the four linear layers of each block, in order.
   static std::vector<std::string> fp8_layer_names(int n_layer);
@@ -676,10 +680,16 @@ class Gpt {
     return weight_at<A>(specs_[size_t(head_)].offset);
   }
   // The head's logits [rows, cols] (cols: this rank's vocabulary slice) for `rows` rows x of
-  // ln_f's output, times μP's multiplier and soft-capped under model.logit_softcap.
+  // ln_f's output, times μP's multiplier and soft-capped under model.logit_softcap. fp8: the
+  // product in FP8 where run.fp8_head asks for it (the loss's and forward_logits' passes; never
+  // decoding's).
   template <class A>
-  void head_logits(A* logits, const A* x, int rows, int cols) {
-    be_.matmul_forward(logits, x, head_weight<A>(), nullptr, rows, shape_.n_embd, cols);
+  void head_logits(A* logits, const A* x, int rows, int cols, bool fp8 = false) {
+    if (fp8)
+      linear_forward<A>(fp8_head_site(), logits, x, head_weight<A>(), nullptr, rows, shape_.n_embd,
+                        cols);
+    else
+      be_.matmul_forward(logits, x, head_weight<A>(), nullptr, rows, shape_.n_embd, cols);
     if (shape_.logit_softcap > 0.0f || shape_.mup_base_width > 0)
       be_.scale_cap_logits(logits, size_t(rows) * size_t(cols), shape_.logits_mult(),
                            shape_.logit_softcap);
@@ -785,6 +795,7 @@ class Gpt {
                             const A* act, const A* pre, const A* w, int N, int IC, int OC,
                             GradMode mode = GradMode::accumulate);
   static int fp8_site(int layer, int k) { return 4 * layer + k; }
+  int fp8_head_site() const { return fp8_site(shape_.n_layer, 0); }  // after the blocks'
   bool fp8_at(int site, int N) const {
     return fp8_amax_ != nullptr && !decoding_ && N % 16 == 0 && !fp8_skipped_[size_t(site)];
   }

@@ -151,6 +151,9 @@ struct RunConfig {
   // Comma-separated globs over the linear layers run.fp8 leaves in bf16 (Gpt::fp8_layer_names:
   // "h/0/*, h/11/*" keeps the first and last blocks out); empty: none.
   std::string fp8_skip;
+  // The head's products in FP8 too (modded-nanogpt's; Transformer Engine and torchao leave it
+  // out by default).
+  bool fp8_head = false;
   int threads = 0;         // OpenMP/BLAS threads; 0: the library default
   double peak_tflops = 0;  // for MFU; 0: measured (CPU sgemm) or the device's datasheet
 };
