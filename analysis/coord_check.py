@@ -37,7 +37,8 @@ KINDS = ("embed", "attn", "mlp", "out")
 
 
 def metrics_files(paths) -> list[Path]:
-    """Each argument as metrics.h5 files: a file, a run directory, or a directory of runs."""
+    """Each argument as metrics.h5 files: a file, a run directory, or a directory of runs (its
+    subdirectories holding one); each file once, whichever way it was named."""
     files = []
     for p in map(Path, paths):
         if p.is_dir() and not (p / "metrics.h5").exists():
@@ -47,7 +48,10 @@ def metrics_files(paths) -> list[Path]:
             files += found
         else:
             files.append(resolve_metrics_path(p))
-    return files
+    unique = {}
+    for f in files:
+        unique.setdefault(f.resolve(), f)
+    return list(unique.values())
 
 
 def load_run(path: Path) -> dict:
@@ -62,8 +66,13 @@ def load_run(path: Path) -> dict:
                                "train.activations_every)")
         cfg = parse_config(str(attr_value(f.attrs.get("config", b""))))
         g = f["activations"]
-        steps = g["step"][()].astype(np.int64)
-        cols = {k: g[k][()][:len(steps)] for k in g if k != "step"}
+        cols = {k: g[k][()] for k in g}
+    # A file being written may hold columns of different lengths: the rows all of them have.
+    rows = min(len(v) for v in cols.values())
+    steps = cols.pop("step")[:rows].astype(np.int64)
+    cols = {k: v[:rows] for k, v in cols.items()}
+    if "embed" not in cols:
+        raise MetricsError(f"{path}: /activations has no 'embed' column")
     rms = {"embed": cols["embed"]}
     for kind in KINDS[1:]:
         layers = [v for k, v in cols.items() if k.endswith("_" + kind)]
@@ -77,12 +86,25 @@ def slope(widths, values) -> float:
     return float(np.polyfit(np.log(widths), np.log(values), 1)[0])
 
 
+def value(run: dict, kind: str, step: int) -> float:
+    """The run's RMS of `kind` before `step`, which must be a positive number."""
+    v = float(run["rms"][kind][list(run["steps"]).index(step)])
+    if not (np.isfinite(v) and v > 0):
+        raise MetricsError(f"{run['path']}: the {kind} RMS before step {step} is {v} (the run "
+                           "diverged?); choose earlier --steps")
+    return v
+
+
 def coord_check(paths, out, steps=None, title: str | None = None, dpi: int = 120):
     runs = [load_run(p) for p in metrics_files(paths)]
     groups = {name: sorted((r for r in runs if r["mup"] == mup), key=lambda r: r["width"])
               for name, mup in (("SP", False), ("μP", True))}
     groups = {k: v for k, v in groups.items() if v}
     for name, rs in groups.items():
+        for a, b in zip(rs, rs[1:]):
+            if a["width"] == b["width"]:
+                raise MetricsError(f"{name}: two runs of width {a['width']} ({a['path']}, "
+                                   f"{b['path']}): give one run per width and parametrization")
         if len({r["width"] for r in rs}) < 2:
             raise MetricsError(f"{name}: runs of at least two widths are needed, got "
                                f"{sorted({r['width'] for r in rs})}")
@@ -104,7 +126,7 @@ def coord_check(paths, out, steps=None, title: str | None = None, dpi: int = 120
         for col, kind in enumerate(KINDS):
             ax = axes[row][col]
             for i, s in enumerate(steps):
-                vals = [float(r["rms"][kind][list(r["steps"]).index(s)]) for r in rs]
+                vals = [value(r, kind, s) for r in rs]
                 ax.plot(widths, vals, "o-", color=cmap(i / max(1, len(steps) - 1)), ms=3,
                         label=f"step {s}")
             ax.set_xscale("log", base=2)
@@ -114,10 +136,9 @@ def coord_check(paths, out, steps=None, title: str | None = None, dpi: int = 120
             ax.grid(alpha=0.3)
             if col == 0:
                 ax.set_ylabel("RMS of the activation")
-        last = steps[-1]
+        last = max(steps)
         table.append([name, ", ".join(map(str, widths)), last] + [
-            f"{slope(widths, [r['rms'][k][list(r['steps']).index(last)] for r in rs]):+.2f}"
-            for k in KINDS])
+            f"{slope(widths, [value(r, k, last) for r in rs]):+.2f}" for k in KINDS])
     axes[0][-1].legend(fontsize=7)
     if title:
         fig.suptitle(title)

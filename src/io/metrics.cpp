@@ -207,16 +207,20 @@ struct MetricsWriter::Impl {
   std::vector<Table> activations;  // /activations (one table, or none)
 
   // The names of the groups under /val_sets in the file.
-  std::vector<std::string> existing_sets() {
+  std::vector<std::string> existing_sets() { return members("val_sets"); }
+
+  // The names of the links in group `group` of the file (none if it has no such group).
+  std::vector<std::string> members(const std::string& group) {
     std::vector<std::string> names;
-    if (!io::link_exists(file, "val_sets")) return names;
-    H5Id g = io::own_group(H5Gopen2(file, "val_sets", H5P_DEFAULT), "cannot open /val_sets");
+    if (!io::link_exists(file, group)) return names;
+    const std::string what = "cannot read /" + group;
+    H5Id g = io::own_group(H5Gopen2(file, group.c_str(), H5P_DEFAULT), what);
     H5G_info_t info;
-    h5check(H5Gget_info(g, &info), "cannot read /val_sets");
+    h5check(H5Gget_info(g, &info), what);
     for (hsize_t i = 0; i < info.nlinks; ++i) {
       const ssize_t n =
           H5Lget_name_by_idx(g, ".", H5_INDEX_NAME, H5_ITER_INC, i, nullptr, 0, H5P_DEFAULT);
-      h5check(int(n), "cannot read /val_sets");
+      h5check(int(n), what);
       std::vector<char> name(size_t(n) + 1, '\0');
       H5Lget_name_by_idx(g, ".", H5_INDEX_NAME, H5_ITER_INC, i, name.data(), name.size(),
                          H5P_DEFAULT);
@@ -289,6 +293,20 @@ MetricsWriter::MetricsWriter(const std::string& path, const MetricsAttributes& a
       for (const std::string& name : m.existing_sets())
         if (std::find(val_sets.begin(), val_sets.end(), name) == val_sets.end()) {
           Table t = val_set_table(name);
+          m.open_table(t);
+          m.truncate_table(t, resume_step);
+          for (Column& c : t.cols) c.dset.reset();
+        }
+      // /norms and /activations that this run does not write: cut likewise.
+      for (const auto& [group, written] : {std::pair{"norms", !norm_groups.empty()},
+                                           std::pair{"activations", !activations.empty()}})
+        if (!written) {
+          const std::vector<std::string> cols = m.members(group);
+          if (std::find(cols.begin(), cols.end(), "step") == cols.end()) continue;
+          std::vector<std::pair<const char*, bool>> spec{{"step", true}};  // first: truncate_table
+          for (const auto& c : cols)
+            if (c != "step") spec.emplace_back(c.c_str(), false);
+          Table t = make_table(group, spec);
           m.open_table(t);
           m.truncate_table(t, resume_step);
           for (Column& c : t.cols) c.dset.reset();

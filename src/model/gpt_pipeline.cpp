@@ -394,7 +394,8 @@ const float* Gpt::sequence_losses_t(const int32_t* tokens, int B, int len, int l
     }
   if (S) {
     upload_ids(nullptr, scored_targets_.data(), int(N));
-    classifier(*S, scored_targets_.data(), B, rows, 0.0f, false, scored_losses_.data());
+    // Scoring decodes (its blocks run as generation's): no FP8 head either.
+    classifier(*S, scored_targets_.data(), B, rows, 0.0f, false, scored_losses_.data(), false);
     for (int b = 0; b < B; ++b)
       std::copy_n(scored_losses_.begin() + ptrdiff_t(size_t(b) * rows + size_t(n - last)), last,
                   scored_losses_.begin() + ptrdiff_t(size_t(b) * last));

@@ -420,7 +420,7 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T, int pos0) {
 // global ones.
 template <class A>
 ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int T,
-                             float dloss_scale, bool with_grad, float* row_losses) {
+                             float dloss_scale, bool with_grad, float* row_losses, bool fp8_head) {
   const int N = B * T, C = shape_.n_embd, Vl = vocab_local_;
   auto& a = acts<A>();
   A* logits = a.logits;
@@ -444,7 +444,7 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
     const int rows = std::min(logits_rows_, N - r0);
     const A* x = S.lnfg + size_t(r0) * C;
     const int32_t* tgt = d_targets_ + r0;
-    head_logits(logits, x, rows, Vl, true);
+    head_logits(logits, x, rows, Vl, fp8_head);
     if (mp_.tp == 1) {
       be_.crossentropy_forward_backward(logits, S.losses + r0, hits ? hits + r0 : nullptr, tgt,
                                         rows, shape_.vocab_size, Vl, gscale, z,
@@ -783,9 +783,9 @@ template void Gpt::weight_chunk<bf16_t>(int, Set<bf16_t>&, int, int);
 template void Gpt::layer_front<float>(Set<float>&, int, int, int, int, int);
 template void Gpt::layer_front<bf16_t>(Set<bf16_t>&, int, int, int, int, int);
 template ForwardStats Gpt::classifier<float>(Set<float>&, const int32_t*, int, int, float, bool,
-                                             float*);
+                                             float*, bool);
 template ForwardStats Gpt::classifier<bf16_t>(Set<bf16_t>&, const int32_t*, int, int, float, bool,
-                                              float*);
+                                              float*, bool);
 template void Gpt::logits_to_host<float>(float*, const float*, size_t);
 template void Gpt::logits_to_host<bf16_t>(float*, const bf16_t*, size_t);
 

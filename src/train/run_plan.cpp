@@ -358,7 +358,14 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
       const double N =
           double(cfg.train.micro_batch_size) * cfg.model.seq_len / std::max(1, cfg.parallel.cp);
       const double F = double(s.fc_rows()) / std::max(1, cfg.parallel.tp), C = s.n_embd;
-      os << ", FP8 operands " << megabytes(size_t(N * F + std::max(F * C, N * C))) << " MB";
+      double bytes = N * F + std::max(F * C, N * C);
+      if (cfg.run.fp8_head) {  // the head's, chunk by chunk: R rows of this rank's V slice
+        const double R = Gpt::logits_chunk_rows(activation_options(cfg), cfg.train.micro_batch_size,
+                                                s, cfg.parallel.cp),
+                     V = double(cfg.padded_vocab_size()) / std::max(1, cfg.parallel.tp);
+        bytes = std::max(bytes, R * V + std::max(V * C, R * C));
+      }
+      os << ", FP8 operands " << megabytes(size_t(bytes)) << " MB";
     }
   }
   os << ")\n\ncompute: " << std::setprecision(3) << p.model_flops_per_token / 1e9

@@ -353,7 +353,7 @@ TrainOutcome Trainer::run() {
   s.grid.pp().reset_stats();
   while (s.step < cfg.train.steps) {
     if (cfg.train.activations_every > 0 && s.step % cfg.train.activations_every == 0) {
-      const std::vector<double> rms = s.activation_rms();  // before the step: step 0 at init
+      const std::vector<double> rms = s.activation_rms(s.step);  // before the step: 0 at init
       if (s.metrics) s.metrics->append_activations(s.step, rms);
     }
     Timer step_timer;

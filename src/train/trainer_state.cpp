@@ -606,7 +606,8 @@ EvalResult Trainer::State::evaluate() {
   return r;
 }
 
-std::vector<double> Trainer::State::activation_rms() {
+std::vector<double> Trainer::State::activation_rms(int64_t step) {
+  use_window(step);  // the window step `step` trains with (train.window_warmup)
   const int T = cfg.model.seq_len;
   const int b = int(std::min<int64_t>(cfg.train.micro_batch_size, val_src->num_sequences()));
   for (int k = 0; k < b; ++k)

@@ -156,7 +156,7 @@ struct Trainer::State {
   // train.activations_every: the root mean square of each Gpt::activation_names activation in a
   // forward pass of the first validation micro-batch (a fixed batch, so steps and runs compare),
   // the same on every rank.
-  std::vector<double> activation_rms();
+  std::vector<double> activation_rms(int64_t step);
   EvalResult evaluate_val();  // the validation loss only
   // Loss and accuracy over the first eval.sequences sequences of src (sequences = 0: none).
   EvalResult evaluate_source(const SequenceSource* src);

@@ -110,6 +110,14 @@ def test_coord_check_draws_standard_and_mup_runs(tmp_path):
     assert p.returncode == 0, p.stderr
     p = tool("triad-coord-check", *runs, "--steps", "0,9", "--out", out)
     assert p.returncode == 1 and "steps [9]" in p.stderr
+    # The same run named twice counts once; two runs of one width are refused.
+    p = tool("triad-coord-check", tmp_path / "runs", *runs, "--out", out)
+    assert p.returncode == 0, p.stderr
+    other = tiny_config(tmp_path, name="w32_again", train__activations_every=1, train__steps=4,
+                        eval__every=0, model__n_embd=32)
+    assert train("--config", other).returncode == 0
+    p = tool("triad-coord-check", *runs, tmp_path / "runs" / "w32_again", "--out", out)
+    assert p.returncode == 1 and "two runs of width 32" in p.stderr
     # One width only, and a run without /activations: one clear error each.
     p = tool("triad-coord-check", runs[0], runs[2], "--out", out)
     assert p.returncode == 1 and "at least two widths" in p.stderr
@@ -117,3 +125,16 @@ def test_coord_check_draws_standard_and_mup_runs(tmp_path):
     assert train("--config", plain).returncode == 0
     p = tool("triad-coord-check", runs[0], tmp_path / "runs" / "plain", "--out", out)
     assert p.returncode == 1 and "no /activations group" in p.stderr
+
+
+def test_resume_cuts_the_abandoned_rows_even_without_the_option(tmp_path):
+    """A run resumed from step 3 without train.activations_every leaves /activations with the
+    rows before step 3 (not the first run's steps 3..5, which its new future replaces)."""
+    cfg = tiny_config(tmp_path, name="r", train__activations_every=1, train__steps=6,
+                      checkpoint__every=3, eval__every=0)
+    assert train("--config", cfg).returncode == 0
+    assert list(activations(tmp_path / "runs" / "r")["step"]) == [0, 1, 2, 3, 4, 5]
+    ckpt = tmp_path / "runs" / "r" / "ckpt" / "step_00000003.h5"
+    p = train("--config", cfg, "--resume", ckpt, "--train.activations_every", 0)
+    assert p.returncode == 0, p.stderr
+    assert list(activations(tmp_path / "runs" / "r")["step"]) == [0, 1, 2]

@@ -804,8 +804,9 @@ class Gpt {
   void fp8_amax(const A* inp, size_t ni, const A* w, size_t nw, const A* dout, size_t nd);
   // row_losses (optional, host, B·T): each row's cross-entropy.
   template <class A>
+  // fp8_head: run.fp8_head's FP8 head products apply (not in scoring, a decoding pass).
   ForwardStats classifier(Set<A>& S, const int32_t* host_targets, int B, int T, float dloss_scale,
-                          bool with_grad, float* row_losses = nullptr);
+                          bool with_grad, float* row_losses = nullptr, bool fp8_head = true);
   // Forward of one micro-batch through every chunk in order (no pipelining: evaluation and
   // generation); returns the last chunk's activation set on the ranks holding it, else null.
   template <class A>
