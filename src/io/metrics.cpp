@@ -64,6 +64,13 @@ Table make_table(const std::string& group, const std::vector<std::pair<const cha
   return t;
 }
 
+// A table of `step` (int64) and the float64 columns `values` (/norms, /activations).
+Table step_table(const std::string& group, const std::vector<std::string>& values) {
+  std::vector<std::pair<const char*, bool>> spec{{"step", true}};
+  for (const auto& v : values) spec.emplace_back(v.c_str(), false);
+  return make_table(group, spec);
+}
+
 // /val_sets/<name> (eval.sets).
 Table val_set_table(const std::string& name) {
   return make_table("val_sets/" + name, {{"step", true}, {"loss", false}, {"accuracy", false}});
@@ -268,18 +275,14 @@ MetricsWriter::MetricsWriter(const std::string& path, const MetricsAttributes& a
     for (const auto& name : val_sets) m.sets.push_back(val_set_table(name));
     for (Table& t : m.sets) m.open_table(t);
     if (!norm_groups.empty()) {
-      std::vector<std::string> names{"step"};
+      std::vector<std::string> names;
       for (const auto& g : norm_groups) names.push_back("grad_" + g);
       for (const auto& g : norm_groups) names.push_back("weight_" + g);
-      std::vector<std::pair<const char*, bool>> spec;
-      for (const auto& n : names) spec.emplace_back(n.c_str(), n == "step");
-      m.norms.push_back(make_table("norms", spec));
+      m.norms.push_back(step_table("norms", names));
       m.open_table(m.norms.back());
     }
     if (!activations.empty()) {
-      std::vector<std::pair<const char*, bool>> spec{{"step", true}};
-      for (const auto& n : activations) spec.emplace_back(n.c_str(), false);
-      m.activations.push_back(make_table("activations", spec));
+      m.activations.push_back(step_table("activations", activations));
       m.open_table(m.activations.back());
     }
     if (resume) {
@@ -301,12 +304,11 @@ MetricsWriter::MetricsWriter(const std::string& path, const MetricsAttributes& a
       for (const auto& [group, written] : {std::pair{"norms", !norm_groups.empty()},
                                            std::pair{"activations", !activations.empty()}})
         if (!written) {
-          const std::vector<std::string> cols = m.members(group);
-          if (std::find(cols.begin(), cols.end(), "step") == cols.end()) continue;
-          std::vector<std::pair<const char*, bool>> spec{{"step", true}};  // first: truncate_table
-          for (const auto& c : cols)
-            if (c != "step") spec.emplace_back(c.c_str(), false);
-          Table t = make_table(group, spec);
+          std::vector<std::string> cols = m.members(group);
+          const auto step = std::find(cols.begin(), cols.end(), "step");
+          if (step == cols.end()) continue;
+          cols.erase(step);  // step_table puts it first, where truncate_table reads it
+          Table t = step_table(group, cols);
           m.open_table(t);
           m.truncate_table(t, resume_step);
           for (Column& c : t.cols) c.dset.reset();

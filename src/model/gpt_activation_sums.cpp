@@ -15,6 +15,7 @@ std::vector<std::string> Gpt::activation_names(int n_layer) {
 
 template <class A>
 void Gpt::add_activation_sums(size_t at, std::initializer_list<const A*> xs, size_t n) {
+  if (activation_sums_ == nullptr || decoding_) return;  // off, or not a whole forward pass
   // Each row once over the tensor-parallel group: every rank holds all rows unless sequence
   // parallelism splits them (the caller's n is this rank's rows either way).
   if (mp_.tp_rank != 0 && !mp_.split_rows()) return;

@@ -316,8 +316,7 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   linear_forward(fp8_site(l, 1), attproj, L.atty, w.projw, projb, N, Al, C);
   reduce_rows(attproj, L.attproj, N);
   // train.activations_every: read here, as the MLP's output may take its buffer later.
-  if (activation_sums_ != nullptr && !decoding_)
-    add_activation_sums<A>(1 + 3 * size_t(l), {L.attproj}, size_t(n) * C);
+  add_activation_sums<A>(1 + 3 * size_t(l), {L.attproj}, size_t(n) * C);
   be_.residual_layernorm_forward(L.residual2, L.ln2, L.ln2_mean, L.ln2_rstd, x, L.attproj, w.ln2w,
                                  w.ln2b, n, C, shape_.norm_eps);
   const A* ln2 = gather_rows(L.ln2, L.ln2g, N);
@@ -360,7 +359,7 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T, int pos0) {
       });
     }
     reduce_rows(out, S.input, N);
-    if (activation_sums_ != nullptr && !decoding_) add_activation_sums<A>(0, {S.input}, nC);
+    add_activation_sums<A>(0, {S.input}, nC);  // train.activations_every
   }
   const bool last_chunk = g == mp_.chunks() - 1;
   const A* lnfw = last_chunk ? weight_at<A>(specs_[size_t(lnf_)].offset) : nullptr;
@@ -405,8 +404,7 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T, int pos0) {
     } else {
       be_.add(L.residual3, L.residual2, L.fcproj, nC);
     }
-    if (activation_sums_ != nullptr && !decoding_)  // train.activations_every
-      add_activation_sums<A>(2 + 3 * size_t(first_layer + i), {L.fcproj, L.residual3}, nC);
+    add_activation_sums<A>(2 + 3 * size_t(first_layer + i), {L.fcproj, L.residual3}, nC);
   }
   if (last_chunk) gather_rows(S.lnf, S.lnfg, N);
 }

@@ -840,6 +840,8 @@ class Gpt {
   float z_loss_ = 0.0f;                // set_z_loss
   float* fp8_amax_ = nullptr;          // set_fp8: three floats of the backend (inp, weight, dout)
   double* activation_sums_ = nullptr;  // set_activation_sums
+  // Adds the sums of squares of xs (n of this rank's elements each) at activation_sums_[at ..]
+  // while set_activation_sums is on and the pass is not decoding; nothing otherwise.
   template <class A>
   void add_activation_sums(size_t at, std::initializer_list<const A*> xs, size_t n);
   std::vector<char> fp8_skipped_;  // set_fp8: per fp8_site, 1 where run.fp8_skip names it

@@ -60,12 +60,6 @@ void scale(float* x, float s, size_t n) {
 
 // Fixed-size chunks summed independently, then combined in chunk order: the result does not
 // depend on the thread count. Within a chunk the simd reduction order is fixed at compile time.
-namespace {
-inline double squared(float x) { return double(x) * double(x); }
-inline double squared(bf16_t x) { return squared(to_float(x)); }
-}  // namespace
-
-// Fixed chunks summed in order: the same value for any thread count.
 template <class T>
 double sum_squares_of(const T* x, size_t n) {
   constexpr size_t kChunk = size_t{1} << 16;
@@ -77,7 +71,10 @@ double sum_squares_of(const T* x, size_t n) {
     const size_t end = begin + kChunk < n ? begin + kChunk : n;
     double s = 0.0;
 #pragma omp simd reduction(+ : s)
-    for (size_t i = begin; i < end; ++i) s += squared(x[i]);
+    for (size_t i = begin; i < end; ++i) {
+      const double v = load_elem(x + i);
+      s += v * v;
+    }
     partial[c] = s;
   }
   double total = 0.0;

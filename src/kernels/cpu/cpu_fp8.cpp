@@ -22,16 +22,13 @@ float* fp8_scratch(int slot, size_t n) {
   return v.data();
 }
 
-inline float value(float x) { return x; }
-inline float value(bf16_t x) { return to_float(x); }
-
 // src through format f at the tensorwise scale of amax, back in float (slot's scratch).
 template <class T>
 const float* quantized(int slot, const T* src, size_t n, float amax, Fp8Format f) {
   float* dst = fp8_scratch(slot, n);
   const float s = fp8_scale(amax, f), inv = 1.0f / s;  // powers of two: both products exact
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
-  for (size_t i = 0; i < n; ++i) dst[i] = fp8_round(value(src[i]) * s, f) * inv;
+  for (size_t i = 0; i < n; ++i) dst[i] = fp8_round(load_elem(src + i) * s, f) * inv;
   return dst;
 }
 
@@ -43,7 +40,7 @@ void absmax_of(float* out, const T* x, size_t n) {
                                                     : m) reduction(|| \
                                                                    : nan) if (n >= kParallelMin)
   for (size_t i = 0; i < n; ++i) {
-    const float a = std::fabs(value(x[i]));
+    const float a = std::fabs(load_elem(x + i));
     if (a > m) m = a;
     nan = nan || a != a;
   }
@@ -57,7 +54,7 @@ void forward_fp8(float* o, const T* inp, const T* weight, const T* bias, int N, 
   const float* b = nullptr;
   if (bias != nullptr) {
     float* wb = fp8_scratch(3, size_t(OC));
-    for (int i = 0; i < OC; ++i) wb[i] = value(bias[i]);
+    for (int i = 0; i < OC; ++i) wb[i] = load_elem(bias + i);
     b = wb;
   }
   matmul_forward(o, quantized(1, inp, size_t(N) * IC, amax[0], Fp8Format::e4m3),
