@@ -262,7 +262,8 @@ def test_window_warmup_gives_the_same_curve_on_every_grid_and_resumes_exactly(tm
     (["--model.logit_softcap", -30], "model.logit_softcap"),
     (["--model.attn_scale", 1000], "model.attn_scale"),
     (["--model.mup_base_width", 16, "--optim.name", "sgd"], "model.mup_base_width"),
-    (["--run.fp8", "rowwise"], "run.fp8")])
+    (["--run.fp8", "rowwise"], "run.fp8"),
+    (["--train.activations_every", 2, "--data.val", ""], "train.activations_every")])
 def test_bad_schedule_keys_stop_every_rank(tmp_path, args, needle):
     """The schedule, objective and parametrization keys (window warmup, batch ramp, lr by
     sequences, run length, frozen tensors, z-loss, decay shape, logit cap, attention scale, μP)

@@ -84,6 +84,7 @@ def test_help_lists_every_key_with_defaults():
     (["--run.fp8", "e4m3"], ["run.fp8", "off or tensorwise"]),
     (["--run.fp8_skip", "h/0/*"], ["run.fp8_skip", "needs run.fp8"]),
     (["--run.fp8_head", "true"], ["run.fp8_head", "needs run.fp8"]),
+    (["--train.activations_every", "-1"], ["train.activations_every", ">= 0"]),
     (["--run.fp8", "tensorwise", "--run.fp8_head", "true", "--train.logits_chunk", "24"],
      ["run.fp8_head", "train.logits_chunk (24)", "multiple of 16"]),
     (["--run.fp8", "tensorwise", "--run.fp8_skip", "h/0/*, h/5/*"],
