@@ -883,6 +883,10 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
         raise ConvertError(f"{path}: the model is μP-parametrized (model.mup_base_width = "
                            f"{a['mup_base_width']}: logits times 1/m, another attention scale); "
                            f"the export formats hold neither")
+    if int(a.get("moe_experts", 0)):  # none of the formats holds experts
+        raise ConvertError(f"{path}: the model's MLPs are mixtures of {a['moe_experts']} experts "
+                           f"(model.moe_experts); the export formats (GPT-2's, llm.c's, Hugging "
+                           f"Face's Llama, Qwen2, Qwen3 and Mistral) hold dense MLPs only")
     if float(a.get("attn_scale", 0.0)):  # the formats scale the scores by 1/sqrt(head width)
         raise ConvertError(f"{path}: the model scales its attention scores by {a['attn_scale']} "
                            f"(model.attn_scale); the export formats scale them by 1/sqrt(head "

@@ -69,7 +69,8 @@ def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
     """Parameter names and shapes of DESIGN.md §3 from the /model attributes (no wpe when the
     attribute position is rope: rotary positions; no LayerNorm biases when norm is rmsnorm;
     c_attn's k and v rows for n_kv_head heads; q_norm and k_norm [head_dim] when qk_norm is 1;
-    c_attn's bias alone when bias is 0 and qkv_bias 1)."""
+    c_attn's bias alone when bias is 0 and qkv_bias 1; moe_experts E > 0: experts/c_fc [E, F, C],
+    experts/c_proj [E, C, H] and router [E, C] instead of the MLP's tensors)."""
     L, C, T, V = (int(a[k]) for k in ("n_layer", "n_embd", "seq_len", "padded_vocab_size"))
     H = int(a["n_head"])
     # c_attn: q (C rows), then k and v with n_kv_head heads of C / n_head rows (absent: n_head)
@@ -103,6 +104,16 @@ def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
         for i in range(L):
             p = f"h/{i}/mlp/"
             s.update({p + "c_fc/weight": (F, C), p + "c_fc/bias": (F,), p + "c_proj/weight": (C, H)})
+    E = int(a.get("moe_experts", 0))
+    if E > 0:  # model.moe_experts: the experts' MLPs (no biases) and the router replace the MLP
+        H = int(a.get("mlp_hidden", 4 * C))
+        F = 2 * H if a.get("mlp", "gelu") == "swiglu" else H
+        for i in range(L):
+            p = f"h/{i}/mlp/"
+            for k in ("c_fc/weight", "c_fc/bias", "c_proj/weight", "c_proj/bias"):
+                s.pop(p + k, None)
+            s.update({p + "experts/c_fc/weight": (E, F, C), p + "experts/c_proj/weight": (E, C, H),
+                      p + "router/weight": (E, C)})
     if int(a.get("tie_embeddings", 1)) == 0:  # an output layer of its own
         s["lm_head/weight"] = (V, C)
     if int(a.get("bias", 1)) == 0:  # model.bias = false (model.qkv_bias: c_attn's kept)

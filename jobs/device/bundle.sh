@@ -52,6 +52,7 @@ if [[ -e $L/libopenblas.a ]]; then cfg+=(-DBLA_STATIC=ON); else log "no libopenb
 
 if [[ ${BUNDLE_SKIP_BUILD:-0} != 1 ]]; then
   gen=(); [[ -f $BUILD/CMakeCache.txt ]] || gen=(-G Ninja)
+  mkdir -p "$BUILD"
   log "configure $BUILD"
   cmake -S . -B "$BUILD" "${gen[@]}" "${cfg[@]}" >"$BUILD/bundle-configure.log" 2>&1 \
     || { tail -30 "$BUILD/bundle-configure.log"; die "configure failed (log: $BUILD/bundle-configure.log)"; }

@@ -227,6 +227,9 @@ int main(int argc, char** argv) {
     shape.tied = m.tied;
     shape.n_kv_head = int(m.n_kv_head);
     shape.qk_norm = m.qk_norm;
+    shape.moe_experts = int(m.moe_experts);
+    shape.moe_top_k = int(m.moe_top_k);
+    shape.moe_normalize = m.moe_normalize;
     TRIAD_CHECK(!bf16 || m.n_embd % 2 == 0,
                 "--precision bf16 needs an even n_embd (the checkpoint's is ", m.n_embd, ")");
     TRIAD_CHECK(m.n_head % tp == 0, "--tp ", tp, " does not divide the model's ", m.n_head,

@@ -690,6 +690,16 @@ CheckpointState read_state(hid_t file) {
   TRIAD_CHECK(s.model.mup_base_width >= 0 && s.model.mup_base_width <= (int64_t(1) << 20),
               "attribute mup_base_width of /model is ", s.model.mup_base_width,
               ", not in [0, 2^20]");
+  s.model.moe_experts = io::read_int64_attr(model, "moe_experts").value_or(0);
+  TRIAD_CHECK(s.model.moe_experts >= 0 && s.model.moe_experts <= 256,
+              "attribute moe_experts of /model is ", s.model.moe_experts, ", not in [0, 256]");
+  if (s.model.moe_experts > 0) {
+    s.model.moe_top_k = io::read_int64_attr(model, "moe_top_k").value_or(0);
+    TRIAD_CHECK(s.model.moe_top_k >= 1 && s.model.moe_top_k <= s.model.moe_experts,
+                "attribute moe_top_k of /model is ", s.model.moe_top_k, ", not in [1, ",
+                s.model.moe_experts, "] (moe_experts)");
+    s.model.moe_normalize = flag("moe_normalize");
+  }
   s.model.logit_softcap = io::read_double_attr(model, "logit_softcap").value_or(0.0);
   TRIAD_CHECK(std::isfinite(s.model.logit_softcap) && s.model.logit_softcap >= 0 &&
                   s.model.logit_softcap <= 1e4,
@@ -1057,6 +1067,11 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
             io::write_double_attr(model, "attn_scale", state.model.attn_scale);
           if (state.model.mup_base_width > 0)  // 0: the standard parametrization
             io::write_int64_attr(model, "mup_base_width", state.model.mup_base_width);
+          if (state.model.moe_experts > 0) {  // 0: dense MLPs
+            io::write_int64_attr(model, "moe_experts", state.model.moe_experts);
+            io::write_int64_attr(model, "moe_top_k", state.model.moe_top_k);
+            io::write_int64_attr(model, "moe_normalize", state.model.moe_normalize ? 1 : 0);
+          }
           if (state.model.logit_softcap > 0)  // 0: no cap
             io::write_double_attr(model, "logit_softcap", state.model.logit_softcap);
           if (state.model.n_kv_head > 0)  // 0: not given (n_head)

@@ -90,7 +90,9 @@ struct MetricsWriter::Impl {
                                      {"step_ms", false},
                                      {"tokens", true},
                                      {"skipped", false},
-                                     {"z_loss", false}});
+                                     {"z_loss", false},
+                                     {"moe_aux_loss", false},
+                                     {"moe_max_load", false}});
   Table val = make_table("val", {{"step", true},
                                  {"loss", false},
                                  {"accuracy", false},
@@ -352,6 +354,8 @@ void MetricsWriter::append(const TrainRow& r) {
   t.col(7).ints.push_back(r.tokens);
   t.col(8).doubles.push_back(r.skipped);
   t.col(9).doubles.push_back(r.z_loss);
+  t.col(10).doubles.push_back(r.moe_aux_loss);
+  t.col(11).doubles.push_back(r.moe_max_load);
   if (t.col(0).buffered() >= kAutoFlushRows) flush();
 }
 

@@ -35,6 +35,24 @@ std::vector<LayerTensor> all_layer_tensors(const GptShape& shape) {
   // NH/NKV blocks (1 without grouped-query attention). A = NH·hd (C unless model.head_dim).
   const int64_t W = shape.qkv_rows(), hd = shape.hd(), A = shape.attn_width();
   const int q_blocks = shape.n_head / shape.kv_heads();
+  if (shape.moe()) {  // the experts' MLPs (no biases: their slots stay, has_tensor drops them)
+    const int64_t E = shape.moe_experts;
+    return {{"ln_1/weight", {C}, -1, 1},
+            {"ln_1/bias", {C}, -1, 1},
+            {"attn/c_attn/weight", {W, C}, 0, q_blocks + 2},
+            {"attn/c_attn/bias", {W}, 0, q_blocks + 2},
+            {"attn/q_norm/weight", {hd}, -1, 1},
+            {"attn/k_norm/weight", {hd}, -1, 1},
+            {"attn/c_proj/weight", {C, A}, 1, q_blocks},
+            {"attn/c_proj/bias", {C}, -1, 1},
+            {"ln_2/weight", {C}, -1, 1},
+            {"ln_2/bias", {C}, -1, 1},
+            {"mlp/experts/c_fc/weight", {E, F, C}, 1, fc_blocks},
+            {"mlp/experts/c_fc/bias", {E, F}, 1, fc_blocks},
+            {"mlp/experts/c_proj/weight", {E, C, H}, 2, 1},
+            {"mlp/experts/c_proj/bias", {E, C}, -1, 1},
+            {"mlp/router/weight", {E, C}, -1, 1}};  // replicated: every rank routes alike
+  }
   return {{"ln_1/weight", {C}, -1, 1},
           {"ln_1/bias", {C}, -1, 1},
           {"attn/c_attn/weight", {W, C}, 0, q_blocks + 2},
@@ -54,6 +72,7 @@ std::vector<LayerTensor> all_layer_tensors(const GptShape& shape) {
 // Whether a model of this shape has the tensor of a layer (or ln_f) with this name suffix.
 bool has_tensor(const GptShape& shape, const std::string& suffix) {
   if (suffix.ends_with("_norm/weight") && suffix.starts_with("attn/")) return shape.qk_norm;
+  if (suffix.starts_with("mlp/experts/")) return !suffix.ends_with("/bias");
   if (!suffix.ends_with("/bias")) return true;
   if (!shape.bias) return shape.qkv_bias && suffix == "attn/c_attn/bias";
   return !(shape.rmsnorm && suffix.starts_with("ln_"));
@@ -365,6 +384,9 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
               "positions that restart at each document need a document mask");
   TRIAD_CHECK(shape.hidden() % mp.tp == 0, "the MLP's ", shape.hidden(),
               " hidden units do not split over tp = ", mp.tp);
+  TRIAD_CHECK(!shape.moe() || (shape.moe_top_k >= 1 && shape.moe_top_k <= shape.moe_experts),
+              "a mixture of ", shape.moe_experts, " experts cannot route each token to ",
+              shape.moe_top_k);
   TRIAD_CHECK(!shape.rope || shape.hd() % 2 == 0,
               "rotary positions need an even head dimension (got ", shape.hd(), ")");
   TRIAD_ASSERT(mp.pp >= 1 && mp.virtual_stages >= 1);
@@ -398,6 +420,7 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
   {
     const std::vector<LayerTensor> all = all_layer_tensors(shape);
     int at = 0;
+    std::fill(std::begin(layer_slot_), std::end(layer_slot_), -1);  // a dense MLP has no router
     for (size_t k = 0; k < all.size(); ++k)
       layer_slot_[k] = has_tensor(shape, all[k].name) ? at++ : -1;
     layer_count_ = at;
@@ -452,6 +475,9 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
   // Inference: one set per chunk, as without a schedule (forward passes run chunk by chunk).
   const ActivationSlots a = activation_slots(mp, inference_ ? nullptr : schedule, also);
   split_backward_ = a.split_backward;
+  TRIAD_CHECK(!split_backward_ || !shape.moe(),
+              "a mixture of experts (model.moe_experts) does not run under a zero-bubble pipeline "
+              "schedule (its backward is not split into input and weight passes)");
   grad_pools_ = a.grad_pools;
   planned_slots_ = a.slots;
   // The weight pass reads each layer's matmul inputs from its activation set; full
@@ -700,8 +726,16 @@ int64_t Gpt::num_parameters(const GptShape& shape) {
   return n - (shape.tied ? 1 : 2) * pad;
 }
 
+int64_t Gpt::active_parameters(const GptShape& shape) {
+  int64_t idle = 0;  // the experts a token does not use
+  for (const auto& s : gpt_parameter_layout(shape))
+    if (is_expert_tensor(s.name))
+      idle += int64_t(s.numel) / shape.moe_experts * (shape.moe_experts - shape.moe_top_k);
+  return num_parameters(shape) - idle;
+}
+
 double Gpt::flops_per_token(const GptShape& shape) {
-  return 6.0 * double(num_parameters(shape)) +
+  return 6.0 * double(active_parameters(shape)) +
          6.0 * shape.n_layer * double(shape.attn_width()) * double(shape.seq_len);
 }
 
@@ -729,8 +763,13 @@ double Gpt::layer_recompute_flops_per_token(const GptShape& shape) {
   // c_attn, attn.c_proj and c_fc forward (2·(W + A + F)·C per token, W = c_attn's outputs: 3C
   // for GPT-2, A = the attention's width: C for GPT-2, F = c_fc's: 4C for GPT-2), attention
   // forward (2·A·T as in the model's 6·A·T).
+  // A mixture of experts: k experts' c_fc per token, the router, and the experts' c_proj (the
+  // gates' gradient reads their outputs).
   const double C = shape.n_embd, A = shape.attn_width();
-  return 2.0 * (double(shape.qkv_rows()) + A + shape.fc_rows()) * C + 2.0 * A * shape.seq_len;
+  const double fc =
+      shape.moe() ? double(shape.fc_rows() + shape.hidden()) * shape.moe_top_k + shape.moe_experts
+                  : double(shape.fc_rows());
+  return 2.0 * (double(shape.qkv_rows()) + A + fc) * C + 2.0 * A * shape.seq_len;
 }
 
 void Gpt::init(uint64_t seed) {
@@ -750,7 +789,7 @@ void Gpt::init(uint64_t seed) {
       std::fill(full.begin(), full.end(), 1.0f);
     } else if (!is_bias) {
       const bool residual = t.name.ends_with("c_proj/weight");
-      const bool matrix = t.name.starts_with("h/") && t.shape.size() == 2;
+      const bool matrix = t.name.starts_with("h/") && t.shape.size() >= 2;
       const double std = (residual ? residual_std : 0.02) * (matrix ? hidden : 1.0);
       size_t n = t.numel;
       if (has_vocabulary_rows(t.name))  // padding rows 0

@@ -44,7 +44,15 @@ struct Gpt::Set {
     A* ln2;                      // ln_2(residual2)
     float *ln2_mean, *ln2_rstd;  //
     A *fch, *fch_gelu, *fcproj;  // MLP (local hidden units; fcproj shared like attproj)
-    A* residual3;                // residual2 + mlp: the layer's output
+    // Mixture of experts (GptShape::moe): fch and fch_gelu hold the experts' N·k rows in expert
+    // order, moe_x their inputs and moe_y their outputs (partial sums over tp); the router's
+    // probabilities [N, E], gates [N, k], choices and their places in expert order (ints [N, k]),
+    // and the rows of each expert (host).
+    A *moe_x = nullptr, *moe_y = nullptr;
+    float *moe_probs = nullptr, *moe_gate = nullptr;
+    int32_t *moe_expert = nullptr, *moe_slot = nullptr;
+    std::vector<int> moe_counts;
+    A* residual3;  // residual2 + mlp: the layer's output
     // A split backward (zero-bubble schedule): the output gradients of the four linear layers,
     // over all rows, that the input-gradient pass leaves for the weight pass — mlp.c_proj's
     // (C), c_fc's pre-activation (fc_rows/tp), attn.c_proj's (C) and c_attn's (qkv_rows/tp: 3C/tp
@@ -76,6 +84,11 @@ struct Gpt::Activations {
   A* gelu_work = nullptr;
   Layer work{};
   float* datt_scratch = nullptr;  // fp32 attention backward only
+  // Mixture of experts: the router's logits (forward) or their gradient (backward) [N, E]; the
+  // experts' output gradients in expert order, then their input gradients [N·k, C]; the gates'
+  // gradients [N, k]; the load-balancing loss's gradient per expert [E].
+  A *moe_logits = nullptr, *moe_dy = nullptr;
+  float *moe_dgate = nullptr, *moe_aux = nullptr;
   // tp > 1, last stage: the vocabulary-parallel cross-entropy's row statistics of one chunk of
   // logits (4 per row).
   float* ce_stats = nullptr;
@@ -115,6 +128,8 @@ struct Gpt::Activations {
     // The MLP's widths on this rank: c_fc's outputs (the pre-activation, Fl) and the hidden
     // activation c_proj reads (Hl): 4C/tp both for GPT-2, 2·H/tp and H/tp for SwiGLU.
     const size_t Fl = size_t(s.fc_rows()) / size_t(mp.tp), Hl = size_t(s.hidden()) / size_t(mp.tp);
+    // The MLP's rows: each token's k copies under a mixture of experts.
+    const size_t K = s.moe() ? size_t(s.moe_top_k) : 1, E = size_t(s.moe_experts);
     const size_t nh = size_t(B) * size_t(s.n_head / mp.tp) * size_t(mp.seq_rows(s.seq_len));
     // Probabilities, or log-sum-exp. Context parallel: each of the two pieces' queries against
     // the keys up to its end (piece·(start + piece) per head; 2·cp + 1 pieces² together).
@@ -124,8 +139,10 @@ struct Gpt::Activations {
                                     : nh / (2 * piece) * piece * piece * size_t(2 * mp.cp + 1);
     std::vector<std::pair<A**, size_t>> plan;
     std::vector<std::pair<float**, size_t>> plan_f;
+    std::vector<std::pair<int32_t**, size_t>> plan_i;
     auto want = [&plan](A*& p, size_t n) { plan.emplace_back(&p, n); };
     auto want_f = [&plan_f](float*& p, size_t n) { plan_f.emplace_back(&p, n); };
+    auto want_i = [&plan_i](int32_t*& p, size_t n) { plan_i.emplace_back(&p, n); };
     // RMSNorm keeps no means: the null mean is what makes the LayerNorm ops normalize by the root
     // mean square (backend.h).
     const bool means = !s.rmsnorm;
@@ -146,8 +163,16 @@ struct Gpt::Activations {
       if (!sp) want(L.ln2, R * C);
       if (means) want_f(L.ln2_mean, R);
       want_f(L.ln2_rstd, R);
-      want(L.fch, BT * Fl);
-      if (gelu_out) want(L.fch_gelu, BT * Hl);
+      want(L.fch, BT * K * Fl);
+      if (gelu_out) want(L.fch_gelu, BT * K * Hl);
+      if (s.moe()) {
+        want(L.moe_x, BT * K * C);
+        want(L.moe_y, BT * K * C);
+        want_f(L.moe_probs, BT * E);
+        want_f(L.moe_gate, BT * K);
+        want_i(L.moe_expert, BT * K);
+        want_i(L.moe_slot, BT * K);
+      }
       if (sp) {
         want(L.ln1g, BT * C);
         want(L.ln2g, BT * C);
@@ -196,14 +221,20 @@ struct Gpt::Activations {
       want(datty, BT * Al);
       if (!split_backward) want(dqkv, BT * Wl);  // else each layer's own
       if (kFp32) want_f(datt_scratch, att);
-      if (!split_backward) want(dfch, BT * Fl);
-      want(dfch_gelu, BT * Hl);
+      if (!split_backward) want(dfch, BT * K * Fl);
+      want(dfch_gelu, BT * K * Hl);
+      if (s.moe()) {
+        want(moe_dy, BT * K * C);
+        want_f(moe_dgate, BT * K);
+        want_f(moe_aux, E);
+      }
     }
+    if (s.moe() && mp.rank_layers(s.n_layer) > 0) want(moe_logits, BT * E);
     if (mp.holds_head()) {  // it holds the last chunk
       want(logits, size_t(logits_rows) * Vl);
       if (mp.tp > 1) want_f(ce_stats, 4 * size_t(logits_rows));
     }
-    if (any_recompute && recompute.mode == Recompute::gelu) want(gelu_work, BT * Hl);
+    if (any_recompute && recompute.mode == Recompute::gelu) want(gelu_work, BT * K * Hl);
     if (any_recompute && recompute.mode == Recompute::full) want_internals(work, true);
     want(proj, R * C);
     if (sp) want(ln_local, R * C);
@@ -227,6 +258,7 @@ struct Gpt::Activations {
     for (auto& g : grad_sends) want(g, R * C);
     base_ = carve(plan, total_);
     base_f_ = carve(plan_f, total_f_);
+    if (!plan_i.empty()) base_i_ = carve(plan_i, total_i_);
     if (be_ == nullptr) return;  // sizes only: no buffers to alias
     // Buffers shared by every layer: the projections' outputs (consumed by the residual add)
     // and, under sequence parallelism, the local LayerNorm outputs (backward reads the gathered
@@ -263,10 +295,13 @@ struct Gpt::Activations {
     if (be_ == nullptr) return;
     free(base_);
     free(base_f_);
+    if (base_i_ != nullptr) be_->free_ints(base_i_);
   }
   Activations(const Activations&) = delete;
   Activations& operator=(const Activations&) = delete;
-  size_t bytes() const { return total_ * sizeof(A) + total_f_ * sizeof(float); }
+  size_t bytes() const {
+    return total_ * sizeof(A) + total_f_ * sizeof(float) + total_i_ * sizeof(int32_t);
+  }
 
  private:
   // One allocation for all the planned buffers of type T (each 64-byte aligned), then aliases.
@@ -288,6 +323,8 @@ struct Gpt::Activations {
   T* alloc(size_t n) {
     if constexpr (std::is_same_v<T, float>)
       return be_->alloc(n);
+    else if constexpr (std::is_same_v<T, int32_t>)
+      return be_->alloc_ints(n);
     else
       return be_->alloc_bf16(n);
   }
@@ -297,7 +334,8 @@ struct Gpt::Activations {
   Backend* be_;  // null: planned, not allocated
   A* base_ = nullptr;
   float* base_f_ = nullptr;
-  size_t total_ = 0, total_f_ = 0;
+  int32_t* base_i_ = nullptr;  // mixture of experts: the router's choices
+  size_t total_ = 0, total_f_ = 0, total_i_ = 0;
 };
 
 }  // namespace triad

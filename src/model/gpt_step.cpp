@@ -24,19 +24,20 @@ template <class T>
 struct LayerTensors {
   T *ln1w, *ln1b, *qkvw, *qkvb, *qnw, *knw, *projw, *projb, *ln2w, *ln2b, *fcw, *fcb, *fcprojw,
       *fcprojb;
+  T* routerw;  // model.moe_experts (fcw and fcprojw then hold every expert's, one after another)
 };
 
-// The layer's tensors are specs[first ..]; pos[k] is where the k-th of its 14 possible ones (in
+// The layer's tensors are specs[first ..]; pos[k] is where the k-th of its 15 possible ones (in
 // all_layer_tensors' order) sits among them, -1 for a bias or norm the model does not have (a
 // null pointer, as the ops take it). base holds buffer element `origin` at base[0].
 template <class T>
 LayerTensors<T> layer_tensors(T* base, const std::vector<ParamSpec>& specs, int first,
-                              const int (&pos)[14], size_t origin = 0) {
+                              const int (&pos)[15], size_t origin = 0) {
   auto at = [&](int k) -> T* {
     return pos[k] < 0 ? nullptr : base + (specs[size_t(first + pos[k])].offset - origin);
   };
-  return {at(0), at(1), at(2), at(3),  at(4),  at(5),  at(6),
-          at(7), at(8), at(9), at(10), at(11), at(12), at(13)};
+  return {at(0), at(1), at(2),  at(3),  at(4),  at(5),  at(6), at(7),
+          at(8), at(9), at(10), at(11), at(12), at(13), at(14)};
 }
 
 // gr without the gradients of frozen linear-layer tensors (train.freeze; frozen: per spec, empty
@@ -44,7 +45,7 @@ LayerTensors<T> layer_tensors(T* base, const std::vector<ParamSpec>& specs, int 
 // bias is gone too (the ops take a weight gradient without a bias gradient, not the reverse).
 // The norms' stay: their ops form them with the input gradient.
 LayerTensors<float> without_frozen(LayerTensors<float> gr, const std::vector<char>& frozen,
-                                   int first, const int (&pos)[14]) {
+                                   int first, const int (&pos)[15]) {
   if (frozen.empty()) return gr;
   auto is_frozen = [&](int k) { return pos[k] >= 0 && frozen[size_t(first + pos[k])] != 0; };
   auto drop = [&](float*& w, int kw, float*& b, int kb) {
@@ -55,6 +56,7 @@ LayerTensors<float> without_frozen(LayerTensors<float> gr, const std::vector<cha
   drop(gr.projw, 6, gr.projb, 7);
   drop(gr.fcw, 10, gr.fcb, 11);
   drop(gr.fcprojw, 12, gr.fcprojb, 13);
+  if (is_frozen(14)) gr.routerw = nullptr;
   return gr;
 }
 
@@ -321,7 +323,9 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
                                  w.ln2b, n, C, shape_.norm_eps);
   const A* ln2 = gather_rows(L.ln2, L.ln2g, N);
   const int Hl = shape_.hidden() / mp_.tp;
-  if (shape_.swiglu) {
+  if (shape_.moe()) {
+    moe_front<A>(L, ln2, w.fcw, w.routerw, N);
+  } else if (shape_.swiglu) {
     linear_forward(fp8_site(l, 2), L.fch, ln2, w.fcw, w.fcb, N, C, 2 * Hl);
     be_.swiglu_forward(L.fch_gelu, L.fch, N, Hl);
   } else {
@@ -389,8 +393,11 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T, int pos0) {
     const A* fcprojb = mp_.tp_rank == 0 ? w.fcprojb : nullptr;  // bias added once
     layer_front(S, g, i, B, T, pos0);
     A* fcproj = sp ? full : L.fcproj;
-    linear_forward(fp8_site(first_layer + i, 3), fcproj, L.fch_gelu, w.fcprojw, fcprojb, N,
-                   shape_.hidden() / mp_.tp, C);
+    if (shape_.moe())
+      moe_output<A>(L, fcproj, w.fcprojw, N);
+    else
+      linear_forward(fp8_site(first_layer + i, 3), fcproj, L.fch_gelu, w.fcprojw, fcprojb, N,
+                     shape_.hidden() / mp_.tp, C);
     reduce_rows(fcproj, L.fcproj, N);
     if (i + 1 < per_chunk) {
       auto& next = S.layers[size_t(i + 1)];
@@ -569,9 +576,12 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
       // the fused residual add + LayerNorm did).
       be_.layernorm_forward(L.ln1, L.ln1_mean, L.ln1_rstd, x_in, w.ln1w, w.ln1b, n, C,
                             shape_.norm_eps);
+      recomputing_ = true;  // the routing statistics were counted by the forward pass
       layer_front(S, g, i, B, T);
+      recomputing_ = false;
+      if (shape_.moe()) moe_output<A>(L, nullptr, w.fcprojw, N);  // the gates' gradient reads them
     } else if (recompute == Recompute::gelu && !split) {  // split: only the weight pass reads it
-      mlp_activation(L.fch_gelu, L.fch, N);
+      mlp_activation(L.fch_gelu, L.fch, mlp_rows(N));
     }
     // Split: no weight or bias gradients here, and the output gradients kept in the set.
     auto wgrad = [split](float* p) { return split ? nullptr : p; };
@@ -582,7 +592,10 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     const A* dres =
         split ? keep_rows(a.dresidual, L.dfcproj, N) : gather_rows(a.dresidual, a.full, N);
     const int Hl = shape_.hidden() / mp_.tp, Fl = shape_.fc_rows() / mp_.tp;
-    if (shape_.swiglu) {  // c_proj's input gradient, then through the SwiGLU into c_fc's outputs
+    if (shape_.moe()) {
+      moe_backward<A>(L, dpart, gr.fcw, gr.fcprojw, gr.routerw, dres, L.ln2g, w.fcw, w.fcprojw,
+                      w.routerw, N);
+    } else if (shape_.swiglu) {  // c_proj's input gradient, then through the SwiGLU into c_fc's
       linear_backward(fp8_site(first_layer + i, 3), a.dfch_gelu, wgrad(gr.fcprojw),
                       wgrad(gr.fcprojb), dres, L.fch_gelu, w.fcprojw, N, Hl, C, kSet);
       be_.swiglu_backward(dfch, L.fch, a.dfch_gelu, N, Hl, kSet);
@@ -590,8 +603,9 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
       linear_backward_gelu(fp8_site(first_layer + i, 3), dfch, a.dfch_gelu, wgrad(gr.fcprojw),
                            wgrad(gr.fcprojb), dres, L.fch_gelu, L.fch, w.fcprojw, N, Hl, C, kSet);
     }
-    linear_backward(fp8_site(first_layer + i, 2), dpart, wgrad(gr.fcw), wgrad(gr.fcb), dfch, L.ln2g,
-                    w.fcw, N, C, Fl, kSet);
+    if (!shape_.moe())
+      linear_backward(fp8_site(first_layer + i, 2), dpart, wgrad(gr.fcw), wgrad(gr.fcb), dfch,
+                      L.ln2g, w.fcw, N, C, Fl, kSet);
     reduce_rows(dpart, a.dln, N);
     layernorm_backward(a.dresidual, gr.ln2w, gr.ln2b, a.dln, L.residual2, w.ln2w, L.ln2_mean,
                        L.ln2_rstd, n);
@@ -648,7 +662,7 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
 // the CPU backend the gradients are bit for bit those of 1F1B).
 template <class A>
 void Gpt::weight_chunk(int chunk, Set<A>& S, int B, int T) {
-  TRIAD_ASSERT(split_backward_ && !bucketed_);
+  TRIAD_ASSERT(split_backward_ && !bucketed_ && !shape_.moe());
   const int C = shape_.n_embd, Al = shape_.attn_width() / mp_.tp, N = B * T;
   const int Wl = shape_.qkv_rows() / mp_.tp;
   const int g = mp_.global_chunk(chunk), per_chunk = mp_.chunk_layers(g, shape_.n_layer);
@@ -684,6 +698,7 @@ ForwardStats Gpt::forward_backward_t(const int32_t* inputs, const int32_t* targe
   // A bucket holds one micro-batch's gradient: the ends start from zero (each layer's bucket is
   // zeroed as its backward begins).
   if (bucketed_) be_.zero(grad_ends_, ends_floats());
+  dloss_scale_ = dloss_scale;
   const int T = shape_.seq_len, Tl = mp_.seq_rows(T);  // rows per sequence here: Tl
   TRIAD_ASSERT(B >= 1 && B <= max_batch_);
   Set<A>& S = acts<A>().sets[0][0];

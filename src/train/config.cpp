@@ -95,6 +95,14 @@ class KeyTable {
         "count stays fixed; where the heads keep their width and grow in number set "
         "model.attn_scale = 1/sqrt(head width)); a learning rate tuned at the base width then "
         "carries over to wider models. 0: the standard parametrization");
+    add("model.moe_experts", c.model.moe_experts,
+        "a mixture of experts: every layer's MLP becomes this many expert MLPs of "
+        "model.mlp_hidden units (gelu or swiglu, no biases) and a router that sends each token "
+        "to model.moe_top_k of them (dropless); 0: a dense MLP");
+    add("model.moe_top_k", c.model.moe_top_k, "experts per token (with model.moe_experts)");
+    add("model.moe_normalize", c.model.moe_normalize,
+        "the chosen experts' router probabilities renormalized to sum 1 (Mixtral's; false: kept "
+        "as they are, as Switch and DeepSeek)");
     add("model.norm_eps", c.model.norm_eps,
         "epsilon of the LayerNorms or RMSNorms (and QK-norms): 1e-5 as GPT-2 and Llama, 1e-6 "
         "as Qwen2");
@@ -154,6 +162,10 @@ class KeyTable {
         "z-loss coefficient c (PaLM's 1e-4): c·(log Z)² per token joins the training loss, Z the "
         "softmax's normalizer; the logged loss stays the cross-entropy, /train/z_loss the mean "
         "term (0: none)");
+    add("train.moe_aux_loss", c.train.moe_aux_loss,
+        "with model.moe_experts: the load-balancing loss coefficient α (Switch's 0.01): α·E·Σ_e "
+        "f_e·P_e per token joins the training loss (f_e: expert e's share of the choices, P_e: "
+        "its mean router probability); /train/moe_aux_loss logs the mean term (0: none)");
     add("train.activations_every", c.train.activations_every,
         "every N steps (0: never), before the step: the root mean square of each block's "
         "attention and MLP outputs and residual stream on the first validation micro-batch "
@@ -732,6 +744,26 @@ void validate(const Config& c, int world_size) {
   check(m.mup_base_width == 0 || c.optim.name != "sgd", "model.mup_base_width",
         "μP's learning-rate rules here are Adam's (Muon's matrices keep Muon's own): use "
         "optim.name = adamw or muon, not sgd");
+  check(m.moe_experts >= 0 && m.moe_experts <= 256, "model.moe_experts",
+        "must be in [0, 256] (0: a dense MLP; got " + std::to_string(m.moe_experts) + ")");
+  if (m.moe_experts > 0) {
+    check(m.moe_top_k >= 1 && m.moe_top_k <= m.moe_experts, "model.moe_top_k",
+          "must be in [1, model.moe_experts = " + std::to_string(m.moe_experts) + "] (got " +
+              std::to_string(m.moe_top_k) + ")");
+    check(m.mup_base_width == 0, "model.moe_experts",
+          "a mixture of experts has no μP rules here (model.mup_base_width must be 0)");
+    check(c.optim.name != "muon", "model.moe_experts",
+          "Muon does not orthogonalize the experts' [E, ...] weights yet: use optim.name = adamw "
+          "or sgd");
+    check(c.run.fp8 == "off", "model.moe_experts",
+          "the experts' products have no FP8 path yet: run.fp8 must be off");
+    check(c.parallel.schedule != "zb-h1" && c.parallel.schedule != "zb-v", "model.moe_experts",
+          "a mixture of experts' backward is not split into input and weight passes: "
+          "parallel.schedule = " +
+              c.parallel.schedule +
+              " needs that (use 1f1b, gpipe or "
+              "interleaved)");
+  }
   check(m.mlp_hidden >= 0, "model.mlp_hidden",
         "must be >= 0 (0: the default width; got " + std::to_string(m.mlp_hidden) + ")");
   if (m.position == "rope") {
@@ -834,6 +866,8 @@ void validate(const Config& c, int world_size) {
         "must be a finite number >= 0 (0: off)");
   check(std::isfinite(t.z_loss) && t.z_loss >= 0 && t.z_loss <= 1, "train.z_loss",
         "must be a number in [0, 1] (PaLM's 1e-4; 0: none)");
+  check(std::isfinite(t.moe_aux_loss) && t.moe_aux_loss >= 0 && t.moe_aux_loss <= 1,
+        "train.moe_aux_loss", "must be a number in [0, 1] (Switch's 0.01; 0: none)");
   check(t.norms_every >= 0, "train.norms_every", "must be >= 0 (0: never)");
   check(t.activations_every >= 0, "train.activations_every", "must be >= 0 (0: never)");
   check(t.activations_every == 0 || !c.data.val.empty(), "train.activations_every",

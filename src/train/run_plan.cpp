@@ -20,19 +20,20 @@ double stage_flops_per_token(const std::vector<ParamSpec>& specs, const GptShape
                              const ModelParallel& mp, int layers) {
   double weights = 0;
   for (const auto& s : specs) {
-    if (s.shape.size() != 2 || s.name == "wpe/weight") continue;
+    if (s.name == "wpe/weight") continue;
     // wte is only looked up where it is not the head (the first stages; every stage untied).
     if (s.name == "wte/weight" && (!mp.holds_head() || !shape.tied)) continue;
-    weights += double(s.numel);
+    weights += matmul_weights_per_token(s.numel, s.name, s.shape.size(), shape);
   }
   return 6.0 * weights + 6.0 * layers * double(shape.attn_width() / mp.tp) * double(shape.seq_len);
 }
 
 // 2 FLOPs per weight of the layers' linear layers per token: their weight gradients.
-double weight_grad_flops_per_token(const std::vector<ParamSpec>& specs) {
+double weight_grad_flops_per_token(const std::vector<ParamSpec>& specs, const GptShape& shape) {
   double weights = 0;
   for (const auto& s : specs)
-    if (s.shape.size() == 2 && s.name.starts_with("h/")) weights += double(s.numel);
+    if (s.name.starts_with("h/"))
+      weights += matmul_weights_per_token(s.numel, s.name, s.shape.size(), shape);
   return 2.0 * weights;
 }
 
@@ -68,6 +69,9 @@ GptShape gpt_shape(const Config& cfg) {
   s.tied = m.tie_embeddings;
   s.n_kv_head = m.n_kv_head;
   s.qk_norm = m.qk_norm;
+  s.moe_experts = m.moe_experts;
+  s.moe_top_k = m.moe_top_k;
+  s.moe_normalize = m.moe_normalize;
   s.document_token = parse_document_mask(cfg.data.document_mask, m.vocab_size);
   s.reset_positions = cfg.data.reset_positions;
   s.sliding_window = m.sliding_window;
@@ -172,7 +176,7 @@ RunPlan plan_run(const Config& cfg, int world_size) {
     m.grad_shard = zero ? range * sizeof(float) : 0;
     m.flops_per_token = stage_flops_per_token(specs, shape, mp, m.layers);
     m.recompute_flops_per_token = Gpt::recompute_flops_per_token(shape, mp, p.recompute);
-    m.weight_grad_flops_per_token = weight_grad_flops_per_token(specs);
+    m.weight_grad_flops_per_token = weight_grad_flops_per_token(specs, shape);
     if (mp.holds_head())
       for (const auto& s : specs)
         if (s.name == (shape.tied ? "wte/weight" : "lm_head/weight"))

@@ -366,6 +366,7 @@ TrainOutcome Trainer::run() {
     s.use_schedule(accum);
     s.use_window(st);
     s.model->zero_grads();
+    s.model->take_moe_stats();       // the step's routing only (not an evaluation's)
     double loss_sum = 0, z_sum = 0;  // z_sum: Σ (log Z)² (train.z_loss)
     // This rank's share of the global batch: sequences [dp_rank·B/dp, (dp_rank+1)·B/dp) of
     // the step, in micro-batches; the gradient is the sum over ranks of the local sums, each
@@ -440,6 +441,17 @@ TrainOutcome Trainer::run() {
     const double z_loss_mean = cfg.train.z_loss > 0 && counted > 0
                                    ? cfg.train.z_loss * s.grid.dp().all_reduce_sum(z_sum) / counted
                                    : std::numeric_limits<double>::quiet_NaN();
+    // A mixture of experts' routing: the mean over every rank's layer passes of the step (tensor
+    // parallel ranks route alike and count alike) of α times the balance, and of the busiest
+    // expert's load (NaN: dense).
+    double moe_aux_mean = std::numeric_limits<double>::quiet_NaN(), moe_load = moe_aux_mean;
+    if (cfg.model.moe_experts > 0) {
+      const MoeStats ms = s.model->take_moe_stats();
+      double sums[3] = {ms.balance, ms.max_load, double(ms.count)};
+      MPI_Allreduce(MPI_IN_PLACE, sums, 3, MPI_DOUBLE, MPI_SUM, s.grid.world());
+      moe_aux_mean = cfg.train.moe_aux_loss * sums[0] / sums[2];
+      moe_load = sums[1] / sums[2];
+    }
     out.losses.push_back(loss);
     // This rank's gradient [lo, hi) of the buffer: all of it, or under ZeRO the slice it
     // receives (bucket by bucket in the backward pass where pp = 1, in one reduce-scatter after
@@ -533,7 +545,7 @@ TrainOutcome Trainer::run() {
     const double mfu = tps / s.grid.world_size() * s.model->flops_per_token() / s.peak_flops;
     if (s.metrics)
       s.metrics->append(TrainRow{st, loss, lr, norm, tps, mfu, dt * 1e3, s.consumed * T,
-                                 skip ? 1.0 : 0.0, z_loss_mean});
+                                 skip ? 1.0 : 0.0, z_loss_mean, moe_aux_mean, moe_load});
     TRIAD_CHECK(skip || std::isfinite(loss), "training diverged: loss is ", loss, " at step ", st,
                 " (lower train.lr or check the data)");
     TRIAD_CHECK(s.skipped_in_a_row < cfg.train.skip_window, "training diverged: the last ",
@@ -550,6 +562,9 @@ TrainOutcome Trainer::run() {
          << format_duration(per_sequence * double(last_consumed - s.consumed));
       if (cfg.train.z_loss > 0)
         os << " | z-loss " << std::scientific << std::setprecision(2) << z_loss_mean;
+      if (cfg.model.moe_experts > 0)
+        os << " | moe aux " << std::scientific << std::setprecision(2) << moe_aux_mean << " load "
+           << std::fixed << std::setprecision(2) << moe_load;
       // The schedules while they run: the step's global batch (ramp) and attention window.
       if (batch != cfg.train.batch_size) os << " | batch " << batch;
       if (s.window_warmup.on() && st < s.window_warmup.steps) {

@@ -122,6 +122,7 @@ void Trainer::State::setup_model() {
       model_shape(), mbs, *be, replicas, mp, mp.pp > 1 ? &schedule : nullptr,
       cfg.bf16() ? Precision::bf16 : Precision::fp32, activation_options(cfg), zero, also.get());
   model->set_z_loss(float(cfg.train.z_loss));
+  if (cfg.model.moe_experts > 0) model->set_moe_aux_loss(float(cfg.train.moe_aux_loss));
   model->set_fp8(
       cfg.run.fp8 != "off",
       [&](const std::string& name) { return frozen_tensor(cfg.run.fp8_skip, name); },
@@ -345,6 +346,9 @@ CheckpointState Trainer::State::checkpoint_state() const {
   st.model.tied = cfg.model.tie_embeddings;
   st.model.n_kv_head = cfg.model.kv_heads();
   st.model.qk_norm = cfg.model.qk_norm;
+  st.model.moe_experts = cfg.model.moe_experts;
+  st.model.moe_top_k = cfg.model.moe_top_k;
+  st.model.moe_normalize = cfg.model.moe_normalize;
   st.loss_window = loss_window.values();
   st.norm_window = norm_window.values();
   st.skipped_in_a_row = skipped_in_a_row;
@@ -452,6 +456,15 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
       m.qk_norm == c.qk_norm, "checkpoint ", path, " holds a model ",
       m.qk_norm ? "with" : "without",
       " q and k norms but the config asks for model.qk_norm = ", c.qk_norm ? "true" : "false");
+  TRIAD_CHECK(m.moe_experts == c.moe_experts &&
+                  (c.moe_experts == 0 ||
+                   (m.moe_top_k == c.moe_top_k && m.moe_normalize == c.moe_normalize)),
+              "checkpoint ", path, " holds a model with ", m.moe_experts,
+              " experts per layer (top ", m.moe_top_k, ", normalize ",
+              m.moe_normalize ? "true" : "false",
+              ") but the config asks for model.moe_experts = ", c.moe_experts,
+              ", model.moe_top_k = ", c.moe_top_k,
+              ", model.moe_normalize = ", c.moe_normalize ? "true" : "false");
 }
 
 CheckpointState Trainer::State::load_weights(const std::string& path) {

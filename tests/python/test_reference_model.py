@@ -160,6 +160,17 @@ CASES = [
                                   position="rope", rope_theta=500.0, norm="rmsnorm", bias=False,
                                   mlp="swiglu", tied=False, n_kv_head=2, qk_norm=True,
                                   attn_head_dim=24), 2, 40, 6, 73),
+    # A mixture of experts on GPT-2's blocks (biases elsewhere): 4 GELU experts of 96 units, each
+    # token to 2 of them, the gates renormalized (Mixtral's routing).
+    Case("moe", ref.GptConfig(n_layer=2, n_head=3, n_embd=48, seq_len=17, vocab_size=300,
+                              mlp_hidden=96, moe_experts=4, moe_top_k=2), 3, 45, 7, 79),
+    # ... on Llama's blocks: 6 SwiGLU experts, 3 per token, gates as the router gave them
+    # (Switch's and DeepSeek's).
+    Case("moeswiglu", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
+                                    position="rope", rope_theta=500.0, norm="rmsnorm",
+                                    bias=False, mlp="swiglu", mlp_hidden=64, tied=False,
+                                    moe_experts=6, moe_top_k=3, moe_normalize=False),
+         2, 40, 6, 83),
 ]
 
 
@@ -174,6 +185,8 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                       sliding_window=c.sliding_window,
                       full_attention_every=c.full_attention_every, logit_softcap=c.logit_softcap,
                       attn_scale=c.attn_scale, mup_base_width=c.mup_base_width,
+                      moe_experts=c.moe_experts, moe_top_k=c.moe_top_k,
+                      moe_normalize=c.moe_normalize,
                       **({} if c.rope_scaling is None else dict(
                           rope_scaling="llama3", rope_scaling_factor=c.rope_scaling[0],
                           rope_low_freq_factor=c.rope_scaling[1],
@@ -181,7 +194,8 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                           rope_original_positions=c.rope_scaling[3]))),
         "train": dict(steps=10, batch_size=2 * case.micro_batch,
                       micro_batch_size=case.micro_batch, lr=3e-3, warmup_steps=2,
-                      schedule="cosine", min_lr_ratio=0.1, grad_clip=1.0, seed=5),
+                      schedule="cosine", min_lr_ratio=0.1, grad_clip=1.0, seed=5,
+                      **({"moe_aux_loss": 0.01} if c.moe_experts else {})),
         "optim": dict(name="adamw", beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1,
                       momentum=0.9),
         "data": dict(train=str(d / "train_*.bin"), val=str(d / "val_*.bin"), shuffle=False),
@@ -450,7 +464,7 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
 
     use_window(0)
     val = [evaluate()]
-    losses, lrs, norms, z_terms = [], [], [], []
+    losses, lrs, norms, z_terms, moe_aux = [], [], [], [], []
     for s in range(tr["steps"]):
         use_window(s)
         lr = ref.lr_at(s, tr["lr"], tr["warmup_steps"], tr["steps"], tr["schedule"],
@@ -469,8 +483,26 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
         opt.zero_grad(set_to_none=True)
         if muon is not None:
             muon.zero_grad(set_to_none=True)
-        logits, loss = model(x, y)
-        objective = loss
+        if cfg.moe_experts:  # per micro-batch: its rows' routing and load-balancing term
+            mbs, counted = tr["micro_batch_size"], int((y >= 0).sum())
+            alpha = tr.get("moe_aux_loss", 0.01)
+            ce, balance, every = 0.0, 0.0, []
+            parts = []
+            for m0 in range(0, B, mbs):
+                with ref.moe_balance() as terms:
+                    lg, lm = model(x[m0:m0 + mbs], y[m0:m0 + mbs])
+                n_mb = int((y[m0:m0 + mbs] >= 0).sum())
+                ce = ce + lm * n_mb / counted
+                rows = y[m0:m0 + mbs].numel()  # every row routes, counted or not
+                balance = balance + sum(terms) * rows / counted
+                every += [float(t) for t in terms]
+                parts.append(lg)
+            logits, loss = torch.cat(parts), ce
+            moe_aux.append(alpha * float(np.mean(every)))  # /train/moe_aux_loss
+            objective = loss + alpha * balance
+        else:
+            logits, loss = model(x, y)
+            objective = loss
         if tr.get("z_loss", 0):  # PaLM's z-loss: c·(log Z)² per (counted) token, mean
             keep = y >= 0
             log_z = torch.logsumexp(logits, -1)[keep]
@@ -487,6 +519,7 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
     val.append(evaluate())
     final = {k: v.detach().numpy() for k, v in model.tensors().items()}
     torch_train.z_terms = z_terms  # train.z_loss: the mean term of each step
+    torch_train.moe_aux = moe_aux  # model.moe_experts: α times the mean balance term
     return np.array(losses), np.array(lrs), np.array(norms), val, final
 
 
@@ -1057,4 +1090,29 @@ def test_layer_norms_match_torch(tmp_root, tmp_path):
 # Chosen from the printed norms so that clipping triggers in some steps but not all.
 GRAD_CLIP = {"gpt2vocab": 1.0, "oddshapes": 1.0, "rope": 1.0, "rmsnorm": 1.2, "nobias": 1.0,
              "swiglu": 1.1, "llama": 1.7, "gqa": 1.7, "mqa": 1.0, "bigvocab": 1.0,
-             "qknorm": 1.15, "ropescaling": 1.0, "qwen2": 1.8, "headdim": 1.8}
+             "qknorm": 1.15, "ropescaling": 1.0, "qwen2": 1.8, "headdim": 1.8, "moe": 1.0,
+             "moeswiglu": 1.7}
+
+
+# train.moe_aux_loss (a large α, 0.1, so that the load-balancing term moves the router): the
+# cross-entropy curve, the gradient norm, the final weights and /train/moe_aux_loss against
+# PyTorch differentiating CE + α·Σ over micro-batches and layers of the balance term (per row);
+# /train/moe_max_load from the same routing.
+@pytest.mark.parametrize("name", ["moe", "moeswiglu"])
+def test_moe_aux_loss_matches_torch(name, tmp_root, tmp_path):
+    case = next(c for c in CASES if c.name == name)
+    p = prepare(case, tmp_root)
+    sections = config_sections(case, p.dir, train__grad_clip=GRAD_CLIP[case.name],
+                               train__moe_aux_loss=0.1)
+    compare_training(p, tmp_path, sections, "moeaux")
+    m = ref.read_metrics(tmp_path / "runs" / "ref" / "metrics.h5")
+    want = np.array(torch_train.moe_aux)
+    np.testing.assert_allclose(m["train/moe_aux_loss"], want, rtol=1e-5)
+    assert np.all(want >= 0.1) and np.all(want < 0.1 * case.cfg.moe_experts), want
+    load = m["train/moe_max_load"]
+    assert np.all(load >= 1.0) and np.all(load <= case.cfg.moe_experts / case.cfg.moe_top_k), load
+    # ... and without the term the curve differs (the test can tell).
+    plain = config_sections(case, p.dir, train__grad_clip=GRAD_CLIP[case.name],
+                            train__moe_aux_loss=0.0)
+    losses, *_ = torch_train(p, plain)
+    assert np.max(np.abs(losses - m["train/loss"]) / losses) > 1e-6

@@ -85,6 +85,11 @@ class GptConfig:
     attn_scale: float = 0.0
     # model.mup_base_width: μP relative to a base model this wide (0: off); m = n_embd / it.
     mup_base_width: int = 0
+    # model.moe_experts: each layer's MLP is this many experts (no biases) behind a top-k router
+    # (mlp/router/weight [E, C]; experts' c_fc [E, F, C], c_proj [E, C, H]); 0: dense.
+    moe_experts: int = 0
+    moe_top_k: int = 2
+    moe_normalize: bool = True  # the k gates divided by their sum (Mixtral)
 
     @property
     def mup_mult(self) -> float:
@@ -155,6 +160,12 @@ def param_shapes(cfg: GptConfig) -> Dict[str, tuple]:
         if not rms:
             shapes[p + "ln_2/bias"] = (C,)
         F = cfg.hidden * (2 if cfg.mlp == "swiglu" else 1)
+        if cfg.moe_experts:
+            E = cfg.moe_experts
+            shapes[p + "mlp/experts/c_fc/weight"] = (E, F, C)
+            shapes[p + "mlp/experts/c_proj/weight"] = (E, C, cfg.hidden)
+            shapes[p + "mlp/router/weight"] = (E, C)
+            continue
         shapes[p + "mlp/c_fc/weight"] = (F, C)
         shapes[p + "mlp/c_fc/bias"] = (F,)
         shapes[p + "mlp/c_proj/weight"] = (C, cfg.hidden)
@@ -374,9 +385,58 @@ def head(params: Dict[str, torch.Tensor], cfg: GptConfig) -> torch.Tensor:
     return params["wte/weight"] if cfg.tied else params["lm_head/weight"]
 
 
+# Within moe_balance(): each mixture-of-experts layer's forward appends Switch's balance term
+# E·Σ_e f_e·P_e of the rows it routed (f_e: expert e's share of the N·k choices, a constant;
+# P_e: its mean probability, differentiable).
+_MOE_TERMS: Optional[list] = None
+
+
+class moe_balance:
+    def __enter__(self):
+        global _MOE_TERMS
+        _MOE_TERMS = []
+        return _MOE_TERMS
+
+    def __exit__(self, *exc):
+        global _MOE_TERMS
+        _MOE_TERMS = None
+
+
+def moe_mlp(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str,
+            h: torch.Tensor) -> torch.Tensor:
+    """A mixture of experts (Shazeer et al.; Switch, Mixtral): softmax router probabilities, each
+    row's k most probable experts (gates renormalized to sum 1 under moe_normalize), the gated
+    sum of those experts' MLPs. Written per expert with index_add, nothing shared with triad's
+    dispatch."""
+    E, k = cfg.moe_experts, cfg.moe_top_k
+    x = h.reshape(-1, h.shape[-1])
+    probs = torch.softmax(x @ params[p + "mlp/router/weight"].t(), dim=-1)
+    top, choice = torch.topk(probs, k, dim=-1)
+    gates = top / top.sum(-1, keepdim=True) if cfg.moe_normalize else top
+    w1, w2 = params[p + "mlp/experts/c_fc/weight"], params[p + "mlp/experts/c_proj/weight"]
+    out = torch.zeros_like(x)
+    for e in range(E):
+        rows, j = (choice == e).nonzero(as_tuple=True)
+        if rows.numel() == 0:
+            continue
+        a = x[rows] @ w1[e].t()
+        if cfg.mlp == "swiglu":
+            gate, up = a.split(cfg.hidden, dim=-1)
+            a = gate * torch.sigmoid(gate) * up
+        else:
+            a = gelu_tanh(a)
+        out = out.index_add(0, rows, gates[rows, j].unsqueeze(-1) * (a @ w2[e].t()))
+    if _MOE_TERMS is not None:
+        f = torch.bincount(choice.reshape(-1), minlength=E).to(probs.dtype) / choice.numel()
+        _MOE_TERMS.append(E * (f * probs.mean(0)).sum())
+    return out.reshape(h.shape)
+
+
 def mlp(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str, h: torch.Tensor) -> torch.Tensor:
     """Layer p's MLP of h: c_proj(gelu(c_fc(h))), or SwiGLU's c_proj(silu(gate) * up) with
-    [gate | up] = c_fc(h) (Shazeer's GLU variants, as Llama)."""
+    [gate | up] = c_fc(h) (Shazeer's GLU variants, as Llama); a mixture of experts' (moe_mlp)."""
+    if cfg.moe_experts:
+        return moe_mlp(params, cfg, p, h)
     a = linear(h, params[p + "mlp/c_fc/weight"], params.get(p + "mlp/c_fc/bias"))
     if cfg.mlp == "swiglu":
         gate, up = a.split(cfg.hidden, dim=-1)
@@ -829,6 +889,10 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
             m.attrs.create("attn_scale", np.float64(cfg.attn_scale), dtype="<f8")
         if cfg.mup_base_width:
             m.attrs.create("mup_base_width", i64(cfg.mup_base_width), dtype="<i8")
+        if cfg.moe_experts:
+            for key, val in (("moe_experts", cfg.moe_experts), ("moe_top_k", cfg.moe_top_k),
+                             ("moe_normalize", int(cfg.moe_normalize))):
+                m.attrs.create(key, i64(val), dtype="<i8")
         groups = {"model": weights}
         for slot, tensors in (optimizer or {}).items():
             groups["optimizer/" + slot] = tensors
@@ -867,6 +931,9 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                         logit_softcap=float(a.get("logit_softcap", 0.0)),
                         attn_scale=float(a.get("attn_scale", 0.0)),
                         mup_base_width=int(a.get("mup_base_width", 0)),
+                        moe_experts=int(a.get("moe_experts", 0)),
+                        moe_top_k=int(a.get("moe_top_k", 2)),
+                        moe_normalize=int(a.get("moe_normalize", 1)) == 1,
                         rope_scaling=(float(a["rope_scaling_factor"]),
                                       float(a["rope_low_freq_factor"]),
                                       float(a["rope_high_freq_factor"]),

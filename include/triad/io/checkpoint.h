@@ -112,6 +112,11 @@ struct ModelShape {
   // Attribute mup_base_width (int64: μP relative to a base model this wide; absent or 0: the
   // standard parametrization; written when > 0).
   int64_t mup_base_width = 0;
+  // Attributes moe_experts (int64: a mixture of experts per layer; absent or 0: dense MLPs;
+  // written when > 0), moe_top_k (int64, experts per token) and moe_normalize (int64 1 | 0),
+  // written with it.
+  int64_t moe_experts = 0, moe_top_k = 2;
+  bool moe_normalize = true;
 };
 
 struct CheckpointState {

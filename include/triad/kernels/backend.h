@@ -453,6 +453,52 @@ class Backend {
                                              int V, int Vp, float dloss_scale, float z_loss = 0.0f,
                                              float softcap = 0.0f) = 0;
 
+  // ---- mixture of experts (model.moe_experts; the model's use: src/model/gpt_moe.cpp) --------
+  // N tokens, each sent to k of E experts (top-k routing: Switch, Mixtral, DeepSeek). Activations
+  // (logits, x, y and their gradients) come in fp32 and bf16 (computed in fp32, each output
+  // rounded once); probabilities, gates and their gradients are fp32; expert and slot are the
+  // backend's ints. Choice i = n·k + j is token n's j-th expert.
+  //  moe_route: probs[N,E] = softmax of each row of logits; expert[N,k] the columns of its k
+  //    largest probabilities, largest first (equal ones: the lower column first); gate[N,k]
+  //    their probabilities, divided by their sum when `normalize` (Mixtral's choice).
+  //  moe_dispatch: the N·k choices ordered by expert, stably (by i within an expert): slot[i] =
+  //    choice i's place in that order; counts[e] (host) = the choices of expert e; prob_sums[e]
+  //    (host) = Σ_n probs[n,e], summed in row order. Waits for the device (the counts size the
+  //    experts' products).
+  //  moe_gather: out[slot[i], :] = x[i / k, :], rows of C: each expert's tokens contiguous.
+  //  moe_combine: out[n, :] = Σ_j gate[n·k + j]·y[slot[n·k + j], :], j in order, summed in fp32,
+  //    written over out; gate null: weights 1 (moe_gather's gradient).
+  //  moe_combine_backward: dy[slot[i], :] = gate[i]·dout[i / k, :] (written); dgate[i] =
+  //    Σ_c dout[i / k, c]·y[slot[i], c] (fp32, written).
+  //  moe_route_backward: dlogits[N,E] (written) from dgate[N,k] through the gates'
+  //    normalization and the softmax, with aux[e] (backend memory, [E]) added to the gradient of
+  //    every row's probs[n,e] (the load-balancing loss's).
+  virtual void moe_route(float* probs, int32_t* expert, float* gate, const float* logits, int N,
+                         int E, int k, bool normalize) = 0;
+  virtual void moe_route(float* probs, int32_t* expert, float* gate, const bf16_t* logits, int N,
+                         int E, int k, bool normalize) = 0;
+  virtual void moe_dispatch(int32_t* slot, int* counts, float* prob_sums, const int32_t* expert,
+                            const float* probs, int N, int E, int k) = 0;
+  virtual void moe_gather(float* out, const float* x, const int32_t* slot, int N, int k, int C) = 0;
+  virtual void moe_gather(bf16_t* out, const bf16_t* x, const int32_t* slot, int N, int k,
+                          int C) = 0;
+  virtual void moe_combine(float* out, const float* y, const int32_t* slot, const float* gate,
+                           int N, int k, int C) = 0;
+  virtual void moe_combine(bf16_t* out, const bf16_t* y, const int32_t* slot, const float* gate,
+                           int N, int k, int C) = 0;
+  virtual void moe_combine_backward(float* dy, float* dgate, const float* dout, const float* y,
+                                    const int32_t* slot, const float* gate, int N, int k,
+                                    int C) = 0;
+  virtual void moe_combine_backward(bf16_t* dy, float* dgate, const bf16_t* dout, const bf16_t* y,
+                                    const int32_t* slot, const float* gate, int N, int k,
+                                    int C) = 0;
+  virtual void moe_route_backward(float* dlogits, const float* dgate, const float* probs,
+                                  const int32_t* expert, const float* aux, int N, int E, int k,
+                                  bool normalize) = 0;
+  virtual void moe_route_backward(bf16_t* dlogits, const float* dgate, const float* probs,
+                                  const int32_t* expert, const float* aux, int N, int E, int k,
+                                  bool normalize) = 0;
+
   // ---- reductions and optimizer updates ------------------------------------------------------
   virtual double sum_squares(const float* x, size_t n) = 0;   // accumulated in double
   virtual double sum_squares(const bf16_t* x, size_t n) = 0;  // of the widened values, in double

@@ -144,6 +144,16 @@ struct GptShape {
     return swiglu ? (8 * n_embd + 3 * 64 - 1) / (3 * 64) * 64 : 4 * n_embd;
   }
   int fc_rows() const { return swiglu ? 2 * hidden() : hidden(); }  // c_fc's output width
+  // Mixture of experts (model.moe_experts > 0; src/model/gpt_moe.cpp): every layer's MLP is
+  // moe_experts MLPs of hidden() units each (GELU or SwiGLU, no biases), and a router
+  // (mlp/router/weight [E, C]) sends each token to moe_top_k of them: the softmax of its logits,
+  // the k largest probabilities (renormalized to sum 1 under moe_normalize, as Mixtral; else
+  // kept, as Switch and DeepSeek) weigh the chosen experts' outputs. Dropless: every expert takes
+  // all the tokens sent to it. The experts' weights are [E, fc_rows, C] (mlp/experts/c_fc) and
+  // [E, C, hidden] (mlp/experts/c_proj), each expert's split over tp as the dense MLP's.
+  int moe_experts = 0, moe_top_k = 2;
+  bool moe_normalize = true;
+  bool moe() const { return moe_experts > 0; }
 };
 
 // The rotary embedding's angles (shape.rope): [seq_len, hd] floats, position p's row holding
@@ -155,6 +165,19 @@ std::vector<float> rope_table(const GptShape& shape);
 // from vocab_size on are padding, zero and not parameters of the model.
 inline bool has_vocabulary_rows(const std::string& name) {
   return name == "wte/weight" || name == "lm_head/weight";
+}
+
+// Whether a tensor holds a mixture of experts' weights ([E, ...], mlp/experts/...).
+inline bool is_expert_tensor(const std::string& name) {
+  return name.find("/mlp/experts/") != std::string::npos;
+}
+
+// The weights of a matrix a token is multiplied with (numel of this rank's part): an expert
+// tensor's k of E experts, any other 2-D tensor whole; 0 for vectors.
+inline double matmul_weights_per_token(size_t numel, const std::string& name, size_t dims,
+                                       const GptShape& shape) {
+  if (is_expert_tensor(name)) return double(numel) * shape.moe_top_k / shape.moe_experts;
+  return dims == 2 ? double(numel) : 0.0;
 }
 
 // DESIGN.md §3: the rows of wte, vocab_size rounded up to a multiple of 128·tp.
@@ -336,6 +359,14 @@ struct ActivationOptions {
   explicit ActivationOptions(Recomputation r, int chunk) : recompute(r), logits_chunk(chunk) {}
 };
 
+// A mixture of experts' routing, summed over the layers and micro-batches a rank's forward
+// passes routed (Gpt::take_moe_stats): Switch's balance E·Σ_e f_e·P_e and the busiest expert's
+// load E·max_e f_e, both 1 when every expert gets its share.
+struct MoeStats {
+  double balance = 0, max_load = 0;
+  int64_t count = 0;  // layer passes
+};
+
 struct ForwardStats {
   double loss_sum = 0;  // sum of token cross-entropies (nats)
   double z_sum = 0;     // training with a z-loss (Gpt::set_z_loss): sum of (log Z)² per token
@@ -451,7 +482,10 @@ class Gpt {
   int64_t num_parameters() const { return num_parameters(shape_); }
   double flops_per_token() const { return flops_per_token(shape_); }  // 6·N + 6·n_layer·C·T
   static int64_t num_parameters(const GptShape& shape);
+  // With a mixture of experts, N in flops_per_token counts the parameters a token uses: each
+  // layer's k of E experts (active_parameters); otherwise num_parameters.
   static double flops_per_token(const GptShape& shape);
+  static int64_t active_parameters(const GptShape& shape);
   // The FLOPs per token that full recomputation adds on this rank (its recomputing layers'
   // forward up to c_fc: 16·C²/tp + 2·C·T/tp each); 0 for none and gelu (elementwise only). MFU
   // counts the model's FLOPs only, as Megatron's and nanoGPT's do; this is what the hardware runs
@@ -551,6 +585,15 @@ class Gpt {
   // ForwardStats give Σ (log Z)²; the cross-entropy they report, and evaluation, stay as they
   // are. 0: none.
   void set_z_loss(float c) { z_loss_ = c; }
+  // train.moe_aux_loss = α (model.moe_experts): training steps add α times Switch's
+  // load-balancing loss E·Σ_e f_e·P_e of each layer and micro-batch (f_e: the share of the N·k
+  // choices that went to expert e, P_e: its mean probability over the N rows; 1 when balanced)
+  // for every row of it to the loss they differentiate; its gradient flows through the
+  // probabilities only. 0: none.
+  void set_moe_aux_loss(float a) { moe_aux_loss_ = a; }
+  // The routing statistics of the forward passes since the last call (not those a backward pass
+  // reruns), and clears them.
+  MoeStats take_moe_stats() { return std::exchange(moe_stats_, MoeStats{}); }
   // train.freeze: the tensors whose names `frozen` holds get no gradient. Their products in the
   // backward pass are left out: a linear layer's weight-gradient product where its weight is
   // frozen (and its bias too, or it has none), a bias sum where its bias is, the head's where it
@@ -777,6 +820,22 @@ class Gpt {
   const int32_t* cp_local_ids(const int32_t* ids, int m, int B, std::vector<int32_t>& out) const;
   template <class A>
   void mlp_activation(A* act, const A* pre, int N);
+  // The mixture of experts' MLP (gpt_moe.cpp) of layer L, on N rows over all ranks' rows (ln2:
+  // ln_2's output). moe_front routes the rows, gathers each expert's and runs c_fc and the
+  // activation (into L.fch, L.fch_gelu); moe_output the experts' c_proj (into L.moe_y) and the
+  // gated sum into out (partial sums over tp, as the dense c_proj's; null: none, the experts'
+  // outputs alone for a backward pass that recomputes them); moe_backward, from out's gradient
+  // dres, writes ln_2 output's gradient into dpart (partial sums) and accumulates the experts' and
+  // the router's weight gradients (null: not formed). The MLP's rows: mlp_rows(N).
+  template <class A>
+  void moe_front(typename Set<A>::Layer& L, const A* ln2, const A* fcw, const A* routerw, int N);
+  template <class A>
+  void moe_output(typename Set<A>::Layer& L, A* out, const A* fcprojw, int N);
+  template <class A>
+  void moe_backward(typename Set<A>::Layer& L, A* dpart, float* dfcw, float* dfcprojw,
+                    float* drouterw, const A* dres, const A* ln2, const A* fcw, const A* fcprojw,
+                    const A* routerw, int N);
+  int mlp_rows(int N) const { return shape_.moe() ? N * shape_.moe_top_k : N; }
   // A block's linear layer (gpt_fp8.cpp), `site` = fp8_site(global layer, k) with k = 0 c_attn,
   // 1 attn.c_proj, 2 c_fc, 3 mlp.c_proj: the FP8 products under set_fp8 where fp8_at(site, N),
   // else the backend's matmul_forward / matmul_backward. The GELU variants run the product, then
@@ -838,6 +897,11 @@ class Gpt {
 
   GptShape shape_;
   float z_loss_ = 0.0f;                // set_z_loss
+  float moe_aux_loss_ = 0.0f;          // set_moe_aux_loss
+  float dloss_scale_ = 0.0f;           // the training step's (the load-balancing gradient's)
+  bool recomputing_ = false;           // a backward pass reruns a layer's forward
+  MoeStats moe_stats_;                 // take_moe_stats
+  std::vector<float> moe_host_;        // the router's per-expert sums and coefficients (host)
   float* fp8_amax_ = nullptr;          // set_fp8: three floats of the backend (inp, weight, dout)
   double* activation_sums_ = nullptr;  // set_activation_sums
   // Adds the sums of squares of xs (n of this rank's elements each) at activation_sums_[at ..]
@@ -859,11 +923,11 @@ class Gpt {
   int wte_ = -1, wpe_ = -1, lnf_ = -1, head_ = -1;
   float* rope_table_ = nullptr;  // rope_table(shape_) on the backend (shape_.rope)
   std::vector<int> layer_;
-  // Where each of a layer's 14 possible tensors (DESIGN.md §3's 12, and q_norm and k_norm) sits in
-  // its run of specs_ (-1: not in this model, a bias or norm it does not have), and how many it
-  // has.
-  int layer_slot_[14] = {};
-  int layer_count_ = 14;
+  // Where each of a layer's 15 possible tensors (DESIGN.md §3's 12, q_norm and k_norm, and the
+  // mixture of experts' router) sits in its run of specs_ (-1: not in this model, a bias or norm
+  // it does not have), and how many it has.
+  int layer_slot_[15] = {};
+  int layer_count_ = 15;
   bool lnf_bias_ = true;  // ln_f has a bias (LayerNorm with biases)
   int vocab_begin_ = 0, vocab_local_ = 0, vocab_valid_ = 0;  // this rank's slice of wte rows
   GradReadyHook grad_hook_;

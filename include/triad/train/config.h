@@ -34,6 +34,10 @@ struct ModelConfig {
   double logit_softcap = 0;      // > 0: logits c·tanh(logit/c) (Gemma 2: 30); 0: none
   double attn_scale = 0;         // > 0: attention scores q·k times it; 0: 1/sqrt(head width)
   int mup_base_width = 0;        // > 0: μP relative to a base model this wide (GptShape); 0: off
+  // Mixture of experts (GptShape::moe): every layer's MLP becomes moe_experts experts of
+  // mlp_hidden units, each token sent to moe_top_k of them; 0: a dense MLP.
+  int moe_experts = 0, moe_top_k = 2;
+  bool moe_normalize = true;  // the k gates renormalized to sum 1 (Mixtral); false: Switch's
   int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
 };
 
@@ -90,6 +94,8 @@ struct TrainConfig {
   // PaLM's z-loss: c·(log Z)² per counted token added to the training loss (Z the softmax's
   // normalizer; 1e-4 in PaLM); the reported loss stays the cross-entropy. 0: none.
   double z_loss = 0;
+  // A mixture of experts' load-balancing loss coefficient (Gpt::set_moe_aux_loss; Switch: 0.01).
+  double moe_aux_loss = 0.01;
   // Every N steps (0: never) the L2 norms of each layer's gradient and weights go into /norms of
   // metrics.h5 (before the update, the gradient before clipping).
   int64_t norms_every = 0;

@@ -340,6 +340,52 @@ class CpuBackend final : public Backend {
                                        z_loss, softcap);
   }
 
+  // Mixture of experts, fp32 and bf16 alike (cpu_moe.cpp).
+  void moe_route(float* probs, int32_t* expert, float* gate, const float* logits, int N, int E,
+                 int k, bool normalize) override {
+    cpu::moe_route(probs, expert, gate, logits, N, E, k, normalize);
+  }
+  void moe_route(float* probs, int32_t* expert, float* gate, const bf16_t* logits, int N, int E,
+                 int k, bool normalize) override {
+    cpu::moe_route(probs, expert, gate, logits, N, E, k, normalize);
+  }
+  void moe_dispatch(int32_t* slot, int* counts, float* prob_sums, const int32_t* expert,
+                    const float* probs, int N, int E, int k) override {
+    cpu::moe_dispatch(slot, counts, prob_sums, expert, probs, N, E, k);
+  }
+  void moe_gather(float* out, const float* x, const int32_t* slot, int N, int k, int C) override {
+    cpu::moe_gather(out, x, slot, N, k, C);
+  }
+  void moe_gather(bf16_t* out, const bf16_t* x, const int32_t* slot, int N, int k, int C) override {
+    cpu::moe_gather(out, x, slot, N, k, C);
+  }
+  void moe_combine(float* out, const float* y, const int32_t* slot, const float* gate, int N, int k,
+                   int C) override {
+    cpu::moe_combine(out, y, slot, gate, N, k, C);
+  }
+  void moe_combine(bf16_t* out, const bf16_t* y, const int32_t* slot, const float* gate, int N,
+                   int k, int C) override {
+    cpu::moe_combine(out, y, slot, gate, N, k, C);
+  }
+  void moe_combine_backward(float* dy, float* dgate, const float* dout, const float* y,
+                            const int32_t* slot, const float* gate, int N, int k, int C) override {
+    cpu::moe_combine_backward(dy, dgate, dout, y, slot, gate, N, k, C);
+  }
+  void moe_combine_backward(bf16_t* dy, float* dgate, const bf16_t* dout, const bf16_t* y,
+                            const int32_t* slot, const float* gate, int N, int k, int C) override {
+    cpu::moe_combine_backward(dy, dgate, dout, y, slot, gate, N, k, C);
+  }
+  void moe_route_backward(float* dlogits, const float* dgate, const float* probs,
+                          const int32_t* expert, const float* aux, int N, int E, int k,
+                          bool normalize) override {
+    cpu::moe_route_backward(dlogits, dgate, probs, expert, aux, N, E, k, normalize);
+  }
+  void moe_route_backward(bf16_t* dlogits, const float* dgate, const float* probs,
+                          const int32_t* expert, const float* aux, int N, int E, int k,
+                          bool normalize) override {
+    cpu::moe_route_backward(dlogits, dgate, probs, expert, aux, N, E, k, normalize);
+  }
+
  private:
   AllocationLedger ledger_;
 };

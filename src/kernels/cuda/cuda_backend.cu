@@ -83,6 +83,7 @@ class CudaBackend final : public Backend {
     attention_scratch_.grouped.release();
     reduce_partials_.release();
     fp8_operands_.release();
+    moe_counts_.release();
     if (partials_ != nullptr) cudaFree(partials_);
     if (cublas_ != nullptr) cublasDestroy(cublas_);
     if (stream_ != nullptr) cudaStreamDestroy(stream_);
@@ -256,6 +257,33 @@ class CudaBackend final : public Backend {
     cuda::crossentropy_backward_partial(stream_, logits, row_max, sum_exp, targets, N, V, Vp,
                                         dloss_scale, z_loss, softcap);
   }
+  // Mixture of experts (cuda_moe.cu); moe_dispatch serves both precisions and waits for the
+  // device (its counts and prob_sums are host memory).
+  void moe_route(float* probs, int32_t* expert, float* gate, const float* logits, int N, int E,
+                 int k, bool normalize) override {
+    cuda::moe_route(stream_, probs, expert, gate, logits, N, E, k, normalize);
+  }
+  void moe_dispatch(int32_t* slot, int* counts, float* prob_sums, const int32_t* expert,
+                    const float* probs, int N, int E, int k) override {
+    cuda::moe_dispatch(stream_, moe_counts_, reduce_partials_, slot, counts, prob_sums, expert,
+                       probs, N, E, k);
+  }
+  void moe_gather(float* out, const float* x, const int32_t* slot, int N, int k, int C) override {
+    cuda::moe_gather(stream_, out, x, slot, N, k, C);
+  }
+  void moe_combine(float* out, const float* y, const int32_t* slot, const float* gate, int N, int k,
+                   int C) override {
+    cuda::moe_combine(stream_, out, y, slot, gate, N, k, C);
+  }
+  void moe_combine_backward(float* dy, float* dgate, const float* dout, const float* y,
+                            const int32_t* slot, const float* gate, int N, int k, int C) override {
+    cuda::moe_combine_backward(stream_, dy, dgate, dout, y, slot, gate, N, k, C);
+  }
+  void moe_route_backward(float* dlogits, const float* dgate, const float* probs,
+                          const int32_t* expert, const float* aux, int N, int E, int k,
+                          bool normalize) override {
+    cuda::moe_route_backward(stream_, dlogits, dgate, probs, expert, aux, N, E, k, normalize);
+  }
   // ---- mixed precision (bf16) ----------------------------------------------------------------
   // The fp32 ones keep Backend's two-op defaults.
   using Backend::matmul_backward_gelu;
@@ -422,6 +450,26 @@ class CudaBackend final : public Backend {
     cuda::crossentropy_backward_partial(stream_, dev(logits), row_max, sum_exp, targets, N, V, Vp,
                                         dloss_scale, z_loss, softcap);
   }
+  void moe_route(float* probs, int32_t* expert, float* gate, const bf16_t* logits, int N, int E,
+                 int k, bool normalize) override {
+    cuda::moe_route(stream_, probs, expert, gate, dev(logits), N, E, k, normalize);
+  }
+  void moe_gather(bf16_t* out, const bf16_t* x, const int32_t* slot, int N, int k, int C) override {
+    cuda::moe_gather(stream_, dev(out), dev(x), slot, N, k, C);
+  }
+  void moe_combine(bf16_t* out, const bf16_t* y, const int32_t* slot, const float* gate, int N,
+                   int k, int C) override {
+    cuda::moe_combine(stream_, dev(out), dev(y), slot, gate, N, k, C);
+  }
+  void moe_combine_backward(bf16_t* dy, float* dgate, const bf16_t* dout, const bf16_t* y,
+                            const int32_t* slot, const float* gate, int N, int k, int C) override {
+    cuda::moe_combine_backward(stream_, dev(dy), dgate, dev(dout), dev(y), slot, gate, N, k, C);
+  }
+  void moe_route_backward(bf16_t* dlogits, const float* dgate, const float* probs,
+                          const int32_t* expert, const float* aux, int N, int E, int k,
+                          bool normalize) override {
+    cuda::moe_route_backward(stream_, dev(dlogits), dgate, probs, expert, aux, N, E, k, normalize);
+  }
 
   // ---- reductions and optimizer updates ----------------------------------------------------
   double sum_squares(const float* x, size_t n) override {
@@ -499,6 +547,8 @@ class CudaBackend final : public Backend {
   cuda::DeviceScratch reduce_partials_;
   // the FP8 products' quantized operands and their inverse scales (cuda_fp8.cu)
   cuda::DeviceScratch fp8_operands_;
+  // moe_dispatch's device counts and probability sums (E ints, E floats), copied to the host
+  cuda::DeviceScratch moe_counts_;
   std::vector<UpdateRun> runs_host_;  // the optimizer's run table as uploaded to runs_device_
   cuda::DeviceScratch runs_device_;
   AllocationLedger ledger_;  // the buffers alloc* handed out

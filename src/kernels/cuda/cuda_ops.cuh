@@ -260,6 +260,31 @@ template <typename Elem>
 void swiglu_backward(cudaStream_t s, Elem* dpre, const Elem* pre, const Elem* dout, int N, int H,
                      bool accumulate);
 
+// ---- mixture of experts (cuda_moe.cu): backend.h moe_* -------------------------------------
+// Elem: the activations' type (logits, x, y and their gradients); probabilities, gates and their
+// gradients are float. moe_dispatch's counts and prob_sums (may be null) are host memory: it
+// keeps its device counts and sums in scratch (E ints, E floats), the column sums' partials in
+// partials (column_sum_accumulate), and synchronizes s. moe_combine_backward's gate may be null
+// (weights 1, as moe_combine's).
+template <typename Elem>
+void moe_route(cudaStream_t s, float* probs, int32_t* expert, float* gate, const Elem* logits,
+               int N, int E, int k, bool normalize);
+void moe_dispatch(cudaStream_t s, DeviceScratch& scratch, DeviceScratch& partials, int32_t* slot,
+                  int* counts, float* prob_sums, const int32_t* expert, const float* probs, int N,
+                  int E, int k);
+template <typename Elem>
+void moe_gather(cudaStream_t s, Elem* out, const Elem* x, const int32_t* slot, int N, int k, int C);
+template <typename Elem>
+void moe_combine(cudaStream_t s, Elem* out, const Elem* y, const int32_t* slot, const float* gate,
+                 int N, int k, int C);
+template <typename Elem>
+void moe_combine_backward(cudaStream_t s, Elem* dy, float* dgate, const Elem* dout, const Elem* y,
+                          const int32_t* slot, const float* gate, int N, int k, int C);
+template <typename Elem>
+void moe_route_backward(cudaStream_t s, Elem* dlogits, const float* dgate, const float* probs,
+                        const int32_t* expert, const float* aux, int N, int E, int k,
+                        bool normalize);
+
 // ---- rotary position embedding (cuda_rope.cu): backend.h rope, in place -------------------
 template <typename Elem>
 void rope(cudaStream_t s, Elem* qkv, const float* table, int N, int T, int pos0, int C, int NH,

@@ -1,0 +1,177 @@
+// Mixture-of-experts routing, dispatch and combination (backend.h, "mixture of experts"): fp32,
+// and bf16 computed in fp32 with each output rounded once. Every sum runs in a fixed order.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "cpu_math.h"
+#include "cpu_ops.h"
+
+namespace triad::cpu {
+namespace {
+
+template <class E>
+void route_rows(float* probs, int32_t* expert, float* gate, const E* logits, int N, int Ex, int k,
+                bool normalize) {
+#pragma omp parallel for schedule(static) if (size_t(N) * Ex >= kParallelMin)
+  for (int n = 0; n < N; ++n) {
+    const E* z = logits + size_t(n) * Ex;
+    float* p = probs + size_t(n) * Ex;
+    float mx = -INFINITY;
+    for (int e = 0; e < Ex; ++e) mx = std::max(mx, load_elem(z + e));
+    float sum = 0.0f;
+    for (int e = 0; e < Ex; ++e) {
+      p[e] = std::exp(load_elem(z + e) - mx);
+      sum += p[e];
+    }
+    for (int e = 0; e < Ex; ++e) p[e] /= sum;
+    int32_t* ex = expert + size_t(n) * k;
+    float* g = gate + size_t(n) * k;
+    float picked = 0.0f;
+    for (int j = 0; j < k; ++j) {  // k passes of an arg-max over the columns not yet taken
+      int best = -1;
+      for (int e = 0; e < Ex; ++e) {
+        if (std::find(ex, ex + j, e) != ex + j) continue;
+        if (best < 0 || p[e] > p[best]) best = e;  // strictly larger: ties keep the lower column
+      }
+      ex[j] = best;
+      g[j] = p[best];
+      picked += p[best];
+    }
+    if (normalize)
+      for (int j = 0; j < k; ++j) g[j] /= picked;
+  }
+}
+
+template <class E>
+void gather_rows(E* out, const E* x, const int32_t* slot, int N, int k, int C) {
+#pragma omp parallel for schedule(static) if (size_t(N) * k * C >= kParallelMin)
+  for (int i = 0; i < N * k; ++i) std::copy_n(x + size_t(i / k) * C, C, out + size_t(slot[i]) * C);
+}
+
+template <class E>
+void combine_rows(E* out, const E* y, const int32_t* slot, const float* gate, int N, int k, int C) {
+#pragma omp parallel for schedule(static) if (size_t(N) * k * C >= kParallelMin)
+  for (int n = 0; n < N; ++n) {
+    E* o = out + size_t(n) * C;
+    for (int c = 0; c < C; ++c) {
+      float s = 0.0f;
+      for (int j = 0; j < k; ++j) {
+        const int i = n * k + j;
+        s += (gate != nullptr ? gate[i] : 1.0f) * load_elem(y + size_t(slot[i]) * C + c);
+      }
+      store_elem(o + c, s);
+    }
+  }
+}
+
+template <class E>
+void combine_backward_rows(E* dy, float* dgate, const E* dout, const E* y, const int32_t* slot,
+                           const float* gate, int N, int k, int C) {
+#pragma omp parallel for schedule(static) if (size_t(N) * k * C >= kParallelMin)
+  for (int i = 0; i < N * k; ++i) {
+    const E* d = dout + size_t(i / k) * C;
+    const E* yi = y + size_t(slot[i]) * C;
+    E* dyi = dy + size_t(slot[i]) * C;
+    float dot = 0.0f;
+    for (int c = 0; c < C; ++c) {
+      const float dc = load_elem(d + c);
+      store_elem(dyi + c, gate[i] * dc);
+      dot += dc * load_elem(yi + c);
+    }
+    dgate[i] = dot;
+  }
+}
+
+// gate_j = p[e_j] (/ S, S = Σ_j p[e_j], when normalized); the gradient of the probabilities is
+// dgate's through that, plus aux; then the softmax's: dz[e] = p[e]·(dp[e] − Σ p·dp).
+template <class E>
+void route_backward_rows(E* dlogits, const float* dgate, const float* probs, const int32_t* expert,
+                         const float* aux, int N, int Ex, int k, bool normalize) {
+#pragma omp parallel
+  {
+    std::vector<float> dp(static_cast<size_t>(Ex));
+#pragma omp for schedule(static)
+    for (int n = 0; n < N; ++n) {
+      const float* p = probs + size_t(n) * Ex;
+      const int32_t* ex = expert + size_t(n) * k;
+      const float* dg = dgate + size_t(n) * k;
+      for (int e = 0; e < Ex; ++e) dp[size_t(e)] = aux != nullptr ? aux[e] : 0.0f;
+      if (normalize) {
+        float S = 0.0f, dot = 0.0f;
+        for (int j = 0; j < k; ++j) S += p[ex[j]];
+        for (int j = 0; j < k; ++j) dot += dg[j] * (p[ex[j]] / S);
+        for (int j = 0; j < k; ++j) dp[size_t(ex[j])] += (dg[j] - dot) / S;
+      } else {
+        for (int j = 0; j < k; ++j) dp[size_t(ex[j])] += dg[j];
+      }
+      float dot = 0.0f;
+      for (int e = 0; e < Ex; ++e) dot += p[e] * dp[size_t(e)];
+      E* dz = dlogits + size_t(n) * Ex;
+      for (int e = 0; e < Ex; ++e) store_elem(dz + e, p[e] * (dp[size_t(e)] - dot));
+    }
+  }
+}
+
+}  // namespace
+
+void moe_route(float* probs, int32_t* expert, float* gate, const float* logits, int N, int E, int k,
+               bool normalize) {
+  route_rows(probs, expert, gate, logits, N, E, k, normalize);
+}
+void moe_route(float* probs, int32_t* expert, float* gate, const bf16_t* logits, int N, int E,
+               int k, bool normalize) {
+  route_rows(probs, expert, gate, logits, N, E, k, normalize);
+}
+
+void moe_dispatch(int32_t* slot, int* counts, float* prob_sums, const int32_t* expert,
+                  const float* probs, int N, int E, int k) {
+  std::vector<int> next(size_t(E), 0);
+  for (int i = 0; i < N * k; ++i) ++next[size_t(expert[i])];
+  int at = 0;
+  for (int e = 0; e < E; ++e) {  // each expert's first place
+    counts[e] = next[size_t(e)];
+    next[size_t(e)] = at;
+    at += counts[e];
+  }
+  for (int i = 0; i < N * k; ++i) slot[i] = next[size_t(expert[i])]++;
+  if (prob_sums == nullptr) return;
+  std::fill(prob_sums, prob_sums + E, 0.0f);
+  for (int n = 0; n < N; ++n)
+    for (int e = 0; e < E; ++e) prob_sums[e] += probs[size_t(n) * E + e];
+}
+
+void moe_gather(float* out, const float* x, const int32_t* slot, int N, int k, int C) {
+  gather_rows(out, x, slot, N, k, C);
+}
+void moe_gather(bf16_t* out, const bf16_t* x, const int32_t* slot, int N, int k, int C) {
+  gather_rows(out, x, slot, N, k, C);
+}
+void moe_combine(float* out, const float* y, const int32_t* slot, const float* gate, int N, int k,
+                 int C) {
+  combine_rows(out, y, slot, gate, N, k, C);
+}
+void moe_combine(bf16_t* out, const bf16_t* y, const int32_t* slot, const float* gate, int N, int k,
+                 int C) {
+  combine_rows(out, y, slot, gate, N, k, C);
+}
+void moe_combine_backward(float* dy, float* dgate, const float* dout, const float* y,
+                          const int32_t* slot, const float* gate, int N, int k, int C) {
+  combine_backward_rows(dy, dgate, dout, y, slot, gate, N, k, C);
+}
+void moe_combine_backward(bf16_t* dy, float* dgate, const bf16_t* dout, const bf16_t* y,
+                          const int32_t* slot, const float* gate, int N, int k, int C) {
+  combine_backward_rows(dy, dgate, dout, y, slot, gate, N, k, C);
+}
+void moe_route_backward(float* dlogits, const float* dgate, const float* probs,
+                        const int32_t* expert, const float* aux, int N, int E, int k,
+                        bool normalize) {
+  route_backward_rows(dlogits, dgate, probs, expert, aux, N, E, k, normalize);
+}
+void moe_route_backward(bf16_t* dlogits, const float* dgate, const float* probs,
+                        const int32_t* expert, const float* aux, int N, int E, int k,
+                        bool normalize) {
+  route_backward_rows(dlogits, dgate, probs, expert, aux, N, E, k, normalize);
+}
+
+}  // namespace triad::cpu

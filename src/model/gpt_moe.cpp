@@ -1,0 +1,127 @@
+// The mixture of experts' MLP (GptShape::moe): routing, the experts' products over their rows in
+// expert order, and the gated sum back to the tokens; its backward with the load-balancing loss.
+// Each expert's rows are one contiguous block, so an expert is one plain product of the backend
+// (dropless: no capacity, no padding; the host learns the blocks' sizes from moe_dispatch).
+// Under tensor parallelism every rank routes all rows alike (the router is replicated) and holds
+// 1/tp of every expert's hidden units, as the dense MLP's column- and row-parallel pair.
+#include <algorithm>
+
+#include "gpt_activations.h"
+#include "triad/model/gpt.h"
+
+namespace triad {
+
+template <class A>
+void Gpt::moe_front(typename Set<A>::Layer& L, const A* ln2, const A* fcw, const A* routerw,
+                    int N) {
+  const int C = shape_.n_embd, E = shape_.moe_experts, k = shape_.moe_top_k;
+  const size_t Fl = size_t(shape_.fc_rows() / mp_.tp);
+  auto& a = acts<A>();
+  be_.matmul_forward(a.moe_logits, ln2, routerw, nullptr, N, C, E);
+  be_.moe_route(L.moe_probs, L.moe_expert, L.moe_gate, a.moe_logits, N, E, k, shape_.moe_normalize);
+  L.moe_counts.resize(size_t(E));
+  moe_host_.resize(size_t(E));
+  be_.moe_dispatch(L.moe_slot, L.moe_counts.data(), moe_host_.data(), L.moe_expert, L.moe_probs, N,
+                   E, k);
+  if (!recomputing_) {
+    double balance = 0;
+    int most = 0;
+    for (int e = 0; e < E; ++e) {
+      balance += double(L.moe_counts[size_t(e)]) * moe_host_[size_t(e)];
+      most = std::max(most, L.moe_counts[size_t(e)]);
+    }
+    moe_stats_.balance += balance * E / (double(N) * k * N);
+    moe_stats_.max_load += double(most) * E / (double(N) * k);
+    ++moe_stats_.count;
+  }
+  be_.moe_gather(L.moe_x, ln2, L.moe_slot, N, k, C);
+  size_t row = 0;
+  for (int e = 0; e < E; ++e) {
+    const int n = L.moe_counts[size_t(e)];
+    if (n > 0)
+      be_.matmul_forward(L.fch + row * Fl, L.moe_x + row * C, fcw + size_t(e) * Fl * C, nullptr, n,
+                         C, int(Fl));
+    row += size_t(n);
+  }
+  mlp_activation(L.fch_gelu, L.fch, N * k);
+}
+
+template <class A>
+void Gpt::moe_output(typename Set<A>::Layer& L, A* out, const A* fcprojw, int N) {
+  const int C = shape_.n_embd, E = shape_.moe_experts, k = shape_.moe_top_k;
+  const size_t Hl = size_t(shape_.hidden() / mp_.tp);
+  size_t row = 0;
+  for (int e = 0; e < E; ++e) {
+    const int n = L.moe_counts[size_t(e)];
+    if (n > 0)
+      be_.matmul_forward(L.moe_y + row * C, L.fch_gelu + row * Hl, fcprojw + size_t(e) * C * Hl,
+                         nullptr, n, int(Hl), C);
+    row += size_t(n);
+  }
+  if (out != nullptr) be_.moe_combine(out, L.moe_y, L.moe_slot, L.moe_gate, N, k, C);
+}
+
+template <class A>
+void Gpt::moe_backward(typename Set<A>::Layer& L, A* dpart, float* dfcw, float* dfcprojw,
+                       float* drouterw, const A* dres, const A* ln2, const A* fcw, const A* fcprojw,
+                       const A* routerw, int N) {
+  constexpr GradMode kSet = GradMode::overwrite;
+  const int C = shape_.n_embd, E = shape_.moe_experts, k = shape_.moe_top_k;
+  const size_t Fl = size_t(shape_.fc_rows() / mp_.tp), Hl = size_t(shape_.hidden() / mp_.tp);
+  auto& a = acts<A>();
+  // The gates' gradient reads the experts' outputs, partial sums over the group: summed there.
+  be_.moe_combine_backward(a.moe_dy, a.moe_dgate, dres, L.moe_y, L.moe_slot, L.moe_gate, N, k, C);
+  tp_all_reduce(a.moe_dgate, size_t(N) * k);
+  size_t row = 0;
+  for (int e = 0; e < E; ++e) {
+    const int n = L.moe_counts[size_t(e)];
+    if (n > 0)
+      be_.matmul_backward(a.dfch_gelu + row * Hl,
+                          dfcprojw != nullptr ? dfcprojw + size_t(e) * C * Hl : nullptr, nullptr,
+                          a.moe_dy + row * C, L.fch_gelu + row * Hl, fcprojw + size_t(e) * C * Hl,
+                          n, int(Hl), C, kSet);
+    row += size_t(n);
+  }
+  if (shape_.swiglu)
+    be_.swiglu_backward(a.dfch, L.fch, a.dfch_gelu, N * k, int(Hl), kSet);
+  else
+    be_.gelu_backward(a.dfch, L.fch, a.dfch_gelu, size_t(N) * k * Hl, kSet);
+  row = 0;  // the experts' input gradients over moe_dy (their output gradients are spent)
+  for (int e = 0; e < E; ++e) {
+    const int n = L.moe_counts[size_t(e)];
+    if (n > 0)
+      be_.matmul_backward(a.moe_dy + row * C, dfcw != nullptr ? dfcw + size_t(e) * Fl * C : nullptr,
+                          nullptr, a.dfch + row * Fl, L.moe_x + row * C, fcw + size_t(e) * Fl * C,
+                          n, C, int(Fl), kSet);
+    row += size_t(n);
+  }
+  be_.moe_combine(dpart, a.moe_dy, L.moe_slot, nullptr, N, k, C);
+  // The load-balancing loss α·E·Σ_e f_e·P_e for each of the N rows: d/dprobs[n,e] = α·E·f_e
+  // times the step's loss scale (P_e's 1/N cancels the N rows).
+  const float* aux = nullptr;
+  if (moe_aux_loss_ > 0.0f) {
+    moe_host_.resize(size_t(E));
+    for (int e = 0; e < E; ++e)
+      moe_host_[size_t(e)] = float(double(dloss_scale_) * moe_aux_loss_ * E *
+                                   L.moe_counts[size_t(e)] / (double(N) * k));
+    be_.copy_from_host(a.moe_aux, moe_host_.data(), size_t(E));
+    aux = a.moe_aux;
+  }
+  be_.moe_route_backward(a.moe_logits, a.moe_dgate, L.moe_probs, L.moe_expert, aux, N, E, k,
+                         shape_.moe_normalize);
+  // The router's input gradient once over the group (every rank forms the same one).
+  A* dinp = mp_.tp_rank == 0 ? dpart : nullptr;
+  if (dinp != nullptr || drouterw != nullptr)
+    be_.matmul_backward(dinp, drouterw, nullptr, a.moe_logits, ln2, routerw, N, C, E);
+}
+
+#define TRIAD_MOE_INSTANCES(A)                                                             \
+  template void Gpt::moe_front<A>(Set<A>::Layer&, const A*, const A*, const A*, int);      \
+  template void Gpt::moe_output<A>(Set<A>::Layer&, A*, const A*, int);                     \
+  template void Gpt::moe_backward<A>(Set<A>::Layer&, A*, float*, float*, float*, const A*, \
+                                     const A*, const A*, const A*, const A*, int);
+TRIAD_MOE_INSTANCES(float)
+TRIAD_MOE_INSTANCES(bf16_t)
+#undef TRIAD_MOE_INSTANCES
+
+}  // namespace triad

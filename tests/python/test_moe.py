@@ -1,0 +1,113 @@
+"""A mixture of experts (model.moe_experts) across triad-train's grids and workflow. The model
+itself is checked against PyTorch in test_reference_model.py (the moe and moeswiglu cases:
+gradients, recomputation, AdamW steps with the load-balancing loss).
+
+- The same training curve, load-balancing term and busiest-expert load on every grid: tensor
+  parallelism (each expert's hidden units split, the router replicated), with sequence
+  parallelism, pipeline stages, data parallelism with ZeRO-1, 2 and 3, and full
+  recomputation; under context parallelism (where each rank balances its own rows) the same
+  curve without the load-balancing term.
+- A resumed run continues bit for bit as the uninterrupted one; the checkpoint holds the model's
+  routing (moe_* attributes) and a config that disagrees with it is refused; triad-ckpt verifies
+  it, triad-generate samples from it, triad-convert refuses to export it to a dense format.
+- Combinations that do not run yet are refused with one error naming the key.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import h5py
+import numpy as np
+
+from test_mpi_runs import run
+from triad_run import assert_clean_error, assert_clean_failure, exe, tiny_config, tool, train
+
+MOE = dict(model__moe_experts=4, model__moe_top_k=2, model__mlp_hidden=64,
+           train__moe_aux_loss=0.05)
+
+
+def curves(path):
+    with h5py.File(path / "metrics.h5", "r") as f:
+        return {k: f["train"][k][:] for k in ("loss", "grad_norm", "moe_aux_loss", "moe_max_load")}
+
+
+def test_moe_trains_alike_on_every_grid(tmp_path):
+    cfg = tiny_config(tmp_path, name="one", train__steps=6, eval__every=0, checkpoint__every=0,
+                      data__shuffle="false", **MOE)
+    p = run(1, "--config", cfg)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "moe aux" in p.stdout
+    want = curves(tmp_path / "runs" / "one")
+    assert np.all(np.isfinite(want["moe_aux_loss"])) and np.all(want["moe_max_load"] >= 1)
+    for n, grid in ((2, ["--parallel.tp", 2]),
+                    (2, ["--parallel.tp", 2, "--parallel.sequence_parallel", "true"]),
+                    (2, ["--parallel.pp", 2]),
+                    (2, ["--parallel.zero", 1]),
+                    (2, ["--parallel.zero", 2]),
+                    (2, ["--parallel.zero", 3]),
+                    (1, ["--train.recompute", "full"])):
+        name = f"g{n}_" + "_".join(map(str, grid[::2])).replace("--", "").replace(".", "-")
+        p = run(n, "--config", cfg, "--run.name", name, *grid)
+        assert p.returncode == 0, name + p.stdout + p.stderr
+        got = curves(tmp_path / "runs" / name)
+        for k in want:
+            np.testing.assert_allclose(got[k], want[k], rtol=3e-5, err_msg=f"{name} {k}")
+    # Context parallelism balances each rank's own pieces of the sequences (its rows' f and P,
+    # as Megatron's), another objective: without the term, the same curve.
+    for n, grid, name in ((1, [], "plain"), (2, ["--parallel.cp", 2], "cp")):
+        p = run(n, "--config", cfg, "--run.name", name, "--train.moe_aux_loss", 0, *grid)
+        assert p.returncode == 0, name + p.stdout + p.stderr
+    want, got = curves(tmp_path / "runs" / "plain"), curves(tmp_path / "runs" / "cp")
+    for k in ("loss", "grad_norm"):
+        np.testing.assert_allclose(got[k], want[k], rtol=3e-5, err_msg=f"cp {k}")
+
+
+def test_moe_resume_is_bit_exact_and_checkpoint_holds_the_routing(tmp_path):
+    cfg = tiny_config(tmp_path, name="whole", train__steps=8, eval__every=0, checkpoint__every=4,
+                      **MOE)
+    p = train("--config", cfg)
+    assert p.returncode == 0, p.stdout + p.stderr
+    whole = curves(tmp_path / "runs" / "whole")
+    cut = tiny_config(tmp_path, name="cut", train__steps=8, eval__every=0, checkpoint__every=4,
+                      **MOE)
+    p = train("--config", cut, "--train.steps", 4)
+    assert p.returncode == 0, p.stdout + p.stderr
+    p = train("--config", cut)
+    assert p.returncode == 0, p.stdout + p.stderr
+    resumed = curves(tmp_path / "runs" / "cut")
+    for k in whole:
+        np.testing.assert_array_equal(resumed[k], whole[k], err_msg=k)
+    ckpt = tmp_path / "runs" / "whole" / "ckpt" / "step_00000008.h5"
+    with h5py.File(ckpt, "r") as f:
+        a = f["model"].attrs
+        assert (a["moe_experts"], a["moe_top_k"], a["moe_normalize"]) == (4, 2, 1)
+        assert f["model/h/1/mlp/experts/c_fc/weight"].shape == (4, 64, 32)
+        assert f["model/h/1/mlp/experts/c_proj/weight"].shape == (4, 32, 64)
+        assert f["model/h/1/mlp/router/weight"].shape == (4, 32)
+        assert "h/1/mlp/c_fc/weight" not in f["model"]
+    p = train("--config", cfg, "--resume", ckpt, "--model.moe_top_k", 1, "--train.steps", 9)
+    assert_clean_error(p, "moe_top_k = 1", str(ckpt))
+    # The checkpoint verifies against the expected tensors, generates, and is not exported to
+    # the dense formats.
+    p = tool("triad-ckpt", ckpt)
+    assert p.returncode == 0, p.stdout + p.stderr
+    g = subprocess.run([exe("triad-generate"), "--checkpoint", ckpt, "--prompt-ids", "1 2 3",
+                        "--length", "4", "--output", "ids"], capture_output=True, text=True)
+    assert g.returncode == 0 and len(g.stdout.split()) == 4, g.stdout + g.stderr
+    assert_clean_failure(tool("triad-convert", "export", ckpt, tmp_path / "hf", "--to", "hf"),
+                         "mixtures of 4 experts")
+
+
+def test_moe_refuses_what_it_cannot_run(tmp_path):
+    cases = [({"model__moe_top_k": 5}, "model.moe_top_k"),
+             ({"model__moe_experts": 300}, "model.moe_experts"),
+             ({"optim__name": "muon"}, "Muon"),
+             ({"model__mup_base_width": 16}, "μP"),
+             ({"train__moe_aux_loss": -1}, "train.moe_aux_loss")]
+    for i, (over, words) in enumerate(cases):
+        cfg = tiny_config(tmp_path, name=f"bad{i}", **{**MOE, **over})
+        assert_clean_error(train("--config", cfg), words)
+    cfg = tiny_config(tmp_path, name="zb", parallel__pp=2, parallel__schedule="zb-h1", **MOE)
+    p = run(2, "--config", cfg)
+    assert p.returncode != 0 and "parallel.schedule = zb-h1" in p.stderr, p.stderr

@@ -1,0 +1,215 @@
+// The CPU backend's mixture-of-experts ops (backend.h, "mixture of experts") against independent
+// definitions: top-k by a full sort of each row, the dispatch order by a stable sort of the
+// choices, and every gradient by central finite differences in double of a scalar function of the
+// forward ops' outputs. The bf16 variants against the fp32 ops on the widened values.
+// (tests/python/test_moe.py compares whole models with a PyTorch reference.)
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "triad/core/bf16.h"
+#include "triad/kernels/backend.h"
+
+namespace triad {
+namespace {
+
+using Vec = std::vector<float>;
+using Ints = std::vector<int32_t>;
+
+Vec random_vec(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  Vec v(n);
+  for (auto& x : v) x = d(gen);
+  return v;
+}
+
+struct Routed {
+  Vec probs, gate;
+  Ints expert, slot;
+  std::vector<int> counts;
+  Vec sums;
+};
+
+Routed route(Backend& be, const Vec& logits, int N, int E, int k, bool normalize) {
+  Routed r{Vec(size_t(N) * E),  Vec(size_t(N) * k),          Ints(size_t(N) * k),
+           Ints(size_t(N) * k), std::vector<int>(size_t(E)), Vec(size_t(E))};
+  be.moe_route(r.probs.data(), r.expert.data(), r.gate.data(), logits.data(), N, E, k, normalize);
+  be.moe_dispatch(r.slot.data(), r.counts.data(), r.sums.data(), r.expert.data(), r.probs.data(), N,
+                  E, k);
+  return r;
+}
+
+class MoeOps : public ::testing::TestWithParam<std::tuple<int, int, int, bool>> {};
+
+TEST_P(MoeOps, RouteAndDispatchMatchSortedReference) {
+  const auto [N, E, k, normalize] = GetParam();
+  auto be = make_cpu_backend();
+  Vec logits = random_vec(size_t(N) * E, 1);
+  if (E > 1) logits[1] = logits[0];  // a tie: the lower column comes first
+  const Routed r = route(*be, logits, N, E, k, normalize);
+  for (int n = 0; n < N; ++n) {
+    const float* z = &logits[size_t(n) * E];
+    const double mx = *std::max_element(z, z + E);
+    double sum = 0;
+    for (int e = 0; e < E; ++e) sum += std::exp(double(z[e]) - mx);
+    std::vector<int> order(static_cast<size_t>(E));
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return z[a] > z[b]; });
+    double picked = 0;
+    for (int j = 0; j < k; ++j) picked += std::exp(double(z[order[size_t(j)]]) - mx) / sum;
+    for (int e = 0; e < E; ++e)
+      EXPECT_NEAR(r.probs[size_t(n) * E + e], std::exp(double(z[e]) - mx) / sum, 1e-6);
+    for (int j = 0; j < k; ++j) {
+      const int e = order[size_t(j)];
+      EXPECT_EQ(r.expert[size_t(n) * k + j], e) << "row " << n << " choice " << j;
+      const double p = std::exp(double(z[e]) - mx) / sum;
+      EXPECT_NEAR(r.gate[size_t(n) * k + j], normalize ? p / picked : p, 1e-6);
+    }
+  }
+  // Dispatch: the choices stably sorted by expert.
+  std::vector<int> order(size_t(N) * k);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int a, int b) { return r.expert[size_t(a)] < r.expert[size_t(b)]; });
+  for (size_t place = 0; place < order.size(); ++place)
+    EXPECT_EQ(r.slot[size_t(order[place])], int(place));
+  for (int e = 0; e < E; ++e) {
+    EXPECT_EQ(r.counts[size_t(e)], std::count(r.expert.begin(), r.expert.end(), e));
+    double s = 0;
+    for (int n = 0; n < N; ++n) s += r.probs[size_t(n) * E + e];
+    EXPECT_NEAR(r.sums[size_t(e)], s, 1e-5);
+  }
+}
+
+// L(y, gate) = Σ w·combine(y, gate): its gradients by the backward op and by differences.
+TEST_P(MoeOps, CombineBackwardMatchesFiniteDifferences) {
+  const auto [N, E, k, normalize] = GetParam();
+  const int C = 5;
+  auto be = make_cpu_backend();
+  const Routed r = route(*be, random_vec(size_t(N) * E, 2), N, E, k, normalize);
+  Vec y = random_vec(size_t(N) * k * C, 3), w = random_vec(size_t(N) * C, 4);
+  Vec gate = r.gate;
+  auto loss = [&]() {
+    Vec out(size_t(N) * C);
+    be->moe_combine(out.data(), y.data(), r.slot.data(), gate.data(), N, k, C);
+    double s = 0;
+    for (size_t i = 0; i < out.size(); ++i) s += double(w[i]) * out[i];
+    return s;
+  };
+  Vec dy(y.size()), dgate(gate.size());
+  be->moe_combine_backward(dy.data(), dgate.data(), w.data(), y.data(), r.slot.data(), gate.data(),
+                           N, k, C);
+  const float h = 1e-2f;
+  for (size_t i = 0; i < y.size(); i += 7) {
+    const float keep = y[i];
+    y[i] = keep + h;
+    const double up = loss();
+    y[i] = keep - h;
+    const double down = loss();
+    y[i] = keep;
+    EXPECT_NEAR(dy[i], (up - down) / (2 * h), 2e-3) << "dy " << i;
+  }
+  for (size_t i = 0; i < gate.size(); ++i) {
+    const float keep = gate[i];
+    gate[i] = keep + h;
+    const double up = loss();
+    gate[i] = keep - h;
+    const double down = loss();
+    gate[i] = keep;
+    EXPECT_NEAR(dgate[i], (up - down) / (2 * h), 2e-3) << "dgate " << i;
+  }
+  // Without gates, combine sums a token's k copies: gather then combine is k·x.
+  Vec x = random_vec(size_t(N) * C, 5), xp(size_t(N) * k * C), back(x.size());
+  be->moe_gather(xp.data(), x.data(), r.slot.data(), N, k, C);
+  be->moe_combine(back.data(), xp.data(), r.slot.data(), nullptr, N, k, C);
+  for (size_t i = 0; i < x.size(); ++i) EXPECT_FLOAT_EQ(back[i], float(k) * x[i]);
+}
+
+// L(logits) = Σ c·gate + Σ aux[e]·probs[n,e] at fixed choices (small steps keep the top k).
+TEST_P(MoeOps, RouteBackwardMatchesFiniteDifferences) {
+  const auto [N, E, k, normalize] = GetParam();
+  auto be = make_cpu_backend();
+  Vec logits = random_vec(size_t(N) * E, 6, 2.0f);
+  const Routed r = route(*be, logits, N, E, k, normalize);
+  const Vec c = random_vec(size_t(N) * k, 7), aux = random_vec(size_t(E), 8);
+  auto loss = [&]() {
+    Routed q = route(*be, logits, N, E, k, normalize);
+    EXPECT_EQ(q.expert, r.expert) << "a step changed the routing";
+    double s = 0;
+    for (size_t i = 0; i < q.gate.size(); ++i) s += double(c[i]) * q.gate[i];
+    for (int n = 0; n < N; ++n)
+      for (int e = 0; e < E; ++e) s += double(aux[size_t(e)]) * q.probs[size_t(n) * E + e];
+    return s;
+  };
+  Vec dlogits(logits.size());
+  be->moe_route_backward(dlogits.data(), c.data(), r.probs.data(), r.expert.data(), aux.data(), N,
+                         E, k, normalize);
+  const float h = 1e-3f;
+  for (size_t i = 0; i < logits.size(); i += 3) {
+    const float keep = logits[i];
+    logits[i] = keep + h;
+    const double up = loss();
+    logits[i] = keep - h;
+    const double down = loss();
+    logits[i] = keep;
+    EXPECT_NEAR(dlogits[i], (up - down) / (2 * h), 2e-3) << "dlogits " << i;
+  }
+}
+
+// bf16: the fp32 ops on the widened values, each output rounded once.
+TEST_P(MoeOps, Bf16IsFp32OfWidenedValuesRoundedOnce) {
+  const auto [N, E, k, normalize] = GetParam();
+  const int C = 6;
+  auto be = make_cpu_backend();
+  auto round_trip = [](const Vec& v) {
+    Vec o(v.size());
+    for (size_t i = 0; i < v.size(); ++i) o[i] = to_float(to_bf16(v[i]));
+    return o;
+  };
+  auto to_b = [](const Vec& v) {
+    std::vector<bf16_t> o(v.size());
+    for (size_t i = 0; i < v.size(); ++i) o[i] = to_bf16(v[i]);
+    return o;
+  };
+  const Vec logits = round_trip(random_vec(size_t(N) * E, 9));
+  const Routed r = route(*be, logits, N, E, k, normalize);
+  Routed rb = r;
+  be->moe_route(rb.probs.data(), rb.expert.data(), rb.gate.data(), to_b(logits).data(), N, E, k,
+                normalize);
+  EXPECT_EQ(rb.probs, r.probs);
+  EXPECT_EQ(rb.expert, r.expert);
+  EXPECT_EQ(rb.gate, r.gate);
+  const Vec y = round_trip(random_vec(size_t(N) * k * C, 10));
+  const Vec d = round_trip(random_vec(size_t(N) * C, 11));
+  Vec out(size_t(N) * C), dy(y.size()), dg(size_t(N) * k), dz(logits.size());
+  be->moe_combine(out.data(), y.data(), r.slot.data(), r.gate.data(), N, k, C);
+  be->moe_combine_backward(dy.data(), dg.data(), d.data(), y.data(), r.slot.data(), r.gate.data(),
+                           N, k, C);
+  be->moe_route_backward(dz.data(), dg.data(), r.probs.data(), r.expert.data(), nullptr, N, E, k,
+                         normalize);
+  std::vector<bf16_t> outb(out.size()), dyb(dy.size()), dzb(dz.size());
+  Vec dgb(dg.size());
+  be->moe_combine(outb.data(), to_b(y).data(), r.slot.data(), r.gate.data(), N, k, C);
+  be->moe_combine_backward(dyb.data(), dgb.data(), to_b(d).data(), to_b(y).data(), r.slot.data(),
+                           r.gate.data(), N, k, C);
+  be->moe_route_backward(dzb.data(), dg.data(), r.probs.data(), r.expert.data(), nullptr, N, E, k,
+                         normalize);
+  EXPECT_EQ(dgb, dg);
+  for (size_t i = 0; i < out.size(); ++i) EXPECT_EQ(outb[i].bits, to_bf16(out[i]).bits);
+  for (size_t i = 0; i < dy.size(); ++i) EXPECT_EQ(dyb[i].bits, to_bf16(dy[i]).bits);
+  for (size_t i = 0; i < dz.size(); ++i) EXPECT_EQ(dzb[i].bits, to_bf16(dz[i]).bits);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, MoeOps,
+                         ::testing::Values(std::make_tuple(9, 4, 2, true),
+                                           std::make_tuple(9, 4, 2, false),
+                                           std::make_tuple(12, 8, 3, true),
+                                           std::make_tuple(5, 1, 1, true)));
+
+}  // namespace
+}  // namespace triad
