@@ -114,6 +114,10 @@ def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
                 s.pop(p + k, None)
             s.update({p + "experts/c_fc/weight": (E, F, C), p + "experts/c_proj/weight": (E, C, H),
                       p + "router/weight": (E, C)})
+            S = int(a.get("moe_shared_hidden", 0))  # shared experts
+            if S > 0:
+                FS = 2 * S if a.get("mlp", "gelu") == "swiglu" else S
+                s.update({p + "shared/c_fc/weight": (FS, C), p + "shared/c_proj/weight": (C, S)})
     if int(a.get("tie_embeddings", 1)) == 0:  # an output layer of its own
         s["lm_head/weight"] = (V, C)
     if int(a.get("bias", 1)) == 0:  # model.bias = false (model.qkv_bias: c_attn's kept)

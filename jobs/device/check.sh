@@ -332,7 +332,9 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
     # under μP (the logits' multiplier, μP's attention scale in the flash kernels, the AdamW
     # runs' learning-rate scales). And the FP8 products (fp8: run.fp8 = tensorwise, the absmax and
     # cast kernels and cuBLASLt's FP8 products; bf16 only on the GPU) against the CPU's emulation.
-    for tag in muon rope sched fp8; do
+    # And a mixture of experts (moe: 4 experts, top 2, the load-balancing loss: the routing,
+    # dispatch, gather and gated-sum kernels and the experts' products over their rows).
+    for tag in muon rope sched fp8 moe; do
       opts=(--optim.name muon --train.norms_every 10)
       [[ $tag == rope ]] && opts=(--model.position rope --model.norm rmsnorm --model.mlp swiglu --model.bias false
                                   --model.tie_embeddings false --model.n_kv_head 1 --model.qk_norm true
@@ -341,6 +343,7 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
                                    --train.z_loss 0.01 --model.logit_softcap 3
                                    --model.mup_base_width 64)
       [[ $tag == fp8 ]] && opts=(--run.fp8 tensorwise)
+      [[ $tag == moe ]] && opts=(--model.moe_experts 4 --model.moe_top_k 2 --train.moe_aux_loss 0.05)
       for v in "${variants[@]}"; do
         read -r be pr <<<"$v"
         [[ $tag == fp8 && $be == cuda && $pr == fp32 ]] && continue  # the GPU's FP8 reads bf16
@@ -485,7 +488,7 @@ try:
     print(f"RESULT_NORMS cuda fp32 vs cpu, step 0, {len(n_cpu)} layer norms: max rel diff {worst:.2e}")
 except Exception as e:
     print("RESULT_MUON failed:", e)
-for tag in ("rope", "sched"):  # Llama's blocks; window warmup, batch ramp, z-loss, cap and μP
+for tag in ("rope", "sched", "moe"):  # Llama's blocks; schedules, z-loss, cap, μP; experts
     try:
         load_curves("_" + tag)
         for v in ("cuda_fp32", "cuda_bf16"):
@@ -598,6 +601,7 @@ res "Muon 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_MUON //p' "$RUN/gpu.txt" 2>/
 res "Llama blocks (multi-query, QK-norm, Qwen2's qkv bias and eps) 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_ROPE //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "window warmup + batch ramp + z-loss 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_SCHED //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "FP8 products (bf16 GPU vs CPU emulation) 50 steps" "$(sed -n 's/^RESULT_FP8 //p' "$RUN/gpu.txt" 2>/dev/null)"
+res "mixture of experts (4, top 2) 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_MOE //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "layer norms GPU vs CPU" "$(sed -n 's/^RESULT_NORMS //p' "$RUN/gpu.txt" 2>/dev/null)"
 res "2 ranks on one GPU" "$(sed -n 's/^RESULT_NP2 //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "NCCL Comm in training" "$(sed -n 's/^RESULT_NCCL //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -) ($(sed -n 's/^RESULT_NCCL_LINE //p' "$RUN/gpu.txt" 2>/dev/null))"

@@ -699,6 +699,10 @@ CheckpointState read_state(hid_t file) {
                 "attribute moe_top_k of /model is ", s.model.moe_top_k, ", not in [1, ",
                 s.model.moe_experts, "] (moe_experts)");
     s.model.moe_normalize = flag("moe_normalize");
+    s.model.moe_shared_hidden = io::read_int64_attr(model, "moe_shared_hidden").value_or(0);
+    TRIAD_CHECK(s.model.moe_shared_hidden >= 0 && s.model.moe_shared_hidden <= (int64_t(1) << 30),
+                "attribute moe_shared_hidden of /model is ", s.model.moe_shared_hidden,
+                ", not in [0, 2^30]");
   }
   s.model.logit_softcap = io::read_double_attr(model, "logit_softcap").value_or(0.0);
   TRIAD_CHECK(std::isfinite(s.model.logit_softcap) && s.model.logit_softcap >= 0 &&
@@ -1071,6 +1075,8 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
             io::write_int64_attr(model, "moe_experts", state.model.moe_experts);
             io::write_int64_attr(model, "moe_top_k", state.model.moe_top_k);
             io::write_int64_attr(model, "moe_normalize", state.model.moe_normalize ? 1 : 0);
+            if (state.model.moe_shared_hidden > 0)
+              io::write_int64_attr(model, "moe_shared_hidden", state.model.moe_shared_hidden);
           }
           if (state.model.logit_softcap > 0)  // 0: no cap
             io::write_double_attr(model, "logit_softcap", state.model.logit_softcap);

@@ -51,7 +51,9 @@ std::vector<LayerTensor> all_layer_tensors(const GptShape& shape) {
             {"mlp/experts/c_fc/bias", {E, F}, 1, fc_blocks},
             {"mlp/experts/c_proj/weight", {E, C, H}, 2, 1},
             {"mlp/experts/c_proj/bias", {E, C}, -1, 1},
-            {"mlp/router/weight", {E, C}, -1, 1}};  // replicated: every rank routes alike
+            {"mlp/router/weight", {E, C}, -1, 1},  // replicated: every rank routes alike
+            {"mlp/shared/c_fc/weight", {shape.shared_fc_rows(), C}, 0, fc_blocks},
+            {"mlp/shared/c_proj/weight", {C, shape.moe_shared_hidden}, 1, 1}};
   }
   return {{"ln_1/weight", {C}, -1, 1},
           {"ln_1/bias", {C}, -1, 1},
@@ -73,6 +75,7 @@ std::vector<LayerTensor> all_layer_tensors(const GptShape& shape) {
 bool has_tensor(const GptShape& shape, const std::string& suffix) {
   if (suffix.ends_with("_norm/weight") && suffix.starts_with("attn/")) return shape.qk_norm;
   if (suffix.starts_with("mlp/experts/")) return !suffix.ends_with("/bias");
+  if (suffix.starts_with("mlp/shared/")) return shape.moe_shared_hidden > 0;
   if (!suffix.ends_with("/bias")) return true;
   if (!shape.bias) return shape.qkv_bias && suffix == "attn/c_attn/bias";
   return !(shape.rmsnorm && suffix.starts_with("ln_"));
@@ -387,6 +390,10 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
   TRIAD_CHECK(!shape.moe() || (shape.moe_top_k >= 1 && shape.moe_top_k <= shape.moe_experts),
               "a mixture of ", shape.moe_experts, " experts cannot route each token to ",
               shape.moe_top_k);
+  TRIAD_CHECK(shape.moe_shared_hidden % mp.tp == 0 && (shape.moe() || !shape.moe_shared_hidden),
+              "the shared experts' ", shape.moe_shared_hidden,
+              " hidden units do not split over tp = ", mp.tp,
+              " (or there is no mixture of experts)");
   TRIAD_CHECK(!shape.rope || shape.hd() % 2 == 0,
               "rotary positions need an even head dimension (got ", shape.hd(), ")");
   TRIAD_ASSERT(mp.pp >= 1 && mp.virtual_stages >= 1);
@@ -763,12 +770,12 @@ double Gpt::layer_recompute_flops_per_token(const GptShape& shape) {
   // c_attn, attn.c_proj and c_fc forward (2·(W + A + F)·C per token, W = c_attn's outputs: 3C
   // for GPT-2, A = the attention's width: C for GPT-2, F = c_fc's: 4C for GPT-2), attention
   // forward (2·A·T as in the model's 6·A·T).
-  // A mixture of experts: k experts' c_fc per token, the router, and the experts' c_proj (the
-  // gates' gradient reads their outputs).
+  // A mixture of experts: k experts' c_fc per token, the router, the experts' c_proj (the
+  // gates' gradient reads their outputs), and the shared experts' c_fc.
   const double C = shape.n_embd, A = shape.attn_width();
-  const double fc =
-      shape.moe() ? double(shape.fc_rows() + shape.hidden()) * shape.moe_top_k + shape.moe_experts
-                  : double(shape.fc_rows());
+  const double fc = shape.moe() ? double(shape.fc_rows() + shape.hidden()) * shape.moe_top_k +
+                                      shape.moe_experts + shape.shared_fc_rows()
+                                : double(shape.fc_rows());
   return 2.0 * (double(shape.qkv_rows()) + A + fc) * C + 2.0 * A * shape.seq_len;
 }
 

@@ -52,7 +52,8 @@ struct Gpt::Set {
     float *moe_probs = nullptr, *moe_gate = nullptr;
     int32_t *moe_expert = nullptr, *moe_slot = nullptr;
     std::vector<int> moe_counts;
-    A* residual3;  // residual2 + mlp: the layer's output
+    A *sh_fch = nullptr, *sh_act = nullptr;  // shared experts: c_fc's output and the activation
+    A* residual3;                            // residual2 + mlp: the layer's output
     // A split backward (zero-bubble schedule): the output gradients of the four linear layers,
     // over all rows, that the input-gradient pass leaves for the weight pass — mlp.c_proj's
     // (C), c_fc's pre-activation (fc_rows/tp), attn.c_proj's (C) and c_attn's (qkv_rows/tp: 3C/tp
@@ -89,6 +90,9 @@ struct Gpt::Activations {
   // gradients [N, k]; the load-balancing loss's gradient per expert [E].
   A *moe_logits = nullptr, *moe_dy = nullptr;
   float *moe_dgate = nullptr, *moe_aux = nullptr;
+  // Shared experts: their output before it joins the routed ones' (forward), and the gradients
+  // of their activation and of c_fc's output (backward).
+  A *sh_out = nullptr, *sh_dact = nullptr, *sh_dfch = nullptr;
   // tp > 1, last stage: the vocabulary-parallel cross-entropy's row statistics of one chunk of
   // logits (4 per row).
   float* ce_stats = nullptr;
@@ -130,6 +134,8 @@ struct Gpt::Activations {
     const size_t Fl = size_t(s.fc_rows()) / size_t(mp.tp), Hl = size_t(s.hidden()) / size_t(mp.tp);
     // The MLP's rows: each token's k copies under a mixture of experts.
     const size_t K = s.moe() ? size_t(s.moe_top_k) : 1, E = size_t(s.moe_experts);
+    const size_t SFl = size_t(s.shared_fc_rows()) / size_t(mp.tp);  // shared experts' widths
+    const size_t SHl = size_t(s.moe_shared_hidden) / size_t(mp.tp);
     const size_t nh = size_t(B) * size_t(s.n_head / mp.tp) * size_t(mp.seq_rows(s.seq_len));
     // Probabilities, or log-sum-exp. Context parallel: each of the two pieces' queries against
     // the keys up to its end (piece·(start + piece) per head; 2·cp + 1 pieces² together).
@@ -172,6 +178,10 @@ struct Gpt::Activations {
         want_f(L.moe_gate, BT * K);
         want_i(L.moe_expert, BT * K);
         want_i(L.moe_slot, BT * K);
+      }
+      if (SHl > 0) {
+        want(L.sh_fch, BT * SFl);
+        want(L.sh_act, BT * SHl);
       }
       if (sp) {
         want(L.ln1g, BT * C);
@@ -228,8 +238,13 @@ struct Gpt::Activations {
         want_f(moe_dgate, BT * K);
         want_f(moe_aux, E);
       }
+      if (SHl > 0) {
+        want(sh_dact, BT * SHl);
+        want(sh_dfch, BT * SFl);
+      }
     }
     if (s.moe() && mp.rank_layers(s.n_layer) > 0) want(moe_logits, BT * E);
+    if (SHl > 0 && mp.rank_layers(s.n_layer) > 0) want(sh_out, BT * C);
     if (mp.holds_head()) {  // it holds the last chunk
       want(logits, size_t(logits_rows) * Vl);
       if (mp.tp > 1) want_f(ce_stats, 4 * size_t(logits_rows));

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <limits>
 #include <type_traits>
+#include <utility>
 
 #include "gpt_activations.h"
 #include "triad/core/error.h"
@@ -25,6 +26,7 @@ struct LayerTensors {
   T *ln1w, *ln1b, *qkvw, *qkvb, *qnw, *knw, *projw, *projb, *ln2w, *ln2b, *fcw, *fcb, *fcprojw,
       *fcprojb;
   T* routerw;  // model.moe_experts (fcw and fcprojw then hold every expert's, one after another)
+  T *shfcw, *shprojw;  // model.moe_shared_hidden: the shared experts' c_fc and c_proj
 };
 
 // The layer's tensors are specs[first ..]; pos[k] is where the k-th of its 15 possible ones (in
@@ -32,12 +34,12 @@ struct LayerTensors {
 // null pointer, as the ops take it). base holds buffer element `origin` at base[0].
 template <class T>
 LayerTensors<T> layer_tensors(T* base, const std::vector<ParamSpec>& specs, int first,
-                              const int (&pos)[15], size_t origin = 0) {
+                              const int (&pos)[17], size_t origin = 0) {
   auto at = [&](int k) -> T* {
     return pos[k] < 0 ? nullptr : base + (specs[size_t(first + pos[k])].offset - origin);
   };
-  return {at(0), at(1), at(2),  at(3),  at(4),  at(5),  at(6), at(7),
-          at(8), at(9), at(10), at(11), at(12), at(13), at(14)};
+  return {at(0), at(1),  at(2),  at(3),  at(4),  at(5),  at(6),  at(7), at(8),
+          at(9), at(10), at(11), at(12), at(13), at(14), at(15), at(16)};
 }
 
 // gr without the gradients of frozen linear-layer tensors (train.freeze; frozen: per spec, empty
@@ -45,7 +47,7 @@ LayerTensors<T> layer_tensors(T* base, const std::vector<ParamSpec>& specs, int 
 // bias is gone too (the ops take a weight gradient without a bias gradient, not the reverse).
 // The norms' stay: their ops form them with the input gradient.
 LayerTensors<float> without_frozen(LayerTensors<float> gr, const std::vector<char>& frozen,
-                                   int first, const int (&pos)[15]) {
+                                   int first, const int (&pos)[17]) {
   if (frozen.empty()) return gr;
   auto is_frozen = [&](int k) { return pos[k] >= 0 && frozen[size_t(first + pos[k])] != 0; };
   auto drop = [&](float*& w, int kw, float*& b, int kb) {
@@ -56,7 +58,8 @@ LayerTensors<float> without_frozen(LayerTensors<float> gr, const std::vector<cha
   drop(gr.projw, 6, gr.projb, 7);
   drop(gr.fcw, 10, gr.fcb, 11);
   drop(gr.fcprojw, 12, gr.fcprojb, 13);
-  if (is_frozen(14)) gr.routerw = nullptr;
+  for (auto [k, p] : {std::pair{14, &gr.routerw}, {15, &gr.shfcw}, {16, &gr.shprojw}})
+    if (is_frozen(k)) *p = nullptr;
   return gr;
 }
 
@@ -324,7 +327,7 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   const A* ln2 = gather_rows(L.ln2, L.ln2g, N);
   const int Hl = shape_.hidden() / mp_.tp;
   if (shape_.moe()) {
-    moe_front<A>(L, ln2, w.fcw, w.routerw, N);
+    moe_front<A>(L, ln2, {w.fcw, w.fcprojw, w.routerw, w.shfcw, w.shprojw}, N);
   } else if (shape_.swiglu) {
     linear_forward(fp8_site(l, 2), L.fch, ln2, w.fcw, w.fcb, N, C, 2 * Hl);
     be_.swiglu_forward(L.fch_gelu, L.fch, N, Hl);
@@ -394,7 +397,7 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T, int pos0) {
     layer_front(S, g, i, B, T, pos0);
     A* fcproj = sp ? full : L.fcproj;
     if (shape_.moe())
-      moe_output<A>(L, fcproj, w.fcprojw, N);
+      moe_output<A>(L, fcproj, {w.fcw, w.fcprojw, w.routerw, w.shfcw, w.shprojw}, N);
     else
       linear_forward(fp8_site(first_layer + i, 3), fcproj, L.fch_gelu, w.fcprojw, fcprojb, N,
                      shape_.hidden() / mp_.tp, C);
@@ -579,7 +582,8 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
       recomputing_ = true;  // the routing statistics were counted by the forward pass
       layer_front(S, g, i, B, T);
       recomputing_ = false;
-      if (shape_.moe()) moe_output<A>(L, nullptr, w.fcprojw, N);  // the gates' gradient reads them
+      if (shape_.moe())  // the gates' gradient reads the experts' outputs
+        moe_output<A>(L, nullptr, {w.fcw, w.fcprojw, w.routerw, w.shfcw, w.shprojw}, N);
     } else if (recompute == Recompute::gelu && !split) {  // split: only the weight pass reads it
       mlp_activation(L.fch_gelu, L.fch, mlp_rows(N));
     }
@@ -593,8 +597,8 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
         split ? keep_rows(a.dresidual, L.dfcproj, N) : gather_rows(a.dresidual, a.full, N);
     const int Hl = shape_.hidden() / mp_.tp, Fl = shape_.fc_rows() / mp_.tp;
     if (shape_.moe()) {
-      moe_backward<A>(L, dpart, gr.fcw, gr.fcprojw, gr.routerw, dres, L.ln2g, w.fcw, w.fcprojw,
-                      w.routerw, N);
+      moe_backward<A>(L, dpart, {gr.fcw, gr.fcprojw, gr.routerw, gr.shfcw, gr.shprojw}, dres,
+                      L.ln2g, {w.fcw, w.fcprojw, w.routerw, w.shfcw, w.shprojw}, N);
     } else if (shape_.swiglu) {  // c_proj's input gradient, then through the SwiGLU into c_fc's
       linear_backward(fp8_site(first_layer + i, 3), a.dfch_gelu, wgrad(gr.fcprojw),
                       wgrad(gr.fcprojb), dres, L.fch_gelu, w.fcprojw, N, Hl, C, kSet);

@@ -103,6 +103,9 @@ class KeyTable {
     add("model.moe_normalize", c.model.moe_normalize,
         "the chosen experts' router probabilities renormalized to sum 1 (Mixtral's; false: kept "
         "as they are, as Switch and DeepSeek)");
+    add("model.moe_shared_hidden", c.model.moe_shared_hidden,
+        "with model.moe_experts: shared experts, a dense MLP of this many hidden units every token "
+        "passes through beside its routed experts (DeepSeekMoE's, Qwen2-MoE's); 0: none");
     add("model.norm_eps", c.model.norm_eps,
         "epsilon of the LayerNorms or RMSNorms (and QK-norms): 1e-5 as GPT-2 and Llama, 1e-6 "
         "as Qwen2");
@@ -746,6 +749,10 @@ void validate(const Config& c, int world_size) {
         "optim.name = adamw or muon, not sgd");
   check(m.moe_experts >= 0 && m.moe_experts <= 256, "model.moe_experts",
         "must be in [0, 256] (0: a dense MLP; got " + std::to_string(m.moe_experts) + ")");
+  check(m.moe_shared_hidden >= 0 && (m.moe_shared_hidden == 0 || m.moe_experts > 0),
+        "model.moe_shared_hidden",
+        "must be >= 0, and > 0 only with model.moe_experts (got " +
+            std::to_string(m.moe_shared_hidden) + ")");
   if (m.moe_experts > 0) {
     check(m.moe_top_k >= 1 && m.moe_top_k <= m.moe_experts, "model.moe_top_k",
           "must be in [1, model.moe_experts = " + std::to_string(m.moe_experts) + "] (got " +
@@ -973,6 +980,9 @@ void validate(const Config& c, int world_size) {
   check(m.n_kv_head % std::max(1, par.tp) == 0, "parallel.tp",
         "(" + std::to_string(par.tp) + ") must divide model.n_kv_head (" +
             std::to_string(m.n_kv_head) + "): each rank holds its query heads' keys and values");
+  check(m.moe_shared_hidden % std::max(1, par.tp) == 0, "parallel.tp",
+        "(" + std::to_string(par.tp) + ") must divide the shared experts' hidden units (" +
+            std::to_string(m.moe_shared_hidden) + ", model.moe_shared_hidden)");
   check(c.mlp_hidden_size() % std::max(1, par.tp) == 0, "parallel.tp",
         "(" + std::to_string(par.tp) + ") must divide the MLP's hidden units (" +
             std::to_string(c.mlp_hidden_size()) + ", model.mlp_hidden)");

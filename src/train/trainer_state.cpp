@@ -349,6 +349,7 @@ CheckpointState Trainer::State::checkpoint_state() const {
   st.model.moe_experts = cfg.model.moe_experts;
   st.model.moe_top_k = cfg.model.moe_top_k;
   st.model.moe_normalize = cfg.model.moe_normalize;
+  st.model.moe_shared_hidden = cfg.model.moe_shared_hidden;
   st.loss_window = loss_window.values();
   st.norm_window = norm_window.values();
   st.skipped_in_a_row = skipped_in_a_row;
@@ -465,6 +466,10 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
               ") but the config asks for model.moe_experts = ", c.moe_experts,
               ", model.moe_top_k = ", c.moe_top_k,
               ", model.moe_normalize = ", c.moe_normalize ? "true" : "false");
+  TRIAD_CHECK(
+      m.moe_shared_hidden == c.moe_shared_hidden, "checkpoint ", path,
+      " holds a model with shared experts of ", m.moe_shared_hidden,
+      " hidden units but the config asks for model.moe_shared_hidden = ", c.moe_shared_hidden);
 }
 
 CheckpointState Trainer::State::load_weights(const std::string& path) {

@@ -24,7 +24,7 @@ from test_mpi_runs import run
 from triad_run import assert_clean_error, assert_clean_failure, exe, tiny_config, tool, train
 
 MOE = dict(model__moe_experts=4, model__moe_top_k=2, model__mlp_hidden=64,
-           train__moe_aux_loss=0.05)
+           model__moe_shared_hidden=32, train__moe_aux_loss=0.05)
 
 
 def curves(path):
@@ -85,6 +85,8 @@ def test_moe_resume_is_bit_exact_and_checkpoint_holds_the_routing(tmp_path):
         assert f["model/h/1/mlp/experts/c_fc/weight"].shape == (4, 64, 32)
         assert f["model/h/1/mlp/experts/c_proj/weight"].shape == (4, 32, 64)
         assert f["model/h/1/mlp/router/weight"].shape == (4, 32)
+        assert f["model/h/1/mlp/shared/c_fc/weight"].shape == (32, 32)
+        assert a["moe_shared_hidden"] == 32
         assert "h/1/mlp/c_fc/weight" not in f["model"]
     p = train("--config", cfg, "--resume", ckpt, "--model.moe_top_k", 1, "--train.steps", 9)
     assert_clean_error(p, "moe_top_k = 1", str(ckpt))
@@ -104,7 +106,8 @@ def test_moe_refuses_what_it_cannot_run(tmp_path):
              ({"model__moe_experts": 300}, "model.moe_experts"),
              ({"optim__name": "muon"}, "Muon"),
              ({"model__mup_base_width": 16}, "μP"),
-             ({"train__moe_aux_loss": -1}, "train.moe_aux_loss")]
+             ({"train__moe_aux_loss": -1}, "train.moe_aux_loss"),
+             ({"model__moe_experts": 0}, "model.moe_shared_hidden")]
     for i, (over, words) in enumerate(cases):
         cfg = tiny_config(tmp_path, name=f"bad{i}", **{**MOE, **over})
         assert_clean_error(train("--config", cfg), words)

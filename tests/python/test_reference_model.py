@@ -164,13 +164,13 @@ CASES = [
     # token to 2 of them, the gates renormalized (Mixtral's routing).
     Case("moe", ref.GptConfig(n_layer=2, n_head=3, n_embd=48, seq_len=17, vocab_size=300,
                               mlp_hidden=96, moe_experts=4, moe_top_k=2), 3, 45, 7, 79),
-    # ... on Llama's blocks: 6 SwiGLU experts, 3 per token, gates as the router gave them
-    # (Switch's and DeepSeek's).
+    # ... on Llama's blocks: 6 SwiGLU experts, 3 per token, gates as the router gave them, and
+    # shared experts of 32 units beside them (DeepSeekMoE's design).
     Case("moeswiglu", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
                                     position="rope", rope_theta=500.0, norm="rmsnorm",
                                     bias=False, mlp="swiglu", mlp_hidden=64, tied=False,
-                                    moe_experts=6, moe_top_k=3, moe_normalize=False),
-         2, 40, 6, 83),
+                                    moe_experts=6, moe_top_k=3, moe_normalize=False,
+                                    moe_shared_hidden=32), 2, 40, 6, 83),
 ]
 
 
@@ -186,7 +186,7 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                       full_attention_every=c.full_attention_every, logit_softcap=c.logit_softcap,
                       attn_scale=c.attn_scale, mup_base_width=c.mup_base_width,
                       moe_experts=c.moe_experts, moe_top_k=c.moe_top_k,
-                      moe_normalize=c.moe_normalize,
+                      moe_normalize=c.moe_normalize, moe_shared_hidden=c.moe_shared_hidden,
                       **({} if c.rope_scaling is None else dict(
                           rope_scaling="llama3", rope_scaling_factor=c.rope_scaling[0],
                           rope_low_freq_factor=c.rope_scaling[1],

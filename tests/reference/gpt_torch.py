@@ -90,6 +90,9 @@ class GptConfig:
     moe_experts: int = 0
     moe_top_k: int = 2
     moe_normalize: bool = True  # the k gates divided by their sum (Mixtral)
+    # model.moe_shared_hidden: shared experts, a dense MLP of this many units (the experts'
+    # activation, no biases: mlp/shared/c_fc, mlp/shared/c_proj) added to the routed ones.
+    moe_shared_hidden: int = 0
 
     @property
     def mup_mult(self) -> float:
@@ -165,6 +168,10 @@ def param_shapes(cfg: GptConfig) -> Dict[str, tuple]:
             shapes[p + "mlp/experts/c_fc/weight"] = (E, F, C)
             shapes[p + "mlp/experts/c_proj/weight"] = (E, C, cfg.hidden)
             shapes[p + "mlp/router/weight"] = (E, C)
+            if cfg.moe_shared_hidden:
+                S = cfg.moe_shared_hidden
+                shapes[p + "mlp/shared/c_fc/weight"] = (S * (2 if cfg.mlp == "swiglu" else 1), C)
+                shapes[p + "mlp/shared/c_proj/weight"] = (C, S)
             continue
         shapes[p + "mlp/c_fc/weight"] = (F, C)
         shapes[p + "mlp/c_fc/bias"] = (F,)
@@ -414,18 +421,23 @@ def moe_mlp(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str,
     top, choice = torch.topk(probs, k, dim=-1)
     gates = top / top.sum(-1, keepdim=True) if cfg.moe_normalize else top
     w1, w2 = params[p + "mlp/experts/c_fc/weight"], params[p + "mlp/experts/c_proj/weight"]
+
+    def act(a, hidden):
+        if cfg.mlp == "swiglu":
+            gate, up = a.split(hidden, dim=-1)
+            return gate * torch.sigmoid(gate) * up
+        return gelu_tanh(a)
+
     out = torch.zeros_like(x)
     for e in range(E):
         rows, j = (choice == e).nonzero(as_tuple=True)
         if rows.numel() == 0:
             continue
-        a = x[rows] @ w1[e].t()
-        if cfg.mlp == "swiglu":
-            gate, up = a.split(cfg.hidden, dim=-1)
-            a = gate * torch.sigmoid(gate) * up
-        else:
-            a = gelu_tanh(a)
+        a = act(x[rows] @ w1[e].t(), cfg.hidden)
         out = out.index_add(0, rows, gates[rows, j].unsqueeze(-1) * (a @ w2[e].t()))
+    if cfg.moe_shared_hidden:  # every token through the shared experts too
+        a = act(x @ params[p + "mlp/shared/c_fc/weight"].t(), cfg.moe_shared_hidden)
+        out = out + a @ params[p + "mlp/shared/c_proj/weight"].t()
     if _MOE_TERMS is not None:
         f = torch.bincount(choice.reshape(-1), minlength=E).to(probs.dtype) / choice.numel()
         _MOE_TERMS.append(E * (f * probs.mean(0)).sum())
@@ -893,6 +905,8 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
             for key, val in (("moe_experts", cfg.moe_experts), ("moe_top_k", cfg.moe_top_k),
                              ("moe_normalize", int(cfg.moe_normalize))):
                 m.attrs.create(key, i64(val), dtype="<i8")
+            if cfg.moe_shared_hidden:
+                m.attrs.create("moe_shared_hidden", i64(cfg.moe_shared_hidden), dtype="<i8")
         groups = {"model": weights}
         for slot, tensors in (optimizer or {}).items():
             groups["optimizer/" + slot] = tensors
@@ -934,6 +948,7 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                         moe_experts=int(a.get("moe_experts", 0)),
                         moe_top_k=int(a.get("moe_top_k", 2)),
                         moe_normalize=int(a.get("moe_normalize", 1)) == 1,
+                        moe_shared_hidden=int(a.get("moe_shared_hidden", 0)),
                         rope_scaling=(float(a["rope_scaling_factor"]),
                                       float(a["rope_low_freq_factor"]),
                                       float(a["rope_high_freq_factor"]),

@@ -8,6 +8,7 @@
 //    training model and on one for inference;
 //  - bf16 follows fp32 within bf16's rounding;
 //  - the parameter count, and the FLOPs per token counting k of E experts.
+// The SwiGLU variant has shared experts too.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -25,6 +26,7 @@ GptShape moe_shape(bool swiglu) {
   s.moe_experts = swiglu ? 5 : 4;
   s.moe_top_k = swiglu ? 3 : 2;
   s.moe_normalize = !swiglu;
+  s.moe_shared_hidden = swiglu ? 32 : 0;  // shared experts beside the routed ones
   s.mlp_hidden = 64;
   s.swiglu = swiglu;
   s.rmsnorm = swiglu;

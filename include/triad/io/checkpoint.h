@@ -117,6 +117,9 @@ struct ModelShape {
   // written with it.
   int64_t moe_experts = 0, moe_top_k = 2;
   bool moe_normalize = true;
+  // Attribute moe_shared_hidden (int64: shared experts' hidden units; absent or 0: none; written
+  // when > 0).
+  int64_t moe_shared_hidden = 0;
 };
 
 struct CheckpointState {

@@ -153,7 +153,13 @@ struct GptShape {
   // [E, C, hidden] (mlp/experts/c_proj), each expert's split over tp as the dense MLP's.
   int moe_experts = 0, moe_top_k = 2;
   bool moe_normalize = true;
+  // Shared experts (model.moe_shared_hidden > 0; DeepSeekMoE's, Qwen2-MoE's, Llama 4's): a dense
+  // MLP of that many hidden units (the experts' activation, no biases) that every token passes
+  // through, its output added to the routed experts' (mlp/shared/c_fc [shared_fc_rows, C],
+  // mlp/shared/c_proj [C, moe_shared_hidden], split over tp as the dense MLP's).
+  int moe_shared_hidden = 0;
   bool moe() const { return moe_experts > 0; }
+  int shared_fc_rows() const { return swiglu ? 2 * moe_shared_hidden : moe_shared_hidden; }
 };
 
 // The rotary embedding's angles (shape.rope): [seq_len, hd] floats, position p's row holding
@@ -826,15 +832,24 @@ class Gpt {
   // gated sum into out (partial sums over tp, as the dense c_proj's; null: none, the experts'
   // outputs alone for a backward pass that recomputes them); moe_backward, from out's gradient
   // dres, writes ln_2 output's gradient into dpart (partial sums) and accumulates the experts' and
-  // the router's weight gradients (null: not formed). The MLP's rows: mlp_rows(N).
+  // the router's weight gradients (null: not formed). The MLP's rows: mlp_rows(N). Shared experts
+  // run beside the routed ones: c_fc and the activation in moe_front, c_proj added into out in
+  // moe_output, their backward in moe_backward.
+  // A layer's mixture-of-experts tensors (weights, or their gradients: null where not formed).
+  template <class T>
+  struct MoeTensors {
+    T *fcw, *fcprojw, *routerw, *shfcw, *shprojw;  // sh*: shared experts (null: none)
+  };
   template <class A>
-  void moe_front(typename Set<A>::Layer& L, const A* ln2, const A* fcw, const A* routerw, int N);
+  void moe_front(typename Set<A>::Layer& L, const A* ln2, const MoeTensors<const A>& w, int N);
   template <class A>
-  void moe_output(typename Set<A>::Layer& L, A* out, const A* fcprojw, int N);
+  void moe_output(typename Set<A>::Layer& L, A* out, const MoeTensors<const A>& w, int N);
   template <class A>
-  void moe_backward(typename Set<A>::Layer& L, A* dpart, float* dfcw, float* dfcprojw,
-                    float* drouterw, const A* dres, const A* ln2, const A* fcw, const A* fcprojw,
-                    const A* routerw, int N);
+  void moe_backward(typename Set<A>::Layer& L, A* dpart, const MoeTensors<float>& g, const A* dres,
+                    const A* ln2, const MoeTensors<const A>& w, int N);
+  // The shared experts' activation (the model's: GELU or SwiGLU) of N rows, and its backward.
+  template <class A>
+  void shared_activation(A* act, const A* pre, int N);
   int mlp_rows(int N) const { return shape_.moe() ? N * shape_.moe_top_k : N; }
   // A block's linear layer (gpt_fp8.cpp), `site` = fp8_site(global layer, k) with k = 0 c_attn,
   // 1 attn.c_proj, 2 c_fc, 3 mlp.c_proj: the FP8 products under set_fp8 where fp8_at(site, N),
@@ -923,11 +938,11 @@ class Gpt {
   int wte_ = -1, wpe_ = -1, lnf_ = -1, head_ = -1;
   float* rope_table_ = nullptr;  // rope_table(shape_) on the backend (shape_.rope)
   std::vector<int> layer_;
-  // Where each of a layer's 15 possible tensors (DESIGN.md §3's 12, q_norm and k_norm, and the
-  // mixture of experts' router) sits in its run of specs_ (-1: not in this model, a bias or norm
-  // it does not have), and how many it has.
-  int layer_slot_[15] = {};
-  int layer_count_ = 15;
+  // Where each of a layer's 17 possible tensors (DESIGN.md §3's 12, q_norm and k_norm, the
+  // mixture of experts' router and shared experts) sits in its run of specs_ (-1: not in this
+  // model, a bias or norm it does not have), and how many it has.
+  int layer_slot_[17] = {};
+  int layer_count_ = 17;
   bool lnf_bias_ = true;  // ln_f has a bias (LayerNorm with biases)
   int vocab_begin_ = 0, vocab_local_ = 0, vocab_valid_ = 0;  // this rank's slice of wte rows
   GradReadyHook grad_hook_;

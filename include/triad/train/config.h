@@ -38,6 +38,7 @@ struct ModelConfig {
   // mlp_hidden units, each token sent to moe_top_k of them; 0: a dense MLP.
   int moe_experts = 0, moe_top_k = 2;
   bool moe_normalize = true;  // the k gates renormalized to sum 1 (Mixtral); false: Switch's
+  int moe_shared_hidden = 0;  // > 0: shared experts of this many units beside them (DeepSeek)
   int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
 };
 
