@@ -70,7 +70,8 @@ def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
     attribute position is rope: rotary positions; no LayerNorm biases when norm is rmsnorm;
     c_attn's k and v rows for n_kv_head heads; q_norm and k_norm [head_dim] when qk_norm is 1;
     c_attn's bias alone when bias is 0 and qkv_bias 1; moe_experts E > 0: experts/c_fc [E, F, C],
-    experts/c_proj [E, C, H] and router [E, C] instead of the MLP's tensors)."""
+    experts/c_proj [E, C, H] and router [E, C] instead of the MLP's tensors in the layers
+    moe_first_dense and moe_every give them)."""
     L, C, T, V = (int(a[k]) for k in ("n_layer", "n_embd", "seq_len", "padded_vocab_size"))
     H = int(a["n_head"])
     # c_attn: q (C rows), then k and v with n_kv_head heads of C / n_head rows (absent: n_head)
@@ -108,7 +109,10 @@ def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
     if E > 0:  # model.moe_experts: the experts' MLPs (no biases) and the router replace the MLP
         H = int(a.get("mlp_hidden", 4 * C))
         F = 2 * H if a.get("mlp", "gelu") == "swiglu" else H
+        first, every = int(a.get("moe_first_dense", 0)), int(a.get("moe_every", 1))
         for i in range(L):
+            if i < first or (i - first + 1) % every:  # a dense layer among them
+                continue
             p = f"h/{i}/mlp/"
             for k in ("c_fc/weight", "c_fc/bias", "c_proj/weight", "c_proj/bias"):
                 s.pop(p + k, None)

@@ -231,6 +231,8 @@ int main(int argc, char** argv) {
     shape.moe_top_k = int(m.moe_top_k);
     shape.moe_normalize = m.moe_normalize;
     shape.moe_shared_hidden = int(m.moe_shared_hidden);
+    shape.moe_first_dense = int(m.moe_first_dense);
+    shape.moe_every = int(m.moe_every);
     TRIAD_CHECK(!bf16 || m.n_embd % 2 == 0,
                 "--precision bf16 needs an even n_embd (the checkpoint's is ", m.n_embd, ")");
     TRIAD_CHECK(m.n_head % tp == 0, "--tp ", tp, " does not divide the model's ", m.n_head,

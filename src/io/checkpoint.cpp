@@ -703,6 +703,13 @@ CheckpointState read_state(hid_t file) {
     TRIAD_CHECK(s.model.moe_shared_hidden >= 0 && s.model.moe_shared_hidden <= (int64_t(1) << 30),
                 "attribute moe_shared_hidden of /model is ", s.model.moe_shared_hidden,
                 ", not in [0, 2^30]");
+    s.model.moe_first_dense = io::read_int64_attr(model, "moe_first_dense").value_or(0);
+    s.model.moe_every = io::read_int64_attr(model, "moe_every").value_or(1);
+    TRIAD_CHECK(s.model.moe_first_dense >= 0 && s.model.moe_every >= 1 &&
+                    s.model.moe_first_dense + s.model.moe_every <= s.model.n_layer,
+                "attributes moe_first_dense (", s.model.moe_first_dense, ") and moe_every (",
+                s.model.moe_every, ") of /model leave no layer with experts among ",
+                s.model.n_layer);
   }
   s.model.logit_softcap = io::read_double_attr(model, "logit_softcap").value_or(0.0);
   TRIAD_CHECK(std::isfinite(s.model.logit_softcap) && s.model.logit_softcap >= 0 &&
@@ -1077,6 +1084,10 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
             io::write_int64_attr(model, "moe_normalize", state.model.moe_normalize ? 1 : 0);
             if (state.model.moe_shared_hidden > 0)
               io::write_int64_attr(model, "moe_shared_hidden", state.model.moe_shared_hidden);
+            if (state.model.moe_first_dense != 0 || state.model.moe_every != 1) {
+              io::write_int64_attr(model, "moe_first_dense", state.model.moe_first_dense);
+              io::write_int64_attr(model, "moe_every", state.model.moe_every);
+            }
           }
           if (state.model.logit_softcap > 0)  // 0: no cap
             io::write_double_attr(model, "logit_softcap", state.model.logit_softcap);

@@ -25,7 +25,7 @@ struct LayerTensor {
   std::vector<int64_t> shape;
   int axis, blocks;
 };
-std::vector<LayerTensor> all_layer_tensors(const GptShape& shape) {
+std::vector<LayerTensor> all_layer_tensors(const GptShape& shape, bool moe) {
   const int64_t C = shape.n_embd, H = shape.hidden(), F = shape.fc_rows();
   const int fc_blocks = shape.swiglu ? 2 : 1;  // SwiGLU: by units within each of gate and up
   // c_attn by heads within each of q, k, v, as NH/NKV + 2 blocks of NKV heads (the query heads
@@ -35,7 +35,7 @@ std::vector<LayerTensor> all_layer_tensors(const GptShape& shape) {
   // NH/NKV blocks (1 without grouped-query attention). A = NH·hd (C unless model.head_dim).
   const int64_t W = shape.qkv_rows(), hd = shape.hd(), A = shape.attn_width();
   const int q_blocks = shape.n_head / shape.kv_heads();
-  if (shape.moe()) {  // the experts' MLPs (no biases: their slots stay, has_tensor drops them)
+  if (moe) {  // the experts' MLPs (no biases: their slots stay, has_tensor drops them)
     const int64_t E = shape.moe_experts;
     return {{"ln_1/weight", {C}, -1, 1},
             {"ln_1/bias", {C}, -1, 1},
@@ -81,9 +81,9 @@ bool has_tensor(const GptShape& shape, const std::string& suffix) {
   return !(shape.rmsnorm && suffix.starts_with("ln_"));
 }
 
-std::vector<LayerTensor> layer_tensor_list(const GptShape& shape) {
+std::vector<LayerTensor> layer_tensor_list(const GptShape& shape, int l) {
   std::vector<LayerTensor> out;
-  for (auto& t : all_layer_tensors(shape))
+  for (auto& t : all_layer_tensors(shape, shape.moe_layer(l)))
     if (has_tensor(shape, t.name)) out.push_back(std::move(t));
   return out;
 }
@@ -268,7 +268,7 @@ std::vector<ParamSpec> gpt_rank_layout(const GptShape& shape, const ModelParalle
   for (int c = 0; c < mp.virtual_stages; ++c) {
     const int g = mp.global_chunk(c), first = mp.first_layer(g, shape.n_layer);
     for (int l = first; l < first + mp.chunk_layers(g, shape.n_layer); ++l)
-      for (const auto& t : layer_tensor_list(shape))
+      for (const auto& t : layer_tensor_list(shape, l))
         b.add("h/" + std::to_string(l) + "/" + t.name, t.shape, t.axis, t.blocks, false);
   }
   if (mp.holds_head()) {
@@ -425,12 +425,14 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
   }
   if (shape.tied && mp.first_stage() && mp.holds_head()) head_ = wte_;  // one copy of wte
   {
-    const std::vector<LayerTensor> all = all_layer_tensors(shape);
-    int at = 0;
-    std::fill(std::begin(layer_slot_), std::end(layer_slot_), -1);  // a dense MLP has no router
-    for (size_t k = 0; k < all.size(); ++k)
-      layer_slot_[k] = has_tensor(shape, all[k].name) ? at++ : -1;
-    layer_count_ = at;
+    for (int moe = 0; moe < 2; ++moe) {
+      const std::vector<LayerTensor> all = all_layer_tensors(shape, moe == 1);
+      int at = 0;
+      std::fill(std::begin(layer_slot_[moe]), std::end(layer_slot_[moe]), -1);  // no router
+      for (size_t k = 0; k < all.size(); ++k)
+        layer_slot_[moe][k] = has_tensor(shape, all[k].name) ? at++ : -1;
+      layer_count_[moe] = at;
+    }
     lnf_bias_ = has_tensor(shape, "ln_f/bias");
   }
   n_floats_ = layout_floats(specs_);
@@ -658,7 +660,7 @@ void Gpt::set_frozen(const std::function<bool(const std::string&)>& frozen) {
   if (wte_ < 0 || !frozen_[size_t(wte_)] || (wpe_ >= 0 && !frozen_[size_t(wpe_)])) return;
   const int held = mp_.chunk_layers(0, shape_.n_layer);
   for (int l = 0; l < held && layer_[size_t(l)] >= 0; ++l) {
-    for (int k = 0; k < layer_count_; ++k)
+    for (int k = 0; k < layer_count_[shape_.moe_layer(l) ? 1 : 0]; ++k)
       if (!frozen_[size_t(layer_[size_t(l)] + k)]) return;
     ++frozen_layers_;
   }
@@ -760,22 +762,26 @@ double Gpt::recompute_flops_per_token(const GptShape& shape, const ModelParallel
                                       Recomputation recompute) {
   if (recompute.mode != Recompute::full) return 0;
   double layers = 0;  // the recomputing layers of this rank's chunks
-  for (int c = 0; c < mp.virtual_stages; ++c)
-    layers += recompute.count(mp.chunk_layers(mp.global_chunk(c), shape.n_layer));
+  for (int c = 0; c < mp.virtual_stages; ++c) {
+    const int g = mp.global_chunk(c), first = mp.first_layer(g, shape.n_layer);
+    const int n = recompute.count(mp.chunk_layers(g, shape.n_layer));  // the chunk's first n
+    for (int l = first; l < first + n; ++l) layers += layer_recompute_flops_per_token(shape, l);
+  }
   // On this rank's 1/tp of the heads and hidden units.
-  return layers * layer_recompute_flops_per_token(shape) / mp.tp;
+  return layers / mp.tp;
 }
 
-double Gpt::layer_recompute_flops_per_token(const GptShape& shape) {
+double Gpt::layer_recompute_flops_per_token(const GptShape& shape, int l) {
   // c_attn, attn.c_proj and c_fc forward (2·(W + A + F)·C per token, W = c_attn's outputs: 3C
   // for GPT-2, A = the attention's width: C for GPT-2, F = c_fc's: 4C for GPT-2), attention
   // forward (2·A·T as in the model's 6·A·T).
   // A mixture of experts: k experts' c_fc per token, the router, the experts' c_proj (the
   // gates' gradient reads their outputs), and the shared experts' c_fc.
   const double C = shape.n_embd, A = shape.attn_width();
-  const double fc = shape.moe() ? double(shape.fc_rows() + shape.hidden()) * shape.moe_top_k +
-                                      shape.moe_experts + shape.shared_fc_rows()
-                                : double(shape.fc_rows());
+  const double fc = shape.moe_layer(l)
+                        ? double(shape.fc_rows() + shape.hidden()) * shape.moe_top_k +
+                              shape.moe_experts + shape.shared_fc_rows()
+                        : double(shape.fc_rows());
   return 2.0 * (double(shape.qkv_rows()) + A + fc) * C + 2.0 * A * shape.seq_len;
 }
 

@@ -154,8 +154,10 @@ struct Gpt::Activations {
     const bool means = !s.rmsnorm;
     // One layer's internals (everything but its output, residual3). Under full recomputation
     // only the scratch layer `work` has them; under gelu its fch_gelu is the shared `gelu_work`.
-    auto want_internals = [&](Layer& L, bool gelu_out) {
-      if (!sp) want(L.ln1, R * C);  // backward reads it (as ln1g)
+    // moe: a layer with experts (the scratch layer: where any layer has them).
+    auto want_internals = [&](Layer& L, bool gelu_out, bool moe) {
+      const size_t Kl = moe ? size_t(s.moe_top_k) : 1;  // rows per token
+      if (!sp) want(L.ln1, R * C);                      // backward reads it (as ln1g)
       if (means) want_f(L.ln1_mean, R);
       want_f(L.ln1_rstd, R);
       want(L.qkv, BT * Wl);
@@ -169,17 +171,17 @@ struct Gpt::Activations {
       if (!sp) want(L.ln2, R * C);
       if (means) want_f(L.ln2_mean, R);
       want_f(L.ln2_rstd, R);
-      want(L.fch, BT * K * Fl);
-      if (gelu_out) want(L.fch_gelu, BT * K * Hl);
-      if (s.moe()) {
-        want(L.moe_x, BT * K * C);
-        want(L.moe_y, BT * K * C);
+      want(L.fch, BT * Kl * Fl);
+      if (gelu_out) want(L.fch_gelu, BT * Kl * Hl);
+      if (moe) {
+        want(L.moe_x, BT * Kl * C);
+        want(L.moe_y, BT * Kl * C);
         want_f(L.moe_probs, BT * E);
         want_f(L.moe_gate, BT * K);
         want_i(L.moe_expert, BT * K);
         want_i(L.moe_slot, BT * K);
       }
-      if (SHl > 0) {
+      if (moe && SHl > 0) {
         want(L.sh_fch, BT * SFl);
         want(L.sh_act, BT * SHl);
       }
@@ -204,7 +206,8 @@ struct Gpt::Activations {
         for (int i = 0; i < per_chunk; ++i) {
           Layer& L = S.layers[size_t(i)];
           const Recompute r = recompute.in_layer(i);
-          if (r != Recompute::full) want_internals(L, r == Recompute::none);
+          const int l = mp.first_layer(mp.global_chunk(int(c)), s.n_layer) + i;
+          if (r != Recompute::full) want_internals(L, r == Recompute::none, s.moe_layer(l));
           if (inference) want(L.qkv, BT * Wl);
           want(L.residual3, R * C);
           if (split_backward) {
@@ -250,7 +253,7 @@ struct Gpt::Activations {
       if (mp.tp > 1) want_f(ce_stats, 4 * size_t(logits_rows));
     }
     if (any_recompute && recompute.mode == Recompute::gelu) want(gelu_work, BT * K * Hl);
-    if (any_recompute && recompute.mode == Recompute::full) want_internals(work, true);
+    if (any_recompute && recompute.mode == Recompute::full) want_internals(work, true, s.moe());
     want(proj, R * C);
     if (sp) want(ln_local, R * C);
     if (sp) want(full, BT * C);

@@ -269,8 +269,7 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   const int l = mp_.first_layer(g, shape_.n_layer) + i;
   size_t origin = 0;
   const A* base = layer_weight_base<A>(l, &origin);
-  const LayerTensors<const A> w =
-      layer_tensors(base, specs_, layer_[size_t(l)], layer_slot_, origin);
+  const LayerTensors<const A> w = layer_tensors(base, specs_, layer_[size_t(l)], slots(l), origin);
   const A* projb = mp_.tp_rank == 0 ? w.projb : nullptr;  // bias added once
   A* attproj = mp_.split_rows() ? acts<A>().full : L.attproj;
   const A* ln1 = gather_rows(L.ln1, L.ln1g, N);
@@ -326,7 +325,7 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
                                  w.ln2b, n, C, shape_.norm_eps);
   const A* ln2 = gather_rows(L.ln2, L.ln2g, N);
   const int Hl = shape_.hidden() / mp_.tp;
-  if (shape_.moe()) {
+  if (shape_.moe_layer(l)) {
     moe_front<A>(L, ln2, {w.fcw, w.fcprojw, w.routerw, w.shfcw, w.shprojw}, N);
   } else if (shape_.swiglu) {
     linear_forward(fp8_site(l, 2), L.fch, ln2, w.fcw, w.fcb, N, C, 2 * Hl);
@@ -374,7 +373,8 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T, int pos0) {
   auto layer_weights = [&](int i) {
     size_t origin = 0;
     const A* base = layer_weight_base<A>(first_layer + i, &origin);
-    return layer_tensors(base, specs_, layer_[size_t(first_layer + i)], layer_slot_, origin);
+    return layer_tensors(base, specs_, layer_[size_t(first_layer + i)], slots(first_layer + i),
+                         origin);
   };
   // Each residual add is fused with the LayerNorm that reads its result: ln_2 in the layer,
   // the next layer's ln_1 (or ln_f) at its end. Only the chunk's first ln_1 stands alone.
@@ -396,7 +396,7 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T, int pos0) {
     const A* fcprojb = mp_.tp_rank == 0 ? w.fcprojb : nullptr;  // bias added once
     layer_front(S, g, i, B, T, pos0);
     A* fcproj = sp ? full : L.fcproj;
-    if (shape_.moe())
+    if (shape_.moe_layer(first_layer + i))
       moe_output<A>(L, fcproj, {w.fcw, w.fcprojw, w.routerw, w.shfcw, w.shprojw}, N);
     else
       linear_forward(fp8_site(first_layer + i, 3), fcproj, L.fch_gelu, w.fcprojw, fcprojb, N,
@@ -560,7 +560,8 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     prefetch_layer_weights<A>(first_layer + i - 2);
     size_t origin = 0;
     const A* base = layer_weight_base<A>(first_layer + i, &origin);
-    const LayerTensors<const A> w = layer_tensors(base, specs_, first, layer_slot_, origin);
+    const int l = first_layer + i;
+    const LayerTensors<const A> w = layer_tensors(base, specs_, first, slots(l), origin);
     const size_t at = sp[size_t(first)].offset;
     float* bucket = layer_grad_bucket(first_layer + i, at);
     if (g == 0 && first_layer + i < frozen_layers_) {  // frozen, as everything below it
@@ -570,7 +571,7 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
       continue;
     }
     const LayerTensors<float> gr = without_frozen(
-        layer_tensors(bucket, specs_, first, layer_slot_, at), frozen_, first, layer_slot_);
+        layer_tensors(bucket, specs_, first, slots(l), at), frozen_, first, slots(l));
     const A* x_in = i == 0 ? S.input : S.layers[size_t(i - 1)].residual3;
     const Recompute recompute = recompute_.in_layer(i);
     if (recompute == Recompute::full) {
@@ -582,10 +583,10 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
       recomputing_ = true;  // the routing statistics were counted by the forward pass
       layer_front(S, g, i, B, T);
       recomputing_ = false;
-      if (shape_.moe())  // the gates' gradient reads the experts' outputs
+      if (shape_.moe_layer(l))  // the gates' gradient reads the experts' outputs
         moe_output<A>(L, nullptr, {w.fcw, w.fcprojw, w.routerw, w.shfcw, w.shprojw}, N);
     } else if (recompute == Recompute::gelu && !split) {  // split: only the weight pass reads it
-      mlp_activation(L.fch_gelu, L.fch, mlp_rows(N));
+      mlp_activation(L.fch_gelu, L.fch, mlp_rows(N, l));
     }
     // Split: no weight or bias gradients here, and the output gradients kept in the set.
     auto wgrad = [split](float* p) { return split ? nullptr : p; };
@@ -596,7 +597,7 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     const A* dres =
         split ? keep_rows(a.dresidual, L.dfcproj, N) : gather_rows(a.dresidual, a.full, N);
     const int Hl = shape_.hidden() / mp_.tp, Fl = shape_.fc_rows() / mp_.tp;
-    if (shape_.moe()) {
+    if (shape_.moe_layer(l)) {
       moe_backward<A>(L, dpart, {gr.fcw, gr.fcprojw, gr.routerw, gr.shfcw, gr.shprojw}, dres,
                       L.ln2g, {w.fcw, w.fcprojw, w.routerw, w.shfcw, w.shprojw}, N);
     } else if (shape_.swiglu) {  // c_proj's input gradient, then through the SwiGLU into c_fc's
@@ -607,7 +608,7 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
       linear_backward_gelu(fp8_site(first_layer + i, 3), dfch, a.dfch_gelu, wgrad(gr.fcprojw),
                            wgrad(gr.fcprojb), dres, L.fch_gelu, L.fch, w.fcprojw, N, Hl, C, kSet);
     }
-    if (!shape_.moe())
+    if (!shape_.moe_layer(l))
       linear_backward(fp8_site(first_layer + i, 2), dpart, wgrad(gr.fcw), wgrad(gr.fcb), dfch,
                       L.ln2g, w.fcw, N, C, Fl, kSet);
     reduce_rows(dpart, a.dln, N);
@@ -674,10 +675,12 @@ void Gpt::weight_chunk(int chunk, Set<A>& S, int B, int T) {
   for (int i = per_chunk - 1; i >= 0; --i) {
     auto& L = S.layers[size_t(i)];
     const int first = layer_[size_t(first_layer + i)];
-    const LayerTensors<const A> w = layer_tensors(weights<A>(), specs_, first, layer_slot_);
+    const LayerTensors<const A> w =
+        layer_tensors(weights<A>(), specs_, first, slots(first_layer + i));
     if (g == 0 && first_layer + i < frozen_layers_) continue;  // set_frozen
-    const LayerTensors<float> gr = without_frozen(layer_tensors(grads_, specs_, first, layer_slot_),
-                                                  frozen_, first, layer_slot_);
+    const LayerTensors<float> gr =
+        without_frozen(layer_tensors(grads_, specs_, first, slots(first_layer + i)), frozen_, first,
+                       slots(first_layer + i));
     if (recompute_.in_layer(i) == Recompute::gelu)  // mlp.c_proj's input, in the shared buffer
       mlp_activation(L.fch_gelu, L.fch, N);
     const int Hl = shape_.hidden() / mp_.tp, Fl = shape_.fc_rows() / mp_.tp;

@@ -103,6 +103,11 @@ class KeyTable {
     add("model.moe_normalize", c.model.moe_normalize,
         "the chosen experts' router probabilities renormalized to sum 1 (Mixtral's; false: kept "
         "as they are, as Switch and DeepSeek)");
+    add("model.moe_first_dense", c.model.moe_first_dense,
+        "with model.moe_experts: the first layers keep a dense MLP (DeepSeek's first_k_dense)");
+    add("model.moe_every", c.model.moe_every,
+        "with model.moe_experts: every N-th layer after model.moe_first_dense has the experts, "
+        "the others a dense MLP (Llama 4's interleaving: 2; 1: all of them)");
     add("model.moe_shared_hidden", c.model.moe_shared_hidden,
         "with model.moe_experts: shared experts, a dense MLP of this many hidden units every token "
         "passes through beside its routed experts (DeepSeekMoE's, Qwen2-MoE's); 0: none");
@@ -519,13 +524,18 @@ std::vector<int> stage_layers(const Config& cfg) {
   // units)·C in the MLP (72·C² in all for GPT-2).
   const GptShape shape = gpt_shape(cfg);
   const double A = shape.attn_width();
-  const double mlp = double(shape.fc_rows() + shape.hidden()) * C;
+  // A mixture of experts: the mean layer's (its k experts', router's and shared experts' where
+  // layers with and without experts mix).
+  double mlp = 0, rerun_mean = 0;
+  for (int l = 0; l < L; ++l) {
+    mlp += shape.mlp_weights_per_token(l) / L;
+    rerun_mean += Gpt::layer_recompute_flops_per_token(shape, l) / L;
+  }
   const double attn = double(shape.qkv_rows() + A) * C;
   const double layer = 6 * (attn + mlp) + 6 * A * T, head = 6.0 * cfg.padded_vocab_size() * C;
   const Recomputation recompute = activation_options(cfg).recompute;
-  const double rerun = recompute.mode == Recompute::full
-                           ? Gpt::layer_recompute_flops_per_token(gpt_shape(cfg))
-                           : 0.0;  // gelu reruns an elementwise pass only
+  const double rerun =
+      recompute.mode == Recompute::full ? rerun_mean : 0.0;  // gelu: an elementwise pass only
   auto cost = [&](int layers) { return layers * layer + recompute.count(layers) * rerun; };
   int best_k = 0;
   double best = 1e300;
@@ -753,6 +763,13 @@ void validate(const Config& c, int world_size) {
         "model.moe_shared_hidden",
         "must be >= 0, and > 0 only with model.moe_experts (got " +
             std::to_string(m.moe_shared_hidden) + ")");
+  check(m.moe_first_dense >= 0 && m.moe_every >= 1 &&
+            (m.moe_experts == 0 || m.moe_first_dense + m.moe_every <= m.n_layer),
+        "model.moe_first_dense",
+        "and model.moe_every must leave a layer with experts: moe_first_dense >= 0, moe_every >= 1 "
+        "and moe_first_dense + moe_every <= n_layer (got " +
+            std::to_string(m.moe_first_dense) + ", " + std::to_string(m.moe_every) + ", n_layer " +
+            std::to_string(m.n_layer) + ")");
   if (m.moe_experts > 0) {
     check(m.moe_top_k >= 1 && m.moe_top_k <= m.moe_experts, "model.moe_top_k",
           "must be in [1, model.moe_experts = " + std::to_string(m.moe_experts) + "] (got " +

@@ -73,6 +73,8 @@ GptShape gpt_shape(const Config& cfg) {
   s.moe_top_k = m.moe_top_k;
   s.moe_normalize = m.moe_normalize;
   s.moe_shared_hidden = m.moe_shared_hidden;
+  s.moe_first_dense = m.moe_first_dense;
+  s.moe_every = m.moe_every;
   s.document_token = parse_document_mask(cfg.data.document_mask, m.vocab_size);
   s.reset_positions = cfg.data.reset_positions;
   s.sliding_window = m.sliding_window;

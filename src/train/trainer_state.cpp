@@ -350,6 +350,8 @@ CheckpointState Trainer::State::checkpoint_state() const {
   st.model.moe_top_k = cfg.model.moe_top_k;
   st.model.moe_normalize = cfg.model.moe_normalize;
   st.model.moe_shared_hidden = cfg.model.moe_shared_hidden;
+  st.model.moe_first_dense = cfg.model.moe_first_dense;
+  st.model.moe_every = cfg.model.moe_every;
   st.loss_window = loss_window.values();
   st.norm_window = norm_window.values();
   st.skipped_in_a_row = skipped_in_a_row;
@@ -470,6 +472,12 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
       m.moe_shared_hidden == c.moe_shared_hidden, "checkpoint ", path,
       " holds a model with shared experts of ", m.moe_shared_hidden,
       " hidden units but the config asks for model.moe_shared_hidden = ", c.moe_shared_hidden);
+  TRIAD_CHECK(
+      c.moe_experts == 0 || (m.moe_first_dense == c.moe_first_dense && m.moe_every == c.moe_every),
+      "checkpoint ", path, " holds a model whose experts start after ", m.moe_first_dense,
+      " dense layers, every ", m.moe_every,
+      " layers, but the config asks for model.moe_first_dense = ", c.moe_first_dense,
+      ", model.moe_every = ", c.moe_every);
 }
 
 CheckpointState Trainer::State::load_weights(const std::string& path) {

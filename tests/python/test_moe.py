@@ -63,6 +63,33 @@ def test_moe_trains_alike_on_every_grid(tmp_path):
         np.testing.assert_allclose(got[k], want[k], rtol=3e-5, err_msg=f"cp {k}")
 
 
+def test_dense_layers_among_the_experts_train_alike_on_every_grid(tmp_path):
+    """model.moe_first_dense = 1: layer 0 keeps its dense MLP (a pipeline's first stage has no
+    experts, its second does)."""
+    cfg = tiny_config(tmp_path, name="one", train__steps=6, eval__every=0, checkpoint__every=3,
+                      data__shuffle="false", model__moe_first_dense=1, **MOE)
+    p = run(1, "--config", cfg)
+    assert p.returncode == 0, p.stdout + p.stderr
+    want = curves(tmp_path / "runs" / "one")
+    for n, grid in ((2, ["--parallel.pp", 2]), (2, ["--parallel.tp", 2]),
+                    (2, ["--parallel.zero", 2])):
+        name = "g_" + grid[0].replace("--parallel.", "")
+        p = run(n, "--config", cfg, "--run.name", name, *grid)
+        assert p.returncode == 0, name + p.stdout + p.stderr
+        got = curves(tmp_path / "runs" / name)
+        for k in want:
+            np.testing.assert_allclose(got[k], want[k], rtol=3e-5, err_msg=f"{name} {k}")
+    ckpt = tmp_path / "runs" / "one" / "ckpt" / "step_00000006.h5"
+    with h5py.File(ckpt, "r") as f:
+        assert f["model/h/0/mlp/c_fc/weight"].shape == (64, 32)
+        assert "h/0/mlp/router" not in f["model"] and "h/1/mlp/router/weight" in f["model"]
+        assert (f["model"].attrs["moe_first_dense"], f["model"].attrs["moe_every"]) == (1, 1)
+    p = tool("triad-ckpt", ckpt)
+    assert p.returncode == 0, p.stdout + p.stderr
+    p = train("--config", cfg, "--resume", ckpt, "--model.moe_first_dense", 0, "--train.steps", 8)
+    assert_clean_error(p, "model.moe_first_dense = 0")
+
+
 def test_moe_resume_is_bit_exact_and_checkpoint_holds_the_routing(tmp_path):
     cfg = tiny_config(tmp_path, name="whole", train__steps=8, eval__every=0, checkpoint__every=4,
                       **MOE)
@@ -107,7 +134,8 @@ def test_moe_refuses_what_it_cannot_run(tmp_path):
              ({"optim__name": "muon"}, "Muon"),
              ({"model__mup_base_width": 16}, "μP"),
              ({"train__moe_aux_loss": -1}, "train.moe_aux_loss"),
-             ({"model__moe_experts": 0}, "model.moe_shared_hidden")]
+             ({"model__moe_experts": 0}, "model.moe_shared_hidden"),
+             ({"model__moe_first_dense": 2}, "model.moe_first_dense")]
     for i, (over, words) in enumerate(cases):
         cfg = tiny_config(tmp_path, name=f"bad{i}", **{**MOE, **over})
         assert_clean_error(train("--config", cfg), words)

@@ -171,6 +171,13 @@ CASES = [
                                     bias=False, mlp="swiglu", mlp_hidden=64, tied=False,
                                     moe_experts=6, moe_top_k=3, moe_normalize=False,
                                     moe_shared_hidden=32), 2, 40, 6, 83),
+    # Dense layers among the expert layers (model.moe_first_dense = 1, model.moe_every = 2: only
+    # layer 2 of 4 has experts), Switch's top-1 routing of 4 experts; the dense layers keep
+    # GPT-2's biases.
+    Case("moemixed", ref.GptConfig(n_layer=4, n_head=3, n_embd=48, seq_len=17, vocab_size=300,
+                                   mlp_hidden=64, moe_experts=4, moe_top_k=1,
+                                   moe_normalize=False, moe_first_dense=1, moe_every=2),
+         3, 45, 7, 89),
 ]
 
 
@@ -187,6 +194,7 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                       attn_scale=c.attn_scale, mup_base_width=c.mup_base_width,
                       moe_experts=c.moe_experts, moe_top_k=c.moe_top_k,
                       moe_normalize=c.moe_normalize, moe_shared_hidden=c.moe_shared_hidden,
+                      moe_first_dense=c.moe_first_dense, moe_every=c.moe_every,
                       **({} if c.rope_scaling is None else dict(
                           rope_scaling="llama3", rope_scaling_factor=c.rope_scaling[0],
                           rope_low_freq_factor=c.rope_scaling[1],
@@ -1091,14 +1099,14 @@ def test_layer_norms_match_torch(tmp_root, tmp_path):
 GRAD_CLIP = {"gpt2vocab": 1.0, "oddshapes": 1.0, "rope": 1.0, "rmsnorm": 1.2, "nobias": 1.0,
              "swiglu": 1.1, "llama": 1.7, "gqa": 1.7, "mqa": 1.0, "bigvocab": 1.0,
              "qknorm": 1.15, "ropescaling": 1.0, "qwen2": 1.8, "headdim": 1.8, "moe": 1.0,
-             "moeswiglu": 1.7}
+             "moeswiglu": 1.7, "moemixed": 0.8}
 
 
 # train.moe_aux_loss (a large α, 0.1, so that the load-balancing term moves the router): the
 # cross-entropy curve, the gradient norm, the final weights and /train/moe_aux_loss against
 # PyTorch differentiating CE + α·Σ over micro-batches and layers of the balance term (per row);
 # /train/moe_max_load from the same routing.
-@pytest.mark.parametrize("name", ["moe", "moeswiglu"])
+@pytest.mark.parametrize("name", ["moe", "moeswiglu", "moemixed"])
 def test_moe_aux_loss_matches_torch(name, tmp_root, tmp_path):
     case = next(c for c in CASES if c.name == name)
     p = prepare(case, tmp_root)

@@ -93,6 +93,14 @@ class GptConfig:
     # model.moe_shared_hidden: shared experts, a dense MLP of this many units (the experts'
     # activation, no biases: mlp/shared/c_fc, mlp/shared/c_proj) added to the routed ones.
     moe_shared_hidden: int = 0
+    # model.moe_first_dense, model.moe_every: layer i has the experts when i >= first_dense and
+    # (i - first_dense + 1) % every == 0; the others a dense MLP.
+    moe_first_dense: int = 0
+    moe_every: int = 1
+
+    def moe_layer(self, i: int) -> bool:
+        return bool(self.moe_experts) and i >= self.moe_first_dense and \
+            (i - self.moe_first_dense + 1) % self.moe_every == 0
 
     @property
     def mup_mult(self) -> float:
@@ -163,7 +171,7 @@ def param_shapes(cfg: GptConfig) -> Dict[str, tuple]:
         if not rms:
             shapes[p + "ln_2/bias"] = (C,)
         F = cfg.hidden * (2 if cfg.mlp == "swiglu" else 1)
-        if cfg.moe_experts:
+        if cfg.moe_layer(i):
             E = cfg.moe_experts
             shapes[p + "mlp/experts/c_fc/weight"] = (E, F, C)
             shapes[p + "mlp/experts/c_proj/weight"] = (E, C, cfg.hidden)
@@ -447,7 +455,7 @@ def moe_mlp(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str,
 def mlp(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str, h: torch.Tensor) -> torch.Tensor:
     """Layer p's MLP of h: c_proj(gelu(c_fc(h))), or SwiGLU's c_proj(silu(gate) * up) with
     [gate | up] = c_fc(h) (Shazeer's GLU variants, as Llama); a mixture of experts' (moe_mlp)."""
-    if cfg.moe_experts:
+    if cfg.moe_layer(int(p.split("/")[1])):  # p = "h/<i>/"
         return moe_mlp(params, cfg, p, h)
     a = linear(h, params[p + "mlp/c_fc/weight"], params.get(p + "mlp/c_fc/bias"))
     if cfg.mlp == "swiglu":
@@ -907,6 +915,9 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
                 m.attrs.create(key, i64(val), dtype="<i8")
             if cfg.moe_shared_hidden:
                 m.attrs.create("moe_shared_hidden", i64(cfg.moe_shared_hidden), dtype="<i8")
+            if (cfg.moe_first_dense, cfg.moe_every) != (0, 1):
+                m.attrs.create("moe_first_dense", i64(cfg.moe_first_dense), dtype="<i8")
+                m.attrs.create("moe_every", i64(cfg.moe_every), dtype="<i8")
         groups = {"model": weights}
         for slot, tensors in (optimizer or {}).items():
             groups["optimizer/" + slot] = tensors
@@ -949,6 +960,8 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                         moe_top_k=int(a.get("moe_top_k", 2)),
                         moe_normalize=int(a.get("moe_normalize", 1)) == 1,
                         moe_shared_hidden=int(a.get("moe_shared_hidden", 0)),
+                        moe_first_dense=int(a.get("moe_first_dense", 0)),
+                        moe_every=int(a.get("moe_every", 1)),
                         rope_scaling=(float(a["rope_scaling_factor"]),
                                       float(a["rope_low_freq_factor"]),
                                       float(a["rope_high_freq_factor"]),

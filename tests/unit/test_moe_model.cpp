@@ -8,7 +8,7 @@
 //    training model and on one for inference;
 //  - bf16 follows fp32 within bf16's rounding;
 //  - the parameter count, and the FLOPs per token counting k of E experts.
-// The SwiGLU variant has shared experts too.
+// Variants: GPT-2's blocks; Llama's with shared experts; GPT-2's with dense layers among them.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -21,8 +21,14 @@
 namespace triad {
 namespace {
 
-GptShape moe_shape(bool swiglu) {
+// swiglu: Llama's blocks with shared experts; mixed (GPT-2's): layers 0 and 1 dense, 2 with
+// experts (model.moe_first_dense = 1, model.moe_every = 2).
+GptShape moe_shape(bool swiglu, bool mixed = false) {
   GptShape s{3, 4, 64, 32, 200, 256};
+  if (mixed) {
+    s.moe_first_dense = 1;
+    s.moe_every = 2;
+  }
   s.moe_experts = swiglu ? 5 : 4;
   s.moe_top_k = swiglu ? 3 : 2;
   s.moe_normalize = !swiglu;
@@ -79,11 +85,14 @@ bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
-class MoeModel : public ::testing::TestWithParam<std::tuple<Precision, bool>> {};
+class MoeModel : public ::testing::TestWithParam<std::tuple<Precision, int>> {};
+
+// Variant 0: GPT-2's blocks, 1: Llama's with shared experts, 2: GPT-2's with dense layers.
+GptShape variant(int v) { return moe_shape(v == 1, v == 2); }
 
 TEST_P(MoeModel, RecomputationGivesTheSameBitsAndThePlanIsTheAllocation) {
-  const auto [p, swiglu] = GetParam();
-  const GptShape shape = moe_shape(swiglu);
+  const auto [p, v] = GetParam();
+  const GptShape shape = variant(v);
   const Result keep = run(shape, p, Recompute::none);
   for (const double l : keep.loss) EXPECT_TRUE(std::isfinite(l));
   for (Recomputation r : {Recomputation(Recompute::gelu), Recomputation(Recompute::full),
@@ -98,8 +107,8 @@ TEST_P(MoeModel, RecomputationGivesTheSameBitsAndThePlanIsTheAllocation) {
 }
 
 TEST_P(MoeModel, DecodingWithTheCacheGivesTheFullForwardsLogits) {
-  const auto [p, swiglu] = GetParam();
-  const GptShape shape = moe_shape(swiglu);
+  const auto [p, v] = GetParam();
+  const GptShape shape = variant(v);
   const auto prompt = ids(24, 29, 3, shape.vocab_size);
   for (bool inference : {false, true}) {
     auto be = make_cpu_backend();
@@ -128,19 +137,21 @@ TEST_P(MoeModel, DecodingWithTheCacheGivesTheFullForwardsLogits) {
 
 INSTANTIATE_TEST_SUITE_P(Variants, MoeModel,
                          ::testing::Combine(::testing::Values(Precision::fp32, Precision::bf16),
-                                            ::testing::Values(false, true)),
+                                            ::testing::Values(0, 1, 2)),
                          [](const auto& info) {
+                           const int v = std::get<1>(info.param);
                            return std::string(precision_name(std::get<0>(info.param))) +
-                                  (std::get<1>(info.param) ? "_swiglu" : "_gelu");
+                                  (v == 0   ? "_gelu"
+                                   : v == 1 ? "_swiglu_shared"
+                                            : "_mixed");
                          });
 
 TEST(MoeModel, Bf16FollowsFp32) {
-  for (bool swiglu : {false, true}) {
-    const GptShape shape = moe_shape(swiglu);
+  for (int v : {0, 1, 2}) {
+    const GptShape shape = variant(v);
     const Result a = run(shape, Precision::fp32, Recompute::none);
     const Result b = run(shape, Precision::bf16, Recompute::none);
-    for (size_t i = 0; i < a.loss.size(); ++i)
-      EXPECT_NEAR(b.loss[i] / a.loss[i], 1.0, 1e-2) << (swiglu ? "swiglu" : "gelu");
+    for (size_t i = 0; i < a.loss.size(); ++i) EXPECT_NEAR(b.loss[i] / a.loss[i], 1.0, 1e-2) << v;
   }
 }
 
@@ -156,6 +167,10 @@ TEST(MoeModel, CountsParametersAndTheFlopsOfTheChosenExperts) {
   EXPECT_EQ(Gpt::active_parameters(s), Gpt::num_parameters(s) - experts / E * (E - k));
   EXPECT_DOUBLE_EQ(Gpt::flops_per_token(s) - Gpt::flops_per_token(dense),
                    6.0 * double(experts / E * k + router - mlp));
+  // With layers 0 and 1 dense, one layer's experts and router replace one layer's MLP.
+  GptShape mixed = moe_shape(false, true);
+  mixed.bias = false;
+  EXPECT_EQ(Gpt::num_parameters(mixed), Gpt::num_parameters(dense) + (experts + router - mlp) / L);
 }
 
 }  // namespace

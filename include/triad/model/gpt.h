@@ -158,8 +158,24 @@ struct GptShape {
   // through, its output added to the routed experts' (mlp/shared/c_fc [shared_fc_rows, C],
   // mlp/shared/c_proj [C, moe_shared_hidden], split over tp as the dense MLP's).
   int moe_shared_hidden = 0;
+  // Dense layers among them (model.moe_first_dense, model.moe_every): layer i (0-based) has the
+  // experts when i >= moe_first_dense and (i − moe_first_dense + 1) is a multiple of moe_every,
+  // the others GPT-2's MLP (DeepSeek's first dense layers: moe_first_dense; Llama 4's
+  // interleaving: moe_every = 2, layers 1, 3, 5, ...).
+  int moe_first_dense = 0, moe_every = 1;
   bool moe() const { return moe_experts > 0; }
+  bool moe_layer(int l) const {
+    return moe() && l >= moe_first_dense && (l - moe_first_dense + 1) % moe_every == 0;
+  }
   int shared_fc_rows() const { return swiglu ? 2 * moe_shared_hidden : moe_shared_hidden; }
+  // The MLP weights a token of layer l is multiplied with: c_fc's and c_proj's, of k experts, the
+  // router and the shared experts in a layer with experts.
+  double mlp_weights_per_token(int l) const {
+    const double C = n_embd, dense = double(fc_rows() + hidden()) * C;
+    if (!moe_layer(l)) return dense;
+    return dense * moe_top_k + double(moe_experts) * C +
+           double(shared_fc_rows() + moe_shared_hidden) * C;
+  }
 };
 
 // The rotary embedding's angles (shape.rope): [seq_len, hd] floats, position p's row holding
@@ -498,8 +514,8 @@ class Gpt {
   // on top.
   static double recompute_flops_per_token(const GptShape& shape, const ModelParallel& mp,
                                           Recomputation recompute);
-  // The same for one recomputing layer on one rank (tp = 1).
-  static double layer_recompute_flops_per_token(const GptShape& shape);
+  // The same for recomputing layer l on one rank (tp = 1).
+  static double layer_recompute_flops_per_token(const GptShape& shape, int l);
   const Recomputation& recompute() const { return recompute_; }
   int logits_chunk() const { return logits_rows_; }  // rows of logits formed at a time
   // The rows of logits a model with these options forms at a time (the option rounded up to a
@@ -850,7 +866,7 @@ class Gpt {
   // The shared experts' activation (the model's: GELU or SwiGLU) of N rows, and its backward.
   template <class A>
   void shared_activation(A* act, const A* pre, int N);
-  int mlp_rows(int N) const { return shape_.moe() ? N * shape_.moe_top_k : N; }
+  int mlp_rows(int N, int l) const { return shape_.moe_layer(l) ? N * shape_.moe_top_k : N; }
   // A block's linear layer (gpt_fp8.cpp), `site` = fp8_site(global layer, k) with k = 0 c_attn,
   // 1 attn.c_proj, 2 c_fc, 3 mlp.c_proj: the FP8 products under set_fp8 where fp8_at(site, N),
   // else the backend's matmul_forward / matmul_backward. The GELU variants run the product, then
@@ -941,8 +957,11 @@ class Gpt {
   // Where each of a layer's 17 possible tensors (DESIGN.md §3's 12, q_norm and k_norm, the
   // mixture of experts' router and shared experts) sits in its run of specs_ (-1: not in this
   // model, a bias or norm it does not have), and how many it has.
-  int layer_slot_[17] = {};
-  int layer_count_ = 17;
+  // [0]: a dense layer's, [1]: one with experts' (GptShape::moe_layer).
+  int layer_slot_[2][17] = {};
+  int layer_count_[2] = {17, 17};
+  using LayerSlots = int[17];
+  const LayerSlots& slots(int l) const { return layer_slot_[shape_.moe_layer(l) ? 1 : 0]; }
   bool lnf_bias_ = true;  // ln_f has a bias (LayerNorm with biases)
   int vocab_begin_ = 0, vocab_local_ = 0, vocab_valid_ = 0;  // this rank's slice of wte rows
   GradReadyHook grad_hook_;
@@ -1013,7 +1032,7 @@ class Gpt {
   size_t ends_floats() const { return grad_lo_ + (n_floats_ - grad_hi_); }
   // The buffer offset just past the layer whose tensors start at spec `first` (the next spec's
   // offset, or the layout's end).
-  size_t layer_end(int first) const;
+  size_t layer_end(int first) const;  // first: the spec of a layer's first tensor
   // Where global layer l's gradients go, its first element at [0]: with bucketed_grads its
   // buffer, once the reduction of the layer that used it before has completed, zeroed (the
   // backward accumulates); else the gradient buffer at the layer's offset `at`.

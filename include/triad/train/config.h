@@ -39,6 +39,7 @@ struct ModelConfig {
   int moe_experts = 0, moe_top_k = 2;
   bool moe_normalize = true;  // the k gates renormalized to sum 1 (Mixtral); false: Switch's
   int moe_shared_hidden = 0;  // > 0: shared experts of this many units beside them (DeepSeek)
+  int moe_first_dense = 0, moe_every = 1;  // which layers have the experts (GptShape::moe_layer)
   int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
 };
 
