@@ -207,9 +207,21 @@ GradBuckets grad_buckets(const std::vector<ParamSpec>& specs, size_t n) {
 size_t Gpt::gathered_per_step(const GptShape& shape, const ModelParallel& mp, int m) {
   const auto specs = gpt_rank_layout(shape, mp);
   const GradBuckets gb = grad_buckets(specs, layout_floats(specs));
+  // Each layer's floats (they differ where layers with and without experts mix): from its first
+  // tensor to the next layer's (ln_f's after the last).
+  std::vector<size_t> start;
+  for (const auto& s : specs)
+    if (s.name.starts_with("h/") && s.name.ends_with("/ln_1/weight")) start.push_back(s.offset);
+  start.push_back(gb.hi);
   const size_t n = size_t(shape.n_layer), held = std::min<size_t>(3, n);
-  const size_t layers = n + (n - held) + size_t(m - 1) * 2 * (n - held);
-  return gb.ends() + layers * ((gb.hi - gb.lo) / n);
+  auto floats = [&](size_t from, size_t to) {
+    return start[to] - start[from];
+  };  // layers [from, to)
+  // A forward over every layer, its backward without the last `held` (still in the ring), then
+  // for each further micro-batch a forward without the first `held` and a backward without the
+  // last.
+  const size_t all = floats(0, n), first = floats(held, n), last = floats(0, n - held);
+  return gb.ends() + all + last + size_t(m - 1) * (first + last);
 }
 
 namespace {

@@ -87,9 +87,9 @@ struct Gpt::Activations {
   float* datt_scratch = nullptr;  // fp32 attention backward only
   // Mixture of experts: the router's logits (forward) or their gradient (backward) [N, E]; the
   // experts' output gradients in expert order, then their input gradients [N·k, C]; the gates'
-  // gradients [N, k]; the load-balancing loss's gradient per expert [E].
+  // gradients [N, k].
   A *moe_logits = nullptr, *moe_dy = nullptr;
-  float *moe_dgate = nullptr, *moe_aux = nullptr;
+  float* moe_dgate = nullptr;
   // Shared experts: their output before it joins the routed ones' (forward), and the gradients
   // of their activation and of c_fc's output (backward).
   A *sh_out = nullptr, *sh_dact = nullptr, *sh_dfch = nullptr;
@@ -133,7 +133,15 @@ struct Gpt::Activations {
     // activation c_proj reads (Hl): 4C/tp both for GPT-2, 2·H/tp and H/tp for SwiGLU.
     const size_t Fl = size_t(s.fc_rows()) / size_t(mp.tp), Hl = size_t(s.hidden()) / size_t(mp.tp);
     // The MLP's rows: each token's k copies under a mixture of experts.
-    const size_t K = s.moe() ? size_t(s.moe_top_k) : 1, E = size_t(s.moe_experts);
+    // Whether this rank holds a layer with experts (GptShape::moe_layer): the scratch every layer
+    // shares is sized for it then (the experts' k rows per token).
+    bool experts = false;
+    for (size_t c = 0; c < slots.size(); ++c) {
+      const int g = mp.global_chunk(int(c)), first = mp.first_layer(g, s.n_layer);
+      for (int l = first; l < first + mp.chunk_layers(g, s.n_layer); ++l)
+        experts = experts || s.moe_layer(l);
+    }
+    const size_t K = experts ? size_t(s.moe_top_k) : 1, E = size_t(s.moe_experts);
     const size_t SFl = size_t(s.shared_fc_rows()) / size_t(mp.tp);  // shared experts' widths
     const size_t SHl = size_t(s.moe_shared_hidden) / size_t(mp.tp);
     const size_t nh = size_t(B) * size_t(s.n_head / mp.tp) * size_t(mp.seq_rows(s.seq_len));
@@ -236,24 +244,23 @@ struct Gpt::Activations {
       if (kFp32) want_f(datt_scratch, att);
       if (!split_backward) want(dfch, BT * K * Fl);
       want(dfch_gelu, BT * K * Hl);
-      if (s.moe()) {
+      if (experts) {
         want(moe_dy, BT * K * C);
         want_f(moe_dgate, BT * K);
-        want_f(moe_aux, E);
       }
-      if (SHl > 0) {
+      if (experts && SHl > 0) {
         want(sh_dact, BT * SHl);
         want(sh_dfch, BT * SFl);
       }
     }
-    if (s.moe() && mp.rank_layers(s.n_layer) > 0) want(moe_logits, BT * E);
-    if (SHl > 0 && mp.rank_layers(s.n_layer) > 0) want(sh_out, BT * C);
+    if (experts) want(moe_logits, BT * E);
+    if (experts && SHl > 0) want(sh_out, BT * C);
     if (mp.holds_head()) {  // it holds the last chunk
       want(logits, size_t(logits_rows) * Vl);
       if (mp.tp > 1) want_f(ce_stats, 4 * size_t(logits_rows));
     }
     if (any_recompute && recompute.mode == Recompute::gelu) want(gelu_work, BT * K * Hl);
-    if (any_recompute && recompute.mode == Recompute::full) want_internals(work, true, s.moe());
+    if (any_recompute && recompute.mode == Recompute::full) want_internals(work, true, experts);
     want(proj, R * C);
     if (sp) want(ln_local, R * C);
     if (sp) want(full, BT * C);

@@ -133,8 +133,7 @@ void Gpt::moe_backward(typename Set<A>::Layer& L, A* dpart, const MoeTensors<flo
     for (int e = 0; e < E; ++e)
       moe_host_[size_t(e)] = float(double(dloss_scale_) * moe_aux_loss_ * E *
                                    L.moe_counts[size_t(e)] / (double(N) * k));
-    be_.copy_from_host(a.moe_aux, moe_host_.data(), size_t(E));
-    aux = a.moe_aux;
+    aux = moe_host_.data();  // host memory: the op reads it at the call
   }
   be_.moe_route_backward(a.moe_logits, a.moe_dgate, L.moe_probs, L.moe_expert, aux, N, E, k,
                          shape_.moe_normalize);

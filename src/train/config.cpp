@@ -517,40 +517,48 @@ std::vector<int> stage_layers(const Config& cfg) {
   // stage, or all); the last stage adds the head, 6·Vp·C. The last stage gets k layers, the
   // others L − k spread as evenly as possible, at least one each, the extra ones on the stages
   // nearest the end (the first stages keep the most micro-batches in flight under 1F1B); k
-  // minimizes the busiest stage, the largest such k on a tie.
+  // minimizes the busiest stage, the largest such k on a tie. A mixture of experts' layers cost
+  // their own (k experts, the router, shared experts), dense ones among them the dense MLP: each
+  // stage is costed from the layers it gets.
   const double C = cfg.model.n_embd, T = cfg.model.seq_len;
   // 6 FLOPs per weight: (c_attn's outputs + A)·C in attention (4C² without grouped-query
   // attention; A = the attention's width, C unless model.head_dim), (c_fc's outputs + hidden
   // units)·C in the MLP (72·C² in all for GPT-2).
   const GptShape shape = gpt_shape(cfg);
   const double A = shape.attn_width();
-  // A mixture of experts: the mean layer's (its k experts', router's and shared experts' where
-  // layers with and without experts mix).
-  double mlp = 0, rerun_mean = 0;
-  for (int l = 0; l < L; ++l) {
-    mlp += shape.mlp_weights_per_token(l) / L;
-    rerun_mean += Gpt::layer_recompute_flops_per_token(shape, l) / L;
-  }
   const double attn = double(shape.qkv_rows() + A) * C;
-  const double layer = 6 * (attn + mlp) + 6 * A * T, head = 6.0 * cfg.padded_vocab_size() * C;
+  const double head = 6.0 * cfg.padded_vocab_size() * C;
   const Recomputation recompute = activation_options(cfg).recompute;
-  const double rerun =
-      recompute.mode == Recompute::full ? rerun_mean : 0.0;  // gelu: an elementwise pass only
-  auto cost = [&](int layers) { return layers * layer + recompute.count(layers) * rerun; };
+  auto layer = [&](int l) { return 6 * (attn + shape.mlp_weights_per_token(l)) + 6 * A * T; };
+  auto rerun = [&](int l) {  // gelu reruns an elementwise pass only
+    return recompute.mode == Recompute::full ? Gpt::layer_recompute_flops_per_token(shape, l) : 0.0;
+  };
+  // Layers [first, first + n) as a stage: the first recompute.count(n) of them rerun.
+  auto cost = [&](int first, int n) {
+    double c = 0;
+    for (int i = 0; i < n; ++i)
+      c += layer(first + i) + (i < recompute.count(n) ? rerun(first + i) : 0);
+    return c;
+  };
+  auto split_for = [&](int k) {
+    std::vector<int> split(size_t(pp), (L - k) / (pp - 1));
+    for (int s = 0; s < (L - k) % (pp - 1); ++s) ++split[size_t(pp - 2 - s)];
+    split.back() = k;
+    return split;
+  };
   int best_k = 0;
   double best = 1e300;
   for (int k = 0; k <= L - (pp - 1); ++k) {
-    const int most = (L - k + pp - 2) / (pp - 1);
-    const double busiest = std::max(cost(most), cost(k) + head);
+    const std::vector<int> split = split_for(k);
+    double busiest = 0;
+    for (int s = 0, first = 0; s < pp; first += split[size_t(s)], ++s)
+      busiest = std::max(busiest, cost(first, split[size_t(s)]) + (s == pp - 1 ? head : 0.0));
     if (busiest <= best * (1 + 1e-12)) {
       best = busiest;
       best_k = k;
     }
   }
-  std::vector<int> split(size_t(pp), (L - best_k) / (pp - 1));
-  for (int s = 0; s < (L - best_k) % (pp - 1); ++s) ++split[size_t(pp - 2 - s)];
-  split.back() = best_k;
-  return split;
+  return split_for(best_k);
 }
 
 bool Config::bf16() const {
@@ -763,17 +771,22 @@ void validate(const Config& c, int world_size) {
         "model.moe_shared_hidden",
         "must be >= 0, and > 0 only with model.moe_experts (got " +
             std::to_string(m.moe_shared_hidden) + ")");
-  check(m.moe_first_dense >= 0 && m.moe_every >= 1 &&
+  check((m.moe_experts > 0 || (m.moe_first_dense == 0 && m.moe_every == 1)) &&
+            m.moe_first_dense >= 0 && m.moe_every >= 1 &&
             (m.moe_experts == 0 || m.moe_first_dense + m.moe_every <= m.n_layer),
         "model.moe_first_dense",
-        "and model.moe_every must leave a layer with experts: moe_first_dense >= 0, moe_every >= 1 "
-        "and moe_first_dense + moe_every <= n_layer (got " +
+        "and model.moe_every must leave a layer with experts: model.moe_experts > 0, "
+        "moe_first_dense >= 0, moe_every >= 1 and moe_first_dense + moe_every <= n_layer (got " +
             std::to_string(m.moe_first_dense) + ", " + std::to_string(m.moe_every) + ", n_layer " +
             std::to_string(m.n_layer) + ")");
   if (m.moe_experts > 0) {
     check(m.moe_top_k >= 1 && m.moe_top_k <= m.moe_experts, "model.moe_top_k",
           "must be in [1, model.moe_experts = " + std::to_string(m.moe_experts) + "] (got " +
               std::to_string(m.moe_top_k) + ")");
+    check(m.moe_top_k > 1 || !m.moe_normalize, "model.moe_normalize",
+          "= true with model.moe_top_k = 1 makes every gate 1: the router would learn from the "
+          "load-balancing loss alone; set model.moe_normalize = false (Switch's top-1: the gate is "
+          "the router's probability)");
     check(m.mup_base_width == 0, "model.moe_experts",
           "a mixture of experts has no μP rules here (model.mup_base_width must be 0)");
     check(c.optim.name != "muon", "model.moe_experts",
@@ -781,7 +794,8 @@ void validate(const Config& c, int world_size) {
           "or sgd");
     check(c.run.fp8 == "off", "model.moe_experts",
           "the experts' products have no FP8 path yet: run.fp8 must be off");
-    check(c.parallel.schedule != "zb-h1" && c.parallel.schedule != "zb-v", "model.moe_experts",
+    check(c.parallel.pp == 1 || (c.parallel.schedule != "zb-h1" && c.parallel.schedule != "zb-v"),
+          "model.moe_experts",
           "a mixture of experts' backward is not split into input and weight passes: "
           "parallel.schedule = " +
               c.parallel.schedule +

@@ -115,8 +115,8 @@ def test_moe_resume_is_bit_exact_and_checkpoint_holds_the_routing(tmp_path):
         assert f["model/h/1/mlp/shared/c_fc/weight"].shape == (32, 32)
         assert a["moe_shared_hidden"] == 32
         assert "h/1/mlp/c_fc/weight" not in f["model"]
-    p = train("--config", cfg, "--resume", ckpt, "--model.moe_top_k", 1, "--train.steps", 9)
-    assert_clean_error(p, "moe_top_k = 1", str(ckpt))
+    p = train("--config", cfg, "--resume", ckpt, "--model.moe_top_k", 3, "--train.steps", 9)
+    assert_clean_error(p, "moe_top_k = 3", str(ckpt))
     # The checkpoint verifies against the expected tensors, generates, and is not exported to
     # the dense formats.
     p = tool("triad-ckpt", ckpt)
@@ -135,7 +135,10 @@ def test_moe_refuses_what_it_cannot_run(tmp_path):
              ({"model__mup_base_width": 16}, "μP"),
              ({"train__moe_aux_loss": -1}, "train.moe_aux_loss"),
              ({"model__moe_experts": 0}, "model.moe_shared_hidden"),
-             ({"model__moe_first_dense": 2}, "model.moe_first_dense")]
+             ({"model__moe_first_dense": 2}, "model.moe_first_dense"),
+             ({"model__moe_experts": 0, "model__moe_shared_hidden": 0, "model__moe_every": 2},
+              "model.moe_first_dense"),
+             ({"model__moe_top_k": 1}, "model.moe_normalize = true with model.moe_top_k = 1")]
     for i, (over, words) in enumerate(cases):
         cfg = tiny_config(tmp_path, name=f"bad{i}", **{**MOE, **over})
         assert_clean_error(train("--config", cfg), words)

@@ -320,11 +320,11 @@ class CudaMoeTest : public triad::testing::CudaVsCpuTest {
     const float* d_dgate = dev(dgate);
     const float* probs = dev(rt.r.probs);
     const int32_t* expert = dev(rt.r.expert);
-    const float* d_aux = with_aux ? dev(aux) : nullptr;
     typename P::Act first;
     for (int run = 0; run < 2; ++run) {
       auto* dlogits = dev_garbage_act<P>(size_t(s.N) * s.E, 54);
-      gpu->moe_route_backward(dlogits, d_dgate, probs, expert, d_aux, s.N, s.E, s.k, s.normalize);
+      // aux is host memory (backend.h): the GPU takes it by value.
+      gpu->moe_route_backward(dlogits, d_dgate, probs, expert, aux_h, s.N, s.E, s.k, s.normalize);
       const auto got = host_act<P>(dlogits, size_t(s.N) * s.E);
       if (run == 0) {
         EXPECT_TRUE(close_l2(got, want, P::kTol)) << "dlogits";
@@ -425,6 +425,7 @@ TEST_F(CudaMoeTest, CombineBackward) {
 
 TEST_F(CudaMoeTest, RouteBackward) {
   for (const Shape& s : kShapes) {
+    if (s.E > 256) continue;  // the backward's limit (model.moe_experts <= 256)
     SCOPED_TRACE(describe(s));
     for (bool with_aux : {true, false}) {
       SCOPED_TRACE(with_aux ? "aux" : "no aux");

@@ -397,5 +397,23 @@ TEST(RunPlan, AutoStageLayersBalanceTheHead) {
   EXPECT_THROW(validate(c, 4), Error) << "interleaved chunks are equal";
 }
 
+// A mixture of experts with dense layers first (model.moe_first_dense = 6 of 8, 8 experts, top
+// 2): each stage is costed from its own layers. A dense layer of GPT-2 124M costs 80·C² per token
+// (forward and backward, with the attention's T term), one with experts 128·C², the head ~393·C²:
+// 7 layers and 1 (608 against 521) beat 6 and 2 (480 against 649), which a mean layer's cost
+// (92·C²) would choose.
+TEST(RunPlan, AutoStageLayersCostEachLayerOfAMixtureOfExperts) {
+  Config c = gpt2_124m(64, 2);
+  c.model.n_layer = 8;
+  c.model.moe_experts = 8;
+  c.model.moe_top_k = 2;
+  c.model.moe_first_dense = 6;
+  c.parallel.pp = 2;
+  c.parallel.stage_layers = "auto";
+  EXPECT_EQ(stage_layers(c), (std::vector<int>{7, 1}));
+  c.model.moe_first_dense = 0;  // every layer with experts, 128·C² each: 6 and 2 (768, 649)
+  EXPECT_EQ(stage_layers(c), (std::vector<int>{6, 2}));
+}
+
 }  // namespace
 }  // namespace triad

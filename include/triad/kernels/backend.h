@@ -471,8 +471,9 @@ class Backend {
   //  moe_combine_backward: dy[slot[i], :] = gate[i]·dout[i / k, :] (written); dgate[i] =
   //    Σ_c dout[i / k, c]·y[slot[i], c] (fp32, written).
   //  moe_route_backward: dlogits[N,E] (written) from dgate[N,k] through the gates'
-  //    normalization and the softmax, with aux[e] (backend memory, [E]) added to the gradient of
-  //    every row's probs[n,e] (the load-balancing loss's).
+  //    normalization and the softmax, with aux[e] (HOST memory, [E], E <= 256; null: none) added
+  //    to the gradient of every row's probs[n,e] (the load-balancing loss's; read at the call, so
+  //    the GPU needs no copy of it and no wait).
   virtual void moe_route(float* probs, int32_t* expert, float* gate, const float* logits, int N,
                          int E, int k, bool normalize) = 0;
   virtual void moe_route(float* probs, int32_t* expert, float* gate, const bf16_t* logits, int N,

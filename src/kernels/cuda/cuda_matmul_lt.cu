@@ -232,6 +232,7 @@ bool LtMatmul::run(cudaStream_t s, const LtGemm& g, bool may_decline) {
                                     pointer_alignment(g.aux)};
   auto it = cache_.find(key);
   if (it == cache_.end()) {
+    if (cache_.size() >= kMaxCached) cache_.clear();
     Preference pref;
     TRIAD_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref.p));
     set_pref(pref.p, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, uint64_t(kWorkspaceBytes));
@@ -258,11 +259,12 @@ bool LtMatmul::run(cudaStream_t s, const LtGemm& g, bool may_decline) {
                            : g.epilogue == CUBLASLT_EPILOGUE_BIAS
                                ? "the FP8 product runs without it, a kernel adds the bias"
                                : nullptr;
-    if (!choice.found && fallback != nullptr) {
+    if (!choice.found && fallback != nullptr && reported_ < kMaxReported) {
       std::fprintf(stderr,
                    "triad cuda backend: cuBLASLt has no algorithm for the %s (heuristic: %s, %d "
-                   "result(s)); %s\n",
-                   describe(g).c_str(), cublasGetStatusName(status), count, fallback);
+                   "result(s)); %s%s\n",
+                   describe(g).c_str(), cublasGetStatusName(status), count, fallback,
+                   ++reported_ == kMaxReported ? " (further such problems are not reported)" : "");
     }
     it = cache_.emplace(key, choice).first;
   }

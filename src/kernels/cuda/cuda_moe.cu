@@ -20,6 +20,7 @@ namespace {
 constexpr int kWarpsPerBlock = 8;  // the warp-per-row kernels: 256 threads, 8 rows or choices
 constexpr int kDispatchThreads = 512;
 constexpr int kDispatchItems = 8;  // consecutive choices per thread and step of the rank pass
+constexpr int kMaxExperts = 256;   // model.moe_experts' limit
 
 unsigned warp_rows_grid(int rows) { return unsigned((rows + kWarpsPerBlock - 1) / kWarpsPerBlock); }
 
@@ -192,10 +193,17 @@ __global__ void combine_backward_kernel(Elem* dy, float* dgate, const Elem* dout
 
 // gate_j = p[e_j] (/ S, S = Σ_j p[e_j], when normalized); dp = aux + dgate's gradient through
 // that; dz[e] = p[e]·(dp[e] − Σ p·dp). The per-row scalars in the CPU's order (j ascending).
+// The load-balancing loss's coefficients travel by value in the kernel's parameters (1 KB): no
+// copy to the device, and no wait for one, per layer.
+struct AuxCoefficients {
+  float v[kMaxExperts];
+  bool on;
+};
+
 template <typename Elem>
 __global__ void route_backward_kernel(Elem* dlogits, const float* dgate, const float* probs,
-                                      const int32_t* expert, const float* aux, int N, int E, int k,
-                                      bool normalize) {
+                                      const int32_t* expert, const AuxCoefficients aux, int N,
+                                      int E, int k, bool normalize) {
   const int lane = threadIdx.x % 32;
   const int n = blockIdx.x * kWarpsPerBlock + threadIdx.x / 32;
   if (n >= N) return;  // the whole warp: it shares the row
@@ -210,7 +218,7 @@ __global__ void route_backward_kernel(Elem* dlogits, const float* dgate, const f
   }
   // dp[e], recomputed (the same bits) by both passes below
   auto dp_of = [&](int e) {
-    float v = aux != nullptr ? aux[e] : 0.0f;
+    float v = aux.on ? aux.v[e] : 0.0f;
     for (int j = 0; j < k; ++j)
       if (ex[j] == e) v += normalize ? (dg[j] - sel) / S : dg[j];
     return v;
@@ -312,8 +320,13 @@ void moe_route_backward(cudaStream_t s, Elem* dlogits, const float* dgate, const
                         const int32_t* expert, const float* aux, int N, int E, int k,
                         bool normalize) {
   if (N <= 0 || E <= 0) return;
+  TRIAD_CHECK(E <= kMaxExperts, "cuda backend: moe_route_backward takes at most ", kMaxExperts,
+              " experts (got ", E, ")");
+  AuxCoefficients coef{};
+  coef.on = aux != nullptr;
+  if (aux != nullptr) std::copy(aux, aux + E, coef.v);  // host memory (backend.h)
   route_backward_kernel<<<warp_rows_grid(N), 32 * kWarpsPerBlock, 0, s>>>(
-      dlogits, dgate, probs, expert, aux, N, E, k, normalize);
+      dlogits, dgate, probs, expert, coef, N, E, k, normalize);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 

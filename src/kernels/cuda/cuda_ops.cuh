@@ -112,6 +112,11 @@ class LtMatmul {
   bool run(cudaStream_t s, const LtGemm& g, bool may_decline = false);
 
   static constexpr size_t kWorkspaceBytes = size_t(32) << 20;
+  // Problems whose row count changes from call to call (a mixture of experts' products over
+  // each expert's rows) would grow the cache without bound: past this many entries it starts
+  // over. And the stderr lines about declined problems stop after kMaxReported.
+  static constexpr size_t kMaxCached = 4096;
+  static constexpr int kMaxReported = 16;
 
  private:
   struct Choice {
@@ -125,6 +130,7 @@ class LtMatmul {
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;
   std::map<std::vector<int64_t>, Choice> cache_;
+  int reported_ = 0;       // declines written to stderr
   DeviceScratch product_;  // the fp32 product of a fallback with a bias
 };
 
