@@ -28,6 +28,18 @@ Vec random_vec(size_t n, uint32_t seed, float scale = 1.0f) {
   return v;
 }
 
+// The central difference (loss(x + h) − loss(x − h)) / 2h at element x, restored after.
+template <class F>
+double central_difference(float& x, float h, F&& loss) {
+  const float keep = x;
+  x = keep + h;
+  const double up = loss();
+  x = keep - h;
+  const double down = loss();
+  x = keep;
+  return (up - down) / (2 * h);
+}
+
 struct Routed {
   Vec probs, gate;
   Ints expert, slot;
@@ -105,24 +117,10 @@ TEST_P(MoeOps, CombineBackwardMatchesFiniteDifferences) {
   be->moe_combine_backward(dy.data(), dgate.data(), w.data(), y.data(), r.slot.data(), gate.data(),
                            N, k, C);
   const float h = 1e-2f;
-  for (size_t i = 0; i < y.size(); i += 7) {
-    const float keep = y[i];
-    y[i] = keep + h;
-    const double up = loss();
-    y[i] = keep - h;
-    const double down = loss();
-    y[i] = keep;
-    EXPECT_NEAR(dy[i], (up - down) / (2 * h), 2e-3) << "dy " << i;
-  }
-  for (size_t i = 0; i < gate.size(); ++i) {
-    const float keep = gate[i];
-    gate[i] = keep + h;
-    const double up = loss();
-    gate[i] = keep - h;
-    const double down = loss();
-    gate[i] = keep;
-    EXPECT_NEAR(dgate[i], (up - down) / (2 * h), 2e-3) << "dgate " << i;
-  }
+  for (size_t i = 0; i < y.size(); i += 7)
+    EXPECT_NEAR(dy[i], central_difference(y[i], h, loss), 2e-3) << "dy " << i;
+  for (size_t i = 0; i < gate.size(); ++i)
+    EXPECT_NEAR(dgate[i], central_difference(gate[i], h, loss), 2e-3) << "dgate " << i;
   // Without gates, combine sums a token's k copies: gather then combine is k·x.
   Vec x = random_vec(size_t(N) * C, 5), xp(size_t(N) * k * C), back(x.size());
   be->moe_gather(xp.data(), x.data(), r.slot.data(), N, k, C);
@@ -150,15 +148,8 @@ TEST_P(MoeOps, RouteBackwardMatchesFiniteDifferences) {
   be->moe_route_backward(dlogits.data(), c.data(), r.probs.data(), r.expert.data(), aux.data(), N,
                          E, k, normalize);
   const float h = 1e-3f;
-  for (size_t i = 0; i < logits.size(); i += 3) {
-    const float keep = logits[i];
-    logits[i] = keep + h;
-    const double up = loss();
-    logits[i] = keep - h;
-    const double down = loss();
-    logits[i] = keep;
-    EXPECT_NEAR(dlogits[i], (up - down) / (2 * h), 2e-3) << "dlogits " << i;
-  }
+  for (size_t i = 0; i < logits.size(); i += 3)
+    EXPECT_NEAR(dlogits[i], central_difference(logits[i], h, loss), 2e-3) << "dlogits " << i;
 }
 
 // bf16: the fp32 ops on the widened values, each output rounded once.

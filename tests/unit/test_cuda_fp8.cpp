@@ -19,6 +19,7 @@
 
 #include "../support/bf16_data.h"
 #include "../support/cuda_test_fixture.h"
+#include "../support/l2_error.h"
 #include "../support/random_data.h"
 #include "triad/core/bf16.h"
 #include "triad/kernels/backend.h"
@@ -37,19 +38,7 @@ constexpr double kTol = 1e-2;
 
 // Relative L2 error of got against want (absolute where want is all zero); NaN in either fails.
 ::testing::AssertionResult rel_l2(const Vec& got, const Vec& want) {
-  if (got.size() != want.size())
-    return ::testing::AssertionFailure() << "size " << got.size() << " != " << want.size();
-  double d2 = 0.0, w2 = 0.0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    if (!std::isfinite(got[i]) || !std::isfinite(want[i]))
-      return ::testing::AssertionFailure()
-             << "non-finite at " << i << ": got " << got[i] << ", want " << want[i];
-    d2 += (double(got[i]) - want[i]) * (double(got[i]) - want[i]);
-    w2 += double(want[i]) * want[i];
-  }
-  const double err = w2 > 0.0 ? std::sqrt(d2 / w2) : std::sqrt(d2);
-  if (err <= kTol) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "relative L2 error " << err << " > " << kTol;
+  return triad::testing::close_l2(got, want, kTol);
 }
 ::testing::AssertionResult rel_l2(const Bits& got, const Bits& want) {
   return rel_l2(to_floats(got), to_floats(want));

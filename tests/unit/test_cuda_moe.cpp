@@ -21,6 +21,7 @@
 
 #include "../support/bf16_data.h"
 #include "../support/cuda_test_fixture.h"
+#include "../support/l2_error.h"
 #include "../support/random_data.h"
 #include "triad/core/bf16.h"
 #include "triad/kernels/backend.h"
@@ -29,6 +30,7 @@ namespace triad {
 namespace {
 
 using Vec = std::vector<float>;
+using triad::testing::close_l2;
 using Ints = std::vector<int32_t>;
 using triad::testing::Bits;
 using triad::testing::random_ints;
@@ -70,24 +72,6 @@ constexpr Shape kShapes[] = {
   return ::testing::AssertionSuccess();
 }
 
-// ‖got − want‖₂ / ‖want‖₂ <= tol (the absolute norm when want is all zero); non-finite values
-// fail.
-::testing::AssertionResult close_l2(const Vec& got, const Vec& want, double tol) {
-  if (got.size() != want.size())
-    return ::testing::AssertionFailure() << "size " << got.size() << " != " << want.size();
-  double d2 = 0.0, w2 = 0.0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    if (!std::isfinite(got[i]) || !std::isfinite(want[i]))
-      return ::testing::AssertionFailure()
-             << "non-finite at " << i << ": got " << got[i] << ", want " << want[i];
-    d2 += (double(got[i]) - want[i]) * (double(got[i]) - want[i]);
-    w2 += double(want[i]) * want[i];
-  }
-  const double err = w2 > 0.0 ? std::sqrt(d2 / w2) : std::sqrt(d2);
-  if (err <= tol) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << (w2 > 0.0 ? "relative" : "absolute") << " L2 error "
-                                       << err << " > " << tol << " over " << got.size();
-}
 ::testing::AssertionResult close_l2(const Bits& got, const Bits& want, double tol) {
   return close_l2(to_floats(got), to_floats(want), tol);
 }
