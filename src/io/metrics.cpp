@@ -92,7 +92,8 @@ struct MetricsWriter::Impl {
                                      {"skipped", false},
                                      {"z_loss", false},
                                      {"moe_aux_loss", false},
-                                     {"moe_max_load", false}});
+                                     {"moe_max_load", false},
+                                     {"moe_z_loss", false}});
   Table val = make_table("val", {{"step", true},
                                  {"loss", false},
                                  {"accuracy", false},
@@ -356,6 +357,7 @@ void MetricsWriter::append(const TrainRow& r) {
   t.col(9).doubles.push_back(r.z_loss);
   t.col(10).doubles.push_back(r.moe_aux_loss);
   t.col(11).doubles.push_back(r.moe_max_load);
+  t.col(12).doubles.push_back(r.moe_z_loss);
   if (t.col(0).buffered() >= kAutoFlushRows) flush();
 }
 

@@ -50,6 +50,7 @@ struct Gpt::Set {
     // and the rows of each expert (host).
     A *moe_x = nullptr, *moe_y = nullptr;
     float *moe_probs = nullptr, *moe_gate = nullptr;
+    float* moe_lse = nullptr;  // each row's log Σ exp of the router's logits (the z-loss's)
     int32_t *moe_expert = nullptr, *moe_slot = nullptr;
     std::vector<int> moe_counts;
     A *sh_fch = nullptr, *sh_act = nullptr;  // shared experts: c_fc's output and the activation
@@ -186,6 +187,7 @@ struct Gpt::Activations {
         want(L.moe_y, BT * Kl * C);
         want_f(L.moe_probs, BT * E);
         want_f(L.moe_gate, BT * K);
+        want_f(L.moe_lse, BT);
         want_i(L.moe_expert, BT * K);
         want_i(L.moe_slot, BT * K);
       }

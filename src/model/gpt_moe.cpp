@@ -26,7 +26,8 @@ void Gpt::moe_front(typename Set<A>::Layer& L, const A* ln2, const MoeTensors<co
   const size_t Fl = size_t(shape_.fc_rows() / mp_.tp);
   auto& a = acts<A>();
   be_.matmul_forward(a.moe_logits, ln2, w.routerw, nullptr, N, C, E);
-  be_.moe_route(L.moe_probs, L.moe_expert, L.moe_gate, a.moe_logits, N, E, k, shape_.moe_normalize);
+  be_.moe_route(L.moe_probs, L.moe_expert, L.moe_gate, a.moe_logits, N, E, k, shape_.moe_normalize,
+                L.moe_lse);
   L.moe_counts.resize(size_t(E));
   moe_host_.resize(size_t(E));
   be_.moe_dispatch(L.moe_slot, L.moe_counts.data(), moe_host_.data(), L.moe_expert, L.moe_probs, N,
@@ -40,6 +41,7 @@ void Gpt::moe_front(typename Set<A>::Layer& L, const A* ln2, const MoeTensors<co
     }
     moe_stats_.balance += balance * E / (double(N) * k * N);
     moe_stats_.max_load += double(most) * E / (double(N) * k);
+    if (moe_z_loss_ > 0.0f) moe_stats_.z += be_.sum_squares(L.moe_lse, size_t(N)) / N;
     ++moe_stats_.count;
   }
   be_.moe_gather(L.moe_x, ln2, L.moe_slot, N, k, C);
@@ -135,8 +137,9 @@ void Gpt::moe_backward(typename Set<A>::Layer& L, A* dpart, const MoeTensors<flo
                                    L.moe_counts[size_t(e)] / (double(N) * k));
     aux = moe_host_.data();  // host memory: the op reads it at the call
   }
+  // The router z-loss c·lse² for each row, weighed as the balancing loss: c times the loss scale.
   be_.moe_route_backward(a.moe_logits, a.moe_dgate, L.moe_probs, L.moe_expert, aux, N, E, k,
-                         shape_.moe_normalize);
+                         shape_.moe_normalize, L.moe_lse, dloss_scale_ * moe_z_loss_);
   // The router's input gradient once over the group (every rank forms the same one).
   A* dinp = mp_.tp_rank == 0 ? dpart : nullptr;
   if (dinp != nullptr || g.routerw != nullptr)

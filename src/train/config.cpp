@@ -174,6 +174,10 @@ class KeyTable {
         "with model.moe_experts: the load-balancing loss coefficient α (Switch's 0.01): α·E·Σ_e "
         "f_e·P_e per token joins the training loss (f_e: expert e's share of the choices, P_e: "
         "its mean router probability); /train/moe_aux_loss logs the mean term (0: none)");
+    add("train.moe_z_loss", c.train.moe_z_loss,
+        "with model.moe_experts: the router z-loss coefficient c (ST-MoE's 0.001): c·(log Σ_e "
+        "exp(router logit_e))² per token joins the training loss, keeping the router's logits "
+        "small; /train/moe_z_loss logs the mean term (0: none)");
     add("train.activations_every", c.train.activations_every,
         "every N steps (0: never), before the step: the root mean square of each block's "
         "attention and MLP outputs and residual stream on the first validation micro-batch "
@@ -906,6 +910,8 @@ void validate(const Config& c, int world_size) {
         "must be a number in [0, 1] (PaLM's 1e-4; 0: none)");
   check(std::isfinite(t.moe_aux_loss) && t.moe_aux_loss >= 0 && t.moe_aux_loss <= 1,
         "train.moe_aux_loss", "must be a number in [0, 1] (Switch's 0.01; 0: none)");
+  check(std::isfinite(t.moe_z_loss) && t.moe_z_loss >= 0 && t.moe_z_loss <= 1, "train.moe_z_loss",
+        "must be a number in [0, 1] (ST-MoE's 0.001; 0: none)");
   check(t.norms_every >= 0, "train.norms_every", "must be >= 0 (0: never)");
   check(t.activations_every >= 0, "train.activations_every", "must be >= 0 (0: never)");
   check(t.activations_every == 0 || !c.data.val.empty(), "train.activations_every",

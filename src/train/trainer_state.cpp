@@ -122,7 +122,10 @@ void Trainer::State::setup_model() {
       model_shape(), mbs, *be, replicas, mp, mp.pp > 1 ? &schedule : nullptr,
       cfg.bf16() ? Precision::bf16 : Precision::fp32, activation_options(cfg), zero, also.get());
   model->set_z_loss(float(cfg.train.z_loss));
-  if (cfg.model.moe_experts > 0) model->set_moe_aux_loss(float(cfg.train.moe_aux_loss));
+  if (cfg.model.moe_experts > 0) {
+    model->set_moe_aux_loss(float(cfg.train.moe_aux_loss));
+    model->set_moe_z_loss(float(cfg.train.moe_z_loss));
+  }
   model->set_fp8(
       cfg.run.fp8 != "off",
       [&](const std::string& name) { return frozen_tensor(cfg.run.fp8_skip, name); },

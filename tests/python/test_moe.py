@@ -24,12 +24,13 @@ from test_mpi_runs import run
 from triad_run import assert_clean_error, assert_clean_failure, exe, tiny_config, tool, train
 
 MOE = dict(model__moe_experts=4, model__moe_top_k=2, model__mlp_hidden=64,
-           model__moe_shared_hidden=32, train__moe_aux_loss=0.05)
+           model__moe_shared_hidden=32, train__moe_aux_loss=0.05, train__moe_z_loss=0.01)
 
 
 def curves(path):
     with h5py.File(path / "metrics.h5", "r") as f:
-        return {k: f["train"][k][:] for k in ("loss", "grad_norm", "moe_aux_loss", "moe_max_load")}
+        return {k: f["train"][k][:]
+                for k in ("loss", "grad_norm", "moe_aux_loss", "moe_max_load", "moe_z_loss")}
 
 
 def test_moe_trains_alike_on_every_grid(tmp_path):
@@ -59,7 +60,7 @@ def test_moe_trains_alike_on_every_grid(tmp_path):
         p = run(n, "--config", cfg, "--run.name", name, "--train.moe_aux_loss", 0, *grid)
         assert p.returncode == 0, name + p.stdout + p.stderr
     want, got = curves(tmp_path / "runs" / "plain"), curves(tmp_path / "runs" / "cp")
-    for k in ("loss", "grad_norm"):
+    for k in ("loss", "grad_norm", "moe_z_loss"):  # the z-loss is each row's own
         np.testing.assert_allclose(got[k], want[k], rtol=3e-5, err_msg=f"cp {k}")
 
 

@@ -472,7 +472,7 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
 
     use_window(0)
     val = [evaluate()]
-    losses, lrs, norms, z_terms, moe_aux = [], [], [], [], []
+    losses, lrs, norms, z_terms, moe_aux, moe_z = [], [], [], [], [], []
     for s in range(tr["steps"]):
         use_window(s)
         lr = ref.lr_at(s, tr["lr"], tr["warmup_steps"], tr["steps"], tr["schedule"],
@@ -493,8 +493,8 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
             muon.zero_grad(set_to_none=True)
         if cfg.moe_experts:  # per micro-batch: its rows' routing and load-balancing term
             mbs, counted = tr["micro_batch_size"], int((y >= 0).sum())
-            alpha = tr.get("moe_aux_loss", 0.01)
-            ce, balance, every = 0.0, 0.0, []
+            alpha, zc = tr.get("moe_aux_loss", 0.01), tr.get("moe_z_loss", 0.0)
+            ce, balance, zsum, every, every_z = 0.0, 0.0, 0.0, [], []
             parts = []
             for m0 in range(0, B, mbs):
                 with ref.moe_balance() as terms:
@@ -502,12 +502,15 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
                 n_mb = int((y[m0:m0 + mbs] >= 0).sum())
                 ce = ce + lm * n_mb / counted
                 rows = y[m0:m0 + mbs].numel()  # every row routes, counted or not
-                balance = balance + sum(terms) * rows / counted
-                every += [float(t) for t in terms]
+                balance = balance + sum(t[0] for t in terms) * rows / counted
+                zsum = zsum + sum(t[1] for t in terms) * rows / counted
+                every += [float(t[0]) for t in terms]
+                every_z += [float(t[1]) for t in terms]
                 parts.append(lg)
             logits, loss = torch.cat(parts), ce
             moe_aux.append(alpha * float(np.mean(every)))  # /train/moe_aux_loss
-            objective = loss + alpha * balance
+            moe_z.append(zc * float(np.mean(every_z)))  # /train/moe_z_loss
+            objective = loss + alpha * balance + zc * zsum
         else:
             logits, loss = model(x, y)
             objective = loss
@@ -528,6 +531,7 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
     final = {k: v.detach().numpy() for k, v in model.tensors().items()}
     torch_train.z_terms = z_terms  # train.z_loss: the mean term of each step
     torch_train.moe_aux = moe_aux  # model.moe_experts: α times the mean balance term
+    torch_train.moe_z = moe_z  # and c times the mean router z term
     return np.array(losses), np.array(lrs), np.array(norms), val, final
 
 
@@ -1122,5 +1126,23 @@ def test_moe_aux_loss_matches_torch(name, tmp_root, tmp_path):
     # ... and without the term the curve differs (the test can tell).
     plain = config_sections(case, p.dir, train__grad_clip=GRAD_CLIP[case.name],
                             train__moe_aux_loss=0.0)
+    losses, *_ = torch_train(p, plain)
+    assert np.max(np.abs(losses - m["train/loss"]) / losses) > 1e-6
+
+
+# train.moe_z_loss (ST-MoE's router z-loss; a large c, 0.05): the curve, the norm, the weights and
+# /train/moe_z_loss against PyTorch differentiating CE + α·balance + c·Σ rows' (logsumexp)².
+@pytest.mark.parametrize("name", ["moe", "moeswiglu"])
+def test_moe_router_z_loss_matches_torch(name, tmp_root, tmp_path):
+    case = next(c for c in CASES if c.name == name)
+    p = prepare(case, tmp_root)
+    sections = config_sections(case, p.dir, train__grad_clip=GRAD_CLIP[case.name],
+                               train__moe_z_loss=0.05)
+    compare_training(p, tmp_path, sections, "moez")
+    m = ref.read_metrics(tmp_path / "runs" / "ref" / "metrics.h5")
+    want = np.array(torch_train.moe_z)
+    np.testing.assert_allclose(m["train/moe_z_loss"], want, rtol=1e-5)
+    assert np.all(want > 0), want
+    plain = config_sections(case, p.dir, train__grad_clip=GRAD_CLIP[case.name])
     losses, *_ = torch_train(p, plain)
     assert np.max(np.abs(losses - m["train/loss"]) / losses) > 1e-6

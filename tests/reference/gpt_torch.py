@@ -400,9 +400,9 @@ def head(params: Dict[str, torch.Tensor], cfg: GptConfig) -> torch.Tensor:
     return params["wte/weight"] if cfg.tied else params["lm_head/weight"]
 
 
-# Within moe_balance(): each mixture-of-experts layer's forward appends Switch's balance term
+# Within moe_balance(): each mixture-of-experts layer's forward appends (Switch's balance term
 # E·Σ_e f_e·P_e of the rows it routed (f_e: expert e's share of the N·k choices, a constant;
-# P_e: its mean probability, differentiable).
+# P_e: its mean probability, differentiable), ST-MoE's router z term mean_n (logsumexp_e z)²).
 _MOE_TERMS: Optional[list] = None
 
 
@@ -425,7 +425,8 @@ def moe_mlp(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str,
     dispatch."""
     E, k = cfg.moe_experts, cfg.moe_top_k
     x = h.reshape(-1, h.shape[-1])
-    probs = torch.softmax(x @ params[p + "mlp/router/weight"].t(), dim=-1)
+    router_logits = x @ params[p + "mlp/router/weight"].t()
+    probs = torch.softmax(router_logits, dim=-1)
     top, choice = torch.topk(probs, k, dim=-1)
     gates = top / top.sum(-1, keepdim=True) if cfg.moe_normalize else top
     w1, w2 = params[p + "mlp/experts/c_fc/weight"], params[p + "mlp/experts/c_proj/weight"]
@@ -448,7 +449,8 @@ def moe_mlp(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str,
         out = out + a @ params[p + "mlp/shared/c_proj/weight"].t()
     if _MOE_TERMS is not None:
         f = torch.bincount(choice.reshape(-1), minlength=E).to(probs.dtype) / choice.numel()
-        _MOE_TERMS.append(E * (f * probs.mean(0)).sum())
+        _MOE_TERMS.append((E * (f * probs.mean(0)).sum(),
+                           torch.logsumexp(router_logits, dim=-1).pow(2).mean()))
     return out.reshape(h.shape)
 
 

@@ -41,16 +41,17 @@ double central_difference(float& x, float h, F&& loss) {
 }
 
 struct Routed {
-  Vec probs, gate;
+  Vec probs, gate, lse;
   Ints expert, slot;
   std::vector<int> counts;
   Vec sums;
 };
 
 Routed route(Backend& be, const Vec& logits, int N, int E, int k, bool normalize) {
-  Routed r{Vec(size_t(N) * E),  Vec(size_t(N) * k),          Ints(size_t(N) * k),
+  Routed r{Vec(size_t(N) * E),  Vec(size_t(N) * k),          Vec(size_t(N)), Ints(size_t(N) * k),
            Ints(size_t(N) * k), std::vector<int>(size_t(E)), Vec(size_t(E))};
-  be.moe_route(r.probs.data(), r.expert.data(), r.gate.data(), logits.data(), N, E, k, normalize);
+  be.moe_route(r.probs.data(), r.expert.data(), r.gate.data(), logits.data(), N, E, k, normalize,
+               r.lse.data());
   be.moe_dispatch(r.slot.data(), r.counts.data(), r.sums.data(), r.expert.data(), r.probs.data(), N,
                   E, k);
   return r;
@@ -76,6 +77,7 @@ TEST_P(MoeOps, RouteAndDispatchMatchSortedReference) {
     for (int j = 0; j < k; ++j) picked += std::exp(double(z[order[size_t(j)]]) - mx) / sum;
     for (int e = 0; e < E; ++e)
       EXPECT_NEAR(r.probs[size_t(n) * E + e], std::exp(double(z[e]) - mx) / sum, 1e-6);
+    EXPECT_NEAR(r.lse[size_t(n)], mx + std::log(sum), 1e-5);
     for (int j = 0; j < k; ++j) {
       const int e = order[size_t(j)];
       EXPECT_EQ(r.expert[size_t(n) * k + j], e) << "row " << n << " choice " << j;
@@ -128,13 +130,15 @@ TEST_P(MoeOps, CombineBackwardMatchesFiniteDifferences) {
   for (size_t i = 0; i < x.size(); ++i) EXPECT_FLOAT_EQ(back[i], float(k) * x[i]);
 }
 
-// L(logits) = Σ c·gate + Σ aux[e]·probs[n,e] at fixed choices (small steps keep the top k).
+// L(logits) = Σ c·gate + Σ aux[e]·probs[n,e] + z·Σ lse² (the router z-loss) at fixed choices
+// (small steps keep the top k).
 TEST_P(MoeOps, RouteBackwardMatchesFiniteDifferences) {
   const auto [N, E, k, normalize] = GetParam();
   auto be = make_cpu_backend();
   Vec logits = random_vec(size_t(N) * E, 6, 2.0f);
   const Routed r = route(*be, logits, N, E, k, normalize);
   const Vec c = random_vec(size_t(N) * k, 7), aux = random_vec(size_t(E), 8);
+  const float z = 0.3f;
   auto loss = [&]() {
     Routed q = route(*be, logits, N, E, k, normalize);
     EXPECT_EQ(q.expert, r.expert) << "a step changed the routing";
@@ -142,11 +146,12 @@ TEST_P(MoeOps, RouteBackwardMatchesFiniteDifferences) {
     for (size_t i = 0; i < q.gate.size(); ++i) s += double(c[i]) * q.gate[i];
     for (int n = 0; n < N; ++n)
       for (int e = 0; e < E; ++e) s += double(aux[size_t(e)]) * q.probs[size_t(n) * E + e];
+    for (int n = 0; n < N; ++n) s += z * double(q.lse[size_t(n)]) * q.lse[size_t(n)];
     return s;
   };
   Vec dlogits(logits.size());
   be->moe_route_backward(dlogits.data(), c.data(), r.probs.data(), r.expert.data(), aux.data(), N,
-                         E, k, normalize);
+                         E, k, normalize, r.lse.data(), z);
   const float h = 1e-3f;
   for (size_t i = 0; i < logits.size(); i += 3)
     EXPECT_NEAR(dlogits[i], central_difference(logits[i], h, loss), 2e-3) << "dlogits " << i;

@@ -460,7 +460,8 @@ class Backend {
   // backend's ints. Choice i = n·k + j is token n's j-th expert.
   //  moe_route: probs[N,E] = softmax of each row of logits; expert[N,k] the columns of its k
   //    largest probabilities, largest first (equal ones: the lower column first); gate[N,k]
-  //    their probabilities, divided by their sum when `normalize` (Mixtral's choice).
+  //    their probabilities, divided by their sum when `normalize` (Mixtral's choice); lse[N]
+  //    (fp32, may be null) each row's log Σ_e exp(logits), the router z-loss's.
   //  moe_dispatch: the N·k choices ordered by expert, stably (by i within an expert): slot[i] =
   //    choice i's place in that order; counts[e] (host) = the choices of expert e; prob_sums[e]
   //    (host) = Σ_n probs[n,e], summed in row order. Waits for the device (the counts size the
@@ -473,11 +474,12 @@ class Backend {
   //  moe_route_backward: dlogits[N,E] (written) from dgate[N,k] through the gates'
   //    normalization and the softmax, with aux[e] (HOST memory, [E], E <= 256; null: none) added
   //    to the gradient of every row's probs[n,e] (the load-balancing loss's; read at the call, so
-  //    the GPU needs no copy of it and no wait).
+  //    the GPU needs no copy of it and no wait). z_loss = c > 0 (ST-MoE's router z-loss, c·lse²
+  //    per row; lse as moe_route gave it) adds 2c·lse[n]·probs[n,e] to dlogits[n,e].
   virtual void moe_route(float* probs, int32_t* expert, float* gate, const float* logits, int N,
-                         int E, int k, bool normalize) = 0;
+                         int E, int k, bool normalize, float* lse = nullptr) = 0;
   virtual void moe_route(float* probs, int32_t* expert, float* gate, const bf16_t* logits, int N,
-                         int E, int k, bool normalize) = 0;
+                         int E, int k, bool normalize, float* lse = nullptr) = 0;
   virtual void moe_dispatch(int32_t* slot, int* counts, float* prob_sums, const int32_t* expert,
                             const float* probs, int N, int E, int k) = 0;
   virtual void moe_gather(float* out, const float* x, const int32_t* slot, int N, int k, int C) = 0;
@@ -495,10 +497,12 @@ class Backend {
                                     int C) = 0;
   virtual void moe_route_backward(float* dlogits, const float* dgate, const float* probs,
                                   const int32_t* expert, const float* aux, int N, int E, int k,
-                                  bool normalize) = 0;
+                                  bool normalize, const float* lse = nullptr,
+                                  float z_loss = 0.0f) = 0;
   virtual void moe_route_backward(bf16_t* dlogits, const float* dgate, const float* probs,
                                   const int32_t* expert, const float* aux, int N, int E, int k,
-                                  bool normalize) = 0;
+                                  bool normalize, const float* lse = nullptr,
+                                  float z_loss = 0.0f) = 0;
 
   // ---- reductions and optimizer updates ------------------------------------------------------
   virtual double sum_squares(const float* x, size_t n) = 0;   // accumulated in double

@@ -386,6 +386,7 @@ struct ActivationOptions {
 // load E·max_e f_e, both 1 when every expert gets its share.
 struct MoeStats {
   double balance = 0, max_load = 0;
+  double z = 0;       // with a router z-loss: the mean over the rows of lse² (Gpt::set_moe_z_loss)
   int64_t count = 0;  // layer passes
 };
 
@@ -613,6 +614,10 @@ class Gpt {
   // for every row of it to the loss they differentiate; its gradient flows through the
   // probabilities only. 0: none.
   void set_moe_aux_loss(float a) { moe_aux_loss_ = a; }
+  // train.moe_z_loss = c (ST-MoE's router z-loss): training steps add c·lse² for every row a
+  // layer with experts routes, lse = log Σ_e exp(the row's router logits), weighed as the
+  // load-balancing loss; it keeps the router's logits small. 0: none.
+  void set_moe_z_loss(float c) { moe_z_loss_ = c; }
   // The routing statistics of the forward passes since the last call (not those a backward pass
   // reruns), and clears them.
   MoeStats take_moe_stats() { return std::exchange(moe_stats_, MoeStats{}); }
@@ -929,6 +934,7 @@ class Gpt {
   GptShape shape_;
   float z_loss_ = 0.0f;                // set_z_loss
   float moe_aux_loss_ = 0.0f;          // set_moe_aux_loss
+  float moe_z_loss_ = 0.0f;            // set_moe_z_loss
   float dloss_scale_ = 0.0f;           // the training step's (the load-balancing gradient's)
   bool recomputing_ = false;           // a backward pass reruns a layer's forward
   MoeStats moe_stats_;                 // take_moe_stats

@@ -98,6 +98,8 @@ struct TrainConfig {
   double z_loss = 0;
   // A mixture of experts' load-balancing loss coefficient (Gpt::set_moe_aux_loss; Switch: 0.01).
   double moe_aux_loss = 0.01;
+  // A mixture of experts' router z-loss coefficient (Gpt::set_moe_z_loss; ST-MoE: 0.001); 0: none.
+  double moe_z_loss = 0;
   // Every N steps (0: never) the L2 norms of each layer's gradient and weights go into /norms of
   // metrics.h5 (before the update, the gradient before clipping).
   int64_t norms_every = 0;

@@ -12,7 +12,7 @@ namespace {
 
 template <class E>
 void route_rows(float* probs, int32_t* expert, float* gate, const E* logits, int N, int Ex, int k,
-                bool normalize) {
+                bool normalize, float* lse) {
 #pragma omp parallel for schedule(static) if (size_t(N) * Ex >= kParallelMin)
   for (int n = 0; n < N; ++n) {
     const E* z = logits + size_t(n) * Ex;
@@ -25,6 +25,7 @@ void route_rows(float* probs, int32_t* expert, float* gate, const E* logits, int
       sum += p[e];
     }
     for (int e = 0; e < Ex; ++e) p[e] /= sum;
+    if (lse != nullptr) lse[n] = mx + std::log(sum);
     int32_t* ex = expert + size_t(n) * k;
     float* g = gate + size_t(n) * k;
     float picked = 0.0f;
@@ -87,7 +88,8 @@ void combine_backward_rows(E* dy, float* dgate, const E* dout, const E* y, const
 // dgate's through that, plus aux; then the softmax's: dz[e] = p[e]·(dp[e] − Σ p·dp).
 template <class E>
 void route_backward_rows(E* dlogits, const float* dgate, const float* probs, const int32_t* expert,
-                         const float* aux, int N, int Ex, int k, bool normalize) {
+                         const float* aux, int N, int Ex, int k, bool normalize, const float* lse,
+                         float z_loss) {
 #pragma omp parallel
   {
     std::vector<float> dp(static_cast<size_t>(Ex));
@@ -108,7 +110,8 @@ void route_backward_rows(E* dlogits, const float* dgate, const float* probs, con
       float dot = 0.0f;
       for (int e = 0; e < Ex; ++e) dot += p[e] * dp[size_t(e)];
       E* dz = dlogits + size_t(n) * Ex;
-      for (int e = 0; e < Ex; ++e) store_elem(dz + e, p[e] * (dp[size_t(e)] - dot));
+      const float zc = z_loss > 0.0f ? 2.0f * z_loss * lse[n] : 0.0f;  // d(c·lse²)/dz = 2c·lse·p
+      for (int e = 0; e < Ex; ++e) store_elem(dz + e, p[e] * (dp[size_t(e)] - dot) + zc * p[e]);
     }
   }
 }
@@ -116,12 +119,12 @@ void route_backward_rows(E* dlogits, const float* dgate, const float* probs, con
 }  // namespace
 
 void moe_route(float* probs, int32_t* expert, float* gate, const float* logits, int N, int E, int k,
-               bool normalize) {
-  route_rows(probs, expert, gate, logits, N, E, k, normalize);
+               bool normalize, float* lse) {
+  route_rows(probs, expert, gate, logits, N, E, k, normalize, lse);
 }
 void moe_route(float* probs, int32_t* expert, float* gate, const bf16_t* logits, int N, int E,
-               int k, bool normalize) {
-  route_rows(probs, expert, gate, logits, N, E, k, normalize);
+               int k, bool normalize, float* lse) {
+  route_rows(probs, expert, gate, logits, N, E, k, normalize, lse);
 }
 
 void moe_dispatch(int32_t* slot, int* counts, float* prob_sums, const int32_t* expert,
@@ -165,13 +168,13 @@ void moe_combine_backward(bf16_t* dy, float* dgate, const bf16_t* dout, const bf
 }
 void moe_route_backward(float* dlogits, const float* dgate, const float* probs,
                         const int32_t* expert, const float* aux, int N, int E, int k,
-                        bool normalize) {
-  route_backward_rows(dlogits, dgate, probs, expert, aux, N, E, k, normalize);
+                        bool normalize, const float* lse, float z_loss) {
+  route_backward_rows(dlogits, dgate, probs, expert, aux, N, E, k, normalize, lse, z_loss);
 }
 void moe_route_backward(bf16_t* dlogits, const float* dgate, const float* probs,
                         const int32_t* expert, const float* aux, int N, int E, int k,
-                        bool normalize) {
-  route_backward_rows(dlogits, dgate, probs, expert, aux, N, E, k, normalize);
+                        bool normalize, const float* lse, float z_loss) {
+  route_backward_rows(dlogits, dgate, probs, expert, aux, N, E, k, normalize, lse, z_loss);
 }
 
 }  // namespace triad::cpu

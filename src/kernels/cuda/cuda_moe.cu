@@ -31,7 +31,7 @@ __device__ __forceinline__ float rank_key(float p) { return isnan(p) ? -1.0f : p
 
 template <typename Elem>
 __global__ void route_kernel(float* probs, int32_t* expert, float* gate, const Elem* logits, int N,
-                             int E, int k, bool normalize) {
+                             int E, int k, bool normalize, float* lse) {
   const int lane = threadIdx.x % 32;
   const int n = blockIdx.x * kWarpsPerBlock + threadIdx.x / 32;
   if (n >= N) return;  // the whole warp: it shares the row
@@ -43,6 +43,7 @@ __global__ void route_kernel(float* probs, int32_t* expert, float* gate, const E
   float sum = 0.0f;
   for (int e = lane; e < E; e += 32) sum += expf(widen(z[e]) - mx);
   sum = warp_reduce(sum, SumOp{});
+  if (lse != nullptr && lane == 0) lse[n] = mx + logf(sum);
   // Each lane reads back only the columns it wrote: no synchronization needed.
   for (int e = lane; e < E; e += 32) p[e] = expf(widen(z[e]) - mx) / sum;
 
@@ -203,7 +204,8 @@ struct AuxCoefficients {
 template <typename Elem>
 __global__ void route_backward_kernel(Elem* dlogits, const float* dgate, const float* probs,
                                       const int32_t* expert, const AuxCoefficients aux, int N,
-                                      int E, int k, bool normalize) {
+                                      int E, int k, bool normalize, const float* lse,
+                                      float z_loss) {
   const int lane = threadIdx.x % 32;
   const int n = blockIdx.x * kWarpsPerBlock + threadIdx.x / 32;
   if (n >= N) return;  // the whole warp: it shares the row
@@ -227,7 +229,8 @@ __global__ void route_backward_kernel(Elem* dlogits, const float* dgate, const f
   for (int e = lane; e < E; e += 32) dot += p[e] * dp_of(e);
   dot = warp_reduce(dot, SumOp{});
   Elem* dz = dlogits + size_t(n) * E;
-  for (int e = lane; e < E; e += 32) dz[e] = narrow<Elem>(p[e] * (dp_of(e) - dot));
+  const float zc = z_loss > 0.0f ? 2.0f * z_loss * lse[n] : 0.0f;  // the router z-loss's
+  for (int e = lane; e < E; e += 32) dz[e] = narrow<Elem>(p[e] * (dp_of(e) - dot) + zc * p[e]);
 }
 
 // Blocks of a loop over `rows` rows of `width` units: one block per row up to a cap (the loops
@@ -244,11 +247,11 @@ RowLaunch row_launch(int rows, int width) {
 
 template <typename Elem>
 void moe_route(cudaStream_t s, float* probs, int32_t* expert, float* gate, const Elem* logits,
-               int N, int E, int k, bool normalize) {
+               int N, int E, int k, bool normalize, float* lse) {
   if (N <= 0 || E <= 0) return;
   TRIAD_CHECK(k >= 0 && k <= E, "moe_route: k = ", k, " of E = ", E, " experts");
   route_kernel<<<warp_rows_grid(N), 32 * kWarpsPerBlock, 0, s>>>(probs, expert, gate, logits, N, E,
-                                                                 k, normalize);
+                                                                 k, normalize, lse);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
@@ -318,7 +321,7 @@ void moe_combine_backward(cudaStream_t s, Elem* dy, float* dgate, const Elem* do
 template <typename Elem>
 void moe_route_backward(cudaStream_t s, Elem* dlogits, const float* dgate, const float* probs,
                         const int32_t* expert, const float* aux, int N, int E, int k,
-                        bool normalize) {
+                        bool normalize, const float* lse, float z_loss) {
   if (N <= 0 || E <= 0) return;
   TRIAD_CHECK(E <= kMaxExperts, "cuda backend: moe_route_backward takes at most ", kMaxExperts,
               " experts (got ", E, ")");
@@ -326,14 +329,14 @@ void moe_route_backward(cudaStream_t s, Elem* dlogits, const float* dgate, const
   coef.on = aux != nullptr;
   if (aux != nullptr) std::copy(aux, aux + E, coef.v);  // host memory (backend.h)
   route_backward_kernel<<<warp_rows_grid(N), 32 * kWarpsPerBlock, 0, s>>>(
-      dlogits, dgate, probs, expert, coef, N, E, k, normalize);
+      dlogits, dgate, probs, expert, coef, N, E, k, normalize, lse, z_loss);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
 template void moe_route<float>(cudaStream_t, float*, int32_t*, float*, const float*, int, int, int,
-                               bool);
+                               bool, float*);
 template void moe_route<bf16>(cudaStream_t, float*, int32_t*, float*, const bf16*, int, int, int,
-                              bool);
+                              bool, float*);
 template void moe_gather<float>(cudaStream_t, float*, const float*, const int32_t*, int, int, int);
 template void moe_gather<bf16>(cudaStream_t, bf16*, const bf16*, const int32_t*, int, int, int);
 template void moe_combine<float>(cudaStream_t, float*, const float*, const int32_t*, const float*,
@@ -345,8 +348,10 @@ template void moe_combine_backward<float>(cudaStream_t, float*, float*, const fl
 template void moe_combine_backward<bf16>(cudaStream_t, bf16*, float*, const bf16*, const bf16*,
                                          const int32_t*, const float*, int, int, int);
 template void moe_route_backward<float>(cudaStream_t, float*, const float*, const float*,
-                                        const int32_t*, const float*, int, int, int, bool);
+                                        const int32_t*, const float*, int, int, int, bool,
+                                        const float*, float);
 template void moe_route_backward<bf16>(cudaStream_t, bf16*, const float*, const float*,
-                                       const int32_t*, const float*, int, int, int, bool);
+                                       const int32_t*, const float*, int, int, int, bool,
+                                       const float*, float);
 
 }  // namespace triad::cuda
