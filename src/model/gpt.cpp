@@ -672,7 +672,7 @@ void Gpt::set_frozen(const std::function<bool(const std::string&)>& frozen) {
   if (wte_ < 0 || !frozen_[size_t(wte_)] || (wpe_ >= 0 && !frozen_[size_t(wpe_)])) return;
   const int held = mp_.chunk_layers(0, shape_.n_layer);
   for (int l = 0; l < held && layer_[size_t(l)] >= 0; ++l) {
-    for (int k = 0; k < layer_count_[shape_.moe_layer(l) ? 1 : 0]; ++k)
+    for (int k = 0; k < layer_count(l); ++k)
       if (!frozen_[size_t(layer_[size_t(l)] + k)]) return;
     ++frozen_layers_;
   }

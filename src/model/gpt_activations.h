@@ -26,6 +26,16 @@
 
 namespace triad {
 
+// Pointers to one layer's tensors inside a parameter-shaped buffer (weights of type T, or the
+// fp32 gradients); null where the layer has no such tensor (or its gradient is not formed).
+template <class T>
+struct LayerTensors {
+  T *ln1w, *ln1b, *qkvw, *qkvb, *qnw, *knw, *projw, *projb, *ln2w, *ln2b, *fcw, *fcb, *fcprojw,
+      *fcprojb;
+  T* routerw;  // model.moe_experts (fcw and fcprojw then hold every expert's, one after another)
+  T *shfcw, *shprojw;  // model.moe_shared_hidden: the shared experts' c_fc and c_proj
+};
+
 template <class A>
 struct Gpt::Set {
   struct Layer {
@@ -133,7 +143,6 @@ struct Gpt::Activations {
     // The MLP's widths on this rank: c_fc's outputs (the pre-activation, Fl) and the hidden
     // activation c_proj reads (Hl): 4C/tp both for GPT-2, 2·H/tp and H/tp for SwiGLU.
     const size_t Fl = size_t(s.fc_rows()) / size_t(mp.tp), Hl = size_t(s.hidden()) / size_t(mp.tp);
-    // The MLP's rows: each token's k copies under a mixture of experts.
     // Whether this rank holds a layer with experts (GptShape::moe_layer): the scratch every layer
     // shares is sized for it then (the experts' k rows per token).
     bool experts = false;
@@ -186,10 +195,10 @@ struct Gpt::Activations {
         want(L.moe_x, BT * Kl * C);
         want(L.moe_y, BT * Kl * C);
         want_f(L.moe_probs, BT * E);
-        want_f(L.moe_gate, BT * K);
+        want_f(L.moe_gate, BT * Kl);
         want_f(L.moe_lse, BT);
-        want_i(L.moe_expert, BT * K);
-        want_i(L.moe_slot, BT * K);
+        want_i(L.moe_expert, BT * Kl);
+        want_i(L.moe_slot, BT * Kl);
       }
       if (moe && SHl > 0) {
         want(L.sh_fch, BT * SFl);

@@ -5,23 +5,29 @@
 // Under tensor parallelism every rank routes all rows alike (the router is replicated) and holds
 // 1/tp of every expert's hidden units, as the dense MLP's column- and row-parallel pair.
 #include <algorithm>
+#include <vector>
 
 #include "gpt_activations.h"
 #include "triad/model/gpt.h"
 
 namespace triad {
+namespace {
 
-template <class A>
-void Gpt::shared_activation(A* act, const A* pre, int N) {
-  const int SHl = shape_.moe_shared_hidden / mp_.tp;
-  if (shape_.swiglu)
-    be_.swiglu_forward(act, pre, N, SHl);
-  else
-    be_.gelu_forward(act, pre, size_t(N) * size_t(SHl));
+// f(e, row, n) for each expert e with n > 0 rows, its block starting at `row` in expert order.
+template <class F>
+void for_each_expert(const std::vector<int>& counts, F&& f) {
+  size_t row = 0;
+  for (size_t e = 0; e < counts.size(); ++e) {
+    if (counts[e] > 0) f(e, row, counts[e]);
+    row += size_t(counts[e]);
+  }
 }
 
+}  // namespace
+
 template <class A>
-void Gpt::moe_front(typename Set<A>::Layer& L, const A* ln2, const MoeTensors<const A>& w, int N) {
+void Gpt::moe_front(typename Set<A>::Layer& L, const A* ln2, const LayerTensors<const A>& w,
+                    int N) {
   const int C = shape_.n_embd, E = shape_.moe_experts, k = shape_.moe_top_k;
   const size_t Fl = size_t(shape_.fc_rows() / mp_.tp);
   auto& a = acts<A>();
@@ -45,33 +51,25 @@ void Gpt::moe_front(typename Set<A>::Layer& L, const A* ln2, const MoeTensors<co
     ++moe_stats_.count;
   }
   be_.moe_gather(L.moe_x, ln2, L.moe_slot, N, k, C);
-  size_t row = 0;
-  for (int e = 0; e < E; ++e) {
-    const int n = L.moe_counts[size_t(e)];
-    if (n > 0)
-      be_.matmul_forward(L.fch + row * Fl, L.moe_x + row * C, w.fcw + size_t(e) * Fl * C, nullptr,
-                         n, C, int(Fl));
-    row += size_t(n);
-  }
-  mlp_activation(L.fch_gelu, L.fch, N * k);
+  for_each_expert(L.moe_counts, [&](size_t e, size_t row, int n) {
+    be_.matmul_forward(L.fch + row * Fl, L.moe_x + row * C, w.fcw + e * Fl * C, nullptr, n, C,
+                       int(Fl));
+  });
+  mlp_activation(L.fch_gelu, L.fch, N * k, shape_.hidden() / mp_.tp);
   if (w.shfcw != nullptr) {
     be_.matmul_forward(L.sh_fch, ln2, w.shfcw, nullptr, N, C, shape_.shared_fc_rows() / mp_.tp);
-    shared_activation(L.sh_act, L.sh_fch, N);
+    mlp_activation(L.sh_act, L.sh_fch, N, shape_.moe_shared_hidden / mp_.tp);
   }
 }
 
 template <class A>
-void Gpt::moe_output(typename Set<A>::Layer& L, A* out, const MoeTensors<const A>& w, int N) {
-  const int C = shape_.n_embd, E = shape_.moe_experts, k = shape_.moe_top_k;
+void Gpt::moe_output(typename Set<A>::Layer& L, A* out, const LayerTensors<const A>& w, int N) {
+  const int C = shape_.n_embd, k = shape_.moe_top_k;
   const size_t Hl = size_t(shape_.hidden() / mp_.tp);
-  size_t row = 0;
-  for (int e = 0; e < E; ++e) {
-    const int n = L.moe_counts[size_t(e)];
-    if (n > 0)
-      be_.matmul_forward(L.moe_y + row * C, L.fch_gelu + row * Hl, w.fcprojw + size_t(e) * C * Hl,
-                         nullptr, n, int(Hl), C);
-    row += size_t(n);
-  }
+  for_each_expert(L.moe_counts, [&](size_t e, size_t row, int n) {
+    be_.matmul_forward(L.moe_y + row * C, L.fch_gelu + row * Hl, w.fcprojw + e * C * Hl, nullptr, n,
+                       int(Hl), C);
+  });
   if (out == nullptr) return;
   be_.moe_combine(out, L.moe_y, L.moe_slot, L.moe_gate, N, k, C);
   if (w.shprojw != nullptr) {  // the shared experts' output joins the routed ones'
@@ -82,8 +80,8 @@ void Gpt::moe_output(typename Set<A>::Layer& L, A* out, const MoeTensors<const A
 }
 
 template <class A>
-void Gpt::moe_backward(typename Set<A>::Layer& L, A* dpart, const MoeTensors<float>& g,
-                       const A* dres, const A* ln2, const MoeTensors<const A>& w, int N) {
+void Gpt::moe_backward(typename Set<A>::Layer& L, A* dpart, const LayerTensors<float>& g,
+                       const A* dres, const A* ln2, const LayerTensors<const A>& w, int N) {
   constexpr GradMode kSet = GradMode::overwrite;
   const int C = shape_.n_embd, E = shape_.moe_experts, k = shape_.moe_top_k;
   const size_t Fl = size_t(shape_.fc_rows() / mp_.tp), Hl = size_t(shape_.hidden() / mp_.tp);
@@ -93,37 +91,23 @@ void Gpt::moe_backward(typename Set<A>::Layer& L, A* dpart, const MoeTensors<flo
   // parallel), which the routed experts' input gradient overwrites below.
   if (w.shprojw != nullptr) {
     be_.matmul_backward(a.sh_dact, g.shprojw, nullptr, dres, L.sh_act, w.shprojw, N, SHl, C, kSet);
-    if (shape_.swiglu)
-      be_.swiglu_backward(a.sh_dfch, L.sh_fch, a.sh_dact, N, SHl, kSet);
-    else
-      be_.gelu_backward(a.sh_dfch, L.sh_fch, a.sh_dact, size_t(N) * SHl, kSet);
+    mlp_activation_backward(a.sh_dfch, L.sh_fch, a.sh_dact, N, SHl);
   }
   // The gates' gradient reads the experts' outputs, partial sums over the group: summed there.
   be_.moe_combine_backward(a.moe_dy, a.moe_dgate, dres, L.moe_y, L.moe_slot, L.moe_gate, N, k, C);
   tp_all_reduce(a.moe_dgate, size_t(N) * k);
-  size_t row = 0;
-  for (int e = 0; e < E; ++e) {
-    const int n = L.moe_counts[size_t(e)];
-    if (n > 0)
-      be_.matmul_backward(a.dfch_gelu + row * Hl,
-                          g.fcprojw != nullptr ? g.fcprojw + size_t(e) * C * Hl : nullptr, nullptr,
-                          a.moe_dy + row * C, L.fch_gelu + row * Hl, w.fcprojw + size_t(e) * C * Hl,
-                          n, int(Hl), C, kSet);
-    row += size_t(n);
-  }
-  if (shape_.swiglu)
-    be_.swiglu_backward(a.dfch, L.fch, a.dfch_gelu, N * k, int(Hl), kSet);
-  else
-    be_.gelu_backward(a.dfch, L.fch, a.dfch_gelu, size_t(N) * k * Hl, kSet);
-  row = 0;  // the experts' input gradients over moe_dy (their output gradients are spent)
-  for (int e = 0; e < E; ++e) {
-    const int n = L.moe_counts[size_t(e)];
-    if (n > 0)
-      be_.matmul_backward(
-          a.moe_dy + row * C, g.fcw != nullptr ? g.fcw + size_t(e) * Fl * C : nullptr, nullptr,
-          a.dfch + row * Fl, L.moe_x + row * C, w.fcw + size_t(e) * Fl * C, n, C, int(Fl), kSet);
-    row += size_t(n);
-  }
+  for_each_expert(L.moe_counts, [&](size_t e, size_t row, int n) {
+    be_.matmul_backward(
+        a.dfch_gelu + row * Hl, g.fcprojw != nullptr ? g.fcprojw + e * C * Hl : nullptr, nullptr,
+        a.moe_dy + row * C, L.fch_gelu + row * Hl, w.fcprojw + e * C * Hl, n, int(Hl), C, kSet);
+  });
+  mlp_activation_backward(a.dfch, L.fch, a.dfch_gelu, N * k, int(Hl));
+  // The experts' input gradients over moe_dy (their output gradients are spent).
+  for_each_expert(L.moe_counts, [&](size_t e, size_t row, int n) {
+    be_.matmul_backward(a.moe_dy + row * C, g.fcw != nullptr ? g.fcw + e * Fl * C : nullptr,
+                        nullptr, a.dfch + row * Fl, L.moe_x + row * C, w.fcw + e * Fl * C, n, C,
+                        int(Fl), kSet);
+  });
   be_.moe_combine(dpart, a.moe_dy, L.moe_slot, nullptr, N, k, C);
   if (w.shfcw != nullptr)
     be_.matmul_backward(dpart, g.shfcw, nullptr, a.sh_dfch, ln2, w.shfcw, N, C, SFl);
@@ -146,11 +130,11 @@ void Gpt::moe_backward(typename Set<A>::Layer& L, A* dpart, const MoeTensors<flo
     be_.matmul_backward(dinp, g.routerw, nullptr, a.moe_logits, ln2, w.routerw, N, C, E);
 }
 
-#define TRIAD_MOE_INSTANCES(A)                                                                \
-  template void Gpt::moe_front<A>(Set<A>::Layer&, const A*, const MoeTensors<const A>&, int); \
-  template void Gpt::moe_output<A>(Set<A>::Layer&, A*, const MoeTensors<const A>&, int);      \
-  template void Gpt::moe_backward<A>(Set<A>::Layer&, A*, const MoeTensors<float>&, const A*,  \
-                                     const A*, const MoeTensors<const A>&, int);
+#define TRIAD_MOE_INSTANCES(A)                                                                  \
+  template void Gpt::moe_front<A>(Set<A>::Layer&, const A*, const LayerTensors<const A>&, int); \
+  template void Gpt::moe_output<A>(Set<A>::Layer&, A*, const LayerTensors<const A>&, int);      \
+  template void Gpt::moe_backward<A>(Set<A>::Layer&, A*, const LayerTensors<float>&, const A*,  \
+                                     const A*, const LayerTensors<const A>&, int);
 TRIAD_MOE_INSTANCES(float)
 TRIAD_MOE_INSTANCES(bf16_t)
 #undef TRIAD_MOE_INSTANCES

@@ -19,17 +19,7 @@
 namespace triad {
 namespace {
 
-// Pointers to one layer's tensors inside a parameter-shaped buffer (weights of type T, or the
-// fp32 gradients).
-template <class T>
-struct LayerTensors {
-  T *ln1w, *ln1b, *qkvw, *qkvb, *qnw, *knw, *projw, *projb, *ln2w, *ln2b, *fcw, *fcb, *fcprojw,
-      *fcprojb;
-  T* routerw;  // model.moe_experts (fcw and fcprojw then hold every expert's, one after another)
-  T *shfcw, *shprojw;  // model.moe_shared_hidden: the shared experts' c_fc and c_proj
-};
-
-// The layer's tensors are specs[first ..]; pos[k] is where the k-th of its 15 possible ones (in
+// The layer's tensors are specs[first ..]; pos[k] is where the k-th of its 17 possible ones (in
 // all_layer_tensors' order) sits among them, -1 for a bias or norm the model does not have (a
 // null pointer, as the ops take it). base holds buffer element `origin` at base[0].
 template <class T>
@@ -216,15 +206,22 @@ void Gpt::set_attention_mask(const int32_t* inputs, int B, int T, bool documents
   positions_ = d_positions_;
 }
 
-// The MLP's activation of N rows of c_fc's outputs (pre) into c_proj's input (act): GELU, or
-// SwiGLU's silu(gate)·up (what train.recompute = gelu recomputes).
+// The MLP's activation of N rows of c_fc's outputs (pre) into c_proj's input (act, `width`
+// units): GELU, or SwiGLU's silu(gate)·up (what train.recompute = gelu recomputes).
 template <class A>
-void Gpt::mlp_activation(A* act, const A* pre, int N) {
-  const int Hl = shape_.hidden() / mp_.tp;
+void Gpt::mlp_activation(A* act, const A* pre, int N, int width) {
   if (shape_.swiglu)
-    be_.swiglu_forward(act, pre, N, Hl);
+    be_.swiglu_forward(act, pre, N, width);
   else
-    be_.gelu_forward(act, pre, size_t(N) * size_t(Hl));
+    be_.gelu_forward(act, pre, size_t(N) * size_t(width));
+}
+
+template <class A>
+void Gpt::mlp_activation_backward(A* dpre, const A* pre, const A* dact, int N, int width) {
+  if (shape_.swiglu)
+    be_.swiglu_backward(dpre, pre, dact, N, width, GradMode::overwrite);
+  else
+    be_.gelu_backward(dpre, pre, dact, size_t(N) * size_t(width), GradMode::overwrite);
 }
 
 // Rotary positions (shape_.rope) on the q and k of N rows of q|k|v, row r at position
@@ -326,7 +323,7 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   const A* ln2 = gather_rows(L.ln2, L.ln2g, N);
   const int Hl = shape_.hidden() / mp_.tp;
   if (shape_.moe_layer(l)) {
-    moe_front<A>(L, ln2, {w.fcw, w.fcprojw, w.routerw, w.shfcw, w.shprojw}, N);
+    moe_front<A>(L, ln2, w, N);
   } else if (shape_.swiglu) {
     linear_forward(fp8_site(l, 2), L.fch, ln2, w.fcw, w.fcb, N, C, 2 * Hl);
     be_.swiglu_forward(L.fch_gelu, L.fch, N, Hl);
@@ -397,7 +394,7 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T, int pos0) {
     layer_front(S, g, i, B, T, pos0);
     A* fcproj = sp ? full : L.fcproj;
     if (shape_.moe_layer(first_layer + i))
-      moe_output<A>(L, fcproj, {w.fcw, w.fcprojw, w.routerw, w.shfcw, w.shprojw}, N);
+      moe_output<A>(L, fcproj, w, N);
     else
       linear_forward(fp8_site(first_layer + i, 3), fcproj, L.fch_gelu, w.fcprojw, fcprojb, N,
                      shape_.hidden() / mp_.tp, C);
@@ -584,9 +581,9 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
       layer_front(S, g, i, B, T);
       recomputing_ = false;
       if (shape_.moe_layer(l))  // the gates' gradient reads the experts' outputs
-        moe_output<A>(L, nullptr, {w.fcw, w.fcprojw, w.routerw, w.shfcw, w.shprojw}, N);
+        moe_output<A>(L, nullptr, w, N);
     } else if (recompute == Recompute::gelu && !split) {  // split: only the weight pass reads it
-      mlp_activation(L.fch_gelu, L.fch, mlp_rows(N, l));
+      mlp_activation(L.fch_gelu, L.fch, mlp_rows(N, l), shape_.hidden() / mp_.tp);
     }
     // Split: no weight or bias gradients here, and the output gradients kept in the set.
     auto wgrad = [split](float* p) { return split ? nullptr : p; };
@@ -598,8 +595,7 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
         split ? keep_rows(a.dresidual, L.dfcproj, N) : gather_rows(a.dresidual, a.full, N);
     const int Hl = shape_.hidden() / mp_.tp, Fl = shape_.fc_rows() / mp_.tp;
     if (shape_.moe_layer(l)) {
-      moe_backward<A>(L, dpart, {gr.fcw, gr.fcprojw, gr.routerw, gr.shfcw, gr.shprojw}, dres,
-                      L.ln2g, {w.fcw, w.fcprojw, w.routerw, w.shfcw, w.shprojw}, N);
+      moe_backward<A>(L, dpart, gr, dres, L.ln2g, w, N);
     } else if (shape_.swiglu) {  // c_proj's input gradient, then through the SwiGLU into c_fc's
       linear_backward(fp8_site(first_layer + i, 3), a.dfch_gelu, wgrad(gr.fcprojw),
                       wgrad(gr.fcprojb), dres, L.fch_gelu, w.fcprojw, N, Hl, C, kSet);
@@ -682,7 +678,7 @@ void Gpt::weight_chunk(int chunk, Set<A>& S, int B, int T) {
         without_frozen(layer_tensors(grads_, specs_, first, slots(first_layer + i)), frozen_, first,
                        slots(first_layer + i));
     if (recompute_.in_layer(i) == Recompute::gelu)  // mlp.c_proj's input, in the shared buffer
-      mlp_activation(L.fch_gelu, L.fch, N);
+      mlp_activation(L.fch_gelu, L.fch, N, shape_.hidden() / mp_.tp);
     const int Hl = shape_.hidden() / mp_.tp, Fl = shape_.fc_rows() / mp_.tp;
     linear_backward<A>(fp8_site(first_layer + i, 3), nullptr, gr.fcprojw, gr.fcprojb, L.dfcproj,
                        L.fch_gelu, w.fcprojw, N, Hl, C);
@@ -806,6 +802,10 @@ template ForwardStats Gpt::classifier<float>(Set<float>&, const int32_t*, int, i
                                              float*, bool);
 template ForwardStats Gpt::classifier<bf16_t>(Set<bf16_t>&, const int32_t*, int, int, float, bool,
                                               float*, bool);
+template void Gpt::mlp_activation<float>(float*, const float*, int, int);
+template void Gpt::mlp_activation<bf16_t>(bf16_t*, const bf16_t*, int, int);
+template void Gpt::mlp_activation_backward<float>(float*, const float*, const float*, int, int);
+template void Gpt::mlp_activation_backward<bf16_t>(bf16_t*, const bf16_t*, const bf16_t*, int, int);
 template void Gpt::logits_to_host<float>(float*, const float*, size_t);
 template void Gpt::logits_to_host<bf16_t>(float*, const bf16_t*, size_t);
 

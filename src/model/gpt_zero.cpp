@@ -20,7 +20,7 @@ size_t Gpt::ends_index(size_t offset) const {
 
 size_t Gpt::layer_end(int first) const {
   const int l = std::stoi(specs_[size_t(first)].name.substr(2));  // "h/<l>/..."
-  const size_t next = size_t(first) + size_t(layer_count_[shape_.moe_layer(l) ? 1 : 0]);
+  const size_t next = size_t(first) + size_t(layer_count(l));
   return next < specs_.size() ? specs_[next].offset : n_floats_;
 }
 

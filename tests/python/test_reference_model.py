@@ -530,8 +530,8 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
     val.append(evaluate())
     final = {k: v.detach().numpy() for k, v in model.tensors().items()}
     torch_train.z_terms = z_terms  # train.z_loss: the mean term of each step
-    torch_train.moe_aux = moe_aux  # model.moe_experts: α times the mean balance term
-    torch_train.moe_z = moe_z  # and c times the mean router z term
+    torch_train.moe_aux_loss = moe_aux  # model.moe_experts: α times the mean balance term
+    torch_train.moe_z_loss = moe_z  # and c times the mean router z term
     return np.array(losses), np.array(lrs), np.array(norms), val, final
 
 
@@ -1106,43 +1106,30 @@ GRAD_CLIP = {"gpt2vocab": 1.0, "oddshapes": 1.0, "rope": 1.0, "rmsnorm": 1.2, "n
              "moeswiglu": 1.7, "moemixed": 0.8}
 
 
-# train.moe_aux_loss (a large α, 0.1, so that the load-balancing term moves the router): the
-# cross-entropy curve, the gradient norm, the final weights and /train/moe_aux_loss against
-# PyTorch differentiating CE + α·Σ over micro-batches and layers of the balance term (per row);
-# /train/moe_max_load from the same routing.
+# A mixture of experts' loss terms, each with a large coefficient so that it moves the router:
+# train.moe_aux_loss (α 0.1; PyTorch differentiates CE + α·Σ over micro-batches and layers of the
+# balance term, per row; /train/moe_max_load from the same routing) and train.moe_z_loss (ST-MoE's
+# router z-loss, c 0.05: + c·Σ rows' (logsumexp)²). The cross-entropy curve, the gradient norm,
+# the final weights and the logged term against PyTorch; without the term the curve differs.
+@pytest.mark.parametrize("term,coef", [("moe_aux_loss", 0.1), ("moe_z_loss", 0.05)])
 @pytest.mark.parametrize("name", ["moe", "moeswiglu", "moemixed"])
-def test_moe_aux_loss_matches_torch(name, tmp_root, tmp_path):
+def test_moe_loss_terms_match_torch(name, term, coef, tmp_root, tmp_path):
     case = next(c for c in CASES if c.name == name)
     p = prepare(case, tmp_root)
     sections = config_sections(case, p.dir, train__grad_clip=GRAD_CLIP[case.name],
-                               train__moe_aux_loss=0.1)
-    compare_training(p, tmp_path, sections, "moeaux")
+                               **{"train__" + term: coef})
+    compare_training(p, tmp_path, sections, term)
     m = ref.read_metrics(tmp_path / "runs" / "ref" / "metrics.h5")
-    want = np.array(torch_train.moe_aux)
-    np.testing.assert_allclose(m["train/moe_aux_loss"], want, rtol=1e-5)
-    assert np.all(want >= 0.1) and np.all(want < 0.1 * case.cfg.moe_experts), want
-    load = m["train/moe_max_load"]
-    assert np.all(load >= 1.0) and np.all(load <= case.cfg.moe_experts / case.cfg.moe_top_k), load
-    # ... and without the term the curve differs (the test can tell).
+    want = np.array(getattr(torch_train, term))
+    np.testing.assert_allclose(m["train/" + term], want, rtol=1e-5)
+    if term == "moe_aux_loss":
+        assert np.all(want >= coef) and np.all(want < coef * case.cfg.moe_experts), want
+        load = m["train/moe_max_load"]
+        assert np.all(load >= 1.0) and np.all(load <= case.cfg.moe_experts / case.cfg.moe_top_k), \
+            load
+    else:
+        assert np.all(want > 0), want
     plain = config_sections(case, p.dir, train__grad_clip=GRAD_CLIP[case.name],
-                            train__moe_aux_loss=0.0)
-    losses, *_ = torch_train(p, plain)
-    assert np.max(np.abs(losses - m["train/loss"]) / losses) > 1e-6
-
-
-# train.moe_z_loss (ST-MoE's router z-loss; a large c, 0.05): the curve, the norm, the weights and
-# /train/moe_z_loss against PyTorch differentiating CE + α·balance + c·Σ rows' (logsumexp)².
-@pytest.mark.parametrize("name", ["moe", "moeswiglu"])
-def test_moe_router_z_loss_matches_torch(name, tmp_root, tmp_path):
-    case = next(c for c in CASES if c.name == name)
-    p = prepare(case, tmp_root)
-    sections = config_sections(case, p.dir, train__grad_clip=GRAD_CLIP[case.name],
-                               train__moe_z_loss=0.05)
-    compare_training(p, tmp_path, sections, "moez")
-    m = ref.read_metrics(tmp_path / "runs" / "ref" / "metrics.h5")
-    want = np.array(torch_train.moe_z)
-    np.testing.assert_allclose(m["train/moe_z_loss"], want, rtol=1e-5)
-    assert np.all(want > 0), want
-    plain = config_sections(case, p.dir, train__grad_clip=GRAD_CLIP[case.name])
+                            **{"train__" + term: 0.0})
     losses, *_ = torch_train(p, plain)
     assert np.max(np.abs(losses - m["train/loss"]) / losses) > 1e-6

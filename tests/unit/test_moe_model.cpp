@@ -116,8 +116,9 @@ TEST_P(MoeModel, DecodingWithTheCacheGivesTheFullForwardsLogits) {
     o.inference = inference;
     Gpt m(shape, kB, *be, 1, {}, nullptr, p, o);
     m.init(5);
-    if (inference)
+    if (inference) {
       EXPECT_EQ(Gpt::memory_plan(shape, kB, 1, {}, nullptr, p, o).total(), be->allocated_bytes());
+    }
     for (int len = 16; len <= 24; ++len) {
       const float* l = m.next_token_logits(prompt.data(), len);
       const std::vector<float> want(l, l + shape.vocab_size);

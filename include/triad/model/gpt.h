@@ -384,6 +384,9 @@ struct ActivationOptions {
 // A mixture of experts' routing, summed over the layers and micro-batches a rank's forward
 // passes routed (Gpt::take_moe_stats): Switch's balance E·Σ_e f_e·P_e and the busiest expert's
 // load E·max_e f_e, both 1 when every expert gets its share.
+template <class T>
+struct LayerTensors;  // one layer's tensors in a parameter-shaped buffer (src/model)
+
 struct MoeStats {
   double balance = 0, max_load = 0;
   double z = 0;       // with a router z-loss: the mean over the rows of lse² (Gpt::set_moe_z_loss)
@@ -845,8 +848,12 @@ class Gpt {
   // rows: the ids themselves, or under context parallelism its pieces ([m][2][B][piece]) copied
   // into `out`.
   const int32_t* cp_local_ids(const int32_t* ids, int m, int B, std::vector<int32_t>& out) const;
+  // The MLP's activation (GELU, or SwiGLU) of N rows of `width` units, and its backward (dpre
+  // written).
   template <class A>
-  void mlp_activation(A* act, const A* pre, int N);
+  void mlp_activation(A* act, const A* pre, int N, int width);
+  template <class A>
+  void mlp_activation_backward(A* dpre, const A* pre, const A* dact, int N, int width);
   // The mixture of experts' MLP (gpt_moe.cpp) of layer L, on N rows over all ranks' rows (ln2:
   // ln_2's output). moe_front routes the rows, gathers each expert's and runs c_fc and the
   // activation (into L.fch, L.fch_gelu); moe_output the experts' c_proj (into L.moe_y) and the
@@ -855,22 +862,14 @@ class Gpt {
   // dres, writes ln_2 output's gradient into dpart (partial sums) and accumulates the experts' and
   // the router's weight gradients (null: not formed). The MLP's rows: mlp_rows(N). Shared experts
   // run beside the routed ones: c_fc and the activation in moe_front, c_proj added into out in
-  // moe_output, their backward in moe_backward.
-  // A layer's mixture-of-experts tensors (weights, or their gradients: null where not formed).
-  template <class T>
-  struct MoeTensors {
-    T *fcw, *fcprojw, *routerw, *shfcw, *shprojw;  // sh*: shared experts (null: none)
-  };
+  // moe_output, their backward in moe_backward. w: the layer's weights, g: their gradients.
   template <class A>
-  void moe_front(typename Set<A>::Layer& L, const A* ln2, const MoeTensors<const A>& w, int N);
+  void moe_front(typename Set<A>::Layer& L, const A* ln2, const LayerTensors<const A>& w, int N);
   template <class A>
-  void moe_output(typename Set<A>::Layer& L, A* out, const MoeTensors<const A>& w, int N);
+  void moe_output(typename Set<A>::Layer& L, A* out, const LayerTensors<const A>& w, int N);
   template <class A>
-  void moe_backward(typename Set<A>::Layer& L, A* dpart, const MoeTensors<float>& g, const A* dres,
-                    const A* ln2, const MoeTensors<const A>& w, int N);
-  // The shared experts' activation (the model's: GELU or SwiGLU) of N rows, and its backward.
-  template <class A>
-  void shared_activation(A* act, const A* pre, int N);
+  void moe_backward(typename Set<A>::Layer& L, A* dpart, const LayerTensors<float>& g,
+                    const A* dres, const A* ln2, const LayerTensors<const A>& w, int N);
   int mlp_rows(int N, int l) const { return shape_.moe_layer(l) ? N * shape_.moe_top_k : N; }
   // A block's linear layer (gpt_fp8.cpp), `site` = fp8_site(global layer, k) with k = 0 c_attn,
   // 1 attn.c_proj, 2 c_fc, 3 mlp.c_proj: the FP8 products under set_fp8 where fp8_at(site, N),
@@ -968,6 +967,7 @@ class Gpt {
   int layer_count_[2] = {17, 17};
   using LayerSlots = int[17];
   const LayerSlots& slots(int l) const { return layer_slot_[shape_.moe_layer(l) ? 1 : 0]; }
+  int layer_count(int l) const { return layer_count_[shape_.moe_layer(l) ? 1 : 0]; }
   bool lnf_bias_ = true;  // ln_f has a bias (LayerNorm with biases)
   int vocab_begin_ = 0, vocab_local_ = 0, vocab_valid_ = 0;  // this rank's slice of wte rows
   GradReadyHook grad_hook_;
