@@ -135,6 +135,8 @@ def test_moe_refuses_what_it_cannot_run(tmp_path):
              ({"optim__name": "muon"}, "Muon"),
              ({"model__mup_base_width": 16}, "μP"),
              ({"train__moe_aux_loss": -1}, "train.moe_aux_loss"),
+             ({"train__moe_z_loss": -1}, "train.moe_z_loss"),
+             ({"run__fp8": "tensorwise"}, "no FP8 path"),
              ({"model__moe_experts": 0}, "model.moe_shared_hidden"),
              ({"model__moe_first_dense": 2}, "model.moe_first_dense"),
              ({"model__moe_experts": 0, "model__moe_shared_hidden": 0, "model__moe_every": 2},
@@ -146,3 +148,27 @@ def test_moe_refuses_what_it_cannot_run(tmp_path):
     cfg = tiny_config(tmp_path, name="zb", parallel__pp=2, parallel__schedule="zb-h1", **MOE)
     p = run(2, "--config", cfg)
     assert p.returncode != 0 and "parallel.schedule = zb-h1" in p.stderr, p.stderr
+
+
+def test_damaged_routing_attributes_of_a_checkpoint_are_refused(tmp_path):
+    """A checkpoint whose /model attributes give an impossible routing: one error naming the
+    attribute, on both ranks of an mpirun, and the file itself left as it was."""
+    cfg = tiny_config(tmp_path, name="src", train__steps=2, eval__every=0, checkpoint__every=2,
+                      **MOE)
+    p = train("--config", cfg)
+    assert p.returncode == 0, p.stdout + p.stderr
+    good = tmp_path / "runs" / "src" / "ckpt" / "step_00000002.h5"
+    for attr, value, words in (("moe_top_k", 9, "attribute moe_top_k of /model is 9"),
+                               ("moe_every", 5, "leave no layer with experts"),
+                               ("moe_experts", 300, "attribute moe_experts of /model is 300")):
+        bad = tmp_path / f"bad_{attr}.h5"
+        bad.write_bytes(good.read_bytes())
+        with h5py.File(bad, "r+") as f:
+            f["model"].attrs[attr] = np.int64(value)
+        before = bad.read_bytes()
+        p = run(2, "--config", cfg, "--run.name", f"from_{attr}", "--init-from", bad,
+                "--parallel.zero", 1)
+        assert p.returncode != 0, p.stdout
+        assert words in p.stderr and "error" in p.stderr, p.stderr
+        assert "Segmentation" not in p.stderr and "terminate called" not in p.stderr, p.stderr
+        assert bad.read_bytes() == before
