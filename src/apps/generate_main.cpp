@@ -270,7 +270,7 @@ int main(int argc, char** argv) {
     std::vector<float> host(backend == "cpu" ? 0 : model.num_floats());
     float* base = host.empty() ? model.params() : host.data();
     triad::load_checkpoint_tensors(
-        world, checkpoint, {{"model", triad::model_tensor_refs(model, base, 0, true, 0, 0)}});
+        world, checkpoint, {{"model", triad::model_tensor_refs(model, base, 0, true, 0, 0, 0, 0)}});
     if (!host.empty()) be->copy_from_host(model.params(), host.data(), host.size());
     model.params_updated();
     triad::Rng rng(static_cast<uint64_t>(seed));

@@ -90,16 +90,26 @@ std::vector<LayerTensor> layer_tensor_list(const GptShape& shape, int l) {
 
 class LayoutBuilder {
  public:
-  explicit LayoutBuilder(int tp, int tp_rank) : tp_(tp), tp_rank_(tp_rank) {}
+  explicit LayoutBuilder(const ModelParallel& mp)
+      : tp_(mp.tp), tp_rank_(mp.tp_rank), ep_(mp.ep), ep_rank_(mp.ep_rank) {}
   void add(std::string name, std::vector<int64_t> shape, int axis, int blocks, bool replica) {
     ParamSpec s;
     s.name = std::move(name);
     s.shape = std::move(shape);
     s.local = s.shape;
-    if (tp_ > 1 && axis >= 0) {
+    if (ep_ > 1 && is_expert_tensor(s.name)) {  // whole experts (tp = 1: config checks it)
+      TRIAD_ASSERT(tp_ == 1 && s.shape[0] % ep_ == 0);
+      s.local[0] /= ep_;
+      s.split_axis = 0;
+      s.split_parts = ep_;
+      s.split_part = ep_rank_;
+      s.expert_parallel = true;
+    } else if (tp_ > 1 && axis >= 0) {
       s.local[size_t(axis)] /= tp_;
       s.split_axis = axis;
       s.split_blocks = blocks;
+      s.split_parts = tp_;
+      s.split_part = tp_rank_;
     }
     s.replica = replica || (tp_ > 1 && axis < 0 && tp_rank_ > 0);
     s.numel = 1;
@@ -112,7 +122,7 @@ class LayoutBuilder {
   std::vector<ParamSpec> take() { return std::move(specs_); }
 
  private:
-  int tp_, tp_rank_;
+  int tp_, tp_rank_, ep_, ep_rank_;
   size_t n_floats_ = 0;
   std::vector<ParamSpec> specs_;
 };
@@ -235,7 +245,7 @@ size_t tied_scratch_floats(const GptShape& shape, const ModelParallel& mp) {
 
 // Calls f(full_offset, local_offset, count) for each contiguous run of the shard.
 template <class F>
-void for_each_shard_run(const ParamSpec& s, int tp, int tp_rank, F f) {
+void for_each_shard_run(const ParamSpec& s, F f) {
   if (s.split_axis < 0) {
     f(size_t(0), size_t(0), s.numel);
     return;
@@ -245,23 +255,23 @@ void for_each_shard_run(const ParamSpec& s, int tp, int tp_rank, F f) {
   for (int d = 0; d < s.split_axis; ++d) outer *= size_t(s.shape[size_t(d)]);
   for (size_t d = size_t(s.split_axis) + 1; d < s.shape.size(); ++d) inner *= size_t(s.shape[d]);
   const size_t dim = size_t(s.shape[size_t(s.split_axis)]);
-  const size_t block = dim / size_t(s.split_blocks), part = block / size_t(tp);
+  const size_t block = dim / size_t(s.split_blocks), part = block / size_t(s.split_parts);
   size_t local = 0;
   for (size_t o = 0; o < outer; ++o)
     for (size_t b = 0; b < size_t(s.split_blocks); ++b) {
-      f((o * dim + b * block + size_t(tp_rank) * part) * inner, local, part * inner);
+      f((o * dim + b * block + size_t(s.split_part) * part) * inner, local, part * inner);
       local += part * inner;
     }
 }
 
-void extract_shard(const ParamSpec& s, int tp, int tp_rank, const float* full, float* local) {
-  for_each_shard_run(s, tp, tp_rank, [&](size_t f, size_t l, size_t n) {
+void extract_shard(const ParamSpec& s, const float* full, float* local) {
+  for_each_shard_run(s, [&](size_t f, size_t l, size_t n) {
     std::memcpy(local + l, full + f, n * sizeof(float));
   });
 }
 
-void insert_shard(const ParamSpec& s, int tp, int tp_rank, const float* local, float* full) {
-  for_each_shard_run(s, tp, tp_rank, [&](size_t f, size_t l, size_t n) {
+void insert_shard(const ParamSpec& s, const float* local, float* full) {
+  for_each_shard_run(s, [&](size_t f, size_t l, size_t n) {
     std::memcpy(full + f, local + l, n * sizeof(float));
   });
 }
@@ -272,7 +282,7 @@ std::vector<ParamSpec> gpt_parameter_layout(const GptShape& shape) {
 
 std::vector<ParamSpec> gpt_rank_layout(const GptShape& shape, const ModelParallel& mp) {
   const int64_t C = shape.n_embd, Vp = shape.padded_vocab_size, T = shape.seq_len;
-  LayoutBuilder b(mp.tp, mp.tp_rank);
+  LayoutBuilder b(mp);
   if (mp.first_stage()) {
     b.add("wte/weight", {Vp, C}, 0, 1, false);
     if (!shape.rope) b.add("wpe/weight", {T, C}, -1, 1, false);
@@ -822,7 +832,7 @@ void Gpt::init(uint64_t seed) {
       for (size_t i = 0; i < n; ++i) full[i] = float(std * rng.normal());
     }
     for (const auto& s : specs_)  // wte may be held twice (embedding and head)
-      if (s.name == t.name) extract_shard(s, mp_.tp, mp_.tp_rank, full.data(), &host[s.offset]);
+      if (s.name == t.name) extract_shard(s, full.data(), &host[s.offset]);
   }
   set_params(host.data());
   if (!inference_) zero_grads();

@@ -57,12 +57,16 @@ struct Gpt::Set {
     // Mixture of experts (GptShape::moe): fch and fch_gelu hold the experts' N·k rows in expert
     // order, moe_x their inputs and moe_y their outputs (partial sums over tp); the router's
     // probabilities [N, E], gates [N, k], choices and their places in expert order (ints [N, k]),
-    // and the rows of each expert (host).
+    // and the choices of each expert (host, [E]).
+    // Expert parallelism (ep > 1): moe_x, fch and fch_gelu hold the rows this rank's experts
+    // received from the group (up to ep·N·k), grouped by expert; moe_recv[s·El + j] (host) the
+    // rows rank s sent to local expert j, moe_rows[j] their sum over s, and moe_place (ints) each
+    // received row's place in the grouping; moe_y the outputs of this rank's choices, returned.
     A *moe_x = nullptr, *moe_y = nullptr;
     float *moe_probs = nullptr, *moe_gate = nullptr;
     float* moe_lse = nullptr;  // each row's log Σ exp of the router's logits (the z-loss's)
-    int32_t *moe_expert = nullptr, *moe_slot = nullptr;
-    std::vector<int> moe_counts;
+    int32_t *moe_expert = nullptr, *moe_slot = nullptr, *moe_place = nullptr;
+    std::vector<int> moe_counts, moe_recv, moe_rows;
     A *sh_fch = nullptr, *sh_act = nullptr;  // shared experts: c_fc's output and the activation
     A* residual3;                            // residual2 + mlp: the layer's output
     // A split backward (zero-bubble schedule): the output gradients of the four linear layers,
@@ -101,6 +105,9 @@ struct Gpt::Activations {
   // gradients [N, k].
   A *moe_logits = nullptr, *moe_dy = nullptr;
   float* moe_dgate = nullptr;
+  // Expert parallelism: this rank's choices' rows in expert order before they leave [N·k, C],
+  // rows as they arrive (by source) and grouped by expert (up to ep·N·k rows each).
+  A *moe_local = nullptr, *moe_arrived = nullptr, *moe_grouped = nullptr;
   // Shared experts: their output before it joins the routed ones' (forward), and the gradients
   // of their activation and of c_fc's output (backward).
   A *sh_out = nullptr, *sh_dact = nullptr, *sh_dfch = nullptr;
@@ -152,6 +159,9 @@ struct Gpt::Activations {
         experts = experts || s.moe_layer(l);
     }
     const size_t K = experts ? size_t(s.moe_top_k) : 1, E = size_t(s.moe_experts);
+    // Rows per token on the experts' side: expert parallelism may bring this rank every rank's
+    // choices (the worst case: its buffers are sized for it; dropless routing has no capacity).
+    const size_t EP = size_t(mp.ep), KX = K * EP;
     const size_t SFl = size_t(s.shared_fc_rows()) / size_t(mp.tp);  // shared experts' widths
     const size_t SHl = size_t(s.moe_shared_hidden) / size_t(mp.tp);
     const size_t nh = size_t(B) * size_t(s.n_head / mp.tp) * size_t(mp.seq_rows(s.seq_len));
@@ -175,6 +185,7 @@ struct Gpt::Activations {
     // moe: a layer with experts (the scratch layer: where any layer has them).
     auto want_internals = [&](Layer& L, bool gelu_out, bool moe) {
       const size_t Kl = moe ? size_t(s.moe_top_k) : 1;  // rows per token
+      const size_t Kx = moe ? Kl * EP : 1;              // on the experts' side
       if (!sp) want(L.ln1, R * C);                      // backward reads it (as ln1g)
       if (means) want_f(L.ln1_mean, R);
       want_f(L.ln1_rstd, R);
@@ -189,16 +200,17 @@ struct Gpt::Activations {
       if (!sp) want(L.ln2, R * C);
       if (means) want_f(L.ln2_mean, R);
       want_f(L.ln2_rstd, R);
-      want(L.fch, BT * Kl * Fl);
-      if (gelu_out) want(L.fch_gelu, BT * Kl * Hl);
+      want(L.fch, BT * Kx * Fl);
+      if (gelu_out) want(L.fch_gelu, BT * Kx * Hl);
       if (moe) {
-        want(L.moe_x, BT * Kl * C);
+        want(L.moe_x, BT * Kx * C);
         want(L.moe_y, BT * Kl * C);
         want_f(L.moe_probs, BT * E);
         want_f(L.moe_gate, BT * Kl);
         want_f(L.moe_lse, BT);
         want_i(L.moe_expert, BT * Kl);
         want_i(L.moe_slot, BT * Kl);
+        if (EP > 1) want_i(L.moe_place, BT * Kx);
       }
       if (moe && SHl > 0) {
         want(L.sh_fch, BT * SFl);
@@ -253,8 +265,8 @@ struct Gpt::Activations {
       want(datty, BT * Al);
       if (!split_backward) want(dqkv, BT * Wl);  // else each layer's own
       if (kFp32) want_f(datt_scratch, att);
-      if (!split_backward) want(dfch, BT * K * Fl);
-      want(dfch_gelu, BT * K * Hl);
+      if (!split_backward) want(dfch, BT * KX * Fl);
+      want(dfch_gelu, BT * KX * Hl);
       if (experts) {
         want(moe_dy, BT * K * C);
         want_f(moe_dgate, BT * K);
@@ -265,12 +277,17 @@ struct Gpt::Activations {
       }
     }
     if (experts) want(moe_logits, BT * E);
+    if (experts && EP > 1) {
+      want(moe_local, BT * K * C);
+      want(moe_arrived, BT * KX * C);
+      want(moe_grouped, BT * KX * C);
+    }
     if (experts && SHl > 0) want(sh_out, BT * C);
     if (mp.holds_head()) {  // it holds the last chunk
       want(logits, size_t(logits_rows) * Vl);
       if (mp.tp > 1) want_f(ce_stats, 4 * size_t(logits_rows));
     }
-    if (any_recompute && recompute.mode == Recompute::gelu) want(gelu_work, BT * K * Hl);
+    if (any_recompute && recompute.mode == Recompute::gelu) want(gelu_work, BT * KX * Hl);
     if (any_recompute && recompute.mode == Recompute::full) want_internals(work, true, experts);
     want(proj, R * C);
     if (sp) want(ln_local, R * C);

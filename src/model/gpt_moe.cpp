@@ -4,7 +4,12 @@
 // (dropless: no capacity, no padding; the host learns the blocks' sizes from moe_dispatch).
 // Under tensor parallelism every rank routes all rows alike (the router is replicated) and holds
 // 1/tp of every expert's hidden units, as the dense MLP's column- and row-parallel pair.
+// Under expert parallelism (ep > 1) each rank of a group holds El = E/ep whole experts and routes
+// its own rows: the rows chosen for another rank's experts go there in one all-to-all and come
+// back in another (forward, and the gradients the same way in the backward pass). Routing and
+// the gated sum stay with the token's rank; only the experts' products move.
 #include <algorithm>
+#include <numeric>
 #include <vector>
 
 #include "gpt_activations.h"
@@ -23,7 +28,64 @@ void for_each_expert(const std::vector<int>& counts, F&& f) {
   }
 }
 
+int total(const std::vector<int>& rows) { return std::accumulate(rows.begin(), rows.end(), 0); }
+
+// The rows of each of this rank's experts: all of its choices' (ep = 1) or what they received.
+template <class Layer>
+const std::vector<int>& expert_rows(const Layer& L) {
+  return L.moe_recv.empty() ? L.moe_counts : L.moe_rows;
+}
+
+// Bytes of each rank's block of rows: counts [ranks][El] of rows of row_bytes.
+std::vector<size_t> block_bytes(const std::vector<int>& counts, size_t ranks, size_t row_bytes) {
+  const size_t El = counts.size() / ranks;
+  std::vector<size_t> b(ranks, 0);
+  for (size_t r = 0; r < ranks; ++r)
+    for (size_t j = 0; j < El; ++j) b[r] += size_t(counts[r * El + j]) * row_bytes;
+  return b;
+}
+
+// Rows arrive by source rank, each source's in expert order: recv[s·El + j] rows from rank s for
+// local expert j. The experts run over them grouped by expert, each expert's by source: the
+// place of every arrived row in that grouping.
+std::vector<int32_t> grouped_places(const std::vector<int>& recv, size_t ranks) {
+  const size_t El = recv.size() / ranks;
+  std::vector<size_t> start(recv.size());
+  size_t at = 0;
+  for (size_t j = 0; j < El; ++j)
+    for (size_t s = 0; s < ranks; ++s) {
+      start[s * El + j] = at;
+      at += size_t(recv[s * El + j]);
+    }
+  std::vector<int32_t> place;
+  place.reserve(at);
+  for (size_t i = 0; i < recv.size(); ++i)
+    for (int r = 0; r < recv[i]; ++r) place.push_back(int32_t(start[i] + size_t(r)));
+  return place;
+}
+
 }  // namespace
+
+template <class A>
+void Gpt::to_experts(typename Set<A>::Layer& L, A* grouped, const A* local) {
+  Comm& ep = *mp_.ep_comm;
+  const size_t P = size_t(mp_.ep), row = size_t(shape_.n_embd) * sizeof(A);
+  A* arrived = acts<A>().moe_arrived;
+  ep.all_to_all(local, block_bytes(L.moe_counts, P, row), arrived, block_bytes(L.moe_recv, P, row));
+  const int R = total(L.moe_rows);
+  if (R > 0) be_.moe_gather(grouped, arrived, L.moe_place, R, 1, shape_.n_embd);
+}
+
+template <class A>
+void Gpt::from_experts(typename Set<A>::Layer& L, A* local, const A* grouped) {
+  Comm& ep = *mp_.ep_comm;
+  const size_t P = size_t(mp_.ep), row = size_t(shape_.n_embd) * sizeof(A);
+  A* arrived = acts<A>().moe_arrived;
+  const int R = total(L.moe_rows);
+  // Back into arrival order (row i from its place), then each block to the rank it came from.
+  if (R > 0) be_.moe_combine(arrived, grouped, L.moe_place, nullptr, R, 1, shape_.n_embd);
+  ep.all_to_all(arrived, block_bytes(L.moe_recv, P, row), local, block_bytes(L.moe_counts, P, row));
+}
 
 template <class A>
 void Gpt::moe_front(typename Set<A>::Layer& L, const A* ln2, const LayerTensors<const A>& w,
@@ -50,12 +112,26 @@ void Gpt::moe_front(typename Set<A>::Layer& L, const A* ln2, const LayerTensors<
     if (moe_z_loss_ > 0.0f) moe_stats_.z += be_.sum_squares(L.moe_lse, size_t(N)) / N;
     ++moe_stats_.count;
   }
-  be_.moe_gather(L.moe_x, ln2, L.moe_slot, N, k, C);
-  for_each_expert(L.moe_counts, [&](size_t e, size_t row, int n) {
+  if (mp_.ep == 1) {
+    be_.moe_gather(L.moe_x, ln2, L.moe_slot, N, k, C);
+  } else {
+    // The plan: every rank tells every other how many rows it sends each of its experts.
+    const size_t P = size_t(mp_.ep), El = size_t(E) / P;
+    L.moe_recv.resize(P * El);
+    const std::vector<size_t> counts(P, El * sizeof(int));
+    mp_.ep_comm->all_to_all(L.moe_counts.data(), counts, L.moe_recv.data(), counts);
+    L.moe_rows.assign(El, 0);
+    for (size_t i = 0; i < L.moe_recv.size(); ++i) L.moe_rows[i % El] += L.moe_recv[i];
+    const std::vector<int32_t> place = grouped_places(L.moe_recv, P);
+    be_.copy_ints_from_host(L.moe_place, place.data(), place.size());
+    be_.moe_gather(a.moe_local, ln2, L.moe_slot, N, k, C);
+    to_experts<A>(L, L.moe_x, a.moe_local);
+  }
+  for_each_expert(expert_rows(L), [&](size_t e, size_t row, int n) {
     be_.matmul_forward(L.fch + row * Fl, L.moe_x + row * C, w.fcw + e * Fl * C, nullptr, n, C,
                        int(Fl));
   });
-  mlp_activation(L.fch_gelu, L.fch, N * k, shape_.hidden() / mp_.tp);
+  mlp_activation(L.fch_gelu, L.fch, total(expert_rows(L)), shape_.hidden() / mp_.tp);
   if (w.shfcw != nullptr) {
     be_.matmul_forward(L.sh_fch, ln2, w.shfcw, nullptr, N, C, shape_.shared_fc_rows() / mp_.tp);
     mlp_activation(L.sh_act, L.sh_fch, N, shape_.moe_shared_hidden / mp_.tp);
@@ -66,10 +142,13 @@ template <class A>
 void Gpt::moe_output(typename Set<A>::Layer& L, A* out, const LayerTensors<const A>& w, int N) {
   const int C = shape_.n_embd, k = shape_.moe_top_k;
   const size_t Hl = size_t(shape_.hidden() / mp_.tp);
-  for_each_expert(L.moe_counts, [&](size_t e, size_t row, int n) {
-    be_.matmul_forward(L.moe_y + row * C, L.fch_gelu + row * Hl, w.fcprojw + e * C * Hl, nullptr, n,
+  // Expert parallelism: the outputs form grouped by expert, then go back to their tokens' ranks.
+  A* y = mp_.ep == 1 ? L.moe_y : acts<A>().moe_grouped;
+  for_each_expert(expert_rows(L), [&](size_t e, size_t row, int n) {
+    be_.matmul_forward(y + row * C, L.fch_gelu + row * Hl, w.fcprojw + e * C * Hl, nullptr, n,
                        int(Hl), C);
   });
+  if (mp_.ep > 1) from_experts<A>(L, L.moe_y, y);
   if (out == nullptr) return;
   be_.moe_combine(out, L.moe_y, L.moe_slot, L.moe_gate, N, k, C);
   if (w.shprojw != nullptr) {  // the shared experts' output joins the routed ones'
@@ -96,18 +175,27 @@ void Gpt::moe_backward(typename Set<A>::Layer& L, A* dpart, const LayerTensors<f
   // The gates' gradient reads the experts' outputs, partial sums over the group: summed there.
   be_.moe_combine_backward(a.moe_dy, a.moe_dgate, dres, L.moe_y, L.moe_slot, L.moe_gate, N, k, C);
   tp_all_reduce(a.moe_dgate, size_t(N) * k);
-  for_each_expert(L.moe_counts, [&](size_t e, size_t row, int n) {
+  // The experts' output gradients where their products ran (expert parallelism: sent there).
+  A* dy = a.moe_dy;
+  if (mp_.ep > 1) {
+    to_experts<A>(L, a.moe_grouped, a.moe_dy);
+    dy = a.moe_grouped;
+  }
+  const std::vector<int>& rows = expert_rows(L);
+  for_each_expert(rows, [&](size_t e, size_t row, int n) {
     be_.matmul_backward(
         a.dfch_gelu + row * Hl, g.fcprojw != nullptr ? g.fcprojw + e * C * Hl : nullptr, nullptr,
-        a.moe_dy + row * C, L.fch_gelu + row * Hl, w.fcprojw + e * C * Hl, n, int(Hl), C, kSet);
+        dy + row * C, L.fch_gelu + row * Hl, w.fcprojw + e * C * Hl, n, int(Hl), C, kSet);
   });
-  mlp_activation_backward(a.dfch, L.fch, a.dfch_gelu, N * k, int(Hl));
-  // The experts' input gradients over moe_dy (their output gradients are spent).
-  for_each_expert(L.moe_counts, [&](size_t e, size_t row, int n) {
-    be_.matmul_backward(a.moe_dy + row * C, g.fcw != nullptr ? g.fcw + e * Fl * C : nullptr,
-                        nullptr, a.dfch + row * Fl, L.moe_x + row * C, w.fcw + e * Fl * C, n, C,
-                        int(Fl), kSet);
+  mlp_activation_backward(a.dfch, L.fch, a.dfch_gelu, total(rows), int(Hl));
+  // The experts' input gradients over dy (their output gradients are spent), then back to the
+  // tokens' ranks.
+  for_each_expert(rows, [&](size_t e, size_t row, int n) {
+    be_.matmul_backward(dy + row * C, g.fcw != nullptr ? g.fcw + e * Fl * C : nullptr, nullptr,
+                        a.dfch + row * Fl, L.moe_x + row * C, w.fcw + e * Fl * C, n, C, int(Fl),
+                        kSet);
   });
+  if (mp_.ep > 1) from_experts<A>(L, a.moe_dy, dy);
   be_.moe_combine(dpart, a.moe_dy, L.moe_slot, nullptr, N, k, C);
   if (w.shfcw != nullptr)
     be_.matmul_backward(dpart, g.shfcw, nullptr, a.sh_dfch, ln2, w.shfcw, N, C, SFl);
@@ -131,6 +219,8 @@ void Gpt::moe_backward(typename Set<A>::Layer& L, A* dpart, const LayerTensors<f
 }
 
 #define TRIAD_MOE_INSTANCES(A)                                                                  \
+  template void Gpt::to_experts<A>(Set<A>::Layer&, A*, const A*);                               \
+  template void Gpt::from_experts<A>(Set<A>::Layer&, A*, const A*);                             \
   template void Gpt::moe_front<A>(Set<A>::Layer&, const A*, const LayerTensors<const A>&, int); \
   template void Gpt::moe_output<A>(Set<A>::Layer&, A*, const LayerTensors<const A>&, int);      \
   template void Gpt::moe_backward<A>(Set<A>::Layer&, A*, const LayerTensors<float>&, const A*,  \

@@ -583,7 +583,7 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
       if (shape_.moe_layer(l))  // the gates' gradient reads the experts' outputs
         moe_output<A>(L, nullptr, w, N);
     } else if (recompute == Recompute::gelu && !split) {  // split: only the weight pass reads it
-      mlp_activation(L.fch_gelu, L.fch, mlp_rows(N, l), shape_.hidden() / mp_.tp);
+      mlp_activation(L.fch_gelu, L.fch, mlp_rows(L, N, l), shape_.hidden() / mp_.tp);
     }
     // Split: no weight or bias gradients here, and the output gradients kept in the set.
     auto wgrad = [split](float* p) { return split ? nullptr : p; };

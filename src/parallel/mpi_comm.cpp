@@ -160,6 +160,29 @@ class MpiComm final : public Comm {
     if (size_ == 1) return;
     TRIAD_MPI_CHECK(MPI_Bcast(buf, count_of(n), MPI_FLOAT, root, comm_));
   }
+  void all_to_all(const void* send, const std::vector<size_t>& send_bytes, void* recv,
+                  const std::vector<size_t>& recv_bytes) override {
+    TRIAD_CHECK(send_bytes.size() == size_t(size_) && recv_bytes.size() == size_t(size_),
+                "internal error: all-to-all of ", send_bytes.size(), " and ", recv_bytes.size(),
+                " blocks in a group of ", size_);
+    size_t total = 0;
+    for (size_t b : send_bytes) total += b;
+    stats_.add(CommStats::kAllToAll, total);
+    // Counts, then displacements, of what goes and what comes.
+    std::vector<int> ints(4 * size_t(size_));
+    int sent = 0, received = 0;
+    for (size_t r = 0; r < size_t(size_); ++r) {
+      ints[r] = count_of(send_bytes[r]);
+      ints[size_t(size_) + r] = sent;
+      sent = count_of(size_t(sent) + send_bytes[r]);
+      ints[2 * size_t(size_) + r] = count_of(recv_bytes[r]);
+      ints[3 * size_t(size_) + r] = received;
+      received = count_of(size_t(received) + recv_bytes[r]);
+    }
+    const int n = size_;
+    TRIAD_MPI_CHECK(MPI_Alltoallv(send, ints.data(), ints.data() + n, MPI_BYTE, recv,
+                                  ints.data() + 2 * n, ints.data() + 3 * n, MPI_BYTE, comm_));
+  }
   void send(const float* buf, size_t n, int dst, int tag) override {
     stats_.add(CommStats::kSend, n * sizeof(float));
     TRIAD_MPI_CHECK(MPI_Send(buf, count_of(n), MPI_FLOAT, dst, tag, comm_));

@@ -264,6 +264,9 @@ class KeyTable {
     add("parallel.pp", c.parallel.pp, "pipeline-parallel size");
     add("parallel.cp", c.parallel.cp,
         "context-parallel size: each sequence's tokens split over cp ranks");
+    add("parallel.ep", c.parallel.ep,
+        "expert-parallel size (model.moe_experts): groups of ep data-parallel ranks share every "
+        "layer's experts, 1/ep each, and send each token to the rank of its experts");
     add("parallel.zero", c.parallel.zero,
         "ZeRO stage: 0, 1 (optimizer state sharded; in bf16 the master weights too), 2 (and "
         "gradients, pp = 1) or 3 (and the weights the layers read, gathered per layer; pp = 1)");
@@ -962,6 +965,7 @@ void validate(const Config& c, int world_size) {
   check(c.parallel.tp >= 1, "parallel.tp", "must be >= 1");
   check(c.parallel.pp >= 1, "parallel.pp", "must be >= 1");
   check(c.parallel.cp >= 1, "parallel.cp", "must be >= 1");
+  check(c.parallel.ep >= 1, "parallel.ep", "must be >= 1");
   check(c.parallel.zero >= 0 && c.parallel.zero <= 3, "parallel.zero", "must be 0, 1, 2 or 3");
   // ZeRO-2 and 3 reduce each micro-batch's gradient as the backward pass finishes it; a pipeline
   // accumulates every layer's over its micro-batches in flight, so it needs the whole buffer.
@@ -983,6 +987,29 @@ void validate(const Config& c, int world_size) {
         "· parallel.pp · parallel.cp (" + std::to_string(par.tp) + " · " + std::to_string(par.pp) +
             " · " + std::to_string(par.cp) + ") must divide the number of ranks (" +
             std::to_string(world_size) + ")");
+  if (par.ep > 1) {
+    const int dp = world_size / std::max(1, par.tp * par.pp * par.cp);
+    const std::string ep = "= " + std::to_string(par.ep);
+    check(m.moe_experts > 0 && m.moe_experts % par.ep == 0, "parallel.ep",
+          ep + " needs a mixture of experts whose model.moe_experts (" +
+              std::to_string(m.moe_experts) + ") it divides: each rank holds 1/ep of the experts");
+    check(par.tp == 1, "parallel.ep",
+          ep + " needs parallel.tp = 1: experts split over both is not supported yet");
+    check(par.zero == 0, "parallel.ep",
+          ep + " needs parallel.zero = 0: the optimizer state is not sharded over the experts' "
+               "replicas yet");
+    check(dp % par.ep == 0, "parallel.ep",
+          ep + " must divide the data-parallel size (" + std::to_string(dp) +
+              " = ranks / (parallel.tp · parallel.pp · parallel.cp)): experts are shared by "
+              "groups of ep data-parallel ranks");
+    // Generation and scoring decode on the ranks of one replica alone, which hold 1/ep of the
+    // experts.
+    check(c.sample.length == 0, "sample.length",
+          "must be 0 with parallel.ep > 1: samples are generated without expert parallelism "
+          "(sample from a checkpoint with triad-generate)");
+    check(c.eval.choices.empty(), "eval.choices",
+          "cannot be scored with parallel.ep > 1 (scoring runs without expert parallelism)");
+  }
   if (par.cp > 1) {
     check(m.seq_len % (2 * par.cp) == 0, "parallel.cp",
           "(" + std::to_string(par.cp) + ") needs model.seq_len (" + std::to_string(m.seq_len) +

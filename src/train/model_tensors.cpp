@@ -7,7 +7,7 @@
 namespace triad {
 
 std::vector<TensorRef> model_tensor_refs(const Gpt& model, float* base, size_t first, bool whole,
-                                         size_t lo, size_t hi) {
+                                         size_t lo, size_t hi, size_t expert_lo, size_t expert_hi) {
   // Every rank passes every tensor of the model, in layout order; one it does not hold (another
   // pipeline stage's) is an empty range that still joins the collective calls.
   std::map<std::string, const ParamSpec*> held;
@@ -29,13 +29,16 @@ std::vector<TensorRef> model_tensor_refs(const Gpt& model, float* base, size_t f
     const ParamSpec& p = *it->second;
     t.split_axis = p.split_axis;
     t.split_blocks = p.split_blocks;
-    t.split_parts = p.split_axis >= 0 ? model.parallel().tp : 1;
-    t.split_part = p.split_axis >= 0 ? model.parallel().tp_rank : 0;
+    t.split_parts = p.split_parts;
+    t.split_part = p.split_part;
     t.write = !p.replica;  // another rank writes a replica's values
     if (whole) {
       t.data = base + (p.offset - first);
     } else {
-      const size_t a = std::max(lo, p.offset), b = std::min(hi, p.offset + p.numel);
+      // An expert-parallel tensor's replicas are the expert replicas: their slices.
+      const size_t from = p.expert_parallel ? expert_lo : lo;
+      const size_t to = p.expert_parallel ? expert_hi : hi;
+      const size_t a = std::max(from, p.offset), b = std::min(to, p.offset + p.numel);
       if (a < b) {
         t.begin = int64_t(a - p.offset);
         t.end = int64_t(b - p.offset);

@@ -97,6 +97,7 @@ ModelParallel model_parallel(const Config& cfg, int pp_rank, int tp_rank) {
   if (mp.pp > 1) mp.placement = chunk_placement(parse_schedule_kind(cfg.parallel.schedule));
   mp.sequence_parallel = cfg.parallel.sequence_parallel;
   mp.cp = cfg.parallel.cp;
+  mp.ep = cfg.parallel.ep;
   return mp;
 }
 
@@ -148,6 +149,7 @@ RunPlan plan_run(const Config& cfg, int world_size) {
   p.grid.tp = cfg.parallel.tp;
   p.grid.pp = cfg.parallel.pp;
   p.grid.cp = cfg.parallel.cp;
+  p.grid.ep = cfg.parallel.ep;
   p.grid.dp = world_size / (p.grid.tp * p.grid.pp * p.grid.cp);
   // The parameters' replicas: data- and context-parallel ranks alike (ProcessGrid::dp()).
   const int replicas = p.grid.dp * p.grid.cp;
@@ -298,8 +300,9 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
   std::ostringstream os;
   const int ranks = g.dp * g.pp * g.tp * g.cp;
   os << std::fixed << "plan: " << ranks << (ranks == 1 ? " rank" : " ranks") << " = dp " << g.dp
-     << " x pp " << g.pp << " x tp " << g.tp << (g.cp > 1 ? " x cp " + std::to_string(g.cp) : "")
-     << " | " << precision_name(p.precision) << " on " << cfg.run.backend << " | batch "
+     << (g.ep > 1 ? " (expert-parallel groups of " + std::to_string(g.ep) + ")" : "") << " x pp "
+     << g.pp << " x tp " << g.tp << (g.cp > 1 ? " x cp " + std::to_string(g.cp) : "") << " | "
+     << precision_name(p.precision) << " on " << cfg.run.backend << " | batch "
      << cfg.train.batch_size << " x " << cfg.model.seq_len << " tokens: " << p.micro_batches
      << (p.micro_batches == 1 ? " micro-batch" : " micro-batches") << " of " << p.micro_batch_size
      << " sequences per data-parallel rank";

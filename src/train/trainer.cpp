@@ -139,7 +139,6 @@ std::vector<float> Trainer::parameters() const {
   // the sum over all ranks assembles the model. The others hold −0.0, not +0.0: x + (−0) is x
   // for every x, the sign of a zero included (+0 + (−0) = +0, −0 + (−0) = −0).
   auto& s = *s_;
-  const auto& mp = s.model->parallel();
   std::vector<float> local(s.model->num_floats(), -0.0f);
   if (s.model->sharded_master()) {
     // This rank holds its slice of the fp32 master weights: assemble them first.
@@ -158,13 +157,11 @@ std::vector<float> Trainer::parameters() const {
     n += full[i].numel;
   }
   std::vector<float> out(n, -0.0f);
-  if (s.replica_rank == 0) {
-    for (const auto& p : s.model->specs()) {
-      if (p.replica) continue;
-      size_t i = 0;
-      while (full[i].name != p.name) ++i;
-      insert_shard(p, mp.tp, mp.tp_rank, local.data() + p.offset, out.data() + at[i]);
-    }
+  for (const auto& p : s.model->specs()) {  // each tensor from its first replica
+    if (p.replica || (p.expert_parallel ? s.expert_replica_rank : s.replica_rank) != 0) continue;
+    size_t i = 0;
+    while (full[i].name != p.name) ++i;
+    insert_shard(p, local.data() + p.offset, out.data() + at[i]);
   }
   s.grid.all().all_reduce_sum(out.data(), out.size());
   // wte's padding rows (their number depends on tp) are not parameters: drop them, and an
@@ -397,11 +394,11 @@ TrainOutcome Trainer::run() {
       if (s.replicas > 1 && !zero) {  // the gradient between the frozen tensors' extents
         size_t at = 0;
         for (const auto& [a, b] : s.frozen) {
-          if (a > at) s.grid.dp().all_reduce_sum(s.model->grads() + at, a - at);
+          if (a > at) s.reduce_replicas(at, a - at, s.model->grads() + at).wait();
           at = std::max(at, b);
         }
         if (s.model->num_floats() > at)
-          s.grid.dp().all_reduce_sum(s.model->grads() + at, s.model->num_floats() - at);
+          s.reduce_replicas(at, s.model->num_floats() - at, s.model->grads() + at).wait();
       }
     } else {
       // The slices' padding past the parameters is no bucket's: zero.
@@ -423,7 +420,7 @@ TrainOutcome Trainer::run() {
           });
         } else if (m == accum - 1 && s.replicas > 1 && !zero) {
           s.model->set_grad_ready_hook([&s](size_t off, size_t n, float* data) {
-            return s.all_frozen(off, n) ? CommRequest{} : s.grid.dp().iall_reduce_sum(data, n);
+            return s.all_frozen(off, n) ? CommRequest{} : s.reduce_replicas(off, n, data);
           });
         }
         s.train_data->fill(base + int64_t(m) * mbs, mbs, s.inputs.data(), s.targets.data());

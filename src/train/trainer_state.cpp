@@ -21,7 +21,8 @@ namespace triad {
 Trainer::State::State(MPI_Comm world, const CommandLine& c)
     : cl(c),
       cfg(c.config),
-      grid(world, c.config.parallel.tp, c.config.parallel.pp, c.config.parallel.cp) {}
+      grid(world, c.config.parallel.tp, c.config.parallel.pp, c.config.parallel.cp,
+           c.config.parallel.ep) {}
 
 void Trainer::State::say(const std::string& line) {
   if (!root()) return;
@@ -109,6 +110,9 @@ void Trainer::State::setup_model() {
   mp.pp_comm = &grid.pp();
   mp.cp_rank = grid.cp_rank();
   mp.cp_comm = &grid.cp();
+  mp.ep_rank = grid.ep_rank();
+  if (mp.ep > 1) mp.ep_comm = &grid.ep();
+  expert_replica_rank = grid.expert_replica_rank();
   ramp = parse_batch_rampup(cfg.train.batch_rampup, cfg.train.batch_size);
   window_warmup = parse_window_warmup(cfg.train.window_warmup, cfg.model);
   // The full batch's schedule; the memory holds what a ramp's smaller batches' need too (each
@@ -137,6 +141,10 @@ void Trainer::State::setup_model() {
   const size_t S = model->buffer_floats() / size_t(replicas);
   shard_lo = size_t(replica_rank) * S;
   shard_hi = shard_lo + S;
+  // Expert parallelism (ZeRO 0): the expert tensors' saves are sliced over their own replicas.
+  const size_t SE = model->buffer_floats() / size_t(grid.expert_replicas());
+  expert_lo = size_t(grid.expert_replica_rank()) * SE;
+  expert_hi = expert_lo + SE;
   TRIAD_ASSERT(!model->sharded_master() ||
                (model->master_begin() == shard_lo && model->master_end() == shard_hi));
   // μP (model.mup_base_width): AdamW moves the hidden matrices at lr / m.
@@ -164,10 +172,11 @@ void Trainer::State::setup_model() {
   };
   for (size_t i = 0; i < sp.size(); ++i) {
     const size_t lo = sp[i].offset, hi = i + 1 < sp.size() ? sp[i + 1].offset : model->num_floats();
+    if (sp[i].expert_parallel) extend(expert_extents, lo, hi);
     if (frozen_tensor(cfg.train.freeze, sp[i].name))
       extend(frozen, lo, hi);
     else if (!sp[i].replica)
-      extend(counted, lo, hi);
+      extend(sp[i].expert_parallel ? counted_experts : counted, lo, hi);
   }
   // Host token buffers: one micro-batch, or all of a step's for the pipeline.
   inputs.resize(size_t(mp.pp > 1 ? accum : 1) * mbs * cfg.model.seq_len);
@@ -199,18 +208,16 @@ void Trainer::State::layer_norms(const float* g, size_t lo, size_t hi, std::vect
   std::vector<double> sq(2 * groups.size(), 0.0);  // gradient squares, then weight squares
   // As grad_norm: each parameter once (not replicas); without ZeRO dp rank 0 alone; under ZeRO
   // the slice, where the fp32 weights are current too.
-  if (cfg.parallel.zero >= 1 || replica_rank == 0)
-    for (const auto& s : model->specs()) {
-      if (s.replica) continue;
-      const size_t x = std::max(s.offset, lo), y = std::min(s.offset + s.numel, hi);
-      if (x >= y) continue;
-      const size_t k =
-          size_t(std::find(groups.begin(), groups.end(), layer_of(s.name)) - groups.begin());
-      // A frozen tensor's gradient is no update's (and no reduction sums it): its weight counts.
-      if (!frozen_tensor(cfg.train.freeze, s.name)) sq[k] += be->sum_squares(g + (x - lo), y - x);
-      sq[groups.size() + k] +=
-          be->sum_squares(model->params() + (x - model->master_begin()), y - x);
-    }
+  for (const auto& s : model->specs()) {
+    if (!counts_in_norms(s)) continue;
+    const size_t x = std::max(s.offset, lo), y = std::min(s.offset + s.numel, hi);
+    if (x >= y) continue;
+    const size_t k =
+        size_t(std::find(groups.begin(), groups.end(), layer_of(s.name)) - groups.begin());
+    // A frozen tensor's gradient is no update's (and no reduction sums it): its weight counts.
+    if (!frozen_tensor(cfg.train.freeze, s.name)) sq[k] += be->sum_squares(g + (x - lo), y - x);
+    sq[groups.size() + k] += be->sum_squares(model->params() + (x - model->master_begin()), y - x);
+  }
   MPI_Allreduce(MPI_IN_PLACE, sq.data(), int(sq.size()), MPI_DOUBLE, MPI_SUM, grid.world());
   grad.resize(groups.size());
   weight.resize(groups.size());
@@ -226,6 +233,37 @@ bool Trainer::State::all_frozen(size_t off, size_t n) const {
   return false;
 }
 
+bool Trainer::State::counts_in_norms(const ParamSpec& s) const {
+  if (s.replica) return false;
+  if (cfg.parallel.zero >= 1) return true;
+  return (s.expert_parallel ? expert_replica_rank : replica_rank) == 0;
+}
+
+CommRequest Trainer::State::reduce_replicas(size_t off, size_t n, float* data) {
+  if (expert_extents.empty()) return grid.dp().iall_reduce_sum(data, n);
+  // The pieces between the expert extents over dp(), those inside them over edp(); one request
+  // that waits for them all.
+  auto reqs = std::make_shared<std::vector<CommRequest>>();
+  auto reduce = [&](size_t a, size_t b, Comm& c) {
+    if (a < b) reqs->push_back(c.iall_reduce_sum(data + (a - off), b - a));
+  };
+  size_t at = off;
+  const size_t end = off + n;
+  for (const auto& [lo, hi] : expert_extents) {
+    const size_t a = std::max(lo, at), b = std::min(hi, end);
+    if (a >= b) continue;
+    reduce(at, a, grid.dp());
+    reduce(a, b, grid.edp());
+    at = b;
+  }
+  reduce(at, end, grid.dp());
+  CommRequest all;
+  all.on_complete([reqs] {
+    for (auto& r : *reqs) r.wait();
+  });
+  return all;
+}
+
 CommRequest Trainer::State::reduce_bucket(size_t off, size_t n, float* data, bool accumulate) {
   const std::vector<size_t> counts = slice_pieces(off, off + n, shard_hi - shard_lo, replicas);
   const size_t mine = counts[size_t(replica_rank)], a = std::max(off, shard_lo);
@@ -238,12 +276,16 @@ double Trainer::State::grad_norm(const float* g, size_t lo, size_t hi) {
   // The squares of this rank's counted gradients in [lo, hi) (g points at element lo), summed
   // over the world. Without ZeRO every data-parallel replica holds the whole reduced gradient,
   // so only dp rank 0 contributes; with ZeRO each rank holds a disjoint slice.
+  // Expert parallelism: the first of each expert tensor's replicas counts it.
   double sq = 0;
-  if (cfg.parallel.zero >= 1 || replica_rank == 0)
-    for (const auto& [a, b] : counted) {
+  auto add = [&](const std::vector<std::pair<size_t, size_t>>& ranges) {
+    for (const auto& [a, b] : ranges) {
       const size_t x = std::max(a, lo), y = std::min(b, hi);
       if (x < y) sq += be->sum_squares(g + (x - lo), y - x);
     }
+  };
+  if (cfg.parallel.zero >= 1 || replica_rank == 0) add(counted);
+  if (cfg.parallel.zero >= 1 || expert_replica_rank == 0) add(counted_experts);
   if (grid.world_size() > 1) sq = grid.all().all_reduce_sum(sq);
   return std::sqrt(sq);
 }
@@ -256,7 +298,7 @@ Trainer::State::~State() {
 }
 
 std::vector<TensorRef> Trainer::State::tensor_refs(float* base, size_t first, bool whole) const {
-  return model_tensor_refs(*model, base, first, whole, shard_lo, shard_hi);
+  return model_tensor_refs(*model, base, first, whole, shard_lo, shard_hi, expert_lo, expert_hi);
 }
 
 float* Trainer::State::param_base() {
@@ -669,10 +711,17 @@ EvalResult Trainer::State::evaluate_source(const SequenceSource* src) {
   double loss = 0;
   int64_t correct = 0, tokens = 0;
   // Micro-batch k of the validation sequences goes to data-parallel rank k mod dp. Under ZeRO-3
-  // every rank takes part in every round's weight gathers, with a batch or without.
+  // every rank takes part in every round's weight gathers, with a batch or without; under expert
+  // parallelism in every round's token exchanges: a rank without a batch runs one sequence whose
+  // result it drops.
   const int64_t rounds = (n + int64_t(dp) * B - 1) / (int64_t(dp) * B);
   for (int64_t k = 0; k < rounds; ++k) {
     const int64_t i = (k * dp + dp_rank) * B;
+    if (i >= n && cfg.parallel.ep > 1) {
+      src->read(0, inputs.data(), targets.data());
+      (void)model->evaluate(inputs.data(), targets.data(), 1);
+      continue;
+    }
     if (i >= n) {
       model->join_forward_gathers();
       continue;

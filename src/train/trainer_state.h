@@ -65,9 +65,20 @@ struct Trainer::State {
   // parameters), which reduce gradients and cut ZeRO slices and checkpoint writes among them.
   int dp = 1, dp_rank = 0, replicas = 1, replica_rank = 0;
   size_t shard_lo = 0, shard_hi = 0;
+  // Expert parallelism (parallel.ep > 1; ZeRO 0): the expert tensors this rank holds have
+  // expert_replicas copies (ProcessGrid::edp()), among which it is expert_replica_rank: it writes
+  // their part within [expert_lo, expert_hi) into checkpoints, and counts them in the norms
+  // when it is the first. Without it the expert tensors are replicated as the rest.
+  int expert_replica_rank = 0;
+  size_t expert_lo = 0, expert_hi = 0;
+  // ep > 1: the expert-parallel tensors' extents of the buffer (merged as `counted` is).
+  std::vector<std::pair<size_t, size_t>> expert_extents;
+  // Whether this rank counts the tensor in the gradient and weight norms (not a replica).
+  bool counts_in_norms(const ParamSpec& s) const;
   float* grad_shard = nullptr;  // ZeRO-1: the reduce-scattered gradient of the slice
-  // Ranges of the parameter buffer whose gradients count in the global norm (see setup_model).
-  std::vector<std::pair<size_t, size_t>> counted;
+  // Ranges of the parameter buffer whose gradients count in the global norm (see setup_model);
+  // under expert parallelism the expert tensors' apart (counted_experts).
+  std::vector<std::pair<size_t, size_t>> counted, counted_experts;
   // The frozen tensors' extents of the buffer (train.freeze), merged as `counted` is: a gradient
   // bucket inside one of them is not reduced (its values are zeros no update reads).
   std::vector<std::pair<size_t, size_t>> frozen;
@@ -108,6 +119,9 @@ struct Trainer::State {
   // summed over the step's earlier micro-batches, so the reduction leaves the running sum
   // there. ZeRO-1 reduces the last micro-batch's, which its buffer has summed over the step.
   CommRequest reduce_bucket(size_t off, size_t n, float* data, bool accumulate);
+  // Without ZeRO: the gradient [off, off + n) of the buffer, at data, summed over its replicas
+  // in place (non-blocking): over dp(), and the parts of expert-parallel tensors over edp().
+  CommRequest reduce_replicas(size_t off, size_t n, float* data);
   // Global L2 norm of the gradient, from the part [lo, hi) of the buffer this rank holds at g.
   double grad_norm(const float* g, size_t lo, size_t hi);
   // train.norms_every: the layers of the model ("wte", "wpe" (learned positions), "h0", ...,

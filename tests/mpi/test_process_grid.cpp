@@ -137,6 +137,74 @@ TEST(ProcessGrid, AllGatherOfPiecesPlacesEachRanksPiece) {
   EXPECT_EQ(c.stats().bytes[CommStats::kAllGather], counts[size_t(r)] * sizeof(float));
 }
 
+// Expert parallelism: groups of ep consecutive data-parallel ranks (ep()), and an expert's
+// replicas, the ranks of the same ep_rank in every group and context-parallel place (edp()).
+TEST(ProcessGrid, ExpertGroupsSplitTheDataParallelRanks) {
+  const int n = world_size();
+  for (int cp : {1, 2})
+    for (int ep = 2; ep <= n / cp; ep *= 2) {
+      if (n % cp != 0 || (n / cp) % ep != 0) continue;
+      ProcessGrid g(MPI_COMM_WORLD, 1, 1, cp, ep);
+      const std::string what = g.describe();
+      EXPECT_NE(what.find(" ep=" + std::to_string(ep)), std::string::npos) << what;
+      EXPECT_EQ(g.ep().size(), ep) << what;
+      EXPECT_EQ(g.ep().rank(), g.ep_rank()) << what;
+      EXPECT_EQ(g.ep_rank(), g.dp_rank() % ep) << what;
+      EXPECT_EQ(g.edp().size(), g.expert_replicas()) << what;
+      EXPECT_EQ(g.expert_replicas() * ep, g.replicas()) << what;
+      EXPECT_EQ(g.edp().rank(), g.expert_replica_rank()) << what;
+      int ep_sum = 0, edp_sum = 0;
+      for (int r = 0; r < n; ++r) {
+        const int dp = r / cp, c = r % cp;  // tp = pp = 1
+        if (dp / ep == g.dp_rank() / ep && c == g.cp_rank()) ep_sum += r;
+        if (dp % ep == g.ep_rank()) edp_sum += r;
+      }
+      EXPECT_EQ(int(g.ep().all_reduce_sum(double(g.world_rank()))), ep_sum) << what;
+      EXPECT_EQ(int(g.edp().all_reduce_sum(double(g.world_rank()))), edp_sum) << what;
+    }
+  // Without expert parallelism an expert's replicas are every replica.
+  ProcessGrid g(MPI_COMM_WORLD, 1, 1);
+  EXPECT_EQ(&g.edp(), &g.dp());
+  if (n % 3 != 0) {
+    try {
+      ProcessGrid bad(MPI_COMM_WORLD, 1, 1, 1, 3);
+      FAIL() << "no error";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("parallel.ep = 3"), std::string::npos) << e.what();
+    }
+  }
+}
+
+// The token exchange of expert parallelism: rank r sends rank q a block of r + 2q bytes (some
+// empty), each byte naming its sender, receiver and place; every rank receives its blocks in
+// rank order, and the call counts the bytes this rank sent.
+TEST(ProcessGrid, AllToAllDeliversEveryBlockInRankOrder) {
+  ProcessGrid g(MPI_COMM_WORLD, 1, 1);
+  Comm& c = g.dp();
+  const int n = c.size(), r = c.rank();
+  auto bytes = [](int from, int to) { return size_t(from + 2 * to); };
+  auto value = [](int from, int to, size_t i) { return uint8_t(from * 50 + to * 7 + int(i)); };
+  std::vector<size_t> send_bytes, recv_bytes;
+  std::vector<uint8_t> send;
+  for (int q = 0; q < n; ++q) {
+    send_bytes.push_back(bytes(r, q));
+    recv_bytes.push_back(bytes(q, r));
+    for (size_t i = 0; i < bytes(r, q); ++i) send.push_back(value(r, q, i));
+  }
+  size_t total = 0;
+  for (size_t b : recv_bytes) total += b;
+  std::vector<uint8_t> recv(total + 1, 0xEE);
+  c.reset_stats();
+  c.all_to_all(send.data(), send_bytes, recv.data(), recv_bytes);
+  size_t at = 0;
+  for (int q = 0; q < n; ++q)
+    for (size_t i = 0; i < bytes(q, r); ++i, ++at)
+      EXPECT_EQ(recv[at], value(q, r, i)) << "rank " << r << " from " << q << " at " << i;
+  EXPECT_EQ(recv.back(), 0xEE) << "nothing beyond the blocks";
+  EXPECT_EQ(c.stats().bytes[CommStats::kAllToAll], send.size());
+  EXPECT_EQ(c.stats().calls[CommStats::kAllToAll], 1u);
+}
+
 TEST(ProcessGrid, WorldNotDivisibleIsAClearError) {
   const int n = world_size();
   try {

@@ -10,6 +10,9 @@ gradients, recomputation, AdamW steps with the load-balancing loss).
 - A resumed run continues bit for bit as the uninterrupted one; the checkpoint holds the model's
   routing (moe_* attributes) and a config that disagrees with it is refused; triad-ckpt verifies
   it, triad-generate samples from it, triad-convert refuses to export it to a dense format.
+- Expert parallelism (parallel.ep): the same curves and validation losses as one rank, on dp 2
+  and 4, with pipeline stages, context parallelism and full recomputation; its checkpoints hold
+  whole tensors that resume at another ep.
 - Combinations that do not run yet are refused with one error naming the key.
 """
 
@@ -62,6 +65,72 @@ def test_moe_trains_alike_on_every_grid(tmp_path):
     want, got = curves(tmp_path / "runs" / "plain"), curves(tmp_path / "runs" / "cp")
     for k in ("loss", "grad_norm", "moe_z_loss"):  # the z-loss is each row's own
         np.testing.assert_allclose(got[k], want[k], rtol=3e-5, err_msg=f"cp {k}")
+
+
+def val_losses(path):
+    with h5py.File(path / "metrics.h5", "r") as f:
+        return f["val"]["loss"][:]
+
+
+def test_expert_parallelism_trains_alike_and_its_checkpoints_reshard(tmp_path):
+    """parallel.ep: groups of ep data-parallel ranks hold 1/ep of every layer's experts each and
+    send each token's rows to the ranks of its experts. Micro-batches of 2 sequences on every grid
+    (the load-balancing term is each micro-batch's); 10 validation sequences leave some ranks
+    without a batch in the last round, which must still join the exchanges."""
+    common = dict(train__steps=6, train__micro_batch_size=2, eval__every=3, eval__sequences=10,
+                  checkpoint__every=3, data__shuffle="false", **MOE)
+    cfg = tiny_config(tmp_path, name="one", **common)
+    p = run(1, "--config", cfg)
+    assert p.returncode == 0, p.stdout + p.stderr
+    want, want_val = curves(tmp_path / "runs" / "one"), val_losses(tmp_path / "runs" / "one")
+    for n, grid in ((2, ["--parallel.ep", 2]),
+                    (4, ["--parallel.ep", 2]),
+                    (4, ["--parallel.ep", 4]),
+                    (4, ["--parallel.ep", 2, "--parallel.pp", 2]),
+                    (4, ["--parallel.ep", 2, "--parallel.cp", 2, "--train.moe_aux_loss", 0]),
+                    (2, ["--parallel.ep", 2, "--train.recompute", "full"])):
+        name = f"ep{n}_" + "_".join(map(str, grid[1::2]))
+        p = run(n, "--config", cfg, "--run.name", name, *grid)
+        assert p.returncode == 0, name + p.stdout + p.stderr
+        if "--parallel.cp" in grid:  # each rank balances its own rows: compared without the term
+            continue
+        got = curves(tmp_path / "runs" / name)
+        for k in want:
+            np.testing.assert_allclose(got[k], want[k], rtol=3e-5, err_msg=f"{name} {k}")
+        np.testing.assert_allclose(val_losses(tmp_path / "runs" / name), want_val, rtol=1e-5,
+                                   err_msg=name)
+    # Context parallelism against one rank, both without the balancing term.
+    p = run(1, "--config", cfg, "--run.name", "one_noaux", "--train.moe_aux_loss", 0)
+    assert p.returncode == 0, p.stdout + p.stderr
+    got, plain = curves(tmp_path / "runs" / "ep4_2_2_0"), curves(tmp_path / "runs" / "one_noaux")
+    for k in ("loss", "grad_norm", "moe_z_loss"):
+        np.testing.assert_allclose(got[k], plain[k], rtol=3e-5, err_msg=f"ep with cp {k}")
+    # The checkpoint holds every expert whole; ep = 2's resumes on one rank, one rank's at ep = 2,
+    # and ep = 2's at ep = 2 bit for bit.
+    ep_ckpt = tmp_path / "runs" / "ep2_2" / "ckpt" / "step_00000003.h5"
+    with h5py.File(ep_ckpt, "r") as f:
+        assert f["model/h/1/mlp/experts/c_fc/weight"].shape == (4, 64, 32)
+        assert f["optimizer/m/h/1/mlp/experts/c_proj/weight"].shape == (4, 32, 64)
+    with h5py.File(ep_ckpt, "r") as a, h5py.File(
+            tmp_path / "runs" / "one" / "ckpt" / "step_00000003.h5", "r") as b:
+        np.testing.assert_allclose(a["model/h/0/mlp/experts/c_fc/weight"][:],
+                                   b["model/h/0/mlp/experts/c_fc/weight"][:], rtol=1e-4,
+                                   atol=1e-6)
+    exact = curves(tmp_path / "runs" / "ep2_2")
+    for n, ckpt, grid, name, ref, rtol in (
+            (1, ep_ckpt, [], "to_one", want, 3e-5),
+            (2, tmp_path / "runs" / "one" / "ckpt" / "step_00000003.h5", ["--parallel.ep", 2],
+             "to_ep", want, 3e-5),
+            (2, ep_ckpt, ["--parallel.ep", 2], "same_ep", exact, 0)):
+        p = run(n, "--config", cfg, "--run.name", name, "--resume", ckpt, *grid)
+        assert p.returncode == 0, name + p.stdout + p.stderr
+        got = curves(tmp_path / "runs" / name)
+        for k in want:
+            if rtol == 0:
+                np.testing.assert_array_equal(got[k][-3:], ref[k][3:], err_msg=f"{name} {k}")
+            else:
+                np.testing.assert_allclose(got[k][-3:], ref[k][3:], rtol=rtol,
+                                           err_msg=f"{name} {k}")
 
 
 def test_dense_layers_among_the_experts_train_alike_on_every_grid(tmp_path):
@@ -148,6 +217,21 @@ def test_moe_refuses_what_it_cannot_run(tmp_path):
     cfg = tiny_config(tmp_path, name="zb", parallel__pp=2, parallel__schedule="zb-h1", **MOE)
     p = run(2, "--config", cfg)
     assert p.returncode != 0 and "parallel.schedule = zb-h1" in p.stderr, p.stderr
+    # Expert parallelism: on every rank, one error naming the key.
+    for n, over, words in (
+            (4, {"parallel__ep": 2, "parallel__tp": 2}, "parallel.ep = 2 needs parallel.tp = 1"),
+            (2, {"parallel__ep": 2, "parallel__zero": 1}, "parallel.ep = 2 needs parallel.zero = 0"),
+            (3, {"parallel__ep": 3, "train__batch_size": 12}, "model.moe_experts (4)"),
+            (2, {"parallel__ep": 4, "model__moe_experts": 8},
+             "parallel.ep = 4 must divide the data-parallel size"),
+            (2, {"parallel__ep": 2, "sample__length": 8}, "sample.length"),
+            (2, {"parallel__ep": 2, "model__moe_experts": 0, "model__moe_shared_hidden": 0},
+             "needs a mixture of experts")):
+        cfg = tiny_config(tmp_path, name="ep", **{**MOE, **over})
+        p = run(n, "--config", cfg)
+        assert p.returncode != 0, p.stdout
+        assert words in p.stderr and "error" in p.stderr, p.stderr
+        assert "Segmentation" not in p.stderr and "terminate called" not in p.stderr, p.stderr
 
 
 def test_damaged_routing_attributes_of_a_checkpoint_are_refused(tmp_path):

@@ -52,16 +52,19 @@ TEST(ModelLayout, EveryElementOwnedOnceAndShardsReassembleTheModel) {
             const auto mine = gpt_rank_layout(shape, grid(tp, r, pp, p, v));
             for (const auto& s : mine) {
               std::vector<float> local(s.numel);
-              extract_shard(s, tp, r, model[s.name].data(), local.data());
+              extract_shard(s, model[s.name].data(), local.data());
               if (s.replica) {
-                // A replica holds the same values as its owner's shard.
+                // A replica holds the same values as its owner's shard (a whole tensor, or the
+                // same part of a split one).
+                ParamSpec owner_spec = s;
+                if (s.split_axis < 0) owner_spec.split_part = 0;
                 std::vector<float> owner(s.numel);
-                extract_shard(s, tp, s.split_axis >= 0 ? r : 0, model[s.name].data(), owner.data());
+                extract_shard(owner_spec, model[s.name].data(), owner.data());
                 EXPECT_EQ(local, owner) << s.name;
                 continue;
               }
               owned[s.name] += s.numel;
-              insert_shard(s, tp, r, local.data(), rebuilt[s.name].data());
+              insert_shard(s, local.data(), rebuilt[s.name].data());
             }
           }
         const std::string what =
@@ -71,6 +74,53 @@ TEST(ModelLayout, EveryElementOwnedOnceAndShardsReassembleTheModel) {
           EXPECT_EQ(rebuilt[s.name], model[s.name]) << what << " " << s.name;
         }
       }
+}
+
+// Expert parallelism: each of the ep ranks holds a contiguous block of E/ep whole experts of
+// every expert tensor (axis 0), and the blocks reassemble the tensor; everything else whole.
+TEST(ModelLayout, ExpertParallelRanksHoldWholeExpertsInBlocks) {
+  GptShape shape = padded_for(1, GptShape{2, 4, 32, 16, 100, 0});
+  shape.moe_experts = 4;
+  shape.moe_top_k = 2;
+  const auto full = gpt_parameter_layout(shape);
+  for (int ep : {2, 4}) {
+    std::map<std::string, std::vector<float>> rebuilt;
+    for (int r = 0; r < ep; ++r) {
+      ModelParallel mp;
+      mp.ep = ep;
+      mp.ep_rank = r;
+      const auto mine = gpt_rank_layout(shape, mp);
+      ASSERT_EQ(mine.size(), full.size());
+      for (size_t i = 0; i < mine.size(); ++i) {
+        const ParamSpec& s = mine[i];
+        ASSERT_EQ(s.name, full[i].name);
+        EXPECT_EQ(s.shape, full[i].shape);
+        EXPECT_EQ(s.expert_parallel, is_expert_tensor(s.name)) << s.name;
+        if (!s.expert_parallel) {
+          EXPECT_EQ(s.numel, full[i].numel) << s.name;
+          EXPECT_LT(s.split_axis, 0) << s.name;
+          continue;
+        }
+        EXPECT_EQ(s.local[0], 4 / ep) << s.name;
+        EXPECT_EQ(s.numel * size_t(ep), full[i].numel) << s.name;
+        EXPECT_EQ(s.split_axis, 0);
+        EXPECT_EQ(s.split_parts, ep);
+        EXPECT_EQ(s.split_part, r);
+        // Element j of the full tensor holds j: rank r's block starts at r·numel.
+        std::vector<float> whole(full[i].numel), local(s.numel);
+        std::iota(whole.begin(), whole.end(), 0.0f);
+        extract_shard(s, whole.data(), local.data());
+        EXPECT_EQ(local.front(), float(size_t(r) * s.numel)) << s.name;
+        EXPECT_EQ(local.back(), float(size_t(r + 1) * s.numel - 1)) << s.name;
+        auto& t = rebuilt[s.name];
+        t.resize(full[i].numel, -1.0f);
+        insert_shard(s, local.data(), t.data());
+      }
+    }
+    for (const auto& [name, t] : rebuilt)
+      for (size_t j = 0; j < t.size(); ++j) ASSERT_EQ(t[j], float(j)) << name << " ep=" << ep;
+    EXPECT_EQ(rebuilt.size(), size_t(2 * shape.n_layer));  // c_fc and c_proj of every layer
+  }
 }
 
 TEST(ModelLayout, MegatronSplits) {
@@ -120,11 +170,11 @@ TEST(ModelLayout, GroupedQueryShardsKeepEachQueryHeadsKeysAndValues) {
       }
       std::vector<float> columns(size_t(96) * 96), proj(c_proj.numel);
       for (size_t i = 0; i < columns.size(); ++i) columns[i] = float(i % 96);
-      extract_shard(c_proj, tp, r, columns.data(), proj.data());
+      extract_shard(c_proj, columns.data(), proj.data());
       ASSERT_EQ(c_attn.split_blocks, 5);
       std::vector<float> rows(size_t(c_attn.shape[0])), local(c_attn.numel);
       std::iota(rows.begin(), rows.end(), 0.0f);  // each element its row of the full tensor
-      extract_shard(c_attn, tp, r, rows.data(), local.data());
+      extract_shard(c_attn, rows.data(), local.data());
       const int NHl = 12 / tp, NKVl = NKV / tp;
       ASSERT_EQ(local.size(), size_t(NHl + 2 * NKVl) * hd);
       for (int hl = 0; hl < NHl; ++hl) {

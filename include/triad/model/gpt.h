@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <initializer_list>
+#include <numeric>
 #include <string>
 #include <utility>
 #include <vector>
@@ -234,6 +235,11 @@ struct ModelParallel {
   Comm* tp_comm = nullptr;  // needed when tp > 1
   Comm* pp_comm = nullptr;  // needed when pp > 1
   Comm* cp_comm = nullptr;  // needed when cp > 1
+  // Expert parallelism (ep > 1; ProcessGrid): this rank holds experts [ep_rank·E/ep,
+  // (ep_rank+1)·E/ep) of every layer and exchanges token rows with its group over ep_comm
+  // (gpt_moe.cpp).
+  int ep = 1, ep_rank = 0;
+  Comm* ep_comm = nullptr;  // needed when ep > 1
   int chunks() const { return pp * virtual_stages; }
   bool split_rows() const { return sequence_parallel && tp > 1; }
   // Tokens of a T-token sequence this rank holds (T / cp), and the first position of its piece k
@@ -290,11 +296,17 @@ struct ParamSpec {
   size_t offset = 0;           // into the parameter buffer, in floats
   size_t numel = 0;            // local elements
   bool decay = false;          // weight decay applies (rank >= 2)
-  // Tensor-parallel split (see TensorRef in io/checkpoint.h): dimension split_axis of the
-  // full tensor is split_blocks blocks, each cut into tp parts; this rank holds part tp_rank
-  // of every block. -1: the tensor is whole (replicated over the tensor-parallel group).
+  // The split (see TensorRef in io/checkpoint.h): dimension split_axis of the full tensor is
+  // split_blocks blocks, each cut into split_parts parts; this rank holds part split_part of
+  // every block. Tensor parallelism: tp parts, tp_rank's; an expert tensor under expert
+  // parallelism (expert_parallel): its experts (axis 0) in ep parts, ep_rank's. -1: the tensor
+  // is whole (replicated over the tensor-parallel group).
   int split_axis = -1;
   int split_blocks = 1;
+  int split_parts = 1, split_part = 0;
+  // Expert parallelism holds 1/ep of this tensor's experts here: its replicas are the expert
+  // replicas (ProcessGrid::edp()), not the data-parallel ones.
+  bool expert_parallel = false;
   // Another rank owns this tensor's values for checkpoints and the gradient norm: a copy of a
   // tensor replicated over the tensor-parallel group (tp_rank > 0), or the last stage's copy of
   // the tied wte when pp > 1.
@@ -311,9 +323,10 @@ std::vector<ParamSpec> gpt_parameter_layout(const GptShape& shape);
 // first stage) on the last stage; local shapes are the Megatron shards of §3.
 std::vector<ParamSpec> gpt_rank_layout(const GptShape& shape, const ModelParallel& mp);
 
-// Copies a rank's shard of a tensor (spec from gpt_rank_layout) out of / into the full tensor.
-void extract_shard(const ParamSpec& s, int tp, int tp_rank, const float* full, float* local);
-void insert_shard(const ParamSpec& s, int tp, int tp_rank, const float* local, float* full);
+// Copies a rank's shard of a tensor (spec from gpt_rank_layout: its split) out of / into the
+// full tensor.
+void extract_shard(const ParamSpec& s, const float* full, float* local);
+void insert_shard(const ParamSpec& s, const float* local, float* full);
 
 // The arithmetic of the model (DESIGN.md §2). fp32: everything fp32 (the CPU reference).
 // bf16: mixed precision — the weights the layers read are a bf16 copy of the fp32 master
@@ -860,7 +873,7 @@ class Gpt {
   // gated sum into out (partial sums over tp, as the dense c_proj's; null: none, the experts'
   // outputs alone for a backward pass that recomputes them); moe_backward, from out's gradient
   // dres, writes ln_2 output's gradient into dpart (partial sums) and accumulates the experts' and
-  // the router's weight gradients (null: not formed). The MLP's rows: mlp_rows(N). Shared experts
+  // the router's weight gradients (null: not formed). The MLP's rows: mlp_rows. Shared experts
   // run beside the routed ones: c_fc and the activation in moe_front, c_proj added into out in
   // moe_output, their backward in moe_backward. w: the layer's weights, g: their gradients.
   template <class A>
@@ -870,7 +883,22 @@ class Gpt {
   template <class A>
   void moe_backward(typename Set<A>::Layer& L, A* dpart, const LayerTensors<float>& g,
                     const A* dres, const A* ln2, const LayerTensors<const A>& w, int N);
-  int mlp_rows(int N, int l) const { return shape_.moe_layer(l) ? N * shape_.moe_top_k : N; }
+  // Expert parallelism (mp_.ep > 1): the choices' rows travel to the ranks of their experts and
+  // back over mp_.ep_comm, L's plan of the pass (moe_counts, moe_recv, moe_place) saying where.
+  // to_experts: this rank's rows `local` [N·k, C] in expert order to the experts' side, `grouped`
+  // (the rows this rank's experts received, grouped by expert); from_experts the reverse.
+  template <class A>
+  void to_experts(typename Set<A>::Layer& L, A* grouped, const A* local);
+  template <class A>
+  void from_experts(typename Set<A>::Layer& L, A* local, const A* grouped);
+  // The rows of layer l's MLP activations (L.fch): N, a layer with experts' N·k choices, or
+  // under expert parallelism the rows its experts received (set by moe_front).
+  template <class Layer>
+  int mlp_rows(const Layer& L, int N, int l) const {
+    if (!shape_.moe_layer(l)) return N;
+    if (mp_.ep == 1) return N * shape_.moe_top_k;
+    return std::accumulate(L.moe_rows.begin(), L.moe_rows.end(), 0);
+  }
   // A block's linear layer (gpt_fp8.cpp), `site` = fp8_site(global layer, k) with k = 0 c_attn,
   // 1 attn.c_proj, 2 c_fc, 3 mlp.c_proj: the FP8 products under set_fp8 where fp8_at(site, N),
   // else the backend's matmul_forward / matmul_backward. The GELU variants run the product, then

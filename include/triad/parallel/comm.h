@@ -51,10 +51,21 @@ class CommRequest {
 
 // What a Comm has moved, per kind of call: the number of calls and the bytes of the tensor
 // payload this rank handed in (all-reduce: the buffer; reduce-scatter: the whole input; all-gather:
-// this rank's block; broadcast, send, recv: the buffer). Scalar reductions (loss, norms, flags)
-// are counted apart. docs/parallelism.md turns these into wire volumes.
+// this rank's block; broadcast, send, recv: the buffer; all-to-all: every block it sends,
+// its own included). Scalar reductions (loss, norms, flags) are counted apart.
+// docs/parallelism.md turns these into wire volumes.
 struct CommStats {
-  enum Kind { kAllReduce, kReduceScatter, kAllGather, kBroadcast, kSend, kRecv, kScalar, kKinds };
+  enum Kind {
+    kAllReduce,
+    kReduceScatter,
+    kAllGather,
+    kBroadcast,
+    kSend,
+    kRecv,
+    kScalar,
+    kAllToAll,
+    kKinds
+  };
   uint64_t calls[kKinds] = {};
   uint64_t bytes[kKinds] = {};
   void add(Kind k, uint64_t b) {
@@ -102,6 +113,13 @@ class Comm {
   virtual CommRequest iall_gather_pieces(const float* send, float* recv,
                                          const std::vector<size_t>& counts) = 0;
   virtual void broadcast(float* buf, size_t n, int root) = 0;
+  // Personalized exchange of bytes (expert parallelism's token rows): send holds one block for
+  // each rank of the group in rank order, send_bytes[r] bytes for rank r; recv receives
+  // recv_bytes[r] bytes from rank r, the blocks in rank order. Every pair of ranks must agree
+  // (recv_bytes[r] on rank q = send_bytes[q] on rank r); blocks may be empty. Host or device
+  // buffers alike (the CUDA Comms take either). Blocking.
+  virtual void all_to_all(const void* send, const std::vector<size_t>& send_bytes, void* recv,
+                          const std::vector<size_t>& recv_bytes) = 0;
   virtual void send(const float* buf, size_t n, int dst, int tag) = 0;
   virtual void recv(float* buf, size_t n, int src, int tag) = 0;
   virtual CommRequest isend(const float* buf, size_t n, int dst, int tag) = 0;

@@ -173,6 +173,9 @@ struct ParallelConfig {
   // Context parallelism: each sequence's tokens split over cp ranks (two chunks each, balanced
   // for causal attention), whose attention gathers the others' keys and values.
   int cp = 1;
+  // Expert parallelism (model.moe_experts): the data-parallel ranks in groups of ep, each rank
+  // of a group holding 1/ep of every layer's experts and exchanging tokens with the others.
+  int ep = 1;
   std::string schedule = "1f1b";
   int virtual_stages = 1;
   bool sequence_parallel = false;  // LayerNorm regions split by sequence over the tp group

@@ -50,6 +50,8 @@ struct NcclApi {
   decltype(&ncclReduce) reduce = nullptr;
   decltype(&ncclGroupStart) group_start = nullptr;
   decltype(&ncclGroupEnd) group_end = nullptr;
+  decltype(&ncclSend) send = nullptr;
+  decltype(&ncclRecv) recv = nullptr;
   int version = 0;
   std::string error;  // why NCCL cannot be used; empty when it can
 };
@@ -90,6 +92,8 @@ const NcclApi& nccl_api() {
     get(a.reduce, "ncclReduce");
     get(a.group_start, "ncclGroupStart");
     get(a.group_end, "ncclGroupEnd");
+    get(a.send, "ncclSend");
+    get(a.recv, "ncclRecv");
     if (a.error.empty() && a.get_version(&a.version) != ncclSuccess)
       a.error = "ncclGetVersion failed";
     return a;
@@ -245,6 +249,33 @@ class NcclComm final : public Comm {
     });
     join_now();
   }
+  // One send and one receive per non-empty block, all in one group (a send's peer posts its
+  // receive in the same group, or neither would progress); as bytes.
+  void all_to_all(const void* send, const std::vector<size_t>& send_bytes, void* recv,
+                  const std::vector<size_t>& recv_bytes) override {
+    if (!both_on_device(send, recv))
+      return on_host([&] { host_->all_to_all(send, send_bytes, recv, recv_bytes); });
+    size_t total = 0;
+    for (size_t b : send_bytes) total += b;
+    enqueue_bytes(CommStats::kAllToAll, total, [&] {
+      TRIAD_CHECK(send_bytes.size() == size_t(size()) && recv_bytes.size() == size_t(size()),
+                  "internal error: all-to-all of ", send_bytes.size(), " and ", recv_bytes.size(),
+                  " blocks in a group of ", size());
+      const char* s = static_cast<const char*>(send);
+      char* r = static_cast<char*>(recv);
+      TRIAD_NCCL_CHECK(api_.group_start(), comm_);
+      for (size_t p = 0; p < send_bytes.size(); ++p) {
+        if (send_bytes[p] > 0)
+          TRIAD_NCCL_CHECK(api_.send(s, send_bytes[p], ncclUint8, int(p), comm_, stream_), comm_);
+        if (recv_bytes[p] > 0)
+          TRIAD_NCCL_CHECK(api_.recv(r, recv_bytes[p], ncclUint8, int(p), comm_, stream_), comm_);
+        s += send_bytes[p];
+        r += recv_bytes[p];
+      }
+      TRIAD_NCCL_CHECK(api_.group_end(), comm_);
+    });
+    join_now();
+  }
   void send(const float* buf, size_t n, int dst, int tag) override {
     on_host([&] { host_->send(buf, n, dst, tag); });
   }
@@ -303,7 +334,11 @@ class NcclComm final : public Comm {
   // work already enqueued on the compute stream.
   template <class F>
   void enqueue(CommStats::Kind kind, size_t floats, F launch) {
-    own_.add(kind, floats * sizeof(float));
+    enqueue_bytes(kind, floats * sizeof(float), launch);
+  }
+  template <class F>
+  void enqueue_bytes(CommStats::Kind kind, size_t bytes, F launch) {
+    own_.add(kind, bytes);
     sync();
     TRIAD_CUDA_CHECK(cudaEventRecord(ready_, compute_));
     TRIAD_CUDA_CHECK(cudaStreamWaitEvent(stream_, ready_, 0));

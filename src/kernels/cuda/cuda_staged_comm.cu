@@ -123,6 +123,22 @@ class DeviceStagedComm final : public Comm {
   void broadcast(float* buf, size_t n, int root) override {
     in_place(buf, n, [&](float* b) { in_->broadcast(b, n, root); });
   }
+  void all_to_all(const void* send, const std::vector<size_t>& send_bytes, void* recv,
+                  const std::vector<size_t>& recv_bytes) override {
+    if (!on_device(send) && !on_device(recv)) {
+      in_->all_to_all(send, send_bytes, recv, recv_bytes);
+      return sync();
+    }
+    size_t sn = 0, rn = 0;
+    for (size_t b : send_bytes) sn += b;
+    for (size_t b : recv_bytes) rn += b;
+    void* s = a_.get((sn + 3) / 4);
+    void* r = b_.get((rn + 3) / 4);
+    copy_bytes(s, send, sn);
+    in_->all_to_all(s, send_bytes, r, recv_bytes);
+    copy_bytes(recv, r, rn);
+    sync();
+  }
   void send(const float* buf, size_t n, int dst, int tag) override {
     if (!on_device(buf)) {
       in_->send(buf, n, dst, tag);
@@ -211,6 +227,14 @@ class DeviceStagedComm final : public Comm {
     } else {
       std::copy(src, src + n, host);
     }
+  }
+  // n bytes between any two of device, pinned and ordinary host memory, the device idle around
+  // it (as to_host and to_device).
+  static void copy_bytes(void* dst, const void* src, size_t n) {
+    if (n == 0) return;
+    TRIAD_CUDA_CHECK(cudaDeviceSynchronize());
+    TRIAD_CUDA_CHECK(cudaMemcpy(dst, src, n, cudaMemcpyDefault));
+    TRIAD_CUDA_CHECK(cudaDeviceSynchronize());
   }
   static void copy_out(float* dst, const float* host, size_t n) {
     if (on_device(dst)) {
