@@ -484,14 +484,16 @@ TEST(ModelParallel, Fp8MatchesOneRankOnEveryGrid) {
   for (const Grid& g : {Grid{1, 2, 1, 0, 4}, Grid{1, 1, 2, 0, 4}, Grid{2, 2, 2, 1, 2, "1f1b", 1}})
     if (g.ranks() <= world_size()) {
       const Result r = run(dir, "fp8_head_" + g.name(), g, head);
-      // The vocabulary-parallel sums move a first operand across an FP8 boundary at step 3
-      // here (measured: 1e-9 before, 9e-7 at step 3, then 2e-5 .. 4e-5 at steps 4 and 5; the
-      // head's FP8 itself moves the run by 9e-5): the first three steps to fp32 rounding, the
-      // rest within 1e-4.
+      // The vocabulary-parallel sums move an operand across an FP8 boundary after the first
+      // updates; at which step depends on the BLAS kernels' fp32 rounding (measured: at step 3
+      // with OpenBLAS's SkylakeX kernels, 9e-7 there and 2e-5 .. 4e-5 after; at step 2 with its
+      // Cooperlake ones, 2.2e-5). The first loss (no update yet) to fp32 rounding, the rest
+      // within 1e-4; and the grid's run moved by the head's FP8 as the one rank's is (9e-5).
       ASSERT_EQ(r.losses.size(), head_ref.losses.size());
       for (size_t i = 0; i < r.losses.size(); ++i)
-        EXPECT_NEAR(r.losses[i], head_ref.losses[i], (i < 3 ? 1e-6 : 1e-4) * head_ref.losses[i])
+        EXPECT_NEAR(r.losses[i], head_ref.losses[i], (i < 1 ? 1e-6 : 1e-4) * head_ref.losses[i])
             << "fp8 head " << g.name() << " step " << i;
+      EXPECT_GT(largest(r, ref), 1e-5) << "the head's FP8 products change " << g.name();
     }
   // Full recomputation reruns the forward's FP8 products in the backward pass: the same values.
   std::vector<std::string> recompute = fp8;
