@@ -135,7 +135,8 @@ EvalResult Trainer::evaluate_only() {
 }
 
 std::vector<float> Trainer::parameters() const {
-  // Each tensor's owner (dp rank 0, not a replica) places its shard in a full-model vector;
+  // Each tensor's owner (replica rank 0, an expert-parallel tensor's first expert replica; not a
+  // tensor-parallel replica) places its shard in a full-model vector;
   // the sum over all ranks assembles the model. The others hold −0.0, not +0.0: x + (−0) is x
   // for every x, the sign of a zero included (+0 + (−0) = +0, −0 + (−0) = −0).
   auto& s = *s_;
