@@ -93,7 +93,8 @@ struct MetricsWriter::Impl {
                                      {"z_loss", false},
                                      {"moe_aux_loss", false},
                                      {"moe_max_load", false},
-                                     {"moe_z_loss", false}});
+                                     {"moe_z_loss", false},
+                                     {"moe_dropped", false}});
   Table val = make_table("val", {{"step", true},
                                  {"loss", false},
                                  {"accuracy", false},
@@ -358,6 +359,7 @@ void MetricsWriter::append(const TrainRow& r) {
   t.col(10).doubles.push_back(r.moe_aux_loss);
   t.col(11).doubles.push_back(r.moe_max_load);
   t.col(12).doubles.push_back(r.moe_z_loss);
+  t.col(13).doubles.push_back(r.moe_dropped);
   if (t.col(0).buffered() >= kAutoFlushRows) flush();
 }
 

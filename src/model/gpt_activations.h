@@ -62,11 +62,14 @@ struct Gpt::Set {
     // received from the group (up to ep·N·k), grouped by expert; moe_recv[s·El + j] (host) the
     // rows rank s sent to local expert j, moe_rows[j] their sum over s, and moe_place (ints) each
     // received row's place in the grouping; moe_y the outputs of this rank's choices, returned.
+    // A capacity (GptShape::moe_capacity): moe_kept (host, [E]) the choices each expert takes,
+    // the first of its block; with ep > 1 only those travel, moe_keep (ints) listing their rows.
     A *moe_x = nullptr, *moe_y = nullptr;
     float *moe_probs = nullptr, *moe_gate = nullptr;
     float* moe_lse = nullptr;  // each row's log Σ exp of the router's logits (the z-loss's)
     int32_t *moe_expert = nullptr, *moe_slot = nullptr, *moe_place = nullptr;
-    std::vector<int> moe_counts, moe_recv, moe_rows;
+    int32_t* moe_keep = nullptr;
+    std::vector<int> moe_counts, moe_kept, moe_recv, moe_rows;
     A *sh_fch = nullptr, *sh_act = nullptr;  // shared experts: c_fc's output and the activation
     A* residual3;                            // residual2 + mlp: the layer's output
     // A split backward (zero-bubble schedule): the output gradients of the four linear layers,
@@ -106,8 +109,9 @@ struct Gpt::Activations {
   A *moe_logits = nullptr, *moe_dy = nullptr;
   float* moe_dgate = nullptr;
   // Expert parallelism: this rank's choices' rows in expert order before they leave [N·k, C],
-  // rows as they arrive (by source) and grouped by expert (up to ep·N·k rows each).
-  A *moe_local = nullptr, *moe_arrived = nullptr, *moe_grouped = nullptr;
+  // rows as they arrive (by source) and grouped by expert (up to ep·N·k rows each, or with a
+  // capacity E times it); with a capacity, the rows that travel, compacted [N·k, C].
+  A *moe_local = nullptr, *moe_arrived = nullptr, *moe_grouped = nullptr, *moe_compact = nullptr;
   // Shared experts: their output before it joins the routed ones' (forward), and the gradients
   // of their activation and of c_fc's output (backward).
   A *sh_out = nullptr, *sh_dact = nullptr, *sh_dfch = nullptr;
@@ -159,9 +163,17 @@ struct Gpt::Activations {
         experts = experts || s.moe_layer(l);
     }
     const size_t K = experts ? size_t(s.moe_top_k) : 1, E = size_t(s.moe_experts);
-    // Rows per token on the experts' side: expert parallelism may bring this rank every rank's
-    // choices (the worst case: its buffers are sized for it; dropless routing has no capacity).
-    const size_t EP = size_t(mp.ep), KX = K * EP;
+    // Rows on the experts' side: expert parallelism may bring this rank every rank's choices (the
+    // worst case: its buffers are sized for it), at most ep·N·k rows; with a capacity c per
+    // expert and source rank, at most E·c (each of its E/ep experts c from each of ep ranks).
+    const size_t EP = size_t(mp.ep);
+    const bool capped = s.moe_capacity_factor > 0;
+    // (The scratch the dense layers share holds their BT rows too.)
+    const size_t XR =
+        !experts  ? BT
+        : EP == 1 ? BT * K
+                  : std::max(BT, std::min(EP * BT * K, capped ? E * size_t(s.moe_capacity(int(BT)))
+                                                              : EP * BT * K));
     const size_t SFl = size_t(s.shared_fc_rows()) / size_t(mp.tp);  // shared experts' widths
     const size_t SHl = size_t(s.moe_shared_hidden) / size_t(mp.tp);
     const size_t nh = size_t(B) * size_t(s.n_head / mp.tp) * size_t(mp.seq_rows(s.seq_len));
@@ -185,7 +197,7 @@ struct Gpt::Activations {
     // moe: a layer with experts (the scratch layer: where any layer has them).
     auto want_internals = [&](Layer& L, bool gelu_out, bool moe) {
       const size_t Kl = moe ? size_t(s.moe_top_k) : 1;  // rows per token
-      const size_t Kx = moe ? Kl * EP : 1;              // on the experts' side
+      const size_t XRl = moe ? XR : BT;                 // rows on the experts' side
       if (!sp) want(L.ln1, R * C);                      // backward reads it (as ln1g)
       if (means) want_f(L.ln1_mean, R);
       want_f(L.ln1_rstd, R);
@@ -200,17 +212,18 @@ struct Gpt::Activations {
       if (!sp) want(L.ln2, R * C);
       if (means) want_f(L.ln2_mean, R);
       want_f(L.ln2_rstd, R);
-      want(L.fch, BT * Kx * Fl);
-      if (gelu_out) want(L.fch_gelu, BT * Kx * Hl);
+      want(L.fch, XRl * Fl);
+      if (gelu_out) want(L.fch_gelu, XRl * Hl);
       if (moe) {
-        want(L.moe_x, BT * Kx * C);
+        want(L.moe_x, XRl * C);
         want(L.moe_y, BT * Kl * C);
         want_f(L.moe_probs, BT * E);
         want_f(L.moe_gate, BT * Kl);
         want_f(L.moe_lse, BT);
         want_i(L.moe_expert, BT * Kl);
         want_i(L.moe_slot, BT * Kl);
-        if (EP > 1) want_i(L.moe_place, BT * Kx);
+        if (EP > 1) want_i(L.moe_place, XRl);
+        if (EP > 1 && capped) want_i(L.moe_keep, BT * Kl);
       }
       if (moe && SHl > 0) {
         want(L.sh_fch, BT * SFl);
@@ -265,8 +278,8 @@ struct Gpt::Activations {
       want(datty, BT * Al);
       if (!split_backward) want(dqkv, BT * Wl);  // else each layer's own
       if (kFp32) want_f(datt_scratch, att);
-      if (!split_backward) want(dfch, BT * KX * Fl);
-      want(dfch_gelu, BT * KX * Hl);
+      if (!split_backward) want(dfch, XR * Fl);
+      want(dfch_gelu, XR * Hl);
       if (experts) {
         want(moe_dy, BT * K * C);
         want_f(moe_dgate, BT * K);
@@ -279,15 +292,16 @@ struct Gpt::Activations {
     if (experts) want(moe_logits, BT * E);
     if (experts && EP > 1) {
       want(moe_local, BT * K * C);
-      want(moe_arrived, BT * KX * C);
-      want(moe_grouped, BT * KX * C);
+      want(moe_arrived, XR * C);
+      want(moe_grouped, XR * C);
+      if (capped) want(moe_compact, BT * K * C);
     }
     if (experts && SHl > 0) want(sh_out, BT * C);
     if (mp.holds_head()) {  // it holds the last chunk
       want(logits, size_t(logits_rows) * Vl);
       if (mp.tp > 1) want_f(ce_stats, 4 * size_t(logits_rows));
     }
-    if (any_recompute && recompute.mode == Recompute::gelu) want(gelu_work, BT * KX * Hl);
+    if (any_recompute && recompute.mode == Recompute::gelu) want(gelu_work, XR * Hl);
     if (any_recompute && recompute.mode == Recompute::full) want_internals(work, true, experts);
     want(proj, R * C);
     if (sp) want(ln_local, R * C);

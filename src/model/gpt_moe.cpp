@@ -18,22 +18,41 @@
 namespace triad {
 namespace {
 
-// f(e, row, n) for each expert e with n > 0 rows, its block starting at `row` in expert order.
-template <class F>
-void for_each_expert(const std::vector<int>& counts, F&& f) {
+int total(const std::vector<int>& rows) { return std::accumulate(rows.begin(), rows.end(), 0); }
+
+// f(e, row, n) for each of this rank's experts e that runs n > 0 rows, from `row` on the experts'
+// side. ep = 1: its block of the choices in expert order, of which it takes the first kept[e]
+// (all but those a capacity drops, which stay in the block as a gap); ep > 1: the rows it
+// received, grouped by expert.
+template <class Layer, class F>
+void for_each_expert(const Layer& L, F&& f) {
+  const bool ep = !L.moe_recv.empty();
+  const std::vector<int>& block = ep ? L.moe_rows : L.moe_counts;
+  const std::vector<int>& take = ep ? L.moe_rows : L.moe_kept;
   size_t row = 0;
-  for (size_t e = 0; e < counts.size(); ++e) {
-    if (counts[e] > 0) f(e, row, counts[e]);
-    row += size_t(counts[e]);
+  for (size_t e = 0; e < block.size(); ++e) {
+    if (take[e] > 0) f(e, row, take[e]);
+    row += size_t(block[e]);
   }
 }
 
-int total(const std::vector<int>& rows) { return std::accumulate(rows.begin(), rows.end(), 0); }
-
-// The rows of each of this rank's experts: all of its choices' (ep = 1) or what they received.
+// The rows on the experts' side (ep = 1: every choice, the dropped ones' gaps included).
 template <class Layer>
-const std::vector<int>& expert_rows(const Layer& L) {
-  return L.moe_recv.empty() ? L.moe_counts : L.moe_rows;
+int side_rows(const Layer& L) {
+  return total(L.moe_recv.empty() ? L.moe_counts : L.moe_rows);
+}
+
+// ep = 1 under a capacity: zeroes the rows of the dropped choices in `rows` (rows of C in expert
+// order: each block's rows after its kept ones), so that their outputs and input gradients add
+// nothing.
+template <class Layer, class A>
+void zero_dropped(Backend& be, const Layer& L, A* rows, int C) {
+  size_t row = 0;
+  for (size_t e = 0; e < L.moe_counts.size(); ++e) {
+    const int drop = L.moe_counts[e] - L.moe_kept[e];
+    if (drop > 0) be.zero(rows + (row + size_t(L.moe_kept[e])) * size_t(C), size_t(drop) * C);
+    row += size_t(L.moe_counts[e]);
+  }
 }
 
 // Bytes of each rank's block of rows: counts [ranks][El] of rows of row_bytes.
@@ -66,25 +85,38 @@ std::vector<int32_t> grouped_places(const std::vector<int>& recv, size_t ranks) 
 
 }  // namespace
 
+// Under a capacity only the kept rows travel: `local` compacted into moe_compact first (their rows
+// listed in moe_keep) and spread back after, the dropped rows zero.
 template <class A>
 void Gpt::to_experts(typename Set<A>::Layer& L, A* grouped, const A* local) {
   Comm& ep = *mp_.ep_comm;
-  const size_t P = size_t(mp_.ep), row = size_t(shape_.n_embd) * sizeof(A);
-  A* arrived = acts<A>().moe_arrived;
-  ep.all_to_all(local, block_bytes(L.moe_counts, P, row), arrived, block_bytes(L.moe_recv, P, row));
+  const int C = shape_.n_embd;
+  const size_t P = size_t(mp_.ep), row = size_t(C) * sizeof(A);
+  auto& a = acts<A>();
+  const int kept = total(L.moe_kept);
+  const bool dropping = kept < total(L.moe_counts);
+  if (dropping && kept > 0) be_.moe_combine(a.moe_compact, local, L.moe_keep, nullptr, kept, 1, C);
+  ep.all_to_all(dropping ? a.moe_compact : local, block_bytes(L.moe_kept, P, row), a.moe_arrived,
+                block_bytes(L.moe_recv, P, row));
   const int R = total(L.moe_rows);
-  if (R > 0) be_.moe_gather(grouped, arrived, L.moe_place, R, 1, shape_.n_embd);
+  if (R > 0) be_.moe_gather(grouped, a.moe_arrived, L.moe_place, R, 1, C);
 }
 
 template <class A>
 void Gpt::from_experts(typename Set<A>::Layer& L, A* local, const A* grouped) {
   Comm& ep = *mp_.ep_comm;
-  const size_t P = size_t(mp_.ep), row = size_t(shape_.n_embd) * sizeof(A);
-  A* arrived = acts<A>().moe_arrived;
-  const int R = total(L.moe_rows);
+  const int C = shape_.n_embd;
+  const size_t P = size_t(mp_.ep), row = size_t(C) * sizeof(A);
+  auto& a = acts<A>();
+  const int R = total(L.moe_rows), kept = total(L.moe_kept), all = total(L.moe_counts);
+  const bool dropping = kept < all;
   // Back into arrival order (row i from its place), then each block to the rank it came from.
-  if (R > 0) be_.moe_combine(arrived, grouped, L.moe_place, nullptr, R, 1, shape_.n_embd);
-  ep.all_to_all(arrived, block_bytes(L.moe_recv, P, row), local, block_bytes(L.moe_counts, P, row));
+  if (R > 0) be_.moe_combine(a.moe_arrived, grouped, L.moe_place, nullptr, R, 1, C);
+  ep.all_to_all(a.moe_arrived, block_bytes(L.moe_recv, P, row), dropping ? a.moe_compact : local,
+                block_bytes(L.moe_kept, P, row));
+  if (!dropping) return;
+  be_.zero(local, size_t(all) * C);
+  if (kept > 0) be_.moe_gather(local, a.moe_compact, L.moe_keep, kept, 1, C);
 }
 
 template <class A>
@@ -112,6 +144,13 @@ void Gpt::moe_front(typename Set<A>::Layer& L, const A* ln2, const LayerTensors<
     if (moe_z_loss_ > 0.0f) moe_stats_.z += be_.sum_squares(L.moe_lse, size_t(N)) / N;
     ++moe_stats_.count;
   }
+  // A capacity: each expert takes the first of its choices (in choice order, as dispatch ordered
+  // them), the rest are dropped.
+  const int capacity = shape_.moe_capacity(N);
+  L.moe_kept.resize(size_t(E));
+  for (size_t e = 0; e < size_t(E); ++e) L.moe_kept[e] = std::min(L.moe_counts[e], capacity);
+  const int kept = total(L.moe_kept);
+  if (!recomputing_) moe_stats_.dropped += double(N * k - kept) / (double(N) * k);
   if (mp_.ep == 1) {
     be_.moe_gather(L.moe_x, ln2, L.moe_slot, N, k, C);
   } else {
@@ -119,7 +158,17 @@ void Gpt::moe_front(typename Set<A>::Layer& L, const A* ln2, const LayerTensors<
     const size_t P = size_t(mp_.ep), El = size_t(E) / P;
     L.moe_recv.resize(P * El);
     const std::vector<size_t> counts(P, El * sizeof(int));
-    mp_.ep_comm->all_to_all(L.moe_counts.data(), counts, L.moe_recv.data(), counts);
+    mp_.ep_comm->all_to_all(L.moe_kept.data(), counts, L.moe_recv.data(), counts);
+    if (kept < N * k) {  // the kept rows of each block, which travel
+      std::vector<int32_t> keep;
+      keep.reserve(size_t(kept));
+      int32_t row = 0;
+      for (size_t e = 0; e < size_t(E); ++e) {
+        for (int r = 0; r < L.moe_kept[e]; ++r) keep.push_back(row + r);
+        row += L.moe_counts[e];
+      }
+      be_.copy_ints_from_host(L.moe_keep, keep.data(), keep.size());
+    }
     L.moe_rows.assign(El, 0);
     for (size_t i = 0; i < L.moe_recv.size(); ++i) L.moe_rows[i % El] += L.moe_recv[i];
     const std::vector<int32_t> place = grouped_places(L.moe_recv, P);
@@ -127,11 +176,12 @@ void Gpt::moe_front(typename Set<A>::Layer& L, const A* ln2, const LayerTensors<
     be_.moe_gather(a.moe_local, ln2, L.moe_slot, N, k, C);
     to_experts<A>(L, L.moe_x, a.moe_local);
   }
-  for_each_expert(expert_rows(L), [&](size_t e, size_t row, int n) {
+  for_each_expert(L, [&](size_t e, size_t row, int n) {
     be_.matmul_forward(L.fch + row * Fl, L.moe_x + row * C, w.fcw + e * Fl * C, nullptr, n, C,
                        int(Fl));
   });
-  mlp_activation(L.fch_gelu, L.fch, total(expert_rows(L)), shape_.hidden() / mp_.tp);
+  // (Over the gaps of dropped rows too: elementwise, and nothing reads them.)
+  mlp_activation(L.fch_gelu, L.fch, side_rows(L), shape_.hidden() / mp_.tp);
   if (w.shfcw != nullptr) {
     be_.matmul_forward(L.sh_fch, ln2, w.shfcw, nullptr, N, C, shape_.shared_fc_rows() / mp_.tp);
     mlp_activation(L.sh_act, L.sh_fch, N, shape_.moe_shared_hidden / mp_.tp);
@@ -144,11 +194,14 @@ void Gpt::moe_output(typename Set<A>::Layer& L, A* out, const LayerTensors<const
   const size_t Hl = size_t(shape_.hidden() / mp_.tp);
   // Expert parallelism: the outputs form grouped by expert, then go back to their tokens' ranks.
   A* y = mp_.ep == 1 ? L.moe_y : acts<A>().moe_grouped;
-  for_each_expert(expert_rows(L), [&](size_t e, size_t row, int n) {
+  for_each_expert(L, [&](size_t e, size_t row, int n) {
     be_.matmul_forward(y + row * C, L.fch_gelu + row * Hl, w.fcprojw + e * C * Hl, nullptr, n,
                        int(Hl), C);
   });
-  if (mp_.ep > 1) from_experts<A>(L, L.moe_y, y);
+  if (mp_.ep > 1)
+    from_experts<A>(L, L.moe_y, y);
+  else
+    zero_dropped(be_, L, y, C);  // a dropped choice's output is zero
   if (out == nullptr) return;
   be_.moe_combine(out, L.moe_y, L.moe_slot, L.moe_gate, N, k, C);
   if (w.shprojw != nullptr) {  // the shared experts' output joins the routed ones'
@@ -181,21 +234,23 @@ void Gpt::moe_backward(typename Set<A>::Layer& L, A* dpart, const LayerTensors<f
     to_experts<A>(L, a.moe_grouped, a.moe_dy);
     dy = a.moe_grouped;
   }
-  const std::vector<int>& rows = expert_rows(L);
-  for_each_expert(rows, [&](size_t e, size_t row, int n) {
+  for_each_expert(L, [&](size_t e, size_t row, int n) {
     be_.matmul_backward(
         a.dfch_gelu + row * Hl, g.fcprojw != nullptr ? g.fcprojw + e * C * Hl : nullptr, nullptr,
         dy + row * C, L.fch_gelu + row * Hl, w.fcprojw + e * C * Hl, n, int(Hl), C, kSet);
   });
-  mlp_activation_backward(a.dfch, L.fch, a.dfch_gelu, total(rows), int(Hl));
+  mlp_activation_backward(a.dfch, L.fch, a.dfch_gelu, side_rows(L), int(Hl));
   // The experts' input gradients over dy (their output gradients are spent), then back to the
   // tokens' ranks.
-  for_each_expert(rows, [&](size_t e, size_t row, int n) {
+  for_each_expert(L, [&](size_t e, size_t row, int n) {
     be_.matmul_backward(dy + row * C, g.fcw != nullptr ? g.fcw + e * Fl * C : nullptr, nullptr,
                         a.dfch + row * Fl, L.moe_x + row * C, w.fcw + e * Fl * C, n, C, int(Fl),
                         kSet);
   });
-  if (mp_.ep > 1) from_experts<A>(L, a.moe_dy, dy);
+  if (mp_.ep > 1)
+    from_experts<A>(L, a.moe_dy, dy);
+  else
+    zero_dropped(be_, L, dy, C);  // nor a gradient
   be_.moe_combine(dpart, a.moe_dy, L.moe_slot, nullptr, N, k, C);
   if (w.shfcw != nullptr)
     be_.matmul_backward(dpart, g.shfcw, nullptr, a.sh_dfch, ln2, w.shfcw, N, C, SFl);

@@ -103,6 +103,10 @@ class KeyTable {
     add("model.moe_normalize", c.model.moe_normalize,
         "the chosen experts' router probabilities renormalized to sum 1 (Mixtral's; false: kept "
         "as they are, as Switch and DeepSeek)");
+    add("model.moe_capacity_factor", c.model.moe_capacity_factor,
+        "with model.moe_experts: each expert takes at most ceil(f · N · k / E) of the N·k choices "
+        "of a rank's micro-batch, in token order; the later ones are dropped (their expert output "
+        "is zero; /train/moe_dropped logs the fraction). 0: dropless");
     add("model.moe_first_dense", c.model.moe_first_dense,
         "with model.moe_experts: the first layers keep a dense MLP (DeepSeek's first_k_dense)");
     add("model.moe_every", c.model.moe_every,
@@ -786,6 +790,9 @@ void validate(const Config& c, int world_size) {
         "moe_first_dense >= 0, moe_every >= 1 and moe_first_dense + moe_every <= n_layer (got " +
             std::to_string(m.moe_first_dense) + ", " + std::to_string(m.moe_every) + ", n_layer " +
             std::to_string(m.n_layer) + ")");
+  check(m.moe_capacity_factor >= 0 && (m.moe_capacity_factor == 0 || m.moe_experts > 0),
+        "model.moe_capacity_factor",
+        "must be >= 0, and > 0 only with model.moe_experts (0: dropless)");
   if (m.moe_experts > 0) {
     check(m.moe_top_k >= 1 && m.moe_top_k <= m.moe_experts, "model.moe_top_k",
           "must be in [1, model.moe_experts = " + std::to_string(m.moe_experts) + "] (got " +

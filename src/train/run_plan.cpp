@@ -72,6 +72,7 @@ GptShape gpt_shape(const Config& cfg) {
   s.moe_experts = m.moe_experts;
   s.moe_top_k = m.moe_top_k;
   s.moe_normalize = m.moe_normalize;
+  s.moe_capacity_factor = m.moe_capacity_factor;
   s.moe_shared_hidden = m.moe_shared_hidden;
   s.moe_first_dense = m.moe_first_dense;
   s.moe_every = m.moe_every;

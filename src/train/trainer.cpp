@@ -443,14 +443,15 @@ TrainOutcome Trainer::run() {
     // parallel ranks route alike and count alike) of α times the balance, and of the busiest
     // expert's load (NaN: dense).
     double moe_aux_mean = std::numeric_limits<double>::quiet_NaN(), moe_load = moe_aux_mean;
-    double moe_z_mean = moe_aux_mean;
+    double moe_z_mean = moe_aux_mean, moe_dropped = moe_aux_mean;
     if (cfg.model.moe_experts > 0) {
       const MoeStats ms = s.model->take_moe_stats();
-      double sums[4] = {ms.balance, ms.max_load, double(ms.count), ms.z};
-      MPI_Allreduce(MPI_IN_PLACE, sums, 4, MPI_DOUBLE, MPI_SUM, s.grid.world());
+      double sums[5] = {ms.balance, ms.max_load, double(ms.count), ms.z, ms.dropped};
+      MPI_Allreduce(MPI_IN_PLACE, sums, 5, MPI_DOUBLE, MPI_SUM, s.grid.world());
       moe_aux_mean = cfg.train.moe_aux_loss * sums[0] / sums[2];
       moe_load = sums[1] / sums[2];
       if (cfg.train.moe_z_loss > 0) moe_z_mean = cfg.train.moe_z_loss * sums[3] / sums[2];
+      if (cfg.model.moe_capacity_factor > 0) moe_dropped = sums[4] / sums[2];
     }
     out.losses.push_back(loss);
     // This rank's gradient [lo, hi) of the buffer: all of it, or under ZeRO the slice it
@@ -545,8 +546,8 @@ TrainOutcome Trainer::run() {
     const double mfu = tps / s.grid.world_size() * s.model->flops_per_token() / s.peak_flops;
     if (s.metrics)
       s.metrics->append(TrainRow{st, loss, lr, norm, tps, mfu, dt * 1e3, s.consumed * T,
-                                 skip ? 1.0 : 0.0, z_loss_mean, moe_aux_mean, moe_load,
-                                 moe_z_mean});
+                                 skip ? 1.0 : 0.0, z_loss_mean, moe_aux_mean, moe_load, moe_z_mean,
+                                 moe_dropped});
     TRIAD_CHECK(skip || std::isfinite(loss), "training diverged: loss is ", loss, " at step ", st,
                 " (lower train.lr or check the data)");
     TRIAD_CHECK(s.skipped_in_a_row < cfg.train.skip_window, "training diverged: the last ",
@@ -568,6 +569,8 @@ TrainOutcome Trainer::run() {
            << std::fixed << std::setprecision(2) << moe_load;
       if (cfg.train.moe_z_loss > 0)
         os << " | moe z-loss " << std::scientific << std::setprecision(2) << moe_z_mean;
+      if (cfg.model.moe_capacity_factor > 0)
+        os << " | dropped " << std::fixed << std::setprecision(2) << moe_dropped * 100 << "%";
       // The schedules while they run: the step's global batch (ramp) and attention window.
       if (batch != cfg.train.batch_size) os << " | batch " << batch;
       if (s.window_warmup.on() && st < s.window_warmup.steps) {

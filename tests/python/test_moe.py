@@ -139,6 +139,36 @@ def test_expert_parallelism_trains_alike_and_its_checkpoints_reshard(tmp_path):
                                            err_msg=f"{name} {k}")
 
 
+def test_capacity_drops_alike_on_every_grid(tmp_path):
+    """model.moe_capacity_factor: each expert takes at most ceil(f·N·k/E) of a rank's micro-batch
+    choices; under expert parallelism only those travel, and the experts' buffers shrink to
+    E·ceil(f·N·k/E) rows. The same curves and fraction dropped as one rank on every grid (the
+    model itself against PyTorch: test_reference_model.py)."""
+    cfg = tiny_config(tmp_path, name="one", train__steps=6, train__micro_batch_size=2,
+                      eval__every=3, eval__sequences=10, checkpoint__every=0,
+                      data__shuffle="false", model__moe_capacity_factor=0.75, **MOE)
+    p = run(1, "--config", cfg)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "dropped" in p.stdout
+    want, want_val = curves(tmp_path / "runs" / "one"), val_losses(tmp_path / "runs" / "one")
+    with h5py.File(tmp_path / "runs" / "one" / "metrics.h5", "r") as f:
+        dropped = f["train"]["moe_dropped"][:]
+    assert np.all(dropped > 0.01) and np.all(dropped < 0.5), dropped
+    for n, grid in ((2, ["--parallel.ep", 2]), (4, ["--parallel.ep", 4]),
+                    (2, ["--parallel.zero", 1]), (2, ["--parallel.tp", 2]),
+                    (2, ["--parallel.ep", 2, "--train.recompute", "full"])):
+        name = f"g{n}_" + "_".join(k.split(".")[-1] + str(v) for k, v in zip(grid[::2], grid[1::2]))
+        p = run(n, "--config", cfg, "--run.name", name, *grid)
+        assert p.returncode == 0, name + p.stdout + p.stderr
+        got = curves(tmp_path / "runs" / name)
+        for k in want:
+            np.testing.assert_allclose(got[k], want[k], rtol=3e-5, err_msg=f"{name} {k}")
+        with h5py.File(tmp_path / "runs" / name / "metrics.h5", "r") as f:
+            np.testing.assert_array_equal(f["train"]["moe_dropped"][:], dropped, err_msg=name)
+        np.testing.assert_allclose(val_losses(tmp_path / "runs" / name), want_val, rtol=1e-5,
+                                   err_msg=name)
+
+
 def test_dense_layers_among_the_experts_train_alike_on_every_grid(tmp_path):
     """model.moe_first_dense = 1: layer 0 keeps its dense MLP (a pipeline's first stage has no
     experts, its second does)."""
@@ -216,7 +246,10 @@ def test_moe_refuses_what_it_cannot_run(tmp_path):
              ({"model__moe_first_dense": 2}, "model.moe_first_dense"),
              ({"model__moe_experts": 0, "model__moe_shared_hidden": 0, "model__moe_every": 2},
               "model.moe_first_dense"),
-             ({"model__moe_top_k": 1}, "model.moe_normalize = true with model.moe_top_k = 1")]
+             ({"model__moe_top_k": 1}, "model.moe_normalize = true with model.moe_top_k = 1"),
+             ({"model__moe_capacity_factor": -1}, "model.moe_capacity_factor"),
+             ({"model__moe_experts": 0, "model__moe_shared_hidden": 0,
+               "model__moe_capacity_factor": 1.0}, "model.moe_capacity_factor")]
     for i, (over, words) in enumerate(cases):
         cfg = tiny_config(tmp_path, name=f"bad{i}", **{**MOE, **over})
         assert_clean_error(train("--config", cfg), words)

@@ -194,6 +194,7 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                       attn_scale=c.attn_scale, mup_base_width=c.mup_base_width,
                       moe_experts=c.moe_experts, moe_top_k=c.moe_top_k,
                       moe_normalize=c.moe_normalize, moe_shared_hidden=c.moe_shared_hidden,
+                      moe_capacity_factor=c.moe_capacity_factor,
                       moe_first_dense=c.moe_first_dense, moe_every=c.moe_every,
                       **({} if c.rope_scaling is None else dict(
                           rope_scaling="llama3", rope_scaling_factor=c.rope_scaling[0],
@@ -461,10 +462,19 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
     xv, yv = val_batch or ref.batch(p.val_tokens, 0, sections["eval"]["sequences"], T)
 
     def evaluate():
+        # A capacity depends on a pass's rows: then in triad's micro-batches (the loss and the
+        # accuracy over all their counted targets).
+        mbs = tr["micro_batch_size"] if cfg.moe_capacity_factor > 0 else len(xv)
+        loss_sum, right, counted = 0.0, 0.0, 0
         with torch.no_grad():
-            logits, loss = model(xv, yv)
-            acc = float((logits.argmax(-1) == yv)[yv >= 0].double().mean())
-        return float(loss), acc
+            for m0 in range(0, len(xv), mbs):
+                x, y = xv[m0:m0 + mbs], yv[m0:m0 + mbs]
+                logits, loss = model(x, y)
+                n = int((y >= 0).sum())
+                loss_sum += float(loss) * n
+                right += float((logits.argmax(-1) == y)[y >= 0].double().sum())
+                counted += n
+        return loss_sum / counted, right / counted
 
     def use_window(s):
         if window_of_step is not None:
@@ -472,7 +482,7 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
 
     use_window(0)
     val = [evaluate()]
-    losses, lrs, norms, z_terms, moe_aux, moe_z = [], [], [], [], [], []
+    losses, lrs, norms, z_terms, moe_aux, moe_z, moe_dropped = [], [], [], [], [], [], []
     for s in range(tr["steps"]):
         use_window(s)
         lr = ref.lr_at(s, tr["lr"], tr["warmup_steps"], tr["steps"], tr["schedule"],
@@ -494,7 +504,7 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
         if cfg.moe_experts:  # per micro-batch: its rows' routing and load-balancing term
             mbs, counted = tr["micro_batch_size"], int((y >= 0).sum())
             alpha, zc = tr.get("moe_aux_loss", 0.01), tr.get("moe_z_loss", 0.0)
-            ce, balance, zsum, every, every_z = 0.0, 0.0, 0.0, [], []
+            ce, balance, zsum, every, every_z, every_drop = 0.0, 0.0, 0.0, [], [], []
             parts = []
             for m0 in range(0, B, mbs):
                 with ref.moe_balance() as terms:
@@ -506,10 +516,12 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
                 zsum = zsum + sum(t[1] for t in terms) * rows / counted
                 every += [float(t[0]) for t in terms]
                 every_z += [float(t[1]) for t in terms]
+                every_drop += [float(t[2]) for t in terms]
                 parts.append(lg)
             logits, loss = torch.cat(parts), ce
             moe_aux.append(alpha * float(np.mean(every)))  # /train/moe_aux_loss
             moe_z.append(zc * float(np.mean(every_z)))  # /train/moe_z_loss
+            moe_dropped.append(float(np.mean(every_drop)))  # /train/moe_dropped
             objective = loss + alpha * balance + zc * zsum
         else:
             logits, loss = model(x, y)
@@ -532,6 +544,7 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
     torch_train.z_terms = z_terms  # train.z_loss: the mean term of each step
     torch_train.moe_aux_loss = moe_aux  # model.moe_experts: α times the mean balance term
     torch_train.moe_z_loss = moe_z  # and c times the mean router z term
+    torch_train.moe_dropped = moe_dropped  # and the mean fraction of choices over capacity
     return np.array(losses), np.array(lrs), np.array(norms), val, final
 
 
@@ -1104,6 +1117,32 @@ GRAD_CLIP = {"gpt2vocab": 1.0, "oddshapes": 1.0, "rope": 1.0, "rmsnorm": 1.2, "n
              "swiglu": 1.1, "llama": 1.7, "gqa": 1.7, "mqa": 1.0, "bigvocab": 1.0,
              "qknorm": 1.15, "ropescaling": 1.0, "qwen2": 1.8, "headdim": 1.8, "moe": 1.0,
              "moeswiglu": 1.7, "moemixed": 0.8}
+
+
+# model.moe_capacity_factor: each expert takes the first ceil(f·N·k/E) of a pass's choices (the
+# probe's 51 and 32 rows: 0.6 keeps 16 of 102 choices per expert of 4, 0.75 keeps 12 of 96 per
+# expert of 6), a dropped choice's expert output zero. Every gradient (with full recomputation
+# too) and 10 AdamW steps with the balancing loss against PyTorch's; the fraction dropped as
+# PyTorch counts it, and some dropped in every step.
+@pytest.mark.parametrize("name,factor", [("moe", 0.6), ("moeswiglu", 0.75)])
+def test_moe_capacity_matches_torch(name, factor, tmp_root, tmp_path):
+    case = next(c for c in CASES if c.name == name)
+    q = with_model(prepare(case, tmp_root), tmp_path, moe_capacity_factor=factor)
+    for recompute in ("none", "full"):
+        check_probe_against_torch(q, recompute)
+    sections = config_sections(q.case, q.dir, train__grad_clip=GRAD_CLIP[case.name])
+    compare_training(q, tmp_path, sections, "capacity")
+    m = ref.read_metrics(tmp_path / "runs" / "ref" / "metrics.h5")
+    want = np.array(torch_train.moe_dropped)
+    assert np.all(want > 0.05), want
+    np.testing.assert_allclose(m["train/moe_dropped"], want, rtol=1e-9, atol=1e-12)
+    # Without a capacity the same model drops nothing and trains otherwise.
+    plain = config_sections(q.case, q.dir, train__grad_clip=GRAD_CLIP[case.name],
+                            model__moe_capacity_factor=0.0)
+    dropless = replace(q, case=replace(q.case, cfg=replace(q.case.cfg, moe_capacity_factor=0.0)))
+    losses, *_ = torch_train(dropless, plain)
+    assert np.max(np.abs(losses - m["train/loss"]) / losses) > 1e-6
+    assert np.all(np.array(torch_train.moe_dropped) == 0)
 
 
 # A mixture of experts' loss terms, each with a large coefficient so that it moves the router:

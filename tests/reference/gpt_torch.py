@@ -90,6 +90,9 @@ class GptConfig:
     moe_experts: int = 0
     moe_top_k: int = 2
     moe_normalize: bool = True  # the k gates divided by their sum (Mixtral)
+    # model.moe_capacity_factor f: each expert takes the first ceil(f·N·k/E) of a pass's choices
+    # (in row, then rank order), the others add nothing; 0: all.
+    moe_capacity_factor: float = 0.0
     # model.moe_shared_hidden: shared experts, a dense MLP of this many units (the experts'
     # activation, no biases: mlp/shared/c_fc, mlp/shared/c_proj) added to the routed ones.
     moe_shared_hidden: int = 0
@@ -402,7 +405,8 @@ def head(params: Dict[str, torch.Tensor], cfg: GptConfig) -> torch.Tensor:
 
 # Within moe_balance(): each mixture-of-experts layer's forward appends (Switch's balance term
 # E·Σ_e f_e·P_e of the rows it routed (f_e: expert e's share of the N·k choices, a constant;
-# P_e: its mean probability, differentiable), ST-MoE's router z term mean_n (logsumexp_e z)²).
+# P_e: its mean probability, differentiable), ST-MoE's router z term mean_n (logsumexp_e z)², and
+# the fraction of its choices a capacity dropped.
 _MOE_TERMS: Optional[list] = None
 
 
@@ -438,8 +442,14 @@ def moe_mlp(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str,
         return gelu_tanh(a)
 
     out = torch.zeros_like(x)
+    n_choices, kept = x.shape[0] * k, 0
+    capacity = n_choices
+    if cfg.moe_capacity_factor > 0:
+        capacity = max(1, min(math.ceil(cfg.moe_capacity_factor * x.shape[0] * k / E), n_choices))
     for e in range(E):
-        rows, j = (choice == e).nonzero(as_tuple=True)
+        rows, j = (choice == e).nonzero(as_tuple=True)  # in row order, then rank within a row
+        rows, j = rows[:capacity], j[:capacity]
+        kept += rows.numel()
         if rows.numel() == 0:
             continue
         a = act(x[rows] @ w1[e].t(), cfg.hidden)
@@ -450,7 +460,8 @@ def moe_mlp(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str,
     if _MOE_TERMS is not None:
         f = torch.bincount(choice.reshape(-1), minlength=E).to(probs.dtype) / choice.numel()
         _MOE_TERMS.append((E * (f * probs.mean(0)).sum(),
-                           torch.logsumexp(router_logits, dim=-1).pow(2).mean()))
+                           torch.logsumexp(router_logits, dim=-1).pow(2).mean(),
+                           1.0 - kept / n_choices))
     return out.reshape(h.shape)
 
 

@@ -1,7 +1,7 @@
 // metrics.h5 (DESIGN.md §5): training curves written by rank 0. Groups /train and /val hold
 // 1-D chunked, extendible datasets of equal length within each group:
 //   /train/{step, loss, lr, grad_norm, tokens_per_sec, mfu, step_ms, tokens, skipped, z_loss,
-//           moe_aux_loss, moe_max_load, moe_z_loss}
+//           moe_aux_loss, moe_max_load, moe_z_loss, moe_dropped}
 //   /val/{step, loss, accuracy, choice_accuracy, choice_accuracy_by_sum, choice_accuracy_by_chars}
 //   /val_sets/<name>/{step, loss, accuracy}  (eval.sets: more validation sets)
 //   /norms/{step, grad_<g>, weight_<g>}      (train.norms_every: per layer g = wte, wpe, h0, ...)
@@ -33,6 +33,9 @@ struct TrainRow {
   double moe_max_load = std::numeric_limits<double>::quiet_NaN();
   // The router z-loss term's mean, c·lse² (train.moe_z_loss); NaN without one and in older files.
   double moe_z_loss = std::numeric_limits<double>::quiet_NaN();
+  // The fraction of the experts' choices over capacity and dropped (model.moe_capacity_factor),
+  // the mean over the step's layers and micro-batches; NaN without a capacity and in older files.
+  double moe_dropped = std::numeric_limits<double>::quiet_NaN();
 };
 
 struct ValRow {

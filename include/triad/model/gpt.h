@@ -150,10 +150,20 @@ struct GptShape {
   // (mlp/router/weight [E, C]) sends each token to moe_top_k of them: the softmax of its logits,
   // the k largest probabilities (renormalized to sum 1 under moe_normalize, as Mixtral; else
   // kept, as Switch and DeepSeek) weigh the chosen experts' outputs. Dropless: every expert takes
-  // all the tokens sent to it. The experts' weights are [E, fc_rows, C] (mlp/experts/c_fc) and
-  // [E, C, hidden] (mlp/experts/c_proj), each expert's split over tp as the dense MLP's.
+  // all the tokens sent to it, unless moe_capacity_factor = f > 0: then each expert takes at most
+  // moe_capacity(N) of a pass's N·k choices on a rank, the first in choice order, and a dropped
+  // choice's expert output is zero (Switch's and GShard's capacity). The experts' weights are [E,
+  // fc_rows, C] (mlp/experts/c_fc) and [E, C, hidden] (mlp/experts/c_proj), each expert's split
+  // over tp as the dense MLP's.
   int moe_experts = 0, moe_top_k = 2;
   bool moe_normalize = true;
+  double moe_capacity_factor = 0.0;
+  // The rows an expert takes of a pass of N rows: ceil(f·N·k/E) (at least 1), or all N·k.
+  int moe_capacity(int N) const {
+    if (moe_capacity_factor <= 0) return N * moe_top_k;
+    const double c = std::ceil(moe_capacity_factor * N * moe_top_k / moe_experts);
+    return std::max(1, int(std::min<double>(c, double(N) * moe_top_k)));
+  }
   // Shared experts (model.moe_shared_hidden > 0; DeepSeekMoE's, Qwen2-MoE's, Llama 4's): a dense
   // MLP of that many hidden units (the experts' activation, no biases) that every token passes
   // through, its output added to the routed experts' (mlp/shared/c_fc [shared_fc_rows, C],
@@ -402,8 +412,9 @@ struct LayerTensors;  // one layer's tensors in a parameter-shaped buffer (src/m
 
 struct MoeStats {
   double balance = 0, max_load = 0;
-  double z = 0;       // with a router z-loss: the mean over the rows of lse² (Gpt::set_moe_z_loss)
-  int64_t count = 0;  // layer passes
+  double z = 0;  // with a router z-loss: the mean over the rows of lse² (Gpt::set_moe_z_loss)
+  double dropped = 0;  // the fraction of the choices over capacity (model.moe_capacity_factor)
+  int64_t count = 0;   // layer passes
 };
 
 struct ForwardStats {
