@@ -212,7 +212,13 @@ RunPlan plan_run(const Config& cfg, int world_size) {
           (d - 1) / d * double(m.dp_reduce_scatter) + (d - 1) * double(m.dp_all_gather);
     } else if (replicas > 1) {
       m.dp_all_reduce = m.model.param_floats * sizeof(float);
-      m.dp_wire_bytes = 2 * (d - 1) / d * double(m.dp_all_reduce);
+      // Expert parallelism: the experts' part over their (dp/ep)·cp replicas.
+      size_t experts = 0;
+      for (const auto& s : specs)
+        if (s.expert_parallel) experts += s.numel;
+      const double de = d / p.grid.ep;
+      m.dp_wire_bytes = 2 * (d - 1) / d * double(m.dp_all_reduce - experts * sizeof(float)) +
+                        2 * (de - 1) / de * double(experts * sizeof(float));
     }
     if (cfg.optim.name == "muon") {
       // Muon (optim/muon.h): rank 0's Newton–Schulz, the first matrix of each round; with
@@ -252,6 +258,26 @@ RunPlan plan_run(const Config& cfg, int world_size) {
       const size_t mbs = size_t(p.micro_batches);
       m.cp_all_gather = (2 * size_t(m.layers) + size_t(recomputed)) * mbs * local * elem;
       m.cp_reduce_scatter = size_t(m.layers) * mbs * size_t(p.grid.cp) * local * sizeof(float);
+    }
+    if (p.grid.ep > 1) {
+      // One micro-batch's exchanges: per layer with experts its forward's counts and two of
+      // rows, the backward's two; a full recomputation reruns the forward's.
+      size_t passes = 0, forwards = 0;
+      for (int c = 0; c < mp.virtual_stages; ++c) {
+        const int g = mp.global_chunk(c), first = mp.first_layer(g, shape.n_layer);
+        for (int i = 0; i < mp.chunk_layers(g, shape.n_layer); ++i)
+          if (shape.moe_layer(first + i)) {
+            const size_t runs = p.recompute.in_layer(i) == Recompute::full ? 2 : 1;
+            forwards += runs;
+            passes += 2 * runs + 2;
+          }
+      }
+      const size_t rows =
+          size_t(p.micro_batch_size) * size_t(shape.seq_len / p.grid.cp) * size_t(shape.moe_top_k);
+      const size_t elem = p.precision == Precision::bf16 ? sizeof(bf16_t) : sizeof(float);
+      const size_t counts = forwards * size_t(shape.moe_experts) * sizeof(int);
+      m.ep_all_to_all =
+          size_t(p.micro_batches) * (passes * rows * size_t(shape.n_embd) * elem + counts);
     }
     p.stages.push_back(m);
   }
@@ -422,6 +448,18 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
       os << ", " << mb / (gbps * 1e3) * 1e3 << " ms at " << std::defaultfloat
          << std::setprecision(4) << gbps << std::fixed << " GB/s";
     os << " (not overlapped)";
+  }
+  if (g.ep > 1) {
+    // On average (ep−1)/ep of what a rank hands in goes to other ranks.
+    double most = 0;
+    for (const auto& s : p.stages) most = std::max(most, double(s.ep_all_to_all));
+    const double mb = most * (g.ep - 1) / g.ep / 1e6;
+    os << "\nexpert-parallel token exchange per step and rank: up to " << std::setprecision(1) << mb
+       << " MB over its link";
+    if (gbps > 0)
+      os << ", " << mb / (gbps * 1e3) * 1e3 << " ms at " << std::defaultfloat
+         << std::setprecision(4) << gbps << std::fixed << " GB/s";
+    os << " (all-to-alls, not overlapped)";
   }
   if (g.dp * g.cp > 1) {
     double wire = 0;

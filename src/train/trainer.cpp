@@ -349,6 +349,10 @@ TrainOutcome Trainer::run() {
   s.grid.cp().reset_stats();
   s.grid.tp().reset_stats();
   s.grid.pp().reset_stats();
+  if (cfg.parallel.ep > 1) {
+    s.grid.ep().reset_stats();
+    s.grid.edp().reset_stats();
+  }
   while (s.step < cfg.train.steps) {
     if (cfg.train.activations_every > 0 && s.step % cfg.train.activations_every == 0) {
       const std::vector<double> rms = s.activation_rms(s.step);  // before the step: 0 at init
@@ -599,6 +603,10 @@ TrainOutcome Trainer::run() {
   out.tp_traffic = s.grid.tp().stats();
   out.pp_traffic = s.grid.pp().stats();
   out.cp_traffic = s.grid.cp().stats();
+  if (cfg.parallel.ep > 1) {
+    out.ep_traffic = s.grid.ep().stats();
+    out.edp_traffic = s.grid.edp().stats();
+  }
   out.param_floats = s.model->num_floats();
   out.buffer_floats = s.model->buffer_floats();
   out.master_floats = s.model->master_end() - s.model->master_begin();

@@ -4,11 +4,13 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "../support/mpi_test_helpers.h"
 #include "../support/mpi_test_main.h"
 #include "../support/trainer_runs.h"
+#include "triad/train/run_plan.h"
 #include "triad/train/trainer.h"
 
 namespace triad {
@@ -86,6 +88,46 @@ TEST(DataParallel, CommunicationVolumeMatchesTheFormulas) {
     }
     EXPECT_EQ(t.bytes[CommStats::kSend] + t.bytes[CommStats::kRecv], 0u);
   }
+}
+
+// Expert parallelism's traffic (docs/parallelism.md): per layer with experts and micro-batch of
+// N rows, each rank sends the others its E/ep counts for each, then its rows four times (the
+// inputs and the outputs' gradients to the experts' ranks, the outputs and the inputs'
+// gradients back): over the group 4·ep·N·k rows of C floats, and 5 all-to-alls on each rank.
+// The experts' gradients are all-reduced over their replicas (edp), the rest over dp: together
+// the whole gradient, each element once.
+TEST(DataParallel, ExpertParallelTrafficMatchesTheFormulas) {
+  if (world_size() < 2) GTEST_SKIP() << "needs 2 ranks";
+  const std::string dir = shared_dir("traffic");
+  const int steps = 6, dp = 2, ep = 2, accum = 2, E = 4, k = 2, H = 64, L = 2, C = 32, T = 16;
+  std::vector<std::string> args =
+      triad::testing::small_run_args(dir, "traffic_ep", {L, 2, C, T, 256}, 16, 16 / (dp * accum));
+  // No evaluations: their forward passes would exchange rows too.
+  *(std::find(args.begin(), args.end(), "--eval.sequences") + 1) = "0";
+  args.insert(args.end(), {"--resume", "none", "--model.moe_experts", std::to_string(E),
+                           "--model.moe_top_k", std::to_string(k), "--model.mlp_hidden",
+                           std::to_string(H), "--parallel.ep", std::to_string(ep)});
+  const Result r = run_trainer(dp, args);
+  // r.out is this rank's own (run_trainer broadcasts only the losses and weights).
+  const bool in = world_rank() < dp;
+  const CommStats& t = r.out.ep_traffic;
+  uint64_t group = in ? t.bytes[CommStats::kAllToAll] : 0;
+  MPI_Allreduce(MPI_IN_PLACE, &group, 1, MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD);
+  const uint64_t N = uint64_t(16 / (dp * accum)) * T, passes = uint64_t(steps) * accum * L;
+  EXPECT_EQ(group, passes * (ep * E * 4 + 4 * ep * N * k * C * 4));
+  // triad-train --plan says the same: what each rank hands in without a capacity.
+  std::vector<const char*> argv;
+  for (auto& a : args) argv.push_back(a.c_str());
+  const RunPlan plan = plan_run(parse_train_command_line(int(argv.size()), argv.data()).config, dp);
+  EXPECT_EQ(group, uint64_t(steps) * ep * plan.stages[0].ep_all_to_all);
+  if (!in) return;
+  EXPECT_EQ(t.calls[CommStats::kAllToAll], passes * 5);
+  // Each rank's experts: E/ep of [H, C] and [C, H] per layer (16-float aligned already).
+  const uint64_t experts = uint64_t(L) * 2 * (E / ep) * H * C;
+  EXPECT_EQ(r.out.edp_traffic.bytes[CommStats::kAllReduce], steps * experts * 4);
+  EXPECT_EQ(r.out.dp_traffic.bytes[CommStats::kAllReduce] +
+                r.out.edp_traffic.bytes[CommStats::kAllReduce],
+            steps * r.out.param_floats * 4);
 }
 
 // train.freeze: a bucket of frozen tensors only is not reduced. With the embeddings (wte

@@ -81,6 +81,11 @@ struct StageMemory {
   // full recomputation's rerun; bf16 or fp32) and the reduce-scatter of their gradients (the
   // whole sequences', in fp32), for every micro-batch.
   size_t cp_all_gather = 0, cp_reduce_scatter = 0;
+  // Expert parallelism (ep > 1): what this rank hands the expert-parallel group per step at most
+  // (CommStats bytes): each layer with experts sends its micro-batch's n·k rows four times (to
+  // the experts and back, forward and backward; a full recomputation reruns the forward's two)
+  // and its E counts before each pass (a capacity sends only the kept rows: fewer).
+  size_t ep_all_to_all = 0;
   size_t total() const { return model.total() + optimizer + grad_shard; }
 };
 

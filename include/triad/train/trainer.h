@@ -45,8 +45,10 @@ struct TrainOutcome {
   // What the data-parallel communicator moved during the training steps (evaluations
   // included), and the sizes it follows from (docs/parallelism.md, "Communication volume").
   CommStats dp_traffic;
-  CommStats tp_traffic, pp_traffic;            // the tensor- and pipeline-parallel groups, likewise
-  CommStats cp_traffic;                        // and the context-parallel group
+  CommStats tp_traffic, pp_traffic;  // the tensor- and pipeline-parallel groups, likewise
+  CommStats cp_traffic;              // and the context-parallel group
+  CommStats ep_traffic;   // and the expert-parallel group's token exchanges (parallel.ep > 1)
+  CommStats edp_traffic;  // and the experts' replicas' gradient reductions (parallel.ep > 1)
   size_t param_floats = 0, buffer_floats = 0;  // this rank's part of the model
   size_t master_floats = 0;     // the fp32 (master) weights it keeps: its ZeRO-1 slice in bf16
   size_t optimizer_floats = 0;  // this rank's optimizer state
