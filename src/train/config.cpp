@@ -1002,9 +1002,9 @@ void validate(const Config& c, int world_size) {
               std::to_string(m.moe_experts) + ") it divides: each rank holds 1/ep of the experts");
     check(par.tp == 1, "parallel.ep",
           ep + " needs parallel.tp = 1: experts split over both is not supported yet");
-    check(par.zero == 0, "parallel.ep",
-          ep + " needs parallel.zero = 0: the optimizer state is not sharded over the experts' "
-               "replicas yet");
+    check(par.zero <= 1, "parallel.ep",
+          ep + " needs parallel.zero = 0 or 1: ZeRO-2 and 3 do not slice the experts over their "
+               "own replicas yet");
     check(dp % par.ep == 0, "parallel.ep",
           ep + " must divide the data-parallel size (" + std::to_string(dp) +
               " = ranks / (parallel.tp · parallel.pp · parallel.cp)): experts are shared by "

@@ -108,7 +108,9 @@ ActivationOptions activation_options(const Config& cfg) {
       cfg.train.logits_chunk);
 }
 
-bool zero_gathers_bf16(const Config& cfg) { return cfg.bf16(); }
+// Expert parallelism keeps the whole fp32 master on every rank (its experts' slices and the
+// rest's differ) and gathers it in fp32.
+bool zero_gathers_bf16(const Config& cfg) { return cfg.bf16() && cfg.parallel.ep == 1; }
 
 PipelineSchedule pipeline_schedule(const Config& cfg, int m) {
   const int pp = cfg.parallel.pp, v = cfg.parallel.virtual_stages;
@@ -180,6 +182,19 @@ RunPlan plan_run(const Config& cfg, int world_size) {
     const auto trained = trainable_specs(specs, gpt_parameter_layout(shape), cfg.train.freeze);
     m.optimizer = Optimizer::state_bytes_for(cfg.optim, range, trained, p.grid.tp, replicas);
     m.grad_shard = zero ? range * sizeof(float) : 0;
+    if (zero && p.grid.ep > 1) {
+      // ZeRO-1 with expert parallelism (Trainer::State): the experts' state and gradient in
+      // slices over their replicas apart, and a copy of the slice for the gather.
+      std::vector<ParamSpec> dense, experts;
+      for (const auto& s : trained) (s.expert_parallel ? experts : dense).push_back(s);
+      const size_t expert_range = m.model.buffer_floats / size_t(replicas / p.grid.ep);
+      m.optimizer = Optimizer::state_bytes_for(cfg.optim, range, dense, p.grid.tp, replicas);
+      if (!experts.empty()) {
+        m.optimizer += Optimizer::state_bytes_for(cfg.optim, expert_range, experts, p.grid.tp,
+                                                  replicas / p.grid.ep);
+        m.grad_shard += 2 * expert_range * sizeof(float);
+      }
+    }
     m.flops_per_token = stage_flops_per_token(specs, shape, mp, m.layers);
     m.recompute_flops_per_token = Gpt::recompute_flops_per_token(shape, mp, p.recompute);
     m.weight_grad_flops_per_token = weight_grad_flops_per_token(specs, shape);

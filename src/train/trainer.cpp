@@ -281,7 +281,8 @@ TrainOutcome Trainer::run() {
     // The weights held: fp32 (a slice where the master is sharded), the bf16 copy, and ZeRO-3's
     // gathered ones.
     const double param_mb = largest(s.model->weight_bytes());
-    const double opt_mb = largest(s.opt->state_bytes());
+    const double opt_mb =
+        largest(s.opt->state_bytes() + (s.expert_opt ? s.expert_opt->state_bytes() : 0));
     const double act_mb = largest(s.model->activation_bytes());
     const double all_mb = largest(s.be->allocated_bytes());
     std::ostringstream os;
@@ -407,7 +408,7 @@ TrainOutcome Trainer::run() {
       }
     } else {
       // The slices' padding past the parameters is no bucket's: zero.
-      if (zero) s.be->zero(s.grad_shard, s.shard_hi - s.shard_lo);
+      if (zero) s.zero_grad_shards();
       for (int m = 0; m < accum; ++m) {
         // The last micro-batch's backward hands each finished bucket (ln_f and the head, every
         // layer, the embeddings) to a non-blocking all-reduce (no ZeRO) or reduction into the
@@ -464,7 +465,14 @@ TrainOutcome Trainer::run() {
     // global norm of the whole gradient.
     float* g = zero ? s.grad_shard : s.model->grads();
     const size_t lo = zero ? s.shard_lo : 0, hi = zero ? s.shard_hi : s.model->num_floats();
-    if (zero && s.grid.shape().pp > 1) s.grid.dp().reduce_scatter_sum(s.model->grads(), g, hi - lo);
+    if (zero && s.grid.shape().pp > 1) {
+      if (s.expert_opt) {  // the experts' pieces to their own replicas
+        s.zero_grad_shards();
+        s.reduce_bucket(0, s.model->num_floats(), s.model->grads(), false).wait();
+      } else {
+        s.grid.dp().reduce_scatter_sum(s.model->grads(), g, hi - lo);
+      }
+    }
     const double norm = s.grad_norm(g, lo, hi);
     if (cfg.train.norms_every > 0 && st % cfg.train.norms_every == 0) {
       std::vector<double> grad_norms, weight_norms;
@@ -515,6 +523,15 @@ TrainOutcome Trainer::run() {
                          : nullptr;
       s.opt->update(s.model->params() + (lo - s.model->master_begin()), g, lr, st + 1, copy,
                     clip_scale(norm, cfg.train.grad_clip), muon_lr_at(cfg.train, cfg.optim, at));
+      if (s.expert_opt) {
+        const size_t elo = s.expert_lo;
+        bf16_t* ecopy = s.model->params_bf16() != nullptr
+                            ? s.model->params_bf16() + (elo - s.model->copy_begin())
+                            : nullptr;
+        s.expert_opt->update(
+            s.model->params() + (elo - s.model->master_begin()), s.expert_grad_shard, lr, st + 1,
+            ecopy, clip_scale(norm, cfg.train.grad_clip), muon_lr_at(cfg.train, cfg.optim, at));
+      }
       if (s.model->gathered_weights()) {
         // ZeRO-3: nothing to gather now; the layers gather the weights they read from the slices.
         s.model->weights_changed();
@@ -524,7 +541,9 @@ TrainOutcome Trainer::run() {
         s.grid.dp().all_gather(reinterpret_cast<float*>(copy + lo), reinterpret_cast<float*>(copy),
                                (hi - lo) / 2);
       } else if (zero) {
+        s.stash_experts();
         s.grid.dp().all_gather(s.model->params() + lo, s.model->params(), hi - lo);
+        s.gather_experts();
         s.model->params_updated();
       }
       s.model->sync_tied_embedding(!gather_bf16);
@@ -610,7 +629,8 @@ TrainOutcome Trainer::run() {
   out.param_floats = s.model->num_floats();
   out.buffer_floats = s.model->buffer_floats();
   out.master_floats = s.model->master_end() - s.model->master_begin();
-  out.optimizer_floats = s.opt->state_bytes() / sizeof(float);
+  out.optimizer_floats =
+      (s.opt->state_bytes() + (s.expert_opt ? s.expert_opt->state_bytes() : 0)) / sizeof(float);
   out.allocated_bytes = s.be->allocated_bytes();
   out.last_eval = s.last_eval;
   return out;

@@ -141,7 +141,8 @@ void Trainer::State::setup_model() {
   const size_t S = model->buffer_floats() / size_t(replicas);
   shard_lo = size_t(replica_rank) * S;
   shard_hi = shard_lo + S;
-  // Expert parallelism (ZeRO 0): the expert tensors' saves are sliced over their own replicas.
+  // Expert parallelism: the expert tensors' saves (and under ZeRO-1 their optimizer state and
+  // gradient) are sliced over their own replicas.
   const size_t SE = model->buffer_floats() / size_t(grid.expert_replicas());
   expert_lo = size_t(grid.expert_replica_rank()) * SE;
   expert_hi = expert_lo + SE;
@@ -153,9 +154,18 @@ void Trainer::State::setup_model() {
   const std::vector<ParamSpec> trained =
       trainable_specs(model->specs(), gpt_parameter_layout(model_shape()), cfg.train.freeze);
   if (cfg.parallel.zero >= 1) {
-    opt = std::make_unique<Optimizer>(cfg.optim, trained, shard_lo, shard_hi, *be, &grid.dp(),
+    // Expert parallelism: the experts' state and gradient in slices over their own replicas.
+    std::vector<ParamSpec> dense, experts;
+    for (const auto& s : trained) (s.expert_parallel ? experts : dense).push_back(s);
+    opt = std::make_unique<Optimizer>(cfg.optim, dense, shard_lo, shard_hi, *be, &grid.dp(),
                                       &grid.tp(), true, hidden_lr);
     grad_shard = be->alloc(S);
+    if (!experts.empty()) {
+      expert_opt = std::make_unique<Optimizer>(cfg.optim, experts, expert_lo, expert_hi, *be,
+                                               &grid.edp(), &grid.tp(), true, hidden_lr);
+      expert_grad_shard = be->alloc(SE);
+      expert_stash = be->alloc(SE);
+    }
   } else {
     opt = std::make_unique<Optimizer>(cfg.optim, trained, 0, model->buffer_floats(), *be,
                                       &grid.dp(), &grid.tp(), false, hidden_lr);
@@ -210,12 +220,16 @@ void Trainer::State::layer_norms(const float* g, size_t lo, size_t hi, std::vect
   // the slice, where the fp32 weights are current too.
   for (const auto& s : model->specs()) {
     if (!counts_in_norms(s)) continue;
-    const size_t x = std::max(s.offset, lo), y = std::min(s.offset + s.numel, hi);
+    // ZeRO with expert parallelism: an expert tensor's gradient from the experts' own slice.
+    const bool own = expert_opt && s.expert_parallel;
+    const float* buf = own ? expert_grad_shard : g;
+    const size_t from = own ? expert_lo : lo, to = own ? expert_hi : hi;
+    const size_t x = std::max(s.offset, from), y = std::min(s.offset + s.numel, to);
     if (x >= y) continue;
     const size_t k =
         size_t(std::find(groups.begin(), groups.end(), layer_of(s.name)) - groups.begin());
     // A frozen tensor's gradient is no update's (and no reduction sums it): its weight counts.
-    if (!frozen_tensor(cfg.train.freeze, s.name)) sq[k] += be->sum_squares(g + (x - lo), y - x);
+    if (!frozen_tensor(cfg.train.freeze, s.name)) sq[k] += be->sum_squares(buf + (x - from), y - x);
     sq[groups.size() + k] += be->sum_squares(model->params() + (x - model->master_begin()), y - x);
   }
   MPI_Allreduce(MPI_IN_PLACE, sq.data(), int(sq.size()), MPI_DOUBLE, MPI_SUM, grid.world());
@@ -257,6 +271,10 @@ CommRequest Trainer::State::reduce_replicas(size_t off, size_t n, float* data) {
     at = b;
   }
   reduce(at, end, grid.dp());
+  return joined(reqs);
+}
+
+CommRequest Trainer::State::joined(std::shared_ptr<std::vector<CommRequest>> reqs) {
   CommRequest all;
   all.on_complete([reqs] {
     for (auto& r : *reqs) r.wait();
@@ -265,11 +283,64 @@ CommRequest Trainer::State::reduce_replicas(size_t off, size_t n, float* data) {
 }
 
 CommRequest Trainer::State::reduce_bucket(size_t off, size_t n, float* data, bool accumulate) {
-  const std::vector<size_t> counts = slice_pieces(off, off + n, shard_hi - shard_lo, replicas);
-  const size_t mine = counts[size_t(replica_rank)], a = std::max(off, shard_lo);
-  float* sum = grad_shard + (mine > 0 ? a - shard_lo : 0);
-  if (accumulate && mine > 0) be->accumulate(data + (a - off), sum, mine);
-  return grid.dp().ireduce_scatter_pieces_sum(data, sum, counts);
+  // The part [a, b) of the bucket (at piece) into the slices of `ranks` ranks of `slice`
+  // elements each, this one's (number `rank`, from `lo`) at shard.
+  auto scatter = [&](size_t a, size_t b, float* piece, Comm& comm, size_t lo, size_t slice,
+                     int ranks, int rank, float* shard) {
+    const std::vector<size_t> counts = slice_pieces(a, b, slice, ranks);
+    const size_t mine = counts[size_t(rank)], x = std::max(a, lo);
+    float* sum = shard + (mine > 0 ? x - lo : 0);
+    if (accumulate && mine > 0) be->accumulate(piece + (x - a), sum, mine);
+    return comm.ireduce_scatter_pieces_sum(piece, sum, counts);
+  };
+  const size_t S = shard_hi - shard_lo;
+  if (!expert_opt)
+    return scatter(off, off + n, data, grid.dp(), shard_lo, S, replicas, replica_rank, grad_shard);
+  // Expert parallelism: the expert tensors' pieces into their own replicas' slices.
+  auto reqs = std::make_shared<std::vector<CommRequest>>();
+  size_t at = off;
+  const size_t end = off + n;
+  auto dense = [&](size_t a, size_t b) {
+    if (a < b)
+      reqs->push_back(scatter(a, b, data + (a - off), grid.dp(), shard_lo, S, replicas,
+                              replica_rank, grad_shard));
+  };
+  for (const auto& [lo, hi] : expert_extents) {
+    const size_t a = std::max(lo, at), b = std::min(hi, end);
+    if (a >= b) continue;
+    dense(at, a);
+    reqs->push_back(scatter(a, b, data + (a - off), grid.edp(), expert_lo, expert_hi - expert_lo,
+                            grid.expert_replicas(), expert_replica_rank, expert_grad_shard));
+    at = b;
+  }
+  dense(at, end);
+  return joined(reqs);
+}
+
+void Trainer::State::zero_grad_shards() {
+  be->zero(grad_shard, shard_hi - shard_lo);
+  if (expert_grad_shard) be->zero(expert_grad_shard, expert_hi - expert_lo);
+}
+
+void Trainer::State::stash_experts() {
+  if (expert_opt)
+    be->copy(expert_stash, model->params() + (expert_lo - model->master_begin()),
+             expert_hi - expert_lo);
+}
+
+void Trainer::State::gather_experts() {
+  if (!expert_opt) return;
+  // The data-parallel gather brought other expert-parallel ranks' experts into the extents:
+  // each piece comes again from the slice of the expert replica that holds it (stashed before).
+  float* p = model->params() - model->master_begin();
+  for (const auto& [a, b] : expert_extents) {
+    const std::vector<size_t> counts =
+        slice_pieces(a, b, expert_hi - expert_lo, grid.expert_replicas());
+    const size_t x = std::max(a, expert_lo);
+    const float* mine =
+        expert_stash + (counts[size_t(expert_replica_rank)] > 0 ? x - expert_lo : 0);
+    grid.edp().iall_gather_pieces(mine, p + a, counts).wait();
+  }
 }
 
 double Trainer::State::grad_norm(const float* g, size_t lo, size_t hi) {
@@ -277,15 +348,20 @@ double Trainer::State::grad_norm(const float* g, size_t lo, size_t hi) {
   // over the world. Without ZeRO every data-parallel replica holds the whole reduced gradient,
   // so only dp rank 0 contributes; with ZeRO each rank holds a disjoint slice.
   // Expert parallelism: the first of each expert tensor's replicas counts it.
+  // Under ZeRO with expert parallelism the experts' come from their own slice.
   double sq = 0;
-  auto add = [&](const std::vector<std::pair<size_t, size_t>>& ranges) {
+  auto add = [&](const std::vector<std::pair<size_t, size_t>>& ranges, const float* buf,
+                 size_t from, size_t to) {
     for (const auto& [a, b] : ranges) {
-      const size_t x = std::max(a, lo), y = std::min(b, hi);
-      if (x < y) sq += be->sum_squares(g + (x - lo), y - x);
+      const size_t x = std::max(a, from), y = std::min(b, to);
+      if (x < y) sq += be->sum_squares(buf + (x - from), y - x);
     }
   };
-  if (cfg.parallel.zero >= 1 || replica_rank == 0) add(counted);
-  if (cfg.parallel.zero >= 1 || expert_replica_rank == 0) add(counted_experts);
+  if (cfg.parallel.zero >= 1 || replica_rank == 0) add(counted, g, lo, hi);
+  if (expert_opt)
+    add(counted_experts, expert_grad_shard, expert_lo, expert_hi);
+  else if (cfg.parallel.zero >= 1 || expert_replica_rank == 0)
+    add(counted_experts, g, lo, hi);
   if (grid.world_size() > 1) sq = grid.all().all_reduce_sum(sq);
   return std::sqrt(sq);
 }
@@ -295,6 +371,8 @@ Trainer::State::~State() {
   // collective a peer will never join (the grid outlives the backend and model).
   if (std::uncaught_exceptions() > 0) grid.abort_comms();
   if (grad_shard) be->free(grad_shard);
+  if (expert_grad_shard) be->free(expert_grad_shard);
+  if (expert_stash) be->free(expert_stash);
 }
 
 std::vector<TensorRef> Trainer::State::tensor_refs(float* base, size_t first, bool whole) const {
@@ -307,11 +385,13 @@ float* Trainer::State::param_base() {
   return host_params.data();
 }
 
-float* Trainer::State::slot_base(size_t i) {
-  if (!on_device) return opt->slot(i);
-  host_slots.resize(opt->slot_count());
-  host_slots[i].resize(opt->end() - opt->begin());
-  return host_slots[i].data();
+float* Trainer::State::slot_base(size_t i, bool experts) {
+  Optimizer& o = experts ? *expert_opt : *opt;
+  if (!on_device) return o.slot(i);
+  auto& mirror = experts ? host_expert_slots : host_slots;
+  mirror.resize(o.slot_count());
+  mirror[i].resize(o.end() - o.begin());
+  return mirror[i].data();
 }
 
 void Trainer::State::stage_to_host() {
@@ -320,14 +400,22 @@ void Trainer::State::stage_to_host() {
     be->copy_to_host(param_base() + model->master_begin(), model->params(),
                      model->master_end() - model->master_begin());
   if (on_device)
-    for (size_t i = 0; i < opt->slot_count(); ++i)
-      be->copy_to_host(slot_base(i), opt->slot(i), opt->end() - opt->begin());
+    for (bool experts : {false, true}) {
+      if (experts && !expert_opt) continue;
+      Optimizer& o = experts ? *expert_opt : *opt;
+      for (size_t i = 0; i < o.slot_count(); ++i)
+        be->copy_to_host(slot_base(i, experts), o.slot(i), o.end() - o.begin());
+    }
 }
 
 void Trainer::State::stage_to_device(bool with_optimizer) {
   if (on_device && with_optimizer)
-    for (size_t i = 0; i < opt->slot_count(); ++i)
-      be->copy_from_host(opt->slot(i), slot_base(i), opt->end() - opt->begin());
+    for (bool experts : {false, true}) {
+      if (experts && !expert_opt) continue;
+      Optimizer& o = experts ? *expert_opt : *opt;
+      for (size_t i = 0; i < o.slot_count(); ++i)
+        be->copy_from_host(o.slot(i), slot_base(i, experts), o.end() - o.begin());
+    }
   if (param_base() != model->params())
     model->set_params(param_base());
   else
@@ -342,6 +430,12 @@ std::vector<TensorGroup> Trainer::State::groups(bool with_optimizer, bool for_sa
       const size_t first = zero ? shard_lo : 0;
       // Every rank keeps the same names (the reads and writes are collective).
       auto refs = tensor_refs(slot_base(sg.slot), first, !for_save && !zero);
+      if (expert_opt) {  // ZeRO with expert parallelism: the experts' state is its own slice
+        const auto own = model_tensor_refs(*model, slot_base(sg.slot, true), expert_lo, false,
+                                           expert_lo, expert_hi, expert_lo, expert_hi);
+        for (size_t i = 0; i < refs.size(); ++i)
+          if (is_expert_tensor(refs[i].name)) refs[i] = own[i];
+      }
       std::erase_if(
           refs, [&](const TensorRef& t) { return !Optimizer::group_holds(sg.tensors, t.name); });
       g.push_back({"optimizer/" + sg.name, std::move(refs)});
@@ -538,6 +632,7 @@ void Trainer::State::load_from(const std::string& path, bool resume) {
   if (!resume) {
     load_weights(path);
     opt->reset();
+    if (expert_opt) expert_opt->reset();
     say("initialized weights from " + path + " (fresh optimizer)");
     return;
   }

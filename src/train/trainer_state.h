@@ -65,7 +65,7 @@ struct Trainer::State {
   // parameters), which reduce gradients and cut ZeRO slices and checkpoint writes among them.
   int dp = 1, dp_rank = 0, replicas = 1, replica_rank = 0;
   size_t shard_lo = 0, shard_hi = 0;
-  // Expert parallelism (parallel.ep > 1; ZeRO 0): the expert tensors this rank holds have
+  // Expert parallelism (parallel.ep > 1; ZeRO 0 or 1): the expert tensors this rank holds have
   // expert_replicas copies (ProcessGrid::edp()), among which it is expert_replica_rank: it writes
   // their part within [expert_lo, expert_hi) into checkpoints, and counts them in the norms
   // when it is the first. Without it the expert tensors are replicated as the rest.
@@ -76,6 +76,11 @@ struct Trainer::State {
   // Whether this rank counts the tensor in the gradient and weight norms (not a replica).
   bool counts_in_norms(const ParamSpec& s) const;
   float* grad_shard = nullptr;  // ZeRO-1: the reduce-scattered gradient of the slice
+  // ZeRO-1 with expert parallelism: the expert tensors' optimizer, over [expert_lo, expert_hi)
+  // (opt then holds the other tensors), their reduce-scattered gradient and the weights' stash.
+  std::unique_ptr<Optimizer> expert_opt;
+  float* expert_grad_shard = nullptr;
+  float* expert_stash = nullptr;
   // Ranges of the parameter buffer whose gradients count in the global norm (see setup_model);
   // under expert parallelism the expert tensors' apart (counted_experts).
   std::vector<std::pair<size_t, size_t>> counted, counted_experts;
@@ -88,7 +93,7 @@ struct Trainer::State {
   std::string comm_desc = "mpi";  // how ranks communicate, for the start line
   std::string flash_desc;         // the flash-attention kernel (cuda, bf16), for the start line
   std::vector<float> host_params;
-  std::vector<std::vector<float>> host_slots;
+  std::vector<std::vector<float>> host_slots, host_expert_slots;
   double peak_flops = 0;
   std::vector<int32_t> inputs, targets;
   BatchRampup ramp;            // train.batch_rampup
@@ -122,6 +127,15 @@ struct Trainer::State {
   // Without ZeRO: the gradient [off, off + n) of the buffer, at data, summed over its replicas
   // in place (non-blocking): over dp(), and the parts of expert-parallel tensors over edp().
   CommRequest reduce_replicas(size_t off, size_t n, float* data);
+  // One request that waits for all of reqs.
+  static CommRequest joined(std::shared_ptr<std::vector<CommRequest>> reqs);
+  // ZeRO-1 with expert parallelism (expert_opt): after the update, stash_experts() copies this
+  // rank's slice [expert_lo, expert_hi) of the weights aside, and after the data-parallel gather
+  // of the weights (which fills the expert extents with other expert-parallel ranks' experts)
+  // gather_experts() gathers every expert extent again over edp() from the stashed slices.
+  void stash_experts();
+  void gather_experts();
+  void zero_grad_shards();  // ZeRO: grad_shard (and expert_grad_shard) = 0
   // Global L2 norm of the gradient, from the part [lo, hi) of the buffer this rank holds at g.
   double grad_norm(const float* g, size_t lo, size_t hi);
   // train.norms_every: the layers of the model ("wte", "wpe" (learned positions), "h0", ...,
@@ -142,7 +156,7 @@ struct Trainer::State {
 
   // Host-addressable parameter / optimizer-state buffers (mirrors for a device backend).
   float* param_base();
-  float* slot_base(size_t i);
+  float* slot_base(size_t i, bool experts = false);  // experts: expert_opt's
   void stage_to_host();
   void stage_to_device(bool with_optimizer);
 

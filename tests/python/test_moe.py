@@ -87,6 +87,9 @@ def test_expert_parallelism_trains_alike_and_its_checkpoints_reshard(tmp_path):
                     (4, ["--parallel.ep", 2]),
                     (4, ["--parallel.ep", 4]),
                     (4, ["--parallel.ep", 2, "--parallel.pp", 2]),
+                    (2, ["--parallel.ep", 2, "--parallel.zero", 1]),
+                    (4, ["--parallel.ep", 2, "--parallel.zero", 1]),
+                    (4, ["--parallel.ep", 2, "--parallel.pp", 2, "--parallel.zero", 1]),
                     (4, ["--parallel.ep", 2, "--parallel.cp", 2, "--train.moe_aux_loss", 0]),
                     (2, ["--parallel.ep", 2, "--train.recompute", "full"])):
         name = f"ep{n}_" + "_".join(map(str, grid[1::2]))
@@ -106,11 +109,14 @@ def test_expert_parallelism_trains_alike_and_its_checkpoints_reshard(tmp_path):
     for k in ("loss", "grad_norm", "moe_z_loss"):
         np.testing.assert_allclose(got[k], plain[k], rtol=3e-5, err_msg=f"ep with cp {k}")
     # bf16 rows travel as bf16 (measured: 1e-5 from one rank's bf16 run over 6 steps).
-    for n, grid, name in ((1, [], "one_bf16"), (4, ["--parallel.ep", 4], "ep_bf16")):
+    for n, grid, name in ((1, [], "one_bf16"), (4, ["--parallel.ep", 4], "ep_bf16"),
+                          (4, ["--parallel.ep", 2, "--parallel.zero", 1], "ep_bf16_zero")):
         p = run(n, "--config", cfg, "--run.name", name, "--run.precision", "bf16", *grid)
         assert p.returncode == 0, name + p.stdout + p.stderr
-    np.testing.assert_allclose(curves(tmp_path / "runs" / "ep_bf16")["loss"],
-                               curves(tmp_path / "runs" / "one_bf16")["loss"], rtol=5e-5)
+    for name in ("ep_bf16", "ep_bf16_zero"):
+        np.testing.assert_allclose(curves(tmp_path / "runs" / name)["loss"],
+                                   curves(tmp_path / "runs" / "one_bf16")["loss"], rtol=5e-5,
+                                   err_msg=name)
     # The checkpoint holds every expert whole; ep = 2's resumes on one rank, one rank's at ep = 2,
     # and ep = 2's at ep = 2 bit for bit.
     ep_ckpt = tmp_path / "runs" / "ep2_2" / "ckpt" / "step_00000003.h5"
@@ -123,7 +129,12 @@ def test_expert_parallelism_trains_alike_and_its_checkpoints_reshard(tmp_path):
                                    b["model/h/0/mlp/experts/c_fc/weight"][:], rtol=1e-4,
                                    atol=1e-6)
     exact = curves(tmp_path / "runs" / "ep2_2")
+    zero_ckpt = tmp_path / "runs" / "ep4_2_1" / "ckpt" / "step_00000003.h5"
+    exact_zero = curves(tmp_path / "runs" / "ep4_2_1")
     for n, ckpt, grid, name, ref, rtol in (
+            (4, zero_ckpt, ["--parallel.ep", 2, "--parallel.zero", 1], "same_ep_zero", exact_zero,
+             0),
+            (1, zero_ckpt, [], "zero_to_one", want, 3e-5),
             (1, ep_ckpt, [], "to_one", want, 3e-5),
             (2, tmp_path / "runs" / "one" / "ckpt" / "step_00000003.h5", ["--parallel.ep", 2],
              "to_ep", want, 3e-5),
@@ -155,6 +166,7 @@ def test_capacity_drops_alike_on_every_grid(tmp_path):
         dropped = f["train"]["moe_dropped"][:]
     assert np.all(dropped > 0.01) and np.all(dropped < 0.5), dropped
     for n, grid in ((2, ["--parallel.ep", 2]), (4, ["--parallel.ep", 4]),
+                    (4, ["--parallel.ep", 2, "--parallel.zero", 1]),
                     (2, ["--parallel.zero", 1]), (2, ["--parallel.tp", 2]),
                     (2, ["--parallel.ep", 2, "--train.recompute", "full"])):
         name = f"g{n}_" + "_".join(k.split(".")[-1] + str(v) for k, v in zip(grid[::2], grid[1::2]))
@@ -259,7 +271,8 @@ def test_moe_refuses_what_it_cannot_run(tmp_path):
     # Expert parallelism: on every rank, one error naming the key.
     for n, over, words in (
             (4, {"parallel__ep": 2, "parallel__tp": 2}, "parallel.ep = 2 needs parallel.tp = 1"),
-            (2, {"parallel__ep": 2, "parallel__zero": 1}, "parallel.ep = 2 needs parallel.zero = 0"),
+            (2, {"parallel__ep": 2, "parallel__zero": 2},
+             "parallel.ep = 2 needs parallel.zero = 0 or 1"),
             (3, {"parallel__ep": 3, "train__batch_size": 12}, "model.moe_experts (4)"),
             (2, {"parallel__ep": 4, "model__moe_experts": 8},
              "parallel.ep = 4 must divide the data-parallel size"),
