@@ -97,14 +97,14 @@ class LayoutBuilder {
     s.name = std::move(name);
     s.shape = std::move(shape);
     s.local = s.shape;
-    if (ep_ > 1 && is_expert_tensor(s.name)) {  // whole experts (tp = 1: config checks it)
-      TRIAD_ASSERT(tp_ == 1 && s.shape[0] % ep_ == 0);
+    if (ep_ > 1 && is_expert_tensor(s.name)) {  // its experts [ep_rank·E/ep, (ep_rank+1)·E/ep)
+      TRIAD_ASSERT(s.shape[0] % ep_ == 0);
       s.local[0] /= ep_;
-      s.split_axis = 0;
-      s.split_parts = ep_;
-      s.split_part = ep_rank_;
+      s.expert_parts = ep_;
+      s.expert_part = ep_rank_;
       s.expert_parallel = true;
-    } else if (tp_ > 1 && axis >= 0) {
+    }
+    if (tp_ > 1 && axis >= 0) {
       s.local[size_t(axis)] /= tp_;
       s.split_axis = axis;
       s.split_blocks = blocks;
@@ -243,25 +243,27 @@ size_t tied_scratch_floats(const GptShape& shape, const ModelParallel& mp) {
 
 }  // namespace
 
-// Calls f(full_offset, local_offset, count) for each contiguous run of the shard.
+// Calls f(full_offset, local_offset, count) for each contiguous run of the shard: the split's
+// segments (see ParamSpec), of which an expert-parallel tensor holds the range of its experts.
 template <class F>
 void for_each_shard_run(const ParamSpec& s, F f) {
+  const size_t first = s.expert_range_begin();  // within the split's local tensor
   if (s.split_axis < 0) {
-    f(size_t(0), size_t(0), s.numel);
+    f(first, size_t(0), s.numel);
     return;
   }
-  // View the tensor as [outer, dim, inner] around the split axis.
-  size_t outer = 1, inner = 1;
-  for (int d = 0; d < s.split_axis; ++d) outer *= size_t(s.shape[size_t(d)]);
+  // View the tensor as [outer, dim, inner] around the split axis: segment k = o·blocks + b of
+  // the local tensor is part split_part of block b of outer index o, `seg` contiguous elements.
+  size_t inner = 1;
   for (size_t d = size_t(s.split_axis) + 1; d < s.shape.size(); ++d) inner *= size_t(s.shape[d]);
-  const size_t dim = size_t(s.shape[size_t(s.split_axis)]);
-  const size_t block = dim / size_t(s.split_blocks), part = block / size_t(s.split_parts);
-  size_t local = 0;
-  for (size_t o = 0; o < outer; ++o)
-    for (size_t b = 0; b < size_t(s.split_blocks); ++b) {
-      f((o * dim + b * block + size_t(s.split_part) * part) * inner, local, part * inner);
-      local += part * inner;
-    }
+  const size_t dim = size_t(s.shape[size_t(s.split_axis)]), blocks = size_t(s.split_blocks);
+  const size_t block = dim / blocks, part = block / size_t(s.split_parts), seg = part * inner;
+  for (size_t x = first; x < first + s.numel;) {
+    const size_t k = x / seg, r = x % seg, n = std::min(seg - r, first + s.numel - x);
+    f(((k / blocks) * dim + (k % blocks) * block + size_t(s.split_part) * part) * inner + r,
+      x - first, n);
+    x += n;
+  }
 }
 
 void extract_shard(const ParamSpec& s, const float* full, float* local) {

@@ -32,16 +32,22 @@ std::vector<TensorRef> model_tensor_refs(const Gpt& model, float* base, size_t f
     t.split_parts = p.split_parts;
     t.split_part = p.split_part;
     t.write = !p.replica;  // another rank writes a replica's values
+    // An expert-parallel tensor: its range of the split's local tensor (that of all experts).
+    const int64_t shift = int64_t(p.expert_range_begin());
     if (whole) {
       t.data = base + (p.offset - first);
+      if (p.expert_parallel) {
+        t.begin = shift;
+        t.end = shift + int64_t(p.numel);
+      }
     } else {
       // An expert-parallel tensor's replicas are the expert replicas: their slices.
       const size_t from = p.expert_parallel ? expert_lo : lo;
       const size_t to = p.expert_parallel ? expert_hi : hi;
       const size_t a = std::max(from, p.offset), b = std::min(to, p.offset + p.numel);
       if (a < b) {
-        t.begin = int64_t(a - p.offset);
-        t.end = int64_t(b - p.offset);
+        t.begin = shift + int64_t(a - p.offset);
+        t.end = shift + int64_t(b - p.offset);
         t.data = base + (a - first);
       } else {
         t.begin = t.end = 0;  // nothing of this tensor here; still joins the collectives

@@ -90,9 +90,12 @@ def test_expert_parallelism_trains_alike_and_its_checkpoints_reshard(tmp_path):
                     (2, ["--parallel.ep", 2, "--parallel.zero", 1]),
                     (4, ["--parallel.ep", 2, "--parallel.zero", 1]),
                     (4, ["--parallel.ep", 2, "--parallel.pp", 2, "--parallel.zero", 1]),
+                    (4, ["--parallel.ep", 2, "--parallel.tp", 2]),
+                    (4, ["--parallel.ep", 2, "--parallel.tp", 2, "--parallel.sequence_parallel",
+                         "true", "--parallel.zero", 1]),
                     (4, ["--parallel.ep", 2, "--parallel.cp", 2, "--train.moe_aux_loss", 0]),
                     (2, ["--parallel.ep", 2, "--train.recompute", "full"])):
-        name = f"ep{n}_" + "_".join(map(str, grid[1::2]))
+        name = f"ep{n}_" + "_".join(k.split(".")[-1] + str(v) for k, v in zip(grid[::2], grid[1::2]))
         p = run(n, "--config", cfg, "--run.name", name, *grid)
         assert p.returncode == 0, name + p.stdout + p.stderr
         if "--parallel.cp" in grid:  # each rank balances its own rows: compared without the term
@@ -105,7 +108,8 @@ def test_expert_parallelism_trains_alike_and_its_checkpoints_reshard(tmp_path):
     # Context parallelism against one rank, both without the balancing term.
     p = run(1, "--config", cfg, "--run.name", "one_noaux", "--train.moe_aux_loss", 0)
     assert p.returncode == 0, p.stdout + p.stderr
-    got, plain = curves(tmp_path / "runs" / "ep4_2_2_0"), curves(tmp_path / "runs" / "one_noaux")
+    got = curves(tmp_path / "runs" / "ep4_ep2_cp2_moe_aux_loss0")
+    plain = curves(tmp_path / "runs" / "one_noaux")
     for k in ("loss", "grad_norm", "moe_z_loss"):
         np.testing.assert_allclose(got[k], plain[k], rtol=3e-5, err_msg=f"ep with cp {k}")
     # bf16 rows travel as bf16 (measured: 1e-5 from one rank's bf16 run over 6 steps).
@@ -119,7 +123,7 @@ def test_expert_parallelism_trains_alike_and_its_checkpoints_reshard(tmp_path):
                                    err_msg=name)
     # The checkpoint holds every expert whole; ep = 2's resumes on one rank, one rank's at ep = 2,
     # and ep = 2's at ep = 2 bit for bit.
-    ep_ckpt = tmp_path / "runs" / "ep2_2" / "ckpt" / "step_00000003.h5"
+    ep_ckpt = tmp_path / "runs" / "ep2_ep2" / "ckpt" / "step_00000003.h5"
     with h5py.File(ep_ckpt, "r") as f:
         assert f["model/h/1/mlp/experts/c_fc/weight"].shape == (4, 64, 32)
         assert f["optimizer/m/h/1/mlp/experts/c_proj/weight"].shape == (4, 32, 64)
@@ -128,13 +132,17 @@ def test_expert_parallelism_trains_alike_and_its_checkpoints_reshard(tmp_path):
         np.testing.assert_allclose(a["model/h/0/mlp/experts/c_fc/weight"][:],
                                    b["model/h/0/mlp/experts/c_fc/weight"][:], rtol=1e-4,
                                    atol=1e-6)
-    exact = curves(tmp_path / "runs" / "ep2_2")
-    zero_ckpt = tmp_path / "runs" / "ep4_2_1" / "ckpt" / "step_00000003.h5"
-    exact_zero = curves(tmp_path / "runs" / "ep4_2_1")
+    exact = curves(tmp_path / "runs" / "ep2_ep2")
+    zero_ckpt = tmp_path / "runs" / "ep4_ep2_zero1" / "ckpt" / "step_00000003.h5"
+    exact_zero = curves(tmp_path / "runs" / "ep4_ep2_zero1")
+    tp_ckpt = tmp_path / "runs" / "ep4_ep2_tp2" / "ckpt" / "step_00000003.h5"
     for n, ckpt, grid, name, ref, rtol in (
             (4, zero_ckpt, ["--parallel.ep", 2, "--parallel.zero", 1], "same_ep_zero", exact_zero,
              0),
             (1, zero_ckpt, [], "zero_to_one", want, 3e-5),
+            (1, tp_ckpt, [], "tp_to_one", want, 3e-5),
+            (4, tp_ckpt, ["--parallel.ep", 2, "--parallel.tp", 2], "same_tp", curves(
+                tmp_path / "runs" / "ep4_ep2_tp2"), 0),
             (1, ep_ckpt, [], "to_one", want, 3e-5),
             (2, tmp_path / "runs" / "one" / "ckpt" / "step_00000003.h5", ["--parallel.ep", 2],
              "to_ep", want, 3e-5),
@@ -270,7 +278,6 @@ def test_moe_refuses_what_it_cannot_run(tmp_path):
     assert p.returncode != 0 and "parallel.schedule = zb-h1" in p.stderr, p.stderr
     # Expert parallelism: on every rank, one error naming the key.
     for n, over, words in (
-            (4, {"parallel__ep": 2, "parallel__tp": 2}, "parallel.ep = 2 needs parallel.tp = 1"),
             (2, {"parallel__ep": 2, "parallel__zero": 2},
              "parallel.ep = 2 needs parallel.zero = 0 or 1"),
             (3, {"parallel__ep": 3, "train__batch_size": 12}, "model.moe_experts (4)"),

@@ -77,50 +77,61 @@ TEST(ModelLayout, EveryElementOwnedOnceAndShardsReassembleTheModel) {
 }
 
 // Expert parallelism: each of the ep ranks holds a contiguous block of E/ep whole experts of
-// every expert tensor (axis 0), and the blocks reassemble the tensor; everything else whole.
+// every expert tensor (axis 0; with tp, of its tensor-parallel part), and the ranks' pieces
+// reassemble the tensor, each element once; everything else as without experts.
 TEST(ModelLayout, ExpertParallelRanksHoldWholeExpertsInBlocks) {
-  GptShape shape = padded_for(1, GptShape{2, 4, 32, 16, 100, 0});
+  GptShape shape = padded_for(2, GptShape{2, 4, 32, 16, 100, 0});
   shape.moe_experts = 4;
   shape.moe_top_k = 2;
   const auto full = gpt_parameter_layout(shape);
-  for (int ep : {2, 4}) {
-    std::map<std::string, std::vector<float>> rebuilt;
-    for (int r = 0; r < ep; ++r) {
-      ModelParallel mp;
-      mp.ep = ep;
-      mp.ep_rank = r;
-      const auto mine = gpt_rank_layout(shape, mp);
-      ASSERT_EQ(mine.size(), full.size());
-      for (size_t i = 0; i < mine.size(); ++i) {
-        const ParamSpec& s = mine[i];
-        ASSERT_EQ(s.name, full[i].name);
-        EXPECT_EQ(s.shape, full[i].shape);
-        EXPECT_EQ(s.expert_parallel, is_expert_tensor(s.name)) << s.name;
-        if (!s.expert_parallel) {
-          EXPECT_EQ(s.numel, full[i].numel) << s.name;
-          EXPECT_LT(s.split_axis, 0) << s.name;
-          continue;
+  for (int tp : {1, 2})
+    for (int ep : {2, 4}) {
+      std::map<std::string, std::vector<float>> rebuilt;
+      for (int t = 0; t < tp; ++t)
+        for (int r = 0; r < ep; ++r) {
+          ModelParallel mp = grid(tp, t, 1, 0);
+          mp.ep = ep;
+          mp.ep_rank = r;
+          const auto mine = gpt_rank_layout(shape, mp);
+          ASSERT_EQ(mine.size(), full.size());
+          for (size_t i = 0; i < mine.size(); ++i) {
+            const ParamSpec& s = mine[i];
+            ASSERT_EQ(s.name, full[i].name);
+            EXPECT_EQ(s.shape, full[i].shape);
+            EXPECT_EQ(s.expert_parallel, is_expert_tensor(s.name)) << s.name;
+            if (!s.expert_parallel) continue;
+            EXPECT_EQ(s.local[0], 4 / ep) << s.name;
+            EXPECT_EQ(s.numel * size_t(ep * tp), full[i].numel) << s.name;
+            EXPECT_EQ(s.expert_parts, ep);
+            EXPECT_EQ(s.expert_part, r);
+            EXPECT_EQ(s.split_parts, tp) << s.name;  // c_fc by rows, c_proj by columns
+            // Element j of the full tensor holds j. Without tp rank r's block starts at
+            // r·numel; every rank's elements are its experts' (E/ep of them from r·E/ep on).
+            std::vector<float> whole(full[i].numel), local(s.numel);
+            std::iota(whole.begin(), whole.end(), 0.0f);
+            extract_shard(s, whole.data(), local.data());
+            const size_t per_expert = full[i].numel / 4;
+            if (tp == 1) EXPECT_EQ(local.front(), float(size_t(r) * s.numel)) << s.name;
+            EXPECT_EQ(size_t(local.front()) / per_expert, size_t(r * 4 / ep)) << s.name;
+            EXPECT_EQ(size_t(local.back()) / per_expert, size_t((r + 1) * 4 / ep - 1)) << s.name;
+            auto& u = rebuilt[s.name];
+            u.resize(full[i].numel, -1.0f);
+            std::vector<float> before = u;
+            insert_shard(s, local.data(), u.data());
+            size_t written = 0;
+            for (size_t j = 0; j < u.size(); ++j)
+              if (u[j] != before[j]) {
+                EXPECT_EQ(before[j], -1.0f) << s.name << " element " << j << " written twice";
+                ++written;
+              }
+            EXPECT_EQ(written, s.numel) << s.name;
+          }
         }
-        EXPECT_EQ(s.local[0], 4 / ep) << s.name;
-        EXPECT_EQ(s.numel * size_t(ep), full[i].numel) << s.name;
-        EXPECT_EQ(s.split_axis, 0);
-        EXPECT_EQ(s.split_parts, ep);
-        EXPECT_EQ(s.split_part, r);
-        // Element j of the full tensor holds j: rank r's block starts at r·numel.
-        std::vector<float> whole(full[i].numel), local(s.numel);
-        std::iota(whole.begin(), whole.end(), 0.0f);
-        extract_shard(s, whole.data(), local.data());
-        EXPECT_EQ(local.front(), float(size_t(r) * s.numel)) << s.name;
-        EXPECT_EQ(local.back(), float(size_t(r + 1) * s.numel - 1)) << s.name;
-        auto& t = rebuilt[s.name];
-        t.resize(full[i].numel, -1.0f);
-        insert_shard(s, local.data(), t.data());
-      }
+      for (const auto& [name, u] : rebuilt)
+        for (size_t j = 0; j < u.size(); ++j)
+          ASSERT_EQ(u[j], float(j)) << name << " tp=" << tp << " ep=" << ep;
+      EXPECT_EQ(rebuilt.size(), size_t(2 * shape.n_layer));  // c_fc and c_proj of every layer
     }
-    for (const auto& [name, t] : rebuilt)
-      for (size_t j = 0; j < t.size(); ++j) ASSERT_EQ(t[j], float(j)) << name << " ep=" << ep;
-    EXPECT_EQ(rebuilt.size(), size_t(2 * shape.n_layer));  // c_fc and c_proj of every layer
-  }
 }
 
 TEST(ModelLayout, MegatronSplits) {

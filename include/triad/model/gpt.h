@@ -306,17 +306,21 @@ struct ParamSpec {
   size_t offset = 0;           // into the parameter buffer, in floats
   size_t numel = 0;            // local elements
   bool decay = false;          // weight decay applies (rank >= 2)
-  // The split (see TensorRef in io/checkpoint.h): dimension split_axis of the full tensor is
-  // split_blocks blocks, each cut into split_parts parts; this rank holds part split_part of
-  // every block. Tensor parallelism: tp parts, tp_rank's; an expert tensor under expert
-  // parallelism (expert_parallel): its experts (axis 0) in ep parts, ep_rank's. -1: the tensor
-  // is whole (replicated over the tensor-parallel group).
+  // Tensor-parallel split (see TensorRef in io/checkpoint.h): dimension split_axis of the full
+  // tensor is split_blocks blocks, each cut into split_parts (tp) parts; this rank holds part
+  // split_part (tp_rank) of every block. -1: the tensor is whole (replicated over the
+  // tensor-parallel group).
   int split_axis = -1;
   int split_blocks = 1;
   int split_parts = 1, split_part = 0;
-  // Expert parallelism holds 1/ep of this tensor's experts here: its replicas are the expert
-  // replicas (ProcessGrid::edp()), not the data-parallel ones.
+  // Expert parallelism (expert_parallel: an expert tensor [E, ...] under ep > 1): of the
+  // split's local tensor (its E experts' tensor-parallel parts, in expert order) this rank
+  // holds the contiguous range of experts [expert_part·E/expert_parts, ...), numel elements
+  // from expert_range_begin(). Its replicas are the expert replicas (ProcessGrid::edp()), not
+  // the data-parallel ones.
   bool expert_parallel = false;
+  int expert_parts = 1, expert_part = 0;
+  size_t expert_range_begin() const { return size_t(expert_part) * numel; }
   // Another rank owns this tensor's values for checkpoints and the gradient norm: a copy of a
   // tensor replicated over the tensor-parallel group (tp_rank > 0), or the last stage's copy of
   // the tied wte when pp > 1.
