@@ -65,7 +65,7 @@ struct Trainer::State {
   // parameters), which reduce gradients and cut ZeRO slices and checkpoint writes among them.
   int dp = 1, dp_rank = 0, replicas = 1, replica_rank = 0;
   size_t shard_lo = 0, shard_hi = 0;
-  // Expert parallelism (parallel.ep > 1; ZeRO 0 or 1): the expert tensors this rank holds have
+  // Expert parallelism (parallel.ep > 1; ZeRO 0, 1 or 2): the expert tensors this rank holds have
   // expert_replicas copies (ProcessGrid::edp()), among which it is expert_replica_rank: it writes
   // their part within [expert_lo, expert_hi) into checkpoints, and counts them in the norms
   // when it is the first. Without it the expert tensors are replicated as the rest.
@@ -76,7 +76,7 @@ struct Trainer::State {
   // Whether this rank counts the tensor in the gradient and weight norms (not a replica).
   bool counts_in_norms(const ParamSpec& s) const;
   float* grad_shard = nullptr;  // ZeRO-1: the reduce-scattered gradient of the slice
-  // ZeRO-1 with expert parallelism: the expert tensors' optimizer, over [expert_lo, expert_hi)
+  // ZeRO-1/2 with expert parallelism: the expert tensors' optimizer, over [expert_lo, expert_hi)
   // (opt then holds the other tensors), their reduce-scattered gradient and the weights' stash.
   std::unique_ptr<Optimizer> expert_opt;
   float* expert_grad_shard = nullptr;
@@ -129,7 +129,7 @@ struct Trainer::State {
   CommRequest reduce_replicas(size_t off, size_t n, float* data);
   // One request that waits for all of reqs.
   static CommRequest joined(std::shared_ptr<std::vector<CommRequest>> reqs);
-  // ZeRO-1 with expert parallelism (expert_opt): after the update, stash_experts() copies this
+  // ZeRO-1/2 with expert parallelism (expert_opt): after the update, stash_experts() copies this
   // rank's slice [expert_lo, expert_hi) of the weights aside, and after the data-parallel gather
   // of the weights (which fills the expert extents with other expert-parallel ranks' experts)
   // gather_experts() gathers every expert extent again over edp() from the stashed slices.

@@ -89,6 +89,7 @@ def test_expert_parallelism_trains_alike_and_its_checkpoints_reshard(tmp_path):
                     (4, ["--parallel.ep", 2, "--parallel.pp", 2]),
                     (2, ["--parallel.ep", 2, "--parallel.zero", 1]),
                     (4, ["--parallel.ep", 2, "--parallel.zero", 1]),
+                    (4, ["--parallel.ep", 2, "--parallel.zero", 2]),
                     (4, ["--parallel.ep", 2, "--parallel.pp", 2, "--parallel.zero", 1]),
                     (4, ["--parallel.ep", 2, "--parallel.tp", 2]),
                     (4, ["--parallel.ep", 2, "--parallel.tp", 2, "--parallel.sequence_parallel",
@@ -278,8 +279,8 @@ def test_moe_refuses_what_it_cannot_run(tmp_path):
     assert p.returncode != 0 and "parallel.schedule = zb-h1" in p.stderr, p.stderr
     # Expert parallelism: on every rank, one error naming the key.
     for n, over, words in (
-            (2, {"parallel__ep": 2, "parallel__zero": 2},
-             "parallel.ep = 2 needs parallel.zero = 0 or 1"),
+            (2, {"parallel__ep": 2, "parallel__zero": 3},
+             "parallel.ep = 2 needs parallel.zero = 0, 1 or 2"),
             (3, {"parallel__ep": 3, "train__batch_size": 12}, "model.moe_experts (4)"),
             (2, {"parallel__ep": 4, "model__moe_experts": 8},
              "parallel.ep = 4 must divide the data-parallel size"),
