@@ -337,6 +337,18 @@ RunPlan plan_run(const Config& cfg, int world_size) {
   return p;
 }
 
+namespace {
+
+// ", 1.2 ms at 100 GB/s": `mb` megabytes over a link of gbps GB/s, in the stream's precision
+// (nothing without a rate).
+void write_transfer_time(std::ostream& os, double mb, double gbps) {
+  if (gbps <= 0) return;
+  os << ", " << mb / (gbps * 1e3) * 1e3 << " ms at " << std::defaultfloat << std::setprecision(4)
+     << gbps << std::fixed << " GB/s";
+}
+
+}  // namespace
+
 std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, double gbps) {
   const auto& g = p.grid;
   std::ostringstream os;
@@ -459,9 +471,7 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
     const double mb = most / 1e6;
     os << "\ncontext-parallel key/value traffic per step and rank: " << std::setprecision(1) << mb
        << " MB";
-    if (gbps > 0)
-      os << ", " << mb / (gbps * 1e3) * 1e3 << " ms at " << std::defaultfloat
-         << std::setprecision(4) << gbps << std::fixed << " GB/s";
+    write_transfer_time(os, mb, gbps);
     os << " (not overlapped)";
   }
   if (g.ep > 1) {
@@ -471,9 +481,7 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
     const double mb = most * (g.ep - 1) / g.ep / 1e6;
     os << "\nexpert-parallel token exchange per step and rank: up to " << std::setprecision(1) << mb
        << " MB over its link";
-    if (gbps > 0)
-      os << ", " << mb / (gbps * 1e3) * 1e3 << " ms at " << std::defaultfloat
-         << std::setprecision(4) << gbps << std::fixed << " GB/s";
+    write_transfer_time(os, mb, gbps);
     os << " (all-to-alls, not overlapped)";
   }
   if (g.dp * g.cp > 1) {
@@ -481,9 +489,9 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
     for (const auto& s : p.stages) wire = std::max(wire, s.dp_wire_bytes);
     os << "\ndata-parallel gradient reduction per step and rank (ring): " << std::setprecision(1)
        << wire / 1e6 << " MB over its link";
+    write_transfer_time(os, wire / 1e6, gbps);
     if (gbps > 0)
-      os << ", " << wire / (gbps * 1e9) * 1e3 << " ms at " << std::defaultfloat
-         << std::setprecision(4) << gbps << std::fixed << " GB/s ("
+      os << " ("
          << (p.grid.pp == 1 ? "overlapped with the backward pass"
                             : "after the backward pass: overlapped only where pp = 1")
          << ")";
