@@ -253,24 +253,35 @@ bool Trainer::State::counts_in_norms(const ParamSpec& s) const {
   return (s.expert_parallel ? expert_replica_rank : replica_rank) == 0;
 }
 
-CommRequest Trainer::State::reduce_replicas(size_t off, size_t n, float* data) {
-  if (expert_extents.empty()) return grid.dp().iall_reduce_sum(data, n);
-  // The pieces between the expert extents over dp(), those inside them over edp(); one request
-  // that waits for them all.
-  auto reqs = std::make_shared<std::vector<CommRequest>>();
-  auto reduce = [&](size_t a, size_t b, Comm& c) {
-    if (a < b) reqs->push_back(c.iall_reduce_sum(data + (a - off), b - a));
-  };
+namespace {
+
+// f(a, b, expert) for the pieces of [off, off + n) cut at the expert-parallel tensors' extents,
+// in order (expert: the piece lies inside one).
+template <class F>
+void for_each_extent_piece(const std::vector<std::pair<size_t, size_t>>& extents, size_t off,
+                           size_t n, F f) {
   size_t at = off;
   const size_t end = off + n;
-  for (const auto& [lo, hi] : expert_extents) {
+  for (const auto& [lo, hi] : extents) {
     const size_t a = std::max(lo, at), b = std::min(hi, end);
     if (a >= b) continue;
-    reduce(at, a, grid.dp());
-    reduce(a, b, grid.edp());
+    if (at < a) f(at, a, false);
+    f(a, b, true);
     at = b;
   }
-  reduce(at, end, grid.dp());
+  if (at < end) f(at, end, false);
+}
+
+}  // namespace
+
+CommRequest Trainer::State::reduce_replicas(size_t off, size_t n, float* data) {
+  if (expert_extents.empty()) return grid.dp().iall_reduce_sum(data, n);
+  // The pieces inside the expert extents over edp(), the others over dp(); one request that
+  // waits for them all.
+  auto reqs = std::make_shared<std::vector<CommRequest>>();
+  for_each_extent_piece(expert_extents, off, n, [&](size_t a, size_t b, bool expert) {
+    reqs->push_back((expert ? grid.edp() : grid.dp()).iall_reduce_sum(data + (a - off), b - a));
+  });
   return joined(reqs);
 }
 
@@ -283,10 +294,11 @@ CommRequest Trainer::State::joined(std::shared_ptr<std::vector<CommRequest>> req
 }
 
 CommRequest Trainer::State::reduce_bucket(size_t off, size_t n, float* data, bool accumulate) {
-  // The part [a, b) of the bucket (at piece) into the slices of `ranks` ranks of `slice`
-  // elements each, this one's (number `rank`, from `lo`) at shard.
-  auto scatter = [&](size_t a, size_t b, float* piece, Comm& comm, size_t lo, size_t slice,
-                     int ranks, int rank, float* shard) {
+  // The part [a, b) of the bucket into the slices of `ranks` ranks of `slice` elements each,
+  // this one's (number `rank`, from `lo`) at shard.
+  auto scatter = [&](size_t a, size_t b, Comm& comm, size_t lo, size_t slice, int ranks, int rank,
+                     float* shard) {
+    float* piece = data + (a - off);
     const std::vector<size_t> counts = slice_pieces(a, b, slice, ranks);
     const size_t mine = counts[size_t(rank)], x = std::max(a, lo);
     float* sum = shard + (mine > 0 ? x - lo : 0);
@@ -295,25 +307,15 @@ CommRequest Trainer::State::reduce_bucket(size_t off, size_t n, float* data, boo
   };
   const size_t S = shard_hi - shard_lo;
   if (!expert_opt)
-    return scatter(off, off + n, data, grid.dp(), shard_lo, S, replicas, replica_rank, grad_shard);
+    return scatter(off, off + n, grid.dp(), shard_lo, S, replicas, replica_rank, grad_shard);
   // Expert parallelism: the expert tensors' pieces into their own replicas' slices.
   auto reqs = std::make_shared<std::vector<CommRequest>>();
-  size_t at = off;
-  const size_t end = off + n;
-  auto dense = [&](size_t a, size_t b) {
-    if (a < b)
-      reqs->push_back(scatter(a, b, data + (a - off), grid.dp(), shard_lo, S, replicas,
-                              replica_rank, grad_shard));
-  };
-  for (const auto& [lo, hi] : expert_extents) {
-    const size_t a = std::max(lo, at), b = std::min(hi, end);
-    if (a >= b) continue;
-    dense(at, a);
-    reqs->push_back(scatter(a, b, data + (a - off), grid.edp(), expert_lo, expert_hi - expert_lo,
-                            grid.expert_replicas(), expert_replica_rank, expert_grad_shard));
-    at = b;
-  }
-  dense(at, end);
+  for_each_extent_piece(expert_extents, off, n, [&](size_t a, size_t b, bool expert) {
+    reqs->push_back(
+        expert ? scatter(a, b, grid.edp(), expert_lo, expert_hi - expert_lo, grid.expert_replicas(),
+                         expert_replica_rank, expert_grad_shard)
+               : scatter(a, b, grid.dp(), shard_lo, S, replicas, replica_rank, grad_shard));
+  });
   return joined(reqs);
 }
 
