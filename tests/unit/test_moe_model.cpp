@@ -7,7 +7,8 @@
 //  - generation with the key/value cache (decode_logits) gives next_token_logits' logits, on a
 //    training model and on one for inference;
 //  - bf16 follows fp32 within bf16's rounding;
-//  - the parameter count, and the FLOPs per token counting k of E experts.
+//  - the parameter count, and the FLOPs per token counting k of E experts;
+//  - a capacity recomputes the same bits; an expert-parallel rank allocates what the plan says.
 // Variants: GPT-2's blocks; Llama's with shared experts; GPT-2's with dense layers among them.
 #include <gtest/gtest.h>
 
@@ -154,6 +155,58 @@ TEST(MoeModel, Bf16FollowsFp32) {
     const Result b = run(shape, Precision::bf16, Recompute::none);
     for (size_t i = 0; i < a.loss.size(); ++i) EXPECT_NEAR(b.loss[i] / a.loss[i], 1.0, 1e-2) << v;
   }
+}
+
+// A capacity (model.moe_capacity_factor 0.6: each of 5 experts takes 24 of a micro-batch's 192
+// choices, some dropped): recomputation gives the same bits too, and the plan is the allocation.
+TEST(MoeModel, CapacityRecomputesTheSameBits) {
+  for (Precision p : {Precision::fp32, Precision::bf16}) {
+    GptShape shape = variant(1);
+    shape.moe_capacity_factor = 0.6;
+    const Result keep = run(shape, p, Recompute::none);
+    for (const double l : keep.loss) EXPECT_TRUE(std::isfinite(l));
+    for (Recomputation r : {Recomputation(Recompute::gelu), Recomputation(Recompute::full)}) {
+      const Result got = run(shape, p, r);
+      EXPECT_EQ(got.loss, keep.loss) << r.describe(shape.n_layer);
+      EXPECT_TRUE(same_bits(got.grads, keep.grads)) << r.describe(shape.n_layer);
+    }
+    // Without the capacity the run differs (the capacity dropped choices).
+    shape.moe_capacity_factor = 0;
+    EXPECT_NE(run(shape, p, Recompute::none).loss, keep.loss);
+  }
+}
+
+// An expert-parallel rank (its 1/ep of the experts; the experts' side sized for every rank's
+// rows, or with a capacity for E·c of them) allocates what Gpt::memory_plan says; its parameters
+// are the rest plus 1/ep of the experts.
+TEST(MoeModel, ExpertParallelRankAllocatesThePlan) {
+  for (double capacity : {0.0, 1.25})
+    for (int ep : {2, 4}) {
+      GptShape shape = variant(0);
+      shape.moe_capacity_factor = capacity;
+      ModelParallel mp;
+      mp.ep = ep;
+      mp.ep_rank = ep - 1;
+      auto be = make_cpu_backend();
+      Gpt m(shape, kB, *be, ep, mp, nullptr, Precision::bf16, Recomputation(Recompute::gelu));
+      EXPECT_EQ(Gpt::memory_plan(shape, kB, ep, mp, nullptr, Precision::bf16,
+                                 Recomputation(Recompute::gelu))
+                    .total(),
+                be->allocated_bytes())
+          << "ep " << ep << " capacity " << capacity;
+      size_t experts = 0, all = 0;
+      for (const auto& s : gpt_rank_layout(shape, mp)) {
+        all += s.numel;
+        if (s.expert_parallel) experts += s.numel;
+      }
+      size_t whole_experts = 0, whole = 0;
+      for (const auto& s : gpt_parameter_layout(shape)) {
+        whole += s.numel;
+        if (is_expert_tensor(s.name)) whole_experts += s.numel;
+      }
+      EXPECT_EQ(experts * size_t(ep), whole_experts);
+      EXPECT_EQ(all, whole - whole_experts + experts);
+    }
 }
 
 TEST(MoeModel, CountsParametersAndTheFlopsOfTheChosenExperts) {
