@@ -14,7 +14,8 @@ ProcessGrid::ProcessGrid(MPI_Comm world, int tp, int pp, int cp, int ep) : world
               " ranks, which is not a multiple of parallel.tp · parallel.pp · parallel.cp = ", tp,
               " · ", pp, " · ", cp, " = ", tp * pp * cp);
   shape_ = GridShape{size_ / (tp * pp * cp), pp, tp, cp, ep};
-  TRIAD_CHECK(ep >= 1 && shape_.dp % ep == 0, "parallel.ep = ", ep,
+  TRIAD_CHECK(ep >= 1, "parallel.ep must be >= 1 (got ", ep, ")");
+  TRIAD_CHECK(shape_.dp % ep == 0, "parallel.ep = ", ep,
               " must divide the data-parallel size (world size / (parallel.tp · parallel.pp · "
               "parallel.cp) = ",
               shape_.dp, ")");
