@@ -1007,11 +1007,8 @@ void validate(const Config& c, int world_size) {
           ep + " must divide the data-parallel size (" + std::to_string(dp) +
               " = ranks / (parallel.tp · parallel.pp · parallel.cp)): experts are shared by "
               "groups of ep data-parallel ranks");
-    // Generation and scoring decode on the ranks of one replica alone, which hold 1/ep of the
-    // experts.
-    check(c.sample.length == 0, "sample.length",
-          "must be 0 with parallel.ep > 1: samples are generated without expert parallelism "
-          "(sample from a checkpoint with triad-generate)");
+    // Scoring splits the examples over the data-parallel ranks: the expert-parallel group's
+    // exchanges would not pair up.
     check(c.eval.choices.empty(), "eval.choices",
           "cannot be scored with parallel.ep > 1 (scoring runs without expert parallelism)");
   }

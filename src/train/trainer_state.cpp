@@ -842,12 +842,15 @@ EvalResult Trainer::State::evaluate_source(const SequenceSource* src) {
 
 void Trainer::State::write_sample() {
   // Sampling is collective over the model's tensor and pipeline groups: the ranks of data-
-  // parallel replica 0 take part (all draw the same tokens); rank 0 writes.
-  const bool whole = grid.shape().tp * grid.shape().pp == 1;
+  // parallel replica 0 take part (all draw the same tokens); rank 0 writes. Under expert
+  // parallelism the replicas of replica 0's expert-parallel group too (its experts are theirs):
+  // each routes the same rows, so the experts see each of them ep times.
+  const int ep = grid.shape().ep;
+  const bool whole = grid.shape().tp * grid.shape().pp == 1 && ep == 1;
   // Under ZeRO-3 every data-parallel rank samples too (the same tokens): the weight gathers
   // are collective over them.
   const bool gathers = model->gathered_weights();
-  if (cfg.sample.length <= 0 || !tokenizer || (!gathers && (dp_rank != 0 || (whole && !root()))))
+  if (cfg.sample.length <= 0 || !tokenizer || (!gathers && (dp_rank >= ep || (whole && !root()))))
     return;
   const std::vector<int32_t> prompt = tokenizer->encode_prompt(cfg.sample.prompt);
   Rng rng(uint64_t(cfg.train.seed) * 31 + uint64_t(step));

@@ -24,7 +24,8 @@ import h5py
 import numpy as np
 
 from test_mpi_runs import run
-from triad_run import assert_clean_error, assert_clean_failure, exe, tiny_config, tool, train
+from triad_run import (VOCAB, assert_clean_error, assert_clean_failure, exe, tiny_config, tool,
+                       train)
 
 MOE = dict(model__moe_experts=4, model__moe_top_k=2, model__mlp_hidden=64,
            model__moe_shared_hidden=32, train__moe_aux_loss=0.05, train__moe_z_loss=0.01)
@@ -159,6 +160,24 @@ def test_expert_parallelism_trains_alike_and_its_checkpoints_reshard(tmp_path):
                                            err_msg=f"{name} {k}")
 
 
+def test_samples_under_expert_parallelism_are_one_ranks(tmp_path):
+    """In-training samples with parallel.ep: the ranks of replica 0's expert-parallel group decode
+    together (each routes the same rows); greedy samples equal the single rank's, with tensor
+    parallelism too."""
+    common = ["--train.steps", 4, "--eval.every", 2, "--sample.length", 12, "--sample.top_k", 1,
+              "--data.vocab", VOCAB, "--train.micro_batch_size", 2]
+    cfg = tiny_config(tmp_path, name="one", vocab=50257, data__shuffle="false", **MOE)
+    p = run(1, "--config", cfg, *common)
+    assert p.returncode == 0, p.stdout + p.stderr
+    one = (tmp_path / "runs" / "one" / "samples.txt").read_bytes()  # bytes: any tokens
+    assert one.count(b"=== step") == 3
+    for n, grid in ((2, ["--parallel.ep", 2]), (4, ["--parallel.ep", 2, "--parallel.tp", 2])):
+        name = f"ep{n}"
+        p = run(n, "--config", cfg, "--run.name", name, *grid, *common)
+        assert p.returncode == 0, name + p.stdout + p.stderr
+        assert (tmp_path / "runs" / name / "samples.txt").read_bytes() == one, name
+
+
 def test_capacity_drops_alike_on_every_grid(tmp_path):
     """model.moe_capacity_factor: each expert takes at most ceil(f·N·k/E) of a rank's micro-batch
     choices; under expert parallelism only those travel, and the experts' buffers shrink to
@@ -284,7 +303,6 @@ def test_moe_refuses_what_it_cannot_run(tmp_path):
             (3, {"parallel__ep": 3, "train__batch_size": 12}, "model.moe_experts (4)"),
             (2, {"parallel__ep": 4, "model__moe_experts": 8},
              "parallel.ep = 4 must divide the data-parallel size"),
-            (2, {"parallel__ep": 2, "sample__length": 8}, "sample.length"),
             (2, {"parallel__ep": 0}, "parallel.ep must be >= 1"),
             (2, {"parallel__ep": 2, "eval__choices": "/nonexistent.jsonl"}, "eval.choices"),
             (2, {"parallel__ep": 2, "model__moe_experts": 0, "model__moe_shared_hidden": 0},
