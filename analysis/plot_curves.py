@@ -58,9 +58,15 @@ def _label_runs(runs: list[Metrics]) -> list[str]:
 
 def plot_runs(runs: list[Metrics], out: str | Path, x: str = "step", smooth: float | None = None,
               title: str | None = None, log_loss: bool = False, dpi: int = 120) -> Path:
-    """Draw the figure for `runs` into `out` (format from the suffix, e.g. .png/.pdf/.svg)."""
-    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5), constrained_layout=True)
-    ax_loss, ax_acc, ax_lr, ax_gn, ax_tps, ax_mfu = axes.ravel()
+    """Draw the figure for `runs` into `out` (format from the suffix, e.g. .png/.pdf/.svg).
+    A mixture of experts (a run with /train/moe_max_load) adds a row: the busiest expert's load,
+    the fraction of choices over capacity, and the routing loss terms."""
+    moe = any(r.n_train and np.isfinite(r.train.get("moe_max_load", np.array([np.nan]))).any()
+              for r in runs)
+    rows = 3 if moe else 2
+    fig, axes = plt.subplots(rows, 3, figsize=(16, 4.25 * rows), constrained_layout=True)
+    ax_loss, ax_acc, ax_lr, ax_gn, ax_tps, ax_mfu = axes.ravel()[:6]
+    ax_load, ax_drop, ax_terms = axes.ravel()[6:] if moe else (None, None, None)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     xlabel = "tokens seen" if x == "tokens" else "step"
     labels = _label_runs(runs)
@@ -103,6 +109,17 @@ def plot_runs(runs: list[Metrics], out: str | Path, x: str = "step", smooth: flo
             mfu_pct = 100.0 * mfu
             ax_mfu.plot(tx, mfu_pct, color=c, alpha=0.3, lw=0.8)
             ax_mfu.plot(tx, ema(mfu_pct, win), color=c, lw=1.4)
+            if moe:  # NaN where a column is absent or not in use (dense, no capacity, no term)
+                for ax, key, scale, ls in ((ax_load, "moe_max_load", 1.0, "-"),
+                                           (ax_drop, "moe_dropped", 100.0, "-"),
+                                           (ax_terms, "moe_aux_loss", 1.0, "-"),
+                                           (ax_terms, "moe_z_loss", 1.0, "--")):
+                    y = tr.get(key)
+                    if y is None or not np.isfinite(y).any():
+                        continue
+                    ok = np.isfinite(y)
+                    ax.plot(tx[ok], scale * y[ok], color=c, alpha=0.3, lw=0.8, ls=ls)
+                    ax.plot(tx[ok], ema(scale * y[ok], win), color=c, lw=1.4, ls=ls)
         # eval.sets: more validation sets, one marker shape each (the same across runs).
         for name, vs in r.val_sets.items():
             if not len(vs["step"]):
@@ -168,6 +185,13 @@ def plot_runs(runs: list[Metrics], out: str | Path, x: str = "step", smooth: flo
         ax_gn.set_yscale("log")
     ax_tps.set_title("tokens / s")
     ax_mfu.set_title("MFU (%)")
+    if moe:
+        ax_load.set_title("busiest expert's load (E · max share; 1: balanced)")
+        ax_drop.set_title("choices dropped over capacity (%)")
+        ax_terms.set_title("routing loss terms")
+        ax_terms.legend(handles=[Line2D([], [], color="0.4", lw=1.4, label="load balancing"),
+                                 Line2D([], [], color="0.4", lw=1.4, ls="--",
+                                        label="router z-loss")], loc="best", fontsize=8)
     for ax in (ax_tps, ax_mfu, ax_acc):
         ax.ticklabel_format(axis="y", useOffset=False, style="plain")
     for ax in axes.ravel():

@@ -333,3 +333,35 @@ def test_inspect_not_a_checkpoint(tmp_path):
     assert r.returncode != 0 and str(p) in r.stdout and "Traceback" not in r.stderr
     r = run_cli("analysis.inspect_checkpoint", str(tmp_path / "missing.h5"))
     assert r.returncode != 0 and "missing.h5" in r.stdout
+
+
+def test_mixture_of_experts_adds_a_row_of_routing_panels(tmp_path, monkeypatch):
+    """A run with /train/moe_max_load gets a third row: the busiest expert's load, the fraction
+    dropped (in %), the routing loss terms; a dense run keeps two rows."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from analysis import plot_curves
+
+    dense = write_metrics(tmp_path / "d" / "metrics.h5", name="dense")
+    path = write_metrics(tmp_path / "m" / "metrics.h5", name="moe")
+    with h5py.File(path, "r+") as f:
+        n = len(f["train/step"])
+        for key, values in (("moe_max_load", np.linspace(2.0, 1.2, n)),
+                            ("moe_dropped", np.full(n, 0.25)),
+                            ("moe_aux_loss", np.full(n, 0.011)),
+                            ("moe_z_loss", np.full(n, np.nan))):
+            f["train"].create_dataset(key, data=values, maxshape=(None,), chunks=(64,))
+    figs = []
+    monkeypatch.setattr(plot_curves, "save_figure", lambda fig, out, dpi: figs.append(fig) or out)
+    plot_curves.plot_runs([load_metrics(dense)], tmp_path / "d.png")
+    assert len(figs[-1].axes) == 6
+    plt.close(figs[-1])
+    plot_curves.plot_runs([load_metrics(dense), load_metrics(path)], tmp_path / "m.png")
+    axes = figs[-1].axes
+    assert len(axes) == 9
+    load, drop, terms = axes[6:]
+    assert len(load.lines) == 2 and max(load.lines[0].get_ydata()) == pytest.approx(2.0)
+    assert len(drop.lines) == 2 and list(drop.lines[0].get_ydata())[0] == pytest.approx(25.0)
+    assert len(terms.lines) == 2  # the balancing term; the z-loss is NaN throughout
+    plt.close(figs[-1])
