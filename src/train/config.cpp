@@ -98,7 +98,7 @@ class KeyTable {
     add("model.moe_experts", c.model.moe_experts,
         "a mixture of experts: every layer's MLP becomes this many expert MLPs of "
         "model.mlp_hidden units (gelu or swiglu, no biases) and a router that sends each token "
-        "to model.moe_top_k of them (dropless); 0: a dense MLP");
+        "to model.moe_top_k of them (dropless unless model.moe_capacity_factor); 0: a dense MLP");
     add("model.moe_top_k", c.model.moe_top_k, "experts per token (with model.moe_experts)");
     add("model.moe_normalize", c.model.moe_normalize,
         "the chosen experts' router probabilities renormalized to sum 1 (Mixtral's; false: kept "
