@@ -1,7 +1,7 @@
 """Weights and tokenizers in and out of triad: Hugging Face transformers models (config.json +
-safetensors; GPT-2, Llama, Mistral) and llm.c model files (gpt2_124M.bin and the like) to a
-triad checkpoint, a triad checkpoint to either, and Hugging Face or Meta tokenizers to a triad
-tokenizer description (hf_tokenizer.py).
+safetensors; GPT-2, Llama, Mistral, Qwen2, Qwen3, Mixtral) and llm.c model files
+(gpt2_124M.bin and the like) to a triad checkpoint, a triad checkpoint to either, and Hugging
+Face or Meta tokenizers to a triad tokenizer description (hf_tokenizer.py).
 
     triad-convert import gpt2/ gpt2.h5                    # HF model directory
     triad-convert import gpt2_124M.bin gpt2.h5            # llm.c model file (fp32 or bf16)
@@ -28,6 +28,8 @@ What the formats hold and how they map (docs/formats.md, "Weights from other pro
   With grouped-query attention HF's query head kv·g + j (g = heads / key-value heads) uses
   key/value head kv, and so does triad's head j·n_kv_head + kv: the query heads (q_proj's
   rows, o_proj's columns) are reordered, both ways (llama_query_order).
+- HF Mixtral: Llama's blocks with block_sparse_moe MLPs: expert e's w1 and w3 stacked into
+  experts/c_fc[e], w2 as experts/c_proj[e], gate as router (model.moe_experts, moe_top_k).
 - llm.c: a header of 256 int32 (magic 20240326, version 3 = fp32 or 5 = bf16, max_seq_len,
   vocab_size, n_layer, n_head, n_embd, padded_vocab_size), then wte, wpe and each per-layer
   tensor for all layers in turn ([out, in] like triad), then ln_f.
@@ -110,6 +112,11 @@ class Dims:
     # YaRN's instead (model.rope_scaling = yarn): (factor, beta_fast, beta_slow, original
     # positions).
     yarn: tuple | None = None
+    # A mixture of experts in every layer (model.moe_experts, moe_top_k, moe_normalize): Mixtral's
+    # sparse MLP blocks; 0 experts: dense MLPs.
+    moe_experts: int = 0
+    moe_top_k: int = 0
+    moe_normalize: bool = True
 
     @property
     def kv(self) -> int:
@@ -129,7 +136,7 @@ class Dims:
             ("learned", "layernorm", True, "gelu", True) and \
             self.mlp_hidden in (0, 4 * self.n_embd) and self.kv == self.n_head and \
             not self.qk_norm and not self.qkv_bias and not self.head_dim and \
-            not self.sliding_window
+            not self.sliding_window and not self.moe_experts
 
     @property
     def padded_vocab_size(self) -> int:  # DESIGN.md §3 at tp = 1
@@ -173,6 +180,9 @@ class Dims:
             if self.yarn is not None:
                 a["rope_scaling"] = "yarn"
                 a.update(zip(YARN_ATTRS, self.yarn))
+            if self.moe_experts:
+                a.update(moe_experts=self.moe_experts, moe_top_k=self.moe_top_k,
+                         moe_normalize=int(self.moe_normalize))
         return a
 
     def config_lines(self) -> str:
@@ -204,6 +214,9 @@ class Dims:
                 keys["qk_norm"] = "true"
             if self.qkv_bias:
                 keys["qkv_bias"] = "true"
+            if self.moe_experts:
+                keys.update(moe_experts=self.moe_experts, moe_top_k=self.moe_top_k,
+                            moe_normalize="true" if self.moe_normalize else "false")
         return "".join(f"{k} = {v}\n" for k, v in keys.items())
 
 
@@ -358,11 +371,16 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                 return cfg[k]
         return default
 
-    if cfg.get("model_type", "gpt2") in ("llama", "mistral", "qwen2", "qwen3"):
+    kind = cfg.get("model_type", "gpt2")
+    if kind in ("llama", "mistral", "qwen2", "qwen3", "mixtral"):
         return llama_config_dims(cfg, where, seq_len)
-    if cfg.get("model_type", "gpt2") != "gpt2":
-        raise ConvertError(f"{where}: model_type is {cfg.get('model_type')!r}; triad imports "
-                           f"GPT-2 ('gpt2'), Llama ('llama'), Mistral ('mistral'), Qwen2 "
+    if kind in UNBUILT_MOE:
+        raise ConvertError(f"{where}: model_type is {kind!r}, a mixture of experts triad does "
+                           f"not compute: {UNBUILT_MOE[kind]} (triad imports Mixtral's, "
+                           f"'mixtral')")
+    if kind != "gpt2":
+        raise ConvertError(f"{where}: model_type is {kind!r}; triad imports GPT-2 ('gpt2'), "
+                           f"Llama ('llama'), Mistral ('mistral'), Mixtral ('mixtral'), Qwen2 "
                            f"('qwen2') and Qwen3 ('qwen3') models")
     try:
         n_layer, n_head, n_embd = int(get("n_layer")), int(get("n_head")), int(get("n_embd"))
@@ -395,6 +413,19 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     return d
 
 
+# Hugging Face's mixtures of experts whose blocks triad does not build, and why.
+UNBUILT_MOE = {
+    "qwen2_moe": "its shared expert's output is scaled by a sigmoid gate of its own "
+                 "(shared_expert_gate), which triad's shared experts (model.moe_shared_hidden) "
+                 "do not have",
+    "olmoe": "its QK-norm spans the whole q and k projections, triad's (model.qk_norm) each head",
+    "granitemoe": "its embeddings, residuals, attention and logits are scaled by multipliers",
+    "jetmoe": "its attention is a mixture of experts too",
+    "phimoe": "its router is sparsemixer, and its norms are LayerNorms with biases",
+    "dbrx": "its attention clips q, k and v (clip_qkv), and its experts are stored fused",
+}
+
+
 def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     """A Hugging Face Llama config as triad's model: rope (HF's rotate-half pairing, triad's),
     RMSNorm, SwiGLU, no biases, tied or not, grouped-query attention or not; refused where triad
@@ -402,7 +433,10 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     sliding attention window in every layer, model.sliding_window where it is shorter than the
     context) reads the same, and so does Qwen2's (Qwen2ForCausalLM: biases on the q, k and v
     projections only, which model.qkv_bias keeps, and a sliding window that is off or covers the
-    context: Qwen's windows are per layer, max_window_layers, which triad does not build)."""
+    context: Qwen's windows are per layer, max_window_layers, which triad does not build).
+    Mixtral's (MixtralForCausalLM) is Mistral's with every MLP a mixture of num_local_experts
+    SwiGLU experts of intermediate_size units, num_experts_per_tok per token, their gates
+    renormalized: model.moe_experts, moe_top_k and moe_normalize = true."""
     try:
         n_layer, n_head = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
         n_embd, hidden = int(cfg["hidden_size"]), int(cfg["intermediate_size"])
@@ -455,7 +489,22 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         refusals.append(f"head_dim {cfg['head_dim']} (triad's model.head_dim is in [0, 4096])")
     if int(cfg.get("pretraining_tp", 1) or 1) != 1:
         refusals.append(f"pretraining_tp {cfg['pretraining_tp']}")
-    mistral = cfg.get("model_type") == "mistral"
+    mixtral = cfg.get("model_type") == "mixtral"
+    mistral = cfg.get("model_type") == "mistral" or mixtral  # Mixtral's windows are Mistral's
+    experts = top_k = 0
+    if mixtral:
+        try:
+            experts, top_k = int(cfg["num_local_experts"]), int(cfg["num_experts_per_tok"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConvertError(f"{where}: a Mixtral config needs integer num_local_experts and "
+                               f"num_experts_per_tok ({e})")
+        if not 1 <= experts <= 256:
+            refusals.append(f"num_local_experts {experts} (triad's model.moe_experts is in "
+                            f"[1, 256])")
+        if not 2 <= top_k <= experts:
+            refusals.append(f"num_experts_per_tok {top_k} (Mixtral renormalizes the chosen "
+                            f"experts' gates, triad's model.moe_normalize, which needs 2 to "
+                            f"num_local_experts of them: one renormalized gate is always 1)")
     window = cfg.get("sliding_window") if mistral or \
         ((qwen2 or qwen3) and cfg.get("use_sliding_window")) else None
     sliding = 0  # model.sliding_window: Mistral's window where it cuts the context
@@ -481,7 +530,7 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
              tied=bool(cfg.get("tie_word_embeddings", False)), n_kv_head=kv, rope_scaling=scaling,
              yarn=yarn,
              qkv_bias=qwen2, norm_eps=eps, head_dim=head_dim, qk_norm=qwen3,
-             sliding_window=sliding)
+             sliding_window=sliding, moe_experts=experts, moe_top_k=top_k)
     d.check(where)
     return d
 
@@ -508,7 +557,9 @@ def yarn_scaling(r: dict, n_pos: int) -> tuple:
 
 
 def llama_sources(d: Dims) -> dict[str, list[str]]:
-    """Each triad tensor of a Llama model and the HF tensors it is made of, stacked by rows."""
+    """Each triad tensor of a Llama model and the HF tensors it is made of, stacked by rows (an
+    expert tensor [E, rows, columns] as [E·rows, columns]: expert by expert, Mixtral's w1 and w3
+    stacked into each expert's c_fc)."""
     src = {"wte/weight": ["model.embed_tokens.weight"], "ln_f/weight": ["model.norm.weight"]}
     for i in range(d.n_layer):
         p, h = f"h/{i}/", f"model.layers.{i}."
@@ -521,23 +572,46 @@ def llama_sources(d: Dims) -> dict[str, list[str]]:
             **({p + "attn/q_norm/weight": [h + "self_attn.q_norm.weight"],
                 p + "attn/k_norm/weight": [h + "self_attn.k_norm.weight"]} if d.qk_norm else {}),
             p + "ln_2/weight": [h + "post_attention_layernorm.weight"],
-            p + "mlp/c_fc/weight": [h + "mlp.gate_proj.weight", h + "mlp.up_proj.weight"],
-            p + "mlp/c_proj/weight": [h + "mlp.down_proj.weight"],
         })
+        if d.moe_experts:  # Mixtral's sparse MLP block: w1 (gate), w3 (up), w2 (down)
+            m = h + "block_sparse_moe."
+            experts = [m + f"experts.{e}." for e in range(d.moe_experts)]
+            src.update({
+                p + "mlp/experts/c_fc/weight": [e + w for e in experts
+                                                for w in ("w1.weight", "w3.weight")],
+                p + "mlp/experts/c_proj/weight": [e + "w2.weight" for e in experts],
+                p + "mlp/router/weight": [m + "gate.weight"],
+            })
+        else:
+            src.update({
+                p + "mlp/c_fc/weight": [h + "mlp.gate_proj.weight", h + "mlp.up_proj.weight"],
+                p + "mlp/c_proj/weight": [h + "mlp.down_proj.weight"],
+            })
     if not d.tied:
         src["lm_head/weight"] = ["lm_head.weight"]
     return src
 
 
 def llama_part_rows(d: Dims, t: str, rows: int) -> list[int]:
-    """The rows of each HF tensor (llama_sources) stacked into triad's tensor t of `rows` rows:
-    c_attn's q (C), k and v (n_kv_head heads each), c_fc's gate and up."""
+    """The rows of each HF tensor (llama_sources) stacked into triad's tensor t of `rows` rows
+    (an expert tensor's E·rows): c_attn's q (C), k and v (n_kv_head heads each), c_fc's gate and
+    up, and each expert's."""
     if t.endswith(("attn/c_attn/weight", "attn/c_attn/bias")):
         kv_rows = d.kv * d.hd
         return [d.attn_width, kv_rows, kv_rows]
     if t.endswith("mlp/c_fc/weight"):
         return [rows // 2, rows // 2]
+    if t.endswith("mlp/experts/c_fc/weight"):
+        return [rows // (2 * d.moe_experts)] * (2 * d.moe_experts)
+    if t.endswith("mlp/experts/c_proj/weight"):
+        return [rows // d.moe_experts] * d.moe_experts
     return [rows]
+
+
+def stacked_shape(shape: tuple) -> tuple:
+    """A tensor's shape as its HF parts stack: an expert tensor's [E, rows, columns] as
+    [E·rows, columns]; the others as they are."""
+    return (math.prod(shape[:-1]), shape[-1]) if len(shape) > 2 else tuple(shape)
 
 
 def llama_query_order(d: Dims, t: str, a: np.ndarray, to_hf: bool = False) -> np.ndarray:
@@ -601,9 +675,14 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
         for name in st.entries:
             where[name] = st
     if d.mlp == "swiglu":
-        kind = "Qwen2" if d.qkv_bias else "Qwen3" if d.qk_norm else \
-            "Mistral" if d.sliding_window else "Llama"
-        return d, llama_tensors(d, where, directory), f"Hugging Face {kind} model {directory}"
+        kind = "Mixtral" if d.moe_experts else "Qwen2" if d.qkv_bias else \
+            "Qwen3" if d.qk_norm else "Mistral" if d.sliding_window else "Llama"
+        note = ""
+        if d.moe_experts and cfg.get("router_jitter_noise"):  # noise on the router's input
+            note = (f"; its router_jitter_noise {cfg['router_jitter_noise']} is a training-time "
+                    f"noise triad does not add")
+        return d, llama_tensors(d, where, directory), \
+            f"Hugging Face {kind} model {directory}{note}"
 
     # HF names as stored (with or without the `transformer.` prefix) -> triad's.
     stored = {}
@@ -680,17 +759,21 @@ def llama_tensors(d: Dims, where: dict, directory: Path) -> Tensors:
         if missing:
             raise ConvertError(f"{directory}: tensor(s) {', '.join(missing)} missing")
         got = [list(where[n].entries[n][1]) for n in names]
-        expected = [[r, *want[t][1:]] for r in llama_part_rows(d, t, want[t][0])]
+        rows, *cols = stacked_shape(want[t])
+        expected = [[r, *cols] for r in llama_part_rows(d, t, rows)]
         if got != expected:
+            if len(names) > 3:  # an expert's tensor: name the first that is wrong
+                names, got, expected = zip(*[x for x in zip(names, got, expected)
+                                             if x[1] != x[2]][:1])
             raise ConvertError(f"{where[names[0]].path}: tensor(s) {', '.join(names)} have "
-                               f"shape(s) {got}, expected {expected} for the model in "
-                               f"config.json")
+                               f"shape(s) {list(got)}, expected {list(expected)} for the model "
+                               f"in config.json")
 
     def tensors():
         for t, names in src.items():
             parts = [np.asarray(where[n].read(n), dtype="<f4") for n in names]
-            yield t, llama_query_order(d, t, np.concatenate(parts) if len(parts) > 1
-                                       else parts[0])
+            a = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            yield t, llama_query_order(d, t, a.reshape(want[t]))
 
     return tensors
 
@@ -883,10 +966,6 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
         raise ConvertError(f"{path}: the model is μP-parametrized (model.mup_base_width = "
                            f"{a['mup_base_width']}: logits times 1/m, another attention scale); "
                            f"the export formats hold neither")
-    if int(a.get("moe_experts", 0)):  # none of the formats holds experts
-        raise ConvertError(f"{path}: the model's MLPs are mixtures of {a['moe_experts']} experts "
-                           f"(model.moe_experts); the export formats (GPT-2's, llm.c's, Hugging "
-                           f"Face's Llama, Qwen2, Qwen3 and Mistral) hold dense MLPs only")
     if float(a.get("attn_scale", 0.0)):  # the formats scale the scores by 1/sqrt(head width)
         raise ConvertError(f"{path}: the model scales its attention scores by {a['attn_scale']} "
                            f"(model.attn_scale); the export formats scale them by 1/sqrt(head "
@@ -898,6 +977,8 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
                            f"(model.qk_norm = true, tensors attn/q_norm and attn/k_norm) in "
                            f"blocks other than Llama's; only Hugging Face's Qwen3 (Llama's "
                            f"blocks) holds such weights, so it is not exported")
+    if int(a.get("moe_experts", 0)):  # Hugging Face's Mixtral is the one format with experts
+        refuse_unexported_experts(path, a, llama)
     if llama:
         return open_triad_llama(path, a)
     if int(a.get("sliding_window", 0)):
@@ -951,6 +1032,30 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
     return d, tensors, f"triad checkpoint {path}"
 
 
+def refuse_unexported_experts(path: Path, a: dict, llama: bool) -> None:
+    """Raises for a mixture of experts Hugging Face's Mixtral does not compute: Mixtral has
+    Llama's blocks, experts in every layer, no shared experts, and renormalized gates."""
+    E = int(a["moe_experts"])
+    why = None
+    if not llama:
+        why = (f"the model's MLPs are mixtures of {E} experts (model.moe_experts) in GPT-2's "
+               f"blocks; the one export format with experts is Hugging Face's Mixtral, of "
+               f"Llama's blocks (rope, RMSNorm, SwiGLU, no biases)")
+    elif int(a.get("moe_shared_hidden", 0)):
+        why = (f"the model has shared experts (model.moe_shared_hidden = "
+               f"{a['moe_shared_hidden']}); Hugging Face's Mixtral has none (and Qwen2-MoE's "
+               f"shared expert has a sigmoid gate triad's does not)")
+    elif int(a.get("moe_first_dense", 0)) or int(a.get("moe_every", 1)) != 1:
+        why = (f"the model has dense layers among its expert layers (model.moe_first_dense = "
+               f"{a.get('moe_first_dense', 0)}, model.moe_every = {a.get('moe_every', 1)}); "
+               f"Hugging Face's Mixtral has experts in every layer")
+    elif not int(a.get("moe_normalize", 1)):
+        why = ("the model keeps its gates as the router gives them (model.moe_normalize = "
+               "false); Hugging Face's Mixtral renormalizes the chosen experts' gates")
+    if why:
+        raise ConvertError(f"{path}: {why}")
+
+
 def scaling_attrs(a: dict, names: tuple) -> tuple:
     """A rope scaling's four numbers from the /model attributes `names`: three floats and the
     original context."""
@@ -971,7 +1076,8 @@ def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
              qkv_bias=int(a.get("qkv_bias", 0)) == 1, norm_eps=float(a.get("norm_eps", 1e-5)),
              head_dim=int(a.get("head_dim", 0)), qk_norm=int(a.get("qk_norm", 0)) == 1,
              sliding_window=int(a.get("sliding_window", 0)),
-             full_attention_every=int(a.get("full_attention_every", 0)))
+             full_attention_every=int(a.get("full_attention_every", 0)),
+             moe_experts=int(a.get("moe_experts", 0)), moe_top_k=int(a.get("moe_top_k", 0)))
 
     def tensors():
         import h5py
@@ -989,7 +1095,8 @@ def llama_hf_config(d: Dims) -> dict:
     """config.json for transformers' LlamaForCausalLM computing what triad computes, or
     Qwen2ForCausalLM's for a model with c_attn's bias alone (model.qkv_bias), or
     Qwen3ForCausalLM's for one with QK-norm (model.qk_norm), or MistralForCausalLM's for one with
-    a sliding window (model.sliding_window)."""
+    a sliding window (model.sliding_window), or MixtralForCausalLM's for a mixture of experts
+    (model.moe_experts; with a sliding window or not)."""
     cfg = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "num_hidden_layers": d.n_layer, "num_attention_heads": d.n_head,
@@ -1007,6 +1114,24 @@ def llama_hf_config(d: Dims) -> dict:
     if d.yarn is not None:  # HF's convention: the original context, stretched by the factor
         cfg["rope_scaling"] = {"rope_type": "yarn", **dict(zip(YARN_HF, d.yarn))}
         cfg["max_position_embeddings"] = d.yarn[3]
+    if d.full_attention_every:
+        raise ConvertError(f"the model's every {d.full_attention_every}th layer attends to the "
+                           f"whole context (model.full_attention_every); Hugging Face's Llama, "
+                           f"Mistral, Mixtral and Qwen classes hold one window for every layer")
+    if d.moe_experts:
+        if d.qk_norm or d.qkv_bias or d.rope_scaling is not None or d.yarn is not None or \
+                d.head_dim:
+            raise ConvertError("a model with model.moe_experts exports as Mixtral, whose "
+                               "transformers model has neither QK-norm, a c_attn bias of its "
+                               "own, rope scaling nor heads of another width than "
+                               "n_embd / n_head")
+        for k in ("attention_bias", "mlp_bias", "rope_scaling", "head_dim"):
+            cfg.pop(k, None)
+        cfg.update(architectures=["MixtralForCausalLM"], model_type="mixtral",
+                   sliding_window=d.sliding_window or None, num_local_experts=d.moe_experts,
+                   num_experts_per_tok=d.moe_top_k, router_jitter_noise=0.0,
+                   output_router_logits=False)
+        return cfg
     if d.qk_norm:
         if d.rope_scaling is not None or d.qkv_bias:
             raise ConvertError("a model with model.qk_norm exports as Qwen3, whose transformers "
@@ -1014,10 +1139,6 @@ def llama_hf_config(d: Dims) -> dict:
         del cfg["mlp_bias"]  # Qwen3 has attention_bias (false) but no MLP biases
         cfg.update(architectures=["Qwen3ForCausalLM"], model_type="qwen3", head_dim=d.hd,
                    use_sliding_window=False, sliding_window=None, max_window_layers=d.n_layer)
-    if d.full_attention_every:
-        raise ConvertError(f"the model's every {d.full_attention_every}th layer attends to the "
-                           f"whole context (model.full_attention_every); Hugging Face's Llama, "
-                           f"Mistral and Qwen classes hold one window for every layer")
     if d.sliding_window:
         if d.qk_norm or d.qkv_bias or d.rope_scaling is not None or d.yarn is not None:
             raise ConvertError("a model with model.sliding_window exports as Mistral, whose "
@@ -1045,13 +1166,14 @@ def write_llama_hf(out: Path, d: Dims, tensors: Tensors, extra: dict[str, str] |
     src = llama_sources(d)
     specs = {}  # in the order tensors() yields triad's tensors, each split into its HF parts
     for t, shape in expected_shapes(d.attrs()).items():
-        rows = d.vocab_size if t in VOCAB_TENSORS else shape[0]
+        rows, *cols = stacked_shape(shape)
+        rows = d.vocab_size if t in VOCAB_TENSORS else rows
         for n, r in zip(src[t], llama_part_rows(d, t, rows)):
-            specs[n] = (r,) + tuple(shape[1:])
+            specs[n] = (r, *cols)
 
     def hf_tensors():
         for t, a in tensors():
-            a = llama_query_order(d, t, a, to_hf=True)
+            a = llama_query_order(d, t, a, to_hf=True).reshape(stacked_shape(a.shape))
             ends = np.cumsum(llama_part_rows(d, t, a.shape[0]))[:-1]
             for n, part in zip(src[t], np.split(a, ends)):
                 yield n, np.ascontiguousarray(part)
@@ -1281,6 +1403,11 @@ def main(argv: list[str] | None = None) -> int:
                                    f"{d.norm_eps} (model.norm_eps); llm.c computes with 1e-5 "
                                    f"(export with --to hf)")
             if args.to == "hf":
+                if not d.gpt2:  # a model no Hugging Face class computes: refused up front
+                    try:
+                        llama_hf_config(d)
+                    except ConvertError as e:
+                        raise ConvertError(f"{args.ckpt}: {e}")
                 vocab, note = tokenizer_vocab(args.vocab, d)
                 try:  # before the weights: a bad ranks file costs no export
                     if vocab and is_description(vocab):

@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 import pytest
 
+from test_mpi_runs import run as mpi_run
 from triad_run import (REPO, VOCAB, assert_clean_error, assert_clean_failure, exe, gpt2_tiktoken,
                        greedy_continuation, run, tiny_config, tool, train)
 
@@ -661,6 +662,146 @@ def test_mistral_imports_and_evaluates_as_transformers(imported, tmp_path, windo
         tuned = finetune_export_and_reimport(d, cfg, out, args, "mistral-ft", tmp_path, model)
         assert tuned.config.sliding_window == window
     assert tool("triad-ckpt", out).returncode == 0
+
+
+def mixtral_model(**config):
+    torch.manual_seed(13)
+    model = transformers.MixtralForCausalLM(transformers.MixtralConfig(**{
+        **dict(vocab_size=V, hidden_size=64, intermediate_size=48, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=N_POS,
+               rms_norm_eps=1e-5, rope_theta=500.0, sliding_window=None,
+               tie_word_embeddings=False, num_local_experts=4, num_experts_per_tok=2),
+        **config}))
+    with torch.no_grad():
+        for p in model.parameters():  # the router's too: decisive choices, far from ties
+            p.copy_(p * 4 if p.dim() == 2 else p + 0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+MIXTRAL_ARGS = ["--model.position", "rope", "--model.rope_theta", "500", "--model.norm",
+                "rmsnorm", "--model.bias", "false", "--model.mlp", "swiglu", "--model.mlp_hidden",
+                "48", "--model.tie_embeddings", "false", "--model.n_head", 4, "--model.n_kv_head",
+                2]
+
+
+@pytest.mark.parametrize("top_k,window", [(2, None), (3, 8)], ids=["top2", "top3-window8"])
+def test_mixtral_imports_and_evaluates_as_transformers(imported, tmp_path, top_k, window):
+    """transformers' MixtralForCausalLM (Mistral's blocks, every MLP 4 SwiGLU experts behind a
+    router choosing top_k of them, gates renormalized), imported: triad's mixture of experts
+    computes transformers' validation loss and accuracy and its greedy continuation; fine-tuned
+    (experts, router and all) and exported, MixtralForCausalLM loads it and computes triad's
+    loss; the import exported again is the original, bit for bit."""
+    d, _, cfg = imported
+    model = mixtral_model(num_experts_per_tok=top_k, sliding_window=window)
+    model.save_pretrained(tmp_path / "mixtral", safe_serialization=True)
+    out = tmp_path / "mixtral.h5"
+    p = tool("triad-convert", "import", tmp_path / "mixtral", out, "--seq-len", SEQ)
+    assert p.returncode == 0, p.stderr
+    assert "Hugging Face Mixtral model" in p.stdout
+    with h5py.File(out, "r") as f:
+        a = f["model"].attrs
+        assert (int(a["moe_experts"]), int(a["moe_top_k"]), int(a["moe_normalize"])) == \
+            (4, top_k, 1)
+        assert f["model/h/1/mlp/experts/c_fc/weight"].shape == (4, 96, 64)
+        assert f["model/h/1/mlp/experts/c_proj/weight"].shape == (4, 64, 48)
+        assert f["model/h/1/mlp/router/weight"].shape == (4, 64)
+        # expert 2's c_fc is its w1 (gate) rows, then its w3 (up) rows; c_proj its w2; the
+        # router's rows the gate's, expert by expert
+        moe = model.model.layers[1].block_sparse_moe
+        w = moe.experts[2]
+        for name, want in (("experts/c_fc/weight", torch.cat([w.w1.weight, w.w3.weight])),
+                           ("experts/c_proj/weight", w.w2.weight)):
+            np.testing.assert_array_equal(f[f"model/h/1/mlp/{name}"][2], want.detach().numpy())
+        np.testing.assert_array_equal(f["model/h/1/mlp/router/weight"][()],
+                                      moe.gate.weight.detach().numpy())
+        assert "moe_experts = 4" in f.attrs["config"].decode()
+    assert tool("triad-ckpt", out).returncode == 0
+    dense = [*MIXTRAL_ARGS, *(["--model.sliding_window", window] if window else [])]
+    args = [*dense, "--model.moe_experts", 4, "--model.moe_top_k", top_k]
+    want_loss, want_acc = hf_loss_accuracy(model, d)
+    p = train("--config", cfg, "--eval-only", "--init-from", out, *args, check=True)
+    loss = float(p.stdout.split("val loss")[1].split()[0])
+    acc = float(p.stdout.split("val accuracy")[1].split()[0])
+    assert abs(loss - want_loss) <= 1e-5 * want_loss, (loss, want_loss)
+    assert abs(acc - want_acc) <= 1.5 / (EVAL_SEQUENCES * SEQ), (acc, want_acc)
+    # --model-from: the import's config holds the experts and the window.
+    p = train("--config", cfg, "--eval-only", "--init-from", out, "--model-from", out, check=True)
+    assert float(p.stdout.split("val loss")[1].split()[0]) == loss
+    # ... and on a grid: experts split over tp 2 and spread over ep 2 (4 ranks)
+    p = mpi_run(4, "--config", cfg, "--eval-only", "--init-from", out, "--model-from", out,
+                "--parallel.tp", 2, "--parallel.ep", 2)
+    assert p.returncode == 0, p.stdout + p.stderr
+    grid_loss = float(p.stdout.split("val loss")[1].split()[0])
+    assert abs(grid_loss - want_loss) <= 1e-5 * want_loss, (grid_loss, want_loss)
+    # The routing matters: one expert fewer per token is another model (by 20 times the
+    # tolerance at least).
+    other, _ = hf_loss_accuracy(mixtral_model(num_experts_per_tok=top_k - 1,
+                                              sliding_window=window), d)
+    assert abs(other - want_loss) > 2e-4 * want_loss, (other, want_loss)
+    p = run([exe("triad-generate"), "--checkpoint", out, "--vocab", VOCAB, "--top-k", "1",
+             "--prompt-ids", " ".join(map(str, PROMPT)), "--length", "20", "--output", "ids"],
+            check=True)
+    assert [int(t) for t in p.stdout.split()] == greedy_continuation(model, PROMPT, 20)
+    # The config must say what the checkpoint holds.
+    p = train("--config", cfg, "--eval-only", "--init-from", out, *dense)
+    assert_clean_error(p, "moe_experts")
+    tuned = finetune_export_and_reimport(d, cfg, out, args, f"mixtral-ft-{top_k}", tmp_path,
+                                         model)
+    assert (tuned.config.num_local_experts, tuned.config.num_experts_per_tok) == (4, top_k)
+    assert tuned.config.sliding_window == window
+
+
+def test_mixtures_of_experts_triad_does_not_compute_are_refused(tmp_path):
+    """Imports: Mixtral with one expert per token (its one renormalized gate is always 1), an
+    expert's tensor of the wrong shape or missing, and the mixtures whose blocks triad does not
+    build (Qwen2-MoE's gated shared expert, OLMoE's whole-width QK-norm). Exports: the triad
+    mixtures Mixtral does not hold (GPT-2's blocks, shared experts, dense layers among them,
+    gates not renormalized, QK-norm). Each is one line naming the input and what it is; nothing
+    is written."""
+    from safetensors.torch import save_file
+    model = mixtral_model()
+    src = tmp_path / "mixtral"
+    model.save_pretrained(src, safe_serialization=True)
+    original = json.loads((src / "config.json").read_text())
+    out = tmp_path / "bad.h5"
+    for change, needle in (({"num_experts_per_tok": 1}, "num_experts_per_tok 1"),
+                           ({"num_local_experts": 300, "num_experts_per_tok": 2},
+                            "num_local_experts 300"),
+                           ({"model_type": "qwen2_moe"}, "shared_expert_gate"),
+                           ({"model_type": "olmoe"}, "whole q and k projections")):
+        (src / "config.json").write_text(json.dumps({**original, **change}))
+        assert_clean_failure(tool("triad-convert", "import", src, out), "config.json", needle)
+        assert not out.exists()
+    (src / "config.json").write_text(json.dumps(original))
+    weights = {k: v.contiguous() for k, v in model.state_dict().items()}
+    name = "model.layers.1.block_sparse_moe.experts.3.w2.weight"
+    for bad, needle in (({**weights, name: torch.zeros(64, 40)}, f"{name} have shape(s) [[64, "
+                                                                  f"40]], expected [[64, 48]]"),
+                        ({k: v for k, v in weights.items() if k != name}, f"{name} missing")):
+        save_file(bad, str(src / "model.safetensors"))
+        assert_clean_failure(tool("triad-convert", "import", src, out), needle)
+        assert not out.exists()
+
+    llama = dict(n_layer=2, n_head=4, n_embd=32, seq_len=16, vocab_size=300, position="rope",
+                 norm="rmsnorm", bias=False, mlp="swiglu", tied=False, moe_experts=4)
+    for change, needle in (({"position": "learned", "norm": "layernorm", "bias": True,
+                             "mlp": "gelu", "tied": True}, "in GPT-2's blocks"),
+                           ({"moe_shared_hidden": 16}, "model.moe_shared_hidden = 16"),
+                           ({"moe_first_dense": 1}, "model.moe_first_dense = 1"),
+                           ({"moe_every": 2}, "model.moe_every = 2"),
+                           ({"moe_normalize": False}, "model.moe_normalize = false"),
+                           ({"qk_norm": True}, "exports as Mixtral")):
+        cfg = ref.GptConfig(**{**llama, **change})
+        ckpt = tmp_path / "moe.h5"
+        ckpt.unlink(missing_ok=True)
+        ref.write_checkpoint(ckpt, cfg, ref.random_weights(cfg, seed=4))
+        assert tool("triad-ckpt", ckpt).returncode == 0
+        for to in ("hf", "llmc"):
+            p = tool("triad-convert", "export", ckpt, tmp_path / "out", "--to", to, "--vocab",
+                     "none") if to == "hf" else \
+                tool("triad-convert", "export", ckpt, tmp_path / "out", "--to", to)
+            assert_clean_failure(p, "moe.h5", *([needle] if to == "hf" else []))
+            assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
 
 
 def test_gpt2_blocks_with_grouped_query_attention(tmp_path):
