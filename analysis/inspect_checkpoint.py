@@ -71,7 +71,8 @@ def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
     c_attn's k and v rows for n_kv_head heads; q_norm and k_norm [head_dim] when qk_norm is 1;
     c_attn's bias alone when bias is 0 and qkv_bias 1; moe_experts E > 0: experts/c_fc [E, F, C],
     experts/c_proj [E, C, H] and router [E, C] instead of the MLP's tensors in the layers
-    moe_first_dense and moe_every give them)."""
+    moe_first_dense and moe_every give them; shared/c_fc, shared/c_proj with moe_shared_hidden,
+    shared/gate [1, C] with moe_shared_gate)."""
     L, C, T, V = (int(a[k]) for k in ("n_layer", "n_embd", "seq_len", "padded_vocab_size"))
     H = int(a["n_head"])
     # c_attn: q (C rows), then k and v with n_kv_head heads of C / n_head rows (absent: n_head)
@@ -122,6 +123,8 @@ def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
             if S > 0:
                 FS = 2 * S if a.get("mlp", "gelu") == "swiglu" else S
                 s.update({p + "shared/c_fc/weight": (FS, C), p + "shared/c_proj/weight": (C, S)})
+                if int(a.get("moe_shared_gate", 0)) == 1:  # their sigmoid gate (Qwen2-MoE's)
+                    s[p + "shared/gate/weight"] = (1, C)
     if int(a.get("tie_embeddings", 1)) == 0:  # an output layer of its own
         s["lm_head/weight"] = (V, C)
     if int(a.get("bias", 1)) == 0:  # model.bias = false (model.qkv_bias: c_attn's kept)

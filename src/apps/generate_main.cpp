@@ -231,6 +231,7 @@ int main(int argc, char** argv) {
     shape.moe_top_k = int(m.moe_top_k);
     shape.moe_normalize = m.moe_normalize;
     shape.moe_shared_hidden = int(m.moe_shared_hidden);
+    shape.moe_shared_gate = m.moe_shared_gate;
     shape.moe_first_dense = int(m.moe_first_dense);
     shape.moe_every = int(m.moe_every);
     TRIAD_CHECK(!bf16 || m.n_embd % 2 == 0,

@@ -700,6 +700,10 @@ CheckpointState read_state(hid_t file) {
                 s.model.moe_experts, "] (moe_experts)");
     s.model.moe_normalize = flag("moe_normalize");
     s.model.moe_shared_hidden = io::read_int64_attr(model, "moe_shared_hidden").value_or(0);
+    s.model.moe_shared_gate = flag("moe_shared_gate", 0);
+    TRIAD_CHECK(!s.model.moe_shared_gate || s.model.moe_shared_hidden > 0,
+                "attribute moe_shared_gate of /model is 1 without shared experts "
+                "(moe_shared_hidden)");
     TRIAD_CHECK(s.model.moe_shared_hidden >= 0 && s.model.moe_shared_hidden <= (int64_t(1) << 30),
                 "attribute moe_shared_hidden of /model is ", s.model.moe_shared_hidden,
                 ", not in [0, 2^30]");
@@ -1084,6 +1088,7 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
             io::write_int64_attr(model, "moe_normalize", state.model.moe_normalize ? 1 : 0);
             if (state.model.moe_shared_hidden > 0)
               io::write_int64_attr(model, "moe_shared_hidden", state.model.moe_shared_hidden);
+            if (state.model.moe_shared_gate) io::write_int64_attr(model, "moe_shared_gate", 1);
             if (state.model.moe_first_dense != 0 || state.model.moe_every != 1) {
               io::write_int64_attr(model, "moe_first_dense", state.model.moe_first_dense);
               io::write_int64_attr(model, "moe_every", state.model.moe_every);

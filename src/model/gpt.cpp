@@ -53,7 +53,8 @@ std::vector<LayerTensor> all_layer_tensors(const GptShape& shape, bool moe) {
             {"mlp/experts/c_proj/bias", {E, C}, -1, 1},
             {"mlp/router/weight", {E, C}, -1, 1},  // replicated: every rank routes alike
             {"mlp/shared/c_fc/weight", {shape.shared_fc_rows(), C}, 0, fc_blocks},
-            {"mlp/shared/c_proj/weight", {C, shape.moe_shared_hidden}, 1, 1}};
+            {"mlp/shared/c_proj/weight", {C, shape.moe_shared_hidden}, 1, 1},
+            {"mlp/shared/gate/weight", {1, C}, -1, 1}};  // replicated, as the router
   }
   return {{"ln_1/weight", {C}, -1, 1},
           {"ln_1/bias", {C}, -1, 1},
@@ -75,6 +76,7 @@ std::vector<LayerTensor> all_layer_tensors(const GptShape& shape, bool moe) {
 bool has_tensor(const GptShape& shape, const std::string& suffix) {
   if (suffix.ends_with("_norm/weight") && suffix.starts_with("attn/")) return shape.qk_norm;
   if (suffix.starts_with("mlp/experts/")) return !suffix.ends_with("/bias");
+  if (suffix == "mlp/shared/gate/weight") return shape.moe_shared_gate;
   if (suffix.starts_with("mlp/shared/")) return shape.moe_shared_hidden > 0;
   if (!suffix.ends_with("/bias")) return true;
   if (!shape.bias) return shape.qkv_bias && suffix == "attn/c_attn/bias";
@@ -418,6 +420,8 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
               "the shared experts' ", shape.moe_shared_hidden,
               " hidden units do not split over tp = ", mp.tp,
               " (or there is no mixture of experts)");
+  TRIAD_CHECK(!shape.moe_shared_gate || shape.moe_shared_hidden > 0,
+              "a gate of the shared experts needs shared experts (moe_shared_hidden > 0)");
   TRIAD_CHECK(!shape.rope || shape.hd() % 2 == 0,
               "rotary positions need an even head dimension (got ", shape.hd(), ")");
   TRIAD_ASSERT(mp.pp >= 1 && mp.virtual_stages >= 1);

@@ -34,6 +34,7 @@ struct LayerTensors {
       *fcprojb;
   T* routerw;  // model.moe_experts (fcw and fcprojw then hold every expert's, one after another)
   T *shfcw, *shprojw;  // model.moe_shared_hidden: the shared experts' c_fc and c_proj
+  T* shgatew;          // model.moe_shared_gate: their gate [1, C]
 };
 
 template <class A>
@@ -71,7 +72,8 @@ struct Gpt::Set {
     int32_t* moe_keep = nullptr;
     std::vector<int> moe_counts, moe_kept, moe_recv, moe_rows;
     A *sh_fch = nullptr, *sh_act = nullptr;  // shared experts: c_fc's output and the activation
-    A* residual3;                            // residual2 + mlp: the layer's output
+    float* sh_gate = nullptr;  // model.moe_shared_gate: each row's sigmoid gate of their output
+    A* residual3;              // residual2 + mlp: the layer's output
     // A split backward (zero-bubble schedule): the output gradients of the four linear layers,
     // over all rows, that the input-gradient pass leaves for the weight pass — mlp.c_proj's
     // (C), c_fc's pre-activation (fc_rows/tp), attn.c_proj's (C) and c_attn's (qkv_rows/tp: 3C/tp
@@ -115,6 +117,12 @@ struct Gpt::Activations {
   // Shared experts: their output before it joins the routed ones' (forward), and the gradients
   // of their activation and of c_fc's output (backward).
   A *sh_out = nullptr, *sh_dact = nullptr, *sh_dfch = nullptr;
+  // Their gate (model.moe_shared_gate): its logits (forward) or their gradient (backward) [N];
+  // the gated output (forward) or its gradient (backward) [N, C]; the gates' gradient [N]; and
+  // the rows' own order 0 .. N−1, with which moe_combine scales rows.
+  A *sh_glogit = nullptr, *sh_gated = nullptr;
+  float* sh_dgate = nullptr;
+  int32_t* row_order = nullptr;
   // tp > 1, last stage: the vocabulary-parallel cross-entropy's row statistics of one chunk of
   // logits (4 per row).
   float* ce_stats = nullptr;
@@ -176,6 +184,7 @@ struct Gpt::Activations {
                                                               : EP * BT * K));
     const size_t SFl = size_t(s.shared_fc_rows()) / size_t(mp.tp);  // shared experts' widths
     const size_t SHl = size_t(s.moe_shared_hidden) / size_t(mp.tp);
+    const bool shared_gate = SHl > 0 && s.moe_shared_gate;
     const size_t nh = size_t(B) * size_t(s.n_head / mp.tp) * size_t(mp.seq_rows(s.seq_len));
     // Probabilities, or log-sum-exp. Context parallel: each of the two pieces' queries against
     // the keys up to its end (piece·(start + piece) per head; 2·cp + 1 pieces² together).
@@ -229,6 +238,7 @@ struct Gpt::Activations {
         want(L.sh_fch, BT * SFl);
         want(L.sh_act, BT * SHl);
       }
+      if (moe && shared_gate) want_f(L.sh_gate, BT);
       if (sp) {
         want(L.ln1g, BT * C);
         want(L.ln2g, BT * C);
@@ -288,6 +298,7 @@ struct Gpt::Activations {
         want(sh_dact, BT * SHl);
         want(sh_dfch, BT * SFl);
       }
+      if (experts && shared_gate) want_f(sh_dgate, BT);
     }
     if (experts) want(moe_logits, BT * E);
     if (experts && EP > 1) {
@@ -297,6 +308,11 @@ struct Gpt::Activations {
       if (capped) want(moe_compact, BT * K * C);
     }
     if (experts && SHl > 0) want(sh_out, BT * C);
+    if (experts && shared_gate) {
+      want(sh_glogit, BT);
+      want(sh_gated, BT * C);
+      want_i(row_order, BT);
+    }
     if (mp.holds_head()) {  // it holds the last chunk
       want(logits, size_t(logits_rows) * Vl);
       if (mp.tp > 1) want_f(ce_stats, 4 * size_t(logits_rows));
@@ -327,6 +343,11 @@ struct Gpt::Activations {
     base_f_ = carve(plan_f, total_f_);
     if (!plan_i.empty()) base_i_ = carve(plan_i, total_i_);
     if (be_ == nullptr) return;  // sizes only: no buffers to alias
+    if (row_order != nullptr) {
+      std::vector<int32_t> order(BT);
+      for (size_t i = 0; i < BT; ++i) order[i] = int32_t(i);
+      be_->copy_ints_from_host(row_order, order.data(), BT);
+    }
     // Buffers shared by every layer: the projections' outputs (consumed by the residual add)
     // and, under sequence parallelism, the local LayerNorm outputs (backward reads the gathered
     // ones); without it the "over all rows" views are the buffers themselves.

@@ -186,6 +186,10 @@ void Gpt::moe_front(typename Set<A>::Layer& L, const A* ln2, const LayerTensors<
     be_.matmul_forward(L.sh_fch, ln2, w.shfcw, nullptr, N, C, shape_.shared_fc_rows() / mp_.tp);
     mlp_activation(L.sh_act, L.sh_fch, N, shape_.moe_shared_hidden / mp_.tp);
   }
+  if (w.shgatew != nullptr) {  // their gate: every rank forms the same one, as the router
+    be_.matmul_forward(a.sh_glogit, ln2, w.shgatew, nullptr, N, C, 1);
+    be_.moe_shared_gate(L.sh_gate, a.sh_glogit, N);
+  }
 }
 
 template <class A>
@@ -205,9 +209,15 @@ void Gpt::moe_output(typename Set<A>::Layer& L, A* out, const LayerTensors<const
   if (out == nullptr) return;
   be_.moe_combine(out, L.moe_y, L.moe_slot, L.moe_gate, N, k, C);
   if (w.shprojw != nullptr) {  // the shared experts' output joins the routed ones'
-    A* sh = acts<A>().sh_out;
-    be_.matmul_forward(sh, L.sh_act, w.shprojw, nullptr, N, shape_.moe_shared_hidden / mp_.tp, C);
-    be_.accumulate(out, sh, size_t(N) * C);
+    auto& a = acts<A>();
+    be_.matmul_forward(a.sh_out, L.sh_act, w.shprojw, nullptr, N, shape_.moe_shared_hidden / mp_.tp,
+                       C);
+    if (w.shgatew != nullptr) {  // scaled by each row's gate (a partial sum scales alike)
+      be_.moe_combine(a.sh_gated, a.sh_out, a.row_order, L.sh_gate, N, 1, C);
+      be_.accumulate(out, a.sh_gated, size_t(N) * C);
+    } else {
+      be_.accumulate(out, a.sh_out, size_t(N) * C);
+    }
   }
 }
 
@@ -222,7 +232,18 @@ void Gpt::moe_backward(typename Set<A>::Layer& L, A* dpart, const LayerTensors<f
   // The shared experts' c_proj and activation first: dres may be dpart's buffer (sequence
   // parallel), which the routed experts' input gradient overwrites below.
   if (w.shprojw != nullptr) {
-    be_.matmul_backward(a.sh_dact, g.shprojw, nullptr, dres, L.sh_act, w.shprojw, N, SHl, C, kSet);
+    const A* dsh = dres;
+    if (w.shgatew != nullptr) {
+      // The gate's gradient reads their output, formed again (partial sums over the group, as
+      // the routed experts', summed there); their output's gradient is the gated dres.
+      be_.matmul_forward(a.sh_out, L.sh_act, w.shprojw, nullptr, N, SHl, C);
+      be_.moe_combine_backward(a.sh_gated, a.sh_dgate, dres, a.sh_out, a.row_order, L.sh_gate, N, 1,
+                               C);
+      tp_all_reduce(a.sh_dgate, size_t(N));
+      be_.moe_shared_gate_backward(a.sh_glogit, a.sh_dgate, L.sh_gate, N);
+      dsh = a.sh_gated;
+    }
+    be_.matmul_backward(a.sh_dact, g.shprojw, nullptr, dsh, L.sh_act, w.shprojw, N, SHl, C, kSet);
     mlp_activation_backward(a.sh_dfch, L.sh_fch, a.sh_dact, N, SHl);
   }
   // The gates' gradient reads the experts' outputs, partial sums over the group: summed there.
@@ -267,10 +288,13 @@ void Gpt::moe_backward(typename Set<A>::Layer& L, A* dpart, const LayerTensors<f
   // The router z-loss c·lse² for each row, weighed as the balancing loss: c times the loss scale.
   be_.moe_route_backward(a.moe_logits, a.moe_dgate, L.moe_probs, L.moe_expert, aux, N, E, k,
                          shape_.moe_normalize, L.moe_lse, dloss_scale_ * moe_z_loss_);
-  // The router's input gradient once over the group (every rank forms the same one).
+  // The router's input gradient once over the group (every rank forms the same one), and the
+  // shared experts' gate's.
   A* dinp = mp_.tp_rank == 0 ? dpart : nullptr;
   if (dinp != nullptr || g.routerw != nullptr)
     be_.matmul_backward(dinp, g.routerw, nullptr, a.moe_logits, ln2, w.routerw, N, C, E);
+  if (w.shgatew != nullptr && (dinp != nullptr || g.shgatew != nullptr))
+    be_.matmul_backward(dinp, g.shgatew, nullptr, a.sh_glogit, ln2, w.shgatew, N, C, 1);
 }
 
 #define TRIAD_MOE_INSTANCES(A)                                                                  \

@@ -115,6 +115,9 @@ class KeyTable {
     add("model.moe_shared_hidden", c.model.moe_shared_hidden,
         "with model.moe_experts: shared experts, a dense MLP of this many hidden units every token "
         "passes through beside its routed experts (DeepSeekMoE's, Qwen2-MoE's); 0: none");
+    add("model.moe_shared_gate", c.model.moe_shared_gate,
+        "with model.moe_shared_hidden: the shared experts' output scaled, token by token, by "
+        "sigmoid(x · w) of a gate w of its own (Qwen2-MoE's shared_expert_gate)");
     add("model.norm_eps", c.model.norm_eps,
         "epsilon of the LayerNorms or RMSNorms (and QK-norms): 1e-5 as GPT-2 and Llama, 1e-6 "
         "as Qwen2");
@@ -782,6 +785,8 @@ void validate(const Config& c, int world_size) {
         "model.moe_shared_hidden",
         "must be >= 0, and > 0 only with model.moe_experts (got " +
             std::to_string(m.moe_shared_hidden) + ")");
+  check(!m.moe_shared_gate || m.moe_shared_hidden > 0, "model.moe_shared_gate",
+        "gates the shared experts: it needs model.moe_shared_hidden > 0");
   check((m.moe_experts > 0 || (m.moe_first_dense == 0 && m.moe_every == 1)) &&
             m.moe_first_dense >= 0 && m.moe_every >= 1 &&
             (m.moe_experts == 0 || m.moe_first_dense + m.moe_every <= m.n_layer),

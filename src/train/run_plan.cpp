@@ -74,6 +74,7 @@ GptShape gpt_shape(const Config& cfg) {
   s.moe_normalize = m.moe_normalize;
   s.moe_capacity_factor = m.moe_capacity_factor;
   s.moe_shared_hidden = m.moe_shared_hidden;
+  s.moe_shared_gate = m.moe_shared_gate;
   s.moe_first_dense = m.moe_first_dense;
   s.moe_every = m.moe_every;
   s.document_token = parse_document_mask(cfg.data.document_mask, m.vocab_size);

@@ -491,6 +491,7 @@ CheckpointState Trainer::State::checkpoint_state() const {
   st.model.moe_top_k = cfg.model.moe_top_k;
   st.model.moe_normalize = cfg.model.moe_normalize;
   st.model.moe_shared_hidden = cfg.model.moe_shared_hidden;
+  st.model.moe_shared_gate = cfg.model.moe_shared_gate;
   st.model.moe_first_dense = cfg.model.moe_first_dense;
   st.model.moe_every = cfg.model.moe_every;
   st.loss_window = loss_window.values();
@@ -613,6 +614,10 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
       m.moe_shared_hidden == c.moe_shared_hidden, "checkpoint ", path,
       " holds a model with shared experts of ", m.moe_shared_hidden,
       " hidden units but the config asks for model.moe_shared_hidden = ", c.moe_shared_hidden);
+  TRIAD_CHECK(m.moe_shared_gate == c.moe_shared_gate, "checkpoint ", path, " holds a model ",
+              m.moe_shared_gate ? "with" : "without",
+              " a gate of its shared experts but the config asks for model.moe_shared_gate = ",
+              c.moe_shared_gate ? "true" : "false");
   TRIAD_CHECK(
       c.moe_experts == 0 || (m.moe_first_dense == c.moe_first_dense && m.moe_every == c.moe_every),
       "checkpoint ", path, " holds a model whose experts start after ", m.moe_first_dense,

@@ -68,6 +68,39 @@ def test_moe_trains_alike_on_every_grid(tmp_path):
         np.testing.assert_allclose(got[k], want[k], rtol=3e-5, err_msg=f"cp {k}")
 
 
+def test_gated_shared_experts_train_alike_on_every_grid(tmp_path):
+    """model.moe_shared_gate (Qwen2-MoE's sigmoid gate of the shared experts' output; PyTorch
+    checks its math: test_reference_model.py's qwen2moe case): the one rank's curves on tp 2
+    with sequence parallelism (the gate's gradient summed over the group, its input gradient
+    formed once), pp 2, ep 2 and ZeRO-1; a checkpoint records the gate, and a config without it
+    is refused; the gate without shared experts is refused."""
+    cfg = tiny_config(tmp_path, name="one", train__steps=5, eval__every=0, checkpoint__every=5,
+                      data__shuffle="false", model__moe_shared_gate="true", **MOE)
+    p = run(1, "--config", cfg)
+    assert p.returncode == 0, p.stdout + p.stderr
+    want = curves(tmp_path / "runs" / "one")
+    for n, grid in ((2, ["--parallel.tp", 2, "--parallel.sequence_parallel", "true"]),
+                    (2, ["--parallel.pp", 2]),
+                    (2, ["--parallel.ep", 2]),
+                    (2, ["--parallel.zero", 1])):
+        name = "gate_" + "_".join(map(str, grid[::2])).replace("--parallel.", "")
+        p = run(n, "--config", cfg, "--run.name", name, "--checkpoint.every", 0, *grid)
+        assert p.returncode == 0, name + p.stdout + p.stderr
+        got = curves(tmp_path / "runs" / name)
+        for k in want:
+            np.testing.assert_allclose(got[k], want[k], rtol=3e-5, err_msg=f"{name} {k}")
+    ckpt = tmp_path / "runs" / "one" / "ckpt" / "step_00000005.h5"
+    with h5py.File(ckpt, "r") as f:
+        assert int(f["model"].attrs["moe_shared_gate"]) == 1
+        assert f["model/h/1/mlp/shared/gate/weight"].shape == (1, 32)
+    assert tool("triad-ckpt", ckpt).returncode == 0
+    p = train("--config", cfg, "--eval-only", "--init-from", ckpt, "--model.moe_shared_gate",
+              "false")
+    assert_clean_error(p, "with a gate of its shared experts", "model.moe_shared_gate = false")
+    p = train("--config", cfg, "--model.moe_shared_hidden", 0)
+    assert_clean_error(p, "model.moe_shared_gate", "model.moe_shared_hidden > 0")
+
+
 def val_losses(path):
     with h5py.File(path / "metrics.h5", "r") as f:
         return f["val"]["loss"][:]

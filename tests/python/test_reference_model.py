@@ -178,6 +178,15 @@ CASES = [
                                    mlp_hidden=64, moe_experts=4, moe_top_k=1,
                                    moe_normalize=False, moe_first_dense=1, moe_every=2),
          3, 45, 7, 89),
+    # Qwen2-MoE's blocks: Qwen2's attention (c_attn's bias alone), 4 SwiGLU experts, 2 per token,
+    # gates as the router gave them, and shared experts of 48 units whose output a sigmoid gate
+    # of each token scales (model.moe_shared_gate).
+    Case("qwen2moe", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
+                                   position="rope", rope_theta=500.0, norm="rmsnorm",
+                                   bias=False, qkv_bias=True, mlp="swiglu", mlp_hidden=32,
+                                   tied=False, n_kv_head=2, moe_experts=4, moe_top_k=2,
+                                   moe_normalize=False, moe_shared_hidden=48,
+                                   moe_shared_gate=True), 2, 40, 6, 97),
 ]
 
 
@@ -194,7 +203,7 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                       attn_scale=c.attn_scale, mup_base_width=c.mup_base_width,
                       moe_experts=c.moe_experts, moe_top_k=c.moe_top_k,
                       moe_normalize=c.moe_normalize, moe_shared_hidden=c.moe_shared_hidden,
-                      moe_capacity_factor=c.moe_capacity_factor,
+                      moe_shared_gate=c.moe_shared_gate, moe_capacity_factor=c.moe_capacity_factor,
                       moe_first_dense=c.moe_first_dense, moe_every=c.moe_every,
                       **({} if c.rope_scaling is None else dict(
                           rope_scaling="llama3", rope_scaling_factor=c.rope_scaling[0],
@@ -1116,7 +1125,7 @@ def test_layer_norms_match_torch(tmp_root, tmp_path):
 GRAD_CLIP = {"gpt2vocab": 1.0, "oddshapes": 1.0, "rope": 1.0, "rmsnorm": 1.2, "nobias": 1.0,
              "swiglu": 1.1, "llama": 1.7, "gqa": 1.7, "mqa": 1.0, "bigvocab": 1.0,
              "qknorm": 1.15, "ropescaling": 1.0, "qwen2": 1.8, "headdim": 1.8, "moe": 1.0,
-             "moeswiglu": 1.7, "moemixed": 0.8}
+             "moeswiglu": 1.7, "moemixed": 0.8, "qwen2moe": 1.7}
 
 
 # model.moe_capacity_factor: each expert takes the first ceil(f·N·k/E) of a pass's choices (the

@@ -96,6 +96,8 @@ class GptConfig:
     # model.moe_shared_hidden: shared experts, a dense MLP of this many units (the experts'
     # activation, no biases: mlp/shared/c_fc, mlp/shared/c_proj) added to the routed ones.
     moe_shared_hidden: int = 0
+    # model.moe_shared_gate: their output times sigmoid(x · mlp/shared/gate/weight [1, C]ᵀ).
+    moe_shared_gate: bool = False
     # model.moe_first_dense, model.moe_every: layer i has the experts when i >= first_dense and
     # (i - first_dense + 1) % every == 0; the others a dense MLP.
     moe_first_dense: int = 0
@@ -183,6 +185,8 @@ def param_shapes(cfg: GptConfig) -> Dict[str, tuple]:
                 S = cfg.moe_shared_hidden
                 shapes[p + "mlp/shared/c_fc/weight"] = (S * (2 if cfg.mlp == "swiglu" else 1), C)
                 shapes[p + "mlp/shared/c_proj/weight"] = (C, S)
+                if cfg.moe_shared_gate:
+                    shapes[p + "mlp/shared/gate/weight"] = (1, C)
             continue
         shapes[p + "mlp/c_fc/weight"] = (F, C)
         shapes[p + "mlp/c_fc/bias"] = (F,)
@@ -456,7 +460,10 @@ def moe_mlp(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str,
         out = out.index_add(0, rows, gates[rows, j].unsqueeze(-1) * (a @ w2[e].t()))
     if cfg.moe_shared_hidden:  # every token through the shared experts too
         a = act(x @ params[p + "mlp/shared/c_fc/weight"].t(), cfg.moe_shared_hidden)
-        out = out + a @ params[p + "mlp/shared/c_proj/weight"].t()
+        shared = a @ params[p + "mlp/shared/c_proj/weight"].t()
+        if cfg.moe_shared_gate:  # Qwen2-MoE's sigmoid gate of each row
+            shared = torch.sigmoid(x @ params[p + "mlp/shared/gate/weight"].t()) * shared
+        out = out + shared
     if _MOE_TERMS is not None:
         f = torch.bincount(choice.reshape(-1), minlength=E).to(probs.dtype) / choice.numel()
         _MOE_TERMS.append((E * (f * probs.mean(0)).sum(),
@@ -928,6 +935,8 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
                 m.attrs.create(key, i64(val), dtype="<i8")
             if cfg.moe_shared_hidden:
                 m.attrs.create("moe_shared_hidden", i64(cfg.moe_shared_hidden), dtype="<i8")
+            if cfg.moe_shared_gate:
+                m.attrs.create("moe_shared_gate", i64(1), dtype="<i8")
             if (cfg.moe_first_dense, cfg.moe_every) != (0, 1):
                 m.attrs.create("moe_first_dense", i64(cfg.moe_first_dense), dtype="<i8")
                 m.attrs.create("moe_every", i64(cfg.moe_every), dtype="<i8")
@@ -973,6 +982,7 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                         moe_top_k=int(a.get("moe_top_k", 2)),
                         moe_normalize=int(a.get("moe_normalize", 1)) == 1,
                         moe_shared_hidden=int(a.get("moe_shared_hidden", 0)),
+                        moe_shared_gate=int(a.get("moe_shared_gate", 0)) == 1,
                         moe_first_dense=int(a.get("moe_first_dense", 0)),
                         moe_every=int(a.get("moe_every", 1)),
                         rope_scaling=(float(a["rope_scaling_factor"]),

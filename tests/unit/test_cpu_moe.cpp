@@ -201,6 +201,38 @@ TEST_P(MoeOps, Bf16IsFp32OfWidenedValuesRoundedOnce) {
   for (size_t i = 0; i < dz.size(); ++i) EXPECT_EQ(dzb[i].bits, to_bf16(dz[i]).bits);
 }
 
+// The shared experts' gate (moe_shared_gate): s = 1/(1 + e^−x) in double; its backward against
+// the central difference of L(x) = Σ c·s(x); bf16 logits read widened, the gradient rounded once.
+TEST(MoeSharedGate, SigmoidAndItsGradient) {
+  auto be = make_cpu_backend();
+  const int N = 11;
+  Vec x = random_vec(N, 12, 3.0f), c = random_vec(N, 13), s(N), ds(N);
+  x[0] = 40.0f;  // saturated both ways: 1 and a tiny positive number, no NaN
+  x[1] = -40.0f;
+  be->moe_shared_gate(s.data(), x.data(), N);
+  for (int n = 0; n < N; ++n) EXPECT_NEAR(s[n], 1.0 / (1.0 + std::exp(-double(x[n]))), 1e-7) << n;
+  be->moe_shared_gate_backward(ds.data(), c.data(), s.data(), N);
+  auto loss = [&]() {
+    Vec t(N);
+    be->moe_shared_gate(t.data(), x.data(), N);
+    double sum = 0;
+    for (int n = 0; n < N; ++n) sum += double(c[n]) * t[n];
+    return sum;
+  };
+  for (int n = 2; n < N; ++n) EXPECT_NEAR(ds[n], central_difference(x[n], 1e-2f, loss), 2e-4) << n;
+  EXPECT_EQ(s[0], 1.0f);
+  EXPECT_GT(s[1], 0.0f);
+  std::vector<bf16_t> xb(N), dsb(N);
+  for (int n = 0; n < N; ++n) xb[n] = to_bf16(x[n]);
+  Vec sb(N), sw(N), xw(N);
+  for (int n = 0; n < N; ++n) xw[n] = to_float(xb[n]);
+  be->moe_shared_gate(sb.data(), xb.data(), N);
+  be->moe_shared_gate(sw.data(), xw.data(), N);
+  EXPECT_EQ(sb, sw);
+  be->moe_shared_gate_backward(dsb.data(), c.data(), s.data(), N);
+  for (int n = 0; n < N; ++n) EXPECT_EQ(dsb[n].bits, to_bf16(ds[n]).bits) << n;
+}
+
 INSTANTIATE_TEST_SUITE_P(Shapes, MoeOps,
                          ::testing::Values(std::make_tuple(9, 4, 2, true),
                                            std::make_tuple(9, 4, 2, false),

@@ -419,5 +419,34 @@ TEST_F(CudaMoeTest, RouteBackward) {
   }
 }
 
+// The shared experts' gate: sigmoid of fp32 and bf16 logits (saturated ones too) and its
+// gradient, against the CPU's.
+TEST_F(CudaMoeTest, SharedGate) {
+  for (int N : {1, 257, 5000}) {
+    SCOPED_TRACE(N);
+    Vec logits = random_vec(size_t(N), 61, -8.0f, 8.0f);
+    logits[0] = 60.0f;
+    if (N > 1) logits[1] = -60.0f;
+    const Vec ds = random_vec(size_t(N), 62, -2.0f, 2.0f);
+    const size_t n = size_t(N);
+    Vec want(n), want_b(n);
+    cpu->moe_shared_gate(want.data(), logits.data(), N);
+    cpu->moe_shared_gate(want_b.data(), to_bits(logits).data(), N);
+    float* s = dev_garbage(size_t(N), 63);
+    gpu->moe_shared_gate(s, dev(logits), N);
+    EXPECT_TRUE(close_l2(host(s, size_t(N)), want, kTolFp32)) << "fp32 sigmoid";
+    gpu->moe_shared_gate(s, dev(to_bits(logits)), N);
+    EXPECT_TRUE(close_l2(host(s, size_t(N)), want_b, kTolFp32)) << "bf16 sigmoid";
+    Vec dz(n);
+    cpu->moe_shared_gate_backward(dz.data(), ds.data(), want.data(), N);
+    float* d = dev_garbage(size_t(N), 64);
+    gpu->moe_shared_gate_backward(d, dev(ds), dev(want), N);
+    EXPECT_TRUE(close_l2(host(d, size_t(N)), dz, kTolFp32)) << "fp32 gradient";
+    bf16_t* db = dev_garbage_bf16(size_t(N), 65);
+    gpu->moe_shared_gate_backward(db, dev(ds), dev(want), N);
+    EXPECT_TRUE(close_l2(host(db, size_t(N)), to_bits(dz), kTolBf16)) << "bf16 gradient";
+  }
+}
+
 }  // namespace
 }  // namespace triad

@@ -22,7 +22,7 @@
 namespace triad {
 namespace {
 
-// swiglu: Llama's blocks with shared experts; mixed (GPT-2's): layers 0 and 1 dense, 2 with
+// swiglu: Llama's blocks with shared experts, gated (Qwen2-MoE's); mixed (GPT-2's): layers 0 and 1 dense, 2 with
 // experts (model.moe_first_dense = 1, model.moe_every = 2).
 GptShape moe_shape(bool swiglu, bool mixed = false) {
   GptShape s{3, 4, 64, 32, 200, 256};
@@ -34,6 +34,7 @@ GptShape moe_shape(bool swiglu, bool mixed = false) {
   s.moe_top_k = swiglu ? 3 : 2;
   s.moe_normalize = !swiglu;
   s.moe_shared_hidden = swiglu ? 32 : 0;  // shared experts beside the routed ones
+  s.moe_shared_gate = swiglu;
   s.mlp_hidden = 64;
   s.swiglu = swiglu;
   s.rmsnorm = swiglu;
@@ -88,7 +89,7 @@ bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
 
 class MoeModel : public ::testing::TestWithParam<std::tuple<Precision, int>> {};
 
-// Variant 0: GPT-2's blocks, 1: Llama's with shared experts, 2: GPT-2's with dense layers.
+// Variant 0: GPT-2's blocks, 1: Llama's with gated shared experts, 2: GPT-2's with dense layers.
 GptShape variant(int v) { return moe_shape(v == 1, v == 2); }
 
 TEST_P(MoeModel, RecomputationGivesTheSameBitsAndThePlanIsTheAllocation) {

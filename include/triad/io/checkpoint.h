@@ -120,6 +120,9 @@ struct ModelShape {
   // Attribute moe_shared_hidden (int64: shared experts' hidden units; absent or 0: none; written
   // when > 0).
   int64_t moe_shared_hidden = 0;
+  // Attribute moe_shared_gate (int64 1 | 0: their output scaled by a sigmoid gate; absent: 0;
+  // written when 1).
+  bool moe_shared_gate = false;
   // Attributes moe_first_dense and moe_every (int64: the layers with experts, GptShape::moe_layer;
   // absent: 0 and 1, every layer; written when not those).
   int64_t moe_first_dense = 0, moe_every = 1;

@@ -476,6 +476,9 @@ class Backend {
   //    to the gradient of every row's probs[n,e] (the load-balancing loss's; read at the call, so
   //    the GPU needs no copy of it and no wait). z_loss = c > 0 (ST-MoE's router z-loss, c·lse²
   //    per row; lse as moe_route gave it) adds 2c·lse[n]·probs[n,e] to dlogits[n,e].
+  //  moe_shared_gate: s[n] = sigmoid(logits[n]) (fp32), the gate of each row's shared experts'
+  //    output (Qwen2-MoE's shared_expert_gate); moe_shared_gate_backward: dlogits[n] =
+  //    ds[n]·s[n]·(1 − s[n]) (written). The scaling itself is moe_combine's with k = 1.
   virtual void moe_route(float* probs, int32_t* expert, float* gate, const float* logits, int N,
                          int E, int k, bool normalize, float* lse = nullptr) = 0;
   virtual void moe_route(float* probs, int32_t* expert, float* gate, const bf16_t* logits, int N,
@@ -503,6 +506,11 @@ class Backend {
                                   const int32_t* expert, const float* aux, int N, int E, int k,
                                   bool normalize, const float* lse = nullptr,
                                   float z_loss = 0.0f) = 0;
+  virtual void moe_shared_gate(float* s, const float* logits, int N) = 0;
+  virtual void moe_shared_gate(float* s, const bf16_t* logits, int N) = 0;
+  virtual void moe_shared_gate_backward(float* dlogits, const float* ds, const float* s, int N) = 0;
+  virtual void moe_shared_gate_backward(bf16_t* dlogits, const float* ds, const float* s,
+                                        int N) = 0;
 
   // ---- reductions and optimizer updates ------------------------------------------------------
   virtual double sum_squares(const float* x, size_t n) = 0;   // accumulated in double

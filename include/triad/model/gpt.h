@@ -169,6 +169,9 @@ struct GptShape {
   // through, its output added to the routed experts' (mlp/shared/c_fc [shared_fc_rows, C],
   // mlp/shared/c_proj [C, moe_shared_hidden], split over tp as the dense MLP's).
   int moe_shared_hidden = 0;
+  // The shared experts' output scaled by a sigmoid gate of each row (model.moe_shared_gate;
+  // Qwen2-MoE's shared_expert_gate): sigmoid(x · mlp/shared/gate [1, C]ᵀ), replicated over tp.
+  bool moe_shared_gate = false;
   // Dense layers among them (model.moe_first_dense, model.moe_every): layer i (0-based) has the
   // experts when i >= moe_first_dense and (i − moe_first_dense + 1) is a multiple of moe_every,
   // the others GPT-2's MLP (DeepSeek's first dense layers: moe_first_dense; Llama 4's
@@ -185,7 +188,7 @@ struct GptShape {
     const double C = n_embd, dense = double(fc_rows() + hidden()) * C;
     if (!moe_layer(l)) return dense;
     return dense * moe_top_k + double(moe_experts) * C +
-           double(shared_fc_rows() + moe_shared_hidden) * C;
+           double(shared_fc_rows() + moe_shared_hidden + (moe_shared_gate ? 1 : 0)) * C;
   }
 };
 
@@ -1002,13 +1005,14 @@ class Gpt {
   int wte_ = -1, wpe_ = -1, lnf_ = -1, head_ = -1;
   float* rope_table_ = nullptr;  // rope_table(shape_) on the backend (shape_.rope)
   std::vector<int> layer_;
-  // Where each of a layer's 17 possible tensors (DESIGN.md §3's 12, q_norm and k_norm, the
-  // mixture of experts' router and shared experts) sits in its run of specs_ (-1: not in this
-  // model, a bias or norm it does not have), and how many it has.
+  // Where each of a layer's kLayerTensorKinds possible tensors (DESIGN.md §3's 12, q_norm and
+  // k_norm, the mixture of experts' router, shared experts and their gate) sits in its run of
+  // specs_ (-1: not in this model, a bias or norm it does not have), and how many it has.
   // [0]: a dense layer's, [1]: one with experts' (GptShape::moe_layer).
-  int layer_slot_[2][17] = {};
-  int layer_count_[2] = {17, 17};
-  using LayerSlots = int[17];
+  static constexpr int kLayerTensorKinds = 18;
+  int layer_slot_[2][kLayerTensorKinds] = {};
+  int layer_count_[2] = {kLayerTensorKinds, kLayerTensorKinds};
+  using LayerSlots = int[kLayerTensorKinds];
   const LayerSlots& slots(int l) const { return layer_slot_[shape_.moe_layer(l) ? 1 : 0]; }
   int layer_count(int l) const { return layer_count_[shape_.moe_layer(l) ? 1 : 0]; }
   bool lnf_bias_ = true;  // ln_f has a bias (LayerNorm with biases)

@@ -41,7 +41,8 @@ struct ModelConfig {
   // Each expert takes at most ceil(f·N·k/E) of a pass's N·k local choices (Switch's and GShard's
   // capacity factor f); later choices are dropped. 0: dropless.
   double moe_capacity_factor = 0.0;
-  int moe_shared_hidden = 0;  // > 0: shared experts of this many units beside them (DeepSeek)
+  int moe_shared_hidden = 0;     // > 0: shared experts of this many units beside them (DeepSeek)
+  bool moe_shared_gate = false;  // their output scaled by a sigmoid gate per token (Qwen2-MoE)
   int moe_first_dense = 0, moe_every = 1;  // which layers have the experts (GptShape::moe_layer)
   int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
 };

@@ -385,6 +385,18 @@ class CpuBackend final : public Backend {
                           bool normalize, const float* lse, float z_loss) override {
     cpu::moe_route_backward(dlogits, dgate, probs, expert, aux, N, E, k, normalize, lse, z_loss);
   }
+  void moe_shared_gate(float* s, const float* logits, int N) override {
+    cpu::moe_shared_gate(s, logits, N);
+  }
+  void moe_shared_gate(float* s, const bf16_t* logits, int N) override {
+    cpu::moe_shared_gate(s, logits, N);
+  }
+  void moe_shared_gate_backward(float* dlogits, const float* ds, const float* s, int N) override {
+    cpu::moe_shared_gate_backward(dlogits, ds, s, N);
+  }
+  void moe_shared_gate_backward(bf16_t* dlogits, const float* ds, const float* s, int N) override {
+    cpu::moe_shared_gate_backward(dlogits, ds, s, N);
+  }
 
  private:
   AllocationLedger ledger_;

@@ -177,4 +177,24 @@ void moe_route_backward(bf16_t* dlogits, const float* dgate, const float* probs,
   route_backward_rows(dlogits, dgate, probs, expert, aux, N, E, k, normalize, lse, z_loss);
 }
 
+// The shared experts' sigmoid gate: one number per row.
+namespace {
+template <class E>
+void sigmoid_rows(float* s, const E* logits, int N) {
+  for (int n = 0; n < N; ++n) s[n] = 1.0f / (1.0f + std::exp(-load_elem(logits + n)));
+}
+template <class E>
+void sigmoid_backward_rows(E* dlogits, const float* ds, const float* s, int N) {
+  for (int n = 0; n < N; ++n) store_elem(dlogits + n, ds[n] * s[n] * (1.0f - s[n]));
+}
+}  // namespace
+void moe_shared_gate(float* s, const float* logits, int N) { sigmoid_rows(s, logits, N); }
+void moe_shared_gate(float* s, const bf16_t* logits, int N) { sigmoid_rows(s, logits, N); }
+void moe_shared_gate_backward(float* dlogits, const float* ds, const float* s, int N) {
+  sigmoid_backward_rows(dlogits, ds, s, N);
+}
+void moe_shared_gate_backward(bf16_t* dlogits, const float* ds, const float* s, int N) {
+  sigmoid_backward_rows(dlogits, ds, s, N);
+}
+
 }  // namespace triad::cpu

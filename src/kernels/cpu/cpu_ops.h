@@ -194,5 +194,9 @@ void moe_route_backward(float* dlogits, const float* dgate, const float* probs,
 void moe_route_backward(bf16_t* dlogits, const float* dgate, const float* probs,
                         const int32_t* expert, const float* aux, int N, int E, int k,
                         bool normalize, const float* lse, float z_loss);
+void moe_shared_gate(float* s, const float* logits, int N);
+void moe_shared_gate(float* s, const bf16_t* logits, int N);
+void moe_shared_gate_backward(float* dlogits, const float* ds, const float* s, int N);
+void moe_shared_gate_backward(bf16_t* dlogits, const float* ds, const float* s, int N);
 
 }  // namespace triad::cpu

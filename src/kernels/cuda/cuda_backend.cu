@@ -285,6 +285,12 @@ class CudaBackend final : public Backend {
     cuda::moe_route_backward(stream_, dlogits, dgate, probs, expert, aux, N, E, k, normalize, lse,
                              z_loss);
   }
+  void moe_shared_gate(float* s, const float* logits, int N) override {
+    cuda::moe_shared_gate(stream_, s, logits, N);
+  }
+  void moe_shared_gate_backward(float* dlogits, const float* ds, const float* s, int N) override {
+    cuda::moe_shared_gate_backward(stream_, dlogits, ds, s, N);
+  }
   // ---- mixed precision (bf16) ----------------------------------------------------------------
   // The fp32 ones keep Backend's two-op defaults.
   using Backend::matmul_backward_gelu;
@@ -471,6 +477,12 @@ class CudaBackend final : public Backend {
                           bool normalize, const float* lse, float z_loss) override {
     cuda::moe_route_backward(stream_, dev(dlogits), dgate, probs, expert, aux, N, E, k, normalize,
                              lse, z_loss);
+  }
+  void moe_shared_gate(float* s, const bf16_t* logits, int N) override {
+    cuda::moe_shared_gate(stream_, s, dev(logits), N);
+  }
+  void moe_shared_gate_backward(bf16_t* dlogits, const float* ds, const float* s, int N) override {
+    cuda::moe_shared_gate_backward(stream_, dev(dlogits), ds, s, N);
   }
 
   // ---- reductions and optimizer updates ----------------------------------------------------

@@ -333,6 +333,39 @@ void moe_route_backward(cudaStream_t s, Elem* dlogits, const float* dgate, const
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
+namespace {
+template <typename Elem>
+__global__ void shared_gate_kernel(float* s, const Elem* logits, int N) {
+  const int n = blockIdx.x * blockDim.x + threadIdx.x;
+  if (n < N) s[n] = 1.0f / (1.0f + expf(-widen(logits[n])));
+}
+template <typename Elem>
+__global__ void shared_gate_backward_kernel(Elem* dlogits, const float* ds, const float* s, int N) {
+  const int n = blockIdx.x * blockDim.x + threadIdx.x;
+  if (n < N) dlogits[n] = narrow<Elem>(ds[n] * s[n] * (1.0f - s[n]));
+}
+}  // namespace
+
+template <typename Elem>
+void moe_shared_gate(cudaStream_t st, float* s, const Elem* logits, int N) {
+  if (N <= 0) return;
+  shared_gate_kernel<<<(N + 255) / 256, 256, 0, st>>>(s, logits, N);
+  TRIAD_CUDA_CHECK_LAUNCH();
+}
+
+template <typename Elem>
+void moe_shared_gate_backward(cudaStream_t st, Elem* dlogits, const float* ds, const float* s,
+                              int N) {
+  if (N <= 0) return;
+  shared_gate_backward_kernel<<<(N + 255) / 256, 256, 0, st>>>(dlogits, ds, s, N);
+  TRIAD_CUDA_CHECK_LAUNCH();
+}
+
+template void moe_shared_gate<float>(cudaStream_t, float*, const float*, int);
+template void moe_shared_gate<bf16>(cudaStream_t, float*, const bf16*, int);
+template void moe_shared_gate_backward<float>(cudaStream_t, float*, const float*, const float*,
+                                              int);
+template void moe_shared_gate_backward<bf16>(cudaStream_t, bf16*, const float*, const float*, int);
 template void moe_route<float>(cudaStream_t, float*, int32_t*, float*, const float*, int, int, int,
                                bool, float*);
 template void moe_route<bf16>(cudaStream_t, float*, int32_t*, float*, const bf16*, int, int, int,

@@ -290,6 +290,11 @@ template <typename Elem>
 void moe_route_backward(cudaStream_t s, Elem* dlogits, const float* dgate, const float* probs,
                         const int32_t* expert, const float* aux, int N, int E, int k,
                         bool normalize, const float* lse, float z_loss);
+template <typename Elem>
+void moe_shared_gate(cudaStream_t st, float* s, const Elem* logits, int N);
+template <typename Elem>
+void moe_shared_gate_backward(cudaStream_t st, Elem* dlogits, const float* ds, const float* s,
+                              int N);
 
 // ---- rotary position embedding (cuda_rope.cu): backend.h rope, in place -------------------
 template <typename Elem>
