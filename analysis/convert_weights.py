@@ -1,5 +1,5 @@
 """Weights and tokenizers in and out of triad: Hugging Face transformers models (config.json +
-safetensors; GPT-2, Llama, Mistral, Qwen2, Qwen3, Mixtral) and llm.c model files
+safetensors; GPT-2, Llama, Mistral, Qwen2, Qwen3, Mixtral, Qwen2-MoE) and llm.c model files
 (gpt2_124M.bin and the like) to a triad checkpoint, a triad checkpoint to either, and Hugging
 Face or Meta tokenizers to a triad tokenizer description (hf_tokenizer.py).
 
@@ -30,6 +30,9 @@ What the formats hold and how they map (docs/formats.md, "Weights from other pro
   rows, o_proj's columns) are reordered, both ways (llama_query_order).
 - HF Mixtral: Llama's blocks with block_sparse_moe MLPs: expert e's w1 and w3 stacked into
   experts/c_fc[e], w2 as experts/c_proj[e], gate as router (model.moe_experts, moe_top_k).
+  HF Qwen2-MoE: Qwen2's blocks with mlp.experts.{e} (gate_proj, up_proj, down_proj) likewise,
+  mlp.gate as router, mlp.shared_expert as shared/c_fc and shared/c_proj, mlp.shared_expert_gate
+  as shared/gate (model.moe_shared_hidden, moe_shared_gate).
 - llm.c: a header of 256 int32 (magic 20240326, version 3 = fp32 or 5 = bf16, max_seq_len,
   vocab_size, n_layer, n_head, n_embd, padded_vocab_size), then wte, wpe and each per-layer
   tensor for all layers in turn ([out, in] like triad), then ln_f.
@@ -117,6 +120,33 @@ class Dims:
     moe_experts: int = 0
     moe_top_k: int = 0
     moe_normalize: bool = True
+    # Qwen2-MoE's: shared experts of this many units (model.moe_shared_hidden), their sigmoid
+    # gate (model.moe_shared_gate), and dense layers among the expert layers
+    # (model.moe_first_dense, model.moe_every).
+    moe_shared_hidden: int = 0
+    moe_shared_gate: bool = False
+    moe_first_dense: int = 0
+    moe_every: int = 1
+
+    def moe_layer(self, i: int) -> bool:
+        """Whether layer i has the experts (GptShape::moe_layer)."""
+        return bool(self.moe_experts) and i >= self.moe_first_dense and \
+            (i - self.moe_first_dense + 1) % self.moe_every == 0
+
+    def moe_keys(self) -> dict:
+        """The mixture of experts' /model attributes, which are also its [model] keys (bools as
+        1 and 0)."""
+        if not self.moe_experts:
+            return {}
+        k = {"moe_experts": self.moe_experts, "moe_top_k": self.moe_top_k,
+             "moe_normalize": int(self.moe_normalize)}
+        if self.moe_shared_hidden:
+            k["moe_shared_hidden"] = self.moe_shared_hidden
+        if self.moe_shared_gate:
+            k["moe_shared_gate"] = 1
+        if (self.moe_first_dense, self.moe_every) != (0, 1):
+            k.update(moe_first_dense=self.moe_first_dense, moe_every=self.moe_every)
+        return k
 
     @property
     def kv(self) -> int:
@@ -180,9 +210,7 @@ class Dims:
             if self.yarn is not None:
                 a["rope_scaling"] = "yarn"
                 a.update(zip(YARN_ATTRS, self.yarn))
-            if self.moe_experts:
-                a.update(moe_experts=self.moe_experts, moe_top_k=self.moe_top_k,
-                         moe_normalize=int(self.moe_normalize))
+            a.update(self.moe_keys())
         return a
 
     def config_lines(self) -> str:
@@ -214,10 +242,13 @@ class Dims:
                 keys["qk_norm"] = "true"
             if self.qkv_bias:
                 keys["qkv_bias"] = "true"
-            if self.moe_experts:
-                keys.update(moe_experts=self.moe_experts, moe_top_k=self.moe_top_k,
-                            moe_normalize="true" if self.moe_normalize else "false")
+            for k, v in self.moe_keys().items():
+                keys[k] = ("true" if v else "false") if k in BOOL_MOE_KEYS else v
         return "".join(f"{k} = {v}\n" for k, v in keys.items())
+
+
+# The mixture of experts' keys that are booleans in triad-train's config.
+BOOL_MOE_KEYS = ("moe_normalize", "moe_shared_gate")
 
 
 # A model as a source of tensors: triad names -> fp32 arrays in triad's layout (wte with
@@ -372,16 +403,16 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         return default
 
     kind = cfg.get("model_type", "gpt2")
-    if kind in ("llama", "mistral", "qwen2", "qwen3", "mixtral"):
+    if kind in ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe"):
         return llama_config_dims(cfg, where, seq_len)
     if kind in UNBUILT_MOE:
         raise ConvertError(f"{where}: model_type is {kind!r}, a mixture of experts triad does "
                            f"not compute: {UNBUILT_MOE[kind]} (triad imports Mixtral's, "
-                           f"'mixtral')")
+                           f"'mixtral', and Qwen2-MoE's, 'qwen2_moe')")
     if kind != "gpt2":
         raise ConvertError(f"{where}: model_type is {kind!r}; triad imports GPT-2 ('gpt2'), "
                            f"Llama ('llama'), Mistral ('mistral'), Mixtral ('mixtral'), Qwen2 "
-                           f"('qwen2') and Qwen3 ('qwen3') models")
+                           f"('qwen2'), Qwen2-MoE ('qwen2_moe') and Qwen3 ('qwen3') models")
     try:
         n_layer, n_head, n_embd = int(get("n_layer")), int(get("n_head")), int(get("n_embd"))
         n_pos, vocab = int(get("n_positions", "n_ctx")), int(get("vocab_size"))
@@ -415,9 +446,6 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
 
 # Hugging Face's mixtures of experts whose blocks triad does not build, and why.
 UNBUILT_MOE = {
-    "qwen2_moe": "its shared expert's output is scaled by a sigmoid gate of its own "
-                 "(shared_expert_gate), which triad's shared experts (model.moe_shared_hidden) "
-                 "do not have",
     "olmoe": "its QK-norm spans the whole q and k projections, triad's (model.qk_norm) each head",
     "granitemoe": "its embeddings, residuals, attention and logits are scaled by multipliers",
     "jetmoe": "its attention is a mixture of experts too",
@@ -436,7 +464,12 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     context: Qwen's windows are per layer, max_window_layers, which triad does not build).
     Mixtral's (MixtralForCausalLM) is Mistral's with every MLP a mixture of num_local_experts
     SwiGLU experts of intermediate_size units, num_experts_per_tok per token, their gates
-    renormalized: model.moe_experts, moe_top_k and moe_normalize = true."""
+    renormalized: model.moe_experts, moe_top_k and moe_normalize = true. Qwen2-MoE's
+    (Qwen2MoeForCausalLM) is Qwen2's with mixtures of num_experts experts of
+    moe_intermediate_size units, their gates renormalized or not (norm_topk_prob), beside a shared
+    expert of shared_expert_intermediate_size units whose output a sigmoid gate scales
+    (model.moe_shared_hidden, moe_shared_gate), in the layers decoder_sparse_step and
+    mlp_only_layers give them."""
     try:
         n_layer, n_head = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
         n_embd, hidden = int(cfg["hidden_size"]), int(cfg["intermediate_size"])
@@ -453,7 +486,8 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                         f"(each key/value head serves an equal group of query heads)")
     if not (0 < eps <= 0.1):
         refusals.append(f"rms_norm_eps {eps} (triad's model.norm_eps is in (0, 0.1])")
-    qwen2 = cfg.get("model_type") == "qwen2"
+    qwen2_moe = cfg.get("model_type") == "qwen2_moe"
+    qwen2 = cfg.get("model_type") == "qwen2" or qwen2_moe  # Qwen2-MoE's attention is Qwen2's
     qwen3 = cfg.get("model_type") == "qwen3"
     if cfg.get("hidden_act", "silu") != "silu":
         refusals.append(f"hidden_act {cfg.get('hidden_act')!r} (SwiGLU uses silu)")
@@ -505,6 +539,10 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
             refusals.append(f"num_experts_per_tok {top_k} (Mixtral renormalizes the chosen "
                             f"experts' gates, triad's model.moe_normalize, which needs 2 to "
                             f"num_local_experts of them: one renormalized gate is always 1)")
+    moe = {}
+    if qwen2_moe:
+        moe, hidden = qwen2_moe_keys(cfg, where, n_layer, hidden, refusals)
+        experts, top_k = moe.pop("moe_experts"), moe.pop("moe_top_k")
     window = cfg.get("sliding_window") if mistral or \
         ((qwen2 or qwen3) and cfg.get("use_sliding_window")) else None
     sliding = 0  # model.sliding_window: Mistral's window where it cuts the context
@@ -530,9 +568,52 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
              tied=bool(cfg.get("tie_word_embeddings", False)), n_kv_head=kv, rope_scaling=scaling,
              yarn=yarn,
              qkv_bias=qwen2, norm_eps=eps, head_dim=head_dim, qk_norm=qwen3,
-             sliding_window=sliding, moe_experts=experts, moe_top_k=top_k)
+             sliding_window=sliding, moe_experts=experts, moe_top_k=top_k, **moe)
     d.check(where)
     return d
+
+
+def qwen2_moe_keys(cfg: dict, where: str, n_layer: int, dense_hidden: int,
+                   refusals: list[str]) -> tuple[dict, int]:
+    """A Qwen2-MoE config's mixture of experts as Dims' moe_* fields, and the experts' width
+    (model.mlp_hidden, which triad's dense layers among them share); what triad does not build
+    is added to refusals."""
+    try:
+        experts, top_k = int(cfg["num_experts"]), int(cfg["num_experts_per_tok"])
+        hidden, shared = int(cfg["moe_intermediate_size"]), \
+            int(cfg["shared_expert_intermediate_size"])
+        step = int(cfg.get("decoder_sparse_step", 1))
+        dense = sorted(int(i) for i in (cfg.get("mlp_only_layers") or []))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConvertError(f"{where}: a Qwen2-MoE config needs integer num_experts, "
+                           f"num_experts_per_tok, moe_intermediate_size, "
+                           f"shared_expert_intermediate_size, decoder_sparse_step and a list of "
+                           f"mlp_only_layers ({e})")
+    normalize = bool(cfg.get("norm_topk_prob", False))
+    if not 1 <= experts <= 256:
+        refusals.append(f"num_experts {experts} (triad's model.moe_experts is in [1, 256])")
+    if not 1 <= top_k <= experts or (top_k == 1 and normalize):
+        refusals.append(f"num_experts_per_tok {top_k} with norm_topk_prob {normalize} (1 to "
+                        f"num_experts, and 2 or more with norm_topk_prob: one renormalized gate "
+                        f"is always 1)")
+    if shared < 1:
+        refusals.append(f"shared_expert_intermediate_size {shared} (a positive width)")
+    # Qwen's layer i has the experts when it is not in mlp_only_layers and (i + 1) is a multiple
+    # of decoder_sparse_step; triad's when i >= first_dense and (i - first_dense + 1) is one of
+    # every: the same layers when mlp_only_layers is empty, or its first layers with step 1.
+    first = len(dense) if dense == list(range(len(dense))) else -1
+    if step < 1 or first < 0 or (first and step != 1) or first + step > n_layer:
+        refusals.append(f"decoder_sparse_step {step} with mlp_only_layers {dense} (triad's dense "
+                        f"layers among the expert layers are the first ones, model."
+                        f"moe_first_dense, or every n-th, model.moe_every, not both, and some "
+                        f"layer keeps the experts)")
+    elif (first or step > 1) and dense_hidden != hidden:
+        refusals.append(f"intermediate_size {dense_hidden} of the dense layers, not the experts' "
+                        f"moe_intermediate_size {hidden} (triad's dense layers among the expert "
+                        f"layers share model.mlp_hidden)")
+    return dict(moe_experts=experts, moe_top_k=top_k, moe_normalize=normalize,
+                moe_shared_hidden=shared, moe_shared_gate=True, moe_first_dense=max(first, 0),
+                moe_every=step), hidden
 
 
 def yarn_scaling(r: dict, n_pos: int) -> tuple:
@@ -573,7 +654,20 @@ def llama_sources(d: Dims) -> dict[str, list[str]]:
                 p + "attn/k_norm/weight": [h + "self_attn.k_norm.weight"]} if d.qk_norm else {}),
             p + "ln_2/weight": [h + "post_attention_layernorm.weight"],
         })
-        if d.moe_experts:  # Mixtral's sparse MLP block: w1 (gate), w3 (up), w2 (down)
+        if d.moe_layer(i) and d.moe_shared_gate:  # Qwen2-MoE's sparse MLP block
+            m = h + "mlp."
+            experts = [m + f"experts.{e}." for e in range(d.moe_experts)]
+            src.update({
+                p + "mlp/experts/c_fc/weight": [e + f"{w}_proj.weight" for e in experts
+                                                for w in ("gate", "up")],
+                p + "mlp/experts/c_proj/weight": [e + "down_proj.weight" for e in experts],
+                p + "mlp/router/weight": [m + "gate.weight"],
+                p + "mlp/shared/c_fc/weight": [m + "shared_expert.gate_proj.weight",
+                                               m + "shared_expert.up_proj.weight"],
+                p + "mlp/shared/c_proj/weight": [m + "shared_expert.down_proj.weight"],
+                p + "mlp/shared/gate/weight": [m + "shared_expert_gate.weight"],
+            })
+        elif d.moe_layer(i):  # Mixtral's sparse MLP block: w1 (gate), w3 (up), w2 (down)
             m = h + "block_sparse_moe."
             experts = [m + f"experts.{e}." for e in range(d.moe_experts)]
             src.update({
@@ -599,7 +693,7 @@ def llama_part_rows(d: Dims, t: str, rows: int) -> list[int]:
     if t.endswith(("attn/c_attn/weight", "attn/c_attn/bias")):
         kv_rows = d.kv * d.hd
         return [d.attn_width, kv_rows, kv_rows]
-    if t.endswith("mlp/c_fc/weight"):
+    if t.endswith(("mlp/c_fc/weight", "mlp/shared/c_fc/weight")):
         return [rows // 2, rows // 2]
     if t.endswith("mlp/experts/c_fc/weight"):
         return [rows // (2 * d.moe_experts)] * (2 * d.moe_experts)
@@ -675,7 +769,8 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
         for name in st.entries:
             where[name] = st
     if d.mlp == "swiglu":
-        kind = "Mixtral" if d.moe_experts else "Qwen2" if d.qkv_bias else \
+        kind = "Qwen2-MoE" if d.moe_shared_gate else "Mixtral" if d.moe_experts else \
+            "Qwen2" if d.qkv_bias else \
             "Qwen3" if d.qk_norm else "Mistral" if d.sliding_window else "Llama"
         note = ""
         if d.moe_experts and cfg.get("router_jitter_noise"):  # noise on the router's input
@@ -1033,25 +1128,37 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
 
 
 def refuse_unexported_experts(path: Path, a: dict, llama: bool) -> None:
-    """Raises for a mixture of experts Hugging Face's Mixtral does not compute: Mixtral has
-    Llama's blocks, experts in every layer, no shared experts, and renormalized gates."""
+    """Raises for a mixture of experts neither Hugging Face's Mixtral nor its Qwen2-MoE computes.
+    Both have Llama's blocks. Mixtral: experts in every layer, no shared experts, renormalized
+    gates, no c_attn bias. Qwen2-MoE: a shared expert with a sigmoid gate, c_attn's bias, dense
+    layers first or every n-th."""
     E = int(a["moe_experts"])
+    shared, gated = int(a.get("moe_shared_hidden", 0)), int(a.get("moe_shared_gate", 0)) == 1
+    first, every = int(a.get("moe_first_dense", 0)), int(a.get("moe_every", 1))
     why = None
     if not llama:
         why = (f"the model's MLPs are mixtures of {E} experts (model.moe_experts) in GPT-2's "
-               f"blocks; the one export format with experts is Hugging Face's Mixtral, of "
-               f"Llama's blocks (rope, RMSNorm, SwiGLU, no biases)")
-    elif int(a.get("moe_shared_hidden", 0)):
-        why = (f"the model has shared experts (model.moe_shared_hidden = "
-               f"{a['moe_shared_hidden']}); Hugging Face's Mixtral has none (and Qwen2-MoE's "
-               f"shared expert has a sigmoid gate triad's does not)")
-    elif int(a.get("moe_first_dense", 0)) or int(a.get("moe_every", 1)) != 1:
+               f"blocks; the export formats with experts, Hugging Face's Mixtral and Qwen2-MoE, "
+               f"have Llama's blocks (rope, RMSNorm, SwiGLU, no biases)")
+    elif shared and not gated:
+        why = (f"the model has shared experts (model.moe_shared_hidden = {shared}) without a "
+               f"gate; Hugging Face's Mixtral has none, and Qwen2-MoE's has a sigmoid gate "
+               f"(model.moe_shared_gate = true)")
+    elif gated and int(a.get("qkv_bias", 0)) != 1:
+        why = ("the model's shared experts are gated (model.moe_shared_gate), which exports as "
+               "Hugging Face's Qwen2-MoE, whose attention has q, k and v biases "
+               "(model.qkv_bias = true)")
+    elif not shared and (first or every != 1):
         why = (f"the model has dense layers among its expert layers (model.moe_first_dense = "
-               f"{a.get('moe_first_dense', 0)}, model.moe_every = {a.get('moe_every', 1)}); "
-               f"Hugging Face's Mixtral has experts in every layer")
-    elif not int(a.get("moe_normalize", 1)):
+               f"{first}, model.moe_every = {every}) and no shared experts; Hugging Face's "
+               f"Mixtral has experts in every layer")
+    elif not shared and int(a.get("qkv_bias", 0)) == 1:
+        why = ("the model has c_attn's bias alone (model.qkv_bias) and experts without shared "
+               "ones; Hugging Face's Mixtral has no such bias, and Qwen2-MoE has a shared expert")
+    elif not shared and not int(a.get("moe_normalize", 1)):
         why = ("the model keeps its gates as the router gives them (model.moe_normalize = "
-               "false); Hugging Face's Mixtral renormalizes the chosen experts' gates")
+               "false) and has no shared experts; Hugging Face's Mixtral renormalizes the chosen "
+               "experts' gates")
     if why:
         raise ConvertError(f"{path}: {why}")
 
@@ -1077,7 +1184,12 @@ def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
              head_dim=int(a.get("head_dim", 0)), qk_norm=int(a.get("qk_norm", 0)) == 1,
              sliding_window=int(a.get("sliding_window", 0)),
              full_attention_every=int(a.get("full_attention_every", 0)),
-             moe_experts=int(a.get("moe_experts", 0)), moe_top_k=int(a.get("moe_top_k", 0)))
+             moe_experts=int(a.get("moe_experts", 0)), moe_top_k=int(a.get("moe_top_k", 0)),
+             moe_normalize=int(a.get("moe_normalize", 1)) == 1,
+             moe_shared_hidden=int(a.get("moe_shared_hidden", 0)),
+             moe_shared_gate=int(a.get("moe_shared_gate", 0)) == 1,
+             moe_first_dense=int(a.get("moe_first_dense", 0)),
+             moe_every=int(a.get("moe_every", 1)))
 
     def tensors():
         import h5py
@@ -1118,6 +1230,22 @@ def llama_hf_config(d: Dims) -> dict:
         raise ConvertError(f"the model's every {d.full_attention_every}th layer attends to the "
                            f"whole context (model.full_attention_every); Hugging Face's Llama, "
                            f"Mistral, Mixtral and Qwen classes hold one window for every layer")
+    if d.moe_experts and d.moe_shared_gate:
+        if d.qk_norm or d.rope_scaling is not None or d.yarn is not None or d.head_dim or \
+                d.sliding_window:
+            raise ConvertError("a model with model.moe_shared_gate exports as Qwen2-MoE, whose "
+                               "transformers model has neither QK-norm, rope scaling, heads of "
+                               "another width than n_embd / n_head nor a sliding window")
+        for k in ("attention_bias", "mlp_bias", "rope_scaling", "head_dim"):
+            cfg.pop(k, None)
+        cfg.update(architectures=["Qwen2MoeForCausalLM"], model_type="qwen2_moe",
+                   use_sliding_window=False, sliding_window=None, max_window_layers=d.n_layer,
+                   num_experts=d.moe_experts, num_experts_per_tok=d.moe_top_k,
+                   moe_intermediate_size=d.mlp_hidden, norm_topk_prob=d.moe_normalize,
+                   shared_expert_intermediate_size=d.moe_shared_hidden,
+                   decoder_sparse_step=d.moe_every,
+                   mlp_only_layers=list(range(d.moe_first_dense)), output_router_logits=False)
+        return cfg
     if d.moe_experts:
         if d.qk_norm or d.qkv_bias or d.rope_scaling is not None or d.yarn is not None or \
                 d.head_dim:

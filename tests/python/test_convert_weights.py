@@ -751,13 +751,96 @@ def test_mixtral_imports_and_evaluates_as_transformers(imported, tmp_path, top_k
     assert tuned.config.sliding_window == window
 
 
+def qwen2_moe_model(**config):
+    torch.manual_seed(17)
+    model = transformers.Qwen2MoeForCausalLM(transformers.Qwen2MoeConfig(**{
+        **dict(vocab_size=V, hidden_size=64, intermediate_size=40, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=N_POS,
+               rms_norm_eps=1e-6, rope_theta=500.0, tie_word_embeddings=False,
+               use_sliding_window=False, num_experts=4, num_experts_per_tok=2,
+               moe_intermediate_size=40, shared_expert_intermediate_size=56,
+               norm_topk_prob=False, decoder_sparse_step=1, mlp_only_layers=[]),
+        **config}))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            # the shared experts' gates far from 1/2 (their logits' deviation near 5), and their
+            # output large enough for the gates to count
+            p.copy_(0.5 * torch.randn_like(p) if name.endswith("bias") else
+                    p * 80 if "shared_expert_gate" in name else
+                    p * 10 if "shared_expert." in name else
+                    p * 4 if p.dim() == 2 else p + 0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.mark.parametrize("top_k,normalize,dense", [(2, False, []), (3, True, [0])],
+                         ids=["top2", "top3-normalized-dense0"])
+def test_qwen2_moe_imports_and_evaluates_as_transformers(imported, tmp_path, top_k, normalize,
+                                                        dense):
+    """transformers' Qwen2MoeForCausalLM (Qwen2's attention; every MLP, or every one but the
+    first, 4 SwiGLU experts behind a router choosing top_k, gates renormalized or not, beside a
+    shared expert whose output a sigmoid gate scales), imported: triad computes transformers'
+    validation loss, accuracy and greedy continuation, on one rank and on tp 2 × ep 2; fine-tuned
+    and exported, Qwen2MoeForCausalLM loads it and computes triad's loss; the import exported
+    again is the original, bit for bit."""
+    d, _, cfg = imported
+    model = qwen2_moe_model(num_experts_per_tok=top_k, norm_topk_prob=normalize,
+                            mlp_only_layers=dense)
+    model.save_pretrained(tmp_path / "qmoe", safe_serialization=True)
+    out = tmp_path / "qmoe.h5"
+    p = tool("triad-convert", "import", tmp_path / "qmoe", out, "--seq-len", SEQ)
+    assert p.returncode == 0, p.stderr
+    assert "Hugging Face Qwen2-MoE model" in p.stdout
+    with h5py.File(out, "r") as f:
+        a = f["model"].attrs
+        assert (int(a["moe_experts"]), int(a["moe_top_k"]), int(a["moe_normalize"]),
+                int(a["moe_shared_hidden"]), int(a["moe_shared_gate"]), int(a["qkv_bias"])) == \
+            (4, top_k, int(normalize), 56, 1, 1)
+        assert int(a.get("moe_first_dense", 0)) == len(dense)
+        moe = model.model.layers[1].mlp
+        for name, want in (("shared/gate/weight", moe.shared_expert_gate.weight),
+                           ("shared/c_proj/weight", moe.shared_expert.down_proj.weight),
+                           ("router/weight", moe.gate.weight)):
+            np.testing.assert_array_equal(f[f"model/h/1/mlp/{name}"][()], want.detach().numpy())
+        assert ("h/0/mlp/c_fc/weight" in f["model"]) == bool(dense)
+    assert tool("triad-ckpt", out).returncode == 0
+    want_loss, want_acc = hf_loss_accuracy(model, d)
+    p = train("--config", cfg, "--eval-only", "--init-from", out, "--model-from", out, check=True)
+    loss = float(p.stdout.split("val loss")[1].split()[0])
+    acc = float(p.stdout.split("val accuracy")[1].split()[0])
+    assert abs(loss - want_loss) <= 1e-5 * want_loss, (loss, want_loss)
+    assert abs(acc - want_acc) <= 1.5 / (EVAL_SEQUENCES * SEQ), (acc, want_acc)
+    # The shared expert's gate matters: without it (weights 0: a gate of 1/2) another model.
+    ungated = qwen2_moe_model(num_experts_per_tok=top_k, norm_topk_prob=normalize,
+                              mlp_only_layers=dense)
+    with torch.no_grad():
+        for layer in ungated.model.layers[len(dense):]:
+            layer.mlp.shared_expert_gate.weight.zero_()
+    other, _ = hf_loss_accuracy(ungated, d)
+    assert abs(other - want_loss) > 2e-4 * want_loss, (other, want_loss)
+    p = mpi_run(4, "--config", cfg, "--eval-only", "--init-from", out, "--model-from", out,
+                "--parallel.tp", 2, "--parallel.ep", 2)
+    assert p.returncode == 0, p.stdout + p.stderr
+    grid_loss = float(p.stdout.split("val loss")[1].split()[0])
+    assert abs(grid_loss - want_loss) <= 1e-5 * want_loss, (grid_loss, want_loss)
+    p = run([exe("triad-generate"), "--checkpoint", out, "--vocab", VOCAB, "--top-k", "1",
+             "--prompt-ids", " ".join(map(str, PROMPT)), "--length", "20", "--output", "ids"],
+            check=True)
+    assert [int(t) for t in p.stdout.split()] == greedy_continuation(model, PROMPT, 20)
+    tuned = finetune_export_and_reimport(d, cfg, out, ["--model-from", out],
+                                         f"qmoe-ft-{top_k}", tmp_path, model)
+    assert (tuned.config.num_experts, tuned.config.norm_topk_prob,
+            tuned.config.mlp_only_layers) == (4, normalize, dense)
+
+
 def test_mixtures_of_experts_triad_does_not_compute_are_refused(tmp_path):
     """Imports: Mixtral with one expert per token (its one renormalized gate is always 1), an
-    expert's tensor of the wrong shape or missing, and the mixtures whose blocks triad does not
-    build (Qwen2-MoE's gated shared expert, OLMoE's whole-width QK-norm). Exports: the triad
-    mixtures Mixtral does not hold (GPT-2's blocks, shared experts, dense layers among them,
-    gates not renormalized, QK-norm). Each is one line naming the input and what it is; nothing
-    is written."""
+    expert's tensor of the wrong shape or missing, Qwen2-MoE's dense layers where triad's cannot
+    be (not the first ones, or both first and every n-th, or of another width than the experts),
+    and the mixtures whose blocks triad does not build (OLMoE's whole-width QK-norm). Exports:
+    the triad mixtures neither Mixtral nor Qwen2-MoE holds (GPT-2's blocks, shared experts
+    without a gate, a gate without Qwen2's c_attn bias, dense layers without shared experts,
+    gates not renormalized without them, QK-norm). Each is one line naming the input and what it
+    is; nothing is written."""
     from safetensors.torch import save_file
     model = mixtral_model()
     src = tmp_path / "mixtral"
@@ -767,12 +850,22 @@ def test_mixtures_of_experts_triad_does_not_compute_are_refused(tmp_path):
     for change, needle in (({"num_experts_per_tok": 1}, "num_experts_per_tok 1"),
                            ({"num_local_experts": 300, "num_experts_per_tok": 2},
                             "num_local_experts 300"),
-                           ({"model_type": "qwen2_moe"}, "shared_expert_gate"),
                            ({"model_type": "olmoe"}, "whole q and k projections")):
         (src / "config.json").write_text(json.dumps({**original, **change}))
         assert_clean_failure(tool("triad-convert", "import", src, out), "config.json", needle)
         assert not out.exists()
     (src / "config.json").write_text(json.dumps(original))
+    qwen = tmp_path / "qwen2moe"
+    qwen2_moe_model(num_hidden_layers=3).save_pretrained(qwen, safe_serialization=True)
+    original_q = json.loads((qwen / "config.json").read_text())
+    for change, needle in (({"mlp_only_layers": [1]}, "mlp_only_layers [1]"),
+                           ({"mlp_only_layers": [0], "decoder_sparse_step": 2},
+                            "decoder_sparse_step 2"),
+                           ({"decoder_sparse_step": 2, "intermediate_size": 64},
+                            "intermediate_size 64")):
+        (qwen / "config.json").write_text(json.dumps({**original_q, **change}))
+        assert_clean_failure(tool("triad-convert", "import", qwen, out), "config.json", needle)
+        assert not out.exists()
     weights = {k: v.contiguous() for k, v in model.state_dict().items()}
     name = "model.layers.1.block_sparse_moe.experts.3.w2.weight"
     for bad, needle in (({**weights, name: torch.zeros(64, 40)}, f"{name} have shape(s) [[64, "
@@ -786,7 +879,9 @@ def test_mixtures_of_experts_triad_does_not_compute_are_refused(tmp_path):
                  norm="rmsnorm", bias=False, mlp="swiglu", tied=False, moe_experts=4)
     for change, needle in (({"position": "learned", "norm": "layernorm", "bias": True,
                              "mlp": "gelu", "tied": True}, "in GPT-2's blocks"),
-                           ({"moe_shared_hidden": 16}, "model.moe_shared_hidden = 16"),
+                           ({"moe_shared_hidden": 16}, "without a gate"),
+                           ({"moe_shared_hidden": 16, "moe_shared_gate": True},
+                            "model.qkv_bias = true"),
                            ({"moe_first_dense": 1}, "model.moe_first_dense = 1"),
                            ({"moe_every": 2}, "model.moe_every = 2"),
                            ({"moe_normalize": False}, "model.moe_normalize = false"),
