@@ -1012,10 +1012,6 @@ void validate(const Config& c, int world_size) {
           ep + " must divide the data-parallel size (" + std::to_string(dp) +
               " = ranks / (parallel.tp · parallel.pp · parallel.cp)): experts are shared by "
               "groups of ep data-parallel ranks");
-    // Scoring splits the examples over the data-parallel ranks: the expert-parallel group's
-    // exchanges would not pair up.
-    check(c.eval.choices.empty(), "eval.choices",
-          "cannot be scored with parallel.ep > 1 (scoring runs without expert parallelism)");
   }
   if (par.cp > 1) {
     check(m.seq_len % (2 * par.cp) == 0, "parallel.cp",

@@ -756,15 +756,25 @@ EvalResult Trainer::State::evaluate() {
     const ChoiceMode mode =
         cfg.eval.choice_mode == "cached" ? ChoiceMode::cached : ChoiceMode::batched;
     const ChoiceScore sc = score_choices(*model, choices, size_t(dp_rank), size_t(dp), mode);
-    if (model->gathered_weights()) {
-      // ZeRO-3: the weight gathers are collective over the data-parallel ranks, which must run
-      // as many forward passes as the busiest of them (every rank counts every rank's).
+    if (model->gathered_weights() || cfg.parallel.ep > 1) {
+      // ZeRO-3: the weight gathers are collective over the data-parallel ranks; expert
+      // parallelism: the token exchanges of every layer with experts over the expert-parallel
+      // group. The ranks run as many forward passes as the busiest of them (every rank counts
+      // every rank's): under ZeRO-3 a rank with fewer joins the gathers alone, under expert
+      // parallelism it runs a sequence whose result it drops (any pass makes one exchange per
+      // layer with experts, whatever its rows).
       int64_t most = 0;
       for (int r = 0; r < dp; ++r)
         most = std::max(most, choice_forward_passes(*model, choices, size_t(r), size_t(dp), mode));
       const int64_t mine =
           choice_forward_passes(*model, choices, size_t(dp_rank), size_t(dp), mode);
-      for (int64_t i = mine; i < most; ++i) model->join_forward_gathers();
+      const std::vector<int32_t> zeros(size_t(cfg.model.seq_len), 0);
+      for (int64_t i = mine; i < most; ++i) {
+        if (cfg.parallel.ep > 1)
+          (void)model->sequence_losses(zeros.data(), 1, cfg.model.seq_len, 1, zeros.data(), false);
+        else
+          model->join_forward_gathers();
+      }
     }
     double v[5] = {double(sc.correct), double(sc.correct_by_sum), sc.ending_loss_sum,
                    double(sc.endings), double(sc.correct_by_chars)};

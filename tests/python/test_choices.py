@@ -12,6 +12,7 @@ tests/unit/test_choice_file.cpp; here the script's and the config's."""
 
 import json
 import shutil
+from dataclasses import replace
 import subprocess
 import sys
 
@@ -231,6 +232,30 @@ def test_zero3_ranks_split_uneven_examples(setup, tmp_path, ranks, extra):
     assert p.returncode == 0, p.stdout + p.stderr
     _, params = ref.load_checkpoint(ckpt, dtype=torch.float64)
     check(parse(p.stdout), reference_score(params, read_eval_file(out)[:7], cfg4), n=7)
+
+
+@pytest.mark.skipif(MPIRUN is None, reason="mpirun not found")
+@pytest.mark.parametrize("ranks,extra", [(2, ()), (2, CACHED), (4, ("--parallel.tp", 2))])
+def test_expert_parallel_ranks_split_uneven_examples(setup, tmp_path, ranks, extra):
+    """Expert parallelism (parallel.ep = 2) exchanges the tokens of every layer with experts over
+    its group, so the group's ranks must run the same forward passes; 7 examples split 4 and 3
+    (batched: 4 and 3 passes of 4 rows; cached: a pass per context and per ending), and the rank
+    with fewer runs a pass whose result it drops. A mixture of 4 experts, 2 per token; the scores
+    are the PyTorch reference's."""
+    d, out, _, cfg, _ = setup
+    moe = replace(CFG, moe_experts=4, moe_top_k=2, mlp_hidden=96)
+    ckpt = tmp_path / "moe.h5"
+    w = {k: (v * 8 if v.dim() >= 2 else v) for k, v in ref.random_weights(moe, 13).items()}
+    ref.write_checkpoint(ckpt, moe, w)
+    p = subprocess.run([MPIRUN, "--oversubscribe", "-np", str(ranks), exe("triad-train"), "--config",
+                        str(cfg), "--eval-only", "--init-from", str(ckpt), "--model.moe_experts",
+                        "4", "--model.moe_top_k", "2", "--model.mlp_hidden", "96",
+                        "--parallel.ep", "2", "--eval.choice_examples", "7",
+                        "--train.batch_size", str(4 * ranks), *map(str, extra)],
+                       capture_output=True, text=True, env=MPI_ENV, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    _, params = ref.load_checkpoint(ckpt, dtype=torch.float64)
+    check(parse(p.stdout), reference_score(params, read_eval_file(out)[:7], moe), n=7)
 
 
 def test_during_training_into_metrics(setup):

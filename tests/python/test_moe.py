@@ -337,7 +337,6 @@ def test_moe_refuses_what_it_cannot_run(tmp_path):
             (2, {"parallel__ep": 4, "model__moe_experts": 8},
              "parallel.ep = 4 must divide the data-parallel size"),
             (2, {"parallel__ep": 0}, "parallel.ep must be >= 1"),
-            (2, {"parallel__ep": 2, "eval__choices": "/nonexistent.jsonl"}, "eval.choices"),
             (2, {"parallel__ep": 2, "model__moe_experts": 0, "model__moe_shared_hidden": 0},
              "needs a mixture of experts")):
         cfg = tiny_config(tmp_path, name="ep", **{**MOE, **over})

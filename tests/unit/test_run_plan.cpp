@@ -80,8 +80,9 @@ TEST_P(ShardedMaster, HoldsItsSliceOfTheSameWeights) {
       ASSERT_EQ(whole.params_bf16()[i].bits, part.params_bf16()[i].bits) << when << " " << i;
     for (size_t i = 0; i < slice; ++i)
       ASSERT_EQ(whole.params()[2 * slice + i], part.params()[i]) << when << " " << i;
-    if (!bucketed)
+    if (!bucketed) {  // (braces: the assertion macro hides an else)
       for (size_t i = 0; i < n; ++i) ASSERT_EQ(part.grads()[i], 0.0f) << when << " " << i;
+    }
   };
   whole.init(7);
   part.init(7);
