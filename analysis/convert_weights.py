@@ -1,7 +1,7 @@
 """Weights and tokenizers in and out of triad: Hugging Face transformers models (config.json +
-safetensors; GPT-2, Llama, Mistral, Qwen2, Qwen3, Mixtral, Qwen2-MoE) and llm.c model files
-(gpt2_124M.bin and the like) to a triad checkpoint, a triad checkpoint to either, and Hugging
-Face or Meta tokenizers to a triad tokenizer description (hf_tokenizer.py).
+safetensors; GPT-2, Llama, Mistral, Qwen2, Qwen3, Mixtral, Qwen2-MoE, Qwen3-MoE) and llm.c
+model files (gpt2_124M.bin and the like) to a triad checkpoint, a triad checkpoint to either,
+and Hugging Face or Meta tokenizers to a triad tokenizer description (hf_tokenizer.py).
 
     triad-convert import gpt2/ gpt2.h5                    # HF model directory
     triad-convert import gpt2_124M.bin gpt2.h5            # llm.c model file (fp32 or bf16)
@@ -32,7 +32,8 @@ What the formats hold and how they map (docs/formats.md, "Weights from other pro
   experts/c_fc[e], w2 as experts/c_proj[e], gate as router (model.moe_experts, moe_top_k).
   HF Qwen2-MoE: Qwen2's blocks with mlp.experts.{e} (gate_proj, up_proj, down_proj) likewise,
   mlp.gate as router, mlp.shared_expert as shared/c_fc and shared/c_proj, mlp.shared_expert_gate
-  as shared/gate (model.moe_shared_hidden, moe_shared_gate).
+  as shared/gate (model.moe_shared_hidden, moe_shared_gate). HF Qwen3-MoE: Qwen3's blocks with
+  Qwen2-MoE's experts and router, no shared expert.
 - llm.c: a header of 256 int32 (magic 20240326, version 3 = fp32 or 5 = bf16, max_seq_len,
   vocab_size, n_layer, n_head, n_embd, padded_vocab_size), then wte, wpe and each per-layer
   tensor for all layers in turn ([out, in] like triad), then ln_f.
@@ -132,6 +133,14 @@ class Dims:
         """Whether layer i has the experts (GptShape::moe_layer)."""
         return bool(self.moe_experts) and i >= self.moe_first_dense and \
             (i - self.moe_first_dense + 1) % self.moe_every == 0
+
+    @property
+    def moe_format(self) -> str | None:
+        """The Hugging Face model_type of its mixture of experts: Qwen2-MoE's with gated shared
+        experts, Qwen3-MoE's with QK-norm, else Mixtral's; None: dense."""
+        if not self.moe_experts:
+            return None
+        return "qwen2_moe" if self.moe_shared_gate else "qwen3_moe" if self.qk_norm else "mixtral"
 
     def moe_keys(self) -> dict:
         """The mixture of experts' /model attributes, which are also its [model] keys (bools as
@@ -403,16 +412,17 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         return default
 
     kind = cfg.get("model_type", "gpt2")
-    if kind in ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe"):
+    if kind in ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe"):
         return llama_config_dims(cfg, where, seq_len)
     if kind in UNBUILT_MOE:
         raise ConvertError(f"{where}: model_type is {kind!r}, a mixture of experts triad does "
                            f"not compute: {UNBUILT_MOE[kind]} (triad imports Mixtral's, "
-                           f"'mixtral', and Qwen2-MoE's, 'qwen2_moe')")
+                           f"'mixtral', Qwen2-MoE's, 'qwen2_moe', and Qwen3-MoE's, 'qwen3_moe')")
     if kind != "gpt2":
         raise ConvertError(f"{where}: model_type is {kind!r}; triad imports GPT-2 ('gpt2'), "
                            f"Llama ('llama'), Mistral ('mistral'), Mixtral ('mixtral'), Qwen2 "
-                           f"('qwen2'), Qwen2-MoE ('qwen2_moe') and Qwen3 ('qwen3') models")
+                           f"('qwen2'), Qwen2-MoE ('qwen2_moe'), Qwen3 ('qwen3') and Qwen3-MoE "
+                           f"('qwen3_moe') models")
     try:
         n_layer, n_head, n_embd = int(get("n_layer")), int(get("n_head")), int(get("n_embd"))
         n_pos, vocab = int(get("n_positions", "n_ctx")), int(get("vocab_size"))
@@ -469,7 +479,8 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     moe_intermediate_size units, their gates renormalized or not (norm_topk_prob), beside a shared
     expert of shared_expert_intermediate_size units whose output a sigmoid gate scales
     (model.moe_shared_hidden, moe_shared_gate), in the layers decoder_sparse_step and
-    mlp_only_layers give them."""
+    mlp_only_layers give them; Qwen3-MoE's (Qwen3MoeForCausalLM) is Qwen3's attention with
+    Qwen2-MoE's experts and router, without the shared expert."""
     try:
         n_layer, n_head = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
         n_embd, hidden = int(cfg["hidden_size"]), int(cfg["intermediate_size"])
@@ -487,8 +498,9 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     if not (0 < eps <= 0.1):
         refusals.append(f"rms_norm_eps {eps} (triad's model.norm_eps is in (0, 0.1])")
     qwen2_moe = cfg.get("model_type") == "qwen2_moe"
+    qwen3_moe = cfg.get("model_type") == "qwen3_moe"
     qwen2 = cfg.get("model_type") == "qwen2" or qwen2_moe  # Qwen2-MoE's attention is Qwen2's
-    qwen3 = cfg.get("model_type") == "qwen3"
+    qwen3 = cfg.get("model_type") == "qwen3" or qwen3_moe  # Qwen3-MoE's attention is Qwen3's
     if cfg.get("hidden_act", "silu") != "silu":
         refusals.append(f"hidden_act {cfg.get('hidden_act')!r} (SwiGLU uses silu)")
     scaling = yarn = None
@@ -540,8 +552,8 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                             f"experts' gates, triad's model.moe_normalize, which needs 2 to "
                             f"num_local_experts of them: one renormalized gate is always 1)")
     moe = {}
-    if qwen2_moe:
-        moe, hidden = qwen2_moe_keys(cfg, where, n_layer, hidden, refusals)
+    if qwen2_moe or qwen3_moe:
+        moe, hidden = qwen_moe_keys(cfg, where, n_layer, hidden, refusals)
         experts, top_k = moe.pop("moe_experts"), moe.pop("moe_top_k")
     window = cfg.get("sliding_window") if mistral or \
         ((qwen2 or qwen3) and cfg.get("use_sliding_window")) else None
@@ -573,22 +585,23 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     return d
 
 
-def qwen2_moe_keys(cfg: dict, where: str, n_layer: int, dense_hidden: int,
-                   refusals: list[str]) -> tuple[dict, int]:
-    """A Qwen2-MoE config's mixture of experts as Dims' moe_* fields, and the experts' width
-    (model.mlp_hidden, which triad's dense layers among them share); what triad does not build
-    is added to refusals."""
+def qwen_moe_keys(cfg: dict, where: str, n_layer: int, dense_hidden: int,
+                  refusals: list[str]) -> tuple[dict, int]:
+    """A Qwen2-MoE or Qwen3-MoE config's mixture of experts as Dims' moe_* fields (Qwen2-MoE's
+    with its gated shared expert), and the experts' width (model.mlp_hidden, which triad's
+    dense layers among them share); what triad does not build is added to refusals."""
+    qwen2 = cfg.get("model_type") == "qwen2_moe"
     try:
         experts, top_k = int(cfg["num_experts"]), int(cfg["num_experts_per_tok"])
-        hidden, shared = int(cfg["moe_intermediate_size"]), \
-            int(cfg["shared_expert_intermediate_size"])
+        hidden = int(cfg["moe_intermediate_size"])
+        shared = int(cfg["shared_expert_intermediate_size"]) if qwen2 else 0
         step = int(cfg.get("decoder_sparse_step", 1))
         dense = sorted(int(i) for i in (cfg.get("mlp_only_layers") or []))
     except (KeyError, TypeError, ValueError) as e:
-        raise ConvertError(f"{where}: a Qwen2-MoE config needs integer num_experts, "
+        raise ConvertError(f"{where}: a Qwen MoE config needs integer num_experts, "
                            f"num_experts_per_tok, moe_intermediate_size, "
-                           f"shared_expert_intermediate_size, decoder_sparse_step and a list of "
-                           f"mlp_only_layers ({e})")
+                           f"{'shared_expert_intermediate_size, ' if qwen2 else ''}"
+                           f"decoder_sparse_step and a list of mlp_only_layers ({e})")
     normalize = bool(cfg.get("norm_topk_prob", False))
     if not 1 <= experts <= 256:
         refusals.append(f"num_experts {experts} (triad's model.moe_experts is in [1, 256])")
@@ -596,7 +609,7 @@ def qwen2_moe_keys(cfg: dict, where: str, n_layer: int, dense_hidden: int,
         refusals.append(f"num_experts_per_tok {top_k} with norm_topk_prob {normalize} (1 to "
                         f"num_experts, and 2 or more with norm_topk_prob: one renormalized gate "
                         f"is always 1)")
-    if shared < 1:
+    if qwen2 and shared < 1:
         refusals.append(f"shared_expert_intermediate_size {shared} (a positive width)")
     # Qwen's layer i has the experts when it is not in mlp_only_layers and (i + 1) is a multiple
     # of decoder_sparse_step; triad's when i >= first_dense and (i - first_dense + 1) is one of
@@ -612,7 +625,7 @@ def qwen2_moe_keys(cfg: dict, where: str, n_layer: int, dense_hidden: int,
                         f"moe_intermediate_size {hidden} (triad's dense layers among the expert "
                         f"layers share model.mlp_hidden)")
     return dict(moe_experts=experts, moe_top_k=top_k, moe_normalize=normalize,
-                moe_shared_hidden=shared, moe_shared_gate=True, moe_first_dense=max(first, 0),
+                moe_shared_hidden=shared, moe_shared_gate=qwen2, moe_first_dense=max(first, 0),
                 moe_every=step), hidden
 
 
@@ -654,7 +667,7 @@ def llama_sources(d: Dims) -> dict[str, list[str]]:
                 p + "attn/k_norm/weight": [h + "self_attn.k_norm.weight"]} if d.qk_norm else {}),
             p + "ln_2/weight": [h + "post_attention_layernorm.weight"],
         })
-        if d.moe_layer(i) and d.moe_shared_gate:  # Qwen2-MoE's sparse MLP block
+        if d.moe_layer(i) and d.moe_format != "mixtral":  # Qwen2-MoE's, Qwen3-MoE's sparse MLP
             m = h + "mlp."
             experts = [m + f"experts.{e}." for e in range(d.moe_experts)]
             src.update({
@@ -662,11 +675,14 @@ def llama_sources(d: Dims) -> dict[str, list[str]]:
                                                 for w in ("gate", "up")],
                 p + "mlp/experts/c_proj/weight": [e + "down_proj.weight" for e in experts],
                 p + "mlp/router/weight": [m + "gate.weight"],
-                p + "mlp/shared/c_fc/weight": [m + "shared_expert.gate_proj.weight",
-                                               m + "shared_expert.up_proj.weight"],
-                p + "mlp/shared/c_proj/weight": [m + "shared_expert.down_proj.weight"],
-                p + "mlp/shared/gate/weight": [m + "shared_expert_gate.weight"],
             })
+            if d.moe_format == "qwen2_moe":  # the gated shared expert
+                src.update({
+                    p + "mlp/shared/c_fc/weight": [m + "shared_expert.gate_proj.weight",
+                                                   m + "shared_expert.up_proj.weight"],
+                    p + "mlp/shared/c_proj/weight": [m + "shared_expert.down_proj.weight"],
+                    p + "mlp/shared/gate/weight": [m + "shared_expert_gate.weight"],
+                })
         elif d.moe_layer(i):  # Mixtral's sparse MLP block: w1 (gate), w3 (up), w2 (down)
             m = h + "block_sparse_moe."
             experts = [m + f"experts.{e}." for e in range(d.moe_experts)]
@@ -769,9 +785,9 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
         for name in st.entries:
             where[name] = st
     if d.mlp == "swiglu":
-        kind = "Qwen2-MoE" if d.moe_shared_gate else "Mixtral" if d.moe_experts else \
-            "Qwen2" if d.qkv_bias else \
-            "Qwen3" if d.qk_norm else "Mistral" if d.sliding_window else "Llama"
+        kind = ({"qwen2_moe": "Qwen2-MoE", "qwen3_moe": "Qwen3-MoE", "mixtral": "Mixtral"}.get(
+            d.moe_format or "") or ("Qwen2" if d.qkv_bias else "Qwen3" if d.qk_norm else
+                                    "Mistral" if d.sliding_window else "Llama"))
         note = ""
         if d.moe_experts and cfg.get("router_jitter_noise"):  # noise on the router's input
             note = (f"; its router_jitter_noise {cfg['router_jitter_noise']} is a training-time "
@@ -1128,37 +1144,40 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
 
 
 def refuse_unexported_experts(path: Path, a: dict, llama: bool) -> None:
-    """Raises for a mixture of experts neither Hugging Face's Mixtral nor its Qwen2-MoE computes.
-    Both have Llama's blocks. Mixtral: experts in every layer, no shared experts, renormalized
-    gates, no c_attn bias. Qwen2-MoE: a shared expert with a sigmoid gate, c_attn's bias, dense
-    layers first or every n-th."""
+    """Raises for a mixture of experts none of Hugging Face's Mixtral, Qwen2-MoE and Qwen3-MoE
+    computes. All have Llama's blocks. Mixtral: experts in every layer, no shared experts,
+    renormalized gates, no c_attn bias, no QK-norm. Qwen2-MoE: a shared expert with a sigmoid
+    gate, c_attn's bias, no QK-norm. Qwen3-MoE: QK-norm, no shared expert, no c_attn bias. Both
+    Qwens: gates renormalized or not, dense layers first or every n-th."""
     E = int(a["moe_experts"])
     shared, gated = int(a.get("moe_shared_hidden", 0)), int(a.get("moe_shared_gate", 0)) == 1
     first, every = int(a.get("moe_first_dense", 0)), int(a.get("moe_every", 1))
+    qk, bias = int(a.get("qk_norm", 0)) == 1, int(a.get("qkv_bias", 0)) == 1
     why = None
     if not llama:
         why = (f"the model's MLPs are mixtures of {E} experts (model.moe_experts) in GPT-2's "
-               f"blocks; the export formats with experts, Hugging Face's Mixtral and Qwen2-MoE, "
-               f"have Llama's blocks (rope, RMSNorm, SwiGLU, no biases)")
+               f"blocks; the export formats with experts, Hugging Face's Mixtral, Qwen2-MoE and "
+               f"Qwen3-MoE, have Llama's blocks (rope, RMSNorm, SwiGLU, no biases)")
     elif shared and not gated:
         why = (f"the model has shared experts (model.moe_shared_hidden = {shared}) without a "
-               f"gate; Hugging Face's Mixtral has none, and Qwen2-MoE's has a sigmoid gate "
-               f"(model.moe_shared_gate = true)")
-    elif gated and int(a.get("qkv_bias", 0)) != 1:
+               f"gate; Hugging Face's Mixtral and Qwen3-MoE have none, and Qwen2-MoE's has a "
+               f"sigmoid gate (model.moe_shared_gate = true)")
+    elif gated and (qk or not bias):
         why = ("the model's shared experts are gated (model.moe_shared_gate), which exports as "
                "Hugging Face's Qwen2-MoE, whose attention has q, k and v biases "
-               "(model.qkv_bias = true)")
-    elif not shared and (first or every != 1):
-        why = (f"the model has dense layers among its expert layers (model.moe_first_dense = "
-               f"{first}, model.moe_every = {every}) and no shared experts; Hugging Face's "
-               f"Mixtral has experts in every layer")
-    elif not shared and int(a.get("qkv_bias", 0)) == 1:
+               "(model.qkv_bias = true) and no QK-norm (model.qk_norm = false)")
+    elif not shared and bias:
         why = ("the model has c_attn's bias alone (model.qkv_bias) and experts without shared "
-               "ones; Hugging Face's Mixtral has no such bias, and Qwen2-MoE has a shared expert")
-    elif not shared and not int(a.get("moe_normalize", 1)):
+               "ones; Hugging Face's Mixtral and Qwen3-MoE have no such bias, and Qwen2-MoE has "
+               "a shared expert")
+    elif not shared and not qk and (first or every != 1):
+        why = (f"the model has dense layers among its expert layers (model.moe_first_dense = "
+               f"{first}, model.moe_every = {every}) without QK-norm or shared experts; Hugging "
+               f"Face's Mixtral has experts in every layer")
+    elif not shared and not qk and not int(a.get("moe_normalize", 1)):
         why = ("the model keeps its gates as the router gives them (model.moe_normalize = "
-               "false) and has no shared experts; Hugging Face's Mixtral renormalizes the chosen "
-               "experts' gates")
+               "false) without QK-norm or shared experts; Hugging Face's Mixtral renormalizes the "
+               "chosen experts' gates")
     if why:
         raise ConvertError(f"{path}: {why}")
 
@@ -1207,8 +1226,9 @@ def llama_hf_config(d: Dims) -> dict:
     """config.json for transformers' LlamaForCausalLM computing what triad computes, or
     Qwen2ForCausalLM's for a model with c_attn's bias alone (model.qkv_bias), or
     Qwen3ForCausalLM's for one with QK-norm (model.qk_norm), or MistralForCausalLM's for one with
-    a sliding window (model.sliding_window), or MixtralForCausalLM's for a mixture of experts
-    (model.moe_experts; with a sliding window or not)."""
+    a sliding window (model.sliding_window), or for a mixture of experts (model.moe_experts,
+    Dims.moe_format) Qwen2MoeForCausalLM's (gated shared experts), Qwen3MoeForCausalLM's
+    (QK-norm) or MixtralForCausalLM's (with a sliding window or not)."""
     cfg = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "num_hidden_layers": d.n_layer, "num_attention_heads": d.n_head,
@@ -1243,6 +1263,20 @@ def llama_hf_config(d: Dims) -> dict:
                    num_experts=d.moe_experts, num_experts_per_tok=d.moe_top_k,
                    moe_intermediate_size=d.mlp_hidden, norm_topk_prob=d.moe_normalize,
                    shared_expert_intermediate_size=d.moe_shared_hidden,
+                   decoder_sparse_step=d.moe_every,
+                   mlp_only_layers=list(range(d.moe_first_dense)), output_router_logits=False)
+        return cfg
+    if d.moe_format == "qwen3_moe":
+        if d.rope_scaling is not None or d.qkv_bias or d.sliding_window:
+            raise ConvertError("a model with model.moe_experts and model.qk_norm exports as "
+                               "Qwen3-MoE, whose transformers model has neither llama3 rope "
+                               "scaling, a c_attn bias nor a sliding window")
+        for k in ("mlp_bias",):
+            cfg.pop(k, None)
+        cfg.update(architectures=["Qwen3MoeForCausalLM"], model_type="qwen3_moe", head_dim=d.hd,
+                   use_sliding_window=False, sliding_window=None, max_window_layers=d.n_layer,
+                   num_experts=d.moe_experts, num_experts_per_tok=d.moe_top_k,
+                   moe_intermediate_size=d.mlp_hidden, norm_topk_prob=d.moe_normalize,
                    decoder_sparse_step=d.moe_every,
                    mlp_only_layers=list(range(d.moe_first_dense)), output_router_logits=False)
         return cfg

@@ -832,15 +832,95 @@ def test_qwen2_moe_imports_and_evaluates_as_transformers(imported, tmp_path, top
             tuned.config.mlp_only_layers) == (4, normalize, dense)
 
 
+@pytest.mark.parametrize("normalize,dense", [(True, []), (False, [0])],
+                         ids=["normalized", "dense0"])
+def test_qwen3_moe_imports_and_evaluates_as_its_definition(imported, tmp_path, normalize, dense):
+    """A Qwen3-MoE model (model_type qwen3_moe: Qwen3's attention, per-head RMSNorms q_norm and
+    k_norm, no biases; Qwen2-MoE's experts and router without the shared expert) written in
+    Qwen3MoeForCausalLM's tensor names. transformers 4.46 predates Qwen3, so the reference is its
+    Qwen2MoeForCausalLM with the q, k and v biases and the shared expert's output at zero and
+    forward hooks on q_proj and k_proj applying the per-head norms: triad's loss of the import
+    is that model's, on one rank and on tp 2 × ep 2; export writes Qwen3-MoE's config and
+    tensors back, bit for bit."""
+    from safetensors.torch import load_file, save_file
+    d, _, cfg = imported
+    hd, eps = 16, 1e-6
+    model = qwen2_moe_model(num_experts_per_tok=2, norm_topk_prob=normalize,
+                            mlp_only_layers=dense)
+    torch.manual_seed(19)
+    norms = {}
+    with torch.no_grad():
+        for i, layer in enumerate(model.model.layers):
+            for x in "qkv":
+                getattr(layer.self_attn, f"{x}_proj").bias.zero_()
+            if i >= len(dense):
+                layer.mlp.shared_expert.down_proj.weight.zero_()
+            for name in ("q_norm", "k_norm"):
+                w = 1 + 0.3 * torch.randn(hd)
+                norms[f"model.layers.{i}.self_attn.{name}.weight"] = w
+
+                def hook(module, inputs, out, w=w):
+                    x = out.reshape(*out.shape[:-1], -1, hd)
+                    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w.to(x.dtype)
+                    return x.reshape(out.shape)
+
+                getattr(layer.self_attn, name[0] + "_proj").register_forward_hook(hook)
+    src = tmp_path / "qwen3moe"
+    model.save_pretrained(src, safe_serialization=True)
+    tensors = {k: v for k, v in load_file(src / "model.safetensors").items()
+               if not k.endswith(("_proj.bias", "shared_expert_gate.weight"))
+               and ".shared_expert." not in k}
+    tensors.update(norms)
+    (src / "model.safetensors").unlink()
+    save_file({k: v.contiguous() for k, v in tensors.items()}, src / "model.safetensors")
+    config = json.loads((src / "config.json").read_text())
+    del config["shared_expert_intermediate_size"]
+    config.update(model_type="qwen3_moe", architectures=["Qwen3MoeForCausalLM"], head_dim=hd,
+                  attention_bias=False)
+    (src / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "qwen3moe.h5"
+    p = tool("triad-convert", "import", src, out, "--seq-len", SEQ)
+    assert p.returncode == 0, p.stderr
+    assert "Hugging Face Qwen3-MoE model" in p.stdout
+    with h5py.File(out, "r") as f:
+        a = f["model"].attrs
+        assert (int(a["qk_norm"]), int(a["qkv_bias"]), int(a["moe_experts"]),
+                int(a["moe_normalize"]), int(a.get("moe_shared_hidden", 0))) == \
+            (1, 0, 4, int(normalize), 0)
+    want_loss, want_acc = hf_loss_accuracy(model, d)
+    p = train("--config", cfg, "--eval-only", "--init-from", out, "--model-from", out, check=True)
+    loss = float(p.stdout.split("val loss")[1].split()[0])
+    acc = float(p.stdout.split("val accuracy")[1].split()[0])
+    assert abs(loss - want_loss) <= 1e-5 * want_loss, (loss, want_loss)
+    assert abs(acc - want_acc) <= 1.5 / (EVAL_SEQUENCES * SEQ), (acc, want_acc)
+    p = mpi_run(4, "--config", cfg, "--eval-only", "--init-from", out, "--model-from", out,
+                "--parallel.tp", 2, "--parallel.ep", 2)
+    assert p.returncode == 0, p.stdout + p.stderr
+    grid_loss = float(p.stdout.split("val loss")[1].split()[0])
+    assert abs(grid_loss - want_loss) <= 1e-5 * want_loss, (grid_loss, want_loss)
+    back = tmp_path / "back"
+    p = tool("triad-convert", "export", out, back, "--to", "hf", "--vocab", "none")
+    assert p.returncode == 0, p.stderr
+    exported = json.loads((back / "config.json").read_text())
+    assert (exported["model_type"], exported["head_dim"], exported["norm_topk_prob"],
+            exported["mlp_only_layers"]) == ("qwen3_moe", hd, normalize, dense)
+    assert "shared_expert_intermediate_size" not in exported
+    again = load_file(back / "model.safetensors")
+    assert sorted(again) == sorted(tensors)
+    for k, v in tensors.items():
+        assert torch.equal(again[k], v.float()), k
+
+
 def test_mixtures_of_experts_triad_does_not_compute_are_refused(tmp_path):
     """Imports: Mixtral with one expert per token (its one renormalized gate is always 1), an
     expert's tensor of the wrong shape or missing, Qwen2-MoE's dense layers where triad's cannot
     be (not the first ones, or both first and every n-th, or of another width than the experts),
     and the mixtures whose blocks triad does not build (OLMoE's whole-width QK-norm). Exports:
     the triad mixtures neither Mixtral nor Qwen2-MoE holds (GPT-2's blocks, shared experts
-    without a gate, a gate without Qwen2's c_attn bias, dense layers without shared experts,
-    gates not renormalized without them, QK-norm). Each is one line naming the input and what it
-    is; nothing is written."""
+    without a gate, a gate without Qwen2's c_attn bias or with QK-norm, c_attn's bias without
+    shared experts, dense layers or gates not renormalized without QK-norm or shared experts,
+    Qwen3-MoE with a window, Mixtral with wider heads). Each is one line naming the input and
+    what it is; nothing is written."""
     from safetensors.torch import save_file
     model = mixtral_model()
     src = tmp_path / "mixtral"
@@ -885,7 +965,11 @@ def test_mixtures_of_experts_triad_does_not_compute_are_refused(tmp_path):
                            ({"moe_first_dense": 1}, "model.moe_first_dense = 1"),
                            ({"moe_every": 2}, "model.moe_every = 2"),
                            ({"moe_normalize": False}, "model.moe_normalize = false"),
-                           ({"qk_norm": True}, "exports as Mixtral")):
+                           ({"qkv_bias": True}, "Mixtral and Qwen3-MoE have no such bias"),
+                           ({"moe_shared_hidden": 16, "moe_shared_gate": True, "qkv_bias": True,
+                             "qk_norm": True}, "model.qk_norm = false"),
+                           ({"qk_norm": True, "sliding_window": 4}, "exports as Qwen3-MoE"),
+                           ({"sliding_window": 4, "attn_head_dim": 16}, "exports as Mixtral")):
         cfg = ref.GptConfig(**{**llama, **change})
         ckpt = tmp_path / "moe.h5"
         ckpt.unlink(missing_ok=True)
