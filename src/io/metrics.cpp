@@ -23,15 +23,24 @@ using io::H5Id;
 constexpr hsize_t kChunkRows = 1024;
 constexpr size_t kAutoFlushRows = 4096;  // bound the buffer if the caller rarely flushes
 
-// One 1-D column: an int64 or a float64 dataset and its rows not yet written.
+// One column: an int64 or a float64 dataset of rows (1-D), or of rows of `width` float64
+// values (2-D [rows, width]; width 0: as the file has it), and its rows not yet written.
 struct Column {
   std::string name;
   bool is_int = false;
+  hsize_t width = 1;
+  bool wide = false;  // a 2-D dataset
   H5Id dset;
   std::vector<int64_t> ints;
   std::vector<double> doubles;
 
-  size_t buffered() const { return is_int ? ints.size() : doubles.size(); }
+  size_t buffered() const {
+    return is_int ? ints.size() : doubles.size() / std::max<hsize_t>(width, 1);
+  }
+  int rank() const { return wide ? 2 : 1; }
+  std::vector<hsize_t> dims(hsize_t rows) const {
+    return wide ? std::vector<hsize_t>{rows, width} : std::vector<hsize_t>{rows};
+  }
   hid_t file_type() const { return is_int ? H5T_STD_I64LE : H5T_IEEE_F64LE; }
   hid_t mem_type() const { return is_int ? H5T_NATIVE_INT64 : H5T_NATIVE_DOUBLE; }
   const void* data() const {
@@ -69,6 +78,17 @@ Table step_table(const std::string& group, const std::vector<std::string>& value
   std::vector<std::pair<const char*, bool>> spec{{"step", true}};
   for (const auto& v : values) spec.emplace_back(v.c_str(), false);
   return make_table(group, spec);
+}
+
+// A table of `step` and float64 columns of `width` values each (/moe_load; width 0: as the file
+// has them).
+Table wide_table(const std::string& group, const std::vector<std::string>& values, hsize_t width) {
+  Table t = step_table(group, values);
+  for (size_t i = 1; i < t.cols.size(); ++i) {
+    t.cols[i].wide = true;
+    t.cols[i].width = width;
+  }
+  return t;
 }
 
 // /val_sets/<name> (eval.sets).
@@ -145,13 +165,19 @@ struct MetricsWriter::Impl {
       if (io::link_exists(group, c.name)) {
         c.dset = io::own_dataset(H5Dopen2(group, c.name.c_str(), H5P_DEFAULT), what);
         const std::vector<hsize_t> dims = io::dataset_dims(c.dset);
-        TRIAD_CHECK(dims.size() == 1, "dataset /", t.group, "/", c.name, " is not 1-D");
+        if (c.wide && c.width == 0 && dims.size() == 2) c.width = dims[1];
+        TRIAD_CHECK(int(dims.size()) == c.rank() && (!c.wide || dims[1] == c.width), "dataset /",
+                    t.group, "/", c.name, " is not ", c.wide ? "2-D" : "1-D",
+                    c.wide ? " of " + std::to_string(c.width) + " columns" : std::string());
         rows = std::min(rows, dims[0]);
       } else {
-        const hsize_t zero = 0, unlimited = H5S_UNLIMITED;
-        H5Id space = io::own_dataspace(H5Screate_simple(1, &zero, &unlimited), what);
+        TRIAD_ASSERT(c.width > 0);
+        const std::vector<hsize_t> zero = c.dims(0), most = {H5S_UNLIMITED, c.width};
+        H5Id space = io::own_dataspace(H5Screate_simple(c.rank(), zero.data(), most.data()), what);
         H5Id dcpl = io::make_plist(H5P_DATASET_CREATE);
-        h5check(H5Pset_chunk(dcpl, 1, &kChunkRows), what);
+        // Chunks of about kChunkRows values: fewer rows of a wide column.
+        const std::vector<hsize_t> chunk = c.dims(std::max<hsize_t>(1, kChunkRows / c.width));
+        h5check(H5Pset_chunk(dcpl, c.rank(), chunk.data()), what);
         if (!c.is_int) {  // rows of a column added to an older file read as NaN
           const double nan = std::numeric_limits<double>::quiet_NaN();
           h5check(H5Pset_fill_value(dcpl, H5T_NATIVE_DOUBLE, &nan), what);
@@ -184,7 +210,9 @@ struct MetricsWriter::Impl {
 
   void set_rows(Table& t, hsize_t rows) {
     for (Column& c : t.cols) {
-      h5check(H5Dset_extent(c.dset, &rows), "cannot resize dataset /" + t.group + "/" + c.name);
+      const std::vector<hsize_t> dims = c.dims(rows);
+      h5check(H5Dset_extent(c.dset, dims.data()),
+              "cannot resize dataset /" + t.group + "/" + c.name);
     }
     t.rows_in_file = rows;
   }
@@ -203,10 +231,13 @@ struct MetricsWriter::Impl {
     const hsize_t start = t.rows_in_file, total = start + n;
     for (Column& c : t.cols) {
       const std::string what = "cannot append to dataset /" + t.group + "/" + c.name;
-      h5check(H5Dset_extent(c.dset, &total), what);
+      const std::vector<hsize_t> extent = c.dims(total), at = {start, 0}, count = c.dims(n);
+      h5check(H5Dset_extent(c.dset, extent.data()), what);
       H5Id fspace = io::own_dataspace(H5Dget_space(c.dset), what);
-      h5check(H5Sselect_hyperslab(fspace, H5S_SELECT_SET, &start, nullptr, &n, nullptr), what);
-      H5Id mspace = io::own_dataspace(H5Screate_simple(1, &n, nullptr), what);
+      h5check(
+          H5Sselect_hyperslab(fspace, H5S_SELECT_SET, at.data(), nullptr, count.data(), nullptr),
+          what);
+      H5Id mspace = io::own_dataspace(H5Screate_simple(c.rank(), count.data(), nullptr), what);
       h5check(H5Dwrite(c.dset, c.mem_type(), mspace, fspace, H5P_DEFAULT, c.data()), what);
       c.clear();
     }
@@ -216,6 +247,7 @@ struct MetricsWriter::Impl {
   std::vector<Table> sets;         // /val_sets/<name>
   std::vector<Table> norms;        // /norms (one table, or none)
   std::vector<Table> activations;  // /activations (one table, or none)
+  std::vector<Table> moe_load;     // /moe_load (one table, or none)
 
   // The names of the groups under /val_sets in the file.
   std::vector<std::string> existing_sets() { return members("val_sets"); }
@@ -246,6 +278,7 @@ struct MetricsWriter::Impl {
     for (Table& t : sets) write_buffered(t);
     for (Table& t : norms) write_buffered(t);
     for (Table& t : activations) write_buffered(t);
+    for (Table& t : moe_load) write_buffered(t);
     h5check(H5Fflush(file, H5F_SCOPE_GLOBAL), "cannot flush the file");
   }
 };
@@ -253,7 +286,8 @@ struct MetricsWriter::Impl {
 MetricsWriter::MetricsWriter(const std::string& path, const MetricsAttributes& attrs,
                              int64_t resume_step, const std::vector<std::string>& val_sets,
                              const std::vector<std::string>& norm_groups,
-                             const std::vector<std::string>& activations)
+                             const std::vector<std::string>& activations,
+                             const std::vector<std::string>& moe_layers, int moe_experts)
     : impl_(std::make_unique<Impl>()) {
   io::silence_hdf5_errors();
   Impl& m = *impl_;
@@ -289,9 +323,15 @@ MetricsWriter::MetricsWriter(const std::string& path, const MetricsAttributes& a
       m.activations.push_back(step_table("activations", activations));
       m.open_table(m.activations.back());
     }
+    if (!moe_layers.empty()) {
+      TRIAD_ASSERT(moe_experts > 0);
+      m.moe_load.push_back(wide_table("moe_load", moe_layers, hsize_t(moe_experts)));
+      m.open_table(m.moe_load.back());
+    }
     if (resume) {
       for (Table& t : m.norms) m.truncate_table(t, resume_step);
       for (Table& t : m.activations) m.truncate_table(t, resume_step);
+      for (Table& t : m.moe_load) m.truncate_table(t, resume_step);
       m.truncate_table(m.train, resume_step);
       m.truncate_table(m.val, resume_step);
       for (Table& t : m.sets) m.truncate_table(t, resume_step);
@@ -304,15 +344,17 @@ MetricsWriter::MetricsWriter(const std::string& path, const MetricsAttributes& a
           m.truncate_table(t, resume_step);
           for (Column& c : t.cols) c.dset.reset();
         }
-      // /norms and /activations that this run does not write: cut likewise.
+      // /norms, /activations and /moe_load that this run does not write: cut likewise.
       for (const auto& [group, written] : {std::pair{"norms", !norm_groups.empty()},
-                                           std::pair{"activations", !activations.empty()}})
+                                           std::pair{"activations", !activations.empty()},
+                                           std::pair{"moe_load", !moe_layers.empty()}})
         if (!written) {
           std::vector<std::string> cols = m.members(group);
           const auto step = std::find(cols.begin(), cols.end(), "step");
           if (step == cols.end()) continue;
           cols.erase(step);  // step_table puts it first, where truncate_table reads it
-          Table t = step_table(group, cols);
+          Table t = std::string(group) == "moe_load" ? wide_table(group, cols, 0)
+                                                     : step_table(group, cols);
           m.open_table(t);
           m.truncate_table(t, resume_step);
           for (Column& c : t.cols) c.dset.reset();
@@ -340,6 +382,8 @@ MetricsWriter::~MetricsWriter() {
   for (Table& t : impl_->norms)
     for (Column& c : t.cols) c.dset.reset();
   for (Table& t : impl_->activations)
+    for (Column& c : t.cols) c.dset.reset();
+  for (Table& t : impl_->moe_load)
     for (Column& c : t.cols) c.dset.reset();
   impl_->file.reset();
 }
@@ -391,6 +435,18 @@ void MetricsWriter::append_activations(int64_t step, const std::vector<double>& 
   Table& t = impl_->activations[0];
   t.col(0).ints.push_back(step);
   for (size_t i = 0; i < rms.size(); ++i) t.col(1 + i).doubles.push_back(rms[i]);
+  if (t.col(0).buffered() >= kAutoFlushRows) flush();
+}
+
+void MetricsWriter::append_moe_load(int64_t step, const std::vector<double>& load) {
+  TRIAD_ASSERT(!impl_->moe_load.empty());
+  Table& t = impl_->moe_load[0];
+  const size_t E = size_t(t.cols.size() > 1 ? t.cols[1].width : 0);
+  TRIAD_ASSERT(load.size() == (t.cols.size() - 1) * E);
+  t.col(0).ints.push_back(step);
+  for (size_t i = 1; i < t.cols.size(); ++i)
+    t.col(i).doubles.insert(t.col(i).doubles.end(), load.begin() + ptrdiff_t((i - 1) * E),
+                            load.begin() + ptrdiff_t(i * E));
   if (t.col(0).buffered() >= kAutoFlushRows) flush();
 }
 

@@ -120,7 +120,7 @@ void Gpt::from_experts(typename Set<A>::Layer& L, A* local, const A* grouped) {
 }
 
 template <class A>
-void Gpt::moe_front(typename Set<A>::Layer& L, const A* ln2, const LayerTensors<const A>& w,
+void Gpt::moe_front(typename Set<A>::Layer& L, int l, const A* ln2, const LayerTensors<const A>& w,
                     int N) {
   const int C = shape_.n_embd, E = shape_.moe_experts, k = shape_.moe_top_k;
   const size_t Fl = size_t(shape_.fc_rows() / mp_.tp);
@@ -143,6 +143,10 @@ void Gpt::moe_front(typename Set<A>::Layer& L, const A* ln2, const LayerTensors<
     moe_stats_.max_load += double(most) * E / (double(N) * k);
     if (moe_z_loss_ > 0.0f) moe_stats_.z += be_.sum_squares(L.moe_lse, size_t(N)) / N;
     ++moe_stats_.count;
+    auto& loads = moe_stats_.loads;
+    if (loads.empty()) loads.assign(size_t(shape_.n_layer) * size_t(E), 0.0);
+    if (mp_.tp_rank == 0)
+      for (int e = 0; e < E; ++e) loads[size_t(l) * E + size_t(e)] += L.moe_counts[size_t(e)];
   }
   // A capacity: each expert takes the first of its choices (in choice order, as dispatch ordered
   // them), the rest are dropped.
@@ -297,12 +301,13 @@ void Gpt::moe_backward(typename Set<A>::Layer& L, A* dpart, const LayerTensors<f
     be_.matmul_backward(dinp, g.shgatew, nullptr, a.sh_glogit, ln2, w.shgatew, N, C, 1);
 }
 
-#define TRIAD_MOE_INSTANCES(A)                                                                  \
-  template void Gpt::to_experts<A>(Set<A>::Layer&, A*, const A*);                               \
-  template void Gpt::from_experts<A>(Set<A>::Layer&, A*, const A*);                             \
-  template void Gpt::moe_front<A>(Set<A>::Layer&, const A*, const LayerTensors<const A>&, int); \
-  template void Gpt::moe_output<A>(Set<A>::Layer&, A*, const LayerTensors<const A>&, int);      \
-  template void Gpt::moe_backward<A>(Set<A>::Layer&, A*, const LayerTensors<float>&, const A*,  \
+#define TRIAD_MOE_INSTANCES(A)                                                                 \
+  template void Gpt::to_experts<A>(Set<A>::Layer&, A*, const A*);                              \
+  template void Gpt::from_experts<A>(Set<A>::Layer&, A*, const A*);                            \
+  template void Gpt::moe_front<A>(Set<A>::Layer&, int, const A*, const LayerTensors<const A>&, \
+                                  int);                                                        \
+  template void Gpt::moe_output<A>(Set<A>::Layer&, A*, const LayerTensors<const A>&, int);     \
+  template void Gpt::moe_backward<A>(Set<A>::Layer&, A*, const LayerTensors<float>&, const A*, \
                                      const A*, const LayerTensors<const A>&, int);
 TRIAD_MOE_INSTANCES(float)
 TRIAD_MOE_INSTANCES(bf16_t)

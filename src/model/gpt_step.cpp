@@ -324,7 +324,7 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   const A* ln2 = gather_rows(L.ln2, L.ln2g, N);
   const int Hl = shape_.hidden() / mp_.tp;
   if (shape_.moe_layer(l)) {
-    moe_front<A>(L, ln2, w, N);
+    moe_front<A>(L, l, ln2, w, N);
   } else if (shape_.swiglu) {
     linear_forward(fp8_site(l, 2), L.fch, ln2, w.fcw, w.fcb, N, C, 2 * Hl);
     be_.swiglu_forward(L.fch_gelu, L.fch, N, Hl);

@@ -192,6 +192,11 @@ class KeyTable {
     add("train.norms_every", c.train.norms_every,
         "every N steps write each layer's gradient and weight L2 norms to /norms of metrics.h5 "
         "(0: never)");
+    add("train.moe_load_every", c.train.moe_load_every,
+        "with model.moe_experts: every N steps write each expert's share of each layer's choices "
+        "in that step (over every rank and micro-batch, before a capacity drops any) to "
+        "/moe_load of metrics.h5, a [rows, experts] dataset per layer (triad-plot draws them; "
+        "0: never)");
     add("train.skip_window", c.train.skip_window,
         "steps whose loss and gradient norm the skip z-scores compare with");
     add("optim.name", c.optim.name,
@@ -928,6 +933,8 @@ void validate(const Config& c, int world_size) {
   check(std::isfinite(t.moe_z_loss) && t.moe_z_loss >= 0 && t.moe_z_loss <= 1, "train.moe_z_loss",
         "must be a number in [0, 1] (ST-MoE's 0.001; 0: none)");
   check(t.norms_every >= 0, "train.norms_every", "must be >= 0 (0: never)");
+  check(t.moe_load_every >= 0 && (t.moe_load_every == 0 || c.model.moe_experts > 0),
+        "train.moe_load_every", "must be >= 0, and > 0 only with model.moe_experts (0: never)");
   check(t.activations_every >= 0, "train.activations_every", "must be >= 0 (0: never)");
   check(t.activations_every == 0 || !c.data.val.empty(), "train.activations_every",
         "needs data.val (the activations are those of its first micro-batch)");

@@ -11,6 +11,7 @@
 #include <iomanip>
 #include <iostream>
 #include <limits>
+#include <numeric>
 #include <sstream>
 
 #include "trainer_state.h"
@@ -266,11 +267,16 @@ TrainOutcome Trainer::run() {
                         s.model->flops_per_token(), s.peak_flops};
     std::vector<std::string> set_names;
     for (const auto& [name, src] : s.val_sets) set_names.push_back(name);
+    std::vector<std::string> moe_layers;  // train.moe_load_every: the layers with experts
+    if (cfg.train.moe_load_every > 0)
+      for (int l = 0; l < cfg.model.n_layer; ++l)
+        if (s.model->shape().moe_layer(l)) moe_layers.push_back("h" + std::to_string(l));
     s.metrics = std::make_unique<MetricsWriter>(
         run_path + "/metrics.h5", a, resumed ? s.step : int64_t(-1), set_names,
         cfg.train.norms_every > 0 ? s.norm_groups() : std::vector<std::string>{},
         cfg.train.activations_every > 0 ? Gpt::activation_names(cfg.model.n_layer)
-                                        : std::vector<std::string>{});
+                                        : std::vector<std::string>{},
+        moe_layers, cfg.model.moe_experts);
   }
   const int full_accum = cfg.train.batch_size / (mbs * s.grid.shape().dp);
   {
@@ -457,6 +463,24 @@ TrainOutcome Trainer::run() {
       moe_load = sums[1] / sums[2];
       if (cfg.train.moe_z_loss > 0) moe_z_mean = cfg.train.moe_z_loss * sums[3] / sums[2];
       if (cfg.model.moe_capacity_factor > 0) moe_dropped = sums[4] / sums[2];
+      if (cfg.train.moe_load_every > 0 && st % cfg.train.moe_load_every == 0) {
+        // Each expert's share of its layer's choices, over every rank's (a stage's layers, a
+        // data- or context-parallel rank's rows; tensor-parallel ranks count once).
+        const GptShape& shape = s.model->shape();
+        const size_t E = size_t(cfg.model.moe_experts);
+        std::vector<double> counts = ms.loads;
+        counts.resize(size_t(cfg.model.n_layer) * E, 0.0);
+        MPI_Allreduce(MPI_IN_PLACE, counts.data(), int(counts.size()), MPI_DOUBLE, MPI_SUM,
+                      s.grid.world());
+        std::vector<double> shares;
+        for (int l = 0; l < cfg.model.n_layer; ++l) {
+          if (!shape.moe_layer(l)) continue;
+          const auto first = counts.begin() + ptrdiff_t(size_t(l) * E);
+          const double total = std::accumulate(first, first + ptrdiff_t(E), 0.0);
+          for (size_t e = 0; e < E; ++e) shares.push_back(first[ptrdiff_t(e)] / total);
+        }
+        if (s.metrics) s.metrics->append_moe_load(st, shares);
+      }
     }
     out.losses.push_back(loss);
     // This rank's gradient [lo, hi) of the buffer: all of it, or under ZeRO the slice it

@@ -32,9 +32,15 @@ MOE = dict(model__moe_experts=4, model__moe_top_k=2, model__mlp_hidden=64,
 
 
 def curves(path):
+    """The routing's curves, and each expert's share of each layer's choices where
+    train.moe_load_every wrote them ([steps, layers, experts])."""
     with h5py.File(path / "metrics.h5", "r") as f:
-        return {k: f["train"][k][:]
-                for k in ("loss", "grad_norm", "moe_aux_loss", "moe_max_load", "moe_z_loss")}
+        out = {k: f["train"][k][:]
+               for k in ("loss", "grad_norm", "moe_aux_loss", "moe_max_load", "moe_z_loss")}
+        if "moe_load" in f:
+            layers = sorted(k for k in f["moe_load"] if k != "step")
+            out["moe_load"] = np.stack([f["moe_load"][k][:] for k in layers], axis=1)
+        return out
 
 
 def test_moe_trains_alike_on_every_grid(tmp_path):
@@ -112,11 +118,16 @@ def test_expert_parallelism_trains_alike_and_its_checkpoints_reshard(tmp_path):
     (the load-balancing term is each micro-batch's); 10 validation sequences leave some ranks
     without a batch in the last round, which must still join the exchanges."""
     common = dict(train__steps=6, train__micro_batch_size=2, eval__every=3, eval__sequences=10,
-                  checkpoint__every=3, data__shuffle="false", **MOE)
+                  checkpoint__every=3, data__shuffle="false", train__moe_load_every=1, **MOE)
     cfg = tiny_config(tmp_path, name="one", **common)
     p = run(1, "--config", cfg)
     assert p.returncode == 0, p.stdout + p.stderr
     want, want_val = curves(tmp_path / "runs" / "one"), val_losses(tmp_path / "runs" / "one")
+    # Each expert's share of every step's choices (train.moe_load_every = 1): 2 layers of 4. The
+    # busiest expert's load is the mean over micro-batches (4 of 2 sequences) of E·its share.
+    assert want["moe_load"].shape == (6, 2, 4)
+    np.testing.assert_allclose(want["moe_load"].sum(-1), 1.0, rtol=1e-12)
+    assert np.all(4 * want["moe_load"].max(-1).mean(-1) <= want["moe_max_load"] + 1e-12)
     for n, grid in ((2, ["--parallel.ep", 2]),
                     (4, ["--parallel.ep", 2]),
                     (4, ["--parallel.ep", 4]),
@@ -271,17 +282,27 @@ def test_dense_layers_among_the_experts_train_alike_on_every_grid(tmp_path):
 
 def test_moe_resume_is_bit_exact_and_checkpoint_holds_the_routing(tmp_path):
     cfg = tiny_config(tmp_path, name="whole", train__steps=8, eval__every=0, checkpoint__every=4,
-                      **MOE)
+                      train__moe_load_every=2, **MOE)
     p = train("--config", cfg)
     assert p.returncode == 0, p.stdout + p.stderr
     whole = curves(tmp_path / "runs" / "whole")
     cut = tiny_config(tmp_path, name="cut", train__steps=8, eval__every=0, checkpoint__every=4,
-                      **MOE)
+                      train__moe_load_every=2, **MOE)
     p = train("--config", cut, "--train.steps", 4)
     assert p.returncode == 0, p.stdout + p.stderr
     p = train("--config", cut)
     assert p.returncode == 0, p.stdout + p.stderr
     resumed = curves(tmp_path / "runs" / "cut")
+    assert whole["moe_load"].shape == (4, 2, 4)  # steps 0, 2, 4, 6
+    # triad-plot-moe draws them (and says plainly when a run has none).
+    out = tmp_path / "moe_load.png"
+    p = tool("triad-plot-moe", tmp_path / "runs" / "cut", "--out", out)
+    assert p.returncode == 0 and p.stdout.strip() == str(out), p.stdout + p.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20000
+    plain = tiny_config(tmp_path, name="plain", train__steps=2, eval__every=0, **MOE)
+    assert train("--config", plain).returncode == 0
+    assert_clean_failure(tool("triad-plot-moe", tmp_path / "runs" / "plain", "--out", out),
+                         "no /moe_load group", "train.moe_load_every")
     for k in whole:
         np.testing.assert_array_equal(resumed[k], whole[k], err_msg=k)
     ckpt = tmp_path / "runs" / "whole" / "ckpt" / "step_00000008.h5"
@@ -317,6 +338,9 @@ def test_moe_refuses_what_it_cannot_run(tmp_path):
              ({"run__fp8": "tensorwise"}, "no FP8 path"),
              ({"model__moe_experts": 0}, "model.moe_shared_hidden"),
              ({"model__moe_first_dense": 2}, "model.moe_first_dense"),
+             ({"model__moe_experts": 0, "model__moe_shared_hidden": 0,
+               "train__moe_load_every": 1}, "train.moe_load_every"),
+             ({"train__moe_load_every": -1}, "train.moe_load_every"),
              ({"model__moe_experts": 0, "model__moe_shared_hidden": 0, "model__moe_every": 2},
               "model.moe_first_dense"),
              ({"model__moe_top_k": 1}, "model.moe_normalize = true with model.moe_top_k = 1"),

@@ -213,7 +213,8 @@ def config_sections(case: Case, d: Path, **over) -> dict:
         "train": dict(steps=10, batch_size=2 * case.micro_batch,
                       micro_batch_size=case.micro_batch, lr=3e-3, warmup_steps=2,
                       schedule="cosine", min_lr_ratio=0.1, grad_clip=1.0, seed=5,
-                      **({"moe_aux_loss": 0.01} if c.moe_experts else {})),
+                      **({"moe_aux_loss": 0.01, "moe_load_every": 1} if c.moe_experts
+                         else {})),
         "optim": dict(name="adamw", beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1,
                       momentum=0.9),
         "data": dict(train=str(d / "train_*.bin"), val=str(d / "val_*.bin"), shuffle=False),
@@ -492,6 +493,7 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
     use_window(0)
     val = [evaluate()]
     losses, lrs, norms, z_terms, moe_aux, moe_z, moe_dropped = [], [], [], [], [], [], []
+    moe_load = []  # per step: [layers with experts, E], each expert's share of the choices
     for s in range(tr["steps"]):
         use_window(s)
         lr = ref.lr_at(s, tr["lr"], tr["warmup_steps"], tr["steps"], tr["schedule"],
@@ -514,7 +516,7 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
             mbs, counted = tr["micro_batch_size"], int((y >= 0).sum())
             alpha, zc = tr.get("moe_aux_loss", 0.01), tr.get("moe_z_loss", 0.0)
             ce, balance, zsum, every, every_z, every_drop = 0.0, 0.0, 0.0, [], [], []
-            parts = []
+            parts, counts = [], 0.0
             for m0 in range(0, B, mbs):
                 with ref.moe_balance() as terms:
                     lg, lm = model(x[m0:m0 + mbs], y[m0:m0 + mbs])
@@ -526,11 +528,13 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
                 every += [float(t[0]) for t in terms]
                 every_z += [float(t[1]) for t in terms]
                 every_drop += [float(t[2]) for t in terms]
+                counts = counts + np.stack([t[3] for t in terms])  # the layers in order
                 parts.append(lg)
             logits, loss = torch.cat(parts), ce
             moe_aux.append(alpha * float(np.mean(every)))  # /train/moe_aux_loss
             moe_z.append(zc * float(np.mean(every_z)))  # /train/moe_z_loss
             moe_dropped.append(float(np.mean(every_drop)))  # /train/moe_dropped
+            moe_load.append(counts / counts.sum(-1, keepdims=True))  # /moe_load
             objective = loss + alpha * balance + zc * zsum
         else:
             logits, loss = model(x, y)
@@ -554,6 +558,7 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
     torch_train.moe_aux_loss = moe_aux  # model.moe_experts: α times the mean balance term
     torch_train.moe_z_loss = moe_z  # and c times the mean router z term
     torch_train.moe_dropped = moe_dropped  # and the mean fraction of choices over capacity
+    torch_train.moe_load = moe_load  # and each expert's share of each layer's choices
     return np.array(losses), np.array(lrs), np.array(norms), val, final
 
 
@@ -614,6 +619,14 @@ def compare_training(p: Prepared, tmp_path: Path, sections: dict, label: str,
     print("  final weights, rms(diff)/rms(update), worst: " +
           ", ".join(f"{k} {e:.1e}" for k, e in worst[:4]))
 
+    if p.case.cfg.moe_experts:  # train.moe_load_every = 1: every step's routing, as PyTorch's
+        import h5py
+        with h5py.File(run_dir / "ref" / "metrics.h5", "r") as f:
+            np.testing.assert_array_equal(f["moe_load/step"][()], np.arange(steps))
+            layers = [i for i in range(p.case.cfg.n_layer) if p.case.cfg.moe_layer(i)]
+            assert sorted(f["moe_load"]) == sorted(["step"] + [f"h{i}" for i in layers])
+            got = np.stack([f[f"moe_load/h{i}"][()] for i in layers], axis=1)
+        np.testing.assert_allclose(got, np.array(torch_train.moe_load), rtol=0, atol=1e-12)
     assert err_lr <= 1e-12, f"lr schedule differs (rel {err_lr:.2e})"
     assert err_loss <= tol_train, f"train loss differs (rel {err_loss:.2e})"
     assert err_norm <= NORM_OVER_LOSS_TOL * tol_train, f"grad norm differs (rel {err_norm:.2e})"

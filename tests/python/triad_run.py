@@ -15,6 +15,7 @@ VENV_BIN = REPO / ".venv" / "bin"
 # The analysis commands (analysis/pyproject.toml's entry points) and their `python -m` form.
 MODULES = {"triad-plot": ["analysis.plot_curves"],
            "triad-plot-norms": ["analysis.plot_norms"],
+           "triad-plot-moe": ["analysis.plot_moe_load"],
            "triad-ckpt": ["analysis.inspect_checkpoint", "ckpt"],
            "triad-scaling": ["analysis.scaling"],
            "triad-sweep": ["analysis.sweep"],

@@ -409,8 +409,9 @@ def head(params: Dict[str, torch.Tensor], cfg: GptConfig) -> torch.Tensor:
 
 # Within moe_balance(): each mixture-of-experts layer's forward appends (Switch's balance term
 # E·Σ_e f_e·P_e of the rows it routed (f_e: expert e's share of the N·k choices, a constant;
-# P_e: its mean probability, differentiable), ST-MoE's router z term mean_n (logsumexp_e z)², and
-# the fraction of its choices a capacity dropped.
+# P_e: its mean probability, differentiable), ST-MoE's router z term mean_n (logsumexp_e z)², the
+# fraction of its choices a capacity dropped, and each expert's count of choices (before the
+# capacity: /moe_load's).
 _MOE_TERMS: Optional[list] = None
 
 
@@ -468,7 +469,8 @@ def moe_mlp(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str,
         f = torch.bincount(choice.reshape(-1), minlength=E).to(probs.dtype) / choice.numel()
         _MOE_TERMS.append((E * (f * probs.mean(0)).sum(),
                            torch.logsumexp(router_logits, dim=-1).pow(2).mean(),
-                           1.0 - kept / n_choices))
+                           1.0 - kept / n_choices,
+                           torch.bincount(choice.reshape(-1), minlength=E).double().numpy()))
     return out.reshape(h.shape)
 
 

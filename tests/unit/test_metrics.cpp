@@ -255,6 +255,72 @@ TEST_F(MetricsTest, ResumeTruncatesRowsAtOrAfterResumeStep) {
   expect_val_rows(path_, {});
 }
 
+// A 2-D dataset [rows, width] of float64 (the /moe_load layers), read whole.
+std::vector<double> read_wide(const std::string& file, const std::string& dset, hsize_t* rows,
+                              hsize_t* width) {
+  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+  H5Pset_file_locking(fapl, false, true);
+  hid_t f = H5Fopen(file.c_str(), H5F_ACC_RDONLY, fapl);
+  H5Pclose(fapl);
+  hid_t d = H5Dopen2(f, dset.c_str(), H5P_DEFAULT);
+  EXPECT_GE(d, 0) << dset;
+  hid_t s = H5Dget_space(d);
+  hsize_t dims[2] = {0, 0};
+  EXPECT_EQ(H5Sget_simple_extent_ndims(s), 2) << dset;
+  H5Sget_simple_extent_dims(s, dims, nullptr);
+  std::vector<double> v(dims[0] * dims[1]);
+  if (!v.empty())
+    EXPECT_GE(H5Dread(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data()), 0);
+  H5Sclose(s);
+  H5Dclose(d);
+  H5Fclose(f);
+  *rows = dims[0];
+  *width = dims[1];
+  return v;
+}
+
+// train.moe_load_every: /moe_load/{step, h<i>} with rows of E values per layer; a resume drops
+// the rows at or after its step, and one that no longer writes the group cuts it likewise; a
+// resume with another number of experts is refused, naming the dataset.
+TEST_F(MetricsTest, MoeLoadRowsOfExpertsResumeAndCut) {
+  const std::vector<std::string> layers = {"h1", "h3"};
+  auto row = [](int64_t s) {  // two layers of 3 experts
+    const double a = 0.1 * double(s);
+    return std::vector<double>{a, 1 - a, 0, 0.5, 0.25, 0.25};
+  };
+  {
+    triad::MetricsWriter w(path_, attrs(), -1, {}, {}, {}, layers, 3);
+    for (int64_t s = 0; s < 5; ++s) w.append_moe_load(2 * s, row(2 * s));
+  }
+  hsize_t rows = 0, width = 0;
+  EXPECT_EQ(read_column<int64_t>(path_, "/moe_load/step"), (std::vector<int64_t>{0, 2, 4, 6, 8}));
+  std::vector<double> h1 = read_wide(path_, "/moe_load/h1", &rows, &width);
+  ASSERT_EQ(rows, 5u);
+  ASSERT_EQ(width, 3u);
+  EXPECT_EQ(h1[3 * 4 + 0], 0.8);  // step 8's first expert
+  std::vector<double> h3 = read_wide(path_, "/moe_load/h3", &rows, &width);
+  EXPECT_EQ(h3[3 * 2 + 1], 0.25);
+  {
+    triad::MetricsWriter w(path_, attrs(), 5, {}, {}, {}, layers, 3);  // rows 0, 2, 4 stay
+    w.append_moe_load(6, row(7));
+  }
+  EXPECT_EQ(read_column<int64_t>(path_, "/moe_load/step"), (std::vector<int64_t>{0, 2, 4, 6}));
+  h1 = read_wide(path_, "/moe_load/h1", &rows, &width);
+  ASSERT_EQ(rows, 4u);
+  EXPECT_DOUBLE_EQ(h1[3 * 3 + 0], 0.7);
+  { triad::MetricsWriter w(path_, attrs(), 3); }  // not written any more: cut at 3
+  EXPECT_EQ(read_column<int64_t>(path_, "/moe_load/step"), (std::vector<int64_t>{0, 2}));
+  read_wide(path_, "/moe_load/h3", &rows, &width);
+  EXPECT_EQ(rows, 2u);
+  try {
+    triad::MetricsWriter w(path_, attrs(), 2, {}, {}, {}, layers, 4);
+    ADD_FAILURE() << "4 experts where the file has 3 were accepted";
+  } catch (const triad::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("/moe_load/h1 is not 2-D of 4 columns"), std::string::npos)
+        << e.what();
+  }
+}
+
 TEST_F(MetricsTest, ResumeAddsAColumnAnOlderFileLacks) {
   // A file from before /val/choice_accuracy existed: its rows stay, the new column reads NaN
   // for them, and rows appended after the resume carry their values.

@@ -111,7 +111,9 @@ TEST(ModelLayout, ExpertParallelRanksHoldWholeExpertsInBlocks) {
             std::iota(whole.begin(), whole.end(), 0.0f);
             extract_shard(s, whole.data(), local.data());
             const size_t per_expert = full[i].numel / 4;
-            if (tp == 1) EXPECT_EQ(local.front(), float(size_t(r) * s.numel)) << s.name;
+            if (tp == 1) {  // (braces: the assertion macro hides an else)
+              EXPECT_EQ(local.front(), float(size_t(r) * s.numel)) << s.name;
+            }
             EXPECT_EQ(size_t(local.front()) / per_expert, size_t(r * 4 / ep)) << s.name;
             EXPECT_EQ(size_t(local.back()) / per_expert, size_t((r + 1) * 4 / ep - 1)) << s.name;
             auto& u = rebuilt[s.name];

@@ -7,6 +7,8 @@
 //   /norms/{step, grad_<g>, weight_<g>}      (train.norms_every: per layer g = wte, wpe, h0, ...)
 //   /activations/{step, <a>}                  (train.activations_every: root mean squares of the
 //                                             activations a = embed, h0_attn, h0_mlp, h0_out, ...)
+//   /moe_load/{step, h<l>}                   (train.moe_load_every: each layer l with experts, a
+//                                             2-D [rows, E] dataset of each expert's share)
 // step and tokens are int64, the rest float64. Root attributes: config, grid, n_params,
 // flops_per_token, peak_flops.
 #pragma once
@@ -67,11 +69,13 @@ class MetricsWriter {
   // not locked, so readers may open it meanwhile (they see the state of the last flush).
   // `val_sets` names the groups /val_sets/<name> (eval.sets), truncated on resume as /val.
   // `norm_groups` (non-empty: train.norms_every) the columns of /norms, `activations`
-  // (non-empty: train.activations_every) those of /activations.
+  // (non-empty: train.activations_every) those of /activations, `moe_layers` (non-empty:
+  // train.moe_load_every) those of /moe_load, each of moe_experts values per row.
   MetricsWriter(const std::string& path, const MetricsAttributes& attrs, int64_t resume_step,
                 const std::vector<std::string>& val_sets = {},
                 const std::vector<std::string>& norm_groups = {},
-                const std::vector<std::string>& activations = {});
+                const std::vector<std::string>& activations = {},
+                const std::vector<std::string>& moe_layers = {}, int moe_experts = 0);
   ~MetricsWriter();
   MetricsWriter(const MetricsWriter&) = delete;
   MetricsWriter& operator=(const MetricsWriter&) = delete;
@@ -85,6 +89,8 @@ class MetricsWriter {
                     const std::vector<double>& weight);
   // A row of /activations: the values of `activations`, in their order.
   void append_activations(int64_t step, const std::vector<double>& rms);
+  // A row of /moe_load: moe_layers' shares, layer after layer (moe_experts each).
+  void append_moe_load(int64_t step, const std::vector<double>& load);
   void flush();  // H5Fflush; called at least every evaluation
 
  private:

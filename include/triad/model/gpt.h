@@ -422,6 +422,10 @@ struct MoeStats {
   double z = 0;  // with a router z-loss: the mean over the rows of lse² (Gpt::set_moe_z_loss)
   double dropped = 0;  // the fraction of the choices over capacity (model.moe_capacity_factor)
   int64_t count = 0;   // layer passes
+  // The choices each expert of each layer got, [n_layer · E], summed over the passes (before a
+  // capacity drops any; empty: no layer with experts ran). The ranks of a tensor-parallel group
+  // route alike: only its rank 0 counts them, so that a sum over the ranks counts each once.
+  std::vector<double> loads;
 };
 
 struct ForwardStats {
@@ -895,7 +899,8 @@ class Gpt {
   // run beside the routed ones: c_fc and the activation in moe_front, c_proj added into out in
   // moe_output, their backward in moe_backward. w: the layer's weights, g: their gradients.
   template <class A>
-  void moe_front(typename Set<A>::Layer& L, const A* ln2, const LayerTensors<const A>& w, int N);
+  void moe_front(typename Set<A>::Layer& L, int l, const A* ln2, const LayerTensors<const A>& w,
+                 int N);
   template <class A>
   void moe_output(typename Set<A>::Layer& L, A* out, const LayerTensors<const A>& w, int N);
   template <class A>

@@ -107,6 +107,9 @@ struct TrainConfig {
   // Every N steps (0: never) the L2 norms of each layer's gradient and weights go into /norms of
   // metrics.h5 (before the update, the gradient before clipping).
   int64_t norms_every = 0;
+  // Every N steps (0: never) each expert's share of each layer's choices goes into /moe_load of
+  // metrics.h5 (model.moe_experts).
+  int64_t moe_load_every = 0;
 };
 
 struct OptimConfig {
