@@ -219,19 +219,27 @@ def test_zero3_ranks_split_uneven_examples(setup, tmp_path, ranks, extra):
     per ending, or per ending only under full recomputation), and the ranks with fewer join the
     others' gathers. Four layers, so that every pass gathers again (three are held at a time; a
     rank that stopped early would leave the others waiting). The scores are the reference's."""
-    d, out, _, cfg, _ = setup
     cfg4 = ref.GptConfig(n_layer=4, n_head=4, n_embd=64, seq_len=32, vocab_size=50257)
-    ckpt = tmp_path / "model4.h5"
-    w = {k: (v * 8 if v.dim() == 2 else v) for k, v in ref.random_weights(cfg4, 12).items()}
-    ref.write_checkpoint(ckpt, cfg4, w)
+    check_seven_examples(setup, tmp_path, ranks, cfg4, 12,
+                         ["--model.n_layer", 4, "--parallel.zero", 3, *extra])
+
+
+def check_seven_examples(setup, tmp_path, ranks, model, seed, args):
+    """The first 7 examples scored on `ranks` ranks (4 rows per micro-batch) by the model
+    `model` (random weights of `seed`, 8× init's matrices), with more triad-train arguments:
+    the reference's scores."""
+    d, out, _, cfg, _ = setup
+    ckpt = tmp_path / "model.h5"
+    w = {k: (v * 8 if v.dim() >= 2 else v) for k, v in ref.random_weights(model, seed).items()}
+    ref.write_checkpoint(ckpt, model, w)
     p = subprocess.run([MPIRUN, "--oversubscribe", "-np", str(ranks), exe("triad-train"), "--config",
-                        str(cfg), "--eval-only", "--init-from", str(ckpt), "--model.n_layer", "4",
-                        "--parallel.zero", "3", "--eval.choice_examples", "7",
-                        "--train.batch_size", str(4 * ranks), *map(str, extra)],
+                        str(cfg), "--eval-only", "--init-from", str(ckpt),
+                        "--eval.choice_examples", "7", "--train.batch_size", str(4 * ranks),
+                        *map(str, args)],
                        capture_output=True, text=True, env=MPI_ENV, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
     _, params = ref.load_checkpoint(ckpt, dtype=torch.float64)
-    check(parse(p.stdout), reference_score(params, read_eval_file(out)[:7], cfg4), n=7)
+    check(parse(p.stdout), reference_score(params, read_eval_file(out)[:7], model), n=7)
 
 
 @pytest.mark.skipif(MPIRUN is None, reason="mpirun not found")
@@ -242,20 +250,10 @@ def test_expert_parallel_ranks_split_uneven_examples(setup, tmp_path, ranks, ext
     (batched: 4 and 3 passes of 4 rows; cached: a pass per context and per ending), and the rank
     with fewer runs a pass whose result it drops. A mixture of 4 experts, 2 per token; the scores
     are the PyTorch reference's."""
-    d, out, _, cfg, _ = setup
     moe = replace(CFG, moe_experts=4, moe_top_k=2, mlp_hidden=96)
-    ckpt = tmp_path / "moe.h5"
-    w = {k: (v * 8 if v.dim() >= 2 else v) for k, v in ref.random_weights(moe, 13).items()}
-    ref.write_checkpoint(ckpt, moe, w)
-    p = subprocess.run([MPIRUN, "--oversubscribe", "-np", str(ranks), exe("triad-train"), "--config",
-                        str(cfg), "--eval-only", "--init-from", str(ckpt), "--model.moe_experts",
-                        "4", "--model.moe_top_k", "2", "--model.mlp_hidden", "96",
-                        "--parallel.ep", "2", "--eval.choice_examples", "7",
-                        "--train.batch_size", str(4 * ranks), *map(str, extra)],
-                       capture_output=True, text=True, env=MPI_ENV, timeout=120)
-    assert p.returncode == 0, p.stdout + p.stderr
-    _, params = ref.load_checkpoint(ckpt, dtype=torch.float64)
-    check(parse(p.stdout), reference_score(params, read_eval_file(out)[:7], moe), n=7)
+    check_seven_examples(setup, tmp_path, ranks, moe, 13,
+                         ["--model.moe_experts", 4, "--model.moe_top_k", 2, "--model.mlp_hidden",
+                          96, "--parallel.ep", 2, *extra])
 
 
 def test_during_training_into_metrics(setup):

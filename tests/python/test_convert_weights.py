@@ -323,6 +323,26 @@ def test_llama_with_wider_heads_imports_and_evaluates_as_transformers(imported, 
     finetune_export_and_reimport(d, cfg, out, args, "llama-hd24", tmp_path, model)
 
 
+def hook_qwen3_norms(model, hd, eps, seed):
+    """Qwen3's per-head RMSNorms of q and k (before the rotation), as forward hooks on each
+    layer's q_proj and k_proj of a transformers model that lacks them, with random weights near
+    1: returns those weights under Qwen3's tensor names."""
+    torch.manual_seed(seed)
+    norms = {}
+    for i, layer in enumerate(model.model.layers):
+        for name in ("q_norm", "k_norm"):
+            w = 1 + 0.3 * torch.randn(hd)
+            norms[f"model.layers.{i}.self_attn.{name}.weight"] = w
+
+            def hook(module, inputs, out, w=w):
+                x = out.reshape(*out.shape[:-1], -1, hd)
+                x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w.to(x.dtype)
+                return x.reshape(out.shape)
+
+            getattr(layer.self_attn, name[0] + "_proj").register_forward_hook(hook)
+    return norms
+
+
 def test_qwen3_imports_and_evaluates_as_its_definition(imported, tmp_path):
     """A Qwen3 model (model_type qwen3: Llama's blocks with head_dim 24 at hidden_size 64 and
     per-head RMSNorms q_norm, k_norm on q and k before the rotation, epsilon 1e-6, tied
@@ -336,19 +356,7 @@ def test_qwen3_imports_and_evaluates_as_its_definition(imported, tmp_path):
     hd, eps = 24, 1e-6
     model = llama_model(num_attention_heads=4, num_key_value_heads=2, head_dim=hd,
                         rms_norm_eps=eps, rope_theta=1e6, tie_word_embeddings=True)
-    torch.manual_seed(13)
-    norms = {}
-    for i, layer in enumerate(model.model.layers):
-        for name in ("q_norm", "k_norm"):
-            w = 1 + 0.3 * torch.randn(hd)
-            norms[f"model.layers.{i}.self_attn.{name}.weight"] = w
-
-            def hook(module, inputs, out, w=w):
-                x = out.reshape(*out.shape[:-1], -1, hd)
-                x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w.to(x.dtype)
-                return x.reshape(out.shape)
-
-            getattr(layer.self_attn, name[0] + "_proj").register_forward_hook(hook)
+    norms = hook_qwen3_norms(model, hd, eps, seed=13)
     src = tmp_path / "qwen3"
     model.save_pretrained(src, safe_serialization=True)
     tensors = {**load_file(src / "model.safetensors"), **norms}
@@ -847,24 +855,13 @@ def test_qwen3_moe_imports_and_evaluates_as_its_definition(imported, tmp_path, n
     hd, eps = 16, 1e-6
     model = qwen2_moe_model(num_experts_per_tok=2, norm_topk_prob=normalize,
                             mlp_only_layers=dense)
-    torch.manual_seed(19)
-    norms = {}
     with torch.no_grad():
         for i, layer in enumerate(model.model.layers):
             for x in "qkv":
                 getattr(layer.self_attn, f"{x}_proj").bias.zero_()
             if i >= len(dense):
                 layer.mlp.shared_expert.down_proj.weight.zero_()
-            for name in ("q_norm", "k_norm"):
-                w = 1 + 0.3 * torch.randn(hd)
-                norms[f"model.layers.{i}.self_attn.{name}.weight"] = w
-
-                def hook(module, inputs, out, w=w):
-                    x = out.reshape(*out.shape[:-1], -1, hd)
-                    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w.to(x.dtype)
-                    return x.reshape(out.shape)
-
-                getattr(layer.self_attn, name[0] + "_proj").register_forward_hook(hook)
+    norms = hook_qwen3_norms(model, hd, eps, seed=19)
     src = tmp_path / "qwen3moe"
     model.save_pretrained(src, safe_serialization=True)
     tensors = {k: v for k, v in load_file(src / "model.safetensors").items()
