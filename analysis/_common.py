@@ -57,6 +57,28 @@ def run_main(prog: str, body: Callable[[], int]) -> int:
         return 1
 
 
+def plot_run_main(argv: list[str] | None, module: str, description: str, default_out: str,
+                  plot: Callable[..., Path]) -> int:
+    """The command line of a one-run figure (triad-plot-norms, triad-plot-moe): RUN, --out,
+    --title, --dpi; plot(run, out, title=..., dpi=...) draws it; prints the path written."""
+    import argparse
+
+    prog = prog_name(f"python -m {module}")
+    ap = argparse.ArgumentParser(prog=prog, description=description)
+    ap.add_argument("run", metavar="RUN", help="run directory (holding metrics.h5) or metrics.h5")
+    ap.add_argument("--out", "-o", default=default_out,
+                    help=f"output image (.png, .pdf, .svg; default {default_out})")
+    ap.add_argument("--title", default=None)
+    ap.add_argument("--dpi", type=int, default=120)
+    a = ap.parse_args(argv)
+
+    def body() -> int:
+        print(plot(a.run, a.out, title=a.title, dpi=a.dpi))
+        return 0
+
+    return run_main(prog, body)
+
+
 def file_kind(path: str | os.PathLike) -> str:
     """'missing', 'directory', 'unreadable', 'empty', 'hdf5' (has HDF5's signature at offset
     0) or 'other'."""

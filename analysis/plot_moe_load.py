@@ -13,7 +13,6 @@ expert's load, E times the largest share. Prints the path written.
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 import sys
@@ -26,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
-from ._common import prog_name, run_main, save_figure  # noqa: E402
+from ._common import plot_run_main, save_figure  # noqa: E402
 from .metrics import MetricsError, open_h5, resolve_metrics_path  # noqa: E402
 
 
@@ -99,22 +98,9 @@ def plot_moe_load(p, out, title: str | None = None, dpi: int = 120) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    prog = prog_name("python -m analysis.plot_moe_load")
-    ap = argparse.ArgumentParser(
-        prog=prog, description="Plot each expert's share of each layer's choices in a triad "
-        "run (metrics.h5's /moe_load, written with train.moe_load_every).")
-    ap.add_argument("run", metavar="RUN", help="run directory (holding metrics.h5) or metrics.h5")
-    ap.add_argument("--out", "-o", default="moe_load.png",
-                    help="output image (.png, .pdf, .svg; default moe_load.png)")
-    ap.add_argument("--title", default=None)
-    ap.add_argument("--dpi", type=int, default=120)
-    a = ap.parse_args(argv)
-
-    def body() -> int:
-        print(plot_moe_load(a.run, a.out, title=a.title, dpi=a.dpi))
-        return 0
-
-    return run_main(prog, body)
+    return plot_run_main(argv, "analysis.plot_moe_load", "Plot each expert's share of each "
+                         "layer's choices in a triad run (metrics.h5's /moe_load, written with "
+                         "train.moe_load_every).", "moe_load.png", plot_moe_load)
 
 
 if __name__ == "__main__":

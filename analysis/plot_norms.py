@@ -11,7 +11,6 @@ ln_f), the transformer layers coloured from the first to the last. Prints the pa
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ._common import prog_name, run_main, save_figure  # noqa: E402
+from ._common import plot_run_main, save_figure  # noqa: E402
 from .metrics import MetricsError, open_h5, resolve_metrics_path  # noqa: E402
 
 
@@ -80,22 +79,9 @@ def plot_norms(p, out, title: str | None = None, dpi: int = 120) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    prog = prog_name("python -m analysis.plot_norms")
-    ap = argparse.ArgumentParser(
-        prog=prog, description="Plot each layer's gradient and weight L2 norms of a triad run "
-        "(metrics.h5's /norms, written with train.norms_every).")
-    ap.add_argument("run", metavar="RUN", help="run directory (holding metrics.h5) or metrics.h5")
-    ap.add_argument("--out", "-o", default="norms.png",
-                    help="output image (.png, .pdf, .svg; default norms.png)")
-    ap.add_argument("--title", default=None)
-    ap.add_argument("--dpi", type=int, default=120)
-    a = ap.parse_args(argv)
-
-    def body() -> int:
-        print(plot_norms(a.run, a.out, title=a.title, dpi=a.dpi))
-        return 0
-
-    return run_main(prog, body)
+    return plot_run_main(argv, "analysis.plot_norms", "Plot each layer's gradient and weight L2 "
+                         "norms of a triad run (metrics.h5's /norms, written with "
+                         "train.norms_every).", "norms.png", plot_norms)
 
 
 if __name__ == "__main__":

@@ -82,6 +82,19 @@ def triad_eval(cfg, ckpt):
         float(p.stdout.split("val accuracy")[1].split()[0])
 
 
+def evaluates_as_transformers(model, d, cfg, ckpt, *args):
+    """triad-train --eval-only of ckpt (with args) against transformers' model in float64: the
+    validation loss to 1e-5 and the accuracy to a token or so. Returns (triad's loss,
+    transformers')."""
+    want_loss, want_acc = hf_loss_accuracy(model, d)
+    p = train("--config", cfg, "--eval-only", "--init-from", ckpt, *args, check=True)
+    loss = float(p.stdout.split("val loss")[1].split()[0])
+    acc = float(p.stdout.split("val accuracy")[1].split()[0])
+    assert abs(loss - want_loss) <= 1e-5 * want_loss, (loss, want_loss)
+    assert abs(acc - want_acc) <= 1.5 / (EVAL_SEQUENCES * SEQ), (acc, want_acc)
+    return loss, want_loss
+
+
 def test_imported_model_evaluates_and_generates_as_transformers(imported):
     d, ckpt, cfg = imported
     model = hf_model()
@@ -214,12 +227,7 @@ def test_llama_imports_and_evaluates_as_transformers(imported, tmp_path, heads, 
     args = [*LLAMA_ARGS, "--model.n_head", heads]
     if kv != heads:  # else the default, 0: as many as query heads, the file's n_kv_head
         args += ["--model.n_kv_head", kv]
-    want_loss, want_acc = hf_loss_accuracy(model, d)
-    p = train("--config", cfg, "--eval-only", "--init-from", out, *args, check=True)
-    loss = float(p.stdout.split("val loss")[1].split()[0])
-    acc = float(p.stdout.split("val accuracy")[1].split()[0])
-    assert abs(loss - want_loss) <= 1e-5 * want_loss, (loss, want_loss)
-    assert abs(acc - want_acc) <= 1.5 / (EVAL_SEQUENCES * SEQ), (acc, want_acc)
+    loss, want_loss = evaluates_as_transformers(model, d, cfg, out, *args)
     with h5py.File(out, "r") as f:
         assert f["model"].attrs["mlp"] == b"swiglu" and int(f["model"].attrs["tie_embeddings"]) == 0
     assert tool("triad-ckpt", out).returncode == 0
@@ -268,12 +276,7 @@ def test_qwen2_imports_and_evaluates_as_transformers(imported, tmp_path):
         assert int(a["qkv_bias"]) == 1 and int(a["bias"]) == 0 and a["norm_eps"] == 1e-6
         assert "h/0/attn/c_attn/bias" in f["model"] and "h/0/attn/c_proj/bias" not in f["model"]
     assert tool("triad-ckpt", out).returncode == 0
-    want_loss, want_acc = hf_loss_accuracy(model, d)
-    p = train("--config", cfg, "--eval-only", "--init-from", out, *QWEN2_ARGS, check=True)
-    loss = float(p.stdout.split("val loss")[1].split()[0])
-    acc = float(p.stdout.split("val accuracy")[1].split()[0])
-    assert abs(loss - want_loss) <= 1e-5 * want_loss, (loss, want_loss)
-    assert abs(acc - want_acc) <= 1.5 / (EVAL_SEQUENCES * SEQ), (acc, want_acc)
+    loss, want_loss = evaluates_as_transformers(model, d, cfg, out, *QWEN2_ARGS)
     # --model-from takes the architecture from the checkpoint instead of the options.
     p = train("--config", cfg, "--eval-only", "--init-from", out, "--model-from", out, check=True)
     assert float(p.stdout.split("val loss")[1].split()[0]) == loss
@@ -312,12 +315,7 @@ def test_llama_with_wider_heads_imports_and_evaluates_as_transformers(imported, 
         assert f["model/h/0/attn/c_attn/weight"].shape == (96 + 2 * 2 * 24, 64)
         assert f["model/h/0/attn/c_proj/weight"].shape == (64, 96)
     args = [*LLAMA_ARGS, "--model.n_kv_head", "2", "--model.head_dim", "24"]
-    want_loss, want_acc = hf_loss_accuracy(model, d)
-    p = train("--config", cfg, "--eval-only", "--init-from", out, *args, check=True)
-    loss = float(p.stdout.split("val loss")[1].split()[0])
-    acc = float(p.stdout.split("val accuracy")[1].split()[0])
-    assert abs(loss - want_loss) <= 1e-5 * want_loss, (loss, want_loss)
-    assert abs(acc - want_acc) <= 1.5 / (EVAL_SEQUENCES * SEQ), (acc, want_acc)
+    loss, want_loss = evaluates_as_transformers(model, d, cfg, out, *args)
     p = train("--config", cfg, "--eval-only", "--init-from", out, *args[:-2])
     assert_clean_error(p, "heads 24 wide", "model.head_dim = 0")
     finetune_export_and_reimport(d, cfg, out, args, "llama-hd24", tmp_path, model)
@@ -372,12 +370,7 @@ def test_qwen3_imports_and_evaluates_as_its_definition(imported, tmp_path):
     with h5py.File(out, "r") as f:
         a = f["model"].attrs
         assert (int(a["qk_norm"]), int(a["head_dim"]), a["norm_eps"]) == (1, hd, eps)
-    want_loss, want_acc = hf_loss_accuracy(model, d)
-    p = train("--config", cfg, "--eval-only", "--init-from", out, "--model-from", out, check=True)
-    loss = float(p.stdout.split("val loss")[1].split()[0])
-    acc = float(p.stdout.split("val accuracy")[1].split()[0])
-    assert abs(loss - want_loss) <= 1e-5 * want_loss, (loss, want_loss)
-    assert abs(acc - want_acc) <= 1.5 / (EVAL_SEQUENCES * SEQ), (acc, want_acc)
+    loss, want_loss = evaluates_as_transformers(model, d, cfg, out, "--model-from", out)
     back = tmp_path / "back"
     p = tool("triad-convert", "export", out, back, "--to", "hf", "--vocab", "none")
     assert p.returncode == 0, p.stderr
@@ -672,6 +665,27 @@ def test_mistral_imports_and_evaluates_as_transformers(imported, tmp_path, windo
     assert tool("triad-ckpt", out).returncode == 0
 
 
+def import_hf(model, directory, kind):
+    """model saved to directory and imported (--seq-len SEQ) as directory.h5; the import says
+    it read a Hugging Face model of `kind`."""
+    model.save_pretrained(directory, safe_serialization=True)
+    out = directory.with_suffix(".h5")
+    p = tool("triad-convert", "import", directory, out, "--seq-len", SEQ)
+    assert p.returncode == 0, p.stderr
+    assert f"Hugging Face {kind} model" in p.stdout
+    return out
+
+
+def evaluates_on_tp2_ep2(cfg, ckpt, want_loss):
+    """The mixture of experts of ckpt (its own config) evaluated on 4 ranks, its experts split
+    over tp 2 and spread over ep 2: transformers' loss to 1e-5."""
+    p = mpi_run(4, "--config", cfg, "--eval-only", "--init-from", ckpt, "--model-from", ckpt,
+                "--parallel.tp", 2, "--parallel.ep", 2)
+    assert p.returncode == 0, p.stdout + p.stderr
+    grid_loss = float(p.stdout.split("val loss")[1].split()[0])
+    assert abs(grid_loss - want_loss) <= 1e-5 * want_loss, (grid_loss, want_loss)
+
+
 def mixtral_model(**config):
     torch.manual_seed(13)
     model = transformers.MixtralForCausalLM(transformers.MixtralConfig(**{
@@ -701,11 +715,7 @@ def test_mixtral_imports_and_evaluates_as_transformers(imported, tmp_path, top_k
     loss; the import exported again is the original, bit for bit."""
     d, _, cfg = imported
     model = mixtral_model(num_experts_per_tok=top_k, sliding_window=window)
-    model.save_pretrained(tmp_path / "mixtral", safe_serialization=True)
-    out = tmp_path / "mixtral.h5"
-    p = tool("triad-convert", "import", tmp_path / "mixtral", out, "--seq-len", SEQ)
-    assert p.returncode == 0, p.stderr
-    assert "Hugging Face Mixtral model" in p.stdout
+    out = import_hf(model, tmp_path / "mixtral", "Mixtral")
     with h5py.File(out, "r") as f:
         a = f["model"].attrs
         assert (int(a["moe_experts"]), int(a["moe_top_k"]), int(a["moe_normalize"])) == \
@@ -726,21 +736,12 @@ def test_mixtral_imports_and_evaluates_as_transformers(imported, tmp_path, top_k
     assert tool("triad-ckpt", out).returncode == 0
     dense = [*MIXTRAL_ARGS, *(["--model.sliding_window", window] if window else [])]
     args = [*dense, "--model.moe_experts", 4, "--model.moe_top_k", top_k]
-    want_loss, want_acc = hf_loss_accuracy(model, d)
-    p = train("--config", cfg, "--eval-only", "--init-from", out, *args, check=True)
-    loss = float(p.stdout.split("val loss")[1].split()[0])
-    acc = float(p.stdout.split("val accuracy")[1].split()[0])
-    assert abs(loss - want_loss) <= 1e-5 * want_loss, (loss, want_loss)
-    assert abs(acc - want_acc) <= 1.5 / (EVAL_SEQUENCES * SEQ), (acc, want_acc)
+    loss, want_loss = evaluates_as_transformers(model, d, cfg, out, *args)
     # --model-from: the import's config holds the experts and the window.
     p = train("--config", cfg, "--eval-only", "--init-from", out, "--model-from", out, check=True)
     assert float(p.stdout.split("val loss")[1].split()[0]) == loss
     # ... and on a grid: experts split over tp 2 and spread over ep 2 (4 ranks)
-    p = mpi_run(4, "--config", cfg, "--eval-only", "--init-from", out, "--model-from", out,
-                "--parallel.tp", 2, "--parallel.ep", 2)
-    assert p.returncode == 0, p.stdout + p.stderr
-    grid_loss = float(p.stdout.split("val loss")[1].split()[0])
-    assert abs(grid_loss - want_loss) <= 1e-5 * want_loss, (grid_loss, want_loss)
+    evaluates_on_tp2_ep2(cfg, out, want_loss)
     # The routing matters: one expert fewer per token is another model (by 20 times the
     # tolerance at least).
     other, _ = hf_loss_accuracy(mixtral_model(num_experts_per_tok=top_k - 1,
@@ -793,11 +794,7 @@ def test_qwen2_moe_imports_and_evaluates_as_transformers(imported, tmp_path, top
     d, _, cfg = imported
     model = qwen2_moe_model(num_experts_per_tok=top_k, norm_topk_prob=normalize,
                             mlp_only_layers=dense)
-    model.save_pretrained(tmp_path / "qmoe", safe_serialization=True)
-    out = tmp_path / "qmoe.h5"
-    p = tool("triad-convert", "import", tmp_path / "qmoe", out, "--seq-len", SEQ)
-    assert p.returncode == 0, p.stderr
-    assert "Hugging Face Qwen2-MoE model" in p.stdout
+    out = import_hf(model, tmp_path / "qmoe", "Qwen2-MoE")
     with h5py.File(out, "r") as f:
         a = f["model"].attrs
         assert (int(a["moe_experts"]), int(a["moe_top_k"]), int(a["moe_normalize"]),
@@ -811,12 +808,7 @@ def test_qwen2_moe_imports_and_evaluates_as_transformers(imported, tmp_path, top
             np.testing.assert_array_equal(f[f"model/h/1/mlp/{name}"][()], want.detach().numpy())
         assert ("h/0/mlp/c_fc/weight" in f["model"]) == bool(dense)
     assert tool("triad-ckpt", out).returncode == 0
-    want_loss, want_acc = hf_loss_accuracy(model, d)
-    p = train("--config", cfg, "--eval-only", "--init-from", out, "--model-from", out, check=True)
-    loss = float(p.stdout.split("val loss")[1].split()[0])
-    acc = float(p.stdout.split("val accuracy")[1].split()[0])
-    assert abs(loss - want_loss) <= 1e-5 * want_loss, (loss, want_loss)
-    assert abs(acc - want_acc) <= 1.5 / (EVAL_SEQUENCES * SEQ), (acc, want_acc)
+    loss, want_loss = evaluates_as_transformers(model, d, cfg, out, "--model-from", out)
     # The shared expert's gate matters: without it (weights 0: a gate of 1/2) another model.
     ungated = qwen2_moe_model(num_experts_per_tok=top_k, norm_topk_prob=normalize,
                               mlp_only_layers=dense)
@@ -825,11 +817,7 @@ def test_qwen2_moe_imports_and_evaluates_as_transformers(imported, tmp_path, top
             layer.mlp.shared_expert_gate.weight.zero_()
     other, _ = hf_loss_accuracy(ungated, d)
     assert abs(other - want_loss) > 2e-4 * want_loss, (other, want_loss)
-    p = mpi_run(4, "--config", cfg, "--eval-only", "--init-from", out, "--model-from", out,
-                "--parallel.tp", 2, "--parallel.ep", 2)
-    assert p.returncode == 0, p.stdout + p.stderr
-    grid_loss = float(p.stdout.split("val loss")[1].split()[0])
-    assert abs(grid_loss - want_loss) <= 1e-5 * want_loss, (grid_loss, want_loss)
+    evaluates_on_tp2_ep2(cfg, out, want_loss)
     p = run([exe("triad-generate"), "--checkpoint", out, "--vocab", VOCAB, "--top-k", "1",
              "--prompt-ids", " ".join(map(str, PROMPT)), "--length", "20", "--output", "ids"],
             check=True)
@@ -884,17 +872,8 @@ def test_qwen3_moe_imports_and_evaluates_as_its_definition(imported, tmp_path, n
         assert (int(a["qk_norm"]), int(a["qkv_bias"]), int(a["moe_experts"]),
                 int(a["moe_normalize"]), int(a.get("moe_shared_hidden", 0))) == \
             (1, 0, 4, int(normalize), 0)
-    want_loss, want_acc = hf_loss_accuracy(model, d)
-    p = train("--config", cfg, "--eval-only", "--init-from", out, "--model-from", out, check=True)
-    loss = float(p.stdout.split("val loss")[1].split()[0])
-    acc = float(p.stdout.split("val accuracy")[1].split()[0])
-    assert abs(loss - want_loss) <= 1e-5 * want_loss, (loss, want_loss)
-    assert abs(acc - want_acc) <= 1.5 / (EVAL_SEQUENCES * SEQ), (acc, want_acc)
-    p = mpi_run(4, "--config", cfg, "--eval-only", "--init-from", out, "--model-from", out,
-                "--parallel.tp", 2, "--parallel.ep", 2)
-    assert p.returncode == 0, p.stdout + p.stderr
-    grid_loss = float(p.stdout.split("val loss")[1].split()[0])
-    assert abs(grid_loss - want_loss) <= 1e-5 * want_loss, (grid_loss, want_loss)
+    loss, want_loss = evaluates_as_transformers(model, d, cfg, out, "--model-from", out)
+    evaluates_on_tp2_ep2(cfg, out, want_loss)
     back = tmp_path / "back"
     p = tool("triad-convert", "export", out, back, "--to", "hf", "--vocab", "none")
     assert p.returncode == 0, p.stderr
