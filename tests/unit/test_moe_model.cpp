@@ -22,8 +22,8 @@
 namespace triad {
 namespace {
 
-// swiglu: Llama's blocks with shared experts, gated (Qwen2-MoE's); mixed (GPT-2's): layers 0 and 1 dense, 2 with
-// experts (model.moe_first_dense = 1, model.moe_every = 2).
+// swiglu: Llama's blocks with shared experts, gated (Qwen2-MoE's); mixed (GPT-2's): layers 0 and 1
+// dense, 2 with experts (model.moe_first_dense = 1, model.moe_every = 2).
 GptShape moe_shape(bool swiglu, bool mixed = false) {
   GptShape s{3, 4, 64, 32, 200, 256};
   if (mixed) {
