@@ -13,6 +13,13 @@
 namespace triad {
 namespace {
 
+// The elements of spec s whose products a token of this rank costs: its own, or under expert
+// parallelism those of all the experts of its tensor-parallel part (the rank's E/ep experts
+// serve the tokens of ep ranks: per token of its own, the work of all E).
+double token_numel(const ParamSpec& s) {
+  return double(s.numel) * (s.expert_parallel ? s.expert_parts : 1);
+}
+
 // 6 FLOPs per weight of a matmul per token (2 forward, 4 backward), for the weights this rank
 // multiplies with: every 2-D tensor but the position table, and wte where it is the head (the
 // rank of the last chunk; on a first stage without the head it is only looked up).
@@ -23,7 +30,7 @@ double stage_flops_per_token(const std::vector<ParamSpec>& specs, const GptShape
     if (s.name == "wpe/weight") continue;
     // wte is only looked up where it is not the head (the first stages; every stage untied).
     if (s.name == "wte/weight" && (!mp.holds_head() || !shape.tied)) continue;
-    weights += matmul_weights_per_token(s.numel, s.name, s.shape.size(), shape);
+    weights += matmul_weights_per_token(size_t(token_numel(s)), s.name, s.shape.size(), shape);
   }
   return 6.0 * weights + 6.0 * layers * double(shape.attn_width() / mp.tp) * double(shape.seq_len);
 }
@@ -33,7 +40,7 @@ double weight_grad_flops_per_token(const std::vector<ParamSpec>& specs, const Gp
   double weights = 0;
   for (const auto& s : specs)
     if (s.name.starts_with("h/"))
-      weights += matmul_weights_per_token(s.numel, s.name, s.shape.size(), shape);
+      weights += matmul_weights_per_token(size_t(token_numel(s)), s.name, s.shape.size(), shape);
   return 2.0 * weights;
 }
 

@@ -134,6 +134,55 @@ def test_qwen3_model_config_plans_its_parameters(tmp_path):
     assert 440_000_000 < floats - 151_936 * 1024 < 440_500_000
 
 
+# (layers, n_embd, attention width, key/value width, query/key norm weights, experts, chosen,
+# expert width, vocabulary): Mixtral-8x7B's and Qwen3-30B-A3B's config.json.
+MOE_MODELS = {"mixtral-8x7b.ini": (32, 4096, 4096, 1024, 0, 8, 2, 14336, 32000),
+              "qwen3-30b-a3b.ini": (48, 2048, 4096, 512, 256, 128, 8, 768, 151936)}
+
+
+@pytest.mark.parametrize("ini,published,published_active", [
+    ("mixtral-8x7b.ini", 46_702_792_704, 12.9e9), ("qwen3-30b-a3b.ini", 30_532_122_624, 3.3e9)])
+def test_mixture_of_experts_model_configs_plan_their_parameters(tmp_path, ini, published,
+                                                                 published_active):
+    """inputs/models' Mixtral-8x7B and Qwen3-30B-A3B: --plan counts every expert's tensors and
+    the routers (their vocabularies are multiples of 128: no padding rows), exactly the
+    parameters of the published checkpoints; the FLOPs per token count the chosen experts only
+    (6 · active + 6·L·A·T), the active parameters worked out here and, to 2%, the published
+    "12.9B" and "3.3B activated"."""
+    L, C, A, KV, QK, E, k, F, V = MOE_MODELS[ini]
+    attention = C * A + 2 * C * KV + A * C + QK
+    per_expert = 3 * C * F  # gate and up, down
+    layer = attention + 2 * C + E * C + E * per_expert  # two RMSNorms, the router
+    ends = 2 * V * C + C  # wte and lm_head, ln_f
+    assert L * layer + ends == published
+    assert planned_floats(tmp_path, ini, L) == published
+    p = train("--config", REPO / "inputs/models" / ini, "--run.backend", "cuda", "--data.train",
+              str(tmp_path / "none_*.bin"), "--run.dir", str(tmp_path / "runs"),
+              "--train.batch_size", "8", "--train.micro_batch_size", "8", "--plan", check=True)
+    gflop = float(p.stdout.split(" GFLOP per token for the model")[0].split()[-1])
+    active = L * (layer - (E - k) * per_expert) + ends
+    T = 4096
+    assert abs((gflop * 1e9 - 6 * L * A * T) / 6 - active) < 1e5  # the plan prints 3 decimals
+    assert abs(active - published_active) < 0.02 * published_active, active
+
+
+def test_expert_parallel_plan_counts_a_ranks_work(tmp_path):
+    """Under expert parallelism a rank holds 1/ep of the experts but runs them for the tokens of
+    ep ranks: per token of its own, its compute (and so the planned step time) is the same as
+    without (Mixtral-8x7B on 64 ranks, tp 4, ep 1 and 8); what it holds is 1/ep of the experts."""
+    def plan(ep):
+        p = train("--config", REPO / "inputs/models/mixtral-8x7b.ini", "--run.backend", "cuda",
+                  "--data.train", str(tmp_path / "none_*.bin"), "--run.dir", str(tmp_path / "r"),
+                  "--train.batch_size", "64", "--train.micro_batch_size", "1", "--parallel.tp", 4,
+                  "--parallel.ep", ep, "--plan", "--plan-ranks", 64, check=True)
+        row = next(l.split() for l in p.stdout.splitlines() if l.split()[:2] == ["0", "32"])
+        return float(p.stdout.split("stage 0: ")[1].split()[0]), int(row[2])
+    (flops1, params1), (flops8, params8) = plan(1), plan(8)
+    assert flops1 == flops8 and flops1 > 19
+    experts = 32 * 8 * 3 * 4096 * 14336 // 4  # a tensor-parallel rank's share of them
+    assert params1 - params8 == experts - experts // 8
+
+
 def test_plan_prints_each_stage_without_data_or_peers(tmp_path):
     # A grid of 16 ranks planned by one process; the data globs name no files, and no run
     # directory is made.
