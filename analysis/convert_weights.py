@@ -1166,6 +1166,10 @@ def refuse_unexported_experts(path: Path, a: dict, llama: bool) -> None:
         why = ("the model's shared experts are gated (model.moe_shared_gate), which exports as "
                "Hugging Face's Qwen2-MoE, whose attention has q, k and v biases "
                "(model.qkv_bias = true) and no QK-norm (model.qk_norm = false)")
+    elif (gated or qk) and first and every != 1:
+        why = (f"the model has dense layers both first and between its expert layers "
+               f"(model.moe_first_dense = {first}, model.moe_every = {every}); Qwen's "
+               f"mlp_only_layers and decoder_sparse_step would place the experts in other layers")
     elif not shared and bias:
         why = ("the model has c_attn's bias alone (model.qkv_bias) and experts without shared "
                "ones; Hugging Face's Mixtral and Qwen3-MoE have no such bias, and Qwen2-MoE has "
@@ -1253,9 +1257,10 @@ def llama_hf_config(d: Dims) -> dict:
     if d.moe_experts and d.moe_shared_gate:
         if d.qk_norm or d.rope_scaling is not None or d.yarn is not None or d.head_dim or \
                 d.sliding_window:
-            raise ConvertError("a model with model.moe_shared_gate exports as Qwen2-MoE, whose "
-                               "transformers model has neither QK-norm, rope scaling, heads of "
-                               "another width than n_embd / n_head nor a sliding window")
+            raise ConvertError("a model with model.moe_shared_gate exports as Qwen2-MoE, which "
+                               "has no QK-norm; its export here is written (and tested against "
+                               "transformers) without rope scaling, heads of another width than "
+                               "n_embd / n_head or a sliding window")
         for k in ("attention_bias", "mlp_bias", "rope_scaling", "head_dim"):
             cfg.pop(k, None)
         cfg.update(architectures=["Qwen2MoeForCausalLM"], model_type="qwen2_moe",

@@ -52,6 +52,9 @@ def load_moe_load(p) -> tuple[np.ndarray, dict[str, np.ndarray]]:
             shares[k] = a[:len(steps)]
     if not layers:
         raise MetricsError(f"{path}: /moe_load holds no layer")
+    if len(steps) == 0 or min(len(a) for a in shares.values()) == 0:
+        raise MetricsError(f"{path}: /moe_load holds no rows yet (train.moe_load_every writes at "
+                           f"steps 0, N, 2N, ...)")
     return steps[:min(len(steps), *(len(a) for a in shares.values()))], shares
 
 

@@ -195,7 +195,7 @@ class KeyTable {
     add("train.moe_load_every", c.train.moe_load_every,
         "with model.moe_experts: every N steps write each expert's share of each layer's choices "
         "in that step (over every rank and micro-batch, before a capacity drops any) to "
-        "/moe_load of metrics.h5, a [rows, experts] dataset per layer (triad-plot draws them; "
+        "/moe_load of metrics.h5, a [rows, experts] dataset per layer (triad-plot-moe draws them; "
         "0: never)");
     add("train.skip_window", c.train.skip_window,
         "steps whose loss and gradient norm the skip z-scores compare with");

@@ -945,6 +945,8 @@ def test_mixtures_of_experts_triad_does_not_compute_are_refused(tmp_path):
                            ({"moe_shared_hidden": 16, "moe_shared_gate": True, "qkv_bias": True,
                              "qk_norm": True}, "model.qk_norm = false"),
                            ({"qk_norm": True, "sliding_window": 4}, "exports as Qwen3-MoE"),
+                           ({"n_layer": 4, "qk_norm": True, "moe_first_dense": 1,
+                             "moe_every": 2}, "model.moe_every = 2"),
                            ({"sliding_window": 4, "attn_head_dim": 16}, "exports as Mixtral")):
         cfg = ref.GptConfig(**{**llama, **change})
         ckpt = tmp_path / "moe.h5"

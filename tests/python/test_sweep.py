@@ -141,6 +141,23 @@ def test_relative_paths_are_taken_from_the_repository_root(tmp_path):
         p.stdout.strip().endswith(f" {f}"), p.stdout
 
 
+def test_the_mixture_of_experts_sweep_gives_triad_train_its_points(tmp_path):
+    """inputs/sweeps/moe-balance.ini: three balancing-loss coefficients on the quick-start model
+    with 8 experts; each point's arguments are a config triad-train accepts (checked with
+    --plan, which reads no data), logging the experts' loads."""
+    s = sw.load_sweep(REPO / "inputs" / "sweeps" / "moe-balance.ini")
+    assert s.name == "moe-balance" and len(s.points) == 3
+    assert [p.overrides["train.moe_aux_loss"] for p in s.points] == ["0", "0.001", "0.01"]
+    assert s.steps(s.points[0]) == 60
+    for i in range(3):
+        p = tool("triad-sweep", "args", REPO / "inputs" / "sweeps" / "moe-balance.ini", str(i))
+        assert p.returncode == 0, p.stderr
+        args = p.stdout.splitlines()
+        assert "--train.moe_load_every" in args and "--model.moe_experts" in args
+        plan = train(*args, "--plan", check=True)
+        assert "1 rank" in plan.stdout
+
+
 def test_the_example_sweep_and_the_format_of_the_brief(tmp_path):
     s = sw.load_sweep(REPO / "inputs" / "sweeps" / "quickstart-lr.ini")
     assert s.name == "quickstart-lr" and len(s.points) == 3 and s.max_parallel == 2
