@@ -1226,6 +1226,16 @@ def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
     return d, tensors, f"triad checkpoint {path}"
 
 
+def qwen_moe_hf_keys(d: Dims) -> dict:
+    """The config.json keys Qwen2-MoE and Qwen3-MoE share for triad's mixture of experts (the
+    inverse of qwen_moe_keys): the experts, their routing and layers, no sliding window."""
+    return dict(use_sliding_window=False, sliding_window=None, max_window_layers=d.n_layer,
+                num_experts=d.moe_experts, num_experts_per_tok=d.moe_top_k,
+                moe_intermediate_size=d.mlp_hidden, norm_topk_prob=d.moe_normalize,
+                decoder_sparse_step=d.moe_every, mlp_only_layers=list(range(d.moe_first_dense)),
+                output_router_logits=False)
+
+
 def llama_hf_config(d: Dims) -> dict:
     """config.json for transformers' LlamaForCausalLM computing what triad computes, or
     Qwen2ForCausalLM's for a model with c_attn's bias alone (model.qkv_bias), or
@@ -1254,7 +1264,7 @@ def llama_hf_config(d: Dims) -> dict:
         raise ConvertError(f"the model's every {d.full_attention_every}th layer attends to the "
                            f"whole context (model.full_attention_every); Hugging Face's Llama, "
                            f"Mistral, Mixtral and Qwen classes hold one window for every layer")
-    if d.moe_experts and d.moe_shared_gate:
+    if d.moe_format == "qwen2_moe":
         if d.qk_norm or d.rope_scaling is not None or d.yarn is not None or d.head_dim or \
                 d.sliding_window:
             raise ConvertError("a model with model.moe_shared_gate exports as Qwen2-MoE, which "
@@ -1264,34 +1274,22 @@ def llama_hf_config(d: Dims) -> dict:
         for k in ("attention_bias", "mlp_bias", "rope_scaling", "head_dim"):
             cfg.pop(k, None)
         cfg.update(architectures=["Qwen2MoeForCausalLM"], model_type="qwen2_moe",
-                   use_sliding_window=False, sliding_window=None, max_window_layers=d.n_layer,
-                   num_experts=d.moe_experts, num_experts_per_tok=d.moe_top_k,
-                   moe_intermediate_size=d.mlp_hidden, norm_topk_prob=d.moe_normalize,
-                   shared_expert_intermediate_size=d.moe_shared_hidden,
-                   decoder_sparse_step=d.moe_every,
-                   mlp_only_layers=list(range(d.moe_first_dense)), output_router_logits=False)
+                   shared_expert_intermediate_size=d.moe_shared_hidden, **qwen_moe_hf_keys(d))
         return cfg
     if d.moe_format == "qwen3_moe":
         if d.rope_scaling is not None or d.qkv_bias or d.sliding_window:
             raise ConvertError("a model with model.moe_experts and model.qk_norm exports as "
                                "Qwen3-MoE, whose transformers model has neither llama3 rope "
                                "scaling, a c_attn bias nor a sliding window")
-        for k in ("mlp_bias",):
-            cfg.pop(k, None)
+        del cfg["mlp_bias"]  # Qwen3's attention_bias (false) stays, as for Qwen3
         cfg.update(architectures=["Qwen3MoeForCausalLM"], model_type="qwen3_moe", head_dim=d.hd,
-                   use_sliding_window=False, sliding_window=None, max_window_layers=d.n_layer,
-                   num_experts=d.moe_experts, num_experts_per_tok=d.moe_top_k,
-                   moe_intermediate_size=d.mlp_hidden, norm_topk_prob=d.moe_normalize,
-                   decoder_sparse_step=d.moe_every,
-                   mlp_only_layers=list(range(d.moe_first_dense)), output_router_logits=False)
+                   **qwen_moe_hf_keys(d))
         return cfg
-    if d.moe_experts:
-        if d.qk_norm or d.qkv_bias or d.rope_scaling is not None or d.yarn is not None or \
-                d.head_dim:
+    if d.moe_format == "mixtral":  # (QK-norm makes it Qwen3-MoE)
+        if d.qkv_bias or d.rope_scaling is not None or d.yarn is not None or d.head_dim:
             raise ConvertError("a model with model.moe_experts exports as Mixtral, whose "
-                               "transformers model has neither QK-norm, a c_attn bias of its "
-                               "own, rope scaling nor heads of another width than "
-                               "n_embd / n_head")
+                               "transformers model has neither a c_attn bias of its own, rope "
+                               "scaling nor heads of another width than n_embd / n_head")
         for k in ("attention_bias", "mlp_bias", "rope_scaling", "head_dim"):
             cfg.pop(k, None)
         cfg.update(architectures=["MixtralForCausalLM"], model_type="mixtral",

@@ -30,7 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ._common import markdown_table, prog_name, run_main, save_figure  # noqa: E402
-from .metrics import (MetricsError, attr_value, open_h5, parse_config,  # noqa: E402
+from .metrics import (MetricsError, attr_value, open_with_group, parse_config,  # noqa: E402
                       resolve_metrics_path)
 
 KINDS = ("embed", "attn", "mlp", "out")
@@ -56,14 +56,7 @@ def metrics_files(paths) -> list[Path]:
 
 def load_run(path: Path) -> dict:
     """{width, mup, steps, rms: {kind: [steps] averaged over layers}} of one run."""
-    try:
-        f = open_h5(path)
-    except Exception as e:  # noqa: BLE001 - h5py raises several types
-        raise MetricsError(f"{path}: cannot open as HDF5: {e}") from None
-    with f:
-        if "activations" not in f:
-            raise MetricsError(f"{path}: no /activations group (the run did not set "
-                               "train.activations_every)")
+    with open_with_group(path, "activations", "the run did not set train.activations_every") as f:
         cfg = parse_config(str(attr_value(f.attrs.get("config", b""))))
         g = f["activations"]
         cols = {k: g[k][()] for k in g}

@@ -57,6 +57,19 @@ def open_h5(path: str | os.PathLike):
         return h5py.File(path, "r")
 
 
+def open_with_group(path: Path, group: str, why: str):
+    """open_h5(path) where the file has /group; else MetricsError naming the file, with `why`
+    the group would be missing. The caller closes the file (with ... as f)."""
+    try:
+        f = open_h5(path)
+    except Exception as e:  # noqa: BLE001 - h5py raises several types
+        raise MetricsError(f"{path}: cannot open as HDF5: {e}") from None
+    if group not in f:
+        f.close()
+        raise MetricsError(f"{path}: no /{group} group ({why})")
+    return f
+
+
 def attr_value(v: Any) -> Any:
     """HDF5 attribute value -> plain Python (str, int, float, or list)."""
     if isinstance(v, bytes):

@@ -26,21 +26,15 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
 from ._common import plot_run_main, save_figure  # noqa: E402
-from .metrics import MetricsError, open_h5, resolve_metrics_path  # noqa: E402
+from .metrics import MetricsError, open_with_group, resolve_metrics_path  # noqa: E402
 
 
 def load_moe_load(p) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(steps, {layer: shares [rows, experts]}) of a run's /moe_load group, layers h<i> in
     order."""
     path = resolve_metrics_path(p)
-    try:
-        f = open_h5(path)
-    except Exception as e:  # noqa: BLE001 - h5py raises several types
-        raise MetricsError(f"{path}: cannot open as HDF5: {e}") from None
-    with f:
-        if "moe_load" not in f:
-            raise MetricsError(f"{path}: no /moe_load group (the run did not set "
-                               f"train.moe_load_every, or has no mixture of experts)")
+    with open_with_group(path, "moe_load", "the run did not set train.moe_load_every, or has no "
+                         "mixture of experts") as f:
         g = f["moe_load"]
         steps = g["step"][()].astype(np.int64)
         layers = sorted((k for k in g if re.fullmatch(r"h\d+", k)), key=lambda k: int(k[1:]))

@@ -22,20 +22,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ._common import plot_run_main, save_figure  # noqa: E402
-from .metrics import MetricsError, open_h5, resolve_metrics_path  # noqa: E402
+from .metrics import open_with_group, resolve_metrics_path  # noqa: E402
 
 
 def load_norms(p) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(steps, {layer: gradient norms}, {layer: weight norms}) of a run's /norms group, layers
     in the order the file lists them (wte, wpe, h0, ..., ln_f)."""
     path = resolve_metrics_path(p)
-    try:
-        f = open_h5(path)
-    except Exception as e:  # noqa: BLE001 - h5py raises several types
-        raise MetricsError(f"{path}: cannot open as HDF5: {e}") from None
-    with f:
-        if "norms" not in f:
-            raise MetricsError(f"{path}: no /norms group (the run did not set train.norms_every)")
+    with open_with_group(path, "norms", "the run did not set train.norms_every") as f:
         g = f["norms"]
         steps = g["step"][()].astype(np.int64)
         grad, weight = {}, {}

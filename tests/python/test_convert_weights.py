@@ -341,6 +341,31 @@ def hook_qwen3_norms(model, hd, eps, seed):
     return norms
 
 
+def rewrite_hf(src, tensors, drop=(), **changes):
+    """Model directory src rewritten as another model: model.safetensors holding `tensors`,
+    config.json without the keys `drop` and with `changes`."""
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in tensors.items()}, src / "model.safetensors")
+    config = json.loads((src / "config.json").read_text())
+    for k in drop:
+        del config[k]
+    config.update(changes)
+    (src / "config.json").write_text(json.dumps(config))
+
+
+def exports_back(ckpt, out, tensors):
+    """ckpt exported (--to hf) into out must hold exactly `tensors`, bit for bit (as fp32).
+    Returns the export's config.json."""
+    from safetensors.torch import load_file
+    p = tool("triad-convert", "export", ckpt, out, "--to", "hf", "--vocab", "none")
+    assert p.returncode == 0, p.stderr
+    again = load_file(out / "model.safetensors")
+    assert sorted(again) == sorted(tensors)
+    for k, v in tensors.items():
+        assert torch.equal(again[k], v.float()), k
+    return json.loads((out / "config.json").read_text())
+
+
 def test_qwen3_imports_and_evaluates_as_its_definition(imported, tmp_path):
     """A Qwen3 model (model_type qwen3: Llama's blocks with head_dim 24 at hidden_size 64 and
     per-head RMSNorms q_norm, k_norm on q and k before the rotation, epsilon 1e-6, tied
@@ -349,7 +374,7 @@ def test_qwen3_imports_and_evaluates_as_its_definition(imported, tmp_path):
     Qwen3's q_norm and k_norm to each head (what Qwen3Attention does before the rotation): triad's
     loss of the import is that model's; export writes Qwen3's config and tensors back, bit for
     bit."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
     d, _, cfg = imported
     hd, eps = 24, 1e-6
     model = llama_model(num_attention_heads=4, num_key_value_heads=2, head_dim=hd,
@@ -359,10 +384,8 @@ def test_qwen3_imports_and_evaluates_as_its_definition(imported, tmp_path):
     model.save_pretrained(src, safe_serialization=True)
     tensors = {**load_file(src / "model.safetensors"), **norms}
     tensors.pop("lm_head.weight", None)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, src / "model.safetensors")
-    config = json.loads((src / "config.json").read_text())
-    config.update(model_type="qwen3", architectures=["Qwen3ForCausalLM"], use_sliding_window=False)
-    (src / "config.json").write_text(json.dumps(config))
+    rewrite_hf(src, tensors, model_type="qwen3", architectures=["Qwen3ForCausalLM"],
+               use_sliding_window=False)
     out = tmp_path / "qwen3.h5"
     p = tool("triad-convert", "import", src, out, "--seq-len", SEQ)
     assert p.returncode == 0, p.stderr
@@ -371,16 +394,9 @@ def test_qwen3_imports_and_evaluates_as_its_definition(imported, tmp_path):
         a = f["model"].attrs
         assert (int(a["qk_norm"]), int(a["head_dim"]), a["norm_eps"]) == (1, hd, eps)
     loss, want_loss = evaluates_as_transformers(model, d, cfg, out, "--model-from", out)
-    back = tmp_path / "back"
-    p = tool("triad-convert", "export", out, back, "--to", "hf", "--vocab", "none")
-    assert p.returncode == 0, p.stderr
-    exported = json.loads((back / "config.json").read_text())
+    exported = exports_back(out, tmp_path / "back", tensors)
     assert (exported["model_type"], exported["head_dim"], exported["rms_norm_eps"]) == \
         ("qwen3", hd, eps)
-    again = load_file(back / "model.safetensors")
-    assert sorted(again) == sorted(tensors)
-    for k, v in tensors.items():
-        assert torch.equal(again[k], v.float()), k
 
 
 def test_llama_vocabulary_above_65536_trains_on_uint32_shards(tmp_path):
@@ -838,7 +854,7 @@ def test_qwen3_moe_imports_and_evaluates_as_its_definition(imported, tmp_path, n
     forward hooks on q_proj and k_proj applying the per-head norms: triad's loss of the import
     is that model's, on one rank and on tp 2 × ep 2; export writes Qwen3-MoE's config and
     tensors back, bit for bit."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
     d, _, cfg = imported
     hd, eps = 16, 1e-6
     model = qwen2_moe_model(num_experts_per_tok=2, norm_topk_prob=normalize,
@@ -856,13 +872,8 @@ def test_qwen3_moe_imports_and_evaluates_as_its_definition(imported, tmp_path, n
                if not k.endswith(("_proj.bias", "shared_expert_gate.weight"))
                and ".shared_expert." not in k}
     tensors.update(norms)
-    (src / "model.safetensors").unlink()
-    save_file({k: v.contiguous() for k, v in tensors.items()}, src / "model.safetensors")
-    config = json.loads((src / "config.json").read_text())
-    del config["shared_expert_intermediate_size"]
-    config.update(model_type="qwen3_moe", architectures=["Qwen3MoeForCausalLM"], head_dim=hd,
-                  attention_bias=False)
-    (src / "config.json").write_text(json.dumps(config))
+    rewrite_hf(src, tensors, drop=["shared_expert_intermediate_size"], model_type="qwen3_moe",
+               architectures=["Qwen3MoeForCausalLM"], head_dim=hd, attention_bias=False)
     out = tmp_path / "qwen3moe.h5"
     p = tool("triad-convert", "import", src, out, "--seq-len", SEQ)
     assert p.returncode == 0, p.stderr
@@ -874,17 +885,10 @@ def test_qwen3_moe_imports_and_evaluates_as_its_definition(imported, tmp_path, n
             (1, 0, 4, int(normalize), 0)
     loss, want_loss = evaluates_as_transformers(model, d, cfg, out, "--model-from", out)
     evaluates_on_tp2_ep2(cfg, out, want_loss)
-    back = tmp_path / "back"
-    p = tool("triad-convert", "export", out, back, "--to", "hf", "--vocab", "none")
-    assert p.returncode == 0, p.stderr
-    exported = json.loads((back / "config.json").read_text())
+    exported = exports_back(out, tmp_path / "back", tensors)
     assert (exported["model_type"], exported["head_dim"], exported["norm_topk_prob"],
             exported["mlp_only_layers"]) == ("qwen3_moe", hd, normalize, dense)
     assert "shared_expert_intermediate_size" not in exported
-    again = load_file(back / "model.safetensors")
-    assert sorted(again) == sorted(tensors)
-    for k, v in tensors.items():
-        assert torch.equal(again[k], v.float()), k
 
 
 def test_mixtures_of_experts_triad_does_not_compute_are_refused(tmp_path):

@@ -43,6 +43,21 @@ def curves(path):
         return out
 
 
+def follows_one_rank(tmp_path, cfg, want, grids, *extra):
+    """Runs cfg (with extra arguments) on each (ranks, grid arguments) of grids: the routing's
+    curves of each are `want`'s (one rank's) to 3e-5. Returns the runs' names."""
+    names = []
+    for n, grid in grids:
+        name = f"g{n}_" + "_".join(map(str, grid)).replace("--", "").replace(".", "-")
+        p = run(n, "--config", cfg, "--run.name", name, *extra, *grid)
+        assert p.returncode == 0, name + p.stdout + p.stderr
+        got = curves(tmp_path / "runs" / name)
+        for k in want:
+            np.testing.assert_allclose(got[k], want[k], rtol=3e-5, err_msg=f"{name} {k}")
+        names.append(name)
+    return names
+
+
 def test_moe_trains_alike_on_every_grid(tmp_path):
     cfg = tiny_config(tmp_path, name="one", train__steps=6, eval__every=0, checkpoint__every=0,
                       data__shuffle="false", **MOE)
@@ -51,19 +66,14 @@ def test_moe_trains_alike_on_every_grid(tmp_path):
     assert "moe aux" in p.stdout
     want = curves(tmp_path / "runs" / "one")
     assert np.all(np.isfinite(want["moe_aux_loss"])) and np.all(want["moe_max_load"] >= 1)
-    for n, grid in ((2, ["--parallel.tp", 2]),
-                    (2, ["--parallel.tp", 2, "--parallel.sequence_parallel", "true"]),
-                    (2, ["--parallel.pp", 2]),
-                    (2, ["--parallel.zero", 1]),
-                    (2, ["--parallel.zero", 2]),
-                    (2, ["--parallel.zero", 3]),
-                    (1, ["--train.recompute", "full"])):
-        name = f"g{n}_" + "_".join(map(str, grid[::2])).replace("--", "").replace(".", "-")
-        p = run(n, "--config", cfg, "--run.name", name, *grid)
-        assert p.returncode == 0, name + p.stdout + p.stderr
-        got = curves(tmp_path / "runs" / name)
-        for k in want:
-            np.testing.assert_allclose(got[k], want[k], rtol=3e-5, err_msg=f"{name} {k}")
+    follows_one_rank(tmp_path, cfg, want, ((2, ["--parallel.tp", 2]),
+                                           (2, ["--parallel.tp", 2, "--parallel.sequence_parallel",
+                                                "true"]),
+                                           (2, ["--parallel.pp", 2]),
+                                           (2, ["--parallel.zero", 1]),
+                                           (2, ["--parallel.zero", 2]),
+                                           (2, ["--parallel.zero", 3]),
+                                           (1, ["--train.recompute", "full"])))
     # Context parallelism balances each rank's own pieces of the sequences (its rows' f and P,
     # as Megatron's), another objective: without the term, the same curve.
     for n, grid, name in ((1, [], "plain"), (2, ["--parallel.cp", 2], "cp")):
@@ -85,16 +95,10 @@ def test_gated_shared_experts_train_alike_on_every_grid(tmp_path):
     p = run(1, "--config", cfg)
     assert p.returncode == 0, p.stdout + p.stderr
     want = curves(tmp_path / "runs" / "one")
-    for n, grid in ((2, ["--parallel.tp", 2, "--parallel.sequence_parallel", "true"]),
-                    (2, ["--parallel.pp", 2]),
-                    (2, ["--parallel.ep", 2]),
-                    (2, ["--parallel.zero", 1])):
-        name = "gate_" + "_".join(map(str, grid[::2])).replace("--parallel.", "")
-        p = run(n, "--config", cfg, "--run.name", name, "--checkpoint.every", 0, *grid)
-        assert p.returncode == 0, name + p.stdout + p.stderr
-        got = curves(tmp_path / "runs" / name)
-        for k in want:
-            np.testing.assert_allclose(got[k], want[k], rtol=3e-5, err_msg=f"{name} {k}")
+    follows_one_rank(tmp_path, cfg, want,
+                     ((2, ["--parallel.tp", 2, "--parallel.sequence_parallel", "true"]),
+                      (2, ["--parallel.pp", 2]), (2, ["--parallel.ep", 2]),
+                      (2, ["--parallel.zero", 1])), "--checkpoint.every", 0)
     ckpt = tmp_path / "runs" / "one" / "ckpt" / "step_00000005.h5"
     with h5py.File(ckpt, "r") as f:
         assert int(f["model"].attrs["moe_shared_gate"]) == 1
@@ -237,16 +241,11 @@ def test_capacity_drops_alike_on_every_grid(tmp_path):
     with h5py.File(tmp_path / "runs" / "one" / "metrics.h5", "r") as f:
         dropped = f["train"]["moe_dropped"][:]
     assert np.all(dropped > 0.01) and np.all(dropped < 0.5), dropped
-    for n, grid in ((2, ["--parallel.ep", 2]), (4, ["--parallel.ep", 4]),
-                    (4, ["--parallel.ep", 2, "--parallel.zero", 1]),
-                    (2, ["--parallel.zero", 1]), (2, ["--parallel.tp", 2]),
-                    (2, ["--parallel.ep", 2, "--train.recompute", "full"])):
-        name = f"g{n}_" + "_".join(k.split(".")[-1] + str(v) for k, v in zip(grid[::2], grid[1::2]))
-        p = run(n, "--config", cfg, "--run.name", name, *grid)
-        assert p.returncode == 0, name + p.stdout + p.stderr
-        got = curves(tmp_path / "runs" / name)
-        for k in want:
-            np.testing.assert_allclose(got[k], want[k], rtol=3e-5, err_msg=f"{name} {k}")
+    for name in follows_one_rank(tmp_path, cfg, want,
+                                 ((2, ["--parallel.ep", 2]), (4, ["--parallel.ep", 4]),
+                                  (4, ["--parallel.ep", 2, "--parallel.zero", 1]),
+                                  (2, ["--parallel.zero", 1]), (2, ["--parallel.tp", 2]),
+                                  (2, ["--parallel.ep", 2, "--train.recompute", "full"]))):
         with h5py.File(tmp_path / "runs" / name / "metrics.h5", "r") as f:
             np.testing.assert_array_equal(f["train"]["moe_dropped"][:], dropped, err_msg=name)
         np.testing.assert_allclose(val_losses(tmp_path / "runs" / name), want_val, rtol=1e-5,
@@ -261,14 +260,8 @@ def test_dense_layers_among_the_experts_train_alike_on_every_grid(tmp_path):
     p = run(1, "--config", cfg)
     assert p.returncode == 0, p.stdout + p.stderr
     want = curves(tmp_path / "runs" / "one")
-    for n, grid in ((2, ["--parallel.pp", 2]), (2, ["--parallel.tp", 2]),
-                    (2, ["--parallel.zero", 2])):
-        name = "g_" + grid[0].replace("--parallel.", "")
-        p = run(n, "--config", cfg, "--run.name", name, *grid)
-        assert p.returncode == 0, name + p.stdout + p.stderr
-        got = curves(tmp_path / "runs" / name)
-        for k in want:
-            np.testing.assert_allclose(got[k], want[k], rtol=3e-5, err_msg=f"{name} {k}")
+    follows_one_rank(tmp_path, cfg, want, ((2, ["--parallel.pp", 2]), (2, ["--parallel.tp", 2]),
+                                           (2, ["--parallel.zero", 2])))
     ckpt = tmp_path / "runs" / "one" / "ckpt" / "step_00000006.h5"
     with h5py.File(ckpt, "r") as f:
         assert f["model/h/0/mlp/c_fc/weight"].shape == (64, 32)
