@@ -373,7 +373,9 @@ def test_damaged_routing_attributes_of_a_checkpoint_are_refused(tmp_path):
     good = tmp_path / "runs" / "src" / "ckpt" / "step_00000002.h5"
     for attr, value, words in (("moe_top_k", 9, "attribute moe_top_k of /model is 9"),
                                ("moe_every", 5, "leave no layer with experts"),
-                               ("moe_experts", 300, "attribute moe_experts of /model is 300")):
+                               ("moe_experts", 300, "attribute moe_experts of /model is 300"),
+                               ("moe_shared_gate", 2,
+                                "attribute moe_shared_gate of /model is 2, not 0 or 1")):
         bad = tmp_path / f"bad_{attr}.h5"
         bad.write_bytes(good.read_bytes())
         with h5py.File(bad, "r+") as f:
