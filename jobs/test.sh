@@ -11,7 +11,7 @@ export OMPI_MCA_ess_singleton_isolated=1 OMPI_MCA_pml=ob1 OMPI_MCA_btl=self,vade
 export TRIAD_BUILD_DIR="$PWD/build"
 echo "== ctest"
 # One test at a time: concurrent Open MPI singletons can race on their session directory,
-# and the MPI suites oversubscribe the cores anyway. The whole suite takes well under a minute.
+# and the MPI suites oversubscribe the cores anyway. About four minutes on two cores.
 ctest --test-dir build --output-on-failure
 echo "== pytest"
 .venv/bin/python -m pytest -q tests/python

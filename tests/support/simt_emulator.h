@@ -1,6 +1,7 @@
 // A CPU emulator of a CUDA thread block, for kernels written against a thread context (see
-// src/kernels/cuda/flash_attention_block.h): every thread of a block is an OS thread, the block
-// barrier a std::barrier, and the warp-wide instructions (shfl.xor, ldmatrix, mma.m16n8k16,
+// src/kernels/cuda/flash_attention_block.h): every thread of a block is a fiber
+// (fiber_scheduler.h) that runs until it waits, the block barrier a fiber barrier, and the
+// warp-wide instructions (shfl.xor, ldmatrix, mma.m16n8k16,
 // cp.async) and the warpgroup-wide wgmma.mma_async (m64nNk16 bf16, operands through shared-memory
 // descriptors, no swizzle or the 128-byte one, or A from registers) are carried out from their
 // PTX ISA
@@ -38,7 +39,6 @@
 #pragma once
 
 #include <atomic>
-#include <barrier>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -48,13 +48,12 @@
 #include <deque>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <random>
-#include <thread>
 #include <vector>
 
 #include "../../src/kernels/cuda/block_program.h"
 #include "../../src/kernels/cuda/box_map_shape.h"
+#include "fiber_scheduler.h"
 #include "triad/core/bf16.h"
 
 namespace triad::simt {
@@ -141,7 +140,7 @@ struct WarpStep {
 struct Warp {
   Slot slots[2][32];
   int phase = 0;  // which slot set the next instruction uses (toggled by the completion step)
-  std::barrier<WarpStep> bar;
+  FiberBarrier<WarpStep> bar;
   explicit Warp(const Block* block) : bar(32, WarpStep{slots, &phase, block}) {}
 };
 
@@ -165,6 +164,12 @@ class Block {
       if (!b.in_flight.empty() || b.pending != b.arrivals || b.tx != 0)
         fail("block ended with bulk copies or mbarrier arrivals outstanding");
   }
+  // How often a thread of this block lets the others run at a load_l2_2, times 1 + its warp:
+  // warps, and the blocks of a concurrent launch, run at different speeds (as warps scheduled
+  // unevenly and SMs that do not keep pace do), so a warp finishes before another, and a later
+  // block overtakes an earlier one, wherever the kernel does not keep them in order.
+  int load_stalls = 1;
+
   bool in_smem(const void* p, size_t n) const {
     const auto* c = static_cast<const unsigned char*>(p);
     return c >= base_ && c + n <= base_ + size_;
@@ -172,7 +177,6 @@ class Block {
   // Whether the n bytes of shared memory at p (4-byte aligned) hold no bulk copy still in flight.
   bool landed(const void* p, size_t n) const {
     const size_t first = size_t(static_cast<const unsigned char*>(p) - base_) / 4;
-    std::lock_guard<std::mutex> lock(writer_mutex_);
     for (size_t w = first; w < first + n / 4; ++w)
       if (writer_[w] == kInFlight) return false;
     return true;
@@ -186,12 +190,11 @@ class Block {
   std::vector<unsigned char> smem_;
   unsigned char* base_;
   size_t size_;
-  std::barrier<> sync_;
-  std::barrier<GroupStep> group_;  // the warpgroup (the whole block: 128 threads)
+  FiberBarrier<> sync_;
+  FiberBarrier<GroupStep> group_;  // the warpgroup (the whole block: 128 threads)
   std::vector<Thread*> threads_;
   // Per 4-byte word of shared memory: the thread whose cp.async or st.shared (store_shared32)
   // wrote it and has not yet executed fence.proxy.async since, or -1.
-  mutable std::mutex writer_mutex_;
   std::vector<int> writer_;
   std::vector<std::unique_ptr<Warp>> warps_;
   // mbarriers by shared-memory offset, and the bulk copies not yet landed (CopyTiming::at_wait).
@@ -209,7 +212,6 @@ class Block {
     int init_thread = -1;
     std::vector<BulkCopy> in_flight;
   };
-  std::mutex barrier_mutex_;
   std::map<size_t, Barrier> barriers_;
 };
 
@@ -352,7 +354,6 @@ class Thread {
   // ---- mbarriers and the bulk tensor copy (sm_90)
   void mbarrier_init(uint64_t* bar, uint32_t arrivals) {
     const size_t at = barrier_offset(bar);
-    std::lock_guard<std::mutex> lock(block_.barrier_mutex_);
     Block::Barrier& b = block_.barriers_[at];
     if (!b.in_flight.empty() || b.tx != 0 || b.pending != b.arrivals)
       fail("mbarrier.init of a barrier with copies or arrivals outstanding");
@@ -364,16 +365,11 @@ class Thread {
     std::memset(bar, 0, sizeof *bar);  // its memory is the barrier now, not NaN data
   }
   void fence_barrier_init() {
-    std::lock_guard<std::mutex> lock(block_.barrier_mutex_);
     for (auto& [at, b] : block_.barriers_)
       if (b.init_thread == tid_) b.fenced = true;
   }
-  void mbarrier_expect_tx(uint64_t* bar, uint32_t bytes) {
-    std::lock_guard<std::mutex> lock(block_.barrier_mutex_);
-    barrier(bar).tx += bytes;
-  }
+  void mbarrier_expect_tx(uint64_t* bar, uint32_t bytes) { barrier(bar).tx += bytes; }
   void mbarrier_arrive(uint64_t* bar) {
-    std::lock_guard<std::mutex> lock(block_.barrier_mutex_);
     Block::Barrier& b = barrier(bar);
     if (b.pending == 0) fail("mbarrier.arrive on a phase with no arrival pending");
     --b.pending;
@@ -383,7 +379,6 @@ class Thread {
     const auto start = std::chrono::steady_clock::now();
     for (;;) {
       {
-        std::lock_guard<std::mutex> lock(block_.barrier_mutex_);
         Block::Barrier& b = barrier(bar);
         // This thread's next phase of the barrier (phases are waited for in order, each once).
         auto& [generation, next] = next_phase_[barrier_offset(bar)];
@@ -398,7 +393,7 @@ class Thread {
       }
       if (std::chrono::steady_clock::now() - start > std::chrono::seconds(30))
         fail("mbarrier wait never completes (a hang on the GPU)");
-      std::this_thread::yield();
+      FiberScheduler::current().yield();
     }
   }
   void tma_load_3d(void* dst, const void* map, int c0, int c1, int c2, uint64_t* bar) {
@@ -409,7 +404,6 @@ class Thread {
     if (!block_.in_smem(dst, bytes)) fail("bulk tensor copy's box outside shared memory");
     if (smem_address(dst) % (m->shape.swizzle128 ? 1024 : 128) != 0)
       fail("bulk tensor copy destination not aligned (128 bytes; 1 KB with the 128-byte swizzle)");
-    std::lock_guard<std::mutex> lock(block_.barrier_mutex_);
     Block::Barrier& b = barrier(bar);
     if (!b.fenced) fail("bulk tensor copy signals an mbarrier before fence.mbarrier_init");
     const Block::BulkCopy copy{static_cast<unsigned char*>(dst), m, {c0, c1, c2}};
@@ -418,7 +412,6 @@ class Thread {
       land(b, copy);
     } else {  // in flight: NaN to every reader, and not yet readable by wgmma
       std::memset(copy.dst, 0xFF, bytes);
-      std::lock_guard<std::mutex> lock(block_.writer_mutex_);
       const size_t first = size_t(copy.dst - block_.base_) / 4;
       for (size_t w = first; w < first + bytes / 4; ++w) block_.writer_[w] = kInFlight;
       b.in_flight.push_back(copy);
@@ -431,7 +424,6 @@ class Thread {
     return kSmemWindow + uint32_t(static_cast<const unsigned char*>(p) - block_.base_);
   }
   void fence_proxy_async() {
-    std::lock_guard<std::mutex> lock(block_.writer_mutex_);
     for (size_t w : written_)
       if (block_.writer_[w] == tid_) block_.writer_[w] = -1;
     written_.clear();
@@ -480,15 +472,12 @@ class Thread {
   void store_shared32(void* p, uint32_t v) {
     if (!block_.in_smem(p, 4)) fail("st.shared outside shared memory");
     if (reinterpret_cast<uintptr_t>(p) % 4 != 0) fail("4-byte st.shared to a misaligned address");
-    {
-      std::lock_guard<std::mutex> lock(block_.barrier_mutex_);
-      check_no_barrier(static_cast<const unsigned char*>(p), 4);
-    }
+    { check_no_barrier(static_cast<const unsigned char*>(p), 4); }
     std::memcpy(p, &v, sizeof v);
     mark_written(static_cast<const unsigned char*>(p), 4);
   }
   // p[0] += a, p[1] += b, each atomically (the vector atomicAdd of sm_90 needs p 8-byte
-  // aligned). Blocks run one after another here, but the threads of a block concurrently.
+  // aligned). The other threads' additions land between this thread's waits.
   static void atomic_add2(float* p, float a, float b) {
     if (reinterpret_cast<uintptr_t>(p) % 8 != 0) fail("float2 atomic add at a misaligned address");
     std::atomic_ref<float>(p[0]).fetch_add(a);
@@ -497,20 +486,22 @@ class Thread {
 
   // Global-memory accesses other blocks synchronize with (blocks of a concurrent launch run at
   // the same time here).
-  static void load_l2_2(const float* p, float& a, float& b) {
+  void load_l2_2(const float* p, float& a, float& b) {
     if (reinterpret_cast<uintptr_t>(p) % 8 != 0) fail("8-byte load from a misaligned address");
     a = std::atomic_ref<const float>(p[0]).load(std::memory_order_relaxed);
     b = std::atomic_ref<const float>(p[1]).load(std::memory_order_relaxed);
-    // Other threads run before this one stores what it computes from a and b: an unordered
-    // read-modify-write of data another block also updates loses updates here, visibly.
-    std::this_thread::sleep_for(std::chrono::microseconds(20));
+    // Other ready threads run before this one stores what it computes from a and b, the faster
+    // ones several times over: an unordered read-modify-write of data another block also updates
+    // loses updates here, visibly.
+    const int stalls = block_.load_stalls * (1 + tid_ / 32);
+    for (int i = 0; i < stalls; ++i) FiberScheduler::current().yield();
   }
   static void wait_equal(const int* p, int v) {
     const auto start = std::chrono::steady_clock::now();
     while (std::atomic_ref<const int>(*p).load(std::memory_order_acquire) != v) {
       if (std::chrono::steady_clock::now() - start > std::chrono::seconds(30))
         fail("wait for a global value never completes (a hang on the GPU)");
-      std::this_thread::yield();
+      FiberScheduler::current().yield();
     }
   }
   static void store_release(int* p, int v) {
@@ -577,10 +568,7 @@ class Thread {
     }
   }
   void perform(const Copy& c) {
-    {
-      std::lock_guard<std::mutex> lock(block_.barrier_mutex_);
-      check_no_barrier(c.dst, 16);
-    }
+    { check_no_barrier(c.dst, 16); }
     if (c.src)
       std::memcpy(c.dst, c.src, 16);
     else
@@ -590,13 +578,12 @@ class Thread {
   // Records this thread as the generic-proxy writer of the 4-byte words [p, p + n).
   void mark_written(const unsigned char* p, size_t n) {
     const size_t first = size_t(p - block_.base_) / 4;
-    std::lock_guard<std::mutex> lock(block_.writer_mutex_);
     for (size_t w = first; w < first + n / 4; ++w) {
       block_.writer_[w] = tid_;
       written_.push_back(w);
     }
   }
-  // Fails if [p, p + n) overlaps an initialized mbarrier; barrier_mutex_ held.
+  // Fails if [p, p + n) overlaps an initialized mbarrier.
   void check_no_barrier(const unsigned char* p, size_t n) const {
     const size_t at = size_t(p - block_.base_);
     for (const auto& [b, state] : block_.barriers_)
@@ -607,7 +594,7 @@ class Thread {
     if (reinterpret_cast<uintptr_t>(bar) % 8 != 0) fail("mbarrier not 8-byte aligned");
     return size_t(reinterpret_cast<const unsigned char*>(bar) - block_.base_);
   }
-  // The barrier at bar (initialized); barrier_mutex_ held.
+  // The barrier at bar (initialized).
   Block::Barrier& barrier(const uint64_t* bar) {
     const auto it = block_.barriers_.find(barrier_offset(bar));
     if (it == block_.barriers_.end()) fail("mbarrier used before mbarrier.init");
@@ -640,7 +627,6 @@ class Thread {
         }
     const size_t bytes = o;
     {
-      std::lock_guard<std::mutex> lock(block_.writer_mutex_);
       const size_t first = size_t(copy.dst - block_.base_) / 4;
       for (size_t w = first; w < first + bytes / 4; ++w) block_.writer_[w] = -1;
     }
@@ -744,7 +730,6 @@ inline void GroupStep::operator()() noexcept {
   for (Thread* t : b.threads_)
     if (t->wg_keep_ != keep || t->wg_groups_.size() != b.threads_[0]->wg_groups_.size())
       fail("threads of a warpgroup reached different wgmma.wait_group");
-  std::lock_guard<std::mutex> lock(b.writer_mutex_);
   while (b.threads_[0]->wg_groups_.size() > size_t(keep)) {
     const std::vector<Thread::WgOp>& ops0 = b.threads_[0]->wg_groups_.front();
     for (size_t i = 0; i < ops0.size(); ++i) {
@@ -817,45 +802,56 @@ inline Bf16Buffer random_bf16_buffer(size_t n, uint32_t seed, float lo, float hi
   return b;
 }
 
+// Adds a fiber per thread of the block to `fibers`, in thread order or in reverse: reversed for
+// every other block, and the other way round with copies landing at their wait. So the warps run
+// ahead of one another both ways (fiber_scheduler.h), and a single block too sees both orders
+// over the two timings.
+template <class Body>
+void spawn_block(FiberScheduler& fibers, Block& block, int bx, int by, int threads,
+                 CopyTiming timing, Body& body) {
+  const bool reverse = ((bx + by) % 2 == 1) != (timing == CopyTiming::at_wait);
+  for (int i = 0; i < threads; ++i) {
+    const int t = reverse ? threads - 1 - i : i;
+    fibers.spawn([&block, &body, t] {
+      Thread x(block, t);
+      body(x);
+    });
+  }
+}
+
 // Runs body(Thread&) for every thread of every block of a grid_x × grid_y grid (blocks one
-// after another, the threads of a block concurrently).
+// after another, the threads of a block as fibers).
 template <class Body>
 void launch(int grid_x, int grid_y, int threads, size_t smem_bytes, CopyTiming timing, Body body) {
   if (threads % 32 != 0) fail("block size not a multiple of 32");
   for (int by = 0; by < grid_y; ++by)
     for (int bx = 0; bx < grid_x; ++bx) {
       Block block(bx, by, threads, smem_bytes, timing);
-      std::vector<std::thread> pool;
-      pool.reserve(size_t(threads));
-      for (int t = 0; t < threads; ++t)
-        pool.emplace_back([&block, &body, t] {
-          Thread x(block, t);
-          body(x);
-        });
-      for (std::thread& th : pool) th.join();
+      FiberScheduler fibers;
+      spawn_block(fibers, block, bx, by, threads, timing, body);
+      fibers.run();
     }
 }
 
+// The slow blocks' load_stalls in a concurrent launch (every second block).
+constexpr int kSlowBlockStalls = 16;
+
 // Runs body(Thread&) for every thread of every block of a grid_x × grid_y grid, all blocks at the
 // same time (as a GPU with room for the whole grid would): for kernels whose blocks wait for one
-// another. grid_x · grid_y · threads OS threads, so for small grids.
+// another. The blocks start in order.
 template <class Body>
 void launch_concurrent(int grid_x, int grid_y, int threads, size_t smem_bytes, CopyTiming timing,
                        Body body) {
   if (threads % 32 != 0) fail("block size not a multiple of 32");
   std::vector<std::unique_ptr<Block>> blocks;
+  FiberScheduler fibers;
   for (int by = 0; by < grid_y; ++by)
-    for (int bx = 0; bx < grid_x; ++bx)
+    for (int bx = 0; bx < grid_x; ++bx) {
       blocks.push_back(std::make_unique<Block>(bx, by, threads, smem_bytes, timing));
-  std::vector<std::thread> pool;
-  pool.reserve(blocks.size() * size_t(threads));
-  for (auto& block : blocks)
-    for (int t = 0; t < threads; ++t)
-      pool.emplace_back([b = block.get(), &body, t] {
-        Thread x(*b, t);
-        body(x);
-      });
-  for (std::thread& th : pool) th.join();
+      blocks.back()->load_stalls = blocks.size() % 2 == 0 ? kSlowBlockStalls : 1;
+      spawn_block(fibers, *blocks.back(), bx, by, threads, timing, body);
+    }
+  fibers.run();
 }
 
 }  // namespace triad::simt

@@ -59,7 +59,9 @@ void check(const Case& c, std::vector<int32_t> targets, uint32_t seed, bool ties
     if (t < 0) {  // ignored: everything 0
       EXPECT_EQ(losses[size_t(n)], 0.0f) << "row " << n;
       EXPECT_EQ(correct[size_t(n)], 0.0f) << "row " << n;
-      if (c.z_loss > 0) EXPECT_EQ(log_z[size_t(n)], 0.0f) << "row " << n;
+      if (c.z_loss > 0) {
+        EXPECT_EQ(log_z[size_t(n)], 0.0f) << "row " << n;
+      }
       for (int j = 0; j < c.Vp; ++j)
         ASSERT_EQ(data[size_t(n) * c.Vp + j], 0u) << "column " << j << " of ignored row " << n;
       continue;
@@ -82,7 +84,9 @@ void check(const Case& c, std::vector<int32_t> targets, uint32_t seed, bool ties
         << "row " << n;
     EXPECT_EQ(correct[size_t(n)], first == t ? 1.0f : 0.0f) << "row " << n;
     const double lz = mx + std::log(sum);
-    if (c.z_loss > 0) EXPECT_NEAR(log_z[size_t(n)], lz, 1e-5 * std::max(1.0, std::abs(lz)));
+    if (c.z_loss > 0) {
+      EXPECT_NEAR(log_z[size_t(n)], lz, 1e-5 * std::max(1.0, std::abs(lz)));
+    }
     const double softmax_scale = c.scale * (1.0 + 2.0 * c.z_loss * lz);
     double worst = 0.0;
     for (int j = 0; j < c.Vp; ++j) {

@@ -462,8 +462,9 @@ void check_grouped(int B, int T, int NH, int NKV, int hd, Kernel kernel, Backwar
 TEST_P(DocumentMask, GroupedQueryHeads) {
   const Kernel k = GetParam().kernel;
   const Backward bw = GetParam().backward;
-  // Shapes kept small (the emulator runs every thread): partial last tiles, a batch of two, a
-  // query range whose dK/dV blocks before it are skipped, HD 128 with four heads per kv head.
+  // Shapes kept small (the emulator runs every thread of the grid): partial last tiles, a batch of
+  // two, a query range whose dK/dV blocks before it are skipped, HD 128 with four heads per kv
+  // head.
   check_grouped(1, 130, 4, 2, 64, k, bw, flash::Rows{130, 0, 130});
   check_grouped(2, 70, 3, 1, 64, k, bw, flash::Rows{70, 0, 70});  // multi-query
   const std::vector<int32_t> docs = key_begin_of_starts(1, 192, {{0, 30, 100, 150}});
