@@ -1,0 +1,329 @@
+// The mixture-of-experts kernels of cuda_moe.cu as block programs (see block_program.h), so that
+// the CPU tests run the same code through the SIMT emulator (test_moe_emulated) against the CPU
+// backend. Elem is float or uint16_t (bf16 bits): computed in fp32, each output rounded once.
+// Every reduction has a fixed order that depends only on the shapes, and nothing uses atomics.
+//  - route_rows / route_backward_rows: one warp per row (kWarpsPerBlock rows per block); each lane
+//    takes the columns lane, lane + 32, ... in order, combined by a butterfly (the softmax's max
+//    and sum, the backward's Σ p·dp). The top-k are k arg-max passes over the columns that come
+//    after the previous pick in the order (probability descending, column ascending): the CPU's
+//    picks (strictly larger wins, ties keep the lower column) whenever the probabilities agree.
+//  - dispatch_block: block e scans the N·k choices twice: it counts the choices of lower experts
+//    (its first place) and its own, then ranks its own in choice order with a block-wide prefix
+//    sum: a stable counting sort.
+//  - gather_rows copies rows; combine_rows: one thread per output column, the k choices summed
+//    in order; combine_backward_rows: one warp per choice.
+//  - shared_gate / shared_gate_backward: one thread per row.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+#include "block_program.h"
+
+namespace triad::moe_block {
+
+constexpr int kWarpsPerBlock = 8;  // the warp-per-row programs: 256 threads, 8 rows or choices
+constexpr int kWarpThreads = 32 * kWarpsPerBlock;
+constexpr int kDispatchThreads = 512;
+constexpr int kDispatchItems = 8;  // consecutive choices per thread and step of the rank pass
+constexpr int kMaxExperts = 256;   // model.moe_experts' limit
+constexpr int kElementwiseThreads = 256;
+
+// dispatch_block's shared memory: the block reduction's and the scan's per-warp values.
+TRIAD_BLOCK_SIZE size_t dispatch_smem() { return 2 * 32 * sizeof(int); }
+
+template <class X>
+TRIAD_BLOCK_FN float widen(X&, float v) {
+  return v;
+}
+template <class X>
+TRIAD_BLOCK_FN float widen(X& x, uint16_t v) {
+  return x.bf16_float(v);
+}
+template <class X>
+TRIAD_BLOCK_FN void store(X&, float* p, float v) {
+  *p = v;
+}
+template <class X>
+TRIAD_BLOCK_FN void store(X& x, uint16_t* p, float v) {  // round to nearest even
+  *p = uint16_t(x.pack_bf16(v, 0.0f) & 0xffffu);
+}
+
+template <class X>
+TRIAD_BLOCK_FN float warp_sum(X& x, float v) {
+  TRIAD_UNROLL
+  for (int offset = 16; offset > 0; offset >>= 1) v += x.shfl_xor(v, offset);
+  return v;
+}
+template <class X>
+TRIAD_BLOCK_FN float warp_max(X& x, float v) {
+  TRIAD_UNROLL
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    const float o = x.shfl_xor(v, offset);
+    v = o > v ? o : v;
+  }
+  return v;
+}
+template <class X>
+TRIAD_BLOCK_FN int warp_sum(X& x, int v) {
+  TRIAD_UNROLL
+  for (int offset = 16; offset > 0; offset >>= 1) v += x.shfl_xor(v, offset);
+  return v;
+}
+
+// The order of route_rows' picks: larger probabilities first (a NaN as below every number, so
+// that an all-NaN row still picks its first k columns as the CPU does), equal ones the lower
+// column first.
+TRIAD_BLOCK_FN float rank_key(float p) { return p != p ? -1.0f : p; }
+
+// probs[N,E] = softmax of each row of logits; expert[N,k], gate[N,k] its k picks (gates divided by
+// their sum when `normalize`); lse[N] (may be null) log Σ_e exp(logits). Block b: rows
+// kWarpsPerBlock·b + warp.
+template <class X, class Elem>
+TRIAD_BLOCK_FN void route_rows(X& x, float* probs, int32_t* expert, float* gate, const Elem* logits,
+                               int N, int E, int k, bool normalize, float* lse) {
+  const int lane = x.thread() % 32;
+  const int n = x.block_x() * kWarpsPerBlock + x.thread() / 32;
+  if (n >= N) return;  // the whole warp: it shares the row
+  const Elem* z = logits + size_t(n) * E;
+  float* p = probs + size_t(n) * E;
+  float mx = -INFINITY;
+  for (int e = lane; e < E; e += 32) {
+    const float v = widen(x, z[e]);
+    mx = v > mx ? v : mx;
+  }
+  mx = warp_max(x, mx);
+  float sum = 0.0f;
+  for (int e = lane; e < E; e += 32) sum += x.exp(widen(x, z[e]) - mx);
+  sum = warp_sum(x, sum);
+  if (lse != nullptr && lane == 0) lse[n] = mx + float(x.log(double(sum)));
+  // Each lane reads back only the columns it wrote: no synchronization needed.
+  for (int e = lane; e < E; e += 32) p[e] = x.exp(widen(x, z[e]) - mx) / sum;
+
+  int32_t* ex = expert + size_t(n) * k;
+  float* g = gate + size_t(n) * k;
+  float prev_key = INFINITY;  // every column comes after (+inf, -1)
+  int prev_e = -1;
+  float picked = 0.0f;
+  for (int j = 0; j < k; ++j) {
+    float best_key = 0.0f, best_p = 0.0f;
+    int best = -1;
+    for (int e = lane; e < E; e += 32) {
+      const float pe = p[e], key = rank_key(pe);
+      const bool after = key < prev_key || (key == prev_key && e > prev_e);
+      if (after && (best < 0 || key > best_key)) {  // ascending columns: ties keep the lower
+        best_key = key;
+        best_p = pe;
+        best = e;
+      }
+    }
+    TRIAD_UNROLL
+    for (int offset = 16; offset > 0; offset >>= 1) {  // the same winner on every lane
+      const float o_key = x.shfl_xor(best_key, offset);
+      const float o_p = x.shfl_xor(best_p, offset);
+      const int o_e = x.shfl_xor(best, offset);
+      if (o_e >= 0 && (best < 0 || o_key > best_key || (o_key == best_key && o_e < best))) {
+        best_key = o_key;
+        best_p = o_p;
+        best = o_e;
+      }
+    }
+    prev_key = best_key;
+    prev_e = best;
+    picked += best_p;
+    if (lane == 0) {
+      ex[j] = best;
+      g[j] = best_p;
+    }
+  }
+  if (normalize && lane == 0)
+    for (int j = 0; j < k; ++j) g[j] /= picked;
+}
+
+// Sum of v over the block (kDispatchThreads threads; every thread calls it and gets the sum).
+// part: 32 ints of shared memory.
+template <class X>
+TRIAD_BLOCK_FN int block_sum(X& x, int v, int* part) {
+  const int lane = x.thread() % 32, warp = x.thread() / 32;
+  v = warp_sum(x, v);
+  x.sync_threads();  // a previous call may still be reading part
+  if (lane == 0) part[warp] = v;
+  x.sync_threads();
+  return warp_sum(x, lane < kDispatchThreads / 32 ? part[lane] : 0);
+}
+
+// The exclusive prefix sum of v over the block's threads in order; *total = the block's sum.
+// part: 32 ints of shared memory.
+template <class X>
+TRIAD_BLOCK_FN int block_exclusive_scan(X& x, int v, int* total, int* part) {
+  const int lane = x.thread() % 32, warp = x.thread() / 32;
+  // Within the warp: lane l gathers the lanes below it bit by bit (a butterfly over the lane's
+  // binary digits: after step b, incl holds the sum of the lanes that agree with l above bit b
+  // and are at most l, and block the sum of the 2^(b+1) lanes of l's group).
+  int incl = v, group = v;
+  TRIAD_UNROLL
+  for (int bit = 1; bit < 32; bit <<= 1) {
+    const int other = x.shfl_xor(group, bit);
+    if (lane & bit) incl += other;
+    group += other;
+  }
+  x.sync_threads();  // a previous call may still be reading part
+  if (lane == 31) part[warp] = incl;
+  x.sync_threads();
+  int before = 0, all = 0;
+  for (int w = 0; w < kDispatchThreads / 32; ++w) {
+    const int s = part[w];
+    if (w < warp) before += s;
+    all += s;
+  }
+  *total = all;
+  return before + incl - v;
+}
+
+// Block e (kDispatchThreads threads): counts[e] and the slots of expert e's choices (M = N·k).
+template <class X>
+TRIAD_BLOCK_FN void dispatch_block(X& x, int32_t* slot, int* counts, const int32_t* expert, int M) {
+  int* part = reinterpret_cast<int*>(x.smem());  // [32] the reductions', [32] the scan's
+  const int e = x.block_x(), t = x.thread();
+  int below = 0, mine = 0;
+  for (int i = t; i < M; i += kDispatchThreads) {
+    const int c = expert[i];
+    below += c < e ? 1 : 0;
+    mine += c == e ? 1 : 0;
+  }
+  below = block_sum(x, below, part);  // expert e's first place
+  mine = block_sum(x, mine, part);
+  if (t == 0) counts[e] = mine;
+  if (mine == 0) return;  // the whole block
+  int next = below;
+  const int step = kDispatchThreads * kDispatchItems;
+  for (int at = 0; at < M; at += step) {
+    const int first = at + t * kDispatchItems;
+    int own = 0;
+    TRIAD_UNROLL
+    for (int q = 0; q < kDispatchItems; ++q) {
+      const int i = first + q;
+      own += i < M && expert[i] == e ? 1 : 0;
+    }
+    int total = 0;
+    int place = next + block_exclusive_scan(x, own, &total, part + 32);
+    if (own > 0) {
+      TRIAD_UNROLL
+      for (int q = 0; q < kDispatchItems; ++q) {
+        const int i = first + q;
+        if (i < M && expert[i] == e) slot[i] = place++;
+      }
+    }
+    next += total;
+  }
+}
+
+// out[slot[i], :] = x[i / k, :] for the M = N·k choices; rows of W units of T (an element, or
+// Vec16). Block b of `blocks` (threads of the block: `threads`): choices b, b + blocks, ...
+template <class X, class T>
+TRIAD_BLOCK_FN void gather_rows(X& x, T* out, const T* in, const int32_t* slot, int M, int k, int W,
+                                int blocks, int threads) {
+  for (int i = x.block_x(); i < M; i += blocks) {
+    const T* src = in + size_t(i / k) * size_t(W);
+    T* dst = out + size_t(slot[i]) * size_t(W);
+    for (int c = x.thread(); c < W; c += threads) dst[c] = src[c];
+  }
+}
+
+// out[n, :] = Σ_j gate[n·k + j]·y[slot[n·k + j], :] (gate null: 1), j in order. Block b of
+// `blocks`: rows b, b + blocks, ...; thread t: columns t, t + threads, ...
+template <class X, class Elem>
+TRIAD_BLOCK_FN void combine_rows(X& x, Elem* out, const Elem* y, const int32_t* slot,
+                                 const float* gate, int N, int k, int C, int blocks, int threads) {
+  for (int n = x.block_x(); n < N; n += blocks) {
+    const int32_t* sl = slot + size_t(n) * k;
+    const float* g = gate != nullptr ? gate + size_t(n) * k : nullptr;
+    for (int c = x.thread(); c < C; c += threads) {
+      float s = 0.0f;
+      for (int j = 0; j < k; ++j)
+        s += (g != nullptr ? g[j] : 1.0f) * widen(x, y[size_t(sl[j]) * size_t(C) + size_t(c)]);
+      store(x, out + size_t(n) * size_t(C) + size_t(c), s);
+    }
+  }
+}
+
+// dy[slot[i], :] = gate[i]·dout[i / k, :]; dgate[i] = Σ_c dout[i / k, c]·y[slot[i], c]. Block b:
+// choices kWarpsPerBlock·b + warp.
+template <class X, class Elem>
+TRIAD_BLOCK_FN void combine_backward_rows(X& x, Elem* dy, float* dgate, const Elem* dout,
+                                          const Elem* y, const int32_t* slot, const float* gate,
+                                          int M, int k, int C) {
+  const int lane = x.thread() % 32;
+  const int i = x.block_x() * kWarpsPerBlock + x.thread() / 32;
+  if (i >= M) return;  // the whole warp: it shares the choice
+  const Elem* d = dout + size_t(i / k) * size_t(C);
+  const size_t row = size_t(slot[i]) * size_t(C);
+  const float g = gate != nullptr ? gate[i] : 1.0f;
+  float dot = 0.0f;
+  for (int c = lane; c < C; c += 32) {
+    const float dc = widen(x, d[c]), yc = widen(x, y[row + size_t(c)]);
+    store(x, dy + row + size_t(c), g * dc);
+    dot += dc * yc;
+  }
+  dot = warp_sum(x, dot);
+  if (lane == 0) dgate[i] = dot;
+}
+
+// The load-balancing loss's coefficients (kernel parameters by value on the GPU: no copy to the
+// device, and no wait for one, per layer).
+struct AuxCoefficients {
+  float v[kMaxExperts];
+  bool on;
+};
+
+// gate_j = p[e_j] (/ S, S = Σ_j p[e_j], when normalized); dp = aux + dgate's gradient through
+// that; dz[e] = p[e]·(dp[e] − Σ p·dp) + 2c·lse·p[e] (the router z-loss's, z_loss = c > 0). The
+// per-row scalars in the CPU's order (j ascending). Block b: rows kWarpsPerBlock·b + warp.
+template <class X, class Elem>
+TRIAD_BLOCK_FN void route_backward_rows(X& x, Elem* dlogits, const float* dgate, const float* probs,
+                                        const int32_t* expert, const AuxCoefficients& aux, int N,
+                                        int E, int k, bool normalize, const float* lse,
+                                        float z_loss) {
+  const int lane = x.thread() % 32;
+  const int n = x.block_x() * kWarpsPerBlock + x.thread() / 32;
+  if (n >= N) return;  // the whole warp: it shares the row
+  const float* p = probs + size_t(n) * E;
+  const int32_t* ex = expert + size_t(n) * k;
+  const float* dg = dgate + size_t(n) * k;
+  float S = 1.0f, sel = 0.0f;
+  if (normalize) {
+    S = 0.0f;
+    for (int j = 0; j < k; ++j) S += p[ex[j]];
+    for (int j = 0; j < k; ++j) sel += dg[j] * (p[ex[j]] / S);
+  }
+  // dp[e], recomputed (the same bits) by both passes below
+  auto dp_of = [&](int e) {
+    float v = aux.on ? aux.v[e] : 0.0f;
+    for (int j = 0; j < k; ++j)
+      if (ex[j] == e) v += normalize ? (dg[j] - sel) / S : dg[j];
+    return v;
+  };
+  float dot = 0.0f;
+  for (int e = lane; e < E; e += 32) dot += p[e] * dp_of(e);
+  dot = warp_sum(x, dot);
+  Elem* dz = dlogits + size_t(n) * E;
+  const float zc = z_loss > 0.0f ? 2.0f * z_loss * lse[n] : 0.0f;
+  for (int e = lane; e < E; e += 32) store(x, dz + e, p[e] * (dp_of(e) - dot) + zc * p[e]);
+}
+
+// s[n] = sigmoid(logits[n]); its backward dlogits[n] = ds[n]·s[n]·(1 − s[n]). One thread per
+// row, kElementwiseThreads per block.
+template <class X, class Elem>
+TRIAD_BLOCK_FN void shared_gate(X& x, float* s, const Elem* logits, int N) {
+  const int n = x.block_x() * kElementwiseThreads + x.thread();
+  if (n < N) s[n] = 1.0f / (1.0f + x.exp(-widen(x, logits[n])));
+}
+template <class X, class Elem>
+TRIAD_BLOCK_FN void shared_gate_backward(X& x, Elem* dlogits, const float* ds, const float* s,
+                                         int N) {
+  const int n = x.block_x() * kElementwiseThreads + x.thread();
+  if (n < N) store(x, dlogits + n, ds[n] * s[n] * (1.0f - s[n]));
+}
+
+}  // namespace triad::moe_block
