@@ -5,9 +5,10 @@
 // dqkv and dout; rstd [N, NH + NKV], dwq and dwk [hd] are fp32 in both. Computed in fp32, each
 // Elem output rounded once (accumulating: round(old + gradient)).
 //
-// Launch shapes:
+// The kernels are the block programs of qk_norm_block.h, run here with DeviceThread and in the
+// CPU tests through the SIMT emulator (test_qk_norm_emulated). Launch shapes:
 //  - forward and input gradient: one warp per head-row, N·(NH + 2·NKV) of them (the v heads
-//    included: copied, or their gradient dout's), kBlock threads per block, a grid-stride loop
+//    included: copied, or their gradient dout's), kThreads threads per block, a grid-stride loop
 //    over the warps (grid_for). The lanes stride over the hd values (any hd); Σx² and
 //    Σ g·x̂ are double warp shuffles (warp_reduce: a fixed tree), as the CPU's sums. Each lane reads
 //    and writes only its own elements, and reads an element of dout before writing the same element
@@ -16,133 +17,64 @@
 //    virtual matrices [N·NH, hd] (q heads) and [N·NKV, hd] (k heads), x̂ recomputed from qkv
 //    and rstd, in the two deterministic passes of the LayerNorm weight gradients
 //    (cuda_layernorm.cu, column_sum_accumulate in cuda_reduce.cu): grid (ceil(hd / kColumns),
-//    slices, 2), block (kColumns, kRowGroups); block (x, y, z) sums its columns over the y-th
-//    row slice of matrix z (0: q, 1: k) in a fixed order into the per-slice partials, then
+//    2·slices), kColumns·kRowGroups threads; block (x, y) sums its columns over a row slice of
+//    matrix y / slices (0: q, 1: k) in a fixed order into the per-slice partials, then
 //    column_sum_finish adds the slices in order. No atomics: the sums depend on the shapes only
 //    (bit-identical run to run). The partials (column_sum_partials_floats of both matrices,
 //    slices·hd floats each) live in the backend's reduction scratch. This pass runs before the
 //    input gradient, which may overwrite dout.
 #include "cuda_ops.cuh"
+#include "device_thread.cuh"
+#include "qk_norm_block.h"
 
 namespace triad::cuda {
 namespace {
 
-constexpr int kWarpsPerBlock = kBlock / 32;
-constexpr int kColumns = 32;   // columns (of a head's hd) per block in the weight-gradient pass
-constexpr int kRowGroups = 8;  // head-rows summed in parallel per column there
+using qk_norm_block::Heads;
+using qk_norm_block::kColumns;
+using qk_norm_block::kThreads;
+using qk_norm_block::kWarpsPerBlock;
+static_assert(kThreads == kBlock, "grid_for's blocks");
 
-// The shape of one call: hd values per head, W per row, heads per row (q, k, v).
-struct Heads {
-  int NH, NKV, hd;
-  size_t W;
-  __device__ int normed() const { return NH + NKV; }     // q and k heads: rstd's row width
-  __device__ int total() const { return NH + 2 * NKV; }  // with the v heads: W / hd
-};
-
-// Warp k of the grid-stride loop over n head-rows; every lane of a warp takes the same k.
-#define TRIAD_WARP_STRIDE_LOOP(k, n)                                                   \
-  for (size_t k = (size_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32; k < size_t(n); \
-       k += size_t(gridDim.x) * (blockDim.x / 32))
-
+// The element type a block program reads: fp32 as it is, bf16 as its bits.
 template <typename Elem>
-__global__ void qk_norm_forward_kernel(Elem* out, float* rstd, const Elem* qkv, const Elem* wq,
-                                       const Elem* wk, Heads h, size_t head_rows, float eps) {
-  const int lane = threadIdx.x % 32;
-  TRIAD_WARP_STRIDE_LOOP(k, head_rows) {
-    const int j = int(k % size_t(h.total()));  // head j of row r, at column j·hd
-    const size_t r = k / size_t(h.total());
-    const size_t at = r * h.W + size_t(j) * h.hd;
-    const Elem* x = qkv + at;
-    Elem* o = out + at;
-    if (j >= h.normed()) {  // a v head: copied
-      for (int c = lane; c < h.hd; c += 32) o[c] = x[c];
-      continue;
-    }
-    const Elem* w = j < h.NH ? wq : wk;
-    double sq = 0.0;  // in double, as the CPU backend (and the LayerNorms)
-    for (int c = lane; c < h.hd; c += 32) {
-      const double v = widen(x[c]);
-      sq += v * v;
-    }
-    sq = warp_reduce(sq, SumOp{});
-    const float rs = float(1.0 / sqrt(sq / h.hd + double(eps)));
-    for (int c = lane; c < h.hd; c += 32) o[c] = narrow<Elem>(widen(x[c]) * rs * widen(w[c]));
-    if (lane == 0) rstd[r * h.normed() + j] = rs;
-  }
+using Bits = std::conditional_t<std::is_same_v<Elem, bf16>, uint16_t, Elem>;
+template <typename Elem>
+Bits<Elem>* bits(Elem* p) {
+  return reinterpret_cast<Bits<Elem>*>(p);
+}
+template <typename Elem>
+const Bits<Elem>* bits(const Elem* p) {
+  return reinterpret_cast<const Bits<Elem>*>(p);
 }
 
-// dx = r·(g − x̂·mean(g·x̂)), g = dout·w, x̂ = x·r; a v head's dx is dout. Written over dqkv or
-// added to it. dqkv may be dout (overwriting): each lane reads an element of dout before it
-// writes that element, and touches no other lane's.
-template <typename Elem>
-__global__ void qk_norm_backward_dinp_kernel(Elem* dqkv, const Elem* dout, const Elem* qkv,
-                                             const Elem* wq, const Elem* wk, const float* rstd,
-                                             Heads h, size_t head_rows, bool accumulate) {
-  const int lane = threadIdx.x % 32;
-  TRIAD_WARP_STRIDE_LOOP(k, head_rows) {
-    const int j = int(k % size_t(h.total()));
-    const size_t r = k / size_t(h.total());
-    const size_t at = r * h.W + size_t(j) * h.hd;
-    const Elem* d = dout + at;
-    Elem* dx = dqkv + at;
-    if (j >= h.normed()) {  // a v head
-      for (int c = lane; c < h.hd; c += 32)
-        dx[c] = accumulate ? narrow<Elem>(widen(dx[c]) + widen(d[c])) : d[c];
-      continue;
-    }
-    const Elem* x = qkv + at;
-    const Elem* w = j < h.NH ? wq : wk;
-    const float rs = rstd[r * h.normed() + j];
-    double gx = 0.0;
-    for (int c = lane; c < h.hd; c += 32)
-      gx += double(widen(d[c]) * widen(w[c]) * (widen(x[c]) * rs));
-    gx = warp_reduce(gx, SumOp{});
-    const float gx_mean = float(gx / h.hd);
-    for (int c = lane; c < h.hd; c += 32) {
-      const float xhat = widen(x[c]) * rs;
-      const float v = rs * (widen(d[c]) * widen(w[c]) - xhat * gx_mean);
-      dx[c] = narrow<Elem>(accumulate ? widen(dx[c]) + v : v);
-    }
-  }
+template <typename E>
+__global__ void __launch_bounds__(kThreads)
+    qk_norm_forward_kernel(E* out, float* rstd, const E* qkv, const E* wq, const E* wk, Heads h,
+                           size_t head_rows, float eps) {
+  DeviceThread x;
+  qk_norm_block::forward(x, out, rstd, qkv, wq, wk, h, head_rows, eps,
+                         size_t(gridDim.x) * kWarpsPerBlock);
 }
 
-// Per-slice partial sums of dwq (z = 0) and dwk (z = 1): matrix z's rows m are the head-rows of
-// its heads (m = r·heads + i: row r, head i), column c of row m dout·x̂ at that head's value c.
-// Block (x, y, z) of (kColumns, kRowGroups) threads sums its columns over the y-th slice of
-// `rows` rows in a fixed order into partials[y][c]; column_sum_finish adds the slices.
-template <typename Elem>
-__global__ void qk_norm_backward_params_kernel(float* pq, float* pk, const Elem* dout,
-                                               const Elem* qkv, const float* rstd, Heads h, int N,
-                                               int slices_q, int slices_k, int rows_q, int rows_k) {
-  __shared__ float part[kRowGroups][kColumns + 1];
-  const bool is_q = blockIdx.z == 0;
-  if (int(blockIdx.y) >= (is_q ? slices_q : slices_k)) return;  // the whole block
-  const int heads = is_q ? h.NH : h.NKV;
-  const size_t col0 = is_q ? 0 : size_t(h.NH) * h.hd;  // the first k head's column is C
-  const int head0 = is_q ? 0 : h.NH;                   // its r at rstd[row][NH + i]
-  const int rows = is_q ? rows_q : rows_k;
-  const size_t M = size_t(N) * heads;
-  const int c = blockIdx.x * kColumns + threadIdx.x;
-  const size_t lo = size_t(blockIdx.y) * rows, hi = min(M, lo + rows);
-  float sum = 0.0f;
-  if (c < h.hd) {
-    for (size_t m = lo + threadIdx.y; m < hi; m += kRowGroups) {
-      const size_t r = m / heads;
-      const int i = int(m % heads);
-      const size_t at = r * h.W + col0 + size_t(i) * h.hd + c;
-      sum += widen(dout[at]) * (widen(qkv[at]) * rstd[r * h.normed() + head0 + i]);
-    }
-  }
-  part[threadIdx.y][threadIdx.x] = sum;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < h.hd) {
-    float total = 0.0f;
-    for (int g = 0; g < kRowGroups; ++g) total += part[g][threadIdx.x];
-    (is_q ? pq : pk)[size_t(blockIdx.y) * h.hd + c] = total;
-  }
+template <typename E>
+__global__ void __launch_bounds__(kThreads)
+    qk_norm_backward_dinp_kernel(E* dqkv, const E* dout, const E* qkv, const E* wq, const E* wk,
+                                 const float* rstd, Heads h, size_t head_rows, bool accumulate) {
+  DeviceThread x;
+  qk_norm_block::backward_input(x, dqkv, dout, qkv, wq, wk, rstd, h, head_rows, accumulate,
+                                size_t(gridDim.x) * kWarpsPerBlock);
 }
 
-#undef TRIAD_WARP_STRIDE_LOOP
+template <typename E>
+__global__ void __launch_bounds__(kThreads)
+    qk_norm_backward_params_kernel(float* pq, float* pk, const E* dout, const E* qkv,
+                                   const float* rstd, Heads h, int N, int slices_q, int slices_k,
+                                   int rows_q, int rows_k, int slices_max) {
+  DeviceThread x;
+  qk_norm_block::weight_partials(x, pq, pk, dout, qkv, rstd, h, N, slices_q, slices_k, rows_q,
+                                 rows_k, slices_max);
+}
 
 Heads check_heads(const char* op, int N, int C, int NH, int NKV) {
   TRIAD_CHECK(N >= 0 && NH > 0 && C % NH == 0 && C / NH >= 1 && NKV > 0 && NH % NKV == 0, "cuda ",
@@ -158,8 +90,8 @@ void qk_norm_forward(cudaStream_t s, Elem* out, float* rstd, const Elem* qkv, co
   const Heads h = check_heads("qk_norm_forward", N, C, NH, NKV);
   const size_t head_rows = size_t(N) * size_t(NH + 2 * NKV);
   if (head_rows == 0) return;
-  qk_norm_forward_kernel<<<grid_for(head_rows, kWarpsPerBlock), kBlock, 0, s>>>(
-      out, rstd, qkv, wq, wk, h, head_rows, eps);
+  qk_norm_forward_kernel<<<grid_for(head_rows, kWarpsPerBlock), kThreads, 0, s>>>(
+      bits(out), rstd, bits(qkv), bits(wq), bits(wk), h, head_rows, eps);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
@@ -175,18 +107,18 @@ void qk_norm_backward(cudaStream_t s, DeviceScratch& scratch, Elem* dqkv, float*
   const size_t part_q = column_sum_partials_floats(Mq, h.hd);
   float* pq = scratch.get_as<float>(part_q + column_sum_partials_floats(Mk, h.hd), s);
   float* pk = pq + part_q;
-  const dim3 grid((h.hd + kColumns - 1) / kColumns, std::max(slices_q, slices_k), 2);
-  const dim3 block(kColumns, kRowGroups);
-  qk_norm_backward_params_kernel<<<grid, block, 0, s>>>(pq, pk, dout, qkv, rstd, h, N, slices_q,
-                                                        slices_k, (Mq + slices_q - 1) / slices_q,
-                                                        (Mk + slices_k - 1) / slices_k);
+  const int slices_max = std::max(slices_q, slices_k);
+  const dim3 grid((h.hd + kColumns - 1) / kColumns, 2 * slices_max);  // q's slices, then k's
+  qk_norm_backward_params_kernel<<<grid, kThreads, qk_norm_block::partials_smem(), s>>>(
+      pq, pk, bits(dout), bits(qkv), rstd, h, N, slices_q, slices_k, (Mq + slices_q - 1) / slices_q,
+      (Mk + slices_k - 1) / slices_k, slices_max);
   TRIAD_CUDA_CHECK_LAUNCH();
   column_sum_finish(s, dwq, pq, Mq, h.hd);
   column_sum_finish(s, dwk, pk, Mk, h.hd);
   // 2. The input gradient.
   const size_t head_rows = size_t(N) * size_t(NH + 2 * NKV);
-  qk_norm_backward_dinp_kernel<<<grid_for(head_rows, kWarpsPerBlock), kBlock, 0, s>>>(
-      dqkv, dout, qkv, wq, wk, rstd, h, head_rows, accumulate);
+  qk_norm_backward_dinp_kernel<<<grid_for(head_rows, kWarpsPerBlock), kThreads, 0, s>>>(
+      bits(dqkv), bits(dout), bits(qkv), bits(wq), bits(wk), rstd, h, head_rows, accumulate);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
