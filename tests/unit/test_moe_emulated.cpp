@@ -13,49 +13,27 @@
 #include <vector>
 
 #include "../../src/kernels/cuda/moe_block.h"
+#include "../support/block_data.h"
+#include "../support/random_data.h"
 #include "../support/simt_emulator.h"
-#include "triad/core/bf16.h"
 #include "triad/kernels/backend.h"
 
 namespace triad {
 namespace {
 
 using simt::CopyTiming;
+using testing::as_bf16;
+using testing::widened;
 using Vec = std::vector<float>;
 using Ints = std::vector<int32_t>;
-using Bits = std::vector<uint16_t>;
+using Bits = testing::Bf16Bits;
 
+// Uniform in [-scale, scale).
 Vec random_vec(size_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> d(0.0f, scale);
-  Vec v(n);
-  for (auto& x : v) x = d(gen);
-  return v;
+  return testing::random_vec(n, seed, -scale, scale);
 }
-Bits to_bits(const Vec& v) {
-  Bits b(v.size());
-  for (size_t i = 0; i < v.size(); ++i) b[i] = to_bf16(v[i]).bits;
-  return b;
-}
-Vec widened(const Bits& b) {
-  Vec v(b.size());
-  for (size_t i = 0; i < b.size(); ++i) v[i] = to_float(bf16_t{b[i]});
-  return v;
-}
-bf16_t* as_bf16(Bits& b) { return reinterpret_cast<bf16_t*>(b.data()); }
-const bf16_t* as_bf16(const Bits& b) { return reinterpret_cast<const bf16_t*>(b.data()); }
-
-// max |got − want| / max |want| (NaN anywhere: infinity).
-double rel_error(const Vec& got, const Vec& want) {
-  double diff = 0.0, scale = 0.0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    const double d = std::abs(double(got[i]) - want[i]);
-    if (!std::isfinite(d)) return INFINITY;
-    diff = std::max(diff, d);
-    scale = std::max(scale, std::abs(double(want[i])));
-  }
-  return scale > 0 ? diff / scale : diff;
-}
+Bits to_bits(const Vec& v) { return testing::bf16_bits(v); }
+double rel_error(const Vec& got, const Vec& want) { return testing::max_rel_error(got, want); }
 
 int warp_blocks(int rows) {
   return (rows + moe_block::kWarpsPerBlock - 1) / moe_block::kWarpsPerBlock;

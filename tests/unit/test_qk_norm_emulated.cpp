@@ -13,54 +13,28 @@
 #include <vector>
 
 #include "../../src/kernels/cuda/qk_norm_block.h"
+#include "../support/block_data.h"
+#include "../support/random_data.h"
 #include "../support/simt_emulator.h"
-#include "triad/core/bf16.h"
 #include "triad/kernels/backend.h"
 
 namespace triad {
 namespace {
 
+using testing::as_bf16;
+using testing::widened;
 using Vec = std::vector<float>;
-using Bits = std::vector<uint16_t>;
-
-Vec random_vec(size_t n, uint32_t seed, float lo, float hi) {
-  std::mt19937 gen(seed);
-  std::uniform_real_distribution<float> d(lo, hi);
-  Vec v(n);
-  for (auto& x : v) x = d(gen);
-  return v;
-}
+using Bits = testing::Bf16Bits;
 // Values as the storage type holds them: fp32 as they are, or rounded to bf16 (both views).
 struct Data {
   Vec f;
   Bits b;
 };
 Data data(size_t n, uint32_t seed, float lo = -2.0f, float hi = 2.0f) {
-  Data d{random_vec(n, seed, lo, hi), Bits(n)};
-  for (size_t i = 0; i < n; ++i) {
-    d.b[i] = to_bf16(d.f[i]).bits;
-    d.f[i] = to_float(bf16_t{d.b[i]});  // the same values in both
-  }
-  return d;
+  const Bits b = testing::bf16_bits(testing::random_vec(n, seed, lo, hi));
+  return Data{widened(b), b};  // the same values in both
 }
-Vec widened(const Bits& b) {
-  Vec v(b.size());
-  for (size_t i = 0; i < b.size(); ++i) v[i] = to_float(bf16_t{b[i]});
-  return v;
-}
-bf16_t* as_bf16(Bits& b) { return reinterpret_cast<bf16_t*>(b.data()); }
-const bf16_t* as_bf16(const Bits& b) { return reinterpret_cast<const bf16_t*>(b.data()); }
-
-double rel_error(const Vec& got, const Vec& want) {
-  double diff = 0.0, scale = 0.0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    const double d = std::abs(double(got[i]) - want[i]);
-    if (!std::isfinite(d)) return INFINITY;
-    diff = std::max(diff, d);
-    scale = std::max(scale, std::abs(double(want[i])));
-  }
-  return scale > 0 ? diff / scale : diff;
-}
+double rel_error(const Vec& got, const Vec& want) { return testing::max_rel_error(got, want); }
 
 template <class Body>
 void launch(int grid_x, int grid_y, size_t smem, Body body) {

@@ -40,6 +40,34 @@ TRIAD_BLOCK_FN float bf16_element(X& x, const Vec16& v, int e) {
   return x.bf16_float(uint16_t(e % 2 ? w >> 16 : w & 0xffffu));
 }
 
+// An element of a block program's fp32 or bf16 (uint16_t bits) data, widened to float; a float
+// stored into one (bf16: rounded to nearest even).
+template <class X>
+TRIAD_BLOCK_FN float load(X&, const float* p) {
+  return *p;
+}
+template <class X>
+TRIAD_BLOCK_FN float load(X& x, const uint16_t* p) {
+  return x.bf16_float(*p);
+}
+template <class X>
+TRIAD_BLOCK_FN void store(X&, float* p, float v) {
+  *p = v;
+}
+template <class X>
+TRIAD_BLOCK_FN void store(X& x, uint16_t* p, float v) {
+  *p = uint16_t(x.pack_bf16(v, 0.0f) & 0xffffu);
+}
+
+// The sum of v over the 32 lanes of a warp by a butterfly (a fixed tree): every lane gets the
+// same bits. T: int, float or double.
+template <class X, class T>
+TRIAD_BLOCK_FN T warp_sum(X& x, T v) {
+  TRIAD_UNROLL
+  for (int offset = 16; offset > 0; offset >>= 1) v += x.shfl_xor(v, offset);
+  return v;
+}
+
 // Calls f(std::integral_constant<int, k>{}) for k = vec (1..8; larger values run as 8): picks
 // the instantiation of a kernel templated on its vectors per thread at run time.
 template <class F>

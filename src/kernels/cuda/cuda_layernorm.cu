@@ -170,8 +170,10 @@ int warp_row_vectors(int C, std::initializer_list<const void*> buffers) {
   }
 }
 
+// The warp-per-row programs take bf16 data as bits, inputs as outputs (its instantiations for
+// fp32 return before any launch).
 template <typename Elem>
-uint16_t* bits(Elem* p) {
+uint16_t* as_bits(Elem* p) {
   return reinterpret_cast<uint16_t*>(const_cast<std::remove_const_t<Elem>*>(p));
 }
 
@@ -185,8 +187,8 @@ bool warp_row_forward(cudaStream_t s, Elem* out, float* mean, float* rstd, const
   const unsigned blocks = unsigned((N + layernorm::kWarps - 1) / layernorm::kWarps);
   with_vectors(vec, [&](auto k) {
     ln_warp_forward_kernel<decltype(k)::value><<<blocks, layernorm::kThreads, 0, s>>>(
-        bits(out), mean, rstd, bits(inp), a ? bits(a) : nullptr, b ? bits(b) : nullptr,
-        bits(weight), bias ? bits(bias) : nullptr, N, C, eps);
+        as_bits(out), mean, rstd, as_bits(inp), a ? as_bits(a) : nullptr, b ? as_bits(b) : nullptr,
+        as_bits(weight), bias ? as_bits(bias) : nullptr, N, C, eps);
   });
   TRIAD_CUDA_CHECK_LAUNCH();
   return true;
@@ -224,7 +226,7 @@ void layernorm_backward(cudaStream_t s, DeviceScratch& scratch, Elem* dinp, floa
     const unsigned blocks = unsigned((N + layernorm::kWarps - 1) / layernorm::kWarps);
     with_vectors(vec, [&](auto k) {
       ln_warp_backward_dinp_kernel<decltype(k)::value><<<blocks, layernorm::kThreads, 0, s>>>(
-          bits(dinp), bits(dout), bits(inp), bits(weight), mean, rstd, N, C);
+          as_bits(dinp), as_bits(dout), as_bits(inp), as_bits(weight), mean, rstd, N, C);
     });
   } else {
     layernorm_backward_dinp_kernel<<<N, kRowBlock, 0, s>>>(dinp, dout, inp, weight, mean, rstd, C);

@@ -19,18 +19,6 @@ using moe_block::kWarpThreads;
 
 unsigned warp_rows_grid(int rows) { return unsigned((rows + kWarpsPerBlock - 1) / kWarpsPerBlock); }
 
-// The element type a block program reads: fp32 as it is, bf16 as its bits.
-template <typename Elem>
-using Bits = std::conditional_t<std::is_same_v<Elem, bf16>, uint16_t, Elem>;
-template <typename Elem>
-Bits<Elem>* bits(Elem* p) {
-  return reinterpret_cast<Bits<Elem>*>(p);
-}
-template <typename Elem>
-const Bits<Elem>* bits(const Elem* p) {
-  return reinterpret_cast<const Bits<Elem>*>(p);
-}
-
 template <typename E>
 __global__ void __launch_bounds__(kWarpThreads)
     route_kernel(float* probs, int32_t* expert, float* gate, const E* logits, int N, int n_experts,

@@ -36,18 +36,6 @@ using qk_norm_block::kThreads;
 using qk_norm_block::kWarpsPerBlock;
 static_assert(kThreads == kBlock, "grid_for's blocks");
 
-// The element type a block program reads: fp32 as it is, bf16 as its bits.
-template <typename Elem>
-using Bits = std::conditional_t<std::is_same_v<Elem, bf16>, uint16_t, Elem>;
-template <typename Elem>
-Bits<Elem>* bits(Elem* p) {
-  return reinterpret_cast<Bits<Elem>*>(p);
-}
-template <typename Elem>
-const Bits<Elem>* bits(const Elem* p) {
-  return reinterpret_cast<const Bits<Elem>*>(p);
-}
-
 template <typename E>
 __global__ void __launch_bounds__(kThreads)
     qk_norm_forward_kernel(E* out, float* rstd, const E* qkv, const E* wq, const E* wk, Heads h,

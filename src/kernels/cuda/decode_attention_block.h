@@ -34,23 +34,6 @@ TRIAD_BLOCK_SIZE int keys_seen(int p, int n, int window) {
   return window > 0 && window < p + n ? window : p + n;
 }
 
-template <class X>
-TRIAD_BLOCK_FN float load(X&, const float* p) {
-  return *p;
-}
-template <class X>
-TRIAD_BLOCK_FN float load(X& x, const uint16_t* p) {  // bf16 bits
-  return x.bf16_float(*p);
-}
-template <class X>
-TRIAD_BLOCK_FN void store(X&, float* p, float v) {
-  *p = v;
-}
-template <class X>
-TRIAD_BLOCK_FN void store(X& x, uint16_t* p, float v) {  // rounded to nearest even
-  *p = uint16_t(x.pack_bf16(v, 0.0f) & 0xffffu);
-}
-
 // red[0] = max (is_max) or sum of red[0 .. kThreads), through a fixed tree; every thread
 // returns it. Starts and ends with a barrier, so red may be reused right after.
 template <class X>

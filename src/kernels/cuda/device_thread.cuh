@@ -8,10 +8,24 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "block_program.h"
 
 namespace triad::cuda {
+
+// A kernel's fp32 or bf16 data as the block programs read it: fp32 as it is, bf16 as its bits
+// (block_program.h's load and store).
+template <typename Elem>
+using BlockElem = std::conditional_t<std::is_same_v<Elem, __nv_bfloat16>, uint16_t, Elem>;
+template <typename Elem>
+BlockElem<Elem>* bits(Elem* p) {
+  return reinterpret_cast<BlockElem<Elem>*>(p);
+}
+template <typename Elem>
+const BlockElem<Elem>* bits(const Elem* p) {
+  return reinterpret_cast<const BlockElem<Elem>*>(p);
+}
 
 struct DeviceThread {
   __device__ __forceinline__ int thread() const { return int(threadIdx.x); }

@@ -22,13 +22,6 @@ namespace triad::layernorm {
 constexpr int kWarps = 8;  // rows per block
 constexpr int kThreads = 32 * kWarps;
 
-template <class X>
-TRIAD_BLOCK_FN double warp_sum(X& x, double v) {
-  TRIAD_UNROLL
-  for (int o = 16; o > 0; o /= 2) v += x.shfl_xor(v, o);
-  return v;
-}
-
 // This lane's vectors of a row at p: v[i] = p[8·(lane + 32i) ..], for the nvec vectors of it.
 template <int kVec, class X>
 TRIAD_BLOCK_FN void load_row(X& x, Vec16 (&v)[kVec], const uint16_t* p, int nvec) {

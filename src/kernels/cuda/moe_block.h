@@ -34,41 +34,12 @@ constexpr int kElementwiseThreads = 256;
 TRIAD_BLOCK_SIZE size_t dispatch_smem() { return 2 * 32 * sizeof(int); }
 
 template <class X>
-TRIAD_BLOCK_FN float widen(X&, float v) {
-  return v;
-}
-template <class X>
-TRIAD_BLOCK_FN float widen(X& x, uint16_t v) {
-  return x.bf16_float(v);
-}
-template <class X>
-TRIAD_BLOCK_FN void store(X&, float* p, float v) {
-  *p = v;
-}
-template <class X>
-TRIAD_BLOCK_FN void store(X& x, uint16_t* p, float v) {  // round to nearest even
-  *p = uint16_t(x.pack_bf16(v, 0.0f) & 0xffffu);
-}
-
-template <class X>
-TRIAD_BLOCK_FN float warp_sum(X& x, float v) {
-  TRIAD_UNROLL
-  for (int offset = 16; offset > 0; offset >>= 1) v += x.shfl_xor(v, offset);
-  return v;
-}
-template <class X>
 TRIAD_BLOCK_FN float warp_max(X& x, float v) {
   TRIAD_UNROLL
   for (int offset = 16; offset > 0; offset >>= 1) {
     const float o = x.shfl_xor(v, offset);
     v = o > v ? o : v;
   }
-  return v;
-}
-template <class X>
-TRIAD_BLOCK_FN int warp_sum(X& x, int v) {
-  TRIAD_UNROLL
-  for (int offset = 16; offset > 0; offset >>= 1) v += x.shfl_xor(v, offset);
   return v;
 }
 
@@ -90,16 +61,16 @@ TRIAD_BLOCK_FN void route_rows(X& x, float* probs, int32_t* expert, float* gate,
   float* p = probs + size_t(n) * E;
   float mx = -INFINITY;
   for (int e = lane; e < E; e += 32) {
-    const float v = widen(x, z[e]);
+    const float v = load(x, z + e);
     mx = v > mx ? v : mx;
   }
   mx = warp_max(x, mx);
   float sum = 0.0f;
-  for (int e = lane; e < E; e += 32) sum += x.exp(widen(x, z[e]) - mx);
+  for (int e = lane; e < E; e += 32) sum += x.exp(load(x, z + e) - mx);
   sum = warp_sum(x, sum);
   if (lse != nullptr && lane == 0) lse[n] = mx + float(x.log(double(sum)));
   // Each lane reads back only the columns it wrote: no synchronization needed.
-  for (int e = lane; e < E; e += 32) p[e] = x.exp(widen(x, z[e]) - mx) / sum;
+  for (int e = lane; e < E; e += 32) p[e] = x.exp(load(x, z + e) - mx) / sum;
 
   int32_t* ex = expert + size_t(n) * k;
   float* g = gate + size_t(n) * k;
@@ -242,7 +213,7 @@ TRIAD_BLOCK_FN void combine_rows(X& x, Elem* out, const Elem* y, const int32_t* 
     for (int c = x.thread(); c < C; c += threads) {
       float s = 0.0f;
       for (int j = 0; j < k; ++j)
-        s += (g != nullptr ? g[j] : 1.0f) * widen(x, y[size_t(sl[j]) * size_t(C) + size_t(c)]);
+        s += (g != nullptr ? g[j] : 1.0f) * load(x, y + size_t(sl[j]) * size_t(C) + size_t(c));
       store(x, out + size_t(n) * size_t(C) + size_t(c), s);
     }
   }
@@ -262,7 +233,7 @@ TRIAD_BLOCK_FN void combine_backward_rows(X& x, Elem* dy, float* dgate, const El
   const float g = gate != nullptr ? gate[i] : 1.0f;
   float dot = 0.0f;
   for (int c = lane; c < C; c += 32) {
-    const float dc = widen(x, d[c]), yc = widen(x, y[row + size_t(c)]);
+    const float dc = load(x, d + c), yc = load(x, y + row + size_t(c));
     store(x, dy + row + size_t(c), g * dc);
     dot += dc * yc;
   }
@@ -317,7 +288,7 @@ TRIAD_BLOCK_FN void route_backward_rows(X& x, Elem* dlogits, const float* dgate,
 template <class X, class Elem>
 TRIAD_BLOCK_FN void shared_gate(X& x, float* s, const Elem* logits, int N) {
   const int n = x.block_x() * kElementwiseThreads + x.thread();
-  if (n < N) s[n] = 1.0f / (1.0f + x.exp(-widen(x, logits[n])));
+  if (n < N) s[n] = 1.0f / (1.0f + x.exp(-load(x, logits + n)));
 }
 template <class X, class Elem>
 TRIAD_BLOCK_FN void shared_gate_backward(X& x, Elem* dlogits, const float* ds, const float* s,

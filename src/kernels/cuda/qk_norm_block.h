@@ -36,29 +36,6 @@ struct Heads {
   TRIAD_BLOCK_SIZE int total() const { return NH + 2 * NKV; }  // with the v heads: W / hd
 };
 
-template <class X>
-TRIAD_BLOCK_FN float widen(X&, float v) {
-  return v;
-}
-template <class X>
-TRIAD_BLOCK_FN float widen(X& x, uint16_t v) {
-  return x.bf16_float(v);
-}
-template <class X>
-TRIAD_BLOCK_FN void store(X&, float* p, float v) {
-  *p = v;
-}
-template <class X>
-TRIAD_BLOCK_FN void store(X& x, uint16_t* p, float v) {  // round to nearest even
-  *p = uint16_t(x.pack_bf16(v, 0.0f) & 0xffffu);
-}
-template <class X>
-TRIAD_BLOCK_FN double warp_sum(X& x, double v) {
-  TRIAD_UNROLL
-  for (int offset = 16; offset > 0; offset >>= 1) v += x.shfl_xor(v, offset);
-  return v;
-}
-
 // out = each q head's x·r·wq, each k head's x·r·wk, v copied; rstd[r][j] = r of head j (q then
 // k). Warp w of block b is warp b·kWarpsPerBlock + w of the grid's `warps`, which stride over
 // the head-rows.
@@ -80,12 +57,12 @@ TRIAD_BLOCK_FN void forward(X& x, Elem* out, float* rstd, const Elem* qkv, const
     const Elem* w = j < h.NH ? wq : wk;
     double sq = 0.0;  // in double, as the CPU backend (and the LayerNorms)
     for (int c = lane; c < h.hd; c += 32) {
-      const double v = widen(x, in[c]);
+      const double v = load(x, in + c);
       sq += v * v;
     }
     sq = warp_sum(x, sq);
     const float rs = float(1.0 / x.sqrt(sq / h.hd + double(eps)));
-    for (int c = lane; c < h.hd; c += 32) store(x, o + c, widen(x, in[c]) * rs * widen(x, w[c]));
+    for (int c = lane; c < h.hd; c += 32) store(x, o + c, load(x, in + c) * rs * load(x, w + c));
     if (lane == 0) rstd[r * h.normed() + j] = rs;
   }
 }
@@ -107,7 +84,7 @@ TRIAD_BLOCK_FN void backward_input(X& x, Elem* dqkv, const Elem* dout, const Ele
     if (j >= h.normed()) {  // a v head
       for (int c = lane; c < h.hd; c += 32) {
         if (accumulate)
-          store(x, dx + c, widen(x, dx[c]) + widen(x, d[c]));
+          store(x, dx + c, load(x, dx + c) + load(x, d + c));
         else
           dx[c] = d[c];
       }
@@ -118,13 +95,13 @@ TRIAD_BLOCK_FN void backward_input(X& x, Elem* dqkv, const Elem* dout, const Ele
     const float rs = rstd[r * h.normed() + j];
     double gx = 0.0;
     for (int c = lane; c < h.hd; c += 32)
-      gx += double(widen(x, d[c]) * widen(x, w[c]) * (widen(x, in[c]) * rs));
+      gx += double(load(x, d + c) * load(x, w + c) * (load(x, in + c) * rs));
     gx = warp_sum(x, gx);
     const float gx_mean = float(gx / h.hd);
     for (int c = lane; c < h.hd; c += 32) {
-      const float xhat = widen(x, in[c]) * rs;
-      const float v = rs * (widen(x, d[c]) * widen(x, w[c]) - xhat * gx_mean);
-      store(x, dx + c, accumulate ? widen(x, dx[c]) + v : v);
+      const float xhat = load(x, in + c) * rs;
+      const float v = rs * (load(x, d + c) * load(x, w + c) - xhat * gx_mean);
+      store(x, dx + c, accumulate ? load(x, dx + c) + v : v);
     }
   }
 }
@@ -156,7 +133,7 @@ TRIAD_BLOCK_FN void weight_partials(X& x, float* pq, float* pk, const Elem* dout
       const size_t r = m / heads;
       const int i = int(m % heads);
       const size_t at = r * h.W + col0 + size_t(i) * h.hd + c;
-      sum += widen(x, dout[at]) * (widen(x, qkv[at]) * rstd[r * h.normed() + head0 + i]);
+      sum += load(x, dout + at) * (load(x, qkv + at) * rstd[r * h.normed() + head0 + i]);
     }
   }
   part[ty * (kColumns + 1) + tx] = sum;

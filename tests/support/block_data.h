@@ -1,0 +1,46 @@
+// Test data of the block programs run through the SIMT emulator (test_moe_emulated,
+// test_qk_norm_emulated): bf16 values as the programs take them (uint16_t bits) and as the CPU
+// backend takes them (bf16_t), widened back, and the error measure of the GPU tests.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "triad/core/bf16.h"
+
+namespace triad::testing {
+
+using Bf16Bits = std::vector<uint16_t>;
+
+// Each value rounded to bf16 (nearest even), as bits.
+inline Bf16Bits bf16_bits(const std::vector<float>& v) {
+  Bf16Bits b(v.size());
+  for (size_t i = 0; i < v.size(); ++i) b[i] = to_bf16(v[i]).bits;
+  return b;
+}
+inline std::vector<float> widened(const Bf16Bits& b) {
+  std::vector<float> v(b.size());
+  for (size_t i = 0; i < b.size(); ++i) v[i] = to_float(bf16_t{b[i]});
+  return v;
+}
+// The same bits as the CPU backend's bf16 type.
+inline bf16_t* as_bf16(Bf16Bits& b) { return reinterpret_cast<bf16_t*>(b.data()); }
+inline const bf16_t* as_bf16(const Bf16Bits& b) {
+  return reinterpret_cast<const bf16_t*>(b.data());
+}
+
+// max |got − want| / max |want| (a NaN or infinity in the difference: infinity).
+inline double max_rel_error(const std::vector<float>& got, const std::vector<float>& want) {
+  double diff = 0.0, scale = 0.0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double d = std::abs(double(got[i]) - want[i]);
+    if (!std::isfinite(d)) return INFINITY;
+    diff = std::max(diff, d);
+    scale = std::max(scale, std::abs(double(want[i])));
+  }
+  return scale > 0 ? diff / scale : diff;
+}
+
+}  // namespace triad::testing
