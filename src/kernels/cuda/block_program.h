@@ -13,10 +13,12 @@
 #define TRIAD_BLOCK_FN __device__ __forceinline__
 #define TRIAD_BLOCK_SIZE __host__ __device__ constexpr
 #define TRIAD_UNROLL _Pragma("unroll")
+#define TRIAD_UNROLL8 _Pragma("unroll 8")
 #else
 #define TRIAD_BLOCK_FN inline
 #define TRIAD_BLOCK_SIZE constexpr
 #define TRIAD_UNROLL
+#define TRIAD_UNROLL8
 #endif
 
 namespace triad {
@@ -67,6 +69,12 @@ TRIAD_BLOCK_FN T warp_sum(X& x, T v) {
   for (int offset = 16; offset > 0; offset >>= 1) v += x.shfl_xor(v, offset);
   return v;
 }
+
+// The grid-stride loop of the elementwise block programs: thread t of block b takes element
+// i = b·threads + t, then every `stride` (the grid's threads) after it, below n.
+#define TRIAD_BLOCK_STRIDE_LOOP(x, i, n, threads, stride)                                        \
+  for (size_t i = size_t((x).block_x()) * size_t(threads) + size_t((x).thread()); i < size_t(n); \
+       i += size_t(stride))
 
 // Calls f(std::integral_constant<int, k>{}) for k = vec (1..8; larger values run as 8): picks
 // the instantiation of a kernel templated on its vectors per thread at run time.

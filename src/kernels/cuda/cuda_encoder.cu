@@ -1,8 +1,10 @@
-// Token + position embedding. tokens is a device buffer of B·T ids in [0, Vp), or < 0 for an id
-// another rank's slice of the vocabulary holds (vocabulary parallelism): such a token adds a zero
-// row forward and nothing to dwte backward. wpe / dwpe == nullptr: no position term / gradient.
-// Templated on the storage type Elem (float or bf16) of out, wte, wpe and dout; the gradients
-// dwte, dwpe are fp32 in both, and a bf16 output is rounded once from the fp32 sum.
+// Token + position embedding: the block programs of encoder_block.h, launched here with
+// DeviceThread (and run in the CPU tests through the SIMT emulator). tokens is a device buffer of
+// B·T ids in [0, Vp), or < 0 for an id another rank's slice of the vocabulary holds (vocabulary
+// parallelism): such a token adds a zero row forward and nothing to dwte backward. wpe / dwpe ==
+// nullptr: no position term / gradient. Templated on the storage type Elem (float or bf16) of out,
+// wte, wpe and dout; the gradients dwte, dwpe are fp32 in both, and a bf16 output is rounded once
+// from the fp32 sum.
 //
 // Backward without atomics: several positions may hold the same token, so a row of dwte gets
 // several contributions. Thread (c, bucket) owns channel c of every vocabulary row whose id is
@@ -15,52 +17,36 @@
 // (data.reset_positions: several rows of a sequence share a position) the buckets' walk above,
 // over positions instead of token ids, in row order as the CPU backend.
 #include "cuda_ops.cuh"
+#include "device_thread.cuh"
+#include "encoder_block.h"
 
 namespace triad::cuda {
 namespace {
 
-// 256 buckets: C/128 · 256 blocks (1536 for C = 768) fill the GPU, and a thread's chain of
-// dependent read-modify-writes is about N/256 long instead of N/32.
-constexpr int kBuckets = 256;
-constexpr int kChannelBlock = 128;
+using encoder_block::kBuckets;
+using encoder_block::kChannelBlock;
 
-template <typename Elem>
-__global__ void encoder_forward_kernel(Elem* out, const int32_t* tokens, const Elem* wte,
-                                       const Elem* wpe, const int32_t* positions, int T, int C,
-                                       size_t total) {
-  TRIAD_GRID_STRIDE_LOOP(i, total) {
-    const size_t n = i / size_t(C);
-    const size_t c = i % size_t(C);
-    const size_t t = positions != nullptr ? size_t(positions[n]) : n % size_t(T);
-    const int32_t tok = tokens[n];
-    const float x = tok >= 0 ? widen(wte[size_t(tok) * C + c]) : 0.0f;  // foreign: a zero row
-    out[i] = narrow<Elem>(wpe != nullptr ? x + widen(wpe[t * C + c]) : x);
-  }
+template <typename E>
+__global__ void encoder_forward_kernel(E* out, const int32_t* tokens, const E* wte, const E* wpe,
+                                       const int32_t* positions, int T, int C, size_t total) {
+  DeviceThread x;
+  encoder_block::forward(x, out, tokens, wte, wpe, positions, T, C, total, int(blockDim.x),
+                         size_t(gridDim.x) * blockDim.x);
 }
 
 // grid (ceil(C / kChannelBlock), kBuckets), block kChannelBlock.
-template <typename Elem>
-__global__ void encoder_backward_wte_kernel(float* dwte, const Elem* dout, const int32_t* tokens,
-                                            int N, int C) {
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  const int bucket = blockIdx.y;
-  if (c >= C) return;
-#pragma unroll 8
-  for (int n = 0; n < N; ++n) {
-    const int tok = tokens[n];
-    if (tok >= 0 && tok % kBuckets == bucket)
-      dwte[size_t(tok) * C + c] += widen(dout[size_t(n) * C + c]);
-  }
+template <typename E>
+__global__ void __launch_bounds__(kChannelBlock)
+    encoder_backward_wte_kernel(float* dw, const E* dout, const int32_t* ids, int N, int C) {
+  DeviceThread x;
+  encoder_block::backward_rows(x, dw, dout, ids, N, C);
 }
 
-template <typename Elem>
-__global__ void encoder_backward_wpe_kernel(float* dwpe, const Elem* dout, int B, int T, int C) {
-  const size_t TC = size_t(T) * C;
-  TRIAD_GRID_STRIDE_LOOP(i, TC) {  // i = t·C + c
-    float acc = dwpe[i];
-    for (int b = 0; b < B; ++b) acc += widen(dout[size_t(b) * TC + i]);
-    dwpe[i] = acc;
-  }
+template <typename E>
+__global__ void encoder_backward_wpe_kernel(float* dwpe, const E* dout, int B, int T, int C) {
+  DeviceThread x;
+  encoder_block::backward_positions(x, dwpe, dout, B, T, C, int(blockDim.x),
+                                    size_t(gridDim.x) * blockDim.x);
 }
 
 }  // namespace
@@ -70,8 +56,8 @@ void encoder_forward(cudaStream_t s, Elem* out, const int32_t* tokens, const Ele
                      const Elem* wpe, int B, int T, int C, const int32_t* positions) {
   const size_t total = size_t(B) * T * C;
   if (total == 0) return;
-  encoder_forward_kernel<<<grid_for(total), kBlock, 0, s>>>(out, tokens, wte, wpe, positions, T, C,
-                                                            total);
+  encoder_forward_kernel<<<grid_for(total), kBlock, 0, s>>>(bits(out), tokens, bits(wte), bits(wpe),
+                                                            positions, T, C, total);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
@@ -80,15 +66,16 @@ void encoder_backward(cudaStream_t s, float* dwte, float* dwpe, const Elem* dout
                       const int32_t* tokens, int B, int T, int C, const int32_t* positions) {
   if (size_t(B) * T * C == 0) return;
   const dim3 grid((C + kChannelBlock - 1) / kChannelBlock, kBuckets);
-  encoder_backward_wte_kernel<<<grid, kChannelBlock, 0, s>>>(dwte, dout, tokens, B * T, C);
+  encoder_backward_wte_kernel<<<grid, kChannelBlock, 0, s>>>(dwte, bits(dout), tokens, B * T, C);
   TRIAD_CUDA_CHECK_LAUNCH();
   if (dwpe == nullptr) return;
   if (positions != nullptr) {  // rows sharing a position: the buckets' walk, over positions
-    encoder_backward_wte_kernel<<<grid, kChannelBlock, 0, s>>>(dwpe, dout, positions, B * T, C);
+    encoder_backward_wte_kernel<<<grid, kChannelBlock, 0, s>>>(dwpe, bits(dout), positions, B * T,
+                                                               C);
     TRIAD_CUDA_CHECK_LAUNCH();
     return;
   }
-  encoder_backward_wpe_kernel<<<grid_for(size_t(T) * C), kBlock, 0, s>>>(dwpe, dout, B, T, C);
+  encoder_backward_wpe_kernel<<<grid_for(size_t(T) * C), kBlock, 0, s>>>(dwpe, bits(dout), B, T, C);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
