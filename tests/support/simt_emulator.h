@@ -55,6 +55,7 @@
 #include "../../src/kernels/cuda/box_map_shape.h"
 #include "fiber_scheduler.h"
 #include "triad/core/bf16.h"
+#include "triad/core/fp8.h"
 
 namespace triad::simt {
 
@@ -519,6 +520,43 @@ class Thread {
     return uint32_t(to_bf16(lo).bits) | uint32_t(to_bf16(hi).bits) << 16;
   }
   static float bf16_float(uint16_t bits) { return bf16_value(bits); }
+  // The fp8 byte of v: core/fp8.h's rounding (nearest even, saturating, NaN kept), encoded as the
+  // OCP formats lay it out (sign, exponent with bias 7 or 15, 3 or 2 mantissa bits); NaN as
+  // 0x7f. fp8x2: lo in the low byte.
+  static uint8_t fp8(float v, Fp8Format f) {
+    const float r = fp8_round(v, f);
+    if (r != r) return 0x7f;
+    const int mbits = f == Fp8Format::e4m3 ? 3 : 2, bias = f == Fp8Format::e4m3 ? 7 : 15;
+    const unsigned sign = std::signbit(r) ? 0x80u : 0u;
+    const float a = std::fabs(r);
+    if (a == 0.0f) return uint8_t(sign);
+    int e = 0;
+    std::frexp(a, &e);  // a = m·2^e, m in [0.5, 1): exponent e − 1
+    const int emin = 1 - bias;
+    unsigned biased = 0, mantissa = 0;
+    if (e - 1 < emin) {  // subnormal: a = mantissa · 2^(emin − mbits)
+      mantissa = unsigned(std::ldexp(a, mbits - emin));
+    } else {
+      biased = unsigned(e - 1 + bias);
+      mantissa = unsigned(std::ldexp(a, mbits - (e - 1))) - (1u << mbits);
+    }
+    return uint8_t(sign | biased << mbits | mantissa);
+  }
+  static uint32_t fp8x2(float lo, float hi, Fp8Format f) {
+    return uint32_t(fp8(lo, f)) | uint32_t(fp8(hi, f)) << 8;
+  }
+  static void atomic_max(unsigned* p, unsigned v) {
+    std::atomic_ref<unsigned> a(*p);
+    unsigned cur = a.load();
+    while (cur < v && !a.compare_exchange_weak(cur, v)) {
+    }
+  }
+  // An 8-byte store (one vector instruction on the GPU: aligned); lo at the lower address.
+  static void store8(void* p, uint32_t lo, uint32_t hi) {
+    if (reinterpret_cast<uintptr_t>(p) % 8 != 0) fail("8-byte store to a misaligned address");
+    const uint32_t w[2] = {lo, hi};
+    std::memcpy(p, w, sizeof w);
+  }
 
  private:
   friend struct GroupStep;

@@ -6,7 +6,8 @@
 // both operands (the A/B scale pointers). Quantization: __nv_cvt_float_to_fp8(x·s, SATFINITE):
 // round to nearest even, saturating to ±fp8_max, NaN kept: fp8_round's rounding bit for bit
 // (x·s is exact, s a power of two). So the GPU computes what the CPU emulates, up to the order of
-// the fp32 sums.
+// the fp32 sums. The operand kernels (absmax, the casts) are the block programs of fp8_block.h,
+// which the CPU tests run through the SIMT emulator (test_fp8_emulated).
 //
 // cuBLASLt's FP8 rules (cuBLAS documentation, cublasLtMatmul, "FP8"; cublasLt.h; the same
 // choices as Transformer Engine's cublaslt_gemm.cu):
@@ -43,124 +44,39 @@
 #include <algorithm>
 
 #include "cuda_ops.cuh"
+#include "device_thread.cuh"
+#include "fp8_block.h"
 #include "triad/core/fp8.h"
 
 namespace triad::cuda {
 namespace {
 
 using fp8 = __nv_fp8_storage_t;  // one byte, e4m3 or e5m2 by context
-
-template <Fp8Format F>
-constexpr __nv_fp8_interpretation_t kInterpretation = F == Fp8Format::e4m3 ? __NV_E4M3 : __NV_E5M2;
 constexpr cudaDataType_t cuda_type(Fp8Format f) {
   return f == Fp8Format::e4m3 ? CUDA_R_8F_E4M3 : CUDA_R_8F_E5M2;
 }
 
-// ---- absmax -------------------------------------------------------------------------------------
-// On the bits of |x|: for non-negative floats (and bf16) the order of the values is the order of
-// their bit patterns as unsigned integers, and every NaN pattern lies above +inf's, so an integer
-// maximum is the float maximum, in which a NaN wins (then written as +inf, below).
-struct UnsignedMax {
-  __device__ unsigned operator()(unsigned a, unsigned b) const { return max(a, b); }
-};
+// ---- operand kernels: the block programs of fp8_block.h ------------------------------------
 
-// The larger magnitude of the two bf16 in a 32-bit word, as bf16 bits.
-__device__ __forceinline__ unsigned pair_abs_bits(unsigned w) {
-  return max(w & 0x7fffu, (w >> 16) & 0x7fffu);
+__global__ void absmax_kernel(unsigned* out, const uint16_t* x, size_t n, bool vec) {
+  DeviceThread t;
+  fp8_block::absmax(t, out, x, n, vec, int(blockDim.x), size_t(gridDim.x) * blockDim.x);
 }
 
-// out (zeroed before) = max |x| as float bits: a block's maximum by one atomicMax. vec: x is
-// 16-byte aligned, read 8 values at a time up to the last whole group.
-__global__ void absmax_kernel(unsigned* out, const bf16* x, size_t n, bool vec) {
-  unsigned m = 0;
-  size_t tail = 0;
-  if (vec) {
-    const auto* v = reinterpret_cast<const uint4*>(x);
-    TRIAD_GRID_STRIDE_LOOP(i, n / 8) {
-      const uint4 q = v[i];
-      m = max(m, max(max(pair_abs_bits(q.x), pair_abs_bits(q.y)),
-                     max(pair_abs_bits(q.z), pair_abs_bits(q.w))));
-    }
-    tail = n / 8 * 8;
-  }
-  for (size_t i = tail + size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += size_t(gridDim.x) * blockDim.x)
-    m = max(m, unsigned(__bfloat16_as_ushort(x[i])) & 0x7fffu);
-  m = block_reduce(m, UnsignedMax{}, 0u);
-  // bf16 bits → float bits; a NaN (above +inf's 0x7f80) as +inf (backend.h: any maximum keeps it)
-  if (threadIdx.x == 0 && m != 0) atomicMax(out, min(m, 0x7f80u) << 16);
-}
-
-// ---- casts --------------------------------------------------------------------------------------
 template <Fp8Format F>
-__device__ __forceinline__ fp8 to_fp8(float v) {
-  return __nv_cvt_float_to_fp8(v, __NV_SATFINITE, kInterpretation<F>);
-}
-
-// Four bf16 (two words, the first value in the low half of w0) times s, as four fp8 bytes (the
-// first in the lowest byte: the order in memory).
-template <Fp8Format F>
-__device__ __forceinline__ unsigned to_fp8x4(unsigned w0, unsigned w1, float s) {
-  const auto pair = [s](unsigned w) {
-    const float2 f =
-        make_float2(__uint_as_float(w << 16) * s, __uint_as_float(w & 0xffff0000u) * s);
-    return unsigned(__nv_cvt_float2_to_fp8x2(f, __NV_SATFINITE, kInterpretation<F>));
-  };
-  return pair(w0) | (pair(w1) << 16);
-}
-
-// The scale of the tensor whose max |x| is *amax; the kernels' first thread also writes its
-// inverse, the dequantization factor cuBLASLt multiplies the product by (exact: a power of two).
-template <Fp8Format F>
-__device__ __forceinline__ float tensor_scale(const float* amax, float* inv_scale) {
-  const float s = fp8_scale(*amax, F);
-  if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0 && threadIdx.y == 0)
-    *inv_scale = 1.0f / s;
-  return s;
-}
-
-// dst[i] = fp8(src[i]·s), layout kept. vec: src 16-byte and dst 8-byte aligned, 8 values a time.
-template <Fp8Format F>
-__global__ void cast_kernel(fp8* dst, float* inv_scale, const bf16* src, size_t n,
+__global__ void cast_kernel(fp8* dst, float* inv_scale, const uint16_t* src, size_t n,
                             const float* amax, bool vec) {
-  const float s = tensor_scale<F>(amax, inv_scale);
-  size_t tail = 0;
-  if (vec) {
-    const auto* in = reinterpret_cast<const uint4*>(src);
-    auto* out = reinterpret_cast<uint2*>(dst);
-    TRIAD_GRID_STRIDE_LOOP(i, n / 8) {
-      const uint4 q = in[i];
-      out[i] = make_uint2(to_fp8x4<F>(q.x, q.y, s), to_fp8x4<F>(q.z, q.w, s));
-    }
-    tail = n / 8 * 8;
-  }
-  for (size_t i = tail + size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += size_t(gridDim.x) * blockDim.x)
-    dst[i] = to_fp8<F>(__bfloat162float(src[i]) * s);
+  DeviceThread t;
+  fp8_block::cast(t, dst, inv_scale, src, n, amax, F, vec, int(blockDim.x),
+                  size_t(gridDim.x) * blockDim.x);
 }
 
-// dst [C, R] = fp8(src [R, C]·s)ᵀ through 32×32 tiles in shared memory: reads and writes both
-// along rows. Block (32, 8); grid (ceil(R / 32), ceil(C / 32)). The tile holds the bytes as
-// words, so the transposed reads hit 33 different banks.
-constexpr int kTile = 32;
-constexpr int kTileRows = 8;
-
 template <Fp8Format F>
-__global__ void cast_transpose_kernel(fp8* dst, float* inv_scale, const bf16* src, int R, int C,
-                                      const float* amax) {
-  __shared__ unsigned tile[kTile][kTile + 1];
-  const float s = tensor_scale<F>(amax, inv_scale);
-  const int r0 = int(blockIdx.x) * kTile, c0 = int(blockIdx.y) * kTile;
-  const int t = int(threadIdx.x);
-  for (int j = int(threadIdx.y); j < kTile; j += kTileRows) {
-    const int r = r0 + j, c = c0 + t;
-    if (r < R && c < C) tile[j][t] = to_fp8<F>(__bfloat162float(src[size_t(r) * C + c]) * s);
-  }
-  __syncthreads();
-  for (int j = int(threadIdx.y); j < kTile; j += kTileRows) {
-    const int c = c0 + j, r = r0 + t;
-    if (r < R && c < C) dst[size_t(c) * R + r] = fp8(tile[t][j]);
-  }
+__global__ void __launch_bounds__(fp8_block::kTransposeThreads)
+    cast_transpose_kernel(fp8* dst, float* inv_scale, const uint16_t* src, int R, int C,
+                          const float* amax) {
+  DeviceThread t;
+  fp8_block::cast_transposed(t, dst, inv_scale, src, R, C, amax, F);
 }
 
 template <Fp8Format F>
@@ -168,7 +84,7 @@ void cast(cudaStream_t s, fp8* dst, float* inv_scale, const bf16* src, size_t n,
           const float* amax) {
   const bool vec = pointer_alignment(src) >= 16 && pointer_alignment(dst) >= 8;
   cast_kernel<F><<<grid_for(std::max<size_t>(vec ? n / 8 : n, 1)), kBlock, 0, s>>>(
-      dst, inv_scale, src, n, amax, vec);
+      dst, inv_scale, bits(src), n, amax, vec);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
@@ -176,9 +92,11 @@ void cast(cudaStream_t s, fp8* dst, float* inv_scale, const bf16* src, size_t n,
 template <Fp8Format F>
 void cast_transposed(cudaStream_t s, fp8* dst, float* inv_scale, const bf16* src, int R, int C,
                      const float* amax) {
-  const dim3 grid((R + kTile - 1) / kTile, (C + kTile - 1) / kTile);
+  const dim3 grid((R + fp8_block::kTile - 1) / fp8_block::kTile,
+                  (C + fp8_block::kTile - 1) / fp8_block::kTile);
   TRIAD_CHECK(grid.y <= 65535u, "cuda fp8: a transposed cast of ", C, " columns is too wide");
-  cast_transpose_kernel<F><<<grid, dim3(kTile, kTileRows), 0, s>>>(dst, inv_scale, src, R, C, amax);
+  cast_transpose_kernel<F><<<grid, fp8_block::kTransposeThreads, fp8_block::transpose_smem(), s>>>(
+      dst, inv_scale, bits(src), R, C, amax);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
@@ -232,8 +150,8 @@ void absmax(cudaStream_t s, float* out, const bf16* x, size_t n) {
   TRIAD_CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(float), s));
   if (n == 0) return;
   const bool vec = pointer_alignment(x) >= 16;
-  absmax_kernel<<<grid_for(std::max<size_t>(vec ? n / 8 : n, 1)), kBlock, 0, s>>>(
-      reinterpret_cast<unsigned*>(out), x, n, vec);
+  absmax_kernel<<<grid_for(std::max<size_t>(vec ? n / 8 : n, 1)), kBlock, fp8_block::absmax_smem(),
+                  s>>>(reinterpret_cast<unsigned*>(out), bits(x), n, vec);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 

@@ -5,12 +5,14 @@
 #pragma once
 
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
 #include <type_traits>
 
 #include "block_program.h"
+#include "triad/core/fp8.h"
 
 namespace triad::cuda {
 
@@ -130,6 +132,19 @@ struct DeviceThread {
   __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (lo) in the low half
     return *reinterpret_cast<const uint32_t*>(&v);
+  }
+  // The fp8 byte of v (round to nearest even, saturating to ±fp8_max, NaN kept); fp8x2: two, lo
+  // in the low byte.
+  __device__ __forceinline__ uint8_t fp8(float v, Fp8Format f) {
+    return __nv_cvt_float_to_fp8(v, __NV_SATFINITE, f == Fp8Format::e4m3 ? __NV_E4M3 : __NV_E5M2);
+  }
+  __device__ __forceinline__ uint32_t fp8x2(float lo, float hi, Fp8Format f) {
+    return uint32_t(__nv_cvt_float2_to_fp8x2(make_float2(lo, hi), __NV_SATFINITE,
+                                             f == Fp8Format::e4m3 ? __NV_E4M3 : __NV_E5M2));
+  }
+  __device__ __forceinline__ void atomic_max(unsigned* p, unsigned v) { atomicMax(p, v); }
+  __device__ __forceinline__ void store8(void* p, uint32_t lo, uint32_t hi) {
+    *static_cast<uint2*>(p) = make_uint2(lo, hi);
   }
   __device__ __forceinline__ float bf16_float(uint16_t bits) {
     return __uint_as_float(uint32_t(bits) << 16);
