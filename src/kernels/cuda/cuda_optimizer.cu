@@ -1,68 +1,55 @@
 // Optimizer updates, one fused elementwise pass over parameters, gradients and state (PyTorch
-// semantics; the formulas are spelled out in backend.h and match the CPU backend's).
+// semantics; the formulas are spelled out in backend.h and match the CPU backend's): the block
+// programs of optimizer_block.h (test_optimizer_emulated runs them on the CPU).
 #include <algorithm>
 #include <vector>
 
 #include "cuda_ops.cuh"
-#include "triad/kernels/optimizer_math.h"
+#include "device_thread.cuh"
+#include "optimizer_block.h"
 
 namespace triad::cuda {
 namespace {
 
-// `copy` is uniform over the grid, so its test does not diverge.
+// The block programs of optimizer_block.h, launched with DeviceThread: kBlock threads per block.
+#define TRIAD_GRID int(blockDim.x), size_t(gridDim.x) * blockDim.x
+
 __global__ void adamw_kernel(float* p, const float* g, float* m, float* v, size_t n, float lr,
                              float beta1, float beta2, float eps, float wd, float bc1, float bc2,
                              bf16* copy, float grad_scale) {
-  TRIAD_GRID_STRIDE_LOOP(i, n) {
-    adamw_element(p[i], g[i] * grad_scale, m[i], v[i], lr, beta1, beta2, eps, wd, bc1, bc2);
-    if (copy != nullptr) copy[i] = narrow<bf16>(p[i]);
-  }
+  DeviceThread x;
+  optimizer_block::adamw(x, p, g, m, v, n, lr, beta1, beta2, eps, wd, bc1, bc2, bits(copy),
+                         grad_scale, TRIAD_GRID);
 }
 
 __global__ void sgd_kernel(float* p, const float* g, float* buf, size_t n, float lr, float momentum,
                            float wd, bf16* copy, float grad_scale) {
-  TRIAD_GRID_STRIDE_LOOP(i, n) {
-    sgd_element(p[i], g[i] * grad_scale, buf[i], lr, momentum, wd);
-    if (copy != nullptr) copy[i] = narrow<bf16>(p[i]);
-  }
+  DeviceThread x;
+  optimizer_block::sgd(x, p, g, buf, n, lr, momentum, wd, bits(copy), grad_scale, TRIAD_GRID);
 }
 
 __global__ void muon_momentum_kernel(float* buf, float* u, const float* g, size_t n, float mu,
                                      bool nesterov, float grad_scale) {
-  TRIAD_GRID_STRIDE_LOOP(i, n) {
-    muon_momentum_element(buf[i], u[i], g[i] * grad_scale, mu, nesterov);
-  }
+  DeviceThread x;
+  optimizer_block::muon_momentum(x, buf, u, g, n, mu, nesterov, grad_scale, TRIAD_GRID);
 }
 
 __global__ void muon_apply_kernel(float* p, const float* o, size_t n, float lr, float wd,
                                   float scale, bf16* copy) {
-  TRIAD_GRID_STRIDE_LOOP(i, n) {
-    muon_apply_element(p[i], o[i], lr, wd, scale);
-    if (copy != nullptr) copy[i] = narrow<bf16>(p[i]);
-  }
+  DeviceThread x;
+  optimizer_block::muon_apply(x, p, o, n, lr, wd, scale, bits(copy), TRIAD_GRID);
 }
 
-// Element i belongs to the last run starting at or before it, if i is before that run's end.
 __global__ void adamw_runs_kernel(float* p, const float* g, float* m, float* v,
                                   const Backend::UpdateRun* runs, int nruns, size_t total, float lr,
                                   float beta1, float beta2, float eps, float bc1, float bc2,
                                   bf16* copy, float grad_scale) {
-  TRIAD_GRID_STRIDE_LOOP(i, total) {
-    int lo = 0, hi = nruns - 1;
-    while (lo < hi) {  // the last run with begin <= i (runs[0].begin <= i is not assumed)
-      const int mid = (lo + hi + 1) / 2;
-      if (runs[mid].begin <= i)
-        lo = mid;
-      else
-        hi = mid - 1;
-    }
-    const Backend::UpdateRun r = runs[lo];
-    if (i < r.begin || i >= r.end) continue;  // between runs: untouched
-    adamw_element(p[i], g[i] * grad_scale, m[i], v[i], lr * r.lr_scale, beta1, beta2, eps, r.wd,
-                  bc1, bc2);
-    if (copy != nullptr) copy[i] = narrow<bf16>(p[i]);
-  }
+  DeviceThread x;
+  optimizer_block::adamw_runs(x, p, g, m, v, runs, nruns, total, lr, beta1, beta2, eps, bc1, bc2,
+                              bits(copy), grad_scale, TRIAD_GRID);
 }
+
+#undef TRIAD_GRID
 
 }  // namespace
 
