@@ -6,6 +6,7 @@
 #include "column_sums_block.h"
 #include "cuda_ops.cuh"
 #include "device_thread.cuh"
+#include "reduce_block.h"
 
 namespace triad::cuda {
 namespace {
@@ -19,58 +20,36 @@ namespace {
 //  2. one thread per column adds partials[0..R-1][c] in order onto dst[c].
 // R depends on N only, so the order of every sum depends on N and C only. The source is float
 // or bf16 (Elem); the sums and dst are fp32.
-constexpr int kColumns = 64;
-constexpr int kRowGroups = 8;
+using reduce_block::kColumns;
+using reduce_block::kColumnThreads;
 constexpr int kRowsPerSlice = 256;
 constexpr int kMaxSlices = 64;
 
 int row_slices(int N) { return std::clamp((N + kRowsPerSlice - 1) / kRowsPerSlice, 1, kMaxSlices); }
 
+// The block programs of reduce_block.h, launched with DeviceThread.
 template <typename Elem>
-__global__ void column_partial_kernel(float* partials, const Elem* src, int N, int C, int rows) {
-  __shared__ float partial[kRowGroups][kColumns + 1];
-  const int c = blockIdx.x * kColumns + threadIdx.x;
-  const int lo = blockIdx.y * rows, hi = min(N, lo + rows);
-  float sum = 0.0f;
-  if (c < C) {
-    for (int n = lo + int(threadIdx.y); n < hi; n += kRowGroups)
-      sum += widen(src[size_t(n) * C + c]);
-  }
-  partial[threadIdx.y][threadIdx.x] = sum;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < C) {
-    float total = 0.0f;
-    for (int g = 0; g < kRowGroups; ++g) total += partial[g][threadIdx.x];
-    partials[size_t(blockIdx.y) * C + c] = total;
-  }
+__global__ void __launch_bounds__(kColumnThreads)
+    column_partial_kernel(float* partials, const Elem* src, int N, int C, int rows) {
+  DeviceThread x;
+  reduce_block::column_partials(x, partials, src, N, C, rows);
 }
 
 __global__ void column_finish_kernel(float* dst, const float* partials, int C, int slices) {
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= C) return;
-  float total = 0.0f;
-  for (int y = 0; y < slices; ++y) total += partials[size_t(y) * C + c];
-  dst[c] += total;
+  DeviceThread x;
+  reduce_block::column_finish(x, dst, partials, C, slices, int(blockDim.x));
 }
 
-// Σ x² in double: kSumSquaresPartials blocks at most (the count depends on n only), each
-// reducing a grid-stride slice; then one block adds the partial sums in a fixed tree.
 template <class T>
-__global__ void sum_squares_partial_kernel(double* partials, const T* x, size_t n) {
-  double sum = 0.0;
-  TRIAD_GRID_STRIDE_LOOP(i, n) {
-    const double v = widen(x[i]);
-    sum += v * v;
-  }
-  sum = block_reduce(sum, SumOp{}, 0.0);
-  if (threadIdx.x == 0) partials[blockIdx.x] = sum;
+__global__ void sum_squares_partial_kernel(double* partials, const T* v, size_t n) {
+  DeviceThread x;
+  reduce_block::sum_squares_partials(x, partials, v, n, int(blockDim.x),
+                                     size_t(gridDim.x) * blockDim.x);
 }
 
 __global__ void sum_partials_kernel(double* out, const double* partials, int count) {
-  double sum = 0.0;
-  for (int i = threadIdx.x; i < count; i += blockDim.x) sum += partials[i];
-  sum = block_reduce(sum, SumOp{}, 0.0);
-  if (threadIdx.x == 0) *out = sum;
+  DeviceThread x;
+  reduce_block::sum_partials(x, out, partials, count, int(blockDim.x));
 }
 
 }  // namespace
@@ -117,8 +96,9 @@ void column_sum_accumulate(cudaStream_t s, DeviceScratch& scratch, float* dst, c
     vectorized =
         column_partials_vectorized(s, nullptr, partials, src, nullptr, nullptr, nullptr, N, C);
   if (!vectorized) {
-    const dim3 grid((C + kColumns - 1) / kColumns, slices), block(kColumns, kRowGroups);
-    column_partial_kernel<<<grid, block, 0, s>>>(partials, src, N, C, (N + slices - 1) / slices);
+    const dim3 grid((C + kColumns - 1) / kColumns, slices);
+    column_partial_kernel<<<grid, kColumnThreads, reduce_block::column_smem(), s>>>(
+        partials, bits(src), N, C, (N + slices - 1) / slices);
     TRIAD_CUDA_CHECK_LAUNCH();
   }
   column_sum_finish(s, dst, partials, N, C);
@@ -133,10 +113,11 @@ template <class T>
 double sum_squares(cudaStream_t s, double* partials, const T* x, size_t n) {
   if (n == 0) return 0.0;
   const size_t blocks = std::min<size_t>((n + kBlock - 1) / kBlock, kSumSquaresPartials);
-  sum_squares_partial_kernel<<<unsigned(blocks), kBlock, 0, s>>>(partials, x, n);
+  sum_squares_partial_kernel<<<unsigned(blocks), kBlock, reduce_block::sum_smem(), s>>>(partials,
+                                                                                        bits(x), n);
   TRIAD_CUDA_CHECK_LAUNCH();
   double* result = partials + kSumSquaresPartials;
-  sum_partials_kernel<<<1, kBlock, 0, s>>>(result, partials, int(blocks));
+  sum_partials_kernel<<<1, kBlock, reduce_block::sum_smem(), s>>>(result, partials, int(blocks));
   TRIAD_CUDA_CHECK_LAUNCH();
   double host = 0.0;
   TRIAD_CUDA_CHECK(cudaMemcpyAsync(&host, result, sizeof(double), cudaMemcpyDeviceToHost, s));

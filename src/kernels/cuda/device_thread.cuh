@@ -21,11 +21,11 @@ namespace triad::cuda {
 template <typename Elem>
 using BlockElem = std::conditional_t<std::is_same_v<Elem, __nv_bfloat16>, uint16_t, Elem>;
 template <typename Elem>
-BlockElem<Elem>* bits(Elem* p) {
+__host__ __device__ __forceinline__ BlockElem<Elem>* bits(Elem* p) {
   return reinterpret_cast<BlockElem<Elem>*>(p);
 }
 template <typename Elem>
-const BlockElem<Elem>* bits(const Elem* p) {
+__host__ __device__ __forceinline__ const BlockElem<Elem>* bits(const Elem* p) {
   return reinterpret_cast<const BlockElem<Elem>*>(p);
 }
 
