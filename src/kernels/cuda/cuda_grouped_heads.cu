@@ -7,67 +7,39 @@
 // [N, 3C] copy of qkv (and of dqkv in the backward) and the MHA op's full K/V traffic; a flash
 // kernel that indexes the compact rows itself (as the decoding kernel does) is future work.
 //
-// Kernels: one thread per element of the written matrix, grid-stride loops (memory-bound
-// copies). The reduction sums a kv head's NH/NKV gradients in increasing query-head order in
-// fp32 and rounds once: deterministic, no atomics.
+// Kernels: the block programs of grouped_heads_block.h (one thread per element of the written
+// matrix, grid-stride loops: memory-bound copies). The reduction sums a kv head's NH/NKV gradients
+// in increasing query-head order in fp32 and rounds once: deterministic, no atomics.
 #include "cuda_ops.cuh"
+#include "device_thread.cuh"
+#include "grouped_heads_block.h"
 
 namespace triad::cuda {
 namespace {
 
-// Compact column of expanded column col (0 .. 3C) of a row.
-__device__ __forceinline__ size_t compact_column(size_t col, int C, int hd, int NKV) {
-  if (col < size_t(C)) return col;          // q
-  const size_t kv = (col - C) / size_t(C);  // 0: k, 1: v
-  const size_t within = (col - C) % size_t(C);
-  const size_t h = within / size_t(hd), d = within % size_t(hd);
-  return size_t(C) + kv * size_t(NKV) * hd + (h % size_t(NKV)) * hd + d;
-}
-
-// mha [N, 3C] ← qkv [N, W]
-template <typename Elem>
-__global__ void expand_kv_heads_kernel(Elem* mha, const Elem* qkv, int C, int hd, int NKV, size_t W,
+// The block programs of grouped_heads_block.h, launched with DeviceThread.
+template <typename E>
+__global__ void expand_kv_heads_kernel(E* mha, const E* qkv, int C, int hd, int NKV, size_t W,
                                        size_t total) {
-  const size_t ld = 3 * size_t(C);
-  TRIAD_GRID_STRIDE_LOOP(i, total) {
-    const size_t row = i / ld, col = i % ld;
-    mha[i] = qkv[row * W + compact_column(col, C, hd, NKV)];
-  }
+  DeviceThread x;
+  grouped_heads_block::expand(x, mha, qkv, C, hd, NKV, W, total, int(blockDim.x),
+                              size_t(gridDim.x) * blockDim.x);
 }
 
-// dmha [N, 3C]: q columns ← dqkv's (accumulate) or 0, k and v columns ← 0
-template <typename Elem>
-__global__ void prepare_expanded_dqkv_kernel(Elem* dmha, const Elem* dqkv, int C, size_t W,
+template <typename E>
+__global__ void prepare_expanded_dqkv_kernel(E* dmha, const E* dqkv, int C, size_t W,
                                              bool accumulate, size_t total) {
-  const size_t ld = 3 * size_t(C);
-  TRIAD_GRID_STRIDE_LOOP(i, total) {
-    const size_t row = i / ld, col = i % ld;
-    dmha[i] = accumulate && col < size_t(C) ? dqkv[row * W + col] : narrow<Elem>(0.0f);
-  }
+  DeviceThread x;
+  grouped_heads_block::prepare_gradient(x, dmha, dqkv, C, W, accumulate, total, int(blockDim.x),
+                                        size_t(gridDim.x) * blockDim.x);
 }
 
-// dqkv [N, W] ← dmha [N, 3C]: q copied; k (v) of kv head g the sum over query heads
-// h ≡ g (mod NKV), in increasing h, plus the old value with accumulate, rounded once.
-template <typename Elem>
-__global__ void reduce_kv_heads_kernel(Elem* dqkv, const Elem* dmha, int C, int hd, int NH, int NKV,
+template <typename E>
+__global__ void reduce_kv_heads_kernel(E* dqkv, const E* dmha, int C, int hd, int NH, int NKV,
                                        size_t W, bool accumulate, size_t total) {
-  const size_t ld = 3 * size_t(C), kv_width = size_t(NKV) * hd;
-  TRIAD_GRID_STRIDE_LOOP(i, total) {
-    const size_t row = i / W, col = i % W;
-    const Elem* src = dmha + row * ld;
-    if (col < size_t(C)) {
-      dqkv[i] = src[col];
-      continue;
-    }
-    const size_t kv = (col - C) / kv_width;  // 0: k, 1: v
-    const size_t within = (col - C) % kv_width;
-    const int g = int(within / size_t(hd));
-    const size_t d = within % size_t(hd);
-    const Elem* part = src + size_t(C) * (1 + kv) + d;
-    float sum = 0.0f;
-    for (int h = g; h < NH; h += NKV) sum += widen(part[size_t(h) * hd]);
-    dqkv[i] = narrow<Elem>(accumulate ? widen(dqkv[i]) + sum : sum);
-  }
+  DeviceThread x;
+  grouped_heads_block::reduce(x, dqkv, dmha, C, hd, NH, NKV, W, accumulate, total, int(blockDim.x),
+                              size_t(gridDim.x) * blockDim.x);
 }
 
 void check_heads(int N, int C, int NH, int NKV) {
@@ -94,7 +66,7 @@ void expand_kv_heads(cudaStream_t s, Elem* mha, const Elem* qkv, int N, int C, i
   check_heads(N, C, NH, NKV);
   const size_t total = size_t(N) * 3 * C;
   if (total == 0) return;
-  expand_kv_heads_kernel<<<grid_for(total), kBlock, 0, s>>>(mha, qkv, C, C / NH, NKV,
+  expand_kv_heads_kernel<<<grid_for(total), kBlock, 0, s>>>(bits(mha), bits(qkv), C, C / NH, NKV,
                                                             size_t(qkv_width(C, NH, NKV)), total);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
@@ -106,7 +78,7 @@ void prepare_expanded_dqkv(cudaStream_t s, Elem* dmha, const Elem* dqkv, int N, 
   const size_t total = size_t(N) * 3 * C;
   if (total == 0) return;
   prepare_expanded_dqkv_kernel<<<grid_for(total), kBlock, 0, s>>>(
-      dmha, dqkv, C, size_t(qkv_width(C, NH, NKV)), accumulate, total);
+      bits(dmha), bits(dqkv), C, size_t(qkv_width(C, NH, NKV)), accumulate, total);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
@@ -116,8 +88,8 @@ void reduce_kv_heads(cudaStream_t s, Elem* dqkv, const Elem* dmha, int N, int C,
   check_heads(N, C, NH, NKV);
   const size_t W = size_t(qkv_width(C, NH, NKV)), total = size_t(N) * W;
   if (total == 0) return;
-  reduce_kv_heads_kernel<<<grid_for(total), kBlock, 0, s>>>(dqkv, dmha, C, C / NH, NH, NKV, W,
-                                                            accumulate, total);
+  reduce_kv_heads_kernel<<<grid_for(total), kBlock, 0, s>>>(bits(dqkv), bits(dmha), C, C / NH, NH,
+                                                            NKV, W, accumulate, total);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
