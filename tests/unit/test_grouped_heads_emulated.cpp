@@ -13,19 +13,16 @@
 #include "../support/block_data.h"
 #include "../support/random_data.h"
 #include "../support/simt_emulator.h"
+#include "../support/strided_launch.h"
 
 namespace triad {
 namespace {
 
 using Vec = std::vector<float>;
 
-constexpr int kThreads = 64, kBlocks = 3;
-constexpr size_t kStride = size_t(kThreads) * kBlocks;
-
-template <class Body>
-void launch(Body body) {
-  simt::launch(kBlocks, 1, kThreads, 0, simt::CopyTiming::at_issue, body);
-}
+constexpr int kThreads = testing::kStridedThreads;
+using testing::kStride;
+using testing::launch_strided;
 
 void check(int N, int NH, int NKV, int hd) {
   SCOPED_TRACE(::testing::Message() << "N=" << N << " NH=" << NH << " NKV=" << NKV << " hd=" << hd);
@@ -34,7 +31,7 @@ void check(int N, int NH, int NKV, int hd) {
   const Vec qkv = testing::random_vec(size_t(N) * W, 1);
   // Expansion.
   Vec mha(size_t(N) * ld, NAN);
-  launch([&](simt::Thread& x) {
+  launch_strided([&](simt::Thread& x) {
     grouped_heads_block::expand(x, mha.data(), qkv.data(), C, hd, NKV, W, size_t(N) * ld, kThreads,
                                 kStride);
   });
@@ -53,7 +50,7 @@ void check(int N, int NH, int NKV, int hd) {
   for (bool accumulate : {false, true}) {
     SCOPED_TRACE(accumulate ? "accumulate" : "overwrite");
     Vec prepared(size_t(N) * ld, NAN);
-    launch([&](simt::Thread& x) {
+    launch_strided([&](simt::Thread& x) {
       grouped_heads_block::prepare_gradient(x, prepared.data(), old32.data(), C, W, accumulate,
                                             size_t(N) * ld, kThreads, kStride);
     });
@@ -76,14 +73,14 @@ void check(int N, int NH, int NKV, int hd) {
           }
     }
     Vec got = old32;
-    launch([&](simt::Thread& x) {
+    launch_strided([&](simt::Thread& x) {
       grouped_heads_block::reduce(x, got.data(), dmha32.data(), C, hd, NH, NKV, W, accumulate,
                                   size_t(N) * W, kThreads, kStride);
     });
     EXPECT_EQ(got, want) << "fp32";
     const testing::Bf16Bits dmha_b = testing::bf16_bits(dmha32), old_b = testing::bf16_bits(old32);
     testing::Bf16Bits got_b = old_b;
-    launch([&](simt::Thread& x) {
+    launch_strided([&](simt::Thread& x) {
       grouped_heads_block::reduce(x, got_b.data(), dmha_b.data(), C, hd, NH, NKV, W, accumulate,
                                   size_t(N) * W, kThreads, kStride);
     });

@@ -13,6 +13,7 @@
 #include "../support/block_data.h"
 #include "../support/random_data.h"
 #include "../support/simt_emulator.h"
+#include "../support/strided_launch.h"
 #include "triad/kernels/backend.h"
 
 namespace triad {
@@ -21,13 +22,9 @@ namespace {
 using Vec = std::vector<float>;
 using Bits = testing::Bf16Bits;
 
-constexpr int kThreads = 64, kBlocks = 3;
-constexpr size_t kStride = size_t(kThreads) * kBlocks;
-
-template <class Body>
-void launch(Body body) {
-  simt::launch(kBlocks, 1, kThreads, 0, simt::CopyTiming::at_issue, body);
-}
+constexpr int kThreads = testing::kStridedThreads;
+using testing::kStride;
+using testing::launch_strided;
 
 // The state of one update: parameters, gradients, two state vectors, the bf16 copy.
 struct State {
@@ -60,7 +57,7 @@ TEST(OptimizerEmulated, AdamWRunsWithGaps) {
   auto be = make_cpu_backend();
   be->adamw_update_runs(want.p.data(), want.g.data(), want.m.data(), want.v.data(), runs.data(),
                         runs.size(), 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.05f, nullptr, 0.5f);
-  launch([&](simt::Thread& x) {
+  launch_strided([&](simt::Thread& x) {
     optimizer_block::adamw_runs(x, got.p.data(), got.g.data(), got.m.data(), got.v.data(),
                                 runs.data(), int(runs.size()), n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f,
                                 0.05f, static_cast<uint16_t*>(nullptr), 0.5f, kThreads, kStride);
@@ -71,7 +68,7 @@ TEST(OptimizerEmulated, AdamWRunsWithGaps) {
     EXPECT_EQ(got.p[i], before.p[i]) << "element " << i << " between runs";
   // With the bf16 copy: the copy of each updated element, the rest as it was.
   State with_copy = state(n);
-  launch([&](simt::Thread& x) {
+  launch_strided([&](simt::Thread& x) {
     optimizer_block::adamw_runs(x, with_copy.p.data(), with_copy.g.data(), with_copy.m.data(),
                                 with_copy.v.data(), runs.data(), int(runs.size()), n, 1e-2f, 0.9f,
                                 0.95f, 1e-8f, 0.1f, 0.05f, with_copy.copy.data(), 0.5f, kThreads,
@@ -91,7 +88,7 @@ TEST(OptimizerEmulated, AdamWSgdAndMuon) {
     State want = state(n), got = want;
     be->adamw_update(want.p.data(), want.g.data(), want.m.data(), want.v.data(), n, 3e-3f, 0.8f,
                      0.99f, 1e-6f, 0.01f, 0.2f, 0.01f, testing::as_bf16(want.copy), 2.0f);
-    launch([&](simt::Thread& x) {
+    launch_strided([&](simt::Thread& x) {
       optimizer_block::adamw(x, got.p.data(), got.g.data(), got.m.data(), got.v.data(), n, 3e-3f,
                              0.8f, 0.99f, 1e-6f, 0.01f, 0.2f, 0.01f, got.copy.data(), 2.0f,
                              kThreads, kStride);
@@ -103,7 +100,7 @@ TEST(OptimizerEmulated, AdamWSgdAndMuon) {
     State want = state(n), got = want;
     be->sgd_update(want.p.data(), want.g.data(), want.m.data(), n, 0.1f, 0.9f, 0.01f,
                    testing::as_bf16(want.copy), 0.5f);
-    launch([&](simt::Thread& x) {
+    launch_strided([&](simt::Thread& x) {
       optimizer_block::sgd(x, got.p.data(), got.g.data(), got.m.data(), n, 0.1f, 0.9f, 0.01f,
                            got.copy.data(), 0.5f, kThreads, kStride);
     });
@@ -113,12 +110,12 @@ TEST(OptimizerEmulated, AdamWSgdAndMuon) {
     SCOPED_TRACE(nesterov ? "muon, nesterov" : "muon");
     State want = state(n), got = want;
     be->muon_momentum(want.m.data(), want.v.data(), want.g.data(), n, 0.95f, nesterov, 0.25f);
-    launch([&](simt::Thread& x) {
+    launch_strided([&](simt::Thread& x) {
       optimizer_block::muon_momentum(x, got.m.data(), got.v.data(), got.g.data(), n, 0.95f,
                                      nesterov, 0.25f, kThreads, kStride);
     });
     be->muon_apply(want.p.data(), want.g.data(), n, 0.02f, 0.1f, 0.7f, testing::as_bf16(want.copy));
-    launch([&](simt::Thread& x) {
+    launch_strided([&](simt::Thread& x) {
       optimizer_block::muon_apply(x, got.p.data(), got.g.data(), n, 0.02f, 0.1f, 0.7f,
                                   got.copy.data(), kThreads, kStride);
     });

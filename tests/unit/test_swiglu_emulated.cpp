@@ -11,6 +11,7 @@
 #include "../support/block_data.h"
 #include "../support/random_data.h"
 #include "../support/simt_emulator.h"
+#include "../support/strided_launch.h"
 #include "triad/kernels/backend.h"
 
 namespace triad {
@@ -21,13 +22,9 @@ using testing::widened;
 using Vec = std::vector<float>;
 using Bits = testing::Bf16Bits;
 
-constexpr int kThreads = 64, kBlocks = 3;
-constexpr size_t kStride = size_t(kThreads) * kBlocks;
-
-template <class Body>
-void launch(Body body) {
-  simt::launch(kBlocks, 1, kThreads, 0, simt::CopyTiming::at_issue, body);
-}
+constexpr int kThreads = testing::kStridedThreads;
+using testing::kStride;
+using testing::launch_strided;
 
 void check(int N, int H, bool bf16) {
   SCOPED_TRACE(::testing::Message() << "N=" << N << " H=" << H << (bf16 ? " bf16" : " fp32"));
@@ -42,7 +39,7 @@ void check(int N, int H, bool bf16) {
   if (bf16) {
     Bits w(n, 0xFFFFu), g(n, 0xFFFFu);
     be->swiglu_forward(as_bf16(w), as_bf16(pre), N, H);
-    launch([&](simt::Thread& x) {
+    launch_strided([&](simt::Thread& x) {
       swiglu_block::forward(x, g.data(), pre.data(), H, n, kThreads, kStride);
     });
     want = widened(w);
@@ -51,7 +48,7 @@ void check(int N, int H, bool bf16) {
     want.assign(n, NAN);
     got.assign(n, NAN);
     be->swiglu_forward(want.data(), pre32.data(), N, H);
-    launch([&](simt::Thread& x) {
+    launch_strided([&](simt::Thread& x) {
       swiglu_block::forward(x, got.data(), pre32.data(), H, n, kThreads, kStride);
     });
   }
@@ -62,7 +59,7 @@ void check(int N, int H, bool bf16) {
     if (bf16) {
       Bits w = old, g = old;
       be->swiglu_backward(as_bf16(w), as_bf16(pre), as_bf16(dout), N, H, mode);
-      launch([&](simt::Thread& x) {
+      launch_strided([&](simt::Thread& x) {
         swiglu_block::backward(x, g.data(), pre.data(), dout.data(), H, n, accumulate, kThreads,
                                kStride);
       });
@@ -72,7 +69,7 @@ void check(int N, int H, bool bf16) {
       want = old32;
       got = old32;
       be->swiglu_backward(want.data(), pre32.data(), dout32.data(), N, H, mode);
-      launch([&](simt::Thread& x) {
+      launch_strided([&](simt::Thread& x) {
         swiglu_block::backward(x, got.data(), pre32.data(), dout32.data(), H, n, accumulate,
                                kThreads, kStride);
       });

@@ -70,6 +70,19 @@ TRIAD_BLOCK_FN T warp_sum(X& x, T v) {
   return v;
 }
 
+// The sum of v over a block of `threads` threads (a multiple of 32; every thread calls it and
+// gets the sum): each warp's butterfly, then the warps' sums by a butterfly. part: 32 values of
+// shared memory; it starts with a barrier, so part may be reused right after a previous call.
+template <class X, class T>
+TRIAD_BLOCK_FN T block_sum(X& x, T v, T* part, int threads) {
+  const int lane = x.thread() % 32, warp = x.thread() / 32;
+  v = warp_sum(x, v);
+  x.sync_threads();
+  if (lane == 0) part[warp] = v;
+  x.sync_threads();
+  return warp_sum(x, lane < threads / 32 ? part[lane] : T(0));
+}
+
 // The grid-stride loop of the elementwise block programs: thread t of block b takes element
 // i = b·threads + t, then every `stride` (the grid's threads) after it, below n.
 #define TRIAD_BLOCK_STRIDE_LOOP(x, i, n, threads, stride)                                        \

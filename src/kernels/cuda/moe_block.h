@@ -112,18 +112,6 @@ TRIAD_BLOCK_FN void route_rows(X& x, float* probs, int32_t* expert, float* gate,
     for (int j = 0; j < k; ++j) g[j] /= picked;
 }
 
-// Sum of v over the block (kDispatchThreads threads; every thread calls it and gets the sum).
-// part: 32 ints of shared memory.
-template <class X>
-TRIAD_BLOCK_FN int block_sum(X& x, int v, int* part) {
-  const int lane = x.thread() % 32, warp = x.thread() / 32;
-  v = warp_sum(x, v);
-  x.sync_threads();  // a previous call may still be reading part
-  if (lane == 0) part[warp] = v;
-  x.sync_threads();
-  return warp_sum(x, lane < kDispatchThreads / 32 ? part[lane] : 0);
-}
-
 // The exclusive prefix sum of v over the block's threads in order; *total = the block's sum.
 // part: 32 ints of shared memory.
 template <class X>
@@ -163,8 +151,8 @@ TRIAD_BLOCK_FN void dispatch_block(X& x, int32_t* slot, int* counts, const int32
     below += c < e ? 1 : 0;
     mine += c == e ? 1 : 0;
   }
-  below = block_sum(x, below, part);  // expert e's first place
-  mine = block_sum(x, mine, part);
+  below = block_sum(x, below, part, kDispatchThreads);  // expert e's first place
+  mine = block_sum(x, mine, part, kDispatchThreads);
   if (t == 0) counts[e] = mine;
   if (mine == 0) return;  // the whole block
   int next = below;

@@ -6,7 +6,8 @@
 //    slice in order, then the kRowGroups partial sums are added in order into partials[y][c].
 //  - column_finish: one thread per column adds partials[0..slices)[c] in order onto dst[c].
 //  - sum_squares_partials / sum_partials: Σ x² in double, a grid-stride slice per block reduced
-//    through a fixed tree (block_sum), then one block adding the blocks' sums.
+//    through a fixed tree (block_program.h's block_sum), then one block adding the blocks'
+//    sums.
 #pragma once
 
 #include <cstddef>
@@ -24,19 +25,6 @@ TRIAD_BLOCK_SIZE size_t column_smem() {
   return size_t(kRowGroups) * (kColumns + 1) * sizeof(float);
 }
 TRIAD_BLOCK_SIZE size_t sum_smem() { return 32 * sizeof(double); }
-
-// Σ v over the block's `threads` threads (a multiple of 32): each warp's butterfly, then the
-// warps' sums by a butterfly; every thread gets it. Starts with a barrier (part may be reused).
-template <class X>
-TRIAD_BLOCK_FN double block_sum(X& x, double v, int threads) {
-  double* part = reinterpret_cast<double*>(x.smem());  // one per warp
-  const int lane = x.thread() % 32, warp = x.thread() / 32;
-  v = warp_sum(x, v);
-  x.sync_threads();  // a previous call may still be reading part
-  if (lane == 0) part[warp] = v;
-  x.sync_threads();
-  return warp_sum(x, lane < threads / 32 ? part[lane] : 0.0);
-}
 
 // partials[y][c] = Σ src[n, c] over the rows [y·rows, min(N, (y + 1)·rows)).
 template <class X, class Elem>
@@ -78,7 +66,7 @@ TRIAD_BLOCK_FN void sum_squares_partials(X& x, double* partials, const Elem* v, 
     const double e = load(x, v + i);
     sum += e * e;
   }
-  sum = block_sum(x, sum, threads);
+  sum = block_sum(x, sum, reinterpret_cast<double*>(x.smem()), threads);
   if (x.thread() == 0) partials[x.block_x()] = sum;
 }
 
@@ -88,7 +76,7 @@ TRIAD_BLOCK_FN void sum_partials(X& x, double* out, const double* partials, int 
                                  int threads) {
   double sum = 0.0;
   for (int i = x.thread(); i < count; i += threads) sum += partials[i];
-  sum = block_sum(x, sum, threads);
+  sum = block_sum(x, sum, reinterpret_cast<double*>(x.smem()), threads);
   if (x.thread() == 0) *out = sum;
 }
 
