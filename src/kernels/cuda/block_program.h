@@ -70,6 +70,18 @@ TRIAD_BLOCK_FN T warp_sum(X& x, T v) {
   return v;
 }
 
+// The largest of v over the 32 lanes of a warp by a butterfly (a NaN from another lane is
+// ignored, as fmaxf does).
+template <class X>
+TRIAD_BLOCK_FN float warp_max(X& x, float v) {
+  TRIAD_UNROLL
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    const float o = x.shfl_xor(v, offset);
+    v = o > v ? o : v;
+  }
+  return v;
+}
+
 // The sum of v over a block of `threads` threads (a multiple of 32; every thread calls it and
 // gets the sum): each warp's butterfly, then the warps' sums by a butterfly. part: 32 values of
 // shared memory; it starts with a barrier, so part may be reused right after a previous call.
@@ -81,6 +93,16 @@ TRIAD_BLOCK_FN T block_sum(X& x, T v, T* part, int threads) {
   if (lane == 0) part[warp] = v;
   x.sync_threads();
   return warp_sum(x, lane < threads / 32 ? part[lane] : T(0));
+}
+// The largest of v over the block, as block_sum (-inf where the block holds no value).
+template <class X>
+TRIAD_BLOCK_FN float block_max(X& x, float v, float* part, int threads) {
+  const int lane = x.thread() % 32, warp = x.thread() / 32;
+  v = warp_max(x, v);
+  x.sync_threads();
+  if (lane == 0) part[warp] = v;
+  x.sync_threads();
+  return warp_max(x, lane < threads / 32 ? part[lane] : -__builtin_huge_valf());
 }
 
 // The grid-stride loop of the elementwise block programs: thread t of block b takes element

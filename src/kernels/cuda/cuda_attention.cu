@@ -21,115 +21,60 @@
 // sgemm(opB, opA, m=a, n=T, k, B, A, X); the four shapes used are spelled out below.
 #include <cmath>
 
+#include "attention_fp32_block.h"
 #include "cuda_ops.cuh"
+#include "device_thread.cuh"
 
 namespace triad::cuda {
 namespace {
 
-constexpr int kSoftmaxBlock = 128;  // threads per attention row
+// The kernels: the block programs of attention_fp32_block.h, launched with DeviceThread.
+using attention_fp32_block::HeadLayout;
+using attention_fp32_block::kSoftmaxThreads;
+#define TRIAD_GRID int(blockDim.x), size_t(gridDim.x) * blockDim.x
 
-// Index helpers for the [B,NH,T,hd] ↔ [B,T,NH·hd] permutations: idx runs over [B,NH,T,hd];
-// returns the offset of the same element in a [B,T,width] row-major tensor whose head h starts
-// at column h·hd.
-struct HeadLayout {
-  int NH, T, hd;
-  __device__ size_t row_offset(size_t idx, size_t width) const {
-    const size_t d = idx % hd;
-    const size_t t = (idx / hd) % T;
-    const size_t h = (idx / (size_t(hd) * T)) % NH;
-    const size_t b = idx / (size_t(hd) * T * NH);
-    return (b * T + t) * width + h * hd + d;
-  }
-};
-
-// q/k/v [B,NH,T,hd] ← qkv [B,T,3C]
 __global__ void split_qkv_kernel(float* q, float* k, float* v, const float* qkv, HeadLayout L,
                                  int C, size_t total) {
-  TRIAD_GRID_STRIDE_LOOP(i, total) {
-    const size_t src = L.row_offset(i, size_t(3) * C);
-    q[i] = qkv[src];
-    k[i] = qkv[src + C];
-    v[i] = qkv[src + 2 * size_t(C)];
-  }
+  DeviceThread x;
+  attention_fp32_block::split_qkv(x, q, k, v, qkv, L, C, total, TRIAD_GRID);
 }
 
-// dst [B,NH,T,hd] ← src [B,T,C]
 __global__ void to_heads_kernel(float* dst, const float* src, HeadLayout L, int C, size_t total) {
-  TRIAD_GRID_STRIDE_LOOP(i, total) { dst[i] = src[L.row_offset(i, C)]; }
+  DeviceThread x;
+  attention_fp32_block::to_heads(x, dst, src, L, C, total, TRIAD_GRID);
 }
 
-// dst [B,T,C] ← src [B,NH,T,hd]
 __global__ void from_heads_kernel(float* dst, const float* src, HeadLayout L, int C, size_t total) {
-  TRIAD_GRID_STRIDE_LOOP(i, total) { dst[L.row_offset(i, C)] = src[i]; }
+  DeviceThread x;
+  attention_fp32_block::from_heads(x, dst, src, L, C, total, TRIAD_GRID);
 }
 
-// dqkv [B,T,3C] += dq | dk | dv [B,NH,T,hd]
 __global__ void accumulate_dqkv_kernel(float* dqkv, const float* dq, const float* dk,
                                        const float* dv, HeadLayout L, int C, size_t total) {
-  TRIAD_GRID_STRIDE_LOOP(i, total) {
-    const size_t dst = L.row_offset(i, size_t(3) * C);
-    dqkv[dst] += dq[i];
-    dqkv[dst + C] += dk[i];
-    dqkv[dst + 2 * size_t(C)] += dv[i];
-  }
+  DeviceThread x;
+  attention_fp32_block::accumulate_dqkv(x, dqkv, dq, dk, dv, L, C, total, TRIAD_GRID);
 }
 
-// The first key query row r of att [B·NH·T, T] sees: key_begin[b·T + r mod T] (b = r / (NH·T)),
-// or 0 without a document mask.
-__device__ int row_first_key(const int32_t* key_begin, size_t r, int T, int NH) {
-  if (key_begin == nullptr) return 0;
-  return key_begin[r / (size_t(NH) * T) * T + r % size_t(T)];
+__global__ void __launch_bounds__(kSoftmaxThreads)
+    causal_softmax_kernel(float* att, float* lse, int T, int NH, const int32_t* key_begin) {
+  DeviceThread x;
+  attention_fp32_block::causal_softmax(x, att, lse, T, NH, key_begin);
 }
 
-// One block per row r of att [B·NH·T, T]; query position i = r mod T, first key lo. In place:
-// S → P over keys lo..i, exact zeros for the others. Each thread touches the same j's in every
-// loop. lse (may be nullptr): lse[r] = max + ln Σ exp(S − max), the log of the row's denominator.
-__global__ void causal_softmax_kernel(float* att, float* lse, int T, int NH,
-                                      const int32_t* key_begin) {
-  const size_t r = blockIdx.x;
-  const int i = int(r % size_t(T)), lo = row_first_key(key_begin, r, T, NH);
-  float* row = att + r * T;
-  float max_val = -INFINITY;
-  for (int j = lo + threadIdx.x; j <= i; j += blockDim.x) max_val = fmaxf(max_val, row[j]);
-  max_val = block_reduce(max_val, MaxOp{}, -INFINITY);
-  float sum = 0.0f;
-  for (int j = lo + threadIdx.x; j <= i; j += blockDim.x) {
-    const float e = expf(row[j] - max_val);
-    row[j] = e;
-    sum += e;
-  }
-  sum = block_reduce(sum, SumOp{}, 0.0f);
-  const float inv = 1.0f / sum;
-  for (int j = threadIdx.x; j < T; j += blockDim.x)
-    row[j] = j <= i && j >= lo ? row[j] * inv : 0.0f;
-  if (lse != nullptr && threadIdx.x == 0) lse[r] = max_val + logf(sum);
-}
-
-// dst[r, j] = lo_r <= j <= (r mod T) ? att[r, j] : 0 over B·NH·T·T entries.
 __global__ void causal_mask_copy_kernel(float* dst, const float* att, int T, int NH,
                                         const int32_t* key_begin, size_t total) {
-  TRIAD_GRID_STRIDE_LOOP(idx, total) {
-    const size_t j = idx % size_t(T), r = idx / size_t(T);
-    const size_t i = r % size_t(T);
-    dst[idx] = j <= i && int(j) >= row_first_key(key_begin, r, T, NH) ? att[idx] : 0.0f;
-  }
+  DeviceThread x;
+  attention_fp32_block::causal_mask_copy(x, dst, att, T, NH, key_begin, total, TRIAD_GRID);
 }
 
-// One block per row: dS = P ⊙ (dP − Σ_j P dP) over keys lo..i, in place over dP; zeros elsewhere
-// (the dQ and dK products read the full rows). Reads att only at lo <= j <= i.
-__global__ void causal_softmax_backward_kernel(float* ds, const float* att, int T, int NH,
-                                               const int32_t* key_begin) {
-  const size_t r = blockIdx.x;
-  const int i = int(r % size_t(T)), lo = row_first_key(key_begin, r, T, NH);
-  float* drow = ds + r * T;
-  const float* prow = att + r * T;
-  float dot = 0.0f;
-  for (int j = lo + threadIdx.x; j <= i; j += blockDim.x) dot += prow[j] * drow[j];
-  dot = block_reduce(dot, SumOp{}, 0.0f);
-  for (int j = threadIdx.x; j < T; j += blockDim.x) {
-    drow[j] = j <= i && j >= lo ? prow[j] * (drow[j] - dot) : 0.0f;
-  }
+__global__ void __launch_bounds__(kSoftmaxThreads)
+    causal_softmax_backward_kernel(float* ds, const float* att, int T, int NH,
+                                   const int32_t* key_begin) {
+  DeviceThread x;
+  attention_fp32_block::causal_softmax_backward(x, ds, att, T, NH, key_begin);
 }
+
+#undef TRIAD_GRID
 
 // Strided-batched sgemm over `batch` heads (all matrices contiguous per head).
 void gemm_batched(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
@@ -187,8 +132,8 @@ void attention_forward(cudaStream_t s, cublasHandle_t h, float* workspace, float
   // S[T,T] = scale · Q[T,hd] · K[T,hd]ᵀ  ⇔  Sᵀ = K (hd×T col-major, transposed) · Qᵀ (hd×T)
   gemm_batched(h, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, scale, w.k, hd, head, w.q, hd, head, 0.0f,
                att, T, tt, batch);
-  causal_softmax_kernel<<<unsigned(size_t(batch) * T), kSoftmaxBlock, 0, s>>>(att, lse, T, NH,
-                                                                              key_begin);
+  causal_softmax_kernel<<<unsigned(size_t(batch) * T), kSoftmaxThreads,
+                          attention_fp32_block::softmax_smem(), s>>>(att, lse, T, NH, key_begin);
   TRIAD_CUDA_CHECK_LAUNCH();
   // O[T,hd] = P[T,T] · V[T,hd]  ⇔  Oᵀ (hd×T) = Vᵀ (hd×T col-major) · Pᵀ (T×T col-major)
   gemm_batched(h, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, 1.0f, w.v, hd, head, att, T, tt, 0.0f, w.o,
@@ -227,8 +172,9 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, float* workspace, floa
   // dP[T,T] = dO[T,hd] · V[T,hd]ᵀ  (same form as S = Q Kᵀ), into scratch
   gemm_batched(h, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, 1.0f, w.v, hd, head, w.o, hd, head, 0.0f,
                scratch, T, tt, batch);
-  causal_softmax_backward_kernel<<<unsigned(size_t(batch) * T), kSoftmaxBlock, 0, s>>>(
-      scratch, att, T, NH, key_begin);
+  causal_softmax_backward_kernel<<<unsigned(size_t(batch) * T), kSoftmaxThreads,
+                                   attention_fp32_block::softmax_smem(), s>>>(scratch, att, T, NH,
+                                                                              key_begin);
   TRIAD_CUDA_CHECK_LAUNCH();
 
   // dQ[T,hd] = scale · dS[T,T] · K[T,hd]  (same form as O = P V)

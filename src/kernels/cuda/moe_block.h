@@ -33,16 +33,6 @@ constexpr int kElementwiseThreads = 256;
 // dispatch_block's shared memory: the block reduction's and the scan's per-warp values.
 TRIAD_BLOCK_SIZE size_t dispatch_smem() { return 2 * 32 * sizeof(int); }
 
-template <class X>
-TRIAD_BLOCK_FN float warp_max(X& x, float v) {
-  TRIAD_UNROLL
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    const float o = x.shfl_xor(v, offset);
-    v = o > v ? o : v;
-  }
-  return v;
-}
-
 // The order of route_rows' picks: larger probabilities first (a NaN as below every number, so
 // that an all-NaN row still picks its first k columns as the CPU does), equal ones the lower
 // column first.

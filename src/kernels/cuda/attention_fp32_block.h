@@ -1,0 +1,139 @@
+// The hand-written kernels of the fp32 attention (cuda_attention.cu, which describes the path:
+// cuBLAS products around a causal softmax) as block programs (see block_program.h), so that the
+// CPU tests run the same code through the SIMT emulator (test_attention_fp32_emulated):
+//  - the permutations between [B,T,width] rows and per-head [B,NH,T,hd] matrices (grid-stride);
+//  - the causal softmax of att [B·NH·T, T] in place, one block per row, keys lo..i (lo the row's
+//    first key under a document mask) and exact zeros elsewhere, with the row's log-sum-exp;
+//  - its backward dS = P ⊙ (dP − Σ_j P dP) in place over dP, one block per row;
+//  - the causal copy of P with zeros outside each row's keys.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "block_program.h"
+
+namespace triad::attention_fp32_block {
+
+constexpr int kSoftmaxThreads = 128;  // threads per attention row
+
+// softmax's and its backward's shared memory: one float per warp.
+TRIAD_BLOCK_SIZE size_t softmax_smem() { return 32 * sizeof(float); }
+
+// Index helpers for the [B,NH,T,hd] ↔ [B,T,NH·hd] permutations: idx runs over [B,NH,T,hd];
+// row_offset is the offset of the same element in a [B,T,width] row-major tensor whose head h
+// starts at column h·hd.
+struct HeadLayout {
+  int NH, T, hd;
+  TRIAD_BLOCK_SIZE size_t row_offset(size_t idx, size_t width) const {
+    const size_t d = idx % hd;
+    const size_t t = (idx / hd) % T;
+    const size_t h = (idx / (size_t(hd) * T)) % NH;
+    const size_t b = idx / (size_t(hd) * T * NH);
+    return (b * T + t) * width + h * hd + d;
+  }
+};
+
+// q/k/v [B,NH,T,hd] ← qkv [B,T,3C]
+template <class X>
+TRIAD_BLOCK_FN void split_qkv(X& x, float* q, float* k, float* v, const float* qkv, HeadLayout L,
+                              int C, size_t total, int threads, size_t stride) {
+  TRIAD_BLOCK_STRIDE_LOOP(x, i, total, threads, stride) {
+    const size_t src = L.row_offset(i, size_t(3) * C);
+    q[i] = qkv[src];
+    k[i] = qkv[src + C];
+    v[i] = qkv[src + 2 * size_t(C)];
+  }
+}
+
+// dst [B,NH,T,hd] ← src [B,T,C]
+template <class X>
+TRIAD_BLOCK_FN void to_heads(X& x, float* dst, const float* src, HeadLayout L, int C, size_t total,
+                             int threads, size_t stride) {
+  TRIAD_BLOCK_STRIDE_LOOP(x, i, total, threads, stride) { dst[i] = src[L.row_offset(i, C)]; }
+}
+
+// dst [B,T,C] ← src [B,NH,T,hd]
+template <class X>
+TRIAD_BLOCK_FN void from_heads(X& x, float* dst, const float* src, HeadLayout L, int C,
+                               size_t total, int threads, size_t stride) {
+  TRIAD_BLOCK_STRIDE_LOOP(x, i, total, threads, stride) { dst[L.row_offset(i, C)] = src[i]; }
+}
+
+// dqkv [B,T,3C] += dq | dk | dv [B,NH,T,hd]
+template <class X>
+TRIAD_BLOCK_FN void accumulate_dqkv(X& x, float* dqkv, const float* dq, const float* dk,
+                                    const float* dv, HeadLayout L, int C, size_t total, int threads,
+                                    size_t stride) {
+  TRIAD_BLOCK_STRIDE_LOOP(x, i, total, threads, stride) {
+    const size_t dst = L.row_offset(i, size_t(3) * C);
+    dqkv[dst] += dq[i];
+    dqkv[dst + C] += dk[i];
+    dqkv[dst + 2 * size_t(C)] += dv[i];
+  }
+}
+
+// The first key query row r of att [B·NH·T, T] sees: key_begin[b·T + r mod T] (b = r / (NH·T)),
+// or 0 without a document mask.
+TRIAD_BLOCK_FN int row_first_key(const int32_t* key_begin, size_t r, int T, int NH) {
+  if (key_begin == nullptr) return 0;
+  return key_begin[r / (size_t(NH) * T) * T + r % size_t(T)];
+}
+
+// Block r (kSoftmaxThreads): row r of att, query position i = r mod T, first key lo. In place:
+// S → P over keys lo..i, exact zeros for the others. Each thread touches the same j's in every
+// loop. lse (may be null): lse[r] = max + ln Σ exp(S − max), the log of the row's denominator.
+template <class X>
+TRIAD_BLOCK_FN void causal_softmax(X& x, float* att, float* lse, int T, int NH,
+                                   const int32_t* key_begin) {
+  float* part = reinterpret_cast<float*>(x.smem());
+  const size_t r = size_t(x.block_x());
+  const int i = int(r % size_t(T)), lo = row_first_key(key_begin, r, T, NH);
+  float* row = att + r * T;
+  float max_val = -__builtin_huge_valf();
+  for (int j = lo + x.thread(); j <= i; j += kSoftmaxThreads)
+    max_val = row[j] > max_val ? row[j] : max_val;
+  max_val = block_max(x, max_val, part, kSoftmaxThreads);
+  float sum = 0.0f;
+  for (int j = lo + x.thread(); j <= i; j += kSoftmaxThreads) {
+    const float e = x.exp(row[j] - max_val);
+    row[j] = e;
+    sum += e;
+  }
+  sum = block_sum(x, sum, part, kSoftmaxThreads);
+  const float inv = 1.0f / sum;
+  for (int j = x.thread(); j < T; j += kSoftmaxThreads)
+    row[j] = j <= i && j >= lo ? row[j] * inv : 0.0f;
+  if (lse != nullptr && x.thread() == 0) lse[r] = max_val + float(x.log(double(sum)));
+}
+
+// dst[r, j] = lo_r <= j <= (r mod T) ? att[r, j] : 0 over B·NH·T·T entries.
+template <class X>
+TRIAD_BLOCK_FN void causal_mask_copy(X& x, float* dst, const float* att, int T, int NH,
+                                     const int32_t* key_begin, size_t total, int threads,
+                                     size_t stride) {
+  TRIAD_BLOCK_STRIDE_LOOP(x, idx, total, threads, stride) {
+    const size_t j = idx % size_t(T), r = idx / size_t(T);
+    const size_t i = r % size_t(T);
+    dst[idx] = j <= i && int(j) >= row_first_key(key_begin, r, T, NH) ? att[idx] : 0.0f;
+  }
+}
+
+// Block r: dS = P ⊙ (dP − Σ_j P dP) over keys lo..i, in place over dP; zeros elsewhere (the dQ
+// and dK products read the full rows). Reads att only at lo <= j <= i.
+template <class X>
+TRIAD_BLOCK_FN void causal_softmax_backward(X& x, float* ds, const float* att, int T, int NH,
+                                            const int32_t* key_begin) {
+  float* part = reinterpret_cast<float*>(x.smem());
+  const size_t r = size_t(x.block_x());
+  const int i = int(r % size_t(T)), lo = row_first_key(key_begin, r, T, NH);
+  float* drow = ds + r * T;
+  const float* prow = att + r * T;
+  float dot = 0.0f;
+  for (int j = lo + x.thread(); j <= i; j += kSoftmaxThreads) dot += prow[j] * drow[j];
+  dot = block_sum(x, dot, part, kSoftmaxThreads);
+  for (int j = x.thread(); j < T; j += kSoftmaxThreads)
+    drow[j] = j <= i && j >= lo ? prow[j] * (drow[j] - dot) : 0.0f;
+}
+
+}  // namespace triad::attention_fp32_block

@@ -1,0 +1,128 @@
+// The hand-written kernels of the CUDA backend's fp32 attention (src/kernels/cuda/
+// attention_fp32_block.h, as cuda_attention.cu launches them around its cuBLAS products), run on
+// the CPU through the SIMT emulator, against references written here: the permutations between
+// [B,T,3C] rows and per-head matrices (exact), the causal softmax with its log-sum-exp and its
+// backward against double (1e-6 of the largest magnitude; exact zeros outside each row's keys),
+// with and without a document mask, rows longer than a block. Needs no GPU; test_cuda_backend runs
+// the whole attention on one against the CPU backend.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "../../src/kernels/cuda/attention_fp32_block.h"
+#include "../support/random_data.h"
+#include "../support/simt_emulator.h"
+#include "../support/strided_launch.h"
+
+namespace triad {
+namespace {
+
+using attention_fp32_block::HeadLayout;
+using Vec = std::vector<float>;
+using testing::kStride;
+using testing::launch_strided;
+constexpr int kThreads = testing::kStridedThreads;
+
+TEST(AttentionFp32Emulated, PermutationsRoundTrip) {
+  const int B = 2, T = 5, NH = 3, hd = 4, C = NH * hd;
+  const size_t total = size_t(B) * NH * T * hd;
+  const HeadLayout L{NH, T, hd};
+  const Vec qkv = testing::random_vec(size_t(B) * T * 3 * C, 1);
+  Vec q(total, NAN), k(total, NAN), v(total, NAN);
+  launch_strided([&](simt::Thread& x) {
+    attention_fp32_block::split_qkv(x, q.data(), k.data(), v.data(), qkv.data(), L, C, total,
+                                    kThreads, kStride);
+  });
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < NH; ++h)
+      for (int t = 0; t < T; ++t)
+        for (int d = 0; d < hd; ++d) {
+          const size_t head = ((size_t(b) * NH + h) * T + t) * hd + d;
+          const size_t row = (size_t(b) * T + t) * 3 * C + size_t(h) * hd + d;
+          ASSERT_EQ(q[head], qkv[row]);
+          ASSERT_EQ(k[head], qkv[row + C]);
+          ASSERT_EQ(v[head], qkv[row + 2 * size_t(C)]);
+        }
+  // from_heads(to_heads(rows)) gives the rows back; accumulate_dqkv adds q|k|v onto qkv.
+  const Vec rows = testing::random_vec(size_t(B) * T * C, 2);
+  Vec heads(total, NAN), back(rows.size(), NAN);
+  launch_strided([&](simt::Thread& x) {
+    attention_fp32_block::to_heads(x, heads.data(), rows.data(), L, C, total, kThreads, kStride);
+  });
+  launch_strided([&](simt::Thread& x) {
+    attention_fp32_block::from_heads(x, back.data(), heads.data(), L, C, total, kThreads, kStride);
+  });
+  EXPECT_EQ(back, rows);
+  Vec sum(qkv.size(), 0.0f);
+  launch_strided([&](simt::Thread& x) {
+    attention_fp32_block::accumulate_dqkv(x, sum.data(), q.data(), k.data(), v.data(), L, C, total,
+                                          kThreads, kStride);
+  });
+  EXPECT_EQ(sum, qkv);
+}
+
+// att [B·NH·T, T] of random scores through the softmax, then dP through its backward.
+void check_softmax(int B, int NH, int T, bool documents) {
+  SCOPED_TRACE(::testing::Message()
+               << "B=" << B << " NH=" << NH << " T=" << T << (documents ? " documents" : ""));
+  std::vector<int32_t> key_begin;
+  if (documents)  // documents starting at 0, T/3 and 2T/3 of every sequence
+    for (int b = 0; b < B; ++b)
+      for (int t = 0; t < T; ++t)
+        key_begin.push_back(t < T / 3 ? 0 : t < 2 * T / 3 ? T / 3 : 2 * T / 3);
+  const int32_t* kb = documents ? key_begin.data() : nullptr;
+  const size_t R = size_t(B) * NH * T;
+  const Vec scores = testing::random_vec(R * T, 3, -6.0f, 6.0f), dp = testing::random_vec(R * T, 4);
+  Vec att = scores, lse(R, NAN);
+  simt::launch(int(R), 1, attention_fp32_block::kSoftmaxThreads,
+               attention_fp32_block::softmax_smem(), simt::CopyTiming::at_issue,
+               [&](simt::Thread& x) {
+                 attention_fp32_block::causal_softmax(x, att.data(), lse.data(), T, NH, kb);
+               });
+  Vec ds = dp;
+  simt::launch(int(R), 1, attention_fp32_block::kSoftmaxThreads,
+               attention_fp32_block::softmax_smem(), simt::CopyTiming::at_issue,
+               [&](simt::Thread& x) {
+                 attention_fp32_block::causal_softmax_backward(x, ds.data(), att.data(), T, NH, kb);
+               });
+  Vec masked(R * T, NAN);
+  launch_strided([&](simt::Thread& x) {
+    attention_fp32_block::causal_mask_copy(x, masked.data(), att.data(), T, NH, kb, R * T, kThreads,
+                                           kStride);
+  });
+  double p_err = 0, lse_err = 0, ds_err = 0;
+  for (size_t r = 0; r < R; ++r) {
+    const int i = int(r % T), b = int(r / (size_t(NH) * T));
+    const int lo = documents ? key_begin[size_t(b) * T + i] : 0;
+    double mx = -INFINITY, sum = 0, dot = 0;
+    for (int j = lo; j <= i; ++j) mx = std::max(mx, double(scores[r * T + j]));
+    for (int j = lo; j <= i; ++j) sum += std::exp(scores[r * T + j] - mx);
+    for (int j = lo; j <= i; ++j) dot += std::exp(scores[r * T + j] - mx) / sum * dp[r * T + j];
+    lse_err = std::max(lse_err, std::abs(lse[r] - (mx + std::log(sum))));
+    for (int j = 0; j < T; ++j) {
+      const size_t e = r * T + j;
+      if (j < lo || j > i) {
+        ASSERT_EQ(att[e], 0.0f) << "row " << r << " key " << j;
+        ASSERT_EQ(ds[e], 0.0f) << "row " << r << " key " << j;
+        ASSERT_EQ(masked[e], 0.0f);
+        continue;
+      }
+      const double p = std::exp(scores[e] - mx) / sum;
+      p_err = std::max(p_err, std::abs(att[e] - p));
+      ds_err = std::max(ds_err, std::abs(ds[e] - p * (dp[e] - dot)));
+      ASSERT_EQ(masked[e], att[e]);
+    }
+  }
+  EXPECT_LE(p_err, 1e-6);
+  EXPECT_LE(lse_err, 1e-5);
+  EXPECT_LE(ds_err, 1e-6);
+}
+
+TEST(AttentionFp32Emulated, CausalSoftmax) { check_softmax(2, 2, 20, false); }
+TEST(AttentionFp32Emulated, CausalSoftmaxRowsLongerThanABlockWithDocuments) {
+  check_softmax(1, 1, 300, true);
+}
+
+}  // namespace
+}  // namespace triad
