@@ -82,27 +82,29 @@ TRIAD_BLOCK_FN float warp_max(X& x, float v) {
   return v;
 }
 
-// The sum of v over a block of `threads` threads (a multiple of 32; every thread calls it and
-// gets the sum): each warp's butterfly, then the warps' sums by a butterfly. part: 32 values of
-// shared memory; it starts with a barrier, so part may be reused right after a previous call.
-template <class X, class T>
-TRIAD_BLOCK_FN T block_sum(X& x, T v, T* part, int threads) {
+// A reduction of v over a block of `threads` threads (a multiple of 32; every thread calls it and
+// gets the result): warp_op's butterfly in each warp, then over the warps' results (identity
+// where a lane has no warp). part: 32 values of shared memory; it starts with a barrier, so part
+// may be reused right after a previous call. block_sum and block_max are its two uses.
+template <class X, class T, class WarpOp>
+TRIAD_BLOCK_FN T block_reduce(X& x, T v, T* part, int threads, WarpOp warp_op, T identity) {
   const int lane = x.thread() % 32, warp = x.thread() / 32;
-  v = warp_sum(x, v);
+  v = warp_op(v);
   x.sync_threads();
   if (lane == 0) part[warp] = v;
   x.sync_threads();
-  return warp_sum(x, lane < threads / 32 ? part[lane] : T(0));
+  return warp_op(lane < threads / 32 ? part[lane] : identity);
+}
+template <class X, class T>
+TRIAD_BLOCK_FN T block_sum(X& x, T v, T* part, int threads) {
+  return block_reduce(
+      x, v, part, threads, [&x](T u) { return warp_sum(x, u); }, T(0));
 }
 // The largest of v over the block, as block_sum (-inf where the block holds no value).
 template <class X>
 TRIAD_BLOCK_FN float block_max(X& x, float v, float* part, int threads) {
-  const int lane = x.thread() % 32, warp = x.thread() / 32;
-  v = warp_max(x, v);
-  x.sync_threads();
-  if (lane == 0) part[warp] = v;
-  x.sync_threads();
-  return warp_max(x, lane < threads / 32 ? part[lane] : -__builtin_huge_valf());
+  return block_reduce(
+      x, v, part, threads, [&x](float u) { return warp_max(x, u); }, -__builtin_huge_valf());
 }
 
 // The grid-stride loop of the elementwise block programs: thread t of block b takes element
