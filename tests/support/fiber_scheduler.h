@@ -29,6 +29,12 @@
 
 namespace triad::simt {
 
+// Ends the test with the emulator's message: what would hang or corrupt on the GPU.
+[[noreturn]] inline void fail(const char* what) {
+  std::fprintf(stderr, "simt emulator: %s\n", what);
+  std::abort();
+}
+
 class FiberScheduler {
  public:
   // The kernels' bodies keep register tiles and the emulator's per-thread state on this stack.
@@ -47,10 +53,10 @@ class FiberScheduler {
     const size_t page = size_t(sysconf(_SC_PAGESIZE));
     f->mapped = kStackBytes + page;
     f->stack = mmap(nullptr, f->mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (f->stack == MAP_FAILED) die("cannot map a fiber's stack");
+    if (f->stack == MAP_FAILED) fail("cannot map a fiber's stack");
     mprotect(f->stack, page, PROT_NONE);  // the guard page below the stack: overflow faults
     f->body = std::move(body);
-    if (getcontext(&f->context) != 0) die("getcontext failed");
+    if (getcontext(&f->context) != 0) fail("getcontext failed");
     f->context.uc_stack.ss_sp = static_cast<char*>(f->stack) + page;
     f->context.uc_stack.ss_size = kStackBytes;
     f->context.uc_link = &main_;
@@ -62,12 +68,12 @@ class FiberScheduler {
 
   // Runs every fiber to its end. Fails if fibers remain that all wait to be woken.
   void run() {
-    if (current_ != nullptr) die("fiber schedulers do not nest");
+    if (current_ != nullptr) fail("fiber schedulers do not nest");
     current_ = this;
     size_t finished = 0;
     while (finished < fibers_.size()) {
       if (ready_.empty())
-        die("every remaining thread waits for one that never arrives (a hang on the GPU)");
+        fail("every remaining thread waits for one that never arrives (a hang on the GPU)");
       running_ = ready_.front();
       ready_.pop_front();
       Fiber& f = *fibers_[size_t(running_)];
@@ -80,7 +86,7 @@ class FiberScheduler {
 
   // The scheduler running on this OS thread (inside a fiber's body).
   static FiberScheduler& current() {
-    if (current_ == nullptr) die("no fiber scheduler is running on this thread");
+    if (current_ == nullptr) fail("no fiber scheduler is running on this thread");
     return *current_;
   }
   int running() const { return running_; }
@@ -91,7 +97,7 @@ class FiberScheduler {
     ready_.push_back(running_);
     suspend();
   }
-  // Suspends this fiber until some fiber calls wake(running()).
+  // Suspends this fiber until some fiber wakes it (wake_first).
   void block() { suspend(); }
   // Makes the fibers ready, to run in this order before every fiber ready already.
   void wake_first(const std::vector<int>& fibers) {
@@ -107,10 +113,6 @@ class FiberScheduler {
     bool done = false;
   };
 
-  [[noreturn]] static void die(const char* what) {
-    std::fprintf(stderr, "simt emulator: %s\n", what);
-    std::abort();
-  }
   static void trampoline() {
     FiberScheduler& s = *current_;
     Fiber& f = *s.fibers_[size_t(s.running_)];

@@ -61,11 +61,6 @@ namespace triad::simt {
 
 enum class CopyTiming { at_issue, at_wait };
 
-[[noreturn]] inline void fail(const char* what) {
-  std::fprintf(stderr, "simt emulator: %s\n", what);
-  std::abort();
-}
-
 inline float bf16_value(uint16_t bits) { return to_float(bf16_t{bits}); }
 
 // The shared-memory address of a block's first byte of dynamic shared memory. Not a multiple of
@@ -379,18 +374,16 @@ class Thread {
   void mbarrier_wait(uint64_t* bar, uint32_t parity) {
     const auto start = std::chrono::steady_clock::now();
     for (;;) {
-      {
-        Block::Barrier& b = barrier(bar);
-        // This thread's next phase of the barrier (phases are waited for in order, each once).
-        auto& [generation, next] = next_phase_[barrier_offset(bar)];
-        if (generation != b.generation) generation = b.generation, next = 0;
-        if (uint32_t(next & 1) != parity)
-          fail("mbarrier wait on a parity other than this thread's next phase of the barrier");
-        advance(b, true);
-        if (uint32_t(b.phase & 1) != parity) {  // the phase of that parity completed
-          ++next;
-          return;
-        }
+      Block::Barrier& b = barrier(bar);
+      // This thread's next phase of the barrier (phases are waited for in order, each once).
+      auto& [generation, next] = next_phase_[barrier_offset(bar)];
+      if (generation != b.generation) generation = b.generation, next = 0;
+      if (uint32_t(next & 1) != parity)
+        fail("mbarrier wait on a parity other than this thread's next phase of the barrier");
+      advance(b, true);
+      if (uint32_t(b.phase & 1) != parity) {  // the phase of that parity completed
+        ++next;
+        return;
       }
       if (std::chrono::steady_clock::now() - start > std::chrono::seconds(30))
         fail("mbarrier wait never completes (a hang on the GPU)");
@@ -473,7 +466,7 @@ class Thread {
   void store_shared32(void* p, uint32_t v) {
     if (!block_.in_smem(p, 4)) fail("st.shared outside shared memory");
     if (reinterpret_cast<uintptr_t>(p) % 4 != 0) fail("4-byte st.shared to a misaligned address");
-    { check_no_barrier(static_cast<const unsigned char*>(p), 4); }
+    check_no_barrier(static_cast<const unsigned char*>(p), 4);
     std::memcpy(p, &v, sizeof v);
     mark_written(static_cast<const unsigned char*>(p), 4);
   }
@@ -606,7 +599,7 @@ class Thread {
     }
   }
   void perform(const Copy& c) {
-    { check_no_barrier(c.dst, 16); }
+    check_no_barrier(c.dst, 16);
     if (c.src)
       std::memcpy(c.dst, c.src, 16);
     else
@@ -664,10 +657,8 @@ class Thread {
             std::memset(d, 0, 2);
         }
     const size_t bytes = o;
-    {
-      const size_t first = size_t(copy.dst - block_.base_) / 4;
-      for (size_t w = first; w < first + bytes / 4; ++w) block_.writer_[w] = -1;
-    }
+    const size_t first = size_t(copy.dst - block_.base_) / 4;
+    for (size_t w = first; w < first + bytes / 4; ++w) block_.writer_[w] = -1;
     b.tx -= int64_t(bytes);
     if (b.tx < 0) fail("bulk copies delivered more bytes than the mbarrier expected");
   }

@@ -136,11 +136,14 @@ struct DeviceThread {
   // The fp8 byte of v (round to nearest even, saturating to ±fp8_max, NaN kept); fp8x2: two, lo
   // in the low byte.
   __device__ __forceinline__ uint8_t fp8(float v, Fp8Format f) {
-    return __nv_cvt_float_to_fp8(v, __NV_SATFINITE, f == Fp8Format::e4m3 ? __NV_E4M3 : __NV_E5M2);
+    return __nv_cvt_float_to_fp8(v, __NV_SATFINITE, interpretation(f));
   }
   __device__ __forceinline__ uint32_t fp8x2(float lo, float hi, Fp8Format f) {
-    return uint32_t(__nv_cvt_float2_to_fp8x2(make_float2(lo, hi), __NV_SATFINITE,
-                                             f == Fp8Format::e4m3 ? __NV_E4M3 : __NV_E5M2));
+    return uint32_t(
+        __nv_cvt_float2_to_fp8x2(make_float2(lo, hi), __NV_SATFINITE, interpretation(f)));
+  }
+  static __device__ __forceinline__ __nv_fp8_interpretation_t interpretation(Fp8Format f) {
+    return f == Fp8Format::e4m3 ? __NV_E4M3 : __NV_E5M2;
   }
   __device__ __forceinline__ void atomic_max(unsigned* p, unsigned v) { atomicMax(p, v); }
   __device__ __forceinline__ void store8(void* p, uint32_t lo, uint32_t hi) {

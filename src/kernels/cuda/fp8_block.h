@@ -55,17 +55,14 @@ TRIAD_BLOCK_FN void absmax(X& x, unsigned* out, const uint16_t* v, size_t n, boo
   }
   for (size_t i = tail + size_t(x.block_x()) * threads + x.thread(); i < n; i += stride)
     m = umax(m, unsigned(v[i]) & 0x7fffu);
-  TRIAD_UNROLL
-  for (int offset = 16; offset > 0; offset >>= 1) m = umax(m, x.shfl_xor(m, offset));
-  unsigned* part = reinterpret_cast<unsigned*>(x.smem());
-  const int lane = x.thread() % 32, warp = x.thread() / 32;
-  if (lane == 0) part[warp] = m;
-  x.sync_threads();
-  if (x.thread() == 0) {
-    for (int w = 1; w < threads / 32; ++w) m = umax(m, part[w]);
-    // bf16 bits → float bits; a NaN (above +inf's 0x7f80) as +inf
-    if (m != 0) x.atomic_max(out, (m < 0x7f80u ? m : 0x7f80u) << 16);
-  }
+  const auto warp_umax = [&x](unsigned u) {
+    TRIAD_UNROLL
+    for (int offset = 16; offset > 0; offset >>= 1) u = umax(u, x.shfl_xor(u, offset));
+    return u;
+  };
+  m = block_reduce(x, m, reinterpret_cast<unsigned*>(x.smem()), threads, warp_umax, 0u);
+  // bf16 bits → float bits; a NaN (above +inf's 0x7f80) as +inf
+  if (x.thread() == 0 && m != 0) x.atomic_max(out, (m < 0x7f80u ? m : 0x7f80u) << 16);
 }
 
 // The scale of the tensor whose max |x| is *amax; block 0's first thread writes its inverse.
