@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "triad/core/error.h"
+#include "triad/core/mpi_session.h"
 
 namespace triad {
 
@@ -14,6 +15,7 @@ int run_main(int argc, char** argv, const char* prog, const std::function<int(MP
   // Open MPI's shared-memory shared-file-pointer component prints spurious errors when several
   // singletons share a temp directory; triad never uses shared file pointers.
   setenv("OMPI_MCA_sharedfp", "^sm", 0);
+  const SingletonSessionDir session;  // removed after MPI_Finalize, as the function returns
   MPI_Init(&argc, &argv);
   // Report MPI failures as errors (TRIAD_MPI_CHECK names the call, rank and site) instead of
   // aborting inside the library.

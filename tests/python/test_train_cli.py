@@ -3,6 +3,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,6 +26,23 @@ def weights(path):
         out = {}
         f["model"].visititems(lambda n, d: out.__setitem__(n, d[:]) if isinstance(d, h5py.Dataset) else None)
         return out
+
+
+def test_a_program_started_without_a_launcher_keeps_its_own_mpi_session_directory(tmp_path):
+    """Open MPI runs every singleton (a program started without mpirun or srun) as the same job,
+    whose session directory under $TMPDIR the first to end removes under the others: side by
+    side, MPI_Init failed at random. Each triad program started alone takes a directory of its
+    own. Here the shared one cannot be made (a file holds its name), so MPI_Init gets through,
+    and the config error comes after it, only with the private directory, which is gone after."""
+    blocker = tmp_path / f"ompi.{socket.gethostname()}.{os.getuid()}"
+    blocker.write_text("not a directory")
+    env = dict(ENV, TMPDIR=str(tmp_path))
+    env.pop("OMPI_MCA_orte_tmpdir_base", None)
+    p = subprocess.run([exe("triad-train"), "--config", str(tmp_path / "absent.ini")],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 1, p.stderr
+    assert "absent.ini: cannot open" in p.stderr and "ORTE" not in p.stderr, p.stderr
+    assert list(tmp_path.iterdir()) == [blocker]
 
 
 def test_help_lists_every_key_with_defaults():

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "triad/core/bf16.h"
@@ -30,6 +31,33 @@ inline bf16_t* as_bf16(Bf16Bits& b) { return reinterpret_cast<bf16_t*>(b.data())
 inline const bf16_t* as_bf16(const Bf16Bits& b) {
   return reinterpret_cast<const bf16_t*>(b.data());
 }
+
+// The buffers of one precision for a test that runs a block program (Gpu: float, or uint16_t
+// bf16 bits) and the CPU backend (Cpu: float or bf16_t) on the same values; kTol the
+// tolerance of the kernel tests (max_rel_error: 1e-5 fp32, 1e-2 bf16).
+template <bool kBf16>
+struct Precision {
+  using Gpu = std::conditional_t<kBf16, uint16_t, float>;
+  using Cpu = std::conditional_t<kBf16, bf16_t, float>;
+  static constexpr double kTol = kBf16 ? 1e-2 : 1e-5;
+  static constexpr const char* kName = kBf16 ? "bf16" : "fp32";
+  static std::vector<Gpu> from(const std::vector<float>& v) {
+    if constexpr (kBf16)
+      return bf16_bits(v);
+    else
+      return v;
+  }
+  static std::vector<float> widen(const std::vector<Gpu>& v) {
+    if constexpr (kBf16)
+      return widened(v);
+    else
+      return v;
+  }
+  static Cpu* cpu(std::vector<Gpu>& v) { return reinterpret_cast<Cpu*>(v.data()); }
+  static const Cpu* cpu(const std::vector<Gpu>& v) {
+    return reinterpret_cast<const Cpu*>(v.data());
+  }
+};
 
 // max |got − want| / max |want| (a NaN or infinity in the difference: infinity).
 inline double max_rel_error(const std::vector<float>& got, const std::vector<float>& want) {

@@ -6,6 +6,9 @@
 #include <mpi.h>
 
 #include <cstdlib>
+#include <memory>
+
+#include "triad/core/mpi_session.h"
 
 namespace triad::testing {
 
@@ -19,6 +22,7 @@ class MpiEnvironment : public ::testing::Environment {
       // session directory, which the first to finish removes, and the "sm" shared-file-pointer
       // component keeps its files there, so HDF5 file opens failed at random.
       setenv("OMPI_MCA_sharedfp", "^sm", 0);
+      session_ = std::make_unique<SingletonSessionDir>();  // as run_main, for the same reason
       MPI_Init(nullptr, nullptr);
     }
   }
@@ -26,7 +30,11 @@ class MpiEnvironment : public ::testing::Environment {
     int fin = 0;
     MPI_Finalized(&fin);
     if (!fin) MPI_Finalize();
+    session_.reset();
   }
+
+ private:
+  std::unique_ptr<SingletonSessionDir> session_;
 };
 
 // Registered by including this header (once per executable).

@@ -505,6 +505,7 @@ class Thread {
   static int take_ticket(int* p) { return std::atomic_ref<int>(*p).fetch_add(1); }
 
   static float exp(float v) { return std::exp(v); }
+  static float tanh(float v) { return std::tanh(v); }
   static double log(double v) { return std::log(v); }
   static double sqrt(double v) { return std::sqrt(v); }
   static float exp2(float v) { return std::exp2(v); }

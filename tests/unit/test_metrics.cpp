@@ -269,8 +269,9 @@ std::vector<double> read_wide(const std::string& file, const std::string& dset, 
   EXPECT_EQ(H5Sget_simple_extent_ndims(s), 2) << dset;
   H5Sget_simple_extent_dims(s, dims, nullptr);
   std::vector<double> v(dims[0] * dims[1]);
-  if (!v.empty())
+  if (!v.empty()) {
     EXPECT_GE(H5Dread(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data()), 0);
+  }
   H5Sclose(s);
   H5Dclose(d);
   H5Fclose(f);

@@ -3,6 +3,10 @@
 // indices, barriers, warp and warpgroup instructions, shared memory). The GPU runs it with
 // DeviceThread (device_thread.cuh); the CPU tests run the same code through the SIMT emulator
 // (tests/support/simt_emulator.h). This header is plain C++ and needs no CUDA header.
+//
+// Determinism: the reductions here have an order fixed by the shapes (a fixed number of threads
+// each summing a fixed subset in index order, a fixed shuffle tree, the warps' results in
+// order) and no floating-point atomics, so their results are bit-identical run to run.
 #pragma once
 
 #include <cstdint>
@@ -105,6 +109,39 @@ template <class X>
 TRIAD_BLOCK_FN float block_max(X& x, float v, float* part, int threads) {
   return block_reduce(
       x, v, part, threads, [&x](float u) { return warp_max(x, u); }, -__builtin_huge_valf());
+}
+
+// The per-slice column sums of the deterministic two-pass reductions (reduce_block.h,
+// layernorm_block.h, qk_norm_block.h), in a block of kColumns·kGroups threads: thread t takes
+// column t % kColumns and, where `active` (its column exists), the rows lo + t / kColumns +
+// kGroups·i below hi, calling term(row, sum) to add that row's kTerms values into sum in order.
+// Then each thread t < kColumns with an active column adds the kGroups partial sums of every
+// term in order into total and returns true; the others return false. part: column_sums_smem
+// bytes of shared memory.
+template <int kColumns, int kGroups, int kTerms>
+TRIAD_BLOCK_SIZE size_t column_sums_smem() {
+  return size_t(kTerms) * kGroups * (kColumns + 1) * sizeof(float);
+}
+template <int kColumns, int kGroups, int kTerms, class X, class Row, class Term>
+TRIAD_BLOCK_FN bool column_group_sums(X& x, float* part, Row lo, Row hi, bool active, Term term,
+                                      float (&total)[kTerms]) {
+  const int tx = x.thread() % kColumns, ty = x.thread() / kColumns;
+  float sum[kTerms];
+  TRIAD_UNROLL
+  for (int k = 0; k < kTerms; ++k) sum[k] = 0.0f;
+  if (active)
+    for (Row m = lo + Row(ty); m < hi; m += Row(kGroups)) term(m, sum);
+  TRIAD_UNROLL
+  for (int k = 0; k < kTerms; ++k) part[(k * kGroups + ty) * (kColumns + 1) + tx] = sum[k];
+  x.sync_threads();
+  if (ty != 0 || !active) return false;
+  TRIAD_UNROLL
+  for (int k = 0; k < kTerms; ++k) {
+    float t = 0.0f;
+    for (int g = 0; g < kGroups; ++g) t += part[(k * kGroups + g) * (kColumns + 1) + tx];
+    total[k] = t;
+  }
+  return true;
 }
 
 // The grid-stride loop of the elementwise block programs: thread t of block b takes element

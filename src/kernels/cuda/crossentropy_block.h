@@ -26,7 +26,8 @@ namespace triad::crossentropy {
 
 constexpr int32_t kIgnored = INT32_MIN;  // backend.h's kIgnoredTarget (asserted where both meet)
 
-// Shared memory the block program needs (cross-warp partials of the reductions).
+// Shared memory the block programs need (cross-warp partials of the reductions: 32 doubles of
+// block_sum's, then block_argmax's 32 values and 32 indices).
 TRIAD_BLOCK_SIZE size_t row_smem() { return 32 * sizeof(double) + 32 * (sizeof(float) + 4); }
 
 // The cap's derivative at logit y for capped logits (model.logit_softcap = c > 0), 1 without.
@@ -73,23 +74,6 @@ TRIAD_BLOCK_FN void block_argmax(X& x, float& v, int& idx) {
   v = lane < kThreads / 32 ? sv[lane] : -INFINITY;
   idx = lane < kThreads / 32 ? si[lane] : INT_MAX;
   warp_argmax(x, v, idx);
-}
-
-// Sum over the block in a fixed order (lanes by a shuffle tree, then the warps'); every thread
-// gets the result.
-template <int kThreads, class X>
-TRIAD_BLOCK_FN double block_sum(X& x, double v) {
-  TRIAD_UNROLL
-  for (int o = 16; o > 0; o /= 2) v += x.shfl_xor(v, o);
-  double* sd = reinterpret_cast<double*>(x.smem());
-  const int lane = x.thread() % 32, warp = x.thread() / 32;
-  x.sync_threads();
-  if (lane == 0) sd[warp] = v;
-  x.sync_threads();
-  v = lane < kThreads / 32 ? sd[lane] : 0.0;
-  TRIAD_UNROLL
-  for (int o = 16; o > 0; o /= 2) v += x.shfl_xor(v, o);
-  return v;
 }
 
 // Row blockIdx.x of logits [N, Vp] (bf16 bits; 16-byte aligned rows, Vp % 8 == 0, Vp <= 8 ·
@@ -159,7 +143,7 @@ TRIAD_BLOCK_FN void crossentropy_row(X& x, uint16_t* logits, float* losses, floa
     for (int e = 0; e < 8; ++e)
       if (j < nvec && 8 * j + e < V) sum += double(x.exp(bf16_element(x, v[i], e) - mx));
   }
-  sum = block_sum<kThreads>(x, sum);
+  sum = block_sum(x, sum, reinterpret_cast<double*>(x.smem()), kThreads);
 
   const double log_sum = x.log(sum), lz = double(mx) + log_sum;
   const float factor = float(z_loss_scale(dloss_scale, z_loss, lz) / sum);

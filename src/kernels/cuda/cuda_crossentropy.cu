@@ -17,12 +17,13 @@
 // gradient rounded once when written back; losses and row statistics are fp32 in both.
 //
 // bf16 logits with Vp a multiple of 8 (the model's padded vocabulary) and 16-byte aligned rows
-// take the one-pass kernel of crossentropy_block.h instead: each row is read once into
-// registers (1024 threads, 16-byte loads) and its gradient written from there.
-#include <climits>
+// take the one-pass block program of crossentropy_block.h: each row is read once into registers
+// (1024 threads, 16-byte loads) and its gradient written from there. Every other row, and the
+// vocabulary-parallel kernels, run the strided block programs of crossentropy_rows_block.h.
 #include <type_traits>
 
 #include "crossentropy_block.h"
+#include "crossentropy_rows_block.h"
 #include "cuda_ops.cuh"
 #include "device_thread.cuh"
 #include "triad/kernels/backend.h"  // kIgnoredTarget
@@ -33,152 +34,38 @@ namespace {
 constexpr int kRowBlock = 512;
 static_assert(crossentropy::kIgnored == kIgnoredTarget);
 
-struct ArgMax {
-  float val;
-  int idx;
-};
-
-// The larger value; on equal values the smaller index (the first maximum).
-__device__ ArgMax better(ArgMax a, ArgMax b) {
-  if (b.val > a.val || (b.val == a.val && b.idx < a.idx)) return b;
-  return a;
+template <typename E>
+__global__ void __launch_bounds__(kRowBlock)
+    fused_row_kernel(E* logits, float* losses, float* correct, const int32_t* targets, int V,
+                     int Vp, float dloss_scale, float z_loss, float* log_z, float softcap) {
+  DeviceThread x;
+  crossentropy::fused_row<kRowBlock>(x, logits, losses, correct, targets, V, Vp, dloss_scale,
+                                     z_loss, log_z, softcap);
 }
 
-__device__ ArgMax block_argmax(ArgMax v) {
-  __shared__ ArgMax partial[32];
-  const int lane = threadIdx.x % 32;
-  const int warp = threadIdx.x / 32;
-  const int n_warps = blockDim.x / 32;
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    ArgMax o{__shfl_xor_sync(0xffffffffu, v.val, offset),
-             __shfl_xor_sync(0xffffffffu, v.idx, offset)};
-    v = better(v, o);
-  }
-  __syncthreads();
-  if (lane == 0) partial[warp] = v;
-  __syncthreads();
-  ArgMax r = lane < n_warps ? partial[lane] : ArgMax{-INFINITY, INT_MAX};
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    ArgMax o{__shfl_xor_sync(0xffffffffu, r.val, offset),
-             __shfl_xor_sync(0xffffffffu, r.idx, offset)};
-    r = better(r, o);
-  }
-  return r;
+template <typename E>
+__global__ void __launch_bounds__(kRowBlock)
+    row_max_kernel(float* row_max, float* argmax, const E* logits, int V, int Vp) {
+  DeviceThread x;
+  crossentropy::row_max<kRowBlock>(x, row_max, argmax, logits, V, Vp);
 }
 
-template <typename Elem>
-__global__ void crossentropy_kernel(Elem* logits, float* losses, float* correct,
-                                    const int32_t* targets, int V, int Vp, float dloss_scale,
-                                    float z_loss, float* log_z, float softcap) {
-  const size_t n = blockIdx.x;
-  Elem* row = logits + n * Vp;
-  const int target = targets[n];
-  if (target < 0) {  // an ignored row: the same branch in every thread of the block
-    for (int j = threadIdx.x; j < Vp; j += blockDim.x) row[j] = narrow<Elem>(0.0f);
-    if (threadIdx.x == 0) {
-      losses[n] = 0.0f;
-      if (correct != nullptr) correct[n] = 0.0f;
-      if (log_z != nullptr) log_z[n] = 0.0f;
-    }
-    return;
-  }
-  const float target_logit = widen(row[target]);  // read by every thread before any write below
-
-  ArgMax best{-INFINITY, INT_MAX};
-  for (int j = threadIdx.x; j < V; j += blockDim.x) {
-    const float x = widen(row[j]);
-    if (x > best.val) best = ArgMax{x, j};  // j increases: keeps this thread's first maximum
-  }
-  best = block_argmax(best);
-  const float max_val = best.val;
-
-  double sum = 0.0;
-  for (int j = threadIdx.x; j < V; j += blockDim.x) sum += double(expf(widen(row[j]) - max_val));
-  sum = block_reduce(sum, SumOp{}, 0.0);  // its __syncthreads order every read before the writes
-
-  const double log_sum = log(sum), lz = double(max_val) + log_sum;
-  const float factor = float(crossentropy::z_loss_scale(dloss_scale, z_loss, lz) / sum);
-  for (int j = threadIdx.x; j < V; j += blockDim.x) {
-    const float y = widen(row[j]);
-    float g = expf(y - max_val) * factor;
-    if (j == target) g -= dloss_scale;
-    row[j] = narrow<Elem>(g * crossentropy::cap_slope(y, softcap));
-  }
-  for (int j = V + threadIdx.x; j < Vp; j += blockDim.x) row[j] = narrow<Elem>(0.0f);
-  if (threadIdx.x == 0) {
-    losses[n] = float(log_sum - double(target_logit - max_val));
-    if (log_z != nullptr) log_z[n] = float(lz);
-    if (correct != nullptr) {
-      const int argmax = best.idx == INT_MAX ? 0 : best.idx;  // all −inf (or NaN): index 0
-      correct[n] = argmax == target ? 1.0f : 0.0f;
-    }
-  }
+template <typename E>
+__global__ void __launch_bounds__(kRowBlock)
+    partial_sums_kernel(float* sum_exp, float* target_logit, const E* logits, const float* row_max,
+                        const int32_t* targets, int V, int Vp) {
+  DeviceThread x;
+  crossentropy::partial_sums<kRowBlock>(x, sum_exp, target_logit, logits, row_max, targets, V, Vp);
 }
 
-// One block per row. V = 0: row_max −inf, argmax −1.
-template <typename Elem>
-__global__ void logits_row_max_kernel(float* row_max, float* argmax, const Elem* logits, int V,
-                                      int Vp) {
-  const size_t n = blockIdx.x;
-  const Elem* row = logits + n * Vp;
-  ArgMax best{-INFINITY, INT_MAX};
-  for (int j = threadIdx.x; j < V; j += blockDim.x) {
-    const float x = widen(row[j]);
-    if (x > best.val) best = ArgMax{x, j};
-  }
-  best = block_argmax(best);
-  if (threadIdx.x == 0) {
-    row_max[n] = best.val;
-    if (V <= 0) {
-      argmax[n] = -1.0f;
-    } else {
-      argmax[n] = float(best.idx == INT_MAX ? 0 : best.idx);  // all −inf (or NaN): index 0
-    }
-  }
-}
-
-template <typename Elem>
-__global__ void softmax_partial_sums_kernel(float* sum_exp, float* target_logit, const Elem* logits,
-                                            const float* row_max, const int32_t* targets, int V,
-                                            int Vp) {
-  const size_t n = blockIdx.x;
-  const Elem* row = logits + n * Vp;
-  const float max_val = row_max[n];
-  double sum = 0.0;
-  for (int j = threadIdx.x; j < V; j += blockDim.x) sum += double(expf(widen(row[j]) - max_val));
-  sum = block_reduce(sum, SumOp{}, 0.0);
-  if (threadIdx.x == 0) {
-    sum_exp[n] = float(sum);
-    const int target = targets[n];
-    target_logit[n] = target >= 0 && target < V ? widen(row[target]) : 0.0f;
-  }
-}
-
-template <typename Elem>
-__global__ void crossentropy_backward_partial_kernel(Elem* logits, const float* row_max,
-                                                     const float* sum_exp, const int32_t* targets,
-                                                     int V, int Vp, float dloss_scale, float z_loss,
-                                                     float softcap) {
-  const size_t n = blockIdx.x;
-  Elem* row = logits + n * Vp;
-  const float max_val = row_max[n];
-  const int target = targets[n];
-  if (target == kIgnoredTarget) {  // an ignored row: the same branch in every thread
-    for (int j = threadIdx.x; j < Vp; j += blockDim.x) row[j] = narrow<Elem>(0.0f);
-    return;
-  }
-  const double lz = double(max_val) + log(double(sum_exp[n]));
-  const float factor =
-      float(crossentropy::z_loss_scale(dloss_scale, z_loss, lz) / double(sum_exp[n]));
-  for (int j = threadIdx.x; j < V; j += blockDim.x) {
-    const float y = widen(row[j]);
-    float g = expf(y - max_val) * factor;
-    if (j == target) g -= dloss_scale;
-    row[j] = narrow<Elem>(g * crossentropy::cap_slope(y, softcap));
-  }
-  for (int j = max(V, 0) + threadIdx.x; j < Vp; j += blockDim.x) row[j] = narrow<Elem>(0.0f);
+template <typename E>
+__global__ void __launch_bounds__(kRowBlock)
+    backward_partial_kernel(E* logits, const float* row_max, const float* sum_exp,
+                            const int32_t* targets, int V, int Vp, float dloss_scale, float z_loss,
+                            float softcap) {
+  DeviceThread x;
+  crossentropy::backward_partial<kRowBlock>(x, logits, row_max, sum_exp, targets, V, Vp,
+                                            dloss_scale, z_loss, softcap);
 }
 
 constexpr int kOnePassThreads = 1024;
@@ -228,7 +115,8 @@ void logits_row_max(cudaStream_t s, float* row_max, float* argmax, const Elem* l
                     int Vp) {
   if (N <= 0) return;
   check_slice("logits_row_max", V, Vp);
-  logits_row_max_kernel<<<N, kRowBlock, 0, s>>>(row_max, argmax, logits, V, Vp);
+  row_max_kernel<<<N, kRowBlock, crossentropy::row_smem(), s>>>(row_max, argmax, bits(logits), V,
+                                                                Vp);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
@@ -237,8 +125,8 @@ void softmax_partial_sums(cudaStream_t s, float* sum_exp, float* target_logit, c
                           const float* row_max, const int32_t* targets, int N, int V, int Vp) {
   if (N <= 0) return;
   check_slice("softmax_partial_sums", V, Vp);
-  softmax_partial_sums_kernel<<<N, kRowBlock, 0, s>>>(sum_exp, target_logit, logits, row_max,
-                                                      targets, V, Vp);
+  partial_sums_kernel<<<N, kRowBlock, crossentropy::row_smem(), s>>>(
+      sum_exp, target_logit, bits(logits), row_max, targets, V, Vp);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
@@ -248,8 +136,8 @@ void crossentropy_backward_partial(cudaStream_t s, Elem* logits, const float* ro
                                    int Vp, float dloss_scale, float z_loss, float softcap) {
   if (N <= 0) return;
   check_slice("crossentropy_backward_partial", V, Vp);
-  crossentropy_backward_partial_kernel<<<N, kRowBlock, 0, s>>>(logits, row_max, sum_exp, targets, V,
-                                                               Vp, dloss_scale, z_loss, softcap);
+  backward_partial_kernel<<<N, kRowBlock, crossentropy::row_smem(), s>>>(
+      bits(logits), row_max, sum_exp, targets, V, Vp, dloss_scale, z_loss, softcap);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
@@ -263,8 +151,8 @@ void crossentropy_forward_backward(cudaStream_t s, Elem* logits, float* losses, 
   if (crossentropy_one_pass(s, logits, losses, correct, targets, N, V, Vp, dloss_scale, z_loss,
                             log_z, softcap))
     return;
-  crossentropy_kernel<<<N, kRowBlock, 0, s>>>(logits, losses, correct, targets, V, Vp, dloss_scale,
-                                              z_loss, log_z, softcap);
+  fused_row_kernel<<<N, kRowBlock, crossentropy::row_smem(), s>>>(
+      bits(logits), losses, correct, targets, V, Vp, dloss_scale, z_loss, log_z, softcap);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 

@@ -1,67 +1,58 @@
 // Elementwise ops: GELU (tanh approximation) forward/backward, residual add, accumulate, scale,
-// the logits' soft cap, and the float ↔ bf16 conversions. Memory-bound grid-stride loops; the
-// formulas are those of the CPU backend (src/kernels/cpu/cpu_elementwise.cpp) with the accurate
-// tanhf. Templated on the storage type (float or bf16): always computed in fp32, each output
-// rounded once.
+// the logits' soft cap, and the float ↔ bf16 conversions: the block programs of
+// elementwise_block.h (which describes them), launched with DeviceThread. Memory-bound
+// grid-stride loops. Templated on the storage type (float or bf16).
 #include "cuda_ops.cuh"
+#include "device_thread.cuh"
+#include "elementwise_block.h"
 
 namespace triad::cuda {
 namespace {
 
-constexpr float kSqrt2OverPi = 0.7978845608028654f;
-constexpr float kGeluCubic = 0.044715f;
+// The grid's threads (the stride of the block programs' loops).
+__device__ __forceinline__ size_t grid_threads() { return size_t(gridDim.x) * blockDim.x; }
 
-// gelu(x) = ½·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))
-template <typename Elem>
-__global__ void gelu_forward_kernel(Elem* out, const Elem* inp, size_t n) {
-  TRIAD_GRID_STRIDE_LOOP(i, n) {
-    const float x = widen(inp[i]);
-    const float t = tanhf(kSqrt2OverPi * (x + kGeluCubic * x * x * x));
-    out[i] = narrow<Elem>(0.5f * x * (1.0f + t));
-  }
+template <typename E>
+__global__ void gelu_forward_kernel(E* out, const E* inp, size_t n) {
+  DeviceThread x;
+  elementwise_block::gelu_forward(x, out, inp, n, int(blockDim.x), grid_threads());
 }
 
-// d gelu/dx = ½(1 + t) + ½·x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²);  dinp += that · dout
-template <typename Elem>
-__global__ void gelu_backward_kernel(Elem* dinp, const Elem* inp, const Elem* dout, size_t n,
+template <typename E>
+__global__ void gelu_backward_kernel(E* dinp, const E* inp, const E* dout, size_t n,
                                      bool accumulate) {
-  TRIAD_GRID_STRIDE_LOOP(i, n) {
-    const float x = widen(inp[i]);
-    const float t = tanhf(kSqrt2OverPi * (x + kGeluCubic * x * x * x));
-    const float du_dx = kSqrt2OverPi * (1.0f + 3.0f * kGeluCubic * x * x);
-    const float grad = 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du_dx;
-    const float g = grad * widen(dout[i]);
-    dinp[i] = narrow<Elem>(accumulate ? widen(dinp[i]) + g : g);
-  }
+  DeviceThread x;
+  elementwise_block::gelu_backward(x, dinp, inp, dout, n, accumulate, int(blockDim.x),
+                                   grid_threads());
 }
 
-template <typename Elem>
-__global__ void add_kernel(Elem* out, const Elem* a, const Elem* b, size_t n) {
-  TRIAD_GRID_STRIDE_LOOP(i, n) { out[i] = narrow<Elem>(widen(a[i]) + widen(b[i])); }
+template <typename E>
+__global__ void add_kernel(E* out, const E* a, const E* b, size_t n) {
+  DeviceThread x;
+  elementwise_block::add(x, out, a, b, n, int(blockDim.x), grid_threads());
 }
 
-template <typename Elem>
-__global__ void accumulate_kernel(Elem* dst, const Elem* src, size_t n) {
-  TRIAD_GRID_STRIDE_LOOP(i, n) { dst[i] = narrow<Elem>(widen(dst[i]) + widen(src[i])); }
+template <typename E>
+__global__ void accumulate_kernel(E* dst, const E* src, size_t n) {
+  DeviceThread x;
+  elementwise_block::accumulate(x, dst, src, n, int(blockDim.x), grid_threads());
 }
 
-// x = c·tanh(mult·x/c), or mult·x with c = 0 (model.logit_softcap, μP's output multiplier; the
-// backward is in the cross-entropy kernels).
-template <typename Elem>
-__global__ void scale_cap_logits_kernel(Elem* x, size_t n, float mult, float c) {
-  TRIAD_GRID_STRIDE_LOOP(i, n) {
-    const float y = mult * widen(x[i]);
-    x[i] = narrow<Elem>(c > 0.0f ? c * tanhf(y / c) : y);
-  }
+template <typename E>
+__global__ void scale_cap_logits_kernel(E* v, size_t n, float mult, float c) {
+  DeviceThread x;
+  elementwise_block::scale_cap_logits(x, v, n, mult, c, int(blockDim.x), grid_threads());
 }
 
-__global__ void scale_kernel(float* x, float factor, size_t n) {
-  TRIAD_GRID_STRIDE_LOOP(i, n) { x[i] *= factor; }
+__global__ void scale_kernel(float* v, float factor, size_t n) {
+  DeviceThread x;
+  elementwise_block::scale(x, v, factor, n, int(blockDim.x), grid_threads());
 }
 
-template <typename Dst, typename Src>
-__global__ void convert_kernel(Dst* dst, const Src* src, size_t n) {
-  TRIAD_GRID_STRIDE_LOOP(i, n) { dst[i] = narrow<Dst>(widen(src[i])); }
+template <typename D, typename S>
+__global__ void convert_kernel(D* dst, const S* src, size_t n) {
+  DeviceThread x;
+  elementwise_block::convert(x, dst, src, n, int(blockDim.x), grid_threads());
 }
 
 }  // namespace
@@ -69,7 +60,7 @@ __global__ void convert_kernel(Dst* dst, const Src* src, size_t n) {
 template <typename Elem>
 void gelu_forward(cudaStream_t s, Elem* out, const Elem* inp, size_t n) {
   if (n == 0) return;
-  gelu_forward_kernel<<<grid_for(n), kBlock, 0, s>>>(out, inp, n);
+  gelu_forward_kernel<<<grid_for(n), kBlock, 0, s>>>(bits(out), bits(inp), n);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
@@ -77,28 +68,29 @@ template <typename Elem>
 void gelu_backward(cudaStream_t s, Elem* dinp, const Elem* inp, const Elem* dout, size_t n,
                    bool accumulate) {
   if (n == 0) return;
-  gelu_backward_kernel<<<grid_for(n), kBlock, 0, s>>>(dinp, inp, dout, n, accumulate);
+  gelu_backward_kernel<<<grid_for(n), kBlock, 0, s>>>(bits(dinp), bits(inp), bits(dout), n,
+                                                      accumulate);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
 template <typename Elem>
 void add(cudaStream_t s, Elem* out, const Elem* a, const Elem* b, size_t n) {
   if (n == 0) return;
-  add_kernel<<<grid_for(n), kBlock, 0, s>>>(out, a, b, n);
+  add_kernel<<<grid_for(n), kBlock, 0, s>>>(bits(out), bits(a), bits(b), n);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
 template <typename Elem>
 void accumulate(cudaStream_t s, Elem* dst, const Elem* src, size_t n) {
   if (n == 0) return;
-  accumulate_kernel<<<grid_for(n), kBlock, 0, s>>>(dst, src, n);
+  accumulate_kernel<<<grid_for(n), kBlock, 0, s>>>(bits(dst), bits(src), n);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
 template <typename Elem>
 void scale_cap_logits(cudaStream_t s, Elem* x, size_t n, float mult, float c) {
   if (n == 0) return;
-  scale_cap_logits_kernel<<<grid_for(n), kBlock, 0, s>>>(x, n, mult, c);
+  scale_cap_logits_kernel<<<grid_for(n), kBlock, 0, s>>>(bits(x), n, mult, c);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
@@ -111,7 +103,7 @@ void scale(cudaStream_t s, float* x, float factor, size_t n) {
 template <typename Dst, typename Src>
 void convert(cudaStream_t s, Dst* dst, const Src* src, size_t n) {
   if (n == 0) return;
-  convert_kernel<<<grid_for(n), kBlock, 0, s>>>(dst, src, n);
+  convert_kernel<<<grid_for(n), kBlock, 0, s>>>(bits(dst), bits(src), n);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 

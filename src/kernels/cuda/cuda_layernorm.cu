@@ -1,6 +1,7 @@
 // LayerNorm over the last dimension (epsilon eps), with mean and 1/std saved for backward; RMSNorm
 // where mean is null (backend.h: no centering, no bias, no mean(g) term in the backward).
-// One block per row; the row statistics are two-pass sums in double, as in the CPU backend.
+// The block programs of layernorm_block.h (which describes them), launched with DeviceThread:
+// one block per row; the row statistics are two-pass sums in double, as in the CPU backend.
 // The weight/bias gradients are column sums over the rows, done deterministically in two passes
 // like column_sum_accumulate (cuda_reduce.cu), with x̂ recomputed.
 // Templated on the storage type Elem (float or bf16) of out, inp, weight, bias, dinp and dout;
@@ -19,123 +20,28 @@
 namespace triad::cuda {
 namespace {
 
-constexpr int kRowBlock = 256;  // threads per row
-constexpr int kColumns = 64;    // columns per block in the parameter-gradient pass
-constexpr int kRowGroups = 8;   // rows summed in parallel per column there
-
-// LayerNorm of row `row` of inp. Each thread touches the columns threadIdx.x + k·blockDim.x
-// only, so a caller may have written those columns of inp in the same thread just before.
-template <typename Elem>
-__device__ void layernorm_row(Elem* out, float* mean, float* rstd, const Elem* inp,
-                              const Elem* weight, const Elem* bias, int C, size_t row, float eps) {
-  const Elem* x = inp + row * C;
-  double sum = 0.0;
-  if (mean != nullptr) {  // uniform over the block: all threads reduce or none
-    for (int c = threadIdx.x; c < C; c += blockDim.x) sum += widen(x[c]);
-    sum = block_reduce(sum, SumOp{}, 0.0);
-  }
-  const double mu = sum / C;
-  double sq = 0.0;
-  for (int c = threadIdx.x; c < C; c += blockDim.x) {
-    const double d = double(widen(x[c])) - mu;
-    sq += d * d;
-  }
-  sq = block_reduce(sq, SumOp{}, 0.0);
-  const float m = float(mu);
-  const float r = float(1.0 / sqrt(sq / C + double(eps)));
-  Elem* o = out + row * C;
-  for (int c = threadIdx.x; c < C; c += blockDim.x)
-    o[c] = narrow<Elem>((widen(x[c]) - m) * r * widen(weight[c]) +
-                        (bias != nullptr ? widen(bias[c]) : 0.0f));
-  if (threadIdx.x == 0) {
-    if (mean != nullptr) mean[row] = m;
-    rstd[row] = r;
-  }
+template <typename E>
+__global__ void __launch_bounds__(layernorm::kRowThreads)
+    block_row_forward_kernel(E* out, float* mean, float* rstd, E* inp, const E* a, const E* b,
+                             const E* weight, const E* bias, int C, float eps) {
+  DeviceThread x;
+  layernorm::block_row_forward(x, out, mean, rstd, inp, a, b, weight, bias, C, eps);
 }
 
-template <typename Elem>
-__global__ void layernorm_forward_kernel(Elem* out, float* mean, float* rstd, const Elem* inp,
-                                         const Elem* weight, const Elem* bias, int C, float eps) {
-  layernorm_row(out, mean, rstd, inp, weight, bias, C, blockIdx.x, eps);
+template <typename E>
+__global__ void __launch_bounds__(layernorm::kRowThreads)
+    block_row_backward_dinp_kernel(E* dinp, const E* dout, const E* inp, const E* weight,
+                                   const float* mean, const float* rstd, int C) {
+  DeviceThread x;
+  layernorm::block_row_backward_dinp(x, dinp, dout, inp, weight, mean, rstd, C);
 }
 
-// sum = round(a + b) (the residual stream), then the LayerNorm of the stored sum: the row is
-// read once from a and b instead of written and read again by a separate LayerNorm.
-template <typename Elem>
-__global__ void residual_layernorm_forward_kernel(Elem* sum, Elem* out, float* mean, float* rstd,
-                                                  const Elem* a, const Elem* b, const Elem* weight,
-                                                  const Elem* bias, int C, float eps) {
-  const size_t row = blockIdx.x;
-  for (int c = threadIdx.x; c < C; c += blockDim.x) {
-    const size_t i = row * C + c;
-    sum[i] = narrow<Elem>(widen(a[i]) + widen(b[i]));
-  }
-  layernorm_row(out, mean, rstd, static_cast<const Elem*>(sum), weight, bias, C, row, eps);
-}
-
-// dx += r·(g − mean(g) − x̂·mean(g·x̂)) with g = dout·w, x̂ = (x − μ)·r.
-template <typename Elem>
-__global__ void layernorm_backward_dinp_kernel(Elem* dinp, const Elem* dout, const Elem* inp,
-                                               const Elem* weight, const float* mean,
-                                               const float* rstd, int C) {
-  const size_t row = blockIdx.x;
-  const Elem* x = inp + row * C;
-  const Elem* d = dout + row * C;
-  const float m = mean != nullptr ? mean[row] : 0.0f;
-  const float r = rstd[row];
-  double g_sum = 0.0;
-  double gx_sum = 0.0;
-  for (int c = threadIdx.x; c < C; c += blockDim.x) {
-    const float g = widen(d[c]) * widen(weight[c]);
-    g_sum += g;
-    gx_sum += g * ((widen(x[c]) - m) * r);
-  }
-  g_sum = block_reduce(g_sum, SumOp{}, 0.0);
-  gx_sum = block_reduce(gx_sum, SumOp{}, 0.0);
-  const float g_mean = mean != nullptr ? float(g_sum / C) : 0.0f;
-  const float gx_mean = float(gx_sum / C);
-  Elem* dx = dinp + row * C;
-  for (int c = threadIdx.x; c < C; c += blockDim.x) {
-    const float xhat = (widen(x[c]) - m) * r;
-    dx[c] =
-        narrow<Elem>(widen(dx[c]) + r * (widen(d[c]) * widen(weight[c]) - g_mean - xhat * gx_mean));
-  }
-}
-
-// Per-slice partial sums of dweight (Σ dout·x̂) and dbias (Σ dout): block (x, y), of
-// (kColumns, kRowGroups) threads, sums its columns over the y-th slice of `rows` rows in a fixed
-// order into pw[y][c] and pb[y][c]; column_sum_finish adds the slices (cuda_reduce.cu).
-template <typename Elem>
-__global__ void layernorm_backward_params_kernel(float* pw, float* pb, const Elem* dout,
-                                                 const Elem* inp, const float* mean,
-                                                 const float* rstd, int N, int C, int rows) {
-  __shared__ float part_w[kRowGroups][kColumns + 1];
-  __shared__ float part_b[kRowGroups][kColumns + 1];
-  const int c = blockIdx.x * kColumns + threadIdx.x;
-  const int lo = blockIdx.y * rows, hi = min(N, lo + rows);
-  float dw = 0.0f;
-  float db = 0.0f;
-  if (c < C) {
-    for (int n = lo + int(threadIdx.y); n < hi; n += kRowGroups) {
-      const size_t i = size_t(n) * C + c;
-      const float d = widen(dout[i]);
-      dw += d * ((widen(inp[i]) - (mean != nullptr ? mean[n] : 0.0f)) * rstd[n]);
-      db += d;
-    }
-  }
-  part_w[threadIdx.y][threadIdx.x] = dw;
-  part_b[threadIdx.y][threadIdx.x] = db;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < C) {
-    float sw = 0.0f;
-    float sb = 0.0f;
-    for (int g = 0; g < kRowGroups; ++g) {
-      sw += part_w[g][threadIdx.x];
-      sb += part_b[g][threadIdx.x];
-    }
-    pw[size_t(blockIdx.y) * C + c] = sw;
-    pb[size_t(blockIdx.y) * C + c] = sb;
-  }
+template <typename E>
+__global__ void __launch_bounds__(layernorm::kParamThreads)
+    param_partials_kernel(float* pw, float* pb, const E* dout, const E* inp, const float* mean,
+                          const float* rstd, int N, int C, int rows) {
+  DeviceThread x;
+  layernorm::param_partials(x, pw, pb, dout, inp, mean, rstd, N, C, rows);
 }
 
 template <int kVec>
@@ -202,7 +108,10 @@ void layernorm_forward(cudaStream_t s, Elem* out, float* mean, float* rstd, cons
   if (N <= 0 || C <= 0) return;
   if (warp_row_forward<Elem>(s, out, mean, rstd, inp, nullptr, nullptr, weight, bias, N, C, eps))
     return;
-  layernorm_forward_kernel<<<N, kRowBlock, 0, s>>>(out, mean, rstd, inp, weight, bias, C, eps);
+  using E = BlockElem<Elem>;
+  block_row_forward_kernel<E><<<N, layernorm::kRowThreads, layernorm::row_smem(), s>>>(
+      bits(out), mean, rstd, bits(const_cast<Elem*>(inp)), nullptr, nullptr, bits(weight),
+      bits(bias), C, eps);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
@@ -212,8 +121,8 @@ void residual_layernorm_forward(cudaStream_t s, Elem* sum, Elem* out, float* mea
                                 int N, int C, float eps) {
   if (N <= 0 || C <= 0) return;
   if (warp_row_forward<Elem>(s, out, mean, rstd, sum, a, b, weight, bias, N, C, eps)) return;
-  residual_layernorm_forward_kernel<<<N, kRowBlock, 0, s>>>(sum, out, mean, rstd, a, b, weight,
-                                                            bias, C, eps);
+  block_row_forward_kernel<<<N, layernorm::kRowThreads, layernorm::row_smem(), s>>>(
+      bits(out), mean, rstd, bits(sum), bits(a), bits(b), bits(weight), bits(bias), C, eps);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
@@ -229,7 +138,8 @@ void layernorm_backward(cudaStream_t s, DeviceScratch& scratch, Elem* dinp, floa
           as_bits(dinp), as_bits(dout), as_bits(inp), as_bits(weight), mean, rstd, N, C);
     });
   } else {
-    layernorm_backward_dinp_kernel<<<N, kRowBlock, 0, s>>>(dinp, dout, inp, weight, mean, rstd, C);
+    block_row_backward_dinp_kernel<<<N, layernorm::kRowThreads, layernorm::row_smem(), s>>>(
+        bits(dinp), bits(dout), bits(inp), bits(weight), mean, rstd, C);
   }
   TRIAD_CUDA_CHECK_LAUNCH();
   const int slices = column_sum_slices(N);
@@ -240,9 +150,9 @@ void layernorm_backward(cudaStream_t s, DeviceScratch& scratch, Elem* dinp, floa
   if constexpr (std::is_same_v<Elem, bf16>)
     vectorized = column_partials_vectorized(s, pw, pb, dout, inp, mean, rstd, N, C);
   if (!vectorized) {
-    const dim3 grid((C + kColumns - 1) / kColumns, slices), block(kColumns, kRowGroups);
-    layernorm_backward_params_kernel<<<grid, block, 0, s>>>(pw, pb, dout, inp, mean, rstd, N, C,
-                                                            (N + slices - 1) / slices);
+    const dim3 grid((C + layernorm::kColumns - 1) / layernorm::kColumns, slices);
+    param_partials_kernel<<<grid, layernorm::kParamThreads, layernorm::param_smem(), s>>>(
+        pw, pb, bits(dout), bits(inp), mean, rstd, N, C, (N + slices - 1) / slices);
     TRIAD_CUDA_CHECK_LAUNCH();
   }
   column_sum_finish(s, dweight, pw, N, C);

@@ -9,6 +9,8 @@
 //   sgemm(T, N, m=OC, n=N, k=IC, W, ld IC, inp, ld IC, out, ld OC)
 // and likewise for the two backward products (derived next to each call).
 #include "cuda_ops.cuh"
+#include "device_thread.cuh"
+#include "elementwise_block.h"
 
 namespace triad::cuda {
 namespace {
@@ -16,7 +18,9 @@ namespace {
 // out[n, o] = bias[o] (the product is then accumulated onto it with beta = 1, like the CPU
 // backend).
 __global__ void broadcast_rows_kernel(float* out, const float* bias, int OC, size_t total) {
-  TRIAD_GRID_STRIDE_LOOP(i, total) { out[i] = bias[i % size_t(OC)]; }
+  DeviceThread x;
+  elementwise_block::broadcast_rows(x, out, bias, OC, total, int(blockDim.x),
+                                    size_t(gridDim.x) * blockDim.x);
 }
 
 }  // namespace

@@ -33,6 +33,8 @@
 #include <string>
 
 #include "cuda_ops.cuh"
+#include "device_thread.cuh"
+#include "elementwise_block.h"
 
 namespace triad::cuda {
 namespace {
@@ -97,20 +99,18 @@ std::string describe(const LtGemm& g) {
 }
 
 // d[j·ldd + i] = round(acc[j·m + i] + bias[i]) over the column-major m×n product acc.
-__global__ void bias_round_kernel(bf16* d, int ldd, const float* acc, const bf16* bias, int m,
-                                  size_t total) {
-  TRIAD_GRID_STRIDE_LOOP(idx, total) {
-    const size_t i = idx % size_t(m);
-    const size_t j = idx / size_t(m);
-    d[j * size_t(ldd) + i] = __float2bfloat16_rn(acc[idx] + __bfloat162float(bias[i]));
-  }
+__global__ void bias_round_kernel(uint16_t* d, int ldd, const float* acc, const uint16_t* bias,
+                                  int m, size_t total) {
+  DeviceThread x;
+  elementwise_block::bias_round(x, d, ldd, acc, bias, m, total, int(blockDim.x),
+                                size_t(gridDim.x) * blockDim.x);
 }
 
 // out[n, o] = bias[o], or 0 without a bias: the product of an empty inner dimension.
-__global__ void fill_rows_kernel(bf16* out, const bf16* bias, int OC, size_t total) {
-  TRIAD_GRID_STRIDE_LOOP(i, total) {
-    out[i] = bias != nullptr ? bias[i % size_t(OC)] : __float2bfloat16_rn(0.0f);
-  }
+__global__ void fill_rows_kernel(uint16_t* out, const uint16_t* bias, int OC, size_t total) {
+  DeviceThread x;
+  elementwise_block::broadcast_rows(x, out, bias, OC, total, int(blockDim.x),
+                                    size_t(gridDim.x) * blockDim.x);
 }
 
 // The forward product out = inp · Wᵀ (+ bias), with the given epilogue (DEFAULT/BIAS or a GELU
@@ -326,8 +326,9 @@ void LtMatmul::run_fallback(cudaStream_t s, const LtGemm& g) {
                                     CUDA_R_16BF, g.lda, g.b, CUDA_R_16BF, g.ldb, &zero, acc,
                                     CUDA_R_32F, g.m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   }
-  bias_round_kernel<<<grid_for(total), kBlock, 0, s>>>(
-      static_cast<bf16*>(g.d), g.ldd, acc, static_cast<const bf16*>(g.bias), g.m, total);
+  bias_round_kernel<<<grid_for(total), kBlock, 0, s>>>(bits(static_cast<bf16*>(g.d)), g.ldd, acc,
+                                                       bits(static_cast<const bf16*>(g.bias)), g.m,
+                                                       total);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
@@ -336,7 +337,7 @@ void matmul_forward(cudaStream_t s, LtMatmul& lt, bf16* out, const bf16* inp, co
   if (N <= 0 || OC <= 0) return;
   if (IC <= 0) {
     const size_t total = size_t(N) * OC;
-    fill_rows_kernel<<<grid_for(total), kBlock, 0, s>>>(out, bias, OC, total);
+    fill_rows_kernel<<<grid_for(total), kBlock, 0, s>>>(bits(out), bits(bias), OC, total);
     TRIAD_CUDA_CHECK_LAUNCH();
     return;
   }

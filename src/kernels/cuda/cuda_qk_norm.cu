@@ -10,7 +10,7 @@
 //  - forward and input gradient: one warp per head-row, N·(NH + 2·NKV) of them (the v heads
 //    included: copied, or their gradient dout's), kThreads threads per block, a grid-stride loop
 //    over the warps (grid_for). The lanes stride over the hd values (any hd); Σx² and
-//    Σ g·x̂ are double warp shuffles (warp_reduce: a fixed tree), as the CPU's sums. Each lane reads
+//    Σ g·x̂ are double warp shuffles (warp_sum: a fixed tree), as the CPU's sums. Each lane reads
 //    and writes only its own elements, and reads an element of dout before writing the same element
 //    of dqkv, so the backward may run in place (dqkv == dout, overwriting).
 //  - weight gradients dwq, dwk += Σ dout·x̂ over the rows and heads: column sums of the

@@ -1,11 +1,15 @@
-// LayerNorm of bf16 rows, one warp per row, as block programs (see block_program.h): the GPU
-// kernels of cuda_layernorm.cu for bf16 rows whose width C is a multiple of 8 (up to 8·32·kVec)
-// with 16-byte aligned rows, and the CPU test test_layernorm_emulated.
+// LayerNorm as block programs (see block_program.h): the GPU kernels of cuda_layernorm.cu, and
+// the CPU test test_layernorm_emulated.
 //
-// A warp holds its row in registers (lane l: the 8-element vectors l, l + 32, ...), so the row
-// is read once and written once, and the sums are warp shuffles: no shared memory, no block
-// barrier. The arithmetic is that of the other LayerNorm kernels (cuda_layernorm.cu, and the CPU
-// backend): mean and variance as two passes in double, then in fp32
+// bf16 rows whose width C is a multiple of 8 (up to 8·32·kVec) with 16-byte aligned rows take
+// one warp per row (forward_row, backward_dinp_row); every other row (fp32, other widths,
+// unaligned buffers) one block per row (block_row_forward, block_row_backward_dinp). The weight
+// and bias gradients are per-slice column sums (param_partials) finished as in cuda_reduce.cu.
+//
+// In the warp-per-row programs a warp holds its row in registers (lane l: the 8-element vectors l,
+// l + 32, ...), so the row is read once and written once, and the sums are warp shuffles: no shared
+// memory, no block barrier. The arithmetic is that of the other LayerNorm kernels
+// (cuda_layernorm.cu, and the CPU backend): mean and variance as two passes in double, then in fp32
 //   out = round((x − m)·r·w + b),  m = float(μ), r = float(1/sqrt(var + 1e-5))
 //   dx  = round(dx + r·(g − mean(g) − x̂·mean(g·x̂))),  g = dout·w, x̂ = (x − m)·r
 // with the means of g and g·x̂ summed in double. RMSNorm (backend.h: mean null, bias null): m = 0
@@ -19,8 +23,17 @@
 
 namespace triad::layernorm {
 
-constexpr int kWarps = 8;  // rows per block
+constexpr int kWarps = 8;  // rows per block of the warp-per-row programs
 constexpr int kThreads = 32 * kWarps;
+constexpr int kRowThreads = 256;  // threads per row of the block-per-row programs
+constexpr int kColumns = 64;      // columns per block of param_partials
+constexpr int kRowGroups = 8;     // rows summed in parallel per column there
+constexpr int kParamThreads = kColumns * kRowGroups;
+
+// Shared memory of the block-per-row programs (the partial sums of block_sum) and of
+// param_partials.
+TRIAD_BLOCK_SIZE size_t row_smem() { return 32 * sizeof(double); }
+TRIAD_BLOCK_SIZE size_t param_smem() { return column_sums_smem<kColumns, kRowGroups, 2>(); }
 
 // This lane's vectors of a row at p: v[i] = p[8·(lane + 32i) ..], for the nvec vectors of it.
 template <int kVec, class X>
@@ -157,6 +170,108 @@ TRIAD_BLOCK_FN void backward_dinp_row(X& x, uint16_t* dinp, const uint16_t* dout
       o.w[e / 2] = x.pack_bf16(pair[0], pair[1]);
     }
     x.store16(dx, o);
+  }
+}
+
+// ---- One block of kRowThreads per row (row blockIdx.x), any element type ----------------------
+// Thread t handles the columns t + k·kRowThreads only, so it reads back only what it wrote.
+
+// LayerNorm of the row of inp into out, mean (null: RMSNorm) and rstd.
+template <class X, class Elem>
+TRIAD_BLOCK_FN void block_row_norm(X& x, Elem* out, float* mean, float* rstd, const Elem* inp,
+                                   const Elem* weight, const Elem* bias, int C, float eps) {
+  const size_t row = size_t(x.block_x());
+  const Elem* in = inp + row * C;
+  double* part = reinterpret_cast<double*>(x.smem());
+  double sum = 0.0;
+  if (mean != nullptr) {  // uniform over the block: all threads reduce or none
+    for (int c = x.thread(); c < C; c += kRowThreads) sum += load(x, in + c);
+    sum = block_sum(x, sum, part, kRowThreads);
+  }
+  const double mu = sum / C;
+  double sq = 0.0;
+  for (int c = x.thread(); c < C; c += kRowThreads) {
+    const double d = double(load(x, in + c)) - mu;
+    sq += d * d;
+  }
+  sq = block_sum(x, sq, part, kRowThreads);
+  const float m = float(mu);
+  const float r = float(1.0 / x.sqrt(sq / C + double(eps)));
+  Elem* o = out + row * C;
+  for (int c = x.thread(); c < C; c += kRowThreads)
+    store(x, o + c,
+          (load(x, in + c) - m) * r * load(x, weight + c) +
+              (bias != nullptr ? load(x, bias + c) : 0.0f));
+  if (x.thread() == 0) {
+    if (mean != nullptr) mean[row] = m;
+    rstd[row] = r;
+  }
+}
+
+// With a != nullptr the row is first the sum round(a + b), stored to inp (the residual stream of
+// residual_layernorm_forward), read once from a and b instead of written and read again.
+template <class X, class Elem>
+TRIAD_BLOCK_FN void block_row_forward(X& x, Elem* out, float* mean, float* rstd, Elem* inp,
+                                      const Elem* a, const Elem* b, const Elem* weight,
+                                      const Elem* bias, int C, float eps) {
+  if (a != nullptr) {
+    const size_t base = size_t(x.block_x()) * C;
+    for (int c = x.thread(); c < C; c += kRowThreads)
+      store(x, inp + base + c, load(x, a + base + c) + load(x, b + base + c));
+  }
+  block_row_norm(x, out, mean, rstd, static_cast<const Elem*>(inp), weight, bias, C, eps);
+}
+
+// dinp = round(dinp + r·(g − mean(g) − x̂·mean(g·x̂))), g = dout·w, x̂ = (x − m)·r.
+template <class X, class Elem>
+TRIAD_BLOCK_FN void block_row_backward_dinp(X& x, Elem* dinp, const Elem* dout, const Elem* inp,
+                                            const Elem* weight, const float* mean,
+                                            const float* rstd, int C) {
+  const size_t row = size_t(x.block_x());
+  const Elem* in = inp + row * C;
+  const Elem* d = dout + row * C;
+  double* part = reinterpret_cast<double*>(x.smem());
+  const float m = mean != nullptr ? mean[row] : 0.0f;
+  const float r = rstd[row];
+  double g_sum = 0.0, gx_sum = 0.0;
+  for (int c = x.thread(); c < C; c += kRowThreads) {
+    const float g = load(x, d + c) * load(x, weight + c);
+    g_sum += g;
+    gx_sum += g * ((load(x, in + c) - m) * r);
+  }
+  g_sum = block_sum(x, g_sum, part, kRowThreads);
+  gx_sum = block_sum(x, gx_sum, part, kRowThreads);
+  const float g_mean = mean != nullptr ? float(g_sum / C) : 0.0f;
+  const float gx_mean = float(gx_sum / C);
+  Elem* dx = dinp + row * C;
+  for (int c = x.thread(); c < C; c += kRowThreads) {
+    const float xhat = (load(x, in + c) - m) * r;
+    store(x, dx + c,
+          load(x, dx + c) + r * (load(x, d + c) * load(x, weight + c) - g_mean - xhat * gx_mean));
+  }
+}
+
+// Per-slice partial sums of dweight (Σ dout·x̂) and dbias (Σ dout), kParamThreads per block:
+// block (x, y) sums its kColumns columns over slice y ([y·rows, +rows) of the N rows) in a fixed
+// order (block_program.h's column_group_sums) into pw[y][c] and pb[y][c]; cuda_reduce.cu's
+// column_sum_finish adds the slices.
+template <class X, class Elem>
+TRIAD_BLOCK_FN void param_partials(X& x, float* pw, float* pb, const Elem* dout, const Elem* inp,
+                                   const float* mean, const float* rstd, int N, int C, int rows) {
+  const int c = x.block_x() * kColumns + x.thread() % kColumns;
+  const int lo = x.block_y() * rows, hi = lo + rows < N ? lo + rows : N;
+  float total[2];
+  if (column_group_sums<kColumns, kRowGroups>(
+          x, reinterpret_cast<float*>(x.smem()), lo, hi, c < C,
+          [&](int n, float(&sum)[2]) {
+            const size_t i = size_t(n) * C + c;
+            const float d = load(x, dout + i);
+            sum[0] += d * ((load(x, inp + i) - (mean != nullptr ? mean[n] : 0.0f)) * rstd[n]);
+            sum[1] += d;
+          },
+          total)) {
+    pw[size_t(x.block_y()) * C + c] = total[0];
+    pb[size_t(x.block_y()) * C + c] = total[1];
   }
 }
 

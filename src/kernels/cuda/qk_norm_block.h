@@ -26,7 +26,7 @@ constexpr int kRowGroups = 8;  // head-rows summed in parallel per column there
 static_assert(kColumns * kRowGroups == kThreads, "one thread per (column, row group)");
 
 // weight_partials' shared memory: [kRowGroups][kColumns + 1] floats.
-TRIAD_BLOCK_SIZE size_t partials_smem() { return size_t(kRowGroups) * (kColumns + 1) * 4; }
+TRIAD_BLOCK_SIZE size_t partials_smem() { return column_sums_smem<kColumns, kRowGroups, 1>(); }
 
 // The shape of one call: hd values per head, W per row, heads per row (q, k, v).
 struct Heads {
@@ -115,34 +115,27 @@ template <class X, class Elem>
 TRIAD_BLOCK_FN void weight_partials(X& x, float* pq, float* pk, const Elem* dout, const Elem* qkv,
                                     const float* rstd, Heads h, int N, int slices_q, int slices_k,
                                     int rows_q, int rows_k, int slices_max) {
-  float* part = reinterpret_cast<float*>(x.smem());  // [kRowGroups][kColumns + 1]
   const bool is_q = x.block_y() < slices_max;
   const int slice = x.block_y() % slices_max;
   if (slice >= (is_q ? slices_q : slices_k)) return;  // the whole block
-  const int tx = x.thread() % kColumns, ty = x.thread() / kColumns;
   const int heads = is_q ? h.NH : h.NKV;
   const size_t col0 = is_q ? 0 : size_t(h.NH) * h.hd;  // the first k head's column is C
   const int head0 = is_q ? 0 : h.NH;                   // its r at rstd[row][NH + i]
   const int rows = is_q ? rows_q : rows_k;
   const size_t M = size_t(N) * heads;
-  const int c = x.block_x() * kColumns + tx;
+  const int c = x.block_x() * kColumns + x.thread() % kColumns;
   const size_t lo = size_t(slice) * rows, hi = lo + rows < M ? lo + rows : M;
-  float sum = 0.0f;
-  if (c < h.hd) {
-    for (size_t m = lo + ty; m < hi; m += kRowGroups) {
-      const size_t r = m / heads;
-      const int i = int(m % heads);
-      const size_t at = r * h.W + col0 + size_t(i) * h.hd + c;
-      sum += load(x, dout + at) * (load(x, qkv + at) * rstd[r * h.normed() + head0 + i]);
-    }
-  }
-  part[ty * (kColumns + 1) + tx] = sum;
-  x.sync_threads();
-  if (ty == 0 && c < h.hd) {
-    float total = 0.0f;
-    for (int g = 0; g < kRowGroups; ++g) total += part[g * (kColumns + 1) + tx];
-    (is_q ? pq : pk)[size_t(slice) * h.hd + c] = total;
-  }
+  float total[1];
+  if (column_group_sums<kColumns, kRowGroups>(
+          x, reinterpret_cast<float*>(x.smem()), lo, hi, c < h.hd,
+          [&](size_t m, float(&sum)[1]) {
+            const size_t r = m / heads;
+            const int i = int(m % heads);
+            const size_t at = r * h.W + col0 + size_t(i) * h.hd + c;
+            sum[0] += load(x, dout + at) * (load(x, qkv + at) * rstd[r * h.normed() + head0 + i]);
+          },
+          total))
+    (is_q ? pq : pk)[size_t(slice) * h.hd + c] = total[0];
 }
 
 }  // namespace triad::qk_norm_block

@@ -21,29 +21,20 @@ constexpr int kColumns = 64;
 constexpr int kRowGroups = 8;
 constexpr int kColumnThreads = kColumns * kRowGroups;
 
-TRIAD_BLOCK_SIZE size_t column_smem() {
-  return size_t(kRowGroups) * (kColumns + 1) * sizeof(float);
-}
+TRIAD_BLOCK_SIZE size_t column_smem() { return column_sums_smem<kColumns, kRowGroups, 1>(); }
 TRIAD_BLOCK_SIZE size_t sum_smem() { return 32 * sizeof(double); }
 
 // partials[y][c] = Σ src[n, c] over the rows [y·rows, min(N, (y + 1)·rows)).
 template <class X, class Elem>
 TRIAD_BLOCK_FN void column_partials(X& x, float* partials, const Elem* src, int N, int C,
                                     int rows) {
-  float* part = reinterpret_cast<float*>(x.smem());  // [kRowGroups][kColumns + 1]
-  const int tx = x.thread() % kColumns, ty = x.thread() / kColumns;
-  const int c = x.block_x() * kColumns + tx;
+  const int c = x.block_x() * kColumns + x.thread() % kColumns;
   const int lo = x.block_y() * rows, hi = lo + rows < N ? lo + rows : N;
-  float sum = 0.0f;
-  if (c < C)
-    for (int n = lo + ty; n < hi; n += kRowGroups) sum += load(x, src + size_t(n) * C + c);
-  part[ty * (kColumns + 1) + tx] = sum;
-  x.sync_threads();
-  if (ty == 0 && c < C) {
-    float total = 0.0f;
-    for (int g = 0; g < kRowGroups; ++g) total += part[g * (kColumns + 1) + tx];
-    partials[size_t(x.block_y()) * C + c] = total;
-  }
+  float total[1];
+  if (column_group_sums<kColumns, kRowGroups>(
+          x, reinterpret_cast<float*>(x.smem()), lo, hi, c < C,
+          [&](int n, float(&sum)[1]) { sum[0] += load(x, src + size_t(n) * C + c); }, total))
+    partials[size_t(x.block_y()) * C + c] = total[0];
 }
 
 // dst[c] += Σ_y partials[y][c], y in order; `threads` per block.

@@ -1,0 +1,108 @@
+// The elementwise ops of cuda_elementwise.cu (GELU forward/backward, residual add, accumulate,
+// scale, the logits' soft cap, the fp32 ↔ bf16 conversions) and the bias passes of the matmul
+// files (cuda_matmul.cu, cuda_matmul_lt.cu) as block programs (see
+// block_program.h), so that the CPU tests run the same code through the SIMT emulator
+// (test_elementwise_emulated) against the CPU backend. Memory-bound grid-stride loops; the CPU
+// backend's formulas (cpu_elementwise.cpp) with the accurate tanh, computed in fp32, each output
+// rounded once. Elem is float or uint16_t (bf16 bits).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "block_program.h"
+
+namespace triad::elementwise_block {
+
+constexpr float kSqrt2OverPi = 0.7978845608028654f;
+constexpr float kGeluCubic = 0.044715f;
+
+// gelu(x) = ½·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))
+template <class X, class Elem>
+TRIAD_BLOCK_FN void gelu_forward(X& x, Elem* out, const Elem* inp, size_t n, int threads,
+                                 size_t stride) {
+  TRIAD_BLOCK_STRIDE_LOOP(x, i, n, threads, stride) {
+    const float v = load(x, inp + i);
+    const float t = x.tanh(kSqrt2OverPi * (v + kGeluCubic * v * v * v));
+    store(x, out + i, 0.5f * v * (1.0f + t));
+  }
+}
+
+// d gelu/dx = ½(1 + t) + ½·x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²);  dinp (+)= that · dout
+template <class X, class Elem>
+TRIAD_BLOCK_FN void gelu_backward(X& x, Elem* dinp, const Elem* inp, const Elem* dout, size_t n,
+                                  bool accumulate, int threads, size_t stride) {
+  TRIAD_BLOCK_STRIDE_LOOP(x, i, n, threads, stride) {
+    const float v = load(x, inp + i);
+    const float t = x.tanh(kSqrt2OverPi * (v + kGeluCubic * v * v * v));
+    const float du_dx = kSqrt2OverPi * (1.0f + 3.0f * kGeluCubic * v * v);
+    const float grad = 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du_dx;
+    const float g = grad * load(x, dout + i);
+    store(x, dinp + i, accumulate ? load(x, dinp + i) + g : g);
+  }
+}
+
+// out = a + b (out may be a or b).
+template <class X, class Elem>
+TRIAD_BLOCK_FN void add(X& x, Elem* out, const Elem* a, const Elem* b, size_t n, int threads,
+                        size_t stride) {
+  TRIAD_BLOCK_STRIDE_LOOP(x, i, n, threads, stride) {
+    store(x, out + i, load(x, a + i) + load(x, b + i));
+  }
+}
+
+// dst += src.
+template <class X, class Elem>
+TRIAD_BLOCK_FN void accumulate(X& x, Elem* dst, const Elem* src, size_t n, int threads,
+                               size_t stride) {
+  TRIAD_BLOCK_STRIDE_LOOP(x, i, n, threads, stride) {
+    store(x, dst + i, load(x, dst + i) + load(x, src + i));
+  }
+}
+
+// v = c·tanh(mult·v/c), or mult·v with c = 0 (model.logit_softcap, μP's output multiplier; the
+// backward is in the cross-entropy kernels).
+template <class X, class Elem>
+TRIAD_BLOCK_FN void scale_cap_logits(X& x, Elem* v, size_t n, float mult, float c, int threads,
+                                     size_t stride) {
+  TRIAD_BLOCK_STRIDE_LOOP(x, i, n, threads, stride) {
+    const float y = mult * load(x, v + i);
+    store(x, v + i, c > 0.0f ? c * x.tanh(y / c) : y);
+  }
+}
+
+// v *= factor (fp32 only: gradients and statistics).
+template <class X>
+TRIAD_BLOCK_FN void scale(X& x, float* v, float factor, size_t n, int threads, size_t stride) {
+  TRIAD_BLOCK_STRIDE_LOOP(x, i, n, threads, stride) { v[i] *= factor; }
+}
+
+// dst = src, widened or rounded to dst's type.
+template <class X, class Dst, class Src>
+TRIAD_BLOCK_FN void convert(X& x, Dst* dst, const Src* src, size_t n, int threads, size_t stride) {
+  TRIAD_BLOCK_STRIDE_LOOP(x, i, n, threads, stride) { store(x, dst + i, load(x, src + i)); }
+}
+
+// out[n, o] = bias[o], or 0 without a bias, over the total = N·OC elements of out [N, OC]: the
+// start of a product accumulated onto its bias (cuda_matmul.cu), or the product of an empty
+// inner dimension (cuda_matmul_lt.cu).
+template <class X, class Elem>
+TRIAD_BLOCK_FN void broadcast_rows(X& x, Elem* out, const Elem* bias, int OC, size_t total,
+                                   int threads, size_t stride) {
+  TRIAD_BLOCK_STRIDE_LOOP(x, i, total, threads, stride) {
+    store(x, out + i, bias != nullptr ? load(x, bias + i % size_t(OC)) : 0.0f);
+  }
+}
+
+// d[j·ldd + i] = round(acc[j·m + i] + bias[i]) over the column-major m×n fp32 product acc
+// (total = m·n): the bias epilogue of the FP8 products, which cuBLASLt does not fuse there.
+template <class X>
+TRIAD_BLOCK_FN void bias_round(X& x, uint16_t* d, int ldd, const float* acc, const uint16_t* bias,
+                               int m, size_t total, int threads, size_t stride) {
+  TRIAD_BLOCK_STRIDE_LOOP(x, idx, total, threads, stride) {
+    const size_t i = idx % size_t(m), j = idx / size_t(m);
+    store(x, d + j * size_t(ldd) + i, acc[idx] + load(x, bias + i));
+  }
+}
+
+}  // namespace triad::elementwise_block

@@ -1,0 +1,201 @@
+// The CUDA backend's elementwise ops (src/kernels/cuda/elementwise_block.h, as
+// cuda_elementwise.cu launches them), run on the CPU through the SIMT emulator, against the CPU
+// backend: GELU and its gradient (overwritten and accumulated), residual add, accumulate, the
+// logits' scale and soft cap, fp32 scaling and the conversions. fp32 within 1e-5 (the CPU
+// backend's tanh is its own vectorized approximation) and bf16 within 1e-2 of the largest
+// magnitude, the conversions and the scaling bit for bit, with fewer threads than elements (the
+// stride loop). Needs no GPU; test_cuda_backend and test_cuda_bf16 run the
+// kernels on one.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <vector>
+
+#include "../../src/kernels/cuda/elementwise_block.h"
+#include "../support/block_data.h"
+#include "../support/random_data.h"
+#include "../support/simt_emulator.h"
+#include "../support/strided_launch.h"
+#include "triad/kernels/backend.h"
+
+namespace triad {
+namespace {
+
+using testing::as_bf16;
+using testing::kStride;
+using testing::launch_strided;
+using testing::widened;
+using Vec = std::vector<float>;
+using Bits = testing::Bf16Bits;
+
+constexpr int kThreads = testing::kStridedThreads;
+constexpr size_t kN = 1000;  // about five passes of the strided grid
+
+// Buffers of kN values in [lo, hi), each rounded to bf16 so that both precisions start from the
+// same numbers: the op's outputs and inputs alike.
+std::vector<Vec> buffers(int count, float lo, float hi) {
+  std::vector<Vec> v;
+  for (int k = 0; k < count; ++k)
+    v.push_back(widened(testing::bf16_bits(testing::random_vec(kN, 10 + k, lo, hi))));
+  return v;
+}
+
+template <class T, class E>
+std::vector<T*> pointers(std::vector<std::vector<E>>& b) {
+  std::vector<T*> p;
+  for (auto& v : b) p.push_back(reinterpret_cast<T*>(v.data()));
+  return p;
+}
+
+// One op on both backends and both precisions from the same starting buffers: cpu(be, b) runs
+// the CPU backend's op, gpu(x, b) the block program, b the buffers' pointers (float*, then
+// bf16_t* for the CPU backend and uint16_t* for the block program). Every buffer is compared
+// afterwards: fp32 within 1e-5, bf16 within 1e-2 of its largest magnitude.
+template <class Cpu, class Gpu>
+void check(const std::vector<Vec>& inputs, Cpu cpu, Gpu gpu) {
+  auto be = make_cpu_backend();
+  std::vector<Vec> want = inputs, got = inputs;
+  cpu(*be, pointers<float>(want));
+  launch_strided([&](simt::Thread& x) { gpu(x, pointers<float>(got)); });
+  for (size_t k = 0; k < want.size(); ++k)
+    EXPECT_LE(testing::max_rel_error(got[k], want[k]), 1e-5) << "fp32, buffer " << k;
+  std::vector<Bits> want16, got16;
+  for (const Vec& v : inputs) want16.push_back(testing::bf16_bits(v));
+  got16 = want16;
+  cpu(*be, pointers<bf16_t>(want16));
+  launch_strided([&](simt::Thread& x) { gpu(x, pointers<uint16_t>(got16)); });
+  for (size_t k = 0; k < want16.size(); ++k)
+    EXPECT_LE(testing::max_rel_error(widened(got16[k]), widened(want16[k])), 1e-2)
+        << "bf16, buffer " << k;
+}
+
+TEST(ElementwiseEmulated, Gelu) {
+  const std::vector<Vec> in = buffers(3, -6.0f, 6.0f);  // out or dinp, inp, dout
+  check(
+      in, [](Backend& be, auto b) { be.gelu_forward(b[0], b[1], kN); },
+      [](simt::Thread& x, auto b) {
+        elementwise_block::gelu_forward(x, b[0], b[1], kN, kThreads, kStride);
+      });
+  for (bool accumulate : {false, true}) {
+    SCOPED_TRACE(accumulate ? "accumulate" : "overwrite");
+    const GradMode mode = accumulate ? GradMode::accumulate : GradMode::overwrite;
+    check(
+        in, [&](Backend& be, auto b) { be.gelu_backward(b[0], b[1], b[2], kN, mode); },
+        [&](simt::Thread& x, auto b) {
+          elementwise_block::gelu_backward(x, b[0], b[1], b[2], kN, accumulate, kThreads, kStride);
+        });
+  }
+}
+
+TEST(ElementwiseEmulated, AddAndAccumulate) {
+  const std::vector<Vec> in = buffers(3, -2.0f, 2.0f);
+  check(
+      in, [](Backend& be, auto b) { be.add(b[0], b[1], b[2], kN); },
+      [](simt::Thread& x, auto b) {
+        elementwise_block::add(x, b[0], b[1], b[2], kN, kThreads, kStride);
+      });
+  check(  // in place: out = a
+      in, [](Backend& be, auto b) { be.add(b[1], b[1], b[2], kN); },
+      [](simt::Thread& x, auto b) {
+        elementwise_block::add(x, b[1], b[1], b[2], kN, kThreads, kStride);
+      });
+  check(
+      in, [](Backend& be, auto b) { be.accumulate(b[0], b[1], kN); },
+      [](simt::Thread& x, auto b) {
+        elementwise_block::accumulate(x, b[0], b[1], kN, kThreads, kStride);
+      });
+}
+
+// μP's output multiplier alone (c = 0), and with a soft cap (Gemma 2's 30) reached by some logits.
+TEST(ElementwiseEmulated, ScaleAndCapLogits) {
+  const std::vector<Vec> in = buffers(1, -80.0f, 80.0f);
+  for (float c : {0.0f, 30.0f}) {
+    SCOPED_TRACE(::testing::Message() << "cap " << c);
+    check(
+        in, [&](Backend& be, auto b) { be.scale_cap_logits(b[0], kN, 0.75f, c); },
+        [&](simt::Thread& x, auto b) {
+          elementwise_block::scale_cap_logits(x, b[0], kN, 0.75f, c, kThreads, kStride);
+        });
+  }
+}
+
+// fp32 scaling and both conversions, bit for bit (one multiplication; the rounding to nearest
+// even of core/bf16.h, NaN and infinities included).
+TEST(ElementwiseEmulated, ScaleAndConversionsExactly) {
+  Vec v = testing::random_vec(kN, 20, -1e4f, 1e4f);
+  v[3] = INFINITY;
+  v[5] = -INFINITY;
+  v[7] = NAN;
+  v[9] = 1.0f + 0x1p-8f;   // a tie: rounds to even (1.0)
+  v[11] = 1.0f + 0x3p-8f;  // a tie: rounds to even (1 + 2^-6)
+  v[13] = 3.4e38f;         // rounds to infinity
+  auto be = make_cpu_backend();
+  Vec want = v, got = v;
+  be->scale(want.data(), 0.3f, kN);
+  launch_strided([&](simt::Thread& x) {
+    elementwise_block::scale(x, got.data(), 0.3f, kN, kThreads, kStride);
+  });
+  EXPECT_EQ(0, std::memcmp(got.data(), want.data(), kN * sizeof(float))) << "scale";
+
+  Bits want16(kN), got16(kN, 0xFFFFu);
+  be->convert(as_bf16(want16), v.data(), kN);
+  launch_strided([&](simt::Thread& x) {
+    elementwise_block::convert(x, got16.data(), v.data(), kN, kThreads, kStride);
+  });
+  EXPECT_EQ(got16, want16) << "fp32 -> bf16";
+  EXPECT_EQ(got16[9], 0x3F80u);
+  EXPECT_EQ(got16[13], 0x7F80u);
+
+  Vec want32(kN), got32(kN, -1.0f);
+  be->convert(want32.data(), as_bf16(want16), kN);
+  launch_strided([&](simt::Thread& x) {
+    elementwise_block::convert(x, got32.data(), want16.data(), kN, kThreads, kStride);
+  });
+  EXPECT_EQ(0, std::memcmp(got32.data(), want32.data(), kN * sizeof(float))) << "bf16 -> fp32";
+}
+
+// The matmuls' bias passes against their definitions, bit for bit: every row of out the bias
+// (or zeros); the FP8 products' epilogue round(acc + bias) into a column-major result with a
+// leading dimension larger than its rows.
+TEST(ElementwiseEmulated, BiasRowsAndRoundedBiasEpilogue) {
+  constexpr int OC = 37, N = 23;
+  const Vec bias = widened(testing::bf16_bits(testing::random_vec(OC, 30)));
+  const Bits bias16 = testing::bf16_bits(bias);
+  Vec out(size_t(N) * OC, NAN);
+  launch_strided([&](simt::Thread& x) {
+    elementwise_block::broadcast_rows(x, out.data(), bias.data(), OC, out.size(), kThreads,
+                                      kStride);
+  });
+  Bits out16(size_t(N) * OC, 0xFFFFu), zeros16 = out16;
+  launch_strided([&](simt::Thread& x) {
+    elementwise_block::broadcast_rows(x, out16.data(), bias16.data(), OC, out16.size(), kThreads,
+                                      kStride);
+    elementwise_block::broadcast_rows(x, zeros16.data(), static_cast<const uint16_t*>(nullptr), OC,
+                                      zeros16.size(), kThreads, kStride);
+  });
+  for (int n = 0; n < N; ++n)
+    for (int o = 0; o < OC; ++o) {
+      const size_t i = size_t(n) * OC + o;
+      ASSERT_EQ(out[i], bias[o]) << "fp32, row " << n;
+      ASSERT_EQ(out16[i], bias16[o]) << "bf16, row " << n;
+      ASSERT_EQ(zeros16[i], 0u) << "no bias, row " << n;
+    }
+
+  constexpr int m = 29, n = 31, ldd = 40;  // acc column-major m×n, d with leading dimension 40
+  const Vec acc = testing::random_vec(size_t(m) * n, 31, -3.0f, 3.0f);
+  const Bits b16 = testing::bf16_bits(testing::random_vec(m, 32));
+  Bits d(size_t(ldd) * n, 0xABCDu);
+  launch_strided([&](simt::Thread& x) {
+    elementwise_block::bias_round(x, d.data(), ldd, acc.data(), b16.data(), m, acc.size(), kThreads,
+                                  kStride);
+  });
+  for (int j = 0; j < n; ++j)
+    for (int i = 0; i < ldd; ++i) {
+      const uint16_t want =
+          i < m ? to_bf16(acc[size_t(j) * m + i] + to_float(bf16_t{b16[i]})).bits : 0xABCDu;
+      ASSERT_EQ(d[size_t(j) * ldd + i], want) << "row " << i << " column " << j;
+    }
+}
+
+}  // namespace
+}  // namespace triad
