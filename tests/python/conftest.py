@@ -18,7 +18,9 @@ def pytest_configure(config):
     # job's session directory under a top directory shared by every Open MPI process of the user
     # (orte_tmpdir_base, default /tmp). Two singletons started at once by two workers can remove
     # that top directory under each other ("ORTE_ERROR_LOG ... session_dir.c"): each worker gets
-    # its own. Set before the test modules are imported, which copy os.environ for their runs.
+    # its own: for its mpirun jobs above all (triad's singletons take a private directory of
+    # their own, include/triad/core/mpi_session.h, except where this is set: a worker runs one
+    # program at a time). Set before the test modules are imported, which copy os.environ.
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     if worker:
         base = Path(tempfile.mkdtemp(prefix=f"triad-ompi-{worker}-"))

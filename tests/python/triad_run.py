@@ -25,8 +25,11 @@ MODULES = {"triad-plot": ["analysis.plot_curves"],
            "triad-average": ["analysis.average_checkpoints"],
            "triad-coord-check": ["analysis.coord_check"]}
 
+# PMIX_MCA_psec: one node needs no munge, and a stale munge socket costs every mpirun ~2 s
+# (jobs/test.sh says more); kept where the caller set it.
 ENV = dict(os.environ, OMPI_MCA_ess_singleton_isolated="1", OMP_NUM_THREADS="2",
            OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+ENV.setdefault("PMIX_MCA_psec", "native")
 
 
 def exe(name):

@@ -38,6 +38,7 @@
 // other warps still read it.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -49,6 +50,7 @@
 #include <map>
 #include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "../../src/kernels/cuda/block_program.h"
@@ -142,20 +144,30 @@ struct Warp {
 
 class Block {
  public:
+  static constexpr size_t kSmemGuard = 4096;
+  static constexpr unsigned char kGuardByte = 0xA5;
   Block(int bx, int by, int threads, size_t smem_bytes, CopyTiming timing)
       : bx_(bx),
         by_(by),
         timing_(timing),
-        smem_(smem_bytes + 128, 0xFF),
+        smem_(smem_bytes + 128 + kSmemGuard, 0xFF),
         sync_(threads),
         group_(threads, GroupStep{this}),
         threads_(size_t(threads), nullptr),
         writer_(smem_bytes / 4 + 1, -1) {
     base_ = smem_.data() + (128 - reinterpret_cast<uintptr_t>(smem_.data()) % 128) % 128;
     size_ = smem_bytes;
+    std::fill(base_ + size_, base_ + size_ + kSmemGuard, kGuardByte);
     for (int w = 0; w < (threads + 31) / 32; ++w) warps_.push_back(std::make_unique<Warp>(this));
   }
   ~Block() {
+    // A program using more shared memory than its launch gives it (a size function that
+    // forgot an array) writes past the end: the guard bytes after it must be untouched.
+    for (size_t i = 0; i < kSmemGuard; ++i)
+      if (base_[size_ + i] != kGuardByte)
+        fail(("shared memory written past the launch's size (byte " + std::to_string(i) +
+              " after its end)")
+                 .c_str());
     for (const auto& [at, b] : barriers_)
       if (!b.in_flight.empty() || b.pending != b.arrivals || b.tx != 0)
         fail("block ended with bulk copies or mbarrier arrivals outstanding");

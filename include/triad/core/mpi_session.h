@@ -16,8 +16,11 @@ namespace triad {
 class SingletonSessionDir {
  public:
   // Before MPI_Init. Where no launcher started this process (none of the variables Open MPI's
-  // mpirun, PMIx or PMI set) and orte_tmpdir_base is not set already, creates a fresh directory
-  // under $TMPDIR (else /tmp) and sets OMPI_MCA_orte_tmpdir_base to it. Otherwise does nothing.
+  // mpirun, PMIx or PMI set) and OMPI_MCA_orte_tmpdir_base is not set already, creates a fresh
+  // directory and sets OMPI_MCA_orte_tmpdir_base to it: under the orte_tmpdir_base of Open MPI's
+  // parameter files (~/.openmpi/mca-params.conf, then $OPAL_PREFIX's and Debian's
+  // openmpi-mca-params.conf), else $TMPDIR, else /tmp. Otherwise does nothing. A singleton
+  // killed outright leaves its directory behind (as Open MPI's own).
   SingletonSessionDir();
   // After MPI_Finalize: removes the directory it created, with what Open MPI left there.
   ~SingletonSessionDir();
