@@ -9,6 +9,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "random_data.h"
 #include "triad/core/bf16.h"
 
 namespace triad::testing {
@@ -25,6 +26,11 @@ inline std::vector<float> widened(const Bf16Bits& b) {
   std::vector<float> v(b.size());
   for (size_t i = 0; i < b.size(); ++i) v[i] = to_float(bf16_t{b[i]});
   return v;
+}
+// n values uniform in [lo, hi), each rounded to bf16: numbers an fp32 and a bf16 run of a test
+// both start from exactly.
+inline std::vector<float> bf16_values(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
+  return widened(bf16_bits(random_vec(n, seed, lo, hi)));
 }
 // The same bits as the CPU backend's bf16 type.
 inline bf16_t* as_bf16(Bf16Bits& b) { return reinterpret_cast<bf16_t*>(b.data()); }

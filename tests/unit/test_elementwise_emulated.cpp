@@ -35,8 +35,7 @@ constexpr size_t kN = 1000;  // about five passes of the strided grid
 // same numbers: the op's outputs and inputs alike.
 std::vector<Vec> buffers(int count, float lo, float hi) {
   std::vector<Vec> v;
-  for (int k = 0; k < count; ++k)
-    v.push_back(widened(testing::bf16_bits(testing::random_vec(kN, 10 + k, lo, hi))));
+  for (int k = 0; k < count; ++k) v.push_back(testing::bf16_values(kN, 10 + k, lo, hi));
   return v;
 }
 
@@ -159,7 +158,7 @@ TEST(ElementwiseEmulated, ScaleAndConversionsExactly) {
 // leading dimension larger than its rows.
 TEST(ElementwiseEmulated, BiasRowsAndRoundedBiasEpilogue) {
   constexpr int OC = 37, N = 23;
-  const Vec bias = widened(testing::bf16_bits(testing::random_vec(OC, 30)));
+  const Vec bias = testing::bf16_values(OC, 30);
   const Bits bias16 = testing::bf16_bits(bias);
   Vec out(size_t(N) * OC, NAN);
   launch_strided([&](simt::Thread& x) {
