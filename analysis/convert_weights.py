@@ -1090,6 +1090,14 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
                            f"blocks) holds such weights, so it is not exported")
     if int(a.get("moe_experts", 0)):  # Hugging Face's Mixtral is the one format with experts
         refuse_unexported_experts(path, a, llama)
+        import h5py
+        with h5py.File(path, "r") as f:  # DeepSeek-V3's balancing biases (train.moe_bias_rate)
+            moved = "router_bias" in f and any(
+                np.any(d[()] != 0) for d in f["router_bias/h"].values())
+        if moved:
+            raise ConvertError(f"{path}: the model's routers choose their experts with biases "
+                               f"(/router_bias, train.moe_bias_rate); Hugging Face's Mixtral, "
+                               f"Qwen2-MoE and Qwen3-MoE have none")
     if llama:
         return open_triad_llama(path, a)
     if int(a.get("sliding_window", 0)):
@@ -1153,8 +1161,15 @@ def refuse_unexported_experts(path: Path, a: dict, llama: bool) -> None:
     shared, gated = int(a.get("moe_shared_hidden", 0)), int(a.get("moe_shared_gate", 0)) == 1
     first, every = int(a.get("moe_first_dense", 0)), int(a.get("moe_every", 1))
     qk, bias = int(a.get("qk_norm", 0)) == 1, int(a.get("qkv_bias", 0)) == 1
+    score = a.get("moe_score", "softmax")
+    score = score.decode() if isinstance(score, bytes) else str(score)
     why = None
-    if not llama:
+    if score != "softmax" or float(a.get("moe_routed_scale", 1.0)) != 1.0:
+        why = (f"the model's router scores by {score} with its gates times "
+               f"{float(a.get('moe_routed_scale', 1.0))} (model.moe_score, moe_routed_scale: "
+               f"DeepSeek-V3's routing); Hugging Face's Mixtral, Qwen2-MoE and Qwen3-MoE score by "
+               f"softmax and weigh the gates as they are")
+    elif not llama:
         why = (f"the model's MLPs are mixtures of {E} experts (model.moe_experts) in GPT-2's "
                f"blocks; the export formats with experts, Hugging Face's Mixtral, Qwen2-MoE and "
                f"Qwen3-MoE, have Llama's blocks (rope, RMSNorm, SwiGLU, no biases)")

@@ -699,6 +699,14 @@ CheckpointState read_state(hid_t file) {
                 "attribute moe_top_k of /model is ", s.model.moe_top_k, ", not in [1, ",
                 s.model.moe_experts, "] (moe_experts)");
     s.model.moe_normalize = flag("moe_normalize");
+    s.model.moe_score = io::read_string_attr(model, "moe_score").value_or("softmax");
+    TRIAD_CHECK(s.model.moe_score == "softmax" || s.model.moe_score == "sigmoid",
+                "attribute moe_score of /model is \"", s.model.moe_score,
+                "\", not softmax or sigmoid");
+    s.model.moe_routed_scale = io::read_double_attr(model, "moe_routed_scale").value_or(1.0);
+    TRIAD_CHECK(std::isfinite(s.model.moe_routed_scale) && s.model.moe_routed_scale > 0,
+                "attribute moe_routed_scale of /model is ", s.model.moe_routed_scale,
+                ", not a finite number > 0");
     s.model.moe_shared_hidden = io::read_int64_attr(model, "moe_shared_hidden").value_or(0);
     s.model.moe_shared_gate = flag("moe_shared_gate", 0);
     TRIAD_CHECK(!s.model.moe_shared_gate || s.model.moe_shared_hidden > 0,
@@ -1086,6 +1094,10 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
             io::write_int64_attr(model, "moe_experts", state.model.moe_experts);
             io::write_int64_attr(model, "moe_top_k", state.model.moe_top_k);
             io::write_int64_attr(model, "moe_normalize", state.model.moe_normalize ? 1 : 0);
+            if (state.model.moe_score != "softmax")
+              io::write_string_attr(model, "moe_score", state.model.moe_score);
+            if (state.model.moe_routed_scale != 1.0)
+              io::write_double_attr(model, "moe_routed_scale", state.model.moe_routed_scale);
             if (state.model.moe_shared_hidden > 0)
               io::write_int64_attr(model, "moe_shared_hidden", state.model.moe_shared_hidden);
             if (state.model.moe_shared_gate) io::write_int64_attr(model, "moe_shared_gate", 1);

@@ -531,6 +531,10 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
                                         logits_rows_, a.split_backward, inference_, &be_);
   if (const size_t n = inference_ ? 0 : tied_scratch_floats(shape, mp); n > 0)
     tied_scratch_ = be_.alloc(n);
+  if (shape_.moe()) {
+    router_bias_.assign(size_t(shape_.n_layer) * size_t(shape_.moe_experts), 0.0f);
+    router_bias_dev_ = be_.alloc(router_bias_.size());
+  }
   if (shape_.rope) {
     const std::vector<float> table = rope_table(shape_);
     rope_table_ = be_.alloc(table.size());
@@ -587,7 +591,8 @@ GptMemory Gpt::memory_plan(const GptShape& shape, int max_batch, int shards,
                            a.split_backward, options.inference, nullptr)
             .bytes();
   }
-  m.other = ((options.inference ? 0 : tied_scratch_floats(shape, mp)) + rope_table_floats(shape)) *
+  m.other = ((options.inference ? 0 : tied_scratch_floats(shape, mp)) + rope_table_floats(shape) +
+             size_t(shape.n_layer) * size_t(shape.moe_experts)) *
                 sizeof(float) +
             (2 + (shape.masks_attention(shape.seq_len) ? 1 : 0) +
              (shape.masks_full_layers() ? 1 : 0) + (shape.reset_positions ? 1 : 0)) *
@@ -604,6 +609,7 @@ Gpt::~Gpt() {
   be_.free_ints(d_inputs_);
   if (tied_scratch_) be_.free(tied_scratch_);
   if (rope_table_) be_.free(rope_table_);
+  if (router_bias_dev_) be_.free(router_bias_dev_);
   delete acts_fp32_;
   delete acts_bf16_;
   if (params_bf16_) be_.free_bf16(params_bf16_);

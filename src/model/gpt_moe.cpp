@@ -20,6 +20,16 @@ namespace {
 
 int total(const std::vector<int>& rows) { return std::accumulate(rows.begin(), rows.end(), 0); }
 
+// The router's scoring and weighing (bias: layer's [E] on the backend; null in the backward
+// pass, which it does not enter).
+MoeRouting routing(const GptShape& s, const float* bias) {
+  MoeRouting r(s.moe_normalize);
+  r.sigmoid = s.moe_sigmoid;
+  r.scale = s.moe_routed_scale;
+  r.bias = bias;
+  return r;
+}
+
 // f(e, row, n) for each of this rank's experts e that runs n > 0 rows, from `row` on the experts'
 // side. ep = 1: its block of the choices in expert order, of which it takes the first kept[e]
 // (all but those a capacity drops, which stay in the block as a gap); ep > 1: the rows it
@@ -126,20 +136,22 @@ void Gpt::moe_front(typename Set<A>::Layer& L, int l, const A* ln2, const LayerT
   const size_t Fl = size_t(shape_.fc_rows() / mp_.tp);
   auto& a = acts<A>();
   be_.matmul_forward(a.moe_logits, ln2, w.routerw, nullptr, N, C, E);
-  be_.moe_route(L.moe_probs, L.moe_expert, L.moe_gate, a.moe_logits, N, E, k, shape_.moe_normalize,
-                L.moe_lse);
+  be_.moe_route(L.moe_probs, L.moe_expert, L.moe_gate, a.moe_logits, N, E, k,
+                routing(shape_, router_bias_dev_ + size_t(l) * size_t(E)), L.moe_lse);
   L.moe_counts.resize(size_t(E));
   moe_host_.resize(size_t(E));
   be_.moe_dispatch(L.moe_slot, L.moe_counts.data(), moe_host_.data(), L.moe_expert, L.moe_probs, N,
                    E, k);
   if (!recomputing_) {
-    double balance = 0;
+    double balance = 0, scores = 0;
     int most = 0;
     for (int e = 0; e < E; ++e) {
       balance += double(L.moe_counts[size_t(e)]) * moe_host_[size_t(e)];
       most = std::max(most, L.moe_counts[size_t(e)]);
+      scores += moe_host_[size_t(e)];
     }
-    moe_stats_.balance += balance * E / (double(N) * k * N);
+    // P_e: the mean probability; of sigmoid scores, their column's share of all the scores.
+    moe_stats_.balance += balance * E / (double(N) * k * (shape_.moe_sigmoid ? scores : N));
     moe_stats_.max_load += double(most) * E / (double(N) * k);
     if (moe_z_loss_ > 0.0f) moe_stats_.z += be_.sum_squares(L.moe_lse, size_t(N)) / N;
     ++moe_stats_.count;
@@ -291,7 +303,7 @@ void Gpt::moe_backward(typename Set<A>::Layer& L, A* dpart, const LayerTensors<f
   }
   // The router z-loss c·lse² for each row, weighed as the balancing loss: c times the loss scale.
   be_.moe_route_backward(a.moe_logits, a.moe_dgate, L.moe_probs, L.moe_expert, aux, N, E, k,
-                         shape_.moe_normalize, L.moe_lse, dloss_scale_ * moe_z_loss_);
+                         routing(shape_, nullptr), L.moe_lse, dloss_scale_ * moe_z_loss_);
   // The router's input gradient once over the group (every rank forms the same one), and the
   // shared experts' gate's.
   A* dinp = mp_.tp_rank == 0 ? dpart : nullptr;
@@ -299,6 +311,28 @@ void Gpt::moe_backward(typename Set<A>::Layer& L, A* dpart, const LayerTensors<f
     be_.matmul_backward(dinp, g.routerw, nullptr, a.moe_logits, ln2, w.routerw, N, C, E);
   if (w.shgatew != nullptr && (dinp != nullptr || g.shgatew != nullptr))
     be_.matmul_backward(dinp, g.shgatew, nullptr, a.sh_glogit, ln2, w.shgatew, N, C, 1);
+}
+
+void Gpt::set_router_bias(const std::vector<float>& bias) {
+  TRIAD_CHECK(bias.size() == router_bias_.size(), "set_router_bias: ", bias.size(),
+              " values for a model with ", router_bias_.size());
+  router_bias_ = bias;
+  if (!bias.empty()) be_.copy_from_host(router_bias_dev_, bias.data(), bias.size());
+}
+
+void Gpt::balance_router_bias(const std::vector<double>& loads, float rate) {
+  const size_t E = size_t(shape_.moe_experts);
+  TRIAD_CHECK(loads.size() == router_bias_.size(), "balance_router_bias: ", loads.size(),
+              " loads for a model with ", router_bias_.size(), " biases");
+  for (int l = 0; l < shape_.n_layer; ++l) {
+    if (!shape_.moe_layer(l)) continue;
+    const double* c = loads.data() + size_t(l) * E;
+    const double mean = std::accumulate(c, c + E, 0.0) / double(E);
+    float* b = router_bias_.data() + size_t(l) * E;
+    for (size_t e = 0; e < E; ++e) b[e] += c[e] < mean ? rate : c[e] > mean ? -rate : 0.0f;
+  }
+  if (!router_bias_.empty())
+    be_.copy_from_host(router_bias_dev_, router_bias_.data(), router_bias_.size());
 }
 
 #define TRIAD_MOE_INSTANCES(A)                                                                 \

@@ -102,7 +102,14 @@ class KeyTable {
     add("model.moe_top_k", c.model.moe_top_k, "experts per token (with model.moe_experts)");
     add("model.moe_normalize", c.model.moe_normalize,
         "the chosen experts' router probabilities renormalized to sum 1 (Mixtral's; false: kept "
-        "as they are, as Switch and DeepSeek)");
+        "as they are, as Switch and DeepSeek-V2)");
+    add("model.moe_score", c.model.moe_score,
+        "with model.moe_experts: the router's scores, softmax (Switch, Mixtral) or sigmoid "
+        "(DeepSeek-V3: each expert's own sigmoid of its logit; with model.moe_normalize the "
+        "chosen ones' gates sum to 1)");
+    add("model.moe_routed_scale", c.model.moe_routed_scale,
+        "with model.moe_experts: the routed experts' gates times this (DeepSeek-V3's "
+        "routed_scaling_factor, 2.5; 1: as they are)");
     add("model.moe_capacity_factor", c.model.moe_capacity_factor,
         "with model.moe_experts: each expert takes at most ceil(f · N · k / E) of the N·k choices "
         "of a rank's micro-batch, in token order; the later ones are dropped (their expert output "
@@ -185,6 +192,13 @@ class KeyTable {
         "with model.moe_experts: the router z-loss coefficient c (ST-MoE's 0.001): c·(log Σ_e "
         "exp(router logit_e))² per token joins the training loss, keeping the router's logits "
         "small; /train/moe_z_loss logs the mean term (0: none)");
+    add("train.moe_bias_rate", c.train.moe_bias_rate,
+        "with model.moe_experts: DeepSeek-V3's auxiliary-loss-free load balancing, its bias "
+        "update speed u (0.001): each expert of a layer has a bias added to its score to choose "
+        "the experts (not to weigh them), and after each update the bias of an expert that got "
+        "more than its layer's mean share of the step's choices (over every rank) falls by u, "
+        "one that got less rises by u; the biases are saved in checkpoints (0: they stay as "
+        "they are)");
     add("train.activations_every", c.train.activations_every,
         "every N steps (0: never), before the step: the root mean square of each block's "
         "attention and MLP outputs and residual stream on the first validation micro-batch "
@@ -803,6 +817,12 @@ void validate(const Config& c, int world_size) {
   check(m.moe_capacity_factor >= 0 && (m.moe_capacity_factor == 0 || m.moe_experts > 0),
         "model.moe_capacity_factor",
         "must be >= 0, and > 0 only with model.moe_experts (0: dropless)");
+  check(m.moe_score == "softmax" || m.moe_score == "sigmoid", "model.moe_score",
+        "must be softmax or sigmoid (got \"" + m.moe_score + "\")");
+  check(std::isfinite(m.moe_routed_scale) && m.moe_routed_scale > 0 &&
+            (m.moe_experts > 0 || m.moe_routed_scale == 1),
+        "model.moe_routed_scale",
+        "must be a finite number > 0, and other than 1 only with model.moe_experts");
   if (m.moe_experts > 0) {
     check(m.moe_top_k >= 1 && m.moe_top_k <= m.moe_experts, "model.moe_top_k",
           "must be in [1, model.moe_experts = " + std::to_string(m.moe_experts) + "] (got " +
@@ -932,6 +952,13 @@ void validate(const Config& c, int world_size) {
         "train.moe_aux_loss", "must be a number in [0, 1] (Switch's 0.01; 0: none)");
   check(std::isfinite(t.moe_z_loss) && t.moe_z_loss >= 0 && t.moe_z_loss <= 1, "train.moe_z_loss",
         "must be a number in [0, 1] (ST-MoE's 0.001; 0: none)");
+  check(std::isfinite(t.moe_bias_rate) && t.moe_bias_rate >= 0 &&
+            (t.moe_bias_rate == 0 || c.model.moe_experts > 0),
+        "train.moe_bias_rate",
+        "must be a finite number >= 0, and > 0 only with model.moe_experts (DeepSeek-V3's 0.001; "
+        "0: none)");
+  check(t.moe_z_loss == 0 || c.model.moe_score == "softmax", "train.moe_z_loss",
+        "is the log-sum-exp of a softmax router's logits: it needs model.moe_score = softmax");
   check(t.norms_every >= 0, "train.norms_every", "must be >= 0 (0: never)");
   check(t.moe_load_every >= 0 && (t.moe_load_every == 0 || c.model.moe_experts > 0),
         "train.moe_load_every", "must be >= 0, and > 0 only with model.moe_experts (0: never)");

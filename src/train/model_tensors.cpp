@@ -59,4 +59,13 @@ std::vector<TensorRef> model_tensor_refs(const Gpt& model, float* base, size_t f
   return r;
 }
 
+TensorGroup router_bias_group(const GptShape& shape, float* bias) {
+  TensorGroup g{"router_bias", {}};
+  const size_t E = size_t(shape.moe_experts);
+  for (int l = 0; l < shape.n_layer; ++l)
+    if (shape.moe_layer(l))
+      g.tensors.push_back(TensorRef{"h/" + std::to_string(l), {int64_t(E)}, bias + size_t(l) * E});
+  return g;
+}
+
 }  // namespace triad

@@ -455,6 +455,7 @@ TrainOutcome Trainer::run() {
     // expert's load (NaN: dense).
     double moe_aux_mean = std::numeric_limits<double>::quiet_NaN(), moe_load = moe_aux_mean;
     double moe_z_mean = moe_aux_mean, moe_dropped = moe_aux_mean;
+    std::vector<double> moe_counts;  // the step's choices of each layer's experts, every rank's
     if (cfg.model.moe_experts > 0) {
       const MoeStats ms = s.model->take_moe_stats();
       double sums[5] = {ms.balance, ms.max_load, double(ms.count), ms.z, ms.dropped};
@@ -463,15 +464,19 @@ TrainOutcome Trainer::run() {
       moe_load = sums[1] / sums[2];
       if (cfg.train.moe_z_loss > 0) moe_z_mean = cfg.train.moe_z_loss * sums[3] / sums[2];
       if (cfg.model.moe_capacity_factor > 0) moe_dropped = sums[4] / sums[2];
-      if (cfg.train.moe_load_every > 0 && st % cfg.train.moe_load_every == 0) {
-        // Each expert's share of its layer's choices, over every rank's (a stage's layers, a
-        // data- or context-parallel rank's rows; tensor-parallel ranks count once).
-        const GptShape& shape = s.model->shape();
-        const size_t E = size_t(cfg.model.moe_experts);
-        std::vector<double> counts = ms.loads;
-        counts.resize(size_t(cfg.model.n_layer) * E, 0.0);
-        MPI_Allreduce(MPI_IN_PLACE, counts.data(), int(counts.size()), MPI_DOUBLE, MPI_SUM,
+      const bool log_load = cfg.train.moe_load_every > 0 && st % cfg.train.moe_load_every == 0;
+      const size_t E = size_t(cfg.model.moe_experts);
+      if (log_load || cfg.train.moe_bias_rate > 0) {
+        // Over every rank's choices (a stage's layers, a data- or context-parallel rank's rows;
+        // tensor-parallel ranks count once).
+        moe_counts = ms.loads;
+        moe_counts.resize(size_t(cfg.model.n_layer) * E, 0.0);
+        MPI_Allreduce(MPI_IN_PLACE, moe_counts.data(), int(moe_counts.size()), MPI_DOUBLE, MPI_SUM,
                       s.grid.world());
+      }
+      if (log_load) {  // each expert's share of its layer's choices
+        const GptShape& shape = s.model->shape();
+        const std::vector<double>& counts = moe_counts;
         std::vector<double> shares;
         for (int l = 0; l < cfg.model.n_layer; ++l) {
           if (!shape.moe_layer(l)) continue;
@@ -571,6 +576,9 @@ TrainOutcome Trainer::run() {
         s.model->params_updated();
       }
       s.model->sync_tied_embedding(!gather_bf16);
+      // DeepSeek-V3's balancing: every rank moves the same biases alike.
+      if (cfg.train.moe_bias_rate > 0)
+        s.model->balance_router_bias(moe_counts, float(cfg.train.moe_bias_rate));
     }
     s.position += batch;
     s.consumed += batch;

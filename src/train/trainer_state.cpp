@@ -424,8 +424,13 @@ void Trainer::State::stage_to_device(bool with_optimizer) {
     model->params_updated();  // loaded in place (CPU): refresh the bf16 copy
 }
 
-std::vector<TensorGroup> Trainer::State::groups(bool with_optimizer, bool for_save) {
+std::vector<TensorGroup> Trainer::State::groups(bool with_optimizer, bool for_save,
+                                                bool with_bias) {
   std::vector<TensorGroup> g{{"model", tensor_refs(param_base(), 0, !for_save)}};
+  if (with_bias && cfg.model.moe_experts > 0) {
+    host_router_bias = model->router_bias();
+    g.push_back(router_bias_group(model->shape(), host_router_bias.data()));
+  }
   if (with_optimizer) {
     const bool zero = cfg.parallel.zero >= 1;
     for (const auto& sg : opt->state_groups()) {
@@ -490,6 +495,8 @@ CheckpointState Trainer::State::checkpoint_state() const {
   st.model.moe_experts = cfg.model.moe_experts;
   st.model.moe_top_k = cfg.model.moe_top_k;
   st.model.moe_normalize = cfg.model.moe_normalize;
+  st.model.moe_score = cfg.model.moe_score;
+  st.model.moe_routed_scale = cfg.model.moe_routed_scale;
   st.model.moe_shared_hidden = cfg.model.moe_shared_hidden;
   st.model.moe_shared_gate = cfg.model.moe_shared_gate;
   st.model.moe_first_dense = cfg.model.moe_first_dense;
@@ -610,6 +617,12 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
               ") but the config asks for model.moe_experts = ", c.moe_experts,
               ", model.moe_top_k = ", c.moe_top_k,
               ", model.moe_normalize = ", c.moe_normalize ? "true" : "false");
+  TRIAD_CHECK(c.moe_experts == 0 ||
+                  (m.moe_score == c.moe_score && m.moe_routed_scale == c.moe_routed_scale),
+              "checkpoint ", path, " holds a model whose router scores by ", m.moe_score,
+              " with its gates times ", m.moe_routed_scale,
+              " but the config asks for model.moe_score = ", c.moe_score,
+              ", model.moe_routed_scale = ", c.moe_routed_scale);
   TRIAD_CHECK(
       m.moe_shared_hidden == c.moe_shared_hidden, "checkpoint ", path,
       " holds a model with shared experts of ", m.moe_shared_hidden,
@@ -626,12 +639,22 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
       ", model.moe_every = ", c.moe_every);
 }
 
+bool Trainer::State::file_has_router_bias(const std::string& path) {
+  return cfg.model.moe_experts > 0 && checkpoint_has_group(grid.world(), path, "router_bias");
+}
+
+void Trainer::State::use_loaded_router_bias(bool loaded) {
+  if (loaded) model->set_router_bias(host_router_bias);
+}
+
 CheckpointState Trainer::State::load_weights(const std::string& path) {
   const CheckpointState st = read_checkpoint_state(grid.world(), path);
   check_model_shape(st, path);
   // The load fills every tensor, wte's padding rows with zeros, so nothing needs staging first.
-  load_checkpoint_tensors(grid.world(), path, groups(false, false));
+  const bool bias = file_has_router_bias(path);
+  load_checkpoint_tensors(grid.world(), path, groups(false, false, bias));
   stage_to_device(false);
+  use_loaded_router_bias(bias);
   return st;
 }
 
@@ -661,8 +684,10 @@ void Trainer::State::load_from(const std::string& path, bool resume) {
                 slot, " state for optim.name = ", cfg.optim.name,
                 " (resume with the optimizer it was saved with, or use --init-from)");
   }
-  load_checkpoint_tensors(grid.world(), path, groups(true, false));
+  const bool bias = file_has_router_bias(path);
+  load_checkpoint_tensors(grid.world(), path, groups(true, false, bias));
   stage_to_device(true);
+  use_loaded_router_bias(bias);
   step = st.step;
   const int64_t n = train_data->num_sequences();
   TRIAD_CHECK(st.next_sequence >= 0 && st.epoch >= 0, "checkpoint ", path,

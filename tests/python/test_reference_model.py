@@ -187,6 +187,14 @@ CASES = [
                                    tied=False, n_kv_head=2, moe_experts=4, moe_top_k=2,
                                    moe_normalize=False, moe_shared_hidden=48,
                                    moe_shared_gate=True), 2, 40, 6, 97),
+    # DeepSeek-V3's routing on Llama's blocks: a dense first layer, then 6 SwiGLU experts, 2 per
+    # token by sigmoid scores, the gates renormalized and scaled by 2.5, shared experts of 32
+    # units; the balancing loss on the scores over their row's sum.
+    Case("dsv3", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
+                               position="rope", rope_theta=500.0, norm="rmsnorm", bias=False,
+                               mlp="swiglu", mlp_hidden=32, tied=False, moe_experts=6,
+                               moe_top_k=2, moe_score="sigmoid", moe_routed_scale=2.5,
+                               moe_shared_hidden=32, moe_first_dense=1), 2, 40, 6, 103),
 ]
 
 
@@ -202,7 +210,8 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                       full_attention_every=c.full_attention_every, logit_softcap=c.logit_softcap,
                       attn_scale=c.attn_scale, mup_base_width=c.mup_base_width,
                       moe_experts=c.moe_experts, moe_top_k=c.moe_top_k,
-                      moe_normalize=c.moe_normalize, moe_shared_hidden=c.moe_shared_hidden,
+                      moe_normalize=c.moe_normalize, moe_score=c.moe_score,
+                      moe_routed_scale=c.moe_routed_scale, moe_shared_hidden=c.moe_shared_hidden,
                       moe_shared_gate=c.moe_shared_gate, moe_capacity_factor=c.moe_capacity_factor,
                       moe_first_dense=c.moe_first_dense, moe_every=c.moe_every,
                       **({} if c.rope_scaling is None else dict(
@@ -439,6 +448,7 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
     after s updates (the model's sliding_window then; the evaluations' too)."""
     case, tr, op = p.case, sections["train"], sections["optim"]
     cfg, T, B = case.cfg, case.cfg.seq_len, tr["batch_size"]
+    ref.ROUTER_BIAS.clear()  # zero biases at the start, as triad's
     model = ref.build_model(p.weights, cfg, dtype=torch.float64)
     # train.freeze: the matching tensors get no gradient, so no update and no share of the norm.
     for pattern in filter(None, (s.strip() for s in str(tr.get("freeze", "")).split(","))):
@@ -535,6 +545,7 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
             moe_z.append(zc * float(np.mean(every_z)))  # /train/moe_z_loss
             moe_dropped.append(float(np.mean(every_drop)))  # /train/moe_dropped
             moe_load.append(counts / counts.sum(-1, keepdims=True))  # /moe_load
+            step_counts = counts
             objective = loss + alpha * balance + zc * zsum
         else:
             logits, loss = model(x, y)
@@ -549,6 +560,8 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
         opt.step()
         if muon is not None:
             muon.step()
+        if tr.get("moe_bias_rate", 0):  # DeepSeek-V3's balancing, after the update
+            ref.update_router_bias(cfg, step_counts, tr["moe_bias_rate"])
         losses.append(float(loss))
         lrs.append(lr)
     use_window(tr["steps"])
@@ -559,6 +572,8 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
     torch_train.moe_z_loss = moe_z  # and c times the mean router z term
     torch_train.moe_dropped = moe_dropped  # and the mean fraction of choices over capacity
     torch_train.moe_load = moe_load  # and each expert's share of each layer's choices
+    torch_train.router_bias = dict(ref.ROUTER_BIAS)  # train.moe_bias_rate: the final biases
+    ref.ROUTER_BIAS.clear()  # no other reference pass of this process uses them
     return np.array(losses), np.array(lrs), np.array(norms), val, final
 
 
@@ -1138,7 +1153,7 @@ def test_layer_norms_match_torch(tmp_root, tmp_path):
 GRAD_CLIP = {"gpt2vocab": 1.0, "oddshapes": 1.0, "rope": 1.0, "rmsnorm": 1.2, "nobias": 1.0,
              "swiglu": 1.1, "llama": 1.7, "gqa": 1.7, "mqa": 1.0, "bigvocab": 1.0,
              "qknorm": 1.15, "ropescaling": 1.0, "qwen2": 1.8, "headdim": 1.8, "moe": 1.0,
-             "moeswiglu": 1.7, "moemixed": 0.8, "qwen2moe": 1.7}
+             "moeswiglu": 1.7, "moemixed": 0.8, "qwen2moe": 1.7, "dsv3": 1.7}
 
 
 # model.moe_capacity_factor: each expert takes the first ceil(f·N·k/E) of a pass's choices (the
@@ -1165,6 +1180,33 @@ def test_moe_capacity_matches_torch(name, factor, tmp_root, tmp_path):
     losses, *_ = torch_train(dropless, plain)
     assert np.max(np.abs(losses - m["train/loss"]) / losses) > 1e-6
     assert np.all(np.array(torch_train.moe_dropped) == 0)
+
+
+# DeepSeek-V3's auxiliary-loss-free balancing (train.moe_bias_rate, a large 0.02 so that the biases
+# change the picks within 10 steps; no balancing loss): the curve, the gradient norms, the final
+# weights and /moe_load against PyTorch's, whose reference moves the same fp32 biases by the same
+# rule from its own counts; the biases in triad's last checkpoint equal the reference's bit for
+# bit; without them the curve differs.
+def test_moe_bias_balancing_matches_torch(tmp_root, tmp_path):
+    import h5py
+
+    case = next(c for c in CASES if c.name == "dsv3")
+    p = prepare(case, tmp_root)
+    sections = config_sections(case, p.dir, train__grad_clip=GRAD_CLIP[case.name],
+                               train__moe_aux_loss=0.0, train__moe_bias_rate=0.02)
+    compare_training(p, tmp_path, sections, "bias")
+    want = torch_train.router_bias
+    assert sorted(want) == [1] and np.any(want[1].numpy() != 0), want
+    ckpt = sorted((tmp_path / "runs" / "ref" / "ckpt").glob("step_*.h5"))[-1]
+    with h5py.File(ckpt, "r") as f:
+        assert sorted(f["router_bias"]["h"]) == ["1"]
+        got = f["router_bias/h/1"][()]
+    np.testing.assert_array_equal(got, want[1].numpy().astype(np.float32))
+    m = ref.read_metrics(tmp_path / "runs" / "ref" / "metrics.h5")
+    plain = config_sections(case, p.dir, train__grad_clip=GRAD_CLIP[case.name],
+                            train__moe_aux_loss=0.0)
+    losses, *_ = torch_train(p, plain)
+    assert np.max(np.abs(losses - m["train/loss"]) / losses) > 1e-6
 
 
 # A mixture of experts' loss terms, each with a large coefficient so that it moves the router:

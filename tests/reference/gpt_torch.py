@@ -90,6 +90,9 @@ class GptConfig:
     moe_experts: int = 0
     moe_top_k: int = 2
     moe_normalize: bool = True  # the k gates divided by their sum (Mixtral)
+    # model.moe_score: the router's scores, softmax or sigmoid (DeepSeek-V3: each logit's own).
+    moe_score: str = "softmax"
+    moe_routed_scale: float = 1.0  # model.moe_routed_scale: the gates times it
     # model.moe_capacity_factor f: each expert takes the first ceil(f·N·k/E) of a pass's choices
     # (in row, then rank order), the others add nothing; 0: all.
     moe_capacity_factor: float = 0.0
@@ -415,6 +418,23 @@ def head(params: Dict[str, torch.Tensor], cfg: GptConfig) -> torch.Tensor:
 _MOE_TERMS: Optional[list] = None
 
 
+# The routers' biases (DeepSeek-V3's auxiliary-loss-free balancing; triad's /router_bias/h/<i>):
+# layer index -> [E] tensor added to the scores to choose the experts, not to weigh them. Empty:
+# none (zero). update_router_bias moves them after a step.
+ROUTER_BIAS: Dict[int, torch.Tensor] = {}
+
+
+def update_router_bias(cfg: GptConfig, counts: np.ndarray, rate: float) -> None:
+    """DeepSeek-V3's rule after an update: counts [layers with experts, E] the step's choices
+    of each expert (all micro-batches); each bias moves by rate towards its layer's mean load:
+    b_e += rate·sign(mean − c_e)."""
+    layers = [i for i in range(cfg.n_layer) if cfg.moe_layer(i)]
+    for row, i in zip(counts, layers):
+        b = ROUTER_BIAS.get(i, torch.zeros(cfg.moe_experts, dtype=torch.float64))
+        step = torch.from_numpy(np.sign(row.mean() - row)).to(b.dtype)
+        ROUTER_BIAS[i] = (b.float() + (rate * step).float()).to(b.dtype)  # fp32, as triad keeps it
+
+
 class moe_balance:
     def __enter__(self):
         global _MOE_TERMS
@@ -428,16 +448,24 @@ class moe_balance:
 
 def moe_mlp(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str,
             h: torch.Tensor) -> torch.Tensor:
-    """A mixture of experts (Shazeer et al.; Switch, Mixtral): softmax router probabilities, each
-    row's k most probable experts (gates renormalized to sum 1 under moe_normalize), the gated
-    sum of those experts' MLPs. Written per expert with index_add, nothing shared with triad's
-    dispatch."""
+    """A mixture of experts (Shazeer et al.; Switch, Mixtral): softmax router probabilities (or
+    DeepSeek-V3's sigmoid scores), each row's k best experts by score + the layer's
+    ROUTER_BIAS, their scores as gates (renormalized to sum 1 under moe_normalize, times
+    moe_routed_scale), the gated sum of those experts' MLPs. Written per expert with index_add,
+    nothing shared with triad's dispatch."""
     E, k = cfg.moe_experts, cfg.moe_top_k
     x = h.reshape(-1, h.shape[-1])
     router_logits = x @ params[p + "mlp/router/weight"].t()
-    probs = torch.softmax(router_logits, dim=-1)
-    top, choice = torch.topk(probs, k, dim=-1)
+    sigmoid = cfg.moe_score == "sigmoid"
+    scores = torch.sigmoid(router_logits) if sigmoid else torch.softmax(router_logits, dim=-1)
+    bias = ROUTER_BIAS.get(int(p.split("/")[1]))  # p = "h/<i>/"
+    key = scores.detach() if bias is None else scores.detach() + bias.to(scores.dtype)
+    choice = torch.topk(key, k, dim=-1).indices
+    top = scores.gather(-1, choice)
     gates = top / top.sum(-1, keepdim=True) if cfg.moe_normalize else top
+    gates = gates * cfg.moe_routed_scale
+    # The balancing loss's probabilities: sigmoid scores over their row's sum (DeepSeek-V3's).
+    probs = scores / scores.sum(-1, keepdim=True) if sigmoid else scores
     w1, w2 = params[p + "mlp/experts/c_fc/weight"], params[p + "mlp/experts/c_proj/weight"]
 
     def act(a, hidden):
@@ -935,6 +963,10 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
             for key, val in (("moe_experts", cfg.moe_experts), ("moe_top_k", cfg.moe_top_k),
                              ("moe_normalize", int(cfg.moe_normalize))):
                 m.attrs.create(key, i64(val), dtype="<i8")
+            if cfg.moe_score != "softmax":
+                _string_attr(m, "moe_score", cfg.moe_score)
+            if cfg.moe_routed_scale != 1.0:
+                m.attrs.create("moe_routed_scale", np.float64(cfg.moe_routed_scale), dtype="<f8")
             if cfg.moe_shared_hidden:
                 m.attrs.create("moe_shared_hidden", i64(cfg.moe_shared_hidden), dtype="<i8")
             if cfg.moe_shared_gate:
@@ -983,6 +1015,8 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                         moe_experts=int(a.get("moe_experts", 0)),
                         moe_top_k=int(a.get("moe_top_k", 2)),
                         moe_normalize=int(a.get("moe_normalize", 1)) == 1,
+                        moe_score=_str(a["moe_score"]) if "moe_score" in a else "softmax",
+                        moe_routed_scale=float(a.get("moe_routed_scale", 1.0)),
                         moe_shared_hidden=int(a.get("moe_shared_hidden", 0)),
                         moe_shared_gate=int(a.get("moe_shared_gate", 0)) == 1,
                         moe_first_dense=int(a.get("moe_first_dense", 0)),

@@ -233,6 +233,112 @@ TEST(MoeSharedGate, SigmoidAndItsGradient) {
   for (int n = 0; n < N; ++n) EXPECT_EQ(dsb[n].bits, to_bf16(ds[n]).bits) << n;
 }
 
+// DeepSeek-V3's routing (MoeRouting: sigmoid scores, a bias that chooses but does not weigh,
+// scaled gates) against its definition in double: scores 1/(1 + e^−z), the k largest of
+// score + bias by a full sort (ties: the lower column), gates the chosen scores (over their sum
+// when normalized) times the scale.
+class SigmoidRouting : public ::testing::TestWithParam<bool> {};
+
+TEST_P(SigmoidRouting, ScoresPicksAndGatesMatchTheDefinition) {
+  const bool normalize = GetParam();
+  const int N = 7, E = 8, k = 3;
+  auto be = make_cpu_backend();
+  const Vec logits = random_vec(size_t(N) * E, 21, 1.5f);
+  Vec bias = random_vec(size_t(E), 22, 0.2f);
+  bias[3] = -5.0f;  // never chosen
+  bias[6] = 5.0f;   // always chosen, first
+  MoeRouting routing(normalize);
+  routing.sigmoid = true;
+  routing.scale = 2.5f;
+  routing.bias = bias.data();
+  Vec probs(size_t(N) * E), gate(size_t(N) * k);
+  Ints expert(size_t(N) * k);
+  be->moe_route(probs.data(), expert.data(), gate.data(), logits.data(), N, E, k, routing);
+  for (int n = 0; n < N; ++n) {
+    std::vector<double> s(static_cast<size_t>(E));
+    for (int e = 0; e < E; ++e) {
+      s[size_t(e)] = 1.0 / (1.0 + std::exp(-double(logits[size_t(n) * E + e])));
+      EXPECT_NEAR(probs[size_t(n) * E + e], s[size_t(e)], 1e-6) << n << " " << e;
+    }
+    std::vector<int> order(static_cast<size_t>(E));
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
+      return s[size_t(a)] + bias[size_t(a)] > s[size_t(b)] + bias[size_t(b)];
+    });
+    double picked = 0;
+    for (int j = 0; j < k; ++j) picked += s[size_t(order[size_t(j)])];
+    EXPECT_EQ(expert[size_t(n) * k], 6) << n;
+    for (int j = 0; j < k; ++j) {
+      const int e = order[size_t(j)];
+      EXPECT_EQ(expert[size_t(n) * k + j], e) << n << " " << j;
+      EXPECT_NE(e, 3);
+      const double g = (normalize ? s[size_t(e)] / picked : s[size_t(e)]) * 2.5;
+      EXPECT_NEAR(gate[size_t(n) * k + j], g, 1e-6) << n << " " << j;
+    }
+  }
+  // A zero bias chooses as none does, bit for bit.
+  const Vec zero(size_t(E), 0.0f);
+  Vec p0(probs.size()), g0(gate.size()), p1(probs.size()), g1(gate.size());
+  Ints e0(expert.size()), e1(expert.size());
+  routing.bias = nullptr;
+  be->moe_route(p0.data(), e0.data(), g0.data(), logits.data(), N, E, k, routing);
+  routing.bias = zero.data();
+  be->moe_route(p1.data(), e1.data(), g1.data(), logits.data(), N, E, k, routing);
+  EXPECT_EQ(e0, e1);
+  EXPECT_EQ(g0, g1);
+  EXPECT_NE(e0, expert);  // and the bias above did change the picks
+}
+
+// L(logits) = Σ c·gate + Σ_n Σ_e aux[e]·s[n,e] / Σ_e' s[n,e'] (the balancing loss on the scores
+// over their row's sum, DeepSeek-V3's) at fixed choices, the bias choosing.
+TEST_P(SigmoidRouting, BackwardMatchesFiniteDifferences) {
+  const bool normalize = GetParam();
+  const int N = 6, E = 8, k = 3;
+  auto be = make_cpu_backend();
+  Vec logits = random_vec(size_t(N) * E, 23, 2.0f);
+  const Vec bias = random_vec(size_t(E), 24, 0.3f);
+  MoeRouting routing(normalize);
+  routing.sigmoid = true;
+  routing.scale = 1.7f;
+  routing.bias = bias.data();
+  auto route_now = [&](Vec& probs, Vec& gate, Ints& expert) {
+    probs.assign(size_t(N) * E, 0.0f);
+    gate.assign(size_t(N) * k, 0.0f);
+    expert.assign(size_t(N) * k, 0);
+    be->moe_route(probs.data(), expert.data(), gate.data(), logits.data(), N, E, k, routing);
+  };
+  Vec probs, gate;
+  Ints expert;
+  route_now(probs, gate, expert);
+  const Vec c = random_vec(size_t(N) * k, 25), aux = random_vec(size_t(E), 26);
+  auto loss = [&]() {
+    Vec p, g;
+    Ints ex;
+    route_now(p, g, ex);
+    EXPECT_EQ(ex, expert) << "a step changed the routing";
+    double s = 0;
+    for (size_t i = 0; i < g.size(); ++i) s += double(c[i]) * g[i];
+    for (int n = 0; n < N; ++n) {
+      double q = 0;
+      for (int e = 0; e < E; ++e) q += p[size_t(n) * E + e];
+      for (int e = 0; e < E; ++e) s += double(aux[size_t(e)]) * p[size_t(n) * E + e] / q;
+    }
+    return s;
+  };
+  Vec dlogits(logits.size());
+  be->moe_route_backward(dlogits.data(), c.data(), probs.data(), expert.data(), aux.data(), N, E, k,
+                         routing);
+  const float h = 1e-3f;
+  for (size_t i = 0; i < logits.size(); ++i)
+    EXPECT_NEAR(dlogits[i], central_difference(logits[i], h, loss), 2e-3) << "dlogits " << i;
+  // The router z-loss is the softmax's: refused with sigmoid scores.
+  EXPECT_THROW(be->moe_route_backward(dlogits.data(), c.data(), probs.data(), expert.data(),
+                                      nullptr, N, E, k, routing, probs.data(), 0.1f),
+               Error);
+}
+
+INSTANTIATE_TEST_SUITE_P(Normalized, SigmoidRouting, ::testing::Bool());
+
 INSTANTIATE_TEST_SUITE_P(Shapes, MoeOps,
                          ::testing::Values(std::make_tuple(9, 4, 2, true),
                                            std::make_tuple(9, 4, 2, false),

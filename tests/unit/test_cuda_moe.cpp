@@ -44,17 +44,32 @@ constexpr double kTolBf16 = 1e-2;
 struct Shape {
   int N, E, k, C;
   bool normalize;
+  bool sigmoid = false;  // DeepSeek-V3's routing: sigmoid scores, a bias, scaled gates
 };
 // E = 1 (one lane busy), E = 256 and 300 (each lane loops over 8 and more columns); C: multiples
 // of 16 bytes (moe_gather's 16-byte copies) and odd widths (its element copies).
 constexpr Shape kShapes[] = {
-    {37, 8, 2, 48, true}, {37, 8, 2, 37, false}, {64, 64, 6, 64, true},  {64, 64, 6, 33, false},
-    {5, 1, 1, 16, true},  {5, 1, 1, 16, false},  {40, 256, 8, 40, true}, {23, 300, 3, 24, false},
+    {37, 8, 2, 48, true},          {37, 8, 2, 37, false},   {64, 64, 6, 64, true},
+    {64, 64, 6, 33, false},        {5, 1, 1, 16, true},     {5, 1, 1, 16, false},
+    {40, 256, 8, 40, true},        {23, 300, 3, 24, false}, {37, 8, 2, 48, true, true},
+    {23, 300, 3, 24, false, true},
 };
+
+// The routing of a shape; with sigmoid scores, the bias (host or device memory) chooses and the
+// gates are scaled by 2.5.
+MoeRouting routing_of(const Shape& s, const float* bias) {
+  MoeRouting r(s.normalize);
+  if (s.sigmoid) {
+    r.sigmoid = true;
+    r.scale = 2.5f;
+    r.bias = bias;
+  }
+  return r;
+}
 
 ::testing::Message describe(const Shape& s) {
   return ::testing::Message() << "N=" << s.N << " E=" << s.E << " k=" << s.k << " C=" << s.C
-                              << " normalize=" << s.normalize;
+                              << " normalize=" << s.normalize << (s.sigmoid ? " sigmoid" : "");
 }
 
 // |got[i] − want[i]| <= tol·|want[i]| for every i (NaN only where NaN).
@@ -141,12 +156,15 @@ class CudaMoeTest : public triad::testing::CudaVsCpuTest {
     return host(d, n);
   }
 
+  // A sigmoid routing's bias: large enough to reorder the picks.
+  static Vec router_bias(const Shape& s) { return random_vec(size_t(s.E), 61, -0.3f, 0.3f); }
+
   // The CPU's routing of logits (fp32 or bf16).
   template <class L>
   Routing cpu_route(const L& logits, const Shape& s) {
     Routing r{Vec(size_t(s.N) * s.E), Vec(size_t(s.N) * s.k), Ints(size_t(s.N) * s.k)};
     cpu->moe_route(r.probs.data(), r.expert.data(), r.gate.data(), logits.data(), s.N, s.E, s.k,
-                   s.normalize);
+                   routing_of(s, router_bias(s).data()));
     return r;
   }
   template <class L>
@@ -155,7 +173,8 @@ class CudaMoeTest : public triad::testing::CudaVsCpuTest {
     float* probs = dev_garbage(NE, 11);
     float* gate = dev_garbage(Nk, 12);
     int32_t* expert = dev_ints(Nk);
-    gpu->moe_route(probs, expert, gate, dev(logits), s.N, s.E, s.k, s.normalize);
+    gpu->moe_route(probs, expert, gate, dev(logits), s.N, s.E, s.k,
+                   routing_of(s, dev(router_bias(s))));
     return {host(probs, NE), host(gate, Nk), host_ints(expert, Nk)};
   }
 
@@ -300,7 +319,7 @@ class CudaMoeTest : public triad::testing::CudaVsCpuTest {
     const float* aux_h = with_aux ? aux.data() : nullptr;
     typename P::Act want(size_t(s.N) * s.E);
     cpu->moe_route_backward(want.data(), dgate.data(), rt.r.probs.data(), rt.r.expert.data(), aux_h,
-                            s.N, s.E, s.k, s.normalize);
+                            s.N, s.E, s.k, routing_of(s, nullptr));
     const float* d_dgate = dev(dgate);
     const float* probs = dev(rt.r.probs);
     const int32_t* expert = dev(rt.r.expert);
@@ -308,7 +327,8 @@ class CudaMoeTest : public triad::testing::CudaVsCpuTest {
     for (int run = 0; run < 2; ++run) {
       auto* dlogits = dev_garbage_act<P>(size_t(s.N) * s.E, 54);
       // aux is host memory (backend.h): the GPU takes it by value.
-      gpu->moe_route_backward(dlogits, d_dgate, probs, expert, aux_h, s.N, s.E, s.k, s.normalize);
+      gpu->moe_route_backward(dlogits, d_dgate, probs, expert, aux_h, s.N, s.E, s.k,
+                              routing_of(s, nullptr));
       const auto got = host_act<P>(dlogits, size_t(s.N) * s.E);
       if (run == 0) {
         EXPECT_TRUE(close_l2(got, want, P::kTol)) << "dlogits";

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "../../src/kernels/cuda/moe_block.h"
@@ -58,9 +59,19 @@ Vec route_logits(int N, int E, uint32_t seed, bool nan_row) {
   return z;
 }
 
-void check_route(int N, int E, int k, bool normalize, bool bf16) {
-  SCOPED_TRACE(::testing::Message() << "N=" << N << " E=" << E << " k=" << k
-                                    << (normalize ? " normalized" : "") << (bf16 ? " bf16" : ""));
+// What a routing adds to a test's trace.
+std::string describe(const MoeRouting& r) {
+  std::string s = r.normalize ? " normalized" : "";
+  if (r.sigmoid) s += " sigmoid";
+  if (r.scale != 1.0f) s += " scale " + std::to_string(r.scale);
+  if (r.bias != nullptr) s += " bias";
+  return s;
+}
+
+void check_route(int N, int E, int k, MoeRouting routing, bool bf16) {
+  const bool normalize = routing.normalize;
+  SCOPED_TRACE(::testing::Message() << "N=" << N << " E=" << E << " k=" << k << describe(routing)
+                                    << (bf16 ? " bf16" : ""));
   const bool nan_row = !normalize && N > 2;
   const Vec z32 = route_logits(N, E, 11u + E, nan_row);
   const Bits zb = to_bits(z32);
@@ -72,17 +83,17 @@ void check_route(int N, int E, int k, bool normalize, bool bf16) {
   Route want = fresh(), got = fresh();
   if (bf16)
     be->moe_route(want.probs.data(), want.expert.data(), want.gate.data(), as_bf16(zb), N, E, k,
-                  normalize, want.lse.data());
+                  routing, want.lse.data());
   else
     be->moe_route(want.probs.data(), want.expert.data(), want.gate.data(), z32.data(), N, E, k,
-                  normalize, want.lse.data());
+                  routing, want.lse.data());
   launch(warp_blocks(N), moe_block::kWarpThreads, 0, [&](simt::Thread& x) {
     if (bf16)
       moe_block::route_rows(x, got.probs.data(), got.expert.data(), got.gate.data(), zb.data(), N,
-                            E, k, normalize, got.lse.data());
+                            E, k, routing, got.lse.data());
     else
       moe_block::route_rows(x, got.probs.data(), got.expert.data(), got.gate.data(), z32.data(), N,
-                            E, k, normalize, got.lse.data());
+                            E, k, routing, got.lse.data());
   });
   EXPECT_EQ(got.expert, want.expert);
   auto finite_rows = [&](const Vec& v, size_t width) {  // without the NaN row
@@ -100,6 +111,22 @@ TEST(MoeEmulated, RouteTopTwoNormalized) { check_route(37, 8, 2, true, false); }
 TEST(MoeEmulated, RouteColumnsNotAMultipleOf32) { check_route(20, 40, 6, false, false); }
 TEST(MoeEmulated, RouteTopOneFromBf16) { check_route(19, 64, 1, false, true); }
 TEST(MoeEmulated, RouteMostExperts) { check_route(9, 256, 8, true, true); }
+
+// DeepSeek-V3's routing: sigmoid scores, a bias that chooses (large enough to reorder the picks),
+// scaled gates; normalized or not (then with the all-NaN row), fp32 and bf16 logits.
+MoeRouting sigmoid_routing(bool normalize, const Vec& bias) {
+  MoeRouting r(normalize);
+  r.sigmoid = true;
+  r.scale = 2.5f;
+  r.bias = bias.data();
+  return r;
+}
+TEST(MoeEmulated, RouteSigmoidWithBias) {
+  const Vec bias8 = random_vec(8, 51, 0.3f), bias40 = random_vec(40, 52, 0.3f);
+  check_route(37, 8, 2, sigmoid_routing(true, bias8), false);
+  check_route(20, 40, 6, sigmoid_routing(false, bias40), false);
+  check_route(19, 40, 3, sigmoid_routing(true, bias40), true);
+}
 
 // Expert choices: random over E, expert `empty` never chosen.
 Ints random_choices(int M, int E, int empty, uint32_t seed) {
@@ -209,16 +236,16 @@ TEST(MoeEmulated, CombineBf16) { check_combine(11, 3, 96, true); }
 
 // The router's backward: through the gates' normalization (or not), with the load-balancing
 // loss's coefficients and the router z-loss, fp32 or bf16 dlogits.
-void check_route_backward(int N, int E, int k, bool normalize, bool aux_on, float z_loss,
+void check_route_backward(int N, int E, int k, MoeRouting routing, bool aux_on, float z_loss,
                           bool bf16) {
   SCOPED_TRACE(::testing::Message()
-               << "N=" << N << " E=" << E << " k=" << k << (normalize ? " normalized" : "")
+               << "N=" << N << " E=" << E << " k=" << k << describe(routing)
                << (aux_on ? " aux" : "") << " z_loss " << z_loss << (bf16 ? " bf16" : ""));
   auto be = make_cpu_backend();
   const Vec z = random_vec(size_t(N) * E, 31u + E, 1.5f);
   Vec probs(size_t(N) * E), gate(size_t(N) * k), lse(static_cast<size_t>(N));
   Ints expert(size_t(N) * k);
-  be->moe_route(probs.data(), expert.data(), gate.data(), z.data(), N, E, k, normalize, lse.data());
+  be->moe_route(probs.data(), expert.data(), gate.data(), z.data(), N, E, k, routing, lse.data());
   const Vec dgate = random_vec(size_t(N) * k, 32), aux_v = random_vec(size_t(E), 33, 0.1f);
   moe_block::AuxCoefficients aux{};
   aux.on = aux_on;
@@ -227,19 +254,19 @@ void check_route_backward(int N, int E, int k, bool normalize, bool aux_on, floa
   if (!bf16) {
     Vec want(size_t(N) * E, NAN), got(size_t(N) * E, NAN);
     be->moe_route_backward(want.data(), dgate.data(), probs.data(), expert.data(), aux_host, N, E,
-                           k, normalize, lse.data(), z_loss);
+                           k, routing, lse.data(), z_loss);
     launch(warp_blocks(N), moe_block::kWarpThreads, 0, [&](simt::Thread& x) {
       moe_block::route_backward_rows(x, got.data(), dgate.data(), probs.data(), expert.data(), aux,
-                                     N, E, k, normalize, lse.data(), z_loss);
+                                     N, E, k, routing, lse.data(), z_loss);
     });
     EXPECT_LE(rel_error(got, want), 1e-5);
   } else {
     Bits want(size_t(N) * E, 0xFFFFu), got(size_t(N) * E, 0xFFFFu);
     be->moe_route_backward(as_bf16(want), dgate.data(), probs.data(), expert.data(), aux_host, N, E,
-                           k, normalize, lse.data(), z_loss);
+                           k, routing, lse.data(), z_loss);
     launch(warp_blocks(N), moe_block::kWarpThreads, 0, [&](simt::Thread& x) {
       moe_block::route_backward_rows(x, got.data(), dgate.data(), probs.data(), expert.data(), aux,
-                                     N, E, k, normalize, lse.data(), z_loss);
+                                     N, E, k, routing, lse.data(), z_loss);
     });
     EXPECT_LE(rel_error(widened(got), widened(want)), 1e-2);
   }
@@ -252,6 +279,12 @@ TEST(MoeEmulated, RouteBackwardZLossWideRows) {
   check_route_backward(10, 72, 4, false, false, 0.01f, false);
 }
 TEST(MoeEmulated, RouteBackwardBf16) { check_route_backward(17, 40, 3, true, true, 0.001f, true); }
+TEST(MoeEmulated, RouteBackwardSigmoid) {
+  const Vec bias8 = random_vec(8, 53, 0.3f), bias72 = random_vec(72, 54, 0.3f);
+  check_route_backward(21, 8, 2, sigmoid_routing(true, bias8), true, 0.0f, false);
+  check_route_backward(10, 72, 4, sigmoid_routing(false, bias72), true, 0.0f, false);
+  check_route_backward(17, 72, 3, sigmoid_routing(true, bias72), false, 0.0f, true);
+}
 
 TEST(MoeEmulated, SharedGate) {
   const int N = 300;  // two blocks, the second partly idle

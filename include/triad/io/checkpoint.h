@@ -117,6 +117,10 @@ struct ModelShape {
   // written with it.
   int64_t moe_experts = 0, moe_top_k = 2;
   bool moe_normalize = true;
+  // Attributes moe_score (string "softmax" | "sigmoid"; absent: softmax; written when sigmoid)
+  // and moe_routed_scale (double > 0; absent: 1; written when not 1).
+  std::string moe_score = "softmax";
+  double moe_routed_scale = 1.0;
   // Attribute moe_shared_hidden (int64: shared experts' hidden units; absent or 0: none; written
   // when > 0).
   int64_t moe_shared_hidden = 0;

@@ -22,6 +22,7 @@
 
 #include "triad/core/bf16.h"
 #include "triad/core/error.h"
+#include "triad/kernels/moe_routing.h"
 
 namespace triad {
 
@@ -458,10 +459,12 @@ class Backend {
   // (logits, x, y and their gradients) come in fp32 and bf16 (computed in fp32, each output
   // rounded once); probabilities, gates and their gradients are fp32; expert and slot are the
   // backend's ints. Choice i = n·k + j is token n's j-th expert.
-  //  moe_route: probs[N,E] = softmax of each row of logits; expert[N,k] the columns of its k
-  //    largest probabilities, largest first (equal ones: the lower column first); gate[N,k]
-  //    their probabilities, divided by their sum when `normalize` (Mixtral's choice); lse[N]
-  //    (fp32, may be null) each row's log Σ_e exp(logits), the router z-loss's.
+  //  moe_route (`routing`: moe_routing.h): probs[N,E] = the scores, the softmax of each row of
+  //    logits (or with routing.sigmoid each logit's sigmoid); expert[N,k] the columns of the k
+  //    largest probs[n,e] + bias[e] (routing.bias; none: 0), largest first (equal ones: the lower
+  //    column first); gate[N,k] their scores (without the bias), divided by their sum when
+  //    routing.normalize (Mixtral's choice), times routing.scale; lse[N] (fp32, may be null)
+  //    each row's log Σ_e exp(logits), the router z-loss's.
   //  moe_dispatch: the N·k choices ordered by expert, stably (by i within an expert): slot[i] =
   //    choice i's place in that order; counts[e] (host) = the choices of expert e; prob_sums[e]
   //    (host) = Σ_n probs[n,e], summed in row order. Waits for the device (the counts size the
@@ -471,18 +474,21 @@ class Backend {
   //    written over out; gate null: weights 1 (moe_gather's gradient).
   //  moe_combine_backward: dy[slot[i], :] = gate[i]·dout[i / k, :] (written); dgate[i] =
   //    Σ_c dout[i / k, c]·y[slot[i], c] (fp32, written).
-  //  moe_route_backward: dlogits[N,E] (written) from dgate[N,k] through the gates'
-  //    normalization and the softmax, with aux[e] (HOST memory, [E], E <= 256; null: none) added
-  //    to the gradient of every row's probs[n,e] (the load-balancing loss's; read at the call, so
-  //    the GPU needs no copy of it and no wait). z_loss = c > 0 (ST-MoE's router z-loss, c·lse²
-  //    per row; lse as moe_route gave it) adds 2c·lse[n]·probs[n,e] to dlogits[n,e].
+  //  moe_route_backward: dlogits[N,E] (written) from dgate[N,k] through the gates' scale,
+  //    normalization and the scores (softmax or sigmoid, as `routing` says; its bias has no
+  //    gradient), with the load-balancing loss's aux[e] (HOST memory, [E], E <= 256; null: none;
+  //    read at the call, so the GPU needs no copy of it and no wait): the gradient of
+  //    Σ_e aux[e]·P[n,e] for every row, P the softmax's probabilities, or with sigmoid scores
+  //    the scores divided by their row's sum (DeepSeek-V3's). z_loss = c > 0 (ST-MoE's router
+  //    z-loss, c·lse² per row; lse as moe_route gave it; softmax scores only) adds
+  //    2c·lse[n]·probs[n,e] to dlogits[n,e].
   //  moe_shared_gate: s[n] = sigmoid(logits[n]) (fp32), the gate of each row's shared experts'
   //    output (Qwen2-MoE's shared_expert_gate); moe_shared_gate_backward: dlogits[n] =
   //    ds[n]·s[n]·(1 − s[n]) (written). The scaling itself is moe_combine's with k = 1.
   virtual void moe_route(float* probs, int32_t* expert, float* gate, const float* logits, int N,
-                         int E, int k, bool normalize, float* lse = nullptr) = 0;
+                         int E, int k, const MoeRouting& routing, float* lse = nullptr) = 0;
   virtual void moe_route(float* probs, int32_t* expert, float* gate, const bf16_t* logits, int N,
-                         int E, int k, bool normalize, float* lse = nullptr) = 0;
+                         int E, int k, const MoeRouting& routing, float* lse = nullptr) = 0;
   virtual void moe_dispatch(int32_t* slot, int* counts, float* prob_sums, const int32_t* expert,
                             const float* probs, int N, int E, int k) = 0;
   virtual void moe_gather(float* out, const float* x, const int32_t* slot, int N, int k, int C) = 0;
@@ -500,11 +506,11 @@ class Backend {
                                     int C) = 0;
   virtual void moe_route_backward(float* dlogits, const float* dgate, const float* probs,
                                   const int32_t* expert, const float* aux, int N, int E, int k,
-                                  bool normalize, const float* lse = nullptr,
+                                  const MoeRouting& routing, const float* lse = nullptr,
                                   float z_loss = 0.0f) = 0;
   virtual void moe_route_backward(bf16_t* dlogits, const float* dgate, const float* probs,
                                   const int32_t* expert, const float* aux, int N, int E, int k,
-                                  bool normalize, const float* lse = nullptr,
+                                  const MoeRouting& routing, const float* lse = nullptr,
                                   float z_loss = 0.0f) = 0;
   virtual void moe_shared_gate(float* s, const float* logits, int N) = 0;
   virtual void moe_shared_gate(float* s, const bf16_t* logits, int N) = 0;

@@ -147,9 +147,11 @@ struct GptShape {
   int fc_rows() const { return swiglu ? 2 * hidden() : hidden(); }  // c_fc's output width
   // Mixture of experts (model.moe_experts > 0; src/model/gpt_moe.cpp): every layer's MLP is
   // moe_experts MLPs of hidden() units each (GELU or SwiGLU, no biases), and a router
-  // (mlp/router/weight [E, C]) sends each token to moe_top_k of them: the softmax of its logits,
-  // the k largest probabilities (renormalized to sum 1 under moe_normalize, as Mixtral; else
-  // kept, as Switch and DeepSeek) weigh the chosen experts' outputs. Dropless: every expert takes
+  // (mlp/router/weight [E, C]) sends each token to moe_top_k of them: the softmax of its logits
+  // (or under moe_sigmoid each logit's sigmoid, as DeepSeek-V3), the k largest scores (chosen by
+  // score + the layer's router bias, Gpt::router_bias; renormalized to sum 1 under
+  // moe_normalize, as Mixtral and DeepSeek-V3, else kept, as Switch; times moe_routed_scale)
+  // weigh the chosen experts' outputs. Dropless: every expert takes
   // all the tokens sent to it, unless moe_capacity_factor = f > 0: then each expert takes at most
   // moe_capacity(N) of a pass's N·k choices on a rank, the first in choice order, and a dropped
   // choice's expert output is zero (Switch's and GShard's capacity). The experts' weights are [E,
@@ -157,6 +159,8 @@ struct GptShape {
   // over tp as the dense MLP's.
   int moe_experts = 0, moe_top_k = 2;
   bool moe_normalize = true;
+  bool moe_sigmoid = false;       // model.moe_score = sigmoid
+  float moe_routed_scale = 1.0f;  // model.moe_routed_scale
   double moe_capacity_factor = 0.0;
   // The rows an expert takes of a pass of N rows: ceil(f·N·k/E) (at least 1), or all N·k.
   int moe_capacity(int N) const {
@@ -659,6 +663,18 @@ class Gpt {
   // The routing statistics of the forward passes since the last call (not those a backward pass
   // reruns), and clears them.
   MoeStats take_moe_stats() { return std::exchange(moe_stats_, MoeStats{}); }
+  // The routers' biases (model.moe_experts; DeepSeek-V3's auxiliary-loss-free balancing):
+  // [n_layer · E] fp32, layer l's at l·E (zero for dense layers; every rank holds every
+  // layer's), added to the router's scores to choose the experts, not to weigh them. Zero at
+  // first; a checkpoint restores them (set_router_bias), the trainer moves them
+  // (balance_router_bias). Empty for a dense model.
+  const std::vector<float>& router_bias() const { return router_bias_; }
+  void set_router_bias(const std::vector<float>& bias);
+  // train.moe_bias_rate = u, after an update: loads[l·E + e] the choices expert e of layer l got
+  // in the step over every rank (MoeStats::loads summed over the world); each layer with experts
+  // moves b[e] by u·sign(mean_e' loads − loads[e]) (DeepSeek-V3's rule: down for an expert with
+  // more than its share, up for one with less, unchanged at the mean).
+  void balance_router_bias(const std::vector<double>& loads, float rate);
   // train.freeze: the tensors whose names `frozen` holds get no gradient. Their products in the
   // backward pass are left out: a linear layer's weight-gradient product where its weight is
   // frozen (and its bias too, or it has none), a bias sum where its bias is, the head's where it
@@ -989,6 +1005,8 @@ class Gpt {
   bool recomputing_ = false;           // a backward pass reruns a layer's forward
   MoeStats moe_stats_;                 // take_moe_stats
   std::vector<float> moe_host_;        // the router's per-expert sums and coefficients (host)
+  std::vector<float> router_bias_;     // router_bias (host)
+  float* router_bias_dev_ = nullptr;   // and on the backend
   float* fp8_amax_ = nullptr;          // set_fp8: three floats of the backend (inp, weight, dout)
   double* activation_sums_ = nullptr;  // set_activation_sums
   // Adds the sums of squares of xs (n of this rank's elements each) at activation_sums_[at ..]

@@ -38,6 +38,8 @@ struct ModelConfig {
   // mlp_hidden units, each token sent to moe_top_k of them; 0: a dense MLP.
   int moe_experts = 0, moe_top_k = 2;
   bool moe_normalize = true;  // the k gates renormalized to sum 1 (Mixtral); false: Switch's
+  std::string moe_score = "softmax";  // the router's scores: softmax, or sigmoid (DeepSeek-V3)
+  double moe_routed_scale = 1.0;      // the gates times this (DeepSeek-V3's routed_scaling_factor)
   // Each expert takes at most ceil(f·N·k/E) of a pass's N·k local choices (Switch's and GShard's
   // capacity factor f); later choices are dropped. 0: dropless.
   double moe_capacity_factor = 0.0;
@@ -104,6 +106,9 @@ struct TrainConfig {
   double moe_aux_loss = 0.01;
   // A mixture of experts' router z-loss coefficient (Gpt::set_moe_z_loss; ST-MoE: 0.001); 0: none.
   double moe_z_loss = 0;
+  // DeepSeek-V3's auxiliary-loss-free balancing (Gpt::balance_router_bias): after each update,
+  // each expert's router bias moves by this towards its layer's mean load; 0: the bias stays.
+  double moe_bias_rate = 0;
   // Every N steps (0: never) the L2 norms of each layer's gradient and weights go into /norms of
   // metrics.h5 (before the update, the gradient before clipping).
   int64_t norms_every = 0;

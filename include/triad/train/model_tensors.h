@@ -20,4 +20,10 @@ namespace triad {
 std::vector<TensorRef> model_tensor_refs(const Gpt& model, float* base, size_t first, bool whole,
                                          size_t lo, size_t hi, size_t expert_lo, size_t expert_hi);
 
+// The routers' biases (Gpt::router_bias, [n_layer · E] at `bias`) as checkpoint group
+// router_bias: a tensor h/<l> [E] per layer with experts, which every rank holds whole (the
+// lowest rank writes it). No tensors for a dense model. Files from before the biases were saved
+// lack the group (checkpoint_has_group): their biases are zero.
+TensorGroup router_bias_group(const GptShape& shape, float* bias);
+
 }  // namespace triad

@@ -342,12 +342,12 @@ class CpuBackend final : public Backend {
 
   // Mixture of experts, fp32 and bf16 alike (cpu_moe.cpp).
   void moe_route(float* probs, int32_t* expert, float* gate, const float* logits, int N, int E,
-                 int k, bool normalize, float* lse) override {
-    cpu::moe_route(probs, expert, gate, logits, N, E, k, normalize, lse);
+                 int k, const MoeRouting& routing, float* lse) override {
+    cpu::moe_route(probs, expert, gate, logits, N, E, k, routing, lse);
   }
   void moe_route(float* probs, int32_t* expert, float* gate, const bf16_t* logits, int N, int E,
-                 int k, bool normalize, float* lse) override {
-    cpu::moe_route(probs, expert, gate, logits, N, E, k, normalize, lse);
+                 int k, const MoeRouting& routing, float* lse) override {
+    cpu::moe_route(probs, expert, gate, logits, N, E, k, routing, lse);
   }
   void moe_dispatch(int32_t* slot, int* counts, float* prob_sums, const int32_t* expert,
                     const float* probs, int N, int E, int k) override {
@@ -377,13 +377,13 @@ class CpuBackend final : public Backend {
   }
   void moe_route_backward(float* dlogits, const float* dgate, const float* probs,
                           const int32_t* expert, const float* aux, int N, int E, int k,
-                          bool normalize, const float* lse, float z_loss) override {
-    cpu::moe_route_backward(dlogits, dgate, probs, expert, aux, N, E, k, normalize, lse, z_loss);
+                          const MoeRouting& routing, const float* lse, float z_loss) override {
+    cpu::moe_route_backward(dlogits, dgate, probs, expert, aux, N, E, k, routing, lse, z_loss);
   }
   void moe_route_backward(bf16_t* dlogits, const float* dgate, const float* probs,
                           const int32_t* expert, const float* aux, int N, int E, int k,
-                          bool normalize, const float* lse, float z_loss) override {
-    cpu::moe_route_backward(dlogits, dgate, probs, expert, aux, N, E, k, normalize, lse, z_loss);
+                          const MoeRouting& routing, const float* lse, float z_loss) override {
+    cpu::moe_route_backward(dlogits, dgate, probs, expert, aux, N, E, k, routing, lse, z_loss);
   }
   void moe_shared_gate(float* s, const float* logits, int N) override {
     cpu::moe_shared_gate(s, logits, N);

@@ -12,7 +12,7 @@ namespace {
 
 template <class E>
 void route_rows(float* probs, int32_t* expert, float* gate, const E* logits, int N, int Ex, int k,
-                bool normalize, float* lse) {
+                const MoeRouting& routing, float* lse) {
 #pragma omp parallel for schedule(static) if (size_t(N) * Ex >= kParallelMin)
   for (int n = 0; n < N; ++n) {
     const E* z = logits + size_t(n) * Ex;
@@ -20,12 +20,16 @@ void route_rows(float* probs, int32_t* expert, float* gate, const E* logits, int
     float mx = -INFINITY;
     for (int e = 0; e < Ex; ++e) mx = std::max(mx, load_elem(z + e));
     float sum = 0.0f;
-    for (int e = 0; e < Ex; ++e) {
-      p[e] = std::exp(load_elem(z + e) - mx);
-      sum += p[e];
-    }
-    for (int e = 0; e < Ex; ++e) p[e] /= sum;
+    for (int e = 0; e < Ex; ++e) sum += std::exp(load_elem(z + e) - mx);
+    for (int e = 0; e < Ex; ++e)
+      p[e] = routing.sigmoid ? 1.0f / (1.0f + std::exp(-load_elem(z + e)))
+                             : std::exp(load_elem(z + e) - mx) / sum;
     if (lse != nullptr) lse[n] = mx + std::log(sum);
+    // The picks' key: the score plus the bias (a NaN below every number).
+    auto key = [&](int e) {
+      const float v = p[e] + (routing.bias != nullptr ? routing.bias[e] : 0.0f);
+      return std::isnan(v) ? -INFINITY : v;
+    };
     int32_t* ex = expert + size_t(n) * k;
     float* g = gate + size_t(n) * k;
     float picked = 0.0f;
@@ -33,14 +37,13 @@ void route_rows(float* probs, int32_t* expert, float* gate, const E* logits, int
       int best = -1;
       for (int e = 0; e < Ex; ++e) {
         if (std::find(ex, ex + j, e) != ex + j) continue;
-        if (best < 0 || p[e] > p[best]) best = e;  // strictly larger: ties keep the lower column
+        if (best < 0 || key(e) > key(best)) best = e;  // strictly larger: ties keep the lower
       }
       ex[j] = best;
       g[j] = p[best];
       picked += p[best];
     }
-    if (normalize)
-      for (int j = 0; j < k; ++j) g[j] /= picked;
+    for (int j = 0; j < k; ++j) g[j] = (routing.normalize ? g[j] / picked : g[j]) * routing.scale;
   }
 }
 
@@ -84,12 +87,16 @@ void combine_backward_rows(E* dy, float* dgate, const E* dout, const E* y, const
   }
 }
 
-// gate_j = p[e_j] (/ S, S = Σ_j p[e_j], when normalized); the gradient of the probabilities is
-// dgate's through that, plus aux; then the softmax's: dz[e] = p[e]·(dp[e] − Σ p·dp).
+// gate_j = scale·p[e_j] (/ S, S = Σ_j p[e_j], when normalized); the gradient of the scores is
+// dgate's through that, plus the balancing loss's: aux[e] on the softmax's probabilities, or on
+// the sigmoid scores over their row's sum Q, (aux[e] − Σ_e' aux[e']·p[e']/Q)/Q. Then the
+// softmax's dz[e] = p[e]·(dp[e] − Σ p·dp), or the sigmoid's dz[e] = dp[e]·p[e]·(1 − p[e]).
 template <class E>
 void route_backward_rows(E* dlogits, const float* dgate, const float* probs, const int32_t* expert,
-                         const float* aux, int N, int Ex, int k, bool normalize, const float* lse,
-                         float z_loss) {
+                         const float* aux, int N, int Ex, int k, const MoeRouting& routing,
+                         const float* lse, float z_loss) {
+  TRIAD_CHECK(!(routing.sigmoid && z_loss > 0.0f),
+              "moe_route_backward: the router z-loss needs softmax scores");
 #pragma omp parallel
   {
     std::vector<float> dp(static_cast<size_t>(Ex));
@@ -99,17 +106,27 @@ void route_backward_rows(E* dlogits, const float* dgate, const float* probs, con
       const int32_t* ex = expert + size_t(n) * k;
       const float* dg = dgate + size_t(n) * k;
       for (int e = 0; e < Ex; ++e) dp[size_t(e)] = aux != nullptr ? aux[e] : 0.0f;
-      if (normalize) {
+      if (aux != nullptr && routing.sigmoid) {
+        float Q = 0.0f, dot = 0.0f;
+        for (int e = 0; e < Ex; ++e) Q += p[e];
+        for (int e = 0; e < Ex; ++e) dot += aux[e] * (p[e] / Q);
+        for (int e = 0; e < Ex; ++e) dp[size_t(e)] = (aux[e] - dot) / Q;
+      }
+      if (routing.normalize) {
         float S = 0.0f, dot = 0.0f;
         for (int j = 0; j < k; ++j) S += p[ex[j]];
-        for (int j = 0; j < k; ++j) dot += dg[j] * (p[ex[j]] / S);
-        for (int j = 0; j < k; ++j) dp[size_t(ex[j])] += (dg[j] - dot) / S;
+        for (int j = 0; j < k; ++j) dot += routing.scale * dg[j] * (p[ex[j]] / S);
+        for (int j = 0; j < k; ++j) dp[size_t(ex[j])] += (routing.scale * dg[j] - dot) / S;
       } else {
-        for (int j = 0; j < k; ++j) dp[size_t(ex[j])] += dg[j];
+        for (int j = 0; j < k; ++j) dp[size_t(ex[j])] += routing.scale * dg[j];
+      }
+      E* dz = dlogits + size_t(n) * Ex;
+      if (routing.sigmoid) {
+        for (int e = 0; e < Ex; ++e) store_elem(dz + e, dp[size_t(e)] * p[e] * (1.0f - p[e]));
+        continue;
       }
       float dot = 0.0f;
       for (int e = 0; e < Ex; ++e) dot += p[e] * dp[size_t(e)];
-      E* dz = dlogits + size_t(n) * Ex;
       const float zc = z_loss > 0.0f ? 2.0f * z_loss * lse[n] : 0.0f;  // d(c·lse²)/dz = 2c·lse·p
       for (int e = 0; e < Ex; ++e) store_elem(dz + e, p[e] * (dp[size_t(e)] - dot) + zc * p[e]);
     }
@@ -119,12 +136,12 @@ void route_backward_rows(E* dlogits, const float* dgate, const float* probs, con
 }  // namespace
 
 void moe_route(float* probs, int32_t* expert, float* gate, const float* logits, int N, int E, int k,
-               bool normalize, float* lse) {
-  route_rows(probs, expert, gate, logits, N, E, k, normalize, lse);
+               const MoeRouting& routing, float* lse) {
+  route_rows(probs, expert, gate, logits, N, E, k, routing, lse);
 }
 void moe_route(float* probs, int32_t* expert, float* gate, const bf16_t* logits, int N, int E,
-               int k, bool normalize, float* lse) {
-  route_rows(probs, expert, gate, logits, N, E, k, normalize, lse);
+               int k, const MoeRouting& routing, float* lse) {
+  route_rows(probs, expert, gate, logits, N, E, k, routing, lse);
 }
 
 void moe_dispatch(int32_t* slot, int* counts, float* prob_sums, const int32_t* expert,
@@ -168,13 +185,13 @@ void moe_combine_backward(bf16_t* dy, float* dgate, const bf16_t* dout, const bf
 }
 void moe_route_backward(float* dlogits, const float* dgate, const float* probs,
                         const int32_t* expert, const float* aux, int N, int E, int k,
-                        bool normalize, const float* lse, float z_loss) {
-  route_backward_rows(dlogits, dgate, probs, expert, aux, N, E, k, normalize, lse, z_loss);
+                        const MoeRouting& routing, const float* lse, float z_loss) {
+  route_backward_rows(dlogits, dgate, probs, expert, aux, N, E, k, routing, lse, z_loss);
 }
 void moe_route_backward(bf16_t* dlogits, const float* dgate, const float* probs,
                         const int32_t* expert, const float* aux, int N, int E, int k,
-                        bool normalize, const float* lse, float z_loss) {
-  route_backward_rows(dlogits, dgate, probs, expert, aux, N, E, k, normalize, lse, z_loss);
+                        const MoeRouting& routing, const float* lse, float z_loss) {
+  route_backward_rows(dlogits, dgate, probs, expert, aux, N, E, k, routing, lse, z_loss);
 }
 
 // The shared experts' sigmoid gate: one number per row.

@@ -173,9 +173,9 @@ void crossentropy_backward_partial(bf16_t* logits, const float* row_max, const f
 
 // Mixture of experts (cpu_moe.cpp; backend.h's moe_* ops), fp32 and bf16.
 void moe_route(float* probs, int32_t* expert, float* gate, const float* logits, int N, int E, int k,
-               bool normalize, float* lse);
+               const MoeRouting& routing, float* lse);
 void moe_route(float* probs, int32_t* expert, float* gate, const bf16_t* logits, int N, int E,
-               int k, bool normalize, float* lse);
+               int k, const MoeRouting& routing, float* lse);
 void moe_dispatch(int32_t* slot, int* counts, float* prob_sums, const int32_t* expert,
                   const float* probs, int N, int E, int k);
 void moe_gather(float* out, const float* x, const int32_t* slot, int N, int k, int C);
@@ -190,10 +190,10 @@ void moe_combine_backward(bf16_t* dy, float* dgate, const bf16_t* dout, const bf
                           const int32_t* slot, const float* gate, int N, int k, int C);
 void moe_route_backward(float* dlogits, const float* dgate, const float* probs,
                         const int32_t* expert, const float* aux, int N, int E, int k,
-                        bool normalize, const float* lse, float z_loss);
+                        const MoeRouting& routing, const float* lse, float z_loss);
 void moe_route_backward(bf16_t* dlogits, const float* dgate, const float* probs,
                         const int32_t* expert, const float* aux, int N, int E, int k,
-                        bool normalize, const float* lse, float z_loss);
+                        const MoeRouting& routing, const float* lse, float z_loss);
 void moe_shared_gate(float* s, const float* logits, int N);
 void moe_shared_gate(float* s, const bf16_t* logits, int N);
 void moe_shared_gate_backward(float* dlogits, const float* ds, const float* s, int N);

@@ -260,8 +260,8 @@ class CudaBackend final : public Backend {
   // Mixture of experts (cuda_moe.cu); moe_dispatch serves both precisions and waits for the
   // device (its counts and prob_sums are host memory).
   void moe_route(float* probs, int32_t* expert, float* gate, const float* logits, int N, int E,
-                 int k, bool normalize, float* lse) override {
-    cuda::moe_route(stream_, probs, expert, gate, logits, N, E, k, normalize, lse);
+                 int k, const MoeRouting& routing, float* lse) override {
+    cuda::moe_route(stream_, probs, expert, gate, logits, N, E, k, routing, lse);
   }
   void moe_dispatch(int32_t* slot, int* counts, float* prob_sums, const int32_t* expert,
                     const float* probs, int N, int E, int k) override {
@@ -281,8 +281,8 @@ class CudaBackend final : public Backend {
   }
   void moe_route_backward(float* dlogits, const float* dgate, const float* probs,
                           const int32_t* expert, const float* aux, int N, int E, int k,
-                          bool normalize, const float* lse, float z_loss) override {
-    cuda::moe_route_backward(stream_, dlogits, dgate, probs, expert, aux, N, E, k, normalize, lse,
+                          const MoeRouting& routing, const float* lse, float z_loss) override {
+    cuda::moe_route_backward(stream_, dlogits, dgate, probs, expert, aux, N, E, k, routing, lse,
                              z_loss);
   }
   void moe_shared_gate(float* s, const float* logits, int N) override {
@@ -458,8 +458,8 @@ class CudaBackend final : public Backend {
                                         dloss_scale, z_loss, softcap);
   }
   void moe_route(float* probs, int32_t* expert, float* gate, const bf16_t* logits, int N, int E,
-                 int k, bool normalize, float* lse) override {
-    cuda::moe_route(stream_, probs, expert, gate, dev(logits), N, E, k, normalize, lse);
+                 int k, const MoeRouting& routing, float* lse) override {
+    cuda::moe_route(stream_, probs, expert, gate, dev(logits), N, E, k, routing, lse);
   }
   void moe_gather(bf16_t* out, const bf16_t* x, const int32_t* slot, int N, int k, int C) override {
     cuda::moe_gather(stream_, dev(out), dev(x), slot, N, k, C);
@@ -474,8 +474,8 @@ class CudaBackend final : public Backend {
   }
   void moe_route_backward(bf16_t* dlogits, const float* dgate, const float* probs,
                           const int32_t* expert, const float* aux, int N, int E, int k,
-                          bool normalize, const float* lse, float z_loss) override {
-    cuda::moe_route_backward(stream_, dev(dlogits), dgate, probs, expert, aux, N, E, k, normalize,
+                          const MoeRouting& routing, const float* lse, float z_loss) override {
+    cuda::moe_route_backward(stream_, dev(dlogits), dgate, probs, expert, aux, N, E, k, routing,
                              lse, z_loss);
   }
   void moe_shared_gate(float* s, const bf16_t* logits, int N) override {

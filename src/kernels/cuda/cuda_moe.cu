@@ -22,9 +22,9 @@ unsigned warp_rows_grid(int rows) { return unsigned((rows + kWarpsPerBlock - 1) 
 template <typename E>
 __global__ void __launch_bounds__(kWarpThreads)
     route_kernel(float* probs, int32_t* expert, float* gate, const E* logits, int N, int n_experts,
-                 int k, bool normalize, float* lse) {
+                 int k, const MoeRouting routing, float* lse) {
   DeviceThread x;
-  moe_block::route_rows(x, probs, expert, gate, logits, N, n_experts, k, normalize, lse);
+  moe_block::route_rows(x, probs, expert, gate, logits, N, n_experts, k, routing, lse);
 }
 
 __global__ void __launch_bounds__(kDispatchThreads)
@@ -58,9 +58,9 @@ template <typename E>
 __global__ void __launch_bounds__(kWarpThreads)
     route_backward_kernel(E* dlogits, const float* dgate, const float* probs, const int32_t* expert,
                           const moe_block::AuxCoefficients aux, int N, int n_experts, int k,
-                          bool normalize, const float* lse, float z_loss) {
+                          const MoeRouting routing, const float* lse, float z_loss) {
   DeviceThread x;
-  moe_block::route_backward_rows(x, dlogits, dgate, probs, expert, aux, N, n_experts, k, normalize,
+  moe_block::route_backward_rows(x, dlogits, dgate, probs, expert, aux, N, n_experts, k, routing,
                                  lse, z_loss);
 }
 
@@ -90,11 +90,11 @@ RowLaunch row_launch(int rows, int width) {
 
 template <typename Elem>
 void moe_route(cudaStream_t s, float* probs, int32_t* expert, float* gate, const Elem* logits,
-               int N, int E, int k, bool normalize, float* lse) {
+               int N, int E, int k, const MoeRouting& routing, float* lse) {
   if (N <= 0 || E <= 0) return;
   TRIAD_CHECK(k >= 0 && k <= E, "moe_route: k = ", k, " of E = ", E, " experts");
   route_kernel<<<warp_rows_grid(N), kWarpThreads, 0, s>>>(probs, expert, gate, bits(logits), N, E,
-                                                          k, normalize, lse);
+                                                          k, routing, lse);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
@@ -165,15 +165,17 @@ void moe_combine_backward(cudaStream_t s, Elem* dy, float* dgate, const Elem* do
 template <typename Elem>
 void moe_route_backward(cudaStream_t s, Elem* dlogits, const float* dgate, const float* probs,
                         const int32_t* expert, const float* aux, int N, int E, int k,
-                        bool normalize, const float* lse, float z_loss) {
+                        const MoeRouting& routing, const float* lse, float z_loss) {
   if (N <= 0 || E <= 0) return;
+  TRIAD_CHECK(!(routing.sigmoid && z_loss > 0.0f),
+              "moe_route_backward: the router z-loss needs softmax scores");
   TRIAD_CHECK(E <= kMaxExperts, "cuda backend: moe_route_backward takes at most ", kMaxExperts,
               " experts (got ", E, ")");
   moe_block::AuxCoefficients coef{};
   coef.on = aux != nullptr;
   if (aux != nullptr) std::copy(aux, aux + E, coef.v);  // host memory (backend.h)
   route_backward_kernel<<<warp_rows_grid(N), kWarpThreads, 0, s>>>(
-      bits(dlogits), dgate, probs, expert, coef, N, E, k, normalize, lse, z_loss);
+      bits(dlogits), dgate, probs, expert, coef, N, E, k, routing, lse, z_loss);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
@@ -200,9 +202,9 @@ template void moe_shared_gate_backward<float>(cudaStream_t, float*, const float*
                                               int);
 template void moe_shared_gate_backward<bf16>(cudaStream_t, bf16*, const float*, const float*, int);
 template void moe_route<float>(cudaStream_t, float*, int32_t*, float*, const float*, int, int, int,
-                               bool, float*);
+                               const MoeRouting&, float*);
 template void moe_route<bf16>(cudaStream_t, float*, int32_t*, float*, const bf16*, int, int, int,
-                              bool, float*);
+                              const MoeRouting&, float*);
 template void moe_gather<float>(cudaStream_t, float*, const float*, const int32_t*, int, int, int);
 template void moe_gather<bf16>(cudaStream_t, bf16*, const bf16*, const int32_t*, int, int, int);
 template void moe_combine<float>(cudaStream_t, float*, const float*, const int32_t*, const float*,
@@ -214,10 +216,10 @@ template void moe_combine_backward<float>(cudaStream_t, float*, float*, const fl
 template void moe_combine_backward<bf16>(cudaStream_t, bf16*, float*, const bf16*, const bf16*,
                                          const int32_t*, const float*, int, int, int);
 template void moe_route_backward<float>(cudaStream_t, float*, const float*, const float*,
-                                        const int32_t*, const float*, int, int, int, bool,
-                                        const float*, float);
+                                        const int32_t*, const float*, int, int, int,
+                                        const MoeRouting&, const float*, float);
 template void moe_route_backward<bf16>(cudaStream_t, bf16*, const float*, const float*,
-                                       const int32_t*, const float*, int, int, int, bool,
-                                       const float*, float);
+                                       const int32_t*, const float*, int, int, int,
+                                       const MoeRouting&, const float*, float);
 
 }  // namespace triad::cuda

@@ -274,7 +274,7 @@ void swiglu_backward(cudaStream_t s, Elem* dpre, const Elem* pre, const Elem* do
 // (weights 1, as moe_combine's).
 template <typename Elem>
 void moe_route(cudaStream_t s, float* probs, int32_t* expert, float* gate, const Elem* logits,
-               int N, int E, int k, bool normalize, float* lse);
+               int N, int E, int k, const MoeRouting& routing, float* lse);
 void moe_dispatch(cudaStream_t s, DeviceScratch& scratch, DeviceScratch& partials, int32_t* slot,
                   int* counts, float* prob_sums, const int32_t* expert, const float* probs, int N,
                   int E, int k);
@@ -289,7 +289,7 @@ void moe_combine_backward(cudaStream_t s, Elem* dy, float* dgate, const Elem* do
 template <typename Elem>
 void moe_route_backward(cudaStream_t s, Elem* dlogits, const float* dgate, const float* probs,
                         const int32_t* expert, const float* aux, int N, int E, int k,
-                        bool normalize, const float* lse, float z_loss);
+                        const MoeRouting& routing, const float* lse, float z_loss);
 template <typename Elem>
 void moe_shared_gate(cudaStream_t st, float* s, const Elem* logits, int N);
 template <typename Elem>

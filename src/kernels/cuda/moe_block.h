@@ -20,6 +20,7 @@
 #include <cstdint>
 
 #include "block_program.h"
+#include "triad/kernels/moe_routing.h"
 
 namespace triad::moe_block {
 
@@ -33,17 +34,18 @@ constexpr int kElementwiseThreads = 256;
 // dispatch_block's shared memory: the block reduction's and the scan's per-warp values.
 TRIAD_BLOCK_SIZE size_t dispatch_smem() { return 2 * 32 * sizeof(int); }
 
-// The order of route_rows' picks: larger probabilities first (a NaN as below every number, so
-// that an all-NaN row still picks its first k columns as the CPU does), equal ones the lower
+// The order of route_rows' picks: larger keys (score + bias) first (a NaN as below every number,
+// so that an all-NaN row still picks its first k columns as the CPU does), equal ones the lower
 // column first.
-TRIAD_BLOCK_FN float rank_key(float p) { return p != p ? -1.0f : p; }
+TRIAD_BLOCK_FN float rank_key(float v) { return v != v ? -INFINITY : v; }
 
-// probs[N,E] = softmax of each row of logits; expert[N,k], gate[N,k] its k picks (gates divided by
-// their sum when `normalize`); lse[N] (may be null) log Σ_e exp(logits). Block b: rows
+// probs[N,E] = the scores of each row of logits (softmax, or routing.sigmoid); expert[N,k],
+// gate[N,k] its k picks by score + routing.bias (gates: the scores, divided by their sum when
+// routing.normalize, times routing.scale); lse[N] (may be null) log Σ_e exp(logits). Block b: rows
 // kWarpsPerBlock·b + warp.
 template <class X, class Elem>
 TRIAD_BLOCK_FN void route_rows(X& x, float* probs, int32_t* expert, float* gate, const Elem* logits,
-                               int N, int E, int k, bool normalize, float* lse) {
+                               int N, int E, int k, const MoeRouting& routing, float* lse) {
   const int lane = x.thread() % 32;
   const int n = x.block_x() * kWarpsPerBlock + x.thread() / 32;
   if (n >= N) return;  // the whole warp: it shares the row
@@ -60,7 +62,9 @@ TRIAD_BLOCK_FN void route_rows(X& x, float* probs, int32_t* expert, float* gate,
   sum = warp_sum(x, sum);
   if (lse != nullptr && lane == 0) lse[n] = mx + float(x.log(double(sum)));
   // Each lane reads back only the columns it wrote: no synchronization needed.
-  for (int e = lane; e < E; e += 32) p[e] = x.exp(load(x, z + e) - mx) / sum;
+  for (int e = lane; e < E; e += 32)
+    p[e] =
+        routing.sigmoid ? 1.0f / (1.0f + x.exp(-load(x, z + e))) : x.exp(load(x, z + e) - mx) / sum;
 
   int32_t* ex = expert + size_t(n) * k;
   float* g = gate + size_t(n) * k;
@@ -71,7 +75,8 @@ TRIAD_BLOCK_FN void route_rows(X& x, float* probs, int32_t* expert, float* gate,
     float best_key = 0.0f, best_p = 0.0f;
     int best = -1;
     for (int e = lane; e < E; e += 32) {
-      const float pe = p[e], key = rank_key(pe);
+      const float pe = p[e];
+      const float key = rank_key(pe + (routing.bias != nullptr ? routing.bias[e] : 0.0f));
       const bool after = key < prev_key || (key == prev_key && e > prev_e);
       if (after && (best < 0 || key > best_key)) {  // ascending columns: ties keep the lower
         best_key = key;
@@ -98,8 +103,8 @@ TRIAD_BLOCK_FN void route_rows(X& x, float* probs, int32_t* expert, float* gate,
       g[j] = best_p;
     }
   }
-  if (normalize && lane == 0)
-    for (int j = 0; j < k; ++j) g[j] /= picked;
+  if (lane == 0)
+    for (int j = 0; j < k; ++j) g[j] = (routing.normalize ? g[j] / picked : g[j]) * routing.scale;
 }
 
 // The exclusive prefix sum of v over the block's threads in order; *total = the block's sum.
@@ -226,13 +231,16 @@ struct AuxCoefficients {
   bool on;
 };
 
-// gate_j = p[e_j] (/ S, S = Σ_j p[e_j], when normalized); dp = aux + dgate's gradient through
-// that; dz[e] = p[e]·(dp[e] − Σ p·dp) + 2c·lse·p[e] (the router z-loss's, z_loss = c > 0). The
-// per-row scalars in the CPU's order (j ascending). Block b: rows kWarpsPerBlock·b + warp.
+// gate_j = scale·p[e_j] (/ S, S = Σ_j p[e_j], when normalized); dp = the balancing loss's (aux
+// on the softmax's probabilities; on sigmoid scores over their row's sum Q: (aux[e] −
+// Σ aux·p/Q)/Q) + dgate's gradient through the gates; softmax: dz[e] = p[e]·(dp[e] − Σ p·dp) +
+// 2c·lse·p[e] (the router z-loss's, z_loss = c > 0); sigmoid: dz[e] = dp[e]·p[e]·(1 − p[e]).
+// The per-row scalars in the CPU's order (j ascending); the sums over the columns (Q, Σ aux·p/Q,
+// Σ p·dp) the butterfly's. Block b: rows kWarpsPerBlock·b + warp.
 template <class X, class Elem>
 TRIAD_BLOCK_FN void route_backward_rows(X& x, Elem* dlogits, const float* dgate, const float* probs,
                                         const int32_t* expert, const AuxCoefficients& aux, int N,
-                                        int E, int k, bool normalize, const float* lse,
+                                        int E, int k, const MoeRouting& routing, const float* lse,
                                         float z_loss) {
   const int lane = x.thread() % 32;
   const int n = x.block_x() * kWarpsPerBlock + x.thread() / 32;
@@ -240,23 +248,39 @@ TRIAD_BLOCK_FN void route_backward_rows(X& x, Elem* dlogits, const float* dgate,
   const float* p = probs + size_t(n) * E;
   const int32_t* ex = expert + size_t(n) * k;
   const float* dg = dgate + size_t(n) * k;
+  const bool normalize = routing.normalize;
+  const float scale = routing.scale;
   float S = 1.0f, sel = 0.0f;
   if (normalize) {
     S = 0.0f;
     for (int j = 0; j < k; ++j) S += p[ex[j]];
-    for (int j = 0; j < k; ++j) sel += dg[j] * (p[ex[j]] / S);
+    for (int j = 0; j < k; ++j) sel += scale * dg[j] * (p[ex[j]] / S);
+  }
+  // Sigmoid scores: the balancing loss reads them over their row's sum Q.
+  float Q = 1.0f, aux_dot = 0.0f;
+  const bool row_sum = aux.on && routing.sigmoid;
+  if (row_sum) {
+    Q = 0.0f;
+    for (int e = lane; e < E; e += 32) Q += p[e];
+    Q = warp_sum(x, Q);
+    for (int e = lane; e < E; e += 32) aux_dot += aux.v[e] * (p[e] / Q);
+    aux_dot = warp_sum(x, aux_dot);
   }
   // dp[e], recomputed (the same bits) by both passes below
   auto dp_of = [&](int e) {
-    float v = aux.on ? aux.v[e] : 0.0f;
+    float v = aux.on ? (row_sum ? (aux.v[e] - aux_dot) / Q : aux.v[e]) : 0.0f;
     for (int j = 0; j < k; ++j)
-      if (ex[j] == e) v += normalize ? (dg[j] - sel) / S : dg[j];
+      if (ex[j] == e) v += normalize ? (scale * dg[j] - sel) / S : scale * dg[j];
     return v;
   };
+  Elem* dz = dlogits + size_t(n) * E;
+  if (routing.sigmoid) {
+    for (int e = lane; e < E; e += 32) store(x, dz + e, dp_of(e) * p[e] * (1.0f - p[e]));
+    return;
+  }
   float dot = 0.0f;
   for (int e = lane; e < E; e += 32) dot += p[e] * dp_of(e);
   dot = warp_sum(x, dot);
-  Elem* dz = dlogits + size_t(n) * E;
   const float zc = z_loss > 0.0f ? 2.0f * z_loss * lse[n] : 0.0f;
   for (int e = lane; e < E; e += 32) store(x, dz + e, p[e] * (dp_of(e) - dot) + zc * p[e]);
 }

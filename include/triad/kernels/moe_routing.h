@@ -1,0 +1,27 @@
+// How a mixture of experts' router scores the experts and weighs its picks (Backend::moe_route
+// and moe_route_backward; the model's keys model.moe_score, model.moe_normalize,
+// model.moe_routed_scale and the router's bias, train.moe_bias_rate). Plain data: the CUDA
+// kernels take it by value, and the block programs of src/kernels/cuda read it as the GPU does.
+#pragma once
+
+namespace triad {
+
+struct MoeRouting {
+  // The k gates divided by their sum (Mixtral, DeepSeek-V3); false: the scores themselves
+  // (Switch).
+  bool normalize = true;
+  // Each expert's score: false, the softmax over the experts of the router's logits (Switch,
+  // Mixtral); true, the sigmoid of each logit on its own (DeepSeek-V3).
+  bool sigmoid = false;
+  // The gates times this after the normalization (DeepSeek-V3's routed_scaling_factor).
+  float scale = 1.0f;
+  // [E] fp32 in the backend's memory, or null (none): added to the scores to choose the k
+  // experts only; the gates are the scores without it (DeepSeek-V3's auxiliary-loss-free load
+  // balancing, whose bias the trainer moves after each step: Gpt::balance_router_bias).
+  const float* bias = nullptr;
+
+  // From a bool: the routing of a model with softmax scores and no bias (normalized or not).
+  constexpr MoeRouting(bool normalize_gates = true) : normalize(normalize_gates) {}
+};
+
+}  // namespace triad
