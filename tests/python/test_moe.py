@@ -13,6 +13,9 @@ gradients, recomputation, AdamW steps with the load-balancing loss).
 - Expert parallelism (parallel.ep): the same curves and validation losses as one rank, on dp 2
   and 4, with pipeline stages, context parallelism, full recomputation and bf16; its checkpoints hold
   whole tensors that resume at another ep.
+- DeepSeek-V3's routing (model.moe_score = sigmoid, model.moe_routed_scale) with its
+  auxiliary-loss-free balancing (train.moe_bias_rate): the same curves and loads on every grid,
+  a bit-exact resume (the routers' biases in the checkpoint), sampling from it.
 - Combinations that do not run yet are refused with one error naming the key.
 """
 
@@ -321,6 +324,51 @@ def test_moe_resume_is_bit_exact_and_checkpoint_holds_the_routing(tmp_path):
                          "mixtures of 4 experts")
 
 
+DSV3 = dict(MOE, train__moe_z_loss=0.0, model__moe_score="sigmoid", model__moe_routed_scale=2.5,
+            train__moe_bias_rate=0.01, train__moe_load_every=1)
+
+
+def test_deepseek_v3_balancing_trains_alike_resumes_exactly_and_samples(tmp_path):
+    """The routers' biases move alike on every grid (each rank counts its rows' choices, the
+    tensor-parallel ranks once), are saved with the weights and restored by a resume, whose
+    curves (loss, gradient norm, loads) are the uninterrupted run's bit for bit."""
+    cfg = tiny_config(tmp_path, name="whole", train__steps=8, eval__every=0, checkpoint__every=4,
+                      data__shuffle="false", **DSV3)
+    p = train("--config", cfg)
+    assert p.returncode == 0, p.stdout + p.stderr
+    whole = curves(tmp_path / "runs" / "whole")
+    follows_one_rank(tmp_path, cfg, whole, ((2, ["--parallel.tp", 2]), (2, ["--parallel.pp", 2]),
+                                            (2, ["--parallel.zero", 1])))
+    p = train("--config", cfg, "--run.name", "cut", "--train.steps", 4)
+    assert p.returncode == 0, p.stdout + p.stderr
+    p = train("--config", cfg, "--run.name", "cut")
+    assert p.returncode == 0 and "resumed from" in p.stdout + p.stderr, p.stdout + p.stderr
+    resumed = curves(tmp_path / "runs" / "cut")
+    for k in whole:
+        np.testing.assert_array_equal(resumed[k], whole[k], err_msg=k)
+    ckpt = tmp_path / "runs" / "whole" / "ckpt" / "step_00000008.h5"
+    with h5py.File(ckpt, "r") as f:
+        a = f["model"].attrs
+        assert a["moe_score"] in (b"sigmoid", "sigmoid") and a["moe_routed_scale"] == 2.5
+        bias = {k: f["router_bias/h"][k][()] for k in f["router_bias/h"]}
+    assert sorted(bias) == ["0", "1"] and all(b.shape == (4,) for b in bias.values())
+    # DeepSeek-V3's rule replayed from the logged loads (each step's share of every expert):
+    # +0.01 below the mean share (1/4), −0.01 above, in fp32 step by step.
+    want = np.zeros((2, 4), dtype=np.float32)
+    for share in whole["moe_load"]:  # [layers, experts] of each step
+        want += (np.float32(0.01) * np.sign(0.25 - share)).astype(np.float32)
+    np.testing.assert_array_equal(np.stack([bias["0"], bias["1"]]), want)
+    assert np.any(want != 0), want
+    p = train("--config", cfg, "--resume", ckpt, "--model.moe_score", "softmax",
+              "--train.moe_bias_rate", 0, "--train.steps", 9)
+    assert_clean_error(p, "model.moe_score = softmax", str(ckpt))
+    g = subprocess.run([exe("triad-generate"), "--checkpoint", ckpt, "--prompt-ids", "1 2 3",
+                        "--length", "4", "--output", "ids"], capture_output=True, text=True)
+    assert g.returncode == 0 and len(g.stdout.split()) == 4, g.stdout + g.stderr
+    assert_clean_failure(tool("triad-convert", "export", ckpt, tmp_path / "hf", "--to", "hf"),
+                         "DeepSeek-V3's routing")
+
+
 def test_moe_refuses_what_it_cannot_run(tmp_path):
     cases = [({"model__moe_top_k": 5}, "model.moe_top_k"),
              ({"model__moe_experts": 300}, "model.moe_experts"),
@@ -339,7 +387,13 @@ def test_moe_refuses_what_it_cannot_run(tmp_path):
              ({"model__moe_top_k": 1}, "model.moe_normalize = true with model.moe_top_k = 1"),
              ({"model__moe_capacity_factor": -1}, "model.moe_capacity_factor"),
              ({"model__moe_experts": 0, "model__moe_shared_hidden": 0,
-               "model__moe_capacity_factor": 1.0}, "model.moe_capacity_factor")]
+               "model__moe_capacity_factor": 1.0}, "model.moe_capacity_factor"),
+             ({"model__moe_score": "tanh"}, 'model.moe_score must be softmax or sigmoid'),
+             ({"model__moe_score": "sigmoid"}, "it needs model.moe_score = softmax"),
+             ({"model__moe_routed_scale": 0}, "model.moe_routed_scale"),
+             ({"train__moe_bias_rate": -0.001}, "train.moe_bias_rate"),
+             ({"model__moe_experts": 0, "model__moe_shared_hidden": 0,
+               "train__moe_bias_rate": 0.001}, "train.moe_bias_rate")]
     for i, (over, words) in enumerate(cases):
         cfg = tiny_config(tmp_path, name=f"bad{i}", **{**MOE, **over})
         assert_clean_error(train("--config", cfg), words)
@@ -375,11 +429,15 @@ def test_damaged_routing_attributes_of_a_checkpoint_are_refused(tmp_path):
                                ("moe_every", 5, "leave no layer with experts"),
                                ("moe_experts", 300, "attribute moe_experts of /model is 300"),
                                ("moe_shared_gate", 2,
-                                "attribute moe_shared_gate of /model is 2, not 0 or 1")):
+                                "attribute moe_shared_gate of /model is 2, not 0 or 1"),
+                               ("moe_score", "tanh", 'attribute moe_score of /model is "tanh"'),
+                               ("moe_routed_scale", -1.0,
+                                "attribute moe_routed_scale of /model is -1")):
         bad = tmp_path / f"bad_{attr}.h5"
         bad.write_bytes(good.read_bytes())
         with h5py.File(bad, "r+") as f:
-            f["model"].attrs[attr] = np.int64(value)
+            f["model"].attrs[attr] = (np.bytes_(value) if isinstance(value, str) else value
+                                      if isinstance(value, float) else np.int64(value))
         before = bad.read_bytes()
         p = run(2, "--config", cfg, "--run.name", f"from_{attr}", "--init-from", bad,
                 "--parallel.zero", 1)
