@@ -24,7 +24,6 @@ namespace {
 using testing::as_bf16;
 using testing::kStride;
 using testing::launch_strided;
-using testing::widened;
 using Vec = std::vector<float>;
 using Bits = testing::Bf16Bits;
 
@@ -50,22 +49,23 @@ std::vector<T*> pointers(std::vector<std::vector<E>>& b) {
 // the CPU backend's op, gpu(x, b) the block program, b the buffers' pointers (float*, then
 // bf16_t* for the CPU backend and uint16_t* for the block program). Every buffer is compared
 // afterwards: fp32 within 1e-5, bf16 within 1e-2 of its largest magnitude.
+template <bool kBf16, class Cpu, class Gpu>
+void check_in(const std::vector<Vec>& inputs, Cpu cpu, Gpu gpu) {
+  using P = testing::Precision<kBf16>;
+  auto be = make_cpu_backend();
+  std::vector<std::vector<typename P::Gpu>> want;
+  for (const Vec& v : inputs) want.push_back(P::from(v));
+  auto got = want;
+  cpu(*be, pointers<typename P::Cpu>(want));
+  launch_strided([&](simt::Thread& x) { gpu(x, pointers<typename P::Gpu>(got)); });
+  for (size_t k = 0; k < want.size(); ++k)
+    EXPECT_LE(testing::max_rel_error(P::widen(got[k]), P::widen(want[k])), P::kTol)
+        << P::kName << ", buffer " << k;
+}
 template <class Cpu, class Gpu>
 void check(const std::vector<Vec>& inputs, Cpu cpu, Gpu gpu) {
-  auto be = make_cpu_backend();
-  std::vector<Vec> want = inputs, got = inputs;
-  cpu(*be, pointers<float>(want));
-  launch_strided([&](simt::Thread& x) { gpu(x, pointers<float>(got)); });
-  for (size_t k = 0; k < want.size(); ++k)
-    EXPECT_LE(testing::max_rel_error(got[k], want[k]), 1e-5) << "fp32, buffer " << k;
-  std::vector<Bits> want16, got16;
-  for (const Vec& v : inputs) want16.push_back(testing::bf16_bits(v));
-  got16 = want16;
-  cpu(*be, pointers<bf16_t>(want16));
-  launch_strided([&](simt::Thread& x) { gpu(x, pointers<uint16_t>(got16)); });
-  for (size_t k = 0; k < want16.size(); ++k)
-    EXPECT_LE(testing::max_rel_error(widened(got16[k]), widened(want16[k])), 1e-2)
-        << "bf16, buffer " << k;
+  check_in<false>(inputs, cpu, gpu);
+  check_in<true>(inputs, cpu, gpu);
 }
 
 TEST(ElementwiseEmulated, Gelu) {

@@ -31,28 +31,28 @@ namespace {
 // The kernels: the block programs of attention_fp32_block.h, launched with DeviceThread.
 using attention_fp32_block::HeadLayout;
 using attention_fp32_block::kSoftmaxThreads;
-#define TRIAD_GRID int(blockDim.x), size_t(gridDim.x) * blockDim.x
 
 __global__ void split_qkv_kernel(float* q, float* k, float* v, const float* qkv, HeadLayout L,
                                  int C, size_t total) {
   DeviceThread x;
-  attention_fp32_block::split_qkv(x, q, k, v, qkv, L, C, total, TRIAD_GRID);
+  attention_fp32_block::split_qkv(x, q, k, v, qkv, L, C, total, block_threads(), grid_threads());
 }
 
 __global__ void to_heads_kernel(float* dst, const float* src, HeadLayout L, int C, size_t total) {
   DeviceThread x;
-  attention_fp32_block::to_heads(x, dst, src, L, C, total, TRIAD_GRID);
+  attention_fp32_block::to_heads(x, dst, src, L, C, total, block_threads(), grid_threads());
 }
 
 __global__ void from_heads_kernel(float* dst, const float* src, HeadLayout L, int C, size_t total) {
   DeviceThread x;
-  attention_fp32_block::from_heads(x, dst, src, L, C, total, TRIAD_GRID);
+  attention_fp32_block::from_heads(x, dst, src, L, C, total, block_threads(), grid_threads());
 }
 
 __global__ void accumulate_dqkv_kernel(float* dqkv, const float* dq, const float* dk,
                                        const float* dv, HeadLayout L, int C, size_t total) {
   DeviceThread x;
-  attention_fp32_block::accumulate_dqkv(x, dqkv, dq, dk, dv, L, C, total, TRIAD_GRID);
+  attention_fp32_block::accumulate_dqkv(x, dqkv, dq, dk, dv, L, C, total, block_threads(),
+                                        grid_threads());
 }
 
 __global__ void __launch_bounds__(kSoftmaxThreads)
@@ -64,7 +64,8 @@ __global__ void __launch_bounds__(kSoftmaxThreads)
 __global__ void causal_mask_copy_kernel(float* dst, const float* att, int T, int NH,
                                         const int32_t* key_begin, size_t total) {
   DeviceThread x;
-  attention_fp32_block::causal_mask_copy(x, dst, att, T, NH, key_begin, total, TRIAD_GRID);
+  attention_fp32_block::causal_mask_copy(x, dst, att, T, NH, key_begin, total, block_threads(),
+                                         grid_threads());
 }
 
 __global__ void __launch_bounds__(kSoftmaxThreads)
@@ -73,8 +74,6 @@ __global__ void __launch_bounds__(kSoftmaxThreads)
   DeviceThread x;
   attention_fp32_block::causal_softmax_backward(x, ds, att, T, NH, key_begin);
 }
-
-#undef TRIAD_GRID
 
 // Strided-batched sgemm over `batch` heads (all matrices contiguous per head).
 void gemm_batched(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,

@@ -9,13 +9,10 @@
 namespace triad::cuda {
 namespace {
 
-// The grid's threads (the stride of the block programs' loops).
-__device__ __forceinline__ size_t grid_threads() { return size_t(gridDim.x) * blockDim.x; }
-
 template <typename E>
 __global__ void gelu_forward_kernel(E* out, const E* inp, size_t n) {
   DeviceThread x;
-  elementwise_block::gelu_forward(x, out, inp, n, int(blockDim.x), grid_threads());
+  elementwise_block::gelu_forward(x, out, inp, n, block_threads(), grid_threads());
 }
 
 template <typename E>
@@ -29,30 +26,30 @@ __global__ void gelu_backward_kernel(E* dinp, const E* inp, const E* dout, size_
 template <typename E>
 __global__ void add_kernel(E* out, const E* a, const E* b, size_t n) {
   DeviceThread x;
-  elementwise_block::add(x, out, a, b, n, int(blockDim.x), grid_threads());
+  elementwise_block::add(x, out, a, b, n, block_threads(), grid_threads());
 }
 
 template <typename E>
 __global__ void accumulate_kernel(E* dst, const E* src, size_t n) {
   DeviceThread x;
-  elementwise_block::accumulate(x, dst, src, n, int(blockDim.x), grid_threads());
+  elementwise_block::accumulate(x, dst, src, n, block_threads(), grid_threads());
 }
 
 template <typename E>
 __global__ void scale_cap_logits_kernel(E* v, size_t n, float mult, float c) {
   DeviceThread x;
-  elementwise_block::scale_cap_logits(x, v, n, mult, c, int(blockDim.x), grid_threads());
+  elementwise_block::scale_cap_logits(x, v, n, mult, c, block_threads(), grid_threads());
 }
 
 __global__ void scale_kernel(float* v, float factor, size_t n) {
   DeviceThread x;
-  elementwise_block::scale(x, v, factor, n, int(blockDim.x), grid_threads());
+  elementwise_block::scale(x, v, factor, n, block_threads(), grid_threads());
 }
 
 template <typename D, typename S>
 __global__ void convert_kernel(D* dst, const S* src, size_t n) {
   DeviceThread x;
-  elementwise_block::convert(x, dst, src, n, int(blockDim.x), grid_threads());
+  elementwise_block::convert(x, dst, src, n, block_threads(), grid_threads());
 }
 
 }  // namespace

@@ -30,8 +30,8 @@ template <typename E>
 __global__ void encoder_forward_kernel(E* out, const int32_t* tokens, const E* wte, const E* wpe,
                                        const int32_t* positions, int T, int C, size_t total) {
   DeviceThread x;
-  encoder_block::forward(x, out, tokens, wte, wpe, positions, T, C, total, int(blockDim.x),
-                         size_t(gridDim.x) * blockDim.x);
+  encoder_block::forward(x, out, tokens, wte, wpe, positions, T, C, total, block_threads(),
+                         grid_threads());
 }
 
 // grid (ceil(C / kChannelBlock), kBuckets), block kChannelBlock.
@@ -45,8 +45,7 @@ __global__ void __launch_bounds__(kChannelBlock)
 template <typename E>
 __global__ void encoder_backward_wpe_kernel(float* dwpe, const E* dout, int B, int T, int C) {
   DeviceThread x;
-  encoder_block::backward_positions(x, dwpe, dout, B, T, C, int(blockDim.x),
-                                    size_t(gridDim.x) * blockDim.x);
+  encoder_block::backward_positions(x, dwpe, dout, B, T, C, block_threads(), grid_threads());
 }
 
 }  // namespace

@@ -60,15 +60,14 @@ constexpr cudaDataType_t cuda_type(Fp8Format f) {
 
 __global__ void absmax_kernel(unsigned* out, const uint16_t* x, size_t n, bool vec) {
   DeviceThread t;
-  fp8_block::absmax(t, out, x, n, vec, int(blockDim.x), size_t(gridDim.x) * blockDim.x);
+  fp8_block::absmax(t, out, x, n, vec, block_threads(), grid_threads());
 }
 
 template <Fp8Format F>
 __global__ void cast_kernel(fp8* dst, float* inv_scale, const uint16_t* src, size_t n,
                             const float* amax, bool vec) {
   DeviceThread t;
-  fp8_block::cast(t, dst, inv_scale, src, n, amax, F, vec, int(blockDim.x),
-                  size_t(gridDim.x) * blockDim.x);
+  fp8_block::cast(t, dst, inv_scale, src, n, amax, F, vec, block_threads(), grid_threads());
 }
 
 template <Fp8Format F>

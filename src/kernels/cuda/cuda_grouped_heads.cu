@@ -22,24 +22,23 @@ template <typename E>
 __global__ void expand_kv_heads_kernel(E* mha, const E* qkv, int C, int hd, int NKV, size_t W,
                                        size_t total) {
   DeviceThread x;
-  grouped_heads_block::expand(x, mha, qkv, C, hd, NKV, W, total, int(blockDim.x),
-                              size_t(gridDim.x) * blockDim.x);
+  grouped_heads_block::expand(x, mha, qkv, C, hd, NKV, W, total, block_threads(), grid_threads());
 }
 
 template <typename E>
 __global__ void prepare_expanded_dqkv_kernel(E* dmha, const E* dqkv, int C, size_t W,
                                              bool accumulate, size_t total) {
   DeviceThread x;
-  grouped_heads_block::prepare_gradient(x, dmha, dqkv, C, W, accumulate, total, int(blockDim.x),
-                                        size_t(gridDim.x) * blockDim.x);
+  grouped_heads_block::prepare_gradient(x, dmha, dqkv, C, W, accumulate, total, block_threads(),
+                                        grid_threads());
 }
 
 template <typename E>
 __global__ void reduce_kv_heads_kernel(E* dqkv, const E* dmha, int C, int hd, int NH, int NKV,
                                        size_t W, bool accumulate, size_t total) {
   DeviceThread x;
-  grouped_heads_block::reduce(x, dqkv, dmha, C, hd, NH, NKV, W, accumulate, total, int(blockDim.x),
-                              size_t(gridDim.x) * blockDim.x);
+  grouped_heads_block::reduce(x, dqkv, dmha, C, hd, NH, NKV, W, accumulate, total, block_threads(),
+                              grid_threads());
 }
 
 void check_heads(int N, int C, int NH, int NKV) {

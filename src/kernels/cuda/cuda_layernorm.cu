@@ -28,6 +28,15 @@ __global__ void __launch_bounds__(layernorm::kRowThreads)
   layernorm::block_row_forward(x, out, mean, rstd, inp, a, b, weight, bias, C, eps);
 }
 
+// The plain LayerNorm of a row (block_row_forward without the residual sum): inp read only.
+template <typename E>
+__global__ void __launch_bounds__(layernorm::kRowThreads)
+    block_row_norm_kernel(E* out, float* mean, float* rstd, const E* inp, const E* weight,
+                          const E* bias, int C, float eps) {
+  DeviceThread x;
+  layernorm::block_row_norm(x, out, mean, rstd, inp, weight, bias, C, eps);
+}
+
 template <typename E>
 __global__ void __launch_bounds__(layernorm::kRowThreads)
     block_row_backward_dinp_kernel(E* dinp, const E* dout, const E* inp, const E* weight,
@@ -108,10 +117,8 @@ void layernorm_forward(cudaStream_t s, Elem* out, float* mean, float* rstd, cons
   if (N <= 0 || C <= 0) return;
   if (warp_row_forward<Elem>(s, out, mean, rstd, inp, nullptr, nullptr, weight, bias, N, C, eps))
     return;
-  using E = BlockElem<Elem>;
-  block_row_forward_kernel<E><<<N, layernorm::kRowThreads, layernorm::row_smem(), s>>>(
-      bits(out), mean, rstd, bits(const_cast<Elem*>(inp)), nullptr, nullptr, bits(weight),
-      bits(bias), C, eps);
+  block_row_norm_kernel<<<N, layernorm::kRowThreads, layernorm::row_smem(), s>>>(
+      bits(out), mean, rstd, bits(inp), bits(weight), bits(bias), C, eps);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 

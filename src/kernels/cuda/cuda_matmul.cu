@@ -19,8 +19,7 @@ namespace {
 // backend).
 __global__ void broadcast_rows_kernel(float* out, const float* bias, int OC, size_t total) {
   DeviceThread x;
-  elementwise_block::broadcast_rows(x, out, bias, OC, total, int(blockDim.x),
-                                    size_t(gridDim.x) * blockDim.x);
+  elementwise_block::broadcast_rows(x, out, bias, OC, total, block_threads(), grid_threads());
 }
 
 }  // namespace

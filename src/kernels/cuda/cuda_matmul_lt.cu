@@ -102,15 +102,13 @@ std::string describe(const LtGemm& g) {
 __global__ void bias_round_kernel(uint16_t* d, int ldd, const float* acc, const uint16_t* bias,
                                   int m, size_t total) {
   DeviceThread x;
-  elementwise_block::bias_round(x, d, ldd, acc, bias, m, total, int(blockDim.x),
-                                size_t(gridDim.x) * blockDim.x);
+  elementwise_block::bias_round(x, d, ldd, acc, bias, m, total, block_threads(), grid_threads());
 }
 
 // out[n, o] = bias[o], or 0 without a bias: the product of an empty inner dimension.
 __global__ void fill_rows_kernel(uint16_t* out, const uint16_t* bias, int OC, size_t total) {
   DeviceThread x;
-  elementwise_block::broadcast_rows(x, out, bias, OC, total, int(blockDim.x),
-                                    size_t(gridDim.x) * blockDim.x);
+  elementwise_block::broadcast_rows(x, out, bias, OC, total, block_threads(), grid_threads());
 }
 
 // The forward product out = inp · Wᵀ (+ bias), with the given epilogue (DEFAULT/BIAS or a GELU

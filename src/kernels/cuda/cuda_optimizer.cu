@@ -12,32 +12,34 @@ namespace triad::cuda {
 namespace {
 
 // The block programs of optimizer_block.h, launched with DeviceThread: kBlock threads per block.
-#define TRIAD_GRID int(blockDim.x), size_t(gridDim.x) * blockDim.x
 
 __global__ void adamw_kernel(float* p, const float* g, float* m, float* v, size_t n, float lr,
                              float beta1, float beta2, float eps, float wd, float bc1, float bc2,
                              bf16* copy, float grad_scale) {
   DeviceThread x;
   optimizer_block::adamw(x, p, g, m, v, n, lr, beta1, beta2, eps, wd, bc1, bc2, bits(copy),
-                         grad_scale, TRIAD_GRID);
+                         grad_scale, block_threads(), grid_threads());
 }
 
 __global__ void sgd_kernel(float* p, const float* g, float* buf, size_t n, float lr, float momentum,
                            float wd, bf16* copy, float grad_scale) {
   DeviceThread x;
-  optimizer_block::sgd(x, p, g, buf, n, lr, momentum, wd, bits(copy), grad_scale, TRIAD_GRID);
+  optimizer_block::sgd(x, p, g, buf, n, lr, momentum, wd, bits(copy), grad_scale, block_threads(),
+                       grid_threads());
 }
 
 __global__ void muon_momentum_kernel(float* buf, float* u, const float* g, size_t n, float mu,
                                      bool nesterov, float grad_scale) {
   DeviceThread x;
-  optimizer_block::muon_momentum(x, buf, u, g, n, mu, nesterov, grad_scale, TRIAD_GRID);
+  optimizer_block::muon_momentum(x, buf, u, g, n, mu, nesterov, grad_scale, block_threads(),
+                                 grid_threads());
 }
 
 __global__ void muon_apply_kernel(float* p, const float* o, size_t n, float lr, float wd,
                                   float scale, bf16* copy) {
   DeviceThread x;
-  optimizer_block::muon_apply(x, p, o, n, lr, wd, scale, bits(copy), TRIAD_GRID);
+  optimizer_block::muon_apply(x, p, o, n, lr, wd, scale, bits(copy), block_threads(),
+                              grid_threads());
 }
 
 __global__ void adamw_runs_kernel(float* p, const float* g, float* m, float* v,
@@ -46,10 +48,8 @@ __global__ void adamw_runs_kernel(float* p, const float* g, float* m, float* v,
                                   bf16* copy, float grad_scale) {
   DeviceThread x;
   optimizer_block::adamw_runs(x, p, g, m, v, runs, nruns, total, lr, beta1, beta2, eps, bc1, bc2,
-                              bits(copy), grad_scale, TRIAD_GRID);
+                              bits(copy), grad_scale, block_threads(), grid_threads());
 }
-
-#undef TRIAD_GRID
 
 }  // namespace
 

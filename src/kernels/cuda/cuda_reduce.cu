@@ -43,8 +43,7 @@ __global__ void column_finish_kernel(float* dst, const float* partials, int C, i
 template <class T>
 __global__ void sum_squares_partial_kernel(double* partials, const T* v, size_t n) {
   DeviceThread x;
-  reduce_block::sum_squares_partials(x, partials, v, n, int(blockDim.x),
-                                     size_t(gridDim.x) * blockDim.x);
+  reduce_block::sum_squares_partials(x, partials, v, n, block_threads(), grid_threads());
 }
 
 __global__ void sum_partials_kernel(double* out, const double* partials, int count) {

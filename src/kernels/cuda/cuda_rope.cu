@@ -13,8 +13,8 @@ template <typename E>
 __global__ void rope_kernel(E* qkv, const float* table, const int32_t* positions, int T, int pos0,
                             int hd, int heads, size_t W, size_t pairs, float sign) {
   DeviceThread x;
-  rope_block::rotate(x, qkv, table, positions, T, pos0, hd, heads, W, pairs, sign, int(blockDim.x),
-                     size_t(gridDim.x) * blockDim.x);
+  rope_block::rotate(x, qkv, table, positions, T, pos0, hd, heads, W, pairs, sign, block_threads(),
+                     grid_threads());
 }
 
 }  // namespace

@@ -10,15 +10,14 @@ namespace {
 template <typename E>
 __global__ void swiglu_forward_kernel(E* out, const E* pre, int H, size_t n) {
   DeviceThread x;
-  swiglu_block::forward(x, out, pre, H, n, int(blockDim.x), size_t(gridDim.x) * blockDim.x);
+  swiglu_block::forward(x, out, pre, H, n, block_threads(), grid_threads());
 }
 
 template <typename E>
 __global__ void swiglu_backward_kernel(E* dpre, const E* pre, const E* dout, int H, size_t n,
                                        bool accumulate) {
   DeviceThread x;
-  swiglu_block::backward(x, dpre, pre, dout, H, n, accumulate, int(blockDim.x),
-                         size_t(gridDim.x) * blockDim.x);
+  swiglu_block::backward(x, dpre, pre, dout, H, n, accumulate, block_threads(), grid_threads());
 }
 
 }  // namespace

@@ -29,6 +29,11 @@ __host__ __device__ __forceinline__ const BlockElem<Elem>* bits(const Elem* p) {
   return reinterpret_cast<const BlockElem<Elem>*>(p);
 }
 
+// A grid-stride block program's launch as it takes it (the emulator passes its own launch's):
+// the threads of a block, and of the whole grid (the loop's stride).
+__device__ __forceinline__ int block_threads() { return int(blockDim.x); }
+__device__ __forceinline__ size_t grid_threads() { return size_t(gridDim.x) * blockDim.x; }
+
 struct DeviceThread {
   __device__ __forceinline__ int thread() const { return int(threadIdx.x); }
   __device__ __forceinline__ int block_x() const { return int(blockIdx.x); }
