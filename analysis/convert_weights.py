@@ -1164,11 +1164,13 @@ def refuse_unexported_experts(path: Path, a: dict, llama: bool) -> None:
     score = a.get("moe_score", "softmax")
     score = score.decode() if isinstance(score, bytes) else str(score)
     why = None
-    if score != "softmax" or float(a.get("moe_routed_scale", 1.0)) != 1.0:
+    groups = int(a.get("moe_groups", 1))
+    if score != "softmax" or float(a.get("moe_routed_scale", 1.0)) != 1.0 or groups > 1:
         why = (f"the model's router scores by {score} with its gates times "
-               f"{float(a.get('moe_routed_scale', 1.0))} (model.moe_score, moe_routed_scale: "
-               f"DeepSeek-V3's routing); Hugging Face's Mixtral, Qwen2-MoE and Qwen3-MoE score by "
-               f"softmax and weigh the gates as they are")
+               f"{float(a.get('moe_routed_scale', 1.0))} in {groups} group(s) of experts "
+               f"(model.moe_score, moe_routed_scale, moe_groups: DeepSeek-V3's routing); Hugging "
+               f"Face's Mixtral, Qwen2-MoE and Qwen3-MoE score by softmax over all the experts "
+               f"and weigh the gates as they are")
     elif not llama:
         why = (f"the model's MLPs are mixtures of {E} experts (model.moe_experts) in GPT-2's "
                f"blocks; the export formats with experts, Hugging Face's Mixtral, Qwen2-MoE and "

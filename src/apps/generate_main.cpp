@@ -232,6 +232,8 @@ int main(int argc, char** argv) {
     shape.moe_normalize = m.moe_normalize;
     shape.moe_sigmoid = m.moe_score == "sigmoid";
     shape.moe_routed_scale = float(m.moe_routed_scale);
+    shape.moe_groups = int(m.moe_groups);
+    shape.moe_group_top_k = int(m.moe_group_top_k);
     shape.moe_shared_hidden = int(m.moe_shared_hidden);
     shape.moe_shared_gate = m.moe_shared_gate;
     shape.moe_first_dense = int(m.moe_first_dense);

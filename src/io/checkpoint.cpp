@@ -707,6 +707,15 @@ CheckpointState read_state(hid_t file) {
     TRIAD_CHECK(std::isfinite(s.model.moe_routed_scale) && s.model.moe_routed_scale > 0,
                 "attribute moe_routed_scale of /model is ", s.model.moe_routed_scale,
                 ", not a finite number > 0");
+    s.model.moe_groups = io::read_int64_attr(model, "moe_groups").value_or(1);
+    s.model.moe_group_top_k = io::read_int64_attr(model, "moe_group_top_k").value_or(1);
+    {
+      const int64_t E = s.model.moe_experts, G = s.model.moe_groups, M = s.model.moe_group_top_k;
+      TRIAD_CHECK((G == 1 && M == 1) || (G > 1 && E % G == 0 && E / G >= 2 && M >= 1 && M <= G &&
+                                         M * (E / G) >= s.model.moe_top_k),
+                  "attributes moe_groups (", G, ") and moe_group_top_k (", M,
+                  ") of /model do not suit its ", E, " experts and top ", s.model.moe_top_k);
+    }
     s.model.moe_shared_hidden = io::read_int64_attr(model, "moe_shared_hidden").value_or(0);
     s.model.moe_shared_gate = flag("moe_shared_gate", 0);
     TRIAD_CHECK(!s.model.moe_shared_gate || s.model.moe_shared_hidden > 0,
@@ -1098,6 +1107,10 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
               io::write_string_attr(model, "moe_score", state.model.moe_score);
             if (state.model.moe_routed_scale != 1.0)
               io::write_double_attr(model, "moe_routed_scale", state.model.moe_routed_scale);
+            if (state.model.moe_groups > 1) {
+              io::write_int64_attr(model, "moe_groups", state.model.moe_groups);
+              io::write_int64_attr(model, "moe_group_top_k", state.model.moe_group_top_k);
+            }
             if (state.model.moe_shared_hidden > 0)
               io::write_int64_attr(model, "moe_shared_hidden", state.model.moe_shared_hidden);
             if (state.model.moe_shared_gate) io::write_int64_attr(model, "moe_shared_gate", 1);

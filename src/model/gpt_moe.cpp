@@ -27,6 +27,8 @@ MoeRouting routing(const GptShape& s, const float* bias) {
   r.sigmoid = s.moe_sigmoid;
   r.scale = s.moe_routed_scale;
   r.bias = bias;
+  r.groups = s.moe_groups;
+  r.group_top_k = s.moe_group_top_k;
   return r;
 }
 

@@ -110,6 +110,14 @@ class KeyTable {
     add("model.moe_routed_scale", c.model.moe_routed_scale,
         "with model.moe_experts: the routed experts' gates times this (DeepSeek-V3's "
         "routed_scaling_factor, 2.5; 1: as they are)");
+    add("model.moe_groups", c.model.moe_groups,
+        "with model.moe_experts: node-limited routing (DeepSeek-V3's n_group, 8): the experts in "
+        "this many groups of consecutive ones, each token's experts chosen only from its "
+        "model.moe_group_top_k groups whose two best scores (with the router bias) sum highest; "
+        "1: no groups");
+    add("model.moe_group_top_k", c.model.moe_group_top_k,
+        "with model.moe_groups > 1: the groups each token's experts come from (DeepSeek-V3's "
+        "topk_group, 4)");
     add("model.moe_capacity_factor", c.model.moe_capacity_factor,
         "with model.moe_experts: each expert takes at most ceil(f · N · k / E) of the N·k choices "
         "of a rank's micro-batch, in token order; the later ones are dropped (their expert output "
@@ -819,6 +827,18 @@ void validate(const Config& c, int world_size) {
         "must be >= 0, and > 0 only with model.moe_experts (0: dropless)");
   check(m.moe_score == "softmax" || m.moe_score == "sigmoid", "model.moe_score",
         "must be softmax or sigmoid (got \"" + m.moe_score + "\")");
+  {
+    const int E = m.moe_experts, G = m.moe_groups, M = m.moe_group_top_k;
+    check(G >= 1 && (G == 1 || (E > 0 && E % G == 0 && E / G >= 2)), "model.moe_groups",
+          "must be 1 (no groups), or with model.moe_experts divide its " + std::to_string(E) +
+              " experts into groups of 2 or more (got " + std::to_string(G) + ")");
+    check(
+        (G == 1 && M == 1) || (G > 1 && M >= 1 && M <= G && M * (E / G) >= m.moe_top_k),
+        "model.moe_group_top_k",
+        "must be 1 without model.moe_groups, else in [1, model.moe_groups = " + std::to_string(G) +
+            "] with at least model.moe_top_k = " + std::to_string(m.moe_top_k) +
+            " experts in that many groups (got " + std::to_string(M) + ")");
+  }
   check(std::isfinite(m.moe_routed_scale) && m.moe_routed_scale > 0 &&
             (m.moe_experts > 0 || m.moe_routed_scale == 1),
         "model.moe_routed_scale",

@@ -81,6 +81,8 @@ GptShape gpt_shape(const Config& cfg) {
   s.moe_normalize = m.moe_normalize;
   s.moe_sigmoid = m.moe_score == "sigmoid";
   s.moe_routed_scale = float(m.moe_routed_scale);
+  s.moe_groups = m.moe_groups;
+  s.moe_group_top_k = m.moe_group_top_k;
   s.moe_capacity_factor = m.moe_capacity_factor;
   s.moe_shared_hidden = m.moe_shared_hidden;
   s.moe_shared_gate = m.moe_shared_gate;

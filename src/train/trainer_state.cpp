@@ -497,6 +497,8 @@ CheckpointState Trainer::State::checkpoint_state() const {
   st.model.moe_normalize = cfg.model.moe_normalize;
   st.model.moe_score = cfg.model.moe_score;
   st.model.moe_routed_scale = cfg.model.moe_routed_scale;
+  st.model.moe_groups = cfg.model.moe_groups;
+  st.model.moe_group_top_k = cfg.model.moe_group_top_k;
   st.model.moe_shared_hidden = cfg.model.moe_shared_hidden;
   st.model.moe_shared_gate = cfg.model.moe_shared_gate;
   st.model.moe_first_dense = cfg.model.moe_first_dense;
@@ -623,6 +625,12 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
               " with its gates times ", m.moe_routed_scale,
               " but the config asks for model.moe_score = ", c.moe_score,
               ", model.moe_routed_scale = ", c.moe_routed_scale);
+  TRIAD_CHECK(c.moe_experts == 0 ||
+                  (m.moe_groups == c.moe_groups && m.moe_group_top_k == c.moe_group_top_k),
+              "checkpoint ", path, " holds a model whose router chooses from ", m.moe_group_top_k,
+              " of ", m.moe_groups,
+              " groups of experts but the config asks for model.moe_groups = ", c.moe_groups,
+              ", model.moe_group_top_k = ", c.moe_group_top_k);
   TRIAD_CHECK(
       m.moe_shared_hidden == c.moe_shared_hidden, "checkpoint ", path,
       " holds a model with shared experts of ", m.moe_shared_hidden,

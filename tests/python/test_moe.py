@@ -325,11 +325,13 @@ def test_moe_resume_is_bit_exact_and_checkpoint_holds_the_routing(tmp_path):
 
 
 DSV3 = dict(MOE, train__moe_z_loss=0.0, model__moe_score="sigmoid", model__moe_routed_scale=2.5,
+            model__moe_experts=8, model__moe_groups=4, model__moe_group_top_k=2,
             train__moe_bias_rate=0.01, train__moe_load_every=1)
 
 
 def test_deepseek_v3_balancing_trains_alike_resumes_exactly_and_samples(tmp_path):
-    """The routers' biases move alike on every grid (each rank counts its rows' choices, the
+    """8 experts in 4 groups, each token's 2 from its 2 best groups. The routers' biases move
+    alike on every grid (each rank counts its rows' choices, the
     tensor-parallel ranks once), are saved with the weights and restored by a resume, whose
     curves (loss, gradient norm, loads) are the uninterrupted run's bit for bit."""
     cfg = tiny_config(tmp_path, name="whole", train__steps=8, eval__every=0, checkpoint__every=4,
@@ -350,13 +352,14 @@ def test_deepseek_v3_balancing_trains_alike_resumes_exactly_and_samples(tmp_path
     with h5py.File(ckpt, "r") as f:
         a = f["model"].attrs
         assert a["moe_score"] in (b"sigmoid", "sigmoid") and a["moe_routed_scale"] == 2.5
+        assert (a["moe_groups"], a["moe_group_top_k"]) == (4, 2)
         bias = {k: f["router_bias/h"][k][()] for k in f["router_bias/h"]}
-    assert sorted(bias) == ["0", "1"] and all(b.shape == (4,) for b in bias.values())
+    assert sorted(bias) == ["0", "1"] and all(b.shape == (8,) for b in bias.values())
     # DeepSeek-V3's rule replayed from the logged loads (each step's share of every expert):
-    # +0.01 below the mean share (1/4), −0.01 above, in fp32 step by step.
-    want = np.zeros((2, 4), dtype=np.float32)
+    # +0.01 below the mean share (1/8), −0.01 above, in fp32 step by step.
+    want = np.zeros((2, 8), dtype=np.float32)
     for share in whole["moe_load"]:  # [layers, experts] of each step
-        want += (np.float32(0.01) * np.sign(0.25 - share)).astype(np.float32)
+        want += (np.float32(0.01) * np.sign(0.125 - share)).astype(np.float32)
     np.testing.assert_array_equal(np.stack([bias["0"], bias["1"]]), want)
     assert np.any(want != 0), want
     p = train("--config", cfg, "--resume", ckpt, "--model.moe_score", "softmax",
@@ -392,6 +395,12 @@ def test_moe_refuses_what_it_cannot_run(tmp_path):
              ({"model__moe_score": "sigmoid"}, "it needs model.moe_score = softmax"),
              ({"model__moe_routed_scale": 0}, "model.moe_routed_scale"),
              ({"train__moe_bias_rate": -0.001}, "train.moe_bias_rate"),
+             ({"model__moe_groups": 3}, "model.moe_groups"),
+             ({"model__moe_groups": 4}, "model.moe_groups"),
+             ({"model__moe_groups": 2, "model__moe_group_top_k": 3}, "model.moe_group_top_k"),
+             ({"model__moe_groups": 2, "model__moe_group_top_k": 1, "model__moe_top_k": 3},
+              "model.moe_group_top_k"),
+             ({"model__moe_group_top_k": 2}, "model.moe_group_top_k"),
              ({"model__moe_experts": 0, "model__moe_shared_hidden": 0,
                "train__moe_bias_rate": 0.001}, "train.moe_bias_rate")]
     for i, (over, words) in enumerate(cases):
@@ -432,7 +441,8 @@ def test_damaged_routing_attributes_of_a_checkpoint_are_refused(tmp_path):
                                 "attribute moe_shared_gate of /model is 2, not 0 or 1"),
                                ("moe_score", "tanh", 'attribute moe_score of /model is "tanh"'),
                                ("moe_routed_scale", -1.0,
-                                "attribute moe_routed_scale of /model is -1")):
+                                "attribute moe_routed_scale of /model is -1"),
+                               ("moe_groups", 3, "attributes moe_groups (3) and moe_group_top_k")):
         bad = tmp_path / f"bad_{attr}.h5"
         bad.write_bytes(good.read_bytes())
         with h5py.File(bad, "r+") as f:

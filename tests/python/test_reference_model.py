@@ -187,13 +187,15 @@ CASES = [
                                    tied=False, n_kv_head=2, moe_experts=4, moe_top_k=2,
                                    moe_normalize=False, moe_shared_hidden=48,
                                    moe_shared_gate=True), 2, 40, 6, 97),
-    # DeepSeek-V3's routing on Llama's blocks: a dense first layer, then 6 SwiGLU experts, 2 per
-    # token by sigmoid scores, the gates renormalized and scaled by 2.5, shared experts of 32
-    # units; the balancing loss on the scores over their row's sum.
+    # DeepSeek-V3's routing on Llama's blocks: a dense first layer, then 6 SwiGLU experts in 3
+    # groups, 2 per token by sigmoid scores from its 2 best groups, the gates renormalized and
+    # scaled by 2.5, shared experts of 32 units; the balancing loss on the scores over their
+    # row's sum.
     Case("dsv3", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
                                position="rope", rope_theta=500.0, norm="rmsnorm", bias=False,
                                mlp="swiglu", mlp_hidden=32, tied=False, moe_experts=6,
                                moe_top_k=2, moe_score="sigmoid", moe_routed_scale=2.5,
+                               moe_groups=3, moe_group_top_k=2,
                                moe_shared_hidden=32, moe_first_dense=1), 2, 40, 6, 103),
 ]
 
@@ -211,7 +213,8 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                       attn_scale=c.attn_scale, mup_base_width=c.mup_base_width,
                       moe_experts=c.moe_experts, moe_top_k=c.moe_top_k,
                       moe_normalize=c.moe_normalize, moe_score=c.moe_score,
-                      moe_routed_scale=c.moe_routed_scale, moe_shared_hidden=c.moe_shared_hidden,
+                      moe_routed_scale=c.moe_routed_scale, moe_groups=c.moe_groups,
+                      moe_group_top_k=c.moe_group_top_k, moe_shared_hidden=c.moe_shared_hidden,
                       moe_shared_gate=c.moe_shared_gate, moe_capacity_factor=c.moe_capacity_factor,
                       moe_first_dense=c.moe_first_dense, moe_every=c.moe_every,
                       **({} if c.rope_scaling is None else dict(

@@ -93,6 +93,10 @@ class GptConfig:
     # model.moe_score: the router's scores, softmax or sigmoid (DeepSeek-V3: each logit's own).
     moe_score: str = "softmax"
     moe_routed_scale: float = 1.0  # model.moe_routed_scale: the gates times it
+    # model.moe_groups, moe_group_top_k: the experts in groups of consecutive ones, each row's
+    # experts from its group_top_k groups whose two best keys sum highest (1: no groups).
+    moe_groups: int = 1
+    moe_group_top_k: int = 1
     # model.moe_capacity_factor f: each expert takes the first ceil(f·N·k/E) of a pass's choices
     # (in row, then rank order), the others add nothing; 0: all.
     moe_capacity_factor: float = 0.0
@@ -460,6 +464,12 @@ def moe_mlp(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str,
     scores = torch.sigmoid(router_logits) if sigmoid else torch.softmax(router_logits, dim=-1)
     bias = ROUTER_BIAS.get(int(p.split("/")[1]))  # p = "h/<i>/"
     key = scores.detach() if bias is None else scores.detach() + bias.to(scores.dtype)
+    if cfg.moe_groups > 1:  # node-limited: other groups' experts out of reach
+        G = cfg.moe_groups
+        group = key.view(key.shape[0], G, E // G).topk(2, dim=-1).values.sum(-1)
+        keep = torch.zeros_like(group, dtype=torch.bool)
+        keep.scatter_(1, group.topk(cfg.moe_group_top_k, dim=-1).indices, True)
+        key = key.masked_fill(~keep.repeat_interleave(E // G, dim=1), float("-inf"))
     choice = torch.topk(key, k, dim=-1).indices
     top = scores.gather(-1, choice)
     gates = top / top.sum(-1, keepdim=True) if cfg.moe_normalize else top
@@ -967,6 +977,9 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
                 _string_attr(m, "moe_score", cfg.moe_score)
             if cfg.moe_routed_scale != 1.0:
                 m.attrs.create("moe_routed_scale", np.float64(cfg.moe_routed_scale), dtype="<f8")
+            if cfg.moe_groups > 1:
+                m.attrs.create("moe_groups", i64(cfg.moe_groups), dtype="<i8")
+                m.attrs.create("moe_group_top_k", i64(cfg.moe_group_top_k), dtype="<i8")
             if cfg.moe_shared_hidden:
                 m.attrs.create("moe_shared_hidden", i64(cfg.moe_shared_hidden), dtype="<i8")
             if cfg.moe_shared_gate:
@@ -1017,6 +1030,8 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                         moe_normalize=int(a.get("moe_normalize", 1)) == 1,
                         moe_score=_str(a["moe_score"]) if "moe_score" in a else "softmax",
                         moe_routed_scale=float(a.get("moe_routed_scale", 1.0)),
+                        moe_groups=int(a.get("moe_groups", 1)),
+                        moe_group_top_k=int(a.get("moe_group_top_k", 1)),
                         moe_shared_hidden=int(a.get("moe_shared_hidden", 0)),
                         moe_shared_gate=int(a.get("moe_shared_gate", 0)) == 1,
                         moe_first_dense=int(a.get("moe_first_dense", 0)),

@@ -7,8 +7,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <numeric>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "triad/core/bf16.h"
@@ -338,6 +340,62 @@ TEST_P(SigmoidRouting, BackwardMatchesFiniteDifferences) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Normalized, SigmoidRouting, ::testing::Bool());
+
+// Node-limited routing (MoeRouting::groups) against its definition: each group's score the sum of
+// its two largest keys (score + bias), the group_top_k best groups by a stable sort, the k picks
+// by a stable sort of the keys of those groups' experts. Groups that do not suit are refused.
+TEST(GroupRouting, PicksComeFromTheBestGroups) {
+  const int N = 9, E = 12, k = 3, G = 4, M = 2, S = E / G;
+  auto be = make_cpu_backend();
+  const Vec logits = random_vec(size_t(N) * E, 27, 1.5f), bias = random_vec(size_t(E), 28, 0.3f);
+  MoeRouting routing(true);
+  routing.sigmoid = true;
+  routing.bias = bias.data();
+  routing.groups = G;
+  routing.group_top_k = M;
+  Vec probs(size_t(N) * E), gate(size_t(N) * k);
+  Ints expert(size_t(N) * k), free_pick(size_t(N) * k);
+  be->moe_route(probs.data(), expert.data(), gate.data(), logits.data(), N, E, k, routing);
+  for (int n = 0; n < N; ++n) {
+    std::vector<float> key(static_cast<size_t>(E));
+    for (int e = 0; e < E; ++e) key[size_t(e)] = probs[size_t(n) * E + e] + bias[size_t(e)];
+    std::vector<float> score;
+    for (int q = 0; q < G; ++q) {
+      std::vector<float> g(key.begin() + q * S, key.begin() + (q + 1) * S);
+      std::sort(g.begin(), g.end(), std::greater<>());
+      score.push_back(g[0] + g[1]);
+    }
+    std::vector<int> groups(static_cast<size_t>(G));
+    std::iota(groups.begin(), groups.end(), 0);
+    std::stable_sort(groups.begin(), groups.end(),
+                     [&](int a, int b) { return score[size_t(a)] > score[size_t(b)]; });
+    std::vector<int> order;
+    for (int e = 0; e < E; ++e)
+      if (std::find(groups.begin(), groups.begin() + M, e / S) != groups.begin() + M)
+        order.push_back(e);
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int a, int b) { return key[size_t(a)] > key[size_t(b)]; });
+    for (int j = 0; j < k; ++j)
+      EXPECT_EQ(expert[size_t(n) * k + j], order[size_t(j)]) << n << " " << j;
+  }
+  routing.groups = 1;  // without groups some row picks an expert of another group
+  be->moe_route(probs.data(), free_pick.data(), gate.data(), logits.data(), N, E, k, routing);
+  EXPECT_NE(free_pick, expert);
+  for (auto [g, m] : {std::pair{5, 2}, std::pair{12, 1}, std::pair{4, 0}, std::pair{4, 5},
+                      std::pair{4, 1}}) {  // 4 groups, top 1: 3 experts for k = 3 fit
+    routing.groups = g;
+    routing.group_top_k = m;
+    const bool fits = g == 4 && m == 1;
+    if (fits)
+      EXPECT_NO_THROW(
+          be->moe_route(probs.data(), expert.data(), gate.data(), logits.data(), N, E, k, routing));
+    else
+      EXPECT_THROW(
+          be->moe_route(probs.data(), expert.data(), gate.data(), logits.data(), N, E, k, routing),
+          Error)
+          << g << " " << m;
+  }
+}
 
 INSTANTIATE_TEST_SUITE_P(Shapes, MoeOps,
                          ::testing::Values(std::make_tuple(9, 4, 2, true),

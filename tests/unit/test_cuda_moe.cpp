@@ -45,14 +45,22 @@ struct Shape {
   int N, E, k, C;
   bool normalize;
   bool sigmoid = false;  // DeepSeek-V3's routing: sigmoid scores, a bias, scaled gates
+  int groups = 1;        // and node-limited: the experts of groups / 2 of these groups
 };
 // E = 1 (one lane busy), E = 256 and 300 (each lane loops over 8 and more columns); C: multiples
 // of 16 bytes (moe_gather's 16-byte copies) and odd widths (its element copies).
 constexpr Shape kShapes[] = {
-    {37, 8, 2, 48, true},          {37, 8, 2, 37, false},   {64, 64, 6, 64, true},
-    {64, 64, 6, 33, false},        {5, 1, 1, 16, true},     {5, 1, 1, 16, false},
-    {40, 256, 8, 40, true},        {23, 300, 3, 24, false}, {37, 8, 2, 48, true, true},
+    {37, 8, 2, 48, true},
+    {37, 8, 2, 37, false},
+    {64, 64, 6, 64, true},
+    {64, 64, 6, 33, false},
+    {5, 1, 1, 16, true},
+    {5, 1, 1, 16, false},
+    {40, 256, 8, 40, true},
+    {23, 300, 3, 24, false},
+    {37, 8, 2, 48, true, true},
     {23, 300, 3, 24, false, true},
+    {40, 256, 8, 40, true, true, 8},
 };
 
 // The routing of a shape; with sigmoid scores, the bias (host or device memory) chooses and the
@@ -63,13 +71,16 @@ MoeRouting routing_of(const Shape& s, const float* bias) {
     r.sigmoid = true;
     r.scale = 2.5f;
     r.bias = bias;
+    r.groups = s.groups;
+    r.group_top_k = s.groups > 1 ? s.groups / 2 : 1;
   }
   return r;
 }
 
 ::testing::Message describe(const Shape& s) {
   return ::testing::Message() << "N=" << s.N << " E=" << s.E << " k=" << s.k << " C=" << s.C
-                              << " normalize=" << s.normalize << (s.sigmoid ? " sigmoid" : "");
+                              << " normalize=" << s.normalize << (s.sigmoid ? " sigmoid" : "")
+                              << " groups=" << s.groups;
 }
 
 // |got[i] − want[i]| <= tol·|want[i]| for every i (NaN only where NaN).

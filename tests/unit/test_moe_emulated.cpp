@@ -65,6 +65,8 @@ std::string describe(const MoeRouting& r) {
   if (r.sigmoid) s += " sigmoid";
   if (r.scale != 1.0f) s += " scale " + std::to_string(r.scale);
   if (r.bias != nullptr) s += " bias";
+  if (r.groups > 1)
+    s += " groups " + std::to_string(r.group_top_k) + "/" + std::to_string(r.groups);
   return s;
 }
 
@@ -126,6 +128,24 @@ TEST(MoeEmulated, RouteSigmoidWithBias) {
   check_route(37, 8, 2, sigmoid_routing(true, bias8), false);
   check_route(20, 40, 6, sigmoid_routing(false, bias40), false);
   check_route(19, 40, 3, sigmoid_routing(true, bias40), true);
+}
+
+// Node-limited routing: DeepSeek-V3's 8 groups of 256 experts (top 4 groups, top 8 experts), and
+// 8 groups of 5 with the all-NaN row (every key −∞: the first groups, their first columns).
+TEST(MoeEmulated, RouteInGroups) {
+  const Vec bias256 = random_vec(256, 55, 0.3f), bias40 = random_vec(40, 56, 0.3f);
+  MoeRouting v3 = sigmoid_routing(true, bias256);
+  v3.groups = 8;
+  v3.group_top_k = 4;
+  check_route(9, 256, 8, v3, true);
+  MoeRouting small = sigmoid_routing(false, bias40);
+  small.groups = 8;
+  small.group_top_k = 3;
+  check_route(20, 40, 6, small, false);
+  MoeRouting softmax(true);  // softmax scores and no bias in groups
+  softmax.groups = 4;
+  softmax.group_top_k = 1;
+  check_route(37, 8, 2, softmax, false);
 }
 
 // Expert choices: random over E, expert `empty` never chosen.

@@ -121,6 +121,9 @@ struct ModelShape {
   // and moe_routed_scale (double > 0; absent: 1; written when not 1).
   std::string moe_score = "softmax";
   double moe_routed_scale = 1.0;
+  // Attributes moe_groups and moe_group_top_k (int64; absent: 1 and 1; written when moe_groups
+  // > 1).
+  int64_t moe_groups = 1, moe_group_top_k = 1;
   // Attribute moe_shared_hidden (int64: shared experts' hidden units; absent or 0: none; written
   // when > 0).
   int64_t moe_shared_hidden = 0;

@@ -462,7 +462,9 @@ class Backend {
   //  moe_route (`routing`: moe_routing.h): probs[N,E] = the scores, the softmax of each row of
   //    logits (or with routing.sigmoid each logit's sigmoid); expert[N,k] the columns of the k
   //    largest probs[n,e] + bias[e] (routing.bias; none: 0), largest first (equal ones: the lower
-  //    column first); gate[N,k] their scores (without the bias), divided by their sum when
+  //    column first), among the experts of the row's chosen groups under routing.groups > 1
+  //    (E/groups >= 2 experts each, group_top_k of them, k at most their experts; E <= 256 on
+  //    the GPU); gate[N,k] their scores (without the bias), divided by their sum when
   //    routing.normalize (Mixtral's choice), times routing.scale; lse[N] (fp32, may be null)
   //    each row's log Σ_e exp(logits), the router z-loss's.
   //  moe_dispatch: the N·k choices ordered by expert, stably (by i within an expert): slot[i] =

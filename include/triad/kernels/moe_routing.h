@@ -19,9 +19,21 @@ struct MoeRouting {
   // experts only; the gates are the scores without it (DeepSeek-V3's auxiliary-loss-free load
   // balancing, whose bias the trainer moves after each step: Gpt::balance_router_bias).
   const float* bias = nullptr;
+  // Node-limited routing (DeepSeek-V3's n_group, topk_group): with groups = G > 1 the E experts
+  // form G groups of E/G consecutive ones, each row's group_top_k groups whose two largest keys
+  // (score + bias) sum highest are chosen (larger first, equal sums the lower group first), and
+  // its k experts come from those groups only. 1: every expert may be chosen.
+  int groups = 1, group_top_k = 1;
 
   // From a bool: the routing of a model with softmax scores and no bias (normalized or not).
   constexpr MoeRouting(bool normalize_gates = true) : normalize(normalize_gates) {}
 };
+
+// Whether a routing's groups suit E experts and k picks per row: none, or G dividing E into
+// groups of two experts or more, 1 <= group_top_k <= G, and k at most the chosen groups' experts.
+constexpr bool groups_fit(const MoeRouting& r, int E, int k) {
+  return r.groups <= 1 || (E % r.groups == 0 && E / r.groups >= 2 && r.group_top_k >= 1 &&
+                           r.group_top_k <= r.groups && r.group_top_k * (E / r.groups) >= k);
+}
 
 }  // namespace triad

@@ -40,6 +40,9 @@ struct ModelConfig {
   bool moe_normalize = true;  // the k gates renormalized to sum 1 (Mixtral); false: Switch's
   std::string moe_score = "softmax";  // the router's scores: softmax, or sigmoid (DeepSeek-V3)
   double moe_routed_scale = 1.0;      // the gates times this (DeepSeek-V3's routed_scaling_factor)
+  // Node-limited routing (DeepSeek-V3's n_group 8, topk_group 4): the experts in moe_groups
+  // groups, each token's experts from its moe_group_top_k best groups; 1: no groups.
+  int moe_groups = 1, moe_group_top_k = 1;
   // Each expert takes at most ceil(f·N·k/E) of a pass's N·k local choices (Switch's and GShard's
   // capacity factor f); later choices are dropped. 0: dropless.
   double moe_capacity_factor = 0.0;

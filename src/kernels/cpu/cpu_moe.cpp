@@ -13,6 +13,8 @@ namespace {
 template <class E>
 void route_rows(float* probs, int32_t* expert, float* gate, const E* logits, int N, int Ex, int k,
                 const MoeRouting& routing, float* lse) {
+  TRIAD_CHECK(groups_fit(routing, Ex, k), "moe_route: ", routing.groups, " groups (top ",
+              routing.group_top_k, ") do not suit ", Ex, " experts and top ", k);
 #pragma omp parallel for schedule(static) if (size_t(N) * Ex >= kParallelMin)
   for (int n = 0; n < N; ++n) {
     const E* z = logits + size_t(n) * Ex;
@@ -30,13 +32,36 @@ void route_rows(float* probs, int32_t* expert, float* gate, const E* logits, int
       const float v = p[e] + (routing.bias != nullptr ? routing.bias[e] : 0.0f);
       return std::isnan(v) ? -INFINITY : v;
     };
+    // Node-limited routing: the columns of the group_top_k groups whose two largest keys sum
+    // highest (larger first, equal sums the lower group first).
+    std::vector<uint8_t> allowed(size_t(Ex), 1);
+    if (routing.groups > 1) {
+      const int G = routing.groups, S = Ex / G;
+      std::vector<float> score(static_cast<size_t>(G));
+      for (int q = 0; q < G; ++q) {
+        int first = -1, second = -1;
+        for (int e = q * S; e < (q + 1) * S; ++e)
+          if (first < 0 || key(e) > key(first)) first = e;
+        for (int e = q * S; e < (q + 1) * S; ++e)
+          if (e != first && (second < 0 || key(e) > key(second))) second = e;
+        score[size_t(q)] = key(first) + key(second);
+      }
+      std::vector<uint8_t> chosen(static_cast<size_t>(G), 0);
+      for (int j = 0; j < routing.group_top_k; ++j) {
+        int best = -1;
+        for (int q = 0; q < G; ++q)
+          if (!chosen[size_t(q)] && (best < 0 || score[size_t(q)] > score[size_t(best)])) best = q;
+        chosen[size_t(best)] = 1;
+      }
+      for (int e = 0; e < Ex; ++e) allowed[size_t(e)] = chosen[size_t(e / S)];
+    }
     int32_t* ex = expert + size_t(n) * k;
     float* g = gate + size_t(n) * k;
     float picked = 0.0f;
     for (int j = 0; j < k; ++j) {  // k passes of an arg-max over the columns not yet taken
       int best = -1;
       for (int e = 0; e < Ex; ++e) {
-        if (std::find(ex, ex + j, e) != ex + j) continue;
+        if (!allowed[size_t(e)] || std::find(ex, ex + j, e) != ex + j) continue;
         if (best < 0 || key(e) > key(best)) best = e;  // strictly larger: ties keep the lower
       }
       ex[j] = best;

@@ -93,6 +93,9 @@ void moe_route(cudaStream_t s, float* probs, int32_t* expert, float* gate, const
                int N, int E, int k, const MoeRouting& routing, float* lse) {
   if (N <= 0 || E <= 0) return;
   TRIAD_CHECK(k >= 0 && k <= E, "moe_route: k = ", k, " of E = ", E, " experts");
+  TRIAD_CHECK(groups_fit(routing, E, k) && routing.groups <= moe_block::kMaxGroups,
+              "moe_route: ", routing.groups, " groups (top ", routing.group_top_k, ") do not suit ",
+              E, " experts and top ", k);
   route_kernel<<<warp_rows_grid(N), kWarpThreads, 0, s>>>(probs, expert, gate, bits(logits), N, E,
                                                           k, routing, lse);
   TRIAD_CUDA_CHECK_LAUNCH();

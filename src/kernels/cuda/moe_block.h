@@ -29,6 +29,7 @@ constexpr int kWarpThreads = 32 * kWarpsPerBlock;
 constexpr int kDispatchThreads = 512;
 constexpr int kDispatchItems = 8;  // consecutive choices per thread and step of the rank pass
 constexpr int kMaxExperts = 256;   // model.moe_experts' limit
+constexpr int kMaxGroups = kMaxExperts / 2;  // node-limited routing: two experts a group at least
 constexpr int kElementwiseThreads = 256;
 
 // dispatch_block's shared memory: the block reduction's and the scan's per-warp values.
@@ -62,9 +63,64 @@ TRIAD_BLOCK_FN void route_rows(X& x, float* probs, int32_t* expert, float* gate,
   sum = warp_sum(x, sum);
   if (lse != nullptr && lane == 0) lse[n] = mx + float(x.log(double(sum)));
   // Each lane reads back only the columns it wrote: no synchronization needed.
-  for (int e = lane; e < E; e += 32)
-    p[e] =
-        routing.sigmoid ? 1.0f / (1.0f + x.exp(-load(x, z + e))) : x.exp(load(x, z + e) - mx) / sum;
+  auto score = [&](int e) {
+    return routing.sigmoid ? 1.0f / (1.0f + x.exp(-load(x, z + e)))
+                           : x.exp(load(x, z + e) - mx) / sum;
+  };
+  for (int e = lane; e < E; e += 32) p[e] = score(e);
+  auto key_of = [&](int e, float pe) {
+    return rank_key(pe + (routing.bias != nullptr ? routing.bias[e] : 0.0f));
+  };
+
+  // Node-limited routing: lane l scores the groups l, l + 32, ... (the sum of each one's two
+  // largest keys, from scores formed again: the same bits as p's, which other lanes wrote), then
+  // group_top_k arg-max passes over the groups not yet taken (larger first, the lower group on a
+  // tie, as the CPU), every lane keeping the same mask of the groups taken.
+  const int G = routing.groups > 1 ? routing.groups : 1, S = E / G;
+  uint32_t taken[kMaxGroups / 32] = {};
+  if (G > 1) {
+    float group_score[kMaxGroups / 32];
+    for (int i = 0; i * 32 + lane < G; ++i) {
+      const int q = i * 32 + lane;
+      float k1 = -INFINITY, k2 = -INFINITY;
+      int e1 = -1, e2 = -1;
+      for (int e = q * S; e < (q + 1) * S; ++e) {
+        const float v = key_of(e, score(e));
+        if (e1 < 0 || v > k1) {
+          k2 = k1;
+          e2 = e1;
+          k1 = v;
+          e1 = e;
+        } else if (e2 < 0 || v > k2) {
+          k2 = v;
+          e2 = e;
+        }
+      }
+      group_score[i] = k1 + k2;
+    }
+    for (int j = 0; j < routing.group_top_k; ++j) {
+      float best_s = 0.0f;
+      int best = -1;
+      for (int i = 0; i * 32 + lane < G; ++i) {
+        const int q = i * 32 + lane;
+        if ((taken[q / 32] >> (q % 32)) & 1u) continue;
+        if (best < 0 || group_score[i] > best_s) {  // ascending groups: ties keep the lower
+          best_s = group_score[i];
+          best = q;
+        }
+      }
+      TRIAD_UNROLL
+      for (int offset = 16; offset > 0; offset >>= 1) {
+        const float o_s = x.shfl_xor(best_s, offset);
+        const int o_q = x.shfl_xor(best, offset);
+        if (o_q >= 0 && (best < 0 || o_s > best_s || (o_s == best_s && o_q < best))) {
+          best_s = o_s;
+          best = o_q;
+        }
+      }
+      taken[best / 32] |= 1u << (best % 32);
+    }
+  }
 
   int32_t* ex = expert + size_t(n) * k;
   float* g = gate + size_t(n) * k;
@@ -76,8 +132,9 @@ TRIAD_BLOCK_FN void route_rows(X& x, float* probs, int32_t* expert, float* gate,
     int best = -1;
     for (int e = lane; e < E; e += 32) {
       const float pe = p[e];
-      const float key = rank_key(pe + (routing.bias != nullptr ? routing.bias[e] : 0.0f));
-      const bool after = key < prev_key || (key == prev_key && e > prev_e);
+      const float key = key_of(e, pe);
+      const bool allowed = G == 1 || ((taken[(e / S) / 32] >> ((e / S) % 32)) & 1u);
+      const bool after = allowed && (key < prev_key || (key == prev_key && e > prev_e));
       if (after && (best < 0 || key > best_key)) {  // ascending columns: ties keep the lower
         best_key = key;
         best_p = pe;
