@@ -704,9 +704,10 @@ CheckpointState read_state(hid_t file) {
                 "attribute moe_score of /model is \"", s.model.moe_score,
                 "\", not softmax or sigmoid");
     s.model.moe_routed_scale = io::read_double_attr(model, "moe_routed_scale").value_or(1.0);
-    TRIAD_CHECK(std::isfinite(s.model.moe_routed_scale) && s.model.moe_routed_scale > 0,
+    TRIAD_CHECK(std::isfinite(s.model.moe_routed_scale) && s.model.moe_routed_scale > 0 &&
+                    s.model.moe_routed_scale <= 1e6,
                 "attribute moe_routed_scale of /model is ", s.model.moe_routed_scale,
-                ", not a finite number > 0");
+                ", not in (0, 1e6]");
     s.model.moe_groups = io::read_int64_attr(model, "moe_groups").value_or(1);
     s.model.moe_group_top_k = io::read_int64_attr(model, "moe_group_top_k").value_or(1);
     {

@@ -106,7 +106,7 @@ class KeyTable {
     add("model.moe_score", c.model.moe_score,
         "with model.moe_experts: the router's scores, softmax (Switch, Mixtral) or sigmoid "
         "(DeepSeek-V3: each expert's own sigmoid of its logit; with model.moe_normalize the "
-        "chosen ones' gates sum to 1)");
+        "chosen ones' gates sum to 1 before model.moe_routed_scale)");
     add("model.moe_routed_scale", c.model.moe_routed_scale,
         "with model.moe_experts: the routed experts' gates times this (DeepSeek-V3's "
         "routed_scaling_factor, 2.5; 1: as they are)");
@@ -827,22 +827,26 @@ void validate(const Config& c, int world_size) {
         "must be >= 0, and > 0 only with model.moe_experts (0: dropless)");
   check(m.moe_score == "softmax" || m.moe_score == "sigmoid", "model.moe_score",
         "must be softmax or sigmoid (got \"" + m.moe_score + "\")");
+  check(m.moe_score == "softmax" || m.moe_experts > 0, "model.moe_score",
+        "= sigmoid scores a router: it needs model.moe_experts > 0");
   {
     const int E = m.moe_experts, G = m.moe_groups, M = m.moe_group_top_k;
     check(G >= 1 && (G == 1 || (E > 0 && E % G == 0 && E / G >= 2)), "model.moe_groups",
           "must be 1 (no groups), or with model.moe_experts divide its " + std::to_string(E) +
               " experts into groups of 2 or more (got " + std::to_string(G) + ")");
+    const bool top_k_valid = m.moe_top_k >= 1 && m.moe_top_k <= E;  // else its own error below
     check(
-        (G == 1 && M == 1) || (G > 1 && M >= 1 && M <= G && M * (E / G) >= m.moe_top_k),
+        (G == 1 && M == 1) ||
+            (G > 1 && M >= 1 && M <= G && (!top_k_valid || M * (E / G) >= m.moe_top_k)),
         "model.moe_group_top_k",
         "must be 1 without model.moe_groups, else in [1, model.moe_groups = " + std::to_string(G) +
             "] with at least model.moe_top_k = " + std::to_string(m.moe_top_k) +
             " experts in that many groups (got " + std::to_string(M) + ")");
   }
-  check(std::isfinite(m.moe_routed_scale) && m.moe_routed_scale > 0 &&
+  check(std::isfinite(m.moe_routed_scale) && m.moe_routed_scale > 0 && m.moe_routed_scale <= 1e6 &&
             (m.moe_experts > 0 || m.moe_routed_scale == 1),
         "model.moe_routed_scale",
-        "must be a finite number > 0, and other than 1 only with model.moe_experts");
+        "must be a number in (0, 1e6], and other than 1 only with model.moe_experts");
   if (m.moe_experts > 0) {
     check(m.moe_top_k >= 1 && m.moe_top_k <= m.moe_experts, "model.moe_top_k",
           "must be in [1, model.moe_experts = " + std::to_string(m.moe_experts) + "] (got " +

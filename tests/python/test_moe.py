@@ -401,6 +401,10 @@ def test_moe_refuses_what_it_cannot_run(tmp_path):
              ({"model__moe_groups": 2, "model__moe_group_top_k": 1, "model__moe_top_k": 3},
               "model.moe_group_top_k"),
              ({"model__moe_group_top_k": 2}, "model.moe_group_top_k"),
+             ({"model__moe_groups": 2, "model__moe_group_top_k": 2, "model__moe_top_k": 5},
+              "model.moe_top_k must be in [1, model.moe_experts = 4]"),
+             ({"model__moe_experts": 0, "model__moe_shared_hidden": 0, "train__moe_z_loss": 0,
+               "model__moe_score": "sigmoid"}, "model.moe_score = sigmoid scores a router"),
              ({"model__moe_experts": 0, "model__moe_shared_hidden": 0,
                "train__moe_bias_rate": 0.001}, "train.moe_bias_rate")]
     for i, (over, words) in enumerate(cases):

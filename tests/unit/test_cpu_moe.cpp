@@ -339,6 +339,24 @@ TEST_P(SigmoidRouting, BackwardMatchesFiniteDifferences) {
                Error);
 }
 
+// Sigmoid scores that all underflow (logits of −200: 1/(1 + e^200) = 0 in fp32) give zero
+// gates and a zero gradient, not 0/0 (DeepSeek-V3's 1e-20 on the sums they are divided by).
+TEST(SigmoidScores, UnderflowingScoresGiveZeroGates) {
+  const int N = 2, E = 4, k = 2;
+  auto be = make_cpu_backend();
+  const Vec logits(size_t(N) * E, -200.0f), c = random_vec(size_t(N) * k, 29);
+  const Vec aux = random_vec(size_t(E), 30);
+  MoeRouting routing(true);
+  routing.sigmoid = true;
+  Vec probs(size_t(N) * E), gate(size_t(N) * k), dlogits(logits.size());
+  Ints expert(size_t(N) * k);
+  be->moe_route(probs.data(), expert.data(), gate.data(), logits.data(), N, E, k, routing);
+  for (float g : gate) EXPECT_EQ(g, 0.0f);
+  be->moe_route_backward(dlogits.data(), c.data(), probs.data(), expert.data(), aux.data(), N, E, k,
+                         routing);
+  for (float d : dlogits) EXPECT_EQ(d, 0.0f);
+}
+
 INSTANTIATE_TEST_SUITE_P(Normalized, SigmoidRouting, ::testing::Bool());
 
 // Node-limited routing (MoeRouting::groups) against its definition: each group's score the sum of

@@ -4,6 +4,13 @@
 // kernels take it by value, and the block programs of src/kernels/cuda read it as the GPU does.
 #pragma once
 
+// floor() serves the CPU ops and the block programs alike.
+#if defined(__CUDACC__)
+#define TRIAD_MOE_ROUTING_FN __host__ __device__
+#else
+#define TRIAD_MOE_ROUTING_FN
+#endif
+
 namespace triad {
 
 struct MoeRouting {
@@ -27,6 +34,10 @@ struct MoeRouting {
 
   // From a bool: the routing of a model with softmax scores and no bias (normalized or not).
   constexpr MoeRouting(bool normalize_gates = true) : normalize(normalize_gates) {}
+  // What the sums that sigmoid scores are divided by get added (DeepSeek-V3's 1e-20): k chosen
+  // scores that all underflow to 0 give zero gates, not 0/0. The softmax's sums are at least
+  // 1/E: none (0 keeps them bit for bit).
+  TRIAD_MOE_ROUTING_FN constexpr float floor() const { return sigmoid ? 1e-20f : 0.0f; }
 };
 
 // Whether a routing's groups suit E experts and k picks per row: none, or G dividing E into

@@ -68,7 +68,8 @@ void route_rows(float* probs, int32_t* expert, float* gate, const E* logits, int
       g[j] = p[best];
       picked += p[best];
     }
-    for (int j = 0; j < k; ++j) g[j] = (routing.normalize ? g[j] / picked : g[j]) * routing.scale;
+    for (int j = 0; j < k; ++j)
+      g[j] = (routing.normalize ? g[j] / (picked + routing.floor()) : g[j]) * routing.scale;
   }
 }
 
@@ -134,12 +135,14 @@ void route_backward_rows(E* dlogits, const float* dgate, const float* probs, con
       if (aux != nullptr && routing.sigmoid) {
         float Q = 0.0f, dot = 0.0f;
         for (int e = 0; e < Ex; ++e) Q += p[e];
+        Q += routing.floor();
         for (int e = 0; e < Ex; ++e) dot += aux[e] * (p[e] / Q);
         for (int e = 0; e < Ex; ++e) dp[size_t(e)] = (aux[e] - dot) / Q;
       }
       if (routing.normalize) {
         float S = 0.0f, dot = 0.0f;
         for (int j = 0; j < k; ++j) S += p[ex[j]];
+        S += routing.floor();
         for (int j = 0; j < k; ++j) dot += routing.scale * dg[j] * (p[ex[j]] / S);
         for (int j = 0; j < k; ++j) dp[size_t(ex[j])] += (routing.scale * dg[j] - dot) / S;
       } else {

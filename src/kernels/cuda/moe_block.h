@@ -5,8 +5,9 @@
 //  - route_rows / route_backward_rows: one warp per row (kWarpsPerBlock rows per block); each lane
 //    takes the columns lane, lane + 32, ... in order, combined by a butterfly (the softmax's max
 //    and sum, the backward's Σ p·dp). The top-k are k arg-max passes over the columns that come
-//    after the previous pick in the order (probability descending, column ascending): the CPU's
-//    picks (strictly larger wins, ties keep the lower column) whenever the probabilities agree.
+//    after the previous pick in the order (key = score + bias descending, column ascending),
+//    among the chosen groups' columns under node-limited routing: the CPU's picks (strictly
+//    larger wins, ties keep the lower column) whenever the scores agree.
 //  - dispatch_block: block e scans the N·k choices twice: it counts the choices of lower experts
 //    (its first place) and its own, then ranks its own in choice order with a block-wide prefix
 //    sum: a stable counting sort.
@@ -161,7 +162,8 @@ TRIAD_BLOCK_FN void route_rows(X& x, float* probs, int32_t* expert, float* gate,
     }
   }
   if (lane == 0)
-    for (int j = 0; j < k; ++j) g[j] = (routing.normalize ? g[j] / picked : g[j]) * routing.scale;
+    for (int j = 0; j < k; ++j)
+      g[j] = (routing.normalize ? g[j] / (picked + routing.floor()) : g[j]) * routing.scale;
 }
 
 // The exclusive prefix sum of v over the block's threads in order; *total = the block's sum.
@@ -311,6 +313,7 @@ TRIAD_BLOCK_FN void route_backward_rows(X& x, Elem* dlogits, const float* dgate,
   if (normalize) {
     S = 0.0f;
     for (int j = 0; j < k; ++j) S += p[ex[j]];
+    S += routing.floor();
     for (int j = 0; j < k; ++j) sel += scale * dg[j] * (p[ex[j]] / S);
   }
   // Sigmoid scores: the balancing loss reads them over their row's sum Q.
@@ -319,7 +322,7 @@ TRIAD_BLOCK_FN void route_backward_rows(X& x, Elem* dlogits, const float* dgate,
   if (row_sum) {
     Q = 0.0f;
     for (int e = lane; e < E; e += 32) Q += p[e];
-    Q = warp_sum(x, Q);
+    Q = warp_sum(x, Q) + routing.floor();
     for (int e = lane; e < E; e += 32) aux_dot += aux.v[e] * (p[e] / Q);
     aux_dot = warp_sum(x, aux_dot);
   }
