@@ -619,18 +619,15 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
               ") but the config asks for model.moe_experts = ", c.moe_experts,
               ", model.moe_top_k = ", c.moe_top_k,
               ", model.moe_normalize = ", c.moe_normalize ? "true" : "false");
-  TRIAD_CHECK(c.moe_experts == 0 ||
-                  (m.moe_score == c.moe_score && m.moe_routed_scale == c.moe_routed_scale),
-              "checkpoint ", path, " holds a model whose router scores by ", m.moe_score,
-              " with its gates times ", m.moe_routed_scale,
-              " but the config asks for model.moe_score = ", c.moe_score,
-              ", model.moe_routed_scale = ", c.moe_routed_scale);
-  TRIAD_CHECK(c.moe_experts == 0 ||
-                  (m.moe_groups == c.moe_groups && m.moe_group_top_k == c.moe_group_top_k),
-              "checkpoint ", path, " holds a model whose router chooses from ", m.moe_group_top_k,
-              " of ", m.moe_groups,
-              " groups of experts but the config asks for model.moe_groups = ", c.moe_groups,
-              ", model.moe_group_top_k = ", c.moe_group_top_k);
+  TRIAD_CHECK(
+      c.moe_experts == 0 ||
+          (m.moe_score == c.moe_score && m.moe_routed_scale == c.moe_routed_scale &&
+           m.moe_groups == c.moe_groups && m.moe_group_top_k == c.moe_group_top_k),
+      "checkpoint ", path, " holds a model whose router scores by ", m.moe_score,
+      " with its gates times ", m.moe_routed_scale, ", choosing from ", m.moe_group_top_k, " of ",
+      m.moe_groups, " groups, but the config asks for model.moe_score = ", c.moe_score,
+      ", model.moe_routed_scale = ", c.moe_routed_scale, ", model.moe_groups = ", c.moe_groups,
+      ", model.moe_group_top_k = ", c.moe_group_top_k);
   TRIAD_CHECK(
       m.moe_shared_hidden == c.moe_shared_hidden, "checkpoint ", path,
       " holds a model with shared experts of ", m.moe_shared_hidden,
