@@ -274,17 +274,11 @@ int main(int argc, char** argv) {
     // through a host copy.
     std::vector<float> host(backend == "cpu" ? 0 : model.num_floats());
     float* base = host.empty() ? model.params() : host.data();
-    std::vector<triad::TensorGroup> groups = {
-        {"model", triad::model_tensor_refs(model, base, 0, true, 0, 0, 0, 0)}};
-    // The routers' biases choose the experts as in training (older files: none, zero).
-    std::vector<float> bias = model.router_bias();
-    const bool has_bias =
-        shape.moe() && triad::checkpoint_has_group(world, checkpoint, "router_bias");
-    if (has_bias) groups.push_back(triad::router_bias_group(shape, bias.data()));
-    triad::load_checkpoint_tensors(world, checkpoint, groups);
+    triad::load_checkpoint_tensors(
+        world, checkpoint, {{"model", triad::model_tensor_refs(model, base, 0, true, 0, 0, 0, 0)}});
     if (!host.empty()) be->copy_from_host(model.params(), host.data(), host.size());
     model.params_updated();
-    if (has_bias) model.set_router_bias(bias);
+    triad::load_router_bias(world, checkpoint, model);  // they choose the experts as in training
     triad::Rng rng(static_cast<uint64_t>(seed));
     triad::SampleOptions opt;
     opt.length = length;

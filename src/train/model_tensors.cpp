@@ -68,4 +68,11 @@ TensorGroup router_bias_group(const GptShape& shape, float* bias) {
   return g;
 }
 
+void load_router_bias(MPI_Comm comm, const std::string& path, Gpt& model) {
+  if (!model.shape().moe() || !checkpoint_has_group(comm, path, "router_bias")) return;
+  std::vector<float> bias = model.router_bias();
+  load_checkpoint_tensors(comm, path, {router_bias_group(model.shape(), bias.data())});
+  model.set_router_bias(bias);
+}
+
 }  // namespace triad

@@ -476,11 +476,10 @@ TrainOutcome Trainer::run() {
       }
       if (log_load) {  // each expert's share of its layer's choices
         const GptShape& shape = s.model->shape();
-        const std::vector<double>& counts = moe_counts;
         std::vector<double> shares;
         for (int l = 0; l < cfg.model.n_layer; ++l) {
           if (!shape.moe_layer(l)) continue;
-          const auto first = counts.begin() + ptrdiff_t(size_t(l) * E);
+          const auto first = moe_counts.begin() + ptrdiff_t(size_t(l) * E);
           const double total = std::accumulate(first, first + ptrdiff_t(E), 0.0);
           for (size_t e = 0; e < E; ++e) shares.push_back(first[ptrdiff_t(e)] / total);
         }

@@ -424,10 +424,9 @@ void Trainer::State::stage_to_device(bool with_optimizer) {
     model->params_updated();  // loaded in place (CPU): refresh the bf16 copy
 }
 
-std::vector<TensorGroup> Trainer::State::groups(bool with_optimizer, bool for_save,
-                                                bool with_bias) {
+std::vector<TensorGroup> Trainer::State::groups(bool with_optimizer, bool for_save) {
   std::vector<TensorGroup> g{{"model", tensor_refs(param_base(), 0, !for_save)}};
-  if (with_bias && cfg.model.moe_experts > 0) {
+  if (for_save && cfg.model.moe_experts > 0) {  // (loads: load_router_bias)
     host_router_bias = model->router_bias();
     g.push_back(router_bias_group(model->shape(), host_router_bias.data()));
   }
@@ -644,22 +643,13 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
       ", model.moe_every = ", c.moe_every);
 }
 
-bool Trainer::State::file_has_router_bias(const std::string& path) {
-  return cfg.model.moe_experts > 0 && checkpoint_has_group(grid.world(), path, "router_bias");
-}
-
-void Trainer::State::use_loaded_router_bias(bool loaded) {
-  if (loaded) model->set_router_bias(host_router_bias);
-}
-
 CheckpointState Trainer::State::load_weights(const std::string& path) {
   const CheckpointState st = read_checkpoint_state(grid.world(), path);
   check_model_shape(st, path);
   // The load fills every tensor, wte's padding rows with zeros, so nothing needs staging first.
-  const bool bias = file_has_router_bias(path);
-  load_checkpoint_tensors(grid.world(), path, groups(false, false, bias));
+  load_checkpoint_tensors(grid.world(), path, groups(false, false));
   stage_to_device(false);
-  use_loaded_router_bias(bias);
+  load_router_bias(grid.world(), path, *model);
   return st;
 }
 
@@ -689,10 +679,9 @@ void Trainer::State::load_from(const std::string& path, bool resume) {
                 slot, " state for optim.name = ", cfg.optim.name,
                 " (resume with the optimizer it was saved with, or use --init-from)");
   }
-  const bool bias = file_has_router_bias(path);
-  load_checkpoint_tensors(grid.world(), path, groups(true, false, bias));
+  load_checkpoint_tensors(grid.world(), path, groups(true, false));
   stage_to_device(true);
-  use_loaded_router_bias(bias);
+  load_router_bias(grid.world(), path, *model);
   step = st.step;
   const int64_t n = train_data->num_sequences();
   TRIAD_CHECK(st.next_sequence >= 0 && st.epoch >= 0, "checkpoint ", path,

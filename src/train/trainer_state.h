@@ -94,7 +94,7 @@ struct Trainer::State {
   std::string flash_desc;         // the flash-attention kernel (cuda, bf16), for the start line
   std::vector<float> host_params;
   std::vector<std::vector<float>> host_slots, host_expert_slots;
-  std::vector<float> host_router_bias;  // the routers' biases on their way to or from a file
+  std::vector<float> host_router_bias;  // the routers' biases on their way to a file
   double peak_flops = 0;
   std::vector<int32_t> inputs, targets;
   BatchRampup ramp;            // train.batch_rampup
@@ -162,14 +162,10 @@ struct Trainer::State {
   void stage_to_device(bool with_optimizer);
 
   // for_save: slices (each element written once); loading: full parameters everywhere and the
-  // optimizer state this rank keeps (its slice under ZeRO-1, everything otherwise). With experts
-  // (model.moe_experts), also the routers' biases (router_bias_group; saving: the model's);
-  // with_bias false: not them (a file from before they were saved).
-  std::vector<TensorGroup> groups(bool with_optimizer, bool for_save, bool with_bias = true);
-  // Loading from `path`: whether it holds the routers' biases (older files do not: the biases
-  // stay zero), and after the load, handing them to the model.
-  bool file_has_router_bias(const std::string& path);
-  void use_loaded_router_bias(bool loaded);
+  // optimizer state this rank keeps (its slice under ZeRO-1, everything otherwise). Saving a model
+  // with experts, also the routers' biases (router_bias_group; a load reads them with
+  // load_router_bias).
+  std::vector<TensorGroup> groups(bool with_optimizer, bool for_save);
 
   CheckpointState checkpoint_state() const;
 

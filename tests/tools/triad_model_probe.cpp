@@ -82,11 +82,7 @@ int main(int argc, char** argv) {
       refs.push_back(std::move(r));
     }
     triad::load_checkpoint_tensors(world, ckpt, {{"model", refs}});
-    if (shape.moe() && triad::checkpoint_has_group(world, ckpt, "router_bias")) {
-      std::vector<float> bias = model.router_bias();  // the routers' biases choose as in training
-      triad::load_checkpoint_tensors(world, ckpt, {triad::router_bias_group(shape, bias.data())});
-      model.set_router_bias(bias);
-    }
+    triad::load_router_bias(world, ckpt, model);  // they choose the experts as in training
     model.params_updated();  // the bf16 copy the layers read (run.precision = bf16)
     triad::SequenceSource src(cfg.data.train, "data.train", T, V);
     std::vector<int32_t> in(size_t(B) * T), tg(size_t(B) * T);

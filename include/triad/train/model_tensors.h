@@ -2,7 +2,10 @@
 // trainer's saves and loads and triad-generate's loads on any grid.
 #pragma once
 
+#include <mpi.h>
+
 #include <cstddef>
+#include <string>
 #include <vector>
 
 #include "triad/io/checkpoint.h"
@@ -22,8 +25,12 @@ std::vector<TensorRef> model_tensor_refs(const Gpt& model, float* base, size_t f
 
 // The routers' biases (Gpt::router_bias, [n_layer · E] at `bias`) as checkpoint group
 // router_bias: a tensor h/<l> [E] per layer with experts, which every rank holds whole (the
-// lowest rank writes it). No tensors for a dense model. Files from before the biases were saved
-// lack the group (checkpoint_has_group): their biases are zero.
+// lowest rank writes it). No tensors for a dense model.
 TensorGroup router_bias_group(const GptShape& shape, float* bias);
+
+// Gives `model` the routers' biases of checkpoint `path` (the trainer's loads, triad-generate's):
+// nothing for a dense model or a file from before the biases were saved (no group router_bias:
+// they stay zero). Collective over comm.
+void load_router_bias(MPI_Comm comm, const std::string& path, Gpt& model);
 
 }  // namespace triad

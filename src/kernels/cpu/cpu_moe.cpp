@@ -33,8 +33,8 @@ void route_rows(float* probs, int32_t* expert, float* gate, const E* logits, int
       return std::isnan(v) ? -INFINITY : v;
     };
     // Node-limited routing: the columns of the group_top_k groups whose two largest keys sum
-    // highest (larger first, equal sums the lower group first).
-    std::vector<uint8_t> allowed(size_t(Ex), 1);
+    // highest (larger first, equal sums the lower group first). Empty: every column.
+    std::vector<uint8_t> allowed;
     if (routing.groups > 1) {
       const int G = routing.groups, S = Ex / G;
       std::vector<float> score(static_cast<size_t>(G));
@@ -53,7 +53,7 @@ void route_rows(float* probs, int32_t* expert, float* gate, const E* logits, int
           if (!chosen[size_t(q)] && (best < 0 || score[size_t(q)] > score[size_t(best)])) best = q;
         chosen[size_t(best)] = 1;
       }
-      for (int e = 0; e < Ex; ++e) allowed[size_t(e)] = chosen[size_t(e / S)];
+      for (int e = 0; e < Ex; ++e) allowed.push_back(chosen[size_t(e / S)]);
     }
     int32_t* ex = expert + size_t(n) * k;
     float* g = gate + size_t(n) * k;
@@ -61,7 +61,8 @@ void route_rows(float* probs, int32_t* expert, float* gate, const E* logits, int
     for (int j = 0; j < k; ++j) {  // k passes of an arg-max over the columns not yet taken
       int best = -1;
       for (int e = 0; e < Ex; ++e) {
-        if (!allowed[size_t(e)] || std::find(ex, ex + j, e) != ex + j) continue;
+        if ((!allowed.empty() && !allowed[size_t(e)]) || std::find(ex, ex + j, e) != ex + j)
+          continue;
         if (best < 0 || key(e) > key(best)) best = e;  // strictly larger: ties keep the lower
       }
       ex[j] = best;
