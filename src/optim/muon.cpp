@@ -13,20 +13,47 @@ namespace {
 constexpr float kNsA = 3.4445f, kNsB = -4.7750f, kNsC = 2.0315f;
 constexpr double kNsEps = 1e-7;
 
-// Column blocks of the matrix a rank gathers for spec s: a matrix split by columns arrives as
-// the tp ranks' column shards one after the other. (With split_blocks > 1, attn.c_proj under
-// grouped-query attention, that is the matrix with its columns permuted, as a row split with
-// blocks gathers c_attn with its rows permuted. Newton-Schulz commutes with both: X Xᵀ, and so
-// the iteration's polynomial, is invariant under a column permutation P, NS(X P) = NS(X) P, and
-// NS(P X) = P NS(X); each rank takes back its own rows or columns.)
-int gathered_blocks(const ParamSpec& s, int tp) { return s.split_axis == 1 ? tp : 1; }
-
 }  // namespace
 
 bool muon_updates(const std::string& name) {
-  return name.starts_with("h/") &&
-         (name.ends_with("/attn/c_attn/weight") || name.ends_with("/attn/c_proj/weight") ||
-          name.ends_with("/mlp/c_fc/weight") || name.ends_with("/mlp/c_proj/weight"));
+  if (!name.starts_with("h/")) return false;
+  for (const char* m :
+       {"/attn/c_attn/weight", "/attn/c_proj/weight", "/mlp/c_fc/weight", "/mlp/c_proj/weight",
+        "/mlp/shared/c_fc/weight", "/mlp/shared/c_proj/weight", "/mlp/experts/c_fc/weight",
+        "/mlp/experts/c_proj/weight"})
+    if (name.ends_with(m)) return true;
+  return false;
+}
+
+std::vector<MuonMatrix> muon_matrices(const std::vector<ParamSpec>& specs) {
+  std::vector<MuonMatrix> out;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const ParamSpec& s = specs[i];
+    if (!muon_updates(s.name)) continue;
+    const size_t dims = s.shape.size();
+    TRIAD_CHECK(dims == 2 || (dims == 3 && is_expert_tensor(s.name)),
+                "internal error: Muon matrix ", s.name, " is neither 2-D nor an expert tensor");
+    // A matrix split by columns arrives as the tp ranks' column shards one after the other.
+    // (With split_blocks > 1, attn.c_proj under grouped-query attention, that is the matrix with
+    // its columns permuted, as a row split with blocks gathers c_attn with its rows permuted.
+    // Newton-Schulz commutes with both: X Xᵀ, and so the iteration's polynomial, is invariant
+    // under a column permutation P, NS(X P) = NS(X) P, and NS(P X) = P NS(X); each rank takes
+    // back its own rows or columns.)
+    MuonMatrix m;
+    m.spec = i;
+    m.rows = s.shape[dims - 2];
+    m.cols = s.shape[dims - 1];
+    m.split = s.split_axis >= 0;
+    m.by_columns = s.split_axis == int(dims) - 1;
+    m.expert_parallel = s.expert_parallel;
+    const int64_t count = dims == 3 ? s.local[0] : 1;  // this rank's experts
+    m.numel = s.numel / size_t(count);
+    for (int64_t e = 0; e < count; ++e) {
+      m.offset = s.offset + size_t(e) * m.numel;
+      out.push_back(m);
+    }
+  }
+  return out;
 }
 
 double newton_schulz_flops(int64_t rows, int64_t cols, int steps) {
@@ -93,30 +120,35 @@ struct Scratch {
 
 Scratch scratch_of(const std::vector<ParamSpec>& specs, int tp) {
   Scratch s;
-  for (const auto& p : specs) {
-    if (!muon_updates(p.name)) continue;
-    s.gathered = std::max(s.gathered, p.split_axis >= 0 ? p.numel * size_t(tp) : p.numel);
-    const size_t k = size_t(std::min(p.shape[0], p.shape[1]));
+  for (const MuonMatrix& m : muon_matrices(specs)) {
+    s.gathered = std::max(s.gathered, m.split ? m.numel * size_t(tp) : m.numel);
+    const size_t k = size_t(std::min(m.rows, m.cols));
     s.square = std::max(s.square, k * k);
-    s.shard = std::max(s.shard, p.numel);
+    s.shard = std::max(s.shard, m.numel);
   }
   return s;
 }
 }  // namespace
 
-std::vector<MuonRound> muon_rounds(const std::vector<ParamSpec>& specs, int dp) {
-  std::vector<size_t> order;
-  for (size_t i = 0; i < specs.size(); ++i)
-    if (muon_updates(specs[i].name)) order.push_back(i);
-  std::stable_sort(order.begin(), order.end(),
-                   [&](size_t a, size_t b) { return specs[a].numel > specs[b].numel; });
+std::vector<MuonRound> muon_rounds(const std::vector<MuonMatrix>& matrices, int dp, int expert_dp) {
   std::vector<MuonRound> rounds;
-  for (size_t i = 0; i < order.size(); i += size_t(dp)) {
-    MuonRound r;
-    for (size_t j = i; j < std::min(order.size(), i + size_t(dp)); ++j) r.specs.push_back(order[j]);
-    r.count = specs[r.specs.front()].numel;
-    rounds.push_back(std::move(r));
-  }
+  auto add = [&](bool experts, int size) {
+    std::vector<size_t> order;
+    for (size_t i = 0; i < matrices.size(); ++i)
+      if (expert_dp <= 0 || matrices[i].expert_parallel == experts) order.push_back(i);
+    std::stable_sort(order.begin(), order.end(),
+                     [&](size_t a, size_t b) { return matrices[a].numel > matrices[b].numel; });
+    for (size_t i = 0; i < order.size(); i += size_t(size)) {
+      MuonRound r;
+      r.experts = experts;
+      for (size_t j = i; j < std::min(order.size(), i + size_t(size)); ++j)
+        r.matrices.push_back(order[j]);
+      r.count = matrices[r.matrices.front()].numel;
+      rounds.push_back(std::move(r));
+    }
+  };
+  add(false, dp);
+  if (expert_dp > 0) add(true, expert_dp);
   return rounds;
 }
 
@@ -126,7 +158,7 @@ size_t MuonMatrices::scratch_floats(const std::vector<ParamSpec>& specs, int tp,
 
 MuonMatrices::MuonMatrices(const OptimConfig& cfg, const std::vector<ParamSpec>& specs,
                            size_t begin, size_t end, Backend& be, Comm* dp, Comm* tp,
-                           bool zero_slice)
+                           bool zero_slice, Comm* expert_dp)
     : cfg_(cfg),
       begin_(begin),
       end_(end),
@@ -134,27 +166,32 @@ MuonMatrices::MuonMatrices(const OptimConfig& cfg, const std::vector<ParamSpec>&
       dp_(dp),
       tp_(tp),
       zero_slice_(zero_slice),
-      specs_(specs) {
+      expert_dp_(expert_dp) {
   const int tps = tp != nullptr ? tp->size() : 1, dps = dp != nullptr ? dp->size() : 1;
   TRIAD_CHECK(!zero_slice || dps > 1 || begin == 0, "internal error: a ZeRO slice needs its group");
-  matrices_.assign(specs_.size(), Matrix{nullptr, 0, 0, 1, 1.0f});
-  for (size_t i = 0; i < specs_.size(); ++i) {
-    const ParamSpec& s = specs_[i];
-    if (!muon_updates(s.name)) continue;
-    TRIAD_CHECK(s.shape.size() == 2, "internal error: Muon matrix ", s.name, " is not 2-D");
-    const size_t lo = std::max(begin_, s.offset), hi = std::min(end_, s.offset + s.numel);
-    Matrix mtx{&s, lo, std::max(lo, hi), gathered_blocks(s, tps),
-               float(muon_lr_scale(cfg.muon_adjust_lr, s.shape[0], s.shape[1]))};
-    TRIAD_CHECK(s.shape[0] <= s.shape[1] || mtx.blocks == 1, "internal error: Muon matrix ", s.name,
-                " is split by columns and taller than wide");
-    matrices_[i] = mtx;
+  TRIAD_CHECK(!zero_slice || expert_dp == nullptr,
+              "internal error: a ZeRO slice's experts have an optimizer of their own");
+  TRIAD_CHECK(expert_dp == nullptr || expert_dp->size() <= dps,
+              "internal error: more expert replicas than data-parallel ranks");
+  for (const MuonMatrix& m : muon_matrices(specs)) {
+    TRIAD_CHECK(!m.expert_parallel || expert_dp != nullptr || zero_slice || dps == 1,
+                "internal error: the data-parallel group would share out expert ",
+                specs[m.spec].name, "'s matrices, whose peers hold other experts");
+    TRIAD_CHECK(!m.split || (m.by_columns ? m.cols : m.rows) % tps == 0,
+                "internal error: Muon matrix ", specs[m.spec].name, " does not split over tp");
+    const size_t lo = std::max(begin_, m.offset), hi = std::min(end_, m.offset + m.numel);
+    matrices_.push_back(
+        Matrix{m, lo, std::max(lo, hi), float(muon_lr_scale(cfg.muon_adjust_lr, m.rows, m.cols))});
     if (lo < hi) runs_.push_back({lo - begin_, hi - begin_, float(cfg.weight_decay)});
   }
+  // Runs of adjacent experts' matrices stay apart: the momentum pass does not mind.
   std::sort(
       runs_.begin(), runs_.end(),
       [](const Backend::UpdateRun& a, const Backend::UpdateRun& b) { return a.begin < b.begin; });
-  rounds_ = muon_rounds(specs_, dps);
-  const Scratch sc = scratch_of(specs_, tps);
+  std::vector<MuonMatrix> list;
+  for (const Matrix& m : matrices_) list.push_back(m.m);
+  rounds_ = muon_rounds(list, dps, expert_dp != nullptr ? expert_dp->size() : 0);
+  const Scratch sc = scratch_of(specs, tps);
   if (sc.gathered > 0) {
     x_ = be_.alloc(sc.gathered);
     y_ = be_.alloc(sc.gathered);
@@ -172,20 +209,43 @@ MuonMatrices::~MuonMatrices() {
     if (p != nullptr) be_.free(p);
 }
 
+const float* MuonMatrices::orthogonalize(const Matrix& mtx) {
+  const MuonMatrix& m = mtx.m;
+  const int tps = tp_ != nullptr ? tp_->size() : 1;
+  const bool split = m.split && tps > 1;
+  const int steps = cfg_.muon_ns_steps;
+  if (split && m.by_columns && m.rows > m.cols) {
+    // Tall and gathered as column blocks: NS runs on Xᵀ, which wants X row by row. Lay the
+    // blocks out as [rows, cols] in y_, orthogonalize there (x_ the scratch), and take this
+    // rank's columns back into x_.
+    const size_t nb = size_t(m.cols) / size_t(tps), rows = size_t(m.rows), cols = size_t(m.cols);
+    for (int b = 0; b < tps; ++b)
+      be_.copy_rows(y_ + size_t(b) * nb, cols, x_ + size_t(b) * m.numel, nb, rows, nb);
+    newton_schulz(be_, y_, x_, a_, a2_, m.rows, m.cols, 1, steps);
+    be_.copy_rows(x_, nb, y_ + size_t(tp_->rank()) * nb, cols, rows, nb);
+    return x_;
+  }
+  newton_schulz(be_, x_, y_, a_, a2_, m.rows, m.cols, split && m.by_columns ? tps : 1, steps);
+  return x_ + (split ? size_t(tp_->rank()) * m.numel : 0);
+}
+
 void MuonMatrices::update(float* params, const float* grads, float* momentum, float* u, double lr,
                           bf16_t* copy, float grad_scale) {
   for (const auto& r : runs_)
     be_.muon_momentum(momentum + r.begin, u + r.begin, grads + r.begin, r.end - r.begin,
                       float(cfg_.muon_momentum), cfg_.muon_nesterov, grad_scale);
-  const int dps = dp_ != nullptr ? dp_->size() : 1, tps = tp_ != nullptr ? tp_->size() : 1;
-  const bool sliced = zero_slice_ && dps > 1;
-  const int k = dps > 1 ? dp_->rank() : 0;
+  const int tps = tp_ != nullptr ? tp_->size() : 1;
   for (const auto& round : rounds_) {
+    // The group sharing the round out: the data-parallel one, or the expert replicas.
+    Comm* group = round.experts ? expert_dp_ : dp_;
+    const int dps = group != nullptr ? group->size() : 1;
+    const bool sliced = zero_slice_ && dps > 1;
+    const int k = dps > 1 ? group->rank() : 0;
     // This rank's matrix of the round, if the round has one for it; split: its tp shards are
     // gathered into x_ for NS, so its own shard must wait elsewhere (y_).
     const Matrix* mtx =
-        size_t(k) < round.specs.size() ? &matrices_[round.specs[size_t(k)]] : nullptr;
-    const bool split = mtx != nullptr && tps > 1 && mtx->spec->split_axis >= 0;
+        size_t(k) < round.matrices.size() ? &matrices_[round.matrices[size_t(k)]] : nullptr;
+    const bool split = mtx != nullptr && tps > 1 && mtx->m.split;
     float* mine_at = split ? y_ : x_;
     // Its u, whole on this rank. Under ZeRO each matrix of the round is gathered whole from the
     // slices holding its u, on every rank of the group (a collective; the rank whose matrix it
@@ -195,47 +255,44 @@ void MuonMatrices::update(float* params, const float* grads, float* momentum, fl
     if (sliced) {
       const size_t slice = end_ - begin_;
       TRIAD_ASSERT(begin_ == size_t(k) * slice);
-      for (size_t i = 0; i < round.specs.size(); ++i) {
-        const ParamSpec& s = *matrices_[round.specs[i]].spec;
+      for (size_t i = 0; i < round.matrices.size(); ++i) {
+        const MuonMatrix& s = matrices_[round.matrices[i]].m;
         const size_t a = std::clamp(s.offset, begin_, end_);
         float* into = i == size_t(k) ? mine_at : (split ? x_ : y_);
-        dp_->iall_gather_pieces(u + (a - begin_), into,
-                                slice_pieces(s.offset, s.offset + s.numel, slice, dps))
+        group
+            ->iall_gather_pieces(u + (a - begin_), into,
+                                 slice_pieces(s.offset, s.offset + s.numel, slice, dps))
             .wait();
       }
       mine = mtx != nullptr ? mine_at : nullptr;
     } else if (mtx != nullptr) {
-      mine = u + (mtx->spec->offset - begin_);
+      mine = u + (mtx->m.offset - begin_);
     }
-    // The whole matrix's NS, and this rank's tp shard of the result (the tp_rank-th block of
-    // what was gathered).
+    // The whole matrix's NS, and this rank's tp shard of the result.
     const float* own = nullptr;
     if (mtx != nullptr) {
-      const ParamSpec& s = *mtx->spec;
       if (split)
-        tp_->all_gather(mine, x_, s.numel);
+        tp_->all_gather(mine, x_, mtx->m.numel);
       else if (mine != x_)
-        be_.copy(x_, mine, s.numel);
-      newton_schulz(be_, x_, y_, a_, a2_, s.shape[0], s.shape[1], split ? mtx->blocks : 1,
-                    cfg_.muon_ns_steps);
-      own = x_ + (split ? size_t(tp_->rank()) * s.numel : 0);
-      if (dps > 1) be_.copy(send_, own, s.numel);
+        be_.copy(x_, mine, mtx->m.numel);
+      own = orthogonalize(*mtx);
+      if (dps > 1) be_.copy(send_, own, mtx->m.numel);
     }
     // Round matrix i's shard of O at results + i·stride.
     const float* results = own;
     size_t stride = 0;
     if (dps > 1) {
-      dp_->all_gather(send_, recv_, round.count);
+      group->all_gather(send_, recv_, round.count);
       results = recv_;
       stride = round.count;
     }
-    for (size_t i = 0; i < round.specs.size(); ++i) {
-      const Matrix& mtx = matrices_[round.specs[i]];
-      if (mtx.lo >= mtx.hi) continue;  // none of its elements in [begin, end)
-      const float* o = results + i * stride + (mtx.lo - mtx.spec->offset);
-      be_.muon_apply(params + (mtx.lo - begin_), o, mtx.hi - mtx.lo, float(lr),
-                     float(cfg_.weight_decay), mtx.scale,
-                     copy != nullptr ? copy + (mtx.lo - begin_) : nullptr);
+    for (size_t i = 0; i < round.matrices.size(); ++i) {
+      const Matrix& mx = matrices_[round.matrices[i]];
+      if (mx.lo >= mx.hi) continue;  // none of its elements in [begin, end)
+      const float* o = results + i * stride + (mx.lo - mx.m.offset);
+      be_.muon_apply(params + (mx.lo - begin_), o, mx.hi - mx.lo, float(lr),
+                     float(cfg_.weight_decay), mx.scale,
+                     copy != nullptr ? copy + (mx.lo - begin_) : nullptr);
     }
   }
 }

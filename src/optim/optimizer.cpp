@@ -92,14 +92,15 @@ size_t Optimizer::state_bytes_for(const OptimConfig& cfg, size_t n,
 
 Optimizer::Optimizer(const OptimConfig& cfg, const std::vector<ParamSpec>& specs, size_t begin,
                      size_t end, Backend& be, Comm* dp, Comm* tp, bool zero_slice,
-                     float hidden_lr_scale)
+                     float hidden_lr_scale, Comm* expert_dp)
     : cfg_(cfg), begin_(begin), end_(end), be_(be) {
   TRIAD_ASSERT(begin <= end);
   for (size_t i = 0; i < slots_of(cfg); ++i)
     slots_.push_back(be_.alloc(std::max<size_t>(1, end - begin)));
   const bool muon = cfg.name == "muon";
   if (muon) {
-    muon_ = std::make_unique<MuonMatrices>(cfg, specs, begin, end, be, dp, tp, zero_slice);
+    muon_ =
+        std::make_unique<MuonMatrices>(cfg, specs, begin, end, be, dp, tp, zero_slice, expert_dp);
     scratch_bytes_ = MuonMatrices::scratch_floats(specs, tp != nullptr ? tp->size() : 1,
                                                   dp != nullptr ? dp->size() : 1) *
                      sizeof(float);

@@ -857,9 +857,6 @@ void validate(const Config& c, int world_size) {
           "the router's probability)");
     check(m.mup_base_width == 0, "model.moe_experts",
           "a mixture of experts has no μP rules here (model.mup_base_width must be 0)");
-    check(c.optim.name != "muon", "model.moe_experts",
-          "Muon does not orthogonalize the experts' [E, ...] weights yet: use optim.name = adamw "
-          "or sgd");
     check(c.run.fp8 == "off", "model.moe_experts",
           "the experts' products have no FP8 path yet: run.fp8 must be off");
     check(c.parallel.pp == 1 || (c.parallel.schedule != "zb-h1" && c.parallel.schedule != "zb-v"),
@@ -1153,12 +1150,6 @@ void validate(const Config& c, int world_size) {
                 std::to_string(m.n_layer) + ")");
     }
   }
-  // Muon orthogonalizes a column-split matrix (mlp.c_proj, [C, hidden]) as its column blocks,
-  // which needs it no taller than wide.
-  check(c.optim.name != "muon" || par.tp == 1 || c.mlp_hidden_size() >= m.n_embd, "optim.name",
-        "muon with parallel.tp > 1 needs the MLP's hidden units (" +
-            std::to_string(c.mlp_hidden_size()) + ") >= model.n_embd (" + std::to_string(m.n_embd) +
-            "): mlp.c_proj is split by its columns");
   const int chunks = std::max(1, par.pp * par.virtual_stages);
   int most_layers = m.n_layer / chunks;  // the most layers of a pipeline chunk
   if (par.stage_layers.find_first_not_of(" \t") == std::string::npos) {  // equal chunks

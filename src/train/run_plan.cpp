@@ -252,21 +252,26 @@ RunPlan plan_run(const Config& cfg, int world_size) {
       // dp > 1 its fp32 all-gathers: under ZeRO each matrix's u from the slices (each rank
       // handing in its pieces, on average 1/dp of them: they differ by rank, their sum over the
       // group does not), then in each round the ranks' results (the round's largest shard each).
-      size_t gathered = 0, pieces = 0;
-      for (const auto& r : muon_rounds(trained, replicas)) {
-        const ParamSpec& first = trained[r.specs.front()];
+      // Expert parallelism: the experts' matrices in rounds of their replicas, (dp/ep)·cp.
+      const std::vector<MuonMatrix> list = muon_matrices(trained);
+      const int sizes[2] = {replicas, replicas / p.grid.ep};
+      size_t gathered[2] = {0, 0}, pieces[2] = {0, 0};
+      for (const auto& r : muon_rounds(list, sizes[0], sizes[1])) {
+        const MuonMatrix& first = list[r.matrices.front()];
         if (zero)
-          for (size_t i : r.specs) pieces += trained[i].numel;
-        m.optimizer_flops +=
-            newton_schulz_flops(first.shape[0], first.shape[1], cfg.optim.muon_ns_steps);
-        if (p.grid.tp > 1 && first.split_axis >= 0)
+          for (size_t i : r.matrices) pieces[r.experts] += list[i].numel;
+        m.optimizer_flops += newton_schulz_flops(first.rows, first.cols, cfg.optim.muon_ns_steps);
+        if (p.grid.tp > 1 && first.split)
           m.tp_muon_gather += first.numel * size_t(p.grid.tp - 1) * sizeof(float);
-        gathered += r.count;
+        gathered[r.experts] += r.count;
       }
-      if (replicas > 1) {
-        m.dp_all_gather += gathered * sizeof(float) + pieces * sizeof(float) / size_t(replicas);
-        m.dp_wire_bytes += (d - 1) * double(gathered * sizeof(float)) +
-                           (d - 1) / d * double(pieces * sizeof(float));
+      for (int e = 0; e < 2; ++e) {
+        if (sizes[e] <= 1) continue;
+        const double g = sizes[e];
+        m.dp_all_gather +=
+            gathered[e] * sizeof(float) + pieces[e] * sizeof(float) / size_t(sizes[e]);
+        m.dp_wire_bytes += (g - 1) * double(gathered[e] * sizeof(float)) +
+                           (g - 1) / g * double(pieces[e] * sizeof(float));
       }
     }
     if (p.grid.cp > 1) {

@@ -168,7 +168,7 @@ void Trainer::State::setup_model() {
     }
   } else {
     opt = std::make_unique<Optimizer>(cfg.optim, trained, 0, model->buffer_floats(), *be,
-                                      &grid.dp(), &grid.tp(), false, hidden_lr);
+                                      &grid.dp(), &grid.tp(), false, hidden_lr, &grid.edp());
   }
   // The gradient norm counts each trainable parameter once: not the tensor-parallel replicas,
   // not the head's copy of wte, not a frozen tensor. Adjacent counted tensors merge into one

@@ -372,10 +372,45 @@ def test_deepseek_v3_balancing_trains_alike_resumes_exactly_and_samples(tmp_path
                          "DeepSeek-V3's routing")
 
 
+def test_muon_on_the_experts_trains_alike_on_every_grid_and_resumes_exactly(tmp_path):
+    """optim.name = muon with a mixture of experts: each expert's c_fc and c_proj orthogonalized
+    on its own, the shared experts' too (PyTorch checks the values: test_reference_model.py's
+    Muon cases). Experts of 16 units, so c_proj [32, 16] is tall, and under tp split by columns
+    (laid out row by row for Newton–Schulz), as the dense first layer's. The one rank's curves on
+    tp 2, pp 2, ZeRO-1, 2 and 3, and ep 2 on dp 2 and dp 4 (whose expert replicas share the
+    experts' Newton–Schulz out, with and without ZeRO-1, and with tp 2); a resumed run continues
+    bit for bit, the experts' momentum in the checkpoint."""
+    cfg = tiny_config(tmp_path, name="whole", train__steps=6, train__micro_batch_size=2,
+                      eval__every=0, checkpoint__every=3, data__shuffle="false",
+                      optim__name="muon", optim__muon_lr=0.02,
+                      **dict(MOE, model__mlp_hidden=16, model__moe_first_dense=1))
+    p = train("--config", cfg)
+    assert p.returncode == 0, p.stdout + p.stderr
+    whole = curves(tmp_path / "runs" / "whole")
+    follows_one_rank(tmp_path, cfg, whole,
+                     ((2, ["--parallel.tp", 2]), (2, ["--parallel.pp", 2]),
+                      (2, ["--parallel.zero", 1]), (2, ["--parallel.zero", 2]),
+                      (2, ["--parallel.zero", 3]), (2, ["--parallel.ep", 2]),
+                      (4, ["--parallel.ep", 2]), (4, ["--parallel.ep", 2, "--parallel.zero", 1]),
+                      (4, ["--parallel.ep", 2, "--parallel.tp", 2])),
+                     "--checkpoint.every", 0)
+    with h5py.File(tmp_path / "runs" / "whole" / "ckpt" / "step_00000006.h5", "r") as f:
+        mom = f["optimizer/momentum/h/1/mlp/experts/c_proj/weight"][()]
+        assert mom.shape == (4, 32, 16) and np.all(np.any(mom != 0, axis=(1, 2))), mom.shape
+        assert "h/1/mlp/router/weight" in f["optimizer/m"] and \
+            "h/1/mlp/experts/c_fc/weight" not in f["optimizer/m"]
+    p = train("--config", cfg, "--run.name", "cut", "--train.steps", 3)
+    assert p.returncode == 0, p.stdout + p.stderr
+    p = train("--config", cfg, "--run.name", "cut")
+    assert p.returncode == 0 and "resumed from" in p.stdout + p.stderr, p.stdout + p.stderr
+    resumed = curves(tmp_path / "runs" / "cut")
+    for k in whole:
+        np.testing.assert_array_equal(resumed[k], whole[k], err_msg=k)
+
+
 def test_moe_refuses_what_it_cannot_run(tmp_path):
     cases = [({"model__moe_top_k": 5}, "model.moe_top_k"),
              ({"model__moe_experts": 300}, "model.moe_experts"),
-             ({"optim__name": "muon"}, "Muon"),
              ({"model__mup_base_width": 16}, "μP"),
              ({"train__moe_aux_loss": -1}, "train.moe_aux_loss"),
              ({"train__moe_z_loss": -1}, "train.moe_z_loss"),

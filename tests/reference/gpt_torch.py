@@ -715,11 +715,14 @@ class Gpt(torch.nn.Module):
 
 
 MUON_MATRICES = ("/attn/c_attn/weight", "/attn/c_proj/weight", "/mlp/c_fc/weight",
-                 "/mlp/c_proj/weight")
+                 "/mlp/c_proj/weight", "/mlp/shared/c_fc/weight", "/mlp/shared/c_proj/weight",
+                 "/mlp/experts/c_fc/weight", "/mlp/experts/c_proj/weight")
 
 
 def is_muon_matrix(name: str) -> bool:
-    """The tensors optim.name = muon gives to Muon: the attention and MLP weight matrices."""
+    """The tensors optim.name = muon gives to Muon: the attention and MLP weight matrices, the
+    shared experts' and the routed experts' ([E, rows, cols]: each expert's matrix on its own;
+    the router and the shared experts' gate stay with AdamW)."""
     return name.startswith("h/") and name.endswith(MUON_MATRICES)
 
 
@@ -757,8 +760,10 @@ class Muon(torch.optim.Optimizer):
                 buf = st["buf"]
                 buf.mul_(mu).add_(p.grad)
                 u = p.grad + mu * buf if group["nesterov"] else buf
-                o = newton_schulz(u, group["ns_steps"])
-                m, n = p.shape
+                # An expert tensor [E, m, n]: E matrices, each orthogonalized on its own.
+                o = (newton_schulz(u, group["ns_steps"]) if u.dim() == 2 else
+                     torch.stack([newton_schulz(e, group["ns_steps"]) for e in u]))
+                m, n = p.shape[-2:]
                 s = (math.sqrt(max(1.0, m / n)) if group["adjust_lr"] == "original"
                      else 0.2 * math.sqrt(max(m, n)))
                 p.mul_(1 - group["lr"] * group["weight_decay"])

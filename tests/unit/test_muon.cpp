@@ -134,15 +134,60 @@ TEST(Muon, MomentumAndStepFollowTheFormulas) {
 }
 
 TEST(Muon, TakesTheHiddenMatricesOnly) {
-  for (const char* n : {"h/0/attn/c_attn/weight", "h/11/attn/c_proj/weight", "h/3/mlp/c_fc/weight",
-                        "h/3/mlp/c_proj/weight"})
+  for (const char* n :
+       {"h/0/attn/c_attn/weight", "h/11/attn/c_proj/weight", "h/3/mlp/c_fc/weight",
+        "h/3/mlp/c_proj/weight", "h/1/mlp/experts/c_fc/weight", "h/1/mlp/experts/c_proj/weight",
+        "h/1/mlp/shared/c_fc/weight", "h/1/mlp/shared/c_proj/weight"})
     EXPECT_TRUE(muon_updates(n)) << n;
   for (const char* n : {"wte/weight", "wpe/weight", "h/0/attn/c_attn/bias", "h/0/ln_1/weight",
-                        "h/2/mlp/c_proj/bias", "ln_f/weight"})
+                        "h/2/mlp/c_proj/bias", "ln_f/weight", "h/1/mlp/router/weight",
+                        "h/1/mlp/shared/gate/weight", "lm_head/weight"})
     EXPECT_FALSE(muon_updates(n)) << n;
   EXPECT_DOUBLE_EQ(muon_lr_scale("original", 3072, 768), 2.0);
   EXPECT_DOUBLE_EQ(muon_lr_scale("original", 768, 3072), 1.0);
   EXPECT_DOUBLE_EQ(muon_lr_scale("match_rms_adamw", 768, 3072), 0.2 * std::sqrt(3072.0));
+}
+
+// An expert tensor [E, rows, cols] is one matrix per expert this rank holds (here 2 of 4, split
+// by columns over tp 2), each in its place; under expert parallelism their rounds are apart from
+// the dense matrices' and of the expert replicas' size.
+TEST(Muon, EachExpertIsAMatrixOfItsOwn) {
+  ParamSpec dense, experts;
+  dense.name = "h/0/attn/c_proj/weight";
+  dense.shape = dense.local = {8, 8};
+  dense.numel = 64;
+  experts.name = "h/0/mlp/experts/c_proj/weight";
+  experts.shape = {4, 8, 6};
+  experts.local = {2, 8, 3};
+  experts.offset = 64;
+  experts.numel = 48;
+  experts.split_axis = 2;
+  experts.split_parts = 2;
+  experts.expert_parallel = true;
+  const std::vector<MuonMatrix> list = muon_matrices({dense, experts});
+  ASSERT_EQ(list.size(), 3u);
+  EXPECT_EQ(list[0].offset, 0u);
+  EXPECT_EQ(list[0].numel, 64u);
+  EXPECT_FALSE(list[0].split);
+  for (size_t e = 1; e < 3; ++e) {
+    EXPECT_EQ(list[e].spec, 1u);
+    EXPECT_EQ(list[e].offset, 64 + (e - 1) * 24);
+    EXPECT_EQ(list[e].numel, 24u);
+    EXPECT_EQ(list[e].rows, 8);
+    EXPECT_EQ(list[e].cols, 6);
+    EXPECT_TRUE(list[e].split && list[e].by_columns && list[e].expert_parallel);
+  }
+  const std::vector<MuonRound> together = muon_rounds(list, 2);
+  ASSERT_EQ(together.size(), 2u);
+  EXPECT_EQ(together[0].matrices, (std::vector<size_t>{0, 1}));
+  EXPECT_EQ(together[0].count, 64u);
+  const std::vector<MuonRound> apart = muon_rounds(list, 4, 2);
+  ASSERT_EQ(apart.size(), 2u);
+  EXPECT_EQ(apart[0].matrices, (std::vector<size_t>{0}));
+  EXPECT_FALSE(apart[0].experts);
+  EXPECT_EQ(apart[1].matrices, (std::vector<size_t>{1, 2}));
+  EXPECT_TRUE(apart[1].experts);
+  EXPECT_EQ(apart[1].count, 24u);
 }
 
 }  // namespace

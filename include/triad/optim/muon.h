@@ -14,8 +14,10 @@
 // every rank the results of the round. For its matrix a rank gathers the tp shards of u (its
 // tensor-parallel peers, which take the same matrix, do the same) and runs NS on the whole (a
 // matrix split by rows is gathered in a row order of its own, which NS does not mind: it
-// commutes with row and column permutations); what it contributes to the all-gather is its
-// own tp shard of O. Each rank then applies O to the part of W it updates.
+// commutes with row and column permutations; a tall one split by columns is laid out row by row
+// first); what it contributes to the all-gather is its own tp shard of O. Each rank then applies
+// O to the part of W it updates. A mixture's expert tensor [E, rows, cols] is E matrices; under
+// expert parallelism they go in rounds over the expert replicas, which hold the same experts.
 #pragma once
 
 #include <cstdint>
@@ -29,8 +31,11 @@
 
 namespace triad {
 
-// The tensors Muon updates: the weight matrices of attention and MLP (c_attn, c_proj, c_fc).
-// Embeddings (wte, wpe, also the tied head), LayerNorms and biases stay with AdamW.
+// The tensors Muon updates: the weight matrices of attention and MLP (c_attn, c_proj, c_fc), of the
+// shared experts (mlp/shared/c_fc, c_proj) and of the routed experts (mlp/experts/c_fc, c_proj:
+// [E, rows, cols], each expert's matrix orthogonalized on its own, as each is its own linear
+// map). Embeddings (wte, wpe, also the tied head), LayerNorms, biases, the router and the shared
+// experts' gate stay with AdamW.
 bool muon_updates(const std::string& name);
 
 // Newton–Schulz in place on the matrix X [m, n] held as `blocks` column blocks of [m, n/blocks]
@@ -46,14 +51,30 @@ double newton_schulz_flops(int64_t rows, int64_t cols, int steps);
 // The learning-rate factor s of a [rows, cols] matrix (optim.muon_adjust_lr).
 double muon_lr_scale(const std::string& adjust, int64_t rows, int64_t cols);
 
-// The rounds in which the data-parallel ranks share out NS (see above): indices into specs of
-// the Muon matrices, at most dp per round, largest local shard first; `count` is the largest
-// local shard of the round (the all-gather's count per rank).
-struct MuonRound {
-  std::vector<size_t> specs;
-  size_t count = 0;
+// One matrix Muon orthogonalizes: a 2-D tensor of muon_updates, or one expert's [rows, cols] of
+// an expert tensor (this rank's experts, in order).
+struct MuonMatrix {
+  size_t spec = 0;               // index into the specs
+  size_t offset = 0, numel = 0;  // this rank's elements of it in the parameter buffer
+  int64_t rows = 0, cols = 0;    // the whole matrix (every tensor-parallel shard)
+  bool split = false;            // split over the tensor-parallel group ...
+  bool by_columns = false;       // ... along its columns (gathered as column blocks)
+  bool expert_parallel = false;  // its spec's experts are this rank's alone (ParamSpec)
 };
-std::vector<MuonRound> muon_rounds(const std::vector<ParamSpec>& specs, int dp);
+std::vector<MuonMatrix> muon_matrices(const std::vector<ParamSpec>& specs);
+
+// The rounds in which the data-parallel ranks share out NS (see above): indices into
+// muon_matrices(specs), at most dp per round, largest local shard first; `count` is the largest
+// local shard of the round (the all-gather's count per rank). expert_dp > 0: the
+// expert-parallel matrices go in rounds of their own, of expert_dp (experts true): their
+// data-parallel peers hold other experts, and only their expert replicas can share them.
+struct MuonRound {
+  std::vector<size_t> matrices;
+  size_t count = 0;
+  bool experts = false;
+};
+std::vector<MuonRound> muon_rounds(const std::vector<MuonMatrix>& matrices, int dp,
+                                   int expert_dp = 0);
 
 class MuonMatrices {
  public:
@@ -61,9 +82,12 @@ class MuonMatrices {
   // of the parameter buffer. dp: the data-parallel group (nullptr or size 1: no sharing);
   // zero_slice: [begin, end) is this rank's ZeRO slice (ZeRO-1, 2 or 3: slices of equal length in
   // rank order), the dp group's ranks holding the others; tp: the tensor-parallel group (nullptr or
-  // size 1: whole matrices).
+  // size 1: whole matrices); expert_dp (not with zero_slice): the expert replicas that share the
+  // expert-parallel matrices' NS (nullptr: dp shares every matrix, as when the specs hold no
+  // expert-parallel tensor).
   MuonMatrices(const OptimConfig& cfg, const std::vector<ParamSpec>& specs, size_t begin,
-               size_t end, Backend& be, Comm* dp, Comm* tp, bool zero_slice);
+               size_t end, Backend& be, Comm* dp, Comm* tp, bool zero_slice,
+               Comm* expert_dp = nullptr);
   ~MuonMatrices();
   MuonMatrices(const MuonMatrices&) = delete;
   MuonMatrices& operator=(const MuonMatrices&) = delete;
@@ -78,24 +102,26 @@ class MuonMatrices {
               float grad_scale);
 
   // Floats of scratch it allocates for these specs at tensor-parallel size tp and data-parallel
-  // size dp (the run plan).
+  // size dp (the run plan; an expert_dp is never larger).
   static size_t scratch_floats(const std::vector<ParamSpec>& specs, int tp, int dp);
 
  private:
   struct Matrix {
-    const ParamSpec* spec;
+    MuonMatrix m;
     size_t lo, hi;  // its elements inside [begin, end), as buffer offsets (may be empty)
-    int blocks;     // column blocks of the gathered matrix
     float scale;    // muon_lr_scale
   };
+  // NS of the matrix whose u x_ holds (gathered over tp when split); returns this rank's shard of
+  // the result, in x_.
+  const float* orthogonalize(const Matrix& mtx);
   OptimConfig cfg_;
   size_t begin_, end_;
   Backend& be_;
   Comm* dp_;
   Comm* tp_;
   bool zero_slice_;
-  std::vector<ParamSpec> specs_;
-  std::vector<Matrix> matrices_;  // by spec index; spec == nullptr: not a Muon matrix
+  Comm* expert_dp_;
+  std::vector<Matrix> matrices_;  // muon_matrices(specs)
   std::vector<MuonRound> rounds_;
   std::vector<Backend::UpdateRun> runs_;
   float *x_ = nullptr, *y_ = nullptr, *a_ = nullptr, *a2_ = nullptr;

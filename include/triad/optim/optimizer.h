@@ -49,12 +49,13 @@ std::vector<ParamSpec> trainable_specs(const std::vector<ParamSpec>& specs,
 // tp (the tensor-parallel group) and shares its Newton–Schulz work out over dp (the
 // data-parallel group, which also holds the other ZeRO slices). hidden_lr_scale: the learning
 // rate of the hidden matrices where AdamW or SGD updates them is lr times it (μP's 1/m,
-// GptShape::mup_base_width; Muon's matrices keep their own).
+// GptShape::mup_base_width; Muon's matrices keep their own). expert_dp: under expert parallelism
+// without ZeRO, the expert replicas, which share out Muon's work on the experts' matrices.
 class Optimizer {
  public:
   Optimizer(const OptimConfig& cfg, const std::vector<ParamSpec>& specs, size_t begin, size_t end,
             Backend& be, Comm* dp = nullptr, Comm* tp = nullptr, bool zero_slice = false,
-            float hidden_lr_scale = 1.0f);
+            float hidden_lr_scale = 1.0f, Comm* expert_dp = nullptr);
   ~Optimizer();
   Optimizer(const Optimizer&) = delete;
   Optimizer& operator=(const Optimizer&) = delete;
