@@ -30,6 +30,7 @@
 #include "collective.h"
 #include "hdf5_handle.h"
 #include "shard.h"
+#include "triad/kernels/moe_routing.h"
 
 namespace triad {
 namespace {
@@ -712,10 +713,9 @@ CheckpointState read_state(hid_t file) {
     s.model.moe_group_top_k = io::read_int64_attr(model, "moe_group_top_k").value_or(1);
     {
       const int64_t E = s.model.moe_experts, G = s.model.moe_groups, M = s.model.moe_group_top_k;
-      TRIAD_CHECK((G == 1 && M == 1) || (G > 1 && E % G == 0 && E / G >= 2 && M >= 1 && M <= G &&
-                                         M * (E / G) >= s.model.moe_top_k),
-                  "attributes moe_groups (", G, ") and moe_group_top_k (", M,
-                  ") of /model do not suit its ", E, " experts and top ", s.model.moe_top_k);
+      TRIAD_CHECK(group_settings_valid(E, G, M, s.model.moe_top_k), "attributes moe_groups (", G,
+                  ") and moe_group_top_k (", M, ") of /model do not suit its ", E,
+                  " experts and top ", s.model.moe_top_k);
     }
     s.model.moe_shared_hidden = io::read_int64_attr(model, "moe_shared_hidden").value_or(0);
     s.model.moe_shared_gate = flag("moe_shared_gate", 0);

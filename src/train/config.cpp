@@ -13,6 +13,7 @@
 #include "triad/core/error.h"
 #include "triad/data/blend.h"
 #include "triad/io/checkpoint.h"
+#include "triad/kernels/moe_routing.h"
 #include "triad/model/gpt.h"
 #include "triad/optim/optimizer.h"  // frozen_tensor: a name against comma-separated globs
 #include "triad/parallel/pipeline_schedule.h"
@@ -836,9 +837,7 @@ void validate(const Config& c, int world_size) {
               " experts into groups of 2 or more (got " + std::to_string(G) + ")");
     const bool top_k_valid = m.moe_top_k >= 1 && m.moe_top_k <= E;  // else its own error below
     check(
-        (G == 1 && M == 1) ||
-            (G > 1 && M >= 1 && M <= G && (!top_k_valid || M * (E / G) >= m.moe_top_k)),
-        "model.moe_group_top_k",
+        group_settings_valid(E, G, M, top_k_valid ? m.moe_top_k : 1), "model.moe_group_top_k",
         "must be 1 without model.moe_groups, else in [1, model.moe_groups = " + std::to_string(G) +
             "] with at least model.moe_top_k = " + std::to_string(m.moe_top_k) +
             " experts in that many groups (got " + std::to_string(M) + ")");

@@ -40,11 +40,18 @@ struct MoeRouting {
   TRIAD_MOE_ROUTING_FN constexpr float floor() const { return sigmoid ? 1e-20f : 0.0f; }
 };
 
-// Whether a routing's groups suit E experts and k picks per row: none, or G dividing E into
-// groups of two experts or more, 1 <= group_top_k <= G, and k at most the chosen groups' experts.
+// Whether G groups, M of them chosen per row, suit E experts and k picks per row: no groups
+// (G = M = 1), or G dividing E into groups of two experts or more, 1 <= M <= G, and k at most
+// the chosen groups' experts. (The one statement of the rule: configs, checkpoint attributes and
+// the backends' routing all ask it.)
+constexpr bool group_settings_valid(long long E, long long G, long long M, long long k) {
+  if (G == 1) return M == 1;
+  return G > 1 && G <= E && E % G == 0 && E / G >= 2 && M >= 1 && M <= G && M * (E / G) >= k;
+}
+
+// Whether a routing's groups suit E experts and k picks per row (none: groups <= 1).
 constexpr bool groups_fit(const MoeRouting& r, int E, int k) {
-  return r.groups <= 1 || (E % r.groups == 0 && E / r.groups >= 2 && r.group_top_k >= 1 &&
-                           r.group_top_k <= r.groups && r.group_top_k * (E / r.groups) >= k);
+  return r.groups <= 1 || group_settings_valid(E, r.groups, r.group_top_k, k);
 }
 
 }  // namespace triad
