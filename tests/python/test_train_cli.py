@@ -46,6 +46,28 @@ def test_a_program_started_without_a_launcher_keeps_its_own_mpi_session_director
     assert list(tmp_path.iterdir()) == [blocker]
 
 
+def test_the_private_mpi_session_directory_goes_under_the_configured_base(tmp_path):
+    """orte_tmpdir_base in ~/.openmpi/mca-params.conf (a site's node-local scratch) is where the
+    private directory goes. $TMPDIR is a file here, so no directory can be made there, and the
+    base holds a file in the place of Open MPI's shared directory: only a private directory
+    under the base gets MPI_Init through, and it is gone after."""
+    home, scratch = tmp_path / "home", tmp_path / "scratch"
+    (home / ".openmpi").mkdir(parents=True)
+    (home / ".openmpi" / "mca-params.conf").write_text(
+        f"# site settings\norte_tmpdir_base = {scratch}\nbtl = self,vader\n")
+    blocker = scratch / f"ompi.{socket.gethostname().split('.')[0]}.{os.getuid()}"
+    scratch.mkdir()
+    blocker.write_text("not a directory")
+    (tmp_path / "tmpfile").write_text("not a directory")
+    env = dict(ENV, HOME=str(home), TMPDIR=str(tmp_path / "tmpfile"))
+    env.pop("OMPI_MCA_orte_tmpdir_base", None)
+    p = subprocess.run([exe("triad-train"), "--config", str(tmp_path / "absent.ini")],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 1, p.stderr
+    assert "absent.ini: cannot open" in p.stderr and "ORTE" not in p.stderr, p.stderr
+    assert list(scratch.iterdir()) == [blocker]
+
+
 def test_help_lists_every_key_with_defaults():
     p = train("--help", check=True)
     for key in ["model.n_layer", "train.lr", "train.micro_batch_size", "optim.beta2", "data.train",
