@@ -512,9 +512,6 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
   // Inference: one set per chunk, as without a schedule (forward passes run chunk by chunk).
   const ActivationSlots a = activation_slots(mp, inference_ ? nullptr : schedule, also);
   split_backward_ = a.split_backward;
-  TRIAD_CHECK(!split_backward_ || !shape.moe(),
-              "a mixture of experts (model.moe_experts) does not run under a zero-bubble pipeline "
-              "schedule (its backward is not split into input and weight passes)");
   grad_pools_ = a.grad_pools;
   planned_slots_ = a.slots;
   // The weight pass reads each layer's matmul inputs from its activation set; full

@@ -79,6 +79,12 @@ struct Gpt::Set {
     // (C), c_fc's pre-activation (fc_rows/tp), attn.c_proj's (C) and c_attn's (qkv_rows/tp: 3C/tp
     // without grouped-query attention).
     A *dfcproj = nullptr, *dfch = nullptr, *dproj = nullptr, *dqkv = nullptr;
+    // A layer with experts: dfch holds the experts' rows (as fch), and the weight pass reads the
+    // experts' output gradients where their products ran (dexperts, rows as fch), the router's
+    // logits' [N, E], the shared experts' output's (dshared, with their gate; else dfcproj is
+    // it) and pre-activation's (dshared_fc), and the gate logit's (dshared_gate, [N]).
+    A *dexperts = nullptr, *drouter = nullptr, *dshared = nullptr, *dshared_fc = nullptr;
+    A* dshared_gate = nullptr;
   };
   A* input = nullptr;  // the chunk's input: wte[tok] + wpe[pos], or received
   std::vector<Layer> layers;
@@ -265,10 +271,20 @@ struct Gpt::Activations {
           if (inference) want(L.qkv, BT * Wl);
           want(L.residual3, R * C);
           if (split_backward) {
+            const bool moe = s.moe_layer(l);
             want(L.dfcproj, BT * C);
-            want(L.dfch, BT * Fl);
+            want(L.dfch, (moe ? XR : BT) * Fl);
             want(L.dproj, BT * C);
             want(L.dqkv, BT * Wl);
+            if (moe) {
+              want(L.dexperts, XR * C);
+              want(L.drouter, BT * E);
+              if (SHl > 0) want(L.dshared_fc, BT * SFl);
+              if (shared_gate) {
+                want(L.dshared, BT * C);
+                want(L.dshared_gate, BT);
+              }
+            }
           }
         }
         if (last) {

@@ -247,52 +247,63 @@ void Gpt::moe_backward(typename Set<A>::Layer& L, A* dpart, const LayerTensors<f
   const size_t Fl = size_t(shape_.fc_rows() / mp_.tp), Hl = size_t(shape_.hidden() / mp_.tp);
   const int SFl = shape_.shared_fc_rows() / mp_.tp, SHl = shape_.moe_shared_hidden / mp_.tp;
   auto& a = acts<A>();
+  // Split (a zero-bubble schedule): no weight gradients here; each output gradient the weight
+  // pass needs is formed into L's own buffer instead of the shared scratch (moe_weights).
+  const bool split = split_backward_;
+  auto wgrad = [split](float* p) { return split ? nullptr : p; };
   // The shared experts' c_proj and activation first: dres may be dpart's buffer (sequence
   // parallel), which the routed experts' input gradient overwrites below.
+  A* sh_dfch = split ? L.dshared_fc : a.sh_dfch;
   if (w.shprojw != nullptr) {
     const A* dsh = dres;
     if (w.shgatew != nullptr) {
       // The gate's gradient reads their output, formed again (partial sums over the group, as
       // the routed experts', summed there); their output's gradient is the gated dres.
+      A* gated = split ? L.dshared : a.sh_gated;
       be_.matmul_forward(a.sh_out, L.sh_act, w.shprojw, nullptr, N, SHl, C);
-      be_.moe_combine_backward(a.sh_gated, a.sh_dgate, dres, a.sh_out, a.row_order, L.sh_gate, N, 1,
-                               C);
+      be_.moe_combine_backward(gated, a.sh_dgate, dres, a.sh_out, a.row_order, L.sh_gate, N, 1, C);
       tp_all_reduce(a.sh_dgate, size_t(N));
-      be_.moe_shared_gate_backward(a.sh_glogit, a.sh_dgate, L.sh_gate, N);
-      dsh = a.sh_gated;
+      be_.moe_shared_gate_backward(split ? L.dshared_gate : a.sh_glogit, a.sh_dgate, L.sh_gate, N);
+      dsh = gated;
     }
-    be_.matmul_backward(a.sh_dact, g.shprojw, nullptr, dsh, L.sh_act, w.shprojw, N, SHl, C, kSet);
-    mlp_activation_backward(a.sh_dfch, L.sh_fch, a.sh_dact, N, SHl);
+    be_.matmul_backward(a.sh_dact, wgrad(g.shprojw), nullptr, dsh, L.sh_act, w.shprojw, N, SHl, C,
+                        kSet);
+    mlp_activation_backward(sh_dfch, L.sh_fch, a.sh_dact, N, SHl);
   }
   // The gates' gradient reads the experts' outputs, partial sums over the group: summed there.
-  be_.moe_combine_backward(a.moe_dy, a.moe_dgate, dres, L.moe_y, L.moe_slot, L.moe_gate, N, k, C);
+  // dy: the experts' output gradients where their products ran (expert parallelism: sent
+  // there); dx: their input gradients, the same buffer unless split keeps dy for the weight pass.
+  const bool ep = mp_.ep > 1;
+  A* dy = split && !ep ? L.dexperts : a.moe_dy;
+  be_.moe_combine_backward(dy, a.moe_dgate, dres, L.moe_y, L.moe_slot, L.moe_gate, N, k, C);
   tp_all_reduce(a.moe_dgate, size_t(N) * k);
-  // The experts' output gradients where their products ran (expert parallelism: sent there).
-  A* dy = a.moe_dy;
-  if (mp_.ep > 1) {
-    to_experts<A>(L, a.moe_grouped, a.moe_dy);
-    dy = a.moe_grouped;
+  A* dx = split && !ep ? a.moe_dy : dy;
+  if (ep) {
+    dy = split ? L.dexperts : a.moe_grouped;
+    dx = a.moe_grouped;
+    to_experts<A>(L, dy, a.moe_dy);
   }
+  A* dfch = split ? L.dfch : a.dfch;
   for_each_expert(L, [&](size_t e, size_t row, int n) {
     be_.matmul_backward(
-        a.dfch_gelu + row * Hl, g.fcprojw != nullptr ? g.fcprojw + e * C * Hl : nullptr, nullptr,
-        dy + row * C, L.fch_gelu + row * Hl, w.fcprojw + e * C * Hl, n, int(Hl), C, kSet);
+        a.dfch_gelu + row * Hl, g.fcprojw != nullptr ? wgrad(g.fcprojw + e * C * Hl) : nullptr,
+        nullptr, dy + row * C, L.fch_gelu + row * Hl, w.fcprojw + e * C * Hl, n, int(Hl), C, kSet);
   });
-  mlp_activation_backward(a.dfch, L.fch, a.dfch_gelu, side_rows(L), int(Hl));
-  // The experts' input gradients over dy (their output gradients are spent), then back to the
+  mlp_activation_backward(dfch, L.fch, a.dfch_gelu, side_rows(L), int(Hl));
+  // The experts' input gradients (over dy unless split: its values are spent), then back to the
   // tokens' ranks.
   for_each_expert(L, [&](size_t e, size_t row, int n) {
-    be_.matmul_backward(dy + row * C, g.fcw != nullptr ? g.fcw + e * Fl * C : nullptr, nullptr,
-                        a.dfch + row * Fl, L.moe_x + row * C, w.fcw + e * Fl * C, n, C, int(Fl),
-                        kSet);
+    be_.matmul_backward(dx + row * C, g.fcw != nullptr ? wgrad(g.fcw + e * Fl * C) : nullptr,
+                        nullptr, dfch + row * Fl, L.moe_x + row * C, w.fcw + e * Fl * C, n, C,
+                        int(Fl), kSet);
   });
-  if (mp_.ep > 1)
-    from_experts<A>(L, a.moe_dy, dy);
+  if (ep)
+    from_experts<A>(L, a.moe_dy, dx);
   else
-    zero_dropped(be_, L, dy, C);  // nor a gradient
+    zero_dropped(be_, L, dx, C);  // nor a gradient
   be_.moe_combine(dpart, a.moe_dy, L.moe_slot, nullptr, N, k, C);
   if (w.shfcw != nullptr)
-    be_.matmul_backward(dpart, g.shfcw, nullptr, a.sh_dfch, ln2, w.shfcw, N, C, SFl);
+    be_.matmul_backward(dpart, wgrad(g.shfcw), nullptr, sh_dfch, ln2, w.shfcw, N, C, SFl);
   // The load-balancing loss α·E·Σ_e f_e·P_e for each of the N rows: d/dprobs[n,e] = α·E·f_e
   // times the step's loss scale (P_e's 1/N cancels the N rows).
   const float* aux = nullptr;
@@ -304,15 +315,46 @@ void Gpt::moe_backward(typename Set<A>::Layer& L, A* dpart, const LayerTensors<f
     aux = moe_host_.data();  // host memory: the op reads it at the call
   }
   // The router z-loss c·lse² for each row, weighed as the balancing loss: c times the loss scale.
-  be_.moe_route_backward(a.moe_logits, a.moe_dgate, L.moe_probs, L.moe_expert, aux, N, E, k,
+  A* dlogits = split ? L.drouter : a.moe_logits;
+  be_.moe_route_backward(dlogits, a.moe_dgate, L.moe_probs, L.moe_expert, aux, N, E, k,
                          routing(shape_, nullptr), L.moe_lse, dloss_scale_ * moe_z_loss_);
   // The router's input gradient once over the group (every rank forms the same one), and the
   // shared experts' gate's.
   A* dinp = mp_.tp_rank == 0 ? dpart : nullptr;
-  if (dinp != nullptr || g.routerw != nullptr)
-    be_.matmul_backward(dinp, g.routerw, nullptr, a.moe_logits, ln2, w.routerw, N, C, E);
-  if (w.shgatew != nullptr && (dinp != nullptr || g.shgatew != nullptr))
-    be_.matmul_backward(dinp, g.shgatew, nullptr, a.sh_glogit, ln2, w.shgatew, N, C, 1);
+  if (dinp != nullptr || wgrad(g.routerw) != nullptr)
+    be_.matmul_backward(dinp, wgrad(g.routerw), nullptr, dlogits, ln2, w.routerw, N, C, E);
+  if (w.shgatew != nullptr && (dinp != nullptr || wgrad(g.shgatew) != nullptr))
+    be_.matmul_backward(dinp, wgrad(g.shgatew), nullptr, split ? L.dshared_gate : a.sh_glogit, ln2,
+                        w.shgatew, N, C, 1);
+}
+
+// The weight pass of a split backward: the products moe_backward leaves out, in its order, from
+// the output gradients it kept in L and the inputs the forward pass kept.
+template <class A>
+void Gpt::moe_weights(typename Set<A>::Layer& L, const LayerTensors<float>& g, const A* ln2,
+                      const LayerTensors<const A>& w, int N) {
+  const int C = shape_.n_embd, E = shape_.moe_experts;
+  const size_t Fl = size_t(shape_.fc_rows() / mp_.tp), Hl = size_t(shape_.hidden() / mp_.tp);
+  const int SFl = shape_.shared_fc_rows() / mp_.tp, SHl = shape_.moe_shared_hidden / mp_.tp;
+  if (w.shprojw != nullptr && g.shprojw != nullptr)  // without a gate the output's is dres
+    be_.matmul_backward(nullptr, g.shprojw, nullptr, w.shgatew != nullptr ? L.dshared : L.dfcproj,
+                        L.sh_act, w.shprojw, N, SHl, C);
+  if (g.fcprojw != nullptr)
+    for_each_expert(L, [&](size_t e, size_t row, int n) {
+      be_.matmul_backward(nullptr, g.fcprojw + e * C * Hl, nullptr, L.dexperts + row * C,
+                          L.fch_gelu + row * Hl, w.fcprojw + e * C * Hl, n, int(Hl), C);
+    });
+  if (g.fcw != nullptr)
+    for_each_expert(L, [&](size_t e, size_t row, int n) {
+      be_.matmul_backward(nullptr, g.fcw + e * Fl * C, nullptr, L.dfch + row * Fl,
+                          L.moe_x + row * C, w.fcw + e * Fl * C, n, C, int(Fl));
+    });
+  if (w.shfcw != nullptr && g.shfcw != nullptr)
+    be_.matmul_backward(nullptr, g.shfcw, nullptr, L.dshared_fc, ln2, w.shfcw, N, C, SFl);
+  if (g.routerw != nullptr)
+    be_.matmul_backward(nullptr, g.routerw, nullptr, L.drouter, ln2, w.routerw, N, C, E);
+  if (w.shgatew != nullptr && g.shgatew != nullptr)
+    be_.matmul_backward(nullptr, g.shgatew, nullptr, L.dshared_gate, ln2, w.shgatew, N, C, 1);
 }
 
 void Gpt::set_router_bias(const std::vector<float>& bias) {
@@ -344,7 +386,9 @@ void Gpt::balance_router_bias(const std::vector<double>& loads, float rate) {
                                   int);                                                        \
   template void Gpt::moe_output<A>(Set<A>::Layer&, A*, const LayerTensors<const A>&, int);     \
   template void Gpt::moe_backward<A>(Set<A>::Layer&, A*, const LayerTensors<float>&, const A*, \
-                                     const A*, const LayerTensors<const A>&, int);
+                                     const A*, const LayerTensors<const A>&, int);             \
+  template void Gpt::moe_weights<A>(Set<A>::Layer&, const LayerTensors<float>&, const A*,      \
+                                    const LayerTensors<const A>&, int);
 TRIAD_MOE_INSTANCES(float)
 TRIAD_MOE_INSTANCES(bf16_t)
 #undef TRIAD_MOE_INSTANCES

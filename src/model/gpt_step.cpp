@@ -664,7 +664,7 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
 // the CPU backend the gradients are bit for bit those of 1F1B).
 template <class A>
 void Gpt::weight_chunk(int chunk, Set<A>& S, int B, int T) {
-  TRIAD_ASSERT(split_backward_ && !bucketed_ && !shape_.moe());
+  TRIAD_ASSERT(split_backward_ && !bucketed_);
   const int C = shape_.n_embd, Al = shape_.attn_width() / mp_.tp, N = B * T;
   const int Wl = shape_.qkv_rows() / mp_.tp;
   const int g = mp_.global_chunk(chunk), per_chunk = mp_.chunk_layers(g, shape_.n_layer);
@@ -678,13 +678,17 @@ void Gpt::weight_chunk(int chunk, Set<A>& S, int B, int T) {
     const LayerTensors<float> gr =
         without_frozen(layer_tensors(grads_, specs_, first, slots(first_layer + i)), frozen_, first,
                        slots(first_layer + i));
+    const int l = first_layer + i;
     if (recompute_.in_layer(i) == Recompute::gelu)  // mlp.c_proj's input, in the shared buffer
-      mlp_activation(L.fch_gelu, L.fch, N, shape_.hidden() / mp_.tp);
+      mlp_activation(L.fch_gelu, L.fch, mlp_rows(L, N, l), shape_.hidden() / mp_.tp);
     const int Hl = shape_.hidden() / mp_.tp, Fl = shape_.fc_rows() / mp_.tp;
-    linear_backward<A>(fp8_site(first_layer + i, 3), nullptr, gr.fcprojw, gr.fcprojb, L.dfcproj,
-                       L.fch_gelu, w.fcprojw, N, Hl, C);
-    linear_backward<A>(fp8_site(first_layer + i, 2), nullptr, gr.fcw, gr.fcb, L.dfch, L.ln2g, w.fcw,
-                       N, C, Fl);
+    if (shape_.moe_layer(l)) {
+      moe_weights<A>(L, gr, L.ln2g, w, N);
+    } else {
+      linear_backward<A>(fp8_site(l, 3), nullptr, gr.fcprojw, gr.fcprojb, L.dfcproj, L.fch_gelu,
+                         w.fcprojw, N, Hl, C);
+      linear_backward<A>(fp8_site(l, 2), nullptr, gr.fcw, gr.fcb, L.dfch, L.ln2g, w.fcw, N, C, Fl);
+    }
     linear_backward<A>(fp8_site(first_layer + i, 1), nullptr, gr.projw, gr.projb, L.dproj, L.atty,
                        w.projw, N, Al, C);
     linear_backward<A>(fp8_site(first_layer + i, 0), nullptr, gr.qkvw, gr.qkvb, L.dqkv, L.ln1g,

@@ -858,13 +858,6 @@ void validate(const Config& c, int world_size) {
           "a mixture of experts has no μP rules here (model.mup_base_width must be 0)");
     check(c.run.fp8 == "off", "model.moe_experts",
           "the experts' products have no FP8 path yet: run.fp8 must be off");
-    check(c.parallel.pp == 1 || (c.parallel.schedule != "zb-h1" && c.parallel.schedule != "zb-v"),
-          "model.moe_experts",
-          "a mixture of experts' backward is not split into input and weight passes: "
-          "parallel.schedule = " +
-              c.parallel.schedule +
-              " needs that (use 1f1b, gpipe or "
-              "interleaved)");
   }
   check(m.mlp_hidden >= 0, "model.mlp_hidden",
         "must be >= 0 (0: the default width; got " + std::to_string(m.mlp_hidden) + ")");
