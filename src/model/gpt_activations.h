@@ -11,7 +11,8 @@
 // the backward scratch is shared by all; recomputation (Recompute in gpt.h) moves a set's
 // layer internals into that shared scratch too. A schedule that splits the backward pass keeps
 // a set until its weight pass, with the layers' output gradients (9C per token and layer at
-// tp = 1) added to it. A model for forward passes only (ActivationOptions::inference) has one set
+// tp = 1; a layer with experts keeps its experts' rows' and its router's instead of the MLP's)
+// added to it. A model for forward passes only (ActivationOptions::inference) has one set
 // per chunk, no backward scratch, and every layer's internals in the shared scratch but its q|k|v,
 // which decoding keeps. Widths are this rank's tensor-parallel shards:
 // attention C/tp, MLP fc_rows/tp and hidden/tp (4C/tp for GPT-2), vocabulary Vp/tp; the residual
@@ -272,7 +273,7 @@ struct Gpt::Activations {
           want(L.residual3, R * C);
           if (split_backward) {
             const bool moe = s.moe_layer(l);
-            want(L.dfcproj, BT * C);
+            if (s.weight_pass_reads_mlp_output(l)) want(L.dfcproj, BT * C);
             want(L.dfch, (moe ? XR : BT) * Fl);
             want(L.dproj, BT * C);
             want(L.dqkv, BT * Wl);

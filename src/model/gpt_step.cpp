@@ -592,8 +592,9 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     A* dqkv = split ? L.dqkv : a.dqkv;
     // MLP branch: residual3 = residual2 + c_proj(gelu(c_fc(ln_2(residual2)))). The
     // row-parallel c_proj sees the gradient of all rows, so its bias gradient is complete.
-    const A* dres =
-        split ? keep_rows(a.dresidual, L.dfcproj, N) : gather_rows(a.dresidual, a.full, N);
+    const A* dres = split && shape_.weight_pass_reads_mlp_output(l)
+                        ? keep_rows(a.dresidual, L.dfcproj, N)
+                        : gather_rows(a.dresidual, a.full, N);
     const int Hl = shape_.hidden() / mp_.tp, Fl = shape_.fc_rows() / mp_.tp;
     if (shape_.moe_layer(l)) {
       moe_backward<A>(L, dpart, gr, dres, L.ln2g, w, N);

@@ -935,19 +935,31 @@ TEST(ModelParallel, MemoryPlanEqualsWhatEachRankAllocates) {
       {{4, 1, 1, 3, 1, "1f1b", 1}, "untied"},
       // A batch-size ramp: the interleaved schedule of its first batch (2 micro-batches) keeps
       // more of chunk 1 in flight on stage 1 than the full batch's (8), fp32.
-      {{1, 1, 2, 1, 8, "interleaved", 2}, "rampup"}};
+      {{1, 1, 2, 1, 8, "interleaved", 2}, "rampup"},
+      // A mixture of experts (4 of 16 units, top 2; shared experts with their gate), bf16: the
+      // zero-bubble sets' kept gradients of its layers; and fp32 under Muon (each expert's
+      // matrix its own Newton–Schulz, gathered from the ZeRO slices), also with ep 2, whose
+      // plan counts the experts' replicas (edp) in the data-parallel numbers: allocations only.
+      {{1, 1, 2, 0, 4, "zb-h1", 1}, "moe"},
+      {{1, 2, 2, 0, 2, "zb-h1", 1, true}, "moe"},
+      {{1, 2, 1, 0, 1, "1f1b", 1}, "moemuon"},
+      {{2, 1, 1, 1, 1, "1f1b", 1}, "moemuon"},
+      {{2, 1, 1, 0, 1, "1f1b", 1}, "moemuonep"},
+      {{2, 1, 1, 1, 1, "1f1b", 1}, "moemuonep"}};
   for (const auto& [g, variant] : grids) {
     if (g.ranks() > world_size()) continue;
     const std::string name = "plan_" + g.name() + "_" + variant;
     // "muon": the Muon optimizer (its Newton–Schulz scratch, its ZeRO gather) in bf16; "rope":
     // rotary positions (no wpe, the angle table) in bf16; "rmsnorm": no biases, no means, fp32.
-    const bool muon = variant == "muon", rope = variant == "rope", rmsnorm = variant == "rmsnorm";
+    const bool moe = variant.starts_with("moe"), ep = variant == "moemuonep";
+    const bool muon = variant == "muon" || variant.starts_with("moemuon");
+    const bool rope = variant == "rope", rmsnorm = variant == "rmsnorm";
     const bool swiglu = variant == "swiglu";  // its wider c_fc outputs, bf16
     const bool untied = variant == "untied";  // lm_head, no tied-gradient scratch, fp32
     const bool rampup = variant == "rampup";
-    const std::string precision = muon || rope || swiglu        ? "bf16"
-                                  : rmsnorm || untied || rampup ? "fp32"
-                                                                : variant;
+    const std::string precision = variant == "muon" || rope || swiglu || variant == "moe" ? "bf16"
+                                  : rmsnorm || untied || rampup || moe                    ? "fp32"
+                                                                                          : variant;
     const auto args = grid_args(
         dir, name, g,
         {"--resume", "none", "--train.steps", "1", "--run.precision", precision,
@@ -957,7 +969,10 @@ TEST(ModelParallel, MemoryPlanEqualsWhatEachRankAllocates) {
          untied ? "false" : "true", "--train.batch_rampup", rampup ? "4, 4, 24" : "",
          // Context parallel: no evaluation, whose forward passes gather keys too; nor
          // under ZeRO-3, whose gathers of the weights it would count.
-         "--eval.sequences", g.cp > 1 || g.zero == 3 ? "0" : "20"});
+         "--eval.sequences", g.cp > 1 || g.zero == 3 ? "0" : "20", "--model.moe_experts",
+         moe ? "4" : "0", "--model.moe_top_k", "2", "--model.mlp_hidden", moe ? "16" : "0",
+         "--model.moe_shared_hidden", moe ? "16" : "0", "--model.moe_shared_gate",
+         moe ? "true" : "false", "--parallel.ep", ep ? "2" : "1"});
     std::vector<const char*> argv;
     for (const auto& a : args) argv.push_back(a.c_str());
     const RunPlan plan =
@@ -975,6 +990,7 @@ TEST(ModelParallel, MemoryPlanEqualsWhatEachRankAllocates) {
     EXPECT_EQ(r.out.allocated_bytes, m.total()) << name << " rank " << world_rank();
     EXPECT_EQ(r.out.buffer_floats, m.model.buffer_floats) << name;
     EXPECT_EQ(r.out.optimizer_floats * sizeof(float), m.optimizer) << name;
+    if (ep) continue;
     // One step's data-parallel reduction (the evaluations move scalars only).
     const CommStats& dp = r.out.dp_traffic;
     EXPECT_EQ(dp.bytes[CommStats::kAllReduce], m.dp_all_reduce) << name;

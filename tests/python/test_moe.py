@@ -435,6 +435,15 @@ def test_zero_bubble_schedules_split_the_experts_backward(tmp_path):
         got = curves(tmp_path / "runs" / name)
         for k in want:
             np.testing.assert_array_equal(got[k], want[k], err_msg=f"{name} {k}")
+    # Shared experts without their gate: the weight pass reads their output's gradient where the
+    # dense c_proj's would be.
+    for schedule in ("1f1b", "zb-h1"):
+        p = run(2, "--config", cfg, "--run.name", f"nogate-{schedule}", "--parallel.pp", 2,
+                "--parallel.schedule", schedule, "--model.moe_shared_gate", "false")
+        assert p.returncode == 0, p.stdout + p.stderr
+    want, got = curves(tmp_path / "runs" / "nogate-1f1b"), curves(tmp_path / "runs" / "nogate-zb-h1")
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=f"no gate {k}")
     follows_one_rank(tmp_path, cfg, one,
                      ((2, ["--parallel.pp", 2, "--parallel.schedule", "zb-v",
                            "--parallel.virtual_stages", 2]),

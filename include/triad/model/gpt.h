@@ -187,6 +187,11 @@ struct GptShape {
     return moe() && l >= moe_first_dense && (l - moe_first_dense + 1) % moe_every == 0;
   }
   int shared_fc_rows() const { return swiglu ? 2 * moe_shared_hidden : moe_shared_hidden; }
+  // A split backward's weight pass reads layer l's MLP output gradient (Set::Layer::dfcproj):
+  // the dense c_proj's, or that of shared experts without a gate (with one, its gated product's).
+  bool weight_pass_reads_mlp_output(int l) const {
+    return !moe_layer(l) || (moe_shared_hidden > 0 && !moe_shared_gate);
+  }
   // The MLP weights a token of layer l is multiplied with: c_fc's and c_proj's, of k experts, the
   // router and the shared experts in a layer with experts.
   double mlp_weights_per_token(int l) const {
