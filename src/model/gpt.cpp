@@ -833,7 +833,11 @@ void Gpt::init(uint64_t seed) {
       std::fill(full.begin(), full.end(), 1.0f);
     } else if (!is_bias) {
       const bool residual = t.name.ends_with("c_proj/weight");
-      const bool matrix = t.name.starts_with("h/") && t.shape.size() >= 2;
+      // (The router and the shared experts' gate are readouts, of E and 1 outputs: μP leaves
+      // their deviation, and multiplies their logits by 1/m instead.)
+      const bool matrix = t.name.starts_with("h/") && t.shape.size() >= 2 &&
+                          !t.name.ends_with("/mlp/router/weight") &&
+                          !t.name.ends_with("/mlp/shared/gate/weight");
       const double std = (residual ? residual_std : 0.02) * (matrix ? hidden : 1.0);
       size_t n = t.numel;
       if (has_vocabulary_rows(t.name))  // padding rows 0

@@ -138,6 +138,10 @@ void Gpt::moe_front(typename Set<A>::Layer& L, int l, const A* ln2, const LayerT
   const size_t Fl = size_t(shape_.fc_rows() / mp_.tp);
   auto& a = acts<A>();
   be_.matmul_forward(a.moe_logits, ln2, w.routerw, nullptr, N, C, E);
+  // μP: the router is a readout (its E outputs stay as the width grows): its logits times 1/m,
+  // as the head's.
+  const bool mup = shape_.mup_base_width > 0;
+  if (mup) be_.scale_cap_logits(a.moe_logits, size_t(N) * E, shape_.logits_mult(), 0.0f);
   be_.moe_route(L.moe_probs, L.moe_expert, L.moe_gate, a.moe_logits, N, E, k,
                 routing(shape_, router_bias_dev_ + size_t(l) * size_t(E)), L.moe_lse);
   L.moe_counts.resize(size_t(E));
@@ -206,6 +210,7 @@ void Gpt::moe_front(typename Set<A>::Layer& L, int l, const A* ln2, const LayerT
   }
   if (w.shgatew != nullptr) {  // their gate: every rank forms the same one, as the router
     be_.matmul_forward(a.sh_glogit, ln2, w.shgatew, nullptr, N, C, 1);
+    if (mup) be_.scale_cap_logits(a.sh_glogit, size_t(N), shape_.logits_mult(), 0.0f);  // as above
     be_.moe_shared_gate(L.sh_gate, a.sh_glogit, N);
   }
 }
@@ -247,6 +252,7 @@ void Gpt::moe_backward(typename Set<A>::Layer& L, A* dpart, const LayerTensors<f
   const size_t Fl = size_t(shape_.fc_rows() / mp_.tp), Hl = size_t(shape_.hidden() / mp_.tp);
   const int SFl = shape_.shared_fc_rows() / mp_.tp, SHl = shape_.moe_shared_hidden / mp_.tp;
   auto& a = acts<A>();
+  const bool mup = shape_.mup_base_width > 0;  // the router's and gate's logits times 1/m
   // Split (a zero-bubble schedule): no weight gradients here; each output gradient the weight
   // pass needs is formed into L's own buffer instead of the shared scratch (moe_weights).
   const bool split = split_backward_;
@@ -263,7 +269,9 @@ void Gpt::moe_backward(typename Set<A>::Layer& L, A* dpart, const LayerTensors<f
       be_.matmul_forward(a.sh_out, L.sh_act, w.shprojw, nullptr, N, SHl, C);
       be_.moe_combine_backward(gated, a.sh_dgate, dres, a.sh_out, a.row_order, L.sh_gate, N, 1, C);
       tp_all_reduce(a.sh_dgate, size_t(N));
-      be_.moe_shared_gate_backward(split ? L.dshared_gate : a.sh_glogit, a.sh_dgate, L.sh_gate, N);
+      A* dglogit = split ? L.dshared_gate : a.sh_glogit;
+      be_.moe_shared_gate_backward(dglogit, a.sh_dgate, L.sh_gate, N);
+      if (mup) be_.scale_cap_logits(dglogit, size_t(N), shape_.logits_mult(), 0.0f);
       dsh = gated;
     }
     be_.matmul_backward(a.sh_dact, wgrad(g.shprojw), nullptr, dsh, L.sh_act, w.shprojw, N, SHl, C,
@@ -318,6 +326,7 @@ void Gpt::moe_backward(typename Set<A>::Layer& L, A* dpart, const LayerTensors<f
   A* dlogits = split ? L.drouter : a.moe_logits;
   be_.moe_route_backward(dlogits, a.moe_dgate, L.moe_probs, L.moe_expert, aux, N, E, k,
                          routing(shape_, nullptr), L.moe_lse, dloss_scale_ * moe_z_loss_);
+  if (mup) be_.scale_cap_logits(dlogits, size_t(N) * E, shape_.logits_mult(), 0.0f);  // μP's 1/m
   // The router's input gradient once over the group (every rank forms the same one), and the
   // shared experts' gate's.
   A* dinp = mp_.tp_rank == 0 ? dpart : nullptr;

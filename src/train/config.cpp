@@ -854,8 +854,6 @@ void validate(const Config& c, int world_size) {
           "= true with model.moe_top_k = 1 makes every gate 1: the router would learn from the "
           "load-balancing loss alone; set model.moe_normalize = false (Switch's top-1: the gate is "
           "the router's probability)");
-    check(m.mup_base_width == 0, "model.moe_experts",
-          "a mixture of experts has no μP rules here (model.mup_base_width must be 0)");
     check(c.run.fp8 == "off", "model.moe_experts",
           "the experts' products have no FP8 path yet: run.fp8 must be off");
   }

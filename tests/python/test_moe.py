@@ -408,6 +408,26 @@ def test_muon_on_the_experts_trains_alike_on_every_grid_and_resumes_exactly(tmp_
         np.testing.assert_array_equal(resumed[k], whole[k], err_msg=k)
 
 
+def test_mup_mixture_trains_alike_on_every_grid(tmp_path):
+    """μP (model.mup_base_width = 8: m = 4) with experts (PyTorch checks its math:
+    test_reference_model.py's μP cases): the router's and the shared gate's logits times 1/m on
+    every rank, the experts' matrices at lr / m; the one rank's curves on tp 2 with sequence
+    parallelism, ep 2, ZeRO-1 and zb-h1, and a curve other than the standard parametrization's."""
+    cfg = tiny_config(tmp_path, name="one", train__steps=5, train__micro_batch_size=2,
+                      eval__every=0, checkpoint__every=0, data__shuffle="false",
+                      model__mup_base_width=8, model__moe_shared_gate="true", **MOE)
+    p = run(1, "--config", cfg)
+    assert p.returncode == 0, p.stdout + p.stderr
+    one = curves(tmp_path / "runs" / "one")
+    p = run(1, "--config", cfg, "--run.name", "sp", "--model.mup_base_width", 0)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert np.max(np.abs(curves(tmp_path / "runs" / "sp")["loss"] - one["loss"])) > 1e-4
+    follows_one_rank(tmp_path, cfg, one,
+                     ((2, ["--parallel.tp", 2, "--parallel.sequence_parallel", "true"]),
+                      (2, ["--parallel.ep", 2]), (2, ["--parallel.zero", 1]),
+                      (2, ["--parallel.pp", 2, "--parallel.schedule", "zb-h1"])))
+
+
 def test_zero_bubble_schedules_split_the_experts_backward(tmp_path):
     """parallel.schedule = zb-h1 and zb-v with a mixture of experts: the input pass leaves the
     experts' output and pre-activation gradients (where their products ran, under expert
@@ -455,7 +475,6 @@ def test_zero_bubble_schedules_split_the_experts_backward(tmp_path):
 def test_moe_refuses_what_it_cannot_run(tmp_path):
     cases = [({"model__moe_top_k": 5}, "model.moe_top_k"),
              ({"model__moe_experts": 300}, "model.moe_experts"),
-             ({"model__mup_base_width": 16}, "μP"),
              ({"train__moe_aux_loss": -1}, "train.moe_aux_loss"),
              ({"train__moe_z_loss": -1}, "train.moe_z_loss"),
              ({"run__fp8": "tensorwise"}, "no FP8 path"),

@@ -1061,8 +1061,10 @@ def test_attention_scale_gradients_match_torch(name, scale, tmp_root, tmp_path):
 # μP (model.mup_base_width, m = 4 and 2): the logits times 1/m, the attention scores times
 # 1/sqrt(hd·m), every gradient against the reference; then 10 AdamW steps (the hidden matrices
 # at lr / m) against PyTorch's with that parameter group, GPT-2's blocks and Llama's (an untied
-# head, which keeps its learning rate).
-@pytest.mark.parametrize("name,div", [("oddshapes", 4), ("llama", 2)])
+# head, which keeps its learning rate); mixtures of experts (the experts' and shared experts'
+# matrices hidden, the router's and the shared gate's logits times 1/m, as readouts).
+@pytest.mark.parametrize("name,div", [("oddshapes", 4), ("llama", 2), ("moeswiglu", 4),
+                                      ("qwen2moe", 2)])
 def test_mup_matches_torch(name, div, tmp_root, tmp_path):
     case = next(c for c in CASES if c.name == name)
     q = with_model(prepare(case, tmp_root), tmp_path, mup_base_width=case.cfg.n_embd // div)

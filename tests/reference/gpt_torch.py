@@ -459,7 +459,7 @@ def moe_mlp(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str,
     nothing shared with triad's dispatch."""
     E, k = cfg.moe_experts, cfg.moe_top_k
     x = h.reshape(-1, h.shape[-1])
-    router_logits = x @ params[p + "mlp/router/weight"].t()
+    router_logits = x @ params[p + "mlp/router/weight"].t() / cfg.mup_mult  # μP: a readout
     sigmoid = cfg.moe_score == "sigmoid"
     scores = torch.sigmoid(router_logits) if sigmoid else torch.softmax(router_logits, dim=-1)
     bias = ROUTER_BIAS.get(int(p.split("/")[1]))  # p = "h/<i>/"
@@ -501,7 +501,8 @@ def moe_mlp(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str,
         a = act(x @ params[p + "mlp/shared/c_fc/weight"].t(), cfg.moe_shared_hidden)
         shared = a @ params[p + "mlp/shared/c_proj/weight"].t()
         if cfg.moe_shared_gate:  # Qwen2-MoE's sigmoid gate of each row
-            shared = torch.sigmoid(x @ params[p + "mlp/shared/gate/weight"].t()) * shared
+            shared = torch.sigmoid(x @ params[p + "mlp/shared/gate/weight"].t() / cfg.mup_mult) \
+                * shared
         out = out + shared
     if _MOE_TERMS is not None:
         f = torch.bincount(choice.reshape(-1), minlength=E).to(probs.dtype) / choice.numel()

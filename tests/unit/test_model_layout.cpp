@@ -294,5 +294,41 @@ TEST(ModelLayout, MupInitScalesTheHiddenMatrices) {
   EXPECT_EQ(hidden, 8);
 }
 
+// ... and with a mixture of experts: the experts' and the shared experts' matrices are hidden
+// (halved), the router [E, C] and the shared experts' gate [1, C] are readouts of a fixed
+// width (their logits are multiplied by 1/m instead): the same bits.
+TEST(ModelLayout, MupInitLeavesTheRouterAndGate) {
+  GptShape sp{2, 4, 256, 32, 300, 384};
+  sp.moe_experts = 4;
+  sp.moe_top_k = 2;
+  sp.moe_shared_hidden = 64;
+  sp.moe_shared_gate = true;
+  GptShape mup = sp;
+  mup.mup_base_width = 64;
+  auto be = make_cpu_backend();
+  Gpt a(sp, 1, *be), b(mup, 1, *be);
+  a.init(3);
+  b.init(3);
+  int halved = 0, readouts = 0;
+  for (const ParamSpec& s : a.specs()) {
+    const float* x = a.params() + s.offset;
+    const float* y = b.params() + s.offset;
+    bool hidden = false;
+    for (const char* m : {"attn/c_attn/weight", "attn/c_proj/weight", "experts/c_fc/weight",
+                          "experts/c_proj/weight", "shared/c_fc/weight", "shared/c_proj/weight"})
+      hidden = hidden || s.name.ends_with(m);
+    halved += hidden ? 1 : 0;
+    readouts += s.name.ends_with("/router/weight") || s.name.ends_with("/gate/weight") ? 1 : 0;
+    for (size_t i = 0; i < s.numel; ++i) {
+      if (hidden)
+        ASSERT_NEAR(y[i], 0.5f * x[i], 1e-7f * std::abs(x[i])) << s.name << " " << i;
+      else
+        ASSERT_EQ(y[i], x[i]) << s.name << " " << i;
+    }
+  }
+  EXPECT_EQ(halved, 12);
+  EXPECT_EQ(readouts, 4);
+}
+
 }  // namespace
 }  // namespace triad
