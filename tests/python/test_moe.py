@@ -61,6 +61,18 @@ def follows_one_rank(tmp_path, cfg, want, grids, *extra):
     return names
 
 
+def resumes_exactly(tmp_path, cfg, whole, at):
+    """Runs cfg as "cut" to step `at`, then resumed to its end: its routing curves are `whole`'s
+    (the uninterrupted run's) bit for bit."""
+    p = train("--config", cfg, "--run.name", "cut", "--train.steps", at)
+    assert p.returncode == 0, p.stdout + p.stderr
+    p = train("--config", cfg, "--run.name", "cut")
+    assert p.returncode == 0 and "resumed from" in p.stdout + p.stderr, p.stdout + p.stderr
+    resumed = curves(tmp_path / "runs" / "cut")
+    for k in whole:
+        np.testing.assert_array_equal(resumed[k], whole[k], err_msg=k)
+
+
 def test_moe_trains_alike_on_every_grid(tmp_path):
     cfg = tiny_config(tmp_path, name="one", train__steps=6, eval__every=0, checkpoint__every=0,
                       data__shuffle="false", **MOE)
@@ -341,13 +353,7 @@ def test_deepseek_v3_balancing_trains_alike_resumes_exactly_and_samples(tmp_path
     whole = curves(tmp_path / "runs" / "whole")
     follows_one_rank(tmp_path, cfg, whole, ((2, ["--parallel.tp", 2]), (2, ["--parallel.pp", 2]),
                                             (2, ["--parallel.zero", 1])))
-    p = train("--config", cfg, "--run.name", "cut", "--train.steps", 4)
-    assert p.returncode == 0, p.stdout + p.stderr
-    p = train("--config", cfg, "--run.name", "cut")
-    assert p.returncode == 0 and "resumed from" in p.stdout + p.stderr, p.stdout + p.stderr
-    resumed = curves(tmp_path / "runs" / "cut")
-    for k in whole:
-        np.testing.assert_array_equal(resumed[k], whole[k], err_msg=k)
+    resumes_exactly(tmp_path, cfg, whole, 4)
     ckpt = tmp_path / "runs" / "whole" / "ckpt" / "step_00000008.h5"
     with h5py.File(ckpt, "r") as f:
         a = f["model"].attrs
@@ -399,13 +405,7 @@ def test_muon_on_the_experts_trains_alike_on_every_grid_and_resumes_exactly(tmp_
         assert mom.shape == (4, 32, 16) and np.all(np.any(mom != 0, axis=(1, 2))), mom.shape
         assert "h/1/mlp/router/weight" in f["optimizer/m"] and \
             "h/1/mlp/experts/c_fc/weight" not in f["optimizer/m"]
-    p = train("--config", cfg, "--run.name", "cut", "--train.steps", 3)
-    assert p.returncode == 0, p.stdout + p.stderr
-    p = train("--config", cfg, "--run.name", "cut")
-    assert p.returncode == 0 and "resumed from" in p.stdout + p.stderr, p.stdout + p.stderr
-    resumed = curves(tmp_path / "runs" / "cut")
-    for k in whole:
-        np.testing.assert_array_equal(resumed[k], whole[k], err_msg=k)
+    resumes_exactly(tmp_path, cfg, whole, 3)
 
 
 def test_mup_mixture_trains_alike_on_every_grid(tmp_path):

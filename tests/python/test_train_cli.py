@@ -34,16 +34,23 @@ def test_a_program_started_without_a_launcher_keeps_its_own_mpi_session_director
     side, MPI_Init failed at random. Each triad program started alone takes a directory of its
     own. Here the shared one cannot be made (a file holds its name), so MPI_Init gets through,
     and the config error comes after it, only with the private directory, which is gone after."""
+    singleton_gets_past_a_blocked_session_dir(tmp_path, tmp_path, TMPDIR=str(tmp_path))
+
+
+def singleton_gets_past_a_blocked_session_dir(tmp_path, base, **env_vars):
+    """triad-train alone (no launcher; env_vars set, OMPI_MCA_orte_tmpdir_base not) with a file
+    where Open MPI's shared session directory under `base` would go: MPI_Init gets through (the
+    config error comes, no ORTE error), and `base` holds nothing but that file after."""
     # Open MPI's name for it: ompi.<host name up to its first dot>.<uid>.
-    blocker = tmp_path / f"ompi.{socket.gethostname().split('.')[0]}.{os.getuid()}"
+    blocker = base / f"ompi.{socket.gethostname().split('.')[0]}.{os.getuid()}"
     blocker.write_text("not a directory")
-    env = dict(ENV, TMPDIR=str(tmp_path))
+    env = dict(ENV, **env_vars)
     env.pop("OMPI_MCA_orte_tmpdir_base", None)
     p = subprocess.run([exe("triad-train"), "--config", str(tmp_path / "absent.ini")],
                        capture_output=True, text=True, env=env, timeout=60)
     assert p.returncode == 1, p.stderr
     assert "absent.ini: cannot open" in p.stderr and "ORTE" not in p.stderr, p.stderr
-    assert list(tmp_path.iterdir()) == [blocker]
+    assert list(base.iterdir()) == [blocker]
 
 
 def test_the_private_mpi_session_directory_goes_under_the_configured_base(tmp_path):
@@ -55,17 +62,10 @@ def test_the_private_mpi_session_directory_goes_under_the_configured_base(tmp_pa
     (home / ".openmpi").mkdir(parents=True)
     (home / ".openmpi" / "mca-params.conf").write_text(
         f"# site settings\norte_tmpdir_base = {scratch}\nbtl = self,vader\n")
-    blocker = scratch / f"ompi.{socket.gethostname().split('.')[0]}.{os.getuid()}"
     scratch.mkdir()
-    blocker.write_text("not a directory")
     (tmp_path / "tmpfile").write_text("not a directory")
-    env = dict(ENV, HOME=str(home), TMPDIR=str(tmp_path / "tmpfile"))
-    env.pop("OMPI_MCA_orte_tmpdir_base", None)
-    p = subprocess.run([exe("triad-train"), "--config", str(tmp_path / "absent.ini")],
-                       capture_output=True, text=True, env=env, timeout=60)
-    assert p.returncode == 1, p.stderr
-    assert "absent.ini: cannot open" in p.stderr and "ORTE" not in p.stderr, p.stderr
-    assert list(scratch.iterdir()) == [blocker]
+    singleton_gets_past_a_blocked_session_dir(tmp_path, scratch, HOME=str(home),
+                                              TMPDIR=str(tmp_path / "tmpfile"))
 
 
 def test_help_lists_every_key_with_defaults():
