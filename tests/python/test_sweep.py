@@ -158,6 +158,21 @@ def test_the_mixture_of_experts_sweep_gives_triad_train_its_points(tmp_path):
         assert "1 rank" in plan.stdout
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "inputs" / "sweeps").glob("*.ini")),
+                         ids=lambda p: p.stem)
+def test_every_shipped_sweep_point_is_a_config_triad_train_accepts(path):
+    """Each point of each sweep in inputs/sweeps (the commands docs/performance.md gives): its
+    arguments pass triad-train's checks (--plan reads no data)."""
+    s = sw.load_sweep(path)
+    assert s.points and s.name == path.stem
+    for i in range(len(s.points)):
+        p = tool("triad-sweep", "args", path, str(i))
+        assert p.returncode == 0, p.stderr
+        plan = train(*p.stdout.splitlines(), "--plan")
+        assert plan.returncode == 0 and "1 rank" in plan.stdout, f"{path.name} point {i}: " + \
+            plan.stdout + plan.stderr
+
+
 def test_the_example_sweep_and_the_format_of_the_brief(tmp_path):
     s = sw.load_sweep(REPO / "inputs" / "sweeps" / "quickstart-lr.ini")
     assert s.name == "quickstart-lr" and len(s.points) == 3 and s.max_parallel == 2
