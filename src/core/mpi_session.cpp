@@ -2,7 +2,10 @@
 
 #include <stdlib.h>  // mkdtemp, setenv
 
+#include <cerrno>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <vector>
@@ -35,29 +38,44 @@ std::string configured_base(const std::string& file) {
 
 // Where the private directory goes: under the base a site or the user configured for Open MPI
 // (node-local scratch, say; the user's file first, as Open MPI reads it), else $TMPDIR, else /tmp.
-std::string parent_dir() {
+// `from` says which of them.
+std::string parent_dir(std::string* from) {
   std::vector<std::string> files;
   if (const char* home = std::getenv("HOME"))
     files.push_back(std::string(home) + "/.openmpi/mca-params.conf");
   if (const char* prefix = std::getenv("OPAL_PREFIX"))
     files.push_back(std::string(prefix) + "/etc/openmpi-mca-params.conf");
   files.push_back("/etc/openmpi/openmpi-mca-params.conf");  // Debian's
-  for (const std::string& f : files)
-    if (std::string base = configured_base(f); !base.empty()) return base;
+  for (const std::string& f : files) {
+    if (std::string base = configured_base(f); !base.empty()) {
+      *from = "orte_tmpdir_base of " + f;
+      return base;
+    }
+  }
   const char* tmp = std::getenv("TMPDIR");
-  return tmp != nullptr && *tmp != '\0' ? tmp : "/tmp";
+  const bool set = tmp != nullptr && *tmp != '\0';
+  *from = set ? "$TMPDIR" : "the default";
+  return set ? tmp : "/tmp";
 }
 
 }  // namespace
 
 SingletonSessionDir::SingletonSessionDir() {
   if (launched() || std::getenv("OMPI_MCA_orte_tmpdir_base") != nullptr) return;
-  const std::string pattern = parent_dir() + "/triad-mpi-XXXXXX";
+  std::string from;
+  const std::string parent = parent_dir(&from);
+  const std::string pattern = parent + "/triad-mpi-XXXXXX";
   std::vector<char> buf(pattern.begin(), pattern.end());
   buf.push_back('\0');
-  // No directory (a read-only or missing parent): leave Open MPI's default, whose own error
-  // then names the directory.
-  if (mkdtemp(buf.data()) == nullptr) return;
+  // No directory (a read-only or missing parent, a file): say so, and leave Open MPI its own
+  // (shared) one there, whose error, if it cannot make one either, names the directory.
+  if (mkdtemp(buf.data()) == nullptr) {
+    std::fprintf(stderr,
+                 "triad: warning: cannot make a private MPI session directory under %s (%s): %s; "
+                 "Open MPI's shared one is used\n",
+                 parent.c_str(), from.c_str(), std::strerror(errno));
+    return;
+  }
   dir_ = buf.data();
   setenv("OMPI_MCA_orte_tmpdir_base", dir_.c_str(), 1);
 }

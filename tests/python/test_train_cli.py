@@ -68,6 +68,24 @@ def test_the_private_mpi_session_directory_goes_under_the_configured_base(tmp_pa
                                               TMPDIR=str(tmp_path / "tmpfile"))
 
 
+def test_a_configured_base_that_is_no_directory_is_named(tmp_path):
+    """orte_tmpdir_base naming a file: triad says it cannot make its directory there and where
+    the base came from, then Open MPI fails to make its own, naming it: exit status 1, no hang."""
+    home, base = tmp_path / "home", tmp_path / "afile"
+    (home / ".openmpi").mkdir(parents=True)
+    conf = home / ".openmpi" / "mca-params.conf"
+    conf.write_text(f"orte_tmpdir_base = {base}\n")
+    base.write_text("not a directory")
+    env = dict(ENV, HOME=str(home), TMPDIR=str(tmp_path))
+    env.pop("OMPI_MCA_orte_tmpdir_base", None)
+    p = subprocess.run([exe("triad-train"), "--config", str(tmp_path / "absent.ini")],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 1, p.stderr
+    assert (f"cannot make a private MPI session directory under {base} (orte_tmpdir_base of "
+            f"{conf}): Not a directory") in p.stderr, p.stderr
+    assert p.stderr.count(str(base)) >= 2, p.stderr  # Open MPI's error names it too
+
+
 def test_help_lists_every_key_with_defaults():
     p = train("--help", check=True)
     for key in ["model.n_layer", "train.lr", "train.micro_batch_size", "optim.beta2", "data.train",

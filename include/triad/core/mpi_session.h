@@ -19,7 +19,9 @@ class SingletonSessionDir {
   // mpirun, PMIx or PMI set) and OMPI_MCA_orte_tmpdir_base is not set already, creates a fresh
   // directory and sets OMPI_MCA_orte_tmpdir_base to it: under the orte_tmpdir_base of Open MPI's
   // parameter files (~/.openmpi/mca-params.conf, then $OPAL_PREFIX's and Debian's
-  // openmpi-mca-params.conf), else $TMPDIR, else /tmp. Otherwise does nothing. A singleton
+  // openmpi-mca-params.conf), else $TMPDIR, else /tmp; where it cannot (a read-only parent, a file
+  // in its place), warns on stderr naming the parent and where it came from, and leaves Open
+  // MPI its shared directory. Otherwise does nothing. A singleton
   // killed outright leaves its directory behind (as Open MPI's own).
   SingletonSessionDir();
   // After MPI_Finalize: removes the directory it created, with what Open MPI left there.
