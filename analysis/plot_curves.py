@@ -73,6 +73,7 @@ def plot_runs(runs: list[Metrics], out: str | Path, x: str = "step", smooth: flo
     run_handles = []
     any_choices = False
     any_skipped = False
+    drop_drawn = False  # some run logged /train/moe_dropped (a capacity)
     set_markers: dict[str, str] = {}
 
     for k, (r, label) in enumerate(zip(runs, labels)):
@@ -117,6 +118,7 @@ def plot_runs(runs: list[Metrics], out: str | Path, x: str = "step", smooth: flo
                     y = tr.get(key)
                     if y is None or not np.isfinite(y).any():
                         continue
+                    drop_drawn = drop_drawn or ax is ax_drop
                     ok = np.isfinite(y)
                     ax.plot(tx[ok], scale * y[ok], color=c, alpha=0.3, lw=0.8, ls=ls)
                     ax.plot(tx[ok], ema(scale * y[ok], win), color=c, lw=1.4, ls=ls)
@@ -188,6 +190,9 @@ def plot_runs(runs: list[Metrics], out: str | Path, x: str = "step", smooth: flo
     if moe:
         ax_load.set_title("busiest expert's load (E · max share; 1: balanced)")
         ax_drop.set_title("choices dropped over capacity (%)")
+        if not drop_drawn:  # say why the panel is empty
+            ax_drop.text(0.5, 0.5, "dropless: no run has model.moe_capacity_factor",
+                         ha="center", va="center", transform=ax_drop.transAxes, color="0.4")
         ax_terms.set_title("routing loss terms")
         ax_terms.legend(handles=[Line2D([], [], color="0.4", lw=1.4, label="load balancing"),
                                  Line2D([], [], color="0.4", lw=1.4, ls="--",

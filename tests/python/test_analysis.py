@@ -364,4 +364,12 @@ def test_mixture_of_experts_adds_a_row_of_routing_panels(tmp_path, monkeypatch):
     assert len(load.lines) == 2 and max(load.lines[0].get_ydata()) == pytest.approx(2.0)
     assert len(drop.lines) == 2 and list(drop.lines[0].get_ydata())[0] == pytest.approx(25.0)
     assert len(terms.lines) == 2  # the balancing term; the z-loss is NaN throughout
+    assert not drop.texts
+    plt.close(figs[-1])
+    # Dropless runs only: the empty panel says why.
+    with h5py.File(path, "r+") as f:
+        f["train/moe_dropped"][...] = np.nan
+    plot_curves.plot_runs([load_metrics(path)], tmp_path / "n.png")
+    drop = figs[-1].axes[7]
+    assert not drop.lines and "dropless" in drop.texts[0].get_text()
     plt.close(figs[-1])
