@@ -250,13 +250,14 @@ def _read_once(path: Path):
     return train, val, attrs, sets
 
 
-def load_metrics(p: str | os.PathLike, strict: bool = True, wait: float = 1.0,
+def load_metrics(p: str | os.PathLike, strict: bool = True, wait: float = 3.0,
                  tolerate_rows: int = 1) -> Metrics:
     """Load a run's metrics. ``p``: a run directory or a ``metrics.h5`` path.
 
     The file may be one that triad-train is still appending to: it is opened read-only
     without HDF5's file lock, and a read that catches the writer mid-append (datasets of one
-    group of unequal length, a chunk not readable yet) is retried for up to ``wait`` seconds.
+    group of unequal length, a chunk not readable yet) is retried for up to ``wait`` seconds
+    (a writer descheduled mid-append on a busy node can take a second or more to finish it).
     Lengths that still differ by at most ``tolerate_rows`` are cut to the shortest.
 
     Raises MetricsError (naming the file) for a missing or non-HDF5 file, a file without the
