@@ -85,6 +85,28 @@ def test_llama_blocks_continuation_matches_torch(tmp_path, n_kv_head, qk_norm, s
     assert [int(t) for t in p.stdout.split()] == want
 
 
+def test_mup_mixture_continuation_matches_torch(tmp_path):
+    """A mixture of experts under μP (m = 2: the router's and the shared experts' gate logits
+    times 1/m, the head's too, the attention scores by 1/sqrt(hd·m)): triad-generate's greedy
+    tokens, through its key/value cache, are the float64 reference's, on one rank and on tp 2."""
+    cfg = ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=32, vocab_size=50257,
+                        position="rope", rope_theta=200.0, norm="rmsnorm", bias=False,
+                        mlp="swiglu", mlp_hidden=32, tied=False, moe_experts=4, moe_top_k=2,
+                        moe_normalize=False, moe_shared_hidden=32, moe_shared_gate=True,
+                        mup_base_width=32)
+    path = tmp_path / "mup-moe.h5"
+    ref.write_checkpoint(path, cfg, {k: (v * 8 if v.dim() >= 2 else v)
+                                     for k, v in ref.random_weights(cfg, 7).items()})
+    _, params = ref.load_checkpoint(path, dtype=torch.float64)
+    want = generate_torch.generate(params, cfg, PROMPT, 40, "recompute")
+    ids = " ".join(map(str, PROMPT))
+    assert generate(path, "--prompt-ids", ids, "--length", 40) == want
+    p = mpi_generate(2, "--checkpoint", path, "--vocab", VOCAB, "--prompt-ids", ids,
+                     "--length", 40, "--top-k", 1, "--output", "ids", "--tp", 2)
+    assert p.returncode == 0, p.stderr
+    assert [int(t) for t in p.stdout.split()] == want
+
+
 def test_rotary_positions_continuation_matches_torch(rope_checkpoint):
     """Rotary positions: the cached keys are rotated once, at their own positions, and each new
     token's q and k at its position; past the context the window is recomputed from position 0.
