@@ -72,15 +72,21 @@ def test_llama_blocks_continuation_matches_torch(tmp_path, n_kv_head, qk_norm, s
                         position="rope", rope_theta=200.0, norm="rmsnorm", bias=False,
                         mlp="swiglu", tied=False, n_kv_head=n_kv_head, qk_norm=qk_norm,
                         rope_scaling=scaling, attn_head_dim=head_dim)
-    path = tmp_path / "rms.h5"
-    ref.write_checkpoint(path, cfg, {k: (v * 8 if v.dim() == 2 else v)
-                                     for k, v in ref.random_weights(cfg, 6).items()})
+    continues_as_torch(tmp_path / "rms.h5", cfg, 6, 4, "--tp", 2, "--pp", 2)
+
+
+def continues_as_torch(path, cfg, seed, ranks, *grid):
+    """A checkpoint of cfg's random weights (seed; the matrices times 8, so that the greedy
+    choices are clear) written to path: triad-generate's 40 greedy tokens after PROMPT, on one
+    rank and on `ranks` ranks of `grid`, are the float64 reference's."""
+    ref.write_checkpoint(path, cfg, {k: (v * 8 if v.dim() >= 2 else v)
+                                     for k, v in ref.random_weights(cfg, seed).items()})
     _, params = ref.load_checkpoint(path, dtype=torch.float64)
     want = generate_torch.generate(params, cfg, PROMPT, 40, "recompute")
     ids = " ".join(map(str, PROMPT))
     assert generate(path, "--prompt-ids", ids, "--length", 40) == want
-    p = mpi_generate(4, "--checkpoint", path, "--vocab", VOCAB, "--prompt-ids", ids,
-                     "--length", 40, "--top-k", 1, "--output", "ids", "--tp", 2, "--pp", 2)
+    p = mpi_generate(ranks, "--checkpoint", path, "--vocab", VOCAB, "--prompt-ids", ids,
+                     "--length", 40, "--top-k", 1, "--output", "ids", *grid)
     assert p.returncode == 0, p.stderr
     assert [int(t) for t in p.stdout.split()] == want
 
@@ -94,17 +100,7 @@ def test_mup_mixture_continuation_matches_torch(tmp_path):
                         mlp="swiglu", mlp_hidden=32, tied=False, moe_experts=4, moe_top_k=2,
                         moe_normalize=False, moe_shared_hidden=32, moe_shared_gate=True,
                         mup_base_width=32)
-    path = tmp_path / "mup-moe.h5"
-    ref.write_checkpoint(path, cfg, {k: (v * 8 if v.dim() >= 2 else v)
-                                     for k, v in ref.random_weights(cfg, 7).items()})
-    _, params = ref.load_checkpoint(path, dtype=torch.float64)
-    want = generate_torch.generate(params, cfg, PROMPT, 40, "recompute")
-    ids = " ".join(map(str, PROMPT))
-    assert generate(path, "--prompt-ids", ids, "--length", 40) == want
-    p = mpi_generate(2, "--checkpoint", path, "--vocab", VOCAB, "--prompt-ids", ids,
-                     "--length", 40, "--top-k", 1, "--output", "ids", "--tp", 2)
-    assert p.returncode == 0, p.stderr
-    assert [int(t) for t in p.stdout.split()] == want
+    continues_as_torch(tmp_path / "mup-moe.h5", cfg, 7, 2, "--tp", 2)
 
 
 def test_rotary_positions_continuation_matches_torch(rope_checkpoint):
