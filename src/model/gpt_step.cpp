@@ -672,14 +672,11 @@ void Gpt::weight_chunk(int chunk, Set<A>& S, int B, int T) {
   const int first_layer = mp_.first_layer(g, shape_.n_layer);
   for (int i = per_chunk - 1; i >= 0; --i) {
     auto& L = S.layers[size_t(i)];
-    const int first = layer_[size_t(first_layer + i)];
-    const LayerTensors<const A> w =
-        layer_tensors(weights<A>(), specs_, first, slots(first_layer + i));
-    if (g == 0 && first_layer + i < frozen_layers_) continue;  // set_frozen
+    const int l = first_layer + i, first = layer_[size_t(l)];
+    const LayerTensors<const A> w = layer_tensors(weights<A>(), specs_, first, slots(l));
+    if (g == 0 && l < frozen_layers_) continue;  // set_frozen
     const LayerTensors<float> gr =
-        without_frozen(layer_tensors(grads_, specs_, first, slots(first_layer + i)), frozen_, first,
-                       slots(first_layer + i));
-    const int l = first_layer + i;
+        without_frozen(layer_tensors(grads_, specs_, first, slots(l)), frozen_, first, slots(l));
     if (recompute_.in_layer(i) == Recompute::gelu)  // mlp.c_proj's input, in the shared buffer
       mlp_activation(L.fch_gelu, L.fch, mlp_rows(L, N, l), shape_.hidden() / mp_.tp);
     const int Hl = shape_.hidden() / mp_.tp, Fl = shape_.fc_rows() / mp_.tp;
@@ -690,10 +687,9 @@ void Gpt::weight_chunk(int chunk, Set<A>& S, int B, int T) {
                          w.fcprojw, N, Hl, C);
       linear_backward<A>(fp8_site(l, 2), nullptr, gr.fcw, gr.fcb, L.dfch, L.ln2g, w.fcw, N, C, Fl);
     }
-    linear_backward<A>(fp8_site(first_layer + i, 1), nullptr, gr.projw, gr.projb, L.dproj, L.atty,
-                       w.projw, N, Al, C);
-    linear_backward<A>(fp8_site(first_layer + i, 0), nullptr, gr.qkvw, gr.qkvb, L.dqkv, L.ln1g,
-                       w.qkvw, N, C, Wl);
+    linear_backward<A>(fp8_site(l, 1), nullptr, gr.projw, gr.projb, L.dproj, L.atty, w.projw, N, Al,
+                       C);
+    linear_backward<A>(fp8_site(l, 0), nullptr, gr.qkvw, gr.qkvb, L.dqkv, L.ln1g, w.qkvw, N, C, Wl);
   }
 }
 

@@ -107,9 +107,10 @@ void newton_schulz(Backend& be, float* x, float* y, float* a, float* a2, int64_t
 }
 
 namespace {
-// The scratch for the Muon matrices of specs, sized for every one of them (the same on every
-// rank of a stage, as the run plan counts it): the largest gathered matrix (x, y), the largest
-// min(m, n)² (a, a2), and with dp > 1 the largest local shard (send, and dp of them received).
+// The scratch for a stage's Muon matrices (muon_matrices), sized for every one of them (the same on
+// every rank of a stage, as the run plan counts it): the largest gathered matrix (x, y), the
+// largest min(m, n)² (a, a2), and with dp > 1 the largest local shard (send, and dp of them
+// received).
 struct Scratch {
   size_t gathered = 0, square = 0, shard = 0;
   size_t floats(int dp) const {
@@ -118,9 +119,9 @@ struct Scratch {
   }
 };
 
-Scratch scratch_of(const std::vector<ParamSpec>& specs, int tp) {
+Scratch scratch_of(const std::vector<MuonMatrix>& matrices, int tp) {
   Scratch s;
-  for (const MuonMatrix& m : muon_matrices(specs)) {
+  for (const MuonMatrix& m : matrices) {
     s.gathered = std::max(s.gathered, m.split ? m.numel * size_t(tp) : m.numel);
     const size_t k = size_t(std::min(m.rows, m.cols));
     s.square = std::max(s.square, k * k);
@@ -153,7 +154,7 @@ std::vector<MuonRound> muon_rounds(const std::vector<MuonMatrix>& matrices, int 
 }
 
 size_t MuonMatrices::scratch_floats(const std::vector<ParamSpec>& specs, int tp, int dp) {
-  return scratch_of(specs, tp).floats(dp);
+  return scratch_of(muon_matrices(specs), tp).floats(dp);
 }
 
 MuonMatrices::MuonMatrices(const OptimConfig& cfg, const std::vector<ParamSpec>& specs,
@@ -173,7 +174,8 @@ MuonMatrices::MuonMatrices(const OptimConfig& cfg, const std::vector<ParamSpec>&
               "internal error: a ZeRO slice's experts have an optimizer of their own");
   TRIAD_CHECK(expert_dp == nullptr || expert_dp->size() <= dps,
               "internal error: more expert replicas than data-parallel ranks");
-  for (const MuonMatrix& m : muon_matrices(specs)) {
+  const std::vector<MuonMatrix> list = muon_matrices(specs);
+  for (const MuonMatrix& m : list) {
     TRIAD_CHECK(!m.expert_parallel || expert_dp != nullptr || zero_slice || dps == 1,
                 "internal error: the data-parallel group would share out expert ",
                 specs[m.spec].name, "'s matrices, whose peers hold other experts");
@@ -188,10 +190,8 @@ MuonMatrices::MuonMatrices(const OptimConfig& cfg, const std::vector<ParamSpec>&
   std::sort(
       runs_.begin(), runs_.end(),
       [](const Backend::UpdateRun& a, const Backend::UpdateRun& b) { return a.begin < b.begin; });
-  std::vector<MuonMatrix> list;
-  for (const Matrix& m : matrices_) list.push_back(m.m);
   rounds_ = muon_rounds(list, dps, expert_dp != nullptr ? expert_dp->size() : 0);
-  const Scratch sc = scratch_of(specs, tps);
+  const Scratch sc = scratch_of(list, tps);
   if (sc.gathered > 0) {
     x_ = be_.alloc(sc.gathered);
     y_ = be_.alloc(sc.gathered);
