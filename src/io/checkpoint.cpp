@@ -705,8 +705,7 @@ CheckpointState read_state(hid_t file) {
                 "attribute moe_score of /model is \"", s.model.moe_score,
                 "\", not softmax or sigmoid");
     s.model.moe_routed_scale = io::read_double_attr(model, "moe_routed_scale").value_or(1.0);
-    TRIAD_CHECK(std::isfinite(s.model.moe_routed_scale) && s.model.moe_routed_scale > 0 &&
-                    s.model.moe_routed_scale <= 1e6,
+    TRIAD_CHECK(routed_scale_valid(s.model.moe_routed_scale),
                 "attribute moe_routed_scale of /model is ", s.model.moe_routed_scale,
                 ", not in (0, 1e6]");
     s.model.moe_groups = io::read_int64_attr(model, "moe_groups").value_or(1);

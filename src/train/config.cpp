@@ -842,8 +842,7 @@ void validate(const Config& c, int world_size) {
             "] with at least model.moe_top_k = " + std::to_string(m.moe_top_k) +
             " experts in that many groups (got " + std::to_string(M) + ")");
   }
-  check(std::isfinite(m.moe_routed_scale) && m.moe_routed_scale > 0 && m.moe_routed_scale <= 1e6 &&
-            (m.moe_experts > 0 || m.moe_routed_scale == 1),
+  check(routed_scale_valid(m.moe_routed_scale) && (m.moe_experts > 0 || m.moe_routed_scale == 1),
         "model.moe_routed_scale",
         "must be a number in (0, 1e6], and other than 1 only with model.moe_experts");
   if (m.moe_experts > 0) {

@@ -49,6 +49,9 @@ constexpr bool group_settings_valid(long long E, long long G, long long M, long 
   return G > 1 && G <= E && E % G == 0 && E / G >= 2 && M >= 1 && M <= G && M * (E / G) >= k;
 }
 
+// Whether s can be model.moe_routed_scale: in (0, 1e6] (NaN and infinities not).
+constexpr bool routed_scale_valid(double s) { return s > 0 && s <= 1e6; }
+
 // Whether a routing's groups suit E experts and k picks per row (none: groups <= 1).
 constexpr bool groups_fit(const MoeRouting& r, int E, int k) {
   return r.groups <= 1 || group_settings_valid(E, r.groups, r.group_top_k, k);
