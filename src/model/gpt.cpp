@@ -216,6 +216,30 @@ GradBuckets grad_buckets(const std::vector<ParamSpec>& specs, size_t n) {
 
 }  // namespace
 
+ExpertPacking expert_packing(const std::vector<ParamSpec>& specs, size_t n_floats, int shards) {
+  ExpertPacking p;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    if (!specs[i].expert_parallel) continue;
+    const size_t lo = specs[i].offset, hi = i + 1 < specs.size() ? specs[i + 1].offset : n_floats;
+    if (!p.extents.empty() && p.extents.back().hi == lo)
+      p.extents.back().hi = hi;
+    else
+      p.extents.push_back({lo, hi, p.floats});
+    p.floats += hi - lo;
+  }
+  const size_t quantum = 16 * size_t(shards);
+  p.padded = (p.floats + quantum - 1) / quantum * quantum;
+  return p;
+}
+
+size_t ExpertPacking::packed(size_t offset) const {
+  auto e = std::upper_bound(extents.begin(), extents.end(), offset,
+                            [](size_t x, const Extent& k) { return x < k.lo; });
+  TRIAD_ASSERT(e != extents.begin() && offset < (e - 1)->hi);
+  --e;
+  return e->packed + (offset - e->lo);
+}
+
 size_t Gpt::gathered_per_step(const GptShape& shape, const ModelParallel& mp, int m) {
   const auto specs = gpt_rank_layout(shape, mp);
   const GradBuckets gb = grad_buckets(specs, layout_floats(specs));
@@ -474,6 +498,19 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
   params_ = be_.alloc(master_end_ - master_begin_);
   gathers_ = zero.gathered_weights;
   zero_comm_ = zero.comm;
+  if (gathers_ && mp.ep > 1) {
+    packing_ = expert_packing(specs_, n_floats_, zero.expert_shards);
+    if (packing_.floats > 0) {
+      TRIAD_ASSERT(zero.expert_comm != nullptr && zero.expert_comm->size() == zero.expert_shards);
+      const size_t slice = packing_.padded / size_t(zero.expert_shards);
+      expert_comm_ = zero.expert_comm;
+      expert_begin_ = size_t(zero.expert_shard) * slice;
+      expert_end_ = expert_begin_ + slice;
+      expert_params_ = be_.alloc(slice);
+      be_.zero(expert_params_, slice);  // the padding too: the optimizer's range holds it
+      weight_bytes_ += slice * sizeof(float);
+    }
+  }
   bucketed_ = zero.bucketed_grads;
   if (bucketed_) {
     const GradBuckets gb = grad_buckets(specs_, n_floats_);
@@ -498,6 +535,10 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
     const size_t copy = gathers_ ? master_end_ - master_begin_ : buffer_floats_;
     params_bf16_ = be_.alloc_bf16(copy);
     weight_bytes_ += copy * sizeof(bf16_t);
+    if (expert_params_) {
+      expert_params_bf16_ = be_.alloc_bf16(expert_end_ - expert_begin_);
+      weight_bytes_ += (expert_end_ - expert_begin_) * sizeof(bf16_t);
+    }
   }
   weight_bytes_ += (master_end_ - master_begin_) * sizeof(float);
   vocab_local_ = shape.padded_vocab_size / mp.tp;
@@ -573,10 +614,18 @@ GptMemory Gpt::memory_plan(const GptShape& shape, int max_batch, int shards,
   }
   const size_t slice = m.buffer_floats / size_t(shards);
   m.weights = (zero.master ? slice : m.buffer_floats) * sizeof(float);
+  size_t expert_slice = 0;  // ZeRO-3 with expert parallelism: the packed experts' slice
+  if (zero.gathered_weights && mp.ep > 1) {
+    const ExpertPacking p = expert_packing(specs, m.param_floats, zero.expert_shards);
+    if (p.floats > 0) expert_slice = p.padded / size_t(zero.expert_shards);
+  }
+  m.weights += expert_slice * sizeof(float);
   const ActivationSlots a = activation_slots(mp, options.inference ? nullptr : schedule, also);
   m.activation_sets = a.slots;
   if (precision == Precision::bf16) {
-    m.weights_bf16 = (zero.gathered_weights ? slice : m.buffer_floats) * sizeof(bf16_t) + gathered;
+    m.weights_bf16 =
+        (zero.gathered_weights ? slice + expert_slice : m.buffer_floats) * sizeof(bf16_t) +
+        gathered;
     m.activations =
         Activations<bf16_t>(shape, mp, max_batch, a.slots, a.grad_sends, options.recompute, rows,
                             a.split_backward, options.inference, nullptr)
@@ -610,6 +659,8 @@ Gpt::~Gpt() {
   delete acts_fp32_;
   delete acts_bf16_;
   if (params_bf16_) be_.free_bf16(params_bf16_);
+  if (expert_params_bf16_) be_.free_bf16(expert_params_bf16_);
+  if (expert_params_) be_.free(expert_params_);
   if (decode_scratch_fp32_) be_.free(decode_scratch_fp32_);
   if (decode_scratch_bf16_) be_.free_bf16(decode_scratch_bf16_);
   if (grads_) be_.free(grads_);
@@ -734,6 +785,16 @@ void Gpt::set_params(const float* host) {
     const size_t slice = master_end_ - master_begin_;
     be_.copy_from_host(params_, host + master_begin_, slice);
     if (params_bf16_) be_.convert(params_bf16_, params_, slice);
+    // The packed experts' slice from their extents.
+    for (const auto& e : packing_.extents) {
+      const size_t a = std::max(e.packed, expert_begin_);
+      const size_t b = std::min(e.packed + (e.hi - e.lo), expert_end_);
+      if (a < b)
+        be_.copy_from_host(expert_params_ + (a - expert_begin_), host + e.lo + (a - e.packed),
+                           b - a);
+    }
+    if (expert_params_bf16_)
+      be_.convert(expert_params_bf16_, expert_params_, expert_end_ - expert_begin_);
     weights_changed();
     zero_grads();
     return;

@@ -2,6 +2,7 @@
 // from (ZeroOptions, gpt.h): gradient buckets handed to the grad-ready hook, and weights
 // gathered from every rank's slice into buffers the layers read.
 #include <algorithm>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -59,27 +60,67 @@ void Gpt::weights_changed() {
   ends_current_ = false;
 }
 
-// Buffer elements [lo, hi) from the ranks' slices, each rank's piece of it from its own (the
-// bf16 copy, or the fp32 master weights in fp32), into dst, in words.
+namespace {
+
+// Elements [lo, hi) of a buffer cut into equal slices of `slice` elements over comm, of which this
+// rank holds the one from `begin` (mine: the bf16 copy, or the fp32 weights in fp32), into dst,
+// in words.
 template <class A>
-CommRequest Gpt::gather_weights(size_t lo, size_t hi, A* dst) {
+CommRequest gather_slices(Comm& comm, const A* mine, size_t begin, size_t slice, size_t lo,
+                          size_t hi, A* dst) {
   constexpr size_t per_word = sizeof(float) / sizeof(A);
-  const size_t slice = master_end_ - master_begin_;
-  std::vector<size_t> counts = slice_pieces(lo, hi, slice, zero_comm_->size());
+  std::vector<size_t> counts = slice_pieces(lo, hi, slice, comm.size());
   // Every piece starts at lo or a slice's start, both 16-float aligned: whole words.
   TRIAD_ASSERT(lo % per_word == 0 && slice % per_word == 0);
   for (size_t& c : counts) {
     TRIAD_ASSERT(c % per_word == 0);
     c /= per_word;
   }
+  const size_t a = std::max(lo, begin);
+  const A* send = mine + (a < begin + slice ? a - begin : 0);
+  return comm.iall_gather_pieces(words(send), words(dst), counts);
+}
+
+}  // namespace
+
+template <class A>
+CommRequest Gpt::gather_dense(size_t lo, size_t hi, A* dst) {
   const A* mine = nullptr;
   if constexpr (std::is_same_v<A, float>)
     mine = params_;
   else
     mine = params_bf16_;
-  const size_t a = std::max(lo, master_begin_);
-  const A* send = mine + (a < master_end_ ? a - master_begin_ : 0);
-  return zero_comm_->iall_gather_pieces(words(send), words(dst), counts);
+  return gather_slices(*zero_comm_, mine, master_begin_, master_end_ - master_begin_, lo, hi, dst);
+}
+
+// Buffer elements [lo, hi) into dst: from the data-parallel slices, and the pieces in expert
+// extents (packed experts) from the expert replicas' packed slices, one collective per piece.
+template <class A>
+CommRequest Gpt::gather_weights(size_t lo, size_t hi, A* dst) {
+  if (!packed_experts()) return gather_dense(lo, hi, dst);
+  const A* mine = nullptr;
+  if constexpr (std::is_same_v<A, float>)
+    mine = expert_params_;
+  else
+    mine = expert_params_bf16_;
+  auto reqs = std::make_shared<std::vector<CommRequest>>();
+  size_t at = lo;
+  for (const auto& e : packing_.extents) {
+    const size_t a = std::max(e.lo, lo), b = std::min(e.hi, hi);
+    if (a >= b) continue;
+    if (at < a) reqs->push_back(gather_dense(at, a, dst + (at - lo)));
+    const size_t p = e.packed + (a - e.lo);
+    reqs->push_back(gather_slices(*expert_comm_, mine, expert_begin_, expert_end_ - expert_begin_,
+                                  p, p + (b - a), dst + (a - lo)));
+    at = b;
+  }
+  if (at < hi) reqs->push_back(gather_dense(at, hi, dst + (at - lo)));
+  if (reqs->size() == 1) return std::move(reqs->front());
+  CommRequest all;
+  all.on_complete([reqs] {
+    for (auto& r : *reqs) r.wait();
+  });
+  return all;
 }
 
 template <class A>
@@ -140,11 +181,12 @@ void Gpt::join_forward_gathers() {
     pass(0.0f);
 }
 
-#define TRIAD_GPT_ZERO(A)                                    \
-  template const A* Gpt::weight_at<A>(size_t);               \
-  template void Gpt::prefetch_layer_weights<A>(int);         \
-  template const A* Gpt::layer_weight_base<A>(int, size_t*); \
-  template CommRequest Gpt::gather_weights<A>(size_t, size_t, A*);
+#define TRIAD_GPT_ZERO(A)                                          \
+  template const A* Gpt::weight_at<A>(size_t);                     \
+  template void Gpt::prefetch_layer_weights<A>(int);               \
+  template const A* Gpt::layer_weight_base<A>(int, size_t*);       \
+  template CommRequest Gpt::gather_weights<A>(size_t, size_t, A*); \
+  template CommRequest Gpt::gather_dense<A>(size_t, size_t, A*);
 TRIAD_GPT_ZERO(float)
 TRIAD_GPT_ZERO(bf16_t)
 #undef TRIAD_GPT_ZERO

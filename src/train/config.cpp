@@ -1049,9 +1049,6 @@ void validate(const Config& c, int world_size) {
     check(m.moe_experts > 0 && m.moe_experts % par.ep == 0, "parallel.ep",
           ep + " needs a mixture of experts whose model.moe_experts (" +
               std::to_string(m.moe_experts) + ") it divides: each rank holds 1/ep of the experts");
-    check(par.zero <= 2, "parallel.ep",
-          ep + " needs parallel.zero = 0, 1 or 2: ZeRO-3 does not gather the experts from their "
-               "own replicas yet");
     check(dp % par.ep == 0, "parallel.ep",
           ep + " must divide the data-parallel size (" + std::to_string(dp) +
               " = ranks / (parallel.tp · parallel.pp · parallel.cp)): experts are shared by "

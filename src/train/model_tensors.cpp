@@ -42,12 +42,15 @@ std::vector<TensorRef> model_tensor_refs(const Gpt& model, float* base, size_t f
       }
     } else {
       // An expert-parallel tensor's replicas are the expert replicas: their slices.
+      // Under ZeRO-3 those slices are of the packed experts (Gpt::packed_experts).
       const size_t from = p.expert_parallel ? expert_lo : lo;
       const size_t to = p.expert_parallel ? expert_hi : hi;
-      const size_t a = std::max(from, p.offset), b = std::min(to, p.offset + p.numel);
+      const size_t at =
+          p.expert_parallel && model.packed_experts() ? model.packing().packed(p.offset) : p.offset;
+      const size_t a = std::max(from, at), b = std::min(to, at + p.numel);
       if (a < b) {
-        t.begin = shift + int64_t(a - p.offset);
-        t.end = shift + int64_t(b - p.offset);
+        t.begin = shift + int64_t(a - at);
+        t.end = shift + int64_t(b - at);
         t.data = base + (a - first);
       } else {
         t.begin = t.end = 0;  // nothing of this tensor here; still joins the collectives

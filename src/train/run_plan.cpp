@@ -147,13 +147,14 @@ std::unique_ptr<ActivationSlots> ramp_slots(const Config& cfg, const ModelParall
   return slots;
 }
 
-ZeroOptions zero_options(const Config& cfg, int shard) {
+ZeroOptions zero_options(const Config& cfg, int shard, int replicas) {
   ZeroOptions z;
   if (cfg.parallel.zero == 0) return z;
   z.shard = shard;
   z.master = zero_gathers_bf16(cfg) || cfg.parallel.zero == 3;
   z.bucketed_grads = cfg.parallel.zero >= 2;
   z.gathered_weights = cfg.parallel.zero == 3;
+  z.expert_shards = replicas / std::max(1, cfg.parallel.ep);
   return z;
 }
 
@@ -184,9 +185,9 @@ RunPlan plan_run(const Config& cfg, int world_size) {
     m.layers = mp.rank_layers(shape.n_layer);
     const auto specs = gpt_rank_layout(shape, mp);
     for (const auto& s : specs) m.parameters += int64_t(s.numel);
-    m.model = Gpt::memory_plan(shape, p.micro_batch_size, replicas, mp,
-                               p.grid.pp > 1 ? &schedule : nullptr, p.precision, options,
-                               zero_options(cfg, 0), ramp_slots(cfg, mp, p.grid.dp).get());
+    m.model = Gpt::memory_plan(
+        shape, p.micro_batch_size, replicas, mp, p.grid.pp > 1 ? &schedule : nullptr, p.precision,
+        options, zero_options(cfg, 0, replicas), ramp_slots(cfg, mp, p.grid.dp).get());
     // The trainer's optimizer and ZeRO slice (Trainer::State::setup_model).
     const bool zero = cfg.parallel.zero >= 1;
     const size_t range = zero ? m.model.buffer_floats / size_t(replicas) : m.model.buffer_floats;
@@ -195,16 +196,23 @@ RunPlan plan_run(const Config& cfg, int world_size) {
     m.optimizer = Optimizer::state_bytes_for(cfg.optim, range, trained, p.grid.tp, replicas);
     m.grad_shard = zero ? range * sizeof(float) : 0;
     if (zero && p.grid.ep > 1) {
-      // ZeRO-1 with expert parallelism (Trainer::State): the experts' state and gradient in
-      // slices over their replicas apart, and a copy of the slice for the gather.
+      // ZeRO with expert parallelism (Trainer::State): the experts' state and gradient in
+      // slices over their replicas apart, of the buffer and with a copy of the slice for the
+      // gather (ZeRO-1/2), or of the packed experts (ZeRO-3).
       std::vector<ParamSpec> dense, experts;
       for (const auto& s : trained) (s.expert_parallel ? experts : dense).push_back(s);
-      const size_t expert_range = m.model.buffer_floats / size_t(replicas / p.grid.ep);
+      const int expert_replicas = replicas / p.grid.ep;
+      const bool packed = cfg.parallel.zero == 3;
+      const ExpertPacking pk = expert_packing(specs, m.model.param_floats, expert_replicas);
+      const size_t expert_range =
+          (packed ? pk.padded : m.model.buffer_floats) / size_t(expert_replicas);
+      if (packed)
+        for (auto& s : experts) s.offset = pk.packed(s.offset);
       m.optimizer = Optimizer::state_bytes_for(cfg.optim, range, dense, p.grid.tp, replicas);
       if (!experts.empty()) {
         m.optimizer += Optimizer::state_bytes_for(cfg.optim, expert_range, experts, p.grid.tp,
-                                                  replicas / p.grid.ep);
-        m.grad_shard += 2 * expert_range * sizeof(float);
+                                                  expert_replicas);
+        m.grad_shard += (packed ? 1 : 2) * expert_range * sizeof(float);
       }
     }
     m.flops_per_token = stage_flops_per_token(specs, shape, mp, m.layers);
@@ -228,7 +236,9 @@ RunPlan plan_run(const Config& cfg, int world_size) {
       // The slices come back as the bf16 copy or as fp32 master weights (zero_gathers_bf16);
       // ZeRO-3 gathers layers instead, each rank handing in its part of each (on average 1/dp:
       // the parts differ by rank, their sum over the group does not).
-      const size_t elem = zero_gathers_bf16(cfg) ? sizeof(bf16_t) : sizeof(float);
+      // ZeRO-3 gathers what the layers read, of the model's precision.
+      const bool bf16 = cfg.parallel.zero == 3 ? cfg.bf16() : zero_gathers_bf16(cfg);
+      const size_t elem = bf16 ? sizeof(bf16_t) : sizeof(float);
       m.dp_all_gather =
           cfg.parallel.zero == 3
               ? Gpt::gathered_per_step(shape, mp, p.micro_batches) * elem / size_t(replicas)

@@ -148,6 +148,17 @@ std::vector<float> Trainer::parameters() const {
     const size_t hi = std::min(s.model->master_end(), local.size());
     s.be->copy_to_host(local.data() + lo, s.model->params(), hi - lo);
     s.grid.dp().all_reduce_sum(local.data(), local.size());
+    if (s.model->packed_experts()) {
+      // ZeRO-3's experts: from their packed slices over the expert replicas, into their extents.
+      const ExpertPacking& pk = s.model->packing();
+      std::vector<float> packed(pk.padded, -0.0f);
+      s.be->copy_to_host(packed.data() + s.expert_lo, s.model->expert_params(),
+                         s.expert_hi - s.expert_lo);
+      s.grid.edp().all_reduce_sum(packed.data(), packed.size());
+      for (const auto& e : pk.extents)
+        std::copy_n(packed.begin() + ptrdiff_t(e.packed), std::min(e.hi, local.size()) - e.lo,
+                    local.begin() + ptrdiff_t(e.lo));
+    }
   } else {
     s.be->copy_to_host(local.data(), s.model->params(), local.size());
   }
@@ -552,13 +563,18 @@ TrainOutcome Trainer::run() {
       s.opt->update(s.model->params() + (lo - s.model->master_begin()), g, lr, st + 1, copy,
                     clip_scale(norm, cfg.train.grad_clip), muon_lr_at(cfg.train, cfg.optim, at));
       if (s.expert_opt) {
+        // The experts' slice: of the buffer, or under ZeRO-3 the model's packed one.
         const size_t elo = s.expert_lo;
-        bf16_t* ecopy = s.model->params_bf16() != nullptr
+        const bool packed = s.model->packed_experts();
+        float* ew =
+            packed ? s.model->expert_params() : s.model->params() + (elo - s.model->master_begin());
+        bf16_t* ecopy = packed ? s.model->expert_params_bf16()
+                        : s.model->params_bf16() != nullptr
                             ? s.model->params_bf16() + (elo - s.model->copy_begin())
                             : nullptr;
-        s.expert_opt->update(
-            s.model->params() + (elo - s.model->master_begin()), s.expert_grad_shard, lr, st + 1,
-            ecopy, clip_scale(norm, cfg.train.grad_clip), muon_lr_at(cfg.train, cfg.optim, at));
+        s.expert_opt->update(ew, s.expert_grad_shard, lr, st + 1, ecopy,
+                             clip_scale(norm, cfg.train.grad_clip),
+                             muon_lr_at(cfg.train, cfg.optim, at));
       }
       if (s.model->gathered_weights()) {
         // ZeRO-3: nothing to gather now; the layers gather the weights they read from the slices.

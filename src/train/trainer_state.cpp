@@ -120,8 +120,11 @@ void Trainer::State::setup_model() {
   PipelineSchedule schedule;
   if (mp.pp > 1) schedule = pipeline_schedule(cfg, accum);
   const std::unique_ptr<ActivationSlots> also = ramp_slots(cfg, mp, dp);
-  ZeroOptions zero = zero_options(cfg, replica_rank);
-  zero.comm = &grid.dp();  // the replicas: ZeRO-3 gathers the weights from their slices
+  ZeroOptions zero = zero_options(cfg, replica_rank, replicas);
+  zero.comm = &grid.dp();          // the replicas: ZeRO-3 gathers the weights from their slices
+  zero.expert_comm = &grid.edp();  // ... and the experts from their own replicas' (ep > 1)
+  zero.expert_shard = grid.expert_replica_rank();
+  TRIAD_ASSERT(cfg.parallel.zero == 0 || zero.expert_shards == grid.expert_replicas());
   model = std::make_unique<Gpt>(
       model_shape(), mbs, *be, replicas, mp, mp.pp > 1 ? &schedule : nullptr,
       cfg.bf16() ? Precision::bf16 : Precision::fp32, activation_options(cfg), zero, also.get());
@@ -141,11 +144,17 @@ void Trainer::State::setup_model() {
   const size_t S = model->buffer_floats() / size_t(replicas);
   shard_lo = size_t(replica_rank) * S;
   shard_hi = shard_lo + S;
-  // Expert parallelism: the expert tensors' saves (and under ZeRO-1 their optimizer state and
-  // gradient) are sliced over their own replicas.
-  const size_t SE = model->buffer_floats() / size_t(grid.expert_replicas());
+  // Expert parallelism: the expert tensors' saves (and under ZeRO their optimizer state and
+  // gradient) are sliced over their own replicas: slices of the buffer, or under ZeRO-3 of the
+  // packed experts, the model's own (expert_coord).
+  size_t SE = model->buffer_floats() / size_t(grid.expert_replicas());
   expert_lo = size_t(grid.expert_replica_rank()) * SE;
   expert_hi = expert_lo + SE;
+  if (model->packed_experts()) {
+    expert_lo = model->expert_begin();
+    expert_hi = model->expert_end();
+    SE = expert_hi - expert_lo;
+  }
   TRIAD_ASSERT(!model->sharded_master() ||
                (model->master_begin() == shard_lo && model->master_end() == shard_hi));
   // μP (model.mup_base_width): AdamW moves the hidden matrices at lr / m.
@@ -157,6 +166,7 @@ void Trainer::State::setup_model() {
     // Expert parallelism: the experts' state and gradient in slices over their own replicas.
     std::vector<ParamSpec> dense, experts;
     for (const auto& s : trained) (s.expert_parallel ? experts : dense).push_back(s);
+    for (auto& s : experts) s.offset = expert_coord(s.offset);
     opt = std::make_unique<Optimizer>(cfg.optim, dense, shard_lo, shard_hi, *be, &grid.dp(),
                                       &grid.tp(), true, hidden_lr);
     grad_shard = be->alloc(S);
@@ -164,7 +174,7 @@ void Trainer::State::setup_model() {
       expert_opt = std::make_unique<Optimizer>(cfg.optim, experts, expert_lo, expert_hi, *be,
                                                &grid.edp(), &grid.tp(), true, hidden_lr);
       expert_grad_shard = be->alloc(SE);
-      expert_stash = be->alloc(SE);
+      if (!model->packed_experts()) expert_stash = be->alloc(SE);
     }
   } else {
     opt = std::make_unique<Optimizer>(cfg.optim, trained, 0, model->buffer_floats(), *be,
@@ -187,6 +197,12 @@ void Trainer::State::setup_model() {
       extend(frozen, lo, hi);
     else if (!sp[i].replica)
       extend(sp[i].expert_parallel ? counted_experts : counted, lo, hi);
+  }
+  // Each range lies in one extent (extents merge frozen tensors too), contiguous when packed.
+  for (auto& [lo, hi] : counted_experts) {
+    const size_t n = hi - lo;
+    lo = expert_coord(lo);
+    hi = lo + n;
   }
   // Host token buffers: one micro-batch, or all of a step's for the pipeline.
   inputs.resize(size_t(mp.pp > 1 ? accum : 1) * mbs * cfg.model.seq_len);
@@ -220,17 +236,22 @@ void Trainer::State::layer_norms(const float* g, size_t lo, size_t hi, std::vect
   // the slice, where the fp32 weights are current too.
   for (const auto& s : model->specs()) {
     if (!counts_in_norms(s)) continue;
-    // ZeRO with expert parallelism: an expert tensor's gradient from the experts' own slice.
+    // ZeRO with expert parallelism: an expert tensor's gradient from the experts' own slice,
+    // and under ZeRO-3 its weights too (packed: expert_coord).
     const bool own = expert_opt && s.expert_parallel;
+    const bool packed = model->packed_experts() && s.expert_parallel;
     const float* buf = own ? expert_grad_shard : g;
-    const size_t from = own ? expert_lo : lo, to = own ? expert_hi : hi;
-    const size_t x = std::max(s.offset, from), y = std::min(s.offset + s.numel, to);
+    const size_t from = own || packed ? expert_lo : lo, to = own || packed ? expert_hi : hi;
+    const size_t at = packed ? expert_coord(s.offset) : s.offset;
+    const size_t x = std::max(at, from), y = std::min(at + s.numel, to);
     if (x >= y) continue;
     const size_t k =
         size_t(std::find(groups.begin(), groups.end(), layer_of(s.name)) - groups.begin());
     // A frozen tensor's gradient is no update's (and no reduction sums it): its weight counts.
     if (!frozen_tensor(cfg.train.freeze, s.name)) sq[k] += be->sum_squares(buf + (x - from), y - x);
-    sq[groups.size() + k] += be->sum_squares(model->params() + (x - model->master_begin()), y - x);
+    const float* w = packed ? model->expert_params() + (x - expert_lo)
+                            : model->params() + (x - model->master_begin());
+    sq[groups.size() + k] += be->sum_squares(w, y - x);
   }
   MPI_Allreduce(MPI_IN_PLACE, sq.data(), int(sq.size()), MPI_DOUBLE, MPI_SUM, grid.world());
   grad.resize(groups.size());
@@ -296,25 +317,26 @@ CommRequest Trainer::State::joined(std::shared_ptr<std::vector<CommRequest>> req
 CommRequest Trainer::State::reduce_bucket(size_t off, size_t n, float* data, bool accumulate) {
   // The part [a, b) of the bucket into the slices of `ranks` ranks of `slice` elements each,
   // this one's (number `rank`, from `lo`) at shard.
-  auto scatter = [&](size_t a, size_t b, Comm& comm, size_t lo, size_t slice, int ranks, int rank,
-                     float* shard) {
+  // The piece [a, b) lies at [at, at + b − a) of the slices' coordinates.
+  auto scatter = [&](size_t a, size_t b, size_t at, Comm& comm, size_t lo, size_t slice, int ranks,
+                     int rank, float* shard) {
     float* piece = data + (a - off);
-    const std::vector<size_t> counts = slice_pieces(a, b, slice, ranks);
-    const size_t mine = counts[size_t(rank)], x = std::max(a, lo);
+    const std::vector<size_t> counts = slice_pieces(at, at + (b - a), slice, ranks);
+    const size_t mine = counts[size_t(rank)], x = std::max(at, lo);
     float* sum = shard + (mine > 0 ? x - lo : 0);
-    if (accumulate && mine > 0) be->accumulate(piece + (x - a), sum, mine);
+    if (accumulate && mine > 0) be->accumulate(piece + (x - at), sum, mine);
     return comm.ireduce_scatter_pieces_sum(piece, sum, counts);
   };
   const size_t S = shard_hi - shard_lo;
   if (!expert_opt)
-    return scatter(off, off + n, grid.dp(), shard_lo, S, replicas, replica_rank, grad_shard);
+    return scatter(off, off + n, off, grid.dp(), shard_lo, S, replicas, replica_rank, grad_shard);
   // Expert parallelism: the expert tensors' pieces into their own replicas' slices.
   auto reqs = std::make_shared<std::vector<CommRequest>>();
   for_each_extent_piece(expert_extents, off, n, [&](size_t a, size_t b, bool expert) {
     reqs->push_back(
-        expert ? scatter(a, b, grid.edp(), expert_lo, expert_hi - expert_lo, grid.expert_replicas(),
-                         expert_replica_rank, expert_grad_shard)
-               : scatter(a, b, grid.dp(), shard_lo, S, replicas, replica_rank, grad_shard));
+        expert ? scatter(a, b, expert_coord(a), grid.edp(), expert_lo, expert_hi - expert_lo,
+                         grid.expert_replicas(), expert_replica_rank, expert_grad_shard)
+               : scatter(a, b, a, grid.dp(), shard_lo, S, replicas, replica_rank, grad_shard));
   });
   return joined(reqs);
 }
@@ -387,6 +409,12 @@ float* Trainer::State::param_base() {
   return host_params.data();
 }
 
+float* Trainer::State::expert_param_base() {
+  if (!on_device) return model->expert_params();
+  host_expert_params.resize(expert_hi - expert_lo);
+  return host_expert_params.data();
+}
+
 float* Trainer::State::slot_base(size_t i, bool experts) {
   Optimizer& o = experts ? *expert_opt : *opt;
   if (!on_device) return o.slot(i);
@@ -401,6 +429,8 @@ void Trainer::State::stage_to_host() {
   if (param_base() != model->params())
     be->copy_to_host(param_base() + model->master_begin(), model->params(),
                      model->master_end() - model->master_begin());
+  if (model->packed_experts() && expert_param_base() != model->expert_params())
+    be->copy_to_host(expert_param_base(), model->expert_params(), expert_hi - expert_lo);
   if (on_device)
     for (bool experts : {false, true}) {
       if (experts && !expert_opt) continue;
@@ -426,6 +456,13 @@ void Trainer::State::stage_to_device(bool with_optimizer) {
 
 std::vector<TensorGroup> Trainer::State::groups(bool with_optimizer, bool for_save) {
   std::vector<TensorGroup> g{{"model", tensor_refs(param_base(), 0, !for_save)}};
+  if (for_save && model->packed_experts()) {  // ZeRO-3's experts: the packed slice (loads: whole)
+    const auto own = model_tensor_refs(*model, expert_param_base(), expert_lo, false, expert_lo,
+                                       expert_hi, expert_lo, expert_hi);
+    auto& refs = g.front().tensors;
+    for (size_t i = 0; i < refs.size(); ++i)
+      if (is_expert_tensor(refs[i].name)) refs[i] = own[i];
+  }
   if (for_save && cfg.model.moe_experts > 0) {  // (loads: load_router_bias)
     host_router_bias = model->router_bias();
     g.push_back(router_bias_group(model->shape(), host_router_bias.data()));

@@ -65,19 +65,25 @@ struct Trainer::State {
   // parameters), which reduce gradients and cut ZeRO slices and checkpoint writes among them.
   int dp = 1, dp_rank = 0, replicas = 1, replica_rank = 0;
   size_t shard_lo = 0, shard_hi = 0;
-  // Expert parallelism (parallel.ep > 1; ZeRO 0, 1 or 2): the expert tensors this rank holds have
+  // Expert parallelism (parallel.ep > 1): the expert tensors this rank holds have
   // expert_replicas copies (ProcessGrid::edp()), among which it is expert_replica_rank: it writes
   // their part within [expert_lo, expert_hi) into checkpoints, and counts them in the norms
-  // when it is the first. Without it the expert tensors are replicated as the rest.
+  // when it is the first. Without it the expert tensors are replicated as the rest. The range is
+  // of expert_coord's coordinates: the buffer's, or under ZeRO-3 the packed experts' (the
+  // model's slice of them, Gpt::packed_experts).
   int expert_replica_rank = 0;
   size_t expert_lo = 0, expert_hi = 0;
+  size_t expert_coord(size_t offset) const {
+    return model->packed_experts() ? model->packing().packed(offset) : offset;
+  }
   // ep > 1: the expert-parallel tensors' extents of the buffer (merged as `counted` is).
   std::vector<std::pair<size_t, size_t>> expert_extents;
   // Whether this rank counts the tensor in the gradient and weight norms (not a replica).
   bool counts_in_norms(const ParamSpec& s) const;
   float* grad_shard = nullptr;  // ZeRO-1: the reduce-scattered gradient of the slice
-  // ZeRO-1/2 with expert parallelism: the expert tensors' optimizer, over [expert_lo, expert_hi)
-  // (opt then holds the other tensors), their reduce-scattered gradient and the weights' stash.
+  // ZeRO with expert parallelism: the expert tensors' optimizer, over [expert_lo, expert_hi)
+  // (opt then holds the other tensors), their reduce-scattered gradient and (ZeRO-1/2) the
+  // weights' stash.
   std::unique_ptr<Optimizer> expert_opt;
   float* expert_grad_shard = nullptr;
   float* expert_stash = nullptr;
@@ -93,6 +99,7 @@ struct Trainer::State {
   std::string comm_desc = "mpi";  // how ranks communicate, for the start line
   std::string flash_desc;         // the flash-attention kernel (cuda, bf16), for the start line
   std::vector<float> host_params;
+  std::vector<float> host_expert_params;  // ZeRO-3's packed experts (a device backend)
   std::vector<std::vector<float>> host_slots, host_expert_slots;
   std::vector<float> host_router_bias;  // the routers' biases on their way to a file
   double peak_flops = 0;
@@ -158,6 +165,8 @@ struct Trainer::State {
   // Host-addressable parameter / optimizer-state buffers (mirrors for a device backend).
   float* param_base();
   float* slot_base(size_t i, bool experts = false);  // experts: expert_opt's
+  // ZeRO-3 with expert parallelism: where the packed experts' slice is read and written for I/O.
+  float* expert_param_base();
   void stage_to_host();
   void stage_to_device(bool with_optimizer);
 

@@ -945,21 +945,26 @@ TEST(ModelParallel, MemoryPlanEqualsWhatEachRankAllocates) {
       {{1, 2, 1, 0, 1, "1f1b", 1}, "moemuon"},
       {{2, 1, 1, 1, 1, "1f1b", 1}, "moemuon"},
       {{2, 1, 1, 0, 1, "1f1b", 1}, "moemuonep"},
-      {{2, 1, 1, 1, 1, "1f1b", 1}, "moemuonep"}};
+      {{2, 1, 1, 1, 1, "1f1b", 1}, "moemuonep"},
+      // ZeRO-3 with ep 2: the experts' packed slices over their replicas (1 of 1, 1 of 2), bf16
+      // ("moeep": AdamW, their bf16 copy) and fp32 under Muon.
+      {{2, 1, 1, 3, 1, "1f1b", 1}, "moemuonep"},
+      {{4, 1, 1, 3, 1, "1f1b", 1}, "moeep"}};
   for (const auto& [g, variant] : grids) {
     if (g.ranks() > world_size()) continue;
     const std::string name = "plan_" + g.name() + "_" + variant;
     // "muon": the Muon optimizer (its Newton–Schulz scratch, its ZeRO gather) in bf16; "rope":
     // rotary positions (no wpe, the angle table) in bf16; "rmsnorm": no biases, no means, fp32.
-    const bool moe = variant.starts_with("moe"), ep = variant == "moemuonep";
+    const bool moe = variant.starts_with("moe"), ep = variant.ends_with("ep");
     const bool muon = variant == "muon" || variant.starts_with("moemuon");
     const bool rope = variant == "rope", rmsnorm = variant == "rmsnorm";
     const bool swiglu = variant == "swiglu";  // its wider c_fc outputs, bf16
     const bool untied = variant == "untied";  // lm_head, no tied-gradient scratch, fp32
     const bool rampup = variant == "rampup";
-    const std::string precision = variant == "muon" || rope || swiglu || variant == "moe" ? "bf16"
-                                  : rmsnorm || untied || rampup || moe                    ? "fp32"
-                                                                                          : variant;
+    const std::string precision =
+        variant == "muon" || rope || swiglu || variant == "moe" || variant == "moeep" ? "bf16"
+        : rmsnorm || untied || rampup || moe                                          ? "fp32"
+                                                                                      : variant;
     const auto args = grid_args(
         dir, name, g,
         {"--resume", "none", "--train.steps", "1", "--run.precision", precision,

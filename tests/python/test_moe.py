@@ -11,8 +11,9 @@ gradients, recomputation, AdamW steps with the load-balancing loss).
   routing (moe_* attributes) and a config that disagrees with it is refused; triad-ckpt verifies
   it, triad-generate samples from it, triad-convert refuses to export it to a dense format.
 - Expert parallelism (parallel.ep): the same curves and validation losses as one rank, on dp 2
-  and 4, with pipeline stages, context parallelism, full recomputation and bf16; its checkpoints hold
-  whole tensors that resume at another ep.
+  and 4, with pipeline stages, context parallelism, full recomputation, ZeRO-1, 2 and 3 (the
+  experts' packed slices over their own replicas) and bf16; its checkpoints hold whole tensors
+  that resume at another ep and ZeRO stage.
 - DeepSeek-V3's routing (model.moe_score = sigmoid, model.moe_routed_scale) with its
   auxiliary-loss-free balancing (train.moe_bias_rate): the same curves and loads on every grid,
   a bit-exact resume (the routers' biases in the checkpoint), sampling from it.
@@ -44,6 +45,12 @@ def curves(path):
             layers = sorted(k for k in f["moe_load"] if k != "step")
             out["moe_load"] = np.stack([f["moe_load"][k][:] for k in layers], axis=1)
         return out
+
+
+def layer_norms(path):
+    """The per-layer gradient and weight norms (train.norms_every), by column."""
+    with h5py.File(path / "metrics.h5", "r") as f:
+        return {k: f["norms"][k][:] for k in f["norms"]}
 
 
 def follows_one_rank(tmp_path, cfg, want, grids, *extra):
@@ -137,11 +144,13 @@ def test_expert_parallelism_trains_alike_and_its_checkpoints_reshard(tmp_path):
     (the load-balancing term is each micro-batch's); 10 validation sequences leave some ranks
     without a batch in the last round, which must still join the exchanges."""
     common = dict(train__steps=6, train__micro_batch_size=2, eval__every=3, eval__sequences=10,
-                  checkpoint__every=3, data__shuffle="false", train__moe_load_every=1, **MOE)
+                  checkpoint__every=3, data__shuffle="false", train__moe_load_every=1,
+                  train__norms_every=2, **MOE)
     cfg = tiny_config(tmp_path, name="one", **common)
     p = run(1, "--config", cfg)
     assert p.returncode == 0, p.stdout + p.stderr
     want, want_val = curves(tmp_path / "runs" / "one"), val_losses(tmp_path / "runs" / "one")
+    want_norms = layer_norms(tmp_path / "runs" / "one")
     # Each expert's share of every step's choices (train.moe_load_every = 1): 2 layers of 4. The
     # busiest expert's load is the mean over micro-batches (4 of 2 sequences) of E·its share.
     assert want["moe_load"].shape == (6, 2, 4)
@@ -154,6 +163,8 @@ def test_expert_parallelism_trains_alike_and_its_checkpoints_reshard(tmp_path):
                     (2, ["--parallel.ep", 2, "--parallel.zero", 1]),
                     (4, ["--parallel.ep", 2, "--parallel.zero", 1]),
                     (4, ["--parallel.ep", 2, "--parallel.zero", 2]),
+                    (2, ["--parallel.ep", 2, "--parallel.zero", 3]),
+                    (4, ["--parallel.ep", 2, "--parallel.zero", 3]),
                     (4, ["--parallel.ep", 2, "--parallel.pp", 2, "--parallel.zero", 1]),
                     (4, ["--parallel.ep", 2, "--parallel.tp", 2]),
                     (4, ["--parallel.ep", 2, "--parallel.tp", 2, "--parallel.sequence_parallel",
@@ -170,6 +181,12 @@ def test_expert_parallelism_trains_alike_and_its_checkpoints_reshard(tmp_path):
             np.testing.assert_allclose(got[k], want[k], rtol=3e-5, err_msg=f"{name} {k}")
         np.testing.assert_allclose(val_losses(tmp_path / "runs" / name), want_val, rtol=1e-5,
                                    err_msg=name)
+        # Each layer's gradient and weight norms (train.norms_every), the experts' from the
+        # slices that hold them.
+        got_norms = layer_norms(tmp_path / "runs" / name)
+        for k in want_norms:
+            np.testing.assert_allclose(got_norms[k], want_norms[k], rtol=3e-5,
+                                       err_msg=f"{name} {k}")
     # Context parallelism against one rank, both without the balancing term.
     p = run(1, "--config", cfg, "--run.name", "one_noaux", "--train.moe_aux_loss", 0)
     assert p.returncode == 0, p.stdout + p.stderr
@@ -179,10 +196,11 @@ def test_expert_parallelism_trains_alike_and_its_checkpoints_reshard(tmp_path):
         np.testing.assert_allclose(got[k], plain[k], rtol=3e-5, err_msg=f"ep with cp {k}")
     # bf16 rows travel as bf16 (measured: 1e-5 from one rank's bf16 run over 6 steps).
     for n, grid, name in ((1, [], "one_bf16"), (4, ["--parallel.ep", 4], "ep_bf16"),
-                          (4, ["--parallel.ep", 2, "--parallel.zero", 1], "ep_bf16_zero")):
+                          (4, ["--parallel.ep", 2, "--parallel.zero", 1], "ep_bf16_zero"),
+                          (4, ["--parallel.ep", 2, "--parallel.zero", 3], "ep_bf16_zero3")):
         p = run(n, "--config", cfg, "--run.name", name, "--run.precision", "bf16", *grid)
         assert p.returncode == 0, name + p.stdout + p.stderr
-    for name in ("ep_bf16", "ep_bf16_zero"):
+    for name in ("ep_bf16", "ep_bf16_zero", "ep_bf16_zero3"):
         np.testing.assert_allclose(curves(tmp_path / "runs" / name)["loss"],
                                    curves(tmp_path / "runs" / "one_bf16")["loss"], rtol=5e-5,
                                    err_msg=name)
@@ -201,10 +219,17 @@ def test_expert_parallelism_trains_alike_and_its_checkpoints_reshard(tmp_path):
     zero_ckpt = tmp_path / "runs" / "ep4_ep2_zero1" / "ckpt" / "step_00000003.h5"
     exact_zero = curves(tmp_path / "runs" / "ep4_ep2_zero1")
     tp_ckpt = tmp_path / "runs" / "ep4_ep2_tp2" / "ckpt" / "step_00000003.h5"
+    # ZeRO-3 writes the experts from their packed slices and reads them back there.
+    zero3 = ["--parallel.ep", 2, "--parallel.zero", 3]
+    zero3_ckpt = tmp_path / "runs" / "ep4_ep2_zero3" / "ckpt" / "step_00000003.h5"
     for n, ckpt, grid, name, ref, rtol in (
             (4, zero_ckpt, ["--parallel.ep", 2, "--parallel.zero", 1], "same_ep_zero", exact_zero,
              0),
             (1, zero_ckpt, [], "zero_to_one", want, 3e-5),
+            (4, zero3_ckpt, zero3, "same_ep_zero3",
+             curves(tmp_path / "runs" / "ep4_ep2_zero3"), 0),
+            (1, zero3_ckpt, [], "zero3_to_one", want, 3e-5),
+            (4, zero_ckpt, zero3, "zero1_to_zero3", want, 3e-5),
             (1, tp_ckpt, [], "tp_to_one", want, 3e-5),
             (4, tp_ckpt, ["--parallel.ep", 2, "--parallel.tp", 2], "same_tp", curves(
                 tmp_path / "runs" / "ep4_ep2_tp2"), 0),
@@ -384,7 +409,8 @@ def test_muon_on_the_experts_trains_alike_on_every_grid_and_resumes_exactly(tmp_
     Muon cases). Experts of 16 units, so c_proj [32, 16] is tall, and under tp split by columns
     (laid out row by row for Newton–Schulz), as the dense first layer's. The one rank's curves on
     tp 2, pp 2, ZeRO-1, 2 and 3, and ep 2 on dp 2 and dp 4 (whose expert replicas share the
-    experts' Newton–Schulz out, with and without ZeRO-1, and with tp 2); a resumed run continues
+    experts' Newton–Schulz out, with and without ZeRO-1, under ZeRO-3 from the packed experts'
+    slices, and with tp 2); a resumed run continues
     bit for bit, the experts' momentum in the checkpoint."""
     cfg = tiny_config(tmp_path, name="whole", train__steps=6, train__micro_batch_size=2,
                       eval__every=0, checkpoint__every=3, data__shuffle="false",
@@ -398,6 +424,7 @@ def test_muon_on_the_experts_trains_alike_on_every_grid_and_resumes_exactly(tmp_
                       (2, ["--parallel.zero", 1]), (2, ["--parallel.zero", 2]),
                       (2, ["--parallel.zero", 3]), (2, ["--parallel.ep", 2]),
                       (4, ["--parallel.ep", 2]), (4, ["--parallel.ep", 2, "--parallel.zero", 1]),
+                      (4, ["--parallel.ep", 2, "--parallel.zero", 3]),
                       (4, ["--parallel.ep", 2, "--parallel.tp", 2])),
                      "--checkpoint.every", 0)
     with h5py.File(tmp_path / "runs" / "whole" / "ckpt" / "step_00000006.h5", "r") as f:
@@ -510,8 +537,6 @@ def test_moe_refuses_what_it_cannot_run(tmp_path):
         assert_clean_error(train("--config", cfg), words)
     # Expert parallelism: on every rank, one error naming the key.
     for n, over, words in (
-            (2, {"parallel__ep": 2, "parallel__zero": 3},
-             "parallel.ep = 2 needs parallel.zero = 0, 1 or 2"),
             (3, {"parallel__ep": 3, "train__batch_size": 12}, "model.moe_experts (4)"),
             (2, {"parallel__ep": 4, "model__moe_experts": 8},
              "parallel.ep = 4 must divide the data-parallel size"),

@@ -461,13 +461,36 @@ struct ForwardStats {
 //     ln_f's and the head's once after each update, each layer's before its forward and again
 //     before its backward, into one of three layer buffers, the next layers' gathers running
 //     while the current one computes.
+//   expert_comm (ZeRO-3 with expert parallelism): the expert-parallel tensors differ between
+//     data-parallel ranks (each expert-parallel rank holds other experts), so their slices are
+//     not the data-parallel ones: their elements, packed one extent after the other
+//     (ExpertPacking), are cut into expert_shards slices over the expert replicas expert_comm;
+//     the rank keeps slice expert_shard (fp32, and in bf16 its bf16 copy), and the layers gather
+//     the experts from there, the rest of each layer from the data-parallel slices.
 struct ZeroOptions {
   int shard = -1;  // -1: none of the below
   bool master = false;
   bool bucketed_grads = false;
   bool gathered_weights = false;
   Comm* comm = nullptr;  // the group holding the other slices (ZeRO-3's gathers)
+  Comm* expert_comm = nullptr;
+  int expert_shard = 0, expert_shards = 1;
 };
+
+// The expert-parallel tensors' elements of a rank's parameter buffer packed together: extent k,
+// buffer elements [lo, hi) (adjacent expert tensors merged, their alignment gaps included), at
+// packed element `packed`; `floats` in all, padded to a multiple of 16·shards (equal 64-byte
+// aligned slices, as the buffer's).
+struct ExpertPacking {
+  struct Extent {
+    size_t lo = 0, hi = 0, packed = 0;
+  };
+  std::vector<Extent> extents;
+  size_t floats = 0, padded = 0;
+  // The packed element of buffer element `offset`, which lies in an extent.
+  size_t packed(size_t offset) const;
+};
+ExpertPacking expert_packing(const std::vector<ParamSpec>& specs, size_t n_floats, int shards);
 
 // What a Gpt allocates on its backend, in bytes (Gpt::memory_plan): everything it holds there,
 // so the sum is the model's whole share of the device memory (the backend's own workspace and
@@ -598,6 +621,17 @@ class Gpt {
   bf16_t* params_bf16() { return params_bf16_; }
   size_t copy_begin() const { return gathers_ ? master_begin_ : 0; }
   bool gathered_weights() const { return gathers_; }
+  // ZeRO-3 with expert parallelism (ZeroOptions::expert_comm), on a rank holding experts: their
+  // packed slice [expert_begin(), expert_end()) of packing()'s elements, its fp32 master weights
+  // at expert_params() and (bf16) their copy at expert_params_bf16(). The master slice of
+  // params() then holds no expert: its elements in the expert extents are never read.
+  bool packed_experts() const { return expert_params_ != nullptr; }
+  const ExpertPacking& packing() const { return packing_; }
+  size_t expert_begin() const { return expert_begin_; }
+  size_t expert_end() const { return expert_end_; }
+  float* expert_params() { return expert_params_; }
+  const float* expert_params() const { return expert_params_; }
+  bf16_t* expert_params_bf16() { return expert_params_bf16_; }
   // ZeRO-3: the slices changed (an update): the gathered weights are stale.
   void weights_changed();
   // ZeRO-3: takes part in the weight gathers of one forward pass (as forward_chunk issues them)
@@ -1110,6 +1144,15 @@ class Gpt {
   bool ends_current_ = false;
   template <class A>
   CommRequest gather_weights(size_t lo, size_t hi, A* dst);
+  // Buffer elements [lo, hi), outside the expert extents, from the data-parallel slices.
+  template <class A>
+  CommRequest gather_dense(size_t lo, size_t hi, A* dst);
+  // ZeRO-3 with expert parallelism: the packed expert slice (ZeroOptions::expert_comm).
+  ExpertPacking packing_;
+  Comm* expert_comm_ = nullptr;
+  size_t expert_begin_ = 0, expert_end_ = 0;
+  float* expert_params_ = nullptr;
+  bf16_t* expert_params_bf16_ = nullptr;
   CommRequest ring_pending_[2];
   std::vector<CommRequest> grad_pending_;  // the hook's other requests of this backward
   // Where the gradient of buffer element `offset` outside the layers is (all layouts).

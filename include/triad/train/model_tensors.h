@@ -18,7 +18,8 @@ namespace triad {
 // held one carries its tensor-parallel split (DESIGN.md §3) and the replica mark. Its elements lie
 // at base + (offset − first) for a parameter buffer offset: the whole local tensor (whole), or
 // only its part within [lo, hi) of the buffer (a ZeRO-1 slice of the optimizer state; for an
-// expert-parallel tensor, whose replicas differ, within [expert_lo, expert_hi)).
+// expert-parallel tensor, whose replicas differ, within [expert_lo, expert_hi): of the buffer,
+// or with the model's packed experts (ZeRO-3) of their packing, the offsets too).
 // wte's rows at or beyond vocab_size are padding (TensorRef::valid_rows).
 std::vector<TensorRef> model_tensor_refs(const Gpt& model, float* base, size_t first, bool whole,
                                          size_t lo, size_t hi, size_t expert_lo, size_t expert_hi);

@@ -31,8 +31,10 @@ bool zero_gathers_bf16(const Config& cfg);
 // What ZeRO (parallel.zero) keeps of the model on the rank of slice `shard` (ZeroOptions):
 // under ZeRO-1 and 2 in bf16, where nothing reads the others' master weights, the fp32 master
 // weights of its slice only, as in Megatron's distributed optimizer (4·(1 − 1/dp) bytes per
-// parameter less); under ZeRO-2 gradient buckets instead of a whole gradient buffer.
-ZeroOptions zero_options(const Config& cfg, int shard);
+// parameter less); under ZeRO-2 gradient buckets instead of a whole gradient buffer. Under
+// ZeRO-3 with expert parallelism the experts' packed slices are cut among the expert replicas
+// of each expert (replicas / ep of the replicas data-parallel ranks; the comm is the caller's).
+ZeroOptions zero_options(const Config& cfg, int shard, int replicas);
 // parallel.schedule's pipeline schedule (checked) for m micro-batches per rank (pp > 1).
 PipelineSchedule pipeline_schedule(const Config& cfg, int m);
 // The micro-batches per rank of the run's global batches at dp data-parallel ranks: with
