@@ -240,16 +240,28 @@ size_t ExpertPacking::packed(size_t offset) const {
   return e->packed + (offset - e->lo);
 }
 
-size_t Gpt::gathered_per_step(const GptShape& shape, const ModelParallel& mp, int m) {
+size_t Gpt::gathered_per_step(const GptShape& shape, const ModelParallel& mp, int m,
+                              bool experts_only) {
   const auto specs = gpt_rank_layout(shape, mp);
   const GradBuckets gb = grad_buckets(specs, layout_floats(specs));
-  // Each layer's floats (they differ where layers with and without experts mix): from its first
-  // tensor to the next layer's (ln_f's after the last).
-  std::vector<size_t> start;
-  for (const auto& s : specs)
-    if (s.name.starts_with("h/") && s.name.ends_with("/ln_1/weight")) start.push_back(s.offset);
-  start.push_back(gb.hi);
   const size_t n = size_t(shape.n_layer), held = std::min<size_t>(3, n);
+  // The floats of the layers before each (they differ where layers with and without experts
+  // mix): each layer's from its first tensor to the next layer's (ln_f's after the last), or its
+  // expert-parallel tensors' extents alone.
+  std::vector<size_t> start;
+  if (experts_only) {
+    start.assign(n + 1, 0);
+    for (size_t i = 0; i < specs.size(); ++i)
+      if (specs[i].expert_parallel) {  // to the next tensor, as the packing's extents
+        const size_t next = i + 1 < specs.size() ? specs[i + 1].offset : layout_floats(specs);
+        start[size_t(std::stoi(specs[i].name.substr(2))) + 1] += next - specs[i].offset;
+      }
+    for (size_t l = 0; l < n; ++l) start[l + 1] += start[l];
+  } else {
+    for (const auto& s : specs)
+      if (s.name.starts_with("h/") && s.name.ends_with("/ln_1/weight")) start.push_back(s.offset);
+    start.push_back(gb.hi);
+  }
   auto floats = [&](size_t from, size_t to) {
     return start[to] - start[from];
   };  // layers [from, to)
@@ -257,7 +269,7 @@ size_t Gpt::gathered_per_step(const GptShape& shape, const ModelParallel& mp, in
   // for each further micro-batch a forward without the first `held` and a backward without the
   // last.
   const size_t all = floats(0, n), first = floats(held, n), last = floats(0, n - held);
-  return gb.ends() + all + last + size_t(m - 1) * (first + last);
+  return (experts_only ? 0 : gb.ends()) + all + last + size_t(m - 1) * (first + last);
 }
 
 namespace {

@@ -234,19 +234,32 @@ RunPlan plan_run(const Config& cfg, int world_size) {
                                  : m.model.param_floats * size_t(p.micro_batches);
       m.dp_reduce_scatter = reduced * sizeof(float);
       // The slices come back as the bf16 copy or as fp32 master weights (zero_gathers_bf16);
-      // ZeRO-3 gathers layers instead, each rank handing in its part of each (on average 1/dp:
-      // the parts differ by rank, their sum over the group does not).
-      // ZeRO-3 gathers what the layers read, of the model's precision.
+      // ZeRO-3 gathers layers instead, of the model's precision, each rank handing in its part
+      // of each (on average 1/dp: the parts differ by rank, their sum over the group does not).
       const bool bf16 = cfg.parallel.zero == 3 ? cfg.bf16() : zero_gathers_bf16(cfg);
       const size_t elem = bf16 ? sizeof(bf16_t) : sizeof(float);
-      m.dp_all_gather =
-          cfg.parallel.zero == 3
-              ? Gpt::gathered_per_step(shape, mp, p.micro_batches) * elem / size_t(replicas)
-              : range * elem;
-      // A ring moves (dp−1)/dp of the buffer for the reduce-scatter and receives the dp−1 other
-      // slices of the gather.
-      m.dp_wire_bytes =
-          (d - 1) / d * double(m.dp_reduce_scatter) + (d - 1) * double(m.dp_all_gather);
+      // Expert parallelism: the experts' elements (x of the reduced and gathered ones) travel
+      // over their de = (dp/ep)·cp replicas instead; ZeRO-1 and 2 gather the whole buffer over
+      // dp and then the experts' extents again over edp (Trainer::State::gather_experts).
+      const size_t expert_replicas = size_t(replicas / p.grid.ep);
+      const double de = double(expert_replicas);
+      const size_t x = expert_packing(specs, m.model.param_floats, 1).floats;
+      const size_t x_reduced = reduced / m.model.param_floats * x * sizeof(float);
+      // A ring moves (n−1)/n of what it reduce-scatters, and a gather brings the other n−1
+      // ranks' parts, over each group of n.
+      double gather_wire = 0;
+      if (cfg.parallel.zero == 3) {
+        const size_t gx = Gpt::gathered_per_step(shape, mp, p.micro_batches, true) * elem;
+        const size_t g = Gpt::gathered_per_step(shape, mp, p.micro_batches) * elem - gx;
+        m.dp_all_gather = g / size_t(replicas) + gx / expert_replicas;
+        gather_wire = (d - 1) / d * double(g) + (de - 1) / de * double(gx);
+      } else {
+        const size_t gx = p.grid.ep > 1 ? x * sizeof(float) : 0;
+        m.dp_all_gather = range * elem + gx / expert_replicas;
+        gather_wire = (d - 1) * double(range * elem) + (de - 1) / de * double(gx);
+      }
+      m.dp_wire_bytes = (d - 1) / d * double(m.dp_reduce_scatter - x_reduced) +
+                        (de - 1) / de * double(x_reduced) + gather_wire;
     } else if (replicas > 1) {
       m.dp_all_reduce = m.model.param_floats * sizeof(float);
       // Expert parallelism: the experts' part over their (dp/ep)·cp replicas.

@@ -557,8 +557,10 @@ class Gpt {
   // nothing is held): the embeddings', ln_f's and the head's once; each layer's before its
   // forward and again before its backward, less those the three layer buffers still hold (the
   // backward starts with the forward's last three layers, the next forward with the backward's
-  // first three).
-  static size_t gathered_per_step(const GptShape& shape, const ModelParallel& mp, int m);
+  // first three). experts_only: those of the expert-parallel tensors (ep > 1), which come from
+  // the experts' own replicas.
+  static size_t gathered_per_step(const GptShape& shape, const ModelParallel& mp, int m,
+                                  bool experts_only = false);
   Gpt(const Gpt&) = delete;
   Gpt& operator=(const Gpt&) = delete;
 

@@ -75,7 +75,9 @@ struct StageMemory {
   // all-reduce, or under ZeRO-1 the reduce-scatter of the whole buffer and the all-gather of the
   // slice (in bf16 where the trainer gathers the bf16 copy; Muon adds a gather of its fp32
   // update); and what a ring moves over this rank's link for it: 2(dp-1)/dp of the buffer,
-  // 1.5(dp-1)/dp with the bf16 gather.
+  // 1.5(dp-1)/dp with the bf16 gather. Under expert parallelism the experts' part goes over
+  // their (dp/ep)·cp replicas (ProcessGrid::edp()): the payloads count both groups' (the
+  // experts' extents gathered again under ZeRO-1 and 2), the wire each group's share.
   size_t dp_all_reduce = 0, dp_reduce_scatter = 0, dp_all_gather = 0;
   double dp_wire_bytes = 0;
   // Context parallelism (cp > 1): what this rank hands the context-parallel group per step
