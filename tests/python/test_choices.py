@@ -243,12 +243,14 @@ def check_seven_examples(setup, tmp_path, ranks, model, seed, args):
 
 
 @pytest.mark.skipif(MPIRUN is None, reason="mpirun not found")
-@pytest.mark.parametrize("ranks,extra", [(2, ()), (2, CACHED), (4, ("--parallel.tp", 2))])
+@pytest.mark.parametrize("ranks,extra", [(2, ()), (2, CACHED), (4, ("--parallel.tp", 2)),
+                                         (4, ("--parallel.zero", 3))])
 def test_expert_parallel_ranks_split_uneven_examples(setup, tmp_path, ranks, extra):
     """Expert parallelism (parallel.ep = 2) exchanges the tokens of every layer with experts over
     its group, so the group's ranks must run the same forward passes; 7 examples split 4 and 3
     (batched: 4 and 3 passes of 4 rows; cached: a pass per context and per ending), and the rank
-    with fewer runs a pass whose result it drops. A mixture of 4 experts, 2 per token; the scores
+    with fewer runs a pass whose result it drops (under ZeRO-3 at dp 4 too, split 2, 2, 2 and 1,
+    its gathers with it). A mixture of 4 experts, 2 per token; the scores
     are the PyTorch reference's."""
     moe = replace(CFG, moe_experts=4, moe_top_k=2, mlp_hidden=96)
     check_seven_examples(setup, tmp_path, ranks, moe, 13,

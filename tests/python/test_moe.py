@@ -251,7 +251,8 @@ def test_expert_parallelism_trains_alike_and_its_checkpoints_reshard(tmp_path):
 def test_samples_under_expert_parallelism_are_one_ranks(tmp_path):
     """In-training samples with parallel.ep: the ranks of replica 0's expert-parallel group decode
     together (each routes the same rows); greedy samples equal the single rank's, with tensor
-    parallelism too."""
+    parallelism too, and under ZeRO-3 (where every rank decodes: the weight gathers are
+    collective)."""
     common = ["--train.steps", 4, "--eval.every", 2, "--sample.length", 12, "--sample.top_k", 1,
               "--data.vocab", VOCAB, "--train.micro_batch_size", 2]
     cfg = tiny_config(tmp_path, name="one", vocab=50257, data__shuffle="false", **MOE)
@@ -259,8 +260,9 @@ def test_samples_under_expert_parallelism_are_one_ranks(tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
     one = (tmp_path / "runs" / "one" / "samples.txt").read_bytes()  # bytes: any tokens
     assert one.count(b"=== step") == 3
-    for n, grid in ((2, ["--parallel.ep", 2]), (4, ["--parallel.ep", 2, "--parallel.tp", 2])):
-        name = f"ep{n}"
+    for n, grid, name in ((2, ["--parallel.ep", 2], "ep2"),
+                          (4, ["--parallel.ep", 2, "--parallel.tp", 2], "ep4"),
+                          (4, ["--parallel.ep", 2, "--parallel.zero", 3], "ep4_zero3")):
         p = run(n, "--config", cfg, "--run.name", name, *grid, *common)
         assert p.returncode == 0, name + p.stdout + p.stderr
         assert (tmp_path / "runs" / name / "samples.txt").read_bytes() == one, name
