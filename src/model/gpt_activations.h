@@ -72,6 +72,10 @@ struct Gpt::Set {
     int32_t *moe_expert = nullptr, *moe_slot = nullptr, *moe_place = nullptr;
     int32_t* moe_keep = nullptr;
     std::vector<int> moe_counts, moe_kept, moe_recv, moe_rows;
+    // train.moe_aux_scope = sequence (Gpt::moe_sequence_stats): per sequence b of the
+    // micro-batch, each expert's choices at [b·E + e] and its rows' probability sums at
+    // [(B + b)·E + e] (host; over the whole sequence under context parallelism).
+    std::vector<double> moe_seq;
     A *sh_fch = nullptr, *sh_act = nullptr;  // shared experts: c_fc's output and the activation
     float* sh_gate = nullptr;  // model.moe_shared_gate: each row's sigmoid gate of their output
     A* residual3;              // residual2 + mlp: the layer's output

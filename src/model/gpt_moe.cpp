@@ -48,6 +48,30 @@ void for_each_expert(const Layer& L, F&& f) {
   }
 }
 
+// f(row, n, b) for each block of n rows of a training micro-batch's N rows that belongs to
+// sequence b: one per sequence, or its two pieces under context parallelism (rows
+// [2][B][T/(2·cp)]).
+template <class F>
+void for_each_sequence_block(const ModelParallel& mp, int T, int N, F&& f) {
+  const int Tl = mp.seq_rows(T), B = N / Tl, pieces = mp.cp > 1 ? 2 : 1, n = Tl / pieces;
+  for (int piece = 0; piece < pieces; ++piece)
+    for (int b = 0; b < B; ++b) f(size_t(piece * B + b) * size_t(n), n, b);
+}
+
+// v summed over comm's ranks in rank order (the same on every rank), through all_to_all: the
+// one exchange every Comm takes host buffers for.
+void sum_over(Comm& comm, std::vector<double>& v) {
+  const size_t P = size_t(comm.size()), n = v.size();
+  std::vector<double> send(P * n), recv(P * n);
+  for (size_t p = 0; p < P; ++p) std::copy(v.begin(), v.end(), send.begin() + ptrdiff_t(p * n));
+  const std::vector<size_t> bytes(P, n * sizeof(double));
+  comm.all_to_all(send.data(), bytes, recv.data(), bytes);
+  for (size_t i = 0; i < n; ++i) {
+    v[i] = 0;
+    for (size_t p = 0; p < P; ++p) v[i] += recv[p * n + i];
+  }
+}
+
 // The rows on the experts' side (ep = 1: every choice, the dropped ones' gaps included).
 template <class Layer>
 int side_rows(const Layer& L) {
@@ -131,6 +155,27 @@ void Gpt::from_experts(typename Set<A>::Layer& L, A* local, const A* grouped) {
   if (kept > 0) be_.moe_gather(local, a.moe_compact, L.moe_keep, kept, 1, C);
 }
 
+template <class Layer>
+void Gpt::moe_sequence_stats(Layer& L, int N) {
+  // moe_dispatch on each block of a sequence's rows gives its choices per expert and its rows'
+  // probability sums (writing the block's slots into the layer's, which moe_front's dispatch of
+  // all the rows then overwrites); under context parallelism the other pieces come from the
+  // group (the same sums, in rank order, on every rank of it).
+  const int E = shape_.moe_experts, k = shape_.moe_top_k, B = N / mp_.seq_rows(shape_.seq_len);
+  L.moe_seq.assign(2 * size_t(B) * E, 0.0);
+  std::vector<int> counts(static_cast<size_t>(E));
+  std::vector<float> sums(static_cast<size_t>(E));
+  for_each_sequence_block(mp_, shape_.seq_len, N, [&](size_t row, int n, int b) {
+    be_.moe_dispatch(L.moe_slot + row * k, counts.data(), sums.data(), L.moe_expert + row * k,
+                     L.moe_probs + row * E, n, E, k);
+    for (int e = 0; e < E; ++e) {
+      L.moe_seq[size_t(b) * E + e] += counts[size_t(e)];
+      L.moe_seq[size_t(B + b) * E + e] += sums[size_t(e)];
+    }
+  });
+  if (mp_.cp > 1) sum_over(*mp_.cp_comm, L.moe_seq);
+}
+
 template <class A>
 void Gpt::moe_front(typename Set<A>::Layer& L, int l, const A* ln2, const LayerTensors<const A>& w,
                     int N) {
@@ -144,6 +189,8 @@ void Gpt::moe_front(typename Set<A>::Layer& L, int l, const A* ln2, const LayerT
   if (mup) be_.scale_cap_logits(a.moe_logits, size_t(N) * E, shape_.logits_mult(), 0.0f);
   be_.moe_route(L.moe_probs, L.moe_expert, L.moe_gate, a.moe_logits, N, E, k,
                 routing(shape_, router_bias_dev_ + size_t(l) * size_t(E)), L.moe_lse);
+  const bool per_sequence = moe_aux_per_sequence_ && training_;
+  if (per_sequence) moe_sequence_stats(L, N);  // (its slots: the dispatch below overwrites them)
   L.moe_counts.resize(size_t(E));
   moe_host_.resize(size_t(E));
   be_.moe_dispatch(L.moe_slot, L.moe_counts.data(), moe_host_.data(), L.moe_expert, L.moe_probs, N,
@@ -157,7 +204,23 @@ void Gpt::moe_front(typename Set<A>::Layer& L, int l, const A* ln2, const LayerT
       scores += moe_host_[size_t(e)];
     }
     // P_e: the mean probability; of sigmoid scores, their column's share of all the scores.
-    moe_stats_.balance += balance * E / (double(N) * k * (shape_.moe_sigmoid ? scores : N));
+    if (!per_sequence) {
+      moe_stats_.balance += balance * E / (double(N) * k * (shape_.moe_sigmoid ? scores : N));
+    } else {  // the mean over the sequences of each one's term, over its T rows
+      const int T = shape_.seq_len, B = N / mp_.seq_rows(T);
+      const double* count = L.moe_seq.data();
+      const double* sum = count + size_t(B) * E;
+      double mean = 0;
+      for (int b = 0; b < B; ++b) {
+        double term = 0, total_b = 0;
+        for (int e = 0; e < E; ++e) {
+          term += count[size_t(b) * E + e] * sum[size_t(b) * E + e];
+          total_b += sum[size_t(b) * E + e];
+        }
+        mean += term * E / (double(T) * k * (shape_.moe_sigmoid ? total_b : T)) / B;
+      }
+      moe_stats_.balance += mean;
+    }
     moe_stats_.max_load += double(most) * E / (double(N) * k);
     if (moe_z_loss_ > 0.0f) moe_stats_.z += be_.sum_squares(L.moe_lse, size_t(N)) / N;
     ++moe_stats_.count;
@@ -313,19 +376,32 @@ void Gpt::moe_backward(typename Set<A>::Layer& L, A* dpart, const LayerTensors<f
   if (w.shfcw != nullptr)
     be_.matmul_backward(dpart, wgrad(g.shfcw), nullptr, sh_dfch, ln2, w.shfcw, N, C, SFl);
   // The load-balancing loss α·E·Σ_e f_e·P_e for each of the N rows: d/dprobs[n,e] = α·E·f_e
-  // times the step's loss scale (P_e's 1/N cancels the N rows).
-  const float* aux = nullptr;
-  if (moe_aux_loss_ > 0.0f) {
-    moe_host_.resize(size_t(E));
-    for (int e = 0; e < E; ++e)
-      moe_host_[size_t(e)] = float(double(dloss_scale_) * moe_aux_loss_ * E *
-                                   L.moe_counts[size_t(e)] / (double(N) * k));
-    aux = moe_host_.data();  // host memory: the op reads it at the call
-  }
+  // times the step's loss scale (P_e's 1/N cancels the N rows). Sequence-wise, the mean over
+  // the B sequences of each one's term with f_{b,e} and P_{b,e} over its T rows: d/dprobs[n,e] =
+  // α·E·f_{b,e}/(B·T), the loss scale's 1/(B·T) as before; each sequence's rows (each piece of
+  // them) then take their sequence's aux. Host memory: the op reads it at the call.
+  const bool balance = moe_aux_loss_ > 0.0f, per_sequence = balance && moe_aux_per_sequence_;
+  const int T = shape_.seq_len, B = per_sequence ? N / mp_.seq_rows(T) : 1;
+  moe_host_.resize(size_t(B) * E);
+  TRIAD_ASSERT(!per_sequence || L.moe_seq.size() == 2 * size_t(B) * E);
+  for (size_t i = 0; balance && i < size_t(B) * E; ++i)
+    moe_host_[i] =
+        float(double(dloss_scale_) * moe_aux_loss_ * E *
+              (per_sequence ? L.moe_seq[i] / (double(T) * k) : L.moe_counts[i] / (double(N) * k)));
   // The router z-loss c·lse² for each row, weighed as the balancing loss: c times the loss scale.
   A* dlogits = split ? L.drouter : a.moe_logits;
-  be_.moe_route_backward(dlogits, a.moe_dgate, L.moe_probs, L.moe_expert, aux, N, E, k,
-                         routing(shape_, nullptr), L.moe_lse, dloss_scale_ * moe_z_loss_);
+  auto route_backward = [&](size_t row, int n, const float* aux) {
+    be_.moe_route_backward(dlogits + row * E, a.moe_dgate + row * k, L.moe_probs + row * E,
+                           L.moe_expert + row * k, aux, n, E, k, routing(shape_, nullptr),
+                           L.moe_lse != nullptr ? L.moe_lse + row : nullptr,
+                           dloss_scale_ * moe_z_loss_);
+  };
+  if (per_sequence)
+    for_each_sequence_block(mp_, T, N, [&](size_t row, int n, int b) {
+      route_backward(row, n, moe_host_.data() + size_t(b) * E);
+    });
+  else
+    route_backward(0, N, balance ? moe_host_.data() : nullptr);
   if (mup) be_.scale_cap_logits(dlogits, size_t(N) * E, shape_.logits_mult(), 0.0f);  // μP's 1/m
   // The router's input gradient once over the group (every rank forms the same one), and the
   // shared experts' gate's.

@@ -77,6 +77,10 @@ ForwardStats Gpt::pipeline_step_t(const int32_t* inputs, const int32_t* targets,
   TRIAD_CHECK(!inference_, "internal error: a model for inference cannot train");
   TRIAD_CHECK(!schedule_.empty(), "internal error: pipeline_step without a schedule");
   dloss_scale_ = dloss_scale;
+  struct Training {  // (an error leaves the flag as it found it too)
+    bool& on;
+    ~Training() { on = false; }
+  } training{training_ = true};
   // Rows per sequence here: Tl (T / cp under context parallelism, in this rank's order).
   const int T = shape_.seq_len, Tl = mp_.seq_rows(T), N = B * Tl, G = mp_.chunks();
   TRIAD_ASSERT(B >= 1 && B <= max_batch_ && m >= 1);

@@ -704,6 +704,10 @@ ForwardStats Gpt::forward_backward_t(const int32_t* inputs, const int32_t* targe
   // zeroed as its backward begins).
   if (bucketed_) be_.zero(grad_ends_, ends_floats());
   dloss_scale_ = dloss_scale;
+  struct Training {  // (an error leaves the flag as it found it too)
+    bool& on;
+    ~Training() { on = false; }
+  } training{training_ = true};
   const int T = shape_.seq_len, Tl = mp_.seq_rows(T);  // rows per sequence here: Tl
   TRIAD_ASSERT(B >= 1 && B <= max_batch_);
   Set<A>& S = acts<A>().sets[0][0];

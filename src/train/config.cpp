@@ -197,6 +197,11 @@ class KeyTable {
         "with model.moe_experts: the load-balancing loss coefficient α (Switch's 0.01): α·E·Σ_e "
         "f_e·P_e per token joins the training loss (f_e: expert e's share of the choices, P_e: "
         "its mean router probability); /train/moe_aux_loss logs the mean term (0: none)");
+    add("train.moe_aux_scope", c.train.moe_aux_scope,
+        "with model.moe_experts: the rows the load-balancing loss's f_e and P_e count: "
+        "micro_batch (Switch's: each rank's micro-batch) or sequence (DeepSeek-V3's "
+        "sequence-wise balance loss: each sequence's, all of it under context parallelism; "
+        "the loss the mean over the sequences)");
     add("train.moe_z_loss", c.train.moe_z_loss,
         "with model.moe_experts: the router z-loss coefficient c (ST-MoE's 0.001): c·(log Σ_e "
         "exp(router logit_e))² per token joins the training loss, keeping the router's logits "
@@ -962,6 +967,10 @@ void validate(const Config& c, int world_size) {
         "train.moe_aux_loss", "must be a number in [0, 1] (Switch's 0.01; 0: none)");
   check(std::isfinite(t.moe_z_loss) && t.moe_z_loss >= 0 && t.moe_z_loss <= 1, "train.moe_z_loss",
         "must be a number in [0, 1] (ST-MoE's 0.001; 0: none)");
+  check(t.moe_aux_scope == "micro_batch" || t.moe_aux_scope == "sequence", "train.moe_aux_scope",
+        "must be micro_batch or sequence (got '" + t.moe_aux_scope + "')");
+  check(t.moe_aux_scope == "micro_batch" || c.model.moe_experts > 0, "train.moe_aux_scope",
+        "= sequence needs model.moe_experts > 0 (a router to balance)");
   check(std::isfinite(t.moe_bias_rate) && t.moe_bias_rate >= 0 &&
             (t.moe_bias_rate == 0 || c.model.moe_experts > 0),
         "train.moe_bias_rate",

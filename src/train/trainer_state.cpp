@@ -131,6 +131,7 @@ void Trainer::State::setup_model() {
   model->set_z_loss(float(cfg.train.z_loss));
   if (cfg.model.moe_experts > 0) {
     model->set_moe_aux_loss(float(cfg.train.moe_aux_loss));
+    model->set_moe_aux_per_sequence(cfg.train.moe_aux_scope == "sequence");
     model->set_moe_z_loss(float(cfg.train.moe_z_loss));
   }
   model->set_fp8(

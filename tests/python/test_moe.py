@@ -248,6 +248,36 @@ def test_expert_parallelism_trains_alike_and_its_checkpoints_reshard(tmp_path):
                                            err_msg=f"{name} {k}")
 
 
+def test_sequence_wise_balance_alike_on_every_grid(tmp_path):
+    """train.moe_aux_scope = sequence (DeepSeek-V3's sequence-wise balance loss; its math against
+    PyTorch in test_reference_model.py): one rank's curves on tp 2 with sequence parallelism,
+    pp 2 under zb-h1 (the router's gradient in the weight pass), ep 2 with ZeRO-3 and full
+    recomputation; and under context parallelism, where each sequence's counts and sums come
+    from both of its ranks, the one rank's loss, gradient norm and balance term too (the
+    micro-batch term balances each rank's rows there). The micro-batch term's curve differs."""
+    cfg = tiny_config(tmp_path, name="one", train__steps=5, train__micro_batch_size=2,
+                      eval__every=0, checkpoint__every=0, data__shuffle="false",
+                      train__moe_aux_scope="sequence", **dict(MOE, train__moe_aux_loss=0.1))
+    p = run(1, "--config", cfg)
+    assert p.returncode == 0, p.stdout + p.stderr
+    one = curves(tmp_path / "runs" / "one")
+    p = run(1, "--config", cfg, "--run.name", "batch", "--train.moe_aux_scope", "micro_batch")
+    assert p.returncode == 0, p.stdout + p.stderr
+    batch = curves(tmp_path / "runs" / "batch")
+    assert np.max(np.abs(batch["loss"] - one["loss"])) > 1e-5
+    assert np.max(np.abs(batch["moe_aux_loss"] - one["moe_aux_loss"])) > 1e-4
+    follows_one_rank(tmp_path, cfg, one,
+                     ((2, ["--parallel.tp", 2, "--parallel.sequence_parallel", "true"]),
+                      (2, ["--parallel.pp", 2, "--parallel.schedule", "zb-h1"]),
+                      (4, ["--parallel.ep", 2, "--parallel.zero", 3]),
+                      (2, ["--train.recompute", "full"])))
+    p = run(2, "--config", cfg, "--run.name", "cp2", "--parallel.cp", 2)
+    assert p.returncode == 0, p.stdout + p.stderr
+    got = curves(tmp_path / "runs" / "cp2")
+    for k in ("loss", "grad_norm", "moe_aux_loss", "moe_z_loss"):
+        np.testing.assert_allclose(got[k], one[k], rtol=3e-5, err_msg=f"cp 2 {k}")
+
+
 def test_samples_under_expert_parallelism_are_one_ranks(tmp_path):
     """In-training samples with parallel.ep: the ranks of replica 0's expert-parallel group decode
     together (each routes the same rows); greedy samples equal the single rank's, with tensor
@@ -533,7 +563,12 @@ def test_moe_refuses_what_it_cannot_run(tmp_path):
              ({"model__moe_experts": 0, "model__moe_shared_hidden": 0, "train__moe_z_loss": 0,
                "model__moe_score": "sigmoid"}, "model.moe_score = sigmoid scores a router"),
              ({"model__moe_experts": 0, "model__moe_shared_hidden": 0,
-               "train__moe_bias_rate": 0.001}, "train.moe_bias_rate")]
+               "train__moe_bias_rate": 0.001}, "train.moe_bias_rate"),
+             ({"train__moe_aux_scope": "tokens"},
+              "train.moe_aux_scope must be micro_batch or sequence (got 'tokens')"),
+             ({"model__moe_experts": 0, "model__moe_shared_hidden": 0, "train__moe_z_loss": 0,
+               "train__moe_aux_scope": "sequence"},
+              "train.moe_aux_scope = sequence needs model.moe_experts > 0")]
     for i, (over, words) in enumerate(cases):
         cfg = tiny_config(tmp_path, name=f"bad{i}", **{**MOE, **over})
         assert_clean_error(train("--config", cfg), words)

@@ -420,6 +420,9 @@ def head(params: Dict[str, torch.Tensor], cfg: GptConfig) -> torch.Tensor:
 # fraction of its choices a capacity dropped, and each expert's count of choices (before the
 # capacity: /moe_load's).
 _MOE_TERMS: Optional[list] = None
+# The balance term's rows: "micro_batch" (all the rows of the pass) or "sequence" (DeepSeek-V3's
+# sequence-wise term: each sequence's f_e and P_e, the mean of their terms).
+_MOE_SCOPE = "micro_batch"
 
 
 # The routers' biases (DeepSeek-V3's auxiliary-loss-free balancing; triad's /router_bias/h/<i>):
@@ -440,14 +443,17 @@ def update_router_bias(cfg: GptConfig, counts: np.ndarray, rate: float) -> None:
 
 
 class moe_balance:
+    def __init__(self, scope: str = "micro_batch"):
+        self.scope = scope
+
     def __enter__(self):
-        global _MOE_TERMS
-        _MOE_TERMS = []
+        global _MOE_TERMS, _MOE_SCOPE
+        _MOE_TERMS, _MOE_SCOPE = [], self.scope
         return _MOE_TERMS
 
     def __exit__(self, *exc):
-        global _MOE_TERMS
-        _MOE_TERMS = None
+        global _MOE_TERMS, _MOE_SCOPE
+        _MOE_TERMS, _MOE_SCOPE = None, "micro_batch"
 
 
 def moe_mlp(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str,
@@ -505,8 +511,15 @@ def moe_mlp(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str,
                 * shared
         out = out + shared
     if _MOE_TERMS is not None:
-        f = torch.bincount(choice.reshape(-1), minlength=E).to(probs.dtype) / choice.numel()
-        _MOE_TERMS.append((E * (f * probs.mean(0)).sum(),
+        if _MOE_SCOPE == "sequence":  # h: [B, T, C]; each sequence's term, then their mean
+            B, T = h.shape[0], h.shape[1]
+            per = choice.view(B, T * k)
+            f = torch.stack([torch.bincount(r, minlength=E) for r in per]).to(probs.dtype) / (T * k)
+            balance = E * (f * probs.view(B, T, E).mean(1)).sum(-1).mean()
+        else:
+            f = torch.bincount(choice.reshape(-1), minlength=E).to(probs.dtype) / choice.numel()
+            balance = E * (f * probs.mean(0)).sum()
+        _MOE_TERMS.append((balance,
                            torch.logsumexp(router_logits, dim=-1).pow(2).mean(),
                            1.0 - kept / n_choices,
                            torch.bincount(choice.reshape(-1), minlength=E).double().numpy()))

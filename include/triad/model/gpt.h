@@ -698,6 +698,10 @@ class Gpt {
   // for every row of it to the loss they differentiate; its gradient flows through the
   // probabilities only. 0: none.
   void set_moe_aux_loss(float a) { moe_aux_loss_ = a; }
+  // The load-balancing term per sequence (train.moe_aux_scope = sequence: DeepSeek-V3's
+  // sequence-wise loss, f_e and P_e of each sequence's rows, all of them under context
+  // parallelism, the term their mean) rather than per micro-batch.
+  void set_moe_aux_per_sequence(bool on) { moe_aux_per_sequence_ = on; }
   // train.moe_z_loss = c (ST-MoE's router z-loss): training steps add c·lse² for every row a
   // layer with experts routes, lse = log Σ_e exp(the row's router logits), weighed as the
   // load-balancing loss; it keeps the router's logits small. 0: none.
@@ -970,6 +974,10 @@ class Gpt {
   template <class A>
   void moe_weights(typename Set<A>::Layer& L, const LayerTensors<float>& g, const A* ln2,
                    const LayerTensors<const A>& w, int N);
+  // DeepSeek-V3's sequence-wise balance (set_moe_aux_per_sequence), in a training step: each
+  // sequence's counts and probability sums into L.moe_seq (moe_front, after the routing).
+  template <class Layer>
+  void moe_sequence_stats(Layer& L, int N);
   // Expert parallelism (mp_.ep > 1): the choices' rows travel to the ranks of their experts and
   // back over mp_.ep_comm, L's plan of the pass (moe_counts, moe_recv, moe_place) saying where.
   // to_experts: this rank's rows `local` [N·k, C] in expert order to the experts' side, `grouped`
@@ -1048,6 +1056,8 @@ class Gpt {
   GptShape shape_;
   float z_loss_ = 0.0f;                // set_z_loss
   float moe_aux_loss_ = 0.0f;          // set_moe_aux_loss
+  bool moe_aux_per_sequence_ = false;  // set_moe_aux_per_sequence
+  bool training_ = false;              // within forward_backward or pipeline_step
   float moe_z_loss_ = 0.0f;            // set_moe_z_loss
   float dloss_scale_ = 0.0f;           // the training step's (the load-balancing gradient's)
   bool recomputing_ = false;           // a backward pass reruns a layer's forward

@@ -107,6 +107,9 @@ struct TrainConfig {
   double z_loss = 0;
   // A mixture of experts' load-balancing loss coefficient (Gpt::set_moe_aux_loss; Switch: 0.01).
   double moe_aux_loss = 0.01;
+  // Over which rows its f_e and P_e run: "micro_batch" (Switch's: each rank's micro-batch) or
+  // "sequence" (DeepSeek-V3's sequence-wise balance loss: each sequence's, then their mean).
+  std::string moe_aux_scope = "micro_batch";
   // A mixture of experts' router z-loss coefficient (Gpt::set_moe_z_loss; ST-MoE: 0.001); 0: none.
   double moe_z_loss = 0;
   // DeepSeek-V3's auxiliary-loss-free balancing (Gpt::balance_router_bias): after each update,
