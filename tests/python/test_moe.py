@@ -169,6 +169,8 @@ def test_expert_parallelism_trains_alike_and_its_checkpoints_reshard(tmp_path):
                     (4, ["--parallel.ep", 2, "--parallel.tp", 2]),
                     (4, ["--parallel.ep", 2, "--parallel.tp", 2, "--parallel.sequence_parallel",
                          "true", "--parallel.zero", 1]),
+                    (4, ["--parallel.ep", 2, "--parallel.tp", 2, "--parallel.sequence_parallel",
+                         "true", "--parallel.zero", 3]),
                     (4, ["--parallel.ep", 2, "--parallel.cp", 2, "--train.moe_aux_loss", 0]),
                     (2, ["--parallel.ep", 2, "--train.recompute", "full"])):
         name = f"ep{n}_" + "_".join(k.split(".")[-1] + str(v) for k, v in zip(grid[::2], grid[1::2]))
@@ -246,6 +248,29 @@ def test_expert_parallelism_trains_alike_and_its_checkpoints_reshard(tmp_path):
             else:
                 np.testing.assert_allclose(got[k][-3:], ref[k][3:], rtol=rtol,
                                            err_msg=f"{name} {k}")
+
+
+def test_frozen_experts_under_zero3_expert_parallelism(tmp_path):
+    """train.freeze with expert parallelism under ZeRO-3: frozen experts (their packed slices
+    unchanged, no expert optimizer) and frozen dense layers beside trained experts follow one
+    rank's curves, and a frozen expert tensor leaves the run as it came in."""
+    cfg = tiny_config(tmp_path, name="one", train__steps=4, train__micro_batch_size=2,
+                      eval__every=0, checkpoint__every=4, data__shuffle="false", **MOE)
+    for freeze in ("h/*/mlp/experts/*", "h/0/*,wte/*"):
+        tag = "experts" if "experts" in freeze else "dense"
+        p = run(1, "--config", cfg, "--run.name", f"one_{tag}", "--train.freeze", freeze)
+        assert p.returncode == 0, p.stdout + p.stderr
+        want = curves(tmp_path / "runs" / f"one_{tag}")
+        p = run(4, "--config", cfg, "--run.name", f"ep_{tag}", "--train.freeze", freeze,
+                "--parallel.ep", 2, "--parallel.zero", 3)
+        assert p.returncode == 0, p.stdout + p.stderr
+        got = curves(tmp_path / "runs" / f"ep_{tag}")
+        for k in ("loss", "grad_norm", "moe_aux_loss"):
+            np.testing.assert_allclose(got[k], want[k], rtol=3e-5, err_msg=f"{tag} {k}")
+    with h5py.File(tmp_path / "runs" / "one_experts" / "ckpt" / "step_00000004.h5", "r") as a, \
+            h5py.File(tmp_path / "runs" / "ep_experts" / "ckpt" / "step_00000004.h5", "r") as b:
+        np.testing.assert_array_equal(a["model/h/1/mlp/experts/c_fc/weight"][()],
+                                      b["model/h/1/mlp/experts/c_fc/weight"][()])
 
 
 def test_sequence_wise_balance_alike_on_every_grid(tmp_path):
