@@ -247,23 +247,29 @@ void MuonMatrices::update(float* params, const float* grads, float* momentum, fl
         size_t(k) < round.matrices.size() ? &matrices_[round.matrices[size_t(k)]] : nullptr;
     const bool split = mtx != nullptr && tps > 1 && mtx->m.split;
     float* mine_at = split ? y_ : x_;
-    // Its u, whole on this rank. Under ZeRO each matrix of the round is gathered whole from the
-    // slices holding its u, on every rank of the group (a collective; the rank whose matrix it
-    // is keeps it, the others land in the other scratch): one matrix at a time in Newton–Schulz's
-    // scratch, so no stage needs a whole buffer for it, and only the matrices' elements travel.
+    // Its u, whole on this rank. Under ZeRO one all-to-all per round: every rank sends the rank
+    // that orthogonalizes each matrix of the round the piece of its u that its slice holds (packed
+    // in rank order in recv_, free until the results come), and rank k receives its own matrix,
+    // whose pieces in rank order are its elements in order, straight into Newton–Schulz's
+    // scratch: no stage needs a whole buffer for it, and each piece travels to one rank only.
     const float* mine = nullptr;
     if (sliced) {
       const size_t slice = end_ - begin_;
       TRIAD_ASSERT(begin_ == size_t(k) * slice);
+      std::vector<size_t> send_bytes(size_t(dps), 0), recv_bytes(size_t(dps), 0);
+      size_t packed = 0;
       for (size_t i = 0; i < round.matrices.size(); ++i) {
-        const MuonMatrix& s = matrices_[round.matrices[i]].m;
-        const size_t a = std::clamp(s.offset, begin_, end_);
-        float* into = i == size_t(k) ? mine_at : (split ? x_ : y_);
-        group
-            ->iall_gather_pieces(u + (a - begin_), into,
-                                 slice_pieces(s.offset, s.offset + s.numel, slice, dps))
-            .wait();
+        const Matrix& mx = matrices_[round.matrices[i]];
+        if (mx.hi > mx.lo) be_.copy(recv_ + packed, u + (mx.lo - begin_), mx.hi - mx.lo);
+        send_bytes[i] = (mx.hi - mx.lo) * sizeof(float);
+        packed += mx.hi - mx.lo;
       }
+      if (mtx != nullptr) {
+        const std::vector<size_t> pieces =
+            slice_pieces(mtx->m.offset, mtx->m.offset + mtx->m.numel, slice, dps);
+        for (int r = 0; r < dps; ++r) recv_bytes[size_t(r)] = pieces[size_t(r)] * sizeof(float);
+      }
+      group->all_to_all(recv_, send_bytes, mine_at, recv_bytes);
       mine = mtx != nullptr ? mine_at : nullptr;
     } else if (mtx != nullptr) {
       mine = u + (mtx->m.offset - begin_);

@@ -272,9 +272,11 @@ RunPlan plan_run(const Config& cfg, int world_size) {
     }
     if (cfg.optim.name == "muon") {
       // Muon (optim/muon.h): rank 0's Newton–Schulz, the first matrix of each round; with
-      // dp > 1 its fp32 all-gathers: under ZeRO each matrix's u from the slices (each rank
-      // handing in its pieces, on average 1/dp of them: they differ by rank, their sum over the
-      // group does not), then in each round the ranks' results (the round's largest shard each).
+      // dp > 1 under ZeRO each round's all-to-all of u from the slices to the ranks that take
+      // the matrices (each rank sending its pieces, on average 1/dp of them: they differ by
+      // rank, their sum over the group does not; each rank receives its matrix less its own
+      // piece), then in each round the fp32 all-gather of the ranks' results (the round's
+      // largest shard each).
       // Expert parallelism: the experts' matrices in rounds of their replicas, (dp/ep)·cp.
       const std::vector<MuonMatrix> list = muon_matrices(trained);
       const int sizes[2] = {replicas, replicas / p.grid.ep};
@@ -291,10 +293,10 @@ RunPlan plan_run(const Config& cfg, int world_size) {
       for (int e = 0; e < 2; ++e) {
         if (sizes[e] <= 1) continue;
         const double g = sizes[e];
-        m.dp_all_gather +=
-            gathered[e] * sizeof(float) + pieces[e] * sizeof(float) / size_t(sizes[e]);
+        m.dp_all_gather += gathered[e] * sizeof(float);
+        m.dp_all_to_all += pieces[e] * sizeof(float) / size_t(sizes[e]);
         m.dp_wire_bytes += (g - 1) * double(gathered[e] * sizeof(float)) +
-                           (g - 1) / g * double(pieces[e] * sizeof(float));
+                           (g - 1) / (g * g) * double(pieces[e] * sizeof(float));
       }
     }
     if (p.grid.cp > 1) {

@@ -992,6 +992,10 @@ TEST(ModelParallel, MemoryPlanEqualsWhatEachRankAllocates) {
     uint64_t gathered = r.out.dp_traffic.bytes[CommStats::kAllGather] +
                         (ep ? r.out.edp_traffic.bytes[CommStats::kAllGather] : 0);
     MPI_Allreduce(MPI_IN_PLACE, &gathered, 1, MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD);
+    // Muon under ZeRO: each rank sends its pieces of a round's matrices to the ranks that take
+    // them, which differ by rank too.
+    uint64_t sent = r.out.dp_traffic.bytes[CommStats::kAllToAll];
+    MPI_Allreduce(MPI_IN_PLACE, &sent, 1, MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD);
     if (world_rank() >= g.ranks()) continue;
     const int stage = (world_rank() / (g.tp * g.cp)) % g.pp;
     const StageMemory& m = plan.stages[size_t(stage)];
@@ -1006,7 +1010,7 @@ TEST(ModelParallel, MemoryPlanEqualsWhatEachRankAllocates) {
                   (ep ? r.out.edp_traffic.bytes[CommStats::kReduceScatter] : 0),
               m.dp_reduce_scatter)
         << name;
-    if (g.zero == 3 || (muon && g.zero >= 1)) {  // the gathers' pieces differ by rank
+    if (g.zero == 3) {  // the gathers' pieces differ by rank
       // Each rank's mean rounded down: of both groups' under expert parallelism.
       EXPECT_NEAR(double(gathered), double(m.dp_all_gather * size_t(g.ranks())),
                   double((ep ? 2 : 1) * g.ranks()))
@@ -1014,6 +1018,11 @@ TEST(ModelParallel, MemoryPlanEqualsWhatEachRankAllocates) {
       EXPECT_GT(gathered, 0u) << name;
     } else {
       EXPECT_EQ(dp.bytes[CommStats::kAllGather], m.dp_all_gather) << name;
+    }
+    EXPECT_NEAR(double(sent), double(m.dp_all_to_all * size_t(g.ranks())), double(g.ranks()))
+        << name;
+    if (muon && g.zero >= 1 && g.dp * g.cp > 1) {
+      EXPECT_GT(sent, 0u) << name;
     }
     // And the context-parallel group's: the layers' key and value gathers and reduce-scatters.
     const CommStats& cp = r.out.cp_traffic;

@@ -7,8 +7,10 @@
 // W = W (1 − lr wd) − lr · s · O with s = sqrt(max(1, m/n)) (original) or 0.2 sqrt(max(m, n))
 // (match_rms_adamw).
 //
-// NS needs the whole matrix. Under ZeRO (1, 2 or 3) each matrix's u is gathered first from the
-// data-parallel slices holding its pieces, one matrix at a time.
+// NS needs the whole matrix. Under ZeRO (1, 2 or 3) each round's matrices' u first go to the
+// ranks that orthogonalize them, from the data-parallel slices holding their pieces, in one
+// all-to-all per round (each piece to one rank: 1/dp of what gathering every matrix on every
+// rank would move).
 // The data-parallel ranks share the NS work out: the matrices go in rounds of dp (largest
 // first), rank k of the dp group takes the k-th of each round, and an all-gather over dp hands
 // every rank the results of the round. For its matrix a rank gathers the tp shards of u (its
@@ -97,7 +99,7 @@ class MuonMatrices {
 
   // One step with learning rate lr. params, grads, momentum, u (scratch shaped like it) and copy
   // (bf16, may be null) hold the range [begin, end). Under ZeRO (zero_slice) a collective over
-  // dp: each matrix's u is gathered from the slices into the scratch, one at a time.
+  // dp: each round's matrices' u go from the slices to the ranks that orthogonalize them.
   void update(float* params, const float* grads, float* momentum, float* u, double lr, bf16_t* copy,
               float grad_scale);
 

@@ -79,6 +79,9 @@ struct StageMemory {
   // their (dp/ep)·cp replicas (ProcessGrid::edp()): the payloads count both groups' (the
   // experts' extents gathered again under ZeRO-1 and 2), the wire each group's share.
   size_t dp_all_reduce = 0, dp_reduce_scatter = 0, dp_all_gather = 0;
+  // optim.name = muon under ZeRO: the pieces of u this rank sends the ranks that orthogonalize
+  // the matrices (CommStats all-to-all bytes; on average 1/dp of the matrices).
+  size_t dp_all_to_all = 0;
   double dp_wire_bytes = 0;
   // Context parallelism (cp > 1): what this rank hands the context-parallel group per step
   // (CommStats bytes): each layer's gathers of its keys and values (forward, backward, and a
