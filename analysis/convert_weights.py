@@ -128,6 +128,9 @@ class Dims:
     moe_shared_gate: bool = False
     moe_first_dense: int = 0
     moe_every: int = 1
+    # Read from Phi-3's layout (Phi3ForCausalLM): q, k and v stored as one qkv_proj, the MLP's
+    # gate and up as one gate_up_proj. An import's source only, not part of triad's model.
+    fused: bool = False
 
     def moe_layer(self, i: int) -> bool:
         """Whether layer i has the experts (GptShape::moe_layer)."""
@@ -412,7 +415,7 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         return default
 
     kind = cfg.get("model_type", "gpt2")
-    if kind in ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe"):
+    if kind in ("llama", "mistral", "phi3", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe"):
         return llama_config_dims(cfg, where, seq_len)
     if kind in UNBUILT_MOE:
         raise ConvertError(f"{where}: model_type is {kind!r}, a mixture of experts triad does "
@@ -420,9 +423,9 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                            f"'mixtral', Qwen2-MoE's, 'qwen2_moe', and Qwen3-MoE's, 'qwen3_moe')")
     if kind != "gpt2":
         raise ConvertError(f"{where}: model_type is {kind!r}; triad imports GPT-2 ('gpt2'), "
-                           f"Llama ('llama'), Mistral ('mistral'), Mixtral ('mixtral'), Qwen2 "
-                           f"('qwen2'), Qwen2-MoE ('qwen2_moe'), Qwen3 ('qwen3') and Qwen3-MoE "
-                           f"('qwen3_moe') models")
+                           f"Llama ('llama'), Mistral ('mistral'), Mixtral ('mixtral'), Phi-3 "
+                           f"('phi3'), Qwen2 ('qwen2'), Qwen2-MoE ('qwen2_moe'), Qwen3 ('qwen3') "
+                           f"and Qwen3-MoE ('qwen3_moe') models")
     try:
         n_layer, n_head, n_embd = int(get("n_layer")), int(get("n_head")), int(get("n_embd"))
         n_pos, vocab = int(get("n_positions", "n_ctx")), int(get("vocab_size"))
@@ -472,6 +475,9 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     context) reads the same, and so does Qwen2's (Qwen2ForCausalLM: biases on the q, k and v
     projections only, which model.qkv_bias keeps, and a sliding window that is off or covers the
     context: Qwen's windows are per layer, max_window_layers, which triad does not build).
+    Phi-3's (Phi3ForCausalLM, and Phi-4's) are Mistral's with q, k and v stored as one qkv_proj
+    and the MLP's gate and up as one gate_up_proj, and a window where sliding_window is set;
+    its long-context rope scaling (longrope) and a partial rotary factor are refused.
     Mixtral's (MixtralForCausalLM) is Mistral's with every MLP a mixture of num_local_experts
     SwiGLU experts of intermediate_size units, num_experts_per_tok per token, their gates
     renormalized: model.moe_experts, moe_top_k and moe_normalize = true. Qwen2-MoE's
@@ -536,7 +542,12 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     if int(cfg.get("pretraining_tp", 1) or 1) != 1:
         refusals.append(f"pretraining_tp {cfg['pretraining_tp']}")
     mixtral = cfg.get("model_type") == "mixtral"
-    mistral = cfg.get("model_type") == "mistral" or mixtral  # Mixtral's windows are Mistral's
+    phi3 = cfg.get("model_type") == "phi3"
+    # Mixtral's and Phi-3's windows are Mistral's (the window's keys, the query's own included).
+    mistral = cfg.get("model_type") == "mistral" or mixtral or phi3
+    if phi3 and float(cfg.get("partial_rotary_factor") or 1.0) != 1.0:
+        refusals.append(f"partial_rotary_factor {cfg['partial_rotary_factor']} (triad rotates "
+                        f"every dimension of q and k)")
     experts = top_k = 0
     if mixtral:
         try:
@@ -580,7 +591,7 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
              tied=bool(cfg.get("tie_word_embeddings", False)), n_kv_head=kv, rope_scaling=scaling,
              yarn=yarn,
              qkv_bias=qwen2, norm_eps=eps, head_dim=head_dim, qk_norm=qwen3,
-             sliding_window=sliding, moe_experts=experts, moe_top_k=top_k, **moe)
+             sliding_window=sliding, moe_experts=experts, moe_top_k=top_k, fused=phi3, **moe)
     d.check(where)
     return d
 
@@ -659,7 +670,8 @@ def llama_sources(d: Dims) -> dict[str, list[str]]:
         p, h = f"h/{i}/", f"model.layers.{i}."
         src.update({
             p + "ln_1/weight": [h + "input_layernorm.weight"],
-            p + "attn/c_attn/weight": [h + f"self_attn.{x}_proj.weight" for x in "qkv"],
+            p + "attn/c_attn/weight": [h + "self_attn.qkv_proj.weight"] if d.fused else
+                                      [h + f"self_attn.{x}_proj.weight" for x in "qkv"],
             **({p + "attn/c_attn/bias": [h + f"self_attn.{x}_proj.bias" for x in "qkv"]}
                if d.qkv_bias else {}),
             p + "attn/c_proj/weight": [h + "self_attn.o_proj.weight"],
@@ -692,6 +704,11 @@ def llama_sources(d: Dims) -> dict[str, list[str]]:
                 p + "mlp/experts/c_proj/weight": [e + "w2.weight" for e in experts],
                 p + "mlp/router/weight": [m + "gate.weight"],
             })
+        elif d.fused:  # Phi-3's gate and up rows in one tensor
+            src.update({
+                p + "mlp/c_fc/weight": [h + "mlp.gate_up_proj.weight"],
+                p + "mlp/c_proj/weight": [h + "mlp.down_proj.weight"],
+            })
         else:
             src.update({
                 p + "mlp/c_fc/weight": [h + "mlp.gate_proj.weight", h + "mlp.up_proj.weight"],
@@ -705,7 +722,9 @@ def llama_sources(d: Dims) -> dict[str, list[str]]:
 def llama_part_rows(d: Dims, t: str, rows: int) -> list[int]:
     """The rows of each HF tensor (llama_sources) stacked into triad's tensor t of `rows` rows
     (an expert tensor's E·rows): c_attn's q (C), k and v (n_kv_head heads each), c_fc's gate and
-    up, and each expert's."""
+    up, and each expert's; Phi-3's fused tensors whole."""
+    if d.fused and t.endswith(("attn/c_attn/weight", "mlp/c_fc/weight")):
+        return [rows]
     if t.endswith(("attn/c_attn/weight", "attn/c_attn/bias")):
         kv_rows = d.kv * d.hd
         return [d.attn_width, kv_rows, kv_rows]
@@ -787,6 +806,7 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
     if d.mlp == "swiglu":
         kind = ({"qwen2_moe": "Qwen2-MoE", "qwen3_moe": "Qwen3-MoE", "mixtral": "Mixtral"}.get(
             d.moe_format or "") or ("Qwen2" if d.qkv_bias else "Qwen3" if d.qk_norm else
+                                    "Phi-3" if d.fused else
                                     "Mistral" if d.sliding_window else "Llama"))
         note = ""
         if d.moe_experts and cfg.get("router_jitter_noise"):  # noise on the router's input

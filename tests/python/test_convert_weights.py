@@ -500,6 +500,17 @@ def test_llama_variants_triad_does_not_compute_are_refused(tmp_path):
         assert_clean_failure(tool("triad-convert", "import", tmp_path / "bad",
                                   tmp_path / "bad.h5"), "config.json", needle)
         assert not (tmp_path / "bad.h5").exists()
+    # Phi-3's long-context scaling (longrope: a factor per frequency, short and long) and a
+    # partial rotary factor (Phi-4-mini's), written into a Phi-3 config.
+    phi3_model(None).save_pretrained(tmp_path / "phi3", safe_serialization=True)
+    good = json.loads((tmp_path / "phi3" / "config.json").read_text())
+    for bad, needle in (({"rope_scaling": {"type": "longrope", "short_factor": [1.0] * 8,
+                                           "long_factor": [2.0] * 8}}, "rope_scaling"),
+                        ({"partial_rotary_factor": 0.75}, "partial_rotary_factor 0.75")):
+        (tmp_path / "phi3" / "config.json").write_text(json.dumps({**good, **bad}))
+        assert_clean_failure(tool("triad-convert", "import", tmp_path / "phi3",
+                                  tmp_path / "bad.h5"), "config.json", needle)
+        assert not (tmp_path / "bad.h5").exists()
 
 
 def test_interleaved_full_attention_does_not_export(tmp_path):
@@ -679,6 +690,52 @@ def test_mistral_imports_and_evaluates_as_transformers(imported, tmp_path, windo
         tuned = finetune_export_and_reimport(d, cfg, out, args, "mistral-ft", tmp_path, model)
         assert tuned.config.sliding_window == window
     assert tool("triad-ckpt", out).returncode == 0
+
+
+def phi3_model(window):
+    torch.manual_seed(17)
+    model = transformers.Phi3ForCausalLM(transformers.Phi3Config(
+        vocab_size=V, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=N_POS,
+        original_max_position_embeddings=N_POS, rms_norm_eps=1e-5, rope_theta=500.0,
+        sliding_window=window, tie_word_embeddings=False, pad_token_id=None, resid_pdrop=0.0,
+        embd_pdrop=0.0, attention_dropout=0.0))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p * 4 if p.dim() == 2 else p + 0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.mark.parametrize("window", [None, 8])
+def test_phi3_imports_and_evaluates_as_transformers(imported, tmp_path, window):
+    """transformers' Phi3ForCausalLM (Mistral's math with q, k and v in one qkv_proj and the
+    MLP's gate and up in one gate_up_proj; grouped-query attention, and a window of 8 of 32
+    positions or none), imported: triad's validation loss and accuracy are transformers', and
+    greedy generation past the window its tokens. Exported, it is a Llama (or with the window a
+    Mistral) model that transformers loads and that computes the same loss."""
+    d, _, cfg = imported
+    model = phi3_model(window)
+    out = import_hf(model, tmp_path / "phi3", "Phi-3")
+    want_loss, want_acc = hf_loss_accuracy(model, d)
+    args = [*LLAMA_ARGS, "--model.n_head", 4, "--model.n_kv_head", 2]
+    if window:
+        args += ["--model.sliding_window", window]
+    p = train("--config", cfg, "--eval-only", "--init-from", out, *args, check=True)
+    loss = float(p.stdout.split("val loss")[1].split()[0])
+    acc = float(p.stdout.split("val accuracy")[1].split()[0])
+    assert abs(loss - want_loss) <= 1e-5 * want_loss, (loss, want_loss)
+    assert abs(acc - want_acc) <= 1.5 / (EVAL_SEQUENCES * SEQ), (acc, want_acc)
+    p = run([exe("triad-generate"), "--checkpoint", out, "--vocab", VOCAB, "--top-k", "1",
+             "--prompt-ids", " ".join(map(str, PROMPT)), "--length", "20", "--output", "ids"],
+            check=True)
+    assert [int(t) for t in p.stdout.split()] == greedy_continuation(model, PROMPT, 20)
+    p = tool("triad-convert", "export", out, tmp_path / "phi3-out", "--to", "hf", "--vocab",
+             "none")
+    assert p.returncode == 0, p.stderr
+    exported = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "phi3-out")
+    assert type(exported).__name__ == ("MistralForCausalLM" if window else "LlamaForCausalLM")
+    got, _ = hf_loss_accuracy(exported.eval(), d)
+    assert abs(got - want_loss) <= 1e-5 * want_loss, (got, want_loss)
 
 
 def import_hf(model, directory, kind):
