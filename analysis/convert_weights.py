@@ -1097,6 +1097,11 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
         raise ConvertError(f"{path}: the model is μP-parametrized (model.mup_base_width = "
                            f"{a['mup_base_width']}: logits times 1/m, another attention scale); "
                            f"the export formats hold neither")
+    if int(a.get("rotary_dim", 0)):  # the formats' rope turns every value of a head
+        raise ConvertError(f"{path}: the model rotates the first {a['rotary_dim']} values of "
+                           f"each head only (model.rotary_dim, partial rotary); the export "
+                           f"formats (Hugging Face's Llama, Qwen2, Qwen3, Mistral and their "
+                           f"mixtures) rotate all of them")
     if float(a.get("attn_scale", 0.0)):  # the formats scale the scores by 1/sqrt(head width)
         raise ConvertError(f"{path}: the model scales its attention scores by {a['attn_scale']} "
                            f"(model.attn_scale); the export formats scale them by 1/sqrt(head "

@@ -326,6 +326,12 @@ def _check(rep: Report) -> None:
     head_dim = ma.get("head_dim", 0)  # absent: n_embd / n_head
     if not (isinstance(head_dim, int) and 0 <= head_dim <= 4096):
         P.append(f"/model attribute head_dim = {head_dim!r}, not a width in [0, 4096]")
+    rot = ma.get("rotary_dim", 0)  # absent: every value of a head rotates
+    width = head_dim or (int(ma["n_embd"]) // max(1, int(ma["n_head"])))
+    if not (isinstance(rot, int) and 0 <= rot <= width and rot % 2 == 0 and
+            (rot == 0 or ma.get("position") == "rope")):
+        P.append(f"/model attribute rotary_dim = {rot!r}, not an even count in [0, {width}] "
+                 f"(the head's width; > 0 only with rope positions)")
     kv = ma.get("n_kv_head", ma["n_head"])  # absent: a file from before grouped-query attention
     if not (isinstance(kv, int) and kv >= 1 and int(ma["n_head"]) % kv == 0):
         P.append(f"/model attribute n_kv_head = {kv!r}, not a positive divisor of n_head "

@@ -216,6 +216,7 @@ int main(int argc, char** argv) {
     shape.bias = m.bias;
     shape.qkv_bias = m.qkv_bias;
     shape.head_dim = int(m.head_dim);
+    shape.rotary_dim = int(m.rotary_dim);
     shape.sliding_window = int(m.sliding_window);
     shape.full_attention_every = int(m.full_attention_every);
     shape.logit_softcap = float(m.logit_softcap);

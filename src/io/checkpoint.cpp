@@ -674,6 +674,16 @@ CheckpointState read_state(hid_t file) {
               "attributes bias and qkv_bias of /model are both 1 (qkv_bias goes with bias 0)");
   s.model.norm_eps = io::read_double_attr(model, "norm_eps").value_or(1e-5);
   s.model.head_dim = io::read_int64_attr(model, "head_dim").value_or(0);
+  s.model.rotary_dim = io::read_int64_attr(model, "rotary_dim").value_or(0);
+  {
+    const int64_t hd = s.model.head_dim > 0 ? s.model.head_dim
+                                            : s.model.n_embd / std::max<int64_t>(1, s.model.n_head);
+    TRIAD_CHECK(s.model.rotary_dim >= 0 && s.model.rotary_dim % 2 == 0 &&
+                    s.model.rotary_dim <= hd &&
+                    (s.model.rotary_dim == 0 || s.model.position == "rope"),
+                "attribute rotary_dim of /model is ", s.model.rotary_dim,
+                ", not an even count in [0, ", hd, "] (the head's width; > 0 only with rope)");
+  }
   s.model.sliding_window = io::read_int64_attr(model, "sliding_window").value_or(0);
   TRIAD_CHECK(s.model.sliding_window >= 0 && s.model.sliding_window <= (int64_t(1) << 30),
               "attribute sliding_window of /model is ", s.model.sliding_window,
@@ -1091,6 +1101,8 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
           io::write_double_attr(model, "norm_eps", state.model.norm_eps);
           if (state.model.head_dim > 0)  // 0: n_embd / n_head
             io::write_int64_attr(model, "head_dim", state.model.head_dim);
+          if (state.model.rotary_dim > 0)  // 0: every value of a head rotates
+            io::write_int64_attr(model, "rotary_dim", state.model.rotary_dim);
           if (state.model.sliding_window > 0)  // 0: no window
             io::write_int64_attr(model, "sliding_window", state.model.sliding_window);
           if (state.model.full_attention_every > 0)  // 0: every layer keeps to the window

@@ -377,7 +377,7 @@ double rope_frequency(const GptShape& shape, int i, int hd) {
 }  // namespace
 
 std::vector<float> rope_table(const GptShape& shape) {
-  const int hd = shape.hd(), half = hd / 2;
+  const int hd = shape.rot(), half = hd / 2;  // the rotated values of a head
   // YaRN scales the rotated q and k (so the attention scores by its square) by this.
   const double scale = shape.yarn ? 0.1 * std::log(shape.rope_factor) + 1.0 : 1.0;
   std::vector<float> t(size_t(shape.seq_len) * size_t(hd));
@@ -393,7 +393,7 @@ std::vector<float> rope_table(const GptShape& shape) {
 namespace {
 // Floats of the rope table a model of this shape keeps on its backend (0 without rope).
 size_t rope_table_floats(const GptShape& shape) {
-  return shape.rope ? size_t(shape.seq_len) * size_t(shape.hd()) : 0;
+  return shape.rope ? size_t(shape.seq_len) * size_t(shape.rot()) : 0;
 }
 }  // namespace
 

@@ -232,7 +232,7 @@ template <class A>
 void Gpt::rotate(A* qkv, int N, int T, int pos0, bool inverse, const int32_t* positions) {
   if (!shape_.rope) return;
   be_.rope(qkv, rope_table_, N, T, pos0, shape_.attn_width() / mp_.tp, shape_.n_head / mp_.tp,
-           shape_.kv_heads() / mp_.tp, inverse, positions);
+           shape_.kv_heads() / mp_.tp, inverse, positions, shape_.rotary_dim);
 }
 
 template <class F>

@@ -42,6 +42,9 @@ class KeyTable {
         "learned (GPT-2's position table wpe) | rope (rotary embedding of q and k in every layer, "
         "no wpe)");
     add("model.rope_theta", c.model.rope_theta, "rope: base of the rotation frequencies");
+    add("model.rotary_dim", c.model.rotary_dim,
+        "rope: partial rotary, only the first N of each q and k head's values rotate (even, at "
+        "most the head's width; GPT-NeoX's rotary_pct 0.25: head_dim / 4; 0: all of them)");
     add("model.rope_scaling", c.model.rope_scaling,
         "rope: none | llama3 (Llama 3.1's scaling of the low frequencies, for long contexts) | "
         "yarn (YaRN, as Qwen2.5 and Qwen3 for long contexts)");
@@ -789,6 +792,8 @@ void validate(const Config& c, int world_size) {
         "must be learned or rope (got '" + m.position + "')");
   check(m.position == "rope" || m.rope_scaling == "none", "model.rope_scaling",
         "needs model.position = rope");
+  check(m.position == "rope" || m.rotary_dim == 0, "model.rotary_dim",
+        "needs model.position = rope");
   check(m.norm == "layernorm" || m.norm == "rmsnorm", "model.norm",
         "must be layernorm or rmsnorm (got '" + m.norm + "')");
   check(m.mlp == "gelu" || m.mlp == "swiglu", "model.mlp",
@@ -869,6 +874,10 @@ void validate(const Config& c, int world_size) {
               std::to_string(m.hd()) + ")");
     check(std::isfinite(m.rope_theta) && m.rope_theta > 1, "model.rope_theta",
           "must be a finite number > 1");
+    check(m.rotary_dim >= 0 && m.rotary_dim % 2 == 0 && m.rotary_dim <= m.hd(), "model.rotary_dim",
+          "must be even and in [0, " + std::to_string(m.hd()) +
+              "] (the head's width; 0: every value rotates; got " + std::to_string(m.rotary_dim) +
+              ")");
     check(m.rope_scaling == "none" || m.rope_scaling == "llama3" || m.rope_scaling == "yarn",
           "model.rope_scaling", "must be none, llama3 or yarn (got '" + m.rope_scaling + "')");
     if (m.rope_scaling == "yarn") {

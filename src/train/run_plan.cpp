@@ -90,6 +90,7 @@ GptShape gpt_shape(const Config& cfg) {
   s.moe_every = m.moe_every;
   s.document_token = parse_document_mask(cfg.data.document_mask, m.vocab_size);
   s.reset_positions = cfg.data.reset_positions;
+  s.rotary_dim = m.rotary_dim;
   s.sliding_window = m.sliding_window;
   s.full_attention_every = m.full_attention_every;
   s.logit_softcap = float(m.logit_softcap);

@@ -518,6 +518,7 @@ CheckpointState Trainer::State::checkpoint_state() const {
   st.model.bias = cfg.model.bias;
   st.model.qkv_bias = cfg.model.qkv_bias;
   st.model.head_dim = cfg.model.head_dim;
+  st.model.rotary_dim = cfg.model.position == "rope" ? cfg.model.rotary_dim : 0;
   st.model.sliding_window = cfg.model.sliding_window;
   st.model.full_attention_every = cfg.model.full_attention_every;
   st.model.logit_softcap = cfg.model.logit_softcap;
@@ -611,6 +612,10 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
   TRIAD_CHECK((m.head_dim > 0 ? m.head_dim : m.n_embd / m.n_head) == c.hd(), "checkpoint ", path,
               " holds a model with heads ", m.head_dim > 0 ? m.head_dim : m.n_embd / m.n_head,
               " wide but the config's are ", c.hd(), " (model.head_dim = ", c.head_dim, ")");
+  TRIAD_CHECK(m.rotary_dim == c.rotary_dim, "checkpoint ", path,
+              " holds a model whose heads rotate ",
+              m.rotary_dim > 0 ? std::to_string(m.rotary_dim) + " values" : "all their values",
+              " but the config asks for model.rotary_dim = ", c.rotary_dim);
   TRIAD_CHECK(
       m.sliding_window == c.sliding_window, "checkpoint ", path,
       " holds a model whose attention window is ",

@@ -103,6 +103,16 @@ def test_mup_mixture_continuation_matches_torch(tmp_path):
     continues_as_torch(tmp_path / "mup-moe.h5", cfg, 7, 2, "--tp", 2)
 
 
+def test_partial_rotary_continuation_matches_torch(tmp_path):
+    """Partial rotary (model.rotary_dim = 4 of 16: the first 4 values of each q and k head
+    rotate): triad-generate's greedy tokens through its key/value cache are the float64
+    reference's, on one rank and on tp 2 × pp 2."""
+    cfg = ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=32, vocab_size=50257,
+                        position="rope", rope_theta=100.0, norm="rmsnorm", bias=False,
+                        mlp="swiglu", mlp_hidden=64, tied=False, n_kv_head=2, rotary_dim=4)
+    continues_as_torch(tmp_path / "partial.h5", cfg, 9, 4, "--tp", 2, "--pp", 2)
+
+
 def test_rotary_positions_continuation_matches_torch(rope_checkpoint):
     """Rotary positions: the cached keys are rotated once, at their own positions, and each new
     token's q and k at its position; past the context the window is recomputed from position 0.

@@ -329,6 +329,38 @@ def test_mup_gives_the_same_curve_on_every_grid(tmp_path):
                                        ("zero3", 2, ["--parallel.zero", 3])])
 
 
+def test_partial_rotary_gives_the_same_curve_on_every_grid(tmp_path):
+    """Partial rotary (model.rotary_dim = 8 of each head's 16 values; its math against PyTorch:
+    test_reference_model.py) on tensor, pipeline, data, 2 x 2 and context-parallel grids: the
+    one-rank curve within fp32 rounding, another than the whole heads' rotation. Its checkpoint
+    records rotary_dim, and a config that disagrees is refused; a count that is odd, wider than
+    the head, or without rope is refused by name."""
+    cfg = tiny_config(tmp_path, name="one", train__steps=6, eval__every=3,
+                      model__position="rope", model__norm="rmsnorm", checkpoint__every=6)
+    common = ["--model.rotary_dim", 8]
+    p = run(1, "--config", cfg, *common)
+    assert p.returncode == 0, p.stderr
+    p = run(1, "--config", cfg, "--checkpoint.every", 0, "--run.name", "whole")
+    assert p.returncode == 0, p.stderr
+    want, whole = metrics(tmp_path / "runs" / "one")[1], metrics(tmp_path / "runs" / "whole")[1]
+    # (A young model's loss depends little on positions: apart by more than the grids' 2e-6.)
+    assert np.max(np.abs(whole - want) / want) > 5e-6, (whole, want)
+    assert_grids_follow_one_rank(tmp_path, cfg, [*common, "--checkpoint.every", 0],
+                                 more=[("cp", 2, ["--parallel.cp", 2])])
+    ckpt = tmp_path / "runs" / "one" / "ckpt" / "step_00000006.h5"
+    with h5py.File(ckpt, "r") as f:
+        assert int(f["model"].attrs["rotary_dim"]) == 8
+    assert tool("triad-ckpt", ckpt).returncode == 0
+    p = train("--config", cfg, "--init-from", ckpt, "--run.name", "other")
+    assert p.returncode != 0 and "model.rotary_dim = 0" in p.stdout + p.stderr, p.stderr
+    for value, needle in ((3, "model.rotary_dim must be even"), (18, "[0, 16]")):
+        p = train("--config", cfg, "--model.rotary_dim", value, "--run.name", "bad")
+        assert p.returncode != 0 and needle in p.stderr, p.stderr
+    p = train("--config", cfg, "--model.position", "learned", "--model.rotary_dim", 8,
+              "--run.name", "bad")
+    assert p.returncode != 0 and "model.rotary_dim needs model.position = rope" in p.stderr
+
+
 def test_z_loss_gives_the_same_curve_on_every_grid(tmp_path):
     """train.z_loss = 0.05 on tensor (the vocabulary-parallel loss: log Z from the group's row
     statistics), pipeline, data (ZeRO-1, 3), context-parallel and 2 x 2 grids: the one-rank

@@ -160,6 +160,13 @@ CASES = [
                                   position="rope", rope_theta=500.0, norm="rmsnorm", bias=False,
                                   mlp="swiglu", tied=False, n_kv_head=2, qk_norm=True,
                                   attn_head_dim=24), 2, 40, 6, 73),
+    # Partial rotary (model.rotary_dim: GPT-NeoX's rotary_pct 0.25): the first 4 of each head's 16
+    # values rotate, the other 12 carry no position; Llama 3.1's scaling of the 2 frequencies.
+    Case("partialrope", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
+                                      position="rope", rope_theta=500.0, norm="rmsnorm",
+                                      bias=False, mlp="swiglu", tied=False, n_kv_head=2,
+                                      rotary_dim=4, rope_scaling=(4.0, 1.0, 4.0, 8)),
+         2, 40, 6, 113),
     # A mixture of experts on GPT-2's blocks (biases elsewhere): 4 GELU experts of 96 units, each
     # token to 2 of them, the gates renormalized (Mixtral's routing).
     Case("moe", ref.GptConfig(n_layer=2, n_head=3, n_embd=48, seq_len=17, vocab_size=300,
@@ -208,6 +215,7 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                       norm=c.norm, bias=c.bias, mlp=c.mlp, mlp_hidden=c.mlp_hidden,
                       tie_embeddings=c.tied, n_kv_head=c.n_kv_head, qk_norm=c.qk_norm,
                       qkv_bias=c.qkv_bias, norm_eps=c.norm_eps, head_dim=c.attn_head_dim,
+                      rotary_dim=c.rotary_dim,
                       sliding_window=c.sliding_window,
                       full_attention_every=c.full_attention_every, logit_softcap=c.logit_softcap,
                       attn_scale=c.attn_scale, mup_base_width=c.mup_base_width,
@@ -1164,7 +1172,8 @@ def test_layer_norms_match_torch(tmp_root, tmp_path):
 GRAD_CLIP = {"gpt2vocab": 1.0, "oddshapes": 1.0, "rope": 1.0, "rmsnorm": 1.2, "nobias": 1.0,
              "swiglu": 1.1, "llama": 1.7, "gqa": 1.7, "mqa": 1.0, "bigvocab": 1.0,
              "qknorm": 1.15, "ropescaling": 1.0, "qwen2": 1.8, "headdim": 1.8, "moe": 1.0,
-             "moeswiglu": 1.7, "moemixed": 0.8, "qwen2moe": 1.7, "dsv3": 1.7}
+             "moeswiglu": 1.7, "moemixed": 0.8, "qwen2moe": 1.7, "dsv3": 1.7,
+             "partialrope": 1.8}
 
 
 # model.moe_capacity_factor: each expert takes the first ceil(f·N·k/E) of a pass's choices (the

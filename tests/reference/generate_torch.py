@@ -57,8 +57,8 @@ def block(params: Dict[str, torch.Tensor], cfg: ref.GptConfig, i: int, x: torch.
     if qn is not None:  # model.qk_norm: each q and k head RMSNormed, before the rotation
         q, k = ref.rms_norm(q, qn, cfg.norm_eps), ref.rms_norm(k, kn, cfg.norm_eps)
     if cfg.position == "rope":  # the new rows sit at positions past ..; cached keys are rotated
-        q, k = (ref.rotary(q, cfg.rope_theta, past, cfg.rope_scaling),
-                ref.rotary(k, cfg.rope_theta, past, cfg.rope_scaling))
+        q, k = (ref.rotary(q, cfg.rope_theta, past, cfg.rope_scaling, rot=cfg.rotary_dim),
+                ref.rotary(k, cfg.rope_theta, past, cfg.rope_scaling, rot=cfg.rotary_dim))
     if cache is not None:
         if len(cache) > i:
             pk, pv = cache[i]

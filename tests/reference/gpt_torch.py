@@ -69,6 +69,7 @@ class GptConfig:
     qkv_bias: bool = False  # with bias False: c_attn keeps its bias (model.qkv_bias, as Qwen2)
     norm_eps: float = 1e-5  # the normalizations' epsilon (model.norm_eps)
     attn_head_dim: int = 0  # model.head_dim: each head's width (0: n_embd / n_head)
+    rotary_dim: int = 0  # model.rotary_dim: the values of each head that rotate (0: all)
     # data.document_mask: the token that starts a document; each token then attends to its own
     # document only (None: to the whole sequence).
     document_token: Optional[int] = None
@@ -349,11 +350,16 @@ def rope_frequencies(theta: float, hd: int, scaling=None) -> torch.Tensor:
 
 
 def rotary(x: torch.Tensor, theta: float, pos0: int = 0, scaling=None,
-           positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+           positions: Optional[torch.Tensor] = None, rot: int = 0) -> torch.Tensor:
     """RoFormer's rotary embedding of x [B, nh, T, hd] at positions pos0 .. pos0 + T - 1 (or each
     token at positions [B, T]), in the "rotate half" pairing (GPT-NeoX, Hugging Face Llama):
     dimension i < hd/2 pairs with i + hd/2, and the pair turns by the angle pos * theta^(-2i/hd)
-    (scaled: rope_frequencies). Angles in float64."""
+    (scaled: rope_frequencies). Angles in float64. rot > 0: partial rotary (GPT-NeoX's
+    rotary_pct, Hugging Face's partial_rotary_factor): the first rot dimensions rotate as a head
+    of rot would, the others pass as they are."""
+    if rot and rot < x.shape[-1]:
+        return torch.cat([rotary(x[..., :rot], theta, pos0, scaling, positions), x[..., rot:]],
+                         dim=-1)
     T, hd = x.shape[-2], x.shape[-1]
     half = hd // 2
     freq = rope_frequencies(theta, hd, scaling)
@@ -374,7 +380,8 @@ def attention(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_head: int,
               k_norm: Optional[torch.Tensor] = None, rope_scaling=None,
               eps: float = LN_EPS, head_dim: int = 0,
               mask: Optional[torch.Tensor] = None,
-              positions: Optional[torch.Tensor] = None, scale: float = 0.0) -> torch.Tensor:
+              positions: Optional[torch.Tensor] = None, scale: float = 0.0,
+              rot: int = 0) -> torch.Tensor:
     """Causal self-attention on x [B, T, C]: c_attn rows are q | k | v, each head-major, k and v
     with n_kv_head heads (0: n_head); q_norm, k_norm [hd] (model.qk_norm): each q head and each
     k head RMSNormed with these weights, shared by the heads, before the rotation; rope_theta:
@@ -393,8 +400,8 @@ def attention(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_head: int,
     if q_norm is not None:  # QK-norm (Qwen3, Gemma 3): over each head's hd values; v as it is
         q, k = rms_norm(q, q_norm, eps), rms_norm(k, k_norm, eps)
     if rope_theta is not None:
-        q = rotary(q, rope_theta, 0, rope_scaling, positions)
-        k = rotary(k, rope_theta, 0, rope_scaling, positions)
+        q = rotary(q, rope_theta, 0, rope_scaling, positions, rot)
+        k = rotary(k, rope_theta, 0, rope_scaling, positions, rot)
     # Grouped-query attention: the kv heads repeated whole, so query head h meets kv head
     # h % kv (triad's grouping; not Hugging Face's repeat_interleave, h // (n_head / kv)).
     k, v = k.repeat(1, n_head // kv, 1, 1), v.repeat(1, n_head // kv, 1, 1)
@@ -605,7 +612,8 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor,
         a = linear(attention(h, params[p + "attn/c_attn/weight"],
                              params.get(p + "attn/c_attn/bias"), cfg.n_head, rope,
                              cfg.kv_heads, qn, kn, cfg.rope_scaling, cfg.norm_eps,
-                             cfg.head_dim, layer_mask(i), positions, cfg.scores_scale),
+                             cfg.head_dim, layer_mask(i), positions, cfg.scores_scale,
+                             cfg.rotary_dim),
                    params[p + "attn/c_proj/weight"], params.get(p + "attn/c_proj/bias"))
         x = x + a
         h = norm(params, cfg, p + "ln_2", x)
@@ -978,6 +986,8 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
         m.attrs.create("norm_eps", np.float64(cfg.norm_eps), dtype="<f8")
         if cfg.attn_head_dim:
             m.attrs.create("head_dim", i64(cfg.attn_head_dim), dtype="<i8")
+        if cfg.rotary_dim:
+            m.attrs.create("rotary_dim", i64(cfg.rotary_dim), dtype="<i8")
         if cfg.sliding_window:
             m.attrs.create("sliding_window", i64(cfg.sliding_window), dtype="<i8")
         if cfg.full_attention_every:
@@ -1041,6 +1051,7 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                         qkv_bias=int(a["qkv_bias"]) == 1 if "qkv_bias" in a else False,
                         norm_eps=float(a["norm_eps"]) if "norm_eps" in a else LN_EPS,
                         attn_head_dim=int(a["head_dim"]) if "head_dim" in a else 0,
+                        rotary_dim=int(a.get("rotary_dim", 0)),
                         logit_softcap=float(a.get("logit_softcap", 0.0)),
                         attn_scale=float(a.get("attn_scale", 0.0)),
                         mup_base_width=int(a.get("mup_base_width", 0)),

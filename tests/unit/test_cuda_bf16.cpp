@@ -895,30 +895,33 @@ TEST_F(CudaBf16Test, AttentionDecode) {
 // and rounded once, as on the CPU; NKV < NH: the q heads and the fewer k heads.
 TEST_F(CudaBf16Test, Rope) {
   struct Case {
-    int N, T, pos0, C, NH, NKV;
+    int N, T, pos0, C, NH, NKV, rot = 0;  // rot: partial rotary (0: every value of a head)
   };
   for (const Case& c :
        {Case{10, 5, 0, 24, 3, 3}, Case{2048, 1024, 0, 768, 12, 12}, Case{3, 1, 700, 768, 12, 12},
-        Case{10, 5, 0, 32, 4, 2}, Case{2048, 1024, 0, 768, 12, 4}, Case{3, 1, 700, 768, 12, 1}}) {
+        Case{10, 5, 0, 32, 4, 2}, Case{2048, 1024, 0, 768, 12, 4}, Case{3, 1, 700, 768, 12, 1},
+        Case{64, 32, 3, 256, 4, 2, 16}, Case{2048, 1024, 0, 768, 12, 12, 32}}) {
     SCOPED_TRACE(::testing::Message() << "N=" << c.N << " pos0=" << c.pos0 << " C=" << c.C
-                                      << " NH=" << c.NH << " NKV=" << c.NKV);
+                                      << " NH=" << c.NH << " NKV=" << c.NKV << " rot=" << c.rot);
     GptShape shape{1, c.NH, c.C, 1024, 8, 128};
     shape.rope = true;
+    shape.rotary_dim = c.rot;
     const Vec table = rope_table(shape);
     const float* g_table = dev(table);
     const size_t n = size_t(c.N) * qkv_width(c.C, c.NH, c.NKV);
     for (bool inverse : {false, true}) {
       Bits qkv = random_bits(n, 57, -2.0f, 2.0f);
       bf16_t* g_qkv = dev(qkv);
-      cpu->rope(qkv.data(), table.data(), c.N, c.T, c.pos0, c.C, c.NH, c.NKV, inverse);
-      gpu->rope(g_qkv, g_table, c.N, c.T, c.pos0, c.C, c.NH, c.NKV, inverse);
+      cpu->rope(qkv.data(), table.data(), c.N, c.T, c.pos0, c.C, c.NH, c.NKV, inverse, nullptr,
+                c.rot);
+      gpu->rope(g_qkv, g_table, c.N, c.T, c.pos0, c.C, c.NH, c.NKV, inverse, nullptr, c.rot);
       EXPECT_TRUE(close(host(g_qkv, n), qkv)) << (inverse ? "inverse" : "forward");
       // Each row at a position of its own (data.reset_positions), T and pos0 then unused.
       std::vector<int32_t> at(size_t(c.N));
       for (size_t r = 0; r < at.size(); ++r) at[r] = int32_t((r * 37 + 11) % 1024);
       const int32_t* g_at = dev(at);
-      cpu->rope(qkv.data(), table.data(), c.N, 1, 0, c.C, c.NH, c.NKV, inverse, at.data());
-      gpu->rope(g_qkv, g_table, c.N, 1, 0, c.C, c.NH, c.NKV, inverse, g_at);
+      cpu->rope(qkv.data(), table.data(), c.N, 1, 0, c.C, c.NH, c.NKV, inverse, at.data(), c.rot);
+      gpu->rope(g_qkv, g_table, c.N, 1, 0, c.C, c.NH, c.NKV, inverse, g_at, c.rot);
       EXPECT_TRUE(close(host(g_qkv, n), qkv)) << "at positions";
     }
   }

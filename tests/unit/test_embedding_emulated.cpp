@@ -127,20 +127,23 @@ TEST(EmbeddingEmulated, PositionsOfTheirOwnBf16) {
   check_encoder(2, 30, 40, 600, true, true, true, true);
 }
 
-// q and k heads of N rows rotated by a table of T positions' angles, forward then inverse.
-void check_rope(int N, int T, int pos0, int C, int NH, int NKV, bool with_positions, bool bf16) {
+// q and k heads of N rows rotated by a table of T positions' angles, forward then inverse; the
+// first rot values of each head (0: all hd of them, else partial rotary).
+void check_rope(int N, int T, int pos0, int C, int NH, int NKV, bool with_positions, bool bf16,
+                int rot = 0) {
   SCOPED_TRACE(::testing::Message()
                << "N=" << N << " T=" << T << " pos0=" << pos0 << " C=" << C << " NH=" << NH
-               << " NKV=" << NKV << (with_positions ? " positions" : "") << (bf16 ? " bf16" : ""));
-  const int hd = C / NH, half = hd / 2, heads = NH + NKV;
+               << " NKV=" << NKV << " rot=" << rot << (with_positions ? " positions" : "")
+               << (bf16 ? " bf16" : ""));
+  const int hd = C / NH, r = rot > 0 ? rot : hd, half = r / 2, heads = NH + NKV;
   const size_t W = size_t(C) + 2 * size_t(NKV) * hd;
   const int rows_of_table = pos0 + T;
-  Vec table(size_t(rows_of_table) * hd);  // cos then sin of p·θ_i, as gpt.h's rope_table
+  Vec table(size_t(rows_of_table) * r);  // cos then sin of p·θ_i, as gpt.h's rope_table
   for (int p = 0; p < rows_of_table; ++p)
     for (int i = 0; i < half; ++i) {
-      const double angle = p * std::pow(10000.0, -2.0 * i / hd);
-      table[size_t(p) * hd + i] = float(std::cos(angle));
-      table[size_t(p) * hd + half + i] = float(std::sin(angle));
+      const double angle = p * std::pow(10000.0, -2.0 * i / r);
+      table[size_t(p) * r + i] = float(std::cos(angle));
+      table[size_t(p) * r + half + i] = float(std::sin(angle));
     }
   Ints positions;
   if (with_positions)
@@ -157,9 +160,9 @@ void check_rope(int N, int T, int pos0, int C, int NH, int NKV, bool with_positi
     Vec want, got;
     if (bf16) {
       Bits w = qkv, g = qkv;
-      be->rope(as_bf16(w), table.data(), N, T, pos0, C, NH, NKV, inverse, pos);
+      be->rope(as_bf16(w), table.data(), N, T, pos0, C, NH, NKV, inverse, pos, rot);
       launch(blocks, 1, kThreads, [&](simt::Thread& x) {
-        rope_block::rotate(x, g.data(), table.data(), pos, T, pos0, hd, heads, W, pairs, sign,
+        rope_block::rotate(x, g.data(), table.data(), pos, T, pos0, hd, r, heads, W, pairs, sign,
                            kThreads, stride);
       });
       want = widened(w);
@@ -168,24 +171,37 @@ void check_rope(int N, int T, int pos0, int C, int NH, int NKV, bool with_positi
     } else {
       want = widened(qkv);
       got = want;
-      be->rope(want.data(), table.data(), N, T, pos0, C, NH, NKV, inverse, pos);
+      be->rope(want.data(), table.data(), N, T, pos0, C, NH, NKV, inverse, pos, rot);
       launch(blocks, 1, kThreads, [&](simt::Thread& x) {
-        rope_block::rotate(x, got.data(), table.data(), pos, T, pos0, hd, heads, W, pairs, sign,
+        rope_block::rotate(x, got.data(), table.data(), pos, T, pos0, hd, r, heads, W, pairs, sign,
                            kThreads, stride);
       });
       EXPECT_LE(testing::max_rel_error(got, want), 1e-6);
     }
-    // The v heads are untouched.
+    // The v heads are untouched, and each q and k head's values past the first rot.
     const Vec original = widened(qkv);
-    for (int n = 0; n < N; ++n)
+    for (int n = 0; n < N; ++n) {
       for (size_t c = size_t(C) + size_t(NKV) * hd; c < W; ++c)
         ASSERT_EQ(got[size_t(n) * W + c], original[size_t(n) * W + c]) << "v of row " << n;
+      for (int j = 0; j < heads; ++j)
+        for (int c = r; c < hd; ++c) {
+          const size_t at = size_t(n) * W + size_t(j) * hd + size_t(c);
+          ASSERT_EQ(got[at], original[at]) << "unrotated value " << c << " of head " << j;
+          ASSERT_EQ(want[at], original[at]) << "unrotated value " << c << " of head " << j;
+        }
+    }
   }
 }
 
 TEST(RopeEmulated, GroupedKeyHeadsFromAnOffset) { check_rope(24, 12, 5, 64, 4, 2, false, false); }
 TEST(RopeEmulated, PositionsOfTheirOwnBf16) { check_rope(20, 10, 0, 96, 3, 1, true, true); }
 TEST(RopeEmulated, HeadDim128) { check_rope(6, 6, 0, 256, 2, 2, false, false); }
+// Partial rotary (model.rotary_dim): a quarter of 64 (GPT-NeoX's rotary_pct), half of 32 with
+// grouped key heads and positions of their own in bf16.
+TEST(RopeEmulated, PartialRotary) {
+  check_rope(12, 6, 3, 128, 2, 2, false, false, 16);
+  check_rope(10, 10, 0, 128, 4, 2, true, true, 16);
+}
 
 }  // namespace
 }  // namespace triad

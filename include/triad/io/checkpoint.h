@@ -97,6 +97,9 @@ struct ModelShape {
   int64_t n_kv_head = 0;
   // Attribute qk_norm (int64 1 | 0; absent in older files: 0).
   bool qk_norm = false;
+  // Attribute rotary_dim (int64, partial rotary: the values of each q and k head that rotate;
+  // absent or 0: all of them; written when > 0).
+  int64_t rotary_dim = 0;
   // Attribute sliding_window (int64, the keys each query attends to at most; absent or 0: all
   // earlier ones; written when > 0).
   int64_t sliding_window = 0;

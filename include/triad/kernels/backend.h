@@ -216,9 +216,11 @@ class Backend {
   // memory). inverse rotates by the opposite angles: the transpose, i.e. the backward pass,
   // applied to dqkv. positions (the backend's ints, [N], each below the table's rows): row r is
   // at position positions[r] instead, T and pos0 unused (data.reset_positions: each packed
-  // document from 0).
+  // document from 0). rot (model.rotary_dim; 0: hd) rotates the first rot of each head's hd values
+  // only, pairs (x_i, x_{i+rot/2}), i < rot/2, by a table of [seq_len, rot] (partial rotary, as
+  // GPT-NeoX's rotary_pct and Hugging Face's partial_rotary_factor); the rest pass unchanged.
   virtual void rope(float* qkv, const float* table, int N, int T, int pos0, int C, int NH, int NKV,
-                    bool inverse, const int32_t* positions = nullptr) = 0;
+                    bool inverse, const int32_t* positions = nullptr, int rot = 0) = 0;
 
   // ---- per-head RMSNorm of q and k (model.qk_norm) -----------------------------------------
   // qkv [N, W] (layout as above) into out [N, W]: each q head's hd values x become x·r·wq and
@@ -418,7 +420,7 @@ class Backend {
                                GradMode mode = GradMode::accumulate) = 0;
   // As the fp32 rope; each rotated element computed in fp32 and rounded once.
   virtual void rope(bf16_t* qkv, const float* table, int N, int T, int pos0, int C, int NH, int NKV,
-                    bool inverse, const int32_t* positions = nullptr) = 0;
+                    bool inverse, const int32_t* positions = nullptr, int rot = 0) = 0;
   // As the fp32 qk_norm ops; computed in fp32 from the bf16 values (r, dw fp32), each bf16 output
   // rounded once (accumulating: round(old + gradient)).
   virtual void qk_norm_forward(bf16_t* out, float* rstd, const bf16_t* qkv, const bf16_t* wq,

@@ -38,6 +38,11 @@ struct GptShape {
   // 0.1·ln(rope_factor) + 1 (rope_table).
   bool yarn = false;
   double rope_beta_fast = 32.0, rope_beta_slow = 1.0;
+  // Partial rotary (model.rotary_dim > 0, even, at most hd: GPT-NeoX's rotary_pct, Hugging Face's
+  // partial_rotary_factor, modded-nanogpt's half-truncated rope): only the first rotary_dim of
+  // each q and k head's values rotate, pairs (x_i, x_{i+rotary_dim/2}) by angles
+  // pos·rope_theta^(−2i/rotary_dim); the rest carry no position. 0: all hd of them.
+  int rotary_dim = 0;
   // Normalization (model.norm): LayerNorm (weight and bias) or RMSNorm (rmsnorm: weight only, no
   // centering, as Llama); ln_1, ln_2 and ln_f alike.
   bool rmsnorm = false;
@@ -139,6 +144,7 @@ struct GptShape {
   int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
   int hd() const { return head_dim > 0 ? head_dim : n_embd / n_head; }
   int attn_width() const { return n_head * hd(); }  // q's width, and the attention output's
+  int rot() const { return rotary_dim > 0 ? rotary_dim : hd(); }  // rotated values per head
   int qkv_rows() const { return qkv_width(attn_width(), n_head, kv_heads()); }  // c_attn's rows
   int hidden() const {
     if (mlp_hidden > 0) return mlp_hidden;
@@ -202,9 +208,10 @@ struct GptShape {
   }
 };
 
-// The rotary embedding's angles (shape.rope): [seq_len, hd] floats, position p's row holding
-// cos(p·f_i) for i < hd/2, then sin(p·f_i), f_i = rope_theta^(−2i/hd); computed in double and
-// rounded once, so every backend reads the same table.
+// The rotary embedding's angles (shape.rope): [seq_len, r] floats (r = shape.rot(): hd, or the
+// rotary_dim of partial rotary), position p's row holding cos(p·f_i) for i < r/2, then
+// sin(p·f_i), f_i = rope_theta^(−2i/r); computed in double and rounded once, so every backend
+// reads the same table.
 std::vector<float> rope_table(const GptShape& shape);
 
 // Whether a parameter has a row per vocabulary entry (wte, and an untied head's lm_head): rows

@@ -19,6 +19,7 @@ struct ModelConfig {
   double rope_scaling_factor = 8.0, rope_low_freq_factor = 1.0, rope_high_freq_factor = 4.0;
   int rope_original_positions = 8192;  // llama3, yarn: the context first trained on
   double rope_yarn_beta_fast = 32.0, rope_yarn_beta_slow = 1.0;  // yarn: the ramp's ends
+  int rotary_dim = 0;  // rope: the values of each head that rotate (0: all; GPT-NeoX: hd / 4)
   std::string norm = "layernorm";  // layernorm (weight, bias) | rmsnorm (weight only)
   bool bias = true;                // false: no biases in linear layers and LayerNorms
   bool qkv_bias = false;           // with bias = false: c_attn keeps its bias (as Qwen2)

@@ -144,8 +144,8 @@ class CpuBackend final : public Backend {
     cpu::swiglu_backward(dpre, pre, dout, N, H, mode == GradMode::accumulate);
   }
   void rope(float* qkv, const float* table, int N, int T, int pos0, int C, int NH, int NKV,
-            bool inverse, const int32_t* positions) override {
-    cpu::rope(qkv, table, N, T, pos0, C, NH, NKV, inverse, positions);
+            bool inverse, const int32_t* positions, int rot) override {
+    cpu::rope(qkv, table, N, T, pos0, C, NH, NKV, inverse, positions, rot);
   }
   void qk_norm_forward(float* out, float* rstd, const float* qkv, const float* wq, const float* wk,
                        int N, int C, int NH, int NKV, float eps = kNormEps) override {
@@ -286,8 +286,8 @@ class CpuBackend final : public Backend {
     cpu::swiglu_backward(dpre, pre, dout, N, H, mode == GradMode::accumulate);
   }
   void rope(bf16_t* qkv, const float* table, int N, int T, int pos0, int C, int NH, int NKV,
-            bool inverse, const int32_t* positions) override {
-    cpu::rope(qkv, table, N, T, pos0, C, NH, NKV, inverse, positions);
+            bool inverse, const int32_t* positions, int rot) override {
+    cpu::rope(qkv, table, N, T, pos0, C, NH, NKV, inverse, positions, rot);
   }
   void qk_norm_forward(bf16_t* out, float* rstd, const bf16_t* qkv, const bf16_t* wq,
                        const bf16_t* wk, int N, int C, int NH, int NKV,

@@ -83,9 +83,9 @@ void qk_norm_backward(bf16_t* dqkv, float* dwq, float* dwk, const bf16_t* dout, 
                       int NKV, bool accumulate);
 // Rotary position embedding in place (cpu_rope.cpp); fp32 and bf16 (computed in fp32).
 void rope(float* qkv, const float* table, int N, int T, int pos0, int C, int NH, int NKV,
-          bool inverse, const int32_t* positions);
+          bool inverse, const int32_t* positions, int rot = 0);
 void rope(bf16_t* qkv, const float* table, int N, int T, int pos0, int C, int NH, int NKV,
-          bool inverse, const int32_t* positions);
+          bool inverse, const int32_t* positions, int rot = 0);
 
 void gelu_forward(float* out, const float* inp, size_t n);
 void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n);

@@ -1,6 +1,6 @@
-// Rotary position embedding (backend.h rope): each q and k head's pairs (x_i, x_{i+hd/2})
-// rotated by their position's angles, in place. fp32, and bf16 computed in fp32 and rounded
-// once per element.
+// Rotary position embedding (backend.h rope): each q and k head's pairs (x_i, x_{i+rot/2}) of its
+// first rot values (rot = hd but under partial rotary) rotated by their position's angles, in
+// place. fp32, and bf16 computed in fp32 and rounded once per element.
 #include "cpu_math.h"
 #include "cpu_ops.h"
 #include "triad/kernels/backend.h"
@@ -10,14 +10,14 @@ namespace {
 
 template <class E>
 void rope_rows(E* qkv, const float* table, int N, int T, int pos0, int C, int NH, int NKV,
-               bool inverse, const int32_t* positions) {
-  const int hd = C / NH, half = hd / 2;
+               bool inverse, const int32_t* positions, int rot) {
+  const int hd = C / NH, half = (rot > 0 ? rot : hd) / 2;
   const size_t W = size_t(qkv_width(C, NH, NKV));
   // The backward pass rotates by −angle: the same cosines, the sines negated.
   const float sign = inverse ? -1.0f : 1.0f;
 #pragma omp parallel for schedule(static) if (size_t(N) * 2 * C >= kParallelMin)
   for (int r = 0; r < N; ++r) {
-    const float* cs = table + size_t(positions ? positions[r] : pos0 + r % T) * hd;
+    const float* cs = table + size_t(positions ? positions[r] : pos0 + r % T) * size_t(2 * half);
     E* row = qkv + size_t(r) * W;
     for (int j = 0; j < NH + NKV; ++j) {  // the q heads, then the k heads
       E* x = row + size_t(j) * hd;
@@ -34,13 +34,13 @@ void rope_rows(E* qkv, const float* table, int N, int T, int pos0, int C, int NH
 }  // namespace
 
 void rope(float* qkv, const float* table, int N, int T, int pos0, int C, int NH, int NKV,
-          bool inverse, const int32_t* positions) {
-  rope_rows(qkv, table, N, T, pos0, C, NH, NKV, inverse, positions);
+          bool inverse, const int32_t* positions, int rot) {
+  rope_rows(qkv, table, N, T, pos0, C, NH, NKV, inverse, positions, rot);
 }
 
 void rope(bf16_t* qkv, const float* table, int N, int T, int pos0, int C, int NH, int NKV,
-          bool inverse, const int32_t* positions) {
-  rope_rows(qkv, table, N, T, pos0, C, NH, NKV, inverse, positions);
+          bool inverse, const int32_t* positions, int rot) {
+  rope_rows(qkv, table, N, T, pos0, C, NH, NKV, inverse, positions, rot);
 }
 
 }  // namespace triad::cpu

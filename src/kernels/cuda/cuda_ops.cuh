@@ -299,7 +299,7 @@ void moe_shared_gate_backward(cudaStream_t st, Elem* dlogits, const float* ds, c
 // ---- rotary position embedding (cuda_rope.cu): backend.h rope, in place -------------------
 template <typename Elem>
 void rope(cudaStream_t s, Elem* qkv, const float* table, int N, int T, int pos0, int C, int NH,
-          int NKV, bool inverse, const int32_t* positions = nullptr);
+          int NKV, bool inverse, const int32_t* positions = nullptr, int rot = 0);
 
 // ---- per-head RMSNorm of q and k (cuda_qk_norm.cu): backend.h qk_norm_forward / backward ----
 // The weight gradients' per-slice partials live in scratch (the column sums' scratch);
