@@ -132,6 +132,16 @@ def assert_grids_follow_one_rank(tmp_path, cfg, common, pp_extra=(), more=()):
         np.testing.assert_allclose(got_val, want_val, rtol=2e-6, err_msg=name)
 
 
+def one_and_other(tmp_path, cfg, common, other, differ):
+    """Run "one" of cfg with the options `common` on one rank, and "other" with `other` instead:
+    their training curves part by more than `differ` (relative) somewhere."""
+    for name, options in (("one", common), ("other", other)):
+        p = run(1, "--config", cfg, *options, "--run.name", name)
+        assert p.returncode == 0, p.stderr
+    want, got = metrics(tmp_path / "runs" / "one")[1], metrics(tmp_path / "runs" / "other")[1]
+    assert np.max(np.abs(got - want) / want) > differ, (got, want)
+
+
 def test_loss_masks_give_the_same_curve_on_every_grid(tmp_path):
     """Loss masks on tensor (the vocabulary-parallel loss), pipeline, data (ZeRO-1) and 2 x 2
     grids: the one-rank curve within fp32 rounding (its values against PyTorch:
@@ -318,12 +328,7 @@ def test_mup_gives_the_same_curve_on_every_grid(tmp_path):
     differs from the standard parametrization's."""
     cfg = tiny_config(tmp_path, name="one", train__steps=6, eval__every=3)
     common = ["--model.mup_base_width", 8, "--checkpoint.every", 0]
-    p = run(1, "--config", cfg, *common)
-    assert p.returncode == 0, p.stderr
-    p = run(1, "--config", cfg, "--checkpoint.every", 0, "--run.name", "sp")
-    assert p.returncode == 0, p.stderr
-    want, sp = metrics(tmp_path / "runs" / "one")[1], metrics(tmp_path / "runs" / "sp")[1]
-    assert np.max(np.abs(sp - want) / want) > 1e-4, (sp, want)
+    one_and_other(tmp_path, cfg, common, ["--checkpoint.every", 0], 1e-4)  # μP against SP
     assert_grids_follow_one_rank(tmp_path, cfg, common,
                                  more=[("zero2", 2, ["--parallel.zero", 2]),
                                        ("zero3", 2, ["--parallel.zero", 3])])
@@ -338,13 +343,9 @@ def test_partial_rotary_gives_the_same_curve_on_every_grid(tmp_path):
     cfg = tiny_config(tmp_path, name="one", train__steps=6, eval__every=3,
                       model__position="rope", model__norm="rmsnorm", checkpoint__every=6)
     common = ["--model.rotary_dim", 8]
-    p = run(1, "--config", cfg, *common)
-    assert p.returncode == 0, p.stderr
-    p = run(1, "--config", cfg, "--checkpoint.every", 0, "--run.name", "whole")
-    assert p.returncode == 0, p.stderr
-    want, whole = metrics(tmp_path / "runs" / "one")[1], metrics(tmp_path / "runs" / "whole")[1]
-    # (A young model's loss depends little on positions: apart by more than the grids' 2e-6.)
-    assert np.max(np.abs(whole - want) / want) > 5e-6, (whole, want)
+    # Against the whole heads' rotation. (A young model's loss depends little on positions:
+    # apart by more than the grids' 2e-6.)
+    one_and_other(tmp_path, cfg, common, ["--checkpoint.every", 0], 5e-6)
     assert_grids_follow_one_rank(tmp_path, cfg, [*common, "--checkpoint.every", 0],
                                  more=[("cp", 2, ["--parallel.cp", 2])])
     ckpt = tmp_path / "runs" / "one" / "ckpt" / "step_00000006.h5"
