@@ -159,6 +159,27 @@ TEST(ModelParallel, MuonMatchesOneRankOnEveryGrid) {
   }
 }
 
+// Expert parallelism: each rank of an expert-parallel group holds its own experts, under ZeRO-3
+// in packed slices over their replicas (Gpt::packed_experts). The losses and the weights the
+// trainer assembles from every rank (Trainer::parameters: the packed slices over edp) at ep 2 on
+// dp 2 and 4, without ZeRO and under ZeRO-1 and 3, are one rank's to fp32 rounding. (No
+// balancing term: it is each micro-batch's, whose size differs by grid here.)
+TEST(ModelParallel, ExpertParallelWeightsAreOneRanks) {
+  const std::string dir = shared_dir("grid");
+  const std::vector<std::string> moe = {
+      "--resume",           "none", "--model.moe_experts",       "4",  "--model.moe_top_k",    "2",
+      "--model.mlp_hidden", "16",   "--model.moe_shared_hidden", "16", "--train.moe_aux_loss", "0"};
+  const Result ref = run(dir, "moe_ref", Grid{}, moe);
+  ASSERT_EQ(ref.losses.size(), 6u);
+  std::vector<std::string> ep = moe;
+  ep.insert(ep.end(), {"--parallel.ep", "2"});
+  for (const Grid& g : {Grid{2, 1, 1, 0, 1, "1f1b", 1}, Grid{2, 1, 1, 3, 1, "1f1b", 1},
+                        Grid{4, 1, 1, 1, 1, "1f1b", 1}, Grid{4, 1, 1, 3, 1, "1f1b", 1}}) {
+    if (g.ranks() > world_size()) continue;
+    expect_same_training(run(dir, "moe_ep2_" + g.name(), g, ep), ref, "ep 2 " + g.name());
+  }
+}
+
 // Muon's state (momentum of the matrices, m and v of the rest) resumes bit for bit on the grid
 // that saved it and reshards onto others (ZeRO-2 and 3 too), like AdamW's.
 TEST(ModelParallel, MuonResumesExactlyAndReshards) {
