@@ -460,6 +460,11 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
               "a gate of the shared experts needs shared experts (moe_shared_hidden > 0)");
   TRIAD_CHECK(!shape.rope || shape.hd() % 2 == 0,
               "rotary positions need an even head dimension (got ", shape.hd(), ")");
+  TRIAD_CHECK(
+      shape.rotary_dim == 0 || (shape.rope && shape.rotary_dim > 0 && shape.rotary_dim % 2 == 0 &&
+                                shape.rotary_dim <= shape.hd()),
+      "partial rotary needs rotary positions and an even rotary_dim of at most the head's ",
+      shape.hd(), " values (got ", shape.rotary_dim, ")");
   TRIAD_ASSERT(mp.pp >= 1 && mp.virtual_stages >= 1);
   TRIAD_ASSERT(mp.stage_layers.empty()
                    ? shape.n_layer % mp.chunks() == 0

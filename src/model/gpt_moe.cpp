@@ -189,7 +189,8 @@ void Gpt::moe_front(typename Set<A>::Layer& L, int l, const A* ln2, const LayerT
   if (mup) be_.scale_cap_logits(a.moe_logits, size_t(N) * E, shape_.logits_mult(), 0.0f);
   be_.moe_route(L.moe_probs, L.moe_expert, L.moe_gate, a.moe_logits, N, E, k,
                 routing(shape_, router_bias_dev_ + size_t(l) * size_t(E)), L.moe_lse);
-  const bool per_sequence = moe_aux_per_sequence_ && training_;
+  // (Without a balancing coefficient nothing reads them, and the logged term is 0·term.)
+  const bool per_sequence = moe_aux_per_sequence_ && training_ && moe_aux_loss_ > 0.0f;
   if (per_sequence) moe_sequence_stats(L, N);  // (its slots: the dispatch below overwrites them)
   L.moe_counts.resize(size_t(E));
   moe_host_.resize(size_t(E));

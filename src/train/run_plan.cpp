@@ -245,7 +245,7 @@ RunPlan plan_run(const Config& cfg, int world_size) {
       const size_t expert_replicas = size_t(replicas / p.grid.ep);
       const double de = double(expert_replicas);
       const size_t x = expert_packing(specs, m.model.param_floats, 1).floats;
-      const size_t x_reduced = reduced / m.model.param_floats * x * sizeof(float);
+      const size_t x_reduced = reduced * x / m.model.param_floats * sizeof(float);
       // A ring moves (n−1)/n of what it reduce-scatters, and a gather brings the other n−1
       // ranks' parts, over each group of n.
       double gather_wire = 0;

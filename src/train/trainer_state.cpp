@@ -518,7 +518,10 @@ CheckpointState Trainer::State::checkpoint_state() const {
   st.model.bias = cfg.model.bias;
   st.model.qkv_bias = cfg.model.qkv_bias;
   st.model.head_dim = cfg.model.head_dim;
-  st.model.rotary_dim = cfg.model.position == "rope" ? cfg.model.rotary_dim : 0;
+  // All of a head's values rotating is plain rope: no attribute (0), whichever way it was said.
+  st.model.rotary_dim = cfg.model.position == "rope" && cfg.model.rotary_dim < cfg.model.hd()
+                            ? cfg.model.rotary_dim
+                            : 0;
   st.model.sliding_window = cfg.model.sliding_window;
   st.model.full_attention_every = cfg.model.full_attention_every;
   st.model.logit_softcap = cfg.model.logit_softcap;
@@ -612,7 +615,9 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
   TRIAD_CHECK((m.head_dim > 0 ? m.head_dim : m.n_embd / m.n_head) == c.hd(), "checkpoint ", path,
               " holds a model with heads ", m.head_dim > 0 ? m.head_dim : m.n_embd / m.n_head,
               " wide but the config's are ", c.hd(), " (model.head_dim = ", c.head_dim, ")");
-  TRIAD_CHECK(m.rotary_dim == c.rotary_dim, "checkpoint ", path,
+  // 0 and the head's width both rotate every value.
+  const int64_t rotated = m.rotary_dim > 0 ? m.rotary_dim : c.hd();
+  TRIAD_CHECK(rotated == (c.rotary_dim > 0 ? c.rotary_dim : c.hd()), "checkpoint ", path,
               " holds a model whose heads rotate ",
               m.rotary_dim > 0 ? std::to_string(m.rotary_dim) + " values" : "all their values",
               " but the config asks for model.rotary_dim = ", c.rotary_dim);

@@ -354,6 +354,15 @@ def test_partial_rotary_gives_the_same_curve_on_every_grid(tmp_path):
     assert tool("triad-ckpt", ckpt).returncode == 0
     p = train("--config", cfg, "--init-from", ckpt, "--run.name", "other")
     assert p.returncode != 0 and "model.rotary_dim = 0" in p.stdout + p.stderr, p.stderr
+    # All 16 of a head's values is plain rope: no attribute, and it resumes as rotary_dim 0.
+    p = train("--config", cfg, "--model.rotary_dim", 16, "--train.steps", 2,
+              "--checkpoint.every", 2, "--run.name", "all16")
+    assert p.returncode == 0, p.stderr
+    ckpt16 = tmp_path / "runs" / "all16" / "ckpt" / "step_00000002.h5"
+    with h5py.File(ckpt16, "r") as f:
+        assert "rotary_dim" not in f["model"].attrs
+    p = train("--config", cfg, "--init-from", ckpt16, "--train.steps", 1, "--run.name", "as0")
+    assert p.returncode == 0, p.stderr
     for value, needle in ((3, "model.rotary_dim must be even"), (18, "[0, 16]")):
         p = train("--config", cfg, "--model.rotary_dim", value, "--run.name", "bad")
         assert p.returncode != 0 and needle in p.stderr, p.stderr

@@ -8,6 +8,7 @@
 #include <map>
 #include <numeric>
 
+#include "triad/core/error.h"
 #include "triad/model/gpt.h"
 
 namespace triad {
@@ -322,6 +323,25 @@ TEST(ModelLayout, MupInitLeavesTheRouterAndGate) {
     return false;  // the router and the gate among them
   });
   EXPECT_EQ(halved, 12);
+}
+
+// A shape built by hand (tests, tools) gets the config's checks of partial rotary too: an odd
+// count, one wider than the head or one without rope would read the wrong angles or past a head.
+TEST(ModelLayout, PartialRotaryIsChecked) {
+  auto be = make_cpu_backend();
+  GptShape s{1, 2, 32, 8, 64, 128};  // heads of 16
+  s.rope = true;
+  for (int ok : {0, 2, 8, 16}) {
+    s.rotary_dim = ok;
+    EXPECT_NO_THROW(Gpt(s, 1, *be)) << ok;
+  }
+  for (int bad : {3, 18, -2}) {
+    s.rotary_dim = bad;
+    EXPECT_THROW(Gpt(s, 1, *be), triad::Error) << bad;
+  }
+  s.rope = false;
+  s.rotary_dim = 8;
+  EXPECT_THROW(Gpt(s, 1, *be), triad::Error);
 }
 
 }  // namespace
