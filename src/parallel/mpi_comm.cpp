@@ -168,14 +168,16 @@ class MpiComm final : public Comm {
     size_t total = 0;
     for (size_t b : send_bytes) total += b;
     stats_.add(CommStats::kAllToAll, total);
-    // The blocks move in the widest unit every one of them is made of (8, 4 or 1 bytes: fp32
+    // The blocks move in the widest unit every one of them is made of (8, 4, 2 or 1 bytes: fp32
     // rows and matrices in words), so that MPI's int counts reach that many times further.
     size_t unit = 8;
     for (const auto* bytes : {&send_bytes, &recv_bytes})
       for (size_t b : *bytes)
         while (b % unit != 0) unit /= 2;
-    if (unit == 2) unit = 1;
-    const MPI_Datatype type = unit == 8 ? MPI_UINT64_T : unit == 4 ? MPI_UINT32_T : MPI_BYTE;
+    const MPI_Datatype type = unit == 8   ? MPI_UINT64_T
+                              : unit == 4 ? MPI_UINT32_T
+                              : unit == 2 ? MPI_UINT16_T
+                                          : MPI_BYTE;
     // Counts, then displacements, of what goes and what comes, in units.
     std::vector<int> ints(4 * size_t(size_));
     int sent = 0, received = 0;

@@ -193,12 +193,13 @@ void Trainer::State::setup_model() {
   };
   for (size_t i = 0; i < sp.size(); ++i) {
     const size_t lo = sp[i].offset, hi = i + 1 < sp.size() ? sp[i + 1].offset : model->num_floats();
-    if (sp[i].expert_parallel) extend(expert_extents, lo, hi);
     if (frozen_tensor(cfg.train.freeze, sp[i].name))
       extend(frozen, lo, hi);
     else if (!sp[i].replica)
       extend(sp[i].expert_parallel ? counted_experts : counted, lo, hi);
   }
+  for (const auto& e : expert_packing(sp, model->num_floats(), 1).extents)
+    expert_extents.emplace_back(e.lo, e.hi);
   // Each range lies in one extent (extents merge frozen tensors too), contiguous when packed.
   for (auto& [lo, hi] : counted_experts) {
     const size_t n = hi - lo;
@@ -455,15 +456,17 @@ void Trainer::State::stage_to_device(bool with_optimizer) {
     model->params_updated();  // loaded in place (CPU): refresh the bf16 copy
 }
 
+void Trainer::State::experts_from_their_slice(std::vector<TensorRef>& refs, float* base) const {
+  const auto own =
+      model_tensor_refs(*model, base, expert_lo, false, expert_lo, expert_hi, expert_lo, expert_hi);
+  for (size_t i = 0; i < refs.size(); ++i)
+    if (is_expert_tensor(refs[i].name)) refs[i] = own[i];
+}
+
 std::vector<TensorGroup> Trainer::State::groups(bool with_optimizer, bool for_save) {
   std::vector<TensorGroup> g{{"model", tensor_refs(param_base(), 0, !for_save)}};
-  if (for_save && model->packed_experts()) {  // ZeRO-3's experts: the packed slice (loads: whole)
-    const auto own = model_tensor_refs(*model, expert_param_base(), expert_lo, false, expert_lo,
-                                       expert_hi, expert_lo, expert_hi);
-    auto& refs = g.front().tensors;
-    for (size_t i = 0; i < refs.size(); ++i)
-      if (is_expert_tensor(refs[i].name)) refs[i] = own[i];
-  }
+  if (for_save && model->packed_experts())  // ZeRO-3's experts: the packed slice (loads: whole)
+    experts_from_their_slice(g.front().tensors, expert_param_base());
   if (for_save && cfg.model.moe_experts > 0) {  // (loads: load_router_bias)
     host_router_bias = model->router_bias();
     g.push_back(router_bias_group(model->shape(), host_router_bias.data()));
@@ -474,12 +477,8 @@ std::vector<TensorGroup> Trainer::State::groups(bool with_optimizer, bool for_sa
       const size_t first = zero ? shard_lo : 0;
       // Every rank keeps the same names (the reads and writes are collective).
       auto refs = tensor_refs(slot_base(sg.slot), first, !for_save && !zero);
-      if (expert_opt) {  // ZeRO with expert parallelism: the experts' state is its own slice
-        const auto own = model_tensor_refs(*model, slot_base(sg.slot, true), expert_lo, false,
-                                           expert_lo, expert_hi, expert_lo, expert_hi);
-        for (size_t i = 0; i < refs.size(); ++i)
-          if (is_expert_tensor(refs[i].name)) refs[i] = own[i];
-      }
+      if (expert_opt)  // ZeRO with expert parallelism: the experts' state is its own slice
+        experts_from_their_slice(refs, slot_base(sg.slot, true));
       std::erase_if(
           refs, [&](const TensorRef& t) { return !Optimizer::group_holds(sg.tensors, t.name); });
       g.push_back({"optimizer/" + sg.name, std::move(refs)});

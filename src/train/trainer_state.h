@@ -76,7 +76,7 @@ struct Trainer::State {
   size_t expert_coord(size_t offset) const {
     return model->packed_experts() ? model->packing().packed(offset) : offset;
   }
-  // ep > 1: the expert-parallel tensors' extents of the buffer (merged as `counted` is).
+  // ep > 1: the expert-parallel tensors' extents of the buffer (ExpertPacking's).
   std::vector<std::pair<size_t, size_t>> expert_extents;
   // Whether this rank counts the tensor in the gradient and weight norms (not a replica).
   bool counts_in_norms(const ParamSpec& s) const;
@@ -167,6 +167,10 @@ struct Trainer::State {
   float* slot_base(size_t i, bool experts = false);  // experts: expert_opt's
   // ZeRO-3 with expert parallelism: where the packed experts' slice is read and written for I/O.
   float* expert_param_base();
+  // refs (every tensor, as tensor_refs gives them) with the expert tensors' taken from this
+  // rank's expert slice [expert_lo, expert_hi), its first element at base (ZeRO: the experts'
+  // own optimizer state; ZeRO-3: their packed weights).
+  void experts_from_their_slice(std::vector<TensorRef>& refs, float* base) const;
   void stage_to_host();
   void stage_to_device(bool with_optimizer);
 
