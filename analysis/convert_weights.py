@@ -1,5 +1,6 @@
 """Weights and tokenizers in and out of triad: Hugging Face transformers models (config.json +
-safetensors; GPT-2, Llama, Mistral, Qwen2, Qwen3, Mixtral, Qwen2-MoE, Qwen3-MoE) and llm.c
+safetensors; GPT-2, Llama, Mistral, Qwen2, Qwen3, Mixtral, Qwen2-MoE, Qwen3-MoE, Nemotron) and
+llm.c
 model files (gpt2_124M.bin and the like) to a triad checkpoint, a triad checkpoint to either,
 and Hugging Face or Meta tokenizers to a triad tokenizer description (hf_tokenizer.py).
 
@@ -34,6 +35,10 @@ What the formats hold and how they map (docs/formats.md, "Weights from other pro
   mlp.gate as router, mlp.shared_expert as shared/c_fc and shared/c_proj, mlp.shared_expert_gate
   as shared/gate (model.moe_shared_hidden, moe_shared_gate). HF Qwen3-MoE: Qwen3's blocks with
   Qwen2-MoE's experts and router, no shared expert.
+- HF Nemotron: Llama's tensors with LayerNorms (weight and bias; HF stores each weight as w - 1,
+  its LayerNorm1P scaling by 1 + w, triad's as w itself), up_proj and down_proj around the
+  squared ReLU (model.mlp = relu2), the first partial_rotary_factor of each head rotating
+  (model.rotary_dim), no linear biases (model.bias = false, model.norm_bias = true).
 - llm.c: a header of 256 int32 (magic 20240326, version 3 = fp32 or 5 = bf16, max_seq_len,
   vocab_size, n_layer, n_head, n_embd, padded_vocab_size), then wte, wpe and each per-layer
   tensor for all layers in turn ([out, in] like triad), then ln_f.
@@ -128,9 +133,16 @@ class Dims:
     moe_shared_gate: bool = False
     moe_first_dense: int = 0
     moe_every: int = 1
+    # The values of each head that rotate (model.rotary_dim; 0: all) and the LayerNorms' biases
+    # beside bias-free linear layers (model.norm_bias): Nemotron's.
+    rotary_dim: int = 0
+    norm_bias: bool = False
     # Read from Phi-3's layout (Phi3ForCausalLM): q, k and v stored as one qkv_proj, the MLP's
     # gate and up as one gate_up_proj. An import's source only, not part of triad's model.
     fused: bool = False
+    # Nemotron's layout (NemotronForCausalLM): each LayerNorm weight stored as w - 1 (its
+    # LayerNorm1P scales by 1 + w). The files' convention only, not part of triad's model.
+    norm_offset: bool = False
 
     def moe_layer(self, i: int) -> bool:
         """Whether layer i has the experts (GptShape::moe_layer)."""
@@ -214,6 +226,10 @@ class Dims:
                      mlp_hidden=self.mlp_hidden or 4 * self.n_embd,
                      tie_embeddings=int(self.tied), n_kv_head=self.kv, qk_norm=int(self.qk_norm),
                      qkv_bias=int(self.qkv_bias))
+            if self.norm_bias:  # model.norm_bias (absent: 0)
+                a["norm_bias"] = 1
+            if self.rotary_dim:  # model.rotary_dim (absent: every value rotates)
+                a["rotary_dim"] = int(self.rotary_dim)
             if self.position == "rope":
                 a["rope_theta"] = float(self.rope_theta)
             if self.rope_scaling is not None:
@@ -254,6 +270,10 @@ class Dims:
                 keys["qk_norm"] = "true"
             if self.qkv_bias:
                 keys["qkv_bias"] = "true"
+            if self.norm_bias:
+                keys["norm_bias"] = "true"
+            if self.rotary_dim:
+                keys["rotary_dim"] = self.rotary_dim
             for k, v in self.moe_keys().items():
                 keys[k] = ("true" if v else "false") if k in BOOL_MOE_KEYS else v
         return "".join(f"{k} = {v}\n" for k, v in keys.items())
@@ -417,6 +437,8 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     kind = cfg.get("model_type", "gpt2")
     if kind in ("llama", "mistral", "phi3", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe"):
         return llama_config_dims(cfg, where, seq_len)
+    if kind == "nemotron":
+        return nemotron_config_dims(cfg, where, seq_len)
     if kind in UNBUILT_MOE:
         raise ConvertError(f"{where}: model_type is {kind!r}, a mixture of experts triad does "
                            f"not compute: {UNBUILT_MOE[kind]} (triad imports Mixtral's, "
@@ -424,8 +446,8 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     if kind != "gpt2":
         raise ConvertError(f"{where}: model_type is {kind!r}; triad imports GPT-2 ('gpt2'), "
                            f"Llama ('llama'), Mistral ('mistral'), Mixtral ('mixtral'), Phi-3 "
-                           f"('phi3'), Qwen2 ('qwen2'), Qwen2-MoE ('qwen2_moe'), Qwen3 ('qwen3') "
-                           f"and Qwen3-MoE ('qwen3_moe') models")
+                           f"('phi3'), Qwen2 ('qwen2'), Qwen2-MoE ('qwen2_moe'), Qwen3 ('qwen3'), "
+                           f"Qwen3-MoE ('qwen3_moe') and Nemotron ('nemotron') models")
     try:
         n_layer, n_head, n_embd = int(get("n_layer")), int(get("n_head")), int(get("n_embd"))
         n_pos, vocab = int(get("n_positions", "n_ctx")), int(get("vocab_size"))
@@ -596,6 +618,57 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     return d
 
 
+def nemotron_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
+    """A Hugging Face Nemotron config (NemotronForCausalLM: Nemotron-4, Minitron) as triad's
+    model: rope on the first partial_rotary_factor of each head's values (model.rotary_dim),
+    LayerNorms with biases (their weights stored as w - 1) beside bias-free linear layers
+    (model.bias = false, model.norm_bias = true), the squared-ReLU MLP (model.mlp = relu2),
+    grouped-query attention or not, tied or not; refused where triad computes something else."""
+    try:
+        n_layer, n_head = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
+        n_embd, hidden = int(cfg["hidden_size"]), int(cfg["intermediate_size"])
+        n_pos, vocab = int(cfg["max_position_embeddings"]), int(cfg["vocab_size"])
+        kv = int(cfg.get("num_key_value_heads") or n_head)
+        eps, theta = float(cfg.get("norm_eps", 1e-5)), float(cfg.get("rope_theta", 10000.0))
+        factor = float(cfg.get("partial_rotary_factor", 0.5))
+        hd = int(cfg.get("head_dim") or 0) or n_embd // max(n_head, 1)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConvertError(f"{where}: needs integer num_hidden_layers, num_attention_heads, "
+                           f"hidden_size, intermediate_size, max_position_embeddings, vocab_size "
+                           f"and numeric norm_eps, rope_theta, partial_rotary_factor ({e})")
+    refusals = []
+    if kv <= 0 or n_head % kv:
+        refusals.append(f"num_key_value_heads {kv} does not divide num_attention_heads {n_head} "
+                        f"(each key/value head serves an equal group of query heads)")
+    if not (0 < eps <= 0.1):
+        refusals.append(f"norm_eps {eps} (triad's model.norm_eps is in (0, 0.1])")
+    if cfg.get("hidden_act", "relu2") != "relu2":
+        refusals.append(f"hidden_act {cfg.get('hidden_act')!r} (Nemotron's MLP, triad's "
+                        f"model.mlp = relu2, is the squared ReLU)")
+    for key in ("attention_bias", "mlp_bias"):
+        if cfg.get(key):
+            refusals.append(f"{key} = true (triad's Nemotron has no linear biases)")
+    if cfg.get("rope_scaling"):
+        refusals.append(f"rope_scaling {cfg['rope_scaling']} (transformers' Nemotron rotates "
+                        f"without scaling)")
+    # transformers rotates int(head_dim · factor) values, in pairs (i, i + r/2): an odd count
+    # would rotate one more than it names.
+    rot = int(hd * factor)
+    if not (0 < factor <= 1) or rot < 2 or rot % 2:
+        refusals.append(f"partial_rotary_factor {factor} (of heads {hd} wide: triad rotates an "
+                        f"even count of at least 2 values)")
+    head_dim = hd if hd * n_head != n_embd else 0
+    if hd <= 0 or hd > 4096:
+        refusals.append(f"head_dim {hd} (triad's model.head_dim is in [0, 4096])")
+    refuse_or_check_positions(where, refusals, seq_len, n_pos, "max_position_embeddings")
+    d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab, position="rope", rope_theta=theta,
+             norm="layernorm", bias=False, norm_bias=True, mlp="relu2", mlp_hidden=hidden,
+             tied=bool(cfg.get("tie_word_embeddings", False)), n_kv_head=kv, norm_eps=eps,
+             head_dim=head_dim, rotary_dim=0 if rot == hd else rot, norm_offset=True)
+    d.check(where)
+    return d
+
+
 def qwen_moe_keys(cfg: dict, where: str, n_layer: int, dense_hidden: int,
                   refusals: list[str]) -> tuple[dict, int]:
     """A Qwen2-MoE or Qwen3-MoE config's mixture of experts as Dims' moe_* fields (Qwen2-MoE's
@@ -665,9 +738,13 @@ def llama_sources(d: Dims) -> dict[str, list[str]]:
     """Each triad tensor of a Llama model and the HF tensors it is made of, stacked by rows (an
     expert tensor [E, rows, columns] as [E·rows, columns]: expert by expert, Mixtral's w1 and w3
     stacked into each expert's c_fc)."""
-    src = {"wte/weight": ["model.embed_tokens.weight"], "ln_f/weight": ["model.norm.weight"]}
+    src = {"wte/weight": ["model.embed_tokens.weight"], "ln_f/weight": ["model.norm.weight"],
+           **({"ln_f/bias": ["model.norm.bias"]} if d.norm_bias else {})}
     for i in range(d.n_layer):
         p, h = f"h/{i}/", f"model.layers.{i}."
+        if d.norm_bias:  # Nemotron's LayerNorms
+            src.update({p + "ln_1/bias": [h + "input_layernorm.bias"],
+                        p + "ln_2/bias": [h + "post_attention_layernorm.bias"]})
         src.update({
             p + "ln_1/weight": [h + "input_layernorm.weight"],
             p + "attn/c_attn/weight": [h + "self_attn.qkv_proj.weight"] if d.fused else
@@ -704,6 +781,11 @@ def llama_sources(d: Dims) -> dict[str, list[str]]:
                 p + "mlp/experts/c_proj/weight": [e + "w2.weight" for e in experts],
                 p + "mlp/router/weight": [m + "gate.weight"],
             })
+        elif d.mlp == "relu2":  # Nemotron's: up, the squared ReLU, down
+            src.update({
+                p + "mlp/c_fc/weight": [h + "mlp.up_proj.weight"],
+                p + "mlp/c_proj/weight": [h + "mlp.down_proj.weight"],
+            })
         elif d.fused:  # Phi-3's gate and up rows in one tensor
             src.update({
                 p + "mlp/c_fc/weight": [h + "mlp.gate_up_proj.weight"],
@@ -728,7 +810,7 @@ def llama_part_rows(d: Dims, t: str, rows: int) -> list[int]:
     if t.endswith(("attn/c_attn/weight", "attn/c_attn/bias")):
         kv_rows = d.kv * d.hd
         return [d.attn_width, kv_rows, kv_rows]
-    if t.endswith(("mlp/c_fc/weight", "mlp/shared/c_fc/weight")):
+    if t.endswith(("mlp/c_fc/weight", "mlp/shared/c_fc/weight")) and d.mlp == "swiglu":
         return [rows // 2, rows // 2]
     if t.endswith("mlp/experts/c_fc/weight"):
         return [rows // (2 * d.moe_experts)] * (2 * d.moe_experts)
@@ -803,9 +885,10 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
         st = SafetensorsFile(f)
         for name in st.entries:
             where[name] = st
-    if d.mlp == "swiglu":
+    if d.position == "rope":  # Llama's family
         kind = ({"qwen2_moe": "Qwen2-MoE", "qwen3_moe": "Qwen3-MoE", "mixtral": "Mixtral"}.get(
-            d.moe_format or "") or ("Qwen2" if d.qkv_bias else "Qwen3" if d.qk_norm else
+            d.moe_format or "") or ("Nemotron" if d.mlp == "relu2" else
+                                    "Qwen2" if d.qkv_bias else "Qwen3" if d.qk_norm else
                                     "Phi-3" if d.fused else
                                     "Mistral" if d.sliding_window else "Llama"))
         note = ""
@@ -904,9 +987,16 @@ def llama_tensors(d: Dims, where: dict, directory: Path) -> Tensors:
         for t, names in src.items():
             parts = [np.asarray(where[n].read(n), dtype="<f4") for n in names]
             a = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            if d.norm_offset and is_norm_weight(t):  # LayerNorm1P's w - 1
+                a = a + np.float32(1)
             yield t, llama_query_order(d, t, a.reshape(want[t]))
 
     return tensors
+
+
+def is_norm_weight(t: str) -> bool:
+    """Whether triad tensor t is a LayerNorm's (or RMSNorm's) weight: ln_1, ln_2, ln_f."""
+    return t.endswith(("ln_1/weight", "ln_2/weight")) or t == "ln_f/weight"
 
 
 def hf_config(d: Dims) -> dict:
@@ -1097,17 +1187,20 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
         raise ConvertError(f"{path}: the model is μP-parametrized (model.mup_base_width = "
                            f"{a['mup_base_width']}: logits times 1/m, another attention scale); "
                            f"the export formats hold neither")
-    if int(a.get("rotary_dim", 0)):  # the formats' rope turns every value of a head
+    llama = (a.get("position"), a.get("norm"), int(a.get("bias", 1)), a.get("mlp")) == \
+        ("rope", "rmsnorm", 0, "swiglu")
+    # Nemotron's blocks: LayerNorms with biases, bias-free linear layers, the squared ReLU.
+    nemotron = (a.get("position"), a.get("norm"), int(a.get("bias", 1)),
+                int(a.get("norm_bias", 0)), a.get("mlp")) == ("rope", "layernorm", 0, 1, "relu2")
+    if int(a.get("rotary_dim", 0)) and not nemotron:  # the others' rope turns every value
         raise ConvertError(f"{path}: the model rotates the first {a['rotary_dim']} values of "
-                           f"each head only (model.rotary_dim, partial rotary); the export "
-                           f"formats (Hugging Face's Llama, Qwen2, Qwen3, Mistral and their "
-                           f"mixtures) rotate all of them")
+                           f"each head only (model.rotary_dim, partial rotary) in blocks other "
+                           f"than Nemotron's; the export formats for them (Hugging Face's "
+                           f"Llama, Qwen2, Qwen3, Mistral and their mixtures) rotate all of them")
     if float(a.get("attn_scale", 0.0)):  # the formats scale the scores by 1/sqrt(head width)
         raise ConvertError(f"{path}: the model scales its attention scores by {a['attn_scale']} "
                            f"(model.attn_scale); the export formats scale them by 1/sqrt(head "
                            f"width) only")
-    llama = (a.get("position"), a.get("norm"), int(a.get("bias", 1)), a.get("mlp")) == \
-        ("rope", "rmsnorm", 0, "swiglu")
     if a.get("qk_norm", 0) == 1 and not llama:  # Qwen3's blocks hold it; no other format
         raise ConvertError(f"{path}: the model normalizes each attention head's q and k "
                            f"(model.qk_norm = true, tensors attn/q_norm and attn/k_norm) in "
@@ -1123,7 +1216,7 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
             raise ConvertError(f"{path}: the model's routers choose their experts with biases "
                                f"(/router_bias, train.moe_bias_rate); Hugging Face's Mixtral, "
                                f"Qwen2-MoE and Qwen3-MoE have none")
-    if llama:
+    if llama or nemotron:
         return open_triad_llama(path, a)
     if int(a.get("sliding_window", 0)):
         raise ConvertError(f"{path}: the model attends to its last {a['sliding_window']} tokens "
@@ -1197,8 +1290,8 @@ def refuse_unexported_experts(path: Path, a: dict, llama: bool) -> None:
                f"Face's Mixtral, Qwen2-MoE and Qwen3-MoE score by softmax over all the experts "
                f"and weigh the gates as they are")
     elif not llama:
-        why = (f"the model's MLPs are mixtures of {E} experts (model.moe_experts) in GPT-2's "
-               f"blocks; the export formats with experts, Hugging Face's Mixtral, Qwen2-MoE and "
+        why = (f"the model's MLPs are mixtures of {E} experts (model.moe_experts) in blocks "
+               f"other than Llama's; the export formats with experts, Hugging Face's Mixtral, Qwen2-MoE and "
                f"Qwen3-MoE, have Llama's blocks (rope, RMSNorm, SwiGLU, no biases)")
     elif shared and not gated:
         why = (f"the model has shared experts (model.moe_shared_hidden = {shared}) without a "
@@ -1235,11 +1328,15 @@ def scaling_attrs(a: dict, names: tuple) -> tuple:
 
 
 def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
-    """A triad checkpoint of Llama's architecture (rope, RMSNorm, SwiGLU, no biases), its
-    tensors in triad's names, the vocabulary tensors cropped to vocab_size rows."""
+    """A triad checkpoint of Llama's architecture (rope, RMSNorm, SwiGLU, no biases) or
+    Nemotron's (rope, LayerNorms with biases, the squared ReLU, no linear biases), its tensors in
+    triad's names, the vocabulary tensors cropped to vocab_size rows."""
+    mlp = a["mlp"].decode() if isinstance(a["mlp"], bytes) else str(a["mlp"])
     d = Dims(*(int(a[k]) for k in ("n_layer", "n_head", "n_embd", "seq_len", "vocab_size")),
-             position="rope", rope_theta=float(a["rope_theta"]), norm="rmsnorm", bias=False,
-             mlp="swiglu", mlp_hidden=int(a["mlp_hidden"]),
+             position="rope", rope_theta=float(a["rope_theta"]),
+             norm="rmsnorm" if mlp == "swiglu" else "layernorm", bias=False,
+             norm_bias=int(a.get("norm_bias", 0)) == 1, rotary_dim=int(a.get("rotary_dim", 0)),
+             norm_offset=mlp == "relu2", mlp=mlp, mlp_hidden=int(a["mlp_hidden"]),
              tied=int(a.get("tie_embeddings", 1)) == 1,
              n_kv_head=int(a.get("n_kv_head", a["n_head"])),
              rope_scaling=scaling_attrs(a, ROPE_SCALING_ATTRS)
@@ -1278,6 +1375,29 @@ def qwen_moe_hf_keys(d: Dims) -> dict:
                 output_router_logits=False)
 
 
+def nemotron_hf_config(d: Dims) -> dict:
+    """config.json for transformers' NemotronForCausalLM computing what triad's model of
+    Nemotron's blocks computes (the inverse of nemotron_config_dims)."""
+    extra = [what for what, on in (
+        ("QK-norm (model.qk_norm)", d.qk_norm), ("a c_attn bias (model.qkv_bias)", d.qkv_bias),
+        ("rope scaling (model.rope_scaling)", d.rope_scaling is not None or d.yarn is not None),
+        ("a sliding window (model.sliding_window)", d.sliding_window),
+        ("experts (model.moe_experts)", d.moe_experts)) if on]
+    if extra:
+        raise ConvertError(f"a model of Nemotron's blocks exports as Hugging Face's Nemotron, "
+                           f"which has none of {', '.join(extra)}")
+    return {
+        "architectures": ["NemotronForCausalLM"], "model_type": "nemotron",
+        "num_hidden_layers": d.n_layer, "num_attention_heads": d.n_head,
+        "num_key_value_heads": d.kv, "hidden_size": d.n_embd, "head_dim": d.hd,
+        "intermediate_size": d.mlp_hidden, "max_position_embeddings": d.seq_len,
+        "vocab_size": d.vocab_size, "norm_eps": d.norm_eps, "rope_theta": d.rope_theta,
+        "partial_rotary_factor": (d.rotary_dim or d.hd) / d.hd, "hidden_act": "relu2",
+        "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0,
+        "tie_word_embeddings": d.tied, "initializer_range": 0.02, "torch_dtype": "float32",
+    }
+
+
 def llama_hf_config(d: Dims) -> dict:
     """config.json for transformers' LlamaForCausalLM computing what triad computes, or
     Qwen2ForCausalLM's for a model with c_attn's bias alone (model.qkv_bias), or
@@ -1285,6 +1405,8 @@ def llama_hf_config(d: Dims) -> dict:
     a sliding window (model.sliding_window), or for a mixture of experts (model.moe_experts,
     Dims.moe_format) Qwen2MoeForCausalLM's (gated shared experts), Qwen3MoeForCausalLM's
     (QK-norm) or MixtralForCausalLM's (with a sliding window or not)."""
+    if d.mlp == "relu2":
+        return nemotron_hf_config(d)
     cfg = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "num_hidden_layers": d.n_layer, "num_attention_heads": d.n_head,
@@ -1380,6 +1502,8 @@ def write_llama_hf(out: Path, d: Dims, tensors: Tensors, extra: dict[str, str] |
 
     def hf_tensors():
         for t, a in tensors():
+            if d.norm_offset and is_norm_weight(t):  # Nemotron's LayerNorm1P stores w - 1
+                a = a - np.float32(1)
             a = llama_query_order(d, t, a, to_hf=True).reshape(stacked_shape(a.shape))
             ends = np.cumsum(llama_part_rows(d, t, a.shape[0]))[:-1]
             for n, part in zip(src[t], np.split(a, ends)):

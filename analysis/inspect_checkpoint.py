@@ -127,10 +127,13 @@ def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
                     s[p + "shared/gate/weight"] = (1, C)
     if int(a.get("tie_embeddings", 1)) == 0:  # an output layer of its own
         s["lm_head/weight"] = (V, C)
-    if int(a.get("bias", 1)) == 0:  # model.bias = false (model.qkv_bias: c_attn's kept)
+    if int(a.get("bias", 1)) == 0:  # model.bias = false (model.qkv_bias: c_attn's kept;
+        # model.norm_bias: the LayerNorms')
         keep = "attn/c_attn/bias" if int(a.get("qkv_bias", 0)) == 1 else None
+        norms = int(a.get("norm_bias", 0)) == 1
         s = {k: v for k, v in s.items()
-             if not k.endswith("/bias") or (keep is not None and k.endswith(keep))}
+             if not k.endswith("/bias") or (keep is not None and k.endswith(keep))
+             or (norms and k.split("/")[-2].startswith("ln_"))}
     return s
 
 
@@ -309,7 +312,8 @@ def _check(rep: Report) -> None:
     elif position == "rope" and not (isinstance(ma["rope_theta"], (int, float))
                                      and math.isfinite(ma["rope_theta"]) and ma["rope_theta"] > 1):
         P.append(f"/model attribute rope_theta = {ma['rope_theta']!r}, not a finite number > 1")
-    for flag, absent in (("bias", 1), ("tie_embeddings", 1), ("qk_norm", 0), ("qkv_bias", 0)):
+    for flag, absent in (("bias", 1), ("tie_embeddings", 1), ("qk_norm", 0), ("qkv_bias", 0),
+                         ("norm_bias", 0)):
         if ma.get(flag, absent) not in (0, 1):
             P.append(f"/model attribute {flag} = {ma[flag]!r}, expected 0 or 1")
     if not (isinstance(ma.get("mlp_hidden", 1), int) and ma.get("mlp_hidden", 1) >= 1):
@@ -336,8 +340,8 @@ def _check(rep: Report) -> None:
     if not (isinstance(kv, int) and kv >= 1 and int(ma["n_head"]) % kv == 0):
         P.append(f"/model attribute n_kv_head = {kv!r}, not a positive divisor of n_head "
                  f"{ma['n_head']}")
-    if ma.get("mlp", "gelu") not in ("gelu", "swiglu"):
-        P.append(f"/model attribute mlp = {ma['mlp']!r}, expected 'gelu' or 'swiglu'")
+    if ma.get("mlp", "gelu") not in ("gelu", "swiglu", "relu2"):
+        P.append(f"/model attribute mlp = {ma['mlp']!r}, expected 'gelu', 'swiglu' or 'relu2'")
     if ma.get("norm", "layernorm") not in ("layernorm", "rmsnorm"):
         P.append(f"/model attribute norm = {ma['norm']!r}, expected 'layernorm' or 'rmsnorm'")
     exp = expected_shapes(ma)

@@ -215,6 +215,7 @@ int main(int argc, char** argv) {
     shape.rmsnorm = m.norm == "rmsnorm";
     shape.bias = m.bias;
     shape.qkv_bias = m.qkv_bias;
+    shape.norm_bias = m.norm_bias;
     shape.head_dim = int(m.head_dim);
     shape.rotary_dim = int(m.rotary_dim);
     shape.sliding_window = int(m.sliding_window);
@@ -224,6 +225,7 @@ int main(int argc, char** argv) {
     shape.mup_base_width = int(m.mup_base_width);
     shape.norm_eps = float(m.norm_eps);
     shape.swiglu = m.mlp == "swiglu";
+    shape.relu2 = m.mlp == "relu2";
     shape.mlp_hidden = int(m.mlp_hidden);
     shape.tied = m.tied;
     shape.n_kv_head = int(m.n_kv_head);

@@ -672,6 +672,11 @@ CheckpointState read_state(hid_t file) {
   s.model.qkv_bias = flag("qkv_bias", 0);
   TRIAD_CHECK(!(s.model.qkv_bias && s.model.bias),
               "attributes bias and qkv_bias of /model are both 1 (qkv_bias goes with bias 0)");
+  s.model.norm_bias = flag("norm_bias", 0);
+  TRIAD_CHECK(!(s.model.norm_bias && s.model.bias),
+              "attributes bias and norm_bias of /model are both 1 (norm_bias goes with bias 0)");
+  TRIAD_CHECK(!(s.model.norm_bias && s.model.norm == "rmsnorm"),
+              "attribute norm_bias of /model is 1 with norm rmsnorm (an RMSNorm has no bias)");
   s.model.norm_eps = io::read_double_attr(model, "norm_eps").value_or(1e-5);
   s.model.head_dim = io::read_int64_attr(model, "head_dim").value_or(0);
   s.model.rotary_dim = io::read_int64_attr(model, "rotary_dim").value_or(0);
@@ -754,8 +759,8 @@ CheckpointState read_state(hid_t file) {
   TRIAD_CHECK(std::isfinite(s.model.norm_eps) && s.model.norm_eps > 0 && s.model.norm_eps <= 0.1,
               "attribute norm_eps of /model is ", s.model.norm_eps, ", not in (0, 0.1]");
   s.model.mlp = io::read_string_attr(model, "mlp").value_or("gelu");
-  TRIAD_CHECK(s.model.mlp == "gelu" || s.model.mlp == "swiglu", "attribute mlp of /model is '",
-              s.model.mlp, "', not gelu or swiglu");
+  TRIAD_CHECK(s.model.mlp == "gelu" || s.model.mlp == "swiglu" || s.model.mlp == "relu2",
+              "attribute mlp of /model is '", s.model.mlp, "', not gelu, swiglu or relu2");
   s.model.mlp_hidden = io::read_int64_attr(model, "mlp_hidden").value_or(4 * s.model.n_embd);
   TRIAD_CHECK(s.model.mlp_hidden >= 1, "attribute mlp_hidden of /model is ", s.model.mlp_hidden,
               ", not a positive count");
@@ -1098,6 +1103,7 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
             io::write_int64_attr(model, "mlp_hidden", state.model.mlp_hidden);
           io::write_int64_attr(model, "qk_norm", state.model.qk_norm ? 1 : 0);
           io::write_int64_attr(model, "qkv_bias", state.model.qkv_bias ? 1 : 0);
+          if (state.model.norm_bias) io::write_int64_attr(model, "norm_bias", 1);
           io::write_double_attr(model, "norm_eps", state.model.norm_eps);
           if (state.model.head_dim > 0)  // 0: n_embd / n_head
             io::write_int64_attr(model, "head_dim", state.model.head_dim);

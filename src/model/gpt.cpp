@@ -79,7 +79,9 @@ bool has_tensor(const GptShape& shape, const std::string& suffix) {
   if (suffix == "mlp/shared/gate/weight") return shape.moe_shared_gate;
   if (suffix.starts_with("mlp/shared/")) return shape.moe_shared_hidden > 0;
   if (!suffix.ends_with("/bias")) return true;
-  if (!shape.bias) return shape.qkv_bias && suffix == "attn/c_attn/bias";
+  if (!shape.bias)
+    return (shape.qkv_bias && suffix == "attn/c_attn/bias") ||
+           (shape.norm_bias && suffix.starts_with("ln_"));
   return !(shape.rmsnorm && suffix.starts_with("ln_"));
 }
 

@@ -208,11 +208,14 @@ void Gpt::set_attention_mask(const int32_t* inputs, int B, int T, bool documents
 }
 
 // The MLP's activation of N rows of c_fc's outputs (pre) into c_proj's input (act, `width`
-// units): GELU, or SwiGLU's silu(gate)·up (what train.recompute = gelu recomputes).
+// units): GELU, SwiGLU's silu(gate)·up or the squared ReLU (what train.recompute = gelu
+// recomputes).
 template <class A>
 void Gpt::mlp_activation(A* act, const A* pre, int N, int width) {
   if (shape_.swiglu)
     be_.swiglu_forward(act, pre, N, width);
+  else if (shape_.relu2)
+    be_.relu2_forward(act, pre, size_t(N) * size_t(width));
   else
     be_.gelu_forward(act, pre, size_t(N) * size_t(width));
 }
@@ -221,6 +224,8 @@ template <class A>
 void Gpt::mlp_activation_backward(A* dpre, const A* pre, const A* dact, int N, int width) {
   if (shape_.swiglu)
     be_.swiglu_backward(dpre, pre, dact, N, width, GradMode::overwrite);
+  else if (shape_.relu2)
+    be_.relu2_backward(dpre, pre, dact, size_t(N) * size_t(width), GradMode::overwrite);
   else
     be_.gelu_backward(dpre, pre, dact, size_t(N) * size_t(width), GradMode::overwrite);
 }
@@ -325,10 +330,10 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   const int Hl = shape_.hidden() / mp_.tp;
   if (shape_.moe_layer(l)) {
     moe_front<A>(L, l, ln2, w, N);
-  } else if (shape_.swiglu) {
-    linear_forward(fp8_site(l, 2), L.fch, ln2, w.fcw, w.fcb, N, C, 2 * Hl);
-    be_.swiglu_forward(L.fch_gelu, L.fch, N, Hl);
-  } else {
+  } else if (shape_.swiglu || shape_.relu2) {  // the product, then the activation on its own
+    linear_forward(fp8_site(l, 2), L.fch, ln2, w.fcw, w.fcb, N, C, shape_.fc_rows() / mp_.tp);
+    mlp_activation(L.fch_gelu, L.fch, N, Hl);
+  } else {  // GELU in the product's epilogue
     linear_gelu_forward(fp8_site(l, 2), L.fch, L.fch_gelu, ln2, w.fcw, w.fcb, N, C, Hl);
   }
 }
@@ -598,10 +603,11 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     const int Hl = shape_.hidden() / mp_.tp, Fl = shape_.fc_rows() / mp_.tp;
     if (shape_.moe_layer(l)) {
       moe_backward<A>(L, dpart, gr, dres, L.ln2g, w, N);
-    } else if (shape_.swiglu) {  // c_proj's input gradient, then through the SwiGLU into c_fc's
+    } else if (shape_.swiglu || shape_.relu2) {  // c_proj's input gradient, then through the
+      // SwiGLU or the squared ReLU into c_fc's
       linear_backward(fp8_site(first_layer + i, 3), a.dfch_gelu, wgrad(gr.fcprojw),
                       wgrad(gr.fcprojb), dres, L.fch_gelu, w.fcprojw, N, Hl, C, kSet);
-      be_.swiglu_backward(dfch, L.fch, a.dfch_gelu, N, Hl, kSet);
+      mlp_activation_backward(dfch, L.fch, a.dfch_gelu, N, Hl);
     } else {
       linear_backward_gelu(fp8_site(first_layer + i, 3), dfch, a.dfch_gelu, wgrad(gr.fcprojw),
                            wgrad(gr.fcprojb), dres, L.fch_gelu, L.fch, w.fcprojw, N, Hl, C, kSet);

@@ -63,7 +63,9 @@ class KeyTable {
         "llama3, yarn: the context length the frequencies were first trained for");
     add("model.norm", c.model.norm,
         "layernorm (GPT-2's, weight and bias) | rmsnorm (root mean square, weight only, as Llama)");
-    add("model.mlp", c.model.mlp, "gelu (GPT-2's MLP) | swiglu (silu(gate)·up, as Llama)");
+    add("model.mlp", c.model.mlp,
+        "gelu (GPT-2's MLP) | swiglu (silu(gate)·up, as Llama) | relu2 (squared ReLU, "
+        "max(x, 0)²: Primer, Nemotron-4, modded-nanogpt)");
     add("model.mlp_hidden", c.model.mlp_hidden,
         "MLP hidden units (0: 4·n_embd for gelu, the multiple of 64 at or above 8·n_embd/3 for "
         "swiglu)");
@@ -78,6 +80,9 @@ class KeyTable {
         "head_dim wide, as Qwen3's 128 at n_embd 1024 and 16 heads)");
     add("model.qkv_bias", c.model.qkv_bias,
         "with model.bias = false: c_attn keeps its bias, the q, k and v projections' (as Qwen2)");
+    add("model.norm_bias", c.model.norm_bias,
+        "with model.bias = false and model.norm = layernorm: the LayerNorms keep their biases, "
+        "the linear layers have none (as Nemotron, StableLM)");
     add("model.sliding_window", c.model.sliding_window,
         "sliding-window attention: each token attends to the last N tokens (itself included) "
         "at most (Mistral 7B v0.1: 4096); 0: to all earlier ones");
@@ -619,6 +624,7 @@ int Config::mlp_hidden_size() const {
   GptShape s;
   s.n_embd = model.n_embd;
   s.swiglu = model.mlp == "swiglu";
+  s.relu2 = model.mlp == "relu2";
   s.mlp_hidden = model.mlp_hidden;
   return s.hidden();
 }
@@ -796,12 +802,16 @@ void validate(const Config& c, int world_size) {
         "needs model.position = rope");
   check(m.norm == "layernorm" || m.norm == "rmsnorm", "model.norm",
         "must be layernorm or rmsnorm (got '" + m.norm + "')");
-  check(m.mlp == "gelu" || m.mlp == "swiglu", "model.mlp",
-        "must be gelu or swiglu (got '" + m.mlp + "')");
+  check(m.mlp == "gelu" || m.mlp == "swiglu" || m.mlp == "relu2", "model.mlp",
+        "must be gelu, swiglu or relu2 (got '" + m.mlp + "')");
   check(std::isfinite(m.norm_eps) && m.norm_eps > 0 && m.norm_eps <= 0.1, "model.norm_eps",
         "must be in (0, 0.1]");
   check(!(m.qkv_bias && m.bias), "model.qkv_bias",
         "applies with model.bias = false (with biases, c_attn has its bias anyway)");
+  check(!(m.norm_bias && m.bias), "model.norm_bias",
+        "applies with model.bias = false (with biases, the LayerNorms have theirs anyway)");
+  check(!(m.norm_bias && m.norm == "rmsnorm"), "model.norm_bias",
+        "needs model.norm = layernorm (an RMSNorm has no bias)");
   check(m.sliding_window >= 0, "model.sliding_window",
         "must be >= 0 (0: no window; got " + std::to_string(m.sliding_window) + ")");
   check(m.full_attention_every >= 0, "model.full_attention_every",

@@ -69,9 +69,11 @@ GptShape gpt_shape(const Config& cfg) {
   s.rmsnorm = m.norm == "rmsnorm";
   s.bias = m.bias;
   s.qkv_bias = m.qkv_bias;
+  s.norm_bias = m.norm_bias;
   s.head_dim = m.head_dim;
   s.norm_eps = float(m.norm_eps);
   s.swiglu = m.mlp == "swiglu";
+  s.relu2 = m.mlp == "relu2";
   s.mlp_hidden = cfg.mlp_hidden_size();
   s.tied = m.tie_embeddings;
   s.n_kv_head = m.n_kv_head;

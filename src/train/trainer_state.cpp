@@ -516,6 +516,7 @@ CheckpointState Trainer::State::checkpoint_state() const {
   st.model.norm = cfg.model.norm;
   st.model.bias = cfg.model.bias;
   st.model.qkv_bias = cfg.model.qkv_bias;
+  st.model.norm_bias = cfg.model.norm_bias;
   st.model.head_dim = cfg.model.head_dim;
   // All of a head's values rotating is plain rope: no attribute (0), whichever way it was said.
   st.model.rotary_dim = cfg.model.position == "rope" && cfg.model.rotary_dim < cfg.model.hd()
@@ -611,6 +612,9 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
   TRIAD_CHECK(m.qkv_bias == c.qkv_bias, "checkpoint ", path, " holds a model ",
               m.qkv_bias ? "with" : "without", " a c_attn bias of its own but the config asks for ",
               "model.qkv_bias = ", c.qkv_bias ? "true" : "false");
+  TRIAD_CHECK(m.norm_bias == c.norm_bias, "checkpoint ", path, " holds a model ",
+              m.norm_bias ? "with" : "without", " LayerNorm biases beside bias-free linear layers ",
+              "but the config asks for model.norm_bias = ", c.norm_bias ? "true" : "false");
   TRIAD_CHECK((m.head_dim > 0 ? m.head_dim : m.n_embd / m.n_head) == c.hd(), "checkpoint ", path,
               " holds a model with heads ", m.head_dim > 0 ? m.head_dim : m.n_embd / m.n_head,
               " wide but the config's are ", c.hd(), " (model.head_dim = ", c.head_dim, ")");

@@ -580,6 +580,16 @@ TEST(ModelParallel, SwigluMatchesOneRankOnEveryGrid) {
                          "swiglu muon " + tp2.name());
 }
 
+// The squared ReLU (model.mlp = relu2): c_fc and c_proj split as GELU's, the activation a pass
+// of its own over each rank's hidden units (not the product's epilogue). Every grid, recomputing
+// the layer or the activation (the zero-bubble weight pass reads it), against one rank.
+TEST(ModelParallel, SquaredReluMatchesOneRankOnEveryGrid) {
+  check_variant(
+      "relu2", {"--model.mlp", "relu2"},
+      {{2, 1, 1, 1, 2, "1f1b", 1}, {1, 1, 2, 0, 4, "zb-h1", 1}, {2, 2, 2, 1, 2, "interleaved", 2}},
+      {"full", "gelu"}, false, Grid{1, 1, 2, 0, 4, "zb-h1", 1});
+}
+
 // An untied output layer (model.tie_embeddings = false): lm_head, vocabulary-parallel, on the
 // last stage only; no wte copy there and no gradient exchange between the first and the last
 // stage. Every grid, recomputation, bf16 and resharding against one rank.

@@ -732,6 +732,121 @@ def test_phi3_imports_and_evaluates_as_transformers(imported, tmp_path, window):
     assert abs(got - want_loss) <= 1e-5 * want_loss, (got, want_loss)
 
 
+NEMOTRON_ARGS = ["--model.position", "rope", "--model.rope_theta", "500", "--model.norm",
+                 "layernorm", "--model.bias", "false", "--model.norm_bias", "true", "--model.mlp",
+                 "relu2", "--model.mlp_hidden", "176", "--model.tie_embeddings", "false",
+                 "--model.n_head", "4", "--model.n_kv_head", "2"]
+
+
+@pytest.fixture
+def nemotron_on_this_torch(monkeypatch):
+    """transformers' NemotronLayerNorm1P hands nn.LayerNorm a `bias` argument, which torch
+    before 2.1 (Debian's 1.13 here) does not take: on such a torch its constructor passes the
+    others (bias = True is the old LayerNorm's only kind). Its forward stays transformers'."""
+    if tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 1):
+        return
+    from transformers.models.nemotron import modeling_nemotron
+
+    def init(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, device=None,
+             dtype=None):
+        assert bias
+        torch.nn.LayerNorm.__init__(self, normalized_shape, eps, elementwise_affine,
+                                    device=device, dtype=dtype)
+
+    monkeypatch.setattr(modeling_nemotron.NemotronLayerNorm1P, "__init__", init)
+
+
+def nemotron_model(**config):
+    torch.manual_seed(19)
+    model = transformers.NemotronForCausalLM(transformers.NemotronConfig(**{
+        **dict(vocab_size=V, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=N_POS,
+               norm_eps=1e-5, rope_theta=500.0, partial_rotary_factor=0.5,
+               tie_word_embeddings=False, pad_token_id=None),
+        **config}))
+    return spread(model)
+
+
+@pytest.mark.parametrize("factor", [0.5, 0.25, 1.0])
+def test_nemotron_imports_and_evaluates_as_transformers(imported, tmp_path, factor,
+                                                       nemotron_on_this_torch):
+    """transformers' NemotronForCausalLM (LayerNorms with biases whose weights it stores as
+    w - 1, the squared-ReLU MLP, no linear biases, half, a quarter or all of each head's 16
+    values rotating, grouped-query attention), imported: triad's validation loss and accuracy
+    are transformers' — model.norm_bias, model.mlp = relu2 and model.rotary_dim against an
+    independent implementation — on one rank and on tp 2; greedy generation gives its tokens.
+    A run fine-tuned from it exports as NemotronForCausalLM, which computes triad's loss; the
+    import exported again is the original (the LayerNorm weights through 1 + w in fp32: to an
+    ulp of 1 + w)."""
+    d, _, cfg = imported
+    model = nemotron_model(partial_rotary_factor=factor)
+    out = import_hf(model, tmp_path / "nemotron", "Nemotron")
+    rot = int(16 * factor)
+    args = [*NEMOTRON_ARGS, "--model.rotary_dim", 0 if rot == 16 else rot]
+    with h5py.File(out, "r") as f:
+        a = f["model"].attrs
+        assert (a["mlp"], int(a["norm_bias"]), int(a["bias"])) == (b"relu2", 1, 0)
+        assert int(a.get("rotary_dim", 0)) == (0 if rot == 16 else rot)
+    _, want_loss = evaluates_as_transformers(model, d, cfg, out, *args)
+    p = mpi_run(2, "--config", cfg, "--eval-only", "--init-from", out, *args, "--parallel.tp", 2)
+    assert p.returncode == 0, p.stdout + p.stderr
+    tp_loss = float(p.stdout.split("val loss")[1].split()[0])
+    assert abs(tp_loss - want_loss) <= 1e-5 * want_loss, (tp_loss, want_loss)
+    p = run([exe("triad-generate"), "--checkpoint", out, "--vocab", VOCAB, "--top-k", "1",
+             "--prompt-ids", " ".join(map(str, PROMPT)), "--length", "20", "--output", "ids"],
+            check=True)
+    assert [int(t) for t in p.stdout.split()] == greedy_continuation(model, PROMPT, 20)
+
+    name = f"nemotron-ft-{rot}"
+    train("--config", cfg, "--init-from", out, *args, "--run.name", name, check=True)
+    with h5py.File(d / "runs" / name / "metrics.h5", "r") as f:
+        triad_loss = float(f["val/loss"][-1])
+    p = tool("triad-convert", "export", d / "runs" / name, tmp_path / "ft-hf", "--to", "hf",
+             "--vocab", "none")
+    assert p.returncode == 0, p.stderr
+    tuned, info = transformers.NemotronForCausalLM.from_pretrained(tmp_path / "ft-hf",
+                                                                   output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert tuned.config.partial_rotary_factor == factor
+    loss, _ = hf_loss_accuracy(tuned.eval(), d)
+    assert abs(loss - triad_loss) <= 1e-5 * triad_loss, (loss, triad_loss)
+    p = tool("triad-convert", "export", out, tmp_path / "again", "--to", "hf", "--vocab", "none")
+    assert p.returncode == 0, p.stderr
+    again = transformers.NemotronForCausalLM.from_pretrained(tmp_path / "again").state_dict()
+    for k, v in model.float().state_dict().items():
+        if k.endswith("layernorm.weight") or k == "model.norm.weight":
+            # through 1 + w in fp32: within half an ulp of 1 + w
+            assert bool(((again[k] - v).abs() <= 2.0 ** -24 * (1 + v.abs()) * 2).all()), k
+        elif not k.endswith("inv_freq"):
+            assert torch.equal(again[k], v), k
+
+
+def test_nemotron_variants_triad_does_not_compute_are_refused(tmp_path, nemotron_on_this_torch):
+    """A Nemotron config with another activation, linear biases, rope scaling or a rotary
+    factor that names an odd count of values is refused, naming config.json; a model of
+    Nemotron's blocks with QK-norm does not export."""
+    for bad, needle in (({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
+                        ({"attention_bias": True}, "attention_bias"),
+                        ({"partial_rotary_factor": 0.2}, "partial_rotary_factor 0.2"),
+                        ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}},
+                         "rope_scaling")):
+        nemotron_model().save_pretrained(tmp_path / "bad", safe_serialization=True)
+        c = json.loads((tmp_path / "bad" / "config.json").read_text())
+        (tmp_path / "bad" / "config.json").write_text(json.dumps({**c, **bad}))
+        assert_clean_failure(tool("triad-convert", "import", tmp_path / "bad",
+                                  tmp_path / "bad.h5"), "config.json", needle)
+        assert not (tmp_path / "bad.h5").exists()
+        shutil.rmtree(tmp_path / "bad")
+    cfg = ref.GptConfig(n_layer=1, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
+                        position="rope", bias=False, norm_bias=True, mlp="relu2", tied=False,
+                        qk_norm=True, rotary_dim=8)
+    ckpt = tmp_path / "qk.h5"
+    ref.write_checkpoint(ckpt, cfg, ref.random_weights(cfg, seed=3))
+    assert_clean_failure(tool("triad-convert", "export", ckpt, tmp_path / "qk-hf", "--to", "hf",
+                              "--vocab", "none"), "model.qk_norm")
+    assert not (tmp_path / "qk-hf").exists()
+
+
 def import_hf(model, directory, kind):
     """model saved to directory and imported (--seq-len SEQ) as directory.h5; the import says
     it read a Hugging Face model of `kind`."""
@@ -986,7 +1101,7 @@ def test_mixtures_of_experts_triad_does_not_compute_are_refused(tmp_path):
     llama = dict(n_layer=2, n_head=4, n_embd=32, seq_len=16, vocab_size=300, position="rope",
                  norm="rmsnorm", bias=False, mlp="swiglu", tied=False, moe_experts=4)
     for change, needle in (({"position": "learned", "norm": "layernorm", "bias": True,
-                             "mlp": "gelu", "tied": True}, "in GPT-2's blocks"),
+                             "mlp": "gelu", "tied": True}, "in blocks other than Llama's"),
                            ({"moe_shared_hidden": 16}, "without a gate"),
                            ({"moe_shared_hidden": 16, "moe_shared_gate": True},
                             "model.qkv_bias = true"),

@@ -167,6 +167,16 @@ CASES = [
                                       bias=False, mlp="swiglu", tied=False, n_kv_head=2,
                                       rotary_dim=4, rope_scaling=(4.0, 1.0, 4.0, 8)),
          2, 40, 6, 113),
+    # The squared ReLU (model.mlp = relu2: Primer's, modded-nanogpt's) on GPT-2's blocks, its c_fc
+    # bias included: about half the pre-activations negative.
+    Case("relu2", ref.GptConfig(n_layer=2, n_head=3, n_embd=48, seq_len=17, vocab_size=300,
+                                mlp="relu2"), 3, 45, 7, 127),
+    # Nemotron's blocks: LayerNorms with biases beside bias-free linear layers (model.norm_bias),
+    # the squared ReLU, half of each head's values rotating, grouped queries, an untied head.
+    Case("nemotron", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
+                                   position="rope", rope_theta=500.0, bias=False, norm_bias=True,
+                                   mlp="relu2", tied=False, n_kv_head=2, rotary_dim=8),
+         2, 40, 6, 137),
     # A mixture of experts on GPT-2's blocks (biases elsewhere): 4 GELU experts of 96 units, each
     # token to 2 of them, the gates renormalized (Mixtral's routing).
     Case("moe", ref.GptConfig(n_layer=2, n_head=3, n_embd=48, seq_len=17, vocab_size=300,
@@ -178,6 +188,12 @@ CASES = [
                                     bias=False, mlp="swiglu", mlp_hidden=64, tied=False,
                                     moe_experts=6, moe_top_k=3, moe_normalize=False,
                                     moe_shared_hidden=32), 2, 40, 6, 83),
+    # ... squared-ReLU experts (4 of 64 units, 2 per token) and a shared expert of 32 units on
+    # bias-free rope and RMSNorm blocks.
+    Case("moerelu2", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
+                                   position="rope", rope_theta=500.0, norm="rmsnorm", bias=False,
+                                   mlp="relu2", mlp_hidden=64, tied=False, moe_experts=4,
+                                   moe_top_k=2, moe_shared_hidden=32), 2, 40, 6, 131),
     # Dense layers among the expert layers (model.moe_first_dense = 1, model.moe_every = 2: only
     # layer 2 of 4 has experts), Switch's top-1 routing of 4 experts; the dense layers keep
     # GPT-2's biases.
@@ -214,7 +230,8 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                       vocab_size=c.vocab_size, position=c.position, rope_theta=c.rope_theta,
                       norm=c.norm, bias=c.bias, mlp=c.mlp, mlp_hidden=c.mlp_hidden,
                       tie_embeddings=c.tied, n_kv_head=c.n_kv_head, qk_norm=c.qk_norm,
-                      qkv_bias=c.qkv_bias, norm_eps=c.norm_eps, head_dim=c.attn_head_dim,
+                      qkv_bias=c.qkv_bias, norm_bias=c.norm_bias, norm_eps=c.norm_eps,
+                      head_dim=c.attn_head_dim,
                       rotary_dim=c.rotary_dim,
                       sliding_window=c.sliding_window,
                       full_attention_every=c.full_attention_every, logit_softcap=c.logit_softcap,
@@ -689,8 +706,10 @@ def test_sgd_momentum_steps_match_torch(tmp_root, tmp_path):
     (next(c for c in CASES if c.name == "moe"), "original", True),
     (next(c for c in CASES if c.name == "moeswiglu"), "match_rms_adamw", True),
     (next(c for c in CASES if c.name == "dsv3"), "original", False),
+    (next(c for c in CASES if c.name == "relu2"), "original", True),
 ], ids=["gpt2vocab-original-nesterov", "oddshapes-rms-plain", "gqa-original-nesterov",
-        "moe-original-nesterov", "moeswiglu-rms-nesterov", "dsv3-original-plain"])
+        "moe-original-nesterov", "moeswiglu-rms-nesterov", "dsv3-original-plain",
+        "relu2-original-nesterov"])
 def test_muon_steps_match_torch(case, adjust, nesterov, tmp_root, tmp_path):
     """Muon on the hidden matrices (tall c_attn and c_fc, square and wide c_proj) and AdamW on
     the rest, against the documented algorithm in float64. A mixture of experts: each expert's
@@ -1173,7 +1192,7 @@ GRAD_CLIP = {"gpt2vocab": 1.0, "oddshapes": 1.0, "rope": 1.0, "rmsnorm": 1.2, "n
              "swiglu": 1.1, "llama": 1.7, "gqa": 1.7, "mqa": 1.0, "bigvocab": 1.0,
              "qknorm": 1.15, "ropescaling": 1.0, "qwen2": 1.8, "headdim": 1.8, "moe": 1.0,
              "moeswiglu": 1.7, "moemixed": 0.8, "qwen2moe": 1.7, "dsv3": 1.7,
-             "partialrope": 1.8}
+             "partialrope": 1.8, "relu2": 1.0, "moerelu2": 1.7, "nemotron": 1.8}
 
 
 # model.moe_capacity_factor: each expert takes the first ceil(f·N·k/E) of a pass's choices (the

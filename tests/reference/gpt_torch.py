@@ -58,8 +58,8 @@ class GptConfig:
     rope_theta: float = 10000.0
     norm: str = "layernorm"  # layernorm (weight, bias) | rmsnorm (weight only)
     bias: bool = True  # False: no biases in linear layers and LayerNorms (nanoGPT's bias=False)
-    mlp: str = "gelu"  # gelu | swiglu (c_fc rows: gate, then up)
-    mlp_hidden: int = 0  # 0: 4C for gelu; swiglu: the multiple of 64 at or above 8C/3
+    mlp: str = "gelu"  # gelu | swiglu (c_fc rows: gate, then up) | relu2 (relu(x)**2)
+    mlp_hidden: int = 0  # 0: 4C for gelu, relu2; swiglu: the multiple of 64 at or above 8C/3
     tied: bool = True  # False: an output layer lm_head/weight [Vp, C] of its own
     n_kv_head: int = 0  # key/value heads (0: n_head); fewer: grouped-query attention
     # llama3 rope scaling (model.rope_scaling): (factor, low_freq_factor, high_freq_factor,
@@ -67,6 +67,7 @@ class GptConfig:
     rope_scaling: Optional[Tuple[float, float, float, int]] = None
     qk_norm: bool = False  # True: RMSNorm of each q and k head (q_norm, k_norm [hd]) after c_attn
     qkv_bias: bool = False  # with bias False: c_attn keeps its bias (model.qkv_bias, as Qwen2)
+    norm_bias: bool = False  # with bias False: the LayerNorms keep theirs (model.norm_bias)
     norm_eps: float = 1e-5  # the normalizations' epsilon (model.norm_eps)
     attn_head_dim: int = 0  # model.head_dim: each head's width (0: n_embd / n_head)
     rotary_dim: int = 0  # model.rotary_dim: the values of each head that rotate (0: all)
@@ -130,7 +131,7 @@ class GptConfig:
     def hidden(self) -> int:
         if self.mlp_hidden:
             return self.mlp_hidden
-        return 4 * self.n_embd if self.mlp == "gelu" else -(-8 * self.n_embd // 192) * 64
+        return -(-8 * self.n_embd // 192) * 64 if self.mlp == "swiglu" else 4 * self.n_embd
 
     @property
     def padded_vocab_size(self) -> int:
@@ -205,7 +206,8 @@ def param_shapes(cfg: GptConfig) -> Dict[str, tuple]:
         shapes["ln_f/bias"] = (C,)
     if not cfg.bias:
         shapes = {k: v for k, v in shapes.items() if not k.endswith("/bias")
-                  or (cfg.qkv_bias and k.endswith("attn/c_attn/bias"))}
+                  or (cfg.qkv_bias and k.endswith("attn/c_attn/bias"))
+                  or (cfg.norm_bias and k.split("/")[-2].startswith("ln_"))}
     if not cfg.tied:
         shapes["lm_head/weight"] = (Vp, C)
     return shapes
@@ -265,6 +267,17 @@ def norm(params: Dict[str, torch.Tensor], cfg: GptConfig, name: str, x: torch.Te
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
+
+
+def activation(cfg: "GptConfig", a: torch.Tensor, hidden: int) -> torch.Tensor:
+    """The MLP's activation of c_fc's output a: GELU (tanh), SwiGLU's silu(gate) * up of
+    [gate | up] (Shazeer's GLU variants, as Llama) or the squared ReLU (Primer's)."""
+    if cfg.mlp == "swiglu":
+        gate, up = a.split(hidden, dim=-1)
+        return gate * torch.sigmoid(gate) * up
+    if cfg.mlp == "relu2":
+        return torch.relu(a).square()
+    return gelu_tanh(a)
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
@@ -491,12 +504,6 @@ def moe_mlp(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str,
     probs = scores / scores.sum(-1, keepdim=True) if sigmoid else scores
     w1, w2 = params[p + "mlp/experts/c_fc/weight"], params[p + "mlp/experts/c_proj/weight"]
 
-    def act(a, hidden):
-        if cfg.mlp == "swiglu":
-            gate, up = a.split(hidden, dim=-1)
-            return gate * torch.sigmoid(gate) * up
-        return gelu_tanh(a)
-
     out = torch.zeros_like(x)
     n_choices, kept = x.shape[0] * k, 0
     capacity = n_choices
@@ -508,10 +515,10 @@ def moe_mlp(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str,
         kept += rows.numel()
         if rows.numel() == 0:
             continue
-        a = act(x[rows] @ w1[e].t(), cfg.hidden)
+        a = activation(cfg, x[rows] @ w1[e].t(), cfg.hidden)
         out = out.index_add(0, rows, gates[rows, j].unsqueeze(-1) * (a @ w2[e].t()))
     if cfg.moe_shared_hidden:  # every token through the shared experts too
-        a = act(x @ params[p + "mlp/shared/c_fc/weight"].t(), cfg.moe_shared_hidden)
+        a = activation(cfg, x @ params[p + "mlp/shared/c_fc/weight"].t(), cfg.moe_shared_hidden)
         shared = a @ params[p + "mlp/shared/c_proj/weight"].t()
         if cfg.moe_shared_gate:  # Qwen2-MoE's sigmoid gate of each row
             shared = torch.sigmoid(x @ params[p + "mlp/shared/gate/weight"].t() / cfg.mup_mult) \
@@ -534,16 +541,11 @@ def moe_mlp(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str,
 
 
 def mlp(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str, h: torch.Tensor) -> torch.Tensor:
-    """Layer p's MLP of h: c_proj(gelu(c_fc(h))), or SwiGLU's c_proj(silu(gate) * up) with
-    [gate | up] = c_fc(h) (Shazeer's GLU variants, as Llama); a mixture of experts' (moe_mlp)."""
+    """Layer p's MLP of h: c_proj(activation(c_fc(h))); a mixture of experts' (moe_mlp)."""
     if cfg.moe_layer(int(p.split("/")[1])):  # p = "h/<i>/"
         return moe_mlp(params, cfg, p, h)
-    a = linear(h, params[p + "mlp/c_fc/weight"], params.get(p + "mlp/c_fc/bias"))
-    if cfg.mlp == "swiglu":
-        gate, up = a.split(cfg.hidden, dim=-1)
-        a = gate * torch.sigmoid(gate) * up
-    else:
-        a = gelu_tanh(a)
+    a = activation(cfg, linear(h, params[p + "mlp/c_fc/weight"], params.get(p + "mlp/c_fc/bias")),
+                   cfg.hidden)
     return linear(a, params[p + "mlp/c_proj/weight"], params.get(p + "mlp/c_proj/bias"))
 
 
@@ -983,6 +985,8 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
         m.attrs.create("n_kv_head", i64(cfg.kv_heads), dtype="<i8")
         m.attrs.create("qk_norm", i64(1 if cfg.qk_norm else 0), dtype="<i8")
         m.attrs.create("qkv_bias", i64(1 if cfg.qkv_bias else 0), dtype="<i8")
+        if cfg.norm_bias:
+            m.attrs.create("norm_bias", i64(1), dtype="<i8")
         m.attrs.create("norm_eps", np.float64(cfg.norm_eps), dtype="<f8")
         if cfg.attn_head_dim:
             m.attrs.create("head_dim", i64(cfg.attn_head_dim), dtype="<i8")
@@ -1049,6 +1053,7 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                         n_kv_head=int(a["n_kv_head"]) if "n_kv_head" in a else 0,
                         qk_norm=int(a["qk_norm"]) == 1 if "qk_norm" in a else False,
                         qkv_bias=int(a["qkv_bias"]) == 1 if "qkv_bias" in a else False,
+                        norm_bias=int(a.get("norm_bias", 0)) == 1,
                         norm_eps=float(a["norm_eps"]) if "norm_eps" in a else LN_EPS,
                         attn_head_dim=int(a["head_dim"]) if "head_dim" in a else 0,
                         rotary_dim=int(a.get("rotary_dim", 0)),

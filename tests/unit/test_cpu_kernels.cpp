@@ -901,6 +901,40 @@ TEST_F(CpuKernels, GeluForwardBackward) {
   expect_accumulated(dx2, dx0, dx, "dinp +=");
 }
 
+// ---- squared ReLU (model.mlp = relu2) --------------------------------------------------------
+
+// Against max(x, 0)² in double and its finite differences (no input within 1e-2 of the kink,
+// where a central difference straddles it).
+TEST_F(CpuKernels, SquaredReluForwardBackward) {
+  const size_t n = 37;
+  Vec inp = random_vec(n, 44, -4.0f, 4.0f);
+  for (float& v : inp)
+    if (std::fabs(v) < 1e-2f) v = 0.5f;
+  Vec out(n);
+  be->relu2_forward(out.data(), inp.data(), n);
+  DVec x = to_double(inp);
+  auto relu2 = [](double v) { return v > 0.0 ? v * v : 0.0; };
+  DVec want(n);
+  for (size_t i = 0; i < n; ++i) want[i] = relu2(x[i]);
+  expect_close(out, want, 1e-6, "out");
+
+  const Vec R = random_vec(n, 45);
+  auto loss = [&] {
+    double s = 0.0;
+    for (size_t i = 0; i < n; ++i) s += relu2(x[i]) * R[i];
+    return s;
+  };
+  const DVec g = finite_diff(x, loss);
+  Vec dx(n, 0.0f);
+  be->relu2_backward(dx.data(), inp.data(), R.data(), n);
+  expect_close(dx, g, 1e-5, "dinp");
+
+  Vec dx2 = random_vec(n, 46);
+  const Vec dx0 = dx2;
+  be->relu2_backward(dx2.data(), inp.data(), R.data(), n);
+  expect_accumulated(dx2, dx0, dx, "dinp +=");
+}
+
 // The FFN, y = gelu(x·W1ᵀ + b1)·W2ᵀ + b2, forward and backward as the model runs it:
 // matmul_gelu_forward, then matmul_backward_gelu for the second layer (its weight and bias, and
 // dpre overwritten), then the first layer's matmul_backward. Every gradient against finite

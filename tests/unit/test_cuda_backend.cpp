@@ -842,6 +842,24 @@ TEST_F(CudaBackendTest, GeluForwardBackward) {
   }
 }
 
+TEST_F(CudaBackendTest, SquaredReluForwardBackward) {
+  for (size_t n : kElemSizes) {
+    SCOPED_TRACE(::testing::Message() << "n=" << n);
+    const Vec inp = random_vec(n, 77, -5.0f, 5.0f), dout = random_vec(n, 78);
+    const Vec dinp0 = random_vec(n, 79);
+    Vec out(n), dinp = dinp0;
+    cpu->relu2_forward(out.data(), inp.data(), n);
+    cpu->relu2_backward(dinp.data(), inp.data(), dout.data(), n);
+    float* d_inp = dev(inp);
+    float* g_out = dev_zeros(n);
+    float* g_dinp = dev(dinp0);
+    gpu->relu2_forward(g_out, d_inp, n);
+    gpu->relu2_backward(g_dinp, d_inp, dev(dout), n);
+    EXPECT_TRUE(close(host(g_out, n), out, kElemTol, 1e-6)) << "out";
+    EXPECT_TRUE(close(host(g_dinp, n), dinp, kElemTol, 1e-6)) << "dinp";
+  }
+}
+
 TEST_F(CudaBackendTest, SwigluForwardBackward) {
   for (const MmShape& s : {MmShape{64, 0, 2048}, MmShape{37, 0, 176}, MmShape{3, 0, 5}}) {
     SCOPED_TRACE(::testing::Message() << "N=" << s.N << " H=" << s.OC);

@@ -81,13 +81,16 @@ struct ModelShape {
   bool bias = true;
   // Attribute qkv_bias (int64 1 | 0: c_attn's bias without the others; absent: 0).
   bool qkv_bias = false;
+  // Attribute norm_bias (int64 1 | 0: the LayerNorms' biases without the linear layers'; absent:
+  // 0).
+  bool norm_bias = false;
   // Attribute norm_eps (double, the normalizations' epsilon; absent in older files: 1e-5).
   double norm_eps = 1e-5;
   // Attribute head_dim (int64, each head's width; absent or 0: n_embd / n_head; written when
   // > 0).
   int64_t head_dim = 0;
-  // Attributes mlp ("gelu" | "swiglu"; absent in older files: gelu) and mlp_hidden (int64, the
-  // hidden units; absent: 4·n_embd; written when > 0).
+  // Attributes mlp ("gelu" | "swiglu" | "relu2"; absent in older files: gelu) and mlp_hidden
+  // (int64, the hidden units; absent: 4·n_embd; written when > 0).
   std::string mlp = "gelu";
   int64_t mlp_hidden = 0;
   // Attribute tie_embeddings (int64 1 | 0; absent in older files: 1).

@@ -275,6 +275,11 @@ class Backend {
   virtual void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n,
                              GradMode mode = GradMode::accumulate) = 0;
 
+  // ---- Squared ReLU (model.mlp = relu2): out = max(x, 0)²; dinp (+)= 2·max(x, 0)·dout ------
+  virtual void relu2_forward(float* out, const float* inp, size_t n) = 0;
+  virtual void relu2_backward(float* dinp, const float* inp, const float* dout, size_t n,
+                              GradMode mode = GradMode::accumulate) = 0;
+
   // ---- out = a + b (residual); its backward is two accumulate() calls -----------------------
   virtual void add(float* out, const float* a, const float* b, size_t n) = 0;
   virtual void accumulate(float* dst, const float* src, size_t n) = 0;  // dst += src
@@ -436,6 +441,9 @@ class Backend {
   virtual void gelu_forward(bf16_t* out, const bf16_t* inp, size_t n) = 0;
   virtual void gelu_backward(bf16_t* dinp, const bf16_t* inp, const bf16_t* dout, size_t n,
                              GradMode mode = GradMode::accumulate) = 0;
+  virtual void relu2_forward(bf16_t* out, const bf16_t* inp, size_t n) = 0;
+  virtual void relu2_backward(bf16_t* dinp, const bf16_t* inp, const bf16_t* dout, size_t n,
+                              GradMode mode = GradMode::accumulate) = 0;
   virtual void add(bf16_t* out, const bf16_t* a, const bf16_t* b, size_t n) = 0;
   virtual void accumulate(bf16_t* dst, const bf16_t* src, size_t n) = 0;
   // Cross-entropy over bf16 logits (dlogits written back in bf16); losses/correct/statistics

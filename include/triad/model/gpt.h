@@ -55,11 +55,16 @@ struct GptShape {
   // c_attn's bias without the others (model.qkv_bias, with bias false: Qwen2's q, k and v
   // projections have biases, its other linear layers none).
   bool qkv_bias = false;
+  // The LayerNorms' biases without the linear layers' (model.norm_bias, with bias false and
+  // LayerNorm: Nemotron's, StableLM's blocks).
+  bool norm_bias = false;
   // The MLP (model.mlp, model.mlp_hidden): GPT-2's gelu(x·W_fcᵀ + b)·W_projᵀ, or SwiGLU (swiglu:
   // c_fc holds the gate rows, then the up rows; (silu(gate)·up)·W_projᵀ, as Llama), with hidden()
   // units: mlp_hidden, or by default 4·n_embd for GELU and for SwiGLU the multiple of 64 at or
-  // above 8·n_embd/3 (Llama's rule: about GELU's parameter count).
+  // above 8·n_embd/3 (Llama's rule: about GELU's parameter count). relu2: the GELU MLP's shape
+  // with the squared ReLU, max(x, 0)² (So et al.'s Primer; Nemotron-4, modded-nanogpt).
   bool swiglu = false;
+  bool relu2 = false;
   int mlp_hidden = 0;
   // The output layer (model.tie_embeddings): wte itself (tied, GPT-2), or a tensor of its own,
   // lm_head/weight [padded_vocab_size, C] on the last stage (false, as Llama).

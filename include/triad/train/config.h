@@ -23,10 +23,11 @@ struct ModelConfig {
   std::string norm = "layernorm";  // layernorm (weight, bias) | rmsnorm (weight only)
   bool bias = true;                // false: no biases in linear layers and LayerNorms
   bool qkv_bias = false;           // with bias = false: c_attn keeps its bias (as Qwen2)
+  bool norm_bias = false;          // with bias = false: the LayerNorms keep theirs (Nemotron)
   double norm_eps = 1e-5;          // the LayerNorms'/RMSNorms' epsilon (Qwen2: 1e-6)
   int head_dim = 0;                // each head's width (0: n_embd / n_head; Qwen3: 128)
   int hd() const { return head_dim > 0 ? head_dim : n_embd / n_head; }
-  std::string mlp = "gelu";      // gelu (GPT-2) | swiglu (Llama)
+  std::string mlp = "gelu";      // gelu (GPT-2) | swiglu (Llama) | relu2 (max(x, 0)², Primer)
   int mlp_hidden = 0;            // hidden units (0: 4·n_embd, or ~8·n_embd/3 for swiglu)
   bool tie_embeddings = true;    // false: an output layer lm_head of its own (as Llama)
   bool qk_norm = false;          // per-head RMSNorm of q and k (as Qwen3, Gemma 3)

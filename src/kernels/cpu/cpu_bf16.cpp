@@ -239,6 +239,17 @@ void gelu_backward(bf16_t* dinp, const bf16_t* inp, const bf16_t* dout, size_t n
                [&](float* di) { gelu_backward(di, widen(1, inp, n), widen(2, dout, n), n); });
 }
 
+void relu2_forward(bf16_t* out, const bf16_t* inp, size_t n) {
+  float* o = scratch(0, n);
+  relu2_forward(o, widen(1, inp, n), n);
+  to_bf16(out, o, n);
+}
+
+void relu2_backward(bf16_t* dinp, const bf16_t* inp, const bf16_t* dout, size_t n) {
+  through_fp32(0, dinp, n,
+               [&](float* di) { relu2_backward(di, widen(1, inp, n), widen(2, dout, n), n); });
+}
+
 void add(bf16_t* out, const bf16_t* a, const bf16_t* b, size_t n) {
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
   for (size_t i = 0; i < n; ++i) out[i] = triad::to_bf16(to_float(a[i]) + to_float(b[i]));

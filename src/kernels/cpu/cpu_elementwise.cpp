@@ -1,5 +1,5 @@
-// Elementwise ops (GELU, residual add, accumulate, scale) and the sum of squares used by
-// gradient clipping. All are memory-bound: one parallel, vectorized pass each.
+// Elementwise ops (GELU, squared ReLU, residual add, accumulate, scale) and the sum of squares used
+// by gradient clipping. All are memory-bound: one parallel, vectorized pass each.
 #include <vector>
 
 #include "cpu_math.h"
@@ -41,6 +41,22 @@ void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) {
     store8(dinp + i, load8(dinp + i) + gelu_grad8(load8(inp + i)) * load8(dout + i));
   }
   for (size_t i = 8 * n8; i < n; ++i) dinp[i] += gelu_grad8(splat8(inp[i]))[0] * dout[i];
+}
+
+void relu2_forward(float* out, const float* inp, size_t n) {
+#pragma omp parallel for simd schedule(static) if (n >= kParallelMin)
+  for (size_t i = 0; i < n; ++i) {
+    const float r = inp[i] > 0.0f ? inp[i] : 0.0f;
+    out[i] = r * r;
+  }
+}
+
+void relu2_backward(float* dinp, const float* inp, const float* dout, size_t n) {
+#pragma omp parallel for simd schedule(static) if (n >= kParallelMin)
+  for (size_t i = 0; i < n; ++i) {
+    const float r = inp[i] > 0.0f ? inp[i] : 0.0f;
+    dinp[i] += 2.0f * r * dout[i];
+  }
 }
 
 void add(float* out, const float* a, const float* b, size_t n) {

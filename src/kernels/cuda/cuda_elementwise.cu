@@ -1,5 +1,5 @@
-// Elementwise ops: GELU (tanh approximation) forward/backward, residual add, accumulate, scale,
-// the logits' soft cap, and the float ↔ bf16 conversions: the block programs of
+// Elementwise ops: GELU (tanh approximation) and squared ReLU forward/backward, residual add,
+// accumulate, scale, the logits' soft cap, and the float ↔ bf16 conversions: the block programs of
 // elementwise_block.h (which describes them), launched with DeviceThread. Memory-bound
 // grid-stride loops. Templated on the storage type (float or bf16).
 #include "cuda_ops.cuh"
@@ -21,6 +21,20 @@ __global__ void gelu_backward_kernel(E* dinp, const E* inp, const E* dout, size_
   DeviceThread x;
   elementwise_block::gelu_backward(x, dinp, inp, dout, n, accumulate, int(blockDim.x),
                                    grid_threads());
+}
+
+template <typename E>
+__global__ void relu2_forward_kernel(E* out, const E* inp, size_t n) {
+  DeviceThread x;
+  elementwise_block::relu2_forward(x, out, inp, n, block_threads(), grid_threads());
+}
+
+template <typename E>
+__global__ void relu2_backward_kernel(E* dinp, const E* inp, const E* dout, size_t n,
+                                      bool accumulate) {
+  DeviceThread x;
+  elementwise_block::relu2_backward(x, dinp, inp, dout, n, accumulate, block_threads(),
+                                    grid_threads());
 }
 
 template <typename E>
@@ -71,6 +85,22 @@ void gelu_backward(cudaStream_t s, Elem* dinp, const Elem* inp, const Elem* dout
 }
 
 template <typename Elem>
+void relu2_forward(cudaStream_t s, Elem* out, const Elem* inp, size_t n) {
+  if (n == 0) return;
+  relu2_forward_kernel<<<grid_for(n), kBlock, 0, s>>>(bits(out), bits(inp), n);
+  TRIAD_CUDA_CHECK_LAUNCH();
+}
+
+template <typename Elem>
+void relu2_backward(cudaStream_t s, Elem* dinp, const Elem* inp, const Elem* dout, size_t n,
+                    bool accumulate) {
+  if (n == 0) return;
+  relu2_backward_kernel<<<grid_for(n), kBlock, 0, s>>>(bits(dinp), bits(inp), bits(dout), n,
+                                                       accumulate);
+  TRIAD_CUDA_CHECK_LAUNCH();
+}
+
+template <typename Elem>
 void add(cudaStream_t s, Elem* out, const Elem* a, const Elem* b, size_t n) {
   if (n == 0) return;
   add_kernel<<<grid_for(n), kBlock, 0, s>>>(bits(out), bits(a), bits(b), n);
@@ -104,11 +134,13 @@ void convert(cudaStream_t s, Dst* dst, const Src* src, size_t n) {
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
-#define TRIAD_INSTANTIATE_ELEMENTWISE(Elem)                                                       \
-  template void gelu_forward<Elem>(cudaStream_t, Elem*, const Elem*, size_t);                     \
-  template void gelu_backward<Elem>(cudaStream_t, Elem*, const Elem*, const Elem*, size_t, bool); \
-  template void add<Elem>(cudaStream_t, Elem*, const Elem*, const Elem*, size_t);                 \
-  template void accumulate<Elem>(cudaStream_t, Elem*, const Elem*, size_t);                       \
+#define TRIAD_INSTANTIATE_ELEMENTWISE(Elem)                                                        \
+  template void gelu_forward<Elem>(cudaStream_t, Elem*, const Elem*, size_t);                      \
+  template void gelu_backward<Elem>(cudaStream_t, Elem*, const Elem*, const Elem*, size_t, bool);  \
+  template void relu2_forward<Elem>(cudaStream_t, Elem*, const Elem*, size_t);                     \
+  template void relu2_backward<Elem>(cudaStream_t, Elem*, const Elem*, const Elem*, size_t, bool); \
+  template void add<Elem>(cudaStream_t, Elem*, const Elem*, const Elem*, size_t);                  \
+  template void accumulate<Elem>(cudaStream_t, Elem*, const Elem*, size_t);                        \
   template void scale_cap_logits<Elem>(cudaStream_t, Elem*, size_t, float, float);
 TRIAD_INSTANTIATE_ELEMENTWISE(float)
 TRIAD_INSTANTIATE_ELEMENTWISE(bf16)

@@ -319,6 +319,11 @@ template <typename Elem>
 void gelu_backward(cudaStream_t s, Elem* dinp, const Elem* inp, const Elem* dout, size_t n,
                    bool accumulate = true);  // false: dinp overwritten
 template <typename Elem>
+void relu2_forward(cudaStream_t s, Elem* out, const Elem* inp, size_t n);
+template <typename Elem>
+void relu2_backward(cudaStream_t s, Elem* dinp, const Elem* inp, const Elem* dout, size_t n,
+                    bool accumulate = true);  // false: dinp overwritten
+template <typename Elem>
 void add(cudaStream_t s, Elem* out, const Elem* a, const Elem* b, size_t n);
 template <typename Elem>
 void scale_cap_logits(cudaStream_t s, Elem* x, size_t n, float mult,

@@ -1,10 +1,10 @@
-// The elementwise ops of cuda_elementwise.cu (GELU forward/backward, residual add, accumulate,
-// scale, the logits' soft cap, the fp32 ↔ bf16 conversions) and the bias passes of the matmul
-// files (cuda_matmul.cu, cuda_matmul_lt.cu) as block programs (see
-// block_program.h), so that the CPU tests run the same code through the SIMT emulator
-// (test_elementwise_emulated) against the CPU backend. Memory-bound grid-stride loops; the CPU
-// backend's formulas (cpu_elementwise.cpp) with the accurate tanh, computed in fp32, each output
-// rounded once. Elem is float or uint16_t (bf16 bits).
+// The elementwise ops of cuda_elementwise.cu (GELU and squared ReLU forward/backward, residual add,
+// accumulate, scale, the logits' soft cap, the fp32 ↔ bf16 conversions) and the bias passes of the
+// matmul files (cuda_matmul.cu, cuda_matmul_lt.cu) as block programs (see block_program.h), so that
+// the CPU tests run the same code through the SIMT emulator (test_elementwise_emulated) against the
+// CPU backend. Memory-bound grid-stride loops; the CPU backend's formulas (cpu_elementwise.cpp)
+// with the accurate tanh, computed in fp32, each output rounded once. Elem is float or uint16_t
+// (bf16 bits).
 #pragma once
 
 #include <cstddef>
@@ -38,6 +38,28 @@ TRIAD_BLOCK_FN void gelu_backward(X& x, Elem* dinp, const Elem* inp, const Elem*
     const float du_dx = kSqrt2OverPi * (1.0f + 3.0f * kGeluCubic * v * v);
     const float grad = 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du_dx;
     const float g = grad * load(x, dout + i);
+    store(x, dinp + i, accumulate ? load(x, dinp + i) + g : g);
+  }
+}
+
+// Squared ReLU (model.mlp = relu2): out = max(x, 0)².
+template <class X, class Elem>
+TRIAD_BLOCK_FN void relu2_forward(X& x, Elem* out, const Elem* inp, size_t n, int threads,
+                                  size_t stride) {
+  TRIAD_BLOCK_STRIDE_LOOP(x, i, n, threads, stride) {
+    const float v = load(x, inp + i);
+    const float r = v > 0.0f ? v : 0.0f;
+    store(x, out + i, r * r);
+  }
+}
+
+// dinp (+)= 2·max(x, 0)·dout
+template <class X, class Elem>
+TRIAD_BLOCK_FN void relu2_backward(X& x, Elem* dinp, const Elem* inp, const Elem* dout, size_t n,
+                                   bool accumulate, int threads, size_t stride) {
+  TRIAD_BLOCK_STRIDE_LOOP(x, i, n, threads, stride) {
+    const float v = load(x, inp + i);
+    const float g = 2.0f * (v > 0.0f ? v : 0.0f) * load(x, dout + i);
     store(x, dinp + i, accumulate ? load(x, dinp + i) + g : g);
   }
 }
