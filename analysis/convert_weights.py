@@ -1,6 +1,6 @@
 """Weights and tokenizers in and out of triad: Hugging Face transformers models (config.json +
-safetensors; GPT-2, Llama, Mistral, Qwen2, Qwen3, Mixtral, Qwen2-MoE, Qwen3-MoE, Nemotron) and
-llm.c
+safetensors; GPT-2, Llama, Mistral, Qwen2, Qwen3, Mixtral, Qwen2-MoE, Qwen3-MoE, Nemotron,
+StableLM) and llm.c
 model files (gpt2_124M.bin and the like) to a triad checkpoint, a triad checkpoint to either,
 and Hugging Face or Meta tokenizers to a triad tokenizer description (hf_tokenizer.py).
 
@@ -39,6 +39,8 @@ What the formats hold and how they map (docs/formats.md, "Weights from other pro
   its LayerNorm1P scaling by 1 + w, triad's as w itself), up_proj and down_proj around the
   squared ReLU (model.mlp = relu2), the first partial_rotary_factor of each head rotating
   (model.rotary_dim), no linear biases (model.bias = false, model.norm_bias = true).
+- HF StableLM: the same LayerNorms (weights as they are) and partial rotary with Llama's SwiGLU
+  and, with use_qkv_bias, q, k and v biases (model.qkv_bias).
 - llm.c: a header of 256 int32 (magic 20240326, version 3 = fp32 or 5 = bf16, max_seq_len,
   vocab_size, n_layer, n_head, n_embd, padded_vocab_size), then wte, wpe and each per-layer
   tensor for all layers in turn ([out, in] like triad), then ln_f.
@@ -437,8 +439,8 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     kind = cfg.get("model_type", "gpt2")
     if kind in ("llama", "mistral", "phi3", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe"):
         return llama_config_dims(cfg, where, seq_len)
-    if kind == "nemotron":
-        return nemotron_config_dims(cfg, where, seq_len)
+    if kind in ("nemotron", "stablelm"):
+        return layernorm_config_dims(cfg, where, seq_len)
     if kind in UNBUILT_MOE:
         raise ConvertError(f"{where}: model_type is {kind!r}, a mixture of experts triad does "
                            f"not compute: {UNBUILT_MOE[kind]} (triad imports Mixtral's, "
@@ -447,7 +449,8 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         raise ConvertError(f"{where}: model_type is {kind!r}; triad imports GPT-2 ('gpt2'), "
                            f"Llama ('llama'), Mistral ('mistral'), Mixtral ('mixtral'), Phi-3 "
                            f"('phi3'), Qwen2 ('qwen2'), Qwen2-MoE ('qwen2_moe'), Qwen3 ('qwen3'), "
-                           f"Qwen3-MoE ('qwen3_moe') and Nemotron ('nemotron') models")
+                           f"Qwen3-MoE ('qwen3_moe'), Nemotron ('nemotron') and StableLM "
+                           f"('stablelm') models")
     try:
         n_layer, n_head, n_embd = int(get("n_layer")), int(get("n_head")), int(get("n_embd"))
         n_pos, vocab = int(get("n_positions", "n_ctx")), int(get("vocab_size"))
@@ -618,38 +621,48 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     return d
 
 
-def nemotron_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
-    """A Hugging Face Nemotron config (NemotronForCausalLM: Nemotron-4, Minitron) as triad's
-    model: rope on the first partial_rotary_factor of each head's values (model.rotary_dim),
-    LayerNorms with biases (their weights stored as w - 1) beside bias-free linear layers
-    (model.bias = false, model.norm_bias = true), the squared-ReLU MLP (model.mlp = relu2),
-    grouped-query attention or not, tied or not; refused where triad computes something else."""
+def layernorm_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
+    """A Hugging Face Nemotron or StableLM config as triad's model: rope on the first
+    partial_rotary_factor of each head's values (model.rotary_dim), LayerNorms with biases beside
+    bias-free linear layers (model.bias = false, model.norm_bias = true), grouped-query attention
+    or not, tied or not; refused where triad computes something else. Nemotron's
+    (NemotronForCausalLM: Nemotron-4, Minitron) stores each LayerNorm weight as w - 1 and has the
+    squared-ReLU MLP (model.mlp = relu2); StableLM's (StableLmForCausalLM: StableLM-2, StableLM-3B)
+    has SwiGLU and optionally q, k and v biases (use_qkv_bias: model.qkv_bias)."""
+    nemotron = cfg.get("model_type") == "nemotron"
+    kind, eps_key = ("Nemotron", "norm_eps") if nemotron else ("StableLM", "layer_norm_eps")
     try:
         n_layer, n_head = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
         n_embd, hidden = int(cfg["hidden_size"]), int(cfg["intermediate_size"])
         n_pos, vocab = int(cfg["max_position_embeddings"]), int(cfg["vocab_size"])
         kv = int(cfg.get("num_key_value_heads") or n_head)
-        eps, theta = float(cfg.get("norm_eps", 1e-5)), float(cfg.get("rope_theta", 10000.0))
-        factor = float(cfg.get("partial_rotary_factor", 0.5))
-        hd = int(cfg.get("head_dim") or 0) or n_embd // max(n_head, 1)
+        eps, theta = float(cfg.get(eps_key, 1e-5)), float(cfg.get("rope_theta", 10000.0))
+        factor = float(cfg.get("partial_rotary_factor", 0.5 if nemotron else 0.25))
+        hd = (int(cfg.get("head_dim") or 0) if nemotron else 0) or n_embd // max(n_head, 1)
     except (KeyError, TypeError, ValueError) as e:
         raise ConvertError(f"{where}: needs integer num_hidden_layers, num_attention_heads, "
                            f"hidden_size, intermediate_size, max_position_embeddings, vocab_size "
-                           f"and numeric norm_eps, rope_theta, partial_rotary_factor ({e})")
+                           f"and numeric {eps_key}, rope_theta, partial_rotary_factor ({e})")
     refusals = []
     if kv <= 0 or n_head % kv:
         refusals.append(f"num_key_value_heads {kv} does not divide num_attention_heads {n_head} "
                         f"(each key/value head serves an equal group of query heads)")
     if not (0 < eps <= 0.1):
-        refusals.append(f"norm_eps {eps} (triad's model.norm_eps is in (0, 0.1])")
-    if cfg.get("hidden_act", "relu2") != "relu2":
-        refusals.append(f"hidden_act {cfg.get('hidden_act')!r} (Nemotron's MLP, triad's "
-                        f"model.mlp = relu2, is the squared ReLU)")
-    for key in ("attention_bias", "mlp_bias"):
+        refusals.append(f"{eps_key} {eps} (triad's model.norm_eps is in (0, 0.1])")
+    act = "relu2" if nemotron else "silu"
+    if cfg.get("hidden_act", act) != act:
+        refusals.append(f"hidden_act {cfg.get('hidden_act')!r} ({kind}'s MLP, triad's model.mlp = "
+                        f"{'relu2, is the squared ReLU' if nemotron else 'swiglu, uses silu'})")
+    for key in ("attention_bias", "mlp_bias") if nemotron else ():
         if cfg.get(key):
             refusals.append(f"{key} = true (triad's Nemotron has no linear biases)")
+    for key, why in (() if nemotron else (
+            ("use_parallel_residual", "attention and MLP side by side on one LayerNorm's output"),
+            ("qk_layernorm", "a LayerNorm of each q and k head"))):
+        if cfg.get(key):
+            refusals.append(f"{key} = true ({why}, which triad does not build)")
     if cfg.get("rope_scaling"):
-        refusals.append(f"rope_scaling {cfg['rope_scaling']} (transformers' Nemotron rotates "
+        refusals.append(f"rope_scaling {cfg['rope_scaling']} (triad builds transformers' {kind} "
                         f"without scaling)")
     # transformers rotates int(head_dim · factor) values, in pairs (i, i + r/2): an odd count
     # would rotate one more than it names.
@@ -662,9 +675,10 @@ def nemotron_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         refusals.append(f"head_dim {hd} (triad's model.head_dim is in [0, 4096])")
     refuse_or_check_positions(where, refusals, seq_len, n_pos, "max_position_embeddings")
     d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab, position="rope", rope_theta=theta,
-             norm="layernorm", bias=False, norm_bias=True, mlp="relu2", mlp_hidden=hidden,
-             tied=bool(cfg.get("tie_word_embeddings", False)), n_kv_head=kv, norm_eps=eps,
-             head_dim=head_dim, rotary_dim=0 if rot == hd else rot, norm_offset=True)
+             norm="layernorm", bias=False, norm_bias=True, mlp="relu2" if nemotron else "swiglu",
+             mlp_hidden=hidden, tied=bool(cfg.get("tie_word_embeddings", False)), n_kv_head=kv,
+             norm_eps=eps, head_dim=head_dim, rotary_dim=0 if rot == hd else rot,
+             qkv_bias=not nemotron and bool(cfg.get("use_qkv_bias")), norm_offset=nemotron)
     d.check(where)
     return d
 
@@ -888,6 +902,7 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
     if d.position == "rope":  # Llama's family
         kind = ({"qwen2_moe": "Qwen2-MoE", "qwen3_moe": "Qwen3-MoE", "mixtral": "Mixtral"}.get(
             d.moe_format or "") or ("Nemotron" if d.mlp == "relu2" else
+                                    "StableLM" if d.norm_bias else
                                     "Qwen2" if d.qkv_bias else "Qwen3" if d.qk_norm else
                                     "Phi-3" if d.fused else
                                     "Mistral" if d.sliding_window else "Llama"))
@@ -1189,14 +1204,17 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
                            f"the export formats hold neither")
     llama = (a.get("position"), a.get("norm"), int(a.get("bias", 1)), a.get("mlp")) == \
         ("rope", "rmsnorm", 0, "swiglu")
-    # Nemotron's blocks: LayerNorms with biases, bias-free linear layers, the squared ReLU.
-    nemotron = (a.get("position"), a.get("norm"), int(a.get("bias", 1)),
-                int(a.get("norm_bias", 0)), a.get("mlp")) == ("rope", "layernorm", 0, 1, "relu2")
-    if int(a.get("rotary_dim", 0)) and not nemotron:  # the others' rope turns every value
+    # Nemotron's and StableLM's blocks: LayerNorms with biases, bias-free linear layers (but
+    # StableLM's optional q, k, v biases), the squared ReLU or SwiGLU.
+    norm_biased = (a.get("position"), a.get("norm"), int(a.get("bias", 1)),
+                   int(a.get("norm_bias", 0))) == ("rope", "layernorm", 0, 1) and \
+        a.get("mlp") in ("relu2", "swiglu")
+    if int(a.get("rotary_dim", 0)) and not norm_biased:  # the others' rope turns every value
         raise ConvertError(f"{path}: the model rotates the first {a['rotary_dim']} values of "
                            f"each head only (model.rotary_dim, partial rotary) in blocks other "
-                           f"than Nemotron's; the export formats for them (Hugging Face's "
-                           f"Llama, Qwen2, Qwen3, Mistral and their mixtures) rotate all of them")
+                           f"than Nemotron's and StableLM's; the export formats for them "
+                           f"(Hugging Face's Llama, Qwen2, Qwen3, Mistral and their mixtures) "
+                           f"rotate all of them")
     if float(a.get("attn_scale", 0.0)):  # the formats scale the scores by 1/sqrt(head width)
         raise ConvertError(f"{path}: the model scales its attention scores by {a['attn_scale']} "
                            f"(model.attn_scale); the export formats scale them by 1/sqrt(head "
@@ -1216,7 +1234,7 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
             raise ConvertError(f"{path}: the model's routers choose their experts with biases "
                                f"(/router_bias, train.moe_bias_rate); Hugging Face's Mixtral, "
                                f"Qwen2-MoE and Qwen3-MoE have none")
-    if llama or nemotron:
+    if llama or norm_biased:
         return open_triad_llama(path, a)
     if int(a.get("sliding_window", 0)):
         raise ConvertError(f"{path}: the model attends to its last {a['sliding_window']} tokens "
@@ -1328,14 +1346,15 @@ def scaling_attrs(a: dict, names: tuple) -> tuple:
 
 
 def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
-    """A triad checkpoint of Llama's architecture (rope, RMSNorm, SwiGLU, no biases) or
-    Nemotron's (rope, LayerNorms with biases, the squared ReLU, no linear biases), its tensors in
-    triad's names, the vocabulary tensors cropped to vocab_size rows."""
+    """A triad checkpoint of Llama's architecture (rope, RMSNorm, SwiGLU, no biases), or
+    Nemotron's or StableLM's (rope, LayerNorms with biases, the squared ReLU or SwiGLU, no linear
+    biases but StableLM's q, k, v ones), its tensors in triad's names, the vocabulary tensors
+    cropped to vocab_size rows."""
     mlp = a["mlp"].decode() if isinstance(a["mlp"], bytes) else str(a["mlp"])
     d = Dims(*(int(a[k]) for k in ("n_layer", "n_head", "n_embd", "seq_len", "vocab_size")),
              position="rope", rope_theta=float(a["rope_theta"]),
-             norm="rmsnorm" if mlp == "swiglu" else "layernorm", bias=False,
-             norm_bias=int(a.get("norm_bias", 0)) == 1, rotary_dim=int(a.get("rotary_dim", 0)),
+             norm=a["norm"].decode() if isinstance(a["norm"], bytes) else str(a["norm"]),
+             bias=False, norm_bias=int(a.get("norm_bias", 0)) == 1, rotary_dim=int(a.get("rotary_dim", 0)),
              norm_offset=mlp == "relu2", mlp=mlp, mlp_hidden=int(a["mlp_hidden"]),
              tied=int(a.get("tie_embeddings", 1)) == 1,
              n_kv_head=int(a.get("n_kv_head", a["n_head"])),
@@ -1375,24 +1394,50 @@ def qwen_moe_hf_keys(d: Dims) -> dict:
                 output_router_logits=False)
 
 
-def nemotron_hf_config(d: Dims) -> dict:
-    """config.json for transformers' NemotronForCausalLM computing what triad's model of
-    Nemotron's blocks computes (the inverse of nemotron_config_dims)."""
+def layernorm_hf_config(d: Dims) -> dict:
+    """config.json for transformers' NemotronForCausalLM (the squared ReLU) or
+    StableLmForCausalLM (SwiGLU) computing what triad's model of their blocks computes (the
+    inverse of layernorm_config_dims)."""
+    kind = "Nemotron" if d.mlp == "relu2" else "StableLM"
     extra = [what for what, on in (
-        ("QK-norm (model.qk_norm)", d.qk_norm), ("a c_attn bias (model.qkv_bias)", d.qkv_bias),
+        ("QK-norm (model.qk_norm)", d.qk_norm),
+        ("a c_attn bias (model.qkv_bias)", d.qkv_bias and d.mlp == "relu2"),
+        ("heads of another width than n_embd / n_head (model.head_dim)",
+         d.head_dim and d.mlp != "relu2"),
         ("rope scaling (model.rope_scaling)", d.rope_scaling is not None or d.yarn is not None),
         ("a sliding window (model.sliding_window)", d.sliding_window),
         ("experts (model.moe_experts)", d.moe_experts)) if on]
     if extra:
-        raise ConvertError(f"a model of Nemotron's blocks exports as Hugging Face's Nemotron, "
+        raise ConvertError(f"a model of {kind}'s blocks exports as Hugging Face's {kind}, "
                            f"which has none of {', '.join(extra)}")
+    # transformers rotates int(head_dim · factor) values: where r / hd times hd rounds below r
+    # (r = 30 of 44), the next double up names r.
+    rot = d.rotary_dim or d.hd
+    factor = rot / d.hd
+    if int(d.hd * factor) != rot:
+        factor = math.nextafter(factor, 2.0)
+    if int(d.hd * factor) != rot:
+        raise ConvertError(f"the model rotates {rot} of each head's {d.hd} values "
+                           f"(model.rotary_dim), which no partial_rotary_factor names exactly")
+    if kind == "StableLM":
+        return {
+            "architectures": ["StableLmForCausalLM"], "model_type": "stablelm",
+            "num_hidden_layers": d.n_layer, "num_attention_heads": d.n_head,
+            "num_key_value_heads": d.kv, "hidden_size": d.n_embd,
+            "intermediate_size": d.mlp_hidden, "max_position_embeddings": d.seq_len,
+            "vocab_size": d.vocab_size, "layer_norm_eps": d.norm_eps, "rope_theta": d.rope_theta,
+            "partial_rotary_factor": factor, "hidden_act": "silu",
+            "use_qkv_bias": d.qkv_bias, "qk_layernorm": False, "use_parallel_residual": False,
+            "hidden_dropout": 0.0, "attention_dropout": 0.0, "tie_word_embeddings": d.tied,
+            "initializer_range": 0.02, "torch_dtype": "float32",
+        }
     return {
         "architectures": ["NemotronForCausalLM"], "model_type": "nemotron",
         "num_hidden_layers": d.n_layer, "num_attention_heads": d.n_head,
         "num_key_value_heads": d.kv, "hidden_size": d.n_embd, "head_dim": d.hd,
         "intermediate_size": d.mlp_hidden, "max_position_embeddings": d.seq_len,
         "vocab_size": d.vocab_size, "norm_eps": d.norm_eps, "rope_theta": d.rope_theta,
-        "partial_rotary_factor": (d.rotary_dim or d.hd) / d.hd, "hidden_act": "relu2",
+        "partial_rotary_factor": factor, "hidden_act": "relu2",
         "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0,
         "tie_word_embeddings": d.tied, "initializer_range": 0.02, "torch_dtype": "float32",
     }
@@ -1405,8 +1450,8 @@ def llama_hf_config(d: Dims) -> dict:
     a sliding window (model.sliding_window), or for a mixture of experts (model.moe_experts,
     Dims.moe_format) Qwen2MoeForCausalLM's (gated shared experts), Qwen3MoeForCausalLM's
     (QK-norm) or MixtralForCausalLM's (with a sliding window or not)."""
-    if d.mlp == "relu2":
-        return nemotron_hf_config(d)
+    if d.norm_bias:
+        return layernorm_hf_config(d)
     cfg = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "num_hidden_layers": d.n_layer, "num_attention_heads": d.n_head,

@@ -767,25 +767,20 @@ def nemotron_model(**config):
     return spread(model)
 
 
-@pytest.mark.parametrize("factor", [0.5, 0.25, 1.0])
-def test_nemotron_imports_and_evaluates_as_transformers(imported, tmp_path, factor,
-                                                       nemotron_on_this_torch):
-    """transformers' NemotronForCausalLM (LayerNorms with biases whose weights it stores as
-    w - 1, the squared-ReLU MLP, no linear biases, half, a quarter or all of each head's 16
-    values rotating, grouped-query attention), imported: triad's validation loss and accuracy
-    are transformers' — model.norm_bias, model.mlp = relu2 and model.rotary_dim against an
-    independent implementation — on one rank and on tp 2; greedy generation gives its tokens.
-    A run fine-tuned from it exports as NemotronForCausalLM, which computes triad's loss; the
-    import exported again is the original (the LayerNorm weights through 1 + w in fp32: to an
-    ulp of 1 + w)."""
+def layernorm_family_round_trip(imported, tmp_path, model, kind, args, rot, offset):
+    """transformers' model (Nemotron's or StableLM's blocks: LayerNorms with biases beside
+    bias-free linear layers, `rot` of each head's 16 values rotating) imported: triad's
+    validation loss and accuracy are transformers' on one rank and on tp 2, and greedy generation
+    gives its tokens. A run fine-tuned from it exports as the same class, which computes triad's
+    loss; the import exported again is the original, bit for bit but (offset: Nemotron's w - 1
+    through 1 + w in fp32) the LayerNorm weights, to an ulp of 1 + w."""
     d, _, cfg = imported
-    model = nemotron_model(partial_rotary_factor=factor)
-    out = import_hf(model, tmp_path / "nemotron", "Nemotron")
-    rot = int(16 * factor)
-    args = [*NEMOTRON_ARGS, "--model.rotary_dim", 0 if rot == 16 else rot]
+    cls = type(model)
+    out = import_hf(model, tmp_path / kind, kind)
+    args = [*args, "--model.rotary_dim", 0 if rot == 16 else rot]
     with h5py.File(out, "r") as f:
         a = f["model"].attrs
-        assert (a["mlp"], int(a["norm_bias"]), int(a["bias"])) == (b"relu2", 1, 0)
+        assert (int(a["norm_bias"]), int(a["bias"]), a["norm"]) == (1, 0, b"layernorm")
         assert int(a.get("rotary_dim", 0)) == (0 if rot == 16 else rot)
     _, want_loss = evaluates_as_transformers(model, d, cfg, out, *args)
     p = mpi_run(2, "--config", cfg, "--eval-only", "--init-from", out, *args, "--parallel.tp", 2)
@@ -797,40 +792,79 @@ def test_nemotron_imports_and_evaluates_as_transformers(imported, tmp_path, fact
             check=True)
     assert [int(t) for t in p.stdout.split()] == greedy_continuation(model, PROMPT, 20)
 
-    name = f"nemotron-ft-{rot}"
+    name = f"{tmp_path.name}-ft"  # a run of its own in the module's directory
     train("--config", cfg, "--init-from", out, *args, "--run.name", name, check=True)
     with h5py.File(d / "runs" / name / "metrics.h5", "r") as f:
         triad_loss = float(f["val/loss"][-1])
     p = tool("triad-convert", "export", d / "runs" / name, tmp_path / "ft-hf", "--to", "hf",
              "--vocab", "none")
     assert p.returncode == 0, p.stderr
-    tuned, info = transformers.NemotronForCausalLM.from_pretrained(tmp_path / "ft-hf",
-                                                                   output_loading_info=True)
+    tuned, info = cls.from_pretrained(tmp_path / "ft-hf", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
-    assert tuned.config.partial_rotary_factor == factor
+    assert tuned.config.partial_rotary_factor == model.config.partial_rotary_factor
     loss, _ = hf_loss_accuracy(tuned.eval(), d)
     assert abs(loss - triad_loss) <= 1e-5 * triad_loss, (loss, triad_loss)
     p = tool("triad-convert", "export", out, tmp_path / "again", "--to", "hf", "--vocab", "none")
     assert p.returncode == 0, p.stderr
-    again = transformers.NemotronForCausalLM.from_pretrained(tmp_path / "again").state_dict()
+    again = cls.from_pretrained(tmp_path / "again").state_dict()
     for k, v in model.float().state_dict().items():
-        if k.endswith("layernorm.weight") or k == "model.norm.weight":
+        if offset and (k.endswith("layernorm.weight") or k == "model.norm.weight"):
             # through 1 + w in fp32: within half an ulp of 1 + w
-            assert bool(((again[k] - v).abs() <= 2.0 ** -24 * (1 + v.abs()) * 2).all()), k
+            assert bool(((again[k] - v).abs() <= 2.0 ** -23 * (1 + v.abs())).all()), k
         elif not k.endswith("inv_freq"):
             assert torch.equal(again[k], v), k
 
 
-def test_nemotron_variants_triad_does_not_compute_are_refused(tmp_path, nemotron_on_this_torch):
-    """A Nemotron config with another activation, linear biases, rope scaling or a rotary
+@pytest.mark.parametrize("factor", [0.5, 0.25, 1.0])
+def test_nemotron_imports_and_evaluates_as_transformers(imported, tmp_path, factor,
+                                                       nemotron_on_this_torch):
+    """transformers' NemotronForCausalLM (LayerNorms with biases whose weights it stores as
+    w - 1, the squared-ReLU MLP, no linear biases, half, a quarter or all of each head's 16
+    values rotating, grouped-query attention) against triad's model.norm_bias, model.mlp = relu2
+    and model.rotary_dim: layernorm_family_round_trip."""
+    layernorm_family_round_trip(imported, tmp_path, nemotron_model(partial_rotary_factor=factor),
+                                "Nemotron", NEMOTRON_ARGS, int(16 * factor), offset=True)
+
+
+def stablelm_model(**config):
+    torch.manual_seed(23)
+    model = transformers.StableLmForCausalLM(transformers.StableLmConfig(**{
+        **dict(vocab_size=V, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=N_POS,
+               layer_norm_eps=1e-5, rope_theta=500.0, partial_rotary_factor=0.25,
+               tie_word_embeddings=False, pad_token_id=None),
+        **config}))
+    return spread(model)
+
+
+@pytest.mark.parametrize("qkv_bias", [False, True])
+def test_stablelm_imports_and_evaluates_as_transformers(imported, tmp_path, qkv_bias):
+    """transformers' StableLmForCausalLM (StableLM-2's blocks: LayerNorms with biases, SwiGLU, a
+    quarter of each head's values rotating, grouped-query attention, q, k and v biases or not)
+    against triad's model.norm_bias, model.rotary_dim and model.qkv_bias:
+    layernorm_family_round_trip."""
+    args = [*NEMOTRON_ARGS, "--model.mlp", "swiglu", "--model.qkv_bias", str(qkv_bias).lower()]
+    args.pop(args.index("relu2") - 1), args.remove("relu2")  # NEMOTRON_ARGS' own --model.mlp
+    layernorm_family_round_trip(imported, tmp_path, stablelm_model(use_qkv_bias=qkv_bias),
+                                "StableLM", args, 4, offset=False)
+
+
+def test_nemotron_and_stablelm_variants_triad_does_not_compute_are_refused(
+        tmp_path, nemotron_on_this_torch):
+    """A Nemotron or StableLM config with another activation, linear biases (Nemotron), the
+    attention and MLP side by side or per-head LayerNorms (StableLM), rope scaling or a rotary
     factor that names an odd count of values is refused, naming config.json; a model of
     Nemotron's blocks with QK-norm does not export."""
-    for bad, needle in (({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
-                        ({"attention_bias": True}, "attention_bias"),
-                        ({"partial_rotary_factor": 0.2}, "partial_rotary_factor 0.2"),
-                        ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}},
-                         "rope_scaling")):
-        nemotron_model().save_pretrained(tmp_path / "bad", safe_serialization=True)
+    for make, bad, needle in (
+            (nemotron_model, {"hidden_act": "gelu"}, "hidden_act 'gelu'"),
+            (nemotron_model, {"attention_bias": True}, "attention_bias"),
+            (nemotron_model, {"partial_rotary_factor": 0.2}, "partial_rotary_factor 0.2"),
+            (nemotron_model, {"rope_scaling": {"rope_type": "linear", "factor": 2.0}},
+             "rope_scaling"),
+            (stablelm_model, {"use_parallel_residual": True}, "use_parallel_residual"),
+            (stablelm_model, {"qk_layernorm": True}, "qk_layernorm"),
+            (stablelm_model, {"hidden_act": "gelu"}, "hidden_act 'gelu'")):
+        make().save_pretrained(tmp_path / "bad", safe_serialization=True)
         c = json.loads((tmp_path / "bad" / "config.json").read_text())
         (tmp_path / "bad" / "config.json").write_text(json.dumps({**c, **bad}))
         assert_clean_failure(tool("triad-convert", "import", tmp_path / "bad",
