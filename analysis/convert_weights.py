@@ -1,6 +1,6 @@
 """Weights and tokenizers in and out of triad: Hugging Face transformers models (config.json +
 safetensors; GPT-2, Llama, Mistral, Qwen2, Qwen3, Mixtral, Qwen2-MoE, Qwen3-MoE, Nemotron,
-StableLM) and llm.c
+StableLM, Gemma) and llm.c
 model files (gpt2_124M.bin and the like) to a triad checkpoint, a triad checkpoint to either,
 and Hugging Face or Meta tokenizers to a triad tokenizer description (hf_tokenizer.py).
 
@@ -41,6 +41,9 @@ What the formats hold and how they map (docs/formats.md, "Weights from other pro
   (model.rotary_dim), no linear biases (model.bias = false, model.norm_bias = true).
 - HF StableLM: the same LayerNorms (weights as they are) and partial rotary with Llama's SwiGLU
   and, with use_qkv_bias, q, k and v biases (model.qkv_bias).
+- HF Gemma: Llama's tensors with GeGLU (model.mlp = geglu: gelu(gate_proj)·up_proj), RMSNorm
+  weights stored as w - 1 (it scales by 1 + w), the embedding's output times sqrt(hidden_size)
+  (model.embed_scale), heads head_dim wide (model.head_dim).
 - llm.c: a header of 256 int32 (magic 20240326, version 3 = fp32 or 5 = bf16, max_seq_len,
   vocab_size, n_layer, n_head, n_embd, padded_vocab_size), then wte, wpe and each per-layer
   tensor for all layers in turn ([out, in] like triad), then ln_f.
@@ -142,9 +145,11 @@ class Dims:
     # Read from Phi-3's layout (Phi3ForCausalLM): q, k and v stored as one qkv_proj, the MLP's
     # gate and up as one gate_up_proj. An import's source only, not part of triad's model.
     fused: bool = False
-    # Nemotron's layout (NemotronForCausalLM): each LayerNorm weight stored as w - 1 (its
-    # LayerNorm1P scales by 1 + w). The files' convention only, not part of triad's model.
+    # Nemotron's and Gemma's layout: each norm weight stored as w - 1 (LayerNorm1P and
+    # GemmaRMSNorm scale by 1 + w). The files' convention only, not part of triad's model.
     norm_offset: bool = False
+    # The embedding's output times this (model.embed_scale: Gemma's sqrt(n_embd)); 1: none.
+    embed_scale: float = 1.0
 
     def moe_layer(self, i: int) -> bool:
         """Whether layer i has the experts (GptShape::moe_layer)."""
@@ -230,6 +235,8 @@ class Dims:
                      qkv_bias=int(self.qkv_bias))
             if self.norm_bias:  # model.norm_bias (absent: 0)
                 a["norm_bias"] = 1
+            if self.embed_scale != 1.0:  # model.embed_scale (absent: 1)
+                a["embed_scale"] = float(self.embed_scale)
             if self.rotary_dim:  # model.rotary_dim (absent: every value rotates)
                 a["rotary_dim"] = int(self.rotary_dim)
             if self.position == "rope":
@@ -274,6 +281,8 @@ class Dims:
                 keys["qkv_bias"] = "true"
             if self.norm_bias:
                 keys["norm_bias"] = "true"
+            if self.embed_scale != 1.0:
+                keys["embed_scale"] = repr(float(self.embed_scale))
             if self.rotary_dim:
                 keys["rotary_dim"] = self.rotary_dim
             for k, v in self.moe_keys().items():
@@ -441,6 +450,8 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         return llama_config_dims(cfg, where, seq_len)
     if kind in ("nemotron", "stablelm"):
         return layernorm_config_dims(cfg, where, seq_len)
+    if kind == "gemma":
+        return gemma_config_dims(cfg, where, seq_len)
     if kind in UNBUILT_MOE:
         raise ConvertError(f"{where}: model_type is {kind!r}, a mixture of experts triad does "
                            f"not compute: {UNBUILT_MOE[kind]} (triad imports Mixtral's, "
@@ -449,8 +460,8 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         raise ConvertError(f"{where}: model_type is {kind!r}; triad imports GPT-2 ('gpt2'), "
                            f"Llama ('llama'), Mistral ('mistral'), Mixtral ('mixtral'), Phi-3 "
                            f"('phi3'), Qwen2 ('qwen2'), Qwen2-MoE ('qwen2_moe'), Qwen3 ('qwen3'), "
-                           f"Qwen3-MoE ('qwen3_moe'), Nemotron ('nemotron') and StableLM "
-                           f"('stablelm') models")
+                           f"Qwen3-MoE ('qwen3_moe'), Nemotron ('nemotron'), StableLM "
+                           f"('stablelm') and Gemma ('gemma') models")
     try:
         n_layer, n_head, n_embd = int(get("n_layer")), int(get("n_head")), int(get("n_embd"))
         n_pos, vocab = int(get("n_positions", "n_ctx")), int(get("vocab_size"))
@@ -683,6 +694,52 @@ def layernorm_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     return d
 
 
+def gemma_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
+    """A Hugging Face Gemma config (GemmaForCausalLM: Gemma 1, CodeGemma) as triad's model: rope,
+    RMSNorm (weights stored as w - 1: it scales by 1 + w), GeGLU with GELU's tanh approximation
+    (model.mlp = geglu), no biases, heads head_dim wide (model.head_dim), grouped-query or
+    multi-query attention, the embedding's output times sqrt(hidden_size) (model.embed_scale),
+    tied or not; refused where triad computes something else."""
+    try:
+        n_layer, n_head = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
+        n_embd, hidden = int(cfg["hidden_size"]), int(cfg["intermediate_size"])
+        n_pos, vocab = int(cfg["max_position_embeddings"]), int(cfg["vocab_size"])
+        kv = int(cfg.get("num_key_value_heads") or n_head)
+        eps, theta = float(cfg.get("rms_norm_eps", 1e-6)), float(cfg.get("rope_theta", 10000.0))
+        hd = int(cfg.get("head_dim") or 256)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConvertError(f"{where}: needs integer num_hidden_layers, num_attention_heads, "
+                           f"hidden_size, intermediate_size, max_position_embeddings, vocab_size, "
+                           f"head_dim and numeric rms_norm_eps, rope_theta ({e})")
+    refusals = []
+    if kv <= 0 or n_head % kv:
+        refusals.append(f"num_key_value_heads {kv} does not divide num_attention_heads {n_head} "
+                        f"(each key/value head serves an equal group of query heads)")
+    if not (0 < eps <= 0.1):
+        refusals.append(f"rms_norm_eps {eps} (triad's model.norm_eps is in (0, 0.1])")
+    # transformers' Gemma takes hidden_activation, and without it GELU's tanh approximation
+    # whatever hidden_act says.
+    act = cfg.get("hidden_activation") or "gelu_pytorch_tanh"
+    if act not in TANH_GELU:
+        refusals.append(f"hidden_activation {act!r} (triad's GeGLU gates with GELU's tanh "
+                        f"approximation: {', '.join(TANH_GELU)})")
+    if cfg.get("attention_bias"):
+        refusals.append("attention_bias = true (triad's Gemma has no biases)")
+    if cfg.get("rope_scaling"):
+        refusals.append(f"rope_scaling {cfg['rope_scaling']} (triad builds transformers' Gemma "
+                        f"without scaling)")
+    if not 2 <= hd <= 4096 or hd % 2:
+        refusals.append(f"head_dim {hd} (triad's rope needs an even model.head_dim in [2, 4096])")
+    refuse_or_check_positions(where, refusals, seq_len, n_pos, "max_position_embeddings")
+    d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab, position="rope", rope_theta=theta,
+             norm="rmsnorm", bias=False, mlp="geglu", mlp_hidden=hidden,
+             tied=bool(cfg.get("tie_word_embeddings", True)), n_kv_head=kv, norm_eps=eps,
+             head_dim=0 if hd * n_head == n_embd else hd, norm_offset=True,
+             embed_scale=float(np.float32(math.sqrt(n_embd))))
+    d.check(where)
+    return d
+
+
 def qwen_moe_keys(cfg: dict, where: str, n_layer: int, dense_hidden: int,
                   refusals: list[str]) -> tuple[dict, int]:
     """A Qwen2-MoE or Qwen3-MoE config's mixture of experts as Dims' moe_* fields (Qwen2-MoE's
@@ -824,7 +881,8 @@ def llama_part_rows(d: Dims, t: str, rows: int) -> list[int]:
     if t.endswith(("attn/c_attn/weight", "attn/c_attn/bias")):
         kv_rows = d.kv * d.hd
         return [d.attn_width, kv_rows, kv_rows]
-    if t.endswith(("mlp/c_fc/weight", "mlp/shared/c_fc/weight")) and d.mlp == "swiglu":
+    if t.endswith(("mlp/c_fc/weight", "mlp/shared/c_fc/weight")) and \
+            d.mlp in ("swiglu", "geglu"):
         return [rows // 2, rows // 2]
     if t.endswith("mlp/experts/c_fc/weight"):
         return [rows // (2 * d.moe_experts)] * (2 * d.moe_experts)
@@ -902,6 +960,7 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
     if d.position == "rope":  # Llama's family
         kind = ({"qwen2_moe": "Qwen2-MoE", "qwen3_moe": "Qwen3-MoE", "mixtral": "Mixtral"}.get(
             d.moe_format or "") or ("Nemotron" if d.mlp == "relu2" else
+                                    "Gemma" if d.mlp == "geglu" else
                                     "StableLM" if d.norm_bias else
                                     "Qwen2" if d.qkv_bias else "Qwen3" if d.qk_norm else
                                     "Phi-3" if d.fused else
@@ -1202,8 +1261,13 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
         raise ConvertError(f"{path}: the model is μP-parametrized (model.mup_base_width = "
                            f"{a['mup_base_width']}: logits times 1/m, another attention scale); "
                            f"the export formats hold neither")
-    llama = (a.get("position"), a.get("norm"), int(a.get("bias", 1)), a.get("mlp")) == \
-        ("rope", "rmsnorm", 0, "swiglu")
+    llama = (a.get("position"), a.get("norm"), int(a.get("bias", 1))) == ("rope", "rmsnorm", 0) \
+        and a.get("mlp") in ("swiglu", "geglu")  # Llama's blocks, or Gemma's (GeGLU)
+    gemma = llama and a.get("mlp") == "geglu"
+    if float(a.get("embed_scale", 1.0)) != 1.0 and not gemma:  # Gemma's √C alone holds it
+        raise ConvertError(f"{path}: the model scales its embedding's output by "
+                           f"{a['embed_scale']} (model.embed_scale) in blocks other than Gemma's; "
+                           f"none of the export formats for them scales it")
     # Nemotron's and StableLM's blocks: LayerNorms with biases, bias-free linear layers (but
     # StableLM's optional q, k, v biases), the squared ReLU or SwiGLU.
     norm_biased = (a.get("position"), a.get("norm"), int(a.get("bias", 1)),
@@ -1225,7 +1289,7 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
                            f"blocks other than Llama's; only Hugging Face's Qwen3 (Llama's "
                            f"blocks) holds such weights, so it is not exported")
     if int(a.get("moe_experts", 0)):  # Hugging Face's Mixtral is the one format with experts
-        refuse_unexported_experts(path, a, llama)
+        refuse_unexported_experts(path, a, llama and not gemma)
         import h5py
         with h5py.File(path, "r") as f:  # DeepSeek-V3's balancing biases (train.moe_bias_rate)
             moved = "router_bias" in f and any(
@@ -1355,7 +1419,8 @@ def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
              position="rope", rope_theta=float(a["rope_theta"]),
              norm=a["norm"].decode() if isinstance(a["norm"], bytes) else str(a["norm"]),
              bias=False, norm_bias=int(a.get("norm_bias", 0)) == 1, rotary_dim=int(a.get("rotary_dim", 0)),
-             norm_offset=mlp == "relu2", mlp=mlp, mlp_hidden=int(a["mlp_hidden"]),
+             norm_offset=mlp in ("relu2", "geglu"), mlp=mlp, mlp_hidden=int(a["mlp_hidden"]),
+             embed_scale=float(a.get("embed_scale", 1.0)),
              tied=int(a.get("tie_embeddings", 1)) == 1,
              n_kv_head=int(a.get("n_kv_head", a["n_head"])),
              rope_scaling=scaling_attrs(a, ROPE_SCALING_ATTRS)
@@ -1392,6 +1457,34 @@ def qwen_moe_hf_keys(d: Dims) -> dict:
                 moe_intermediate_size=d.mlp_hidden, norm_topk_prob=d.moe_normalize,
                 decoder_sparse_step=d.moe_every, mlp_only_layers=list(range(d.moe_first_dense)),
                 output_router_logits=False)
+
+
+def gemma_hf_config(d: Dims) -> dict:
+    """config.json for transformers' GemmaForCausalLM computing what triad's model of Gemma's
+    blocks computes (the inverse of gemma_config_dims): the embedding scale must be its
+    sqrt(hidden_size) in fp32."""
+    extra = [what for what, on in (
+        ("QK-norm (model.qk_norm)", d.qk_norm), ("a c_attn bias (model.qkv_bias)", d.qkv_bias),
+        ("rope scaling (model.rope_scaling)", d.rope_scaling is not None or d.yarn is not None),
+        ("a sliding window (model.sliding_window)", d.sliding_window),
+        ("experts (model.moe_experts)", d.moe_experts),
+        ("partial rotary (model.rotary_dim)", d.rotary_dim),
+        (f"an embedding scale of {d.embed_scale} (model.embed_scale; Gemma's is sqrt(n_embd) = "
+         f"{float(np.float32(math.sqrt(d.n_embd)))})",
+         float(np.float32(d.embed_scale)) != float(np.float32(math.sqrt(d.n_embd))))) if on]
+    if extra:
+        raise ConvertError(f"a model of Gemma's blocks (GeGLU) exports as Hugging Face's Gemma, "
+                           f"which has none of {', '.join(extra)}")
+    return {
+        "architectures": ["GemmaForCausalLM"], "model_type": "gemma",
+        "num_hidden_layers": d.n_layer, "num_attention_heads": d.n_head,
+        "num_key_value_heads": d.kv, "hidden_size": d.n_embd, "head_dim": d.hd,
+        "intermediate_size": d.mlp_hidden, "max_position_embeddings": d.seq_len,
+        "vocab_size": d.vocab_size, "rms_norm_eps": d.norm_eps, "rope_theta": d.rope_theta,
+        "hidden_act": "gelu_pytorch_tanh", "hidden_activation": "gelu_pytorch_tanh",
+        "attention_bias": False, "attention_dropout": 0.0, "tie_word_embeddings": d.tied,
+        "initializer_range": 0.02, "torch_dtype": "float32",
+    }
 
 
 def layernorm_hf_config(d: Dims) -> dict:
@@ -1452,6 +1545,8 @@ def llama_hf_config(d: Dims) -> dict:
     (QK-norm) or MixtralForCausalLM's (with a sliding window or not)."""
     if d.norm_bias:
         return layernorm_hf_config(d)
+    if d.mlp == "geglu":
+        return gemma_hf_config(d)
     cfg = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "num_hidden_layers": d.n_layer, "num_attention_heads": d.n_head,

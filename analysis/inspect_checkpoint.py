@@ -100,16 +100,17 @@ def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
         })
     if a.get("norm", "layernorm") == "rmsnorm":
         s = {k: v for k, v in s.items() if not k.endswith(("ln_1/bias", "ln_2/bias", "ln_f/bias"))}
-    if a.get("mlp", "gelu") == "swiglu" or "mlp_hidden" in a:  # model.mlp, model.mlp_hidden
+    gated = a.get("mlp", "gelu") in ("swiglu", "geglu")  # c_fc holds gate and up rows
+    if gated or "mlp_hidden" in a:  # model.mlp, model.mlp_hidden
         H = int(a.get("mlp_hidden", 4 * C))
-        F = 2 * H if a.get("mlp", "gelu") == "swiglu" else H
+        F = 2 * H if gated else H
         for i in range(L):
             p = f"h/{i}/mlp/"
             s.update({p + "c_fc/weight": (F, C), p + "c_fc/bias": (F,), p + "c_proj/weight": (C, H)})
     E = int(a.get("moe_experts", 0))
     if E > 0:  # model.moe_experts: the experts' MLPs (no biases) and the router replace the MLP
         H = int(a.get("mlp_hidden", 4 * C))
-        F = 2 * H if a.get("mlp", "gelu") == "swiglu" else H
+        F = 2 * H if gated else H
         first, every = int(a.get("moe_first_dense", 0)), int(a.get("moe_every", 1))
         for i in range(L):
             if i < first or (i - first + 1) % every:  # a dense layer among them
@@ -121,7 +122,7 @@ def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
                       p + "router/weight": (E, C)})
             S = int(a.get("moe_shared_hidden", 0))  # shared experts
             if S > 0:
-                FS = 2 * S if a.get("mlp", "gelu") == "swiglu" else S
+                FS = 2 * S if gated else S
                 s.update({p + "shared/c_fc/weight": (FS, C), p + "shared/c_proj/weight": (C, S)})
                 if int(a.get("moe_shared_gate", 0)) == 1:  # their sigmoid gate (Qwen2-MoE's)
                     s[p + "shared/gate/weight"] = (1, C)
@@ -324,6 +325,9 @@ def _check(rep: Report) -> None:
     base = ma.get("mup_base_width", 0)  # absent: no μP
     if not (isinstance(base, int) and 0 <= base <= 1 << 20):
         P.append(f"/model attribute mup_base_width = {base!r}, not a width in [0, 2^20]")
+    es = ma.get("embed_scale", 1.0)  # absent: none
+    if not (isinstance(es, (int, float)) and math.isfinite(es) and 0 < es <= 1e4):
+        P.append(f"/model attribute embed_scale = {es!r}, not a number in (0, 1e4]")
     cap = ma.get("logit_softcap", 0.0)  # absent: no cap
     if not (isinstance(cap, (int, float)) and math.isfinite(cap) and 0 <= cap <= 1e4):
         P.append(f"/model attribute logit_softcap = {cap!r}, not a number in [0, 1e4]")
@@ -340,8 +344,9 @@ def _check(rep: Report) -> None:
     if not (isinstance(kv, int) and kv >= 1 and int(ma["n_head"]) % kv == 0):
         P.append(f"/model attribute n_kv_head = {kv!r}, not a positive divisor of n_head "
                  f"{ma['n_head']}")
-    if ma.get("mlp", "gelu") not in ("gelu", "swiglu", "relu2"):
-        P.append(f"/model attribute mlp = {ma['mlp']!r}, expected 'gelu', 'swiglu' or 'relu2'")
+    if ma.get("mlp", "gelu") not in ("gelu", "swiglu", "geglu", "relu2"):
+        P.append(f"/model attribute mlp = {ma['mlp']!r}, expected 'gelu', 'swiglu', 'geglu' or "
+                 f"'relu2'")
     if ma.get("norm", "layernorm") not in ("layernorm", "rmsnorm"):
         P.append(f"/model attribute norm = {ma['norm']!r}, expected 'layernorm' or 'rmsnorm'")
     exp = expected_shapes(ma)

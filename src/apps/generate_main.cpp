@@ -221,11 +221,13 @@ int main(int argc, char** argv) {
     shape.sliding_window = int(m.sliding_window);
     shape.full_attention_every = int(m.full_attention_every);
     shape.logit_softcap = float(m.logit_softcap);
+    shape.embed_scale = float(m.embed_scale);
     shape.attn_scale = float(m.attn_scale);
     shape.mup_base_width = int(m.mup_base_width);
     shape.norm_eps = float(m.norm_eps);
     shape.swiglu = m.mlp == "swiglu";
     shape.relu2 = m.mlp == "relu2";
+    shape.geglu = m.mlp == "geglu";
     shape.mlp_hidden = int(m.mlp_hidden);
     shape.tied = m.tied;
     shape.n_kv_head = int(m.n_kv_head);

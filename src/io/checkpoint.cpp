@@ -751,6 +751,10 @@ CheckpointState read_state(hid_t file) {
   TRIAD_CHECK(std::isfinite(s.model.logit_softcap) && s.model.logit_softcap >= 0 &&
                   s.model.logit_softcap <= 1e4,
               "attribute logit_softcap of /model is ", s.model.logit_softcap, ", not in [0, 1e4]");
+  s.model.embed_scale = io::read_double_attr(model, "embed_scale").value_or(1.0);
+  TRIAD_CHECK(
+      std::isfinite(s.model.embed_scale) && s.model.embed_scale > 0 && s.model.embed_scale <= 1e4,
+      "attribute embed_scale of /model is ", s.model.embed_scale, ", not in (0, 1e4]");
   TRIAD_CHECK(
       s.model.head_dim >= 0 && s.model.head_dim <= 4096 &&
           (s.model.head_dim > 0 || s.model.n_embd % std::max<int64_t>(1, s.model.n_head) == 0),
@@ -759,8 +763,9 @@ CheckpointState read_state(hid_t file) {
   TRIAD_CHECK(std::isfinite(s.model.norm_eps) && s.model.norm_eps > 0 && s.model.norm_eps <= 0.1,
               "attribute norm_eps of /model is ", s.model.norm_eps, ", not in (0, 0.1]");
   s.model.mlp = io::read_string_attr(model, "mlp").value_or("gelu");
-  TRIAD_CHECK(s.model.mlp == "gelu" || s.model.mlp == "swiglu" || s.model.mlp == "relu2",
-              "attribute mlp of /model is '", s.model.mlp, "', not gelu, swiglu or relu2");
+  TRIAD_CHECK(s.model.mlp == "gelu" || s.model.mlp == "swiglu" || s.model.mlp == "geglu" ||
+                  s.model.mlp == "relu2",
+              "attribute mlp of /model is '", s.model.mlp, "', not gelu, swiglu, geglu or relu2");
   s.model.mlp_hidden = io::read_int64_attr(model, "mlp_hidden").value_or(4 * s.model.n_embd);
   TRIAD_CHECK(s.model.mlp_hidden >= 1, "attribute mlp_hidden of /model is ", s.model.mlp_hidden,
               ", not a positive count");
@@ -1139,6 +1144,8 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
           }
           if (state.model.logit_softcap > 0)  // 0: no cap
             io::write_double_attr(model, "logit_softcap", state.model.logit_softcap);
+          if (state.model.embed_scale != 1)  // 1: none
+            io::write_double_attr(model, "embed_scale", state.model.embed_scale);
           if (state.model.n_kv_head > 0)  // 0: not given (n_head)
             io::write_int64_attr(model, "n_kv_head", state.model.n_kv_head);
         }

@@ -27,7 +27,7 @@ struct LayerTensor {
 };
 std::vector<LayerTensor> all_layer_tensors(const GptShape& shape, bool moe) {
   const int64_t C = shape.n_embd, H = shape.hidden(), F = shape.fc_rows();
-  const int fc_blocks = shape.swiglu ? 2 : 1;  // SwiGLU: by units within each of gate and up
+  const int fc_blocks = shape.gated() ? 2 : 1;  // gated: by units within each of gate and up
   // c_attn by heads within each of q, k, v, as NH/NKV + 2 blocks of NKV heads (the query heads
   // in NH/NKV blocks, then k, then v; 3 blocks without grouped-query attention): each rank holds
   // the same NKV/tp heads of every block, so its query heads h are those whose key/value heads

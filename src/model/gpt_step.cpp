@@ -208,12 +208,14 @@ void Gpt::set_attention_mask(const int32_t* inputs, int B, int T, bool documents
 }
 
 // The MLP's activation of N rows of c_fc's outputs (pre) into c_proj's input (act, `width`
-// units): GELU, SwiGLU's silu(gate)·up or the squared ReLU (what train.recompute = gelu
-// recomputes).
+// units): GELU, SwiGLU's silu(gate)·up, GeGLU's gelu(gate)·up or the squared ReLU (what
+// train.recompute = gelu recomputes).
 template <class A>
 void Gpt::mlp_activation(A* act, const A* pre, int N, int width) {
   if (shape_.swiglu)
     be_.swiglu_forward(act, pre, N, width);
+  else if (shape_.geglu)
+    be_.geglu_forward(act, pre, N, width);
   else if (shape_.relu2)
     be_.relu2_forward(act, pre, size_t(N) * size_t(width));
   else
@@ -224,6 +226,8 @@ template <class A>
 void Gpt::mlp_activation_backward(A* dpre, const A* pre, const A* dact, int N, int width) {
   if (shape_.swiglu)
     be_.swiglu_backward(dpre, pre, dact, N, width, GradMode::overwrite);
+  else if (shape_.geglu)
+    be_.geglu_backward(dpre, pre, dact, N, width, GradMode::overwrite);
   else if (shape_.relu2)
     be_.relu2_backward(dpre, pre, dact, size_t(N) * size_t(width), GradMode::overwrite);
   else
@@ -330,7 +334,7 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   const int Hl = shape_.hidden() / mp_.tp;
   if (shape_.moe_layer(l)) {
     moe_front<A>(L, l, ln2, w, N);
-  } else if (shape_.swiglu || shape_.relu2) {  // the product, then the activation on its own
+  } else if (shape_.gated() || shape_.relu2) {  // the product, then the activation on its own
     linear_forward(fp8_site(l, 2), L.fch, ln2, w.fcw, w.fcb, N, C, shape_.fc_rows() / mp_.tp);
     mlp_activation(L.fch_gelu, L.fch, N, Hl);
   } else {  // GELU in the product's epilogue
@@ -368,6 +372,8 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T, int pos0) {
       });
     }
     reduce_rows(out, S.input, N);
+    if (shape_.embed_scale != 1.0f)  // model.embed_scale (Gemma's √C)
+      be_.scale_cap_logits(S.input, nC, shape_.embed_scale, 0.0f);
     add_activation_sums<A>(0, {S.input}, nC);  // train.activations_every
   }
   const bool last_chunk = g == mp_.chunks() - 1;
@@ -603,8 +609,8 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     const int Hl = shape_.hidden() / mp_.tp, Fl = shape_.fc_rows() / mp_.tp;
     if (shape_.moe_layer(l)) {
       moe_backward<A>(L, dpart, gr, dres, L.ln2g, w, N);
-    } else if (shape_.swiglu || shape_.relu2) {  // c_proj's input gradient, then through the
-      // SwiGLU or the squared ReLU into c_fc's
+    } else if (shape_.gated() || shape_.relu2) {  // c_proj's input gradient, then through the
+      // gated or squared-ReLU activation into c_fc's
       linear_backward(fp8_site(first_layer + i, 3), a.dfch_gelu, wgrad(gr.fcprojw),
                       wgrad(gr.fcprojb), dres, L.fch_gelu, w.fcprojw, N, Hl, C, kSet);
       mlp_activation_backward(dfch, L.fch, a.dfch_gelu, N, Hl);
@@ -651,6 +657,8 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     const bool frozen = !frozen_.empty() && frozen_[size_t(wte_)] &&
                         (wpe_ < 0 || frozen_[size_t(wpe_)]);  // train.freeze: nothing to form
     if (!frozen) {
+      if (shape_.embed_scale != 1.0f)  // the embedding's output was scaled: so is its gradient
+        be_.scale_cap_logits(a.dresidual, size_t(n) * C, shape_.embed_scale, 0.0f);
       const A* dres = gather_rows(a.dresidual, a.full, N);
       if (positions_ != nullptr) {
         be_.encoder_backward(dwte, dwpe, dres, d_inputs_, B, T, C, positions_);

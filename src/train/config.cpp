@@ -64,8 +64,8 @@ class KeyTable {
     add("model.norm", c.model.norm,
         "layernorm (GPT-2's, weight and bias) | rmsnorm (root mean square, weight only, as Llama)");
     add("model.mlp", c.model.mlp,
-        "gelu (GPT-2's MLP) | swiglu (silu(gate)·up, as Llama) | relu2 (squared ReLU, "
-        "max(x, 0)²: Primer, Nemotron-4, modded-nanogpt)");
+        "gelu (GPT-2's MLP) | swiglu (silu(gate)·up, as Llama) | geglu (gelu(gate)·up, as "
+        "Gemma) | relu2 (squared ReLU, max(x, 0)²: Primer, Nemotron-4, modded-nanogpt)");
     add("model.mlp_hidden", c.model.mlp_hidden,
         "MLP hidden units (0: 4·n_embd for gelu, the multiple of 64 at or above 8·n_embd/3 for "
         "swiglu)");
@@ -90,6 +90,9 @@ class KeyTable {
         "with model.sliding_window: layers N, 2N, .. (1-based) attend to the whole context, the "
         "others keep to the window (interleaved local and global attention: Gemma 3's 6, "
         "gpt-oss's 2); 0: every layer keeps to the window");
+    add("model.embed_scale", c.model.embed_scale,
+        "the embedding's output times this (Gemma: sqrt(n_embd), not shared by a tied head); 1: "
+        "none");
     add("model.logit_softcap", c.model.logit_softcap,
         "soft-capped logits: the head's logits become c·tanh(logit / c), within (-c, c), before "
         "the loss and sampling (Gemma 2: 30); 0: none");
@@ -625,6 +628,7 @@ int Config::mlp_hidden_size() const {
   s.n_embd = model.n_embd;
   s.swiglu = model.mlp == "swiglu";
   s.relu2 = model.mlp == "relu2";
+  s.geglu = model.mlp == "geglu";
   s.mlp_hidden = model.mlp_hidden;
   return s.hidden();
 }
@@ -802,8 +806,10 @@ void validate(const Config& c, int world_size) {
         "needs model.position = rope");
   check(m.norm == "layernorm" || m.norm == "rmsnorm", "model.norm",
         "must be layernorm or rmsnorm (got '" + m.norm + "')");
-  check(m.mlp == "gelu" || m.mlp == "swiglu" || m.mlp == "relu2", "model.mlp",
-        "must be gelu, swiglu or relu2 (got '" + m.mlp + "')");
+  check(m.mlp == "gelu" || m.mlp == "swiglu" || m.mlp == "geglu" || m.mlp == "relu2", "model.mlp",
+        "must be gelu, swiglu, geglu or relu2 (got '" + m.mlp + "')");
+  check(std::isfinite(m.embed_scale) && m.embed_scale > 0 && m.embed_scale <= 1e4,
+        "model.embed_scale", "must be in (0, 1e4] (1: none)");
   check(std::isfinite(m.norm_eps) && m.norm_eps > 0 && m.norm_eps <= 0.1, "model.norm_eps",
         "must be in (0, 0.1]");
   check(!(m.qkv_bias && m.bias), "model.qkv_bias",

@@ -74,6 +74,7 @@ GptShape gpt_shape(const Config& cfg) {
   s.norm_eps = float(m.norm_eps);
   s.swiglu = m.mlp == "swiglu";
   s.relu2 = m.mlp == "relu2";
+  s.geglu = m.mlp == "geglu";
   s.mlp_hidden = cfg.mlp_hidden_size();
   s.tied = m.tie_embeddings;
   s.n_kv_head = m.n_kv_head;
@@ -96,6 +97,7 @@ GptShape gpt_shape(const Config& cfg) {
   s.sliding_window = m.sliding_window;
   s.full_attention_every = m.full_attention_every;
   s.logit_softcap = float(m.logit_softcap);
+  s.embed_scale = float(m.embed_scale);
   s.attn_scale = float(m.attn_scale);
   s.mup_base_width = m.mup_base_width;
   s.window_scheduled = parse_window_warmup(cfg.train.window_warmup, m).on();

@@ -590,6 +590,21 @@ TEST(ModelParallel, SquaredReluMatchesOneRankOnEveryGrid) {
       {"full", "gelu"}, false, Grid{1, 1, 2, 0, 4, "zb-h1", 1});
 }
 
+// Gemma's MLP and embedding: GeGLU (model.mlp = geglu: c_fc's gate and up blocks split as
+// SwiGLU's) and the embedding's output times 8 (model.embed_scale: each rank scales the rows it
+// holds, and the first stage the gradient into wte). Every grid, recomputing the layer or the
+// activation, bf16 and resumed across grids, against one rank.
+TEST(ModelParallel, GegluAndEmbedScaleMatchOneRankOnEveryGrid) {
+  check_variant("geglu",
+                {"--model.mlp", "geglu", "--model.mlp_hidden", "80", "--model.embed_scale", "8",
+                 "--model.norm", "rmsnorm", "--model.position", "rope", "--model.bias", "false"},
+                {{2, 1, 1, 1, 2, "1f1b", 1},
+                 {1, 2, 1, 0, 1, "1f1b", 1},
+                 {1, 1, 2, 0, 4, "zb-h1", 1},
+                 {2, 2, 2, 1, 2, "interleaved", 2}},
+                {"full", "gelu"}, true, Grid{1, 2, 2, 0, 2, "1f1b", 1});
+}
+
 // An untied output layer (model.tie_embeddings = false): lm_head, vocabulary-parallel, on the
 // last stage only; no wte copy there and no gradient exchange between the first and the last
 // stage. Every grid, recomputation, bf16 and resharding against one rank.

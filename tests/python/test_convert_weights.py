@@ -767,21 +767,19 @@ def nemotron_model(**config):
     return spread(model)
 
 
-def layernorm_family_round_trip(imported, tmp_path, model, kind, args, rot, offset):
-    """transformers' model (Nemotron's or StableLM's blocks: LayerNorms with biases beside
-    bias-free linear layers, `rot` of each head's 16 values rotating) imported: triad's
-    validation loss and accuracy are transformers' on one rank and on tp 2, and greedy generation
-    gives its tokens. A run fine-tuned from it exports as the same class, which computes triad's
-    loss; the import exported again is the original, bit for bit but (offset: Nemotron's w - 1
-    through 1 + w in fp32) the LayerNorm weights, to an ulp of 1 + w."""
+def hf_round_trip(imported, tmp_path, model, kind, args, offset, attrs):
+    """transformers' model (of `kind`) imported: the checkpoint's /model attributes include
+    attrs; triad's validation loss and accuracy (with args) are transformers' on one rank and on
+    tp 2, and greedy generation gives its tokens. A run fine-tuned from it exports as the same
+    class, which computes triad's loss; the import exported again is the original, bit for bit
+    but (offset: Nemotron's and Gemma's w - 1 through 1 + w in fp32) the norm weights, to an ulp
+    of 1 + w."""
     d, _, cfg = imported
     cls = type(model)
     out = import_hf(model, tmp_path / kind, kind)
-    args = [*args, "--model.rotary_dim", 0 if rot == 16 else rot]
     with h5py.File(out, "r") as f:
-        a = f["model"].attrs
-        assert (int(a["norm_bias"]), int(a["bias"]), a["norm"]) == (1, 0, b"layernorm")
-        assert int(a.get("rotary_dim", 0)) == (0 if rot == 16 else rot)
+        a = {k: v.decode() if isinstance(v, bytes) else v for k, v in f["model"].attrs.items()}
+        assert {k: a.get(k) for k in attrs} == attrs, a
     _, want_loss = evaluates_as_transformers(model, d, cfg, out, *args)
     p = mpi_run(2, "--config", cfg, "--eval-only", "--init-from", out, *args, "--parallel.tp", 2)
     assert p.returncode == 0, p.stdout + p.stderr
@@ -801,7 +799,8 @@ def layernorm_family_round_trip(imported, tmp_path, model, kind, args, rot, offs
     assert p.returncode == 0, p.stderr
     tuned, info = cls.from_pretrained(tmp_path / "ft-hf", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
-    assert tuned.config.partial_rotary_factor == model.config.partial_rotary_factor
+    assert getattr(tuned.config, "partial_rotary_factor", None) == \
+        getattr(model.config, "partial_rotary_factor", None)
     loss, _ = hf_loss_accuracy(tuned.eval(), d)
     assert abs(loss - triad_loss) <= 1e-5 * triad_loss, (loss, triad_loss)
     p = tool("triad-convert", "export", out, tmp_path / "again", "--to", "hf", "--vocab", "none")
@@ -821,9 +820,12 @@ def test_nemotron_imports_and_evaluates_as_transformers(imported, tmp_path, fact
     """transformers' NemotronForCausalLM (LayerNorms with biases whose weights it stores as
     w - 1, the squared-ReLU MLP, no linear biases, half, a quarter or all of each head's 16
     values rotating, grouped-query attention) against triad's model.norm_bias, model.mlp = relu2
-    and model.rotary_dim: layernorm_family_round_trip."""
-    layernorm_family_round_trip(imported, tmp_path, nemotron_model(partial_rotary_factor=factor),
-                                "Nemotron", NEMOTRON_ARGS, int(16 * factor), offset=True)
+    and model.rotary_dim: hf_round_trip."""
+    rot = int(16 * factor) % 16  # all 16: plain rope, rotary_dim 0
+    hf_round_trip(imported, tmp_path, nemotron_model(partial_rotary_factor=factor), "Nemotron",
+                  [*NEMOTRON_ARGS, "--model.rotary_dim", rot], True,
+                  {"mlp": "relu2", "norm": "layernorm", "bias": 0, "norm_bias": 1,
+                   "rotary_dim": rot or None})
 
 
 def stablelm_model(**config):
@@ -841,20 +843,48 @@ def stablelm_model(**config):
 def test_stablelm_imports_and_evaluates_as_transformers(imported, tmp_path, qkv_bias):
     """transformers' StableLmForCausalLM (StableLM-2's blocks: LayerNorms with biases, SwiGLU, a
     quarter of each head's values rotating, grouped-query attention, q, k and v biases or not)
-    against triad's model.norm_bias, model.rotary_dim and model.qkv_bias:
-    layernorm_family_round_trip."""
-    args = [*NEMOTRON_ARGS, "--model.mlp", "swiglu", "--model.qkv_bias", str(qkv_bias).lower()]
+    against triad's model.norm_bias, model.rotary_dim and model.qkv_bias: hf_round_trip."""
+    args = [*NEMOTRON_ARGS, "--model.mlp", "swiglu", "--model.qkv_bias", str(qkv_bias).lower(),
+            "--model.rotary_dim", 4]
     args.pop(args.index("relu2") - 1), args.remove("relu2")  # NEMOTRON_ARGS' own --model.mlp
-    layernorm_family_round_trip(imported, tmp_path, stablelm_model(use_qkv_bias=qkv_bias),
-                                "StableLM", args, 4, offset=False)
+    hf_round_trip(imported, tmp_path, stablelm_model(use_qkv_bias=qkv_bias), "StableLM", args,
+                  False, {"mlp": "swiglu", "norm": "layernorm", "norm_bias": 1, "rotary_dim": 4,
+                          "qkv_bias": int(qkv_bias)})
 
 
-def test_nemotron_and_stablelm_variants_triad_does_not_compute_are_refused(
+GEMMA_ARGS = ["--model.position", "rope", "--model.rope_theta", "500", "--model.norm", "rmsnorm",
+              "--model.bias", "false", "--model.mlp", "geglu", "--model.mlp_hidden", "96",
+              "--model.n_head", "4", "--model.n_kv_head", "2", "--model.head_dim", "24",
+              "--model.norm_eps", "1e-06", "--model.embed_scale", "8"]
+
+
+def gemma_model(**config):
+    torch.manual_seed(29)
+    model = transformers.GemmaForCausalLM(transformers.GemmaConfig(**{
+        **dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, head_dim=24,
+               max_position_embeddings=N_POS, rms_norm_eps=1e-6, rope_theta=500.0,
+               hidden_activation="gelu_pytorch_tanh", pad_token_id=None),
+        **config}))
+    return spread(model)
+
+
+def test_gemma_imports_and_evaluates_as_transformers(imported, tmp_path):
+    """transformers' GemmaForCausalLM (GeGLU, RMSNorm scaling by 1 + w, the tied embedding's
+    output times sqrt(64) = 8, 4 query heads over 2, heads 24 wide at n_embd 64)
+    against triad's model.mlp = geglu, model.embed_scale and model.head_dim: hf_round_trip."""
+    hf_round_trip(imported, tmp_path, gemma_model(), "Gemma", GEMMA_ARGS, True,
+                  {"mlp": "geglu", "norm": "rmsnorm", "embed_scale": 8.0, "head_dim": 24,
+                   "tie_embeddings": 1, "n_kv_head": 2})
+
+
+def test_nemotron_stablelm_and_gemma_variants_triad_does_not_compute_are_refused(
         tmp_path, nemotron_on_this_torch):
-    """A Nemotron or StableLM config with another activation, linear biases (Nemotron), the
-    attention and MLP side by side or per-head LayerNorms (StableLM), rope scaling or a rotary
-    factor that names an odd count of values is refused, naming config.json; a model of
-    Nemotron's blocks with QK-norm does not export."""
+    """A Nemotron, StableLM or Gemma config with another activation, linear biases (Nemotron,
+    Gemma), the attention and MLP side by side or per-head LayerNorms (StableLM), rope scaling
+    or a rotary factor that names an odd count of values is refused, naming config.json. Not
+    exported: a model of Nemotron's blocks with QK-norm, a GeGLU model whose embedding scale is
+    not Gemma's sqrt(n_embd), and an embedding scale in blocks no format scales."""
     for make, bad, needle in (
             (nemotron_model, {"hidden_act": "gelu"}, "hidden_act 'gelu'"),
             (nemotron_model, {"attention_bias": True}, "attention_bias"),
@@ -863,7 +893,9 @@ def test_nemotron_and_stablelm_variants_triad_does_not_compute_are_refused(
              "rope_scaling"),
             (stablelm_model, {"use_parallel_residual": True}, "use_parallel_residual"),
             (stablelm_model, {"qk_layernorm": True}, "qk_layernorm"),
-            (stablelm_model, {"hidden_act": "gelu"}, "hidden_act 'gelu'")):
+            (stablelm_model, {"hidden_act": "gelu"}, "hidden_act 'gelu'"),
+            (gemma_model, {"hidden_activation": "gelu"}, "hidden_activation 'gelu'"),
+            (gemma_model, {"attention_bias": True}, "attention_bias")):
         make().save_pretrained(tmp_path / "bad", safe_serialization=True)
         c = json.loads((tmp_path / "bad" / "config.json").read_text())
         (tmp_path / "bad" / "config.json").write_text(json.dumps({**c, **bad}))
@@ -879,6 +911,16 @@ def test_nemotron_and_stablelm_variants_triad_does_not_compute_are_refused(
     assert_clean_failure(tool("triad-convert", "export", ckpt, tmp_path / "qk-hf", "--to", "hf",
                               "--vocab", "none"), "model.qk_norm")
     assert not (tmp_path / "qk-hf").exists()
+    for over, needle in (({"mlp": "geglu", "position": "rope", "norm": "rmsnorm", "bias": False},
+                          "an embedding scale of 1.0"),
+                         ({"embed_scale": 8.0}, "model.embed_scale")):
+        cfg = ref.GptConfig(n_layer=1, n_head=4, n_embd=64, seq_len=16, vocab_size=300, **over)
+        ckpt = tmp_path / "scale.h5"
+        ref.write_checkpoint(ckpt, cfg, ref.random_weights(cfg, seed=4))
+        assert_clean_failure(tool("triad-convert", "export", ckpt, tmp_path / "s-hf", "--to",
+                                  "hf", "--vocab", "none"), needle)
+        assert not (tmp_path / "s-hf").exists()
+        ckpt.unlink()
 
 
 def import_hf(model, directory, kind):

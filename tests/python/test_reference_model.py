@@ -177,6 +177,12 @@ CASES = [
                                    position="rope", rope_theta=500.0, bias=False, norm_bias=True,
                                    mlp="relu2", tied=False, n_kv_head=2, rotary_dim=8),
          2, 40, 6, 137),
+    # Gemma's blocks: GeGLU (gelu(gate)·up), RMSNorm, rope, heads wider than n_embd / n_head,
+    # multi-query attention, the tied embedding's output scaled by √n_embd (model.embed_scale).
+    Case("gemma", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
+                                position="rope", rope_theta=500.0, norm="rmsnorm", bias=False,
+                                mlp="geglu", mlp_hidden=96, n_kv_head=1, attn_head_dim=24,
+                                embed_scale=8.0), 2, 40, 6, 139),
     # A mixture of experts on GPT-2's blocks (biases elsewhere): 4 GELU experts of 96 units, each
     # token to 2 of them, the gates renormalized (Mixtral's routing).
     Case("moe", ref.GptConfig(n_layer=2, n_head=3, n_embd=48, seq_len=17, vocab_size=300,
@@ -236,6 +242,7 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                       sliding_window=c.sliding_window,
                       full_attention_every=c.full_attention_every, logit_softcap=c.logit_softcap,
                       attn_scale=c.attn_scale, mup_base_width=c.mup_base_width,
+                      embed_scale=c.embed_scale,
                       moe_experts=c.moe_experts, moe_top_k=c.moe_top_k,
                       moe_normalize=c.moe_normalize, moe_score=c.moe_score,
                       moe_routed_scale=c.moe_routed_scale, moe_groups=c.moe_groups,
@@ -1192,7 +1199,7 @@ GRAD_CLIP = {"gpt2vocab": 1.0, "oddshapes": 1.0, "rope": 1.0, "rmsnorm": 1.2, "n
              "swiglu": 1.1, "llama": 1.7, "gqa": 1.7, "mqa": 1.0, "bigvocab": 1.0,
              "qknorm": 1.15, "ropescaling": 1.0, "qwen2": 1.8, "headdim": 1.8, "moe": 1.0,
              "moeswiglu": 1.7, "moemixed": 0.8, "qwen2moe": 1.7, "dsv3": 1.7,
-             "partialrope": 1.8, "relu2": 1.0, "moerelu2": 1.7, "nemotron": 1.8}
+             "partialrope": 1.8, "relu2": 1.0, "moerelu2": 1.7, "nemotron": 1.8, "gemma": 1.45}
 
 
 # model.moe_capacity_factor: each expert takes the first ceil(f·N·k/E) of a pass's choices (the

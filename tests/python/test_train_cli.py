@@ -119,7 +119,9 @@ def test_help_lists_every_key_with_defaults():
     (["--model.position", "rope", "--model.rope_theta", "nan"], ["model.rope_theta"]),
     (["--model.norm", "batchnorm"], ["model.norm", "layernorm or rmsnorm"]),
     (["--model.bias", "maybe"], ["model.bias"]),
-    (["--model.mlp", "relu3"], ["model.mlp", "gelu, swiglu or relu2"]),
+    (["--model.mlp", "relu3"], ["model.mlp", "gelu, swiglu, geglu or relu2"]),
+    (["--model.embed_scale", "0"], ["model.embed_scale", "(0, 1e4]"]),
+    (["--model.embed_scale", "inf"], ["model.embed_scale", "(0, 1e4]"]),
     (["--model.mlp_hidden", "-8"], ["model.mlp_hidden", ">= 0"]),
     (["--model.n_kv_head", "-1"], ["model.n_kv_head", ">= 0"]),
     (["--model.qk_norm", "sometimes"], ["model.qk_norm"]),
@@ -780,7 +782,8 @@ def test_damaged_checkpoints(tmp_path):
             ("theta_kind", {"position": "rope", "rope_theta": "ten"}, "rope_theta"),
             ("norm", {"norm": "batchnorm"}, "'batchnorm', not layernorm or rmsnorm"),
             ("bias", {"bias": 2}, "attribute bias of /model is 2"),
-            ("mlp", {"mlp": "relu3"}, "'relu3', not gelu, swiglu or relu2"),
+            ("mlp", {"mlp": "relu3"}, "'relu3', not gelu, swiglu, geglu or relu2"),
+            ("embed_scale", {"embed_scale": -2.0}, "attribute embed_scale of /model is -2"),
             ("tied", {"tie_embeddings": 3}, "attribute tie_embeddings of /model is 3"),
             ("hidden", {"mlp_hidden": 0}, "attribute mlp_hidden of /model is 0"),
             ("kv", {"n_kv_head": 3}, "attribute n_kv_head of /model is 3"),
@@ -835,6 +838,9 @@ def test_damaged_checkpoints(tmp_path):
     assert_clean_error(train("--config", cfg, "--eval-only", "--resume", good,
                              "--model.mup_base_width", "16"),
                        "μP base width 0", "model.mup_base_width = 16")
+    assert_clean_error(train("--config", cfg, "--eval-only", "--resume", good,
+                             "--model.embed_scale", "2"),
+                       "embedding is scaled by 1", "model.embed_scale = 2")
 
 
 def test_init_from_eval_only_and_generate(tmp_path):

@@ -58,8 +58,8 @@ class GptConfig:
     rope_theta: float = 10000.0
     norm: str = "layernorm"  # layernorm (weight, bias) | rmsnorm (weight only)
     bias: bool = True  # False: no biases in linear layers and LayerNorms (nanoGPT's bias=False)
-    mlp: str = "gelu"  # gelu | swiglu (c_fc rows: gate, then up) | relu2 (relu(x)**2)
-    mlp_hidden: int = 0  # 0: 4C for gelu, relu2; swiglu: the multiple of 64 at or above 8C/3
+    mlp: str = "gelu"  # gelu | swiglu, geglu (c_fc rows: gate, then up) | relu2 (relu(x)**2)
+    mlp_hidden: int = 0  # 0: 4C for gelu, relu2; gated: the multiple of 64 at or above 8C/3
     tied: bool = True  # False: an output layer lm_head/weight [Vp, C] of its own
     n_kv_head: int = 0  # key/value heads (0: n_head); fewer: grouped-query attention
     # llama3 rope scaling (model.rope_scaling): (factor, low_freq_factor, high_freq_factor,
@@ -83,6 +83,8 @@ class GptConfig:
     full_attention_every: int = 0
     # model.logit_softcap: the logits are c·tanh(logit / c) (0: as they are).
     logit_softcap: float = 0.0
+    # model.embed_scale: the embedding's output times this (Gemma's sqrt(C); 1: as it is).
+    embed_scale: float = 1.0
     # model.attn_scale: the attention scores' scale (0: 1/sqrt(head width)).
     attn_scale: float = 0.0
     # model.mup_base_width: μP relative to a base model this wide (0: off); m = n_embd / it.
@@ -131,7 +133,11 @@ class GptConfig:
     def hidden(self) -> int:
         if self.mlp_hidden:
             return self.mlp_hidden
-        return -(-8 * self.n_embd // 192) * 64 if self.mlp == "swiglu" else 4 * self.n_embd
+        return -(-8 * self.n_embd // 192) * 64 if self.gated else 4 * self.n_embd
+
+    @property
+    def gated(self) -> bool:  # c_fc holds gate and up rows
+        return self.mlp in ("swiglu", "geglu")
 
     @property
     def padded_vocab_size(self) -> int:
@@ -184,7 +190,7 @@ def param_shapes(cfg: GptConfig) -> Dict[str, tuple]:
         shapes[p + "ln_2/weight"] = (C,)
         if not rms:
             shapes[p + "ln_2/bias"] = (C,)
-        F = cfg.hidden * (2 if cfg.mlp == "swiglu" else 1)
+        F = cfg.hidden * (2 if cfg.gated else 1)
         if cfg.moe_layer(i):
             E = cfg.moe_experts
             shapes[p + "mlp/experts/c_fc/weight"] = (E, F, C)
@@ -192,7 +198,7 @@ def param_shapes(cfg: GptConfig) -> Dict[str, tuple]:
             shapes[p + "mlp/router/weight"] = (E, C)
             if cfg.moe_shared_hidden:
                 S = cfg.moe_shared_hidden
-                shapes[p + "mlp/shared/c_fc/weight"] = (S * (2 if cfg.mlp == "swiglu" else 1), C)
+                shapes[p + "mlp/shared/c_fc/weight"] = (S * (2 if cfg.gated else 1), C)
                 shapes[p + "mlp/shared/c_proj/weight"] = (C, S)
                 if cfg.moe_shared_gate:
                     shapes[p + "mlp/shared/gate/weight"] = (1, C)
@@ -275,6 +281,9 @@ def activation(cfg: "GptConfig", a: torch.Tensor, hidden: int) -> torch.Tensor:
     if cfg.mlp == "swiglu":
         gate, up = a.split(hidden, dim=-1)
         return gate * torch.sigmoid(gate) * up
+    if cfg.mlp == "geglu":  # Gemma's
+        gate, up = a.split(hidden, dim=-1)
+        return gelu_tanh(gate) * up
     if cfg.mlp == "relu2":
         return torch.relu(a).square()
     return gelu_tanh(a)
@@ -605,6 +614,8 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor,
     x = params["wte/weight"][idx]
     if rope is None:
         x = x + (params["wpe/weight"][:T] if positions is None else params["wpe/weight"][positions])
+    if cfg.embed_scale != 1.0:  # model.embed_scale, in fp32 as triad applies it
+        x = x * float(np.float32(cfg.embed_scale))
     if record is not None:
         record["embed"] = x
     for i in range(cfg.n_layer):
@@ -998,6 +1009,8 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
             m.attrs.create("full_attention_every", i64(cfg.full_attention_every), dtype="<i8")
         if cfg.logit_softcap:
             m.attrs.create("logit_softcap", np.float64(cfg.logit_softcap), dtype="<f8")
+        if cfg.embed_scale != 1.0:
+            m.attrs.create("embed_scale", np.float64(cfg.embed_scale), dtype="<f8")
         if cfg.attn_scale:
             m.attrs.create("attn_scale", np.float64(cfg.attn_scale), dtype="<f8")
         if cfg.mup_base_width:
@@ -1058,6 +1071,7 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                         attn_head_dim=int(a["head_dim"]) if "head_dim" in a else 0,
                         rotary_dim=int(a.get("rotary_dim", 0)),
                         logit_softcap=float(a.get("logit_softcap", 0.0)),
+                        embed_scale=float(a.get("embed_scale", 1.0)),
                         attn_scale=float(a.get("attn_scale", 0.0)),
                         mup_base_width=int(a.get("mup_base_width", 0)),
                         moe_experts=int(a.get("moe_experts", 0)),

@@ -872,6 +872,35 @@ TEST_F(CpuKernels, SwigluForwardBackward) {
   expect_accumulated(d2, d0, d, "dpre +=");
 }
 
+// gelu(gate)·up over rows [gate | up] (GeGLU, Gemma's), in double from its definition.
+DVec naive_geglu(const DVec& pre, int N, int H) {
+  DVec out(size_t(N) * H);
+  for (int n = 0; n < N; ++n)
+    for (int j = 0; j < H; ++j) {
+      const double g = pre[size_t(n) * 2 * H + j], u = pre[size_t(n) * 2 * H + H + j];
+      out[size_t(n) * H + j] = naive_gelu(g) * u;
+    }
+  return out;
+}
+
+TEST_F(CpuKernels, GegluForwardBackward) {
+  const int N = 7, H = 13;
+  const Vec pre = random_vec(size_t(N) * 2 * H, 74, -6.0f, 6.0f);
+  Vec out(size_t(N) * H);
+  be->geglu_forward(out.data(), pre.data(), N, H);
+  DVec x = to_double(pre);
+  expect_close(out, naive_geglu(x, N, H), 1e-6, "out");
+  const Vec R = random_vec(out.size(), 75);
+  const DVec g = finite_diff(x, [&] { return dot(naive_geglu(x, N, H), R); });
+  Vec d(pre.size(), 9.0f);  // overwritten
+  be->geglu_backward(d.data(), pre.data(), R.data(), N, H, GradMode::overwrite);
+  expect_close(d, g, 1e-5, "dpre");
+  Vec d2 = random_vec(pre.size(), 76);
+  const Vec d0 = d2;
+  be->geglu_backward(d2.data(), pre.data(), R.data(), N, H);
+  expect_accumulated(d2, d0, d, "dpre +=");
+}
+
 // ---- GELU ----------------------------------------------------------------------------------
 
 TEST_F(CpuKernels, GeluForwardBackward) {

@@ -860,22 +860,30 @@ TEST_F(CudaBackendTest, SquaredReluForwardBackward) {
   }
 }
 
+// SwiGLU and GeGLU.
 TEST_F(CudaBackendTest, SwigluForwardBackward) {
-  for (const MmShape& s : {MmShape{64, 0, 2048}, MmShape{37, 0, 176}, MmShape{3, 0, 5}}) {
-    SCOPED_TRACE(::testing::Message() << "N=" << s.N << " H=" << s.OC);
-    const int N = s.N, H = s.OC;
-    const size_t n = size_t(N) * H;
-    const Vec pre = random_vec(2 * n, 74, -6.0f, 6.0f), dout = random_vec(n, 75);
-    const Vec d0 = random_vec(2 * n, 76);
-    Vec out(n), d = d0;
-    cpu->swiglu_forward(out.data(), pre.data(), N, H);
-    cpu->swiglu_backward(d.data(), pre.data(), dout.data(), N, H);
-    float *g_out = dev_zeros(n), *g_d = dev(d0);
-    gpu->swiglu_forward(g_out, dev(pre), N, H);
-    gpu->swiglu_backward(g_d, dev(pre), dev(dout), N, H);
-    EXPECT_TRUE(close(host(g_out, n), out, kElemTol, 1e-6)) << "out";
-    EXPECT_TRUE(close(host(g_d, 2 * n), d, kElemTol, 1e-6)) << "dpre";
-  }
+  for (const MmShape& s : {MmShape{64, 0, 2048}, MmShape{37, 0, 176}, MmShape{3, 0, 5}})
+    for (bool gelu : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << "N=" << s.N << " H=" << s.OC << (gelu ? " geglu" : ""));
+      const int N = s.N, H = s.OC;
+      const size_t n = size_t(N) * H;
+      const Vec pre = random_vec(2 * n, 74, -6.0f, 6.0f), dout = random_vec(n, 75);
+      const Vec d0 = random_vec(2 * n, 76);
+      Vec out(n), d = d0;
+      auto fwd = [&](Backend& be, float* o, const float* p) {
+        gelu ? be.geglu_forward(o, p, N, H) : be.swiglu_forward(o, p, N, H);
+      };
+      auto bwd = [&](Backend& be, float* dp, const float* p, const float* dy) {
+        gelu ? be.geglu_backward(dp, p, dy, N, H) : be.swiglu_backward(dp, p, dy, N, H);
+      };
+      fwd(*cpu, out.data(), pre.data());
+      bwd(*cpu, d.data(), pre.data(), dout.data());
+      float *g_out = dev_zeros(n), *g_d = dev(d0);
+      fwd(*gpu, g_out, dev(pre));
+      bwd(*gpu, g_d, dev(pre), dev(dout));
+      EXPECT_TRUE(close(host(g_out, n), out, kElemTol, 1e-6)) << "out";
+      EXPECT_TRUE(close(host(g_d, 2 * n), d, kElemTol, 1e-6)) << "dpre";
+    }
 }
 
 TEST_F(CudaBackendTest, AddAccumulateScale) {

@@ -1068,22 +1068,30 @@ TEST_F(CudaBf16Test, OptimizerUpdateWritesTheRoundedCopy) {
   }
 }
 
+// SwiGLU and GeGLU.
 TEST_F(CudaBf16Test, Swiglu) {
-  for (const int H : {2048, 176, 5}) {
-    SCOPED_TRACE(::testing::Message() << "H=" << H);
-    const int N = 33;
-    const size_t n = size_t(N) * H;
-    const Bits pre = random_bits(2 * n, 77, -6.0f, 6.0f), dout = random_bits(n, 78);
-    const Bits d0 = random_bits(2 * n, 79);
-    Bits out(n), d = d0;
-    cpu->swiglu_forward(out.data(), pre.data(), N, H);
-    cpu->swiglu_backward(d.data(), pre.data(), dout.data(), N, H);
-    bf16_t *g_out = dev(Bits(n)), *g_d = dev(d0);
-    gpu->swiglu_forward(g_out, dev(pre), N, H);
-    gpu->swiglu_backward(g_d, dev(pre), dev(dout), N, H);
-    EXPECT_TRUE(close(host(g_out, n), out)) << "out";
-    EXPECT_TRUE(close(host(g_d, 2 * n), d)) << "dpre";
-  }
+  for (const int H : {2048, 176, 5})
+    for (bool gelu : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << "H=" << H << (gelu ? " geglu" : ""));
+      const int N = 33;
+      const size_t n = size_t(N) * H;
+      const Bits pre = random_bits(2 * n, 77, -6.0f, 6.0f), dout = random_bits(n, 78);
+      const Bits d0 = random_bits(2 * n, 79);
+      Bits out(n), d = d0;
+      auto fwd = [&](Backend& be, bf16_t* o, const bf16_t* p) {
+        gelu ? be.geglu_forward(o, p, N, H) : be.swiglu_forward(o, p, N, H);
+      };
+      auto bwd = [&](Backend& be, bf16_t* dp, const bf16_t* p, const bf16_t* dy) {
+        gelu ? be.geglu_backward(dp, p, dy, N, H) : be.swiglu_backward(dp, p, dy, N, H);
+      };
+      fwd(*cpu, out.data(), pre.data());
+      bwd(*cpu, d.data(), pre.data(), dout.data());
+      bf16_t *g_out = dev(Bits(n)), *g_d = dev(d0);
+      fwd(*gpu, g_out, dev(pre));
+      bwd(*gpu, g_d, dev(pre), dev(dout));
+      EXPECT_TRUE(close(host(g_out, n), out)) << "out";
+      EXPECT_TRUE(close(host(g_d, 2 * n), d)) << "dpre";
+    }
 }
 
 TEST_F(CudaBf16Test, SquaredRelu) {

@@ -1,7 +1,7 @@
-// The CUDA backend's SwiGLU (src/kernels/cuda/swiglu_block.h, as cuda_swiglu.cu launches it),
-// run on the CPU through the SIMT emulator, against the CPU backend's swiglu ops: the output and
-// the gradient (overwritten and accumulated), fp32 within 1e-6 and bf16 within 1e-2 of the
-// largest magnitude, with fewer threads than hidden units (the stride loop). Needs no GPU;
+// The CUDA backend's SwiGLU and GeGLU (src/kernels/cuda/swiglu_block.h, as cuda_swiglu.cu launches
+// them), run on the CPU through the SIMT emulator, against the CPU backend's swiglu and geglu ops:
+// the output and the gradient (overwritten and accumulated), fp32 within 1e-6 and bf16 within 1e-2
+// of the largest magnitude, with fewer threads than hidden units (the stride loop). Needs no GPU;
 // test_cuda_bf16 runs the kernels on one.
 #include <gtest/gtest.h>
 
@@ -26,8 +26,30 @@ constexpr int kThreads = testing::kStridedThreads;
 using testing::kStride;
 using testing::launch_strided;
 
-void check(int N, int H, bool bf16) {
-  SCOPED_TRACE(::testing::Message() << "N=" << N << " H=" << H << (bf16 ? " bf16" : " fp32"));
+void check(int N, int H, bool bf16, bool gelu) {
+  SCOPED_TRACE(::testing::Message() << "N=" << N << " H=" << H << (bf16 ? " bf16" : " fp32")
+                                    << (gelu ? " geglu" : " swiglu"));
+  // The backend's op and the block program of the gate: silu (SwiGLU) or gelu (GeGLU).
+  auto fwd = [&](Backend& be, auto* out, const auto* pre) {
+    gelu ? be.geglu_forward(out, pre, N, H) : be.swiglu_forward(out, pre, N, H);
+  };
+  auto bwd = [&](Backend& be, auto* d, const auto* pre, const auto* dout, GradMode mode) {
+    gelu ? be.geglu_backward(d, pre, dout, N, H, mode)
+         : be.swiglu_backward(d, pre, dout, N, H, mode);
+  };
+  auto fwd_block = [&](simt::Thread& x, auto* out, const auto* pre, size_t n) {
+    if (gelu)
+      swiglu_block::geglu_forward(x, out, pre, H, n, kThreads, kStride);
+    else
+      swiglu_block::forward(x, out, pre, H, n, kThreads, kStride);
+  };
+  auto bwd_block = [&](simt::Thread& x, auto* d, const auto* pre, const auto* dout, size_t n,
+                       bool accumulate) {
+    if (gelu)
+      swiglu_block::geglu_backward(x, d, pre, dout, H, n, accumulate, kThreads, kStride);
+    else
+      swiglu_block::backward(x, d, pre, dout, H, n, accumulate, kThreads, kStride);
+  };
   const size_t n = size_t(N) * H;
   const Bits pre = testing::bf16_bits(testing::random_vec(2 * n, 1, -4.0f, 4.0f)),
              dout = testing::bf16_bits(testing::random_vec(n, 2)),
@@ -38,19 +60,15 @@ void check(int N, int H, bool bf16) {
   Vec want, got;
   if (bf16) {
     Bits w(n, 0xFFFFu), g(n, 0xFFFFu);
-    be->swiglu_forward(as_bf16(w), as_bf16(pre), N, H);
-    launch_strided([&](simt::Thread& x) {
-      swiglu_block::forward(x, g.data(), pre.data(), H, n, kThreads, kStride);
-    });
+    fwd(*be, as_bf16(w), as_bf16(pre));
+    launch_strided([&](simt::Thread& x) { fwd_block(x, g.data(), pre.data(), n); });
     want = widened(w);
     got = widened(g);
   } else {
     want.assign(n, NAN);
     got.assign(n, NAN);
-    be->swiglu_forward(want.data(), pre32.data(), N, H);
-    launch_strided([&](simt::Thread& x) {
-      swiglu_block::forward(x, got.data(), pre32.data(), H, n, kThreads, kStride);
-    });
+    fwd(*be, want.data(), pre32.data());
+    launch_strided([&](simt::Thread& x) { fwd_block(x, got.data(), pre32.data(), n); });
   }
   EXPECT_LE(testing::max_rel_error(got, want), tol) << "out";
   for (bool accumulate : {false, true}) {
@@ -58,28 +76,27 @@ void check(int N, int H, bool bf16) {
     const GradMode mode = accumulate ? GradMode::accumulate : GradMode::overwrite;
     if (bf16) {
       Bits w = old, g = old;
-      be->swiglu_backward(as_bf16(w), as_bf16(pre), as_bf16(dout), N, H, mode);
-      launch_strided([&](simt::Thread& x) {
-        swiglu_block::backward(x, g.data(), pre.data(), dout.data(), H, n, accumulate, kThreads,
-                               kStride);
-      });
+      bwd(*be, as_bf16(w), as_bf16(pre), as_bf16(dout), mode);
+      launch_strided(
+          [&](simt::Thread& x) { bwd_block(x, g.data(), pre.data(), dout.data(), n, accumulate); });
       want = widened(w);
       got = widened(g);
     } else {
       want = old32;
       got = old32;
-      be->swiglu_backward(want.data(), pre32.data(), dout32.data(), N, H, mode);
+      bwd(*be, want.data(), pre32.data(), dout32.data(), mode);
       launch_strided([&](simt::Thread& x) {
-        swiglu_block::backward(x, got.data(), pre32.data(), dout32.data(), H, n, accumulate,
-                               kThreads, kStride);
+        bwd_block(x, got.data(), pre32.data(), dout32.data(), n, accumulate);
       });
     }
     EXPECT_LE(testing::max_rel_error(got, want), tol) << "dpre";
   }
 }
 
-TEST(SwigluEmulated, Fp32) { check(7, 100, false); }
-TEST(SwigluEmulated, Bf16) { check(5, 130, true); }
+TEST(SwigluEmulated, Fp32) { check(7, 100, false, false); }
+TEST(SwigluEmulated, Bf16) { check(5, 130, true, false); }
+TEST(SwigluEmulated, GegluFp32) { check(7, 100, false, true); }
+TEST(SwigluEmulated, GegluBf16) { check(5, 130, true, true); }
 
 }  // namespace
 }  // namespace triad

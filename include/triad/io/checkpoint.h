@@ -89,8 +89,8 @@ struct ModelShape {
   // Attribute head_dim (int64, each head's width; absent or 0: n_embd / n_head; written when
   // > 0).
   int64_t head_dim = 0;
-  // Attributes mlp ("gelu" | "swiglu" | "relu2"; absent in older files: gelu) and mlp_hidden
-  // (int64, the hidden units; absent: 4·n_embd; written when > 0).
+  // Attributes mlp ("gelu" | "swiglu" | "geglu" | "relu2"; absent in older files: gelu) and
+  // mlp_hidden (int64, the hidden units; absent: 4·n_embd; written when > 0).
   std::string mlp = "gelu";
   int64_t mlp_hidden = 0;
   // Attribute tie_embeddings (int64 1 | 0; absent in older files: 1).
@@ -112,6 +112,9 @@ struct ModelShape {
   // Attribute logit_softcap (double: the head's logits are c·tanh(logit/c); absent or 0: none;
   // written when > 0).
   double logit_softcap = 0;
+  // Attribute embed_scale (double: the embedding's output times it; absent: 1; written when not
+  // 1).
+  double embed_scale = 1;
   // Attribute attn_scale (double: the attention scores' scale; absent or 0: 1/sqrt(head width);
   // written when > 0).
   double attn_scale = 0;

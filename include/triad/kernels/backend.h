@@ -247,6 +247,11 @@ class Backend {
   virtual void swiglu_forward(float* out, const float* pre, int N, int H) = 0;
   virtual void swiglu_backward(float* dpre, const float* pre, const float* dout, int N, int H,
                                GradMode mode = GradMode::accumulate) = 0;
+  // GeGLU (model.mlp = geglu, Gemma's): the same with gelu(gate)·up, GELU's tanh approximation:
+  // d gate = dout·up·gelu'(g), d up = dout·gelu(g).
+  virtual void geglu_forward(float* out, const float* pre, int N, int H) = 0;
+  virtual void geglu_backward(float* dpre, const float* pre, const float* dout, int N, int H,
+                              GradMode mode = GradMode::accumulate) = 0;
 
   // pre = inp · Wᵀ + b and out = gelu(pre) (the FFN's first layer; see the bf16 version).
   virtual void matmul_gelu_forward(float* pre, float* out, const float* inp, const float* weight,
@@ -420,6 +425,9 @@ class Backend {
                                   const int32_t* key_begin = nullptr, QueryRows rows = {},
                                   float scale = 0.0f) = 0;
   // As the fp32 SwiGLU; computed in fp32, each output rounded once.
+  virtual void geglu_forward(bf16_t* out, const bf16_t* pre, int N, int H) = 0;
+  virtual void geglu_backward(bf16_t* dpre, const bf16_t* pre, const bf16_t* dout, int N, int H,
+                              GradMode mode = GradMode::accumulate) = 0;
   virtual void swiglu_forward(bf16_t* out, const bf16_t* pre, int N, int H) = 0;
   virtual void swiglu_backward(bf16_t* dpre, const bf16_t* pre, const bf16_t* dout, int N, int H,
                                GradMode mode = GradMode::accumulate) = 0;

@@ -62,9 +62,12 @@ struct GptShape {
   // c_fc holds the gate rows, then the up rows; (silu(gate)·up)·W_projᵀ, as Llama), with hidden()
   // units: mlp_hidden, or by default 4·n_embd for GELU and for SwiGLU the multiple of 64 at or
   // above 8·n_embd/3 (Llama's rule: about GELU's parameter count). relu2: the GELU MLP's shape
-  // with the squared ReLU, max(x, 0)² (So et al.'s Primer; Nemotron-4, modded-nanogpt).
+  // with the squared ReLU, max(x, 0)² (So et al.'s Primer; Nemotron-4, modded-nanogpt). geglu:
+  // SwiGLU's shape with gelu(gate)·up, GELU's tanh approximation (Gemma's).
   bool swiglu = false;
   bool relu2 = false;
+  bool geglu = false;
+  bool gated() const { return swiglu || geglu; }  // c_fc holds gate and up rows
   int mlp_hidden = 0;
   // The output layer (model.tie_embeddings): wte itself (tied, GPT-2), or a tensor of its own,
   // lm_head/weight [padded_vocab_size, C] on the last stage (false, as Llama).
@@ -130,6 +133,9 @@ struct GptShape {
   // become c·tanh(logit / c), within (−c, c), before the loss, evaluation and sampling
   // (Backend::scale_cap_logits). 0: none.
   float logit_softcap = 0.0f;
+  // The embedding's output times this (model.embed_scale; Gemma's √n_embd, which its tied head
+  // does not share); 1: none.
+  float embed_scale = 1.0f;
   // The window changes during training (train.window_warmup, Gpt::set_window): the attention
   // mask is planned for even where sliding_window cuts nothing. Not part of the model.
   bool window_scheduled = false;
@@ -153,9 +159,9 @@ struct GptShape {
   int qkv_rows() const { return qkv_width(attn_width(), n_head, kv_heads()); }  // c_attn's rows
   int hidden() const {
     if (mlp_hidden > 0) return mlp_hidden;
-    return swiglu ? (8 * n_embd + 3 * 64 - 1) / (3 * 64) * 64 : 4 * n_embd;
+    return gated() ? (8 * n_embd + 3 * 64 - 1) / (3 * 64) * 64 : 4 * n_embd;
   }
-  int fc_rows() const { return swiglu ? 2 * hidden() : hidden(); }  // c_fc's output width
+  int fc_rows() const { return gated() ? 2 * hidden() : hidden(); }  // c_fc's output width
   // Mixture of experts (model.moe_experts > 0; src/model/gpt_moe.cpp): every layer's MLP is
   // moe_experts MLPs of hidden() units each (GELU or SwiGLU, no biases), and a router
   // (mlp/router/weight [E, C]) sends each token to moe_top_k of them: the softmax of its logits
@@ -197,7 +203,7 @@ struct GptShape {
   bool moe_layer(int l) const {
     return moe() && l >= moe_first_dense && (l - moe_first_dense + 1) % moe_every == 0;
   }
-  int shared_fc_rows() const { return swiglu ? 2 * moe_shared_hidden : moe_shared_hidden; }
+  int shared_fc_rows() const { return gated() ? 2 * moe_shared_hidden : moe_shared_hidden; }
   // A split backward's weight pass reads layer l's MLP output gradient (Set::Layer::dfcproj):
   // the dense c_proj's, or that of shared experts without a gate (with one, its gated product's).
   bool weight_pass_reads_mlp_output(int l) const {

@@ -139,6 +139,13 @@ class CpuBackend final : public Backend {
   void swiglu_forward(float* out, const float* pre, int N, int H) override {
     cpu::swiglu_forward(out, pre, N, H);
   }
+  void geglu_forward(float* out, const float* pre, int N, int H) override {
+    cpu::geglu_forward(out, pre, N, H);
+  }
+  void geglu_backward(float* dpre, const float* pre, const float* dout, int N, int H,
+                      GradMode mode) override {
+    cpu::geglu_backward(dpre, pre, dout, N, H, mode == GradMode::accumulate);
+  }
   void swiglu_backward(float* dpre, const float* pre, const float* dout, int N, int H,
                        GradMode mode) override {
     cpu::swiglu_backward(dpre, pre, dout, N, H, mode == GradMode::accumulate);
@@ -288,6 +295,13 @@ class CpuBackend final : public Backend {
   }
   void swiglu_forward(bf16_t* out, const bf16_t* pre, int N, int H) override {
     cpu::swiglu_forward(out, pre, N, H);
+  }
+  void geglu_forward(bf16_t* out, const bf16_t* pre, int N, int H) override {
+    cpu::geglu_forward(out, pre, N, H);
+  }
+  void geglu_backward(bf16_t* dpre, const bf16_t* pre, const bf16_t* dout, int N, int H,
+                      GradMode mode) override {
+    cpu::geglu_backward(dpre, pre, dout, N, H, mode == GradMode::accumulate);
   }
   void swiglu_backward(bf16_t* dpre, const bf16_t* pre, const bf16_t* dout, int N, int H,
                        GradMode mode) override {

@@ -69,6 +69,13 @@ void swiglu_backward(float* dpre, const float* pre, const float* dout, int N, in
                      bool accumulate);
 void swiglu_backward(bf16_t* dpre, const bf16_t* pre, const bf16_t* dout, int N, int H,
                      bool accumulate);
+// GeGLU likewise (cpu_swiglu.cpp): gelu(gate)·up, GELU's tanh approximation.
+void geglu_forward(float* out, const float* pre, int N, int H);
+void geglu_forward(bf16_t* out, const bf16_t* pre, int N, int H);
+void geglu_backward(float* dpre, const float* pre, const float* dout, int N, int H,
+                    bool accumulate);
+void geglu_backward(bf16_t* dpre, const bf16_t* pre, const bf16_t* dout, int N, int H,
+                    bool accumulate);
 // Per-head RMSNorm of q and k (cpu_qk_norm.cpp; bf16 in cpu_bf16.cpp). The backward may run in
 // place (dqkv == dout) when not accumulating.
 void qk_norm_forward(float* out, float* rstd, const float* qkv, const float* wq, const float* wk,

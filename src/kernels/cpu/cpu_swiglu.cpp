@@ -1,6 +1,7 @@
-// SwiGLU (backend.h swiglu_forward / swiglu_backward): out = silu(gate)·up over rows of
-// [gate | up], and its gradient with respect to both halves. fp32, and bf16 computed in fp32
-// with each output rounded once.
+// The gated MLP activations over rows of [gate | up] (backend.h swiglu_* and geglu_*):
+// SwiGLU's out = silu(gate)·up and GeGLU's gelu(gate)·up (GELU's tanh approximation), and their
+// gradients with respect to both halves. fp32, and bf16 computed in fp32 with each output rounded
+// once.
 #include <cmath>
 
 #include "cpu_math.h"
@@ -11,22 +12,47 @@ namespace {
 
 inline float sigmoid(float g) { return 1.0f / (1.0f + std::exp(-g)); }
 
-template <class E>
+// silu(g) = g·σ(g); silu'(g) = σ(g)·(1 + g·(1 − σ(g))). times(a, g) = a·silu(g) and
+// grad_times(a, g) = a·silu'(g), multiplied left to right (as SwiGLU always was).
+struct Silu {
+  static float value(float g) { return g * sigmoid(g); }
+  static float times(float a, float g) { return a * g * sigmoid(g); }
+  static float grad_times(float a, float g) {
+    const float s = sigmoid(g);
+    return a * s * (1.0f + g * (1.0f - s));
+  }
+};
+
+// gelu(g) = ½·g·(1 + t), t = tanh(√(2/π)·(g + 0.044715·g³));
+// gelu'(g) = ½(1 + t) + ½·g·(1 − t²)·√(2/π)·(1 + 3·0.044715·g²).
+struct Gelu {
+  static constexpr float kSqrt2OverPi = 0.7978845608028654f;
+  static constexpr float kCubic = 0.044715f;
+  static float value(float g) {
+    return 0.5f * g * (1.0f + std::tanh(kSqrt2OverPi * (g + kCubic * g * g * g)));
+  }
+  static float times(float a, float g) { return a * value(g); }
+  static float grad_times(float a, float g) {
+    const float t = std::tanh(kSqrt2OverPi * (g + kCubic * g * g * g));
+    return a * (0.5f * (1.0f + t) +
+                0.5f * g * (1.0f - t * t) * kSqrt2OverPi * (1.0f + 3.0f * kCubic * g * g));
+  }
+};
+
+template <class Act, class E>
 void forward_rows(E* out, const E* pre, int N, int H) {
 #pragma omp parallel for schedule(static) if (size_t(N) * H >= kParallelMin)
   for (int n = 0; n < N; ++n) {
     const E* gate = pre + size_t(n) * 2 * H;
     const E* up = gate + H;
     E* o = out + size_t(n) * H;
-    for (int j = 0; j < H; ++j) {
-      const float g = load_elem(gate + j);
-      store_elem(o + j, g * sigmoid(g) * load_elem(up + j));
-    }
+    for (int j = 0; j < H; ++j)
+      store_elem(o + j, Act::value(load_elem(gate + j)) * load_elem(up + j));
   }
 }
 
-// d gate = dout·up·silu'(g), silu'(g) = σ(g)·(1 + g·(1 − σ(g)));  d up = dout·silu(g).
-template <class E>
+// d gate = dout·up·act'(g);  d up = dout·act(g).
+template <class Act, class E>
 void backward_rows(E* dpre, const E* pre, const E* dout, int N, int H, bool accumulate) {
 #pragma omp parallel for schedule(static) if (size_t(N) * H >= kParallelMin)
   for (int n = 0; n < N; ++n) {
@@ -36,8 +62,8 @@ void backward_rows(E* dpre, const E* pre, const E* dout, int N, int H, bool accu
     E* dg = dpre + size_t(n) * 2 * H;
     E* du = dg + H;
     for (int j = 0; j < H; ++j) {
-      const float g = load_elem(gate + j), s = sigmoid(g), dj = load_elem(d + j);
-      const float vg = dj * load_elem(up + j) * s * (1.0f + g * (1.0f - s)), vu = dj * g * s;
+      const float g = load_elem(gate + j), dj = load_elem(d + j);
+      const float vg = Act::grad_times(dj * load_elem(up + j), g), vu = Act::times(dj, g);
       store_elem(dg + j, accumulate ? load_elem(dg + j) + vg : vg);
       store_elem(du + j, accumulate ? load_elem(du + j) + vu : vu);
     }
@@ -46,15 +72,34 @@ void backward_rows(E* dpre, const E* pre, const E* dout, int N, int H, bool accu
 
 }  // namespace
 
-void swiglu_forward(float* out, const float* pre, int N, int H) { forward_rows(out, pre, N, H); }
-void swiglu_forward(bf16_t* out, const bf16_t* pre, int N, int H) { forward_rows(out, pre, N, H); }
+void swiglu_forward(float* out, const float* pre, int N, int H) {
+  forward_rows<Silu>(out, pre, N, H);
+}
+void swiglu_forward(bf16_t* out, const bf16_t* pre, int N, int H) {
+  forward_rows<Silu>(out, pre, N, H);
+}
 void swiglu_backward(float* dpre, const float* pre, const float* dout, int N, int H,
                      bool accumulate) {
-  backward_rows(dpre, pre, dout, N, H, accumulate);
+  backward_rows<Silu>(dpre, pre, dout, N, H, accumulate);
 }
 void swiglu_backward(bf16_t* dpre, const bf16_t* pre, const bf16_t* dout, int N, int H,
                      bool accumulate) {
-  backward_rows(dpre, pre, dout, N, H, accumulate);
+  backward_rows<Silu>(dpre, pre, dout, N, H, accumulate);
+}
+
+void geglu_forward(float* out, const float* pre, int N, int H) {
+  forward_rows<Gelu>(out, pre, N, H);
+}
+void geglu_forward(bf16_t* out, const bf16_t* pre, int N, int H) {
+  forward_rows<Gelu>(out, pre, N, H);
+}
+void geglu_backward(float* dpre, const float* pre, const float* dout, int N, int H,
+                    bool accumulate) {
+  backward_rows<Gelu>(dpre, pre, dout, N, H, accumulate);
+}
+void geglu_backward(bf16_t* dpre, const bf16_t* pre, const bf16_t* dout, int N, int H,
+                    bool accumulate) {
+  backward_rows<Gelu>(dpre, pre, dout, N, H, accumulate);
 }
 
 }  // namespace triad::cpu

@@ -205,6 +205,13 @@ class CudaBackend final : public Backend {
                        GradMode mode) override {
     cuda::swiglu_backward(stream_, dpre, pre, dout, N, H, mode == GradMode::accumulate);
   }
+  void geglu_forward(float* out, const float* pre, int N, int H) override {
+    cuda::geglu_forward(stream_, out, pre, N, H);
+  }
+  void geglu_backward(float* dpre, const float* pre, const float* dout, int N, int H,
+                      GradMode mode) override {
+    cuda::geglu_backward(stream_, dpre, pre, dout, N, H, mode == GradMode::accumulate);
+  }
   void rope(float* qkv, const float* table, int N, int T, int pos0, int C, int NH, int NKV,
             bool inverse, const int32_t* positions, int rot) override {
     cuda::rope(stream_, qkv, table, N, T, pos0, C, NH, NKV, inverse, positions, rot);
@@ -409,6 +416,14 @@ class CudaBackend final : public Backend {
                        GradMode mode) override {
     cuda::swiglu_backward(stream_, dev(dpre), dev(pre), dev(dout), N, H,
                           mode == GradMode::accumulate);
+  }
+  void geglu_forward(bf16_t* out, const bf16_t* pre, int N, int H) override {
+    cuda::geglu_forward(stream_, dev(out), dev(pre), N, H);
+  }
+  void geglu_backward(bf16_t* dpre, const bf16_t* pre, const bf16_t* dout, int N, int H,
+                      GradMode mode) override {
+    cuda::geglu_backward(stream_, dev(dpre), dev(pre), dev(dout), N, H,
+                         mode == GradMode::accumulate);
   }
   void rope(bf16_t* qkv, const float* table, int N, int T, int pos0, int C, int NH, int NKV,
             bool inverse, const int32_t* positions, int rot) override {

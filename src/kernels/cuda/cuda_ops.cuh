@@ -265,6 +265,12 @@ void swiglu_forward(cudaStream_t s, Elem* out, const Elem* pre, int N, int H);
 template <typename Elem>
 void swiglu_backward(cudaStream_t s, Elem* dpre, const Elem* pre, const Elem* dout, int N, int H,
                      bool accumulate);
+// GeGLU (cuda_swiglu.cu too): backend.h geglu_forward / geglu_backward.
+template <typename Elem>
+void geglu_forward(cudaStream_t s, Elem* out, const Elem* pre, int N, int H);
+template <typename Elem>
+void geglu_backward(cudaStream_t s, Elem* dpre, const Elem* pre, const Elem* dout, int N, int H,
+                    bool accumulate);
 
 // ---- mixture of experts (cuda_moe.cu): backend.h moe_* -------------------------------------
 // Elem: the activations' type (logits, x, y and their gradients); probabilities, gates and their

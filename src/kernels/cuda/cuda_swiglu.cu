@@ -1,5 +1,6 @@
-// SwiGLU (backend.h swiglu_forward / swiglu_backward): the block programs of swiglu_block.h
-// (which describes them), launched with DeviceThread. Memory-bound elementwise passes.
+// The gated MLP activations (backend.h swiglu_* and geglu_*): the block programs of
+// swiglu_block.h (which describes them), launched with DeviceThread. Memory-bound elementwise
+// passes.
 #include "cuda_ops.cuh"
 #include "device_thread.cuh"
 #include "swiglu_block.h"
@@ -7,43 +8,70 @@
 namespace triad::cuda {
 namespace {
 
-template <typename E>
-__global__ void swiglu_forward_kernel(E* out, const E* pre, int H, size_t n) {
+template <class Act, typename E>
+__global__ void gated_forward_kernel(E* out, const E* pre, int H, size_t n) {
   DeviceThread x;
-  swiglu_block::forward(x, out, pre, H, n, block_threads(), grid_threads());
+  swiglu_block::gated_forward<Act>(x, out, pre, H, n, block_threads(), grid_threads());
 }
 
-template <typename E>
-__global__ void swiglu_backward_kernel(E* dpre, const E* pre, const E* dout, int H, size_t n,
-                                       bool accumulate) {
+template <class Act, typename E>
+__global__ void gated_backward_kernel(E* dpre, const E* pre, const E* dout, int H, size_t n,
+                                      bool accumulate) {
   DeviceThread x;
-  swiglu_block::backward(x, dpre, pre, dout, H, n, accumulate, block_threads(), grid_threads());
+  swiglu_block::gated_backward<Act>(x, dpre, pre, dout, H, n, accumulate, block_threads(),
+                                    grid_threads());
+}
+
+template <class Act, typename Elem>
+void gated_forward(cudaStream_t s, Elem* out, const Elem* pre, int N, int H) {
+  const size_t n = size_t(N) * size_t(H);
+  if (n == 0) return;
+  gated_forward_kernel<Act><<<grid_for(n), kBlock, 0, s>>>(bits(out), bits(pre), H, n);
+  TRIAD_CUDA_CHECK_LAUNCH();
+}
+
+template <class Act, typename Elem>
+void gated_backward(cudaStream_t s, Elem* dpre, const Elem* pre, const Elem* dout, int N, int H,
+                    bool accumulate) {
+  const size_t n = size_t(N) * size_t(H);
+  if (n == 0) return;
+  gated_backward_kernel<Act>
+      <<<grid_for(n), kBlock, 0, s>>>(bits(dpre), bits(pre), bits(dout), H, n, accumulate);
+  TRIAD_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
 
 template <typename Elem>
 void swiglu_forward(cudaStream_t s, Elem* out, const Elem* pre, int N, int H) {
-  const size_t n = size_t(N) * size_t(H);
-  if (n == 0) return;
-  swiglu_forward_kernel<<<grid_for(n), kBlock, 0, s>>>(bits(out), bits(pre), H, n);
-  TRIAD_CUDA_CHECK_LAUNCH();
+  gated_forward<swiglu_block::Silu>(s, out, pre, N, H);
 }
 
 template <typename Elem>
 void swiglu_backward(cudaStream_t s, Elem* dpre, const Elem* pre, const Elem* dout, int N, int H,
                      bool accumulate) {
-  const size_t n = size_t(N) * size_t(H);
-  if (n == 0) return;
-  swiglu_backward_kernel<<<grid_for(n), kBlock, 0, s>>>(bits(dpre), bits(pre), bits(dout), H, n,
-                                                        accumulate);
-  TRIAD_CUDA_CHECK_LAUNCH();
+  gated_backward<swiglu_block::Silu>(s, dpre, pre, dout, N, H, accumulate);
 }
 
-template void swiglu_forward<float>(cudaStream_t, float*, const float*, int, int);
-template void swiglu_forward<bf16>(cudaStream_t, bf16*, const bf16*, int, int);
-template void swiglu_backward<float>(cudaStream_t, float*, const float*, const float*, int, int,
-                                     bool);
-template void swiglu_backward<bf16>(cudaStream_t, bf16*, const bf16*, const bf16*, int, int, bool);
+template <typename Elem>
+void geglu_forward(cudaStream_t s, Elem* out, const Elem* pre, int N, int H) {
+  gated_forward<swiglu_block::Gelu>(s, out, pre, N, H);
+}
+
+template <typename Elem>
+void geglu_backward(cudaStream_t s, Elem* dpre, const Elem* pre, const Elem* dout, int N, int H,
+                    bool accumulate) {
+  gated_backward<swiglu_block::Gelu>(s, dpre, pre, dout, N, H, accumulate);
+}
+
+#define TRIAD_INSTANTIATE_GATED(Elem)                                                          \
+  template void swiglu_forward<Elem>(cudaStream_t, Elem*, const Elem*, int, int);              \
+  template void swiglu_backward<Elem>(cudaStream_t, Elem*, const Elem*, const Elem*, int, int, \
+                                      bool);                                                   \
+  template void geglu_forward<Elem>(cudaStream_t, Elem*, const Elem*, int, int);               \
+  template void geglu_backward<Elem>(cudaStream_t, Elem*, const Elem*, const Elem*, int, int, bool);
+TRIAD_INSTANTIATE_GATED(float)
+TRIAD_INSTANTIATE_GATED(bf16)
+#undef TRIAD_INSTANTIATE_GATED
 
 }  // namespace triad::cuda
