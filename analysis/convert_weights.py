@@ -1279,6 +1279,10 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
                            f"than Nemotron's and StableLM's; the export formats for them "
                            f"(Hugging Face's Llama, Qwen2, Qwen3, Mistral and their mixtures) "
                            f"rotate all of them")
+    if int(a.get("parallel_residual", 0)):  # every format here runs the branches in turn
+        raise ConvertError(f"{path}: the model runs attention and MLP side by side "
+                           f"(model.parallel_residual); the export formats run them one after "
+                           f"the other")
     if float(a.get("attn_scale", 0.0)):  # the formats scale the scores by 1/sqrt(head width)
         raise ConvertError(f"{path}: the model scales its attention scores by {a['attn_scale']} "
                            f"(model.attn_scale); the export formats scale them by 1/sqrt(head "

@@ -328,8 +328,13 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   reduce_rows(attproj, L.attproj, N);
   // train.activations_every: read here, as the MLP's output may take its buffer later.
   add_activation_sums<A>(1 + 3 * size_t(l), {L.attproj}, size_t(n) * C);
-  be_.residual_layernorm_forward(L.residual2, L.ln2, L.ln2_mean, L.ln2_rstd, x, L.attproj, w.ln2w,
-                                 w.ln2b, n, C, shape_.norm_eps);
+  if (shape_.parallel_residual) {  // ln_2 of the layer's input; residual2 the first branch's sum
+    be_.add(L.residual2, x, L.attproj, size_t(n) * C);
+    be_.layernorm_forward(L.ln2, L.ln2_mean, L.ln2_rstd, x, w.ln2w, w.ln2b, n, C, shape_.norm_eps);
+  } else {
+    be_.residual_layernorm_forward(L.residual2, L.ln2, L.ln2_mean, L.ln2_rstd, x, L.attproj, w.ln2w,
+                                   w.ln2b, n, C, shape_.norm_eps);
+  }
   const A* ln2 = gather_rows(L.ln2, L.ln2g, N);
   const int Hl = shape_.hidden() / mp_.tp;
   if (shape_.moe_layer(l)) {
@@ -622,12 +627,20 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
       linear_backward(fp8_site(first_layer + i, 2), dpart, wgrad(gr.fcw), wgrad(gr.fcb), dfch,
                       L.ln2g, w.fcw, N, C, Fl, kSet);
     reduce_rows(dpart, a.dln, N);
-    layernorm_backward(a.dresidual, gr.ln2w, gr.ln2b, a.dln, L.residual2, w.ln2w, L.ln2_mean,
-                       L.ln2_rstd, n);
+    // ln_2's backward adds its input's gradient to dresidual: that of residual2, or under
+    // parallel_residual of x, which the attention branch's output gradient must not see (both
+    // branches' is the layer output's): it runs after attn.c_proj's backward has read it.
+    auto ln2_backward = [&] {
+      layernorm_backward(a.dresidual, gr.ln2w, gr.ln2b, a.dln,
+                         shape_.parallel_residual ? x_in : L.residual2, w.ln2w, L.ln2_mean,
+                         L.ln2_rstd, n);
+    };
+    if (!shape_.parallel_residual) ln2_backward();
     // Attention branch: residual2 = x + c_proj(attn(c_attn(ln_1(x)))).
     dres = split ? keep_rows(a.dresidual, L.dproj, N) : gather_rows(a.dresidual, a.full, N);
     linear_backward(fp8_site(first_layer + i, 1), a.datty, wgrad(gr.projw), wgrad(gr.projb), dres,
                     L.atty, w.projw, N, Al, C, kSet);
+    if (shape_.parallel_residual) ln2_backward();
     if (mp_.cp > 1)
       cp_attention_backward(dqkv, a.datt_scratch, a.datty, L.qkv, L.atty, L.att, B,
                             first_layer + i);

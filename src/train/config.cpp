@@ -90,6 +90,9 @@ class KeyTable {
         "with model.sliding_window: layers N, 2N, .. (1-based) attend to the whole context, the "
         "others keep to the window (interleaved local and global attention: Gemma 3's 6, "
         "gpt-oss's 2); 0: every layer keeps to the window");
+    add("model.parallel_residual", c.model.parallel_residual,
+        "attention and MLP side by side: x + attn(ln_1(x)) + mlp(ln_2(x)) (GPT-J, GPT-NeoX, "
+        "PaLM) instead of one after the other");
     add("model.embed_scale", c.model.embed_scale,
         "the embedding's output times this (Gemma: sqrt(n_embd), not shared by a tied head); 1: "
         "none");

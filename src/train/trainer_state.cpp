@@ -526,6 +526,7 @@ CheckpointState Trainer::State::checkpoint_state() const {
   st.model.full_attention_every = cfg.model.full_attention_every;
   st.model.logit_softcap = cfg.model.logit_softcap;
   st.model.embed_scale = cfg.model.embed_scale;
+  st.model.parallel_residual = cfg.model.parallel_residual;
   st.model.attn_scale = cfg.model.attn_scale;
   st.model.mup_base_width = cfg.model.mup_base_width;
   st.model.norm_eps = cfg.model.norm_eps;
@@ -640,6 +641,9 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
   TRIAD_CHECK(float(m.embed_scale) == float(c.embed_scale), "checkpoint ", path,
               " holds a model whose embedding is scaled by ", m.embed_scale,
               " but the config asks for model.embed_scale = ", c.embed_scale);
+  TRIAD_CHECK(m.parallel_residual == c.parallel_residual, "checkpoint ", path, " holds a model ",
+              m.parallel_residual ? "with" : "without", " parallel attention and MLP but the ",
+              "config asks for model.parallel_residual = ", c.parallel_residual ? "true" : "false");
   TRIAD_CHECK(float(m.attn_scale) == float(c.attn_scale), "checkpoint ", path,
               " holds a model whose attention scale is ", m.attn_scale,
               " (0: 1/sqrt(head width)) but the config asks for model.attn_scale = ", c.attn_scale);

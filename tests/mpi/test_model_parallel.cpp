@@ -605,6 +605,18 @@ TEST(ModelParallel, GegluAndEmbedScaleMatchOneRankOnEveryGrid) {
                 {"full", "gelu"}, true, Grid{1, 2, 2, 0, 2, "1f1b", 1});
 }
 
+// Parallel attention and MLP (model.parallel_residual): ln_2 reads the layer's input, whose
+// gradient takes ln_2's share after attn.c_proj's backward has read the output's. Every grid,
+// both recomputations, the zero-bubble split, bf16 and resumed across grids, against one rank.
+TEST(ModelParallel, ParallelResidualMatchesOneRankOnEveryGrid) {
+  check_variant("parallel", {"--model.parallel_residual", "true"},
+                {{2, 1, 1, 1, 2, "1f1b", 1},
+                 {1, 2, 1, 0, 1, "1f1b", 1},
+                 {1, 1, 2, 0, 4, "zb-h1", 1},
+                 {2, 2, 2, 1, 2, "interleaved", 2}},
+                {"full", "gelu"}, true, Grid{1, 2, 2, 0, 2, "1f1b", 1});
+}
+
 // An untied output layer (model.tie_embeddings = false): lm_head, vocabulary-parallel, on the
 // last stage only; no wte copy there and no gradient exchange between the first and the last
 // stage. Every grid, recomputation, bf16 and resharding against one rank.

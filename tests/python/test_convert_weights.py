@@ -884,7 +884,8 @@ def test_nemotron_stablelm_and_gemma_variants_triad_does_not_compute_are_refused
     Gemma), the attention and MLP side by side or per-head LayerNorms (StableLM), rope scaling
     or a rotary factor that names an odd count of values is refused, naming config.json. Not
     exported: a model of Nemotron's blocks with QK-norm, a GeGLU model whose embedding scale is
-    not Gemma's sqrt(n_embd), and an embedding scale in blocks no format scales."""
+    not Gemma's sqrt(n_embd), an embedding scale in blocks no format scales, and parallel
+    attention and MLP."""
     for make, bad, needle in (
             (nemotron_model, {"hidden_act": "gelu"}, "hidden_act 'gelu'"),
             (nemotron_model, {"attention_bias": True}, "attention_bias"),
@@ -913,7 +914,8 @@ def test_nemotron_stablelm_and_gemma_variants_triad_does_not_compute_are_refused
     assert not (tmp_path / "qk-hf").exists()
     for over, needle in (({"mlp": "geglu", "position": "rope", "norm": "rmsnorm", "bias": False},
                           "an embedding scale of 1.0"),
-                         ({"embed_scale": 8.0}, "model.embed_scale")):
+                         ({"embed_scale": 8.0}, "model.embed_scale"),
+                         ({"parallel_residual": True}, "model.parallel_residual")):
         cfg = ref.GptConfig(n_layer=1, n_head=4, n_embd=64, seq_len=16, vocab_size=300, **over)
         ckpt = tmp_path / "scale.h5"
         ref.write_checkpoint(ckpt, cfg, ref.random_weights(cfg, seed=4))

@@ -183,6 +183,17 @@ CASES = [
                                 position="rope", rope_theta=500.0, norm="rmsnorm", bias=False,
                                 mlp="geglu", mlp_hidden=96, n_kv_head=1, attn_head_dim=24,
                                 embed_scale=8.0), 2, 40, 6, 139),
+    # Parallel attention and MLP (model.parallel_residual: GPT-J's, GPT-NeoX's) on GPT-2's
+    # blocks, with a quarter of each head's values rotating (GPT-NeoX's rotary_pct 0.25).
+    Case("parallel", ref.GptConfig(n_layer=2, n_head=3, n_embd=48, seq_len=17, vocab_size=300,
+                                   position="rope", rope_theta=300.0, rotary_dim=4,
+                                   parallel_residual=True), 3, 45, 7, 149),
+    # ... with a mixture of SwiGLU experts (4, 2 per token) on Llama's blocks.
+    Case("parallelmoe", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
+                                      position="rope", rope_theta=500.0, norm="rmsnorm",
+                                      bias=False, mlp="swiglu", mlp_hidden=64, tied=False,
+                                      moe_experts=4, moe_top_k=2, parallel_residual=True),
+         2, 40, 6, 151),
     # A mixture of experts on GPT-2's blocks (biases elsewhere): 4 GELU experts of 96 units, each
     # token to 2 of them, the gates renormalized (Mixtral's routing).
     Case("moe", ref.GptConfig(n_layer=2, n_head=3, n_embd=48, seq_len=17, vocab_size=300,
@@ -194,7 +205,7 @@ CASES = [
                                     bias=False, mlp="swiglu", mlp_hidden=64, tied=False,
                                     moe_experts=6, moe_top_k=3, moe_normalize=False,
                                     moe_shared_hidden=32), 2, 40, 6, 83),
-    # ... squared-ReLU experts (4 of 64 units, 2 per token) and a shared expert of 32 units on
+    # Squared-ReLU experts (4 of 64 units, 2 per token) and a shared expert of 32 units on
     # bias-free rope and RMSNorm blocks.
     Case("moerelu2", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
                                    position="rope", rope_theta=500.0, norm="rmsnorm", bias=False,
@@ -242,7 +253,7 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                       sliding_window=c.sliding_window,
                       full_attention_every=c.full_attention_every, logit_softcap=c.logit_softcap,
                       attn_scale=c.attn_scale, mup_base_width=c.mup_base_width,
-                      embed_scale=c.embed_scale,
+                      embed_scale=c.embed_scale, parallel_residual=c.parallel_residual,
                       moe_experts=c.moe_experts, moe_top_k=c.moe_top_k,
                       moe_normalize=c.moe_normalize, moe_score=c.moe_score,
                       moe_routed_scale=c.moe_routed_scale, moe_groups=c.moe_groups,
@@ -1199,7 +1210,8 @@ GRAD_CLIP = {"gpt2vocab": 1.0, "oddshapes": 1.0, "rope": 1.0, "rmsnorm": 1.2, "n
              "swiglu": 1.1, "llama": 1.7, "gqa": 1.7, "mqa": 1.0, "bigvocab": 1.0,
              "qknorm": 1.15, "ropescaling": 1.0, "qwen2": 1.8, "headdim": 1.8, "moe": 1.0,
              "moeswiglu": 1.7, "moemixed": 0.8, "qwen2moe": 1.7, "dsv3": 1.7,
-             "partialrope": 1.8, "relu2": 1.0, "moerelu2": 1.7, "nemotron": 1.8, "gemma": 1.45}
+             "partialrope": 1.8, "relu2": 1.0, "moerelu2": 1.7, "nemotron": 1.8, "gemma": 1.45,
+             "parallel": 1.0, "parallelmoe": 1.7}
 
 
 # model.moe_capacity_factor: each expert takes the first ceil(f·N·k/E) of a pass's choices (the

@@ -784,6 +784,7 @@ def test_damaged_checkpoints(tmp_path):
             ("bias", {"bias": 2}, "attribute bias of /model is 2"),
             ("mlp", {"mlp": "relu3"}, "'relu3', not gelu, swiglu, geglu or relu2"),
             ("embed_scale", {"embed_scale": -2.0}, "attribute embed_scale of /model is -2"),
+            ("parallel", {"parallel_residual": 2}, "attribute parallel_residual of /model is 2"),
             ("tied", {"tie_embeddings": 3}, "attribute tie_embeddings of /model is 3"),
             ("hidden", {"mlp_hidden": 0}, "attribute mlp_hidden of /model is 0"),
             ("kv", {"n_kv_head": 3}, "attribute n_kv_head of /model is 3"),
@@ -841,6 +842,9 @@ def test_damaged_checkpoints(tmp_path):
     assert_clean_error(train("--config", cfg, "--eval-only", "--resume", good,
                              "--model.embed_scale", "2"),
                        "embedding is scaled by 1", "model.embed_scale = 2")
+    assert_clean_error(train("--config", cfg, "--eval-only", "--resume", good,
+                             "--model.parallel_residual", "true"),
+                       "without parallel attention and MLP", "model.parallel_residual = true")
 
 
 def test_init_from_eval_only_and_generate(tmp_path):

@@ -85,6 +85,8 @@ class GptConfig:
     logit_softcap: float = 0.0
     # model.embed_scale: the embedding's output times this (Gemma's sqrt(C); 1: as it is).
     embed_scale: float = 1.0
+    # model.parallel_residual: x + attn(ln_1(x)) + mlp(ln_2(x)) (GPT-J's, GPT-NeoX's).
+    parallel_residual: bool = False
     # model.attn_scale: the attention scores' scale (0: 1/sqrt(head width)).
     attn_scale: float = 0.0
     # model.mup_base_width: μP relative to a base model this wide (0: off); m = n_embd / it.
@@ -628,8 +630,12 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor,
                              cfg.head_dim, layer_mask(i), positions, cfg.scores_scale,
                              cfg.rotary_dim),
                    params[p + "attn/c_proj/weight"], params.get(p + "attn/c_proj/bias"))
-        x = x + a
+        # model.parallel_residual (GPT-J's, GPT-NeoX's): ln_2 reads the layer's input, and both
+        # branches add to it, (x + a) + m.
         h = norm(params, cfg, p + "ln_2", x)
+        x = x + a
+        if not cfg.parallel_residual:
+            h = norm(params, cfg, p + "ln_2", x)
         m = mlp(params, cfg, p, h)
         x = x + m
         if record is not None:  # the activations train.activations_every reports
@@ -1011,6 +1017,8 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
             m.attrs.create("logit_softcap", np.float64(cfg.logit_softcap), dtype="<f8")
         if cfg.embed_scale != 1.0:
             m.attrs.create("embed_scale", np.float64(cfg.embed_scale), dtype="<f8")
+        if cfg.parallel_residual:
+            m.attrs.create("parallel_residual", i64(1), dtype="<i8")
         if cfg.attn_scale:
             m.attrs.create("attn_scale", np.float64(cfg.attn_scale), dtype="<f8")
         if cfg.mup_base_width:
@@ -1072,6 +1080,7 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                         rotary_dim=int(a.get("rotary_dim", 0)),
                         logit_softcap=float(a.get("logit_softcap", 0.0)),
                         embed_scale=float(a.get("embed_scale", 1.0)),
+                        parallel_residual=int(a.get("parallel_residual", 0)) == 1,
                         attn_scale=float(a.get("attn_scale", 0.0)),
                         mup_base_width=int(a.get("mup_base_width", 0)),
                         moe_experts=int(a.get("moe_experts", 0)),

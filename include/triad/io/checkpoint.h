@@ -115,6 +115,8 @@ struct ModelShape {
   // Attribute embed_scale (double: the embedding's output times it; absent: 1; written when not
   // 1).
   double embed_scale = 1;
+  // Attribute parallel_residual (int64 1 | 0; absent: 0; written when 1).
+  bool parallel_residual = false;
   // Attribute attn_scale (double: the attention scores' scale; absent or 0: 1/sqrt(head width);
   // written when > 0).
   double attn_scale = 0;

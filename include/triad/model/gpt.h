@@ -136,6 +136,9 @@ struct GptShape {
   // The embedding's output times this (model.embed_scale; Gemma's √n_embd, which its tied head
   // does not share); 1: none.
   float embed_scale = 1.0f;
+  // Parallel attention and MLP (model.parallel_residual; GPT-J's, GPT-NeoX's, PaLM's): ln_2
+  // reads the layer's input x, and the layer's output is (x + attn(ln_1(x))) + mlp(ln_2(x)).
+  bool parallel_residual = false;
   // The window changes during training (train.window_warmup, Gpt::set_window): the attention
   // mask is planned for even where sliding_window cuts nothing. Not part of the model.
   bool window_scheduled = false;

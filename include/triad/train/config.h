@@ -35,8 +35,9 @@ struct ModelConfig {
   int full_attention_every = 0;  // with a window: every N-th layer attends to all (Gemma 3: 6)
   double logit_softcap = 0;      // > 0: logits c·tanh(logit/c) (Gemma 2: 30); 0: none
   double embed_scale = 1;        // the embedding's output times this (Gemma: sqrt(n_embd))
-  double attn_scale = 0;         // > 0: attention scores q·k times it; 0: 1/sqrt(head width)
-  int mup_base_width = 0;        // > 0: μP relative to a base model this wide (GptShape); 0: off
+  bool parallel_residual = false;  // x + attn(ln_1(x)) + mlp(ln_2(x)) (GPT-J, GPT-NeoX)
+  double attn_scale = 0;           // > 0: attention scores q·k times it; 0: 1/sqrt(head width)
+  int mup_base_width = 0;          // > 0: μP relative to a base model this wide (GptShape); 0: off
   // Mixture of experts (GptShape::moe): every layer's MLP becomes moe_experts experts of
   // mlp_hidden units, each token sent to moe_top_k of them; 0: a dense MLP.
   int moe_experts = 0, moe_top_k = 2;
