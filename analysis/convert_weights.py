@@ -1,6 +1,6 @@
 """Weights and tokenizers in and out of triad: Hugging Face transformers models (config.json +
 safetensors; GPT-2, Llama, Mistral, Qwen2, Qwen3, Mixtral, Qwen2-MoE, Qwen3-MoE, Nemotron,
-StableLM, Gemma) and llm.c
+StableLM, Gemma, GPT-NeoX) and llm.c
 model files (gpt2_124M.bin and the like) to a triad checkpoint, a triad checkpoint to either,
 and Hugging Face or Meta tokenizers to a triad tokenizer description (hf_tokenizer.py).
 
@@ -44,6 +44,11 @@ What the formats hold and how they map (docs/formats.md, "Weights from other pro
 - HF Gemma: Llama's tensors with GeGLU (model.mlp = geglu: gelu(gate_proj)·up_proj), RMSNorm
   weights stored as w - 1 (it scales by 1 + w), the embedding's output times sqrt(hidden_size)
   (model.embed_scale), heads head_dim wide (model.head_dim).
+- HF GPT-NeoX (Pythia): GPT-2's tensors under other names, q, k and v interleaved by head in
+  query_key_value ([heads, 3, head width] rows, reordered into c_attn's q | k | v), rope on
+  rotary_pct of each head (model.rotary_dim), parallel attention and MLP
+  (use_parallel_residual: model.parallel_residual), GELU exact ("gelu": model.mlp = gelu_exact)
+  or tanh, an untied embed_out.
 - llm.c: a header of 256 int32 (magic 20240326, version 3 = fp32 or 5 = bf16, max_seq_len,
   vocab_size, n_layer, n_head, n_embd, padded_vocab_size), then wte, wpe and each per-layer
   tensor for all layers in turn ([out, in] like triad), then ln_f.
@@ -145,6 +150,10 @@ class Dims:
     # Read from Phi-3's layout (Phi3ForCausalLM): q, k and v stored as one qkv_proj, the MLP's
     # gate and up as one gate_up_proj. An import's source only, not part of triad's model.
     fused: bool = False
+    # GPT-NeoX's layout (GPTNeoXForCausalLM): its names, and q, k, v interleaved by head.
+    neox: bool = False
+    # Parallel attention and MLP (model.parallel_residual: GPT-NeoX's use_parallel_residual).
+    parallel_residual: bool = False
     # Nemotron's and Gemma's layout: each norm weight stored as w - 1 (LayerNorm1P and
     # GemmaRMSNorm scale by 1 + w). The files' convention only, not part of triad's model.
     norm_offset: bool = False
@@ -237,6 +246,8 @@ class Dims:
                 a["norm_bias"] = 1
             if self.embed_scale != 1.0:  # model.embed_scale (absent: 1)
                 a["embed_scale"] = float(self.embed_scale)
+            if self.parallel_residual:  # model.parallel_residual (absent: 0)
+                a["parallel_residual"] = 1
             if self.rotary_dim:  # model.rotary_dim (absent: every value rotates)
                 a["rotary_dim"] = int(self.rotary_dim)
             if self.position == "rope":
@@ -283,6 +294,8 @@ class Dims:
                 keys["norm_bias"] = "true"
             if self.embed_scale != 1.0:
                 keys["embed_scale"] = repr(float(self.embed_scale))
+            if self.parallel_residual:
+                keys["parallel_residual"] = "true"
             if self.rotary_dim:
                 keys["rotary_dim"] = self.rotary_dim
             for k, v in self.moe_keys().items():
@@ -452,6 +465,8 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         return layernorm_config_dims(cfg, where, seq_len)
     if kind == "gemma":
         return gemma_config_dims(cfg, where, seq_len)
+    if kind == "gpt_neox":
+        return neox_config_dims(cfg, where, seq_len)
     if kind in UNBUILT_MOE:
         raise ConvertError(f"{where}: model_type is {kind!r}, a mixture of experts triad does "
                            f"not compute: {UNBUILT_MOE[kind]} (triad imports Mixtral's, "
@@ -461,7 +476,7 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                            f"Llama ('llama'), Mistral ('mistral'), Mixtral ('mixtral'), Phi-3 "
                            f"('phi3'), Qwen2 ('qwen2'), Qwen2-MoE ('qwen2_moe'), Qwen3 ('qwen3'), "
                            f"Qwen3-MoE ('qwen3_moe'), Nemotron ('nemotron'), StableLM "
-                           f"('stablelm') and Gemma ('gemma') models")
+                           f"('stablelm'), Gemma ('gemma') and GPT-NeoX ('gpt_neox') models")
     try:
         n_layer, n_head, n_embd = int(get("n_layer")), int(get("n_head")), int(get("n_embd"))
         n_pos, vocab = int(get("n_positions", "n_ctx")), int(get("vocab_size"))
@@ -694,6 +709,53 @@ def layernorm_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     return d
 
 
+def neox_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
+    """A Hugging Face GPT-NeoX config (GPTNeoXForCausalLM: Pythia, GPT-NeoX-20B) as triad's
+    model: GPT-2's blocks with rope on rotary_pct of each head's values (model.rotary_dim), GELU
+    exact or tanh (model.mlp = gelu_exact or gelu), parallel attention and MLP or not
+    (model.parallel_residual), an output layer of its own or tied; refused where triad computes
+    something else."""
+    try:
+        n_layer, n_head = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
+        n_embd, hidden = int(cfg["hidden_size"]), int(cfg["intermediate_size"])
+        n_pos, vocab = int(cfg["max_position_embeddings"]), int(cfg["vocab_size"])
+        eps = float(cfg.get("layer_norm_eps", 1e-5))
+        theta = float(cfg.get("rotary_emb_base", 10000.0))
+        pct = float(cfg.get("rotary_pct", 0.25))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConvertError(f"{where}: needs integer num_hidden_layers, num_attention_heads, "
+                           f"hidden_size, intermediate_size, max_position_embeddings, vocab_size "
+                           f"and numeric layer_norm_eps, rotary_emb_base, rotary_pct ({e})")
+    refusals = []
+    if n_head <= 0 or n_embd % n_head:
+        refusals.append(f"hidden_size {n_embd} is not a multiple of num_attention_heads {n_head}")
+    hd = n_embd // max(n_head, 1)
+    if not (0 < eps <= 0.1):
+        refusals.append(f"layer_norm_epsilon {eps} (triad's model.norm_eps is in (0, 0.1])")
+    act = cfg.get("hidden_act", "gelu")
+    if act != "gelu" and act not in TANH_GELU:
+        refusals.append(f"hidden_act {act!r} (triad's MLPs use GELU exact, 'gelu', or its tanh "
+                        f"approximation: {', '.join(TANH_GELU)})")
+    if cfg.get("attention_bias") is False:  # its MLP keeps biases: not one of triad's options
+        refusals.append("attention_bias = false (the attention without biases beside an MLP "
+                        "with them)")
+    if cfg.get("rope_scaling"):
+        refusals.append(f"rope_scaling {cfg['rope_scaling']} (triad builds transformers' GPT-NeoX "
+                        f"without scaling)")
+    rot = int(hd * pct)
+    if not (0 < pct <= 1) or rot < 2 or rot % 2:
+        refusals.append(f"rotary_pct {pct} (of heads {hd} wide: triad rotates an even count of at "
+                        f"least 2 values)")
+    refuse_or_check_positions(where, refusals, seq_len, n_pos, "max_position_embeddings")
+    d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab, position="rope", rope_theta=theta,
+             norm="layernorm", bias=True, mlp="gelu_exact" if act == "gelu" else "gelu",
+             mlp_hidden=hidden, tied=bool(cfg.get("tie_word_embeddings", False)), norm_eps=eps,
+             rotary_dim=0 if rot == hd else rot, neox=True,
+             parallel_residual=bool(cfg.get("use_parallel_residual", True)))
+    d.check(where)
+    return d
+
+
 def gemma_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     """A Hugging Face Gemma config (GemmaForCausalLM: Gemma 1, CodeGemma) as triad's model: rope,
     RMSNorm (weights stored as w - 1: it scales by 1 + w), GeGLU with GELU's tanh approximation
@@ -805,10 +867,41 @@ def yarn_scaling(r: dict, n_pos: int) -> tuple:
     return factor, fast, slow, original
 
 
+def neox_sources(d: Dims) -> dict[str, list[str]]:
+    """Each triad tensor of a GPT-NeoX model and the HF tensor it is (c_attn's rows reordered:
+    neox_qkv_order)."""
+    src = {"wte/weight": ["gpt_neox.embed_in.weight"]}
+    parts = (("ln_1", "input_layernorm"), ("attn/c_attn", "attention.query_key_value"),
+             ("attn/c_proj", "attention.dense"), ("ln_2", "post_attention_layernorm"),
+             ("mlp/c_fc", "mlp.dense_h_to_4h"), ("mlp/c_proj", "mlp.dense_4h_to_h"))
+    for i in range(d.n_layer):
+        for t, h in parts:
+            for kind in ("weight", "bias"):
+                src[f"h/{i}/{t}/{kind}"] = [f"gpt_neox.layers.{i}.{h}.{kind}"]
+    src.update({"ln_f/weight": ["gpt_neox.final_layer_norm.weight"],
+                "ln_f/bias": ["gpt_neox.final_layer_norm.bias"]})
+    if not d.tied:
+        src["lm_head/weight"] = ["embed_out.weight"]
+    return src
+
+
+def neox_qkv_order(d: Dims, t: str, a: np.ndarray, to_hf: bool = False) -> np.ndarray:
+    """c_attn's weight or bias from GPT-NeoX's query_key_value rows, [heads, 3, head width]
+    (each head's q, k, v together), to triad's q | k | v ([3, heads, head width]), or (to_hf)
+    back."""
+    if not (d.neox and t.endswith(("attn/c_attn/weight", "attn/c_attn/bias"))):
+        return a
+    shape = (d.n_head, 3, d.hd) if not to_hf else (3, d.n_head, d.hd)
+    return np.ascontiguousarray(
+        a.reshape(*shape, *a.shape[1:]).swapaxes(0, 1).reshape(a.shape))
+
+
 def llama_sources(d: Dims) -> dict[str, list[str]]:
     """Each triad tensor of a Llama model and the HF tensors it is made of, stacked by rows (an
     expert tensor [E, rows, columns] as [E·rows, columns]: expert by expert, Mixtral's w1 and w3
-    stacked into each expert's c_fc)."""
+    stacked into each expert's c_fc); GPT-NeoX's (neox_sources)."""
+    if d.neox:
+        return neox_sources(d)
     src = {"wte/weight": ["model.embed_tokens.weight"], "ln_f/weight": ["model.norm.weight"],
            **({"ln_f/bias": ["model.norm.bias"]} if d.norm_bias else {})}
     for i in range(d.n_layer):
@@ -876,7 +969,7 @@ def llama_part_rows(d: Dims, t: str, rows: int) -> list[int]:
     """The rows of each HF tensor (llama_sources) stacked into triad's tensor t of `rows` rows
     (an expert tensor's E·rows): c_attn's q (C), k and v (n_kv_head heads each), c_fc's gate and
     up, and each expert's; Phi-3's fused tensors whole."""
-    if d.fused and t.endswith(("attn/c_attn/weight", "mlp/c_fc/weight")):
+    if d.neox or (d.fused and t.endswith(("attn/c_attn/weight", "mlp/c_fc/weight"))):
         return [rows]
     if t.endswith(("attn/c_attn/weight", "attn/c_attn/bias")):
         kv_rows = d.kv * d.hd
@@ -959,7 +1052,8 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
             where[name] = st
     if d.position == "rope":  # Llama's family
         kind = ({"qwen2_moe": "Qwen2-MoE", "qwen3_moe": "Qwen3-MoE", "mixtral": "Mixtral"}.get(
-            d.moe_format or "") or ("Nemotron" if d.mlp == "relu2" else
+            d.moe_format or "") or ("GPT-NeoX" if d.neox else
+                                    "Nemotron" if d.mlp == "relu2" else
                                     "Gemma" if d.mlp == "geglu" else
                                     "StableLM" if d.norm_bias else
                                     "Qwen2" if d.qkv_bias else "Qwen3" if d.qk_norm else
@@ -1038,7 +1132,8 @@ def llama_tensors(d: Dims, where: dict, directory: Path) -> Tensors:
             want[t] = (d.vocab_size, d.n_embd)
     used = {n for names in src.values() for n in names}
     for name in where:
-        if name not in used and not name.endswith("rotary_emb.inv_freq"):
+        if name not in used and not name.endswith("rotary_emb.inv_freq") and not (
+                d.neox and name.endswith(("attention.bias", "attention.masked_bias"))):  # masks
             raise ConvertError(f"{where[name].path}: tensor {name} is not part of a Llama model "
                                f"as triad has it" + (" (lm_head.weight with tie_word_embeddings)"
                                                      if name == "lm_head.weight" else ""))
@@ -1063,6 +1158,7 @@ def llama_tensors(d: Dims, where: dict, directory: Path) -> Tensors:
             a = np.concatenate(parts) if len(parts) > 1 else parts[0]
             if d.norm_offset and is_norm_weight(t):  # LayerNorm1P's w - 1
                 a = a + np.float32(1)
+            a = neox_qkv_order(d, t, a)
             yield t, llama_query_order(d, t, a.reshape(want[t]))
 
     return tensors
@@ -1273,16 +1369,20 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
     norm_biased = (a.get("position"), a.get("norm"), int(a.get("bias", 1)),
                    int(a.get("norm_bias", 0))) == ("rope", "layernorm", 0, 1) and \
         a.get("mlp") in ("relu2", "swiglu")
-    if int(a.get("rotary_dim", 0)) and not norm_biased:  # the others' rope turns every value
+    # GPT-NeoX's blocks: GPT-2's (all biases, LayerNorm, GELU exact or tanh) with rope.
+    neox = (a.get("position"), a.get("norm"), int(a.get("bias", 1))) == ("rope", "layernorm", 1) \
+        and a.get("mlp", "gelu") in ("gelu", "gelu_exact")
+    if int(a.get("rotary_dim", 0)) and not (norm_biased or neox):  # the others' turn every value
         raise ConvertError(f"{path}: the model rotates the first {a['rotary_dim']} values of "
                            f"each head only (model.rotary_dim, partial rotary) in blocks other "
-                           f"than Nemotron's and StableLM's; the export formats for them "
-                           f"(Hugging Face's Llama, Qwen2, Qwen3, Mistral and their mixtures) "
-                           f"rotate all of them")
-    if int(a.get("parallel_residual", 0)):  # every format here runs the branches in turn
+                           f"than Nemotron's, StableLM's and GPT-NeoX's; the export formats for "
+                           f"them (Hugging Face's Llama, Qwen2, Qwen3, Mistral and their "
+                           f"mixtures) rotate all of them")
+    if int(a.get("parallel_residual", 0)) and not neox:  # GPT-NeoX's format alone holds it
         raise ConvertError(f"{path}: the model runs attention and MLP side by side "
-                           f"(model.parallel_residual); the export formats run them one after "
-                           f"the other")
+                           f"(model.parallel_residual) in blocks other than GPT-NeoX's (rope, "
+                           f"LayerNorms, GELU, biases); the export formats for them run them one "
+                           f"after the other")
     if float(a.get("attn_scale", 0.0)):  # the formats scale the scores by 1/sqrt(head width)
         raise ConvertError(f"{path}: the model scales its attention scores by {a['attn_scale']} "
                            f"(model.attn_scale); the export formats scale them by 1/sqrt(head "
@@ -1302,7 +1402,7 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
             raise ConvertError(f"{path}: the model's routers choose their experts with biases "
                                f"(/router_bias, train.moe_bias_rate); Hugging Face's Mixtral, "
                                f"Qwen2-MoE and Qwen3-MoE have none")
-    if llama or norm_biased:
+    if llama or norm_biased or neox:
         return open_triad_llama(path, a)
     if int(a.get("sliding_window", 0)):
         raise ConvertError(f"{path}: the model attends to its last {a['sliding_window']} tokens "
@@ -1414,15 +1514,19 @@ def scaling_attrs(a: dict, names: tuple) -> tuple:
 
 
 def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
-    """A triad checkpoint of Llama's architecture (rope, RMSNorm, SwiGLU, no biases), or
+    """A triad checkpoint of Llama's architecture (rope, RMSNorm, SwiGLU or GeGLU, no biases),
     Nemotron's or StableLM's (rope, LayerNorms with biases, the squared ReLU or SwiGLU, no linear
-    biases but StableLM's q, k, v ones), its tensors in triad's names, the vocabulary tensors
-    cropped to vocab_size rows."""
-    mlp = a["mlp"].decode() if isinstance(a["mlp"], bytes) else str(a["mlp"])
+    biases but StableLM's q, k, v ones), or GPT-NeoX's (GPT-2's blocks with rope), its tensors in
+    triad's names, the vocabulary tensors cropped to vocab_size rows."""
+    mlp = a["mlp"].decode() if isinstance(a["mlp"], bytes) else str(a["mlp"])  # (always written
+    # for a rope model: not GPT-2's)
     d = Dims(*(int(a[k]) for k in ("n_layer", "n_head", "n_embd", "seq_len", "vocab_size")),
              position="rope", rope_theta=float(a["rope_theta"]),
              norm=a["norm"].decode() if isinstance(a["norm"], bytes) else str(a["norm"]),
-             bias=False, norm_bias=int(a.get("norm_bias", 0)) == 1, rotary_dim=int(a.get("rotary_dim", 0)),
+             bias=int(a.get("bias", 1)) == 1, norm_bias=int(a.get("norm_bias", 0)) == 1,
+             rotary_dim=int(a.get("rotary_dim", 0)),
+             neox=mlp in ("gelu", "gelu_exact"),
+             parallel_residual=int(a.get("parallel_residual", 0)) == 1,
              norm_offset=mlp in ("relu2", "geglu"), mlp=mlp, mlp_hidden=int(a["mlp_hidden"]),
              embed_scale=float(a.get("embed_scale", 1.0)),
              tied=int(a.get("tie_embeddings", 1)) == 1,
@@ -1461,6 +1565,35 @@ def qwen_moe_hf_keys(d: Dims) -> dict:
                 moe_intermediate_size=d.mlp_hidden, norm_topk_prob=d.moe_normalize,
                 decoder_sparse_step=d.moe_every, mlp_only_layers=list(range(d.moe_first_dense)),
                 output_router_logits=False)
+
+
+def neox_hf_config(d: Dims) -> dict:
+    """config.json for transformers' GPTNeoXForCausalLM computing what triad's model of GPT-NeoX's
+    blocks computes (the inverse of neox_config_dims)."""
+    extra = [what for what, on in (
+        ("QK-norm (model.qk_norm)", d.qk_norm),
+        ("grouped-query attention (model.n_kv_head)", d.kv != d.n_head),
+        ("heads of another width than n_embd / n_head (model.head_dim)", d.head_dim),
+        ("rope scaling (model.rope_scaling)", d.rope_scaling is not None or d.yarn is not None),
+        ("a sliding window (model.sliding_window)", d.sliding_window),
+        ("experts (model.moe_experts)", d.moe_experts)) if on]
+    if extra:
+        raise ConvertError(f"a model of GPT-NeoX's blocks (rope, LayerNorms, GELU, biases) exports "
+                           f"as Hugging Face's GPT-NeoX, which has none of {', '.join(extra)}")
+    rot = d.rotary_dim or d.hd
+    pct = rot / d.hd
+    if int(d.hd * pct) != rot:  # transformers rotates int(head width · rotary_pct) values
+        pct = math.nextafter(pct, 2.0)
+    return {
+        "architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox",
+        "num_hidden_layers": d.n_layer, "num_attention_heads": d.n_head, "hidden_size": d.n_embd,
+        "intermediate_size": d.mlp_hidden or 4 * d.n_embd, "max_position_embeddings": d.seq_len,
+        "vocab_size": d.vocab_size, "layer_norm_eps": d.norm_eps, "rotary_emb_base": d.rope_theta,
+        "rotary_pct": pct, "hidden_act": "gelu" if d.mlp == "gelu_exact" else "gelu_new",
+        "use_parallel_residual": d.parallel_residual, "attention_bias": True,
+        "attention_dropout": 0.0, "hidden_dropout": 0.0, "tie_word_embeddings": d.tied,
+        "initializer_range": 0.02, "torch_dtype": "float32",
+    }
 
 
 def gemma_hf_config(d: Dims) -> dict:
@@ -1551,6 +1684,8 @@ def llama_hf_config(d: Dims) -> dict:
         return layernorm_hf_config(d)
     if d.mlp == "geglu":
         return gemma_hf_config(d)
+    if d.neox:
+        return neox_hf_config(d)
     cfg = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "num_hidden_layers": d.n_layer, "num_attention_heads": d.n_head,
@@ -1648,6 +1783,7 @@ def write_llama_hf(out: Path, d: Dims, tensors: Tensors, extra: dict[str, str] |
         for t, a in tensors():
             if d.norm_offset and is_norm_weight(t):  # Nemotron's LayerNorm1P stores w - 1
                 a = a - np.float32(1)
+            a = neox_qkv_order(d, t, a, to_hf=True)
             a = llama_query_order(d, t, a, to_hf=True).reshape(stacked_shape(a.shape))
             ends = np.cumsum(llama_part_rows(d, t, a.shape[0]))[:-1]
             for n, part in zip(src[t], np.split(a, ends)):

@@ -229,6 +229,7 @@ int main(int argc, char** argv) {
     shape.swiglu = m.mlp == "swiglu";
     shape.relu2 = m.mlp == "relu2";
     shape.geglu = m.mlp == "geglu";
+    shape.gelu_exact = m.mlp == "gelu_exact";
     shape.mlp_hidden = int(m.mlp_hidden);
     shape.tied = m.tied;
     shape.n_kv_head = int(m.n_kv_head);

@@ -216,8 +216,8 @@ void Gpt::mlp_activation(A* act, const A* pre, int N, int width) {
     be_.swiglu_forward(act, pre, N, width);
   else if (shape_.geglu)
     be_.geglu_forward(act, pre, N, width);
-  else if (shape_.relu2)
-    be_.relu2_forward(act, pre, size_t(N) * size_t(width));
+  else if (shape_.relu2 || shape_.gelu_exact)
+    be_.activation_forward(shape_.pointwise(), act, pre, size_t(N) * size_t(width));
   else
     be_.gelu_forward(act, pre, size_t(N) * size_t(width));
 }
@@ -228,8 +228,9 @@ void Gpt::mlp_activation_backward(A* dpre, const A* pre, const A* dact, int N, i
     be_.swiglu_backward(dpre, pre, dact, N, width, GradMode::overwrite);
   else if (shape_.geglu)
     be_.geglu_backward(dpre, pre, dact, N, width, GradMode::overwrite);
-  else if (shape_.relu2)
-    be_.relu2_backward(dpre, pre, dact, size_t(N) * size_t(width), GradMode::overwrite);
+  else if (shape_.relu2 || shape_.gelu_exact)
+    be_.activation_backward(shape_.pointwise(), dpre, pre, dact, size_t(N) * size_t(width),
+                            GradMode::overwrite);
   else
     be_.gelu_backward(dpre, pre, dact, size_t(N) * size_t(width), GradMode::overwrite);
 }
@@ -339,7 +340,8 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   const int Hl = shape_.hidden() / mp_.tp;
   if (shape_.moe_layer(l)) {
     moe_front<A>(L, l, ln2, w, N);
-  } else if (shape_.gated() || shape_.relu2) {  // the product, then the activation on its own
+  } else if (shape_.gated() || shape_.relu2 || shape_.gelu_exact) {  // the product, then the
+    // activation on its own
     linear_forward(fp8_site(l, 2), L.fch, ln2, w.fcw, w.fcb, N, C, shape_.fc_rows() / mp_.tp);
     mlp_activation(L.fch_gelu, L.fch, N, Hl);
   } else {  // GELU in the product's epilogue
@@ -614,8 +616,8 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     const int Hl = shape_.hidden() / mp_.tp, Fl = shape_.fc_rows() / mp_.tp;
     if (shape_.moe_layer(l)) {
       moe_backward<A>(L, dpart, gr, dres, L.ln2g, w, N);
-    } else if (shape_.gated() || shape_.relu2) {  // c_proj's input gradient, then through the
-      // gated or squared-ReLU activation into c_fc's
+    } else if (shape_.gated() || shape_.relu2 || shape_.gelu_exact) {  // c_proj's input
+      // gradient, then through the activation into c_fc's
       linear_backward(fp8_site(first_layer + i, 3), a.dfch_gelu, wgrad(gr.fcprojw),
                       wgrad(gr.fcprojb), dres, L.fch_gelu, w.fcprojw, N, Hl, C, kSet);
       mlp_activation_backward(dfch, L.fch, a.dfch_gelu, N, Hl);

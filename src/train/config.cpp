@@ -64,8 +64,9 @@ class KeyTable {
     add("model.norm", c.model.norm,
         "layernorm (GPT-2's, weight and bias) | rmsnorm (root mean square, weight only, as Llama)");
     add("model.mlp", c.model.mlp,
-        "gelu (GPT-2's MLP) | swiglu (silu(gate)·up, as Llama) | geglu (gelu(gate)·up, as "
-        "Gemma) | relu2 (squared ReLU, max(x, 0)²: Primer, Nemotron-4, modded-nanogpt)");
+        "gelu (GPT-2's MLP, GELU's tanh approximation) | gelu_exact (GELU with erf, as "
+        "GPT-NeoX) | swiglu (silu(gate)·up, as Llama) | geglu (gelu(gate)·up, as Gemma) | relu2 "
+        "(squared ReLU, max(x, 0)²: Primer, Nemotron-4, modded-nanogpt)");
     add("model.mlp_hidden", c.model.mlp_hidden,
         "MLP hidden units (0: 4·n_embd for gelu, the multiple of 64 at or above 8·n_embd/3 for "
         "swiglu)");
@@ -632,6 +633,7 @@ int Config::mlp_hidden_size() const {
   s.swiglu = model.mlp == "swiglu";
   s.relu2 = model.mlp == "relu2";
   s.geglu = model.mlp == "geglu";
+  s.gelu_exact = model.mlp == "gelu_exact";
   s.mlp_hidden = model.mlp_hidden;
   return s.hidden();
 }
@@ -809,8 +811,9 @@ void validate(const Config& c, int world_size) {
         "needs model.position = rope");
   check(m.norm == "layernorm" || m.norm == "rmsnorm", "model.norm",
         "must be layernorm or rmsnorm (got '" + m.norm + "')");
-  check(m.mlp == "gelu" || m.mlp == "swiglu" || m.mlp == "geglu" || m.mlp == "relu2", "model.mlp",
-        "must be gelu, swiglu, geglu or relu2 (got '" + m.mlp + "')");
+  check(m.mlp == "gelu" || m.mlp == "gelu_exact" || m.mlp == "swiglu" || m.mlp == "geglu" ||
+            m.mlp == "relu2",
+        "model.mlp", "must be gelu, gelu_exact, swiglu, geglu or relu2 (got '" + m.mlp + "')");
   check(std::isfinite(m.embed_scale) && m.embed_scale > 0 && m.embed_scale <= 1e4,
         "model.embed_scale", "must be in (0, 1e4] (1: none)");
   check(std::isfinite(m.norm_eps) && m.norm_eps > 0 && m.norm_eps <= 0.1, "model.norm_eps",

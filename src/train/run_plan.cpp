@@ -75,6 +75,7 @@ GptShape gpt_shape(const Config& cfg) {
   s.swiglu = m.mlp == "swiglu";
   s.relu2 = m.mlp == "relu2";
   s.geglu = m.mlp == "geglu";
+  s.gelu_exact = m.mlp == "gelu_exact";
   s.mlp_hidden = cfg.mlp_hidden_size();
   s.tied = m.tie_embeddings;
   s.n_kv_head = m.n_kv_head;

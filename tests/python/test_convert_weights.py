@@ -852,6 +852,34 @@ def test_stablelm_imports_and_evaluates_as_transformers(imported, tmp_path, qkv_
                           "qkv_bias": int(qkv_bias)})
 
 
+def neox_model(**config):
+    torch.manual_seed(31)
+    model = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(**{
+        **dict(vocab_size=V, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+               num_attention_heads=4, max_position_embeddings=N_POS, rotary_pct=0.25,
+               rotary_emb_base=500.0, layer_norm_eps=1e-5, use_parallel_residual=True,
+               hidden_act="gelu", tie_word_embeddings=False),
+        **config}))
+    return spread(model)
+
+
+@pytest.mark.parametrize("parallel,act", [(True, "gelu"), (False, "gelu_new")])
+def test_gpt_neox_imports_and_evaluates_as_transformers(imported, tmp_path, parallel, act):
+    """transformers' GPTNeoXForCausalLM (Pythia's blocks: q, k, v interleaved by head in
+    query_key_value, a quarter of each head's values rotating, biases, an untied embed_out;
+    parallel attention and MLP with GELU exact, or one after the other with its tanh
+    approximation) against triad's model.parallel_residual, model.mlp = gelu_exact and
+    model.rotary_dim: hf_round_trip."""
+    args = ["--model.position", "rope", "--model.rope_theta", "500", "--model.mlp_hidden", "256",
+            "--model.tie_embeddings", "false", "--model.n_head", "4", "--model.rotary_dim", "4",
+            "--model.parallel_residual", str(parallel).lower(), "--model.mlp",
+            "gelu_exact" if act == "gelu" else "gelu"]
+    hf_round_trip(imported, tmp_path, neox_model(use_parallel_residual=parallel, hidden_act=act),
+                  "GPT-NeoX", args, False,
+                  {"mlp": "gelu_exact" if act == "gelu" else "gelu", "norm": "layernorm",
+                   "bias": 1, "rotary_dim": 4, "parallel_residual": 1 if parallel else None})
+
+
 GEMMA_ARGS = ["--model.position", "rope", "--model.rope_theta", "500", "--model.norm", "rmsnorm",
               "--model.bias", "false", "--model.mlp", "geglu", "--model.mlp_hidden", "96",
               "--model.n_head", "4", "--model.n_kv_head", "2", "--model.head_dim", "24",
@@ -884,8 +912,10 @@ def test_nemotron_stablelm_and_gemma_variants_triad_does_not_compute_are_refused
     Gemma), the attention and MLP side by side or per-head LayerNorms (StableLM), rope scaling
     or a rotary factor that names an odd count of values is refused, naming config.json. Not
     exported: a model of Nemotron's blocks with QK-norm, a GeGLU model whose embedding scale is
-    not Gemma's sqrt(n_embd), an embedding scale in blocks no format scales, and parallel
-    attention and MLP."""
+    not Gemma's sqrt(n_embd), an embedding scale in blocks no format scales, parallel attention
+    and MLP in blocks other than GPT-NeoX's, and GPT-NeoX's blocks with grouped-query
+    attention. GPT-NeoX configs: without attention biases, another activation, an odd rotated
+    count."""
     for make, bad, needle in (
             (nemotron_model, {"hidden_act": "gelu"}, "hidden_act 'gelu'"),
             (nemotron_model, {"attention_bias": True}, "attention_bias"),
@@ -896,7 +926,10 @@ def test_nemotron_stablelm_and_gemma_variants_triad_does_not_compute_are_refused
             (stablelm_model, {"qk_layernorm": True}, "qk_layernorm"),
             (stablelm_model, {"hidden_act": "gelu"}, "hidden_act 'gelu'"),
             (gemma_model, {"hidden_activation": "gelu"}, "hidden_activation 'gelu'"),
-            (gemma_model, {"attention_bias": True}, "attention_bias")):
+            (gemma_model, {"attention_bias": True}, "attention_bias"),
+            (neox_model, {"attention_bias": False}, "attention_bias = false"),
+            (neox_model, {"hidden_act": "relu"}, "hidden_act 'relu'"),
+            (neox_model, {"rotary_pct": 0.2}, "rotary_pct 0.2")):
         make().save_pretrained(tmp_path / "bad", safe_serialization=True)
         c = json.loads((tmp_path / "bad" / "config.json").read_text())
         (tmp_path / "bad" / "config.json").write_text(json.dumps({**c, **bad}))
@@ -915,7 +948,9 @@ def test_nemotron_stablelm_and_gemma_variants_triad_does_not_compute_are_refused
     for over, needle in (({"mlp": "geglu", "position": "rope", "norm": "rmsnorm", "bias": False},
                           "an embedding scale of 1.0"),
                          ({"embed_scale": 8.0}, "model.embed_scale"),
-                         ({"parallel_residual": True}, "model.parallel_residual")):
+                         ({"parallel_residual": True, "norm": "rmsnorm"},
+                          "model.parallel_residual"),
+                         ({"position": "rope", "n_kv_head": 2}, "grouped-query attention")):
         cfg = ref.GptConfig(n_layer=1, n_head=4, n_embd=64, seq_len=16, vocab_size=300, **over)
         ckpt = tmp_path / "scale.h5"
         ref.write_checkpoint(ckpt, cfg, ref.random_weights(cfg, seed=4))
@@ -1492,17 +1527,21 @@ def test_import_refuses_bad_inputs(imported, tmp_path, case, needles):
 
 
 def test_rotary_position_checkpoints_are_not_exported_as_gpt2(tmp_path):
-    """GPT-2's formats have no place for rotary positions: a rope model is refused, not written
-    without its positions."""
+    """GPT-2's formats have no place for rotary positions: a rope model of GPT-2's blocks is
+    refused by llm.c's format, not written without its positions, and exported to Hugging Face as
+    GPT-NeoX's (which test_gpt_neox_imports_and_evaluates_as_transformers checks)."""
     cfg = tiny_config(tmp_path, name="rope", model__position="rope", train__steps=1,
                       checkpoint__every=1)
     p = run([exe("triad-train"), "--config", cfg])
     assert p.returncode == 0, p.stderr
-    for to in ("hf", "llmc"):
-        assert_clean_failure(tool("triad-convert", "export", tmp_path / "runs" / "rope",
-                                  tmp_path / f"out-{to}", "--to", to),
-                             "rope positions", "learned positions (wpe) only")
-        assert not (tmp_path / f"out-{to}").exists()
+    assert_clean_failure(tool("triad-convert", "export", tmp_path / "runs" / "rope",
+                              tmp_path / "out-llmc", "--to", "llmc"), "holds GPT-2 only")
+    assert not (tmp_path / "out-llmc").exists()
+    p = tool("triad-convert", "export", tmp_path / "runs" / "rope", tmp_path / "out-hf", "--to",
+             "hf", "--vocab", "none")
+    assert p.returncode == 0, p.stderr
+    assert json.loads((tmp_path / "out-hf" / "config.json").read_text())["model_type"] == \
+        "gpt_neox"
     cfg = tiny_config(tmp_path, name="rms", model__norm="rmsnorm", train__steps=1,
                       checkpoint__every=1)
     assert run([exe("triad-train"), "--config", cfg]).returncode == 0

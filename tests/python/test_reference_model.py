@@ -188,7 +188,13 @@ CASES = [
     Case("parallel", ref.GptConfig(n_layer=2, n_head=3, n_embd=48, seq_len=17, vocab_size=300,
                                    position="rope", rope_theta=300.0, rotary_dim=4,
                                    parallel_residual=True), 3, 45, 7, 149),
-    # ... with a mixture of SwiGLU experts (4, 2 per token) on Llama's blocks.
+    # GPT-NeoX's blocks (Pythia's): parallel attention and MLP, the exact GELU, a quarter of each
+    # head's values rotating, biases, an untied head.
+    Case("neox", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
+                               position="rope", rope_theta=500.0, rotary_dim=4, mlp="gelu_exact",
+                               tied=False, parallel_residual=True), 2, 40, 6, 157),
+    # Parallel attention and MLP with a mixture of SwiGLU experts (4, 2 per token) on Llama's
+    # blocks.
     Case("parallelmoe", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
                                       position="rope", rope_theta=500.0, norm="rmsnorm",
                                       bias=False, mlp="swiglu", mlp_hidden=64, tied=False,
@@ -1211,7 +1217,7 @@ GRAD_CLIP = {"gpt2vocab": 1.0, "oddshapes": 1.0, "rope": 1.0, "rmsnorm": 1.2, "n
              "qknorm": 1.15, "ropescaling": 1.0, "qwen2": 1.8, "headdim": 1.8, "moe": 1.0,
              "moeswiglu": 1.7, "moemixed": 0.8, "qwen2moe": 1.7, "dsv3": 1.7,
              "partialrope": 1.8, "relu2": 1.0, "moerelu2": 1.7, "nemotron": 1.8, "gemma": 1.45,
-             "parallel": 1.0, "parallelmoe": 1.7}
+             "parallel": 1.0, "parallelmoe": 1.7, "neox": 1.25}
 
 
 # model.moe_capacity_factor: each expert takes the first ceil(f·N·k/E) of a pass's choices (the

@@ -518,6 +518,7 @@ class Thread {
 
   static float exp(float v) { return std::exp(v); }
   static float tanh(float v) { return std::tanh(v); }
+  static float erf(float v) { return std::erf(v); }
   static double log(double v) { return std::log(v); }
   static double sqrt(double v) { return std::sqrt(v); }
   static float exp2(float v) { return std::exp2(v); }

@@ -940,7 +940,7 @@ TEST_F(CpuKernels, SquaredReluForwardBackward) {
   for (float& v : inp)
     if (std::fabs(v) < 1e-2f) v = 0.5f;
   Vec out(n);
-  be->relu2_forward(out.data(), inp.data(), n);
+  be->activation_forward(Activation::relu2, out.data(), inp.data(), n);
   DVec x = to_double(inp);
   auto relu2 = [](double v) { return v > 0.0 ? v * v : 0.0; };
   DVec want(n);
@@ -955,13 +955,37 @@ TEST_F(CpuKernels, SquaredReluForwardBackward) {
   };
   const DVec g = finite_diff(x, loss);
   Vec dx(n, 0.0f);
-  be->relu2_backward(dx.data(), inp.data(), R.data(), n);
+  be->activation_backward(Activation::relu2, dx.data(), inp.data(), R.data(), n);
   expect_close(dx, g, 1e-5, "dinp");
 
   Vec dx2 = random_vec(n, 46);
   const Vec dx0 = dx2;
-  be->relu2_backward(dx2.data(), inp.data(), R.data(), n);
+  be->activation_backward(Activation::relu2, dx2.data(), inp.data(), R.data(), n);
   expect_accumulated(dx2, dx0, dx, "dinp +=");
+}
+
+// The exact GELU (model.mlp = gelu_exact) against ½·x·(1 + erf(x/√2)) in double and its finite
+// differences.
+TEST_F(CpuKernels, ExactGeluForwardBackward) {
+  const size_t n = 37;
+  const Vec inp = random_vec(n, 47, -5.0f, 5.0f);
+  Vec out(n);
+  be->activation_forward(Activation::gelu_exact, out.data(), inp.data(), n);
+  DVec x = to_double(inp);
+  auto gelu = [](double v) { return 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0))); };
+  DVec want(n);
+  for (size_t i = 0; i < n; ++i) want[i] = gelu(x[i]);
+  expect_close(out, want, 1e-6, "out");
+  const Vec R = random_vec(n, 48);
+  auto loss = [&] {
+    double s = 0.0;
+    for (size_t i = 0; i < n; ++i) s += gelu(x[i]) * R[i];
+    return s;
+  };
+  const DVec g = finite_diff(x, loss);
+  Vec dx(n, 0.0f);
+  be->activation_backward(Activation::gelu_exact, dx.data(), inp.data(), R.data(), n);
+  expect_close(dx, g, 1e-5, "dinp");
 }
 
 // The FFN, y = gelu(x·W1ᵀ + b1)·W2ᵀ + b2, forward and backward as the model runs it:

@@ -842,22 +842,25 @@ TEST_F(CudaBackendTest, GeluForwardBackward) {
   }
 }
 
-TEST_F(CudaBackendTest, SquaredReluForwardBackward) {
-  for (size_t n : kElemSizes) {
-    SCOPED_TRACE(::testing::Message() << "n=" << n);
-    const Vec inp = random_vec(n, 77, -5.0f, 5.0f), dout = random_vec(n, 78);
-    const Vec dinp0 = random_vec(n, 79);
-    Vec out(n), dinp = dinp0;
-    cpu->relu2_forward(out.data(), inp.data(), n);
-    cpu->relu2_backward(dinp.data(), inp.data(), dout.data(), n);
-    float* d_inp = dev(inp);
-    float* g_out = dev_zeros(n);
-    float* g_dinp = dev(dinp0);
-    gpu->relu2_forward(g_out, d_inp, n);
-    gpu->relu2_backward(g_dinp, d_inp, dev(dout), n);
-    EXPECT_TRUE(close(host(g_out, n), out, kElemTol, 1e-6)) << "out";
-    EXPECT_TRUE(close(host(g_dinp, n), dinp, kElemTol, 1e-6)) << "dinp";
-  }
+// The squared ReLU and the exact GELU.
+TEST_F(CudaBackendTest, PointwiseActivations) {
+  for (Activation f : {Activation::relu2, Activation::gelu_exact})
+    for (size_t n : kElemSizes) {
+      SCOPED_TRACE(::testing::Message()
+                   << "n=" << n << (f == Activation::relu2 ? " relu2" : " gelu_exact"));
+      const Vec inp = random_vec(n, 77, -5.0f, 5.0f), dout = random_vec(n, 78);
+      const Vec dinp0 = random_vec(n, 79);
+      Vec out(n), dinp = dinp0;
+      cpu->activation_forward(f, out.data(), inp.data(), n);
+      cpu->activation_backward(f, dinp.data(), inp.data(), dout.data(), n);
+      float* d_inp = dev(inp);
+      float* g_out = dev_zeros(n);
+      float* g_dinp = dev(dinp0);
+      gpu->activation_forward(f, g_out, d_inp, n);
+      gpu->activation_backward(f, g_dinp, d_inp, dev(dout), n);
+      EXPECT_TRUE(close(host(g_out, n), out, kElemTol, 1e-6)) << "out";
+      EXPECT_TRUE(close(host(g_dinp, n), dinp, kElemTol, 1e-6)) << "dinp";
+    }
 }
 
 // SwiGLU and GeGLU.

@@ -1094,20 +1094,23 @@ TEST_F(CudaBf16Test, Swiglu) {
     }
 }
 
-TEST_F(CudaBf16Test, SquaredRelu) {
-  for (size_t n : {size_t{1}, size_t{1001}, size_t{1} << 20}) {
-    SCOPED_TRACE(::testing::Message() << "n=" << n);
-    const Bits pre = random_bits(n, 80, -6.0f, 6.0f), dout = random_bits(n, 81);
-    const Bits d0 = random_bits(n, 82);
-    Bits out(n), d = d0;
-    cpu->relu2_forward(out.data(), pre.data(), n);
-    cpu->relu2_backward(d.data(), pre.data(), dout.data(), n);
-    bf16_t *g_out = dev(Bits(n)), *g_d = dev(d0);
-    gpu->relu2_forward(g_out, dev(pre), n);
-    gpu->relu2_backward(g_d, dev(pre), dev(dout), n);
-    EXPECT_TRUE(close(host(g_out, n), out)) << "out";
-    EXPECT_TRUE(close(host(g_d, n), d)) << "dpre";
-  }
+// The squared ReLU and the exact GELU.
+TEST_F(CudaBf16Test, PointwiseActivations) {
+  for (Activation f : {Activation::relu2, Activation::gelu_exact})
+    for (size_t n : {size_t{1}, size_t{1001}, size_t{1} << 20}) {
+      SCOPED_TRACE(::testing::Message()
+                   << "n=" << n << (f == Activation::relu2 ? " relu2" : " gelu_exact"));
+      const Bits pre = random_bits(n, 80, -6.0f, 6.0f), dout = random_bits(n, 81);
+      const Bits d0 = random_bits(n, 82);
+      Bits out(n), d = d0;
+      cpu->activation_forward(f, out.data(), pre.data(), n);
+      cpu->activation_backward(f, d.data(), pre.data(), dout.data(), n);
+      bf16_t *g_out = dev(Bits(n)), *g_d = dev(d0);
+      gpu->activation_forward(f, g_out, dev(pre), n);
+      gpu->activation_backward(f, g_d, dev(pre), dev(dout), n);
+      EXPECT_TRUE(close(host(g_out, n), out)) << "out";
+      EXPECT_TRUE(close(host(g_d, n), d)) << "dpre";
+    }
 }
 
 TEST_F(CudaBf16Test, GeluAddAccumulate) {

@@ -1,6 +1,7 @@
 // The CUDA backend's elementwise ops (src/kernels/cuda/elementwise_block.h, as
 // cuda_elementwise.cu launches them), run on the CPU through the SIMT emulator, against the CPU
-// backend: GELU and squared ReLU and their gradients (overwritten and accumulated), residual add,
+// backend: GELU (tanh and exact) and squared ReLU and their gradients (overwritten and
+// accumulated), residual add,
 // accumulate, the logits' scale and soft cap, fp32 scaling and the conversions. fp32 within 1e-5
 // (the CPU backend's tanh is its own vectorized approximation) and bf16 within 1e-2 of the largest
 // magnitude, the conversions and the scaling bit for bit, with fewer threads than elements (the
@@ -86,22 +87,28 @@ TEST(ElementwiseEmulated, Gelu) {
   }
 }
 
-// Half the inputs negative: the zero branch and the square both taken.
-TEST(ElementwiseEmulated, SquaredRelu) {
+// The squared ReLU (half the inputs negative: the zero branch and the square both taken) and
+// the exact GELU.
+TEST(ElementwiseEmulated, PointwiseActivations) {
   const std::vector<Vec> in = buffers(3, -6.0f, 6.0f);  // out or dinp, inp, dout
-  check(
-      in, [](Backend& be, auto b) { be.relu2_forward(b[0], b[1], kN); },
-      [](simt::Thread& x, auto b) {
-        elementwise_block::relu2_forward(x, b[0], b[1], kN, kThreads, kStride);
-      });
-  for (bool accumulate : {false, true}) {
-    SCOPED_TRACE(accumulate ? "accumulate" : "overwrite");
-    const GradMode mode = accumulate ? GradMode::accumulate : GradMode::overwrite;
+  for (Activation f : {Activation::relu2, Activation::gelu_exact}) {
+    const bool exact = f == Activation::gelu_exact;
+    SCOPED_TRACE(exact ? "gelu_exact" : "relu2");
     check(
-        in, [&](Backend& be, auto b) { be.relu2_backward(b[0], b[1], b[2], kN, mode); },
+        in, [&](Backend& be, auto b) { be.activation_forward(f, b[0], b[1], kN); },
         [&](simt::Thread& x, auto b) {
-          elementwise_block::relu2_backward(x, b[0], b[1], b[2], kN, accumulate, kThreads, kStride);
+          elementwise_block::activation_forward(x, exact, b[0], b[1], kN, kThreads, kStride);
         });
+    for (bool accumulate : {false, true}) {
+      SCOPED_TRACE(accumulate ? "accumulate" : "overwrite");
+      const GradMode mode = accumulate ? GradMode::accumulate : GradMode::overwrite;
+      check(
+          in, [&](Backend& be, auto b) { be.activation_backward(f, b[0], b[1], b[2], kN, mode); },
+          [&](simt::Thread& x, auto b) {
+            elementwise_block::activation_backward(x, exact, b[0], b[1], b[2], kN, accumulate,
+                                                   kThreads, kStride);
+          });
+    }
   }
 }
 

@@ -89,7 +89,7 @@ struct ModelShape {
   // Attribute head_dim (int64, each head's width; absent or 0: n_embd / n_head; written when
   // > 0).
   int64_t head_dim = 0;
-  // Attributes mlp ("gelu" | "swiglu" | "geglu" | "relu2"; absent in older files: gelu) and
+  // Attributes mlp ("gelu" | "gelu_exact" | "swiglu" | "geglu" | "relu2"; absent: gelu) and
   // mlp_hidden (int64, the hidden units; absent: 4·n_embd; written when > 0).
   std::string mlp = "gelu";
   int64_t mlp_hidden = 0;

@@ -32,6 +32,13 @@ namespace triad {
 // gradients always accumulate.
 enum class GradMode { accumulate, overwrite };
 
+// The MLP activations that run as a pass of their own after c_fc's product (GELU's tanh
+// approximation rides in the product's epilogue instead, gelu_forward):
+//   relu2       max(x, 0)², its derivative 2·max(x, 0) (model.mlp = relu2: Primer's squared ReLU)
+//   gelu_exact  ½·x·(1 + erf(x/√2)), its derivative ½·(1 + erf(x/√2)) + x·φ(x) with φ the normal
+//               density (model.mlp = gelu_exact: GPT-NeoX's, BERT's GELU)
+enum class Activation { relu2, gelu_exact };
+
 // The width of an attention op's qkv rows (see attention_forward): q for NH heads (C wide), k and
 // v for NKV heads each.
 inline int qkv_width(int C, int NH, int NKV) { return C + 2 * NKV * (C / NH); }
@@ -280,10 +287,11 @@ class Backend {
   virtual void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n,
                              GradMode mode = GradMode::accumulate) = 0;
 
-  // ---- Squared ReLU (model.mlp = relu2): out = max(x, 0)²; dinp (+)= 2·max(x, 0)·dout ------
-  virtual void relu2_forward(float* out, const float* inp, size_t n) = 0;
-  virtual void relu2_backward(float* dinp, const float* inp, const float* dout, size_t n,
-                              GradMode mode = GradMode::accumulate) = 0;
+  // ---- MLP activations run as a pass of their own (Activation, above) -----------------------
+  // out = f(inp); dinp (+)= f'(inp)·dout.
+  virtual void activation_forward(Activation f, float* out, const float* inp, size_t n) = 0;
+  virtual void activation_backward(Activation f, float* dinp, const float* inp, const float* dout,
+                                   size_t n, GradMode mode = GradMode::accumulate) = 0;
 
   // ---- out = a + b (residual); its backward is two accumulate() calls -----------------------
   virtual void add(float* out, const float* a, const float* b, size_t n) = 0;
@@ -449,9 +457,10 @@ class Backend {
   virtual void gelu_forward(bf16_t* out, const bf16_t* inp, size_t n) = 0;
   virtual void gelu_backward(bf16_t* dinp, const bf16_t* inp, const bf16_t* dout, size_t n,
                              GradMode mode = GradMode::accumulate) = 0;
-  virtual void relu2_forward(bf16_t* out, const bf16_t* inp, size_t n) = 0;
-  virtual void relu2_backward(bf16_t* dinp, const bf16_t* inp, const bf16_t* dout, size_t n,
-                              GradMode mode = GradMode::accumulate) = 0;
+  virtual void activation_forward(Activation f, bf16_t* out, const bf16_t* inp, size_t n) = 0;
+  virtual void activation_backward(Activation f, bf16_t* dinp, const bf16_t* inp,
+                                   const bf16_t* dout, size_t n,
+                                   GradMode mode = GradMode::accumulate) = 0;
   virtual void add(bf16_t* out, const bf16_t* a, const bf16_t* b, size_t n) = 0;
   virtual void accumulate(bf16_t* dst, const bf16_t* src, size_t n) = 0;
   // Cross-entropy over bf16 logits (dlogits written back in bf16); losses/correct/statistics

@@ -64,9 +64,14 @@ struct GptShape {
   // above 8·n_embd/3 (Llama's rule: about GELU's parameter count). relu2: the GELU MLP's shape
   // with the squared ReLU, max(x, 0)² (So et al.'s Primer; Nemotron-4, modded-nanogpt). geglu:
   // SwiGLU's shape with gelu(gate)·up, GELU's tanh approximation (Gemma's).
+  // gelu_exact: the GELU MLP with GELU itself, ½·x·(1 + erf(x/√2)) (GPT-NeoX's, BERT's), not
+  // its tanh approximation.
   bool swiglu = false;
   bool relu2 = false;
   bool geglu = false;
+  bool gelu_exact = false;
+  // The activation relu2 and gelu_exact run as a pass of their own.
+  Activation pointwise() const { return relu2 ? Activation::relu2 : Activation::gelu_exact; }
   bool gated() const { return swiglu || geglu; }  // c_fc holds gate and up rows
   int mlp_hidden = 0;
   // The output layer (model.tie_embeddings): wte itself (tied, GPT-2), or a tensor of its own,

@@ -27,14 +27,14 @@ struct ModelConfig {
   double norm_eps = 1e-5;          // the LayerNorms'/RMSNorms' epsilon (Qwen2: 1e-6)
   int head_dim = 0;                // each head's width (0: n_embd / n_head; Qwen3: 128)
   int hd() const { return head_dim > 0 ? head_dim : n_embd / n_head; }
-  std::string mlp = "gelu";      // gelu (GPT-2) | swiglu (Llama) | geglu (Gemma) | relu2
-  int mlp_hidden = 0;            // hidden units (0: 4·n_embd, or ~8·n_embd/3 for swiglu)
-  bool tie_embeddings = true;    // false: an output layer lm_head of its own (as Llama)
-  bool qk_norm = false;          // per-head RMSNorm of q and k (as Qwen3, Gemma 3)
-  int sliding_window = 0;        // each query attends to its last N keys at most (0: all; Mistral)
-  int full_attention_every = 0;  // with a window: every N-th layer attends to all (Gemma 3: 6)
-  double logit_softcap = 0;      // > 0: logits c·tanh(logit/c) (Gemma 2: 30); 0: none
-  double embed_scale = 1;        // the embedding's output times this (Gemma: sqrt(n_embd))
+  std::string mlp = "gelu";    // gelu (GPT-2) | gelu_exact | swiglu (Llama) | geglu (Gemma) | relu2
+  int mlp_hidden = 0;          // hidden units (0: 4·n_embd, or ~8·n_embd/3 for swiglu)
+  bool tie_embeddings = true;  // false: an output layer lm_head of its own (as Llama)
+  bool qk_norm = false;        // per-head RMSNorm of q and k (as Qwen3, Gemma 3)
+  int sliding_window = 0;      // each query attends to its last N keys at most (0: all; Mistral)
+  int full_attention_every = 0;    // with a window: every N-th layer attends to all (Gemma 3: 6)
+  double logit_softcap = 0;        // > 0: logits c·tanh(logit/c) (Gemma 2: 30); 0: none
+  double embed_scale = 1;          // the embedding's output times this (Gemma: sqrt(n_embd))
   bool parallel_residual = false;  // x + attn(ln_1(x)) + mlp(ln_2(x)) (GPT-J, GPT-NeoX)
   double attn_scale = 0;           // > 0: attention scores q·k times it; 0: 1/sqrt(head width)
   int mup_base_width = 0;          // > 0: μP relative to a base model this wide (GptShape); 0: off

@@ -172,13 +172,13 @@ class CpuBackend final : public Backend {
     if (mode == GradMode::overwrite) zero(dinp, n);
     cpu::gelu_backward(dinp, inp, dout, n);
   }
-  void relu2_forward(float* out, const float* inp, size_t n) override {
-    cpu::relu2_forward(out, inp, n);
+  void activation_forward(Activation f, float* out, const float* inp, size_t n) override {
+    cpu::activation_forward(f, out, inp, n);
   }
-  void relu2_backward(float* dinp, const float* inp, const float* dout, size_t n,
-                      GradMode mode) override {
+  void activation_backward(Activation f, float* dinp, const float* inp, const float* dout, size_t n,
+                           GradMode mode) override {
     if (mode == GradMode::overwrite) zero(dinp, n);
-    cpu::relu2_backward(dinp, inp, dout, n);
+    cpu::activation_backward(f, dinp, inp, dout, n);
   }
   void add(float* out, const float* a, const float* b, size_t n) override {
     cpu::add(out, a, b, n);
@@ -330,13 +330,13 @@ class CpuBackend final : public Backend {
     if (mode == GradMode::overwrite) zero(dinp, n);
     cpu::gelu_backward(dinp, inp, dout, n);
   }
-  void relu2_forward(bf16_t* out, const bf16_t* inp, size_t n) override {
-    cpu::relu2_forward(out, inp, n);
+  void activation_forward(Activation f, bf16_t* out, const bf16_t* inp, size_t n) override {
+    cpu::activation_forward(f, out, inp, n);
   }
-  void relu2_backward(bf16_t* dinp, const bf16_t* inp, const bf16_t* dout, size_t n,
-                      GradMode mode) override {
+  void activation_backward(Activation f, bf16_t* dinp, const bf16_t* inp, const bf16_t* dout,
+                           size_t n, GradMode mode) override {
     if (mode == GradMode::overwrite) zero(dinp, n);
-    cpu::relu2_backward(dinp, inp, dout, n);
+    cpu::activation_backward(f, dinp, inp, dout, n);
   }
   void add(bf16_t* out, const bf16_t* a, const bf16_t* b, size_t n) override {
     cpu::add(out, a, b, n);

@@ -239,15 +239,17 @@ void gelu_backward(bf16_t* dinp, const bf16_t* inp, const bf16_t* dout, size_t n
                [&](float* di) { gelu_backward(di, widen(1, inp, n), widen(2, dout, n), n); });
 }
 
-void relu2_forward(bf16_t* out, const bf16_t* inp, size_t n) {
+void activation_forward(Activation f, bf16_t* out, const bf16_t* inp, size_t n) {
   float* o = scratch(0, n);
-  relu2_forward(o, widen(1, inp, n), n);
+  activation_forward(f, o, widen(1, inp, n), n);
   to_bf16(out, o, n);
 }
 
-void relu2_backward(bf16_t* dinp, const bf16_t* inp, const bf16_t* dout, size_t n) {
-  through_fp32(0, dinp, n,
-               [&](float* di) { relu2_backward(di, widen(1, inp, n), widen(2, dout, n), n); });
+void activation_backward(Activation f, bf16_t* dinp, const bf16_t* inp, const bf16_t* dout,
+                         size_t n) {
+  through_fp32(0, dinp, n, [&](float* di) {
+    activation_backward(f, di, widen(1, inp, n), widen(2, dout, n), n);
+  });
 }
 
 void add(bf16_t* out, const bf16_t* a, const bf16_t* b, size_t n) {

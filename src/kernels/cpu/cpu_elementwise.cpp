@@ -10,6 +10,8 @@ namespace {
 
 constexpr float kSqrt2OverPi = 0.7978845608028654f;
 constexpr float kGeluCubic = 0.044715f;
+constexpr float kSqrtHalf = 0.7071067811865476f;    // 1/√2
+constexpr float kInvSqrt2Pi = 0.3989422804014327f;  // 1/√(2π)
 
 // gelu(x) = ½·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))
 inline f32x8 gelu8(f32x8 x) {
@@ -43,19 +45,34 @@ void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) {
   for (size_t i = 8 * n8; i < n; ++i) dinp[i] += gelu_grad8(splat8(inp[i]))[0] * dout[i];
 }
 
-void relu2_forward(float* out, const float* inp, size_t n) {
+void activation_forward(Activation f, float* out, const float* inp, size_t n) {
+  if (f == Activation::relu2) {
 #pragma omp parallel for simd schedule(static) if (n >= kParallelMin)
-  for (size_t i = 0; i < n; ++i) {
-    const float r = inp[i] > 0.0f ? inp[i] : 0.0f;
-    out[i] = r * r;
+    for (size_t i = 0; i < n; ++i) {
+      const float r = inp[i] > 0.0f ? inp[i] : 0.0f;
+      out[i] = r * r;
+    }
+  } else {
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+    for (size_t i = 0; i < n; ++i) out[i] = 0.5f * inp[i] * (1.0f + std::erf(inp[i] * kSqrtHalf));
   }
 }
 
-void relu2_backward(float* dinp, const float* inp, const float* dout, size_t n) {
+void activation_backward(Activation f, float* dinp, const float* inp, const float* dout, size_t n) {
+  if (f == Activation::relu2) {
 #pragma omp parallel for simd schedule(static) if (n >= kParallelMin)
-  for (size_t i = 0; i < n; ++i) {
-    const float r = inp[i] > 0.0f ? inp[i] : 0.0f;
-    dinp[i] += 2.0f * r * dout[i];
+    for (size_t i = 0; i < n; ++i) {
+      const float r = inp[i] > 0.0f ? inp[i] : 0.0f;
+      dinp[i] += 2.0f * r * dout[i];
+    }
+  } else {
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+    for (size_t i = 0; i < n; ++i) {
+      const float x = inp[i];
+      const float grad =
+          0.5f * (1.0f + std::erf(x * kSqrtHalf)) + x * kInvSqrt2Pi * std::exp(-0.5f * x * x);
+      dinp[i] += grad * dout[i];
+    }
   }
 }
 

@@ -96,9 +96,9 @@ void rope(bf16_t* qkv, const float* table, int N, int T, int pos0, int C, int NH
 
 void gelu_forward(float* out, const float* inp, size_t n);
 void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n);
-// Squared ReLU, max(x, 0)²; the backward adds 2·max(x, 0)·dout into dinp.
-void relu2_forward(float* out, const float* inp, size_t n);
-void relu2_backward(float* dinp, const float* inp, const float* dout, size_t n);
+// The pointwise MLP activations (backend.h Activation); the backward adds f'(x)·dout into dinp.
+void activation_forward(Activation f, float* out, const float* inp, size_t n);
+void activation_backward(Activation f, float* dinp, const float* inp, const float* dout, size_t n);
 void add(float* out, const float* a, const float* b, size_t n);
 void accumulate(float* dst, const float* src, size_t n);
 void scale(float* x, float s, size_t n);
@@ -168,8 +168,9 @@ void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, 
                       int NH, int NKV, int window = 0, float scale = 0.0f);
 void gelu_forward(bf16_t* out, const bf16_t* inp, size_t n);
 void gelu_backward(bf16_t* dinp, const bf16_t* inp, const bf16_t* dout, size_t n);
-void relu2_forward(bf16_t* out, const bf16_t* inp, size_t n);
-void relu2_backward(bf16_t* dinp, const bf16_t* inp, const bf16_t* dout, size_t n);
+void activation_forward(Activation f, bf16_t* out, const bf16_t* inp, size_t n);
+void activation_backward(Activation f, bf16_t* dinp, const bf16_t* inp, const bf16_t* dout,
+                         size_t n);
 void add(bf16_t* out, const bf16_t* a, const bf16_t* b, size_t n);
 void accumulate(bf16_t* dst, const bf16_t* src, size_t n);
 void crossentropy_forward_backward(bf16_t* logits, float* losses, float* correct,

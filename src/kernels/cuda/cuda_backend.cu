@@ -233,12 +233,12 @@ class CudaBackend final : public Backend {
                      GradMode mode) override {
     cuda::gelu_backward(stream_, dinp, inp, dout, n, mode == GradMode::accumulate);
   }
-  void relu2_forward(float* out, const float* inp, size_t n) override {
-    cuda::relu2_forward(stream_, out, inp, n);
+  void activation_forward(Activation f, float* out, const float* inp, size_t n) override {
+    cuda::activation_forward(stream_, f, out, inp, n);
   }
-  void relu2_backward(float* dinp, const float* inp, const float* dout, size_t n,
-                      GradMode mode) override {
-    cuda::relu2_backward(stream_, dinp, inp, dout, n, mode == GradMode::accumulate);
+  void activation_backward(Activation f, float* dinp, const float* inp, const float* dout, size_t n,
+                           GradMode mode) override {
+    cuda::activation_backward(stream_, f, dinp, inp, dout, n, mode == GradMode::accumulate);
   }
   void add(float* out, const float* a, const float* b, size_t n) override {
     cuda::add(stream_, out, a, b, n);
@@ -447,12 +447,13 @@ class CudaBackend final : public Backend {
                      GradMode mode) override {
     cuda::gelu_backward(stream_, dev(dinp), dev(inp), dev(dout), n, mode == GradMode::accumulate);
   }
-  void relu2_forward(bf16_t* out, const bf16_t* inp, size_t n) override {
-    cuda::relu2_forward(stream_, dev(out), dev(inp), n);
+  void activation_forward(Activation f, bf16_t* out, const bf16_t* inp, size_t n) override {
+    cuda::activation_forward(stream_, f, dev(out), dev(inp), n);
   }
-  void relu2_backward(bf16_t* dinp, const bf16_t* inp, const bf16_t* dout, size_t n,
-                      GradMode mode) override {
-    cuda::relu2_backward(stream_, dev(dinp), dev(inp), dev(dout), n, mode == GradMode::accumulate);
+  void activation_backward(Activation f, bf16_t* dinp, const bf16_t* inp, const bf16_t* dout,
+                           size_t n, GradMode mode) override {
+    cuda::activation_backward(stream_, f, dev(dinp), dev(inp), dev(dout), n,
+                              mode == GradMode::accumulate);
   }
   void add(bf16_t* out, const bf16_t* a, const bf16_t* b, size_t n) override {
     cuda::add(stream_, dev(out), dev(a), dev(b), n);

@@ -24,17 +24,18 @@ __global__ void gelu_backward_kernel(E* dinp, const E* inp, const E* dout, size_
 }
 
 template <typename E>
-__global__ void relu2_forward_kernel(E* out, const E* inp, size_t n) {
+__global__ void activation_forward_kernel(bool exact_gelu, E* out, const E* inp, size_t n) {
   DeviceThread x;
-  elementwise_block::relu2_forward(x, out, inp, n, block_threads(), grid_threads());
+  elementwise_block::activation_forward(x, exact_gelu, out, inp, n, block_threads(),
+                                        grid_threads());
 }
 
 template <typename E>
-__global__ void relu2_backward_kernel(E* dinp, const E* inp, const E* dout, size_t n,
-                                      bool accumulate) {
+__global__ void activation_backward_kernel(bool exact_gelu, E* dinp, const E* inp, const E* dout,
+                                           size_t n, bool accumulate) {
   DeviceThread x;
-  elementwise_block::relu2_backward(x, dinp, inp, dout, n, accumulate, block_threads(),
-                                    grid_threads());
+  elementwise_block::activation_backward(x, exact_gelu, dinp, inp, dout, n, accumulate,
+                                         block_threads(), grid_threads());
 }
 
 template <typename E>
@@ -85,18 +86,19 @@ void gelu_backward(cudaStream_t s, Elem* dinp, const Elem* inp, const Elem* dout
 }
 
 template <typename Elem>
-void relu2_forward(cudaStream_t s, Elem* out, const Elem* inp, size_t n) {
+void activation_forward(cudaStream_t s, Activation f, Elem* out, const Elem* inp, size_t n) {
   if (n == 0) return;
-  relu2_forward_kernel<<<grid_for(n), kBlock, 0, s>>>(bits(out), bits(inp), n);
+  activation_forward_kernel<<<grid_for(n), kBlock, 0, s>>>(f == Activation::gelu_exact, bits(out),
+                                                           bits(inp), n);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
 template <typename Elem>
-void relu2_backward(cudaStream_t s, Elem* dinp, const Elem* inp, const Elem* dout, size_t n,
-                    bool accumulate) {
+void activation_backward(cudaStream_t s, Activation f, Elem* dinp, const Elem* inp,
+                         const Elem* dout, size_t n, bool accumulate) {
   if (n == 0) return;
-  relu2_backward_kernel<<<grid_for(n), kBlock, 0, s>>>(bits(dinp), bits(inp), bits(dout), n,
-                                                       accumulate);
+  activation_backward_kernel<<<grid_for(n), kBlock, 0, s>>>(f == Activation::gelu_exact, bits(dinp),
+                                                            bits(inp), bits(dout), n, accumulate);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
@@ -134,13 +136,14 @@ void convert(cudaStream_t s, Dst* dst, const Src* src, size_t n) {
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
-#define TRIAD_INSTANTIATE_ELEMENTWISE(Elem)                                                        \
-  template void gelu_forward<Elem>(cudaStream_t, Elem*, const Elem*, size_t);                      \
-  template void gelu_backward<Elem>(cudaStream_t, Elem*, const Elem*, const Elem*, size_t, bool);  \
-  template void relu2_forward<Elem>(cudaStream_t, Elem*, const Elem*, size_t);                     \
-  template void relu2_backward<Elem>(cudaStream_t, Elem*, const Elem*, const Elem*, size_t, bool); \
-  template void add<Elem>(cudaStream_t, Elem*, const Elem*, const Elem*, size_t);                  \
-  template void accumulate<Elem>(cudaStream_t, Elem*, const Elem*, size_t);                        \
+#define TRIAD_INSTANTIATE_ELEMENTWISE(Elem)                                                       \
+  template void gelu_forward<Elem>(cudaStream_t, Elem*, const Elem*, size_t);                     \
+  template void gelu_backward<Elem>(cudaStream_t, Elem*, const Elem*, const Elem*, size_t, bool); \
+  template void activation_forward<Elem>(cudaStream_t, Activation, Elem*, const Elem*, size_t);   \
+  template void activation_backward<Elem>(cudaStream_t, Activation, Elem*, const Elem*,           \
+                                          const Elem*, size_t, bool);                             \
+  template void add<Elem>(cudaStream_t, Elem*, const Elem*, const Elem*, size_t);                 \
+  template void accumulate<Elem>(cudaStream_t, Elem*, const Elem*, size_t);                       \
   template void scale_cap_logits<Elem>(cudaStream_t, Elem*, size_t, float, float);
 TRIAD_INSTANTIATE_ELEMENTWISE(float)
 TRIAD_INSTANTIATE_ELEMENTWISE(bf16)

@@ -325,10 +325,10 @@ template <typename Elem>
 void gelu_backward(cudaStream_t s, Elem* dinp, const Elem* inp, const Elem* dout, size_t n,
                    bool accumulate = true);  // false: dinp overwritten
 template <typename Elem>
-void relu2_forward(cudaStream_t s, Elem* out, const Elem* inp, size_t n);
+void activation_forward(cudaStream_t s, Activation f, Elem* out, const Elem* inp, size_t n);
 template <typename Elem>
-void relu2_backward(cudaStream_t s, Elem* dinp, const Elem* inp, const Elem* dout, size_t n,
-                    bool accumulate = true);  // false: dinp overwritten
+void activation_backward(cudaStream_t s, Activation f, Elem* dinp, const Elem* inp,
+                         const Elem* dout, size_t n, bool accumulate = true);  // false: overwrite
 template <typename Elem>
 void add(cudaStream_t s, Elem* out, const Elem* a, const Elem* b, size_t n);
 template <typename Elem>

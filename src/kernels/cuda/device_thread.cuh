@@ -94,6 +94,7 @@ struct DeviceThread {
   __device__ __forceinline__ int take_ticket(int* p) { return atomicAdd(p, 1); }
   __device__ __forceinline__ float exp(float x) { return expf(x); }
   __device__ __forceinline__ float tanh(float x) { return tanhf(x); }
+  __device__ __forceinline__ float erf(float x) { return erff(x); }
   __device__ __forceinline__ double log(double x) { return ::log(x); }
   __device__ __forceinline__ double sqrt(double x) { return ::sqrt(x); }
   __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const uint16_t* row) {
