@@ -518,6 +518,37 @@ UNBUILT_MOE = {
 }
 
 
+class LlamaLikeConfig:
+    """The sizes every Llama-like Hugging Face config (Llama's family, Nemotron, StableLM, Gemma)
+    names the same way, read and checked: the layers, heads (key/value heads dividing the query
+    heads), widths, context, vocabulary, the norms' epsilon (under eps_key) and rope's base.
+    `refusals` starts with what of these triad does not compute."""
+
+    def __init__(self, cfg: dict, where: str, eps_key: str, eps_default: float,
+                 extra: dict[str, Callable[[], object]] | None = None):
+        try:
+            self.n_layer = int(cfg["num_hidden_layers"])
+            self.n_head = int(cfg["num_attention_heads"])
+            self.n_embd, self.hidden = int(cfg["hidden_size"]), int(cfg["intermediate_size"])
+            self.n_pos, self.vocab = int(cfg["max_position_embeddings"]), int(cfg["vocab_size"])
+            self.kv = int(cfg.get("num_key_value_heads") or self.n_head)
+            self.eps = float(cfg.get(eps_key, eps_default))
+            self.theta = float(cfg.get("rope_theta", 10000.0))
+            self.extra = {k: f() for k, f in (extra or {}).items()}
+        except (KeyError, TypeError, ValueError) as e:
+            more = "".join(f", {k}" for k in (extra or {}))
+            raise ConvertError(f"{where}: needs integer num_hidden_layers, num_attention_heads, "
+                               f"hidden_size, intermediate_size, max_position_embeddings, "
+                               f"vocab_size and numeric {eps_key}, rope_theta{more} ({e})")
+        self.refusals = []
+        if self.kv <= 0 or self.n_head % self.kv:
+            self.refusals.append(f"num_key_value_heads {self.kv} does not divide "
+                                 f"num_attention_heads {self.n_head} (each key/value head serves "
+                                 f"an equal group of query heads)")
+        if not (0 < self.eps <= 0.1):
+            self.refusals.append(f"{eps_key} {self.eps} (triad's model.norm_eps is in (0, 0.1])")
+
+
 def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     """A Hugging Face Llama config as triad's model: rope (HF's rotate-half pairing, triad's),
     RMSNorm, SwiGLU, no biases, tied or not, grouped-query attention or not; refused where triad
@@ -538,22 +569,9 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     (model.moe_shared_hidden, moe_shared_gate), in the layers decoder_sparse_step and
     mlp_only_layers give them; Qwen3-MoE's (Qwen3MoeForCausalLM) is Qwen3's attention with
     Qwen2-MoE's experts and router, without the shared expert."""
-    try:
-        n_layer, n_head = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
-        n_embd, hidden = int(cfg["hidden_size"]), int(cfg["intermediate_size"])
-        n_pos, vocab = int(cfg["max_position_embeddings"]), int(cfg["vocab_size"])
-        kv = int(cfg.get("num_key_value_heads") or n_head)
-        eps, theta = float(cfg.get("rms_norm_eps", 1e-6)), float(cfg.get("rope_theta", 10000.0))
-    except (KeyError, TypeError, ValueError) as e:
-        raise ConvertError(f"{where}: needs integer num_hidden_layers, num_attention_heads, "
-                           f"hidden_size, intermediate_size, max_position_embeddings, vocab_size "
-                           f"and numeric rms_norm_eps, rope_theta ({e})")
-    refusals = []
-    if kv <= 0 or n_head % kv:
-        refusals.append(f"num_key_value_heads {kv} does not divide num_attention_heads {n_head} "
-                        f"(each key/value head serves an equal group of query heads)")
-    if not (0 < eps <= 0.1):
-        refusals.append(f"rms_norm_eps {eps} (triad's model.norm_eps is in (0, 0.1])")
+    c = LlamaLikeConfig(cfg, where, "rms_norm_eps", 1e-6)
+    n_layer, n_head, n_embd, hidden = c.n_layer, c.n_head, c.n_embd, c.hidden
+    n_pos, vocab, kv, eps, theta, refusals = c.n_pos, c.vocab, c.kv, c.eps, c.theta, c.refusals
     qwen2_moe = cfg.get("model_type") == "qwen2_moe"
     qwen3_moe = cfg.get("model_type") == "qwen3_moe"
     qwen2 = cfg.get("model_type") == "qwen2" or qwen2_moe  # Qwen2-MoE's attention is Qwen2's
@@ -657,24 +675,14 @@ def layernorm_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     has SwiGLU and optionally q, k and v biases (use_qkv_bias: model.qkv_bias)."""
     nemotron = cfg.get("model_type") == "nemotron"
     kind, eps_key = ("Nemotron", "norm_eps") if nemotron else ("StableLM", "layer_norm_eps")
-    try:
-        n_layer, n_head = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
-        n_embd, hidden = int(cfg["hidden_size"]), int(cfg["intermediate_size"])
-        n_pos, vocab = int(cfg["max_position_embeddings"]), int(cfg["vocab_size"])
-        kv = int(cfg.get("num_key_value_heads") or n_head)
-        eps, theta = float(cfg.get(eps_key, 1e-5)), float(cfg.get("rope_theta", 10000.0))
-        factor = float(cfg.get("partial_rotary_factor", 0.5 if nemotron else 0.25))
-        hd = (int(cfg.get("head_dim") or 0) if nemotron else 0) or n_embd // max(n_head, 1)
-    except (KeyError, TypeError, ValueError) as e:
-        raise ConvertError(f"{where}: needs integer num_hidden_layers, num_attention_heads, "
-                           f"hidden_size, intermediate_size, max_position_embeddings, vocab_size "
-                           f"and numeric {eps_key}, rope_theta, partial_rotary_factor ({e})")
-    refusals = []
-    if kv <= 0 or n_head % kv:
-        refusals.append(f"num_key_value_heads {kv} does not divide num_attention_heads {n_head} "
-                        f"(each key/value head serves an equal group of query heads)")
-    if not (0 < eps <= 0.1):
-        refusals.append(f"{eps_key} {eps} (triad's model.norm_eps is in (0, 0.1])")
+    c = LlamaLikeConfig(cfg, where, eps_key, 1e-5, {
+        "partial_rotary_factor": lambda: float(cfg.get("partial_rotary_factor",
+                                                       0.5 if nemotron else 0.25)),
+        "head_dim": lambda: int(cfg.get("head_dim") or 0) if nemotron else 0})
+    n_layer, n_head, n_embd, hidden = c.n_layer, c.n_head, c.n_embd, c.hidden
+    n_pos, vocab, kv, eps, theta, refusals = c.n_pos, c.vocab, c.kv, c.eps, c.theta, c.refusals
+    factor = c.extra["partial_rotary_factor"]
+    hd = c.extra["head_dim"] or n_embd // max(n_head, 1)
     act = "relu2" if nemotron else "silu"
     if cfg.get("hidden_act", act) != act:
         refusals.append(f"hidden_act {cfg.get('hidden_act')!r} ({kind}'s MLP, triad's model.mlp = "
@@ -687,15 +695,7 @@ def layernorm_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
             ("qk_layernorm", "a LayerNorm of each q and k head"))):
         if cfg.get(key):
             refusals.append(f"{key} = true ({why}, which triad does not build)")
-    if cfg.get("rope_scaling"):
-        refusals.append(f"rope_scaling {cfg['rope_scaling']} (triad builds transformers' {kind} "
-                        f"without scaling)")
-    # transformers rotates int(head_dim · factor) values, in pairs (i, i + r/2): an odd count
-    # would rotate one more than it names.
-    rot = int(hd * factor)
-    if not (0 < factor <= 1) or rot < 2 or rot % 2:
-        refusals.append(f"partial_rotary_factor {factor} (of heads {hd} wide: triad rotates an "
-                        f"even count of at least 2 values)")
+    rot = refuse_rotation(cfg, refusals, kind, "partial_rotary_factor", factor, hd)
     head_dim = hd if hd * n_head != n_embd else 0
     if hd <= 0 or hd > 4096:
         refusals.append(f"head_dim {hd} (triad's model.head_dim is in [0, 4096])")
@@ -707,6 +707,22 @@ def layernorm_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
              qkv_bias=not nemotron and bool(cfg.get("use_qkv_bias")), norm_offset=nemotron)
     d.check(where)
     return d
+
+
+def refuse_rotation(cfg: dict, refusals: list[str], kind: str, key: str, fraction: float,
+                    hd: int) -> int:
+    """The values of each head transformers' `kind` rotates, int(hd · fraction) (its
+    partial_rotary_factor or rotary_pct under `key`); what triad does not build goes to
+    refusals: an odd count (transformers would rotate one more than it names, in pairs
+    (i, i + r/2)), none, or rope scaling."""
+    if cfg.get("rope_scaling"):
+        refusals.append(f"rope_scaling {cfg['rope_scaling']} (triad builds transformers' {kind} "
+                        f"without scaling)")
+    rot = int(hd * fraction)
+    if not (0 < fraction <= 1) or rot < 2 or rot % 2:
+        refusals.append(f"{key} {fraction} (of heads {hd} wide: triad rotates an even count of "
+                        f"at least 2 values)")
+    return rot
 
 
 def neox_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
@@ -739,13 +755,7 @@ def neox_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     if cfg.get("attention_bias") is False:  # its MLP keeps biases: not one of triad's options
         refusals.append("attention_bias = false (the attention without biases beside an MLP "
                         "with them)")
-    if cfg.get("rope_scaling"):
-        refusals.append(f"rope_scaling {cfg['rope_scaling']} (triad builds transformers' GPT-NeoX "
-                        f"without scaling)")
-    rot = int(hd * pct)
-    if not (0 < pct <= 1) or rot < 2 or rot % 2:
-        refusals.append(f"rotary_pct {pct} (of heads {hd} wide: triad rotates an even count of at "
-                        f"least 2 values)")
+    rot = refuse_rotation(cfg, refusals, "GPT-NeoX", "rotary_pct", pct, hd)
     refuse_or_check_positions(where, refusals, seq_len, n_pos, "max_position_embeddings")
     d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab, position="rope", rope_theta=theta,
              norm="layernorm", bias=True, mlp="gelu_exact" if act == "gelu" else "gelu",
@@ -762,23 +772,11 @@ def gemma_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     (model.mlp = geglu), no biases, heads head_dim wide (model.head_dim), grouped-query or
     multi-query attention, the embedding's output times sqrt(hidden_size) (model.embed_scale),
     tied or not; refused where triad computes something else."""
-    try:
-        n_layer, n_head = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
-        n_embd, hidden = int(cfg["hidden_size"]), int(cfg["intermediate_size"])
-        n_pos, vocab = int(cfg["max_position_embeddings"]), int(cfg["vocab_size"])
-        kv = int(cfg.get("num_key_value_heads") or n_head)
-        eps, theta = float(cfg.get("rms_norm_eps", 1e-6)), float(cfg.get("rope_theta", 10000.0))
-        hd = int(cfg.get("head_dim") or 256)
-    except (KeyError, TypeError, ValueError) as e:
-        raise ConvertError(f"{where}: needs integer num_hidden_layers, num_attention_heads, "
-                           f"hidden_size, intermediate_size, max_position_embeddings, vocab_size, "
-                           f"head_dim and numeric rms_norm_eps, rope_theta ({e})")
-    refusals = []
-    if kv <= 0 or n_head % kv:
-        refusals.append(f"num_key_value_heads {kv} does not divide num_attention_heads {n_head} "
-                        f"(each key/value head serves an equal group of query heads)")
-    if not (0 < eps <= 0.1):
-        refusals.append(f"rms_norm_eps {eps} (triad's model.norm_eps is in (0, 0.1])")
+    c = LlamaLikeConfig(cfg, where, "rms_norm_eps", 1e-6,
+                        {"head_dim": lambda: int(cfg.get("head_dim") or 256)})
+    n_layer, n_head, n_embd, hidden = c.n_layer, c.n_head, c.n_embd, c.hidden
+    n_pos, vocab, kv, eps, theta, refusals = c.n_pos, c.vocab, c.kv, c.eps, c.theta, c.refusals
+    hd = c.extra["head_dim"]
     # transformers' Gemma takes hidden_activation, and without it GELU's tanh approximation
     # whatever hidden_act says.
     act = cfg.get("hidden_activation") or "gelu_pytorch_tanh"
@@ -1477,8 +1475,8 @@ def refuse_unexported_experts(path: Path, a: dict, llama: bool) -> None:
                f"and weigh the gates as they are")
     elif not llama:
         why = (f"the model's MLPs are mixtures of {E} experts (model.moe_experts) in blocks "
-               f"other than Llama's; the export formats with experts, Hugging Face's Mixtral, Qwen2-MoE and "
-               f"Qwen3-MoE, have Llama's blocks (rope, RMSNorm, SwiGLU, no biases)")
+               f"other than Llama's; the export formats with experts, Hugging Face's Mixtral, "
+               f"Qwen2-MoE and Qwen3-MoE, have Llama's blocks (rope, RMSNorm, SwiGLU, no biases)")
     elif shared and not gated:
         why = (f"the model has shared experts (model.moe_shared_hidden = {shared}) without a "
                f"gate; Hugging Face's Mixtral and Qwen3-MoE have none, and Qwen2-MoE's has a "

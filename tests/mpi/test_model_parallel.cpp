@@ -580,6 +580,15 @@ TEST(ModelParallel, SwigluMatchesOneRankOnEveryGrid) {
                          "swiglu muon " + tp2.name());
 }
 
+// The grids a variant of the blocks runs on against one rank: data parallel under ZeRO-1, tensor
+// parallel, a zero-bubble pipeline, and all three with interleaved stages.
+std::vector<Grid> block_variant_grids() {
+  return {{2, 1, 1, 1, 2, "1f1b", 1},
+          {1, 2, 1, 0, 1, "1f1b", 1},
+          {1, 1, 2, 0, 4, "zb-h1", 1},
+          {2, 2, 2, 1, 2, "interleaved", 2}};
+}
+
 // The squared ReLU (model.mlp = relu2): c_fc and c_proj split as GELU's, the activation a pass
 // of its own over each rank's hidden units (not the product's epilogue). Every grid, recomputing
 // the layer or the activation (the zero-bubble weight pass reads it), against one rank.
@@ -598,22 +607,14 @@ TEST(ModelParallel, GegluAndEmbedScaleMatchOneRankOnEveryGrid) {
   check_variant("geglu",
                 {"--model.mlp", "geglu", "--model.mlp_hidden", "80", "--model.embed_scale", "8",
                  "--model.norm", "rmsnorm", "--model.position", "rope", "--model.bias", "false"},
-                {{2, 1, 1, 1, 2, "1f1b", 1},
-                 {1, 2, 1, 0, 1, "1f1b", 1},
-                 {1, 1, 2, 0, 4, "zb-h1", 1},
-                 {2, 2, 2, 1, 2, "interleaved", 2}},
-                {"full", "gelu"}, true, Grid{1, 2, 2, 0, 2, "1f1b", 1});
+                block_variant_grids(), {"full", "gelu"}, true, Grid{1, 2, 2, 0, 2, "1f1b", 1});
 }
 
 // Parallel attention and MLP (model.parallel_residual): ln_2 reads the layer's input, whose
 // gradient takes ln_2's share after attn.c_proj's backward has read the output's. Every grid,
 // both recomputations, the zero-bubble split, bf16 and resumed across grids, against one rank.
 TEST(ModelParallel, ParallelResidualMatchesOneRankOnEveryGrid) {
-  check_variant("parallel", {"--model.parallel_residual", "true"},
-                {{2, 1, 1, 1, 2, "1f1b", 1},
-                 {1, 2, 1, 0, 1, "1f1b", 1},
-                 {1, 1, 2, 0, 4, "zb-h1", 1},
-                 {2, 2, 2, 1, 2, "interleaved", 2}},
+  check_variant("parallel", {"--model.parallel_residual", "true"}, block_variant_grids(),
                 {"full", "gelu"}, true, Grid{1, 2, 2, 0, 2, "1f1b", 1});
 }
 

@@ -738,6 +738,12 @@ NEMOTRON_ARGS = ["--model.position", "rope", "--model.rope_theta", "500", "--mod
                  "--model.n_head", "4", "--model.n_kv_head", "2"]
 
 
+def tiny_hf(cls, config_cls, seed, defaults, config):
+    """transformers' model cls of config_cls(defaults updated by config), seeded, spread."""
+    torch.manual_seed(seed)
+    return spread(cls(config_cls(**{**defaults, **config})))
+
+
 @pytest.fixture
 def nemotron_on_this_torch(monkeypatch):
     """transformers' NemotronLayerNorm1P hands nn.LayerNorm a `bias` argument, which torch
@@ -757,14 +763,11 @@ def nemotron_on_this_torch(monkeypatch):
 
 
 def nemotron_model(**config):
-    torch.manual_seed(19)
-    model = transformers.NemotronForCausalLM(transformers.NemotronConfig(**{
-        **dict(vocab_size=V, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
-               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=N_POS,
-               norm_eps=1e-5, rope_theta=500.0, partial_rotary_factor=0.5,
-               tie_word_embeddings=False, pad_token_id=None),
-        **config}))
-    return spread(model)
+    return tiny_hf(transformers.NemotronForCausalLM, transformers.NemotronConfig, 19, dict(
+        vocab_size=V, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=N_POS,
+        norm_eps=1e-5, rope_theta=500.0, partial_rotary_factor=0.5,
+        tie_word_embeddings=False, pad_token_id=None), config)
 
 
 def hf_round_trip(imported, tmp_path, model, kind, args, offset, attrs):
@@ -829,14 +832,11 @@ def test_nemotron_imports_and_evaluates_as_transformers(imported, tmp_path, fact
 
 
 def stablelm_model(**config):
-    torch.manual_seed(23)
-    model = transformers.StableLmForCausalLM(transformers.StableLmConfig(**{
-        **dict(vocab_size=V, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
-               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=N_POS,
-               layer_norm_eps=1e-5, rope_theta=500.0, partial_rotary_factor=0.25,
-               tie_word_embeddings=False, pad_token_id=None),
-        **config}))
-    return spread(model)
+    return tiny_hf(transformers.StableLmForCausalLM, transformers.StableLmConfig, 23, dict(
+        vocab_size=V, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=N_POS,
+        layer_norm_eps=1e-5, rope_theta=500.0, partial_rotary_factor=0.25,
+        tie_word_embeddings=False, pad_token_id=None), config)
 
 
 @pytest.mark.parametrize("qkv_bias", [False, True])
@@ -853,14 +853,11 @@ def test_stablelm_imports_and_evaluates_as_transformers(imported, tmp_path, qkv_
 
 
 def neox_model(**config):
-    torch.manual_seed(31)
-    model = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(**{
-        **dict(vocab_size=V, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
-               num_attention_heads=4, max_position_embeddings=N_POS, rotary_pct=0.25,
-               rotary_emb_base=500.0, layer_norm_eps=1e-5, use_parallel_residual=True,
-               hidden_act="gelu", tie_word_embeddings=False),
-        **config}))
-    return spread(model)
+    return tiny_hf(transformers.GPTNeoXForCausalLM, transformers.GPTNeoXConfig, 31, dict(
+        vocab_size=V, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=N_POS, rotary_pct=0.25,
+        rotary_emb_base=500.0, layer_norm_eps=1e-5, use_parallel_residual=True,
+        hidden_act="gelu", tie_word_embeddings=False), config)
 
 
 @pytest.mark.parametrize("parallel,act", [(True, "gelu"), (False, "gelu_new")])
@@ -887,14 +884,11 @@ GEMMA_ARGS = ["--model.position", "rope", "--model.rope_theta", "500", "--model.
 
 
 def gemma_model(**config):
-    torch.manual_seed(29)
-    model = transformers.GemmaForCausalLM(transformers.GemmaConfig(**{
-        **dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-               num_attention_heads=4, num_key_value_heads=2, head_dim=24,
-               max_position_embeddings=N_POS, rms_norm_eps=1e-6, rope_theta=500.0,
-               hidden_activation="gelu_pytorch_tanh", pad_token_id=None),
-        **config}))
-    return spread(model)
+    return tiny_hf(transformers.GemmaForCausalLM, transformers.GemmaConfig, 29, dict(
+        vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=24,
+        max_position_embeddings=N_POS, rms_norm_eps=1e-6, rope_theta=500.0,
+        hidden_activation="gelu_pytorch_tanh", pad_token_id=None), config)
 
 
 def test_gemma_imports_and_evaluates_as_transformers(imported, tmp_path):

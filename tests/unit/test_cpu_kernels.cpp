@@ -843,62 +843,45 @@ TEST_F(CpuKernels, QkNormGroupedQuery) { check_qk_norm(*be, 4, 2); }
 
 // ---- SwiGLU ----------------------------------------------------------------------------------
 
-// silu(gate)·up over rows [gate | up], in double from its definition.
-DVec naive_swiglu(const DVec& pre, int N, int H) {
+// act(gate)·up over rows [gate | up], in double from its definition: silu (SwiGLU) or GELU's tanh
+// approximation (GeGLU, Gemma's).
+DVec naive_gated(const DVec& pre, int N, int H, bool gelu) {
   DVec out(size_t(N) * H);
   for (int n = 0; n < N; ++n)
     for (int j = 0; j < H; ++j) {
       const double g = pre[size_t(n) * 2 * H + j], u = pre[size_t(n) * 2 * H + H + j];
-      out[size_t(n) * H + j] = g / (1.0 + std::exp(-g)) * u;
+      out[size_t(n) * H + j] = (gelu ? naive_gelu(g) : g / (1.0 + std::exp(-g))) * u;
     }
   return out;
 }
 
-TEST_F(CpuKernels, SwigluForwardBackward) {
+// SwiGLU and GeGLU against naive_gated and its finite differences, overwritten and accumulated.
+TEST_F(CpuKernels, GatedForwardBackward) {
   const int N = 7, H = 13;
-  const Vec pre = random_vec(size_t(N) * 2 * H, 71, -6.0f, 6.0f);
-  Vec out(size_t(N) * H);
-  be->swiglu_forward(out.data(), pre.data(), N, H);
-  DVec x = to_double(pre);
-  expect_close(out, naive_swiglu(x, N, H), 1e-6, "out");
-  const Vec R = random_vec(out.size(), 72);
-  const DVec g = finite_diff(x, [&] { return dot(naive_swiglu(x, N, H), R); });
-  Vec d(pre.size(), 9.0f);  // overwritten
-  be->swiglu_backward(d.data(), pre.data(), R.data(), N, H, GradMode::overwrite);
-  expect_close(d, g, 1e-5, "dpre");
-  Vec d2 = random_vec(pre.size(), 73);
-  const Vec d0 = d2;
-  be->swiglu_backward(d2.data(), pre.data(), R.data(), N, H);
-  expect_accumulated(d2, d0, d, "dpre +=");
-}
-
-// gelu(gate)·up over rows [gate | up] (GeGLU, Gemma's), in double from its definition.
-DVec naive_geglu(const DVec& pre, int N, int H) {
-  DVec out(size_t(N) * H);
-  for (int n = 0; n < N; ++n)
-    for (int j = 0; j < H; ++j) {
-      const double g = pre[size_t(n) * 2 * H + j], u = pre[size_t(n) * 2 * H + H + j];
-      out[size_t(n) * H + j] = naive_gelu(g) * u;
-    }
-  return out;
-}
-
-TEST_F(CpuKernels, GegluForwardBackward) {
-  const int N = 7, H = 13;
-  const Vec pre = random_vec(size_t(N) * 2 * H, 74, -6.0f, 6.0f);
-  Vec out(size_t(N) * H);
-  be->geglu_forward(out.data(), pre.data(), N, H);
-  DVec x = to_double(pre);
-  expect_close(out, naive_geglu(x, N, H), 1e-6, "out");
-  const Vec R = random_vec(out.size(), 75);
-  const DVec g = finite_diff(x, [&] { return dot(naive_geglu(x, N, H), R); });
-  Vec d(pre.size(), 9.0f);  // overwritten
-  be->geglu_backward(d.data(), pre.data(), R.data(), N, H, GradMode::overwrite);
-  expect_close(d, g, 1e-5, "dpre");
-  Vec d2 = random_vec(pre.size(), 76);
-  const Vec d0 = d2;
-  be->geglu_backward(d2.data(), pre.data(), R.data(), N, H);
-  expect_accumulated(d2, d0, d, "dpre +=");
+  for (bool gelu : {false, true}) {
+    SCOPED_TRACE(gelu ? "geglu" : "swiglu");
+    auto fwd = [&](float* out, const float* pre) {
+      gelu ? be->geglu_forward(out, pre, N, H) : be->swiglu_forward(out, pre, N, H);
+    };
+    auto bwd = [&](float* d, const float* pre, const float* dy, GradMode mode) {
+      gelu ? be->geglu_backward(d, pre, dy, N, H, mode)
+           : be->swiglu_backward(d, pre, dy, N, H, mode);
+    };
+    const Vec pre = random_vec(size_t(N) * 2 * H, 71, -6.0f, 6.0f);
+    Vec out(size_t(N) * H);
+    fwd(out.data(), pre.data());
+    DVec x = to_double(pre);
+    expect_close(out, naive_gated(x, N, H, gelu), 1e-6, "out");
+    const Vec R = random_vec(out.size(), 72);
+    const DVec g = finite_diff(x, [&] { return dot(naive_gated(x, N, H, gelu), R); });
+    Vec d(pre.size(), 9.0f);  // overwritten
+    bwd(d.data(), pre.data(), R.data(), GradMode::overwrite);
+    expect_close(d, g, 1e-5, "dpre");
+    Vec d2 = random_vec(pre.size(), 73);
+    const Vec d0 = d2;
+    bwd(d2.data(), pre.data(), R.data(), GradMode::accumulate);
+    expect_accumulated(d2, d0, d, "dpre +=");
+  }
 }
 
 // ---- GELU ----------------------------------------------------------------------------------
@@ -930,62 +913,43 @@ TEST_F(CpuKernels, GeluForwardBackward) {
   expect_accumulated(dx2, dx0, dx, "dinp +=");
 }
 
-// ---- squared ReLU (model.mlp = relu2) --------------------------------------------------------
+// ---- the pointwise activations (model.mlp = relu2, gelu_exact) -------------------------------
 
-// Against max(x, 0)² in double and its finite differences (no input within 1e-2 of the kink,
-// where a central difference straddles it).
-TEST_F(CpuKernels, SquaredReluForwardBackward) {
+// The squared ReLU, max(x, 0)², and the exact GELU, ½·x·(1 + erf(x/√2)), against their
+// definitions in double and their finite differences (no input within 1e-2 of the ReLU's kink,
+// where a central difference straddles it), overwritten and accumulated.
+TEST_F(CpuKernels, PointwiseActivationsForwardBackward) {
   const size_t n = 37;
-  Vec inp = random_vec(n, 44, -4.0f, 4.0f);
-  for (float& v : inp)
-    if (std::fabs(v) < 1e-2f) v = 0.5f;
-  Vec out(n);
-  be->activation_forward(Activation::relu2, out.data(), inp.data(), n);
-  DVec x = to_double(inp);
-  auto relu2 = [](double v) { return v > 0.0 ? v * v : 0.0; };
-  DVec want(n);
-  for (size_t i = 0; i < n; ++i) want[i] = relu2(x[i]);
-  expect_close(out, want, 1e-6, "out");
-
-  const Vec R = random_vec(n, 45);
-  auto loss = [&] {
-    double s = 0.0;
-    for (size_t i = 0; i < n; ++i) s += relu2(x[i]) * R[i];
-    return s;
-  };
-  const DVec g = finite_diff(x, loss);
-  Vec dx(n, 0.0f);
-  be->activation_backward(Activation::relu2, dx.data(), inp.data(), R.data(), n);
-  expect_close(dx, g, 1e-5, "dinp");
-
-  Vec dx2 = random_vec(n, 46);
-  const Vec dx0 = dx2;
-  be->activation_backward(Activation::relu2, dx2.data(), inp.data(), R.data(), n);
-  expect_accumulated(dx2, dx0, dx, "dinp +=");
-}
-
-// The exact GELU (model.mlp = gelu_exact) against ½·x·(1 + erf(x/√2)) in double and its finite
-// differences.
-TEST_F(CpuKernels, ExactGeluForwardBackward) {
-  const size_t n = 37;
-  const Vec inp = random_vec(n, 47, -5.0f, 5.0f);
-  Vec out(n);
-  be->activation_forward(Activation::gelu_exact, out.data(), inp.data(), n);
-  DVec x = to_double(inp);
-  auto gelu = [](double v) { return 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0))); };
-  DVec want(n);
-  for (size_t i = 0; i < n; ++i) want[i] = gelu(x[i]);
-  expect_close(out, want, 1e-6, "out");
-  const Vec R = random_vec(n, 48);
-  auto loss = [&] {
-    double s = 0.0;
-    for (size_t i = 0; i < n; ++i) s += gelu(x[i]) * R[i];
-    return s;
-  };
-  const DVec g = finite_diff(x, loss);
-  Vec dx(n, 0.0f);
-  be->activation_backward(Activation::gelu_exact, dx.data(), inp.data(), R.data(), n);
-  expect_close(dx, g, 1e-5, "dinp");
+  for (Activation f : {Activation::relu2, Activation::gelu_exact}) {
+    const bool exact = f == Activation::gelu_exact;
+    SCOPED_TRACE(exact ? "gelu_exact" : "relu2");
+    Vec inp = random_vec(n, 44, -4.0f, 4.0f);
+    for (float& v : inp)
+      if (std::fabs(v) < 1e-2f) v = 0.5f;
+    auto act = [exact](double v) {
+      return exact ? 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0))) : v > 0.0 ? v * v : 0.0;
+    };
+    Vec out(n);
+    be->activation_forward(f, out.data(), inp.data(), n);
+    DVec x = to_double(inp);
+    DVec want(n);
+    for (size_t i = 0; i < n; ++i) want[i] = act(x[i]);
+    expect_close(out, want, 1e-6, "out");
+    const Vec R = random_vec(n, 45);
+    auto loss = [&] {
+      double s = 0.0;
+      for (size_t i = 0; i < n; ++i) s += act(x[i]) * R[i];
+      return s;
+    };
+    const DVec g = finite_diff(x, loss);
+    Vec dx(n, 0.0f);
+    be->activation_backward(f, dx.data(), inp.data(), R.data(), n);
+    expect_close(dx, g, 1e-5, "dinp");
+    Vec dx2 = random_vec(n, 46);
+    const Vec dx0 = dx2;
+    be->activation_backward(f, dx2.data(), inp.data(), R.data(), n);
+    expect_accumulated(dx2, dx0, dx, "dinp +=");
+  }
 }
 
 // The FFN, y = gelu(x·W1ᵀ + b1)·W2ᵀ + b2, forward and backward as the model runs it:
