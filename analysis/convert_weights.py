@@ -1435,8 +1435,10 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
                            f"{d.n_head} query heads (model.n_kv_head); GPT-2's formats hold one "
                            f"per query head (Llama's architecture exports grouped-query "
                            f"attention to Hugging Face's Llama)")
-    # model.bias = false: GPT-2 with every bias zero computes exactly that model.
+    # model.bias = false: GPT-2 with every bias zero computes exactly that model (the LayerNorms'
+    # kept under model.norm_bias).
     no_bias = int(a.get("bias", 1)) == 0
+    norm_bias = int(a.get("norm_bias", 0)) == 1
     full = shapes(d)
 
     def tensors():
@@ -1444,7 +1446,8 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
 
         with h5py.File(path, "r") as f:
             for name in triad_names(d.n_layer):
-                if no_bias and name.endswith("/bias"):
+                kept = norm_bias and name.split("/")[-2].startswith("ln_")
+                if no_bias and name.endswith("/bias") and not kept:
                     yield name, np.zeros(full[name], dtype="<f4")
                     continue
                 arr = f["model/" + name][()].astype("<f4")

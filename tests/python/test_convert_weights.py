@@ -1297,16 +1297,21 @@ def test_qk_norm_checkpoints_are_checked_and_not_exported(tmp_path):
             p.stdout
 
 
-def test_model_without_biases_exports_as_gpt2_with_zero_biases(imported, tmp_path):
+@pytest.mark.parametrize("norm_bias", [False, True])
+def test_model_without_biases_exports_as_gpt2_with_zero_biases(imported, tmp_path, norm_bias):
     """model.bias = false (nanoGPT's bias = False) is GPT-2 with every bias zero: the export
-    writes zeros there, and transformers computes triad's validation loss."""
+    writes zeros there (the LayerNorms' own biases under model.norm_bias), and transformers
+    computes triad's validation loss."""
     d, _, cfg = imported
-    train("--config", cfg, "--model.bias", "false", "--run.name", "nb", "--resume", "none",
-          check=True)
-    run_dir = d / "runs" / "nb"
+    name = "nbn" if norm_bias else "nb"
+    train("--config", cfg, "--model.bias", "false", "--model.norm_bias", str(norm_bias).lower(),
+          "--run.name", name, "--resume", "none", check=True)
+    run_dir = d / "runs" / name
     with h5py.File(run_dir / "ckpt" / "step_00000003.h5", "r") as f:
         assert int(f["model"].attrs["bias"]) == 0
-        assert "bias" not in f["model/h/0/attn/c_attn"] and "bias" not in f["model/ln_f"]
+        assert "bias" not in f["model/h/0/attn/c_attn"]
+        assert ("bias" in f["model/ln_f"]) == norm_bias
+        ln_bias = f["model/h/0/ln_1/bias"][()] if norm_bias else None
     with h5py.File(run_dir / "metrics.h5", "r") as f:
         triad_loss = float(f["val/loss"][-1])
     out = tmp_path / "hf-nb"
@@ -1314,6 +1319,9 @@ def test_model_without_biases_exports_as_gpt2_with_zero_biases(imported, tmp_pat
     assert p.returncode == 0, p.stderr
     model = transformers.GPT2LMHeadModel.from_pretrained(out)
     assert not model.transformer.h[0].attn.c_attn.bias.detach().any()
+    if norm_bias:  # trained, not zero, and as the checkpoint has it
+        assert ln_bias.any()
+        np.testing.assert_array_equal(model.transformer.h[0].ln_1.bias.detach().numpy(), ln_bias)
     loss, _ = hf_loss_accuracy(model.eval(), d)
     assert abs(loss - triad_loss) <= 1e-5 * triad_loss, (loss, triad_loss)
 
