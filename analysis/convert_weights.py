@@ -1,6 +1,6 @@
 """Weights and tokenizers in and out of triad: Hugging Face transformers models (config.json +
 safetensors; GPT-2, Llama, Mistral, Qwen2, Qwen3, Mixtral, Qwen2-MoE, Qwen3-MoE, Nemotron,
-StableLM, Gemma, GPT-NeoX) and llm.c
+StableLM, Gemma, GPT-NeoX, Falcon) and llm.c
 model files (gpt2_124M.bin and the like) to a triad checkpoint, a triad checkpoint to either,
 and Hugging Face or Meta tokenizers to a triad tokenizer description (hf_tokenizer.py).
 
@@ -49,6 +49,11 @@ What the formats hold and how they map (docs/formats.md, "Weights from other pro
   rotary_pct of each head (model.rotary_dim), parallel attention and MLP
   (use_parallel_residual: model.parallel_residual), GELU exact ("gelu": model.mlp = gelu_exact)
   or tanh, an untied embed_out.
+- HF Falcon (with rope): parallel attention and MLP, LayerNorms with biases beside bias-free
+  linear layers (model.norm_bias), GELU exact; Falcon-40B's layout (new_decoder_architecture:
+  ln_attn and ln_mlp, query_key_value grouped by key/value head, [groups, q per group + 2, head
+  width]) or Falcon-7B's (one input_layernorm, read into both ln_1 and ln_2; multi-query
+  attention, q | k | v). Written in Falcon-40B's layout.
 - llm.c: a header of 256 int32 (magic 20240326, version 3 = fp32 or 5 = bf16, max_seq_len,
   vocab_size, n_layer, n_head, n_embd, padded_vocab_size), then wte, wpe and each per-layer
   tensor for all layers in turn ([out, in] like triad), then ln_f.
@@ -152,6 +157,10 @@ class Dims:
     fused: bool = False
     # GPT-NeoX's layout (GPTNeoXForCausalLM): its names, and q, k, v interleaved by head.
     neox: bool = False
+    # Falcon's layout (FalconForCausalLM): "" (not Falcon), "grouped" (new_decoder_architecture:
+    # ln_attn, ln_mlp, q, k, v grouped by key/value head) or "shared" (Falcon-7B's: one
+    # input_layernorm for both branches, multi-query q | k | v).
+    falcon: str = ""
     # Parallel attention and MLP (model.parallel_residual: GPT-NeoX's use_parallel_residual).
     parallel_residual: bool = False
     # Nemotron's and Gemma's layout: each norm weight stored as w - 1 (LayerNorm1P and
@@ -467,6 +476,8 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         return gemma_config_dims(cfg, where, seq_len)
     if kind == "gpt_neox":
         return neox_config_dims(cfg, where, seq_len)
+    if kind == "falcon":
+        return falcon_config_dims(cfg, where, seq_len)
     if kind in UNBUILT_MOE:
         raise ConvertError(f"{where}: model_type is {kind!r}, a mixture of experts triad does "
                            f"not compute: {UNBUILT_MOE[kind]} (triad imports Mixtral's, "
@@ -476,7 +487,8 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                            f"Llama ('llama'), Mistral ('mistral'), Mixtral ('mixtral'), Phi-3 "
                            f"('phi3'), Qwen2 ('qwen2'), Qwen2-MoE ('qwen2_moe'), Qwen3 ('qwen3'), "
                            f"Qwen3-MoE ('qwen3_moe'), Nemotron ('nemotron'), StableLM "
-                           f"('stablelm'), Gemma ('gemma') and GPT-NeoX ('gpt_neox') models")
+                           f"('stablelm'), Gemma ('gemma'), GPT-NeoX ('gpt_neox') and Falcon "
+                           f"('falcon') models")
     try:
         n_layer, n_head, n_embd = int(get("n_layer")), int(get("n_head")), int(get("n_embd"))
         n_pos, vocab = int(get("n_positions", "n_ctx")), int(get("vocab_size"))
@@ -725,6 +737,98 @@ def refuse_rotation(cfg: dict, refusals: list[str], kind: str, key: str, fractio
     return rot
 
 
+def falcon_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
+    """A Hugging Face Falcon config (FalconForCausalLM with rope: Falcon-7B, 40B, 180B) as
+    triad's model: parallel attention and MLP (model.parallel_residual), LayerNorms with biases
+    beside linear layers without (model.norm_bias) or with them (bias), GELU exact, grouped-query
+    or multi-query attention, tied or not. Falcon-40B's layout (new_decoder_architecture, two
+    LayerNorms) and Falcon-7B's (multi_query, one LayerNorm for both branches) import; alibi,
+    sequential blocks and Falcon-7B's layout without multi_query are refused."""
+    try:
+        n_layer, n_head = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
+        n_embd = int(cfg["hidden_size"])
+        hidden = int(cfg.get("ffn_hidden_size") or 4 * n_embd)
+        n_pos, vocab = int(cfg.get("max_position_embeddings", 2048)), int(cfg["vocab_size"])
+        eps, theta = float(cfg.get("layer_norm_epsilon", 1e-5)), float(cfg.get("rope_theta",
+                                                                              10000.0))
+        new = bool(cfg.get("new_decoder_architecture", False))
+        kv = int(cfg.get("num_kv_heads") or n_head) if new else 1
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConvertError(f"{where}: needs integer num_hidden_layers, num_attention_heads, "
+                           f"hidden_size, vocab_size and numeric layer_norm_epsilon, rope_theta "
+                           f"({e})")
+    refusals = []
+    if cfg.get("alibi"):
+        refusals.append("alibi = true (triad's positions are learned or rotary)")
+    if not cfg.get("parallel_attn", True):
+        refusals.append("parallel_attn = false (Falcon's sequential blocks are not imported)")
+    if not new and not cfg.get("multi_query", True):
+        refusals.append("multi_query = false without new_decoder_architecture (that layout is "
+                        "not imported)")
+    if kv <= 0 or n_head % kv:
+        refusals.append(f"num_kv_heads {kv} does not divide num_attention_heads {n_head}")
+    if n_head <= 0 or n_embd % n_head:
+        refusals.append(f"hidden_size {n_embd} is not a multiple of num_attention_heads {n_head}")
+    if not (0 < eps <= 0.1):
+        refusals.append(f"layer_norm_epsilon {eps} (triad's model.norm_eps is in (0, 0.1])")
+    if cfg.get("activation", "gelu") != "gelu":
+        refusals.append(f"activation {cfg.get('activation')!r} (triad builds Falcon's exact GELU)")
+    if cfg.get("rope_scaling"):
+        refusals.append(f"rope_scaling {cfg['rope_scaling']} (triad builds transformers' Falcon "
+                        f"without scaling)")
+    shared = not new or cfg.get("num_ln_in_parallel_attn") == 1  # one LayerNorm, both branches
+    refuse_or_check_positions(where, refusals, seq_len, n_pos, "max_position_embeddings")
+    bias = bool(cfg.get("bias", False))
+    d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab, position="rope", rope_theta=theta,
+             norm="layernorm", bias=bias, norm_bias=not bias, mlp="gelu_exact",
+             mlp_hidden=hidden, tied=bool(cfg.get("tie_word_embeddings", True)), n_kv_head=kv,
+             norm_eps=eps, parallel_residual=True, falcon="shared" if shared else "grouped")
+    d.check(where)
+    return d
+
+
+def falcon_sources(d: Dims) -> dict[str, list[str]]:
+    """Each triad tensor of a Falcon model and the HF tensor it is (c_attn's rows reordered:
+    falcon_qkv_order; Falcon-7B's one LayerNorm read into both ln_1 and ln_2)."""
+    src = {"wte/weight": ["transformer.word_embeddings.weight"]}
+    lns = (("ln_1", "input_layernorm"), ("ln_2", "input_layernorm")) if d.falcon == "shared" \
+        else (("ln_1", "ln_attn"), ("ln_2", "ln_mlp"))
+    linears = (("attn/c_attn", "self_attention.query_key_value"),
+               ("attn/c_proj", "self_attention.dense"), ("mlp/c_fc", "mlp.dense_h_to_4h"),
+               ("mlp/c_proj", "mlp.dense_4h_to_h"))
+    for i in range(d.n_layer):
+        h = f"transformer.h.{i}."
+        for t, n in lns:
+            for kind in ("weight", "bias"):
+                src[f"h/{i}/{t}/{kind}"] = [h + f"{n}.{kind}"]
+        for t, n in linears:
+            for kind in ("weight", "bias") if d.bias else ("weight",):
+                src[f"h/{i}/{t}/{kind}"] = [h + f"{n}.{kind}"]
+    src.update({"ln_f/weight": ["transformer.ln_f.weight"], "ln_f/bias": ["transformer.ln_f.bias"]})
+    if not d.tied:
+        src["lm_head/weight"] = ["lm_head.weight"]
+    return src
+
+
+def falcon_qkv_order(d: Dims, t: str, a: np.ndarray, to_hf: bool = False) -> np.ndarray:
+    """c_attn's weight or bias from Falcon-40B's query_key_value rows, grouped by key/value head
+    ([groups, q per group + 2, head width]: the group's query heads, then its k and v), to
+    q (in Hugging Face's head order, llama_query_order's input) | k | v, or (to_hf) back.
+    Falcon-7B's multi-query rows are q | k | v already."""
+    if d.falcon != "grouped" or not t.endswith(("attn/c_attn/weight", "attn/c_attn/bias")):
+        return a
+    g, per, hd, rest = d.kv, d.n_head // d.kv, d.hd, a.shape[1:]
+    if not to_hf:
+        x = a.reshape(g, per + 2, hd, *rest)
+        return np.ascontiguousarray(np.concatenate(
+            [x[:, :per].reshape(-1, *rest), x[:, per].reshape(-1, *rest),
+             x[:, per + 1].reshape(-1, *rest)]))
+    q = a[:d.n_head * hd].reshape(g, per, hd, *rest)
+    k = a[d.n_head * hd:(d.n_head + g) * hd].reshape(g, 1, hd, *rest)
+    v = a[(d.n_head + g) * hd:].reshape(g, 1, hd, *rest)
+    return np.ascontiguousarray(np.concatenate([q, k, v], axis=1).reshape(a.shape))
+
+
 def neox_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     """A Hugging Face GPT-NeoX config (GPTNeoXForCausalLM: Pythia, GPT-NeoX-20B) as triad's
     model: GPT-2's blocks with rope on rotary_pct of each head's values (model.rotary_dim), GELU
@@ -900,6 +1004,8 @@ def llama_sources(d: Dims) -> dict[str, list[str]]:
     stacked into each expert's c_fc); GPT-NeoX's (neox_sources)."""
     if d.neox:
         return neox_sources(d)
+    if d.falcon:
+        return falcon_sources(d)
     src = {"wte/weight": ["model.embed_tokens.weight"], "ln_f/weight": ["model.norm.weight"],
            **({"ln_f/bias": ["model.norm.bias"]} if d.norm_bias else {})}
     for i in range(d.n_layer):
@@ -967,7 +1073,7 @@ def llama_part_rows(d: Dims, t: str, rows: int) -> list[int]:
     """The rows of each HF tensor (llama_sources) stacked into triad's tensor t of `rows` rows
     (an expert tensor's E·rows): c_attn's q (C), k and v (n_kv_head heads each), c_fc's gate and
     up, and each expert's; Phi-3's fused tensors whole."""
-    if d.neox or (d.fused and t.endswith(("attn/c_attn/weight", "mlp/c_fc/weight"))):
+    if d.neox or d.falcon or (d.fused and t.endswith(("attn/c_attn/weight", "mlp/c_fc/weight"))):
         return [rows]
     if t.endswith(("attn/c_attn/weight", "attn/c_attn/bias")):
         kv_rows = d.kv * d.hd
@@ -1050,7 +1156,7 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
             where[name] = st
     if d.position == "rope":  # Llama's family
         kind = ({"qwen2_moe": "Qwen2-MoE", "qwen3_moe": "Qwen3-MoE", "mixtral": "Mixtral"}.get(
-            d.moe_format or "") or ("GPT-NeoX" if d.neox else
+            d.moe_format or "") or ("GPT-NeoX" if d.neox else "Falcon" if d.falcon else
                                     "Nemotron" if d.mlp == "relu2" else
                                     "Gemma" if d.mlp == "geglu" else
                                     "StableLM" if d.norm_bias else
@@ -1156,7 +1262,7 @@ def llama_tensors(d: Dims, where: dict, directory: Path) -> Tensors:
             a = np.concatenate(parts) if len(parts) > 1 else parts[0]
             if d.norm_offset and is_norm_weight(t):  # LayerNorm1P's w - 1
                 a = a + np.float32(1)
-            a = neox_qkv_order(d, t, a)
+            a = falcon_qkv_order(d, t, neox_qkv_order(d, t, a))
             yield t, llama_query_order(d, t, a.reshape(want[t]))
 
     return tensors
@@ -1370,17 +1476,23 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
     # GPT-NeoX's blocks: GPT-2's (all biases, LayerNorm, GELU exact or tanh) with rope.
     neox = (a.get("position"), a.get("norm"), int(a.get("bias", 1))) == ("rope", "layernorm", 1) \
         and a.get("mlp", "gelu") in ("gelu", "gelu_exact")
+    # Falcon's blocks: parallel attention and MLP, LayerNorms with biases, bias-free linear layers,
+    # GELU exact (exported in Falcon-40B's layout).
+    falcon = (a.get("position"), a.get("norm"), int(a.get("bias", 1)), int(a.get("norm_bias", 0)),
+              int(a.get("parallel_residual", 0)), a.get("mlp")) == \
+        ("rope", "layernorm", 0, 1, 1, "gelu_exact")
     if int(a.get("rotary_dim", 0)) and not (norm_biased or neox):  # the others' turn every value
         raise ConvertError(f"{path}: the model rotates the first {a['rotary_dim']} values of "
                            f"each head only (model.rotary_dim, partial rotary) in blocks other "
                            f"than Nemotron's, StableLM's and GPT-NeoX's; the export formats for "
                            f"them (Hugging Face's Llama, Qwen2, Qwen3, Mistral and their "
                            f"mixtures) rotate all of them")
-    if int(a.get("parallel_residual", 0)) and not neox:  # GPT-NeoX's format alone holds it
+    if int(a.get("parallel_residual", 0)) and not (neox or falcon):  # GPT-NeoX's, Falcon's
         raise ConvertError(f"{path}: the model runs attention and MLP side by side "
                            f"(model.parallel_residual) in blocks other than GPT-NeoX's (rope, "
-                           f"LayerNorms, GELU, biases); the export formats for them run them one "
-                           f"after the other")
+                           f"LayerNorms, GELU, biases) and Falcon's (rope, LayerNorms, GELU exact, "
+                           f"no linear biases); the export formats for them run them one after "
+                           f"the other")
     if float(a.get("attn_scale", 0.0)):  # the formats scale the scores by 1/sqrt(head width)
         raise ConvertError(f"{path}: the model scales its attention scores by {a['attn_scale']} "
                            f"(model.attn_scale); the export formats scale them by 1/sqrt(head "
@@ -1400,7 +1512,7 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
             raise ConvertError(f"{path}: the model's routers choose their experts with biases "
                                f"(/router_bias, train.moe_bias_rate); Hugging Face's Mixtral, "
                                f"Qwen2-MoE and Qwen3-MoE have none")
-    if llama or norm_biased or neox:
+    if llama or norm_biased or neox or falcon:
         return open_triad_llama(path, a)
     if int(a.get("sliding_window", 0)):
         raise ConvertError(f"{path}: the model attends to its last {a['sliding_window']} tokens "
@@ -1526,7 +1638,8 @@ def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
              norm=a["norm"].decode() if isinstance(a["norm"], bytes) else str(a["norm"]),
              bias=int(a.get("bias", 1)) == 1, norm_bias=int(a.get("norm_bias", 0)) == 1,
              rotary_dim=int(a.get("rotary_dim", 0)),
-             neox=mlp in ("gelu", "gelu_exact"),
+             neox=mlp in ("gelu", "gelu_exact") and int(a.get("bias", 1)) == 1,
+             falcon="grouped" if mlp == "gelu_exact" and int(a.get("norm_bias", 0)) else "",
              parallel_residual=int(a.get("parallel_residual", 0)) == 1,
              norm_offset=mlp in ("relu2", "geglu"), mlp=mlp, mlp_hidden=int(a["mlp_hidden"]),
              embed_scale=float(a.get("embed_scale", 1.0)),
@@ -1566,6 +1679,33 @@ def qwen_moe_hf_keys(d: Dims) -> dict:
                 moe_intermediate_size=d.mlp_hidden, norm_topk_prob=d.moe_normalize,
                 decoder_sparse_step=d.moe_every, mlp_only_layers=list(range(d.moe_first_dense)),
                 output_router_logits=False)
+
+
+def falcon_hf_config(d: Dims) -> dict:
+    """config.json for transformers' FalconForCausalLM in Falcon-40B's layout
+    (new_decoder_architecture, ln_attn and ln_mlp) computing what triad's model of Falcon's blocks
+    computes."""
+    extra = [what for what, on in (
+        ("QK-norm (model.qk_norm)", d.qk_norm), ("a c_attn bias (model.qkv_bias)", d.qkv_bias),
+        ("partial rotary (model.rotary_dim)", d.rotary_dim),
+        ("heads of another width than n_embd / n_head (model.head_dim)", d.head_dim),
+        ("rope scaling (model.rope_scaling)", d.rope_scaling is not None or d.yarn is not None),
+        ("a sliding window (model.sliding_window)", d.sliding_window),
+        ("experts (model.moe_experts)", d.moe_experts)) if on]
+    if extra:
+        raise ConvertError(f"a model of Falcon's blocks exports as Hugging Face's Falcon, which "
+                           f"has none of {', '.join(extra)}")
+    return {
+        "architectures": ["FalconForCausalLM"], "model_type": "falcon",
+        "num_hidden_layers": d.n_layer, "num_attention_heads": d.n_head, "num_kv_heads": d.kv,
+        "hidden_size": d.n_embd, "ffn_hidden_size": d.mlp_hidden or 4 * d.n_embd,
+        "max_position_embeddings": d.seq_len, "vocab_size": d.vocab_size,
+        "layer_norm_epsilon": d.norm_eps, "rope_theta": d.rope_theta, "alibi": False,
+        "bias": False, "parallel_attn": True, "new_decoder_architecture": True,
+        "num_ln_in_parallel_attn": 2, "multi_query": d.kv == 1, "activation": "gelu",
+        "attention_dropout": 0.0, "hidden_dropout": 0.0, "tie_word_embeddings": d.tied,
+        "initializer_range": 0.02, "torch_dtype": "float32",
+    }
 
 
 def neox_hf_config(d: Dims) -> dict:
@@ -1681,6 +1821,8 @@ def llama_hf_config(d: Dims) -> dict:
     a sliding window (model.sliding_window), or for a mixture of experts (model.moe_experts,
     Dims.moe_format) Qwen2MoeForCausalLM's (gated shared experts), Qwen3MoeForCausalLM's
     (QK-norm) or MixtralForCausalLM's (with a sliding window or not)."""
+    if d.falcon:  # (before StableLM's and Nemotron's: its LayerNorms have biases too)
+        return falcon_hf_config(d)
     if d.norm_bias:
         return layernorm_hf_config(d)
     if d.mlp == "geglu":
@@ -1785,7 +1927,8 @@ def write_llama_hf(out: Path, d: Dims, tensors: Tensors, extra: dict[str, str] |
             if d.norm_offset and is_norm_weight(t):  # Nemotron's LayerNorm1P stores w - 1
                 a = a - np.float32(1)
             a = neox_qkv_order(d, t, a, to_hf=True)
-            a = llama_query_order(d, t, a, to_hf=True).reshape(stacked_shape(a.shape))
+            a = llama_query_order(d, t, a, to_hf=True)
+            a = falcon_qkv_order(d, t, a, to_hf=True).reshape(stacked_shape(a.shape))
             ends = np.cumsum(llama_part_rows(d, t, a.shape[0]))[:-1]
             for n, part in zip(src[t], np.split(a, ends)):
                 yield n, np.ascontiguousarray(part)

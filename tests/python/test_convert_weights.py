@@ -770,13 +770,15 @@ def nemotron_model(**config):
         tie_word_embeddings=False, pad_token_id=None), config)
 
 
-def hf_round_trip(imported, tmp_path, model, kind, args, offset, attrs):
+def hf_round_trip(imported, tmp_path, model, kind, args, offset, attrs, same_layout=True,
+                  tp2=True):
     """transformers' model (of `kind`) imported: the checkpoint's /model attributes include
     attrs; triad's validation loss and accuracy (with args) are transformers' on one rank and on
     tp 2, and greedy generation gives its tokens. A run fine-tuned from it exports as the same
     class, which computes triad's loss; the import exported again is the original, bit for bit
     but (offset: Nemotron's and Gemma's w - 1 through 1 + w in fp32) the norm weights, to an ulp
-    of 1 + w."""
+    of 1 + w; a model the export writes in another layout (same_layout false: Falcon-7B's, written
+    as Falcon-40B's) computes the original's loss instead. tp2: also evaluated on tp 2."""
     d, _, cfg = imported
     cls = type(model)
     out = import_hf(model, tmp_path / kind, kind)
@@ -784,10 +786,12 @@ def hf_round_trip(imported, tmp_path, model, kind, args, offset, attrs):
         a = {k: v.decode() if isinstance(v, bytes) else v for k, v in f["model"].attrs.items()}
         assert {k: a.get(k) for k in attrs} == attrs, a
     _, want_loss = evaluates_as_transformers(model, d, cfg, out, *args)
-    p = mpi_run(2, "--config", cfg, "--eval-only", "--init-from", out, *args, "--parallel.tp", 2)
-    assert p.returncode == 0, p.stdout + p.stderr
-    tp_loss = float(p.stdout.split("val loss")[1].split()[0])
-    assert abs(tp_loss - want_loss) <= 1e-5 * want_loss, (tp_loss, want_loss)
+    if tp2:
+        p = mpi_run(2, "--config", cfg, "--eval-only", "--init-from", out, *args, "--parallel.tp",
+                    2)
+        assert p.returncode == 0, p.stdout + p.stderr
+        tp_loss = float(p.stdout.split("val loss")[1].split()[0])
+        assert abs(tp_loss - want_loss) <= 1e-5 * want_loss, (tp_loss, want_loss)
     p = run([exe("triad-generate"), "--checkpoint", out, "--vocab", VOCAB, "--top-k", "1",
              "--prompt-ids", " ".join(map(str, PROMPT)), "--length", "20", "--output", "ids"],
             check=True)
@@ -808,6 +812,10 @@ def hf_round_trip(imported, tmp_path, model, kind, args, offset, attrs):
     assert abs(loss - triad_loss) <= 1e-5 * triad_loss, (loss, triad_loss)
     p = tool("triad-convert", "export", out, tmp_path / "again", "--to", "hf", "--vocab", "none")
     assert p.returncode == 0, p.stderr
+    if not same_layout:
+        got, _ = hf_loss_accuracy(cls.from_pretrained(tmp_path / "again").eval(), d)
+        assert abs(got - want_loss) <= 1e-5 * want_loss, (got, want_loss)
+        return
     again = cls.from_pretrained(tmp_path / "again").state_dict()
     for k, v in model.float().state_dict().items():
         if offset and (k.endswith("layernorm.weight") or k == "model.norm.weight"):
@@ -877,6 +885,33 @@ def test_gpt_neox_imports_and_evaluates_as_transformers(imported, tmp_path, para
                    "bias": 1, "rotary_dim": 4, "parallel_residual": 1 if parallel else None})
 
 
+def falcon_model(**config):
+    return tiny_hf(transformers.FalconForCausalLM, transformers.FalconConfig, 37, dict(
+        vocab_size=V, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_kv_heads=2, new_decoder_architecture=True, parallel_attn=True, bias=False,
+        alibi=False, max_position_embeddings=N_POS, rope_theta=500.0, layer_norm_epsilon=1e-5,
+        attn_implementation="eager"), config)
+
+
+@pytest.mark.parametrize("layout", ["40b", "7b"])
+def test_falcon_imports_and_evaluates_as_transformers(imported, tmp_path, layout):
+    """transformers' FalconForCausalLM (parallel attention and MLP, LayerNorms with biases,
+    bias-free linear layers, GELU exact, tied embeddings, rope) in Falcon-40B's layout (ln_attn and
+    ln_mlp, query_key_value grouped by key/value head: 4 query heads over 2) and Falcon-7B's (one
+    LayerNorm for both branches, multi-query attention) against triad's model.parallel_residual,
+    model.norm_bias and model.mlp = gelu_exact: hf_round_trip (Falcon-7B's written back in
+    Falcon-40B's layout)."""
+    kv = 2 if layout == "40b" else 1
+    model = falcon_model() if layout == "40b" else falcon_model(
+        new_decoder_architecture=False, multi_query=True, num_kv_heads=None)
+    args = ["--model.position", "rope", "--model.rope_theta", "500", "--model.bias", "false",
+            "--model.norm_bias", "true", "--model.mlp", "gelu_exact", "--model.n_head", "4",
+            "--model.n_kv_head", kv, "--model.parallel_residual", "true"]
+    hf_round_trip(imported, tmp_path, model, "Falcon", args, False,
+                  {"mlp": "gelu_exact", "norm_bias": 1, "parallel_residual": 1, "n_kv_head": kv},
+                  same_layout=layout == "40b", tp2=kv == 2)
+
+
 GEMMA_ARGS = ["--model.position", "rope", "--model.rope_theta", "500", "--model.norm", "rmsnorm",
               "--model.bias", "false", "--model.mlp", "geglu", "--model.mlp_hidden", "96",
               "--model.n_head", "4", "--model.n_kv_head", "2", "--model.head_dim", "24",
@@ -909,7 +944,7 @@ def test_nemotron_stablelm_and_gemma_variants_triad_does_not_compute_are_refused
     not Gemma's sqrt(n_embd), an embedding scale in blocks no format scales, parallel attention
     and MLP in blocks other than GPT-NeoX's, and GPT-NeoX's blocks with grouped-query
     attention. GPT-NeoX configs: without attention biases, another activation, an odd rotated
-    count."""
+    count; Falcon's: alibi, sequential blocks, another activation."""
     for make, bad, needle in (
             (nemotron_model, {"hidden_act": "gelu"}, "hidden_act 'gelu'"),
             (nemotron_model, {"attention_bias": True}, "attention_bias"),
@@ -923,7 +958,10 @@ def test_nemotron_stablelm_and_gemma_variants_triad_does_not_compute_are_refused
             (gemma_model, {"attention_bias": True}, "attention_bias"),
             (neox_model, {"attention_bias": False}, "attention_bias = false"),
             (neox_model, {"hidden_act": "relu"}, "hidden_act 'relu'"),
-            (neox_model, {"rotary_pct": 0.2}, "rotary_pct 0.2")):
+            (neox_model, {"rotary_pct": 0.2}, "rotary_pct 0.2"),
+            (falcon_model, {"alibi": True}, "alibi = true"),
+            (falcon_model, {"parallel_attn": False}, "parallel_attn = false"),
+            (falcon_model, {"activation": "relu"}, "activation 'relu'")):
         make().save_pretrained(tmp_path / "bad", safe_serialization=True)
         c = json.loads((tmp_path / "bad" / "config.json").read_text())
         (tmp_path / "bad" / "config.json").write_text(json.dumps({**c, **bad}))
