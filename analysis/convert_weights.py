@@ -215,7 +215,8 @@ class Dims:
             ("learned", "layernorm", True, "gelu", True) and \
             self.mlp_hidden in (0, 4 * self.n_embd) and self.kv == self.n_head and \
             not self.qk_norm and not self.qkv_bias and not self.head_dim and \
-            not self.sliding_window and not self.moe_experts
+            not self.sliding_window and not self.moe_experts and not self.norm_bias and \
+            not self.parallel_residual and self.embed_scale == 1.0
 
     @property
     def padded_vocab_size(self) -> int:  # DESIGN.md §3 at tp = 1
@@ -1681,20 +1682,41 @@ def qwen_moe_hf_keys(d: Dims) -> dict:
                 output_router_logits=False)
 
 
+def refuse_absent(d: Dims, fmt: str, *more: tuple) -> None:
+    """Raises, naming them, for the options of d that Hugging Face's `fmt` has none of: QK-norm,
+    rope scaling, a sliding window and experts (none of the formats that call this holds them),
+    and the (description, present) pairs in `more`."""
+    extra = [what for what, on in (
+        ("QK-norm (model.qk_norm)", d.qk_norm),
+        ("rope scaling (model.rope_scaling)", d.rope_scaling is not None or d.yarn is not None),
+        ("a sliding window (model.sliding_window)", d.sliding_window),
+        ("experts (model.moe_experts)", d.moe_experts), *more) if on]
+    if extra:
+        raise ConvertError(f"{fmt}, which has none of {', '.join(extra)}")
+
+
+def rotary_fraction(d: Dims) -> float:
+    """The partial_rotary_factor (or rotary_pct) whose int(head width · it), the count
+    transformers rotates, is d's rotated values: their share of the head, or where that times
+    the width rounds below the count (30 of 44) the next double up."""
+    rot = d.rotary_dim or d.hd
+    fraction = rot / d.hd
+    if int(d.hd * fraction) != rot:
+        fraction = math.nextafter(fraction, 2.0)
+    if int(d.hd * fraction) != rot:
+        raise ConvertError(f"the model rotates {rot} of each head's {d.hd} values "
+                           f"(model.rotary_dim), which no partial_rotary_factor names exactly")
+    return fraction
+
+
 def falcon_hf_config(d: Dims) -> dict:
     """config.json for transformers' FalconForCausalLM in Falcon-40B's layout
     (new_decoder_architecture, ln_attn and ln_mlp) computing what triad's model of Falcon's blocks
     computes."""
-    extra = [what for what, on in (
-        ("QK-norm (model.qk_norm)", d.qk_norm), ("a c_attn bias (model.qkv_bias)", d.qkv_bias),
-        ("partial rotary (model.rotary_dim)", d.rotary_dim),
-        ("heads of another width than n_embd / n_head (model.head_dim)", d.head_dim),
-        ("rope scaling (model.rope_scaling)", d.rope_scaling is not None or d.yarn is not None),
-        ("a sliding window (model.sliding_window)", d.sliding_window),
-        ("experts (model.moe_experts)", d.moe_experts)) if on]
-    if extra:
-        raise ConvertError(f"a model of Falcon's blocks exports as Hugging Face's Falcon, which "
-                           f"has none of {', '.join(extra)}")
+    refuse_absent(d, "a model of Falcon's blocks exports as Hugging Face's Falcon",
+                  ("a c_attn bias (model.qkv_bias)", d.qkv_bias),
+                  ("partial rotary (model.rotary_dim)", d.rotary_dim),
+                  ("heads of another width than n_embd / n_head (model.head_dim)", d.head_dim))
     return {
         "architectures": ["FalconForCausalLM"], "model_type": "falcon",
         "num_hidden_layers": d.n_layer, "num_attention_heads": d.n_head, "num_kv_heads": d.kv,
@@ -1711,26 +1733,16 @@ def falcon_hf_config(d: Dims) -> dict:
 def neox_hf_config(d: Dims) -> dict:
     """config.json for transformers' GPTNeoXForCausalLM computing what triad's model of GPT-NeoX's
     blocks computes (the inverse of neox_config_dims)."""
-    extra = [what for what, on in (
-        ("QK-norm (model.qk_norm)", d.qk_norm),
-        ("grouped-query attention (model.n_kv_head)", d.kv != d.n_head),
-        ("heads of another width than n_embd / n_head (model.head_dim)", d.head_dim),
-        ("rope scaling (model.rope_scaling)", d.rope_scaling is not None or d.yarn is not None),
-        ("a sliding window (model.sliding_window)", d.sliding_window),
-        ("experts (model.moe_experts)", d.moe_experts)) if on]
-    if extra:
-        raise ConvertError(f"a model of GPT-NeoX's blocks (rope, LayerNorms, GELU, biases) exports "
-                           f"as Hugging Face's GPT-NeoX, which has none of {', '.join(extra)}")
-    rot = d.rotary_dim or d.hd
-    pct = rot / d.hd
-    if int(d.hd * pct) != rot:  # transformers rotates int(head width · rotary_pct) values
-        pct = math.nextafter(pct, 2.0)
+    refuse_absent(d, "a model of GPT-NeoX's blocks (rope, LayerNorms, GELU, biases) exports as "
+                     "Hugging Face's GPT-NeoX",
+                  ("grouped-query attention (model.n_kv_head)", d.kv != d.n_head),
+                  ("heads of another width than n_embd / n_head (model.head_dim)", d.head_dim))
     return {
         "architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox",
         "num_hidden_layers": d.n_layer, "num_attention_heads": d.n_head, "hidden_size": d.n_embd,
         "intermediate_size": d.mlp_hidden or 4 * d.n_embd, "max_position_embeddings": d.seq_len,
         "vocab_size": d.vocab_size, "layer_norm_eps": d.norm_eps, "rotary_emb_base": d.rope_theta,
-        "rotary_pct": pct, "hidden_act": "gelu" if d.mlp == "gelu_exact" else "gelu_new",
+        "rotary_pct": rotary_fraction(d), "hidden_act": "gelu" if d.mlp == "gelu_exact" else "gelu_new",
         "use_parallel_residual": d.parallel_residual, "attention_bias": True,
         "attention_dropout": 0.0, "hidden_dropout": 0.0, "tie_word_embeddings": d.tied,
         "initializer_range": 0.02, "torch_dtype": "float32",
@@ -1741,18 +1753,13 @@ def gemma_hf_config(d: Dims) -> dict:
     """config.json for transformers' GemmaForCausalLM computing what triad's model of Gemma's
     blocks computes (the inverse of gemma_config_dims): the embedding scale must be its
     sqrt(hidden_size) in fp32."""
-    extra = [what for what, on in (
-        ("QK-norm (model.qk_norm)", d.qk_norm), ("a c_attn bias (model.qkv_bias)", d.qkv_bias),
-        ("rope scaling (model.rope_scaling)", d.rope_scaling is not None or d.yarn is not None),
-        ("a sliding window (model.sliding_window)", d.sliding_window),
-        ("experts (model.moe_experts)", d.moe_experts),
-        ("partial rotary (model.rotary_dim)", d.rotary_dim),
-        (f"an embedding scale of {d.embed_scale} (model.embed_scale; Gemma's is sqrt(n_embd) = "
-         f"{float(np.float32(math.sqrt(d.n_embd)))})",
-         float(np.float32(d.embed_scale)) != float(np.float32(math.sqrt(d.n_embd))))) if on]
-    if extra:
-        raise ConvertError(f"a model of Gemma's blocks (GeGLU) exports as Hugging Face's Gemma, "
-                           f"which has none of {', '.join(extra)}")
+    gemma_scale = float(np.float32(math.sqrt(d.n_embd)))
+    refuse_absent(d, "a model of Gemma's blocks (GeGLU) exports as Hugging Face's Gemma",
+                  ("a c_attn bias (model.qkv_bias)", d.qkv_bias),
+                  ("partial rotary (model.rotary_dim)", d.rotary_dim),
+                  (f"an embedding scale of {d.embed_scale} (model.embed_scale; Gemma's is "
+                   f"sqrt(n_embd) = {gemma_scale})",
+                   float(np.float32(d.embed_scale)) != gemma_scale))
     return {
         "architectures": ["GemmaForCausalLM"], "model_type": "gemma",
         "num_hidden_layers": d.n_layer, "num_attention_heads": d.n_head,
@@ -1770,26 +1777,11 @@ def layernorm_hf_config(d: Dims) -> dict:
     StableLmForCausalLM (SwiGLU) computing what triad's model of their blocks computes (the
     inverse of layernorm_config_dims)."""
     kind = "Nemotron" if d.mlp == "relu2" else "StableLM"
-    extra = [what for what, on in (
-        ("QK-norm (model.qk_norm)", d.qk_norm),
-        ("a c_attn bias (model.qkv_bias)", d.qkv_bias and d.mlp == "relu2"),
-        ("heads of another width than n_embd / n_head (model.head_dim)",
-         d.head_dim and d.mlp != "relu2"),
-        ("rope scaling (model.rope_scaling)", d.rope_scaling is not None or d.yarn is not None),
-        ("a sliding window (model.sliding_window)", d.sliding_window),
-        ("experts (model.moe_experts)", d.moe_experts)) if on]
-    if extra:
-        raise ConvertError(f"a model of {kind}'s blocks exports as Hugging Face's {kind}, "
-                           f"which has none of {', '.join(extra)}")
-    # transformers rotates int(head_dim · factor) values: where r / hd times hd rounds below r
-    # (r = 30 of 44), the next double up names r.
-    rot = d.rotary_dim or d.hd
-    factor = rot / d.hd
-    if int(d.hd * factor) != rot:
-        factor = math.nextafter(factor, 2.0)
-    if int(d.hd * factor) != rot:
-        raise ConvertError(f"the model rotates {rot} of each head's {d.hd} values "
-                           f"(model.rotary_dim), which no partial_rotary_factor names exactly")
+    refuse_absent(d, f"a model of {kind}'s blocks exports as Hugging Face's {kind}",
+                  ("a c_attn bias (model.qkv_bias)", d.qkv_bias and d.mlp == "relu2"),
+                  ("heads of another width than n_embd / n_head (model.head_dim)",
+                   d.head_dim and d.mlp != "relu2"))
+    factor = rotary_fraction(d)
     if kind == "StableLM":
         return {
             "architectures": ["StableLmForCausalLM"], "model_type": "stablelm",

@@ -226,10 +226,7 @@ int main(int argc, char** argv) {
     shape.attn_scale = float(m.attn_scale);
     shape.mup_base_width = int(m.mup_base_width);
     shape.norm_eps = float(m.norm_eps);
-    shape.swiglu = m.mlp == "swiglu";
-    shape.relu2 = m.mlp == "relu2";
-    shape.geglu = m.mlp == "geglu";
-    shape.gelu_exact = m.mlp == "gelu_exact";
+    set_mlp(shape, m.mlp);  // checked when the checkpoint was read
     shape.mlp_hidden = int(m.mlp_hidden);
     shape.tied = m.tied;
     shape.n_kv_head = int(m.n_kv_head);

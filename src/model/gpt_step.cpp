@@ -340,8 +340,7 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   const int Hl = shape_.hidden() / mp_.tp;
   if (shape_.moe_layer(l)) {
     moe_front<A>(L, l, ln2, w, N);
-  } else if (shape_.gated() || shape_.relu2 || shape_.gelu_exact) {  // the product, then the
-    // activation on its own
+  } else if (!shape_.gelu_in_product()) {  // the product, then the activation on its own
     linear_forward(fp8_site(l, 2), L.fch, ln2, w.fcw, w.fcb, N, C, shape_.fc_rows() / mp_.tp);
     mlp_activation(L.fch_gelu, L.fch, N, Hl);
   } else {  // GELU in the product's epilogue
@@ -616,8 +615,8 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     const int Hl = shape_.hidden() / mp_.tp, Fl = shape_.fc_rows() / mp_.tp;
     if (shape_.moe_layer(l)) {
       moe_backward<A>(L, dpart, gr, dres, L.ln2g, w, N);
-    } else if (shape_.gated() || shape_.relu2 || shape_.gelu_exact) {  // c_proj's input
-      // gradient, then through the activation into c_fc's
+    } else if (!shape_.gelu_in_product()) {  // c_proj's input gradient, then through the
+      // activation into c_fc's
       linear_backward(fp8_site(first_layer + i, 3), a.dfch_gelu, wgrad(gr.fcprojw),
                       wgrad(gr.fcprojb), dres, L.fch_gelu, w.fcprojw, N, Hl, C, kSet);
       mlp_activation_backward(dfch, L.fch, a.dfch_gelu, N, Hl);

@@ -630,10 +630,7 @@ bool Config::bf16() const {
 int Config::mlp_hidden_size() const {
   GptShape s;
   s.n_embd = model.n_embd;
-  s.swiglu = model.mlp == "swiglu";
-  s.relu2 = model.mlp == "relu2";
-  s.geglu = model.mlp == "geglu";
-  s.gelu_exact = model.mlp == "gelu_exact";
+  set_mlp(s, model.mlp);
   s.mlp_hidden = model.mlp_hidden;
   return s.hidden();
 }
@@ -811,9 +808,9 @@ void validate(const Config& c, int world_size) {
         "needs model.position = rope");
   check(m.norm == "layernorm" || m.norm == "rmsnorm", "model.norm",
         "must be layernorm or rmsnorm (got '" + m.norm + "')");
-  check(m.mlp == "gelu" || m.mlp == "gelu_exact" || m.mlp == "swiglu" || m.mlp == "geglu" ||
-            m.mlp == "relu2",
-        "model.mlp", "must be gelu, gelu_exact, swiglu, geglu or relu2 (got '" + m.mlp + "')");
+  GptShape mlp_probe;
+  check(set_mlp(mlp_probe, m.mlp), "model.mlp",
+        "must be gelu, gelu_exact, swiglu, geglu or relu2 (got '" + m.mlp + "')");
   check(std::isfinite(m.embed_scale) && m.embed_scale > 0 && m.embed_scale <= 1e4,
         "model.embed_scale", "must be in (0, 1e4] (1: none)");
   check(std::isfinite(m.norm_eps) && m.norm_eps > 0 && m.norm_eps <= 0.1, "model.norm_eps",

@@ -72,10 +72,7 @@ GptShape gpt_shape(const Config& cfg) {
   s.norm_bias = m.norm_bias;
   s.head_dim = m.head_dim;
   s.norm_eps = float(m.norm_eps);
-  s.swiglu = m.mlp == "swiglu";
-  s.relu2 = m.mlp == "relu2";
-  s.geglu = m.mlp == "geglu";
-  s.gelu_exact = m.mlp == "gelu_exact";
+  set_mlp(s, m.mlp);
   s.mlp_hidden = cfg.mlp_hidden_size();
   s.tied = m.tie_embeddings;
   s.n_kv_head = m.n_kv_head;

@@ -73,6 +73,9 @@ struct GptShape {
   // The activation relu2 and gelu_exact run as a pass of their own.
   Activation pointwise() const { return relu2 ? Activation::relu2 : Activation::gelu_exact; }
   bool gated() const { return swiglu || geglu; }  // c_fc holds gate and up rows
+  // GPT-2's tanh GELU, which rides in c_fc's product (its epilogue on the GPU); every other
+  // activation is a pass of its own after it.
+  bool gelu_in_product() const { return !gated() && !relu2 && !gelu_exact; }
   int mlp_hidden = 0;
   // The output layer (model.tie_embeddings): wte itself (tied, GPT-2), or a tensor of its own,
   // lm_head/weight [padded_vocab_size, C] on the last stage (false, as Llama).
@@ -256,6 +259,18 @@ inline double matmul_weights_per_token(size_t numel, const std::string& name, si
 inline int padded_vocab_size(int vocab_size, int tp) {
   const int m = 128 * tp;
   return (vocab_size + m - 1) / m * m;
+}
+
+// Sets s's MLP kind from a model.mlp value (gelu, gelu_exact, swiglu, geglu or relu2); false
+// for any other, s unchanged.
+inline bool set_mlp(GptShape& s, const std::string& mlp) {
+  if (mlp != "gelu" && mlp != "gelu_exact" && mlp != "swiglu" && mlp != "geglu" && mlp != "relu2")
+    return false;
+  s.swiglu = mlp == "swiglu";
+  s.geglu = mlp == "geglu";
+  s.relu2 = mlp == "relu2";
+  s.gelu_exact = mlp == "gelu_exact";
+  return true;
 }
 
 // How this rank's part of the model is cut (DESIGN.md §3): its tensor-parallel coordinate and
