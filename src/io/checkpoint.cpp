@@ -674,6 +674,7 @@ CheckpointState read_state(hid_t file) {
               "attributes bias and qkv_bias of /model are both 1 (qkv_bias goes with bias 0)");
   s.model.norm_bias = flag("norm_bias", 0);
   s.model.parallel_residual = flag("parallel_residual", 0);
+  s.model.branch_norm = flag("branch_norm", 0);
   TRIAD_CHECK(!(s.model.norm_bias && s.model.bias),
               "attributes bias and norm_bias of /model are both 1 (norm_bias goes with bias 0)");
   TRIAD_CHECK(!(s.model.norm_bias && s.model.norm == "rmsnorm"),
@@ -1149,6 +1150,7 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
           if (state.model.embed_scale != 1)  // 1: none
             io::write_double_attr(model, "embed_scale", state.model.embed_scale);
           if (state.model.parallel_residual) io::write_int64_attr(model, "parallel_residual", 1);
+          if (state.model.branch_norm) io::write_int64_attr(model, "branch_norm", 1);
           if (state.model.n_kv_head > 0)  // 0: not given (n_head)
             io::write_int64_attr(model, "n_kv_head", state.model.n_kv_head);
         }

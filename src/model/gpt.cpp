@@ -54,7 +54,11 @@ std::vector<LayerTensor> all_layer_tensors(const GptShape& shape, bool moe) {
             {"mlp/router/weight", {E, C}, -1, 1},  // replicated: every rank routes alike
             {"mlp/shared/c_fc/weight", {shape.shared_fc_rows(), C}, 0, fc_blocks},
             {"mlp/shared/c_proj/weight", {C, shape.moe_shared_hidden}, 1, 1},
-            {"mlp/shared/gate/weight", {1, C}, -1, 1}};  // replicated, as the router
+            {"mlp/shared/gate/weight", {1, C}, -1, 1},  // replicated, as the router
+            {"ln_attn_out/weight", {C}, -1, 1},
+            {"ln_attn_out/bias", {C}, -1, 1},
+            {"ln_mlp_out/weight", {C}, -1, 1},
+            {"ln_mlp_out/bias", {C}, -1, 1}};
   }
   return {{"ln_1/weight", {C}, -1, 1},
           {"ln_1/bias", {C}, -1, 1},
@@ -69,7 +73,11 @@ std::vector<LayerTensor> all_layer_tensors(const GptShape& shape, bool moe) {
           {"mlp/c_fc/weight", {F, C}, 0, fc_blocks},
           {"mlp/c_fc/bias", {F}, 0, fc_blocks},
           {"mlp/c_proj/weight", {C, H}, 1, 1},
-          {"mlp/c_proj/bias", {C}, -1, 1}};
+          {"mlp/c_proj/bias", {C}, -1, 1},
+          {"ln_attn_out/weight", {C}, -1, 1},  // model.branch_norm (kinds 18-21: after 4 of
+          {"ln_attn_out/bias", {C}, -1, 1},    // the experts' a dense layer does not have)
+          {"ln_mlp_out/weight", {C}, -1, 1},
+          {"ln_mlp_out/bias", {C}, -1, 1}};
 }
 
 // Whether a model of this shape has the tensor of a layer (or ln_f) with this name suffix.
@@ -78,6 +86,9 @@ bool has_tensor(const GptShape& shape, const std::string& suffix) {
   if (suffix.starts_with("mlp/experts/")) return !suffix.ends_with("/bias");
   if (suffix == "mlp/shared/gate/weight") return shape.moe_shared_gate;
   if (suffix.starts_with("mlp/shared/")) return shape.moe_shared_hidden > 0;
+  if (suffix.starts_with("ln_attn_out/") || suffix.starts_with("ln_mlp_out/")) {
+    if (!shape.branch_norm) return false;
+  }
   if (!suffix.ends_with("/bias")) return true;
   if (!shape.bias)
     return (shape.qkv_bias && suffix == "attn/c_attn/bias") ||
@@ -500,8 +511,10 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
       const std::vector<LayerTensor> all = all_layer_tensors(shape, moe == 1);
       int at = 0;
       std::fill(std::begin(layer_slot_[moe]), std::end(layer_slot_[moe]), -1);  // no router
-      for (size_t k = 0; k < all.size(); ++k)
-        layer_slot_[moe][k] = has_tensor(shape, all[k].name) ? at++ : -1;
+      for (size_t k = 0; k < all.size(); ++k) {  // a dense layer's list skips kinds 14-17
+        const size_t kind = moe == 0 && k >= 14 ? k + 4 : k;
+        layer_slot_[moe][kind] = has_tensor(shape, all[k].name) ? at++ : -1;
+      }
       layer_count_[moe] = at;
     }
     lnf_bias_ = has_tensor(shape, "ln_f/bias");

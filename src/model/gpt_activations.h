@@ -34,8 +34,9 @@ struct LayerTensors {
   T *ln1w, *ln1b, *qkvw, *qkvb, *qnw, *knw, *projw, *projb, *ln2w, *ln2b, *fcw, *fcb, *fcprojw,
       *fcprojb;
   T* routerw;  // model.moe_experts (fcw and fcprojw then hold every expert's, one after another)
-  T *shfcw, *shprojw;  // model.moe_shared_hidden: the shared experts' c_fc and c_proj
-  T* shgatew;          // model.moe_shared_gate: their gate [1, C]
+  T *shfcw, *shprojw;            // model.moe_shared_hidden: the shared experts' c_fc and c_proj
+  T* shgatew;                    // model.moe_shared_gate: their gate [1, C]
+  T *aonw, *aonb, *monw, *monb;  // model.branch_norm: ln_attn_out's and ln_mlp_out's
 };
 
 template <class A>
@@ -51,11 +52,15 @@ struct Gpt::Set {
     // fp32: probabilities [B,NH,T,T]; bf16: log-sum-exp [B,NH,T]. Context parallel: those of
     // the rank's two pieces of rows, one after the other (cp_attention_rows).
     float* att;
-    A* attproj;                  // c_proj output (shared scratch: forward only)
+    // c_proj output (shared scratch, forward only; the layer's own under model.branch_norm, whose
+    // ln_attn_out reads it in the backward pass, with pn1's statistics)
+    A* attproj;
+    float *pn1_mean = nullptr, *pn1_rstd = nullptr;
     A* residual2;                // x + attn
     A* ln2;                      // ln_2(residual2)
     float *ln2_mean, *ln2_rstd;  //
     A *fch, *fch_gelu, *fcproj;  // MLP (local hidden units; fcproj shared like attproj)
+    float *pn2_mean = nullptr, *pn2_rstd = nullptr;  // ln_mlp_out's statistics
     // Mixture of experts (GptShape::moe): fch and fch_gelu hold the experts' N·k rows in expert
     // order, moe_x their inputs and moe_y their outputs (partial sums over tp); the router's
     // probabilities [N, E], gates [N, k], choices and their places in expert order (ints [N, k]),
@@ -108,7 +113,8 @@ struct Gpt::Activations {
   using Layer = typename Set<A>::Layer;
   std::vector<std::vector<Set<A>>> sets;  // [local chunk][slot]
   // Backward scratch, reused by every layer of every chunk.
-  A* dresidual;  // the residual stream's gradient
+  A* dresidual;          // the residual stream's gradient
+  A* dbranch = nullptr;  // model.branch_norm: the gradient of a branch's output, before its norm
   // The layers' backward scratch (null on a pipeline stage without layers).
   A *dln = nullptr, *datty = nullptr, *dqkv = nullptr, *dfch = nullptr, *dfch_gelu = nullptr;
   // Recomputation: the GELU output every layer shares (gelu), or the one layer whose internals
@@ -228,6 +234,14 @@ struct Gpt::Activations {
       }
       if (!inference) want_f(L.att, att);  // inference attends without (attention_decode)
       want(L.atty, BT * Al);
+      if (s.branch_norm) {  // the branches' outputs, which their norms' backward reads
+        want(L.attproj, R * C);
+        want(L.fcproj, R * C);
+        if (means) want_f(L.pn1_mean, R);
+        if (means) want_f(L.pn2_mean, R);
+        want_f(L.pn1_rstd, R);
+        want_f(L.pn2_rstd, R);
+      }
       want(L.residual2, R * C);
       if (!sp) want(L.ln2, R * C);
       if (means) want_f(L.ln2_mean, R);
@@ -304,6 +318,7 @@ struct Gpt::Activations {
       }
     }
     if (!inference) want(dresidual, R * C);
+    if (!inference && s.branch_norm && mp.rank_layers(s.n_layer) > 0) want(dbranch, R * C);
     if (!inference && mp.rank_layers(s.n_layer) > 0) {  // the layers' backward scratch
       want(dln, BT * C);
       want(datty, BT * Al);
@@ -369,11 +384,12 @@ struct Gpt::Activations {
       for (size_t i = 0; i < BT; ++i) order[i] = int32_t(i);
       be_->copy_ints_from_host(row_order, order.data(), BT);
     }
-    // Buffers shared by every layer: the projections' outputs (consumed by the residual add)
-    // and, under sequence parallelism, the local LayerNorm outputs (backward reads the gathered
+    // Buffers shared by every layer: the projections' outputs (consumed by the residual add;
+    // under model.branch_norm their norms' outputs, the layers keeping the projections) and,
+    // under sequence parallelism, the local LayerNorm outputs (backward reads the gathered
     // ones); without it the "over all rows" views are the buffers themselves.
     auto alias = [&](Layer& L) {
-      L.attproj = L.fcproj = proj;
+      if (!s.branch_norm) L.attproj = L.fcproj = proj;
       if (sp) {
         L.ln1 = L.ln2 = ln_local;
       } else {

@@ -19,17 +19,18 @@
 namespace triad {
 namespace {
 
-// The layer's tensors are specs[first ..]; pos[k] is where the k-th of its 18 possible ones (in
-// all_layer_tensors' order) sits among them, -1 for a bias or norm the model does not have (a
-// null pointer, as the ops take it). base holds buffer element `origin` at base[0].
+// The layer's tensors are specs[first ..]; pos[k] is where the one of kind k (Gpt::layer_slot_;
+// all_layer_tensors' order for a layer with experts) sits among them, -1 for a bias or norm the
+// model does not have (a null pointer, as the ops take it). base holds buffer element `origin` at
+// base[0].
 template <class T>
 LayerTensors<T> layer_tensors(T* base, const std::vector<ParamSpec>& specs, int first,
-                              const int (&pos)[18], size_t origin = 0) {
+                              const int (&pos)[22], size_t origin = 0) {
   auto at = [&](int k) -> T* {
     return pos[k] < 0 ? nullptr : base + (specs[size_t(first + pos[k])].offset - origin);
   };
-  return {at(0), at(1),  at(2),  at(3),  at(4),  at(5),  at(6),  at(7),  at(8),
-          at(9), at(10), at(11), at(12), at(13), at(14), at(15), at(16), at(17)};
+  return {at(0),  at(1),  at(2),  at(3),  at(4),  at(5),  at(6),  at(7),  at(8),  at(9),  at(10),
+          at(11), at(12), at(13), at(14), at(15), at(16), at(17), at(18), at(19), at(20), at(21)};
 }
 
 // gr without the gradients of frozen linear-layer tensors (train.freeze; frozen: per spec, empty
@@ -37,7 +38,7 @@ LayerTensors<T> layer_tensors(T* base, const std::vector<ParamSpec>& specs, int 
 // bias is gone too (the ops take a weight gradient without a bias gradient, not the reverse).
 // The norms' stay: their ops form them with the input gradient.
 LayerTensors<float> without_frozen(LayerTensors<float> gr, const std::vector<char>& frozen,
-                                   int first, const int (&pos)[18]) {
+                                   int first, const int (&pos)[22]) {
   if (frozen.empty()) return gr;
   auto is_frozen = [&](int k) { return pos[k] >= 0 && frozen[size_t(first + pos[k])] != 0; };
   auto drop = [&](float*& w, int kw, float*& b, int kb) {
@@ -135,6 +136,37 @@ void Gpt::layernorm_backward(A* dinp, float* dw, float* db, const A* dout, const
   tp_summed_grads<A>(dw, db, size_t(C), [&](float* gw, float* gb) {  // RMSNorm: no bias, gb null
     be_.layernorm_backward(dinp, gw, gb, dout, inp, w, mean, rstd, rows, C);
   });
+}
+
+template <class A>
+const A* Gpt::branch_norm_forward(const A* y, float* mean, float* rstd, const A* w, const A* b,
+                                  int rows) {
+  if (!shape_.branch_norm) return y;
+  A* out = acts<A>().proj;
+  be_.layernorm_forward(out, mean, rstd, y, w, b, rows, shape_.n_embd, shape_.norm_eps);
+  return out;
+}
+
+template <class A>
+const A* Gpt::branch_norm_backward(float* dw, float* db, const A* dout, const A* y, const A* w,
+                                   const float* mean, const float* rstd, int rows) {
+  if (!shape_.branch_norm) return dout;
+  A* dy = acts<A>().dbranch;
+  be_.zero(dy, size_t(rows) * size_t(shape_.n_embd));  // the op adds to its input's gradient
+  layernorm_backward(dy, dw, db, dout, y, w, mean, rstd, rows);
+  return dy;
+}
+
+template <class A>
+void Gpt::mlp_output(typename Set<A>::Layer& L, const LayerTensors<const A>& w, int l, int N) {
+  A* fcproj = mp_.split_rows() ? acts<A>().full : L.fcproj;
+  if (shape_.moe_layer(l))
+    moe_output<A>(L, fcproj, w, N);
+  else
+    linear_forward(fp8_site(l, 3), fcproj, L.fch_gelu, w.fcprojw,
+                   mp_.tp_rank == 0 ? w.fcprojb : nullptr, N, shape_.hidden() / mp_.tp,
+                   shape_.n_embd);  // (the bias added once)
+  reduce_rows(fcproj, L.fcproj, N);
 }
 
 template <class A>
@@ -327,13 +359,14 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   }
   linear_forward(fp8_site(l, 1), attproj, L.atty, w.projw, projb, N, Al, C);
   reduce_rows(attproj, L.attproj, N);
+  const A* att_out = branch_norm_forward(L.attproj, L.pn1_mean, L.pn1_rstd, w.aonw, w.aonb, n);
   // train.activations_every: read here, as the MLP's output may take its buffer later.
-  add_activation_sums<A>(1 + 3 * size_t(l), {L.attproj}, size_t(n) * C);
+  add_activation_sums<A>(1 + 3 * size_t(l), {att_out}, size_t(n) * C);
   if (shape_.parallel_residual) {  // ln_2 of the layer's input; residual2 the first branch's sum
-    be_.add(L.residual2, x, L.attproj, size_t(n) * C);
+    be_.add(L.residual2, x, att_out, size_t(n) * C);
     be_.layernorm_forward(L.ln2, L.ln2_mean, L.ln2_rstd, x, w.ln2w, w.ln2b, n, C, shape_.norm_eps);
   } else {
-    be_.residual_layernorm_forward(L.residual2, L.ln2, L.ln2_mean, L.ln2_rstd, x, L.attproj, w.ln2w,
+    be_.residual_layernorm_forward(L.residual2, L.ln2, L.ln2_mean, L.ln2_rstd, x, att_out, w.ln2w,
                                    w.ln2b, n, C, shape_.norm_eps);
   }
   const A* ln2 = gather_rows(L.ln2, L.ln2g, N);
@@ -408,28 +441,21 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T, int pos0) {
     prefetch_layer_weights<A>(first_layer + i + 1);
     prefetch_layer_weights<A>(first_layer + i + 2);
     const LayerTensors<const A> w = layer_weights(i);
-    const A* fcprojb = mp_.tp_rank == 0 ? w.fcprojb : nullptr;  // bias added once
     layer_front(S, g, i, B, T, pos0);
-    A* fcproj = sp ? full : L.fcproj;
-    if (shape_.moe_layer(first_layer + i))
-      moe_output<A>(L, fcproj, w, N);
-    else
-      linear_forward(fp8_site(first_layer + i, 3), fcproj, L.fch_gelu, w.fcprojw, fcprojb, N,
-                     shape_.hidden() / mp_.tp, C);
-    reduce_rows(fcproj, L.fcproj, N);
+    mlp_output(L, w, first_layer + i, N);
+    const A* mlp_out = branch_norm_forward(L.fcproj, L.pn2_mean, L.pn2_rstd, w.monw, w.monb, n);
     if (i + 1 < per_chunk) {
       auto& next = S.layers[size_t(i + 1)];
       const LayerTensors<const A> wn = layer_weights(i + 1);
       be_.residual_layernorm_forward(L.residual3, next.ln1, next.ln1_mean, next.ln1_rstd,
-                                     L.residual2, L.fcproj, wn.ln1w, wn.ln1b, n, C,
-                                     shape_.norm_eps);
+                                     L.residual2, mlp_out, wn.ln1w, wn.ln1b, n, C, shape_.norm_eps);
     } else if (last_chunk) {
       be_.residual_layernorm_forward(L.residual3, S.lnf, S.lnf_mean, S.lnf_rstd, L.residual2,
-                                     L.fcproj, lnfw, lnfb, n, C, shape_.norm_eps);
+                                     mlp_out, lnfw, lnfb, n, C, shape_.norm_eps);
     } else {
-      be_.add(L.residual3, L.residual2, L.fcproj, nC);
+      be_.add(L.residual3, L.residual2, mlp_out, nC);
     }
-    add_activation_sums<A>(2 + 3 * size_t(first_layer + i), {L.fcproj, L.residual3}, nC);
+    add_activation_sums<A>(2 + 3 * size_t(first_layer + i), {mlp_out, L.residual3}, nC);
   }
   if (last_chunk) gather_rows(S.lnf, S.lnfg, N);
 }
@@ -598,8 +624,12 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
       recomputing_ = true;  // the routing statistics were counted by the forward pass
       layer_front(S, g, i, B, T);
       recomputing_ = false;
-      if (shape_.moe_layer(l))  // the gates' gradient reads the experts' outputs
+      if (shape_.branch_norm) {  // ln_mlp_out's backward reads the MLP's output, and its stats
+        mlp_output(L, w, l, N);
+        branch_norm_forward(L.fcproj, L.pn2_mean, L.pn2_rstd, w.monw, w.monb, n);
+      } else if (shape_.moe_layer(l)) {  // the gates' gradient reads the experts' outputs
         moe_output<A>(L, nullptr, w, N);
+      }
     } else if (recompute == Recompute::gelu && !split) {  // split: only the weight pass reads it
       mlp_activation(L.fch_gelu, L.fch, mlp_rows(L, N, l), shape_.hidden() / mp_.tp);
     }
@@ -607,11 +637,13 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     auto wgrad = [split](float* p) { return split ? nullptr : p; };
     A* dfch = split ? L.dfch : a.dfch;
     A* dqkv = split ? L.dqkv : a.dqkv;
-    // MLP branch: residual3 = residual2 + c_proj(gelu(c_fc(ln_2(residual2)))). The
-    // row-parallel c_proj sees the gradient of all rows, so its bias gradient is complete.
-    const A* dres = split && shape_.weight_pass_reads_mlp_output(l)
-                        ? keep_rows(a.dresidual, L.dfcproj, N)
-                        : gather_rows(a.dresidual, a.full, N);
+    // MLP branch: residual3 = residual2 + c_proj(gelu(c_fc(ln_2(residual2)))) (through
+    // ln_mlp_out under model.branch_norm). The row-parallel c_proj sees the gradient of all
+    // rows, so its bias gradient is complete.
+    const A* dmlp = branch_norm_backward(gr.monw, gr.monb, a.dresidual, L.fcproj, w.monw,
+                                         L.pn2_mean, L.pn2_rstd, n);
+    const A* dres = split && shape_.weight_pass_reads_mlp_output(l) ? keep_rows(dmlp, L.dfcproj, N)
+                                                                    : gather_rows(dmlp, a.full, N);
     const int Hl = shape_.hidden() / mp_.tp, Fl = shape_.fc_rows() / mp_.tp;
     if (shape_.moe_layer(l)) {
       moe_backward<A>(L, dpart, gr, dres, L.ln2g, w, N);
@@ -637,8 +669,10 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
                          L.ln2_rstd, n);
     };
     if (!shape_.parallel_residual) ln2_backward();
-    // Attention branch: residual2 = x + c_proj(attn(c_attn(ln_1(x)))).
-    dres = split ? keep_rows(a.dresidual, L.dproj, N) : gather_rows(a.dresidual, a.full, N);
+    // Attention branch: residual2 = x + c_proj(attn(c_attn(ln_1(x)))) (through ln_attn_out).
+    const A* datt = branch_norm_backward(gr.aonw, gr.aonb, a.dresidual, L.attproj, w.aonw,
+                                         L.pn1_mean, L.pn1_rstd, n);
+    dres = split ? keep_rows(datt, L.dproj, N) : gather_rows(datt, a.full, N);
     linear_backward(fp8_site(first_layer + i, 1), a.datty, wgrad(gr.projw), wgrad(gr.projb), dres,
                     L.atty, w.projw, N, Al, C, kSet);
     if (shape_.parallel_residual) ln2_backward();

@@ -94,6 +94,9 @@ class KeyTable {
     add("model.parallel_residual", c.model.parallel_residual,
         "attention and MLP side by side: x + attn(ln_1(x)) + mlp(ln_2(x)) (GPT-J, GPT-NeoX, "
         "PaLM) instead of one after the other");
+    add("model.branch_norm", c.model.branch_norm,
+        "a norm (of model.norm's kind) on each branch's output before its residual add: x + "
+        "norm(attn(ln_1(x))) (Gemma 2 and 3's sandwich norms)");
     add("model.embed_scale", c.model.embed_scale,
         "the embedding's output times this (Gemma: sqrt(n_embd), not shared by a tied head); 1: "
         "none");

@@ -527,6 +527,7 @@ CheckpointState Trainer::State::checkpoint_state() const {
   st.model.logit_softcap = cfg.model.logit_softcap;
   st.model.embed_scale = cfg.model.embed_scale;
   st.model.parallel_residual = cfg.model.parallel_residual;
+  st.model.branch_norm = cfg.model.branch_norm;
   st.model.attn_scale = cfg.model.attn_scale;
   st.model.mup_base_width = cfg.model.mup_base_width;
   st.model.norm_eps = cfg.model.norm_eps;
@@ -644,6 +645,9 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
   TRIAD_CHECK(m.parallel_residual == c.parallel_residual, "checkpoint ", path, " holds a model ",
               m.parallel_residual ? "with" : "without", " parallel attention and MLP but the ",
               "config asks for model.parallel_residual = ", c.parallel_residual ? "true" : "false");
+  TRIAD_CHECK(m.branch_norm == c.branch_norm, "checkpoint ", path, " holds a model ",
+              m.branch_norm ? "with" : "without", " norms on the branches' outputs but the ",
+              "config asks for model.branch_norm = ", c.branch_norm ? "true" : "false");
   TRIAD_CHECK(float(m.attn_scale) == float(c.attn_scale), "checkpoint ", path,
               " holds a model whose attention scale is ", m.attn_scale,
               " (0: 1/sqrt(head width)) but the config asks for model.attn_scale = ", c.attn_scale);

@@ -618,6 +618,18 @@ TEST(ModelParallel, ParallelResidualMatchesOneRankOnEveryGrid) {
                 {"full", "gelu"}, true, Grid{1, 2, 2, 0, 2, "1f1b", 1});
 }
 
+// Norms on the branches' outputs (model.branch_norm, Gemma 2's sandwich norms; LayerNorms with
+// biases here): replicated tensors whose gradients are partial sums over the rows a
+// sequence-parallel rank holds, and branch outputs each layer keeps for their backward (the MLP's
+// recomputed with the layer under full recomputation). Every grid, ZeRO-3's gathered weights,
+// both recomputations, the zero-bubble split, bf16 and resumed across grids, against one rank.
+TEST(ModelParallel, BranchNormMatchesOneRankOnEveryGrid) {
+  std::vector<Grid> grids = block_variant_grids();
+  grids.push_back({2, 1, 1, 3, 2, "1f1b", 1});
+  check_variant("branchnorm", {"--model.branch_norm", "true"}, grids, {"full", "gelu"}, true,
+                Grid{1, 2, 2, 0, 2, "1f1b", 1});
+}
+
 // An untied output layer (model.tie_embeddings = false): lm_head, vocabulary-parallel, on the
 // last stage only; no wte copy there and no gradient exchange between the first and the last
 // stage. Every grid, recomputation, bf16 and resharding against one rank.

@@ -193,6 +193,21 @@ CASES = [
     Case("neox", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
                                position="rope", rope_theta=500.0, rotary_dim=4, mlp="gelu_exact",
                                tied=False, parallel_residual=True), 2, 40, 6, 157),
+    # Gemma 2's blocks: a norm on each branch's output before its residual add
+    # (model.branch_norm, the "sandwich" norms), GeGLU, RMSNorm, rope, wide heads in pairs on a
+    # key/value head, the embedding scaled, soft-capped logits, and local (8-token window) and
+    # global layers in turn.
+    Case("gemma2", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
+                                 position="rope", rope_theta=500.0, norm="rmsnorm", bias=False,
+                                 mlp="geglu", mlp_hidden=96, n_kv_head=2, attn_head_dim=24,
+                                 embed_scale=8.0, branch_norm=True, logit_softcap=8.0,
+                                 sliding_window=8, full_attention_every=2), 2, 40, 6, 163),
+    # Branch norms with LayerNorms and biases (GPT-2's blocks) around a dense layer and one of
+    # 4 GELU experts, 2 per token, beside parallel attention and MLP.
+    Case("sandwichmoe", ref.GptConfig(n_layer=2, n_head=3, n_embd=48, seq_len=17, vocab_size=300,
+                                      mlp_hidden=96, moe_experts=4, moe_top_k=2,
+                                      moe_first_dense=1, branch_norm=True,
+                                      parallel_residual=True), 3, 45, 7, 167),
     # Parallel attention and MLP with a mixture of SwiGLU experts (4, 2 per token) on Llama's
     # blocks.
     Case("parallelmoe", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
@@ -260,6 +275,7 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                       full_attention_every=c.full_attention_every, logit_softcap=c.logit_softcap,
                       attn_scale=c.attn_scale, mup_base_width=c.mup_base_width,
                       embed_scale=c.embed_scale, parallel_residual=c.parallel_residual,
+                      branch_norm=c.branch_norm,
                       moe_experts=c.moe_experts, moe_top_k=c.moe_top_k,
                       moe_normalize=c.moe_normalize, moe_score=c.moe_score,
                       moe_routed_scale=c.moe_routed_scale, moe_groups=c.moe_groups,
@@ -1217,7 +1233,8 @@ GRAD_CLIP = {"gpt2vocab": 1.0, "oddshapes": 1.0, "rope": 1.0, "rmsnorm": 1.2, "n
              "qknorm": 1.15, "ropescaling": 1.0, "qwen2": 1.8, "headdim": 1.8, "moe": 1.0,
              "moeswiglu": 1.7, "moemixed": 0.8, "qwen2moe": 1.7, "dsv3": 1.7,
              "partialrope": 1.8, "relu2": 1.0, "moerelu2": 1.7, "nemotron": 1.8, "gemma": 1.45,
-             "parallel": 1.0, "parallelmoe": 1.7, "neox": 1.25}
+             "parallel": 1.0, "parallelmoe": 1.7, "neox": 1.25, "gemma2": 2.4,
+             "sandwichmoe": 1.0}
 
 
 # model.moe_capacity_factor: each expert takes the first ceil(f·N·k/E) of a pass's choices (the
@@ -1326,3 +1343,19 @@ def test_moe_loss_terms_match_torch(name, term, coef, tmp_root, tmp_path):
                             **{"train__" + term: 0.0})
     losses, *_ = torch_train(p, plain)
     assert np.max(np.abs(losses - m["train/loss"]) / losses) > 1e-6
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_checkpoint_inspector_expects_every_variants_tensors(case, tmp_root):
+    """analysis.inspect_checkpoint's tensors and shapes, which it derives from /model's
+    attributes alone, are those of the reference model's checkpoint (which triad loads) for
+    every variant of the blocks."""
+    from analysis.inspect_checkpoint import expected_shapes
+    p = prepare(case, tmp_root)
+    with h5py.File(p.ckpt, "r") as f:
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v.item() if hasattr(v, "item")
+                     else v) for k, v in f["model"].attrs.items()}
+        held = {}
+        f["model"].visititems(lambda name, obj: held.__setitem__(name, obj.shape)
+                              if isinstance(obj, h5py.Dataset) else None)
+    assert expected_shapes(attrs) == held

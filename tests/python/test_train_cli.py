@@ -785,6 +785,7 @@ def test_damaged_checkpoints(tmp_path):
             ("mlp", {"mlp": "relu3"}, "'relu3', not gelu, gelu_exact, swiglu, geglu or relu2"),
             ("embed_scale", {"embed_scale": -2.0}, "attribute embed_scale of /model is -2"),
             ("parallel", {"parallel_residual": 2}, "attribute parallel_residual of /model is 2"),
+            ("branch", {"branch_norm": 2}, "attribute branch_norm of /model is 2"),
             ("tied", {"tie_embeddings": 3}, "attribute tie_embeddings of /model is 3"),
             ("hidden", {"mlp_hidden": 0}, "attribute mlp_hidden of /model is 0"),
             ("kv", {"n_kv_head": 3}, "attribute n_kv_head of /model is 3"),
@@ -845,6 +846,9 @@ def test_damaged_checkpoints(tmp_path):
     assert_clean_error(train("--config", cfg, "--eval-only", "--resume", good,
                              "--model.parallel_residual", "true"),
                        "without parallel attention and MLP", "model.parallel_residual = true")
+    assert_clean_error(train("--config", cfg, "--eval-only", "--resume", good,
+                             "--model.branch_norm", "true"),
+                       "without norms on the branches' outputs", "model.branch_norm = true")
 
 
 def test_init_from_eval_only_and_generate(tmp_path):

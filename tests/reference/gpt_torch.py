@@ -87,6 +87,9 @@ class GptConfig:
     embed_scale: float = 1.0
     # model.parallel_residual: x + attn(ln_1(x)) + mlp(ln_2(x)) (GPT-J's, GPT-NeoX's).
     parallel_residual: bool = False
+    # model.branch_norm: x + norm(attn(ln_1(x))), the branches' outputs normalized before their
+    # residual adds (Gemma 2's and 3's sandwich norms).
+    branch_norm: bool = False
     # model.attn_scale: the attention scores' scale (0: 1/sqrt(head width)).
     attn_scale: float = 0.0
     # model.mup_base_width: μP relative to a base model this wide (0: off); m = n_embd / it.
@@ -192,6 +195,11 @@ def param_shapes(cfg: GptConfig) -> Dict[str, tuple]:
         shapes[p + "ln_2/weight"] = (C,)
         if not rms:
             shapes[p + "ln_2/bias"] = (C,)
+        if cfg.branch_norm:
+            for n in ("ln_attn_out", "ln_mlp_out"):
+                shapes[p + n + "/weight"] = (C,)
+                if not rms:
+                    shapes[p + n + "/bias"] = (C,)
         F = cfg.hidden * (2 if cfg.gated else 1)
         if cfg.moe_layer(i):
             E = cfg.moe_experts
@@ -231,7 +239,8 @@ def random_weights(cfg: GptConfig, seed: int, perturb: bool = True,
     out = {}
     resid_std = 0.02 / math.sqrt(2 * cfg.n_layer)
     for name, shape in param_shapes(cfg).items():
-        if name.endswith(("ln_1/weight", "ln_2/weight", "q_norm/weight", "k_norm/weight")) \
+        if name.endswith(("ln_1/weight", "ln_2/weight", "q_norm/weight", "k_norm/weight",
+                          "ln_attn_out/weight", "ln_mlp_out/weight")) \
                 or name == "ln_f/weight":
             t = torch.ones(shape, dtype=torch.float64)
             if perturb:
@@ -632,6 +641,8 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor,
                              cfg.head_dim, layer_mask(i), positions, cfg.scores_scale,
                              cfg.rotary_dim),
                    params[p + "attn/c_proj/weight"], params.get(p + "attn/c_proj/bias"))
+        if cfg.branch_norm:
+            a = norm(params, cfg, p + "ln_attn_out", a)
         # model.parallel_residual (GPT-J's, GPT-NeoX's): ln_2 reads the layer's input, and both
         # branches add to it, (x + a) + m.
         h = norm(params, cfg, p + "ln_2", x)
@@ -639,6 +650,8 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor,
         if not cfg.parallel_residual:
             h = norm(params, cfg, p + "ln_2", x)
         m = mlp(params, cfg, p, h)
+        if cfg.branch_norm:
+            m = norm(params, cfg, p + "ln_mlp_out", m)
         x = x + m
         if record is not None:  # the activations train.activations_every reports
             record[f"h{i}_attn"], record[f"h{i}_mlp"], record[f"h{i}_out"] = a, m, x
@@ -1021,6 +1034,8 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
             m.attrs.create("embed_scale", np.float64(cfg.embed_scale), dtype="<f8")
         if cfg.parallel_residual:
             m.attrs.create("parallel_residual", i64(1), dtype="<i8")
+        if cfg.branch_norm:
+            m.attrs.create("branch_norm", i64(1), dtype="<i8")
         if cfg.attn_scale:
             m.attrs.create("attn_scale", np.float64(cfg.attn_scale), dtype="<f8")
         if cfg.mup_base_width:
@@ -1083,6 +1098,7 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                         logit_softcap=float(a.get("logit_softcap", 0.0)),
                         embed_scale=float(a.get("embed_scale", 1.0)),
                         parallel_residual=int(a.get("parallel_residual", 0)) == 1,
+                        branch_norm=int(a.get("branch_norm", 0)) == 1,
                         attn_scale=float(a.get("attn_scale", 0.0)),
                         mup_base_width=int(a.get("mup_base_width", 0)),
                         moe_experts=int(a.get("moe_experts", 0)),

@@ -147,6 +147,11 @@ struct GptShape {
   // Parallel attention and MLP (model.parallel_residual; GPT-J's, GPT-NeoX's, PaLM's): ln_2
   // reads the layer's input x, and the layer's output is (x + attn(ln_1(x))) + mlp(ln_2(x)).
   bool parallel_residual = false;
+  // A norm on each branch's output before its residual add (model.branch_norm; Gemma 2's and
+  // Gemma 3's "sandwich" norms, Swin v2's and CogView's): residual2 = x + ln_attn_out(attn(..)),
+  // residual3 = residual2 + ln_mlp_out(mlp(..)), each norm of the kind and the biases ln_1 has
+  // (tensors h/<l>/ln_attn_out/* and h/<l>/ln_mlp_out/*, initialized to weight 1, bias 0).
+  bool branch_norm = false;
   // The window changes during training (train.window_warmup, Gpt::set_window): the attention
   // mask is planned for even where sliding_window cuts nothing. Not part of the model.
   bool window_scheduled = false;
@@ -1081,6 +1086,20 @@ class Gpt {
   template <class A>
   void layernorm_backward(A* dinp, float* dw, float* db, const A* dout, const A* inp, const A* w,
                           const float* mean, const float* rstd, int rows);
+  // model.branch_norm: a branch's output y (this rank's rows) through its norm (weight w, bias b)
+  // into the shared proj buffer, which is returned; without branch norms y itself.
+  template <class A>
+  const A* branch_norm_forward(const A* y, float* mean, float* rstd, const A* w, const A* b,
+                               int rows);
+  // Its backward: the gradient dout of the norm's output into that of y, in the dbranch scratch,
+  // which is returned (the norm's weight gradients accumulate); without branch norms dout.
+  template <class A>
+  const A* branch_norm_backward(float* dw, float* db, const A* dout, const A* y, const A* w,
+                                const float* mean, const float* rstd, int rows);
+  // The MLP's output (dense or the experts') of layer l, reduced into L.fcproj: in the forward
+  // pass, and again before the backward pass of a fully recomputed layer with branch norms.
+  template <class A>
+  void mlp_output(typename Set<A>::Layer& L, const LayerTensors<const A>& w, int l, int N);
   // The gradients of a replicated pair of tensors (n floats each; db null: only one) that are
   // partial sums over the tensor-parallel group: form(ga, gb) writes them into zeroed scratch,
   // where they are all-reduced, then accumulated into da and db, so that accumulation over
@@ -1128,10 +1147,10 @@ class Gpt {
   float* rope_table_ = nullptr;  // rope_table(shape_) on the backend (shape_.rope)
   std::vector<int> layer_;
   // Where each of a layer's kLayerTensorKinds possible tensors (DESIGN.md §3's 12, q_norm and
-  // k_norm, the mixture of experts' router, shared experts and their gate) sits in its run of
-  // specs_ (-1: not in this model, a bias or norm it does not have), and how many it has.
-  // [0]: a dense layer's, [1]: one with experts' (GptShape::moe_layer).
-  static constexpr int kLayerTensorKinds = 18;
+  // k_norm, the mixture of experts' router, shared experts and their gate, the branch norms)
+  // sits in its run of specs_ (-1: not in this model, a bias or norm it does not have), and how
+  // many it has. [0]: a dense layer's, [1]: one with experts' (GptShape::moe_layer).
+  static constexpr int kLayerTensorKinds = 22;
   int layer_slot_[2][kLayerTensorKinds] = {};
   int layer_count_[2] = {kLayerTensorKinds, kLayerTensorKinds};
   using LayerSlots = int[kLayerTensorKinds];
