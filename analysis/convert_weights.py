@@ -44,6 +44,12 @@ What the formats hold and how they map (docs/formats.md, "Weights from other pro
 - HF Gemma: Llama's tensors with GeGLU (model.mlp = geglu: gelu(gate_proj)·up_proj), RMSNorm
   weights stored as w - 1 (it scales by 1 + w), the embedding's output times sqrt(hidden_size)
   (model.embed_scale), heads head_dim wide (model.head_dim).
+- HF Gemma 2: Gemma's with a norm on each branch's output (model.branch_norm: the sandwich's
+  post_attention_layernorm and post_feedforward_layernorm; pre_feedforward_layernorm is ln_2),
+  scores scaled by query_pre_attn_scalar^-0.5 (model.attn_scale) and soft-capped
+  (attn_logit_softcapping: model.attn_softcap), soft-capped logits (final_logit_softcapping:
+  model.logit_softcap), and a sliding window in every other layer, the first included
+  (model.sliding_window, model.full_attention_every = 2).
 - HF GPT-NeoX (Pythia): GPT-2's tensors under other names, q, k and v interleaved by head in
   query_key_value ([heads, 3, head width] rows, reordered into c_attn's q | k | v), rope on
   rotary_pct of each head (model.rotary_dim), parallel attention and MLP
@@ -74,7 +80,7 @@ import re
 import shutil
 import tempfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, Iterator, Tuple
 
@@ -168,6 +174,13 @@ class Dims:
     norm_offset: bool = False
     # The embedding's output times this (model.embed_scale: Gemma's sqrt(n_embd)); 1: none.
     embed_scale: float = 1.0
+    # Gemma 2's: a norm on each branch's output (model.branch_norm), the scores' scale
+    # (model.attn_scale; 0: 1/sqrt(head width)), and soft caps on the scores (model.attn_softcap)
+    # and on the logits (model.logit_softcap); 0: none.
+    branch_norm: bool = False
+    attn_scale: float = 0.0
+    attn_softcap: float = 0.0
+    logit_softcap: float = 0.0
 
     def moe_layer(self, i: int) -> bool:
         """Whether layer i has the experts (GptShape::moe_layer)."""
@@ -216,7 +229,8 @@ class Dims:
             self.mlp_hidden in (0, 4 * self.n_embd) and self.kv == self.n_head and \
             not self.qk_norm and not self.qkv_bias and not self.head_dim and \
             not self.sliding_window and not self.moe_experts and not self.norm_bias and \
-            not self.parallel_residual and self.embed_scale == 1.0
+            not self.parallel_residual and self.embed_scale == 1.0 and not self.branch_norm \
+            and not self.attn_scale and not self.attn_softcap and not self.logit_softcap
 
     @property
     def padded_vocab_size(self) -> int:  # DESIGN.md §3 at tp = 1
@@ -258,6 +272,11 @@ class Dims:
                 a["embed_scale"] = float(self.embed_scale)
             if self.parallel_residual:  # model.parallel_residual (absent: 0)
                 a["parallel_residual"] = 1
+            if self.branch_norm:  # model.branch_norm (absent: 0)
+                a["branch_norm"] = 1
+            for k in ("attn_scale", "attn_softcap", "logit_softcap"):  # (absent: 0)
+                if getattr(self, k):
+                    a[k] = float(getattr(self, k))
             if self.rotary_dim:  # model.rotary_dim (absent: every value rotates)
                 a["rotary_dim"] = int(self.rotary_dim)
             if self.position == "rope":
@@ -306,6 +325,11 @@ class Dims:
                 keys["embed_scale"] = repr(float(self.embed_scale))
             if self.parallel_residual:
                 keys["parallel_residual"] = "true"
+            if self.branch_norm:
+                keys["branch_norm"] = "true"
+            for k in ("attn_scale", "attn_softcap", "logit_softcap"):
+                if getattr(self, k):
+                    keys[k] = repr(float(getattr(self, k)))
             if self.rotary_dim:
                 keys["rotary_dim"] = self.rotary_dim
             for k, v in self.moe_keys().items():
@@ -473,7 +497,7 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         return llama_config_dims(cfg, where, seq_len)
     if kind in ("nemotron", "stablelm"):
         return layernorm_config_dims(cfg, where, seq_len)
-    if kind == "gemma":
+    if kind in ("gemma", "gemma2"):
         return gemma_config_dims(cfg, where, seq_len)
     if kind == "gpt_neox":
         return neox_config_dims(cfg, where, seq_len)
@@ -488,7 +512,8 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                            f"Llama ('llama'), Mistral ('mistral'), Mixtral ('mixtral'), Phi-3 "
                            f"('phi3'), Qwen2 ('qwen2'), Qwen2-MoE ('qwen2_moe'), Qwen3 ('qwen3'), "
                            f"Qwen3-MoE ('qwen3_moe'), Nemotron ('nemotron'), StableLM "
-                           f"('stablelm'), Gemma ('gemma'), GPT-NeoX ('gpt_neox') and Falcon "
+                           f"('stablelm'), Gemma ('gemma', 'gemma2'), GPT-NeoX ('gpt_neox') and "
+                           f"Falcon "
                            f"('falcon') models")
     try:
         n_layer, n_head, n_embd = int(get("n_layer")), int(get("n_head")), int(get("n_embd"))
@@ -876,7 +901,13 @@ def gemma_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     RMSNorm (weights stored as w - 1: it scales by 1 + w), GeGLU with GELU's tanh approximation
     (model.mlp = geglu), no biases, heads head_dim wide (model.head_dim), grouped-query or
     multi-query attention, the embedding's output times sqrt(hidden_size) (model.embed_scale),
-    tied or not; refused where triad computes something else."""
+    tied or not; refused where triad computes something else. Gemma 2's (Gemma2ForCausalLM) adds
+    the branches' output norms (model.branch_norm), the scores scaled by
+    query_pre_attn_scalar^-0.5 (model.attn_scale where that is not 1/sqrt(head_dim)), the scores
+    and the logits soft-capped (attn_logit_softcapping, final_logit_softcapping: model.attn_softcap
+    and model.logit_softcap), and a sliding window in layers 0, 2, 4, .. (transformers'
+    is_sliding): model.sliding_window with model.full_attention_every = 2, or none where the
+    window covers the context."""
     c = LlamaLikeConfig(cfg, where, "rms_norm_eps", 1e-6,
                         {"head_dim": lambda: int(cfg.get("head_dim") or 256)})
     n_layer, n_head, n_embd, hidden = c.n_layer, c.n_head, c.n_embd, c.hidden
@@ -895,12 +926,40 @@ def gemma_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                         f"without scaling)")
     if not 2 <= hd <= 4096 or hd % 2:
         refusals.append(f"head_dim {hd} (triad's rope needs an even model.head_dim in [2, 4096])")
+    gemma2 = cfg.get("model_type") == "gemma2"
+    scale = attn_cap = logit_cap = 0.0
+    window = 0
+    if gemma2:
+        try:
+            scalar = float(cfg.get("query_pre_attn_scalar") or hd)
+            attn_cap = float(cfg.get("attn_logit_softcapping") or 0.0)
+            logit_cap = float(cfg.get("final_logit_softcapping") or 0.0)
+            window = int(cfg.get("sliding_window") or 0)
+        except (TypeError, ValueError) as e:
+            raise ConvertError(f"{where}: a Gemma 2 config needs numeric query_pre_attn_scalar, "
+                               f"attn_logit_softcapping, final_logit_softcapping and an integer "
+                               f"sliding_window ({e})")
+        if scalar <= 0:
+            refusals.append(f"query_pre_attn_scalar {scalar} (it must be positive)")
+        elif float(np.float32(scalar ** -0.5)) != float(np.float32(1.0 / math.sqrt(hd))):
+            scale = float(np.float32(scalar ** -0.5))  # model.attn_scale (else the default)
+        for key, cap in (("attn_logit_softcapping", attn_cap),
+                         ("final_logit_softcapping", logit_cap)):
+            if not 0 <= cap <= 1e4:
+                refusals.append(f"{key} {cap} (triad's caps are in [0, 1e4])")
+        if window < 0:
+            refusals.append(f"sliding_window {window}")
     refuse_or_check_positions(where, refusals, seq_len, n_pos, "max_position_embeddings")
-    d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab, position="rope", rope_theta=theta,
+    context = seq_len or n_pos
+    windowed = gemma2 and 0 < window < context  # a window the context can exceed
+    d = Dims(n_layer, n_head, n_embd, context, vocab, position="rope", rope_theta=theta,
              norm="rmsnorm", bias=False, mlp="geglu", mlp_hidden=hidden,
              tied=bool(cfg.get("tie_word_embeddings", True)), n_kv_head=kv, norm_eps=eps,
              head_dim=0 if hd * n_head == n_embd else hd, norm_offset=True,
-             embed_scale=float(np.float32(math.sqrt(n_embd))))
+             embed_scale=float(np.float32(math.sqrt(n_embd))), branch_norm=gemma2,
+             attn_scale=scale, attn_softcap=attn_cap, logit_softcap=logit_cap,
+             sliding_window=window if windowed else 0,
+             full_attention_every=2 if windowed else 0)
     d.check(where)
     return d
 
@@ -1014,6 +1073,9 @@ def llama_sources(d: Dims) -> dict[str, list[str]]:
         if d.norm_bias:  # Nemotron's LayerNorms
             src.update({p + "ln_1/bias": [h + "input_layernorm.bias"],
                         p + "ln_2/bias": [h + "post_attention_layernorm.bias"]})
+        if d.branch_norm:  # Gemma 2's sandwich: pre- and post-norms around both branches
+            src.update({p + "ln_attn_out/weight": [h + "post_attention_layernorm.weight"],
+                        p + "ln_mlp_out/weight": [h + "post_feedforward_layernorm.weight"]})
         src.update({
             p + "ln_1/weight": [h + "input_layernorm.weight"],
             p + "attn/c_attn/weight": [h + "self_attn.qkv_proj.weight"] if d.fused else
@@ -1023,7 +1085,8 @@ def llama_sources(d: Dims) -> dict[str, list[str]]:
             p + "attn/c_proj/weight": [h + "self_attn.o_proj.weight"],
             **({p + "attn/q_norm/weight": [h + "self_attn.q_norm.weight"],
                 p + "attn/k_norm/weight": [h + "self_attn.k_norm.weight"]} if d.qk_norm else {}),
-            p + "ln_2/weight": [h + "post_attention_layernorm.weight"],
+            p + "ln_2/weight": [h + ("pre_feedforward_layernorm.weight" if d.branch_norm else
+                                     "post_attention_layernorm.weight")],
         })
         if d.moe_layer(i) and d.moe_format != "mixtral":  # Qwen2-MoE's, Qwen3-MoE's sparse MLP
             m = h + "mlp."
@@ -1270,8 +1333,10 @@ def llama_tensors(d: Dims, where: dict, directory: Path) -> Tensors:
 
 
 def is_norm_weight(t: str) -> bool:
-    """Whether triad tensor t is a LayerNorm's (or RMSNorm's) weight: ln_1, ln_2, ln_f."""
-    return t.endswith(("ln_1/weight", "ln_2/weight")) or t == "ln_f/weight"
+    """Whether triad tensor t is a LayerNorm's (or RMSNorm's) weight: ln_1, ln_2, the branch
+    norms, ln_f."""
+    return t.endswith(("ln_1/weight", "ln_2/weight", "ln_attn_out/weight",
+                       "ln_mlp_out/weight")) or t == "ln_f/weight"
 
 
 def hf_config(d: Dims) -> dict:
@@ -1454,17 +1519,25 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
     if not rep.ok:
         raise ConvertError(rep.headline())
     a = rep.model_attrs
-    if float(a.get("logit_softcap", 0.0)):  # dropping it would change every probability
-        raise ConvertError(f"{path}: the model caps its logits at {a['logit_softcap']} "
-                           f"(model.logit_softcap); none of the export formats (GPT-2's, llm.c's, "
-                           f"Hugging Face's Llama, Qwen2, Qwen3 and Mistral) caps logits")
+    llama = (a.get("position"), a.get("norm"), int(a.get("bias", 1))) == ("rope", "rmsnorm", 0) \
+        and a.get("mlp") in ("swiglu", "geglu")  # Llama's blocks, or Gemma's (GeGLU)
+    gemma = llama and a.get("mlp") == "geglu"
+    # Gemma 2's blocks: Gemma's with the branches' output norms (model.branch_norm); its format
+    # alone holds the caps and the scores' scale.
+    gemma2 = gemma and int(a.get("branch_norm", 0)) == 1
+    if int(a.get("branch_norm", 0)) and not gemma:
+        raise ConvertError(f"{path}: the model normalizes each branch's output (model.branch_norm) "
+                           f"in blocks other than Gemma's (rope, RMSNorm, GeGLU, no biases); only "
+                           f"Hugging Face's Gemma 2 holds such norms")
+    for key, what in (("logit_softcap", "its logits"), ("attn_softcap", "its attention scores")):
+        if float(a.get(key, 0.0)) and not gemma2:  # dropping it would change the probabilities
+            raise ConvertError(f"{path}: the model caps {what} at {a[key]} (model.{key}) in "
+                               f"blocks other than Gemma 2's (Gemma's with model.branch_norm); "
+                               f"only Hugging Face's Gemma 2 of the export formats caps them")
     if int(a.get("mup_base_width", 0)):  # its logits multiplier and attention scale
         raise ConvertError(f"{path}: the model is μP-parametrized (model.mup_base_width = "
                            f"{a['mup_base_width']}: logits times 1/m, another attention scale); "
                            f"the export formats hold neither")
-    llama = (a.get("position"), a.get("norm"), int(a.get("bias", 1))) == ("rope", "rmsnorm", 0) \
-        and a.get("mlp") in ("swiglu", "geglu")  # Llama's blocks, or Gemma's (GeGLU)
-    gemma = llama and a.get("mlp") == "geglu"
     if float(a.get("embed_scale", 1.0)) != 1.0 and not gemma:  # Gemma's √C alone holds it
         raise ConvertError(f"{path}: the model scales its embedding's output by "
                            f"{a['embed_scale']} (model.embed_scale) in blocks other than Gemma's; "
@@ -1494,10 +1567,10 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
                            f"LayerNorms, GELU, biases) and Falcon's (rope, LayerNorms, GELU exact, "
                            f"no linear biases); the export formats for them run them one after "
                            f"the other")
-    if float(a.get("attn_scale", 0.0)):  # the formats scale the scores by 1/sqrt(head width)
+    if float(a.get("attn_scale", 0.0)) and not gemma2:  # the others: 1/sqrt(head width)
         raise ConvertError(f"{path}: the model scales its attention scores by {a['attn_scale']} "
-                           f"(model.attn_scale); the export formats scale them by 1/sqrt(head "
-                           f"width) only")
+                           f"(model.attn_scale); the export formats but Gemma 2's "
+                           f"(query_pre_attn_scalar) scale them by 1/sqrt(head width) only")
     if a.get("qk_norm", 0) == 1 and not llama:  # Qwen3's blocks hold it; no other format
         raise ConvertError(f"{path}: the model normalizes each attention head's q and k "
                            f"(model.qk_norm = true, tensors attn/q_norm and attn/k_norm) in "
@@ -1644,6 +1717,10 @@ def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
              parallel_residual=int(a.get("parallel_residual", 0)) == 1,
              norm_offset=mlp in ("relu2", "geglu"), mlp=mlp, mlp_hidden=int(a["mlp_hidden"]),
              embed_scale=float(a.get("embed_scale", 1.0)),
+             branch_norm=int(a.get("branch_norm", 0)) == 1,
+             attn_scale=float(a.get("attn_scale", 0.0)),
+             attn_softcap=float(a.get("attn_softcap", 0.0)),
+             logit_softcap=float(a.get("logit_softcap", 0.0)),
              tied=int(a.get("tie_embeddings", 1)) == 1,
              n_kv_head=int(a.get("n_kv_head", a["n_head"])),
              rope_scaling=scaling_attrs(a, ROPE_SCALING_ATTRS)
@@ -1754,6 +1831,8 @@ def gemma_hf_config(d: Dims) -> dict:
     blocks computes (the inverse of gemma_config_dims): the embedding scale must be its
     sqrt(hidden_size) in fp32."""
     gemma_scale = float(np.float32(math.sqrt(d.n_embd)))
+    if d.branch_norm:
+        return gemma2_hf_config(d, gemma_scale)
     refuse_absent(d, "a model of Gemma's blocks (GeGLU) exports as Hugging Face's Gemma",
                   ("a c_attn bias (model.qkv_bias)", d.qkv_bias),
                   ("partial rotary (model.rotary_dim)", d.rotary_dim),
@@ -1767,6 +1846,42 @@ def gemma_hf_config(d: Dims) -> dict:
         "intermediate_size": d.mlp_hidden, "max_position_embeddings": d.seq_len,
         "vocab_size": d.vocab_size, "rms_norm_eps": d.norm_eps, "rope_theta": d.rope_theta,
         "hidden_act": "gelu_pytorch_tanh", "hidden_activation": "gelu_pytorch_tanh",
+        "attention_bias": False, "attention_dropout": 0.0, "tie_word_embeddings": d.tied,
+        "initializer_range": 0.02, "torch_dtype": "float32",
+    }
+
+
+def gemma2_hf_config(d: Dims, gemma_scale: float) -> dict:
+    """config.json for transformers' Gemma2ForCausalLM computing what triad's model of Gemma 2's
+    blocks (Gemma's with model.branch_norm) computes: its window in every other layer from the
+    first (model.full_attention_every = 2; without a window, one covering the context), the
+    scores' scale as query_pre_attn_scalar (1 / attn_scale²), the caps where set."""
+    refuse_absent(replace(d, sliding_window=0),  # (its window is checked below)
+                  "a model of Gemma 2's blocks (GeGLU, branch norms) exports as Hugging "
+                  "Face's Gemma 2",
+                  ("a c_attn bias (model.qkv_bias)", d.qkv_bias),
+                  ("partial rotary (model.rotary_dim)", d.rotary_dim),
+                  (f"an embedding scale of {d.embed_scale} (model.embed_scale; Gemma's is "
+                   f"sqrt(n_embd) = {gemma_scale})",
+                   float(np.float32(d.embed_scale)) != gemma_scale),
+                  (f"layers other than every second attending to the whole context "
+                   f"(model.full_attention_every = {d.full_attention_every}; Gemma 2's window "
+                   f"is in layers 0, 2, 4, ..)",
+                   d.sliding_window and d.full_attention_every != 2))
+    # transformers scales by query_pre_attn_scalar ** -0.5 in double, triad by the fp32
+    # attn_scale: the scalar whose power rounds to it.
+    scalar = float(d.hd) if not d.attn_scale else 1.0 / float(d.attn_scale) ** 2
+    return {
+        "architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2",
+        "num_hidden_layers": d.n_layer, "num_attention_heads": d.n_head,
+        "num_key_value_heads": d.kv, "hidden_size": d.n_embd, "head_dim": d.hd,
+        "intermediate_size": d.mlp_hidden, "max_position_embeddings": d.seq_len,
+        "vocab_size": d.vocab_size, "rms_norm_eps": d.norm_eps, "rope_theta": d.rope_theta,
+        "hidden_act": "gelu_pytorch_tanh", "hidden_activation": "gelu_pytorch_tanh",
+        "query_pre_attn_scalar": scalar,
+        "sliding_window": d.sliding_window or d.seq_len,
+        "attn_logit_softcapping": d.attn_softcap or None,
+        "final_logit_softcapping": d.logit_softcap or None,
         "attention_bias": False, "attention_dropout": 0.0, "tie_word_embeddings": d.tied,
         "initializer_range": 0.02, "torch_dtype": "float32",
     }

@@ -221,6 +221,7 @@ int main(int argc, char** argv) {
     shape.sliding_window = int(m.sliding_window);
     shape.full_attention_every = int(m.full_attention_every);
     shape.logit_softcap = float(m.logit_softcap);
+    shape.attn_softcap = float(m.attn_softcap);
     shape.embed_scale = float(m.embed_scale);
     shape.parallel_residual = m.parallel_residual;
     shape.branch_norm = m.branch_norm;

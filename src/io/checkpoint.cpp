@@ -753,6 +753,10 @@ CheckpointState read_state(hid_t file) {
   TRIAD_CHECK(std::isfinite(s.model.logit_softcap) && s.model.logit_softcap >= 0 &&
                   s.model.logit_softcap <= 1e4,
               "attribute logit_softcap of /model is ", s.model.logit_softcap, ", not in [0, 1e4]");
+  s.model.attn_softcap = io::read_double_attr(model, "attn_softcap").value_or(0.0);
+  TRIAD_CHECK(std::isfinite(s.model.attn_softcap) && s.model.attn_softcap >= 0 &&
+                  s.model.attn_softcap <= 1e4,
+              "attribute attn_softcap of /model is ", s.model.attn_softcap, ", not in [0, 1e4]");
   s.model.embed_scale = io::read_double_attr(model, "embed_scale").value_or(1.0);
   TRIAD_CHECK(
       std::isfinite(s.model.embed_scale) && s.model.embed_scale > 0 && s.model.embed_scale <= 1e4,
@@ -1147,6 +1151,8 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
           }
           if (state.model.logit_softcap > 0)  // 0: no cap
             io::write_double_attr(model, "logit_softcap", state.model.logit_softcap);
+          if (state.model.attn_softcap > 0)  // 0: no cap
+            io::write_double_attr(model, "attn_softcap", state.model.attn_softcap);
           if (state.model.embed_scale != 1)  // 1: none
             io::write_double_attr(model, "embed_scale", state.model.embed_scale);
           if (state.model.parallel_residual) io::write_int64_attr(model, "parallel_residual", 1);

@@ -330,12 +330,12 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
     // attention_decode's.
     if (inference_) {
       be_.attention_decode(L.atty, L.qkv, B, T, 0, T, Al, NHl, NKVl, shape_.layer_window(layer),
-                           shape_.scores_scale());
+                           shape_.scores_scale(), shape_.attn_softcap);
     } else if (mp_.cp > 1) {
       cp_attention_forward(L.atty, L.att, L.qkv, B, layer);
     } else {
       be_.attention_forward(L.atty, L.att, L.qkv, B, T, Al, NHl, NKVl, layer_key_begin(layer), {},
-                            shape_.scores_scale());
+                            shape_.scores_scale(), shape_.attn_softcap);
     }
   } else {
     // Decoding: sequence b keeps its q|k|v in rows b·seq_len + t of L.qkv (the cache); the new
@@ -355,7 +355,7 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
                  words(fresh + size_t(b) * T * row), word_count<A>(size_t(T) * row));
     }
     be_.attention_decode(L.atty, L.qkv, B, S_len, pos0, T, Al, NHl, NKVl,
-                         shape_.layer_window(layer), shape_.scores_scale());
+                         shape_.layer_window(layer), shape_.scores_scale(), shape_.attn_softcap);
   }
   linear_forward(fp8_site(l, 1), attproj, L.atty, w.projw, projb, N, Al, C);
   reduce_rows(attproj, L.attproj, N);
@@ -681,10 +681,12 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
                             first_layer + i);
     else if constexpr (std::is_same_v<A, float>)
       be_.attention_backward(dqkv, a.datt_scratch, a.datty, L.qkv, L.att, B, T, Al, NHl, NKVl, kSet,
-                             layer_key_begin(first_layer + i), {}, shape_.scores_scale());
+                             layer_key_begin(first_layer + i), {}, shape_.scores_scale(),
+                             shape_.attn_softcap);
     else  // flash style: probabilities recomputed from qkv and the saved log-sum-exp
       be_.attention_backward(dqkv, a.datty, L.qkv, L.atty, L.att, B, T, Al, NHl, NKVl, kSet,
-                             layer_key_begin(first_layer + i), {}, shape_.scores_scale());
+                             layer_key_begin(first_layer + i), {}, shape_.scores_scale(),
+                             shape_.attn_softcap);
     rotate_pieces(dqkv, B, T, true);  // the gradient of the normalized q|k|v, before the rotation
     if (shape_.qk_norm)               // ... and of c_attn's output, before the norm
       qk_norm_backward(dqkv, gr.qnw, gr.knw, L.qkv_pre, w.qnw, w.knw, L.qk_rstd, N);

@@ -103,6 +103,9 @@ class KeyTable {
     add("model.logit_softcap", c.model.logit_softcap,
         "soft-capped logits: the head's logits become c·tanh(logit / c), within (-c, c), before "
         "the loss and sampling (Gemma 2: 30); 0: none");
+    add("model.attn_softcap", c.model.attn_softcap,
+        "soft-capped attention scores: each scaled score s becomes c·tanh(s / c) before the "
+        "softmax (Gemma 2: 50, Grok-1: 30); 0: none");
     add("model.attn_scale", c.model.attn_scale,
         "the attention scores' scale, q·k times it (0: 1/sqrt(head width), the usual one; μP's "
         "is 1/head width)");
@@ -832,6 +835,8 @@ void validate(const Config& c, int world_size) {
         "needs model.sliding_window > 0 (the other layers' window)");
   check(std::isfinite(m.logit_softcap) && m.logit_softcap >= 0 && m.logit_softcap <= 1e4,
         "model.logit_softcap", "must be in [0, 1e4] (0: no cap)");
+  check(std::isfinite(m.attn_softcap) && m.attn_softcap >= 0 && m.attn_softcap <= 1e4,
+        "model.attn_softcap", "must be in [0, 1e4] (0: no cap)");
   check(std::isfinite(m.attn_scale) && m.attn_scale >= 0 && m.attn_scale <= 100, "model.attn_scale",
         "must be in [0, 100] (0: 1/sqrt(head width))");
   check(m.mup_base_width >= 0 && m.mup_base_width <= (1 << 20), "model.mup_base_width",

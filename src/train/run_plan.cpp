@@ -95,6 +95,7 @@ GptShape gpt_shape(const Config& cfg) {
   s.sliding_window = m.sliding_window;
   s.full_attention_every = m.full_attention_every;
   s.logit_softcap = float(m.logit_softcap);
+  s.attn_softcap = float(m.attn_softcap);
   s.embed_scale = float(m.embed_scale);
   s.parallel_residual = m.parallel_residual;
   s.branch_norm = m.branch_norm;

@@ -525,6 +525,7 @@ CheckpointState Trainer::State::checkpoint_state() const {
   st.model.sliding_window = cfg.model.sliding_window;
   st.model.full_attention_every = cfg.model.full_attention_every;
   st.model.logit_softcap = cfg.model.logit_softcap;
+  st.model.attn_softcap = cfg.model.attn_softcap;
   st.model.embed_scale = cfg.model.embed_scale;
   st.model.parallel_residual = cfg.model.parallel_residual;
   st.model.branch_norm = cfg.model.branch_norm;
@@ -639,6 +640,9 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
   TRIAD_CHECK(float(m.logit_softcap) == float(c.logit_softcap), "checkpoint ", path,
               " holds a model whose logits are capped at ", m.logit_softcap,
               " (0: none) but the config asks for model.logit_softcap = ", c.logit_softcap);
+  TRIAD_CHECK(float(m.attn_softcap) == float(c.attn_softcap), "checkpoint ", path,
+              " holds a model whose attention scores are capped at ", m.attn_softcap,
+              " (0: none) but the config asks for model.attn_softcap = ", c.attn_softcap);
   TRIAD_CHECK(float(m.embed_scale) == float(c.embed_scale), "checkpoint ", path,
               " holds a model whose embedding is scaled by ", m.embed_scale,
               " but the config asks for model.embed_scale = ", c.embed_scale);

@@ -300,7 +300,7 @@ TEST(ModelParallel, BatchRampupMatchesOneRankAndResumesExactly) {
 // others' keys and values. Alone and with data (ZeRO-1), tensor (sequence parallel), pipeline
 // (1F1B and zero bubble) parallelism, with full recomputation, for GPT-2's blocks and for Llama's
 // (rotary positions, grouped-query attention) under a document mask and a sliding window, with
-// μP's attention scale 1/hd (model.attn_scale): the
+// μP's attention scale 1/hd (model.attn_scale) and soft-capped scores (model.attn_softcap): the
 // losses and final weights of one rank to fp32 rounding; in bf16 close to one rank's bf16; a
 // checkpoint of a context-parallel run resumes on one rank and one rank's on a context-parallel
 // grid as the runs continued.
@@ -315,7 +315,7 @@ TEST(ModelParallel, ContextParallelMatchesOneRank) {
       {},
       {"--model.position", "rope", "--model.n_kv_head", "2", "--model.norm", "rmsnorm",
        "--model.mlp", "swiglu", "--data.document_mask", "7", "--model.sliding_window", "5",
-       "--model.attn_scale", "0.0625"}};
+       "--model.attn_scale", "0.0625", "--model.attn_softcap", "0.02"}};
   for (size_t k = 0; k < variants.size(); ++k) {
     const std::string name = "cp" + std::to_string(k);
     const std::string dir = shared_dir(name);
@@ -621,13 +621,18 @@ TEST(ModelParallel, ParallelResidualMatchesOneRankOnEveryGrid) {
 // Norms on the branches' outputs (model.branch_norm, Gemma 2's sandwich norms; LayerNorms with
 // biases here): replicated tensors whose gradients are partial sums over the rows a
 // sequence-parallel rank holds, and branch outputs each layer keeps for their backward (the MLP's
-// recomputed with the layer under full recomputation). Every grid, ZeRO-3's gathered weights,
-// both recomputations, the zero-bubble split, bf16 and resumed across grids, against one rank.
-TEST(ModelParallel, BranchNormMatchesOneRankOnEveryGrid) {
+// recomputed with the layer under full recomputation); with Gemma 2's soft-capped attention
+// scores (model.attn_softcap at 0.05, the scores scaled by 1 to reach it: the cap moves the
+// validation loss by 4e-4 here), which each rank caps on its own heads. Every grid, ZeRO-3's
+// gathered weights, both recomputations, the zero-bubble split, bf16 and resumed across grids,
+// against one rank.
+TEST(ModelParallel, BranchNormAndSoftCapMatchOneRankOnEveryGrid) {
   std::vector<Grid> grids = block_variant_grids();
   grids.push_back({2, 1, 1, 3, 2, "1f1b", 1});
-  check_variant("branchnorm", {"--model.branch_norm", "true"}, grids, {"full", "gelu"}, true,
-                Grid{1, 2, 2, 0, 2, "1f1b", 1});
+  check_variant(
+      "branchnorm",
+      {"--model.branch_norm", "true", "--model.attn_scale", "1", "--model.attn_softcap", "0.05"},
+      grids, {"full", "gelu"}, true, Grid{1, 2, 2, 0, 2, "1f1b", 1});
 }
 
 // An untied output layer (model.tie_embeddings = false): lm_head, vocabulary-parallel, on the

@@ -70,7 +70,7 @@ def val_sequences(d):
 def hf_loss_accuracy(model, d):
     x, y = val_sequences(d)
     with torch.no_grad():
-        logits = model.double()(x).logits
+        logits = model.double()(x, use_cache=False).logits  # (no cache: Gemma 2 on torch 1.13)
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, V), y.reshape(-1)).item()
     acc = (logits.argmax(-1) == y).double().mean().item()
     return loss, acc
@@ -935,6 +935,41 @@ def test_gemma_imports_and_evaluates_as_transformers(imported, tmp_path):
                    "tie_embeddings": 1, "n_kv_head": 2})
 
 
+GEMMA2_ARGS = GEMMA_ARGS + ["--model.branch_norm", "true", "--model.attn_scale", "0.25",
+                            "--model.attn_softcap", "1", "--model.logit_softcap", "3",
+                            "--model.sliding_window", "8", "--model.full_attention_every", "2"]
+
+
+def gemma2_model(**config):
+    return tiny_hf(transformers.Gemma2ForCausalLM, transformers.Gemma2Config, 31, dict(
+        vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=24,
+        max_position_embeddings=N_POS, rms_norm_eps=1e-6, rope_theta=500.0,
+        hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=16,
+        attn_logit_softcapping=1.0, final_logit_softcapping=3.0, sliding_window=8,
+        attn_implementation="eager", use_cache=False, cache_implementation=None,
+        pad_token_id=None), config)
+
+
+def test_gemma2_imports_and_evaluates_as_transformers(imported, tmp_path):
+    """transformers' Gemma2ForCausalLM (Gemma's blocks with a norm before and after each branch,
+    scores scaled by 16^-0.5 and capped at 1, logits capped at 3, an 8-token window in layer 0
+    and the whole 32-token context in layer 1) against triad's model.branch_norm,
+    model.attn_scale, model.attn_softcap, model.logit_softcap, model.sliding_window and
+    model.full_attention_every = 2: hf_round_trip. The caps bend: the same import evaluated
+    without them computes another loss."""
+    model = gemma2_model()
+    hf_round_trip(imported, tmp_path, model, "Gemma", GEMMA2_ARGS, True,
+                  {"mlp": "geglu", "branch_norm": 1, "attn_scale": 0.25, "attn_softcap": 1.0,
+                   "logit_softcap": 3.0, "sliding_window": 8, "full_attention_every": 2})
+    with torch.no_grad():
+        model.config.attn_logit_softcapping = None
+        uncapped, _ = hf_loss_accuracy(model, imported[0])
+        model.config.attn_logit_softcapping = 1.0
+        capped, _ = hf_loss_accuracy(model, imported[0])
+    assert abs(uncapped - capped) > 1e-4 * capped, (uncapped, capped)  # the check's 1e-5 × 10
+
+
 def test_nemotron_stablelm_and_gemma_variants_triad_does_not_compute_are_refused(
         tmp_path, nemotron_on_this_torch):
     """A Nemotron, StableLM or Gemma config with another activation, linear biases (Nemotron,
@@ -942,9 +977,11 @@ def test_nemotron_stablelm_and_gemma_variants_triad_does_not_compute_are_refused
     or a rotary factor that names an odd count of values is refused, naming config.json. Not
     exported: a model of Nemotron's blocks with QK-norm, a GeGLU model whose embedding scale is
     not Gemma's sqrt(n_embd), an embedding scale in blocks no format scales, parallel attention
-    and MLP in blocks other than GPT-NeoX's, and GPT-NeoX's blocks with grouped-query
-    attention. GPT-NeoX configs: without attention biases, another activation, an odd rotated
-    count; Falcon's: alibi, sequential blocks, another activation."""
+    and MLP in blocks other than GPT-NeoX's, GPT-NeoX's blocks with grouped-query attention,
+    branch norms or capped attention scores in blocks other than Gemma 2's, and Gemma 2's blocks
+    whose window is not in every other layer. GPT-NeoX configs: without attention biases,
+    another activation, an odd rotated count; Falcon's: alibi, sequential blocks, another
+    activation; Gemma 2's: a negative query_pre_attn_scalar or cap."""
     for make, bad, needle in (
             (nemotron_model, {"hidden_act": "gelu"}, "hidden_act 'gelu'"),
             (nemotron_model, {"attention_bias": True}, "attention_bias"),
@@ -956,6 +993,8 @@ def test_nemotron_stablelm_and_gemma_variants_triad_does_not_compute_are_refused
             (stablelm_model, {"hidden_act": "gelu"}, "hidden_act 'gelu'"),
             (gemma_model, {"hidden_activation": "gelu"}, "hidden_activation 'gelu'"),
             (gemma_model, {"attention_bias": True}, "attention_bias"),
+            (gemma2_model, {"query_pre_attn_scalar": -4}, "query_pre_attn_scalar -4"),
+            (gemma2_model, {"attn_logit_softcapping": -1.0}, "attn_logit_softcapping -1.0"),
             (neox_model, {"attention_bias": False}, "attention_bias = false"),
             (neox_model, {"hidden_act": "relu"}, "hidden_act 'relu'"),
             (neox_model, {"rotary_pct": 0.2}, "rotary_pct 0.2"),
@@ -982,7 +1021,13 @@ def test_nemotron_stablelm_and_gemma_variants_triad_does_not_compute_are_refused
                          ({"embed_scale": 8.0}, "model.embed_scale"),
                          ({"parallel_residual": True, "norm": "rmsnorm"},
                           "model.parallel_residual"),
-                         ({"position": "rope", "n_kv_head": 2}, "grouped-query attention")):
+                         ({"position": "rope", "n_kv_head": 2}, "grouped-query attention"),
+                         # Gemma 2's options in blocks whose formats hold none of them
+                         ({"branch_norm": True}, "model.branch_norm"),
+                         ({"attn_softcap": 30.0}, "model.attn_softcap"),
+                         ({"mlp": "geglu", "position": "rope", "norm": "rmsnorm", "bias": False,
+                           "embed_scale": 8.0, "branch_norm": True, "sliding_window": 8,
+                           "full_attention_every": 3}, "model.full_attention_every = 3")):
         cfg = ref.GptConfig(n_layer=1, n_head=4, n_embd=64, seq_len=16, vocab_size=300, **over)
         ckpt = tmp_path / "scale.h5"
         ref.write_checkpoint(ckpt, cfg, ref.random_weights(cfg, seed=4))

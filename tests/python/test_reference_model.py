@@ -195,13 +195,15 @@ CASES = [
                                tied=False, parallel_residual=True), 2, 40, 6, 157),
     # Gemma 2's blocks: a norm on each branch's output before its residual add
     # (model.branch_norm, the "sandwich" norms), GeGLU, RMSNorm, rope, wide heads in pairs on a
-    # key/value head, the embedding scaled, soft-capped logits, and local (8-token window) and
-    # global layers in turn.
+    # key/value head, the embedding scaled, soft-capped attention scores (at 0.05: the scores of
+    # these weights reach about ±0.1) and logits, and local (8-token window) and global layers in
+    # turn.
     Case("gemma2", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
                                  position="rope", rope_theta=500.0, norm="rmsnorm", bias=False,
                                  mlp="geglu", mlp_hidden=96, n_kv_head=2, attn_head_dim=24,
                                  embed_scale=8.0, branch_norm=True, logit_softcap=8.0,
-                                 sliding_window=8, full_attention_every=2), 2, 40, 6, 163),
+                                 attn_softcap=0.05, sliding_window=8, full_attention_every=2),
+         2, 40, 6, 163),
     # Branch norms with LayerNorms and biases (GPT-2's blocks) around a dense layer and one of
     # 4 GELU experts, 2 per token, beside parallel attention and MLP.
     Case("sandwichmoe", ref.GptConfig(n_layer=2, n_head=3, n_embd=48, seq_len=17, vocab_size=300,
@@ -273,6 +275,7 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                       rotary_dim=c.rotary_dim,
                       sliding_window=c.sliding_window,
                       full_attention_every=c.full_attention_every, logit_softcap=c.logit_softcap,
+                      attn_softcap=c.attn_softcap,
                       attn_scale=c.attn_scale, mup_base_width=c.mup_base_width,
                       embed_scale=c.embed_scale, parallel_residual=c.parallel_residual,
                       branch_norm=c.branch_norm,

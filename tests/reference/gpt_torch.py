@@ -83,6 +83,9 @@ class GptConfig:
     full_attention_every: int = 0
     # model.logit_softcap: the logits are c·tanh(logit / c) (0: as they are).
     logit_softcap: float = 0.0
+    # model.attn_softcap: the attention scores are c·tanh(s / c) before the softmax (0: as they
+    # are).
+    attn_softcap: float = 0.0
     # model.embed_scale: the embedding's output times this (Gemma's sqrt(C); 1: as it is).
     embed_scale: float = 1.0
     # model.parallel_residual: x + attn(ln_1(x)) + mlp(ln_2(x)) (GPT-J's, GPT-NeoX's).
@@ -416,13 +419,14 @@ def attention(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_head: int,
               eps: float = LN_EPS, head_dim: int = 0,
               mask: Optional[torch.Tensor] = None,
               positions: Optional[torch.Tensor] = None, scale: float = 0.0,
-              rot: int = 0) -> torch.Tensor:
+              rot: int = 0, softcap: float = 0.0) -> torch.Tensor:
     """Causal self-attention on x [B, T, C]: c_attn rows are q | k | v, each head-major, k and v
     with n_kv_head heads (0: n_head); q_norm, k_norm [hd] (model.qk_norm): each q head and each
     k head RMSNormed with these weights, shared by the heads, before the rotation; rope_theta:
     q and k rotated (rotary positions; at positions [B, T] where given). mask [B, 1, T, T] (True:
     query i sees key j) replaces the causal one (document_mask). scale: the scores' (model.
-    attn_scale; 0: 1/sqrt(hd))."""
+    attn_scale; 0: 1/sqrt(hd)). softcap: the scores capped at softcap·tanh(s / softcap)
+    (model.attn_softcap; 0: none)."""
     B, T, C = x.shape
     hd = head_dim or C // n_head  # model.head_dim: q is n_head·hd wide, not C
     kv = n_kv_head or n_head
@@ -441,6 +445,8 @@ def attention(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_head: int,
     # h % kv (triad's grouping; not Hugging Face's repeat_interleave, h // (n_head / kv)).
     k, v = k.repeat(1, n_head // kv, 1, 1), v.repeat(1, n_head // kv, 1, 1)
     att = torch.matmul(q, k.transpose(-2, -1)) * (scale or 1.0 / math.sqrt(hd))  # [B, nh, T, T]
+    if softcap:
+        att = softcap * torch.tanh(att / softcap)
     if mask is None:
         mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
     att = att.masked_fill(~mask, float("-inf"))
@@ -639,7 +645,7 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor,
                              params.get(p + "attn/c_attn/bias"), cfg.n_head, rope,
                              cfg.kv_heads, qn, kn, cfg.rope_scaling, cfg.norm_eps,
                              cfg.head_dim, layer_mask(i), positions, cfg.scores_scale,
-                             cfg.rotary_dim),
+                             cfg.rotary_dim, cfg.attn_softcap),
                    params[p + "attn/c_proj/weight"], params.get(p + "attn/c_proj/bias"))
         if cfg.branch_norm:
             a = norm(params, cfg, p + "ln_attn_out", a)
@@ -1030,6 +1036,8 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
             m.attrs.create("full_attention_every", i64(cfg.full_attention_every), dtype="<i8")
         if cfg.logit_softcap:
             m.attrs.create("logit_softcap", np.float64(cfg.logit_softcap), dtype="<f8")
+        if cfg.attn_softcap:
+            m.attrs.create("attn_softcap", np.float64(cfg.attn_softcap), dtype="<f8")
         if cfg.embed_scale != 1.0:
             m.attrs.create("embed_scale", np.float64(cfg.embed_scale), dtype="<f8")
         if cfg.parallel_residual:
@@ -1096,6 +1104,7 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                         attn_head_dim=int(a["head_dim"]) if "head_dim" in a else 0,
                         rotary_dim=int(a.get("rotary_dim", 0)),
                         logit_softcap=float(a.get("logit_softcap", 0.0)),
+                        attn_softcap=float(a.get("attn_softcap", 0.0)),
                         embed_scale=float(a.get("embed_scale", 1.0)),
                         parallel_residual=int(a.get("parallel_residual", 0)) == 1,
                         branch_norm=int(a.get("branch_norm", 0)) == 1,

@@ -50,10 +50,10 @@ struct Reference {
 
 // Naive causal attention in double: forward and backward, one head at a time; with key_begin
 // ([B,T]) query t of sequence b sees keys key_begin[b·T+t] .. t only. scale: the scores' (0:
-// 1/sqrt(hd)).
+// 1/sqrt(hd)). cap > 0: each scaled score s is cap·tanh(s / cap) (backend.h's softcap).
 inline Reference reference(const std::vector<double>& qkv, const std::vector<double>& dout, int B,
                            int T, int C, int NH, const std::vector<int32_t>* key_begin = nullptr,
-                           double scale_or_0 = 0.0) {
+                           double scale_or_0 = 0.0, double cap = 0.0) {
   const int hd = C / NH;
   const double scale = scale_or_0 > 0.0 ? scale_or_0 : 1.0 / std::sqrt(double(hd));
   Reference r;
@@ -70,7 +70,8 @@ inline Reference reference(const std::vector<double>& qkv, const std::vector<dou
     auto dq = [&](int t) { return &r.dqkv[(size_t(b) * T + t) * pitch + size_t(h) * hd]; };
     auto o = [&](int t) { return &r.out[(size_t(b) * T + t) * C + size_t(h) * hd]; };
     auto dO = [&](int t) { return &dout[(size_t(b) * T + t) * C + size_t(h) * hd]; };
-    std::vector<double> P(size_t(T) * T, 0.0);  // row i: keys lo(i)..i
+    std::vector<double> P(size_t(T) * T, 0.0);                 // row i: keys lo(i)..i
+    std::vector<double> slope(cap > 0.0 ? size_t(T) * T : 0);  // the cap's derivative
     auto lo = [&](int i) { return key_begin ? int((*key_begin)[size_t(b) * T + i]) : 0; };
     for (int i = 0; i < T; ++i) {
       double* p = &P[size_t(i) * T];
@@ -79,6 +80,11 @@ inline Reference reference(const std::vector<double>& qkv, const std::vector<dou
         double s = 0.0;
         for (int d = 0; d < hd; ++d) s += q(i)[d] * k(j)[d];
         p[j] = s * scale;
+        if (cap > 0.0) {
+          const double t = std::tanh(p[j] / cap);
+          p[j] = cap * t;
+          slope[size_t(i) * T + j] = 1.0 - t * t;
+        }
         mx = std::max(mx, p[j]);
       }
       double sum = 0.0;
@@ -99,7 +105,8 @@ inline Reference reference(const std::vector<double>& qkv, const std::vector<dou
         Di += p[j] * s;
       }
       for (int j = lo(i); j <= i; ++j) {
-        const double ds = p[j] * (dp[j] - Di) * scale;
+        const double ds =
+            p[j] * (dp[j] - Di) * scale * (cap > 0.0 ? slope[size_t(i) * T + j] : 1.0);
         for (int d = 0; d < hd; ++d) {
           dq(i)[d] += ds * k(j)[d];
           dq(j)[C + d] += ds * q(i)[d];
@@ -118,12 +125,13 @@ struct Problem {
   Reference want;
 };
 inline Problem random_problem(int B, int T, int C, int NH, uint32_t qkv_seed, uint32_t dout_seed,
-                              const std::vector<int32_t>* key_begin = nullptr, double scale = 0.0) {
+                              const std::vector<int32_t>* key_begin = nullptr, double scale = 0.0,
+                              double cap = 0.0) {
   Problem p;
   std::vector<double> qkv, dout;
   random_bf16(size_t(B) * T * 3 * C, qkv_seed, p.qkv, qkv);
   random_bf16(size_t(B) * T * C, dout_seed, p.dout, dout);
-  p.want = reference(qkv, dout, B, T, C, NH, key_begin, scale);
+  p.want = reference(qkv, dout, B, T, C, NH, key_begin, scale, cap);
   return p;
 }
 

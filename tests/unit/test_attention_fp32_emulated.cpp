@@ -62,10 +62,11 @@ TEST(AttentionFp32Emulated, PermutationsRoundTrip) {
   EXPECT_EQ(sum, qkv);
 }
 
-// att [B·NH·T, T] of random scores through the softmax, then dP through its backward.
-void check_softmax(int B, int NH, int T, bool documents) {
-  SCOPED_TRACE(::testing::Message()
-               << "B=" << B << " NH=" << NH << " T=" << T << (documents ? " documents" : ""));
+// att [B·NH·T, T] of random scores through the softmax, then dP through its backward; cap > 0:
+// the scores soft-capped (model.attn_softcap), the backward reading the uncapped ones.
+void check_softmax(int B, int NH, int T, bool documents, float cap = 0.0f) {
+  SCOPED_TRACE(::testing::Message() << "B=" << B << " NH=" << NH << " T=" << T
+                                    << (documents ? " documents" : "") << " cap " << cap);
   std::vector<int32_t> key_begin;
   if (documents)  // documents starting at 0, T/3 and 2T/3 of every sequence
     for (int b = 0; b < B; ++b)
@@ -78,13 +79,14 @@ void check_softmax(int B, int NH, int T, bool documents) {
   simt::launch(int(R), 1, attention_fp32_block::kSoftmaxThreads,
                attention_fp32_block::softmax_smem(), simt::CopyTiming::at_issue,
                [&](simt::Thread& x) {
-                 attention_fp32_block::causal_softmax(x, att.data(), lse.data(), T, NH, kb);
+                 attention_fp32_block::causal_softmax(x, att.data(), lse.data(), T, NH, kb, cap);
                });
   Vec ds = dp;
   simt::launch(int(R), 1, attention_fp32_block::kSoftmaxThreads,
                attention_fp32_block::softmax_smem(), simt::CopyTiming::at_issue,
                [&](simt::Thread& x) {
-                 attention_fp32_block::causal_softmax_backward(x, ds.data(), att.data(), T, NH, kb);
+                 attention_fp32_block::causal_softmax_backward(x, ds.data(), att.data(), T, NH, kb,
+                                                               scores.data(), cap);
                });
   Vec masked(R * T, NAN);
   launch_strided([&](simt::Thread& x) {
@@ -92,13 +94,21 @@ void check_softmax(int B, int NH, int T, bool documents) {
                                            kStride);
   });
   double p_err = 0, lse_err = 0, ds_err = 0;
+  // The capped score of element e, and the cap's derivative there.
+  auto s = [&](size_t e) {
+    return cap > 0.0f ? cap * std::tanh(double(scores[e]) / cap) : double(scores[e]);
+  };
+  auto slope = [&](size_t e) {
+    const double t = cap > 0.0f ? std::tanh(double(scores[e]) / cap) : 0.0;
+    return 1.0 - t * t;
+  };
   for (size_t r = 0; r < R; ++r) {
     const int i = int(r % T), b = int(r / (size_t(NH) * T));
     const int lo = documents ? key_begin[size_t(b) * T + i] : 0;
     double mx = -INFINITY, sum = 0, dot = 0;
-    for (int j = lo; j <= i; ++j) mx = std::max(mx, double(scores[r * T + j]));
-    for (int j = lo; j <= i; ++j) sum += std::exp(scores[r * T + j] - mx);
-    for (int j = lo; j <= i; ++j) dot += std::exp(scores[r * T + j] - mx) / sum * dp[r * T + j];
+    for (int j = lo; j <= i; ++j) mx = std::max(mx, s(r * T + j));
+    for (int j = lo; j <= i; ++j) sum += std::exp(s(r * T + j) - mx);
+    for (int j = lo; j <= i; ++j) dot += std::exp(s(r * T + j) - mx) / sum * dp[r * T + j];
     lse_err = std::max(lse_err, std::abs(lse[r] - (mx + std::log(sum))));
     for (int j = 0; j < T; ++j) {
       const size_t e = r * T + j;
@@ -108,9 +118,9 @@ void check_softmax(int B, int NH, int T, bool documents) {
         ASSERT_EQ(masked[e], 0.0f);
         continue;
       }
-      const double p = std::exp(scores[e] - mx) / sum;
+      const double p = std::exp(s(e) - mx) / sum;
       p_err = std::max(p_err, std::abs(att[e] - p));
-      ds_err = std::max(ds_err, std::abs(ds[e] - p * (dp[e] - dot)));
+      ds_err = std::max(ds_err, std::abs(ds[e] - p * (dp[e] - dot) * slope(e)));
       ASSERT_EQ(masked[e], att[e]);
     }
   }
@@ -122,6 +132,10 @@ void check_softmax(int B, int NH, int T, bool documents) {
 TEST(AttentionFp32Emulated, CausalSoftmax) { check_softmax(2, 2, 20, false); }
 TEST(AttentionFp32Emulated, CausalSoftmaxRowsLongerThanABlockWithDocuments) {
   check_softmax(1, 1, 300, true);
+}
+TEST(AttentionFp32Emulated, SoftCappedSoftmax) {
+  check_softmax(2, 2, 20, false, 2.0f);
+  check_softmax(1, 1, 300, true, 4.0f);
 }
 
 }  // namespace

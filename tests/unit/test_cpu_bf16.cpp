@@ -126,7 +126,8 @@ TEST_F(CpuBf16, OptimizerUpdateWritesTheRoundedCopy) {
 
 // NKV key/value heads: 4 (GPT-2's attention), 2 (grouped-query), 1 (multi-query); with a
 // document mask (backend.h's key_begin) or without; every row or a range of them (QueryRows).
-void check_attention_bf16(Backend& be_ref, int NKV, bool documents = false, QueryRows rows = {}) {
+void check_attention_bf16(Backend& be_ref, int NKV, bool documents = false, QueryRows rows = {},
+                          float cap = 0.0f) {
   Backend* be = &be_ref;
   const int B = 2, T = 37, C = 32, NH = 4, hd = C / NH;
   const std::vector<int32_t> key_begin =
@@ -138,8 +139,9 @@ void check_attention_bf16(Backend& be_ref, int NKV, bool documents = false, Quer
   const int n = rows.rows(T), L = rows.keys(T), q0 = L - n;
   Bits out(size_t(B) * n * C);
   Vec lse(size_t(B) * NH * n);
-  be->attention_forward(out.data(), lse.data(), qkv_h.data(), B, T, C, NH, NKV, kb, rows);
-  // log-sum-exp in double.
+  be->attention_forward(out.data(), lse.data(), qkv_h.data(), B, T, C, NH, NKV, kb, rows, 0.0f,
+                        cap);
+  // log-sum-exp in double (of the capped scores under a cap).
   double worst = 0;
   for (int b = 0; b < B; ++b)
     for (int h = 0; h < NH; ++h)
@@ -150,28 +152,33 @@ void check_attention_bf16(Backend& be_ref, int NKV, bool documents = false, Quer
           for (int d = 0; d < hd; ++d)
             s += double(qkv[(size_t(b) * T + i) * W + h * hd + d]) *
                  qkv[(size_t(b) * T + j) * W + C + (h % NKV) * hd + d];
-          sum += std::exp(s / std::sqrt(double(hd)));
+          s /= std::sqrt(double(hd));
+          sum += std::exp(cap > 0.0f ? cap * std::tanh(s / cap) : s);
         }
         worst = std::max(worst, std::abs(std::log(sum) - lse[(size_t(b) * NH + h) * n + (i - q0)]));
       }
   EXPECT_LT(worst, 1e-5);
   // Output and gradient: the fp32 attention on the same values, rounded once.
   Vec out32(out.size()), att(size_t(B) * NH * n * L), scratch(att.size());
-  be->attention_forward(out32.data(), att.data(), qkv.data(), B, T, C, NH, NKV, kb, rows);
+  be->attention_forward(out32.data(), att.data(), qkv.data(), B, T, C, NH, NKV, kb, rows, 0.0f,
+                        cap);
   expect_bits_equal(out, to_bits(out32), "attention output = round(fp32 output)");
   const Vec dout = rounded(random_vec(out.size(), 4));
   const Vec dqkv0 = rounded(random_vec(qkv.size(), 5));  // accumulates onto these
   Bits dqkv = to_bits(dqkv0);
   be->attention_backward(dqkv.data(), to_bits(dout).data(), qkv_h.data(), out.data(), lse.data(), B,
-                         T, C, NH, NKV, GradMode::accumulate, kb, rows);
+                         T, C, NH, NKV, GradMode::accumulate, kb, rows, 0.0f, cap);
   Vec dqkv32 = dqkv0;
   be->attention_backward(dqkv32.data(), scratch.data(), dout.data(), qkv.data(), att.data(), B, T,
-                         C, NH, NKV, GradMode::accumulate, kb, rows);
+                         C, NH, NKV, GradMode::accumulate, kb, rows, 0.0f, cap);
   expect_bits_equal(dqkv, to_bits(dqkv32), "dqkv = round(dqkv0 + fp32 gradient)");
 }
 
 TEST_F(CpuBf16, AttentionLogSumExpAndOutputs) { check_attention_bf16(*be, 4); }
 TEST_F(CpuBf16, AttentionGroupedQuery) { check_attention_bf16(*be, 2); }
+TEST_F(CpuBf16, AttentionSoftCapDocumentsQueryRows) {
+  check_attention_bf16(*be, 2, true, QueryRows{10, 20}, 1.0f);
+}
 TEST_F(CpuBf16, AttentionMultiQuery) { check_attention_bf16(*be, 1); }
 TEST_F(CpuBf16, AttentionDocumentMask) { check_attention_bf16(*be, 2, true); }
 // Rows 10 .. 29 of each sequence (context parallelism's query ranges), as the fp32 range.

@@ -114,9 +114,11 @@ double naive_gelu(double x) {
 
 // Returns out [B,T,C]; fills probs [B,NH,T,T] (0 above the diagonal) when given.
 // NKV key/value heads (0: NH); query head h reads key/value head h % NKV (backend.h). With
-// key_begin ([B,T]) query t of sequence b sees keys key_begin[b·T+t] .. t only.
+// key_begin ([B,T]) query t of sequence b sees keys key_begin[b·T+t] .. t only. cap > 0: each
+// scaled score s is cap·tanh(s / cap) (model.attn_softcap).
 DVec naive_attention(const DVec& qkv, int B, int T, int C, int NH, DVec* probs = nullptr,
-                     int NKV = 0, const std::vector<int32_t>* key_begin = nullptr) {
+                     int NKV = 0, const std::vector<int32_t>* key_begin = nullptr,
+                     double cap = 0.0) {
   if (NKV == 0) NKV = NH;
   const int hd = C / NH;
   const size_t W = size_t(C) + 2 * size_t(NKV) * hd;
@@ -134,7 +136,7 @@ DVec naive_attention(const DVec& qkv, int B, int T, int C, int NH, DVec* probs =
           const double* k = &qkv[(size_t(b) * T + j) * W + C + (h % NKV) * hd];
           double s = 0.0;
           for (int e = 0; e < hd; ++e) s += q[e] * k[e];
-          p[j] = s * scale;
+          p[j] = cap > 0.0 ? cap * std::tanh(s * scale / cap) : s * scale;
           mx = std::max(mx, p[j]);
         }
         double sum = 0.0;
@@ -529,16 +531,17 @@ TEST_F(CpuKernels, MatmulSplitOverThreadsWideOutput) { check_matmul_split(*be, 4
 // ---- attention -----------------------------------------------------------------------------
 
 // stride > 1 checks only every stride-th coordinate of dqkv (for the longer sequence). NKV
-// key/value heads (0: NH). key_begin: a document mask ([B,T], backend.h), or none.
+// key/value heads (0: NH). key_begin: a document mask ([B,T], backend.h), or none. cap: the
+// scores' soft cap (0: none).
 void check_attention(Backend& be, int B, int T, int C, int NH, size_t stride, int NKV = 0,
-                     const std::vector<int32_t>* key_begin = nullptr) {
+                     const std::vector<int32_t>* key_begin = nullptr, float cap = 0.0f) {
   if (NKV == 0) NKV = NH;
   const Vec qkv = random_vec(size_t(B) * T * qkv_width(C, NH, NKV), 31, -2.0f, 2.0f);
   Vec out(size_t(B) * T * C), att(size_t(B) * NH * T * T, 7.0f);
   const int32_t* kb = key_begin ? key_begin->data() : nullptr;
-  be.attention_forward(out.data(), att.data(), qkv.data(), B, T, C, NH, NKV, kb);
+  be.attention_forward(out.data(), att.data(), qkv.data(), B, T, C, NH, NKV, kb, {}, 0.0f, cap);
   DVec x = to_double(qkv), probs;
-  expect_close(out, naive_attention(x, B, T, C, NH, &probs, NKV, key_begin), 1e-5, "out");
+  expect_close(out, naive_attention(x, B, T, C, NH, &probs, NKV, key_begin, cap), 1e-5, "out");
   for (int bh = 0; bh < B * NH; ++bh)
     for (int i = 0; i < T; ++i)
       for (int j = 0; j <= i; ++j) {
@@ -547,7 +550,7 @@ void check_attention(Backend& be, int B, int T, int C, int NH, size_t stride, in
       }
 
   const Vec R = random_vec(out.size(), 32);
-  auto loss = [&] { return dot(naive_attention(x, B, T, C, NH, nullptr, NKV, key_begin), R); };
+  auto loss = [&] { return dot(naive_attention(x, B, T, C, NH, nullptr, NKV, key_begin, cap), R); };
   const DVec g = finite_diff(x, loss, stride);
   // Garbage above the diagonal of att must not matter to the backward (it is unspecified).
   for (int bh = 0; bh < B * NH; ++bh)
@@ -555,20 +558,30 @@ void check_attention(Backend& be, int B, int T, int C, int NH, size_t stride, in
       for (int j = i + 1; j < T; ++j) att[(size_t(bh) * T + i) * T + j] = 1e3f;
   Vec dqkv(qkv.size(), 0.0f), scratch(att.size(), 5.0f);
   be.attention_backward(dqkv.data(), scratch.data(), R.data(), qkv.data(), att.data(), B, T, C, NH,
-                        NKV, GradMode::accumulate, kb);
+                        NKV, GradMode::accumulate, kb, {}, 0.0f, cap);
   expect_close(dqkv, g, 1e-4, "dqkv", stride);
 
   Vec dqkv2 = random_vec(qkv.size(), 33);
   const Vec dqkv0 = dqkv2;
   be.attention_backward(dqkv2.data(), scratch.data(), R.data(), qkv.data(), att.data(), B, T, C, NH,
-                        NKV, GradMode::accumulate, kb);
+                        NKV, GradMode::accumulate, kb, {}, 0.0f, cap);
   expect_accumulated(dqkv2, dqkv0, dqkv, "dqkv +=");
 
   // overwrite: whatever dqkv held is replaced by the gradient.
   Vec dqkv3 = random_vec(qkv.size(), 34);
   be.attention_backward(dqkv3.data(), scratch.data(), R.data(), qkv.data(), att.data(), B, T, C, NH,
-                        NKV, GradMode::overwrite, kb);
+                        NKV, GradMode::overwrite, kb, {}, 0.0f, cap);
   EXPECT_EQ(dqkv3, dqkv);
+}
+
+// Soft-capped scores (model.attn_softcap): a cap of 1.5 bends scores that reach about ±8 here;
+// then over several causal blocks with documents and grouped queries (the backward recomputes
+// each row block's scores from its first key on).
+TEST_F(CpuKernels, AttentionSoftCap) { check_attention(*be, 2, 5, 12, 3, 1, 0, nullptr, 1.5f); }
+TEST_F(CpuKernels, AttentionSoftCapSeveralBlocksDocumentsGrouped) {
+  std::vector<int32_t> kb(150);
+  for (int t = 0; t < 150; ++t) kb[size_t(t)] = t < 70 ? 0 : 70;
+  check_attention(*be, 1, 150, 12, 6, 11, 2, &kb, 2.0f);
 }
 
 TEST_F(CpuKernels, AttentionSmall) { check_attention(*be, 2, 5, 12, 3, 1); }

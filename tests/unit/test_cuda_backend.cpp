@@ -497,33 +497,37 @@ TEST_F(CudaBackendTest, AttentionForward) {
   }
 }
 
-// Another score scale (model.attn_scale, μP's 1/hd): the fp32 forward, backward and decoding
-// against the CPU backend's, MHA and grouped queries.
-TEST_F(CudaBackendTest, AttentionOtherScale) {
-  for (const AttShape& s : {AttShape{3, 100, 96, 4, 4}, AttShape{2, 5, 16, 4, 2}}) {
-    SCOPED_TRACE(::testing::Message() << "B=" << s.B << " T=" << s.T << " C=" << s.C
-                                      << " NH=" << s.NH << " NKV=" << s.NKV);
-    const float scale = float(s.NH) / float(s.C);  // 1/hd
-    const size_t nqkv = size_t(s.B) * s.T * qkv_width(s.C, s.NH, s.NKV);
-    const size_t nout = size_t(s.B) * s.T * s.C, natt = size_t(s.B) * s.NH * s.T * s.T;
-    const Vec qkv = random_vec(nqkv, 53, -2.0f, 2.0f), dout = random_vec(nout, 54);
-    Vec out(nout), att(natt, 0.0f), scr(natt), dqkv(nqkv, 0.0f), dec(size_t(s.B) * s.C);
-    cpu->attention_forward(out.data(), att.data(), qkv.data(), s.B, s.T, s.C, s.NH, s.NKV, nullptr,
-                           {}, scale);
-    cpu->attention_backward(dqkv.data(), scr.data(), dout.data(), qkv.data(), att.data(), s.B, s.T,
-                            s.C, s.NH, s.NKV, GradMode::overwrite, nullptr, {}, scale);
-    cpu->attention_decode(dec.data(), qkv.data(), s.B, s.T, s.T - 1, 1, s.C, s.NH, s.NKV, 0, scale);
-    float *g_qkv = dev(qkv), *g_out = dev(random_vec(nout, 55)), *g_att = dev(att);
-    gpu->attention_forward(g_out, g_att, g_qkv, s.B, s.T, s.C, s.NH, s.NKV, nullptr, {}, scale);
-    EXPECT_TRUE(close(host(g_out, nout), out, kGemmTol, 1e-5)) << "out";
-    float* g_dqkv = dev(random_vec(nqkv, 56));
-    gpu->attention_backward(g_dqkv, dev(Vec(natt)), dev(dout), g_qkv, dev(att), s.B, s.T, s.C, s.NH,
-                            s.NKV, GradMode::overwrite, nullptr, {}, scale);
-    EXPECT_TRUE(close(host(g_dqkv, nqkv), dqkv, kGemmTol, 1e-6)) << "dqkv";
-    float* g_dec = dev(random_vec(size_t(s.B) * s.C, 57));
-    gpu->attention_decode(g_dec, g_qkv, s.B, s.T, s.T - 1, 1, s.C, s.NH, s.NKV, 0, scale);
-    EXPECT_TRUE(close(host(g_dec, size_t(s.B) * s.C), dec, kGemmTol, 1e-6)) << "decode";
-  }
+// Another score scale (model.attn_scale, μP's 1/hd) and soft-capped scores (model.attn_softcap,
+// the usual scale): the fp32 forward, backward (which recomputes the uncapped scores) and
+// decoding against the CPU backend's, MHA and grouped queries.
+TEST_F(CudaBackendTest, AttentionOtherScaleAndSoftCap) {
+  for (const AttShape& s : {AttShape{3, 100, 96, 4, 4}, AttShape{2, 5, 16, 4, 2}})
+    for (const float cap : {0.0f, 1.5f}) {
+      SCOPED_TRACE(::testing::Message() << "B=" << s.B << " T=" << s.T << " C=" << s.C
+                                        << " NH=" << s.NH << " NKV=" << s.NKV << " cap " << cap);
+      const float scale = cap > 0.0f ? 0.0f : float(s.NH) / float(s.C);  // 1/hd
+      const size_t nqkv = size_t(s.B) * s.T * qkv_width(s.C, s.NH, s.NKV);
+      const size_t nout = size_t(s.B) * s.T * s.C, natt = size_t(s.B) * s.NH * s.T * s.T;
+      const Vec qkv = random_vec(nqkv, 53, -2.0f, 2.0f), dout = random_vec(nout, 54);
+      Vec out(nout), att(natt, 0.0f), scr(natt), dqkv(nqkv, 0.0f), dec(size_t(s.B) * s.C);
+      cpu->attention_forward(out.data(), att.data(), qkv.data(), s.B, s.T, s.C, s.NH, s.NKV,
+                             nullptr, {}, scale, cap);
+      cpu->attention_backward(dqkv.data(), scr.data(), dout.data(), qkv.data(), att.data(), s.B,
+                              s.T, s.C, s.NH, s.NKV, GradMode::overwrite, nullptr, {}, scale, cap);
+      cpu->attention_decode(dec.data(), qkv.data(), s.B, s.T, s.T - 1, 1, s.C, s.NH, s.NKV, 0,
+                            scale, cap);
+      float *g_qkv = dev(qkv), *g_out = dev(random_vec(nout, 55)), *g_att = dev(att);
+      gpu->attention_forward(g_out, g_att, g_qkv, s.B, s.T, s.C, s.NH, s.NKV, nullptr, {}, scale,
+                             cap);
+      EXPECT_TRUE(close(host(g_out, nout), out, kGemmTol, 1e-5)) << "out";
+      float* g_dqkv = dev(random_vec(nqkv, 56));
+      gpu->attention_backward(g_dqkv, dev(Vec(natt)), dev(dout), g_qkv, dev(att), s.B, s.T, s.C,
+                              s.NH, s.NKV, GradMode::overwrite, nullptr, {}, scale, cap);
+      EXPECT_TRUE(close(host(g_dqkv, nqkv), dqkv, kGemmTol, 1e-6)) << "dqkv";
+      float* g_dec = dev(random_vec(size_t(s.B) * s.C, 57));
+      gpu->attention_decode(g_dec, g_qkv, s.B, s.T, s.T - 1, 1, s.C, s.NH, s.NKV, 0, scale, cap);
+      EXPECT_TRUE(close(host(g_dec, size_t(s.B) * s.C), dec, kGemmTol, 1e-6)) << "decode";
+    }
 }
 
 // Decoding (KV cache): n new rows at positions p.. against the kept keys and values; with

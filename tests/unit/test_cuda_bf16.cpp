@@ -773,14 +773,17 @@ TEST_F(CudaBf16Test, AttentionDocumentMask) {
   }
 }
 
-// Another score scale (model.attn_scale: μP's 1/hd, and 0.3) against the CPU backend: the flash
-// kernels (hd 64, 128; grouped queries), the fp32 fallback (hd 16) and the decoding kernel.
-TEST_F(CudaBf16Test, AttentionOtherScales) {
+// Another score scale (model.attn_scale: μP's 1/hd, and 0.3) and soft-capped scores
+// (model.attn_softcap: 1, and 0.5 with the scale 0.3) against the CPU backend: the flash kernels
+// (hd 64, 128; grouped queries), the fp32 fallback (hd 16) and the decoding kernel.
+TEST_F(CudaBf16Test, AttentionOtherScalesAndSoftCaps) {
   const AttShape shapes[] = {{2, 100, 2, 64, 2}, {1, 130, 4, 128, 2}, {2, 37, 3, 16, 3}};
   for (const AttShape& s : shapes)
-    for (float scale : {1.0f / float(s.hd), 0.3f}) {
-      SCOPED_TRACE(::testing::Message() << "B=" << s.B << " T=" << s.T << " NH=" << s.NH << " hd="
-                                        << s.hd << " NKV=" << s.NKV << " scale " << scale);
+    for (auto [scale, cap] : {std::pair{1.0f / float(s.hd), 0.0f}, std::pair{0.3f, 0.0f},
+                              std::pair{0.0f, 1.0f}, std::pair{0.3f, 0.5f}}) {
+      SCOPED_TRACE(::testing::Message()
+                   << "B=" << s.B << " T=" << s.T << " NH=" << s.NH << " hd=" << s.hd
+                   << " NKV=" << s.NKV << " scale " << scale << " cap " << cap);
       const int C = s.NH * s.hd, W = qkv_width(C, s.NH, s.NKV);
       const size_t rows = size_t(s.B) * s.T, BTC = rows * C, BTW = rows * W;
       const size_t L = size_t(s.B) * s.NH * s.T;
@@ -788,22 +791,24 @@ TEST_F(CudaBf16Test, AttentionOtherScales) {
       Bits out(BTC), dqkv(BTW), dec(size_t(s.B) * C);
       Vec lse(L);
       cpu->attention_forward(out.data(), lse.data(), qkv.data(), s.B, s.T, C, s.NH, s.NKV, nullptr,
-                             {}, scale);
+                             {}, scale, cap);
       cpu->attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.B,
-                              s.T, C, s.NH, s.NKV, GradMode::overwrite, nullptr, {}, scale);
-      cpu->attention_decode(dec.data(), qkv.data(), s.B, s.T, s.T - 1, 1, C, s.NH, s.NKV, 0, scale);
+                              s.T, C, s.NH, s.NKV, GradMode::overwrite, nullptr, {}, scale, cap);
+      cpu->attention_decode(dec.data(), qkv.data(), s.B, s.T, s.T - 1, 1, C, s.NH, s.NKV, 0, scale,
+                            cap);
       bf16_t* d_qkv = dev(qkv);
       bf16_t* g_out = dev(to_bits(Vec(BTC, 42.0f)));
       float* g_lse = dev(Vec(L, 42.0f));
-      gpu->attention_forward(g_out, g_lse, d_qkv, s.B, s.T, C, s.NH, s.NKV, nullptr, {}, scale);
+      gpu->attention_forward(g_out, g_lse, d_qkv, s.B, s.T, C, s.NH, s.NKV, nullptr, {}, scale,
+                             cap);
       EXPECT_TRUE(close(host(g_out, BTC), out)) << "out";
       EXPECT_TRUE(close(host(g_lse, L), lse)) << "lse";
       bf16_t* g_dqkv = dev(to_bits(Vec(BTW, 42.0f)));
       gpu->attention_backward(g_dqkv, dev(dout), d_qkv, dev(out), dev(lse), s.B, s.T, C, s.NH,
-                              s.NKV, GradMode::overwrite, nullptr, {}, scale);
+                              s.NKV, GradMode::overwrite, nullptr, {}, scale, cap);
       EXPECT_TRUE(close(host(g_dqkv, BTW), dqkv)) << "dqkv";
       bf16_t* g_dec = dev(to_bits(Vec(size_t(s.B) * C, 42.0f)));
-      gpu->attention_decode(g_dec, d_qkv, s.B, s.T, s.T - 1, 1, C, s.NH, s.NKV, 0, scale);
+      gpu->attention_decode(g_dec, d_qkv, s.B, s.T, s.T - 1, 1, C, s.NH, s.NKV, 0, scale, cap);
       EXPECT_TRUE(close(host(g_dec, size_t(s.B) * C), dec)) << "decode";
     }
 }

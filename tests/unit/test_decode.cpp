@@ -108,6 +108,35 @@ TEST_P(AttentionDecode, RowsEqualTheWholeSequenceForward) {
   }
 }
 
+// Soft-capped scores (model.attn_softcap): decoding's rows equal the capped forward's, which
+// the cap changes (scores of about ±1 here against a cap of 0.5); fp32 and bf16.
+TEST(AttentionDecodeSoftCap, RowsEqualTheCappedWholeSequenceForward) {
+  auto be = make_cpu_backend();
+  const int NH = 4, NKV = 2, C = 96, L = 70;
+  const float cap = 0.5f;
+  std::mt19937 gen(5);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> qkv(size_t(L) * qkv_width(C, NH, NKV));
+  for (auto& v : qkv) v = nd(gen);
+  std::vector<float> whole(size_t(L) * C), plain(whole.size()), att(size_t(NH) * L * L);
+  be->attention_forward(whole.data(), att.data(), qkv.data(), 1, L, C, NH, NKV, nullptr, {}, 0.0f,
+                        cap);
+  be->attention_forward(plain.data(), att.data(), qkv.data(), 1, L, C, NH, NKV);
+  EXPECT_GT(rel(whole.data(), plain.data(), whole.size()), 1e-2);
+  for (auto [p, n] : {std::pair{0, L}, {69, 1}, {40, 30}}) {
+    SCOPED_TRACE(::testing::Message() << "p=" << p << " n=" << n);
+    std::vector<float> out(size_t(n) * C, NAN);
+    be->attention_decode(out.data(), qkv.data(), 1, L, p, n, C, NH, NKV, 0, 0.0f, cap);
+    EXPECT_LE(rel(out.data(), whole.data() + size_t(p) * C, out.size()), 1e-6);
+    std::vector<bf16_t> qb(qkv.size()), ob(out.size());
+    for (size_t i = 0; i < qkv.size(); ++i) qb[i] = to_bf16(qkv[i]);
+    be->attention_decode(ob.data(), qb.data(), 1, L, p, n, C, NH, NKV, 0, 0.0f, cap);
+    std::vector<float> of(ob.size());
+    for (size_t i = 0; i < ob.size(); ++i) of[i] = to_float(ob[i]);
+    EXPECT_LE(rel(of.data(), whole.data() + size_t(p) * C, of.size()), 2e-2);
+  }
+}
+
 const GptShape kShape{3, 4, 64, 24, 200, 256};
 
 std::vector<int32_t> tokens(int n, int salt) {
@@ -119,9 +148,10 @@ std::vector<int32_t> tokens(int n, int salt) {
 struct DecodeCase {
   Precision precision;
   Recompute recompute;
-  int window = 0;           // model.sliding_window
-  int full_every = 0;       // model.full_attention_every
-  float attn_scale = 0.0f;  // model.attn_scale
+  int window = 0;             // model.sliding_window
+  int full_every = 0;         // model.full_attention_every
+  float attn_scale = 0.0f;    // model.attn_scale
+  float attn_softcap = 0.0f;  // model.attn_softcap
 };
 
 class Decode : public ::testing::TestWithParam<DecodeCase> {};
@@ -133,6 +163,7 @@ TEST_P(Decode, FollowsTheRecomputedLogitsOneTokenAtATime) {
   shape.sliding_window = c.window;
   shape.full_attention_every = c.full_every;
   shape.attn_scale = c.attn_scale;
+  shape.attn_softcap = c.attn_softcap;
   Gpt m(shape, 2, *be, 1, {}, nullptr, c.precision, c.recompute);
   m.init(7);
   const int V = kShape.vocab_size, T = kShape.seq_len;
@@ -170,12 +201,15 @@ INSTANTIATE_TEST_SUITE_P(
                       DecodeCase{Precision::bf16, Recompute::none, 7},
                       DecodeCase{Precision::fp32, Recompute::none, 7, 2},
                       DecodeCase{Precision::fp32, Recompute::none, 0, 0, 0.0625f},
-                      DecodeCase{Precision::bf16, Recompute::none, 0, 0, 0.0625f}),
+                      DecodeCase{Precision::bf16, Recompute::none, 0, 0, 0.0625f},
+                      DecodeCase{Precision::fp32, Recompute::none, 7, 2, 0.0f, 0.05f},
+                      DecodeCase{Precision::bf16, Recompute::none, 0, 0, 0.0f, 0.05f}),
     [](const auto& info) {
       return std::string(precision_name(info.param.precision)) + "_" +
              recompute_name(info.param.recompute) + (info.param.window ? "_window" : "") +
              (info.param.full_every ? "_interleaved" : "") +
-             (info.param.attn_scale > 0 ? "_scaled" : "");
+             (info.param.attn_scale > 0 ? "_scaled" : "") +
+             (info.param.attn_softcap > 0 ? "_capped" : "");
     });
 
 TEST(Decode, OtherUsesOfTheModelDropTheCache) {

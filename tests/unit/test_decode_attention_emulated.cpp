@@ -24,9 +24,9 @@ namespace {
 
 // Rows p .. p+n-1 of causal attention over qkv [p+n, W] (values as doubles), query head h
 // against key/value head h % NKV; window > 0: row i sees keys i - window + 1 .. i only; scale:
-// the scores' (0: 1/sqrt(hd)).
+// the scores' (0: 1/sqrt(hd)); cap > 0: each scaled score s is cap·tanh(s / cap).
 std::vector<double> reference(const std::vector<double>& qkv, int p, int n, int C, int NH, int NKV,
-                              int window, double scale) {
+                              int window, double scale, double cap) {
   const int hd = C / NH;
   const size_t ld = size_t(qkv_width(C, NH, NKV));
   std::vector<double> out(size_t(n) * C);
@@ -40,6 +40,7 @@ std::vector<double> reference(const std::vector<double>& qkv, int p, int n, int 
         double dot = 0;
         for (int d = 0; d < hd; ++d) dot += qkv[i * ld + h * hd + d] * qkv[j * ld + k_col + d];
         s[size_t(j)] = scale > 0 ? dot * scale : dot / std::sqrt(double(hd));
+        if (cap > 0) s[size_t(j)] = cap * std::tanh(s[size_t(j)] / cap);
         mx = std::max(mx, s[size_t(j)]);
       }
       for (int j = lo; j <= i; ++j) z += (s[size_t(j)] = std::exp(s[size_t(j)] - mx));
@@ -67,14 +68,14 @@ double worst_error(const std::vector<double>& got, const std::vector<double>& wa
 }
 
 // B sequences, each stride rows apart in qkv (the rows between are never read); window > 0: a
-// sliding window; scale: the scores' (0: 1/sqrt(hd)).
+// sliding window; scale: the scores' (0: 1/sqrt(hd)); cap: their soft cap (0: none).
 void check(int p, int n, int C, int NH, int NKV, bool bf16, int B = 1, int stride = 0,
-           int window = 0, float scale = 0.0f) {
+           int window = 0, float scale = 0.0f, float cap = 0.0f) {
   if (stride == 0) stride = p + n;
   SCOPED_TRACE(::testing::Message()
                << "p=" << p << " n=" << n << " C=" << C << " NH=" << NH << " NKV=" << NKV
                << " B=" << B << " stride=" << stride << (bf16 ? " bf16" : " fp32")
-               << " window=" << window << " scale=" << scale);
+               << " window=" << window << " scale=" << scale << " cap=" << cap);
   const size_t W = size_t(qkv_width(C, NH, NKV));
   const size_t seq = size_t(stride) * W, nqkv = size_t(B) * seq, nout = size_t(B) * n * C;
   const size_t smem =
@@ -83,7 +84,7 @@ void check(int p, int n, int C, int NH, int NKV, bool bf16, int B = 1, int strid
   auto body = [&](auto* out, const auto* qkv) {
     simt::launch(NH, B * n, decode_attention::kThreads, smem, simt::CopyTiming::at_issue,
                  [&](simt::Thread& x) {
-                   decode_attention::row(x, out, qkv, stride, p, n, C, NH, NKV, window, scale);
+                   decode_attention::row(x, out, qkv, stride, p, n, C, NH, NKV, window, scale, cap);
                  });
   };
   const std::unique_ptr<Backend> cpu = make_cpu_backend();
@@ -96,7 +97,7 @@ void check(int p, int n, int C, int NH, int NKV, bool bf16, int B = 1, int strid
     }
     body(out.data(), qkv.data());
     cpu->attention_decode(cpu_out.data(), cpu_qkv.data(), B, stride, p, n, C, NH, NKV, window,
-                          scale);
+                          scale, cap);
     for (size_t i = 0; i < nout; ++i) {
       got[i] = out.at(i);
       cpu_got[i] = to_float(cpu_out[i]);
@@ -107,7 +108,8 @@ void check(int p, int n, int C, int NH, int NKV, bool bf16, int B = 1, int strid
     std::vector<float> qkv(nqkv), out(nout, NAN), cpu_out(nout, NAN);
     for (size_t i = 0; i < nqkv; ++i) values[i] = qkv[i] = u(gen);
     body(out.data(), qkv.data());
-    cpu->attention_decode(cpu_out.data(), qkv.data(), B, stride, p, n, C, NH, NKV, window, scale);
+    cpu->attention_decode(cpu_out.data(), qkv.data(), B, stride, p, n, C, NH, NKV, window, scale,
+                          cap);
     for (size_t i = 0; i < nout; ++i) {
       got[i] = out[i];
       cpu_got[i] = cpu_out[i];
@@ -117,7 +119,7 @@ void check(int p, int n, int C, int NH, int NKV, bool bf16, int B = 1, int strid
   for (int b = 0; b < B; ++b) {
     const std::vector<double> one(values.begin() + long(b * seq),
                                   values.begin() + long(b * seq + size_t(p + n) * W));
-    const std::vector<double> w = reference(one, p, n, C, NH, NKV, window, scale);
+    const std::vector<double> w = reference(one, p, n, C, NH, NKV, window, scale, cap);
     want.insert(want.end(), w.begin(), w.end());
   }
   EXPECT_LE(worst_error(got, want, bf16), bf16 ? 1e-2 : 1e-5) << "against the reference";
@@ -134,6 +136,11 @@ TEST(DecodeAttentionEmulated, TwoSequencesApartBf16) { check(9, 1, 64, 1, 1, tru
 TEST(DecodeAttentionEmulated, OtherScales) {
   check(40, 2, 128, 2, 1, false, 1, 0, 0, 1.0f / 64);
   check(40, 1, 128, 2, 2, true, 1, 0, 0, 0.4f);
+}
+// model.attn_softcap: scores capped at c·tanh(s/c) (scores of a few units here, caps 1 and 2).
+TEST(DecodeAttentionEmulated, SoftCap) {
+  check(40, 2, 128, 4, 2, false, 2, 50, 20, 0.0f, 1.0f);
+  check(40, 1, 128, 2, 1, true, 1, 0, 0, 0.4f, 2.0f);
 }
 
 // Grouped-query attention: 4 query heads over 2 key/value heads and over one (multi-query),

@@ -50,7 +50,7 @@ enum class Backward { deterministic, atomic, ordered };
 template <class Tiles>
 Outputs run(const Bits& qkv, const Bits& dout, int B, flash::Rows rows, int NH, int NKV,
             CopyTiming timing, Backward backward, const Bits* dqkv0, const int32_t* key_begin,
-            float scale = 0.0f) {
+            float scale = 0.0f, float cap = 0.0f) {
   constexpr int HD = Tiles::kHD;
   const int C = NH * HD, W = C + 2 * NKV * HD, T = rows.seq, n = rows.count;
   Outputs r;
@@ -58,7 +58,7 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, flash::Rows rows, int NH, 
   r.lse.assign(size_t(B) * NH * n, NAN);
   r.dqkv = dqkv0 ? *dqkv0 : Bits(size_t(B) * T * W, 0xFFFFu);
   std::vector<float> D(size_t(B) * NH * n, NAN);
-  const flash::Launch l = flash::launch_shape(B, rows, NH, HD, NKV, scale);
+  const flash::Launch l = flash::launch_shape(B, rows, NH, HD, NKV, scale, cap);
   const int threads = flash::kThreads;
   // The tensor maps flash_attention.cu makes, for the tma policy.
   const simt::TensorMap qkv_map =
@@ -70,7 +70,7 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, flash::Rows rows, int NH, 
   simt::launch(l.blocks_x, l.blocks_y, threads, flash::forward_smem<Tiles>(), timing,
                [&](simt::Thread& x) {
                  flash::forward_block<Tiles>(x, r.out.data(), r.lse.data(), qkv.data(), qm, rows, C,
-                                             NH, NKV, l.scale_log2, key_begin);
+                                             NH, NKV, l.scale_log2, key_begin, l.cap_log2);
                });
   const bool acc = dqkv0 != nullptr;
   const bool atomic = backward != Backward::deterministic;
@@ -90,11 +90,13 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, flash::Rows rows, int NH, 
       if (key_begin != nullptr)
         flash::dkdv_block<Tiles, kAtomic, kOrdered, true>(
             x, r.dqkv.data(), dq_accum.data(), dq_turns, dout.data(), qkv.data(), qm, dm,
-            r.lse.data(), D.data(), B, rows, C, NH, NKV, l.scale, l.scale_log2, acc, key_begin);
+            r.lse.data(), D.data(), B, rows, C, NH, NKV, l.scale, l.scale_log2, acc, key_begin,
+            l.cap_log2);
       else
         flash::dkdv_block<Tiles, kAtomic, kOrdered, false>(
             x, r.dqkv.data(), dq_accum.data(), dq_turns, dout.data(), qkv.data(), qm, dm,
-            r.lse.data(), D.data(), B, rows, C, NH, NKV, l.scale, l.scale_log2, acc, nullptr);
+            r.lse.data(), D.data(), B, rows, C, NH, NKV, l.scale, l.scale_log2, acc, nullptr,
+            l.cap_log2);
     };
     // The dQ additions of different blocks meet only when the blocks run at the same time.
     const size_t smem = flash::dkdv_smem<Tiles, kAtomic>();
@@ -115,11 +117,12 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, flash::Rows rows, int NH, 
     });
   } else {
     dkdv(std::false_type{}, std::false_type{});
-    simt::launch(
-        l.blocks_x, l.blocks_y, threads, flash::dq_smem<Tiles>(), timing, [&](simt::Thread& x) {
-          flash::dq_block<Tiles>(x, r.dqkv.data(), dout.data(), qkv.data(), qm, dm, r.lse.data(),
-                                 D.data(), rows, C, NH, NKV, l.scale, l.scale_log2, acc, key_begin);
-        });
+    simt::launch(l.blocks_x, l.blocks_y, threads, flash::dq_smem<Tiles>(), timing,
+                 [&](simt::Thread& x) {
+                   flash::dq_block<Tiles>(x, r.dqkv.data(), dout.data(), qkv.data(), qm, dm,
+                                          r.lse.data(), D.data(), rows, C, NH, NKV, l.scale,
+                                          l.scale_log2, acc, key_begin, l.cap_log2);
+                 });
   }
   return r;
 }
@@ -127,11 +130,12 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, flash::Rows rows, int NH, 
 Outputs run_kernel(Kernel k, Backward bw, int hd, const Bits& qkv, const Bits& dout, int B, int T,
                    int NH, CopyTiming timing, const Bits* dqkv0 = nullptr,
                    const int32_t* key_begin = nullptr, flash::Rows rows = {0, 0, 0}, int NKV = 0,
-                   float scale = 0.0f) {
+                   float scale = 0.0f, float cap = 0.0f) {
   if (rows.seq == 0) rows = flash::Rows{T, 0, T};
   if (NKV == 0) NKV = NH;
   auto go = [&](auto tiles) {
-    return run<decltype(tiles)>(qkv, dout, B, rows, NH, NKV, timing, bw, dqkv0, key_begin, scale);
+    return run<decltype(tiles)>(qkv, dout, B, rows, NH, NKV, timing, bw, dqkv0, key_begin, scale,
+                                cap);
   };
   if (k == Kernel::mma) return hd == 64 ? go(flash::MmaTiles<64>{}) : go(flash::MmaTiles<128>{});
   if (k == Kernel::tma)
@@ -139,10 +143,11 @@ Outputs run_kernel(Kernel k, Backward bw, int hd, const Bits& qkv, const Bits& d
   return hd == 64 ? go(flash::WgmmaTiles<64>{}) : go(flash::WgmmaTiles<128>{});
 }
 
-// key_begin: a document mask ([B,T]), or none. scale: the scores' (0: 1/sqrt(hd)).
+// key_begin: a document mask ([B,T]), or none. scale: the scores' (0: 1/sqrt(hd)). cap: their
+// soft cap (0: none).
 void check(int B, int T, int NH, int hd, CopyTiming timing, Kernel kernel = Kernel::mma,
            Backward backward = Backward::deterministic,
-           const std::vector<int32_t>* key_begin = nullptr, float scale = 0.0f) {
+           const std::vector<int32_t>* key_begin = nullptr, float scale = 0.0f, float cap = 0.0f) {
   const int C = NH * hd;
   SCOPED_TRACE(::testing::Message()
                << kernel_name(kernel)
@@ -151,11 +156,11 @@ void check(int B, int T, int NH, int hd, CopyTiming timing, Kernel kernel = Kern
                                                    : "")
                << " B=" << B << " T=" << T << " NH=" << NH << " hd=" << hd
                << (timing == CopyTiming::at_wait ? " copies at wait" : " copies at issue")
-               << (key_begin ? " documents" : "") << " scale " << scale);
-  const Problem p = random_problem(B, T, C, NH, 4321u + T, 777u + T, key_begin, scale);
+               << (key_begin ? " documents" : "") << " scale " << scale << " cap " << cap);
+  const Problem p = random_problem(B, T, C, NH, 4321u + T, 777u + T, key_begin, scale, cap);
   const Reference& want = p.want;
   const Outputs got = run_kernel(kernel, backward, hd, p.qkv, p.dout, B, T, NH, timing, nullptr,
-                                 key_begin ? key_begin->data() : nullptr, {0, 0, 0}, 0, scale);
+                                 key_begin ? key_begin->data() : nullptr, {0, 0, 0}, 0, scale, cap);
 
   const size_t rows = size_t(B) * T;
   EXPECT_LE(rel_error(got.out, want.out, rows, C, 0, C), 1e-2) << "out";
@@ -187,6 +192,19 @@ TEST(FlashAttentionEmulated, OtherScales) {
         1.0f / 64);
   check(1, 77, 2, 64, CopyTiming::at_wait, Kernel::mma, Backward::atomic, nullptr, 0.3f);
   check(1, 77, 1, 64, CopyTiming::at_wait, Kernel::wgmma, Backward::deterministic, nullptr, 0.3f);
+}
+
+// model.attn_softcap: the scores capped at c·tanh(s/c) in the forward's online softmax and in
+// the backward's recomputed probabilities, dS times the cap's derivative; a cap that bends the
+// scores (the scaled scores reach about ±1 here, the cap is 0.5 or 0.25 with a larger scale),
+// both ways of forming dQ, both tile policies, a document mask.
+TEST(FlashAttentionEmulated, SoftCap) {
+  check(1, 77, 2, 64, CopyTiming::at_issue, Kernel::mma, Backward::deterministic, nullptr, 0.0f,
+        0.5f);
+  check(1, 77, 2, 64, CopyTiming::at_wait, Kernel::mma, Backward::atomic, nullptr, 0.3f, 0.25f);
+  const std::vector<int32_t> kb = key_begin_of_starts(1, 130, {{0, 40, 100}});
+  check(1, 130, 1, 128, CopyTiming::at_wait, Kernel::wgmma, Backward::deterministic, &kb, 0.0f,
+        0.5f);
 }
 
 // The backward's accumulate mode: every element of dqkv becomes round(old + gradient).

@@ -112,6 +112,9 @@ struct ModelShape {
   // Attribute logit_softcap (double: the head's logits are c·tanh(logit/c); absent or 0: none;
   // written when > 0).
   double logit_softcap = 0;
+  // Attribute attn_softcap (double: the attention scores are c·tanh(s/c); absent or 0: none;
+  // written when > 0).
+  double attn_softcap = 0;
   // Attribute embed_scale (double: the embedding's output times it; absent: 1; written when not
   // 1).
   double embed_scale = 1;

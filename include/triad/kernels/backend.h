@@ -186,6 +186,9 @@ class Backend {
   // attention: W = 3C. out [B,T,C] (head-major). att [B,NH,T,T] keeps the softmax probabilities
   // for backward (entries above the diagonal are unspecified). The scores are q·k times
   // `scale`: 0 (the default) is 1/sqrt(hd); another (model.attn_scale, μP's 1/hd) replaces it.
+  // softcap > 0 (model.attn_softcap; Gemma 2's 50, Grok-1's 30) caps each scaled score s at
+  // softcap·tanh(s / softcap) before the softmax; the backward pass multiplies the scores'
+  // gradient by 1 − tanh², recomputing the scores. 0: no cap.
   // key_begin (nullptr: plain causal attention) narrows the keys a query sees: [B,T] ints in the
   // backend's memory (alloc_ints), query t of sequence b attending keys key_begin[b·T+t] .. t,
   // where 0 <= key_begin[b·T+t] <= t and key_begin never decreases along a sequence (a document
@@ -194,14 +197,14 @@ class Backend {
   // `rows` (QueryRows) limits the call to some query rows of each sequence.
   virtual void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C,
                                  int NH, int NKV, const int32_t* key_begin = nullptr,
-                                 QueryRows rows = {}, float scale = 0.0f) = 0;
+                                 QueryRows rows = {}, float scale = 0.0f, float softcap = 0.0f) = 0;
   // dqkv [B,T,W] (+=); scratch is as large as att, floats the op may overwrite. A key/value
   // head's gradient sums over its NH/NKV query heads in a fixed order (deterministic).
   virtual void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
                                   const float* att, int B, int T, int C, int NH, int NKV,
                                   GradMode mode = GradMode::accumulate,
                                   const int32_t* key_begin = nullptr, QueryRows rows = {},
-                                  float scale = 0.0f) = 0;
+                                  float scale = 0.0f, float softcap = 0.0f) = 0;
   // Decoding with a cache of keys and values (generation), for B sequences of equal length: the
   // causal attention of rows p .. p+n-1 of each, whose q|k|v are its rows p .. p+n-1 in qkv,
   // against the keys and values of its rows 0 .. p+n-1 (rows before p: those an earlier call
@@ -210,9 +213,10 @@ class Backend {
   // sequence, without its T×T work: n·(p+n) scores instead of (p+n)². With NKV < NH the cache
   // (the k and v columns) is NKV/NH of GPT-2's. window > 0 (a sliding window, model.
   // sliding_window): the row at position t sees keys max(0, t − window + 1) .. t only, as
-  // attention_forward with that key_begin. scale as attention_forward's.
+  // attention_forward with that key_begin. scale and softcap as attention_forward's.
   virtual void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n,
-                                int C, int NH, int NKV, int window = 0, float scale = 0.0f) = 0;
+                                int C, int NH, int NKV, int window = 0, float scale = 0.0f,
+                                float softcap = 0.0f) = 0;
 
   // ---- rotary position embedding (model.position = rope) -----------------------------------
   // Rotates in place the NH q heads and NKV k heads of qkv [N, W] (layout as above; v untouched).
@@ -426,12 +430,12 @@ class Backend {
   // forward's out; dqkv (+=). Layouts and key_begin as the fp32 attention.
   virtual void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C,
                                  int NH, int NKV, const int32_t* key_begin = nullptr,
-                                 QueryRows rows = {}, float scale = 0.0f) = 0;
+                                 QueryRows rows = {}, float scale = 0.0f, float softcap = 0.0f) = 0;
   virtual void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv,
                                   const bf16_t* out, const float* lse, int B, int T, int C, int NH,
                                   int NKV, GradMode mode = GradMode::accumulate,
                                   const int32_t* key_begin = nullptr, QueryRows rows = {},
-                                  float scale = 0.0f) = 0;
+                                  float scale = 0.0f, float softcap = 0.0f) = 0;
   // As the fp32 SwiGLU; computed in fp32, each output rounded once.
   virtual void geglu_forward(bf16_t* out, const bf16_t* pre, int N, int H) = 0;
   virtual void geglu_backward(bf16_t* dpre, const bf16_t* pre, const bf16_t* dout, int N, int H,
@@ -453,7 +457,8 @@ class Backend {
                                 GradMode mode = GradMode::accumulate) = 0;
   // As the fp32 attention_decode; scores, softmax and sums in fp32, out rounded once.
   virtual void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n,
-                                int C, int NH, int NKV, int window = 0, float scale = 0.0f) = 0;
+                                int C, int NH, int NKV, int window = 0, float scale = 0.0f,
+                                float softcap = 0.0f) = 0;
   virtual void gelu_forward(bf16_t* out, const bf16_t* inp, size_t n) = 0;
   virtual void gelu_backward(bf16_t* dinp, const bf16_t* inp, const bf16_t* dout, size_t n,
                              GradMode mode = GradMode::accumulate) = 0;

@@ -141,6 +141,10 @@ struct GptShape {
   // become c·tanh(logit / c), within (−c, c), before the loss, evaluation and sampling
   // (Backend::scale_cap_logits). 0: none.
   float logit_softcap = 0.0f;
+  // Soft-capped attention scores (model.attn_softcap; Gemma 2's 50, Grok-1's 30): each scaled
+  // score s becomes c·tanh(s / c) before the softmax, in training, evaluation and decoding
+  // (Backend::attention_forward). 0: none.
+  float attn_softcap = 0.0f;
   // The embedding's output times this (model.embed_scale; Gemma's √n_embd, which its tied head
   // does not share); 1: none.
   float embed_scale = 1.0f;

@@ -1,5 +1,7 @@
 // Causal self-attention, one (batch, head) at a time:
 //   S = scale · Q Kᵀ,  P = causal_softmax(S),  O = P V
+// (with a soft cap c, S = c·tanh(scale · Q Kᵀ / c); the backward pass recomputes the uncapped
+// scores of each row block to multiply the scores' gradient by 1 − tanh²).
 // Q, K and V are strided views into qkv (leading dimension W = C + 2·NKV·hd), O a strided view
 // into out (leading dimension C), so BLAS reads and writes them in place without any transposes.
 // Grouped-query attention (NKV < NH): query head h reads key/value head h % NKV in place.
@@ -47,9 +49,15 @@ struct Dims {
   int ld_qkv;  // W = C + 2·NKV·hd
   int ld_out;  // C
   float scale;
+  float cap;  // the scores' soft cap (0: none)
   int rows() const { return L - q0; }
   size_t att_floats() const { return size_t(rows()) * size_t(L); }  // per head: [rows, L]
 };
+
+// s[0..n) ← cap·tanh(s / cap): the soft cap of the scores (Backend::attention_forward).
+void cap_scores(float* s, int n, float cap) {
+  for (int j = 0; j < n; ++j) s[j] = cap * std::tanh(s[j] / cap);
+}
 
 // Row i of S → row i of P over keys lo..i (tiny probabilities flushed to 0, see kFlushBelow).
 // Keys 0 .. lo-1 and i+1 .. end-1 (the rest of the diagonal block, which the P·V product reads)
@@ -108,7 +116,11 @@ void head_forward(float* out, float* att, const float* q, const float* k, const 
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i1 - i0, i1 - k0, d.hd, d.scale,
                 q + size_t(i0) * d.ld_qkv, d.ld_qkv, k + size_t(k0) * d.ld_qkv, d.ld_qkv, 0.0f,
                 p_row(i0) + k0, L);
-    for (int i = i0; i < i1; ++i) causal_softmax_row(p_row(i), first_key(key_begin, i), i, i1);
+    for (int i = i0; i < i1; ++i) {
+      const int lo = first_key(key_begin, i);
+      if (d.cap > 0.0f) cap_scores(p_row(i) + lo, i + 1 - lo, d.cap);
+      causal_softmax_row(p_row(i), lo, i, i1);
+    }
     // O[i0:i1] = P[i0:i1, k0:i1] · V[k0:i1]
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i1 - i0, d.hd, i1 - k0, 1.0f,
                 p_row(i0) + k0, L, v + size_t(k0) * d.ld_qkv, d.ld_qkv, 0.0f,
@@ -125,13 +137,28 @@ void head_backward(float* dq, float* dk, float* dv, int ld_dkv, float* ds, const
   auto p_row = [&](int i) { return att + size_t(i - q0) * L; };
   auto ds_row = [&](int i) { return ds + size_t(i - q0) * L; };
   auto dout_row = [&](int i) { return dout + size_t(i - q0) * d.ld_out; };
-  // Row blocks: dP = dO·Vᵀ, dS = softmax_backward(P, dP), dQ += scale · dS·K.
+  // Row blocks: dP = dO·Vᵀ, dS = softmax_backward(P, dP), dQ += scale · dS·K. Under a soft cap
+  // dS is then times 1 − tanh²(s / cap) of the block's uncapped scores s, recomputed.
+  std::vector<float> raw(d.cap > 0.0f ? size_t(kBlock) * L : 0);
   for (int i0 = q0; i0 < L; i0 += kBlock) {
     const int i1 = std::min(L, i0 + kBlock), k0 = first_key(key_begin, i0);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i1 - i0, i1 - k0, d.hd, 1.0f, dout_row(i0),
                 d.ld_out, v + size_t(k0) * d.ld_qkv, d.ld_qkv, 0.0f, ds_row(i0) + k0, L);
     for (int i = i0; i < i1; ++i)
       causal_softmax_backward_row(ds_row(i), p_row(i), first_key(key_begin, i), i, i1);
+    if (d.cap > 0.0f) {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i1 - i0, i1 - k0, d.hd, d.scale,
+                  q + size_t(i0) * d.ld_qkv, d.ld_qkv, k + size_t(k0) * d.ld_qkv, d.ld_qkv, 0.0f,
+                  raw.data(), L);
+      for (int i = i0; i < i1; ++i) {
+        float* g = ds_row(i);
+        const float* s = raw.data() + size_t(i - i0) * L - k0;  // s[j]: key j's score
+        for (int j = first_key(key_begin, i); j <= i; ++j) {
+          const float t = std::tanh(s[j] / d.cap);
+          g[j] *= 1.0f - t * t;
+        }
+      }
+    }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i1 - i0, d.hd, i1 - k0, d.scale,
                 ds_row(i0) + k0, L, k + size_t(k0) * d.ld_qkv, d.ld_qkv, 1.0f,
                 dq + size_t(i0) * d.ld_qkv, d.ld_qkv);
@@ -174,10 +201,10 @@ const int32_t* seq_key_begin(const int32_t* key_begin, int b, int T) {
   return key_begin != nullptr ? key_begin + size_t(b) * T : nullptr;
 }
 
-Dims make_dims(int T, int C, int NH, int NKV, QueryRows rows, float scale) {
+Dims make_dims(int T, int C, int NH, int NKV, QueryRows rows, float scale, float cap) {
   const int hd = C / NH;
   const int q0 = rows.whole(T) ? 0 : rows.first, L = rows.keys(T);
-  return Dims{T, q0, L, hd, qkv_width(C, NH, NKV), C, attention_scale(scale, hd)};
+  return Dims{T, q0, L, hd, qkv_width(C, NH, NKV), C, attention_scale(scale, hd), cap};
 }
 
 // Offsets within a qkv row of query head h's k and v (key/value head h % NKV).
@@ -187,9 +214,9 @@ size_t v_offset(int C, int NKV, int h, int hd) { return size_t(C) + size_t(NKV +
 }  // namespace
 
 void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n, int C, int NH,
-                      int NKV, int window, float scale) {
+                      int NKV, int window, float scale, float softcap) {
   const int L = p + n;  // keys: the cached rows and the new ones
-  const Dims d = make_dims(L, C, NH, NKV, {}, scale);
+  const Dims d = make_dims(L, C, NH, NKV, {}, scale, softcap);
   ensure_single_threaded_blas();
 #pragma omp parallel
   {
@@ -207,6 +234,7 @@ void attention_decode(float* out, const float* qkv, int B, int stride, int p, in
       // softmax as the forward's).
       for (int r = 0; r < n; ++r) {
         const int lo = window > 0 ? std::max(0, p + r - window + 1) : 0;
+        if (d.cap > 0.0f) cap_scores(s.data() + size_t(r) * L + lo, p + r + 1 - lo, d.cap);
         causal_softmax_row(s.data() + size_t(r) * L, lo, p + r, L);
       }
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d.hd, L, 1.0f, s.data(), L, v,
@@ -216,8 +244,9 @@ void attention_decode(float* out, const float* qkv, int B, int stride, int p, in
 }
 
 void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH,
-                       int NKV, const int32_t* key_begin, QueryRows rows, float scale) {
-  const Dims d = make_dims(T, C, NH, NKV, rows, scale);
+                       int NKV, const int32_t* key_begin, QueryRows rows, float scale,
+                       float softcap) {
+  const Dims d = make_dims(T, C, NH, NKV, rows, scale, softcap);
   const int hd = d.hd;
   ensure_single_threaded_blas();
 #pragma omp parallel for schedule(static)
@@ -233,8 +262,8 @@ void attention_forward(float* out, float* att, const float* qkv, int B, int T, i
 
 void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
                         const float* att, int B, int T, int C, int NH, int NKV,
-                        const int32_t* key_begin, QueryRows rows, float scale) {
-  const Dims d = make_dims(T, C, NH, NKV, rows, scale);
+                        const int32_t* key_begin, QueryRows rows, float scale, float softcap) {
+  const Dims d = make_dims(T, C, NH, NKV, rows, scale, softcap);
   const int hd = d.hd;
   const size_t per_att = d.att_floats(), per_out = size_t(d.rows()) * C;
   ensure_single_threaded_blas();

@@ -120,21 +120,23 @@ class CpuBackend final : public Backend {
     cpu::matmul_backward_fp8(dinp, dweight, dbias, dout, inp, weight, N, IC, OC, amax);
   }
   void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH,
-                         int NKV, const int32_t* key_begin, QueryRows rows, float scale) override {
+                         int NKV, const int32_t* key_begin, QueryRows rows, float scale,
+                         float softcap) override {
     check_query_rows(rows, T);
-    cpu::attention_forward(out, att, qkv, B, T, C, NH, NKV, key_begin, rows, scale);
+    cpu::attention_forward(out, att, qkv, B, T, C, NH, NKV, key_begin, rows, scale, softcap);
   }
   void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
                           const float* att, int B, int T, int C, int NH, int NKV, GradMode mode,
-                          const int32_t* key_begin, QueryRows rows, float scale) override {
+                          const int32_t* key_begin, QueryRows rows, float scale,
+                          float softcap) override {
     check_query_rows(rows, T);
     if (mode == GradMode::overwrite) zero(dqkv, size_t(B) * T * qkv_width(C, NH, NKV));
-    cpu::attention_backward(dqkv, scratch, dout, qkv, att, B, T, C, NH, NKV, key_begin, rows,
-                            scale);
+    cpu::attention_backward(dqkv, scratch, dout, qkv, att, B, T, C, NH, NKV, key_begin, rows, scale,
+                            softcap);
   }
   void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n, int C,
-                        int NH, int NKV, int window, float scale) override {
-    cpu::attention_decode(out, qkv, B, stride, p, n, C, NH, NKV, window, scale);
+                        int NH, int NKV, int window, float scale, float softcap) override {
+    cpu::attention_decode(out, qkv, B, stride, p, n, C, NH, NKV, window, scale, softcap);
   }
   void swiglu_forward(float* out, const float* pre, int N, int H) override {
     cpu::swiglu_forward(out, pre, N, H);
@@ -278,20 +280,23 @@ class CpuBackend final : public Backend {
     cpu::matmul_backward_fp8(dinp, dweight, dbias, dout, inp, weight, N, IC, OC, amax);
   }
   void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C, int NH,
-                         int NKV, const int32_t* key_begin, QueryRows rows, float scale) override {
+                         int NKV, const int32_t* key_begin, QueryRows rows, float scale,
+                         float softcap) override {
     check_query_rows(rows, T);
-    cpu::attention_forward(out, lse, qkv, B, T, C, NH, NKV, key_begin, rows, scale);
+    cpu::attention_forward(out, lse, qkv, B, T, C, NH, NKV, key_begin, rows, scale, softcap);
   }
   void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, const bf16_t* out,
                           const float* lse, int B, int T, int C, int NH, int NKV, GradMode mode,
-                          const int32_t* key_begin, QueryRows rows, float scale) override {
+                          const int32_t* key_begin, QueryRows rows, float scale,
+                          float softcap) override {
     check_query_rows(rows, T);
     if (mode == GradMode::overwrite) zero(dqkv, size_t(B) * T * qkv_width(C, NH, NKV));
-    cpu::attention_backward(dqkv, dout, qkv, out, lse, B, T, C, NH, NKV, key_begin, rows, scale);
+    cpu::attention_backward(dqkv, dout, qkv, out, lse, B, T, C, NH, NKV, key_begin, rows, scale,
+                            softcap);
   }
   void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n, int C,
-                        int NH, int NKV, int window, float scale) override {
-    cpu::attention_decode(out, qkv, B, stride, p, n, C, NH, NKV, window, scale);
+                        int NH, int NKV, int window, float scale, float softcap) override {
+    cpu::attention_decode(out, qkv, B, stride, p, n, C, NH, NKV, window, scale, softcap);
   }
   void swiglu_forward(bf16_t* out, const bf16_t* pre, int N, int H) override {
     cpu::swiglu_forward(out, pre, N, H);

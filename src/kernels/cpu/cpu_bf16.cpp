@@ -154,10 +154,12 @@ void bias_backward(float* dbias, const bf16_t* dout, int N, int OC) {
   bias_backward(dbias, widen(1, dout, size_t(N) * OC), N, OC);
 }
 
-// lse[b,h,i − q0] = ln Σ_{lo<=j<=i} exp(scale · q_i·k_j), lo = key_begin[b,i] (0 without), for
-// the range's rows q0 <= i < L, from the widened qkv (max-shifted).
+// lse[b,h,i − q0] = ln Σ_{lo<=j<=i} exp(s_ij), s_ij = scale · q_i·k_j (softcap·tanh of it /
+// softcap under a cap), lo = key_begin[b,i] (0 without), for the range's rows q0 <= i < L, from
+// the widened qkv (max-shifted).
 static void attention_lse(float* lse, const float* qkv, int B, int T, int C, int NH, int NKV,
-                          const int32_t* key_begin, QueryRows rows, float scale_or_0) {
+                          const int32_t* key_begin, QueryRows rows, float scale_or_0,
+                          float softcap) {
   const int hd = C / NH;
   const float scale = attention_scale(scale_or_0, hd);
   const size_t ld = size_t(qkv_width(C, NH, NKV));
@@ -175,7 +177,7 @@ static void attention_lse(float* lse, const float* qkv, int B, int T, int C, int
           const float* k = base + size_t(j) * ld + C + size_t(h % NKV) * hd;
           float dot = 0.0f;
           for (int d = 0; d < hd; ++d) dot += q[d] * k[d];
-          s[size_t(j)] = dot * scale;
+          s[size_t(j)] = softcap > 0.0f ? softcap * std::tanh(dot * scale / softcap) : dot * scale;
           mx = std::max(mx, s[size_t(j)]);
         }
         double sum = 0.0;
@@ -186,20 +188,21 @@ static void attention_lse(float* lse, const float* qkv, int B, int T, int C, int
 }
 
 void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C, int NH,
-                       int NKV, const int32_t* key_begin, QueryRows rows, float scale) {
+                       int NKV, const int32_t* key_begin, QueryRows rows, float scale,
+                       float softcap) {
   const size_t n = size_t(rows.rows(T)), L = size_t(rows.keys(T));
   const size_t nqkv = size_t(B) * T * qkv_width(C, NH, NKV), nout = size_t(B) * n * C;
   const float* q = widen(0, qkv, nqkv);
   float* o = scratch(1, nout);
   float* att = scratch(2, size_t(B) * NH * n * L);
-  attention_forward(o, att, q, B, T, C, NH, NKV, key_begin, rows, scale);
-  attention_lse(lse, q, B, T, C, NH, NKV, key_begin, rows, scale);
+  attention_forward(o, att, q, B, T, C, NH, NKV, key_begin, rows, scale, softcap);
+  attention_lse(lse, q, B, T, C, NH, NKV, key_begin, rows, scale, softcap);
   to_bf16(out, o, nout);
 }
 
 void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, const bf16_t* out,
                         const float* lse, int B, int T, int C, int NH, int NKV,
-                        const int32_t* key_begin, QueryRows rows, float scale) {
+                        const int32_t* key_begin, QueryRows rows, float scale, float softcap) {
   // The probabilities are recomputed in fp32 from the bf16 qkv, as the forward computed them
   // (the flash kernels use lse for that; here the fp32 forward is the simpler reference).
   (void)out;
@@ -209,22 +212,22 @@ void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, con
   const size_t natt = size_t(B) * NH * n * L;
   const float* q = widen(0, qkv, nqkv);
   float* att = scratch(2, natt);
-  attention_forward(scratch(1, nout), att, q, B, T, C, NH, NKV, key_begin, rows, scale);
+  attention_forward(scratch(1, nout), att, q, B, T, C, NH, NKV, key_begin, rows, scale, softcap);
   through_fp32(3, dqkv, nqkv, [&](float* dq) {
     attention_backward(dq, scratch(4, natt), widen(5, dout, nout), q, att, B, T, C, NH, NKV,
-                       key_begin, rows, scale);
+                       key_begin, rows, scale, softcap);
   });
 }
 
 void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n, int C,
-                      int NH, int NKV, int window, float scale) {
+                      int NH, int NKV, int window, float scale, float softcap) {
   const size_t W = size_t(qkv_width(C, NH, NKV));
   const size_t nout = size_t(B) * n * C, seq = size_t(p + n) * W;
   float* o = scratch(1, nout);
   // Each sequence's rows 0 .. p+n-1 only (not the rows its stride leaves unused), packed.
   float* q = scratch(0, size_t(B) * seq);
   for (int b = 0; b < B; ++b) widen_into(q + size_t(b) * seq, qkv + size_t(b) * stride * W, seq);
-  attention_decode(o, q, B, p + n, p, n, C, NH, NKV, window, scale);
+  attention_decode(o, q, B, p + n, p, n, C, NH, NKV, window, scale, softcap);
   to_bf16(out, o, nout);
 }
 

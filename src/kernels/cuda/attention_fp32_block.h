@@ -3,8 +3,10 @@
 // CPU tests run the same code through the SIMT emulator (test_attention_fp32_emulated):
 //  - the permutations between [B,T,width] rows and per-head [B,NH,T,hd] matrices (grid-stride);
 //  - the causal softmax of att [B·NH·T, T] in place, one block per row, keys lo..i (lo the row's
-//    first key under a document mask) and exact zeros elsewhere, with the row's log-sum-exp;
-//  - its backward dS = P ⊙ (dP − Σ_j P dP) in place over dP, one block per row;
+//    first key under a document mask) and exact zeros elsewhere, with the row's log-sum-exp (of
+//    the scores soft-capped first under a cap);
+//  - its backward dS = P ⊙ (dP − Σ_j P dP) in place over dP, one block per row (times
+//    1 − tanh²(s / cap) of the uncapped scores s under a cap);
 //  - the causal copy of P with zeros outside each row's keys.
 #pragma once
 
@@ -83,13 +85,16 @@ TRIAD_BLOCK_FN int row_first_key(const int32_t* key_begin, size_t r, int T, int 
 // Block r (kSoftmaxThreads): row r of att, query position i = r mod T, first key lo. In place:
 // S → P over keys lo..i, exact zeros for the others. Each thread touches the same j's in every
 // loop. lse (may be null): lse[r] = max + ln Σ exp(S − max), the log of the row's denominator.
+// cap > 0: S ← cap·tanh(S / cap) first (Backend's softcap).
 template <class X>
 TRIAD_BLOCK_FN void causal_softmax(X& x, float* att, float* lse, int T, int NH,
-                                   const int32_t* key_begin) {
+                                   const int32_t* key_begin, float cap = 0.0f) {
   float* part = reinterpret_cast<float*>(x.smem());
   const size_t r = size_t(x.block_x());
   const int i = int(r % size_t(T)), lo = row_first_key(key_begin, r, T, NH);
   float* row = att + r * T;
+  if (cap > 0.0f)
+    for (int j = lo + x.thread(); j <= i; j += kSoftmaxThreads) row[j] = cap * x.tanh(row[j] / cap);
   float max_val = -__builtin_huge_valf();
   for (int j = lo + x.thread(); j <= i; j += kSoftmaxThreads)
     max_val = row[j] > max_val ? row[j] : max_val;
@@ -120,10 +125,12 @@ TRIAD_BLOCK_FN void causal_mask_copy(X& x, float* dst, const float* att, int T, 
 }
 
 // Block r: dS = P ⊙ (dP − Σ_j P dP) over keys lo..i, in place over dP; zeros elsewhere (the dQ
-// and dK products read the full rows). Reads att only at lo <= j <= i.
+// and dK products read the full rows). Reads att only at lo <= j <= i. cap > 0: dS times
+// 1 − tanh²(s / cap), s the uncapped scores in raw (laid out as att).
 template <class X>
 TRIAD_BLOCK_FN void causal_softmax_backward(X& x, float* ds, const float* att, int T, int NH,
-                                            const int32_t* key_begin) {
+                                            const int32_t* key_begin, const float* raw = nullptr,
+                                            float cap = 0.0f) {
   float* part = reinterpret_cast<float*>(x.smem());
   const size_t r = size_t(x.block_x());
   const int i = int(r % size_t(T)), lo = row_first_key(key_begin, r, T, NH);
@@ -132,8 +139,15 @@ TRIAD_BLOCK_FN void causal_softmax_backward(X& x, float* ds, const float* att, i
   float dot = 0.0f;
   for (int j = lo + x.thread(); j <= i; j += kSoftmaxThreads) dot += prow[j] * drow[j];
   dot = block_sum(x, dot, part, kSoftmaxThreads);
-  for (int j = x.thread(); j < T; j += kSoftmaxThreads)
-    drow[j] = j <= i && j >= lo ? prow[j] * (drow[j] - dot) : 0.0f;
+  for (int j = x.thread(); j < T; j += kSoftmaxThreads) {
+    const bool key = j <= i && j >= lo;
+    float g = key ? prow[j] * (drow[j] - dot) : 0.0f;
+    if (key && cap > 0.0f) {
+      const float t = x.tanh(raw[r * T + size_t(j)] / cap);
+      g *= 1.0f - t * t;
+    }
+    drow[j] = g;
+  }
 }
 
 }  // namespace triad::attention_fp32_block

@@ -10,7 +10,9 @@
 // Backward, per head (dO = dout):
 //   dV = Pᵀ dO  (P with its upper triangle zeroed: att is unspecified there by the interface)
 //   dP = dO Vᵀ,  dS = P ⊙ (dP − rowsum(dP ⊙ P)),  dQ = scale · dS K,  dK = scale · dSᵀ Q
-// and dq/dk/dv are added into dqkv.
+// and dq/dk/dv are added into dqkv. A soft cap c (backend.h) caps S = c·tanh(scale · Q Kᵀ / c) in
+// the softmax kernel; the backward recomputes scale · Q Kᵀ into the `scores` scratch and
+// multiplies dS by 1 − tanh² of it over c.
 //
 // Grouped-query attention (NKV < NH): the backend's entry points at the end run the above on
 // rows expanded to one key/value head per query head (cuda_grouped_heads.cu) and reduce the
@@ -56,9 +58,10 @@ __global__ void accumulate_dqkv_kernel(float* dqkv, const float* dq, const float
 }
 
 __global__ void __launch_bounds__(kSoftmaxThreads)
-    causal_softmax_kernel(float* att, float* lse, int T, int NH, const int32_t* key_begin) {
+    causal_softmax_kernel(float* att, float* lse, int T, int NH, const int32_t* key_begin,
+                          float cap) {
   DeviceThread x;
-  attention_fp32_block::causal_softmax(x, att, lse, T, NH, key_begin);
+  attention_fp32_block::causal_softmax(x, att, lse, T, NH, key_begin, cap);
 }
 
 __global__ void causal_mask_copy_kernel(float* dst, const float* att, int T, int NH,
@@ -70,9 +73,9 @@ __global__ void causal_mask_copy_kernel(float* dst, const float* att, int T, int
 
 __global__ void __launch_bounds__(kSoftmaxThreads)
     causal_softmax_backward_kernel(float* ds, const float* att, int T, int NH,
-                                   const int32_t* key_begin) {
+                                   const int32_t* key_begin, const float* raw, float cap) {
   DeviceThread x;
-  attention_fp32_block::causal_softmax_backward(x, ds, att, T, NH, key_begin);
+  attention_fp32_block::causal_softmax_backward(x, ds, att, T, NH, key_begin, raw, cap);
 }
 
 // Strided-batched sgemm over `batch` heads (all matrices contiguous per head).
@@ -113,9 +116,15 @@ void check_kv_heads(int NH, int NKV) {
 
 size_t attention_workspace_floats(int B, int T, int C) { return size_t(7) * B * T * C; }
 
+float* capped_scores(AttentionScratch& scratch, cudaStream_t s, int B, int T, int NH,
+                     float softcap) {
+  if (softcap <= 0.0f) return nullptr;
+  return scratch.scores.get_as<float>(size_t(B) * NH * T * T, s);
+}
+
 void attention_forward(cudaStream_t s, cublasHandle_t h, float* workspace, float* out, float* att,
                        const float* qkv, int B, int T, int C, int NH, float* lse,
-                       const int32_t* key_begin, float scale_or_0) {
+                       const int32_t* key_begin, float scale_or_0, float softcap) {
   check_shape(B, T, C, NH);
   const int hd = C / NH;
   const int batch = B * NH;
@@ -132,7 +141,8 @@ void attention_forward(cudaStream_t s, cublasHandle_t h, float* workspace, float
   gemm_batched(h, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, scale, w.k, hd, head, w.q, hd, head, 0.0f,
                att, T, tt, batch);
   causal_softmax_kernel<<<unsigned(size_t(batch) * T), kSoftmaxThreads,
-                          attention_fp32_block::softmax_smem(), s>>>(att, lse, T, NH, key_begin);
+                          attention_fp32_block::softmax_smem(), s>>>(att, lse, T, NH, key_begin,
+                                                                     softcap);
   TRIAD_CUDA_CHECK_LAUNCH();
   // O[T,hd] = P[T,T] · V[T,hd]  ⇔  Oᵀ (hd×T) = Vᵀ (hd×T col-major) · Pᵀ (T×T col-major)
   gemm_batched(h, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, 1.0f, w.v, hd, head, att, T, tt, 0.0f, w.o,
@@ -143,8 +153,11 @@ void attention_forward(cudaStream_t s, cublasHandle_t h, float* workspace, float
 
 void attention_backward(cudaStream_t s, cublasHandle_t h, float* workspace, float* dqkv,
                         float* scratch, const float* dout, const float* qkv, const float* att,
-                        int B, int T, int C, int NH, const int32_t* key_begin, float scale_or_0) {
+                        int B, int T, int C, int NH, const int32_t* key_begin, float scale_or_0,
+                        float softcap, float* scores) {
   check_shape(B, T, C, NH);
+  TRIAD_CHECK(softcap <= 0.0f || scores != nullptr,
+              "internal error: a soft-capped attention backward without its scores' scratch");
   const int hd = C / NH;
   const int batch = B * NH;
   const float scale = attention_scale(scale_or_0, hd);
@@ -171,9 +184,12 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, float* workspace, floa
   // dP[T,T] = dO[T,hd] · V[T,hd]ᵀ  (same form as S = Q Kᵀ), into scratch
   gemm_batched(h, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, 1.0f, w.v, hd, head, w.o, hd, head, 0.0f,
                scratch, T, tt, batch);
+  if (softcap > 0.0f)  // the uncapped scores again, as the forward formed them
+    gemm_batched(h, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, scale, w.k, hd, head, w.q, hd, head, 0.0f,
+                 scores, T, tt, batch);
   causal_softmax_backward_kernel<<<unsigned(size_t(batch) * T), kSoftmaxThreads,
-                                   attention_fp32_block::softmax_smem(), s>>>(scratch, att, T, NH,
-                                                                              key_begin);
+                                   attention_fp32_block::softmax_smem(), s>>>(
+      scratch, att, T, NH, key_begin, scores, softcap);
   TRIAD_CUDA_CHECK_LAUNCH();
 
   // dQ[T,hd] = scale · dS[T,T] · K[T,hd]  (same form as O = P V)
@@ -189,27 +205,29 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, float* workspace, floa
 
 void attention_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, float* out,
                        float* att, const float* qkv, int B, int T, int C, int NH, int NKV,
-                       const int32_t* key_begin, float scale) {
+                       const int32_t* key_begin, float scale, float softcap) {
   check_shape(B, T, C, NH);
   check_kv_heads(NH, NKV);
   float* ws = scratch.fp32_workspace.get_as<float>(attention_workspace_floats(B, T, C), s);
   attention_forward(s, h, ws, out, att, mha_qkv(scratch, s, qkv, B * T, C, NH, NKV), B, T, C, NH,
-                    nullptr, key_begin, scale);
+                    nullptr, key_begin, scale, softcap);
 }
 
 void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, float* dqkv,
                         float* tt_scratch, const float* dout, const float* qkv, const float* att,
                         int B, int T, int C, int NH, int NKV, bool accumulate,
-                        const int32_t* key_begin, float scale) {
+                        const int32_t* key_begin, float scale, float softcap) {
   check_shape(B, T, C, NH);
   check_kv_heads(NH, NKV);
   float* ws = scratch.fp32_workspace.get_as<float>(attention_workspace_floats(B, T, C), s);
+  float* scores = capped_scores(scratch, s, B, T, NH, softcap);
   if (NKV == NH) {
     // The fp32 path is the reference: overwrite zeroes, then accumulates.
     if (!accumulate) {
       TRIAD_CUDA_CHECK(cudaMemsetAsync(dqkv, 0, size_t(B) * T * 3 * C * sizeof(float), s));
     }
-    attention_backward(s, h, ws, dqkv, tt_scratch, dout, qkv, att, B, T, C, NH, key_begin, scale);
+    attention_backward(s, h, ws, dqkv, tt_scratch, dout, qkv, att, B, T, C, NH, key_begin, scale,
+                       softcap, scores);
     return;
   }
   // The MHA backward adds into the expanded gradient: dq onto the old dq (so each dq element is
@@ -218,7 +236,8 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scra
   const GroupedHeads<float> g = grouped_heads_scratch<float>(scratch, s, N, C, true);
   expand_kv_heads(s, g.qkv, qkv, N, C, NH, NKV);
   prepare_expanded_dqkv(s, g.dqkv, static_cast<const float*>(dqkv), N, C, NH, NKV, accumulate);
-  attention_backward(s, h, ws, g.dqkv, tt_scratch, dout, g.qkv, att, B, T, C, NH, key_begin, scale);
+  attention_backward(s, h, ws, g.dqkv, tt_scratch, dout, g.qkv, att, B, T, C, NH, key_begin, scale,
+                     softcap, scores);
   reduce_kv_heads(s, dqkv, static_cast<const float*>(g.dqkv), N, C, NH, NKV, accumulate);
 }
 

@@ -13,14 +13,14 @@ namespace {
 template <class E>
 __global__ void __launch_bounds__(decode_attention::kThreads)
     decode_attention_kernel(E* out, const E* qkv, int stride, int p, int n, int C, int NH, int NKV,
-                            int window, float scale) {
+                            int window, float scale, float softcap) {
   DeviceThread x;
-  decode_attention::row(x, out, qkv, stride, p, n, C, NH, NKV, window, scale);
+  decode_attention::row(x, out, qkv, stride, p, n, C, NH, NKV, window, scale, softcap);
 }
 
 template <class E>
 void launch(cudaStream_t s, E* out, const E* qkv, int B, int stride, int p, int n, int C, int NH,
-            int NKV, int window, float scale) {
+            int NKV, int window, float scale, float softcap) {
   TRIAD_CHECK(NH > 0 && C % NH == 0 && NKV > 0 && NKV <= NH && NH % NKV == 0 && p >= 0 && n > 0 &&
                   B > 0 && int64_t(B) * n <= 65535 && stride >= p + n && window >= 0,
               "cuda attention_decode: bad shape (B = ", B, ", stride = ", stride, ", p = ", p,
@@ -38,21 +38,21 @@ void launch(cudaStream_t s, E* out, const E* qkv, int B, int stride, int p, int 
   }
   decode_attention_kernel<E>
       <<<dim3(unsigned(NH), unsigned(B * n)), decode_attention::kThreads, smem, s>>>(
-          out, qkv, stride, p, n, C, NH, NKV, window, scale);
+          out, qkv, stride, p, n, C, NH, NKV, window, scale, softcap);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
 
 void attention_decode(cudaStream_t s, float* out, const float* qkv, int B, int stride, int p, int n,
-                      int C, int NH, int NKV, int window, float scale) {
-  launch(s, out, qkv, B, stride, p, n, C, NH, NKV, window, scale);
+                      int C, int NH, int NKV, int window, float scale, float softcap) {
+  launch(s, out, qkv, B, stride, p, n, C, NH, NKV, window, scale, softcap);
 }
 
 void attention_decode(cudaStream_t s, bf16* out, const bf16* qkv, int B, int stride, int p, int n,
-                      int C, int NH, int NKV, int window, float scale) {
+                      int C, int NH, int NKV, int window, float scale, float softcap) {
   launch(s, reinterpret_cast<uint16_t*>(out), reinterpret_cast<const uint16_t*>(qkv), B, stride, p,
-         n, C, NH, NKV, window, scale);
+         n, C, NH, NKV, window, scale, softcap);
 }
 
 }  // namespace triad::cuda

@@ -182,21 +182,24 @@ class CudaBackend final : public Backend {
     cuda::column_sum_accumulate(stream_, reduce_partials_, dbias, dout, N, OC);
   }
   void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH,
-                         int NKV, const int32_t* key_begin, QueryRows rows, float scale) override {
+                         int NKV, const int32_t* key_begin, QueryRows rows, float scale,
+                         float softcap) override {
     check_whole_rows(rows, T);
     cuda::attention_forward(stream_, cublas_, attention_scratch_, out, att, qkv, B, T, C, NH, NKV,
-                            key_begin, scale);
+                            key_begin, scale, softcap);
   }
   void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
                           const float* att, int B, int T, int C, int NH, int NKV, GradMode mode,
-                          const int32_t* key_begin, QueryRows rows, float scale) override {
+                          const int32_t* key_begin, QueryRows rows, float scale,
+                          float softcap) override {
     check_whole_rows(rows, T);
     cuda::attention_backward(stream_, cublas_, attention_scratch_, dqkv, scratch, dout, qkv, att, B,
-                             T, C, NH, NKV, mode == GradMode::accumulate, key_begin, scale);
+                             T, C, NH, NKV, mode == GradMode::accumulate, key_begin, scale,
+                             softcap);
   }
   void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n, int C,
-                        int NH, int NKV, int window, float scale) override {
-    cuda::attention_decode(stream_, out, qkv, B, stride, p, n, C, NH, NKV, window, scale);
+                        int NH, int NKV, int window, float scale, float softcap) override {
+    cuda::attention_decode(stream_, out, qkv, B, stride, p, n, C, NH, NKV, window, scale, softcap);
   }
   void swiglu_forward(float* out, const float* pre, int N, int H) override {
     cuda::swiglu_forward(stream_, out, pre, N, H);
@@ -394,20 +397,23 @@ class CudaBackend final : public Backend {
                                   mode);
   }
   void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C, int NH,
-                         int NKV, const int32_t* key_begin, QueryRows rows, float scale) override {
+                         int NKV, const int32_t* key_begin, QueryRows rows, float scale,
+                         float softcap) override {
     cuda::attention_forward(stream_, cublas_, attention_scratch_, dev(out), lse, dev(qkv), B, T, C,
-                            NH, NKV, key_begin, rows, scale);
+                            NH, NKV, key_begin, rows, scale, softcap);
   }
   void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, const bf16_t* out,
                           const float* lse, int B, int T, int C, int NH, int NKV, GradMode mode,
-                          const int32_t* key_begin, QueryRows rows, float scale) override {
+                          const int32_t* key_begin, QueryRows rows, float scale,
+                          float softcap) override {
     cuda::attention_backward(stream_, cublas_, attention_scratch_, dev(dqkv), dev(dout), dev(qkv),
                              dev(out), lse, B, T, C, NH, NKV, mode == GradMode::accumulate,
-                             key_begin, rows, scale);
+                             key_begin, rows, scale, softcap);
   }
   void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n, int C,
-                        int NH, int NKV, int window, float scale) override {
-    cuda::attention_decode(stream_, dev(out), dev(qkv), B, stride, p, n, C, NH, NKV, window, scale);
+                        int NH, int NKV, int window, float scale, float softcap) override {
+    cuda::attention_decode(stream_, dev(out), dev(qkv), B, stride, p, n, C, NH, NKV, window, scale,
+                           softcap);
   }
   void swiglu_forward(bf16_t* out, const bf16_t* pre, int N, int H) override {
     cuda::swiglu_forward(stream_, dev(out), dev(pre), N, H);

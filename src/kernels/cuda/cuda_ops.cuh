@@ -177,31 +177,39 @@ struct AttentionScratch {
   DeviceScratch flash;           // flash_attention_workspace_floats
   DeviceScratch widened;         // the bf16 fallback's fp32 qkv, out, dout, dqkv and T×T matrices
   DeviceScratch grouped;         // NKV < NH: the expanded MHA qkv and dqkv (grouped_heads_scratch)
+  DeviceScratch scores;          // a soft cap's backward: the uncapped scores [B,NH,T,T] (fp32)
 };
 
 // ---- attention, fp32 (cuda_attention.cu) ---------------------------------------------------
 // The MHA op (qkv [B,T,3C]); also the bf16 fallback's. workspace: at least
 // attention_workspace_floats(B, T, C) floats, owned by the backend. lse (may be nullptr):
 // [B,NH,T] log-sum-exp of the scaled scores of each query row. Backward accumulates (+=).
-// key_begin: the document mask of backend.h (device memory), or nullptr. scale: backend.h's (0:
-// 1/sqrt(hd)), here and below.
+// key_begin: the document mask of backend.h (device memory), or nullptr. scale, softcap:
+// backend.h's (0: 1/sqrt(hd); 0: no cap), here and below. With a cap the backward needs
+// `scores`, B·NH·T·T floats of scratch (the uncapped scores, recomputed).
 size_t attention_workspace_floats(int B, int T, int C);
 void attention_forward(cudaStream_t s, cublasHandle_t h, float* workspace, float* out, float* att,
                        const float* qkv, int B, int T, int C, int NH, float* lse = nullptr,
-                       const int32_t* key_begin = nullptr, float scale = 0.0f);
+                       const int32_t* key_begin = nullptr, float scale = 0.0f,
+                       float softcap = 0.0f);
 void attention_backward(cudaStream_t s, cublasHandle_t h, float* workspace, float* dqkv,
                         float* scratch, const float* dout, const float* qkv, const float* att,
                         int B, int T, int C, int NH, const int32_t* key_begin = nullptr,
-                        float scale = 0.0f);
+                        float scale = 0.0f, float softcap = 0.0f, float* scores = nullptr);
 // Backend::attention_forward / attention_backward (fp32), any NKV: the MHA op above, on the
 // expanded rows where NKV < NH. accumulate false: dqkv overwritten.
 void attention_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, float* out,
                        float* att, const float* qkv, int B, int T, int C, int NH, int NKV,
-                       const int32_t* key_begin = nullptr, float scale = 0.0f);
+                       const int32_t* key_begin = nullptr, float scale = 0.0f,
+                       float softcap = 0.0f);
 void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, float* dqkv,
                         float* tt_scratch, const float* dout, const float* qkv, const float* att,
                         int B, int T, int C, int NH, int NKV, bool accumulate,
-                        const int32_t* key_begin = nullptr, float scale = 0.0f);
+                        const int32_t* key_begin = nullptr, float scale = 0.0f,
+                        float softcap = 0.0f);
+// The uncapped scores' scratch a capped backward needs (null without a cap).
+float* capped_scores(AttentionScratch& scratch, cudaStream_t s, int B, int T, int NH,
+                     float softcap);
 
 // ---- attention, bf16 (cuda_attention_bf16.cu) ----------------------------------------------
 // The fused flash kernels (flash_attention.cuh) where they apply (head dim 64 or 128, aligned
@@ -210,13 +218,14 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scra
 // rows: a query range (QueryRows of backend.h), on the flash kernels only.
 void attention_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* out,
                        float* lse, const bf16* qkv, int B, int T, int C, int NH, int NKV,
-                       const int32_t* key_begin = nullptr, QueryRows rows = {}, float scale = 0.0f);
+                       const int32_t* key_begin = nullptr, QueryRows rows = {}, float scale = 0.0f,
+                       float softcap = 0.0f);
 void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* dqkv,
                         const bf16* dout, const bf16* qkv, const bf16* out, const float* lse, int B,
                         int T, int C, int NH, int NKV,
                         bool accumulate = true,  // false: dqkv overwritten
-                        const int32_t* key_begin = nullptr, QueryRows rows = {},
-                        float scale = 0.0f);
+                        const int32_t* key_begin = nullptr, QueryRows rows = {}, float scale = 0.0f,
+                        float softcap = 0.0f);
 
 // ---- grouped-query attention through the MHA ops (cuda_grouped_heads.cu) -------------------
 // N rows; compact rows W = C + 2·NKV·hd wide, expanded (MHA) rows 3C wide.
@@ -255,9 +264,11 @@ void reduce_kv_heads(cudaStream_t s, Elem* dqkv, const Elem* dmha, int N, int C,
 // Backend::attention_decode: out [B, n, C], sequence b's rows at qkv + b·stride rows of W;
 // window > 0: each row's last `window` keys only.
 void attention_decode(cudaStream_t s, float* out, const float* qkv, int B, int stride, int p, int n,
-                      int C, int NH, int NKV, int window = 0, float scale = 0.0f);
+                      int C, int NH, int NKV, int window = 0, float scale = 0.0f,
+                      float softcap = 0.0f);
 void attention_decode(cudaStream_t s, bf16* out, const bf16* qkv, int B, int stride, int p, int n,
-                      int C, int NH, int NKV, int window = 0, float scale = 0.0f);
+                      int C, int NH, int NKV, int window = 0, float scale = 0.0f,
+                      float softcap = 0.0f);
 
 // ---- SwiGLU (cuda_swiglu.cu): backend.h swiglu_forward / swiglu_backward ------------------
 template <typename Elem>

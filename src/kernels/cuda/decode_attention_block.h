@@ -52,10 +52,10 @@ TRIAD_BLOCK_FN float block_reduce(X& x, float* red, float v, bool is_max) {
 
 // E: float (fp32) or uint16_t (bf16 bits). out [B, n, C], sequence b's rows at qkv + b·stride
 // rows of W = C + 2·NKV·hd, as in backend.h. window > 0: a row sees its last `window` keys.
-// scale: the scores' (0: 1/sqrt(hd)).
+// scale: the scores' (0: 1/sqrt(hd)); cap > 0: each score s becomes cap·tanh(s / cap).
 template <class X, class E>
 TRIAD_BLOCK_FN void row(X& x, E* out, const E* qkv, int stride, int p, int n, int C, int NH,
-                        int NKV, int window, float scale_or_0 = 0.0f) {
+                        int NKV, int window, float scale_or_0 = 0.0f, float cap = 0.0f) {
   const int h = x.block_x(), b = x.block_y() / n, r = x.block_y() % n, t = x.thread();
   const int hd = C / NH, keys = p + r + 1;  // row p + r sees keys lo .. p + r
   const int lo = window > 0 && keys > window ? keys - window : 0;
@@ -76,6 +76,7 @@ TRIAD_BLOCK_FN void row(X& x, E* out, const E* qkv, int stride, int p, int n, in
     const E* k = qkv + size_t(j) * ld + k_col;
     float dot = 0.0f;
     for (int d = 0; d < hd; ++d) dot += q[d] * load(x, k + d);
+    if (cap > 0.0f) dot = cap * x.tanh(dot / cap);
     s[j - lo] = dot;
     mx = dot > mx ? dot : mx;
   }

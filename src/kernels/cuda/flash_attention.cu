@@ -70,10 +70,10 @@ __global__ void __launch_bounds__(flash::kThreads)
     forward_kernel(uint16_t* __restrict__ out, float* __restrict__ lse,
                    const uint16_t* __restrict__ qkv, const __grid_constant__ TileMaps maps,
                    flash::Rows rows, int C, int NH, int NKV, float scale_log2,
-                   const int32_t* __restrict__ key_begin) {
+                   const int32_t* __restrict__ key_begin, float cap_log2) {
   DeviceThread x;
   flash::forward_block<Tiles>(x, out, lse, qkv, map_of<Tiles>(maps.qkv), rows, C, NH, NKV,
-                              scale_log2, key_begin);
+                              scale_log2, key_begin, cap_log2);
 }
 
 template <int HD>
@@ -92,11 +92,11 @@ __global__ void __launch_bounds__(flash::kThreads)
                 const __grid_constant__ TileMaps maps, const float* __restrict__ lse,
                 const float* __restrict__ Dv, int B, flash::Rows rows, int C, int NH, int NKV,
                 float scale, float scale_log2, bool accumulate,
-                const int32_t* __restrict__ key_begin) {
+                const int32_t* __restrict__ key_begin, float cap_log2) {
   DeviceThread x;
   flash::dkdv_block<Tiles, AtomicDq, Ordered, Masked>(
       x, dqkv, dq_accum, dq_turns, dout, qkv, map_of<Tiles>(maps.qkv), map_of<Tiles>(maps.dout),
-      lse, Dv, B, rows, C, NH, NKV, scale, scale_log2, accumulate, key_begin);
+      lse, Dv, B, rows, C, NH, NKV, scale, scale_log2, accumulate, key_begin, cap_log2);
 }
 
 __global__ void __launch_bounds__(flash::kConvertThreads)
@@ -112,10 +112,10 @@ __global__ void __launch_bounds__(flash::kThreads)
               const uint16_t* __restrict__ qkv, const __grid_constant__ TileMaps maps,
               const float* __restrict__ lse, const float* __restrict__ Dv, flash::Rows rows, int C,
               int NH, int NKV, float scale, float scale_log2, bool accumulate,
-              const int32_t* __restrict__ key_begin) {
+              const int32_t* __restrict__ key_begin, float cap_log2) {
   DeviceThread x;
   flash::dq_block<Tiles>(x, dqkv, dout, qkv, map_of<Tiles>(maps.qkv), map_of<Tiles>(maps.dout), lse,
-                         Dv, rows, C, NH, NKV, scale, scale_log2, accumulate, key_begin);
+                         Dv, rows, C, NH, NKV, scale, scale_log2, accumulate, key_begin, cap_log2);
 }
 
 template <class Tiles>
@@ -185,14 +185,15 @@ void allow_smem(size_t bytes) {
 
 template <class Tiles>
 void forward_with(bf16* out, float* lse, const bf16* qkv, int B, const flash::Rows& rows, int C,
-                  int NH, int NKV, const int32_t* key_begin, cudaStream_t s, float scale) {
+                  int NH, int NKV, const int32_t* key_begin, cudaStream_t s, float scale,
+                  float softcap) {
   constexpr size_t smem = flash::forward_smem<Tiles>();
   allow_smem<forward_kernel<Tiles>>(smem);
-  const flash::Launch l = flash::launch_shape(B, rows, NH, Tiles::kHD, NKV, scale);
+  const flash::Launch l = flash::launch_shape(B, rows, NH, Tiles::kHD, NKV, scale, softcap);
   const dim3 grid(unsigned(l.blocks_x), unsigned(l.blocks_y));
   const TileMaps maps = tile_maps<Tiles>(qkv, nullptr, B, rows, C, NKV * Tiles::kHD);
-  forward_kernel<Tiles><<<grid, flash::kThreads, smem, s>>>(bits(out), lse, bits(qkv), maps, rows,
-                                                            C, NH, NKV, l.scale_log2, key_begin);
+  forward_kernel<Tiles><<<grid, flash::kThreads, smem, s>>>(
+      bits(out), lse, bits(qkv), maps, rows, C, NH, NKV, l.scale_log2, key_begin, l.cap_log2);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
@@ -211,7 +212,8 @@ size_t dq_turns_count(int B, int T, int NH) {  // the turns and the ticket count
 template <class Tiles, bool AtomicDq, bool Ordered>
 void backward_with(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out, const float* lse,
                    float* ws, int B, const flash::Rows& rows, int C, int NH, int NKV,
-                   const int32_t* key_begin, cudaStream_t s, bool accumulate, float scale) {
+                   const int32_t* key_begin, cudaStream_t s, bool accumulate, float scale,
+                   float softcap) {
   const int T = rows.seq;  // the workspace's layout: sized for whole sequences
   constexpr int HD = Tiles::kHD;
   constexpr size_t dkdv_smem = flash::dkdv_smem<Tiles, AtomicDq>();
@@ -226,7 +228,7 @@ void backward_with(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* ou
   float* Dv = ws;
   float* dq_accum = AtomicDq ? ws + dq_accum_offset(B, T, NH) : nullptr;
   int* dq_turns = Ordered ? reinterpret_cast<int*>(ws + dq_turns_offset(B, T, C, NH)) : nullptr;
-  const flash::Launch l = flash::launch_shape(B, rows, NH, HD, NKV, scale);
+  const flash::Launch l = flash::launch_shape(B, rows, NH, HD, NKV, scale, softcap);
   // D and the zeroed accumulator and turns over the range's rows (out and dout hold only those).
   dot_kernel<HD><<<unsigned(l.dot_blocks), flash::kThreads, 0, s>>>(
       Dv, dq_accum, dq_turns, bits(dout), bits(out), B, rows.count, NH);
@@ -234,9 +236,9 @@ void backward_with(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* ou
   // dK/dV: one block per key/value head and key block, over the query heads that read it.
   const dim3 key_grid(unsigned(l.kv_blocks_x), unsigned(l.key_blocks));
   const TileMaps maps = tile_maps<Tiles>(qkv, dout, B, rows, C, NKV * HD);
-  dkdv<<<key_grid, flash::kThreads, dkdv_smem, s>>>(bits(dqkv), dq_accum, dq_turns, bits(dout),
-                                                    bits(qkv), maps, lse, Dv, B, rows, C, NH, NKV,
-                                                    l.scale, l.scale_log2, accumulate, key_begin);
+  dkdv<<<key_grid, flash::kThreads, dkdv_smem, s>>>(
+      bits(dqkv), dq_accum, dq_turns, bits(dout), bits(qkv), maps, lse, Dv, B, rows, C, NH, NKV,
+      l.scale, l.scale_log2, accumulate, key_begin, l.cap_log2);
   TRIAD_CUDA_CHECK_LAUNCH();
   if constexpr (AtomicDq) {
     const size_t total = size_t(B) * rows.count * C;
@@ -250,7 +252,7 @@ void backward_with(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* ou
     const dim3 query_grid(unsigned(l.blocks_x), unsigned(l.blocks_y));
     dq_kernel<Tiles><<<query_grid, flash::kThreads, dq_smem, s>>>(
         bits(dqkv), bits(dout), bits(qkv), maps, lse, Dv, rows, C, NH, NKV, l.scale, l.scale_log2,
-        accumulate, key_begin);
+        accumulate, key_begin, l.cap_log2);
     TRIAD_CUDA_CHECK_LAUNCH();
   }
 }
@@ -392,12 +394,12 @@ void with_tiles(FlashKernel kernel, int hd, F f) {
 
 void flash_attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH,
                              const int32_t* key_begin, cudaStream_t s, FlashKernel kernel,
-                             QueryRows range, int NKV, float scale) {
+                             QueryRows range, int NKV, float scale, float softcap) {
   if (NKV == 0) NKV = NH;
   check_shape(B, T, C, NH, NKV);
   const flash::Rows rows = rows_of(T, range);
   with_tiles(flash_kernel_for_device(kernel), C / NH, [&](auto tiles) {
-    forward_with<decltype(tiles)>(out, lse, qkv, B, rows, C, NH, NKV, key_begin, s, scale);
+    forward_with<decltype(tiles)>(out, lse, qkv, B, rows, C, NH, NKV, key_begin, s, scale, softcap);
   });
 }
 
@@ -405,7 +407,7 @@ void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, con
                               const float* lse, float* workspace, int B, int T, int C, int NH,
                               const int32_t* key_begin, cudaStream_t s, bool accumulate,
                               FlashKernel kernel, FlashBackward mode, QueryRows range, int NKV,
-                              float scale) {
+                              float scale, float softcap) {
   if (NKV == 0) NKV = NH;
   check_shape(B, T, C, NH, NKV);
   const flash::Rows rows = rows_of(T, range);
@@ -418,13 +420,13 @@ void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, con
     using Tiles = decltype(tiles);
     if (m == FlashBackward::ordered)
       backward_with<Tiles, true, true>(dqkv, dout, qkv, out, lse, workspace, B, rows, C, NH, NKV,
-                                       key_begin, s, accumulate, scale);
+                                       key_begin, s, accumulate, scale, softcap);
     else if (atomic)
       backward_with<Tiles, true, false>(dqkv, dout, qkv, out, lse, workspace, B, rows, C, NH, NKV,
-                                        key_begin, s, accumulate, scale);
+                                        key_begin, s, accumulate, scale, softcap);
     else
       backward_with<Tiles, false, false>(dqkv, dout, qkv, out, lse, workspace, B, rows, C, NH, NKV,
-                                         key_begin, s, accumulate, scale);
+                                         key_begin, s, accumulate, scale, softcap);
   });
 }
 

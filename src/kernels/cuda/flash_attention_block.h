@@ -155,10 +155,11 @@ struct Launch {
   int blocks_x, blocks_y, kv_blocks_x, key_blocks;
   size_t dot_blocks;
   float scale, scale_log2;  // the scores' scale (1/sqrt(HD) by default), and times log2(e)
+  float cap_log2;           // the scores' soft cap times log2(e) (0: none)
 };
-// scale: the attention ops' (backend.h; 0: 1/sqrt(HD)).
-inline Launch launch_shape(int B, const Rows& rows, int NH, int HD, int NKV = 0,
-                           float scale = 0.0f) {
+// scale, softcap: the attention ops' (backend.h; 0: 1/sqrt(HD); 0: no cap).
+inline Launch launch_shape(int B, const Rows& rows, int NH, int HD, int NKV = 0, float scale = 0.0f,
+                           float softcap = 0.0f) {
   Launch l;
   l.blocks_x = B * NH;
   l.kv_blocks_x = B * (NKV > 0 ? NKV : NH);
@@ -167,6 +168,7 @@ inline Launch launch_shape(int B, const Rows& rows, int NH, int HD, int NKV = 0,
   l.dot_blocks = (size_t(B) * rows.count * NH + kWarps - 1) / kWarps;
   l.scale = scale > 0.0f ? scale : float(1.0 / std::sqrt(double(HD)));
   l.scale_log2 = l.scale * kLog2e;
+  l.cap_log2 = softcap > 0.0f ? softcap * kLog2e : 0.0f;
   return l;
 }
 inline Launch launch_shape(int B, int T, int NH, int HD, int NKV = 0) {
@@ -386,11 +388,13 @@ TRIAD_BLOCK_FN int first_key(const int32_t* kbeg, int row, int T) {
 // with a range the blocks are the range's tiles).
 // Per key tile kt <= qb (from the first one the block's rows see): S = Q Kᵀ, online softmax in
 // the log2 domain (row max m and the thread's part of the row sum l), O = O·α + P V.
-// out = O / l, lse = ln 2 · (m + log2 l).
+// out = O / l, lse = ln 2 · (m + log2 l). cap_log2 > 0 (a soft cap c, times log2 e): each scaled
+// score u (log2 domain) becomes cap_log2 · tanh(u / cap_log2), c·tanh(s/c) in the log2 domain.
 template <class Tiles, class X>
 TRIAD_BLOCK_FN void forward_block(X& x, uint16_t* out, float* lse, const uint16_t* qkv,
                                   const void* qkv_map, Rows rows, int C, int NH, int NKV,
-                                  float scale_log2, const int32_t* key_begin) {
+                                  float scale_log2, const int32_t* key_begin,
+                                  float cap_log2 = 0.0f) {
   const int T = rows.keys();
   constexpr int HD = Tiles::kHD, L = Tiles::kElems;  // L: elements per tile
   unsigned char* smem = aligned_smem<Tiles>(x);
@@ -448,6 +452,7 @@ TRIAD_BLOCK_FN void forward_block(X& x, uint16_t* out, float* lse, const uint16_
       for (int e = 0; e < 2; ++e) {
         const int key = k0 + n * 8 + tc + e;
         float v = s[n][2 * r + e] * scale_log2;
+        if (cap_log2 > 0.0f) v = cap_log2 * x.tanh(v / cap_log2);
         if (cut && (key > row || key >= T || key < lo[r])) v = -INFINITY;
         s[n][2 * r + e] = v;
         mx = mx > v ? mx : v;
@@ -542,19 +547,28 @@ TRIAD_BLOCK_FN void dot_block(X& x, float* Dv, float* dq_accum, int* dq_turns, c
 // P and dS of one 16×64 warp tile from scores s (scaled in the log2 domain) and dp, where element
 // (r, n, e) pairs this thread's row row0 + 8r with column col0 + n·8 + tc + e; `valid` says
 // whether that pair is inside the causal mask, lse2(r, c) / dd(r, c) give the log2-domain lse and
-// D of the pair's query. On return s holds P and dp holds dS = P ∘ (dP − D).
+// D of the pair's query. On return s holds P and dp holds dS = P ∘ (dP − D). Under a soft cap
+// (cap_log2 > 0, forward_block's) the scores are capped as the forward's, and dS is times
+// 1 − tanh² of the cap's argument (the derivative of the cap).
 template <class X, class Valid, class Lse, class Dd>
 TRIAD_BLOCK_FN void probabilities_and_ds(X& x, float (&s)[8][4], float (&dp)[8][4],
-                                         float scale_log2, Valid valid, Lse lse2, Dd dd) {
+                                         float scale_log2, Valid valid, Lse lse2, Dd dd,
+                                         float cap_log2 = 0.0f) {
   const int tc = (x.thread() & 3) * 2;
   TRIAD_UNROLL
   for (int n = 0; n < 8; ++n) TRIAD_UNROLL
   for (int r = 0; r < 2; ++r) TRIAD_UNROLL
   for (int e = 0; e < 2; ++e) {
     const int c = n * 8 + tc + e;
-    const float p = valid(r, c) ? x.exp2(s[n][2 * r + e] * scale_log2 - lse2(r, c)) : 0.0f;
+    float u = s[n][2 * r + e] * scale_log2, slope = 1.0f;
+    if (cap_log2 > 0.0f) {
+      const float t = x.tanh(u / cap_log2);
+      u = cap_log2 * t;
+      slope = 1.0f - t * t;
+    }
+    const float p = valid(r, c) ? x.exp2(u - lse2(r, c)) : 0.0f;
     s[n][2 * r + e] = p;
-    dp[n][2 * r + e] = p * (dp[n][2 * r + e] - dd(r, c));
+    dp[n][2 * r + e] = p * (dp[n][2 * r + e] - dd(r, c)) * slope;
   }
 }
 
@@ -586,7 +600,7 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
                                const uint16_t* dout, const uint16_t* qkv, const void* qkv_map,
                                const void* dout_map, const float* lse, const float* Dv, int B,
                                Rows rows, int C, int NH, int NKV, float scale, float scale_log2,
-                               bool accumulate, const int32_t* key_begin) {
+                               bool accumulate, const int32_t* key_begin, float cap_log2 = 0.0f) {
   constexpr int HD = Tiles::kHD, L = Tiles::kElems;  // L: elements per tile
   const int T = rows.keys(), first_row = rows.first;
   static_assert((6 * tile_bytes<Tiles>() + 4 * kTile * sizeof(float)) % Tiles::kSmemAlign == 0,
@@ -739,7 +753,7 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
           else
             return key <= query && query < T && key < T;
         },
-        [&](int, int c) { return lse2[c]; }, [&](int, int c) { return dd[c]; });
+        [&](int, int c) { return lse2[c]; }, [&](int, int c) { return dd[c]; }, cap_log2);
     Tiles::pv2(x, dv, s, d_o, dk, dp, q);  // dV += Pᵀ dO, dK += dSᵀ Q
     if constexpr (AtomicDq) {
       using Square = typename Tiles::Square;
@@ -825,7 +839,8 @@ template <class Tiles, class X>
 TRIAD_BLOCK_FN void dq_block(X& x, uint16_t* dqkv, const uint16_t* dout, const uint16_t* qkv,
                              const void* qkv_map, const void* dout_map, const float* lse,
                              const float* Dv, Rows rows, int C, int NH, int NKV, float scale,
-                             float scale_log2, bool accumulate, const int32_t* key_begin) {
+                             float scale_log2, bool accumulate, const int32_t* key_begin,
+                             float cap_log2 = 0.0f) {
   constexpr int HD = Tiles::kHD, L = Tiles::kElems;  // L: elements per tile
   const int T = rows.keys();
   unsigned char* smem = aligned_smem<Tiles>(x);
@@ -890,7 +905,7 @@ TRIAD_BLOCK_FN void dq_block(X& x, uint16_t* dqkv, const uint16_t* dout, const u
           const int row = row0 + 8 * r, key = k0 + c;
           return key <= row && key < T && row < T && key >= lo[r];
         },
-        [&](int r, int) { return lse2[r]; }, [&](int r, int) { return dd[r]; });
+        [&](int r, int) { return lse2[r]; }, [&](int r, int) { return dd[r]; }, cap_log2);
     Tiles::pv(x, dq, dp, k);  // dQ += dS K
     x.sync_threads();
   }
