@@ -85,9 +85,15 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, flash::Rows rows, int NH, 
   });
   auto dkdv = [&](auto atomic_dq, auto ordered_dq) {
     constexpr bool kAtomic = decltype(atomic_dq)::value, kOrdered = decltype(ordered_dq)::value;
-    // The kernel with the mask's test compiled in where there is a mask (as flash_attention.cu).
+    // The kernel with the mask's test compiled in where there is a mask, and the cap's where
+    // there is a cap (with the mask's), as flash_attention.cu chooses them.
     auto body = [&](simt::Thread& x) {
-      if (key_begin != nullptr)
+      if (cap > 0.0f)
+        flash::dkdv_block<Tiles, kAtomic, kOrdered, true, true>(
+            x, r.dqkv.data(), dq_accum.data(), dq_turns, dout.data(), qkv.data(), qm, dm,
+            r.lse.data(), D.data(), B, rows, C, NH, NKV, l.scale, l.scale_log2, acc, key_begin,
+            l.cap_log2);
+      else if (key_begin != nullptr)
         flash::dkdv_block<Tiles, kAtomic, kOrdered, true>(
             x, r.dqkv.data(), dq_accum.data(), dq_turns, dout.data(), qkv.data(), qm, dm,
             r.lse.data(), D.data(), B, rows, C, NH, NKV, l.scale, l.scale_log2, acc, key_begin,
@@ -119,9 +125,14 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, flash::Rows rows, int NH, 
     dkdv(std::false_type{}, std::false_type{});
     simt::launch(l.blocks_x, l.blocks_y, threads, flash::dq_smem<Tiles>(), timing,
                  [&](simt::Thread& x) {
-                   flash::dq_block<Tiles>(x, r.dqkv.data(), dout.data(), qkv.data(), qm, dm,
-                                          r.lse.data(), D.data(), rows, C, NH, NKV, l.scale,
-                                          l.scale_log2, acc, key_begin, l.cap_log2);
+                   if (cap > 0.0f)
+                     flash::dq_block<Tiles, true>(x, r.dqkv.data(), dout.data(), qkv.data(), qm, dm,
+                                                  r.lse.data(), D.data(), rows, C, NH, NKV, l.scale,
+                                                  l.scale_log2, acc, key_begin, l.cap_log2);
+                   else
+                     flash::dq_block<Tiles>(x, r.dqkv.data(), dout.data(), qkv.data(), qm, dm,
+                                            r.lse.data(), D.data(), rows, C, NH, NKV, l.scale,
+                                            l.scale_log2, acc, key_begin);
                  });
   }
   return r;

@@ -85,7 +85,7 @@ __global__ void __launch_bounds__(flash::kThreads)
   flash::dot_block<HD>(x, Dv, dq_accum, dq_turns, dout, out, B, T, NH);
 }
 
-template <class Tiles, bool AtomicDq, bool Ordered, bool Masked>
+template <class Tiles, bool AtomicDq, bool Ordered, bool Masked, bool Capped>
 __global__ void __launch_bounds__(flash::kThreads)
     dkdv_kernel(uint16_t* __restrict__ dqkv, float* __restrict__ dq_accum, int* dq_turns,
                 const uint16_t* __restrict__ dout, const uint16_t* __restrict__ qkv,
@@ -94,7 +94,7 @@ __global__ void __launch_bounds__(flash::kThreads)
                 float scale, float scale_log2, bool accumulate,
                 const int32_t* __restrict__ key_begin, float cap_log2) {
   DeviceThread x;
-  flash::dkdv_block<Tiles, AtomicDq, Ordered, Masked>(
+  flash::dkdv_block<Tiles, AtomicDq, Ordered, Masked, Capped>(
       x, dqkv, dq_accum, dq_turns, dout, qkv, map_of<Tiles>(maps.qkv), map_of<Tiles>(maps.dout),
       lse, Dv, B, rows, C, NH, NKV, scale, scale_log2, accumulate, key_begin, cap_log2);
 }
@@ -106,7 +106,7 @@ __global__ void __launch_bounds__(flash::kConvertThreads)
   flash::dq_convert_block(x, dqkv, dq_accum, rows, total, C, W, scale, accumulate);
 }
 
-template <class Tiles>
+template <class Tiles, bool Capped>
 __global__ void __launch_bounds__(flash::kThreads)
     dq_kernel(uint16_t* __restrict__ dqkv, const uint16_t* __restrict__ dout,
               const uint16_t* __restrict__ qkv, const __grid_constant__ TileMaps maps,
@@ -114,8 +114,9 @@ __global__ void __launch_bounds__(flash::kThreads)
               int NH, int NKV, float scale, float scale_log2, bool accumulate,
               const int32_t* __restrict__ key_begin, float cap_log2) {
   DeviceThread x;
-  flash::dq_block<Tiles>(x, dqkv, dout, qkv, map_of<Tiles>(maps.qkv), map_of<Tiles>(maps.dout), lse,
-                         Dv, rows, C, NH, NKV, scale, scale_log2, accumulate, key_begin, cap_log2);
+  flash::dq_block<Tiles, Capped>(x, dqkv, dout, qkv, map_of<Tiles>(maps.qkv),
+                                 map_of<Tiles>(maps.dout), lse, Dv, rows, C, NH, NKV, scale,
+                                 scale_log2, accumulate, key_begin, cap_log2);
 }
 
 template <class Tiles>
@@ -217,14 +218,19 @@ void backward_with(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* ou
   const int T = rows.seq;  // the workspace's layout: sized for whole sequences
   constexpr int HD = Tiles::kHD;
   constexpr size_t dkdv_smem = flash::dkdv_smem<Tiles, AtomicDq>();
-  // The dK/dV kernel with the mask's test compiled in only where there is a mask.
-  constexpr auto dkdv_masked = dkdv_kernel<Tiles, AtomicDq, Ordered, true>;
-  constexpr auto dkdv_plain = dkdv_kernel<Tiles, AtomicDq, Ordered, false>;
-  if (key_begin != nullptr)
+  // The dK/dV kernel with the mask's test compiled in only where there is a mask, and a soft
+  // cap's only where there is a cap (its kernel takes masks too: one more kernel, not two).
+  constexpr auto dkdv_masked = dkdv_kernel<Tiles, AtomicDq, Ordered, true, false>;
+  constexpr auto dkdv_plain = dkdv_kernel<Tiles, AtomicDq, Ordered, false, false>;
+  constexpr auto dkdv_capped = dkdv_kernel<Tiles, AtomicDq, Ordered, true, true>;
+  const bool capped = softcap > 0.0f;
+  if (capped)
+    allow_smem<dkdv_capped>(dkdv_smem);
+  else if (key_begin != nullptr)
     allow_smem<dkdv_masked>(dkdv_smem);
   else
     allow_smem<dkdv_plain>(dkdv_smem);
-  auto* const dkdv = key_begin != nullptr ? dkdv_masked : dkdv_plain;
+  auto* const dkdv = capped ? dkdv_capped : key_begin != nullptr ? dkdv_masked : dkdv_plain;
   float* Dv = ws;
   float* dq_accum = AtomicDq ? ws + dq_accum_offset(B, T, NH) : nullptr;
   int* dq_turns = Ordered ? reinterpret_cast<int*>(ws + dq_turns_offset(B, T, C, NH)) : nullptr;
@@ -248,11 +254,15 @@ void backward_with(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* ou
     TRIAD_CUDA_CHECK_LAUNCH();
   } else {
     constexpr size_t dq_smem = flash::dq_smem<Tiles>();
-    allow_smem<dq_kernel<Tiles>>(dq_smem);
+    auto* const dq = capped ? dq_kernel<Tiles, true> : dq_kernel<Tiles, false>;
+    if (capped)
+      allow_smem<dq_kernel<Tiles, true>>(dq_smem);
+    else
+      allow_smem<dq_kernel<Tiles, false>>(dq_smem);
     const dim3 query_grid(unsigned(l.blocks_x), unsigned(l.blocks_y));
-    dq_kernel<Tiles><<<query_grid, flash::kThreads, dq_smem, s>>>(
-        bits(dqkv), bits(dout), bits(qkv), maps, lse, Dv, rows, C, NH, NKV, l.scale, l.scale_log2,
-        accumulate, key_begin, l.cap_log2);
+    dq<<<query_grid, flash::kThreads, dq_smem, s>>>(bits(dqkv), bits(dout), bits(qkv), maps, lse,
+                                                    Dv, rows, C, NH, NKV, l.scale, l.scale_log2,
+                                                    accumulate, key_begin, l.cap_log2);
     TRIAD_CUDA_CHECK_LAUNCH();
   }
 }

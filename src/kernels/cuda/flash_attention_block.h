@@ -547,28 +547,30 @@ TRIAD_BLOCK_FN void dot_block(X& x, float* Dv, float* dq_accum, int* dq_turns, c
 // P and dS of one 16×64 warp tile from scores s (scaled in the log2 domain) and dp, where element
 // (r, n, e) pairs this thread's row row0 + 8r with column col0 + n·8 + tc + e; `valid` says
 // whether that pair is inside the causal mask, lse2(r, c) / dd(r, c) give the log2-domain lse and
-// D of the pair's query. On return s holds P and dp holds dS = P ∘ (dP − D). Under a soft cap
-// (cap_log2 > 0, forward_block's) the scores are capped as the forward's, and dS is times
-// 1 − tanh² of the cap's argument (the derivative of the cap).
-template <class X, class Valid, class Lse, class Dd>
+// D of the pair's query. On return s holds P and dp holds dS = P ∘ (dP − D). Capped (a soft
+// cap, cap_log2 > 0: forward_block's) the scores are capped as the forward's, and dS is times
+// 1 − tanh² of the cap's argument (the derivative of the cap): a compile-time choice, as the
+// backward kernels of head dim 128 have no registers to spare for it (spills without a cap).
+template <bool Capped, class X, class Valid, class Lse, class Dd>
 TRIAD_BLOCK_FN void probabilities_and_ds(X& x, float (&s)[8][4], float (&dp)[8][4],
                                          float scale_log2, Valid valid, Lse lse2, Dd dd,
-                                         float cap_log2 = 0.0f) {
+                                         float cap_log2) {
   const int tc = (x.thread() & 3) * 2;
   TRIAD_UNROLL
   for (int n = 0; n < 8; ++n) TRIAD_UNROLL
   for (int r = 0; r < 2; ++r) TRIAD_UNROLL
   for (int e = 0; e < 2; ++e) {
     const int c = n * 8 + tc + e;
-    float u = s[n][2 * r + e] * scale_log2, slope = 1.0f;
-    if (cap_log2 > 0.0f) {
-      const float t = x.tanh(u / cap_log2);
-      u = cap_log2 * t;
-      slope = 1.0f - t * t;
+    if constexpr (Capped) {
+      const float t = x.tanh(s[n][2 * r + e] * scale_log2 / cap_log2);
+      const float p = valid(r, c) ? x.exp2(cap_log2 * t - lse2(r, c)) : 0.0f;
+      s[n][2 * r + e] = p;
+      dp[n][2 * r + e] = p * (dp[n][2 * r + e] - dd(r, c)) * (1.0f - t * t);
+    } else {
+      const float p = valid(r, c) ? x.exp2(s[n][2 * r + e] * scale_log2 - lse2(r, c)) : 0.0f;
+      s[n][2 * r + e] = p;
+      dp[n][2 * r + e] = p * (dp[n][2 * r + e] - dd(r, c));
     }
-    const float p = valid(r, c) ? x.exp2(u - lse2(r, c)) : 0.0f;
-    s[n][2 * r + e] = p;
-    dp[n][2 * r + e] = p * (dp[n][2 * r + e] - dd(r, c)) * slope;
   }
 }
 
@@ -594,8 +596,9 @@ TRIAD_BLOCK_FN void probabilities_and_ds(X& x, float (&s)[8][4], float (&dp)[8][
 // pass their turns on.
 // Masked: whether key_begin may be non-null, a compile-time choice: the mask's per-element test
 // costs the HD 128 kernels registers they do not have (spills), so the kernels without a mask are
-// compiled without it.
-template <class Tiles, bool AtomicDq, bool Ordered, bool Masked, class X>
+// compiled without it. Capped: the scores soft-capped at cap_log2 (probabilities_and_ds), likewise
+// compiled only into the kernels that run with a cap (which take the mask's test too).
+template <class Tiles, bool AtomicDq, bool Ordered, bool Masked, bool Capped = false, class X>
 TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_turns,
                                const uint16_t* dout, const uint16_t* qkv, const void* qkv_map,
                                const void* dout_map, const float* lse, const float* Dv, int B,
@@ -653,9 +656,9 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
   // range's tiles (qt_last < qs: nothing to compute, only turns to pass on).
   const int32_t* kbeg = Masked ? sequence_key_begin(key_begin, b, rows.seq) : nullptr;
   int qt_last = nb - 1;
-  if constexpr (Masked) {
+  if constexpr (Masked) {  // (the capped kernel, Masked too, may run without a mask)
     const int last_key = (k0 + kTile < T ? k0 + kTile : T) - 1;
-    for (int qt = qs; qt < nb; ++qt)
+    for (int qt = qs; qt < nb && kbeg != nullptr; ++qt)
       if (int(kbeg[qt * kTile]) > last_key) {
         qt_last = qt - 1;
         break;
@@ -691,7 +694,7 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
       const size_t at = size_t(m.bh) * rows.count + size_t(q - first_row);
       sLse[buf * kTile + t] = q < T ? lse[at] * kLog2e : 0.0f;
       sD[buf * kTile + t] = q < T ? Dv[at] : 0.0f;
-      if constexpr (Masked) sKb[buf * kTile + t] = q < T ? int(kbeg[q]) : 0;
+      if constexpr (Masked) sKb[buf * kTile + t] = q < T && kbeg != nullptr ? int(kbeg[q]) : 0;
     }
   };
   // Batch i (0, 1, ..) holds step i's tiles (and, in batch 0, this block's K and V). dO's rows are
@@ -744,7 +747,7 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
     const int32_t* first = sKb + buf * kTile;
     bool cut = false;
     if constexpr (Masked) cut = first[(T - q0 < kTile ? T - q0 : kTile) - 1] > k0;
-    probabilities_and_ds(
+    probabilities_and_ds<Capped>(
         x, s, dp, scale_log2,
         [&](int r, int c) {
           const int key = key0 + 8 * r, query = q0 + c;
@@ -834,8 +837,8 @@ TRIAD_BLOCK_FN void dq_convert_block(X& x, uint16_t* dqkv, const float* dq_accum
 
 // dQ of query block nqb-1-blockIdx.y (warp w: rows q0 + 16w ..), iterating over the key tiles
 // kt <= qb (from the first one the block's rows see): S = Q Kᵀ, dP = dO Vᵀ, P = exp(S·scale − lse),
-// dS = P ∘ (dP − D), dQ += dS K; scaled by 1/sqrt(HD) at the end.
-template <class Tiles, class X>
+// dS = P ∘ (dP − D), dQ += dS K; scaled by 1/sqrt(HD) at the end. Capped: dkdv_block's.
+template <class Tiles, bool Capped = false, class X>
 TRIAD_BLOCK_FN void dq_block(X& x, uint16_t* dqkv, const uint16_t* dout, const uint16_t* qkv,
                              const void* qkv_map, const void* dout_map, const float* lse,
                              const float* Dv, Rows rows, int C, int NH, int NKV, float scale,
@@ -899,7 +902,7 @@ TRIAD_BLOCK_FN void dq_block(X& x, uint16_t* dqkv, const uint16_t* dout, const u
       Tiles::abt2(x, s, sQ, k, dp, sdO, sV + buf * L);
     }
     const int k0 = kt * kTile;
-    probabilities_and_ds(
+    probabilities_and_ds<Capped>(
         x, s, dp, scale_log2,
         [&](int r, int c) {
           const int row = row0 + 8 * r, key = k0 + c;
