@@ -50,6 +50,10 @@ What the formats hold and how they map (docs/formats.md, "Weights from other pro
   (attn_logit_softcapping: model.attn_softcap), soft-capped logits (final_logit_softcapping:
   model.logit_softcap), and a sliding window in every other layer, the first included
   (model.sliding_window, model.full_attention_every = 2).
+- HF Granite (IBM's Granite 3): Llama's tensors and blocks with multipliers: embedding_multiplier
+  (model.embed_scale), attention_multiplier (the scores' scale, model.attn_scale),
+  residual_multiplier (each branch's output before its residual add, model.residual_scale) and
+  logits_scaling (the logits divided by it: model.logit_scale = 1 / it).
 - HF GPT-NeoX (Pythia): GPT-2's tensors under other names, q, k and v interleaved by head in
   query_key_value ([heads, 3, head width] rows, reordered into c_attn's q | k | v), rope on
   rotary_pct of each head (model.rotary_dim), parallel attention and MLP
@@ -181,6 +185,10 @@ class Dims:
     attn_scale: float = 0.0
     attn_softcap: float = 0.0
     logit_softcap: float = 0.0
+    # Granite's: each branch's output times residual_scale (model.residual_scale), the logits
+    # times logit_scale (model.logit_scale); 1: none.
+    residual_scale: float = 1.0
+    logit_scale: float = 1.0
 
     def moe_layer(self, i: int) -> bool:
         """Whether layer i has the experts (GptShape::moe_layer)."""
@@ -230,7 +238,8 @@ class Dims:
             not self.qk_norm and not self.qkv_bias and not self.head_dim and \
             not self.sliding_window and not self.moe_experts and not self.norm_bias and \
             not self.parallel_residual and self.embed_scale == 1.0 and not self.branch_norm \
-            and not self.attn_scale and not self.attn_softcap and not self.logit_softcap
+            and not self.attn_scale and not self.attn_softcap and not self.logit_softcap \
+            and self.residual_scale == 1.0 and self.logit_scale == 1.0
 
     @property
     def padded_vocab_size(self) -> int:  # DESIGN.md §3 at tp = 1
@@ -276,6 +285,9 @@ class Dims:
                 a["branch_norm"] = 1
             for k in ("attn_scale", "attn_softcap", "logit_softcap"):  # (absent: 0)
                 if getattr(self, k):
+                    a[k] = float(getattr(self, k))
+            for k in ("residual_scale", "logit_scale"):  # (absent: 1)
+                if getattr(self, k) != 1.0:
                     a[k] = float(getattr(self, k))
             if self.rotary_dim:  # model.rotary_dim (absent: every value rotates)
                 a["rotary_dim"] = int(self.rotary_dim)
@@ -329,6 +341,9 @@ class Dims:
                 keys["branch_norm"] = "true"
             for k in ("attn_scale", "attn_softcap", "logit_softcap"):
                 if getattr(self, k):
+                    keys[k] = repr(float(getattr(self, k)))
+            for k in ("residual_scale", "logit_scale"):
+                if getattr(self, k) != 1.0:
                     keys[k] = repr(float(getattr(self, k)))
             if self.rotary_dim:
                 keys["rotary_dim"] = self.rotary_dim
@@ -493,7 +508,8 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         return default
 
     kind = cfg.get("model_type", "gpt2")
-    if kind in ("llama", "mistral", "phi3", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe"):
+    if kind in ("llama", "mistral", "phi3", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe",
+                "granite"):
         return llama_config_dims(cfg, where, seq_len)
     if kind in ("nemotron", "stablelm"):
         return layernorm_config_dims(cfg, where, seq_len)
@@ -512,8 +528,8 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                            f"Llama ('llama'), Mistral ('mistral'), Mixtral ('mixtral'), Phi-3 "
                            f"('phi3'), Qwen2 ('qwen2'), Qwen2-MoE ('qwen2_moe'), Qwen3 ('qwen3'), "
                            f"Qwen3-MoE ('qwen3_moe'), Nemotron ('nemotron'), StableLM "
-                           f"('stablelm'), Gemma ('gemma', 'gemma2'), GPT-NeoX ('gpt_neox') and "
-                           f"Falcon "
+                           f"('stablelm'), Gemma ('gemma', 'gemma2'), Granite ('granite'), "
+                           f"GPT-NeoX ('gpt_neox') and Falcon "
                            f"('falcon') models")
     try:
         n_layer, n_head, n_embd = int(get("n_layer")), int(get("n_head")), int(get("n_embd"))
@@ -549,7 +565,8 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
 # Hugging Face's mixtures of experts whose blocks triad does not build, and why.
 UNBUILT_MOE = {
     "olmoe": "its QK-norm spans the whole q and k projections, triad's (model.qk_norm) each head",
-    "granitemoe": "its embeddings, residuals, attention and logits are scaled by multipliers",
+    "granitemoe": "its experts are stored fused (input_linear, output_linear), which the importer "
+                  "does not read",
     "jetmoe": "its attention is a mixture of experts too",
     "phimoe": "its router is sparsemixer, and its norms are LayerNorms with biases",
     "dbrx": "its attention clips q, k and v (clip_qkv), and its experts are stored fused",
@@ -606,7 +623,10 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     expert of shared_expert_intermediate_size units whose output a sigmoid gate scales
     (model.moe_shared_hidden, moe_shared_gate), in the layers decoder_sparse_step and
     mlp_only_layers give them; Qwen3-MoE's (Qwen3MoeForCausalLM) is Qwen3's attention with
-    Qwen2-MoE's experts and router, without the shared expert."""
+    Qwen2-MoE's experts and router, without the shared expert. Granite's (GraniteForCausalLM) is
+    Llama's with its multipliers: embedding_multiplier (model.embed_scale), attention_multiplier
+    (model.attn_scale, unset where it is 1/sqrt(head width)), residual_multiplier
+    (model.residual_scale) and logits_scaling (model.logit_scale = 1 / it), each in fp32."""
     c = LlamaLikeConfig(cfg, where, "rms_norm_eps", 1e-6)
     n_layer, n_head, n_embd, hidden = c.n_layer, c.n_head, c.n_embd, c.hidden
     n_pos, vocab, kv, eps, theta, refusals = c.n_pos, c.vocab, c.kv, c.eps, c.theta, c.refusals
@@ -692,15 +712,39 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                             f"context of {seq_len or n_pos} (Qwen's windows are per layer, "
                             f"max_window_layers, which triad does not build: import with "
                             f"--seq-len {window})")
+    granite = {}
+    if cfg.get("model_type") == "granite":
+        granite = granite_multipliers(cfg, where, n_embd // max(n_head, 1), refusals)
     refuse_or_check_positions(where, refusals, seq_len, n_pos, "max_position_embeddings")
     d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab, position="rope", rope_theta=theta,
              norm="rmsnorm", bias=False, mlp="swiglu", mlp_hidden=hidden,
              tied=bool(cfg.get("tie_word_embeddings", False)), n_kv_head=kv, rope_scaling=scaling,
              yarn=yarn,
              qkv_bias=qwen2, norm_eps=eps, head_dim=head_dim, qk_norm=qwen3,
-             sliding_window=sliding, moe_experts=experts, moe_top_k=top_k, fused=phi3, **moe)
+             sliding_window=sliding, moe_experts=experts, moe_top_k=top_k, fused=phi3, **moe,
+             **granite)
     d.check(where)
     return d
+
+
+def granite_multipliers(cfg: dict, where: str, hd: int, refusals: list[str]) -> dict:
+    """A Granite config's multipliers as Dims fields (fp32, as triad applies them; the defaults
+    left out); a multiplier triad does not take is added to refusals."""
+    try:
+        m = {k: float(cfg.get(k, 1.0)) for k in ("embedding_multiplier", "attention_multiplier",
+                                                 "residual_multiplier", "logits_scaling")}
+    except (TypeError, ValueError) as e:
+        raise ConvertError(f"{where}: a Granite config's multipliers must be numbers ({e})")
+    for k, v in m.items():
+        if not (math.isfinite(v) and 0 < v <= 1e4 and (k != "logits_scaling" or v >= 1e-4)):
+            refusals.append(f"{k} {v} (triad takes multipliers in (0, 1e4])")
+    f32 = lambda v: float(np.float32(v))  # noqa: E731
+    out = {"embed_scale": f32(m["embedding_multiplier"]),
+           "residual_scale": f32(m["residual_multiplier"]),
+           "logit_scale": f32(1.0 / m["logits_scaling"]) if m["logits_scaling"] > 0 else 1.0}
+    if f32(m["attention_multiplier"]) != f32(1.0 / math.sqrt(hd)):
+        out["attn_scale"] = f32(m["attention_multiplier"])
+    return out
 
 
 def layernorm_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
@@ -1222,7 +1266,9 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
         kind = ({"qwen2_moe": "Qwen2-MoE", "qwen3_moe": "Qwen3-MoE", "mixtral": "Mixtral"}.get(
             d.moe_format or "") or ("GPT-NeoX" if d.neox else "Falcon" if d.falcon else
                                     "Nemotron" if d.mlp == "relu2" else
-                                    "Gemma" if d.mlp == "geglu" else
+                                    ("Gemma 2" if d.branch_norm else "Gemma")
+                                    if d.mlp == "geglu" else
+                                    "Granite" if cfg.get("model_type") == "granite" else
                                     "StableLM" if d.norm_bias else
                                     "Qwen2" if d.qkv_bias else "Qwen3" if d.qk_norm else
                                     "Phi-3" if d.fused else
@@ -1525,6 +1571,14 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
     # Gemma 2's blocks: Gemma's with the branches' output norms (model.branch_norm); its format
     # alone holds the caps and the scores' scale.
     gemma2 = gemma and int(a.get("branch_norm", 0)) == 1
+    # Granite's blocks: Llama's (SwiGLU), whose format alone holds the multipliers (the
+    # embedding's, the scores', the residual branches' and the logits').
+    granite = llama and not gemma
+    for key, what in (("residual_scale", "each branch's output"), ("logit_scale", "its logits")):
+        if float(a.get(key, 1.0)) != 1.0 and not granite:
+            raise ConvertError(f"{path}: the model multiplies {what} by {a[key]} (model.{key}) in "
+                               f"blocks other than Llama's (rope, RMSNorm, SwiGLU, no biases); "
+                               f"only Hugging Face's Granite holds such multipliers")
     if int(a.get("branch_norm", 0)) and not gemma:
         raise ConvertError(f"{path}: the model normalizes each branch's output (model.branch_norm) "
                            f"in blocks other than Gemma's (rope, RMSNorm, GeGLU, no biases); only "
@@ -1538,10 +1592,11 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
         raise ConvertError(f"{path}: the model is μP-parametrized (model.mup_base_width = "
                            f"{a['mup_base_width']}: logits times 1/m, another attention scale); "
                            f"the export formats hold neither")
-    if float(a.get("embed_scale", 1.0)) != 1.0 and not gemma:  # Gemma's √C alone holds it
+    if float(a.get("embed_scale", 1.0)) != 1.0 and not (gemma or granite):  # Gemma's √C, Granite's
         raise ConvertError(f"{path}: the model scales its embedding's output by "
-                           f"{a['embed_scale']} (model.embed_scale) in blocks other than Gemma's; "
-                           f"none of the export formats for them scales it")
+                           f"{a['embed_scale']} (model.embed_scale) in blocks other than Gemma's "
+                           f"and Llama's (Granite's); none of the export formats for them scales "
+                           f"it")
     # Nemotron's and StableLM's blocks: LayerNorms with biases, bias-free linear layers (but
     # StableLM's optional q, k, v biases), the squared ReLU or SwiGLU.
     norm_biased = (a.get("position"), a.get("norm"), int(a.get("bias", 1)),
@@ -1567,10 +1622,11 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
                            f"LayerNorms, GELU, biases) and Falcon's (rope, LayerNorms, GELU exact, "
                            f"no linear biases); the export formats for them run them one after "
                            f"the other")
-    if float(a.get("attn_scale", 0.0)) and not gemma2:  # the others: 1/sqrt(head width)
+    if float(a.get("attn_scale", 0.0)) and not (gemma2 or granite):  # others: 1/sqrt(width)
         raise ConvertError(f"{path}: the model scales its attention scores by {a['attn_scale']} "
                            f"(model.attn_scale); the export formats but Gemma 2's "
-                           f"(query_pre_attn_scalar) scale them by 1/sqrt(head width) only")
+                           f"(query_pre_attn_scalar) and Granite's (attention_multiplier) scale "
+                           f"them by 1/sqrt(head width) only")
     if a.get("qk_norm", 0) == 1 and not llama:  # Qwen3's blocks hold it; no other format
         raise ConvertError(f"{path}: the model normalizes each attention head's q and k "
                            f"(model.qk_norm = true, tensors attn/q_norm and attn/k_norm) in "
@@ -1721,6 +1777,8 @@ def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
              attn_scale=float(a.get("attn_scale", 0.0)),
              attn_softcap=float(a.get("attn_softcap", 0.0)),
              logit_softcap=float(a.get("logit_softcap", 0.0)),
+             residual_scale=float(a.get("residual_scale", 1.0)),
+             logit_scale=float(a.get("logit_scale", 1.0)),
              tied=int(a.get("tie_embeddings", 1)) == 1,
              n_kv_head=int(a.get("n_kv_head", a["n_head"])),
              rope_scaling=scaling_attrs(a, ROPE_SCALING_ATTRS)
@@ -1887,6 +1945,28 @@ def gemma2_hf_config(d: Dims, gemma_scale: float) -> dict:
     }
 
 
+def granite_hf_config(d: Dims) -> dict:
+    """config.json for transformers' GraniteForCausalLM computing what triad's model of Llama's
+    blocks with multipliers (model.embed_scale, attn_scale, residual_scale, logit_scale)
+    computes: the inverse of granite_multipliers."""
+    refuse_absent(d, "a model of Llama's blocks with multipliers exports as Hugging Face's "
+                  "Granite", ("a c_attn bias (model.qkv_bias)", d.qkv_bias),
+                  ("heads of another width than n_embd / n_head (model.head_dim)", d.head_dim))
+    return {
+        "architectures": ["GraniteForCausalLM"], "model_type": "granite",
+        "num_hidden_layers": d.n_layer, "num_attention_heads": d.n_head,
+        "num_key_value_heads": d.kv, "hidden_size": d.n_embd,
+        "intermediate_size": d.mlp_hidden, "max_position_embeddings": d.seq_len,
+        "vocab_size": d.vocab_size, "rms_norm_eps": d.norm_eps, "rope_theta": d.rope_theta,
+        "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
+        "embedding_multiplier": d.embed_scale,
+        "attention_multiplier": d.attn_scale or float(np.float32(1.0 / math.sqrt(d.hd))),
+        "residual_multiplier": d.residual_scale, "logits_scaling": 1.0 / d.logit_scale,
+        "attention_dropout": 0.0, "tie_word_embeddings": d.tied, "initializer_range": 0.02,
+        "torch_dtype": "float32",
+    }
+
+
 def layernorm_hf_config(d: Dims) -> dict:
     """config.json for transformers' NemotronForCausalLM (the squared ReLU) or
     StableLmForCausalLM (SwiGLU) computing what triad's model of their blocks computes (the
@@ -1936,6 +2016,8 @@ def llama_hf_config(d: Dims) -> dict:
         return gemma_hf_config(d)
     if d.neox:
         return neox_hf_config(d)
+    if d.embed_scale != 1.0 or d.attn_scale or d.residual_scale != 1.0 or d.logit_scale != 1.0:
+        return granite_hf_config(d)
     cfg = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "num_hidden_layers": d.n_layer, "num_attention_heads": d.n_head,

@@ -335,6 +335,10 @@ def _check(rep: Report) -> None:
     cap = ma.get("logit_softcap", 0.0)  # absent: no cap
     if not (isinstance(cap, (int, float)) and math.isfinite(cap) and 0 <= cap <= 1e4):
         P.append(f"/model attribute logit_softcap = {cap!r}, not a number in [0, 1e4]")
+    for key in ("logit_scale", "residual_scale"):  # absent: 1
+        v = ma.get(key, 1.0)
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and 0 < v <= 1e4):
+            P.append(f"/model attribute {key} = {v!r}, not a number in (0, 1e4]")
     cap = ma.get("attn_softcap", 0.0)  # absent: no cap
     if not (isinstance(cap, (int, float)) and math.isfinite(cap) and 0 <= cap <= 1e4):
         P.append(f"/model attribute attn_softcap = {cap!r}, not a number in [0, 1e4]")

@@ -222,6 +222,8 @@ int main(int argc, char** argv) {
     shape.full_attention_every = int(m.full_attention_every);
     shape.logit_softcap = float(m.logit_softcap);
     shape.attn_softcap = float(m.attn_softcap);
+    shape.logit_scale = float(m.logit_scale);
+    shape.residual_scale = float(m.residual_scale);
     shape.embed_scale = float(m.embed_scale);
     shape.parallel_residual = m.parallel_residual;
     shape.branch_norm = m.branch_norm;

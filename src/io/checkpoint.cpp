@@ -753,6 +753,12 @@ CheckpointState read_state(hid_t file) {
   TRIAD_CHECK(std::isfinite(s.model.logit_softcap) && s.model.logit_softcap >= 0 &&
                   s.model.logit_softcap <= 1e4,
               "attribute logit_softcap of /model is ", s.model.logit_softcap, ", not in [0, 1e4]");
+  for (auto [name, v] : {std::pair{"logit_scale", &s.model.logit_scale},
+                         std::pair{"residual_scale", &s.model.residual_scale}}) {
+    *v = io::read_double_attr(model, name).value_or(1.0);
+    TRIAD_CHECK(std::isfinite(*v) && *v > 0 && *v <= 1e4, "attribute ", name, " of /model is ", *v,
+                ", not in (0, 1e4]");
+  }
   s.model.attn_softcap = io::read_double_attr(model, "attn_softcap").value_or(0.0);
   TRIAD_CHECK(std::isfinite(s.model.attn_softcap) && s.model.attn_softcap >= 0 &&
                   s.model.attn_softcap <= 1e4,
@@ -1153,6 +1159,10 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
             io::write_double_attr(model, "logit_softcap", state.model.logit_softcap);
           if (state.model.attn_softcap > 0)  // 0: no cap
             io::write_double_attr(model, "attn_softcap", state.model.attn_softcap);
+          if (state.model.logit_scale != 1)  // 1: none
+            io::write_double_attr(model, "logit_scale", state.model.logit_scale);
+          if (state.model.residual_scale != 1)  // 1: none
+            io::write_double_attr(model, "residual_scale", state.model.residual_scale);
           if (state.model.embed_scale != 1)  // 1: none
             io::write_double_attr(model, "embed_scale", state.model.embed_scale);
           if (state.model.parallel_residual) io::write_int64_attr(model, "parallel_residual", 1);

@@ -113,8 +113,10 @@ struct Gpt::Activations {
   using Layer = typename Set<A>::Layer;
   std::vector<std::vector<Set<A>>> sets;  // [local chunk][slot]
   // Backward scratch, reused by every layer of every chunk.
-  A* dresidual;          // the residual stream's gradient
-  A* dbranch = nullptr;  // model.branch_norm: the gradient of a branch's output, before its norm
+  A* dresidual;  // the residual stream's gradient
+  // model.branch_norm or model.residual_scale: the gradient of a branch's output (before its
+  // norm), and with both the scaled gradient the norm's backward reads.
+  A *dbranch = nullptr, *dscaled = nullptr;
   // The layers' backward scratch (null on a pipeline stage without layers).
   A *dln = nullptr, *datty = nullptr, *dqkv = nullptr, *dfch = nullptr, *dfch_gelu = nullptr;
   // Recomputation: the GELU output every layer shares (gelu), or the one layer whose internals
@@ -318,7 +320,10 @@ struct Gpt::Activations {
       }
     }
     if (!inference) want(dresidual, R * C);
-    if (!inference && s.branch_norm && mp.rank_layers(s.n_layer) > 0) want(dbranch, R * C);
+    if (!inference && mp.rank_layers(s.n_layer) > 0) {
+      if (s.branch_norm || s.residual_scale != 1.0f) want(dbranch, R * C);
+      if (s.branch_norm && s.residual_scale != 1.0f) want(dscaled, R * C);
+    }
     if (!inference && mp.rank_layers(s.n_layer) > 0) {  // the layers' backward scratch
       want(dln, BT * C);
       want(datty, BT * Al);

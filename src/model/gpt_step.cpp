@@ -139,22 +139,32 @@ void Gpt::layernorm_backward(A* dinp, float* dw, float* db, const A* dout, const
 }
 
 template <class A>
-const A* Gpt::branch_norm_forward(const A* y, float* mean, float* rstd, const A* w, const A* b,
-                                  int rows) {
-  if (!shape_.branch_norm) return y;
-  A* out = acts<A>().proj;
-  be_.layernorm_forward(out, mean, rstd, y, w, b, rows, shape_.n_embd, shape_.norm_eps);
+const A* Gpt::branch_output(A* y, float* mean, float* rstd, const A* w, const A* b, int rows) {
+  const size_t n = size_t(rows) * size_t(shape_.n_embd);
+  A* out = y;
+  if (shape_.branch_norm) {
+    out = acts<A>().proj;
+    be_.layernorm_forward(out, mean, rstd, y, w, b, rows, shape_.n_embd, shape_.norm_eps);
+  }
+  if (shape_.residual_scale != 1.0f) be_.scale_cap_logits(out, n, shape_.residual_scale, 0.0f);
   return out;
 }
 
 template <class A>
-const A* Gpt::branch_norm_backward(float* dw, float* db, const A* dout, const A* y, const A* w,
-                                   const float* mean, const float* rstd, int rows) {
+const A* Gpt::branch_output_backward(float* dw, float* db, const A* dout, const A* y, const A* w,
+                                     const float* mean, const float* rstd, int rows) {
+  const size_t n = size_t(rows) * size_t(shape_.n_embd);
+  auto& a = acts<A>();
+  if (shape_.residual_scale != 1.0f) {  // the scaled gradient, in a buffer of its own
+    A* scaled = shape_.branch_norm ? a.dscaled : a.dbranch;
+    be_.copy(words(scaled), words(dout), word_count<A>(n));
+    be_.scale_cap_logits(scaled, n, shape_.residual_scale, 0.0f);
+    dout = scaled;
+  }
   if (!shape_.branch_norm) return dout;
-  A* dy = acts<A>().dbranch;
-  be_.zero(dy, size_t(rows) * size_t(shape_.n_embd));  // the op adds to its input's gradient
-  layernorm_backward(dy, dw, db, dout, y, w, mean, rstd, rows);
-  return dy;
+  be_.zero(a.dbranch, n);  // the op adds to its input's gradient
+  layernorm_backward(a.dbranch, dw, db, dout, y, w, mean, rstd, rows);
+  return a.dbranch;
 }
 
 template <class A>
@@ -359,7 +369,7 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   }
   linear_forward(fp8_site(l, 1), attproj, L.atty, w.projw, projb, N, Al, C);
   reduce_rows(attproj, L.attproj, N);
-  const A* att_out = branch_norm_forward(L.attproj, L.pn1_mean, L.pn1_rstd, w.aonw, w.aonb, n);
+  const A* att_out = branch_output(L.attproj, L.pn1_mean, L.pn1_rstd, w.aonw, w.aonb, n);
   // train.activations_every: read here, as the MLP's output may take its buffer later.
   add_activation_sums<A>(1 + 3 * size_t(l), {att_out}, size_t(n) * C);
   if (shape_.parallel_residual) {  // ln_2 of the layer's input; residual2 the first branch's sum
@@ -443,7 +453,7 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T, int pos0) {
     const LayerTensors<const A> w = layer_weights(i);
     layer_front(S, g, i, B, T, pos0);
     mlp_output(L, w, first_layer + i, N);
-    const A* mlp_out = branch_norm_forward(L.fcproj, L.pn2_mean, L.pn2_rstd, w.monw, w.monb, n);
+    const A* mlp_out = branch_output(L.fcproj, L.pn2_mean, L.pn2_rstd, w.monw, w.monb, n);
     if (i + 1 < per_chunk) {
       auto& next = S.layers[size_t(i + 1)];
       const LayerTensors<const A> wn = layer_weights(i + 1);
@@ -482,8 +492,9 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
   // train.z_loss, in training only. The hit buffer holds log Z instead of the hits then (a
   // training step reads no accuracy), so the z-loss needs no memory of its own.
   const float z = with_grad ? z_loss_ : 0.0f;
-  // μP's logits multiplier: the gradient of the head's products is the loss's times it.
-  const float gscale = dloss_scale * shape_.logits_mult();
+  // The logits' multiplier (μP's, model.logit_scale): the gradient of the head's products is
+  // the loss's times it.
+  const float gscale = dloss_scale * shape_.head_mult();
   float* hits = z > 0.0f ? nullptr : S.correct;
   float* log_z = z > 0.0f ? S.correct : nullptr;
   ForwardStats st;
@@ -626,7 +637,8 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
       recomputing_ = false;
       if (shape_.branch_norm) {  // ln_mlp_out's backward reads the MLP's output, and its stats
         mlp_output(L, w, l, N);
-        branch_norm_forward(L.fcproj, L.pn2_mean, L.pn2_rstd, w.monw, w.monb, n);
+        be_.layernorm_forward(acts<A>().proj, L.pn2_mean, L.pn2_rstd, L.fcproj, w.monw, w.monb, n,
+                              C, shape_.norm_eps);
       } else if (shape_.moe_layer(l)) {  // the gates' gradient reads the experts' outputs
         moe_output<A>(L, nullptr, w, N);
       }
@@ -640,8 +652,8 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     // MLP branch: residual3 = residual2 + c_proj(gelu(c_fc(ln_2(residual2)))) (through
     // ln_mlp_out under model.branch_norm). The row-parallel c_proj sees the gradient of all
     // rows, so its bias gradient is complete.
-    const A* dmlp = branch_norm_backward(gr.monw, gr.monb, a.dresidual, L.fcproj, w.monw,
-                                         L.pn2_mean, L.pn2_rstd, n);
+    const A* dmlp = branch_output_backward(gr.monw, gr.monb, a.dresidual, L.fcproj, w.monw,
+                                           L.pn2_mean, L.pn2_rstd, n);
     const A* dres = split && shape_.weight_pass_reads_mlp_output(l) ? keep_rows(dmlp, L.dfcproj, N)
                                                                     : gather_rows(dmlp, a.full, N);
     const int Hl = shape_.hidden() / mp_.tp, Fl = shape_.fc_rows() / mp_.tp;
@@ -670,8 +682,8 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     };
     if (!shape_.parallel_residual) ln2_backward();
     // Attention branch: residual2 = x + c_proj(attn(c_attn(ln_1(x)))) (through ln_attn_out).
-    const A* datt = branch_norm_backward(gr.aonw, gr.aonb, a.dresidual, L.attproj, w.aonw,
-                                         L.pn1_mean, L.pn1_rstd, n);
+    const A* datt = branch_output_backward(gr.aonw, gr.aonb, a.dresidual, L.attproj, w.aonw,
+                                           L.pn1_mean, L.pn1_rstd, n);
     dres = split ? keep_rows(datt, L.dproj, N) : gather_rows(datt, a.full, N);
     linear_backward(fp8_site(first_layer + i, 1), a.datty, wgrad(gr.projw), wgrad(gr.projb), dres,
                     L.atty, w.projw, N, Al, C, kSet);

@@ -103,6 +103,12 @@ class KeyTable {
     add("model.logit_softcap", c.model.logit_softcap,
         "soft-capped logits: the head's logits become c·tanh(logit / c), within (-c, c), before "
         "the loss and sampling (Gemma 2: 30); 0: none");
+    add("model.logit_scale", c.model.logit_scale,
+        "the head's logits times this, before any cap (Granite: 1/logits_scaling, Cohere: "
+        "logit_scale); 1: none");
+    add("model.residual_scale", c.model.residual_scale,
+        "each branch's output times this before its residual add: x + s·attn(ln_1(x)) (Granite's "
+        "residual_multiplier); 1: none");
     add("model.attn_softcap", c.model.attn_softcap,
         "soft-capped attention scores: each scaled score s becomes c·tanh(s / c) before the "
         "softmax (Gemma 2: 50, Grok-1: 30); 0: none");
@@ -837,6 +843,10 @@ void validate(const Config& c, int world_size) {
         "model.logit_softcap", "must be in [0, 1e4] (0: no cap)");
   check(std::isfinite(m.attn_softcap) && m.attn_softcap >= 0 && m.attn_softcap <= 1e4,
         "model.attn_softcap", "must be in [0, 1e4] (0: no cap)");
+  check(std::isfinite(m.logit_scale) && m.logit_scale > 0 && m.logit_scale <= 1e4,
+        "model.logit_scale", "must be in (0, 1e4] (1: none)");
+  check(std::isfinite(m.residual_scale) && m.residual_scale > 0 && m.residual_scale <= 1e4,
+        "model.residual_scale", "must be in (0, 1e4] (1: none)");
   check(std::isfinite(m.attn_scale) && m.attn_scale >= 0 && m.attn_scale <= 100, "model.attn_scale",
         "must be in [0, 100] (0: 1/sqrt(head width))");
   check(m.mup_base_width >= 0 && m.mup_base_width <= (1 << 20), "model.mup_base_width",

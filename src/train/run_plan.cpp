@@ -96,6 +96,8 @@ GptShape gpt_shape(const Config& cfg) {
   s.full_attention_every = m.full_attention_every;
   s.logit_softcap = float(m.logit_softcap);
   s.attn_softcap = float(m.attn_softcap);
+  s.logit_scale = float(m.logit_scale);
+  s.residual_scale = float(m.residual_scale);
   s.embed_scale = float(m.embed_scale);
   s.parallel_residual = m.parallel_residual;
   s.branch_norm = m.branch_norm;

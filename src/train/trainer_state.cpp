@@ -526,6 +526,8 @@ CheckpointState Trainer::State::checkpoint_state() const {
   st.model.full_attention_every = cfg.model.full_attention_every;
   st.model.logit_softcap = cfg.model.logit_softcap;
   st.model.attn_softcap = cfg.model.attn_softcap;
+  st.model.logit_scale = cfg.model.logit_scale;
+  st.model.residual_scale = cfg.model.residual_scale;
   st.model.embed_scale = cfg.model.embed_scale;
   st.model.parallel_residual = cfg.model.parallel_residual;
   st.model.branch_norm = cfg.model.branch_norm;
@@ -643,6 +645,12 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
   TRIAD_CHECK(float(m.attn_softcap) == float(c.attn_softcap), "checkpoint ", path,
               " holds a model whose attention scores are capped at ", m.attn_softcap,
               " (0: none) but the config asks for model.attn_softcap = ", c.attn_softcap);
+  TRIAD_CHECK(float(m.logit_scale) == float(c.logit_scale), "checkpoint ", path,
+              " holds a model whose logits are scaled by ", m.logit_scale,
+              " but the config asks for model.logit_scale = ", c.logit_scale);
+  TRIAD_CHECK(float(m.residual_scale) == float(c.residual_scale), "checkpoint ", path,
+              " holds a model whose branches' outputs are scaled by ", m.residual_scale,
+              " but the config asks for model.residual_scale = ", c.residual_scale);
   TRIAD_CHECK(float(m.embed_scale) == float(c.embed_scale), "checkpoint ", path,
               " holds a model whose embedding is scaled by ", m.embed_scale,
               " but the config asks for model.embed_scale = ", c.embed_scale);

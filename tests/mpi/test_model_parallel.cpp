@@ -635,6 +635,21 @@ TEST(ModelParallel, BranchNormAndSoftCapMatchOneRankOnEveryGrid) {
       grids, {"full", "gelu"}, true, Grid{1, 2, 2, 0, 2, "1f1b", 1});
 }
 
+// Granite's multipliers: each branch's output times 0.3 before its residual add
+// (model.residual_scale; its gradient scaled into a buffer of its own) and the logits times 0.5
+// (model.logit_scale, on each rank's vocabulary slice), without and with branch norms (whose
+// backward then reads the scaled gradient). Data, tensor and pipeline grids, both
+// recomputations, the zero-bubble split, bf16 and resumed across grids, against one rank.
+TEST(ModelParallel, ResidualAndLogitScalesMatchOneRankOnEveryGrid) {
+  check_variant("granite", {"--model.residual_scale", "0.3", "--model.logit_scale", "0.5"},
+                block_variant_grids(), {"full", "gelu"}, true, Grid{1, 2, 2, 0, 2, "1f1b", 1});
+  check_variant("granitebn",
+                {"--model.residual_scale", "0.3", "--model.logit_scale", "0.5",
+                 "--model.branch_norm", "true"},
+                {{1, 2, 1, 0, 1, "1f1b", 1}, {1, 1, 2, 0, 4, "zb-h1", 1}}, {"full"}, false,
+                Grid{1, 1, 2, 0, 4, "zb-h1", 1});
+}
+
 // An untied output layer (model.tie_embeddings = false): lm_head, vocabulary-parallel, on the
 // last stage only; no wte copy there and no gradient exchange between the first and the last
 // stage. Every grid, recomputation, bf16 and resharding against one rank.

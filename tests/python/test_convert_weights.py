@@ -935,6 +935,30 @@ def test_gemma_imports_and_evaluates_as_transformers(imported, tmp_path):
                    "tie_embeddings": 1, "n_kv_head": 2})
 
 
+GRANITE_ARGS = LLAMA_ARGS + ["--model.n_kv_head", "2", "--model.embed_scale", "12",
+                             "--model.attn_scale", "0.0625", "--model.residual_scale", "0.22",
+                             "--model.logit_scale", "0.125"]
+
+
+def granite_model(**config):
+    return tiny_hf(transformers.GraniteForCausalLM, transformers.GraniteConfig, 37, dict(
+        vocab_size=V, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=N_POS,
+        rms_norm_eps=1e-5, rope_theta=500.0, tie_word_embeddings=False,
+        embedding_multiplier=12.0, attention_multiplier=0.0625, residual_multiplier=0.22,
+        logits_scaling=8.0, pad_token_id=None), config)
+
+
+def test_granite_imports_and_evaluates_as_transformers(imported, tmp_path):
+    """transformers' GraniteForCausalLM (Llama's blocks, 4 query heads over 2, with IBM's
+    multipliers: the embedding's output times 12, the scores times 1/16 instead of 1/4, each
+    branch's output times 0.22, the logits divided by 8) against triad's model.embed_scale,
+    model.attn_scale, model.residual_scale and model.logit_scale: hf_round_trip."""
+    hf_round_trip(imported, tmp_path, granite_model(), "Granite", GRANITE_ARGS, False,
+                  {"embed_scale": 12.0, "attn_scale": 0.0625,
+                   "residual_scale": float(np.float32(0.22)), "logit_scale": 0.125})
+
+
 GEMMA2_ARGS = GEMMA_ARGS + ["--model.branch_norm", "true", "--model.attn_scale", "0.25",
                             "--model.attn_softcap", "1", "--model.logit_softcap", "3",
                             "--model.sliding_window", "8", "--model.full_attention_every", "2"]
@@ -959,7 +983,7 @@ def test_gemma2_imports_and_evaluates_as_transformers(imported, tmp_path):
     model.full_attention_every = 2: hf_round_trip. The caps bend: the same import evaluated
     without them computes another loss."""
     model = gemma2_model()
-    hf_round_trip(imported, tmp_path, model, "Gemma", GEMMA2_ARGS, True,
+    hf_round_trip(imported, tmp_path, model, "Gemma 2", GEMMA2_ARGS, True,
                   {"mlp": "geglu", "branch_norm": 1, "attn_scale": 0.25, "attn_softcap": 1.0,
                    "logit_softcap": 3.0, "sliding_window": 8, "full_attention_every": 2})
     with torch.no_grad():
@@ -1670,9 +1694,13 @@ def test_refuses_to_replace_and_reports_bad_checkpoints(imported, tmp_path):
     assert_clean_failure(tool("triad-convert", "export", bad, tmp_path / "x", "--to", "hf"),
                          "bad.h5", "checksum")
     assert not (tmp_path / "x").exists()
-    # A model whose logits are capped (model.logit_softcap) or whose attention scores have another
-    # scale (model.attn_scale): no export format holds either.
-    for attr, key in (("logit_softcap", 30.0), ("attn_scale", 0.01), ("mup_base_width", 64)):
+    # A model of GPT-2's blocks whose logits are capped (model.logit_softcap) or scaled
+    # (model.logit_scale), whose attention scores have another scale (model.attn_scale) or are
+    # capped (model.attn_softcap), whose branches' outputs are scaled (model.residual_scale) or
+    # normalized (model.branch_norm), or under μP: no export format for those blocks holds them
+    # (Gemma 2's and Granite's hold some, for their blocks).
+    for attr, key in (("logit_softcap", 30.0), ("attn_scale", 0.01), ("mup_base_width", 64),
+                      ("logit_scale", 0.5), ("attn_softcap", 50.0), ("residual_scale", 0.5)):
         capped = tmp_path / f"{attr}.h5"
         capped.write_bytes(before)
         with h5py.File(capped, "r+") as f:

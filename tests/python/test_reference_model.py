@@ -204,12 +204,21 @@ CASES = [
                                  embed_scale=8.0, branch_norm=True, logit_softcap=8.0,
                                  attn_softcap=0.05, sliding_window=8, full_attention_every=2),
          2, 40, 6, 163),
+    # Granite's blocks: Llama's with μP-like multipliers: the embedding's output times 12, the
+    # scores scaled by 1/hd, each branch's output times 0.22 before its residual add
+    # (model.residual_scale) and the logits by 1/8 (model.logit_scale).
+    Case("granite", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
+                                  position="rope", rope_theta=500.0, norm="rmsnorm", bias=False,
+                                  mlp="swiglu", tied=False, n_kv_head=2, embed_scale=12.0,
+                                  attn_scale=0.0625, residual_scale=0.22, logit_scale=0.125),
+         2, 40, 6, 173),
     # Branch norms with LayerNorms and biases (GPT-2's blocks) around a dense layer and one of
-    # 4 GELU experts, 2 per token, beside parallel attention and MLP.
+    # 4 GELU experts, 2 per token, beside parallel attention and MLP; the normalized outputs
+    # times 0.5 (model.residual_scale).
     Case("sandwichmoe", ref.GptConfig(n_layer=2, n_head=3, n_embd=48, seq_len=17, vocab_size=300,
                                       mlp_hidden=96, moe_experts=4, moe_top_k=2,
                                       moe_first_dense=1, branch_norm=True,
-                                      parallel_residual=True), 3, 45, 7, 167),
+                                      parallel_residual=True, residual_scale=0.5), 3, 45, 7, 167),
     # Parallel attention and MLP with a mixture of SwiGLU experts (4, 2 per token) on Llama's
     # blocks.
     Case("parallelmoe", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
@@ -275,7 +284,8 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                       rotary_dim=c.rotary_dim,
                       sliding_window=c.sliding_window,
                       full_attention_every=c.full_attention_every, logit_softcap=c.logit_softcap,
-                      attn_softcap=c.attn_softcap,
+                      attn_softcap=c.attn_softcap, logit_scale=c.logit_scale,
+                      residual_scale=c.residual_scale,
                       attn_scale=c.attn_scale, mup_base_width=c.mup_base_width,
                       embed_scale=c.embed_scale, parallel_residual=c.parallel_residual,
                       branch_norm=c.branch_norm,
@@ -1237,7 +1247,7 @@ GRAD_CLIP = {"gpt2vocab": 1.0, "oddshapes": 1.0, "rope": 1.0, "rmsnorm": 1.2, "n
              "moeswiglu": 1.7, "moemixed": 0.8, "qwen2moe": 1.7, "dsv3": 1.7,
              "partialrope": 1.8, "relu2": 1.0, "moerelu2": 1.7, "nemotron": 1.8, "gemma": 1.45,
              "parallel": 1.0, "parallelmoe": 1.7, "neox": 1.25, "gemma2": 2.4,
-             "sandwichmoe": 1.0}
+             "sandwichmoe": 1.0, "granite": 0.18}
 
 
 # model.moe_capacity_factor: each expert takes the first ceil(f·N·k/E) of a pass's choices (the

@@ -142,6 +142,8 @@ def test_help_lists_every_key_with_defaults():
     (["--model.logit_softcap", "-30"], ["model.logit_softcap", "[0, 1e4]"]),
     (["--model.logit_softcap", "nan"], ["model.logit_softcap", "[0, 1e4]"]),
     (["--model.attn_softcap", "-50"], ["model.attn_softcap", "[0, 1e4]"]),
+    (["--model.logit_scale", "0"], ["model.logit_scale", "(0, 1e4]"]),
+    (["--model.residual_scale", "inf"], ["model.residual_scale", "(0, 1e4]"]),
     (["--model.attn_scale", "-0.1"], ["model.attn_scale", "[0, 100]"]),
     (["--model.mup_base_width", "-64"], ["model.mup_base_width", "[0, 2^20]"]),
     (["--model.mup_base_width", "16", "--optim.name", "sgd"],
@@ -803,6 +805,9 @@ def test_damaged_checkpoints(tmp_path):
             ("window", {"sliding_window": -3}, "attribute sliding_window of /model is -3"),
             ("softcap", {"logit_softcap": -1.0}, "attribute logit_softcap of /model is -1"),
             ("attn_softcap", {"attn_softcap": -1.0}, "attribute attn_softcap of /model is -1"),
+            ("logit_scale", {"logit_scale": 0.0}, "attribute logit_scale of /model is 0"),
+            ("residual_scale", {"residual_scale": -0.5},
+             "attribute residual_scale of /model is -0.5"),
             ("attn_scale", {"attn_scale": 1e9}, "attribute attn_scale of /model is 1e+09"),
             ("mup", {"mup_base_width": -8}, "attribute mup_base_width of /model is -8"),
             ("full_every", {"full_attention_every": 2},
@@ -839,6 +844,9 @@ def test_damaged_checkpoints(tmp_path):
     assert_clean_error(train("--config", cfg, "--eval-only", "--resume", good,
                              "--model.attn_softcap", "50"),
                        "attention scores are capped at 0", "model.attn_softcap = 50")
+    assert_clean_error(train("--config", cfg, "--eval-only", "--resume", good,
+                             "--model.residual_scale", "0.2"),
+                       "branches' outputs are scaled by 1", "model.residual_scale = 0.2")
     assert_clean_error(train("--config", cfg, "--eval-only", "--resume", good,
                              "--model.attn_scale", "0.01"),
                        "attention scale is 0", "model.attn_scale = 0.01")

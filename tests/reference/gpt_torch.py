@@ -86,6 +86,11 @@ class GptConfig:
     # model.attn_softcap: the attention scores are c·tanh(s / c) before the softmax (0: as they
     # are).
     attn_softcap: float = 0.0
+    # model.logit_scale: the head's logits times this, before the cap (Granite's
+    # 1/logits_scaling); model.residual_scale: each branch's output times this before its
+    # residual add (Granite's residual_multiplier). 1: none.
+    logit_scale: float = 1.0
+    residual_scale: float = 1.0
     # model.embed_scale: the embedding's output times this (Gemma's sqrt(C); 1: as it is).
     embed_scale: float = 1.0
     # model.parallel_residual: x + attn(ln_1(x)) + mlp(ln_2(x)) (GPT-J's, GPT-NeoX's).
@@ -649,6 +654,8 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor,
                    params[p + "attn/c_proj/weight"], params.get(p + "attn/c_proj/bias"))
         if cfg.branch_norm:
             a = norm(params, cfg, p + "ln_attn_out", a)
+        if cfg.residual_scale != 1.0:  # in fp32, as triad's
+            a = a * float(np.float32(cfg.residual_scale))
         # model.parallel_residual (GPT-J's, GPT-NeoX's): ln_2 reads the layer's input, and both
         # branches add to it, (x + a) + m.
         h = norm(params, cfg, p + "ln_2", x)
@@ -658,6 +665,8 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor,
         m = mlp(params, cfg, p, h)
         if cfg.branch_norm:
             m = norm(params, cfg, p + "ln_mlp_out", m)
+        if cfg.residual_scale != 1.0:
+            m = m * float(np.float32(cfg.residual_scale))
         x = x + m
         if record is not None:  # the activations train.activations_every reports
             record[f"h{i}_attn"], record[f"h{i}_mlp"], record[f"h{i}_out"] = a, m, x
@@ -665,6 +674,8 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor,
     w = head(params, cfg)
     logits = Fp8Linear.apply(x, w, None) if _FP8_HEAD else torch.matmul(x, w.t())
     logits = logits / cfg.mup_mult  # [B, T, Vp]; μP: times 1/m
+    if cfg.logit_scale != 1.0:  # model.logit_scale, in fp32 as triad's
+        logits = logits * float(np.float32(cfg.logit_scale))
     if cfg.logit_softcap:
         logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
     return logits[..., : cfg.vocab_size]
@@ -1038,6 +1049,9 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
             m.attrs.create("logit_softcap", np.float64(cfg.logit_softcap), dtype="<f8")
         if cfg.attn_softcap:
             m.attrs.create("attn_softcap", np.float64(cfg.attn_softcap), dtype="<f8")
+        for key in ("logit_scale", "residual_scale"):
+            if getattr(cfg, key) != 1.0:
+                m.attrs.create(key, np.float64(getattr(cfg, key)), dtype="<f8")
         if cfg.embed_scale != 1.0:
             m.attrs.create("embed_scale", np.float64(cfg.embed_scale), dtype="<f8")
         if cfg.parallel_residual:
@@ -1105,6 +1119,8 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                         rotary_dim=int(a.get("rotary_dim", 0)),
                         logit_softcap=float(a.get("logit_softcap", 0.0)),
                         attn_softcap=float(a.get("attn_softcap", 0.0)),
+                        logit_scale=float(a.get("logit_scale", 1.0)),
+                        residual_scale=float(a.get("residual_scale", 1.0)),
                         embed_scale=float(a.get("embed_scale", 1.0)),
                         parallel_residual=int(a.get("parallel_residual", 0)) == 1,
                         branch_norm=int(a.get("branch_norm", 0)) == 1,

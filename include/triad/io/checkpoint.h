@@ -115,6 +115,9 @@ struct ModelShape {
   // Attribute attn_softcap (double: the attention scores are c·tanh(s/c); absent or 0: none;
   // written when > 0).
   double attn_softcap = 0;
+  // Attributes logit_scale and residual_scale (double: the head's logits, each branch's output
+  // times it; absent: 1; written when not 1).
+  double logit_scale = 1, residual_scale = 1;
   // Attribute embed_scale (double: the embedding's output times it; absent: 1; written when not
   // 1).
   double embed_scale = 1;

@@ -137,6 +137,14 @@ struct GptShape {
   }
   // The logits' multiplier: μP's 1/m, else 1.
   float logits_mult() const { return float(1.0 / mup_mult()); }
+  // The head's logits times this (model.logit_scale; Granite's 1/logits_scaling, Cohere's
+  // logit_scale), before the cap; 1: none.
+  float logit_scale = 1.0f;
+  // What multiplies the head's products: μP's multiplier and logit_scale.
+  float head_mult() const { return logits_mult() * logit_scale; }
+  // Each branch's output times this before its residual add (model.residual_scale; Granite's
+  // residual_multiplier), after its norm under branch_norm; 1: none.
+  float residual_scale = 1.0f;
   // Soft-capped logits (model.logit_softcap; Gemma 2's 30, modded-nanogpt's): the head's logits
   // become c·tanh(logit / c), within (−c, c), before the loss, evaluation and sampling
   // (Backend::scale_cap_logits). 0: none.
@@ -900,7 +908,8 @@ class Gpt {
     return weight_at<A>(specs_[size_t(head_)].offset);
   }
   // The head's logits [rows, cols] (cols: this rank's vocabulary slice) for `rows` rows x of
-  // ln_f's output, times μP's multiplier and soft-capped under model.logit_softcap. fp8: the
+  // ln_f's output, times head_mult() (μP's multiplier, model.logit_scale) and soft-capped under
+  // model.logit_softcap. fp8: the
   // product in FP8 where run.fp8_head asks for it (the loss's and forward_logits' passes; never
   // decoding's).
   template <class A>
@@ -910,8 +919,8 @@ class Gpt {
                         cols);
     else
       be_.matmul_forward(logits, x, head_weight<A>(), nullptr, rows, shape_.n_embd, cols);
-    if (shape_.logit_softcap > 0.0f || shape_.mup_base_width > 0)
-      be_.scale_cap_logits(logits, size_t(rows) * size_t(cols), shape_.logits_mult(),
+    if (shape_.logit_softcap > 0.0f || shape_.head_mult() != 1.0f)
+      be_.scale_cap_logits(logits, size_t(rows) * size_t(cols), shape_.head_mult(),
                            shape_.logit_softcap);
   }
   // The steps, for both activation types (explicitly instantiated in gpt_step.cpp and
@@ -1090,16 +1099,18 @@ class Gpt {
   template <class A>
   void layernorm_backward(A* dinp, float* dw, float* db, const A* dout, const A* inp, const A* w,
                           const float* mean, const float* rstd, int rows);
-  // model.branch_norm: a branch's output y (this rank's rows) through its norm (weight w, bias b)
-  // into the shared proj buffer, which is returned; without branch norms y itself.
+  // What a branch adds to the residual stream from its output y (this rank's rows): y through its
+  // norm (model.branch_norm; weight w, bias b) into the shared proj buffer, times
+  // model.residual_scale; the buffer is returned, or y itself where neither applies. (Without a
+  // norm y is the shared proj buffer, which the scale takes in place.)
   template <class A>
-  const A* branch_norm_forward(const A* y, float* mean, float* rstd, const A* w, const A* b,
-                               int rows);
-  // Its backward: the gradient dout of the norm's output into that of y, in the dbranch scratch,
-  // which is returned (the norm's weight gradients accumulate); without branch norms dout.
+  const A* branch_output(A* y, float* mean, float* rstd, const A* w, const A* b, int rows);
+  // Its backward: the gradient dout of what the branch added into that of y, in the dbranch
+  // scratch, which is returned (the norm's weight gradients accumulate); dout itself where
+  // neither applies.
   template <class A>
-  const A* branch_norm_backward(float* dw, float* db, const A* dout, const A* y, const A* w,
-                                const float* mean, const float* rstd, int rows);
+  const A* branch_output_backward(float* dw, float* db, const A* dout, const A* y, const A* w,
+                                  const float* mean, const float* rstd, int rows);
   // The MLP's output (dense or the experts') of layer l, reduced into L.fcproj: in the forward
   // pass, and again before the backward pass of a fully recomputed layer with branch norms.
   template <class A>

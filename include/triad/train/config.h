@@ -35,6 +35,8 @@ struct ModelConfig {
   int full_attention_every = 0;    // with a window: every N-th layer attends to all (Gemma 3: 6)
   double logit_softcap = 0;        // > 0: logits c·tanh(logit/c) (Gemma 2: 30); 0: none
   double attn_softcap = 0;         // > 0: attention scores c·tanh(s/c) (Gemma 2: 50); 0: none
+  double logit_scale = 1;          // the head's logits times this (Granite: 1/logits_scaling)
+  double residual_scale = 1;       // each branch's output times this (Granite's multiplier)
   double embed_scale = 1;          // the embedding's output times this (Gemma: sqrt(n_embd))
   bool parallel_residual = false;  // x + attn(ln_1(x)) + mlp(ln_2(x)) (GPT-J, GPT-NeoX)
   bool branch_norm = false;        // x + norm(attn(ln_1(x))): Gemma 2's and 3's sandwich norms
