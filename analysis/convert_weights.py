@@ -1,6 +1,6 @@
 """Weights and tokenizers in and out of triad: Hugging Face transformers models (config.json +
 safetensors; GPT-2, Llama, Mistral, Qwen2, Qwen3, Mixtral, Qwen2-MoE, Qwen3-MoE, Nemotron,
-StableLM, Gemma, GPT-NeoX, Falcon) and llm.c
+StableLM, Gemma, Gemma 2, Granite, GraniteMoE, GPT-NeoX, Falcon) and llm.c
 model files (gpt2_124M.bin and the like) to a triad checkpoint, a triad checkpoint to either,
 and Hugging Face or Meta tokenizers to a triad tokenizer description (hf_tokenizer.py).
 
@@ -53,7 +53,9 @@ What the formats hold and how they map (docs/formats.md, "Weights from other pro
 - HF Granite (IBM's Granite 3): Llama's tensors and blocks with multipliers: embedding_multiplier
   (model.embed_scale), attention_multiplier (the scores' scale, model.attn_scale),
   residual_multiplier (each branch's output before its residual add, model.residual_scale) and
-  logits_scaling (the logits divided by it: model.logit_scale = 1 / it).
+  logits_scaling (the logits divided by it: model.logit_scale = 1 / it). GraniteMoE's: Granite's
+  with Mixtral's routing, each layer's experts fused: input_linear [E, 2H, C] (gate | up),
+  output_linear [E, C, H], router.layer.
 - HF GPT-NeoX (Pythia): GPT-2's tensors under other names, q, k and v interleaved by head in
   query_key_value ([heads, 3, head width] rows, reordered into c_attn's q | k | v), rope on
   rotary_pct of each head (model.rotary_dim), parallel attention and MLP
@@ -165,6 +167,9 @@ class Dims:
     # Read from Phi-3's layout (Phi3ForCausalLM): q, k and v stored as one qkv_proj, the MLP's
     # gate and up as one gate_up_proj. An import's source only, not part of triad's model.
     fused: bool = False
+    # Read from GraniteMoE's layout (GraniteMoeForCausalLM): each layer's experts as two tensors,
+    # input_linear [E, 2H, C] (gate | up) and output_linear [E, C, H]. An import's source only.
+    granite_moe: bool = False
     # GPT-NeoX's layout (GPTNeoXForCausalLM): its names, and q, k, v interleaved by head.
     neox: bool = False
     # Falcon's layout (FalconForCausalLM): "" (not Falcon), "grouped" (new_decoder_architecture:
@@ -197,11 +202,20 @@ class Dims:
 
     @property
     def moe_format(self) -> str | None:
-        """The Hugging Face model_type of its mixture of experts: Qwen2-MoE's with gated shared
-        experts, Qwen3-MoE's with QK-norm, else Mixtral's; None: dense."""
+        """The Hugging Face model_type of its mixture of experts: GraniteMoE's read from its
+        layout or with Granite's multipliers, Qwen2-MoE's with gated shared experts, Qwen3-MoE's
+        with QK-norm, else Mixtral's; None: dense."""
         if not self.moe_experts:
             return None
+        if self.granite_moe or self.multiplied:
+            return "granitemoe"
         return "qwen2_moe" if self.moe_shared_gate else "qwen3_moe" if self.qk_norm else "mixtral"
+
+    @property
+    def multiplied(self) -> bool:
+        """Whether it has any of Granite's multipliers (which only Granite's formats hold)."""
+        return self.embed_scale != 1.0 or bool(self.attn_scale) or self.residual_scale != 1.0 or \
+            self.logit_scale != 1.0
 
     def moe_keys(self) -> dict:
         """The mixture of experts' /model attributes, which are also its [model] keys (bools as
@@ -509,7 +523,7 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
 
     kind = cfg.get("model_type", "gpt2")
     if kind in ("llama", "mistral", "phi3", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe",
-                "granite"):
+                "granite", "granitemoe"):
         return llama_config_dims(cfg, where, seq_len)
     if kind in ("nemotron", "stablelm"):
         return layernorm_config_dims(cfg, where, seq_len)
@@ -528,7 +542,8 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                            f"Llama ('llama'), Mistral ('mistral'), Mixtral ('mixtral'), Phi-3 "
                            f"('phi3'), Qwen2 ('qwen2'), Qwen2-MoE ('qwen2_moe'), Qwen3 ('qwen3'), "
                            f"Qwen3-MoE ('qwen3_moe'), Nemotron ('nemotron'), StableLM "
-                           f"('stablelm'), Gemma ('gemma', 'gemma2'), Granite ('granite'), "
+                           f"('stablelm'), Gemma ('gemma', 'gemma2'), Granite ('granite', "
+                           f"'granitemoe'), "
                            f"GPT-NeoX ('gpt_neox') and Falcon "
                            f"('falcon') models")
     try:
@@ -565,8 +580,6 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
 # Hugging Face's mixtures of experts whose blocks triad does not build, and why.
 UNBUILT_MOE = {
     "olmoe": "its QK-norm spans the whole q and k projections, triad's (model.qk_norm) each head",
-    "granitemoe": "its experts are stored fused (input_linear, output_linear), which the importer "
-                  "does not read",
     "jetmoe": "its attention is a mixture of experts too",
     "phimoe": "its router is sparsemixer, and its norms are LayerNorms with biases",
     "dbrx": "its attention clips q, k and v (clip_qkv), and its experts are stored fused",
@@ -668,10 +681,13 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         refusals.append(f"head_dim {cfg['head_dim']} (triad's model.head_dim is in [0, 4096])")
     if int(cfg.get("pretraining_tp", 1) or 1) != 1:
         refusals.append(f"pretraining_tp {cfg['pretraining_tp']}")
-    mixtral = cfg.get("model_type") == "mixtral"
+    granite_moe = cfg.get("model_type") == "granitemoe"
+    # GraniteMoE's experts route as Mixtral's: softmax over the k largest logits (the renormalized
+    # softmax of all of them), in every layer.
+    mixtral = cfg.get("model_type") == "mixtral" or granite_moe
     phi3 = cfg.get("model_type") == "phi3"
     # Mixtral's and Phi-3's windows are Mistral's (the window's keys, the query's own included).
-    mistral = cfg.get("model_type") == "mistral" or mixtral or phi3
+    mistral = cfg.get("model_type") in ("mistral", "mixtral") or phi3
     if phi3 and float(cfg.get("partial_rotary_factor") or 1.0) != 1.0:
         refusals.append(f"partial_rotary_factor {cfg['partial_rotary_factor']} (triad rotates "
                         f"every dimension of q and k)")
@@ -713,8 +729,9 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                             f"max_window_layers, which triad does not build: import with "
                             f"--seq-len {window})")
     granite = {}
-    if cfg.get("model_type") == "granite":
+    if cfg.get("model_type") in ("granite", "granitemoe"):
         granite = granite_multipliers(cfg, where, n_embd // max(n_head, 1), refusals)
+        granite["granite_moe"] = granite_moe
     refuse_or_check_positions(where, refusals, seq_len, n_pos, "max_position_embeddings")
     d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab, position="rope", rope_theta=theta,
              norm="rmsnorm", bias=False, mlp="swiglu", mlp_hidden=hidden,
@@ -1132,7 +1149,7 @@ def llama_sources(d: Dims) -> dict[str, list[str]]:
             p + "ln_2/weight": [h + ("pre_feedforward_layernorm.weight" if d.branch_norm else
                                      "post_attention_layernorm.weight")],
         })
-        if d.moe_layer(i) and d.moe_format != "mixtral":  # Qwen2-MoE's, Qwen3-MoE's sparse MLP
+        if d.moe_layer(i) and d.moe_format in ("qwen2_moe", "qwen3_moe"):  # their sparse MLP
             m = h + "mlp."
             experts = [m + f"experts.{e}." for e in range(d.moe_experts)]
             src.update({
@@ -1148,6 +1165,13 @@ def llama_sources(d: Dims) -> dict[str, list[str]]:
                     p + "mlp/shared/c_proj/weight": [m + "shared_expert.down_proj.weight"],
                     p + "mlp/shared/gate/weight": [m + "shared_expert_gate.weight"],
                 })
+        elif d.moe_layer(i) and d.moe_format == "granitemoe":  # each layer's experts fused
+            m = h + "block_sparse_moe."
+            src.update({
+                p + "mlp/experts/c_fc/weight": [m + "input_linear.weight"],
+                p + "mlp/experts/c_proj/weight": [m + "output_linear.weight"],
+                p + "mlp/router/weight": [m + "router.layer.weight"],
+            })
         elif d.moe_layer(i):  # Mixtral's sparse MLP block: w1 (gate), w3 (up), w2 (down)
             m = h + "block_sparse_moe."
             experts = [m + f"experts.{e}." for e in range(d.moe_experts)]
@@ -1181,7 +1205,8 @@ def llama_part_rows(d: Dims, t: str, rows: int) -> list[int]:
     """The rows of each HF tensor (llama_sources) stacked into triad's tensor t of `rows` rows
     (an expert tensor's E·rows): c_attn's q (C), k and v (n_kv_head heads each), c_fc's gate and
     up, and each expert's; Phi-3's fused tensors whole."""
-    if d.neox or d.falcon or (d.fused and t.endswith(("attn/c_attn/weight", "mlp/c_fc/weight"))):
+    if d.neox or d.falcon or (d.fused and t.endswith(("attn/c_attn/weight", "mlp/c_fc/weight"))) \
+            or whole_experts(d, t):
         return [rows]
     if t.endswith(("attn/c_attn/weight", "attn/c_attn/bias")):
         kv_rows = d.kv * d.hd
@@ -1194,6 +1219,12 @@ def llama_part_rows(d: Dims, t: str, rows: int) -> list[int]:
     if t.endswith("mlp/experts/c_proj/weight"):
         return [rows // d.moe_experts] * d.moe_experts
     return [rows]
+
+
+def whole_experts(d: Dims, t: str) -> bool:
+    """Whether triad's expert tensor t is one HF tensor of the same [E, rows, columns] shape
+    (GraniteMoE's input_linear and output_linear), not E stacked ones."""
+    return d.moe_format == "granitemoe" and "/mlp/experts/" in t
 
 
 def stacked_shape(shape: tuple) -> tuple:
@@ -1263,7 +1294,8 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
         for name in st.entries:
             where[name] = st
     if d.position == "rope":  # Llama's family
-        kind = ({"qwen2_moe": "Qwen2-MoE", "qwen3_moe": "Qwen3-MoE", "mixtral": "Mixtral"}.get(
+        kind = ({"qwen2_moe": "Qwen2-MoE", "qwen3_moe": "Qwen3-MoE", "mixtral": "Mixtral",
+                 "granitemoe": "GraniteMoE"}.get(
             d.moe_format or "") or ("GPT-NeoX" if d.neox else "Falcon" if d.falcon else
                                     "Nemotron" if d.mlp == "relu2" else
                                     ("Gemma 2" if d.branch_norm else "Gemma")
@@ -1358,6 +1390,8 @@ def llama_tensors(d: Dims, where: dict, directory: Path) -> Tensors:
         got = [list(where[n].entries[n][1]) for n in names]
         rows, *cols = stacked_shape(want[t])
         expected = [[r, *cols] for r in llama_part_rows(d, t, rows)]
+        if whole_experts(d, t):
+            expected = [list(want[t])]
         if got != expected:
             if len(names) > 3:  # an expert's tensor: name the first that is wrong
                 names, got, expected = zip(*[x for x in zip(names, got, expected)
@@ -1948,11 +1982,20 @@ def gemma2_hf_config(d: Dims, gemma_scale: float) -> dict:
 def granite_hf_config(d: Dims) -> dict:
     """config.json for transformers' GraniteForCausalLM computing what triad's model of Llama's
     blocks with multipliers (model.embed_scale, attn_scale, residual_scale, logit_scale)
-    computes: the inverse of granite_multipliers."""
-    refuse_absent(d, "a model of Llama's blocks with multipliers exports as Hugging Face's "
-                  "Granite", ("a c_attn bias (model.qkv_bias)", d.qkv_bias),
-                  ("heads of another width than n_embd / n_head (model.head_dim)", d.head_dim))
-    return {
+    computes: the inverse of granite_multipliers; with experts GraniteMoeForCausalLM's (Mixtral's
+    routing: experts in every layer, gates renormalized, no shared experts)."""
+    moe = d.moe_experts > 0
+    refuse_absent(replace(d, moe_experts=0),  # (its experts are checked here)
+                  f"a model of Llama's blocks with multipliers exports as Hugging Face's "
+                  f"Granite{'MoE' if moe else ''}",
+                  ("a c_attn bias (model.qkv_bias)", d.qkv_bias),
+                  ("heads of another width than n_embd / n_head (model.head_dim)", d.head_dim),
+                  ("shared experts (model.moe_shared_hidden)", d.moe_shared_hidden),
+                  ("dense layers among the expert layers (model.moe_first_dense, moe_every)",
+                   moe and (d.moe_first_dense, d.moe_every) != (0, 1)),
+                  ("gates kept as the router gives them (model.moe_normalize = false)",
+                   moe and not d.moe_normalize))
+    cfg = {
         "architectures": ["GraniteForCausalLM"], "model_type": "granite",
         "num_hidden_layers": d.n_layer, "num_attention_heads": d.n_head,
         "num_key_value_heads": d.kv, "hidden_size": d.n_embd,
@@ -1965,6 +2008,12 @@ def granite_hf_config(d: Dims) -> dict:
         "attention_dropout": 0.0, "tie_word_embeddings": d.tied, "initializer_range": 0.02,
         "torch_dtype": "float32",
     }
+    if moe:
+        del cfg["mlp_bias"]
+        cfg.update(architectures=["GraniteMoeForCausalLM"], model_type="granitemoe",
+                   num_local_experts=d.moe_experts, num_experts_per_tok=d.moe_top_k,
+                   output_router_logits=False)
+    return cfg
 
 
 def layernorm_hf_config(d: Dims) -> dict:
@@ -2016,7 +2065,7 @@ def llama_hf_config(d: Dims) -> dict:
         return gemma_hf_config(d)
     if d.neox:
         return neox_hf_config(d)
-    if d.embed_scale != 1.0 or d.attn_scale or d.residual_scale != 1.0 or d.logit_scale != 1.0:
+    if d.multiplied or d.moe_format == "granitemoe":
         return granite_hf_config(d)
     cfg = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
@@ -2109,7 +2158,7 @@ def write_llama_hf(out: Path, d: Dims, tensors: Tensors, extra: dict[str, str] |
         rows, *cols = stacked_shape(shape)
         rows = d.vocab_size if t in VOCAB_TENSORS else rows
         for n, r in zip(src[t], llama_part_rows(d, t, rows)):
-            specs[n] = (r, *cols)
+            specs[n] = tuple(shape) if whole_experts(d, t) else (r, *cols)
 
     def hf_tensors():
         for t, a in tensors():
@@ -2117,6 +2166,9 @@ def write_llama_hf(out: Path, d: Dims, tensors: Tensors, extra: dict[str, str] |
                 a = a - np.float32(1)
             a = neox_qkv_order(d, t, a, to_hf=True)
             a = llama_query_order(d, t, a, to_hf=True)
+            if whole_experts(d, t):  # GraniteMoE's: the [E, rows, columns] tensor as it is
+                yield src[t][0], np.ascontiguousarray(a)
+                continue
             a = falcon_qkv_order(d, t, a, to_hf=True).reshape(stacked_shape(a.shape))
             ends = np.cumsum(llama_part_rows(d, t, a.shape[0]))[:-1]
             for n, part in zip(src[t], np.split(a, ends)):

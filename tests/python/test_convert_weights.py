@@ -959,6 +959,28 @@ def test_granite_imports_and_evaluates_as_transformers(imported, tmp_path):
                    "residual_scale": float(np.float32(0.22)), "logit_scale": 0.125})
 
 
+def granite_moe_model(**config):
+    return tiny_hf(transformers.GraniteMoeForCausalLM, transformers.GraniteMoeConfig, 41, dict(
+        vocab_size=V, hidden_size=64, intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=N_POS,
+        rms_norm_eps=1e-5, rope_theta=500.0, tie_word_embeddings=False, num_local_experts=4,
+        num_experts_per_tok=2, embedding_multiplier=12.0, attention_multiplier=0.0625,
+        residual_multiplier=0.22, logits_scaling=8.0, pad_token_id=None), config)
+
+
+def test_granite_moe_imports_and_evaluates_as_transformers(imported, tmp_path):
+    """transformers' GraniteMoeForCausalLM (Granite's multipliers; every MLP 4 SwiGLU experts,
+    each layer's stored as two tensors, input_linear [4, 96, 64] with each expert's gate then up
+    rows and output_linear [4, 64, 48], behind a router whose 2 largest logits' softmax weighs
+    them) against triad's mixture of experts (model.moe_normalize: the renormalized softmax,
+    the same gates) with the multipliers: hf_round_trip, the expert tensors exported whole."""
+    hf_round_trip(imported, tmp_path, granite_moe_model(), "GraniteMoE",
+                  MIXTRAL_ARGS + ["--model.moe_experts", 4, "--model.moe_top_k", 2,
+                                  *GRANITE_ARGS[len(LLAMA_ARGS) + 2:]], False,
+                  {"moe_experts": 4, "moe_top_k": 2, "moe_normalize": 1, "embed_scale": 12.0,
+                   "residual_scale": float(np.float32(0.22)), "logit_scale": 0.125})
+
+
 GEMMA2_ARGS = GEMMA_ARGS + ["--model.branch_norm", "true", "--model.attn_scale", "0.25",
                             "--model.attn_softcap", "1", "--model.logit_softcap", "3",
                             "--model.sliding_window", "8", "--model.full_attention_every", "2"]
