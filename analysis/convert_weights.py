@@ -1921,36 +1921,16 @@ def neox_hf_config(d: Dims) -> dict:
 def gemma_hf_config(d: Dims) -> dict:
     """config.json for transformers' GemmaForCausalLM computing what triad's model of Gemma's
     blocks computes (the inverse of gemma_config_dims): the embedding scale must be its
-    sqrt(hidden_size) in fp32."""
+    sqrt(hidden_size) in fp32. With model.branch_norm Gemma2ForCausalLM's: its window in every
+    other layer from the first (model.full_attention_every = 2; without a window, one covering
+    the context), the scores' scale as query_pre_attn_scalar (1 / attn_scale²), the caps where
+    set."""
     gemma_scale = float(np.float32(math.sqrt(d.n_embd)))
-    if d.branch_norm:
-        return gemma2_hf_config(d, gemma_scale)
-    refuse_absent(d, "a model of Gemma's blocks (GeGLU) exports as Hugging Face's Gemma",
-                  ("a c_attn bias (model.qkv_bias)", d.qkv_bias),
-                  ("partial rotary (model.rotary_dim)", d.rotary_dim),
-                  (f"an embedding scale of {d.embed_scale} (model.embed_scale; Gemma's is "
-                   f"sqrt(n_embd) = {gemma_scale})",
-                   float(np.float32(d.embed_scale)) != gemma_scale))
-    return {
-        "architectures": ["GemmaForCausalLM"], "model_type": "gemma",
-        "num_hidden_layers": d.n_layer, "num_attention_heads": d.n_head,
-        "num_key_value_heads": d.kv, "hidden_size": d.n_embd, "head_dim": d.hd,
-        "intermediate_size": d.mlp_hidden, "max_position_embeddings": d.seq_len,
-        "vocab_size": d.vocab_size, "rms_norm_eps": d.norm_eps, "rope_theta": d.rope_theta,
-        "hidden_act": "gelu_pytorch_tanh", "hidden_activation": "gelu_pytorch_tanh",
-        "attention_bias": False, "attention_dropout": 0.0, "tie_word_embeddings": d.tied,
-        "initializer_range": 0.02, "torch_dtype": "float32",
-    }
-
-
-def gemma2_hf_config(d: Dims, gemma_scale: float) -> dict:
-    """config.json for transformers' Gemma2ForCausalLM computing what triad's model of Gemma 2's
-    blocks (Gemma's with model.branch_norm) computes: its window in every other layer from the
-    first (model.full_attention_every = 2; without a window, one covering the context), the
-    scores' scale as query_pre_attn_scalar (1 / attn_scale²), the caps where set."""
-    refuse_absent(replace(d, sliding_window=0),  # (its window is checked below)
-                  "a model of Gemma 2's blocks (GeGLU, branch norms) exports as Hugging "
-                  "Face's Gemma 2",
+    two = d.branch_norm  # Gemma 2's blocks
+    refuse_absent(replace(d, sliding_window=0) if two else d,  # (Gemma 2's window: below)
+                  f"a model of Gemma{' 2' if two else ''}'s blocks (GeGLU"
+                  f"{', branch norms' if two else ''}) exports as Hugging Face's "
+                  f"Gemma{' 2' if two else ''}",
                   ("a c_attn bias (model.qkv_bias)", d.qkv_bias),
                   ("partial rotary (model.rotary_dim)", d.rotary_dim),
                   (f"an embedding scale of {d.embed_scale} (model.embed_scale; Gemma's is "
@@ -1959,24 +1939,20 @@ def gemma2_hf_config(d: Dims, gemma_scale: float) -> dict:
                   (f"layers other than every second attending to the whole context "
                    f"(model.full_attention_every = {d.full_attention_every}; Gemma 2's window "
                    f"is in layers 0, 2, 4, ..)",
-                   d.sliding_window and d.full_attention_every != 2))
-    # transformers scales by query_pre_attn_scalar ** -0.5 in double, triad by the fp32
-    # attn_scale: the scalar whose power rounds to it.
-    scalar = float(d.hd) if not d.attn_scale else 1.0 / float(d.attn_scale) ** 2
-    return {
-        "architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2",
-        "num_hidden_layers": d.n_layer, "num_attention_heads": d.n_head,
-        "num_key_value_heads": d.kv, "hidden_size": d.n_embd, "head_dim": d.hd,
-        "intermediate_size": d.mlp_hidden, "max_position_embeddings": d.seq_len,
-        "vocab_size": d.vocab_size, "rms_norm_eps": d.norm_eps, "rope_theta": d.rope_theta,
-        "hidden_act": "gelu_pytorch_tanh", "hidden_activation": "gelu_pytorch_tanh",
-        "query_pre_attn_scalar": scalar,
-        "sliding_window": d.sliding_window or d.seq_len,
-        "attn_logit_softcapping": d.attn_softcap or None,
-        "final_logit_softcapping": d.logit_softcap or None,
-        "attention_bias": False, "attention_dropout": 0.0, "tie_word_embeddings": d.tied,
-        "initializer_range": 0.02, "torch_dtype": "float32",
-    }
+                   two and d.sliding_window and d.full_attention_every != 2))
+    cfg = llama_like_hf(d, "GemmaForCausalLM", "gemma", head_dim=d.hd, rms_norm_eps=d.norm_eps,
+                        hidden_act="gelu_pytorch_tanh", hidden_activation="gelu_pytorch_tanh",
+                        attention_bias=False)
+    if two:
+        # transformers scales by query_pre_attn_scalar ** -0.5 in double, triad by the fp32
+        # attn_scale: the scalar whose power rounds to it.
+        cfg.update(architectures=["Gemma2ForCausalLM"], model_type="gemma2",
+                   query_pre_attn_scalar=float(d.hd) if not d.attn_scale
+                   else 1.0 / float(d.attn_scale) ** 2,
+                   sliding_window=d.sliding_window or d.seq_len,
+                   attn_logit_softcapping=d.attn_softcap or None,
+                   final_logit_softcapping=d.logit_softcap or None)
+    return cfg
 
 
 def granite_hf_config(d: Dims) -> dict:
@@ -1995,25 +1971,32 @@ def granite_hf_config(d: Dims) -> dict:
                    moe and (d.moe_first_dense, d.moe_every) != (0, 1)),
                   ("gates kept as the router gives them (model.moe_normalize = false)",
                    moe and not d.moe_normalize))
-    cfg = {
-        "architectures": ["GraniteForCausalLM"], "model_type": "granite",
-        "num_hidden_layers": d.n_layer, "num_attention_heads": d.n_head,
-        "num_key_value_heads": d.kv, "hidden_size": d.n_embd,
-        "intermediate_size": d.mlp_hidden, "max_position_embeddings": d.seq_len,
-        "vocab_size": d.vocab_size, "rms_norm_eps": d.norm_eps, "rope_theta": d.rope_theta,
-        "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
-        "embedding_multiplier": d.embed_scale,
-        "attention_multiplier": d.attn_scale or float(np.float32(1.0 / math.sqrt(d.hd))),
-        "residual_multiplier": d.residual_scale, "logits_scaling": 1.0 / d.logit_scale,
-        "attention_dropout": 0.0, "tie_word_embeddings": d.tied, "initializer_range": 0.02,
-        "torch_dtype": "float32",
-    }
+    cfg = llama_like_hf(d, "GraniteForCausalLM", "granite", rms_norm_eps=d.norm_eps,
+                        hidden_act="silu", attention_bias=False, mlp_bias=False,
+                        embedding_multiplier=d.embed_scale,
+                        attention_multiplier=d.attn_scale or float(
+                            np.float32(1.0 / math.sqrt(d.hd))),
+                        residual_multiplier=d.residual_scale, logits_scaling=1.0 / d.logit_scale)
     if moe:
         del cfg["mlp_bias"]
         cfg.update(architectures=["GraniteMoeForCausalLM"], model_type="granitemoe",
                    num_local_experts=d.moe_experts, num_experts_per_tok=d.moe_top_k,
                    output_router_logits=False)
     return cfg
+
+
+def llama_like_hf(d: Dims, architecture: str, model_type: str, **keys) -> dict:
+    """The config.json keys every Llama-like transformers class (LlamaLikeConfig's, read the
+    other way) names alike, for d, with the class's own `keys` added."""
+    return {
+        "architectures": [architecture], "model_type": model_type,
+        "num_hidden_layers": d.n_layer, "num_attention_heads": d.n_head,
+        "num_key_value_heads": d.kv, "hidden_size": d.n_embd,
+        "intermediate_size": d.mlp_hidden, "max_position_embeddings": d.seq_len,
+        "vocab_size": d.vocab_size, "rope_theta": d.rope_theta, "attention_dropout": 0.0,
+        "tie_word_embeddings": d.tied, "initializer_range": 0.02, "torch_dtype": "float32",
+        **keys,
+    }
 
 
 def layernorm_hf_config(d: Dims) -> dict:
@@ -2027,27 +2010,13 @@ def layernorm_hf_config(d: Dims) -> dict:
                    d.head_dim and d.mlp != "relu2"))
     factor = rotary_fraction(d)
     if kind == "StableLM":
-        return {
-            "architectures": ["StableLmForCausalLM"], "model_type": "stablelm",
-            "num_hidden_layers": d.n_layer, "num_attention_heads": d.n_head,
-            "num_key_value_heads": d.kv, "hidden_size": d.n_embd,
-            "intermediate_size": d.mlp_hidden, "max_position_embeddings": d.seq_len,
-            "vocab_size": d.vocab_size, "layer_norm_eps": d.norm_eps, "rope_theta": d.rope_theta,
-            "partial_rotary_factor": factor, "hidden_act": "silu",
-            "use_qkv_bias": d.qkv_bias, "qk_layernorm": False, "use_parallel_residual": False,
-            "hidden_dropout": 0.0, "attention_dropout": 0.0, "tie_word_embeddings": d.tied,
-            "initializer_range": 0.02, "torch_dtype": "float32",
-        }
-    return {
-        "architectures": ["NemotronForCausalLM"], "model_type": "nemotron",
-        "num_hidden_layers": d.n_layer, "num_attention_heads": d.n_head,
-        "num_key_value_heads": d.kv, "hidden_size": d.n_embd, "head_dim": d.hd,
-        "intermediate_size": d.mlp_hidden, "max_position_embeddings": d.seq_len,
-        "vocab_size": d.vocab_size, "norm_eps": d.norm_eps, "rope_theta": d.rope_theta,
-        "partial_rotary_factor": factor, "hidden_act": "relu2",
-        "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0,
-        "tie_word_embeddings": d.tied, "initializer_range": 0.02, "torch_dtype": "float32",
-    }
+        return llama_like_hf(d, "StableLmForCausalLM", "stablelm", layer_norm_eps=d.norm_eps,
+                             partial_rotary_factor=factor, hidden_act="silu",
+                             use_qkv_bias=d.qkv_bias, qk_layernorm=False,
+                             use_parallel_residual=False, hidden_dropout=0.0)
+    return llama_like_hf(d, "NemotronForCausalLM", "nemotron", head_dim=d.hd, norm_eps=d.norm_eps,
+                         partial_rotary_factor=factor, hidden_act="relu2", attention_bias=False,
+                         mlp_bias=False)
 
 
 def llama_hf_config(d: Dims) -> dict:
@@ -2067,18 +2036,11 @@ def llama_hf_config(d: Dims) -> dict:
         return neox_hf_config(d)
     if d.multiplied or d.moe_format == "granitemoe":
         return granite_hf_config(d)
-    cfg = {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "num_hidden_layers": d.n_layer, "num_attention_heads": d.n_head,
-        "num_key_value_heads": d.kv, "hidden_size": d.n_embd,
-        "intermediate_size": d.mlp_hidden, "max_position_embeddings": d.seq_len,
-        "vocab_size": d.vocab_size, "rms_norm_eps": d.norm_eps, "rope_theta": d.rope_theta,
-        "rope_scaling": None if d.rope_scaling is None else
+    cfg = llama_like_hf(
+        d, "LlamaForCausalLM", "llama", rms_norm_eps=d.norm_eps,
+        rope_scaling=None if d.rope_scaling is None else
         {"rope_type": "llama3", **dict(zip(ROPE_SCALING_HF, d.rope_scaling))},
-        "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
-        "attention_dropout": 0.0, "tie_word_embeddings": d.tied, "initializer_range": 0.02,
-        "torch_dtype": "float32",
-    }
+        hidden_act="silu", attention_bias=False, mlp_bias=False)
     if d.head_dim:
         cfg["head_dim"] = d.head_dim
     if d.yarn is not None:  # HF's convention: the original context, stretched by the factor

@@ -639,21 +639,23 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
               " holds a model whose every ", m.full_attention_every,
               "th layer attends to the whole context (0: none) but the config asks for ",
               "model.full_attention_every = ", c.full_attention_every);
-  TRIAD_CHECK(float(m.logit_softcap) == float(c.logit_softcap), "checkpoint ", path,
-              " holds a model whose logits are capped at ", m.logit_softcap,
-              " (0: none) but the config asks for model.logit_softcap = ", c.logit_softcap);
-  TRIAD_CHECK(float(m.attn_softcap) == float(c.attn_softcap), "checkpoint ", path,
-              " holds a model whose attention scores are capped at ", m.attn_softcap,
-              " (0: none) but the config asks for model.attn_softcap = ", c.attn_softcap);
-  TRIAD_CHECK(float(m.logit_scale) == float(c.logit_scale), "checkpoint ", path,
-              " holds a model whose logits are scaled by ", m.logit_scale,
-              " but the config asks for model.logit_scale = ", c.logit_scale);
-  TRIAD_CHECK(float(m.residual_scale) == float(c.residual_scale), "checkpoint ", path,
-              " holds a model whose branches' outputs are scaled by ", m.residual_scale,
-              " but the config asks for model.residual_scale = ", c.residual_scale);
-  TRIAD_CHECK(float(m.embed_scale) == float(c.embed_scale), "checkpoint ", path,
-              " holds a model whose embedding is scaled by ", m.embed_scale,
-              " but the config asks for model.embed_scale = ", c.embed_scale);
+  // The model's scalars (fp32 in the model: compared as such).
+  struct Scalar {
+    double held, asked;
+    const char *what, *key, *none;
+  };
+  for (const Scalar& s :
+       {Scalar{m.logit_softcap, c.logit_softcap, "logits are capped at", "logit_softcap",
+               " (0: none)"},
+        Scalar{m.attn_softcap, c.attn_softcap, "attention scores are capped at", "attn_softcap",
+               " (0: none)"},
+        Scalar{m.logit_scale, c.logit_scale, "logits are scaled by", "logit_scale", ""},
+        Scalar{m.residual_scale, c.residual_scale, "branches' outputs are scaled by",
+               "residual_scale", ""},
+        Scalar{m.embed_scale, c.embed_scale, "embedding is scaled by", "embed_scale", ""}})
+    TRIAD_CHECK(float(s.held) == float(s.asked), "checkpoint ", path, " holds a model whose ",
+                s.what, " ", s.held, s.none, " but the config asks for model.", s.key, " = ",
+                s.asked);
   TRIAD_CHECK(m.parallel_residual == c.parallel_residual, "checkpoint ", path, " holds a model ",
               m.parallel_residual ? "with" : "without", " parallel attention and MLP but the ",
               "config asks for model.parallel_residual = ", c.parallel_residual ? "true" : "false");

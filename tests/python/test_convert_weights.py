@@ -918,12 +918,16 @@ GEMMA_ARGS = ["--model.position", "rope", "--model.rope_theta", "500", "--model.
               "--model.norm_eps", "1e-06", "--model.embed_scale", "8"]
 
 
+# The sizes of the Gemma and Gemma 2 models below (GEMMA_ARGS').
+GEMMA_SIZES = dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                   num_attention_heads=4, num_key_value_heads=2, head_dim=24,
+                   max_position_embeddings=N_POS, rms_norm_eps=1e-6, rope_theta=500.0,
+                   hidden_activation="gelu_pytorch_tanh", pad_token_id=None)
+
+
 def gemma_model(**config):
-    return tiny_hf(transformers.GemmaForCausalLM, transformers.GemmaConfig, 29, dict(
-        vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=24,
-        max_position_embeddings=N_POS, rms_norm_eps=1e-6, rope_theta=500.0,
-        hidden_activation="gelu_pytorch_tanh", pad_token_id=None), config)
+    return tiny_hf(transformers.GemmaForCausalLM, transformers.GemmaConfig, 29, GEMMA_SIZES,
+                   config)
 
 
 def test_gemma_imports_and_evaluates_as_transformers(imported, tmp_path):
@@ -988,13 +992,9 @@ GEMMA2_ARGS = GEMMA_ARGS + ["--model.branch_norm", "true", "--model.attn_scale",
 
 def gemma2_model(**config):
     return tiny_hf(transformers.Gemma2ForCausalLM, transformers.Gemma2Config, 31, dict(
-        vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=24,
-        max_position_embeddings=N_POS, rms_norm_eps=1e-6, rope_theta=500.0,
-        hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=16,
-        attn_logit_softcapping=1.0, final_logit_softcapping=3.0, sliding_window=8,
-        attn_implementation="eager", use_cache=False, cache_implementation=None,
-        pad_token_id=None), config)
+        **GEMMA_SIZES, query_pre_attn_scalar=16, attn_logit_softcapping=1.0,
+        final_logit_softcapping=3.0, sliding_window=8,
+        attn_implementation="eager", use_cache=False, cache_implementation=None), config)
 
 
 def test_gemma2_imports_and_evaluates_as_transformers(imported, tmp_path):

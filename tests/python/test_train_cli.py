@@ -833,35 +833,21 @@ def test_damaged_checkpoints(tmp_path):
                              "--run.name", "b"), "n_embd")
     assert_clean_error(train("--config", cfg, "--eval-only", "--resume", good,
                              "--model.n_layer", "3"), "n_layer")
-    # A window the checkpoint's model does not have.
-    assert_clean_error(train("--config", cfg, "--eval-only", "--resume", good,
-                             "--model.sliding_window", "4"),
-                       "attention window is the whole context", "model.sliding_window = 4")
-    # ... or a cap on its logits it does not have.
-    assert_clean_error(train("--config", cfg, "--eval-only", "--resume", good,
-                             "--model.logit_softcap", "30"),
-                       "logits are capped at 0", "model.logit_softcap = 30")
-    assert_clean_error(train("--config", cfg, "--eval-only", "--resume", good,
-                             "--model.attn_softcap", "50"),
-                       "attention scores are capped at 0", "model.attn_softcap = 50")
-    assert_clean_error(train("--config", cfg, "--eval-only", "--resume", good,
-                             "--model.residual_scale", "0.2"),
-                       "branches' outputs are scaled by 1", "model.residual_scale = 0.2")
-    assert_clean_error(train("--config", cfg, "--eval-only", "--resume", good,
-                             "--model.attn_scale", "0.01"),
-                       "attention scale is 0", "model.attn_scale = 0.01")
-    assert_clean_error(train("--config", cfg, "--eval-only", "--resume", good,
-                             "--model.mup_base_width", "16"),
-                       "μP base width 0", "model.mup_base_width = 16")
-    assert_clean_error(train("--config", cfg, "--eval-only", "--resume", good,
-                             "--model.embed_scale", "2"),
-                       "embedding is scaled by 1", "model.embed_scale = 2")
-    assert_clean_error(train("--config", cfg, "--eval-only", "--resume", good,
-                             "--model.parallel_residual", "true"),
-                       "without parallel attention and MLP", "model.parallel_residual = true")
-    assert_clean_error(train("--config", cfg, "--eval-only", "--resume", good,
-                             "--model.branch_norm", "true"),
-                       "without norms on the branches' outputs", "model.branch_norm = true")
+    # Model options the checkpoint's model does not have: a window, caps, scales, μP, parallel
+    # blocks, branch norms; each named with what the checkpoint holds.
+    for key, value, held in (
+            ("sliding_window", "4", "attention window is the whole context"),
+            ("logit_softcap", "30", "logits are capped at 0"),
+            ("attn_softcap", "50", "attention scores are capped at 0"),
+            ("residual_scale", "0.2", "branches' outputs are scaled by 1"),
+            ("logit_scale", "0.5", "logits are scaled by 1"),
+            ("attn_scale", "0.01", "attention scale is 0"),
+            ("mup_base_width", "16", "μP base width 0"),
+            ("embed_scale", "2", "embedding is scaled by 1"),
+            ("parallel_residual", "true", "without parallel attention and MLP"),
+            ("branch_norm", "true", "without norms on the branches' outputs")):
+        assert_clean_error(train("--config", cfg, "--eval-only", "--resume", good,
+                                 f"--model.{key}", value), held, f"model.{key} = {value}")
 
 
 def test_init_from_eval_only_and_generate(tmp_path):
