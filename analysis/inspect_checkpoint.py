@@ -98,6 +98,8 @@ def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
             p + "mlp/c_fc/weight": (4 * C, C), p + "mlp/c_fc/bias": (4 * C,),
             p + "mlp/c_proj/weight": (C, 4 * C), p + "mlp/c_proj/bias": (C,),
         })
+        if int(a.get("shared_norm", 0)) == 1:  # model.shared_norm: ln_1 serves both branches
+            del s[p + "ln_2/weight"], s[p + "ln_2/bias"]
         if int(a.get("branch_norm", 0)) == 1:  # model.branch_norm: the branches' output norms
             for n in ("ln_attn_out", "ln_mlp_out"):
                 s.update({p + n + "/weight": (C,), p + n + "/bias": (C,)})
@@ -318,7 +320,8 @@ def _check(rep: Report) -> None:
                                      and math.isfinite(ma["rope_theta"]) and ma["rope_theta"] > 1):
         P.append(f"/model attribute rope_theta = {ma['rope_theta']!r}, not a finite number > 1")
     for flag, absent in (("bias", 1), ("tie_embeddings", 1), ("qk_norm", 0), ("qkv_bias", 0),
-                         ("norm_bias", 0), ("parallel_residual", 0), ("branch_norm", 0)):
+                         ("norm_bias", 0), ("parallel_residual", 0), ("branch_norm", 0),
+                         ("shared_norm", 0)):
         if ma.get(flag, absent) not in (0, 1):
             P.append(f"/model attribute {flag} = {ma[flag]!r}, expected 0 or 1")
     if not (isinstance(ma.get("mlp_hidden", 1), int) and ma.get("mlp_hidden", 1) >= 1):

@@ -675,6 +675,10 @@ CheckpointState read_state(hid_t file) {
   s.model.norm_bias = flag("norm_bias", 0);
   s.model.parallel_residual = flag("parallel_residual", 0);
   s.model.branch_norm = flag("branch_norm", 0);
+  s.model.shared_norm = flag("shared_norm", 0);
+  TRIAD_CHECK(!s.model.shared_norm || s.model.parallel_residual,
+              "attribute shared_norm of /model is 1 without parallel_residual (one norm serves "
+              "parallel branches only)");
   TRIAD_CHECK(!(s.model.norm_bias && s.model.bias),
               "attributes bias and norm_bias of /model are both 1 (norm_bias goes with bias 0)");
   TRIAD_CHECK(!(s.model.norm_bias && s.model.norm == "rmsnorm"),
@@ -1167,6 +1171,7 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
             io::write_double_attr(model, "embed_scale", state.model.embed_scale);
           if (state.model.parallel_residual) io::write_int64_attr(model, "parallel_residual", 1);
           if (state.model.branch_norm) io::write_int64_attr(model, "branch_norm", 1);
+          if (state.model.shared_norm) io::write_int64_attr(model, "shared_norm", 1);
           if (state.model.n_kv_head > 0)  // 0: not given (n_head)
             io::write_int64_attr(model, "n_kv_head", state.model.n_kv_head);
         }

@@ -89,6 +89,7 @@ bool has_tensor(const GptShape& shape, const std::string& suffix) {
   if (suffix.starts_with("ln_attn_out/") || suffix.starts_with("ln_mlp_out/")) {
     if (!shape.branch_norm) return false;
   }
+  if (suffix.starts_with("ln_2/") && shape.shared_norm) return false;  // ln_1 serves both
   if (!suffix.ends_with("/bias")) return true;
   if (!shape.bias)
     return (shape.qkv_bias && suffix == "attn/c_attn/bias") ||

@@ -119,6 +119,7 @@ struct Gpt::Activations {
   A *dbranch = nullptr, *dscaled = nullptr;
   // The layers' backward scratch (null on a pipeline stage without layers).
   A *dln = nullptr, *datty = nullptr, *dqkv = nullptr, *dfch = nullptr, *dfch_gelu = nullptr;
+  A* dln_mlp = nullptr;  // model.shared_norm: the MLP's part of the shared norm's gradient
   // Recomputation: the GELU output every layer shares (gelu), or the one layer whose internals
   // every layer shares (full; its residual3 is unused).
   A* gelu_work = nullptr;
@@ -245,9 +246,11 @@ struct Gpt::Activations {
         want_f(L.pn2_rstd, R);
       }
       want(L.residual2, R * C);
-      if (!sp) want(L.ln2, R * C);
-      if (means) want_f(L.ln2_mean, R);
-      want_f(L.ln2_rstd, R);
+      if (!s.shared_norm) {  // (shared: the MLP reads ln_1's output)
+        if (!sp) want(L.ln2, R * C);
+        if (means) want_f(L.ln2_mean, R);
+        want_f(L.ln2_rstd, R);
+      }
       want(L.fch, XRl * Fl);
       if (gelu_out) want(L.fch_gelu, XRl * Hl);
       if (moe) {
@@ -268,7 +271,7 @@ struct Gpt::Activations {
       if (moe && shared_gate) want_f(L.sh_gate, BT);
       if (sp) {
         want(L.ln1g, BT * C);
-        want(L.ln2g, BT * C);
+        if (!s.shared_norm) want(L.ln2g, BT * C);
       }
     };
     sets.resize(slots.size());
@@ -326,6 +329,7 @@ struct Gpt::Activations {
     }
     if (!inference && mp.rank_layers(s.n_layer) > 0) {  // the layers' backward scratch
       want(dln, BT * C);
+      if (s.shared_norm) want(dln_mlp, R * C);
       want(datty, BT * Al);
       if (!split_backward) want(dqkv, BT * Wl);  // else each layer's own
       if (kFp32) want_f(datt_scratch, att);
@@ -400,6 +404,10 @@ struct Gpt::Activations {
       } else {
         L.ln1g = L.ln1;
         L.ln2g = L.ln2;
+      }
+      if (s.shared_norm) {  // the MLP's input is ln_1's output
+        L.ln2 = L.ln1;
+        L.ln2g = L.ln1g;
       }
     };
     alias(work);

@@ -374,12 +374,14 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   add_activation_sums<A>(1 + 3 * size_t(l), {att_out}, size_t(n) * C);
   if (shape_.parallel_residual) {  // ln_2 of the layer's input; residual2 the first branch's sum
     be_.add(L.residual2, x, att_out, size_t(n) * C);
-    be_.layernorm_forward(L.ln2, L.ln2_mean, L.ln2_rstd, x, w.ln2w, w.ln2b, n, C, shape_.norm_eps);
+    if (!shape_.shared_norm)  // (shared: L.ln2 is ln_1's output)
+      be_.layernorm_forward(L.ln2, L.ln2_mean, L.ln2_rstd, x, w.ln2w, w.ln2b, n, C,
+                            shape_.norm_eps);
   } else {
     be_.residual_layernorm_forward(L.residual2, L.ln2, L.ln2_mean, L.ln2_rstd, x, att_out, w.ln2w,
                                    w.ln2b, n, C, shape_.norm_eps);
   }
-  const A* ln2 = gather_rows(L.ln2, L.ln2g, N);
+  const A* ln2 = shape_.shared_norm ? ln1 : gather_rows(L.ln2, L.ln2g, N);
   const int Hl = shape_.hidden() / mp_.tp;
   if (shape_.moe_layer(l)) {
     moe_front<A>(L, l, ln2, w, N);
@@ -672,10 +674,14 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
       linear_backward(fp8_site(first_layer + i, 2), dpart, wgrad(gr.fcw), wgrad(gr.fcb), dfch,
                       L.ln2g, w.fcw, N, C, Fl, kSet);
     reduce_rows(dpart, a.dln, N);
+    // model.shared_norm: the gradient of the norm's output, the MLP's part, is kept for the
+    // attention's to join before the one norm's backward.
+    if (shape_.shared_norm) be_.copy(words(a.dln_mlp), words(a.dln), word_count<A>(size_t(n) * C));
     // ln_2's backward adds its input's gradient to dresidual: that of residual2, or under
     // parallel_residual of x, which the attention branch's output gradient must not see (both
     // branches' is the layer output's): it runs after attn.c_proj's backward has read it.
     auto ln2_backward = [&] {
+      if (shape_.shared_norm) return;
       layernorm_backward(a.dresidual, gr.ln2w, gr.ln2b, a.dln,
                          shape_.parallel_residual ? x_in : L.residual2, w.ln2w, L.ln2_mean,
                          L.ln2_rstd, n);
@@ -705,6 +711,7 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     linear_backward(fp8_site(first_layer + i, 0), dpart, wgrad(gr.qkvw), wgrad(gr.qkvb), dqkv,
                     L.ln1g, w.qkvw, N, C, Wl, kSet);
     reduce_rows(dpart, a.dln, N);
+    if (shape_.shared_norm) be_.add(a.dln, a.dln, a.dln_mlp, size_t(n) * C);
     layernorm_backward(a.dresidual, gr.ln1w, gr.ln1b, a.dln, x_in, w.ln1w, L.ln1_mean, L.ln1_rstd,
                        n);
     if (grad_hook_)

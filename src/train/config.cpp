@@ -94,6 +94,9 @@ class KeyTable {
     add("model.parallel_residual", c.model.parallel_residual,
         "attention and MLP side by side: x + attn(ln_1(x)) + mlp(ln_2(x)) (GPT-J, GPT-NeoX, "
         "PaLM) instead of one after the other");
+    add("model.shared_norm", c.model.shared_norm,
+        "with model.parallel_residual: one norm for both branches, x + attn(ln_1(x)) + "
+        "mlp(ln_1(x)) (GPT-J, Phi-2, Cohere, Falcon-7B); no ln_2 tensors");
     add("model.branch_norm", c.model.branch_norm,
         "a norm (of model.norm's kind) on each branch's output before its residual add: x + "
         "norm(attn(ln_1(x))) (Gemma 2 and 3's sandwich norms)");
@@ -847,6 +850,8 @@ void validate(const Config& c, int world_size) {
         "model.logit_scale", "must be in (0, 1e4] (1: none)");
   check(std::isfinite(m.residual_scale) && m.residual_scale > 0 && m.residual_scale <= 1e4,
         "model.residual_scale", "must be in (0, 1e4] (1: none)");
+  check(!m.shared_norm || m.parallel_residual, "model.shared_norm",
+        "needs model.parallel_residual = true (one norm serves parallel branches only)");
   check(std::isfinite(m.attn_scale) && m.attn_scale >= 0 && m.attn_scale <= 100, "model.attn_scale",
         "must be in [0, 100] (0: 1/sqrt(head width))");
   check(m.mup_base_width >= 0 && m.mup_base_width <= (1 << 20), "model.mup_base_width",

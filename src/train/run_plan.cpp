@@ -101,6 +101,7 @@ GptShape gpt_shape(const Config& cfg) {
   s.embed_scale = float(m.embed_scale);
   s.parallel_residual = m.parallel_residual;
   s.branch_norm = m.branch_norm;
+  s.shared_norm = m.shared_norm;
   s.attn_scale = float(m.attn_scale);
   s.mup_base_width = m.mup_base_width;
   s.window_scheduled = parse_window_warmup(cfg.train.window_warmup, m).on();

@@ -531,6 +531,7 @@ CheckpointState Trainer::State::checkpoint_state() const {
   st.model.embed_scale = cfg.model.embed_scale;
   st.model.parallel_residual = cfg.model.parallel_residual;
   st.model.branch_norm = cfg.model.branch_norm;
+  st.model.shared_norm = cfg.model.shared_norm;
   st.model.attn_scale = cfg.model.attn_scale;
   st.model.mup_base_width = cfg.model.mup_base_width;
   st.model.norm_eps = cfg.model.norm_eps;
@@ -659,6 +660,9 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
   TRIAD_CHECK(m.parallel_residual == c.parallel_residual, "checkpoint ", path, " holds a model ",
               m.parallel_residual ? "with" : "without", " parallel attention and MLP but the ",
               "config asks for model.parallel_residual = ", c.parallel_residual ? "true" : "false");
+  TRIAD_CHECK(m.shared_norm == c.shared_norm, "checkpoint ", path, " holds a model ",
+              m.shared_norm ? "with" : "without", " one norm for both parallel branches but the ",
+              "config asks for model.shared_norm = ", c.shared_norm ? "true" : "false");
   TRIAD_CHECK(m.branch_norm == c.branch_norm, "checkpoint ", path, " holds a model ",
               m.branch_norm ? "with" : "without", " norms on the branches' outputs but the ",
               "config asks for model.branch_norm = ", c.branch_norm ? "true" : "false");

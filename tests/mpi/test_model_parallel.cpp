@@ -618,6 +618,14 @@ TEST(ModelParallel, ParallelResidualMatchesOneRankOnEveryGrid) {
                 {"full", "gelu"}, true, Grid{1, 2, 2, 0, 2, "1f1b", 1});
 }
 
+// One norm for both parallel branches (model.shared_norm): the MLP reads ln_1's output (gathered
+// once under sequence parallelism), and ln_1's backward takes the sum of both branches' input
+// gradients, each reduced over the tensor-parallel group. The same grids.
+TEST(ModelParallel, SharedNormMatchesOneRankOnEveryGrid) {
+  check_variant("sharednorm", {"--model.parallel_residual", "true", "--model.shared_norm", "true"},
+                block_variant_grids(), {"full", "gelu"}, true, Grid{1, 2, 2, 0, 2, "1f1b", 1});
+}
+
 // Norms on the branches' outputs (model.branch_norm, Gemma 2's sandwich norms; LayerNorms with
 // biases here): replicated tensors whose gradients are partial sums over the rows a
 // sequence-parallel rank holds, and branch outputs each layer keeps for their backward (the MLP's

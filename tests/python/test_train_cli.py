@@ -144,6 +144,7 @@ def test_help_lists_every_key_with_defaults():
     (["--model.attn_softcap", "-50"], ["model.attn_softcap", "[0, 1e4]"]),
     (["--model.logit_scale", "0"], ["model.logit_scale", "(0, 1e4]"]),
     (["--model.residual_scale", "inf"], ["model.residual_scale", "(0, 1e4]"]),
+    (["--model.shared_norm", "true"], ["model.shared_norm", "model.parallel_residual = true"]),
     (["--model.attn_scale", "-0.1"], ["model.attn_scale", "[0, 100]"]),
     (["--model.mup_base_width", "-64"], ["model.mup_base_width", "[0, 2^20]"]),
     (["--model.mup_base_width", "16", "--optim.name", "sgd"],
@@ -789,6 +790,8 @@ def test_damaged_checkpoints(tmp_path):
             ("embed_scale", {"embed_scale": -2.0}, "attribute embed_scale of /model is -2"),
             ("parallel", {"parallel_residual": 2}, "attribute parallel_residual of /model is 2"),
             ("branch", {"branch_norm": 2}, "attribute branch_norm of /model is 2"),
+            ("shared", {"shared_norm": 1}, "attribute shared_norm of /model is 1 without "
+             "parallel_residual"),
             ("tied", {"tie_embeddings": 3}, "attribute tie_embeddings of /model is 3"),
             ("hidden", {"mlp_hidden": 0}, "attribute mlp_hidden of /model is 0"),
             ("kv", {"n_kv_head": 3}, "attribute n_kv_head of /model is 3"),

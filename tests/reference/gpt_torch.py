@@ -98,6 +98,8 @@ class GptConfig:
     # model.branch_norm: x + norm(attn(ln_1(x))), the branches' outputs normalized before their
     # residual adds (Gemma 2's and 3's sandwich norms).
     branch_norm: bool = False
+    # model.shared_norm (with parallel_residual): the MLP reads ln_1's output; no ln_2.
+    shared_norm: bool = False
     # model.attn_scale: the attention scores' scale (0: 1/sqrt(head width)).
     attn_scale: float = 0.0
     # model.mup_base_width: μP relative to a base model this wide (0: off); m = n_embd / it.
@@ -200,9 +202,10 @@ def param_shapes(cfg: GptConfig) -> Dict[str, tuple]:
             shapes[p + "attn/k_norm/weight"] = (cfg.head_dim,)
         shapes[p + "attn/c_proj/weight"] = (C, cfg.attn_width)
         shapes[p + "attn/c_proj/bias"] = (C,)
-        shapes[p + "ln_2/weight"] = (C,)
-        if not rms:
-            shapes[p + "ln_2/bias"] = (C,)
+        if not cfg.shared_norm:
+            shapes[p + "ln_2/weight"] = (C,)
+            if not rms:
+                shapes[p + "ln_2/bias"] = (C,)
         if cfg.branch_norm:
             for n in ("ln_attn_out", "ln_mlp_out"):
                 shapes[p + n + "/weight"] = (C,)
@@ -658,7 +661,7 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor,
             a = a * float(np.float32(cfg.residual_scale))
         # model.parallel_residual (GPT-J's, GPT-NeoX's): ln_2 reads the layer's input, and both
         # branches add to it, (x + a) + m.
-        h = norm(params, cfg, p + "ln_2", x)
+        h = h if cfg.shared_norm else norm(params, cfg, p + "ln_2", x)
         x = x + a
         if not cfg.parallel_residual:
             h = norm(params, cfg, p + "ln_2", x)
@@ -1058,6 +1061,8 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
             m.attrs.create("parallel_residual", i64(1), dtype="<i8")
         if cfg.branch_norm:
             m.attrs.create("branch_norm", i64(1), dtype="<i8")
+        if cfg.shared_norm:
+            m.attrs.create("shared_norm", i64(1), dtype="<i8")
         if cfg.attn_scale:
             m.attrs.create("attn_scale", np.float64(cfg.attn_scale), dtype="<f8")
         if cfg.mup_base_width:
@@ -1124,6 +1129,7 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                         embed_scale=float(a.get("embed_scale", 1.0)),
                         parallel_residual=int(a.get("parallel_residual", 0)) == 1,
                         branch_norm=int(a.get("branch_norm", 0)) == 1,
+                        shared_norm=int(a.get("shared_norm", 0)) == 1,
                         attn_scale=float(a.get("attn_scale", 0.0)),
                         mup_base_width=int(a.get("mup_base_width", 0)),
                         moe_experts=int(a.get("moe_experts", 0)),

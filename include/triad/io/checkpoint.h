@@ -125,6 +125,9 @@ struct ModelShape {
   bool parallel_residual = false;
   // Attribute branch_norm (int64 1 | 0; absent: 0; written when 1): GptShape::branch_norm.
   bool branch_norm = false;
+  // Attribute shared_norm (int64 1 | 0; absent: 0; written when 1; only with parallel_residual):
+  // GptShape::shared_norm.
+  bool shared_norm = false;
   // Attribute attn_scale (double: the attention scores' scale; absent or 0: 1/sqrt(head width);
   // written when > 0).
   double attn_scale = 0;

@@ -159,6 +159,9 @@ struct GptShape {
   // Parallel attention and MLP (model.parallel_residual; GPT-J's, GPT-NeoX's, PaLM's): ln_2
   // reads the layer's input x, and the layer's output is (x + attn(ln_1(x))) + mlp(ln_2(x)).
   bool parallel_residual = false;
+  // One norm for both parallel branches (model.shared_norm, with parallel_residual; GPT-J's,
+  // Phi-2's, Cohere's, Falcon-7B's): the MLP reads ln_1's output, and there are no ln_2 tensors.
+  bool shared_norm = false;
   // A norm on each branch's output before its residual add (model.branch_norm; Gemma 2's and
   // Gemma 3's "sandwich" norms, Swin v2's and CogView's): residual2 = x + ln_attn_out(attn(..)),
   // residual3 = residual2 + ln_mlp_out(mlp(..)), each norm of the kind and the biases ln_1 has
