@@ -1,6 +1,6 @@
 """Weights and tokenizers in and out of triad: Hugging Face transformers models (config.json +
 safetensors; GPT-2, Llama, Mistral, Qwen2, Qwen3, Mixtral, Qwen2-MoE, Qwen3-MoE, Nemotron,
-StableLM, Gemma, Gemma 2, Granite, GraniteMoE, GPT-NeoX, Falcon) and llm.c
+StableLM, Gemma, Gemma 2, Granite, GraniteMoE, Cohere, GPT-NeoX, Falcon) and llm.c
 model files (gpt2_124M.bin and the like) to a triad checkpoint, a triad checkpoint to either,
 and Hugging Face or Meta tokenizers to a triad tokenizer description (hf_tokenizer.py).
 
@@ -56,6 +56,10 @@ What the formats hold and how they map (docs/formats.md, "Weights from other pro
   logits_scaling (the logits divided by it: model.logit_scale = 1 / it). GraniteMoE's: Granite's
   with Mixtral's routing, each layer's experts fused: input_linear [E, 2H, C] (gate | up),
   output_linear [E, C, H], router.layer.
+- HF Cohere (Command-R, Aya): parallel attention and MLP on one LayerNorm's output without biases
+  (model.parallel_residual, model.shared_norm), SwiGLU, no linear biases, the logits times
+  logit_scale (model.logit_scale), and rope on interleaved pairs (2i, 2i + 1) of each head, which
+  q's and k's rows are reordered into triad's pairs (i, i + hd/2) for (the scores are the same).
 - HF GPT-NeoX (Pythia): GPT-2's tensors under other names, q, k and v interleaved by head in
   query_key_value ([heads, 3, head width] rows, reordered into c_attn's q | k | v), rope on
   rotary_pct of each head (model.rotary_dim), parallel attention and MLP
@@ -187,6 +191,8 @@ class Dims:
     # (model.attn_scale; 0: 1/sqrt(head width)), and soft caps on the scores (model.attn_softcap)
     # and on the logits (model.logit_softcap); 0: none.
     branch_norm: bool = False
+    # One norm for both parallel branches (model.shared_norm): Cohere's.
+    shared_norm: bool = False
     attn_scale: float = 0.0
     attn_softcap: float = 0.0
     logit_softcap: float = 0.0
@@ -210,6 +216,12 @@ class Dims:
         if self.granite_moe or self.multiplied:
             return "granitemoe"
         return "qwen2_moe" if self.moe_shared_gate else "qwen3_moe" if self.qk_norm else "mixtral"
+
+    @property
+    def cohere(self) -> bool:
+        """Cohere's blocks: parallel SwiGLU and attention on one LayerNorm (its rope pairs
+        interleaved in HF's q and k rows)."""
+        return self.shared_norm and self.mlp == "swiglu" and self.norm == "layernorm"
 
     @property
     def multiplied(self) -> bool:
@@ -252,6 +264,7 @@ class Dims:
             not self.qk_norm and not self.qkv_bias and not self.head_dim and \
             not self.sliding_window and not self.moe_experts and not self.norm_bias and \
             not self.parallel_residual and self.embed_scale == 1.0 and not self.branch_norm \
+            and not self.shared_norm \
             and not self.attn_scale and not self.attn_softcap and not self.logit_softcap \
             and self.residual_scale == 1.0 and self.logit_scale == 1.0
 
@@ -297,6 +310,8 @@ class Dims:
                 a["parallel_residual"] = 1
             if self.branch_norm:  # model.branch_norm (absent: 0)
                 a["branch_norm"] = 1
+            if self.shared_norm:  # model.shared_norm (absent: 0)
+                a["shared_norm"] = 1
             for k in ("attn_scale", "attn_softcap", "logit_softcap"):  # (absent: 0)
                 if getattr(self, k):
                     a[k] = float(getattr(self, k))
@@ -353,6 +368,8 @@ class Dims:
                 keys["parallel_residual"] = "true"
             if self.branch_norm:
                 keys["branch_norm"] = "true"
+            if self.shared_norm:
+                keys["shared_norm"] = "true"
             for k in ("attn_scale", "attn_softcap", "logit_softcap"):
                 if getattr(self, k):
                     keys[k] = repr(float(getattr(self, k)))
@@ -531,6 +548,8 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         return gemma_config_dims(cfg, where, seq_len)
     if kind == "gpt_neox":
         return neox_config_dims(cfg, where, seq_len)
+    if kind == "cohere":
+        return cohere_config_dims(cfg, where, seq_len)
     if kind == "falcon":
         return falcon_config_dims(cfg, where, seq_len)
     if kind in UNBUILT_MOE:
@@ -543,7 +562,7 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                            f"('phi3'), Qwen2 ('qwen2'), Qwen2-MoE ('qwen2_moe'), Qwen3 ('qwen3'), "
                            f"Qwen3-MoE ('qwen3_moe'), Nemotron ('nemotron'), StableLM "
                            f"('stablelm'), Gemma ('gemma', 'gemma2'), Granite ('granite', "
-                           f"'granitemoe'), "
+                           f"'granitemoe'), Cohere ('cohere'), "
                            f"GPT-NeoX ('gpt_neox') and Falcon "
                            f"('falcon') models")
     try:
@@ -742,6 +761,54 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
              **granite)
     d.check(where)
     return d
+
+
+def cohere_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
+    """A Hugging Face Cohere config (CohereForCausalLM: Command-R, Aya) as triad's model: rope
+    (its interleaved pairs reordered on import), parallel attention and SwiGLU on one LayerNorm
+    without biases (model.parallel_residual, model.shared_norm), no linear biases, grouped-query
+    attention or not, the logits times logit_scale (model.logit_scale, fp32), tied or not;
+    refused where triad computes something else (QK-norm, biases, rope scaling)."""
+    c = LlamaLikeConfig(cfg, where, "layer_norm_eps", 1e-5)
+    refusals = c.refusals
+    if cfg.get("hidden_act", "silu") != "silu":
+        refusals.append(f"hidden_act {cfg.get('hidden_act')!r} (Cohere's SwiGLU uses silu)")
+    for key, why in (("use_qk_norm", "a LayerNorm of each q and k head"),
+                     ("attention_bias", "biases on q, k, v and o"),
+                     ("rope_scaling", "a rope scaling")):
+        if cfg.get(key):
+            refusals.append(f"{key} = {cfg[key]} ({why}, which triad's Cohere does not have)")
+    if c.n_embd % max(c.n_head, 1) or (c.n_embd // max(c.n_head, 1)) % 2:
+        refusals.append(f"hidden_size {c.n_embd} over {c.n_head} heads (rope needs an even head "
+                        f"width)")
+    try:
+        scale = float(cfg.get("logit_scale", 1.0))
+    except (TypeError, ValueError):
+        raise ConvertError(f"{where}: logit_scale must be a number")
+    if not (math.isfinite(scale) and 0 < scale <= 1e4):
+        refusals.append(f"logit_scale {scale} (triad's model.logit_scale is in (0, 1e4])")
+    refuse_or_check_positions(where, refusals, seq_len, c.n_pos, "max_position_embeddings")
+    d = Dims(c.n_layer, c.n_head, c.n_embd, seq_len or c.n_pos, c.vocab, position="rope",
+             rope_theta=c.theta, norm="layernorm", bias=False, mlp="swiglu", mlp_hidden=c.hidden,
+             tied=bool(cfg.get("tie_word_embeddings", True)), n_kv_head=c.kv, norm_eps=c.eps,
+             parallel_residual=True, shared_norm=True, logit_scale=float(np.float32(scale)))
+    d.check(where)
+    return d
+
+
+def interleaved_rope_order(d: Dims, t: str, a: np.ndarray, to_hf: bool = False) -> np.ndarray:
+    """c_attn's weight with each q and k head's rows from Cohere's rope pairs (2i, 2i + 1) to
+    triad's (i, i + hd/2): triad's row i is HF's 2i, row hd/2 + i HF's 2i + 1; or (to_hf) back.
+    v's rows stay. Only for Cohere's blocks (Dims.cohere)."""
+    if not (d.cohere and t.endswith("attn/c_attn/weight")):
+        return a
+    hd = d.hd
+    order = np.concatenate([np.arange(0, hd, 2), np.arange(1, hd, 2)])  # triad row r: HF order[r]
+    if to_hf:
+        order = np.argsort(order)
+    qk = (d.n_head + d.kv) * hd  # q's and k's rows, head by head
+    heads = a[:qk].reshape(d.n_head + d.kv, hd, -1)[:, order].reshape(qk, *a.shape[1:])
+    return np.concatenate([heads, a[qk:]])
 
 
 def granite_multipliers(cfg: dict, where: str, hd: int, refusals: list[str]) -> dict:
@@ -1146,8 +1213,9 @@ def llama_sources(d: Dims) -> dict[str, list[str]]:
             p + "attn/c_proj/weight": [h + "self_attn.o_proj.weight"],
             **({p + "attn/q_norm/weight": [h + "self_attn.q_norm.weight"],
                 p + "attn/k_norm/weight": [h + "self_attn.k_norm.weight"]} if d.qk_norm else {}),
-            p + "ln_2/weight": [h + ("pre_feedforward_layernorm.weight" if d.branch_norm else
-                                     "post_attention_layernorm.weight")],
+            **({} if d.shared_norm else {
+                p + "ln_2/weight": [h + ("pre_feedforward_layernorm.weight" if d.branch_norm else
+                                         "post_attention_layernorm.weight")]}),
         })
         if d.moe_layer(i) and d.moe_format in ("qwen2_moe", "qwen3_moe"):  # their sparse MLP
             m = h + "mlp."
@@ -1298,6 +1366,7 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
                  "granitemoe": "GraniteMoE"}.get(
             d.moe_format or "") or ("GPT-NeoX" if d.neox else "Falcon" if d.falcon else
                                     "Nemotron" if d.mlp == "relu2" else
+                                    "Cohere" if d.cohere else
                                     ("Gemma 2" if d.branch_norm else "Gemma")
                                     if d.mlp == "geglu" else
                                     "Granite" if cfg.get("model_type") == "granite" else
@@ -1407,6 +1476,7 @@ def llama_tensors(d: Dims, where: dict, directory: Path) -> Tensors:
             if d.norm_offset and is_norm_weight(t):  # LayerNorm1P's w - 1
                 a = a + np.float32(1)
             a = falcon_qkv_order(d, t, neox_qkv_order(d, t, a))
+            a = interleaved_rope_order(d, t, a)
             yield t, llama_query_order(d, t, a.reshape(want[t]))
 
     return tensors
@@ -1608,8 +1678,17 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
     # Granite's blocks: Llama's (SwiGLU), whose format alone holds the multipliers (the
     # embedding's, the scores', the residual branches' and the logits').
     granite = llama and not gemma
+    # Cohere's blocks: parallel SwiGLU and attention on one LayerNorm without biases.
+    cohere = (a.get("position"), a.get("norm"), int(a.get("bias", 1)), int(a.get("norm_bias", 0)),
+              int(a.get("parallel_residual", 0)), int(a.get("shared_norm", 0)), a.get("mlp")) == \
+        ("rope", "layernorm", 0, 0, 1, 1, "swiglu")
+    if int(a.get("shared_norm", 0)) and not cohere:
+        raise ConvertError(f"{path}: the model's parallel branches share one norm "
+                           f"(model.shared_norm) in blocks other than Cohere's (rope, a LayerNorm "
+                           f"without biases, SwiGLU, no linear biases); only Hugging Face's Cohere "
+                           f"of the export formats has such blocks")
     for key, what in (("residual_scale", "each branch's output"), ("logit_scale", "its logits")):
-        if float(a.get(key, 1.0)) != 1.0 and not granite:
+        if float(a.get(key, 1.0)) != 1.0 and not (granite or (cohere and key == "logit_scale")):
             raise ConvertError(f"{path}: the model multiplies {what} by {a[key]} (model.{key}) in "
                                f"blocks other than Llama's (rope, RMSNorm, SwiGLU, no biases); "
                                f"only Hugging Face's Granite holds such multipliers")
@@ -1650,7 +1729,7 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
                            f"than Nemotron's, StableLM's and GPT-NeoX's; the export formats for "
                            f"them (Hugging Face's Llama, Qwen2, Qwen3, Mistral and their "
                            f"mixtures) rotate all of them")
-    if int(a.get("parallel_residual", 0)) and not (neox or falcon):  # GPT-NeoX's, Falcon's
+    if int(a.get("parallel_residual", 0)) and not (neox or falcon or cohere):
         raise ConvertError(f"{path}: the model runs attention and MLP side by side "
                            f"(model.parallel_residual) in blocks other than GPT-NeoX's (rope, "
                            f"LayerNorms, GELU, biases) and Falcon's (rope, LayerNorms, GELU exact, "
@@ -1676,7 +1755,7 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
             raise ConvertError(f"{path}: the model's routers choose their experts with biases "
                                f"(/router_bias, train.moe_bias_rate); Hugging Face's Mixtral, "
                                f"Qwen2-MoE and Qwen3-MoE have none")
-    if llama or norm_biased or neox or falcon:
+    if llama or norm_biased or neox or falcon or cohere:
         return open_triad_llama(path, a)
     if int(a.get("sliding_window", 0)):
         raise ConvertError(f"{path}: the model attends to its last {a['sliding_window']} tokens "
@@ -1808,6 +1887,7 @@ def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
              norm_offset=mlp in ("relu2", "geglu"), mlp=mlp, mlp_hidden=int(a["mlp_hidden"]),
              embed_scale=float(a.get("embed_scale", 1.0)),
              branch_norm=int(a.get("branch_norm", 0)) == 1,
+             shared_norm=int(a.get("shared_norm", 0)) == 1,
              attn_scale=float(a.get("attn_scale", 0.0)),
              attn_softcap=float(a.get("attn_softcap", 0.0)),
              logit_softcap=float(a.get("logit_softcap", 0.0)),
@@ -1985,6 +2065,22 @@ def granite_hf_config(d: Dims) -> dict:
     return cfg
 
 
+def cohere_hf_config(d: Dims) -> dict:
+    """config.json for transformers' CohereForCausalLM computing what triad's model of Cohere's
+    blocks computes (the inverse of cohere_config_dims)."""
+    refuse_absent(d, "a model of Cohere's blocks (parallel SwiGLU and attention on one "
+                  "LayerNorm) exports as Hugging Face's Cohere",
+                  ("a c_attn bias (model.qkv_bias)", d.qkv_bias),
+                  ("heads of another width than n_embd / n_head (model.head_dim)", d.head_dim),
+                  ("partial rotary (model.rotary_dim)", d.rotary_dim),
+                  ("branch norms (model.branch_norm)", d.branch_norm),
+                  ("Granite's multipliers (model.embed_scale, attn_scale, residual_scale)",
+                   d.embed_scale != 1.0 or d.attn_scale or d.residual_scale != 1.0))
+    return llama_like_hf(d, "CohereForCausalLM", "cohere", layer_norm_eps=d.norm_eps,
+                         logit_scale=d.logit_scale, hidden_act="silu", attention_bias=False,
+                         use_qk_norm=False)
+
+
 def llama_like_hf(d: Dims, architecture: str, model_type: str, **keys) -> dict:
     """The config.json keys every Llama-like transformers class (LlamaLikeConfig's, read the
     other way) names alike, for d, with the class's own `keys` added."""
@@ -2028,6 +2124,8 @@ def llama_hf_config(d: Dims) -> dict:
     (QK-norm) or MixtralForCausalLM's (with a sliding window or not)."""
     if d.falcon:  # (before StableLM's and Nemotron's: its LayerNorms have biases too)
         return falcon_hf_config(d)
+    if d.cohere:  # (before Granite's: its logit scale is Cohere's too)
+        return cohere_hf_config(d)
     if d.norm_bias:
         return layernorm_hf_config(d)
     if d.mlp == "geglu":
@@ -2128,6 +2226,7 @@ def write_llama_hf(out: Path, d: Dims, tensors: Tensors, extra: dict[str, str] |
                 a = a - np.float32(1)
             a = neox_qkv_order(d, t, a, to_hf=True)
             a = llama_query_order(d, t, a, to_hf=True)
+            a = interleaved_rope_order(d, t, a, to_hf=True)
             if whole_experts(d, t):  # GraniteMoE's: the [E, rows, columns] tensor as it is
                 yield src[t][0], np.ascontiguousarray(a)
                 continue

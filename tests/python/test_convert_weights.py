@@ -985,6 +985,32 @@ def test_granite_moe_imports_and_evaluates_as_transformers(imported, tmp_path):
                    "residual_scale": float(np.float32(0.22)), "logit_scale": 0.125})
 
 
+COHERE_ARGS = ["--model.position", "rope", "--model.rope_theta", "500", "--model.norm",
+               "layernorm", "--model.bias", "false", "--model.mlp", "swiglu", "--model.mlp_hidden",
+               "176", "--model.n_head", "4", "--model.n_kv_head", "2", "--model.parallel_residual",
+               "true", "--model.shared_norm", "true", "--model.logit_scale", "0.25"]
+
+
+def cohere_model(**config):
+    return tiny_hf(transformers.CohereForCausalLM, transformers.CohereConfig, 43, dict(
+        vocab_size=V, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=N_POS,
+        layer_norm_eps=1e-5, rope_theta=500.0, logit_scale=0.25, use_qk_norm=False,
+        tie_word_embeddings=True, pad_token_id=None, bos_token_id=None, eos_token_id=None),
+        config)
+
+
+def test_cohere_imports_and_evaluates_as_transformers(imported, tmp_path):
+    """transformers' CohereForCausalLM (attention and SwiGLU side by side on one LayerNorm without
+    biases, 4 query heads over 2, rope on interleaved pairs, the tied head's logits times 1/4)
+    against triad's model.parallel_residual, model.shared_norm and model.logit_scale, q's and k's
+    rows reordered to triad's rope pairs: hf_round_trip (the export reorders them back, bit for
+    bit)."""
+    hf_round_trip(imported, tmp_path, cohere_model(), "Cohere", COHERE_ARGS, False,
+                  {"parallel_residual": 1, "shared_norm": 1, "logit_scale": 0.25, "bias": 0,
+                   "norm": "layernorm"})
+
+
 GEMMA2_ARGS = GEMMA_ARGS + ["--model.branch_norm", "true", "--model.attn_scale", "0.25",
                             "--model.attn_softcap", "1", "--model.logit_softcap", "3",
                             "--model.sliding_window", "8", "--model.full_attention_every", "2"]
@@ -1027,7 +1053,9 @@ def test_nemotron_stablelm_and_gemma_variants_triad_does_not_compute_are_refused
     branch norms or capped attention scores in blocks other than Gemma 2's, and Gemma 2's blocks
     whose window is not in every other layer. GPT-NeoX configs: without attention biases,
     another activation, an odd rotated count; Falcon's: alibi, sequential blocks, another
-    activation; Gemma 2's: a negative query_pre_attn_scalar or cap."""
+    activation; Gemma 2's: a negative query_pre_attn_scalar or cap; Cohere's: QK-norm, a
+    negative logit scale. Not exported either: one norm for parallel branches in blocks other
+    than Cohere's."""
     for make, bad, needle in (
             (nemotron_model, {"hidden_act": "gelu"}, "hidden_act 'gelu'"),
             (nemotron_model, {"attention_bias": True}, "attention_bias"),
@@ -1041,6 +1069,8 @@ def test_nemotron_stablelm_and_gemma_variants_triad_does_not_compute_are_refused
             (gemma_model, {"attention_bias": True}, "attention_bias"),
             (gemma2_model, {"query_pre_attn_scalar": -4}, "query_pre_attn_scalar -4"),
             (gemma2_model, {"attn_logit_softcapping": -1.0}, "attn_logit_softcapping -1.0"),
+            (cohere_model, {"use_qk_norm": True}, "use_qk_norm"),
+            (cohere_model, {"logit_scale": -1.0}, "logit_scale -1.0"),
             (neox_model, {"attention_bias": False}, "attention_bias = false"),
             (neox_model, {"hidden_act": "relu"}, "hidden_act 'relu'"),
             (neox_model, {"rotary_pct": 0.2}, "rotary_pct 0.2"),
@@ -1070,6 +1100,7 @@ def test_nemotron_stablelm_and_gemma_variants_triad_does_not_compute_are_refused
                          ({"position": "rope", "n_kv_head": 2}, "grouped-query attention"),
                          # Gemma 2's options in blocks whose formats hold none of them
                          ({"branch_norm": True}, "model.branch_norm"),
+                         ({"parallel_residual": True, "shared_norm": True}, "model.shared_norm"),
                          ({"attn_softcap": 30.0}, "model.attn_softcap"),
                          ({"mlp": "geglu", "position": "rope", "norm": "rmsnorm", "bias": False,
                            "embed_scale": 8.0, "branch_norm": True, "sliding_window": 8,
