@@ -134,13 +134,15 @@ def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
                     s[p + "shared/gate/weight"] = (1, C)
     if int(a.get("tie_embeddings", 1)) == 0:  # an output layer of its own
         s["lm_head/weight"] = (V, C)
+        if int(a.get("head_bias", 0)) == 1:  # model.head_bias
+            s["lm_head/bias"] = (V,)
     if int(a.get("bias", 1)) == 0:  # model.bias = false (model.qkv_bias: c_attn's kept;
         # model.norm_bias: the LayerNorms')
         keep = "attn/c_attn/bias" if int(a.get("qkv_bias", 0)) == 1 else None
         norms = int(a.get("norm_bias", 0)) == 1
         s = {k: v for k, v in s.items()
              if not k.endswith("/bias") or (keep is not None and k.endswith(keep))
-             or (norms and k.split("/")[-2].startswith("ln_"))}
+             or (norms and k.split("/")[-2].startswith("ln_")) or k == "lm_head/bias"}
     return s
 
 
@@ -321,7 +323,7 @@ def _check(rep: Report) -> None:
         P.append(f"/model attribute rope_theta = {ma['rope_theta']!r}, not a finite number > 1")
     for flag, absent in (("bias", 1), ("tie_embeddings", 1), ("qk_norm", 0), ("qkv_bias", 0),
                          ("norm_bias", 0), ("parallel_residual", 0), ("branch_norm", 0),
-                         ("shared_norm", 0)):
+                         ("shared_norm", 0), ("head_bias", 0)):
         if ma.get(flag, absent) not in (0, 1):
             P.append(f"/model attribute {flag} = {ma[flag]!r}, expected 0 or 1")
     if not (isinstance(ma.get("mlp_hidden", 1), int) and ma.get("mlp_hidden", 1) >= 1):

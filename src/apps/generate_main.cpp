@@ -228,6 +228,7 @@ int main(int argc, char** argv) {
     shape.parallel_residual = m.parallel_residual;
     shape.branch_norm = m.branch_norm;
     shape.shared_norm = m.shared_norm;
+    shape.head_bias = m.head_bias;
     shape.attn_scale = float(m.attn_scale);
     shape.mup_base_width = int(m.mup_base_width);
     shape.norm_eps = float(m.norm_eps);

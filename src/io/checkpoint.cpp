@@ -676,6 +676,9 @@ CheckpointState read_state(hid_t file) {
   s.model.parallel_residual = flag("parallel_residual", 0);
   s.model.branch_norm = flag("branch_norm", 0);
   s.model.shared_norm = flag("shared_norm", 0);
+  s.model.head_bias = flag("head_bias", 0);
+  TRIAD_CHECK(!s.model.head_bias || !s.model.tied,
+              "attribute head_bias of /model is 1 with a tied head (tie_embeddings 1)");
   TRIAD_CHECK(!s.model.shared_norm || s.model.parallel_residual,
               "attribute shared_norm of /model is 1 without parallel_residual (one norm serves "
               "parallel branches only)");
@@ -1172,6 +1175,7 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
           if (state.model.parallel_residual) io::write_int64_attr(model, "parallel_residual", 1);
           if (state.model.branch_norm) io::write_int64_attr(model, "branch_norm", 1);
           if (state.model.shared_norm) io::write_int64_attr(model, "shared_norm", 1);
+          if (state.model.head_bias) io::write_int64_attr(model, "head_bias", 1);
           if (state.model.n_kv_head > 0)  // 0: not given (n_head)
             io::write_int64_attr(model, "n_kv_head", state.model.n_kv_head);
         }

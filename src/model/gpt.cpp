@@ -351,10 +351,12 @@ std::vector<ParamSpec> gpt_rank_layout(const GptShape& shape, const ModelParalle
     b.add("ln_f/weight", {C}, -1, 1, false);
     if (has_tensor(shape, "ln_f/bias")) b.add("ln_f/bias", {C}, -1, 1, false);
     // The tied head's copy of wte (the first stage owns the values), or the untied head.
-    if (!shape.tied)
+    if (!shape.tied) {
       b.add("lm_head/weight", {Vp, C}, 0, 1, false);
-    else if (!mp.first_stage())
+      if (shape.head_bias) b.add("lm_head/bias", {Vp}, 0, 1, false);
+    } else if (!mp.first_stage()) {
       b.add("wte/weight", {Vp, C}, 0, 1, true);
+    }
   }
   return b.take();
 }
@@ -501,6 +503,7 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
     const auto& n = specs_[i].name;
     if (n == "wte/weight") (specs_[i].replica && mp.pp > 1 ? head_ : wte_) = int(i);
     if (n == "lm_head/weight") head_ = int(i);
+    if (n == "lm_head/bias") head_bias_index_ = int(i);
     if (n == "wpe/weight") wpe_ = int(i);
     if (n == "ln_f/weight") lnf_ = int(i);
     if (n.starts_with("h/") && n.ends_with("/ln_1/weight"))

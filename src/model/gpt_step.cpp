@@ -490,6 +490,11 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
   A* dpart = mp_.split_rows() ? a.full : S.dlnf;
   const bool head_frozen = !frozen_.empty() && frozen_[size_t(head_)];  // train.freeze
   float* head_grad = with_grad && !head_frozen ? grad_at(specs_[size_t(head_)].offset) : nullptr;
+  // model.head_bias's (the ops form a bias gradient only beside the weight's)
+  float* head_bias_grad = head_grad != nullptr && head_bias_index_ >= 0 &&
+                                  (frozen_.empty() || !frozen_[size_t(head_bias_index_)])
+                              ? grad_at(specs_[size_t(head_bias_index_)].offset)
+                              : nullptr;
   float* host = host_scratch_.data();  // planned in the constructor: no allocation per step
   // train.z_loss, in training only. The hit buffer holds log Z instead of the hits then (a
   // training step reads no accuracy), so the z-loss needs no memory of its own.
@@ -557,8 +562,8 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
       }
     }
     if (with_grad)  // dlogits sit in `logits`
-      linear_backward<A>(fp8_head_site(), dpart + size_t(r0) * C, head_grad, nullptr, logits, x,
-                         head_weight<A>(), rows, C, Vl, GradMode::overwrite);
+      linear_backward<A>(fp8_head_site(), dpart + size_t(r0) * C, head_grad, head_bias_grad, logits,
+                         x, head_weight<A>(), rows, C, Vl, GradMode::overwrite);
   }
   if (with_grad) reduce_rows(dpart, S.dlnf, N);
   if (mp_.tp == 1) {

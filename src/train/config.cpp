@@ -94,6 +94,9 @@ class KeyTable {
     add("model.parallel_residual", c.model.parallel_residual,
         "attention and MLP side by side: x + attn(ln_1(x)) + mlp(ln_2(x)) (GPT-J, GPT-NeoX, "
         "PaLM) instead of one after the other");
+    add("model.head_bias", c.model.head_bias,
+        "with model.tie_embeddings = false: a bias on the head's logits, lm_head/bias (Phi-2, "
+        "GPT-J)");
     add("model.shared_norm", c.model.shared_norm,
         "with model.parallel_residual: one norm for both branches, x + attn(ln_1(x)) + "
         "mlp(ln_1(x)) (GPT-J, Phi-2, Cohere, Falcon-7B); no ln_2 tensors");
@@ -850,6 +853,8 @@ void validate(const Config& c, int world_size) {
         "model.logit_scale", "must be in (0, 1e4] (1: none)");
   check(std::isfinite(m.residual_scale) && m.residual_scale > 0 && m.residual_scale <= 1e4,
         "model.residual_scale", "must be in (0, 1e4] (1: none)");
+  check(!m.head_bias || !m.tie_embeddings, "model.head_bias",
+        "needs model.tie_embeddings = false (the bias belongs to an output layer of its own)");
   check(!m.shared_norm || m.parallel_residual, "model.shared_norm",
         "needs model.parallel_residual = true (one norm serves parallel branches only)");
   check(std::isfinite(m.attn_scale) && m.attn_scale >= 0 && m.attn_scale <= 100, "model.attn_scale",

@@ -102,6 +102,7 @@ GptShape gpt_shape(const Config& cfg) {
   s.parallel_residual = m.parallel_residual;
   s.branch_norm = m.branch_norm;
   s.shared_norm = m.shared_norm;
+  s.head_bias = m.head_bias;
   s.attn_scale = float(m.attn_scale);
   s.mup_base_width = m.mup_base_width;
   s.window_scheduled = parse_window_warmup(cfg.train.window_warmup, m).on();

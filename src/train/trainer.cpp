@@ -178,13 +178,14 @@ std::vector<float> Trainer::parameters() const {
   }
   s.grid.all().all_reduce_sum(out.data(), out.size());
   // wte's padding rows (their number depends on tp) are not parameters: drop them, and an
-  // untied head's (the last tensor), from the back so that the offsets hold.
-  const size_t pad =
-      size_t(s.cfg.padded_vocab_size() - s.cfg.model.vocab_size) * s.cfg.model.n_embd;
+  // untied head's (and its bias's), from the back so that the offsets hold.
+  const size_t pad_rows = size_t(s.cfg.padded_vocab_size() - s.cfg.model.vocab_size);
   for (size_t i = full.size(); i-- > 0;)
-    if (has_vocabulary_rows(full[i].name))
+    if (has_vocabulary_rows(full[i].name)) {
+      const size_t pad = pad_rows * (full[i].numel / size_t(full[i].shape[0]));
       out.erase(out.begin() + long(at[i] + full[i].numel - pad),
                 out.begin() + long(at[i] + full[i].numel));
+    }
   return out;
 }
 

@@ -532,6 +532,7 @@ CheckpointState Trainer::State::checkpoint_state() const {
   st.model.parallel_residual = cfg.model.parallel_residual;
   st.model.branch_norm = cfg.model.branch_norm;
   st.model.shared_norm = cfg.model.shared_norm;
+  st.model.head_bias = cfg.model.head_bias;
   st.model.attn_scale = cfg.model.attn_scale;
   st.model.mup_base_width = cfg.model.mup_base_width;
   st.model.norm_eps = cfg.model.norm_eps;
@@ -660,6 +661,9 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
   TRIAD_CHECK(m.parallel_residual == c.parallel_residual, "checkpoint ", path, " holds a model ",
               m.parallel_residual ? "with" : "without", " parallel attention and MLP but the ",
               "config asks for model.parallel_residual = ", c.parallel_residual ? "true" : "false");
+  TRIAD_CHECK(m.head_bias == c.head_bias, "checkpoint ", path, " holds a model ",
+              m.head_bias ? "with" : "without", " a bias on its head's logits but the config ",
+              "asks for model.head_bias = ", c.head_bias ? "true" : "false");
   TRIAD_CHECK(m.shared_norm == c.shared_norm, "checkpoint ", path, " holds a model ",
               m.shared_norm ? "with" : "without", " one norm for both parallel branches but the ",
               "config asks for model.shared_norm = ", c.shared_norm ? "true" : "false");

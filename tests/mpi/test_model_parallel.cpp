@@ -673,6 +673,15 @@ TEST(ModelParallel, UntiedHeadMatchesOneRankOnEveryGrid) {
                 {"full"}, false, Grid{1, 1, 4, 0, 4, "1f1b", 1});
 }
 
+// A bias on the untied head's logits (model.head_bias): lm_head/bias split over the
+// tensor-parallel ranks as lm_head's rows, its gradient the column sums of each rank's logits'
+// gradients. Tensor, pipeline and 2×2×2 grids (sequence parallel), bf16, resumed across grids.
+TEST(ModelParallel, HeadBiasMatchesOneRankOnEveryGrid) {
+  check_variant("headbias", {"--model.tie_embeddings", "false", "--model.head_bias", "true"},
+                {{1, 4, 1, 1, 2, "1f1b", 1}, {1, 1, 2, 0, 4, "zb-h1", 1}}, {"full"}, true,
+                Grid{1, 4, 1, 0, 2, "1f1b", 1});
+}
+
 // Grouped-query attention (model.n_kv_head = 2 of 4 heads): c_attn is 4 blocks of 2 heads (two
 // of query heads, then k, then v), each split over the tensor-parallel ranks, so that a rank
 // holds the key/value heads of its query heads. Llama's blocks on every grid against one rank,

@@ -226,6 +226,13 @@ CASES = [
                                  position="rope", rope_theta=500.0, bias=False, mlp="swiglu",
                                  n_kv_head=2, parallel_residual=True, shared_norm=True,
                                  logit_scale=0.25), 2, 40, 6, 179),
+    # Phi-2's blocks: parallel attention and MLP on one LayerNorm (model.shared_norm) with
+    # biases everywhere, GELU, rope on a quarter of each head's values, an untied head with a
+    # bias on its logits (model.head_bias).
+    Case("phi", ref.GptConfig(n_layer=2, n_head=3, n_embd=48, seq_len=17, vocab_size=300,
+                              position="rope", rope_theta=300.0, rotary_dim=4, tied=False,
+                              parallel_residual=True, shared_norm=True, head_bias=True),
+         3, 45, 7, 181),
     # Parallel attention and MLP with a mixture of SwiGLU experts (4, 2 per token) on Llama's
     # blocks.
     Case("parallelmoe", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
@@ -296,6 +303,7 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                       attn_scale=c.attn_scale, mup_base_width=c.mup_base_width,
                       embed_scale=c.embed_scale, parallel_residual=c.parallel_residual,
                       branch_norm=c.branch_norm, shared_norm=c.shared_norm,
+                      head_bias=c.head_bias,
                       moe_experts=c.moe_experts, moe_top_k=c.moe_top_k,
                       moe_normalize=c.moe_normalize, moe_score=c.moe_score,
                       moe_routed_scale=c.moe_routed_scale, moe_groups=c.moe_groups,
@@ -1254,7 +1262,7 @@ GRAD_CLIP = {"gpt2vocab": 1.0, "oddshapes": 1.0, "rope": 1.0, "rmsnorm": 1.2, "n
              "moeswiglu": 1.7, "moemixed": 0.8, "qwen2moe": 1.7, "dsv3": 1.7,
              "partialrope": 1.8, "relu2": 1.0, "moerelu2": 1.7, "nemotron": 1.8, "gemma": 1.45,
              "parallel": 1.0, "parallelmoe": 1.7, "neox": 1.25, "gemma2": 2.4,
-             "sandwichmoe": 1.0, "granite": 0.18, "cohere": 0.44}
+             "sandwichmoe": 1.0, "granite": 0.18, "cohere": 0.44, "phi": 1.0}
 
 
 # model.moe_capacity_factor: each expert takes the first ceil(f·N·k/E) of a pass's choices (the

@@ -145,6 +145,7 @@ def test_help_lists_every_key_with_defaults():
     (["--model.logit_scale", "0"], ["model.logit_scale", "(0, 1e4]"]),
     (["--model.residual_scale", "inf"], ["model.residual_scale", "(0, 1e4]"]),
     (["--model.shared_norm", "true"], ["model.shared_norm", "model.parallel_residual = true"]),
+    (["--model.head_bias", "true"], ["model.head_bias", "model.tie_embeddings = false"]),
     (["--model.attn_scale", "-0.1"], ["model.attn_scale", "[0, 100]"]),
     (["--model.mup_base_width", "-64"], ["model.mup_base_width", "[0, 2^20]"]),
     (["--model.mup_base_width", "16", "--optim.name", "sgd"],
@@ -792,6 +793,7 @@ def test_damaged_checkpoints(tmp_path):
             ("branch", {"branch_norm": 2}, "attribute branch_norm of /model is 2"),
             ("shared", {"shared_norm": 1}, "attribute shared_norm of /model is 1 without "
              "parallel_residual"),
+            ("head_bias", {"head_bias": 1}, "attribute head_bias of /model is 1 with a tied head"),
             ("tied", {"tie_embeddings": 3}, "attribute tie_embeddings of /model is 3"),
             ("hidden", {"mlp_hidden": 0}, "attribute mlp_hidden of /model is 0"),
             ("kv", {"n_kv_head": 3}, "attribute n_kv_head of /model is 3"),

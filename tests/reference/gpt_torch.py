@@ -100,6 +100,8 @@ class GptConfig:
     branch_norm: bool = False
     # model.shared_norm (with parallel_residual): the MLP reads ln_1's output; no ln_2.
     shared_norm: bool = False
+    # model.head_bias (untied head): lm_head/bias [Vp] on the logits.
+    head_bias: bool = False
     # model.attn_scale: the attention scores' scale (0: 1/sqrt(head width)).
     attn_scale: float = 0.0
     # model.mup_base_width: μP relative to a base model this wide (0: off); m = n_embd / it.
@@ -234,9 +236,12 @@ def param_shapes(cfg: GptConfig) -> Dict[str, tuple]:
     if not cfg.bias:
         shapes = {k: v for k, v in shapes.items() if not k.endswith("/bias")
                   or (cfg.qkv_bias and k.endswith("attn/c_attn/bias"))
-                  or (cfg.norm_bias and k.split("/")[-2].startswith("ln_"))}
+                  or (cfg.norm_bias and k.split("/")[-2].startswith("ln_"))
+                  or k == "lm_head/bias"}
     if not cfg.tied:
         shapes["lm_head/weight"] = (Vp, C)
+        if cfg.head_bias:
+            shapes["lm_head/bias"] = (Vp,)
     return shapes
 
 
@@ -263,7 +268,7 @@ def random_weights(cfg: GptConfig, seed: int, perturb: bool = True,
         else:
             std = resid_std if name.endswith("c_proj/weight") else 0.02
             t = std * torch.randn(shape, generator=g, dtype=torch.float64)
-        if name in ("wte/weight", "lm_head/weight"):
+        if name in ("wte/weight", "lm_head/weight", "lm_head/bias"):
             t[cfg.vocab_size:] = 0
         out[name] = t.to(dtype).contiguous()
     return out
@@ -675,7 +680,9 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor,
             record[f"h{i}_attn"], record[f"h{i}_mlp"], record[f"h{i}_out"] = a, m, x
     x = norm(params, cfg, "ln_f", x)
     w = head(params, cfg)
-    logits = Fp8Linear.apply(x, w, None) if _FP8_HEAD else torch.matmul(x, w.t())
+    b = params.get("lm_head/bias")  # model.head_bias
+    logits = Fp8Linear.apply(x, w, b) if _FP8_HEAD else \
+        (torch.matmul(x, w.t()) + (b if b is not None else 0))
     logits = logits / cfg.mup_mult  # [B, T, Vp]; μP: times 1/m
     if cfg.logit_scale != 1.0:  # model.logit_scale, in fp32 as triad's
         logits = logits * float(np.float32(cfg.logit_scale))
@@ -1063,6 +1070,8 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
             m.attrs.create("branch_norm", i64(1), dtype="<i8")
         if cfg.shared_norm:
             m.attrs.create("shared_norm", i64(1), dtype="<i8")
+        if cfg.head_bias:
+            m.attrs.create("head_bias", i64(1), dtype="<i8")
         if cfg.attn_scale:
             m.attrs.create("attn_scale", np.float64(cfg.attn_scale), dtype="<f8")
         if cfg.mup_base_width:
@@ -1130,6 +1139,7 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                         parallel_residual=int(a.get("parallel_residual", 0)) == 1,
                         branch_norm=int(a.get("branch_norm", 0)) == 1,
                         shared_norm=int(a.get("shared_norm", 0)) == 1,
+                        head_bias=int(a.get("head_bias", 0)) == 1,
                         attn_scale=float(a.get("attn_scale", 0.0)),
                         mup_base_width=int(a.get("mup_base_width", 0)),
                         moe_experts=int(a.get("moe_experts", 0)),

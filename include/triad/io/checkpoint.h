@@ -128,6 +128,9 @@ struct ModelShape {
   // Attribute shared_norm (int64 1 | 0; absent: 0; written when 1; only with parallel_residual):
   // GptShape::shared_norm.
   bool shared_norm = false;
+  // Attribute head_bias (int64 1 | 0; absent: 0; written when 1; only with an untied head):
+  // GptShape::head_bias, the tensor lm_head/bias.
+  bool head_bias = false;
   // Attribute attn_scale (double: the attention scores' scale; absent or 0: 1/sqrt(head width);
   // written when > 0).
   double attn_scale = 0;

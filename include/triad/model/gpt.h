@@ -80,6 +80,9 @@ struct GptShape {
   // The output layer (model.tie_embeddings): wte itself (tied, GPT-2), or a tensor of its own,
   // lm_head/weight [padded_vocab_size, C] on the last stage (false, as Llama).
   bool tied = true;
+  // A bias on the untied head's logits (model.head_bias; Phi-2's, GPT-J's): lm_head/bias
+  // [padded_vocab_size], split over the tensor-parallel ranks as lm_head's rows (padding zero).
+  bool head_bias = false;
   // Key/value heads (model.n_kv_head): 0 = n_head (GPT-2); fewer, dividing n_head, is
   // grouped-query attention: c_attn holds q for n_head heads, then k and v for n_kv_head heads
   // each, and query head h attends with key/value head h % n_kv_head (Backend attention ops).
@@ -256,10 +259,10 @@ struct GptShape {
 // reads the same table.
 std::vector<float> rope_table(const GptShape& shape);
 
-// Whether a parameter has a row per vocabulary entry (wte, and an untied head's lm_head): rows
-// from vocab_size on are padding, zero and not parameters of the model.
+// Whether a parameter has a row per vocabulary entry (wte, an untied head's lm_head and its bias):
+// rows from vocab_size on are padding, zero and not parameters of the model.
 inline bool has_vocabulary_rows(const std::string& name) {
-  return name == "wte/weight" || name == "lm_head/weight";
+  return name == "wte/weight" || name == "lm_head/weight" || name == "lm_head/bias";
 }
 
 // Whether a tensor holds a mixture of experts' weights ([E, ...], mlp/experts/...).
@@ -917,11 +920,13 @@ class Gpt {
   // decoding's).
   template <class A>
   void head_logits(A* logits, const A* x, int rows, int cols, bool fp8 = false) {
+    const A* bias = head_bias_index_ >= 0 ? weight_at<A>(specs_[size_t(head_bias_index_)].offset)
+                                          : nullptr;  // model.head_bias
     if (fp8)
-      linear_forward<A>(fp8_head_site(), logits, x, head_weight<A>(), nullptr, rows, shape_.n_embd,
+      linear_forward<A>(fp8_head_site(), logits, x, head_weight<A>(), bias, rows, shape_.n_embd,
                         cols);
     else
-      be_.matmul_forward(logits, x, head_weight<A>(), nullptr, rows, shape_.n_embd, cols);
+      be_.matmul_forward(logits, x, head_weight<A>(), bias, rows, shape_.n_embd, cols);
     if (shape_.logit_softcap > 0.0f || shape_.head_mult() != 1.0f)
       be_.scale_cap_logits(logits, size_t(rows) * size_t(cols), shape_.head_mult(),
                            shape_.logit_softcap);
@@ -1162,6 +1167,7 @@ class Gpt {
   // Indices into specs_ (-1: not held): wte (embedding), wpe, ln_f, the head's wte, and the
   // first of the tensors of each global layer (layer_count_ of them).
   int wte_ = -1, wpe_ = -1, lnf_ = -1, head_ = -1;
+  int head_bias_index_ = -1;     // lm_head/bias (model.head_bias) where this rank holds the head
   float* rope_table_ = nullptr;  // rope_table(shape_) on the backend (shape_.rope)
   std::vector<int> layer_;
   // Where each of a layer's kLayerTensorKinds possible tensors (DESIGN.md §3's 12, q_norm and
