@@ -1,6 +1,6 @@
 """Weights and tokenizers in and out of triad: Hugging Face transformers models (config.json +
 safetensors; GPT-2, Llama, Mistral, Qwen2, Qwen3, Mixtral, Qwen2-MoE, Qwen3-MoE, Nemotron,
-StableLM, Gemma, Gemma 2, Granite, GraniteMoE, Cohere, GPT-NeoX, Falcon) and llm.c
+StableLM, Gemma, Gemma 2, Granite, GraniteMoE, Cohere, Phi, GPT-NeoX, Falcon) and llm.c
 model files (gpt2_124M.bin and the like) to a triad checkpoint, a triad checkpoint to either,
 and Hugging Face or Meta tokenizers to a triad tokenizer description (hf_tokenizer.py).
 
@@ -60,6 +60,10 @@ What the formats hold and how they map (docs/formats.md, "Weights from other pro
   (model.parallel_residual, model.shared_norm), SwiGLU, no linear biases, the logits times
   logit_scale (model.logit_scale), and rope on interleaved pairs (2i, 2i + 1) of each head, which
   q's and k's rows are reordered into triad's pairs (i, i + hd/2) for (the scores are the same).
+- HF Phi (Phi-1, Phi-1.5, Phi-2): parallel attention and MLP on one LayerNorm with biases
+  (model.parallel_residual, model.shared_norm), biases everywhere, GELU (gelu_new: tanh; or
+  exact), rope on partial_rotary_factor of each head (model.rotary_dim), an untied head with a
+  bias on the logits (model.head_bias).
 - HF GPT-NeoX (Pythia): GPT-2's tensors under other names, q, k and v interleaved by head in
   query_key_value ([heads, 3, head width] rows, reordered into c_attn's q | k | v), rope on
   rotary_pct of each head (model.rotary_dim), parallel attention and MLP
@@ -191,8 +195,10 @@ class Dims:
     # (model.attn_scale; 0: 1/sqrt(head width)), and soft caps on the scores (model.attn_softcap)
     # and on the logits (model.logit_softcap); 0: none.
     branch_norm: bool = False
-    # One norm for both parallel branches (model.shared_norm): Cohere's.
+    # One norm for both parallel branches (model.shared_norm): Cohere's, Phi's.
     shared_norm: bool = False
+    # A bias on the untied head's logits (model.head_bias): Phi's.
+    head_bias: bool = False
     attn_scale: float = 0.0
     attn_softcap: float = 0.0
     logit_softcap: float = 0.0
@@ -222,6 +228,11 @@ class Dims:
         """Cohere's blocks: parallel SwiGLU and attention on one LayerNorm (its rope pairs
         interleaved in HF's q and k rows)."""
         return self.shared_norm and self.mlp == "swiglu" and self.norm == "layernorm"
+
+    @property
+    def phi(self) -> bool:
+        """Phi's blocks: parallel GELU MLP and attention on one LayerNorm, biases everywhere."""
+        return self.shared_norm and self.mlp in ("gelu", "gelu_exact") and self.bias
 
     @property
     def multiplied(self) -> bool:
@@ -264,7 +275,7 @@ class Dims:
             not self.qk_norm and not self.qkv_bias and not self.head_dim and \
             not self.sliding_window and not self.moe_experts and not self.norm_bias and \
             not self.parallel_residual and self.embed_scale == 1.0 and not self.branch_norm \
-            and not self.shared_norm \
+            and not self.shared_norm and not self.head_bias \
             and not self.attn_scale and not self.attn_softcap and not self.logit_softcap \
             and self.residual_scale == 1.0 and self.logit_scale == 1.0
 
@@ -312,6 +323,8 @@ class Dims:
                 a["branch_norm"] = 1
             if self.shared_norm:  # model.shared_norm (absent: 0)
                 a["shared_norm"] = 1
+            if self.head_bias:  # model.head_bias (absent: 0)
+                a["head_bias"] = 1
             for k in ("attn_scale", "attn_softcap", "logit_softcap"):  # (absent: 0)
                 if getattr(self, k):
                     a[k] = float(getattr(self, k))
@@ -370,6 +383,8 @@ class Dims:
                 keys["branch_norm"] = "true"
             if self.shared_norm:
                 keys["shared_norm"] = "true"
+            if self.head_bias:
+                keys["head_bias"] = "true"
             for k in ("attn_scale", "attn_softcap", "logit_softcap"):
                 if getattr(self, k):
                     keys[k] = repr(float(getattr(self, k)))
@@ -394,7 +409,7 @@ Tensors = Callable[[], Iterator[Tuple[str, np.ndarray]]]
 
 # The tensors with a row per vocabulary entry (padding rows from vocab_size on; an untied head's
 # lm_head beside wte).
-VOCAB_TENSORS = ("wte/weight", "lm_head/weight")
+VOCAB_TENSORS = ("wte/weight", "lm_head/weight", "lm_head/bias")
 
 # Each layer's tensors (DESIGN.md §3), in checkpoint order and in llm.c's.
 LAYER_TENSORS = ("ln_1/weight", "ln_1/bias", "attn/c_attn/weight", "attn/c_attn/bias",
@@ -550,6 +565,8 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         return neox_config_dims(cfg, where, seq_len)
     if kind == "cohere":
         return cohere_config_dims(cfg, where, seq_len)
+    if kind == "phi":
+        return phi_config_dims(cfg, where, seq_len)
     if kind == "falcon":
         return falcon_config_dims(cfg, where, seq_len)
     if kind in UNBUILT_MOE:
@@ -562,7 +579,7 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                            f"('phi3'), Qwen2 ('qwen2'), Qwen2-MoE ('qwen2_moe'), Qwen3 ('qwen3'), "
                            f"Qwen3-MoE ('qwen3_moe'), Nemotron ('nemotron'), StableLM "
                            f"('stablelm'), Gemma ('gemma', 'gemma2'), Granite ('granite', "
-                           f"'granitemoe'), Cohere ('cohere'), "
+                           f"'granitemoe'), Cohere ('cohere'), Phi ('phi'), "
                            f"GPT-NeoX ('gpt_neox') and Falcon "
                            f"('falcon') models")
     try:
@@ -794,6 +811,63 @@ def cohere_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
              parallel_residual=True, shared_norm=True, logit_scale=float(np.float32(scale)))
     d.check(where)
     return d
+
+
+def phi_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
+    """A Hugging Face Phi config (PhiForCausalLM: Phi-1, Phi-1.5, Phi-2) as triad's model: rope on
+    partial_rotary_factor of each head's values (model.rotary_dim), parallel attention and MLP on
+    one LayerNorm (model.parallel_residual, model.shared_norm), biases everywhere, GELU's tanh
+    approximation (gelu_new) or GELU itself (gelu: model.mlp = gelu_exact), grouped-query
+    attention or not, an untied head with a bias (model.head_bias); refused where triad computes
+    something else (per-head LayerNorms of q and k, rope scaling, a tied head)."""
+    c = LlamaLikeConfig(cfg, where, "layer_norm_eps", 1e-5,
+                        {"partial_rotary_factor": lambda: float(cfg.get("partial_rotary_factor",
+                                                                        0.5))})
+    refusals = c.refusals
+    act = cfg.get("hidden_act", "gelu_new")
+    if act != "gelu" and act not in TANH_GELU:
+        refusals.append(f"hidden_act {act!r} (triad's MLPs use GELU exact, 'gelu', or its tanh "
+                        f"approximation: {', '.join(TANH_GELU)})")
+    if cfg.get("qk_layernorm"):
+        refusals.append("qk_layernorm = true (a LayerNorm of each q and k head, which triad's "
+                        "Phi does not have)")
+    if cfg.get("tie_word_embeddings"):
+        refusals.append("tie_word_embeddings = true (Phi's head has a bias of its own beside "
+                        "the embedding; triad's model.head_bias needs an untied head)")
+    if c.n_embd % max(c.n_head, 1):
+        refusals.append(f"hidden_size {c.n_embd} is not a multiple of num_attention_heads "
+                        f"{c.n_head}")
+    hd = c.n_embd // max(c.n_head, 1)
+    rot = refuse_rotation(cfg, refusals, "Phi", "partial_rotary_factor",
+                          c.extra["partial_rotary_factor"], hd)
+    refuse_or_check_positions(where, refusals, seq_len, c.n_pos, "max_position_embeddings")
+    d = Dims(c.n_layer, c.n_head, c.n_embd, seq_len or c.n_pos, c.vocab, position="rope",
+             rope_theta=c.theta, norm="layernorm", bias=True,
+             mlp="gelu_exact" if act == "gelu" else "gelu", mlp_hidden=c.hidden, tied=False,
+             n_kv_head=c.kv, norm_eps=c.eps, rotary_dim=0 if rot == hd else rot,
+             parallel_residual=True, shared_norm=True, head_bias=True)
+    d.check(where)
+    return d
+
+
+def phi_sources(d: Dims) -> dict[str, list[str]]:
+    """Each triad tensor of a Phi model and the HF tensors it is made of (c_attn's from q, k and
+    v, stacked by rows)."""
+    src = {"wte/weight": ["model.embed_tokens.weight"]}
+    for i in range(d.n_layer):
+        p, h = f"h/{i}/", f"model.layers.{i}."
+        for kind in ("weight", "bias"):
+            src.update({
+                p + f"ln_1/{kind}": [h + f"input_layernorm.{kind}"],
+                p + f"attn/c_attn/{kind}": [h + f"self_attn.{x}_proj.{kind}" for x in "qkv"],
+                p + f"attn/c_proj/{kind}": [h + f"self_attn.dense.{kind}"],
+                p + f"mlp/c_fc/{kind}": [h + f"mlp.fc1.{kind}"],
+                p + f"mlp/c_proj/{kind}": [h + f"mlp.fc2.{kind}"],
+            })
+    src.update({"ln_f/weight": ["model.final_layernorm.weight"],
+                "ln_f/bias": ["model.final_layernorm.bias"],
+                "lm_head/weight": ["lm_head.weight"], "lm_head/bias": ["lm_head.bias"]})
+    return src
 
 
 def interleaved_rope_order(d: Dims, t: str, a: np.ndarray, to_hf: bool = False) -> np.ndarray:
@@ -1194,6 +1268,8 @@ def llama_sources(d: Dims) -> dict[str, list[str]]:
         return neox_sources(d)
     if d.falcon:
         return falcon_sources(d)
+    if d.phi:
+        return phi_sources(d)
     src = {"wte/weight": ["model.embed_tokens.weight"], "ln_f/weight": ["model.norm.weight"],
            **({"ln_f/bias": ["model.norm.bias"]} if d.norm_bias else {})}
     for i in range(d.n_layer):
@@ -1366,7 +1442,7 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
                  "granitemoe": "GraniteMoE"}.get(
             d.moe_format or "") or ("GPT-NeoX" if d.neox else "Falcon" if d.falcon else
                                     "Nemotron" if d.mlp == "relu2" else
-                                    "Cohere" if d.cohere else
+                                    "Cohere" if d.cohere else "Phi" if d.phi else
                                     ("Gemma 2" if d.branch_norm else "Gemma")
                                     if d.mlp == "geglu" else
                                     "Granite" if cfg.get("model_type") == "granite" else
@@ -1444,7 +1520,7 @@ def llama_tensors(d: Dims, where: dict, directory: Path) -> Tensors:
     want = expected_shapes(d.attrs())
     for t in VOCAB_TENSORS:
         if t in want:
-            want[t] = (d.vocab_size, d.n_embd)
+            want[t] = (d.vocab_size, *want[t][1:])
     used = {n for names in src.values() for n in names}
     for name in where:
         if name not in used and not name.endswith("rotary_emb.inv_freq") and not (
@@ -1652,7 +1728,8 @@ def write_triad(out: Path, d: Dims, tensors: Tensors, source: str) -> None:
         for name, a in tensors():
             a = np.ascontiguousarray(a, dtype="<f4")
             if name in VOCAB_TENSORS:
-                a = np.concatenate([a, np.zeros((want[name][0] - a.shape[0], d.n_embd), "<f4")])
+                a = np.concatenate([a, np.zeros((want[name][0] - a.shape[0], *a.shape[1:]),
+                                                "<f4")])
             assert a.shape == want[name], (name, a.shape, want[name])
             ds = f.create_dataset(f"model/{name}", data=a, dtype="<f4")
             ds.attrs.create("checksum", np.uint32(zlib.crc32(a.tobytes()) & 0xFFFFFFFF),
@@ -1682,11 +1759,21 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
     cohere = (a.get("position"), a.get("norm"), int(a.get("bias", 1)), int(a.get("norm_bias", 0)),
               int(a.get("parallel_residual", 0)), int(a.get("shared_norm", 0)), a.get("mlp")) == \
         ("rope", "layernorm", 0, 0, 1, 1, "swiglu")
-    if int(a.get("shared_norm", 0)) and not cohere:
+    # Phi's: parallel GELU MLP and attention on one LayerNorm, biases everywhere, an untied head
+    # with a bias.
+    phi = (a.get("position"), a.get("norm"), int(a.get("bias", 1)),
+           int(a.get("parallel_residual", 0)), int(a.get("shared_norm", 0)),
+           int(a.get("head_bias", 0)), int(a.get("tie_embeddings", 1))) == \
+        ("rope", "layernorm", 1, 1, 1, 1, 0) and a.get("mlp") in ("gelu", "gelu_exact")
+    if int(a.get("shared_norm", 0)) and not (cohere or phi):
         raise ConvertError(f"{path}: the model's parallel branches share one norm "
                            f"(model.shared_norm) in blocks other than Cohere's (rope, a LayerNorm "
-                           f"without biases, SwiGLU, no linear biases); only Hugging Face's Cohere "
-                           f"of the export formats has such blocks")
+                           f"without biases, SwiGLU, no linear biases) and Phi's (rope, a "
+                           f"LayerNorm, GELU, biases everywhere and on the untied head); only "
+                           f"Hugging Face's Cohere and Phi of the export formats have such blocks")
+    if int(a.get("head_bias", 0)) and not phi:
+        raise ConvertError(f"{path}: the model's head has a bias (model.head_bias) in blocks other "
+                           f"than Phi's; only Hugging Face's Phi of the export formats has one")
     for key, what in (("residual_scale", "each branch's output"), ("logit_scale", "its logits")):
         if float(a.get(key, 1.0)) != 1.0 and not (granite or (cohere and key == "logit_scale")):
             raise ConvertError(f"{path}: the model multiplies {what} by {a[key]} (model.{key}) in "
@@ -1755,7 +1842,7 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
             raise ConvertError(f"{path}: the model's routers choose their experts with biases "
                                f"(/router_bias, train.moe_bias_rate); Hugging Face's Mixtral, "
                                f"Qwen2-MoE and Qwen3-MoE have none")
-    if llama or norm_biased or neox or falcon or cohere:
+    if llama or norm_biased or neox or falcon or cohere or phi:
         return open_triad_llama(path, a)
     if int(a.get("sliding_window", 0)):
         raise ConvertError(f"{path}: the model attends to its last {a['sliding_window']} tokens "
@@ -1881,13 +1968,15 @@ def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
              norm=a["norm"].decode() if isinstance(a["norm"], bytes) else str(a["norm"]),
              bias=int(a.get("bias", 1)) == 1, norm_bias=int(a.get("norm_bias", 0)) == 1,
              rotary_dim=int(a.get("rotary_dim", 0)),
-             neox=mlp in ("gelu", "gelu_exact") and int(a.get("bias", 1)) == 1,
+             neox=mlp in ("gelu", "gelu_exact") and int(a.get("bias", 1)) == 1 and
+             not int(a.get("shared_norm", 0)),  # (shared: Phi's)
              falcon="grouped" if mlp == "gelu_exact" and int(a.get("norm_bias", 0)) else "",
              parallel_residual=int(a.get("parallel_residual", 0)) == 1,
              norm_offset=mlp in ("relu2", "geglu"), mlp=mlp, mlp_hidden=int(a["mlp_hidden"]),
              embed_scale=float(a.get("embed_scale", 1.0)),
              branch_norm=int(a.get("branch_norm", 0)) == 1,
              shared_norm=int(a.get("shared_norm", 0)) == 1,
+             head_bias=int(a.get("head_bias", 0)) == 1,
              attn_scale=float(a.get("attn_scale", 0.0)),
              attn_softcap=float(a.get("attn_softcap", 0.0)),
              logit_softcap=float(a.get("logit_softcap", 0.0)),
@@ -2065,6 +2154,19 @@ def granite_hf_config(d: Dims) -> dict:
     return cfg
 
 
+def phi_hf_config(d: Dims) -> dict:
+    """config.json for transformers' PhiForCausalLM computing what triad's model of Phi's blocks
+    computes (the inverse of phi_config_dims)."""
+    refuse_absent(d, "a model of Phi's blocks (parallel GELU MLP and attention on one LayerNorm) "
+                  "exports as Hugging Face's Phi",
+                  ("heads of another width than n_embd / n_head (model.head_dim)", d.head_dim),
+                  ("branch norms (model.branch_norm)", d.branch_norm))
+    return llama_like_hf(d, "PhiForCausalLM", "phi", layer_norm_eps=d.norm_eps,
+                         partial_rotary_factor=rotary_fraction(d),
+                         hidden_act="gelu" if d.mlp == "gelu_exact" else "gelu_new",
+                         qk_layernorm=False, resid_pdrop=0.0, embd_pdrop=0.0)
+
+
 def cohere_hf_config(d: Dims) -> dict:
     """config.json for transformers' CohereForCausalLM computing what triad's model of Cohere's
     blocks computes (the inverse of cohere_config_dims)."""
@@ -2126,6 +2228,8 @@ def llama_hf_config(d: Dims) -> dict:
         return falcon_hf_config(d)
     if d.cohere:  # (before Granite's: its logit scale is Cohere's too)
         return cohere_hf_config(d)
+    if d.phi:
+        return phi_hf_config(d)
     if d.norm_bias:
         return layernorm_hf_config(d)
     if d.mlp == "geglu":

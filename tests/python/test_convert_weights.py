@@ -1011,6 +1011,31 @@ def test_cohere_imports_and_evaluates_as_transformers(imported, tmp_path):
                    "norm": "layernorm"})
 
 
+PHI_ARGS = ["--model.position", "rope", "--model.rope_theta", "500", "--model.mlp_hidden", "256",
+            "--model.n_head", "4", "--model.tie_embeddings", "false", "--model.rotary_dim", "8",
+            "--model.parallel_residual", "true", "--model.shared_norm", "true",
+            "--model.head_bias", "true"]
+
+
+def phi_model(**config):
+    return tiny_hf(transformers.PhiForCausalLM, transformers.PhiConfig, 47, dict(
+        vocab_size=V, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=N_POS, layer_norm_eps=1e-5,
+        rope_theta=500.0, partial_rotary_factor=0.5, hidden_act="gelu_new", qk_layernorm=False,
+        tie_word_embeddings=False, resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0,
+        pad_token_id=None, bos_token_id=None, eos_token_id=None), config)
+
+
+def test_phi_imports_and_evaluates_as_transformers(imported, tmp_path):
+    """transformers' PhiForCausalLM (Phi-2's blocks: attention and a GELU MLP side by side on one
+    LayerNorm, biases everywhere, half of each head's values rotating, an untied head with a bias)
+    against triad's model.parallel_residual, model.shared_norm, model.rotary_dim and
+    model.head_bias: hf_round_trip."""
+    hf_round_trip(imported, tmp_path, phi_model(), "Phi", PHI_ARGS, False,
+                  {"parallel_residual": 1, "shared_norm": 1, "head_bias": 1, "rotary_dim": 8,
+                   "tie_embeddings": 0})
+
+
 GEMMA2_ARGS = GEMMA_ARGS + ["--model.branch_norm", "true", "--model.attn_scale", "0.25",
                             "--model.attn_softcap", "1", "--model.logit_softcap", "3",
                             "--model.sliding_window", "8", "--model.full_attention_every", "2"]
@@ -1054,8 +1079,9 @@ def test_nemotron_stablelm_and_gemma_variants_triad_does_not_compute_are_refused
     whose window is not in every other layer. GPT-NeoX configs: without attention biases,
     another activation, an odd rotated count; Falcon's: alibi, sequential blocks, another
     activation; Gemma 2's: a negative query_pre_attn_scalar or cap; Cohere's: QK-norm, a
-    negative logit scale. Not exported either: one norm for parallel branches in blocks other
-    than Cohere's."""
+    negative logit scale; Phi's: QK-norm, a tied head. Not exported either: one norm for
+    parallel branches in blocks other than Cohere's and Phi's, a head bias in blocks other than
+    Phi's."""
     for make, bad, needle in (
             (nemotron_model, {"hidden_act": "gelu"}, "hidden_act 'gelu'"),
             (nemotron_model, {"attention_bias": True}, "attention_bias"),
@@ -1071,6 +1097,8 @@ def test_nemotron_stablelm_and_gemma_variants_triad_does_not_compute_are_refused
             (gemma2_model, {"attn_logit_softcapping": -1.0}, "attn_logit_softcapping -1.0"),
             (cohere_model, {"use_qk_norm": True}, "use_qk_norm"),
             (cohere_model, {"logit_scale": -1.0}, "logit_scale -1.0"),
+            (phi_model, {"qk_layernorm": True}, "qk_layernorm = true"),
+            (phi_model, {"tie_word_embeddings": True}, "tie_word_embeddings = true"),
             (neox_model, {"attention_bias": False}, "attention_bias = false"),
             (neox_model, {"hidden_act": "relu"}, "hidden_act 'relu'"),
             (neox_model, {"rotary_pct": 0.2}, "rotary_pct 0.2"),
@@ -1101,6 +1129,7 @@ def test_nemotron_stablelm_and_gemma_variants_triad_does_not_compute_are_refused
                          # Gemma 2's options in blocks whose formats hold none of them
                          ({"branch_norm": True}, "model.branch_norm"),
                          ({"parallel_residual": True, "shared_norm": True}, "model.shared_norm"),
+                         ({"tied": False, "head_bias": True}, "model.head_bias"),
                          ({"attn_softcap": 30.0}, "model.attn_softcap"),
                          ({"mlp": "geglu", "position": "rope", "norm": "rmsnorm", "bias": False,
                            "embed_scale": 8.0, "branch_norm": True, "sliding_window": 8,
