@@ -615,14 +615,24 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
   // LayerNorm and RMSNorm differ in their tensors (the biases) and in what they compute.
   TRIAD_CHECK(m.norm == c.norm, "checkpoint ", path, " holds a model with norm ", m.norm,
               " but the config asks for model.norm = ", c.norm);
-  TRIAD_CHECK(m.bias == c.bias, "checkpoint ", path, " holds a model ", m.bias ? "with" : "without",
-              " biases but the config asks for model.bias = ", c.bias ? "true" : "false");
-  TRIAD_CHECK(m.qkv_bias == c.qkv_bias, "checkpoint ", path, " holds a model ",
-              m.qkv_bias ? "with" : "without", " a c_attn bias of its own but the config asks for ",
-              "model.qkv_bias = ", c.qkv_bias ? "true" : "false");
-  TRIAD_CHECK(m.norm_bias == c.norm_bias, "checkpoint ", path, " holds a model ",
-              m.norm_bias ? "with" : "without", " LayerNorm biases beside bias-free linear layers ",
-              "but the config asks for model.norm_bias = ", c.norm_bias ? "true" : "false");
+  // The model's switches: what the checkpoint's model has "with" or "without".
+  struct Switch {
+    bool held, asked;
+    const char *what, *key;
+  };
+  for (const Switch& s :
+       {Switch{m.bias, c.bias, "biases", "bias"},
+        Switch{m.qkv_bias, c.qkv_bias, "a c_attn bias of its own", "qkv_bias"},
+        Switch{m.norm_bias, c.norm_bias, "LayerNorm biases beside bias-free linear layers",
+               "norm_bias"},
+        Switch{m.parallel_residual, c.parallel_residual, "parallel attention and MLP",
+               "parallel_residual"},
+        Switch{m.head_bias, c.head_bias, "a bias on its head's logits", "head_bias"},
+        Switch{m.shared_norm, c.shared_norm, "one norm for both parallel branches", "shared_norm"},
+        Switch{m.branch_norm, c.branch_norm, "norms on the branches' outputs", "branch_norm"}})
+    TRIAD_CHECK(s.held == s.asked, "checkpoint ", path, " holds a model ",
+                s.held ? "with " : "without ", s.what, " but the config asks for model.", s.key,
+                " = ", s.asked ? "true" : "false");
   TRIAD_CHECK((m.head_dim > 0 ? m.head_dim : m.n_embd / m.n_head) == c.hd(), "checkpoint ", path,
               " holds a model with heads ", m.head_dim > 0 ? m.head_dim : m.n_embd / m.n_head,
               " wide but the config's are ", c.hd(), " (model.head_dim = ", c.head_dim, ")");
@@ -658,18 +668,6 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
     TRIAD_CHECK(float(s.held) == float(s.asked), "checkpoint ", path, " holds a model whose ",
                 s.what, " ", s.held, s.none, " but the config asks for model.", s.key, " = ",
                 s.asked);
-  TRIAD_CHECK(m.parallel_residual == c.parallel_residual, "checkpoint ", path, " holds a model ",
-              m.parallel_residual ? "with" : "without", " parallel attention and MLP but the ",
-              "config asks for model.parallel_residual = ", c.parallel_residual ? "true" : "false");
-  TRIAD_CHECK(m.head_bias == c.head_bias, "checkpoint ", path, " holds a model ",
-              m.head_bias ? "with" : "without", " a bias on its head's logits but the config ",
-              "asks for model.head_bias = ", c.head_bias ? "true" : "false");
-  TRIAD_CHECK(m.shared_norm == c.shared_norm, "checkpoint ", path, " holds a model ",
-              m.shared_norm ? "with" : "without", " one norm for both parallel branches but the ",
-              "config asks for model.shared_norm = ", c.shared_norm ? "true" : "false");
-  TRIAD_CHECK(m.branch_norm == c.branch_norm, "checkpoint ", path, " holds a model ",
-              m.branch_norm ? "with" : "without", " norms on the branches' outputs but the ",
-              "config asks for model.branch_norm = ", c.branch_norm ? "true" : "false");
   TRIAD_CHECK(float(m.attn_scale) == float(c.attn_scale), "checkpoint ", path,
               " holds a model whose attention scale is ", m.attn_scale,
               " (0: 1/sqrt(head width)) but the config asks for model.attn_scale = ", c.attn_scale);
