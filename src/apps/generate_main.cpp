@@ -22,6 +22,7 @@
 #include "triad/parallel/process_grid.h"
 #include "triad/train/app_main.h"
 #include "triad/train/model_tensors.h"
+#include "triad/train/run_plan.h"
 #include "triad/train/sampler.h"
 
 namespace po = boost::program_options;
@@ -195,59 +196,7 @@ int main(int argc, char** argv) {
                     " tokens: give the model's own tokenizer with --vocab");
     }
     // The vocabulary padded for this grid; the checkpoint's padding may differ.
-    triad::GptShape shape{int(m.n_layer),    int(m.n_head),
-                          int(m.n_embd),     int(m.seq_len),
-                          int(m.vocab_size), triad::padded_vocab_size(int(m.vocab_size), tp)};
-    shape.rope = m.position == "rope";
-    if (shape.rope) shape.rope_theta = m.rope_theta;
-    if (m.rope_scaling == "llama3") {
-      shape.rope_factor = m.rope_scaling_factor;
-      shape.rope_low_freq = m.rope_low_freq_factor;
-      shape.rope_high_freq = m.rope_high_freq_factor;
-      shape.rope_original_positions = int(m.rope_original_positions);
-    } else if (m.rope_scaling == "yarn") {
-      shape.yarn = true;
-      shape.rope_factor = m.rope_scaling_factor;
-      shape.rope_beta_fast = m.rope_yarn_beta_fast;
-      shape.rope_beta_slow = m.rope_yarn_beta_slow;
-      shape.rope_original_positions = int(m.rope_original_positions);
-    }
-    shape.rmsnorm = m.norm == "rmsnorm";
-    shape.bias = m.bias;
-    shape.qkv_bias = m.qkv_bias;
-    shape.norm_bias = m.norm_bias;
-    shape.head_dim = int(m.head_dim);
-    shape.rotary_dim = int(m.rotary_dim);
-    shape.sliding_window = int(m.sliding_window);
-    shape.full_attention_every = int(m.full_attention_every);
-    shape.logit_softcap = float(m.logit_softcap);
-    shape.attn_softcap = float(m.attn_softcap);
-    shape.logit_scale = float(m.logit_scale);
-    shape.residual_scale = float(m.residual_scale);
-    shape.embed_scale = float(m.embed_scale);
-    shape.parallel_residual = m.parallel_residual;
-    shape.branch_norm = m.branch_norm;
-    shape.shared_norm = m.shared_norm;
-    shape.head_bias = m.head_bias;
-    shape.attn_scale = float(m.attn_scale);
-    shape.mup_base_width = int(m.mup_base_width);
-    shape.norm_eps = float(m.norm_eps);
-    set_mlp(shape, m.mlp);  // checked when the checkpoint was read
-    shape.mlp_hidden = int(m.mlp_hidden);
-    shape.tied = m.tied;
-    shape.n_kv_head = int(m.n_kv_head);
-    shape.qk_norm = m.qk_norm;
-    shape.moe_experts = int(m.moe_experts);
-    shape.moe_top_k = int(m.moe_top_k);
-    shape.moe_normalize = m.moe_normalize;
-    shape.moe_sigmoid = m.moe_score == "sigmoid";
-    shape.moe_routed_scale = float(m.moe_routed_scale);
-    shape.moe_groups = int(m.moe_groups);
-    shape.moe_group_top_k = int(m.moe_group_top_k);
-    shape.moe_shared_hidden = int(m.moe_shared_hidden);
-    shape.moe_shared_gate = m.moe_shared_gate;
-    shape.moe_first_dense = int(m.moe_first_dense);
-    shape.moe_every = int(m.moe_every);
+    triad::GptShape shape = triad::gpt_shape(m, triad::padded_vocab_size(int(m.vocab_size), tp));
     TRIAD_CHECK(!bf16 || m.n_embd % 2 == 0,
                 "--precision bf16 needs an even n_embd (the checkpoint's is ", m.n_embd, ")");
     TRIAD_CHECK(m.n_head % tp == 0, "--tp ", tp, " does not divide the model's ", m.n_head,

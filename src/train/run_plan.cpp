@@ -52,48 +52,89 @@ std::string megabytes(size_t bytes) {
 
 }  // namespace
 
-GptShape gpt_shape(const Config& cfg) {
-  const auto& m = cfg.model;
-  GptShape s{m.n_layer, m.n_head, m.n_embd, m.seq_len, m.vocab_size, cfg.padded_vocab_size()};
+ModelShape model_shape(const Config& cfg) {
+  const auto& c = cfg.model;
+  ModelShape m{c.n_layer, c.n_head, c.n_embd, c.seq_len, c.vocab_size, cfg.padded_vocab_size()};
+  m.position = c.position;
+  m.rope_theta = c.position == "rope" ? c.rope_theta : 0.0;
+  if (c.rope_scaling == "llama3") {
+    m.rope_scaling = "llama3";
+    m.rope_scaling_factor = c.rope_scaling_factor;
+    m.rope_low_freq_factor = c.rope_low_freq_factor;
+    m.rope_high_freq_factor = c.rope_high_freq_factor;
+    m.rope_original_positions = c.rope_original_positions;
+  } else if (c.rope_scaling == "yarn") {
+    m.rope_scaling = "yarn";
+    m.rope_scaling_factor = c.rope_scaling_factor;
+    m.rope_yarn_beta_fast = c.rope_yarn_beta_fast;
+    m.rope_yarn_beta_slow = c.rope_yarn_beta_slow;
+    m.rope_original_positions = c.rope_original_positions;
+  }
+  m.norm = c.norm;
+  m.bias = c.bias;
+  m.qkv_bias = c.qkv_bias;
+  m.norm_bias = c.norm_bias;
+  m.head_dim = c.head_dim;
+  // All of a head's values rotating is plain rope: no attribute (0), whichever way it was said.
+  m.rotary_dim = c.position == "rope" && c.rotary_dim < c.hd() ? c.rotary_dim : 0;
+  m.sliding_window = c.sliding_window;
+  m.full_attention_every = c.full_attention_every;
+  m.logit_softcap = c.logit_softcap;
+  m.attn_softcap = c.attn_softcap;
+  m.logit_scale = c.logit_scale;
+  m.residual_scale = c.residual_scale;
+  m.embed_scale = c.embed_scale;
+  m.parallel_residual = c.parallel_residual;
+  m.branch_norm = c.branch_norm;
+  m.shared_norm = c.shared_norm;
+  m.head_bias = c.head_bias;
+  m.attn_scale = c.attn_scale;
+  m.mup_base_width = c.mup_base_width;
+  m.norm_eps = c.norm_eps;
+  m.mlp = c.mlp;
+  m.mlp_hidden = cfg.mlp_hidden_size();
+  m.tied = c.tie_embeddings;
+  m.n_kv_head = c.kv_heads();
+  m.qk_norm = c.qk_norm;
+  m.moe_experts = c.moe_experts;
+  m.moe_top_k = c.moe_top_k;
+  m.moe_normalize = c.moe_normalize;
+  m.moe_score = c.moe_score;
+  m.moe_routed_scale = c.moe_routed_scale;
+  m.moe_groups = c.moe_groups;
+  m.moe_group_top_k = c.moe_group_top_k;
+  m.moe_shared_hidden = c.moe_shared_hidden;
+  m.moe_shared_gate = c.moe_shared_gate;
+  m.moe_first_dense = c.moe_first_dense;
+  m.moe_every = c.moe_every;
+  return m;
+}
+
+GptShape gpt_shape(const ModelShape& m, int padded_vocab_size) {
+  GptShape s{int(m.n_layer), int(m.n_head),     int(m.n_embd),
+             int(m.seq_len), int(m.vocab_size), padded_vocab_size};
   s.rope = m.position == "rope";
-  s.rope_theta = m.rope_theta;
-  if (m.rope_scaling == "llama3" || m.rope_scaling == "yarn") {
+  if (s.rope) s.rope_theta = m.rope_theta;
+  if (m.rope_scaling == "llama3") {
     s.rope_factor = m.rope_scaling_factor;
     s.rope_low_freq = m.rope_low_freq_factor;
     s.rope_high_freq = m.rope_high_freq_factor;
-    s.rope_original_positions = m.rope_original_positions;
-    s.yarn = m.rope_scaling == "yarn";
+    s.rope_original_positions = int(m.rope_original_positions);
+  } else if (m.rope_scaling == "yarn") {
+    s.yarn = true;
+    s.rope_factor = m.rope_scaling_factor;
     s.rope_beta_fast = m.rope_yarn_beta_fast;
     s.rope_beta_slow = m.rope_yarn_beta_slow;
+    s.rope_original_positions = int(m.rope_original_positions);
   }
   s.rmsnorm = m.norm == "rmsnorm";
   s.bias = m.bias;
   s.qkv_bias = m.qkv_bias;
   s.norm_bias = m.norm_bias;
-  s.head_dim = m.head_dim;
-  s.norm_eps = float(m.norm_eps);
-  set_mlp(s, m.mlp);
-  s.mlp_hidden = cfg.mlp_hidden_size();
-  s.tied = m.tie_embeddings;
-  s.n_kv_head = m.n_kv_head;
-  s.qk_norm = m.qk_norm;
-  s.moe_experts = m.moe_experts;
-  s.moe_top_k = m.moe_top_k;
-  s.moe_normalize = m.moe_normalize;
-  s.moe_sigmoid = m.moe_score == "sigmoid";
-  s.moe_routed_scale = float(m.moe_routed_scale);
-  s.moe_groups = m.moe_groups;
-  s.moe_group_top_k = m.moe_group_top_k;
-  s.moe_capacity_factor = m.moe_capacity_factor;
-  s.moe_shared_hidden = m.moe_shared_hidden;
-  s.moe_shared_gate = m.moe_shared_gate;
-  s.moe_first_dense = m.moe_first_dense;
-  s.moe_every = m.moe_every;
-  s.document_token = parse_document_mask(cfg.data.document_mask, m.vocab_size);
-  s.reset_positions = cfg.data.reset_positions;
-  s.rotary_dim = m.rotary_dim;
-  s.sliding_window = m.sliding_window;
-  s.full_attention_every = m.full_attention_every;
+  s.head_dim = int(m.head_dim);
+  s.rotary_dim = int(m.rotary_dim);
+  s.sliding_window = int(m.sliding_window);
+  s.full_attention_every = int(m.full_attention_every);
   s.logit_softcap = float(m.logit_softcap);
   s.attn_softcap = float(m.attn_softcap);
   s.logit_scale = float(m.logit_scale);
@@ -104,7 +145,35 @@ GptShape gpt_shape(const Config& cfg) {
   s.shared_norm = m.shared_norm;
   s.head_bias = m.head_bias;
   s.attn_scale = float(m.attn_scale);
-  s.mup_base_width = m.mup_base_width;
+  s.mup_base_width = int(m.mup_base_width);
+  s.norm_eps = float(m.norm_eps);
+  set_mlp(s, m.mlp);  // (checked by the config's validation, or when a checkpoint was read)
+  s.mlp_hidden = int(m.mlp_hidden);
+  s.tied = m.tied;
+  s.n_kv_head = int(m.n_kv_head);
+  s.qk_norm = m.qk_norm;
+  s.moe_experts = int(m.moe_experts);
+  s.moe_top_k = int(m.moe_top_k);
+  s.moe_normalize = m.moe_normalize;
+  s.moe_sigmoid = m.moe_score == "sigmoid";
+  s.moe_routed_scale = float(m.moe_routed_scale);
+  s.moe_groups = int(m.moe_groups);
+  s.moe_group_top_k = int(m.moe_group_top_k);
+  s.moe_shared_hidden = int(m.moe_shared_hidden);
+  s.moe_shared_gate = m.moe_shared_gate;
+  s.moe_first_dense = int(m.moe_first_dense);
+  s.moe_every = int(m.moe_every);
+  return s;
+}
+
+GptShape gpt_shape(const Config& cfg) {
+  const auto& m = cfg.model;
+  GptShape s = gpt_shape(model_shape(cfg), cfg.padded_vocab_size());
+  // What the run adds to the checkpoint's model: the capacity, the documents, the window's
+  // schedule.
+  s.moe_capacity_factor = m.moe_capacity_factor;
+  s.document_token = parse_document_mask(cfg.data.document_mask, m.vocab_size);
+  s.reset_positions = cfg.data.reset_positions;
   s.window_scheduled = parse_window_warmup(cfg.train.window_warmup, m).on();
   return s;
 }

@@ -496,62 +496,7 @@ CheckpointState Trainer::State::checkpoint_state() const {
   st.epoch = position / n;
   st.config = to_ini(cfg);
   st.grid = grid.describe();
-  st.model = ModelShape{cfg.model.n_layer, cfg.model.n_head,     cfg.model.n_embd,
-                        cfg.model.seq_len, cfg.model.vocab_size, cfg.padded_vocab_size()};
-  st.model.position = cfg.model.position;
-  st.model.rope_theta = cfg.model.position == "rope" ? cfg.model.rope_theta : 0.0;
-  if (cfg.model.rope_scaling == "llama3") {
-    st.model.rope_scaling = "llama3";
-    st.model.rope_scaling_factor = cfg.model.rope_scaling_factor;
-    st.model.rope_low_freq_factor = cfg.model.rope_low_freq_factor;
-    st.model.rope_high_freq_factor = cfg.model.rope_high_freq_factor;
-    st.model.rope_original_positions = cfg.model.rope_original_positions;
-  } else if (cfg.model.rope_scaling == "yarn") {
-    st.model.rope_scaling = "yarn";
-    st.model.rope_scaling_factor = cfg.model.rope_scaling_factor;
-    st.model.rope_yarn_beta_fast = cfg.model.rope_yarn_beta_fast;
-    st.model.rope_yarn_beta_slow = cfg.model.rope_yarn_beta_slow;
-    st.model.rope_original_positions = cfg.model.rope_original_positions;
-  }
-  st.model.norm = cfg.model.norm;
-  st.model.bias = cfg.model.bias;
-  st.model.qkv_bias = cfg.model.qkv_bias;
-  st.model.norm_bias = cfg.model.norm_bias;
-  st.model.head_dim = cfg.model.head_dim;
-  // All of a head's values rotating is plain rope: no attribute (0), whichever way it was said.
-  st.model.rotary_dim = cfg.model.position == "rope" && cfg.model.rotary_dim < cfg.model.hd()
-                            ? cfg.model.rotary_dim
-                            : 0;
-  st.model.sliding_window = cfg.model.sliding_window;
-  st.model.full_attention_every = cfg.model.full_attention_every;
-  st.model.logit_softcap = cfg.model.logit_softcap;
-  st.model.attn_softcap = cfg.model.attn_softcap;
-  st.model.logit_scale = cfg.model.logit_scale;
-  st.model.residual_scale = cfg.model.residual_scale;
-  st.model.embed_scale = cfg.model.embed_scale;
-  st.model.parallel_residual = cfg.model.parallel_residual;
-  st.model.branch_norm = cfg.model.branch_norm;
-  st.model.shared_norm = cfg.model.shared_norm;
-  st.model.head_bias = cfg.model.head_bias;
-  st.model.attn_scale = cfg.model.attn_scale;
-  st.model.mup_base_width = cfg.model.mup_base_width;
-  st.model.norm_eps = cfg.model.norm_eps;
-  st.model.mlp = cfg.model.mlp;
-  st.model.mlp_hidden = cfg.mlp_hidden_size();
-  st.model.tied = cfg.model.tie_embeddings;
-  st.model.n_kv_head = cfg.model.kv_heads();
-  st.model.qk_norm = cfg.model.qk_norm;
-  st.model.moe_experts = cfg.model.moe_experts;
-  st.model.moe_top_k = cfg.model.moe_top_k;
-  st.model.moe_normalize = cfg.model.moe_normalize;
-  st.model.moe_score = cfg.model.moe_score;
-  st.model.moe_routed_scale = cfg.model.moe_routed_scale;
-  st.model.moe_groups = cfg.model.moe_groups;
-  st.model.moe_group_top_k = cfg.model.moe_group_top_k;
-  st.model.moe_shared_hidden = cfg.model.moe_shared_hidden;
-  st.model.moe_shared_gate = cfg.model.moe_shared_gate;
-  st.model.moe_first_dense = cfg.model.moe_first_dense;
-  st.model.moe_every = cfg.model.moe_every;
+  st.model = triad::model_shape(cfg);
   st.loss_window = loss_window.values();
   st.norm_window = norm_window.values();
   st.skipped_in_a_row = skipped_in_a_row;

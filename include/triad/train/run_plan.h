@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "triad/io/checkpoint.h"
 #include "triad/model/gpt.h"
 #include "triad/parallel/process_grid.h"
 #include "triad/train/config.h"
@@ -21,6 +22,11 @@ namespace triad {
 // tp_rank holds (without communicators: the trainer sets them). The trainer and the plan both
 // build from these.
 GptShape gpt_shape(const Config& cfg);
+// The model's /model attributes (those a checkpoint records) for the config's model, and the
+// model of such attributes on a vocabulary padded to padded_vocab_size (the part of
+// gpt_shape(cfg) a checkpoint holds: no capacity, document mask or window schedule).
+ModelShape model_shape(const Config& cfg);
+GptShape gpt_shape(const ModelShape& m, int padded_vocab_size);
 ModelParallel model_parallel(const Config& cfg, int pp_rank, int tp_rank);
 // train.recompute, train.recompute_layers and train.logits_chunk
 ActivationOptions activation_options(const Config& cfg);
