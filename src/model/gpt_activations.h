@@ -153,6 +153,10 @@ struct Gpt::Activations {
   A* full = nullptr;
   float* ln_grads = nullptr;
   A *proj = nullptr, *ln_local = nullptr;
+  // Parallel branches reduced as one (Gpt::fuses_branches), over all rows: attn.c_proj's partial
+  // sums until mlp.c_proj's join them (forward), and the layer output's gradient gathered once
+  // for both branches (backward, sequence parallel).
+  A* branch_partial = nullptr;
   std::vector<A*> grad_sends;  // outgoing gradients of a pipeline step, one per send
   // bf16 only: fp32 staging of tensor-parallel reductions (MPI has no bf16 sum; summing in
   // fp32 also keeps the reduction's accumulation fp32), and one row of logits widened for the
@@ -185,10 +189,16 @@ struct Gpt::Activations {
     // Whether this rank holds a layer with experts (GptShape::moe_layer): the scratch every layer
     // shares is sized for it then (the experts' k rows per token).
     bool experts = false;
+    // Whether it holds a dense layer whose parallel branches are reduced as one
+    // (Gpt::fuses_branches; the dense layers of a model with experts in some).
+    const bool joined = s.parallel_residual && mp.tp > 1 && !s.branch_norm;
+    bool joins = false;
     for (size_t c = 0; c < slots.size(); ++c) {
       const int g = mp.global_chunk(int(c)), first = mp.first_layer(g, s.n_layer);
-      for (int l = first; l < first + mp.chunk_layers(g, s.n_layer); ++l)
+      for (int l = first; l < first + mp.chunk_layers(g, s.n_layer); ++l) {
         experts = experts || s.moe_layer(l);
+        joins = joins || (joined && !s.moe_layer(l));
+      }
     }
     const size_t K = experts ? size_t(s.moe_top_k) : 1, E = size_t(s.moe_experts);
     // Rows on the experts' side: expert parallelism may bring this rank every rank's choices (the
@@ -296,7 +306,8 @@ struct Gpt::Activations {
           want(L.residual3, R * C);
           if (split_backward) {
             const bool moe = s.moe_layer(l);
-            if (s.weight_pass_reads_mlp_output(l)) want(L.dfcproj, BT * C);
+            // (Branches reduced as one: the weight pass reads their one gradient from dproj.)
+            if (s.weight_pass_reads_mlp_output(l) && !(joined && !moe)) want(L.dfcproj, BT * C);
             want(L.dfch, (moe ? XR : BT) * Fl);
             want(L.dproj, BT * C);
             want(L.dqkv, BT * Wl);
@@ -366,6 +377,7 @@ struct Gpt::Activations {
     if (any_recompute && recompute.mode == Recompute::full) want_internals(work, true, experts);
     want(proj, R * C);
     if (sp) want(ln_local, R * C);
+    if (joins) want(branch_partial, BT * C);
     if (sp) want(full, BT * C);
     // One LayerNorm's (sequence parallel) or the q and k norms' (2·hd) weight gradients before
     // their tensor-parallel all-reduce.

@@ -176,6 +176,8 @@ void Gpt::mlp_output(typename Set<A>::Layer& L, const LayerTensors<const A>& w, 
     linear_forward(fp8_site(l, 3), fcproj, L.fch_gelu, w.fcprojw,
                    mp_.tp_rank == 0 ? w.fcprojb : nullptr, N, shape_.hidden() / mp_.tp,
                    shape_.n_embd);  // (the bias added once)
+  if (fuses_branches(l))            // the attention's partial sums join before the one reduction
+    be_.add(fcproj, fcproj, acts<A>().branch_partial, size_t(N) * size_t(shape_.n_embd));
   reduce_rows(fcproj, L.fcproj, N);
 }
 
@@ -321,7 +323,9 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   const A* base = layer_weight_base<A>(l, &origin);
   const LayerTensors<const A> w = layer_tensors(base, specs_, layer_[size_t(l)], slots(l), origin);
   const A* projb = mp_.tp_rank == 0 ? w.projb : nullptr;  // bias added once
-  A* attproj = mp_.split_rows() ? acts<A>().full : L.attproj;
+  // Branches reduced as one: attn.c_proj's partial sums wait in branch_partial for the MLP's.
+  const bool joined = fuses_branches(l);
+  A* attproj = joined ? acts<A>().branch_partial : mp_.split_rows() ? acts<A>().full : L.attproj;
   const A* ln1 = gather_rows(L.ln1, L.ln1g, N);
   const int layer = mp_.first_layer(g, shape_.n_layer) + i;  // of the whole model
   // c_attn into dst (N rows), through the q and k norms (model.qk_norm) from the kept qkv_pre.
@@ -368,19 +372,19 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
                          shape_.layer_window(layer), shape_.scores_scale(), shape_.attn_softcap);
   }
   linear_forward(fp8_site(l, 1), attproj, L.atty, w.projw, projb, N, Al, C);
-  reduce_rows(attproj, L.attproj, N);
-  const A* att_out = branch_output(L.attproj, L.pn1_mean, L.pn1_rstd, w.aonw, w.aonb, n);
-  // train.activations_every: read here, as the MLP's output may take its buffer later.
-  add_activation_sums<A>(1 + 3 * size_t(l), {att_out}, size_t(n) * C);
-  if (shape_.parallel_residual) {  // ln_2 of the layer's input; residual2 the first branch's sum
-    be_.add(L.residual2, x, att_out, size_t(n) * C);
-    if (!shape_.shared_norm)  // (shared: L.ln2 is ln_1's output)
-      be_.layernorm_forward(L.ln2, L.ln2_mean, L.ln2_rstd, x, w.ln2w, w.ln2b, n, C,
-                            shape_.norm_eps);
-  } else {
-    be_.residual_layernorm_forward(L.residual2, L.ln2, L.ln2_mean, L.ln2_rstd, x, att_out, w.ln2w,
-                                   w.ln2b, n, C, shape_.norm_eps);
-  }
+  if (!joined) {
+    reduce_rows(attproj, L.attproj, N);
+    const A* att_out = branch_output(L.attproj, L.pn1_mean, L.pn1_rstd, w.aonw, w.aonb, n);
+    // train.activations_every: read here, as the MLP's output may take its buffer later.
+    add_activation_sums<A>(1 + 3 * size_t(l), {att_out}, size_t(n) * C);
+    if (shape_.parallel_residual)  // residual2 the first branch's sum
+      be_.add(L.residual2, x, att_out, size_t(n) * C);
+    else
+      be_.residual_layernorm_forward(L.residual2, L.ln2, L.ln2_mean, L.ln2_rstd, x, att_out, w.ln2w,
+                                     w.ln2b, n, C, shape_.norm_eps);
+  }  // (joined: no residual2; forward_chunk adds both branches' output to x)
+  if (shape_.parallel_residual && !shape_.shared_norm)  // ln_2 of the layer's input (shared: ln_1)
+    be_.layernorm_forward(L.ln2, L.ln2_mean, L.ln2_rstd, x, w.ln2w, w.ln2b, n, C, shape_.norm_eps);
   const A* ln2 = shape_.shared_norm ? ln1 : gather_rows(L.ln2, L.ln2g, N);
   const int Hl = shape_.hidden() / mp_.tp;
   if (shape_.moe_layer(l)) {
@@ -456,16 +460,20 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T, int pos0) {
     layer_front(S, g, i, B, T, pos0);
     mlp_output(L, w, first_layer + i, N);
     const A* mlp_out = branch_output(L.fcproj, L.pn2_mean, L.pn2_rstd, w.monw, w.monb, n);
+    // What the MLP's output joins: residual2, or the layer's input where it is both branches'.
+    const A* res = fuses_branches(first_layer + i)
+                       ? (i == 0 ? S.input : S.layers[size_t(i - 1)].residual3)
+                       : L.residual2;
     if (i + 1 < per_chunk) {
       auto& next = S.layers[size_t(i + 1)];
       const LayerTensors<const A> wn = layer_weights(i + 1);
-      be_.residual_layernorm_forward(L.residual3, next.ln1, next.ln1_mean, next.ln1_rstd,
-                                     L.residual2, mlp_out, wn.ln1w, wn.ln1b, n, C, shape_.norm_eps);
+      be_.residual_layernorm_forward(L.residual3, next.ln1, next.ln1_mean, next.ln1_rstd, res,
+                                     mlp_out, wn.ln1w, wn.ln1b, n, C, shape_.norm_eps);
     } else if (last_chunk) {
-      be_.residual_layernorm_forward(L.residual3, S.lnf, S.lnf_mean, S.lnf_rstd, L.residual2,
-                                     mlp_out, lnfw, lnfb, n, C, shape_.norm_eps);
+      be_.residual_layernorm_forward(L.residual3, S.lnf, S.lnf_mean, S.lnf_rstd, res, mlp_out, lnfw,
+                                     lnfb, n, C, shape_.norm_eps);
     } else {
-      be_.add(L.residual3, L.residual2, mlp_out, nC);
+      be_.add(L.residual3, res, mlp_out, nC);
     }
     add_activation_sums<A>(2 + 3 * size_t(first_layer + i), {mlp_out, L.residual3}, nC);
   }
@@ -659,10 +667,15 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     // MLP branch: residual3 = residual2 + c_proj(gelu(c_fc(ln_2(residual2)))) (through
     // ln_mlp_out under model.branch_norm). The row-parallel c_proj sees the gradient of all
     // rows, so its bias gradient is complete.
+    // Branches reduced as one (fuses_branches): the layer output's gradient is both branches'
+    // output gradient, gathered once (into the weight pass's dproj, which reads it for both).
+    const bool joined = fuses_branches(l);
     const A* dmlp = branch_output_backward(gr.monw, gr.monb, a.dresidual, L.fcproj, w.monw,
                                            L.pn2_mean, L.pn2_rstd, n);
-    const A* dres = split && shape_.weight_pass_reads_mlp_output(l) ? keep_rows(dmlp, L.dfcproj, N)
-                                                                    : gather_rows(dmlp, a.full, N);
+    const A* dres =
+        joined ? split ? keep_rows(dmlp, L.dproj, N) : gather_rows(dmlp, a.branch_partial, N)
+        : split && shape_.weight_pass_reads_mlp_output(l) ? keep_rows(dmlp, L.dfcproj, N)
+                                                          : gather_rows(dmlp, a.full, N);
     const int Hl = shape_.hidden() / mp_.tp, Fl = shape_.fc_rows() / mp_.tp;
     if (shape_.moe_layer(l)) {
       moe_backward<A>(L, dpart, gr, dres, L.ln2g, w, N);
@@ -678,10 +691,13 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     if (!shape_.moe_layer(l))
       linear_backward(fp8_site(first_layer + i, 2), dpart, wgrad(gr.fcw), wgrad(gr.fcb), dfch,
                       L.ln2g, w.fcw, N, C, Fl, kSet);
-    reduce_rows(dpart, a.dln, N);
-    // model.shared_norm: the gradient of the norm's output, the MLP's part, is kept for the
-    // attention's to join before the one norm's backward.
-    if (shape_.shared_norm) be_.copy(words(a.dln_mlp), words(a.dln), word_count<A>(size_t(n) * C));
+    // model.shared_norm: the gradient of the norm's output, the MLP's part, waits for the
+    // attention's before the one norm's backward: as partial sums in dpart, which c_attn's
+    // backward adds to, where the branches are reduced as one; else reduced, in dln_mlp.
+    const bool one_input_grad = joined && shape_.shared_norm;
+    if (!one_input_grad) reduce_rows(dpart, a.dln, N);
+    if (shape_.shared_norm && !one_input_grad)
+      be_.copy(words(a.dln_mlp), words(a.dln), word_count<A>(size_t(n) * C));
     // ln_2's backward adds its input's gradient to dresidual: that of residual2, or under
     // parallel_residual of x, which the attention branch's output gradient must not see (both
     // branches' is the layer output's): it runs after attn.c_proj's backward has read it.
@@ -693,9 +709,11 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     };
     if (!shape_.parallel_residual) ln2_backward();
     // Attention branch: residual2 = x + c_proj(attn(c_attn(ln_1(x)))) (through ln_attn_out).
-    const A* datt = branch_output_backward(gr.aonw, gr.aonb, a.dresidual, L.attproj, w.aonw,
-                                           L.pn1_mean, L.pn1_rstd, n);
-    dres = split ? keep_rows(datt, L.dproj, N) : gather_rows(datt, a.full, N);
+    if (!joined) {
+      const A* datt = branch_output_backward(gr.aonw, gr.aonb, a.dresidual, L.attproj, w.aonw,
+                                             L.pn1_mean, L.pn1_rstd, n);
+      dres = split ? keep_rows(datt, L.dproj, N) : gather_rows(datt, a.full, N);
+    }
     linear_backward(fp8_site(first_layer + i, 1), a.datty, wgrad(gr.projw), wgrad(gr.projb), dres,
                     L.atty, w.projw, N, Al, C, kSet);
     if (shape_.parallel_residual) ln2_backward();
@@ -714,9 +732,9 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     if (shape_.qk_norm)               // ... and of c_attn's output, before the norm
       qk_norm_backward(dqkv, gr.qnw, gr.knw, L.qkv_pre, w.qnw, w.knw, L.qk_rstd, N);
     linear_backward(fp8_site(first_layer + i, 0), dpart, wgrad(gr.qkvw), wgrad(gr.qkvb), dqkv,
-                    L.ln1g, w.qkvw, N, C, Wl, kSet);
+                    L.ln1g, w.qkvw, N, C, Wl, one_input_grad ? GradMode::accumulate : kSet);
     reduce_rows(dpart, a.dln, N);
-    if (shape_.shared_norm) be_.add(a.dln, a.dln, a.dln_mlp, size_t(n) * C);
+    if (shape_.shared_norm && !one_input_grad) be_.add(a.dln, a.dln, a.dln_mlp, size_t(n) * C);
     layernorm_backward(a.dresidual, gr.ln1w, gr.ln1b, a.dln, x_in, w.ln1w, L.ln1_mean, L.ln1_rstd,
                        n);
     if (grad_hook_)
@@ -771,8 +789,9 @@ void Gpt::weight_chunk(int chunk, Set<A>& S, int B, int T) {
     if (shape_.moe_layer(l)) {
       moe_weights<A>(L, gr, L.ln2g, w, N);
     } else {
-      linear_backward<A>(fp8_site(l, 3), nullptr, gr.fcprojw, gr.fcprojb, L.dfcproj, L.fch_gelu,
-                         w.fcprojw, N, Hl, C);
+      // (Branches reduced as one: their common output gradient is in dproj.)
+      linear_backward<A>(fp8_site(l, 3), nullptr, gr.fcprojw, gr.fcprojb,
+                         fuses_branches(l) ? L.dproj : L.dfcproj, L.fch_gelu, w.fcprojw, N, Hl, C);
       linear_backward<A>(fp8_site(l, 2), nullptr, gr.fcw, gr.fcb, L.dfch, L.ln2g, w.fcw, N, C, Fl);
     }
     linear_backward<A>(fp8_site(l, 1), nullptr, gr.projw, gr.projb, L.dproj, L.atty, w.projw, N, Al,

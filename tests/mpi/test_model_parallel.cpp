@@ -610,20 +610,33 @@ TEST(ModelParallel, GegluAndEmbedScaleMatchOneRankOnEveryGrid) {
                 block_variant_grids(), {"full", "gelu"}, true, Grid{1, 2, 2, 0, 2, "1f1b", 1});
 }
 
+// The grids of parallel branches: block_variant_grids, and tensor parallel ones with sequence
+// parallelism (the branches' partial sums reduce-scattered as one, their output gradient
+// gathered once), one of them under the zero-bubble split (whose weight pass reads that one
+// gradient for both c_proj).
+std::vector<Grid> parallel_branch_grids() {
+  std::vector<Grid> grids = block_variant_grids();
+  grids.push_back({1, 4, 1, 1, 2, "1f1b", 1, true});
+  grids.push_back({1, 2, 2, 0, 4, "zb-h1", 1, true});
+  return grids;
+}
+
 // Parallel attention and MLP (model.parallel_residual): ln_2 reads the layer's input, whose
-// gradient takes ln_2's share after attn.c_proj's backward has read the output's. Every grid,
-// both recomputations, the zero-bubble split, bf16 and resumed across grids, against one rank.
+// gradient takes ln_2's share after attn.c_proj's backward has read the output's; under tensor
+// parallelism both branches' partial sums are reduced as one. Every grid, both recomputations,
+// the zero-bubble split, bf16 and resumed across grids, against one rank.
 TEST(ModelParallel, ParallelResidualMatchesOneRankOnEveryGrid) {
-  check_variant("parallel", {"--model.parallel_residual", "true"}, block_variant_grids(),
+  check_variant("parallel", {"--model.parallel_residual", "true"}, parallel_branch_grids(),
                 {"full", "gelu"}, true, Grid{1, 2, 2, 0, 2, "1f1b", 1});
 }
 
 // One norm for both parallel branches (model.shared_norm): the MLP reads ln_1's output (gathered
 // once under sequence parallelism), and ln_1's backward takes the sum of both branches' input
-// gradients, each reduced over the tensor-parallel group. The same grids.
+// gradients, reduced once over the tensor-parallel group (c_attn's backward adds its partial
+// sums to c_fc's). The same grids.
 TEST(ModelParallel, SharedNormMatchesOneRankOnEveryGrid) {
   check_variant("sharednorm", {"--model.parallel_residual", "true", "--model.shared_norm", "true"},
-                block_variant_grids(), {"full", "gelu"}, true, Grid{1, 2, 2, 0, 2, "1f1b", 1});
+                parallel_branch_grids(), {"full", "gelu"}, true, Grid{1, 2, 2, 0, 2, "1f1b", 1});
 }
 
 // Norms on the branches' outputs (model.branch_norm, Gemma 2's sandwich norms; LayerNorms with
@@ -965,6 +978,59 @@ TEST(ModelParallel, CommunicationVolumeMatchesTheFormulas) {
       EXPECT_EQ(r.out.dp_traffic.bytes[CommStats::kAllReduce],
                 steps * (floats - embeddings - layer) * 4);
       EXPECT_EQ(r.out.dp_traffic.calls[CommStats::kAllReduce], uint64_t(steps));
+    }
+  }
+}
+
+// Parallel branches (model.parallel_residual) under tensor parallelism are reduced as one: per
+// layer one reduction forward (the sum of both c_proj's partial sums), and backward one gather of
+// their common output gradient (sequence parallel) and, with one norm (model.shared_norm), one
+// reduction of both input gradients; with two norms each is reduced (ln_2's and ln_1's).
+TEST(ModelParallel, ParallelBranchesAreReducedAsOne) {
+  if (world_size() < 2) GTEST_SKIP() << "needs 2 ranks";
+  const std::string dir = shared_dir("traffic");
+  const uint64_t mbs = 6 * 4, N = kSeq * 4, C = kEmbd, L = kLayers;
+  for (const bool shared : {false, true}) {
+    const std::string tag = shared ? "shared" : "two";
+    const std::vector<std::string> opts = {"--resume",
+                                           "none",
+                                           "--eval.sequences",
+                                           "0",
+                                           "--model.parallel_residual",
+                                           "true",
+                                           "--model.shared_norm",
+                                           shared ? "true" : "false"};
+    // The norms per layer: as many gathers of their outputs forward (sequence parallel) and
+    // reductions of their input gradients backward.
+    const uint64_t norms = shared ? 1 : 2;
+    {
+      const Result r = run(dir, "par_tp_" + tag, Grid{1, 2, 1, 0, 4, "1f1b", 1}, opts);
+      if (world_rank() == 0) {
+        const CommStats& t = r.out.tp_traffic;
+        // Embedding 1, each layer 1 forward + `norms` backward, the head's input gradient 1 (all
+        // N·C floats), and the cross-entropy's row statistics (3 calls, 4N floats).
+        EXPECT_EQ(t.calls[CommStats::kAllReduce], mbs * (2 + (1 + norms) * L + 3)) << tag;
+        EXPECT_EQ(t.bytes[CommStats::kAllReduce], mbs * 4 * ((2 + (1 + norms) * L) * N * C + 4 * N))
+            << tag;
+      }
+    }
+    {
+      const Result r = run(dir, "par_sp_" + tag, Grid{1, 2, 1, 0, 4, "1f1b", 1, true}, opts);
+      if (world_rank() == 0) {
+        const CommStats& t = r.out.tp_traffic;
+        EXPECT_EQ(t.calls[CommStats::kReduceScatter], mbs * (1 + (1 + norms) * L + 1)) << tag;
+        EXPECT_EQ(t.bytes[CommStats::kReduceScatter], mbs * (2 + (1 + norms) * L) * N * C * 4)
+            << tag;
+        // Gathers: forward the norms' outputs and ln_f's; backward the layer output's gradient
+        // once per layer and the embedding's once.
+        const uint64_t gathers = mbs * ((norms + 1) * L + 2);
+        EXPECT_EQ(t.calls[CommStats::kAllGather], gathers) << tag;
+        EXPECT_EQ(t.bytes[CommStats::kAllGather], gathers * N / 2 * C * 4) << tag;
+        // LayerNorm weight and bias gradients: each norm's, and ln_f's; the cross-entropy's.
+        const uint64_t lns = norms * L + 1;
+        EXPECT_EQ(t.calls[CommStats::kAllReduce], mbs * (lns + 3)) << tag;
+        EXPECT_EQ(t.bytes[CommStats::kAllReduce], mbs * 4 * (lns * 2 * C + 4 * N)) << tag;
+      }
     }
   }
 }

@@ -56,20 +56,27 @@ def activations(path: Path) -> dict:
         return {k: f["activations"][k][:] for k in f["activations"]}
 
 
-def test_activations_are_the_same_on_every_grid(tmp_path):
+GRIDS = ((4, ["--parallel.tp", 2, "--parallel.zero", 1]),
+         (2, ["--parallel.tp", 2, "--parallel.sequence_parallel", "true"]),
+         (2, ["--parallel.pp", 2]),
+         (2, ["--parallel.cp", 2]),
+         (2, ["--parallel.zero", 3]))
+
+
+# Parallel blocks (model.parallel_residual): under tensor parallelism training reduces both
+# branches as one, while the measuring pass reduces each on its own to see them apart.
+@pytest.mark.parametrize("parallel", [False, True])
+def test_activations_are_the_same_on_every_grid(tmp_path, parallel):
+    extra = {"model__parallel_residual": "true"} if parallel else {}
     cfg = tiny_config(tmp_path, name="one", train__activations_every=2, train__steps=5,
-                      eval__every=0, data__shuffle="false")
+                      eval__every=0, data__shuffle="false", **extra)
     p = run(1, "--config", cfg)
     assert p.returncode == 0, p.stdout + p.stderr
     want = activations(tmp_path / "runs" / "one")
     assert list(want["step"]) == [0, 2, 4]
     assert set(want) == {"step", "embed", "h0_attn", "h0_mlp", "h0_out", "h1_attn", "h1_mlp",
                          "h1_out"}
-    for n, grid in ((4, ["--parallel.tp", 2, "--parallel.zero", 1]),
-                    (2, ["--parallel.tp", 2, "--parallel.sequence_parallel", "true"]),
-                    (2, ["--parallel.pp", 2]),
-                    (2, ["--parallel.cp", 2]),
-                    (2, ["--parallel.zero", 3])):
+    for n, grid in GRIDS[:2] if parallel else GRIDS:
         name = f"g{n}_" + "_".join(map(str, grid[::2])).replace("--parallel.", "")
         p = run(n, "--config", cfg, "--run.name", name, *grid)
         assert p.returncode == 0, p.stdout + p.stderr

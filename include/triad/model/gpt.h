@@ -1120,9 +1120,22 @@ class Gpt {
   const A* branch_output_backward(float* dw, float* db, const A* dout, const A* y, const A* w,
                                   const float* mean, const float* rstd, int rows);
   // The MLP's output (dense or the experts') of layer l, reduced into L.fcproj: in the forward
-  // pass, and again before the backward pass of a fully recomputed layer with branch norms.
+  // pass, and again before the backward pass of a fully recomputed layer with branch norms. In a
+  // layer whose branches join before their reduction (fuses_branches), both branches' output.
   template <class A>
   void mlp_output(typename Set<A>::Layer& L, const LayerTensors<const A>& w, int l, int N);
+  // Whether layer l's parallel branches (model.parallel_residual, tp > 1) are reduced as one:
+  // the partial sums of attn.c_proj's and mlp.c_proj's row-parallel products are added before a
+  // single reduction (GPT-NeoX's and PaLM's), and the backward pass gathers their common output
+  // gradient once and, with one norm (model.shared_norm), reduces the sum of both input
+  // gradients once. It needs the branches' outputs to meet unchanged: not under
+  // model.branch_norm (a norm on each branch's reduced output), not in a layer with experts
+  // (whose outputs travel on their own), and not while the branches' activations are measured
+  // apart (set_activation_sums: that evaluation pass reduces each branch on its own).
+  bool fuses_branches(int l) const {
+    return shape_.parallel_residual && mp_.tp > 1 && !shape_.branch_norm && !shape_.moe_layer(l) &&
+           activation_sums_ == nullptr;
+  }
   // The gradients of a replicated pair of tensors (n floats each; db null: only one) that are
   // partial sums over the tensor-parallel group: form(ga, gb) writes them into zeroed scratch,
   // where they are all-reduced, then accumulated into da and db, so that accumulation over
