@@ -72,8 +72,9 @@ What the formats hold and how they map (docs/formats.md, "Weights from other pro
 - HF Falcon (with rope): parallel attention and MLP, LayerNorms with biases beside bias-free
   linear layers (model.norm_bias), GELU exact; Falcon-40B's layout (new_decoder_architecture:
   ln_attn and ln_mlp, query_key_value grouped by key/value head, [groups, q per group + 2, head
-  width]) or Falcon-7B's (one input_layernorm, read into both ln_1 and ln_2; multi-query
-  attention, q | k | v). Written in Falcon-40B's layout.
+  width]) or Falcon-7B's (multi-query attention, q | k | v); one input_layernorm for both
+  branches (Falcon-7B's, or num_ln_in_parallel_attn = 1: model.shared_norm) or ln_attn and ln_mlp.
+  Written in Falcon-40B's layout.
 - llm.c: a header of 256 int32 (magic 20240326, version 3 = fp32 or 5 = bf16, max_seq_len,
   vocab_size, n_layer, n_head, n_embd, padded_vocab_size), then wte, wpe and each per-layer
   tensor for all layers in turn ([out, in] like triad), then ln_f.
@@ -181,8 +182,9 @@ class Dims:
     # GPT-NeoX's layout (GPTNeoXForCausalLM): its names, and q, k, v interleaved by head.
     neox: bool = False
     # Falcon's layout (FalconForCausalLM): "" (not Falcon), "grouped" (new_decoder_architecture:
-    # ln_attn, ln_mlp, q, k, v grouped by key/value head) or "shared" (Falcon-7B's: one
-    # input_layernorm for both branches, multi-query q | k | v).
+    # q, k, v grouped by key/value head) or "multi_query" (Falcon-7B's: q | k | v). Its norms:
+    # ln_attn and ln_mlp, or with shared_norm one input_layernorm (Falcon-7B's, or
+    # num_ln_in_parallel_attn = 1).
     falcon: str = ""
     # Parallel attention and MLP (model.parallel_residual: GPT-NeoX's use_parallel_residual).
     parallel_residual: bool = False
@@ -970,8 +972,9 @@ def falcon_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     triad's model: parallel attention and MLP (model.parallel_residual), LayerNorms with biases
     beside linear layers without (model.norm_bias) or with them (bias), GELU exact, grouped-query
     or multi-query attention, tied or not. Falcon-40B's layout (new_decoder_architecture, two
-    LayerNorms) and Falcon-7B's (multi_query, one LayerNorm for both branches) import; alibi,
-    sequential blocks and Falcon-7B's layout without multi_query are refused."""
+    LayerNorms or with num_ln_in_parallel_attn = 1 one) and Falcon-7B's (multi_query, one
+    LayerNorm for both branches: model.shared_norm) import; alibi, sequential blocks and
+    Falcon-7B's layout without multi_query are refused."""
     try:
         n_layer, n_head = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
         n_embd = int(cfg["hidden_size"])
@@ -1010,16 +1013,17 @@ def falcon_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab, position="rope", rope_theta=theta,
              norm="layernorm", bias=bias, norm_bias=not bias, mlp="gelu_exact",
              mlp_hidden=hidden, tied=bool(cfg.get("tie_word_embeddings", True)), n_kv_head=kv,
-             norm_eps=eps, parallel_residual=True, falcon="shared" if shared else "grouped")
+             norm_eps=eps, parallel_residual=True, shared_norm=shared,
+             falcon="grouped" if new else "multi_query")
     d.check(where)
     return d
 
 
 def falcon_sources(d: Dims) -> dict[str, list[str]]:
     """Each triad tensor of a Falcon model and the HF tensor it is (c_attn's rows reordered:
-    falcon_qkv_order; Falcon-7B's one LayerNorm read into both ln_1 and ln_2)."""
+    falcon_qkv_order; one LayerNorm for both branches is ln_1, model.shared_norm)."""
     src = {"wte/weight": ["transformer.word_embeddings.weight"]}
-    lns = (("ln_1", "input_layernorm"), ("ln_2", "input_layernorm")) if d.falcon == "shared" \
+    lns = (("ln_1", "input_layernorm"),) if d.shared_norm \
         else (("ln_1", "ln_attn"), ("ln_2", "ln_mlp"))
     linears = (("attn/c_attn", "self_attention.query_key_value"),
                ("attn/c_proj", "self_attention.dense"), ("mlp/c_fc", "mlp.dense_h_to_4h"),
@@ -1765,12 +1769,6 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
            int(a.get("parallel_residual", 0)), int(a.get("shared_norm", 0)),
            int(a.get("head_bias", 0)), int(a.get("tie_embeddings", 1))) == \
         ("rope", "layernorm", 1, 1, 1, 1, 0) and a.get("mlp") in ("gelu", "gelu_exact")
-    if int(a.get("shared_norm", 0)) and not (cohere or phi):
-        raise ConvertError(f"{path}: the model's parallel branches share one norm "
-                           f"(model.shared_norm) in blocks other than Cohere's (rope, a LayerNorm "
-                           f"without biases, SwiGLU, no linear biases) and Phi's (rope, a "
-                           f"LayerNorm, GELU, biases everywhere and on the untied head); only "
-                           f"Hugging Face's Cohere and Phi of the export formats have such blocks")
     if int(a.get("head_bias", 0)) and not phi:
         raise ConvertError(f"{path}: the model's head has a bias (model.head_bias) in blocks other "
                            f"than Phi's; only Hugging Face's Phi of the export formats has one")
@@ -1816,6 +1814,13 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
                            f"than Nemotron's, StableLM's and GPT-NeoX's; the export formats for "
                            f"them (Hugging Face's Llama, Qwen2, Qwen3, Mistral and their "
                            f"mixtures) rotate all of them")
+    if int(a.get("shared_norm", 0)) and not (cohere or phi or falcon):
+        raise ConvertError(f"{path}: the model's parallel branches share one norm "
+                           f"(model.shared_norm) in blocks other than Cohere's (rope, a LayerNorm "
+                           f"without biases, SwiGLU, no linear biases), Phi's (rope, a LayerNorm, "
+                           f"GELU, biases everywhere and on the untied head) and Falcon's (rope, "
+                           f"a LayerNorm, GELU exact, no linear biases); only Hugging Face's "
+                           f"Cohere, Phi and Falcon of the export formats have such blocks")
     if int(a.get("parallel_residual", 0)) and not (neox or falcon or cohere):
         raise ConvertError(f"{path}: the model runs attention and MLP side by side "
                            f"(model.parallel_residual) in blocks other than GPT-NeoX's (rope, "
@@ -2049,8 +2054,8 @@ def rotary_fraction(d: Dims) -> float:
 
 def falcon_hf_config(d: Dims) -> dict:
     """config.json for transformers' FalconForCausalLM in Falcon-40B's layout
-    (new_decoder_architecture, ln_attn and ln_mlp) computing what triad's model of Falcon's blocks
-    computes."""
+    (new_decoder_architecture; ln_attn and ln_mlp, or one input_layernorm under model.shared_norm)
+    computing what triad's model of Falcon's blocks computes."""
     refuse_absent(d, "a model of Falcon's blocks exports as Hugging Face's Falcon",
                   ("a c_attn bias (model.qkv_bias)", d.qkv_bias),
                   ("partial rotary (model.rotary_dim)", d.rotary_dim),
@@ -2062,7 +2067,7 @@ def falcon_hf_config(d: Dims) -> dict:
         "max_position_embeddings": d.seq_len, "vocab_size": d.vocab_size,
         "layer_norm_epsilon": d.norm_eps, "rope_theta": d.rope_theta, "alibi": False,
         "bias": False, "parallel_attn": True, "new_decoder_architecture": True,
-        "num_ln_in_parallel_attn": 2, "multi_query": d.kv == 1, "activation": "gelu",
+        "num_ln_in_parallel_attn": 1 if d.shared_norm else 2, "multi_query": d.kv == 1, "activation": "gelu",
         "attention_dropout": 0.0, "hidden_dropout": 0.0, "tie_word_embeddings": d.tied,
         "initializer_range": 0.02, "torch_dtype": "float32",
     }

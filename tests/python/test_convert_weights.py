@@ -893,23 +893,29 @@ def falcon_model(**config):
         attn_implementation="eager"), config)
 
 
-@pytest.mark.parametrize("layout", ["40b", "7b"])
+@pytest.mark.parametrize("layout", ["40b", "40b_one_norm", "7b"])
 def test_falcon_imports_and_evaluates_as_transformers(imported, tmp_path, layout):
     """transformers' FalconForCausalLM (parallel attention and MLP, LayerNorms with biases,
     bias-free linear layers, GELU exact, tied embeddings, rope) in Falcon-40B's layout (ln_attn and
-    ln_mlp, query_key_value grouped by key/value head: 4 query heads over 2) and Falcon-7B's (one
-    LayerNorm for both branches, multi-query attention) against triad's model.parallel_residual,
+    ln_mlp, or one input_layernorm with num_ln_in_parallel_attn = 1; query_key_value grouped by
+    key/value head: 4 query heads over 2) and Falcon-7B's (one LayerNorm for both branches,
+    multi-query attention) against triad's model.parallel_residual, model.shared_norm,
     model.norm_bias and model.mlp = gelu_exact: hf_round_trip (Falcon-7B's written back in
-    Falcon-40B's layout)."""
-    kv = 2 if layout == "40b" else 1
-    model = falcon_model() if layout == "40b" else falcon_model(
-        new_decoder_architecture=False, multi_query=True, num_kv_heads=None)
+    Falcon-40B's layout; tp 2, whose parallel branches are reduced as one, where the key/value
+    heads split)."""
+    kv = 1 if layout == "7b" else 2
+    shared = layout != "40b"
+    model = {"40b": falcon_model, "40b_one_norm": lambda: falcon_model(num_ln_in_parallel_attn=1),
+             "7b": lambda: falcon_model(new_decoder_architecture=False, multi_query=True,
+                                        num_kv_heads=None)}[layout]()
     args = ["--model.position", "rope", "--model.rope_theta", "500", "--model.bias", "false",
             "--model.norm_bias", "true", "--model.mlp", "gelu_exact", "--model.n_head", "4",
-            "--model.n_kv_head", kv, "--model.parallel_residual", "true"]
+            "--model.n_kv_head", kv, "--model.parallel_residual", "true", "--model.shared_norm",
+            str(shared).lower()]
     hf_round_trip(imported, tmp_path, model, "Falcon", args, False,
-                  {"mlp": "gelu_exact", "norm_bias": 1, "parallel_residual": 1, "n_kv_head": kv},
-                  same_layout=layout == "40b", tp2=kv == 2)
+                  {"mlp": "gelu_exact", "norm_bias": 1, "parallel_residual": 1, "n_kv_head": kv,
+                   "shared_norm": 1 if shared else None},
+                  same_layout=layout != "7b", tp2=kv == 2)
 
 
 GEMMA_ARGS = ["--model.position", "rope", "--model.rope_theta", "500", "--model.norm", "rmsnorm",
