@@ -1,6 +1,6 @@
 """Weights and tokenizers in and out of triad: Hugging Face transformers models (config.json +
 safetensors; GPT-2, Llama, Mistral, Qwen2, Qwen3, Mixtral, Qwen2-MoE, Qwen3-MoE, Nemotron,
-StableLM, Gemma, Gemma 2, Granite, GraniteMoE, Cohere, Phi, GPT-NeoX, Falcon) and llm.c
+StableLM, Gemma, Gemma 2, Granite, GraniteMoE, Cohere, Phi, GPT-J, GPT-NeoX, Falcon) and llm.c
 model files (gpt2_124M.bin and the like) to a triad checkpoint, a triad checkpoint to either,
 and Hugging Face or Meta tokenizers to a triad tokenizer description (hf_tokenizer.py).
 
@@ -69,6 +69,11 @@ What the formats hold and how they map (docs/formats.md, "Weights from other pro
   rotary_pct of each head (model.rotary_dim), parallel attention and MLP
   (use_parallel_residual: model.parallel_residual), GELU exact ("gelu": model.mlp = gelu_exact)
   or tanh, an untied embed_out.
+- HF GPT-J: parallel attention and MLP on one LayerNorm with biases (model.parallel_residual,
+  model.shared_norm), bias-free q, k, v and output projections beside an MLP with biases
+  (model.bias = false, model.mlp_bias, model.norm_bias), GELU's tanh approximation, rope on the
+  first rotary_dim values of each head (model.rotary_dim) in interleaved pairs (2i, 2i + 1),
+  reordered as Cohere's, an untied head with a bias (model.head_bias).
 - HF Falcon (with rope): parallel attention and MLP, LayerNorms with biases beside bias-free
   linear layers (model.norm_bias), GELU exact; Falcon-40B's layout (new_decoder_architecture:
   ln_attn and ln_mlp, query_key_value grouped by key/value head, [groups, q per group + 2, head
@@ -147,6 +152,7 @@ class Dims:
     n_kv_head: int = 0  # key/value heads; 0: n_head (no grouped-query attention)
     qk_norm: bool = False  # q_norm / k_norm per head (model.qk_norm): no export format holds it
     qkv_bias: bool = False  # c_attn's bias without the others (model.qkv_bias: Qwen2)
+    mlp_bias: bool = False  # c_fc's and c_proj's without the attention's (model.mlp_bias: GPT-J)
     norm_eps: float = 1e-5  # the normalizations' epsilon (model.norm_eps)
     head_dim: int = 0  # each head's width (model.head_dim); 0: n_embd / n_head
     sliding_window: int = 0  # keys each query sees at most (model.sliding_window); 0: all
@@ -237,6 +243,12 @@ class Dims:
         return self.shared_norm and self.mlp in ("gelu", "gelu_exact") and self.bias
 
     @property
+    def gptj(self) -> bool:
+        """GPT-J's blocks: parallel GELU MLP with biases and bias-free attention on one LayerNorm
+        (its rope pairs interleaved in HF's q and k rows, as Cohere's)."""
+        return self.shared_norm and self.mlp_bias
+
+    @property
     def multiplied(self) -> bool:
         """Whether it has any of Granite's multipliers (which only Granite's formats hold)."""
         return self.embed_scale != 1.0 or bool(self.attn_scale) or self.residual_scale != 1.0 or \
@@ -274,7 +286,8 @@ class Dims:
         return (self.position, self.norm, self.bias, self.mlp, self.tied) == \
             ("learned", "layernorm", True, "gelu", True) and \
             self.mlp_hidden in (0, 4 * self.n_embd) and self.kv == self.n_head and \
-            not self.qk_norm and not self.qkv_bias and not self.head_dim and \
+            not self.qk_norm and not self.qkv_bias and not self.mlp_bias and \
+            not self.head_dim and \
             not self.sliding_window and not self.moe_experts and not self.norm_bias and \
             not self.parallel_residual and self.embed_scale == 1.0 and not self.branch_norm \
             and not self.shared_norm and not self.head_bias \
@@ -315,6 +328,8 @@ class Dims:
                      mlp_hidden=self.mlp_hidden or 4 * self.n_embd,
                      tie_embeddings=int(self.tied), n_kv_head=self.kv, qk_norm=int(self.qk_norm),
                      qkv_bias=int(self.qkv_bias))
+            if self.mlp_bias:  # model.mlp_bias (absent: 0)
+                a["mlp_bias"] = 1
             if self.norm_bias:  # model.norm_bias (absent: 0)
                 a["norm_bias"] = 1
             if self.embed_scale != 1.0:  # model.embed_scale (absent: 1)
@@ -375,6 +390,8 @@ class Dims:
                 keys["qk_norm"] = "true"
             if self.qkv_bias:
                 keys["qkv_bias"] = "true"
+            if self.mlp_bias:
+                keys["mlp_bias"] = "true"
             if self.norm_bias:
                 keys["norm_bias"] = "true"
             if self.embed_scale != 1.0:
@@ -571,6 +588,8 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         return phi_config_dims(cfg, where, seq_len)
     if kind == "falcon":
         return falcon_config_dims(cfg, where, seq_len)
+    if kind == "gptj":
+        return gptj_config_dims(cfg, where, seq_len)
     if kind in UNBUILT_MOE:
         raise ConvertError(f"{where}: model_type is {kind!r}, a mixture of experts triad does "
                            f"not compute: {UNBUILT_MOE[kind]} (triad imports Mixtral's, "
@@ -582,7 +601,7 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                            f"Qwen3-MoE ('qwen3_moe'), Nemotron ('nemotron'), StableLM "
                            f"('stablelm'), Gemma ('gemma', 'gemma2'), Granite ('granite', "
                            f"'granitemoe'), Cohere ('cohere'), Phi ('phi'), "
-                           f"GPT-NeoX ('gpt_neox') and Falcon "
+                           f"GPT-NeoX ('gpt_neox'), GPT-J ('gptj') and Falcon "
                            f"('falcon') models")
     try:
         n_layer, n_head, n_embd = int(get("n_layer")), int(get("n_head")), int(get("n_embd"))
@@ -872,14 +891,80 @@ def phi_sources(d: Dims) -> dict[str, list[str]]:
     return src
 
 
+def gptj_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
+    """A Hugging Face GPT-J config (GPTJForCausalLM: GPT-J-6B and its kin) as triad's model:
+    parallel attention and MLP on one LayerNorm (model.parallel_residual, model.shared_norm),
+    bias-free attention projections beside an MLP with biases (model.bias = false,
+    model.mlp_bias, model.norm_bias), GELU's tanh approximation or GELU itself, rope of base
+    10000 on the first rotary_dim values of each head (model.rotary_dim; its interleaved pairs
+    reordered on import), an untied head with a bias (model.head_bias); refused where triad
+    computes something else (rotary_dim null, which transformers rotates with a table as wide as
+    the model, an odd rotary_dim, a tied head)."""
+    try:
+        n_layer, n_head, n_embd = (int(cfg[k]) for k in ("n_layer", "n_head", "n_embd"))
+        n_pos, vocab = int(cfg.get("n_positions", 2048)), int(cfg["vocab_size"])
+        hidden = int(cfg.get("n_inner") or 4 * n_embd)
+        eps = float(cfg.get("layer_norm_epsilon", 1e-5))
+        rot = cfg.get("rotary_dim")
+        rot = None if rot is None else int(rot)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConvertError(f"{where}: needs integer n_layer, n_head, n_embd, vocab_size, "
+                           f"n_positions, n_inner, rotary_dim and a numeric layer_norm_epsilon "
+                           f"({e})")
+    refusals = []
+    act = cfg.get("activation_function", "gelu_new")
+    if act != "gelu" and act not in TANH_GELU:
+        refusals.append(f"activation_function {act!r} (triad's MLPs use GELU exact, 'gelu', or "
+                        f"its tanh approximation: {', '.join(TANH_GELU)})")
+    if n_head <= 0 or n_embd % n_head:
+        refusals.append(f"n_embd {n_embd} is not a multiple of n_head {n_head}")
+    hd = n_embd // max(n_head, 1)
+    if rot is None or rot < 2 or rot % 2 or rot > hd:
+        refusals.append(f"rotary_dim {rot} (triad rotates an even count of at least 2 of each "
+                        f"head's {hd} values; transformers rotates a null one with positions "
+                        f"as wide as the model)")
+    if cfg.get("tie_word_embeddings"):
+        refusals.append("tie_word_embeddings = true (GPT-J's head has a bias of its own beside "
+                        "the embedding; triad's model.head_bias needs an untied head)")
+    if not (0 < eps <= 0.1):
+        refusals.append(f"layer_norm_epsilon {eps} (triad's model.norm_eps is in (0, 0.1])")
+    refuse_or_check_positions(where, refusals, seq_len, n_pos, "n_positions")
+    d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab, position="rope",
+             rope_theta=10000.0, norm="layernorm", bias=False, mlp_bias=True, norm_bias=True,
+             mlp="gelu_exact" if act == "gelu" else "gelu", mlp_hidden=hidden, tied=False,
+             norm_eps=eps, rotary_dim=0 if rot == hd else rot, parallel_residual=True,
+             shared_norm=True, head_bias=True)
+    d.check(where)
+    return d
+
+
+def gptj_sources(d: Dims) -> dict[str, list[str]]:
+    """Each triad tensor of a GPT-J model and the HF tensors it is made of (c_attn's from q, k and
+    v, stacked by rows)."""
+    src = {"wte/weight": ["transformer.wte.weight"]}
+    for i in range(d.n_layer):
+        p, h = f"h/{i}/", f"transformer.h.{i}."
+        src.update({p + "attn/c_attn/weight": [h + f"attn.{x}_proj.weight" for x in "qkv"],
+                    p + "attn/c_proj/weight": [h + "attn.out_proj.weight"]})
+        for kind in ("weight", "bias"):
+            src.update({p + f"ln_1/{kind}": [h + f"ln_1.{kind}"],
+                        p + f"mlp/c_fc/{kind}": [h + f"mlp.fc_in.{kind}"],
+                        p + f"mlp/c_proj/{kind}": [h + f"mlp.fc_out.{kind}"]})
+    src.update({"ln_f/weight": ["transformer.ln_f.weight"], "ln_f/bias": ["transformer.ln_f.bias"],
+                "lm_head/weight": ["lm_head.weight"], "lm_head/bias": ["lm_head.bias"]})
+    return src
+
+
 def interleaved_rope_order(d: Dims, t: str, a: np.ndarray, to_hf: bool = False) -> np.ndarray:
-    """c_attn's weight with each q and k head's rows from Cohere's rope pairs (2i, 2i + 1) to
-    triad's (i, i + hd/2): triad's row i is HF's 2i, row hd/2 + i HF's 2i + 1; or (to_hf) back.
-    v's rows stay. Only for Cohere's blocks (Dims.cohere)."""
-    if not (d.cohere and t.endswith("attn/c_attn/weight")):
+    """c_attn's weight with each q and k head's rotating rows (the first r = rotary_dim, or all
+    hd) from Cohere's and GPT-J's rope pairs (2i, 2i + 1) to triad's (i, i + r/2): triad's row i
+    is HF's 2i, row r/2 + i HF's 2i + 1; or (to_hf) back. v's rows and the rows past r stay. Only
+    for Cohere's and GPT-J's blocks (Dims.cohere, Dims.gptj)."""
+    if not ((d.cohere or d.gptj) and t.endswith("attn/c_attn/weight")):
         return a
-    hd = d.hd
-    order = np.concatenate([np.arange(0, hd, 2), np.arange(1, hd, 2)])  # triad row r: HF order[r]
+    hd, r = d.hd, d.rotary_dim or d.hd
+    order = np.concatenate([np.arange(0, r, 2), np.arange(1, r, 2),  # triad row: HF order[row]
+                            np.arange(r, hd)])
     if to_hf:
         order = np.argsort(order)
     qk = (d.n_head + d.kv) * hd  # q's and k's rows, head by head
@@ -1274,6 +1359,8 @@ def llama_sources(d: Dims) -> dict[str, list[str]]:
         return falcon_sources(d)
     if d.phi:
         return phi_sources(d)
+    if d.gptj:
+        return gptj_sources(d)
     src = {"wte/weight": ["model.embed_tokens.weight"], "ln_f/weight": ["model.norm.weight"],
            **({"ln_f/bias": ["model.norm.bias"]} if d.norm_bias else {})}
     for i in range(d.n_layer):
@@ -1447,6 +1534,7 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
             d.moe_format or "") or ("GPT-NeoX" if d.neox else "Falcon" if d.falcon else
                                     "Nemotron" if d.mlp == "relu2" else
                                     "Cohere" if d.cohere else "Phi" if d.phi else
+                                    "GPT-J" if d.gptj else
                                     ("Gemma 2" if d.branch_norm else "Gemma")
                                     if d.mlp == "geglu" else
                                     "Granite" if cfg.get("model_type") == "granite" else
@@ -1769,9 +1857,21 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
            int(a.get("parallel_residual", 0)), int(a.get("shared_norm", 0)),
            int(a.get("head_bias", 0)), int(a.get("tie_embeddings", 1))) == \
         ("rope", "layernorm", 1, 1, 1, 1, 0) and a.get("mlp") in ("gelu", "gelu_exact")
-    if int(a.get("head_bias", 0)) and not phi:
+    # GPT-J's: Phi's, but bias-free attention projections beside an MLP with biases.
+    gptj = (a.get("position"), a.get("norm"), int(a.get("bias", 1)), int(a.get("norm_bias", 0)),
+            int(a.get("mlp_bias", 0)), int(a.get("parallel_residual", 0)),
+            int(a.get("shared_norm", 0)), int(a.get("head_bias", 0)),
+            int(a.get("tie_embeddings", 1))) == ("rope", "layernorm", 0, 1, 1, 1, 1, 1, 0) and \
+        a.get("mlp") in ("gelu", "gelu_exact")
+    if int(a.get("head_bias", 0)) and not (phi or gptj):
         raise ConvertError(f"{path}: the model's head has a bias (model.head_bias) in blocks other "
-                           f"than Phi's; only Hugging Face's Phi of the export formats has one")
+                           f"than Phi's and GPT-J's; only Hugging Face's Phi and GPT-J of the "
+                           f"export formats have one")
+    if int(a.get("mlp_bias", 0)) and not gptj:
+        raise ConvertError(f"{path}: the model's MLP has biases beside bias-free attention "
+                           f"(model.mlp_bias) in blocks other than GPT-J's (rope, parallel "
+                           f"branches on one LayerNorm, GELU, a head bias); only Hugging Face's "
+                           f"GPT-J of the export formats has such biases")
     for key, what in (("residual_scale", "each branch's output"), ("logit_scale", "its logits")):
         if float(a.get(key, 1.0)) != 1.0 and not (granite or (cohere and key == "logit_scale")):
             raise ConvertError(f"{path}: the model multiplies {what} by {a[key]} (model.{key}) in "
@@ -1807,21 +1907,22 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
     # GELU exact (exported in Falcon-40B's layout).
     falcon = (a.get("position"), a.get("norm"), int(a.get("bias", 1)), int(a.get("norm_bias", 0)),
               int(a.get("parallel_residual", 0)), a.get("mlp")) == \
-        ("rope", "layernorm", 0, 1, 1, "gelu_exact")
-    if int(a.get("rotary_dim", 0)) and not (norm_biased or neox):  # the others' turn every value
+        ("rope", "layernorm", 0, 1, 1, "gelu_exact") and not gptj
+    if int(a.get("rotary_dim", 0)) and not (norm_biased or neox or gptj):  # others turn all
         raise ConvertError(f"{path}: the model rotates the first {a['rotary_dim']} values of "
                            f"each head only (model.rotary_dim, partial rotary) in blocks other "
-                           f"than Nemotron's, StableLM's and GPT-NeoX's; the export formats for "
-                           f"them (Hugging Face's Llama, Qwen2, Qwen3, Mistral and their "
-                           f"mixtures) rotate all of them")
-    if int(a.get("shared_norm", 0)) and not (cohere or phi or falcon):
+                           f"than Nemotron's, StableLM's, GPT-NeoX's, Phi's and GPT-J's; the "
+                           f"export formats for them (Hugging Face's Llama, Qwen2, Qwen3, "
+                           f"Mistral and their mixtures) rotate all of them")
+    if int(a.get("shared_norm", 0)) and not (cohere or phi or falcon or gptj):
         raise ConvertError(f"{path}: the model's parallel branches share one norm "
                            f"(model.shared_norm) in blocks other than Cohere's (rope, a LayerNorm "
                            f"without biases, SwiGLU, no linear biases), Phi's (rope, a LayerNorm, "
                            f"GELU, biases everywhere and on the untied head) and Falcon's (rope, "
-                           f"a LayerNorm, GELU exact, no linear biases); only Hugging Face's "
-                           f"Cohere, Phi and Falcon of the export formats have such blocks")
-    if int(a.get("parallel_residual", 0)) and not (neox or falcon or cohere):
+                           f"a LayerNorm, GELU exact, no linear biases) and GPT-J's; only Hugging "
+                           f"Face's Cohere, Phi, Falcon and GPT-J of the export formats have such "
+                           f"blocks")
+    if int(a.get("parallel_residual", 0)) and not (neox or falcon or cohere or gptj):
         raise ConvertError(f"{path}: the model runs attention and MLP side by side "
                            f"(model.parallel_residual) in blocks other than GPT-NeoX's (rope, "
                            f"LayerNorms, GELU, biases) and Falcon's (rope, LayerNorms, GELU exact, "
@@ -1847,7 +1948,7 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
             raise ConvertError(f"{path}: the model's routers choose their experts with biases "
                                f"(/router_bias, train.moe_bias_rate); Hugging Face's Mixtral, "
                                f"Qwen2-MoE and Qwen3-MoE have none")
-    if llama or norm_biased or neox or falcon or cohere or phi:
+    if llama or norm_biased or neox or falcon or cohere or phi or gptj:
         return open_triad_llama(path, a)
     if int(a.get("sliding_window", 0)):
         raise ConvertError(f"{path}: the model attends to its last {a['sliding_window']} tokens "
@@ -1975,7 +2076,9 @@ def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
              rotary_dim=int(a.get("rotary_dim", 0)),
              neox=mlp in ("gelu", "gelu_exact") and int(a.get("bias", 1)) == 1 and
              not int(a.get("shared_norm", 0)),  # (shared: Phi's)
-             falcon="grouped" if mlp == "gelu_exact" and int(a.get("norm_bias", 0)) else "",
+             falcon="grouped" if mlp == "gelu_exact" and int(a.get("norm_bias", 0)) and
+             not int(a.get("mlp_bias", 0)) else "",  # (with MLP biases: GPT-J's)
+             mlp_bias=int(a.get("mlp_bias", 0)) == 1,
              parallel_residual=int(a.get("parallel_residual", 0)) == 1,
              norm_offset=mlp in ("relu2", "geglu"), mlp=mlp, mlp_hidden=int(a["mlp_hidden"]),
              embed_scale=float(a.get("embed_scale", 1.0)),
@@ -2172,6 +2275,26 @@ def phi_hf_config(d: Dims) -> dict:
                          qk_layernorm=False, resid_pdrop=0.0, embd_pdrop=0.0)
 
 
+def gptj_hf_config(d: Dims) -> dict:
+    """config.json for transformers' GPTJForCausalLM computing what triad's model of GPT-J's
+    blocks computes (the inverse of gptj_config_dims)."""
+    refuse_absent(d, "a model of GPT-J's blocks (parallel GELU MLP with biases and bias-free "
+                  "attention on one LayerNorm) exports as Hugging Face's GPT-J",
+                  ("grouped-query attention (model.n_kv_head)", d.kv != d.n_head),
+                  ("heads of another width than n_embd / n_head (model.head_dim)", d.head_dim),
+                  ("a rope base other than 10000 (model.rope_theta)", d.rope_theta != 10000.0),
+                  ("branch norms (model.branch_norm)", d.branch_norm))
+    return {
+        "architectures": ["GPTJForCausalLM"], "model_type": "gptj", "n_layer": d.n_layer,
+        "n_head": d.n_head, "n_embd": d.n_embd, "n_inner": d.mlp_hidden or 4 * d.n_embd,
+        "n_positions": d.seq_len, "vocab_size": d.vocab_size, "rotary_dim": d.rotary_dim or d.hd,
+        "layer_norm_epsilon": d.norm_eps,
+        "activation_function": "gelu" if d.mlp == "gelu_exact" else "gelu_new",
+        "embd_pdrop": 0.0, "attn_pdrop": 0.0, "resid_pdrop": 0.0, "tie_word_embeddings": False,
+        "initializer_range": 0.02, "torch_dtype": "float32",
+    }
+
+
 def cohere_hf_config(d: Dims) -> dict:
     """config.json for transformers' CohereForCausalLM computing what triad's model of Cohere's
     blocks computes (the inverse of cohere_config_dims)."""
@@ -2231,6 +2354,8 @@ def llama_hf_config(d: Dims) -> dict:
     (QK-norm) or MixtralForCausalLM's (with a sliding window or not)."""
     if d.falcon:  # (before StableLM's and Nemotron's: its LayerNorms have biases too)
         return falcon_hf_config(d)
+    if d.gptj:  # (likewise)
+        return gptj_hf_config(d)
     if d.cohere:  # (before Granite's: its logit scale is Cohere's too)
         return cohere_hf_config(d)
     if d.phi:

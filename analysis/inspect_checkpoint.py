@@ -69,9 +69,9 @@ def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
     """Parameter names and shapes of DESIGN.md §3 from the /model attributes (no wpe when the
     attribute position is rope: rotary positions; no LayerNorm biases when norm is rmsnorm;
     c_attn's k and v rows for n_kv_head heads; q_norm and k_norm [head_dim] when qk_norm is 1;
-    c_attn's bias alone when bias is 0 and qkv_bias 1; moe_experts E > 0: experts/c_fc [E, F, C],
-    experts/c_proj [E, C, H] and router [E, C] instead of the MLP's tensors in the layers
-    moe_first_dense and moe_every give them; shared/c_fc, shared/c_proj with moe_shared_hidden,
+    c_attn's bias alone when bias is 0 and qkv_bias 1, the MLP's with mlp_bias 1; moe_experts
+    E > 0: experts/c_fc [E, F, C], experts/c_proj [E, C, H] and router [E, C] instead of the MLP's
+    tensors in the layers moe_first_dense and moe_every give them; shared/c_fc, shared/c_proj with moe_shared_hidden,
     shared/gate [1, C] with moe_shared_gate)."""
     L, C, T, V = (int(a[k]) for k in ("n_layer", "n_embd", "seq_len", "padded_vocab_size"))
     H = int(a["n_head"])
@@ -137,11 +137,12 @@ def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
         if int(a.get("head_bias", 0)) == 1:  # model.head_bias
             s["lm_head/bias"] = (V,)
     if int(a.get("bias", 1)) == 0:  # model.bias = false (model.qkv_bias: c_attn's kept;
-        # model.norm_bias: the LayerNorms')
-        keep = "attn/c_attn/bias" if int(a.get("qkv_bias", 0)) == 1 else None
+        # model.mlp_bias: c_fc's and mlp.c_proj's; model.norm_bias: the LayerNorms')
+        keep = (("attn/c_attn/bias",) if int(a.get("qkv_bias", 0)) == 1 else ()) + \
+            (("mlp/c_fc/bias", "mlp/c_proj/bias") if int(a.get("mlp_bias", 0)) == 1 else ())
         norms = int(a.get("norm_bias", 0)) == 1
         s = {k: v for k, v in s.items()
-             if not k.endswith("/bias") or (keep is not None and k.endswith(keep))
+             if not k.endswith("/bias") or k.endswith(keep)
              or (norms and k.split("/")[-2].startswith("ln_")) or k == "lm_head/bias"}
     return s
 
@@ -322,7 +323,7 @@ def _check(rep: Report) -> None:
                                      and math.isfinite(ma["rope_theta"]) and ma["rope_theta"] > 1):
         P.append(f"/model attribute rope_theta = {ma['rope_theta']!r}, not a finite number > 1")
     for flag, absent in (("bias", 1), ("tie_embeddings", 1), ("qk_norm", 0), ("qkv_bias", 0),
-                         ("norm_bias", 0), ("parallel_residual", 0), ("branch_norm", 0),
+                         ("mlp_bias", 0), ("norm_bias", 0), ("parallel_residual", 0), ("branch_norm", 0),
                          ("shared_norm", 0), ("head_bias", 0)):
         if ma.get(flag, absent) not in (0, 1):
             P.append(f"/model attribute {flag} = {ma[flag]!r}, expected 0 or 1")

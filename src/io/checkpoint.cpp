@@ -672,6 +672,9 @@ CheckpointState read_state(hid_t file) {
   s.model.qkv_bias = flag("qkv_bias", 0);
   TRIAD_CHECK(!(s.model.qkv_bias && s.model.bias),
               "attributes bias and qkv_bias of /model are both 1 (qkv_bias goes with bias 0)");
+  s.model.mlp_bias = flag("mlp_bias", 0);
+  TRIAD_CHECK(!(s.model.mlp_bias && s.model.bias),
+              "attributes bias and mlp_bias of /model are both 1 (mlp_bias goes with bias 0)");
   s.model.norm_bias = flag("norm_bias", 0);
   s.model.parallel_residual = flag("parallel_residual", 0);
   s.model.branch_norm = flag("branch_norm", 0);
@@ -1128,6 +1131,7 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
             io::write_int64_attr(model, "mlp_hidden", state.model.mlp_hidden);
           io::write_int64_attr(model, "qk_norm", state.model.qk_norm ? 1 : 0);
           io::write_int64_attr(model, "qkv_bias", state.model.qkv_bias ? 1 : 0);
+          if (state.model.mlp_bias) io::write_int64_attr(model, "mlp_bias", 1);
           if (state.model.norm_bias) io::write_int64_attr(model, "norm_bias", 1);
           io::write_double_attr(model, "norm_eps", state.model.norm_eps);
           if (state.model.head_dim > 0)  // 0: n_embd / n_head

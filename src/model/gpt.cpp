@@ -93,6 +93,7 @@ bool has_tensor(const GptShape& shape, const std::string& suffix) {
   if (!suffix.ends_with("/bias")) return true;
   if (!shape.bias)
     return (shape.qkv_bias && suffix == "attn/c_attn/bias") ||
+           (shape.mlp_bias && (suffix == "mlp/c_fc/bias" || suffix == "mlp/c_proj/bias")) ||
            (shape.norm_bias && suffix.starts_with("ln_"));
   return !(shape.rmsnorm && suffix.starts_with("ln_"));
 }

@@ -81,6 +81,9 @@ class KeyTable {
         "head_dim wide, as Qwen3's 128 at n_embd 1024 and 16 heads)");
     add("model.qkv_bias", c.model.qkv_bias,
         "with model.bias = false: c_attn keeps its bias, the q, k and v projections' (as Qwen2)");
+    add("model.mlp_bias", c.model.mlp_bias,
+        "with model.bias = false: the MLP's c_fc and c_proj keep their biases, the attention's "
+        "projections none (as GPT-J)");
     add("model.norm_bias", c.model.norm_bias,
         "with model.bias = false and model.norm = layernorm: the LayerNorms keep their biases, "
         "the linear layers have none (as Nemotron, StableLM)");
@@ -835,6 +838,8 @@ void validate(const Config& c, int world_size) {
         "must be in (0, 0.1]");
   check(!(m.qkv_bias && m.bias), "model.qkv_bias",
         "applies with model.bias = false (with biases, c_attn has its bias anyway)");
+  check(!(m.mlp_bias && m.bias), "model.mlp_bias",
+        "applies with model.bias = false (with biases, the MLP has its biases anyway)");
   check(!(m.norm_bias && m.bias), "model.norm_bias",
         "applies with model.bias = false (with biases, the LayerNorms have theirs anyway)");
   check(!(m.norm_bias && m.norm == "rmsnorm"), "model.norm_bias",
@@ -880,6 +885,8 @@ void validate(const Config& c, int world_size) {
         "moe_first_dense >= 0, moe_every >= 1 and moe_first_dense + moe_every <= n_layer (got " +
             std::to_string(m.moe_first_dense) + ", " + std::to_string(m.moe_every) + ", n_layer " +
             std::to_string(m.n_layer) + ")");
+  check(!(m.mlp_bias && m.moe_experts > 0 && m.moe_first_dense == 0 && m.moe_every == 1),
+        "model.mlp_bias", "has no MLP to give biases: every layer has experts, which have none");
   check(m.moe_capacity_factor >= 0 && (m.moe_capacity_factor == 0 || m.moe_experts > 0),
         "model.moe_capacity_factor",
         "must be >= 0, and > 0 only with model.moe_experts (0: dropless)");

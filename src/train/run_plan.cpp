@@ -73,6 +73,7 @@ ModelShape model_shape(const Config& cfg) {
   m.norm = c.norm;
   m.bias = c.bias;
   m.qkv_bias = c.qkv_bias;
+  m.mlp_bias = c.mlp_bias;
   m.norm_bias = c.norm_bias;
   m.head_dim = c.head_dim;
   // All of a head's values rotating is plain rope: no attribute (0), whichever way it was said.
@@ -130,6 +131,7 @@ GptShape gpt_shape(const ModelShape& m, int padded_vocab_size) {
   s.rmsnorm = m.norm == "rmsnorm";
   s.bias = m.bias;
   s.qkv_bias = m.qkv_bias;
+  s.mlp_bias = m.mlp_bias;
   s.norm_bias = m.norm_bias;
   s.head_dim = int(m.head_dim);
   s.rotary_dim = int(m.rotary_dim);

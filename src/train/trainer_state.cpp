@@ -568,6 +568,7 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
   for (const Switch& s :
        {Switch{m.bias, c.bias, "biases", "bias"},
         Switch{m.qkv_bias, c.qkv_bias, "a c_attn bias of its own", "qkv_bias"},
+        Switch{m.mlp_bias, c.mlp_bias, "MLP biases beside bias-free attention", "mlp_bias"},
         Switch{m.norm_bias, c.norm_bias, "LayerNorm biases beside bias-free linear layers",
                "norm_bias"},
         Switch{m.parallel_residual, c.parallel_residual, "parallel attention and MLP",

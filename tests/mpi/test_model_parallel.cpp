@@ -695,6 +695,22 @@ TEST(ModelParallel, HeadBiasMatchesOneRankOnEveryGrid) {
                 Grid{1, 4, 1, 0, 2, "1f1b", 1});
 }
 
+// GPT-J's blocks: parallel branches on one LayerNorm, an MLP with biases beside bias-free
+// attention projections (model.mlp_bias: c_fc's bias split with its rows, mlp.c_proj's added by
+// tp rank 0 alone), rope on half of each head, an untied head with a bias. Tensor, sequence
+// parallel and zero-bubble grids, bf16, resumed across grids, against one rank.
+TEST(ModelParallel, GptjBlocksMatchOneRankOnEveryGrid) {
+  check_variant("gptj",
+                {"--model.position", "rope", "--model.rotary_dim", "4", "--model.bias", "false",
+                 "--model.mlp_bias", "true", "--model.norm_bias", "true",
+                 "--model.parallel_residual", "true", "--model.shared_norm", "true",
+                 "--model.tie_embeddings", "false", "--model.head_bias", "true"},
+                {{1, 2, 1, 0, 1, "1f1b", 1},
+                 {1, 4, 1, 1, 2, "1f1b", 1, true},
+                 {1, 2, 2, 0, 4, "zb-h1", 1, true}},
+                {"full"}, true, Grid{1, 4, 1, 0, 2, "1f1b", 1});
+}
+
 // Grouped-query attention (model.n_kv_head = 2 of 4 heads): c_attn is 4 blocks of 2 heads (two
 // of query heads, then k, then v), each split over the tensor-parallel ranks, so that a rank
 // holds the key/value heads of its query heads. Llama's blocks on every grid against one rank,

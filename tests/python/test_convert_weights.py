@@ -1042,6 +1042,32 @@ def test_phi_imports_and_evaluates_as_transformers(imported, tmp_path):
                    "tie_embeddings": 0})
 
 
+GPTJ_ARGS = ["--model.position", "rope", "--model.rope_theta", "10000", "--model.mlp_hidden", "256",
+             "--model.n_head", "4", "--model.tie_embeddings", "false", "--model.rotary_dim", "6",
+             "--model.bias", "false", "--model.mlp_bias", "true", "--model.norm_bias", "true",
+             "--model.parallel_residual", "true", "--model.shared_norm", "true",
+             "--model.head_bias", "true"]
+
+
+def gptj_model(**config):
+    return tiny_hf(transformers.GPTJForCausalLM, transformers.GPTJConfig, 53, dict(
+        vocab_size=V, n_embd=64, n_inner=256, n_layer=2, n_head=4, n_positions=N_POS,
+        rotary_dim=6, layer_norm_epsilon=1e-5, activation_function="gelu_new",
+        tie_word_embeddings=False, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        bos_token_id=None, eos_token_id=None, attn_implementation="eager"), config)
+
+
+def test_gptj_imports_and_evaluates_as_transformers(imported, tmp_path):
+    """transformers' GPTJForCausalLM (attention without biases and a GELU MLP with them side by
+    side on one LayerNorm, rope on the first 6 of each head's 16 values in interleaved pairs, an
+    untied head with a bias) against triad's model.parallel_residual, model.shared_norm,
+    model.mlp_bias, model.rotary_dim and model.head_bias: hf_round_trip (tp 2 too, its parallel
+    branches reduced as one)."""
+    hf_round_trip(imported, tmp_path, gptj_model(), "GPT-J", GPTJ_ARGS, False,
+                  {"parallel_residual": 1, "shared_norm": 1, "head_bias": 1, "rotary_dim": 6,
+                   "mlp_bias": 1, "bias": 0, "norm_bias": 1, "tie_embeddings": 0})
+
+
 GEMMA2_ARGS = GEMMA_ARGS + ["--model.branch_norm", "true", "--model.attn_scale", "0.25",
                             "--model.attn_softcap", "1", "--model.logit_softcap", "3",
                             "--model.sliding_window", "8", "--model.full_attention_every", "2"]
@@ -1085,9 +1111,11 @@ def test_nemotron_stablelm_and_gemma_variants_triad_does_not_compute_are_refused
     whose window is not in every other layer. GPT-NeoX configs: without attention biases,
     another activation, an odd rotated count; Falcon's: alibi, sequential blocks, another
     activation; Gemma 2's: a negative query_pre_attn_scalar or cap; Cohere's: QK-norm, a
-    negative logit scale; Phi's: QK-norm, a tied head. Not exported either: one norm for
-    parallel branches in blocks other than Cohere's and Phi's, a head bias in blocks other than
-    Phi's."""
+    negative logit scale; Phi's: QK-norm, a tied head; GPT-J's: rotary_dim null or odd, a tied
+    head, another activation. Not exported either: one norm for parallel branches in blocks other
+    than Cohere's, Phi's, Falcon's and GPT-J's, a head bias in blocks other than Phi's and GPT-J's,
+    MLP biases beside bias-free attention in blocks other than GPT-J's, GPT-J's blocks with
+    another rope base."""
     for make, bad, needle in (
             (nemotron_model, {"hidden_act": "gelu"}, "hidden_act 'gelu'"),
             (nemotron_model, {"attention_bias": True}, "attention_bias"),
@@ -1110,7 +1138,11 @@ def test_nemotron_stablelm_and_gemma_variants_triad_does_not_compute_are_refused
             (neox_model, {"rotary_pct": 0.2}, "rotary_pct 0.2"),
             (falcon_model, {"alibi": True}, "alibi = true"),
             (falcon_model, {"parallel_attn": False}, "parallel_attn = false"),
-            (falcon_model, {"activation": "relu"}, "activation 'relu'")):
+            (falcon_model, {"activation": "relu"}, "activation 'relu'"),
+            (gptj_model, {"rotary_dim": None}, "rotary_dim None"),
+            (gptj_model, {"rotary_dim": 5}, "rotary_dim 5"),
+            (gptj_model, {"tie_word_embeddings": True}, "tie_word_embeddings = true"),
+            (gptj_model, {"activation_function": "relu"}, "activation_function 'relu'")):
         make().save_pretrained(tmp_path / "bad", safe_serialization=True)
         c = json.loads((tmp_path / "bad" / "config.json").read_text())
         (tmp_path / "bad" / "config.json").write_text(json.dumps({**c, **bad}))
@@ -1136,6 +1168,11 @@ def test_nemotron_stablelm_and_gemma_variants_triad_does_not_compute_are_refused
                          ({"branch_norm": True}, "model.branch_norm"),
                          ({"parallel_residual": True, "shared_norm": True}, "model.shared_norm"),
                          ({"tied": False, "head_bias": True}, "model.head_bias"),
+                         ({"bias": False, "mlp_bias": True}, "model.mlp_bias"),
+                         ({"position": "rope", "rope_theta": 500.0, "rotary_dim": 8,
+                           "bias": False, "mlp_bias": True, "norm_bias": True, "tied": False,
+                           "parallel_residual": True, "shared_norm": True, "head_bias": True},
+                          "a rope base other than 10000"),
                          ({"attn_softcap": 30.0}, "model.attn_softcap"),
                          ({"mlp": "geglu", "position": "rope", "norm": "rmsnorm", "bias": False,
                            "embed_scale": 8.0, "branch_norm": True, "sliding_window": 8,

@@ -233,6 +233,13 @@ CASES = [
                               position="rope", rope_theta=300.0, rotary_dim=4, tied=False,
                               parallel_residual=True, shared_norm=True, head_bias=True),
          3, 45, 7, 181),
+    # GPT-J's blocks: Phi's, but bias-free attention projections beside an MLP with biases
+    # (model.bias = false, model.mlp_bias, model.norm_bias).
+    Case("gptj", ref.GptConfig(n_layer=2, n_head=3, n_embd=48, seq_len=17, vocab_size=300,
+                               position="rope", rope_theta=300.0, rotary_dim=4, tied=False,
+                               bias=False, mlp_bias=True, norm_bias=True,
+                               parallel_residual=True, shared_norm=True, head_bias=True),
+         3, 45, 7, 191),
     # Parallel attention and MLP with a mixture of SwiGLU experts (4, 2 per token) on Llama's
     # blocks.
     Case("parallelmoe", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
@@ -293,7 +300,8 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                       vocab_size=c.vocab_size, position=c.position, rope_theta=c.rope_theta,
                       norm=c.norm, bias=c.bias, mlp=c.mlp, mlp_hidden=c.mlp_hidden,
                       tie_embeddings=c.tied, n_kv_head=c.n_kv_head, qk_norm=c.qk_norm,
-                      qkv_bias=c.qkv_bias, norm_bias=c.norm_bias, norm_eps=c.norm_eps,
+                      qkv_bias=c.qkv_bias, mlp_bias=c.mlp_bias, norm_bias=c.norm_bias,
+                      norm_eps=c.norm_eps,
                       head_dim=c.attn_head_dim,
                       rotary_dim=c.rotary_dim,
                       sliding_window=c.sliding_window,
@@ -1262,7 +1270,7 @@ GRAD_CLIP = {"gpt2vocab": 1.0, "oddshapes": 1.0, "rope": 1.0, "rmsnorm": 1.2, "n
              "moeswiglu": 1.7, "moemixed": 0.8, "qwen2moe": 1.7, "dsv3": 1.7,
              "partialrope": 1.8, "relu2": 1.0, "moerelu2": 1.7, "nemotron": 1.8, "gemma": 1.45,
              "parallel": 1.0, "parallelmoe": 1.7, "neox": 1.25, "gemma2": 2.4,
-             "sandwichmoe": 1.0, "granite": 0.18, "cohere": 0.44, "phi": 1.0}
+             "sandwichmoe": 1.0, "granite": 0.18, "cohere": 0.44, "phi": 1.0, "gptj": 1.0}
 
 
 # model.moe_capacity_factor: each expert takes the first ceil(f·N·k/E) of a pass's choices (the

@@ -67,6 +67,7 @@ class GptConfig:
     rope_scaling: Optional[Tuple[float, float, float, int]] = None
     qk_norm: bool = False  # True: RMSNorm of each q and k head (q_norm, k_norm [hd]) after c_attn
     qkv_bias: bool = False  # with bias False: c_attn keeps its bias (model.qkv_bias, as Qwen2)
+    mlp_bias: bool = False  # with bias False: c_fc and c_proj keep theirs (model.mlp_bias, GPT-J)
     norm_bias: bool = False  # with bias False: the LayerNorms keep theirs (model.norm_bias)
     norm_eps: float = 1e-5  # the normalizations' epsilon (model.norm_eps)
     attn_head_dim: int = 0  # model.head_dim: each head's width (0: n_embd / n_head)
@@ -236,6 +237,7 @@ def param_shapes(cfg: GptConfig) -> Dict[str, tuple]:
     if not cfg.bias:
         shapes = {k: v for k, v in shapes.items() if not k.endswith("/bias")
                   or (cfg.qkv_bias and k.endswith("attn/c_attn/bias"))
+                  or (cfg.mlp_bias and k.endswith(("mlp/c_fc/bias", "mlp/c_proj/bias")))
                   or (cfg.norm_bias and k.split("/")[-2].startswith("ln_"))
                   or k == "lm_head/bias"}
     if not cfg.tied:
@@ -1044,6 +1046,8 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
         m.attrs.create("n_kv_head", i64(cfg.kv_heads), dtype="<i8")
         m.attrs.create("qk_norm", i64(1 if cfg.qk_norm else 0), dtype="<i8")
         m.attrs.create("qkv_bias", i64(1 if cfg.qkv_bias else 0), dtype="<i8")
+        if cfg.mlp_bias:
+            m.attrs.create("mlp_bias", i64(1), dtype="<i8")
         if cfg.norm_bias:
             m.attrs.create("norm_bias", i64(1), dtype="<i8")
         m.attrs.create("norm_eps", np.float64(cfg.norm_eps), dtype="<f8")
@@ -1127,6 +1131,7 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                         n_kv_head=int(a["n_kv_head"]) if "n_kv_head" in a else 0,
                         qk_norm=int(a["qk_norm"]) == 1 if "qk_norm" in a else False,
                         qkv_bias=int(a["qkv_bias"]) == 1 if "qkv_bias" in a else False,
+                        mlp_bias=int(a.get("mlp_bias", 0)) == 1,
                         norm_bias=int(a.get("norm_bias", 0)) == 1,
                         norm_eps=float(a["norm_eps"]) if "norm_eps" in a else LN_EPS,
                         attn_head_dim=int(a["head_dim"]) if "head_dim" in a else 0,

@@ -81,6 +81,8 @@ struct ModelShape {
   bool bias = true;
   // Attribute qkv_bias (int64 1 | 0: c_attn's bias without the others; absent: 0).
   bool qkv_bias = false;
+  // Attribute mlp_bias (int64 1 | 0: the MLP's biases without the attention's; absent: 0).
+  bool mlp_bias = false;
   // Attribute norm_bias (int64 1 | 0: the LayerNorms' biases without the linear layers'; absent:
   // 0).
   bool norm_bias = false;

@@ -55,6 +55,9 @@ struct GptShape {
   // c_attn's bias without the others (model.qkv_bias, with bias false: Qwen2's q, k and v
   // projections have biases, its other linear layers none).
   bool qkv_bias = false;
+  // The MLP's biases without the attention's (model.mlp_bias, with bias false: GPT-J's c_fc and
+  // c_proj have biases, its q, k, v and output projections none).
+  bool mlp_bias = false;
   // The LayerNorms' biases without the linear layers' (model.norm_bias, with bias false and
   // LayerNorm: Nemotron's, StableLM's blocks).
   bool norm_bias = false;

@@ -23,6 +23,7 @@ struct ModelConfig {
   std::string norm = "layernorm";  // layernorm (weight, bias) | rmsnorm (weight only)
   bool bias = true;                // false: no biases in linear layers and LayerNorms
   bool qkv_bias = false;           // with bias = false: c_attn keeps its bias (as Qwen2)
+  bool mlp_bias = false;           // with bias = false: c_fc and c_proj keep theirs (GPT-J)
   bool norm_bias = false;          // with bias = false: the LayerNorms keep theirs (Nemotron)
   double norm_eps = 1e-5;          // the LayerNorms'/RMSNorms' epsilon (Qwen2: 1e-6)
   int head_dim = 0;                // each head's width (0: n_embd / n_head; Qwen3: 128)
