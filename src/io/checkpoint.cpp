@@ -992,7 +992,7 @@ uint32_t verify_term(const LoadItem& it, hid_t dxpl) {
 
 void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointState& state,
                      const std::vector<TensorGroup>& groups) {
-  io::silence_hdf5_errors();
+  const auto hdf5 = io::hdf5_lock();
   const std::string partial = path + ".partial";
   const int rank = comm_rank(comm);
   const int size = comm_size(comm);
@@ -1236,7 +1236,7 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
 }
 
 CheckpointState read_checkpoint_state(MPI_Comm comm, const std::string& path) {
-  io::silence_hdf5_errors();
+  const auto hdf5 = io::hdf5_lock();
   try {
     H5Id file = open_checkpoint(comm, path);
     CheckpointState state;
@@ -1249,7 +1249,7 @@ CheckpointState read_checkpoint_state(MPI_Comm comm, const std::string& path) {
 
 void load_checkpoint_tensors(MPI_Comm comm, const std::string& path,
                              const std::vector<TensorGroup>& groups) {
-  io::silence_hdf5_errors();
+  const auto hdf5 = io::hdf5_lock();
   try {
     H5Id file = open_checkpoint(comm, path);
     std::vector<LoadItem> items;
@@ -1318,7 +1318,7 @@ void load_checkpoint_tensors(MPI_Comm comm, const std::string& path,
 }
 
 bool checkpoint_has_group(MPI_Comm comm, const std::string& file, const std::string& path) {
-  io::silence_hdf5_errors();
+  const auto hdf5 = io::hdf5_lock();
   try {
     H5Id f = open_checkpoint(comm, file);
     bool found = false;

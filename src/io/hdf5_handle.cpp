@@ -9,6 +9,13 @@ void silence_hdf5_errors() {
   std::call_once(once, [] { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); });
 }
 
+std::unique_lock<std::recursive_mutex> hdf5_lock() {
+  static std::recursive_mutex m;
+  std::unique_lock<std::recursive_mutex> lock(m);
+  silence_hdf5_errors();
+  return lock;
+}
+
 namespace {
 
 herr_t innermost_message(unsigned n, const H5E_error2_t* err, void* out) {

@@ -8,6 +8,7 @@
 #include <mpi.h>
 
 #include <cstdint>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <utility>
@@ -20,6 +21,13 @@ namespace triad::io {
 // Turns off HDF5's printing of its error stack (process-wide, idempotent) so that a failure
 // reaches the user as one triad::Error. Called at every public entry point of the module.
 void silence_hdf5_errors();
+
+// The HDF5 library here is built without its thread-safe option, so one thread at a time may be
+// inside it. Every public entry point of the module that calls HDF5 holds this process-wide lock
+// for its whole run (an asynchronous checkpoint is written by a thread of its own while the
+// training thread flushes metrics), and silences HDF5's error printing. Recursive: an entry
+// point may call another.
+[[nodiscard]] std::unique_lock<std::recursive_mutex> hdf5_lock();
 
 // The most specific message on the current HDF5 error stack, e.g. "truncated file: eof = ...",
 // or "" when the stack is empty. Call right after the failing HDF5 call: any later API call

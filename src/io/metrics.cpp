@@ -289,7 +289,7 @@ MetricsWriter::MetricsWriter(const std::string& path, const MetricsAttributes& a
                              const std::vector<std::string>& activations,
                              const std::vector<std::string>& moe_layers, int moe_experts)
     : impl_(std::make_unique<Impl>()) {
-  io::silence_hdf5_errors();
+  const auto hdf5 = io::hdf5_lock();
   Impl& m = *impl_;
   m.path = path;
   try {
@@ -368,6 +368,7 @@ MetricsWriter::MetricsWriter(const std::string& path, const MetricsAttributes& a
 
 MetricsWriter::~MetricsWriter() {
   if (!impl_ || !impl_->file.valid()) return;
+  const auto hdf5 = io::hdf5_lock();
   try {
     impl_->flush();
   } catch (const Error& e) {
@@ -460,6 +461,7 @@ void MetricsWriter::append_set(size_t i, int64_t step, double loss, double accur
 }
 
 void MetricsWriter::flush() {
+  const auto hdf5 = io::hdf5_lock();
   try {
     impl_->flush();
   } catch (const Error& e) {

@@ -16,7 +16,11 @@ int run_main(int argc, char** argv, const char* prog, const std::function<int(MP
   // singletons share a temp directory; triad never uses shared file pointers.
   setenv("OMPI_MCA_sharedfp", "^sm", 0);
   const SingletonSessionDir session;  // removed after MPI_Finalize, as the function returns
-  MPI_Init(&argc, &argv);
+  // Threads of every level: an asynchronous checkpoint (checkpoint.async) writes over MPI-IO from
+  // a thread of its own while the training thread communicates. A library that provides less
+  // runs everything else; checkpoint.async then says so.
+  int provided = MPI_THREAD_SINGLE;
+  MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
   // Report MPI failures as errors (TRIAD_MPI_CHECK names the call, rank and site) instead of
   // aborting inside the library.
   MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);

@@ -317,6 +317,9 @@ class KeyTable {
         "also keep, for good, the checkpoints of steps that are multiples of N (0: none); they "
         "do not count in checkpoint.keep");
     add("checkpoint.at_start", c.checkpoint.at_start, "write step 0 before training");
+    add("checkpoint.async", c.checkpoint.async,
+        "write checkpoints in the background: training goes on once this rank's part is "
+        "copied to host memory (which holds that copy until the write ends)");
     add("run.name", c.run.name, "run name (directory under run.dir)");
     add("run.dir", c.run.dir, "directory of runs");
     add("run.backend", c.run.backend, "cpu (cuda when built with it)");

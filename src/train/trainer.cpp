@@ -348,6 +348,15 @@ TrainOutcome Trainer::run() {
   }
 
   TrainOutcome out;
+  if (cfg.checkpoint.async) {
+    int level = MPI_THREAD_SINGLE;
+    MPI_Query_thread(&level);
+    TRIAD_CHECK(level == MPI_THREAD_MULTIPLE,
+                "checkpoint.async needs an MPI library that runs threads at MPI_THREAD_MULTIPLE "
+                "(the background save writes over MPI-IO beside the training's communication); "
+                "this one provides level ",
+                level, ": set checkpoint.async = false");
+  }
   const bool eval_now_at_start =
       s.step == 0 || (cfg.eval.every > 0 && s.step % cfg.eval.every == 0);
   if (s.step < cfg.train.steps && eval_now_at_start) s.run_eval();
@@ -373,6 +382,7 @@ TrainOutcome Trainer::run() {
     s.grid.edp().reset_stats();
   }
   while (s.step < cfg.train.steps) {
+    if (s.async_save && s.save_done()) s.finish_save();  // report a background save that ended
     if (cfg.train.activations_every > 0 && s.step % cfg.train.activations_every == 0) {
       const std::vector<double> rms = s.activation_rms(s.step);  // before the step: 0 at init
       if (s.metrics) s.metrics->append_activations(s.step, rms);
@@ -659,11 +669,13 @@ TrainOutcome Trainer::run() {
     MPI_Allreduce(&sig, &any, 1, MPI_INT, MPI_MAX, s.grid.world());
     if (any != 0 && !last) {
       s.save_checkpoint();
+      s.finish_save();
       s.say("preempted at step " + std::to_string(s.step));
       out.preempted = true;
       break;
     }
   }
+  s.finish_save();
   if (s.metrics) s.metrics->flush();
   out.steps_done = s.step;
   out.dp_traffic = s.grid.dp().stats();

@@ -1,12 +1,17 @@
 // The operations of a training run's state (see trainer_state.h).
 #include "trainer_state.h"
 
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <charconv>
 #include <cstdio>
 #include <exception>
 #include <limits>
 #include <set>
+#include <thread>
 
 #include "triad/kernels/cuda_comm.h"
 #include "triad/train/choice_eval.h"
@@ -392,7 +397,26 @@ double Trainer::State::grad_norm(const float* g, size_t lo, size_t hi) {
   return std::sqrt(sq);
 }
 
+// checkpoint.async: a save under way. The thread writes `groups`, whose tensors point into
+// `copy` (this rank's part of every tensor, copied there when the save began), then publishes the
+// file (rank 0) and meets the other ranks' writers on save_comm.
+struct Trainer::State::AsyncSave {
+  std::string path;
+  std::vector<std::vector<float>> copy;
+  std::vector<TensorGroup> groups;
+  CheckpointState state;
+  Timer timer;
+  double seconds = 0;  // the write's, from the copy to the writers' meeting
+  std::exception_ptr error;
+  std::atomic<bool> done{false};
+  std::thread thread;
+};
+
 Trainer::State::~State() {
+  // A background save still under way (leaving on an error): its writers on the other ranks
+  // finish it with this one, or an error elsewhere ends the job (run_main's MPI_Abort).
+  if (async_save && async_save->thread.joinable()) async_save->thread.join();
+  if (save_comm != MPI_COMM_NULL && std::uncaught_exceptions() == 0) MPI_Comm_free(&save_comm);
   // Leaving on an error: device frees below synchronize the GPU, which must not wait for a
   // collective a peer will never join (the grid outlives the backend and model).
   if (std::uncaught_exceptions() > 0) grid.abort_comms();
@@ -503,7 +527,21 @@ CheckpointState Trainer::State::checkpoint_state() const {
   return st;
 }
 
+namespace {
+
+// The floats of a tensor this rank holds (TensorRef: its range, or its whole local tensor).
+size_t held_floats(const TensorRef& t) {
+  if (t.end >= 0) return size_t(t.end - t.begin);
+  size_t n = 1;
+  for (size_t d = 0; d < t.shape.size(); ++d)
+    n *= size_t(t.shape[d]) / (int(d) == t.split_axis ? size_t(t.split_parts) : 1);
+  return n;
+}
+
+}  // namespace
+
 void Trainer::State::save_checkpoint() {
+  finish_save();  // one save at a time
   const std::string dir = cfg.checkpoint_dir();
   const std::string name = checkpoint_file_name(step);
   const std::string path = dir + "/" + name;
@@ -512,11 +550,65 @@ void Trainer::State::save_checkpoint() {
   MPI_Barrier(grid.world());
   Timer t;
   stage_to_host();
-  triad::save_checkpoint(grid.world(), path, checkpoint_state(), groups(true, true));
-  if (root()) publish_checkpoint(dir, name, cfg.checkpoint.keep, cfg.checkpoint.keep_every);
-  MPI_Barrier(grid.world());
+  if (!cfg.checkpoint.async) {
+    triad::save_checkpoint(grid.world(), path, checkpoint_state(), groups(true, true));
+    if (root()) publish_checkpoint(dir, name, cfg.checkpoint.keep, cfg.checkpoint.keep_every);
+    MPI_Barrier(grid.world());
+    std::ostringstream os;
+    os << "checkpoint " << path << " (" << std::fixed << std::setprecision(2) << t.seconds()
+       << " s)";
+    say(os.str());
+    return;
+  }
+  if (save_comm == MPI_COMM_NULL) TRIAD_MPI_CHECK(MPI_Comm_dup(grid.world(), &save_comm));
+  auto save = std::make_unique<AsyncSave>();
+  save->path = path;
+  save->state = checkpoint_state();
+  save->groups = groups(true, true);
+  // The next step changes the weights and the optimizer's state in place: the thread writes a
+  // copy of this rank's part.
+  for (TensorGroup& g : save->groups)
+    for (TensorRef& r : g.tensors) {
+      const size_t n = held_floats(r);
+      save->copy.emplace_back(r.data, r.data + n);
+      r.data = save->copy.back().data();
+    }
+  AsyncSave& s = *save;
+  const bool publish = root();
+  const int keep = cfg.checkpoint.keep;
+  const int64_t keep_every = cfg.checkpoint.keep_every;
+  const MPI_Comm comm = save_comm;
+  s.thread = std::thread([&s, comm, publish, dir, name, keep, keep_every] {
+    // Below the training threads: where cores are short, the writer takes what they leave (on
+    // Linux a thread has a nice value of its own).
+    setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), 19);
+    try {
+      triad::save_checkpoint(comm, s.path, s.state, s.groups);
+      if (publish) publish_checkpoint(dir, name, keep, keep_every);
+    } catch (...) {
+      s.error = std::current_exception();
+    }
+    MPI_Barrier(comm);  // published before any rank reports it
+    s.seconds = s.timer.seconds();
+    s.done = true;
+  });
+  async_save = std::move(save);
   std::ostringstream os;
-  os << "checkpoint " << path << " (" << std::fixed << std::setprecision(2) << t.seconds() << " s)";
+  os << "checkpoint " << path << ": copied aside in " << std::fixed << std::setprecision(2)
+     << t.seconds() << " s, writing in the background";
+  say(os.str());
+}
+
+bool Trainer::State::save_done() const { return !async_save || async_save->done; }
+
+void Trainer::State::finish_save() {
+  if (!async_save) return;
+  const std::unique_ptr<AsyncSave> s = std::move(async_save);
+  s->thread.join();
+  if (s->error) std::rethrow_exception(s->error);
+  std::ostringstream os;
+  os << "checkpoint " << s->path << " (written in the background in " << std::fixed
+     << std::setprecision(2) << s->seconds << " s)";
   say(os.str());
 }
 

@@ -182,7 +182,19 @@ struct Trainer::State {
 
   CheckpointState checkpoint_state() const;
 
+  // Saves this step's checkpoint (none if it exists). checkpoint.async: once this rank's part is
+  // copied aside, a thread of its own writes it (AsyncSave) while training goes on; one save at
+  // a time, so a save first waits for the one before.
   void save_checkpoint();
+  // Waits for the background save, if one is under way, reports it and rethrows its error. The
+  // loop calls it when the save is done, before a preempted run stops and at the end.
+  void finish_save();
+  bool save_done() const;  // whether a background save has ended (true: none under way)
+  struct AsyncSave;
+  std::unique_ptr<AsyncSave> async_save;
+  // checkpoint.async: a duplicate of the world communicator for the background saves, whose
+  // collectives never meet the training's (MPI_COMM_NULL until the first).
+  MPI_Comm save_comm = MPI_COMM_NULL;
 
   void check_model_shape(const CheckpointState& st, const std::string& path) const;
 

@@ -76,6 +76,7 @@ def test_grid_that_does_not_fit_fails_on_every_rank(tmp_path, n, args, needle):
     (2, []),
     (4, ["--parallel.tp", 2, "--parallel.pp", 2, "--train.micro_batch_size", 2]),
     (2, ["--parallel.cp", 2]),  # context parallel: ZeRO-1 slices over the cp replicas
+    (2, ["--checkpoint.async", "true"]),  # the preemption's save waited for before stopping
 ])
 def test_preemption_on_one_rank_stops_all_and_resumes_bit_exactly(tmp_path, n, grid):
     # A constant LR makes the schedule independent of train.steps, so the interrupted run can be
@@ -397,13 +398,16 @@ def test_z_loss_gives_the_same_curve_on_every_grid(tmp_path):
         np.testing.assert_allclose(z_curve(name), z_curve("one"), rtol=2e-6, err_msg=name)
 
 
-def test_rank_killed_during_checkpoint_leaves_previous_one_loadable(tmp_path):
-    # A model whose checkpoint takes long enough to be caught in the middle of writing.
+@pytest.mark.parametrize("background", [False, True])
+def test_rank_killed_during_checkpoint_leaves_previous_one_loadable(tmp_path, background):
+    # A model whose checkpoint takes long enough to be caught in the middle of writing (by the
+    # training thread, or with checkpoint.async by the thread beside it).
     cfg = tiny_config(tmp_path, name="kill", model__n_embd=256, model__n_head=4,
                       model__n_layer=4, model__vocab_size=512)
     proc = subprocess.Popen(mpirun(2, "--config", cfg, "--train.steps", 100000,
                                    "--checkpoint.every", 1, "--checkpoint.keep", 3,
-                                   "--eval.every", 0),
+                                   "--eval.every", 0, "--checkpoint.async",
+                                   str(background).lower()),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=MPI_ENV)
     ckpt = tmp_path / "runs" / "kill" / "ckpt"
     deadline = time.time() + 60
@@ -427,6 +431,58 @@ def test_rank_killed_during_checkpoint_leaves_previous_one_loadable(tmp_path):
     assert "val loss" in p.stdout
     loaded = p.stdout.split("checkpoint ")[1].split()[0]
     assert not loaded.endswith(".partial") and os.path.basename(loaded) != partial[0].name
+
+
+@pytest.mark.parametrize("n,grid", [
+    (2, ["--parallel.zero", 1]),
+    (4, ["--parallel.tp", 2, "--parallel.pp", 2, "--train.micro_batch_size", 2]),
+])
+def test_background_checkpoints_are_the_foreground_ones(tmp_path, n, grid):
+    """checkpoint.async: every checkpoint (each step's, the last kept 3 as usual) holds the bits
+    the training thread's save writes, while training runs on unchanged; resuming from one
+    continues exactly."""
+    common = ["--train.steps", 6, "--checkpoint.every", 1, "--checkpoint.keep", 3,
+              "--eval.every", 3, *grid]
+    runs = {}
+    for background in (False, True):
+        name = "async" if background else "sync"
+        cfg = tiny_config(tmp_path, name=name)
+        p = run(n, "--config", cfg, *common, "--checkpoint.async", str(background).lower())
+        assert p.returncode == 0, p.stderr
+        if background:
+            assert "writing in the background" in p.stdout and \
+                "written in the background" in p.stdout, p.stdout
+        runs[background] = tmp_path / "runs" / name
+    s1, l1 = metrics(runs[False])
+    s2, l2 = metrics(runs[True])
+    assert list(s1) == list(s2) and np.array_equal(l1, l2)
+    files = sorted(p.name for p in (runs[False] / "ckpt").glob("step_*.h5"))
+    assert files == sorted(p.name for p in (runs[True] / "ckpt").glob("step_*.h5"))
+    assert files == [f"step_{s:08d}.h5" for s in (4, 5, 6)]
+    assert (runs[True] / "ckpt" / "latest").read_text().strip() == files[-1]
+    for f in files:
+        with h5py.File(runs[False] / "ckpt" / f, "r") as a, \
+                h5py.File(runs[True] / "ckpt" / f, "r") as b:
+            got = {}
+            b.visititems(lambda k, d: got.__setitem__(k, d) if isinstance(d, h5py.Dataset)
+                         else None)
+            want = {}
+            a.visititems(lambda k, d: want.__setitem__(k, d) if isinstance(d, h5py.Dataset)
+                         else None)
+            assert sorted(got) == sorted(want), f
+            for k in want:
+                assert np.array_equal(want[k][()], got[k][()]), (f, k)
+                assert want[k].attrs["checksum"] == got[k].attrs["checksum"], (f, k)
+            assert dict(a["model"].attrs) == dict(b["model"].attrs)
+            for k in ("step", "tokens_seen", "next_sequence", "epoch", "complete"):
+                assert a.attrs[k] == b.attrs[k], (f, k)
+    # Resumed from the background save of step 4: steps 5 and 6 as the uninterrupted run.
+    cfg = tiny_config(tmp_path, name="resumed")
+    p = run(n, "--config", cfg, *common, "--checkpoint.async", "true",
+            "--resume", runs[True] / "ckpt" / "step_00000004.h5")
+    assert p.returncode == 0, p.stderr
+    s3, l3 = metrics(tmp_path / "runs" / "resumed")
+    assert list(s3) == [4, 5] and np.array_equal(l3, l2[4:])
 
 
 def test_init_from_across_rank_counts(tmp_path):

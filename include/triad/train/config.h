@@ -177,6 +177,8 @@ struct CheckpointConfig {
   int keep = 3;            // 0: keep all
   int64_t keep_every = 0;  // > 0: checkpoints at multiples of this step are always kept
   bool at_start = false;
+  // Written by a thread of its own from a snapshot in host memory while training goes on.
+  bool async = false;
 };
 
 struct RunConfig {
