@@ -42,12 +42,7 @@ done
 (( every < steps )) || { echo "bench-checkpoint-async: --every must be < --steps" >&2; exit 2; }
 
 . jobs/bench-prepare.sh
-bench_build
-export OMPI_MCA_ess_singleton_isolated=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export OMPI_MCA_sharedfp=^sm
-
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/triad-bench-ckpt.XXXXXX")
-trap 'rm -rf "$tmp"' EXIT
+bench_mpi bench-ckpt
 bench_uniform_tokens "$tmp/ckpt_train_000.bin" 50257
 
 args=(--config inputs/runs/quickstart.ini --model.n_layer 8 --run.precision fp32

@@ -53,6 +53,16 @@ with open(sys.argv[1], "wb") as f:
 PY
 }
 
+# bench_mpi NAME: for a benchmark NAME that runs triad-train under mpirun: builds it, lets Open
+# MPI run as root and as singletons, and sets $tmp (removed on exit).
+bench_mpi() {
+  bench_build
+  export OMPI_MCA_ess_singleton_isolated=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+  export OMPI_MCA_sharedfp=^sm
+  tmp=$(mktemp -d "${TMPDIR:-/tmp}/triad-$1.XXXXXX")
+  trap 'rm -rf "$tmp"' EXIT
+}
+
 # bench_median_ms LOG: the median step time (ms) of a triad-train log's step lines, the first 3
 # left out (start-up).
 bench_median_ms() {

@@ -31,12 +31,7 @@ done
 (( steps >= 5 )) || { echo "bench-zero: --steps must be >= 5" >&2; exit 2; }
 
 . jobs/bench-prepare.sh
-bench_build
-export OMPI_MCA_ess_singleton_isolated=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export OMPI_MCA_sharedfp=^sm
-
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/triad-bench-zero.XXXXXX")
-trap 'rm -rf "$tmp"' EXIT
+bench_mpi bench-zero
 # Random tokens: the data does not change the speed or the memory.
 bench_uniform_tokens "$tmp/zero_train_000.bin" 50257
 

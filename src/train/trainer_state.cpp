@@ -1,10 +1,6 @@
 // The operations of a training run's state (see trainer_state.h).
 #include "trainer_state.h"
 
-#include <sys/resource.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <charconv>
 #include <cstdio>
@@ -579,9 +575,6 @@ void Trainer::State::save_checkpoint() {
   const int64_t keep_every = cfg.checkpoint.keep_every;
   const MPI_Comm comm = save_comm;
   s.thread = std::thread([&s, comm, publish, dir, name, keep, keep_every] {
-    // Below the training threads: where cores are short, the writer takes what they leave (on
-    // Linux a thread has a nice value of its own).
-    setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), 19);
     try {
       triad::save_checkpoint(comm, s.path, s.state, s.groups);
       if (publish) publish_checkpoint(dir, name, keep, keep_every);

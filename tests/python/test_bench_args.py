@@ -36,6 +36,10 @@ CASES = [
     ("bench-zero", ["--steps", "4"], "--steps must be >= 5"),
     ("bench-zero", ["--steps"], "--steps needs a count"),
     ("bench-zero", ["--train.lr"], "--train.lr needs a value"),
+    ("bench-checkpoint-async", ["--bogus"], "unknown option --bogus"),
+    ("bench-checkpoint-async", ["--every", "0"], "--every needs a count"),
+    ("bench-checkpoint-async", ["--steps", "4", "--every", "4"], "--every must be < --steps"),
+    ("bench-checkpoint-async", ["--train.lr"], "--train.lr needs a value"),
     # an option without its value
     ("bench-cpu", ["--threads"], "--threads needs a count"),
     ("bench-plan", ["--steps"], "--steps needs a count"),
@@ -57,7 +61,7 @@ def test_bad_arguments_are_refused_up_front(script, args, needle):
 
 @pytest.mark.parametrize("script", ["bench-cpu", "bench-plan", "bench-recompute", "bench-generate",
                                     "bench-choices", "bench-checkpoint", "bench-muon",
-                                    "bench-zero"])
+                                    "bench-zero", "bench-checkpoint-async"])
 def test_help(script):
     p = subprocess.run(["bash", str(REPO / "jobs" / f"{script}.sh"), "--help"],
                        capture_output=True, text=True, timeout=60, cwd=REPO)
