@@ -990,6 +990,8 @@ uint32_t verify_term(const LoadItem& it, hid_t dxpl) {
 
 // ---- public -----------------------------------------------------------------------------------
 
+size_t held_elements(const TensorRef& t) { return size_t(held_range(t).size()); }
+
 void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointState& state,
                      const std::vector<TensorGroup>& groups) {
   const auto hdf5 = io::hdf5_lock();

@@ -189,15 +189,14 @@ struct Gpt::Activations {
     // Whether this rank holds a layer with experts (GptShape::moe_layer): the scratch every layer
     // shares is sized for it then (the experts' k rows per token).
     bool experts = false;
-    // Whether it holds a dense layer whose parallel branches are reduced as one
-    // (Gpt::fuses_branches; the dense layers of a model with experts in some).
-    const bool joined = s.parallel_residual && mp.tp > 1 && !s.branch_norm;
+    // Whether it holds a layer whose parallel branches are reduced as one (GptShape::
+    // joins_branches).
     bool joins = false;
     for (size_t c = 0; c < slots.size(); ++c) {
       const int g = mp.global_chunk(int(c)), first = mp.first_layer(g, s.n_layer);
       for (int l = first; l < first + mp.chunk_layers(g, s.n_layer); ++l) {
         experts = experts || s.moe_layer(l);
-        joins = joins || (joined && !s.moe_layer(l));
+        joins = joins || s.joins_branches(l, mp.tp);
       }
     }
     const size_t K = experts ? size_t(s.moe_top_k) : 1, E = size_t(s.moe_experts);
@@ -307,7 +306,8 @@ struct Gpt::Activations {
           if (split_backward) {
             const bool moe = s.moe_layer(l);
             // (Branches reduced as one: the weight pass reads their one gradient from dproj.)
-            if (s.weight_pass_reads_mlp_output(l) && !(joined && !moe)) want(L.dfcproj, BT * C);
+            if (s.weight_pass_reads_mlp_output(l) && !s.joins_branches(l, mp.tp))
+              want(L.dfcproj, BT * C);
             want(L.dfch, (moe ? XR : BT) * Fl);
             want(L.dproj, BT * C);
             want(L.dqkv, BT * Wl);

@@ -382,7 +382,7 @@ TrainOutcome Trainer::run() {
     s.grid.edp().reset_stats();
   }
   while (s.step < cfg.train.steps) {
-    if (s.async_save && s.save_done()) s.finish_save();  // report a background save that ended
+    if (s.save_done()) s.finish_save();  // report a background save that ended (if any)
     if (cfg.train.activations_every > 0 && s.step % cfg.train.activations_every == 0) {
       const std::vector<double> rms = s.activation_rms(s.step);  // before the step: 0 at init
       if (s.metrics) s.metrics->append_activations(s.step, rms);

@@ -523,19 +523,6 @@ CheckpointState Trainer::State::checkpoint_state() const {
   return st;
 }
 
-namespace {
-
-// The floats of a tensor this rank holds (TensorRef: its range, or its whole local tensor).
-size_t held_floats(const TensorRef& t) {
-  if (t.end >= 0) return size_t(t.end - t.begin);
-  size_t n = 1;
-  for (size_t d = 0; d < t.shape.size(); ++d)
-    n *= size_t(t.shape[d]) / (int(d) == t.split_axis ? size_t(t.split_parts) : 1);
-  return n;
-}
-
-}  // namespace
-
 void Trainer::State::save_checkpoint() {
   finish_save();  // one save at a time
   const std::string dir = cfg.checkpoint_dir();
@@ -565,7 +552,7 @@ void Trainer::State::save_checkpoint() {
   // copy of this rank's part.
   for (TensorGroup& g : save->groups)
     for (TensorRef& r : g.tensors) {
-      const size_t n = held_floats(r);
+      const size_t n = held_elements(r);
       save->copy.emplace_back(r.data, r.data + n);
       r.data = save->copy.back().data();
     }

@@ -54,6 +54,11 @@ struct TensorRef {
   int split_parts = 1, split_part = 0;
 };
 
+// The elements of t this rank holds at t.data: end - begin, or with end < 0 its whole local
+// tensor (the full shape with split_axis divided by split_parts). t must be valid (as a save or
+// load checks).
+size_t held_elements(const TensorRef& t);
+
 // A named group of tensors: "model", "optimizer/m", "optimizer/v", "optimizer/momentum".
 struct TensorGroup {
   std::string path;

@@ -240,6 +240,12 @@ struct GptShape {
   bool moe_layer(int l) const {
     return moe() && l >= moe_first_dense && (l - moe_first_dense + 1) % moe_every == 0;
   }
+  // Whether layer l's parallel branches can be reduced as one over tp tensor-parallel ranks
+  // (Gpt::fuses_branches): parallel blocks, tp > 1, no norm on each branch's reduced output
+  // (model.branch_norm), no experts (whose outputs travel on their own).
+  bool joins_branches(int l, int tp) const {
+    return parallel_residual && tp > 1 && !branch_norm && !moe_layer(l);
+  }
   int shared_fc_rows() const { return gated() ? 2 * moe_shared_hidden : moe_shared_hidden; }
   // A split backward's weight pass reads layer l's MLP output gradient (Set::Layer::dfcproj):
   // the dense c_proj's, or that of shared experts without a gate (with one, its gated product's).
@@ -1127,17 +1133,14 @@ class Gpt {
   // layer whose branches join before their reduction (fuses_branches), both branches' output.
   template <class A>
   void mlp_output(typename Set<A>::Layer& L, const LayerTensors<const A>& w, int l, int N);
-  // Whether layer l's parallel branches (model.parallel_residual, tp > 1) are reduced as one:
-  // the partial sums of attn.c_proj's and mlp.c_proj's row-parallel products are added before a
+  // Whether layer l's parallel branches are reduced as one (GptShape::joins_branches): the
+  // partial sums of attn.c_proj's and mlp.c_proj's row-parallel products are added before a
   // single reduction (GPT-NeoX's and PaLM's), and the backward pass gathers their common output
   // gradient once and, with one norm (model.shared_norm), reduces the sum of both input
-  // gradients once. It needs the branches' outputs to meet unchanged: not under
-  // model.branch_norm (a norm on each branch's reduced output), not in a layer with experts
-  // (whose outputs travel on their own), and not while the branches' activations are measured
-  // apart (set_activation_sums: that evaluation pass reduces each branch on its own).
+  // gradients once. Not while the branches' activations are measured apart
+  // (set_activation_sums: that evaluation pass reduces each branch on its own).
   bool fuses_branches(int l) const {
-    return shape_.parallel_residual && mp_.tp > 1 && !shape_.branch_norm && !shape_.moe_layer(l) &&
-           activation_sums_ == nullptr;
+    return shape_.joins_branches(l, mp_.tp) && activation_sums_ == nullptr;
   }
   // The gradients of a replicated pair of tensors (n floats each; db null: only one) that are
   // partial sums over the tensor-parallel group: form(ga, gb) writes them into zeroed scratch,
