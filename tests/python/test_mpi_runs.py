@@ -411,12 +411,13 @@ def test_rank_killed_during_checkpoint_leaves_previous_one_loadable(tmp_path, ba
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=MPI_ENV)
     ckpt = tmp_path / "runs" / "kill" / "ckpt"
     deadline = time.time() + 60
-    # Wait until two checkpoints are complete and the next one is being written.
+    # Wait until two checkpoints are complete and the next one is being written (the .partial
+    # seen then: it may be renamed before a second look).
+    partial = []
     while time.time() < deadline and not (len(list(ckpt.glob("step_*.h5"))) >= 2
-                                          and list(ckpt.glob("*.partial"))):
+                                          and (partial := list(ckpt.glob("*.partial")))):
         time.sleep(0.005)
     assert time.time() < deadline, "no checkpoint was being written"
-    partial = list(ckpt.glob("*.partial"))
     pids = rank_pids(proc.pid)
     os.kill(pids[-1], signal.SIGKILL)
     try:
