@@ -138,7 +138,22 @@ ForwardStats Gpt::pipeline_step_t(const int32_t* inputs, const int32_t* targets,
     t0 = Clock::now();
   }
   auto seconds = [&t0] { return std::chrono::duration<double>(Clock::now() - t0).count(); };
-  for (const Action& x : schedule_[size_t(mp_.pp_rank)]) {
+  // A chunk's gradients are final after its last backward pass of the step (under a split
+  // backward: the layers' after its last weight pass): only those passes report them to the
+  // grad-ready hook, whose reductions then overlap the rest of the step.
+  const auto& actions = schedule_[size_t(mp_.pp_rank)];
+  std::vector<size_t> last_backward(v, actions.size()), last_weights(v, actions.size());
+  for (size_t i = 0; i < actions.size(); ++i) {
+    if (actions[i].kind == ActionKind::Backward) last_backward[size_t(actions[i].chunk)] = i;
+    if (actions[i].kind == ActionKind::BackwardWeight) last_weights[size_t(actions[i].chunk)] = i;
+  }
+  struct FinalPass {  // true again after the step, error or not
+    bool& final;
+    ~FinalPass() { final = true; }
+  } final_pass{final_pass_};
+  after_tied_sum_.clear();
+  for (size_t i = 0; i < actions.size(); ++i) {
+    const Action& x = actions[i];
     const int c = x.chunk, mb = x.microbatch, g = mp_.global_chunk(c);
     TRIAD_ASSERT(mb < m);
     const bool timed = trace && is_compute(x.kind);
@@ -195,6 +210,7 @@ ForwardStats Gpt::pipeline_step_t(const int32_t* inputs, const int32_t* targets,
         TRIAD_ASSERT(s >= 0);
         if (g == 0) upload_ids(in, nullptr, N);
         set_attention_mask(whole, B, T);
+        final_pass_ = i == last_backward[size_t(c)];
         backward_chunk(c, a.sets[size_t(c)][size_t(s)], B, Tl);
         if (split_backward_) break;  // the set waits for its weight pass
         free_sets[size_t(c)].push_back(s);
@@ -204,6 +220,7 @@ ForwardStats Gpt::pipeline_step_t(const int32_t* inputs, const int32_t* targets,
       case ActionKind::BackwardWeight: {
         int& s = slot[size_t(c)][size_t(mb)];
         TRIAD_ASSERT(s >= 0 && split_backward_);
+        final_pass_ = i == last_weights[size_t(c)];
         weight_chunk(c, a.sets[size_t(c)][size_t(s)], B, Tl);
         free_sets[size_t(c)].push_back(s);
         s = -1;
@@ -238,6 +255,12 @@ ForwardStats Gpt::pipeline_step_t(const int32_t* inputs, const int32_t* targets,
     for (auto& r : sends) r.wait();
   for (auto& r : grad_sends) r.wait();
   sum_tied_embedding_grads();
+  for (const ReadyRange& r : after_tied_sum_)
+    grad_pending_.push_back(grad_hook_(r.offset, r.count, r.data));
+  after_tied_sum_.clear();
+  // The reductions the hook started, complete.
+  for (auto& r : grad_pending_) r.wait();
+  grad_pending_.clear();
   return share_from_last_stage(st);
 }
 

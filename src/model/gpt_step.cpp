@@ -606,8 +606,7 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
   const int g = mp_.global_chunk(chunk), per_chunk = mp_.chunk_layers(g, shape_.n_layer);
   const int first_layer = mp_.first_layer(g, shape_.n_layer);
   const bool split = split_backward_;
-  // The hook reports gradients final after this pass; a split one leaves the weights' to W.
-  TRIAD_ASSERT(!split || !grad_hook_);
+  // A split pass leaves the layers' weight gradients to the weight pass, which reports them.
   if (g == mp_.chunks() - 1) {
     // The classifier ran its backward with the loss: ln_f's output gradient is in S.dlnf.
     be_.zero(a.dresidual, size_t(n) * C);
@@ -632,7 +631,7 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     const size_t at = sp[size_t(first)].offset;
     float* bucket = layer_grad_bucket(first_layer + i, at);
     if (g == 0 && first_layer + i < frozen_layers_) {  // frozen, as everything below it
-      if (grad_hook_)
+      if (!split)
         grad_ready(at, layer_end(first) - at, bucket,
                    bucketed_ ? &ring_pending_[(first_layer + i) % 2] : nullptr);
       continue;
@@ -737,7 +736,7 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     if (shape_.shared_norm && !one_input_grad) be_.add(a.dln, a.dln, a.dln_mlp, size_t(n) * C);
     layernorm_backward(a.dresidual, gr.ln1w, gr.ln1b, a.dln, x_in, w.ln1w, L.ln1_mean, L.ln1_rstd,
                        n);
-    if (grad_hook_)
+    if (!split)
       grad_ready(at, layer_end(first) - at, bucket,
                  bucketed_ ? &ring_pending_[(first_layer + i) % 2] : nullptr);
   }
@@ -761,7 +760,9 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
         });
       }
     }
-    grad_ready(0, sp[size_t(std::max(wte_, wpe_)) + 1].offset, grad_at(0), nullptr);  // wte, wpe
+    // wte, wpe: up to the next tensor (a stage without layers or head may hold nothing else)
+    const size_t next = size_t(std::max(wte_, wpe_)) + 1;
+    grad_ready(0, next < sp.size() ? sp[next].offset : n_floats_, grad_at(0), nullptr);
   }
 }
 
@@ -780,7 +781,11 @@ void Gpt::weight_chunk(int chunk, Set<A>& S, int B, int T) {
     auto& L = S.layers[size_t(i)];
     const int l = first_layer + i, first = layer_[size_t(l)];
     const LayerTensors<const A> w = layer_tensors(weights<A>(), specs_, first, slots(l));
-    if (g == 0 && l < frozen_layers_) continue;  // set_frozen
+    const size_t at = specs_[size_t(first)].offset;
+    if (g == 0 && l < frozen_layers_) {  // set_frozen
+      grad_ready(at, layer_end(first) - at, grads_ + at, nullptr);
+      continue;
+    }
     const LayerTensors<float> gr =
         without_frozen(layer_tensors(grads_, specs_, first, slots(l)), frozen_, first, slots(l));
     if (recompute_.in_layer(i) == Recompute::gelu)  // mlp.c_proj's input, in the shared buffer
@@ -797,6 +802,7 @@ void Gpt::weight_chunk(int chunk, Set<A>& S, int B, int T) {
     linear_backward<A>(fp8_site(l, 1), nullptr, gr.projw, gr.projb, L.dproj, L.atty, w.projw, N, Al,
                        C);
     linear_backward<A>(fp8_site(l, 0), nullptr, gr.qkvw, gr.qkvb, L.dqkv, L.ln1g, w.qkvw, N, C, Wl);
+    grad_ready(at, layer_end(first) - at, grads_ + at, nullptr);
   }
 }
 

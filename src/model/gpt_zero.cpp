@@ -40,7 +40,17 @@ float* Gpt::layer_grad_bucket(int l, size_t at) {
 }
 
 void Gpt::grad_ready(size_t offset, size_t count, float* data, CommRequest* into) {
-  if (!grad_hook_) return;
+  if (!grad_hook_ || !final_pass_) return;
+  // The stage's copy of the tied wte gradient is final only once the pipeline step has added the
+  // other stage's (sum_tied_embedding_grads): a range holding it waits for that.
+  if (shape_.tied && mp_.tied_copy()) {
+    const ParamSpec& s = specs_[size_t(mp_.first_stage() ? wte_ : head_)];
+    if (offset < s.offset + s.numel && s.offset < offset + count) {
+      TRIAD_ASSERT(into == nullptr);
+      after_tied_sum_.push_back({offset, count, data});
+      return;
+    }
+  }
   CommRequest r = grad_hook_(offset, count, data);
   if (into != nullptr)
     *into = std::move(r);

@@ -304,13 +304,12 @@ RunPlan plan_run(const Config& cfg, int world_size) {
         if (s.name == (shape.tied ? "wte/weight" : "lm_head/weight"))
           m.head_backward_flops_per_token = 4.0 * double(s.numel);
     // The trainer's reduction (Trainer::run): ZeRO reduce-scatters and gathers even on a group
-    // of one (local copies, no wire): with a pipeline the padded buffer after the step, else
-    // the buckets of the parameters (unpadded), ZeRO-1 the last micro-batch's, ZeRO-2 and 3
-    // each micro-batch's; the all-reduce runs for dp·cp > 1.
+    // of one (local copies, no wire): the buckets of the parameters (unpadded), ZeRO-1 those
+    // final after the step's micro-batches, ZeRO-2 and 3 each micro-batch's; the all-reduce runs
+    // for dp·cp > 1.
     const double d = replicas;
     if (zero) {
-      const size_t reduced = p.grid.pp > 1 ? m.model.buffer_floats
-                             : cfg.parallel.zero == 1
+      const size_t reduced = cfg.parallel.zero == 1
                                  ? m.model.param_floats
                                  : m.model.param_floats * size_t(p.micro_batches);
       m.dp_reduce_scatter = reduced * sizeof(float);
@@ -616,7 +615,7 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
     if (gbps > 0)
       os << " ("
          << (p.grid.pp == 1 ? "overlapped with the backward pass"
-                            : "after the backward pass: overlapped only where pp = 1")
+                            : "overlapped with the last micro-batches' backward passes")
          << ")";
   }
   if (tflops > 0) {

@@ -420,20 +420,25 @@ TrainOutcome Trainer::run() {
       const bool profile = cfg.train.profile_step == st + 1;
       std::vector<ComputeInterval> actions;
       if (profile) s.model->trace_next_step(&actions);
+      // Each range of the stage's gradient, final once a chunk's last backward pass of the step
+      // has formed it, goes to a non-blocking all-reduce (no ZeRO) or reduction into the slices
+      // (ZeRO-1) while the pipeline drains (frozen ranges aside, as with pp = 1).
+      if (zero) {
+        s.zero_grad_shards();  // the slices' padding past the parameters is no range's
+        s.model->set_grad_ready_hook([&s](size_t off, size_t n, float* data) {
+          return s.all_frozen(off, n) ? CommRequest{} : s.reduce_bucket(off, n, data, false);
+        });
+      } else if (s.replicas > 1) {
+        s.model->set_grad_ready_hook([&s](size_t off, size_t n, float* data) {
+          return s.all_frozen(off, n) ? CommRequest{} : s.reduce_replicas(off, n, data);
+        });
+      }
       const ForwardStats f =
           s.model->pipeline_step(s.inputs.data(), s.targets.data(), accum, mbs, dloss_scale);
+      s.model->set_grad_ready_hook(nullptr);
       loss_sum = f.loss_sum;
       z_sum = f.z_sum;
       if (profile) s.write_pipeline_trace(actions, int(st + 1), accum);
-      if (s.replicas > 1 && !zero) {  // the gradient between the frozen tensors' extents
-        size_t at = 0;
-        for (const auto& [a, b] : s.frozen) {
-          if (a > at) s.reduce_replicas(at, a - at, s.model->grads() + at).wait();
-          at = std::max(at, b);
-        }
-        if (s.model->num_floats() > at)
-          s.reduce_replicas(at, s.model->num_floats() - at, s.model->grads() + at).wait();
-      }
     } else {
       // The slices' padding past the parameters is no bucket's: zero.
       if (zero) s.zero_grad_shards();
@@ -510,19 +515,10 @@ TrainOutcome Trainer::run() {
     }
     out.losses.push_back(loss);
     // This rank's gradient [lo, hi) of the buffer: all of it, or under ZeRO the slice it
-    // receives (bucket by bucket in the backward pass where pp = 1, in one reduce-scatter after
-    // the pipeline's step) and updates before the weights are all-gathered. Clipped by the
-    // global norm of the whole gradient.
+    // receives (bucket by bucket in the backward passes) and updates before the weights are
+    // all-gathered. Clipped by the global norm of the whole gradient.
     float* g = zero ? s.grad_shard : s.model->grads();
     const size_t lo = zero ? s.shard_lo : 0, hi = zero ? s.shard_hi : s.model->num_floats();
-    if (zero && s.grid.shape().pp > 1) {
-      if (s.expert_opt) {  // the experts' pieces to their own replicas
-        s.zero_grad_shards();
-        s.reduce_bucket(0, s.model->num_floats(), s.model->grads(), false).wait();
-      } else {
-        s.grid.dp().reduce_scatter_sum(s.model->grads(), g, hi - lo);
-      }
-    }
     const double norm = s.grad_norm(g, lo, hi);
     if (cfg.train.norms_every > 0 && st % cfg.train.norms_every == 0) {
       std::vector<double> grad_norms, weight_norms;

@@ -979,8 +979,8 @@ TEST(ModelParallel, CommunicationVolumeMatchesTheFormulas) {
     }
   }
   {
-    // dp = 2 × pp = 2 without ZeRO: each stage all-reduces its gradient after the pipeline's
-    // step, less the frozen tensors' extents (train.freeze: the embeddings and layer 0, the
+    // dp = 2 × pp = 2 without ZeRO: each stage all-reduces its gradient bucket by bucket, less
+    // the frozen tensors' extents (train.freeze: the embeddings and layer 0, the
     // first stage's wte [384, C], wpe [kSeq, C] and the first of its two layers).
     const Grid g{2, 1, 2, 0, 4, "1f1b", 1};
     const Result all = run(dir, "dppp_traffic", g, {"--resume", "none", "--eval.sequences", "0"});
@@ -991,6 +991,9 @@ TEST(ModelParallel, CommunicationVolumeMatchesTheFormulas) {
       const uint64_t floats = r.out.param_floats, embeddings = (384 + kSeq) * C;
       const uint64_t layer = (floats - embeddings) / 2;
       EXPECT_EQ(all.out.dp_traffic.bytes[CommStats::kAllReduce], steps * floats * 4);
+      // One all-reduce per bucket as the last backward pass finishes it: layer 1, layer 0, and
+      // after the tied sum the embeddings.
+      EXPECT_EQ(all.out.dp_traffic.calls[CommStats::kAllReduce], uint64_t(steps) * 3);
       EXPECT_EQ(r.out.dp_traffic.bytes[CommStats::kAllReduce],
                 steps * (floats - embeddings - layer) * 4);
       EXPECT_EQ(r.out.dp_traffic.calls[CommStats::kAllReduce], uint64_t(steps));

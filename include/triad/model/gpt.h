@@ -719,8 +719,12 @@ class Gpt {
   // (ln_f and the head, then each layer from the last to the first, then wte/wpe; together all
   // of [0, num_floats())), so data-parallel reduction can overlap the backward. The hook may
   // change the data in place and returns the request of its reduction: the model waits for it
-  // before it reuses the bucket and for all of them before forward_backward() returns. Used by
-  // forward_backward() (pp = 1) only; needed with bucketed_grads.
+  // before it reuses the bucket and for all of them before forward_backward() or pipeline_step()
+  // returns. Needed with bucketed_grads. pipeline_step (pp > 1) calls it for the gradients final
+  // after the step's micro-batches: a chunk's during its last backward pass of the step (under a
+  // zero-bubble schedule: ln_f's, the head's and the embeddings' then, each layer's during the
+  // chunk's last weight pass), so the reduction runs while the pipeline drains; a range holding
+  // a stage's copy of the tied wte gradient after the step has summed the two copies.
   using GradReadyHook = std::function<CommRequest(size_t offset, size_t count, float* data)>;
   void set_grad_ready_hook(GradReadyHook hook) { grad_hook_ = std::move(hook); }
   bool bucketed_grads() const { return bucketed_; }
@@ -1283,8 +1287,18 @@ class Gpt {
   // buffer, once the reduction of the layer that used it before has completed, zeroed (the
   // backward accumulates); else the gradient buffer at the layer's offset `at`.
   float* layer_grad_bucket(int l, size_t at);
-  // Hands [offset, offset + count) at data to the hook, keeping its request in `into`.
+  // Hands [offset, offset + count) at data to the hook, keeping its request in `into`, when the
+  // pass in progress leaves it final (final_pass_); a range holding a copy of the tied wte
+  // (pp > 1) goes to after_tied_sum_ instead.
   void grad_ready(size_t offset, size_t count, float* data, CommRequest* into);
+  // pipeline_step: false during a chunk's backward or weight pass that is not its last of the
+  // step (more micro-batches add to its gradients); true otherwise.
+  bool final_pass_ = true;
+  struct ReadyRange {
+    size_t offset, count;
+    float* data;
+  };
+  std::vector<ReadyRange> after_tied_sum_;   // ranges for the hook once the tied sum is done
   bf16_t* params_bf16_ = nullptr;            // bf16 precision: the copy the layers read
   Activations<float>* acts_fp32_ = nullptr;  // the plan of the model's precision (one of them)
   Activations<bf16_t>* acts_bf16_ = nullptr;
