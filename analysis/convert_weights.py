@@ -132,6 +132,8 @@ ROPE_SCALING_HF = ("factor", "low_freq_factor", "high_freq_factor",
 YARN_ATTRS = ("rope_scaling_factor", "rope_yarn_beta_fast", "rope_yarn_beta_slow",
               "rope_original_positions")
 YARN_HF = ("factor", "beta_fast", "beta_slow", "original_max_position_embeddings")
+# LongRoPE's two numbers (model.rope_scaling = longrope), beside its two lists of factors.
+LONGROPE_ATTRS = ("rope_scaling_factor", "rope_original_positions")
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,10 @@ class Dims:
     # YaRN's instead (model.rope_scaling = yarn): (factor, beta_fast, beta_slow, original
     # positions).
     yarn: tuple | None = None
+    # LongRoPE's instead (model.rope_scaling = longrope: Phi-3's long-context models): (the
+    # stretch of the original context, original positions, short factors, long factors), the
+    # factors tuples of one divisor per rotated pair.
+    longrope: tuple | None = None
     # A mixture of experts in every layer (model.moe_experts, moe_top_k, moe_normalize): Mixtral's
     # sparse MLP blocks; 0 experts: dense MLPs.
     moe_experts: int = 0
@@ -358,6 +364,11 @@ class Dims:
             if self.yarn is not None:
                 a["rope_scaling"] = "yarn"
                 a.update(zip(YARN_ATTRS, self.yarn))
+            if self.longrope is not None:
+                a["rope_scaling"] = "longrope"
+                a.update(zip(LONGROPE_ATTRS, self.longrope[:2]))
+                a["rope_short_factor"] = np.array(self.longrope[2], dtype="<f8")
+                a["rope_long_factor"] = np.array(self.longrope[3], dtype="<f8")
             a.update(self.moe_keys())
         return a
 
@@ -386,6 +397,12 @@ class Dims:
             if self.yarn is not None:
                 keys["rope_scaling"] = "yarn"
                 keys.update(zip(YARN_ATTRS, self.yarn))
+            if self.longrope is not None:
+                keys["rope_scaling"] = "longrope"
+                keys["rope_scaling_factor"] = repr(float(self.longrope[0]))
+                keys["rope_original_positions"] = int(self.longrope[1])
+                keys["rope_short_factor"] = ", ".join(repr(float(x)) for x in self.longrope[2])
+                keys["rope_long_factor"] = ", ".join(repr(float(x)) for x in self.longrope[3])
             if self.qk_norm:
                 keys["qk_norm"] = "true"
             if self.qkv_bias:
@@ -684,7 +701,8 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     context: Qwen's windows are per layer, max_window_layers, which triad does not build).
     Phi-3's (Phi3ForCausalLM, and Phi-4's) are Mistral's with q, k and v stored as one qkv_proj
     and the MLP's gate and up as one gate_up_proj, and a window where sliding_window is set;
-    its long-context rope scaling (longrope) and a partial rotary factor are refused.
+    its long-context rope scaling (longrope, "su" in older files) imports as model.rope_scaling =
+    longrope (longrope_scaling), and a partial rotary factor is refused.
     Mixtral's (MixtralForCausalLM) is Mistral's with every MLP a mixture of num_local_experts
     SwiGLU experts of intermediate_size units, num_experts_per_tok per token, their gates
     renormalized: model.moe_experts, moe_top_k and moe_normalize = true. Qwen2-MoE's
@@ -706,11 +724,16 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     qwen3 = cfg.get("model_type") == "qwen3" or qwen3_moe  # Qwen3-MoE's attention is Qwen3's
     if cfg.get("hidden_act", "silu") != "silu":
         refusals.append(f"hidden_act {cfg.get('hidden_act')!r} (SwiGLU uses silu)")
-    scaling = yarn = None
+    scaling = yarn = longrope = None
     if cfg.get("rope_scaling"):
         r = cfg["rope_scaling"]
         kind = r.get("rope_type", r.get("type")) if isinstance(r, dict) else None
         try:
+            # (Phi-3's older files say "su", or "yarn", for the same: transformers' Phi-3 reads
+            # both as longrope.)
+            if kind in ("longrope", "su", "yarn") and cfg.get("model_type") == "phi3":
+                longrope = longrope_scaling(cfg, r, n_pos, head_dim_of(cfg, n_embd, n_head))
+                raise StopIteration
             if kind == "yarn":
                 yarn = yarn_scaling(r, n_pos)
                 n_pos = int(n_pos * yarn[0])  # the context YaRN stretches the model to
@@ -726,7 +749,8 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         except (KeyError, TypeError, ValueError) as e:
             refusals.append(f"rope_scaling {r} (triad builds plain rope, Llama 3.1's 'llama3' "
                             f"scaling, with factor >= 1, 0 < low_freq_factor < high_freq_factor, "
-                            f"and 'yarn' with factor >= 1, beta_fast > beta_slow > 0"
+                            f"and 'yarn' with factor >= 1, beta_fast > beta_slow > 0, and "
+                            f"Phi-3's 'longrope'"
                             f"{'; ' + str(e) if str(e) else ''})")
     for key in ("attention_bias", "mlp_bias"):
         if cfg.get(key):
@@ -793,7 +817,7 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab, position="rope", rope_theta=theta,
              norm="rmsnorm", bias=False, mlp="swiglu", mlp_hidden=hidden,
              tied=bool(cfg.get("tie_word_embeddings", False)), n_kv_head=kv, rope_scaling=scaling,
-             yarn=yarn,
+             yarn=yarn, longrope=longrope,
              qkv_bias=qwen2, norm_eps=eps, head_dim=head_dim, qk_norm=qwen3,
              sliding_window=sliding, moe_experts=experts, moe_top_k=top_k, fused=phi3, **moe,
              **granite)
@@ -1297,6 +1321,36 @@ def qwen_moe_keys(cfg: dict, where: str, n_layer: int, dense_hidden: int,
     return dict(moe_experts=experts, moe_top_k=top_k, moe_normalize=normalize,
                 moe_shared_hidden=shared, moe_shared_gate=qwen2, moe_first_dense=max(first, 0),
                 moe_every=step), hidden
+
+
+def head_dim_of(cfg: dict, n_embd: int, n_head: int) -> int:
+    """A Hugging Face config's head width: head_dim, or hidden_size / num_attention_heads."""
+    return int(cfg.get("head_dim") or n_embd // max(n_head, 1))
+
+
+def longrope_scaling(cfg: dict, r: dict, n_pos: int, head_dim: int) -> tuple:
+    """(stretch, original positions, short factors, long factors) of Phi-3's LongRoPE
+    rope_scaling, as transformers' Phi3ForCausalLM computes it: frequency i divided by the short
+    factor i where a call's length is at most original_max_position_embeddings, else by the long
+    one, and cos and sin scaled by sqrt(1 + ln s / ln original) for s = max_position_embeddings /
+    original > 1. triad decides by model.seq_len, so the two agree on every call as long as
+    its length lies on the same side of the original context. The variants with their own scales
+    (short_mscale, long_mscale, attention_factor, factor), whose meaning depends on the
+    transformers version, are refused."""
+    for k in ("short_mscale", "long_mscale", "attention_factor", "factor"):
+        if r.get(k) is not None:
+            raise ValueError(f"{k} is not built")
+    original = int(cfg.get("original_max_position_embeddings") or 0)
+    if original < 1:
+        raise ValueError("original_max_position_embeddings is missing")
+    short = tuple(float(x) for x in r["short_factor"])
+    long = tuple(float(x) for x in r["long_factor"])
+    pairs = head_dim // 2
+    if len(short) != pairs or len(long) != pairs:
+        raise ValueError(f"short_factor and long_factor need {pairs} numbers each (head_dim / 2)")
+    if not all(math.isfinite(x) and x > 0 for x in short + long):
+        raise ValueError("the factors must be finite numbers > 0")
+    return max(1.0, n_pos / original), original, short, long
 
 
 def yarn_scaling(r: dict, n_pos: int) -> tuple:
@@ -1815,6 +1869,8 @@ def write_triad(out: Path, d: Dims, tensors: Tensors, source: str) -> None:
                 _string_attr(m, k, v)
             elif isinstance(v, float):
                 m.attrs.create(k, np.float64(v), dtype="<f8")
+            elif isinstance(v, np.ndarray):  # doubles (longrope's factors)
+                m.attrs.create(k, v.astype("<f8"), dtype="<f8")
             else:
                 m.attrs.create(k, i64(v), dtype="<i8")
         for name, a in tensors():
@@ -2095,6 +2151,10 @@ def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
              rope_scaling=scaling_attrs(a, ROPE_SCALING_ATTRS)
              if a.get("rope_scaling") == "llama3" else None,
              yarn=scaling_attrs(a, YARN_ATTRS) if a.get("rope_scaling") == "yarn" else None,
+             longrope=(float(a["rope_scaling_factor"]), int(a["rope_original_positions"]),
+                       tuple(float(x) for x in a["rope_short_factor"]),
+                       tuple(float(x) for x in a["rope_long_factor"]))
+             if a.get("rope_scaling") == "longrope" else None,
              qkv_bias=int(a.get("qkv_bias", 0)) == 1, norm_eps=float(a.get("norm_eps", 1e-5)),
              head_dim=int(a.get("head_dim", 0)), qk_norm=int(a.get("qk_norm", 0)) == 1,
              sliding_window=int(a.get("sliding_window", 0)),
@@ -2352,6 +2412,10 @@ def llama_hf_config(d: Dims) -> dict:
     a sliding window (model.sliding_window), or for a mixture of experts (model.moe_experts,
     Dims.moe_format) Qwen2MoeForCausalLM's (gated shared experts), Qwen3MoeForCausalLM's
     (QK-norm) or MixtralForCausalLM's (with a sliding window or not)."""
+    if d.longrope is not None:
+        raise ConvertError("the model's rope is LongRoPE's (model.rope_scaling = longrope), which "
+                           "only Hugging Face's Phi-3 computes as triad does; its fused layout is "
+                           "an import's source here, not yet written")
     if d.falcon:  # (before StableLM's and Nemotron's: its LayerNorms have biases too)
         return falcon_hf_config(d)
     if d.gptj:  # (likewise)

@@ -624,9 +624,9 @@ CheckpointState read_state(hid_t file) {
     s.model.rope_theta = *theta;
     s.model.rope_scaling = io::read_string_attr(model, "rope_scaling").value_or("none");
     TRIAD_CHECK(s.model.rope_scaling == "none" || s.model.rope_scaling == "llama3" ||
-                    s.model.rope_scaling == "yarn",
+                    s.model.rope_scaling == "yarn" || s.model.rope_scaling == "longrope",
                 "attribute rope_scaling of /model is '", s.model.rope_scaling,
-                "', not none, llama3 or yarn");
+                "', not none, llama3, yarn or longrope");
     // A scaling's numbers: finite doubles > 0, and the original context.
     auto positive = [&](const char* name) {
       const std::optional<double> v = io::read_double_attr(model, name);
@@ -647,6 +647,24 @@ CheckpointState read_state(hid_t file) {
                       s.model.rope_yarn_beta_fast > s.model.rope_yarn_beta_slow,
                   "attributes rope_original_positions and rope_yarn_beta_* of /model are "
                   "inconsistent (need >= 1 positions and fast > slow)");
+    }
+    if (s.model.rope_scaling == "longrope") {
+      // One divisor per rotated pair in each list (the pairs checked against the config).
+      auto divisors = [&](const char* name) {
+        const std::optional<std::vector<double>> v = io::read_doubles_attr(model, name);
+        TRIAD_CHECK(v.has_value() && !v->empty() &&
+                        std::all_of(v->begin(), v->end(),
+                                    [](double x) { return std::isfinite(x) && x > 0; }),
+                    "attribute ", name, " of /model is ",
+                    v ? "not a list of finite numbers > 0" : "missing (rope_scaling is longrope)");
+        return *v;
+      };
+      s.model.rope_short_factor = divisors("rope_short_factor");
+      s.model.rope_long_factor = divisors("rope_long_factor");
+      TRIAD_CHECK(s.model.rope_original_positions >= 1 && s.model.rope_scaling_factor >= 1 &&
+                      s.model.rope_short_factor.size() == s.model.rope_long_factor.size(),
+                  "attributes rope_* of /model are inconsistent (need >= 1 original positions, a "
+                  "scaling factor >= 1 and as many short factors as long)");
     }
     if (s.model.rope_scaling == "llama3") {
       s.model.rope_low_freq_factor = positive("rope_low_freq_factor");
@@ -1113,6 +1131,14 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
             io::write_double_attr(model, "rope_scaling_factor", state.model.rope_scaling_factor);
             io::write_double_attr(model, "rope_yarn_beta_fast", state.model.rope_yarn_beta_fast);
             io::write_double_attr(model, "rope_yarn_beta_slow", state.model.rope_yarn_beta_slow);
+            io::write_int64_attr(model, "rope_original_positions",
+                                 state.model.rope_original_positions);
+          }
+          if (state.model.rope_scaling == "longrope") {
+            io::write_string_attr(model, "rope_scaling", state.model.rope_scaling);
+            io::write_double_attr(model, "rope_scaling_factor", state.model.rope_scaling_factor);
+            io::write_doubles_attr(model, "rope_short_factor", state.model.rope_short_factor);
+            io::write_doubles_attr(model, "rope_long_factor", state.model.rope_long_factor);
             io::write_int64_attr(model, "rope_original_positions",
                                  state.model.rope_original_positions);
           }

@@ -369,6 +369,7 @@ namespace {
 // where λ > L/low, and between them (1 − s)·f/factor + s·f with s = (L/λ − low)/(high − low).
 double rope_frequency(const GptShape& shape, int i, int hd) {
   const double f = std::pow(shape.rope_theta, -2.0 * i / hd);
+  if (!shape.rope_ext.empty()) return f / shape.rope_ext[size_t(i)];  // longrope
   if (shape.yarn) {
     // The pair index at which a frequency turns r times in the original context; the pairs
     // below floor(at(beta_fast)) keep f, those from ceil(at(beta_slow)) take f / factor.
@@ -395,8 +396,11 @@ double rope_frequency(const GptShape& shape, int i, int hd) {
 
 std::vector<float> rope_table(const GptShape& shape) {
   const int hd = shape.rot(), half = hd / 2;  // the rotated values of a head
-  // YaRN scales the rotated q and k (so the attention scores by its square) by this.
-  const double scale = shape.yarn ? 0.1 * std::log(shape.rope_factor) + 1.0 : 1.0;
+  // YaRN and LongRoPE scale the rotated q and k (so the attention scores by its square).
+  double scale = shape.yarn ? 0.1 * std::log(shape.rope_factor) + 1.0 : 1.0;
+  if (!shape.rope_ext.empty() && shape.rope_factor > 1.0)
+    scale = std::sqrt(1.0 + std::log(shape.rope_factor) /
+                                std::log(double(shape.rope_original_positions)));
   std::vector<float> t(size_t(shape.seq_len) * size_t(hd));
   for (int p = 0; p < shape.seq_len; ++p)
     for (int i = 0; i < half; ++i) {

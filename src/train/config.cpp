@@ -47,9 +47,17 @@ class KeyTable {
         "most the head's width; GPT-NeoX's rotary_pct 0.25: head_dim / 4; 0: all of them)");
     add("model.rope_scaling", c.model.rope_scaling,
         "rope: none | llama3 (Llama 3.1's scaling of the low frequencies, for long contexts) | "
-        "yarn (YaRN, as Qwen2.5 and Qwen3 for long contexts)");
+        "yarn (YaRN, as Qwen2.5 and Qwen3 for long contexts) | longrope (LongRoPE, as Phi-3's "
+        "long-context models)");
     add("model.rope_scaling_factor", c.model.rope_scaling_factor,
-        "llama3, yarn: the low frequencies' divisor");
+        "llama3, yarn: the low frequencies' divisor; longrope: the stretch of the original "
+        "context (max positions / rope_original_positions), which scales cos and sin by "
+        "sqrt(1 + ln(factor) / ln(rope_original_positions))");
+    add("model.rope_short_factor", c.model.rope_short_factor,
+        "longrope: each rotated pair's frequency divisor, comma-separated (rotary_dim / 2 or "
+        "head_dim / 2 of them), used where seq_len <= rope_original_positions");
+    add("model.rope_long_factor", c.model.rope_long_factor,
+        "longrope: the same, used where seq_len > rope_original_positions");
     add("model.rope_yarn_beta_fast", c.model.rope_yarn_beta_fast,
         "yarn: frequencies turning more than this many times in rope_original_positions are "
         "kept");
@@ -60,7 +68,7 @@ class KeyTable {
     add("model.rope_high_freq_factor", c.model.rope_high_freq_factor,
         "llama3: wavelengths below rope_original_positions / this are kept");
     add("model.rope_original_positions", c.model.rope_original_positions,
-        "llama3, yarn: the context length the frequencies were first trained for");
+        "llama3, yarn, longrope: the context length the frequencies were first trained for");
     add("model.norm", c.model.norm,
         "layernorm (GPT-2's, weight and bias) | rmsnorm (root mean square, weight only, as Llama)");
     add("model.mlp", c.model.mlp,
@@ -566,6 +574,24 @@ std::vector<int> ramp_batch_sizes(const BatchRampup& ramp, int batch_size) {
   return sizes;
 }
 
+std::vector<double> parse_rope_factors(const std::string& text, const std::string& key, int pairs) {
+  const std::vector<std::string> items = split_comma_list(text);
+  std::vector<double> v;
+  for (const std::string& item : items) {
+    double x = 0;
+    const auto p = std::from_chars(item.data(), item.data() + item.size(), x);
+    TRIAD_CHECK(!item.empty() && p.ec == std::errc() && p.ptr == item.data() + item.size() &&
+                    std::isfinite(x) && x > 0,
+                "config: ", key, " must be comma-separated finite numbers > 0 (got '", item,
+                "' in '", text, "')");
+    v.push_back(x);
+  }
+  TRIAD_CHECK(v.size() == size_t(pairs), "config: ", key, " holds ", v.size(),
+              " numbers but rope_scaling longrope needs one per rotated pair: ", pairs,
+              " (rotary_dim / 2, or head_dim / 2)");
+  return v;
+}
+
 std::vector<int> parse_stage_layers(const std::string& text, int pp, int n_layer) {
   const std::string key = "config: parallel.stage_layers";
   std::vector<int> counts;
@@ -935,8 +961,18 @@ void validate(const Config& c, int world_size) {
           "must be even and in [0, " + std::to_string(m.hd()) +
               "] (the head's width; 0: every value rotates; got " + std::to_string(m.rotary_dim) +
               ")");
-    check(m.rope_scaling == "none" || m.rope_scaling == "llama3" || m.rope_scaling == "yarn",
-          "model.rope_scaling", "must be none, llama3 or yarn (got '" + m.rope_scaling + "')");
+    check(m.rope_scaling == "none" || m.rope_scaling == "llama3" || m.rope_scaling == "yarn" ||
+              m.rope_scaling == "longrope",
+          "model.rope_scaling",
+          "must be none, llama3, yarn or longrope (got '" + m.rope_scaling + "')");
+    if (m.rope_scaling == "longrope") {
+      check(std::isfinite(m.rope_scaling_factor) && m.rope_scaling_factor >= 1,
+            "model.rope_scaling_factor", "must be a finite number >= 1");
+      check(m.rope_original_positions >= 1, "model.rope_original_positions", "must be >= 1");
+      const int pairs = (m.rotary_dim > 0 ? m.rotary_dim : m.hd()) / 2;
+      parse_rope_factors(m.rope_short_factor, "model.rope_short_factor", pairs);
+      parse_rope_factors(m.rope_long_factor, "model.rope_long_factor", pairs);
+    }
     if (m.rope_scaling == "yarn") {
       check(std::isfinite(m.rope_scaling_factor) && m.rope_scaling_factor >= 1,
             "model.rope_scaling_factor", "must be a finite number >= 1");

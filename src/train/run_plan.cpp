@@ -69,6 +69,13 @@ ModelShape model_shape(const Config& cfg) {
     m.rope_yarn_beta_fast = c.rope_yarn_beta_fast;
     m.rope_yarn_beta_slow = c.rope_yarn_beta_slow;
     m.rope_original_positions = c.rope_original_positions;
+  } else if (c.rope_scaling == "longrope") {
+    m.rope_scaling = "longrope";
+    m.rope_scaling_factor = c.rope_scaling_factor;
+    m.rope_original_positions = c.rope_original_positions;
+    const int pairs = (c.rotary_dim > 0 ? c.rotary_dim : c.hd()) / 2;
+    m.rope_short_factor = parse_rope_factors(c.rope_short_factor, "model.rope_short_factor", pairs);
+    m.rope_long_factor = parse_rope_factors(c.rope_long_factor, "model.rope_long_factor", pairs);
   }
   m.norm = c.norm;
   m.bias = c.bias;
@@ -127,6 +134,11 @@ GptShape gpt_shape(const ModelShape& m, int padded_vocab_size) {
     s.rope_beta_fast = m.rope_yarn_beta_fast;
     s.rope_beta_slow = m.rope_yarn_beta_slow;
     s.rope_original_positions = int(m.rope_original_positions);
+  } else if (m.rope_scaling == "longrope") {
+    s.rope_factor = m.rope_scaling_factor;
+    s.rope_original_positions = int(m.rope_original_positions);
+    // The model's context decides, as Hugging Face's Phi-3 decides by a call's length.
+    s.rope_ext = m.seq_len > m.rope_original_positions ? m.rope_long_factor : m.rope_short_factor;
   }
   s.rmsnorm = m.norm == "rmsnorm";
   s.bias = m.bias;

@@ -616,6 +616,8 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
   }
   // Scaled frequencies are other positions too.
   const bool llama3 = c.rope_scaling == "llama3", yarn = c.rope_scaling == "yarn";
+  const bool longrope = c.rope_scaling == "longrope";
+  const ModelShape asked = longrope ? triad::model_shape(cfg) : ModelShape{};
   TRIAD_CHECK(m.rope_scaling == c.rope_scaling &&
                   (!llama3 || (m.rope_scaling_factor == c.rope_scaling_factor &&
                                m.rope_low_freq_factor == c.rope_low_freq_factor &&
@@ -624,11 +626,15 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
                   (!yarn || (m.rope_scaling_factor == c.rope_scaling_factor &&
                              m.rope_yarn_beta_fast == c.rope_yarn_beta_fast &&
                              m.rope_yarn_beta_slow == c.rope_yarn_beta_slow &&
-                             m.rope_original_positions == c.rope_original_positions)),
+                             m.rope_original_positions == c.rope_original_positions)) &&
+                  (!longrope || (m.rope_scaling_factor == c.rope_scaling_factor &&
+                                 m.rope_original_positions == c.rope_original_positions &&
+                                 m.rope_short_factor == asked.rope_short_factor &&
+                                 m.rope_long_factor == asked.rope_long_factor)),
               "checkpoint ", path, " holds a model with rope_scaling ", m.rope_scaling,
               m.rope_scaling != "none" ? " (its factors in the file's /model attributes)" : "",
               " but the config asks for model.rope_scaling = ", c.rope_scaling,
-              llama3 || yarn ? " with other factors or original positions" : "");
+              llama3 || yarn || longrope ? " with other factors or original positions" : "");
   // LayerNorm and RMSNorm differ in their tensors (the biases) and in what they compute.
   TRIAD_CHECK(m.norm == c.norm, "checkpoint ", path, " holds a model with norm ", m.norm,
               " but the config asks for model.norm = ", c.norm);

@@ -11,6 +11,7 @@ triad's programs, by tests/reference/gpt_torch.py on the imported file. llm.c mo
 fp32 round trip is exact, and bf16 files hold PyTorch's rounding of the weights. Every bad
 input is refused with one line, leaving no output behind."""
 
+import copy
 import json
 import shutil
 import sys
@@ -505,12 +506,18 @@ def test_llama_variants_triad_does_not_compute_are_refused(tmp_path):
         assert_clean_failure(tool("triad-convert", "import", tmp_path / "bad",
                                   tmp_path / "bad.h5"), "config.json", needle)
         assert not (tmp_path / "bad.h5").exists()
-    # Phi-3's long-context scaling (longrope: a factor per frequency, short and long) and a
-    # partial rotary factor (Phi-4-mini's), written into a Phi-3 config.
+    # Phi-3's long-context scaling (longrope: a factor per frequency, short and long) with
+    # factors for another head width, or a scale of its own, and a partial rotary factor
+    # (Phi-4-mini's), written into a Phi-3 config.
     phi3_model(None).save_pretrained(tmp_path / "phi3", safe_serialization=True)
     good = json.loads((tmp_path / "phi3" / "config.json").read_text())
-    for bad, needle in (({"rope_scaling": {"type": "longrope", "short_factor": [1.0] * 8,
-                                           "long_factor": [2.0] * 8}}, "rope_scaling"),
+    for bad, needle in (({"rope_scaling": {"type": "longrope", "short_factor": [1.0] * 7,
+                                           "long_factor": [2.0] * 7}}, "head_dim / 2"),
+                        ({"rope_scaling": {"type": "longrope", "short_factor": [1.0] * 8,
+                                           "long_factor": [2.0] * 8, "long_mscale": 1.2}},
+                         "long_mscale is not built"),
+                        ({"rope_scaling": {"type": "longrope", "short_factor": [1.0] * 8,
+                                           "long_factor": [0.0] * 8}}, "finite numbers > 0"),
                         ({"partial_rotary_factor": 0.75}, "partial_rotary_factor 0.75")):
         (tmp_path / "phi3" / "config.json").write_text(json.dumps({**good, **bad}))
         assert_clean_failure(tool("triad-convert", "import", tmp_path / "phi3",
@@ -730,6 +737,64 @@ def test_phi3_imports_and_evaluates_as_transformers(imported, tmp_path, window):
     assert type(exported).__name__ == ("MistralForCausalLM" if window else "LlamaForCausalLM")
     got, _ = hf_loss_accuracy(exported.eval(), d)
     assert abs(got - want_loss) <= 1e-5 * want_loss, (got, want_loss)
+
+
+@pytest.mark.parametrize("original", [16, 32])
+def test_phi3_longrope_imports_and_evaluates_as_transformers(imported, tmp_path, original):
+    """Phi-3's LongRoPE (rope_scaling type longrope: one divisor per frequency, short and long)
+    imported as model.rope_scaling = longrope, with 64 positions stretched from an original
+    context of 16 (a 32-token context beyond it: the long factors) or of 32 (within it: the
+    short ones), cos and sin scaled by sqrt(1 + ln s / ln original). triad's loss and accuracy
+    are transformers' (whose Phi-3 picks the factors by the call's length, here the same side),
+    the same weights with the other factors or without the scale differ, greedy generation within
+    the original context is transformers', and export is refused, naming why."""
+    d, _, cfg = imported
+    short = [1.0 + 0.25 * i for i in range(8)]
+    long = [1.5 + 2.0 * i for i in range(8)]
+
+    def phi3_longrope(short, long, original, positions=N_POS):
+        plain = phi3_model(None)  # its weights, in a model built with the scaling
+        config = copy.deepcopy(plain.config)
+        config.original_max_position_embeddings = original
+        config.max_position_embeddings = positions
+        config.rope_scaling = {"type": "longrope", "short_factor": short, "long_factor": long}
+        model = transformers.Phi3ForCausalLM(config)
+        model.load_state_dict(plain.state_dict())
+        return model.eval()
+
+    model = phi3_longrope(short, long, original)
+    model.save_pretrained(tmp_path / "phi3", safe_serialization=True)
+    out = tmp_path / "phi3.h5"
+    p = tool("triad-convert", "import", tmp_path / "phi3", out, "--seq-len", SEQ)
+    assert p.returncode == 0, p.stderr
+    with h5py.File(out, "r") as f:
+        a = f["model"].attrs
+        assert a["rope_scaling"] in (b"longrope", "longrope")
+        assert float(a["rope_scaling_factor"]) == N_POS / original
+        assert int(a["rope_original_positions"]) == original
+        assert list(a["rope_short_factor"]) == short and list(a["rope_long_factor"]) == long
+    want_loss, want_acc = hf_loss_accuracy(model, d)
+    p = train("--config", cfg, "--eval-only", "--init-from", out, "--model-from", out, check=True)
+    loss = float(p.stdout.split("val loss")[1].split()[0])
+    acc = float(p.stdout.split("val accuracy")[1].split()[0])
+    assert abs(loss - want_loss) <= 1e-5 * want_loss, (loss, want_loss)
+    assert abs(acc - want_acc) <= 1.5 / (EVAL_SEQUENCES * SEQ), (acc, want_acc)
+    # The factors and the scale matter: the other list, or no stretch, computes another loss.
+    swapped = phi3_longrope(long, short, original)
+    assert abs(hf_loss_accuracy(swapped, d)[0] - want_loss) > 1e-4
+    unscaled = phi3_longrope(short, long, original, positions=original)
+    assert abs(hf_loss_accuracy(unscaled, d)[0] - want_loss) > 1e-4
+    if original >= SEQ:  # every call within the original context: both use the short factors
+        p = run([exe("triad-generate"), "--checkpoint", out, "--vocab", VOCAB, "--top-k", "1",
+                 "--prompt-ids", " ".join(map(str, PROMPT)), "--length", "20", "--output",
+                 "ids"], check=True)
+        assert [int(t) for t in p.stdout.split()] == greedy_continuation(model, PROMPT, 20)
+    p = tool("triad-convert", "export", out, tmp_path / "back", "--to", "hf", "--vocab", "none")
+    assert_clean_failure(p, "LongRoPE")
+    # A config with other factors does not read this checkpoint.
+    p = train("--config", cfg, "--eval-only", "--init-from", out, "--model-from", out,
+              "--model.rope_long_factor", ", ".join(map(str, short)))
+    assert_clean_failure(p, "rope_scaling longrope", "other factors")
 
 
 NEMOTRON_ARGS = ["--model.position", "rope", "--model.rope_theta", "500", "--model.norm",

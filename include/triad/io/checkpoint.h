@@ -80,6 +80,10 @@ struct ModelShape {
   // "yarn" instead: rope_scaling_factor, rope_original_positions and the doubles
   // rope_yarn_beta_fast, rope_yarn_beta_slow.
   double rope_yarn_beta_fast = 0, rope_yarn_beta_slow = 0;
+  // "longrope" instead: rope_scaling_factor (the stretch of the original context),
+  // rope_original_positions and the double arrays rope_short_factor and rope_long_factor (one
+  // divisor per rotated pair each).
+  std::vector<double> rope_short_factor, rope_long_factor;
   // Attribute norm ("layernorm" | "rmsnorm"; absent in files from before RMSNorm: layernorm).
   std::string norm = "layernorm";
   // Attribute bias (int64 1 | 0; absent in files from before model.bias: 1).

@@ -38,6 +38,11 @@ struct GptShape {
   // 0.1·ln(rope_factor) + 1 (rope_table).
   bool yarn = false;
   double rope_beta_fast = 32.0, rope_beta_slow = 1.0;
+  // LongRoPE instead (model.rope_scaling = longrope; Phi-3's long-context setting), where
+  // rope_ext holds one divisor per rotated pair (rot() / 2; empty: no longrope): frequency f_i
+  // becomes f_i / rope_ext[i], and cos and sin are scaled by sqrt(1 + ln s / ln L) for the
+  // stretch s = rope_factor > 1 of the original context L = rope_original_positions (rope_table).
+  std::vector<double> rope_ext;
   // Partial rotary (model.rotary_dim > 0, even, at most hd: GPT-NeoX's rotary_pct, Hugging Face's
   // partial_rotary_factor, modded-nanogpt's half-truncated rope): only the first rotary_dim of
   // each q and k head's values rotate, pairs (x_i, x_{i+rotary_dim/2}) by angles

@@ -19,6 +19,9 @@ struct ModelConfig {
   double rope_scaling_factor = 8.0, rope_low_freq_factor = 1.0, rope_high_freq_factor = 4.0;
   int rope_original_positions = 8192;  // llama3, yarn: the context first trained on
   double rope_yarn_beta_fast = 32.0, rope_yarn_beta_slow = 1.0;  // yarn: the ramp's ends
+  // longrope (Phi-3's): each rotated pair's frequency divisor, comma-separated (rot / 2 of
+  // them); the long list where seq_len > rope_original_positions, else the short one.
+  std::string rope_short_factor, rope_long_factor;
   int rotary_dim = 0;  // rope: the values of each head that rotate (0: all; GPT-NeoX: hd / 4)
   std::string norm = "layernorm";  // layernorm (weight, bias) | rmsnorm (weight only)
   bool bias = true;                // false: no biases in linear layers and LayerNorms
@@ -270,6 +273,9 @@ struct CommandLine {
   std::string help_text;
 };
 
+// model.rope_short_factor or rope_long_factor (`key`) as its `pairs` numbers, each finite and
+// > 0; throws triad::Error naming the key otherwise.
+std::vector<double> parse_rope_factors(const std::string& text, const std::string& key, int pairs);
 // parallel.stage_layers as pp counts summing to n_layer ("7,7,7,3", spaces allowed); throws
 // triad::Error naming the key otherwise.
 std::vector<int> parse_stage_layers(const std::string& text, int pp, int n_layer);
