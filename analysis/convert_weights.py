@@ -1,6 +1,6 @@
 """Weights and tokenizers in and out of triad: Hugging Face transformers models (config.json +
 safetensors; GPT-2, Llama, Mistral, Qwen2, Qwen3, Mixtral, Qwen2-MoE, Qwen3-MoE, Nemotron,
-StableLM, Gemma, Gemma 2, Granite, GraniteMoE, Cohere, Phi, GPT-J, GPT-NeoX, Falcon) and llm.c
+StableLM, Gemma, Gemma 2, Granite, GraniteMoE, Cohere, Phi, GPT-J, GPT-NeoX, Falcon, OLMo) and llm.c
 model files (gpt2_124M.bin and the like) to a triad checkpoint, a triad checkpoint to either,
 and Hugging Face or Meta tokenizers to a triad tokenizer description (hf_tokenizer.py).
 
@@ -80,6 +80,9 @@ What the formats hold and how they map (docs/formats.md, "Weights from other pro
   width]) or Falcon-7B's (multi-query attention, q | k | v); one input_layernorm for both
   branches (Falcon-7B's, or num_ln_in_parallel_attn = 1: model.shared_norm) or ln_attn and ln_mlp.
   Written in Falcon-40B's layout.
+- HF OLMo: Llama's tensors and math with LayerNorms that learn no weight or bias
+  (model.norm = layernorm, model.norm_weight = false: triad's norms ones, frozen); clip_qkv
+  refused.
 - llm.c: a header of 256 int32 (magic 20240326, version 3 = fp32 or 5 = bf16, max_seq_len,
   vocab_size, n_layer, n_head, n_embd, padded_vocab_size), then wte, wpe and each per-layer
   tensor for all layers in turn ([out, in] like triad), then ln_f.
@@ -185,6 +188,9 @@ class Dims:
     # beside bias-free linear layers (model.norm_bias): Nemotron's.
     rotary_dim: int = 0
     norm_bias: bool = False
+    # Norms without a learned weight or bias (model.norm_weight = false: OLMo's non-parametric
+    # LayerNorm): triad holds them as ones (and zeros), frozen; the Hugging Face files have none.
+    norm_weight: bool = True
     # Read from Phi-3's layout (Phi3ForCausalLM): q, k and v stored as one qkv_proj, the MLP's
     # gate and up as one gate_up_proj. An import's source only, not part of triad's model.
     fused: bool = False
@@ -338,6 +344,8 @@ class Dims:
                 a["mlp_bias"] = 1
             if self.norm_bias:  # model.norm_bias (absent: 0)
                 a["norm_bias"] = 1
+            if not self.norm_weight:  # model.norm_weight (absent: 1)
+                a["norm_weight"] = 0
             if self.embed_scale != 1.0:  # model.embed_scale (absent: 1)
                 a["embed_scale"] = float(self.embed_scale)
             if self.parallel_residual:  # model.parallel_residual (absent: 0)
@@ -411,6 +419,8 @@ class Dims:
                 keys["mlp_bias"] = "true"
             if self.norm_bias:
                 keys["norm_bias"] = "true"
+            if not self.norm_weight:
+                keys["norm_weight"] = "false"
             if self.embed_scale != 1.0:
                 keys["embed_scale"] = repr(float(self.embed_scale))
             if self.parallel_residual:
@@ -591,7 +601,7 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
 
     kind = cfg.get("model_type", "gpt2")
     if kind in ("llama", "mistral", "phi3", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe",
-                "granite", "granitemoe"):
+                "granite", "granitemoe", "olmo"):
         return llama_config_dims(cfg, where, seq_len)
     if kind in ("nemotron", "stablelm"):
         return layernorm_config_dims(cfg, where, seq_len)
@@ -718,6 +728,13 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     c = LlamaLikeConfig(cfg, where, "rms_norm_eps", 1e-6)
     n_layer, n_head, n_embd, hidden = c.n_layer, c.n_head, c.n_embd, c.hidden
     n_pos, vocab, kv, eps, theta, refusals = c.n_pos, c.vocab, c.kv, c.eps, c.theta, c.refusals
+    # OLMo's (OlmoForCausalLM): Llama's tensors and math but LayerNorms without weight or bias
+    # (non-parametric, epsilon 1e-5): model.norm = layernorm, norm_weight = false.
+    olmo = cfg.get("model_type") == "olmo"
+    if olmo:
+        eps = 1e-5
+        if cfg.get("clip_qkv") is not None:
+            refusals.append(f"clip_qkv {cfg['clip_qkv']} (triad does not clamp q, k and v)")
     qwen2_moe = cfg.get("model_type") == "qwen2_moe"
     qwen3_moe = cfg.get("model_type") == "qwen3_moe"
     qwen2 = cfg.get("model_type") == "qwen2" or qwen2_moe  # Qwen2-MoE's attention is Qwen2's
@@ -815,7 +832,8 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         granite["granite_moe"] = granite_moe
     refuse_or_check_positions(where, refusals, seq_len, n_pos, "max_position_embeddings")
     d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab, position="rope", rope_theta=theta,
-             norm="rmsnorm", bias=False, mlp="swiglu", mlp_hidden=hidden,
+             norm="layernorm" if olmo else "rmsnorm", norm_weight=not olmo, bias=False,
+             mlp="swiglu", mlp_hidden=hidden,
              tied=bool(cfg.get("tie_word_embeddings", False)), n_kv_head=kv, rope_scaling=scaling,
              yarn=yarn, longrope=longrope,
              qkv_bias=qwen2, norm_eps=eps, head_dim=head_dim, qk_norm=qwen3,
@@ -1438,6 +1456,9 @@ def llama_sources(d: Dims) -> dict[str, list[str]]:
                 p + "ln_2/weight": [h + ("pre_feedforward_layernorm.weight" if d.branch_norm else
                                          "post_attention_layernorm.weight")]}),
         })
+        if not d.norm_weight:  # OLMo's norms hold nothing (triad's are ones: ones_for)
+            for t in ("ln_1/weight", "ln_2/weight"):
+                src.pop(p + t, None)
         if d.moe_layer(i) and d.moe_format in ("qwen2_moe", "qwen3_moe"):  # their sparse MLP
             m = h + "mlp."
             experts = [m + f"experts.{e}." for e in range(d.moe_experts)]
@@ -1487,6 +1508,8 @@ def llama_sources(d: Dims) -> dict[str, list[str]]:
             })
     if not d.tied:
         src["lm_head/weight"] = ["lm_head.weight"]
+    if not d.norm_weight:
+        del src["ln_f/weight"]
     return src
 
 
@@ -1594,7 +1617,7 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
                                     "Granite" if cfg.get("model_type") == "granite" else
                                     "StableLM" if d.norm_bias else
                                     "Qwen2" if d.qkv_bias else "Qwen3" if d.qk_norm else
-                                    "Phi-3" if d.fused else
+                                    "Phi-3" if d.fused else "OLMo" if not d.norm_weight else
                                     "Mistral" if d.sliding_window else "Llama"))
         note = ""
         if d.moe_experts and cfg.get("router_jitter_noise"):  # noise on the router's input
@@ -1692,6 +1715,8 @@ def llama_tensors(d: Dims, where: dict, directory: Path) -> Tensors:
                                f"in config.json")
 
     def tensors():
+        for t in [t for t in want if t not in src]:  # norms without a weight: ones
+            yield t, ones_for(d, t, want[t])
         for t, names in src.items():
             parts = [np.asarray(where[n].read(n), dtype="<f4") for n in names]
             a = np.concatenate(parts) if len(parts) > 1 else parts[0]
@@ -1702,6 +1727,14 @@ def llama_tensors(d: Dims, where: dict, directory: Path) -> Tensors:
             yield t, llama_query_order(d, t, a.reshape(want[t]))
 
     return tensors
+
+
+def ones_for(d: Dims, t: str, shape: tuple) -> np.ndarray:
+    """The weight of norm t under model.norm_weight = false, which the Hugging Face files do not
+    hold: ones."""
+    if d.norm_weight or not is_norm_weight(t):
+        raise ConvertError(f"tensor {t} has no source in the Hugging Face files")
+    return np.ones(shape, dtype="<f4")
 
 
 def is_norm_weight(t: str) -> bool:
@@ -2004,7 +2037,10 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
             raise ConvertError(f"{path}: the model's routers choose their experts with biases "
                                f"(/router_bias, train.moe_bias_rate); Hugging Face's Mixtral, "
                                f"Qwen2-MoE and Qwen3-MoE have none")
-    if llama or norm_biased or neox or falcon or cohere or phi or gptj:
+    # OLMo's blocks: Llama's with LayerNorms that learn no weight or bias (model.norm_weight).
+    olmo = (a.get("position"), a.get("norm"), int(a.get("bias", 1)), int(a.get("norm_weight", 1)),
+            a.get("mlp")) == ("rope", "layernorm", 0, 0, "swiglu")
+    if llama or norm_biased or neox or falcon or cohere or phi or gptj or olmo:
         return open_triad_llama(path, a)
     if int(a.get("sliding_window", 0)):
         raise ConvertError(f"{path}: the model attends to its last {a['sliding_window']} tokens "
@@ -2129,6 +2165,7 @@ def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
              position="rope", rope_theta=float(a["rope_theta"]),
              norm=a["norm"].decode() if isinstance(a["norm"], bytes) else str(a["norm"]),
              bias=int(a.get("bias", 1)) == 1, norm_bias=int(a.get("norm_bias", 0)) == 1,
+             norm_weight=int(a.get("norm_weight", 1)) == 1,
              rotary_dim=int(a.get("rotary_dim", 0)),
              neox=mlp in ("gelu", "gelu_exact") and int(a.get("bias", 1)) == 1 and
              not int(a.get("shared_norm", 0)),  # (shared: Phi's)
@@ -2385,6 +2422,25 @@ def llama_like_hf(d: Dims, architecture: str, model_type: str, **keys) -> dict:
     }
 
 
+def olmo_hf_config(d: Dims) -> dict:
+    """config.json for transformers' OlmoForCausalLM computing what triad's model of OLMo's
+    blocks (Llama's with non-parametric LayerNorms: model.norm = layernorm, norm_weight = false,
+    epsilon 1e-5) computes."""
+    refuse_absent(d, "a model without norm weights (model.norm_weight = false) exports as "
+                     "Hugging Face's OLMo",
+                  ("a c_attn bias (model.qkv_bias)", d.qkv_bias),
+                  ("LayerNorm biases (model.norm_bias)", d.norm_bias),
+                  ("heads of another width than n_embd / n_head (model.head_dim)", d.head_dim))
+    if (d.position, d.norm, d.bias, d.mlp, d.norm_eps) != ("rope", "layernorm", False, "swiglu",
+                                                           1e-5) or d.parallel_residual or \
+            d.branch_norm or d.shared_norm or d.rotary_dim or d.longrope is not None:
+        raise ConvertError("a model without norm weights (model.norm_weight = false) exports as "
+                           "Hugging Face's OLMo, which computes rope, LayerNorms of epsilon 1e-5, "
+                           "SwiGLU and no biases in sequential blocks, rotating every value")
+    return llama_like_hf(d, "OlmoForCausalLM", "olmo", hidden_act="silu", attention_bias=False,
+                         clip_qkv=None, rope_scaling=None, pad_token_id=None)
+
+
 def layernorm_hf_config(d: Dims) -> dict:
     """config.json for transformers' NemotronForCausalLM (the squared ReLU) or
     StableLmForCausalLM (SwiGLU) computing what triad's model of their blocks computes (the
@@ -2412,6 +2468,8 @@ def llama_hf_config(d: Dims) -> dict:
     a sliding window (model.sliding_window), or for a mixture of experts (model.moe_experts,
     Dims.moe_format) Qwen2MoeForCausalLM's (gated shared experts), Qwen3MoeForCausalLM's
     (QK-norm) or MixtralForCausalLM's (with a sliding window or not)."""
+    if not d.norm_weight:
+        return olmo_hf_config(d)
     if d.longrope is not None:
         raise ConvertError("the model's rope is LongRoPE's (model.rope_scaling = longrope), which "
                            "only Hugging Face's Phi-3 computes as triad does; its fused layout is "
@@ -2513,6 +2571,8 @@ def write_llama_hf(out: Path, d: Dims, tensors: Tensors, extra: dict[str, str] |
     src = llama_sources(d)
     specs = {}  # in the order tensors() yields triad's tensors, each split into its HF parts
     for t, shape in expected_shapes(d.attrs()).items():
+        if t not in src:  # (a norm without a weight: ones, checked below)
+            continue
         rows, *cols = stacked_shape(shape)
         rows = d.vocab_size if t in VOCAB_TENSORS else rows
         for n, r in zip(src[t], llama_part_rows(d, t, rows)):
@@ -2520,6 +2580,11 @@ def write_llama_hf(out: Path, d: Dims, tensors: Tensors, extra: dict[str, str] |
 
     def hf_tensors():
         for t, a in tensors():
+            if t not in src:  # model.norm_weight = false: the frozen ones, which OLMo has not
+                if not np.all(ones_for(d, t, a.shape) == a):
+                    raise ConvertError(f"tensor {t} is not all ones, which a model without "
+                                       f"norm weights (model.norm_weight = false) must hold")
+                continue
             if d.norm_offset and is_norm_weight(t):  # Nemotron's LayerNorm1P stores w - 1
                 a = a - np.float32(1)
             a = neox_qkv_order(d, t, a, to_hf=True)

@@ -694,6 +694,7 @@ CheckpointState read_state(hid_t file) {
   TRIAD_CHECK(!(s.model.mlp_bias && s.model.bias),
               "attributes bias and mlp_bias of /model are both 1 (mlp_bias goes with bias 0)");
   s.model.norm_bias = flag("norm_bias", 0);
+  s.model.norm_weight = flag("norm_weight", 1);
   s.model.parallel_residual = flag("parallel_residual", 0);
   s.model.branch_norm = flag("branch_norm", 0);
   s.model.shared_norm = flag("shared_norm", 0);
@@ -1161,6 +1162,7 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
           io::write_int64_attr(model, "qkv_bias", state.model.qkv_bias ? 1 : 0);
           if (state.model.mlp_bias) io::write_int64_attr(model, "mlp_bias", 1);
           if (state.model.norm_bias) io::write_int64_attr(model, "norm_bias", 1);
+          if (!state.model.norm_weight) io::write_int64_attr(model, "norm_weight", 0);
           io::write_double_attr(model, "norm_eps", state.model.norm_eps);
           if (state.model.head_dim > 0)  // 0: n_embd / n_head
             io::write_int64_attr(model, "head_dim", state.model.head_dim);

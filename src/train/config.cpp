@@ -92,6 +92,9 @@ class KeyTable {
     add("model.mlp_bias", c.model.mlp_bias,
         "with model.bias = false: the MLP's c_fc and c_proj keep their biases, the attention's "
         "projections none (as GPT-J)");
+    add("model.norm_weight", c.model.norm_weight,
+        "false: the norms (ln_1, ln_2, ln_f and the branch norms) learn no weight or bias: they "
+        "stay 1 and 0, frozen (OLMo's non-parametric LayerNorm)");
     add("model.norm_bias", c.model.norm_bias,
         "with model.bias = false and model.norm = layernorm: the LayerNorms keep their biases, "
         "the linear layers have none (as Nemotron, StableLM)");

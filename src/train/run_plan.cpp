@@ -82,6 +82,7 @@ ModelShape model_shape(const Config& cfg) {
   m.qkv_bias = c.qkv_bias;
   m.mlp_bias = c.mlp_bias;
   m.norm_bias = c.norm_bias;
+  m.norm_weight = c.norm_weight;
   m.head_dim = c.head_dim;
   // All of a head's values rotating is plain rope: no attribute (0), whichever way it was said.
   m.rotary_dim = c.position == "rope" && c.rotary_dim < c.hd() ? c.rotary_dim : 0;

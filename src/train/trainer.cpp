@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "trainer_state.h"
+#include "triad/core/comma_list.h"
 #include "triad/core/error.h"
 #include "triad/core/rng.h"
 #include "triad/core/timer.h"
@@ -67,8 +68,8 @@ Trainer::Trainer(MPI_Comm world, const CommandLine& cl) : s_(std::make_unique<St
 Trainer::~Trainer() = default;
 
 namespace {
-// " | frozen: N tensors (P parameters)" for train.freeze, else "".
-std::string frozen_note(const GptShape& shape, const std::string& freeze) {
+// " | frozen (why): N tensors, P parameters" for the frozen tensors' globs, else "".
+std::string frozen_note(const GptShape& shape, const std::string& freeze, const Config& cfg) {
   int64_t tensors = 0, params = 0;
   for (const auto& s : gpt_parameter_layout(shape)) {
     if (!frozen_tensor(freeze, s.name)) continue;
@@ -76,7 +77,11 @@ std::string frozen_note(const GptShape& shape, const std::string& freeze) {
     params += int64_t(s.numel);  // the whole model's layout: whole tensors
   }
   if (tensors == 0) return "";
-  return " | frozen (train.freeze): " + std::to_string(tensors) + " tensors, " +
+  const std::string why = cfg.model.norm_weight ? "train.freeze"
+                          : trim_blanks(cfg.train.freeze).empty()
+                              ? "model.norm_weight = false"
+                              : "train.freeze, model.norm_weight = false";
+  return " | frozen (" + why + "): " + std::to_string(tensors) + " tensors, " +
          std::to_string(params) + " parameters";
 }
 }  // namespace
@@ -325,7 +330,7 @@ TrainOutcome Trainer::run() {
                              std::to_string(s.ramp.increment) + " over the first " +
                              std::to_string(s.ramp.sequences) + " sequences)"
                        : std::string())
-       << frozen_note(s.model_shape(), cfg.train.freeze)
+       << frozen_note(s.model_shape(), s.freeze, cfg)
        << (s.window_warmup.on()
                ? " | attention window from " + std::to_string(s.window_warmup.start) + " to " +
                      (cfg.model.sliding_window > 0 ? std::to_string(cfg.model.sliding_window)

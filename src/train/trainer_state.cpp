@@ -99,6 +99,22 @@ void Trainer::State::setup_device_comms(bool shares_gpu) {
 
 GptShape Trainer::State::model_shape() const { return gpt_shape(cfg); }
 
+namespace {
+std::string frozen_globs(const Config& cfg, const std::vector<ParamSpec>& layout) {
+  std::string globs = trim_blanks(cfg.train.freeze);
+  if (cfg.model.norm_weight) return globs;
+  // model.norm_weight = false: every norm's weight and bias (those the model has), not the
+  // per-head QK-norms'.
+  for (const char* p :
+       {"h/*/ln_1/*", "h/*/ln_2/*", "h/*/ln_attn_out/*", "h/*/ln_mlp_out/*", "ln_f/*"}) {
+    const bool any = std::any_of(layout.begin(), layout.end(),
+                                 [&](const ParamSpec& s) { return frozen_tensor(p, s.name); });
+    if (any) globs += (globs.empty() ? "" : ", ") + std::string(p);
+  }
+  return globs;
+}
+}  // namespace
+
 void Trainer::State::setup_model() {
   dp = grid.shape().dp;
   dp_rank = grid.dp_rank();
@@ -139,9 +155,9 @@ void Trainer::State::setup_model() {
       cfg.run.fp8 != "off",
       [&](const std::string& name) { return frozen_tensor(cfg.run.fp8_skip, name); },
       cfg.run.fp8_head);
-  if (!cfg.train.freeze.empty())  // no gradient products for the frozen tensors
-    model->set_frozen(
-        [&](const std::string& name) { return frozen_tensor(cfg.train.freeze, name); });
+  freeze = frozen_globs(cfg, gpt_parameter_layout(model_shape()));
+  if (!freeze.empty())  // no gradient products for the frozen tensors
+    model->set_frozen([&](const std::string& name) { return frozen_tensor(freeze, name); });
   schedule_m = accum;
   const size_t S = model->buffer_floats() / size_t(replicas);
   shard_lo = size_t(replica_rank) * S;
@@ -163,7 +179,7 @@ void Trainer::State::setup_model() {
   const float hidden_lr = float(1.0 / model_shape().mup_mult());
   // train.freeze: the optimizer sees the trainable tensors only.
   const std::vector<ParamSpec> trained =
-      trainable_specs(model->specs(), gpt_parameter_layout(model_shape()), cfg.train.freeze);
+      trainable_specs(model->specs(), gpt_parameter_layout(model_shape()), freeze);
   if (cfg.parallel.zero >= 1) {
     // Expert parallelism: the experts' state and gradient in slices over their own replicas.
     std::vector<ParamSpec> dense, experts;
@@ -194,7 +210,7 @@ void Trainer::State::setup_model() {
   };
   for (size_t i = 0; i < sp.size(); ++i) {
     const size_t lo = sp[i].offset, hi = i + 1 < sp.size() ? sp[i + 1].offset : model->num_floats();
-    if (frozen_tensor(cfg.train.freeze, sp[i].name))
+    if (frozen_tensor(freeze, sp[i].name))
       extend(frozen, lo, hi);
     else if (!sp[i].replica)
       extend(sp[i].expert_parallel ? counted_experts : counted, lo, hi);
@@ -251,7 +267,7 @@ void Trainer::State::layer_norms(const float* g, size_t lo, size_t hi, std::vect
     const size_t k =
         size_t(std::find(groups.begin(), groups.end(), layer_of(s.name)) - groups.begin());
     // A frozen tensor's gradient is no update's (and no reduction sums it): its weight counts.
-    if (!frozen_tensor(cfg.train.freeze, s.name)) sq[k] += be->sum_squares(buf + (x - from), y - x);
+    if (!frozen_tensor(freeze, s.name)) sq[k] += be->sum_squares(buf + (x - from), y - x);
     const float* w = packed ? model->expert_params() + (x - expert_lo)
                             : model->params() + (x - model->master_begin());
     sq[groups.size() + k] += be->sum_squares(w, y - x);
@@ -649,6 +665,7 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
         Switch{m.mlp_bias, c.mlp_bias, "MLP biases beside bias-free attention", "mlp_bias"},
         Switch{m.norm_bias, c.norm_bias, "LayerNorm biases beside bias-free linear layers",
                "norm_bias"},
+        Switch{m.norm_weight, c.norm_weight, "learned norm weights", "norm_weight"},
         Switch{m.parallel_residual, c.parallel_residual, "parallel attention and MLP",
                "parallel_residual"},
         Switch{m.head_bias, c.head_bias, "a bias on its head's logits", "head_bias"},

@@ -15,6 +15,7 @@
 #include <iostream>
 #include <sstream>
 
+#include "triad/core/comma_list.h"
 #include "triad/core/error.h"
 #include "triad/core/rng.h"
 #include "triad/core/timer.h"
@@ -94,6 +95,9 @@ struct Trainer::State {
   // bucket inside one of them is not reduced (its values are zeros no update reads).
   std::vector<std::pair<size_t, size_t>> frozen;
   bool all_frozen(size_t off, size_t n) const;
+  // The frozen tensors' globs: train.freeze's, and under model.norm_weight = false the norms'
+  // (frozen_globs).
+  std::string freeze;
   // A device backend's parameters and optimizer state pass through host copies for I/O.
   bool on_device = false;
   std::string comm_desc = "mpi";  // how ranks communicate, for the start line

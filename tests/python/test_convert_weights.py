@@ -797,6 +797,53 @@ def test_phi3_longrope_imports_and_evaluates_as_transformers(imported, tmp_path,
     assert_clean_failure(p, "rope_scaling longrope", "other factors")
 
 
+def olmo_model(**config):
+    torch.manual_seed(23)
+    model = transformers.OlmoForCausalLM(transformers.OlmoConfig(**{
+        **dict(vocab_size=V, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=N_POS,
+               rope_theta=500.0, tie_word_embeddings=False, pad_token_id=None,
+               attention_dropout=0.0), **config}))
+    return spread(model)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_olmo_imports_trains_and_exports_as_transformers(imported, tmp_path, tied):
+    """transformers' OlmoForCausalLM (Llama's tensors and math with LayerNorms that learn no
+    weight or bias: OLMo's non-parametric norms; grouped-query attention; OLMo-1B's tied head or
+    OLMo-7B's untied one) imports as model.norm = layernorm, model.norm_weight = false: triad's
+    loss and accuracy are transformers', greedy generation its tokens. Fine-tuned, the norms stay
+    ones while the rest moves, and the export loads in transformers as OLMo computing triad's
+    loss; exported again the import is the original bit for bit. A clip_qkv is refused."""
+    d, _, cfg = imported
+    model = olmo_model(tie_word_embeddings=tied)
+    out = import_hf(model, tmp_path / "olmo", "OLMo")
+    with h5py.File(out, "r") as f:
+        a = f["model"].attrs
+        assert int(a["norm_weight"]) == 0 and a["norm"] in (b"layernorm", "layernorm")
+        assert np.all(f["model/h/1/ln_2/weight"][()] == 1) and np.all(f["model/ln_f/weight"][()] == 1)
+    args = ["--model-from", out]
+    evaluates_as_transformers(model, d, cfg, out, *args)
+    p = run([exe("triad-generate"), "--checkpoint", out, "--vocab", VOCAB, "--top-k", "1",
+             "--prompt-ids", " ".join(map(str, PROMPT)), "--length", "20", "--output", "ids"],
+            check=True)
+    assert [int(t) for t in p.stdout.split()] == greedy_continuation(model, PROMPT, 20)
+    name = f"olmo-ft-{int(tied)}"
+    finetune_export_and_reimport(d, cfg, out, args, name, tmp_path, model)
+    ckpt = sorted((d / "runs" / name / "ckpt").glob("step_*.h5"))[-1]
+    with h5py.File(ckpt, "r") as f, h5py.File(out, "r") as g:
+        for t in ("h/0/ln_1/weight", "h/1/ln_2/weight", "ln_f/weight"):
+            assert np.all(f["model/" + t][()] == 1), t  # frozen: still ones
+        w = "model/h/0/attn/c_attn/weight"
+        assert not np.array_equal(f[w][()], g[w][()])  # trained
+    bad = json.loads((tmp_path / "olmo" / "config.json").read_text())
+    bad["clip_qkv"] = 8.0
+    (tmp_path / "olmo" / "config.json").write_text(json.dumps(bad))
+    assert_clean_failure(tool("triad-convert", "import", tmp_path / "olmo", tmp_path / "bad.h5"),
+                         "config.json", "clip_qkv 8.0")
+    assert not (tmp_path / "bad.h5").exists()
+
+
 NEMOTRON_ARGS = ["--model.position", "rope", "--model.rope_theta", "500", "--model.norm",
                  "layernorm", "--model.bias", "false", "--model.norm_bias", "true", "--model.mlp",
                  "relu2", "--model.mlp_hidden", "176", "--model.tie_embeddings", "false",

@@ -95,6 +95,9 @@ struct ModelShape {
   // Attribute norm_bias (int64 1 | 0: the LayerNorms' biases without the linear layers'; absent:
   // 0).
   bool norm_bias = false;
+  // Attribute norm_weight (int64 1 | 0: the norms (ln_1, ln_2, ln_f and the branch norms) learn
+  // no weight or bias, which stay 1 and 0; absent: 1).
+  bool norm_weight = true;
   // Attribute norm_eps (double, the normalizations' epsilon; absent in older files: 1e-5).
   double norm_eps = 1e-5;
   // Attribute head_dim (int64, each head's width; absent or 0: n_embd / n_head; written when

@@ -28,8 +28,9 @@ struct ModelConfig {
   bool qkv_bias = false;           // with bias = false: c_attn keeps its bias (as Qwen2)
   bool mlp_bias = false;           // with bias = false: c_fc and c_proj keep theirs (GPT-J)
   bool norm_bias = false;          // with bias = false: the LayerNorms keep theirs (Nemotron)
-  double norm_eps = 1e-5;          // the LayerNorms'/RMSNorms' epsilon (Qwen2: 1e-6)
-  int head_dim = 0;                // each head's width (0: n_embd / n_head; Qwen3: 128)
+  bool norm_weight = true;  // false: the norms learn no weight or bias (OLMo's non-parametric)
+  double norm_eps = 1e-5;   // the LayerNorms'/RMSNorms' epsilon (Qwen2: 1e-6)
+  int head_dim = 0;         // each head's width (0: n_embd / n_head; Qwen3: 128)
   int hd() const { return head_dim > 0 ? head_dim : n_embd / n_head; }
   std::string mlp = "gelu";    // gelu (GPT-2) | gelu_exact | swiglu (Llama) | geglu (Gemma) | relu2
   int mlp_hidden = 0;          // hidden units (0: 4·n_embd, or ~8·n_embd/3 for swiglu)
