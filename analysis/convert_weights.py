@@ -81,8 +81,8 @@ What the formats hold and how they map (docs/formats.md, "Weights from other pro
   branches (Falcon-7B's, or num_ln_in_parallel_attn = 1: model.shared_norm) or ln_attn and ln_mlp.
   Written in Falcon-40B's layout.
 - HF OLMo: Llama's tensors and math with LayerNorms that learn no weight or bias
-  (model.norm = layernorm, model.norm_weight = false: triad's norms ones, frozen); clip_qkv
-  refused.
+  (model.norm = layernorm, model.norm_weight = false: triad's norms ones, frozen), OLMo-1.7's
+  clamp of q, k and v as model.clip_qkv.
 - llm.c: a header of 256 int32 (magic 20240326, version 3 = fp32 or 5 = bf16, max_seq_len,
   vocab_size, n_layer, n_head, n_embd, padded_vocab_size), then wte, wpe and each per-layer
   tensor for all layers in turn ([out, in] like triad), then ln_f.
@@ -221,6 +221,8 @@ class Dims:
     head_bias: bool = False
     attn_scale: float = 0.0
     attn_softcap: float = 0.0
+    # c_attn's output clamped to [-c, c] (model.clip_qkv: OLMo-1.7's clip_qkv); 0: none.
+    clip_qkv: float = 0.0
     logit_softcap: float = 0.0
     # Granite's: each branch's output times residual_scale (model.residual_scale), the logits
     # times logit_scale (model.logit_scale); 1: none.
@@ -304,7 +306,8 @@ class Dims:
             not self.parallel_residual and self.embed_scale == 1.0 and not self.branch_norm \
             and not self.shared_norm and not self.head_bias \
             and not self.attn_scale and not self.attn_softcap and not self.logit_softcap \
-            and self.residual_scale == 1.0 and self.logit_scale == 1.0
+            and self.residual_scale == 1.0 and self.logit_scale == 1.0 and not self.clip_qkv \
+            and self.norm_weight
 
     @property
     def padded_vocab_size(self) -> int:  # DESIGN.md §3 at tp = 1
@@ -356,7 +359,7 @@ class Dims:
                 a["shared_norm"] = 1
             if self.head_bias:  # model.head_bias (absent: 0)
                 a["head_bias"] = 1
-            for k in ("attn_scale", "attn_softcap", "logit_softcap"):  # (absent: 0)
+            for k in ("attn_scale", "attn_softcap", "logit_softcap", "clip_qkv"):  # (absent: 0)
                 if getattr(self, k):
                     a[k] = float(getattr(self, k))
             for k in ("residual_scale", "logit_scale"):  # (absent: 1)
@@ -431,7 +434,7 @@ class Dims:
                 keys["shared_norm"] = "true"
             if self.head_bias:
                 keys["head_bias"] = "true"
-            for k in ("attn_scale", "attn_softcap", "logit_softcap"):
+            for k in ("attn_scale", "attn_softcap", "logit_softcap", "clip_qkv"):
                 if getattr(self, k):
                     keys[k] = repr(float(getattr(self, k)))
             for k in ("residual_scale", "logit_scale"):
@@ -731,10 +734,15 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     # OLMo's (OlmoForCausalLM): Llama's tensors and math but LayerNorms without weight or bias
     # (non-parametric, epsilon 1e-5): model.norm = layernorm, norm_weight = false.
     olmo = cfg.get("model_type") == "olmo"
+    clip = 0.0  # OLMo-1.7's clamp of q, k and v (model.clip_qkv)
     if olmo:
         eps = 1e-5
-        if cfg.get("clip_qkv") is not None:
-            refusals.append(f"clip_qkv {cfg['clip_qkv']} (triad does not clamp q, k and v)")
+        try:
+            clip = float(cfg.get("clip_qkv") or 0.0)
+            if not (math.isfinite(clip) and 0 <= clip <= 1e4):
+                raise ValueError
+        except (TypeError, ValueError):
+            refusals.append(f"clip_qkv {cfg.get('clip_qkv')!r} (a bound in (0, 1e4], or null)")
     qwen2_moe = cfg.get("model_type") == "qwen2_moe"
     qwen3_moe = cfg.get("model_type") == "qwen3_moe"
     qwen2 = cfg.get("model_type") == "qwen2" or qwen2_moe  # Qwen2-MoE's attention is Qwen2's
@@ -832,7 +840,8 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         granite["granite_moe"] = granite_moe
     refuse_or_check_positions(where, refusals, seq_len, n_pos, "max_position_embeddings")
     d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab, position="rope", rope_theta=theta,
-             norm="layernorm" if olmo else "rmsnorm", norm_weight=not olmo, bias=False,
+             norm="layernorm" if olmo else "rmsnorm", norm_weight=not olmo, clip_qkv=clip,
+             bias=False,
              mlp="swiglu", mlp_hidden=hidden,
              tied=bool(cfg.get("tie_word_embeddings", False)), n_kv_head=kv, rope_scaling=scaling,
              yarn=yarn, longrope=longrope,
@@ -1930,6 +1939,9 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
     llama = (a.get("position"), a.get("norm"), int(a.get("bias", 1))) == ("rope", "rmsnorm", 0) \
         and a.get("mlp") in ("swiglu", "geglu")  # Llama's blocks, or Gemma's (GeGLU)
     gemma = llama and a.get("mlp") == "geglu"
+    # OLMo's blocks: Llama's with LayerNorms that learn no weight or bias (model.norm_weight).
+    olmo = (a.get("position"), a.get("norm"), int(a.get("bias", 1)), int(a.get("norm_weight", 1)),
+            a.get("mlp")) == ("rope", "layernorm", 0, 0, "swiglu")
     # Gemma 2's blocks: Gemma's with the branches' output norms (model.branch_norm); its format
     # alone holds the caps and the scores' scale.
     gemma2 = gemma and int(a.get("branch_norm", 0)) == 1
@@ -1970,6 +1982,11 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
         raise ConvertError(f"{path}: the model normalizes each branch's output (model.branch_norm) "
                            f"in blocks other than Gemma's (rope, RMSNorm, GeGLU, no biases); only "
                            f"Hugging Face's Gemma 2 holds such norms")
+    if float(a.get("clip_qkv", 0.0)) and not olmo:  # OLMo's format alone holds the clamp
+        raise ConvertError(f"{path}: the model clamps c_attn's output at {a['clip_qkv']} "
+                           f"(model.clip_qkv) in blocks other than OLMo's (rope, LayerNorms "
+                           f"without weights, SwiGLU, no biases); only Hugging Face's OLMo of "
+                           f"the export formats clamps them")
     for key, what in (("logit_softcap", "its logits"), ("attn_softcap", "its attention scores")):
         if float(a.get(key, 0.0)) and not gemma2:  # dropping it would change the probabilities
             raise ConvertError(f"{path}: the model caps {what} at {a[key]} (model.{key}) in "
@@ -2037,9 +2054,6 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
             raise ConvertError(f"{path}: the model's routers choose their experts with biases "
                                f"(/router_bias, train.moe_bias_rate); Hugging Face's Mixtral, "
                                f"Qwen2-MoE and Qwen3-MoE have none")
-    # OLMo's blocks: Llama's with LayerNorms that learn no weight or bias (model.norm_weight).
-    olmo = (a.get("position"), a.get("norm"), int(a.get("bias", 1)), int(a.get("norm_weight", 1)),
-            a.get("mlp")) == ("rope", "layernorm", 0, 0, "swiglu")
     if llama or norm_biased or neox or falcon or cohere or phi or gptj or olmo:
         return open_triad_llama(path, a)
     if int(a.get("sliding_window", 0)):
@@ -2180,6 +2194,7 @@ def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
              head_bias=int(a.get("head_bias", 0)) == 1,
              attn_scale=float(a.get("attn_scale", 0.0)),
              attn_softcap=float(a.get("attn_softcap", 0.0)),
+             clip_qkv=float(a.get("clip_qkv", 0.0)),
              logit_softcap=float(a.get("logit_softcap", 0.0)),
              residual_scale=float(a.get("residual_scale", 1.0)),
              logit_scale=float(a.get("logit_scale", 1.0)),
@@ -2438,7 +2453,7 @@ def olmo_hf_config(d: Dims) -> dict:
                            "Hugging Face's OLMo, which computes rope, LayerNorms of epsilon 1e-5, "
                            "SwiGLU and no biases in sequential blocks, rotating every value")
     return llama_like_hf(d, "OlmoForCausalLM", "olmo", hidden_act="silu", attention_bias=False,
-                         clip_qkv=None, rope_scaling=None, pad_token_id=None)
+                         clip_qkv=d.clip_qkv or None, rope_scaling=None, pad_token_id=None)
 
 
 def layernorm_hf_config(d: Dims) -> dict:

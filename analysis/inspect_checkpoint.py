@@ -348,6 +348,9 @@ def _check(rep: Report) -> None:
     cap = ma.get("attn_softcap", 0.0)  # absent: no cap
     if not (isinstance(cap, (int, float)) and math.isfinite(cap) and 0 <= cap <= 1e4):
         P.append(f"/model attribute attn_softcap = {cap!r}, not a number in [0, 1e4]")
+    clip = ma.get("clip_qkv", 0.0)  # absent: no clamp
+    if not (isinstance(clip, (int, float)) and math.isfinite(clip) and 0 <= clip <= 1e4):
+        P.append(f"/model attribute clip_qkv = {clip!r}, not a number in [0, 1e4]")
     head_dim = ma.get("head_dim", 0)  # absent: n_embd / n_head
     if not (isinstance(head_dim, int) and 0 <= head_dim <= 4096):
         P.append(f"/model attribute head_dim = {head_dim!r}, not a width in [0, 4096]")

@@ -29,7 +29,7 @@ MODEL_KEYS = ("model.n_layer", "model.n_head", "model.n_kv_head", "model.n_embd"
               "model.logit_softcap", "model.attn_scale", "model.mup_base_width", "model.rotary_dim", "model.norm_bias",
               "model.embed_scale", "model.parallel_residual", "model.branch_norm",
               "model.attn_softcap", "model.logit_scale", "model.residual_scale",
-              "model.shared_norm", "model.head_bias")
+              "model.shared_norm", "model.head_bias", "model.clip_qkv", "model.norm_weight")
 # What a run from before a key existed had (its config does not name it).
 MODEL_DEFAULTS = {"model.position": "learned", "model.norm": "layernorm", "model.bias": "true",
                   "model.mlp": "gelu", "model.mlp_hidden": "0", "model.n_kv_head": "0",
@@ -42,7 +42,8 @@ MODEL_DEFAULTS = {"model.position": "learned", "model.norm": "layernorm", "model
                   "model.parallel_residual": "false", "model.branch_norm": "false",
                   "model.attn_softcap": "0", "model.logit_scale": "1",
                   "model.residual_scale": "1", "model.shared_norm": "false",
-                  "model.head_bias": "false"}
+                  "model.head_bias": "false", "model.clip_qkv": "0",
+                  "model.norm_weight": "true"}
 
 
 def _run_label(m: Metrics) -> str:

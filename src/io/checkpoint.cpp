@@ -792,6 +792,9 @@ CheckpointState read_state(hid_t file) {
   TRIAD_CHECK(std::isfinite(s.model.attn_softcap) && s.model.attn_softcap >= 0 &&
                   s.model.attn_softcap <= 1e4,
               "attribute attn_softcap of /model is ", s.model.attn_softcap, ", not in [0, 1e4]");
+  s.model.clip_qkv = io::read_double_attr(model, "clip_qkv").value_or(0.0);
+  TRIAD_CHECK(std::isfinite(s.model.clip_qkv) && s.model.clip_qkv >= 0 && s.model.clip_qkv <= 1e4,
+              "attribute clip_qkv of /model is ", s.model.clip_qkv, ", not in [0, 1e4]");
   s.model.embed_scale = io::read_double_attr(model, "embed_scale").value_or(1.0);
   TRIAD_CHECK(
       std::isfinite(s.model.embed_scale) && s.model.embed_scale > 0 && s.model.embed_scale <= 1e4,
@@ -1200,6 +1203,8 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
             io::write_double_attr(model, "logit_softcap", state.model.logit_softcap);
           if (state.model.attn_softcap > 0)  // 0: no cap
             io::write_double_attr(model, "attn_softcap", state.model.attn_softcap);
+          if (state.model.clip_qkv > 0)  // 0: no clamp
+            io::write_double_attr(model, "clip_qkv", state.model.clip_qkv);
           if (state.model.logit_scale != 1)  // 1: none
             io::write_double_attr(model, "logit_scale", state.model.logit_scale);
           if (state.model.residual_scale != 1)  // 1: none

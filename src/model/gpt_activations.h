@@ -240,10 +240,8 @@ struct Gpt::Activations {
       if (means) want_f(L.ln1_mean, R);
       want_f(L.ln1_rstd, R);
       want(L.qkv, BT * Wl);
-      if (s.qk_norm) {
-        want(L.qkv_pre, BT * Wl);
-        want_f(L.qk_rstd, BT * size_t(s.n_head + s.kv_heads()) / size_t(mp.tp));
-      }
+      if (s.qk_norm || s.clip_qkv > 0) want(L.qkv_pre, BT * Wl);  // the norm's or clamp's input
+      if (s.qk_norm) want_f(L.qk_rstd, BT * size_t(s.n_head + s.kv_heads()) / size_t(mp.tp));
       if (!inference) want_f(L.att, att);  // inference attends without (attention_decode)
       want(L.atty, BT * Al);
       if (s.branch_norm) {  // the branches' outputs, which their norms' backward reads

@@ -328,12 +328,16 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   A* attproj = joined ? acts<A>().branch_partial : mp_.split_rows() ? acts<A>().full : L.attproj;
   const A* ln1 = gather_rows(L.ln1, L.ln1g, N);
   const int layer = mp_.first_layer(g, shape_.n_layer) + i;  // of the whole model
-  // c_attn into dst (N rows), through the q and k norms (model.qk_norm) from the kept qkv_pre.
+  // c_attn into dst (N rows), through the q and k norms (model.qk_norm) or the clamp
+  // (model.clip_qkv) from the kept qkv_pre.
+  const bool kept = shape_.qk_norm || shape_.clip_qkv > 0;
   auto project = [&](A* dst) {
-    linear_forward(fp8_site(l, 0), shape_.qk_norm ? L.qkv_pre : dst, ln1, w.qkvw, w.qkvb, N, C, Wl);
+    linear_forward(fp8_site(l, 0), kept ? L.qkv_pre : dst, ln1, w.qkvw, w.qkvb, N, C, Wl);
     if (shape_.qk_norm)
       be_.qk_norm_forward(dst, L.qk_rstd, L.qkv_pre, w.qnw, w.knw, N, Al, NHl, NKVl,
                           shape_.norm_eps);
+    else if (shape_.clip_qkv > 0)
+      be_.clamp(dst, L.qkv_pre, size_t(N) * Wl, shape_.clip_qkv);
   };
   if (!decoding_) {
     project(L.qkv);
@@ -730,6 +734,8 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     rotate_pieces(dqkv, B, T, true);  // the gradient of the normalized q|k|v, before the rotation
     if (shape_.qk_norm)               // ... and of c_attn's output, before the norm
       qk_norm_backward(dqkv, gr.qnw, gr.knw, L.qkv_pre, w.qnw, w.knw, L.qk_rstd, N);
+    else if (shape_.clip_qkv > 0)  // ... or before the clamp
+      be_.clamp_backward(dqkv, L.qkv_pre, size_t(N) * Wl, shape_.clip_qkv);
     linear_backward(fp8_site(first_layer + i, 0), dpart, wgrad(gr.qkvw), wgrad(gr.qkvb), dqkv,
                     L.ln1g, w.qkvw, N, C, Wl, one_input_grad ? GradMode::accumulate : kSet);
     reduce_rows(dpart, a.dln, N);

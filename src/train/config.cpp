@@ -129,6 +129,8 @@ class KeyTable {
     add("model.residual_scale", c.model.residual_scale,
         "each branch's output times this before its residual add: x + s·attn(ln_1(x)) (Granite's "
         "residual_multiplier); 1: none");
+    add("model.clip_qkv", c.model.clip_qkv,
+        "> 0: c_attn's q, k and v clamped to [-c, c] before the rotation (OLMo-1.7's 8); 0: none");
     add("model.attn_softcap", c.model.attn_softcap,
         "soft-capped attention scores: each scaled score s becomes c·tanh(s / c) before the "
         "softmax (Gemma 2: 50, Grok-1: 30); 0: none");
@@ -886,6 +888,10 @@ void validate(const Config& c, int world_size) {
         "model.logit_softcap", "must be in [0, 1e4] (0: no cap)");
   check(std::isfinite(m.attn_softcap) && m.attn_softcap >= 0 && m.attn_softcap <= 1e4,
         "model.attn_softcap", "must be in [0, 1e4] (0: no cap)");
+  check(std::isfinite(m.clip_qkv) && m.clip_qkv >= 0 && m.clip_qkv <= 1e4, "model.clip_qkv",
+        "must be in [0, 1e4] (0: no clamp)");
+  check(m.clip_qkv == 0 || !m.qk_norm, "model.clip_qkv",
+        "is not built with model.qk_norm (both would keep c_attn's output)");
   check(std::isfinite(m.logit_scale) && m.logit_scale > 0 && m.logit_scale <= 1e4,
         "model.logit_scale", "must be in (0, 1e4] (1: none)");
   check(std::isfinite(m.residual_scale) && m.residual_scale > 0 && m.residual_scale <= 1e4,

@@ -90,6 +90,7 @@ ModelShape model_shape(const Config& cfg) {
   m.full_attention_every = c.full_attention_every;
   m.logit_softcap = c.logit_softcap;
   m.attn_softcap = c.attn_softcap;
+  m.clip_qkv = c.clip_qkv;
   m.logit_scale = c.logit_scale;
   m.residual_scale = c.residual_scale;
   m.embed_scale = c.embed_scale;
@@ -152,6 +153,7 @@ GptShape gpt_shape(const ModelShape& m, int padded_vocab_size) {
   s.full_attention_every = int(m.full_attention_every);
   s.logit_softcap = float(m.logit_softcap);
   s.attn_softcap = float(m.attn_softcap);
+  s.clip_qkv = float(m.clip_qkv);
   s.logit_scale = float(m.logit_scale);
   s.residual_scale = float(m.residual_scale);
   s.embed_scale = float(m.embed_scale);

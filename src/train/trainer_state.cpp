@@ -702,6 +702,7 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
                " (0: none)"},
         Scalar{m.attn_softcap, c.attn_softcap, "attention scores are capped at", "attn_softcap",
                " (0: none)"},
+        Scalar{m.clip_qkv, c.clip_qkv, "q, k and v are clamped at", "clip_qkv", " (0: none)"},
         Scalar{m.logit_scale, c.logit_scale, "logits are scaled by", "logit_scale", ""},
         Scalar{m.residual_scale, c.residual_scale, "branches' outputs are scaled by",
                "residual_scale", ""},

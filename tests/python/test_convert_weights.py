@@ -807,20 +807,26 @@ def olmo_model(**config):
     return spread(model)
 
 
-@pytest.mark.parametrize("tied", [False, True])
-def test_olmo_imports_trains_and_exports_as_transformers(imported, tmp_path, tied):
+@pytest.mark.parametrize("tied,clip", [(False, None), (True, None), (False, 1.5)])
+def test_olmo_imports_trains_and_exports_as_transformers(imported, tmp_path, tied, clip):
     """transformers' OlmoForCausalLM (Llama's tensors and math with LayerNorms that learn no
     weight or bias: OLMo's non-parametric norms; grouped-query attention; OLMo-1B's tied head or
-    OLMo-7B's untied one) imports as model.norm = layernorm, model.norm_weight = false: triad's
+    OLMo-7B's untied one; OLMo-1.7's clamp of q, k and v, clip_qkv 1.5, which cuts some of this
+    model's: model.clip_qkv) imports as model.norm = layernorm, model.norm_weight = false: triad's
     loss and accuracy are transformers', greedy generation its tokens. Fine-tuned, the norms stay
     ones while the rest moves, and the export loads in transformers as OLMo computing triad's
-    loss; exported again the import is the original bit for bit. A clip_qkv is refused."""
+    loss; exported again the import is the original bit for bit. A negative clip_qkv is
+    refused."""
     d, _, cfg = imported
-    model = olmo_model(tie_word_embeddings=tied)
+    model = olmo_model(tie_word_embeddings=tied, clip_qkv=clip)
+    if clip:  # the clamp matters here: without it the loss differs
+        unclipped = olmo_model(tie_word_embeddings=tied)
+        assert abs(hf_loss_accuracy(unclipped, d)[0] - hf_loss_accuracy(model, d)[0]) > 1e-3
     out = import_hf(model, tmp_path / "olmo", "OLMo")
     with h5py.File(out, "r") as f:
         a = f["model"].attrs
         assert int(a["norm_weight"]) == 0 and a["norm"] in (b"layernorm", "layernorm")
+        assert float(a.get("clip_qkv", 0.0)) == (clip or 0.0)
         assert np.all(f["model/h/1/ln_2/weight"][()] == 1) and np.all(f["model/ln_f/weight"][()] == 1)
     args = ["--model-from", out]
     evaluates_as_transformers(model, d, cfg, out, *args)
@@ -828,7 +834,7 @@ def test_olmo_imports_trains_and_exports_as_transformers(imported, tmp_path, tie
              "--prompt-ids", " ".join(map(str, PROMPT)), "--length", "20", "--output", "ids"],
             check=True)
     assert [int(t) for t in p.stdout.split()] == greedy_continuation(model, PROMPT, 20)
-    name = f"olmo-ft-{int(tied)}"
+    name = f"olmo-ft-{int(tied)}-{clip}"
     finetune_export_and_reimport(d, cfg, out, args, name, tmp_path, model)
     ckpt = sorted((d / "runs" / name / "ckpt").glob("step_*.h5"))[-1]
     with h5py.File(ckpt, "r") as f, h5py.File(out, "r") as g:
@@ -837,10 +843,10 @@ def test_olmo_imports_trains_and_exports_as_transformers(imported, tmp_path, tie
         w = "model/h/0/attn/c_attn/weight"
         assert not np.array_equal(f[w][()], g[w][()])  # trained
     bad = json.loads((tmp_path / "olmo" / "config.json").read_text())
-    bad["clip_qkv"] = 8.0
+    bad["clip_qkv"] = -8.0
     (tmp_path / "olmo" / "config.json").write_text(json.dumps(bad))
     assert_clean_failure(tool("triad-convert", "import", tmp_path / "olmo", tmp_path / "bad.h5"),
-                         "config.json", "clip_qkv 8.0")
+                         "config.json", "clip_qkv -8.0")
     assert not (tmp_path / "bad.h5").exists()
 
 

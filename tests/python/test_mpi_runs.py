@@ -322,14 +322,16 @@ def test_frozen_tensors_give_the_same_curve_on_every_grid(tmp_path, optim):
         assert not np.array_equal(end["h/1/attn/c_attn/weight"], start["h/1/attn/c_attn/weight"])
 
 
-def test_norms_without_weights_give_the_same_curve_on_every_grid(tmp_path):
+def test_olmo_norms_and_clamp_give_the_same_curve_on_every_grid(tmp_path):
     """model.norm_weight = false (OLMo's non-parametric norms: ln_1, ln_2 and ln_f learn no
-    weight or bias) on tensor with sequence parallelism, pipeline, data (ZeRO-1) and 2 x 2 grids:
-    the one-rank curve within fp32 rounding (its values against transformers' OLMo:
-    test_convert_weights.py), unlike the learned norms' curve; every grid's norms still ones and
-    zeros at the end. A checkpoint of it does not resume with learned norms."""
+    weight or bias) with model.clip_qkv = 0.15 (OLMo-1.7's clamp of q, k and v, cutting about a
+    third of them here) on tensor with sequence parallelism (c_attn's columns clamped where they
+    are), pipeline, data (ZeRO-1) and 2 x 2 grids: the one-rank curve within fp32 rounding (its
+    values against PyTorch and transformers' OLMo: test_reference_model.py,
+    test_convert_weights.py), unlike the curve with learned norms and no clamp; every grid's
+    norms still ones and zeros at the end. A checkpoint of it does not resume with learned norms."""
     cfg = tiny_config(tmp_path, name="one", train__steps=6, eval__every=3)
-    common = ["--model.norm_weight", "false", "--checkpoint.every", 0]
+    common = ["--model.norm_weight", "false", "--model.clip_qkv", 0.15, "--checkpoint.every", 0]
     one_and_other(tmp_path, cfg, common, ["--checkpoint.every", 0], 1e-5)
     p = run(1, "--config", cfg, *common, "--run.name", "note", "--train.steps", 1)
     assert "frozen (model.norm_weight = false): 10 tensors" in p.stdout, p.stdout
@@ -342,9 +344,13 @@ def test_norms_without_weights_give_the_same_curve_on_every_grid(tmp_path):
         assert len(norms) == 10, norms
         for n in norms:
             assert np.all(end[n] == (1 if n.endswith("weight") else 0)), (run_name, n)
-    p = run(1, "--config", cfg, "--checkpoint.every", 0, "--run.name", "learned", "--init-from",
-            tmp_path / "runs" / "one" / "ckpt" / "step_00000006.h5")
+    p = run(1, "--config", cfg, "--model.clip_qkv", 0.15, "--checkpoint.every", 0, "--run.name",
+            "learned", "--init-from", tmp_path / "runs" / "one" / "ckpt" / "step_00000006.h5")
     assert p.returncode != 0 and "without learned norm weights" in p.stderr, p.stderr
+    p = run(1, "--config", cfg, "--model.norm_weight", "false", "--checkpoint.every", 0,
+            "--run.name", "unclamped", "--init-from",
+            tmp_path / "runs" / "one" / "ckpt" / "step_00000006.h5")
+    assert p.returncode != 0 and "clamped at 0.15" in p.stderr, p.stderr
 
 
 def test_mup_gives_the_same_curve_on_every_grid(tmp_path):

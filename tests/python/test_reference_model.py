@@ -240,6 +240,13 @@ CASES = [
                                bias=False, mlp_bias=True, norm_bias=True,
                                parallel_residual=True, shared_norm=True, head_bias=True),
          3, 45, 7, 191),
+    # OLMo's blocks: Llama's with LayerNorms that learn no weight or bias (model.norm_weight =
+    # false) and OLMo-1.7's clamp of q, k and v at 0.2, which cuts about a fifth of them at
+    # initialization (model.clip_qkv: no gradient through a cut value).
+    Case("olmo", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
+                               position="rope", rope_theta=500.0, bias=False, mlp="swiglu",
+                               n_kv_head=2, tied=False, norm_weight=False, clip_qkv=0.2),
+         2, 40, 6, 193),
     # Parallel attention and MLP with a mixture of SwiGLU experts (4, 2 per token) on Llama's
     # blocks.
     Case("parallelmoe", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
@@ -307,6 +314,7 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                       sliding_window=c.sliding_window,
                       full_attention_every=c.full_attention_every, logit_softcap=c.logit_softcap,
                       attn_softcap=c.attn_softcap, logit_scale=c.logit_scale,
+                      clip_qkv=c.clip_qkv, norm_weight=c.norm_weight,
                       residual_scale=c.residual_scale,
                       attn_scale=c.attn_scale, mup_base_width=c.mup_base_width,
                       embed_scale=c.embed_scale, parallel_residual=c.parallel_residual,
@@ -558,6 +566,10 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
     for pattern in filter(None, (s.strip() for s in str(tr.get("freeze", "")).split(","))):
         for name, t in model.tensors().items():
             if fnmatch.fnmatchcase(name, pattern):
+                t.requires_grad_(False)
+    if not cfg.norm_weight:  # model.norm_weight = false: the norms stay as initialized
+        for name, t in model.tensors().items():
+            if name.split("/")[-2] in ("ln_1", "ln_2", "ln_f", "ln_attn_out", "ln_mlp_out"):
                 t.requires_grad_(False)
     groups = model.param_groups(op["weight_decay"])
     if cfg.mup_base_width:  # μP: AdamW moves the hidden matrices at lr / m
@@ -1270,7 +1282,8 @@ GRAD_CLIP = {"gpt2vocab": 1.0, "oddshapes": 1.0, "rope": 1.0, "rmsnorm": 1.2, "n
              "moeswiglu": 1.7, "moemixed": 0.8, "qwen2moe": 1.7, "dsv3": 1.7,
              "partialrope": 1.8, "relu2": 1.0, "moerelu2": 1.7, "nemotron": 1.8, "gemma": 1.45,
              "parallel": 1.0, "parallelmoe": 1.7, "neox": 1.25, "gemma2": 2.4,
-             "sandwichmoe": 1.0, "granite": 0.18, "cohere": 0.44, "phi": 1.0, "gptj": 1.0}
+             "sandwichmoe": 1.0, "granite": 0.18, "cohere": 0.44, "phi": 1.0, "gptj": 1.0,
+             "olmo": 1.7}
 
 
 # model.moe_capacity_factor: each expert takes the first ceil(f·N·k/E) of a pass's choices (the

@@ -69,6 +69,9 @@ class GptConfig:
     qkv_bias: bool = False  # with bias False: c_attn keeps its bias (model.qkv_bias, as Qwen2)
     mlp_bias: bool = False  # with bias False: c_fc and c_proj keep theirs (model.mlp_bias, GPT-J)
     norm_bias: bool = False  # with bias False: the LayerNorms keep theirs (model.norm_bias)
+    # model.norm_weight = False (OLMo's non-parametric norms): ln_1, ln_2, ln_f learn nothing;
+    # their tensors stay ones (and zeros), which the training loop does not move.
+    norm_weight: bool = True
     norm_eps: float = 1e-5  # the normalizations' epsilon (model.norm_eps)
     attn_head_dim: int = 0  # model.head_dim: each head's width (0: n_embd / n_head)
     rotary_dim: int = 0  # model.rotary_dim: the values of each head that rotate (0: all)
@@ -87,6 +90,8 @@ class GptConfig:
     # model.attn_softcap: the attention scores are c·tanh(s / c) before the softmax (0: as they
     # are).
     attn_softcap: float = 0.0
+    # model.clip_qkv: c_attn's output clamped to [-c, c] before the rotation (OLMo-1.7's; 0: none).
+    clip_qkv: float = 0.0
     # model.logit_scale: the head's logits times this, before the cap (Granite's
     # 1/logits_scaling); model.residual_scale: each branch's output times this before its
     # residual add (Granite's residual_multiplier). 1: none.
@@ -434,18 +439,21 @@ def attention(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_head: int,
               eps: float = LN_EPS, head_dim: int = 0,
               mask: Optional[torch.Tensor] = None,
               positions: Optional[torch.Tensor] = None, scale: float = 0.0,
-              rot: int = 0, softcap: float = 0.0) -> torch.Tensor:
+              rot: int = 0, softcap: float = 0.0, clip: float = 0.0) -> torch.Tensor:
     """Causal self-attention on x [B, T, C]: c_attn rows are q | k | v, each head-major, k and v
     with n_kv_head heads (0: n_head); q_norm, k_norm [hd] (model.qk_norm): each q head and each
     k head RMSNormed with these weights, shared by the heads, before the rotation; rope_theta:
     q and k rotated (rotary positions; at positions [B, T] where given). mask [B, 1, T, T] (True:
     query i sees key j) replaces the causal one (document_mask). scale: the scores' (model.
     attn_scale; 0: 1/sqrt(hd)). softcap: the scores capped at softcap·tanh(s / softcap)
-    (model.attn_softcap; 0: none)."""
+    (model.attn_softcap; 0: none). clip: c_attn's output clamped to [-clip, clip] (model.clip_qkv;
+    0: none)."""
     B, T, C = x.shape
     hd = head_dim or C // n_head  # model.head_dim: q is n_head·hd wide, not C
     kv = n_kv_head or n_head
     qkv = linear(x, w, b)  # [B, T, n_head·hd + 2·kv·hd]
+    if clip:
+        qkv = qkv.clamp(-clip, clip)
     q, k, v = qkv.split([n_head * hd, kv * hd, kv * hd], dim=-1)
     # [B, T, heads·hd] -> [B, heads, T, hd]; head j = columns j*hd .. (j+1)*hd of its block
     q = q.reshape(B, T, n_head, hd).transpose(1, 2)
@@ -660,7 +668,7 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor,
                              params.get(p + "attn/c_attn/bias"), cfg.n_head, rope,
                              cfg.kv_heads, qn, kn, cfg.rope_scaling, cfg.norm_eps,
                              cfg.head_dim, layer_mask(i), positions, cfg.scores_scale,
-                             cfg.rotary_dim, cfg.attn_softcap),
+                             cfg.rotary_dim, cfg.attn_softcap, cfg.clip_qkv),
                    params[p + "attn/c_proj/weight"], params.get(p + "attn/c_proj/bias"))
         if cfg.branch_norm:
             a = norm(params, cfg, p + "ln_attn_out", a)
@@ -1063,6 +1071,10 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
             m.attrs.create("logit_softcap", np.float64(cfg.logit_softcap), dtype="<f8")
         if cfg.attn_softcap:
             m.attrs.create("attn_softcap", np.float64(cfg.attn_softcap), dtype="<f8")
+        if cfg.clip_qkv:
+            m.attrs.create("clip_qkv", np.float64(cfg.clip_qkv), dtype="<f8")
+        if not cfg.norm_weight:
+            m.attrs.create("norm_weight", i64(0), dtype="<i8")
         for key in ("logit_scale", "residual_scale"):
             if getattr(cfg, key) != 1.0:
                 m.attrs.create(key, np.float64(getattr(cfg, key)), dtype="<f8")
@@ -1138,6 +1150,8 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                         rotary_dim=int(a.get("rotary_dim", 0)),
                         logit_softcap=float(a.get("logit_softcap", 0.0)),
                         attn_softcap=float(a.get("attn_softcap", 0.0)),
+                        clip_qkv=float(a.get("clip_qkv", 0.0)),
+                        norm_weight=int(a.get("norm_weight", 1)) == 1,
                         logit_scale=float(a.get("logit_scale", 1.0)),
                         residual_scale=float(a.get("residual_scale", 1.0)),
                         embed_scale=float(a.get("embed_scale", 1.0)),

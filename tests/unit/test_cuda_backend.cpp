@@ -1141,6 +1141,25 @@ TEST_F(CudaBackendTest, LogitSoftcapAndItsCrossEntropyMatchCpu) {
   }
 }
 
+// model.clip_qkv: the clamp (out of place and in place) and its gradient, bit for bit the CPU
+// backend's (a comparison and a copy per element).
+TEST_F(CudaBackendTest, ClampAndItsGradientMatchCpu) {
+  const size_t n = 100003;  // not a multiple of the block
+  const Vec in = random_vec(n, 171, -3.0f, 3.0f), grad = random_vec(n, 172, -1.0f, 1.0f);
+  Vec out(n), d = grad;
+  float* g_in = dev(in);
+  float* g_out = dev(out);
+  float* g_d = dev(grad);
+  cpu->clamp(out.data(), in.data(), n, 1.5f);
+  gpu->clamp(g_out, g_in, n, 1.5f);
+  EXPECT_EQ(host(g_out, n), out) << "clamped";
+  cpu->clamp_backward(d.data(), in.data(), n, 1.5f);
+  gpu->clamp_backward(g_d, g_in, n, 1.5f);
+  EXPECT_EQ(host(g_d, n), d) << "gradient";
+  gpu->clamp(g_in, g_in, n, 1.5f);  // in place
+  EXPECT_EQ(host(g_in, n), out) << "in place";
+}
+
 // One slice holding the whole vocabulary: the three ops give the fused op's loss and dlogits.
 TEST_F(CudaBackendTest, SingleSliceMatchesFusedCrossEntropy) {
   const int N = 8, V = 50257, Vp = 50304;

@@ -1245,6 +1245,26 @@ TEST_F(CudaBf16Test, LogitSoftcapAndItsCrossEntropyMatchCpu) {
   }
 }
 
+// model.clip_qkv in bf16: the clamp and its gradient bit for bit the CPU backend's (compared in
+// fp32, the bound 1.5 exact in bf16).
+TEST_F(CudaBf16Test, ClampAndItsGradientMatchCpu) {
+  const size_t n = 100004;
+  const Bits in = random_bits(n, 173, -3.0f, 3.0f), grad = random_bits(n, 174, -1.0f, 1.0f);
+  Bits out(n), d = grad;
+  bf16_t* g_in = dev(in);
+  bf16_t* g_out = dev(out);
+  bf16_t* g_d = dev(grad);
+  cpu->clamp(out.data(), in.data(), n, 1.5f);
+  gpu->clamp(g_out, g_in, n, 1.5f);
+  auto same = [n](const Bits& a, const Bits& b) {
+    return std::memcmp(a.data(), b.data(), n * sizeof(bf16_t)) == 0;
+  };
+  EXPECT_TRUE(same(host(g_out, n), out)) << "clamped";
+  cpu->clamp_backward(d.data(), in.data(), n, 1.5f);
+  gpu->clamp_backward(g_d, g_in, n, 1.5f);
+  EXPECT_TRUE(same(host(g_d, n), d)) << "gradient";
+}
+
 // The three vocabulary-parallel steps, each fed the CPU's results of the previous one (what the
 // caller's all-reduce would hand both backends). Targets < 0 belong to other ranks; V = 0 is a
 // rank holding only padding columns.

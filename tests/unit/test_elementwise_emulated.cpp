@@ -144,6 +144,40 @@ TEST(ElementwiseEmulated, ScaleAndCapLogits) {
   }
 }
 
+// OLMo's clamp of q, k and v (model.clip_qkv = 1.5 over values in [−3, 3]: about half cut), and
+// its gradient, which zeroes where the clamp cut (b[1] the clamp's input).
+TEST(ElementwiseEmulated, ClampAndItsGradient) {
+  const std::vector<Vec> in = buffers(2, -3.0f, 3.0f);
+  check(
+      in, [](Backend& be, auto b) { be.clamp(b[0], b[1], kN, 1.5f); },
+      [](simt::Thread& x, auto b) {
+        elementwise_block::clamp(x, b[0], b[1], kN, 1.5f, kThreads, kStride);
+      });
+  check(  // in place
+      in, [](Backend& be, auto b) { be.clamp(b[1], b[1], kN, 1.5f); },
+      [](simt::Thread& x, auto b) {
+        elementwise_block::clamp(x, b[1], b[1], kN, 1.5f, kThreads, kStride);
+      });
+  check(
+      in, [](Backend& be, auto b) { be.clamp_backward(b[0], b[1], kN, 1.5f); },
+      [](simt::Thread& x, auto b) {
+        elementwise_block::clamp_backward(x, b[0], b[1], kN, 1.5f, kThreads, kStride);
+      });
+  // And what they compute, on the CPU backend: inside values kept, the rest at ±1.5; the
+  // gradient kept inside (the bounds included, as torch.clamp's), zero outside.
+  auto be = make_cpu_backend();
+  Vec v = in[1], out(kN), d(kN, 2.0f);
+  v[0] = 1.5f;
+  v[1] = -1.5f;
+  be->clamp(out.data(), v.data(), kN, 1.5f);
+  be->clamp_backward(d.data(), v.data(), kN, 1.5f);
+  for (size_t i = 0; i < kN; ++i) {
+    const bool inside = v[i] >= -1.5f && v[i] <= 1.5f;
+    EXPECT_EQ(out[i], inside ? v[i] : v[i] < 0 ? -1.5f : 1.5f) << i;
+    EXPECT_EQ(d[i], inside ? 2.0f : 0.0f) << i;
+  }
+}
+
 // fp32 scaling and both conversions, bit for bit (one multiplication; the rounding to nearest
 // even of core/bf16.h, NaN and infinities included).
 TEST(ElementwiseEmulated, ScaleAndConversionsExactly) {

@@ -138,6 +138,24 @@ TEST(GptMemoryPlan, GroupedQueryAttentionKeepsNarrowerQkv) {
   }
 }
 
+// model.clip_qkv keeps c_attn's output before the clamp (n·W per layer: W = 3·C here), and the
+// plan still equals the model's allocations.
+TEST(GptMemoryPlan, ClipQkvKeepsThePreClampQkv) {
+  GptShape clip = kSmall;
+  clip.clip_qkv = 8.0f;
+  const size_t n = size_t(kB) * kSmall.seq_len, C = size_t(kSmall.n_embd), L = 2;
+  EXPECT_EQ(Gpt::memory_plan(clip, kB).activations,
+            Gpt::memory_plan(kSmall, kB).activations + 4 * L * n * 3 * C);
+  auto be = make_cpu_backend();
+  for (Precision p : {Precision::fp32, Precision::bf16}) {
+    const size_t before = be->allocated_bytes();
+    const GptMemory plan = Gpt::memory_plan(clip, kB, 1, {}, nullptr, p);
+    Gpt model(clip, kB, *be, 1, {}, nullptr, p);
+    EXPECT_EQ(be->allocated_bytes() - before, plan.total()) << precision_name(p);
+    EXPECT_EQ(model.activation_bytes(), plan.activations);
+  }
+}
+
 // QK-norm keeps c_attn's output before the norm (W = 1.5·C per row here: 4 query heads, 1
 // key/value head) and one 1/rms per row and q or k head (5, fp32); the plan still equals the
 // model's allocations.

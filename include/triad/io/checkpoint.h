@@ -129,6 +129,8 @@ struct ModelShape {
   // Attribute attn_softcap (double: the attention scores are c·tanh(s/c); absent or 0: none;
   // written when > 0).
   double attn_softcap = 0;
+  // Attribute clip_qkv (double: c_attn's output clamped to [−c, c]; absent or 0: none).
+  double clip_qkv = 0;
   // Attributes logit_scale and residual_scale (double: the head's logits, each branch's output
   // times it; absent: 1; written when not 1).
   double logit_scale = 1, residual_scale = 1;

@@ -324,6 +324,12 @@ class Backend {
   // times mult.
   virtual void scale_cap_logits(float* x, size_t n, float mult, float c) = 0;
 
+  // ---- a clamp (model.clip_qkv: OLMo's clamp of q, k and v) --------------------------------
+  // out[i] = min(max(inp[i], −c), c) for i < n (out may be inp); its gradient in place, d[i] = 0
+  // where the clamp cut (inp[i] < −c or > c: inp is the clamp's input), as torch.clamp's.
+  virtual void clamp(float* out, const float* inp, size_t n, float c) = 0;
+  virtual void clamp_backward(float* d, const float* inp, size_t n, float c) = 0;
+
   // ---- vocabulary-parallel softmax cross-entropy (tensor parallelism) -----------------------
   // Each rank holds logits [N,Vp] for its slice of the vocabulary, of which the first V columns
   // are real (V may be 0 on a rank holding only padding rows); targets[n] is the target's column
@@ -476,6 +482,10 @@ class Backend {
                                              float* log_z = nullptr, float softcap = 0.0f) = 0;
   // Computed in fp32 from the widened value, rounded once.
   virtual void scale_cap_logits(bf16_t* x, size_t n, float mult, float c) = 0;
+  // Compared in fp32 from the widened values (a bound c is exact in bf16 where it is
+  // representable; the clamped values are inp's or ±c rounded once).
+  virtual void clamp(bf16_t* out, const bf16_t* inp, size_t n, float c) = 0;
+  virtual void clamp_backward(bf16_t* d, const bf16_t* inp, size_t n, float c) = 0;
   virtual void logits_row_max(float* row_max, float* argmax, const bf16_t* logits, int N, int V,
                               int Vp) = 0;
   virtual void softmax_partial_sums(float* sum_exp, float* target_logit, const bf16_t* logits,

@@ -164,6 +164,9 @@ struct GptShape {
   // score s becomes c·tanh(s / c) before the softmax, in training, evaluation and decoding
   // (Backend::attention_forward). 0: none.
   float attn_softcap = 0.0f;
+  // c_attn's output clamped to [−clip_qkv, clip_qkv] before the rotation (model.clip_qkv:
+  // OLMo-1.7's 8); the clamp's input kept (Set::Layer qkv_pre) for its gradient. 0: none.
+  float clip_qkv = 0.0f;
   // The embedding's output times this (model.embed_scale; Gemma's √n_embd, which its tied head
   // does not share); 1: none.
   float embed_scale = 1.0f;

@@ -39,6 +39,7 @@ struct ModelConfig {
   int sliding_window = 0;      // each query attends to its last N keys at most (0: all; Mistral)
   int full_attention_every = 0;    // with a window: every N-th layer attends to all (Gemma 3: 6)
   double logit_softcap = 0;        // > 0: logits c·tanh(logit/c) (Gemma 2: 30); 0: none
+  double clip_qkv = 0;             // > 0: c_attn's q, k, v clamped to [-c, c] (OLMo-1.7: 8)
   double attn_softcap = 0;         // > 0: attention scores c·tanh(s/c) (Gemma 2: 50); 0: none
   double logit_scale = 1;          // the head's logits times this (Granite: 1/logits_scaling)
   double residual_scale = 1;       // each branch's output times this (Granite's multiplier)

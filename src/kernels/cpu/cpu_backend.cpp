@@ -196,6 +196,12 @@ class CpuBackend final : public Backend {
   void scale_cap_logits(float* x, size_t n, float mult, float c) override {
     cpu::scale_cap_logits(x, n, mult, c);
   }
+  void clamp(float* out, const float* inp, size_t n, float c) override {
+    cpu::clamp(out, inp, n, c);
+  }
+  void clamp_backward(float* d, const float* inp, size_t n, float c) override {
+    cpu::clamp_backward(d, inp, n, c);
+  }
   void logits_row_max(float* row_max, float* argmax, const float* logits, int N, int V,
                       int Vp) override {
     cpu::logits_row_max(row_max, argmax, logits, N, V, Vp);
@@ -358,6 +364,12 @@ class CpuBackend final : public Backend {
   }
   void scale_cap_logits(bf16_t* x, size_t n, float mult, float c) override {
     cpu::scale_cap_logits(x, n, mult, c);
+  }
+  void clamp(bf16_t* out, const bf16_t* inp, size_t n, float c) override {
+    cpu::clamp(out, inp, n, c);
+  }
+  void clamp_backward(bf16_t* d, const bf16_t* inp, size_t n, float c) override {
+    cpu::clamp_backward(d, inp, n, c);
   }
   void logits_row_max(float* row_max, float* argmax, const bf16_t* logits, int N, int V,
                       int Vp) override {

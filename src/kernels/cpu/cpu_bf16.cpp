@@ -262,6 +262,22 @@ void add(bf16_t* out, const bf16_t* a, const bf16_t* b, size_t n) {
 
 void accumulate(bf16_t* dst, const bf16_t* src, size_t n) { add(dst, dst, src, n); }
 
+void clamp(bf16_t* out, const bf16_t* inp, size_t n, float c) {
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (size_t i = 0; i < n; ++i) {
+    const float v = to_float(inp[i]);
+    out[i] = triad::to_bf16(v < -c ? -c : v > c ? c : v);
+  }
+}
+
+void clamp_backward(bf16_t* d, const bf16_t* inp, size_t n, float c) {
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (size_t i = 0; i < n; ++i) {
+    const float v = to_float(inp[i]);
+    if (v < -c || v > c) d[i] = triad::to_bf16(0.0f);
+  }
+}
+
 void crossentropy_forward_backward(bf16_t* logits, float* losses, float* correct,
                                    const int32_t* targets, int N, int V, int Vp, float dloss_scale,
                                    float z_loss, float* log_z, float softcap) {

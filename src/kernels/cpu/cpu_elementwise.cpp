@@ -86,6 +86,17 @@ void accumulate(float* dst, const float* src, size_t n) {
   for (size_t i = 0; i < n; ++i) dst[i] += src[i];
 }
 
+void clamp(float* out, const float* inp, size_t n, float c) {
+#pragma omp parallel for simd schedule(static) if (n >= kParallelMin)
+  for (size_t i = 0; i < n; ++i) out[i] = inp[i] < -c ? -c : inp[i] > c ? c : inp[i];
+}
+
+void clamp_backward(float* d, const float* inp, size_t n, float c) {
+#pragma omp parallel for simd schedule(static) if (n >= kParallelMin)
+  for (size_t i = 0; i < n; ++i)
+    if (inp[i] < -c || inp[i] > c) d[i] = 0.0f;
+}
+
 void scale(float* x, float s, size_t n) {
 #pragma omp parallel for simd schedule(static) if (n >= kParallelMin)
   for (size_t i = 0; i < n; ++i) x[i] *= s;

@@ -259,6 +259,12 @@ class CudaBackend final : public Backend {
   void scale_cap_logits(float* x, size_t n, float mult, float c) override {
     cuda::scale_cap_logits(stream_, x, n, mult, c);
   }
+  void clamp(float* out, const float* inp, size_t n, float c) override {
+    cuda::clamp(stream_, out, inp, n, c);
+  }
+  void clamp_backward(float* d, const float* inp, size_t n, float c) override {
+    cuda::clamp_backward(stream_, d, inp, n, c);
+  }
   void logits_row_max(float* row_max, float* argmax, const float* logits, int N, int V,
                       int Vp) override {
     cuda::logits_row_max(stream_, row_max, argmax, logits, N, V, Vp);
@@ -476,6 +482,12 @@ class CudaBackend final : public Backend {
   }
   void scale_cap_logits(bf16_t* x, size_t n, float mult, float c) override {
     cuda::scale_cap_logits(stream_, dev(x), n, mult, c);
+  }
+  void clamp(bf16_t* out, const bf16_t* inp, size_t n, float c) override {
+    cuda::clamp(stream_, dev(out), dev(inp), n, c);
+  }
+  void clamp_backward(bf16_t* d, const bf16_t* inp, size_t n, float c) override {
+    cuda::clamp_backward(stream_, dev(d), dev(inp), n, c);
   }
   void logits_row_max(float* row_max, float* argmax, const bf16_t* logits, int N, int V,
                       int Vp) override {

@@ -56,6 +56,18 @@ __global__ void scale_cap_logits_kernel(E* v, size_t n, float mult, float c) {
   elementwise_block::scale_cap_logits(x, v, n, mult, c, block_threads(), grid_threads());
 }
 
+template <typename E>
+__global__ void clamp_kernel(E* out, const E* inp, size_t n, float c) {
+  DeviceThread x;
+  elementwise_block::clamp(x, out, inp, n, c, block_threads(), grid_threads());
+}
+
+template <typename E>
+__global__ void clamp_backward_kernel(E* d, const E* inp, size_t n, float c) {
+  DeviceThread x;
+  elementwise_block::clamp_backward(x, d, inp, n, c, block_threads(), grid_threads());
+}
+
 __global__ void scale_kernel(float* v, float factor, size_t n) {
   DeviceThread x;
   elementwise_block::scale(x, v, factor, n, block_threads(), grid_threads());
@@ -123,6 +135,20 @@ void scale_cap_logits(cudaStream_t s, Elem* x, size_t n, float mult, float c) {
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
+template <typename Elem>
+void clamp(cudaStream_t s, Elem* out, const Elem* inp, size_t n, float c) {
+  if (n == 0) return;
+  clamp_kernel<<<grid_for(n), kBlock, 0, s>>>(bits(out), bits(inp), n, c);
+  TRIAD_CUDA_CHECK_LAUNCH();
+}
+
+template <typename Elem>
+void clamp_backward(cudaStream_t s, Elem* d, const Elem* inp, size_t n, float c) {
+  if (n == 0) return;
+  clamp_backward_kernel<<<grid_for(n), kBlock, 0, s>>>(bits(d), bits(inp), n, c);
+  TRIAD_CUDA_CHECK_LAUNCH();
+}
+
 void scale(cudaStream_t s, float* x, float factor, size_t n) {
   if (n == 0) return;
   scale_kernel<<<grid_for(n), kBlock, 0, s>>>(x, factor, n);
@@ -144,7 +170,9 @@ void convert(cudaStream_t s, Dst* dst, const Src* src, size_t n) {
                                           const Elem*, size_t, bool);                             \
   template void add<Elem>(cudaStream_t, Elem*, const Elem*, const Elem*, size_t);                 \
   template void accumulate<Elem>(cudaStream_t, Elem*, const Elem*, size_t);                       \
-  template void scale_cap_logits<Elem>(cudaStream_t, Elem*, size_t, float, float);
+  template void scale_cap_logits<Elem>(cudaStream_t, Elem*, size_t, float, float);                \
+  template void clamp<Elem>(cudaStream_t, Elem*, const Elem*, size_t, float);                     \
+  template void clamp_backward<Elem>(cudaStream_t, Elem*, const Elem*, size_t, float);
 TRIAD_INSTANTIATE_ELEMENTWISE(float)
 TRIAD_INSTANTIATE_ELEMENTWISE(bf16)
 #undef TRIAD_INSTANTIATE_ELEMENTWISE

@@ -347,6 +347,10 @@ void scale_cap_logits(cudaStream_t s, Elem* x, size_t n, float mult,
                       float c);  // x = c·tanh(mult·x/c), or mult·x (c = 0)
 template <typename Elem>
 void accumulate(cudaStream_t s, Elem* dst, const Elem* src, size_t n);
+template <typename Elem>
+void clamp(cudaStream_t s, Elem* out, const Elem* inp, size_t n, float c);  // to [−c, c]
+template <typename Elem>
+void clamp_backward(cudaStream_t s, Elem* d, const Elem* inp, size_t n, float c);  // d = 0 if cut
 void scale(cudaStream_t s, float* x, float factor, size_t n);
 
 // ---- cross-entropy (cuda_crossentropy.cu) --------------------------------------------------

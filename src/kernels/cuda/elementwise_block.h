@@ -102,6 +102,27 @@ TRIAD_BLOCK_FN void scale_cap_logits(X& x, Elem* v, size_t n, float mult, float 
   }
 }
 
+// out = min(max(v, −c), c) (model.clip_qkv: OLMo's clamp of q, k and v); out may be inp.
+template <class X, class Elem>
+TRIAD_BLOCK_FN void clamp(X& x, Elem* out, const Elem* inp, size_t n, float c, int threads,
+                          size_t stride) {
+  TRIAD_BLOCK_STRIDE_LOOP(x, i, n, threads, stride) {
+    const float v = load(x, inp + i);
+    store(x, out + i, v < -c ? -c : v > c ? c : v);
+  }
+}
+
+// The clamp's gradient, in place: d passes where −c ≤ inp ≤ c (inp: the clamp's input), 0 where
+// the clamp cut.
+template <class X, class Elem>
+TRIAD_BLOCK_FN void clamp_backward(X& x, Elem* d, const Elem* inp, size_t n, float c, int threads,
+                                   size_t stride) {
+  TRIAD_BLOCK_STRIDE_LOOP(x, i, n, threads, stride) {
+    const float v = load(x, inp + i);
+    if (v < -c || v > c) store(x, d + i, 0.0f);
+  }
+}
+
 // v *= factor (fp32 only: gradients and statistics).
 template <class X>
 TRIAD_BLOCK_FN void scale(X& x, float* v, float factor, size_t n, int threads, size_t stride) {
