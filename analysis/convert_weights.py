@@ -2207,6 +2207,8 @@ def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
                        tuple(float(x) for x in a["rope_short_factor"]),
                        tuple(float(x) for x in a["rope_long_factor"]))
              if a.get("rope_scaling") == "longrope" else None,
+             # LongRoPE exports as Phi-3, in its fused layout (the one class computing it).
+             fused=a.get("rope_scaling") == "longrope",
              qkv_bias=int(a.get("qkv_bias", 0)) == 1, norm_eps=float(a.get("norm_eps", 1e-5)),
              head_dim=int(a.get("head_dim", 0)), qk_norm=int(a.get("qk_norm", 0)) == 1,
              sliding_window=int(a.get("sliding_window", 0)),
@@ -2437,6 +2439,38 @@ def llama_like_hf(d: Dims, architecture: str, model_type: str, **keys) -> dict:
     }
 
 
+def phi3_hf_config(d: Dims) -> dict:
+    """config.json for transformers' Phi3ForCausalLM (its fused qkv_proj and gate_up_proj:
+    Dims.fused) computing what triad's Llama-architecture model with LongRoPE computes (the
+    inverse of longrope_scaling): max_position_embeddings the original context stretched by the
+    factor, original_max_position_embeddings, and both lists of factors."""
+    extra = [what for what, on in (
+        ("QK-norm (model.qk_norm)", d.qk_norm), ("experts (model.moe_experts)", d.moe_experts),
+        ("a c_attn bias (model.qkv_bias)", d.qkv_bias),
+        ("heads of another width than n_embd / n_head (model.head_dim)", d.head_dim),
+        ("partial rotary (model.rotary_dim)", d.rotary_dim)) if on]
+    if extra:
+        raise ConvertError(f"a model with LongRoPE (model.rope_scaling = longrope) exports as "
+                           f"Hugging Face's Phi-3, which has none of {', '.join(extra)}")
+    stretch, original, short, long = d.longrope
+    positions = round(stretch * original)
+    if positions / original != stretch or positions < d.seq_len:
+        raise ConvertError(f"the model's LongRoPE stretches its original {original} positions by "
+                           f"{stretch} (model.rope_scaling_factor), which Phi-3's "
+                           f"max_position_embeddings / original_max_position_embeddings does not "
+                           f"say exactly for a context of {d.seq_len}")
+    if (d.norm, d.bias, d.mlp, d.full_attention_every) != ("rmsnorm", False, "swiglu", 0):
+        raise ConvertError("a model with LongRoPE exports as Hugging Face's Phi-3, which computes "
+                           "RMSNorm, SwiGLU and no biases, one window for every layer")
+    return llama_like_hf(d, "Phi3ForCausalLM", "phi3", rms_norm_eps=d.norm_eps,
+                         hidden_act="silu", max_position_embeddings=positions,
+                         original_max_position_embeddings=original,
+                         rope_scaling={"type": "longrope", "short_factor": list(short),
+                                       "long_factor": list(long)},
+                         sliding_window=d.sliding_window or None, resid_pdrop=0.0,
+                         embd_pdrop=0.0, pad_token_id=None)
+
+
 def olmo_hf_config(d: Dims) -> dict:
     """config.json for transformers' OlmoForCausalLM computing what triad's model of OLMo's
     blocks (Llama's with non-parametric LayerNorms: model.norm = layernorm, norm_weight = false,
@@ -2486,9 +2520,7 @@ def llama_hf_config(d: Dims) -> dict:
     if not d.norm_weight:
         return olmo_hf_config(d)
     if d.longrope is not None:
-        raise ConvertError("the model's rope is LongRoPE's (model.rope_scaling = longrope), which "
-                           "only Hugging Face's Phi-3 computes as triad does; its fused layout is "
-                           "an import's source here, not yet written")
+        return phi3_hf_config(d)
     if d.falcon:  # (before StableLM's and Nemotron's: its LayerNorms have biases too)
         return falcon_hf_config(d)
     if d.gptj:  # (likewise)

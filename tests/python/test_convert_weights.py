@@ -747,7 +747,9 @@ def test_phi3_longrope_imports_and_evaluates_as_transformers(imported, tmp_path,
     short ones), cos and sin scaled by sqrt(1 + ln s / ln original). triad's loss and accuracy
     are transformers' (whose Phi-3 picks the factors by the call's length, here the same side),
     the same weights with the other factors or without the scale differ, greedy generation within
-    the original context is transformers', and export is refused, naming why."""
+    the original context is transformers'. Exported, it is a Phi-3 (its fused layout, the one
+    class computing LongRoPE) that transformers loads and that computes the same loss, its
+    tensors the original's bit for bit."""
     d, _, cfg = imported
     short = [1.0 + 0.25 * i for i in range(8)]
     long = [1.5 + 2.0 * i for i in range(8)]
@@ -790,7 +792,16 @@ def test_phi3_longrope_imports_and_evaluates_as_transformers(imported, tmp_path,
                  "ids"], check=True)
         assert [int(t) for t in p.stdout.split()] == greedy_continuation(model, PROMPT, 20)
     p = tool("triad-convert", "export", out, tmp_path / "back", "--to", "hf", "--vocab", "none")
-    assert_clean_failure(p, "LongRoPE")
+    assert p.returncode == 0, p.stderr
+    back = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert back["model_type"] == "phi3" and back["rope_scaling"]["long_factor"] == long
+    assert (back["max_position_embeddings"], back["original_max_position_embeddings"]) == \
+        (N_POS, original)
+    again = transformers.Phi3ForCausalLM.from_pretrained(tmp_path / "back").eval()
+    assert abs(hf_loss_accuracy(again, d)[0] - want_loss) <= 1e-9 * want_loss
+    state = again.float().state_dict()
+    for k, v in model.float().state_dict().items():
+        assert torch.equal(state[k], v), k
     # A config with other factors does not read this checkpoint.
     p = train("--config", cfg, "--eval-only", "--init-from", out, "--model-from", out,
               "--model.rope_long_factor", ", ".join(map(str, short)))
