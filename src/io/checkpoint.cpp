@@ -1130,30 +1130,24 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
           io::write_string_attr(model, "position", state.model.position);
           if (state.model.position == "rope")
             io::write_double_attr(model, "rope_theta", state.model.rope_theta);
-          if (state.model.rope_scaling == "yarn") {
+          if (state.model.rope_scaling != "none") {  // every scaling's, then its own numbers
             io::write_string_attr(model, "rope_scaling", state.model.rope_scaling);
             io::write_double_attr(model, "rope_scaling_factor", state.model.rope_scaling_factor);
+            io::write_int64_attr(model, "rope_original_positions",
+                                 state.model.rope_original_positions);
+          }
+          if (state.model.rope_scaling == "yarn") {
             io::write_double_attr(model, "rope_yarn_beta_fast", state.model.rope_yarn_beta_fast);
             io::write_double_attr(model, "rope_yarn_beta_slow", state.model.rope_yarn_beta_slow);
-            io::write_int64_attr(model, "rope_original_positions",
-                                 state.model.rope_original_positions);
           }
           if (state.model.rope_scaling == "longrope") {
-            io::write_string_attr(model, "rope_scaling", state.model.rope_scaling);
-            io::write_double_attr(model, "rope_scaling_factor", state.model.rope_scaling_factor);
             io::write_doubles_attr(model, "rope_short_factor", state.model.rope_short_factor);
             io::write_doubles_attr(model, "rope_long_factor", state.model.rope_long_factor);
-            io::write_int64_attr(model, "rope_original_positions",
-                                 state.model.rope_original_positions);
           }
           if (state.model.rope_scaling == "llama3") {
-            io::write_string_attr(model, "rope_scaling", state.model.rope_scaling);
-            io::write_double_attr(model, "rope_scaling_factor", state.model.rope_scaling_factor);
             io::write_double_attr(model, "rope_low_freq_factor", state.model.rope_low_freq_factor);
             io::write_double_attr(model, "rope_high_freq_factor",
                                   state.model.rope_high_freq_factor);
-            io::write_int64_attr(model, "rope_original_positions",
-                                 state.model.rope_original_positions);
           }
           io::write_string_attr(model, "norm", state.model.norm);
           io::write_int64_attr(model, "bias", state.model.bias ? 1 : 0);

@@ -765,10 +765,7 @@ def test_phi3_longrope_imports_and_evaluates_as_transformers(imported, tmp_path,
         return model.eval()
 
     model = phi3_longrope(short, long, original)
-    model.save_pretrained(tmp_path / "phi3", safe_serialization=True)
-    out = tmp_path / "phi3.h5"
-    p = tool("triad-convert", "import", tmp_path / "phi3", out, "--seq-len", SEQ)
-    assert p.returncode == 0, p.stderr
+    out = import_hf(model, tmp_path / "phi3", "Phi-3")
     with h5py.File(out, "r") as f:
         a = f["model"].attrs
         assert a["rope_scaling"] in (b"longrope", "longrope")
