@@ -1,7 +1,8 @@
 """Weights and tokenizers in and out of triad: Hugging Face transformers models (config.json +
 safetensors; GPT-2, Llama, Mistral, Qwen2, Qwen3, Mixtral, Qwen2-MoE, Qwen3-MoE, Nemotron,
-StableLM, Gemma, Gemma 2, Granite, GraniteMoE, Cohere, Phi, GPT-J, GPT-NeoX, Falcon, OLMo) and llm.c
-model files (gpt2_124M.bin and the like) to a triad checkpoint, a triad checkpoint to either,
+StableLM, Gemma, Gemma 2, Granite, GraniteMoE, Cohere, Phi, GPT-J, GPT-NeoX, Falcon, OLMo,
+StarCoder2) and llm.c model files (gpt2_124M.bin and the like) to a triad checkpoint, a triad
+checkpoint to either,
 and Hugging Face or Meta tokenizers to a triad tokenizer description (hf_tokenizer.py).
 
     triad-convert import gpt2/ gpt2.h5                    # HF model directory
@@ -69,6 +70,9 @@ What the formats hold and how they map (docs/formats.md, "Weights from other pro
   rotary_pct of each head (model.rotary_dim), parallel attention and MLP
   (use_parallel_residual: model.parallel_residual), GELU exact ("gelu": model.mlp = gelu_exact)
   or tanh, an untied embed_out.
+- HF StarCoder2: GPT-2's sequential blocks with rope (Llama's q, k, v and o projections, with
+  biases), LayerNorms with biases, a GELU-tanh MLP c_fc, c_proj with biases, grouped-query
+  attention and Mistral's window (model.sliding_window).
 - HF GPT-J: parallel attention and MLP on one LayerNorm with biases (model.parallel_residual,
   model.shared_norm), bias-free q, k, v and output projections beside an MLP with biases
   (model.bias = false, model.mlp_bias, model.norm_bias), GELU's tanh approximation, rope on the
@@ -199,6 +203,9 @@ class Dims:
     granite_moe: bool = False
     # GPT-NeoX's layout (GPTNeoXForCausalLM): its names, and q, k, v interleaved by head.
     neox: bool = False
+    # StarCoder2's layout (Starcoder2ForCausalLM): Llama's q, k, v and o projections with biases,
+    # LayerNorms with biases, and an MLP of c_fc and c_proj with biases.
+    starcoder2: bool = False
     # Falcon's layout (FalconForCausalLM): "" (not Falcon), "grouped" (new_decoder_architecture:
     # q, k, v grouped by key/value head) or "multi_query" (Falcon-7B's: q | k | v). Its norms:
     # ln_attn and ln_mlp, or with shared_norm one input_layernorm (Falcon-7B's, or
@@ -612,6 +619,8 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         return gemma_config_dims(cfg, where, seq_len)
     if kind == "gpt_neox":
         return neox_config_dims(cfg, where, seq_len)
+    if kind == "starcoder2":
+        return starcoder2_config_dims(cfg, where, seq_len)
     if kind == "cohere":
         return cohere_config_dims(cfg, where, seq_len)
     if kind == "phi":
@@ -1238,6 +1247,86 @@ def neox_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     return d
 
 
+def starcoder2_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
+    """A Hugging Face StarCoder2 config (Starcoder2ForCausalLM) as triad's model: GPT-2's
+    sequential blocks with rope on every value (Llama's rotate-half pairing), LayerNorms with
+    biases, biases in every linear layer (use_bias; without them the LayerNorms keep theirs:
+    model.norm_bias), a GELU MLP (tanh or exact), grouped-query attention, Mistral's sliding window
+    where it cuts the context, a tied head or not. Its dropouts are training-time only (triad
+    trains without). Refused where triad computes something else."""
+    c = LlamaLikeConfig(cfg, where, "norm_epsilon", 1e-5)
+    refusals = c.refusals
+    act = cfg.get("hidden_act", "gelu_pytorch_tanh")
+    if act != "gelu" and act not in TANH_GELU:
+        refusals.append(f"hidden_act {act!r} (triad's MLPs use GELU exact, 'gelu', or its tanh "
+                        f"approximation: {', '.join(TANH_GELU)})")
+    if cfg.get("rope_scaling"):
+        refusals.append(f"rope_scaling {cfg['rope_scaling']} (triad's StarCoder2 is plain rope)")
+    if c.n_head <= 0 or c.n_embd % c.n_head:
+        refusals.append(f"hidden_size {c.n_embd} is not a multiple of num_attention_heads "
+                        f"{c.n_head}")
+    window = cfg.get("sliding_window")
+    sliding = 0
+    if window is not None:
+        try:
+            window = int(window)
+            if window < 1:
+                raise ValueError
+            sliding = window if window < (seq_len or c.n_pos) else 0
+        except (TypeError, ValueError):
+            refusals.append(f"sliding_window {window!r} (a positive count)")
+    refuse_or_check_positions(where, refusals, seq_len, c.n_pos, "max_position_embeddings")
+    bias = bool(cfg.get("use_bias", True))
+    d = Dims(c.n_layer, c.n_head, c.n_embd, seq_len or c.n_pos, c.vocab, position="rope",
+             rope_theta=c.theta, norm="layernorm", bias=bias, norm_bias=not bias,
+             mlp="gelu_exact" if act == "gelu" else "gelu", mlp_hidden=c.hidden,
+             tied=bool(cfg.get("tie_word_embeddings", True)), n_kv_head=c.kv, norm_eps=c.eps,
+             sliding_window=sliding, starcoder2=True)
+    d.check(where)
+    return d
+
+
+def starcoder2_sources(d: Dims) -> dict[str, list[str]]:
+    """Each triad tensor of a StarCoder2 model and the HF tensors it is made of (c_attn's rows
+    and bias from q_proj, k_proj, v_proj)."""
+    biases = ("weight", "bias") if d.bias else ("weight",)
+    src = {"wte/weight": ["model.embed_tokens.weight"],
+           "ln_f/weight": ["model.norm.weight"], "ln_f/bias": ["model.norm.bias"]}
+    for i in range(d.n_layer):
+        p, h = f"h/{i}/", f"model.layers.{i}."
+        for t, hf in (("ln_1", "input_layernorm"), ("ln_2", "post_attention_layernorm")):
+            src.update({p + f"{t}/{k}": [h + f"{hf}.{k}"] for k in ("weight", "bias")})
+        for k in biases:
+            src.update({p + f"attn/c_attn/{k}": [h + f"self_attn.{x}_proj.{k}" for x in "qkv"],
+                        p + f"attn/c_proj/{k}": [h + f"self_attn.o_proj.{k}"],
+                        p + f"mlp/c_fc/{k}": [h + f"mlp.c_fc.{k}"],
+                        p + f"mlp/c_proj/{k}": [h + f"mlp.c_proj.{k}"]})
+    if not d.tied:
+        src["lm_head/weight"] = ["lm_head.weight"]
+    return src
+
+
+def starcoder2_hf_config(d: Dims) -> dict:
+    """config.json for transformers' Starcoder2ForCausalLM computing what triad's model of its
+    blocks computes (the inverse of starcoder2_config_dims)."""
+    extra = [what for what, on in (
+        ("QK-norm (model.qk_norm)", d.qk_norm), ("experts (model.moe_experts)", d.moe_experts),
+        ("rope scaling (model.rope_scaling)", d.rope_scaling is not None or d.yarn is not None or
+         d.longrope is not None),
+        ("heads of another width than n_embd / n_head (model.head_dim)", d.head_dim),
+        ("partial rotary (model.rotary_dim)", d.rotary_dim),
+        ("full-attention layers among windowed ones (model.full_attention_every)",
+         d.full_attention_every)) if on]
+    if extra:
+        raise ConvertError(f"a model of StarCoder2's blocks (rope, LayerNorms, GELU, biases, "
+                           f"grouped-query attention or a window) exports as Hugging Face's "
+                           f"StarCoder2, which has none of {', '.join(extra)}")
+    return llama_like_hf(d, "Starcoder2ForCausalLM", "starcoder2", norm_epsilon=d.norm_eps,
+                         hidden_act="gelu" if d.mlp == "gelu_exact" else "gelu_pytorch_tanh",
+                         use_bias=d.bias, sliding_window=d.sliding_window or None,
+                         residual_dropout=0.0, embedding_dropout=0.0, rope_scaling=None)
+
+
 def gemma_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     """A Hugging Face Gemma config (GemmaForCausalLM: Gemma 1, CodeGemma) as triad's model: rope,
     RMSNorm (weights stored as w - 1: it scales by 1 + w), GeGLU with GELU's tanh approximation
@@ -1436,6 +1525,8 @@ def llama_sources(d: Dims) -> dict[str, list[str]]:
     stacked into each expert's c_fc); GPT-NeoX's (neox_sources)."""
     if d.neox:
         return neox_sources(d)
+    if d.starcoder2:
+        return starcoder2_sources(d)
     if d.falcon:
         return falcon_sources(d)
     if d.phi:
@@ -1627,6 +1718,7 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
                                     "StableLM" if d.norm_bias else
                                     "Qwen2" if d.qkv_bias else "Qwen3" if d.qk_norm else
                                     "Phi-3" if d.fused else "OLMo" if not d.norm_weight else
+                                    "StarCoder2" if d.starcoder2 else
                                     "Mistral" if d.sliding_window else "Llama"))
         note = ""
         if d.moe_experts and cfg.get("router_jitter_noise"):  # noise on the router's input
@@ -2172,17 +2264,24 @@ def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
     """A triad checkpoint of Llama's architecture (rope, RMSNorm, SwiGLU or GeGLU, no biases),
     Nemotron's or StableLM's (rope, LayerNorms with biases, the squared ReLU or SwiGLU, no linear
     biases but StableLM's q, k, v ones), or GPT-NeoX's (GPT-2's blocks with rope), its tensors in
-    triad's names, the vocabulary tensors cropped to vocab_size rows."""
+    triad's names, the vocabulary tensors cropped to vocab_size rows. GPT-NeoX's blocks with
+    grouped-query attention or a sliding window, which GPT-NeoX's format does not hold, in
+    sequential blocks are StarCoder2's."""
     mlp = a["mlp"].decode() if isinstance(a["mlp"], bytes) else str(a["mlp"])  # (always written
     # for a rope model: not GPT-2's)
+    neox_like = mlp in ("gelu", "gelu_exact") and int(a.get("bias", 1)) == 1 and \
+        not int(a.get("shared_norm", 0))  # (shared: Phi's)
+    starcoder2 = neox_like and not int(a.get("parallel_residual", 0)) and (
+        int(a.get("n_kv_head", a["n_head"])) != int(a["n_head"]) or
+        int(a.get("sliding_window", 0)) > 0)
     d = Dims(*(int(a[k]) for k in ("n_layer", "n_head", "n_embd", "seq_len", "vocab_size")),
              position="rope", rope_theta=float(a["rope_theta"]),
              norm=a["norm"].decode() if isinstance(a["norm"], bytes) else str(a["norm"]),
              bias=int(a.get("bias", 1)) == 1, norm_bias=int(a.get("norm_bias", 0)) == 1,
              norm_weight=int(a.get("norm_weight", 1)) == 1,
              rotary_dim=int(a.get("rotary_dim", 0)),
-             neox=mlp in ("gelu", "gelu_exact") and int(a.get("bias", 1)) == 1 and
-             not int(a.get("shared_norm", 0)),  # (shared: Phi's)
+             neox=neox_like and not starcoder2,
+             starcoder2=starcoder2,
              falcon="grouped" if mlp == "gelu_exact" and int(a.get("norm_bias", 0)) and
              not int(a.get("mlp_bias", 0)) else "",  # (with MLP biases: GPT-J's)
              mlp_bias=int(a.get("mlp_bias", 0)) == 1,
@@ -2533,6 +2632,8 @@ def llama_hf_config(d: Dims) -> dict:
         return layernorm_hf_config(d)
     if d.mlp == "geglu":
         return gemma_hf_config(d)
+    if d.starcoder2:
+        return starcoder2_hf_config(d)
     if d.neox:
         return neox_hf_config(d)
     if d.multiplied or d.moe_format == "granitemoe":

@@ -858,6 +858,37 @@ def test_olmo_imports_trains_and_exports_as_transformers(imported, tmp_path, tie
     assert not (tmp_path / "bad.h5").exists()
 
 
+def starcoder2_model(**config):
+    torch.manual_seed(29)
+    model = transformers.Starcoder2ForCausalLM(transformers.Starcoder2Config(**{
+        **dict(vocab_size=V, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=N_POS,
+               rope_theta=500.0, norm_epsilon=1e-5, use_bias=True, tie_word_embeddings=True,
+               residual_dropout=0.0, embedding_dropout=0.0, attention_dropout=0.0,
+               sliding_window=None), **config}))
+    return spread(model)
+
+
+@pytest.mark.parametrize("window,tied", [(None, True), (8, False)])
+def test_starcoder2_imports_trains_and_exports_as_transformers(imported, tmp_path, window, tied):
+    """transformers' Starcoder2ForCausalLM (GPT-2's sequential blocks with rope, LayerNorms and
+    linear layers with biases, a GELU-tanh MLP, 4 query heads over 2, a tied head or not, and a
+    window of 8 of 32 positions or none), imported: triad's loss and accuracy are transformers',
+    greedy generation (past the window) its tokens; fine-tuned and exported, transformers' StarCoder2
+    computes triad's loss, and the import exported again is the original bit for bit."""
+    d, _, cfg = imported
+    model = starcoder2_model(sliding_window=window, tie_word_embeddings=tied)
+    out = import_hf(model, tmp_path / "sc2", "StarCoder2")
+    args = ["--model-from", out]
+    evaluates_as_transformers(model, d, cfg, out, *args)
+    p = run([exe("triad-generate"), "--checkpoint", out, "--vocab", VOCAB, "--top-k", "1",
+             "--prompt-ids", " ".join(map(str, PROMPT)), "--length", "20", "--output", "ids"],
+            check=True)
+    assert [int(t) for t in p.stdout.split()] == greedy_continuation(model, PROMPT, 20)
+    tuned = finetune_export_and_reimport(d, cfg, out, args, f"sc2-ft-{window}", tmp_path, model)
+    assert tuned.config.sliding_window == window
+
+
 NEMOTRON_ARGS = ["--model.position", "rope", "--model.rope_theta", "500", "--model.norm",
                  "layernorm", "--model.bias", "false", "--model.norm_bias", "true", "--model.mlp",
                  "relu2", "--model.mlp_hidden", "176", "--model.tie_embeddings", "false",
@@ -1289,7 +1320,9 @@ def test_nemotron_stablelm_and_gemma_variants_triad_does_not_compute_are_refused
                          ({"embed_scale": 8.0}, "model.embed_scale"),
                          ({"parallel_residual": True, "norm": "rmsnorm"},
                           "model.parallel_residual"),
-                         ({"position": "rope", "n_kv_head": 2}, "grouped-query attention"),
+                         # (in sequential blocks StarCoder2's format holds it)
+                         ({"position": "rope", "n_kv_head": 2, "parallel_residual": True},
+                          "grouped-query attention"),
                          # Gemma 2's options in blocks whose formats hold none of them
                          ({"branch_norm": True}, "model.branch_norm"),
                          ({"parallel_residual": True, "shared_norm": True}, "model.shared_norm"),
