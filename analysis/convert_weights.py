@@ -1457,8 +1457,9 @@ def longrope_scaling(cfg: dict, r: dict, n_pos: int, head_dim: int) -> tuple:
         if r.get(k) is not None:
             raise ValueError(f"{k} is not built")
     original = int(cfg.get("original_max_position_embeddings") or 0)
-    if original < 1:
-        raise ValueError("original_max_position_embeddings is missing")
+    if original < 1 or (original < 2 and n_pos > original):
+        raise ValueError("original_max_position_embeddings is missing, or 1 with a stretch (the "
+                         "scale divides by its logarithm)")
     short = tuple(float(x) for x in r["short_factor"])
     long = tuple(float(x) for x in r["long_factor"])
     pairs = head_dim // 2
@@ -2547,7 +2548,9 @@ def phi3_hf_config(d: Dims) -> dict:
         ("QK-norm (model.qk_norm)", d.qk_norm), ("experts (model.moe_experts)", d.moe_experts),
         ("a c_attn bias (model.qkv_bias)", d.qkv_bias),
         ("heads of another width than n_embd / n_head (model.head_dim)", d.head_dim),
-        ("partial rotary (model.rotary_dim)", d.rotary_dim)) if on]
+        ("partial rotary (model.rotary_dim)", d.rotary_dim),
+        ("Granite's multipliers (model.embed_scale, attn_scale, residual_scale, logit_scale)",
+         d.multiplied)) if on]
     if extra:
         raise ConvertError(f"a model with LongRoPE (model.rope_scaling = longrope) exports as "
                            f"Hugging Face's Phi-3, which has none of {', '.join(extra)}")

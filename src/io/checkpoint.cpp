@@ -649,7 +649,7 @@ CheckpointState read_state(hid_t file) {
                   "inconsistent (need >= 1 positions and fast > slow)");
     }
     if (s.model.rope_scaling == "longrope") {
-      // One divisor per rotated pair in each list (the pairs checked against the config).
+      // One divisor per rotated pair in each list (checked below, with the head's width).
       auto divisors = [&](const char* name) {
         const std::optional<std::vector<double>> v = io::read_doubles_attr(model, name);
         TRIAD_CHECK(v.has_value() && !v->empty() &&
@@ -661,10 +661,11 @@ CheckpointState read_state(hid_t file) {
       };
       s.model.rope_short_factor = divisors("rope_short_factor");
       s.model.rope_long_factor = divisors("rope_long_factor");
+      // (The attention scale divides by ln L: a stretched context needs L >= 2.)
       TRIAD_CHECK(s.model.rope_original_positions >= 1 && s.model.rope_scaling_factor >= 1 &&
-                      s.model.rope_short_factor.size() == s.model.rope_long_factor.size(),
-                  "attributes rope_* of /model are inconsistent (need >= 1 original positions, a "
-                  "scaling factor >= 1 and as many short factors as long)");
+                      (s.model.rope_scaling_factor == 1 || s.model.rope_original_positions >= 2),
+                  "attributes rope_* of /model are inconsistent (need >= 1 original positions, "
+                  ">= 2 with a scaling factor > 1, and a scaling factor >= 1)");
     }
     if (s.model.rope_scaling == "llama3") {
       s.model.rope_low_freq_factor = positive("rope_low_freq_factor");
@@ -719,6 +720,12 @@ CheckpointState read_state(hid_t file) {
                     (s.model.rotary_dim == 0 || s.model.position == "rope"),
                 "attribute rotary_dim of /model is ", s.model.rotary_dim,
                 ", not an even count in [0, ", hd, "] (the head's width; > 0 only with rope)");
+    const size_t pairs = size_t(s.model.rotary_dim > 0 ? s.model.rotary_dim : hd) / 2;
+    TRIAD_CHECK(s.model.rope_scaling != "longrope" || (s.model.rope_short_factor.size() == pairs &&
+                                                       s.model.rope_long_factor.size() == pairs),
+                "attributes rope_short_factor and rope_long_factor of /model hold ",
+                s.model.rope_short_factor.size(), " and ", s.model.rope_long_factor.size(),
+                " factors, not one per rotated pair (", pairs, ")");
   }
   s.model.sliding_window = io::read_int64_attr(model, "sliding_window").value_or(0);
   TRIAD_CHECK(s.model.sliding_window >= 0 && s.model.sliding_window <= (int64_t(1) << 30),

@@ -396,6 +396,9 @@ double rope_frequency(const GptShape& shape, int i, int hd) {
 
 std::vector<float> rope_table(const GptShape& shape) {
   const int hd = shape.rot(), half = hd / 2;  // the rotated values of a head
+  TRIAD_CHECK(shape.rope_ext.empty() || shape.rope_ext.size() == size_t(half),
+              "internal error: ", shape.rope_ext.size(), " LongRoPE factors for ", half,
+              " rotated pairs");
   // YaRN and LongRoPE scale the rotated q and k (so the attention scores by its square).
   double scale = shape.yarn ? 0.1 * std::log(shape.rope_factor) + 1.0 : 1.0;
   if (!shape.rope_ext.empty() && shape.rope_factor > 1.0)

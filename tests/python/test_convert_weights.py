@@ -799,6 +799,13 @@ def test_phi3_longrope_imports_and_evaluates_as_transformers(imported, tmp_path,
     state = again.float().state_dict()
     for k, v in model.float().state_dict().items():
         assert torch.equal(state[k], v), k
+    # Granite's multipliers have no place in Phi-3's format: such a checkpoint is not exported.
+    shutil.copy(out, tmp_path / "scaled.h5")
+    with h5py.File(tmp_path / "scaled.h5", "r+") as f:
+        f["model"].attrs["embed_scale"] = 2.0
+    assert_clean_failure(tool("triad-convert", "export", tmp_path / "scaled.h5",
+                              tmp_path / "scaled", "--to", "hf", "--vocab", "none"),
+                         "Phi-3", "model.embed_scale")
     # A config with other factors does not read this checkpoint.
     p = train("--config", cfg, "--eval-only", "--init-from", out, "--model-from", out,
               "--model.rope_long_factor", ", ".join(map(str, short)))
