@@ -905,10 +905,7 @@ def phi_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                         {"partial_rotary_factor": lambda: float(cfg.get("partial_rotary_factor",
                                                                         0.5))})
     refusals = c.refusals
-    act = cfg.get("hidden_act", "gelu_new")
-    if act != "gelu" and act not in TANH_GELU:
-        refusals.append(f"hidden_act {act!r} (triad's MLPs use GELU exact, 'gelu', or its tanh "
-                        f"approximation: {', '.join(TANH_GELU)})")
+    mlp = gelu_activation(cfg, refusals, "gelu_new")
     if cfg.get("qk_layernorm"):
         refusals.append("qk_layernorm = true (a LayerNorm of each q and k head, which triad's "
                         "Phi does not have)")
@@ -924,7 +921,7 @@ def phi_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     refuse_or_check_positions(where, refusals, seq_len, c.n_pos, "max_position_embeddings")
     d = Dims(c.n_layer, c.n_head, c.n_embd, seq_len or c.n_pos, c.vocab, position="rope",
              rope_theta=c.theta, norm="layernorm", bias=True,
-             mlp="gelu_exact" if act == "gelu" else "gelu", mlp_hidden=c.hidden, tied=False,
+             mlp=mlp, mlp_hidden=c.hidden, tied=False,
              n_kv_head=c.kv, norm_eps=c.eps, rotary_dim=0 if rot == hd else rot,
              parallel_residual=True, shared_norm=True, head_bias=True)
     d.check(where)
@@ -972,10 +969,7 @@ def gptj_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                            f"n_positions, n_inner, rotary_dim and a numeric layer_norm_epsilon "
                            f"({e})")
     refusals = []
-    act = cfg.get("activation_function", "gelu_new")
-    if act != "gelu" and act not in TANH_GELU:
-        refusals.append(f"activation_function {act!r} (triad's MLPs use GELU exact, 'gelu', or "
-                        f"its tanh approximation: {', '.join(TANH_GELU)})")
+    mlp = gelu_activation(cfg, refusals, "gelu_new", "activation_function")
     if n_head <= 0 or n_embd % n_head:
         refusals.append(f"n_embd {n_embd} is not a multiple of n_head {n_head}")
     hd = n_embd // max(n_head, 1)
@@ -991,7 +985,7 @@ def gptj_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     refuse_or_check_positions(where, refusals, seq_len, n_pos, "n_positions")
     d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab, position="rope",
              rope_theta=10000.0, norm="layernorm", bias=False, mlp_bias=True, norm_bias=True,
-             mlp="gelu_exact" if act == "gelu" else "gelu", mlp_hidden=hidden, tied=False,
+             mlp=mlp, mlp_hidden=hidden, tied=False,
              norm_eps=eps, rotary_dim=0 if rot == hd else rot, parallel_residual=True,
              shared_norm=True, head_bias=True)
     d.check(where)
@@ -1206,6 +1200,17 @@ def falcon_qkv_order(d: Dims, t: str, a: np.ndarray, to_hf: bool = False) -> np.
     return np.ascontiguousarray(np.concatenate([q, k, v], axis=1).reshape(a.shape))
 
 
+def gelu_activation(cfg: dict, refusals: list[str], default: str,
+                    key: str = "hidden_act") -> str:
+    """triad's MLP for a Hugging Face config's GELU (`key`, absent: default): gelu_exact for
+    "gelu", gelu for the tanh approximations; another activation goes to the refusals."""
+    act = cfg.get(key, default)
+    if act != "gelu" and act not in TANH_GELU:
+        refusals.append(f"{key} {act!r} (triad's MLPs use GELU exact, 'gelu', or its tanh "
+                        f"approximation: {', '.join(TANH_GELU)})")
+    return "gelu_exact" if act == "gelu" else "gelu"
+
+
 def neox_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     """A Hugging Face GPT-NeoX config (GPTNeoXForCausalLM: Pythia, GPT-NeoX-20B) as triad's
     model: GPT-2's blocks with rope on rotary_pct of each head's values (model.rotary_dim), GELU
@@ -1229,17 +1234,14 @@ def neox_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     hd = n_embd // max(n_head, 1)
     if not (0 < eps <= 0.1):
         refusals.append(f"layer_norm_epsilon {eps} (triad's model.norm_eps is in (0, 0.1])")
-    act = cfg.get("hidden_act", "gelu")
-    if act != "gelu" and act not in TANH_GELU:
-        refusals.append(f"hidden_act {act!r} (triad's MLPs use GELU exact, 'gelu', or its tanh "
-                        f"approximation: {', '.join(TANH_GELU)})")
+    mlp = gelu_activation(cfg, refusals, "gelu")
     if cfg.get("attention_bias") is False:  # its MLP keeps biases: not one of triad's options
         refusals.append("attention_bias = false (the attention without biases beside an MLP "
                         "with them)")
     rot = refuse_rotation(cfg, refusals, "GPT-NeoX", "rotary_pct", pct, hd)
     refuse_or_check_positions(where, refusals, seq_len, n_pos, "max_position_embeddings")
     d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab, position="rope", rope_theta=theta,
-             norm="layernorm", bias=True, mlp="gelu_exact" if act == "gelu" else "gelu",
+             norm="layernorm", bias=True, mlp=mlp,
              mlp_hidden=hidden, tied=bool(cfg.get("tie_word_embeddings", False)), norm_eps=eps,
              rotary_dim=0 if rot == hd else rot, neox=True,
              parallel_residual=bool(cfg.get("use_parallel_residual", True)))
@@ -1256,10 +1258,7 @@ def starcoder2_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     trains without). Refused where triad computes something else."""
     c = LlamaLikeConfig(cfg, where, "norm_epsilon", 1e-5)
     refusals = c.refusals
-    act = cfg.get("hidden_act", "gelu_pytorch_tanh")
-    if act != "gelu" and act not in TANH_GELU:
-        refusals.append(f"hidden_act {act!r} (triad's MLPs use GELU exact, 'gelu', or its tanh "
-                        f"approximation: {', '.join(TANH_GELU)})")
+    mlp = gelu_activation(cfg, refusals, "gelu_pytorch_tanh")
     if cfg.get("rope_scaling"):
         refusals.append(f"rope_scaling {cfg['rope_scaling']} (triad's StarCoder2 is plain rope)")
     if c.n_head <= 0 or c.n_embd % c.n_head:
@@ -1279,7 +1278,7 @@ def starcoder2_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     bias = bool(cfg.get("use_bias", True))
     d = Dims(c.n_layer, c.n_head, c.n_embd, seq_len or c.n_pos, c.vocab, position="rope",
              rope_theta=c.theta, norm="layernorm", bias=bias, norm_bias=not bias,
-             mlp="gelu_exact" if act == "gelu" else "gelu", mlp_hidden=c.hidden,
+             mlp=mlp, mlp_hidden=c.hidden,
              tied=bool(cfg.get("tie_word_embeddings", True)), n_kv_head=c.kv, norm_eps=c.eps,
              sliding_window=sliding, starcoder2=True)
     d.check(where)

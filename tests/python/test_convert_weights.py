@@ -214,6 +214,20 @@ def finetune_export_and_reimport(d, cfg, ckpt, args, name, tmp_path, original):
     return tuned
 
 
+def evaluates_generates_and_tunes(model, d, cfg, ckpt, name, tmp_path):
+    """The import ckpt of model, its options from itself (--model-from): its loss and accuracy
+    are transformers' (evaluates_as_transformers), greedy generation its tokens, and fine-tuned as
+    run `name` and exported it loads in transformers computing triad's loss
+    (finetune_export_and_reimport, whose loaded model this returns)."""
+    args = ["--model-from", ckpt]
+    evaluates_as_transformers(model, d, cfg, ckpt, *args)
+    p = run([exe("triad-generate"), "--checkpoint", ckpt, "--vocab", VOCAB, "--top-k", "1",
+             "--prompt-ids", " ".join(map(str, PROMPT)), "--length", "20", "--output", "ids"],
+            check=True)
+    assert [int(t) for t in p.stdout.split()] == greedy_continuation(model, PROMPT, 20)
+    return finetune_export_and_reimport(d, cfg, ckpt, args, name, tmp_path, model)
+
+
 # (query heads, key/value heads): multi-head attention, grouped-query attention with groups of
 # 2 and of 4 (one key/value head), and 8 heads over 2 (a head order that is not its own inverse).
 HEADS = [(4, 4), (4, 2), (4, 1), (8, 2)]
@@ -843,14 +857,8 @@ def test_olmo_imports_trains_and_exports_as_transformers(imported, tmp_path, tie
         assert int(a["norm_weight"]) == 0 and a["norm"] in (b"layernorm", "layernorm")
         assert float(a.get("clip_qkv", 0.0)) == (clip or 0.0)
         assert np.all(f["model/h/1/ln_2/weight"][()] == 1) and np.all(f["model/ln_f/weight"][()] == 1)
-    args = ["--model-from", out]
-    evaluates_as_transformers(model, d, cfg, out, *args)
-    p = run([exe("triad-generate"), "--checkpoint", out, "--vocab", VOCAB, "--top-k", "1",
-             "--prompt-ids", " ".join(map(str, PROMPT)), "--length", "20", "--output", "ids"],
-            check=True)
-    assert [int(t) for t in p.stdout.split()] == greedy_continuation(model, PROMPT, 20)
     name = f"olmo-ft-{int(tied)}-{clip}"
-    finetune_export_and_reimport(d, cfg, out, args, name, tmp_path, model)
+    evaluates_generates_and_tunes(model, d, cfg, out, name, tmp_path)
     ckpt = sorted((d / "runs" / name / "ckpt").glob("step_*.h5"))[-1]
     with h5py.File(ckpt, "r") as f, h5py.File(out, "r") as g:
         for t in ("h/0/ln_1/weight", "h/1/ln_2/weight", "ln_f/weight"):
@@ -886,13 +894,7 @@ def test_starcoder2_imports_trains_and_exports_as_transformers(imported, tmp_pat
     d, _, cfg = imported
     model = starcoder2_model(sliding_window=window, tie_word_embeddings=tied)
     out = import_hf(model, tmp_path / "sc2", "StarCoder2")
-    args = ["--model-from", out]
-    evaluates_as_transformers(model, d, cfg, out, *args)
-    p = run([exe("triad-generate"), "--checkpoint", out, "--vocab", VOCAB, "--top-k", "1",
-             "--prompt-ids", " ".join(map(str, PROMPT)), "--length", "20", "--output", "ids"],
-            check=True)
-    assert [int(t) for t in p.stdout.split()] == greedy_continuation(model, PROMPT, 20)
-    tuned = finetune_export_and_reimport(d, cfg, out, args, f"sc2-ft-{window}", tmp_path, model)
+    tuned = evaluates_generates_and_tunes(model, d, cfg, out, f"sc2-ft-{window}", tmp_path)
     assert tuned.config.sliding_window == window
 
 
