@@ -1308,18 +1308,13 @@ def starcoder2_sources(d: Dims) -> dict[str, list[str]]:
 def starcoder2_hf_config(d: Dims) -> dict:
     """config.json for transformers' Starcoder2ForCausalLM computing what triad's model of its
     blocks computes (the inverse of starcoder2_config_dims)."""
-    extra = [what for what, on in (
-        ("QK-norm (model.qk_norm)", d.qk_norm), ("experts (model.moe_experts)", d.moe_experts),
-        ("rope scaling (model.rope_scaling)", d.rope_scaling is not None or d.yarn is not None or
-         d.longrope is not None),
-        ("heads of another width than n_embd / n_head (model.head_dim)", d.head_dim),
-        ("partial rotary (model.rotary_dim)", d.rotary_dim),
-        ("full-attention layers among windowed ones (model.full_attention_every)",
-         d.full_attention_every)) if on]
-    if extra:
-        raise ConvertError(f"a model of StarCoder2's blocks (rope, LayerNorms, GELU, biases, "
-                           f"grouped-query attention or a window) exports as Hugging Face's "
-                           f"StarCoder2, which has none of {', '.join(extra)}")
+    refuse_absent(d, "a model of StarCoder2's blocks (rope, LayerNorms, GELU, biases, "
+                     "grouped-query attention or a window) exports as Hugging Face's StarCoder2",
+                  ("LongRoPE (model.rope_scaling = longrope)", d.longrope is not None),
+                  ("heads of another width than n_embd / n_head (model.head_dim)", d.head_dim),
+                  ("partial rotary (model.rotary_dim)", d.rotary_dim),
+                  ("full-attention layers among windowed ones (model.full_attention_every)",
+                   d.full_attention_every), holds_window=True)
     return llama_like_hf(d, "Starcoder2ForCausalLM", "starcoder2", norm_epsilon=d.norm_eps,
                          hidden_act="gelu" if d.mlp == "gelu_exact" else "gelu_pytorch_tanh",
                          use_bias=d.bias, sliding_window=d.sliding_window or None,
@@ -2341,14 +2336,14 @@ def qwen_moe_hf_keys(d: Dims) -> dict:
                 output_router_logits=False)
 
 
-def refuse_absent(d: Dims, fmt: str, *more: tuple) -> None:
+def refuse_absent(d: Dims, fmt: str, *more: tuple, holds_window: bool = False) -> None:
     """Raises, naming them, for the options of d that Hugging Face's `fmt` has none of: QK-norm,
-    rope scaling, a sliding window and experts (none of the formats that call this holds them),
-    and the (description, present) pairs in `more`."""
+    rope scaling, a sliding window (unless holds_window: Phi-3's, StarCoder2's) and experts, and
+    the (description, present) pairs in `more`."""
     extra = [what for what, on in (
         ("QK-norm (model.qk_norm)", d.qk_norm),
         ("rope scaling (model.rope_scaling)", d.rope_scaling is not None or d.yarn is not None),
-        ("a sliding window (model.sliding_window)", d.sliding_window),
+        ("a sliding window (model.sliding_window)", d.sliding_window and not holds_window),
         ("experts (model.moe_experts)", d.moe_experts), *more) if on]
     if extra:
         raise ConvertError(f"{fmt}, which has none of {', '.join(extra)}")
@@ -2543,16 +2538,13 @@ def phi3_hf_config(d: Dims) -> dict:
     Dims.fused) computing what triad's Llama-architecture model with LongRoPE computes (the
     inverse of longrope_scaling): max_position_embeddings the original context stretched by the
     factor, original_max_position_embeddings, and both lists of factors."""
-    extra = [what for what, on in (
-        ("QK-norm (model.qk_norm)", d.qk_norm), ("experts (model.moe_experts)", d.moe_experts),
-        ("a c_attn bias (model.qkv_bias)", d.qkv_bias),
-        ("heads of another width than n_embd / n_head (model.head_dim)", d.head_dim),
-        ("partial rotary (model.rotary_dim)", d.rotary_dim),
-        ("Granite's multipliers (model.embed_scale, attn_scale, residual_scale, logit_scale)",
-         d.multiplied)) if on]
-    if extra:
-        raise ConvertError(f"a model with LongRoPE (model.rope_scaling = longrope) exports as "
-                           f"Hugging Face's Phi-3, which has none of {', '.join(extra)}")
+    refuse_absent(d, "a model with LongRoPE (model.rope_scaling = longrope) exports as Hugging "
+                     "Face's Phi-3",
+                  ("a c_attn bias (model.qkv_bias)", d.qkv_bias),
+                  ("heads of another width than n_embd / n_head (model.head_dim)", d.head_dim),
+                  ("partial rotary (model.rotary_dim)", d.rotary_dim),
+                  ("Granite's multipliers (model.embed_scale, attn_scale, residual_scale, "
+                   "logit_scale)", d.multiplied), holds_window=True)
     stretch, original, short, long = d.longrope
     positions = round(stretch * original)
     if positions / original != stretch or positions < d.seq_len:

@@ -416,6 +416,15 @@ TrainOutcome Trainer::run() {
                                : tokens_per_step;
     const float dloss_scale = counted > 0 ? float(1.0 / counted) : 0.0f;
     const bool zero = cfg.parallel.zero >= 1;
+    // The reduction of a gradient range final for the step (with pp = 1 the last micro-batch's
+    // bucket, with a pipeline a chunk's after its last backward pass): a non-blocking reduction
+    // into the slices (ZeRO-1) or all-reduce (no ZeRO). A bucket of frozen tensors only
+    // (train.freeze) is not reduced: every rank holds zeros there, which no update reads.
+    const bool reduces = zero || s.replicas > 1;
+    const Gpt::GradReadyHook reduce_final = [&s, zero](size_t off, size_t n, float* data) {
+      if (s.all_frozen(off, n)) return CommRequest{};
+      return zero ? s.reduce_bucket(off, n, data, false) : s.reduce_replicas(off, n, data);
+    };
     if (s.grid.shape().pp > 1) {
       // The pipeline runs all micro-batches of the step by the schedule; every stage reads
       // the same sequences (the first stage needs the inputs, the last the targets).
@@ -425,19 +434,9 @@ TrainOutcome Trainer::run() {
       const bool profile = cfg.train.profile_step == st + 1;
       std::vector<ComputeInterval> actions;
       if (profile) s.model->trace_next_step(&actions);
-      // Each range of the stage's gradient, final once a chunk's last backward pass of the step
-      // has formed it, goes to a non-blocking all-reduce (no ZeRO) or reduction into the slices
-      // (ZeRO-1) while the pipeline drains (frozen ranges aside, as with pp = 1).
-      if (zero) {
-        s.zero_grad_shards();  // the slices' padding past the parameters is no range's
-        s.model->set_grad_ready_hook([&s](size_t off, size_t n, float* data) {
-          return s.all_frozen(off, n) ? CommRequest{} : s.reduce_bucket(off, n, data, false);
-        });
-      } else if (s.replicas > 1) {
-        s.model->set_grad_ready_hook([&s](size_t off, size_t n, float* data) {
-          return s.all_frozen(off, n) ? CommRequest{} : s.reduce_replicas(off, n, data);
-        });
-      }
+      // Each range of the stage's gradient goes to its reduction while the pipeline drains.
+      if (zero) s.zero_grad_shards();  // the slices' padding past the parameters is no range's
+      if (reduces) s.model->set_grad_ready_hook(reduce_final);
       const ForwardStats f =
           s.model->pipeline_step(s.inputs.data(), s.targets.data(), accum, mbs, dloss_scale);
       s.model->set_grad_ready_hook(nullptr);
@@ -449,23 +448,14 @@ TrainOutcome Trainer::run() {
       if (zero) s.zero_grad_shards();
       for (int m = 0; m < accum; ++m) {
         // The last micro-batch's backward hands each finished bucket (ln_f and the head, every
-        // layer, the embeddings) to a non-blocking all-reduce (no ZeRO) or reduction into the
-        // slices (ZeRO-1) while it computes the next one; ZeRO-2 and 3 reduce every micro-batch's
-        // buckets into the slices so.
-        // A bucket of frozen tensors only (train.freeze) is not reduced: every rank holds zeros
-        // there, which no update reads.
+        // layer, the embeddings) to its reduction while it computes the next one; ZeRO-2 and 3
+        // reduce every micro-batch's buckets into the slices so.
         if (s.model->bucketed_grads()) {
           s.model->set_grad_ready_hook([&s](size_t off, size_t n, float* data) {
             return s.all_frozen(off, n) ? CommRequest{} : s.reduce_bucket(off, n, data, true);
           });
-        } else if (m == accum - 1 && zero) {
-          s.model->set_grad_ready_hook([&s](size_t off, size_t n, float* data) {
-            return s.all_frozen(off, n) ? CommRequest{} : s.reduce_bucket(off, n, data, false);
-          });
-        } else if (m == accum - 1 && s.replicas > 1 && !zero) {
-          s.model->set_grad_ready_hook([&s](size_t off, size_t n, float* data) {
-            return s.all_frozen(off, n) ? CommRequest{} : s.reduce_replicas(off, n, data);
-          });
+        } else if (m == accum - 1 && reduces) {
+          s.model->set_grad_ready_hook(reduce_final);
         }
         s.train_data->fill(base + int64_t(m) * mbs, mbs, s.inputs.data(), s.targets.data());
         const ForwardStats f =
