@@ -160,6 +160,8 @@ class Dims:
     tied: bool = True
     n_kv_head: int = 0  # key/value heads; 0: n_head (no grouped-query attention)
     qk_norm: bool = False  # q_norm / k_norm per head (model.qk_norm): no export format holds it
+    # ... over all heads' q and all k instead (model.qk_norm_full: OLMoE's, OLMo-2's)
+    qk_norm_full: bool = False
     qkv_bias: bool = False  # c_attn's bias without the others (model.qkv_bias: Qwen2)
     mlp_bias: bool = False  # c_fc's and c_proj's without the attention's (model.mlp_bias: GPT-J)
     norm_eps: float = 1e-5  # the normalizations' epsilon (model.norm_eps)
@@ -244,12 +246,14 @@ class Dims:
     @property
     def moe_format(self) -> str | None:
         """The Hugging Face model_type of its mixture of experts: GraniteMoE's read from its
-        layout or with Granite's multipliers, Qwen2-MoE's with gated shared experts, Qwen3-MoE's
-        with QK-norm, else Mixtral's; None: dense."""
+        layout or with Granite's multipliers, OLMoE's with QK-norm over all heads, Qwen2-MoE's
+        with gated shared experts, Qwen3-MoE's with QK-norm, else Mixtral's; None: dense."""
         if not self.moe_experts:
             return None
         if self.granite_moe or self.multiplied:
             return "granitemoe"
+        if self.qk_norm_full:
+            return "olmoe"
         return "qwen2_moe" if self.moe_shared_gate else "qwen3_moe" if self.qk_norm else "mixtral"
 
     @property
@@ -356,6 +360,8 @@ class Dims:
                 a["norm_bias"] = 1
             if not self.norm_weight:  # model.norm_weight (absent: 1)
                 a["norm_weight"] = 0
+            if self.qk_norm_full:  # model.qk_norm_full (absent: 0)
+                a["qk_norm_full"] = 1
             if self.embed_scale != 1.0:  # model.embed_scale (absent: 1)
                 a["embed_scale"] = float(self.embed_scale)
             if self.parallel_residual:  # model.parallel_residual (absent: 0)
@@ -423,6 +429,8 @@ class Dims:
                 keys["rope_long_factor"] = ", ".join(repr(float(x)) for x in self.longrope[3])
             if self.qk_norm:
                 keys["qk_norm"] = "true"
+            if self.qk_norm_full:
+                keys["qk_norm_full"] = "true"
             if self.qkv_bias:
                 keys["qkv_bias"] = "true"
             if self.mlp_bias:
@@ -611,7 +619,7 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
 
     kind = cfg.get("model_type", "gpt2")
     if kind in ("llama", "mistral", "phi3", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe",
-                "granite", "granitemoe", "olmo"):
+                "granite", "granitemoe", "olmo", "olmoe"):
         return llama_config_dims(cfg, where, seq_len)
     if kind in ("nemotron", "stablelm"):
         return layernorm_config_dims(cfg, where, seq_len)
@@ -632,12 +640,14 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     if kind in UNBUILT_MOE:
         raise ConvertError(f"{where}: model_type is {kind!r}, a mixture of experts triad does "
                            f"not compute: {UNBUILT_MOE[kind]} (triad imports Mixtral's, "
-                           f"'mixtral', Qwen2-MoE's, 'qwen2_moe', and Qwen3-MoE's, 'qwen3_moe')")
+                           f"'mixtral', Qwen2-MoE's, 'qwen2_moe', Qwen3-MoE's, 'qwen3_moe', and "
+                           f"OLMoE's, 'olmoe')")
     if kind != "gpt2":
         raise ConvertError(f"{where}: model_type is {kind!r}; triad imports GPT-2 ('gpt2'), "
                            f"Llama ('llama'), Mistral ('mistral'), Mixtral ('mixtral'), Phi-3 "
                            f"('phi3'), Qwen2 ('qwen2'), Qwen2-MoE ('qwen2_moe'), Qwen3 ('qwen3'), "
-                           f"Qwen3-MoE ('qwen3_moe'), Nemotron ('nemotron'), StableLM "
+                           f"Qwen3-MoE ('qwen3_moe'), OLMo ('olmo'), OLMoE ('olmoe'), "
+                           f"Nemotron ('nemotron'), StableLM "
                            f"('stablelm'), Gemma ('gemma', 'gemma2'), Granite ('granite', "
                            f"'granitemoe'), Cohere ('cohere'), Phi ('phi'), "
                            f"GPT-NeoX ('gpt_neox'), GPT-J ('gptj') and Falcon "
@@ -675,7 +685,6 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
 
 # Hugging Face's mixtures of experts whose blocks triad does not build, and why.
 UNBUILT_MOE = {
-    "olmoe": "its QK-norm spans the whole q and k projections, triad's (model.qk_norm) each head",
     "jetmoe": "its attention is a mixture of experts too",
     "phimoe": "its router is sparsemixer, and its norms are LayerNorms with biases",
     "dbrx": "its attention clips q, k and v (clip_qkv), and its experts are stored fused",
@@ -824,6 +833,19 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     if qwen2_moe or qwen3_moe:
         moe, hidden = qwen_moe_keys(cfg, where, n_layer, hidden, refusals)
         experts, top_k = moe.pop("moe_experts"), moe.pop("moe_top_k")
+    # OLMoE's (OlmoeForCausalLM): Llama's blocks with QK-norm over the whole q and the whole k
+    # projection (model.qk_norm_full) and in every layer a mixture of num_experts SwiGLU experts
+    # of intermediate_size units, num_experts_per_tok per token, routed as Qwen3-MoE's.
+    olmoe = cfg.get("model_type") == "olmoe"
+    if olmoe:
+        experts, top_k, normalize = routed_experts(cfg, where, refusals)
+        moe = dict(moe_normalize=normalize)
+        if "rms_norm_eps" not in cfg:  # OlmoeConfig's default
+            eps = 1e-5
+        if cfg.get("clip_qkv") is not None:
+            refusals.append(f"clip_qkv {cfg['clip_qkv']!r} (OLMoE clamps q, k and v after its "
+                            f"QK-norm; triad's model.clip_qkv clamps c_attn's output and is not "
+                            f"built beside QK-norm)")
     window = cfg.get("sliding_window") if mistral or \
         ((qwen2 or qwen3) and cfg.get("use_sliding_window")) else None
     sliding = 0  # model.sliding_window: Mistral's window where it cuts the context
@@ -854,7 +876,8 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
              mlp="swiglu", mlp_hidden=hidden,
              tied=bool(cfg.get("tie_word_embeddings", False)), n_kv_head=kv, rope_scaling=scaling,
              yarn=yarn, longrope=longrope,
-             qkv_bias=qwen2, norm_eps=eps, head_dim=head_dim, qk_norm=qwen3,
+             qkv_bias=qwen2, norm_eps=eps, head_dim=head_dim, qk_norm=qwen3 or olmoe,
+             qk_norm_full=olmoe,
              sliding_window=sliding, moe_experts=experts, moe_top_k=top_k, fused=phi3, **moe,
              **granite)
     d.check(where)
@@ -1395,24 +1418,16 @@ def qwen_moe_keys(cfg: dict, where: str, n_layer: int, dense_hidden: int,
     with its gated shared expert), and the experts' width (model.mlp_hidden, which triad's
     dense layers among them share); what triad does not build is added to refusals."""
     qwen2 = cfg.get("model_type") == "qwen2_moe"
+    experts, top_k, normalize = routed_experts(cfg, where, refusals)
     try:
-        experts, top_k = int(cfg["num_experts"]), int(cfg["num_experts_per_tok"])
         hidden = int(cfg["moe_intermediate_size"])
         shared = int(cfg["shared_expert_intermediate_size"]) if qwen2 else 0
         step = int(cfg.get("decoder_sparse_step", 1))
         dense = sorted(int(i) for i in (cfg.get("mlp_only_layers") or []))
     except (KeyError, TypeError, ValueError) as e:
-        raise ConvertError(f"{where}: a Qwen MoE config needs integer num_experts, "
-                           f"num_experts_per_tok, moe_intermediate_size, "
+        raise ConvertError(f"{where}: a Qwen MoE config needs integer moe_intermediate_size, "
                            f"{'shared_expert_intermediate_size, ' if qwen2 else ''}"
                            f"decoder_sparse_step and a list of mlp_only_layers ({e})")
-    normalize = bool(cfg.get("norm_topk_prob", False))
-    if not 1 <= experts <= 256:
-        refusals.append(f"num_experts {experts} (triad's model.moe_experts is in [1, 256])")
-    if not 1 <= top_k <= experts or (top_k == 1 and normalize):
-        refusals.append(f"num_experts_per_tok {top_k} with norm_topk_prob {normalize} (1 to "
-                        f"num_experts, and 2 or more with norm_topk_prob: one renormalized gate "
-                        f"is always 1)")
     if qwen2 and shared < 1:
         refusals.append(f"shared_expert_intermediate_size {shared} (a positive width)")
     # Qwen's layer i has the experts when it is not in mlp_only_layers and (i + 1) is a multiple
@@ -1431,6 +1446,25 @@ def qwen_moe_keys(cfg: dict, where: str, n_layer: int, dense_hidden: int,
     return dict(moe_experts=experts, moe_top_k=top_k, moe_normalize=normalize,
                 moe_shared_hidden=shared, moe_shared_gate=qwen2, moe_first_dense=max(first, 0),
                 moe_every=step), hidden
+
+
+def routed_experts(cfg: dict, where: str, refusals: list[str]) -> tuple[int, int, bool]:
+    """The experts, the experts per token and norm_topk_prob of a Qwen-MoE or OLMoE config (the
+    softmax of all the router's logits, its k largest kept, renormalized or not); what triad does
+    not build is added to refusals."""
+    try:
+        experts, top_k = int(cfg["num_experts"]), int(cfg["num_experts_per_tok"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConvertError(f"{where}: a {cfg.get('model_type')} config needs integer num_experts "
+                           f"and num_experts_per_tok ({e})")
+    normalize = bool(cfg.get("norm_topk_prob", False))
+    if not 1 <= experts <= 256:
+        refusals.append(f"num_experts {experts} (triad's model.moe_experts is in [1, 256])")
+    if not 1 <= top_k <= experts or (top_k == 1 and normalize):
+        refusals.append(f"num_experts_per_tok {top_k} with norm_topk_prob {normalize} (1 to "
+                        f"num_experts, and 2 or more with norm_topk_prob: one renormalized gate "
+                        f"is always 1)")
+    return experts, top_k, normalize
 
 
 def head_dim_of(cfg: dict, n_embd: int, n_head: int) -> int:
@@ -1554,7 +1588,7 @@ def llama_sources(d: Dims) -> dict[str, list[str]]:
         if not d.norm_weight:  # OLMo's norms hold nothing (triad's are ones: ones_for)
             for t in ("ln_1/weight", "ln_2/weight"):
                 src.pop(p + t, None)
-        if d.moe_layer(i) and d.moe_format in ("qwen2_moe", "qwen3_moe"):  # their sparse MLP
+        if d.moe_layer(i) and d.moe_format in ("qwen2_moe", "qwen3_moe", "olmoe"):  # sparse MLP
             m = h + "mlp."
             experts = [m + f"experts.{e}." for e in range(d.moe_experts)]
             src.update({
@@ -1646,15 +1680,19 @@ def llama_query_order(d: Dims, t: str, a: np.ndarray, to_hf: bool = False) -> np
     kv·g .. kv·g + g - 1; triad repeats the key/value heads whole, query head h using key/value
     head h % n_kv_head, so that tensor parallelism can cut c_attn into equal blocks of
     n_kv_head heads (docs/formats.md). HF's query head kv·g + j is triad's j·n_kv_head + kv:
-    c_attn's q rows and attn.c_proj's input columns move by whole heads; k and v stay."""
-    if d.kv == d.n_head or not t.endswith(("attn/c_attn/weight", "attn/c_attn/bias",
-                                           "attn/c_proj/weight")):
+    c_attn's q rows and attn.c_proj's input columns move by whole heads (and q_norm's weights
+    under model.qk_norm_full, one per q value); k and v stay."""
+    q_norm = d.qk_norm_full and t.endswith("attn/q_norm/weight")
+    if d.kv == d.n_head or not (q_norm or t.endswith(("attn/c_attn/weight", "attn/c_attn/bias",
+                                                      "attn/c_proj/weight"))):
         return a  # one key/value head per query head: the orders agree
     nh, hd, g = d.n_head, d.hd, d.n_head // d.kv
     h = np.arange(nh)
     order = (h % d.kv) * g + h // d.kv  # triad's head h is HF's head order[h]
     if to_hf:
         order = np.argsort(order)  # HF's head h' is triad's head order[h']
+    if q_norm:
+        return a.reshape(nh, hd)[order].reshape(a.shape)
     if t.endswith(("c_attn/weight", "c_attn/bias")):  # q: the first C rows, head-major
         q = a[:d.attn_width].reshape(nh, hd, -1)[order].reshape(d.attn_width, *a.shape[1:])
         return np.concatenate([q, a[d.attn_width:]])
@@ -1702,7 +1740,7 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
             where[name] = st
     if d.position == "rope":  # Llama's family
         kind = ({"qwen2_moe": "Qwen2-MoE", "qwen3_moe": "Qwen3-MoE", "mixtral": "Mixtral",
-                 "granitemoe": "GraniteMoE"}.get(
+                 "granitemoe": "GraniteMoE", "olmoe": "OLMoE"}.get(
             d.moe_format or "") or ("GPT-NeoX" if d.neox else "Falcon" if d.falcon else
                                     "Nemotron" if d.mlp == "relu2" else
                                     "Cohere" if d.cohere else "Phi" if d.phi else
@@ -2207,6 +2245,7 @@ def refuse_unexported_experts(path: Path, a: dict, llama: bool) -> None:
     shared, gated = int(a.get("moe_shared_hidden", 0)), int(a.get("moe_shared_gate", 0)) == 1
     first, every = int(a.get("moe_first_dense", 0)), int(a.get("moe_every", 1))
     qk, bias = int(a.get("qk_norm", 0)) == 1, int(a.get("qkv_bias", 0)) == 1
+    full = int(a.get("qk_norm_full", 0)) == 1
     score = a.get("moe_score", "softmax")
     score = score.decode() if isinstance(score, bytes) else str(score)
     why = None
@@ -2221,6 +2260,9 @@ def refuse_unexported_experts(path: Path, a: dict, llama: bool) -> None:
         why = (f"the model's MLPs are mixtures of {E} experts (model.moe_experts) in blocks "
                f"other than Llama's; the export formats with experts, Hugging Face's Mixtral, "
                f"Qwen2-MoE and Qwen3-MoE, have Llama's blocks (rope, RMSNorm, SwiGLU, no biases)")
+    elif full and (shared or first or every != 1):
+        why = ("the model normalizes q and k over all heads (model.qk_norm_full) beside experts, "
+               "which exports as Hugging Face's OLMoE: experts in every layer, no shared ones")
     elif shared and not gated:
         why = (f"the model has shared experts (model.moe_shared_hidden = {shared}) without a "
                f"gate; Hugging Face's Mixtral and Qwen3-MoE have none, and Qwen2-MoE's has a "
@@ -2305,6 +2347,7 @@ def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
              fused=a.get("rope_scaling") == "longrope",
              qkv_bias=int(a.get("qkv_bias", 0)) == 1, norm_eps=float(a.get("norm_eps", 1e-5)),
              head_dim=int(a.get("head_dim", 0)), qk_norm=int(a.get("qk_norm", 0)) == 1,
+             qk_norm_full=int(a.get("qk_norm_full", 0)) == 1,
              sliding_window=int(a.get("sliding_window", 0)),
              full_attention_every=int(a.get("full_attention_every", 0)),
              moe_experts=int(a.get("moe_experts", 0)), moe_top_k=int(a.get("moe_top_k", 0)),
@@ -2646,6 +2689,24 @@ def llama_hf_config(d: Dims) -> dict:
         raise ConvertError(f"the model's every {d.full_attention_every}th layer attends to the "
                            f"whole context (model.full_attention_every); Hugging Face's Llama, "
                            f"Mistral, Mixtral and Qwen classes hold one window for every layer")
+    if d.qk_norm_full:
+        # OLMoE's blocks (OlmoeForCausalLM); without experts they would be OLMo-2's, whose norms
+        # follow the branches instead of leading them.
+        if d.moe_format != "olmoe":
+            raise ConvertError("the model normalizes q and k over all heads (model.qk_norm_full) "
+                               "without experts; the Hugging Face class with such blocks, "
+                               "OLMoE, has experts, and OLMo-2's norms follow the branches")
+        if d.rope_scaling is not None or d.yarn is not None or d.qkv_bias or d.head_dim or \
+                d.sliding_window:
+            raise ConvertError("a model with model.qk_norm_full and experts exports as OLMoE, "
+                               "whose transformers model has neither rope scaling, a c_attn "
+                               "bias, heads of another width than n_embd / n_head nor a sliding "
+                               "window")
+        return llama_like_hf(d, "OlmoeForCausalLM", "olmoe", rms_norm_eps=d.norm_eps,
+                             hidden_act="silu", attention_bias=False, clip_qkv=None,
+                             num_experts=d.moe_experts, num_experts_per_tok=d.moe_top_k,
+                             norm_topk_prob=d.moe_normalize, router_aux_loss_coef=0.01,
+                             output_router_logits=False, rope_scaling=None)
     if d.moe_format == "qwen2_moe":
         if d.qk_norm or d.rope_scaling is not None or d.yarn is not None or d.head_dim or \
                 d.sliding_window:

@@ -68,7 +68,8 @@ def resolve_checkpoint_path(p: str | Path) -> Path:
 def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
     """Parameter names and shapes of DESIGN.md §3 from the /model attributes (no wpe when the
     attribute position is rope: rotary positions; no LayerNorm biases when norm is rmsnorm;
-    c_attn's k and v rows for n_kv_head heads; q_norm and k_norm [head_dim] when qk_norm is 1;
+    c_attn's k and v rows for n_kv_head heads; q_norm and k_norm [head_dim] when qk_norm is 1
+    ([n_head·head_dim] and [n_kv_head·head_dim] with qk_norm_full 1);
     c_attn's bias alone when bias is 0 and qkv_bias 1, the MLP's with mlp_bias 1; moe_experts
     E > 0: experts/c_fc [E, F, C], experts/c_proj [E, C, H] and router [E, C] instead of the MLP's
     tensors in the layers moe_first_dense and moe_every give them; shared/c_fc, shared/c_proj with moe_shared_hidden,
@@ -90,7 +91,10 @@ def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
             p + "ln_1/weight": (C,), p + "ln_1/bias": (C,),
             p + "attn/c_attn/weight": (W, C), p + "attn/c_attn/bias": (W,),
         })
-        if qk:  # per-head RMSNorm weights of q and k, after c_attn in checkpoint order
+        if qk and a.get("qk_norm_full", 0) == 1:  # over all heads' q, and all k
+            kv = int(a.get("n_kv_head", H))
+            s.update({p + "attn/q_norm/weight": (A,), p + "attn/k_norm/weight": (kv * hd,)})
+        elif qk:  # per-head RMSNorm weights of q and k, after c_attn in checkpoint order
             s.update({p + "attn/q_norm/weight": (hd,), p + "attn/k_norm/weight": (hd,)})
         s.update({
             p + "attn/c_proj/weight": (C, A), p + "attn/c_proj/bias": (C,),
@@ -322,7 +326,8 @@ def _check(rep: Report) -> None:
     elif position == "rope" and not (isinstance(ma["rope_theta"], (int, float))
                                      and math.isfinite(ma["rope_theta"]) and ma["rope_theta"] > 1):
         P.append(f"/model attribute rope_theta = {ma['rope_theta']!r}, not a finite number > 1")
-    for flag, absent in (("bias", 1), ("tie_embeddings", 1), ("qk_norm", 0), ("qkv_bias", 0),
+    for flag, absent in (("bias", 1), ("tie_embeddings", 1), ("qk_norm", 0), ("qk_norm_full", 0),
+                         ("qkv_bias", 0),
                          ("mlp_bias", 0), ("norm_bias", 0), ("parallel_residual", 0), ("branch_norm", 0),
                          ("shared_norm", 0), ("head_bias", 0)):
         if ma.get(flag, absent) not in (0, 1):

@@ -688,6 +688,9 @@ CheckpointState read_state(hid_t file) {
   s.model.bias = flag("bias");
   s.model.tied = flag("tie_embeddings");
   s.model.qk_norm = flag("qk_norm", 0);
+  s.model.qk_norm_full = flag("qk_norm_full", 0);
+  TRIAD_CHECK(s.model.qk_norm || !s.model.qk_norm_full,
+              "attribute qk_norm_full of /model is 1 without qk_norm");
   s.model.qkv_bias = flag("qkv_bias", 0);
   TRIAD_CHECK(!(s.model.qkv_bias && s.model.bias),
               "attributes bias and qkv_bias of /model are both 1 (qkv_bias goes with bias 0)");
@@ -1163,6 +1166,7 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
           if (state.model.mlp_hidden > 0)  // 0: not given (the default, 4·n_embd)
             io::write_int64_attr(model, "mlp_hidden", state.model.mlp_hidden);
           io::write_int64_attr(model, "qk_norm", state.model.qk_norm ? 1 : 0);
+          if (state.model.qk_norm_full) io::write_int64_attr(model, "qk_norm_full", 1);
           io::write_int64_attr(model, "qkv_bias", state.model.qkv_bias ? 1 : 0);
           if (state.model.mlp_bias) io::write_int64_attr(model, "mlp_bias", 1);
           if (state.model.norm_bias) io::write_int64_attr(model, "norm_bias", 1);

@@ -35,14 +35,22 @@ std::vector<LayerTensor> all_layer_tensors(const GptShape& shape, bool moe) {
   // NH/NKV blocks (1 without grouped-query attention). A = NH·hd (C unless model.head_dim).
   const int64_t W = shape.qkv_rows(), hd = shape.hd(), A = shape.attn_width();
   const int q_blocks = shape.n_head / shape.kv_heads();
+  // model.qk_norm's weights: [hd] shared by the heads (replicated), or under qk_norm_full one
+  // weight per q value (split as c_attn's q rows) and per k value (as its k rows).
+  const LayerTensor q_norm = shape.qk_norm_full
+                                 ? LayerTensor{"attn/q_norm/weight", {A}, 0, q_blocks}
+                                 : LayerTensor{"attn/q_norm/weight", {hd}, -1, 1};
+  const LayerTensor k_norm = shape.qk_norm_full
+                                 ? LayerTensor{"attn/k_norm/weight", {shape.kv_heads() * hd}, 0, 1}
+                                 : LayerTensor{"attn/k_norm/weight", {hd}, -1, 1};
   if (moe) {  // the experts' MLPs (no biases: their slots stay, has_tensor drops them)
     const int64_t E = shape.moe_experts;
     return {{"ln_1/weight", {C}, -1, 1},
             {"ln_1/bias", {C}, -1, 1},
             {"attn/c_attn/weight", {W, C}, 0, q_blocks + 2},
             {"attn/c_attn/bias", {W}, 0, q_blocks + 2},
-            {"attn/q_norm/weight", {hd}, -1, 1},
-            {"attn/k_norm/weight", {hd}, -1, 1},
+            q_norm,
+            k_norm,
             {"attn/c_proj/weight", {C, A}, 1, q_blocks},
             {"attn/c_proj/bias", {C}, -1, 1},
             {"ln_2/weight", {C}, -1, 1},
@@ -64,8 +72,8 @@ std::vector<LayerTensor> all_layer_tensors(const GptShape& shape, bool moe) {
           {"ln_1/bias", {C}, -1, 1},
           {"attn/c_attn/weight", {W, C}, 0, q_blocks + 2},
           {"attn/c_attn/bias", {W}, 0, q_blocks + 2},
-          {"attn/q_norm/weight", {hd}, -1, 1},  // model.qk_norm: shared by the heads
-          {"attn/k_norm/weight", {hd}, -1, 1},
+          q_norm,  // model.qk_norm: shared by the heads, or over all of them
+          k_norm,
           {"attn/c_proj/weight", {C, A}, 1, q_blocks},  // row-parallel: input columns
           {"attn/c_proj/bias", {C}, -1, 1},             // added once, after the all-reduce
           {"ln_2/weight", {C}, -1, 1},

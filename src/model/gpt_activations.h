@@ -46,7 +46,7 @@ struct Gpt::Set {
     float *ln1_mean, *ln1_rstd;  //
     A *qkv, *atty;               // attention internals (local heads)
     // model.qk_norm: c_attn's output before the norm (qkv holds it normalized), and each row's
-    // per-head 1/rms [rows, NHl + NKVl].
+    // per-head 1/rms [rows, NHl + NKVl] (qk_norm_full: its q's and its k's, [rows, 2]).
     A* qkv_pre = nullptr;
     float* qk_rstd = nullptr;
     // fp32: probabilities [B,NH,T,T]; bf16: log-sum-exp [B,NH,T]. Context parallel: those of
@@ -146,6 +146,9 @@ struct Gpt::Activations {
   // tp > 1, last stage: the vocabulary-parallel cross-entropy's row statistics of one chunk of
   // logits (4 per row).
   float* ce_stats = nullptr;
+  // model.qk_norm_full: each row's q and k sums of squares (forward) or Σ dout·w·x̂ (backward),
+  // [rows, 2], all-reduced over the tensor-parallel group.
+  float* qk_sums = nullptr;
   A* logits = nullptr;  // last chunk held: logits_rows × V/tp, the classifier's chunk (dlogits)
   // Sequence parallel: partial sums over all rows before a reduce-scatter, gathered gradients,
   // and one LayerNorm's weight and bias gradients before their all-reduce (or, tp > 1 and
@@ -241,7 +244,9 @@ struct Gpt::Activations {
       want_f(L.ln1_rstd, R);
       want(L.qkv, BT * Wl);
       if (s.qk_norm || s.clip_qkv > 0) want(L.qkv_pre, BT * Wl);  // the norm's or clamp's input
-      if (s.qk_norm) want_f(L.qk_rstd, BT * size_t(s.n_head + s.kv_heads()) / size_t(mp.tp));
+      if (s.qk_norm)
+        want_f(L.qk_rstd,
+               s.qk_norm_full ? BT * 2 : BT * size_t(s.n_head + s.kv_heads()) / size_t(mp.tp));
       if (!inference) want_f(L.att, att);  // inference attends without (attention_decode)
       want(L.atty, BT * Al);
       if (s.branch_norm) {  // the branches' outputs, which their norms' backward reads
@@ -379,7 +384,8 @@ struct Gpt::Activations {
     if (sp) want(full, BT * C);
     // One LayerNorm's (sequence parallel) or the q and k norms' (2·hd) weight gradients before
     // their tensor-parallel all-reduce.
-    if (sp || (s.qk_norm && mp.tp > 1)) want_f(ln_grads, 2 * C);
+    if (sp || (s.qk_norm && !s.qk_norm_full && mp.tp > 1)) want_f(ln_grads, 2 * C);
+    if (s.qk_norm_full) want_f(qk_sums, BT * 2);
     if (!kFp32) {
       if (mp.tp > 1) want_f(reduce_wide, BT * C + R * C);
       want_f(row_wide, size_t(s.padded_vocab_size));

@@ -182,11 +182,34 @@ void Gpt::mlp_output(typename Set<A>::Layer& L, const LayerTensors<const A>& w, 
 }
 
 template <class A>
+void Gpt::qk_norm_forward(A* dst, float* rstd, const A* qkv_pre, const A* wq, const A* wk, int N) {
+  const int Al = shape_.attn_width() / mp_.tp, NHl = shape_.n_head / mp_.tp;
+  const int NKVl = shape_.kv_heads() / mp_.tp;
+  if (!shape_.qk_norm_full) {
+    be_.qk_norm_forward(dst, rstd, qkv_pre, wq, wk, N, Al, NHl, NKVl, shape_.norm_eps);
+    return;
+  }
+  float* sums = acts<A>().qk_sums;
+  be_.qk_full_norm_sums(sums, qkv_pre, nullptr, nullptr, nullptr, nullptr, N, Al, NHl, NKVl);
+  tp_all_reduce(sums, 2 * size_t(N));  // each row's whole q and k, over the group's heads
+  be_.qk_full_norm_forward(dst, rstd, qkv_pre, sums, wq, wk, N, Al, NHl, NKVl, shape_.attn_width(),
+                           shape_.kv_heads() * shape_.hd(), shape_.norm_eps);
+}
+
+template <class A>
 void Gpt::qk_norm_backward(A* dqkv, float* dwq, float* dwk, const A* qkv_pre, const A* wq,
                            const A* wk, const float* rstd, int N) {
   const int Al = shape_.attn_width() / mp_.tp, NHl = shape_.n_head / mp_.tp;
   const int NKVl = shape_.kv_heads() / mp_.tp, hd = shape_.hd();
   constexpr GradMode kSet = GradMode::overwrite;
+  if (shape_.qk_norm_full) {
+    float* dots = acts<A>().qk_sums;
+    be_.qk_full_norm_sums(dots, qkv_pre, dqkv, wq, wk, rstd, N, Al, NHl, NKVl);
+    tp_all_reduce(dots, 2 * size_t(N));
+    be_.qk_full_norm_backward(dqkv, dwq, dwk, dqkv, qkv_pre, wq, wk, rstd, dots, N, Al, NHl, NKVl,
+                              shape_.attn_width(), shape_.kv_heads() * hd, kSet);
+    return;
+  }
   auto backward = [&](float* gq, float* gk) {
     be_.qk_norm_backward(dqkv, gq, gk, dqkv, qkv_pre, wq, wk, rstd, N, Al, NHl, NKVl, kSet);
   };
@@ -334,8 +357,7 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   auto project = [&](A* dst) {
     linear_forward(fp8_site(l, 0), kept ? L.qkv_pre : dst, ln1, w.qkvw, w.qkvb, N, C, Wl);
     if (shape_.qk_norm)
-      be_.qk_norm_forward(dst, L.qk_rstd, L.qkv_pre, w.qnw, w.knw, N, Al, NHl, NKVl,
-                          shape_.norm_eps);
+      qk_norm_forward(dst, L.qk_rstd, L.qkv_pre, w.qnw, w.knw, N);
     else if (shape_.clip_qkv > 0)
       be_.clamp(dst, L.qkv_pre, size_t(N) * Wl, shape_.clip_qkv);
   };

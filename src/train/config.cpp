@@ -82,6 +82,10 @@ class KeyTable {
         "the output layer is wte (true, GPT-2) or a tensor lm_head of its own (false, as Llama)");
     add("model.qk_norm", c.model.qk_norm,
         "per-head RMSNorm of q and k after c_attn, with weights q_norm and k_norm (as Qwen3)");
+    add("model.qk_norm_full", c.model.qk_norm_full,
+        "with model.qk_norm: one RMSNorm over all heads' q values and one over all k values "
+        "(q_norm [n_head·head_dim], k_norm [n_kv_head·head_dim], as OLMo-2 and OLMoE) instead "
+        "of each head's");
     add("model.bias", c.model.bias,
         "biases in the linear layers and LayerNorms (false: none, as nanoGPT's bias = False)");
     add("model.head_dim", c.model.head_dim,
@@ -890,6 +894,7 @@ void validate(const Config& c, int world_size) {
         "model.attn_softcap", "must be in [0, 1e4] (0: no cap)");
   check(std::isfinite(m.clip_qkv) && m.clip_qkv >= 0 && m.clip_qkv <= 1e4, "model.clip_qkv",
         "must be in [0, 1e4] (0: no clamp)");
+  check(!m.qk_norm_full || m.qk_norm, "model.qk_norm_full", "needs model.qk_norm = true");
   check(m.clip_qkv == 0 || !m.qk_norm, "model.clip_qkv",
         "is not built with model.qk_norm (both would keep c_attn's output)");
   check(std::isfinite(m.logit_scale) && m.logit_scale > 0 && m.logit_scale <= 1e4,

@@ -106,6 +106,7 @@ ModelShape model_shape(const Config& cfg) {
   m.tied = c.tie_embeddings;
   m.n_kv_head = c.kv_heads();
   m.qk_norm = c.qk_norm;
+  m.qk_norm_full = c.qk_norm_full;
   m.moe_experts = c.moe_experts;
   m.moe_top_k = c.moe_top_k;
   m.moe_normalize = c.moe_normalize;
@@ -169,6 +170,7 @@ GptShape gpt_shape(const ModelShape& m, int padded_vocab_size) {
   s.tied = m.tied;
   s.n_kv_head = int(m.n_kv_head);
   s.qk_norm = m.qk_norm;
+  s.qk_norm_full = m.qk_norm_full;
   s.moe_experts = int(m.moe_experts);
   s.moe_top_k = int(m.moe_top_k);
   s.moe_normalize = m.moe_normalize;

@@ -734,6 +734,10 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
       m.qk_norm == c.qk_norm, "checkpoint ", path, " holds a model ",
       m.qk_norm ? "with" : "without",
       " q and k norms but the config asks for model.qk_norm = ", c.qk_norm ? "true" : "false");
+  TRIAD_CHECK(m.qk_norm_full == c.qk_norm_full, "checkpoint ", path,
+              " holds a model whose q and k norms are ",
+              m.qk_norm_full ? "over all heads" : "per head",
+              " but the config asks for model.qk_norm_full = ", c.qk_norm_full ? "true" : "false");
   TRIAD_CHECK(m.moe_experts == c.moe_experts &&
                   (c.moe_experts == 0 ||
                    (m.moe_top_k == c.moe_top_k && m.moe_normalize == c.moe_normalize)),

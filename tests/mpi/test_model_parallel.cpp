@@ -812,6 +812,32 @@ TEST(ModelParallel, QkNormMatchesOneRankOnEveryGrid) {
   EXPECT_GT(std::abs(plain.losses.back() - ref.losses.back()), 1e-4);
 }
 
+// QK-norm over all heads (model.qk_norm_full: OLMo-2's, OLMoE's): q_norm and k_norm split with
+// the heads over the tensor-parallel group, each row's sums of squares (and the backward's sums)
+// all-reduced there; q 96 and k 48 wide (heads of 24, grouped queries), on every grid against one
+// rank (sequence parallel, zero-bubble and interleaved among them), recomputing the layer, in bf16
+// and resumed across grids. Per-head norms of the same weights' shapes cannot be compared, so the
+// same run with per-head norms (another model) must differ.
+TEST(ModelParallel, QkNormFullMatchesOneRankOnEveryGrid) {
+  const std::vector<std::string> opts = {
+      "--model.qk_norm",  "true",   "--model.qk_norm_full", "true", "--model.n_kv_head", "2",
+      "--model.head_dim", "24",     "--model.position",     "rope", "--model.norm",      "rmsnorm",
+      "--model.mlp",      "swiglu", "--model.bias",         "false"};
+  const Result ref = check_variant("qknormfull", opts,
+                                   {{2, 1, 1, 1, 2, "1f1b", 1},
+                                    {1, 2, 1, 0, 1, "1f1b", 1},
+                                    {1, 2, 1, 1, 2, "1f1b", 1, true},
+                                    {1, 1, 2, 0, 4, "zb-h1", 1},
+                                    {2, 2, 2, 1, 2, "interleaved", 2}},
+                                   {"full"}, true, Grid{1, 2, 1, 0, 2, "1f1b", 1});
+  std::vector<std::string> per_head = opts;
+  per_head[3] = "false";
+  per_head.insert(per_head.end(), {"--resume", "none"});
+  const Result heads = run(shared_dir("qknormfull"), "qk_per_head_ref", Grid{}, per_head);
+  ASSERT_FALSE(ref.losses.empty() || heads.losses.empty());
+  EXPECT_GT(std::abs(heads.losses.back() - ref.losses.back()), 1e-5);
+}
+
 TEST(ModelParallel, CheckpointsReshardAcrossTensorAndPipelineGrids) {
   const std::string dir = shared_dir("reshard");
   const Grid big{2, 2, 2, 1, 2, "1f1b", 1};

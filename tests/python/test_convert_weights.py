@@ -1561,6 +1561,46 @@ def test_qwen3_moe_imports_and_evaluates_as_its_definition(imported, tmp_path, n
     assert "shared_expert_intermediate_size" not in exported
 
 
+def olmoe_model(**config):
+    torch.manual_seed(31)
+    model = transformers.OlmoeForCausalLM(transformers.OlmoeConfig(**{
+        **dict(vocab_size=V, hidden_size=64, intermediate_size=40, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=N_POS,
+               rope_theta=500.0, rms_norm_eps=1e-5, tie_word_embeddings=False, num_experts=4,
+               num_experts_per_tok=2, norm_topk_prob=False, clip_qkv=None, pad_token_id=None,
+               attention_dropout=0.0), **config}))
+    return spread(model)
+
+
+def test_olmoe_imports_trains_and_exports_as_transformers(imported, tmp_path):
+    """transformers' OlmoeForCausalLM (Llama's blocks with one RMSNorm over each token's whole q
+    projection and one over its whole k projection, weights of 64 and 32 values; 4 query heads over
+    2 key/value heads; 4 SwiGLU experts, 2 per token, their gates not renormalized) imports as
+    model.qk_norm_full with experts: triad's loss and accuracy are transformers', on one rank and
+    on tp 2 × ep 2 (each rank's half of the heads, the norms' sums of squares reduced over the
+    pair), greedy generation its tokens; fine-tuned and exported it loads in transformers as OLMoE
+    computing triad's loss, and the import exported again is the original bit for bit. A
+    clip_qkv (which OLMoE applies after its norms) is refused."""
+    d, _, cfg = imported
+    model = olmoe_model()
+    out = import_hf(model, tmp_path / "olmoe", "OLMoE")
+    with h5py.File(out, "r") as f:
+        a = f["model"].attrs
+        assert (int(a["qk_norm"]), int(a["qk_norm_full"]), int(a["moe_experts"]),
+                int(a["moe_normalize"])) == (1, 1, 4, 0)
+        assert f["model/h/0/attn/q_norm/weight"].shape == (64,)
+        assert f["model/h/0/attn/k_norm/weight"].shape == (32,)
+    tuned = evaluates_generates_and_tunes(model, d, cfg, out, "olmoe-ft", tmp_path)
+    evaluates_on_tp2_ep2(cfg, out, hf_loss_accuracy(model, d)[0])
+    assert (tuned.config.num_experts, tuned.config.norm_topk_prob) == (4, False)
+    bad = json.loads((tmp_path / "olmoe" / "config.json").read_text())
+    bad["clip_qkv"] = 8.0
+    (tmp_path / "olmoe" / "config.json").write_text(json.dumps(bad))
+    assert_clean_failure(tool("triad-convert", "import", tmp_path / "olmoe", tmp_path / "bad.h5"),
+                         "config.json", "clip_qkv 8.0")
+    assert not (tmp_path / "bad.h5").exists()
+
+
 def test_mixtures_of_experts_triad_does_not_compute_are_refused(tmp_path):
     """Imports: Mixtral with one expert per token (its one renormalized gate is always 1), an
     expert's tensor of the wrong shape or missing, Qwen2-MoE's dense layers where triad's cannot
@@ -1580,7 +1620,7 @@ def test_mixtures_of_experts_triad_does_not_compute_are_refused(tmp_path):
     for change, needle in (({"num_experts_per_tok": 1}, "num_experts_per_tok 1"),
                            ({"num_local_experts": 300, "num_experts_per_tok": 2},
                             "num_local_experts 300"),
-                           ({"model_type": "olmoe"}, "whole q and k projections")):
+                           ({"model_type": "jetmoe"}, "attention is a mixture of experts")):
         (src / "config.json").write_text(json.dumps({**original, **change}))
         assert_clean_failure(tool("triad-convert", "import", src, out), "config.json", needle)
         assert not out.exists()

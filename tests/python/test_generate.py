@@ -60,18 +60,23 @@ def rope_checkpoint(tmp_path_factory):
 
 @pytest.mark.parametrize("n_kv_head,qk_norm,scaling,head_dim",
                          [(0, False, None, 0), (2, False, None, 0), (2, True, None, 0),
-                          (2, False, (8.0, 1.0, 4.0, 32), 0), (2, True, None, 24)],
-                         ids=["mha", "gqa", "gqa-qknorm", "gqa-llama3-rope", "qwen3-heads"])
+                          (2, False, (8.0, 1.0, 4.0, 32), 0), (2, True, None, 24),
+                          (2, "full", None, 24)],
+                         ids=["mha", "gqa", "gqa-qknorm", "gqa-llama3-rope", "qwen3-heads",
+                              "qknorm-full"])
 def test_llama_blocks_continuation_matches_torch(tmp_path, n_kv_head, qk_norm, scaling,
                                                  head_dim):
     """Llama's architecture (RMSNorm, rope, SwiGLU, no biases, an untied output layer; and
     grouped-query attention, 4 query heads over 2 key/value heads, whose cache holds the 2; and
     QK-norm, the cache holding normalized and rotated keys; and Llama 3.1's rope scaling; and
-    heads 24 wide at n_embd 64, Qwen3's shape) on one rank and on tp 2 × pp 2."""
+    heads 24 wide at n_embd 64, Qwen3's shape; and those heads with QK-norm over all of them,
+    model.qk_norm_full, each tp rank's half of the sums of squares reduced with the other's) on
+    one rank and on tp 2 × pp 2."""
     cfg = ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=32, vocab_size=50257,
                         position="rope", rope_theta=200.0, norm="rmsnorm", bias=False,
-                        mlp="swiglu", tied=False, n_kv_head=n_kv_head, qk_norm=qk_norm,
-                        rope_scaling=scaling, attn_head_dim=head_dim)
+                        mlp="swiglu", tied=False, n_kv_head=n_kv_head, qk_norm=bool(qk_norm),
+                        qk_norm_full=qk_norm == "full", rope_scaling=scaling,
+                        attn_head_dim=head_dim)
     continues_as_torch(tmp_path / "rms.h5", cfg, 6, 4, "--tp", 2, "--pp", 2)
 
 

@@ -247,6 +247,14 @@ CASES = [
                                position="rope", rope_theta=500.0, bias=False, mlp="swiglu",
                                n_kv_head=2, tied=False, norm_weight=False, clip_qkv=0.2),
          2, 40, 6, 193),
+    # OLMoE's blocks: Llama's with a mixture of SwiGLU experts (4, 2 per token, not renormalized)
+    # and QK-norm over all of q and all of k (model.qk_norm_full: q_norm [96], k_norm [48], with
+    # heads of 24 values and grouped-query attention so that the two widths differ).
+    Case("olmoe", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
+                                position="rope", rope_theta=500.0, norm="rmsnorm", bias=False,
+                                mlp="swiglu", mlp_hidden=64, tied=False, n_kv_head=2,
+                                attn_head_dim=24, qk_norm=True, qk_norm_full=True,
+                                moe_experts=4, moe_top_k=2, moe_normalize=False), 2, 40, 6, 197),
     # Parallel attention and MLP with a mixture of SwiGLU experts (4, 2 per token) on Llama's
     # blocks.
     Case("parallelmoe", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
@@ -307,6 +315,7 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                       vocab_size=c.vocab_size, position=c.position, rope_theta=c.rope_theta,
                       norm=c.norm, bias=c.bias, mlp=c.mlp, mlp_hidden=c.mlp_hidden,
                       tie_embeddings=c.tied, n_kv_head=c.n_kv_head, qk_norm=c.qk_norm,
+                      qk_norm_full=c.qk_norm_full,
                       qkv_bias=c.qkv_bias, mlp_bias=c.mlp_bias, norm_bias=c.norm_bias,
                       norm_eps=c.norm_eps,
                       head_dim=c.attn_head_dim,
@@ -430,16 +439,18 @@ def test_reference_checkpoint_round_trip(tmp_path):
                                                 ("learned", "rmsnorm", True),
                                                 ("learned", "layernorm", False),
                                                 ("swiglu", "layernorm", True),
-                                                ("qk_norm", "layernorm", True)])
+                                                ("qk_norm", "layernorm", True),
+                                                ("qk_norm_full", "rmsnorm", False)])
 def test_reference_gradients_vs_autograd_finite_differences(position, norm, bias):
     """The reference itself: torch.autograd.gradcheck on a tiny float64 model."""
     mlp = "swiglu" if position == "swiglu" else "gelu"
-    qk = position == "qk_norm"  # QK-norm with rope and one key/value head for both query heads
+    # QK-norm (per head, or over all heads) with rope and one key/value head for both query heads
+    qk = position.startswith("qk_norm")
     cfg = ref.GptConfig(n_layer=1, n_head=2, n_embd=8, seq_len=5, vocab_size=11,
                         position="learned" if mlp == "swiglu" else "rope" if qk else position,
                         rope_theta=7.0, norm=norm, bias=bias, mlp=mlp,
                         mlp_hidden=12 if mlp == "swiglu" else 0, n_kv_head=1 if qk else 0,
-                        qk_norm=qk)
+                        qk_norm=qk, qk_norm_full=position == "qk_norm_full")
     w = ref.random_weights(cfg, seed=3, dtype=torch.float64)
     names = ["h/0/attn/c_attn/weight", "h/0/ln_1/weight", "wte/weight"]
     names += ["h/0/mlp/c_fc/bias"] if bias else []
@@ -1283,7 +1294,7 @@ GRAD_CLIP = {"gpt2vocab": 1.0, "oddshapes": 1.0, "rope": 1.0, "rmsnorm": 1.2, "n
              "partialrope": 1.8, "relu2": 1.0, "moerelu2": 1.7, "nemotron": 1.8, "gemma": 1.45,
              "parallel": 1.0, "parallelmoe": 1.7, "neox": 1.25, "gemma2": 2.4,
              "sandwichmoe": 1.0, "granite": 0.18, "cohere": 0.44, "phi": 1.0, "gptj": 1.0,
-             "olmo": 1.7}
+             "olmo": 1.7, "olmoe": 2.0}
 
 
 # model.moe_capacity_factor: each expert takes the first ceil(f·N·k/E) of a pass's choices (the

@@ -150,6 +150,7 @@ def test_help_lists_every_key_with_defaults():
     (["--model.head_dim", "-2"], ["model.head_dim", "[0, 4096]"]),
     (["--model.clip_qkv", "-1"], ["model.clip_qkv", "[0, 1e4]"]),
     (["--model.clip_qkv", "8", "--model.qk_norm", "true"], ["model.clip_qkv", "model.qk_norm"]),
+    (["--model.qk_norm_full", "true"], ["model.qk_norm_full", "needs model.qk_norm = true"]),
     (["--model.qkv_bias", "true"], ["model.qkv_bias", "model.bias = false"]),
     (["--model.mlp_bias", "true"], ["model.mlp_bias", "model.bias = false"]),
     (["--model.mlp_bias", "true", "--model.bias", "false", "--model.moe_experts", "4"],
@@ -223,13 +224,18 @@ def test_qwen3_model_config_plans_its_parameters(tmp_path):
 
 
 # (layers, n_embd, attention width, key/value width, query/key norm weights, experts, chosen,
-# expert width, vocabulary): Mixtral-8x7B's and Qwen3-30B-A3B's config.json.
+# expert width, vocabulary): Mixtral-8x7B's, Qwen3-30B-A3B's and OLMoE-1B-7B's config.json
+# (OLMoE's norm weights one per q and k value: model.qk_norm_full).
 MOE_MODELS = {"mixtral-8x7b.ini": (32, 4096, 4096, 1024, 0, 8, 2, 14336, 32000),
-              "qwen3-30b-a3b.ini": (48, 2048, 4096, 512, 256, 128, 8, 768, 151936)}
+              "qwen3-30b-a3b.ini": (48, 2048, 4096, 512, 256, 128, 8, 768, 151936),
+              "olmoe-1b-7b.ini": (16, 2048, 2048, 2048, 4096, 64, 8, 1024, 50304)}
 
 
+# (OLMoE's total is the sum worked out here from its config.json, published as "6.9B"; its
+# active count is checked against the published 1.3B below.)
 @pytest.mark.parametrize("ini,published,published_active", [
-    ("mixtral-8x7b.ini", 46_702_792_704, 12.9e9), ("qwen3-30b-a3b.ini", 30_532_122_624, 3.3e9)])
+    ("mixtral-8x7b.ini", 46_702_792_704, 12.9e9), ("qwen3-30b-a3b.ini", 30_532_122_624, 3.3e9),
+    ("olmoe-1b-7b.ini", 6_919_161_856, 1.3e9)])
 def test_mixture_of_experts_model_configs_plan_their_parameters(tmp_path, ini, published,
                                                                  published_active):
     """inputs/models' Mixtral-8x7B and Qwen3-30B-A3B: --plan counts every expert's tensors and
@@ -605,6 +611,23 @@ def test_rmsnorm_checkpoints_hold_no_norm_biases_and_refuse_layernorm(tmp_path):
                        "with q and k norms", "model.qk_norm = false")
     assert_clean_error(train("--config", cfg, "--model.qk_norm", "true", "--init-from", ln,
                              "--run.name", "p"), "without q and k norms", "model.qk_norm = true")
+    # ... over all heads (model.qk_norm_full): q_norm [n_head·hd], k_norm [n_kv_head·hd], the
+    # attribute; a per-head config does not read it, nor it a per-head checkpoint.
+    qf = tmp_path / "runs" / "qf" / "ckpt" / "step_00000005.h5"
+    train("--config", tiny_config(tmp_path, name="qf"), "--model.qk_norm", "true",
+          "--model.qk_norm_full", "true", "--model.n_kv_head", "1", "--train.steps", "5",
+          check=True)
+    with h5py.File(qf, "r") as f:
+        assert int(f["model"].attrs["qk_norm_full"]) == 1
+        assert f["model/h/1/attn/q_norm/weight"].shape == (32,)
+        assert f["model/h/1/attn/k_norm/weight"].shape == (16,)
+        assert not np.allclose(f["model/h/1/attn/q_norm/weight"][()], 1.0)  # trained
+    assert_clean_error(train("--config", cfg, "--model.qk_norm", "true", "--model.n_kv_head", "1",
+                             "--init-from", qf, "--run.name", "r"), "over all heads",
+                       "model.qk_norm_full = false")
+    assert_clean_error(train("--config", cfg, "--model.qk_norm", "true", "--model.qk_norm_full",
+                             "true", "--init-from", qk, "--run.name", "s"), "per head",
+                       "model.qk_norm_full = true")
 
 
 def _spiky_run(tmp_path, name, **train):
@@ -817,6 +840,8 @@ def test_damaged_checkpoints(tmp_path):
             ("hidden", {"mlp_hidden": 0}, "attribute mlp_hidden of /model is 0"),
             ("kv", {"n_kv_head": 3}, "attribute n_kv_head of /model is 3"),
             ("qk", {"qk_norm": 2}, "attribute qk_norm of /model is 2"),
+            ("qk_full", {"qk_norm_full": 1}, "attribute qk_norm_full of /model is 1 without "
+             "qk_norm"),
             ("qkv_bias", {"qkv_bias": 1}, "attributes bias and qkv_bias of /model are both 1"),
             ("mlp_bias", {"mlp_bias": 1}, "attributes bias and mlp_bias of /model are both 1"),
             ("mlp_bias2", {"bias": 0, "mlp_bias": 2}, "attribute mlp_bias of /model is 2"),

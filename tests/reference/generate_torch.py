@@ -50,12 +50,14 @@ def block(params: Dict[str, torch.Tensor], cfg: ref.GptConfig, i: int, x: torch.
     q, k, v = ref.linear(h, params[p + "attn/c_attn/weight"],
                          params.get(p + "attn/c_attn/bias")).split([nh * hd, kv * hd, kv * hd],
                                                                    dim=-1)
+    qn, kn = ref.qk_norm_weights(params, cfg, p)
+    if qn is not None and cfg.qk_norm_full:  # model.qk_norm_full: all of q, all of k
+        q, k = ref.rms_norm(q, qn, cfg.norm_eps), ref.rms_norm(k, kn, cfg.norm_eps)
     q = q.reshape(B, T, nh, hd).transpose(1, 2)  # [B, nh, T, hd]
     k, v = (t.reshape(B, T, kv, hd).transpose(1, 2) for t in (k, v))  # [B, kv, T, hd]
     past = cache[i][0].shape[2] if cache is not None and len(cache) > i else 0
-    qn, kn = ref.qk_norm_weights(params, cfg, p)
-    if qn is not None:  # model.qk_norm: each q and k head RMSNormed, before the rotation
-        q, k = ref.rms_norm(q, qn, cfg.norm_eps), ref.rms_norm(k, kn, cfg.norm_eps)
+    if qn is not None and not cfg.qk_norm_full:  # model.qk_norm: each q and k head RMSNormed,
+        q, k = ref.rms_norm(q, qn, cfg.norm_eps), ref.rms_norm(k, kn, cfg.norm_eps)  # unrotated
     if cfg.position == "rope":  # the new rows sit at positions past ..; cached keys are rotated
         q, k = (ref.rotary(q, cfg.rope_theta, past, cfg.rope_scaling, rot=cfg.rotary_dim),
                 ref.rotary(k, cfg.rope_theta, past, cfg.rope_scaling, rot=cfg.rotary_dim))

@@ -66,6 +66,9 @@ class GptConfig:
     # original positions); None: plain rope.
     rope_scaling: Optional[Tuple[float, float, float, int]] = None
     qk_norm: bool = False  # True: RMSNorm of each q and k head (q_norm, k_norm [hd]) after c_attn
+    # model.qk_norm_full: one RMSNorm over all of q (q_norm [n_head·hd]) and one over all of k
+    # (k_norm [kv·hd]) instead (OLMo-2's, OLMoE's)
+    qk_norm_full: bool = False
     qkv_bias: bool = False  # with bias False: c_attn keeps its bias (model.qkv_bias, as Qwen2)
     mlp_bias: bool = False  # with bias False: c_fc and c_proj keep theirs (model.mlp_bias, GPT-J)
     norm_bias: bool = False  # with bias False: the LayerNorms keep theirs (model.norm_bias)
@@ -205,7 +208,10 @@ def param_shapes(cfg: GptConfig) -> Dict[str, tuple]:
             shapes[p + "ln_1/bias"] = (C,)
         shapes[p + "attn/c_attn/weight"] = (cfg.qkv_width, C)
         shapes[p + "attn/c_attn/bias"] = (cfg.qkv_width,)
-        if cfg.qk_norm:
+        if cfg.qk_norm and cfg.qk_norm_full:
+            shapes[p + "attn/q_norm/weight"] = (cfg.attn_width,)
+            shapes[p + "attn/k_norm/weight"] = (cfg.kv_heads * cfg.head_dim,)
+        elif cfg.qk_norm:
             shapes[p + "attn/q_norm/weight"] = (cfg.head_dim,)
             shapes[p + "attn/k_norm/weight"] = (cfg.head_dim,)
         shapes[p + "attn/c_proj/weight"] = (C, cfg.attn_width)
@@ -439,7 +445,8 @@ def attention(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_head: int,
               eps: float = LN_EPS, head_dim: int = 0,
               mask: Optional[torch.Tensor] = None,
               positions: Optional[torch.Tensor] = None, scale: float = 0.0,
-              rot: int = 0, softcap: float = 0.0, clip: float = 0.0) -> torch.Tensor:
+              rot: int = 0, softcap: float = 0.0, clip: float = 0.0,
+              qk_full: bool = False) -> torch.Tensor:
     """Causal self-attention on x [B, T, C]: c_attn rows are q | k | v, each head-major, k and v
     with n_kv_head heads (0: n_head); q_norm, k_norm [hd] (model.qk_norm): each q head and each
     k head RMSNormed with these weights, shared by the heads, before the rotation; rope_theta:
@@ -447,7 +454,8 @@ def attention(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_head: int,
     query i sees key j) replaces the causal one (document_mask). scale: the scores' (model.
     attn_scale; 0: 1/sqrt(hd)). softcap: the scores capped at softcap·tanh(s / softcap)
     (model.attn_softcap; 0: none). clip: c_attn's output clamped to [-clip, clip] (model.clip_qkv;
-    0: none)."""
+    0: none). qk_full: q_norm [n_head·hd] and k_norm [kv·hd] normalize all of q and all of k
+    (model.qk_norm_full)."""
     B, T, C = x.shape
     hd = head_dim or C // n_head  # model.head_dim: q is n_head·hd wide, not C
     kv = n_kv_head or n_head
@@ -455,11 +463,13 @@ def attention(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_head: int,
     if clip:
         qkv = qkv.clamp(-clip, clip)
     q, k, v = qkv.split([n_head * hd, kv * hd, kv * hd], dim=-1)
+    if q_norm is not None and qk_full:  # over the whole q and the whole k (OLMo-2, OLMoE)
+        q, k = rms_norm(q, q_norm, eps), rms_norm(k, k_norm, eps)
     # [B, T, heads·hd] -> [B, heads, T, hd]; head j = columns j*hd .. (j+1)*hd of its block
     q = q.reshape(B, T, n_head, hd).transpose(1, 2)
     k = k.reshape(B, T, kv, hd).transpose(1, 2)
     v = v.reshape(B, T, kv, hd).transpose(1, 2)
-    if q_norm is not None:  # QK-norm (Qwen3, Gemma 3): over each head's hd values; v as it is
+    if q_norm is not None and not qk_full:  # QK-norm (Qwen3, Gemma 3): each head's hd values
         q, k = rms_norm(q, q_norm, eps), rms_norm(k, k_norm, eps)
     if rope_theta is not None:
         q = rotary(q, rope_theta, 0, rope_scaling, positions, rot)
@@ -668,7 +678,8 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor,
                              params.get(p + "attn/c_attn/bias"), cfg.n_head, rope,
                              cfg.kv_heads, qn, kn, cfg.rope_scaling, cfg.norm_eps,
                              cfg.head_dim, layer_mask(i), positions, cfg.scores_scale,
-                             cfg.rotary_dim, cfg.attn_softcap, cfg.clip_qkv),
+                             cfg.rotary_dim, cfg.attn_softcap, cfg.clip_qkv,
+                             cfg.qk_norm_full),
                    params[p + "attn/c_proj/weight"], params.get(p + "attn/c_proj/bias"))
         if cfg.branch_norm:
             a = norm(params, cfg, p + "ln_attn_out", a)
@@ -1053,6 +1064,8 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
         m.attrs.create("tie_embeddings", i64(1 if cfg.tied else 0), dtype="<i8")
         m.attrs.create("n_kv_head", i64(cfg.kv_heads), dtype="<i8")
         m.attrs.create("qk_norm", i64(1 if cfg.qk_norm else 0), dtype="<i8")
+        if cfg.qk_norm_full:
+            m.attrs.create("qk_norm_full", i64(1), dtype="<i8")
         m.attrs.create("qkv_bias", i64(1 if cfg.qkv_bias else 0), dtype="<i8")
         if cfg.mlp_bias:
             m.attrs.create("mlp_bias", i64(1), dtype="<i8")
@@ -1142,6 +1155,7 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                         tied=int(a["tie_embeddings"]) == 1 if "tie_embeddings" in a else True,
                         n_kv_head=int(a["n_kv_head"]) if "n_kv_head" in a else 0,
                         qk_norm=int(a["qk_norm"]) == 1 if "qk_norm" in a else False,
+                        qk_norm_full=int(a.get("qk_norm_full", 0)) == 1,
                         qkv_bias=int(a["qkv_bias"]) == 1 if "qkv_bias" in a else False,
                         mlp_bias=int(a.get("mlp_bias", 0)) == 1,
                         norm_bias=int(a.get("norm_bias", 0)) == 1,

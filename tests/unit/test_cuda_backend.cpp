@@ -701,6 +701,84 @@ TEST_F(CudaBackendTest, QkNormBackward) {
   }
 }
 
+// ---- RMSNorm of q and k over all heads (qk_full_norm) -----------------------------------------
+
+// The sums (of squares, and the backward's dots), the forward with the vectors twice as wide as
+// this call's (a tensor-parallel rank's half: its sums doubled), and the backward accumulating
+// (twice, bit for bit alike), overwriting a NaN-filled dqkv and in place, against the CPU's;
+// the shapes of the per-head tests.
+TEST_F(CudaBackendTest, QkFullNorm) {
+  for (const QkShape& s : kQkShapes) {
+    SCOPED_TRACE(::testing::Message()
+                 << "N=" << s.N << " C=" << s.C << " NH=" << s.NH << " NKV=" << s.NKV);
+    const int K = s.NKV * (s.C / s.NH), Dq = 2 * s.C, Dk = 2 * K;
+    const size_t n = size_t(s.N) * qkv_width(s.C, s.NH, s.NKV), nr = 2 * size_t(s.N);
+    const Vec qkv = random_vec(n, 160, -2.0f, 2.0f), dout = random_vec(n, 161);
+    const Vec wq = random_vec(size_t(s.C), 162, 0.5f, 1.5f),
+              wk = random_vec(size_t(K), 163, 0.5f, 1.5f);
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    float *d_qkv = dev(qkv), *d_dout = dev(dout), *d_wq = dev(wq), *d_wk = dev(wk);
+    Vec sums(nr), rstd(nr), out(n), dots(nr);
+    cpu->qk_full_norm_sums(sums.data(), qkv.data(), nullptr, nullptr, nullptr, nullptr, s.N, s.C,
+                           s.NH, s.NKV);
+    float* g_sums = dev(Vec(nr, nan));
+    gpu->qk_full_norm_sums(g_sums, d_qkv, nullptr, nullptr, nullptr, nullptr, s.N, s.C, s.NH,
+                           s.NKV);
+    EXPECT_TRUE(close(host(g_sums, nr), sums, kElemTol, 1e-6)) << "sums";
+    for (float& v : sums) v *= 2.0f;  // the other half's
+    cpu->qk_full_norm_forward(out.data(), rstd.data(), qkv.data(), sums.data(), wq.data(),
+                              wk.data(), s.N, s.C, s.NH, s.NKV, Dq, Dk);
+    float *g_out = dev(Vec(n, nan)), *g_rstd = dev(Vec(nr, nan)), *d_sums = dev(sums);
+    gpu->qk_full_norm_forward(g_out, g_rstd, d_qkv, d_sums, d_wq, d_wk, s.N, s.C, s.NH, s.NKV, Dq,
+                              Dk);
+    EXPECT_TRUE(close(host(g_out, n), out, kElemTol, 1e-6)) << "out";
+    EXPECT_TRUE(close(host(g_rstd, nr), rstd, kElemTol, 0.0)) << "rstd";
+    cpu->qk_full_norm_sums(dots.data(), qkv.data(), dout.data(), wq.data(), wk.data(), rstd.data(),
+                           s.N, s.C, s.NH, s.NKV);
+    float *d_rstd = dev(rstd), *g_dots = dev(Vec(nr, nan));
+    gpu->qk_full_norm_sums(g_dots, d_qkv, d_dout, d_wq, d_wk, d_rstd, s.N, s.C, s.NH, s.NKV);
+    EXPECT_TRUE(close(host(g_dots, nr), dots, kElemTol, 1e-6)) << "dots";
+    for (float& v : dots) v *= 2.0f;
+    float* d_dots = dev(dots);
+    const Vec dqkv0 = random_vec(n, 164), dwq0 = random_vec(size_t(s.C), 165),
+              dwk0 = random_vec(size_t(K), 166);
+    Vec dqkv = dqkv0, dwq = dwq0, dwk = dwk0, fresh(n), fq = dwq0, fk = dwk0;
+    cpu->qk_full_norm_backward(dqkv.data(), dwq.data(), dwk.data(), dout.data(), qkv.data(),
+                               wq.data(), wk.data(), rstd.data(), dots.data(), s.N, s.C, s.NH,
+                               s.NKV, Dq, Dk);
+    cpu->qk_full_norm_backward(fresh.data(), fq.data(), fk.data(), dout.data(), qkv.data(),
+                               wq.data(), wk.data(), rstd.data(), dots.data(), s.N, s.C, s.NH,
+                               s.NKV, Dq, Dk, GradMode::overwrite);
+    const auto check_dw = [&](float* g_dwq, float* g_dwk, const char* what) {
+      EXPECT_TRUE(close(host(g_dwq, size_t(s.C)), dwq, kElemTol, 1e-5)) << "dwq " << what;
+      EXPECT_TRUE(close(host(g_dwk, size_t(K)), dwk, kElemTol, 1e-5)) << "dwk " << what;
+    };
+    Vec first;
+    for (int run = 0; run < 2; ++run) {
+      float *g_dqkv = dev(dqkv0), *g_dwq = dev(dwq0), *g_dwk = dev(dwk0);
+      gpu->qk_full_norm_backward(g_dqkv, g_dwq, g_dwk, d_dout, d_qkv, d_wq, d_wk, d_rstd, d_dots,
+                                 s.N, s.C, s.NH, s.NKV, Dq, Dk);
+      const Vec got = host(g_dqkv, n);
+      if (run == 0) {
+        EXPECT_TRUE(close(got, dqkv, kElemTol, 1e-6)) << "dqkv (accumulated)";
+        check_dw(g_dwq, g_dwk, "(accumulated)");
+        first = got;
+      } else {
+        EXPECT_TRUE(bit_equal(got, first)) << "dqkv run to run";
+      }
+    }
+    for (const bool in_place : {false, true}) {
+      float* g_d = in_place ? dev(dout) : dev(Vec(n, nan));
+      float *g_dwq = dev(dwq0), *g_dwk = dev(dwk0);
+      gpu->qk_full_norm_backward(g_d, g_dwq, g_dwk, in_place ? g_d : d_dout, d_qkv, d_wq, d_wk,
+                                 d_rstd, d_dots, s.N, s.C, s.NH, s.NKV, Dq, Dk,
+                                 GradMode::overwrite);
+      EXPECT_TRUE(close(host(g_d, n), fresh, kElemTol, 1e-6)) << "dqkv in place " << in_place;
+      check_dw(g_dwq, g_dwk, in_place ? "(in place)" : "(overwriting)");
+    }
+  }
+}
+
 // Another epsilon (model.norm_eps; Qwen2's 1e-6) reaches the kernels: small inputs, whose mean
 // square is near it, give the CPU's outputs and statistics (fp32; bf16 in test_cuda_bf16.cpp),
 // LayerNorm, RMSNorm and QK-norm.

@@ -1005,6 +1005,89 @@ TEST_F(CudaBf16Test, QkNorm) {
   }
 }
 
+// model.qk_norm_full in bf16: the sums, the forward (v copied bit for bit) with the vectors three
+// times as wide as this call's (a tensor-parallel rank's third), and the backward accumulating
+// and overwriting in place, against the CPU backend's bf16 ops.
+TEST_F(CudaBf16Test, QkFullNorm) {
+  struct Case {
+    int N, C, NH, NKV;
+  };
+  for (const Case& c : {Case{37, 64, 4, 2}, Case{300, 768, 12, 4}, Case{33, 80, 2, 1}}) {
+    SCOPED_TRACE(::testing::Message()
+                 << "N=" << c.N << " C=" << c.C << " NH=" << c.NH << " NKV=" << c.NKV);
+    const int K = c.NKV * (c.C / c.NH), W = qkv_width(c.C, c.NH, c.NKV), Dq = 3 * c.C, Dk = 3 * K;
+    const size_t n = size_t(c.N) * W, nr = 2 * size_t(c.N);
+    const Bits qkv = random_bits(n, 170, -2.0f, 2.0f), dout = random_bits(n, 171);
+    const Bits wq = random_bits(size_t(c.C), 172, 0.5f, 1.5f);
+    const Bits wk = random_bits(size_t(K), 173, 0.5f, 1.5f);
+    const float fnan = std::numeric_limits<float>::quiet_NaN();
+    const Bits nan = to_bits(Vec(1, fnan));
+    bf16_t *d_qkv = dev(qkv), *d_dout = dev(dout), *d_wq = dev(wq), *d_wk = dev(wk);
+    Vec sums(nr), rstd(nr), dots(nr);
+    cpu->qk_full_norm_sums(sums.data(), qkv.data(), nullptr, nullptr, nullptr, nullptr, c.N, c.C,
+                           c.NH, c.NKV);
+    float* g_sums = dev(Vec(nr, fnan));
+    gpu->qk_full_norm_sums(g_sums, d_qkv, nullptr, nullptr, nullptr, nullptr, c.N, c.C, c.NH,
+                           c.NKV);
+    EXPECT_TRUE(close(host(g_sums, nr), sums)) << "sums";
+    for (float& v : sums) v *= 3.0f;
+    Bits out(n);
+    cpu->qk_full_norm_forward(out.data(), rstd.data(), qkv.data(), sums.data(), wq.data(),
+                              wk.data(), c.N, c.C, c.NH, c.NKV, Dq, Dk);
+    bf16_t* g_out = dev(Bits(n, nan[0]));
+    float* g_rstd = dev(Vec(nr, fnan));
+    gpu->qk_full_norm_forward(g_out, g_rstd, d_qkv, dev(sums), d_wq, d_wk, c.N, c.C, c.NH, c.NKV,
+                              Dq, Dk);
+    const Bits got_out = host(g_out, n);
+    EXPECT_TRUE(close(got_out, out)) << "out";
+    const size_t v0 = size_t(c.C) + size_t(K);
+    EXPECT_TRUE(
+        bit_equal(columns(got_out, c.N, W, v0, size_t(K)), columns(qkv, c.N, W, v0, size_t(K))))
+        << "v copied";
+    EXPECT_TRUE(close(host(g_rstd, nr), rstd)) << "rstd";
+    cpu->qk_full_norm_sums(dots.data(), qkv.data(), dout.data(), wq.data(), wk.data(), rstd.data(),
+                           c.N, c.C, c.NH, c.NKV);
+    float *d_rstd = dev(rstd), *g_dots = dev(Vec(nr, fnan));
+    gpu->qk_full_norm_sums(g_dots, d_qkv, d_dout, d_wq, d_wk, d_rstd, c.N, c.C, c.NH, c.NKV);
+    EXPECT_TRUE(close(host(g_dots, nr), dots)) << "dots";
+    for (float& v : dots) v *= 3.0f;
+    float* d_dots = dev(dots);
+    const double dw_scale = std::sqrt(double(c.N));
+    const Vec dwq0 = initial_grad(size_t(c.C), 174, dw_scale);
+    const Vec dwk0 = initial_grad(size_t(K), 175, dw_scale);
+    Bits fresh(n);
+    Vec dwq = dwq0, dwk = dwk0;
+    cpu->qk_full_norm_backward(fresh.data(), dwq.data(), dwk.data(), dout.data(), qkv.data(),
+                               wq.data(), wk.data(), rstd.data(), dots.data(), c.N, c.C, c.NH,
+                               c.NKV, Dq, Dk, GradMode::overwrite);
+    const Bits dqkv0 = initial_grad_bits(n, 176, rms(to_floats(fresh)));
+    Bits dqkv = dqkv0;
+    {
+      Vec tq = dwq0, tk = dwk0;
+      cpu->qk_full_norm_backward(dqkv.data(), tq.data(), tk.data(), dout.data(), qkv.data(),
+                                 wq.data(), wk.data(), rstd.data(), dots.data(), c.N, c.C, c.NH,
+                                 c.NKV, Dq, Dk);
+    }
+    {
+      bf16_t* g_dqkv = dev(dqkv0);
+      float *g_dwq = dev(dwq0), *g_dwk = dev(dwk0);
+      gpu->qk_full_norm_backward(g_dqkv, g_dwq, g_dwk, d_dout, d_qkv, d_wq, d_wk, d_rstd, d_dots,
+                                 c.N, c.C, c.NH, c.NKV, Dq, Dk);
+      EXPECT_TRUE(close(host(g_dqkv, n), dqkv)) << "dqkv (accumulated)";
+      EXPECT_TRUE(close(host(g_dwq, size_t(c.C)), dwq)) << "dwq";
+      EXPECT_TRUE(close(host(g_dwk, size_t(K)), dwk)) << "dwk";
+    }
+    {
+      bf16_t* g_dqkv = dev(dout);
+      float *g_dwq = dev(dwq0), *g_dwk = dev(dwk0);
+      gpu->qk_full_norm_backward(g_dqkv, g_dwq, g_dwk, g_dqkv, d_qkv, d_wq, d_wk, d_rstd, d_dots,
+                                 c.N, c.C, c.NH, c.NKV, Dq, Dk, GradMode::overwrite);
+      EXPECT_TRUE(close(host(g_dqkv, n), fresh)) << "dqkv (in place)";
+      EXPECT_TRUE(close(host(g_dwq, size_t(c.C)), dwq)) << "dwq (in place)";
+    }
+  }
+}
+
 TEST_F(CudaBf16Test, OverwriteModeIgnoresTheOldInputGradient) {
   const Bits nan_fill_small = to_bits(Vec(1, std::numeric_limits<float>::quiet_NaN()));
   auto nans = [&](size_t n) { return dev(Bits(n, nan_fill_small[0])); };

@@ -114,6 +114,9 @@ struct ModelShape {
   int64_t n_kv_head = 0;
   // Attribute qk_norm (int64 1 | 0; absent in older files: 0).
   bool qk_norm = false;
+  // Attribute qk_norm_full (int64 1: q_norm and k_norm span all heads, model.qk_norm_full; absent:
+  // 0, per head).
+  bool qk_norm_full = false;
   // Attribute rotary_dim (int64, partial rotary: the values of each q and k head that rotate;
   // absent or 0: all of them; written when > 0).
   int64_t rotary_dim = 0;

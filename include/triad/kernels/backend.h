@@ -250,6 +250,30 @@ class Backend {
                                 const float* rstd, int N, int C, int NH, int NKV,
                                 GradMode mode = GradMode::accumulate) = 0;
 
+  // ---- RMSNorm of q and k over all their heads (model.qk_norm_full: OLMo-2's, OLMoE's) ------
+  // Each row's q values (C of them: NH heads) are one vector, its k values (NKV·hd) another. On a
+  // tensor-parallel rank a row holds some heads of each, so the statistics are formed in two
+  // steps: the sums here, which the model all-reduces over the group, then the ops below.
+  // sums [N, 2] = per row Σ x² over q, over k; or with dout (the backward's), Σ dout·w·x̂ with
+  // x̂ = x·r (r from rstd [N, 2]). Accumulated in double in column order, stored fp32.
+  virtual void qk_full_norm_sums(float* sums, const float* qkv, const float* dout, const float* wq,
+                                 const float* wk, const float* rstd, int N, int C, int NH,
+                                 int NKV) = 0;
+  // out [N, W]: q·r_q·wq, k·r_k·wk, v copied; r = 1/sqrt(sums/D + eps) with D = Dq for q, Dk for
+  // k (the whole vectors' widths, over every rank); rstd [N, 2] = (r_q, r_k). wq [C], wk [NKV·hd]
+  // (this rank's columns). out must not alias qkv.
+  virtual void qk_full_norm_forward(float* out, float* rstd, const float* qkv, const float* sums,
+                                    const float* wq, const float* wk, int N, int C, int NH, int NKV,
+                                    int Dq, int Dk, float eps = kNormEps) = 0;
+  // dqkv = (overwrite) or += (accumulate) r·(dout·w − x̂·dots/D) (dots: the backward's sums,
+  // all-reduced), v's dout; dwq [C], dwk [NKV·hd] (fp32) += Σ over rows of dout·x̂ in row order.
+  // dqkv may alias dout with GradMode::overwrite (in place).
+  virtual void qk_full_norm_backward(float* dqkv, float* dwq, float* dwk, const float* dout,
+                                     const float* qkv, const float* wq, const float* wk,
+                                     const float* rstd, const float* dots, int N, int C, int NH,
+                                     int NKV, int Dq, int Dk,
+                                     GradMode mode = GradMode::accumulate) = 0;
+
   // ---- SwiGLU (model.mlp = swiglu) ------------------------------------------------------------
   // pre [N, 2H]: each row the gate (its first H values) then the up projection (the last H; on a
   // tensor-parallel rank its H columns of each); out [N, H] = silu(gate)·up with
@@ -461,6 +485,18 @@ class Backend {
                                 const bf16_t* qkv, const bf16_t* wq, const bf16_t* wk,
                                 const float* rstd, int N, int C, int NH, int NKV,
                                 GradMode mode = GradMode::accumulate) = 0;
+  // As the fp32 qk_full_norm ops, in fp32 from the bf16 values, each bf16 output rounded once.
+  virtual void qk_full_norm_sums(float* sums, const bf16_t* qkv, const bf16_t* dout,
+                                 const bf16_t* wq, const bf16_t* wk, const float* rstd, int N,
+                                 int C, int NH, int NKV) = 0;
+  virtual void qk_full_norm_forward(bf16_t* out, float* rstd, const bf16_t* qkv, const float* sums,
+                                    const bf16_t* wq, const bf16_t* wk, int N, int C, int NH,
+                                    int NKV, int Dq, int Dk, float eps = kNormEps) = 0;
+  virtual void qk_full_norm_backward(bf16_t* dqkv, float* dwq, float* dwk, const bf16_t* dout,
+                                     const bf16_t* qkv, const bf16_t* wq, const bf16_t* wk,
+                                     const float* rstd, const float* dots, int N, int C, int NH,
+                                     int NKV, int Dq, int Dk,
+                                     GradMode mode = GradMode::accumulate) = 0;
   // As the fp32 attention_decode; scores, softmax and sums in fp32, out rounded once.
   virtual void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n,
                                 int C, int NH, int NKV, int window = 0, float scale = 0.0f,

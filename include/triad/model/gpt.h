@@ -99,6 +99,11 @@ struct GptShape {
   // q head's hd values normalized and scaled by attn/q_norm/weight [hd], each k head's by
   // attn/k_norm/weight (as Qwen3 and Gemma 3; Backend::qk_norm_forward).
   bool qk_norm = false;
+  // model.qk_norm_full: one RMSNorm over each row's whole q (n_head·hd values) and one over its
+  // whole k (kv_heads·hd), weights of those widths (OLMo-2's, OLMoE's;
+  // Backend::qk_full_norm_forward); with tensor parallelism the weights split with the heads and
+  // the sums of squares are all-reduced over the group.
+  bool qk_norm_full = false;
   // Each head's width (model.head_dim): 0 = n_embd / n_head (GPT-2, Llama); another (Qwen3's
   // 128 at n_embd 1024 and 16 heads) makes the attention attn_width() = n_head·head_dim wide:
   // c_attn [attn_width + 2·kv_heads·head_dim, C] and attn.c_proj [C, attn_width].
@@ -1160,9 +1165,15 @@ class Gpt {
   // micro-batches counts each once.
   template <class A, class F>
   void tp_summed_grads(float* da, float* db, size_t n, F&& form);
+  // model.qk_norm of N rows of c_attn's output (qkv_pre) into dst, keeping rstd; per head, or
+  // under qk_norm_full over all heads, with the sums of squares all-reduced over the
+  // tensor-parallel group.
+  template <class A>
+  void qk_norm_forward(A* dst, float* rstd, const A* qkv_pre, const A* wq, const A* wk, int N);
   // model.qk_norm's backward in place on dqkv (the rotated-back gradient of the normalized q|k|v
-  // becomes that of c_attn's output); the weights' gradients, partial sums over this rank's heads
-  // under tensor parallelism, are all-reduced before they accumulate.
+  // becomes that of c_attn's output); the per-head weights' gradients, partial sums over this
+  // rank's heads under tensor parallelism, are all-reduced before they accumulate (qk_norm_full's
+  // weights split with the heads: their gradients are complete here; its Σ dout·w·x̂ is reduced).
   template <class A>
   void qk_norm_backward(A* dqkv, float* dwq, float* dwk, const A* qkv_pre, const A* wq, const A* wk,
                         const float* rstd, int N);

@@ -36,6 +36,7 @@ struct ModelConfig {
   int mlp_hidden = 0;          // hidden units (0: 4·n_embd, or ~8·n_embd/3 for swiglu)
   bool tie_embeddings = true;  // false: an output layer lm_head of its own (as Llama)
   bool qk_norm = false;        // per-head RMSNorm of q and k (as Qwen3, Gemma 3)
+  bool qk_norm_full = false;   // with qk_norm: over all heads' q, and all k (OLMo-2, OLMoE)
   int sliding_window = 0;      // each query attends to its last N keys at most (0: all; Mistral)
   int full_attention_every = 0;    // with a window: every N-th layer attends to all (Gemma 3: 6)
   double logit_softcap = 0;        // > 0: logits c·tanh(logit/c) (Gemma 2: 30); 0: none

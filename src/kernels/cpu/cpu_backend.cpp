@@ -166,6 +166,23 @@ class CpuBackend final : public Backend {
     cpu::qk_norm_backward(dqkv, dwq, dwk, dout, qkv, wq, wk, rstd, N, C, NH, NKV,
                           mode == GradMode::accumulate);
   }
+  void qk_full_norm_sums(float* sums, const float* qkv, const float* dout, const float* wq,
+                         const float* wk, const float* rstd, int N, int C, int NH,
+                         int NKV) override {
+    cpu::qk_full_norm_sums(sums, qkv, dout, wq, wk, rstd, N, C, NH, NKV);
+  }
+  void qk_full_norm_forward(float* out, float* rstd, const float* qkv, const float* sums,
+                            const float* wq, const float* wk, int N, int C, int NH, int NKV, int Dq,
+                            int Dk, float eps = kNormEps) override {
+    cpu::qk_full_norm_forward(out, rstd, qkv, sums, wq, wk, N, C, NH, NKV, Dq, Dk, eps);
+  }
+  void qk_full_norm_backward(float* dqkv, float* dwq, float* dwk, const float* dout,
+                             const float* qkv, const float* wq, const float* wk, const float* rstd,
+                             const float* dots, int N, int C, int NH, int NKV, int Dq, int Dk,
+                             GradMode mode) override {
+    cpu::qk_full_norm_backward(dqkv, dwq, dwk, dout, qkv, wq, wk, rstd, dots, N, C, NH, NKV, Dq, Dk,
+                               mode == GradMode::accumulate);
+  }
   void gelu_forward(float* out, const float* inp, size_t n) override {
     cpu::gelu_forward(out, inp, n);
   }
@@ -332,6 +349,23 @@ class CpuBackend final : public Backend {
                         int NKV, GradMode mode) override {
     cpu::qk_norm_backward(dqkv, dwq, dwk, dout, qkv, wq, wk, rstd, N, C, NH, NKV,
                           mode == GradMode::accumulate);
+  }
+  void qk_full_norm_sums(float* sums, const bf16_t* qkv, const bf16_t* dout, const bf16_t* wq,
+                         const bf16_t* wk, const float* rstd, int N, int C, int NH,
+                         int NKV) override {
+    cpu::qk_full_norm_sums(sums, qkv, dout, wq, wk, rstd, N, C, NH, NKV);
+  }
+  void qk_full_norm_forward(bf16_t* out, float* rstd, const bf16_t* qkv, const float* sums,
+                            const bf16_t* wq, const bf16_t* wk, int N, int C, int NH, int NKV,
+                            int Dq, int Dk, float eps = kNormEps) override {
+    cpu::qk_full_norm_forward(out, rstd, qkv, sums, wq, wk, N, C, NH, NKV, Dq, Dk, eps);
+  }
+  void qk_full_norm_backward(bf16_t* dqkv, float* dwq, float* dwk, const bf16_t* dout,
+                             const bf16_t* qkv, const bf16_t* wq, const bf16_t* wk,
+                             const float* rstd, const float* dots, int N, int C, int NH, int NKV,
+                             int Dq, int Dk, GradMode mode) override {
+    cpu::qk_full_norm_backward(dqkv, dwq, dwk, dout, qkv, wq, wk, rstd, dots, N, C, NH, NKV, Dq, Dk,
+                               mode == GradMode::accumulate);
   }
   void gelu_forward(bf16_t* out, const bf16_t* inp, size_t n) override {
     cpu::gelu_forward(out, inp, n);

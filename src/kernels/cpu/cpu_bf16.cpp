@@ -132,6 +132,48 @@ void qk_norm_backward(bf16_t* dqkv, float* dwq, float* dwk, const bf16_t* dout, 
   });
 }
 
+void qk_full_norm_sums(float* sums, const bf16_t* qkv, const bf16_t* dout, const bf16_t* wq,
+                       const bf16_t* wk, const float* rstd, int N, int C, int NH, int NKV) {
+  const size_t n = size_t(N) * size_t(qkv_width(C, NH, NKV)), K = size_t(NKV) * size_t(C / NH);
+  if (dout == nullptr) {
+    qk_full_norm_sums(sums, widen(1, qkv, n), nullptr, nullptr, nullptr, nullptr, N, C, NH, NKV);
+    return;
+  }
+  qk_full_norm_sums(sums, widen(1, qkv, n), widen(2, dout, n), widen(3, wq, size_t(C)),
+                    widen(5, wk, K), rstd, N, C, NH, NKV);
+}
+
+void qk_full_norm_forward(bf16_t* out, float* rstd, const bf16_t* qkv, const float* sums,
+                          const bf16_t* wq, const bf16_t* wk, int N, int C, int NH, int NKV, int Dq,
+                          int Dk, float eps) {
+  const size_t n = size_t(N) * size_t(qkv_width(C, NH, NKV)), K = size_t(NKV) * size_t(C / NH);
+  float* o = scratch(0, n);
+  qk_full_norm_forward(o, rstd, widen(1, qkv, n), sums, widen(2, wq, size_t(C)), widen(3, wk, K), N,
+                       C, NH, NKV, Dq, Dk, eps);
+  to_bf16(out, o, n);
+}
+
+void qk_full_norm_backward(bf16_t* dqkv, float* dwq, float* dwk, const bf16_t* dout,
+                           const bf16_t* qkv, const bf16_t* wq, const bf16_t* wk, const float* rstd,
+                           const float* dots, int N, int C, int NH, int NKV, int Dq, int Dk,
+                           bool accumulate) {
+  const size_t n = size_t(N) * size_t(qkv_width(C, NH, NKV)), K = size_t(NKV) * size_t(C / NH);
+  // dout is widened before dqkv (which may be the same buffer) is read or written.
+  const float* d = widen(1, dout, n);
+  const float* x = widen(2, qkv, n);
+  const float* w_q = widen(3, wq, size_t(C));
+  const float* w_k = widen(5, wk, K);
+  if (!accumulate) {
+    float* di = scratch(0, n);
+    qk_full_norm_backward(di, dwq, dwk, d, x, w_q, w_k, rstd, dots, N, C, NH, NKV, Dq, Dk, false);
+    to_bf16(dqkv, di, n);
+    return;
+  }
+  through_fp32(0, dqkv, n, [&](float* di) {
+    qk_full_norm_backward(di, dwq, dwk, d, x, w_q, w_k, rstd, dots, N, C, NH, NKV, Dq, Dk, true);
+  });
+}
+
 void matmul_forward(bf16_t* out, const bf16_t* inp, const bf16_t* weight, const bf16_t* bias, int N,
                     int IC, int OC) {
   float* o = scratch(0, size_t(N) * OC);

@@ -88,6 +88,25 @@ void qk_norm_forward(bf16_t* out, float* rstd, const bf16_t* qkv, const bf16_t* 
 void qk_norm_backward(bf16_t* dqkv, float* dwq, float* dwk, const bf16_t* dout, const bf16_t* qkv,
                       const bf16_t* wq, const bf16_t* wk, const float* rstd, int N, int C, int NH,
                       int NKV, bool accumulate);
+// RMSNorm of q and k over all their heads (cpu_qk_norm.cpp; bf16 in cpu_bf16.cpp): backend.h's
+// qk_full_norm ops. The backward may run in place when not accumulating.
+void qk_full_norm_sums(float* sums, const float* qkv, const float* dout, const float* wq,
+                       const float* wk, const float* rstd, int N, int C, int NH, int NKV);
+void qk_full_norm_forward(float* out, float* rstd, const float* qkv, const float* sums,
+                          const float* wq, const float* wk, int N, int C, int NH, int NKV, int Dq,
+                          int Dk, float eps);
+void qk_full_norm_backward(float* dqkv, float* dwq, float* dwk, const float* dout, const float* qkv,
+                           const float* wq, const float* wk, const float* rstd, const float* dots,
+                           int N, int C, int NH, int NKV, int Dq, int Dk, bool accumulate);
+void qk_full_norm_sums(float* sums, const bf16_t* qkv, const bf16_t* dout, const bf16_t* wq,
+                       const bf16_t* wk, const float* rstd, int N, int C, int NH, int NKV);
+void qk_full_norm_forward(bf16_t* out, float* rstd, const bf16_t* qkv, const float* sums,
+                          const bf16_t* wq, const bf16_t* wk, int N, int C, int NH, int NKV, int Dq,
+                          int Dk, float eps);
+void qk_full_norm_backward(bf16_t* dqkv, float* dwq, float* dwk, const bf16_t* dout,
+                           const bf16_t* qkv, const bf16_t* wq, const bf16_t* wk, const float* rstd,
+                           const float* dots, int N, int C, int NH, int NKV, int Dq, int Dk,
+                           bool accumulate);
 // Rotary position embedding in place (cpu_rope.cpp); fp32 and bf16 (computed in fp32).
 void rope(float* qkv, const float* table, int N, int T, int pos0, int C, int NH, int NKV,
           bool inverse, const int32_t* positions, int rot = 0);

@@ -24,6 +24,11 @@ struct Heads {
   size_t offset(int j) const { return size_t(j) * size_t(hd); }  // q then k: contiguous
 };
 
+// r of a vector D wide whose squares sum to `sum` (qk_full_norm; in double, as the per-head r).
+float qk_full_norm_rstd(float sum, int D, float eps) {
+  return float(1.0 / std::sqrt(double(sum) / D + double(eps)));
+}
+
 }  // namespace
 
 void qk_norm_forward(float* out, float* rstd, const float* qkv, const float* wq, const float* wk,
@@ -91,6 +96,90 @@ void qk_norm_backward(float* dqkv, float* dwq, float* dwk, const float* dout, co
     }
     const size_t v = size_t(C) + size_t(NKV) * h.hd;  // v: the gradient passes through
     for (size_t c = v; c < h.W; ++c) dx_row[c] = accumulate ? dx_row[c] + d_row[c] : d_row[c];
+  }
+}
+
+// ---- over all heads (model.qk_norm_full) ----------------------------------------------------
+// Vector s of a row: q (s = 0, columns [0, C)) or k (s = 1, columns [C, C + K)), K = NKV·hd.
+
+void qk_full_norm_sums(float* sums, const float* qkv, const float* dout, const float* wq,
+                       const float* wk, const float* rstd, int N, int C, int NH, int NKV) {
+  const size_t W = size_t(qkv_width(C, NH, NKV)), K = (W - size_t(C)) / 2;
+#pragma omp parallel for schedule(static) if (size_t(N) * W >= kParallelMin)
+  for (int n = 0; n < N; ++n) {
+    for (int s = 0; s < 2; ++s) {
+      const size_t at = size_t(n) * W + (s == 0 ? 0 : size_t(C)), width = s == 0 ? size_t(C) : K;
+      const float* x = qkv + at;
+      double sum = 0.0;
+      if (dout == nullptr) {
+        for (size_t i = 0; i < width; ++i) sum += double(x[i]) * x[i];
+      } else {
+        const float* d = dout + at;
+        const float* w = s == 0 ? wq : wk;
+        const float r = rstd[2 * size_t(n) + size_t(s)];
+        for (size_t i = 0; i < width; ++i) sum += double(d[i]) * w[i] * (x[i] * r);
+      }
+      sums[2 * size_t(n) + size_t(s)] = float(sum);
+    }
+  }
+}
+
+void qk_full_norm_forward(float* out, float* rstd, const float* qkv, const float* sums,
+                          const float* wq, const float* wk, int N, int C, int NH, int NKV, int Dq,
+                          int Dk, float eps) {
+  const size_t W = size_t(qkv_width(C, NH, NKV)), K = (W - size_t(C)) / 2;
+#pragma omp parallel for schedule(static) if (size_t(N) * W >= kParallelMin)
+  for (int n = 0; n < N; ++n) {
+    const float* x = qkv + size_t(n) * W;
+    float* y = out + size_t(n) * W;
+    for (int s = 0; s < 2; ++s) {
+      const size_t at = s == 0 ? 0 : size_t(C), width = s == 0 ? size_t(C) : K;
+      const float* w = s == 0 ? wq : wk;
+      const float r = qk_full_norm_rstd(sums[2 * size_t(n) + size_t(s)], s == 0 ? Dq : Dk, eps);
+      rstd[2 * size_t(n) + size_t(s)] = r;
+      for (size_t i = 0; i < width; ++i) y[at + i] = x[at + i] * r * w[i];
+    }
+    const size_t v = size_t(C) + K;  // v: copied
+    std::memcpy(y + v, x + v, (W - v) * sizeof(float));
+  }
+}
+
+void qk_full_norm_backward(float* dqkv, float* dwq, float* dwk, const float* dout, const float* qkv,
+                           const float* wq, const float* wk, const float* rstd, const float* dots,
+                           int N, int C, int NH, int NKV, int Dq, int Dk, bool accumulate) {
+  const size_t W = size_t(qkv_width(C, NH, NKV)), K = (W - size_t(C)) / 2, QK = size_t(C) + K;
+  // Weight gradients first (dqkv may be dout): column i sums over the rows in order, in a
+  // buffer of its own (independent of the thread count), then added once.
+  std::vector<float> g(QK, 0.0f);
+  for (int n = 0; n < N; ++n) {
+    const float* x = qkv + size_t(n) * W;
+    const float* d = dout + size_t(n) * W;
+    const float rq = rstd[2 * size_t(n)], rk = rstd[2 * size_t(n) + 1];
+    for (size_t i = 0; i < QK; ++i) g[i] += d[i] * (x[i] * (i < size_t(C) ? rq : rk));
+  }
+  for (size_t i = 0; i < QK; ++i) {
+    if (i < size_t(C))
+      dwq[i] += g[i];
+    else
+      dwk[i - size_t(C)] += g[i];
+  }
+#pragma omp parallel for schedule(static) if (size_t(N) * W >= kParallelMin)
+  for (int n = 0; n < N; ++n) {
+    const float* x = qkv + size_t(n) * W;
+    const float* d = dout + size_t(n) * W;
+    float* dx = dqkv + size_t(n) * W;
+    for (int s = 0; s < 2; ++s) {
+      const size_t at = s == 0 ? 0 : size_t(C), width = s == 0 ? size_t(C) : K;
+      const float* w = s == 0 ? wq : wk;
+      const float r = rstd[2 * size_t(n) + size_t(s)];
+      const float mean = float(double(dots[2 * size_t(n) + size_t(s)]) / (s == 0 ? Dq : Dk));
+      for (size_t i = 0; i < width; ++i) {
+        const size_t c = at + i;
+        const float v = r * (d[c] * w[i] - (x[c] * r) * mean);
+        dx[c] = accumulate ? dx[c] + v : v;
+      }
+    }
+    for (size_t c = QK; c < W; ++c) dx[c] = accumulate ? dx[c] + d[c] : d[c];
   }
 }
 

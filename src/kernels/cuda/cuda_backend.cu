@@ -229,6 +229,23 @@ class CudaBackend final : public Backend {
     cuda::qk_norm_backward(stream_, reduce_partials_, dqkv, dwq, dwk, dout, qkv, wq, wk, rstd, N, C,
                            NH, NKV, mode == GradMode::accumulate);
   }
+  void qk_full_norm_sums(float* sums, const float* qkv, const float* dout, const float* wq,
+                         const float* wk, const float* rstd, int N, int C, int NH,
+                         int NKV) override {
+    cuda::qk_full_norm_sums(stream_, sums, qkv, dout, wq, wk, rstd, N, C, NH, NKV);
+  }
+  void qk_full_norm_forward(float* out, float* rstd, const float* qkv, const float* sums,
+                            const float* wq, const float* wk, int N, int C, int NH, int NKV, int Dq,
+                            int Dk, float eps = kNormEps) override {
+    cuda::qk_full_norm_forward(stream_, out, rstd, qkv, sums, wq, wk, N, C, NH, NKV, Dq, Dk, eps);
+  }
+  void qk_full_norm_backward(float* dqkv, float* dwq, float* dwk, const float* dout,
+                             const float* qkv, const float* wq, const float* wk, const float* rstd,
+                             const float* dots, int N, int C, int NH, int NKV, int Dq, int Dk,
+                             GradMode mode) override {
+    cuda::qk_full_norm_backward(stream_, reduce_partials_, dqkv, dwq, dwk, dout, qkv, wq, wk, rstd,
+                                dots, N, C, NH, NKV, Dq, Dk, mode == GradMode::accumulate);
+  }
   void gelu_forward(float* out, const float* inp, size_t n) override {
     cuda::gelu_forward(stream_, out, inp, n);
   }
@@ -451,6 +468,26 @@ class CudaBackend final : public Backend {
                         int NKV, GradMode mode) override {
     cuda::qk_norm_backward(stream_, reduce_partials_, dev(dqkv), dwq, dwk, dev(dout), dev(qkv),
                            dev(wq), dev(wk), rstd, N, C, NH, NKV, mode == GradMode::accumulate);
+  }
+  void qk_full_norm_sums(float* sums, const bf16_t* qkv, const bf16_t* dout, const bf16_t* wq,
+                         const bf16_t* wk, const float* rstd, int N, int C, int NH,
+                         int NKV) override {
+    cuda::qk_full_norm_sums(stream_, sums, dev(qkv), dev(dout), dev(wq), dev(wk), rstd, N, C, NH,
+                            NKV);
+  }
+  void qk_full_norm_forward(bf16_t* out, float* rstd, const bf16_t* qkv, const float* sums,
+                            const bf16_t* wq, const bf16_t* wk, int N, int C, int NH, int NKV,
+                            int Dq, int Dk, float eps = kNormEps) override {
+    cuda::qk_full_norm_forward(stream_, dev(out), rstd, dev(qkv), sums, dev(wq), dev(wk), N, C, NH,
+                               NKV, Dq, Dk, eps);
+  }
+  void qk_full_norm_backward(bf16_t* dqkv, float* dwq, float* dwk, const bf16_t* dout,
+                             const bf16_t* qkv, const bf16_t* wq, const bf16_t* wk,
+                             const float* rstd, const float* dots, int N, int C, int NH, int NKV,
+                             int Dq, int Dk, GradMode mode) override {
+    cuda::qk_full_norm_backward(stream_, reduce_partials_, dev(dqkv), dwq, dwk, dev(dout), dev(qkv),
+                                dev(wq), dev(wk), rstd, dots, N, C, NH, NKV, Dq, Dk,
+                                mode == GradMode::accumulate);
   }
   void gelu_forward(bf16_t* out, const bf16_t* inp, size_t n) override {
     cuda::gelu_forward(stream_, dev(out), dev(inp), n);

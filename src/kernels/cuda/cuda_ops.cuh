@@ -329,6 +329,23 @@ void qk_norm_backward(cudaStream_t s, DeviceScratch& scratch, Elem* dqkv, float*
                       const Elem* dout, const Elem* qkv, const Elem* wq, const Elem* wk,
                       const float* rstd, int N, int C, int NH, int NKV, bool accumulate);
 
+// ---- RMSNorm of q and k over all heads (cuda_qk_full_norm.cu): backend.h qk_full_norm ops ----
+// dout null: the forward's Σx². The weight gradients' partials live in scratch; accumulate false:
+// dqkv overwritten (it may then be dout).
+template <typename Elem>
+void qk_full_norm_sums(cudaStream_t s, float* sums, const Elem* qkv, const Elem* dout,
+                       const Elem* wq, const Elem* wk, const float* rstd, int N, int C, int NH,
+                       int NKV);
+template <typename Elem>
+void qk_full_norm_forward(cudaStream_t s, Elem* out, float* rstd, const Elem* qkv,
+                          const float* sums, const Elem* wq, const Elem* wk, int N, int C, int NH,
+                          int NKV, int Dq, int Dk, float eps);
+template <typename Elem>
+void qk_full_norm_backward(cudaStream_t s, DeviceScratch& scratch, Elem* dqkv, float* dwq,
+                           float* dwk, const Elem* dout, const Elem* qkv, const Elem* wq,
+                           const Elem* wk, const float* rstd, const float* dots, int N, int C,
+                           int NH, int NKV, int Dq, int Dk, bool accumulate);
+
 // ---- elementwise (cuda_elementwise.cu) -----------------------------------------------------
 template <typename Elem>
 void gelu_forward(cudaStream_t s, Elem* out, const Elem* inp, size_t n);
