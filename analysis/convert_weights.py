@@ -1,8 +1,8 @@
 """Weights and tokenizers in and out of triad: Hugging Face transformers models (config.json +
 safetensors; GPT-2, Llama, Mistral, Qwen2, Qwen3, Mixtral, Qwen2-MoE, Qwen3-MoE, Nemotron,
 StableLM, Gemma, Gemma 2, Granite, GraniteMoE, Cohere, Phi, GPT-J, GPT-NeoX, Falcon, OLMo,
-StarCoder2) and llm.c model files (gpt2_124M.bin and the like) to a triad checkpoint, a triad
-checkpoint to either,
+OLMo-2, OLMoE, StarCoder2) and llm.c model files (gpt2_124M.bin and the like) to a triad
+checkpoint, a triad checkpoint to either,
 and Hugging Face or Meta tokenizers to a triad tokenizer description (hf_tokenizer.py).
 
     triad-convert import gpt2/ gpt2.h5                    # HF model directory
@@ -87,6 +87,11 @@ What the formats hold and how they map (docs/formats.md, "Weights from other pro
 - HF OLMo: Llama's tensors and math with LayerNorms that learn no weight or bias
   (model.norm = layernorm, model.norm_weight = false: triad's norms ones, frozen), OLMo-1.7's
   clamp of q, k and v as model.clip_qkv.
+- HF OLMo-2: Llama's tensor names without input_layernorm, its post_attention_layernorm and
+  post_feedforward_layernorm on the branches' outputs (model.pre_norm = false,
+  model.branch_norm), q_norm and k_norm over the whole projections (model.qk_norm_full; q_norm's
+  values reordered by head as q's rows). HF OLMoE: those QK-norms in Llama's blocks with
+  Qwen2-MoE's expert and router names.
 - llm.c: a header of 256 int32 (magic 20240326, version 3 = fp32 or 5 = bf16, max_seq_len,
   vocab_size, n_layer, n_head, n_embd, padded_vocab_size), then wte, wpe and each per-layer
   tensor for all layers in turn ([out, in] like triad), then ln_f.
@@ -162,6 +167,9 @@ class Dims:
     qk_norm: bool = False  # q_norm / k_norm per head (model.qk_norm): no export format holds it
     # ... over all heads' q and all k instead (model.qk_norm_full: OLMoE's, OLMo-2's)
     qk_norm_full: bool = False
+    # Norms before the branches (ln_1, ln_2); False: none, the branch norms after them
+    # (model.pre_norm = false: OLMo-2's reordered norms).
+    pre_norm: bool = True
     qkv_bias: bool = False  # c_attn's bias without the others (model.qkv_bias: Qwen2)
     mlp_bias: bool = False  # c_fc's and c_proj's without the attention's (model.mlp_bias: GPT-J)
     norm_eps: float = 1e-5  # the normalizations' epsilon (model.norm_eps)
@@ -362,6 +370,8 @@ class Dims:
                 a["norm_weight"] = 0
             if self.qk_norm_full:  # model.qk_norm_full (absent: 0)
                 a["qk_norm_full"] = 1
+            if not self.pre_norm:  # model.pre_norm (absent: 1)
+                a["pre_norm"] = 0
             if self.embed_scale != 1.0:  # model.embed_scale (absent: 1)
                 a["embed_scale"] = float(self.embed_scale)
             if self.parallel_residual:  # model.parallel_residual (absent: 0)
@@ -431,6 +441,8 @@ class Dims:
                 keys["qk_norm"] = "true"
             if self.qk_norm_full:
                 keys["qk_norm_full"] = "true"
+            if not self.pre_norm:
+                keys["pre_norm"] = "false"
             if self.qkv_bias:
                 keys["qkv_bias"] = "true"
             if self.mlp_bias:
@@ -619,7 +631,7 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
 
     kind = cfg.get("model_type", "gpt2")
     if kind in ("llama", "mistral", "phi3", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe",
-                "granite", "granitemoe", "olmo", "olmoe"):
+                "granite", "granitemoe", "olmo", "olmoe", "olmo2"):
         return llama_config_dims(cfg, where, seq_len)
     if kind in ("nemotron", "stablelm"):
         return layernorm_config_dims(cfg, where, seq_len)
@@ -646,7 +658,7 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         raise ConvertError(f"{where}: model_type is {kind!r}; triad imports GPT-2 ('gpt2'), "
                            f"Llama ('llama'), Mistral ('mistral'), Mixtral ('mixtral'), Phi-3 "
                            f"('phi3'), Qwen2 ('qwen2'), Qwen2-MoE ('qwen2_moe'), Qwen3 ('qwen3'), "
-                           f"Qwen3-MoE ('qwen3_moe'), OLMo ('olmo'), OLMoE ('olmoe'), "
+                           f"Qwen3-MoE ('qwen3_moe'), OLMo ('olmo', 'olmo2'), OLMoE ('olmoe'), "
                            f"Nemotron ('nemotron'), StableLM "
                            f"('stablelm'), Gemma ('gemma', 'gemma2'), Granite ('granite', "
                            f"'granitemoe'), Cohere ('cohere'), Phi ('phi'), "
@@ -837,6 +849,14 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     # projection (model.qk_norm_full) and in every layer a mixture of num_experts SwiGLU experts
     # of intermediate_size units, num_experts_per_tok per token, routed as Qwen3-MoE's.
     olmoe = cfg.get("model_type") == "olmoe"
+    # OLMo-2's (Olmo2ForCausalLM): Llama's tensors with no norms before the branches and an
+    # RMSNorm on each branch's output (post_attention_layernorm, post_feedforward_layernorm:
+    # model.pre_norm = false, model.branch_norm), and OLMoE's QK-norm over the whole q and k.
+    olmo2 = cfg.get("model_type") == "olmo2"
+    if olmo2 and "rms_norm_eps" not in cfg:  # Olmo2Config's default
+        eps = 1e-5
+    if olmo2 and cfg.get("head_dim") not in (None, n_embd // max(n_head, 1)):
+        refusals.append(f"head_dim {cfg['head_dim']} (OLMo-2's q_norm spans hidden_size values)")
     if olmoe:
         experts, top_k, normalize = routed_experts(cfg, where, refusals)
         moe = dict(moe_normalize=normalize)
@@ -876,8 +896,8 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
              mlp="swiglu", mlp_hidden=hidden,
              tied=bool(cfg.get("tie_word_embeddings", False)), n_kv_head=kv, rope_scaling=scaling,
              yarn=yarn, longrope=longrope,
-             qkv_bias=qwen2, norm_eps=eps, head_dim=head_dim, qk_norm=qwen3 or olmoe,
-             qk_norm_full=olmoe,
+             qkv_bias=qwen2, norm_eps=eps, head_dim=head_dim, qk_norm=qwen3 or olmoe or olmo2,
+             qk_norm_full=olmoe or olmo2, pre_norm=not olmo2, branch_norm=olmo2,
              sliding_window=sliding, moe_experts=experts, moe_top_k=top_k, fused=phi3, **moe,
              **granite)
     d.check(where)
@@ -1585,7 +1605,8 @@ def llama_sources(d: Dims) -> dict[str, list[str]]:
                 p + "ln_2/weight": [h + ("pre_feedforward_layernorm.weight" if d.branch_norm else
                                          "post_attention_layernorm.weight")]}),
         })
-        if not d.norm_weight:  # OLMo's norms hold nothing (triad's are ones: ones_for)
+        if not d.norm_weight or not d.pre_norm:  # OLMo's norms hold nothing (triad's are
+            # ones: ones_for); OLMo-2 has none before the branches, nor does triad's model then
             for t in ("ln_1/weight", "ln_2/weight"):
                 src.pop(p + t, None)
         if d.moe_layer(i) and d.moe_format in ("qwen2_moe", "qwen3_moe", "olmoe"):  # sparse MLP
@@ -1749,6 +1770,7 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
                                     if d.mlp == "geglu" else
                                     "Granite" if cfg.get("model_type") == "granite" else
                                     "StableLM" if d.norm_bias else
+                                    "OLMo-2" if not d.pre_norm else
                                     "Qwen2" if d.qkv_bias else "Qwen3" if d.qk_norm else
                                     "Phi-3" if d.fused else "OLMo" if not d.norm_weight else
                                     "StarCoder2" if d.starcoder2 else
@@ -2070,6 +2092,8 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
     # Gemma 2's blocks: Gemma's with the branches' output norms (model.branch_norm); its format
     # alone holds the caps and the scores' scale.
     gemma2 = gemma and int(a.get("branch_norm", 0)) == 1
+    # OLMo-2's blocks: Llama's (SwiGLU) with the branch norms alone (model.pre_norm = false).
+    olmo2 = llama and not gemma and int(a.get("pre_norm", 1)) == 0
     # Granite's blocks: Llama's (SwiGLU), whose format alone holds the multipliers (the
     # embedding's, the scores', the residual branches' and the logits').
     granite = llama and not gemma
@@ -2103,10 +2127,15 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
             raise ConvertError(f"{path}: the model multiplies {what} by {a[key]} (model.{key}) in "
                                f"blocks other than Llama's (rope, RMSNorm, SwiGLU, no biases); "
                                f"only Hugging Face's Granite holds such multipliers")
-    if int(a.get("branch_norm", 0)) and not gemma:
+    if int(a.get("branch_norm", 0)) and not (gemma or olmo2):
         raise ConvertError(f"{path}: the model normalizes each branch's output (model.branch_norm) "
-                           f"in blocks other than Gemma's (rope, RMSNorm, GeGLU, no biases); only "
-                           f"Hugging Face's Gemma 2 holds such norms")
+                           f"in blocks other than Gemma's (rope, RMSNorm, GeGLU, no biases) and "
+                           f"OLMo-2's (rope, RMSNorm, SwiGLU, no biases, no norms before the "
+                           f"branches); only Hugging Face's Gemma 2 and OLMo-2 hold such norms")
+    if int(a.get("pre_norm", 1)) == 0 and not olmo2:
+        raise ConvertError(f"{path}: the model has no norms before its branches "
+                           f"(model.pre_norm = false) in blocks other than OLMo-2's (rope, "
+                           f"RMSNorm, SwiGLU, no biases); only Hugging Face's OLMo-2 holds them")
     if float(a.get("clip_qkv", 0.0)) and not olmo:  # OLMo's format alone holds the clamp
         raise ConvertError(f"{path}: the model clamps c_attn's output at {a['clip_qkv']} "
                            f"(model.clip_qkv) in blocks other than OLMo's (rope, LayerNorms "
@@ -2348,6 +2377,7 @@ def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
              qkv_bias=int(a.get("qkv_bias", 0)) == 1, norm_eps=float(a.get("norm_eps", 1e-5)),
              head_dim=int(a.get("head_dim", 0)), qk_norm=int(a.get("qk_norm", 0)) == 1,
              qk_norm_full=int(a.get("qk_norm_full", 0)) == 1,
+             pre_norm=int(a.get("pre_norm", 1)) == 1,
              sliding_window=int(a.get("sliding_window", 0)),
              full_attention_every=int(a.get("full_attention_every", 0)),
              moe_experts=int(a.get("moe_experts", 0)), moe_top_k=int(a.get("moe_top_k", 0)),
@@ -2379,12 +2409,13 @@ def qwen_moe_hf_keys(d: Dims) -> dict:
                 output_router_logits=False)
 
 
-def refuse_absent(d: Dims, fmt: str, *more: tuple, holds_window: bool = False) -> None:
-    """Raises, naming them, for the options of d that Hugging Face's `fmt` has none of: QK-norm,
-    rope scaling, a sliding window (unless holds_window: Phi-3's, StarCoder2's) and experts, and
-    the (description, present) pairs in `more`."""
+def refuse_absent(d: Dims, fmt: str, *more: tuple, holds_window: bool = False,
+                  holds_qk_norm: bool = False) -> None:
+    """Raises, naming them, for the options of d that Hugging Face's `fmt` has none of: QK-norm
+    (unless holds_qk_norm: OLMo-2's), rope scaling, a sliding window (unless holds_window: Phi-3's,
+    StarCoder2's) and experts, and the (description, present) pairs in `more`."""
     extra = [what for what, on in (
-        ("QK-norm (model.qk_norm)", d.qk_norm),
+        ("QK-norm (model.qk_norm)", d.qk_norm and not holds_qk_norm),
         ("rope scaling (model.rope_scaling)", d.rope_scaling is not None or d.yarn is not None),
         ("a sliding window (model.sliding_window)", d.sliding_window and not holds_window),
         ("experts (model.moe_experts)", d.moe_experts), *more) if on]
@@ -2626,6 +2657,27 @@ def olmo_hf_config(d: Dims) -> dict:
                          clip_qkv=d.clip_qkv or None, rope_scaling=None, pad_token_id=None)
 
 
+def olmo2_hf_config(d: Dims) -> dict:
+    """config.json for transformers' Olmo2ForCausalLM computing what triad's model of OLMo-2's
+    blocks (Llama's with the branch norms alone, model.pre_norm = false, and QK-norm over all
+    heads, model.qk_norm_full) computes."""
+    refuse_absent(d, "a model without norms before its branches (model.pre_norm = false) exports "
+                     "as Hugging Face's OLMo-2",
+                  ("a c_attn bias (model.qkv_bias)", d.qkv_bias),
+                  ("heads of another width than n_embd / n_head (model.head_dim)", d.head_dim),
+                  ("Granite's multipliers", d.multiplied), holds_qk_norm=True)
+    if (d.position, d.norm, d.bias, d.mlp) != ("rope", "rmsnorm", False, "swiglu") or \
+            not (d.branch_norm and d.qk_norm_full and d.norm_weight) or d.parallel_residual or \
+            d.rotary_dim or d.longrope is not None or d.clip_qkv:
+        raise ConvertError("a model without norms before its branches (model.pre_norm = false) "
+                           "exports as Hugging Face's OLMo-2, which computes rope, RMSNorms with "
+                           "weights on the branches' outputs (model.branch_norm), QK-norm over all "
+                           "heads (model.qk_norm_full), SwiGLU and no biases, rotating every value")
+    return llama_like_hf(d, "Olmo2ForCausalLM", "olmo2", rms_norm_eps=d.norm_eps,
+                         hidden_act="silu", attention_bias=False, rope_scaling=None,
+                         pad_token_id=None)
+
+
 def layernorm_hf_config(d: Dims) -> dict:
     """config.json for transformers' NemotronForCausalLM (the squared ReLU) or
     StableLmForCausalLM (SwiGLU) computing what triad's model of their blocks computes (the
@@ -2689,13 +2741,16 @@ def llama_hf_config(d: Dims) -> dict:
         raise ConvertError(f"the model's every {d.full_attention_every}th layer attends to the "
                            f"whole context (model.full_attention_every); Hugging Face's Llama, "
                            f"Mistral, Mixtral and Qwen classes hold one window for every layer")
+    if not d.pre_norm:
+        return olmo2_hf_config(d)
     if d.qk_norm_full:
         # OLMoE's blocks (OlmoeForCausalLM); without experts they would be OLMo-2's, whose norms
         # follow the branches instead of leading them.
         if d.moe_format != "olmoe":
             raise ConvertError("the model normalizes q and k over all heads (model.qk_norm_full) "
-                               "without experts; the Hugging Face class with such blocks, "
-                               "OLMoE, has experts, and OLMo-2's norms follow the branches")
+                               "without experts and with norms before the branches; the Hugging "
+                               "Face classes with such QK-norm are OLMoE (with experts) and "
+                               "OLMo-2 (model.pre_norm = false, model.branch_norm)")
         if d.rope_scaling is not None or d.yarn is not None or d.qkv_bias or d.head_dim or \
                 d.sliding_window:
             raise ConvertError("a model with model.qk_norm_full and experts exports as OLMoE, "

@@ -104,6 +104,9 @@ def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
         })
         if int(a.get("shared_norm", 0)) == 1:  # model.shared_norm: ln_1 serves both branches
             del s[p + "ln_2/weight"], s[p + "ln_2/bias"]
+        if int(a.get("pre_norm", 1)) == 0:  # model.pre_norm = false: no norms before branches
+            for n in ("ln_1", "ln_2"):
+                s.pop(p + n + "/weight", None), s.pop(p + n + "/bias", None)
         if int(a.get("branch_norm", 0)) == 1:  # model.branch_norm: the branches' output norms
             for n in ("ln_attn_out", "ln_mlp_out"):
                 s.update({p + n + "/weight": (C,), p + n + "/bias": (C,)})
@@ -327,7 +330,7 @@ def _check(rep: Report) -> None:
                                      and math.isfinite(ma["rope_theta"]) and ma["rope_theta"] > 1):
         P.append(f"/model attribute rope_theta = {ma['rope_theta']!r}, not a finite number > 1")
     for flag, absent in (("bias", 1), ("tie_embeddings", 1), ("qk_norm", 0), ("qk_norm_full", 0),
-                         ("qkv_bias", 0),
+                         ("pre_norm", 1), ("qkv_bias", 0),
                          ("mlp_bias", 0), ("norm_bias", 0), ("parallel_residual", 0), ("branch_norm", 0),
                          ("shared_norm", 0), ("head_bias", 0)):
         if ma.get(flag, absent) not in (0, 1):

@@ -701,6 +701,9 @@ CheckpointState read_state(hid_t file) {
   s.model.norm_weight = flag("norm_weight", 1);
   s.model.parallel_residual = flag("parallel_residual", 0);
   s.model.branch_norm = flag("branch_norm", 0);
+  s.model.pre_norm = flag("pre_norm", 1);
+  TRIAD_CHECK(s.model.pre_norm || s.model.branch_norm,
+              "attribute pre_norm of /model is 0 without branch_norm (no norm in the blocks)");
   s.model.shared_norm = flag("shared_norm", 0);
   s.model.head_bias = flag("head_bias", 0);
   TRIAD_CHECK(!s.model.head_bias || !s.model.tied,
@@ -1218,6 +1221,7 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
             io::write_double_attr(model, "embed_scale", state.model.embed_scale);
           if (state.model.parallel_residual) io::write_int64_attr(model, "parallel_residual", 1);
           if (state.model.branch_norm) io::write_int64_attr(model, "branch_norm", 1);
+          if (!state.model.pre_norm) io::write_int64_attr(model, "pre_norm", 0);
           if (state.model.shared_norm) io::write_int64_attr(model, "shared_norm", 1);
           if (state.model.head_bias) io::write_int64_attr(model, "head_bias", 1);
           if (state.model.n_kv_head > 0)  // 0: not given (n_head)

@@ -98,6 +98,9 @@ bool has_tensor(const GptShape& shape, const std::string& suffix) {
     if (!shape.branch_norm) return false;
   }
   if (suffix.starts_with("ln_2/") && shape.shared_norm) return false;  // ln_1 serves both
+  if (suffix.starts_with("ln_1/") || suffix.starts_with("ln_2/")) {
+    if (!shape.pre_norm) return false;  // model.pre_norm = false: no norms before the branches
+  }
   if (!suffix.ends_with("/bias")) return true;
   if (!shape.bias)
     return (shape.qkv_bias && suffix == "attn/c_attn/bias") ||
@@ -281,8 +284,9 @@ size_t Gpt::gathered_per_step(const GptShape& shape, const ModelParallel& mp, in
       }
     for (size_t l = 0; l < n; ++l) start[l + 1] += start[l];
   } else {
-    for (const auto& s : specs)
-      if (s.name.starts_with("h/") && s.name.ends_with("/ln_1/weight")) start.push_back(s.offset);
+    for (const auto& s : specs)  // each layer's first tensor (ln_1's, or c_attn's without it)
+      if (s.name.starts_with("h/") && size_t(std::stoi(s.name.substr(2))) == start.size())
+        start.push_back(s.offset);
     start.push_back(gb.hi);
   }
   auto floats = [&](size_t from, size_t to) {
@@ -522,8 +526,10 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
     if (n == "lm_head/bias") head_bias_index_ = int(i);
     if (n == "wpe/weight") wpe_ = int(i);
     if (n == "ln_f/weight") lnf_ = int(i);
-    if (n.starts_with("h/") && n.ends_with("/ln_1/weight"))
-      layer_[size_t(std::stoi(n.substr(2)))] = int(i);
+    if (n.starts_with("h/")) {  // a layer's first tensor (ln_1's, or c_attn's without it)
+      int& first = layer_[size_t(std::stoi(n.substr(2)))];
+      if (first < 0) first = int(i);
+    }
   }
   if (shape.tied && mp.first_stage() && mp.holds_head()) head_ = wte_;  // one copy of wte
   {

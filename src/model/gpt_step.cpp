@@ -139,6 +139,37 @@ void Gpt::layernorm_backward(A* dinp, float* dw, float* db, const A* dout, const
 }
 
 template <class A>
+void Gpt::pre_norm_forward(A* out, float* mean, float* rstd, const A* x, const A* w, const A* b,
+                           int rows) {
+  const int C = shape_.n_embd;
+  if (shape_.pre_norm)
+    be_.layernorm_forward(out, mean, rstd, x, w, b, rows, C, shape_.norm_eps);
+  else
+    be_.copy(words(out), words(x), word_count<A>(size_t(rows) * C));
+}
+
+template <class A>
+void Gpt::residual_pre_norm_forward(A* residual, A* out, float* mean, float* rstd, const A* a,
+                                    const A* y, const A* w, const A* b, int rows) {
+  const int C = shape_.n_embd;
+  if (shape_.pre_norm) {
+    be_.residual_layernorm_forward(residual, out, mean, rstd, a, y, w, b, rows, C, shape_.norm_eps);
+    return;
+  }
+  be_.add(residual, a, y, size_t(rows) * C);
+  be_.copy(words(out), words(residual), word_count<A>(size_t(rows) * C));
+}
+
+template <class A>
+void Gpt::pre_norm_backward(A* dinp, float* dw, float* db, const A* dout, const A* inp, const A* w,
+                            const float* mean, const float* rstd, int rows) {
+  if (shape_.pre_norm)
+    layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, rows);
+  else
+    be_.add(dinp, dinp, dout, size_t(rows) * size_t(shape_.n_embd));
+}
+
+template <class A>
 const A* Gpt::branch_output(A* y, float* mean, float* rstd, const A* w, const A* b, int rows) {
   const size_t n = size_t(rows) * size_t(shape_.n_embd);
   A* out = y;
@@ -406,8 +437,8 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
     if (shape_.parallel_residual)  // residual2 the first branch's sum
       be_.add(L.residual2, x, att_out, size_t(n) * C);
     else
-      be_.residual_layernorm_forward(L.residual2, L.ln2, L.ln2_mean, L.ln2_rstd, x, att_out, w.ln2w,
-                                     w.ln2b, n, C, shape_.norm_eps);
+      residual_pre_norm_forward(L.residual2, L.ln2, L.ln2_mean, L.ln2_rstd, x, att_out, w.ln2w,
+                                w.ln2b, n);
   }  // (joined: no residual2; forward_chunk adds both branches' output to x)
   if (shape_.parallel_residual && !shape_.shared_norm)  // ln_2 of the layer's input (shared: ln_1)
     be_.layernorm_forward(L.ln2, L.ln2_mean, L.ln2_rstd, x, w.ln2w, w.ln2b, n, C, shape_.norm_eps);
@@ -470,8 +501,8 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T, int pos0) {
   // the next layer's ln_1 (or ln_f) at its end. Only the chunk's first ln_1 stands alone.
   if (per_chunk > 0) {
     const LayerTensors<const A> w0 = layer_weights(0);
-    be_.layernorm_forward(S.layers[0].ln1, S.layers[0].ln1_mean, S.layers[0].ln1_rstd, S.input,
-                          w0.ln1w, w0.ln1b, n, C, shape_.norm_eps);
+    pre_norm_forward(S.layers[0].ln1, S.layers[0].ln1_mean, S.layers[0].ln1_rstd, S.input, w0.ln1w,
+                     w0.ln1b, n);
   } else if (last_chunk) {
     be_.layernorm_forward(S.lnf, S.lnf_mean, S.lnf_rstd, S.input, lnfw, lnfb, n, C,
                           shape_.norm_eps);
@@ -493,8 +524,8 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T, int pos0) {
     if (i + 1 < per_chunk) {
       auto& next = S.layers[size_t(i + 1)];
       const LayerTensors<const A> wn = layer_weights(i + 1);
-      be_.residual_layernorm_forward(L.residual3, next.ln1, next.ln1_mean, next.ln1_rstd, res,
-                                     mlp_out, wn.ln1w, wn.ln1b, n, C, shape_.norm_eps);
+      residual_pre_norm_forward(L.residual3, next.ln1, next.ln1_mean, next.ln1_rstd, res, mlp_out,
+                                wn.ln1w, wn.ln1b, n);
     } else if (last_chunk) {
       be_.residual_layernorm_forward(L.residual3, S.lnf, S.lnf_mean, S.lnf_rstd, res, mlp_out, lnfw,
                                      lnfb, n, C, shape_.norm_eps);
@@ -670,8 +701,7 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
       // The layer's internals sit in the shared scratch layer: rerun its forward from its input
       // (the same ops on the same values as the forward pass: ln_1 reads x_in as stored, as
       // the fused residual add + LayerNorm did).
-      be_.layernorm_forward(L.ln1, L.ln1_mean, L.ln1_rstd, x_in, w.ln1w, w.ln1b, n, C,
-                            shape_.norm_eps);
+      pre_norm_forward(L.ln1, L.ln1_mean, L.ln1_rstd, x_in, w.ln1w, w.ln1b, n);
       recomputing_ = true;  // the routing statistics were counted by the forward pass
       layer_front(S, g, i, B, T);
       recomputing_ = false;
@@ -728,9 +758,9 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     // branches' is the layer output's): it runs after attn.c_proj's backward has read it.
     auto ln2_backward = [&] {
       if (shape_.shared_norm) return;
-      layernorm_backward(a.dresidual, gr.ln2w, gr.ln2b, a.dln,
-                         shape_.parallel_residual ? x_in : L.residual2, w.ln2w, L.ln2_mean,
-                         L.ln2_rstd, n);
+      pre_norm_backward(a.dresidual, gr.ln2w, gr.ln2b, a.dln,
+                        shape_.parallel_residual ? x_in : L.residual2, w.ln2w, L.ln2_mean,
+                        L.ln2_rstd, n);
     };
     if (!shape_.parallel_residual) ln2_backward();
     // Attention branch: residual2 = x + c_proj(attn(c_attn(ln_1(x)))) (through ln_attn_out).
@@ -762,8 +792,8 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
                     L.ln1g, w.qkvw, N, C, Wl, one_input_grad ? GradMode::accumulate : kSet);
     reduce_rows(dpart, a.dln, N);
     if (shape_.shared_norm && !one_input_grad) be_.add(a.dln, a.dln, a.dln_mlp, size_t(n) * C);
-    layernorm_backward(a.dresidual, gr.ln1w, gr.ln1b, a.dln, x_in, w.ln1w, L.ln1_mean, L.ln1_rstd,
-                       n);
+    pre_norm_backward(a.dresidual, gr.ln1w, gr.ln1b, a.dln, x_in, w.ln1w, L.ln1_mean, L.ln1_rstd,
+                      n);
     if (!split)
       grad_ready(at, layer_end(first) - at, bucket,
                  bucketed_ ? &ring_pending_[(first_layer + i) % 2] : nullptr);

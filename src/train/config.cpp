@@ -121,6 +121,10 @@ class KeyTable {
     add("model.branch_norm", c.model.branch_norm,
         "a norm (of model.norm's kind) on each branch's output before its residual add: x + "
         "norm(attn(ln_1(x))) (Gemma 2 and 3's sandwich norms)");
+    add("model.pre_norm", c.model.pre_norm,
+        "false: no norm before the branches (no ln_1, ln_2 tensors), each reads the residual "
+        "stream as it is, x + norm(attn(x)), its output normalized by model.branch_norm (OLMo-2's "
+        "reordered norms)");
     add("model.embed_scale", c.model.embed_scale,
         "the embedding's output times this (Gemma: sqrt(n_embd), not shared by a tied head); 1: "
         "none");
@@ -905,6 +909,10 @@ void validate(const Config& c, int world_size) {
         "needs model.tie_embeddings = false (the bias belongs to an output layer of its own)");
   check(!m.shared_norm || m.parallel_residual, "model.shared_norm",
         "needs model.parallel_residual = true (one norm serves parallel branches only)");
+  check(m.pre_norm || m.branch_norm, "model.pre_norm",
+        "= false needs model.branch_norm = true (a block must normalize somewhere)");
+  check(m.pre_norm || !m.parallel_residual, "model.pre_norm",
+        "= false is built for sequential blocks only (not with model.parallel_residual)");
   check(std::isfinite(m.attn_scale) && m.attn_scale >= 0 && m.attn_scale <= 100, "model.attn_scale",
         "must be in [0, 100] (0: 1/sqrt(head width))");
   check(m.mup_base_width >= 0 && m.mup_base_width <= (1 << 20), "model.mup_base_width",

@@ -96,6 +96,7 @@ ModelShape model_shape(const Config& cfg) {
   m.embed_scale = c.embed_scale;
   m.parallel_residual = c.parallel_residual;
   m.branch_norm = c.branch_norm;
+  m.pre_norm = c.pre_norm;
   m.shared_norm = c.shared_norm;
   m.head_bias = c.head_bias;
   m.attn_scale = c.attn_scale;
@@ -160,6 +161,7 @@ GptShape gpt_shape(const ModelShape& m, int padded_vocab_size) {
   s.embed_scale = float(m.embed_scale);
   s.parallel_residual = m.parallel_residual;
   s.branch_norm = m.branch_norm;
+  s.pre_norm = m.pre_norm;
   s.shared_norm = m.shared_norm;
   s.head_bias = m.head_bias;
   s.attn_scale = float(m.attn_scale);

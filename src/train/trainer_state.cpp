@@ -670,7 +670,8 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
                "parallel_residual"},
         Switch{m.head_bias, c.head_bias, "a bias on its head's logits", "head_bias"},
         Switch{m.shared_norm, c.shared_norm, "one norm for both parallel branches", "shared_norm"},
-        Switch{m.branch_norm, c.branch_norm, "norms on the branches' outputs", "branch_norm"}})
+        Switch{m.branch_norm, c.branch_norm, "norms on the branches' outputs", "branch_norm"},
+        Switch{m.pre_norm, c.pre_norm, "norms before the branches (ln_1, ln_2)", "pre_norm"}})
     TRIAD_CHECK(s.held == s.asked, "checkpoint ", path, " holds a model ",
                 s.held ? "with " : "without ", s.what, " but the config asks for model.", s.key,
                 " = ", s.asked ? "true" : "false");

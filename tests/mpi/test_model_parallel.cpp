@@ -780,6 +780,30 @@ TEST(ModelParallel, WideHeadsMatchOneRankOnEveryGrid) {
                 {"full"}, true, Grid{1, 2, 1, 0, 2, "1f1b", 1});
 }
 
+// check_variant on the grids of the QK-norm family (dp with ZeRO-1, tp, tp with sequence
+// parallelism, zb-h1, 2 x 2 x 2 interleaved), recomputing the layer, in bf16 and resumed at tp 2.
+Result check_norm_variant(const std::string& name, const std::vector<std::string>& opts) {
+  return check_variant(name, opts,
+                       {{2, 1, 1, 1, 2, "1f1b", 1},
+                        {1, 2, 1, 0, 1, "1f1b", 1},
+                        {1, 2, 1, 1, 2, "1f1b", 1, true},
+                        {1, 1, 2, 0, 4, "zb-h1", 1},
+                        {2, 2, 2, 1, 2, "interleaved", 2}},
+                       {"full"}, true, Grid{1, 2, 1, 0, 2, "1f1b", 1});
+}
+
+// The one-rank run `label` of opts with opts[at] = value (another model) ends more than `differ`
+// away from ref's last loss.
+void expect_other_model(const std::string& name, std::vector<std::string> opts, size_t at,
+                        const char* value, const std::string& label, const Result& ref,
+                        double differ) {
+  opts[at] = value;
+  opts.insert(opts.end(), {"--resume", "none"});
+  const Result other = run(shared_dir(name), label, Grid{}, opts);
+  ASSERT_FALSE(ref.losses.empty() || other.losses.empty());
+  EXPECT_GT(std::abs(other.losses.back() - ref.losses.back()), differ);
+}
+
 // QK-norm (model.qk_norm): q_norm and k_norm are replicated over the tensor-parallel group
 // while each rank normalizes its own heads, so their gradients are all-reduced there; with
 // grouped-query attention and Llama's blocks, on every grid against one rank, recomputing the
@@ -788,13 +812,7 @@ TEST(ModelParallel, QkNormMatchesOneRankOnEveryGrid) {
   const std::vector<std::string> opts = {
       "--model.qk_norm", "true",    "--model.n_kv_head", "2",     "--model.position", "rope",
       "--model.norm",    "rmsnorm", "--model.mlp",       "swiglu"};
-  const Result ref = check_variant("qknorm", opts,
-                                   {{2, 1, 1, 1, 2, "1f1b", 1},
-                                    {1, 2, 1, 0, 1, "1f1b", 1},
-                                    {1, 2, 1, 1, 2, "1f1b", 1, true},
-                                    {1, 1, 2, 0, 4, "zb-h1", 1},
-                                    {2, 2, 2, 1, 2, "interleaved", 2}},
-                                   {"full"}, true, Grid{1, 2, 1, 0, 2, "1f1b", 1});
+  const Result ref = check_norm_variant("qknorm", opts);
   std::vector<std::string> muon = opts;
   muon.insert(muon.end(), {"--resume", "none", "--optim.name", "muon", "--optim.muon_lr", "0.02"});
   const std::string dir = shared_dir("qknorm");
@@ -804,12 +822,7 @@ TEST(ModelParallel, QkNormMatchesOneRankOnEveryGrid) {
     expect_same_training(run(dir, "qk_muon_" + tp2.name(), tp2, muon), mref,
                          "qk_norm muon " + tp2.name());
   // The norms change the model: the same run without them differs.
-  std::vector<std::string> without = opts;
-  without[1] = "false";
-  without.insert(without.end(), {"--resume", "none"});
-  const Result plain = run(dir, "qk_off_ref", Grid{}, without);
-  ASSERT_FALSE(ref.losses.empty() || plain.losses.empty());
-  EXPECT_GT(std::abs(plain.losses.back() - ref.losses.back()), 1e-4);
+  expect_other_model("qknorm", opts, 1, "false", "qk_off_ref", ref, 1e-4);
 }
 
 // QK-norm over all heads (model.qk_norm_full: OLMo-2's, OLMoE's): q_norm and k_norm split with
@@ -823,19 +836,24 @@ TEST(ModelParallel, QkNormFullMatchesOneRankOnEveryGrid) {
       "--model.qk_norm",  "true",   "--model.qk_norm_full", "true", "--model.n_kv_head", "2",
       "--model.head_dim", "24",     "--model.position",     "rope", "--model.norm",      "rmsnorm",
       "--model.mlp",      "swiglu", "--model.bias",         "false"};
-  const Result ref = check_variant("qknormfull", opts,
-                                   {{2, 1, 1, 1, 2, "1f1b", 1},
-                                    {1, 2, 1, 0, 1, "1f1b", 1},
-                                    {1, 2, 1, 1, 2, "1f1b", 1, true},
-                                    {1, 1, 2, 0, 4, "zb-h1", 1},
-                                    {2, 2, 2, 1, 2, "interleaved", 2}},
-                                   {"full"}, true, Grid{1, 2, 1, 0, 2, "1f1b", 1});
-  std::vector<std::string> per_head = opts;
-  per_head[3] = "false";
-  per_head.insert(per_head.end(), {"--resume", "none"});
-  const Result heads = run(shared_dir("qknormfull"), "qk_per_head_ref", Grid{}, per_head);
-  ASSERT_FALSE(ref.losses.empty() || heads.losses.empty());
-  EXPECT_GT(std::abs(heads.losses.back() - ref.losses.back()), 1e-5);
+  const Result ref = check_norm_variant("qknormfull", opts);
+  expect_other_model("qknormfull", opts, 3, "false", "qk_per_head_ref", ref, 1e-5);
+}
+
+// OLMo-2's blocks: no norms before the branches (model.pre_norm = false: each reads the residual
+// stream, whose gradient then gains the branch input's directly), RMSNorms on the branches'
+// outputs and QK-norm over all heads, on every grid against one rank (sequence parallel,
+// zero-bubble and interleaved among them), recomputing the layer, in bf16 and resumed across
+// grids; the same blocks with norms before the branches too (Gemma 2's sandwich) differ.
+TEST(ModelParallel, PostBranchNormsMatchOneRankOnEveryGrid) {
+  const std::vector<std::string> opts = {
+      "--model.pre_norm",  "false",   "--model.branch_norm",  "true",
+      "--model.qk_norm",   "true",    "--model.qk_norm_full", "true",
+      "--model.n_kv_head", "2",       "--model.position",     "rope",
+      "--model.norm",      "rmsnorm", "--model.mlp",          "swiglu",
+      "--model.bias",      "false"};
+  const Result ref = check_norm_variant("olmo2", opts);
+  expect_other_model("olmo2", opts, 1, "true", "olmo2_sandwich_ref", ref, 1e-5);
 }
 
 TEST(ModelParallel, CheckpointsReshardAcrossTensorAndPipelineGrids) {

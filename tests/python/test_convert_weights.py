@@ -389,7 +389,7 @@ def exports_back(ckpt, out, tensors):
 def test_qwen3_imports_and_evaluates_as_its_definition(imported, tmp_path):
     """A Qwen3 model (model_type qwen3: Llama's blocks with head_dim 24 at hidden_size 64 and
     per-head RMSNorms q_norm, k_norm on q and k before the rotation, epsilon 1e-6, tied
-    embeddings) written in Qwen3ForCausalLM's tensor names. transformers 4.46 predates Qwen3, so
+    embeddings) written in Qwen3ForCausalLM's tensor names. transformers 4.47 predates Qwen3, so
     the reference is its LlamaForCausalLM with forward hooks on q_proj and k_proj that apply
     Qwen3's q_norm and k_norm to each head (what Qwen3Attention does before the rotation): triad's
     loss of the import is that model's; export writes Qwen3's config and tensors back, bit for
@@ -873,6 +873,40 @@ def test_olmo_imports_trains_and_exports_as_transformers(imported, tmp_path, tie
     assert not (tmp_path / "bad.h5").exists()
 
 
+def olmo2_model(**config):
+    torch.manual_seed(37)
+    model = transformers.Olmo2ForCausalLM(transformers.Olmo2Config(**{
+        **dict(vocab_size=V, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=N_POS,
+               rope_theta=500.0, rms_norm_eps=1e-6, tie_word_embeddings=False, pad_token_id=None,
+               attention_dropout=0.0), **config}))
+    return spread(model)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_olmo2_imports_trains_and_exports_as_transformers(imported, tmp_path, tied):
+    """transformers' Olmo2ForCausalLM (no norms before the branches, an RMSNorm on each branch's
+    output, QK-norm over the whole q and k projections, 4 query heads over 2, OLMo-2-7B's untied
+    head or a tied one) imports as model.pre_norm = false, model.branch_norm, model.qk_norm_full:
+    triad's loss and accuracy are transformers', on one rank and on tp 2 × pp 2, greedy
+    generation its tokens; fine-tuned and exported it loads in transformers as OLMo-2 computing
+    triad's loss, and the import exported again is the original bit for bit."""
+    d, _, cfg = imported
+    model = olmo2_model(tie_word_embeddings=tied)
+    out = import_hf(model, tmp_path / "olmo2", "OLMo-2")
+    with h5py.File(out, "r") as f:
+        a = f["model"].attrs
+        assert (int(a["pre_norm"]), int(a["branch_norm"]), int(a["qk_norm_full"])) == (0, 1, 1)
+        assert "ln_1" not in f["model/h/0"] and "ln_2" not in f["model/h/0"]
+    evaluates_generates_and_tunes(model, d, cfg, out, f"olmo2-ft-{int(tied)}", tmp_path)
+    p = mpi_run(4, "--config", cfg, "--eval-only", "--init-from", out, "--model-from", out,
+                "--parallel.tp", 2, "--parallel.pp", 2)
+    assert p.returncode == 0, p.stdout + p.stderr
+    grid_loss = float(p.stdout.split("val loss")[1].split()[0])
+    want_loss = hf_loss_accuracy(model, d)[0]
+    assert abs(grid_loss - want_loss) <= 1e-5 * want_loss, (grid_loss, want_loss)
+
+
 def starcoder2_model(**config):
     torch.manual_seed(29)
     model = transformers.Starcoder2ForCausalLM(transformers.Starcoder2Config(**{
@@ -1257,10 +1291,15 @@ def test_gemma2_imports_and_evaluates_as_transformers(imported, tmp_path):
     hf_round_trip(imported, tmp_path, model, "Gemma 2", GEMMA2_ARGS, True,
                   {"mlp": "geglu", "branch_norm": 1, "attn_scale": 0.25, "attn_softcap": 1.0,
                    "logit_softcap": 3.0, "sliding_window": 8, "full_attention_every": 2})
+    def set_cap(value):  # (transformers 4.47's attention layers read a copy of the config's)
+        model.config.attn_logit_softcapping = value
+        for layer in model.model.layers:
+            layer.self_attn.attn_logit_softcapping = value
+
     with torch.no_grad():
-        model.config.attn_logit_softcapping = None
+        set_cap(None)
         uncapped, _ = hf_loss_accuracy(model, imported[0])
-        model.config.attn_logit_softcapping = 1.0
+        set_cap(1.0)
         capped, _ = hf_loss_accuracy(model, imported[0])
     assert abs(uncapped - capped) > 1e-4 * capped, (uncapped, capped)  # the check's 1e-5 × 10
 
@@ -1519,7 +1558,7 @@ def test_qwen2_moe_imports_and_evaluates_as_transformers(imported, tmp_path, top
 def test_qwen3_moe_imports_and_evaluates_as_its_definition(imported, tmp_path, normalize, dense):
     """A Qwen3-MoE model (model_type qwen3_moe: Qwen3's attention, per-head RMSNorms q_norm and
     k_norm, no biases; Qwen2-MoE's experts and router without the shared expert) written in
-    Qwen3MoeForCausalLM's tensor names. transformers 4.46 predates Qwen3, so the reference is its
+    Qwen3MoeForCausalLM's tensor names. transformers 4.47 predates Qwen3, so the reference is its
     Qwen2MoeForCausalLM with the q, k and v biases and the shared expert's output at zero and
     forward hooks on q_proj and k_proj applying the per-head norms: triad's loss of the import
     is that model's, on one rank and on tp 2 × ep 2; export writes Qwen3-MoE's config and

@@ -42,6 +42,12 @@ TOL_TRAIN = 1e-6
 # terms): up to 1.3e-6 seen after 10 steps where the BLAS sums in another order (OpenBLAS on an
 # AVX-512 machine), so 4 times the loss's tolerance (which still catches the bugs above).
 NORM_OVER_LOSS_TOL = 4
+# OLMo-2's blocks (no norms before the branches) are chaotic at these sizes: each branch's tiny
+# output is normalized, so its gradient is scaled up by 1/rms. Perturbing triad's initial weights
+# by 1e-7 (relative, fp32 rounding) moves triad's own loss by up to 7e-7 and its gradient norm by
+# up to 7e-5 over the 10 AdamW steps: the train tolerance for that case is 2e-5 (its gradients
+# at initialization are held to TOL_TENSOR like every case's).
+TOL_TRAIN_OF = {"olmo2": 2e-5}
 # Final weights: rms(triad - reference) / rms(reference update); ~2e-4 seen (Adam amplifies
 # fp32 noise of near-zero gradient elements), the bugs above give 1.3e-3 .. 0.26.
 TOL_WEIGHTS = 1e-3
@@ -255,6 +261,14 @@ CASES = [
                                 mlp="swiglu", mlp_hidden=64, tied=False, n_kv_head=2,
                                 attn_head_dim=24, qk_norm=True, qk_norm_full=True,
                                 moe_experts=4, moe_top_k=2, moe_normalize=False), 2, 40, 6, 197),
+    # OLMo-2's blocks: no norms before the branches (model.pre_norm = false), an RMSNorm on each
+    # branch's output (model.branch_norm), QK-norm over all of q and all of k, SwiGLU, an untied
+    # head, grouped-query attention.
+    Case("olmo2", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
+                                position="rope", rope_theta=500.0, norm="rmsnorm", bias=False,
+                                mlp="swiglu", tied=False, n_kv_head=2, qk_norm=True,
+                                qk_norm_full=True, pre_norm=False, branch_norm=True),
+         2, 40, 6, 199),
     # Parallel attention and MLP with a mixture of SwiGLU experts (4, 2 per token) on Llama's
     # blocks.
     Case("parallelmoe", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
@@ -315,7 +329,7 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                       vocab_size=c.vocab_size, position=c.position, rope_theta=c.rope_theta,
                       norm=c.norm, bias=c.bias, mlp=c.mlp, mlp_hidden=c.mlp_hidden,
                       tie_embeddings=c.tied, n_kv_head=c.n_kv_head, qk_norm=c.qk_norm,
-                      qk_norm_full=c.qk_norm_full,
+                      qk_norm_full=c.qk_norm_full, pre_norm=c.pre_norm,
                       qkv_bias=c.qkv_bias, mlp_bias=c.mlp_bias, norm_bias=c.norm_bias,
                       norm_eps=c.norm_eps,
                       head_dim=c.attn_head_dim,
@@ -784,7 +798,8 @@ def compare_training(p: Prepared, tmp_path: Path, sections: dict, label: str,
 def test_adamw_steps_match_torch(case, tmp_root, tmp_path):
     p = prepare(case, tmp_root)
     sections = config_sections(case, p.dir, train__grad_clip=GRAD_CLIP[case.name])
-    norms = compare_training(p, tmp_path, sections, "adamw")
+    norms = compare_training(p, tmp_path, sections, "adamw",
+                             tol_train=TOL_TRAIN_OF.get(case.name, TOL_TRAIN))
     clipped = int(np.sum(norms > GRAD_CLIP[case.name]))
     assert 0 < clipped < len(norms), f"clipping should trigger in some steps, not {clipped}"
 
@@ -1294,7 +1309,7 @@ GRAD_CLIP = {"gpt2vocab": 1.0, "oddshapes": 1.0, "rope": 1.0, "rmsnorm": 1.2, "n
              "partialrope": 1.8, "relu2": 1.0, "moerelu2": 1.7, "nemotron": 1.8, "gemma": 1.45,
              "parallel": 1.0, "parallelmoe": 1.7, "neox": 1.25, "gemma2": 2.4,
              "sandwichmoe": 1.0, "granite": 0.18, "cohere": 0.44, "phi": 1.0, "gptj": 1.0,
-             "olmo": 1.7, "olmoe": 2.0}
+             "olmo": 1.7, "olmoe": 2.0, "olmo2": 2.7}
 
 
 # model.moe_capacity_factor: each expert takes the first ceil(f·N·k/E) of a pass's choices (the

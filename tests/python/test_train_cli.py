@@ -151,6 +151,9 @@ def test_help_lists_every_key_with_defaults():
     (["--model.clip_qkv", "-1"], ["model.clip_qkv", "[0, 1e4]"]),
     (["--model.clip_qkv", "8", "--model.qk_norm", "true"], ["model.clip_qkv", "model.qk_norm"]),
     (["--model.qk_norm_full", "true"], ["model.qk_norm_full", "needs model.qk_norm = true"]),
+    (["--model.pre_norm", "false"], ["model.pre_norm", "needs model.branch_norm = true"]),
+    (["--model.pre_norm", "false", "--model.branch_norm", "true", "--model.parallel_residual",
+      "true"], ["model.pre_norm", "sequential blocks only"]),
     (["--model.qkv_bias", "true"], ["model.qkv_bias", "model.bias = false"]),
     (["--model.mlp_bias", "true"], ["model.mlp_bias", "model.bias = false"]),
     (["--model.mlp_bias", "true", "--model.bias", "false", "--model.moe_experts", "4"],
@@ -221,6 +224,18 @@ def test_qwen3_model_config_plans_its_parameters(tmp_path):
     floats = planned_floats(tmp_path, "qwen3-0.6b.ini", 28)
     assert floats == 596_049_920
     assert 440_000_000 < floats - 151_936 * 1024 < 440_500_000
+
+
+def test_olmo2_model_config_plans_its_parameters(tmp_path):
+    """inputs/models/olmo2-7b.ini: --plan counts OLMo-2-7B's tensors: no ln_1 and ln_2, the two
+    branch norms and the q and k norms over all 4096 values of each (model.qk_norm_full) in every
+    layer, SwiGLU's 11008 units, the untied 100,352-row embedding and head: 7,298,617,344
+    parameters, OLMo-2-7B's published 7.3B."""
+    C, L, V, H = 4096, 32, 100352, 11008
+    layer = 4 * C * C + 2 * C + 3 * C * H + 2 * C  # q|k|v and o, q_norm and k_norm; the MLP;
+    # ln_attn_out and ln_mlp_out
+    floats = L * layer + 2 * V * C + C  # wte and lm_head; ln_f
+    assert planned_floats(tmp_path, "olmo2-7b.ini", L) == floats == 7_298_617_344
 
 
 # (layers, n_embd, attention width, key/value width, query/key norm weights, experts, chosen,
@@ -842,6 +857,7 @@ def test_damaged_checkpoints(tmp_path):
             ("qk", {"qk_norm": 2}, "attribute qk_norm of /model is 2"),
             ("qk_full", {"qk_norm_full": 1}, "attribute qk_norm_full of /model is 1 without "
              "qk_norm"),
+            ("pre_norm", {"pre_norm": 0}, "attribute pre_norm of /model is 0 without branch_norm"),
             ("qkv_bias", {"qkv_bias": 1}, "attributes bias and qkv_bias of /model are both 1"),
             ("mlp_bias", {"mlp_bias": 1}, "attributes bias and mlp_bias of /model are both 1"),
             ("mlp_bias2", {"bias": 0, "mlp_bias": 2}, "attribute mlp_bias of /model is 2"),

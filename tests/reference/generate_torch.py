@@ -46,7 +46,7 @@ def block(params: Dict[str, torch.Tensor], cfg: ref.GptConfig, i: int, x: torch.
     p = f"h/{i}/"
     B, T, C = x.shape
     nh, kv, hd = cfg.n_head, cfg.kv_heads, cfg.head_dim
-    h = ref.norm(params, cfg, p + "ln_1", x)
+    h = ref.norm(params, cfg, p + "ln_1", x) if cfg.pre_norm else x  # (OLMo-2's: none)
     q, k, v = ref.linear(h, params[p + "attn/c_attn/weight"],
                          params.get(p + "attn/c_attn/bias")).split([nh * hd, kv * hd, kv * hd],
                                                                    dim=-1)
@@ -75,9 +75,15 @@ def block(params: Dict[str, torch.Tensor], cfg: ref.GptConfig, i: int, x: torch.
     mask = torch.ones(T, past + T, dtype=torch.bool).tril(diagonal=past)
     att = torch.softmax(att.masked_fill(~mask, float("-inf")), dim=-1)
     y = torch.matmul(att, v).transpose(1, 2).reshape(B, T, nh * hd)
-    x = x + ref.linear(y, params[p + "attn/c_proj/weight"], params.get(p + "attn/c_proj/bias"))
-    h = ref.norm(params, cfg, p + "ln_2", x)
-    return x + ref.mlp(params, cfg, p, h)
+    a = ref.linear(y, params[p + "attn/c_proj/weight"], params.get(p + "attn/c_proj/bias"))
+    if cfg.branch_norm:  # model.branch_norm: each branch's output normalized
+        a = ref.norm(params, cfg, p + "ln_attn_out", a)
+    x = x + a
+    h = ref.norm(params, cfg, p + "ln_2", x) if cfg.pre_norm else x
+    m = ref.mlp(params, cfg, p, h)
+    if cfg.branch_norm:
+        m = ref.norm(params, cfg, p + "ln_mlp_out", m)
+    return x + m
 
 
 def last_logits(params, cfg: ref.GptConfig, ids: torch.Tensor, pos0: int,

@@ -69,6 +69,9 @@ class GptConfig:
     # model.qk_norm_full: one RMSNorm over all of q (q_norm [n_head·hd]) and one over all of k
     # (k_norm [kv·hd]) instead (OLMo-2's, OLMoE's)
     qk_norm_full: bool = False
+    # model.pre_norm = False: no ln_1, ln_2; each branch reads x itself, its output normalized
+    # by the branch norms (OLMo-2's reordered norms)
+    pre_norm: bool = True
     qkv_bias: bool = False  # with bias False: c_attn keeps its bias (model.qkv_bias, as Qwen2)
     mlp_bias: bool = False  # with bias False: c_fc and c_proj keep theirs (model.mlp_bias, GPT-J)
     norm_bias: bool = False  # with bias False: the LayerNorms keep theirs (model.norm_bias)
@@ -203,9 +206,10 @@ def param_shapes(cfg: GptConfig) -> Dict[str, tuple]:
     rms = cfg.norm == "rmsnorm"
     for i in range(cfg.n_layer):
         p = f"h/{i}/"
-        shapes[p + "ln_1/weight"] = (C,)
-        if not rms:
-            shapes[p + "ln_1/bias"] = (C,)
+        if cfg.pre_norm:
+            shapes[p + "ln_1/weight"] = (C,)
+            if not rms:
+                shapes[p + "ln_1/bias"] = (C,)
         shapes[p + "attn/c_attn/weight"] = (cfg.qkv_width, C)
         shapes[p + "attn/c_attn/bias"] = (cfg.qkv_width,)
         if cfg.qk_norm and cfg.qk_norm_full:
@@ -216,7 +220,7 @@ def param_shapes(cfg: GptConfig) -> Dict[str, tuple]:
             shapes[p + "attn/k_norm/weight"] = (cfg.head_dim,)
         shapes[p + "attn/c_proj/weight"] = (C, cfg.attn_width)
         shapes[p + "attn/c_proj/bias"] = (C,)
-        if not cfg.shared_norm:
+        if not cfg.shared_norm and cfg.pre_norm:
             shapes[p + "ln_2/weight"] = (C,)
             if not rms:
                 shapes[p + "ln_2/bias"] = (C,)
@@ -672,7 +676,7 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor,
         record["embed"] = x
     for i in range(cfg.n_layer):
         p = f"h/{i}/"
-        h = norm(params, cfg, p + "ln_1", x)
+        h = norm(params, cfg, p + "ln_1", x) if cfg.pre_norm else x
         qn, kn = qk_norm_weights(params, cfg, p)
         a = linear(attention(h, params[p + "attn/c_attn/weight"],
                              params.get(p + "attn/c_attn/bias"), cfg.n_head, rope,
@@ -687,10 +691,11 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor,
             a = a * float(np.float32(cfg.residual_scale))
         # model.parallel_residual (GPT-J's, GPT-NeoX's): ln_2 reads the layer's input, and both
         # branches add to it, (x + a) + m.
-        h = h if cfg.shared_norm else norm(params, cfg, p + "ln_2", x)
+        if cfg.parallel_residual:
+            h = h if cfg.shared_norm else norm(params, cfg, p + "ln_2", x)
         x = x + a
         if not cfg.parallel_residual:
-            h = norm(params, cfg, p + "ln_2", x)
+            h = norm(params, cfg, p + "ln_2", x) if cfg.pre_norm else x
         m = mlp(params, cfg, p, h)
         if cfg.branch_norm:
             m = norm(params, cfg, p + "ln_mlp_out", m)
@@ -1066,6 +1071,8 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
         m.attrs.create("qk_norm", i64(1 if cfg.qk_norm else 0), dtype="<i8")
         if cfg.qk_norm_full:
             m.attrs.create("qk_norm_full", i64(1), dtype="<i8")
+        if not cfg.pre_norm:
+            m.attrs.create("pre_norm", i64(0), dtype="<i8")
         m.attrs.create("qkv_bias", i64(1 if cfg.qkv_bias else 0), dtype="<i8")
         if cfg.mlp_bias:
             m.attrs.create("mlp_bias", i64(1), dtype="<i8")
@@ -1156,6 +1163,7 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                         n_kv_head=int(a["n_kv_head"]) if "n_kv_head" in a else 0,
                         qk_norm=int(a["qk_norm"]) == 1 if "qk_norm" in a else False,
                         qk_norm_full=int(a.get("qk_norm_full", 0)) == 1,
+                        pre_norm=int(a.get("pre_norm", 1)) == 1,
                         qkv_bias=int(a["qkv_bias"]) == 1 if "qkv_bias" in a else False,
                         mlp_bias=int(a.get("mlp_bias", 0)) == 1,
                         norm_bias=int(a.get("norm_bias", 0)) == 1,

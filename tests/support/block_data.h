@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "random_data.h"
@@ -31,6 +32,16 @@ inline std::vector<float> widened(const Bf16Bits& b) {
 // both start from exactly.
 inline std::vector<float> bf16_values(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
   return widened(bf16_bits(random_vec(n, seed, lo, hi)));
+}
+// Values as a storage type holds them, in both views of the same numbers: fp32 floats and bf16
+// bits (n values uniform in [lo, hi), rounded to bf16).
+struct BothViews {
+  std::vector<float> f;
+  Bf16Bits b;
+};
+inline BothViews both_views(size_t n, uint32_t seed, float lo = -2.0f, float hi = 2.0f) {
+  Bf16Bits b = bf16_bits(random_vec(n, seed, lo, hi));
+  return BothViews{widened(b), std::move(b)};
 }
 // The same bits as the CPU backend's bf16 type.
 inline bf16_t* as_bf16(Bf16Bits& b) { return reinterpret_cast<bf16_t*>(b.data()); }

@@ -28,14 +28,8 @@ using testing::widened;
 using Vec = std::vector<float>;
 using Bits = testing::Bf16Bits;
 namespace qb = qk_full_norm_block;
-struct Data {  // values as the storage type holds them (both views of the same values)
-  Vec f;
-  Bits b;
-};
-Data data(size_t n, uint32_t seed, float lo = -2.0f, float hi = 2.0f) {
-  const Bits b = testing::bf16_bits(testing::random_vec(n, seed, lo, hi));
-  return Data{widened(b), b};
-}
+using Data = testing::BothViews;
+using testing::both_views;
 double rel_error(const Vec& got, const Vec& want) { return testing::max_rel_error(got, want); }
 
 template <class Body>
@@ -60,8 +54,9 @@ void check(int N, int NH, int NKV, int hd, int tp) {
   const qb::Shape h{C, K, size_t(C + 2 * K)};
   const size_t W = h.W, total = size_t(N) * W;
   const double tol = kBf16 ? 1e-2 : 1e-5;
-  const Data qkv = data(total, 1), dout = data(total, 2), wq = data(size_t(C), 3, 0.5f, 1.5f),
-             wk = data(size_t(K), 4, 0.5f, 1.5f), old = data(total, 5);
+  const Data qkv = both_views(total, 1), dout = both_views(total, 2),
+             wq = both_views(size_t(C), 3, 0.5f, 1.5f), wk = both_views(size_t(K), 4, 0.5f, 1.5f),
+             old = both_views(total, 5);
   auto be = make_cpu_backend();
   const int blocks = 2;
   const size_t warps = size_t(blocks) * qb::kWarpsPerBlock, threads = size_t(blocks) * qb::kThreads;

@@ -25,15 +25,8 @@ using testing::as_bf16;
 using testing::widened;
 using Vec = std::vector<float>;
 using Bits = testing::Bf16Bits;
-// Values as the storage type holds them: fp32 as they are, or rounded to bf16 (both views).
-struct Data {
-  Vec f;
-  Bits b;
-};
-Data data(size_t n, uint32_t seed, float lo = -2.0f, float hi = 2.0f) {
-  const Bits b = testing::bf16_bits(testing::random_vec(n, seed, lo, hi));
-  return Data{widened(b), b};  // the same values in both
-}
+using Data = testing::BothViews;
+using testing::both_views;
 double rel_error(const Vec& got, const Vec& want) { return testing::max_rel_error(got, want); }
 
 template <class Body>
@@ -48,8 +41,9 @@ void check(int N, int NH, int NKV, int hd, bool bf16) {
   const qk_norm_block::Heads h{NH, NKV, hd, size_t(C + 2 * NKV * hd)};
   const size_t W = h.W, total = size_t(N) * W, head_rows = size_t(N) * h.total();
   const double tol = bf16 ? 1e-2 : 1e-5;
-  const Data qkv = data(total, 1), dout = data(total, 2), wq = data(size_t(hd), 3, 0.5f, 1.5f),
-             wk = data(size_t(hd), 4, 0.5f, 1.5f), old = data(total, 5);
+  const Data qkv = both_views(total, 1), dout = both_views(total, 2),
+             wq = both_views(size_t(hd), 3, 0.5f, 1.5f), wk = both_views(size_t(hd), 4, 0.5f, 1.5f),
+             old = both_views(total, 5);
   auto be = make_cpu_backend();
   const int blocks = 2;  // 16 warps for more head-rows: the stride loop
   const size_t warps = size_t(blocks) * qk_norm_block::kWarpsPerBlock;

@@ -144,6 +144,8 @@ struct ModelShape {
   bool parallel_residual = false;
   // Attribute branch_norm (int64 1 | 0; absent: 0; written when 1): GptShape::branch_norm.
   bool branch_norm = false;
+  // Attribute pre_norm (int64 0 | 1; absent: 1; written when 0): GptShape::pre_norm.
+  bool pre_norm = true;
   // Attribute shared_norm (int64 1 | 0; absent: 0; written when 1; only with parallel_residual):
   // GptShape::shared_norm.
   bool shared_norm = false;

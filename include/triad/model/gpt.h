@@ -186,6 +186,11 @@ struct GptShape {
   // residual3 = residual2 + ln_mlp_out(mlp(..)), each norm of the kind and the biases ln_1 has
   // (tensors h/<l>/ln_attn_out/* and h/<l>/ln_mlp_out/*, initialized to weight 1, bias 0).
   bool branch_norm = false;
+  // ln_1 and ln_2 before the branches (model.pre_norm, true); false (with branch_norm): none,
+  // each branch reads the residual stream as it is, residual2 = x + ln_attn_out(attn(x))
+  // (OLMo-2's reordered norms). The branches' inputs are then copies of the stream, in the
+  // buffers ln_1's and ln_2's outputs would take (Gpt::pre_norm_forward).
+  bool pre_norm = true;
   // The window changes during training (train.window_warmup, Gpt::set_window): the attention
   // mask is planned for even where sliding_window cuts nothing. Not part of the model.
   bool window_scheduled = false;
@@ -1130,6 +1135,19 @@ class Gpt {
   void reduce_rows(A* src, A* dst, int N);
   template <class A>
   const A* gather_rows(const A* src, A* dst, int N);
+  // A branch's input from `rows` rows of the residual stream x: ln_1's or ln_2's output (weight
+  // w, bias b; statistics kept), or under model.pre_norm = false a copy of x. The residual form
+  // first adds the two rows a + y into residual (fused with the norm where there is one).
+  template <class A>
+  void pre_norm_forward(A* out, float* mean, float* rstd, const A* x, const A* w, const A* b,
+                        int rows);
+  template <class A>
+  void residual_pre_norm_forward(A* residual, A* out, float* mean, float* rstd, const A* a,
+                                 const A* y, const A* w, const A* b, int rows);
+  // Their backward: the norm's (dinp += its input gradient; dw, db accumulated), or dinp += dout.
+  template <class A>
+  void pre_norm_backward(A* dinp, float* dw, float* db, const A* dout, const A* inp, const A* w,
+                         const float* mean, const float* rstd, int rows);
   template <class A>
   void layernorm_backward(A* dinp, float* dw, float* db, const A* dout, const A* inp, const A* w,
                           const float* mean, const float* rstd, int rows);
