@@ -353,6 +353,23 @@ def test_olmo_norms_and_clamp_give_the_same_curve_on_every_grid(tmp_path):
     assert p.returncode != 0 and "clamped at 0.15" in p.stderr, p.stderr
 
 
+def test_olmo2_blocks_give_the_same_curve_on_every_grid(tmp_path):
+    """OLMo-2's blocks (model.pre_norm = false with the branch norms, QK-norm over all heads) on
+    tensor, pipeline, data (ZeRO-1, 2 and 3: each layer's weights gathered from its first tensor,
+    c_attn's, as it has no ln_1) and 2 x 2 grids: the one-rank curve within fp32 rounding (its
+    values against PyTorch and transformers' OLMo-2: test_reference_model.py,
+    test_convert_weights.py), which differs from the same blocks' with norms before the
+    branches too."""
+    cfg = tiny_config(tmp_path, name="one", train__steps=6, eval__every=3)
+    common = ["--model.pre_norm", "false", "--model.branch_norm", "true", "--model.norm",
+              "rmsnorm", "--model.qk_norm", "true", "--model.qk_norm_full", "true",
+              "--checkpoint.every", 0]
+    one_and_other(tmp_path, cfg, common, [*common[2:], "--model.pre_norm", "true"], 1e-5)
+    assert_grids_follow_one_rank(tmp_path, cfg, common,
+                                 more=[("zero2", 2, ["--parallel.zero", 2]),
+                                       ("zero3", 2, ["--parallel.zero", 3])])
+
+
 def test_mup_gives_the_same_curve_on_every_grid(tmp_path):
     """μP (model.mup_base_width = 8: m = 4) on tensor, pipeline, data (ZeRO-1, 2 and 3: the
     hidden matrices' learning rate in each slice's update runs) and 2 x 2 grids: the one-rank
