@@ -935,12 +935,20 @@ double Gpt::layer_recompute_flops_per_token(const GptShape& shape, int l) {
   return 2.0 * (double(shape.qkv_rows()) + A + fc) * C + 2.0 * A * shape.seq_len;
 }
 
-void Gpt::init(uint64_t seed) {
+void Gpt::init(uint64_t seed, const InitOptions& options) {
   // Draw the whole model in layout order from one seeded stream on the host, keeping this
   // rank's shards: the same seed gives the same weights on every backend and grid.
+  TRIAD_ASSERT(options.std > 0 && options.truncation >= 0);
   std::vector<float> host(buffer_floats_, 0.0f), full;
   Rng rng(seed);
-  const double residual_std = 0.02 / std::sqrt(2.0 * shape_.n_layer);
+  const double residual_std =
+      options.scaled_residual ? options.std / std::sqrt(2.0 * shape_.n_layer) : options.std;
+  // A standard normal draw, redrawn (the stream moves on) while beyond the truncation.
+  auto draw = [&] {
+    double z = rng.normal();
+    while (options.truncation > 0 && std::abs(z) > options.truncation) z = rng.normal();
+    return z;
+  };
   // μP: the hidden matrices' deviation shrinks with the width, 1/sqrt(m) of the base model's.
   const double hidden = 1.0 / std::sqrt(shape_.mup_mult());
   for (const auto& t : gpt_parameter_layout(shape_)) {
@@ -957,11 +965,11 @@ void Gpt::init(uint64_t seed) {
       const bool matrix = t.name.starts_with("h/") && t.shape.size() >= 2 &&
                           !t.name.ends_with("/mlp/router/weight") &&
                           !t.name.ends_with("/mlp/shared/gate/weight");
-      const double std = (residual ? residual_std : 0.02) * (matrix ? hidden : 1.0);
+      const double std = (residual ? residual_std : options.std) * (matrix ? hidden : 1.0);
       size_t n = t.numel;
       if (has_vocabulary_rows(t.name))  // padding rows 0
         n = size_t(shape_.vocab_size) * shape_.n_embd;
-      for (size_t i = 0; i < n; ++i) full[i] = float(std * rng.normal());
+      for (size_t i = 0; i < n; ++i) full[i] = float(std * draw());
     }
     for (const auto& s : specs_)  // wte may be held twice (embedding and head)
       if (s.name == t.name) extract_shard(s, full.data(), &host[s.offset]);

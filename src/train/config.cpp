@@ -121,6 +121,13 @@ class KeyTable {
     add("model.branch_norm", c.model.branch_norm,
         "a norm (of model.norm's kind) on each branch's output before its residual add: x + "
         "norm(attn(ln_1(x))) (Gemma 2 and 3's sandwich norms)");
+    add("model.init_std", c.model.init_std,
+        "the deviation σ of the initialization's embeddings and matrices (GPT-2, OLMo-2: 0.02)");
+    add("model.init_scaled_residual", c.model.init_scaled_residual,
+        "attn.c_proj and mlp.c_proj initialized with σ/sqrt(2·n_layer) (GPT-2's, Megatron's); "
+        "false: σ as the others (OLMo-2)");
+    add("model.init_truncation", c.model.init_truncation,
+        "> 0: a truncated normal, every initial value within ±this·σ (OLMo-2: 3); 0: normal");
     add("model.pre_norm", c.model.pre_norm,
         "false: no norm before the branches (no ln_1, ln_2 tensors), each reads the residual "
         "stream as it is, x + norm(attn(x)), its output normalized by model.branch_norm (OLMo-2's "
@@ -909,6 +916,10 @@ void validate(const Config& c, int world_size) {
         "needs model.tie_embeddings = false (the bias belongs to an output layer of its own)");
   check(!m.shared_norm || m.parallel_residual, "model.shared_norm",
         "needs model.parallel_residual = true (one norm serves parallel branches only)");
+  check(std::isfinite(m.init_std) && m.init_std > 0 && m.init_std <= 1, "model.init_std",
+        "must be in (0, 1]");
+  check(m.init_truncation == 0 || (m.init_truncation >= 1 && m.init_truncation <= 10),
+        "model.init_truncation", "must be 0 (none) or in [1, 10] (multiples of σ)");
   check(m.pre_norm || m.branch_norm, "model.pre_norm",
         "= false needs model.branch_norm = true (a block must normalize somewhere)");
   check(m.pre_norm || !m.parallel_residual, "model.pre_norm",

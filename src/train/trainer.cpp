@@ -237,7 +237,8 @@ TrainOutcome Trainer::run() {
     s.log.open(run_path + "/log.txt", resumed ? std::ios::app : std::ios::trunc);
     if (!resumed) std::ofstream(run_path + "/samples.txt", std::ios::trunc);
   }
-  s.model->init(uint64_t(cfg.train.seed));
+  s.model->init(uint64_t(cfg.train.seed),
+                {cfg.model.init_std, cfg.model.init_scaled_residual, cfg.model.init_truncation});
   // A requeued fine-tuning job resumes its own checkpoints; the --init-from file is still
   // checked so that a wrong path is reported, not silently ignored.
   if (!s.cl.init_from.empty()) {

@@ -14,6 +14,7 @@ import pytest
 
 from triad_run import (ENV, REPO, VOCAB, assert_clean_error, catching_pids, exe, run,
                        tiny_config, train, write_loss_mask, write_shard)
+from test_mpi_runs import run as mpirun
 
 
 def losses(run_dir):
@@ -152,6 +153,9 @@ def test_help_lists_every_key_with_defaults():
     (["--model.clip_qkv", "8", "--model.qk_norm", "true"], ["model.clip_qkv", "model.qk_norm"]),
     (["--model.qk_norm_full", "true"], ["model.qk_norm_full", "needs model.qk_norm = true"]),
     (["--model.pre_norm", "false"], ["model.pre_norm", "needs model.branch_norm = true"]),
+    (["--model.init_std", "0"], ["model.init_std", "(0, 1]"]),
+    (["--model.init_std", "nan"], ["model.init_std", "(0, 1]"]),
+    (["--model.init_truncation", "0.5"], ["model.init_truncation", "[1, 10]"]),
     (["--model.pre_norm", "false", "--model.branch_norm", "true", "--model.parallel_residual",
       "true"], ["model.pre_norm", "sequential blocks only"]),
     (["--model.qkv_bias", "true"], ["model.qkv_bias", "model.bias = false"]),
@@ -204,6 +208,43 @@ def planned_floats(tmp_path, model_ini, layers):
                None)
     assert row is not None, p.stdout
     return int(row[2])
+
+
+def test_init_options_draw_the_weights_they_say_on_every_grid(tmp_path):
+    """model.init_std, init_scaled_residual and init_truncation (OLMo-2's init: σ everywhere,
+    truncated at 3σ): the step-0 checkpoint's matrices and embeddings have mean ~0 and the
+    deviation of a normal of σ truncated at ±2σ (σ·0.8796, to 3%), none beyond 2σ, attn.c_proj's
+    and mlp.c_proj's alike (unscaled), the norms 1; the defaults draw c_proj with
+    0.02/sqrt(2·n_layer) and other values beyond 2σ; tp 2 draws the same weights bit for bit."""
+    sigma, cut = 0.05, 2.0
+    opts = ["--model.init_std", sigma, "--model.init_scaled_residual", "false",
+            "--model.init_truncation", cut, "--checkpoint.at_start", "true", "--train.steps", 1]
+    cfg = tiny_config(tmp_path, name="init")
+    train("--config", cfg, *opts, check=True)
+    train("--config", cfg, "--checkpoint.at_start", "true", "--train.steps", 1, "--run.name",
+          "default", check=True)
+    p = mpirun(2, "--config", cfg, *opts, "--parallel.tp", 2, "--run.name", "tp")
+    assert p.returncode == 0, p.stderr
+
+    def weights(name):
+        with h5py.File(tmp_path / "runs" / name / "ckpt" / "step_00000000.h5", "r") as f:
+            return {k: f["model/" + k][()] for k in ("wte/weight", "h/0/attn/c_attn/weight",
+                                                     "h/1/attn/c_proj/weight",
+                                                     "h/1/mlp/c_proj/weight", "h/0/ln_1/weight")}
+
+    w, d, t = weights("init"), weights("default"), weights("tp")
+    factor = 0.8796  # sqrt(1 - 2·a·φ(a) / (2Φ(a) - 1)) at a = 2
+    for k in ("wte/weight", "h/0/attn/c_attn/weight", "h/1/attn/c_proj/weight",
+              "h/1/mlp/c_proj/weight"):
+        a = w[k][:500] if k == "wte/weight" else w[k]  # (wte's padding rows are zero)
+        assert abs(a.mean()) < 0.05 * sigma, k
+        assert abs(a.std() / (sigma * factor) - 1) < 0.03, (k, a.std())
+        assert np.abs(a).max() <= cut * sigma * (1 + 1e-6), k
+        np.testing.assert_array_equal(t[k], w[k], err_msg=k)
+    assert np.all(w["h/0/ln_1/weight"] == 1)
+    proj = d["h/1/mlp/c_proj/weight"]
+    assert abs(proj.std() / (0.02 / np.sqrt(4)) - 1) < 0.03, proj.std()
+    assert np.abs(d["h/0/attn/c_attn/weight"]).max() > 2 * 0.02  # not truncated
 
 
 def test_llama_model_config_plans_its_parameters(tmp_path):

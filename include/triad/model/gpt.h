@@ -750,7 +750,15 @@ class Gpt {
   // Seeded init (DESIGN.md §3): N(0, 0.02) weights, residual projections
   // N(0, 0.02/sqrt(2·n_layer)), zero biases, LayerNorm weight 1; wte padding rows zero. Every
   // rank draws the whole model's stream and keeps its shard, so any grid gets the same weights.
-  void init(uint64_t seed);
+  // `options` changes the deviation, the residual projections' scaling and the truncation
+  // (model.init_std, model.init_scaled_residual, model.init_truncation).
+  struct InitOptions {
+    double std = 0.02;            // the embeddings' and matrices' deviation σ
+    bool scaled_residual = true;  // attn.c_proj, mlp.c_proj: σ/sqrt(2·n_layer); false: σ
+    double truncation = 0;        // > 0: a value beyond ±truncation·σ is drawn again
+  };
+  void init(uint64_t seed, const InitOptions& options);
+  void init(uint64_t seed) { init(seed, InitOptions{}); }
   void zero_grads();
 
   // One micro-batch (pp = 1): forward, loss, and backward with gradients ACCUMULATED into

@@ -47,11 +47,14 @@ struct ModelConfig {
   double embed_scale = 1;          // the embedding's output times this (Gemma: sqrt(n_embd))
   bool parallel_residual = false;  // x + attn(ln_1(x)) + mlp(ln_2(x)) (GPT-J, GPT-NeoX)
   bool branch_norm = false;        // x + norm(attn(ln_1(x))): Gemma 2's and 3's sandwich norms
-  bool pre_norm = true;      // false: no ln_1, ln_2; x + norm(attn(x)) with branch_norm (OLMo-2)
-  bool shared_norm = false;  // parallel blocks' one norm: x + attn(ln_1 x) + mlp(ln_1 x)
-  bool head_bias = false;    // lm_head/bias on the untied head's logits (Phi-2, GPT-J)
-  double attn_scale = 0;     // > 0: attention scores q·k times it; 0: 1/sqrt(head width)
-  int mup_base_width = 0;    // > 0: μP relative to a base model this wide (GptShape); 0: off
+  bool pre_norm = true;    // false: no ln_1, ln_2; x + norm(attn(x)) with branch_norm (OLMo-2)
+  double init_std = 0.02;  // the initialization's deviation σ (Megatron's init_method_std)
+  bool init_scaled_residual = true;  // c_proj's σ/sqrt(2·n_layer) (GPT-2); false: σ (OLMo-2)
+  double init_truncation = 0;        // > 0: values within ±this·σ (OLMo-2: 3); 0: plain normal
+  bool shared_norm = false;          // parallel blocks' one norm: x + attn(ln_1 x) + mlp(ln_1 x)
+  bool head_bias = false;            // lm_head/bias on the untied head's logits (Phi-2, GPT-J)
+  double attn_scale = 0;             // > 0: attention scores q·k times it; 0: 1/sqrt(head width)
+  int mup_base_width = 0;  // > 0: μP relative to a base model this wide (GptShape); 0: off
   // Mixture of experts (GptShape::moe): every layer's MLP becomes moe_experts experts of
   // mlp_hidden units, each token sent to moe_top_k of them; 0: a dense MLP.
   int moe_experts = 0, moe_top_k = 2;
