@@ -1640,6 +1640,41 @@ def test_olmoe_imports_trains_and_exports_as_transformers(imported, tmp_path):
     assert not (tmp_path / "bad.h5").exists()
 
 
+def test_olmo2_and_olmoe_variants_triad_does_not_compute_are_refused(tmp_path):
+    """Imports: an OLMo-2 config whose head_dim is not hidden_size / heads (its q_norm spans
+    hidden_size values), an OLMoE config without num_experts. Not exported, each naming the
+    option: QK-norm over all heads without experts and with norms before the branches (neither
+    OLMoE's nor OLMo-2's blocks), no norms before the branches in GPT-2's blocks or without
+    QK-norm over all heads, and OLMoE's blocks with a dense first layer or wider heads. Nothing
+    is written."""
+    for make, bad, needle in ((olmo2_model, {"head_dim": 32}, "head_dim 32"),
+                              (olmoe_model, {"num_experts": None}, "num_experts")):
+        make().save_pretrained(tmp_path / "bad", safe_serialization=True)
+        c = json.loads((tmp_path / "bad" / "config.json").read_text())
+        (tmp_path / "bad" / "config.json").write_text(json.dumps({**c, **bad}))
+        assert_clean_failure(tool("triad-convert", "import", tmp_path / "bad",
+                                  tmp_path / "bad.h5"), "config.json", needle)
+        assert not (tmp_path / "bad.h5").exists()
+        shutil.rmtree(tmp_path / "bad")
+    llama = dict(position="rope", norm="rmsnorm", bias=False, mlp="swiglu", tied=False)
+    full = dict(qk_norm=True, qk_norm_full=True)
+    moe = dict(moe_experts=4, moe_top_k=2, moe_normalize=False)
+    for over, needle in (({**llama, **full}, "without experts and with norms before"),
+                         ({"pre_norm": False, "branch_norm": True}, "model.branch_norm"),
+                         ({**llama, "pre_norm": False, "branch_norm": True},
+                          "QK-norm over all heads (model.qk_norm_full)"),
+                         ({**llama, **full, **moe, "moe_first_dense": 1}, "OLMoE"),
+                         ({**llama, **full, **moe, "attn_head_dim": 24},
+                          "heads of another width")):
+        cfg = ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300, **over)
+        ckpt = tmp_path / "variant.h5"
+        ref.write_checkpoint(ckpt, cfg, ref.random_weights(cfg, seed=5))
+        assert_clean_failure(tool("triad-convert", "export", ckpt, tmp_path / "v-hf", "--to",
+                                  "hf", "--vocab", "none"), needle)
+        assert not (tmp_path / "v-hf").exists()
+        ckpt.unlink()
+
+
 def test_mixtures_of_experts_triad_does_not_compute_are_refused(tmp_path):
     """Imports: Mixtral with one expert per token (its one renormalized gate is always 1), an
     expert's tensor of the wrong shape or missing, Qwen2-MoE's dense layers where triad's cannot
