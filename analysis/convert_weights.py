@@ -1,7 +1,7 @@
 """Weights and tokenizers in and out of triad: Hugging Face transformers models (config.json +
 safetensors; GPT-2, Llama, Mistral, Qwen2, Qwen3, Mixtral, Qwen2-MoE, Qwen3-MoE, Nemotron,
 StableLM, Gemma, Gemma 2, Granite, GraniteMoE, Cohere, Phi, GPT-J, GPT-NeoX, Falcon, OLMo,
-OLMo-2, OLMoE, StarCoder2) and llm.c model files (gpt2_124M.bin and the like) to a triad
+OLMo-2, OLMoE, GLM, StarCoder2) and llm.c model files (gpt2_124M.bin and the like) to a triad
 checkpoint, a triad checkpoint to either,
 and Hugging Face or Meta tokenizers to a triad tokenizer description (hf_tokenizer.py).
 
@@ -170,6 +170,9 @@ class Dims:
     # Norms before the branches (ln_1, ln_2); False: none, the branch norms after them
     # (model.pre_norm = false: OLMo-2's reordered norms).
     pre_norm: bool = True
+    # GLM's layout (GlmForCausalLM: GLM-4): q, k, v apart (with biases), the MLP's gate and up
+    # as one gate_up_proj, the rope pairs (2i, 2i + 1) of each head's first rotary_dim values.
+    glm: bool = False
     qkv_bias: bool = False  # c_attn's bias without the others (model.qkv_bias: Qwen2)
     mlp_bias: bool = False  # c_fc's and c_proj's without the attention's (model.mlp_bias: GPT-J)
     norm_eps: float = 1e-5  # the normalizations' epsilon (model.norm_eps)
@@ -645,6 +648,8 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         return cohere_config_dims(cfg, where, seq_len)
     if kind == "phi":
         return phi_config_dims(cfg, where, seq_len)
+    if kind == "glm":
+        return glm_config_dims(cfg, where, seq_len)
     if kind == "falcon":
         return falcon_config_dims(cfg, where, seq_len)
     if kind == "gptj":
@@ -659,6 +664,7 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                            f"Llama ('llama'), Mistral ('mistral'), Mixtral ('mixtral'), Phi-3 "
                            f"('phi3'), Qwen2 ('qwen2'), Qwen2-MoE ('qwen2_moe'), Qwen3 ('qwen3'), "
                            f"Qwen3-MoE ('qwen3_moe'), OLMo ('olmo', 'olmo2'), OLMoE ('olmoe'), "
+                           f"GLM ('glm'), "
                            f"Nemotron ('nemotron'), StableLM "
                            f"('stablelm'), Gemma ('gemma', 'gemma2'), Granite ('granite', "
                            f"'granitemoe'), Cohere ('cohere'), Phi ('phi'), "
@@ -971,6 +977,46 @@ def phi_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     return d
 
 
+def glm_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
+    """A Hugging Face GLM config (GlmForCausalLM: GLM-4-9B and its chat and reasoning
+    models) as triad's model: Llama's blocks (RMSNorm, SwiGLU, no linear biases but q's, k's and
+    v's with attention_bias: model.qkv_bias) with rope on partial_rotary_factor of each head's
+    values (model.rotary_dim) in interleaved pairs, which import reorders; grouped-query
+    attention, tied or not; refused where triad computes something else."""
+    c = LlamaLikeConfig(cfg, where, "rms_norm_eps", 1e-5,
+                        {"partial_rotary_factor": lambda: float(cfg.get("partial_rotary_factor",
+                                                                        0.5)),
+                         "head_dim": lambda: int(cfg.get("head_dim") or 128)})
+    refusals = c.refusals
+    if cfg.get("hidden_act", "silu") != "silu":
+        refusals.append(f"hidden_act {cfg.get('hidden_act')!r} (SwiGLU uses silu)")
+    hd = c.extra["head_dim"]
+    if c.n_head * hd != c.n_embd:  # GLM's o_proj maps hidden_size values to hidden_size
+        refusals.append(f"head_dim {hd} with {c.n_head} heads, not hidden_size {c.n_embd}")
+    rot = refuse_rotation(cfg, refusals, "GLM", "partial_rotary_factor",
+                          c.extra["partial_rotary_factor"], hd)
+    refuse_or_check_positions(where, refusals, seq_len, c.n_pos, "max_position_embeddings")
+    d = Dims(c.n_layer, c.n_head, c.n_embd, seq_len or c.n_pos, c.vocab, position="rope",
+             rope_theta=c.theta, norm="rmsnorm", bias=False, mlp="swiglu", mlp_hidden=c.hidden,
+             tied=bool(cfg.get("tie_word_embeddings", False)), n_kv_head=c.kv, norm_eps=c.eps,
+             qkv_bias=bool(cfg.get("attention_bias", True)),
+             rotary_dim=0 if rot == hd else rot, glm=True)
+    d.check(where)
+    return d
+
+
+def glm_hf_config(d: Dims) -> dict:
+    """config.json for transformers' GlmForCausalLM computing what triad's model of GLM's
+    blocks (Llama's with partial rotary, model.rotary_dim, and c_attn's bias or not) computes."""
+    refuse_absent(d, "a Llama-architecture model with partial rotary (model.rotary_dim) exports as "
+                     "Hugging Face's GLM",
+                  ("heads of another width than n_embd / n_head (model.head_dim)", d.head_dim),
+                  ("Granite's multipliers", d.multiplied))
+    return llama_like_hf(d, "GlmForCausalLM", "glm", rms_norm_eps=d.norm_eps,
+                         hidden_act="silu", attention_bias=d.qkv_bias, head_dim=d.hd,
+                         partial_rotary_factor=d.rotary_dim / d.hd, pad_token_id=None)
+
+
 def phi_sources(d: Dims) -> dict[str, list[str]]:
     """Each triad tensor of a Phi model and the HF tensors it is made of (c_attn's from q, k and
     v, stacked by rows)."""
@@ -1053,11 +1099,12 @@ def gptj_sources(d: Dims) -> dict[str, list[str]]:
 
 
 def interleaved_rope_order(d: Dims, t: str, a: np.ndarray, to_hf: bool = False) -> np.ndarray:
-    """c_attn's weight with each q and k head's rotating rows (the first r = rotary_dim, or all
-    hd) from Cohere's and GPT-J's rope pairs (2i, 2i + 1) to triad's (i, i + r/2): triad's row i
-    is HF's 2i, row r/2 + i HF's 2i + 1; or (to_hf) back. v's rows and the rows past r stay. Only
-    for Cohere's and GPT-J's blocks (Dims.cohere, Dims.gptj)."""
-    if not ((d.cohere or d.gptj) and t.endswith("attn/c_attn/weight")):
+    """c_attn's weight (and bias) with each q and k head's rotating rows (the first r =
+    rotary_dim, or all hd) from Cohere's, GPT-J's and GLM's rope pairs (2i, 2i + 1) to triad's
+    (i, i + r/2): triad's row i is HF's 2i, row r/2 + i HF's 2i + 1; or (to_hf) back. v's rows and
+    the rows past r stay. Only for those blocks (Dims.cohere, Dims.gptj, Dims.glm)."""
+    if not ((d.cohere or d.gptj or d.glm) and t.endswith(("attn/c_attn/weight",
+                                                         "attn/c_attn/bias"))):
         return a
     hd, r = d.hd, d.rotary_dim or d.hd
     order = np.concatenate([np.arange(0, r, 2), np.arange(1, r, 2),  # triad row: HF order[row]
@@ -1646,7 +1693,7 @@ def llama_sources(d: Dims) -> dict[str, list[str]]:
                 p + "mlp/c_fc/weight": [h + "mlp.up_proj.weight"],
                 p + "mlp/c_proj/weight": [h + "mlp.down_proj.weight"],
             })
-        elif d.fused:  # Phi-3's gate and up rows in one tensor
+        elif d.fused or d.glm:  # Phi-3's and GLM's gate and up rows in one tensor
             src.update({
                 p + "mlp/c_fc/weight": [h + "mlp.gate_up_proj.weight"],
                 p + "mlp/c_proj/weight": [h + "mlp.down_proj.weight"],
@@ -1668,7 +1715,7 @@ def llama_part_rows(d: Dims, t: str, rows: int) -> list[int]:
     (an expert tensor's E·rows): c_attn's q (C), k and v (n_kv_head heads each), c_fc's gate and
     up, and each expert's; Phi-3's fused tensors whole."""
     if d.neox or d.falcon or (d.fused and t.endswith(("attn/c_attn/weight", "mlp/c_fc/weight"))) \
-            or whole_experts(d, t):
+            or (d.glm and t.endswith("mlp/c_fc/weight")) or whole_experts(d, t):
         return [rows]
     if t.endswith(("attn/c_attn/weight", "attn/c_attn/bias")):
         kv_rows = d.kv * d.hd
@@ -1770,7 +1817,7 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
                                     if d.mlp == "geglu" else
                                     "Granite" if cfg.get("model_type") == "granite" else
                                     "StableLM" if d.norm_bias else
-                                    "OLMo-2" if not d.pre_norm else
+                                    "OLMo-2" if not d.pre_norm else "GLM" if d.glm else
                                     "Qwen2" if d.qkv_bias else "Qwen3" if d.qk_norm else
                                     "Phi-3" if d.fused else "OLMo" if not d.norm_weight else
                                     "StarCoder2" if d.starcoder2 else
@@ -2168,12 +2215,12 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
     falcon = (a.get("position"), a.get("norm"), int(a.get("bias", 1)), int(a.get("norm_bias", 0)),
               int(a.get("parallel_residual", 0)), a.get("mlp")) == \
         ("rope", "layernorm", 0, 1, 1, "gelu_exact") and not gptj
-    if int(a.get("rotary_dim", 0)) and not (norm_biased or neox or gptj):  # others turn all
+    # (Llama's blocks with partial rotary export as GLM's: Dims.glm.)
+    if int(a.get("rotary_dim", 0)) and not (norm_biased or neox or gptj or granite):
         raise ConvertError(f"{path}: the model rotates the first {a['rotary_dim']} values of "
                            f"each head only (model.rotary_dim, partial rotary) in blocks other "
-                           f"than Nemotron's, StableLM's, GPT-NeoX's, Phi's and GPT-J's; the "
-                           f"export formats for them (Hugging Face's Llama, Qwen2, Qwen3, "
-                           f"Mistral and their mixtures) rotate all of them")
+                           f"than Nemotron's, StableLM's, GPT-NeoX's, Phi's, GPT-J's and GLM's "
+                           f"(Llama's); the export formats for them rotate all of them")
     if int(a.get("shared_norm", 0)) and not (cohere or phi or falcon or gptj):
         raise ConvertError(f"{path}: the model's parallel branches share one norm "
                            f"(model.shared_norm) in blocks other than Cohere's (rope, a LayerNorm "
@@ -2378,6 +2425,10 @@ def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
              head_dim=int(a.get("head_dim", 0)), qk_norm=int(a.get("qk_norm", 0)) == 1,
              qk_norm_full=int(a.get("qk_norm_full", 0)) == 1,
              pre_norm=int(a.get("pre_norm", 1)) == 1,
+             # Llama's blocks with partial rotary: GLM's (glm_hf_config refuses what GLM lacks)
+             glm=(mlp, a["norm"] in (b"rmsnorm", "rmsnorm"), int(a.get("bias", 1)),
+                  int(a.get("rotary_dim", 0)) > 0, int(a.get("pre_norm", 1))) ==
+             ("swiglu", True, 0, True, 1),
              sliding_window=int(a.get("sliding_window", 0)),
              full_attention_every=int(a.get("full_attention_every", 0)),
              moe_experts=int(a.get("moe_experts", 0)), moe_top_k=int(a.get("moe_top_k", 0)),
@@ -2743,6 +2794,8 @@ def llama_hf_config(d: Dims) -> dict:
                            f"Mistral, Mixtral and Qwen classes hold one window for every layer")
     if not d.pre_norm:
         return olmo2_hf_config(d)
+    if d.glm:
+        return glm_hf_config(d)
     if d.qk_norm_full:
         # OLMoE's blocks (OlmoeForCausalLM); without experts they would be OLMo-2's, whose norms
         # follow the branches instead of leading them.

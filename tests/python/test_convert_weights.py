@@ -1268,6 +1268,28 @@ def test_gptj_imports_and_evaluates_as_transformers(imported, tmp_path):
                    "mlp_bias": 1, "bias": 0, "norm_bias": 1, "tie_embeddings": 0})
 
 
+GLM_ARGS = LLAMA_ARGS + ["--model.n_head", "4", "--model.n_kv_head", "2", "--model.qkv_bias",
+                          "true", "--model.rotary_dim", "8"]
+
+
+def glm_model(**config):
+    return tiny_hf(transformers.GlmForCausalLM, transformers.GlmConfig, 59, dict(
+        vocab_size=V, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, partial_rotary_factor=0.5,
+        max_position_embeddings=N_POS, rope_theta=500.0, rms_norm_eps=1e-5, attention_bias=True,
+        tie_word_embeddings=False, pad_token_id=None, attention_dropout=0.0), config)
+
+
+def test_glm_imports_and_evaluates_as_transformers(imported, tmp_path):
+    """transformers' GlmForCausalLM (GLM-4's blocks: Llama's with biases on q, k and v, rope on
+    the first half of each head's 16 values in interleaved pairs, the MLP's gate and up stored as
+    one gate_up_proj, 4 query heads over 2) against triad's model.qkv_bias and model.rotary_dim:
+    hf_round_trip (tp 2 too: the heads' rotated rows and their biases split with them)."""
+    hf_round_trip(imported, tmp_path, glm_model(), "GLM", GLM_ARGS, False,
+                  {"rotary_dim": 8, "qkv_bias": 1, "bias": 0, "n_kv_head": 2,
+                   "tie_embeddings": 0})
+
+
 GEMMA2_ARGS = GEMMA_ARGS + ["--model.branch_norm", "true", "--model.attn_scale", "0.25",
                             "--model.attn_softcap", "1", "--model.logit_softcap", "3",
                             "--model.sliding_window", "8", "--model.full_attention_every", "2"]
