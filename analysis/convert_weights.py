@@ -1,7 +1,7 @@
 """Weights and tokenizers in and out of triad: Hugging Face transformers models (config.json +
 safetensors; GPT-2, Llama, Mistral, Qwen2, Qwen3, Mixtral, Qwen2-MoE, Qwen3-MoE, Nemotron,
 StableLM, Gemma, Gemma 2, Granite, GraniteMoE, Cohere, Phi, GPT-J, GPT-NeoX, Falcon, OLMo,
-OLMo-2, OLMoE, GLM, StarCoder2) and llm.c model files (gpt2_124M.bin and the like) to a triad
+OLMo-2, OLMoE, GLM, GPT-BigCode, StarCoder2) and llm.c model files (gpt2_124M.bin and the like) to a triad
 checkpoint, a triad checkpoint to either,
 and Hugging Face or Meta tokenizers to a triad tokenizer description (hf_tokenizer.py).
 
@@ -173,6 +173,10 @@ class Dims:
     # GLM's layout (GlmForCausalLM: GLM-4): q, k, v apart (with biases), the MLP's gate and up
     # as one gate_up_proj, the rope pairs (2i, 2i + 1) of each head's first rotary_dim values.
     glm: bool = False
+    # GPT-BigCode's layout (GPTBigCodeForCausalLM: StarCoder, SantaCoder): GPT-2's names and
+    # blocks with one key/value head (multi-query), its matrices stored [out, in] (nn.Linear),
+    # not transposed as GPT-2's Conv1D.
+    bigcode: bool = False
     qkv_bias: bool = False  # c_attn's bias without the others (model.qkv_bias: Qwen2)
     mlp_bias: bool = False  # c_fc's and c_proj's without the attention's (model.mlp_bias: GPT-J)
     norm_eps: float = 1e-5  # the normalizations' epsilon (model.norm_eps)
@@ -608,10 +612,12 @@ def write_safetensors(path: Path, tensors: Iterator[Tuple[str, np.ndarray]],
 
 # ---------------------------------------------------------------- Hugging Face GPT-2
 
-def hf_name(name: str) -> Tuple[str, bool]:
-    """triad name -> (HF name without the `transformer.` prefix, stored transposed)."""
+def hf_name(name: str, d: Dims | None = None) -> Tuple[str, bool]:
+    """triad name -> (HF name without the `transformer.` prefix, stored transposed: GPT-2's
+    Conv1D matrices, not GPT-BigCode's nn.Linear ones, Dims.bigcode)."""
     parts = name.split("/")
-    return ".".join(parts), name.endswith("weight") and parts[-2] in ("c_attn", "c_proj", "c_fc")
+    return ".".join(parts), name.endswith("weight") and parts[-2] in ("c_attn", "c_proj", "c_fc") \
+        and not (d is not None and d.bigcode)
 
 
 def refuse_or_check_positions(where: str, refusals: list[str], seq_len: int | None, n_pos: int,
@@ -659,8 +665,10 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                            f"not compute: {UNBUILT_MOE[kind]} (triad imports Mixtral's, "
                            f"'mixtral', Qwen2-MoE's, 'qwen2_moe', Qwen3-MoE's, 'qwen3_moe', and "
                            f"OLMoE's, 'olmoe')")
-    if kind != "gpt2":
+    bigcode = kind == "gpt_bigcode"
+    if kind not in ("gpt2", "gpt_bigcode"):
         raise ConvertError(f"{where}: model_type is {kind!r}; triad imports GPT-2 ('gpt2'), "
+                           f"GPT-BigCode ('gpt_bigcode'), "
                            f"Llama ('llama'), Mistral ('mistral'), Mixtral ('mixtral'), Phi-3 "
                            f"('phi3'), Qwen2 ('qwen2'), Qwen2-MoE ('qwen2_moe'), Qwen3 ('qwen3'), "
                            f"Qwen3-MoE ('qwen3_moe'), OLMo ('olmo', 'olmo2'), OLMoE ('olmoe'), "
@@ -683,7 +691,10 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         n_inner = None if n_inner is None else int(n_inner)
     except (TypeError, ValueError):
         raise ConvertError(f"{where}: layer_norm_epsilon and n_inner must be numbers")
-    act = get("activation_function", default="gelu_new")
+    act = get("activation_function", default="gelu_pytorch_tanh" if bigcode else "gelu_new")
+    if bigcode and not cfg.get("multi_query", True):
+        refusals.append("multi_query = false (its q, k and v interleaved head by head; triad "
+                        "imports StarCoder's multi-query layout)")
     if act not in TANH_GELU:
         refusals.append(f"activation_function {act!r} (triad's MLP uses GELU's tanh "
                         f"approximation: {', '.join(TANH_GELU)})")
@@ -696,7 +707,8 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         if key in cfg and bool(cfg[key]) != want:
             refusals.append(f"{key} = {cfg[key]} (triad's model has {want})")
     refuse_or_check_positions(where, refusals, seq_len, n_pos, "n_positions")
-    d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab, norm_eps=eps)
+    d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab, norm_eps=eps,
+             n_kv_head=1 if bigcode else 0, bigcode=bigcode)
     d.check(where)
     return d
 
@@ -1839,7 +1851,7 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
     want = shapes(d)
     by_hf = {}
     for t in want:
-        h, transposed = hf_name(t)
+        h, transposed = hf_name(t, d)
         by_hf[h] = (t, transposed)
     found = {}
     for name, bare in stored.items():
@@ -1855,7 +1867,7 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
         raise ConvertError(f"{directory}: tensor(s) {', '.join(missing[:4])}"
                            f"{' ...' if len(missing) > 4 else ''} missing")
     for t, name in found.items():
-        _, transposed = hf_name(t)
+        _, transposed = hf_name(t, d)
         shape = where[name].entries[name][1]
         stored_shape = tuple(reversed(want[t])) if transposed else want[t]
         if t == "wpe/weight":
@@ -1871,7 +1883,7 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
         for t in want:
             name = found[t]
             a = where[name].read(name)
-            if hf_name(t)[1]:
+            if hf_name(t, d)[1]:
                 a = np.ascontiguousarray(a.T)
             if t == "wpe/weight":
                 a = a[:d.seq_len]
@@ -1883,7 +1895,7 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
                                        f"the token embedding and cannot hold a separate one")
             yield t, a
 
-    return d, tensors, f"Hugging Face GPT-2 model {directory}"
+    return d, tensors, f"Hugging Face {'GPT-BigCode' if d.bigcode else 'GPT-2'} model {directory}"
 
 
 def llama_tensors(d: Dims, where: dict, directory: Path) -> Tensors:
@@ -1949,8 +1961,19 @@ def is_norm_weight(t: str) -> bool:
 
 def hf_config(d: Dims) -> dict:
     """config.json for transformers' GPT2LMHeadModel computing what triad computes (no dropout:
-    triad trains without)."""
+    triad trains without), or with one key/value head GPTBigCodeForCausalLM's (multi-query)."""
     eot = 50256 if d.vocab_size > 50256 else None  # GPT-2's <|endoftext|>
+    if d.bigcode:
+        return {
+            "architectures": ["GPTBigCodeForCausalLM"], "model_type": "gpt_bigcode",
+            "n_layer": d.n_layer, "n_head": d.n_head, "n_embd": d.n_embd,
+            "n_positions": d.seq_len, "vocab_size": d.vocab_size, "n_inner": None,
+            "activation_function": "gelu_pytorch_tanh", "layer_norm_epsilon": d.norm_eps,
+            "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "initializer_range": 0.02,
+            "scale_attn_weights": True, "multi_query": True, "attention_softmax_in_fp32": True,
+            "scale_attention_softmax_in_fp32": True, "tie_word_embeddings": True,
+            "bos_token_id": eot, "eos_token_id": eot, "torch_dtype": "float32",
+        }
     return {
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
         "n_layer": d.n_layer, "n_head": d.n_head, "n_embd": d.n_embd,
@@ -1968,12 +1991,12 @@ def write_hf(out: Path, d: Dims, tensors: Tensors, extra: dict[str, str] | None 
     `extra` files (the tokenizer's: hf_tokenizer.py)."""
     specs = {}
     for t, shape in shapes(d).items():
-        h, transposed = hf_name(t)
+        h, transposed = hf_name(t, d)
         specs["transformer." + h] = tuple(reversed(shape)) if transposed else shape
 
     def hf_tensors():
         for t, a in tensors():
-            h, transposed = hf_name(t)
+            h, transposed = hf_name(t, d)
             yield "transformer." + h, (np.ascontiguousarray(a.T) if transposed else a)
 
     write_hf_directory(out, specs, hf_tensors(), hf_config(d), extra)
@@ -2285,11 +2308,14 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
     if int(a.get("tie_embeddings", 1)) != 1:
         raise ConvertError(f"{path}: the model has an output layer of its own "
                            f"(model.tie_embeddings = false); GPT-2's formats tie it to wte")
-    if int(a.get("n_kv_head", d.n_head)) != d.n_head:
+    kv = int(a.get("n_kv_head", d.n_head))
+    if kv == 1 and d.n_head > 1:  # multi-query: GPT-BigCode's (StarCoder's) blocks
+        d = replace(d, n_kv_head=1, bigcode=True)
+    elif kv != d.n_head:
         raise ConvertError(f"{path}: the model has {a['n_kv_head']} key/value heads for "
                            f"{d.n_head} query heads (model.n_kv_head); GPT-2's formats hold one "
-                           f"per query head (Llama's architecture exports grouped-query "
-                           f"attention to Hugging Face's Llama)")
+                           f"per query head, GPT-BigCode's one for all (Llama's architecture "
+                           f"exports grouped-query attention to Hugging Face's Llama)")
     # model.bias = false: GPT-2 with every bias zero computes exactly that model (the LayerNorms'
     # kept under model.norm_bias).
     no_bias = int(a.get("bias", 1)) == 0
@@ -3134,7 +3160,7 @@ def main(argv: list[str] | None = None) -> int:
                                    f"{d.norm_eps} (model.norm_eps); llm.c computes with 1e-5 "
                                    f"(export with --to hf)")
             if args.to == "hf":
-                if not d.gpt2:  # a model no Hugging Face class computes: refused up front
+                if not (d.gpt2 or d.bigcode):  # a model no Hugging Face class computes: refused
                     try:
                         llama_hf_config(d)
                     except ConvertError as e:
@@ -3147,7 +3173,7 @@ def main(argv: list[str] | None = None) -> int:
                         files = tokenizer_files(vocab, d.seq_len) if vocab else {}
                 except (OSError, ValueError) as e:
                     raise ConvertError(f"{e}" if str(vocab) in str(e) else f"{vocab}: {e}")
-                write = write_hf if d.gpt2 else write_llama_hf
+                write = write_hf if d.gpt2 or d.bigcode else write_llama_hf
                 finish(Path(args.out), lambda p: write(p, d, tensors, files), directory=True)
                 source += note
             else:

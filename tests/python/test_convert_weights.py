@@ -1268,6 +1268,28 @@ def test_gptj_imports_and_evaluates_as_transformers(imported, tmp_path):
                    "mlp_bias": 1, "bias": 0, "norm_bias": 1, "tie_embeddings": 0})
 
 
+def bigcode_model(**config):
+    return tiny_hf(transformers.GPTBigCodeForCausalLM, transformers.GPTBigCodeConfig, 61, dict(
+        vocab_size=V, n_embd=64, n_layer=2, n_head=4, n_positions=SEQ, multi_query=True,
+        activation_function="gelu_pytorch_tanh", resid_pdrop=0.0, embd_pdrop=0.0,
+        attn_pdrop=0.0, bos_token_id=None, eos_token_id=None), config)
+
+
+def test_gpt_bigcode_imports_and_evaluates_as_transformers(imported, tmp_path):
+    """transformers' GPTBigCodeForCausalLM (StarCoder's and SantaCoder's blocks: GPT-2's with one
+    key/value head for the 4 query heads, its matrices stored as nn.Linear's; as many positions as
+    triad's context, so that the export holds all of wpe) against triad's GPT-2 blocks with
+    model.n_kv_head = 1: hf_round_trip. Its layout with a head per query head (multi_query false)
+    is refused."""
+    hf_round_trip(imported, tmp_path, bigcode_model(), "GPT-BigCode",
+                  ["--model.n_head", "4", "--model.n_kv_head", "1"], False,
+                  {"n_kv_head": 1, "position": "learned", "mlp": "gelu"}, tp2=False)
+    bigcode_model(multi_query=False).save_pretrained(tmp_path / "mha", safe_serialization=True)
+    assert_clean_failure(tool("triad-convert", "import", tmp_path / "mha", tmp_path / "mha.h5"),
+                         "config.json", "multi_query = false")
+    assert not (tmp_path / "mha.h5").exists()
+
+
 GLM_ARGS = LLAMA_ARGS + ["--model.n_head", "4", "--model.n_kv_head", "2", "--model.qkv_bias",
                           "true", "--model.rotary_dim", "8"]
 
