@@ -1,8 +1,8 @@
 """Weights and tokenizers in and out of triad: Hugging Face transformers models (config.json +
 safetensors; GPT-2, Llama, Mistral, Qwen2, Qwen3, Mixtral, Qwen2-MoE, Qwen3-MoE, Nemotron,
 StableLM, Gemma, Gemma 2, Granite, GraniteMoE, Cohere, Phi, GPT-J, GPT-NeoX, Falcon, OLMo,
-OLMo-2, OLMoE, GLM, GPT-BigCode, StarCoder2) and llm.c model files (gpt2_124M.bin and the like) to a triad
-checkpoint, a triad checkpoint to either,
+OLMo-2, OLMoE, GLM, DBRX, GPT-BigCode, StarCoder2) and llm.c model files (gpt2_124M.bin and
+the like) to a triad checkpoint, a triad checkpoint to either,
 and Hugging Face or Meta tokenizers to a triad tokenizer description (hf_tokenizer.py).
 
     triad-convert import gpt2/ gpt2.h5                    # HF model directory
@@ -177,6 +177,9 @@ class Dims:
     # blocks with one key/value head (multi-query), its matrices stored [out, in] (nn.Linear),
     # not transposed as GPT-2's Conv1D.
     bigcode: bool = False
+    # DBRX's layout (DbrxForCausalLM): q, k, v as one Wqkv, each layer's experts as three tensors
+    # w1 (gates), v1 (ups), w2 (downs, stored [E·F, C]: each expert's c_proj transposed).
+    dbrx: bool = False
     qkv_bias: bool = False  # c_attn's bias without the others (model.qkv_bias: Qwen2)
     mlp_bias: bool = False  # c_fc's and c_proj's without the attention's (model.mlp_bias: GPT-J)
     norm_eps: float = 1e-5  # the normalizations' epsilon (model.norm_eps)
@@ -265,6 +268,8 @@ class Dims:
         with gated shared experts, Qwen3-MoE's with QK-norm, else Mixtral's; None: dense."""
         if not self.moe_experts:
             return None
+        if self.dbrx:
+            return "dbrx"
         if self.granite_moe or self.multiplied:
             return "granitemoe"
         if self.qk_norm_full:
@@ -656,6 +661,8 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         return phi_config_dims(cfg, where, seq_len)
     if kind == "glm":
         return glm_config_dims(cfg, where, seq_len)
+    if kind == "dbrx":
+        return dbrx_config_dims(cfg, where, seq_len)
     if kind == "falcon":
         return falcon_config_dims(cfg, where, seq_len)
     if kind == "gptj":
@@ -672,7 +679,7 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                            f"Llama ('llama'), Mistral ('mistral'), Mixtral ('mixtral'), Phi-3 "
                            f"('phi3'), Qwen2 ('qwen2'), Qwen2-MoE ('qwen2_moe'), Qwen3 ('qwen3'), "
                            f"Qwen3-MoE ('qwen3_moe'), OLMo ('olmo', 'olmo2'), OLMoE ('olmoe'), "
-                           f"GLM ('glm'), "
+                           f"GLM ('glm'), DBRX ('dbrx'), "
                            f"Nemotron ('nemotron'), StableLM "
                            f"('stablelm'), Gemma ('gemma', 'gemma2'), Granite ('granite', "
                            f"'granitemoe'), Cohere ('cohere'), Phi ('phi'), "
@@ -717,7 +724,6 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
 UNBUILT_MOE = {
     "jetmoe": "its attention is a mixture of experts too",
     "phimoe": "its router is sparsemixer, and its norms are LayerNorms with biases",
-    "dbrx": "its attention clips q, k and v (clip_qkv), and its experts are stored fused",
 }
 
 
@@ -1015,6 +1021,126 @@ def glm_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
              rotary_dim=0 if rot == hd else rot, glm=True)
     d.check(where)
     return d
+
+
+def dbrx_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
+    """A Hugging Face DBRX config (DbrxForCausalLM: DBRX Base and Instruct) as triad's model:
+    rope, LayerNorms with a weight and no bias (model.norm = layernorm, model.bias = false),
+    c_attn's output clamped at attn_config.clip_qkv (model.clip_qkv), grouped-query attention, and
+    in every layer a mixture of moe_num_experts SwiGLU experts, moe_top_k per token, chosen from
+    the softmax of all the router's logits and renormalized (moe_normalize_expert_weights 1) or
+    not (null); refused where triad computes something else."""
+    # (transformers writes the keys that differ from DbrxConfig's defaults, which stand here
+    # for the others.)
+    attn, ffn = cfg.get("attn_config") or {}, cfg.get("ffn_config") or {}
+    try:
+        n_layer, n_head = int(cfg.get("n_layers", 24)), int(cfg.get("n_heads", 16))
+        n_embd, n_pos = int(cfg.get("d_model", 2048)), int(cfg.get("max_seq_len", 2048))
+        vocab = int(cfg.get("vocab_size", 32000))
+        kv = int(attn.get("kv_n_heads", 1))
+        theta = float(attn.get("rope_theta", 10000.0))
+        hidden = int(ffn.get("ffn_hidden_size", 3584))
+        experts, top_k = int(ffn.get("moe_num_experts", 4)), int(ffn.get("moe_top_k", 1))
+        clip = float(attn.get("clip_qkv") or 0.0)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConvertError(f"{where}: a DBRX config needs integer n_layers, n_heads, d_model, "
+                           f"max_seq_len, vocab_size, attn_config.kv_n_heads and ffn_config's "
+                           f"ffn_hidden_size, moe_num_experts and moe_top_k, and numbers for "
+                           f"rope_theta and clip_qkv ({e})")
+    refusals = []
+    if kv <= 0 or n_head % kv:
+        refusals.append(f"kv_n_heads {kv} does not divide n_heads {n_head}")
+    if n_head <= 0 or n_embd % n_head:
+        refusals.append(f"d_model {n_embd} is not a multiple of n_heads {n_head}")
+    if not (math.isfinite(clip) and 0 <= clip <= 1e4):
+        refusals.append(f"clip_qkv {attn.get('clip_qkv')!r} (a bound in (0, 1e4], or null)")
+    act = (ffn.get("ffn_act_fn") or {}).get("name", "silu")
+    if act != "silu":
+        refusals.append(f"ffn_act_fn {act!r} (SwiGLU uses silu)")
+    p = ffn.get("moe_normalize_expert_weights", 1.0)
+    if p not in (None, 1, 1.0):
+        refusals.append(f"moe_normalize_expert_weights {p} (triad renormalizes the chosen "
+                        f"experts' gates to sum 1, the 1-norm, or leaves them)")
+    if not 1 <= experts <= 256:
+        refusals.append(f"moe_num_experts {experts} (triad's model.moe_experts is in [1, 256])")
+    if not 1 <= top_k <= experts or (top_k == 1 and p is not None):
+        refusals.append(f"moe_top_k {top_k} with moe_normalize_expert_weights {p} (1 to "
+                        f"moe_num_experts, and 2 or more renormalized)")
+    refuse_or_check_positions(where, refusals, seq_len, n_pos, "max_seq_len")
+    d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab, position="rope", rope_theta=theta,
+             norm="layernorm", bias=False, mlp="swiglu", mlp_hidden=hidden,
+             tied=bool(cfg.get("tie_word_embeddings", False)), n_kv_head=kv, clip_qkv=clip,
+             moe_experts=experts, moe_top_k=top_k, moe_normalize=p is not None, dbrx=True)
+    d.check(where)
+    return d
+
+
+def dbrx_sources(d: Dims) -> dict[str, list[str]]:
+    """Each triad tensor of a DBRX model and the HF tensors it is made of (the experts' by
+    dbrx_expert_order)."""
+    src = {"wte/weight": ["transformer.wte.weight"]}
+    for i in range(d.n_layer):
+        p, h = f"h/{i}/", f"transformer.blocks.{i}."
+        a, m = h + "norm_attn_norm.", h + "ffn."
+        src.update({
+            p + "ln_1/weight": [a + "norm_1.weight"],
+            p + "attn/c_attn/weight": [a + "attn.Wqkv.weight"],
+            p + "attn/c_proj/weight": [a + "attn.out_proj.weight"],
+            p + "ln_2/weight": [a + "norm_2.weight"],
+            p + "mlp/experts/c_fc/weight": [m + "experts.mlp.w1", m + "experts.mlp.v1"],
+            p + "mlp/experts/c_proj/weight": [m + "experts.mlp.w2"],
+            p + "mlp/router/weight": [m + "router.layer.weight"],
+        })
+    src["ln_f/weight"] = ["transformer.norm_f.weight"]
+    if not d.tied:
+        src["lm_head/weight"] = ["lm_head.weight"]
+    return src
+
+
+def dbrx_expert_order(d: Dims, t: str, a: np.ndarray, to_hf: bool = False) -> np.ndarray:
+    """An expert tensor from DBRX's layout to triad's, or (to_hf) back: c_fc [E, 2F, C] from
+    w1 and v1 stacked [2·E·F, C] (each expert's gate rows then its up rows), c_proj [E, C, F] from
+    w2 [E·F, C] (each expert's rows transposed). Other tensors pass."""
+    if not d.dbrx or "/mlp/experts/" not in t:
+        return a
+    E, F, C = d.moe_experts, d.mlp_hidden, d.n_embd
+    if t.endswith("c_fc/weight"):  # [2, E, F, C] <-> [E, 2, F, C]
+        if to_hf:
+            return np.ascontiguousarray(a.reshape(E, 2, F, C).transpose(1, 0, 2, 3)).reshape(
+                2 * E * F, C)
+        return np.ascontiguousarray(a.reshape(2, E, F, C).transpose(1, 0, 2, 3)).reshape(
+            E, 2 * F, C)
+    if to_hf:  # [E, C, F] -> [E·F, C]
+        return np.ascontiguousarray(a.reshape(E, C, F).transpose(0, 2, 1)).reshape(E * F, C)
+    return np.ascontiguousarray(a.reshape(E, F, C).transpose(0, 2, 1))
+
+
+def dbrx_hf_config(d: Dims) -> dict:
+    """config.json for transformers' DbrxForCausalLM computing what triad's model of DBRX's
+    blocks computes."""
+    refuse_absent(d, "a model with LayerNorms without biases, SwiGLU and experts exports as "
+                     "Hugging Face's DBRX",
+                  ("heads of another width than n_embd / n_head (model.head_dim)", d.head_dim),
+                  ("Granite's multipliers", d.multiplied),
+                  ("shared experts (model.moe_shared_hidden)", d.moe_shared_hidden),
+                  ("dense layers among the expert layers (model.moe_first_dense, moe_every)",
+                   (d.moe_first_dense, d.moe_every) != (0, 1)),
+                  ("a LayerNorm epsilon other than 1e-5 (model.norm_eps)", d.norm_eps != 1e-5),
+                  ("partial rotary (model.rotary_dim)", d.rotary_dim),
+                  ("c_attn's bias (model.qkv_bias)", d.qkv_bias), holds_experts=True)
+    return {
+        "architectures": ["DbrxForCausalLM"], "model_type": "dbrx", "d_model": d.n_embd,
+        "n_heads": d.n_head, "n_layers": d.n_layer, "max_seq_len": d.seq_len,
+        "vocab_size": d.vocab_size, "resid_pdrop": 0.0, "emb_pdrop": 0.0,
+        "attn_config": {"attn_pdrop": 0.0, "clip_qkv": d.clip_qkv or None, "kv_n_heads": d.kv,
+                        "rope_theta": d.rope_theta},
+        "ffn_config": {"ffn_act_fn": {"name": "silu"}, "ffn_hidden_size": d.mlp_hidden,
+                       "moe_num_experts": d.moe_experts, "moe_top_k": d.moe_top_k,
+                       "moe_jitter_eps": None, "moe_loss_weight": 0.01,
+                       "moe_normalize_expert_weights": 1.0 if d.moe_normalize else None},
+        "tie_word_embeddings": d.tied, "initializer_range": 0.02, "output_router_logits": False,
+        "torch_dtype": "float32",
+    }
 
 
 def glm_hf_config(d: Dims) -> dict:
@@ -1641,6 +1767,8 @@ def llama_sources(d: Dims) -> dict[str, list[str]]:
         return phi_sources(d)
     if d.gptj:
         return gptj_sources(d)
+    if d.dbrx:
+        return dbrx_sources(d)
     src = {"wte/weight": ["model.embed_tokens.weight"], "ln_f/weight": ["model.norm.weight"],
            **({"ln_f/bias": ["model.norm.bias"]} if d.norm_bias else {})}
     for i in range(d.n_layer):
@@ -1727,7 +1855,8 @@ def llama_part_rows(d: Dims, t: str, rows: int) -> list[int]:
     (an expert tensor's E·rows): c_attn's q (C), k and v (n_kv_head heads each), c_fc's gate and
     up, and each expert's; Phi-3's fused tensors whole."""
     if d.neox or d.falcon or (d.fused and t.endswith(("attn/c_attn/weight", "mlp/c_fc/weight"))) \
-            or (d.glm and t.endswith("mlp/c_fc/weight")) or whole_experts(d, t):
+            or (d.glm and t.endswith("mlp/c_fc/weight")) or whole_experts(d, t) \
+            or (d.dbrx and t.endswith("attn/c_attn/weight")):  # (DBRX's Wqkv)
         return [rows]
     if t.endswith(("attn/c_attn/weight", "attn/c_attn/bias")):
         kv_rows = d.kv * d.hd
@@ -1735,8 +1864,12 @@ def llama_part_rows(d: Dims, t: str, rows: int) -> list[int]:
     if t.endswith(("mlp/c_fc/weight", "mlp/shared/c_fc/weight")) and \
             d.mlp in ("swiglu", "geglu"):
         return [rows // 2, rows // 2]
+    if t.endswith("mlp/experts/c_fc/weight") and d.dbrx:  # w1, v1: all the experts' each
+        return [rows // 2, rows // 2]
     if t.endswith("mlp/experts/c_fc/weight"):
         return [rows // (2 * d.moe_experts)] * (2 * d.moe_experts)
+    if t.endswith("mlp/experts/c_proj/weight") and d.dbrx:  # w2 [E·F, C]: whole
+        return [d.moe_experts * d.mlp_hidden]
     if t.endswith("mlp/experts/c_proj/weight"):
         return [rows // d.moe_experts] * d.moe_experts
     return [rows]
@@ -1820,7 +1953,7 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
             where[name] = st
     if d.position == "rope":  # Llama's family
         kind = ({"qwen2_moe": "Qwen2-MoE", "qwen3_moe": "Qwen3-MoE", "mixtral": "Mixtral",
-                 "granitemoe": "GraniteMoE", "olmoe": "OLMoE"}.get(
+                 "granitemoe": "GraniteMoE", "olmoe": "OLMoE", "dbrx": "DBRX"}.get(
             d.moe_format or "") or ("GPT-NeoX" if d.neox else "Falcon" if d.falcon else
                                     "Nemotron" if d.mlp == "relu2" else
                                     "Cohere" if d.cohere else "Phi" if d.phi else
@@ -1921,6 +2054,8 @@ def llama_tensors(d: Dims, where: dict, directory: Path) -> Tensors:
         expected = [[r, *cols] for r in llama_part_rows(d, t, rows)]
         if whole_experts(d, t):
             expected = [list(want[t])]
+        if d.dbrx and t.endswith("mlp/experts/c_proj/weight"):  # w2, each expert transposed
+            expected = [[d.moe_experts * d.mlp_hidden, d.n_embd]]
         if got != expected:
             if len(names) > 3:  # an expert's tensor: name the first that is wrong
                 names, got, expected = zip(*[x for x in zip(names, got, expected)
@@ -1938,7 +2073,7 @@ def llama_tensors(d: Dims, where: dict, directory: Path) -> Tensors:
             if d.norm_offset and is_norm_weight(t):  # LayerNorm1P's w - 1
                 a = a + np.float32(1)
             a = falcon_qkv_order(d, t, neox_qkv_order(d, t, a))
-            a = interleaved_rope_order(d, t, a)
+            a = interleaved_rope_order(d, t, dbrx_expert_order(d, t, a))
             yield t, llama_query_order(d, t, a.reshape(want[t]))
 
     return tensors
@@ -2164,6 +2299,10 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
     gemma2 = gemma and int(a.get("branch_norm", 0)) == 1
     # OLMo-2's blocks: Llama's (SwiGLU) with the branch norms alone (model.pre_norm = false).
     olmo2 = llama and not gemma and int(a.get("pre_norm", 1)) == 0
+    # DBRX's blocks: LayerNorms with a weight and no bias, SwiGLU experts in every layer.
+    dbrx = (a.get("position"), a.get("norm"), int(a.get("bias", 1)), int(a.get("norm_bias", 0)),
+            int(a.get("norm_weight", 1)), a.get("mlp")) == \
+        ("rope", "layernorm", 0, 0, 1, "swiglu") and int(a.get("moe_experts", 0)) > 0
     # Granite's blocks: Llama's (SwiGLU), whose format alone holds the multipliers (the
     # embedding's, the scores', the residual branches' and the logits').
     granite = llama and not gemma
@@ -2206,7 +2345,7 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
         raise ConvertError(f"{path}: the model has no norms before its branches "
                            f"(model.pre_norm = false) in blocks other than OLMo-2's (rope, "
                            f"RMSNorm, SwiGLU, no biases); only Hugging Face's OLMo-2 holds them")
-    if float(a.get("clip_qkv", 0.0)) and not olmo:  # OLMo's format alone holds the clamp
+    if float(a.get("clip_qkv", 0.0)) and not (olmo or dbrx):  # OLMo's and DBRX's hold it
         raise ConvertError(f"{path}: the model clamps c_attn's output at {a['clip_qkv']} "
                            f"(model.clip_qkv) in blocks other than OLMo's (rope, LayerNorms "
                            f"without weights, SwiGLU, no biases); only Hugging Face's OLMo of "
@@ -2269,7 +2408,7 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
                            f"blocks other than Llama's; only Hugging Face's Qwen3 (Llama's "
                            f"blocks) holds such weights, so it is not exported")
     if int(a.get("moe_experts", 0)):  # Hugging Face's Mixtral is the one format with experts
-        refuse_unexported_experts(path, a, llama and not gemma)
+        refuse_unexported_experts(path, a, (llama and not gemma) or dbrx, dbrx)
         import h5py
         with h5py.File(path, "r") as f:  # DeepSeek-V3's balancing biases (train.moe_bias_rate)
             moved = "router_bias" in f and any(
@@ -2278,7 +2417,7 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
             raise ConvertError(f"{path}: the model's routers choose their experts with biases "
                                f"(/router_bias, train.moe_bias_rate); Hugging Face's Mixtral, "
                                f"Qwen2-MoE and Qwen3-MoE have none")
-    if llama or norm_biased or neox or falcon or cohere or phi or gptj or olmo:
+    if llama or norm_biased or neox or falcon or cohere or phi or gptj or olmo or dbrx:
         return open_triad_llama(path, a)
     if int(a.get("sliding_window", 0)):
         raise ConvertError(f"{path}: the model attends to its last {a['sliding_window']} tokens "
@@ -2337,9 +2476,10 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
     return d, tensors, f"triad checkpoint {path}"
 
 
-def refuse_unexported_experts(path: Path, a: dict, llama: bool) -> None:
-    """Raises for a mixture of experts none of Hugging Face's Mixtral, Qwen2-MoE and Qwen3-MoE
-    computes. All have Llama's blocks. Mixtral: experts in every layer, no shared experts,
+def refuse_unexported_experts(path: Path, a: dict, llama: bool, dbrx: bool = False) -> None:
+    """Raises for a mixture of experts none of Hugging Face's Mixtral, Qwen2-MoE, Qwen3-MoE,
+    OLMoE and DBRX computes (dbrx: DBRX's blocks, whose gates may also stay as the router gives
+    them). All have Llama's blocks. Mixtral: experts in every layer, no shared experts,
     renormalized gates, no c_attn bias, no QK-norm. Qwen2-MoE: a shared expert with a sigmoid
     gate, c_attn's bias, no QK-norm. Qwen3-MoE: QK-norm, no shared expert, no c_attn bias. Both
     Qwens: gates renormalized or not, dense layers first or every n-th."""
@@ -2385,7 +2525,7 @@ def refuse_unexported_experts(path: Path, a: dict, llama: bool) -> None:
         why = (f"the model has dense layers among its expert layers (model.moe_first_dense = "
                f"{first}, model.moe_every = {every}) without QK-norm or shared experts; Hugging "
                f"Face's Mixtral has experts in every layer")
-    elif not shared and not qk and not int(a.get("moe_normalize", 1)):
+    elif not shared and not qk and not dbrx and not int(a.get("moe_normalize", 1)):
         why = ("the model keeps its gates as the router gives them (model.moe_normalize = "
                "false) without QK-norm or shared experts; Hugging Face's Mixtral renormalizes the "
                "chosen experts' gates")
@@ -2451,6 +2591,9 @@ def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
              head_dim=int(a.get("head_dim", 0)), qk_norm=int(a.get("qk_norm", 0)) == 1,
              qk_norm_full=int(a.get("qk_norm_full", 0)) == 1,
              pre_norm=int(a.get("pre_norm", 1)) == 1,
+             dbrx=(a["norm"] in (b"layernorm", "layernorm"), int(a.get("bias", 1)),
+                   int(a.get("norm_bias", 0)), int(a.get("norm_weight", 1)), mlp,
+                   int(a.get("moe_experts", 0)) > 0) == (True, 0, 0, 1, "swiglu", True),
              # Llama's blocks with partial rotary: GLM's (glm_hf_config refuses what GLM lacks)
              glm=(mlp, a["norm"] in (b"rmsnorm", "rmsnorm"), int(a.get("bias", 1)),
                   int(a.get("rotary_dim", 0)) > 0, int(a.get("pre_norm", 1))) ==
@@ -2487,15 +2630,16 @@ def qwen_moe_hf_keys(d: Dims) -> dict:
 
 
 def refuse_absent(d: Dims, fmt: str, *more: tuple, holds_window: bool = False,
-                  holds_qk_norm: bool = False) -> None:
+                  holds_qk_norm: bool = False, holds_experts: bool = False) -> None:
     """Raises, naming them, for the options of d that Hugging Face's `fmt` has none of: QK-norm
     (unless holds_qk_norm: OLMo-2's), rope scaling, a sliding window (unless holds_window: Phi-3's,
-    StarCoder2's) and experts, and the (description, present) pairs in `more`."""
+    StarCoder2's) and experts (unless holds_experts: DBRX's), and the (description, present)
+    pairs in `more`."""
     extra = [what for what, on in (
         ("QK-norm (model.qk_norm)", d.qk_norm and not holds_qk_norm),
         ("rope scaling (model.rope_scaling)", d.rope_scaling is not None or d.yarn is not None),
         ("a sliding window (model.sliding_window)", d.sliding_window and not holds_window),
-        ("experts (model.moe_experts)", d.moe_experts), *more) if on]
+        ("experts (model.moe_experts)", d.moe_experts and not holds_experts), *more) if on]
     if extra:
         raise ConvertError(f"{fmt}, which has none of {', '.join(extra)}")
 
@@ -2822,6 +2966,8 @@ def llama_hf_config(d: Dims) -> dict:
         return olmo2_hf_config(d)
     if d.glm:
         return glm_hf_config(d)
+    if d.dbrx:
+        return dbrx_hf_config(d)
     if d.qk_norm_full:
         # OLMoE's blocks (OlmoeForCausalLM); without experts they would be OLMo-2's, whose norms
         # follow the branches instead of leading them.
@@ -2913,7 +3059,8 @@ def write_llama_hf(out: Path, d: Dims, tensors: Tensors, extra: dict[str, str] |
         rows, *cols = stacked_shape(shape)
         rows = d.vocab_size if t in VOCAB_TENSORS else rows
         for n, r in zip(src[t], llama_part_rows(d, t, rows)):
-            specs[n] = tuple(shape) if whole_experts(d, t) else (r, *cols)
+            specs[n] = tuple(shape) if whole_experts(d, t) else \
+                (r, d.n_embd) if d.dbrx and "/mlp/experts/" in t else (r, *cols)
 
     def hf_tensors():
         for t, a in tensors():
@@ -2927,6 +3074,7 @@ def write_llama_hf(out: Path, d: Dims, tensors: Tensors, extra: dict[str, str] |
             a = neox_qkv_order(d, t, a, to_hf=True)
             a = llama_query_order(d, t, a, to_hf=True)
             a = interleaved_rope_order(d, t, a, to_hf=True)
+            a = dbrx_expert_order(d, t, a, to_hf=True)
             if whole_experts(d, t):  # GraniteMoE's: the [E, rows, columns] tensor as it is
                 yield src[t][0], np.ascontiguousarray(a)
                 continue

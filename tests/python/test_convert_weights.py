@@ -1719,6 +1719,65 @@ def test_olmo2_and_olmoe_variants_triad_does_not_compute_are_refused(tmp_path):
         ckpt.unlink()
 
 
+@pytest.fixture
+def dbrx_on_this_torch(monkeypatch):
+    """transformers' DBRX builds nn.LayerNorm(d, bias=False), which torch before 2.1 (Debian's
+    1.13 here) does not take: on such a torch, a LayerNorm with a weight alone stands in for it
+    (the same F.layer_norm; state_dict names norm_1.weight as DBRX's files do)."""
+    if tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 1):
+        return
+
+    class LayerNorm(torch.nn.Module):
+        def __init__(self, n, eps=1e-5, elementwise_affine=True, bias=True, device=None,
+                     dtype=None):
+            super().__init__()
+            self.normalized_shape, self.eps = (n,), eps
+            self.weight = torch.nn.Parameter(torch.ones(n))
+            self.bias = torch.nn.Parameter(torch.zeros(n)) if bias else None
+
+        def forward(self, x):
+            return torch.nn.functional.layer_norm(x, self.normalized_shape, self.weight,
+                                                  self.bias, self.eps)
+
+    monkeypatch.setattr(torch.nn, "LayerNorm", LayerNorm)
+
+
+def dbrx_model(**config):
+    ffn = {**dict(ffn_hidden_size=40, moe_num_experts=4, moe_top_k=2,
+                  moe_normalize_expert_weights=1.0), **config.pop("ffn", {})}
+    attn = {**dict(kv_n_heads=2, clip_qkv=1.5, rope_theta=500.0), **config.pop("attn", {})}
+    torch.manual_seed(41)
+    model = transformers.DbrxForCausalLM(transformers.DbrxConfig(**{
+        **dict(vocab_size=V, d_model=64, n_heads=4, n_layers=2, max_seq_len=N_POS,
+               attn_config=attn, ffn_config=ffn, tie_word_embeddings=False, pad_token_id=None,
+               resid_pdrop=0.0, emb_pdrop=0.0), **config}))
+    return spread(model)
+
+
+@pytest.mark.parametrize("normalize", [1.0, None], ids=["renormalized", "as-routed"])
+def test_dbrx_imports_trains_and_exports_as_transformers(imported, tmp_path, normalize,
+                                                         dbrx_on_this_torch):
+    """transformers' DbrxForCausalLM (rope, LayerNorms with a weight and no bias, q, k and v as
+    one Wqkv clamped at clip_qkv 1.5, which cuts some of this model's, 4 query heads over 2, and
+    4 SwiGLU experts stored as three fused tensors, 2 per token, their gates renormalized or as
+    the router gives them) imports as model.norm = layernorm, bias = false, clip_qkv and experts:
+    triad's loss and accuracy are transformers', on one rank and on tp 2 × ep 2, greedy
+    generation its tokens; fine-tuned and exported it loads in transformers as DBRX computing
+    triad's loss, and the import exported again is the original bit for bit."""
+    d, _, cfg = imported
+    model = dbrx_model(ffn=dict(moe_normalize_expert_weights=normalize))
+    out = import_hf(model, tmp_path / "dbrx", "DBRX")
+    with h5py.File(out, "r") as f:
+        a = f["model"].attrs
+        assert (a["norm"] in (b"layernorm", "layernorm"), int(a["bias"]), float(a["clip_qkv"]),
+                int(a["moe_experts"]), int(a["moe_normalize"])) == \
+            (True, 0, 1.5, 4, int(normalize is not None))
+        assert f["model/h/0/mlp/experts/c_proj/weight"].shape == (4, 64, 40)
+    tuned = evaluates_generates_and_tunes(model, d, cfg, out, f"dbrx-ft-{normalize}", tmp_path)
+    assert tuned.config.ffn_config.moe_normalize_expert_weights == normalize
+    evaluates_on_tp2_ep2(cfg, out, hf_loss_accuracy(model, d)[0])
+
+
 def test_mixtures_of_experts_triad_does_not_compute_are_refused(tmp_path):
     """Imports: Mixtral with one expert per token (its one renormalized gate is always 1), an
     expert's tensor of the wrong shape or missing, Qwen2-MoE's dense layers where triad's cannot
