@@ -1348,6 +1348,34 @@ def test_gemma2_imports_and_evaluates_as_transformers(imported, tmp_path):
     assert abs(uncapped - capped) > 1e-4 * capped, (uncapped, capped)  # the check's 1e-5 × 10
 
 
+def imports_refused(tmp_path, cases):
+    """Each (make, change, needle) of cases: make()'s model saved with its config.json updated by
+    `change` is refused by import, naming config.json and needle, and nothing is written."""
+    for make, bad, needle in cases:
+        make().save_pretrained(tmp_path / "bad", safe_serialization=True)
+        c = json.loads((tmp_path / "bad" / "config.json").read_text())
+        (tmp_path / "bad" / "config.json").write_text(json.dumps({**c, **bad}))
+        assert_clean_failure(tool("triad-convert", "import", tmp_path / "bad",
+                                  tmp_path / "bad.h5"), "config.json", needle)
+        assert not (tmp_path / "bad.h5").exists()
+        shutil.rmtree(tmp_path / "bad")
+
+
+def exports_refused(tmp_path, cases, n_layer):
+    """Each (options, needle) of cases: a checkpoint of random weights of a GptConfig with those
+    options (n_layer layers of 4 heads, n_embd 64) is refused by export --to hf, naming needle,
+    and nothing is written."""
+    for over, needle in cases:
+        cfg = ref.GptConfig(n_layer=n_layer, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
+                            **over)
+        ckpt = tmp_path / "variant.h5"
+        ref.write_checkpoint(ckpt, cfg, ref.random_weights(cfg, seed=4))
+        assert_clean_failure(tool("triad-convert", "export", ckpt, tmp_path / "v-hf", "--to",
+                                  "hf", "--vocab", "none"), needle)
+        assert not (tmp_path / "v-hf").exists()
+        ckpt.unlink()
+
+
 def test_nemotron_stablelm_and_gemma_variants_triad_does_not_compute_are_refused(
         tmp_path, nemotron_on_this_torch):
     """A Nemotron, StableLM or Gemma config with another activation, linear biases (Nemotron,
@@ -1365,7 +1393,7 @@ def test_nemotron_stablelm_and_gemma_variants_triad_does_not_compute_are_refused
     than Cohere's, Phi's, Falcon's and GPT-J's, a head bias in blocks other than Phi's and GPT-J's,
     MLP biases beside bias-free attention in blocks other than GPT-J's, GPT-J's blocks with
     another rope base."""
-    for make, bad, needle in (
+    imports_refused(tmp_path, (
             (nemotron_model, {"hidden_act": "gelu"}, "hidden_act 'gelu'"),
             (nemotron_model, {"attention_bias": True}, "attention_bias"),
             (nemotron_model, {"partial_rotary_factor": 0.2}, "partial_rotary_factor 0.2"),
@@ -1391,14 +1419,7 @@ def test_nemotron_stablelm_and_gemma_variants_triad_does_not_compute_are_refused
             (gptj_model, {"rotary_dim": None}, "rotary_dim None"),
             (gptj_model, {"rotary_dim": 5}, "rotary_dim 5"),
             (gptj_model, {"tie_word_embeddings": True}, "tie_word_embeddings = true"),
-            (gptj_model, {"activation_function": "relu"}, "activation_function 'relu'")):
-        make().save_pretrained(tmp_path / "bad", safe_serialization=True)
-        c = json.loads((tmp_path / "bad" / "config.json").read_text())
-        (tmp_path / "bad" / "config.json").write_text(json.dumps({**c, **bad}))
-        assert_clean_failure(tool("triad-convert", "import", tmp_path / "bad",
-                                  tmp_path / "bad.h5"), "config.json", needle)
-        assert not (tmp_path / "bad.h5").exists()
-        shutil.rmtree(tmp_path / "bad")
+            (gptj_model, {"activation_function": "relu"}, "activation_function 'relu'")))
     cfg = ref.GptConfig(n_layer=1, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
                         position="rope", bias=False, norm_bias=True, mlp="relu2", tied=False,
                         qk_norm=True, rotary_dim=8)
@@ -1407,34 +1428,29 @@ def test_nemotron_stablelm_and_gemma_variants_triad_does_not_compute_are_refused
     assert_clean_failure(tool("triad-convert", "export", ckpt, tmp_path / "qk-hf", "--to", "hf",
                               "--vocab", "none"), "model.qk_norm")
     assert not (tmp_path / "qk-hf").exists()
-    for over, needle in (({"mlp": "geglu", "position": "rope", "norm": "rmsnorm", "bias": False},
-                          "an embedding scale of 1.0"),
-                         ({"embed_scale": 8.0}, "model.embed_scale"),
-                         ({"parallel_residual": True, "norm": "rmsnorm"},
-                          "model.parallel_residual"),
-                         # (in sequential blocks StarCoder2's format holds it)
-                         ({"position": "rope", "n_kv_head": 2, "parallel_residual": True},
-                          "grouped-query attention"),
-                         # Gemma 2's options in blocks whose formats hold none of them
-                         ({"branch_norm": True}, "model.branch_norm"),
-                         ({"parallel_residual": True, "shared_norm": True}, "model.shared_norm"),
-                         ({"tied": False, "head_bias": True}, "model.head_bias"),
-                         ({"bias": False, "mlp_bias": True}, "model.mlp_bias"),
-                         ({"position": "rope", "rope_theta": 500.0, "rotary_dim": 8,
-                           "bias": False, "mlp_bias": True, "norm_bias": True, "tied": False,
-                           "parallel_residual": True, "shared_norm": True, "head_bias": True},
-                          "a rope base other than 10000"),
-                         ({"attn_softcap": 30.0}, "model.attn_softcap"),
-                         ({"mlp": "geglu", "position": "rope", "norm": "rmsnorm", "bias": False,
-                           "embed_scale": 8.0, "branch_norm": True, "sliding_window": 8,
-                           "full_attention_every": 3}, "model.full_attention_every = 3")):
-        cfg = ref.GptConfig(n_layer=1, n_head=4, n_embd=64, seq_len=16, vocab_size=300, **over)
-        ckpt = tmp_path / "scale.h5"
-        ref.write_checkpoint(ckpt, cfg, ref.random_weights(cfg, seed=4))
-        assert_clean_failure(tool("triad-convert", "export", ckpt, tmp_path / "s-hf", "--to",
-                                  "hf", "--vocab", "none"), needle)
-        assert not (tmp_path / "s-hf").exists()
-        ckpt.unlink()
+    exports_refused(tmp_path, (
+        ({"mlp": "geglu", "position": "rope", "norm": "rmsnorm", "bias": False},
+         "an embedding scale of 1.0"),
+        ({"embed_scale": 8.0}, "model.embed_scale"),
+        ({"parallel_residual": True, "norm": "rmsnorm"},
+         "model.parallel_residual"),
+        # (in sequential blocks StarCoder2's format holds it)
+        ({"position": "rope", "n_kv_head": 2, "parallel_residual": True},
+         "grouped-query attention"),
+        # Gemma 2's options in blocks whose formats hold none of them
+        ({"branch_norm": True}, "model.branch_norm"),
+        ({"parallel_residual": True, "shared_norm": True}, "model.shared_norm"),
+        ({"tied": False, "head_bias": True}, "model.head_bias"),
+        ({"bias": False, "mlp_bias": True}, "model.mlp_bias"),
+        ({"position": "rope", "rope_theta": 500.0, "rotary_dim": 8,
+          "bias": False, "mlp_bias": True, "norm_bias": True, "tied": False,
+          "parallel_residual": True, "shared_norm": True, "head_bias": True},
+         "a rope base other than 10000"),
+        ({"attn_softcap": 30.0}, "model.attn_softcap"),
+        ({"mlp": "geglu", "position": "rope", "norm": "rmsnorm", "bias": False,
+          "embed_scale": 8.0, "branch_norm": True, "sliding_window": 8,
+          "full_attention_every": 3}, "model.full_attention_every = 3")
+    ), n_layer=1)
 
 
 def import_hf(model, directory, kind):
@@ -1691,32 +1707,22 @@ def test_olmo2_and_olmoe_variants_triad_does_not_compute_are_refused(tmp_path):
     OLMoE's nor OLMo-2's blocks), no norms before the branches in GPT-2's blocks or without
     QK-norm over all heads, and OLMoE's blocks with a dense first layer or wider heads. Nothing
     is written."""
-    for make, bad, needle in ((olmo2_model, {"head_dim": 32}, "head_dim 32"),
-                              (olmoe_model, {"num_experts": None}, "num_experts")):
-        make().save_pretrained(tmp_path / "bad", safe_serialization=True)
-        c = json.loads((tmp_path / "bad" / "config.json").read_text())
-        (tmp_path / "bad" / "config.json").write_text(json.dumps({**c, **bad}))
-        assert_clean_failure(tool("triad-convert", "import", tmp_path / "bad",
-                                  tmp_path / "bad.h5"), "config.json", needle)
-        assert not (tmp_path / "bad.h5").exists()
-        shutil.rmtree(tmp_path / "bad")
+    imports_refused(tmp_path, (
+        (olmo2_model, {"head_dim": 32}, "head_dim 32"),
+        (olmoe_model, {"num_experts": None}, "num_experts")
+    ))
     llama = dict(position="rope", norm="rmsnorm", bias=False, mlp="swiglu", tied=False)
     full = dict(qk_norm=True, qk_norm_full=True)
     moe = dict(moe_experts=4, moe_top_k=2, moe_normalize=False)
-    for over, needle in (({**llama, **full}, "without experts and with norms before"),
-                         ({"pre_norm": False, "branch_norm": True}, "model.branch_norm"),
-                         ({**llama, "pre_norm": False, "branch_norm": True},
-                          "QK-norm over all heads (model.qk_norm_full)"),
-                         ({**llama, **full, **moe, "moe_first_dense": 1}, "OLMoE"),
-                         ({**llama, **full, **moe, "attn_head_dim": 24},
-                          "heads of another width")):
-        cfg = ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300, **over)
-        ckpt = tmp_path / "variant.h5"
-        ref.write_checkpoint(ckpt, cfg, ref.random_weights(cfg, seed=5))
-        assert_clean_failure(tool("triad-convert", "export", ckpt, tmp_path / "v-hf", "--to",
-                                  "hf", "--vocab", "none"), needle)
-        assert not (tmp_path / "v-hf").exists()
-        ckpt.unlink()
+    exports_refused(tmp_path, (
+        ({**llama, **full}, "without experts and with norms before"),
+        ({"pre_norm": False, "branch_norm": True}, "model.branch_norm"),
+        ({**llama, "pre_norm": False, "branch_norm": True},
+         "QK-norm over all heads (model.qk_norm_full)"),
+        ({**llama, **full, **moe, "moe_first_dense": 1}, "OLMoE"),
+        ({**llama, **full, **moe, "attn_head_dim": 24},
+         "heads of another width")
+    ), n_layer=2)
 
 
 @pytest.fixture
