@@ -372,9 +372,9 @@ def _check(rep: Report) -> None:
     if not (isinstance(kv, int) and kv >= 1 and int(ma["n_head"]) % kv == 0):
         P.append(f"/model attribute n_kv_head = {kv!r}, not a positive divisor of n_head "
                  f"{ma['n_head']}")
-    if ma.get("mlp", "gelu") not in ("gelu", "gelu_exact", "swiglu", "geglu", "relu2"):
+    if ma.get("mlp", "gelu") not in ("gelu", "gelu_exact", "swiglu", "geglu", "relu2", "relu"):
         P.append(f"/model attribute mlp = {ma['mlp']!r}, expected 'gelu', 'gelu_exact', 'swiglu', "
-                 f"'geglu' or 'relu2'")
+                 f"'geglu', 'relu2' or 'relu'")
     if ma.get("norm", "layernorm") not in ("layernorm", "rmsnorm"):
         P.append(f"/model attribute norm = {ma['norm']!r}, expected 'layernorm' or 'rmsnorm'")
     exp = expected_shapes(ma)

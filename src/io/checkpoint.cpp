@@ -821,9 +821,9 @@ CheckpointState read_state(hid_t file) {
               "attribute norm_eps of /model is ", s.model.norm_eps, ", not in (0, 0.1]");
   s.model.mlp = io::read_string_attr(model, "mlp").value_or("gelu");
   TRIAD_CHECK(s.model.mlp == "gelu" || s.model.mlp == "gelu_exact" || s.model.mlp == "swiglu" ||
-                  s.model.mlp == "geglu" || s.model.mlp == "relu2",
+                  s.model.mlp == "geglu" || s.model.mlp == "relu2" || s.model.mlp == "relu",
               "attribute mlp of /model is '", s.model.mlp,
-              "', not gelu, gelu_exact, swiglu, geglu or relu2");
+              "', not gelu, gelu_exact, swiglu, geglu, relu2 or relu");
   s.model.mlp_hidden = io::read_int64_attr(model, "mlp_hidden").value_or(4 * s.model.n_embd);
   TRIAD_CHECK(s.model.mlp_hidden >= 1, "attribute mlp_hidden of /model is ", s.model.mlp_hidden,
               ", not a positive count");

@@ -314,7 +314,7 @@ void Gpt::mlp_activation(A* act, const A* pre, int N, int width) {
     be_.swiglu_forward(act, pre, N, width);
   else if (shape_.geglu)
     be_.geglu_forward(act, pre, N, width);
-  else if (shape_.relu2 || shape_.gelu_exact)
+  else if (!shape_.gelu_in_product())
     be_.activation_forward(shape_.pointwise(), act, pre, size_t(N) * size_t(width));
   else
     be_.gelu_forward(act, pre, size_t(N) * size_t(width));
@@ -326,7 +326,7 @@ void Gpt::mlp_activation_backward(A* dpre, const A* pre, const A* dact, int N, i
     be_.swiglu_backward(dpre, pre, dact, N, width, GradMode::overwrite);
   else if (shape_.geglu)
     be_.geglu_backward(dpre, pre, dact, N, width, GradMode::overwrite);
-  else if (shape_.relu2 || shape_.gelu_exact)
+  else if (!shape_.gelu_in_product())
     be_.activation_backward(shape_.pointwise(), dpre, pre, dact, size_t(N) * size_t(width),
                             GradMode::overwrite);
   else

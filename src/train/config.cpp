@@ -74,7 +74,8 @@ class KeyTable {
     add("model.mlp", c.model.mlp,
         "gelu (GPT-2's MLP, GELU's tanh approximation) | gelu_exact (GELU with erf, as "
         "GPT-NeoX) | swiglu (silu(gate)·up, as Llama) | geglu (gelu(gate)·up, as Gemma) | relu2 "
-        "(squared ReLU, max(x, 0)²: Primer, Nemotron-4, modded-nanogpt)");
+        "(squared ReLU, max(x, 0)²: Primer, Nemotron-4, modded-nanogpt) | relu (max(x, 0), "
+        "as OPT)");
     add("model.mlp_hidden", c.model.mlp_hidden,
         "MLP hidden units (0: 4·n_embd for gelu, the multiple of 64 at or above 8·n_embd/3 for "
         "swiglu)");
@@ -880,7 +881,7 @@ void validate(const Config& c, int world_size) {
         "must be layernorm or rmsnorm (got '" + m.norm + "')");
   GptShape mlp_probe;
   check(set_mlp(mlp_probe, m.mlp), "model.mlp",
-        "must be gelu, gelu_exact, swiglu, geglu or relu2 (got '" + m.mlp + "')");
+        "must be gelu, gelu_exact, swiglu, geglu, relu2 or relu (got '" + m.mlp + "')");
   check(std::isfinite(m.embed_scale) && m.embed_scale > 0 && m.embed_scale <= 1e4,
         "model.embed_scale", "must be in (0, 1e4] (1: none)");
   check(std::isfinite(m.norm_eps) && m.norm_eps > 0 && m.norm_eps <= 0.1, "model.norm_eps",

@@ -177,6 +177,10 @@ CASES = [
     # bias included: about half the pre-activations negative.
     Case("relu2", ref.GptConfig(n_layer=2, n_head=3, n_embd=48, seq_len=17, vocab_size=300,
                                 mlp="relu2"), 3, 45, 7, 127),
+    # OPT's blocks: GPT-2's with the ReLU MLP (model.mlp = relu), about half the pre-activations
+    # negative (no gradient through them).
+    Case("opt", ref.GptConfig(n_layer=2, n_head=3, n_embd=48, seq_len=17, vocab_size=300,
+                              mlp="relu"), 3, 45, 7, 131),
     # Nemotron's blocks: LayerNorms with biases beside bias-free linear layers (model.norm_bias),
     # the squared ReLU, half of each head's values rotating, grouped queries, an untied head.
     Case("nemotron", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
@@ -1309,7 +1313,7 @@ GRAD_CLIP = {"gpt2vocab": 1.0, "oddshapes": 1.0, "rope": 1.0, "rmsnorm": 1.2, "n
              "partialrope": 1.8, "relu2": 1.0, "moerelu2": 1.7, "nemotron": 1.8, "gemma": 1.45,
              "parallel": 1.0, "parallelmoe": 1.7, "neox": 1.25, "gemma2": 2.4,
              "sandwichmoe": 1.0, "granite": 0.18, "cohere": 0.44, "phi": 1.0, "gptj": 1.0,
-             "olmo": 1.7, "olmoe": 2.0, "olmo2": 2.7}
+             "olmo": 1.7, "olmoe": 2.0, "olmo2": 2.7, "opt": 1.0}
 
 
 # model.moe_capacity_factor: each expert takes the first ceil(f·N·k/E) of a pass's choices (the

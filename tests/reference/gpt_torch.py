@@ -58,7 +58,7 @@ class GptConfig:
     rope_theta: float = 10000.0
     norm: str = "layernorm"  # layernorm (weight, bias) | rmsnorm (weight only)
     bias: bool = True  # False: no biases in linear layers and LayerNorms (nanoGPT's bias=False)
-    mlp: str = "gelu"  # gelu, gelu_exact | swiglu, geglu (c_fc rows: gate, up) | relu2
+    mlp: str = "gelu"  # gelu, gelu_exact | swiglu, geglu (c_fc rows: gate, up) | relu2 | relu
     mlp_hidden: int = 0  # 0: 4C for gelu, relu2; gated: the multiple of 64 at or above 8C/3
     tied: bool = True  # False: an output layer lm_head/weight [Vp, C] of its own
     n_kv_head: int = 0  # key/value heads (0: n_head); fewer: grouped-query attention
@@ -330,6 +330,8 @@ def activation(cfg: "GptConfig", a: torch.Tensor, hidden: int) -> torch.Tensor:
         return gelu_tanh(gate) * up
     if cfg.mlp == "relu2":
         return torch.relu(a).square()
+    if cfg.mlp == "relu":  # OPT's
+        return torch.relu(a)
     if cfg.mlp == "gelu_exact":  # GELU itself (erf), not its tanh approximation
         return 0.5 * a * (1.0 + torch.erf(a / math.sqrt(2.0)))
     return gelu_tanh(a)

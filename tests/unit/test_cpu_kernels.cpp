@@ -928,19 +928,21 @@ TEST_F(CpuKernels, GeluForwardBackward) {
 
 // ---- the pointwise activations (model.mlp = relu2, gelu_exact) -------------------------------
 
-// The squared ReLU, max(x, 0)², and the exact GELU, ½·x·(1 + erf(x/√2)), against their
-// definitions in double and their finite differences (no input within 1e-2 of the ReLU's kink,
-// where a central difference straddles it), overwritten and accumulated.
+// The squared ReLU, max(x, 0)², the exact GELU, ½·x·(1 + erf(x/√2)), and the ReLU, max(x, 0),
+// against their definitions in double and their finite differences (no input within 1e-2 of the
+// ReLUs' kink, where a central difference straddles it), overwritten and accumulated.
 TEST_F(CpuKernels, PointwiseActivationsForwardBackward) {
   const size_t n = 37;
-  for (Activation f : {Activation::relu2, Activation::gelu_exact}) {
-    const bool exact = f == Activation::gelu_exact;
-    SCOPED_TRACE(exact ? "gelu_exact" : "relu2");
+  for (Activation f : {Activation::relu2, Activation::gelu_exact, Activation::relu}) {
+    SCOPED_TRACE(int(f));
     Vec inp = random_vec(n, 44, -4.0f, 4.0f);
     for (float& v : inp)
       if (std::fabs(v) < 1e-2f) v = 0.5f;
-    auto act = [exact](double v) {
-      return exact ? 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0))) : v > 0.0 ? v * v : 0.0;
+    auto act = [f](double v) {
+      return f == Activation::gelu_exact ? 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0)))
+             : v <= 0.0                  ? 0.0
+             : f == Activation::relu     ? v
+                                         : v * v;
     };
     Vec out(n);
     be->activation_forward(f, out.data(), inp.data(), n);

@@ -924,12 +924,11 @@ TEST_F(CudaBackendTest, GeluForwardBackward) {
   }
 }
 
-// The squared ReLU and the exact GELU.
+// The squared ReLU, the exact GELU and the ReLU.
 TEST_F(CudaBackendTest, PointwiseActivations) {
-  for (Activation f : {Activation::relu2, Activation::gelu_exact})
+  for (Activation f : {Activation::relu2, Activation::gelu_exact, Activation::relu})
     for (size_t n : kElemSizes) {
-      SCOPED_TRACE(::testing::Message()
-                   << "n=" << n << (f == Activation::relu2 ? " relu2" : " gelu_exact"));
+      SCOPED_TRACE(::testing::Message() << "n=" << n << " activation " << int(f));
       const Vec inp = random_vec(n, 77, -5.0f, 5.0f), dout = random_vec(n, 78);
       const Vec dinp0 = random_vec(n, 79);
       Vec out(n), dinp = dinp0;

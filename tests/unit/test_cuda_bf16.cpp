@@ -1182,12 +1182,11 @@ TEST_F(CudaBf16Test, Swiglu) {
     }
 }
 
-// The squared ReLU and the exact GELU.
+// The squared ReLU, the exact GELU and the ReLU.
 TEST_F(CudaBf16Test, PointwiseActivations) {
-  for (Activation f : {Activation::relu2, Activation::gelu_exact})
+  for (Activation f : {Activation::relu2, Activation::gelu_exact, Activation::relu})
     for (size_t n : {size_t{1}, size_t{1001}, size_t{1} << 20}) {
-      SCOPED_TRACE(::testing::Message()
-                   << "n=" << n << (f == Activation::relu2 ? " relu2" : " gelu_exact"));
+      SCOPED_TRACE(::testing::Message() << "n=" << n << " activation " << int(f));
       const Bits pre = random_bits(n, 80, -6.0f, 6.0f), dout = random_bits(n, 81);
       const Bits d0 = random_bits(n, 82);
       Bits out(n), d = d0;

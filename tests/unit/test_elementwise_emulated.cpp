@@ -87,17 +87,17 @@ TEST(ElementwiseEmulated, Gelu) {
   }
 }
 
-// The squared ReLU (half the inputs negative: the zero branch and the square both taken) and
-// the exact GELU.
+// The squared ReLU and the ReLU (half the inputs negative: both branches taken) and the exact
+// GELU.
 TEST(ElementwiseEmulated, PointwiseActivations) {
   const std::vector<Vec> in = buffers(3, -6.0f, 6.0f);  // out or dinp, inp, dout
-  for (Activation f : {Activation::relu2, Activation::gelu_exact}) {
-    const bool exact = f == Activation::gelu_exact;
-    SCOPED_TRACE(exact ? "gelu_exact" : "relu2");
+  for (Activation f : {Activation::relu2, Activation::gelu_exact, Activation::relu}) {
+    const int kind = int(f);
+    SCOPED_TRACE(kind);
     check(
         in, [&](Backend& be, auto b) { be.activation_forward(f, b[0], b[1], kN); },
         [&](simt::Thread& x, auto b) {
-          elementwise_block::activation_forward(x, exact, b[0], b[1], kN, kThreads, kStride);
+          elementwise_block::activation_forward(x, kind, b[0], b[1], kN, kThreads, kStride);
         });
     for (bool accumulate : {false, true}) {
       SCOPED_TRACE(accumulate ? "accumulate" : "overwrite");
@@ -105,7 +105,7 @@ TEST(ElementwiseEmulated, PointwiseActivations) {
       check(
           in, [&](Backend& be, auto b) { be.activation_backward(f, b[0], b[1], b[2], kN, mode); },
           [&](simt::Thread& x, auto b) {
-            elementwise_block::activation_backward(x, exact, b[0], b[1], b[2], kN, accumulate,
+            elementwise_block::activation_backward(x, kind, b[0], b[1], b[2], kN, accumulate,
                                                    kThreads, kStride);
           });
     }

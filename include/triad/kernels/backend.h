@@ -37,7 +37,8 @@ enum class GradMode { accumulate, overwrite };
 //   relu2       max(x, 0)², its derivative 2·max(x, 0) (model.mlp = relu2: Primer's squared ReLU)
 //   gelu_exact  ½·x·(1 + erf(x/√2)), its derivative ½·(1 + erf(x/√2)) + x·φ(x) with φ the normal
 //               density (model.mlp = gelu_exact: GPT-NeoX's, BERT's GELU)
-enum class Activation { relu2, gelu_exact };
+//   relu        max(x, 0), its derivative 1 where x > 0, else 0 (model.mlp = relu: OPT's)
+enum class Activation { relu2, gelu_exact, relu };
 
 // The width of an attention op's qkv rows (see attention_forward): q for NH heads (C wide), k and
 // v for NKV heads each.

@@ -73,17 +73,20 @@ struct GptShape {
   // with the squared ReLU, max(x, 0)² (So et al.'s Primer; Nemotron-4, modded-nanogpt). geglu:
   // SwiGLU's shape with gelu(gate)·up, GELU's tanh approximation (Gemma's).
   // gelu_exact: the GELU MLP with GELU itself, ½·x·(1 + erf(x/√2)) (GPT-NeoX's, BERT's), not
-  // its tanh approximation.
+  // its tanh approximation. relu: the GELU MLP's shape with the ReLU, max(x, 0) (OPT's).
   bool swiglu = false;
   bool relu2 = false;
   bool geglu = false;
   bool gelu_exact = false;
-  // The activation relu2 and gelu_exact run as a pass of their own.
-  Activation pointwise() const { return relu2 ? Activation::relu2 : Activation::gelu_exact; }
+  bool relu = false;
+  // The activations relu2, gelu_exact and relu run as a pass of their own.
+  Activation pointwise() const {
+    return relu2 ? Activation::relu2 : relu ? Activation::relu : Activation::gelu_exact;
+  }
   bool gated() const { return swiglu || geglu; }  // c_fc holds gate and up rows
   // GPT-2's tanh GELU, which rides in c_fc's product (its epilogue on the GPU); every other
   // activation is a pass of its own after it.
-  bool gelu_in_product() const { return !gated() && !relu2 && !gelu_exact; }
+  bool gelu_in_product() const { return !gated() && !relu2 && !gelu_exact && !relu; }
   int mlp_hidden = 0;
   // The output layer (model.tie_embeddings): wte itself (tied, GPT-2), or a tensor of its own,
   // lm_head/weight [padded_vocab_size, C] on the last stage (false, as Llama).
@@ -311,15 +314,17 @@ inline int padded_vocab_size(int vocab_size, int tp) {
   return (vocab_size + m - 1) / m * m;
 }
 
-// Sets s's MLP kind from a model.mlp value (gelu, gelu_exact, swiglu, geglu or relu2); false
-// for any other, s unchanged.
+// Sets s's MLP kind from a model.mlp value (gelu, gelu_exact, swiglu, geglu, relu2 or relu);
+// false for any other, s unchanged.
 inline bool set_mlp(GptShape& s, const std::string& mlp) {
-  if (mlp != "gelu" && mlp != "gelu_exact" && mlp != "swiglu" && mlp != "geglu" && mlp != "relu2")
+  if (mlp != "gelu" && mlp != "gelu_exact" && mlp != "swiglu" && mlp != "geglu" && mlp != "relu2" &&
+      mlp != "relu")
     return false;
   s.swiglu = mlp == "swiglu";
   s.geglu = mlp == "geglu";
   s.relu2 = mlp == "relu2";
   s.gelu_exact = mlp == "gelu_exact";
+  s.relu = mlp == "relu";
   return true;
 }
 

@@ -46,7 +46,10 @@ void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) {
 }
 
 void activation_forward(Activation f, float* out, const float* inp, size_t n) {
-  if (f == Activation::relu2) {
+  if (f == Activation::relu) {
+#pragma omp parallel for simd schedule(static) if (n >= kParallelMin)
+    for (size_t i = 0; i < n; ++i) out[i] = inp[i] > 0.0f ? inp[i] : 0.0f;
+  } else if (f == Activation::relu2) {
 #pragma omp parallel for simd schedule(static) if (n >= kParallelMin)
     for (size_t i = 0; i < n; ++i) {
       const float r = inp[i] > 0.0f ? inp[i] : 0.0f;
@@ -59,7 +62,10 @@ void activation_forward(Activation f, float* out, const float* inp, size_t n) {
 }
 
 void activation_backward(Activation f, float* dinp, const float* inp, const float* dout, size_t n) {
-  if (f == Activation::relu2) {
+  if (f == Activation::relu) {
+#pragma omp parallel for simd schedule(static) if (n >= kParallelMin)
+    for (size_t i = 0; i < n; ++i) dinp[i] += inp[i] > 0.0f ? dout[i] : 0.0f;
+  } else if (f == Activation::relu2) {
 #pragma omp parallel for simd schedule(static) if (n >= kParallelMin)
     for (size_t i = 0; i < n; ++i) {
       const float r = inp[i] > 0.0f ? inp[i] : 0.0f;

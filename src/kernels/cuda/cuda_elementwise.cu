@@ -24,18 +24,17 @@ __global__ void gelu_backward_kernel(E* dinp, const E* inp, const E* dout, size_
 }
 
 template <typename E>
-__global__ void activation_forward_kernel(bool exact_gelu, E* out, const E* inp, size_t n) {
+__global__ void activation_forward_kernel(int kind, E* out, const E* inp, size_t n) {
   DeviceThread x;
-  elementwise_block::activation_forward(x, exact_gelu, out, inp, n, block_threads(),
-                                        grid_threads());
+  elementwise_block::activation_forward(x, kind, out, inp, n, block_threads(), grid_threads());
 }
 
 template <typename E>
-__global__ void activation_backward_kernel(bool exact_gelu, E* dinp, const E* inp, const E* dout,
-                                           size_t n, bool accumulate) {
+__global__ void activation_backward_kernel(int kind, E* dinp, const E* inp, const E* dout, size_t n,
+                                           bool accumulate) {
   DeviceThread x;
-  elementwise_block::activation_backward(x, exact_gelu, dinp, inp, dout, n, accumulate,
-                                         block_threads(), grid_threads());
+  elementwise_block::activation_backward(x, kind, dinp, inp, dout, n, accumulate, block_threads(),
+                                         grid_threads());
 }
 
 template <typename E>
@@ -97,11 +96,15 @@ void gelu_backward(cudaStream_t s, Elem* dinp, const Elem* inp, const Elem* dout
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
+static_assert(int(Activation::relu2) == elementwise_block::kRelu2 &&
+                  int(Activation::gelu_exact) == elementwise_block::kGeluExact &&
+                  int(Activation::relu) == elementwise_block::kRelu,
+              "the block programs' activation kinds are backend.h Activation's values");
+
 template <typename Elem>
 void activation_forward(cudaStream_t s, Activation f, Elem* out, const Elem* inp, size_t n) {
   if (n == 0) return;
-  activation_forward_kernel<<<grid_for(n), kBlock, 0, s>>>(f == Activation::gelu_exact, bits(out),
-                                                           bits(inp), n);
+  activation_forward_kernel<<<grid_for(n), kBlock, 0, s>>>(int(f), bits(out), bits(inp), n);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
@@ -109,8 +112,8 @@ template <typename Elem>
 void activation_backward(cudaStream_t s, Activation f, Elem* dinp, const Elem* inp,
                          const Elem* dout, size_t n, bool accumulate) {
   if (n == 0) return;
-  activation_backward_kernel<<<grid_for(n), kBlock, 0, s>>>(f == Activation::gelu_exact, bits(dinp),
-                                                            bits(inp), bits(dout), n, accumulate);
+  activation_backward_kernel<<<grid_for(n), kBlock, 0, s>>>(int(f), bits(dinp), bits(inp),
+                                                            bits(dout), n, accumulate);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 

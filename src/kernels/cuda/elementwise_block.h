@@ -42,32 +42,37 @@ TRIAD_BLOCK_FN void gelu_backward(X& x, Elem* dinp, const Elem* inp, const Elem*
   }
 }
 
-// The MLP activations of their own pass (backend.h Activation): the squared ReLU,
-// out = max(x, 0)² (model.mlp = relu2), or with exact_gelu the exact GELU,
-// out = ½·x·(1 + erf(x/√2)) (model.mlp = gelu_exact).
-constexpr float kSqrtHalf = 0.7071067811865476f;    // 1/√2
-constexpr float kInvSqrt2Pi = 0.3989422804014327f;  // 1/√(2π)
+// The MLP activations of their own pass (backend.h Activation, kind its value): the squared
+// ReLU, out = max(x, 0)² (model.mlp = relu2), the exact GELU, out = ½·x·(1 + erf(x/√2))
+// (model.mlp = gelu_exact), or the ReLU, out = max(x, 0) (model.mlp = relu).
+constexpr int kRelu2 = 0, kGeluExact = 1, kRelu = 2;  // Activation's values
+constexpr float kSqrtHalf = 0.7071067811865476f;      // 1/√2
+constexpr float kInvSqrt2Pi = 0.3989422804014327f;    // 1/√(2π)
 
 template <class X, class Elem>
-TRIAD_BLOCK_FN void activation_forward(X& x, bool exact_gelu, Elem* out, const Elem* inp, size_t n,
+TRIAD_BLOCK_FN void activation_forward(X& x, int kind, Elem* out, const Elem* inp, size_t n,
                                        int threads, size_t stride) {
   TRIAD_BLOCK_STRIDE_LOOP(x, i, n, threads, stride) {
     const float v = load(x, inp + i);
     const float r = v > 0.0f ? v : 0.0f;
-    store(x, out + i, exact_gelu ? 0.5f * v * (1.0f + x.erf(v * kSqrtHalf)) : r * r);
+    store(x, out + i,
+          kind == kGeluExact ? 0.5f * v * (1.0f + x.erf(v * kSqrtHalf))
+          : kind == kRelu    ? r
+                             : r * r);
   }
 }
 
-// dinp (+)= f'(x)·dout: 2·max(x, 0), or ½·(1 + erf(x/√2)) + x·φ(x).
+// dinp (+)= f'(x)·dout: 2·max(x, 0), ½·(1 + erf(x/√2)) + x·φ(x), or 1 where x > 0.
 template <class X, class Elem>
-TRIAD_BLOCK_FN void activation_backward(X& x, bool exact_gelu, Elem* dinp, const Elem* inp,
+TRIAD_BLOCK_FN void activation_backward(X& x, int kind, Elem* dinp, const Elem* inp,
                                         const Elem* dout, size_t n, bool accumulate, int threads,
                                         size_t stride) {
   TRIAD_BLOCK_STRIDE_LOOP(x, i, n, threads, stride) {
     const float v = load(x, inp + i);
-    const float grad =
-        exact_gelu ? 0.5f * (1.0f + x.erf(v * kSqrtHalf)) + v * kInvSqrt2Pi * x.exp(-0.5f * v * v)
-                   : 2.0f * (v > 0.0f ? v : 0.0f);
+    const float grad = kind == kGeluExact ? 0.5f * (1.0f + x.erf(v * kSqrtHalf)) +
+                                                v * kInvSqrt2Pi * x.exp(-0.5f * v * v)
+                       : kind == kRelu ? (v > 0.0f ? 1.0f : 0.0f)
+                                       : 2.0f * (v > 0.0f ? v : 0.0f);
     const float g = grad * load(x, dout + i);
     store(x, dinp + i, accumulate ? load(x, dinp + i) + g : g);
   }
