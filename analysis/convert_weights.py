@@ -180,6 +180,9 @@ class Dims:
     # DBRX's layout (DbrxForCausalLM): q, k, v as one Wqkv, each layer's experts as three tensors
     # w1 (gates), v1 (ups), w2 (downs, stored [E·F, C]: each expert's c_proj transposed).
     dbrx: bool = False
+    # OPT's layout (OPTForCausalLM): GPT-2's blocks with the ReLU MLP under OPT's names (q, k, v
+    # apart), its position table 2 rows longer (embed_positions' offset: position p is row p + 2).
+    opt: bool = False
     qkv_bias: bool = False  # c_attn's bias without the others (model.qkv_bias: Qwen2)
     mlp_bias: bool = False  # c_fc's and c_proj's without the attention's (model.mlp_bias: GPT-J)
     norm_eps: float = 1e-5  # the normalizations' epsilon (model.norm_eps)
@@ -663,6 +666,8 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         return glm_config_dims(cfg, where, seq_len)
     if kind == "dbrx":
         return dbrx_config_dims(cfg, where, seq_len)
+    if kind == "opt":
+        return opt_config_dims(cfg, where, seq_len)
     if kind == "falcon":
         return falcon_config_dims(cfg, where, seq_len)
     if kind == "gptj":
@@ -679,7 +684,7 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                            f"Llama ('llama'), Mistral ('mistral'), Mixtral ('mixtral'), Phi-3 "
                            f"('phi3'), Qwen2 ('qwen2'), Qwen2-MoE ('qwen2_moe'), Qwen3 ('qwen3'), "
                            f"Qwen3-MoE ('qwen3_moe'), OLMo ('olmo', 'olmo2'), OLMoE ('olmoe'), "
-                           f"GLM ('glm'), DBRX ('dbrx'), "
+                           f"GLM ('glm'), DBRX ('dbrx'), OPT ('opt'), "
                            f"Nemotron ('nemotron'), StableLM "
                            f"('stablelm'), Gemma ('gemma', 'gemma2'), Granite ('granite', "
                            f"'granitemoe'), Cohere ('cohere'), Phi ('phi'), "
@@ -1021,6 +1026,88 @@ def glm_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
              rotary_dim=0 if rot == hd else rot, glm=True)
     d.check(where)
     return d
+
+
+def opt_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
+    """A Hugging Face OPT config (OPTForCausalLM: OPT-125M to OPT-66B but 350M) as triad's
+    model: GPT-2's blocks (learned positions, LayerNorms before the branches, biases, a tied head)
+    with the ReLU MLP of ffn_dim units (model.mlp = relu); refused where triad computes something
+    else (OPT-350M's norms after the branches and its projected embedding)."""
+    try:
+        n_layer, n_head = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
+        n_embd, hidden = int(cfg["hidden_size"]), int(cfg["ffn_dim"])
+        n_pos, vocab = int(cfg["max_position_embeddings"]), int(cfg["vocab_size"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConvertError(f"{where}: an OPT config needs integer num_hidden_layers, "
+                           f"num_attention_heads, hidden_size, ffn_dim, max_position_embeddings "
+                           f"and vocab_size ({e})")
+    refusals = []
+    for key, want in (("do_layer_norm_before", True), ("_remove_final_layer_norm", False),
+                      ("enable_bias", True), ("layer_norm_elementwise_affine", True),
+                      ("tie_word_embeddings", True)):
+        if key in cfg and bool(cfg[key]) != want:
+            refusals.append(f"{key} = {str(cfg[key]).lower()} (triad's OPT has {want})")
+    if int(cfg.get("word_embed_proj_dim") or n_embd) != n_embd:
+        refusals.append(f"word_embed_proj_dim {cfg['word_embed_proj_dim']} (projected "
+                        f"embeddings, which triad's OPT does not have)")
+    if cfg.get("activation_function", "relu") != "relu":
+        refusals.append(f"activation_function {cfg['activation_function']!r} (OPT's is relu)")
+    refuse_or_check_positions(where, refusals, seq_len, n_pos, "max_position_embeddings")
+    d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab, mlp="relu", mlp_hidden=hidden,
+             opt=True)
+    d.check(where)
+    return d
+
+
+def opt_sources(d: Dims) -> dict[str, list[str]]:
+    """Each triad tensor of an OPT model and the HF tensors it is made of (c_attn's from q, k
+    and v, stacked by rows; wpe from embed_positions past its 2 offset rows: opt_positions)."""
+    m = "model.decoder."
+    src = {"wte/weight": [m + "embed_tokens.weight"], "wpe/weight": [m + "embed_positions.weight"]}
+    for i in range(d.n_layer):
+        p, h = f"h/{i}/", f"{m}layers.{i}."
+        for kind in ("weight", "bias"):
+            src.update({
+                p + f"ln_1/{kind}": [h + f"self_attn_layer_norm.{kind}"],
+                p + f"attn/c_attn/{kind}": [h + f"self_attn.{x}_proj.{kind}" for x in "qkv"],
+                p + f"attn/c_proj/{kind}": [h + f"self_attn.out_proj.{kind}"],
+                p + f"ln_2/{kind}": [h + f"final_layer_norm.{kind}"],
+                p + f"mlp/c_fc/{kind}": [h + f"fc1.{kind}"],
+                p + f"mlp/c_proj/{kind}": [h + f"fc2.{kind}"],
+            })
+    src.update({"ln_f/weight": [m + "final_layer_norm.weight"],
+                "ln_f/bias": [m + "final_layer_norm.bias"]})
+    return src
+
+
+def opt_positions(d: Dims, t: str, a: np.ndarray, to_hf: bool = False) -> np.ndarray:
+    """OPT's embed_positions (position p at row p + 2) as triad's wpe, rows 2 .. 2 + seq_len,
+    or (to_hf) wpe with 2 zero rows before it. Other tensors pass."""
+    if not (d.opt and t == "wpe/weight"):
+        return a
+    if to_hf:
+        return np.concatenate([np.zeros((2, a.shape[1]), dtype=a.dtype), a])
+    return a[2:2 + d.seq_len]
+
+
+def opt_hf_config(d: Dims) -> dict:
+    """config.json for transformers' OPTForCausalLM computing what triad's model of GPT-2's
+    blocks with the ReLU MLP computes."""
+    if d.norm_eps != 1e-5:
+        raise ConvertError(f"a model of GPT-2's blocks with the ReLU MLP exports as Hugging Face's "
+                           f"OPT, whose LayerNorms' epsilon is 1e-5, not {d.norm_eps} "
+                           f"(model.norm_eps)")
+    eot = 2 if d.vocab_size > 2 else None  # OPT's </s>
+    return {
+        "architectures": ["OPTForCausalLM"], "model_type": "opt", "vocab_size": d.vocab_size,
+        "hidden_size": d.n_embd, "num_hidden_layers": d.n_layer, "num_attention_heads": d.n_head,
+        "ffn_dim": d.mlp_hidden or 4 * d.n_embd, "max_position_embeddings": d.seq_len,
+        "do_layer_norm_before": True, "_remove_final_layer_norm": False,
+        "word_embed_proj_dim": d.n_embd, "activation_function": "relu", "dropout": 0.0,
+        "attention_dropout": 0.0, "layerdrop": 0.0, "init_std": 0.02, "enable_bias": True,
+        "layer_norm_elementwise_affine": True, "tie_word_embeddings": True,
+        "bos_token_id": eot, "eos_token_id": eot, "pad_token_id": 1, "torch_dtype": "float32",
+    }
 
 
 def dbrx_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
@@ -1769,6 +1856,8 @@ def llama_sources(d: Dims) -> dict[str, list[str]]:
         return gptj_sources(d)
     if d.dbrx:
         return dbrx_sources(d)
+    if d.opt:
+        return opt_sources(d)
     src = {"wte/weight": ["model.embed_tokens.weight"], "ln_f/weight": ["model.norm.weight"],
            **({"ln_f/bias": ["model.norm.bias"]} if d.norm_bias else {})}
     for i in range(d.n_layer):
@@ -1951,6 +2040,8 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
         st = SafetensorsFile(f)
         for name in st.entries:
             where[name] = st
+    if d.opt:
+        return d, llama_tensors(d, where, directory), f"Hugging Face OPT model {directory}"
     if d.position == "rope":  # Llama's family
         kind = ({"qwen2_moe": "Qwen2-MoE", "qwen3_moe": "Qwen3-MoE", "mixtral": "Mixtral",
                  "granitemoe": "GraniteMoE", "olmoe": "OLMoE", "dbrx": "DBRX"}.get(
@@ -2056,6 +2147,8 @@ def llama_tensors(d: Dims, where: dict, directory: Path) -> Tensors:
             expected = [list(want[t])]
         if d.dbrx and t.endswith("mlp/experts/c_proj/weight"):  # w2, each expert transposed
             expected = [[d.moe_experts * d.mlp_hidden, d.n_embd]]
+        if d.opt and t == "wpe/weight" and len(got[0]) == 2 and got[0][0] >= rows + 2:
+            expected = got  # (any table covering seq_len past its offset: opt_positions)
         if got != expected:
             if len(names) > 3:  # an expert's tensor: name the first that is wrong
                 names, got, expected = zip(*[x for x in zip(names, got, expected)
@@ -2073,7 +2166,7 @@ def llama_tensors(d: Dims, where: dict, directory: Path) -> Tensors:
             if d.norm_offset and is_norm_weight(t):  # LayerNorm1P's w - 1
                 a = a + np.float32(1)
             a = falcon_qkv_order(d, t, neox_qkv_order(d, t, a))
-            a = interleaved_rope_order(d, t, dbrx_expert_order(d, t, a))
+            a = interleaved_rope_order(d, t, dbrx_expert_order(d, t, opt_positions(d, t, a)))
             yield t, llama_query_order(d, t, a.reshape(want[t]))
 
     return tensors
@@ -2440,7 +2533,10 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
         raise ConvertError(f"{path}: the model has c_attn's bias without the others "
                            f"(model.qkv_bias) in GPT-2's blocks; Hugging Face's GPT-2 and "
                            f"llm.c's format have all biases or (as zeros) none")
-    if a.get("mlp", "gelu") != "gelu" or int(a.get("mlp_hidden", 4 * d.n_embd)) != 4 * d.n_embd:
+    if a.get("mlp", "gelu") in ("relu", b"relu"):  # OPT's blocks
+        d = replace(d, mlp="relu", mlp_hidden=int(a.get("mlp_hidden", 4 * d.n_embd)), opt=True)
+    elif a.get("mlp", "gelu") != "gelu" or \
+            int(a.get("mlp_hidden", 4 * d.n_embd)) != 4 * d.n_embd:
         raise ConvertError(f"{path}: the model's MLP is {a.get('mlp', 'gelu')} with "
                            f"{a.get('mlp_hidden')} hidden units (model.mlp, model.mlp_hidden); "
                            f"GPT-2's formats hold a GELU MLP of 4·n_embd units only")
@@ -2926,6 +3022,8 @@ def llama_hf_config(d: Dims) -> dict:
     a sliding window (model.sliding_window), or for a mixture of experts (model.moe_experts,
     Dims.moe_format) Qwen2MoeForCausalLM's (gated shared experts), Qwen3MoeForCausalLM's
     (QK-norm) or MixtralForCausalLM's (with a sliding window or not)."""
+    if d.opt:
+        return opt_hf_config(d)
     if not d.norm_weight:
         return olmo_hf_config(d)
     if d.longrope is not None:
@@ -3053,11 +3151,14 @@ def write_llama_hf(out: Path, d: Dims, tensors: Tensors, extra: dict[str, str] |
     llama_query_order, read the other way)."""
     src = llama_sources(d)
     specs = {}  # in the order tensors() yields triad's tensors, each split into its HF parts
-    for t, shape in expected_shapes(d.attrs()).items():
+    # (OPT's from the GPT-2 reader, open_triad: GPT-2's order)
+    for t, shape in (shapes(d) if d.opt else expected_shapes(d.attrs())).items():
         if t not in src:  # (a norm without a weight: ones, checked below)
             continue
         rows, *cols = stacked_shape(shape)
         rows = d.vocab_size if t in VOCAB_TENSORS else rows
+        if d.opt and t == "wpe/weight":  # OPT's 2 offset rows first
+            rows += 2
         for n, r in zip(src[t], llama_part_rows(d, t, rows)):
             specs[n] = tuple(shape) if whole_experts(d, t) else \
                 (r, d.n_embd) if d.dbrx and "/mlp/experts/" in t else (r, *cols)
@@ -3074,7 +3175,7 @@ def write_llama_hf(out: Path, d: Dims, tensors: Tensors, extra: dict[str, str] |
             a = neox_qkv_order(d, t, a, to_hf=True)
             a = llama_query_order(d, t, a, to_hf=True)
             a = interleaved_rope_order(d, t, a, to_hf=True)
-            a = dbrx_expert_order(d, t, a, to_hf=True)
+            a = dbrx_expert_order(d, t, opt_positions(d, t, a, to_hf=True), to_hf=True)
             if whole_experts(d, t):  # GraniteMoE's: the [E, rows, columns] tensor as it is
                 yield src[t][0], np.ascontiguousarray(a)
                 continue
@@ -3308,7 +3409,7 @@ def main(argv: list[str] | None = None) -> int:
                                    f"{d.norm_eps} (model.norm_eps); llm.c computes with 1e-5 "
                                    f"(export with --to hf)")
             if args.to == "hf":
-                if not (d.gpt2 or d.bigcode):  # a model no Hugging Face class computes: refused
+                if not (d.gpt2 or d.bigcode):  # a model no HF class computes: refused up front
                     try:
                         llama_hf_config(d)
                     except ConvertError as e:

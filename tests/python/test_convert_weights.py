@@ -1268,6 +1268,41 @@ def test_gptj_imports_and_evaluates_as_transformers(imported, tmp_path):
                    "mlp_bias": 1, "bias": 0, "norm_bias": 1, "tie_embeddings": 0})
 
 
+def opt_model(**config):
+    return tiny_hf(transformers.OPTForCausalLM, transformers.OPTConfig, 67, dict(
+        vocab_size=V, hidden_size=64, num_hidden_layers=2, ffn_dim=256, num_attention_heads=4,
+        max_position_embeddings=SEQ, word_embed_proj_dim=64, do_layer_norm_before=True,
+        dropout=0.0, attention_dropout=0.0, activation_function="relu", pad_token_id=1,
+        bos_token_id=2, eos_token_id=2), config).float()
+
+
+@pytest.fixture
+def float64_default():
+    """transformers' OPT builds its causal mask with torch.full(finfo(dtype).min) in the default
+    dtype, which on torch 1.13 overflows a float32 in the float64 evaluation: the test runs with
+    float64 as the default (its models made float32 explicitly)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def test_opt_imports_and_evaluates_as_transformers(imported, tmp_path, float64_default):
+    """transformers' OPTForCausalLM (GPT-2's blocks with the ReLU MLP, q, k, v and the MLP under
+    OPT's names, its position table two rows longer: position p at row p + 2) against triad's
+    GPT-2 blocks with model.mlp = relu: hf_round_trip (tp 2 too), the export computing the
+    original's loss (its two offset rows, which only padded positions read, written as zeros).
+    OPT-350M's layout (norms after the branches, a projected embedding) is refused."""
+    hf_round_trip(imported, tmp_path, opt_model(), "OPT",
+                  ["--model.n_head", "4", "--model.mlp", "relu", "--model.mlp_hidden", "256"],
+                  False, {"mlp": "relu", "mlp_hidden": 256, "position": "learned"},
+                  same_layout=False)
+    imports_refused(tmp_path, (
+        (opt_model, {"do_layer_norm_before": False}, "do_layer_norm_before = false"),
+        (opt_model, {"word_embed_proj_dim": 32}, "word_embed_proj_dim 32")
+    ))
+
+
 def bigcode_model(**config):
     return tiny_hf(transformers.GPTBigCodeForCausalLM, transformers.GPTBigCodeConfig, 61, dict(
         vocab_size=V, n_embd=64, n_layer=2, n_head=4, n_positions=SEQ, multi_query=True,
