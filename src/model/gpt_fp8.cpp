@@ -6,6 +6,8 @@
 // The amax of the forward's input and weight are taken again in the backward pass rather than
 // kept: they are functions of tensors the backward reads anyway (the input kept for the weight
 // gradient, the weight), so nothing per micro-batch has to be stored, pipelined or recomputed.
+#include <algorithm>
+
 #include "triad/core/error.h"
 #include "triad/model/gpt.h"
 
@@ -30,15 +32,28 @@ void Gpt::set_fp8(bool on, const std::function<bool(const std::string&)>& skip, 
     return;
   }
   TRIAD_CHECK(!inference_, "internal error: run.fp8 is for training models");
-  const int widths[] = {shape_.n_embd, shape_.qkv_rows() / mp_.tp, shape_.attn_width() / mp_.tp,
-                        shape_.fc_rows() / mp_.tp, shape_.hidden() / mp_.tp};
+  const int widths[] = {shape_.n_embd,
+                        shape_.qkv_rows() / mp_.tp,
+                        shape_.attn_width() / mp_.tp,
+                        shape_.fc_rows() / mp_.tp,
+                        shape_.hidden() / mp_.tp,
+                        shape_.shared_fc_rows() / mp_.tp,
+                        shape_.moe_shared_hidden / mp_.tp};
   for (int w : widths)
     TRIAD_CHECK(w % 16 == 0,
                 "run.fp8 needs the layers' widths on each tensor-parallel rank to be multiples "
                 "of 16 (n_embd ",
                 shape_.n_embd, ", c_attn ", widths[1], ", attention ", widths[2], ", c_fc ",
-                widths[3], ", MLP ", widths[4], ")");
-  if (fp8_amax_ == nullptr) fp8_amax_ = be_.alloc(3);
+                widths[3], ", MLP ", widths[4], ", shared experts' c_fc ", widths[5], " and MLP ",
+                widths[6], ")");
+  // Three per expert held (experts_fp8_amax), at least the three of one product.
+  const size_t floats = 3 * size_t(std::max(1, shape_.moe_experts / mp_.ep));
+  if (fp8_amax_ != nullptr && fp8_amax_floats_ != floats) {
+    be_.free(fp8_amax_);
+    fp8_amax_ = nullptr;
+  }
+  if (fp8_amax_ == nullptr) fp8_amax_ = be_.alloc(floats);
+  fp8_amax_floats_ = floats;
 }
 
 template <class A>

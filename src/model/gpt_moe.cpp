@@ -8,6 +8,10 @@
 // its own rows: the rows chosen for another rank's experts go there in one all-to-all and come
 // back in another (forward, and the gradients the same way in the backward pass). Routing and
 // the gated sum stay with the token's rank; only the experts' products move.
+// run.fp8: each expert's products in FP8 at its own tensorwise scales (experts_fp8_amax), the
+// shared experts' as the dense MLP's (linear_forward / linear_backward at the layer's c_fc and
+// c_proj sites); the router and the shared experts' gate stay in bf16/fp32 (DeepSeek-V3's
+// choice: they decide which rows go where).
 #include <algorithm>
 #include <numeric>
 #include <vector>
@@ -46,6 +50,28 @@ void for_each_expert(const Layer& L, F&& f) {
     if (take[e] > 0) f(e, row, take[e]);
     row += size_t(block[e]);
   }
+}
+
+// An expert's product: in FP8 at the three amax of `amax` (experts_fp8_amax), else the plain one.
+template <class A>
+void expert_forward(Backend& be, const float* amax, A* out, const A* inp, const A* w, int n, int IC,
+                    int OC) {
+  if (amax != nullptr)
+    be.matmul_forward_fp8(out, inp, w, nullptr, n, IC, OC, amax);
+  else
+    be.matmul_forward(out, inp, w, nullptr, n, IC, OC);
+}
+template <class A>
+void expert_backward(Backend& be, const float* amax, A* dinp, float* dw, const A* dout,
+                     const A* inp, const A* w, int n, int IC, int OC, GradMode mode) {
+  if (amax != nullptr)
+    be.matmul_backward_fp8(dinp, dw, nullptr, dout, inp, w, n, IC, OC, amax, mode);
+  else
+    be.matmul_backward(dinp, dw, nullptr, dout, inp, w, n, IC, OC, mode);
+}
+// Expert e's three amax within experts_fp8_amax's result (null: no FP8).
+const float* expert_amax(const float* amax, size_t e) {
+  return amax != nullptr ? amax + 3 * e : nullptr;
 }
 
 // f(row, n, b) for each block of n rows of a training micro-batch's N rows that belongs to
@@ -262,14 +288,16 @@ void Gpt::moe_front(typename Set<A>::Layer& L, int l, const A* ln2, const LayerT
     be_.moe_gather(a.moe_local, ln2, L.moe_slot, N, k, C);
     to_experts<A>(L, L.moe_x, a.moe_local);
   }
+  const float* amax = experts_fp8_amax<A>(L, fp8_site(l, 2), L.moe_x, C, w.fcw, int(Fl), nullptr);
   for_each_expert(L, [&](size_t e, size_t row, int n) {
-    be_.matmul_forward(L.fch + row * Fl, L.moe_x + row * C, w.fcw + e * Fl * C, nullptr, n, C,
-                       int(Fl));
+    expert_forward(be_, expert_amax(amax, e), L.fch + row * Fl, L.moe_x + row * C,
+                   w.fcw + e * Fl * C, n, C, int(Fl));
   });
   // (Over the gaps of dropped rows too: elementwise, and nothing reads them.)
   mlp_activation(L.fch_gelu, L.fch, side_rows(L), shape_.hidden() / mp_.tp);
   if (w.shfcw != nullptr) {
-    be_.matmul_forward(L.sh_fch, ln2, w.shfcw, nullptr, N, C, shape_.shared_fc_rows() / mp_.tp);
+    linear_forward(fp8_site(l, 2), L.sh_fch, ln2, w.shfcw, static_cast<const A*>(nullptr), N, C,
+                   shape_.shared_fc_rows() / mp_.tp);
     mlp_activation(L.sh_act, L.sh_fch, N, shape_.moe_shared_hidden / mp_.tp);
   }
   if (w.shgatew != nullptr) {  // their gate: every rank forms the same one, as the router
@@ -280,14 +308,17 @@ void Gpt::moe_front(typename Set<A>::Layer& L, int l, const A* ln2, const LayerT
 }
 
 template <class A>
-void Gpt::moe_output(typename Set<A>::Layer& L, A* out, const LayerTensors<const A>& w, int N) {
+void Gpt::moe_output(typename Set<A>::Layer& L, int l, A* out, const LayerTensors<const A>& w,
+                     int N) {
   const int C = shape_.n_embd, k = shape_.moe_top_k;
   const size_t Hl = size_t(shape_.hidden() / mp_.tp);
   // Expert parallelism: the outputs form grouped by expert, then go back to their tokens' ranks.
   A* y = mp_.ep == 1 ? L.moe_y : acts<A>().moe_grouped;
+  const float* amax =
+      experts_fp8_amax<A>(L, fp8_site(l, 3), L.fch_gelu, int(Hl), w.fcprojw, C, nullptr);
   for_each_expert(L, [&](size_t e, size_t row, int n) {
-    be_.matmul_forward(y + row * C, L.fch_gelu + row * Hl, w.fcprojw + e * C * Hl, nullptr, n,
-                       int(Hl), C);
+    expert_forward(be_, expert_amax(amax, e), y + row * C, L.fch_gelu + row * Hl,
+                   w.fcprojw + e * C * Hl, n, int(Hl), C);
   });
   if (mp_.ep > 1)
     from_experts<A>(L, L.moe_y, y);
@@ -297,8 +328,8 @@ void Gpt::moe_output(typename Set<A>::Layer& L, A* out, const LayerTensors<const
   be_.moe_combine(out, L.moe_y, L.moe_slot, L.moe_gate, N, k, C);
   if (w.shprojw != nullptr) {  // the shared experts' output joins the routed ones'
     auto& a = acts<A>();
-    be_.matmul_forward(a.sh_out, L.sh_act, w.shprojw, nullptr, N, shape_.moe_shared_hidden / mp_.tp,
-                       C);
+    linear_forward(fp8_site(l, 3), a.sh_out, L.sh_act, w.shprojw, static_cast<const A*>(nullptr), N,
+                   shape_.moe_shared_hidden / mp_.tp, C);
     if (w.shgatew != nullptr) {  // scaled by each row's gate (a partial sum scales alike)
       be_.moe_combine(a.sh_gated, a.sh_out, a.row_order, L.sh_gate, N, 1, C);
       be_.accumulate(out, a.sh_gated, size_t(N) * C);
@@ -309,7 +340,7 @@ void Gpt::moe_output(typename Set<A>::Layer& L, A* out, const LayerTensors<const
 }
 
 template <class A>
-void Gpt::moe_backward(typename Set<A>::Layer& L, A* dpart, const LayerTensors<float>& g,
+void Gpt::moe_backward(typename Set<A>::Layer& L, int l, A* dpart, const LayerTensors<float>& g,
                        const A* dres, const A* ln2, const LayerTensors<const A>& w, int N) {
   constexpr GradMode kSet = GradMode::overwrite;
   const int C = shape_.n_embd, E = shape_.moe_experts, k = shape_.moe_top_k;
@@ -330,7 +361,8 @@ void Gpt::moe_backward(typename Set<A>::Layer& L, A* dpart, const LayerTensors<f
       // The gate's gradient reads their output, formed again (partial sums over the group, as
       // the routed experts', summed there); their output's gradient is the gated dres.
       A* gated = split ? L.dshared : a.sh_gated;
-      be_.matmul_forward(a.sh_out, L.sh_act, w.shprojw, nullptr, N, SHl, C);
+      linear_forward(fp8_site(l, 3), a.sh_out, L.sh_act, w.shprojw, static_cast<const A*>(nullptr),
+                     N, SHl, C);
       be_.moe_combine_backward(gated, a.sh_dgate, dres, a.sh_out, a.row_order, L.sh_gate, N, 1, C);
       tp_all_reduce(a.sh_dgate, size_t(N));
       A* dglogit = split ? L.dshared_gate : a.sh_glogit;
@@ -338,8 +370,8 @@ void Gpt::moe_backward(typename Set<A>::Layer& L, A* dpart, const LayerTensors<f
       if (mup) be_.scale_cap_logits(dglogit, size_t(N), shape_.logits_mult(), 0.0f);
       dsh = gated;
     }
-    be_.matmul_backward(a.sh_dact, wgrad(g.shprojw), nullptr, dsh, L.sh_act, w.shprojw, N, SHl, C,
-                        kSet);
+    linear_backward(fp8_site(l, 3), a.sh_dact, wgrad(g.shprojw), nullptr, dsh, L.sh_act, w.shprojw,
+                    N, SHl, C, kSet);
     mlp_activation_backward(sh_dfch, L.sh_fch, a.sh_dact, N, SHl);
   }
   // The gates' gradient reads the experts' outputs, partial sums over the group: summed there.
@@ -356,18 +388,22 @@ void Gpt::moe_backward(typename Set<A>::Layer& L, A* dpart, const LayerTensors<f
     to_experts<A>(L, dy, a.moe_dy);
   }
   A* dfch = split ? L.dfch : a.dfch;
+  const bool proj_grad = g.fcprojw != nullptr && !split, fc_grad = g.fcw != nullptr && !split;
+  const float* amax = experts_fp8_amax<A>(L, fp8_site(l, 3), proj_grad ? L.fch_gelu : nullptr,
+                                          int(Hl), w.fcprojw, C, dy);
   for_each_expert(L, [&](size_t e, size_t row, int n) {
-    be_.matmul_backward(
-        a.dfch_gelu + row * Hl, g.fcprojw != nullptr ? wgrad(g.fcprojw + e * C * Hl) : nullptr,
-        nullptr, dy + row * C, L.fch_gelu + row * Hl, w.fcprojw + e * C * Hl, n, int(Hl), C, kSet);
+    expert_backward(be_, expert_amax(amax, e), a.dfch_gelu + row * Hl,
+                    proj_grad ? g.fcprojw + e * C * Hl : nullptr, dy + row * C,
+                    L.fch_gelu + row * Hl, w.fcprojw + e * C * Hl, n, int(Hl), C, kSet);
   });
   mlp_activation_backward(dfch, L.fch, a.dfch_gelu, side_rows(L), int(Hl));
   // The experts' input gradients (over dy unless split: its values are spent), then back to the
   // tokens' ranks.
+  amax =
+      experts_fp8_amax<A>(L, fp8_site(l, 2), fc_grad ? L.moe_x : nullptr, C, w.fcw, int(Fl), dfch);
   for_each_expert(L, [&](size_t e, size_t row, int n) {
-    be_.matmul_backward(dx + row * C, g.fcw != nullptr ? wgrad(g.fcw + e * Fl * C) : nullptr,
-                        nullptr, dfch + row * Fl, L.moe_x + row * C, w.fcw + e * Fl * C, n, C,
-                        int(Fl), kSet);
+    expert_backward(be_, expert_amax(amax, e), dx + row * C, fc_grad ? g.fcw + e * Fl * C : nullptr,
+                    dfch + row * Fl, L.moe_x + row * C, w.fcw + e * Fl * C, n, C, int(Fl), kSet);
   });
   if (ep)
     from_experts<A>(L, a.moe_dy, dx);
@@ -375,7 +411,8 @@ void Gpt::moe_backward(typename Set<A>::Layer& L, A* dpart, const LayerTensors<f
     zero_dropped(be_, L, dx, C);  // nor a gradient
   be_.moe_combine(dpart, a.moe_dy, L.moe_slot, nullptr, N, k, C);
   if (w.shfcw != nullptr)
-    be_.matmul_backward(dpart, wgrad(g.shfcw), nullptr, sh_dfch, ln2, w.shfcw, N, C, SFl);
+    linear_backward(fp8_site(l, 2), dpart, wgrad(g.shfcw), nullptr, sh_dfch, ln2, w.shfcw, N, C,
+                    SFl);
   // The load-balancing loss α·E·Σ_e f_e·P_e for each of the N rows: d/dprobs[n,e] = α·E·f_e
   // times the step's loss scale (P_e's 1/N cancels the N rows). Sequence-wise, the mean over
   // the B sequences of each one's term with f_{b,e} and P_{b,e} over its T rows: d/dprobs[n,e] =
@@ -417,30 +454,59 @@ void Gpt::moe_backward(typename Set<A>::Layer& L, A* dpart, const LayerTensors<f
 // The weight pass of a split backward: the products moe_backward leaves out, in its order, from
 // the output gradients it kept in L and the inputs the forward pass kept.
 template <class A>
-void Gpt::moe_weights(typename Set<A>::Layer& L, const LayerTensors<float>& g, const A* ln2,
+void Gpt::moe_weights(typename Set<A>::Layer& L, int l, const LayerTensors<float>& g, const A* ln2,
                       const LayerTensors<const A>& w, int N) {
   const int C = shape_.n_embd, E = shape_.moe_experts;
   const size_t Fl = size_t(shape_.fc_rows() / mp_.tp), Hl = size_t(shape_.hidden() / mp_.tp);
   const int SFl = shape_.shared_fc_rows() / mp_.tp, SHl = shape_.moe_shared_hidden / mp_.tp;
+  constexpr GradMode kAdd = GradMode::accumulate;
   if (w.shprojw != nullptr && g.shprojw != nullptr)  // without a gate the output's is dres
-    be_.matmul_backward(nullptr, g.shprojw, nullptr, w.shgatew != nullptr ? L.dshared : L.dfcproj,
-                        L.sh_act, w.shprojw, N, SHl, C);
-  if (g.fcprojw != nullptr)
+    linear_backward(fp8_site(l, 3), static_cast<A*>(nullptr), g.shprojw, nullptr,
+                    w.shgatew != nullptr ? L.dshared : L.dfcproj, L.sh_act, w.shprojw, N, SHl, C);
+  if (g.fcprojw != nullptr) {
+    const float* amax =
+        experts_fp8_amax<A>(L, fp8_site(l, 3), L.fch_gelu, int(Hl), nullptr, C, L.dexperts);
     for_each_expert(L, [&](size_t e, size_t row, int n) {
-      be_.matmul_backward(nullptr, g.fcprojw + e * C * Hl, nullptr, L.dexperts + row * C,
-                          L.fch_gelu + row * Hl, w.fcprojw + e * C * Hl, n, int(Hl), C);
+      expert_backward(be_, expert_amax(amax, e), static_cast<A*>(nullptr), g.fcprojw + e * C * Hl,
+                      L.dexperts + row * C, L.fch_gelu + row * Hl, w.fcprojw + e * C * Hl, n,
+                      int(Hl), C, kAdd);
     });
-  if (g.fcw != nullptr)
+  }
+  if (g.fcw != nullptr) {
+    const float* amax =
+        experts_fp8_amax<A>(L, fp8_site(l, 2), L.moe_x, C, nullptr, int(Fl), L.dfch);
     for_each_expert(L, [&](size_t e, size_t row, int n) {
-      be_.matmul_backward(nullptr, g.fcw + e * Fl * C, nullptr, L.dfch + row * Fl,
-                          L.moe_x + row * C, w.fcw + e * Fl * C, n, C, int(Fl));
+      expert_backward(be_, expert_amax(amax, e), static_cast<A*>(nullptr), g.fcw + e * Fl * C,
+                      L.dfch + row * Fl, L.moe_x + row * C, w.fcw + e * Fl * C, n, C, int(Fl),
+                      kAdd);
     });
+  }
   if (w.shfcw != nullptr && g.shfcw != nullptr)
-    be_.matmul_backward(nullptr, g.shfcw, nullptr, L.dshared_fc, ln2, w.shfcw, N, C, SFl);
+    linear_backward(fp8_site(l, 2), static_cast<A*>(nullptr), g.shfcw, nullptr, L.dshared_fc, ln2,
+                    w.shfcw, N, C, SFl);
   if (g.routerw != nullptr)
     be_.matmul_backward(nullptr, g.routerw, nullptr, L.drouter, ln2, w.routerw, N, C, E);
   if (w.shgatew != nullptr && g.shgatew != nullptr)
     be_.matmul_backward(nullptr, g.shgatew, nullptr, L.dshared_gate, ln2, w.shgatew, N, C, 1);
+}
+
+template <class A>
+const float* Gpt::experts_fp8_amax(typename Set<A>::Layer& L, int site, const A* inp, int IC,
+                                   const A* w, int OC, const A* dout) {
+  if (!fp8_experts_at(site)) return nullptr;
+  const size_t held = size_t(shape_.moe_experts / mp_.ep);
+  be_.zero(fp8_amax_, 3 * held);
+  for_each_expert(L, [&](size_t e, size_t row, int n) {
+    float* a = fp8_amax_ + 3 * e;
+    if (inp != nullptr) be_.absmax(a + 0, inp + row * IC, size_t(n) * IC);
+    if (w != nullptr) be_.absmax(a + 1, w + e * size_t(OC) * IC, size_t(OC) * IC);
+    if (dout != nullptr) be_.absmax(a + 2, dout + row * OC, size_t(n) * OC);
+  });
+  // An expert's rows on a tp group are the same on every rank (its matrix split among them); on
+  // a cp group each rank's tokens' (the same experts): the maximum is the whole tensor's.
+  if (mp_.tp > 1) mp_.tp_comm->all_reduce_max(fp8_amax_, 3 * held);
+  if (mp_.cp > 1) mp_.cp_comm->all_reduce_max(fp8_amax_, 3 * held);
+  return fp8_amax_;
 }
 
 void Gpt::set_router_bias(const std::vector<float>& bias) {
@@ -465,16 +531,18 @@ void Gpt::balance_router_bias(const std::vector<double>& loads, float rate) {
     be_.copy_from_host(router_bias_dev_, router_bias_.data(), router_bias_.size());
 }
 
-#define TRIAD_MOE_INSTANCES(A)                                                                 \
-  template void Gpt::to_experts<A>(Set<A>::Layer&, A*, const A*);                              \
-  template void Gpt::from_experts<A>(Set<A>::Layer&, A*, const A*);                            \
-  template void Gpt::moe_front<A>(Set<A>::Layer&, int, const A*, const LayerTensors<const A>&, \
-                                  int);                                                        \
-  template void Gpt::moe_output<A>(Set<A>::Layer&, A*, const LayerTensors<const A>&, int);     \
-  template void Gpt::moe_backward<A>(Set<A>::Layer&, A*, const LayerTensors<float>&, const A*, \
-                                     const A*, const LayerTensors<const A>&, int);             \
-  template void Gpt::moe_weights<A>(Set<A>::Layer&, const LayerTensors<float>&, const A*,      \
-                                    const LayerTensors<const A>&, int);
+#define TRIAD_MOE_INSTANCES(A)                                                                  \
+  template void Gpt::to_experts<A>(Set<A>::Layer&, A*, const A*);                               \
+  template void Gpt::from_experts<A>(Set<A>::Layer&, A*, const A*);                             \
+  template void Gpt::moe_front<A>(Set<A>::Layer&, int, const A*, const LayerTensors<const A>&,  \
+                                  int);                                                         \
+  template void Gpt::moe_output<A>(Set<A>::Layer&, int, A*, const LayerTensors<const A>&, int); \
+  template void Gpt::moe_backward<A>(Set<A>::Layer&, int, A*, const LayerTensors<float>&,       \
+                                     const A*, const A*, const LayerTensors<const A>&, int);    \
+  template void Gpt::moe_weights<A>(Set<A>::Layer&, int, const LayerTensors<float>&, const A*,  \
+                                    const LayerTensors<const A>&, int);                         \
+  template const float* Gpt::experts_fp8_amax<A>(Set<A>::Layer&, int, const A*, int, const A*,  \
+                                                 int, const A*);
 TRIAD_MOE_INSTANCES(float)
 TRIAD_MOE_INSTANCES(bf16_t)
 #undef TRIAD_MOE_INSTANCES

@@ -202,7 +202,7 @@ template <class A>
 void Gpt::mlp_output(typename Set<A>::Layer& L, const LayerTensors<const A>& w, int l, int N) {
   A* fcproj = mp_.split_rows() ? acts<A>().full : L.fcproj;
   if (shape_.moe_layer(l))
-    moe_output<A>(L, fcproj, w, N);
+    moe_output<A>(L, l, fcproj, w, N);
   else
     linear_forward(fp8_site(l, 3), fcproj, L.fch_gelu, w.fcprojw,
                    mp_.tp_rank == 0 ? w.fcprojb : nullptr, N, shape_.hidden() / mp_.tp,
@@ -710,7 +710,7 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
         be_.layernorm_forward(acts<A>().proj, L.pn2_mean, L.pn2_rstd, L.fcproj, w.monw, w.monb, n,
                               C, shape_.norm_eps);
       } else if (shape_.moe_layer(l)) {  // the gates' gradient reads the experts' outputs
-        moe_output<A>(L, nullptr, w, N);
+        moe_output<A>(L, l, nullptr, w, N);
       }
     } else if (recompute == Recompute::gelu && !split) {  // split: only the weight pass reads it
       mlp_activation(L.fch_gelu, L.fch, mlp_rows(L, N, l), shape_.hidden() / mp_.tp);
@@ -733,7 +733,7 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
                                                           : gather_rows(dmlp, a.full, N);
     const int Hl = shape_.hidden() / mp_.tp, Fl = shape_.fc_rows() / mp_.tp;
     if (shape_.moe_layer(l)) {
-      moe_backward<A>(L, dpart, gr, dres, L.ln2g, w, N);
+      moe_backward<A>(L, l, dpart, gr, dres, L.ln2g, w, N);
     } else if (!shape_.gelu_in_product()) {  // c_proj's input gradient, then through the
       // activation into c_fc's
       linear_backward(fp8_site(first_layer + i, 3), a.dfch_gelu, wgrad(gr.fcprojw),
@@ -850,7 +850,7 @@ void Gpt::weight_chunk(int chunk, Set<A>& S, int B, int T) {
       mlp_activation(L.fch_gelu, L.fch, mlp_rows(L, N, l), shape_.hidden() / mp_.tp);
     const int Hl = shape_.hidden() / mp_.tp, Fl = shape_.fc_rows() / mp_.tp;
     if (shape_.moe_layer(l)) {
-      moe_weights<A>(L, gr, L.ln2g, w, N);
+      moe_weights<A>(L, l, gr, L.ln2g, w, N);
     } else {
       // (Branches reduced as one: their common output gradient is in dproj.)
       linear_backward<A>(fp8_site(l, 3), nullptr, gr.fcprojw, gr.fcprojb,

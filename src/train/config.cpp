@@ -357,7 +357,8 @@ class KeyTable {
     add("run.fp8", c.run.fp8,
         "off | tensorwise: the blocks' linear layers multiply in FP8 (e4m3 weights and "
         "activations, e5m2 gradients, each tensor scaled by a power of two from its amax; the "
-        "head, attention and norms as they are); run.precision = bf16 (cpu: fp32 too)");
+        "head, attention, norms and experts' router as they are; each expert at its own scales); "
+        "run.precision = bf16 (cpu: fp32 too)");
     add("run.fp8_skip", c.run.fp8_skip,
         "linear layers run.fp8 leaves out: comma-separated globs over h/<i>/attn/c_attn, "
         "h/<i>/attn/c_proj, h/<i>/mlp/c_fc, h/<i>/mlp/c_proj (* matches / too), e.g. "
@@ -980,8 +981,6 @@ void validate(const Config& c, int world_size) {
           "= true with model.moe_top_k = 1 makes every gate 1: the router would learn from the "
           "load-balancing loss alone; set model.moe_normalize = false (Switch's top-1: the gate is "
           "the router's probability)");
-    check(c.run.fp8 == "off", "model.moe_experts",
-          "the experts' products have no FP8 path yet: run.fp8 must be off");
   }
   check(m.mlp_hidden >= 0, "model.mlp_hidden",
         "must be >= 0 (0: the default width; got " + std::to_string(m.mlp_hidden) + ")");
@@ -1249,14 +1248,18 @@ void validate(const Config& c, int world_size) {
           "= " + c.run.fp8 +
               " on the cuda backend needs run.precision = bf16 (the FP8 products read bf16)");
     // The GPU's FP8 products need every dimension a multiple of 16: each linear layer's widths
-    // on a tensor-parallel rank, and the rows of a micro-batch on a context-parallel rank.
+    // on a tensor-parallel rank, and the rows of a micro-batch on a context-parallel rank (the
+    // experts' products take any number of rows: the GPU pads their weight gradients').
     const GptShape s = gpt_shape(c);
     const int tp = std::max(1, par.tp);
-    const std::pair<const char*, int> widths[] = {{"model.n_embd", s.n_embd},
-                                                  {"c_attn's outputs", s.qkv_rows() / tp},
-                                                  {"the attention's width", s.attn_width() / tp},
-                                                  {"c_fc's outputs", s.fc_rows() / tp},
-                                                  {"the MLP's hidden units", s.hidden() / tp}};
+    const std::pair<const char*, int> widths[] = {
+        {"model.n_embd", s.n_embd},
+        {"c_attn's outputs", s.qkv_rows() / tp},
+        {"the attention's width", s.attn_width() / tp},
+        {"c_fc's outputs", s.fc_rows() / tp},
+        {"the MLP's hidden units", s.hidden() / tp},
+        {"the shared experts' c_fc outputs", s.shared_fc_rows() / tp},
+        {"the shared experts' hidden units (model.moe_shared_hidden)", s.moe_shared_hidden / tp}};
     for (const auto& [name, w] : widths)
       check(w % 16 == 0, "run.fp8",
             "needs " + std::string(name) + " (" + std::to_string(w) +

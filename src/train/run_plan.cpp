@@ -1,6 +1,7 @@
 #include "triad/train/run_plan.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <iomanip>
 #include <sstream>
@@ -558,10 +559,12 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
                : "");
     if (cfg.run.fp8 != "off") {
       // The quantized operands of the largest FP8 backward (cuda_fp8.cu): c_fc's output gradient
-      // (N·F bytes) and the larger of its weight and its input, N the micro-batch's rows.
+      // (N·F bytes) and the larger of its weight and its input, N the micro-batch's rows; an
+      // expert's product at most as many rows as the group's ranks hand it (ep·N, padded to 16).
       const GptShape s = gpt_shape(cfg);
-      const double N =
+      double N =
           double(cfg.train.micro_batch_size) * cfg.model.seq_len / std::max(1, cfg.parallel.cp);
+      if (s.moe_experts > 0) N = std::ceil(N * std::max(1, cfg.parallel.ep) / 16.0) * 16.0;
       const double F = double(s.fc_rows()) / std::max(1, cfg.parallel.tp), C = s.n_embd;
       double bytes = N * F + std::max(F * C, N * C);
       if (cfg.run.fp8_head) {  // the head's, chunk by chunk: R rows of this rank's V slice

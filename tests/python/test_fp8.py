@@ -30,6 +30,10 @@ from test_reference_model import _torch_threads, tmp_root  # noqa: E402,F401 (it
 # Cases whose widths and micro-batch rows are multiples of 16 (run.fp8's condition): GPT-2's
 # blocks, and Llama's with grouped-query attention (SwiGLU, RMSNorm, rope, untied head).
 FP8_CASES = [c for c in trm.CASES if c.name in ("gpt2vocab", "gqa")]
+# ... and a mixture of experts on Llama's blocks (6 SwiGLU experts, 3 per token, shared experts
+# of 32 units): each expert's products at its own scales over the rows routed to it (any number
+# of them), the shared experts' as a dense MLP's, the router exact.
+MOE_CASES = [c for c in trm.CASES if c.name == "moeswiglu"]
 
 
 def probe(p: trm.Prepared, tag: str, **run) -> dict:
@@ -69,7 +73,7 @@ def errors(got: dict, want: dict, vocab: int) -> dict:
     return e
 
 
-@pytest.mark.parametrize("case", FP8_CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("case", FP8_CASES + MOE_CASES, ids=lambda c: c.name)
 def test_fp8_gradients_follow_the_fp8_reference(case, tmp_root):
     p = trm.prepare(case, tmp_root)
     V = case.cfg.vocab_size

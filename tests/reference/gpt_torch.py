@@ -582,11 +582,14 @@ def moe_mlp(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str,
         kept += rows.numel()
         if rows.numel() == 0:
             continue
-        a = activation(cfg, x[rows] @ w1[e].t(), cfg.hidden)
-        out = out.index_add(0, rows, gates[rows, j].unsqueeze(-1) * (a @ w2[e].t()))
+        # linear(): within fp8_linears() each expert's products in FP8 at its own scales (the
+        # amax of its rows, its matrix, its rows' gradients); the router stays exact.
+        a = activation(cfg, linear(x[rows], w1[e], None), cfg.hidden)
+        out = out.index_add(0, rows, gates[rows, j].unsqueeze(-1) * linear(a, w2[e], None))
     if cfg.moe_shared_hidden:  # every token through the shared experts too
-        a = activation(cfg, x @ params[p + "mlp/shared/c_fc/weight"].t(), cfg.moe_shared_hidden)
-        shared = a @ params[p + "mlp/shared/c_proj/weight"].t()
+        a = activation(cfg, linear(x, params[p + "mlp/shared/c_fc/weight"], None),
+                       cfg.moe_shared_hidden)
+        shared = linear(a, params[p + "mlp/shared/c_proj/weight"], None)
         if cfg.moe_shared_gate:  # Qwen2-MoE's sigmoid gate of each row
             shared = torch.sigmoid(x @ params[p + "mlp/shared/gate/weight"].t() / cfg.mup_mult) \
                 * shared

@@ -118,23 +118,32 @@ TEST(Fp8Emulated, CastKeepsTheLayout) {
     }
 }
 
+// ld = R, and ld = 80 > R = 70: the weight gradient's padding of its inner dimension to a
+// multiple of 16 (cuda_fp8.cu), zeros (the fp8 byte 0) in dst's columns [R, ld) of every row, and
+// nothing written past [C, ld).
 TEST(Fp8Emulated, CastTransposed) {
   const int R = 70, C = 45;  // partial tiles both ways
   simt::Bf16Buffer x = simt::random_bf16_buffer(size_t(R) * C, 7, -0.01f, 0.01f);
   const float amax = 0.01f;
-  for (Fp8Format f : kFormats) {
-    SCOPED_TRACE(name(f));
-    std::vector<uint8_t> dst(size_t(R) * C, 0xAA);
-    float inv = NAN;
-    const int bx = (R + fp8_block::kTile - 1) / fp8_block::kTile,
-              by = (C + fp8_block::kTile - 1) / fp8_block::kTile;
-    simt::launch(bx, by, fp8_block::kTransposeThreads, fp8_block::transpose_smem(),
-                 CopyTiming::at_issue, [&](simt::Thread& t) {
-                   fp8_block::cast_transposed(t, dst.data(), &inv, x.data(), R, C, &amax, f);
-                 });
-    // src [R, C] element i = r·C + c lands at dst [C, R]: c·R + r.
-    expect_cast(x, size_t(R) * C, dst, amax, inv, f, [&](size_t i) { return (i % C) * R + i / C; });
-  }
+  for (const int ld : {R, 80})
+    for (Fp8Format f : kFormats) {
+      SCOPED_TRACE(::testing::Message() << name(f) << " ld " << ld);
+      std::vector<uint8_t> dst(size_t(ld) * C + 8, 0xAA);
+      float inv = NAN;
+      const int bx = (ld + fp8_block::kTile - 1) / fp8_block::kTile,
+                by = (C + fp8_block::kTile - 1) / fp8_block::kTile;
+      simt::launch(bx, by, fp8_block::kTransposeThreads, fp8_block::transpose_smem(),
+                   CopyTiming::at_issue, [&](simt::Thread& t) {
+                     fp8_block::cast_transposed(t, dst.data(), &inv, x.data(), R, C, ld, &amax, f);
+                   });
+      // src [R, C] element i = r·C + c lands at dst [C, ld]: c·ld + r.
+      expect_cast(x, size_t(R) * C, dst, amax, inv, f,
+                  [&](size_t i) { return (i % C) * ld + i / C; });
+      for (int c = 0; c < C; ++c)
+        for (int r = R; r < ld; ++r)
+          ASSERT_EQ(dst[size_t(c) * ld + r], 0) << "padding at row " << c << " column " << r;
+      EXPECT_EQ(dst[size_t(ld) * C], 0xAA) << "written past the end";
+    }
 }
 
 }  // namespace

@@ -447,8 +447,8 @@ class Backend {
   // matmul_backward_fp8 is matmul_backward with both products in fp8: dout through e5m2 at
   // s_d = fp8_scale(amax[2], e5m2), inp and weight through e4m3 as in the forward; the bias
   // gradient sums the bf16 dout itself. amax points at three floats (inp, weight, dout) of this
-  // backend's memory. The caller guarantees IC, OC and N are multiples of 16 (the GPU's FP8
-  // products need it).
+  // backend's memory. The caller guarantees IC and OC are multiples of 16 (the GPU's FP8
+  // products need it); N is any number of rows (an expert's share of a micro-batch).
   virtual void absmax(float* out, const bf16_t* x, size_t n) = 0;
   virtual void matmul_forward_fp8(bf16_t* out, const bf16_t* inp, const bf16_t* weight,
                                   const bf16_t* bias, int N, int IC, int OC, const float* amax) = 0;

@@ -1078,13 +1078,23 @@ class Gpt {
   void moe_front(typename Set<A>::Layer& L, int l, const A* ln2, const LayerTensors<const A>& w,
                  int N);
   template <class A>
-  void moe_output(typename Set<A>::Layer& L, A* out, const LayerTensors<const A>& w, int N);
+  void moe_output(typename Set<A>::Layer& L, int l, A* out, const LayerTensors<const A>& w, int N);
   template <class A>
-  void moe_backward(typename Set<A>::Layer& L, A* dpart, const LayerTensors<float>& g,
+  void moe_backward(typename Set<A>::Layer& L, int l, A* dpart, const LayerTensors<float>& g,
                     const A* dres, const A* ln2, const LayerTensors<const A>& w, int N);
   template <class A>
-  void moe_weights(typename Set<A>::Layer& L, const LayerTensors<float>& g, const A* ln2,
+  void moe_weights(typename Set<A>::Layer& L, int l, const LayerTensors<float>& g, const A* ln2,
                    const LayerTensors<const A>& w, int N);
+  // run.fp8 on the routed experts' products at `site` (their layer's c_fc or c_proj): each
+  // expert's product is a tensor of its own, scaled by the amax of its rows of inp [.., IC], of
+  // its matrix (w + e·OC·IC) and of its rows of dout [.., OC] (each given where the product reads
+  // it; null: not read). Forms them for every expert this rank holds into fp8_amax_ + 3e (zeros
+  // where no row reached it here) and takes their maximum over the tensor- and context-parallel
+  // ranks in one all-reduce, which every rank of those groups joins whatever rows it routed.
+  // Returns fp8_amax_, expert e's three at + 3e; null where FP8 does not apply (then nothing).
+  template <class A>
+  const float* experts_fp8_amax(typename Set<A>::Layer& L, int site, const A* inp, int IC,
+                                const A* w, int OC, const A* dout);
   // DeepSeek-V3's sequence-wise balance (set_moe_aux_per_sequence), in a training step: each
   // sequence's counts and probability sums into L.moe_seq (moe_front, after the routing).
   template <class Layer>
@@ -1126,6 +1136,10 @@ class Gpt {
   int fp8_head_site() const { return fp8_site(shape_.n_layer, 0); }  // after the blocks'
   bool fp8_at(int site, int N) const {
     return fp8_amax_ != nullptr && !decoding_ && N % 16 == 0 && !fp8_skipped_[size_t(site)];
+  }
+  // The experts' products take any number of rows (the GPU's pads the weight gradient's).
+  bool fp8_experts_at(int site) const {
+    return fp8_amax_ != nullptr && !decoding_ && !fp8_skipped_[size_t(site)];
   }
   // The amax of each operand given (null: not needed), maximal over the ranks holding parts.
   template <class A>
@@ -1221,7 +1235,9 @@ class Gpt {
   std::vector<float> moe_host_;        // the router's per-expert sums and coefficients (host)
   std::vector<float> router_bias_;     // router_bias (host)
   float* router_bias_dev_ = nullptr;   // and on the backend
-  float* fp8_amax_ = nullptr;          // set_fp8: three floats of the backend (inp, weight, dout)
+  float* fp8_amax_ = nullptr;  // set_fp8: three floats of the backend (inp, weight, dout) per
+                               // expert held (at least three)
+  size_t fp8_amax_floats_ = 0;
   double* activation_sums_ = nullptr;  // set_activation_sums
   // Adds the sums of squares of xs (n of this rank's elements each) at activation_sums_[at ..]
   // while set_activation_sums is on and the pass is not decoding; nothing otherwise.

@@ -17,7 +17,9 @@
 //  - A e4m3 or e5m2 and B e4m3 or e5m2 but not both e5m2; D bf16 with C bf16 (β = 1 with C = D
 //    accumulates), D fp32 with C fp32; with D bf16 the BIAS epilogue takes a bf16 bias;
 //  - 16-byte aligned pointers and leading dimensions that are multiples of 16 bytes (the
-//    caller's N, IC, OC multiples of 16);
+//    caller's IC and OC multiples of 16; N, a leading dimension of the weight gradient's
+//    transposed operands only, is padded there to Np, a multiple of 16, with zero columns, so
+//    that a product takes any number of rows: each expert's, model.moe_experts);
 //  - CUBLASLT_MATMUL_DESC_FAST_ACCUM (default 0) kept off: partial sums promoted to fp32.
 //
 // Row-major [R, K] = column-major K×R; the three products, each in the TN form:
@@ -26,15 +28,15 @@
 //   dinp[N,IC] (+)= dout·W:      m = IC, n = N, k = OC; A = Wᵀ (a transposed cast: row-major
 //            [IC,OC] = col-major OC×IC, ld OC, op T), B = dout e5m2 (OC×N, ld OC); D bf16,
 //            β = 1 for accumulate (round(old + product), as the bf16 op).
-//   dW[OC,IC] += doutᵀ·inp:      m = IC, n = OC, k = N; A = inpᵀ (row-major [IC,N] = col-major
-//            N×IC, ld N, op T), B = doutᵀ e5m2 (row-major [OC,N] = col-major N×OC, ld N); D fp32
-//            IC×OC, ld IC, β = 1.
+//   dW[OC,IC] += doutᵀ·inp:      m = IC, n = OC, k = Np; A = inpᵀ (row-major [IC,Np] =
+//            col-major Np×IC, ld Np, op T), B = doutᵀ e5m2 (row-major [OC,Np] = col-major Np×OC,
+//            ld Np), their columns N..Np zeros (adding nothing); D fp32 IC×OC, ld IC, β = 1.
 //   dbias += column sums of the bf16 dout (not quantized): column_sum_accumulate.
 //
 // Memory: the quantized operands live in one DeviceScratch of the backend (grown on demand, in
 // practice at the first step; nothing here is captured into CUDA graphs): 256 bytes of inverse
 // scales, then two operand buffers. The backward reuses them for its two products one after the
-// other (stream order), so it needs N·OC + max(OC·IC, N·IC) bytes, the forward N·IC + OC·IC.
+// other (stream order), so it needs Np·OC + max(OC·IC, Np·IC) bytes, the forward N·IC + OC·IC.
 //
 // Determinism: the casts are elementwise, absmax is a maximum (order-free; atomicMax on the bits),
 // the products run the cached cuBLASLt algorithm and the bias gradient is the deterministic
@@ -72,10 +74,10 @@ __global__ void cast_kernel(fp8* dst, float* inv_scale, const uint16_t* src, siz
 
 template <Fp8Format F>
 __global__ void __launch_bounds__(fp8_block::kTransposeThreads)
-    cast_transpose_kernel(fp8* dst, float* inv_scale, const uint16_t* src, int R, int C,
+    cast_transpose_kernel(fp8* dst, float* inv_scale, const uint16_t* src, int R, int C, int ld,
                           const float* amax) {
   DeviceThread t;
-  fp8_block::cast_transposed(t, dst, inv_scale, src, R, C, amax, F);
+  fp8_block::cast_transposed(t, dst, inv_scale, src, R, C, ld, amax, F);
 }
 
 template <Fp8Format F>
@@ -87,15 +89,15 @@ void cast(cudaStream_t s, fp8* dst, float* inv_scale, const bf16* src, size_t n,
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
-// src row-major [R, C] → dst row-major [C, R].
+// src row-major [R, C] → dst row-major [C, ld], zeros in columns [R, ld).
 template <Fp8Format F>
 void cast_transposed(cudaStream_t s, fp8* dst, float* inv_scale, const bf16* src, int R, int C,
-                     const float* amax) {
-  const dim3 grid((R + fp8_block::kTile - 1) / fp8_block::kTile,
+                     int ld, const float* amax) {
+  const dim3 grid((ld + fp8_block::kTile - 1) / fp8_block::kTile,
                   (C + fp8_block::kTile - 1) / fp8_block::kTile);
   TRIAD_CHECK(grid.y <= 65535u, "cuda fp8: a transposed cast of ", C, " columns is too wide");
   cast_transpose_kernel<F><<<grid, fp8_block::kTransposeThreads, fp8_block::transpose_smem(), s>>>(
-      dst, inv_scale, bits(src), R, C, amax);
+      dst, inv_scale, bits(src), R, C, ld, amax);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
@@ -116,10 +118,12 @@ Operands operands(DeviceScratch& scratch, cudaStream_t s, size_t a_bytes, size_t
 }
 
 void check_shape(const char* op, int N, int IC, int OC) {
-  TRIAD_CHECK(N >= 0 && IC >= 0 && OC >= 0 && N % 16 == 0 && IC % 16 == 0 && OC % 16 == 0, "cuda ",
-              op, ": N, IC and OC must be multiples of 16 for the FP8 products; got N=", N,
-              " IC=", IC, " OC=", OC);
+  TRIAD_CHECK(N >= 0 && IC >= 0 && OC >= 0 && IC % 16 == 0 && OC % 16 == 0, "cuda ", op,
+              ": IC and OC must be multiples of 16 for the FP8 products; got N=", N, " IC=", IC,
+              " OC=", OC);
 }
+
+int padded_rows(int N) { return (N + 15) / 16 * 16; }
 
 // The TN product D = (1/s_a)(1/s_b)·op_T(A)·B + β·D of quantized operands (scales in inv).
 LtGemm fp8_gemm(const Operands& q, Fp8Format fa, Fp8Format fb, int m, int n, int k, void* d,
@@ -180,19 +184,20 @@ void matmul_backward_fp8(cudaStream_t s, LtMatmul& lt, DeviceScratch& fp8_scratc
   if (N == 0 || OC == 0) return;
   if (dbias != nullptr) column_sum_accumulate(s, scratch, dbias, dout, N, OC);
   if (IC == 0 || (dinp == nullptr && dweight == nullptr)) return;
+  const int Np = dweight != nullptr ? padded_rows(N) : N;
   const size_t a_bytes =
-      std::max(dinp != nullptr ? size_t(OC) * IC : 0, dweight != nullptr ? size_t(N) * IC : 0);
-  const Operands q = operands(fp8_scratch, s, a_bytes, size_t(N) * OC);
+      std::max(dinp != nullptr ? size_t(OC) * IC : 0, dweight != nullptr ? size_t(Np) * IC : 0);
+  const Operands q = operands(fp8_scratch, s, a_bytes, size_t(Np) * OC);
   if (dinp != nullptr) {
-    cast_transposed<Fp8Format::e4m3>(s, q.a, q.inv, weight, OC, IC, amax + 1);  // Wᵀ [IC, OC]
+    cast_transposed<Fp8Format::e4m3>(s, q.a, q.inv, weight, OC, IC, OC, amax + 1);  // Wᵀ [IC, OC]
     cast<Fp8Format::e5m2>(s, q.b, q.inv + 1, dout, size_t(N) * OC, amax + 2);
     lt.run(s, fp8_gemm(q, Fp8Format::e4m3, Fp8Format::e5m2, IC, N, OC, dinp, CUDA_R_16BF,
                        accumulate ? 1.0f : 0.0f));
   }
   if (dweight != nullptr) {  // after the dinp product in stream order: q's buffers are free again
-    cast_transposed<Fp8Format::e4m3>(s, q.a, q.inv, inp, N, IC, amax + 0);       // [IC, N]
-    cast_transposed<Fp8Format::e5m2>(s, q.b, q.inv + 1, dout, N, OC, amax + 2);  // [OC, N]
-    lt.run(s, fp8_gemm(q, Fp8Format::e4m3, Fp8Format::e5m2, IC, OC, N, dweight, CUDA_R_32F, 1.0f));
+    cast_transposed<Fp8Format::e4m3>(s, q.a, q.inv, inp, N, IC, Np, amax + 0);       // [IC, Np]
+    cast_transposed<Fp8Format::e5m2>(s, q.b, q.inv + 1, dout, N, OC, Np, amax + 2);  // [OC, Np]
+    lt.run(s, fp8_gemm(q, Fp8Format::e4m3, Fp8Format::e5m2, IC, OC, Np, dweight, CUDA_R_32F, 1.0f));
   }
 }
 

@@ -9,9 +9,10 @@
 //    above +inf, so the integer maximum is the float maximum, in which a NaN wins (written as
 //    +inf: backend.h).
 //  - cast: dst[i] = fp8(src[i]·s), layout kept, s = fp8_scale(*amax); vec: 8 values a time.
-//  - cast_transposed: dst [C, R] = fp8(src [R, C]·s)ᵀ through 32×32 tiles in shared memory, so
+//  - cast_transposed: dst [C, ld] = fp8(src [R, C]·s)ᵀ through 32×32 tiles in shared memory, so
 //    reads and writes both go along rows; the tile holds the bytes as words, so the transposed
-//    reads hit 33 different banks.
+//    reads hit 33 different banks. Columns [R, ld) of dst are zeros: the padding that makes a
+//    product's inner dimension a multiple of 16 (the weight gradient over any number of rows).
 // The first thread of block 0 of a cast also writes 1/s, the factor cuBLASLt multiplies the
 // product by (exact: a power of two).
 #pragma once
@@ -100,24 +101,26 @@ TRIAD_BLOCK_FN void cast(X& x, uint8_t* dst, float* inv_scale, const uint16_t* s
     dst[i] = x.fp8(x.bf16_float(src[i]) * s, f);
 }
 
-// dst [C, R] = fp8(src [R, C]·s)ᵀ. Block (x, y) of kTransposeThreads: rows [32x, +32) and
-// columns [32y, +32) of src; thread t: lane t % 32, rows t / 32 + 8j of the tile.
+// dst [C, ld] = fp8(src [R, C]·s)ᵀ, zeros in columns [R, ld) (ld >= R). Block (x, y) of
+// kTransposeThreads: rows [32x, +32) and columns [32y, +32) of src (rows up to ld: the grid
+// covers the padding); thread t: lane t % 32, rows t / 32 + 8j of the tile.
 template <class X>
 TRIAD_BLOCK_FN void cast_transposed(X& x, uint8_t* dst, float* inv_scale, const uint16_t* src,
-                                    int R, int C, const float* amax, Fp8Format f) {
+                                    int R, int C, int ld, const float* amax, Fp8Format f) {
   unsigned* tile = reinterpret_cast<unsigned*>(x.smem());  // [kTile][kTile + 1]
   const float s = tensor_scale(x, amax, inv_scale, f);
   const int r0 = x.block_x() * kTile, c0 = x.block_y() * kTile;
   const int t = x.thread() % kTile, ty = x.thread() / kTile;
   for (int j = ty; j < kTile; j += kTileRows) {
     const int r = r0 + j, c = c0 + t;
-    if (r < R && c < C)
-      tile[j * (kTile + 1) + t] = x.fp8(x.bf16_float(src[size_t(r) * C + c]) * s, f);
+    // A padding row as +0 (the byte 0 in both formats).
+    tile[j * (kTile + 1) + t] =
+        r < R && c < C ? x.fp8(x.bf16_float(src[size_t(r) * C + c]) * s, f) : 0u;
   }
   x.sync_threads();
   for (int j = ty; j < kTile; j += kTileRows) {
     const int c = c0 + j, r = r0 + t;
-    if (r < R && c < C) dst[size_t(c) * R + r] = uint8_t(tile[t * (kTile + 1) + j]);
+    if (r < ld && c < C) dst[size_t(c) * ld + r] = uint8_t(tile[t * (kTile + 1) + j]);
   }
 }
 
