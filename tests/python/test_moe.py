@@ -22,7 +22,9 @@ gradients, recomputation, AdamW steps with the load-balancing loss).
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+import zlib
 
 import h5py
 import numpy as np
@@ -593,6 +595,50 @@ def test_fp8_experts_train_alike_on_every_grid(tmp_path):
     p = train("--config", cfg, "--run.name", "whole")
     assert p.returncode == 0, p.stdout + p.stderr
     resumes_exactly(tmp_path, cfg, curves(tmp_path / "runs" / "whole"), 3)
+
+
+def test_fp8_scales_span_the_ranks_holding_a_tensor(tmp_path):
+    """run.fp8: the amax of a matrix split over the tensor-parallel ranks is the maximum over
+    them, for an expert's products as for the dense layers', so every rank quantizes with the
+    whole tensor's scale. A power-of-two scale changes an FP8 value only where it underflows
+    (2^15 below the amax for e4m3): so outliers 5e5 times the weights are planted in tp rank 1's
+    half of every expert's c_fc and c_proj and of attn.c_proj, which flush rank 0's half to zero
+    at the whole tensor's scale and would not at its own. Measured: tp 2 follows one rank within
+    4e-9; with each rank's own amax 1.8e-7 (the experts' products alone) and 8e-7 (the dense
+    layers' alone), both at the first, forward-only loss: checked to 3e-8. (Context parallelism's
+    maximum over the ranks' rows is not visible this way: normalized activations stay within a
+    factor of √C of each other.)"""
+    fp8 = {**MOE, "train__moe_aux_loss": 0, "run__fp8": "tensorwise"}
+    cfg = tiny_config(tmp_path, name="init", train__steps=1, eval__every=0, checkpoint__every=1,
+                      data__shuffle="false", **fp8)
+    p = run(1, "--config", cfg)
+    assert p.returncode == 0, p.stdout + p.stderr
+    ckpt = tmp_path / "outliers.h5"
+    shutil.copy(tmp_path / "runs" / "init" / "ckpt" / "step_00000001.h5", ckpt)
+    with h5py.File(ckpt, "r+") as f:
+        def plant(name, change):  # the tensor changed in place, its checksum with it
+            ds = f["model"][name]
+            a = ds[...]
+            change(a)
+            ds[...] = a
+            ds.attrs["checksum"] = np.uint32(zlib.crc32(a.astype("<f4").tobytes()))
+
+        # [E, F, C]: the last c_fc row and [E, C, H] the last hidden column are tp rank 1's, as
+        # [C, A]'s last input column (weights ~N(0, 0.02)).
+        for h in ("h/0/", "h/1/"):
+            plant(h + "mlp/experts/c_fc/weight", lambda a: a.__setitem__((slice(None), -1, 0), 1e4))
+            plant(h + "mlp/experts/c_proj/weight", lambda a: a.__setitem__((slice(None), 0, -1), 1e4))
+            plant(h + "attn/c_proj/weight", lambda a: a.__setitem__((0, -1), 1e4))
+    runs = {}
+    for n, grid in ((1, []), (2, ["--parallel.tp", 2])):
+        name = "o_" + "_".join(map(str, grid)).replace("--", "").replace(".", "-")
+        runs[name] = run_curves(tmp_path, n, cfg, name, "--init-from", ckpt, "--train.steps", 3,
+                                "--checkpoint.every", 0, *grid)["loss"]
+    one = runs.pop("o_")
+    for name, loss in runs.items():
+        worst = np.max(np.abs(loss - one) / one)
+        print(f"{name}: largest loss difference {worst:.2e}")
+        np.testing.assert_allclose(loss, one, rtol=3e-8, err_msg=name)
 
 
 def test_moe_refuses_what_it_cannot_run(tmp_path):
