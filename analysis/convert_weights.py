@@ -2419,6 +2419,11 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
         raise ConvertError(f"{path}: the model's head has a bias (model.head_bias) in blocks other "
                            f"than Phi's and GPT-J's; only Hugging Face's Phi and GPT-J of the "
                            f"export formats have one")
+    if int(a.get("kv_lora_rank", 0)) > 0:  # (DeepSeek-V2's and V3's need transformers >= 4.50)
+        raise ConvertError(f"{path}: the model's attention is multi-head latent attention "
+                           f"(model.kv_lora_rank = {a['kv_lora_rank']}: attn/q_b, attn/kv_a, "
+                           f"attn/kv_b instead of c_attn); none of the export formats (Hugging "
+                           f"Face's GPT-2 ... DBRX, llm.c's) holds it")
     if int(a.get("mlp_bias", 0)) and not gptj:
         raise ConvertError(f"{path}: the model's MLP has biases beside bias-free attention "
                            f"(model.mlp_bias) in blocks other than GPT-J's (rope, parallel "

@@ -91,6 +91,17 @@ def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
             p + "ln_1/weight": (C,), p + "ln_1/bias": (C,),
             p + "attn/c_attn/weight": (W, C), p + "attn/c_attn/bias": (W,),
         })
+        rkv = int(a.get("kv_lora_rank", 0))
+        if rkv > 0:  # multi-head latent attention: its projections instead of c_attn
+            rq, dn, dr, dv = (int(a.get(k, 0)) for k in
+                              ("q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"))
+            del s[p + "attn/c_attn/weight"], s[p + "attn/c_attn/bias"]
+            if rq > 0:
+                s.update({p + "attn/q_a/weight": (rq, C), p + "attn/q_a_norm/weight": (rq,)})
+            s.update({p + "attn/q_b/weight": (H * (dn + dr), rq or C),
+                      p + "attn/kv_a/weight": (rkv + dr, C), p + "attn/kv_a_norm/weight": (rkv,),
+                      p + "attn/kv_b/weight": (H * (dn + dv), rkv)})
+            A = H * dv  # c_proj reads each head's v
         if qk and a.get("qk_norm_full", 0) == 1:  # over all heads' q, and all k
             kv = int(a.get("n_kv_head", H))
             s.update({p + "attn/q_norm/weight": (A,), p + "attn/k_norm/weight": (kv * hd,)})

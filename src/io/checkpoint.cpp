@@ -717,6 +717,22 @@ CheckpointState read_state(hid_t file) {
               "attribute norm_bias of /model is 1 with norm rmsnorm (an RMSNorm has no bias)");
   s.model.norm_eps = io::read_double_attr(model, "norm_eps").value_or(1e-5);
   s.model.head_dim = io::read_int64_attr(model, "head_dim").value_or(0);
+  s.model.kv_lora_rank = io::read_int64_attr(model, "kv_lora_rank").value_or(0);
+  s.model.q_lora_rank = io::read_int64_attr(model, "q_lora_rank").value_or(0);
+  s.model.qk_nope_head_dim = io::read_int64_attr(model, "qk_nope_head_dim").value_or(0);
+  s.model.qk_rope_head_dim = io::read_int64_attr(model, "qk_rope_head_dim").value_or(0);
+  s.model.v_head_dim = io::read_int64_attr(model, "v_head_dim").value_or(0);
+  TRIAD_CHECK(
+      s.model.kv_lora_rank >= 0 && s.model.q_lora_rank >= 0 && s.model.qk_nope_head_dim >= 0 &&
+          s.model.qk_rope_head_dim >= 0 && s.model.v_head_dim >= 0 &&
+          (s.model.kv_lora_rank > 0 || s.model.q_lora_rank + s.model.qk_nope_head_dim +
+                                               s.model.qk_rope_head_dim + s.model.v_head_dim ==
+                                           0) &&
+          (s.model.kv_lora_rank == 0 || (s.model.qk_rope_head_dim > 0 && s.model.v_head_dim > 0)),
+      "attributes kv_lora_rank, q_lora_rank, qk_nope_head_dim, qk_rope_head_dim and "
+      "v_head_dim of /model do not describe a multi-head latent attention (",
+      s.model.kv_lora_rank, ", ", s.model.q_lora_rank, ", ", s.model.qk_nope_head_dim, ", ",
+      s.model.qk_rope_head_dim, ", ", s.model.v_head_dim, ")");
   s.model.rotary_dim = io::read_int64_attr(model, "rotary_dim").value_or(0);
   {
     const int64_t hd = s.model.head_dim > 0 ? s.model.head_dim
@@ -1177,6 +1193,13 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
           io::write_double_attr(model, "norm_eps", state.model.norm_eps);
           if (state.model.head_dim > 0)  // 0: n_embd / n_head
             io::write_int64_attr(model, "head_dim", state.model.head_dim);
+          if (state.model.kv_lora_rank > 0) {  // multi-head latent attention
+            io::write_int64_attr(model, "kv_lora_rank", state.model.kv_lora_rank);
+            io::write_int64_attr(model, "q_lora_rank", state.model.q_lora_rank);
+            io::write_int64_attr(model, "qk_nope_head_dim", state.model.qk_nope_head_dim);
+            io::write_int64_attr(model, "qk_rope_head_dim", state.model.qk_rope_head_dim);
+            io::write_int64_attr(model, "v_head_dim", state.model.v_head_dim);
+          }
           if (state.model.rotary_dim > 0)  // 0: every value of a head rotates
             io::write_int64_attr(model, "rotary_dim", state.model.rotary_dim);
           if (state.model.sliding_window > 0)  // 0: no window

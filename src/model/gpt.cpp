@@ -34,7 +34,18 @@ std::vector<LayerTensor> all_layer_tensors(const GptShape& shape, bool moe) {
   // h % NKV it holds. attn.c_proj's input columns (one head's hd each) follow its query heads:
   // NH/NKV blocks (1 without grouped-query attention). A = NH·hd (C unless model.head_dim).
   const int64_t W = shape.qkv_rows(), hd = shape.hd(), A = shape.attn_width();
+  const int64_t P = shape.proj_width();  // attn.c_proj's input columns (A but under MLA)
   const int q_blocks = shape.n_head / shape.kv_heads();
+  // Multi-head latent attention's (kinds 22-27; GptShape::mla): q_b's and kv_b's rows split by
+  // heads (each head's rows together), the latents' projections and norms replicated.
+  const int64_t NH = shape.n_head, rq = shape.q_lora_rank, rkv = shape.kv_lora_rank;
+  const std::vector<LayerTensor> mla = {
+      {"attn/q_a/weight", {rq, C}, -1, 1},
+      {"attn/q_a_norm/weight", {rq}, -1, 1},
+      {"attn/q_b/weight", {NH * shape.mla_qk_dim(), rq > 0 ? rq : C}, 0, 1},
+      {"attn/kv_a/weight", {rkv + shape.qk_rope_head_dim, C}, -1, 1},
+      {"attn/kv_a_norm/weight", {rkv}, -1, 1},
+      {"attn/kv_b/weight", {NH * (shape.qk_nope_head_dim + shape.v_head_dim), rkv}, 0, 1}};
   // model.qk_norm's weights: [hd] shared by the heads (replicated), or under qk_norm_full one
   // weight per q value (split as c_attn's q rows) and per k value (as its k rows).
   const LayerTensor q_norm = shape.qk_norm_full
@@ -43,15 +54,16 @@ std::vector<LayerTensor> all_layer_tensors(const GptShape& shape, bool moe) {
   const LayerTensor k_norm = shape.qk_norm_full
                                  ? LayerTensor{"attn/k_norm/weight", {shape.kv_heads() * hd}, 0, 1}
                                  : LayerTensor{"attn/k_norm/weight", {hd}, -1, 1};
+  std::vector<LayerTensor> list;
   if (moe) {  // the experts' MLPs (no biases: their slots stay, has_tensor drops them)
     const int64_t E = shape.moe_experts;
-    return {{"ln_1/weight", {C}, -1, 1},
+    list = {{"ln_1/weight", {C}, -1, 1},
             {"ln_1/bias", {C}, -1, 1},
             {"attn/c_attn/weight", {W, C}, 0, q_blocks + 2},
             {"attn/c_attn/bias", {W}, 0, q_blocks + 2},
             q_norm,
             k_norm,
-            {"attn/c_proj/weight", {C, A}, 1, q_blocks},
+            {"attn/c_proj/weight", {C, P}, 1, q_blocks},
             {"attn/c_proj/bias", {C}, -1, 1},
             {"ln_2/weight", {C}, -1, 1},
             {"ln_2/bias", {C}, -1, 1},
@@ -67,29 +79,35 @@ std::vector<LayerTensor> all_layer_tensors(const GptShape& shape, bool moe) {
             {"ln_attn_out/bias", {C}, -1, 1},
             {"ln_mlp_out/weight", {C}, -1, 1},
             {"ln_mlp_out/bias", {C}, -1, 1}};
+  } else {
+    list = {{"ln_1/weight", {C}, -1, 1},
+            {"ln_1/bias", {C}, -1, 1},
+            {"attn/c_attn/weight", {W, C}, 0, q_blocks + 2},
+            {"attn/c_attn/bias", {W}, 0, q_blocks + 2},
+            q_norm,  // model.qk_norm: shared by the heads, or over all of them
+            k_norm,
+            {"attn/c_proj/weight", {C, P}, 1, q_blocks},  // row-parallel: input columns
+            {"attn/c_proj/bias", {C}, -1, 1},             // added once, after the all-reduce
+            {"ln_2/weight", {C}, -1, 1},
+            {"ln_2/bias", {C}, -1, 1},
+            {"mlp/c_fc/weight", {F, C}, 0, fc_blocks},
+            {"mlp/c_fc/bias", {F}, 0, fc_blocks},
+            {"mlp/c_proj/weight", {C, H}, 1, 1},
+            {"mlp/c_proj/bias", {C}, -1, 1},
+            {"ln_attn_out/weight", {C}, -1, 1},  // model.branch_norm (kinds 18-21: after 4 of
+            {"ln_attn_out/bias", {C}, -1, 1},    // the experts' a dense layer does not have)
+            {"ln_mlp_out/weight", {C}, -1, 1},
+            {"ln_mlp_out/bias", {C}, -1, 1}};
   }
-  return {{"ln_1/weight", {C}, -1, 1},
-          {"ln_1/bias", {C}, -1, 1},
-          {"attn/c_attn/weight", {W, C}, 0, q_blocks + 2},
-          {"attn/c_attn/bias", {W}, 0, q_blocks + 2},
-          q_norm,  // model.qk_norm: shared by the heads, or over all of them
-          k_norm,
-          {"attn/c_proj/weight", {C, A}, 1, q_blocks},  // row-parallel: input columns
-          {"attn/c_proj/bias", {C}, -1, 1},             // added once, after the all-reduce
-          {"ln_2/weight", {C}, -1, 1},
-          {"ln_2/bias", {C}, -1, 1},
-          {"mlp/c_fc/weight", {F, C}, 0, fc_blocks},
-          {"mlp/c_fc/bias", {F}, 0, fc_blocks},
-          {"mlp/c_proj/weight", {C, H}, 1, 1},
-          {"mlp/c_proj/bias", {C}, -1, 1},
-          {"ln_attn_out/weight", {C}, -1, 1},  // model.branch_norm (kinds 18-21: after 4 of
-          {"ln_attn_out/bias", {C}, -1, 1},    // the experts' a dense layer does not have)
-          {"ln_mlp_out/weight", {C}, -1, 1},
-          {"ln_mlp_out/bias", {C}, -1, 1}};
+  list.insert(list.end(), mla.begin(), mla.end());
+  return list;
 }
 
 // Whether a model of this shape has the tensor of a layer (or ln_f) with this name suffix.
 bool has_tensor(const GptShape& shape, const std::string& suffix) {
+  if (suffix.starts_with("attn/q_a")) return shape.mla() && shape.q_lora_rank > 0;
+  if (suffix.starts_with("attn/q_b/") || suffix.starts_with("attn/kv_")) return shape.mla();
+  if (suffix.starts_with("attn/c_attn/") && shape.mla()) return false;
   if (suffix.ends_with("_norm/weight") && suffix.starts_with("attn/")) return shape.qk_norm;
   if (suffix.starts_with("mlp/experts/")) return !suffix.ends_with("/bias");
   if (suffix == "mlp/shared/gate/weight") return shape.moe_shared_gate;
@@ -895,7 +913,7 @@ int64_t Gpt::active_parameters(const GptShape& shape) {
 
 double Gpt::flops_per_token(const GptShape& shape) {
   return 6.0 * double(active_parameters(shape)) +
-         6.0 * shape.n_layer * double(shape.attn_width()) * double(shape.seq_len);
+         6.0 * shape.n_layer * shape.attn_flops_width() * double(shape.seq_len);
 }
 
 // Rounded up to a multiple of 8 rows, so that every chunk's rows start 16-byte aligned for the
@@ -927,12 +945,13 @@ double Gpt::layer_recompute_flops_per_token(const GptShape& shape, int l) {
   // forward (2·A·T as in the model's 6·A·T).
   // A mixture of experts: k experts' c_fc per token, the router, the experts' c_proj (the
   // gates' gradient reads their outputs), and the shared experts' c_fc.
-  const double C = shape.n_embd, A = shape.attn_width();
+  // (Multi-head latent attention: its five products for c_attn's and c_proj's.)
+  const double C = shape.n_embd, A = shape.attn_flops_width();
   const double fc = shape.moe_layer(l)
                         ? double(shape.fc_rows() + shape.hidden()) * shape.moe_top_k +
                               shape.moe_experts + shape.shared_fc_rows()
                         : double(shape.fc_rows());
-  return 2.0 * (double(shape.qkv_rows()) + A + fc) * C + 2.0 * A * shape.seq_len;
+  return 2.0 * (shape.attn_weights_per_token() + fc * C) + 2.0 * A * shape.seq_len;
 }
 
 void Gpt::init(uint64_t seed, const InitOptions& options) {

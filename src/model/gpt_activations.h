@@ -19,6 +19,7 @@
 // stream is full width C.
 #pragma once
 
+#include <algorithm>
 #include <type_traits>
 #include <vector>
 
@@ -37,6 +38,8 @@ struct LayerTensors {
   T *shfcw, *shprojw;            // model.moe_shared_hidden: the shared experts' c_fc and c_proj
   T* shgatew;                    // model.moe_shared_gate: their gate [1, C]
   T *aonw, *aonb, *monw, *monb;  // model.branch_norm: ln_attn_out's and ln_mlp_out's
+  // Multi-head latent attention (GptShape::mla): q_a, q_a_norm, q_b, kv_a, kv_a_norm, kv_b.
+  T *mqaw, *mqanw, *mqbw, *mkvaw, *mkvanw, *mkvbw;
 };
 
 template <class A>
@@ -49,6 +52,10 @@ struct Gpt::Set {
     // per-head 1/rms [rows, NHl + NKVl] (qk_norm_full: its q's and its k's, [rows, 2]).
     A* qkv_pre = nullptr;
     float* qk_rstd = nullptr;
+    // Multi-head latent attention (GptShape::mla): the queries' latent before its norm [rows,
+    // q_lora_rank] and the keys' and values' [rows, kv_lora_rank], with their norms' 1/rms.
+    A *mla_cq = nullptr, *mla_lat = nullptr;
+    float *mla_cq_rstd = nullptr, *mla_lat_rstd = nullptr;
     // fp32: probabilities [B,NH,T,T]; bf16: log-sum-exp [B,NH,T]. Context parallel: those of
     // the rank's two pieces of rows, one after the other (cp_attention_rows).
     float* att;
@@ -149,6 +156,15 @@ struct Gpt::Activations {
   // model.qk_norm_full: each row's q and k sums of squares (forward) or Σ dout·w·x̂ (backward),
   // [rows, 2], all-reduced over the tensor-parallel group.
   float* qk_sums = nullptr;
+  // Multi-head latent attention (Gpt::mla_project, mla_backward), over a pass's rows: the
+  // normalized latents (q's, kv's), kv_a's output, q_b's and kv_b's outputs (in the backward
+  // pass their gradients), the attention's output as c_proj reads it (each head's v_head_dim)
+  // and its gradient; the backward's latents' gradients (after and before their norms) and the
+  // shared rotated key's gradient (with one head's, as it is summed).
+  A *mla_cqn = nullptr, *mla_latn = nullptr, *mla_ckv = nullptr, *mla_q = nullptr;
+  A *mla_kv = nullptr, *mla_o = nullptr, *mla_do = nullptr;
+  A *mla_dcqn = nullptr, *mla_dcq = nullptr, *mla_dlatn = nullptr, *mla_dlat = nullptr;
+  A *mla_dkpe = nullptr, *mla_tmp = nullptr;
   A* logits = nullptr;  // last chunk held: logits_rows × V/tp, the classifier's chunk (dlogits)
   // Sequence parallel: partial sums over all rows before a reduce-scatter, gathered gradients,
   // and one LayerNorm's weight and bias gradients before their all-reduce (or, tp > 1 and
@@ -186,6 +202,11 @@ struct Gpt::Activations {
     const size_t Vl = size_t(s.padded_vocab_size) / size_t(mp.tp);
     const size_t Wl = size_t(s.qkv_rows()) / size_t(mp.tp);    // q|k|v (3·Cl without GQA)
     const size_t Al = size_t(s.attn_width()) / size_t(mp.tp);  // attention output (Cl)
+    // Multi-head latent attention's sizes: c_proj's input (Ol), the heads here, the latents'
+    // ranks and the rotated values per head.
+    const size_t Ol = size_t(s.proj_width()) / size_t(mp.tp), NHl = size_t(s.n_head / mp.tp);
+    const size_t rq = size_t(s.q_lora_rank), rkv = size_t(s.kv_lora_rank);
+    const size_t dr = size_t(s.qk_rope_head_dim);
     // The MLP's widths on this rank: c_fc's outputs (the pre-activation, Fl) and the hidden
     // activation c_proj reads (Hl): 4C/tp both for GPT-2, 2·H/tp and H/tp for SwiGLU.
     const size_t Fl = size_t(s.fc_rows()) / size_t(mp.tp), Hl = size_t(s.hidden()) / size_t(mp.tp);
@@ -247,6 +268,12 @@ struct Gpt::Activations {
       if (s.qk_norm)
         want_f(L.qk_rstd,
                s.qk_norm_full ? BT * 2 : BT * size_t(s.n_head + s.kv_heads()) / size_t(mp.tp));
+      if (s.mla()) {  // the latents before their norms, which the backward pass reads
+        if (rq > 0) want(L.mla_cq, BT * rq);
+        if (rq > 0) want_f(L.mla_cq_rstd, BT);
+        want(L.mla_lat, BT * rkv);
+        want_f(L.mla_lat_rstd, BT);
+      }
       if (!inference) want_f(L.att, att);  // inference attends without (attention_decode)
       want(L.atty, BT * Al);
       if (s.branch_norm) {  // the branches' outputs, which their norms' backward reads
@@ -358,6 +385,23 @@ struct Gpt::Activations {
         want(sh_dfch, BT * SFl);
       }
       if (experts && shared_gate) want_f(sh_dgate, BT);
+      if (s.mla()) {
+        want(mla_do, BT * Ol);
+        if (rq > 0) want(mla_dcqn, BT * rq);
+        if (rq > 0) want(mla_dcq, BT * rq);
+        want(mla_dlatn, BT * rkv);
+        want(mla_dlat, BT * rkv);
+        want(mla_dkpe, BT * dr);
+        want(mla_tmp, BT * dr);
+      }
+    }
+    if (s.mla() && mp.rank_layers(s.n_layer) > 0) {
+      if (rq > 0) want(mla_cqn, BT * rq);
+      want(mla_latn, BT * rkv);
+      want(mla_ckv, BT * (rkv + dr));
+      want(mla_q, BT * NHl * size_t(s.mla_qk_dim()));
+      want(mla_kv, BT * NHl * size_t(s.qk_nope_head_dim + s.v_head_dim));
+      want(mla_o, BT * Ol);
     }
     if (experts) want(moe_logits, BT * E);
     if (experts && EP > 1) {
@@ -387,7 +431,8 @@ struct Gpt::Activations {
     if (sp || (s.qk_norm && !s.qk_norm_full && mp.tp > 1)) want_f(ln_grads, 2 * C);
     if (s.qk_norm_full) want_f(qk_sums, BT * 2);
     if (!kFp32) {
-      if (mp.tp > 1) want_f(reduce_wide, BT * C + R * C);
+      // (MLA's latents' gradients are all-reduced through it too: wider ranks than C.)
+      if (mp.tp > 1) want_f(reduce_wide, std::max(BT * C + R * C, BT * std::max({rq, rkv, dr})));
       want_f(row_wide, size_t(s.padded_vocab_size));
     }
     if (mp.cp > 1 && !inference) {

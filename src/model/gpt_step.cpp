@@ -25,12 +25,13 @@ namespace {
 // base[0].
 template <class T>
 LayerTensors<T> layer_tensors(T* base, const std::vector<ParamSpec>& specs, int first,
-                              const int (&pos)[22], size_t origin = 0) {
+                              const int (&pos)[28], size_t origin = 0) {
   auto at = [&](int k) -> T* {
     return pos[k] < 0 ? nullptr : base + (specs[size_t(first + pos[k])].offset - origin);
   };
-  return {at(0),  at(1),  at(2),  at(3),  at(4),  at(5),  at(6),  at(7),  at(8),  at(9),  at(10),
-          at(11), at(12), at(13), at(14), at(15), at(16), at(17), at(18), at(19), at(20), at(21)};
+  return {at(0),  at(1),  at(2),  at(3),  at(4),  at(5),  at(6),  at(7),  at(8),  at(9),
+          at(10), at(11), at(12), at(13), at(14), at(15), at(16), at(17), at(18), at(19),
+          at(20), at(21), at(22), at(23), at(24), at(25), at(26), at(27)};
 }
 
 // gr without the gradients of frozen linear-layer tensors (train.freeze; frozen: per spec, empty
@@ -38,7 +39,7 @@ LayerTensors<T> layer_tensors(T* base, const std::vector<ParamSpec>& specs, int 
 // bias is gone too (the ops take a weight gradient without a bias gradient, not the reverse).
 // The norms' stay: their ops form them with the input gradient.
 LayerTensors<float> without_frozen(LayerTensors<float> gr, const std::vector<char>& frozen,
-                                   int first, const int (&pos)[22]) {
+                                   int first, const int (&pos)[28]) {
   if (frozen.empty()) return gr;
   auto is_frozen = [&](int k) { return pos[k] >= 0 && frozen[size_t(first + pos[k])] != 0; };
   auto drop = [&](float*& w, int kw, float*& b, int kb) {
@@ -49,8 +50,14 @@ LayerTensors<float> without_frozen(LayerTensors<float> gr, const std::vector<cha
   drop(gr.projw, 6, gr.projb, 7);
   drop(gr.fcw, 10, gr.fcb, 11);
   drop(gr.fcprojw, 12, gr.fcprojb, 13);
-  for (auto [k, p] :
-       {std::pair{14, &gr.routerw}, {15, &gr.shfcw}, {16, &gr.shprojw}, {17, &gr.shgatew}})
+  for (auto [k, p] : {std::pair{14, &gr.routerw},
+                      {15, &gr.shfcw},
+                      {16, &gr.shprojw},
+                      {17, &gr.shgatew},
+                      {22, &gr.mqaw},
+                      {24, &gr.mqbw},
+                      {25, &gr.mkvaw},
+                      {27, &gr.mkvbw}})
     if (is_frozen(k)) *p = nullptr;
   return gr;
 }
@@ -386,6 +393,7 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   // (model.clip_qkv) from the kept qkv_pre.
   const bool kept = shape_.qk_norm || shape_.clip_qkv > 0;
   auto project = [&](A* dst) {
+    if (shape_.mla()) return mla_project(L, dst, ln1, w, N);  // (its latents, not c_attn)
     linear_forward(fp8_site(l, 0), kept ? L.qkv_pre : dst, ln1, w.qkvw, w.qkvb, N, C, Wl);
     if (shape_.qk_norm)
       qk_norm_forward(dst, L.qk_rstd, L.qkv_pre, w.qnw, w.knw, N);
@@ -428,7 +436,10 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
     be_.attention_decode(L.atty, L.qkv, B, S_len, pos0, T, Al, NHl, NKVl,
                          shape_.layer_window(layer), shape_.scores_scale(), shape_.attn_softcap);
   }
-  linear_forward(fp8_site(l, 1), attproj, L.atty, w.projw, projb, N, Al, C);
+  // (Multi-head latent attention: each head's v_head_dim outputs of its hd().)
+  const A* proj_in = shape_.mla() ? mla_output(L.atty, N) : L.atty;
+  linear_forward(fp8_site(l, 1), attproj, proj_in, w.projw, projb, N, shape_.proj_width() / mp_.tp,
+                 C);
   if (!joined) {
     reduce_rows(attproj, L.attproj, N);
     const A* att_out = branch_output(L.attproj, L.pn1_mean, L.pn1_rstd, w.aonw, w.aonb, n);
@@ -769,8 +780,18 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
                                              L.pn1_mean, L.pn1_rstd, n);
       dres = split ? keep_rows(datt, L.dproj, N) : gather_rows(datt, a.full, N);
     }
-    linear_backward(fp8_site(first_layer + i, 1), a.datty, wgrad(gr.projw), wgrad(gr.projb), dres,
-                    L.atty, w.projw, N, Al, C, kSet);
+    if (shape_.mla()) {  // c_proj read each head's v_head_dim outputs: the rest's gradient 0
+      const int dv = shape_.v_head_dim, hd = shape_.hd();
+      linear_backward(fp8_site(first_layer + i, 1), a.mla_do, wgrad(gr.projw), wgrad(gr.projb),
+                      dres, mla_output(L.atty, N), w.projw, N, shape_.proj_width() / mp_.tp, C,
+                      kSet);
+      if (dv < hd) be_.zero(a.datty, size_t(N) * Al);
+      be_.copy_rows(words(a.datty), word_count<A>(size_t(hd)), words(a.mla_do),
+                    word_count<A>(size_t(dv)), size_t(N) * size_t(NHl), word_count<A>(size_t(dv)));
+    } else {
+      linear_backward(fp8_site(first_layer + i, 1), a.datty, wgrad(gr.projw), wgrad(gr.projb), dres,
+                      L.atty, w.projw, N, Al, C, kSet);
+    }
     if (shape_.parallel_residual) ln2_backward();
     if (mp_.cp > 1)
       cp_attention_backward(dqkv, a.datt_scratch, a.datty, L.qkv, L.atty, L.att, B,
@@ -788,8 +809,11 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
       qk_norm_backward(dqkv, gr.qnw, gr.knw, L.qkv_pre, w.qnw, w.knw, L.qk_rstd, N);
     else if (shape_.clip_qkv > 0)  // ... or before the clamp
       be_.clamp_backward(dqkv, L.qkv_pre, size_t(N) * Wl, shape_.clip_qkv);
-    linear_backward(fp8_site(first_layer + i, 0), dpart, wgrad(gr.qkvw), wgrad(gr.qkvb), dqkv,
-                    L.ln1g, w.qkvw, N, C, Wl, one_input_grad ? GradMode::accumulate : kSet);
+    if (shape_.mla())
+      mla_backward(L, dpart, gr, dqkv, L.ln1g, w, N, one_input_grad ? GradMode::accumulate : kSet);
+    else
+      linear_backward(fp8_site(first_layer + i, 0), dpart, wgrad(gr.qkvw), wgrad(gr.qkvb), dqkv,
+                      L.ln1g, w.qkvw, N, C, Wl, one_input_grad ? GradMode::accumulate : kSet);
     reduce_rows(dpart, a.dln, N);
     if (shape_.shared_norm && !one_input_grad) be_.add(a.dln, a.dln, a.dln_mlp, size_t(n) * C);
     pre_norm_backward(a.dresidual, gr.ln1w, gr.ln1b, a.dln, x_in, w.ln1w, L.ln1_mean, L.ln1_rstd,

@@ -89,6 +89,19 @@ class KeyTable {
         "of each head's");
     add("model.bias", c.model.bias,
         "biases in the linear layers and LayerNorms (false: none, as nanoGPT's bias = False)");
+    add("model.kv_lora_rank", c.model.kv_lora_rank,
+        "> 0: multi-head latent attention (DeepSeek-V2's MLA): keys and values up-projected from "
+        "a latent of this many values per token (attn/kv_a, RMSNorm attn/kv_a_norm, attn/kv_b); "
+        "needs rope, and the qk_*_head_dim and v_head_dim keys; 0: off");
+    add("model.q_lora_rank", c.model.q_lora_rank,
+        "MLA: the queries' latent rank (attn/q_a, attn/q_a_norm, then attn/q_b); 0: queries "
+        "straight from the token (attn/q_b [n_head·(nope+rope), n_embd])");
+    add("model.qk_nope_head_dim", c.model.qk_nope_head_dim,
+        "MLA: each head's q and k values without rotation (DeepSeek-V2: 128)");
+    add("model.qk_rope_head_dim", c.model.qk_rope_head_dim,
+        "MLA: each head's rotated q and k values, the rotated key shared by all heads (even; "
+        "DeepSeek-V2: 64)");
+    add("model.v_head_dim", c.model.v_head_dim, "MLA: each head's value width (DeepSeek-V2: 128)");
     add("model.head_dim", c.model.head_dim,
         "each attention head's width (0: n_embd / n_head; another makes the attention n_head · "
         "head_dim wide, as Qwen3's 128 at n_embd 1024 and 16 heads)");
@@ -659,8 +672,8 @@ std::vector<int> stage_layers(const Config& cfg) {
   // attention; A = the attention's width, C unless model.head_dim), (c_fc's outputs + hidden
   // units)·C in the MLP (72·C² in all for GPT-2).
   const GptShape shape = gpt_shape(cfg);
-  const double A = shape.attn_width();
-  const double attn = double(shape.qkv_rows() + A) * C;
+  const double A = shape.attn_flops_width();
+  const double attn = shape.attn_weights_per_token();
   const double head = 6.0 * cfg.padded_vocab_size() * C;
   const Recomputation recompute = activation_options(cfg).recompute;
   auto layer = [&](int l) { return 6 * (attn + shape.mlp_weights_per_token(l)) + 6 * A * T; };
@@ -863,6 +876,45 @@ void validate(const Config& c, int world_size) {
   check(m.head_dim > 0 || m.n_embd % m.n_head == 0, "model.n_head",
         "(" + std::to_string(m.n_head) + ") must divide model.n_embd (" + std::to_string(m.n_embd) +
             ")");
+  check(m.kv_lora_rank >= 0 && m.q_lora_rank >= 0 && m.qk_nope_head_dim >= 0 &&
+            m.qk_rope_head_dim >= 0 && m.v_head_dim >= 0,
+        "model.kv_lora_rank",
+        "and the other MLA sizes (q_lora_rank, qk_nope_head_dim, "
+        "qk_rope_head_dim, v_head_dim) must be >= 0");
+  if (m.mla()) {
+    const std::string dims = "kv_lora_rank " + std::to_string(m.kv_lora_rank) + ", q_lora_rank " +
+                             std::to_string(m.q_lora_rank) + ", qk_nope_head_dim " +
+                             std::to_string(m.qk_nope_head_dim) + ", qk_rope_head_dim " +
+                             std::to_string(m.qk_rope_head_dim) + ", v_head_dim " +
+                             std::to_string(m.v_head_dim);
+    // Even sizes: bf16 rows are moved as 32-bit words.
+    check(m.qk_rope_head_dim > 0 && m.v_head_dim > 0 && m.kv_lora_rank % 2 == 0 &&
+              m.q_lora_rank % 2 == 0 && m.qk_nope_head_dim % 2 == 0 &&
+              m.qk_rope_head_dim % 2 == 0 && m.v_head_dim % 2 == 0,
+          "model.kv_lora_rank",
+          "> 0 (multi-head latent attention) needs model.qk_rope_head_dim and model.v_head_dim "
+          "> 0 and every MLA size even (" +
+              dims + ")");
+    check(m.position == "rope", "model.kv_lora_rank",
+          "> 0 (multi-head latent attention) needs model.position = rope (its rotated key)");
+    check(m.head_dim == 0 && m.rotary_dim == 0, "model.kv_lora_rank",
+          "> 0 sets the heads' widths itself: leave model.head_dim and model.rotary_dim at 0 (" +
+              dims + ")");
+    check(m.n_kv_head == 0 || m.n_kv_head == m.n_head, "model.n_kv_head",
+          "must be 0 or model.n_head with multi-head latent attention (every head has its keys "
+          "and values)");
+    check(!m.qk_norm && m.clip_qkv == 0 && !m.qkv_bias, "model.kv_lora_rank",
+          "> 0 (multi-head latent attention) is not built with model.qk_norm, model.clip_qkv or "
+          "model.qkv_bias (it has no c_attn)");
+    check(c.run.fp8 == "off", "run.fp8",
+          "is not built with multi-head latent attention yet (model.kv_lora_rank > 0)");
+  } else {
+    check(m.q_lora_rank == 0 && m.qk_nope_head_dim == 0 && m.qk_rope_head_dim == 0 &&
+              m.v_head_dim == 0,
+          "model.kv_lora_rank",
+          "= 0: model.q_lora_rank, qk_nope_head_dim, qk_rope_head_dim and v_head_dim are for "
+          "multi-head latent attention (kv_lora_rank > 0)");
+  }
   check(m.n_kv_head >= 0, "model.n_kv_head",
         "must be >= 0 (0: model.n_head; got " + std::to_string(m.n_kv_head) + ")");
   check(m.n_kv_head == 0 || m.n_head % m.n_kv_head == 0, "model.n_kv_head",
@@ -1208,7 +1260,7 @@ void validate(const Config& c, int world_size) {
     // On the GPU the pieces' attention runs on the flash kernels: bf16, their head dims, and
     // pieces of whole 64-row tiles.
     if (c.run.backend == "cuda") {
-      const int hd = m.head_dim > 0 ? m.head_dim : m.n_embd / std::max(1, m.n_head);
+      const int hd = m.hd();
       check(c.bf16(), "parallel.cp",
             "> 1 on the cuda backend needs run.precision = bf16 (the flash kernels)");
       check(hd == 64 || hd == 128, "parallel.cp",
@@ -1348,6 +1400,10 @@ void validate(const Config& c, int world_size) {
   }
   // The weight pass reads each layer's matmul inputs, which full recomputation does not keep.
   const bool weight_pass = splits_backward(parse_schedule_kind(par.schedule));
+  check(!weight_pass || !m.mla(), "parallel.schedule",
+        "= " + par.schedule +
+            " splits the backward pass, which multi-head latent attention (model.kv_lora_rank > "
+            "0) does not yet: use 1f1b or interleaved");
   check(!weight_pass || par.pp == 1 || t.recompute != "full", "train.recompute",
         "full cannot be combined with parallel.schedule = " + par.schedule +
             " (its weight pass reads the layer inputs full recomputation discards): use gelu or "

@@ -33,7 +33,7 @@ double stage_flops_per_token(const std::vector<ParamSpec>& specs, const GptShape
     if (s.name == "wte/weight" && (!mp.holds_head() || !shape.tied)) continue;
     weights += matmul_weights_per_token(size_t(token_numel(s)), s.name, s.shape.size(), shape);
   }
-  return 6.0 * weights + 6.0 * layers * double(shape.attn_width() / mp.tp) * double(shape.seq_len);
+  return 6.0 * weights + 6.0 * layers * shape.attn_flops_width() / mp.tp * double(shape.seq_len);
 }
 
 // 2 FLOPs per weight of the layers' linear layers per token: their weight gradients.
@@ -109,6 +109,11 @@ ModelShape model_shape(const Config& cfg) {
   m.n_kv_head = c.kv_heads();
   m.qk_norm = c.qk_norm;
   m.qk_norm_full = c.qk_norm_full;
+  m.kv_lora_rank = c.kv_lora_rank;
+  m.q_lora_rank = c.q_lora_rank;
+  m.qk_nope_head_dim = c.qk_nope_head_dim;
+  m.qk_rope_head_dim = c.qk_rope_head_dim;
+  m.v_head_dim = c.v_head_dim;
   m.moe_experts = c.moe_experts;
   m.moe_top_k = c.moe_top_k;
   m.moe_normalize = c.moe_normalize;
@@ -174,6 +179,14 @@ GptShape gpt_shape(const ModelShape& m, int padded_vocab_size) {
   s.n_kv_head = int(m.n_kv_head);
   s.qk_norm = m.qk_norm;
   s.qk_norm_full = m.qk_norm_full;
+  s.kv_lora_rank = int(m.kv_lora_rank);
+  s.q_lora_rank = int(m.q_lora_rank);
+  s.qk_nope_head_dim = int(m.qk_nope_head_dim);
+  s.qk_rope_head_dim = int(m.qk_rope_head_dim);
+  s.v_head_dim = int(m.v_head_dim);
+  // MLA rotates the first qk_rope_head_dim values of each assembled q and k head (Gpt::
+  // mla_project's layout), as partial rotary would.
+  if (s.mla()) s.rotary_dim = int(m.qk_rope_head_dim);
   s.moe_experts = int(m.moe_experts);
   s.moe_top_k = int(m.moe_top_k);
   s.moe_normalize = m.moe_normalize;

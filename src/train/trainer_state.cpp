@@ -675,9 +675,12 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
     TRIAD_CHECK(s.held == s.asked, "checkpoint ", path, " holds a model ",
                 s.held ? "with " : "without ", s.what, " but the config asks for model.", s.key,
                 " = ", s.asked ? "true" : "false");
-  TRIAD_CHECK((m.head_dim > 0 ? m.head_dim : m.n_embd / m.n_head) == c.hd(), "checkpoint ", path,
-              " holds a model with heads ", m.head_dim > 0 ? m.head_dim : m.n_embd / m.n_head,
-              " wide but the config's are ", c.hd(), " (model.head_dim = ", c.head_dim, ")");
+  // (Multi-head latent attention's heads: their sizes are compared below.)
+  TRIAD_CHECK(m.kv_lora_rank > 0 || c.mla() ||
+                  (m.head_dim > 0 ? m.head_dim : m.n_embd / m.n_head) == c.hd(),
+              "checkpoint ", path, " holds a model with heads ",
+              m.head_dim > 0 ? m.head_dim : m.n_embd / m.n_head, " wide but the config's are ",
+              c.hd(), " (model.head_dim = ", c.head_dim, ")");
   // 0 and the head's width both rotate every value.
   const int64_t rotated = m.rotary_dim > 0 ? m.rotary_dim : c.hd();
   TRIAD_CHECK(rotated == (c.rotary_dim > 0 ? c.rotary_dim : c.hd()), "checkpoint ", path,
@@ -739,6 +742,18 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
               " holds a model whose q and k norms are ",
               m.qk_norm_full ? "over all heads" : "per head",
               " but the config asks for model.qk_norm_full = ", c.qk_norm_full ? "true" : "false");
+  auto mla = [](int64_t kv, int64_t q, int64_t nope, int64_t rope, int64_t v) {
+    if (kv == 0) return std::string("no multi-head latent attention");
+    return "multi-head latent attention (kv_lora_rank " + std::to_string(kv) + ", q_lora_rank " +
+           std::to_string(q) + ", qk_nope_head_dim " + std::to_string(nope) +
+           ", qk_rope_head_dim " + std::to_string(rope) + ", v_head_dim " + std::to_string(v) + ")";
+  };
+  const std::string mla_held =
+      mla(m.kv_lora_rank, m.q_lora_rank, m.qk_nope_head_dim, m.qk_rope_head_dim, m.v_head_dim);
+  const std::string mla_asked =
+      mla(c.kv_lora_rank, c.q_lora_rank, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim);
+  TRIAD_CHECK(mla_held == mla_asked, "checkpoint ", path, " holds a model with ", mla_held,
+              " but the config asks for ", mla_asked, " (model.kv_lora_rank ...)");
   TRIAD_CHECK(m.moe_experts == c.moe_experts &&
                   (c.moe_experts == 0 ||
                    (m.moe_top_k == c.moe_top_k && m.moe_normalize == c.moe_normalize)),

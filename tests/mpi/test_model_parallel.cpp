@@ -840,6 +840,52 @@ TEST(ModelParallel, QkNormFullMatchesOneRankOnEveryGrid) {
   expect_other_model("qknormfull", opts, 3, "false", "qk_per_head_ref", ref, 1e-5);
 }
 
+// Multi-head latent attention (model.kv_lora_rank: DeepSeek-V2's MLA): the latents' projections
+// and norms replicated over the tensor-parallel group (their gradients alike on every rank: the
+// latents' and the shared rotated key's gradients are all-reduced there, ln_1's through them added
+// on its rank 0), q_b's and kv_b's rows and c_proj's input columns split with the heads. Queries
+// through their latent, heads 12 wide (q·k 8 + 4 rotated, v 8 padded), on every grid against one
+// rank (sequence, pipeline, interleaved and context parallel among them), recomputing the layer,
+// in bf16 and resumed across grids; then queries from the token (q_b reading ln_1: its input
+// gradient partial sums on every rank) with v wider than q·k. Without the latent norms' weights
+// and the rotated key the model would not train alike on tensor-parallel grids.
+TEST(ModelParallel, LatentAttentionMatchesOneRankOnEveryGrid) {
+  std::vector<std::string> opts = {"--model.kv_lora_rank",
+                                   "16",
+                                   "--model.q_lora_rank",
+                                   "12",
+                                   "--model.qk_nope_head_dim",
+                                   "8",
+                                   "--model.qk_rope_head_dim",
+                                   "4",
+                                   "--model.v_head_dim",
+                                   "8",
+                                   "--model.position",
+                                   "rope",
+                                   "--model.norm",
+                                   "rmsnorm",
+                                   "--model.mlp",
+                                   "swiglu",
+                                   "--model.bias",
+                                   "false"};
+  check_variant("mla", opts,
+                {{2, 1, 1, 1, 2, "1f1b", 1},
+                 {1, 2, 1, 0, 1, "1f1b", 1},
+                 {1, 2, 1, 1, 2, "1f1b", 1, true},
+                 {1, 1, 2, 0, 4, "1f1b", 1},
+                 {2, 2, 2, 1, 2, "interleaved", 2},
+                 {1, 1, 1, 0, 4, "1f1b", 1, false, 2},
+                 {1, 2, 1, 0, 4, "1f1b", 1, true, 2}},
+                {"full"}, true, Grid{1, 2, 1, 0, 2, "1f1b", 1});
+  opts[3] = "0";   // q_b from ln_1
+  opts[9] = "16";  // v_head_dim: q and k padded
+  check_variant("mla_noq", opts,
+                {{1, 2, 1, 0, 1, "1f1b", 1},
+                 {1, 2, 1, 1, 2, "1f1b", 1, true},
+                 {1, 1, 1, 0, 4, "1f1b", 1, false, 2}},
+                {}, true, Grid{1, 2, 1, 0, 2, "1f1b", 1});
+}
+
 // OLMo-2's blocks: no norms before the branches (model.pre_norm = false: each reads the residual
 // stream, whose gradient then gains the branch input's directly), RMSNorms on the branches'
 // outputs and QK-norm over all heads, on every grid against one rank (sequence parallel,

@@ -80,6 +80,20 @@ def test_llama_blocks_continuation_matches_torch(tmp_path, n_kv_head, qk_norm, s
     continues_as_torch(tmp_path / "rms.h5", cfg, 6, 4, "--tp", 2, "--pp", 2)
 
 
+@pytest.mark.parametrize("q_lora_rank", [12, 0], ids=["q-latent", "q-from-token"])
+def test_latent_attention_continuation_matches_torch(tmp_path, q_lora_rank):
+    """Multi-head latent attention (model.kv_lora_rank): the key/value cache keeps each head's
+    assembled keys and values (the shared rotated key in each, v padded to the heads' 16); the
+    greedy tokens, within the context and past it, are the float64 reference's (which forms the
+    latents from the paper's equations over the whole context) on one rank and on tp 2 × pp 2;
+    with queries through a latent of 12 and straight from the token."""
+    cfg = ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=32, vocab_size=50257,
+                        position="rope", rope_theta=200.0, norm="rmsnorm", bias=False,
+                        mlp="swiglu", tied=False, kv_lora_rank=16, q_lora_rank=q_lora_rank,
+                        qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=12)
+    continues_as_torch(tmp_path / "mla.h5", cfg, 8, 4, "--tp", 2, "--pp", 2)
+
+
 def continues_as_torch(path, cfg, seed, ranks, *grid):
     """A checkpoint of cfg's random weights (seed; the matrices times 8, so that the greedy
     choices are clear) written to path: triad-generate's 40 greedy tokens after PROMPT, on one

@@ -137,6 +137,22 @@ CASES = [
     # Multi-query attention (one key/value head) on GPT-2's blocks, with biases.
     Case("mqa", ref.GptConfig(n_layer=2, n_head=3, n_embd=48, seq_len=17, vocab_size=300,
                               n_kv_head=1), 3, 45, 7, 53),
+    # Multi-head latent attention (DeepSeek-V2's MLA) on Llama's blocks: queries through a latent
+    # of 24, keys and values from one of 32, each head's q·k over 16 + 8 rotated values (heads 24
+    # wide, v's 16 padded), the rotated key shared.
+    Case("mla", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
+                              position="rope", rope_theta=500.0, norm="rmsnorm", bias=False,
+                              mlp="swiglu", tied=False, kv_lora_rank=32, q_lora_rank=24,
+                              qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16),
+         2, 40, 6, 211),
+    # ... DeepSeek-V2-Lite's shape of it: queries straight from the token, v wider than q·k (8 +
+    # 8, padded to 24), GPT-2's LayerNorms and biases elsewhere, and experts after a dense first
+    # layer (4 of 64 units, 2 per token, shared experts of 32).
+    Case("mlamoe", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
+                                 position="rope", rope_theta=500.0, mlp_hidden=64,
+                                 kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8,
+                                 v_head_dim=24, moe_experts=4, moe_top_k=2,
+                                 moe_shared_hidden=32, moe_first_dense=1), 2, 40, 6, 223),
     # QK-norm (per-head RMSNorm of q and k, weights [hd]) with grouped-query attention and rope.
     Case("qknorm", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
                                  position="rope", rope_theta=500.0, norm="rmsnorm", n_kv_head=2,
@@ -353,6 +369,8 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                       moe_group_top_k=c.moe_group_top_k, moe_shared_hidden=c.moe_shared_hidden,
                       moe_shared_gate=c.moe_shared_gate, moe_capacity_factor=c.moe_capacity_factor,
                       moe_first_dense=c.moe_first_dense, moe_every=c.moe_every,
+                      **({key: getattr(c, key) for key in ref.MLA_KEYS} if c.kv_lora_rank
+                         else {}),
                       **({} if c.rope_scaling is None else dict(
                           rope_scaling="llama3", rope_scaling_factor=c.rope_scaling[0],
                           rope_low_freq_factor=c.rope_scaling[1],
@@ -1313,7 +1331,7 @@ GRAD_CLIP = {"gpt2vocab": 1.0, "oddshapes": 1.0, "rope": 1.0, "rmsnorm": 1.2, "n
              "partialrope": 1.8, "relu2": 1.0, "moerelu2": 1.7, "nemotron": 1.8, "gemma": 1.45,
              "parallel": 1.0, "parallelmoe": 1.7, "neox": 1.25, "gemma2": 2.4,
              "sandwichmoe": 1.0, "granite": 0.18, "cohere": 0.44, "phi": 1.0, "gptj": 1.0,
-             "olmo": 1.7, "olmoe": 2.0, "olmo2": 2.7, "opt": 1.0}
+             "olmo": 1.7, "olmoe": 2.0, "olmo2": 2.7, "opt": 1.0, "mla": 1.42, "mlamoe": 1.3}
 
 
 # model.moe_capacity_factor: each expert takes the first ceil(f·N·k/E) of a pass's choices (the

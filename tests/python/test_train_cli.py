@@ -152,6 +152,23 @@ def test_help_lists_every_key_with_defaults():
     (["--model.clip_qkv", "-1"], ["model.clip_qkv", "[0, 1e4]"]),
     (["--model.clip_qkv", "8", "--model.qk_norm", "true"], ["model.clip_qkv", "model.qk_norm"]),
     (["--model.qk_norm_full", "true"], ["model.qk_norm_full", "needs model.qk_norm = true"]),
+    # Multi-head latent attention (model.kv_lora_rank): its sizes, and what it is not built with.
+    (["--model.kv_lora_rank", "-1"], ["model.kv_lora_rank", "must be >= 0"]),
+    (["--model.v_head_dim", "8"], ["model.kv_lora_rank", "= 0: model.q_lora_rank"]),
+    (["--model.kv_lora_rank", "8", "--model.position", "rope", "--model.qk_rope_head_dim", "4"],
+     ["model.kv_lora_rank", "v_head_dim > 0", "v_head_dim 0"]),
+    (["--model.kv_lora_rank", "8", "--model.position", "rope", "--model.qk_rope_head_dim", "3",
+      "--model.v_head_dim", "8"], ["model.kv_lora_rank", "every MLA size even"]),
+    (["--model.kv_lora_rank", "8", "--model.qk_rope_head_dim", "4", "--model.v_head_dim", "8"],
+     ["model.kv_lora_rank", "model.position = rope"]),
+    (["--model.kv_lora_rank", "8", "--model.position", "rope", "--model.qk_rope_head_dim", "4",
+      "--model.v_head_dim", "8", "--model.head_dim", "8"], ["model.head_dim", "model.rotary_dim"]),
+    (["--model.kv_lora_rank", "8", "--model.position", "rope", "--model.qk_rope_head_dim", "4",
+      "--model.v_head_dim", "8", "--model.n_kv_head", "1"], ["model.n_kv_head", "model.n_head"]),
+    (["--model.kv_lora_rank", "8", "--model.position", "rope", "--model.qk_rope_head_dim", "4",
+      "--model.v_head_dim", "8", "--model.qk_norm", "true"], ["model.kv_lora_rank", "no c_attn"]),
+    (["--model.kv_lora_rank", "8", "--model.position", "rope", "--model.qk_rope_head_dim", "4",
+      "--model.v_head_dim", "8", "--run.fp8", "tensorwise"], ["run.fp8", "latent attention"]),
     (["--model.pre_norm", "false"], ["model.pre_norm", "needs model.branch_norm = true"]),
     (["--model.init_std", "0"], ["model.init_std", "(0, 1]"]),
     (["--model.init_std", "nan"], ["model.init_std", "(0, 1]"]),
@@ -684,6 +701,29 @@ def test_rmsnorm_checkpoints_hold_no_norm_biases_and_refuse_layernorm(tmp_path):
     assert_clean_error(train("--config", cfg, "--model.qk_norm", "true", "--model.qk_norm_full",
                              "true", "--init-from", qk, "--run.name", "s"), "per head",
                        "model.qk_norm_full = true")
+    # Multi-head latent attention: its five sizes in attributes; a config with other sizes, or
+    # without it, does not read the checkpoint, nor an MLA config a plain one.
+    mla = ["--model.position", "rope", "--model.kv_lora_rank", "16", "--model.q_lora_rank", "8",
+           "--model.qk_nope_head_dim", "8", "--model.qk_rope_head_dim", "4",
+           "--model.v_head_dim", "8"]
+    ml = tmp_path / "runs" / "ml" / "ckpt" / "step_00000005.h5"
+    train("--config", tiny_config(tmp_path, name="ml"), *mla, "--train.steps", "5", check=True)
+    with h5py.File(ml, "r") as f:
+        attrs = f["model"].attrs
+        assert [int(attrs[k]) for k in ("kv_lora_rank", "q_lora_rank", "qk_nope_head_dim",
+                                        "qk_rope_head_dim", "v_head_dim")] == [16, 8, 8, 4, 8]
+        assert f["model/h/1/attn/kv_b/weight"].shape == (2 * (8 + 8), 16)
+        assert "h/1/attn/c_attn/weight" not in f["model"]
+    assert_clean_error(train("--config", cfg, *mla[:-1], "16", "--init-from", ml, "--run.name",
+                             "m1"), "v_head_dim 8", "v_head_dim 16")
+    assert_clean_error(train("--config", cfg, "--model.position", "rope", "--init-from", ml,
+                             "--run.name", "m2"), "with multi-head latent attention",
+                       "asks for no multi-head latent attention")
+    rope = tmp_path / "runs" / "rp" / "ckpt" / "step_00000005.h5"
+    train("--config", tiny_config(tmp_path, name="rp"), "--model.position", "rope",
+          "--train.steps", "5", check=True)
+    assert_clean_error(train("--config", cfg, *mla, "--init-from", rope, "--run.name", "m3"),
+                       "with no multi-head latent attention", "kv_lora_rank 16")
 
 
 def _spiky_run(tmp_path, name, **train):

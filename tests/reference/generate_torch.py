@@ -47,6 +47,11 @@ def block(params: Dict[str, torch.Tensor], cfg: ref.GptConfig, i: int, x: torch.
     B, T, C = x.shape
     nh, kv, hd = cfg.n_head, cfg.kv_heads, cfg.head_dim
     h = ref.norm(params, cfg, p + "ln_1", x) if cfg.pre_norm else x  # (OLMo-2's: none)
+    if cfg.kv_lora_rank:  # multi-head latent attention: the whole context each time
+        if cache is not None:
+            raise SystemExit("generate_torch: --mode kv-cache is not written for multi-head "
+                             "latent attention (model.kv_lora_rank); use --mode recompute")
+        return finish_block(params, cfg, p, x, ref.mla_attention(params, cfg, p, h))
     q, k, v = ref.linear(h, params[p + "attn/c_attn/weight"],
                          params.get(p + "attn/c_attn/bias")).split([nh * hd, kv * hd, kv * hd],
                                                                    dim=-1)
@@ -74,7 +79,12 @@ def block(params: Dict[str, torch.Tensor], cfg: ref.GptConfig, i: int, x: torch.
     # Row r (position past + r) sees keys 0 .. past + r.
     mask = torch.ones(T, past + T, dtype=torch.bool).tril(diagonal=past)
     att = torch.softmax(att.masked_fill(~mask, float("-inf")), dim=-1)
-    y = torch.matmul(att, v).transpose(1, 2).reshape(B, T, nh * hd)
+    return finish_block(params, cfg, p, x, torch.matmul(att, v).transpose(1, 2).reshape(B, T, nh * hd))
+
+
+def finish_block(params: Dict[str, torch.Tensor], cfg: ref.GptConfig, p: str, x: torch.Tensor,
+                 y: torch.Tensor) -> torch.Tensor:
+    """The rest of layer p from the attention's output y: c_proj, the residual adds, the MLP."""
     a = ref.linear(y, params[p + "attn/c_proj/weight"], params.get(p + "attn/c_proj/bias"))
     if cfg.branch_norm:  # model.branch_norm: each branch's output normalized
         a = ref.norm(params, cfg, p + "ln_attn_out", a)

@@ -98,6 +98,13 @@ class GptConfig:
     attn_softcap: float = 0.0
     # model.clip_qkv: c_attn's output clamped to [-c, c] before the rotation (OLMo-1.7's; 0: none).
     clip_qkv: float = 0.0
+    # Multi-head latent attention (model.kv_lora_rank > 0; DeepSeek-V2's MLA, mla_attention):
+    # the latents' ranks and each head's unrotated and rotated q·k widths and v width.
+    kv_lora_rank: int = 0
+    q_lora_rank: int = 0
+    qk_nope_head_dim: int = 0
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
     # model.logit_scale: the head's logits times this, before the cap (Granite's
     # 1/logits_scaling); model.residual_scale: each branch's output times this before its
     # residual add (Granite's residual_multiplier). 1: none.
@@ -156,6 +163,8 @@ class GptConfig:
         """The attention scores' scale: attn_scale, or μP's 1/sqrt(hd·m), or 1/sqrt(hd)."""
         if self.attn_scale:
             return self.attn_scale
+        if self.kv_lora_rank:  # MLA: q·k over the unrotated and rotated values
+            return 1.0 / math.sqrt((self.qk_nope_head_dim + self.qk_rope_head_dim) * self.mup_mult)
         return 1.0 / math.sqrt(self.head_dim * self.mup_mult)
 
     @property
@@ -197,6 +206,11 @@ class GptConfig:
         return self.attn_width + 2 * self.kv_heads * self.head_dim
 
 
+# Multi-head latent attention's sizes: GptConfig fields, config keys (model.*) and checkpoint
+# attributes alike.
+MLA_KEYS = ("kv_lora_rank", "q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+
+
 def param_shapes(cfg: GptConfig) -> Dict[str, tuple]:
     """Names and shapes of every parameter, in DESIGN.md §3 order."""
     C, Vp, T = cfg.n_embd, cfg.padded_vocab_size, cfg.seq_len
@@ -210,15 +224,27 @@ def param_shapes(cfg: GptConfig) -> Dict[str, tuple]:
             shapes[p + "ln_1/weight"] = (C,)
             if not rms:
                 shapes[p + "ln_1/bias"] = (C,)
-        shapes[p + "attn/c_attn/weight"] = (cfg.qkv_width, C)
-        shapes[p + "attn/c_attn/bias"] = (cfg.qkv_width,)
+        if cfg.kv_lora_rank:  # MLA's projections instead of c_attn
+            NH, rq, rkv = cfg.n_head, cfg.q_lora_rank, cfg.kv_lora_rank
+            dq = cfg.qk_nope_head_dim + cfg.qk_rope_head_dim
+            if rq:
+                shapes[p + "attn/q_a/weight"] = (rq, C)
+                shapes[p + "attn/q_a_norm/weight"] = (rq,)
+            shapes[p + "attn/q_b/weight"] = (NH * dq, rq or C)
+            shapes[p + "attn/kv_a/weight"] = (rkv + cfg.qk_rope_head_dim, C)
+            shapes[p + "attn/kv_a_norm/weight"] = (rkv,)
+            shapes[p + "attn/kv_b/weight"] = (NH * (cfg.qk_nope_head_dim + cfg.v_head_dim), rkv)
+        else:
+            shapes[p + "attn/c_attn/weight"] = (cfg.qkv_width, C)
+            shapes[p + "attn/c_attn/bias"] = (cfg.qkv_width,)
         if cfg.qk_norm and cfg.qk_norm_full:
             shapes[p + "attn/q_norm/weight"] = (cfg.attn_width,)
             shapes[p + "attn/k_norm/weight"] = (cfg.kv_heads * cfg.head_dim,)
         elif cfg.qk_norm:
             shapes[p + "attn/q_norm/weight"] = (cfg.head_dim,)
             shapes[p + "attn/k_norm/weight"] = (cfg.head_dim,)
-        shapes[p + "attn/c_proj/weight"] = (C, cfg.attn_width)
+        shapes[p + "attn/c_proj/weight"] = \
+            (C, cfg.n_head * cfg.v_head_dim if cfg.kv_lora_rank else cfg.attn_width)
         shapes[p + "attn/c_proj/bias"] = (C,)
         if not cfg.shared_norm and cfg.pre_norm:
             shapes[p + "ln_2/weight"] = (C,)
@@ -496,6 +522,41 @@ def attention(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_head: int,
     return y.transpose(1, 2).reshape(B, T, n_head * hd)
 
 
+def mla_attention(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str, x: torch.Tensor,
+                  mask: Optional[torch.Tensor] = None,
+                  positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Multi-head latent attention (DeepSeek-V2, section 2.1) on x [B, T, C], written from the
+    paper: c_q = RMSNorm(W_DQ x) (or x itself without q_lora_rank), per head q = [q_rope | q_nope]
+    of W_UQ c_q; [c_kv | k_rope] = W_DKV x, per head [k_nope | v] of W_UKV RMSNorm(c_kv); q_rope
+    and the one k_rope rotated; scores q_nope·k_nope + q_rope·k_rope over sqrt(nope + rope)
+    (or cfg.scores_scale); output [B, T, n_head·v_head_dim]. Each head's layout inside q_b's rows
+    ([rope | nope]) and kv_b's ([nope | v]) is triad's choice, which the reference adopts."""
+    B, T, C = x.shape
+    NH, dn, dr, dv = cfg.n_head, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim
+    eps = cfg.norm_eps
+    cq = x
+    if cfg.q_lora_rank:
+        cq = rms_norm(x @ params[p + "attn/q_a/weight"].t(), params[p + "attn/q_a_norm/weight"], eps)
+    q = (cq @ params[p + "attn/q_b/weight"].t()).view(B, T, NH, dr + dn).transpose(1, 2)
+    q_rope, q_nope = q[..., :dr], q[..., dr:]
+    ckv = x @ params[p + "attn/kv_a/weight"].t()
+    c_kv, k_rope = ckv[..., :cfg.kv_lora_rank], ckv[..., cfg.kv_lora_rank:]
+    kv = rms_norm(c_kv, params[p + "attn/kv_a_norm/weight"], eps) @ \
+        params[p + "attn/kv_b/weight"].t()
+    kv = kv.view(B, T, NH, dn + dv).transpose(1, 2)
+    k_nope, v = kv[..., :dn], kv[..., dn:]
+    q_rope = rotary(q_rope, cfg.rope_theta, 0, cfg.rope_scaling, positions)
+    k_rope = rotary(k_rope.unsqueeze(1), cfg.rope_theta, 0, cfg.rope_scaling, positions)
+    att = (torch.matmul(q_nope, k_nope.transpose(-2, -1)) +
+           torch.matmul(q_rope, k_rope.transpose(-2, -1))) * cfg.scores_scale
+    if cfg.attn_softcap:
+        att = cfg.attn_softcap * torch.tanh(att / cfg.attn_softcap)
+    if mask is None:
+        mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+    att = torch.softmax(att.masked_fill(~mask, float("-inf")), dim=-1)
+    return torch.matmul(att, v).transpose(1, 2).reshape(B, T, NH * dv)
+
+
 def head(params: Dict[str, torch.Tensor], cfg: GptConfig) -> torch.Tensor:
     """The output layer's weight: wte (tied) or lm_head."""
     return params["wte/weight"] if cfg.tied else params["lm_head/weight"]
@@ -683,13 +744,15 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor,
         p = f"h/{i}/"
         h = norm(params, cfg, p + "ln_1", x) if cfg.pre_norm else x
         qn, kn = qk_norm_weights(params, cfg, p)
-        a = linear(attention(h, params[p + "attn/c_attn/weight"],
-                             params.get(p + "attn/c_attn/bias"), cfg.n_head, rope,
-                             cfg.kv_heads, qn, kn, cfg.rope_scaling, cfg.norm_eps,
-                             cfg.head_dim, layer_mask(i), positions, cfg.scores_scale,
-                             cfg.rotary_dim, cfg.attn_softcap, cfg.clip_qkv,
-                             cfg.qk_norm_full),
-                   params[p + "attn/c_proj/weight"], params.get(p + "attn/c_proj/bias"))
+        if cfg.kv_lora_rank:
+            y = mla_attention(params, cfg, p, h, layer_mask(i), positions)
+        else:
+            y = attention(h, params[p + "attn/c_attn/weight"],
+                          params.get(p + "attn/c_attn/bias"), cfg.n_head, rope,
+                          cfg.kv_heads, qn, kn, cfg.rope_scaling, cfg.norm_eps,
+                          cfg.head_dim, layer_mask(i), positions, cfg.scores_scale,
+                          cfg.rotary_dim, cfg.attn_softcap, cfg.clip_qkv, cfg.qk_norm_full)
+        a = linear(y, params[p + "attn/c_proj/weight"], params.get(p + "attn/c_proj/bias"))
         if cfg.branch_norm:
             a = norm(params, cfg, p + "ln_attn_out", a)
         if cfg.residual_scale != 1.0:  # in fp32, as triad's
@@ -1086,6 +1149,9 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
         m.attrs.create("norm_eps", np.float64(cfg.norm_eps), dtype="<f8")
         if cfg.attn_head_dim:
             m.attrs.create("head_dim", i64(cfg.attn_head_dim), dtype="<i8")
+        if cfg.kv_lora_rank:
+            for key in MLA_KEYS:
+                m.attrs.create(key, i64(getattr(cfg, key)), dtype="<i8")
         if cfg.rotary_dim:
             m.attrs.create("rotary_dim", i64(cfg.rotary_dim), dtype="<i8")
         if cfg.sliding_window:
@@ -1175,6 +1241,7 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                         norm_eps=float(a["norm_eps"]) if "norm_eps" in a else LN_EPS,
                         attn_head_dim=int(a["head_dim"]) if "head_dim" in a else 0,
                         rotary_dim=int(a.get("rotary_dim", 0)),
+                        **{key: int(a.get(key, 0)) for key in MLA_KEYS},
                         logit_softcap=float(a.get("logit_softcap", 0.0)),
                         attn_softcap=float(a.get("attn_softcap", 0.0)),
                         clip_qkv=float(a.get("clip_qkv", 0.0)),

@@ -114,6 +114,11 @@ struct ModelShape {
   int64_t n_kv_head = 0;
   // Attribute qk_norm (int64 1 | 0; absent in older files: 0).
   bool qk_norm = false;
+  // Attributes kv_lora_rank, q_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim (int64,
+  // multi-head latent attention's sizes, model.kv_lora_rank ...; written when kv_lora_rank > 0;
+  // absent: 0, no MLA).
+  int64_t kv_lora_rank = 0, q_lora_rank = 0;
+  int64_t qk_nope_head_dim = 0, qk_rope_head_dim = 0, v_head_dim = 0;
   // Attribute qk_norm_full (int64 1: q_norm and k_norm span all heads, model.qk_norm_full; absent:
   // 0, per head).
   bool qk_norm_full = false;

@@ -152,7 +152,9 @@ struct GptShape {
   // The scale the attention ops take: attn_scale, or μP's, or 0 (their 1/sqrt(hd)).
   float scores_scale() const {
     if (attn_scale > 0.0f) return attn_scale;
-    return mup_base_width > 0 ? float(1.0 / std::sqrt(double(hd()) * mup_mult())) : 0.0f;
+    const double width = mla() ? mla_qk_dim() : hd();  // (MLA: the zero padding adds nothing)
+    if (mup_base_width > 0) return float(1.0 / std::sqrt(width * mup_mult()));
+    return mla() ? float(1.0 / std::sqrt(width)) : 0.0f;
   }
   // The logits' multiplier: μP's 1/m, else 1.
   float logits_mult() const { return float(1.0 / mup_mult()); }
@@ -211,8 +213,42 @@ struct GptShape {
   // window).
   bool masks_full_layers() const { return document_token >= 0 && full_attention_every > 0; }
   int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
-  int hd() const { return head_dim > 0 ? head_dim : n_embd / n_head; }
+  // Multi-head latent attention (model.kv_lora_rank > 0, DeepSeek-V2's MLA; src/model/
+  // gpt_mla.cpp): no c_attn. Per token, the queries come from x (q_lora_rank 0) or from a latent
+  // c_q = RMSNorm(attn/q_a · x) of q_lora_rank values, q = attn/q_b · c_q, each head's
+  // qk_rope_head_dim rotated values first, then its qk_nope_head_dim others; the keys and values
+  // from [c_kv | k_rope] = attn/kv_a · x: the latent c_kv (kv_lora_rank values) through
+  // RMSNorm (attn/kv_a_norm) and attn/kv_b gives each head's k values and its v; k_rope, rotated,
+  // is every head's. A head's k is [k_rope | its own], so q·k = q_rope·k_rope + q_nope·k_nope.
+  // The attention runs on heads of hd() = max(q and k's width, v's) values, the narrower ones
+  // padded with zeros, scaled by 1/sqrt(q and k's width); c_proj reads each head's v_head_dim
+  // outputs (proj_width()). Tensor parallelism splits q_b's and kv_b's rows by heads and c_proj's
+  // input columns; q_a, kv_a and their norms are replicated.
+  int kv_lora_rank = 0, q_lora_rank = 0;
+  int qk_nope_head_dim = 0, qk_rope_head_dim = 0, v_head_dim = 0;
+  bool mla() const { return kv_lora_rank > 0; }
+  int mla_qk_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
+  int hd() const {
+    if (mla()) return std::max(mla_qk_dim(), v_head_dim);
+    return head_dim > 0 ? head_dim : n_embd / n_head;
+  }
   int attn_width() const { return n_head * hd(); }  // q's width, and the attention output's
+  // attn.c_proj's input width: the attention's output, under MLA each head's v_head_dim of it.
+  int proj_width() const { return mla() ? n_head * v_head_dim : attn_width(); }
+  // The width the attention's products take per token and head, averaged over the scores' (q·k)
+  // and the values' products: hd() but under MLA.
+  double attn_flops_width() const {
+    return mla() ? 0.5 * n_head * double(mla_qk_dim() + v_head_dim) : double(attn_width());
+  }
+  // The attention's weights a token is multiplied by: c_attn's and c_proj's, or MLA's five.
+  double attn_weights_per_token() const {
+    const double C = n_embd;
+    if (!mla()) return double(qkv_rows() + attn_width()) * C;
+    const double q_in = q_lora_rank > 0 ? q_lora_rank : C;
+    return (q_lora_rank > 0 ? q_lora_rank * C : 0.0) + n_head * double(mla_qk_dim()) * q_in +
+           double(kv_lora_rank + qk_rope_head_dim) * C +
+           n_head * double(qk_nope_head_dim + v_head_dim) * kv_lora_rank + C * proj_width();
+  }
   int rot() const { return rotary_dim > 0 ? rotary_dim : hd(); }  // rotated values per head
   int qkv_rows() const { return qkv_width(attn_width(), n_head, kv_heads()); }  // c_attn's rows
   int hidden() const {
@@ -1215,6 +1251,23 @@ class Gpt {
   // tensor-parallel group.
   template <class A>
   void qk_norm_forward(A* dst, float* rstd, const A* qkv_pre, const A* wq, const A* wk, int N);
+  // Multi-head latent attention (GptShape::mla; gpt_mla.cpp). mla_project: from ln1 (N rows, all
+  // of them) the q|k|v rows of this rank's heads into dst [N, qkv_rows()/tp] as c_attn's would
+  // be (each head hd() wide: q and k [rope | nope], v, zeros where narrower), before the
+  // rotation; L keeps the latents the backward reads. mla_output: the attention's output atty
+  // [N, attn_width()/tp] as c_proj reads it, each head's v_head_dim values ([N, proj_width()/tp],
+  // a shared buffer). mla_backward: from dqkv (the gradient of dst after the rotation's
+  // backward) the weights' gradients (g) and ln1's gradient into dpart in `mode` (partial sums
+  // over the tensor-parallel group, as c_attn's: the replicated projections' part on its rank 0).
+  template <class A>
+  void mla_project(typename Set<A>::Layer& L, A* dst, const A* ln1, const LayerTensors<const A>& w,
+                   int N);
+  template <class A>
+  const A* mla_output(const A* atty, int N);
+  template <class A>
+  void mla_backward(typename Set<A>::Layer& L, A* dpart, const LayerTensors<float>& g,
+                    const A* dqkv, const A* ln1, const LayerTensors<const A>& w, int N,
+                    GradMode mode);
   // model.qk_norm's backward in place on dqkv (the rotated-back gradient of the normalized q|k|v
   // becomes that of c_attn's output); the per-head weights' gradients, partial sums over this
   // rank's heads under tensor parallelism, are all-reduced before they accumulate (qk_norm_full's
@@ -1263,7 +1316,7 @@ class Gpt {
   // k_norm, the mixture of experts' router, shared experts and their gate, the branch norms)
   // sits in its run of specs_ (-1: not in this model, a bias or norm it does not have), and how
   // many it has. [0]: a dense layer's, [1]: one with experts' (GptShape::moe_layer).
-  static constexpr int kLayerTensorKinds = 22;
+  static constexpr int kLayerTensorKinds = 28;
   int layer_slot_[2][kLayerTensorKinds] = {};
   int layer_count_[2] = {kLayerTensorKinds, kLayerTensorKinds};
   using LayerSlots = int[kLayerTensorKinds];

@@ -4,6 +4,7 @@
 // are errors that name the key and, for files, the file.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -31,7 +32,18 @@ struct ModelConfig {
   bool norm_weight = true;  // false: the norms learn no weight or bias (OLMo's non-parametric)
   double norm_eps = 1e-5;   // the LayerNorms'/RMSNorms' epsilon (Qwen2: 1e-6)
   int head_dim = 0;         // each head's width (0: n_embd / n_head; Qwen3: 128)
-  int hd() const { return head_dim > 0 ? head_dim : n_embd / n_head; }
+  // Multi-head latent attention (GptShape::mla, DeepSeek-V2's; kv_lora_rank > 0): keys and values
+  // from a latent of kv_lora_rank values per token, queries from one of q_lora_rank (0: from the
+  // token itself), each head's q and k qk_nope_head_dim values plus qk_rope_head_dim rotated
+  // ones (the rotated key shared by the heads), its v v_head_dim values.
+  int kv_lora_rank = 0, q_lora_rank = 0;
+  int qk_nope_head_dim = 0, qk_rope_head_dim = 0, v_head_dim = 0;
+  bool mla() const { return kv_lora_rank > 0; }
+  // The attention's head width: under MLA the wider of q·k's and v's (the other padded).
+  int hd() const {
+    if (mla()) return std::max(qk_nope_head_dim + qk_rope_head_dim, v_head_dim);
+    return head_dim > 0 ? head_dim : n_embd / n_head;
+  }
   std::string mlp = "gelu";    // gelu (GPT-2) | gelu_exact | swiglu (Llama) | geglu (Gemma) | relu2
   int mlp_hidden = 0;          // hidden units (0: 4·n_embd, or ~8·n_embd/3 for swiglu)
   bool tie_embeddings = true;  // false: an output layer lm_head of its own (as Llama)
