@@ -333,8 +333,11 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
     # runs' learning-rate scales). And the FP8 products (fp8: run.fp8 = tensorwise, the absmax and
     # cast kernels and cuBLASLt's FP8 products; bf16 only on the GPU) against the CPU's emulation.
     # And a mixture of experts (moe: 4 experts, top 2, the load-balancing loss: the routing,
-    # dispatch, gather and gated-sum kernels and the experts' products over their rows).
-    for tag in muon rope sched fp8 moe; do
+    # dispatch, gather and gated-sum kernels and the experts' products over their rows). And
+    # multi-head latent attention (mla: heads of 64 = 32 + 32 rotated, v 64: the latents' norms,
+    # the strided copies that assemble q|k|v, the flash kernels on them), and the experts' FP8
+    # products (fp8moe: each expert's scales, the weight gradient padded to 16 rows).
+    for tag in muon rope sched fp8 moe mla fp8moe; do
       opts=(--optim.name muon --train.norms_every 10)
       [[ $tag == rope ]] && opts=(--model.position rope --model.norm rmsnorm --model.mlp swiglu --model.bias false
                                   --model.tie_embeddings false --model.n_kv_head 1 --model.qk_norm true
@@ -344,9 +347,15 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
                                    --model.mup_base_width 64)
       [[ $tag == fp8 ]] && opts=(--run.fp8 tensorwise)
       [[ $tag == moe ]] && opts=(--model.moe_experts 4 --model.moe_top_k 2 --train.moe_aux_loss 0.05)
+      [[ $tag == mla ]] && opts=(--model.position rope --model.norm rmsnorm --model.mlp swiglu
+                                 --model.bias false --model.kv_lora_rank 64 --model.q_lora_rank 48
+                                 --model.qk_nope_head_dim 32 --model.qk_rope_head_dim 32
+                                 --model.v_head_dim 64)
+      [[ $tag == fp8moe ]] && opts=(--model.moe_experts 4 --model.moe_top_k 2 --train.moe_aux_loss 0.05
+                                    --run.fp8 tensorwise)
       for v in "${variants[@]}"; do
         read -r be pr <<<"$v"
-        [[ $tag == fp8 && $be == cuda && $pr == fp32 ]] && continue  # the GPU's FP8 reads bf16
+        [[ $tag == fp8* && $be == cuda && $pr == fp32 ]] && continue  # the GPU's FP8 reads bf16
         timeout "$(tmo 90 150)" "$B/triad-train" --config "$W/tiny.ini" --run.backend "$be" --run.precision "$pr" \
           "${opts[@]}" --resume none --run.name "curve_${be}_${pr}_$tag" --train.steps 50 \
           --checkpoint.every 0 >"$RUN/curve_${be}_${pr}_$tag.txt" 2>&1 || tail -8 "$RUN/curve_${be}_${pr}_$tag.txt"
@@ -488,7 +497,7 @@ try:
     print(f"RESULT_NORMS cuda fp32 vs cpu, step 0, {len(n_cpu)} layer norms: max rel diff {worst:.2e}")
 except Exception as e:
     print("RESULT_MUON failed:", e)
-for tag in ("rope", "sched", "moe"):  # Llama's blocks; schedules, z-loss, cap, μP; experts
+for tag in ("rope", "sched", "moe", "mla"):  # Llama's; schedules, z-loss, cap, μP; experts; MLA
     try:
         load_curves("_" + tag)
         for v in ("cuda_fp32", "cuda_bf16"):
@@ -500,6 +509,11 @@ try:  # FP8 products: the GPU's bf16 run against the CPU's fp32 emulation
     print(against_cpu("RESULT_FP8", "cuda_bf16", "_fp8"))
 except Exception as e:
     print("RESULT_FP8 failed:", e)
+try:  # the experts' FP8 products, the same way
+    load_curves("_fp8moe", ("cpu_fp32", "cuda_bf16"))
+    print(against_cpu("RESULT_FP8MOE", "cuda_bf16", "_fp8moe"))
+except Exception as e:
+    print("RESULT_FP8MOE failed:", e)
 for g in ("dp", "tp", "pp", "zb", "tpmuon", "dpmuon", "dpz2", "dpz3", "cp", "zbv"):
     what = {"zb": "pp=2 zb-h1", "tpmuon": "tp=2 muon", "dpmuon": "dp=2 zero muon",
             "dpz2": "dp=2 zero 2", "dpz3": "dp=2 zero 3",
@@ -602,6 +616,8 @@ res "Llama blocks (multi-query, QK-norm, Qwen2's qkv bias and eps) 50 steps GPU 
 res "window warmup + batch ramp + z-loss 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_SCHED //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "FP8 products (bf16 GPU vs CPU emulation) 50 steps" "$(sed -n 's/^RESULT_FP8 //p' "$RUN/gpu.txt" 2>/dev/null)"
 res "mixture of experts (4, top 2) 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_MOE //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
+res "multi-head latent attention (heads 64) 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_MLA //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
+res "experts' FP8 products (bf16 GPU vs CPU emulation) 50 steps" "$(sed -n 's/^RESULT_FP8MOE //p' "$RUN/gpu.txt" 2>/dev/null)"
 res "layer norms GPU vs CPU" "$(sed -n 's/^RESULT_NORMS //p' "$RUN/gpu.txt" 2>/dev/null)"
 res "2 ranks on one GPU" "$(sed -n 's/^RESULT_NP2 //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "NCCL Comm in training" "$(sed -n 's/^RESULT_NCCL //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -) ($(sed -n 's/^RESULT_NCCL_LINE //p' "$RUN/gpu.txt" 2>/dev/null))"
