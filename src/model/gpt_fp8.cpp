@@ -21,6 +21,30 @@ std::vector<std::string> Gpt::fp8_layer_names(int n_layer) {
   return names;
 }
 
+std::vector<std::pair<std::string, int>> Gpt::fp8_widths(const GptShape& s, int tp) {
+  std::vector<std::pair<std::string, int>> w = {{"model.n_embd", s.n_embd}};
+  if (s.mla()) {
+    if (s.q_lora_rank > 0) w.push_back({"model.q_lora_rank", s.q_lora_rank});
+    w.push_back({"q_b's outputs (n_head · (qk_nope_head_dim + qk_rope_head_dim))",
+                 s.n_head * s.mla_qk_dim() / tp});
+    w.push_back({"kv_a's outputs (kv_lora_rank + qk_rope_head_dim)",
+                 s.kv_lora_rank + s.qk_rope_head_dim});
+    w.push_back({"model.kv_lora_rank", s.kv_lora_rank});
+    w.push_back({"kv_b's outputs (n_head · (qk_nope_head_dim + v_head_dim))",
+                 s.n_head * (s.qk_nope_head_dim + s.v_head_dim) / tp});
+    w.push_back({"attn.c_proj's inputs (n_head · v_head_dim)", s.proj_width() / tp});
+  } else {
+    w.push_back({"c_attn's outputs", s.qkv_rows() / tp});
+    w.push_back({"the attention's width", s.attn_width() / tp});
+  }
+  w.push_back({"c_fc's outputs", s.fc_rows() / tp});
+  w.push_back({"the MLP's hidden units", s.hidden() / tp});
+  w.push_back({"the shared experts' c_fc outputs", s.shared_fc_rows() / tp});
+  w.push_back({"the shared experts' hidden units (model.moe_shared_hidden)",
+               s.moe_shared_hidden / tp});
+  return w;
+}
+
 void Gpt::set_fp8(bool on, const std::function<bool(const std::string&)>& skip, bool head) {
   const std::vector<std::string> names = fp8_layer_names(shape_.n_layer);
   fp8_skipped_.assign(names.size() + 1, 0);  // the blocks' sites, then the head's
@@ -32,20 +56,9 @@ void Gpt::set_fp8(bool on, const std::function<bool(const std::string&)>& skip, 
     return;
   }
   TRIAD_CHECK(!inference_, "internal error: run.fp8 is for training models");
-  const int widths[] = {shape_.n_embd,
-                        shape_.qkv_rows() / mp_.tp,
-                        shape_.attn_width() / mp_.tp,
-                        shape_.fc_rows() / mp_.tp,
-                        shape_.hidden() / mp_.tp,
-                        shape_.shared_fc_rows() / mp_.tp,
-                        shape_.moe_shared_hidden / mp_.tp};
-  for (int w : widths)
-    TRIAD_CHECK(w % 16 == 0,
-                "run.fp8 needs the layers' widths on each tensor-parallel rank to be multiples "
-                "of 16 (n_embd ",
-                shape_.n_embd, ", c_attn ", widths[1], ", attention ", widths[2], ", c_fc ",
-                widths[3], ", MLP ", widths[4], ", shared experts' c_fc ", widths[5], " and MLP ",
-                widths[6], ")");
+  for (const auto& [name, w] : fp8_widths(shape_, mp_.tp))
+    TRIAD_CHECK(w % 16 == 0, "run.fp8 needs ", name, " (", w,
+                mp_.tp > 1 ? " per tensor-parallel rank" : "", ") to be a multiple of 16");
   // Three per expert held (experts_fp8_amax), at least the three of one product.
   const size_t floats = 3 * size_t(std::max(1, shape_.moe_experts / mp_.ep));
   if (fp8_amax_ != nullptr && fp8_amax_floats_ != floats) {
@@ -94,7 +107,12 @@ void Gpt::linear_backward(int site, A* dinp, float* dw, float* db, const A* dout
                           const A* w, int N, int IC, int OC, GradMode mode) {
   if (fp8_at(site, N)) {
     const size_t ni = size_t(N) * IC, nw = size_t(OC) * IC, nd = size_t(N) * OC;
-    fp8_amax<A>(dw != nullptr ? inp : nullptr, ni, dinp != nullptr ? w : nullptr, nw, dout, nd);
+    // The weight's amax on every rank of a group where some rank may form the input gradient
+    // and another not (a replicated projection's, added once: gpt_mla.cpp), so that the
+    // reduction never combines a stale slot; a rank forming nothing only takes part in it.
+    const bool w_amax = dinp != nullptr || mp_.tp > 1;
+    fp8_amax<A>(dw != nullptr ? inp : nullptr, ni, w_amax ? w : nullptr, nw, dout, nd);
+    if (dinp == nullptr && dw == nullptr && db == nullptr) return;
     be_.matmul_backward_fp8(dinp, dw, db, dout, inp, w, N, IC, OC, fp8_amax_, mode);
     return;
   }

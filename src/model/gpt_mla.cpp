@@ -14,6 +14,11 @@
 // all-reduced over the group, so the replicated weights' gradients come out alike on every rank
 // and ln_1's gradient through them is added once, on the group's rank 0.
 //
+// Under run.fp8 the four projections (q_a, q_b, kv_a, kv_b) are the layer's c_attn site: each an
+// FP8 product at its operands' tensorwise scales (gpt_fp8.cpp), the replicated ones' amax alike
+// on every rank of the group; every rank takes part in each product's amax reduction, also where
+// it forms neither of a replicated projection's gradients.
+//
 // The rows move as 32-bit words (bf16 in pairs: every MLA size is even, config.cpp).
 #include "gpt_activations.h"
 #include "triad/model/gpt.h"
@@ -21,7 +26,7 @@
 namespace triad {
 
 template <class A>
-void Gpt::mla_project(typename Set<A>::Layer& L, A* dst, const A* ln1,
+void Gpt::mla_project(typename Set<A>::Layer& L, int l, A* dst, const A* ln1,
                       const LayerTensors<const A>& w, int N) {
   auto& a = acts<A>();
   const int C = shape_.n_embd, NHl = shape_.n_head / mp_.tp, hd = shape_.hd();
@@ -29,21 +34,22 @@ void Gpt::mla_project(typename Set<A>::Layer& L, A* dst, const A* ln1,
   const int dv = shape_.v_head_dim, rq = shape_.q_lora_rank, rkv = shape_.kv_lora_rank;
   const float eps = shape_.norm_eps;
   auto w32 = [](size_t n) { return word_count<A>(n); };
+  const int site = fp8_site(l, 0);
   // Queries: from the token, or from its normalized latent.
   const A* q_in = ln1;
   if (rq > 0) {
-    be_.matmul_forward(L.mla_cq, ln1, w.mqaw, nullptr, N, C, rq);
+    linear_forward<A>(site, L.mla_cq, ln1, w.mqaw, nullptr, N, C, rq);
     be_.layernorm_forward(a.mla_cqn, nullptr, L.mla_cq_rstd, L.mla_cq, w.mqanw, nullptr, N, rq,
                           eps);
     q_in = a.mla_cqn;
   }
-  be_.matmul_forward(a.mla_q, q_in, w.mqbw, nullptr, N, rq > 0 ? rq : C, NHl * dq);
+  linear_forward<A>(site, a.mla_q, q_in, w.mqbw, nullptr, N, rq > 0 ? rq : C, NHl * dq);
   // [latent | rotated key], the latent normalized, then each head's k values and v.
-  be_.matmul_forward(a.mla_ckv, ln1, w.mkvaw, nullptr, N, C, rkv + dr);
+  linear_forward<A>(site, a.mla_ckv, ln1, w.mkvaw, nullptr, N, C, rkv + dr);
   be_.copy_rows(words(L.mla_lat), w32(rkv), words(a.mla_ckv), w32(rkv + dr), size_t(N), w32(rkv));
   be_.layernorm_forward(a.mla_latn, nullptr, L.mla_lat_rstd, L.mla_lat, w.mkvanw, nullptr, N, rkv,
                         eps);
-  be_.matmul_forward(a.mla_kv, a.mla_latn, w.mkvbw, nullptr, N, rkv, NHl * (dn + dv));
+  linear_forward<A>(site, a.mla_kv, a.mla_latn, w.mkvbw, nullptr, N, rkv, NHl * (dn + dv));
   // The q|k|v rows: head h of q at h·hd, of k at (NHl + h)·hd, of v at (2·NHl + h)·hd.
   const size_t row = size_t(3) * NHl * hd, kv_row = size_t(NHl) * (dn + dv);
   if (dq < hd || dv < hd) be_.zero(dst, size_t(N) * row);
@@ -73,7 +79,7 @@ const A* Gpt::mla_output(const A* atty, int N) {
 }
 
 template <class A>
-void Gpt::mla_backward(typename Set<A>::Layer& L, A* dpart, const LayerTensors<float>& g,
+void Gpt::mla_backward(typename Set<A>::Layer& L, int l, A* dpart, const LayerTensors<float>& g,
                        const A* dqkv, const A* ln1, const LayerTensors<const A>& w, int N,
                        GradMode mode) {
   constexpr GradMode kSet = GradMode::overwrite;
@@ -84,6 +90,8 @@ void Gpt::mla_backward(typename Set<A>::Layer& L, A* dpart, const LayerTensors<f
   const float eps = shape_.norm_eps;
   const size_t n = size_t(N);
   auto w32 = [](size_t k) { return word_count<A>(k); };
+  const int site = fp8_site(l, 0);
+  const bool fp8 = fp8_at(site, N);  // (every rank runs each product: its amax is collective)
   // Each head's q, k and v gradients out of the rows (into q_b's and kv_b's output buffers);
   // the shared rotated key's summed over the heads, then over the group's.
   const size_t row = size_t(3) * NHl * hd, kv_row = size_t(NHl) * (dn + dv);
@@ -105,8 +113,8 @@ void Gpt::mla_backward(typename Set<A>::Layer& L, A* dpart, const LayerTensors<f
   // kv_b (its input, the normalized latent, formed again), the latent's norm, kv_a's output.
   be_.layernorm_forward(a.mla_latn, nullptr, L.mla_lat_rstd, L.mla_lat, w.mkvanw, nullptr, N, rkv,
                         eps);
-  be_.matmul_backward(a.mla_dlatn, g.mkvbw, nullptr, dkv_all, a.mla_latn, w.mkvbw, N, rkv,
-                      NHl * (dn + dv), kSet);
+  linear_backward<A>(site, a.mla_dlatn, g.mkvbw, nullptr, dkv_all, a.mla_latn, w.mkvbw, N, rkv,
+                  NHl * (dn + dv), kSet);
   tp_all_reduce(a.mla_dlatn, n * rkv);
   be_.zero(a.mla_dlat, n * rkv);  // (the norm's backward adds to its input's gradient)
   be_.layernorm_backward(a.mla_dlat, g.mkvanw, nullptr, a.mla_dlatn, L.mla_lat, w.mkvanw, nullptr,
@@ -120,32 +128,33 @@ void Gpt::mla_backward(typename Set<A>::Layer& L, A* dpart, const LayerTensors<f
   if (rq > 0) {
     be_.layernorm_forward(a.mla_cqn, nullptr, L.mla_cq_rstd, L.mla_cq, w.mqanw, nullptr, N, rq,
                           eps);
-    be_.matmul_backward(a.mla_dcqn, g.mqbw, nullptr, dq_all, a.mla_cqn, w.mqbw, N, rq, NHl * dq,
-                        kSet);
+    linear_backward<A>(site, a.mla_dcqn, g.mqbw, nullptr, dq_all, a.mla_cqn, w.mqbw, N, rq, NHl * dq,
+                    kSet);
     tp_all_reduce(a.mla_dcqn, n * size_t(rq));
     be_.zero(a.mla_dcq, n * size_t(rq));
     be_.layernorm_backward(a.mla_dcq, g.mqanw, nullptr, a.mla_dcqn, L.mla_cq, w.mqanw, nullptr,
                            L.mla_cq_rstd, N, rq);
-    if (once != nullptr || g.mqaw != nullptr)
-      be_.matmul_backward(once, g.mqaw, nullptr, a.mla_dcq, ln1, w.mqaw, N, C, rq, mode);
+    if (once != nullptr || g.mqaw != nullptr || fp8)
+      linear_backward<A>(site, once, g.mqaw, nullptr, a.mla_dcq, ln1, w.mqaw, N, C, rq, mode);
     written = once != nullptr;
   } else {
     // q_b reads the token: column-parallel, its input gradient partial sums on every rank.
-    be_.matmul_backward(dpart, g.mqbw, nullptr, dq_all, ln1, w.mqbw, N, C, NHl * dq, mode);
+    linear_backward<A>(site, dpart, g.mqbw, nullptr, dq_all, ln1, w.mqbw, N, C, NHl * dq, mode);
     written = true;
   }
   if (!written && mode == kSet) be_.zero(dpart, n * size_t(C));  // (ranks > 0: nothing of q's)
-  if (once != nullptr || g.mkvaw != nullptr)
-    be_.matmul_backward(once, g.mkvaw, nullptr, dckv, ln1, w.mkvaw, N, C, rkv + dr,
-                        written || mode != kSet ? GradMode::accumulate : kSet);
+  if (once != nullptr || g.mkvaw != nullptr || fp8)
+    linear_backward<A>(site, once, g.mkvaw, nullptr, dckv, ln1, w.mkvaw, N, C, rkv + dr,
+                    written || mode != kSet ? GradMode::accumulate : kSet);
 }
 
 #define TRIAD_MLA(A)                                                                            \
-  template void Gpt::mla_project<A>(Set<A>::Layer&, A*, const A*, const LayerTensors<const A>&, \
-                                    int);                                                       \
+  template void Gpt::mla_project<A>(Set<A>::Layer&, int, A*, const A*,                         \
+                                    const LayerTensors<const A>&, int);                         \
   template const A* Gpt::mla_output<A>(const A*, int);                                          \
-  template void Gpt::mla_backward<A>(Set<A>::Layer&, A*, const LayerTensors<float>&, const A*,  \
-                                     const A*, const LayerTensors<const A>&, int, GradMode);
+  template void Gpt::mla_backward<A>(Set<A>::Layer&, int, A*, const LayerTensors<float>&,       \
+                                     const A*, const A*, const LayerTensors<const A>&, int,     \
+                                     GradMode);
 TRIAD_MLA(float)
 TRIAD_MLA(bf16_t)
 #undef TRIAD_MLA

@@ -393,7 +393,7 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   // (model.clip_qkv) from the kept qkv_pre.
   const bool kept = shape_.qk_norm || shape_.clip_qkv > 0;
   auto project = [&](A* dst) {
-    if (shape_.mla()) return mla_project(L, dst, ln1, w, N);  // (its latents, not c_attn)
+    if (shape_.mla()) return mla_project(L, l, dst, ln1, w, N);  // (its latents, not c_attn)
     linear_forward(fp8_site(l, 0), kept ? L.qkv_pre : dst, ln1, w.qkvw, w.qkvb, N, C, Wl);
     if (shape_.qk_norm)
       qk_norm_forward(dst, L.qk_rstd, L.qkv_pre, w.qnw, w.knw, N);
@@ -810,7 +810,8 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     else if (shape_.clip_qkv > 0)  // ... or before the clamp
       be_.clamp_backward(dqkv, L.qkv_pre, size_t(N) * Wl, shape_.clip_qkv);
     if (shape_.mla())
-      mla_backward(L, dpart, gr, dqkv, L.ln1g, w, N, one_input_grad ? GradMode::accumulate : kSet);
+      mla_backward(L, first_layer + i, dpart, gr, dqkv, L.ln1g, w, N,
+                   one_input_grad ? GradMode::accumulate : kSet);
     else
       linear_backward(fp8_site(first_layer + i, 0), dpart, wgrad(gr.qkvw), wgrad(gr.qkvb), dqkv,
                       L.ln1g, w.qkvw, N, C, Wl, one_input_grad ? GradMode::accumulate : kSet);

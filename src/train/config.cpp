@@ -906,8 +906,6 @@ void validate(const Config& c, int world_size) {
     check(!m.qk_norm && m.clip_qkv == 0 && !m.qkv_bias, "model.kv_lora_rank",
           "> 0 (multi-head latent attention) is not built with model.qk_norm, model.clip_qkv or "
           "model.qkv_bias (it has no c_attn)");
-    check(c.run.fp8 == "off", "run.fp8",
-          "is not built with multi-head latent attention yet (model.kv_lora_rank > 0)");
   } else {
     check(m.q_lora_rank == 0 && m.qk_nope_head_dim == 0 && m.qk_rope_head_dim == 0 &&
               m.v_head_dim == 0,
@@ -1304,17 +1302,9 @@ void validate(const Config& c, int world_size) {
     // experts' products take any number of rows: the GPU pads their weight gradients').
     const GptShape s = gpt_shape(c);
     const int tp = std::max(1, par.tp);
-    const std::pair<const char*, int> widths[] = {
-        {"model.n_embd", s.n_embd},
-        {"c_attn's outputs", s.qkv_rows() / tp},
-        {"the attention's width", s.attn_width() / tp},
-        {"c_fc's outputs", s.fc_rows() / tp},
-        {"the MLP's hidden units", s.hidden() / tp},
-        {"the shared experts' c_fc outputs", s.shared_fc_rows() / tp},
-        {"the shared experts' hidden units (model.moe_shared_hidden)", s.moe_shared_hidden / tp}};
-    for (const auto& [name, w] : widths)
+    for (const auto& [name, w] : Gpt::fp8_widths(s, tp))
       check(w % 16 == 0, "run.fp8",
-            "needs " + std::string(name) + " (" + std::to_string(w) +
+            "needs " + name + " (" + std::to_string(w) +
                 (tp > 1 ? " per tensor-parallel rank" : "") + ") to be a multiple of 16");
     const int rows = t.micro_batch_size * m.seq_len / std::max(1, par.cp);
     check(rows % 16 == 0, "run.fp8",

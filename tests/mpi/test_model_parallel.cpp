@@ -886,6 +886,60 @@ TEST(ModelParallel, LatentAttentionMatchesOneRankOnEveryGrid) {
                 {}, true, Grid{1, 2, 1, 0, 2, "1f1b", 1});
 }
 
+// Multi-head latent attention under run.fp8 (here on fp32 operands): its four projections are
+// FP8 products at c_attn's site, q_b's and kv_b's weights split over the tensor-parallel ranks
+// (their amax the maximum over the pieces), q_a's and kv_a's replicated with every rank taking
+// part in their amax reductions though only rank 0 forms ln_1's gradient through them. On each
+// grid against one rank running micro-batches of 4 sequences as the grids do (the scales are per
+// micro-batch); the FP8 run differs from the plain one (measured 1.7e-4). The first loss (no
+// update yet) to fp32 rounding (measured 2e-9). After updates, a last-bit difference of the grids'
+// sums can move a gradient element across an e5m2 rounding boundary (25%): measured 9e-6 where
+// the sums are alike (dp, pp, cp), checked to 2e-5 as Fp8MatchesOneRankOnEveryGrid; up to 9e-5 on
+// the tensor-parallel grids (the latents' gradients summed over the heads' ranks), whose
+// narrow latents (16) make each flip count more: checked to 2e-4. Then queries from the token
+// (q_b reading ln_1, its input gradient partial sums over the ranks) on tensor-parallel ranks.
+// (The products' numbers are checked against PyTorch's FP8 reference in test_fp8.py.)
+TEST(ModelParallel, LatentAttentionFp8MatchesOneRankOnEveryGrid) {
+  const std::string dir = shared_dir("fp8");
+  std::vector<std::string> opts = {
+      "--resume",           "none",   "--run.fp8",                 "tensorwise",
+      "--model.kv_lora_rank", "16",   "--model.q_lora_rank",       "16",
+      "--model.qk_nope_head_dim", "16", "--model.qk_rope_head_dim", "16",
+      "--model.v_head_dim", "16",     "--model.position",          "rope",
+      "--model.norm",       "rmsnorm", "--model.mlp",              "swiglu",
+      "--model.bias",       "false"};
+  for (const char* q_lora : {"16", "0"}) {
+    opts[7] = q_lora;
+    const std::string tag = std::string("mla_fp8_q") + q_lora;
+    const Result ref = run(dir, tag + "_ref", Grid{1, 1, 1, 0, 4}, opts);
+    std::vector<std::string> plain_opts = opts;
+    plain_opts[3] = "off";
+    const Result plain = run(dir, tag + "_plain", Grid{1, 1, 1, 0, 4}, plain_opts);
+    ASSERT_EQ(ref.losses.size(), 6u);
+    double moved = 0;
+    for (size_t i = 0; i < ref.losses.size(); ++i)
+      moved = std::max(moved, std::abs(ref.losses[i] - plain.losses[i]) / plain.losses[i]);
+    EXPECT_GT(moved, 1e-5) << tag << ": the FP8 products change the run";
+    std::vector<Grid> grids = {{1, 2, 1, 0, 4}, {1, 2, 1, 0, 4, "1f1b", 1, true}};
+    if (q_lora[0] != '0')
+      grids.insert(grids.end(), {{2, 1, 1, 0, 2}, {1, 1, 2, 0, 4}, {1, 1, 1, 0, 4, "1f1b", 1, false, 2}});
+    for (const Grid& g : grids) {
+      if (g.ranks() > world_size()) continue;
+      const Result r = run(dir, tag + "_" + g.name(), g, opts);
+      double worst = 0;
+      for (size_t i = 0; i < r.losses.size() && i < ref.losses.size(); ++i)
+        worst = std::max(worst, std::abs(r.losses[i] - ref.losses[i]) / ref.losses[i]);
+      if (world_rank() == 0)
+        std::printf("%s %s: largest loss difference %.2e\n", tag.c_str(), g.name().c_str(), worst);
+      ASSERT_EQ(r.losses.size(), ref.losses.size()) << tag << " " << g.name();
+      const double later = g.tp > 1 ? 2e-4 : 2e-5;
+      for (size_t i = 0; i < r.losses.size(); ++i)
+        EXPECT_NEAR(r.losses[i], ref.losses[i], (i < 1 ? 1e-7 : later) * ref.losses[i])
+            << tag << " " << g.name() << " step " << i;
+    }
+  }
+}
+
 // OLMo-2's blocks: no norms before the branches (model.pre_norm = false: each reads the residual
 // stream, whose gradient then gains the branch input's directly), RMSNorms on the branches'
 // outputs and QK-norm over all heads, on every grid against one rank (sequence parallel,

@@ -34,6 +34,14 @@ FP8_CASES = [c for c in trm.CASES if c.name in ("gpt2vocab", "gqa")]
 # of 32 units): each expert's products at its own scales over the rows routed to it (any number
 # of them), the shared experts' as a dense MLP's, the router exact.
 MOE_CASES = [c for c in trm.CASES if c.name == "moeswiglu"]
+# ... and multi-head latent attention (DeepSeek-V2's): its four projections (q_a, q_b, kv_a,
+# kv_b) in FP8 as c_attn's site, every width a multiple of 16 (queries' latent 32, keys' 16 and
+# their shared rotated key 16, heads of q·k 16 + 16 and v 16).
+MLA_CASES = [trm.Case("mlafp8", ref.GptConfig(
+    n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300, position="rope",
+    rope_theta=500.0, norm="rmsnorm", bias=False, mlp="swiglu", mlp_hidden=128, tied=False,
+    kv_lora_rank=16, q_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=16, v_head_dim=16),
+    2, 40, 6, 229)]
 
 
 def probe(p: trm.Prepared, tag: str, **run) -> dict:
@@ -73,7 +81,7 @@ def errors(got: dict, want: dict, vocab: int) -> dict:
     return e
 
 
-@pytest.mark.parametrize("case", FP8_CASES + MOE_CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("case", FP8_CASES + MOE_CASES + MLA_CASES, ids=lambda c: c.name)
 def test_fp8_gradients_follow_the_fp8_reference(case, tmp_root):
     p = trm.prepare(case, tmp_root)
     V = case.cfg.vocab_size
@@ -99,7 +107,9 @@ def test_fp8_gradients_follow_the_fp8_reference(case, tmp_root):
     exact = [k for k in grads if e_fp8[k] < 1e-5]
     assert len(exact) >= 0.6 * len(grads), f"only {len(exact)} of {len(grads)} within 1e-5"
     # ... while without FP8 the reference is far: every linear layer's weight gradient 1e-2 off.
-    matrices = [k for k in grads if k.endswith("weight") and ("/c_" in k)]
+    projections = ("q_a", "q_b", "kv_a", "kv_b")  # multi-head latent attention's
+    matrices = [k for k in grads if k.endswith("weight") and
+                ("/c_" in k or k.split("/")[-2] in projections)]
     assert matrices and all(e_cross[k] > 1e-2 for k in matrices), e_cross
     # bf16 with the FP8 products: bf16's roundings move some operands across FP8 boundaries,
     # so only near (the exact bf16 ops are compared with their definition in test_cpu_fp8 and

@@ -530,19 +530,21 @@ def mla_attention(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str, x: to
     of W_UQ c_q; [c_kv | k_rope] = W_DKV x, per head [k_nope | v] of W_UKV RMSNorm(c_kv); q_rope
     and the one k_rope rotated; scores q_nope·k_nope + q_rope·k_rope over sqrt(nope + rope)
     (or cfg.scores_scale); output [B, T, n_head·v_head_dim]. Each head's layout inside q_b's rows
-    ([rope | nope]) and kv_b's ([nope | v]) is triad's choice, which the reference adopts."""
+    ([rope | nope]) and kv_b's ([nope | v]) is triad's choice, which the reference adopts. The
+    four projections are linear()s: FP8 products within fp8_linears() (run.fp8)."""
     B, T, C = x.shape
     NH, dn, dr, dv = cfg.n_head, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim
     eps = cfg.norm_eps
     cq = x
     if cfg.q_lora_rank:
-        cq = rms_norm(x @ params[p + "attn/q_a/weight"].t(), params[p + "attn/q_a_norm/weight"], eps)
-    q = (cq @ params[p + "attn/q_b/weight"].t()).view(B, T, NH, dr + dn).transpose(1, 2)
+        cq = rms_norm(linear(x, params[p + "attn/q_a/weight"], None),
+                      params[p + "attn/q_a_norm/weight"], eps)
+    q = linear(cq, params[p + "attn/q_b/weight"], None).view(B, T, NH, dr + dn).transpose(1, 2)
     q_rope, q_nope = q[..., :dr], q[..., dr:]
-    ckv = x @ params[p + "attn/kv_a/weight"].t()
+    ckv = linear(x, params[p + "attn/kv_a/weight"], None)
     c_kv, k_rope = ckv[..., :cfg.kv_lora_rank], ckv[..., cfg.kv_lora_rank:]
-    kv = rms_norm(c_kv, params[p + "attn/kv_a_norm/weight"], eps) @ \
-        params[p + "attn/kv_b/weight"].t()
+    kv = linear(rms_norm(c_kv, params[p + "attn/kv_a_norm/weight"], eps),
+                params[p + "attn/kv_b/weight"], None)
     kv = kv.view(B, T, NH, dn + dv).transpose(1, 2)
     k_nope, v = kv[..., :dn], kv[..., dn:]
     q_rope = rotary(q_rope, cfg.rope_theta, 0, cfg.rope_scaling, positions)

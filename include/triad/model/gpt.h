@@ -894,6 +894,10 @@ class Gpt {
   bool fp8() const { return fp8_amax_ != nullptr; }
   // The names run.fp8_skip matches: the four linear layers of each block, in order.
   static std::vector<std::string> fp8_layer_names(int n_layer);
+  // The widths of the FP8 products on a tensor-parallel rank of tp, named as config errors name
+  // them: each must be a multiple of 16 (the GPU's FP8 products take 16 at a time). Under
+  // multi-head latent attention the latent projections' widths stand in for c_attn's.
+  static std::vector<std::pair<std::string, int>> fp8_widths(const GptShape& shape, int tp);
   // train.activations_every (μP's coordinate check): while `sums` is set (host, one double per
   // activation_names entry), each forward pass (not decoding) adds the sums of squares of the
   // activations this rank holds once: the embedding's output ("embed") and, per block, its
@@ -1259,13 +1263,14 @@ class Gpt {
   // a shared buffer). mla_backward: from dqkv (the gradient of dst after the rotation's
   // backward) the weights' gradients (g) and ln1's gradient into dpart in `mode` (partial sums
   // over the tensor-parallel group, as c_attn's: the replicated projections' part on its rank 0).
+  // `l`: the global layer, whose c_attn site (fp8_site(l, 0)) the four projections share.
   template <class A>
-  void mla_project(typename Set<A>::Layer& L, A* dst, const A* ln1, const LayerTensors<const A>& w,
-                   int N);
+  void mla_project(typename Set<A>::Layer& L, int l, A* dst, const A* ln1,
+                   const LayerTensors<const A>& w, int N);
   template <class A>
   const A* mla_output(const A* atty, int N);
   template <class A>
-  void mla_backward(typename Set<A>::Layer& L, A* dpart, const LayerTensors<float>& g,
+  void mla_backward(typename Set<A>::Layer& L, int l, A* dpart, const LayerTensors<float>& g,
                     const A* dqkv, const A* ln1, const LayerTensors<const A>& w, int N,
                     GradMode mode);
   // model.qk_norm's backward in place on dqkv (the rotated-back gradient of the normalized q|k|v
