@@ -174,8 +174,10 @@ class Dims:
     # as one gate_up_proj, the rope pairs (2i, 2i + 1) of each head's first rotary_dim values.
     glm: bool = False
     # GPT-BigCode's layout (GPTBigCodeForCausalLM: StarCoder, SantaCoder): GPT-2's names and
-    # blocks with one key/value head (multi-query), its matrices stored [out, in] (nn.Linear),
-    # not transposed as GPT-2's Conv1D.
+    # blocks with one key/value head (multi-query) or, with multi_query false, one per query head
+    # (c_attn's rows interleaved head by head, regrouped on import; such a model exports as
+    # GPT-2's, the same blocks), its matrices stored [out, in] (nn.Linear), not transposed as
+    # GPT-2's Conv1D.
     bigcode: bool = False
     # DBRX's layout (DbrxForCausalLM): q, k, v as one Wqkv, each layer's experts as three tensors
     # w1 (gates), v1 (ups), w2 (downs, stored [E·F, C]: each expert's c_proj transposed).
@@ -704,9 +706,8 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     except (TypeError, ValueError):
         raise ConvertError(f"{where}: layer_norm_epsilon and n_inner must be numbers")
     act = get("activation_function", default="gelu_pytorch_tanh" if bigcode else "gelu_new")
-    if bigcode and not cfg.get("multi_query", True):
-        refusals.append("multi_query = false (its q, k and v interleaved head by head; triad "
-                        "imports StarCoder's multi-query layout)")
+    # multi_query false: a key/value head per query head (c_attn's rows regrouped on import).
+    multi_query = bigcode and bool(cfg.get("multi_query", True))
     if act not in TANH_GELU:
         refusals.append(f"activation_function {act!r} (triad's MLP uses GELU's tanh "
                         f"approximation: {', '.join(TANH_GELU)})")
@@ -720,7 +721,7 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
             refusals.append(f"{key} = {cfg[key]} (triad's model has {want})")
     refuse_or_check_positions(where, refusals, seq_len, n_pos, "n_positions")
     d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab, norm_eps=eps,
-             n_kv_head=1 if bigcode else 0, bigcode=bigcode)
+             n_kv_head=1 if multi_query else 0, bigcode=bigcode)
     d.check(where)
     return d
 
@@ -2111,6 +2112,13 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
                 a = np.ascontiguousarray(a.T)
             if t == "wpe/weight":
                 a = a[:d.seq_len]
+            if d.bigcode and d.n_kv_head != 1 and t.endswith(("attn/c_attn/weight",
+                                                             "attn/c_attn/bias")):
+                # GPT-BigCode without multi_query: rows [q | k | v] of head 0, then of head 1,
+                # ... (its view(heads, 3·hd)); triad's: every head's q, then k, then v.
+                hd = d.n_embd // d.n_head
+                a = np.ascontiguousarray(
+                    a.reshape(d.n_head, 3, hd, *a.shape[1:]).swapaxes(0, 1).reshape(a.shape))
             if t == "wte/weight" and head is not None:
                 h = where[head].read(head)
                 if h.shape != a.shape or not np.array_equal(h, a):

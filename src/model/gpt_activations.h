@@ -96,6 +96,10 @@ struct Gpt::Set {
     // (C), c_fc's pre-activation (fc_rows/tp), attn.c_proj's (C) and c_attn's (qkv_rows/tp: 3C/tp
     // without grouped-query attention).
     A *dfcproj = nullptr, *dfch = nullptr, *dproj = nullptr, *dqkv = nullptr;
+    // ... under multi-head latent attention, instead of c_attn's: the output gradients of q_b
+    // (NHl·(nope + rope)), kv_b (NHl·(nope + v)), q_a (q_lora_rank: q_a_norm's input) and kv_a
+    // (kv_lora_rank + rope), which mla_weights reads; dqkv is then the shared scratch's.
+    A *mla_dq = nullptr, *mla_dkv = nullptr, *mla_dcq = nullptr, *mla_dckv = nullptr;
     // A layer with experts: dfch holds the experts' rows (as fch), and the weight pass reads the
     // experts' output gradients where their products ran (dexperts, rows as fch), the router's
     // logits' [N, E], the shared experts' output's (dshared, with their gate; else dfcproj is
@@ -340,7 +344,14 @@ struct Gpt::Activations {
               want(L.dfcproj, BT * C);
             want(L.dfch, (moe ? XR : BT) * Fl);
             want(L.dproj, BT * C);
-            want(L.dqkv, BT * Wl);
+            if (!s.mla()) {
+              want(L.dqkv, BT * Wl);
+            } else {
+              want(L.mla_dq, BT * NHl * size_t(s.mla_qk_dim()));
+              want(L.mla_dkv, BT * NHl * size_t(s.qk_nope_head_dim + s.v_head_dim));
+              if (rq > 0) want(L.mla_dcq, BT * rq);
+              want(L.mla_dckv, BT * (rkv + dr));
+            }
             if (moe) {
               want(L.dexperts, XR * C);
               want(L.drouter, BT * E);
@@ -372,7 +383,7 @@ struct Gpt::Activations {
       want(dln, BT * C);
       if (s.shared_norm) want(dln_mlp, R * C);
       want(datty, BT * Al);
-      if (!split_backward) want(dqkv, BT * Wl);  // else each layer's own
+      if (!split_backward || s.mla()) want(dqkv, BT * Wl);  // else each layer's own
       if (kFp32) want_f(datt_scratch, att);
       if (!split_backward) want(dfch, XR * Fl);
       want(dfch_gelu, XR * Hl);

@@ -25,14 +25,14 @@ std::vector<std::pair<std::string, int>> Gpt::fp8_widths(const GptShape& s, int 
   std::vector<std::pair<std::string, int>> w = {{"model.n_embd", s.n_embd}};
   if (s.mla()) {
     if (s.q_lora_rank > 0) w.push_back({"model.q_lora_rank", s.q_lora_rank});
-    w.push_back({"q_b's outputs (n_head · (qk_nope_head_dim + qk_rope_head_dim))",
+    w.push_back({"q_b's outputs n_head·(qk_nope_head_dim + qk_rope_head_dim)",
                  s.n_head * s.mla_qk_dim() / tp});
-    w.push_back({"kv_a's outputs (kv_lora_rank + qk_rope_head_dim)",
+    w.push_back({"kv_a's outputs kv_lora_rank + qk_rope_head_dim",
                  s.kv_lora_rank + s.qk_rope_head_dim});
     w.push_back({"model.kv_lora_rank", s.kv_lora_rank});
-    w.push_back({"kv_b's outputs (n_head · (qk_nope_head_dim + v_head_dim))",
+    w.push_back({"kv_b's outputs n_head·(qk_nope_head_dim + v_head_dim)",
                  s.n_head * (s.qk_nope_head_dim + s.v_head_dim) / tp});
-    w.push_back({"attn.c_proj's inputs (n_head · v_head_dim)", s.proj_width() / tp});
+    w.push_back({"attn.c_proj's inputs n_head·v_head_dim", s.proj_width() / tp});
   } else {
     w.push_back({"c_attn's outputs", s.qkv_rows() / tp});
     w.push_back({"the attention's width", s.attn_width() / tp});
@@ -59,8 +59,7 @@ void Gpt::set_fp8(bool on, const std::function<bool(const std::string&)>& skip, 
   for (const auto& [name, w] : fp8_widths(shape_, mp_.tp))
     TRIAD_CHECK(w % 16 == 0, "run.fp8 needs ", name, " (", w,
                 mp_.tp > 1 ? " per tensor-parallel rank" : "", ") to be a multiple of 16");
-  // Three per expert held (experts_fp8_amax), at least the three of one product.
-  const size_t floats = 3 * size_t(std::max(1, shape_.moe_experts / mp_.ep));
+  const size_t floats = fp8_amax_floats(shape_, mp_);
   if (fp8_amax_ != nullptr && fp8_amax_floats_ != floats) {
     be_.free(fp8_amax_);
     fp8_amax_ = nullptr;

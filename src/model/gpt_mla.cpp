@@ -81,7 +81,7 @@ const A* Gpt::mla_output(const A* atty, int N) {
 template <class A>
 void Gpt::mla_backward(typename Set<A>::Layer& L, int l, A* dpart, const LayerTensors<float>& g,
                        const A* dqkv, const A* ln1, const LayerTensors<const A>& w, int N,
-                       GradMode mode) {
+                       GradMode mode, bool split) {
   constexpr GradMode kSet = GradMode::overwrite;
   auto& a = acts<A>();
   const int C = shape_.n_embd, NHl = shape_.n_head / mp_.tp, hd = shape_.hd();
@@ -92,11 +92,17 @@ void Gpt::mla_backward(typename Set<A>::Layer& L, int l, A* dpart, const LayerTe
   auto w32 = [](size_t k) { return word_count<A>(k); };
   const int site = fp8_site(l, 0);
   const bool fp8 = fp8_at(site, N);  // (every rank runs each product: its amax is collective)
+  // Split: the matrices' gradients wait for mla_weights, which reads the products' output
+  // gradients from L; else they come here and the output gradients go through the scratch.
+  float* const gqa = split ? nullptr : g.mqaw;
+  float* const gqb = split ? nullptr : g.mqbw;
+  float* const gkva = split ? nullptr : g.mkvaw;
+  float* const gkvb = split ? nullptr : g.mkvbw;
   // Each head's q, k and v gradients out of the rows (into q_b's and kv_b's output buffers);
   // the shared rotated key's summed over the heads, then over the group's.
   const size_t row = size_t(3) * NHl * hd, kv_row = size_t(NHl) * (dn + dv);
-  A* dq_all = a.mla_q;
-  A* dkv_all = a.mla_kv;
+  A* dq_all = split ? L.mla_dq : a.mla_q;
+  A* dkv_all = split ? L.mla_dkv : a.mla_kv;
   for (int h = 0; h < NHl; ++h) {
     const A* q = dqkv + size_t(h) * hd;
     const A* k = dqkv + size_t(NHl + h) * hd;
@@ -113,13 +119,13 @@ void Gpt::mla_backward(typename Set<A>::Layer& L, int l, A* dpart, const LayerTe
   // kv_b (its input, the normalized latent, formed again), the latent's norm, kv_a's output.
   be_.layernorm_forward(a.mla_latn, nullptr, L.mla_lat_rstd, L.mla_lat, w.mkvanw, nullptr, N, rkv,
                         eps);
-  linear_backward<A>(site, a.mla_dlatn, g.mkvbw, nullptr, dkv_all, a.mla_latn, w.mkvbw, N, rkv,
+  linear_backward<A>(site, a.mla_dlatn, gkvb, nullptr, dkv_all, a.mla_latn, w.mkvbw, N, rkv,
                   NHl * (dn + dv), kSet);
   tp_all_reduce(a.mla_dlatn, n * rkv);
   be_.zero(a.mla_dlat, n * rkv);  // (the norm's backward adds to its input's gradient)
   be_.layernorm_backward(a.mla_dlat, g.mkvanw, nullptr, a.mla_dlatn, L.mla_lat, w.mkvanw, nullptr,
                          L.mla_lat_rstd, N, rkv);
-  A* dckv = a.mla_ckv;  // [latent | rotated key]'s gradient
+  A* dckv = split ? L.mla_dckv : a.mla_ckv;  // [latent | rotated key]'s gradient
   be_.copy_rows(words(dckv), w32(rkv + dr), words(a.mla_dlat), w32(rkv), n, w32(rkv));
   be_.copy_rows(words(dckv + rkv), w32(rkv + dr), words(a.mla_dkpe), w32(dr), n, w32(dr));
   // ln_1's gradient through the replicated projections once over the group: on its rank 0.
@@ -128,24 +134,56 @@ void Gpt::mla_backward(typename Set<A>::Layer& L, int l, A* dpart, const LayerTe
   if (rq > 0) {
     be_.layernorm_forward(a.mla_cqn, nullptr, L.mla_cq_rstd, L.mla_cq, w.mqanw, nullptr, N, rq,
                           eps);
-    linear_backward<A>(site, a.mla_dcqn, g.mqbw, nullptr, dq_all, a.mla_cqn, w.mqbw, N, rq, NHl * dq,
+    linear_backward<A>(site, a.mla_dcqn, gqb, nullptr, dq_all, a.mla_cqn, w.mqbw, N, rq, NHl * dq,
                     kSet);
     tp_all_reduce(a.mla_dcqn, n * size_t(rq));
-    be_.zero(a.mla_dcq, n * size_t(rq));
-    be_.layernorm_backward(a.mla_dcq, g.mqanw, nullptr, a.mla_dcqn, L.mla_cq, w.mqanw, nullptr,
+    A* dcq = split ? L.mla_dcq : a.mla_dcq;
+    be_.zero(dcq, n * size_t(rq));
+    be_.layernorm_backward(dcq, g.mqanw, nullptr, a.mla_dcqn, L.mla_cq, w.mqanw, nullptr,
                            L.mla_cq_rstd, N, rq);
-    if (once != nullptr || g.mqaw != nullptr || fp8)
-      linear_backward<A>(site, once, g.mqaw, nullptr, a.mla_dcq, ln1, w.mqaw, N, C, rq, mode);
+    if (once != nullptr || gqa != nullptr || fp8)
+      linear_backward<A>(site, once, gqa, nullptr, dcq, ln1, w.mqaw, N, C, rq, mode);
     written = once != nullptr;
   } else {
     // q_b reads the token: column-parallel, its input gradient partial sums on every rank.
-    linear_backward<A>(site, dpart, g.mqbw, nullptr, dq_all, ln1, w.mqbw, N, C, NHl * dq, mode);
+    linear_backward<A>(site, dpart, gqb, nullptr, dq_all, ln1, w.mqbw, N, C, NHl * dq, mode);
     written = true;
   }
   if (!written && mode == kSet) be_.zero(dpart, n * size_t(C));  // (ranks > 0: nothing of q's)
-  if (once != nullptr || g.mkvaw != nullptr || fp8)
-    linear_backward<A>(site, once, g.mkvaw, nullptr, dckv, ln1, w.mkvaw, N, C, rkv + dr,
+  if (once != nullptr || gkva != nullptr || fp8)
+    linear_backward<A>(site, once, gkva, nullptr, dckv, ln1, w.mkvaw, N, C, rkv + dr,
                     written || mode != kSet ? GradMode::accumulate : kSet);
+}
+
+// The weight pass of a split backward: the four products' weight gradients from the output
+// gradients mla_backward left in L and their inputs (the latents normalized again from L), the
+// same products on the same values as an unsplit backward's.
+template <class A>
+void Gpt::mla_weights(typename Set<A>::Layer& L, int l, const LayerTensors<float>& g,
+                      const A* ln1, const LayerTensors<const A>& w, int N) {
+  auto& a = acts<A>();
+  const int C = shape_.n_embd, NHl = shape_.n_head / mp_.tp, dq = shape_.mla_qk_dim();
+  const int dn = shape_.qk_nope_head_dim, dr = shape_.qk_rope_head_dim, dv = shape_.v_head_dim;
+  const int rq = shape_.q_lora_rank, rkv = shape_.kv_lora_rank;
+  const float eps = shape_.norm_eps;
+  const int site = fp8_site(l, 0);
+  const bool fp8 = fp8_at(site, N);  // a frozen matrix's product still joins the amax reduction
+  auto weight_grad = [&](float* dw, const A* dout, const A* inp, const A* wt, int IC, int OC) {
+    if (dw != nullptr || fp8) linear_backward<A>(site, nullptr, dw, nullptr, dout, inp, wt, N, IC, OC);
+  };
+  // In mla_backward's order: kv_b, q_b, q_a, kv_a.
+  be_.layernorm_forward(a.mla_latn, nullptr, L.mla_lat_rstd, L.mla_lat, w.mkvanw, nullptr, N, rkv,
+                        eps);
+  weight_grad(g.mkvbw, L.mla_dkv, a.mla_latn, w.mkvbw, rkv, NHl * (dn + dv));
+  if (rq > 0) {
+    be_.layernorm_forward(a.mla_cqn, nullptr, L.mla_cq_rstd, L.mla_cq, w.mqanw, nullptr, N, rq,
+                          eps);
+    weight_grad(g.mqbw, L.mla_dq, a.mla_cqn, w.mqbw, rq, NHl * dq);
+    weight_grad(g.mqaw, L.mla_dcq, ln1, w.mqaw, C, rq);
+  } else {
+    weight_grad(g.mqbw, L.mla_dq, ln1, w.mqbw, C, NHl * dq);
+  }
+  weight_grad(g.mkvaw, L.mla_dckv, ln1, w.mkvaw, C, rkv + dr);
 }
 
 #define TRIAD_MLA(A)                                                                            \
@@ -154,7 +192,9 @@ void Gpt::mla_backward(typename Set<A>::Layer& L, int l, A* dpart, const LayerTe
   template const A* Gpt::mla_output<A>(const A*, int);                                          \
   template void Gpt::mla_backward<A>(Set<A>::Layer&, int, A*, const LayerTensors<float>&,       \
                                      const A*, const A*, const LayerTensors<const A>&, int,     \
-                                     GradMode);
+                                     GradMode, bool);                                           \
+  template void Gpt::mla_weights<A>(Set<A>::Layer&, int, const LayerTensors<float>&, const A*,  \
+                                    const LayerTensors<const A>&, int);
 TRIAD_MLA(float)
 TRIAD_MLA(bf16_t)
 #undef TRIAD_MLA

@@ -729,7 +729,7 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     // Split: no weight or bias gradients here, and the output gradients kept in the set.
     auto wgrad = [split](float* p) { return split ? nullptr : p; };
     A* dfch = split ? L.dfch : a.dfch;
-    A* dqkv = split ? L.dqkv : a.dqkv;
+    A* dqkv = split && !shape_.mla() ? L.dqkv : a.dqkv;  // (MLA keeps its products' own)
     // MLP branch: residual3 = residual2 + c_proj(gelu(c_fc(ln_2(residual2)))) (through
     // ln_mlp_out under model.branch_norm). The row-parallel c_proj sees the gradient of all
     // rows, so its bias gradient is complete.
@@ -811,7 +811,7 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
       be_.clamp_backward(dqkv, L.qkv_pre, size_t(N) * Wl, shape_.clip_qkv);
     if (shape_.mla())
       mla_backward(L, first_layer + i, dpart, gr, dqkv, L.ln1g, w, N,
-                   one_input_grad ? GradMode::accumulate : kSet);
+                   one_input_grad ? GradMode::accumulate : kSet, split);
     else
       linear_backward(fp8_site(first_layer + i, 0), dpart, wgrad(gr.qkvw), wgrad(gr.qkvb), dqkv,
                       L.ln1g, w.qkvw, N, C, Wl, one_input_grad ? GradMode::accumulate : kSet);
@@ -882,9 +882,16 @@ void Gpt::weight_chunk(int chunk, Set<A>& S, int B, int T) {
                          fuses_branches(l) ? L.dproj : L.dfcproj, L.fch_gelu, w.fcprojw, N, Hl, C);
       linear_backward<A>(fp8_site(l, 2), nullptr, gr.fcw, gr.fcb, L.dfch, L.ln2g, w.fcw, N, C, Fl);
     }
-    linear_backward<A>(fp8_site(l, 1), nullptr, gr.projw, gr.projb, L.dproj, L.atty, w.projw, N, Al,
-                       C);
-    linear_backward<A>(fp8_site(l, 0), nullptr, gr.qkvw, gr.qkvb, L.dqkv, L.ln1g, w.qkvw, N, C, Wl);
+    if (shape_.mla()) {  // c_proj read each head's v_head_dim outputs
+      linear_backward<A>(fp8_site(l, 1), nullptr, gr.projw, gr.projb, L.dproj,
+                         mla_output(L.atty, N), w.projw, N, shape_.proj_width() / mp_.tp, C);
+      mla_weights(L, l, gr, L.ln1g, w, N);
+    } else {
+      linear_backward<A>(fp8_site(l, 1), nullptr, gr.projw, gr.projb, L.dproj, L.atty, w.projw, N,
+                         Al, C);
+      linear_backward<A>(fp8_site(l, 0), nullptr, gr.qkvw, gr.qkvb, L.dqkv, L.ln1g, w.qkvw, N, C,
+                         Wl);
+    }
     grad_ready(at, layer_end(first) - at, grads_ + at, nullptr);
   }
 }

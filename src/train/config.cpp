@@ -1390,10 +1390,6 @@ void validate(const Config& c, int world_size) {
   }
   // The weight pass reads each layer's matmul inputs, which full recomputation does not keep.
   const bool weight_pass = splits_backward(parse_schedule_kind(par.schedule));
-  check(!weight_pass || !m.mla(), "parallel.schedule",
-        "= " + par.schedule +
-            " splits the backward pass, which multi-head latent attention (model.kv_lora_rank > "
-            "0) does not yet: use 1f1b or interleaved");
   check(!weight_pass || par.pp == 1 || t.recompute != "full", "train.recompute",
         "full cannot be combined with parallel.schedule = " + par.schedule +
             " (its weight pass reads the layer inputs full recomputation discards): use gelu or "

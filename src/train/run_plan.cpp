@@ -302,6 +302,7 @@ RunPlan plan_run(const Config& cfg, int world_size) {
     m.model = Gpt::memory_plan(
         shape, p.micro_batch_size, replicas, mp, p.grid.pp > 1 ? &schedule : nullptr, p.precision,
         options, zero_options(cfg, 0, replicas), ramp_slots(cfg, mp, p.grid.dp).get());
+    if (cfg.run.fp8 != "off") m.model.other += Gpt::fp8_amax_floats(shape, mp) * sizeof(float);
     // The trainer's optimizer and ZeRO slice (Trainer::State::setup_model).
     const bool zero = cfg.parallel.zero >= 1;
     const size_t range = zero ? m.model.buffer_floats / size_t(replicas) : m.model.buffer_floats;

@@ -845,7 +845,7 @@ TEST(ModelParallel, QkNormFullMatchesOneRankOnEveryGrid) {
 // latents' and the shared rotated key's gradients are all-reduced there, ln_1's through them added
 // on its rank 0), q_b's and kv_b's rows and c_proj's input columns split with the heads. Queries
 // through their latent, heads 12 wide (q·k 8 + 4 rotated, v 8 padded), on every grid against one
-// rank (sequence, pipeline, interleaved and context parallel among them), recomputing the layer,
+// rank (sequence, pipeline, interleaved, zero-bubble and context parallel among them), recomputing the layer,
 // in bf16 and resumed across grids; then queries from the token (q_b reading ln_1: its input
 // gradient partial sums on every rank) with v wider than q·k. Without the latent norms' weights
 // and the rotated key the model would not train alike on tensor-parallel grids.
@@ -875,7 +875,9 @@ TEST(ModelParallel, LatentAttentionMatchesOneRankOnEveryGrid) {
                  {1, 1, 2, 0, 4, "1f1b", 1},
                  {2, 2, 2, 1, 2, "interleaved", 2},
                  {1, 1, 1, 0, 4, "1f1b", 1, false, 2},
-                 {1, 2, 1, 0, 4, "1f1b", 1, true, 2}},
+                 {1, 2, 1, 0, 4, "1f1b", 1, true, 2},
+                 {1, 2, 2, 0, 4, "zb-h1", 1, true},
+                 {1, 1, 2, 0, 4, "zb-v", 2}},
                 {"full"}, true, Grid{1, 2, 1, 0, 2, "1f1b", 1});
   opts[3] = "0";   // q_b from ln_1
   opts[9] = "16";  // v_head_dim: q and k padded
@@ -1439,7 +1441,18 @@ TEST(ModelParallel, ZeroBubbleTrainsBitForBitAsOneFOneB) {
       // Virtual stages: the interleaved order split, against interleaved.
       {{1, 1, 2, 0, 4, "", 2}, "fp32", {}},
       {{1, 2, 2, 1, 2, "", 2, true}, "bf16", {"--train.logits_chunk", "24"}},
-      {{2, 2, 2, 0, 2, "", 2}, "bf16", {"--train.recompute", "gelu"}}};
+      {{2, 2, 2, 0, 2, "", 2}, "bf16", {"--train.recompute", "gelu"}},
+      // Multi-head latent attention: its four products' output gradients kept for the weight
+      // pass (queries through their latent, tp with sequence parallelism, bf16), and from the
+      // token with FP8 products (the weight pass's own amax), virtual stages, fp32.
+      {{1, 2, 2, 0, 4, "", 1, true},
+       "bf16",
+       {"--model.kv_lora_rank", "16", "--model.q_lora_rank", "12", "--model.qk_nope_head_dim", "8",
+        "--model.qk_rope_head_dim", "4", "--model.v_head_dim", "8", "--model.position", "rope"}},
+      {{1, 1, 2, 0, 4, "", 2},
+       "fp32",
+       {"--model.kv_lora_rank", "16", "--model.qk_nope_head_dim", "16", "--model.qk_rope_head_dim",
+        "16", "--model.v_head_dim", "16", "--model.position", "rope", "--run.fp8", "tensorwise"}}};
   for (const auto& [grid, precision, extra] : cases) {
     if (grid.ranks() > world_size()) continue;
     auto args_for = [&](const std::string& schedule) {

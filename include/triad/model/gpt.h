@@ -898,6 +898,12 @@ class Gpt {
   // them: each must be a multiple of 16 (the GPU's FP8 products take 16 at a time). Under
   // multi-head latent attention the latent projections' widths stand in for c_attn's.
   static std::vector<std::pair<std::string, int>> fp8_widths(const GptShape& shape, int tp);
+  // The floats set_fp8 allocates for the amax slots: three per expert held (experts_fp8_amax),
+  // at least the three of one product. Not in memory_plan (run.fp8 is set after construction):
+  // the run's plan adds them.
+  static size_t fp8_amax_floats(const GptShape& shape, const ModelParallel& mp) {
+    return 3 * size_t(std::max(1, shape.moe_experts / mp.ep));
+  }
   // train.activations_every (μP's coordinate check): while `sums` is set (host, one double per
   // activation_names entry), each forward pass (not decoding) adds the sums of squares of the
   // activations this rank holds once: the embedding's output ("embed") and, per block, its
@@ -1263,7 +1269,10 @@ class Gpt {
   // a shared buffer). mla_backward: from dqkv (the gradient of dst after the rotation's
   // backward) the weights' gradients (g) and ln1's gradient into dpart in `mode` (partial sums
   // over the tensor-parallel group, as c_attn's: the replicated projections' part on its rank 0).
-  // `l`: the global layer, whose c_attn site (fp8_site(l, 0)) the four projections share.
+  // `l`: the global layer, whose c_attn site (fp8_site(l, 0)) the four projections share. A split
+  // backward (`split`, zero-bubble schedules) forms no product's weight gradient but leaves their
+  // output gradients in L (Layer::mla_dq ...), from which mla_weights, in the weight pass, forms
+  // the four matrices' (the latents' norms' come with the input gradients).
   template <class A>
   void mla_project(typename Set<A>::Layer& L, int l, A* dst, const A* ln1,
                    const LayerTensors<const A>& w, int N);
@@ -1272,7 +1281,10 @@ class Gpt {
   template <class A>
   void mla_backward(typename Set<A>::Layer& L, int l, A* dpart, const LayerTensors<float>& g,
                     const A* dqkv, const A* ln1, const LayerTensors<const A>& w, int N,
-                    GradMode mode);
+                    GradMode mode, bool split);
+  template <class A>
+  void mla_weights(typename Set<A>::Layer& L, int l, const LayerTensors<float>& g, const A* ln1,
+                   const LayerTensors<const A>& w, int N);
   // model.qk_norm's backward in place on dqkv (the rotated-back gradient of the normalized q|k|v
   // becomes that of c_attn's output); the per-head weights' gradients, partial sums over this
   // rank's heads under tensor parallelism, are all-reduced before they accumulate (qk_norm_full's
