@@ -27,8 +27,8 @@ std::vector<std::pair<std::string, int>> Gpt::fp8_widths(const GptShape& s, int 
     if (s.q_lora_rank > 0) w.push_back({"model.q_lora_rank", s.q_lora_rank});
     w.push_back({"q_b's outputs n_head·(qk_nope_head_dim + qk_rope_head_dim)",
                  s.n_head * s.mla_qk_dim() / tp});
-    w.push_back({"kv_a's outputs kv_lora_rank + qk_rope_head_dim",
-                 s.kv_lora_rank + s.qk_rope_head_dim});
+    w.push_back(
+        {"kv_a's outputs kv_lora_rank + qk_rope_head_dim", s.kv_lora_rank + s.qk_rope_head_dim});
     w.push_back({"model.kv_lora_rank", s.kv_lora_rank});
     w.push_back({"kv_b's outputs n_head·(qk_nope_head_dim + v_head_dim)",
                  s.n_head * (s.qk_nope_head_dim + s.v_head_dim) / tp});
@@ -40,8 +40,8 @@ std::vector<std::pair<std::string, int>> Gpt::fp8_widths(const GptShape& s, int 
   w.push_back({"c_fc's outputs", s.fc_rows() / tp});
   w.push_back({"the MLP's hidden units", s.hidden() / tp});
   w.push_back({"the shared experts' c_fc outputs", s.shared_fc_rows() / tp});
-  w.push_back({"the shared experts' hidden units (model.moe_shared_hidden)",
-               s.moe_shared_hidden / tp});
+  w.push_back(
+      {"the shared experts' hidden units (model.moe_shared_hidden)", s.moe_shared_hidden / tp});
   return w;
 }
 

@@ -120,7 +120,7 @@ void Gpt::mla_backward(typename Set<A>::Layer& L, int l, A* dpart, const LayerTe
   be_.layernorm_forward(a.mla_latn, nullptr, L.mla_lat_rstd, L.mla_lat, w.mkvanw, nullptr, N, rkv,
                         eps);
   linear_backward<A>(site, a.mla_dlatn, gkvb, nullptr, dkv_all, a.mla_latn, w.mkvbw, N, rkv,
-                  NHl * (dn + dv), kSet);
+                     NHl * (dn + dv), kSet);
   tp_all_reduce(a.mla_dlatn, n * rkv);
   be_.zero(a.mla_dlat, n * rkv);  // (the norm's backward adds to its input's gradient)
   be_.layernorm_backward(a.mla_dlat, g.mkvanw, nullptr, a.mla_dlatn, L.mla_lat, w.mkvanw, nullptr,
@@ -135,7 +135,7 @@ void Gpt::mla_backward(typename Set<A>::Layer& L, int l, A* dpart, const LayerTe
     be_.layernorm_forward(a.mla_cqn, nullptr, L.mla_cq_rstd, L.mla_cq, w.mqanw, nullptr, N, rq,
                           eps);
     linear_backward<A>(site, a.mla_dcqn, gqb, nullptr, dq_all, a.mla_cqn, w.mqbw, N, rq, NHl * dq,
-                    kSet);
+                       kSet);
     tp_all_reduce(a.mla_dcqn, n * size_t(rq));
     A* dcq = split ? L.mla_dcq : a.mla_dcq;
     be_.zero(dcq, n * size_t(rq));
@@ -152,15 +152,15 @@ void Gpt::mla_backward(typename Set<A>::Layer& L, int l, A* dpart, const LayerTe
   if (!written && mode == kSet) be_.zero(dpart, n * size_t(C));  // (ranks > 0: nothing of q's)
   if (once != nullptr || gkva != nullptr || fp8)
     linear_backward<A>(site, once, gkva, nullptr, dckv, ln1, w.mkvaw, N, C, rkv + dr,
-                    written || mode != kSet ? GradMode::accumulate : kSet);
+                       written || mode != kSet ? GradMode::accumulate : kSet);
 }
 
 // The weight pass of a split backward: the four products' weight gradients from the output
 // gradients mla_backward left in L and their inputs (the latents normalized again from L), the
 // same products on the same values as an unsplit backward's.
 template <class A>
-void Gpt::mla_weights(typename Set<A>::Layer& L, int l, const LayerTensors<float>& g,
-                      const A* ln1, const LayerTensors<const A>& w, int N) {
+void Gpt::mla_weights(typename Set<A>::Layer& L, int l, const LayerTensors<float>& g, const A* ln1,
+                      const LayerTensors<const A>& w, int N) {
   auto& a = acts<A>();
   const int C = shape_.n_embd, NHl = shape_.n_head / mp_.tp, dq = shape_.mla_qk_dim();
   const int dn = shape_.qk_nope_head_dim, dr = shape_.qk_rope_head_dim, dv = shape_.v_head_dim;
@@ -169,7 +169,8 @@ void Gpt::mla_weights(typename Set<A>::Layer& L, int l, const LayerTensors<float
   const int site = fp8_site(l, 0);
   const bool fp8 = fp8_at(site, N);  // a frozen matrix's product still joins the amax reduction
   auto weight_grad = [&](float* dw, const A* dout, const A* inp, const A* wt, int IC, int OC) {
-    if (dw != nullptr || fp8) linear_backward<A>(site, nullptr, dw, nullptr, dout, inp, wt, N, IC, OC);
+    if (dw != nullptr || fp8)
+      linear_backward<A>(site, nullptr, dw, nullptr, dout, inp, wt, N, IC, OC);
   };
   // In mla_backward's order: kv_b, q_b, q_a, kv_a.
   be_.layernorm_forward(a.mla_latn, nullptr, L.mla_lat_rstd, L.mla_lat, w.mkvanw, nullptr, N, rkv,
@@ -186,14 +187,14 @@ void Gpt::mla_weights(typename Set<A>::Layer& L, int l, const LayerTensors<float
   weight_grad(g.mkvaw, L.mla_dckv, ln1, w.mkvaw, C, rkv + dr);
 }
 
-#define TRIAD_MLA(A)                                                                            \
+#define TRIAD_MLA(A)                                                                           \
   template void Gpt::mla_project<A>(Set<A>::Layer&, int, A*, const A*,                         \
-                                    const LayerTensors<const A>&, int);                         \
-  template const A* Gpt::mla_output<A>(const A*, int);                                          \
-  template void Gpt::mla_backward<A>(Set<A>::Layer&, int, A*, const LayerTensors<float>&,       \
-                                     const A*, const A*, const LayerTensors<const A>&, int,     \
-                                     GradMode, bool);                                           \
-  template void Gpt::mla_weights<A>(Set<A>::Layer&, int, const LayerTensors<float>&, const A*,  \
+                                    const LayerTensors<const A>&, int);                        \
+  template const A* Gpt::mla_output<A>(const A*, int);                                         \
+  template void Gpt::mla_backward<A>(Set<A>::Layer&, int, A*, const LayerTensors<float>&,      \
+                                     const A*, const A*, const LayerTensors<const A>&, int,    \
+                                     GradMode, bool);                                          \
+  template void Gpt::mla_weights<A>(Set<A>::Layer&, int, const LayerTensors<float>&, const A*, \
                                     const LayerTensors<const A>&, int);
 TRIAD_MLA(float)
 TRIAD_MLA(bf16_t)

@@ -845,10 +845,10 @@ TEST(ModelParallel, QkNormFullMatchesOneRankOnEveryGrid) {
 // latents' and the shared rotated key's gradients are all-reduced there, ln_1's through them added
 // on its rank 0), q_b's and kv_b's rows and c_proj's input columns split with the heads. Queries
 // through their latent, heads 12 wide (q·k 8 + 4 rotated, v 8 padded), on every grid against one
-// rank (sequence, pipeline, interleaved, zero-bubble and context parallel among them), recomputing the layer,
-// in bf16 and resumed across grids; then queries from the token (q_b reading ln_1: its input
-// gradient partial sums on every rank) with v wider than q·k. Without the latent norms' weights
-// and the rotated key the model would not train alike on tensor-parallel grids.
+// rank (sequence, pipeline, interleaved, zero-bubble and context parallel among them), recomputing
+// the layer, in bf16 and resumed across grids; then queries from the token (q_b reading ln_1: its
+// input gradient partial sums on every rank) with v wider than q·k. Without the latent norms'
+// weights and the rotated key the model would not train alike on tensor-parallel grids.
 TEST(ModelParallel, LatentAttentionMatchesOneRankOnEveryGrid) {
   std::vector<std::string> opts = {"--model.kv_lora_rank",
                                    "16",
@@ -903,13 +903,28 @@ TEST(ModelParallel, LatentAttentionMatchesOneRankOnEveryGrid) {
 // (The products' numbers are checked against PyTorch's FP8 reference in test_fp8.py.)
 TEST(ModelParallel, LatentAttentionFp8MatchesOneRankOnEveryGrid) {
   const std::string dir = shared_dir("fp8");
-  std::vector<std::string> opts = {
-      "--resume",           "none",   "--run.fp8",                 "tensorwise",
-      "--model.kv_lora_rank", "16",   "--model.q_lora_rank",       "16",
-      "--model.qk_nope_head_dim", "16", "--model.qk_rope_head_dim", "16",
-      "--model.v_head_dim", "16",     "--model.position",          "rope",
-      "--model.norm",       "rmsnorm", "--model.mlp",              "swiglu",
-      "--model.bias",       "false"};
+  std::vector<std::string> opts = {"--resume",
+                                   "none",
+                                   "--run.fp8",
+                                   "tensorwise",
+                                   "--model.kv_lora_rank",
+                                   "16",
+                                   "--model.q_lora_rank",
+                                   "16",
+                                   "--model.qk_nope_head_dim",
+                                   "16",
+                                   "--model.qk_rope_head_dim",
+                                   "16",
+                                   "--model.v_head_dim",
+                                   "16",
+                                   "--model.position",
+                                   "rope",
+                                   "--model.norm",
+                                   "rmsnorm",
+                                   "--model.mlp",
+                                   "swiglu",
+                                   "--model.bias",
+                                   "false"};
   for (const char* q_lora : {"16", "0"}) {
     opts[7] = q_lora;
     const std::string tag = std::string("mla_fp8_q") + q_lora;
@@ -924,7 +939,8 @@ TEST(ModelParallel, LatentAttentionFp8MatchesOneRankOnEveryGrid) {
     EXPECT_GT(moved, 1e-5) << tag << ": the FP8 products change the run";
     std::vector<Grid> grids = {{1, 2, 1, 0, 4}, {1, 2, 1, 0, 4, "1f1b", 1, true}};
     if (q_lora[0] != '0')
-      grids.insert(grids.end(), {{2, 1, 1, 0, 2}, {1, 1, 2, 0, 4}, {1, 1, 1, 0, 4, "1f1b", 1, false, 2}});
+      grids.insert(grids.end(),
+                   {{2, 1, 1, 0, 2}, {1, 1, 2, 0, 4}, {1, 1, 1, 0, 4, "1f1b", 1, false, 2}});
     for (const Grid& g : grids) {
       if (g.ranks() > world_size()) continue;
       const Result r = run(dir, tag + "_" + g.name(), g, opts);
