@@ -213,6 +213,9 @@ class Dims:
     moe_shared_gate: bool = False
     moe_first_dense: int = 0
     moe_every: int = 1
+    # ... those dense layers' MLP width when it is not the experts' (model.moe_dense_hidden:
+    # Qwen-MoE's intermediate_size beside moe_intermediate_size; 0: mlp_hidden).
+    moe_dense_hidden: int = 0
     # The values of each head that rotate (model.rotary_dim; 0: all) and the LayerNorms' biases
     # beside bias-free linear layers (model.norm_bias): Nemotron's.
     rotary_dim: int = 0
@@ -317,6 +320,8 @@ class Dims:
             k["moe_shared_gate"] = 1
         if (self.moe_first_dense, self.moe_every) != (0, 1):
             k.update(moe_first_dense=self.moe_first_dense, moe_every=self.moe_every)
+        if self.moe_dense_hidden:
+            k["moe_dense_hidden"] = self.moe_dense_hidden
         return k
 
     @property
@@ -1708,8 +1713,9 @@ def gemma_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
 def qwen_moe_keys(cfg: dict, where: str, n_layer: int, dense_hidden: int,
                   refusals: list[str]) -> tuple[dict, int]:
     """A Qwen2-MoE or Qwen3-MoE config's mixture of experts as Dims' moe_* fields (Qwen2-MoE's
-    with its gated shared expert), and the experts' width (model.mlp_hidden, which triad's
-    dense layers among them share); what triad does not build is added to refusals."""
+    with its gated shared expert, the dense layers' intermediate_size as moe_dense_hidden where
+    it is not the experts'), and the experts' width (model.mlp_hidden); what triad does not build
+    is added to refusals."""
     qwen2 = cfg.get("model_type") == "qwen2_moe"
     experts, top_k, normalize = routed_experts(cfg, where, refusals)
     try:
@@ -1732,13 +1738,10 @@ def qwen_moe_keys(cfg: dict, where: str, n_layer: int, dense_hidden: int,
                         f"layers among the expert layers are the first ones, model."
                         f"moe_first_dense, or every n-th, model.moe_every, not both, and some "
                         f"layer keeps the experts)")
-    elif (first or step > 1) and dense_hidden != hidden:
-        refusals.append(f"intermediate_size {dense_hidden} of the dense layers, not the experts' "
-                        f"moe_intermediate_size {hidden} (triad's dense layers among the expert "
-                        f"layers share model.mlp_hidden)")
+    wider = (first > 0 or step > 1) and dense_hidden != hidden  # model.moe_dense_hidden
     return dict(moe_experts=experts, moe_top_k=top_k, moe_normalize=normalize,
                 moe_shared_hidden=shared, moe_shared_gate=qwen2, moe_first_dense=max(first, 0),
-                moe_every=step), hidden
+                moe_every=step, moe_dense_hidden=dense_hidden if wider else 0), hidden
 
 
 def routed_experts(cfg: dict, where: str, refusals: list[str]) -> tuple[int, int, bool]:
@@ -2714,7 +2717,8 @@ def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
              moe_shared_hidden=int(a.get("moe_shared_hidden", 0)),
              moe_shared_gate=int(a.get("moe_shared_gate", 0)) == 1,
              moe_first_dense=int(a.get("moe_first_dense", 0)),
-             moe_every=int(a.get("moe_every", 1)))
+             moe_every=int(a.get("moe_every", 1)),
+             moe_dense_hidden=int(a.get("moe_dense_hidden", 0)))
 
     def tensors():
         import h5py
@@ -2734,6 +2738,7 @@ def qwen_moe_hf_keys(d: Dims) -> dict:
     return dict(use_sliding_window=False, sliding_window=None, max_window_layers=d.n_layer,
                 num_experts=d.moe_experts, num_experts_per_tok=d.moe_top_k,
                 moe_intermediate_size=d.mlp_hidden, norm_topk_prob=d.moe_normalize,
+                intermediate_size=d.moe_dense_hidden or d.mlp_hidden,  # the dense layers'
                 decoder_sparse_step=d.moe_every, mlp_only_layers=list(range(d.moe_first_dense)),
                 output_router_logits=False)
 

@@ -73,7 +73,7 @@ def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
     c_attn's bias alone when bias is 0 and qkv_bias 1, the MLP's with mlp_bias 1; moe_experts
     E > 0: experts/c_fc [E, F, C], experts/c_proj [E, C, H] and router [E, C] instead of the MLP's
     tensors in the layers moe_first_dense and moe_every give them; shared/c_fc, shared/c_proj with moe_shared_hidden,
-    shared/gate [1, C] with moe_shared_gate)."""
+    shared/gate [1, C] with moe_shared_gate; the dense layers' MLP moe_dense_hidden wide)."""
     L, C, T, V = (int(a[k]) for k in ("n_layer", "n_embd", "seq_len", "padded_vocab_size"))
     H = int(a["n_head"])
     # c_attn: q (C rows), then k and v with n_kv_head heads of C / n_head rows (absent: n_head)
@@ -125,8 +125,9 @@ def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
         s = {k: v for k, v in s.items()
              if not (k.endswith("/bias") and k.split("/")[-2].startswith("ln_"))}
     gated = a.get("mlp", "gelu") in ("swiglu", "geglu")  # c_fc holds gate and up rows
-    if gated or "mlp_hidden" in a:  # model.mlp, model.mlp_hidden
-        H = int(a.get("mlp_hidden", 4 * C))
+    if gated or "mlp_hidden" in a or "moe_dense_hidden" in a:  # model.mlp, model.mlp_hidden
+        # (dense layers among experts: model.moe_dense_hidden units, else mlp_hidden's)
+        H = int(a.get("moe_dense_hidden", 0)) or int(a.get("mlp_hidden", 4 * C))
         F = 2 * H if gated else H
         for i in range(L):
             p = f"h/{i}/mlp/"

@@ -806,6 +806,10 @@ CheckpointState read_state(hid_t file) {
                 "attributes moe_first_dense (", s.model.moe_first_dense, ") and moe_every (",
                 s.model.moe_every, ") of /model leave no layer with experts among ",
                 s.model.n_layer);
+    s.model.moe_dense_hidden = io::read_int64_attr(model, "moe_dense_hidden").value_or(0);
+    TRIAD_CHECK(s.model.moe_dense_hidden >= 0 && s.model.moe_dense_hidden <= (int64_t(1) << 30),
+                "attribute moe_dense_hidden of /model is ", s.model.moe_dense_hidden,
+                ", not in [0, 2^30]");
   }
   s.model.logit_softcap = io::read_double_attr(model, "logit_softcap").value_or(0.0);
   TRIAD_CHECK(std::isfinite(s.model.logit_softcap) && s.model.logit_softcap >= 0 &&
@@ -1229,6 +1233,8 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
               io::write_int64_attr(model, "moe_first_dense", state.model.moe_first_dense);
               io::write_int64_attr(model, "moe_every", state.model.moe_every);
             }
+            if (state.model.moe_dense_hidden > 0)
+              io::write_int64_attr(model, "moe_dense_hidden", state.model.moe_dense_hidden);
           }
           if (state.model.logit_softcap > 0)  // 0: no cap
             io::write_double_attr(model, "logit_softcap", state.model.logit_softcap);

@@ -26,7 +26,9 @@ struct LayerTensor {
   int axis, blocks;
 };
 std::vector<LayerTensor> all_layer_tensors(const GptShape& shape, bool moe) {
-  const int64_t C = shape.n_embd, H = shape.hidden(), F = shape.fc_rows();
+  // The experts' widths, or the dense MLP's (model.moe_dense_hidden among experts).
+  const int64_t C = shape.n_embd, H = moe ? shape.hidden() : shape.dense_hidden();
+  const int64_t F = moe ? shape.fc_rows() : shape.dense_fc_rows();
   const int fc_blocks = shape.gated() ? 2 : 1;  // gated: by units within each of gate and up
   // c_attn by heads within each of q, k, v, as NH/NKV + 2 blocks of NKV heads (the query heads
   // in NH/NKV blocks, then k, then v; 3 blocks without grouped-query attention): each rank holds
@@ -501,8 +503,9 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
               " key/value heads do not split over tp = ", mp.tp);
   TRIAD_CHECK(!shape.reset_positions || shape.document_token >= 0,
               "positions that restart at each document need a document mask");
-  TRIAD_CHECK(shape.hidden() % mp.tp == 0, "the MLP's ", shape.hidden(),
-              " hidden units do not split over tp = ", mp.tp);
+  TRIAD_CHECK(shape.hidden() % mp.tp == 0 && shape.dense_hidden() % mp.tp == 0, "the MLP's ",
+              shape.hidden(), " (dense layers' ", shape.dense_hidden(),
+              ") hidden units do not split over tp = ", mp.tp);
   TRIAD_CHECK(!shape.moe() || (shape.moe_top_k >= 1 && shape.moe_top_k <= shape.moe_experts),
               "a mixture of ", shape.moe_experts, " experts cannot route each token to ",
               shape.moe_top_k);
@@ -950,7 +953,7 @@ double Gpt::layer_recompute_flops_per_token(const GptShape& shape, int l) {
   const double fc = shape.moe_layer(l)
                         ? double(shape.fc_rows() + shape.hidden()) * shape.moe_top_k +
                               shape.moe_experts + shape.shared_fc_rows()
-                        : double(shape.fc_rows());
+                        : double(shape.dense_fc_rows());
   return 2.0 * (shape.attn_weights_per_token() + fc * C) + 2.0 * A * shape.seq_len;
 }
 

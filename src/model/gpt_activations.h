@@ -214,9 +214,12 @@ struct Gpt::Activations {
     // The MLP's widths on this rank: c_fc's outputs (the pre-activation, Fl) and the hidden
     // activation c_proj reads (Hl): 4C/tp both for GPT-2, 2·H/tp and H/tp for SwiGLU.
     const size_t Fl = size_t(s.fc_rows()) / size_t(mp.tp), Hl = size_t(s.hidden()) / size_t(mp.tp);
+    // ... a dense layer's among experts (model.moe_dense_hidden; else Fl and Hl).
+    const size_t dFl = size_t(s.dense_fc_rows()) / size_t(mp.tp);
+    const size_t dHl = size_t(s.dense_hidden()) / size_t(mp.tp);
     // Whether this rank holds a layer with experts (GptShape::moe_layer): the scratch every layer
-    // shares is sized for it then (the experts' k rows per token).
-    bool experts = false;
+    // shares is sized for it then (the experts' k rows per token); and a dense layer.
+    bool experts = false, dense = false;
     // Whether it holds a layer whose parallel branches are reduced as one (GptShape::
     // joins_branches).
     bool joins = false;
@@ -224,6 +227,7 @@ struct Gpt::Activations {
       const int g = mp.global_chunk(int(c)), first = mp.first_layer(g, s.n_layer);
       for (int l = first; l < first + mp.chunk_layers(g, s.n_layer); ++l) {
         experts = experts || s.moe_layer(l);
+        dense = dense || !s.moe_layer(l);
         joins = joins || s.joins_branches(l, mp.tp);
       }
     }
@@ -260,8 +264,13 @@ struct Gpt::Activations {
     const bool means = !s.rmsnorm;
     // One layer's internals (everything but its output, residual3). Under full recomputation
     // only the scratch layer `work` has them; under gelu its fch_gelu is the shared `gelu_work`.
-    // moe: a layer with experts (the scratch layer: where any layer has them).
-    auto want_internals = [&](Layer& L, bool gelu_out, bool moe) {
+    // moe: a layer with experts (the scratch layer: where any layer has them); also_dense: the
+    // scratch layer where a dense layer shares it too (the larger of their MLP buffers).
+    // The MLP's pre-activation and activation elements: the experts' rows or a dense layer's.
+    const size_t moe_fc = XR * Fl, moe_h = XR * Hl, dense_fc = BT * dFl, dense_h = BT * dHl;
+    const size_t most_fc = std::max(experts ? moe_fc : 0, dense ? dense_fc : 0);
+    const size_t most_h = std::max(experts ? moe_h : 0, dense ? dense_h : 0);
+    auto want_internals = [&](Layer& L, bool gelu_out, bool moe, bool also_dense = false) {
       const size_t Kl = moe ? size_t(s.moe_top_k) : 1;  // rows per token
       const size_t XRl = moe ? XR : BT;                 // rows on the experts' side
       if (!sp) want(L.ln1, R * C);                      // backward reads it (as ln1g)
@@ -294,8 +303,8 @@ struct Gpt::Activations {
         if (means) want_f(L.ln2_mean, R);
         want_f(L.ln2_rstd, R);
       }
-      want(L.fch, XRl * Fl);
-      if (gelu_out) want(L.fch_gelu, XRl * Hl);
+      want(L.fch, !moe ? dense_fc : also_dense ? std::max(moe_fc, dense_fc) : moe_fc);
+      if (gelu_out) want(L.fch_gelu, !moe ? dense_h : also_dense ? std::max(moe_h, dense_h) : moe_h);
       if (moe) {
         want(L.moe_x, XRl * C);
         want(L.moe_y, BT * Kl * C);
@@ -342,7 +351,7 @@ struct Gpt::Activations {
             // (Branches reduced as one: the weight pass reads their one gradient from dproj.)
             if (s.weight_pass_reads_mlp_output(l) && !s.joins_branches(l, mp.tp))
               want(L.dfcproj, BT * C);
-            want(L.dfch, (moe ? XR : BT) * Fl);
+            want(L.dfch, moe ? moe_fc : dense_fc);
             want(L.dproj, BT * C);
             if (!s.mla()) {
               want(L.dqkv, BT * Wl);
@@ -385,8 +394,8 @@ struct Gpt::Activations {
       want(datty, BT * Al);
       if (!split_backward || s.mla()) want(dqkv, BT * Wl);  // else each layer's own
       if (kFp32) want_f(datt_scratch, att);
-      if (!split_backward) want(dfch, XR * Fl);
-      want(dfch_gelu, XR * Hl);
+      if (!split_backward) want(dfch, most_fc);
+      want(dfch_gelu, most_h);
       if (experts) {
         want(moe_dy, BT * K * C);
         want_f(moe_dgate, BT * K);
@@ -431,8 +440,9 @@ struct Gpt::Activations {
       want(logits, size_t(logits_rows) * Vl);
       if (mp.tp > 1) want_f(ce_stats, 4 * size_t(logits_rows));
     }
-    if (any_recompute && recompute.mode == Recompute::gelu) want(gelu_work, XR * Hl);
-    if (any_recompute && recompute.mode == Recompute::full) want_internals(work, true, experts);
+    if (any_recompute && recompute.mode == Recompute::gelu) want(gelu_work, most_h);
+    if (any_recompute && recompute.mode == Recompute::full)
+      want_internals(work, true, experts, dense);
     want(proj, R * C);
     if (sp) want(ln_local, R * C);
     if (joins) want(branch_partial, BT * C);

@@ -39,6 +39,10 @@ std::vector<std::pair<std::string, int>> Gpt::fp8_widths(const GptShape& s, int 
   }
   w.push_back({"c_fc's outputs", s.fc_rows() / tp});
   w.push_back({"the MLP's hidden units", s.hidden() / tp});
+  if (s.moe_dense_hidden > 0) {
+    w.push_back({"the dense layers' c_fc outputs", s.dense_fc_rows() / tp});
+    w.push_back({"the dense layers' hidden units (model.moe_dense_hidden)", s.dense_hidden() / tp});
+  }
   w.push_back({"the shared experts' c_fc outputs", s.shared_fc_rows() / tp});
   w.push_back(
       {"the shared experts' hidden units (model.moe_shared_hidden)", s.moe_shared_hidden / tp});

@@ -212,7 +212,7 @@ void Gpt::mlp_output(typename Set<A>::Layer& L, const LayerTensors<const A>& w, 
     moe_output<A>(L, l, fcproj, w, N);
   else
     linear_forward(fp8_site(l, 3), fcproj, L.fch_gelu, w.fcprojw,
-                   mp_.tp_rank == 0 ? w.fcprojb : nullptr, N, shape_.hidden() / mp_.tp,
+                   mp_.tp_rank == 0 ? w.fcprojb : nullptr, N, shape_.dense_hidden() / mp_.tp,
                    shape_.n_embd);  // (the bias added once)
   if (fuses_branches(l))            // the attention's partial sums join before the one reduction
     be_.add(fcproj, fcproj, acts<A>().branch_partial, size_t(N) * size_t(shape_.n_embd));
@@ -454,11 +454,12 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   if (shape_.parallel_residual && !shape_.shared_norm)  // ln_2 of the layer's input (shared: ln_1)
     be_.layernorm_forward(L.ln2, L.ln2_mean, L.ln2_rstd, x, w.ln2w, w.ln2b, n, C, shape_.norm_eps);
   const A* ln2 = shape_.shared_norm ? ln1 : gather_rows(L.ln2, L.ln2g, N);
-  const int Hl = shape_.hidden() / mp_.tp;
+  const int Hl = shape_.dense_hidden() / mp_.tp;  // (a dense layer's)
   if (shape_.moe_layer(l)) {
     moe_front<A>(L, l, ln2, w, N);
   } else if (!shape_.gelu_in_product()) {  // the product, then the activation on its own
-    linear_forward(fp8_site(l, 2), L.fch, ln2, w.fcw, w.fcb, N, C, shape_.fc_rows() / mp_.tp);
+    linear_forward(fp8_site(l, 2), L.fch, ln2, w.fcw, w.fcb, N, C,
+                   shape_.dense_fc_rows() / mp_.tp);
     mlp_activation(L.fch_gelu, L.fch, N, Hl);
   } else {  // GELU in the product's epilogue
     linear_gelu_forward(fp8_site(l, 2), L.fch, L.fch_gelu, ln2, w.fcw, w.fcb, N, C, Hl);
@@ -724,7 +725,7 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
         moe_output<A>(L, l, nullptr, w, N);
       }
     } else if (recompute == Recompute::gelu && !split) {  // split: only the weight pass reads it
-      mlp_activation(L.fch_gelu, L.fch, mlp_rows(L, N, l), shape_.hidden() / mp_.tp);
+      mlp_activation(L.fch_gelu, L.fch, mlp_rows(L, N, l), shape_.layer_hidden(l) / mp_.tp);
     }
     // Split: no weight or bias gradients here, and the output gradients kept in the set.
     auto wgrad = [split](float* p) { return split ? nullptr : p; };
@@ -742,7 +743,7 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
         joined ? split ? keep_rows(dmlp, L.dproj, N) : gather_rows(dmlp, a.branch_partial, N)
         : split && shape_.weight_pass_reads_mlp_output(l) ? keep_rows(dmlp, L.dfcproj, N)
                                                           : gather_rows(dmlp, a.full, N);
-    const int Hl = shape_.hidden() / mp_.tp, Fl = shape_.fc_rows() / mp_.tp;
+    const int Hl = shape_.dense_hidden() / mp_.tp, Fl = shape_.dense_fc_rows() / mp_.tp;
     if (shape_.moe_layer(l)) {
       moe_backward<A>(L, l, dpart, gr, dres, L.ln2g, w, N);
     } else if (!shape_.gelu_in_product()) {  // c_proj's input gradient, then through the
@@ -872,8 +873,8 @@ void Gpt::weight_chunk(int chunk, Set<A>& S, int B, int T) {
     const LayerTensors<float> gr =
         without_frozen(layer_tensors(grads_, specs_, first, slots(l)), frozen_, first, slots(l));
     if (recompute_.in_layer(i) == Recompute::gelu)  // mlp.c_proj's input, in the shared buffer
-      mlp_activation(L.fch_gelu, L.fch, mlp_rows(L, N, l), shape_.hidden() / mp_.tp);
-    const int Hl = shape_.hidden() / mp_.tp, Fl = shape_.fc_rows() / mp_.tp;
+      mlp_activation(L.fch_gelu, L.fch, mlp_rows(L, N, l), shape_.layer_hidden(l) / mp_.tp);
+    const int Hl = shape_.dense_hidden() / mp_.tp, Fl = shape_.dense_fc_rows() / mp_.tp;
     if (shape_.moe_layer(l)) {
       moe_weights<A>(L, l, gr, L.ln2g, w, N);
     } else {

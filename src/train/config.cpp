@@ -206,6 +206,10 @@ class KeyTable {
     add("model.moe_every", c.model.moe_every,
         "with model.moe_experts: every N-th layer after model.moe_first_dense has the experts, "
         "the others a dense MLP (Llama 4's interleaving: 2; 1: all of them)");
+    add("model.moe_dense_hidden", c.model.moe_dense_hidden,
+        "with model.moe_experts and dense layers among them: the dense layers' MLP width "
+        "(DeepSeek's first layers: 10944 beside experts of 1408 in V2-Lite; 0: model.mlp_hidden, "
+        "the experts')");
     add("model.moe_shared_hidden", c.model.moe_shared_hidden,
         "with model.moe_experts: shared experts, a dense MLP of this many hidden units every token "
         "passes through beside its routed experts (DeepSeekMoE's, Qwen2-MoE's); 0: none");
@@ -999,6 +1003,13 @@ void validate(const Config& c, int world_size) {
         "moe_first_dense >= 0, moe_every >= 1 and moe_first_dense + moe_every <= n_layer (got " +
             std::to_string(m.moe_first_dense) + ", " + std::to_string(m.moe_every) + ", n_layer " +
             std::to_string(m.n_layer) + ")");
+  check(m.moe_dense_hidden >= 0 &&
+            (m.moe_dense_hidden == 0 ||
+             (m.moe_experts > 0 && (m.moe_first_dense > 0 || m.moe_every > 1))),
+        "model.moe_dense_hidden",
+        "must be >= 0, and > 0 only with model.moe_experts and dense layers among the experts' "
+        "(model.moe_first_dense > 0 or model.moe_every > 1; got " +
+            std::to_string(m.moe_dense_hidden) + ")");
   check(!(m.mlp_bias && m.moe_experts > 0 && m.moe_first_dense == 0 && m.moe_every == 1),
         "model.mlp_bias", "has no MLP to give biases: every layer has experts, which have none");
   check(m.moe_capacity_factor >= 0 && (m.moe_capacity_factor == 0 || m.moe_experts > 0),
@@ -1288,6 +1299,9 @@ void validate(const Config& c, int world_size) {
   check(m.moe_shared_hidden % std::max(1, par.tp) == 0, "parallel.tp",
         "(" + std::to_string(par.tp) + ") must divide the shared experts' hidden units (" +
             std::to_string(m.moe_shared_hidden) + ", model.moe_shared_hidden)");
+  check(m.moe_dense_hidden % std::max(1, par.tp) == 0, "parallel.tp",
+        "(" + std::to_string(par.tp) + ") must divide the dense layers' hidden units (" +
+            std::to_string(m.moe_dense_hidden) + ", model.moe_dense_hidden)");
   check(c.mlp_hidden_size() % std::max(1, par.tp) == 0, "parallel.tp",
         "(" + std::to_string(par.tp) + ") must divide the MLP's hidden units (" +
             std::to_string(c.mlp_hidden_size()) + ", model.mlp_hidden)");

@@ -786,6 +786,11 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
       " dense layers, every ", m.moe_every,
       " layers, but the config asks for model.moe_first_dense = ", c.moe_first_dense,
       ", model.moe_every = ", c.moe_every);
+  TRIAD_CHECK(m.moe_dense_hidden == c.moe_dense_hidden, "checkpoint ", path,
+              " holds a model whose dense layers among the experts are ", m.moe_dense_hidden,
+              " units wide (0: the experts' width) but the config asks for "
+              "model.moe_dense_hidden = ",
+              c.moe_dense_hidden);
 }
 
 CheckpointState Trainer::State::load_weights(const std::string& path) {

@@ -1633,14 +1633,17 @@ def qwen2_moe_model(**config):
 def test_qwen2_moe_imports_and_evaluates_as_transformers(imported, tmp_path, top_k, normalize,
                                                         dense):
     """transformers' Qwen2MoeForCausalLM (Qwen2's attention; every MLP, or every one but the
-    first, 4 SwiGLU experts behind a router choosing top_k, gates renormalized or not, beside a
-    shared expert whose output a sigmoid gate scales), imported: triad computes transformers'
+    first (its dense MLP 88 units wide: intermediate_size beside the experts' 40, triad's
+    model.moe_dense_hidden), 4 SwiGLU experts behind a router choosing top_k, gates renormalized
+    or not, beside a shared expert whose output a sigmoid gate scales), imported: triad computes
+    transformers'
     validation loss, accuracy and greedy continuation, on one rank and on tp 2 × ep 2; fine-tuned
     and exported, Qwen2MoeForCausalLM loads it and computes triad's loss; the import exported
     again is the original, bit for bit."""
     d, _, cfg = imported
+    wide = 88 if dense else 40  # the dense layer's intermediate_size
     model = qwen2_moe_model(num_experts_per_tok=top_k, norm_topk_prob=normalize,
-                            mlp_only_layers=dense)
+                            mlp_only_layers=dense, intermediate_size=wide)
     out = import_hf(model, tmp_path / "qmoe", "Qwen2-MoE")
     with h5py.File(out, "r") as f:
         a = f["model"].attrs
@@ -1648,17 +1651,20 @@ def test_qwen2_moe_imports_and_evaluates_as_transformers(imported, tmp_path, top
                 int(a["moe_shared_hidden"]), int(a["moe_shared_gate"]), int(a["qkv_bias"])) == \
             (4, top_k, int(normalize), 56, 1, 1)
         assert int(a.get("moe_first_dense", 0)) == len(dense)
+        assert int(a.get("moe_dense_hidden", 0)) == (88 if dense else 0)
         moe = model.model.layers[1].mlp
         for name, want in (("shared/gate/weight", moe.shared_expert_gate.weight),
                            ("shared/c_proj/weight", moe.shared_expert.down_proj.weight),
                            ("router/weight", moe.gate.weight)):
             np.testing.assert_array_equal(f[f"model/h/1/mlp/{name}"][()], want.detach().numpy())
         assert ("h/0/mlp/c_fc/weight" in f["model"]) == bool(dense)
+        if dense:
+            assert f["model/h/0/mlp/c_fc/weight"].shape == (2 * 88, 64)
     assert tool("triad-ckpt", out).returncode == 0
     loss, want_loss = evaluates_as_transformers(model, d, cfg, out, "--model-from", out)
     # The shared expert's gate matters: without it (weights 0: a gate of 1/2) another model.
     ungated = qwen2_moe_model(num_experts_per_tok=top_k, norm_topk_prob=normalize,
-                              mlp_only_layers=dense)
+                              mlp_only_layers=dense, intermediate_size=wide)
     with torch.no_grad():
         for layer in ungated.model.layers[len(dense):]:
             layer.mlp.shared_expert_gate.weight.zero_()
@@ -1672,7 +1678,8 @@ def test_qwen2_moe_imports_and_evaluates_as_transformers(imported, tmp_path, top
     tuned = finetune_export_and_reimport(d, cfg, out, ["--model-from", out],
                                          f"qmoe-ft-{top_k}", tmp_path, model)
     assert (tuned.config.num_experts, tuned.config.norm_topk_prob,
-            tuned.config.mlp_only_layers) == (4, normalize, dense)
+            tuned.config.mlp_only_layers, tuned.config.intermediate_size,
+            tuned.config.moe_intermediate_size) == (4, normalize, dense, wide, 40)
 
 
 @pytest.mark.parametrize("normalize,dense", [(True, []), (False, [0])],
@@ -1689,7 +1696,7 @@ def test_qwen3_moe_imports_and_evaluates_as_its_definition(imported, tmp_path, n
     d, _, cfg = imported
     hd, eps = 16, 1e-6
     model = qwen2_moe_model(num_experts_per_tok=2, norm_topk_prob=normalize,
-                            mlp_only_layers=dense)
+                            mlp_only_layers=dense, intermediate_size=88 if dense else 40)
     with torch.no_grad():
         for i, layer in enumerate(model.model.layers):
             for x in "qkv":
@@ -1718,7 +1725,8 @@ def test_qwen3_moe_imports_and_evaluates_as_its_definition(imported, tmp_path, n
     evaluates_on_tp2_ep2(cfg, out, want_loss)
     exported = exports_back(out, tmp_path / "back", tensors)
     assert (exported["model_type"], exported["head_dim"], exported["norm_topk_prob"],
-            exported["mlp_only_layers"]) == ("qwen3_moe", hd, normalize, dense)
+            exported["mlp_only_layers"], exported["intermediate_size"]) == \
+        ("qwen3_moe", hd, normalize, dense, 88 if dense else 40)
     assert "shared_expert_intermediate_size" not in exported
 
 

@@ -354,23 +354,36 @@ def test_capacity_drops_alike_on_every_grid(tmp_path):
 
 def test_dense_layers_among_the_experts_train_alike_on_every_grid(tmp_path):
     """model.moe_first_dense = 1: layer 0 keeps its dense MLP (a pipeline's first stage has no
-    experts, its second does)."""
+    experts, its second does), 192 units wide beside experts of 64 (model.moe_dense_hidden:
+    DeepSeek's wider first layers; its buffers larger than the experts' 2 rows of 64 per token,
+    so the scratch full and gelu recomputation share, and the zero-bubble weight pass's kept
+    gradients, are sized for it)."""
     cfg = tiny_config(tmp_path, name="one", train__steps=6, eval__every=0, checkpoint__every=3,
-                      data__shuffle="false", model__moe_first_dense=1, **MOE)
+                      data__shuffle="false", model__moe_first_dense=1,
+                      model__moe_dense_hidden=192, **MOE)
     p = run(1, "--config", cfg)
     assert p.returncode == 0, p.stdout + p.stderr
     want = curves(tmp_path / "runs" / "one")
     follows_one_rank(tmp_path, cfg, want, ((2, ["--parallel.pp", 2]), (2, ["--parallel.tp", 2]),
-                                           (2, ["--parallel.zero", 2])))
+                                           (2, ["--parallel.zero", 2]),
+                                           (1, ["--train.recompute", "full"]),
+                                           (1, ["--train.recompute", "gelu"]),
+                                           (2, ["--parallel.pp", 2, "--parallel.schedule",
+                                                "zb-h1"])))
     ckpt = tmp_path / "runs" / "one" / "ckpt" / "step_00000006.h5"
     with h5py.File(ckpt, "r") as f:
-        assert f["model/h/0/mlp/c_fc/weight"].shape == (64, 32)
+        assert f["model/h/0/mlp/c_fc/weight"].shape == (192, 32)
+        assert f["model/h/1/mlp/experts/c_fc/weight"].shape == (4, 64, 32)
         assert "h/0/mlp/router" not in f["model"] and "h/1/mlp/router/weight" in f["model"]
         assert (f["model"].attrs["moe_first_dense"], f["model"].attrs["moe_every"]) == (1, 1)
+        assert f["model"].attrs["moe_dense_hidden"] == 192
     p = tool("triad-ckpt", ckpt)
     assert p.returncode == 0, p.stdout + p.stderr
-    p = train("--config", cfg, "--resume", ckpt, "--model.moe_first_dense", 0, "--train.steps", 8)
+    p = train("--config", cfg, "--resume", ckpt, "--model.moe_first_dense", 0,
+              "--model.moe_dense_hidden", 0, "--train.steps", 8)
     assert_clean_error(p, "model.moe_first_dense = 0")
+    p = train("--config", cfg, "--resume", ckpt, "--model.moe_dense_hidden", 0, "--train.steps", 8)
+    assert_clean_error(p, "model.moe_dense_hidden = 0")
 
 
 def test_moe_resume_is_bit_exact_and_checkpoint_holds_the_routing(tmp_path):
@@ -650,6 +663,8 @@ def test_moe_refuses_what_it_cannot_run(tmp_path):
               "the shared experts' c_fc outputs (24) to be a multiple of 16"),
              ({"model__moe_experts": 0}, "model.moe_shared_hidden"),
              ({"model__moe_first_dense": 2}, "model.moe_first_dense"),
+             ({"model__moe_dense_hidden": 96}, "model.moe_dense_hidden"),
+             ({"model__moe_dense_hidden": -1}, "model.moe_dense_hidden"),
              ({"model__moe_experts": 0, "model__moe_shared_hidden": 0,
                "train__moe_load_every": 1}, "train.moe_load_every"),
              ({"train__moe_load_every": -1}, "train.moe_load_every"),

@@ -315,10 +315,11 @@ CASES = [
                                    moe_top_k=2, moe_shared_hidden=32), 2, 40, 6, 131),
     # Dense layers among the expert layers (model.moe_first_dense = 1, model.moe_every = 2: only
     # layer 2 of 4 has experts), Switch's top-1 routing of 4 experts; the dense layers keep
-    # GPT-2's biases.
+    # GPT-2's biases and are wider than the experts (model.moe_dense_hidden: DeepSeek's).
     Case("moemixed", ref.GptConfig(n_layer=4, n_head=3, n_embd=48, seq_len=17, vocab_size=300,
                                    mlp_hidden=64, moe_experts=4, moe_top_k=1,
-                                   moe_normalize=False, moe_first_dense=1, moe_every=2),
+                                   moe_normalize=False, moe_first_dense=1, moe_every=2,
+                                   moe_dense_hidden=96),
          3, 45, 7, 89),
     # Qwen2-MoE's blocks: Qwen2's attention (c_attn's bias alone), 4 SwiGLU experts, 2 per token,
     # gates as the router gave them, and shared experts of 48 units whose output a sigmoid gate
@@ -369,6 +370,7 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                       moe_group_top_k=c.moe_group_top_k, moe_shared_hidden=c.moe_shared_hidden,
                       moe_shared_gate=c.moe_shared_gate, moe_capacity_factor=c.moe_capacity_factor,
                       moe_first_dense=c.moe_first_dense, moe_every=c.moe_every,
+                      moe_dense_hidden=c.moe_dense_hidden,
                       **({key: getattr(c, key) for key in ref.MLA_KEYS} if c.kv_lora_rank
                          else {}),
                       **({} if c.rope_scaling is None else dict(

@@ -301,6 +301,31 @@ def test_olmo2_model_config_plans_its_parameters(tmp_path):
     assert planned_floats(tmp_path, "olmo2-7b.ini", L) == floats == 7_298_617_344
 
 
+def test_deepseek_v2_lite_model_config_plans_its_parameters(tmp_path):
+    """inputs/models/deepseek-v2-lite.ini: --plan counts DeepSeek-V2-Lite's tensors, worked out
+    here from its config.json: multi-head latent attention (q_proj [16·192, C], kv_a [512 + 64,
+    C] and its norm, kv_b [16·256, 512], o_proj [C, 16·128]), a dense first layer of 10944 units
+    (model.moe_dense_hidden), 26 layers of 64 experts of 1408 units with a router and shared
+    experts of 2816: 15,706,484,224 parameters, DeepSeek's published 15.7B; per token the FLOPs
+    count 6 of the 64 experts."""
+    C, L, V, E, k = 2048, 27, 102400, 64, 6
+    attention = 16 * 192 * C + 576 * C + 512 + 16 * 256 * 512 + C * 16 * 128
+    layer = attention + 2 * C  # two RMSNorms
+    dense_mlp, expert = 3 * C * 10944, 3 * C * 1408
+    moe_mlp = E * C + E * expert + 3 * C * 2816  # router, experts, shared experts
+    total = L * layer + dense_mlp + (L - 1) * moe_mlp + 2 * V * C + C
+    assert total == 15_706_484_224
+    assert planned_floats(tmp_path, "deepseek-v2-lite.ini", L) == total
+    active = total - (L - 1) * (E - k) * expert
+    assert 2.4e9 < active - V * C < 2.5e9  # "2.4B activated": the token embedding aside
+    p = train("--config", REPO / "inputs/models/deepseek-v2-lite.ini", "--run.backend", "cuda",
+              "--data.train", str(tmp_path / "none_*.bin"), "--run.dir", str(tmp_path / "runs"),
+              "--train.batch_size", "8", "--train.micro_batch_size", "8", "--plan", check=True)
+    # 6·active + 6·L·(attention width)·T, the attention at n_head·(192 + 128)/2 per key
+    flops = 6 * active + 6 * L * 16 * (192 + 128) / 2 * 4096
+    assert f"compute: {flops / 1e9:.3f} GFLOP per token" in p.stdout, p.stdout
+
+
 # (layers, n_embd, attention width, key/value width, query/key norm weights, experts, chosen,
 # expert width, vocabulary): Mixtral-8x7B's, Qwen3-30B-A3B's and OLMoE-1B-7B's config.json
 # (OLMoE's norm weights one per q and k value: model.qk_norm_full).

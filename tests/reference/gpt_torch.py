@@ -149,6 +149,8 @@ class GptConfig:
     # (i - first_dense + 1) % every == 0; the others a dense MLP.
     moe_first_dense: int = 0
     moe_every: int = 1
+    # model.moe_dense_hidden: the dense layers' MLP width among the experts (0: hidden, theirs).
+    moe_dense_hidden: int = 0
 
     def moe_layer(self, i: int) -> bool:
         return bool(self.moe_experts) and i >= self.moe_first_dense and \
@@ -172,6 +174,10 @@ class GptConfig:
         if self.mlp_hidden:
             return self.mlp_hidden
         return -(-8 * self.n_embd // 192) * 64 if self.gated else 4 * self.n_embd
+
+    @property
+    def dense_hidden(self) -> int:  # a dense layer's MLP width
+        return self.moe_dense_hidden or self.hidden
 
     @property
     def gated(self) -> bool:  # c_fc holds gate and up rows
@@ -268,9 +274,10 @@ def param_shapes(cfg: GptConfig) -> Dict[str, tuple]:
                 if cfg.moe_shared_gate:
                     shapes[p + "mlp/shared/gate/weight"] = (1, C)
             continue
+        F = cfg.dense_hidden * (2 if cfg.gated else 1)
         shapes[p + "mlp/c_fc/weight"] = (F, C)
         shapes[p + "mlp/c_fc/bias"] = (F,)
-        shapes[p + "mlp/c_proj/weight"] = (C, cfg.hidden)
+        shapes[p + "mlp/c_proj/weight"] = (C, cfg.dense_hidden)
         shapes[p + "mlp/c_proj/bias"] = (C,)
     shapes["ln_f/weight"] = (C,)
     if not rms:
@@ -678,7 +685,7 @@ def mlp(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str, h: torch.Tensor
     if cfg.moe_layer(int(p.split("/")[1])):  # p = "h/<i>/"
         return moe_mlp(params, cfg, p, h)
     a = activation(cfg, linear(h, params[p + "mlp/c_fc/weight"], params.get(p + "mlp/c_fc/bias")),
-                   cfg.hidden)
+                   cfg.dense_hidden)
     return linear(a, params[p + "mlp/c_proj/weight"], params.get(p + "mlp/c_proj/bias"))
 
 
@@ -1203,6 +1210,8 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
             if (cfg.moe_first_dense, cfg.moe_every) != (0, 1):
                 m.attrs.create("moe_first_dense", i64(cfg.moe_first_dense), dtype="<i8")
                 m.attrs.create("moe_every", i64(cfg.moe_every), dtype="<i8")
+            if cfg.moe_dense_hidden:
+                m.attrs.create("moe_dense_hidden", i64(cfg.moe_dense_hidden), dtype="<i8")
         groups = {"model": weights}
         for slot, tensors in (optimizer or {}).items():
             groups["optimizer/" + slot] = tensors
@@ -1268,6 +1277,7 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                         moe_shared_gate=int(a.get("moe_shared_gate", 0)) == 1,
                         moe_first_dense=int(a.get("moe_first_dense", 0)),
                         moe_every=int(a.get("moe_every", 1)),
+                        moe_dense_hidden=int(a.get("moe_dense_hidden", 0)),
                         rope_scaling=(float(a["rope_scaling_factor"]),
                                       float(a["rope_low_freq_factor"]),
                                       float(a["rope_high_freq_factor"]),

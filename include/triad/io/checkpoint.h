@@ -184,6 +184,9 @@ struct ModelShape {
   // Attributes moe_first_dense and moe_every (int64: the layers with experts, GptShape::moe_layer;
   // absent: 0 and 1, every layer; written when not those).
   int64_t moe_first_dense = 0, moe_every = 1;
+  // Attribute moe_dense_hidden (int64: the dense layers' MLP width among experts; absent: 0, the
+  // experts' width; written when > 0).
+  int64_t moe_dense_hidden = 0;
 };
 
 struct CheckpointState {

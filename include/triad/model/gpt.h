@@ -293,9 +293,24 @@ struct GptShape {
   // the others GPT-2's MLP (DeepSeek's first dense layers: moe_first_dense; Llama 4's
   // interleaving: moe_every = 2, layers 1, 3, 5, ...).
   int moe_first_dense = 0, moe_every = 1;
+  // The dense layers' MLP width among the experts (model.moe_dense_hidden; 0: hidden(), the
+  // experts'): DeepSeek-V2's and V3's first layers (10944 and 18432 units beside experts of 1408
+  // and 2048), Qwen-MoE's mlp_only_layers (intermediate_size).
+  int moe_dense_hidden = 0;
   bool moe() const { return moe_experts > 0; }
   bool moe_layer(int l) const {
     return moe() && l >= moe_first_dense && (l - moe_first_dense + 1) % moe_every == 0;
+  }
+  int dense_hidden() const { return moe_dense_hidden > 0 ? moe_dense_hidden : hidden(); }
+  int dense_fc_rows() const { return gated() ? 2 * dense_hidden() : dense_hidden(); }
+  // Layer l's MLP widths: its experts' (each expert's) or its dense MLP's.
+  int layer_hidden(int l) const { return moe_layer(l) ? hidden() : dense_hidden(); }
+  int layer_fc_rows(int l) const { return moe_layer(l) ? fc_rows() : dense_fc_rows(); }
+  // Whether some layer is dense (the widest dense and expert buffers both planned).
+  bool has_dense_layer(int n) const {
+    for (int l = 0; l < n; ++l)
+      if (!moe_layer(l)) return true;
+    return false;
   }
   // Whether layer l's parallel branches can be reduced as one over tp tensor-parallel ranks
   // (Gpt::fuses_branches): parallel blocks, tp > 1, no norm on each branch's reduced output
@@ -313,7 +328,7 @@ struct GptShape {
   // router and the shared experts in a layer with experts.
   double mlp_weights_per_token(int l) const {
     const double C = n_embd, dense = double(fc_rows() + hidden()) * C;
-    if (!moe_layer(l)) return dense;
+    if (!moe_layer(l)) return double(dense_fc_rows() + dense_hidden()) * C;
     return dense * moe_top_k + double(moe_experts) * C +
            double(shared_fc_rows() + moe_shared_hidden + (moe_shared_gate ? 1 : 0)) * C;
   }
