@@ -366,6 +366,7 @@ def test_dense_layers_among_the_experts_train_alike_on_every_grid(tmp_path):
     want = curves(tmp_path / "runs" / "one")
     follows_one_rank(tmp_path, cfg, want, ((2, ["--parallel.pp", 2]), (2, ["--parallel.tp", 2]),
                                            (2, ["--parallel.zero", 2]),
+                                           (2, ["--parallel.zero", 3]),
                                            (1, ["--train.recompute", "full"]),
                                            (1, ["--train.recompute", "gelu"]),
                                            (2, ["--parallel.pp", 2, "--parallel.schedule",
