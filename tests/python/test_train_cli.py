@@ -326,6 +326,24 @@ def test_deepseek_v2_lite_model_config_plans_its_parameters(tmp_path):
     assert f"compute: {flops / 1e9:.3f} GFLOP per token" in p.stdout, p.stdout
 
 
+def test_deepseek_v3_model_config_plans_its_parameters(tmp_path):
+    """inputs/models/deepseek-v3.ini: --plan counts DeepSeek-V3's tensors, worked out here from
+    its config.json (queries through a latent of 1536: q_a, its norm and q_b [128·192, 1536];
+    three dense layers of 18432 units; 58 layers of 256 experts of 2048 units, a router and one
+    shared expert): 671.0B parameters and 37.6B per token, DeepSeek's "671B total, 37B
+    activated" (its routers' balancing biases are state, not parameters, in triad)."""
+    C, L, V, E, k, first = 7168, 61, 129280, 256, 8, 3
+    attention = 1536 * C + 1536 + 128 * 192 * 1536 + 576 * C + 512 + 128 * 256 * 512 + C * 16384
+    layer = attention + 2 * C
+    dense_mlp, expert = 3 * C * 18432, 3 * C * 2048
+    moe_mlp = E * C + E * expert + 3 * C * 2048
+    total = L * layer + first * dense_mlp + (L - first) * moe_mlp + 2 * V * C + C
+    assert 671.0e9 < total < 671.1e9
+    assert planned_floats(tmp_path, "deepseek-v3.ini", L) == total
+    active = total - (L - first) * (E - k) * expert
+    assert 37.5e9 < active < 37.6e9
+
+
 # (layers, n_embd, attention width, key/value width, query/key norm weights, experts, chosen,
 # expert width, vocabulary): Mixtral-8x7B's, Qwen3-30B-A3B's and OLMoE-1B-7B's config.json
 # (OLMoE's norm weights one per q and k value: model.qk_norm_full).
