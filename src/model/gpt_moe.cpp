@@ -496,12 +496,25 @@ const float* Gpt::experts_fp8_amax(typename Set<A>::Layer& L, int site, const A*
   if (!fp8_experts_at(site)) return nullptr;
   const size_t held = size_t(shape_.moe_experts / mp_.ep);
   be_.zero(fp8_amax_, 3 * held);
+  // Each expert's rows (none: an empty range, amax 0) and its matrix's, every expert's amax of
+  // an operand in one absmax_rows (one pass on the GPU rather than one per expert).
+  std::vector<int64_t> begin(held, 0), end(held, 0), w_begin(held), w_end(held);
   for_each_expert(L, [&](size_t e, size_t row, int n) {
-    float* a = fp8_amax_ + 3 * e;
-    if (inp != nullptr) be_.absmax(a + 0, inp + row * IC, size_t(n) * IC);
-    if (w != nullptr) be_.absmax(a + 1, w + e * size_t(OC) * IC, size_t(OC) * IC);
-    if (dout != nullptr) be_.absmax(a + 2, dout + row * OC, size_t(n) * OC);
+    TRIAD_ASSERT(e < held);
+    begin[e] = int64_t(row);
+    end[e] = int64_t(row) + n;
   });
+  for (size_t e = 0; e < held; ++e) {
+    w_begin[e] = int64_t(e) * OC;
+    w_end[e] = int64_t(e + 1) * OC;
+  }
+  const int n = int(held);
+  if (inp != nullptr)
+    be_.absmax_rows(fp8_amax_ + 0, 3, inp, size_t(IC), begin.data(), end.data(), n);
+  if (w != nullptr)
+    be_.absmax_rows(fp8_amax_ + 1, 3, w, size_t(IC), w_begin.data(), w_end.data(), n);
+  if (dout != nullptr)
+    be_.absmax_rows(fp8_amax_ + 2, 3, dout, size_t(OC), begin.data(), end.data(), n);
   // An expert's rows on a tp group are the same on every rank (its matrix split among them); on
   // a cp group each rank's tokens' (the same experts): the maximum is the whole tensor's.
   if (mp_.tp > 1) mp_.tp_comm->all_reduce_max(fp8_amax_, 3 * held);

@@ -145,6 +145,36 @@ TEST_F(CudaFp8Test, AbsmaxIsExact) {
   }
 }
 
+// absmax_rows (a mixture of experts' per-expert amax, one launch for up to 256 segments) against
+// the CPU backend's absmax of each range: 300 segments (two launches), empty ones, gaps between
+// them, a row width that is not a multiple of 8 (scalar loads) and one that is; the maxima three
+// floats apart, the words between left as they were.
+TEST_F(CudaFp8Test, AbsmaxOfEachRowRangeIsExact) {
+  for (size_t width : {size_t(48), size_t(20)}) {
+    SCOPED_TRACE(::testing::Message() << "width " << width);
+    const size_t rows = 2000;
+    const Bits x = random_bits(rows * width, 3, -3.0f, 2.0f);
+    std::vector<int64_t> begin, end;
+    for (int64_t s = 0, r = 0; s < 300; ++s) {
+      const int64_t n = s % 7 == 3 ? 0 : 1 + (s * 13) % 9;  // some segments empty
+      begin.push_back(r);
+      end.push_back(r + n);
+      r += n + (s % 5 == 0 ? 2 : 0);  // gaps: rows in no segment
+    }
+    ASSERT_LE(end.back(), int64_t(rows));
+    float* out = dev_zeros(3 * begin.size());
+    gpu->absmax_rows(out, 3, dev(x), width, begin.data(), end.data(), int(begin.size()));
+    const std::vector<float> got = host(out, 3 * begin.size());
+    for (size_t s = 0; s < begin.size(); ++s) {
+      float want = -1.0f;
+      cpu->absmax(&want, x.data() + size_t(begin[s]) * width,
+                  size_t(end[s] - begin[s]) * width);
+      EXPECT_EQ(got[3 * s], want) << "segment " << s;
+      EXPECT_EQ(got[3 * s + 1], 0.0f) << "segment " << s;
+    }
+  }
+}
+
 // Each cast against fp8_round, through products in which the other operand is the identity: the
 // result is the quantized value scaled back, exact in fp32 and in bf16.
 TEST_F(CudaFp8Test, CastsMatchFp8RoundBitForBit) {

@@ -83,6 +83,43 @@ TEST(Fp8Emulated, Absmax) {
   EXPECT_EQ(run_absmax(zeros.data(), 64, true, 1), 0.0f);
 }
 
+// A mixture of experts' per-expert amax in one launch (absmax_segments, as absmax_rows launches
+// it: block row y takes segment y): rows grouped by expert, some experts with none (0), ranges
+// with gaps between them (a capacity's dropped rows, which must not count) and of other lengths,
+// each segment's maximum into its own word three apart (the (inp, weight, dout) slots); against
+// the maximum of |x| over each range computed here.
+TEST(Fp8Emulated, AbsmaxOfEachSegment) {
+  const size_t width = 24, rows = 70;
+  simt::Bf16Buffer x = simt::random_bf16_buffer(rows * width, 9, -2.0f, 2.0f);
+  x.data()[40 * width + 5] = to_bf16(-6.0f).bits;  // a dropped row, in no segment
+  x.data()[12 * width + 23] = to_bf16(5.25f).bits;  // segment 1's last value
+  fp8_block::RowSegments seg{};
+  const std::vector<std::pair<uint32_t, uint32_t>> ranges = {
+      {0, 3}, {3, 13}, {13, 13}, {20, 40}, {41, 70}, {70, 70}};
+  for (size_t s = 0; s < ranges.size(); ++s) {
+    seg.begin[s] = ranges[s].first;
+    seg.end[s] = ranges[s].second;
+  }
+  const int segments = int(ranges.size()), blocks = 2;
+  for (bool vec : {true, false}) {
+    std::vector<unsigned> out(3 * ranges.size(), 0);
+    simt::launch(blocks, segments, kThreads, fp8_block::absmax_smem(), CopyTiming::at_issue,
+                 [&](simt::Thread& t) {
+                   fp8_block::absmax_segments(t, out.data(), 3, x.data(), width, seg, vec,
+                                              kThreads, size_t(blocks) * kThreads);
+                 });
+    for (size_t s = 0; s < ranges.size(); ++s) {
+      float want = 0;
+      for (size_t i = ranges[s].first * width; i < ranges[s].second * width; ++i)
+        want = std::max(want, std::fabs(to_float(bf16_t{x.data()[i]})));
+      float got;
+      std::memcpy(&got, &out[3 * s], sizeof got);
+      EXPECT_EQ(got, want) << "segment " << s << (vec ? " vec" : " scalar");
+      EXPECT_EQ(out[3 * s + 1], 0u) << "segment " << s << ": only its own word";
+    }
+  }
+}
+
 // Every element of a cast: dst (through at) is fp8_round(x·s).
 template <class At>
 void expect_cast(simt::Bf16Buffer& x, size_t n, const std::vector<uint8_t>& dst, float amax,

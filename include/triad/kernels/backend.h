@@ -160,6 +160,12 @@ class Backend {
   // (below), with fp32 outputs. The CPU backend has them: they let a model with FP8 products be
   // compared with a reference that has no bf16 roundings. A GPU's FP8 products read bf16.
   virtual void absmax(float* /*out*/, const float* /*x*/, size_t /*n*/) { no_fp32_fp8(); }
+  virtual void absmax_rows(float* out, size_t out_stride, const float* x, size_t width,
+                           const int64_t* begin, const int64_t* end, int segments) {
+    for (int s = 0; s < segments; ++s)
+      absmax(out + size_t(s) * out_stride, x + size_t(begin[s]) * width,
+             size_t(end[s] - begin[s]) * width);
+  }
   virtual void matmul_forward_fp8(float* /*out*/, const float* /*inp*/, const float* /*weight*/,
                                   const float* /*bias*/, int /*N*/, int /*IC*/, int /*OC*/,
                                   const float* /*amax*/) {
@@ -450,6 +456,16 @@ class Backend {
   // backend's memory. The caller guarantees IC and OC are multiples of 16 (the GPU's FP8
   // products need it); N is any number of rows (an expert's share of a micro-batch).
   virtual void absmax(float* out, const bf16_t* x, size_t n) = 0;
+  // absmax of each of `segments` row ranges of x (rows of `width` values): segment s is rows
+  // [begin[s], end[s]) (both on the host), its maximum into out[s·out_stride]; an empty one gives
+  // 0. As absmax on each range (this default), in one pass where a backend has it (the GPU's:
+  // one launch for up to 256 of them: a mixture of experts' per-expert scales).
+  virtual void absmax_rows(float* out, size_t out_stride, const bf16_t* x, size_t width,
+                           const int64_t* begin, const int64_t* end, int segments) {
+    for (int s = 0; s < segments; ++s)
+      absmax(out + size_t(s) * out_stride, x + size_t(begin[s]) * width,
+             size_t(end[s] - begin[s]) * width);
+  }
   virtual void matmul_forward_fp8(bf16_t* out, const bf16_t* inp, const bf16_t* weight,
                                   const bf16_t* bias, int N, int IC, int OC, const float* amax) = 0;
   virtual void matmul_backward_fp8(bf16_t* dinp, float* dweight, float* dbias, const bf16_t* dout,

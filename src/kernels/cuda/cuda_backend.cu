@@ -392,8 +392,13 @@ class CudaBackend final : public Backend {
   // FP8 linear layers (cuda_fp8.cu): quantized operands in fp8_operands_, products on lt_.
   // Overloads for other operand types keep Backend's versions.
   using Backend::absmax;
+  using Backend::absmax_rows;
   using Backend::matmul_backward_fp8;
   using Backend::matmul_forward_fp8;
+  void absmax_rows(float* out, size_t out_stride, const bf16_t* x, size_t width,
+                   const int64_t* begin, const int64_t* end, int segments) override {
+    cuda::absmax_rows(stream_, out, out_stride, dev(x), width, begin, end, segments);
+  }
   void absmax(float* out, const bf16_t* x, size_t n) override {
     cuda::absmax(stream_, out, dev(x), n);
   }

@@ -65,6 +65,13 @@ __global__ void absmax_kernel(unsigned* out, const uint16_t* x, size_t n, bool v
   fp8_block::absmax(t, out, x, n, vec, block_threads(), grid_threads());
 }
 
+__global__ void absmax_segments_kernel(unsigned* out, size_t out_stride, const uint16_t* x,
+                                       size_t width, fp8_block::RowSegments rows, bool vec) {
+  DeviceThread t;
+  fp8_block::absmax_segments(t, out, out_stride, x, width, rows, vec, block_threads(),
+                             grid_threads());
+}
+
 template <Fp8Format F>
 __global__ void cast_kernel(fp8* dst, float* inv_scale, const uint16_t* src, size_t n,
                             const float* amax, bool vec) {
@@ -156,6 +163,35 @@ void absmax(cudaStream_t s, float* out, const bf16* x, size_t n) {
   absmax_kernel<<<grid_for(std::max<size_t>(vec ? n / 8 : n, 1)), kBlock, fp8_block::absmax_smem(),
                   s>>>(reinterpret_cast<unsigned*>(out), bits(x), n, vec);
   TRIAD_CUDA_CHECK_LAUNCH();
+}
+
+void absmax_rows(cudaStream_t s, float* out, size_t out_stride, const bf16* x, size_t width,
+                 const int64_t* begin, const int64_t* end, int segments) {
+  if (segments <= 0) return;
+  // Every segment's maximum zeroed first: one strided memset (a float each, out_stride apart).
+  TRIAD_CUDA_CHECK(
+      cudaMemset2DAsync(out, out_stride * sizeof(float), 0, sizeof(float), size_t(segments), s));
+  const bool vec = pointer_alignment(x) >= 16 && width % 8 == 0;
+  for (int first = 0; first < segments; first += fp8_block::kMaxSegments) {
+    const int n = std::min(segments - first, fp8_block::kMaxSegments);
+    fp8_block::RowSegments rows{};
+    size_t most = 0;  // the longest segment's values, which sets the grid's x
+    for (int i = 0; i < n; ++i) {
+      const int64_t b = begin[first + i], e = end[first + i];
+      TRIAD_CHECK(b >= 0 && b <= e && e <= int64_t(UINT32_MAX),
+                  "internal error: absmax_rows' segment ", first + i, " is rows [", b, ", ", e,
+                  ")");
+      rows.begin[i] = uint32_t(b);
+      rows.end[i] = uint32_t(e);
+      most = std::max(most, size_t(e - b) * width);
+    }
+    if (most == 0) continue;
+    const dim3 grid(grid_for(std::max<size_t>(vec ? most / 8 : most, 1)), unsigned(n));
+    absmax_segments_kernel<<<grid, kBlock, fp8_block::absmax_smem(), s>>>(
+        reinterpret_cast<unsigned*>(out + size_t(first) * out_stride), out_stride, bits(x), width,
+        rows, vec);
+    TRIAD_CUDA_CHECK_LAUNCH();
+  }
 }
 
 void matmul_forward_fp8(cudaStream_t s, LtMatmul& lt, DeviceScratch& fp8_scratch, bf16* out,

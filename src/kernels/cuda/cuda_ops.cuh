@@ -156,6 +156,9 @@ bool matmul_backward_dgelu(cudaStream_t s, LtMatmul& lt, DeviceScratch& scratch,
 // overwritten. N, IC and OC must be multiples of 16.
 // out[0] = max |x| over the n values (NaN if any is NaN); order-free, so deterministic.
 void absmax(cudaStream_t s, float* out, const bf16* x, size_t n);
+// backend.h's absmax_rows: begin and end on the host.
+void absmax_rows(cudaStream_t s, float* out, size_t out_stride, const bf16* x, size_t width,
+                 const int64_t* begin, const int64_t* end, int segments);
 void matmul_forward_fp8(cudaStream_t s, LtMatmul& lt, DeviceScratch& fp8_scratch, bf16* out,
                         const bf16* inp, const bf16* weight, const bf16* bias, int N, int IC,
                         int OC, const float* amax);

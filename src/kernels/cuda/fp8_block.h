@@ -8,6 +8,9 @@
 //    of the values is the order of their bit patterns as unsigned integers, and every NaN lies
 //    above +inf, so the integer maximum is the float maximum, in which a NaN wins (written as
 //    +inf: backend.h).
+//  - absmax_segments: the same for each of several row ranges of one tensor at once (a mixture
+//    of experts' rows grouped by expert, or its stacked matrices): block row y takes segment y,
+//    rows [begin[y], end[y]) of `width` values, into out[y·out_stride] (zeroed before).
 //  - cast: dst[i] = fp8(src[i]·s), layout kept, s = fp8_scale(*amax); vec: 8 values a time.
 //  - cast_transposed: dst [C, ld] = fp8(src [R, C]·s)ᵀ through 32×32 tiles in shared memory, so
 //    reads and writes both go along rows; the tile holds the bytes as words, so the transposed
@@ -64,6 +67,24 @@ TRIAD_BLOCK_FN void absmax(X& x, unsigned* out, const uint16_t* v, size_t n, boo
   m = block_reduce(x, m, reinterpret_cast<unsigned*>(x.smem()), threads, warp_umax, 0u);
   // bf16 bits → float bits; a NaN (above +inf's 0x7f80) as +inf
   if (x.thread() == 0 && m != 0) x.atomic_max(out, (m < 0x7f80u ? m : 0x7f80u) << 16);
+}
+
+// The row ranges of absmax_segments: segment s is rows [begin[s], end[s]) (passed by value to
+// the kernel: at most kMaxSegments a launch, 2 KiB of its 4 KiB of parameters).
+constexpr int kMaxSegments = 256;
+struct RowSegments {
+  uint32_t begin[kMaxSegments], end[kMaxSegments];
+};
+
+// Segment block_y() of `rows` with the grid's x blocks (`stride`: their threads). vec: every
+// segment's start 16-byte aligned (the caller checks the base and the row width).
+template <class X>
+TRIAD_BLOCK_FN void absmax_segments(X& x, unsigned* out, size_t out_stride, const uint16_t* v,
+                                    size_t width, const RowSegments& rows, bool vec, int threads,
+                                    size_t stride) {
+  const int s = x.block_y();
+  const size_t b = rows.begin[s], e = rows.end[s];
+  absmax(x, out + size_t(s) * out_stride, v + b * width, (e - b) * width, vec, threads, stride);
 }
 
 // The scale of the tensor whose max |x| is *amax; block 0's first thread writes its inverse.
