@@ -578,11 +578,17 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
       // (N·F bytes) and the larger of its weight and its input, N the micro-batch's rows; an
       // expert's product at most as many rows as the group's ranks hand it (ep·N, padded to 16).
       const GptShape s = gpt_shape(cfg);
-      double N =
+      const double rows =
           double(cfg.train.micro_batch_size) * cfg.model.seq_len / std::max(1, cfg.parallel.cp);
-      if (s.moe_experts > 0) N = std::ceil(N * std::max(1, cfg.parallel.ep) / 16.0) * 16.0;
-      const double F = double(s.fc_rows()) / std::max(1, cfg.parallel.tp), C = s.n_embd;
-      double bytes = N * F + std::max(F * C, N * C);
+      const double tp = std::max(1, cfg.parallel.tp), C = s.n_embd;
+      const auto operands = [C](double N, double F) { return N * F + std::max(F * C, N * C); };
+      // A dense layer's c_fc (N rows); with experts, an expert's (up to ep·N rows), and a dense
+      // layer's among them at its own width (model.moe_dense_hidden).
+      double bytes = operands(rows, s.dense_fc_rows() / tp);
+      if (s.moe_experts > 0)
+        bytes = std::max(bytes, operands(std::ceil(rows * std::max(1, cfg.parallel.ep) / 16.0) *
+                                             16.0,
+                                         s.fc_rows() / tp));
       if (cfg.run.fp8_head) {  // the head's, chunk by chunk: R rows of this rank's V slice
         const double R = Gpt::logits_chunk_rows(activation_options(cfg), cfg.train.micro_batch_size,
                                                 s, cfg.parallel.cp),

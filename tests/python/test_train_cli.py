@@ -342,6 +342,14 @@ def test_deepseek_v3_model_config_plans_its_parameters(tmp_path):
     assert planned_floats(tmp_path, "deepseek-v3.ini", L) == total
     active = total - (L - first) * (E - k) * expert
     assert 37.5e9 < active < 37.6e9
+    # run.fp8: the GPU's scratch for the largest FP8 backward's operands is the wide dense
+    # layers' c_fc (N rows of F = 2·18432: N·F + max(F·C, N·C) bytes), not an expert's.
+    p = train("--config", REPO / "inputs/models/deepseek-v3.ini", "--run.backend", "cuda",
+              "--data.train", str(tmp_path / "none_*.bin"), "--run.dir", str(tmp_path / "runs"),
+              "--train.batch_size", "8", "--train.micro_batch_size", "8", "--plan",
+              "--run.fp8", "tensorwise", check=True)
+    N, F = 8 * 4096, 2 * 18432
+    assert f"FP8 operands {(N * F + max(F * C, N * C)) / 1e6:.1f} MB" in p.stdout, p.stdout
 
 
 # (layers, n_embd, attention width, key/value width, query/key norm weights, experts, chosen,
