@@ -840,6 +840,30 @@ TEST(ModelParallel, QkNormFullMatchesOneRankOnEveryGrid) {
   expect_other_model("qknormfull", opts, 3, "false", "qk_per_head_ref", ref, 1e-5);
 }
 
+// Multi-head latent attention's options on Llama's blocks: latents of kv and q values (q 0:
+// queries from the token), q·k over nope + rope values a head, v v wide. The sizes' values sit at
+// indices 1, 3, 5, 7 and 9.
+std::vector<std::string> mla_options(int kv, int q, int nope, int rope, int v) {
+  return {"--model.kv_lora_rank",
+          std::to_string(kv),
+          "--model.q_lora_rank",
+          std::to_string(q),
+          "--model.qk_nope_head_dim",
+          std::to_string(nope),
+          "--model.qk_rope_head_dim",
+          std::to_string(rope),
+          "--model.v_head_dim",
+          std::to_string(v),
+          "--model.position",
+          "rope",
+          "--model.norm",
+          "rmsnorm",
+          "--model.mlp",
+          "swiglu",
+          "--model.bias",
+          "false"};
+}
+
 // Multi-head latent attention (model.kv_lora_rank: DeepSeek-V2's MLA): the latents' projections
 // and norms replicated over the tensor-parallel group (their gradients alike on every rank: the
 // latents' and the shared rotated key's gradients are all-reduced there, ln_1's through them added
@@ -850,24 +874,7 @@ TEST(ModelParallel, QkNormFullMatchesOneRankOnEveryGrid) {
 // input gradient partial sums on every rank) with v wider than q·k. Without the latent norms'
 // weights and the rotated key the model would not train alike on tensor-parallel grids.
 TEST(ModelParallel, LatentAttentionMatchesOneRankOnEveryGrid) {
-  std::vector<std::string> opts = {"--model.kv_lora_rank",
-                                   "16",
-                                   "--model.q_lora_rank",
-                                   "12",
-                                   "--model.qk_nope_head_dim",
-                                   "8",
-                                   "--model.qk_rope_head_dim",
-                                   "4",
-                                   "--model.v_head_dim",
-                                   "8",
-                                   "--model.position",
-                                   "rope",
-                                   "--model.norm",
-                                   "rmsnorm",
-                                   "--model.mlp",
-                                   "swiglu",
-                                   "--model.bias",
-                                   "false"};
+  std::vector<std::string> opts = mla_options(16, 12, 8, 4, 8);
   check_variant("mla", opts,
                 {{2, 1, 1, 1, 2, "1f1b", 1},
                  {1, 2, 1, 0, 1, "1f1b", 1},
@@ -903,28 +910,8 @@ TEST(ModelParallel, LatentAttentionMatchesOneRankOnEveryGrid) {
 // (The products' numbers are checked against PyTorch's FP8 reference in test_fp8.py.)
 TEST(ModelParallel, LatentAttentionFp8MatchesOneRankOnEveryGrid) {
   const std::string dir = shared_dir("fp8");
-  std::vector<std::string> opts = {"--resume",
-                                   "none",
-                                   "--run.fp8",
-                                   "tensorwise",
-                                   "--model.kv_lora_rank",
-                                   "16",
-                                   "--model.q_lora_rank",
-                                   "16",
-                                   "--model.qk_nope_head_dim",
-                                   "16",
-                                   "--model.qk_rope_head_dim",
-                                   "16",
-                                   "--model.v_head_dim",
-                                   "16",
-                                   "--model.position",
-                                   "rope",
-                                   "--model.norm",
-                                   "rmsnorm",
-                                   "--model.mlp",
-                                   "swiglu",
-                                   "--model.bias",
-                                   "false"};
+  std::vector<std::string> opts = {"--resume", "none", "--run.fp8", "tensorwise"};
+  for (const std::string& o : mla_options(16, 16, 16, 16, 16)) opts.push_back(o);
   for (const char* q_lora : {"16", "0"}) {
     opts[7] = q_lora;
     const std::string tag = std::string("mla_fp8_q") + q_lora;

@@ -970,6 +970,22 @@ def nemotron_model(**config):
         tie_word_embeddings=False, pad_token_id=None), config)
 
 
+def evaluates_on_tp2(cfg, ckpt, args, want_loss):
+    """ckpt (with args) evaluated on tp 2 gives want_loss to 1e-5."""
+    p = mpi_run(2, "--config", cfg, "--eval-only", "--init-from", ckpt, *args, "--parallel.tp", 2)
+    assert p.returncode == 0, p.stdout + p.stderr
+    tp_loss = float(p.stdout.split("val loss")[1].split()[0])
+    assert abs(tp_loss - want_loss) <= 1e-5 * want_loss, (tp_loss, want_loss)
+
+
+def generates_as_transformers(model, ckpt):
+    """triad-generate's greedy continuation of PROMPT from ckpt is transformers' model's."""
+    p = run([exe("triad-generate"), "--checkpoint", ckpt, "--vocab", VOCAB, "--top-k", "1",
+             "--prompt-ids", " ".join(map(str, PROMPT)), "--length", "20", "--output", "ids"],
+            check=True)
+    assert [int(t) for t in p.stdout.split()] == greedy_continuation(model, PROMPT, 20)
+
+
 def hf_round_trip(imported, tmp_path, model, kind, args, offset, attrs, same_layout=True,
                   tp2=True):
     """transformers' model (of `kind`) imported: the checkpoint's /model attributes include
@@ -987,15 +1003,8 @@ def hf_round_trip(imported, tmp_path, model, kind, args, offset, attrs, same_lay
         assert {k: a.get(k) for k in attrs} == attrs, a
     _, want_loss = evaluates_as_transformers(model, d, cfg, out, *args)
     if tp2:
-        p = mpi_run(2, "--config", cfg, "--eval-only", "--init-from", out, *args, "--parallel.tp",
-                    2)
-        assert p.returncode == 0, p.stdout + p.stderr
-        tp_loss = float(p.stdout.split("val loss")[1].split()[0])
-        assert abs(tp_loss - want_loss) <= 1e-5 * want_loss, (tp_loss, want_loss)
-    p = run([exe("triad-generate"), "--checkpoint", out, "--vocab", VOCAB, "--top-k", "1",
-             "--prompt-ids", " ".join(map(str, PROMPT)), "--length", "20", "--output", "ids"],
-            check=True)
-    assert [int(t) for t in p.stdout.split()] == greedy_continuation(model, PROMPT, 20)
+        evaluates_on_tp2(cfg, out, args, want_loss)
+    generates_as_transformers(model, out)
 
     name = f"{tmp_path.name}-ft"  # a run of its own in the module's directory
     train("--config", cfg, "--init-from", out, *args, "--run.name", name, check=True)
@@ -1333,15 +1342,8 @@ def test_gpt_bigcode_with_a_head_per_query_imports(imported, tmp_path):
         assert int(f["model"].attrs.get("n_kv_head", 0)) in (0, 4)
         rows = f["model/h/0/attn/c_attn/weight"][...]
     _, want = evaluates_as_transformers(model, d, cfg, out, "--model.n_head", "4")
-    p = mpi_run(2, "--config", cfg, "--eval-only", "--init-from", out, "--model.n_head", "4",
-                "--parallel.tp", 2)
-    assert p.returncode == 0, p.stdout + p.stderr
-    tp_loss = float(p.stdout.split("val loss")[1].split()[0])
-    assert abs(tp_loss - want) <= 1e-5 * want, (tp_loss, want)
-    p = run([exe("triad-generate"), "--checkpoint", out, "--vocab", VOCAB, "--top-k", "1",
-             "--prompt-ids", " ".join(map(str, PROMPT)), "--length", "20", "--output", "ids"],
-            check=True)
-    assert [int(t) for t in p.stdout.split()] == greedy_continuation(model, PROMPT, 20)
+    evaluates_on_tp2(cfg, out, ["--model.n_head", "4"], want)
+    generates_as_transformers(model, out)
     p = tool("triad-convert", "export", out, tmp_path / "gpt2", "--to", "hf", "--vocab", "none")
     assert p.returncode == 0, p.stderr
     exported = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "gpt2").eval()
