@@ -7,6 +7,7 @@
 // kept: they are functions of tensors the backward reads anyway (the input kept for the weight
 // gradient, the weight), so nothing per micro-batch has to be stored, pipelined or recomputed.
 #include <algorithm>
+#include <cmath>
 
 #include "triad/core/error.h"
 #include "triad/model/gpt.h"
@@ -47,6 +48,50 @@ std::vector<std::pair<std::string, int>> Gpt::fp8_widths(const GptShape& s, int 
   w.push_back(
       {"the shared experts' hidden units (model.moe_shared_hidden)", s.moe_shared_hidden / tp});
   return w;
+}
+
+double Gpt::fp8_product_bytes(double OC, double IC, double N) {
+  // As cuda_fp8.cu carves the scratch: the forward's weight [OC, IC] and input [N, IC]; the
+  // backward's larger of Wᵀ and the transposed input (its rows padded to 16), then the
+  // transposed output gradient; each after the 256 bytes of inverse scales, 256-byte aligned.
+  const double Np = std::ceil(N / 16) * 16;
+  const auto aligned = [](double b) { return std::ceil(b / 256) * 256; };
+  const double forward = aligned(OC * IC) + N * IC;
+  const double backward = aligned(std::max(OC * IC, Np * IC)) + Np * OC;
+  return 256 + std::max(forward, backward);
+}
+
+double Gpt::fp8_operand_bytes(const GptShape& s, int tp, int ep, double rows) {
+  tp = std::max(1, tp);
+  const double C = s.n_embd;
+  double most = 0;
+  const auto take = [&](double OC, double IC, double N) {
+    most = std::max(most, fp8_product_bytes(OC, IC, N));
+  };
+  if (s.mla()) {
+    const double q_in = s.q_lora_rank > 0 ? s.q_lora_rank : C;
+    if (s.q_lora_rank > 0) take(s.q_lora_rank, C, rows);  // q_a, replicated
+    take(double(s.n_head) * s.mla_qk_dim() / tp, q_in, rows);
+    take(s.kv_lora_rank + s.qk_rope_head_dim, C, rows);  // kv_a, replicated
+    take(double(s.n_head) * (s.qk_nope_head_dim + s.v_head_dim) / tp, s.kv_lora_rank, rows);
+  } else {
+    take(double(s.qkv_rows()) / tp, C, rows);
+  }
+  take(C, double(s.proj_width()) / tp, rows);  // attn.c_proj
+  if (!s.moe() || s.has_dense_layer(s.n_layer)) {
+    take(double(s.dense_fc_rows()) / tp, C, rows);
+    take(C, double(s.dense_hidden()) / tp, rows);
+  }
+  if (s.moe()) {
+    const double expert_rows = std::ceil(rows * std::max(1, ep) / 16) * 16;
+    take(double(s.fc_rows()) / tp, C, expert_rows);
+    take(C, double(s.hidden()) / tp, expert_rows);
+    if (s.moe_shared_hidden > 0) {
+      take(double(s.shared_fc_rows()) / tp, C, rows);
+      take(C, double(s.moe_shared_hidden) / tp, rows);
+    }
+  }
+  return most;
 }
 
 void Gpt::set_fp8(bool on, const std::function<bool(const std::string&)>& skip, bool head) {

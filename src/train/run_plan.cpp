@@ -574,26 +574,18 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
                ? ", with grouped-query attention 2·B·T·3C expanded q|k|v elements"
                : "");
     if (cfg.run.fp8 != "off") {
-      // The quantized operands of the largest FP8 backward (cuda_fp8.cu): c_fc's output gradient
-      // (N·F bytes) and the larger of its weight and its input, N the micro-batch's rows; an
-      // expert's product at most as many rows as the group's ranks hand it (ep·N, padded to 16).
+      // The quantized operands of the largest FP8 product (Gpt::fp8_operand_bytes), N the
+      // micro-batch's rows on this rank.
       const GptShape s = gpt_shape(cfg);
       const double rows =
           double(cfg.train.micro_batch_size) * cfg.model.seq_len / std::max(1, cfg.parallel.cp);
-      const double tp = std::max(1, cfg.parallel.tp), C = s.n_embd;
-      const auto operands = [C](double N, double F) { return N * F + std::max(F * C, N * C); };
-      // A dense layer's c_fc (N rows); with experts, an expert's (up to ep·N rows), and a dense
-      // layer's among them at its own width (model.moe_dense_hidden).
-      double bytes = operands(rows, s.dense_fc_rows() / tp);
-      if (s.moe_experts > 0)
-        bytes = std::max(bytes, operands(std::ceil(rows * std::max(1, cfg.parallel.ep) / 16.0) *
-                                             16.0,
-                                         s.fc_rows() / tp));
+      double bytes = Gpt::fp8_operand_bytes(s, cfg.parallel.tp, cfg.parallel.ep, rows);
       if (cfg.run.fp8_head) {  // the head's, chunk by chunk: R rows of this rank's V slice
-        const double R = Gpt::logits_chunk_rows(activation_options(cfg), cfg.train.micro_batch_size,
+        const double C = s.n_embd,
+                     R = Gpt::logits_chunk_rows(activation_options(cfg), cfg.train.micro_batch_size,
                                                 s, cfg.parallel.cp),
                      V = double(cfg.padded_vocab_size()) / std::max(1, cfg.parallel.tp);
-        bytes = std::max(bytes, R * V + std::max(V * C, R * C));
+        bytes = std::max(bytes, Gpt::fp8_product_bytes(V, C, R));
       }
       os << ", FP8 operands " << megabytes(size_t(bytes)) << " MB";
     }

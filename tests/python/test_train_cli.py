@@ -349,7 +349,7 @@ def test_deepseek_v3_model_config_plans_its_parameters(tmp_path):
               "--train.batch_size", "8", "--train.micro_batch_size", "8", "--plan",
               "--run.fp8", "tensorwise", check=True)
     N, F = 8 * 4096, 2 * 18432
-    assert f"FP8 operands {(N * F + max(F * C, N * C)) / 1e6:.1f} MB" in p.stdout, p.stdout
+    assert f"FP8 operands {(256 + N * F + max(F * C, N * C)) / 1e6:.1f} MB" in p.stdout, p.stdout
 
 
 # (layers, n_embd, attention width, key/value width, query/key norm weights, experts, chosen,
@@ -381,12 +381,20 @@ def test_mixture_of_experts_model_configs_plan_their_parameters(tmp_path, ini, p
     assert planned_floats(tmp_path, ini, L) == published
     p = train("--config", REPO / "inputs/models" / ini, "--run.backend", "cuda", "--data.train",
               str(tmp_path / "none_*.bin"), "--run.dir", str(tmp_path / "runs"),
-              "--train.batch_size", "8", "--train.micro_batch_size", "8", "--plan", check=True)
+              "--train.batch_size", "8", "--train.micro_batch_size", "8", "--plan",
+              "--run.fp8", "tensorwise", check=True)
     gflop = float(p.stdout.split(" GFLOP per token for the model")[0].split()[-1])
     active = L * (layer - (E - k) * per_expert) + ends
     T = 4096
     assert abs((gflop * 1e9 - 6 * L * A * T) / 6 - active) < 1e5  # the plan prints 3 decimals
     assert abs(active - published_active) < 0.02 * published_active, active
+    # run.fp8: the GPU's scratch for the largest FP8 product's operands (the backward's, 256
+    # bytes of scales first): of N rows, c_attn's (Qwen3's and OLMoE's, their experts narrower
+    # than the queries, keys and values) or an expert's c_fc (Mixtral's).
+    N = 8 * T
+    backward = lambda OC, IC: 256 + max(OC * IC, N * IC) + N * OC  # noqa: E731
+    operands = max(backward(A + 2 * KV, C), backward(2 * F, C))
+    assert f"FP8 operands {operands / 1e6:.1f} MB" in p.stdout, p.stdout
 
 
 def test_expert_parallel_plan_counts_a_ranks_work(tmp_path):

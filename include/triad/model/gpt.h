@@ -305,7 +305,6 @@ struct GptShape {
   int dense_fc_rows() const { return gated() ? 2 * dense_hidden() : dense_hidden(); }
   // Layer l's MLP widths: its experts' (each expert's) or its dense MLP's.
   int layer_hidden(int l) const { return moe_layer(l) ? hidden() : dense_hidden(); }
-  int layer_fc_rows(int l) const { return moe_layer(l) ? fc_rows() : dense_fc_rows(); }
   // Whether some layer is dense (the widest dense and expert buffers both planned).
   bool has_dense_layer(int n) const {
     for (int l = 0; l < n; ++l)
@@ -913,6 +912,15 @@ class Gpt {
   // them: each must be a multiple of 16 (the GPU's FP8 products take 16 at a time). Under
   // multi-head latent attention the latent projections' widths stand in for c_attn's.
   static std::vector<std::pair<std::string, int>> fp8_widths(const GptShape& shape, int tp);
+  // The bytes of the GPU backend's FP8 operand scratch its largest product of the blocks needs
+  // (cuda_fp8.cu: the quantized A and B operands of a forward or backward product, 256-byte
+  // aligned after their inverse scales) on a tensor-parallel rank of tp, for micro-batches of
+  // `rows` rows: every FP8 product a block runs (c_attn or the latent attention's projections,
+  // attn.c_proj, the dense layers' MLP, the experts' and shared experts' products), an expert's
+  // at up to ep·rows rows (the ranks of its expert-parallel group each handing it theirs).
+  static double fp8_operand_bytes(const GptShape& shape, int tp, int ep, double rows);
+  // The bytes one FP8 product of OC outputs from IC inputs over N rows takes (either pass).
+  static double fp8_product_bytes(double OC, double IC, double N);
   // The floats set_fp8 allocates for the amax slots: three per expert held (experts_fp8_amax),
   // at least the three of one product. Not in memory_plan (run.fp8 is set after construction):
   // the run's plan adds them.
