@@ -2660,6 +2660,13 @@ def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
     sequential blocks are StarCoder2's."""
     mlp = a["mlp"].decode() if isinstance(a["mlp"], bytes) else str(a["mlp"])  # (always written
     # for a rope model: not GPT-2's)
+    # DeepSeek's form of YaRN (scores scaled apart from cos and sin): transformers' Llama-family
+    # classes scale cos and sin only.
+    mscales = (float(a.get("rope_yarn_mscale", 1.0)), float(a.get("rope_yarn_mscale_all_dim", 0.0)))
+    if a.get("rope_scaling") == "yarn" and mscales != (1.0, 0.0):
+        raise ConvertError(f"{path}: YaRN with rope_yarn_mscale {mscales[0]} and "
+                           f"rope_yarn_mscale_all_dim {mscales[1]} (DeepSeek's form) has no "
+                           f"Hugging Face Llama-family export; only 1 and 0 (Qwen's) export")
     neox_like = mlp in ("gelu", "gelu_exact") and int(a.get("bias", 1)) == 1 and \
         not int(a.get("shared_norm", 0))  # (shared: Phi's)
     starcoder2 = neox_like and not int(a.get("parallel_residual", 0)) and (

@@ -647,6 +647,17 @@ CheckpointState read_state(hid_t file) {
                       s.model.rope_yarn_beta_fast > s.model.rope_yarn_beta_slow,
                   "attributes rope_original_positions and rope_yarn_beta_* of /model are "
                   "inconsistent (need >= 1 positions and fast > slow)");
+      // DeepSeek's form (absent: Qwen's, which files from before these attributes hold).
+      s.model.rope_yarn_mscale = io::read_double_attr(model, "rope_yarn_mscale").value_or(1.0);
+      s.model.rope_yarn_mscale_all_dim =
+          io::read_double_attr(model, "rope_yarn_mscale_all_dim").value_or(0.0);
+      TRIAD_CHECK(
+          std::isfinite(s.model.rope_yarn_mscale) && s.model.rope_yarn_mscale > 0 &&
+              s.model.rope_yarn_mscale <= 100 && std::isfinite(s.model.rope_yarn_mscale_all_dim) &&
+              s.model.rope_yarn_mscale_all_dim >= 0 && s.model.rope_yarn_mscale_all_dim <= 100,
+          "attributes rope_yarn_mscale (", s.model.rope_yarn_mscale,
+          ") and rope_yarn_mscale_all_dim (", s.model.rope_yarn_mscale_all_dim,
+          ") of /model are not in (0, 100] and [0, 100]");
     }
     if (s.model.rope_scaling == "longrope") {
       // One divisor per rotated pair in each list (checked below, with the head's width).
@@ -1172,6 +1183,9 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
           if (state.model.rope_scaling == "yarn") {
             io::write_double_attr(model, "rope_yarn_beta_fast", state.model.rope_yarn_beta_fast);
             io::write_double_attr(model, "rope_yarn_beta_slow", state.model.rope_yarn_beta_slow);
+            io::write_double_attr(model, "rope_yarn_mscale", state.model.rope_yarn_mscale);
+            io::write_double_attr(model, "rope_yarn_mscale_all_dim",
+                                  state.model.rope_yarn_mscale_all_dim);
           }
           if (state.model.rope_scaling == "longrope") {
             io::write_doubles_attr(model, "rope_short_factor", state.model.rope_short_factor);

@@ -431,8 +431,9 @@ std::vector<float> rope_table(const GptShape& shape) {
   TRIAD_CHECK(shape.rope_ext.empty() || shape.rope_ext.size() == size_t(half),
               "internal error: ", shape.rope_ext.size(), " LongRoPE factors for ", half,
               " rotated pairs");
-  // YaRN and LongRoPE scale the rotated q and k (so the attention scores by its square).
-  double scale = shape.yarn ? 0.1 * std::log(shape.rope_factor) + 1.0 : 1.0;
+  // YaRN and LongRoPE scale the rotated q and k (so their part of the scores by its square).
+  double scale =
+      shape.yarn ? shape.yarn_m(shape.rope_mscale) / shape.yarn_m(shape.rope_mscale_all_dim) : 1.0;
   if (!shape.rope_ext.empty() && shape.rope_factor > 1.0)
     scale = std::sqrt(1.0 + std::log(shape.rope_factor) /
                                 std::log(double(shape.rope_original_positions)));

@@ -63,6 +63,12 @@ class KeyTable {
         "kept");
     add("model.rope_yarn_beta_slow", c.model.rope_yarn_beta_slow,
         "yarn: frequencies turning fewer than this many times are divided");
+    add("model.rope_yarn_mscale", c.model.rope_yarn_mscale,
+        "yarn: cos and sin times m(this) / m(rope_yarn_mscale_all_dim), with YaRN's m(x) = "
+        "0.1·x·ln(rope_scaling_factor) + 1 and m(0) = 1 (DeepSeek's mscale; 1: Qwen's YaRN)");
+    add("model.rope_yarn_mscale_all_dim", c.model.rope_yarn_mscale_all_dim,
+        "yarn: the attention scores times m(this)² (DeepSeek's mscale_all_dim; DeepSeek-V3: 1; "
+        "0: the scores as they are, Qwen's YaRN)");
     add("model.rope_low_freq_factor", c.model.rope_low_freq_factor,
         "llama3: wavelengths above rope_original_positions / this are divided");
     add("model.rope_high_freq_factor", c.model.rope_high_freq_factor,
@@ -1078,6 +1084,17 @@ void validate(const Config& c, int world_size) {
       check(std::isfinite(m.rope_yarn_beta_fast) && m.rope_yarn_beta_fast > m.rope_yarn_beta_slow,
             "model.rope_yarn_beta_fast", "must be a finite number > model.rope_yarn_beta_slow");
       check(m.rope_original_positions >= 1, "model.rope_original_positions", "must be >= 1");
+      check(
+          std::isfinite(m.rope_yarn_mscale) && m.rope_yarn_mscale > 0 && m.rope_yarn_mscale <= 100,
+          "model.rope_yarn_mscale", "must be a finite number in (0, 100]");
+      check(std::isfinite(m.rope_yarn_mscale_all_dim) && m.rope_yarn_mscale_all_dim >= 0 &&
+                m.rope_yarn_mscale_all_dim <= 100,
+            "model.rope_yarn_mscale_all_dim", "must be a finite number in [0, 100]");
+    } else {
+      check(m.rope_yarn_mscale == 1.0, "model.rope_yarn_mscale",
+            "is YaRN's: it needs model.rope_scaling = yarn");
+      check(m.rope_yarn_mscale_all_dim == 0.0, "model.rope_yarn_mscale_all_dim",
+            "is YaRN's: it needs model.rope_scaling = yarn");
     }
     if (m.rope_scaling == "llama3") {
       check(std::isfinite(m.rope_scaling_factor) && m.rope_scaling_factor >= 1,

@@ -69,6 +69,8 @@ ModelShape model_shape(const Config& cfg) {
     m.rope_scaling_factor = c.rope_scaling_factor;
     m.rope_yarn_beta_fast = c.rope_yarn_beta_fast;
     m.rope_yarn_beta_slow = c.rope_yarn_beta_slow;
+    m.rope_yarn_mscale = c.rope_yarn_mscale;
+    m.rope_yarn_mscale_all_dim = c.rope_yarn_mscale_all_dim;
     m.rope_original_positions = c.rope_original_positions;
   } else if (c.rope_scaling == "longrope") {
     m.rope_scaling = "longrope";
@@ -144,6 +146,8 @@ GptShape gpt_shape(const ModelShape& m, int padded_vocab_size) {
     s.rope_factor = m.rope_scaling_factor;
     s.rope_beta_fast = m.rope_yarn_beta_fast;
     s.rope_beta_slow = m.rope_yarn_beta_slow;
+    s.rope_mscale = m.rope_yarn_mscale;
+    s.rope_mscale_all_dim = m.rope_yarn_mscale_all_dim;
     s.rope_original_positions = int(m.rope_original_positions);
   } else if (m.rope_scaling == "longrope") {
     s.rope_factor = m.rope_scaling_factor;

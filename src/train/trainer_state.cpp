@@ -642,6 +642,8 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
                   (!yarn || (m.rope_scaling_factor == c.rope_scaling_factor &&
                              m.rope_yarn_beta_fast == c.rope_yarn_beta_fast &&
                              m.rope_yarn_beta_slow == c.rope_yarn_beta_slow &&
+                             m.rope_yarn_mscale == c.rope_yarn_mscale &&
+                             m.rope_yarn_mscale_all_dim == c.rope_yarn_mscale_all_dim &&
                              m.rope_original_positions == c.rope_original_positions)) &&
                   (!longrope || (m.rope_scaling_factor == c.rope_scaling_factor &&
                                  m.rope_original_positions == c.rope_original_positions &&

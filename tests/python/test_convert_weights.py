@@ -655,6 +655,14 @@ def test_yarn_rope_scaling_imports_and_evaluates_as_transformers(imported, tmp_p
     assert back["rope_scaling"]["rope_type"] == "yarn" and back["max_position_embeddings"] == N_POS
     again = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "back").eval()
     assert abs(hf_loss_accuracy(again, d)[0] - want_loss) <= 1e-9 * want_loss
+    # DeepSeek's form (the scores scaled apart from cos and sin) has no such export.
+    deepseek = tmp_path / "deepseek.h5"
+    deepseek.write_bytes(out.read_bytes())
+    with h5py.File(deepseek, "r+") as f:
+        f["model"].attrs["rope_yarn_mscale_all_dim"] = 1.0
+    assert_clean_failure(tool("triad-convert", "export", deepseek, tmp_path / "ds", "--to", "hf"),
+                         "deepseek.h5", "rope_yarn_mscale_all_dim 1.0")
+    assert not (tmp_path / "ds").exists()
     # A config whose two context lengths disagree is refused (transformers' versions differ on
     # which one YaRN's ramp takes).
     bad = json.loads((tmp_path / "llama" / "config.json").read_text())

@@ -374,6 +374,13 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                       **({key: getattr(c, key) for key in ref.MLA_KEYS} if c.kv_lora_rank
                          else {}),
                       **({} if c.rope_scaling is None else dict(
+                          rope_scaling="yarn", rope_scaling_factor=c.rope_scaling.factor,
+                          rope_yarn_beta_fast=c.rope_scaling.beta_fast,
+                          rope_yarn_beta_slow=c.rope_scaling.beta_slow,
+                          rope_yarn_mscale=c.rope_scaling.mscale,
+                          rope_yarn_mscale_all_dim=c.rope_scaling.mscale_all_dim,
+                          rope_original_positions=c.rope_scaling.original)
+                         if isinstance(c.rope_scaling, ref.Yarn) else dict(
                           rope_scaling="llama3", rope_scaling_factor=c.rope_scaling[0],
                           rope_low_freq_factor=c.rope_scaling[1],
                           rope_high_freq_factor=c.rope_scaling[2],
@@ -1221,6 +1228,44 @@ def test_attention_scale_gradients_match_torch(name, scale, tmp_root, tmp_path):
         plain, scaled = ref.forward(w, p.case.cfg, x), ref.forward(w, q.case.cfg, x)
     assert rel_err(scaled.numpy(), plain.numpy()) > 1e-3
     check_probe_against_torch(q, "none")
+
+
+# YaRN in DeepSeek's form (model.rope_yarn_mscale, rope_yarn_mscale_all_dim: cos and sin times
+# m(1.5)/m(2), the scores times m(2)², m(x) = 0.1·x·ln 4 + 1), its ramp over the middle pairs
+# (beta_fast 0.5 and beta_slow 0.05 turns in 8 original positions): the logits, the loss and
+# every gradient against the reference, on multi-head latent attention (DeepSeek-V3's: only the
+# rotated part of q·k scaled by the rotation, all of it by the scores' multiplier) and on Llama's
+# blocks (there the net m(1.5)²). The products forming q and k are 4 times the seeded weights
+# (MLA's 32 times: its latents are normalized), so that the scores are not all near 0 and their
+# scale shows: Qwen's YaRN (mscale 1, mscale_all_dim 0) gives other logits, which the test checks
+# it can tell. On MLA also 10 AdamW steps against PyTorch's; the checkpoint triad writes holds the
+# two numbers, and resuming it with the other form is refused.
+@pytest.mark.parametrize("name", ["mla", "llama"])
+def test_yarn_mscale_gradients_match_torch(name, tmp_root, tmp_path):
+    p = prepare(next(c for c in CASES if c.name == name), tmp_root)
+    sharper = {"attn/q_b/": 32, "attn/kv_a/": 32, "attn/kv_b/": 32, "attn/c_attn/": 4}
+    p = replace(p, weights={k: v * next((m for s, m in sharper.items() if s in k), 1)
+                            for k, v in p.weights.items()})
+    yarn = ref.Yarn(4.0, 8, beta_fast=0.5, beta_slow=0.05, mscale=1.5, mscale_all_dim=2.0)
+    q = with_model(p, tmp_path, rope_scaling=yarn)
+    x, _ = ref.batch(p.train_tokens, 0, p.case.micro_batch, p.case.cfg.seq_len)
+    with torch.no_grad():
+        w = {k: v.double() for k, v in p.weights.items()}
+        qwen = replace(p.case.cfg, rope_scaling=replace(yarn, mscale=1.0, mscale_all_dim=0.0))
+        assert rel_err(ref.forward(w, q.case.cfg, x).numpy(), ref.forward(w, qwen, x).numpy()) > 1e-3
+    check_probe_against_torch(q, "none")
+    if name != "mla":
+        return
+    sections = config_sections(q.case, q.dir, train__grad_clip=GRAD_CLIP[name])
+    compare_training(q, tmp_path, sections, "yarn")
+    ckpt = tmp_path / "runs" / "ref" / "ckpt" / f"step_{sections['train']['steps']:08d}.h5"
+    assert ref.load_checkpoint(ckpt)[0].rope_scaling == yarn
+    r = subprocess.run([str(binary("triad-train")), "--config", str(tmp_path / "yarn.ini"),
+                        "--resume", str(ckpt), "--run.dir", str(tmp_path / "runs"),
+                        "--run.name", "other", "--model.rope_yarn_mscale_all_dim", "0"],
+                       capture_output=True, text=True, env=run_env(), timeout=300)
+    assert r.returncode != 0 and "rope_scaling yarn" in r.stderr and \
+        "other factors" in r.stderr, r.stderr
 
 
 # μP (model.mup_base_width, m = 4 and 2): the logits times 1/m, the attention scores times

@@ -134,6 +134,11 @@ def test_help_lists_every_key_with_defaults():
     (["--model.position", "rope", "--model.rope_scaling", "yarn",
       "--model.rope_yarn_beta_fast", "0.5"],
      ["model.rope_yarn_beta_fast", "> model.rope_yarn_beta_slow"]),
+    (["--model.position", "rope", "--model.rope_scaling", "yarn", "--model.rope_yarn_mscale", "0"],
+     ["model.rope_yarn_mscale", "(0, 100]"]),
+    (["--model.position", "rope", "--model.rope_scaling", "llama3",
+      "--model.rope_yarn_mscale_all_dim", "1"],
+     ["model.rope_yarn_mscale_all_dim", "needs model.rope_scaling = yarn"]),
     # LongRoPE: one divisor per rotated pair (the test model's head width 16: 8 pairs).
     (["--model.position", "rope", "--model.rope_scaling", "longrope", "--model.rope_short_factor",
       ",".join(["1"] * 7), "--model.rope_long_factor", ",".join(["2"] * 8)],
@@ -350,6 +355,13 @@ def test_deepseek_v3_model_config_plans_its_parameters(tmp_path):
               "--run.fp8", "tensorwise", check=True)
     N, F = 8 * 4096, 2 * 18432
     assert f"FP8 operands {(256 + N * F + max(F * C, N * C)) / 1e6:.1f} MB" in p.stdout, p.stdout
+    # The context extension the config's comment gives (YaRN in DeepSeek's form) is accepted.
+    train("--config", REPO / "inputs/models/deepseek-v3.ini", "--run.backend", "cuda",
+          "--data.train", str(tmp_path / "none_*.bin"), "--run.dir", str(tmp_path / "runs"),
+          "--train.batch_size", "1", "--train.micro_batch_size", "1", "--plan",
+          "--model.seq_len", "32768", "--model.rope_scaling", "yarn",
+          "--model.rope_scaling_factor", "40", "--model.rope_original_positions", "4096",
+          "--model.rope_yarn_mscale", "1", "--model.rope_yarn_mscale_all_dim", "1", check=True)
 
 
 # (layers, n_embd, attention width, key/value width, query/key norm weights, experts, chosen,
@@ -1039,6 +1051,11 @@ def test_damaged_checkpoints(tmp_path):
              "not one per rotated pair"),
             ("rscale_yarn", {"position": "rope", "rope_theta": 10000.0, "rope_scaling": "yarn"},
              "rope_scaling_factor of /model is missing (rope_scaling is yarn)"),
+            ("rscale_mscale", {"position": "rope", "rope_theta": 10000.0, "rope_scaling": "yarn",
+                               "rope_scaling_factor": 4.0, "rope_original_positions": 8,
+                               "rope_yarn_beta_fast": 32.0, "rope_yarn_beta_slow": 1.0,
+                               "rope_yarn_mscale_all_dim": -1.0},
+             "rope_yarn_mscale_all_dim (-1) of /model"),
             ("rscale_factor", {"position": "rope", "rope_theta": 10000.0, "rope_scaling": "llama3"},
              "rope_scaling_factor of /model is missing")):
         bad = tmp_path / f"bad_{name}.h5"

@@ -47,6 +47,32 @@ LOSS_MASK_MAGIC, LOSS_MASK_VERSION = 20261130, 1  # <shard>.mask: a byte per tok
 
 
 @dataclass(frozen=True)
+class Yarn:
+    """YaRN's rope scaling (model.rope_scaling = yarn), DeepSeek-V2's form of it: pairs turning
+    more than beta_fast times in the original context keep their frequency, those turning fewer
+    than beta_slow times divide it by factor, a linear ramp between; cos and sin times
+    m(mscale) / m(mscale_all_dim), the attention scores times m(mscale_all_dim)², with
+    m(x) = 0.1·x·ln(factor) + 1 (1 for x = 0). Qwen's YaRN: mscale 1, mscale_all_dim 0."""
+    factor: float
+    original: int
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    mscale: float = 1.0
+    mscale_all_dim: float = 0.0
+
+    def m(self, x: float) -> float:
+        return 0.1 * x * math.log(self.factor) + 1.0 if x and self.factor > 1 else 1.0
+
+    @property
+    def rotation_scale(self) -> float:
+        return self.m(self.mscale) / self.m(self.mscale_all_dim)
+
+    @property
+    def scores_mult(self) -> float:
+        return self.m(self.mscale_all_dim) ** 2
+
+
+@dataclass(frozen=True)
 class GptConfig:
     n_layer: int
     n_head: int
@@ -63,8 +89,8 @@ class GptConfig:
     tied: bool = True  # False: an output layer lm_head/weight [Vp, C] of its own
     n_kv_head: int = 0  # key/value heads (0: n_head); fewer: grouped-query attention
     # llama3 rope scaling (model.rope_scaling): (factor, low_freq_factor, high_freq_factor,
-    # original positions); None: plain rope.
-    rope_scaling: Optional[Tuple[float, float, float, int]] = None
+    # original positions); or a Yarn; None: plain rope.
+    rope_scaling: Optional[Tuple[float, float, float, int] | Yarn] = None
     qk_norm: bool = False  # True: RMSNorm of each q and k head (q_norm, k_norm [hd]) after c_attn
     # model.qk_norm_full: one RMSNorm over all of q (q_norm [n_head·hd]) and one over all of k
     # (k_norm [kv·hd]) instead (OLMo-2's, OLMoE's)
@@ -162,12 +188,15 @@ class GptConfig:
 
     @property
     def scores_scale(self) -> float:
-        """The attention scores' scale: attn_scale, or μP's 1/sqrt(hd·m), or 1/sqrt(hd)."""
+        """The attention scores' scale: attn_scale, or μP's 1/sqrt(hd·m), or 1/sqrt(hd); times
+        YaRN's m(mscale_all_dim)²."""
+        mult = self.rope_scaling.scores_mult if isinstance(self.rope_scaling, Yarn) else 1.0
         if self.attn_scale:
-            return self.attn_scale
+            return self.attn_scale * mult
         if self.kv_lora_rank:  # MLA: q·k over the unrotated and rotated values
-            return 1.0 / math.sqrt((self.qk_nope_head_dim + self.qk_rope_head_dim) * self.mup_mult)
-        return 1.0 / math.sqrt(self.head_dim * self.mup_mult)
+            return mult / math.sqrt((self.qk_nope_head_dim + self.qk_rope_head_dim) *
+                                    self.mup_mult)
+        return mult / math.sqrt(self.head_dim * self.mup_mult)
 
     @property
     def hidden(self) -> int:
@@ -440,10 +469,23 @@ class Fp8Linear(torch.autograd.Function):
 def rope_frequencies(theta: float, hd: int, scaling=None) -> torch.Tensor:
     """theta^(-2i/hd) for i < hd/2 (float64); with scaling = (factor, low, high, L), Llama 3.1's:
     wavelengths 2π/f above L/low divided by factor, below L/high kept, in between
-    (1 - s)·f/factor + s·f with s = (L/wavelength - low)/(high - low)."""
+    (1 - s)·f/factor + s·f with s = (L/wavelength - low)/(high - low). With a Yarn: pair i's
+    frequency f/factor·r + f·(1 - r), r rising from 0 to 1 over the pairs between the one turning
+    beta_fast times in the original context (rounded down) and the one turning beta_slow times
+    (rounded up)."""
     freq = theta ** (-2.0 * torch.arange(hd // 2, dtype=torch.float64) / hd)
     if scaling is None:
         return freq
+    if isinstance(scaling, Yarn):
+        # Pair i turns L·f_i/(2π) times in the original context: solved for i at r turns.
+        def pair(turns):
+            return hd * math.log(scaling.original / (2 * math.pi * turns)) / (2 * math.log(theta))
+        lo = max(math.floor(pair(scaling.beta_fast)), 0)
+        hi = min(math.ceil(pair(scaling.beta_slow)), hd - 1)
+        if hi == lo:
+            hi += 0.001
+        r = ((torch.arange(hd // 2, dtype=torch.float64) - lo) / (hi - lo)).clamp(0, 1)
+        return freq / scaling.factor * r + freq * (1 - r)
     factor, low, high, L = scaling
     wavelength = 2 * math.pi / freq
     s = (L / wavelength - low) / (high - low)
@@ -471,8 +513,9 @@ def rotary(x: torch.Tensor, theta: float, pos0: int = 0, scaling=None,
     else:
         pos = positions.to(torch.float64)[:, None, :, None]  # [B, 1, T, 1]
     ang = pos * freq  # [T, half] or [B, 1, T, half]
-    cos = torch.cat([ang.cos(), ang.cos()], dim=-1).to(x.dtype)
-    sin = torch.cat([ang.sin(), ang.sin()], dim=-1).to(x.dtype)
+    amp = scaling.rotation_scale if isinstance(scaling, Yarn) else 1.0  # YaRN's
+    cos = (torch.cat([ang.cos(), ang.cos()], dim=-1) * amp).to(x.dtype)
+    sin = (torch.cat([ang.sin(), ang.sin()], dim=-1) * amp).to(x.dtype)
     turned = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos + turned * sin
 
@@ -1133,7 +1176,15 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
         _string_attr(m, "position", cfg.position)
         if cfg.position == "rope":
             m.attrs.create("rope_theta", np.float64(cfg.rope_theta), dtype="<f8")
-        if cfg.rope_scaling is not None:
+        if isinstance(cfg.rope_scaling, Yarn):
+            y = cfg.rope_scaling
+            _string_attr(m, "rope_scaling", "yarn")
+            for key, val in (("rope_scaling_factor", y.factor), ("rope_yarn_beta_fast", y.beta_fast),
+                             ("rope_yarn_beta_slow", y.beta_slow), ("rope_yarn_mscale", y.mscale),
+                             ("rope_yarn_mscale_all_dim", y.mscale_all_dim)):
+                m.attrs.create(key, np.float64(val), dtype="<f8")
+            m.attrs.create("rope_original_positions", i64(y.original), dtype="<i8")
+        elif cfg.rope_scaling is not None:
             _string_attr(m, "rope_scaling", "llama3")
             for key, val in zip(("rope_scaling_factor", "rope_low_freq_factor",
                                  "rope_high_freq_factor"), cfg.rope_scaling[:3]):
@@ -1282,7 +1333,12 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                                       float(a["rope_low_freq_factor"]),
                                       float(a["rope_high_freq_factor"]),
                                       int(a["rope_original_positions"]))
-                        if "rope_scaling" in a and _str(a["rope_scaling"]) == "llama3" else None)
+                        if "rope_scaling" in a and _str(a["rope_scaling"]) == "llama3" else
+                        Yarn(float(a["rope_scaling_factor"]), int(a["rope_original_positions"]),
+                             float(a["rope_yarn_beta_fast"]), float(a["rope_yarn_beta_slow"]),
+                             float(a.get("rope_yarn_mscale", 1.0)),
+                             float(a.get("rope_yarn_mscale_all_dim", 0.0)))
+                        if "rope_scaling" in a and _str(a["rope_scaling"]) == "yarn" else None)
         if cfg.n_kv_head == cfg.n_head:
             cfg = GptConfig(**{**cfg.__dict__, "n_kv_head": 0})  # the default: one per head
         if cfg.mlp_hidden == GptConfig(**{**cfg.__dict__, "mlp_hidden": 0}).hidden:

@@ -80,6 +80,8 @@ struct ModelShape {
   // "yarn" instead: rope_scaling_factor, rope_original_positions and the doubles
   // rope_yarn_beta_fast, rope_yarn_beta_slow.
   double rope_yarn_beta_fast = 0, rope_yarn_beta_slow = 0;
+  // And rope_yarn_mscale, rope_yarn_mscale_all_dim (doubles; absent: 1 and 0, Qwen's YaRN).
+  double rope_yarn_mscale = 1, rope_yarn_mscale_all_dim = 0;
   // "longrope" instead: rope_scaling_factor (the stretch of the original context),
   // rope_original_positions and the double arrays rope_short_factor and rope_long_factor (one
   // divisor per rotated pair each).

@@ -35,9 +35,18 @@ struct GptShape {
   // YaRN instead (model.rope_scaling = yarn; Qwen's long-context setting): each frequency f
   // blends f (pairs turning more than beta_fast times in rope_original_positions) with
   // f / rope_factor (fewer than beta_slow times), linearly between, and cos and sin are scaled by
-  // 0.1·ln(rope_factor) + 1 (rope_table).
+  // m(rope_mscale) / m(rope_mscale_all_dim) (rope_table), the attention scores by
+  // m(rope_mscale_all_dim)² (scores_scale), with YaRN's m(x) = 0.1·x·ln(rope_factor) + 1 (1 where
+  // x = 0 or rope_factor <= 1). Qwen's YaRN is mscale 1, mscale_all_dim 0 (cos and sin times
+  // 0.1·ln(rope_factor) + 1, the scores as they are); DeepSeek-V3's both 1 (the other way round).
   bool yarn = false;
   double rope_beta_fast = 32.0, rope_beta_slow = 1.0;
+  double rope_mscale = 1.0, rope_mscale_all_dim = 0.0;
+  double yarn_m(double x) const {
+    return x > 0 && rope_factor > 1 ? 0.1 * x * std::log(rope_factor) + 1 : 1.0;
+  }
+  // What YaRN multiplies the attention scores by: m(rope_mscale_all_dim)² (1 without YaRN).
+  double yarn_scores_mult() const { return yarn ? std::pow(yarn_m(rope_mscale_all_dim), 2) : 1.0; }
   // LongRoPE instead (model.rope_scaling = longrope; Phi-3's long-context setting), where
   // rope_ext holds one divisor per rotated pair (rot() / 2; empty: no longrope): frequency f_i
   // becomes f_i / rope_ext[i], and cos and sin are scaled by sqrt(1 + ln s / ln L) for the
@@ -149,12 +158,14 @@ struct GptShape {
   // 0: the standard parametrization.
   int mup_base_width = 0;
   double mup_mult() const { return mup_base_width > 0 ? double(n_embd) / mup_base_width : 1.0; }
-  // The scale the attention ops take: attn_scale, or μP's, or 0 (their 1/sqrt(hd)).
+  // The scale the attention ops take: attn_scale, or μP's, or 0 (their 1/sqrt(hd)); times YaRN's
+  // multiplier (DeepSeek's mscale_all_dim) where it is not 1.
   float scores_scale() const {
-    if (attn_scale > 0.0f) return attn_scale;
+    const double mult = yarn_scores_mult();
+    if (attn_scale > 0.0f) return float(attn_scale * mult);
     const double width = mla() ? mla_qk_dim() : hd();  // (MLA: the zero padding adds nothing)
-    if (mup_base_width > 0) return float(1.0 / std::sqrt(width * mup_mult()));
-    return mla() ? float(1.0 / std::sqrt(width)) : 0.0f;
+    if (mup_base_width > 0) return float(mult / std::sqrt(width * mup_mult()));
+    return mla() || mult != 1.0 ? float(mult / std::sqrt(width)) : 0.0f;
   }
   // The logits' multiplier: μP's 1/m, else 1.
   float logits_mult() const { return float(1.0 / mup_mult()); }

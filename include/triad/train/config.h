@@ -20,6 +20,9 @@ struct ModelConfig {
   double rope_scaling_factor = 8.0, rope_low_freq_factor = 1.0, rope_high_freq_factor = 4.0;
   int rope_original_positions = 8192;  // llama3, yarn: the context first trained on
   double rope_yarn_beta_fast = 32.0, rope_yarn_beta_slow = 1.0;  // yarn: the ramp's ends
+  // yarn, DeepSeek's form: cos and sin times m(mscale)/m(mscale_all_dim), the scores times
+  // m(mscale_all_dim)², m(x) = 0.1·x·ln(factor) + 1 (m(0) = 1: Qwen's YaRN at the defaults).
+  double rope_yarn_mscale = 1.0, rope_yarn_mscale_all_dim = 0.0;
   // longrope (Phi-3's): each rotated pair's frequency divisor, comma-separated (rot / 2 of
   // them); the long list where seq_len > rope_original_positions, else the short one.
   std::string rope_short_factor, rope_long_factor;
