@@ -845,14 +845,14 @@ def test_sgd_momentum_steps_match_torch(tmp_root, tmp_path):
 
 
 @pytest.mark.parametrize("case,adjust,nesterov", [
-    (CASES[0], "original", True),
+    (next(c for c in CASES if c.name == "mqa"), "original", True),
     (CASES[1], "match_rms_adamw", False),
     (next(c for c in CASES if c.name == "gqa"), "original", True),
     (next(c for c in CASES if c.name == "moe"), "original", True),
     (next(c for c in CASES if c.name == "moeswiglu"), "match_rms_adamw", True),
     (next(c for c in CASES if c.name == "dsv3"), "original", False),
     (next(c for c in CASES if c.name == "relu2"), "original", True),
-], ids=["gpt2vocab-original-nesterov", "oddshapes-rms-plain", "gqa-original-nesterov",
+], ids=["mqa-original-nesterov", "oddshapes-rms-plain", "gqa-original-nesterov",
         "moe-original-nesterov", "moeswiglu-rms-nesterov", "dsv3-original-plain",
         "relu2-original-nesterov"])
 def test_muon_steps_match_torch(case, adjust, nesterov, tmp_root, tmp_path):
