@@ -80,25 +80,35 @@ def test_llama_blocks_continuation_matches_torch(tmp_path, n_kv_head, qk_norm, s
     continues_as_torch(tmp_path / "rms.h5", cfg, 6, 4, "--tp", 2, "--pp", 2)
 
 
-@pytest.mark.parametrize("q_lora_rank", [12, 0], ids=["q-latent", "q-from-token"])
-def test_latent_attention_continuation_matches_torch(tmp_path, q_lora_rank):
+@pytest.mark.parametrize("q_lora_rank,yarn", [
+    (12, None), (0, None),
+    (12, ref.Yarn(4.0, 8, beta_fast=0.5, beta_slow=0.05, mscale=1.5, mscale_all_dim=2.0))],
+    ids=["q-latent", "q-from-token", "q-latent-deepseek-yarn"])
+def test_latent_attention_continuation_matches_torch(tmp_path, q_lora_rank, yarn):
     """Multi-head latent attention (model.kv_lora_rank): the key/value cache keeps each head's
     assembled keys and values (the shared rotated key in each, v padded to the heads' 16); the
     greedy tokens, within the context and past it, are the float64 reference's (which forms the
     latents from the paper's equations over the whole context) on one rank and on tp 2 × pp 2;
-    with queries through a latent of 12 and straight from the token."""
+    with queries through a latent of 12 and straight from the token; and with YaRN in
+    DeepSeek's form (the scores scaled apart from cos and sin), the attention's matrices 4 times
+    larger again so that the scores steer the tokens (Qwen's form of YaRN, or none, gives 35 of
+    the 40 other)."""
     cfg = ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=32, vocab_size=50257,
                         position="rope", rope_theta=200.0, norm="rmsnorm", bias=False,
                         mlp="swiglu", tied=False, kv_lora_rank=16, q_lora_rank=q_lora_rank,
-                        qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=12)
-    continues_as_torch(tmp_path / "mla.h5", cfg, 8, 4, "--tp", 2, "--pp", 2)
+                        qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=12,
+                        rope_scaling=yarn)
+    continues_as_torch(tmp_path / "mla.h5", cfg, 8, 4, "--tp", 2, "--pp", 2,
+                       attention_gain=1 if yarn is None else 4)
 
 
-def continues_as_torch(path, cfg, seed, ranks, *grid):
+def continues_as_torch(path, cfg, seed, ranks, *grid, attention_gain=1):
     """A checkpoint of cfg's random weights (seed; the matrices times 8, so that the greedy
-    choices are clear) written to path: triad-generate's 40 greedy tokens after PROMPT, on one
-    rank and on `ranks` ranks of `grid`, are the float64 reference's."""
-    ref.write_checkpoint(path, cfg, {k: (v * 8 if v.dim() >= 2 else v)
+    choices are clear, the attention's times attention_gain more) written to path:
+    triad-generate's 40 greedy tokens after PROMPT, on one rank and on `ranks` ranks of `grid`,
+    are the float64 reference's."""
+    ref.write_checkpoint(path, cfg, {k: (v * 8 * (attention_gain if "/attn/" in k else 1)
+                                         if v.dim() >= 2 else v)
                                      for k, v in ref.random_weights(cfg, seed).items()})
     _, params = ref.load_checkpoint(path, dtype=torch.float64)
     want = generate_torch.generate(params, cfg, PROMPT, 40, "recompute")
