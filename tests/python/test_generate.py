@@ -90,16 +90,16 @@ def test_latent_attention_continuation_matches_torch(tmp_path, q_lora_rank, yarn
     greedy tokens, within the context and past it, are the float64 reference's (which forms the
     latents from the paper's equations over the whole context) on one rank and on tp 2 × pp 2;
     with queries through a latent of 12 and straight from the token; and with YaRN in
-    DeepSeek's form (the scores scaled apart from cos and sin), the attention's matrices 4 times
-    larger again so that the scores steer the tokens (Qwen's form of YaRN, or none, gives 35 of
-    the 40 other)."""
+    DeepSeek's form (the scores scaled apart from cos and sin). The attention's matrices are 4
+    times larger again, so that the scores steer the tokens: another rope_theta gives 38 of the
+    40 other with queries through the latent (none without the gain), Qwen's form of YaRN or none
+    35."""
     cfg = ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=32, vocab_size=50257,
                         position="rope", rope_theta=200.0, norm="rmsnorm", bias=False,
                         mlp="swiglu", tied=False, kv_lora_rank=16, q_lora_rank=q_lora_rank,
                         qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=12,
                         rope_scaling=yarn)
-    continues_as_torch(tmp_path / "mla.h5", cfg, 8, 4, "--tp", 2, "--pp", 2,
-                       attention_gain=1 if yarn is None else 4)
+    continues_as_torch(tmp_path / "mla.h5", cfg, 8, 4, "--tp", 2, "--pp", 2, attention_gain=4)
 
 
 def continues_as_torch(path, cfg, seed, ranks, *grid, attention_gain=1):
