@@ -652,12 +652,12 @@ CheckpointState read_state(hid_t file) {
       s.model.rope_yarn_mscale_all_dim =
           io::read_double_attr(model, "rope_yarn_mscale_all_dim").value_or(0.0);
       TRIAD_CHECK(
-          std::isfinite(s.model.rope_yarn_mscale) && s.model.rope_yarn_mscale > 0 &&
+          std::isfinite(s.model.rope_yarn_mscale) && s.model.rope_yarn_mscale >= 0 &&
               s.model.rope_yarn_mscale <= 100 && std::isfinite(s.model.rope_yarn_mscale_all_dim) &&
               s.model.rope_yarn_mscale_all_dim >= 0 && s.model.rope_yarn_mscale_all_dim <= 100,
           "attributes rope_yarn_mscale (", s.model.rope_yarn_mscale,
           ") and rope_yarn_mscale_all_dim (", s.model.rope_yarn_mscale_all_dim,
-          ") of /model are not in (0, 100] and [0, 100]");
+          ") of /model are not both in [0, 100]");
     }
     if (s.model.rope_scaling == "longrope") {
       // One divisor per rotated pair in each list (checked below, with the head's width).

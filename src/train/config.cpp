@@ -768,6 +768,10 @@ CommandLine parse_train_command_line(int argc, const char* const* argv) {
       "auto (newest complete checkpoint of the run, if any) | none | PATH")(
       "init-from", po::value<std::string>(&cl.init_from),
       "start a new run from this checkpoint's weights (fresh optimizer), e.g. fine-tuning")(
+      "extend-positions", po::bool_switch(&cl.extend_positions),
+      "with --init-from a rotary (model.position = rope) checkpoint: take model.seq_len, "
+      "rope_theta and the rope scaling from the config even where the checkpoint's model had "
+      "others (context extension: a longer seq_len, YaRN, another base)")(
       "model-from", po::value<std::string>(&cl.model_from),
       "take the model.* keys from this checkpoint (e.g. one triad-convert imported): they "
       "replace the config files' model keys, command-line --model.* keys still override them")(
@@ -834,6 +838,9 @@ CommandLine parse_train_command_line(int argc, const char* const* argv) {
   } catch (const po::error& e) {
     rethrow(e, "command line");
   }
+  TRIAD_CHECK(!cl.extend_positions || !cl.init_from.empty(),
+              "command line: --extend-positions applies to the checkpoint of --init-from, and "
+              "there is none");
   resolve_run_length(cl.config);
   return cl;
 }
@@ -1085,16 +1092,11 @@ void validate(const Config& c, int world_size) {
             "model.rope_yarn_beta_fast", "must be a finite number > model.rope_yarn_beta_slow");
       check(m.rope_original_positions >= 1, "model.rope_original_positions", "must be >= 1");
       check(
-          std::isfinite(m.rope_yarn_mscale) && m.rope_yarn_mscale > 0 && m.rope_yarn_mscale <= 100,
-          "model.rope_yarn_mscale", "must be a finite number in (0, 100]");
+          std::isfinite(m.rope_yarn_mscale) && m.rope_yarn_mscale >= 0 && m.rope_yarn_mscale <= 100,
+          "model.rope_yarn_mscale", "must be a finite number in [0, 100]");
       check(std::isfinite(m.rope_yarn_mscale_all_dim) && m.rope_yarn_mscale_all_dim >= 0 &&
                 m.rope_yarn_mscale_all_dim <= 100,
             "model.rope_yarn_mscale_all_dim", "must be a finite number in [0, 100]");
-    } else {
-      check(m.rope_yarn_mscale == 1.0, "model.rope_yarn_mscale",
-            "is YaRN's: it needs model.rope_scaling = yarn");
-      check(m.rope_yarn_mscale_all_dim == 0.0, "model.rope_yarn_mscale_all_dim",
-            "is YaRN's: it needs model.rope_scaling = yarn");
     }
     if (m.rope_scaling == "llama3") {
       check(std::isfinite(m.rope_scaling_factor) && m.rope_scaling_factor >= 1,
@@ -1106,6 +1108,13 @@ void validate(const Config& c, int world_size) {
             "model.rope_high_freq_factor", "must be a finite number > model.rope_low_freq_factor");
       check(m.rope_original_positions >= 1, "model.rope_original_positions", "must be >= 1");
     }
+  }
+  // YaRN's two scales mean nothing elsewhere: not a silent no-op.
+  if (m.position != "rope" || m.rope_scaling != "yarn") {
+    check(m.rope_yarn_mscale == 1.0, "model.rope_yarn_mscale",
+          "is YaRN's: it needs model.position = rope and model.rope_scaling = yarn");
+    check(m.rope_yarn_mscale_all_dim == 0.0, "model.rope_yarn_mscale_all_dim",
+          "is YaRN's: it needs model.position = rope and model.rope_scaling = yarn");
   }
   const auto& t = c.train;
   check(t.steps >= 0, "train.steps", "must be >= 0 (got " + std::to_string(t.steps) + ")");

@@ -243,7 +243,7 @@ TrainOutcome Trainer::run() {
   // checked so that a wrong path is reported, not silently ignored.
   if (!s.cl.init_from.empty()) {
     const CheckpointState st = read_checkpoint_state(s.grid.world(), s.cl.init_from);
-    s.check_model_shape(st, s.cl.init_from);
+    s.check_model_shape(st, s.cl.init_from, s.cl.extend_positions);
     if (!resume_path.empty())
       s.say("--init-from " + s.cl.init_from + " ignored: the run resumes from its own checkpoint");
   }

@@ -7,6 +7,7 @@
 #include <exception>
 #include <limits>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include "triad/kernels/cuda_comm.h"
@@ -608,19 +609,27 @@ void Trainer::State::finish_save() {
   say(os.str());
 }
 
-void Trainer::State::check_model_shape(const CheckpointState& st, const std::string& path) const {
+std::string Trainer::State::check_model_shape(const CheckpointState& st, const std::string& path,
+                                              bool extend) const {
   const auto& m = st.model;
   const auto& c = cfg.model;
+  // Context extension (--extend-positions): no tensor of a rotary model depends on its
+  // positions, so they are the config's.
+  const bool free = extend && m.position == "rope" && c.position == "rope";
+  const char* hint =
+      m.position == "rope" && c.position == "rope" && !extend
+          ? " (to extend a rotary model's context from it: --init-from with --extend-positions)"
+          : "";
   if (m.n_layer != c.n_layer || m.n_head != c.n_head || m.n_embd != c.n_embd ||
-      m.seq_len != c.seq_len || m.vocab_size != c.vocab_size) {
+      (m.seq_len != c.seq_len && !free) || m.vocab_size != c.vocab_size) {
     fail("checkpoint ", path, " holds a model with n_layer=", m.n_layer, " n_head=", m.n_head,
          " n_embd=", m.n_embd, " seq_len=", m.seq_len, " vocab_size=", m.vocab_size,
          " but the config asks for n_layer=", c.n_layer, " n_head=", c.n_head, " n_embd=", c.n_embd,
-         " seq_len=", c.seq_len, " vocab_size=", c.vocab_size);
+         " seq_len=", c.seq_len, " vocab_size=", c.vocab_size, m.seq_len != c.seq_len ? hint : "");
   }
   // A learned table and rotary positions hold different tensors (wpe or none), and a model
-  // trained with one rope_theta does not read positions with another.
-  if (m.position != c.position || (c.position == "rope" && m.rope_theta != c.rope_theta)) {
+  // trained with one rope_theta does not read positions with another (unless extended).
+  if (m.position != c.position || (c.position == "rope" && m.rope_theta != c.rope_theta && !free)) {
     auto describe = [](const std::string& position, double theta) {
       char buf[32];
       const auto r = std::to_chars(buf, buf + sizeof(buf), theta);
@@ -628,31 +637,32 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
                                 : std::string("learned (wpe)");
     };
     fail("checkpoint ", path, " holds a model with positions ", describe(m.position, m.rope_theta),
-         " but the config asks for model.position = ", describe(c.position, c.rope_theta));
+         " but the config asks for model.position = ", describe(c.position, c.rope_theta),
+         m.position == c.position ? hint : "");
   }
   // Scaled frequencies are other positions too.
   const bool llama3 = c.rope_scaling == "llama3", yarn = c.rope_scaling == "yarn";
   const bool longrope = c.rope_scaling == "longrope";
   const ModelShape asked = longrope ? triad::model_shape(cfg) : ModelShape{};
-  TRIAD_CHECK(m.rope_scaling == c.rope_scaling &&
-                  (!llama3 || (m.rope_scaling_factor == c.rope_scaling_factor &&
-                               m.rope_low_freq_factor == c.rope_low_freq_factor &&
-                               m.rope_high_freq_factor == c.rope_high_freq_factor &&
-                               m.rope_original_positions == c.rope_original_positions)) &&
-                  (!yarn || (m.rope_scaling_factor == c.rope_scaling_factor &&
-                             m.rope_yarn_beta_fast == c.rope_yarn_beta_fast &&
-                             m.rope_yarn_beta_slow == c.rope_yarn_beta_slow &&
-                             m.rope_yarn_mscale == c.rope_yarn_mscale &&
-                             m.rope_yarn_mscale_all_dim == c.rope_yarn_mscale_all_dim &&
-                             m.rope_original_positions == c.rope_original_positions)) &&
-                  (!longrope || (m.rope_scaling_factor == c.rope_scaling_factor &&
-                                 m.rope_original_positions == c.rope_original_positions &&
-                                 m.rope_short_factor == asked.rope_short_factor &&
-                                 m.rope_long_factor == asked.rope_long_factor)),
+  TRIAD_CHECK(free || (m.rope_scaling == c.rope_scaling &&
+                       (!llama3 || (m.rope_scaling_factor == c.rope_scaling_factor &&
+                                    m.rope_low_freq_factor == c.rope_low_freq_factor &&
+                                    m.rope_high_freq_factor == c.rope_high_freq_factor &&
+                                    m.rope_original_positions == c.rope_original_positions)) &&
+                       (!yarn || (m.rope_scaling_factor == c.rope_scaling_factor &&
+                                  m.rope_yarn_beta_fast == c.rope_yarn_beta_fast &&
+                                  m.rope_yarn_beta_slow == c.rope_yarn_beta_slow &&
+                                  m.rope_yarn_mscale == c.rope_yarn_mscale &&
+                                  m.rope_yarn_mscale_all_dim == c.rope_yarn_mscale_all_dim &&
+                                  m.rope_original_positions == c.rope_original_positions)) &&
+                       (!longrope || (m.rope_scaling_factor == c.rope_scaling_factor &&
+                                      m.rope_original_positions == c.rope_original_positions &&
+                                      m.rope_short_factor == asked.rope_short_factor &&
+                                      m.rope_long_factor == asked.rope_long_factor))),
               "checkpoint ", path, " holds a model with rope_scaling ", m.rope_scaling,
               m.rope_scaling != "none" ? " (its factors in the file's /model attributes)" : "",
               " but the config asks for model.rope_scaling = ", c.rope_scaling,
-              llama3 || yarn || longrope ? " with other factors or original positions" : "");
+              llama3 || yarn || longrope ? " with other factors or original positions" : "", hint);
   // LayerNorm and RMSNorm differ in their tensors (the biases) and in what they compute.
   TRIAD_CHECK(m.norm == c.norm, "checkpoint ", path, " holds a model with norm ", m.norm,
               " but the config asks for model.norm = ", c.norm);
@@ -793,11 +803,34 @@ void Trainer::State::check_model_shape(const CheckpointState& st, const std::str
               " units wide (0: the experts' width) but the config asks for "
               "model.moe_dense_hidden = ",
               c.moe_dense_hidden);
+  if (!free) return "";
+  // What the extension changes, as the two models' /model attributes say it.
+  const ModelShape now = triad::model_shape(cfg);
+  std::ostringstream os;
+  if (m.seq_len != now.seq_len) os << ", seq_len " << m.seq_len << " -> " << now.seq_len;
+  if (m.rope_theta != now.rope_theta)
+    os << ", rope_theta " << m.rope_theta << " -> " << now.rope_theta;
+  if (m.rope_scaling != now.rope_scaling || m.rope_scaling_factor != now.rope_scaling_factor ||
+      m.rope_low_freq_factor != now.rope_low_freq_factor ||
+      m.rope_high_freq_factor != now.rope_high_freq_factor ||
+      m.rope_original_positions != now.rope_original_positions ||
+      m.rope_yarn_beta_fast != now.rope_yarn_beta_fast ||
+      m.rope_yarn_beta_slow != now.rope_yarn_beta_slow ||
+      m.rope_yarn_mscale != now.rope_yarn_mscale ||
+      m.rope_yarn_mscale_all_dim != now.rope_yarn_mscale_all_dim ||
+      m.rope_short_factor != now.rope_short_factor || m.rope_long_factor != now.rope_long_factor)
+    os << ", rope scaling " << m.rope_scaling << " -> " << now.rope_scaling
+       << (now.rope_scaling != "none" ? " (the config's factors)" : "");
+  return os.str().empty() ? "" : os.str().substr(2);
 }
 
 CheckpointState Trainer::State::load_weights(const std::string& path) {
   const CheckpointState st = read_checkpoint_state(grid.world(), path);
-  check_model_shape(st, path);
+  const std::string extended =
+      check_model_shape(st, path, cl.extend_positions && path == cl.init_from);
+  if (!extended.empty())
+    say("--extend-positions: " + path +
+        "'s rotary positions extended as the config asks: " + extended);
   // The load fills every tensor, wte's padding rows with zeros, so nothing needs staging first.
   load_checkpoint_tensors(grid.world(), path, groups(false, false));
   stage_to_device(false);

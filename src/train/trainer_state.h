@@ -200,7 +200,11 @@ struct Trainer::State {
   // collectives never meet the training's (MPI_COMM_NULL until the first).
   MPI_Comm save_comm = MPI_COMM_NULL;
 
-  void check_model_shape(const CheckpointState& st, const std::string& path) const;
+  // Refuses a checkpoint whose model is not the config's. extend: positions may differ (a rotary
+  // model's seq_len, rope_theta, rope scaling; --extend-positions with --init-from); returns
+  // what differs in them, "" where nothing does.
+  std::string check_model_shape(const CheckpointState& st, const std::string& path,
+                                bool extend = false) const;
 
   // Loads weights (and optimizer state and loader position when resuming).
   void load_from(const std::string& path, bool resume);

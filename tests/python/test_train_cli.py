@@ -134,11 +134,12 @@ def test_help_lists_every_key_with_defaults():
     (["--model.position", "rope", "--model.rope_scaling", "yarn",
       "--model.rope_yarn_beta_fast", "0.5"],
      ["model.rope_yarn_beta_fast", "> model.rope_yarn_beta_slow"]),
-    (["--model.position", "rope", "--model.rope_scaling", "yarn", "--model.rope_yarn_mscale", "0"],
-     ["model.rope_yarn_mscale", "(0, 100]"]),
+    (["--model.position", "rope", "--model.rope_scaling", "yarn", "--model.rope_yarn_mscale",
+      "-1"], ["model.rope_yarn_mscale", "[0, 100]"]),
+    (["--model.rope_yarn_mscale", "2"], ["model.rope_yarn_mscale", "needs model.position = rope"]),
     (["--model.position", "rope", "--model.rope_scaling", "llama3",
       "--model.rope_yarn_mscale_all_dim", "1"],
-     ["model.rope_yarn_mscale_all_dim", "needs model.rope_scaling = yarn"]),
+     ["model.rope_yarn_mscale_all_dim", "model.rope_scaling = yarn"]),
     # LongRoPE: one divisor per rotated pair (the test model's head width 16: 8 pairs).
     (["--model.position", "rope", "--model.rope_scaling", "longrope", "--model.rope_short_factor",
       ",".join(["1"] * 7), "--model.rope_long_factor", ",".join(["2"] * 8)],
@@ -673,6 +674,29 @@ def test_rotary_positions_resume_bit_exactly_and_refuse_the_other_positions(tmp_
     # Fine-tuning a rope model from its checkpoint works, and evaluates as it trained.
     train("--config", part, *rope, "--init-from", ckpt, "--run.name", "ft", "--train.steps", "2",
           check=True)
+    # Context extension (--extend-positions): the checkpoint's weights (one step at lr 0 keeps
+    # them bit for bit) under the config's positions, twice the context, another base and YaRN
+    # over the old context, each change said; the new checkpoint holds the new positions.
+    longer = ["--model.seq_len", "32", "--model.rope_scaling", "yarn",
+              "--model.rope_scaling_factor", "2", "--model.rope_original_positions", "16"]
+    assert_clean_error(train("--config", part, *rope[:2], *longer, "--init-from", ckpt,
+                             "--run.name", "x"), "seq_len=16", "seq_len=32", "--extend-positions")
+    p = train("--config", part, *rope[:2], *longer, "--init-from", ckpt, "--extend-positions",
+              "--run.name", "ext", "--train.steps", "1", "--train.lr", "0", check=True)
+    assert "seq_len 16 -> 32, rope_theta 500 -> 10000, rope scaling none -> yarn" in p.stdout, \
+        p.stdout
+    ext = tmp_path / "runs" / "ext" / "ckpt" / "step_00000001.h5"
+    assert weights(ext).keys() == w.keys()
+    for k in w:
+        assert np.array_equal(weights(ext)[k], w[k]), k
+    with h5py.File(ext, "r") as f:
+        a = f["model"].attrs
+        assert (a["seq_len"], a["rope_theta"], a["rope_scaling"]) == (32, 10000.0, b"yarn")
+    assert_clean_error(train("--config", part, *rope, "--extend-positions", "--run.name", "z"),
+                       "--extend-positions", "--init-from")
+    assert_clean_error(train("--config", part, *rope, "--init-from", learned,
+                             "--extend-positions", "--run.name", "y"),
+                       "learned (wpe)", "model.position = rope")
 
 
 def test_rmsnorm_checkpoints_hold_no_norm_biases_and_refuse_layernorm(tmp_path):

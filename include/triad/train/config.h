@@ -280,6 +280,9 @@ struct CommandLine {
   std::vector<std::string> config_files;
   std::string resume = "auto";  // auto | none | PATH
   std::string init_from;        // checkpoint whose weights start a new run
+  // --extend-positions: the --init-from checkpoint's rotary model may have had another seq_len,
+  // rope_theta or rope scaling (context extension); the config's are used, and said.
+  bool extend_positions = false;
   // A checkpoint whose architecture (the [model] section of its config) replaces the config
   // files' model.* keys; the command line's still override it.
   std::string model_from;
