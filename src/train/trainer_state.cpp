@@ -640,29 +640,26 @@ std::string Trainer::State::check_model_shape(const CheckpointState& st, const s
          " but the config asks for model.position = ", describe(c.position, c.rope_theta),
          m.position == c.position ? hint : "");
   }
-  // Scaled frequencies are other positions too.
-  const bool llama3 = c.rope_scaling == "llama3", yarn = c.rope_scaling == "yarn";
-  const bool longrope = c.rope_scaling == "longrope";
-  const ModelShape asked = longrope ? triad::model_shape(cfg) : ModelShape{};
-  TRIAD_CHECK(free || (m.rope_scaling == c.rope_scaling &&
-                       (!llama3 || (m.rope_scaling_factor == c.rope_scaling_factor &&
-                                    m.rope_low_freq_factor == c.rope_low_freq_factor &&
-                                    m.rope_high_freq_factor == c.rope_high_freq_factor &&
-                                    m.rope_original_positions == c.rope_original_positions)) &&
-                       (!yarn || (m.rope_scaling_factor == c.rope_scaling_factor &&
-                                  m.rope_yarn_beta_fast == c.rope_yarn_beta_fast &&
-                                  m.rope_yarn_beta_slow == c.rope_yarn_beta_slow &&
-                                  m.rope_yarn_mscale == c.rope_yarn_mscale &&
-                                  m.rope_yarn_mscale_all_dim == c.rope_yarn_mscale_all_dim &&
-                                  m.rope_original_positions == c.rope_original_positions)) &&
-                       (!longrope || (m.rope_scaling_factor == c.rope_scaling_factor &&
-                                      m.rope_original_positions == c.rope_original_positions &&
-                                      m.rope_short_factor == asked.rope_short_factor &&
-                                      m.rope_long_factor == asked.rope_long_factor))),
-              "checkpoint ", path, " holds a model with rope_scaling ", m.rope_scaling,
+  // Scaled frequencies are other positions too: the config's scaling, as a checkpoint holds it
+  // (the numbers of the scaling it names; the others at their defaults, as the file's reader
+  // leaves them).
+  const ModelShape asked = triad::model_shape(cfg);
+  const bool same_scaling = m.rope_scaling == asked.rope_scaling &&
+                            m.rope_scaling_factor == asked.rope_scaling_factor &&
+                            m.rope_low_freq_factor == asked.rope_low_freq_factor &&
+                            m.rope_high_freq_factor == asked.rope_high_freq_factor &&
+                            m.rope_original_positions == asked.rope_original_positions &&
+                            m.rope_yarn_beta_fast == asked.rope_yarn_beta_fast &&
+                            m.rope_yarn_beta_slow == asked.rope_yarn_beta_slow &&
+                            m.rope_yarn_mscale == asked.rope_yarn_mscale &&
+                            m.rope_yarn_mscale_all_dim == asked.rope_yarn_mscale_all_dim &&
+                            m.rope_short_factor == asked.rope_short_factor &&
+                            m.rope_long_factor == asked.rope_long_factor;
+  TRIAD_CHECK(free || same_scaling, "checkpoint ", path, " holds a model with rope_scaling ",
+              m.rope_scaling,
               m.rope_scaling != "none" ? " (its factors in the file's /model attributes)" : "",
               " but the config asks for model.rope_scaling = ", c.rope_scaling,
-              llama3 || yarn || longrope ? " with other factors or original positions" : "", hint);
+              c.rope_scaling != "none" ? " with other factors or original positions" : "", hint);
   // LayerNorm and RMSNorm differ in their tensors (the biases) and in what they compute.
   TRIAD_CHECK(m.norm == c.norm, "checkpoint ", path, " holds a model with norm ", m.norm,
               " but the config asks for model.norm = ", c.norm);
@@ -805,22 +802,13 @@ std::string Trainer::State::check_model_shape(const CheckpointState& st, const s
               c.moe_dense_hidden);
   if (!free) return "";
   // What the extension changes, as the two models' /model attributes say it.
-  const ModelShape now = triad::model_shape(cfg);
   std::ostringstream os;
-  if (m.seq_len != now.seq_len) os << ", seq_len " << m.seq_len << " -> " << now.seq_len;
-  if (m.rope_theta != now.rope_theta)
-    os << ", rope_theta " << m.rope_theta << " -> " << now.rope_theta;
-  if (m.rope_scaling != now.rope_scaling || m.rope_scaling_factor != now.rope_scaling_factor ||
-      m.rope_low_freq_factor != now.rope_low_freq_factor ||
-      m.rope_high_freq_factor != now.rope_high_freq_factor ||
-      m.rope_original_positions != now.rope_original_positions ||
-      m.rope_yarn_beta_fast != now.rope_yarn_beta_fast ||
-      m.rope_yarn_beta_slow != now.rope_yarn_beta_slow ||
-      m.rope_yarn_mscale != now.rope_yarn_mscale ||
-      m.rope_yarn_mscale_all_dim != now.rope_yarn_mscale_all_dim ||
-      m.rope_short_factor != now.rope_short_factor || m.rope_long_factor != now.rope_long_factor)
-    os << ", rope scaling " << m.rope_scaling << " -> " << now.rope_scaling
-       << (now.rope_scaling != "none" ? " (the config's factors)" : "");
+  if (m.seq_len != asked.seq_len) os << ", seq_len " << m.seq_len << " -> " << asked.seq_len;
+  if (m.rope_theta != asked.rope_theta)
+    os << ", rope_theta " << m.rope_theta << " -> " << asked.rope_theta;
+  if (!same_scaling)
+    os << ", rope scaling " << m.rope_scaling << " -> " << asked.rope_scaling
+       << (asked.rope_scaling != "none" ? " (the config's factors)" : "");
   return os.str().empty() ? "" : os.str().substr(2);
 }
 
