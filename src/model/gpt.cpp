@@ -665,6 +665,8 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
   if (shape_.masks_full_layers())
     d_key_begin_full_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
   if (shape_.reset_positions) d_positions_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
+  if (shape_.hidden_dropout > 0.0f && !inference_)
+    d_dropout_keys_ = be_.alloc_ints(2 * size_t(max_batch_) * shape_.seq_len);
   host_ids_.resize(size_t(max_batch_) * shape_.seq_len);
   host_candidates_.resize(host_ids_.size());
   // Host scratch: one row of logits and its local slice (sampling), or the per-token losses and
@@ -730,6 +732,7 @@ Gpt::~Gpt() {
   if (d_key_begin_) be_.free_ints(d_key_begin_);
   if (d_key_begin_full_) be_.free_ints(d_key_begin_full_);
   if (d_positions_) be_.free_ints(d_positions_);
+  if (d_dropout_keys_) be_.free_ints(d_dropout_keys_);
   if (fp8_amax_) be_.free(fp8_amax_);
   be_.free_ints(d_targets_);
   be_.free_ints(d_inputs_);

@@ -125,8 +125,9 @@ struct Gpt::Activations {
   std::vector<std::vector<Set<A>>> sets;  // [local chunk][slot]
   // Backward scratch, reused by every layer of every chunk.
   A* dresidual;  // the residual stream's gradient
-  // model.branch_norm or model.residual_scale: the gradient of a branch's output (before its
-  // norm), and with both the scaled gradient the norm's backward reads.
+  // model.branch_norm, model.residual_scale or train.hidden_dropout: the gradient of a branch's
+  // output (before its norm), and with a norm and either of the others the scaled (and dropped)
+  // gradient the norm's backward reads.
   A *dbranch = nullptr, *dscaled = nullptr;
   // The layers' backward scratch (null on a pipeline stage without layers).
   A *dln = nullptr, *datty = nullptr, *dqkv = nullptr, *dfch = nullptr, *dfch_gelu = nullptr;
@@ -304,7 +305,8 @@ struct Gpt::Activations {
         want_f(L.ln2_rstd, R);
       }
       want(L.fch, !moe ? dense_fc : also_dense ? std::max(moe_fc, dense_fc) : moe_fc);
-      if (gelu_out) want(L.fch_gelu, !moe ? dense_h : also_dense ? std::max(moe_h, dense_h) : moe_h);
+      if (gelu_out)
+        want(L.fch_gelu, !moe ? dense_h : also_dense ? std::max(moe_h, dense_h) : moe_h);
       if (moe) {
         want(L.moe_x, XRl * C);
         want(L.moe_y, BT * Kl * C);
@@ -385,8 +387,10 @@ struct Gpt::Activations {
     }
     if (!inference) want(dresidual, R * C);
     if (!inference && mp.rank_layers(s.n_layer) > 0) {
-      if (s.branch_norm || s.residual_scale != 1.0f) want(dbranch, R * C);
-      if (s.branch_norm && s.residual_scale != 1.0f) want(dscaled, R * C);
+      // (the branch's share of the gradient where a scale or the dropout changes it)
+      const bool own_share = s.residual_scale != 1.0f || s.hidden_dropout > 0.0f;
+      if (s.branch_norm || own_share) want(dbranch, R * C);
+      if (s.branch_norm && own_share) want(dscaled, R * C);
     }
     if (!inference && mp.rank_layers(s.n_layer) > 0) {  // the layers' backward scratch
       want(dln, BT * C);

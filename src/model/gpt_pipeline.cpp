@@ -176,6 +176,7 @@ ForwardStats Gpt::pipeline_step_t(const int32_t* inputs, const int32_t* targets,
         Set<A>& S = set_of(c, mb);
         if (g == 0) upload_ids(in, nullptr, N);
         set_attention_mask(whole, B, T);  // every stage: its layers' attention
+        set_dropout_rows(dropout_first_ + int64_t(mb) * B, B);
         forward_chunk(c, S, B, Tl);
         if (g == G - 1) {
           upload_ids(nullptr, tg, N);
@@ -210,6 +211,7 @@ ForwardStats Gpt::pipeline_step_t(const int32_t* inputs, const int32_t* targets,
         TRIAD_ASSERT(s >= 0);
         if (g == 0) upload_ids(in, nullptr, N);
         set_attention_mask(whole, B, T);
+        set_dropout_rows(dropout_first_ + int64_t(mb) * B, B);
         final_pass_ = i == last_backward[size_t(c)];
         backward_chunk(c, a.sets[size_t(c)][size_t(s)], B, Tl);
         if (split_backward_) break;  // the set waits for its weight pass

@@ -13,6 +13,7 @@
 
 #include "gpt_activations.h"
 #include "triad/core/error.h"
+#include "triad/kernels/dropout_mask.h"
 #include "triad/model/attention_mask.h"
 #include "triad/model/gpt.h"
 
@@ -176,8 +177,36 @@ void Gpt::pre_norm_backward(A* dinp, float* dw, float* db, const A* dout, const 
     be_.add(dinp, dinp, dout, size_t(rows) * size_t(shape_.n_embd));
 }
 
+// This rank's rows of the micro-batch in its row order: the N rows of its sequences (two pieces
+// of each under context parallelism), of which sequence parallelism holds block tp_rank.
+void Gpt::set_dropout_rows(int64_t first, int B) {
+  if (!dropping()) return;
+  TRIAD_ASSERT(d_dropout_keys_ != nullptr && first >= 0);
+  const int Tl = mp_.seq_rows(shape_.seq_len);
+  std::vector<int32_t>& keys = host_dropout_keys_;
+  keys.resize(2 * size_t(B) * size_t(Tl));
+  for_each_piece(B, Tl, [&](size_t at, int rows, int p0) {
+    for (int b = 0; b < B; ++b)
+      for (int i = 0; i < rows; ++i) {
+        const uint64_t k = dropout_row_key(dropout_seed_, uint64_t(first + b), uint32_t(p0 + i));
+        const size_t r = at + size_t(b) * size_t(rows) + size_t(i);
+        keys[2 * r] = int32_t(uint32_t(k));
+        keys[2 * r + 1] = int32_t(uint32_t(k >> 32));
+      }
+  });
+  be_.copy_ints_from_host(d_dropout_keys_, keys.data(), keys.size());
+}
+
 template <class A>
-const A* Gpt::branch_output(A* y, float* mean, float* rstd, const A* w, const A* b, int rows) {
+void Gpt::drop_rows(A* x, int rows, uint32_t site) {
+  if (!dropping()) return;
+  const size_t first_row = mp_.split_rows() ? size_t(mp_.tp_rank) * size_t(rows) : 0;
+  be_.dropout(x, d_dropout_keys_ + 2 * first_row, rows, shape_.n_embd, site, shape_.hidden_dropout);
+}
+
+template <class A>
+const A* Gpt::branch_output(A* y, float* mean, float* rstd, const A* w, const A* b, int rows,
+                            uint32_t site) {
   const size_t n = size_t(rows) * size_t(shape_.n_embd);
   A* out = y;
   if (shape_.branch_norm) {
@@ -185,18 +214,21 @@ const A* Gpt::branch_output(A* y, float* mean, float* rstd, const A* w, const A*
     be_.layernorm_forward(out, mean, rstd, y, w, b, rows, shape_.n_embd, shape_.norm_eps);
   }
   if (shape_.residual_scale != 1.0f) be_.scale_cap_logits(out, n, shape_.residual_scale, 0.0f);
+  drop_rows(out, rows, site);
   return out;
 }
 
 template <class A>
 const A* Gpt::branch_output_backward(float* dw, float* db, const A* dout, const A* y, const A* w,
-                                     const float* mean, const float* rstd, int rows) {
+                                     const float* mean, const float* rstd, int rows,
+                                     uint32_t site) {
   const size_t n = size_t(rows) * size_t(shape_.n_embd);
   auto& a = acts<A>();
-  if (shape_.residual_scale != 1.0f) {  // the scaled gradient, in a buffer of its own
+  if (shape_.residual_scale != 1.0f || dropping()) {  // the branch's share, in a buffer of its own
     A* scaled = shape_.branch_norm ? a.dscaled : a.dbranch;
     be_.copy(words(scaled), words(dout), word_count<A>(n));
-    be_.scale_cap_logits(scaled, n, shape_.residual_scale, 0.0f);
+    if (shape_.residual_scale != 1.0f) be_.scale_cap_logits(scaled, n, shape_.residual_scale, 0.0f);
+    drop_rows(scaled, rows, site);
     dout = scaled;
   }
   if (!shape_.branch_norm) return dout;
@@ -442,7 +474,8 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
                  C);
   if (!joined) {
     reduce_rows(attproj, L.attproj, N);
-    const A* att_out = branch_output(L.attproj, L.pn1_mean, L.pn1_rstd, w.aonw, w.aonb, n);
+    const A* att_out = branch_output(L.attproj, L.pn1_mean, L.pn1_rstd, w.aonw, w.aonb, n,
+                                     shape_.attn_dropout_site(l));
     // train.activations_every: read here, as the MLP's output may take its buffer later.
     add_activation_sums<A>(1 + 3 * size_t(l), {att_out}, size_t(n) * C);
     if (shape_.parallel_residual)  // residual2 the first branch's sum
@@ -458,8 +491,7 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   if (shape_.moe_layer(l)) {
     moe_front<A>(L, l, ln2, w, N);
   } else if (!shape_.gelu_in_product()) {  // the product, then the activation on its own
-    linear_forward(fp8_site(l, 2), L.fch, ln2, w.fcw, w.fcb, N, C,
-                   shape_.dense_fc_rows() / mp_.tp);
+    linear_forward(fp8_site(l, 2), L.fch, ln2, w.fcw, w.fcb, N, C, shape_.dense_fc_rows() / mp_.tp);
     mlp_activation(L.fch_gelu, L.fch, N, Hl);
   } else {  // GELU in the product's epilogue
     linear_gelu_forward(fp8_site(l, 2), L.fch, L.fch_gelu, ln2, w.fcw, w.fcb, N, C, Hl);
@@ -498,6 +530,7 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T, int pos0) {
     reduce_rows(out, S.input, N);
     if (shape_.embed_scale != 1.0f)  // model.embed_scale (Gemma's √C)
       be_.scale_cap_logits(S.input, nC, shape_.embed_scale, 0.0f);
+    drop_rows(S.input, n, 0);  // train.hidden_dropout (site 0: the embedding's output)
     add_activation_sums<A>(0, {S.input}, nC);  // train.activations_every
   }
   const bool last_chunk = g == mp_.chunks() - 1;
@@ -528,7 +561,8 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T, int pos0) {
     const LayerTensors<const A> w = layer_weights(i);
     layer_front(S, g, i, B, T, pos0);
     mlp_output(L, w, first_layer + i, N);
-    const A* mlp_out = branch_output(L.fcproj, L.pn2_mean, L.pn2_rstd, w.monw, w.monb, n);
+    const A* mlp_out = branch_output(L.fcproj, L.pn2_mean, L.pn2_rstd, w.monw, w.monb, n,
+                                     GptShape::mlp_dropout_site(first_layer + i));
     // What the MLP's output joins: residual2, or the layer's input where it is both branches'.
     const A* res = fuses_branches(first_layer + i)
                        ? (i == 0 ? S.input : S.layers[size_t(i - 1)].residual3)
@@ -737,8 +771,9 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     // Branches reduced as one (fuses_branches): the layer output's gradient is both branches'
     // output gradient, gathered once (into the weight pass's dproj, which reads it for both).
     const bool joined = fuses_branches(l);
-    const A* dmlp = branch_output_backward(gr.monw, gr.monb, a.dresidual, L.fcproj, w.monw,
-                                           L.pn2_mean, L.pn2_rstd, n);
+    const A* dmlp =
+        branch_output_backward(gr.monw, gr.monb, a.dresidual, L.fcproj, w.monw, L.pn2_mean,
+                               L.pn2_rstd, n, GptShape::mlp_dropout_site(l));
     const A* dres =
         joined ? split ? keep_rows(dmlp, L.dproj, N) : gather_rows(dmlp, a.branch_partial, N)
         : split && shape_.weight_pass_reads_mlp_output(l) ? keep_rows(dmlp, L.dfcproj, N)
@@ -777,8 +812,9 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     if (!shape_.parallel_residual) ln2_backward();
     // Attention branch: residual2 = x + c_proj(attn(c_attn(ln_1(x)))) (through ln_attn_out).
     if (!joined) {
-      const A* datt = branch_output_backward(gr.aonw, gr.aonb, a.dresidual, L.attproj, w.aonw,
-                                             L.pn1_mean, L.pn1_rstd, n);
+      const A* datt =
+          branch_output_backward(gr.aonw, gr.aonb, a.dresidual, L.attproj, w.aonw, L.pn1_mean,
+                                 L.pn1_rstd, n, shape_.attn_dropout_site(l));
       dres = split ? keep_rows(datt, L.dproj, N) : gather_rows(datt, a.full, N);
     }
     if (shape_.mla()) {  // c_proj read each head's v_head_dim outputs: the rest's gradient 0
@@ -832,6 +868,7 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     const bool frozen = !frozen_.empty() && frozen_[size_t(wte_)] &&
                         (wpe_ < 0 || frozen_[size_t(wpe_)]);  // train.freeze: nothing to form
     if (!frozen) {
+      drop_rows(a.dresidual, n, 0);    // the embedding's output was dropped: so is its gradient
       if (shape_.embed_scale != 1.0f)  // the embedding's output was scaled: so is its gradient
         be_.scale_cap_logits(a.dresidual, size_t(n) * C, shape_.embed_scale, 0.0f);
       const A* dres = gather_rows(a.dresidual, a.full, N);
@@ -919,6 +956,7 @@ ForwardStats Gpt::forward_backward_t(const int32_t* inputs, const int32_t* targe
   const int32_t* tg = cp_local_ids(targets, 1, B, cp_targets_);
   upload_ids(in, tg, B * Tl);
   set_attention_mask(inputs, B, T);  // over the whole sequences
+  set_dropout_rows(dropout_first_, B);
   forward_chunk(0, S, B, Tl);
   ForwardStats st = classifier(S, tg, B, Tl, dloss_scale, true);
   backward_chunk(0, S, B, Tl);

@@ -281,6 +281,12 @@ class KeyTable {
         "z-loss coefficient c (PaLM's 1e-4): c·(log Z)² per token joins the training loss, Z the "
         "softmax's normalizer; the logged loss stays the cross-entropy, /train/z_loss the mean "
         "term (0: none)");
+    add("train.hidden_dropout", c.train.hidden_dropout,
+        "dropout probability p of the residual stream's inputs in training: each value of the "
+        "embedding's output and of every attention and MLP branch's output is zeroed with "
+        "probability p, the rest scaled by 1/(1-p) (Megatron's hidden dropout; the masks a "
+        "function of train.seed and each value's sequence, position and column, alike on every "
+        "grid and after a resume); evaluation and generation never drop (0: none)");
     add("train.moe_aux_loss", c.train.moe_aux_loss,
         "with model.moe_experts: the load-balancing loss coefficient α (Switch's 0.01): α·E·Σ_e "
         "f_e·P_e per token joins the training loss (f_e: expert e's share of the choices, P_e: "
@@ -1188,6 +1194,8 @@ void validate(const Config& c, int world_size) {
         "must be a finite number >= 0 (0: off)");
   check(std::isfinite(t.z_loss) && t.z_loss >= 0 && t.z_loss <= 1, "train.z_loss",
         "must be a number in [0, 1] (PaLM's 1e-4; 0: none)");
+  check(std::isfinite(t.hidden_dropout) && t.hidden_dropout >= 0 && t.hidden_dropout < 1,
+        "train.hidden_dropout", "must be a probability in [0, 1) (0: none)");
   check(std::isfinite(t.moe_aux_loss) && t.moe_aux_loss >= 0 && t.moe_aux_loss <= 1,
         "train.moe_aux_loss", "must be a number in [0, 1] (Switch's 0.01; 0: none)");
   check(std::isfinite(t.moe_z_loss) && t.moe_z_loss >= 0 && t.moe_z_loss <= 1, "train.moe_z_loss",

@@ -211,11 +211,12 @@ GptShape gpt_shape(const Config& cfg) {
   const auto& m = cfg.model;
   GptShape s = gpt_shape(model_shape(cfg), cfg.padded_vocab_size());
   // What the run adds to the checkpoint's model: the capacity, the documents, the window's
-  // schedule.
+  // schedule, the dropout.
   s.moe_capacity_factor = m.moe_capacity_factor;
   s.document_token = parse_document_mask(cfg.data.document_mask, m.vocab_size);
   s.reset_positions = cfg.data.reset_positions;
   s.window_scheduled = parse_window_warmup(cfg.train.window_warmup, m).on();
+  s.hidden_dropout = float(cfg.train.hidden_dropout);
   return s;
 }
 

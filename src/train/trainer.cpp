@@ -438,6 +438,7 @@ TrainOutcome Trainer::run() {
       // Each range of the stage's gradient goes to its reduction while the pipeline drains.
       if (zero) s.zero_grad_shards();  // the slices' padding past the parameters is no range's
       if (reduces) s.model->set_grad_ready_hook(reduce_final);
+      s.model->set_dropout_sequence(uint64_t(cfg.train.seed), base);
       const ForwardStats f =
           s.model->pipeline_step(s.inputs.data(), s.targets.data(), accum, mbs, dloss_scale);
       s.model->set_grad_ready_hook(nullptr);
@@ -459,6 +460,7 @@ TrainOutcome Trainer::run() {
           s.model->set_grad_ready_hook(reduce_final);
         }
         s.train_data->fill(base + int64_t(m) * mbs, mbs, s.inputs.data(), s.targets.data());
+        s.model->set_dropout_sequence(uint64_t(cfg.train.seed), base + int64_t(m) * mbs);
         const ForwardStats f =
             s.model->forward_backward(s.inputs.data(), s.targets.data(), mbs, dloss_scale);
         loss_sum += f.loss_sum;

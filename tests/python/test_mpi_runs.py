@@ -420,6 +420,49 @@ def test_partial_rotary_gives_the_same_curve_on_every_grid(tmp_path):
     assert p.returncode != 0 and "model.rotary_dim needs model.position = rope" in p.stderr
 
 
+def test_hidden_dropout_gives_the_same_curve_on_every_grid_and_resumes_exactly(tmp_path):
+    """train.hidden_dropout = 0.2: the masks are a function of the seed and of each value's
+    sequence (its place in the data order), position and column, so tensor (with and without
+    sequence parallelism), pipeline (full recomputation: the backward pass drops again; and the
+    zero-bubble schedule's split backward), data (ZeRO-1 and 3), context-parallel and 2 x 2
+    grids, and a parallel-residual model on a tensor-parallel grid, give the one-rank curve
+    within fp32 rounding (its values against PyTorch:
+    test_reference_model.py); it differs from the curve without dropout while the first
+    evaluation (which never drops) is the same to the bit; a run resumed at step 3 gives the
+    uninterrupted run's losses bit for bit."""
+    cfg = tiny_config(tmp_path, name="one", train__steps=8, eval__every=4)
+    common = ["--train.hidden_dropout", 0.2, "--eval.every", 4, "--checkpoint.every", 3]
+    p = run(1, "--config", cfg, *common)
+    assert p.returncode == 0, p.stderr
+    want = metrics(tmp_path / "runs" / "one")
+    p = run(1, "--config", cfg, "--eval.every", 4, "--run.name", "plain")
+    assert p.returncode == 0, p.stderr
+    plain = metrics(tmp_path / "runs" / "plain")[1]
+    assert np.max(np.abs(plain - want[1]) / want[1]) > 1e-4, (plain, want[1])
+    with h5py.File(tmp_path / "runs" / "one" / "metrics.h5", "r") as a, \
+            h5py.File(tmp_path / "runs" / "plain" / "metrics.h5", "r") as b:
+        assert a["val/loss"][0] == b["val/loss"][0]  # before any update: evaluation drops nothing
+    p = run(1, "--config", cfg, *common, "--run.name", "resumed", "--resume",
+            tmp_path / "runs" / "one" / "ckpt" / "step_00000003.h5")
+    assert p.returncode == 0, p.stderr
+    steps, got = metrics(tmp_path / "runs" / "resumed")
+    assert list(steps[-5:]) == [3, 4, 5, 6, 7], steps
+    np.testing.assert_array_equal(got[-5:], want[1][-5:])
+    pp = ["--parallel.pp", 2, "--train.micro_batch_size", 2]
+    assert_grids_follow_one_rank(
+        tmp_path, cfg, common, pp_extra=["--train.recompute", "full"],
+        more=[("tpsp", 2, ["--parallel.tp", 2, "--parallel.sequence_parallel", "true"]),
+              ("cp", 2, ["--parallel.cp", 2]), ("zero3", 2, ["--parallel.zero", 3]),
+              ("zb", 2, [*pp, "--parallel.schedule", "zb-h1"])])
+    # Parallel residual: one mask for the branches' sum, which tensor parallelism reduces as one.
+    par = ["--model.parallel_residual", "true"]
+    for name, n, grid in (("par1", 1, []), ("par_tp", 2, ["--parallel.tp", 2])):
+        p = run(n, "--config", cfg, *common, *par, *grid, "--run.name", name)
+        assert p.returncode == 0, (name, p.stderr)
+    np.testing.assert_allclose(metrics(tmp_path / "runs" / "par_tp")[1],
+                               metrics(tmp_path / "runs" / "par1")[1], rtol=2e-6)
+
+
 def test_z_loss_gives_the_same_curve_on_every_grid(tmp_path):
     """train.z_loss = 0.05 on tensor (the vocabulary-parallel loss: log Z from the group's row
     statistics), pipeline, data (ZeRO-1, 3), context-parallel and 2 x 2 grids: the one-rank

@@ -580,7 +580,16 @@ def check_probe_against_torch(p: Prepared, recompute: str, logits_chunk: int = 0
     run([probe, "--config", cfg, "--checkpoint", p.ckpt, "--out", out])
 
     x, y = ref.batch(p.train_tokens, 0, case.micro_batch, case.cfg.seq_len)
-    loss, logits, grads = torch_forward_backward(p.weights, case.cfg, x, y)
+    # train.hidden_dropout: the probe's training pass drops (the data's first sequences, as the
+    # first step's), its logits (an evaluation) do not.
+    drop = float(over.get("train__hidden_dropout", 0.0))
+    seed = config_sections(case, d)["train"]["seed"]
+    with ref.hidden_dropout(drop, seed, range(case.micro_batch)):
+        loss, logits, grads = torch_forward_backward(p.weights, case.cfg, x, y)
+    if drop > 0:
+        with torch.no_grad():
+            w = {k: v.double() for k, v in p.weights.items()}
+            logits = ref.forward(w, case.cfg, x).numpy()
 
     errors = {}
     with h5py.File(out, "r") as f:
@@ -652,6 +661,11 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
     else:
         opt = torch.optim.SGD(groups, lr=tr["lr"], momentum=op["momentum"])
     xv, yv = val_batch or ref.batch(p.val_tokens, 0, sections["eval"]["sequences"], T)
+    drop = float(tr.get("hidden_dropout", 0.0))  # train.hidden_dropout: in the training passes
+    assert drop == 0 or batch_of_step is None, "the dropout's sequences are the plain order's"
+
+    def dropping(first: int, n: int):  # the sequences [first, first + n) of the data order
+        return ref.hidden_dropout(drop, tr["seed"], range(first, first + n))
 
     def evaluate():
         # A capacity depends on a pass's rows: then in triad's micro-batches (the loss and the
@@ -700,7 +714,8 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
             ce, balance, zsum, every, every_z, every_drop = 0.0, 0.0, 0.0, [], [], []
             parts, counts = [], 0.0
             for m0 in range(0, B, mbs):
-                with ref.moe_balance(tr.get("moe_aux_scope", "micro_batch")) as terms:
+                with ref.moe_balance(tr.get("moe_aux_scope", "micro_batch")) as terms, \
+                        dropping(s * B + m0, mbs):
                     lg, lm = model(x[m0:m0 + mbs], y[m0:m0 + mbs])
                 n_mb = int((y[m0:m0 + mbs] >= 0).sum())
                 ce = ce + lm * n_mb / counted
@@ -720,7 +735,8 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
             step_counts = counts
             objective = loss + alpha * balance + zc * zsum
         else:
-            logits, loss = model(x, y)
+            with dropping(s * B, B):
+                logits, loss = model(x, y)
             objective = loss
         if tr.get("z_loss", 0):  # PaLM's z-loss: c·(log Z)² per (counted) token, mean
             keep = y >= 0
@@ -1266,6 +1282,32 @@ def test_yarn_mscale_gradients_match_torch(name, tmp_root, tmp_path):
                        capture_output=True, text=True, env=run_env(), timeout=300)
     assert r.returncode != 0 and "rope_scaling yarn" in r.stderr and \
         "other factors" in r.stderr, r.stderr
+
+
+# train.hidden_dropout = 0.3 (the masks of docs/formats.md's formula, which the reference forms
+# on its own): one forward/backward's loss and every gradient, with and without full
+# recomputation (whose backward pass drops again), on GPT-2's blocks, Gemma's (a scaled
+# embedding), parallel residual (one mask for the branches' sum), OLMo-2's reordered norms (the
+# dropout after the branch's norm), Granite's residual scale and a mixture of experts; then 10
+# AdamW steps against PyTorch's (its training passes drop, its evaluations do not).
+@pytest.mark.parametrize("name", ["oddshapes", "gemma", "parallel", "olmo2", "granite", "moe"])
+def test_hidden_dropout_matches_torch(name, tmp_root, tmp_path):
+    p = prepare(next(c for c in CASES if c.name == name), tmp_root)
+    x, y = ref.batch(p.train_tokens, 0, p.case.micro_batch, p.case.cfg.seq_len)
+    seed = config_sections(p.case, p.dir)["train"]["seed"]
+    with torch.no_grad():  # the reference does drop: its loss moves by far more than rounding
+        w = {k: v.double() for k, v in p.weights.items()}
+        plain = float(ref.loss_fn(w, p.case.cfg, x, y))
+        with ref.hidden_dropout(0.3, seed, range(len(x))):
+            dropped = float(ref.loss_fn(w, p.case.cfg, x, y))
+    assert abs(dropped - plain) / plain > 1e-4, (dropped, plain)
+    for recompute in ("none", "full"):
+        check_probe_against_torch(p, recompute, train__hidden_dropout=0.3)
+    if name not in ("oddshapes", "parallel", "moe"):
+        return
+    sections = config_sections(p.case, p.dir, train__grad_clip=GRAD_CLIP[name],
+                               train__hidden_dropout=0.3)
+    compare_training(p, tmp_path, sections, "dropout")
 
 
 # μP (model.mup_base_width, m = 4 and 2): the logits times 1/m, the attention scores times

@@ -642,6 +642,64 @@ def update_router_bias(cfg: GptConfig, counts: np.ndarray, rate: float) -> None:
         ROUTER_BIAS[i] = (b.float() + (rate * step).float()).to(b.dtype)  # fp32, as triad keeps it
 
 
+# ---- hidden dropout (train.hidden_dropout) --------------------------------------------------
+# triad's masks are a pure function of (seed, sequence, position, column, site): SplitMix64's
+# finaliser as docs/formats.md states it, written here from that description in numpy uint64
+# arithmetic (which wraps, as C++'s does).
+
+_DROPOUT = None  # (p, seed, the sequences of the batch's rows in the data order), or None
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    z = z + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def dropout_multiplier(p: float, seed: int, sequences, T: int, C: int, site: int) -> np.ndarray:
+    """[B, T, C]: 0 where the value at (sequences[b], position t, column c) is dropped at `site`,
+    1/(1 - p) (rounded to fp32) where it is kept; p as the fp32 triad holds."""
+    p32 = float(np.float32(p))
+    threshold = int(math.floor(p32 * 2 ** 24 + 0.5))
+    scale = float(np.float32(1.0 / (1.0 - p32)))
+    with np.errstate(over="ignore"):
+        seq = np.asarray(sequences, dtype=np.uint64)
+        rows = _mix64(_mix64(np.uint64(seed) ^ _mix64(seq))[:, None] +
+                      np.arange(T, dtype=np.uint64)[None, :])
+        salt = (np.uint64(site) << np.uint64(32)) | np.arange(C, dtype=np.uint64)
+        h = _mix64(rows[:, :, None] ^ salt[None, None, :])
+    keep = (h >> np.uint64(40)) >= np.uint64(threshold)
+    return np.where(keep, scale, 0.0)
+
+
+class hidden_dropout:
+    """Within it, forward() drops as triad's training passes: the embedding's output (site 0),
+    layer i's attention branch output (1 + 2i; 2 + 2i under parallel_residual) and its MLP
+    branch output (2 + 2i), for rows of the given sequences."""
+
+    def __init__(self, p: float, seed: int, sequences):
+        self.args = (p, seed, list(sequences))
+
+    def __enter__(self):
+        global _DROPOUT
+        _DROPOUT = self.args if self.args[0] > 0 else None
+
+    def __exit__(self, *exc):
+        global _DROPOUT
+        _DROPOUT = None
+
+
+def _drop(x: torch.Tensor, site: int) -> torch.Tensor:
+    if _DROPOUT is None:
+        return x
+    p, seed, sequences = _DROPOUT
+    B, T, C = x.shape
+    assert len(sequences) == B, "hidden_dropout: one sequence number per batch row"
+    m = dropout_multiplier(p, seed, sequences, T, C, site)
+    return x * torch.from_numpy(m).to(x.dtype)
+
+
 class moe_balance:
     def __init__(self, scope: str = "micro_batch"):
         self.scope = scope
@@ -790,6 +848,7 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor,
         x = x + (params["wpe/weight"][:T] if positions is None else params["wpe/weight"][positions])
     if cfg.embed_scale != 1.0:  # model.embed_scale, in fp32 as triad applies it
         x = x * float(np.float32(cfg.embed_scale))
+    x = _drop(x, 0)  # train.hidden_dropout (within hidden_dropout only)
     if record is not None:
         record["embed"] = x
     for i in range(cfg.n_layer):
@@ -809,6 +868,7 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor,
             a = norm(params, cfg, p + "ln_attn_out", a)
         if cfg.residual_scale != 1.0:  # in fp32, as triad's
             a = a * float(np.float32(cfg.residual_scale))
+        a = _drop(a, 2 + 2 * i if cfg.parallel_residual else 1 + 2 * i)
         # model.parallel_residual (GPT-J's, GPT-NeoX's): ln_2 reads the layer's input, and both
         # branches add to it, (x + a) + m.
         if cfg.parallel_residual:
@@ -821,6 +881,7 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor,
             m = norm(params, cfg, p + "ln_mlp_out", m)
         if cfg.residual_scale != 1.0:
             m = m * float(np.float32(cfg.residual_scale))
+        m = _drop(m, 2 + 2 * i)
         x = x + m
         if record is not None:  # the activations train.activations_every reports
             record[f"h{i}_attn"], record[f"h{i}_mlp"], record[f"h{i}_out"] = a, m, x

@@ -97,6 +97,8 @@ int main(int argc, char** argv) {
     model.set_activation_sums(nullptr);
     for (double& s : act) s = std::sqrt(s / (double(B) * T * shape.n_embd));
     model.zero_grads();
+    // train.hidden_dropout: the masks of the data's first sequences, as the first step's
+    model.set_dropout_sequence(uint64_t(cfg.train.seed), 0);
     const auto st = model.forward_backward(in.data(), tg.data(), B, 1.0f / float(B * T));
     const double loss = st.loss_sum / double(st.tokens);
     hid_t f = H5Fcreate(out.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);

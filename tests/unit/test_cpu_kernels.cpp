@@ -15,7 +15,9 @@
 
 #include "../support/attention_reference.h"
 #include "../support/random_data.h"
+#include "triad/core/bf16.h"
 #include "triad/kernels/backend.h"
+#include "triad/kernels/dropout_mask.h"
 
 namespace triad {
 namespace {
@@ -185,6 +187,67 @@ TEST_F(CpuKernels, CopyRowsCopiesAColumnBlock) {
     for (int c = 0; c < 9; ++c)
       EXPECT_EQ(dst[size_t(r) * 9 + c], c >= 2 && c < 8 ? src[size_t(r) * 10 + c + 2] : -1.0f)
           << r << "," << c;
+}
+
+// ---- hidden dropout ------------------------------------------------------------------------
+
+// Row keys as a backend holds them: rows·2 int32 words, sequence 5 + r / 16, position r % 16.
+std::vector<int32_t> dropout_keys(int rows, uint64_t seed) {
+  std::vector<int32_t> k(2 * size_t(rows));
+  for (int r = 0; r < rows; ++r) {
+    const uint64_t key = dropout_row_key(seed, uint64_t(5 + r / 16), uint32_t(r % 16));
+    k[2 * size_t(r)] = int32_t(uint32_t(key));
+    k[2 * size_t(r) + 1] = int32_t(uint32_t(key >> 32));
+  }
+  return k;
+}
+
+// train.hidden_dropout's op: each value kept times 1/(1 − p) exactly or zeroed; the fraction
+// dropped p (within 5 standard deviations over 2^19 values); the same mask for the same keys
+// and site (forward and backward agree), in both precisions; masks of other sites, seeds and
+// rows independent (both keep a value about (1 − p)² of the time); p = 0 changes nothing.
+TEST_F(CpuKernels, DropoutMaskAndScale) {
+  const int rows = 512, C = 1024;
+  const size_t n = size_t(rows) * C;
+  const float p = 0.25f, scale = dropout_scale(p);
+  const std::vector<int32_t> keys = dropout_keys(rows, 11), other_seed = dropout_keys(rows, 12);
+  const Vec x = random_vec(n, 41, 0.5f, 2.0f);  // no zeros: a zero out is a dropped value
+  auto apply = [&](const std::vector<int32_t>& k, uint32_t site, float prob) {
+    Vec v = x;
+    be->dropout(v.data(), k.data(), rows, C, site, prob);
+    return v;
+  };
+  const Vec a = apply(keys, 3, p);
+  size_t dropped = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (a[i] == 0.0f) {
+      ++dropped;
+    } else {
+      ASSERT_EQ(a[i], x[i] * scale) << i;
+    }
+  }
+  const double frac = double(dropped) / double(n), sigma = std::sqrt(p * (1.0 - p) / double(n));
+  EXPECT_NEAR(frac, p, 5 * sigma);
+  EXPECT_EQ(apply(keys, 3, p), a) << "the same keys and site: the same mask";
+  // bf16: the same mask, the kept values x·scale rounded once
+  std::vector<bf16_t> h(n);
+  for (size_t i = 0; i < n; ++i) h[i] = to_bf16(x[i]);
+  be->dropout(h.data(), keys.data(), rows, C, 3, p);
+  for (size_t i = 0; i < n; i += 97)
+    ASSERT_EQ(h[i].bits, to_bf16(a[i] == 0.0f ? 0.0f : to_float(to_bf16(x[i])) * scale).bits) << i;
+  auto both_keep = [&](const Vec& u, const Vec& v) {
+    size_t k = 0;
+    for (size_t i = 0; i < n; ++i) k += u[i] != 0.0f && v[i] != 0.0f;
+    return double(k) / double(n);
+  };
+  const double q = (1.0 - p) * (1.0 - p), band = 5 * std::sqrt(q * (1 - q) / double(n));
+  EXPECT_NEAR(both_keep(a, apply(keys, 4, p)), q, band) << "another site";
+  EXPECT_NEAR(both_keep(a, apply(other_seed, 3, p)), q, band) << "another seed";
+  // row r against row r + 1 (the next position)
+  std::vector<int32_t> next(keys.begin() + 2, keys.end());
+  next.insert(next.end(), {0, 0});
+  EXPECT_NEAR(both_keep(a, apply(next, 3, p)), q, band) << "another row";
+  EXPECT_EQ(apply(keys, 3, 0.0f), x) << "p = 0";
 }
 
 // ---- encoder -------------------------------------------------------------------------------

@@ -28,6 +28,7 @@
 #include "triad/core/error.h"
 #include "triad/kernels/backend.h"
 #include "triad/kernels/cuda_backend.h"
+#include "triad/kernels/dropout_mask.h"
 #include "triad/model/gpt.h"
 #include "triad/optim/muon.h"
 
@@ -1235,6 +1236,25 @@ TEST_F(CudaBackendTest, ClampAndItsGradientMatchCpu) {
   EXPECT_EQ(host(g_d, n), d) << "gradient";
   gpu->clamp(g_in, g_in, n, 1.5f);  // in place
   EXPECT_EQ(host(g_in, n), out) << "in place";
+}
+
+// train.hidden_dropout's op, bit for bit the CPU backend's (the same mask; one fp32 product):
+// 3001 rows of 257 (not a multiple of the block), keys of arbitrary rows.
+TEST_F(CudaBackendTest, DropoutMatchesCpu) {
+  const int rows = 3001, C = 257;
+  const size_t n = size_t(rows) * C;
+  IVec keys(2 * size_t(rows));
+  for (int r = 0; r < rows; ++r) {
+    const uint64_t k = dropout_row_key(3, uint64_t(r / 100), uint32_t(r % 100));
+    keys[2 * size_t(r)] = int32_t(uint32_t(k));
+    keys[2 * size_t(r) + 1] = int32_t(uint32_t(k >> 32));
+  }
+  Vec x = random_vec(n, 173, -2.0f, 2.0f);
+  float* g_x = dev(x);
+  int32_t* g_keys = dev(keys);
+  cpu->dropout(x.data(), keys.data(), rows, C, 9, 0.1f);
+  gpu->dropout(g_x, g_keys, rows, C, 9, 0.1f);
+  EXPECT_EQ(host(g_x, n), x);
 }
 
 // One slice holding the whole vocabulary: the three ops give the fused op's loss and dlogits.

@@ -18,6 +18,7 @@
 #include "../support/simt_emulator.h"
 #include "../support/strided_launch.h"
 #include "triad/kernels/backend.h"
+#include "triad/kernels/dropout_mask.h"
 
 namespace triad {
 namespace {
@@ -176,6 +177,24 @@ TEST(ElementwiseEmulated, ClampAndItsGradient) {
     EXPECT_EQ(out[i], inside ? v[i] : v[i] < 0 ? -1.5f : 1.5f) << i;
     EXPECT_EQ(d[i], inside ? 2.0f : 0.0f) << i;
   }
+}
+
+// Hidden dropout (train.hidden_dropout) at p = 0.3 over 40 rows of 25 (kN values), keys of
+// arbitrary rows: the same mask and the same kept values in both precisions.
+TEST(ElementwiseEmulated, DropoutMatchesCpu) {
+  std::vector<int32_t> keys(2 * 40);
+  for (size_t r = 0; r < 40; ++r) {
+    const uint64_t k = dropout_row_key(7, 1000 + r / 8, uint32_t(r % 8));
+    keys[2 * r] = int32_t(uint32_t(k));
+    keys[2 * r + 1] = int32_t(uint32_t(k >> 32));
+  }
+  const int32_t* kp = keys.data();
+  check(
+      buffers(1, -2.0f, 2.0f), [kp](Backend& be, auto b) { be.dropout(b[0], kp, 40, 25, 5, 0.3f); },
+      [kp](simt::Thread& x, auto b) {
+        elementwise_block::dropout(x, b[0], kp, 40, 25, 5, dropout_threshold(0.3f),
+                                   dropout_scale(0.3f), kThreads, kStride);
+      });
 }
 
 // fp32 scaling and both conversions, bit for bit (one multiplication; the rounding to nearest

@@ -361,6 +361,12 @@ class Backend {
   virtual void clamp(float* out, const float* inp, size_t n, float c) = 0;
   virtual void clamp_backward(float* d, const float* inp, size_t n, float c) = 0;
 
+  // ---- hidden dropout (train.hidden_dropout; the mask of kernels/dropout_mask.h) ------------
+  // In place over `rows` rows of C values: x[r·C + c] = x·dropout_scale(p) where
+  // dropout_keeps(key_r, site, c, dropout_threshold(p)), else 0; keys holds each row's 64-bit
+  // key as two int32 words (low first). The same call on an output gradient is the backward.
+  virtual void dropout(float* x, const int32_t* keys, int rows, int C, uint32_t site, float p) = 0;
+
   // ---- vocabulary-parallel softmax cross-entropy (tensor parallelism) -----------------------
   // Each rank holds logits [N,Vp] for its slice of the vocabulary, of which the first V columns
   // are real (V may be 0 on a rank holding only padding rows); targets[n] is the target's column
@@ -539,6 +545,8 @@ class Backend {
   // representable; the clamped values are inp's or ±c rounded once).
   virtual void clamp(bf16_t* out, const bf16_t* inp, size_t n, float c) = 0;
   virtual void clamp_backward(bf16_t* d, const bf16_t* inp, size_t n, float c) = 0;
+  // The kept values scaled in fp32 from the widened value, rounded once.
+  virtual void dropout(bf16_t* x, const int32_t* keys, int rows, int C, uint32_t site, float p) = 0;
   virtual void logits_row_max(float* row_max, float* argmax, const bf16_t* logits, int N, int V,
                               int Vp) = 0;
   virtual void softmax_partial_sums(float* sum_exp, float* target_logit, const bf16_t* logits,

@@ -210,6 +210,16 @@ struct GptShape {
   // The window changes during training (train.window_warmup, Gpt::set_window): the attention
   // mask is planned for even where sliding_window cuts nothing. Not part of the model.
   bool window_scheduled = false;
+  // train.hidden_dropout = p: training passes zero each value of the embedding's output and of
+  // each branch's output (after its norm and scale, before it joins the residual stream) with
+  // probability p and scale the rest by 1/(1 − p) (Megatron's hidden dropout; nanoGPT's dropout
+  // but for the attention probabilities'); the masks of kernels/dropout_mask.h, keyed by
+  // Gpt::set_dropout_sequence. Evaluation and generation never drop. Not part of the model.
+  float hidden_dropout = 0.0f;
+  // The dropout site of layer l's attention branch and of its MLP branch (dropout_mask.h): under
+  // parallel_residual the branches' sum takes one mask, the MLP's.
+  uint32_t attn_dropout_site(int l) const { return parallel_residual ? 2 + 2 * l : 1 + 2 * l; }
+  static uint32_t mlp_dropout_site(int l) { return 2 + 2 * uint32_t(l); }
   bool windowed(int layer) const {
     return sliding_window > 0 &&
            !(full_attention_every > 0 && (layer + 1) % full_attention_every == 0);
@@ -861,6 +871,14 @@ class Gpt {
   // ForwardStats give Σ (log Z)²; the cross-entropy they report, and evaluation, stay as they
   // are. 0: none.
   void set_z_loss(float c) { z_loss_ = c; }
+  // shape.hidden_dropout: the run's seed and the place in the data order (TrainState::position
+  // counting) of the first sequence of the next forward_backward, or of the next pipeline_step's
+  // first micro-batch (the others follow on: sequence b of micro-batch m is first + m·B + b).
+  // With the positions these key the masks, so every grid and a resumed run drop alike.
+  void set_dropout_sequence(uint64_t seed, int64_t first) {
+    dropout_seed_ = seed;
+    dropout_first_ = first;
+  }
   // train.moe_aux_loss = α (model.moe_experts): training steps add α times Switch's
   // load-balancing loss E·Σ_e f_e·P_e of each layer and micro-batch (f_e: the share of the N·k
   // choices that went to expert e, P_e: its mean probability over the N rows; 1 when balanced)
@@ -1089,6 +1107,15 @@ class Gpt {
   // through attention_decode, which takes the window itself: none. With shape_.reset_positions
   // and `documents`, also each row's position in its document (positions_).
   void set_attention_mask(const int32_t* inputs, int B, int T, bool documents = true);
+  // shape_.hidden_dropout in training: the keys of this rank's rows of the micro-batch whose
+  // first sequence is `first` in the data order (its B sequences in this rank's row order), on
+  // the backend; nothing otherwise.
+  void set_dropout_rows(int64_t first, int B);
+  bool dropping() const { return training_ && shape_.hidden_dropout > 0.0f; }
+  // Hidden dropout of this rank's `rows` rows of the residual stream's width at `site`, in place
+  // (nothing unless dropping()).
+  template <class A>
+  void drop_rows(A* x, int rows, uint32_t site);
   // Decoding (decoding_, set by decode_logits): the T rows of each of the B sequences are its
   // positions pos0 .. pos0 + T − 1; the layers' qkv buffers hold each sequence's earlier rows'
   // q|k|v (at rows b·seq_len + t) and the new ones are written after them.
@@ -1262,14 +1289,16 @@ class Gpt {
   // norm (model.branch_norm; weight w, bias b) into the shared proj buffer, times
   // model.residual_scale; the buffer is returned, or y itself where neither applies. (Without a
   // norm y is the shared proj buffer, which the scale takes in place.)
+  // Then, in training, the hidden dropout at `site` (train.hidden_dropout), in place.
   template <class A>
-  const A* branch_output(A* y, float* mean, float* rstd, const A* w, const A* b, int rows);
+  const A* branch_output(A* y, float* mean, float* rstd, const A* w, const A* b, int rows,
+                         uint32_t site);
   // Its backward: the gradient dout of what the branch added into that of y, in the dbranch
   // scratch, which is returned (the norm's weight gradients accumulate); dout itself where
-  // neither applies.
+  // neither applies (no scale, no norm, no dropout at `site`).
   template <class A>
   const A* branch_output_backward(float* dw, float* db, const A* dout, const A* y, const A* w,
-                                  const float* mean, const float* rstd, int rows);
+                                  const float* mean, const float* rstd, int rows, uint32_t site);
   // The MLP's output (dense or the experts') of layer l, reduced into L.fcproj: in the forward
   // pass, and again before the backward pass of a fully recomputed layer with branch norms. In a
   // layer whose branches join before their reduction (fuses_branches), both branches' output.
@@ -1387,6 +1416,12 @@ class Gpt {
   // with the attention mask (null: positions count from each sequence's start).
   int32_t* d_positions_ = nullptr;
   const int32_t* positions_ = nullptr;
+  // The hidden dropout's row keys (set_dropout_rows): two int32 words per row, this rank's rows
+  // of the micro-batch in its row order; the seed and first sequence set_dropout_sequence gave.
+  int32_t* d_dropout_keys_ = nullptr;
+  std::vector<int32_t> host_dropout_keys_;
+  uint64_t dropout_seed_ = 0;
+  int64_t dropout_first_ = 0;
   // The mask layer `layer` (of the whole model) applies.
   const int32_t* layer_key_begin(int layer) const {
     return shape_.windowed(layer) ? key_begin_ : key_begin_full_;

@@ -142,6 +142,10 @@ struct TrainConfig {
   // PaLM's z-loss: c·(log Z)² per counted token added to the training loss (Z the softmax's
   // normalizer; 1e-4 in PaLM); the reported loss stays the cross-entropy. 0: none.
   double z_loss = 0;
+  // Hidden dropout (Megatron's hidden_dropout, nanoGPT's dropout but for the attention
+  // probabilities'): the probability of zeroing each value of the embedding's output and of each
+  // branch's output in training (GptShape::hidden_dropout). 0: none.
+  double hidden_dropout = 0;
   // A mixture of experts' load-balancing loss coefficient (Gpt::set_moe_aux_loss; Switch: 0.01).
   double moe_aux_loss = 0.01;
   // Over which rows its f_e and P_e run: "micro_batch" (Switch's: each rank's micro-batch) or

@@ -219,6 +219,9 @@ class CpuBackend final : public Backend {
   void clamp_backward(float* d, const float* inp, size_t n, float c) override {
     cpu::clamp_backward(d, inp, n, c);
   }
+  void dropout(float* x, const int32_t* keys, int rows, int C, uint32_t site, float p) override {
+    cpu::dropout(x, keys, rows, C, site, p);
+  }
   void logits_row_max(float* row_max, float* argmax, const float* logits, int N, int V,
                       int Vp) override {
     cpu::logits_row_max(row_max, argmax, logits, N, V, Vp);
@@ -404,6 +407,9 @@ class CpuBackend final : public Backend {
   }
   void clamp_backward(bf16_t* d, const bf16_t* inp, size_t n, float c) override {
     cpu::clamp_backward(d, inp, n, c);
+  }
+  void dropout(bf16_t* x, const int32_t* keys, int rows, int C, uint32_t site, float p) override {
+    cpu::dropout(x, keys, rows, C, site, p);
   }
   void logits_row_max(float* row_max, float* argmax, const bf16_t* logits, int N, int V,
                       int Vp) override {

@@ -15,6 +15,7 @@
 #include "cpu_math.h"
 #include "cpu_ops.h"
 #include "triad/kernels/backend.h"
+#include "triad/kernels/dropout_mask.h"
 
 namespace triad::cpu {
 namespace {
@@ -317,6 +318,19 @@ void clamp_backward(bf16_t* d, const bf16_t* inp, size_t n, float c) {
   for (size_t i = 0; i < n; ++i) {
     const float v = to_float(inp[i]);
     if (v < -c || v > c) d[i] = triad::to_bf16(0.0f);
+  }
+}
+
+void dropout(bf16_t* x, const int32_t* keys, int rows, int C, uint32_t site, float p) {
+  const uint32_t threshold = dropout_threshold(p);
+  const float scale = dropout_scale(p);
+#pragma omp parallel for schedule(static) if (size_t(rows) * size_t(C) >= kParallelMin)
+  for (int r = 0; r < rows; ++r) {
+    const uint64_t key = dropout_key_of(keys, size_t(r));
+    bf16_t* row = x + size_t(r) * size_t(C);
+    for (int c = 0; c < C; ++c)
+      row[c] = triad::to_bf16(
+          dropout_keeps(key, site, uint32_t(c), threshold) ? to_float(row[c]) * scale : 0.0f);
   }
 }
 

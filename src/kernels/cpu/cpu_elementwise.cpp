@@ -4,6 +4,7 @@
 
 #include "cpu_math.h"
 #include "cpu_ops.h"
+#include "triad/kernels/dropout_mask.h"
 
 namespace triad::cpu {
 namespace {
@@ -101,6 +102,18 @@ void clamp_backward(float* d, const float* inp, size_t n, float c) {
 #pragma omp parallel for simd schedule(static) if (n >= kParallelMin)
   for (size_t i = 0; i < n; ++i)
     if (inp[i] < -c || inp[i] > c) d[i] = 0.0f;
+}
+
+void dropout(float* x, const int32_t* keys, int rows, int C, uint32_t site, float p) {
+  const uint32_t threshold = dropout_threshold(p);
+  const float scale = dropout_scale(p);
+#pragma omp parallel for schedule(static) if (size_t(rows) * size_t(C) >= kParallelMin)
+  for (int r = 0; r < rows; ++r) {
+    const uint64_t key = dropout_key_of(keys, size_t(r));
+    float* row = x + size_t(r) * size_t(C);
+    for (int c = 0; c < C; ++c)
+      row[c] = dropout_keeps(key, site, uint32_t(c), threshold) ? row[c] * scale : 0.0f;
+  }
 }
 
 void scale(float* x, float s, size_t n) {

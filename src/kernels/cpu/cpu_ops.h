@@ -124,6 +124,7 @@ void scale(float* x, float s, size_t n);
 double sum_squares(const float* x, size_t n);
 void clamp(float* out, const float* inp, size_t n, float c);
 void clamp_backward(float* d, const float* inp, size_t n, float c);
+void dropout(float* x, const int32_t* keys, int rows, int C, uint32_t site, float p);
 
 void crossentropy_forward_backward(float* logits, float* losses, float* correct,
                                    const int32_t* targets, int N, int V, int Vp, float dloss_scale,
@@ -196,6 +197,7 @@ void add(bf16_t* out, const bf16_t* a, const bf16_t* b, size_t n);
 void accumulate(bf16_t* dst, const bf16_t* src, size_t n);
 void clamp(bf16_t* out, const bf16_t* inp, size_t n, float c);
 void clamp_backward(bf16_t* d, const bf16_t* inp, size_t n, float c);
+void dropout(bf16_t* x, const int32_t* keys, int rows, int C, uint32_t site, float p);
 void crossentropy_forward_backward(bf16_t* logits, float* losses, float* correct,
                                    const int32_t* targets, int N, int V, int Vp, float dloss_scale,
                                    float z_loss, float* log_z, float softcap);

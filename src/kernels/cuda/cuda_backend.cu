@@ -282,6 +282,9 @@ class CudaBackend final : public Backend {
   void clamp_backward(float* d, const float* inp, size_t n, float c) override {
     cuda::clamp_backward(stream_, d, inp, n, c);
   }
+  void dropout(float* x, const int32_t* keys, int rows, int C, uint32_t site, float p) override {
+    cuda::dropout(stream_, x, keys, rows, C, site, p);
+  }
   void logits_row_max(float* row_max, float* argmax, const float* logits, int N, int V,
                       int Vp) override {
     cuda::logits_row_max(stream_, row_max, argmax, logits, N, V, Vp);
@@ -530,6 +533,9 @@ class CudaBackend final : public Backend {
   }
   void clamp_backward(bf16_t* d, const bf16_t* inp, size_t n, float c) override {
     cuda::clamp_backward(stream_, dev(d), dev(inp), n, c);
+  }
+  void dropout(bf16_t* x, const int32_t* keys, int rows, int C, uint32_t site, float p) override {
+    cuda::dropout(stream_, dev(x), keys, rows, C, site, p);
   }
   void logits_row_max(float* row_max, float* argmax, const bf16_t* logits, int N, int V,
                       int Vp) override {

@@ -67,6 +67,14 @@ __global__ void clamp_backward_kernel(E* d, const E* inp, size_t n, float c) {
   elementwise_block::clamp_backward(x, d, inp, n, c, block_threads(), grid_threads());
 }
 
+template <typename E>
+__global__ void dropout_kernel(E* v, const int32_t* keys, int rows, int C, uint32_t site,
+                               uint32_t threshold, float scale) {
+  DeviceThread x;
+  elementwise_block::dropout(x, v, keys, rows, C, site, threshold, scale, block_threads(),
+                             grid_threads());
+}
+
 __global__ void scale_kernel(float* v, float factor, size_t n) {
   DeviceThread x;
   elementwise_block::scale(x, v, factor, n, block_threads(), grid_threads());
@@ -152,6 +160,16 @@ void clamp_backward(cudaStream_t s, Elem* d, const Elem* inp, size_t n, float c)
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
+template <typename Elem>
+void dropout(cudaStream_t s, Elem* x, const int32_t* keys, int rows, int C, uint32_t site,
+             float p) {
+  const size_t n = size_t(rows) * size_t(C);
+  if (n == 0) return;
+  dropout_kernel<<<grid_for(n), kBlock, 0, s>>>(bits(x), keys, rows, C, site, dropout_threshold(p),
+                                                dropout_scale(p));
+  TRIAD_CUDA_CHECK_LAUNCH();
+}
+
 void scale(cudaStream_t s, float* x, float factor, size_t n) {
   if (n == 0) return;
   scale_kernel<<<grid_for(n), kBlock, 0, s>>>(x, factor, n);
@@ -175,7 +193,8 @@ void convert(cudaStream_t s, Dst* dst, const Src* src, size_t n) {
   template void accumulate<Elem>(cudaStream_t, Elem*, const Elem*, size_t);                       \
   template void scale_cap_logits<Elem>(cudaStream_t, Elem*, size_t, float, float);                \
   template void clamp<Elem>(cudaStream_t, Elem*, const Elem*, size_t, float);                     \
-  template void clamp_backward<Elem>(cudaStream_t, Elem*, const Elem*, size_t, float);
+  template void clamp_backward<Elem>(cudaStream_t, Elem*, const Elem*, size_t, float);            \
+  template void dropout<Elem>(cudaStream_t, Elem*, const int32_t*, int, int, uint32_t, float);
 TRIAD_INSTANTIATE_ELEMENTWISE(float)
 TRIAD_INSTANTIATE_ELEMENTWISE(bf16)
 #undef TRIAD_INSTANTIATE_ELEMENTWISE

@@ -371,6 +371,9 @@ template <typename Elem>
 void clamp(cudaStream_t s, Elem* out, const Elem* inp, size_t n, float c);  // to [−c, c]
 template <typename Elem>
 void clamp_backward(cudaStream_t s, Elem* d, const Elem* inp, size_t n, float c);  // d = 0 if cut
+// Hidden dropout in place (kernels/dropout_mask.h; keys: two int32 words per row).
+template <typename Elem>
+void dropout(cudaStream_t s, Elem* x, const int32_t* keys, int rows, int C, uint32_t site, float p);
 void scale(cudaStream_t s, float* x, float factor, size_t n);
 
 // ---- cross-entropy (cuda_crossentropy.cu) --------------------------------------------------

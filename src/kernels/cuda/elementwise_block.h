@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "block_program.h"
+#include "triad/kernels/dropout_mask.h"
 
 namespace triad::elementwise_block {
 
@@ -125,6 +126,20 @@ TRIAD_BLOCK_FN void clamp_backward(X& x, Elem* d, const Elem* inp, size_t n, flo
   TRIAD_BLOCK_STRIDE_LOOP(x, i, n, threads, stride) {
     const float v = load(x, inp + i);
     if (v < -c || v > c) store(x, d + i, 0.0f);
+  }
+}
+
+// Hidden dropout in place over rows × C values (kernels/dropout_mask.h: row r's key in
+// keys[2r], keys[2r + 1]); the kept values times scale, rounded once.
+template <class X, class Elem>
+TRIAD_BLOCK_FN void dropout(X& x, Elem* v, const int32_t* keys, int rows, int C, uint32_t site,
+                            uint32_t threshold, float scale, int threads, size_t stride) {
+  const size_t n = size_t(rows) * size_t(C);
+  TRIAD_BLOCK_STRIDE_LOOP(x, i, n, threads, stride) {
+    const size_t r = i / size_t(C);
+    const uint32_t c = uint32_t(i - r * size_t(C));
+    const bool keep = dropout_keeps(dropout_key_of(keys, r), site, c, threshold);
+    store(x, v + i, keep ? load(x, v + i) * scale : 0.0f);
   }
 }
 
