@@ -205,7 +205,8 @@ std::vector<int32_t> dropout_keys(int rows, uint64_t seed) {
 // train.hidden_dropout's op: each value kept times 1/(1 − p) exactly or zeroed; the fraction
 // dropped p (within 5 standard deviations over 2^19 values); the same mask for the same keys
 // and site (forward and backward agree), in both precisions; masks of other sites, seeds and
-// rows independent (both keep a value about (1 − p)² of the time); p = 0 changes nothing.
+// rows independent (both keep a value about (1 − p)² of the time); p = 0 changes nothing; a
+// dropped NaN stays NaN.
 TEST_F(CpuKernels, DropoutMaskAndScale) {
   const int rows = 512, C = 1024;
   const size_t n = size_t(rows) * C;
@@ -229,6 +230,13 @@ TEST_F(CpuKernels, DropoutMaskAndScale) {
   const double frac = double(dropped) / double(n), sigma = std::sqrt(p * (1.0 - p) / double(n));
   EXPECT_NEAR(frac, p, 5 * sigma);
   EXPECT_EQ(apply(keys, 3, p), a) << "the same keys and site: the same mask";
+  {  // a dropped NaN stays NaN (x·0, as PyTorch's x·mask): a divergence is not hidden
+    const size_t at = size_t(std::find(a.begin(), a.end(), 0.0f) - a.begin());
+    Vec v = x;
+    v[at] = std::numeric_limits<float>::quiet_NaN();
+    be->dropout(v.data(), keys.data(), rows, C, 3, p);
+    EXPECT_TRUE(std::isnan(v[at]));
+  }
   // bf16: the same mask, the kept values x·scale rounded once
   std::vector<bf16_t> h(n);
   for (size_t i = 0; i < n; ++i) h[i] = to_bf16(x[i]);

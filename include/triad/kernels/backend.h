@@ -363,8 +363,9 @@ class Backend {
 
   // ---- hidden dropout (train.hidden_dropout; the mask of kernels/dropout_mask.h) ------------
   // In place over `rows` rows of C values: x[r·C + c] = x·dropout_scale(p) where
-  // dropout_keeps(key_r, site, c, dropout_threshold(p)), else 0; keys holds each row's 64-bit
-  // key as two int32 words (low first). The same call on an output gradient is the backward.
+  // dropout_keeps(key_r, site, c, dropout_threshold(p)), else x·0 (a NaN stays NaN); keys holds
+  // each row's 64-bit key as two int32 words (low first). The same call on an output gradient is
+  // the backward.
   virtual void dropout(float* x, const int32_t* keys, int rows, int C, uint32_t site, float p) = 0;
 
   // ---- vocabulary-parallel softmax cross-entropy (tensor parallelism) -----------------------

@@ -7,7 +7,8 @@
 //
 //   row key    k = mix(mix(seed ^ mix(sequence)) + position)
 //   element    h = mix(k ^ (site << 32 | column));  kept iff (h >> 40) >= round(p·2^24)
-//   kept value x / (1 − p) (the factor in fp32, the product rounded once), dropped 0
+//   kept value x · (1 / (1 − p)) (the factor in fp32, the product rounded once), dropped x · 0
+//   (0, but a NaN or an infinity stays NaN, as PyTorch's x · mask: a divergence is not hidden)
 //
 // mix is SplitMix64's finaliser (its golden-ratio increment, then two xor-shift-multiply
 // rounds). Sites: the embedding's output 0, layer l's attention branch 1 + 2l, its MLP branch
@@ -15,6 +16,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 
 #if defined(__CUDACC__)

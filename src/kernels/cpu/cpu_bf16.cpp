@@ -329,8 +329,8 @@ void dropout(bf16_t* x, const int32_t* keys, int rows, int C, uint32_t site, flo
     const uint64_t key = dropout_key_of(keys, size_t(r));
     bf16_t* row = x + size_t(r) * size_t(C);
     for (int c = 0; c < C; ++c)
-      row[c] = triad::to_bf16(
-          dropout_keeps(key, site, uint32_t(c), threshold) ? to_float(row[c]) * scale : 0.0f);
+      row[c] = triad::to_bf16(to_float(row[c]) *
+                              (dropout_keeps(key, site, uint32_t(c), threshold) ? scale : 0.0f));
   }
 }
 

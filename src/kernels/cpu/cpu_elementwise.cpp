@@ -112,7 +112,7 @@ void dropout(float* x, const int32_t* keys, int rows, int C, uint32_t site, floa
     const uint64_t key = dropout_key_of(keys, size_t(r));
     float* row = x + size_t(r) * size_t(C);
     for (int c = 0; c < C; ++c)
-      row[c] = dropout_keeps(key, site, uint32_t(c), threshold) ? row[c] * scale : 0.0f;
+      row[c] *= dropout_keeps(key, site, uint32_t(c), threshold) ? scale : 0.0f;
   }
 }
 

@@ -139,7 +139,7 @@ TRIAD_BLOCK_FN void dropout(X& x, Elem* v, const int32_t* keys, int rows, int C,
     const size_t r = i / size_t(C);
     const uint32_t c = uint32_t(i - r * size_t(C));
     const bool keep = dropout_keeps(dropout_key_of(keys, r), site, c, threshold);
-    store(x, v + i, keep ? load(x, v + i) * scale : 0.0f);
+    store(x, v + i, load(x, v + i) * (keep ? scale : 0.0f));
   }
 }
 
