@@ -434,6 +434,7 @@ def test_hidden_dropout_gives_the_same_curve_on_every_grid_and_resumes_exactly(t
     common = ["--train.hidden_dropout", 0.2, "--eval.every", 4, "--checkpoint.every", 3]
     p = run(1, "--config", cfg, *common)
     assert p.returncode == 0, p.stderr
+    assert "| hidden dropout 0.2 |" in p.stdout, p.stdout
     want = metrics(tmp_path / "runs" / "one")
     p = run(1, "--config", cfg, "--eval.every", 4, "--run.name", "plain")
     assert p.returncode == 0, p.stderr

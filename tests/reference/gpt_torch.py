@@ -696,8 +696,10 @@ def _drop(x: torch.Tensor, site: int) -> torch.Tensor:
     p, seed, sequences = _DROPOUT
     B, T, C = x.shape
     assert len(sequences) == B, "hidden_dropout: one sequence number per batch row"
-    m = dropout_multiplier(p, seed, sequences, T, C, site)
-    return x * torch.from_numpy(m).to(x.dtype)
+    m = torch.from_numpy(dropout_multiplier(p, seed, sequences, T, C, site))
+    # The product in fp32 at least, rounded once to x's type (as triad's bf16 kernels).
+    wide = torch.promote_types(x.dtype, torch.float32)
+    return (x.to(wide) * m.to(wide)).to(x.dtype)
 
 
 class moe_balance:
