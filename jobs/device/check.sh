@@ -330,7 +330,8 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
     # then two), a z-loss (the cross-entropy kernels' z-loss path, bf16's one-pass kernel) and
     # logits soft-capped at 3 (the cap's kernel and its derivative in the cross-entropy kernels),
     # under μP (the logits' multiplier, μP's attention scale in the flash kernels, the AdamW
-    # runs' learning-rate scales). And the FP8 products (fp8: run.fp8 = tensorwise, the absmax and
+    # runs' learning-rate scales) and a hidden dropout of 0.1 (the dropout kernel: the masks are
+    # the CPU's, so the curves still meet). And the FP8 products (fp8: run.fp8 = tensorwise, the absmax and
     # cast kernels and cuBLASLt's FP8 products; bf16 only on the GPU) against the CPU's emulation.
     # And a mixture of experts (moe: 4 experts, top 2, the load-balancing loss: the routing,
     # dispatch, gather and gated-sum kernels and the experts' products over their rows). And
@@ -344,7 +345,7 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
                                   --model.qkv_bias true --model.norm_eps 1e-6)
       [[ $tag == sched ]] && opts=(--train.window_warmup "4, 30, 4" --train.batch_rampup "4, 4, 120"
                                    --train.z_loss 0.01 --model.logit_softcap 3
-                                   --model.mup_base_width 64)
+                                   --model.mup_base_width 64 --train.hidden_dropout 0.1)
       [[ $tag == fp8 ]] && opts=(--run.fp8 tensorwise)
       [[ $tag == moe ]] && opts=(--model.moe_experts 4 --model.moe_top_k 2 --train.moe_aux_loss 0.05)
       [[ $tag == mla ]] && opts=(--model.position rope --model.norm rmsnorm --model.mlp swiglu
