@@ -16,6 +16,12 @@ double lr_at(const TrainConfig& t, const SchedulePoint& p) {
   // the sums and differences are exact and the quotients those of the integers.
   const double lr = t.lr, min_lr = t.lr * t.min_lr_ratio;
   if (p.done + p.step <= p.warmup) return lr * (p.done + p.step) / p.warmup;
+  if (t.schedule == "inverse_sqrt") {
+    // Megatron's inverse-square-root: the peak times √(W / n) after n steps (or sequences) of a
+    // warmup of W (at least one step's worth), the run's length aside; not below min_lr.
+    const double w = std::max(p.warmup, p.step);
+    return std::max(min_lr, lr * std::sqrt(w / (p.done + p.step)));
+  }
   const double decay = p.total - p.warmup;
   if (t.schedule == "constant" || decay <= 0) return lr;
   // A step across the warmup's end (by sequences) takes the peak: progress 0, not below.

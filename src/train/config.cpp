@@ -246,7 +246,9 @@ class KeyTable {
         "left out of the gradient norm; empty: none");
     add("train.lr", c.train.lr, "peak learning rate");
     add("train.warmup_steps", c.train.warmup_steps, "linear warmup steps");
-    add("train.schedule", c.train.schedule, "cosine | linear | constant | wsd");
+    add("train.schedule", c.train.schedule,
+        "cosine | linear | constant | wsd | inverse_sqrt (Megatron's: lr·sqrt(W/n) after n "
+        "steps of a warmup of W, not below min_lr)");
     add("train.lr_by", c.train.lr_by,
         "what the lr schedule counts: steps (warmup_steps, decay to train.steps) | sequences "
         "(trained on: warmup_sequences, decay to the run's last; for a batch-size ramp-up, as "
@@ -1158,8 +1160,9 @@ void validate(const Config& c, int world_size) {
   check(t.lr_by == "steps" || t.warmup_steps == 0, "train.warmup_steps",
         "counts for train.lr_by = steps only (with sequences, set train.warmup_sequences)");
   check(t.schedule == "cosine" || t.schedule == "linear" || t.schedule == "constant" ||
-            t.schedule == "wsd",
-        "train.schedule", "must be cosine, linear, constant or wsd (got '" + t.schedule + "')");
+            t.schedule == "wsd" || t.schedule == "inverse_sqrt",
+        "train.schedule",
+        "must be cosine, linear, constant, wsd or inverse_sqrt (got '" + t.schedule + "')");
   check(t.min_lr_ratio >= 0 && t.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]");
   check(t.decay_shape == "linear" || t.decay_shape == "1-sqrt" || t.decay_shape == "cosine",
         "train.decay_shape", "must be linear, 1-sqrt or cosine (got '" + t.decay_shape + "')");

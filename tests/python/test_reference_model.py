@@ -1186,6 +1186,18 @@ def test_wsd_decay_shapes_match_torch(shape, tmp_root, tmp_path):
     assert lrs[:6] == linear[:6] and all(a != b for a, b in zip(lrs[6:], linear[6:]))
 
 
+# train.schedule = inverse_sqrt (Megatron's inverse-square-root) over 10 steps after a warmup of
+# 2, down to its floor (min_lr_ratio 0.5: from step 7 on at min_lr).
+def test_inverse_sqrt_schedule_matches_torch(tmp_root, tmp_path):
+    case = next(c for c in CASES if c.name == "oddshapes")
+    p = prepare(case, tmp_root)
+    sections = config_sections(case, p.dir, train__grad_clip=GRAD_CLIP[case.name],
+                               train__schedule="inverse_sqrt", train__min_lr_ratio=0.5)
+    compare_training(p, tmp_path, sections, "inverse_sqrt")
+    lrs = [ref.lr_at(s, 3e-3, 2, 10, "inverse_sqrt", 0.5) for s in range(10)]
+    assert lrs[1] == 3e-3 and 1.5e-3 < lrs[6] < lrs[2] < 3e-3 and set(lrs[7:]) == {1.5e-3}, lrs
+
+
 # train.z_loss (a large c, 0.05, so that the term moves the weights): the cross-entropy curve,
 # the gradient norm, the final weights and /train/z_loss against PyTorch differentiating
 # CE + c·mean((log Z)²); GPT-2's blocks in fp32, Llama's (untied head) too.

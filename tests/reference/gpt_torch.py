@@ -1077,6 +1077,8 @@ def lr_at(step: int, lr: float, warmup_steps: int, steps: int, schedule: str = "
     min_lr = lr * min_lr_ratio
     if step < warmup_steps:
         return lr * (step + 1) / warmup_steps
+    if schedule == "inverse_sqrt":  # Megatron's: lr·sqrt(W / n) after n steps, n >= W
+        return max(min_lr, lr * math.sqrt(max(warmup_steps, 1) / (step + 1)))
     if schedule == "constant" or steps - warmup_steps <= 0:
         return lr
     frac = min(1.0, (step - warmup_steps) / (steps - warmup_steps))

@@ -45,6 +45,25 @@ TEST(Schedule, LinearConstantWsd) {
   EXPECT_NEAR(lr_at(w, 90), 1e-3 - (1e-3 - 1e-4) * 10.0 / 20.0, 1e-15);
 }
 
+// Megatron's inverse-square-root: after the warmup of 10, 1e-3·√(10 / (s + 1)) (continuous at
+// the warmup's end), independent of the run's length, and not below min_lr (1e-4 from s = 999);
+// without a warmup, 1e-3 / √(s + 1).
+TEST(Schedule, InverseSqrt) {
+  auto t = base("inverse_sqrt");
+  EXPECT_DOUBLE_EQ(lr_at(t, 9), 1e-3);
+  for (int s : {10, 39, 99, 500})
+    EXPECT_NEAR(lr_at(t, s), 1e-3 * std::sqrt(10.0 / (s + 1)), 1e-15) << s;
+  TrainConfig longer = t;
+  longer.steps = 100000;
+  EXPECT_EQ(lr_at(longer, 39), lr_at(t, 39));
+  EXPECT_NEAR(lr_at(longer, 998), 1e-3 * std::sqrt(10.0 / 999), 1e-15);
+  EXPECT_DOUBLE_EQ(lr_at(longer, 999), 1e-4);
+  EXPECT_DOUBLE_EQ(lr_at(longer, 5000), 1e-4);
+  t.warmup_steps = 0;
+  EXPECT_DOUBLE_EQ(lr_at(t, 0), 1e-3);
+  EXPECT_NEAR(lr_at(t, 3), 1e-3 / 2, 1e-18);
+}
+
 // train.decay_shape: wsd's decay (steps 80..99 of 100) as 1 − √f and ½(1 + cos πf), f = (s −
 // 80) / 20; the stable part and the start of the decay unchanged.
 TEST(Schedule, WsdDecayShapes) {
@@ -66,7 +85,7 @@ TEST(Schedule, WsdDecayShapes) {
 // train.lr_by = sequences without a ramp: the same rates as by steps (warmup_sequences = 10
 // steps of 32), the warmup's and the decay's bit for bit, wsd's within rounding.
 TEST(Schedule, BySequencesWithoutARampIsBySteps) {
-  for (const char* kind : {"cosine", "linear", "constant", "wsd"}) {
+  for (const char* kind : {"cosine", "linear", "constant", "wsd", "inverse_sqrt"}) {
     TrainConfig steps = base(kind);
     steps.batch_size = 32;
     TrainConfig seqs = steps;
