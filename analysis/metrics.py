@@ -104,7 +104,7 @@ class Metrics:
     train: dict[str, np.ndarray]
     val: dict[str, np.ndarray]
     attrs: dict[str, Any] = field(default_factory=dict)
-    # eval.sets: /val_sets/<name>/{step, loss, accuracy}, by name
+    # eval.sets: /val_sets/<name>/{step, loss, accuracy, bpb (newer files)}, by name
     val_sets: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     @property
@@ -160,7 +160,10 @@ class Metrics:
         if self.n_val:
             at = f" at step {int(self.val['step'][-1])}"
             if np.isfinite(self.val["loss"][-1]):
-                parts.append(f"val loss {self.val['loss'][-1]:.4f}{at}")
+                bpb = self.val.get("bpb")  # eval.bits_per_byte
+                per_byte = (f" ({bpb[-1]:.4f} bits per byte)"
+                            if bpb is not None and np.isfinite(bpb[-1]) else "")
+                parts.append(f"val loss {self.val['loss'][-1]:.4f}{per_byte}{at}")
             mc = self.val.get("choice_accuracy")
             if mc is not None and np.isfinite(mc[-1]):
                 norm = self.val.get("choice_accuracy_by_chars")  # lm-eval's acc_norm

@@ -93,7 +93,8 @@ Table wide_table(const std::string& group, const std::vector<std::string>& value
 
 // /val_sets/<name> (eval.sets).
 Table val_set_table(const std::string& name) {
-  return make_table("val_sets/" + name, {{"step", true}, {"loss", false}, {"accuracy", false}});
+  return make_table("val_sets/" + name,
+                    {{"step", true}, {"loss", false}, {"accuracy", false}, {"bpb", false}});
 }
 
 }  // namespace
@@ -120,7 +121,8 @@ struct MetricsWriter::Impl {
                                  {"accuracy", false},
                                  {"choice_accuracy", false},
                                  {"choice_accuracy_by_sum", false},
-                                 {"choice_accuracy_by_chars", false}});
+                                 {"choice_accuracy_by_chars", false},
+                                 {"bpb", false}});
 
   [[noreturn]] void fail_here(const std::string& what) const {
     fail("metrics file ", path, ": ", what);
@@ -416,6 +418,7 @@ void MetricsWriter::append(const ValRow& r) {
   t.col(3).doubles.push_back(r.choice_accuracy);
   t.col(4).doubles.push_back(r.choice_accuracy_by_sum);
   t.col(5).doubles.push_back(r.choice_accuracy_by_chars);
+  t.col(6).doubles.push_back(r.bpb);
   if (t.col(0).buffered() >= kAutoFlushRows) flush();
 }
 
@@ -451,12 +454,13 @@ void MetricsWriter::append_moe_load(int64_t step, const std::vector<double>& loa
   if (t.col(0).buffered() >= kAutoFlushRows) flush();
 }
 
-void MetricsWriter::append_set(size_t i, int64_t step, double loss, double accuracy) {
+void MetricsWriter::append_set(size_t i, int64_t step, double loss, double accuracy, double bpb) {
   TRIAD_ASSERT(i < impl_->sets.size());
   Table& t = impl_->sets[i];
   t.col(0).ints.push_back(step);
   t.col(1).doubles.push_back(loss);
   t.col(2).doubles.push_back(accuracy);
+  t.col(3).doubles.push_back(bpb);
   if (t.col(0).buffered() >= kAutoFlushRows) flush();
 }
 

@@ -618,6 +618,14 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
   ForwardStats st;
   for (int i = 0; i < N; ++i)
     st.tokens += host_targets[i] >= 0 ? 1 : 0;  // masked ones do not count
+  // set_target_bytes: a counted target's loss and bytes, where it decodes to any.
+  auto count_bytes = [&](int32_t target, double loss) {
+    if (target < 0 || size_t(target) >= target_bytes_.size()) return;
+    const int32_t b = target_bytes_[size_t(target)];
+    if (b <= 0) return;
+    st.byte_loss_sum += loss;
+    st.bytes += b;
+  };
   for (int r0 = 0; r0 < N; r0 += logits_rows_) {
     const int rows = std::min(logits_rows_, N - r0);
     const A* x = S.lnfg + size_t(r0) * C;
@@ -669,6 +677,7 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
           st.z_sum += lz * lz;
         }
         if (row_losses) row_losses[r0 + i] = float(loss);
+        count_bytes(host_targets[r0 + i], loss);
         st.correct += int(-harg[i]) == host_targets[r0 + i] ? 1 : 0;
       }
     }
@@ -682,6 +691,8 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
     be_.copy_to_host(host, S.losses, size_t(N));
     be_.copy_to_host(host + N, S.correct, size_t(N));
     for (int i = 0; i < N; ++i) st.loss_sum += host[size_t(i)];
+    if (!target_bytes_.empty())
+      for (int i = 0; i < N; ++i) count_bytes(host_targets[i], host[size_t(i)]);
     if (row_losses) std::copy(host, host + N, row_losses);
     if (z > 0.0f) {  // log Z of each row (0 for a masked one)
       for (int i = 0; i < N; ++i) st.z_sum += double(host[size_t(N + i)]) * host[size_t(N + i)];

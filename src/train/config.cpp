@@ -359,6 +359,11 @@ class KeyTable {
         "tokenizer for samples: GPT-2's BPE ranks file, or a tokenizer description");
     add("eval.every", c.eval.every, "evaluate every N steps (0: start and end only)");
     add("eval.sequences", c.eval.sequences, "validation sequences per evaluation");
+    add("eval.bits_per_byte", c.eval.bits_per_byte,
+        "also report the validation sets' bits per byte (val/bpb; a measure across tokenizers): "
+        "their targets' cross-entropy in bits over the bytes those tokens decode to with "
+        "data.vocab, which must be the data's tokenizer (its special tokens, of no bytes, left "
+        "out of both)");
     add("eval.choices", c.eval.choices,
         "multiple-choice eval file scored at every evaluation (llm.c's format, e.g. HellaSwag "
         "from jobs/prepare_choices.py); empty: none");

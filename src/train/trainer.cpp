@@ -132,8 +132,11 @@ EvalResult Trainer::evaluate_only() {
     if (r.sequences > 0)
       std::cout << " | val loss " << r.loss << " | val accuracy " << r.accuracy << " | "
                 << r.sequences << " sequences";
-    for (const auto& v : r.sets)
+    if (r.sequences > 0 && s.cfg.eval.bits_per_byte) std::cout << " | val bpb " << r.bpb;
+    for (const auto& v : r.sets) {
       std::cout << " | " << v.name << " loss " << v.loss << " accuracy " << v.accuracy;
+      if (s.cfg.eval.bits_per_byte) std::cout << " bpb " << v.bpb;
+    }
     if (r.choice_examples > 0) std::cout << " | " << describe_choices(r);
     std::cout << std::setprecision(2) << " | " << seconds << " s" << std::endl;
   }

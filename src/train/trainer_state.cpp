@@ -147,6 +147,18 @@ void Trainer::State::setup_model() {
       model_shape(), mbs, *be, replicas, mp, mp.pp > 1 ? &schedule : nullptr,
       cfg.bf16() ? Precision::bf16 : Precision::fp32, activation_options(cfg), zero, also.get());
   model->set_z_loss(float(cfg.train.z_loss));
+  if (cfg.eval.bits_per_byte) {
+    // The bytes each target id decodes to with the data's tokenizer: none for its special tokens
+    // (documents' and chat turns' markers, not text) and for ids past its vocabulary (padding
+    // rows of the embedding, never a target of its data).
+    load_tokenizer();
+    std::vector<int32_t> bytes(size_t(cfg.model.vocab_size), 0);
+    const int32_t known = std::min<int32_t>(cfg.model.vocab_size, tokenizer->vocab_size());
+    for (int32_t id = 0; id < known; ++id)
+      if (!tokenizer->is_special(id))
+        bytes[size_t(id)] = int32_t(tokenizer->token_bytes(id).size());
+    model->set_target_bytes(std::move(bytes));
+  }
   if (cfg.model.moe_experts > 0) {
     model->set_moe_aux_loss(float(cfg.train.moe_aux_loss));
     model->set_moe_aux_per_sequence(cfg.train.moe_aux_scope == "sequence");
@@ -1002,7 +1014,7 @@ EvalResult Trainer::State::evaluate_val() {
   EvalResult r = evaluate_source(val_src.get());
   for (const auto& [name, src] : val_sets) {
     const EvalResult e = evaluate_source(src.get());
-    if (e.sequences > 0) r.sets.push_back({name, e.loss, e.accuracy});
+    if (e.sequences > 0) r.sets.push_back({name, e.loss, e.accuracy, e.bpb});
   }
   return r;
 }
@@ -1012,8 +1024,8 @@ EvalResult Trainer::State::evaluate_source(const SequenceSource* src) {
   if (src == nullptr || cfg.eval.sequences == 0) return r;
   const int64_t n = cfg.eval.sequences;
   const int B = cfg.train.micro_batch_size, T = cfg.model.seq_len;
-  double loss = 0;
-  int64_t correct = 0, tokens = 0;
+  double loss = 0, byte_loss = 0;
+  int64_t correct = 0, tokens = 0, bytes = 0;
   // Micro-batch k of the validation sequences goes to data-parallel rank k mod dp. Under ZeRO-3
   // every rank takes part in every round's weight gathers, with a batch or without; under expert
   // parallelism in every round's token exchanges: a rank without a batch runs one sequence whose
@@ -1037,6 +1049,14 @@ EvalResult Trainer::State::evaluate_source(const SequenceSource* src) {
     loss += st.loss_sum;
     correct += st.correct;
     tokens += st.tokens;
+    byte_loss += st.byte_loss_sum;
+    bytes += st.bytes;
+  }
+  if (cfg.eval.bits_per_byte) {  // nats over the targets with bytes → bits per byte
+    byte_loss = grid.dp().all_reduce_sum(byte_loss);
+    bytes = int64_t(grid.dp().all_reduce_sum(double(bytes)));
+    r.bpb = bytes > 0 ? byte_loss / (std::log(2.0) * double(bytes))
+                      : std::numeric_limits<double>::quiet_NaN();
   }
   loss = grid.dp().all_reduce_sum(loss);
   correct = int64_t(grid.dp().all_reduce_sum(double(correct)));
@@ -1093,18 +1113,22 @@ void Trainer::State::run_eval() {
     std::ostringstream os;
     os << "eval step " << step << std::fixed << std::setprecision(4);
     if (r.sequences > 0) os << " | val loss " << r.loss << " | val accuracy " << r.accuracy;
-    for (const auto& v : r.sets) os << " | " << v.name << " loss " << v.loss;
+    if (r.sequences > 0 && cfg.eval.bits_per_byte) os << " | val bpb " << r.bpb;
+    for (const auto& v : r.sets) {
+      os << " | " << v.name << " loss " << v.loss;
+      if (cfg.eval.bits_per_byte) os << " bpb " << v.bpb;
+    }
     if (r.choice_examples > 0) os << " | " << describe_choices(r);
     say(os.str());
     if (metrics) {
       const double nan = std::numeric_limits<double>::quiet_NaN();
-      metrics->append(ValRow{step, r.sequences > 0 ? r.loss : nan,
-                             r.sequences > 0 ? r.accuracy : nan,
-                             r.choice_examples > 0 ? r.choice_accuracy : nan,
-                             r.choice_examples > 0 ? r.choice_accuracy_by_sum : nan,
-                             r.choice_examples > 0 ? r.choice_accuracy_by_chars : nan});
+      metrics->append(ValRow{
+          step, r.sequences > 0 ? r.loss : nan, r.sequences > 0 ? r.accuracy : nan,
+          r.choice_examples > 0 ? r.choice_accuracy : nan,
+          r.choice_examples > 0 ? r.choice_accuracy_by_sum : nan,
+          r.choice_examples > 0 ? r.choice_accuracy_by_chars : nan, r.sequences > 0 ? r.bpb : nan});
       for (size_t i = 0; i < r.sets.size(); ++i)
-        metrics->append_set(i, step, r.sets[i].loss, r.sets[i].accuracy);
+        metrics->append_set(i, step, r.sets[i].loss, r.sets[i].accuracy, r.sets[i].bpb);
       metrics->flush();
     }
   }

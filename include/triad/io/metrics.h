@@ -47,6 +47,7 @@ struct ValRow {
   double choice_accuracy = std::numeric_limits<double>::quiet_NaN();
   double choice_accuracy_by_sum = std::numeric_limits<double>::quiet_NaN();
   double choice_accuracy_by_chars = std::numeric_limits<double>::quiet_NaN();
+  double bpb = std::numeric_limits<double>::quiet_NaN();  // eval.bits_per_byte (NaN: off)
 };
 
 struct MetricsAttributes {
@@ -83,7 +84,8 @@ class MetricsWriter {
   void append(const TrainRow& row);
   void append(const ValRow& row);
   // A row of validation set i (the order of val_sets).
-  void append_set(size_t i, int64_t step, double loss, double accuracy);
+  void append_set(size_t i, int64_t step, double loss, double accuracy,
+                  double bpb = std::numeric_limits<double>::quiet_NaN());
   // A row of /norms: the gradient and weight norms of norm_groups, in their order.
   void append_norms(int64_t step, const std::vector<double>& grad,
                     const std::vector<double>& weight);

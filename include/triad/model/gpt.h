@@ -610,6 +610,9 @@ struct ForwardStats {
   double z_sum = 0;     // training with a z-loss (Gpt::set_z_loss): sum of (log Z)² per token
   int64_t correct = 0;  // top-1 hits among the first vocab_size logits
   int64_t tokens = 0;
+  // Gpt::set_target_bytes: the loss of the counted targets that decode to bytes, and those bytes.
+  double byte_loss_sum = 0;
+  int64_t bytes = 0;
 };
 
 // What ZeRO (parallel.zero) changes in what a training model holds; `shard` is this rank's
@@ -871,6 +874,10 @@ class Gpt {
   // ForwardStats give Σ (log Z)²; the cross-entropy they report, and evaluation, stay as they
   // are. 0: none.
   void set_z_loss(float c) { z_loss_ = c; }
+  // eval.bits_per_byte: each token id's length in bytes as the data's tokenizer decodes it (0 for
+  // a special token or an id it does not have), by id; the passes' ForwardStats then also count
+  // the loss and the bytes of their counted targets with bytes. Empty: off.
+  void set_target_bytes(std::vector<int32_t> bytes) { target_bytes_ = std::move(bytes); }
   // shape.hidden_dropout: the run's seed and the place in the data order (TrainState::position
   // counting) of the first sequence of the next forward_backward, or of the next pipeline_step's
   // first micro-batch (the others follow on: sequence b of micro-batch m is first + m·B + b).
@@ -1358,6 +1365,7 @@ class Gpt {
 
   GptShape shape_;
   float z_loss_ = 0.0f;                // set_z_loss
+  std::vector<int32_t> target_bytes_;  // set_target_bytes
   float moe_aux_loss_ = 0.0f;          // set_moe_aux_loss
   bool moe_aux_per_sequence_ = false;  // set_moe_aux_per_sequence
   bool training_ = false;              // within forward_backward or pipeline_step

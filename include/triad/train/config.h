@@ -199,6 +199,9 @@ struct EvalConfig {
   // More validation sets, "name=GLOB, name=GLOB" (e.g. one per corpus of a blend): each scored
   // like data.val on its first `sequences` sequences, into /val_sets/<name> of metrics.h5.
   std::string sets;
+  // Bits per byte of the validation sets too (val/bpb): their loss over the bytes their target
+  // tokens decode to with data.vocab, which must be the data's tokenizer.
+  bool bits_per_byte = false;
 };
 
 struct CheckpointConfig {

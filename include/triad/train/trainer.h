@@ -17,6 +17,8 @@ namespace triad {
 
 struct EvalResult {
   double loss = 0, accuracy = 0;
+  // eval.bits_per_byte: the loss in bits per byte of the targets' text (NaN: off)
+  double bpb = std::numeric_limits<double>::quiet_NaN();
   int64_t sequences = 0;
   // eval.choices (train/choice_eval.h): the share of examples whose right ending has the least
   // mean token loss (llm.c's HellaSwag accuracy), least summed loss (lm-eval's acc) or least
@@ -29,6 +31,7 @@ struct EvalResult {
   struct Set {
     std::string name;
     double loss = 0, accuracy = 0;
+    double bpb = std::numeric_limits<double>::quiet_NaN();
   };
   std::vector<Set> sets;
 };
