@@ -1,7 +1,8 @@
 """eval.bits_per_byte against independent references: tiktoken's byte strings of GPT-2's tokens
 and the per-token losses of PyTorch's model (tests/reference/gpt_torch.py, double precision),
 over validation shards with <|endoftext|> tokens (no bytes: left out of both sums); then the
-same value on tensor-, pipeline- and data-parallel grids, and in metrics.h5 at each evaluation.
+same value on tensor-, pipeline-, context- and data-parallel grids, and in metrics.h5 at each
+evaluation.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def test_bits_per_byte_matches_tiktoken_and_torch(tmp_root, tmp_path):
     # Grids: the same value; and metrics.h5 at each evaluation of a training run.
     mpirun = shutil.which("mpirun")
     assert mpirun, "mpirun not found"
-    for grid in (["--parallel.tp", 2], ["--parallel.pp", 2], []):
+    for grid in (["--parallel.tp", 2], ["--parallel.pp", 2], ["--parallel.cp", 2], []):
         r = subprocess.run([mpirun, "--oversubscribe", "-np", "2", str(train), "--config",
                             str(cfg), "--eval-only", "--init-from", str(p.ckpt),
                             *map(str, grid)], capture_output=True, text=True,
