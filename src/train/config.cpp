@@ -405,6 +405,10 @@ class KeyTable {
         "e5m2");
     add("run.threads", c.run.threads, "CPU threads (0: OpenMP default)");
     add("run.peak_tflops", c.run.peak_tflops, "peak TFLOP/s for MFU (0: measure / datasheet)");
+    add("run.max_minutes", c.run.max_minutes,
+        "time budget: the first step ending this many minutes after the run began writes a "
+        "checkpoint and the run stops there, exit status 0 (--resume auto continues it; "
+        "Megatron's --exit-duration-in-mins); 0: none");
     add("parallel.tp", c.parallel.tp, "tensor-parallel size");
     add("parallel.pp", c.parallel.pp, "pipeline-parallel size");
     add("parallel.cp", c.parallel.cp,
@@ -1268,6 +1272,8 @@ void validate(const Config& c, int world_size) {
         "(" + std::to_string(m.n_embd) + ") must be even for bf16 precision");
   check(c.run.threads >= 0, "run.threads", "must be >= 0");
   check(c.run.peak_tflops >= 0, "run.peak_tflops", "must be >= 0");
+  check(std::isfinite(c.run.max_minutes) && c.run.max_minutes >= 0, "run.max_minutes",
+        "must be a number of minutes >= 0 (0: no budget)");
   check(c.parallel.tp >= 1, "parallel.tp", "must be >= 1");
   check(c.parallel.pp >= 1, "parallel.pp", "must be >= 1");
   check(c.parallel.cp >= 1, "parallel.cp", "must be >= 1");

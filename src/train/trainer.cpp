@@ -198,6 +198,7 @@ std::vector<float> Trainer::parameters() const {
 }
 
 TrainOutcome Trainer::run() {
+  const Timer run_clock;  // run.max_minutes counts from here
   auto& s = *s_;
   const auto& cfg = s.cfg;
   const int T = cfg.model.seq_len, mbs = cfg.train.micro_batch_size;
@@ -663,13 +664,22 @@ TrainOutcome Trainer::run() {
     if (last || (cfg.eval.every > 0 && s.step % cfg.eval.every == 0)) s.run_eval();
     if (last || (cfg.checkpoint.every > 0 && s.step % cfg.checkpoint.every == 0))
       s.save_checkpoint();
-    // Preemption: every rank learns of a signal on any rank at the same step boundary.
-    int sig = g_preempt_signal.load(), any = 0;
-    MPI_Allreduce(&sig, &any, 1, MPI_INT, MPI_MAX, s.grid.world());
-    if (any != 0 && !last) {
+    // Preemption (a signal on any rank) and run.max_minutes (by rank 0's clock): every rank
+    // learns of either at the same step boundary.
+    const bool out_of_time =
+        cfg.run.max_minutes > 0 && s.root() && run_clock.seconds() >= 60.0 * cfg.run.max_minutes;
+    int flags[2] = {g_preempt_signal.load(), out_of_time ? 1 : 0}, any[2] = {0, 0};
+    MPI_Allreduce(flags, any, 2, MPI_INT, MPI_MAX, s.grid.world());
+    if ((any[0] != 0 || any[1] != 0) && !last) {
       s.save_checkpoint();
       s.finish_save();
-      s.say("preempted at step " + std::to_string(s.step));
+      std::ostringstream why;
+      if (any[0] != 0)
+        why << "preempted at step " << s.step;
+      else
+        why << "run.max_minutes = " << cfg.run.max_minutes << " reached at step " << s.step
+            << ": stopped with its checkpoint (--resume auto continues)";
+      s.say(why.str());
       out.preempted = true;
       break;
     }

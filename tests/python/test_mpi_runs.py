@@ -111,6 +111,33 @@ def test_preemption_on_one_rank_stops_all_and_resumes_bit_exactly(tmp_path, n, g
         assert np.array_equal(w1[k], w2[k]), k
 
 
+def test_time_budget_stops_every_rank_with_a_checkpoint_and_resumes_bit_exactly(tmp_path):
+    """run.max_minutes (Megatron's --exit-duration-in-mins): a budget of 0.6 s (by rank 0's
+    clock) on a run of a million steps stops both ranks at the same step, past which the
+    checkpoint is written, exit status 0; --resume auto continues it to the uninterrupted run's
+    losses and weights bit for bit. A negative budget is refused."""
+    common = ["--checkpoint.every", 0, "--eval.every", 0, "--parallel.zero", 1,
+              "--train.schedule", "constant", "--train.warmup_steps", 0]
+    cfg = tiny_config(tmp_path, name="budget")
+    p = run(2, "--config", cfg, "--train.steps", 10**6, "--run.max_minutes", 0.01, *common)
+    assert p.returncode == 0, p.stderr
+    assert "run.max_minutes = 0.01 reached at step" in p.stdout, p.stdout
+    step = int(p.stdout.split("reached at step")[1].split(":")[0])
+    assert 1 <= step < 10**6
+    assert (tmp_path / "runs" / "budget" / "ckpt" / f"step_{step:08d}.h5").exists()
+    total = step + 5
+    p = run(2, "--config", cfg, "--train.steps", total, *common)  # --resume auto, no budget
+    assert p.returncode == 0 and "resumed from" in p.stdout, p.stderr
+    straight = tiny_config(tmp_path, name="straight")
+    p = run(2, "--config", straight, "--train.steps", total, *common)
+    assert p.returncode == 0, p.stderr
+    s1, l1 = metrics(tmp_path / "runs" / "straight")
+    s2, l2 = metrics(tmp_path / "runs" / "budget")
+    assert list(s2) == list(range(total)) and np.array_equal(l1, l2)
+    p = run(2, "--config", cfg, "--run.max_minutes", -1)
+    assert p.returncode != 0 and "run.max_minutes" in p.stderr, p.stderr
+
+
 def assert_grids_follow_one_rank(tmp_path, cfg, common, pp_extra=(), more=()):
     """Tensor, pipeline (with pp_extra), data (ZeRO-1) and 2 x 2 grids of cfg with the options
     `common`, and the grids `more` ((name, ranks, options)): their train and val losses are run

@@ -42,7 +42,7 @@ std::string describe_choices(const EvalResult& r);
 
 struct TrainOutcome {
   int64_t steps_done = 0;
-  bool preempted = false;
+  bool preempted = false;  // stopped early with a checkpoint (a signal, or run.max_minutes)
   EvalResult last_eval;
   std::vector<double> losses;  // the loss of every step this call ran (identical on all ranks)
   // What the data-parallel communicator moved during the training steps (evaluations
@@ -62,7 +62,7 @@ class Trainer {
  public:
   Trainer(MPI_Comm world, const CommandLine& cl);
   ~Trainer();
-  TrainOutcome run();          // train to train.steps (or a preemption signal)
+  TrainOutcome run();  // train to train.steps (or a preemption signal, or run.max_minutes)
   EvalResult evaluate_only();  // --eval-only
   // The full parameters (every tensor of DESIGN.md §3, layout order, without wte's padding
   // rows) on the host of every rank, assembled from all ranks' shards (collective).
