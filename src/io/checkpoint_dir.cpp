@@ -1,7 +1,10 @@
-// The checkpoint directory (DESIGN.md §5): ckpt/step_XXXXXXXX.h5 and ckpt/latest.
+// The checkpoint directory (DESIGN.md §5): ckpt/step_XXXXXXXX.h5, ckpt/latest and (checkpoint.best)
+// ckpt/best.
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -42,9 +45,9 @@ std::string trim(const std::string& s) {
   return b < e ? std::string(b, e) : std::string();
 }
 
-// The content of dir/latest, trimmed; nullopt when there is no such file.
-std::optional<std::string> read_latest(const fs::path& dir) {
-  const fs::path p = dir / "latest";
+// The content of dir/`name` (latest, best), trimmed; nullopt when there is no such file.
+std::optional<std::string> read_pointer(const fs::path& dir, const char* name = "latest") {
+  const fs::path p = dir / name;
   std::error_code ec;
   if (!fs::is_regular_file(p, ec)) return std::nullopt;
   std::ifstream in(p);
@@ -64,7 +67,53 @@ std::string check_loadable(const std::string& path) {
   }
 }
 
+// dir/name holding `text`: written to a temporary file, then renamed over the old one.
+void write_pointer(const fs::path& d, const std::string& name, const std::string& text) {
+  const fs::path target = d / name, tmp = d / (name + ".tmp");
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << text;
+    out.flush();
+    TRIAD_CHECK(out.good(), "checkpoint directory ", d.string(), ": cannot write ", tmp.string());
+  }
+  std::error_code ec;
+  fs::rename(tmp, target, ec);
+  if (ec) {
+    fs::remove(tmp, ec);
+    fail("checkpoint directory ", d.string(), ": cannot rename ", tmp.string(), " to ",
+         target.string(), ": ", ec.message());
+  }
+}
+
 }  // namespace
+
+void publish_best(const std::string& dir, const std::string& file_name, double val_loss) {
+  TRIAD_CHECK(parse_checkpoint_name(file_name).has_value(), "internal error: ", file_name,
+              " is not a checkpoint name");
+  char loss[64];
+  std::snprintf(loss, sizeof loss, "%.17g", val_loss);
+  write_pointer(fs::path(dir), "best", file_name + "\n" + loss + "\n");
+}
+
+std::optional<std::pair<std::string, double>> read_best(const std::string& dir) {
+  const std::optional<std::string> text = read_pointer(fs::path(dir), "best");
+  if (!text) return std::nullopt;
+  std::istringstream in(*text);
+  std::string name, loss_text, extra;
+  std::getline(in, name);
+  std::getline(in, loss_text);
+  std::getline(in, extra);
+  name = trim(name);
+  loss_text = trim(loss_text);
+  char* end = nullptr;
+  const double loss = loss_text.empty() ? 0.0 : std::strtod(loss_text.c_str(), &end);
+  TRIAD_CHECK(parse_checkpoint_name(name) && !loss_text.empty() && end != nullptr && *end == '\0' &&
+                  std::isfinite(loss) && trim(extra).empty() && in.peek() == EOF,
+              "checkpoint directory ", dir, ": ", (fs::path(dir) / "best").string(),
+              " is not a checkpoint name (step_XXXXXXXX.h5) and a finite validation loss on two "
+              "lines");
+  return std::make_pair(name, loss);
+}
 
 std::string checkpoint_file_name(int64_t step) {
   TRIAD_CHECK(step >= 0 && step <= 99999999, "checkpoint step ", step,
@@ -100,20 +149,7 @@ void publish_checkpoint(const std::string& dir, const std::string& file_name, in
   TRIAD_CHECK(fs::is_regular_file(d / file_name, ec), "checkpoint directory ", dir,
               ": cannot publish ", file_name, ", which does not exist there");
 
-  // latest: written to a temporary file, then renamed over the old one.
-  const fs::path latest = d / "latest", tmp = d / "latest.tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << file_name << '\n';
-    out.flush();
-    TRIAD_CHECK(out.good(), "checkpoint directory ", dir, ": cannot write ", tmp.string());
-  }
-  fs::rename(tmp, latest, ec);
-  if (ec) {
-    fs::remove(tmp, ec);
-    fail("checkpoint directory ", dir, ": cannot rename ", tmp.string(), " to ", latest.string(),
-         ": ", ec.message());
-  }
+  write_pointer(d, "latest", file_name + "\n");
 
   if (keep <= 0) return;
   std::vector<std::string> all = list_checkpoints(dir);
@@ -122,6 +158,8 @@ void publish_checkpoint(const std::string& dir, const std::string& file_name, in
       const auto step = parse_checkpoint_name(name);
       return step && *step > 0 && *step % keep_every == 0;
     });
+  if (const auto best = read_best(dir))  // checkpoint.best's stays, outside the count too
+    std::erase(all, best->first);
   size_t remaining = all.size();
   for (const std::string& name : all) {  // oldest first
     if (remaining <= static_cast<size_t>(keep)) break;
@@ -142,7 +180,7 @@ std::string find_resume_checkpoint(MPI_Comm comm, const std::string& dir) {
     if (rank != 0) return;
     const fs::path d(dir);
     std::string tried;
-    if (const std::optional<std::string> latest = read_latest(d); latest && !latest->empty()) {
+    if (const std::optional<std::string> latest = read_pointer(d); latest && !latest->empty()) {
       const std::string path = (d / *latest).string();
       const std::string why = check_loadable(path);
       if (why.empty()) {

@@ -385,6 +385,10 @@ class KeyTable {
     add("checkpoint.async", c.checkpoint.async,
         "write checkpoints in the background: training goes on once this rank's part is "
         "copied to host memory (which holds that copy until the write ends)");
+    add("checkpoint.best", c.checkpoint.best,
+        "keep the checkpoint of the lowest validation loss: an evaluation after step 0 that "
+        "lowers it saves the step's checkpoint and names it in ckpt/best, which checkpoint.keep "
+        "never deletes (nanoGPT's save on improvement; needs data.val and eval.sequences > 0)");
     add("run.name", c.run.name, "run name (directory under run.dir)");
     add("run.dir", c.run.dir, "directory of runs");
     add("run.backend", c.run.backend, "cpu (cuda when built with it)");
@@ -1272,6 +1276,8 @@ void validate(const Config& c, int world_size) {
         "(" + std::to_string(m.n_embd) + ") must be even for bf16 precision");
   check(c.run.threads >= 0, "run.threads", "must be >= 0");
   check(c.run.peak_tflops >= 0, "run.peak_tflops", "must be >= 0");
+  check(!c.checkpoint.best || (!c.data.val.empty() && c.eval.sequences > 0), "checkpoint.best",
+        "needs a validation loss to compare: data.val and eval.sequences > 0");
   check(std::isfinite(c.run.max_minutes) && c.run.max_minutes >= 0, "run.max_minutes",
         "must be a number of minutes >= 0 (0: no budget)");
   check(c.parallel.tp >= 1, "parallel.tp", "must be >= 1");

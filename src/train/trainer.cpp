@@ -383,6 +383,18 @@ TrainOutcome Trainer::run() {
   // The run's last sequence count, for the ETA by tokens (a ramp's steps grow).
   const int64_t last_consumed =
       sequences_after_steps(s.ramp, cfg.train.batch_size, s.consumed, cfg.train.steps - s.step);
+  if (cfg.checkpoint.best) {
+    // A resumed run goes on from its ckpt/best; a new one starts without (an earlier run's in the
+    // same directory would name a checkpoint of another run).
+    const std::string dir = cfg.checkpoint_dir();
+    if (resumed) {
+      if (const auto best = read_best(dir)) s.best_val = best->second;
+    } else if (s.root() && fs::exists(dir + "/best")) {
+      fs::remove(dir + "/best");
+      s.say("checkpoint.best: removed " + dir + "/best of an earlier run (this one starts anew)");
+    }
+    MPI_Barrier(s.grid.world());
+  }
   const int64_t first_consumed = s.consumed;
   const ScheduleClock clock(cfg.train);
   s.grid.dp().reset_stats();
@@ -661,9 +673,11 @@ TrainOutcome Trainer::run() {
       s.say(os.str());
     }
     const bool last = s.step == cfg.train.steps;
-    if (last || (cfg.eval.every > 0 && s.step % cfg.eval.every == 0)) s.run_eval();
+    const bool evaluates = last || (cfg.eval.every > 0 && s.step % cfg.eval.every == 0);
+    if (evaluates) s.run_eval();
     if (last || (cfg.checkpoint.every > 0 && s.step % cfg.checkpoint.every == 0))
       s.save_checkpoint();
+    if (evaluates && cfg.checkpoint.best) s.keep_if_best();
     // Preemption (a signal on any rank) and run.max_minutes (by rank 0's clock): every rank
     // learns of either at the same step boundary.
     const bool out_of_time =

@@ -610,6 +610,21 @@ void Trainer::State::save_checkpoint() {
 
 bool Trainer::State::save_done() const { return !async_save || async_save->done; }
 
+void Trainer::State::keep_if_best() {
+  // The loss is the same number on every rank (all-reduced), so all ranks agree.
+  if (step == 0 || last_eval.sequences == 0 || !(last_eval.loss < best_val)) return;
+  save_checkpoint();  // (nothing new where this step's checkpoint exists)
+  finish_save();      // published before it is named
+  const std::string name = checkpoint_file_name(step);
+  if (root()) publish_best(cfg.checkpoint_dir(), name, last_eval.loss);
+  MPI_Barrier(grid.world());
+  best_val = last_eval.loss;
+  std::ostringstream os;
+  os << "best validation loss so far (" << std::fixed << std::setprecision(6) << best_val
+     << "): ckpt/best names " << name;
+  say(os.str());
+}
+
 void Trainer::State::finish_save() {
   if (!async_save) return;
   const std::unique_ptr<AsyncSave> s = std::move(async_save);

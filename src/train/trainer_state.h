@@ -229,6 +229,11 @@ struct Trainer::State {
 
   void run_eval();
   EvalResult last_eval;
+  // checkpoint.best: the lowest validation loss of an evaluation after step 0 (ckpt/best's, on
+  // resuming), and what an evaluation that lowers it does: save the step's checkpoint, name it
+  // in ckpt/best.
+  double best_val = std::numeric_limits<double>::infinity();
+  void keep_if_best();
 
   // train.profile_step: gathers the step's timed actions over the pipeline group (collective)
   // and rank 0 writes them with their simulation to the run directory.

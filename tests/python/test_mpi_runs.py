@@ -138,6 +138,52 @@ def test_time_budget_stops_every_rank_with_a_checkpoint_and_resumes_bit_exactly(
     assert p.returncode != 0 and "run.max_minutes" in p.stderr, p.stderr
 
 
+def test_best_checkpoint_is_kept_and_follows_the_validation_loss_across_a_resume(tmp_path):
+    """checkpoint.best on 2 ranks (lr 1e-2 on random tokens: the validation loss is lowest at
+    step 2 of the first 12 steps, then at step 22 of 24): ckpt/best names the checkpoint of the
+    lowest loss of the evaluations after step 0, with that loss to the bit, and checkpoint.keep
+    = 1 keeps it besides the latest; a run resumed from step 12 moves it to step 22 (and step 2's
+    checkpoint goes), as the uninterrupted run does; a new run in that directory starts without
+    it; a malformed ckpt/best and a run without validation data are refused by name."""
+    common = ["--checkpoint.best", "true", "--checkpoint.every", 0, "--checkpoint.keep", 1,
+              "--eval.every", 2, "--train.lr", 1e-2, "--train.schedule", "constant"]
+    cfg = tiny_config(tmp_path, name="best")
+
+    def best_and_curve(name):
+        ckpt = tmp_path / "runs" / name / "ckpt"
+        name_, loss = (ckpt / "best").read_text().split()
+        with h5py.File(tmp_path / "runs" / name / "metrics.h5", "r") as f:
+            steps, val = f["val/step"][:], f["val/loss"][:]
+        return name_, float(loss), steps, val, sorted(p.name for p in ckpt.glob("step_*.h5"))
+
+    p = run(2, "--config", cfg, "--train.steps", 12, *common)
+    assert p.returncode == 0, p.stderr
+    name, loss, steps, val, files = best_and_curve("best")
+    i = 1 + int(np.argmin(val[1:]))  # (step 0's evaluation does not count)
+    assert name == f"step_{steps[i]:08d}.h5" == "step_00000002.h5" and loss == val[i], (name, val)
+    assert files == ["step_00000002.h5", "step_00000012.h5"], files
+    p = run(2, "--config", cfg, "--train.steps", 24, *common)  # --resume auto
+    assert p.returncode == 0 and "resumed from" in p.stdout, p.stderr
+    name, loss, steps, val, files = best_and_curve("best")
+    i = 1 + int(np.argmin(val[1:]))
+    assert name == f"step_{steps[i]:08d}.h5" == "step_00000022.h5" and loss == val[i], (name, val)
+    assert files == ["step_00000022.h5", "step_00000024.h5"], files
+    straight = tiny_config(tmp_path, name="straight")
+    p = run(2, "--config", straight, "--train.steps", 24, *common)
+    assert p.returncode == 0, p.stderr
+    assert best_and_curve("straight")[:2] == (name, loss)
+    # A malformed ckpt/best, resuming: refused by its name.
+    (tmp_path / "runs" / "best" / "ckpt" / "best").write_text("step_00000022.h5\nlow\n")
+    p = run(2, "--config", cfg, "--train.steps", 26, *common)
+    assert p.returncode != 0 and "ckpt/best" in p.stderr and "finite validation loss" in p.stderr
+    # A new run in the directory: the old ckpt/best is gone before its first evaluation.
+    p = run(2, "--config", cfg, "--train.steps", 2, "--resume", "none", *common)
+    assert p.returncode == 0 and "removed" in p.stdout, p.stderr
+    assert best_and_curve("best")[0] == "step_00000002.h5"
+    p = run(1, "--config", cfg, "--checkpoint.best", "true", "--data.val", "")
+    assert p.returncode != 0 and "checkpoint.best" in p.stderr and "data.val" in p.stderr
+
+
 def assert_grids_follow_one_rank(tmp_path, cfg, common, pp_extra=(), more=()):
     """Tensor, pipeline (with pp_extra), data (ZeRO-1) and 2 x 2 grids of cfg with the options
     `common`, and the grids `more` ((name, ranks, options)): their train and val losses are run

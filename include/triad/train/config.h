@@ -212,6 +212,10 @@ struct CheckpointConfig {
   bool at_start = false;
   // Written by a thread of its own from a snapshot in host memory while training goes on.
   bool async = false;
+  // nanoGPT's save-on-improvement: an evaluation after step 0 whose validation loss is the lowest
+  // so far saves the step's checkpoint (if not saved already) and names it in ckpt/best, which
+  // `keep` never deletes.
+  bool best = false;
 };
 
 struct RunConfig {
