@@ -97,7 +97,7 @@ void publish_best(const std::string& dir, const std::string& file_name, double v
 
 std::optional<std::pair<std::string, double>> read_best(const std::string& dir) {
   const std::optional<std::string> text = read_pointer(fs::path(dir), "best");
-  if (!text) return std::nullopt;
+  if (!text || text->empty()) return std::nullopt;
   std::istringstream in(*text);
   std::string name, loss_text, extra;
   std::getline(in, name);
@@ -143,7 +143,7 @@ std::vector<std::string> list_checkpoints(const std::string& dir) {
 }
 
 void publish_checkpoint(const std::string& dir, const std::string& file_name, int keep,
-                        int64_t keep_every) {
+                        int64_t keep_every, const std::string& protect) {
   const fs::path d(dir);
   std::error_code ec;
   TRIAD_CHECK(fs::is_regular_file(d / file_name, ec), "checkpoint directory ", dir,
@@ -158,8 +158,7 @@ void publish_checkpoint(const std::string& dir, const std::string& file_name, in
       const auto step = parse_checkpoint_name(name);
       return step && *step > 0 && *step % keep_every == 0;
     });
-  if (const auto best = read_best(dir))  // checkpoint.best's stays, outside the count too
-    std::erase(all, best->first);
+  if (!protect.empty()) std::erase(all, protect);  // checkpoint.best's: outside the count too
   size_t remaining = all.size();
   for (const std::string& name : all) {  // oldest first
     if (remaining <= static_cast<size_t>(keep)) break;

@@ -18,9 +18,11 @@ double lr_at(const TrainConfig& t, const SchedulePoint& p) {
   if (p.done + p.step <= p.warmup) return lr * (p.done + p.step) / p.warmup;
   if (t.schedule == "inverse_sqrt") {
     // Megatron's inverse-square-root: the peak times √(W / n) after n steps (or sequences) of a
-    // warmup of W (at least one step's worth), the run's length aside; not below min_lr.
-    const double w = std::max(p.warmup, p.step);
-    return std::max(min_lr, lr * std::sqrt(w / (p.done + p.step)));
+    // warmup of W, at least one step (by sequences: one full batch, so that a ramp's growing
+    // steps do not move it), the run's length aside; between min_lr and the peak.
+    const double one_step = t.lr_by == "sequences" ? double(t.batch_size) : 1.0;
+    const double w = std::max(p.warmup, one_step);
+    return std::clamp(lr * std::sqrt(w / (p.done + p.step)), min_lr, lr);
   }
   const double decay = p.total - p.warmup;
   if (t.schedule == "constant" || decay <= 0) return lr;

@@ -410,7 +410,8 @@ class KeyTable {
     add("run.threads", c.run.threads, "CPU threads (0: OpenMP default)");
     add("run.peak_tflops", c.run.peak_tflops, "peak TFLOP/s for MFU (0: measure / datasheet)");
     add("run.max_minutes", c.run.max_minutes,
-        "time budget: the first step ending this many minutes after the run began writes a "
+        "time budget: the first step ending this many minutes after the run began (once its "
+        "model was built: loading the data and the checkpoint count) writes a "
         "checkpoint and the run stops there, exit status 0 (--resume auto continues it; "
         "Megatron's --exit-duration-in-mins); 0: none");
     add("parallel.tp", c.parallel.tp, "tensor-parallel size");
@@ -1276,6 +1277,8 @@ void validate(const Config& c, int world_size) {
         "(" + std::to_string(m.n_embd) + ") must be even for bf16 precision");
   check(c.run.threads >= 0, "run.threads", "must be >= 0");
   check(c.run.peak_tflops >= 0, "run.peak_tflops", "must be >= 0");
+  check(!c.eval.bits_per_byte || !c.data.vocab.empty(), "eval.bits_per_byte",
+        "needs data.vocab: the tokenizer of the validation data, whose bytes it counts");
   check(!c.checkpoint.best || (!c.data.val.empty() && c.eval.sequences > 0), "checkpoint.best",
         "needs a validation loss to compare: data.val and eval.sequences > 0");
   check(std::isfinite(c.run.max_minutes) && c.run.max_minutes >= 0, "run.max_minutes",

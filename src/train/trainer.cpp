@@ -267,6 +267,7 @@ TrainOutcome Trainer::run() {
       try {
         s.load_from(c, true);
         loaded = true;
+        resume_path = c;  // (the one loaded)
         break;
       } catch (const Error& e) {
         s.say(std::string("warning: ") + e.what() + "; trying the previous checkpoint");
@@ -369,10 +370,15 @@ TrainOutcome Trainer::run() {
                 "this one provides level ",
                 level, ": set checkpoint.async = false");
   }
+  // Before any save prunes (checkpoint.at_start): what ckpt/best this run goes on from.
+  if (cfg.checkpoint.best) s.load_best(resume_path);
   const bool eval_now_at_start =
       s.step == 0 || (cfg.eval.every > 0 && s.step % cfg.eval.every == 0);
   if (s.step < cfg.train.steps && eval_now_at_start) s.run_eval();
   if (cfg.checkpoint.at_start && s.step == 0) s.save_checkpoint();
+  // A resumed run's first evaluation may name its own checkpoint (one whose naming a stop
+  // interrupted).
+  if (cfg.checkpoint.best && s.step < cfg.train.steps && eval_now_at_start) s.keep_if_best();
 
   if (cfg.train.profile_step > 0 && cfg.train.profile_step <= s.step)
     s.say("train.profile_step " + std::to_string(cfg.train.profile_step) +
@@ -383,18 +389,6 @@ TrainOutcome Trainer::run() {
   // The run's last sequence count, for the ETA by tokens (a ramp's steps grow).
   const int64_t last_consumed =
       sequences_after_steps(s.ramp, cfg.train.batch_size, s.consumed, cfg.train.steps - s.step);
-  if (cfg.checkpoint.best) {
-    // A resumed run goes on from its ckpt/best; a new one starts without (an earlier run's in the
-    // same directory would name a checkpoint of another run).
-    const std::string dir = cfg.checkpoint_dir();
-    if (resumed) {
-      if (const auto best = read_best(dir)) s.best_val = best->second;
-    } else if (s.root() && fs::exists(dir + "/best")) {
-      fs::remove(dir + "/best");
-      s.say("checkpoint.best: removed " + dir + "/best of an earlier run (this one starts anew)");
-    }
-    MPI_Barrier(s.grid.world());
-  }
   const int64_t first_consumed = s.consumed;
   const ScheduleClock clock(cfg.train);
   s.grid.dp().reset_stats();

@@ -157,6 +157,8 @@ void Trainer::State::setup_model() {
     for (int32_t id = 0; id < known; ++id)
       if (!tokenizer->is_special(id))
         bytes[size_t(id)] = int32_t(tokenizer->token_bytes(id).size());
+    for (const Tokenizer::Special& t : tokenizer->special_tokens())  // added tokens are text
+      if (t.in_text && t.id < known) bytes[size_t(t.id)] = int32_t(t.text.size());
     model->set_target_bytes(std::move(bytes));
   }
   if (cfg.model.moe_experts > 0) {
@@ -560,11 +562,13 @@ void Trainer::State::save_checkpoint() {
   if (fs::exists(path)) return;  // this exact state is already saved; never overwrite it
   if (root()) fs::create_directories(dir);
   MPI_Barrier(grid.world());
+  own_file_step = step;
   Timer t;
   stage_to_host();
   if (!cfg.checkpoint.async) {
     triad::save_checkpoint(grid.world(), path, checkpoint_state(), groups(true, true));
-    if (root()) publish_checkpoint(dir, name, cfg.checkpoint.keep, cfg.checkpoint.keep_every);
+    if (root())
+      publish_checkpoint(dir, name, cfg.checkpoint.keep, cfg.checkpoint.keep_every, best_name);
     MPI_Barrier(grid.world());
     std::ostringstream os;
     os << "checkpoint " << path << " (" << std::fixed << std::setprecision(2) << t.seconds()
@@ -589,11 +593,12 @@ void Trainer::State::save_checkpoint() {
   const bool publish = root();
   const int keep = cfg.checkpoint.keep;
   const int64_t keep_every = cfg.checkpoint.keep_every;
+  const std::string protect = best_name;  // (ckpt/best's, as when the save began)
   const MPI_Comm comm = save_comm;
-  s.thread = std::thread([&s, comm, publish, dir, name, keep, keep_every] {
+  s.thread = std::thread([&s, comm, publish, dir, name, keep, keep_every, protect] {
     try {
       triad::save_checkpoint(comm, s.path, s.state, s.groups);
-      if (publish) publish_checkpoint(dir, name, keep, keep_every);
+      if (publish) publish_checkpoint(dir, name, keep, keep_every, protect);
     } catch (...) {
       s.error = std::current_exception();
     }
@@ -610,15 +615,68 @@ void Trainer::State::save_checkpoint() {
 
 bool Trainer::State::save_done() const { return !async_save || async_save->done; }
 
+void Trainer::State::load_best(const std::string& resumed_path) {
+  const std::string dir = cfg.checkpoint_dir();
+  double loss = std::numeric_limits<double>::infinity();
+  std::string name, why;
+  if (root()) {
+    std::optional<std::pair<std::string, double>> best;
+    const bool exists = fs::exists(dir + "/best");
+    if (exists && resumed_path.empty()) {
+      why = "this run starts anew";  // (whatever it holds)
+    } else if (exists) {
+      best = read_best(dir);  // (malformed: an error naming it)
+      if (!best) why = "it is empty";
+    }
+    std::error_code ec;
+    const bool here =
+        !resumed_path.empty() && fs::equivalent(fs::path(resumed_path).parent_path(), dir, ec);
+    if (best && !here) {
+      why = "the run resumed from another directory's checkpoint";
+    } else if (best && best->first > checkpoint_file_name(step)) {
+      why = "it names a step after the resumed step " + std::to_string(step);
+    } else if (best && !fs::exists(dir + "/" + best->first)) {
+      why = "the checkpoint it names is gone";
+    } else if (best) {
+      name = best->first;
+      loss = best->second;
+    }
+    if (!why.empty()) {
+      fs::remove(dir + "/best");
+      say("checkpoint.best: removed " + dir + "/best (" + why + ")");
+    }
+  }
+  // Rank 0 decides; every rank compares with the same loss.
+  TRIAD_MPI_CHECK(MPI_Bcast(&loss, 1, MPI_DOUBLE, 0, grid.world()));
+  int n = int(name.size());
+  TRIAD_MPI_CHECK(MPI_Bcast(&n, 1, MPI_INT, 0, grid.world()));
+  name.resize(size_t(n));
+  TRIAD_MPI_CHECK(MPI_Bcast(name.data(), n, MPI_CHAR, 0, grid.world()));
+  best_val = loss;
+  best_name = name;
+  // The weights of the resumed step are its checkpoint's (which keep_if_best may then name).
+  std::error_code ec;
+  if (!resumed_path.empty() && fs::path(resumed_path).filename() == checkpoint_file_name(step) &&
+      fs::equivalent(fs::path(resumed_path).parent_path(), dir, ec))
+    own_file_step = step;
+}
+
 void Trainer::State::keep_if_best() {
   // The loss is the same number on every rank (all-reduced), so all ranks agree.
   if (step == 0 || last_eval.sequences == 0 || !(last_eval.loss < best_val)) return;
   save_checkpoint();  // (nothing new where this step's checkpoint exists)
   finish_save();      // published before it is named
   const std::string name = checkpoint_file_name(step);
+  if (own_file_step != step) {  // an earlier history's file at this step: not these weights
+    say("checkpoint.best: " + cfg.checkpoint_dir() + "/" + name +
+        " is not this run's (a file of an earlier history, which is never overwritten): not named "
+        "in ckpt/best");
+    return;
+  }
   if (root()) publish_best(cfg.checkpoint_dir(), name, last_eval.loss);
   MPI_Barrier(grid.world());
   best_val = last_eval.loss;
+  best_name = name;
   std::ostringstream os;
   os << "best validation loss so far (" << std::fixed << std::setprecision(6) << best_val
      << "): ckpt/best names " << name;

@@ -233,6 +233,14 @@ struct Trainer::State {
   // resuming), and what an evaluation that lowers it does: save the step's checkpoint, name it
   // in ckpt/best.
   double best_val = std::numeric_limits<double>::infinity();
+  std::string best_name;  // the file ckpt/best names ("": none)
+  // The step whose weights are those of checkpoint_dir()/checkpoint_file_name(step) because this
+  // run wrote that file or resumed from it (-1: none): the only file keep_if_best may name.
+  int64_t own_file_step = -1;
+  // At the start of a run: a resumed one takes its ckpt/best where that names a checkpoint of
+  // the history it resumes (in this directory, at or before the resumed step, present); any other
+  // ckpt/best (a new run's directory, a rolled-back or foreign resume) is removed. Collective.
+  void load_best(const std::string& resumed_path);
   void keep_if_best();
 
   // train.profile_step: gathers the step's timed actions over the pipeline group (collective)

@@ -143,8 +143,9 @@ def test_best_checkpoint_is_kept_and_follows_the_validation_loss_across_a_resume
     step 2 of the first 12 steps, then at step 22 of 24): ckpt/best names the checkpoint of the
     lowest loss of the evaluations after step 0, with that loss to the bit, and checkpoint.keep
     = 1 keeps it besides the latest; a run resumed from step 12 moves it to step 22 (and step 2's
-    checkpoint goes), as the uninterrupted run does; a new run in that directory starts without
-    it; a malformed ckpt/best and a run without validation data are refused by name."""
+    checkpoint goes), as the uninterrupted run does; a run rolled back before its best and a new
+    run in that directory start without it; a malformed ckpt/best and a run without validation
+    data are refused by name."""
     common = ["--checkpoint.best", "true", "--checkpoint.every", 0, "--checkpoint.keep", 1,
               "--eval.every", 2, "--train.lr", 1e-2, "--train.schedule", "constant"]
     cfg = tiny_config(tmp_path, name="best")
@@ -169,9 +170,18 @@ def test_best_checkpoint_is_kept_and_follows_the_validation_loss_across_a_resume
     assert name == f"step_{steps[i]:08d}.h5" == "step_00000022.h5" and loss == val[i], (name, val)
     assert files == ["step_00000022.h5", "step_00000024.h5"], files
     straight = tiny_config(tmp_path, name="straight")
-    p = run(2, "--config", straight, "--train.steps", 24, *common)
+    milestones = [a if a != "--checkpoint.every" else None for a in common]
+    i = milestones.index(None)
+    milestones[i:i + 2] = ["--checkpoint.every", 4, "--checkpoint.keep_every", 4]
+    p = run(2, "--config", straight, "--train.steps", 24, *milestones)
     assert p.returncode == 0, p.stderr
     assert best_and_curve("straight")[:2] == (name, loss)
+    # Rolled back to step 8 (before the best, 22): that ckpt/best is another history's, removed;
+    # the best of the new history is its own checkpoint at step 10.
+    back = tmp_path / "runs" / "straight" / "ckpt" / "step_00000008.h5"
+    p = run(2, "--config", straight, "--train.steps", 10, "--resume", back, *common)
+    assert p.returncode == 0 and "names a step after the resumed step 8" in p.stdout, p.stdout
+    assert best_and_curve("straight")[0] == "step_00000010.h5"
     # A malformed ckpt/best, resuming: refused by its name.
     (tmp_path / "runs" / "best" / "ckpt" / "best").write_text("step_00000022.h5\nlow\n")
     p = run(2, "--config", cfg, "--train.steps", 26, *common)

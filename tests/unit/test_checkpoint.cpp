@@ -1225,6 +1225,40 @@ std::string read_text(const fs::path& p) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
+// checkpoint.best: ckpt/best holds the name and the loss to the bit; publish_checkpoint never
+// prunes (nor counts) the checkpoint it is told to protect; a file not of that form is refused
+// by name; none (or an empty one): nullopt.
+TEST_F(CheckpointTest, BestIsReadBackAndNeverPruned) {
+  if (world_rank() != 0) GTEST_SKIP() << "single-rank function";
+  EXPECT_FALSE(triad::read_best(dir_.string()).has_value());
+  const double loss = 6.2580733224749565 + 1e-15;
+  triad::publish_best(dir_.string(), "step_00000002.h5", loss);
+  EXPECT_FALSE(fs::exists(dir_ / "best.tmp"));
+  const auto best = triad::read_best(dir_.string());
+  ASSERT_TRUE(best.has_value());
+  EXPECT_EQ(best->first, "step_00000002.h5");
+  EXPECT_EQ(best->second, loss);  // 17 digits: the same double
+  for (int s = 1; s <= 5; ++s) write_bytes(path(triad::checkpoint_file_name(s)), {'x'});
+  triad::publish_checkpoint(dir_.string(), "step_00000005.h5", 1, 0, "step_00000002.h5");
+  EXPECT_EQ(triad::list_checkpoints(dir_.string()),
+            (std::vector<std::string>{"step_00000002.h5", "step_00000005.h5"}));
+  triad::publish_checkpoint(dir_.string(), "step_00000005.h5", 1);  // nothing protected
+  EXPECT_EQ(triad::list_checkpoints(dir_.string()), (std::vector<std::string>{"step_00000005.h5"}));
+  { std::ofstream out(dir_ / "best", std::ios::trunc); }
+  EXPECT_FALSE(triad::read_best(dir_.string()).has_value()) << "an empty file";
+  for (const char* bad : {"step_2.h5\n6.1\n", "step_00000002.h5\n", "step_00000002.h5\nlow\n",
+                          "step_00000002.h5\nnan\n", "step_00000002.h5\n6.1\n7\n"}) {
+    {
+      std::ofstream out(dir_ / "best", std::ios::trunc);
+      out << bad;
+    }
+    const std::string msg = error_of([&] { triad::read_best(dir_.string()); });
+    EXPECT_CONTAINS(msg, (dir_ / "best").string());
+  }
+  for (int s = 1; s <= 5; ++s) fs::remove(path(triad::checkpoint_file_name(s)));
+  fs::remove(dir_ / "best");
+}
+
 TEST_F(CheckpointTest, PublishWritesLatestAndPrunes) {
   if (world_rank() != 0) GTEST_SKIP() << "single-rank function";
   for (int s = 1; s <= 5; ++s) write_bytes(path(triad::checkpoint_file_name(s)), {'x'});

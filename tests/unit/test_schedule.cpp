@@ -139,5 +139,31 @@ TEST(Schedule, BySequencesFollowsARamp) {
   EXPECT_EQ(ScheduleClock(t).at(8, 112).step, 32.0);
 }
 
+// inverse_sqrt by sequences through that ramp, with a warmup (40) shorter than the full batch
+// (32... then 64 here): W is the larger, the full batch, whatever the step's own batch, so the
+// rate never rises as the batches grow, and never exceeds the peak.
+TEST(Schedule, InverseSqrtBySequencesThroughARamp) {
+  TrainConfig t = base("inverse_sqrt");
+  t.batch_size = 64;
+  t.batch_rampup = "16, 16, 160";
+  t.lr_by = "sequences";
+  t.warmup_steps = 0;
+  t.warmup_sequences = 40;
+  t.steps = 30;
+  const ScheduleClock clock(t);
+  double done = 0, before = 1e-3;
+  for (int64_t s = 0; s < t.steps; ++s) {
+    const SchedulePoint p = clock.at(s, int64_t(done));
+    const double lr = lr_at(t, p);
+    if (done + p.step > 40) {
+      EXPECT_NEAR(lr, std::min(1e-3, 1e-3 * std::sqrt(64.0 / (done + p.step))), 1e-18) << s;
+      EXPECT_LE(lr, before) << s;
+      before = lr;
+    }
+    done += p.step;
+  }
+  EXPECT_GT(done, 160.0);  // past the ramp
+}
+
 }  // namespace
 }  // namespace triad

@@ -269,16 +269,16 @@ std::vector<std::string> list_checkpoints(const std::string& dir);
 // file name and a newline, then deletes the oldest checkpoints so that at most `keep` remain
 // (keep <= 0: keep all); file_name itself is never deleted, nor is a checkpoint whose step is a
 // positive multiple of keep_every (> 0: milestones, kept for later evaluation, not counted in
-// `keep`), nor the one dir/best names (checkpoint.best).
+// `keep`), nor `protect` (checkpoint.best's, which dir/best names; "": none).
 // Call on one rank only.
 void publish_checkpoint(const std::string& dir, const std::string& file_name, int keep,
-                        int64_t keep_every = 0);
+                        int64_t keep_every = 0, const std::string& protect = "");
 
 // checkpoint.best: dir/best names the checkpoint of the lowest validation loss so far, two lines
 // "step_XXXXXXXX.h5" and the loss (printed to 17 digits). publish_best writes it (a temporary
 // file renamed over the old one); read_best gives its name and loss, nullopt without the file,
-// and throws triad::Error naming it where it is not of that form. publish_checkpoint never
-// deletes the checkpoint it names. Call on one rank only.
+// (or an empty one), and throws triad::Error naming it where it is not of that form. Call on one
+// rank only.
 void publish_best(const std::string& dir, const std::string& file_name, double val_loss);
 std::optional<std::pair<std::string, double>> read_best(const std::string& dir);
 

@@ -18,8 +18,8 @@ namespace triad {
 // Learning rate of the step at p (ScheduleClock, config.h): linear warmup lr·(done + step) /
 // warmup while done + step <= warmup, then train.schedule over max(0, done − warmup) / (total −
 // warmup) (a step across the warmup's end takes the peak), or wsd's decay over the last
-// decay_fraction of total, or inverse_sqrt's lr·√(W / (done + step)) with W = max(warmup, step),
-// not below min_lr.
+// decay_fraction of total, or inverse_sqrt's lr·√(W / (done + step)) with W = max(warmup, one
+// step: 1, or by sequences train.batch_size), within [min_lr, lr].
 double lr_at(const TrainConfig& t, const SchedulePoint& p);
 // ... of 0-based step s counted in steps (train.lr_by = steps; DESIGN.md §4).
 double lr_at(const TrainConfig& t, int64_t step);

@@ -235,7 +235,8 @@ struct RunConfig {
   int threads = 0;         // OpenMP/BLAS threads; 0: the library default
   double peak_tflops = 0;  // for MFU; 0: measured (CPU sgemm) or the device's datasheet
   // A time budget (Megatron's --exit-duration-in-mins): the first step that ends this many
-  // minutes after the run began (by rank 0's clock) writes a checkpoint and stops; 0: none.
+  // minutes after the run began (Trainer::run, once the model is built; by rank 0's clock)
+  // writes a checkpoint and stops; 0: none.
   double max_minutes = 0;
 };
 
