@@ -5,7 +5,8 @@
 
 Each argument is a run directory (holding metrics.h5) or a metrics.h5 file. The figure has
 six panels: loss (train raw, train smoothed, val), val accuracy (and the multiple-choice
-accuracy where eval.choices was scored), learning rate, gradient norm, tokens/s and MFU, against
+accuracy where eval.choices was scored, and on a right-hand axis the bits per byte where
+eval.bits_per_byte was on), learning rate, gradient norm, tokens/s and MFU, against
 the step (default) or the tokens seen (--x tokens). Several runs are overlaid, one colour per
 run. Prints the path written.
 """
@@ -75,6 +76,10 @@ def plot_runs(runs: list[Metrics], out: str | Path, x: str = "step", smooth: flo
     any_skipped = False
     drop_drawn = False  # some run logged /train/moe_dropped (a capacity)
     set_markers: dict[str, str] = {}
+    # eval.bits_per_byte: val/bpb (and each set's) on a right-hand axis of the accuracy panel.
+    has_bpb = any(r.n_val and np.isfinite(r.val.get("bpb", np.array([np.nan]))).any()
+                  for r in runs)
+    ax_bpb = ax_acc.twinx() if has_bpb else None
 
     for k, (r, label) in enumerate(zip(runs, labels)):
         c = colors[k % len(colors)]
@@ -131,6 +136,10 @@ def plot_runs(runs: list[Metrics], out: str | Path, x: str = "step", smooth: flo
                 sx = np.interp(sx, va["step"].astype(np.float64), r.val_tokens())
             mk = set_markers.setdefault(name, "^v<>sDPX*"[len(set_markers) % 9])
             ax_loss.plot(sx, vs["loss"], color=c, ls=":", marker=mk, ms=4, lw=1.0)
+            sb = vs.get("bpb")
+            if ax_bpb is not None and sb is not None and np.isfinite(sb).any():
+                ok = np.isfinite(sb)
+                ax_bpb.plot(sx[ok], sb[ok], color=c, ls=":", marker=mk, ms=4, lw=1.0)
         if len(vx):
             ax_loss.plot(vx, va["loss"], color=c, ls="--", marker="o", ms=3.5, lw=1.2)
             ax_acc.plot(vx, 100.0 * va["accuracy"], color=c, ls="--", marker="o", ms=3.5)
@@ -140,6 +149,10 @@ def plot_runs(runs: list[Metrics], out: str | Path, x: str = "step", smooth: flo
                 ok = np.isfinite(mc)
                 ax_acc.plot(vx[ok], 100.0 * mc[ok], color=c, ls=":", marker="s", ms=3.5)
                 any_choices = True
+            bpb = va.get("bpb")
+            if ax_bpb is not None and bpb is not None and np.isfinite(bpb).any():
+                ok = np.isfinite(bpb)
+                ax_bpb.plot(vx[ok], bpb[ok], color=c, ls="-.", marker="D", ms=3.5, lw=1.2)
         extra = ""
         if n:
             win = auto_window(n) if smooth is None else smooth
@@ -180,6 +193,9 @@ def plot_runs(runs: list[Metrics], out: str | Path, x: str = "step", smooth: flo
             Line2D([], [], color="0.4", ls=":", marker="s", ms=3.5,
                    label="multiple choice (eval.choices)")], loc="best", fontsize=8)
         ax_acc.add_artist(kinds)  # kept beside the runs' legend below
+    if ax_bpb is not None:
+        ax_acc.set_title(ax_acc.get_title() + " and val bits per byte (-.)")
+        ax_bpb.set_ylabel("val bits per byte (eval.bits_per_byte)")
     ax_lr.set_title("learning rate")
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     ax_gn.set_title("gradient norm (before clipping)")

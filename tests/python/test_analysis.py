@@ -201,6 +201,39 @@ def test_plot_marks_skipped_updates(tmp_path, monkeypatch):
     plt.close(figs[-1])
 
 
+def test_bits_per_byte_is_summarized_and_plotted(tmp_path, monkeypatch):
+    """eval.bits_per_byte: /val/bpb (and a set's) load, join the summary, and are drawn on a
+    right-hand axis of the accuracy panel; a file without them draws no such axis."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from analysis import plot_curves
+
+    plain = write_metrics(tmp_path / "p" / "metrics.h5", name="plain")
+    path = write_metrics(tmp_path / "b" / "metrics.h5", name="bpb")
+    bpb = np.array([np.nan, 1.9, 1.4, 1.2])  # (NaN: a row from before it was on)
+    with h5py.File(path, "r+") as f:
+        f["val"].create_dataset("bpb", data=bpb, maxshape=(None,), chunks=(64,))
+        g = f.create_group("val_sets/web")
+        g["step"], g["loss"] = np.array([0, 20, 40, 60]), np.array([10.0, 6.0, 4.0, 3.5])
+        g["accuracy"], g["bpb"] = np.linspace(0.0, 0.3, 4), bpb + 0.1
+    m = load_metrics(path)
+    assert "(1.2000 bits per byte)" in m.summary(), m.summary()
+    assert "bits per byte" not in load_metrics(plain).summary()
+    figs = []
+    monkeypatch.setattr(plot_curves, "save_figure", lambda fig, out, dpi: figs.append(fig) or out)
+    plot_curves.plot_runs([m], tmp_path / "b.png")
+    twin = [ax for ax in figs[-1].axes if "bits per byte" in ax.get_ylabel()]
+    assert len(twin) == 1
+    lines = {line.get_marker(): list(line.get_ydata()) for line in twin[0].lines}
+    assert lines["D"] == pytest.approx([1.9, 1.4, 1.2]) and lines["^"] == pytest.approx(
+        [2.0, 1.5, 1.3])
+    plt.close(figs[-1])
+    plot_curves.plot_runs([load_metrics(plain)], tmp_path / "p.png")
+    assert not any("bits per byte" in ax.get_ylabel() for ax in figs[-1].axes)
+    plt.close(figs[-1])
+
+
 def test_val_sets_are_loaded_and_plotted(tmp_path, monkeypatch):
     """eval.sets: /val_sets/<name> groups load into Metrics.val_sets and get a marker each."""
     import matplotlib
