@@ -100,8 +100,8 @@ LossMask parse_loss_mask(const std::string& value) {
 }
 
 SequenceSource::SequenceSource(const std::string& pattern, const std::string& key, int seq_len,
-                               int vocab_size, LossMask mask)
-    : key_(key), seq_len_(seq_len), vocab_size_(vocab_size) {
+                               int vocab_size, LossMask mask, int32_t eod)
+    : key_(key), seq_len_(seq_len), vocab_size_(vocab_size), eod_(eod) {
   TRIAD_CHECK(!pattern.empty(), "config: ", key, " is empty; set it to a glob of token shards");
   glob_t g{};
   const int rc = ::glob(pattern.c_str(), 0, nullptr, &g);
@@ -140,16 +140,19 @@ void SequenceSource::read(int64_t index, int32_t* inputs, int32_t* targets) cons
       fail("token shard ", s.path, ": token id ", t, " at position ", start + i,
            " is >= model.vocab_size (", vocab_size_, ")");
     if (i < seq_len_) inputs[i] = int32_t(t);
-    if (i > 0) targets[i - 1] = s.counts(start + i) ? int32_t(t) : kMaskedTarget;
+    if (i > 0)
+      targets[i - 1] =
+          s.counts(start + i) && (eod_ < 0 || inputs[i - 1] != eod_) ? int32_t(t) : kMaskedTarget;
   }
 }
 
 int SequenceSource::counted_targets(int64_t index) const {
   int64_t start = 0;
   const Shard& s = shard_of(index, start);
-  if (s.mask == nullptr) return seq_len_;
+  if (s.mask == nullptr && eod_ < 0) return seq_len_;
   int n = 0;
-  for (int i = 1; i <= seq_len_; ++i) n += s.counts(start + i) ? 1 : 0;
+  for (int i = 1; i <= seq_len_; ++i)
+    n += s.counts(start + i) && (eod_ < 0 || s.at(start + i - 1) != uint32_t(eod_)) ? 1 : 0;
   return n;
 }
 

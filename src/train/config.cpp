@@ -352,6 +352,11 @@ class KeyTable {
         "attention within documents of packed sequences: none | the token id that starts a "
         "document (GPT-2's <|endoftext|> 50256, Llama 3's <|begin_of_text|> 128000); each token "
         "then attends to its own document's tokens only");
+    add("data.eod_mask_loss", c.data.eod_mask_loss,
+        "none | the token id that ends a document (GPT-2's <|endoftext|> 50256): a target whose "
+        "input token is it does not count in the loss, no prediction of a document's first "
+        "token from the previous one's end (Megatron's --eod-mask-loss; with data.loss_mask's "
+        "masks, in training and validation)");
     add("data.reset_positions", c.data.reset_positions,
         "with data.document_mask: positions restart at every document (the learned table's row, "
         "the rotation under rope), as if each packed document were a sequence of its own");
@@ -499,17 +504,26 @@ void check(bool ok, const std::string& key, const std::string& problem) {
 
 }  // namespace
 
-int32_t parse_document_mask(const std::string& text, int vocab_size) {
+namespace {
+// "none" → -1, else a token id < vocab_size (key: the config key, what: the token's role).
+int32_t parse_token_id(const std::string& text, int vocab_size, const char* key, const char* what) {
   if (text == "none") return -1;
   int64_t v = -1;
   const auto r = std::from_chars(text.data(), text.data() + text.size(), v);
   TRIAD_CHECK(!text.empty() && r.ec == std::errc() && r.ptr == text.data() + text.size() && v >= 0,
-              "config: data.document_mask must be none or the token id that starts a document "
-              "(got '",
-              text, "')");
-  TRIAD_CHECK(v < vocab_size, "config: data.document_mask ", v,
+              "config: ", key, " must be none or the token id ", what, " (got '", text, "')");
+  TRIAD_CHECK(v < vocab_size, "config: ", key, " ", v,
               " is not a token of the vocabulary (model.vocab_size ", vocab_size, ")");
   return int32_t(v);
+}
+}  // namespace
+
+int32_t parse_document_mask(const std::string& text, int vocab_size) {
+  return parse_token_id(text, vocab_size, "data.document_mask", "that starts a document");
+}
+
+int32_t parse_eod_mask_loss(const std::string& text, int vocab_size) {
+  return parse_token_id(text, vocab_size, "data.eod_mask_loss", "that ends a document");
 }
 
 namespace {
@@ -1202,6 +1216,7 @@ void validate(const Config& c, int world_size) {
   parse_blend(c.data.train, c.data.train_weights);  // throws on a malformed blend
   parse_loss_mask(c.data.loss_mask);
   parse_document_mask(c.data.document_mask, c.model.vocab_size);
+  parse_eod_mask_loss(c.data.eod_mask_loss, c.model.vocab_size);
   check(!c.data.reset_positions || c.data.document_mask != "none", "data.reset_positions",
         "needs data.document_mask (the token that starts a document)");
   parse_val_sets(c.eval.sets);

@@ -204,7 +204,8 @@ TrainOutcome Trainer::run() {
   const int T = cfg.model.seq_len, mbs = cfg.train.micro_batch_size;
   s.train_data = std::make_unique<BlendedLoader>(
       parse_blend(cfg.data.train, cfg.data.train_weights), T, cfg.model.vocab_size,
-      cfg.data.shuffle, uint64_t(cfg.train.seed), parse_loss_mask(cfg.data.loss_mask));
+      cfg.data.shuffle, uint64_t(cfg.train.seed), parse_loss_mask(cfg.data.loss_mask),
+      parse_eod_mask_loss(cfg.data.eod_mask_loss, cfg.model.vocab_size));
   if (s.train_data->masked_shards() > 0)
     s.say("data.train: " + std::to_string(s.train_data->masked_shards()) +
           " shard(s) with loss masks: the loss is the mean over the targets they count");
@@ -424,7 +425,7 @@ TrainOutcome Trainer::run() {
     // The mean is over the global batch's targets that count (all B·T of them without loss
     // masks), which every rank counts alike from the masks; a batch with none has no loss (NaN)
     // and gets no update.
-    const double counted = s.train_data->masked_shards() > 0
+    const double counted = s.train_data->masks_targets()
                                ? double(s.train_data->counted_targets(s.position, batch))
                                : tokens_per_step;
     const float dloss_scale = counted > 0 ? float(1.0 / counted) : 0.0f;

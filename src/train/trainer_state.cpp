@@ -961,16 +961,18 @@ void Trainer::State::open_val() {
   // A validation set's shards, which must hold the eval.sequences it is scored on; `key` names
   // it in errors.
   auto open = [&](const std::string& glob, const std::string& key) {
-    auto src = std::make_unique<SequenceSource>(glob, key, cfg.model.seq_len, cfg.model.vocab_size,
-                                                parse_loss_mask(cfg.data.loss_mask));
+    auto src = std::make_unique<SequenceSource>(
+        glob, key, cfg.model.seq_len, cfg.model.vocab_size, parse_loss_mask(cfg.data.loss_mask),
+        parse_eod_mask_loss(cfg.data.eod_mask_loss, cfg.model.vocab_size));
     TRIAD_CHECK(src->num_sequences() >= cfg.eval.sequences, "config: ", key, " holds ",
                 src->num_sequences(), " sequences of seq_len ", cfg.model.seq_len,
                 ", fewer than eval.sequences = ", cfg.eval.sequences);
-    if (src->masked_shards() > 0 && cfg.eval.sequences > 0) {  // else its loss would be 0 / 0
+    if (src->masks_targets() && cfg.eval.sequences > 0) {  // else its loss would be 0 / 0
       int64_t counted = 0;
       for (int64_t i = 0; i < cfg.eval.sequences && counted == 0; ++i)
         counted += src->counted_targets(i);
-      TRIAD_CHECK(counted > 0, "config: ", key, ": the loss masks count no target in its first ",
+      TRIAD_CHECK(counted > 0, "config: ", key,
+                  ": the loss masks (and data.eod_mask_loss) count no target in its first ",
                   cfg.eval.sequences, " sequences (eval.sequences), so there is no loss to report");
     }
     return src;

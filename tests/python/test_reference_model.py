@@ -972,6 +972,39 @@ def test_batch_rampup_trains_as_the_documented_order(name, lr_by, tmp_root, tmp_
     np.testing.assert_array_equal(m["train/tokens"], np.cumsum(sizes) * T)
 
 
+# data.eod_mask_loss (Megatron's --eod-mask-loss) on packed documents ending in token 7, with
+# loss masks beside the shards too: the targets whose input is 7 do not count (ignore_index),
+# in training and validation, against PyTorch; the curve differs from the one without it.
+def test_eod_mask_loss_matches_torch_ignore_index(tmp_root, tmp_path):
+    case = next(c for c in CASES if c.name == "oddshapes")
+    q = packed_documents(prepare(case, tmp_root), tmp_path, 7, 29)
+    T = case.cfg.seq_len
+    rng = np.random.default_rng(5)
+
+    def keep(tokens):  # a target counts where its file mask says so and its input is not 7
+        m = (rng.random(tokens.size) > 0.2).astype(np.uint8)
+        ends = np.zeros(tokens.size, dtype=bool)
+        ends[1:] = tokens[:-1] == 7
+        return m, np.where(ends, 0, m).astype(np.uint8)
+
+    (train_file, train_keep), (val_file, val_keep) = keep(q.train_tokens), keep(q.val_tokens)
+    assert (train_file != train_keep).sum() > 50  # documents' first tokens among the targets
+    for shard, mask in (("train_000.bin", train_file), ("val_000.bin", val_file)):
+        ref.write_loss_mask(tmp_path / (shard + ".mask"), mask)
+    plain = replace(q, case=replace(q.case, cfg=replace(q.case.cfg, document_token=None)))
+    sections = config_sections(case, tmp_path, train__grad_clip=GRAD_CLIP[case.name],
+                               data__loss_mask="require", data__eod_mask_loss=7)
+    B, n_val = sections["train"]["batch_size"], sections["eval"]["sequences"]
+    compare_training(plain, tmp_path, sections, "eod",
+                     lambda s: ref.masked_batch(q.train_tokens, train_keep, s * B, B, T),
+                     ref.masked_batch(q.val_tokens, val_keep, 0, n_val, T))
+    # The same data with the file masks alone: another curve.
+    m = ref.read_metrics(tmp_path / "runs" / "ref" / "metrics.h5")
+    losses, *_ = torch_train(plain, sections,
+                             lambda s: ref.masked_batch(q.train_tokens, train_file, s * B, B, T))
+    assert np.max(np.abs(losses - m["train/loss"]) / losses) > 1e-3
+
+
 @pytest.mark.parametrize("name", ["oddshapes", "llama"])
 def test_loss_masks_match_torch_ignore_index(name, tmp_root, tmp_path):
     """Loss masks beside the shards (<shard>.mask, data.loss_mask = require): training and

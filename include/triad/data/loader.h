@@ -31,8 +31,11 @@ class SequenceSource {
   // matches, a shard is malformed, or the shards hold no complete sequence.
   // Loss masks by `mask`: a mask file that does not belong to its shard (another token count, a
   // bad header), or a missing one under LossMask::require, is an error naming it.
+  // eod >= 0 (data.eod_mask_loss): a target whose input token is eod does not count either
+  // (Megatron's --eod-mask-loss: no loss for predicting a document's first token from the
+  // end-of-document token).
   SequenceSource(const std::string& glob, const std::string& key, int seq_len, int vocab_size,
-                 LossMask mask = LossMask::none);
+                 LossMask mask = LossMask::none, int32_t eod = -1);
   ~SequenceSource();
   SequenceSource(const SequenceSource&) = delete;
   SequenceSource& operator=(const SequenceSource&) = delete;
@@ -47,11 +50,14 @@ class SequenceSource {
   // The targets of sequence `index` that count in the loss: T without a mask.
   int counted_targets(int64_t index) const;
   int masked_shards() const { return masked_; }  // shards read with a mask file
+  // Whether some targets may not count (mask files or eod): the loss's mean needs the count.
+  bool masks_targets() const { return masked_ > 0 || eod_ >= 0; }
 
  private:
   struct Shard;
   std::string key_;
   int seq_len_, vocab_size_;
+  int32_t eod_ = -1;
   std::vector<std::string> files_;
   std::vector<std::unique_ptr<Shard>> shards_;
   std::vector<int64_t> first_;  // global index of each shard's first sequence

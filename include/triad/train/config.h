@@ -186,6 +186,9 @@ struct DataConfig {
   // Attention within documents (model/attention_mask.h): none, or the token id that starts a
   // document (GPT-2: 50256, Llama 3: 128000); parse_document_mask.
   std::string document_mask = "none";
+  // Megatron's --eod-mask-loss: none, or the end-of-document token id; a target whose input is
+  // that token does not count (parse_eod_mask_loss).
+  std::string eod_mask_loss = "none";
   // Positions restart at every document (GptShape::reset_positions): needs document_mask.
   bool reset_positions = false;
 };
@@ -383,6 +386,9 @@ int window_at(const WindowWarmup& w, const ModelConfig& m, int64_t step);
 // data.document_mask: -1 for none, else the token id (below vocab_size) that starts a document;
 // throws triad::Error naming the key otherwise.
 int32_t parse_document_mask(const std::string& text, int vocab_size);
+// data.eod_mask_loss: "none" → -1, else a token id < vocab_size; throws triad::Error naming the
+// key otherwise.
+int32_t parse_eod_mask_loss(const std::string& text, int vocab_size);
 // parallel.stage_layers resolved: empty (equal chunks; also for pp = 1), the given counts, or
 // for "auto" the split that balances the stages' compute against the last stage's head.
 std::vector<int> stage_layers(const Config& cfg);
