@@ -30,7 +30,7 @@ from .metrics import MetricsError, load_metrics, steady_tokens_per_sec
 from .sweep import Sweep, load_sweep
 
 RESULT_COLUMNS = ("final_val_loss", "best_val_loss", "best_val_step", "final_train_loss",
-                  "tokens_per_sec")
+                  "tokens_per_sec", "final_val_bpb")  # bpb: eval.bits_per_byte (NaN: off)
 
 
 def collect(sweep: Sweep, skip: int = 5, notes: list | None = None):
@@ -69,6 +69,9 @@ def collect(sweep: Sweep, skip: int = 5, notes: list | None = None):
                         j = int(np.nanargmin(np.where(ok, vl, np.nan)))
                         row["best_val_loss"] = float(vl[j])
                         row["best_val_step"] = int(m.val["step"][j])
+                    bpb = m.val.get("bpb")
+                    if bpb is not None and len(bpb):
+                        row["final_val_bpb"] = float(bpb[-1])
         rows.append(row)
     df = pd.DataFrame(rows)
     for c in ("steps_done", "best_val_step"):
@@ -77,8 +80,10 @@ def collect(sweep: Sweep, skip: int = 5, notes: list | None = None):
 
 
 def to_markdown(df, keys: list[str]) -> str:
+    # (the bits per byte only where some point measured them: eval.bits_per_byte)
+    bpb = bool(np.isfinite(df["final_val_bpb"].to_numpy(dtype=float)).any())
     headers = ["index", "run", *keys, "status", "steps", "final val loss", "best val loss",
-               "best at step", "final train loss", "tokens/s"]
+               "best at step", "final train loss", "tokens/s", *(["final val bpb"] if bpb else [])]
     rows = []
     for r in df.to_dict("records"):
         done = r["steps_done"]
@@ -86,8 +91,10 @@ def to_markdown(df, keys: list[str]) -> str:
         rows.append([str(r["index"]), r["run"], *[str(r[k]) for k in keys], r["status"], steps,
                      fmt(r["final_val_loss"]), fmt(r["best_val_loss"]),
                      "" if _na(r["best_val_step"]) else str(int(r["best_val_step"])),
-                     fmt(r["final_train_loss"]), fmt(r["tokens_per_sec"])])
-    right = [True, False, *[False] * len(keys), False, True, True, True, True, True, True]
+                     fmt(r["final_train_loss"]), fmt(r["tokens_per_sec"]),
+                     *([fmt(r["final_val_bpb"])] if bpb else [])])
+    right = [True, False, *[False] * len(keys), False, True, True, True, True, True, True,
+             *([True] if bpb else [])]
     return markdown_table(headers, rows, align_right=right)
 
 

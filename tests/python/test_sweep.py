@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from analysis import sweep as sw
-from triad_run import REPO, tiny_config, train
+from triad_run import REPO, VOCAB, tiny_config, train
 
 VENV_BIN = REPO / ".venv" / "bin"
 MODULES = {"triad-sweep": "analysis.sweep", "triad-sweep-report": "analysis.sweep_report"}
@@ -274,6 +274,7 @@ eval.every = 3
         assert row["steps_done"] == 6 and row["steps_total"] == 6
     md = (out / "lr.md").read_text()
     assert md.startswith("# sweep lr (cartesian, 3 points: 2 finished, 1 running, 0 missing)")
+    assert "bpb" not in md and df["final_val_bpb"].isna().all()  # (eval.bits_per_byte off)
     assert "| index | run    | train.lr | status" in md
     assert md.split("\n\n", 2)[2].strip() in r.stdout  # the same table printed
     assert (out / "lr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -289,6 +290,36 @@ eval.every = 3
     assert p.returncode == 0 and p.stdout == ""
     assert "all 3 points are finished" in p.stderr
     assert "3 finished, 0 running, 0 missing" in tool("triad-sweep", "list", f).stdout
+
+
+def test_report_gives_the_bits_per_byte_where_they_were_measured(tmp_path):
+    """eval.bits_per_byte on every point: the report's table and CSV give each point's last
+    val/bpb."""
+    cfg = tiny_config(tmp_path, name="base")
+    f = write(tmp_path / "b.ini", f"""[sweep]
+name = b
+base = {cfg}
+[values]
+train.lr = 1e-3, 4e-3
+[set]
+train.steps = 2
+eval.bits_per_byte = true
+data.vocab = {VOCAB}
+""")
+    for i in range(2):
+        a = tool("triad-sweep", "args", f, i)
+        assert a.returncode == 0, a.stderr
+        train(*a.stdout.splitlines(), check=True)
+    out = tmp_path / "report"
+    r = tool("triad-sweep-report", f, "--out-dir", out, "--no-plot")
+    assert r.returncode == 0, r.stderr
+    import pandas as pd
+
+    df = pd.read_csv(out / "b.csv")
+    for i in range(2):
+        with h5py.File(tmp_path / "runs" / f"b-{i:03d}" / "metrics.h5", "r") as h:
+            assert df.iloc[i]["final_val_bpb"] == pytest.approx(h["val/bpb"][-1], rel=1e-5)
+    assert "| final val bpb |" in (out / "b.md").read_text()
 
 
 def test_report_of_a_sweep_not_started(tmp_path):
