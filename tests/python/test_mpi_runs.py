@@ -194,6 +194,23 @@ def test_best_checkpoint_is_kept_and_follows_the_validation_loss_across_a_resume
     assert p.returncode != 0 and "checkpoint.best" in p.stderr and "data.val" in p.stderr
 
 
+def plain_differs_and_resuming_is_exact(tmp_path, cfg, common):
+    """Beside run "one" of cfg (8 steps) with the options `common` (evaluating every 4 steps,
+    checkpointing every 3): run "plain" without them gives another curve, and run "resumed"
+    with them from one's step-3 checkpoint gives one's last five losses bit for bit."""
+    want = metrics(tmp_path / "runs" / "one")[1]
+    p = run(1, "--config", cfg, "--eval.every", 4, "--run.name", "plain")
+    assert p.returncode == 0, p.stderr
+    plain = metrics(tmp_path / "runs" / "plain")[1]
+    assert np.max(np.abs(plain - want) / want) > 1e-4, (plain, want)
+    p = run(1, "--config", cfg, *common, "--run.name", "resumed", "--resume",
+            tmp_path / "runs" / "one" / "ckpt" / "step_00000003.h5")
+    assert p.returncode == 0, p.stderr
+    steps, got = metrics(tmp_path / "runs" / "resumed")
+    assert list(steps[-5:]) == [3, 4, 5, 6, 7], steps
+    np.testing.assert_array_equal(got[-5:], want[-5:])
+
+
 def assert_grids_follow_one_rank(tmp_path, cfg, common, pp_extra=(), more=()):
     """Tensor, pipeline (with pp_extra), data (ZeRO-1) and 2 x 2 grids of cfg with the options
     `common`, and the grids `more` ((name, ranks, options)): their train and val losses are run
@@ -325,17 +342,7 @@ def test_window_warmup_gives_the_same_curve_on_every_grid_and_resumes_exactly(tm
     common = ["--train.window_warmup", "2, 6, 2", "--eval.every", 4, "--checkpoint.every", 3]
     p = run(1, "--config", cfg, *common)
     assert p.returncode == 0, p.stderr
-    want = metrics(tmp_path / "runs" / "one")
-    p = run(1, "--config", cfg, "--eval.every", 4, "--run.name", "plain")
-    assert p.returncode == 0, p.stderr
-    plain = metrics(tmp_path / "runs" / "plain")[1]
-    assert np.max(np.abs(plain - want[1]) / want[1]) > 1e-4, (plain, want[1])
-    p = run(1, "--config", cfg, *common, "--run.name", "resumed", "--resume",
-            tmp_path / "runs" / "one" / "ckpt" / "step_00000003.h5")
-    assert p.returncode == 0, p.stderr
-    steps, got = metrics(tmp_path / "runs" / "resumed")
-    assert list(steps[-5:]) == [3, 4, 5, 6, 7], steps
-    np.testing.assert_array_equal(got[-5:], want[1][-5:])
+    plain_differs_and_resuming_is_exact(tmp_path, cfg, common)
     assert_grids_follow_one_rank(tmp_path, cfg, common,
                                  more=[("cp", 2, ["--parallel.cp", 2]),
                                        ("zero3", 2, ["--parallel.zero", 3])])
@@ -518,20 +525,10 @@ def test_hidden_dropout_gives_the_same_curve_on_every_grid_and_resumes_exactly(t
     p = run(1, "--config", cfg, *common)
     assert p.returncode == 0, p.stderr
     assert "| hidden dropout 0.2 |" in p.stdout, p.stdout
-    want = metrics(tmp_path / "runs" / "one")
-    p = run(1, "--config", cfg, "--eval.every", 4, "--run.name", "plain")
-    assert p.returncode == 0, p.stderr
-    plain = metrics(tmp_path / "runs" / "plain")[1]
-    assert np.max(np.abs(plain - want[1]) / want[1]) > 1e-4, (plain, want[1])
+    plain_differs_and_resuming_is_exact(tmp_path, cfg, common)
     with h5py.File(tmp_path / "runs" / "one" / "metrics.h5", "r") as a, \
             h5py.File(tmp_path / "runs" / "plain" / "metrics.h5", "r") as b:
         assert a["val/loss"][0] == b["val/loss"][0]  # before any update: evaluation drops nothing
-    p = run(1, "--config", cfg, *common, "--run.name", "resumed", "--resume",
-            tmp_path / "runs" / "one" / "ckpt" / "step_00000003.h5")
-    assert p.returncode == 0, p.stderr
-    steps, got = metrics(tmp_path / "runs" / "resumed")
-    assert list(steps[-5:]) == [3, 4, 5, 6, 7], steps
-    np.testing.assert_array_equal(got[-5:], want[1][-5:])
     pp = ["--parallel.pp", 2, "--train.micro_batch_size", 2]
     assert_grids_follow_one_rank(
         tmp_path, cfg, common, pp_extra=["--train.recompute", "full"],

@@ -107,14 +107,22 @@ TEST(Schedule, BySequencesWithoutARampIsBySteps) {
 
 // ... and with a ramp (batches of 8, 16, 24 over the first 96 sequences, then 32): the warmup
 // and the decay follow the sequences trained on, the run's total from its steps' batches.
-TEST(Schedule, BySequencesFollowsARamp) {
-  TrainConfig t = base("cosine");
-  t.batch_size = 32;
-  t.batch_rampup = "8, 8, 96";
+// train.lr_by = sequences with a warmup of 40 sequences, a batch of `batch` reached through the
+// ramp `rampup` (train.batch_rampup), over `steps` steps.
+TrainConfig by_sequences(const std::string& schedule, int batch, const std::string& rampup,
+                         int64_t steps) {
+  TrainConfig t = base(schedule);
+  t.batch_size = batch;
+  t.batch_rampup = rampup;
   t.lr_by = "sequences";
   t.warmup_steps = 0;
   t.warmup_sequences = 40;
-  t.steps = 20;
+  t.steps = steps;
+  return t;
+}
+
+TEST(Schedule, BySequencesFollowsARamp) {
+  TrainConfig t = by_sequences("cosine", 32, "8, 8, 96", 20);
   // Before each step: 0 8 16 24 32 (8 each: 4·8 < 32), then 16s up to 64, 24s to 112 > 96, 32s.
   std::vector<int64_t> done = {0};
   for (int64_t b : {8, 8, 8, 8, 16, 16, 24, 24}) done.push_back(done.back() + b);
@@ -143,13 +151,7 @@ TEST(Schedule, BySequencesFollowsARamp) {
 // (32... then 64 here): W is the larger, the full batch, whatever the step's own batch, so the
 // rate never rises as the batches grow, and never exceeds the peak.
 TEST(Schedule, InverseSqrtBySequencesThroughARamp) {
-  TrainConfig t = base("inverse_sqrt");
-  t.batch_size = 64;
-  t.batch_rampup = "16, 16, 160";
-  t.lr_by = "sequences";
-  t.warmup_steps = 0;
-  t.warmup_sequences = 40;
-  t.steps = 30;
+  const TrainConfig t = by_sequences("inverse_sqrt", 64, "16, 16, 160", 30);
   const ScheduleClock clock(t);
   double done = 0, before = 1e-3;
   for (int64_t s = 0; s < t.steps; ++s) {
