@@ -108,6 +108,11 @@ int64_t BlendedLoader::counted_targets(int64_t position, int count) {
   return n;
 }
 
+bool BlendedLoader::masks_targets() const {
+  return std::any_of(sources_.begin(), sources_.end(),
+                     [](const auto& s) { return s->masks_targets(); });
+}
+
 int BlendedLoader::masked_shards() const {
   int n = 0;
   for (const auto& s : sources_) n += s->masked_shards();

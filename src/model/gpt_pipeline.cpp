@@ -303,8 +303,10 @@ ForwardStats Gpt::share_from_last_stage(ForwardStats st) {
   st.z_sum = pp.all_reduce_sum(st.z_sum);
   st.correct = int64_t(pp.all_reduce_sum(double(st.correct)));
   st.tokens = int64_t(pp.all_reduce_sum(double(st.tokens)));
-  st.byte_loss_sum = pp.all_reduce_sum(st.byte_loss_sum);
-  st.bytes = int64_t(pp.all_reduce_sum(double(st.bytes)));
+  if (!target_bytes_.empty()) {  // (eval.bits_per_byte: set alike on every stage)
+    st.byte_loss_sum = pp.all_reduce_sum(st.byte_loss_sum);
+    st.bytes = int64_t(pp.all_reduce_sum(double(st.bytes)));
+  }
   return st;
 }
 

@@ -617,10 +617,13 @@ bool Trainer::State::save_done() const { return !async_save || async_save->done;
 
 void Trainer::State::load_best(const std::string& resumed_path) {
   const std::string dir = cfg.checkpoint_dir();
+  std::error_code ec;  // (resumed from a checkpoint of this directory)
+  const bool here =
+      !resumed_path.empty() && fs::equivalent(fs::path(resumed_path).parent_path(), dir, ec);
   double loss = std::numeric_limits<double>::infinity();
-  std::string name, why;
   if (root()) {
     std::optional<std::pair<std::string, double>> best;
+    std::string why;
     const bool exists = fs::exists(dir + "/best");
     if (exists && resumed_path.empty()) {
       why = "this run starts anew";  // (whatever it holds)
@@ -628,9 +631,6 @@ void Trainer::State::load_best(const std::string& resumed_path) {
       best = read_best(dir);  // (malformed: an error naming it)
       if (!best) why = "it is empty";
     }
-    std::error_code ec;
-    const bool here =
-        !resumed_path.empty() && fs::equivalent(fs::path(resumed_path).parent_path(), dir, ec);
     if (best && !here) {
       why = "the run resumed from another directory's checkpoint";
     } else if (best && best->first > checkpoint_file_name(step)) {
@@ -638,7 +638,7 @@ void Trainer::State::load_best(const std::string& resumed_path) {
     } else if (best && !fs::exists(dir + "/" + best->first)) {
       why = "the checkpoint it names is gone";
     } else if (best) {
-      name = best->first;
+      best_name = best->first;  // (rank 0 alone publishes, so alone needs it)
       loss = best->second;
     }
     if (!why.empty()) {
@@ -648,17 +648,9 @@ void Trainer::State::load_best(const std::string& resumed_path) {
   }
   // Rank 0 decides; every rank compares with the same loss.
   TRIAD_MPI_CHECK(MPI_Bcast(&loss, 1, MPI_DOUBLE, 0, grid.world()));
-  int n = int(name.size());
-  TRIAD_MPI_CHECK(MPI_Bcast(&n, 1, MPI_INT, 0, grid.world()));
-  name.resize(size_t(n));
-  TRIAD_MPI_CHECK(MPI_Bcast(name.data(), n, MPI_CHAR, 0, grid.world()));
   best_val = loss;
-  best_name = name;
   // The weights of the resumed step are its checkpoint's (which keep_if_best may then name).
-  std::error_code ec;
-  if (!resumed_path.empty() && fs::path(resumed_path).filename() == checkpoint_file_name(step) &&
-      fs::equivalent(fs::path(resumed_path).parent_path(), dir, ec))
-    own_file_step = step;
+  if (here && fs::path(resumed_path).filename() == checkpoint_file_name(step)) own_file_step = step;
 }
 
 void Trainer::State::keep_if_best() {

@@ -233,7 +233,7 @@ struct Trainer::State {
   // resuming), and what an evaluation that lowers it does: save the step's checkpoint, name it
   // in ckpt/best.
   double best_val = std::numeric_limits<double>::infinity();
-  std::string best_name;  // the file ckpt/best names ("": none)
+  std::string best_name;  // the file ckpt/best names ("": none; rank 0's, which publishes)
   // The step whose weights are those of checkpoint_dir()/checkpoint_file_name(step) because this
   // run wrote that file or resumed from it (-1: none): the only file keep_if_best may name.
   int64_t own_file_step = -1;

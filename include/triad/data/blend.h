@@ -50,8 +50,8 @@ class BlendedLoader {
   void fill(int64_t position, int count, int32_t* inputs, int32_t* targets);
   // The targets of those count sequences that count in the loss (count · T without masks).
   int64_t counted_targets(int64_t position, int count);
-  int masked_shards() const;  // shards of all datasets read with a mask file
-  bool masks_targets() const { return sources_.front()->masks_targets() || masked_shards() > 0; }
+  int masked_shards() const;   // shards of all datasets read with a mask file
+  bool masks_targets() const;  // some dataset's targets may not count (SequenceSource's)
   int64_t num_sequences() const { return total_; }  // the nominal epoch
   int datasets() const { return int(sources_.size()); }
   const SequenceSource& source(int d) const { return *sources_[size_t(d)]; }

@@ -62,7 +62,7 @@ class Trainer {
  public:
   Trainer(MPI_Comm world, const CommandLine& cl);
   ~Trainer();
-  TrainOutcome run();  // train to train.steps (or a preemption signal, or run.max_minutes)
+  TrainOutcome run();          // train to train.steps (or a preemption signal, or run.max_minutes)
   EvalResult evaluate_only();  // --eval-only
   // The full parameters (every tensor of DESIGN.md §3, layout order, without wte's padding
   // rows) on the host of every rank, assembled from all ranks' shards (collective).
