@@ -108,6 +108,8 @@ def test_help_lists_every_key_with_defaults():
     (["--train.recompute", "selective"], ["train.recompute", "none, gelu or full"]),
     (["--train.logits_chunk", "-5"], ["train.logits_chunk", ">= 0"]),
     (["--data.eod_mask_loss", "eot"], ["data.eod_mask_loss", "token id"]),
+    (["--eval.bits_per_byte", "true", "--data.vocab", ""], ["eval.bits_per_byte", "data.vocab"]),
+    (["--run.max_minutes", "nan"], ["run.max_minutes", ">= 0"]),
     (["--data.eod_mask_loss", "99999"], ["data.eod_mask_loss", "model.vocab_size"]),
     (["--train.hidden_dropout", "1"], ["train.hidden_dropout", "[0, 1)"]),
     (["--train.hidden_dropout", "-0.1"], ["train.hidden_dropout", "[0, 1)"]),
