@@ -82,6 +82,19 @@ std::vector<ParamSpec> trainable_specs(const std::vector<ParamSpec>& specs,
   return out;
 }
 
+float LrScales::of(const std::string& name) const {
+  if (muon_updates(name)) return hidden;
+  if (name == "wte/weight" || name == "wpe/weight") return embedding;
+  if (name.starts_with("lm_head/")) return head;
+  return 1.0f;
+}
+
+LrScales lr_scales(const Config& cfg, double mup_mult) {
+  const double lr = cfg.train.lr;
+  auto ratio = [lr](double rate) { return rate > 0 ? float(rate / lr) : 1.0f; };
+  return {float(1.0 / mup_mult), ratio(cfg.optim.embedding_lr), ratio(cfg.optim.head_lr)};
+}
+
 float clip_scale(double norm, double clip) {
   return clip > 0 && norm > clip ? float(clip / (norm + 1e-6)) : 1.0f;
 }
@@ -100,7 +113,7 @@ size_t Optimizer::state_bytes_for(const OptimConfig& cfg, size_t n,
 
 Optimizer::Optimizer(const OptimConfig& cfg, const std::vector<ParamSpec>& specs, size_t begin,
                      size_t end, Backend& be, Comm* dp, Comm* tp, bool zero_slice,
-                     float hidden_lr_scale, Comm* expert_dp)
+                     const LrScales& scales, Comm* expert_dp)
     : cfg_(cfg), begin_(begin), end_(end), be_(be) {
   TRIAD_ASSERT(begin <= end);
   for (size_t i = 0; i < slots_of(cfg); ++i)
@@ -118,8 +131,8 @@ Optimizer::Optimizer(const OptimConfig& cfg, const std::vector<ParamSpec>& specs
     const size_t lo = std::max(begin_, s.offset), hi = std::min(end_, s.offset + s.numel);
     // Weight decay only on matrices (wte, wpe, linear weights), as DESIGN.md §4 says.
     if (lo < hi)
-      runs_.push_back({lo - begin_, hi - begin_, s.decay ? float(cfg_.weight_decay) : 0.0f,
-                       muon_updates(s.name) ? hidden_lr_scale : 1.0f});
+      runs_.push_back(
+          {lo - begin_, hi - begin_, s.decay ? float(cfg_.weight_decay) : 0.0f, scales.of(s.name)});
   }
   std::sort(
       runs_.begin(), runs_.end(),

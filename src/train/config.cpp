@@ -338,6 +338,12 @@ class KeyTable {
     add("optim.muon_adjust_lr", c.optim.muon_adjust_lr,
         "Muon: the lr factor of an [m, n] matrix: original sqrt(max(1, m/n)) | match_rms_adamw "
         "0.2 sqrt(max(m, n))");
+    add("optim.embedding_lr", c.optim.embedding_lr,
+        "peak learning rate of the embeddings wte and wpe (and the tied head, which is wte), on "
+        "train.schedule like train.lr (Megatron's --decoupled-lr; 0: train.lr)");
+    add("optim.head_lr", c.optim.head_lr,
+        "peak learning rate of an untied output head lm_head, on train.schedule like train.lr "
+        "(nanochat's unembedding rate; 0: train.lr)");
     add("data.train", c.data.train,
         "train shard glob; with data.train_weights several, comma-separated, to blend");
     add("data.train_weights", c.data.train_weights,
@@ -1267,6 +1273,17 @@ void validate(const Config& c, int world_size) {
   check(o.muon_adjust_lr == "original" || o.muon_adjust_lr == "match_rms_adamw",
         "optim.muon_adjust_lr",
         "must be original or match_rms_adamw (got '" + o.muon_adjust_lr + "')");
+  for (const auto& [key, rate] :
+       {std::pair{"optim.embedding_lr", o.embedding_lr}, std::pair{"optim.head_lr", o.head_lr}}) {
+    check(std::isfinite(rate) && rate >= 0, key, "must be a finite number >= 0 (0: train.lr)");
+    // The rate follows train.lr's schedule scaled by rate / train.lr.
+    check(rate == 0 || t.lr > 0, key,
+          "needs train.lr > 0: it follows train.lr's schedule, times its ratio to train.lr "
+          "(train.freeze keeps tensors fixed)");
+  }
+  check(o.head_lr == 0 || !c.model.tie_embeddings, "optim.head_lr",
+        "needs an untied head (model.tie_embeddings = false): the tied head is wte, whose rate "
+        "is optim.embedding_lr");
   check(c.eval.every >= 0, "eval.every", "must be >= 0");
   check(c.eval.sequences >= 0, "eval.sequences", "must be >= 0");
   check(c.eval.choice_examples >= 0, "eval.choice_examples", "must be >= 0");

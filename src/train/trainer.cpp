@@ -315,9 +315,12 @@ TrainOutcome Trainer::run() {
         largest(s.opt->state_bytes() + (s.expert_opt ? s.expert_opt->state_bytes() : 0));
     const double act_mb = largest(s.model->activation_bytes());
     const double all_mb = largest(s.be->allocated_bytes());
-    std::ostringstream os, dropout;
-    if (cfg.train.hidden_dropout > 0) dropout << " | hidden dropout " << cfg.train.hidden_dropout;
-    const std::string dropout_note = dropout.str();
+    std::ostringstream os, rates;  // the dropout and learning rates besides train.lr
+    if (cfg.train.hidden_dropout > 0) rates << " | hidden dropout " << cfg.train.hidden_dropout;
+    // optim.embedding_lr, optim.head_lr: the peaks that differ from train.lr's.
+    if (cfg.optim.embedding_lr > 0) rates << " | embedding lr " << cfg.optim.embedding_lr;
+    if (cfg.optim.head_lr > 0) rates << " | head lr " << cfg.optim.head_lr;
+    const std::string rates_note = rates.str();
     std::string split;  // uneven pipeline stages
     for (int n : s.model->parallel().stage_layers)
       split += (split.empty() ? " (stage layers " : ",") + std::to_string(n);
@@ -339,7 +342,7 @@ TrainOutcome Trainer::run() {
                              std::to_string(s.ramp.increment) + " over the first " +
                              std::to_string(s.ramp.sequences) + " sequences)"
                        : std::string())
-       << frozen_note(s.model_shape(), s.freeze, cfg) << dropout_note
+       << frozen_note(s.model_shape(), s.freeze, cfg) << rates_note
        << (s.window_warmup.on()
                ? " | attention window from " + std::to_string(s.window_warmup.start) + " to " +
                      (cfg.model.sliding_window > 0 ? std::to_string(cfg.model.sliding_window)

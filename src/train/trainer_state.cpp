@@ -190,8 +190,9 @@ void Trainer::State::setup_model() {
   }
   TRIAD_ASSERT(!model->sharded_master() ||
                (model->master_begin() == shard_lo && model->master_end() == shard_hi));
-  // μP (model.mup_base_width): AdamW moves the hidden matrices at lr / m.
-  const float hidden_lr = float(1.0 / model_shape().mup_mult());
+  // μP (model.mup_base_width): AdamW moves the hidden matrices at lr / m; optim.embedding_lr and
+  // optim.head_lr the embeddings and the head at their own peaks.
+  const LrScales scales = lr_scales(cfg, model_shape().mup_mult());
   // train.freeze: the optimizer sees the trainable tensors only.
   const std::vector<ParamSpec> trained =
       trainable_specs(model->specs(), gpt_parameter_layout(model_shape()), freeze);
@@ -201,17 +202,17 @@ void Trainer::State::setup_model() {
     for (const auto& s : trained) (s.expert_parallel ? experts : dense).push_back(s);
     for (auto& s : experts) s.offset = expert_coord(s.offset);
     opt = std::make_unique<Optimizer>(cfg.optim, dense, shard_lo, shard_hi, *be, &grid.dp(),
-                                      &grid.tp(), true, hidden_lr);
+                                      &grid.tp(), true, scales);
     grad_shard = be->alloc(S);
     if (!experts.empty()) {
       expert_opt = std::make_unique<Optimizer>(cfg.optim, experts, expert_lo, expert_hi, *be,
-                                               &grid.edp(), &grid.tp(), true, hidden_lr);
+                                               &grid.edp(), &grid.tp(), true, scales);
       expert_grad_shard = be->alloc(SE);
       if (!model->packed_experts()) expert_stash = be->alloc(SE);
     }
   } else {
     opt = std::make_unique<Optimizer>(cfg.optim, trained, 0, model->buffer_floats(), *be,
-                                      &grid.dp(), &grid.tp(), false, hidden_lr, &grid.edp());
+                                      &grid.dp(), &grid.tp(), false, scales, &grid.edp());
   }
   // The gradient norm counts each trainable parameter once: not the tensor-parallel replicas,
   // not the head's copy of wte, not a frozen tensor. Adjacent counted tensors merge into one

@@ -473,6 +473,31 @@ def test_mup_gives_the_same_curve_on_every_grid(tmp_path):
                                        ("zero3", 2, ["--parallel.zero", 3])])
 
 
+def test_embedding_and_head_rates_give_the_same_curve_on_every_grid(tmp_path):
+    """optim.embedding_lr (10 times train.lr) on tensor, pipeline (the last stage's copy of the
+    tied wte at the embedding's rate too), data (ZeRO-1, 2, 3: the rates in each slice's update
+    runs) and 2 x 2 grids: the one-rank curve within fp32 rounding (its values against PyTorch:
+    test_reference_model.py), which differs from train.lr's; an untied head's optim.head_lr on
+    the pipeline's last stage and in ZeRO-1's slices too."""
+    cfg = tiny_config(tmp_path, name="one", train__steps=6, eval__every=3)
+    common = ["--optim.embedding_lr", 0.03, "--checkpoint.every", 0]
+    one_and_other(tmp_path, cfg, common, ["--checkpoint.every", 0], 1e-4)
+    assert_grids_follow_one_rank(tmp_path, cfg, common,
+                                 more=[("zero2", 2, ["--parallel.zero", 2]),
+                                       ("zero3", 2, ["--parallel.zero", 3])])
+    untied = ["--model.tie_embeddings", "false", "--optim.head_lr", 3e-4, *common]
+    p = run(1, "--config", cfg, *untied, "--run.name", "untied")
+    assert p.returncode == 0, p.stderr
+    assert "embedding lr 0.03 | head lr 0.0003" in p.stdout, p.stdout
+    want = metrics(tmp_path / "runs" / "untied")[1]
+    for name, n, grid in [("untied-pp", 2, ["--parallel.pp", 2, "--train.micro_batch_size", 2]),
+                          ("untied-zero1", 2, ["--parallel.zero", 1])]:
+        p = run(n, "--config", cfg, *untied, *grid, "--run.name", name)
+        assert p.returncode == 0, (name, p.stderr)
+        np.testing.assert_allclose(metrics(tmp_path / "runs" / name)[1], want, rtol=2e-6,
+                                   err_msg=name)
+
+
 def test_partial_rotary_gives_the_same_curve_on_every_grid(tmp_path):
     """Partial rotary (model.rotary_dim = 8 of each head's 16 values; its math against PyTorch:
     test_reference_model.py) on tensor, pipeline, data, 2 x 2 and context-parallel grids: the

@@ -644,6 +644,16 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
         groups = [dict(g, params=[q for q in g["params"] if id(q) not in ids]) for g in groups]
         groups.append({"params": hidden, "weight_decay": op["weight_decay"],
                        "lr_scale": 1.0 / cfg.mup_mult})
+    # optim.embedding_lr, optim.head_lr: the embeddings (wte, wpe) and an untied head at their
+    # own peaks on the same schedule, groups of their own (decay as before: matrices only).
+    t = model.tensors()
+    for key, picks in (("embedding_lr", lambda n: n in ("wte/weight", "wpe/weight")),
+                       ("head_lr", lambda n: n.startswith("lm_head/"))):
+        own = [t[n] for n in model.names if op.get(key, 0) and picks(n)]
+        ids = {id(q) for q in own}
+        groups = [dict(g, params=[q for q in g["params"] if id(q) not in ids]) for g in groups]
+        groups += [{"params": [q], "weight_decay": op["weight_decay"] if q.dim() >= 2 else 0.0,
+                    "lr_scale": op[key] / tr["lr"]} for q in own]
     muon = None
     if op["name"] == "muon":
         # Muon on the attention and MLP matrices, AdamW on the rest (with its decay groups).
@@ -1229,6 +1239,32 @@ def test_inverse_sqrt_schedule_matches_torch(tmp_root, tmp_path):
     compare_training(p, tmp_path, sections, "inverse_sqrt")
     lrs = [ref.lr_at(s, 3e-3, 2, 10, "inverse_sqrt", 0.5) for s in range(10)]
     assert lrs[1] == 3e-3 and 1.5e-3 < lrs[6] < lrs[2] < 3e-3 and set(lrs[7:]) == {1.5e-3}, lrs
+
+
+# optim.embedding_lr and optim.head_lr (Megatron's --decoupled-lr; nanochat's embedding and
+# unembedding rates): 10 steps with the embeddings at 10 times train.lr (GPT-2's wte, tied head
+# and wpe; Llama's wte) and Llama's untied head (with Phi's bias) at a third of it, against
+# PyTorch's parameter groups on the same schedule; under Muon too (AdamW's tensors). Without
+# the rates the curve differs (the test can tell).
+@pytest.mark.parametrize("name,optim,rates", [
+    ("oddshapes", "adamw", {"embedding_lr": 3e-2}),
+    ("llama", "adamw", {"embedding_lr": 3e-2, "head_lr": 1e-3}),
+    ("phi", "muon", {"embedding_lr": 3e-2, "head_lr": 1e-3}),
+], ids=["tied-adamw", "untied-adamw", "headbias-muon"])
+def test_embedding_and_head_rates_match_torch(name, optim, rates, tmp_root, tmp_path):
+    case = next(c for c in CASES if c.name == name)
+    p = prepare(case, tmp_root)
+    extra = dict(optim__name="muon", optim__muon_lr=0.02, optim__muon_momentum=0.95,
+                 optim__muon_nesterov=True, optim__muon_ns_steps=5,
+                 optim__muon_adjust_lr="original") if optim == "muon" else {}
+    sections = config_sections(case, p.dir, train__grad_clip=GRAD_CLIP[case.name], **extra,
+                               **{"optim__" + k: v for k, v in rates.items()})
+    assert sections["train"]["lr"] == 3e-3
+    compare_training(p, tmp_path, sections, "rates")
+    m = ref.read_metrics(tmp_path / "runs" / "ref" / "metrics.h5")
+    plain = config_sections(case, p.dir, train__grad_clip=GRAD_CLIP[case.name], **extra)
+    losses, *_ = torch_train(p, plain)
+    assert np.max(np.abs(losses - m["train/loss"]) / losses) > 1e-3
 
 
 # train.z_loss (a large c, 0.05, so that the term moves the weights): the cross-entropy curve,

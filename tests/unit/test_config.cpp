@@ -504,6 +504,25 @@ TEST(Config, MilestoneCheckpointsAreChecked) {
   EXPECT_EQ(error_of({"--checkpoint.every", "250", "--checkpoint.keep_every", "1000"}), "");
 }
 
+TEST(Config, EmbeddingAndHeadRatesAreChecked) {
+  auto expect = [](const std::string& err, const std::string& key, const std::string& what) {
+    EXPECT_NE(err.find(key), std::string::npos) << err;
+    EXPECT_NE(err.find(what), std::string::npos) << err;
+  };
+  EXPECT_EQ(error_of({"--optim.embedding_lr", "0.01"}), "");
+  EXPECT_EQ(error_of({"--model.tie_embeddings", "false", "--optim.head_lr", "1e-4",
+                      "--optim.embedding_lr", "0.3", "--optim.name", "muon"}),
+            "");
+  for (const char* key : {"--optim.embedding_lr", "--optim.head_lr"})
+    for (const char* bad : {"-0.1", "nan", "inf"})
+      expect(error_of({"--model.tie_embeddings", "false", key, bad}), key + 2,
+             "must be a finite number >= 0 (0: train.lr)");
+  expect(error_of({"--optim.head_lr", "1e-3"}), "optim.head_lr",
+         "needs an untied head (model.tie_embeddings = false)");
+  expect(error_of({"--train.lr", "0", "--optim.embedding_lr", "1e-3"}), "optim.embedding_lr",
+         "needs train.lr > 0");
+}
+
 TEST(Config, MuonSettingsAreChecked) {
   auto expect = [](const std::string& err, const std::string& key, const std::string& what) {
     EXPECT_NE(err.find(key), std::string::npos) << err;

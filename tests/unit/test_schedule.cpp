@@ -167,5 +167,42 @@ TEST(Schedule, InverseSqrtBySequencesThroughARamp) {
   EXPECT_GT(done, 160.0);  // past the ramp
 }
 
+// optim.embedding_lr and optim.head_lr scale the tensors' rates by rate / train.lr: that is the
+// schedule with the other peak at every step, for every schedule (min_lr being a ratio).
+TEST(Schedule, ARateOfItsOwnIsTheScheduleWithThatPeak) {
+  for (const char* schedule : {"cosine", "linear", "constant", "wsd", "inverse_sqrt"}) {
+    TrainConfig t;
+    t.schedule = schedule;
+    t.lr = 6e-4;
+    t.min_lr_ratio = 0.1;
+    t.steps = 50;
+    t.warmup_steps = 5;
+    t.decay_fraction = 0.3;
+    Config c;
+    c.train = t;
+    c.optim.embedding_lr = 0.3;
+    c.optim.head_lr = 4e-3;
+    const LrScales scales = lr_scales(c, 2.0);
+    TrainConfig emb = t, head = t;
+    emb.lr = 0.3;
+    head.lr = 4e-3;
+    for (int64_t s = 0; s < t.steps; ++s) {
+      EXPECT_NEAR(lr_at(t, s) * scales.of("wte/weight"), lr_at(emb, s), 1e-7 * lr_at(emb, s));
+      EXPECT_NEAR(lr_at(t, s) * scales.of("lm_head/bias"), lr_at(head, s), 1e-7 * lr_at(head, s));
+    }
+  }
+  Config c;
+  c.optim.embedding_lr = 1e-2;
+  c.train.lr = 1e-3;
+  const LrScales s = lr_scales(c, 4.0);  // μP's m = 4; no head_lr: the head at train.lr
+  EXPECT_FLOAT_EQ(s.of("wte/weight"), 10.0f);
+  EXPECT_FLOAT_EQ(s.of("wpe/weight"), 10.0f);
+  EXPECT_FLOAT_EQ(s.of("lm_head/weight"), 1.0f);
+  EXPECT_FLOAT_EQ(s.of("h/3/mlp/c_fc/weight"), 0.25f);
+  for (const char* other :
+       {"h/0/ln_1/weight", "ln_f/bias", "h/1/attn/c_attn/bias", "h/0/mlp/router/weight"})
+    EXPECT_FLOAT_EQ(s.of(other), 1.0f) << other;
+}
+
 }  // namespace
 }  // namespace triad

@@ -33,6 +33,17 @@ float clip_scale(double norm, double clip);
 
 class MuonMatrices;
 
+// Each tensor's learning rate relative to the schedule's (train.lr's) under AdamW and SGD: μP's
+// hidden matrices at 1/m (GptShape::mup_base_width; Muon's matrices keep their own), the
+// embeddings wte and wpe at optim.embedding_lr / train.lr, an untied head's lm_head/* at
+// optim.head_lr / train.lr (each 1 where its key is 0). Every schedule is linear in its peak
+// (min_lr is a ratio of it), so a constant factor is that schedule with the other peak.
+struct LrScales {
+  float hidden = 1.0f, embedding = 1.0f, head = 1.0f;
+  float of(const std::string& name) const;
+};
+LrScales lr_scales(const Config& cfg, double mup_mult);
+
 // train.freeze: whether a parameter name matches one of its comma-separated globs (fnmatch: *
 // matches any characters, '/' too).
 bool frozen_tensor(const std::string& freeze, const std::string& name);
@@ -48,15 +59,14 @@ std::vector<ParamSpec> trainable_specs(const std::vector<ParamSpec>& specs,
 // state exists only for that slice, and shrinks as 1/dp; zero_slice says so). optim.name = muon:
 // Muon on the hidden matrices (optim/muon.h), AdamW on the rest; it gathers whole matrices over
 // tp (the tensor-parallel group) and shares its Newton–Schulz work out over dp (the
-// data-parallel group, which also holds the other ZeRO slices). hidden_lr_scale: the learning
-// rate of the hidden matrices where AdamW or SGD updates them is lr times it (μP's 1/m,
-// GptShape::mup_base_width; Muon's matrices keep their own). expert_dp: under expert parallelism
+// data-parallel group, which also holds the other ZeRO slices). scales: each tensor's learning
+// rate relative to update()'s lr (LrScales). expert_dp: under expert parallelism
 // without ZeRO, the expert replicas, which share out Muon's work on the experts' matrices.
 class Optimizer {
  public:
   Optimizer(const OptimConfig& cfg, const std::vector<ParamSpec>& specs, size_t begin, size_t end,
             Backend& be, Comm* dp = nullptr, Comm* tp = nullptr, bool zero_slice = false,
-            float hidden_lr_scale = 1.0f, Comm* expert_dp = nullptr);
+            const LrScales& scales = {}, Comm* expert_dp = nullptr);
   ~Optimizer();
   Optimizer(const Optimizer&) = delete;
   Optimizer& operator=(const Optimizer&) = delete;

@@ -174,6 +174,10 @@ struct OptimConfig {
   bool muon_nesterov = true;
   int muon_ns_steps = 5;
   std::string muon_adjust_lr = "original";  // original | match_rms_adamw
+  // Megatron's --decoupled-lr, nanochat's embedding and unembedding rates: the peak learning
+  // rate of the embeddings (wte, wpe; the tied head is wte) and of an untied head (lm_head),
+  // on train.schedule with train.min_lr_ratio as train.lr is (0: train.lr's). LrScales.
+  double embedding_lr = 0, head_lr = 0;
 };
 
 struct DataConfig {
