@@ -45,6 +45,13 @@ double lr_at(const TrainConfig& t, const SchedulePoint& p) {
   fail("internal error: unknown schedule ", t.schedule);
 }
 
+double weight_decay_at(const OptimConfig& o, const SchedulePoint& p) {
+  if (o.weight_decay_schedule == "constant" || p.total <= 0) return o.weight_decay;
+  const double r = std::min(1.0, (p.done + p.step) / p.total);
+  const double c = o.weight_decay_schedule == "linear" ? r : 0.5 * (1.0 - std::cos(M_PI * r));
+  return o.weight_decay + c * (o.weight_decay_end - o.weight_decay);
+}
+
 double lr_at(const TrainConfig& t, int64_t step) {
   return lr_at(t, SchedulePoint{double(step), 1.0, double(t.steps), double(t.warmup_steps)});
 }
@@ -126,17 +133,30 @@ Optimizer::Optimizer(const OptimConfig& cfg, const std::vector<ParamSpec>& specs
                                                   dp != nullptr ? dp->size() : 1) *
                      sizeof(float);
   }
+  std::vector<std::pair<Backend::UpdateRun, bool>> runs;
   for (const auto& s : specs) {
     if (muon && muon_updates(s.name)) continue;
     const size_t lo = std::max(begin_, s.offset), hi = std::min(end_, s.offset + s.numel);
-    // Weight decay only on matrices (wte, wpe, linear weights), as DESIGN.md §4 says.
+    // Weight decay only on matrices (wte, wpe, linear weights), as DESIGN.md §4 says; not on
+    // the embeddings with optim.decay_embeddings = false.
+    const bool embedding = s.name == "wte/weight" || s.name == "wpe/weight";
     if (lo < hi)
-      runs_.push_back(
-          {lo - begin_, hi - begin_, s.decay ? float(cfg_.weight_decay) : 0.0f, scales.of(s.name)});
+      runs.push_back({{lo - begin_, hi - begin_, 0.0f, scales.of(s.name)},
+                      s.decay && (cfg_.decay_embeddings || !embedding)});
   }
-  std::sort(
-      runs_.begin(), runs_.end(),
-      [](const Backend::UpdateRun& a, const Backend::UpdateRun& b) { return a.begin < b.begin; });
+  std::sort(runs.begin(), runs.end(),
+            [](const auto& a, const auto& b) { return a.first.begin < b.first.begin; });
+  for (const auto& [run, decays] : runs) {
+    runs_.push_back(run);
+    decays_.push_back(decays);
+  }
+  set_weight_decay(cfg_.weight_decay);
+}
+
+void Optimizer::set_weight_decay(double wd) {
+  cfg_.weight_decay = wd;
+  for (size_t i = 0; i < runs_.size(); ++i) runs_[i].wd = decays_[i] ? float(wd) : 0.0f;
+  if (muon_) muon_->set_weight_decay(wd);
 }
 
 Optimizer::~Optimizer() {

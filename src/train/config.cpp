@@ -344,6 +344,15 @@ class KeyTable {
     add("optim.head_lr", c.optim.head_lr,
         "peak learning rate of an untied output head lm_head, on train.schedule like train.lr "
         "(nanochat's unembedding rate; 0: train.lr)");
+    add("optim.decay_embeddings", c.optim.decay_embeddings,
+        "weight decay on the embeddings wte and wpe (and the tied head) too (OLMo's "
+        "decay_embeddings)");
+    add("optim.weight_decay_schedule", c.optim.weight_decay_schedule,
+        "constant | linear | cosine: the weight decay from optim.weight_decay at the start to "
+        "optim.weight_decay_end at the end of the run (Megatron's --weight-decay-incr-style)");
+    add("optim.weight_decay_end", c.optim.weight_decay_end,
+        "the weight decay at the end of the run under a linear or cosine "
+        "optim.weight_decay_schedule");
     add("data.train", c.data.train,
         "train shard glob; with data.train_weights several, comma-separated, to blend");
     add("data.train_weights", c.data.train_weights,
@@ -1263,7 +1272,17 @@ void validate(const Config& c, int world_size) {
   check(o.beta1 >= 0 && o.beta1 < 1, "optim.beta1", "must be in [0, 1)");
   check(o.beta2 >= 0 && o.beta2 < 1, "optim.beta2", "must be in [0, 1)");
   check(o.eps > 0, "optim.eps", "must be > 0");
-  check(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0");
+  check(std::isfinite(o.weight_decay) && o.weight_decay >= 0, "optim.weight_decay",
+        "must be a finite number >= 0");
+  check(o.weight_decay_schedule == "constant" || o.weight_decay_schedule == "linear" ||
+            o.weight_decay_schedule == "cosine",
+        "optim.weight_decay_schedule",
+        "must be constant, linear or cosine (got '" + o.weight_decay_schedule + "')");
+  check(std::isfinite(o.weight_decay_end) && o.weight_decay_end >= 0 &&
+            (o.weight_decay_end == 0 || o.weight_decay_schedule != "constant"),
+        "optim.weight_decay_end",
+        "must be a finite number >= 0, and other than 0 only with a linear or cosine "
+        "optim.weight_decay_schedule (constant keeps optim.weight_decay)");
   check(o.momentum >= 0 && o.momentum < 1, "optim.momentum", "must be in [0, 1)");
   check(std::isfinite(o.muon_lr) && o.muon_lr >= 0, "optim.muon_lr",
         "must be a finite number >= 0");

@@ -315,11 +315,15 @@ TrainOutcome Trainer::run() {
         largest(s.opt->state_bytes() + (s.expert_opt ? s.expert_opt->state_bytes() : 0));
     const double act_mb = largest(s.model->activation_bytes());
     const double all_mb = largest(s.be->allocated_bytes());
-    std::ostringstream os, rates;  // the dropout and learning rates besides train.lr
+    std::ostringstream os, rates;  // dropout, rates and decay besides the defaults
     if (cfg.train.hidden_dropout > 0) rates << " | hidden dropout " << cfg.train.hidden_dropout;
     // optim.embedding_lr, optim.head_lr: the peaks that differ from train.lr's.
     if (cfg.optim.embedding_lr > 0) rates << " | embedding lr " << cfg.optim.embedding_lr;
     if (cfg.optim.head_lr > 0) rates << " | head lr " << cfg.optim.head_lr;
+    if (cfg.optim.weight_decay_schedule != "constant")
+      rates << " | weight decay " << cfg.optim.weight_decay << " to " << cfg.optim.weight_decay_end
+            << " (" << cfg.optim.weight_decay_schedule << ")";
+    if (!cfg.optim.decay_embeddings) rates << " | no weight decay on the embeddings";
     const std::string rates_note = rates.str();
     std::string split;  // uneven pipeline stages
     for (int n : s.model->parallel().stage_layers)
@@ -576,6 +580,9 @@ TrainOutcome Trainer::run() {
     // Clipped by the global norm as the optimizer reads the gradient (no pass of its own).
     const bool gather_bf16 = zero && zero_gathers_bf16(cfg);
     if (!skip) {
+      const double wd = weight_decay_at(cfg.optim, at);  // optim.weight_decay_schedule
+      s.opt->set_weight_decay(wd);
+      if (s.expert_opt) s.expert_opt->set_weight_decay(wd);
       // The bf16 copy of the updated range (bf16 precision; under ZeRO its slice is then
       // gathered, or under ZeRO-3 kept).
       bf16_t* copy = s.model->params_bf16() != nullptr

@@ -473,14 +473,17 @@ def test_mup_gives_the_same_curve_on_every_grid(tmp_path):
                                        ("zero3", 2, ["--parallel.zero", 3])])
 
 
-def test_embedding_and_head_rates_give_the_same_curve_on_every_grid(tmp_path):
-    """optim.embedding_lr (10 times train.lr) on tensor, pipeline (the last stage's copy of the
-    tied wte at the embedding's rate too), data (ZeRO-1, 2, 3: the rates in each slice's update
-    runs) and 2 x 2 grids: the one-rank curve within fp32 rounding (its values against PyTorch:
-    test_reference_model.py), which differs from train.lr's; an untied head's optim.head_lr on
-    the pipeline's last stage and in ZeRO-1's slices too."""
+def test_embedding_rates_and_decay_schedules_give_the_same_curve_on_every_grid(tmp_path):
+    """optim.embedding_lr (10 times train.lr), optim.decay_embeddings = false and a cosine
+    optim.weight_decay_schedule on tensor, pipeline (the last stage's copy of the tied wte at the
+    embedding's rate and decay too), data (ZeRO-1, 2, 3: the rates and decays in each slice's
+    update runs) and 2 x 2 grids: the one-rank curve within fp32 rounding (its values against
+    PyTorch: test_reference_model.py), which differs from the plain one; an untied head's
+    optim.head_lr on the pipeline's last stage and in ZeRO-1's slices too."""
     cfg = tiny_config(tmp_path, name="one", train__steps=6, eval__every=3)
-    common = ["--optim.embedding_lr", 0.03, "--checkpoint.every", 0]
+    common = ["--optim.embedding_lr", 0.03, "--optim.decay_embeddings", "false",
+              "--optim.weight_decay_schedule", "cosine", "--optim.weight_decay_end", 1.0,
+              "--checkpoint.every", 0]
     one_and_other(tmp_path, cfg, common, ["--checkpoint.every", 0], 1e-4)
     assert_grids_follow_one_rank(tmp_path, cfg, common,
                                  more=[("zero2", 2, ["--parallel.zero", 2]),
@@ -488,7 +491,8 @@ def test_embedding_and_head_rates_give_the_same_curve_on_every_grid(tmp_path):
     untied = ["--model.tie_embeddings", "false", "--optim.head_lr", 3e-4, *common]
     p = run(1, "--config", cfg, *untied, "--run.name", "untied")
     assert p.returncode == 0, p.stderr
-    assert "embedding lr 0.03 | head lr 0.0003" in p.stdout, p.stdout
+    assert ("embedding lr 0.03 | head lr 0.0003 | weight decay 0.1 to 1 (cosine) | no weight "
+            "decay on the embeddings") in p.stdout, p.stdout
     want = metrics(tmp_path / "runs" / "untied")[1]
     for name, n, grid in [("untied-pp", 2, ["--parallel.pp", 2, "--train.micro_batch_size", 2]),
                           ("untied-zero1", 2, ["--parallel.zero", 1])]:

@@ -616,6 +616,22 @@ def check_probe_against_torch(p: Prepared, recompute: str, logits_chunk: int = 0
 # ---- 2. optimizer steps ---------------------------------------------------------------------
 
 
+def decay_schedule(op: dict, steps: int):
+    """optim.weight_decay_schedule as docs/formats.md writes it: step s (0-based) reaches the
+    progress r = (s + 1) / steps and decays by wd0 + c(r)·(wd1 − wd0), c(r) = r (linear) or
+    (1 − cos πr) / 2 (cosine); None for constant."""
+    shape = op.get("weight_decay_schedule", "constant")
+    if shape == "constant":
+        return None
+    wd0, wd1 = op["weight_decay"], op["weight_decay_end"]
+
+    def wd(s):
+        r = min(1.0, (s + 1) / steps)
+        c = r if shape == "linear" else (1 - math.cos(math.pi * r)) / 2
+        return wd0 + c * (wd1 - wd0)
+    return wd
+
+
 def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None, lr_of_step=None,
                 window_of_step=None):
     """The reference training loop in float64: returns per-step (loss, lr, grad_norm) and the
@@ -645,15 +661,24 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
         groups.append({"params": hidden, "weight_decay": op["weight_decay"],
                        "lr_scale": 1.0 / cfg.mup_mult})
     # optim.embedding_lr, optim.head_lr: the embeddings (wte, wpe) and an untied head at their
-    # own peaks on the same schedule, groups of their own (decay as before: matrices only).
+    # own peaks on the same schedule, groups of their own (decay as before: matrices only, and
+    # not the embeddings with optim.decay_embeddings = false).
     t = model.tensors()
+    bare = not op.get("decay_embeddings", True)
     for key, picks in (("embedding_lr", lambda n: n in ("wte/weight", "wpe/weight")),
                        ("head_lr", lambda n: n.startswith("lm_head/"))):
-        own = [t[n] for n in model.names if op.get(key, 0) and picks(n)]
+        apart = op.get(key, 0) or (key == "embedding_lr" and bare)
+        own = [t[n] for n in model.names if apart and picks(n)]
         ids = {id(q) for q in own}
         groups = [dict(g, params=[q for q in g["params"] if id(q) not in ids]) for g in groups]
-        groups += [{"params": [q], "weight_decay": op["weight_decay"] if q.dim() >= 2 else 0.0,
-                    "lr_scale": op[key] / tr["lr"]} for q in own]
+        decays = key == "head_lr" or not bare
+        groups += [{"params": [q],
+                    "weight_decay": op["weight_decay"] if q.dim() >= 2 and decays else 0.0,
+                    "lr_scale": op[key] / tr["lr"] if op.get(key, 0) else 1.0} for q in own]
+    # optim.weight_decay_schedule: the decaying groups' weight decay moves with the steps.
+    wd_of_step = decay_schedule(op, tr["steps"])
+    assert wd_of_step is None or op["weight_decay"] > 0  # so that the groups can tell
+    groups = [dict(g, decays=g["weight_decay"] > 0) for g in groups]
     muon = None
     if op["name"] == "muon":
         # Muon on the attention and MLP matrices, AdamW on the rest (with its decay groups).
@@ -708,9 +733,13 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
         assert lr_of_step is None or muon is None
         for g in opt.param_groups:
             g["lr"] = lr * g.get("lr_scale", 1.0)
+            if wd_of_step is not None and g["decays"]:
+                g["weight_decay"] = wd_of_step(s)
         if muon is not None:  # the same schedule with its own peak
             muon.param_groups[0]["lr"] = ref.lr_at(s, op["muon_lr"], tr["warmup_steps"],
                                                    tr["steps"], tr["schedule"], tr["min_lr_ratio"])
+            if wd_of_step is not None:
+                muon.param_groups[0]["weight_decay"] = wd_of_step(s)
         if batch_of_step is not None:
             x, y = batch_of_step(s)
         else:
@@ -1265,6 +1294,37 @@ def test_embedding_and_head_rates_match_torch(name, optim, rates, tmp_root, tmp_
     plain = config_sections(case, p.dir, train__grad_clip=GRAD_CLIP[case.name], **extra)
     losses, *_ = torch_train(p, plain)
     assert np.max(np.abs(losses - m["train/loss"]) / losses) > 1e-3
+
+
+# optim.weight_decay_schedule (Megatron's --weight-decay-incr-style) from 0.1 up to a large
+# end, 2.0 (so that the decay moves the weights), linear and cosine; and optim.decay_embeddings =
+# false (OLMo's), the tied wte and wpe left undecayed, also beside a rate of their own and under
+# Muon (its matrices' decay follows the schedule too). 10 steps against PyTorch's groups; the
+# plain decay's curve differs (the test can tell).
+@pytest.mark.parametrize("name,over", [
+    ("oddshapes", dict(optim__weight_decay_schedule="linear", optim__weight_decay_end=2.0)),
+    ("llama", dict(optim__weight_decay_schedule="cosine", optim__weight_decay_end=2.0)),
+    ("oddshapes", dict(optim__decay_embeddings=False, optim__weight_decay=2.0)),
+    ("oddshapes", dict(optim__decay_embeddings=False, optim__embedding_lr=3e-2,
+                       optim__weight_decay=2.0)),
+    ("phi", dict(optim__weight_decay_schedule="cosine", optim__weight_decay_end=2.0,
+                 optim__name="muon", optim__muon_lr=0.02, optim__muon_momentum=0.95,
+                 optim__muon_nesterov=True, optim__muon_ns_steps=5,
+                 optim__muon_adjust_lr="original")),
+], ids=["linear", "cosine-untied", "bare-embeddings", "bare-embeddings-own-rate",
+        "cosine-muon"])
+def test_weight_decay_schedule_and_bare_embeddings_match_torch(name, over, tmp_root, tmp_path):
+    case = next(c for c in CASES if c.name == name)
+    p = prepare(case, tmp_root)
+    sections = config_sections(case, p.dir, train__grad_clip=GRAD_CLIP[case.name], **over)
+    compare_training(p, tmp_path, sections, "decay")
+    m = ref.read_metrics(tmp_path / "runs" / "ref" / "metrics.h5")
+    bare_or_end = {"optim__weight_decay_schedule", "optim__weight_decay_end",
+                   "optim__decay_embeddings"}
+    plain = config_sections(case, p.dir, train__grad_clip=GRAD_CLIP[case.name],
+                            **{k: v for k, v in over.items() if k not in bare_or_end})
+    losses, *_ = torch_train(p, plain)
+    assert np.max(np.abs(losses - m["train/loss"]) / losses) > 1e-5
 
 
 # train.z_loss (a large c, 0.05, so that the term moves the weights): the cross-entropy curve,

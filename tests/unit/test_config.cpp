@@ -523,6 +523,28 @@ TEST(Config, EmbeddingAndHeadRatesAreChecked) {
          "needs train.lr > 0");
 }
 
+TEST(Config, WeightDecayScheduleIsChecked) {
+  auto expect = [](const std::string& err, const std::string& key, const std::string& what) {
+    EXPECT_NE(err.find(key), std::string::npos) << err;
+    EXPECT_NE(err.find(what), std::string::npos) << err;
+  };
+  EXPECT_EQ(error_of({"--optim.weight_decay_schedule", "cosine", "--optim.weight_decay_end", "0.3",
+                      "--optim.decay_embeddings", "false"}),
+            "");
+  expect(error_of({"--optim.weight_decay_schedule", "exponential"}), "optim.weight_decay_schedule",
+         "must be constant, linear or cosine (got 'exponential')");
+  expect(error_of({"--optim.weight_decay_end", "0.3"}), "optim.weight_decay_end",
+         "other than 0 only with a linear or cosine optim.weight_decay_schedule");
+  for (const char* bad : {"-0.1", "nan", "inf"}) {
+    expect(error_of({"--optim.weight_decay_schedule", "linear", "--optim.weight_decay_end", bad}),
+           "optim.weight_decay_end", "must be a finite number >= 0");
+    expect(error_of({"--optim.weight_decay", bad}), "optim.weight_decay",
+           "must be a finite number >= 0");
+  }
+  EXPECT_NE(error_of({"--optim.decay_embeddings", "maybe"}).find("optim.decay_embeddings"),
+            std::string::npos);
+}
+
 TEST(Config, MuonSettingsAreChecked) {
   auto expect = [](const std::string& err, const std::string& key, const std::string& what) {
     EXPECT_NE(err.find(key), std::string::npos) << err;

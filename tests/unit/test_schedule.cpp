@@ -204,5 +204,29 @@ TEST(Schedule, ARateOfItsOwnIsTheScheduleWithThatPeak) {
     EXPECT_FLOAT_EQ(s.of(other), 1.0f) << other;
 }
 
+// optim.weight_decay_schedule: Megatron's increments from the start's decay to the end's over
+// the run, the step's own progress (done + step) / total reached as it updates.
+TEST(Schedule, WeightDecaySchedules) {
+  OptimConfig o;
+  o.weight_decay = 0.1;
+  EXPECT_EQ(weight_decay_at(o, SchedulePoint{7, 1, 10, 2}), 0.1);  // constant
+  o.weight_decay_end = 0.5;
+  o.weight_decay_schedule = "linear";
+  EXPECT_NEAR(weight_decay_at(o, SchedulePoint{0, 1, 10, 2}), 0.14, 1e-15);
+  EXPECT_NEAR(weight_decay_at(o, SchedulePoint{4, 1, 10, 2}), 0.3, 1e-15);
+  EXPECT_NEAR(weight_decay_at(o, SchedulePoint{9, 1, 10, 2}), 0.5, 1e-15);
+  EXPECT_NEAR(weight_decay_at(o, SchedulePoint{12, 1, 10, 2}), 0.5, 1e-15);  // past the end
+  o.weight_decay_schedule = "cosine";
+  EXPECT_NEAR(weight_decay_at(o, SchedulePoint{4, 1, 10, 2}), 0.3, 1e-15);  // the midpoint
+  EXPECT_NEAR(weight_decay_at(o, SchedulePoint{1, 1, 10, 2}),
+              0.1 + 0.4 * (1 - std::cos(M_PI * 0.2)) / 2, 1e-15);
+  EXPECT_NEAR(weight_decay_at(o, SchedulePoint{9, 1, 10, 2}), 0.5, 1e-15);
+  // By sequences: a step of 16 after 48 of 160 reaches 64 / 160; decreasing works alike.
+  o.weight_decay = 0.5;
+  o.weight_decay_end = 0.0;
+  o.weight_decay_schedule = "linear";
+  EXPECT_NEAR(weight_decay_at(o, SchedulePoint{48, 16, 160, 32}), 0.5 * (1 - 0.4), 1e-15);
+}
+
 }  // namespace
 }  // namespace triad

@@ -107,6 +107,9 @@ class MuonMatrices {
   // size dp (the run plan; an expert_dp is never larger).
   static size_t scratch_floats(const std::vector<ParamSpec>& specs, int tp, int dp);
 
+  // The weight decay of the next updates (optim.weight_decay_schedule).
+  void set_weight_decay(double wd) { cfg_.weight_decay = wd; }
+
  private:
   struct Matrix {
     MuonMatrix m;

@@ -26,6 +26,12 @@ double lr_at(const TrainConfig& t, int64_t step);
 // Muon's matrix learning rate: train.schedule's shape with peak optim.muon_lr.
 double muon_lr_at(const TrainConfig& t, const OptimConfig& o, const SchedulePoint& p);
 
+// The weight decay of the step at p (optim.weight_decay_schedule, Megatron's): constant
+// optim.weight_decay; else from it (wd0) to optim.weight_decay_end (wd1) at the progress
+// r = min(1, (done + step) / total) the step reaches: wd0 + c·(wd1 − wd0), c = r (linear) or
+// (1 − cos(π r)) / 2 (cosine).
+double weight_decay_at(const OptimConfig& o, const SchedulePoint& p);
+
 // Gradient clipping (DESIGN.md §4): the factor the gradient is scaled by, clip / (norm + 1e-6)
 // where the global L2 norm `norm` of the whole gradient is above clip (> 0), else 1. The
 // optimizer applies it as it reads the gradient (Optimizer::update's grad_scale).
@@ -82,6 +88,8 @@ class Optimizer {
               float grad_scale = 1.0f, double matrix_lr = kNoMatrixLr);
   // matrix_lr's default: no value (Muon refuses it rather than freeze its matrices silently).
   static constexpr double kNoMatrixLr = -1.0;
+  // The weight decay of the next updates (weight_decay_at), on the tensors that decay.
+  void set_weight_decay(double wd);
 
   // The state: slots, each holding the range [begin, end) of a parameter-shaped buffer, stored
   // in checkpoints as groups /optimizer/<name>/<tensor>: AdamW {m, v}, SGD {momentum}, Muon
@@ -116,6 +124,7 @@ class Optimizer {
   // The parts of the tensors inside [begin, end), relative to begin, with their weight decay:
   // the whole AdamW update is one adamw_update_runs call (Muon: the tensors it leaves to AdamW).
   std::vector<Backend::UpdateRun> runs_;
+  std::vector<bool> decays_;  // per run: its tensor takes weight decay
   std::unique_ptr<MuonMatrices> muon_;
   size_t scratch_bytes_ = 0;  // Muon's Newton–Schulz scratch
 };

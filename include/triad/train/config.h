@@ -178,6 +178,12 @@ struct OptimConfig {
   // rate of the embeddings (wte, wpe; the tied head is wte) and of an untied head (lm_head),
   // on train.schedule with train.min_lr_ratio as train.lr is (0: train.lr's). LrScales.
   double embedding_lr = 0, head_lr = 0;
+  // OLMo's decay_embeddings: false keeps weight decay off wte and wpe (and the tied head).
+  bool decay_embeddings = true;
+  // Megatron's --weight-decay-incr-style: constant (optim.weight_decay throughout) | linear |
+  // cosine from optim.weight_decay to optim.weight_decay_end over the run (weight_decay_at).
+  std::string weight_decay_schedule = "constant";
+  double weight_decay_end = 0;
 };
 
 struct DataConfig {
