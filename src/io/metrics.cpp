@@ -250,6 +250,7 @@ struct MetricsWriter::Impl {
   std::vector<Table> norms;        // /norms (one table, or none)
   std::vector<Table> activations;  // /activations (one table, or none)
   std::vector<Table> moe_load;     // /moe_load (one table, or none)
+  std::vector<Table> positions;    // /val_positions (one table, or none)
 
   // The names of the groups under /val_sets in the file.
   std::vector<std::string> existing_sets() { return members("val_sets"); }
@@ -281,6 +282,7 @@ struct MetricsWriter::Impl {
     for (Table& t : norms) write_buffered(t);
     for (Table& t : activations) write_buffered(t);
     for (Table& t : moe_load) write_buffered(t);
+    for (Table& t : positions) write_buffered(t);
     h5check(H5Fflush(file, H5F_SCOPE_GLOBAL), "cannot flush the file");
   }
 };
@@ -289,7 +291,8 @@ MetricsWriter::MetricsWriter(const std::string& path, const MetricsAttributes& a
                              int64_t resume_step, const std::vector<std::string>& val_sets,
                              const std::vector<std::string>& norm_groups,
                              const std::vector<std::string>& activations,
-                             const std::vector<std::string>& moe_layers, int moe_experts)
+                             const std::vector<std::string>& moe_layers, int moe_experts,
+                             int positions)
     : impl_(std::make_unique<Impl>()) {
   const auto hdf5 = io::hdf5_lock();
   Impl& m = *impl_;
@@ -330,10 +333,15 @@ MetricsWriter::MetricsWriter(const std::string& path, const MetricsAttributes& a
       m.moe_load.push_back(wide_table("moe_load", moe_layers, hsize_t(moe_experts)));
       m.open_table(m.moe_load.back());
     }
+    if (positions > 0) {
+      m.positions.push_back(wide_table("val_positions", {"loss"}, hsize_t(positions)));
+      m.open_table(m.positions.back());
+    }
     if (resume) {
       for (Table& t : m.norms) m.truncate_table(t, resume_step);
       for (Table& t : m.activations) m.truncate_table(t, resume_step);
       for (Table& t : m.moe_load) m.truncate_table(t, resume_step);
+      for (Table& t : m.positions) m.truncate_table(t, resume_step);
       m.truncate_table(m.train, resume_step);
       m.truncate_table(m.val, resume_step);
       for (Table& t : m.sets) m.truncate_table(t, resume_step);
@@ -346,17 +354,20 @@ MetricsWriter::MetricsWriter(const std::string& path, const MetricsAttributes& a
           m.truncate_table(t, resume_step);
           for (Column& c : t.cols) c.dset.reset();
         }
-      // /norms, /activations and /moe_load that this run does not write: cut likewise.
-      for (const auto& [group, written] : {std::pair{"norms", !norm_groups.empty()},
-                                           std::pair{"activations", !activations.empty()},
-                                           std::pair{"moe_load", !moe_layers.empty()}})
+      // /norms, /activations, /moe_load and /val_positions that this run does not write: cut
+      // likewise.
+      for (const auto& [group, written] :
+           {std::pair{"norms", !norm_groups.empty()},
+            std::pair{"activations", !activations.empty()},
+            std::pair{"moe_load", !moe_layers.empty()}, std::pair{"val_positions", positions > 0}})
         if (!written) {
           std::vector<std::string> cols = m.members(group);
           const auto step = std::find(cols.begin(), cols.end(), "step");
           if (step == cols.end()) continue;
           cols.erase(step);  // step_table puts it first, where truncate_table reads it
-          Table t = std::string(group) == "moe_load" ? wide_table(group, cols, 0)
-                                                     : step_table(group, cols);
+          const bool wide =
+              std::string(group) == "moe_load" || std::string(group) == "val_positions";
+          Table t = wide ? wide_table(group, cols, 0) : step_table(group, cols);
           m.open_table(t);
           m.truncate_table(t, resume_step);
           for (Column& c : t.cols) c.dset.reset();
@@ -387,6 +398,8 @@ MetricsWriter::~MetricsWriter() {
   for (Table& t : impl_->activations)
     for (Column& c : t.cols) c.dset.reset();
   for (Table& t : impl_->moe_load)
+    for (Column& c : t.cols) c.dset.reset();
+  for (Table& t : impl_->positions)
     for (Column& c : t.cols) c.dset.reset();
   impl_->file.reset();
 }
@@ -451,6 +464,15 @@ void MetricsWriter::append_moe_load(int64_t step, const std::vector<double>& loa
   for (size_t i = 1; i < t.cols.size(); ++i)
     t.col(i).doubles.insert(t.col(i).doubles.end(), load.begin() + ptrdiff_t((i - 1) * E),
                             load.begin() + ptrdiff_t(i * E));
+  if (t.col(0).buffered() >= kAutoFlushRows) flush();
+}
+
+void MetricsWriter::append_position_losses(int64_t step, const std::vector<double>& loss) {
+  TRIAD_ASSERT(!impl_->positions.empty());
+  Table& t = impl_->positions[0];
+  TRIAD_ASSERT(loss.size() == size_t(t.cols[1].width));
+  t.col(0).ints.push_back(step);
+  t.col(1).doubles.insert(t.col(1).doubles.end(), loss.begin(), loss.end());
   if (t.col(0).buffered() >= kAutoFlushRows) flush();
 }
 

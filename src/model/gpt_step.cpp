@@ -988,7 +988,20 @@ ForwardStats Gpt::evaluate_t(const int32_t* inputs, const int32_t* targets, int 
   if (Set<A>* last = forward_pipeline<A>(in, B, Tl)) {
     const int32_t* tg = cp_local_ids(targets, 1, B, cp_targets_);
     upload_ids(nullptr, tg, B * Tl);
-    st = classifier(*last, tg, B, Tl, 0.0f, false);
+    const bool by_position = position_sums_ != nullptr && mp_.tp_rank == 0;
+    if (by_position) position_rows_.assign(size_t(B) * Tl, 0.0f);
+    st = classifier(*last, tg, B, Tl, 0.0f, false, by_position ? position_rows_.data() : nullptr);
+    if (by_position) {
+      // Local row r: sequence b's position j, or under context parallelism piece k's row j of
+      // sequence b at (k·B + b)·P + j, at the piece's start in the sequence.
+      const int P = mp_.cp == 1 ? T : T / (2 * mp_.cp);
+      for (int r = 0; r < B * Tl; ++r) {
+        if (tg[r] < 0) continue;  // masked: not counted
+        const int t = mp_.cp == 1 ? r % T : mp_.piece_start(r / (B * P), T, mp_.cp_rank) + r % P;
+        position_sums_[t] += double(position_rows_[size_t(r)]);
+        position_counts_[t] += 1.0;
+      }
+    }
   }
   return share_from_last_stage(st);
 }

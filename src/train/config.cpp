@@ -379,6 +379,10 @@ class KeyTable {
         "tokenizer for samples: GPT-2's BPE ranks file, or a tokenizer description");
     add("eval.every", c.eval.every, "evaluate every N steps (0: start and end only)");
     add("eval.sequences", c.eval.sequences, "validation sequences per evaluation");
+    add("eval.loss_by_position", c.eval.loss_by_position,
+        "also write data.val's loss at each position 0 .. seq_len-1 of the sequence (the mean "
+        "over its counted targets there) to /val_positions/loss of metrics.h5 at every "
+        "evaluation (triad-plot-positions draws it)");
     add("eval.bits_per_byte", c.eval.bits_per_byte,
         "also report the validation sets' bits per byte (val/bpb; a measure across tokenizers): "
         "their targets' cross-entropy in bits over the bytes those tokens decode to with "
@@ -1328,6 +1332,8 @@ void validate(const Config& c, int world_size) {
         "(" + std::to_string(m.n_embd) + ") must be even for bf16 precision");
   check(c.run.threads >= 0, "run.threads", "must be >= 0");
   check(c.run.peak_tflops >= 0, "run.peak_tflops", "must be >= 0");
+  check(!c.eval.loss_by_position || (!c.data.val.empty() && c.eval.sequences > 0),
+        "eval.loss_by_position", "needs data.val and eval.sequences > 0 (it scores data.val)");
   check(!c.eval.bits_per_byte || !c.data.vocab.empty(), "eval.bits_per_byte",
         "needs data.vocab: the tokenizer of the validation data, whose bytes it counts");
   check(!c.checkpoint.best || (!c.data.val.empty() && c.eval.sequences > 0), "checkpoint.best",

@@ -86,6 +86,25 @@ std::string frozen_note(const GptShape& shape, const std::string& freeze, const 
 }
 }  // namespace
 
+std::string describe_position_losses(const std::vector<double>& loss) {
+  std::ostringstream os;
+  os << std::fixed << std::setprecision(4) << "val loss by position:";
+  const size_t T = loss.size(), spans = std::min<size_t>(8, T);
+  for (size_t k = 0; k < spans; ++k) {
+    const size_t lo = k * T / spans, hi = (k + 1) * T / spans;
+    double sum = 0;
+    size_t n = 0;
+    for (size_t t = lo; t < hi; ++t)
+      if (!std::isnan(loss[t])) {
+        sum += loss[t];
+        ++n;
+      }
+    os << (k > 0 ? "," : "") << " " << lo << "-" << hi - 1 << " "
+       << (n > 0 ? sum / double(n) : std::numeric_limits<double>::quiet_NaN());
+  }
+  return os.str();
+}
+
 std::string describe_choices(const EvalResult& r) {
   std::ostringstream os;
   os << std::fixed << std::setprecision(4) << "choice accuracy " << r.choice_accuracy
@@ -139,6 +158,8 @@ EvalResult Trainer::evaluate_only() {
     }
     if (r.choice_examples > 0) std::cout << " | " << describe_choices(r);
     std::cout << std::setprecision(2) << " | " << seconds << " s" << std::endl;
+    if (!r.loss_by_position.empty())
+      std::cout << describe_position_losses(r.loss_by_position) << std::endl;
   }
   return r;
 }
@@ -300,7 +321,7 @@ TrainOutcome Trainer::run() {
         cfg.train.norms_every > 0 ? s.norm_groups() : std::vector<std::string>{},
         cfg.train.activations_every > 0 ? Gpt::activation_names(cfg.model.n_layer)
                                         : std::vector<std::string>{},
-        moe_layers, cfg.model.moe_experts);
+        moe_layers, cfg.model.moe_experts, cfg.eval.loss_by_position ? cfg.model.seq_len : 0);
   }
   const int full_accum = cfg.train.batch_size / (mbs * s.grid.shape().dp);
   {

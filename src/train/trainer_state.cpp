@@ -1079,7 +1079,7 @@ std::vector<double> Trainer::State::activation_rms(int64_t step) {
 }
 
 EvalResult Trainer::State::evaluate_val() {
-  EvalResult r = evaluate_source(val_src.get());
+  EvalResult r = evaluate_source(val_src.get(), cfg.eval.loss_by_position);
   for (const auto& [name, src] : val_sets) {
     const EvalResult e = evaluate_source(src.get());
     if (e.sequences > 0) r.sets.push_back({name, e.loss, e.accuracy, e.bpb});
@@ -1087,12 +1087,14 @@ EvalResult Trainer::State::evaluate_val() {
   return r;
 }
 
-EvalResult Trainer::State::evaluate_source(const SequenceSource* src) {
+EvalResult Trainer::State::evaluate_source(const SequenceSource* src, bool by_position) {
   EvalResult r;
   if (src == nullptr || cfg.eval.sequences == 0) return r;
   const int64_t n = cfg.eval.sequences;
   const int B = cfg.train.micro_batch_size, T = cfg.model.seq_len;
   double loss = 0, byte_loss = 0;
+  // by_position: the sums and counts of the targets' losses at each position, [2][T].
+  std::vector<double> at(by_position ? 2 * size_t(T) : 0, 0.0);
   int64_t correct = 0, tokens = 0, bytes = 0;
   // Micro-batch k of the validation sequences goes to data-parallel rank k mod dp. Under ZeRO-3
   // every rank takes part in every round's weight gathers, with a batch or without; under expert
@@ -1113,7 +1115,9 @@ EvalResult Trainer::State::evaluate_source(const SequenceSource* src) {
     const int b = int(std::min<int64_t>(B, n - i));
     for (int k = 0; k < b; ++k)
       src->read(i + k, inputs.data() + size_t(k) * T, targets.data() + size_t(k) * T);
+    if (by_position) model->set_position_losses(at.data(), at.data() + T);
     const ForwardStats st = model->evaluate(inputs.data(), targets.data(), b);
+    model->set_position_losses(nullptr, nullptr);
     loss += st.loss_sum;
     correct += st.correct;
     tokens += st.tokens;
@@ -1125,6 +1129,15 @@ EvalResult Trainer::State::evaluate_source(const SequenceSource* src) {
     bytes = int64_t(grid.dp().all_reduce_sum(double(bytes)));
     r.bpb = bytes > 0 ? byte_loss / (std::log(2.0) * double(bytes))
                       : std::numeric_limits<double>::quiet_NaN();
+  }
+  if (by_position) {
+    // Each target counted on one rank (Gpt::set_position_losses): summed over all of them.
+    MPI_Allreduce(MPI_IN_PLACE, at.data(), int(at.size()), MPI_DOUBLE, MPI_SUM, grid.world());
+    r.loss_by_position.resize(size_t(T));
+    for (int t = 0; t < T; ++t)
+      r.loss_by_position[size_t(t)] = at[size_t(T + t)] > 0
+                                          ? at[size_t(t)] / at[size_t(T + t)]
+                                          : std::numeric_limits<double>::quiet_NaN();
   }
   loss = grid.dp().all_reduce_sum(loss);
   correct = int64_t(grid.dp().all_reduce_sum(double(correct)));
@@ -1197,6 +1210,7 @@ void Trainer::State::run_eval() {
           r.choice_examples > 0 ? r.choice_accuracy_by_chars : nan, r.sequences > 0 ? r.bpb : nan});
       for (size_t i = 0; i < r.sets.size(); ++i)
         metrics->append_set(i, step, r.sets[i].loss, r.sets[i].accuracy, r.sets[i].bpb);
+      if (!r.loss_by_position.empty()) metrics->append_position_losses(step, r.loss_by_position);
       metrics->flush();
     }
   }

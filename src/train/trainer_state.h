@@ -222,8 +222,9 @@ struct Trainer::State {
   // the same on every rank.
   std::vector<double> activation_rms(int64_t step);
   EvalResult evaluate_val();  // the validation loss only
-  // Loss and accuracy over the first eval.sequences sequences of src (sequences = 0: none).
-  EvalResult evaluate_source(const SequenceSource* src);
+  // Loss and accuracy over the first eval.sequences sequences of src (sequences = 0: none);
+  // by_position: the loss at each position too (eval.loss_by_position).
+  EvalResult evaluate_source(const SequenceSource* src, bool by_position = false);
 
   void write_sample();
 

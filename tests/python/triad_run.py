@@ -16,6 +16,7 @@ VENV_BIN = REPO / ".venv" / "bin"
 MODULES = {"triad-plot": ["analysis.plot_curves"],
            "triad-plot-norms": ["analysis.plot_norms"],
            "triad-plot-moe": ["analysis.plot_moe_load"],
+           "triad-plot-positions": ["analysis.plot_positions"],
            "triad-ckpt": ["analysis.inspect_checkpoint", "ckpt"],
            "triad-scaling": ["analysis.scaling"],
            "triad-sweep": ["analysis.sweep"],

@@ -9,6 +9,8 @@
 //                                             activations a = embed, h0_attn, h0_mlp, h0_out, ...)
 //   /moe_load/{step, h<l>}                   (train.moe_load_every: each layer l with experts, a
 //                                             2-D [rows, E] dataset of each expert's share)
+//   /val_positions/{step, loss}              (eval.loss_by_position: data.val's mean loss at
+//                                             each position, a 2-D [rows, seq_len] dataset)
 // step and tokens are int64, the rest float64. Root attributes: config, grid, n_params,
 // flops_per_token, peak_flops.
 #pragma once
@@ -71,12 +73,15 @@ class MetricsWriter {
   // `val_sets` names the groups /val_sets/<name> (eval.sets), truncated on resume as /val.
   // `norm_groups` (non-empty: train.norms_every) the columns of /norms, `activations`
   // (non-empty: train.activations_every) those of /activations, `moe_layers` (non-empty:
-  // train.moe_load_every) those of /moe_load, each of moe_experts values per row.
+  // train.moe_load_every) those of /moe_load, each of moe_experts values per row; positions > 0
+  // (eval.loss_by_position: seq_len) the width of /val_positions/loss, truncated on resume as
+  // /val.
   MetricsWriter(const std::string& path, const MetricsAttributes& attrs, int64_t resume_step,
                 const std::vector<std::string>& val_sets = {},
                 const std::vector<std::string>& norm_groups = {},
                 const std::vector<std::string>& activations = {},
-                const std::vector<std::string>& moe_layers = {}, int moe_experts = 0);
+                const std::vector<std::string>& moe_layers = {}, int moe_experts = 0,
+                int positions = 0);
   ~MetricsWriter();
   MetricsWriter(const MetricsWriter&) = delete;
   MetricsWriter& operator=(const MetricsWriter&) = delete;
@@ -93,6 +98,8 @@ class MetricsWriter {
   void append_activations(int64_t step, const std::vector<double>& rms);
   // A row of /moe_load: moe_layers' shares, layer after layer (moe_experts each).
   void append_moe_load(int64_t step, const std::vector<double>& load);
+  // A row of /val_positions: the loss at each of the `positions` positions.
+  void append_position_losses(int64_t step, const std::vector<double>& loss);
   void flush();  // H5Fflush; called at least every evaluation
 
  private:

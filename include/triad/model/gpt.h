@@ -972,6 +972,14 @@ class Gpt {
   // parallelism splits the rows; the blocks this pipeline stage holds. Summed over a replica's
   // ranks, they are the whole micro-batch's. nullptr: off.
   void set_activation_sums(double* sums) { activation_sums_ = sums; }
+  // eval.loss_by_position: while set (host arrays of seq_len, or null), evaluate() adds each
+  // counted target's loss at its position in the sequence to sums[t] and 1 to counts[t], on the
+  // ranks holding the loss once (the last stage's tensor-parallel rank 0; under context
+  // parallelism each rank its pieces), so a sum over every rank counts each target once.
+  void set_position_losses(double* sums, double* counts) {
+    position_sums_ = sums;
+    position_counts_ = counts;
+  }
   static std::vector<std::string> activation_names(int n_layer);
   // After an optimizer update (pp > 1): the first stage's wte overwrites the last stage's copy.
   // Both received the same summed gradient, but a data-parallel reduction may round the two
@@ -1379,7 +1387,9 @@ class Gpt {
   float* fp8_amax_ = nullptr;  // set_fp8: three floats of the backend (inp, weight, dout) per
                                // expert held (at least three)
   size_t fp8_amax_floats_ = 0;
-  double* activation_sums_ = nullptr;  // set_activation_sums
+  double* activation_sums_ = nullptr;                             // set_activation_sums
+  double *position_sums_ = nullptr, *position_counts_ = nullptr;  // set_position_losses
+  std::vector<float> position_rows_;                              // their pass's row losses
   // Adds the sums of squares of xs (n of this rank's elements each) at activation_sums_[at ..]
   // while set_activation_sums is on and the pass is not decoding; nothing otherwise.
   template <class A>

@@ -215,6 +215,8 @@ struct EvalConfig {
   // Bits per byte of the validation sets too (val/bpb): their loss over the bytes their target
   // tokens decode to with data.vocab, which must be the data's tokenizer.
   bool bits_per_byte = false;
+  // data.val's loss at each position of the sequence too (/val_positions of metrics.h5).
+  bool loss_by_position = false;
 };
 
 struct CheckpointConfig {

@@ -34,11 +34,16 @@ struct EvalResult {
     double bpb = std::numeric_limits<double>::quiet_NaN();
   };
   std::vector<Set> sets;
+  // eval.loss_by_position: data.val's mean loss at each position (NaN where none counted).
+  std::vector<double> loss_by_position;
 };
 
 // "choice accuracy 0.2955 (by summed loss 0.2859, by characters 0.3114, ending loss 3.123456) |
 // 10042 examples" (no "by characters" where it is NaN)
 std::string describe_choices(const EvalResult& r);
+// "val loss by position: 0-127 4.1234, 128-255 3.9876, ...": eval.loss_by_position's losses
+// averaged over up to 8 equal spans of positions (the positions with a loss, each once).
+std::string describe_position_losses(const std::vector<double>& loss);
 
 struct TrainOutcome {
   int64_t steps_done = 0;

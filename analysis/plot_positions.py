@@ -1,0 +1,83 @@
+"""Plot the validation loss at each position of the context (eval.loss_by_position).
+
+    triad-plot-positions runs/long --out positions.png
+    python -m analysis.plot_positions ...        (the same, without installing the package)
+
+The argument is a run directory (holding metrics.h5) or a metrics.h5 file whose /val_positions
+group eval.loss_by_position wrote: at each evaluation, data.val's mean loss at each position
+0 .. seq_len-1 of the sequence. One curve per evaluation (a few of them, evenly spaced over the
+run, the last always), loss against the position on a logarithmic axis (position 0 at 1), so
+that what the context adds shows where it is added: a model that uses its context has a loss
+falling with the position; one trained past its context length shows where it stops helping.
+Positions where no target counted (NaN) are left out of the curves. Prints the path written.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ._common import plot_run_main, save_figure  # noqa: E402
+from .metrics import MetricsError, open_with_group, resolve_metrics_path  # noqa: E402
+
+MAX_CURVES = 6
+
+
+def load_position_losses(p) -> tuple[np.ndarray, np.ndarray]:
+    """(steps [rows], losses [rows, seq_len]) of a run's /val_positions group."""
+    path = resolve_metrics_path(p)
+    with open_with_group(path, "val_positions", "the run did not set eval.loss_by_position") as f:
+        g = f["val_positions"]
+        if "step" not in g or "loss" not in g:
+            raise MetricsError(f"{path}: /val_positions lacks step or loss")
+        steps = g["step"][()].astype(np.int64)
+        loss = g["loss"][()]
+    if loss.ndim != 2:
+        raise MetricsError(f"{path}: /val_positions/loss is not [rows, seq_len]")
+    n = min(len(steps), len(loss))
+    if n == 0:
+        raise MetricsError(f"{path}: /val_positions holds no rows yet (written at each "
+                           f"evaluation)")
+    return steps[:n], loss[:n]
+
+
+def chosen_rows(n: int, most: int = MAX_CURVES) -> list[int]:
+    """Up to `most` row indices spread evenly over n rows, the first and the last among them."""
+    if n <= most:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (most - 1)) for i in range(most)})
+
+
+def plot_position_losses(p, out, title: str | None = None, dpi: int = 120) -> Path:
+    steps, loss = load_position_losses(p)
+    rows = chosen_rows(len(steps))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), constrained_layout=True)
+    cmap = plt.get_cmap("viridis")
+    positions = np.arange(1, loss.shape[1] + 1)  # position 0 drawn at 1 (log axis)
+    for i, r in enumerate(rows):
+        keep = np.isfinite(loss[r])
+        ax.plot(positions[keep], loss[r][keep], lw=1.3, label=f"step {steps[r]}",
+                color=cmap(i / max(1, len(rows) - 1)))
+    ax.set_xscale("log")
+    ax.set_xlabel("position in the sequence + 1 (tokens of context seen)")
+    ax.set_ylabel("validation loss (nats)")
+    ax.set_title(title or "validation loss by position")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return save_figure(fig, out, dpi=dpi)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return plot_run_main(argv, "analysis.plot_positions", "Plot a triad run's validation loss "
+                         "at each position of the context (metrics.h5's /val_positions, written "
+                         "with eval.loss_by_position).", "positions.png", plot_position_losses)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
