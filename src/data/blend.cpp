@@ -34,13 +34,16 @@ BlendSpec parse_blend(const std::string& train, const std::string& weights) {
 }
 
 BlendedLoader::BlendedLoader(const BlendSpec& spec, int seq_len, int vocab_size, bool shuffle,
-                             uint64_t seed, LossMask mask, int32_t eod) {
+                             uint64_t seed, LossMask mask, int32_t eod, const FimSpec& fim) {
   const size_t D = spec.globs.size();
   TRIAD_ASSERT(D >= 1 && spec.weights.size() == D);
   for (size_t d = 0; d < D; ++d) {
     const std::string key = D == 1 ? "data.train" : "data.train (" + spec.globs[d] + ")";
     sources_.push_back(
         std::make_unique<SequenceSource>(spec.globs[d], key, seq_len, vocab_size, mask, eod));
+    FimSpec own = fim;
+    own.seed = fim.seed + d;
+    sources_.back()->set_fim(own);
     loaders_.push_back(std::make_unique<DataLoader>(*sources_[d], shuffle, seed + d));
     total_ += sources_[d]->num_sequences();
   }

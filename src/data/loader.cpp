@@ -131,28 +131,45 @@ const SequenceSource::Shard& SequenceSource::shard_of(int64_t index, int64_t& st
   return *shards_[j];
 }
 
-void SequenceSource::read(int64_t index, int32_t* inputs, int32_t* targets) const {
+void SequenceSource::window(int64_t index, std::vector<int32_t>& tokens,
+                            std::vector<uint8_t>& counts) const {
   int64_t start = 0;
   const Shard& s = shard_of(index, start);
+  tokens.resize(size_t(seq_len_) + 1);
+  counts.resize(size_t(seq_len_) + 1);
   for (int i = 0; i <= seq_len_; ++i) {
     const uint32_t t = s.at(start + i);
     if (t >= uint32_t(vocab_size_))
       fail("token shard ", s.path, ": token id ", t, " at position ", start + i,
            " is >= model.vocab_size (", vocab_size_, ")");
-    if (i < seq_len_) inputs[i] = int32_t(t);
-    if (i > 0)
-      targets[i - 1] =
-          s.counts(start + i) && (eod_ < 0 || inputs[i - 1] != eod_) ? int32_t(t) : kMaskedTarget;
+    tokens[size_t(i)] = int32_t(t);
+    counts[size_t(i)] = s.counts(start + i) ? 1 : 0;
+  }
+  fill_in_the_middle(fim_, index, tokens, counts);
+}
+
+void SequenceSource::read(int64_t index, int32_t* inputs, int32_t* targets) const {
+  std::vector<int32_t> tokens;
+  std::vector<uint8_t> counts;
+  window(index, tokens, counts);
+  for (int i = 0; i < seq_len_; ++i) {
+    inputs[i] = tokens[size_t(i)];
+    targets[i] = counts[size_t(i) + 1] && (eod_ < 0 || tokens[size_t(i)] != eod_)
+                     ? tokens[size_t(i) + 1]
+                     : kMaskedTarget;
   }
 }
 
 int SequenceSource::counted_targets(int64_t index) const {
   int64_t start = 0;
   const Shard& s = shard_of(index, start);
-  if (s.mask == nullptr && eod_ < 0) return seq_len_;
+  if (s.mask == nullptr && eod_ < 0) return seq_len_;  // FIM's sentinels count too
+  std::vector<int32_t> tokens;
+  std::vector<uint8_t> counts;
+  window(index, tokens, counts);
   int n = 0;
   for (int i = 1; i <= seq_len_; ++i)
-    n += s.counts(start + i) && (eod_ < 0 || s.at(start + i - 1) != uint32_t(eod_)) ? 1 : 0;
+    n += counts[size_t(i)] && (eod_ < 0 || tokens[size_t(i) - 1] != eod_) ? 1 : 0;
   return n;
 }
 

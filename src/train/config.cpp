@@ -12,6 +12,7 @@
 #include "triad/core/comma_list.h"
 #include "triad/core/error.h"
 #include "triad/data/blend.h"
+#include "triad/data/fim.h"
 #include "triad/io/checkpoint.h"
 #include "triad/kernels/moe_routing.h"
 #include "triad/model/gpt.h"
@@ -379,6 +380,16 @@ class KeyTable {
         "tokenizer for samples: GPT-2's BPE ranks file, or a tokenizer description");
     add("eval.every", c.eval.every, "evaluate every N steps (0: start and end only)");
     add("eval.sequences", c.eval.sequences, "validation sequences per evaluation");
+    add("data.fim_rate", c.data.fim_rate,
+        "fill-in-the-middle: the share of the training sequences' fragments rearranged as "
+        "prefix, suffix, middle with sentinel tokens (0: off; docs/formats.md)");
+    add("data.fim_spm_rate", c.data.fim_spm_rate,
+        "fill-in-the-middle: the share of rearranged fragments in SPM order (the rest PSM)");
+    add("data.fim_tokens", c.data.fim_tokens,
+        "fill-in-the-middle: the sentinel token ids \"PREFIX, MIDDLE, SUFFIX\"");
+    add("data.fim_split", c.data.fim_split,
+        "fill-in-the-middle: none (a training sequence is one fragment) or the token id the "
+        "fragments are cut at (a document separator: each document rearranged on its own)");
     add("eval.loss_by_position", c.eval.loss_by_position,
         "also write data.val's loss at each position 0 .. seq_len-1 of the sequence (the mean "
         "over its counted targets there) to /val_positions/loss of metrics.h5 at every "
@@ -543,6 +554,42 @@ int32_t parse_document_mask(const std::string& text, int vocab_size) {
 
 int32_t parse_eod_mask_loss(const std::string& text, int vocab_size) {
   return parse_token_id(text, vocab_size, "data.eod_mask_loss", "that ends a document");
+}
+
+FimSpec parse_fim(const DataConfig& d, int vocab_size, uint64_t seed) {
+  TRIAD_CHECK(std::isfinite(d.fim_rate) && d.fim_rate >= 0 && d.fim_rate <= 1,
+              "config: data.fim_rate must be in [0, 1] (0: off; got ", d.fim_rate, ")");
+  TRIAD_CHECK(std::isfinite(d.fim_spm_rate) && d.fim_spm_rate >= 0 && d.fim_spm_rate <= 1,
+              "config: data.fim_spm_rate must be in [0, 1] (got ", d.fim_spm_rate, ")");
+  FimSpec f;
+  f.rate = d.fim_rate;
+  f.spm_rate = d.fim_spm_rate;
+  f.seed = seed;
+  f.split = parse_token_id(d.fim_split, vocab_size, "data.fim_split", "the fragments are cut at");
+  if (d.fim_rate == 0) {
+    TRIAD_CHECK(trim_blanks(d.fim_tokens).empty() && d.fim_split == "none",
+                "config: data.fim_tokens and data.fim_split need data.fim_rate > 0");
+    return f;
+  }
+  const std::vector<std::string> ids = split_comma_list(d.fim_tokens);
+  TRIAD_CHECK(ids.size() == 3,
+              "config: data.fim_tokens must be the three sentinel token ids "
+              "\"PREFIX, MIDDLE, SUFFIX\" (e.g. StarCoder's 1, 2, 3; got '",
+              d.fim_tokens, "')");
+  int32_t v[3];
+  for (int i = 0; i < 3; ++i) {
+    TRIAD_CHECK(ids[size_t(i)] != "none", "config: data.fim_tokens: '", d.fim_tokens,
+                "' must name three token ids");
+    v[i] = parse_token_id(ids[size_t(i)], vocab_size, "data.fim_tokens", "of a sentinel");
+  }
+  TRIAD_CHECK(v[0] != v[1] && v[1] != v[2] && v[0] != v[2] && v[0] != f.split && v[1] != f.split &&
+                  v[2] != f.split,
+              "config: data.fim_tokens '", d.fim_tokens,
+              "' must be three distinct token ids, none of them data.fim_split");
+  f.prefix = v[0];
+  f.middle = v[1];
+  f.suffix = v[2];
+  return f;
 }
 
 namespace {
@@ -1236,6 +1283,7 @@ void validate(const Config& c, int world_size) {
   parse_loss_mask(c.data.loss_mask);
   parse_document_mask(c.data.document_mask, c.model.vocab_size);
   parse_eod_mask_loss(c.data.eod_mask_loss, c.model.vocab_size);
+  parse_fim(c.data, c.model.vocab_size, 0);
   check(!c.data.reset_positions || c.data.document_mask != "none", "data.reset_positions",
         "needs data.document_mask (the token that starts a document)");
   parse_val_sets(c.eval.sets);

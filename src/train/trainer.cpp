@@ -226,7 +226,8 @@ TrainOutcome Trainer::run() {
   s.train_data = std::make_unique<BlendedLoader>(
       parse_blend(cfg.data.train, cfg.data.train_weights), T, cfg.model.vocab_size,
       cfg.data.shuffle, uint64_t(cfg.train.seed), parse_loss_mask(cfg.data.loss_mask),
-      parse_eod_mask_loss(cfg.data.eod_mask_loss, cfg.model.vocab_size));
+      parse_eod_mask_loss(cfg.data.eod_mask_loss, cfg.model.vocab_size),
+      parse_fim(cfg.data, cfg.model.vocab_size, uint64_t(cfg.train.seed)));
   if (s.train_data->masked_shards() > 0)
     s.say("data.train: " + std::to_string(s.train_data->masked_shards()) +
           " shard(s) with loss masks: the loss is the mean over the targets they count");
@@ -345,6 +346,10 @@ TrainOutcome Trainer::run() {
       rates << " | weight decay " << cfg.optim.weight_decay << " to " << cfg.optim.weight_decay_end
             << " (" << cfg.optim.weight_decay_schedule << ")";
     if (!cfg.optim.decay_embeddings) rates << " | no weight decay on the embeddings";
+    if (cfg.data.fim_rate > 0)
+      rates << " | fill-in-the-middle " << cfg.data.fim_rate << " (SPM " << cfg.data.fim_spm_rate
+            << (cfg.data.fim_split == "none" ? "" : ", fragments cut at " + cfg.data.fim_split)
+            << ")";
     const std::string rates_note = rates.str();
     std::string split;  // uneven pipeline stages
     for (int n : s.model->parallel().stage_layers)

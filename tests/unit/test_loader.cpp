@@ -8,6 +8,7 @@
 #include <span>
 
 #include "triad/core/error.h"
+#include "triad/data/fim.h"
 #include "triad/data/loader.h"
 #include "triad/data/token_shard.h"
 
@@ -262,6 +263,75 @@ TEST_F(LoaderTest, MissingEmptyAndTooShortDataAreRefused) {
   shard("short.bin", iota(4, 0));  // 4 tokens: not enough for T=4 plus the shifted target
   e = error_of((dir_ / "short.bin").string());
   EXPECT_NE(e.find("no complete sequence"), std::string::npos) << e;
+}
+
+// Fill-in-the-middle's rearrangement (data/fim.h) on windows of distinct tokens 0 .. n-1 whose
+// mask byte is their parity: the length stays, every token keeps its byte, each rearranged
+// fragment holds each sentinel once in PSM's or SPM's order, separators stay in place.
+TEST(FillInTheMiddle, RearrangesFragmentsKeepingTheirTokensAndMasks) {
+  constexpr int32_t P = 1000, M = 1001, S = 1002;
+  const int n = 40;
+  auto window = [n](std::vector<int32_t>& t, std::vector<uint8_t>& c) {
+    t.resize(n);
+    c.resize(n);
+    for (int i = 0; i < n; ++i) {
+      t[size_t(i)] = i;
+      c[size_t(i)] = uint8_t(i % 2);
+    }
+  };
+  std::vector<int32_t> t;
+  std::vector<uint8_t> c;
+  FimSpec off;
+  window(t, c);
+  fill_in_the_middle(off, 3, t, c);
+  for (int i = 0; i < n; ++i) EXPECT_EQ(t[size_t(i)], i);
+  int psm = 0, spm = 0;
+  for (int64_t k = 0; k < 200; ++k) {
+    FimSpec f{1.0, 0.5, P, M, S, -1, 7};
+    window(t, c);
+    fill_in_the_middle(f, k, t, c);
+    ASSERT_EQ(t.size(), size_t(n));
+    ASSERT_EQ(t[0], P) << k;
+    (t[1] == S ? spm : psm) += 1;
+    std::set<int32_t> seen;
+    size_t sentinels = 0;
+    for (int i = 0; i < n; ++i) {
+      const int32_t v = t[size_t(i)];
+      if (v >= P) {
+        EXPECT_EQ(c[size_t(i)], 1);  // the sentinels count
+        ++sentinels;
+        continue;
+      }
+      EXPECT_TRUE(v >= 0 && v < n && seen.insert(v).second) << k;
+      EXPECT_EQ(c[size_t(i)], v % 2) << k;  // each token keeps its mask byte
+    }
+    // Three sentinels in, the last three places cut (a sentinel among them, where the middle or
+    // the suffix is short).
+    EXPECT_TRUE(sentinels >= 1 && sentinels <= 3) << k;
+    EXPECT_EQ(seen.size() + sentinels, size_t(n)) << k;
+    // The same index and seed give the same window (no state); another seed another one.
+    std::vector<int32_t> again;
+    std::vector<uint8_t> again_c;
+    window(again, again_c);
+    fill_in_the_middle(f, k, again, again_c);
+    EXPECT_EQ(again, t);
+  }
+  EXPECT_GT(psm, 60);
+  EXPECT_GT(spm, 60);
+  // Fragments cut at token 10 and 25: those stay at their places where nothing before them
+  // grew, and no fragment is rearranged at rate 0 + ε.
+  FimSpec split{1e-300, 0.5, P, M, S, 10, 7};
+  window(t, c);
+  fill_in_the_middle(split, 5, t, c);
+  for (int i = 0; i < n; ++i) EXPECT_EQ(t[size_t(i)], i);
+  split.rate = 1.0;
+  int sentinels = 0;
+  window(t, c);
+  fill_in_the_middle(split, 5, t, c);
+  for (int i = 0; i < n; ++i) sentinels += t[size_t(i)] == P ? 1 : 0;
+  EXPECT_EQ(sentinels, 2);  // both fragments rearranged (the second one's start is in reach)
+  EXPECT_EQ(t[0], P);
+  EXPECT_EQ(t[13], 10);  // 3 sentinels before the separator
 }
 
 }  // namespace

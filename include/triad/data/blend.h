@@ -35,10 +35,11 @@ class BlendedLoader {
  public:
   static constexpr int64_t kPeriod = 10000;
 
-  // Opens every dataset (errors name data.train and the glob), with loss masks by `mask`.
+  // Opens every dataset (errors name data.train and the glob), with loss masks by `mask`, and
+  // fill-in-the-middle by `fim` (dataset d's seeded fim.seed + d).
   // Throws if a weight is too small to get a position in a period.
   BlendedLoader(const BlendSpec& spec, int seq_len, int vocab_size, bool shuffle, uint64_t seed,
-                LossMask mask = LossMask::none, int32_t eod = -1);
+                LossMask mask = LossMask::none, int32_t eod = -1, const FimSpec& fim = {});
   ~BlendedLoader();
 
   struct Place {

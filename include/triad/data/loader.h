@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include "triad/data/fim.h"
+
 namespace triad {
 
 inline constexpr int32_t kMaskedTarget = -1;
@@ -52,18 +54,24 @@ class SequenceSource {
   int masked_shards() const { return masked_; }  // shards read with a mask file
   // Whether some targets may not count (mask files or eod): the loss's mean needs the count.
   bool masks_targets() const { return masked_ > 0 || eod_ >= 0; }
+  // data.fim_rate: read() and counted_targets() give the sequences rearranged (data/fim.h).
+  void set_fim(const FimSpec& fim) { fim_ = fim; }
 
  private:
   struct Shard;
   std::string key_;
   int seq_len_, vocab_size_;
   int32_t eod_ = -1;
+  FimSpec fim_;
   std::vector<std::string> files_;
   std::vector<std::unique_ptr<Shard>> shards_;
   std::vector<int64_t> first_;  // global index of each shard's first sequence
   int64_t total_ = 0;
   int masked_ = 0;
   const Shard& shard_of(int64_t index, int64_t& start) const;
+  // Sequence index's T + 1 tokens (checked against the vocabulary) and whether each counts as a
+  // target (its mask byte), rearranged by fim_.
+  void window(int64_t index, std::vector<int32_t>& tokens, std::vector<uint8_t>& counts) const;
 };
 
 class DataLoader {

@@ -199,6 +199,11 @@ struct DataConfig {
   // Megatron's --eod-mask-loss: none, or the end-of-document token id; a target whose input is
   // that token does not count (parse_eod_mask_loss).
   std::string eod_mask_loss = "none";
+  // Fill-in-the-middle on the training sequences (data/fim.h; parse_fim): the share of
+  // fragments rearranged (0: off), the share of those in SPM order, the sentinels' token ids
+  // "PREFIX, MIDDLE, SUFFIX", the token the fragments are cut at (none: a whole sequence).
+  double fim_rate = 0, fim_spm_rate = 0.5;
+  std::string fim_tokens, fim_split = "none";
   // Positions restart at every document (GptShape::reset_positions): needs document_mask.
   bool reset_positions = false;
 };
@@ -401,6 +406,10 @@ int32_t parse_document_mask(const std::string& text, int vocab_size);
 // data.eod_mask_loss: "none" → -1, else a token id < vocab_size; throws triad::Error naming the
 // key otherwise.
 int32_t parse_eod_mask_loss(const std::string& text, int vocab_size);
+// data.fim_*'s FimSpec (data/fim.h) with the given seed; throws triad::Error naming the key of a
+// bad value (fim_tokens: three distinct token ids of the vocabulary, needed when fim_rate > 0).
+struct FimSpec;
+FimSpec parse_fim(const DataConfig& d, int vocab_size, uint64_t seed);
 // parallel.stage_layers resolved: empty (equal chunks; also for pp = 1), the given counts, or
 // for "auto" the split that balances the stages' compute against the last stage's head.
 std::vector<int> stage_layers(const Config& cfg);

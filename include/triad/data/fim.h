@@ -1,0 +1,38 @@
+// Fill-in-the-middle (data.fim_rate; Bavarian et al. 2022, Megatron's GPTFIMDataset, SantaCoder
+// and StarCoder's training): a training sequence's text rearranged so that the model learns to
+// write a middle from the prefix and suffix around it, at token granularity. A pure function of
+// the run's seed and the sequence's index in its dataset (no random state), so every grid reads
+// the same sequences and a resumed run continues exactly.
+//
+// The window of sequence k (its T + 1 tokens, each with the mask byte saying whether it counts
+// as a target) is cut into fragments at every `split` token (which stay in place between them;
+// none: the whole window is one fragment). The j-th non-empty fragment (0-based; length L) draws
+// with h(d) = mix(mix(mix(mix(seed) ^ k) ^ j) ^ d) and u(d) = (h(d) >> 11) · 2^−53:
+//   u(0) < rate: rearranged, else kept;
+//   cuts a = h(2) mod (L + 1), b = h(3) mod (L + 1), sorted (a ≤ b): prefix [0, a), middle
+//   [a, b), suffix [b, L);
+//   u(1) < spm_rate: SPM   <prefix_tok> <suffix_tok> suffix <middle_tok> prefix middle
+//   else:            PSM   <prefix_tok> prefix <suffix_tok> suffix <middle_tok> middle
+// (mix: SplitMix64's finaliser, as the hidden dropout's). Tokens keep their mask bytes; the
+// three sentinels count. The rearranged window, 3 tokens longer per rearranged fragment, is
+// cut back to its first T + 1 tokens.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace triad {
+
+struct FimSpec {
+  double rate = 0, spm_rate = 0;
+  int32_t prefix = -1, middle = -1, suffix = -1;  // the sentinel token ids
+  int32_t split = -1;                             // the fragments' separator; -1: none
+  uint64_t seed = 0;
+  bool on() const { return rate > 0; }
+};
+
+// Rearranges the window of sequence `index` (tokens and counts of equal length) in place.
+void fill_in_the_middle(const FimSpec& f, int64_t index, std::vector<int32_t>& tokens,
+                        std::vector<uint8_t>& counts);
+
+}  // namespace triad

@@ -1,0 +1,150 @@
+"""data.fim_rate (fill-in-the-middle) against an independent reference: the training sequences
+rearranged in Python from docs/formats.md's definition (the hash, the cuts, PSM and SPM, the
+cut back to T + 1 tokens, the mask bytes travelling with their tokens), and PyTorch trained on
+them for 10 steps beside triad-train reading the same shards with data.fim_* set. Then the bad
+values, refused by name.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reference"))
+import gpt_torch as ref  # noqa: E402
+import test_reference_model as trm  # noqa: E402
+from test_reference_model import _torch_threads, tmp_root  # noqa: E402,F401 (its fixtures)
+
+M64 = (1 << 64) - 1
+PREFIX, MIDDLE, SUFFIX = 297, 298, 299
+
+
+def mix(z: int) -> int:
+    """SplitMix64's finaliser."""
+    z = (z + 0x9E3779B97F4A7C15) & M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    return z ^ (z >> 31)
+
+
+def fim_window(tokens, counts, k, seed, rate, spm, split):
+    """Sequence k's window (T + 1 tokens and their mask bytes) rearranged as documented."""
+    n = len(tokens)
+    pieces, start = [], 0  # ("f", lo, hi): a fragment; ("s", i): a separator
+    for i in range(n + 1):
+        if i == n or tokens[i] == split:
+            if i > start:
+                pieces.append(("f", start, i))
+            if i < n:
+                pieces.append(("s", i))
+            start = i + 1
+    out, j = [], 0
+    for piece in pieces:
+        if piece[0] == "s":
+            out.append((int(tokens[piece[1]]), int(counts[piece[1]])))
+            continue
+        lo, hi = piece[1], piece[2]
+        seg = [(int(t), int(c)) for t, c in zip(tokens[lo:hi], counts[lo:hi])]
+
+        def h(d, j=j):
+            return mix(mix(mix(mix(seed) ^ k) ^ j) ^ d)
+
+        def u(d):
+            return (h(d) >> 11) * 2.0 ** -53
+
+        if u(0) < rate:
+            L = hi - lo
+            a, b = sorted((h(2) % (L + 1), h(3) % (L + 1)))
+            pre, mid, suf = seg[:a], seg[a:b], seg[b:]
+            if u(1) < spm:
+                seg = [(PREFIX, 1), (SUFFIX, 1)] + suf + [(MIDDLE, 1)] + pre + mid
+            else:
+                seg = [(PREFIX, 1)] + pre + [(SUFFIX, 1)] + suf + [(MIDDLE, 1)] + mid
+        out += seg
+        j += 1
+    out = out[:n]
+    assert len(out) == n
+    return np.array([t for t, _ in out]), np.array([c for _, c in out])
+
+
+def fim_batch(tokens, mask, first, count, T, seed, rate, spm, split):
+    """Sequences first .. first+count-1 (wrapping as ref.batch), rearranged: (x, y) with the
+    targets whose mask byte is 0 at -1."""
+    n = (tokens.size - 1) // T
+    xs, ys = [], []
+    for i in range(count):
+        k = (first + i) % n
+        t, c = fim_window(tokens[k * T:k * T + T + 1], mask[k * T:k * T + T + 1], k, seed,
+                          rate, spm, split)
+        xs.append(t[:-1])
+        ys.append(np.where(c[1:] == 1, t[1:], -1))
+    return torch.from_numpy(np.stack(xs).astype(np.int64)), torch.from_numpy(
+        np.stack(ys).astype(np.int64))
+
+
+@pytest.mark.parametrize("rate,spm,split,masked", [(0.5, 0.5, 7, True), (1.0, 0.3, None, False)],
+                         ids=["documents-masked", "whole-sequences"])
+def test_fim_sequences_train_as_torch_on_them(rate, spm, split, masked, tmp_root, tmp_path):
+    case = next(c for c in trm.CASES if c.name == "oddshapes")
+    q = trm.packed_documents(trm.prepare(case, tmp_root), tmp_path, 7, 31)
+    plain = replace(q, case=replace(q.case, cfg=replace(q.case.cfg, document_token=None)))
+    T = case.cfg.seq_len
+    mask = np.ones(q.train_tokens.size, dtype=np.uint8)
+    if masked:
+        mask = (np.random.default_rng(3).random(q.train_tokens.size) > 0.25).astype(np.uint8)
+        ref.write_loss_mask(tmp_path / "train_000.bin.mask", mask)
+    sections = trm.config_sections(case, tmp_path, train__grad_clip=trm.GRAD_CLIP[case.name],
+                                   data__fim_rate=rate, data__fim_spm_rate=spm,
+                                   data__fim_tokens=f"{PREFIX}, {MIDDLE}, {SUFFIX}",
+                                   data__fim_split="none" if split is None else split)
+    B, seed = sections["train"]["batch_size"], sections["train"]["seed"]
+
+    def batch_of_step(s):
+        return fim_batch(q.train_tokens, mask, s * B, B, T, seed, rate, spm, split)
+
+    # The rearrangement happens (PSM and SPM among them) and keeps the masked targets apart.
+    x, y = zip(*(batch_of_step(s) for s in range(10)))
+    x, y = torch.cat(x), torch.cat(y)
+    assert int((x == PREFIX).sum()) >= (8 if rate < 1 else 20), x
+    spm_seen = ((x[:, :-1] == PREFIX) & (x[:, 1:] == SUFFIX)).sum()
+    assert 0 < int(spm_seen) < int((x == PREFIX).sum())
+    assert int((y == -1).sum()) > (20 if masked else -1)
+    trm.compare_training(plain, tmp_path, sections, "fim", batch_of_step)
+    # Without it the curve differs (the test can tell).
+    m = ref.read_metrics(tmp_path / "runs" / "ref" / "metrics.h5")
+    losses, *_ = trm.torch_train(plain, sections, lambda s: ref.masked_batch(
+        q.train_tokens, mask, s * B, B, T))
+    assert np.max(np.abs(losses - m["train/loss"]) / losses) > 1e-4
+
+
+@pytest.mark.parametrize("over,needle", [
+    (dict(data__fim_rate=1.5), "data.fim_rate must be in [0, 1]"),
+    (dict(data__fim_rate=0.5), "data.fim_tokens must be the three sentinel token ids"),
+    (dict(data__fim_rate=0.5, data__fim_tokens="1, 2"), "the three sentinel token ids"),
+    (dict(data__fim_rate=0.5, data__fim_tokens="1, 2, 2"), "three distinct token ids"),
+    (dict(data__fim_rate=0.5, data__fim_tokens="1, 2, 300"), "300 is not a token"),
+    (dict(data__fim_rate=0.5, data__fim_tokens="1, 2, 3", data__fim_split=3),
+     "none of them data.fim_split"),
+    (dict(data__fim_rate=0.5, data__fim_tokens="1, 2, 3", data__fim_spm_rate=-0.1),
+     "data.fim_spm_rate must be in [0, 1]"),
+    (dict(data__fim_tokens="1, 2, 3"), "need data.fim_rate > 0"),
+    (dict(data__fim_rate=0.5, data__fim_tokens="1, 2, 3", data__fim_split="eot"),
+     "data.fim_split must be none or the token id"),
+])
+def test_bad_fim_settings_are_refused_by_name(over, needle, tmp_root, tmp_path):
+    case = next(c for c in trm.CASES if c.name == "oddshapes")
+    p = trm.prepare(case, tmp_root)
+    cfg = tmp_path / "bad.ini"
+    ref.write_config(cfg, trm.config_sections(case, p.dir, **over))
+    r = subprocess.run([str(trm.binary("triad-train")), "--config", str(cfg), "--init-from",
+                        str(p.ckpt), "--resume", "none", "--run.dir", str(tmp_path / "runs")],
+                       capture_output=True, text=True, env=trm.run_env(), timeout=300)
+    assert r.returncode != 0 and needle in r.stderr, r.stderr
+    assert len([line for line in r.stderr.splitlines() if "error" in line]) == 1, r.stderr
