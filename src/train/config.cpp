@@ -567,8 +567,10 @@ FimSpec parse_fim(const DataConfig& d, int vocab_size, uint64_t seed) {
   f.seed = seed;
   f.split = parse_token_id(d.fim_split, vocab_size, "data.fim_split", "the fragments are cut at");
   if (d.fim_rate == 0) {
-    TRIAD_CHECK(trim_blanks(d.fim_tokens).empty() && d.fim_split == "none",
-                "config: data.fim_tokens and data.fim_split need data.fim_rate > 0");
+    TRIAD_CHECK(trim_blanks(d.fim_tokens).empty() && d.fim_split == "none" &&
+                    d.fim_spm_rate == DataConfig{}.fim_spm_rate,
+                "config: data.fim_tokens, data.fim_split and data.fim_spm_rate need "
+                "data.fim_rate > 0");
     return f;
   }
   const std::vector<std::string> ids = split_comma_list(d.fim_tokens);

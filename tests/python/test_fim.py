@@ -135,6 +135,7 @@ def test_fim_sequences_train_as_torch_on_them(rate, spm, split, masked, tmp_root
     (dict(data__fim_rate=0.5, data__fim_tokens="1, 2, 3", data__fim_spm_rate=-0.1),
      "data.fim_spm_rate must be in [0, 1]"),
     (dict(data__fim_tokens="1, 2, 3"), "need data.fim_rate > 0"),
+    (dict(data__fim_spm_rate=0.9), "need data.fim_rate > 0"),
     (dict(data__fim_rate=0.5, data__fim_tokens="1, 2, 3", data__fim_split="eot"),
      "data.fim_split must be none or the token id"),
 ])

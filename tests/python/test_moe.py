@@ -529,6 +529,28 @@ def test_mup_mixture_trains_alike_on_every_grid(tmp_path):
                       (2, ["--parallel.pp", 2, "--parallel.schedule", "zb-h1"])))
 
 
+def test_decay_schedule_and_rates_reach_the_expert_optimizer(tmp_path):
+    """A cosine optim.weight_decay_schedule to a large end (the experts' matrices decay by it in
+    the expert optimizer of ep 2 with ZeRO-1, whose slices are the experts' own), undecayed
+    embeddings at a rate of their own: the one rank's curves on ep 2, ep 2 with ZeRO-1 and
+    ZeRO-1, and a curve other than the constant decay's (PyTorch checks the math:
+    test_reference_model.py)."""
+    cfg = tiny_config(tmp_path, name="one", train__steps=5, train__micro_batch_size=2,
+                      eval__every=0, checkpoint__every=0, data__shuffle="false",
+                      optim__weight_decay_schedule="cosine", optim__weight_decay_end=3.0,
+                      optim__decay_embeddings="false", optim__embedding_lr=0.01, **MOE)
+    p = run(1, "--config", cfg)
+    assert p.returncode == 0, p.stdout + p.stderr
+    one = curves(tmp_path / "runs" / "one")
+    p = run(1, "--config", cfg, "--run.name", "constant", "--optim.weight_decay_schedule",
+            "constant", "--optim.weight_decay_end", 0)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert np.max(np.abs(curves(tmp_path / "runs" / "constant")["loss"] - one["loss"])) > 1e-5
+    follows_one_rank(tmp_path, cfg, one,
+                     ((2, ["--parallel.ep", 2]), (2, ["--parallel.ep", 2, "--parallel.zero", 1]),
+                      (2, ["--parallel.zero", 1])))
+
+
 def test_zero_bubble_schedules_split_the_experts_backward(tmp_path):
     """parallel.schedule = zb-h1 and zb-v with a mixture of experts: the input pass leaves the
     experts' output and pre-activation gradients (where their products ran, under expert

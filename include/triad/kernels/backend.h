@@ -645,7 +645,9 @@ class Backend {
   struct UpdateRun {
     size_t begin, end;
     float wd;
-    float lr_scale = 1.0f;  // the run's learning rate is lr times it (μP's hidden matrices)
+    // The run's learning rate is lr times it (LrScales: μP's hidden matrices, the embeddings'
+    // and the head's own rates).
+    float lr_scale = 1.0f;
   };
   virtual void adamw_update_runs(float* p, const float* g, float* m, float* v,
                                  const UpdateRun* runs, size_t nruns, float lr, float beta1,

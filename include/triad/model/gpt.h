@@ -150,7 +150,7 @@ struct GptShape {
   // of the mup package for Adam), relative to a base model mup_base_width wide: with the width
   // multiplier m = n_embd / mup_base_width, the hidden matrices (c_attn, attn.c_proj, c_fc,
   // mlp.c_proj) start with 1/sqrt(m) of the usual deviation and AdamW moves them at lr / m
-  // (Optimizer's hidden_lr_scale), the logits are multiplied by 1/m, and the attention scores
+  // (LrScales::hidden), the logits are multiplied by 1/m, and the attention scores
   // scaled by 1/sqrt(hd·m) unless attn_scale says otherwise (1/sqrt(hd) at the base width, 1/hd
   // in the limit of wider heads: right where the head count stays and the heads widen; where the
   // heads stay as wide and grow in number, μP keeps 1/sqrt(hd), which attn_scale must then

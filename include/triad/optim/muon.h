@@ -108,7 +108,10 @@ class MuonMatrices {
   static size_t scratch_floats(const std::vector<ParamSpec>& specs, int tp, int dp);
 
   // The weight decay of the next updates (optim.weight_decay_schedule).
-  void set_weight_decay(double wd) { cfg_.weight_decay = wd; }
+  void set_weight_decay(double wd) {
+    cfg_.weight_decay = wd;
+    for (auto& r : runs_) r.wd = float(wd);
+  }
 
  private:
   struct Matrix {

@@ -66,10 +66,11 @@ void adamw_update_runs(cudaStream_t s, std::vector<Backend::UpdateRun>& runs_hos
       runs_host.size() == nruns && std::equal(runs, runs + nruns, runs_host.begin(), same);
   auto* table = runs_device.get_as<Backend::UpdateRun>(nruns, s);
   if (!cached) {
-    // Once per run table (an optimizer's is fixed but for optim.weight_decay_schedule's wd,
-    // new each step: the host already waited for the step's norm). Ordered on s after the
-    // kernels that may still read the old table; a pageable source makes the call return once
-    // it is copied.
+    // Each time the table differs from the last one uploaded: an optimizer's is fixed but for
+    // optim.weight_decay_schedule's wd (new each step; the host already waited for the step's
+    // norm), and a mixture's expert optimizer brings its own. Ordered on s after the kernels
+    // that may still read the old table; a pageable source makes the call return once it is
+    // copied.
     for (size_t r = 0; r < nruns; ++r)
       TRIAD_CHECK(runs[r].begin < runs[r].end && (r == 0 || runs[r - 1].end <= runs[r].begin),
                   "adamw_update_runs: runs must be non-empty, sorted and disjoint (run ", r, ")");
