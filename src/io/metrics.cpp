@@ -91,6 +91,9 @@ Table wide_table(const std::string& group, const std::vector<std::string>& value
   return t;
 }
 
+// /noise's columns besides step (train.noise_every).
+const std::vector<std::string> kNoiseColumns{"small_sq", "small_tokens", "big_sq", "big_tokens"};
+
 // /val_sets/<name> (eval.sets).
 Table val_set_table(const std::string& name) {
   return make_table("val_sets/" + name,
@@ -251,6 +254,7 @@ struct MetricsWriter::Impl {
   std::vector<Table> activations;  // /activations (one table, or none)
   std::vector<Table> moe_load;     // /moe_load (one table, or none)
   std::vector<Table> positions;    // /val_positions (one table, or none)
+  std::vector<Table> noise;        // /noise (one table, or none)
 
   // The names of the groups under /val_sets in the file.
   std::vector<std::string> existing_sets() { return members("val_sets"); }
@@ -283,6 +287,7 @@ struct MetricsWriter::Impl {
     for (Table& t : activations) write_buffered(t);
     for (Table& t : moe_load) write_buffered(t);
     for (Table& t : positions) write_buffered(t);
+    for (Table& t : noise) write_buffered(t);
     h5check(H5Fflush(file, H5F_SCOPE_GLOBAL), "cannot flush the file");
   }
 };
@@ -292,7 +297,7 @@ MetricsWriter::MetricsWriter(const std::string& path, const MetricsAttributes& a
                              const std::vector<std::string>& norm_groups,
                              const std::vector<std::string>& activations,
                              const std::vector<std::string>& moe_layers, int moe_experts,
-                             int positions)
+                             int positions, bool noise)
     : impl_(std::make_unique<Impl>()) {
   const auto hdf5 = io::hdf5_lock();
   Impl& m = *impl_;
@@ -337,11 +342,16 @@ MetricsWriter::MetricsWriter(const std::string& path, const MetricsAttributes& a
       m.positions.push_back(wide_table("val_positions", {"loss"}, hsize_t(positions)));
       m.open_table(m.positions.back());
     }
+    if (noise) {
+      m.noise.push_back(step_table("noise", kNoiseColumns));
+      m.open_table(m.noise.back());
+    }
     if (resume) {
       for (Table& t : m.norms) m.truncate_table(t, resume_step);
       for (Table& t : m.activations) m.truncate_table(t, resume_step);
       for (Table& t : m.moe_load) m.truncate_table(t, resume_step);
       for (Table& t : m.positions) m.truncate_table(t, resume_step);
+      for (Table& t : m.noise) m.truncate_table(t, resume_step);
       m.truncate_table(m.train, resume_step);
       m.truncate_table(m.val, resume_step);
       for (Table& t : m.sets) m.truncate_table(t, resume_step);
@@ -359,7 +369,8 @@ MetricsWriter::MetricsWriter(const std::string& path, const MetricsAttributes& a
       for (const auto& [group, written] :
            {std::pair{"norms", !norm_groups.empty()},
             std::pair{"activations", !activations.empty()},
-            std::pair{"moe_load", !moe_layers.empty()}, std::pair{"val_positions", positions > 0}})
+            std::pair{"moe_load", !moe_layers.empty()}, std::pair{"val_positions", positions > 0},
+            std::pair{"noise", noise}})
         if (!written) {
           std::vector<std::string> cols = m.members(group);
           const auto step = std::find(cols.begin(), cols.end(), "step");
@@ -400,6 +411,8 @@ MetricsWriter::~MetricsWriter() {
   for (Table& t : impl_->moe_load)
     for (Column& c : t.cols) c.dset.reset();
   for (Table& t : impl_->positions)
+    for (Column& c : t.cols) c.dset.reset();
+  for (Table& t : impl_->noise)
     for (Column& c : t.cols) c.dset.reset();
   impl_->file.reset();
 }
@@ -473,6 +486,14 @@ void MetricsWriter::append_position_losses(int64_t step, const std::vector<doubl
   TRIAD_ASSERT(loss.size() == size_t(t.cols[1].width));
   t.col(0).ints.push_back(step);
   t.col(1).doubles.insert(t.col(1).doubles.end(), loss.begin(), loss.end());
+  if (t.col(0).buffered() >= kAutoFlushRows) flush();
+}
+
+void MetricsWriter::append_noise(int64_t step, const std::vector<double>& values) {
+  TRIAD_ASSERT(!impl_->noise.empty() && values.size() == kNoiseColumns.size());
+  Table& t = impl_->noise[0];
+  t.col(0).ints.push_back(step);
+  for (size_t i = 0; i < values.size(); ++i) t.col(1 + i).doubles.push_back(values[i]);
   if (t.col(0).buffered() >= kAutoFlushRows) flush();
 }
 

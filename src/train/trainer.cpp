@@ -322,7 +322,8 @@ TrainOutcome Trainer::run() {
         cfg.train.norms_every > 0 ? s.norm_groups() : std::vector<std::string>{},
         cfg.train.activations_every > 0 ? Gpt::activation_names(cfg.model.n_layer)
                                         : std::vector<std::string>{},
-        moe_layers, cfg.model.moe_experts, cfg.eval.loss_by_position ? cfg.model.seq_len : 0);
+        moe_layers, cfg.model.moe_experts, cfg.eval.loss_by_position ? cfg.model.seq_len : 0,
+        cfg.train.noise_every > 0);
   }
   const int full_accum = cfg.train.batch_size / (mbs * s.grid.shape().dp);
   {
@@ -463,6 +464,11 @@ TrainOutcome Trainer::run() {
                                : tokens_per_step;
     const float dloss_scale = counted > 0 ? float(1.0 / counted) : 0.0f;
     const bool zero = cfg.parallel.zero >= 1;
+    // train.noise_every: one micro-batch's squared gradient norm (mean over the replicas) and
+    // its counted tokens (NaN: not measured this step).
+    const bool noise_step = cfg.train.noise_every > 0 && st % cfg.train.noise_every == 0 &&
+                            accum >= 2 && s.grid.shape().pp == 1;
+    double small_sq = std::numeric_limits<double>::quiet_NaN(), small_tokens = 0;
     // The reduction of a gradient range final for the step (with pp = 1 the last micro-batch's
     // bucket, with a pipeline a chunk's after its last backward pass): a non-blocking reduction
     // into the slices (ZeRO-1) or all-reduce (no ZeRO). A bucket of frozen tensors only
@@ -494,6 +500,8 @@ TrainOutcome Trainer::run() {
     } else {
       // The slices' padding past the parameters is no bucket's: zero.
       if (zero) s.zero_grad_shards();
+      // train.noise_every: the first micro-batch's gradient, whole on each replica's ranks
+      // before the last micro-batch reduces (the config keeps it so).
       for (int m = 0; m < accum; ++m) {
         // The last micro-batch's backward hands each finished bucket (ln_f and the head, every
         // layer, the embeddings) to its reduction while it computes the next one; ZeRO-2 and 3
@@ -512,6 +520,22 @@ TrainOutcome Trainer::run() {
         loss_sum += f.loss_sum;
         z_sum += f.z_sum;
         s.model->set_grad_ready_hook(nullptr);
+        if (noise_step && m == 0) {
+          // Its mean over its own counted targets is the buffer times counted / mine; each
+          // replica's squares (its tensor-parallel ranks' parts) then their mean over replicas.
+          const double mine = s.train_data->masks_targets()
+                                  ? double(s.train_data->counted_targets(base, mbs))
+                                  : double(mbs) * T;
+          const bool leader = s.grid.tp().rank() == 0 && mine > 0;
+          const double f2 = mine > 0 ? (counted / mine) * (counted / mine) : 0.0;
+          double v[3] = {mine > 0 ? s.local_grad_squares() * f2 : 0.0, leader ? 1.0 : 0.0,
+                         leader ? mine : 0.0};
+          MPI_Allreduce(MPI_IN_PLACE, v, 3, MPI_DOUBLE, MPI_SUM, s.grid.world());
+          if (v[1] > 0) {
+            small_sq = v[0] / v[1];
+            small_tokens = v[2] / v[1];
+          }
+        }
       }
     }
     const double loss_total = s.grid.dp().all_reduce_sum(loss_sum);
@@ -568,6 +592,10 @@ TrainOutcome Trainer::run() {
       std::vector<double> grad_norms, weight_norms;
       s.layer_norms(g, lo, hi, grad_norms, weight_norms);
       if (s.metrics) s.metrics->append_norms(st, grad_norms, weight_norms);
+    }
+    if (std::isfinite(small_sq) && std::isfinite(norm) && counted > small_tokens) {
+      s.noise.add(noise_estimate(small_sq, small_tokens, norm * norm, counted));
+      if (s.metrics) s.metrics->append_noise(st, {small_sq, small_tokens, norm * norm, counted});
     }
     // Update skipping: every rank has the same loss and norm, so the same windows; the decision
     // is still agreed over the world, as ranks that disagreed would wait in different collectives.
@@ -688,6 +716,9 @@ TrainOutcome Trainer::run() {
          << format_duration(per_sequence * double(last_consumed - s.consumed));
       if (cfg.train.z_loss > 0)
         os << " | z-loss " << std::scientific << std::setprecision(2) << z_loss_mean;
+      if (s.noise.ready())  // train.noise_every's running estimate
+        os << " | noise scale " << std::scientific << std::setprecision(2) << s.noise.b_simple()
+           << " tokens";
       if (cfg.model.moe_experts > 0)
         os << " | moe aux " << std::scientific << std::setprecision(2) << moe_aux_mean << " load "
            << std::fixed << std::setprecision(2) << moe_load;

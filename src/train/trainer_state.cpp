@@ -402,6 +402,14 @@ void Trainer::State::gather_experts() {
   }
 }
 
+double Trainer::State::local_grad_squares() {
+  double sq = 0;
+  const float* g = model->grads();
+  for (const auto* ranges : {&counted, &counted_experts})
+    for (const auto& [a, b] : *ranges) sq += be->sum_squares(g + a, b - a);
+  return sq;
+}
+
 double Trainer::State::grad_norm(const float* g, size_t lo, size_t hi) {
   // The squares of this rank's counted gradients in [lo, hi) (g points at element lo), summed
   // over the world. Without ZeRO every data-parallel replica holds the whole reduced gradient,

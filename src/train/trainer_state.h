@@ -32,6 +32,7 @@
 #include "triad/model/gpt.h"
 #include "triad/optim/optimizer.h"
 #include "triad/parallel/process_grid.h"
+#include "triad/train/noise_scale.h"
 #include "triad/train/outlier_window.h"
 #include "triad/train/sampler.h"
 #include "triad/train/trainer.h"
@@ -150,6 +151,11 @@ struct Trainer::State {
   void zero_grad_shards();  // ZeRO: grad_shard (and expert_grad_shard) = 0
   // Global L2 norm of the gradient, from the part [lo, hi) of the buffer this rank holds at g.
   double grad_norm(const float* g, size_t lo, size_t hi);
+  // train.noise_every: the squares of this rank's counted gradients in the whole buffer (before
+  // any reduction; the config keeps it whole: pp = cp = ep = 1, zero <= 1), not summed.
+  double local_grad_squares();
+  // Its running means (NoiseScale) for the log line.
+  NoiseScale noise;
   // train.norms_every: the layers of the model ("wte", "wpe" (learned positions), "h0", ...,
   // "ln_f"; the same list on every rank) and their gradient and weight L2 norms, from this rank's
   // [lo, hi) of the gradient (g points at element lo) as grad_norm counts it, summed over the

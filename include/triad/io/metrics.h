@@ -11,6 +11,8 @@
 //                                             2-D [rows, E] dataset of each expert's share)
 //   /val_positions/{step, loss}              (eval.loss_by_position: data.val's mean loss at
 //                                             each position, a 2-D [rows, seq_len] dataset)
+//   /noise/{step, small_sq, small_tokens, big_sq, big_tokens}  (train.noise_every: the squared
+//                                             gradient norms of one micro-batch and the batch)
 // step and tokens are int64, the rest float64. Root attributes: config, grid, n_params,
 // flops_per_token, peak_flops.
 #pragma once
@@ -75,13 +77,13 @@ class MetricsWriter {
   // (non-empty: train.activations_every) those of /activations, `moe_layers` (non-empty:
   // train.moe_load_every) those of /moe_load, each of moe_experts values per row; positions > 0
   // (eval.loss_by_position: seq_len) the width of /val_positions/loss, truncated on resume as
-  // /val.
+  // /val; noise (train.noise_every) opens /noise.
   MetricsWriter(const std::string& path, const MetricsAttributes& attrs, int64_t resume_step,
                 const std::vector<std::string>& val_sets = {},
                 const std::vector<std::string>& norm_groups = {},
                 const std::vector<std::string>& activations = {},
                 const std::vector<std::string>& moe_layers = {}, int moe_experts = 0,
-                int positions = 0);
+                int positions = 0, bool noise = false);
   ~MetricsWriter();
   MetricsWriter(const MetricsWriter&) = delete;
   MetricsWriter& operator=(const MetricsWriter&) = delete;
@@ -100,6 +102,8 @@ class MetricsWriter {
   void append_moe_load(int64_t step, const std::vector<double>& load);
   // A row of /val_positions: the loss at each of the `positions` positions.
   void append_position_losses(int64_t step, const std::vector<double>& loss);
+  // A row of /noise: small_sq, small_tokens, big_sq, big_tokens.
+  void append_noise(int64_t step, const std::vector<double>& values);
   void flush();  // H5Fflush; called at least every evaluation
 
  private:

@@ -90,6 +90,9 @@ struct ModelConfig {
 };
 
 struct TrainConfig {
+  // The gradient noise scale (McCandlish et al. 2018): every N steps the squared norms of one
+  // micro-batch's gradient and of the batch's (/noise of metrics.h5; 0: never).
+  int64_t noise_every = 0;
   int64_t steps = 1000;
   // The run's length in sequences trained on (Megatron's --train-samples): > 0 replaces steps
   // by the fewest steps that train at least this many (resolve_run_length; with a batch-size

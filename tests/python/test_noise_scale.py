@@ -1,0 +1,111 @@
+"""train.noise_every (the gradient noise scale) against PyTorch: the squared norms of each
+replica's first micro-batch's mean gradient and of the whole batch's at the initial weights, in
+double precision, beside /noise of triad-train's metrics.h5 on one rank, dp 2 and tp 2; the
+plot and its clean failure; the grids it refuses.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+h5py = pytest.importorskip("h5py")
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reference"))
+import gpt_torch as ref  # noqa: E402
+import test_reference_model as trm  # noqa: E402
+from test_reference_model import _torch_threads, tmp_root  # noqa: E402,F401 (its fixtures)
+from triad_run import assert_clean_failure, tool  # noqa: E402
+
+
+def grad_sq(p, x, y) -> float:
+    """|∇ mean cross-entropy|² over every trainable tensor (the tied wte once)."""
+    model = ref.build_model(p.weights, p.case.cfg, dtype=torch.float64)
+    _, loss = model(x, y)
+    loss.backward()
+    return float(sum((t.grad.double() ** 2).sum() for t in model.tensors().values()
+                     if t.grad is not None))
+
+
+def noise_rows(run_dir: Path) -> dict:
+    with h5py.File(run_dir / "metrics.h5", "r") as f:
+        g = f["noise"]
+        return {k: g[k][:] for k in ("step", "small_sq", "small_tokens", "big_sq", "big_tokens")}
+
+
+def test_noise_scale_matches_torch_gradients(tmp_root, tmp_path):
+    case = next(c for c in trm.CASES if c.name == "llama")  # micro-batches of 2, batch 4
+    p = trm.prepare(case, tmp_root)
+    T, B = case.cfg.seq_len, 2 * case.micro_batch
+    sections = trm.config_sections(case, p.dir, train__noise_every=1, train__steps=3)
+    cfg = tmp_path / "noise.ini"
+    ref.write_config(cfg, sections)
+    x, y = ref.batch(p.train_tokens, 0, B, T)
+    big = grad_sq(p, x, y)
+    want = {1: grad_sq(p, x[:2], y[:2]),  # one rank: its first micro-batch of 2
+            2: np.mean([grad_sq(p, x[r * 2:r * 2 + 1], y[r * 2:r * 2 + 1]) for r in (0, 1)])}
+    assert want[1] > 1.5 * big and want[2] > want[1]  # smaller batches, noisier gradients
+
+    train = trm.binary("triad-train")
+    out = trm.run([train, "--config", cfg, "--init-from", p.ckpt, "--resume", "none",
+                   "--run.dir", tmp_path / "runs", "--run.name", "one"])
+    assert " | noise scale " in out and " tokens" in out, out
+    one = noise_rows(tmp_path / "runs" / "one")
+    np.testing.assert_array_equal(one["step"], [0, 1, 2])
+    assert one["small_tokens"][0] == 2 * T and one["big_tokens"][0] == B * T
+    assert abs(one["small_sq"][0] - want[1]) / want[1] < 1e-5, (one, want)
+    assert abs(one["big_sq"][0] - big) / big < 1e-5, (one, big)
+    with h5py.File(tmp_path / "runs" / "one" / "metrics.h5", "r") as f:
+        np.testing.assert_allclose(f["train/grad_norm"][:] ** 2, one["big_sq"], rtol=1e-6)
+
+    mpirun = shutil.which("mpirun")
+    assert mpirun, "mpirun not found"
+    for name, grid in (("dp", ["--train.micro_batch_size", 1]), ("tp", ["--parallel.tp", 2])):
+        r = subprocess.run([mpirun, "--oversubscribe", "-np", "2", str(train), "--config",
+                            str(cfg), "--init-from", str(p.ckpt), "--resume", "none", "--run.dir",
+                            str(tmp_path / "runs"), "--run.name", name, *map(str, grid)],
+                           capture_output=True, text=True,
+                           env=dict(trm.run_env(), OMP_NUM_THREADS="1"), timeout=300)
+        assert r.returncode == 0, (name, r.stderr)
+        got = noise_rows(tmp_path / "runs" / name)
+        if name == "tp":  # the same micro-batches as one rank: its rows
+            for k in one:
+                np.testing.assert_allclose(got[k], one[k], rtol=2e-5, err_msg=k)
+        else:
+            assert got["small_tokens"][0] == T
+            assert abs(got["small_sq"][0] - want[2]) / want[2] < 1e-5, (got, want)
+            assert abs(got["big_sq"][0] - big) / big < 1e-5
+
+    png = tmp_path / "noise.png"
+    r = tool("triad-plot-noise", tmp_path / "runs" / "one", "--out", png)
+    assert r.returncode == 0 and r.stdout.splitlines()[0] == str(png), r.stdout + r.stderr
+    assert "B_simple" in r.stdout and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    trm.run([train, "--config", cfg, "--init-from", p.ckpt, "--resume", "none", "--run.dir",
+             tmp_path / "runs", "--run.name", "plain", "--train.noise_every", 0])
+    assert_clean_failure(tool("triad-plot-noise", tmp_path / "runs" / "plain", "--out", png),
+                         "no /noise group", "train.noise_every")
+
+
+@pytest.mark.parametrize("n,args,needle", [
+    (1, ["--train.micro_batch_size", 4], "at least two micro-batches per step"),
+    (2, ["--parallel.pp", 2], "needs parallel.pp = 1"),
+    (2, ["--parallel.zero", 2, "--train.micro_batch_size", 1], "parallel.zero <= 1"),
+    (1, ["--train.noise_every", -1], "must be >= 0"),
+])
+def test_noise_scale_refuses_what_it_cannot_measure(n, args, needle, tmp_root, tmp_path):
+    case = next(c for c in trm.CASES if c.name == "llama")
+    p = trm.prepare(case, tmp_root)
+    cfg = tmp_path / "noise.ini"
+    ref.write_config(cfg, trm.config_sections(case, p.dir, train__noise_every=1))
+    cmd = [str(trm.binary("triad-train")), "--config", str(cfg), "--init-from", str(p.ckpt),
+           "--resume", "none", "--run.dir", str(tmp_path / "runs"), *map(str, args)]
+    if n > 1:
+        cmd = [shutil.which("mpirun"), "--oversubscribe", "-np", str(n), *cmd]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=trm.run_env(), timeout=300)
+    assert r.returncode != 0 and "train.noise_every" in r.stderr and needle in r.stderr, r.stderr
