@@ -60,7 +60,7 @@ def noise_scale(cols: dict[str, np.ndarray], decay: float = 0.9) -> dict[str, np
     for i in range(len(b)):
         mg = decay * mg + (1 - decay) * g_sq[i]
         mt = decay * mt + (1 - decay) * trace[i]
-        simple[i] = mt / mg
+        simple[i] = mt / mg if mg > 0 else np.nan  # no estimate while the mean of |G|^2 <= 0
     return {"g_sq": g_sq, "trace": trace, "b_simple": simple}
 
 
@@ -69,7 +69,9 @@ def plot_noise(p, out, title: str | None = None, dpi: int = 120, decay: float = 
     est = noise_scale(cols, decay)
     steps = cols["step"]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    ax.plot(steps, est["b_simple"], lw=1.5, color="C0", label="B_simple (running means)")
+    simple = est["b_simple"]
+    ax.plot(steps, np.where(simple > 0, simple, np.nan), lw=1.5, color="C0",
+            label="B_simple (running means; non-positive left out)")
     ax.plot(steps, cols["big_tokens"], lw=1.0, ls="--", color="0.4", label="the batch (tokens)")
     ax.set_yscale("log")
     ax.set_xlabel("step")
@@ -111,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         path = plot_noise(a.run, a.out, title=a.title, dpi=a.dpi, decay=a.decay)
         last = noise_scale(load_noise(a.run), a.decay)["b_simple"][-1]
         print(path)
-        print(f"B_simple {last:.4g} tokens (last estimate)")
+        print(f"B_simple {last:.4g} tokens (last estimate)" if last > 0 else
+              "B_simple: no estimate yet (the running mean of |G|^2 is not positive)")
         return 0
 
     return run_main(prog, body)

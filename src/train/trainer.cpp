@@ -523,17 +523,19 @@ TrainOutcome Trainer::run() {
         if (noise_step && m == 0) {
           // Its mean over its own counted targets is the buffer times counted / mine; each
           // replica's squares (its tensor-parallel ranks' parts) then their mean over replicas.
+          // With E|G_b|² = |G|² + tr(Σ)/b, the replicas' b (which loss masks make differ) enter
+          // the estimate as their harmonic mean.
           const double mine = s.train_data->masks_targets()
                                   ? double(s.train_data->counted_targets(base, mbs))
                                   : double(mbs) * T;
           const bool leader = s.grid.tp().rank() == 0 && mine > 0;
           const double f2 = mine > 0 ? (counted / mine) * (counted / mine) : 0.0;
           double v[3] = {mine > 0 ? s.local_grad_squares() * f2 : 0.0, leader ? 1.0 : 0.0,
-                         leader ? mine : 0.0};
+                         leader ? 1.0 / mine : 0.0};
           MPI_Allreduce(MPI_IN_PLACE, v, 3, MPI_DOUBLE, MPI_SUM, s.grid.world());
           if (v[1] > 0) {
             small_sq = v[0] / v[1];
-            small_tokens = v[2] / v[1];
+            small_tokens = v[1] / v[2];
           }
         }
       }
@@ -716,7 +718,7 @@ TrainOutcome Trainer::run() {
          << format_duration(per_sequence * double(last_consumed - s.consumed));
       if (cfg.train.z_loss > 0)
         os << " | z-loss " << std::scientific << std::setprecision(2) << z_loss_mean;
-      if (s.noise.ready())  // train.noise_every's running estimate
+      if (s.noise.ready())  // train.noise_every's running estimate (none while |G|² <= 0)
         os << " | noise scale " << std::scientific << std::setprecision(2) << s.noise.b_simple()
            << " tokens";
       if (cfg.model.moe_experts > 0)

@@ -28,6 +28,9 @@ TEST(NoiseScale, RatioOfTheRunningMeans) {
   EXPECT_DOUBLE_EQ(n.b_simple(), 50.0);
   n.add({6.0, 100.0});  // means 0.5·(0.5·2) + 0.5·6 = 3.5 and 75: the ratio of the means
   EXPECT_DOUBLE_EQ(n.b_simple(), 75.0 / 3.5);
+  NoiseScale negative(0.5);
+  negative.add({-1.0, 100.0});  // no positive |G|² yet: no estimate
+  EXPECT_FALSE(negative.ready());
 }
 
 }  // namespace

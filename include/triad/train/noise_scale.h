@@ -18,13 +18,14 @@ struct NoiseEstimate {
 NoiseEstimate noise_estimate(double small_sq, double small_tokens, double big_sq,
                              double big_tokens);
 
-// Exponential moving averages of |G|² and tr(Σ) with bias correction (Adam's), their ratio.
+// Exponential moving averages of |G|² and tr(Σ) (from 0; a bias correction would cancel in the
+// ratio), and their ratio once the mean of |G|² is positive (noisy estimates can make it not).
 class NoiseScale {
  public:
   explicit NoiseScale(double decay = 0.9) : decay_(decay) {}
   void add(const NoiseEstimate& e);
-  bool ready() const { return n_ > 0; }
-  double b_simple() const { return trace_ / g_sq_; }  // the corrections cancel in the ratio
+  bool ready() const { return n_ > 0 && g_sq_ > 0; }
+  double b_simple() const { return trace_ / g_sq_; }
 
  private:
   double decay_, g_sq_ = 0, trace_ = 0;
