@@ -148,15 +148,18 @@ void SequenceSource::window(int64_t index, std::vector<int32_t>& tokens,
   fill_in_the_middle(fim_, index, tokens, counts);
 }
 
+bool SequenceSource::target_counts(const std::vector<int32_t>& tokens,
+                                   const std::vector<uint8_t>& counts, size_t i) const {
+  return counts[i + 1] && (eod_ < 0 || tokens[i] != eod_);
+}
+
 void SequenceSource::read(int64_t index, int32_t* inputs, int32_t* targets) const {
   std::vector<int32_t> tokens;
   std::vector<uint8_t> counts;
   window(index, tokens, counts);
   for (int i = 0; i < seq_len_; ++i) {
     inputs[i] = tokens[size_t(i)];
-    targets[i] = counts[size_t(i) + 1] && (eod_ < 0 || tokens[size_t(i)] != eod_)
-                     ? tokens[size_t(i) + 1]
-                     : kMaskedTarget;
+    targets[i] = target_counts(tokens, counts, size_t(i)) ? tokens[size_t(i) + 1] : kMaskedTarget;
   }
 }
 
@@ -168,8 +171,7 @@ int SequenceSource::counted_targets(int64_t index) const {
   std::vector<uint8_t> counts;
   window(index, tokens, counts);
   int n = 0;
-  for (int i = 1; i <= seq_len_; ++i)
-    n += counts[size_t(i)] && (eod_ < 0 || tokens[size_t(i) - 1] != eod_) ? 1 : 0;
+  for (int i = 0; i < seq_len_; ++i) n += target_counts(tokens, counts, size_t(i)) ? 1 : 0;
   return n;
 }
 

@@ -89,9 +89,14 @@ std::vector<ParamSpec> trainable_specs(const std::vector<ParamSpec>& specs,
   return out;
 }
 
+namespace {
+// The token and position embeddings (optim.embedding_lr's and optim.decay_embeddings' tensors).
+bool is_embedding(const std::string& name) { return name == "wte/weight" || name == "wpe/weight"; }
+}  // namespace
+
 float LrScales::of(const std::string& name) const {
   if (muon_updates(name)) return hidden;
-  if (name == "wte/weight" || name == "wpe/weight") return embedding;
+  if (is_embedding(name)) return embedding;
   if (name.starts_with("lm_head/")) return head;
   return 1.0f;
 }
@@ -139,10 +144,9 @@ Optimizer::Optimizer(const OptimConfig& cfg, const std::vector<ParamSpec>& specs
     const size_t lo = std::max(begin_, s.offset), hi = std::min(end_, s.offset + s.numel);
     // Weight decay only on matrices (wte, wpe, linear weights), as DESIGN.md §4 says; not on
     // the embeddings with optim.decay_embeddings = false.
-    const bool embedding = s.name == "wte/weight" || s.name == "wpe/weight";
     if (lo < hi)
       runs.push_back({{lo - begin_, hi - begin_, 0.0f, scales.of(s.name)},
-                      s.decay && (cfg_.decay_embeddings || !embedding)});
+                      s.decay && (cfg_.decay_embeddings || !is_embedding(s.name))});
   }
   std::sort(runs.begin(), runs.end(),
             [](const auto& a, const auto& b) { return a.first.begin < b.first.begin; });

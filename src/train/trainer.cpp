@@ -466,8 +466,8 @@ TrainOutcome Trainer::run() {
     const bool zero = cfg.parallel.zero >= 1;
     // train.noise_every: one micro-batch's squared gradient norm (mean over the replicas) and
     // its counted tokens (NaN: not measured this step).
-    const bool noise_step = cfg.train.noise_every > 0 && st % cfg.train.noise_every == 0 &&
-                            accum >= 2 && s.grid.shape().pp == 1;
+    const bool noise_step =
+        cfg.train.noise_every > 0 && st % cfg.train.noise_every == 0 && accum >= 2;
     double small_sq = std::numeric_limits<double>::quiet_NaN(), small_tokens = 0;
     // The reduction of a gradient range final for the step (with pp = 1 the last micro-batch's
     // bucket, with a pipeline a chunk's after its last backward pass): a non-blocking reduction

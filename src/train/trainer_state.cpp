@@ -402,12 +402,20 @@ void Trainer::State::gather_experts() {
   }
 }
 
-double Trainer::State::local_grad_squares() {
+double Trainer::State::range_squares(const std::vector<std::pair<size_t, size_t>>& ranges,
+                                     const float* buf, size_t from, size_t to) const {
   double sq = 0;
-  const float* g = model->grads();
-  for (const auto* ranges : {&counted, &counted_experts})
-    for (const auto& [a, b] : *ranges) sq += be->sum_squares(g + a, b - a);
+  for (const auto& [a, b] : ranges) {
+    const size_t x = std::max(a, from), y = std::min(b, to);
+    if (x < y) sq += be->sum_squares(buf + (x - from), y - x);
+  }
   return sq;
+}
+
+double Trainer::State::local_grad_squares() const {
+  const size_t n = model->num_floats();
+  return range_squares(counted, model->grads(), 0, n) +
+         range_squares(counted_experts, model->grads(), 0, n);
 }
 
 double Trainer::State::grad_norm(const float* g, size_t lo, size_t hi) {
@@ -418,12 +426,7 @@ double Trainer::State::grad_norm(const float* g, size_t lo, size_t hi) {
   // Under ZeRO with expert parallelism the experts' come from their own slice.
   double sq = 0;
   auto add = [&](const std::vector<std::pair<size_t, size_t>>& ranges, const float* buf,
-                 size_t from, size_t to) {
-    for (const auto& [a, b] : ranges) {
-      const size_t x = std::max(a, from), y = std::min(b, to);
-      if (x < y) sq += be->sum_squares(buf + (x - from), y - x);
-    }
-  };
+                 size_t from, size_t to) { sq += range_squares(ranges, buf, from, to); };
   if (cfg.parallel.zero >= 1 || replica_rank == 0) add(counted, g, lo, hi);
   if (expert_opt)
     add(counted_experts, expert_grad_shard, expert_lo, expert_hi);

@@ -153,7 +153,11 @@ struct Trainer::State {
   double grad_norm(const float* g, size_t lo, size_t hi);
   // train.noise_every: the squares of this rank's counted gradients in the whole buffer (before
   // any reduction; the config keeps it whole: pp = cp = ep = 1, zero <= 1), not summed.
-  double local_grad_squares();
+  double local_grad_squares() const;
+  // The squares of buf's elements in `ranges` (buffer offsets) inside [from, to); buf holds
+  // element `from` at buf[0].
+  double range_squares(const std::vector<std::pair<size_t, size_t>>& ranges, const float* buf,
+                       size_t from, size_t to) const;
   // Its running means (NoiseScale) for the log line.
   NoiseScale noise;
   // train.norms_every: the layers of the model ("wte", "wpe" (learned positions), "h0", ...,

@@ -72,6 +72,9 @@ class SequenceSource {
   // Sequence index's T + 1 tokens (checked against the vocabulary) and whether each counts as a
   // target (its mask byte), rearranged by fim_.
   void window(int64_t index, std::vector<int32_t>& tokens, std::vector<uint8_t>& counts) const;
+  // Whether the target after input i of a window counts: its mask byte, and its input not eod_.
+  bool target_counts(const std::vector<int32_t>& tokens, const std::vector<uint8_t>& counts,
+                     size_t i) const;
 };
 
 class DataLoader {
