@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <boost/program_options.hpp>
 #include <chrono>
+#include <cmath>
 #include <iostream>
 #include <sstream>
 #include <string>
@@ -67,7 +68,9 @@ int main(int argc, char** argv) {
     std::string checkpoint, run_dir, vocab, prompt, prompt_ids, backend, precision, output, chat,
         system, messages;
     int64_t length = 0, seed = 0;
-    double temperature = 0, top_p = 1;
+    double temperature = 0, top_p = 1, min_p = 0, repetition_penalty = 1, frequency_penalty = 0,
+           presence_penalty = 0;
+    std::vector<std::string> stops;
     int top_k = 0, threads = 0, samples = 1, batch = 0, tp = 1, pp = 1;
     bool no_cache = false, timing = false, stop_at_eot = false;
     po::options_description desc("usage: triad-generate (--checkpoint FILE | --run DIR) [options]");
@@ -87,6 +90,18 @@ int main(int argc, char** argv) {
         "top-p", po::value(&top_p)->default_value(1.0),
         "nucleus sampling among the top-k: the fewest likeliest tokens whose probability reaches "
         "P (1: off)")(
+        "min-p", po::value(&min_p)->default_value(0.0),
+        "then min-p: only the candidates at least P times as likely as the likeliest (0: off)")(
+        "repetition-penalty", po::value(&repetition_penalty)->default_value(1.0),
+        "each token already in the prompt or the continuation: its logit divided by R where "
+        "positive, multiplied by R where negative (Hugging Face's; 1: off)")(
+        "frequency-penalty", po::value(&frequency_penalty)->default_value(0.0),
+        "each token the continuation holds n times: its logit lowered by n·F (OpenAI's; 0: off)")(
+        "presence-penalty", po::value(&presence_penalty)->default_value(0.0),
+        "each token the continuation holds: its logit lowered by P (OpenAI's; 0: off)")(
+        "stop", po::value(&stops)->composing(),
+        "end a sample where its text first holds this string, which is cut off with what follows "
+        "(repeatable; --output ids: the ids up to the one completing it)")(
         "samples", po::value(&samples)->default_value(1),
         "samples of the same prompt, drawn --batch at a time (the seed and --batch reproduce "
         "them all)")(
@@ -141,6 +156,14 @@ int main(int argc, char** argv) {
     TRIAD_CHECK(temperature > 0, "--temperature must be > 0 (got ", temperature, ")");
     TRIAD_CHECK(top_k >= 0, "--top-k must be >= 0 (got ", top_k, ")");
     TRIAD_CHECK(top_p > 0 && top_p <= 1, "--top-p must be in (0, 1] (got ", top_p, ")");
+    TRIAD_CHECK(min_p >= 0 && min_p <= 1, "--min-p must be in [0, 1] (got ", min_p, ")");
+    TRIAD_CHECK(std::isfinite(repetition_penalty) && repetition_penalty > 0,
+                "--repetition-penalty must be > 0 (got ", repetition_penalty, ")");
+    TRIAD_CHECK(std::isfinite(frequency_penalty), "--frequency-penalty must be finite (got ",
+                frequency_penalty, ")");
+    TRIAD_CHECK(std::isfinite(presence_penalty), "--presence-penalty must be finite (got ",
+                presence_penalty, ")");
+    for (const std::string& s : stops) TRIAD_CHECK(!s.empty(), "--stop: an empty string");
     TRIAD_CHECK(samples >= 1, "--samples must be >= 1 (got ", samples, ")");
     TRIAD_CHECK(batch >= 1, "--batch must be >= 1 (got ", batch, ")");
     // Several samples go through the model together (in lockstep, on any grid): a grid draws
@@ -244,7 +267,23 @@ int main(int argc, char** argv) {
     opt.temperature = temperature;
     opt.top_k = top_k;
     opt.top_p = top_p;
+    opt.min_p = min_p;
+    opt.repetition_penalty = repetition_penalty;
+    opt.frequency_penalty = frequency_penalty;
+    opt.presence_penalty = presence_penalty;
     opt.kv_cache = !no_cache;
+    // --stop: where a continuation's text first holds one of the strings (none: npos). Every rank
+    // decodes the same tokens, so all end a sample alike.
+    const auto stop_at = [&](const std::vector<int32_t>& out) {
+      const std::string text = tok.decode(out);
+      size_t at = std::string::npos;
+      for (const std::string& s : stops) at = std::min(at, text.find(s));
+      return at;
+    };
+    if (!stops.empty())
+      opt.stop_when = [&](const std::vector<int32_t>& out) {
+        return stop_at(out) != std::string::npos;
+      };
     // A chat reply ends at the tokenizer's stop tokens (Llama 3's <|eot_id|>, Mistral's </s>).
     const bool chatting = vm.count("chat") != 0;
     if (stop_at_eot || chatting) opt.stop_tokens = tok.stop_tokens();
@@ -277,10 +316,13 @@ int main(int argc, char** argv) {
             if (!reply.empty() && std::find(opt.stop_tokens.begin(), opt.stop_tokens.end(),
                                             reply.back()) != opt.stop_tokens.end())
               reply.pop_back();
-            std::cout << tok.decode(reply) << std::endl;
+            std::string text = tok.decode(reply);
+            if (!stops.empty()) text = text.substr(0, stop_at(reply));
+            std::cout << text << std::endl;
           } else {
-            std::cout << (vm.count("prompt-ids") ? tok.decode(ids) : prompt) << tok.decode(out)
-                      << std::endl;
+            std::string text = tok.decode(out);
+            if (!stops.empty()) text = text.substr(0, stop_at(out));
+            std::cout << (vm.count("prompt-ids") ? tok.decode(ids) : prompt) << text << std::endl;
           }
         }
       }

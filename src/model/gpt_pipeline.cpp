@@ -383,14 +383,21 @@ const float* Gpt::next_token_logits_t(const int32_t* tokens, int B, int len, boo
   float* out = host_scratch_.data();
   int n = 0, rows = 0;
   if (Set<A>* last = decode_forward<A>(tokens, B, len, cached, 1, n, rows)) {
-    // Only each sequence's last position's logits are needed: its row of the classifier (for
-    // one new token and one rank's whole vocabulary, the B rows are adjacent and go through the
-    // head together).
+    // Only each sequence's last position's logits are needed: its row of the classifier. With
+    // one rank's whole vocabulary the B rows go through the head together (a product, not B
+    // matrix-vector ones that each read the whole head: a prompt's first step of many samples),
+    // moved first to the front of lnfg, in order (row b's source, b·rows + n − 1, is never a
+    // row written before it).
     A* logits = acts<A>().logits;
-    const int together = rows == 1 && mp_.tp == 1 ? std::min(B, logits_rows_) : 1;
+    const int together = mp_.tp == 1 ? std::min(B, logits_rows_) : 1;
+    auto last_row = [&](int b) { return last->lnfg + (size_t(b) * rows + size_t(n - 1)) * C; };
+    const bool compact = together > 1 && (rows > 1 || n > 1);
+    for (int b = 0; compact && b < B; ++b)
+      if (last_row(b) != last->lnfg + size_t(b) * C)
+        be_.copy(words(last->lnfg + size_t(b) * C), words(last_row(b)), word_count<A>(size_t(C)));
     for (int b0 = 0; b0 < B; b0 += together) {
       const int k = std::min(together, B - b0);
-      const A* x = last->lnfg + (size_t(b0) * rows + size_t(n - 1)) * C;
+      const A* x = compact ? last->lnfg + size_t(b0) * C : last_row(b0);
       head_logits(logits, x, k, Vl);
       if (mp_.tp == 1) {
         logits_to_host(out + size_t(b0) * Vp, logits, size_t(k) * Vl);

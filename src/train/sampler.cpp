@@ -36,12 +36,44 @@ int32_t sample_token(const float* logits, int V, const SampleOptions& opt, Rng& 
     k = keep;
     z = mass;
   }
+  if (opt.min_p > 0) {
+    // Min-p: the candidates at least min_p as likely as the first (whose weight is 1); the
+    // weights fall along the order, so they are a prefix of it.
+    int keep = 1;
+    while (keep < k && prob[size_t(keep)] >= opt.min_p) ++keep;
+    for (int i = keep; i < k; ++i) z -= prob[size_t(i)];
+    k = keep;
+  }
   double u = rng.uniform() * z;
   for (int i = 0; i < k; ++i) {
     u -= prob[size_t(i)];
     if (u <= 0) return order[size_t(i)];
   }
   return order[size_t(k - 1)];
+}
+
+void penalize_logits(float* logits, int V, const SampleOptions& opt,
+                     const std::vector<int32_t>& sequence, size_t prompt_len,
+                     std::vector<int>& count) {
+  // count[t]: −1 for a token of the prompt only, else its draws in the continuation.
+  count.assign(size_t(V), 0);
+  for (size_t i = 0; i < sequence.size(); ++i) {
+    const int32_t t = sequence[i];
+    if (t < 0 || t >= V) continue;
+    int& c = count[size_t(t)];
+    if (i < prompt_len)
+      c = c > 0 ? c : -1;
+    else
+      c = c > 0 ? c + 1 : 1;
+  }
+  const float r = float(opt.repetition_penalty);
+  for (int t = 0; t < V; ++t) {
+    const int c = count[size_t(t)];
+    if (c == 0) continue;
+    float& l = logits[t];
+    if (r != 1.0f) l = l < 0 ? l * r : l / r;
+    if (c > 0) l = float(double(l) - c * opt.frequency_penalty - opt.presence_penalty);
+  }
 }
 
 std::vector<int32_t> sample_continuation(Gpt& model, std::vector<int32_t> tokens,
@@ -61,10 +93,11 @@ std::vector<std::vector<int32_t>> sample_continuations(Gpt& model,
   std::vector<std::vector<int32_t>> seqs(static_cast<size_t>(count), prompt);
   std::vector<std::vector<int32_t>> out(static_cast<size_t>(count));
   std::vector<char> done(static_cast<size_t>(count), 0);
-  std::vector<int32_t> window;  // [count, len]: the context of every sequence
-  std::vector<int> order;
+  std::vector<int32_t> window;    // [count, len]: the context of every sequence
+  std::vector<int> order, tally;  // tally: penalize_logits' scratch
   std::vector<double> prob;
-  model.forget_decoded();  // nothing kept from before this sample
+  std::vector<float> penalized;  // a row of logits with opt's penalties
+  model.forget_decoded();        // nothing kept from before this sample
   for (int64_t step = 0; step < opt.length; ++step) {
     // While the sequences fit the context, each step extends the previous one by a token: the
     // layers run over that token only (the KV cache). Once they slide, every step recomputes the
@@ -78,13 +111,20 @@ std::vector<std::vector<int32_t>> sample_continuations(Gpt& model,
     if (opt.kv_cache) logits = model.decode_logits(window.data(), count, int(len));
     for (int b = 0; b < count; ++b) {
       const float* row = opt.kv_cache
-                             ? logits + size_t(b) * V
+                             ? logits + size_t(b) * size_t(model.shape().vocab_size)
                              : model.next_token_logits(window.data() + size_t(b) * len, int(len));
+      if (opt.penalizes()) {
+        penalized.assign(row, row + V);
+        penalize_logits(penalized.data(), V, opt, seqs[size_t(b)], prompt.size(), tally);
+        row = penalized.data();
+      }
       const int32_t pick = sample_token(row, V, opt, rng, order, prob);
       seqs[size_t(b)].push_back(pick);
       if (done[size_t(b)]) continue;
       out[size_t(b)].push_back(pick);
-      if (std::find(opt.stop_tokens.begin(), opt.stop_tokens.end(), pick) != opt.stop_tokens.end())
+      if (std::find(opt.stop_tokens.begin(), opt.stop_tokens.end(), pick) !=
+              opt.stop_tokens.end() ||
+          (opt.stop_when && opt.stop_when(out[size_t(b)])))
         done[size_t(b)] = 1;
     }
     if (std::all_of(done.begin(), done.end(), [](char d) { return d != 0; })) break;

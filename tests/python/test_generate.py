@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from triad_run import ENV, REPO, VOCAB, assert_clean_error, exe, run
+from triad_run import ENV, REPO, VOCAB, assert_clean_error, exe, gpt2_tiktoken, run
 
 sys.path.insert(0, str(REPO / "tests" / "reference"))
 import generate_torch  # noqa: E402
@@ -249,6 +249,13 @@ def test_refuses_bad_new_options(checkpoint):
     assert_clean_error(gen("--threads", "-2"), "--threads must be >= 0")
     assert_clean_error(gen("--top-p", "0"), "--top-p must be in (0, 1]")
     assert_clean_error(gen("--top-p", "1.01"), "--top-p must be in (0, 1]")
+    assert_clean_error(gen("--min-p", "1.5"), "--min-p must be in [0, 1]")
+    assert_clean_error(gen("--min-p", "-0.1"), "--min-p must be in [0, 1]")
+    assert_clean_error(gen("--repetition-penalty", "0"), "--repetition-penalty must be > 0")
+    assert_clean_error(gen("--repetition-penalty", "nan"), "--repetition-penalty must be > 0")
+    assert_clean_error(gen("--frequency-penalty", "inf"), "--frequency-penalty must be finite")
+    assert_clean_error(gen("--presence-penalty", "-inf"), "--presence-penalty must be finite")
+    assert_clean_error(gen("--stop", ""), "--stop: an empty string")
     assert_clean_error(gen("--samples", "0"), "--samples must be >= 1")
     assert_clean_error(gen("--batch", "0"), "--batch must be >= 1")
 
@@ -324,3 +331,125 @@ def test_grid_samples_draw_as_one_rank(checkpoint, tmp_path):
     assert generate(padded, "--prompt-ids", " ".join(map(str, PROMPT)), "--length", 10) == \
         generate(checkpoint, "--prompt-ids", " ".join(map(str, PROMPT)), "--length", 10)
 
+
+
+def processed_distribution(params, prompt, temperature, top_k, top_p, min_p, repetition):
+    """The next token's probabilities after Hugging Face's logits processors, in the order its
+    generate() applies them when sampling: the repetition penalty, then temperature, top-k, top-p
+    and min-p (on the float64 reference's logits)."""
+    from transformers import (MinPLogitsWarper, RepetitionPenaltyLogitsProcessor,
+                              TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+    ids = torch.tensor([prompt])
+    scores = generate_torch.last_logits(params, CFG, ids, 0, None)
+    steps = [RepetitionPenaltyLogitsProcessor(float(repetition)), TemperatureLogitsWarper(temperature),
+             TopKLogitsWarper(top_k), TopPLogitsWarper(top_p)]
+    if min_p > 0:
+        steps.append(MinPLogitsWarper(min_p))
+    for step in steps:
+        scores = step(ids, scores)
+    return torch.softmax(scores, dim=-1)[0]
+
+
+@pytest.mark.parametrize("setting,binding", [
+    (dict(top_k=5, top_p=1.0, min_p=0.0), dict(top_k=50)),
+    (dict(top_k=50, top_p=0.5, min_p=0.0), dict(top_p=1.0)),
+    (dict(top_k=50, top_p=0.95, min_p=0.4), dict(min_p=0.0))])
+def test_sampling_draws_as_transformers_processors(checkpoint, setting, binding):
+    """--repetition-penalty and --temperature with --top-k, --top-p and --min-p: 4,000 seeded
+    draws of one token follow the distribution transformers' processors give the reference's
+    logits (each frequency within 5 standard deviations; nothing drawn that they remove). The
+    prompt ends in a token among the likeliest next ones, which the penalty takes out; the
+    penalty, the temperature and the setting's binding filter each change the distribution (so a
+    sampler ignoring one would fail)."""
+    prompt = PROMPT + [387, 6758]
+    setting = dict(setting, temperature=0.5, repetition=1.3)
+    _, params = ref.load_checkpoint(checkpoint, dtype=torch.float64)
+    want = processed_distribution(params, prompt, **setting)
+    for off in (dict(temperature=1.0), dict(repetition=1.0), binding):
+        other = processed_distribution(params, prompt, **{**setting, **off})
+        assert (other - want).abs().max() > 0.01, off
+    assert want[6758] == 0 and 3 <= int((want > 0).sum()) <= 20
+    n = 4000
+    p = run([exe("triad-generate"), "--checkpoint", checkpoint, "--vocab", VOCAB, "--prompt-ids",
+             " ".join(map(str, prompt)), "--length", "1", "--samples", str(n), "--batch", "1000",
+             "--temperature", "0.5", "--top-k", str(setting["top_k"]), "--top-p",
+             str(setting["top_p"]), "--min-p", str(setting["min_p"]), "--repetition-penalty",
+             "1.3", "--seed", "11", "--output", "ids"], check=True)
+    drawn = [int(t) for t in p.stdout.split()]
+    assert len(drawn) == n
+    counts = torch.bincount(torch.tensor(drawn), minlength=CFG.vocab_size).double()
+    assert float(want[counts > 0].min()) > 0, "drew a token the processors remove"
+    sd = (n * want * (1 - want)).sqrt()
+    assert bool(((counts - n * want).abs() <= 5 * sd + 1).all())
+
+
+def greedy_penalized(params, prompt, length, repetition, frequency, presence):
+    """Greedy decoding with transformers' repetition penalty over the prompt and the continuation
+    and OpenAI's frequency and presence penalties over the continuation (logit − n·F − P for a
+    token drawn n > 0 times), on the float64 reference (recomputing the last seq_len tokens)."""
+    from transformers import RepetitionPenaltyLogitsProcessor
+    penalty = RepetitionPenaltyLogitsProcessor(float(repetition))
+    tokens = list(prompt)
+    for _ in range(length):
+        logits = generate_torch.last_logits(params, CFG, torch.tensor([tokens[-CFG.seq_len:]]), 0,
+                                            None)
+        logits = penalty(torch.tensor([tokens]), logits)[0]
+        made = tokens[len(prompt):]
+        for t in set(made):
+            logits[t] -= made.count(t) * frequency + presence
+        tokens.append(int(torch.argmax(logits)))
+    return tokens[len(prompt):]
+
+
+@pytest.mark.parametrize("repetition,frequency,presence", [(1.5, 0, 0), (1, 0.3, 0.2),
+                                                           (1.2, 0.1, -0.1)])
+def test_penalized_greedy_continuation_matches_torch(checkpoint, repetition, frequency, presence):
+    """Greedy continuations (past the context of 32, with the cache and without) under the
+    penalties match the reference's, which differ from the unpenalized one's."""
+    _, params = ref.load_checkpoint(checkpoint, dtype=torch.float64)
+    want = greedy_penalized(params, PROMPT, 30, repetition, frequency, presence)
+    assert want != greedy_penalized(params, PROMPT, 30, 1, 0, 0)
+    args = ["--prompt-ids", " ".join(map(str, PROMPT)), "--length", 30, "--repetition-penalty",
+            repetition, "--frequency-penalty", frequency, "--presence-penalty", presence]
+    assert generate(checkpoint, *args) == want
+    assert generate(checkpoint, *args, "--no-kv-cache") == want
+    two = run([exe("triad-generate"), "--checkpoint", checkpoint, "--vocab", VOCAB, "--top-k", "1",
+               "--samples", "2", "--output", "ids", *map(str, args)], check=True).stdout
+    assert [[int(t) for t in line.split()] for line in two.splitlines()] == [want, want]
+
+
+def test_stop_strings_cut_the_text(checkpoint):
+    """--stop S ends a sample where its text (decoded by tiktoken here) first holds S: the text
+    is cut before S, --output ids ends with the token completing it; the earliest of several
+    stops wins, and samples drawn together stop apart."""
+    enc = gpt2_tiktoken()
+    ids = " ".join(map(str, PROMPT))
+    full = generate(checkpoint, "--prompt-ids", ids, "--length", 30)
+    text = enc.decode(full)
+    stop = text[len(enc.decode(full[:12])):][:3]  # three characters from the 13th token on
+    assert len(stop) == 3
+    cut = text[:text.index(stop)]
+    made = generate(checkpoint, "--prompt-ids", ids, "--length", 30, "--stop", stop)
+    assert made == full[:len(made)] and stop in enc.decode(made)
+    assert stop not in enc.decode(made[:-1])
+    p = run([exe("triad-generate"), "--checkpoint", checkpoint, "--vocab", VOCAB, "--prompt-ids",
+             ids, "--length", "30", "--top-k", "1", "--stop", "no such text", "--stop", stop,
+             "--samples", "2"], check=True)
+    whole = enc.decode(PROMPT) + cut
+    assert p.stdout == f"{whole}\n---\n{whole}\n", p.stdout
+
+
+def test_padded_model_draws_among_the_tokenizers_ids_together(tmp_path):
+    """A model with more rows than the tokenizer has ids (as Qwen2's) decodes several samples at
+    once among the tokenizer's ids: each sample reads its own row of logits."""
+    big = ref.GptConfig(**{**CFG.__dict__, "vocab_size": CFG.vocab_size + 3})
+    w = {k: (v * 8 if v.dim() == 2 else v) for k, v in ref.random_weights(big, 6).items()}
+    path = tmp_path / "big.h5"
+    ref.write_checkpoint(path, big, w)
+    # The reference's logits over the tokenizer's ids only (CFG's vocabulary).
+    want = generate_torch.generate({k: v.double() for k, v in w.items()}, CFG, PROMPT, 6,
+                                   "recompute")
+    p = run([exe("triad-generate"), "--checkpoint", path, "--vocab", VOCAB, "--prompt-ids",
+             " ".join(map(str, PROMPT)), "--length", "6", "--top-k", "1", "--samples", "3",
+             "--output", "ids"], check=True)
+    assert [[int(t) for t in line.split()] for line in p.stdout.splitlines()] == [want] * 3

@@ -1,7 +1,7 @@
 // Drawing a token (sample_token in train/sampler.h) against the distribution it promises,
-// computed here from the logits in double: temperature, top-k, top-p (nucleus) and their
-// combination. 200,000 seeded draws each; every frequency within 5 standard deviations of its
-// probability, and tokens outside the candidates never drawn.
+// computed here from the logits in double: temperature, top-k, top-p (nucleus), min-p and their
+// combination; the penalties on a row of logits by hand. 200,000 seeded draws each; every frequency
+// within 5 standard deviations of its probability, and tokens outside the candidates never drawn.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -17,7 +17,8 @@ namespace {
 const std::vector<float> kLogits = {1.0f, 3.0f, 0.5f, 2.5f, -1.0f, 2.0f, 0.0f, 3.0f};
 
 // The probabilities the options promise: softmax(logits / temperature) over the top-k (equal
-// logits by id), cut to the fewest likeliest whose mass reaches top_p, renormalized.
+// logits by id), cut to the fewest likeliest whose mass reaches top_p, then to those at least
+// min_p times as likely as the likeliest, renormalized.
 std::vector<double> promised(const SampleOptions& o) {
   const int V = int(kLogits.size());
   std::vector<int> order(static_cast<size_t>(V));
@@ -36,13 +37,18 @@ std::vector<double> promised(const SampleOptions& o) {
     mass += std::exp(kLogits[size_t(t)] / o.temperature) / z;
     if (mass >= o.top_p) break;
   }
+  const double top = kLogits[size_t(order[0])];
+  std::erase_if(
+      kept, [&](int t) { return std::exp((kLogits[size_t(t)] - top) / o.temperature) < o.min_p; });
+  mass = 0;
+  for (int t : kept) mass += std::exp(kLogits[size_t(t)] / o.temperature) / z;
   for (int t : kept) p[size_t(t)] = std::exp(kLogits[size_t(t)] / o.temperature) / z / mass;
   return p;
 }
 
 void check(const SampleOptions& o) {
-  SCOPED_TRACE(::testing::Message()
-               << "temperature " << o.temperature << " top_k " << o.top_k << " top_p " << o.top_p);
+  SCOPED_TRACE(::testing::Message() << "temperature " << o.temperature << " top_k " << o.top_k
+                                    << " top_p " << o.top_p << " min_p " << o.min_p);
   const int V = int(kLogits.size()), n = 200000;
   Rng rng(17);
   std::vector<int> order;
@@ -60,11 +66,12 @@ void check(const SampleOptions& o) {
   }
 }
 
-SampleOptions options(double temperature, int top_k, double top_p) {
+SampleOptions options(double temperature, int top_k, double top_p, double min_p = 0) {
   SampleOptions o;
   o.temperature = temperature;
   o.top_k = top_k;
   o.top_p = top_p;
+  o.min_p = min_p;
   return o;
 }
 
@@ -87,6 +94,35 @@ TEST(SampleToken, TopP) {
 }
 
 TEST(SampleToken, TopKThenTopP) { check(options(1.0, 4, 0.7)); }
+
+TEST(SampleToken, MinP) {
+  check(options(1.0, 0, 1.0, 0.3));  // 3.0, 3.0, 2.5 and 2.0 (e^-1 ≥ 0.3); not 1.0
+  check(options(2.0, 0, 1.0, 0.3));  // hotter: 1.0 too (e^-1 ≥ 0.3), not 0.5
+  check(options(1.0, 0, 1.0, 1.0));  // the tied maxima alone
+  check(options(1.0, 5, 0.9, 0.5));  // after top-k and top-p
+}
+
+TEST(PenalizeLogits, RepetitionFrequencyAndPresence) {
+  // Prompt 1 3 3, continuation 3 5 5 2 (id 4 never): the repetition penalty on 1, 2, 3 and 5
+  // (prompt and continuation, once each however often), the others on the continuation's 3
+  // (once), 5 (twice) and 2 (once).
+  const std::vector<int32_t> seq = {1, 3, 3, 3, 5, 5, 2};
+  SampleOptions o;
+  o.repetition_penalty = 2.0;
+  o.frequency_penalty = 0.25;
+  o.presence_penalty = 0.5;
+  std::vector<float> l = {1.0f, 3.0f, 0.5f, 2.5f, -1.0f, 2.0f, 0.0f, -3.0f};
+  std::vector<int> scratch;
+  penalize_logits(l.data(), 8, o, seq, 3, scratch);
+  const std::vector<float> want = {1.0f,  1.5f,        0.25f - 0.75f, 1.25f - 0.75f,
+                                   -1.0f, 1.0f - 1.0f, 0.0f,          -3.0f};
+  for (int t = 0; t < 8; ++t) EXPECT_FLOAT_EQ(l[size_t(t)], want[size_t(t)]) << "token " << t;
+  // A negative logit is multiplied; ids past V are skipped.
+  std::vector<float> neg = {-1.0f, -2.0f};
+  penalize_logits(neg.data(), 2, o, {0, 7}, 2, scratch);
+  EXPECT_FLOAT_EQ(neg[0], -2.0f);
+  EXPECT_FLOAT_EQ(neg[1], -2.0f);
+}
 
 TEST(SampleToken, TopPOfOneDrawsAsWithout) {
   // top_p = 1 changes nothing: the same seed gives the same tokens as any top_p that keeps every

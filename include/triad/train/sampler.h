@@ -1,8 +1,10 @@
-// Sampling a continuation from the model: temperature and top-k over the first vocab_size
-// logits, with a seeded RNG so that a seed reproduces a sample.
+// Sampling a continuation from the model: penalties on tokens already in the sequence, then
+// temperature, top-k, top-p and min-p over the first vocab_size logits (Hugging Face's order),
+// with a seeded RNG so that a seed reproduces a sample.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "triad/core/rng.h"
@@ -17,6 +19,23 @@ struct SampleOptions {
   // Nucleus sampling among the top-k: the fewest likeliest tokens whose probability reaches
   // top_p (1: all top-k candidates, and the same draws as without it).
   double top_p = 1.0;
+  // Min-p (Hugging Face's min_p; Nguyen et al. 2024), after top-k and top-p: only the candidates
+  // whose probability is at least min_p times the likeliest's (0: off). Unlike a fixed top-p, it
+  // keeps few tokens where the model is sure and many where it is not.
+  double min_p = 0.0;
+  // Penalties on the logits before the above, for tokens the sequence already holds.
+  // repetition_penalty (CTRL's, Hugging Face's): each distinct token of the prompt and of the
+  // continuation so far has its logit divided by it where positive, multiplied where negative
+  // (1: off). frequency_penalty and presence_penalty (OpenAI's, vLLM's): a token the continuation
+  // has drawn n > 0 times has its logit lowered by n·frequency_penalty + presence_penalty (0: off;
+  // the prompt's tokens are not counted).
+  double repetition_penalty = 1.0, frequency_penalty = 0.0, presence_penalty = 0.0;
+  bool penalizes() const {
+    return repetition_penalty != 1.0 || frequency_penalty != 0.0 || presence_penalty != 0.0;
+  }
+  // Called with a sequence's continuation after each token it draws; true ends that sequence
+  // there, as a stop token does (triad-generate's --stop strings). Empty: none.
+  std::function<bool(const std::vector<int32_t>&)> stop_when;
   // Keep every layer's keys and values between tokens (Gpt::decode_logits); false: recompute the
   // whole context for every token (Gpt::next_token_logits).
   bool kv_cache = true;
@@ -28,13 +47,20 @@ struct SampleOptions {
   int vocab_limit = 0;
 };
 
-// One token drawn from logits (the first V): temperature, then top-k, then top-p, as above.
-// order and prob are scratch of V entries, kept between calls.
+// One token drawn from logits (the first V): temperature, then top-k, then top-p, then min-p, as
+// above (the penalties are penalize_logits'). order and prob are scratch of V entries, kept
+// between calls.
 int32_t sample_token(const float* logits, int V, const SampleOptions& opt, Rng& rng,
                      std::vector<int>& order, std::vector<double>& prob);
 
+// opt's penalties on the first V logits, in place, for a sequence whose first prompt_len tokens
+// are the prompt and the rest its continuation so far. count is scratch of V entries.
+void penalize_logits(float* logits, int V, const SampleOptions& opt,
+                     const std::vector<int32_t>& sequence, size_t prompt_len,
+                     std::vector<int>& count);
+
 // Appends `length` sampled tokens to `tokens` (which must be non-empty) and returns them (fewer
-// when one of opt.stop_tokens is drawn).
+// when one of opt.stop_tokens is drawn or opt.stop_when says so).
 // The context is the last seq_len tokens. Runs the model with its cache of keys and values
 // (Gpt::decode_logits): the prompt once, then one token per step while the context fits.
 std::vector<int32_t> sample_continuation(Gpt& model, std::vector<int32_t> tokens,
@@ -43,7 +69,7 @@ std::vector<int32_t> sample_continuation(Gpt& model, std::vector<int32_t> tokens
 // `count` continuations of one prompt at once: the model runs the count sequences in lockstep
 // (Gpt::decode_logits over a batch, one rank holding the whole model, max_batch >= count), and
 // each step draws for sequence 0, 1, ... in turn from rng. count = 1 is sample_continuation.
-// With stop_tokens a sequence ends at the first it draws; the run, when all have.
+// With stop_tokens (or stop_when) a sequence ends at the first it draws; the run, when all have.
 std::vector<std::vector<int32_t>> sample_continuations(Gpt& model,
                                                        const std::vector<int32_t>& prompt,
                                                        int count, const SampleOptions& opt,
