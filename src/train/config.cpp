@@ -398,6 +398,10 @@ class KeyTable {
         "also write data.val's loss at each position 0 .. seq_len-1 of the sequence (the mean "
         "over its counted targets there) to /val_positions/loss of metrics.h5 at every "
         "evaluation (triad-plot-positions draws it)");
+    add("eval.fim", c.eval.fim,
+        "score data.val and eval.sets rearranged by data.fim_* as the training sequences are "
+        "(Megatron's validation under FIM), at a seed of their own (the same for every "
+        "train.seed)");
     add("eval.bits_per_byte", c.eval.bits_per_byte,
         "also report the validation sets' bits per byte (val/bpb; a measure across tokenizers): "
         "their targets' cross-entropy in bits over the bytes those tokens decode to with "
@@ -480,6 +484,15 @@ class KeyTable {
     add("sample.top_p", c.sample.top_p,
         "nucleus sampling among the top-k: the fewest likeliest tokens whose probability reaches "
         "top_p (1: off)");
+    add("sample.min_p", c.sample.min_p,
+        "then min-p: the candidates at least min_p times as likely as the likeliest (0: off)");
+    add("sample.repetition_penalty", c.sample.repetition_penalty,
+        "each token of the prompt and the sample so far: its logit divided by this where "
+        "positive, multiplied where negative (Hugging Face's; 1: off)");
+    add("sample.frequency_penalty", c.sample.frequency_penalty,
+        "each token the sample holds n times: its logit lowered by n times this (0: off)");
+    add("sample.presence_penalty", c.sample.presence_penalty,
+        "each token the sample holds: its logit lowered by this (0: off)");
     add("sample.prompt", c.sample.prompt,
         "sample prompt (after the tokenizer's prompt start; empty and none: its document start, "
         "GPT-2's <|endoftext|>)");
@@ -1404,6 +1417,12 @@ void validate(const Config& c, int world_size) {
   check(c.run.peak_tflops >= 0, "run.peak_tflops", "must be >= 0");
   check(!c.eval.loss_by_position || (!c.data.val.empty() && c.eval.sequences > 0),
         "eval.loss_by_position", "needs data.val and eval.sequences > 0 (it scores data.val)");
+  check(!c.eval.fim || c.data.fim_rate > 0, "eval.fim", "needs data.fim_rate > 0");
+  check(!c.eval.fim || (c.eval.sequences > 0 && (!c.data.val.empty() || !c.eval.sets.empty())),
+        "eval.fim", "needs data.val or eval.sets, and eval.sequences > 0 (it rearranges them)");
+  check(!c.eval.fim || !c.eval.bits_per_byte, "eval.bits_per_byte",
+        "measures text per byte: not with eval.fim, whose sequences hold sentinels and moved "
+        "spans");
   check(!c.eval.bits_per_byte || !c.data.vocab.empty(), "eval.bits_per_byte",
         "needs data.vocab: the tokenizer of the validation data, whose bytes it counts");
   check(!c.checkpoint.best || (!c.data.val.empty() && c.eval.sequences > 0), "checkpoint.best",
@@ -1596,6 +1615,11 @@ void validate(const Config& c, int world_size) {
   check(c.sample.temperature > 0, "sample.temperature", "must be > 0");
   check(c.sample.top_k >= 0, "sample.top_k", "must be >= 0");
   check(c.sample.top_p > 0 && c.sample.top_p <= 1, "sample.top_p", "must be in (0, 1]");
+  check(c.sample.min_p >= 0 && c.sample.min_p <= 1, "sample.min_p", "must be in [0, 1]");
+  check(std::isfinite(c.sample.repetition_penalty) && c.sample.repetition_penalty > 0,
+        "sample.repetition_penalty", "must be > 0");
+  check(std::isfinite(c.sample.frequency_penalty), "sample.frequency_penalty", "must be finite");
+  check(std::isfinite(c.sample.presence_penalty), "sample.presence_penalty", "must be finite");
 }
 
 }  // namespace triad

@@ -961,6 +961,10 @@ void Trainer::State::load_from(const std::string& path, bool resume) {
   say("resumed from " + path + " at step " + std::to_string(step));
 }
 
+// eval.fim's seed: the validation sets' rearrangement is the same in every run, whatever its
+// train.seed, so that their losses compare across a sweep of seeds (Bavarian et al.'s date).
+constexpr uint64_t kEvalFimSeed = 20220728;
+
 void Trainer::State::open_val() {
   // A validation set's shards, which must hold the eval.sequences it is scored on; `key` names
   // it in errors.
@@ -968,6 +972,7 @@ void Trainer::State::open_val() {
     auto src = std::make_unique<SequenceSource>(
         glob, key, cfg.model.seq_len, cfg.model.vocab_size, parse_loss_mask(cfg.data.loss_mask),
         parse_eod_mask_loss(cfg.data.eod_mask_loss, cfg.model.vocab_size));
+    if (cfg.eval.fim) src->set_fim(parse_fim(cfg.data, cfg.model.vocab_size, kEvalFimSeed));
     TRIAD_CHECK(src->num_sequences() >= cfg.eval.sequences, "config: ", key, " holds ",
                 src->num_sequences(), " sequences of seq_len ", cfg.model.seq_len,
                 ", fewer than eval.sequences = ", cfg.eval.sequences);
@@ -1178,6 +1183,10 @@ void Trainer::State::write_sample() {
   o.temperature = cfg.sample.temperature;
   o.top_k = cfg.sample.top_k;
   o.top_p = cfg.sample.top_p;
+  o.min_p = cfg.sample.min_p;
+  o.repetition_penalty = cfg.sample.repetition_penalty;
+  o.frequency_penalty = cfg.sample.frequency_penalty;
+  o.presence_penalty = cfg.sample.presence_penalty;
   o.vocab_limit = tokenizer->vocab_size();
   const auto ids = sample_continuation(*model, prompt, o, rng);
   if (!root()) return;

@@ -138,6 +138,11 @@ def test_fim_sequences_train_as_torch_on_them(rate, spm, split, masked, tmp_root
     (dict(data__fim_spm_rate=0.9), "need data.fim_rate > 0"),
     (dict(data__fim_rate=0.5, data__fim_tokens="1, 2, 3", data__fim_split="eot"),
      "data.fim_split must be none or the token id"),
+    (dict(eval__fim="true"), "eval.fim needs data.fim_rate > 0"),
+    (dict(eval__fim="true", data__fim_rate=0.5, data__fim_tokens="1, 2, 3", eval__sequences=0),
+     "eval.fim needs data.val or eval.sets, and eval.sequences > 0"),
+    (dict(eval__fim="true", data__fim_rate=0.5, data__fim_tokens="1, 2, 3",
+          eval__bits_per_byte="true"), "eval.bits_per_byte measures text per byte: not with"),
 ])
 def test_bad_fim_settings_are_refused_by_name(over, needle, tmp_root, tmp_path):
     case = next(c for c in trm.CASES if c.name == "oddshapes")
@@ -149,3 +154,49 @@ def test_bad_fim_settings_are_refused_by_name(over, needle, tmp_root, tmp_path):
                        capture_output=True, text=True, env=trm.run_env(), timeout=300)
     assert r.returncode != 0 and needle in r.stderr, r.stderr
     assert len([line for line in r.stderr.splitlines() if "error" in line]) == 1, r.stderr
+
+
+def test_eval_fim_scores_the_rearranged_validation(tmp_root, tmp_path):
+    """eval.fim: data.val and eval.sets rearranged as documented (d = 0, the seed 20220728
+    whatever train.seed), scored by --eval-only as PyTorch's double-precision model scores the
+    rearranged sequences (with a loss mask); without it, the plain sequences' loss."""
+    case = next(c for c in trm.CASES if c.name == "oddshapes")
+    p = trm.prepare(case, tmp_root)
+    T, n = case.cfg.seq_len, case.val_sequences
+    val = p.val_tokens.astype(np.int64)
+    ref.write_token_shard(tmp_path / "val_000.bin", val)
+    mask = (np.random.default_rng(5).random(val.size) > 0.2).astype(np.uint8)
+    ref.write_loss_mask(tmp_path / "val_000.bin.mask", mask)
+    rate, spm, split = 0.7, 0.5, 7
+
+    def reference(fim: bool) -> float:
+        xs, ys = [], []
+        for k in range(n):
+            t, c = val[k * T:k * T + T + 1], mask[k * T:k * T + T + 1]
+            if fim:
+                t, c = fim_window(t, c, k, 20220728, rate, spm, split)
+            xs.append(t[:-1])
+            ys.append(np.where(c[1:] == 1, t[1:], -1))
+        x, y = torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+        with torch.no_grad():
+            logits = ref.forward({k: v.double() for k, v in p.weights.items()}, case.cfg, x)
+            return float(torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-1))
+
+    sections = trm.config_sections(case, p.dir, data__val=str(tmp_path / "val_000.bin"),
+                                   data__loss_mask="auto", data__fim_rate=rate,
+                                   data__fim_spm_rate=spm, data__fim_split=split,
+                                   data__fim_tokens=f"{PREFIX}, {MIDDLE}, {SUFFIX}",
+                                   train__seed=77, eval__sets=f"again={tmp_path / 'val_000.bin'}")
+    cfg = tmp_path / "evalfim.ini"
+    ref.write_config(cfg, sections)
+    train = trm.binary("triad-train")
+    plain = trm.run([train, "--config", cfg, "--eval-only", "--init-from", p.ckpt])
+    fim = trm.run([train, "--config", cfg, "--eval-only", "--init-from", p.ckpt,
+                   "--eval.fim", "true"])
+    want_plain, want_fim = reference(False), reference(True)
+    assert abs(want_fim - want_plain) > 2e-4 * want_plain  # ten times the tolerance below
+    for out, want in ((plain, want_plain), (fim, want_fim)):
+        got = float(out.split("val loss")[1].split()[0])
+        assert abs(got - want) <= 2e-5 * want, (out, want)
+        assert float(out.split("again loss")[1].split()[0]) == got, out

@@ -764,6 +764,19 @@ def test_sampling_and_generation_across_tensor_and_pipeline_grids(tmp_path):
     for k in w1:  # wte is padded to 50304 rows at tp = 1, 50432 at tp = 2
         a, b = (w4[k][:50257], w1[k][:50257]) if k == "wte/weight" else (w4[k], w1[k])
         np.testing.assert_allclose(a, b, rtol=0, atol=2e-4, err_msg=k)
+    # sample.repetition_penalty and sample.presence_penalty: the last evaluation's sample is
+    # triad-generate's with the same options from the checkpoint of that step (tested against
+    # transformers in test_generate.py), and not the unpenalized one.
+    penalties = ["--sample.repetition_penalty", 3, "--sample.presence_penalty", 2]
+    assert train("--config", cfg, "--run.name", "g1p", *common, *penalties).returncode == 0
+    last = (tmp_path / "runs" / "g1p" / "samples.txt").read_text().split("=== step 4 ===\n")[1]
+    g = subprocess.run([exe("triad-generate"), "--checkpoint",
+                        str(tmp_path / "runs" / "g1p" / "ckpt" / "step_00000004.h5"), "--vocab",
+                        str(VOCAB), "--prompt", "", "--length", "12", "--top-k", "1",
+                        "--repetition-penalty", "3", "--presence-penalty", "2"],
+                       capture_output=True, text=True, env=ENV, timeout=120)
+    assert g.returncode == 0, g.stderr
+    assert last == g.stdout + "\n" and last != one.split("=== step 4 ===\n")[1], (last, one)
 
 
 @pytest.mark.parametrize("schedule,v", [("1f1b", 1), ("zb-h1", 1), ("zb-h1", 2), ("zb-v", 2)])

@@ -80,6 +80,16 @@ TEST(Config, NonNumericAndNegativeValuesAreErrors) {
   EXPECT_NE(error_of({"--sample.top_p", "0"}).find("sample.top_p"), std::string::npos);
   EXPECT_NE(error_of({"--sample.top_p", "1.5"}).find("sample.top_p"), std::string::npos);
   EXPECT_EQ(error_of({"--sample.top_p", "0.9"}), "");
+  EXPECT_NE(error_of({"--sample.min_p", "1.5"}).find("sample.min_p"), std::string::npos);
+  EXPECT_NE(error_of({"--sample.repetition_penalty", "0"}).find("sample.repetition_penalty"),
+            std::string::npos);
+  EXPECT_NE(error_of({"--sample.frequency_penalty", "inf"}).find("sample.frequency_penalty"),
+            std::string::npos);
+  EXPECT_NE(error_of({"--sample.presence_penalty", "nan"}).find("sample.presence_penalty"),
+            std::string::npos);
+  EXPECT_EQ(error_of({"--sample.min_p", "0.1", "--sample.repetition_penalty", "1.2",
+                      "--sample.frequency_penalty", "-0.5", "--sample.presence_penalty", "0.5"}),
+            "");
 }
 
 TEST(Config, CrossKeyConstraints) {

@@ -225,6 +225,9 @@ struct EvalConfig {
   bool bits_per_byte = false;
   // data.val's loss at each position of the sequence too (/val_positions of metrics.h5).
   bool loss_by_position = false;
+  // data.val and eval.sets rearranged by data.fim_* as the training sequences are (Megatron's
+  // validation under FIM), at a seed of their own that train.seed does not change.
+  bool fim = false;
 };
 
 struct CheckpointConfig {
@@ -287,6 +290,8 @@ struct SampleConfig {
   double temperature = 1.0;
   int top_k = 40;
   double top_p = 1.0;
+  double min_p = 0.0;  // and the penalties: SampleOptions (train/sampler.h)
+  double repetition_penalty = 1.0, frequency_penalty = 0.0, presence_penalty = 0.0;
   std::string prompt;  // empty: start from <|endoftext|>
 };
 
