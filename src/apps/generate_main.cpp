@@ -5,6 +5,7 @@
 #include <boost/program_options.hpp>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <iostream>
 #include <sstream>
 #include <string>
@@ -71,7 +72,7 @@ int main(int argc, char** argv) {
     double temperature = 0, top_p = 1, min_p = 0, repetition_penalty = 1, frequency_penalty = 0,
            presence_penalty = 0;
     std::vector<std::string> stops;
-    int top_k = 0, threads = 0, samples = 1, batch = 0, tp = 1, pp = 1;
+    int top_k = 0, threads = 0, samples = 1, batch = 0, tp = 1, pp = 1, logprobs = 0;
     bool no_cache = false, timing = false, stop_at_eot = false;
     po::options_description desc("usage: triad-generate (--checkpoint FILE | --run DIR) [options]");
     desc.add_options()("help,h", "print this help")("checkpoint", po::value(&checkpoint),
@@ -130,7 +131,12 @@ int main(int argc, char** argv) {
         "no-kv-cache", po::bool_switch(&no_cache),
         "recompute the whole context for every token instead of keeping keys and values")(
         "output", po::value(&output)->default_value("text"),
-        "text (the prompt and its continuation) or ids (the continuation's token ids)")(
+        "text (the prompt and its continuation), ids (the continuation's token ids), or "
+        "logprobs: a line per generated token, its id, its log-probability under the model (the "
+        "log-softmax of its logits, before penalties, temperature and filters) and the "
+        "--logprobs likeliest ids with theirs, as id:logprob, tab-separated; samples separated "
+        "by a line ---")("logprobs", po::value(&logprobs)->default_value(5),
+                         "with --output logprobs: the likeliest ids listed beside each token")(
         "timing", po::bool_switch(&timing), "print the generation speed to stderr")(
         "tp", po::value(&tp)->default_value(1),
         "tensor-parallel ranks (a model too large for one device: mpirun -np tp·pp)")(
@@ -175,8 +181,11 @@ int main(int argc, char** argv) {
     TRIAD_CHECK(precision == "auto" || precision == "fp32" || precision == "bf16",
                 "--precision must be auto, fp32 or bf16 (got '", precision, "')");
     TRIAD_CHECK(threads >= 0, "--threads must be >= 0 (got ", threads, ")");
-    TRIAD_CHECK(output == "text" || output == "ids", "--output must be text or ids (got '", output,
-                "')");
+    TRIAD_CHECK(output == "text" || output == "ids" || output == "logprobs",
+                "--output must be text, ids or logprobs (got '", output, "')");
+    TRIAD_CHECK(logprobs >= 0, "--logprobs must be >= 0 (got ", logprobs, ")");
+    TRIAD_CHECK(vm["logprobs"].defaulted() || output == "logprobs",
+                "--logprobs needs --output logprobs");
     TRIAD_CHECK(!(vm.count("prompt-ids") && !vm["prompt"].defaulted()),
                 "give --prompt or --prompt-ids, not both");
     TRIAD_CHECK(!(vm.count("prompt-ids") && vm.count("chat")),
@@ -272,6 +281,7 @@ int main(int argc, char** argv) {
     opt.frequency_penalty = frequency_penalty;
     opt.presence_penalty = presence_penalty;
     opt.kv_cache = !no_cache;
+    opt.logprobs = logprobs;
     // --stop: where a continuation's text first holds one of the strings (none: npos). Every rank
     // decodes the same tokens, so all end a sample alike.
     const auto stop_at = [&](const std::vector<int32_t>& out) {
@@ -301,12 +311,28 @@ int main(int argc, char** argv) {
     const auto t0 = std::chrono::steady_clock::now();
     for (int first = 0; first < samples; first += together) {
       const int k = std::min(together, samples - first);
-      const auto outs = triad::sample_continuations(model, ids, k, opt, rng);
+      std::vector<std::vector<triad::TokenLogprob>> lps;
+      const auto outs = triad::sample_continuations(model, ids, k, opt, rng,
+                                                    output == "logprobs" ? &lps : nullptr);
       for (int i = first; i < first + k; ++i) {
         const auto& out = outs[size_t(i - first)];
         generated += out.size();
-        if (rank != 0) continue;  // every rank draws the same tokens; the first prints them
-        if (output == "ids") {    // one line per sample
+        if (rank != 0) continue;     // every rank draws the same tokens; the first prints them
+        if (output == "logprobs") {  // a line per token, samples separated by a line "---"
+          if (i > 0) std::cout << "---\n";
+          char num[32];
+          for (size_t j = 0; j < out.size(); ++j) {
+            const triad::TokenLogprob& lp = lps[size_t(i - first)][j];
+            std::snprintf(num, sizeof num, "%.6f", lp.logprob);
+            std::cout << out[j] << '\t' << num << '\t';
+            for (size_t a = 0; a < lp.top.size(); ++a) {
+              std::snprintf(num, sizeof num, "%.6f", lp.top[a].second);
+              std::cout << (a ? " " : "") << lp.top[a].first << ':' << num;
+            }
+            std::cout << '\n';
+          }
+          std::cout << std::flush;
+        } else if (output == "ids") {  // one line per sample
           for (size_t j = 0; j < out.size(); ++j) std::cout << (j ? " " : "") << out[j];
           std::cout << std::endl;
         } else {  // samples separated by a line "---"

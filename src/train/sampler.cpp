@@ -76,15 +76,34 @@ void penalize_logits(float* logits, int V, const SampleOptions& opt,
   }
 }
 
+TokenLogprob token_logprob(const float* logits, int V, int32_t token, int top,
+                           std::vector<int>& order) {
+  double mx = logits[0];
+  for (int i = 1; i < V; ++i) mx = std::max(mx, double(logits[i]));
+  double z = 0;
+  for (int i = 0; i < V; ++i) z += std::exp(double(logits[i]) - mx);
+  const double lse = mx + std::log(z);
+  TokenLogprob r;
+  r.logprob = double(logits[token]) - lse;
+  const int k = std::clamp(top, 0, V);
+  order.resize(size_t(V));
+  std::iota(order.begin(), order.end(), 0);
+  std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int a, int b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  });
+  for (int i = 0; i < k; ++i)
+    r.top.emplace_back(order[size_t(i)], double(logits[order[size_t(i)]]) - lse);
+  return r;
+}
+
 std::vector<int32_t> sample_continuation(Gpt& model, std::vector<int32_t> tokens,
                                          const SampleOptions& opt, Rng& rng) {
   return sample_continuations(model, tokens, 1, opt, rng)[0];
 }
 
-std::vector<std::vector<int32_t>> sample_continuations(Gpt& model,
-                                                       const std::vector<int32_t>& prompt,
-                                                       int count, const SampleOptions& opt,
-                                                       Rng& rng) {
+std::vector<std::vector<int32_t>> sample_continuations(
+    Gpt& model, const std::vector<int32_t>& prompt, int count, const SampleOptions& opt, Rng& rng,
+    std::vector<std::vector<TokenLogprob>>* logprobs) {
   TRIAD_CHECK(!prompt.empty(), "sampling needs at least one prompt token");
   TRIAD_CHECK(count >= 1, "sampling needs at least one sequence");
   const int T = model.shape().seq_len, V = opt.vocab_limit > 0
@@ -93,6 +112,7 @@ std::vector<std::vector<int32_t>> sample_continuations(Gpt& model,
   std::vector<std::vector<int32_t>> seqs(static_cast<size_t>(count), prompt);
   std::vector<std::vector<int32_t>> out(static_cast<size_t>(count));
   std::vector<char> done(static_cast<size_t>(count), 0);
+  if (logprobs) logprobs->assign(size_t(count), {});
   std::vector<int32_t> window;    // [count, len]: the context of every sequence
   std::vector<int> order, tally;  // tally: penalize_logits' scratch
   std::vector<double> prob;
@@ -113,6 +133,7 @@ std::vector<std::vector<int32_t>> sample_continuations(Gpt& model,
       const float* row = opt.kv_cache
                              ? logits + size_t(b) * size_t(model.shape().vocab_size)
                              : model.next_token_logits(window.data() + size_t(b) * len, int(len));
+      const float* model_row = row;  // what logprobs report
       if (opt.penalizes()) {
         penalized.assign(row, row + V);
         penalize_logits(penalized.data(), V, opt, seqs[size_t(b)], prompt.size(), tally);
@@ -122,6 +143,8 @@ std::vector<std::vector<int32_t>> sample_continuations(Gpt& model,
       seqs[size_t(b)].push_back(pick);
       if (done[size_t(b)]) continue;
       out[size_t(b)].push_back(pick);
+      if (logprobs)
+        (*logprobs)[size_t(b)].push_back(token_logprob(model_row, V, pick, opt.logprobs, order));
       if (std::find(opt.stop_tokens.begin(), opt.stop_tokens.end(), pick) !=
               opt.stop_tokens.end() ||
           (opt.stop_when && opt.stop_when(out[size_t(b)])))

@@ -245,7 +245,9 @@ def test_refuses_bad_new_options(checkpoint):
     assert_clean_error(gen("--prompt-ids", "1", "--prompt", ""), "not both")
     assert_clean_error(gen("--backend", "tpu"), "--backend must be cpu or cuda")
     assert_clean_error(gen("--precision", "fp16"), "--precision must be auto, fp32 or bf16")
-    assert_clean_error(gen("--output", "json"), "--output must be text or ids")
+    assert_clean_error(gen("--output", "json"), "--output must be text, ids or logprobs")
+    assert_clean_error(gen("--logprobs", "2"), "--logprobs needs --output logprobs")
+    assert_clean_error(gen("--output", "logprobs", "--logprobs", "-1"), "--logprobs must be >= 0")
     assert_clean_error(gen("--threads", "-2"), "--threads must be >= 0")
     assert_clean_error(gen("--top-p", "0"), "--top-p must be in (0, 1]")
     assert_clean_error(gen("--top-p", "1.01"), "--top-p must be in (0, 1]")
@@ -453,3 +455,29 @@ def test_padded_model_draws_among_the_tokenizers_ids_together(tmp_path):
              " ".join(map(str, PROMPT)), "--length", "6", "--top-k", "1", "--samples", "3",
              "--output", "ids"], check=True)
     assert [[int(t) for t in line.split()] for line in p.stdout.splitlines()] == [want] * 3
+
+
+def test_logprobs_are_the_models(checkpoint):
+    """--output logprobs: each drawn token's log-probability and the likeliest ids beside it are
+    the float64 reference's log-softmax of the logits at that point (before the penalty and the
+    temperature, which change what is drawn but not these), for sampled tokens of two samples."""
+    p = run([exe("triad-generate"), "--checkpoint", checkpoint, "--vocab", VOCAB, "--prompt-ids",
+             " ".join(map(str, PROMPT)), "--length", "12", "--samples", "2", "--temperature", "3",
+             "--top-k", "0", "--repetition-penalty", "1.5", "--seed", "5", "--output", "logprobs",
+             "--logprobs", "3"], check=True)
+    samples = p.stdout.rstrip("\n").split("\n---\n")
+    assert len(samples) == 2 and samples[0] != samples[1]
+    _, params = ref.load_checkpoint(checkpoint, dtype=torch.float64)
+    for sample in samples:
+        rows = [line.split("\t") for line in sample.splitlines()]
+        assert len(rows) == 12
+        tokens = list(PROMPT)
+        for tok, lp, alts in rows:
+            want = torch.log_softmax(generate_torch.last_logits(
+                params, CFG, torch.tensor([tokens]), 0, None)[0], dim=-1)
+            assert abs(float(lp) - float(want[int(tok)])) < 1e-5
+            top = torch.topk(want, 3)
+            got = [a.split(":") for a in alts.split()]
+            assert [int(i) for i, _ in got] == top.indices.tolist()
+            assert max(abs(float(v) - w) for (_, v), w in zip(got, top.values.tolist())) < 1e-5
+            tokens.append(int(tok))

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <utility>
 #include <vector>
 
 #include "triad/core/rng.h"
@@ -36,6 +37,8 @@ struct SampleOptions {
   // Called with a sequence's continuation after each token it draws; true ends that sequence
   // there, as a stop token does (triad-generate's --stop strings). Empty: none.
   std::function<bool(const std::vector<int32_t>&)> stop_when;
+  // With sample_continuations' logprobs: the likeliest alternatives listed beside each token.
+  int logprobs = 0;
   // Keep every layer's keys and values between tokens (Gpt::decode_logits); false: recompute the
   // whole context for every token (Gpt::next_token_logits).
   bool kv_cache = true;
@@ -59,6 +62,19 @@ void penalize_logits(float* logits, int V, const SampleOptions& opt,
                      const std::vector<int32_t>& sequence, size_t prompt_len,
                      std::vector<int>& count);
 
+// A drawn token's log-probability under the model: the log-softmax of its logits over the first V
+// ids, before the penalties, the temperature and the filters (what the model says, not what the
+// sampler drew from), and the likeliest ids beside it, most likely first.
+struct TokenLogprob {
+  double logprob = 0;
+  std::vector<std::pair<int32_t, double>> top;
+};
+
+// The TokenLogprob of `token` among logits (the first V), with the `top` likeliest ids (equal
+// logits by id). order is scratch.
+TokenLogprob token_logprob(const float* logits, int V, int32_t token, int top,
+                           std::vector<int>& order);
+
 // Appends `length` sampled tokens to `tokens` (which must be non-empty) and returns them (fewer
 // when one of opt.stop_tokens is drawn or opt.stop_when says so).
 // The context is the last seq_len tokens. Runs the model with its cache of keys and values
@@ -70,9 +86,10 @@ std::vector<int32_t> sample_continuation(Gpt& model, std::vector<int32_t> tokens
 // (Gpt::decode_logits over a batch, one rank holding the whole model, max_batch >= count), and
 // each step draws for sequence 0, 1, ... in turn from rng. count = 1 is sample_continuation.
 // With stop_tokens (or stop_when) a sequence ends at the first it draws; the run, when all have.
-std::vector<std::vector<int32_t>> sample_continuations(Gpt& model,
-                                                       const std::vector<int32_t>& prompt,
-                                                       int count, const SampleOptions& opt,
-                                                       Rng& rng);
+// logprobs (if given) receives each sequence's TokenLogprob of each token it returns, with
+// opt.logprobs alternatives.
+std::vector<std::vector<int32_t>> sample_continuations(
+    Gpt& model, const std::vector<int32_t>& prompt, int count, const SampleOptions& opt, Rng& rng,
+    std::vector<std::vector<TokenLogprob>>* logprobs = nullptr);
 
 }  // namespace triad
