@@ -3,6 +3,8 @@
     triad-average runs/gpt2/ckpt/step_00009000.h5 runs/gpt2/ckpt/step_00010000.h5 \\
         --out runs/gpt2/avg_last2.h5
     build/triad-train --config RUN.ini --eval-only --init-from runs/gpt2/avg_last2.h5
+    # the moving average of the weights a run kept (optim.ema_decay), as a model of its own
+    triad-average --ema runs/gpt2/ckpt/step_00010000.h5 --out runs/gpt2/ema.h5
 
 Averaging the weights of the last checkpoints of a run (LAWA, and the checkpoint averaging of
 Llama 3's annealing) often gives a model better than each of them. The inputs must be complete
@@ -14,6 +16,10 @@ step). The output holds no optimizer state, so it is for `--init-from`, `--eval-
 `triad-generate` and `triad-convert export`, not for `--resume`; a name a run directory would
 take for a resumable checkpoint (step_NNNNNNNN.h5) is refused. It is written under a temporary
 name and published only where nothing is, so it never replaces a file.
+
+With --ema each input contributes its /optimizer/ema tensors (the moving average of a run with
+optim.ema_decay) in place of its /model ones, and one input is enough; an input without that
+group is refused.
 """
 
 from __future__ import annotations
@@ -67,11 +73,12 @@ def _copy_attrs(src, dst, skip: tuple = ()) -> None:
             dst.attrs.create(k, a, dtype=a.dtype)
 
 
-def average(paths: list[Path], out: Path) -> tuple[int, int]:
-    """Writes the mean of the checkpoints `paths` to `out`; returns (tensors, parameters)."""
+def average(paths: list[Path], out: Path, ema: bool = False) -> tuple[int, int]:
+    """Writes the mean of the checkpoints `paths` (ema: of their moving averages) to `out`;
+    returns (tensors, parameters)."""
     import h5py
 
-    if len(paths) < 2:
+    if len(paths) < (1 if ema else 2):
         raise AverageError("give two or more checkpoints to average")
     if re.fullmatch(r"step_\d{8}\.h5", out.name):
         raise AverageError(f"{out}: a run takes step_NNNNNNNN.h5 for a resumable checkpoint, "
@@ -81,6 +88,16 @@ def average(paths: list[Path], out: Path) -> tuple[int, int]:
     steps = [int(r.root_attrs.get("step", 0)) for r in reps]
     newest = reps[int(np.argmax(steps))]
     names = sorted(n for n in reps[0].datasets if n.startswith("model/"))
+    # Where each tensor is read: /model, or with --ema /optimizer/ema (every tensor of the model).
+    source = {n: ("optimizer/ema/" + n[len("model/"):] if ema else n) for n in names}
+    for rep in reps if ema else []:
+        missing = [n for n in names if source[n] not in rep.datasets]
+        if missing:
+            raise AverageError(f"{rep.path} holds no moving average of the weights "
+                               f"(/{source[missing[0]]}): train with optim.ema_decay > 0")
+        if rep.datasets[source[names[0]]][0] != rep.datasets[names[0]][0]:
+            raise AverageError(f"{rep.path}: /{source[names[0]]} is not shaped as "
+                               f"/{names[0]}")
     count = [0, 0]
 
     def write(tmp: Path) -> None:
@@ -90,13 +107,14 @@ def average(paths: list[Path], out: Path) -> tuple[int, int]:
                 src = files[reps.index(newest)]
                 _copy_attrs(src, f, skip=("complete",))
                 _string_attr(f, "averaged_from", ", ".join(
-                    f"{r.path} (step {s})" for r, s in zip(reps, steps)))
+                    f"{r.path} (step {s}{', its moving average' if ema else ''})"
+                    for r, s in zip(reps, steps)))
                 m = f.create_group("model")
                 _copy_attrs(src["model"], m)
                 for name in names:
                     total = np.zeros(files[0][name].shape, dtype=np.float64)
                     for h in files:
-                        total += h[name][...]
+                        total += h[source[name]][...]
                     a = np.ascontiguousarray(total / len(files), dtype="<f4")
                     ds = f.create_dataset(name, data=a, dtype="<f4")
                     ds.attrs.create("checksum", np.uint32(zlib.crc32(a.tobytes()) & 0xFFFFFFFF),
@@ -118,14 +136,21 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog=prog, description="The element-wise mean of checkpoints of one model, as one "
         "checkpoint (weights only: for --init-from, --eval-only, triad-generate).")
-    ap.add_argument("ckpts", nargs="+", type=Path, help="two or more checkpoint files")
+    ap.add_argument("ckpts", nargs="+", type=Path,
+                    help="two or more checkpoint files (one or more with --ema)")
     ap.add_argument("--out", type=Path, required=True, help="the checkpoint to write")
+    ap.add_argument("--ema", action="store_true",
+                    help="average the checkpoints' moving averages of the weights "
+                    "(/optimizer/ema, optim.ema_decay) instead of their weights")
     a = ap.parse_args(argv)
 
     def body() -> int:
-        tensors, params = average(a.ckpts, a.out)
-        print(f"{prog}: wrote {a.out}: the mean of {len(a.ckpts)} checkpoints, {tensors} "
-              f"tensors, {params} values")
+        tensors, params = average(a.ckpts, a.out, a.ema)
+        n = len(a.ckpts)
+        what = (f"the mean of {n} checkpoints" if not a.ema else
+                f"the moving average of the weights of {a.ckpts[0]}" if n == 1 else
+                f"the mean of the moving averages of {n} checkpoints")
+        print(f"{prog}: wrote {a.out}: {what}, {tensors} tensors, {params} values")
         return 0
 
     return run_main(prog, body)

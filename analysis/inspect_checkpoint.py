@@ -35,7 +35,7 @@ from ._common import AnalysisError, file_kind, markdown_table, not_hdf5_message,
 from .metrics import attr_value, open_h5, parse_config
 
 MODEL_ATTRS = ("n_layer", "n_head", "n_embd", "seq_len", "vocab_size", "padded_vocab_size")
-OPTIMIZER_SLOTS = ("m", "v", "momentum")
+OPTIMIZER_SLOTS = ("m", "v", "momentum", "ema")  # ema: optim.ema_decay's, every tensor
 
 
 class CheckpointError(AnalysisError):
@@ -408,7 +408,7 @@ def _check(rep: Report) -> None:
     if not slots:
         rep.notes.append("no optimizer state (weights only)")
     # optim.name = muon: momentum for the attention and MLP weight matrices, m and v for the rest.
-    muon = set(slots) == {"m", "v", "momentum"}
+    muon = {"m", "v", "momentum"} <= set(slots)
     for slot in slots:
         if slot not in OPTIMIZER_SLOTS:
             P.append(f"/optimizer/{slot}: unknown optimizer slot")
@@ -416,7 +416,7 @@ def _check(rep: Report) -> None:
         pre = f"optimizer/{slot}/"
         st = {n[len(pre):]: v for n, v in rep.datasets.items() if n.startswith(pre)}
         for name, (shape, _, _) in model.items():
-            if muon and is_muon_matrix(name) != (slot == "momentum"):
+            if muon and slot != "ema" and is_muon_matrix(name) != (slot == "momentum"):
                 if name in st:
                     P.append(f"/{pre}{name}: Muon keeps "
                              + ("momentum" if slot != "momentum" else "m and v") + " for it")

@@ -112,8 +112,9 @@ float clip_scale(double norm, double clip) {
 }
 
 namespace {
+// momentum | m, v (Muon: momentum and m, v); then the weights' moving average (optim.ema_decay).
 size_t slots_of(const OptimConfig& cfg) {
-  return cfg.name == "sgd" ? 1 : 2;  // momentum | m, v (Muon: momentum and m, v)
+  return (cfg.name == "sgd" ? 1 : 2) + (cfg.ema_decay > 0 ? 1 : 0);
 }
 }  // namespace
 
@@ -169,9 +170,19 @@ Optimizer::~Optimizer() {
 }
 
 std::vector<Optimizer::StateGroup> Optimizer::state_groups() const {
-  if (cfg_.name == "adamw") return {{"m", 0, Holds::all}, {"v", 1, Holds::all}};
-  if (cfg_.name == "sgd") return {{"momentum", 0, Holds::all}};
-  return {{"momentum", 0, Holds::muon_matrices}, {"m", 0, Holds::others}, {"v", 1, Holds::others}};
+  std::vector<StateGroup> g;
+  if (cfg_.name == "adamw")
+    g = {{"m", 0, Holds::all}, {"v", 1, Holds::all}};
+  else if (cfg_.name == "sgd")
+    g = {{"momentum", 0, Holds::all}};
+  else
+    g = {{"momentum", 0, Holds::muon_matrices}, {"m", 0, Holds::others}, {"v", 1, Holds::others}};
+  if (ema()) g.push_back({"ema", ema_slot(), Holds::all});
+  return g;
+}
+
+void Optimizer::start_ema(const float* params) {
+  if (ema()) be_.copy(slots_[ema_slot()], params, end_ - begin_);
 }
 
 bool Optimizer::group_holds(Holds h, const std::string& tensor) {
@@ -185,6 +196,13 @@ void Optimizer::reset() {
 
 void Optimizer::update(float* params, const float* grads, double lr, int64_t step, bf16_t* copy,
                        float grad_scale, double matrix_lr) {
+  update_weights(params, grads, lr, step, copy, grad_scale, matrix_lr);
+  // The moving average follows every update, frozen tensors (unchanged) and padding included.
+  if (ema()) be_.ema_update(slots_[ema_slot()], params, end_ - begin_, float(cfg_.ema_decay));
+}
+
+void Optimizer::update_weights(float* params, const float* grads, double lr, int64_t step,
+                               bf16_t* copy, float grad_scale, double matrix_lr) {
   TRIAD_ASSERT(step >= 1);
   const double bc1 = 1.0 - std::pow(cfg_.beta1, double(step));
   const double bc2 = 1.0 - std::pow(cfg_.beta2, double(step));

@@ -355,6 +355,10 @@ class KeyTable {
     add("optim.weight_decay_schedule", c.optim.weight_decay_schedule,
         "constant | linear | cosine: the weight decay from optim.weight_decay at the start to "
         "optim.weight_decay_end at the end of the run (Megatron's --weight-decay-incr-style)");
+    add("optim.ema_decay", c.optim.ema_decay,
+        "keep an exponential moving average of the weights, ema += (1 - d)·(w - ema) after "
+        "every update, in checkpoints as /optimizer/ema (triad-average --ema writes it out as a "
+        "model); 0: none");
     add("optim.weight_decay_end", c.optim.weight_decay_end,
         "the weight decay at the end of the run under a linear or cosine "
         "optim.weight_decay_schedule");
@@ -1365,6 +1369,8 @@ void validate(const Config& c, int world_size) {
             o.weight_decay_schedule == "cosine",
         "optim.weight_decay_schedule",
         "must be constant, linear or cosine (got '" + o.weight_decay_schedule + "')");
+  check(std::isfinite(o.ema_decay) && o.ema_decay >= 0 && o.ema_decay < 1, "optim.ema_decay",
+        "must be in [0, 1) (0: no moving average)");
   check(std::isfinite(o.weight_decay_end) && o.weight_decay_end >= 0 &&
             (o.weight_decay_end == 0 || o.weight_decay_schedule != "constant"),
         "optim.weight_decay_end",

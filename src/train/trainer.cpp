@@ -266,6 +266,7 @@ TrainOutcome Trainer::run() {
   }
   s.model->init(uint64_t(cfg.train.seed),
                 {cfg.model.init_std, cfg.model.init_scaled_residual, cfg.model.init_truncation});
+  s.start_ema();  // (a checkpoint loaded below sets it again)
   // A requeued fine-tuning job resumes its own checkpoints; the --init-from file is still
   // checked so that a wrong path is reported, not silently ignored.
   if (!s.cl.init_from.empty()) {
@@ -347,6 +348,8 @@ TrainOutcome Trainer::run() {
       rates << " | weight decay " << cfg.optim.weight_decay << " to " << cfg.optim.weight_decay_end
             << " (" << cfg.optim.weight_decay_schedule << ")";
     if (!cfg.optim.decay_embeddings) rates << " | no weight decay on the embeddings";
+    if (cfg.optim.ema_decay > 0)
+      rates << " | moving average of the weights " << cfg.optim.ema_decay;
     if (cfg.data.fim_rate > 0)
       rates << " | fill-in-the-middle " << cfg.data.fim_rate << " (SPM " << cfg.data.fim_spm_rate
             << (cfg.data.fim_split == "none" ? "" : ", fragments cut at " + cfg.data.fim_split)
@@ -644,19 +647,15 @@ TrainOutcome Trainer::run() {
       bf16_t* copy = s.model->params_bf16() != nullptr
                          ? s.model->params_bf16() + (lo - s.model->copy_begin())
                          : nullptr;
-      s.opt->update(s.model->params() + (lo - s.model->master_begin()), g, lr, st + 1, copy,
+      s.opt->update(s.dense_update_weights(), g, lr, st + 1, copy,
                     clip_scale(norm, cfg.train.grad_clip), muon_lr_at(cfg.train, cfg.optim, at));
       if (s.expert_opt) {
         // The experts' slice: of the buffer, or under ZeRO-3 the model's packed one.
-        const size_t elo = s.expert_lo;
-        const bool packed = s.model->packed_experts();
-        float* ew =
-            packed ? s.model->expert_params() : s.model->params() + (elo - s.model->master_begin());
-        bf16_t* ecopy = packed ? s.model->expert_params_bf16()
+        bf16_t* ecopy = s.model->packed_experts() ? s.model->expert_params_bf16()
                         : s.model->params_bf16() != nullptr
-                            ? s.model->params_bf16() + (elo - s.model->copy_begin())
+                            ? s.model->params_bf16() + (s.expert_lo - s.model->copy_begin())
                             : nullptr;
-        s.expert_opt->update(ew, s.expert_grad_shard, lr, st + 1, ecopy,
+        s.expert_opt->update(s.expert_update_weights(), s.expert_grad_shard, lr, st + 1, ecopy,
                              clip_scale(norm, cfg.train.grad_clip),
                              muon_lr_at(cfg.train, cfg.optim, at));
       }

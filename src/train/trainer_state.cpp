@@ -381,6 +381,21 @@ void Trainer::State::zero_grad_shards() {
   if (expert_grad_shard) be->zero(expert_grad_shard, expert_hi - expert_lo);
 }
 
+float* Trainer::State::dense_update_weights() {
+  const size_t lo = cfg.parallel.zero >= 1 ? shard_lo : 0;
+  return model->params() + (lo - model->master_begin());
+}
+
+float* Trainer::State::expert_update_weights() {
+  return model->packed_experts() ? model->expert_params()
+                                 : model->params() + (expert_lo - model->master_begin());
+}
+
+void Trainer::State::start_ema() {
+  opt->start_ema(dense_update_weights());
+  if (expert_opt) expert_opt->start_ema(expert_update_weights());
+}
+
 void Trainer::State::stash_experts() {
   if (expert_opt)
     be->copy(expert_stash, model->params() + (expert_lo - model->master_begin()),
@@ -920,6 +935,7 @@ void Trainer::State::load_from(const std::string& path, bool resume) {
     load_weights(path);
     opt->reset();
     if (expert_opt) expert_opt->reset();
+    start_ema();
     say("initialized weights from " + path + " (fresh optimizer)");
     return;
   }
@@ -935,14 +951,27 @@ void Trainer::State::load_from(const std::string& path, bool resume) {
   TRIAD_CHECK(saved_optim.empty() || saved_optim == cfg.optim.name, "checkpoint ", path,
               " holds the state of optim.name = ", saved_optim, ", not ", cfg.optim.name,
               " (resume with the optimizer it was saved with, or use --init-from)");
+  // optim.ema_decay on a checkpoint without a moving average: it starts from the weights loaded.
+  const bool start_average =
+      opt->ema() && !checkpoint_has_group(grid.world(), path, "optimizer/ema");
   for (const auto& sg : opt->state_groups()) {
     const std::string slot = "optimizer/" + sg.name;
+    if (sg.name == "ema" && start_average) continue;
     TRIAD_CHECK(checkpoint_has_group(grid.world(), path, slot), "checkpoint ", path, " has no /",
                 slot, " state for optim.name = ", cfg.optim.name,
                 " (resume with the optimizer it was saved with, or use --init-from)");
   }
-  load_checkpoint_tensors(grid.world(), path, groups(true, false));
+  auto loaded = groups(true, false);
+  if (start_average)
+    std::erase_if(loaded, [](const TensorGroup& g) { return g.path == "optimizer/ema"; });
+  load_checkpoint_tensors(grid.world(), path, loaded);
   stage_to_device(true);
+  if (start_average) {
+    start_ema();
+    say("checkpoint " + path +
+        " holds no moving average of the weights: optim.ema_decay starts "
+        "one from its weights");
+  }
   load_router_bias(grid.world(), path, *model);
   step = st.step;
   const int64_t n = train_data->num_sequences();

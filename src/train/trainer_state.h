@@ -148,6 +148,12 @@ struct Trainer::State {
   // gather_experts() gathers every expert extent again over edp() from the stashed slices.
   void stash_experts();
   void gather_experts();
+  // The weights opt updates (its range of the buffer; under ZeRO this rank's slice), and
+  // expert_opt's (the experts' slice; ZeRO-3: the model's packed one), as update() takes them.
+  float* dense_update_weights();
+  float* expert_update_weights();
+  // optim.ema_decay: every optimizer's moving average set to the weights it updates.
+  void start_ema();
   void zero_grad_shards();  // ZeRO: grad_shard (and expert_grad_shard) = 0
   // Global L2 norm of the gradient, from the part [lo, hi) of the buffer this rank holds at g.
   double grad_norm(const float* g, size_t lo, size_t hi);

@@ -76,7 +76,9 @@ def test_bad_inputs_are_refused(run, tmp_path):
             ((ckpts[0], "--out", tmp_path / "c.h5"), "two or more"),
             ((ckpts[0], ckpts[1], "--out", taken), "already exists"),
             ((ckpts[0], ckpts[1], "--out", tmp_path / "step_00000004.h5"), "resumable"),
-            ((ckpts[0], tmp_path / "none.h5", "--out", tmp_path / "e.h5"), "none.h5")]:
+            ((ckpts[0], tmp_path / "none.h5", "--out", tmp_path / "e.h5"), "none.h5"),
+            (("--ema", ckpts[0], "--out", tmp_path / "f.h5"),
+             "holds no moving average of the weights (/optimizer/ema/")]:
         p = tool("triad-average", *args)
         assert p.returncode == 1, (args, p.stdout, p.stderr)
         assert needle in p.stderr and "Traceback" not in p.stderr, (needle, p.stderr)

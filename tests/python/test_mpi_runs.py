@@ -866,3 +866,65 @@ def test_layer_norms_are_the_same_on_every_grid(tmp_path):
     assert train("--config", plain).returncode == 0
     p = tool("triad-plot-norms", tmp_path / "runs" / "plain", "--out", out)
     assert p.returncode == 1 and "no /norms group" in p.stderr and "train.norms_every" in p.stderr
+
+
+def moving_average(path):
+    """A checkpoint's /optimizer/ema (optim.ema_decay), by tensor name."""
+    out = {}
+    with h5py.File(path, "r") as f:
+        f["optimizer/ema"].visititems(
+            lambda n, d: out.__setitem__(n, d[:]) if isinstance(d, h5py.Dataset) else None)
+    return out
+
+
+def test_weight_moving_average_is_the_same_on_every_grid_and_resumes_exactly(tmp_path):
+    """optim.ema_decay (its values against PyTorch: test_reference_model.py): the last
+    checkpoint's /optimizer/ema on tensor, pipeline, data (ZeRO-1, 2 and 3) and 2 x 2 grids and
+    with the experts of a mixture on their own ranks (ZeRO-1, ep 2) is one rank's within fp32
+    rounding; resumed at step 3 it ends as the uninterrupted run's bit for bit; resumed from a
+    checkpoint that has none, it starts from that checkpoint's weights."""
+    cfg = tiny_config(tmp_path, name="one", train__steps=8, eval__every=4)
+    common = ["--optim.ema_decay", 0.75, "--checkpoint.every", 3]
+    last = lambda name: tmp_path / "runs" / name / "ckpt" / "step_00000008.h5"  # noqa: E731
+    moe = ["--model.moe_experts", 4, "--model.moe_top_k", 2, "--model.mlp_hidden", 64]
+    for name, n, grid in [("one", 1, []), ("tp", 2, ["--parallel.tp", 2]),
+                          ("pp", 2, ["--parallel.pp", 2, "--train.micro_batch_size", 2]),
+                          ("z1", 2, ["--parallel.zero", 1]), ("z2", 2, ["--parallel.zero", 2]),
+                          ("z3", 2, ["--parallel.zero", 3]),
+                          ("tppp", 4, ["--parallel.tp", 2, "--parallel.pp", 2,
+                                       "--train.micro_batch_size", 2]),
+                          ("moe", 1, moe), ("moe_ep", 2, [*moe, "--parallel.ep", 2,
+                                                           "--parallel.zero", 1])]:
+        p = run(n, "--config", cfg, *common, *grid, "--run.name", name)
+        assert p.returncode == 0, (name, p.stderr)
+    want, weights = moving_average(last("one")), model(last("one"))
+    assert sorted(want) == sorted(weights)
+    assert max(np.abs(want[k] - weights[k]).max() for k in want) > 1e-3  # it lags the weights
+    for name in ("tp", "pp", "z1", "z2", "z3", "tppp"):
+        got = moving_average(last(name))
+        assert sorted(got) == sorted(want), name
+        for k in want:
+            np.testing.assert_allclose(got[k][:512], want[k][:512], rtol=0, atol=2e-5,
+                                       err_msg=f"{name} {k}")
+    # (The mixture's weights themselves part more on that grid: the average may not part more.)
+    got, one = moving_average(last("moe_ep")), moving_average(last("moe"))
+    w_got, w_one = model(last("moe_ep")), model(last("moe"))
+    assert any("experts" in k for k in one) and sorted(got) == sorted(one)
+    for k in one:
+        apart = np.abs(w_got[k] - w_one[k]).max()
+        assert np.abs(got[k] - one[k]).max() <= 2 * apart + 2e-6, (k, apart)
+    p = run(1, "--config", cfg, *common, "--run.name", "resumed", "--resume",
+            tmp_path / "runs" / "one" / "ckpt" / "step_00000003.h5")
+    assert p.returncode == 0, p.stderr
+    got = moving_average(last("resumed"))
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    # No average in the checkpoint: one starts from its weights (said so), and differs from the
+    # uninterrupted run's.
+    p = run(1, "--config", cfg, "--checkpoint.every", 3, "--run.name", "plain")
+    assert p.returncode == 0, p.stderr
+    p = run(1, "--config", cfg, *common, "--run.name", "late", "--resume",
+            tmp_path / "runs" / "plain" / "ckpt" / "step_00000003.h5")
+    assert p.returncode == 0 and "holds no moving average of the weights" in p.stdout, p.stdout
+    late = moving_average(last("late"))
+    assert max(np.abs(late[k] - want[k]).max() for k in want) > 1e-4

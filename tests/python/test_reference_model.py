@@ -653,6 +653,9 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
             if name.split("/")[-2] in ("ln_1", "ln_2", "ln_f", "ln_attn_out", "ln_mlp_out"):
                 t.requires_grad_(False)
     groups = model.param_groups(op["weight_decay"])
+    # optim.ema_decay: the weights' moving average, from the starting weights, after each update.
+    ema_decay = float(op.get("ema_decay", 0))
+    ema = {k: v.detach().clone() for k, v in model.tensors().items()} if ema_decay else {}
     if cfg.mup_base_width:  # μP: AdamW moves the hidden matrices at lr / m
         t = model.tensors()
         hidden = [t[n] for n in model.names if ref.is_muon_matrix(n)]
@@ -787,6 +790,8 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
         opt.step()
         if muon is not None:
             muon.step()
+        for k, v in model.tensors().items() if ema_decay else ():
+            ema[k] = ema_decay * ema[k] + (1 - ema_decay) * v.detach()
         if tr.get("moe_bias_rate", 0):  # DeepSeek-V3's balancing, after the update
             ref.update_router_bias(cfg, step_counts, tr["moe_bias_rate"])
         losses.append(float(loss))
@@ -794,6 +799,7 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
     use_window(tr["steps"])
     val.append(evaluate())
     final = {k: v.detach().numpy() for k, v in model.tensors().items()}
+    torch_train.ema = {k: v.numpy() for k, v in ema.items()}  # optim.ema_decay's average
     torch_train.z_terms = z_terms  # train.z_loss: the mean term of each step
     torch_train.moe_aux_loss = moe_aux  # model.moe_experts: α times the mean balance term
     torch_train.moe_z_loss = moe_z  # and c times the mean router z term
@@ -1216,6 +1222,53 @@ def test_frozen_tensors_match_torch(name, freeze, optim, tmp_root, tmp_path):
                                  dtype=torch.float32)
     for n in frozen:
         assert torch.equal(got[n], p.weights[n].float()), n
+
+
+@pytest.mark.parametrize("name,optim,freeze", [("llama", "adamw", "h/1/mlp/*"),
+                                               ("oddshapes", "muon", "")])
+def test_weight_moving_average_matches_torch(name, optim, freeze, tmp_root, tmp_path):
+    """optim.ema_decay: the checkpoint's /optimizer/ema, written out as a model by triad-average
+    --ema, is PyTorch's moving average of its weights after each of the 10 updates (from the
+    starting weights; a frozen tensor's is the tensor), which differs from the final weights;
+    the model it makes loads for --eval-only, its loss that of PyTorch's model at those
+    weights."""
+    case = next(c for c in CASES if c.name == name)
+    p = prepare(case, tmp_root)
+    muon = dict(optim__muon_lr=0.02, optim__muon_momentum=0.9, optim__muon_nesterov=True,
+                optim__muon_ns_steps=5, optim__muon_adjust_lr="original") if optim == "muon" else {}
+    sections = config_sections(case, p.dir, train__grad_clip=GRAD_CLIP[case.name],
+                               optim__name=optim, optim__ema_decay=0.7, train__freeze=freeze,
+                               **muon)
+    compare_training(p, tmp_path, sections, "ema")
+    want = torch_train.ema
+    out = tmp_path / "ema.h5"
+    ckpt = tmp_path / "runs" / "ref" / "ckpt" / "step_00000010.h5"
+    subprocess.run([str(Path(sys.executable).parent / "triad-average"), "--ema", str(ckpt),
+                    "--out", str(out)], check=True, capture_output=True, text=True)
+    _, got = ref.load_checkpoint(out, dtype=torch.float64)
+    _, final = ref.load_checkpoint(ckpt, dtype=torch.float64)
+    assert sorted(got) == sorted(want)
+    gaps, moves = 0.0, 0.0
+    for name_, w in want.items():
+        moved = w - p.weights[name_].double().numpy()
+        d = got[name_].numpy() - w
+        if not moved.any():  # frozen: the tensor itself
+            assert name_.startswith("h/1/mlp/") and not d.any(), name_
+            continue
+        err = np.sqrt(np.mean(d * d)) / np.sqrt(np.mean(moved * moved))
+        assert err <= TOL_WEIGHTS, (name_, err)
+        gap = final[name_].numpy() - w
+        gaps, moves = gaps + np.sum(gap * gap), moves + np.sum(moved * moved)
+    assert np.sqrt(gaps / moves) > 0.1  # the average lags the weights by far more than that
+    x, y = ref.batch(p.val_tokens.astype(np.int64), 0, case.val_sequences, case.cfg.seq_len)
+    with torch.no_grad():
+        logits = ref.forward({k: torch.from_numpy(v) for k, v in want.items()}, case.cfg, x)
+        loss = float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                       y.reshape(-1)))
+    cfg = tmp_path / "ema.ini"
+    ref.write_config(cfg, sections)
+    text = run([binary("triad-train"), "--config", cfg, "--eval-only", "--init-from", out])
+    assert abs(float(text.split("val loss")[1].split()[0]) - loss) <= 1e-4 * loss, (text, loss)
 
 
 # train.freeze leaves the frozen tensors' gradient products out: their gradients stay exactly 0

@@ -88,13 +88,19 @@ class Optimizer {
               float grad_scale = 1.0f, double matrix_lr = kNoMatrixLr);
   // matrix_lr's default: no value (Muon refuses it rather than freeze its matrices silently).
   static constexpr double kNoMatrixLr = -1.0;
+  // optim.ema_decay: the moving average (the last slot) set to the weights of the range, held at
+  // params[0 .. end-begin) as update() takes them: at a fresh start, after --init-from, and on
+  // resuming from a checkpoint without one. Nothing without a moving average.
+  void start_ema(const float* params);
+  bool ema() const { return cfg_.ema_decay > 0; }
+  size_t ema_slot() const { return slots_.size() - 1; }
   // The weight decay of the next updates (weight_decay_at), on the tensors that decay.
   void set_weight_decay(double wd);
 
   // The state: slots, each holding the range [begin, end) of a parameter-shaped buffer, stored
   // in checkpoints as groups /optimizer/<name>/<tensor>: AdamW {m, v}, SGD {momentum}, Muon
   // {momentum} for its matrices and {m, v} for the other tensors (slot 0 holds the momentum
-  // and m, each in its own tensors).
+  // and m, each in its own tensors); then {ema} with optim.ema_decay (the last slot).
   enum class Holds { all, muon_matrices, others };
   struct StateGroup {
     std::string name;  // "m", "v", "momentum"
@@ -117,6 +123,9 @@ class Optimizer {
   void reset();  // zero the state (fresh optimizer)
 
  private:
+  void update_weights(float* params, const float* grads, double lr, int64_t step, bf16_t* copy,
+                      float grad_scale, double matrix_lr);
+
   OptimConfig cfg_;
   size_t begin_, end_;
   Backend& be_;

@@ -187,6 +187,11 @@ struct OptimConfig {
   // cosine from optim.weight_decay to optim.weight_decay_end over the run (weight_decay_at).
   std::string weight_decay_schedule = "constant";
   double weight_decay_end = 0;
+  // An exponential moving average of the weights kept beside the optimizer state (DeepSeek-V3's
+  // early estimate of the model after decay; /optimizer/ema of checkpoints, triad-average --ema
+  // takes it out): after every update ema += (1 − ema_decay)·(w − ema), from the weights the run
+  // starts with. 0: none.
+  double ema_decay = 0;
 };
 
 struct DataConfig {

@@ -80,6 +80,11 @@ __global__ void scale_kernel(float* v, float factor, size_t n) {
   elementwise_block::scale(x, v, factor, n, block_threads(), grid_threads());
 }
 
+__global__ void ema_update_kernel(float* ema, const float* p, float w, size_t n) {
+  DeviceThread x;
+  elementwise_block::ema_update(x, ema, p, w, n, block_threads(), grid_threads());
+}
+
 template <typename D, typename S>
 __global__ void convert_kernel(D* dst, const S* src, size_t n) {
   DeviceThread x;
@@ -173,6 +178,12 @@ void dropout(cudaStream_t s, Elem* x, const int32_t* keys, int rows, int C, uint
 void scale(cudaStream_t s, float* x, float factor, size_t n) {
   if (n == 0) return;
   scale_kernel<<<grid_for(n), kBlock, 0, s>>>(x, factor, n);
+  TRIAD_CUDA_CHECK_LAUNCH();
+}
+
+void ema_update(cudaStream_t s, float* ema, const float* p, size_t n, float decay) {
+  if (n == 0) return;
+  ema_update_kernel<<<grid_for(n), kBlock, 0, s>>>(ema, p, 1.0f - decay, n);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 

@@ -149,6 +149,13 @@ TRIAD_BLOCK_FN void scale(X& x, float* v, float factor, size_t n, int threads, s
   TRIAD_BLOCK_STRIDE_LOOP(x, i, n, threads, stride) { v[i] *= factor; }
 }
 
+// ema += w·(p − ema), w = 1 − decay (Backend::ema_update).
+template <class X>
+TRIAD_BLOCK_FN void ema_update(X& x, float* ema, const float* p, float w, size_t n, int threads,
+                               size_t stride) {
+  TRIAD_BLOCK_STRIDE_LOOP(x, i, n, threads, stride) { ema[i] += w * (p[i] - ema[i]); }
+}
+
 // dst = src, widened or rounded to dst's type.
 template <class X, class Dst, class Src>
 TRIAD_BLOCK_FN void convert(X& x, Dst* dst, const Src* src, size_t n, int threads, size_t stride) {
