@@ -355,13 +355,13 @@ class KeyTable {
     add("optim.weight_decay_schedule", c.optim.weight_decay_schedule,
         "constant | linear | cosine: the weight decay from optim.weight_decay at the start to "
         "optim.weight_decay_end at the end of the run (Megatron's --weight-decay-incr-style)");
+    add("optim.weight_decay_end", c.optim.weight_decay_end,
+        "the weight decay at the end of the run under a linear or cosine "
+        "optim.weight_decay_schedule");
     add("optim.ema_decay", c.optim.ema_decay,
         "keep an exponential moving average of the weights, ema += (1 - d)·(w - ema) after "
         "every update, in checkpoints as /optimizer/ema (triad-average --ema writes it out as a "
         "model); 0: none");
-    add("optim.weight_decay_end", c.optim.weight_decay_end,
-        "the weight decay at the end of the run under a linear or cosine "
-        "optim.weight_decay_schedule");
     add("data.train", c.data.train,
         "train shard glob; with data.train_weights several, comma-separated, to blend");
     add("data.train_weights", c.data.train_weights,

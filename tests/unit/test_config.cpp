@@ -553,6 +553,9 @@ TEST(Config, WeightDecayScheduleIsChecked) {
   }
   EXPECT_NE(error_of({"--optim.decay_embeddings", "maybe"}).find("optim.decay_embeddings"),
             std::string::npos);
+  EXPECT_EQ(error_of({"--optim.ema_decay", "0.999"}), "");
+  for (const char* bad : {"1", "-0.1", "nan", "1.5"})
+    expect(error_of({"--optim.ema_decay", bad}), "optim.ema_decay", "must be in [0, 1)");
 }
 
 TEST(Config, MuonSettingsAreChecked) {
